@@ -1,0 +1,46 @@
+# Two commands for a new user: `make demo` (set up + main job) and `make test` (set up + test suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_VERSION ?= 2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test test-slow test-gpu setup setup-dev lint clean
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	# Install the tested CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build.
+	$(PIP) install torch==$(TORCH_VERSION)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.torch pyproject.toml
+	$(PIP) install -e ".[dev,flower,datatrove]"
+	touch $@ $(VENV)/.installed
+
+setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
+
+demo: setup
+	$(PY) scripts/pretrain.py --max_steps 600 --output_dir outputs/demo
+
+test: setup-dev
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-slow: setup-dev
+	$(PY) -m pytest -m "slow" -q
+
+test-gpu: setup-dev
+	$(PY) -m pytest -m "gpu" -q
+
+lint: setup-dev
+	$(VENV)/bin/ruff check hf_ext scripts tests
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

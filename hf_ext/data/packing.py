@@ -1,0 +1,59 @@
+"""Tokenize and pack text into fixed-length blocks for causal language modelling."""
+
+from __future__ import annotations
+
+
+def pack_dataset(
+    dataset,
+    tokenizer,
+    block_size: int = 256,
+    text_column: str = "text",
+    add_eos: bool = True,
+    num_proc: int | None = None,
+    drop_remainder: bool = True,
+):
+    """Tokenize `dataset[text_column]`, join documents with EOS and cut the stream into `block_size` blocks.
+
+    Args:
+        dataset (`datasets.Dataset`): Dataset with a text column.
+        tokenizer (`PreTrainedTokenizerBase`): Tokenizer; its `eos_token_id` separates documents when `add_eos`.
+        block_size (`int`, *optional*, defaults to 256): Tokens per block (> 0).
+        text_column (`str`, *optional*, defaults to `"text"`): Name of the column holding raw text.
+        add_eos (`bool`, *optional*, defaults to `True`): Append EOS after every document.
+        num_proc (`int`, *optional*): Worker processes for `Dataset.map`.
+        drop_remainder (`bool`, *optional*, defaults to `True`): Drop the final partial block of each map batch.
+
+    Returns:
+        `datasets.Dataset` with `input_ids`, `attention_mask` and `labels` (a copy of `input_ids`), all of length
+        `block_size`; other columns are removed.
+    """
+    if not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
+    if text_column not in dataset.column_names:
+        raise ValueError(
+            f"text_column={text_column!r} is not a column of the dataset (columns: {dataset.column_names}); "
+            "pass the name of the column holding the raw text (e.g. --text_column content)."
+        )
+    if add_eos and tokenizer.eos_token_id is None:
+        raise ValueError("add_eos=True needs a tokenizer with an eos_token; set tokenizer.eos_token or add_eos=False.")
+    eos = tokenizer.eos_token_id
+
+    def tokenize_and_group(batch):
+        ids = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
+        stream: list[int] = []
+        for seq in ids:
+            stream.extend(seq)
+            if add_eos:
+                stream.append(eos)
+        n = (len(stream) // block_size) * block_size if drop_remainder else len(stream)
+        blocks = [stream[i : i + block_size] for i in range(0, n, block_size)]
+        return {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": [list(b) for b in blocks]}
+
+    return dataset.map(
+        tokenize_and_group,
+        batched=True,
+        batch_size=256,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        desc=f"Packing into blocks of {block_size}",
+    )

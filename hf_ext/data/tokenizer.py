@@ -1,0 +1,85 @@
+"""Byte-level BPE tokenizer trained on the embedded corpus, cached, returned as `PreTrainedTokenizerFast`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .utils import cache_dir
+
+BOS_TOKEN = "<|bos|>"
+EOS_TOKEN = "<|eos|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN]
+
+
+def _train_tokenizer(texts, vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(texts, trainer=trainer)
+    return tk
+
+
+def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
+    """Train (or load from cache) a byte-level BPE tokenizer on the embedded corpus.
+
+    The tokenizer adds no special tokens on its own: `bos_token` (`<|bos|>`), `eos_token` (`<|eos|>`) and
+    `pad_token` (`<|pad|>`) are defined for collators and packing to insert explicitly. Any UTF-8 text round-trips.
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 4096):
+            Target vocabulary size including the 256 byte symbols and the 3 special tokens.
+        cache (`bool`, *optional*, defaults to `True`):
+            Reuse a tokenizer trained earlier with the same settings (under `$HF_EXT_CACHE` or `~/.cache/hf_ext`).
+        texts (`Iterable[str]`, *optional*):
+            Train on these texts instead of the embedded corpus (never cached).
+
+    Returns:
+        `transformers.PreTrainedTokenizerFast` that saves and reloads through `AutoTokenizer`.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if not isinstance(vocab_size, int) or vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(
+            f"vocab_size must be an int >= {256 + len(SPECIAL_TOKENS)} (the byte alphabet plus special tokens), "
+            f"got {vocab_size!r}."
+        )
+
+    def wrap(tk):
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tk, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, model_max_length=1 << 20
+        )
+
+    if texts is not None:
+        return wrap(_train_tokenizer(list(texts), vocab_size))
+
+    from .corpus import CORPUS_VERSION, load_corpus
+
+    key = hashlib.sha256(f"bpe-{vocab_size}-corpus{CORPUS_VERSION}".encode()).hexdigest()[:12]
+    target = cache_dir() / "tokenizers" / f"bpe-{vocab_size}-{key}"
+    if cache and (target / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(target))
+    tok = wrap(_train_tokenizer(load_corpus("train")["text"], vocab_size))
+    if cache:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        try:
+            tok.save_pretrained(str(tmp))
+            if not (target / "tokenizer.json").is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tok
