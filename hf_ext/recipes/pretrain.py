@@ -191,7 +191,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
-    metrics = {"train_loss": train_result.training_loss}
+    metrics = {
+        "train_loss": train_result.training_loss,
+        "loss_curve": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
+    }
     trainer.accelerator.wait_for_everyone()
 
     if trainer.is_world_process_zero():

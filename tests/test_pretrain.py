@@ -1,0 +1,90 @@
+"""The pretrain recipe end to end at tiny size, its input checks, and a 2-rank CPU run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hf_ext.recipes.pretrain import main
+
+TINY = [
+    "--hidden_size", "64", "--intermediate_size", "128", "--num_hidden_layers", "2", "--num_attention_heads", "4",
+    "--block_size", "64", "--per_device_train_batch_size", "8", "--max_eval_blocks", "16", "--max_new_tokens", "8",
+    "--logging_steps", "5", "--learning_rate", "3e-3", "--model_type", "llama",
+]
+
+
+def test_pretrain_end_to_end_loss_decreases_and_reloads(tmp_path, repo_root):
+    out = tmp_path / "run"
+    metrics = main(TINY + ["--max_steps", "30", "--output_dir", str(out)])
+    losses = [loss for _, loss in metrics["loss_curve"]]
+    assert len(losses) >= 3 and losses[-1] < losses[0] * 0.9
+    assert metrics["perplexity"] < 4096
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert (out / "tokenizer.json").is_file()
+    code = (
+        "import json,sys,torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"m=AutoModelForCausalLM.from_pretrained({str(out)!r}); t=AutoTokenizer.from_pretrained({str(out)!r})\n"
+        "ids=t('The return value of', return_tensors='pt', add_special_tokens=False)\n"
+        "print(json.dumps({'n': sum(p.numel() for p in m.parameters()), 'logits': m(**ids).logits.shape[-1]}))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root, env={**os.environ}, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info["logits"] == 4096 and info["n"] > 0
+    saved = json.loads((out / "pretrain_results.json").read_text())
+    assert saved["sample"].startswith("The return value of")
+
+
+def test_offline_dataset_name_is_refused_before_work(tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="embedded offline corpus"):
+        main(TINY + ["--dataset_name", "wikitext", "--output_dir", str(out)])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-4"])
+def test_bad_block_size(tmp_path, value):
+    with pytest.raises(ValueError, match="--block_size"):
+        main(TINY + ["--block_size", value, "--output_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_text_column_names_the_option(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps({"content": f"line {i} " * 20}) for i in range(20)))
+    with pytest.raises(ValueError, match="--text_column"):
+        main(TINY + ["--train_file", str(data), "--output_dir", str(tmp_path / "o")])
+    metrics = main(
+        TINY + ["--train_file", str(data), "--text_column", "content", "--max_steps", "2",
+                "--block_size", "16", "--output_dir", str(tmp_path / "o2")]
+    )
+    assert metrics["eval_loss"] > 0
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="--output_dir"):
+        main(TINY + ["--output_dir", str(blocker / "sub")])
+
+
+@pytest.mark.distributed
+def test_two_rank_cpu_run(tmp_path, repo_root):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        os.path.join(repo_root, "scripts", "accelerate", "cpu_2ranks.yaml"), "--main_process_port", "29533",
+        os.path.join(repo_root, "scripts", "pretrain.py"), *TINY, "--max_steps", "6", "--output_dir", str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env={**os.environ})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "perplexity" in res.stdout
+    assert (out / "model.safetensors").is_file()
+    saved = json.loads((out / "pretrain_results.json").read_text())
+    assert saved["loss_curve"]
