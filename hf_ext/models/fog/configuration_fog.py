@@ -1,0 +1,198 @@
+"""FOG model configuration.
+
+FOG ("Fast and Outlier-Guarded") is a Llama-like decoder whose blocks are changed so that every GEMM inside them can
+run in FP8 for the whole of a long pretraining run: no pre-norm, a post-norm on each sublayer output with gains
+initialised to 1/sqrt(L), QK-RMSNorm with frozen unit gains and a fixed softmax scale (bounding every attention
+logit), an up-scaled input embedding, no final norm, and an ungated xIELU MLP. Every switch is a config field so the
+Llama-style baseline is the same class with other values (`FogConfig.llama_baseline()`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import PreTrainedConfig
+
+FOG_ACTIVATIONS = ("xielu", "gelu", "swiglu", "smooth_swiglu")
+GATED_ACTIVATIONS = ("swiglu", "smooth_swiglu")
+QK_NORM_TYPES = ("none", "rms", "dyt")
+
+
+class FogConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`FogModel`] / [`FogForCausalLM`]. The defaults are the FOG recipe ("FOG-strong" flags of the
+    reference implementation) at the 390M size; use [`FogConfig.fog`] and [`FogConfig.llama_baseline`] for the two
+    named recipes at any size.
+
+    Example:
+
+    ```python
+    >>> from hf_ext.models.fog import FogConfig
+    >>> config = FogConfig.fog(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, vocab_size=4096)
+    >>> baseline = FogConfig.llama_baseline(hidden_size=128, num_hidden_layers=4, num_attention_heads=4)
+    ```
+    """
+
+    model_type = "fog"
+    keys_to_ignore_at_inference = ["cache"]
+    default_theta = 500_000.0
+
+    vocab_size: int = 131072
+    hidden_size: int = 1024
+    intermediate_size: int = 6144
+    num_hidden_layers: int = 16
+    num_attention_heads: int = 8
+    num_key_value_heads: int | None = 4
+    head_dim: int | None = None
+    hidden_act: str = "xielu"
+    max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-5
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_word_embeddings: bool = False
+    rope_parameters: dict | None = None
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    mlp_bias: bool = False
+    pre_norm: bool = False
+    post_norm: bool = True
+    qk_norm: str = "rms"
+    freeze_qk_gain: bool = True
+    qk_norm_init: float = 1.0
+    dyt_alpha_init: float = 1.0
+    softmax_scale: float | None = 0.125
+    layerscale: bool = True
+    layerscale_init: float | None = None
+    input_upscale: float | None = 50.0
+    final_layernorm: bool = False
+    mlp_alpha: float | None = None
+    scaled_output_init: bool = True
+    xielu_alpha_p_init: float = 0.8
+    xielu_alpha_n_init: float = 0.8
+    xielu_beta: float = 0.5
+    xielu_eps: float = -1e-6
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        self._validate_fog_fields()
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        super().__post_init__(**kwargs)
+
+    def _validate_fog_fields(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"FogConfig.{name} must be a positive integer, got {value!r}.")
+        if self.pre_norm and self.post_norm:
+            raise ValueError(
+                "FogConfig: pre_norm=True and post_norm=True cannot be combined (the same norm slot serves as either); "
+                "use pre_norm=True, post_norm=False for the Llama baseline or pre_norm=False, post_norm=True for FOG."
+            )
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"FogConfig: num_attention_heads={self.num_attention_heads} must divide hidden_size="
+                f"{self.hidden_size}; pick a head count that divides it or set head_dim explicitly."
+            )
+        if self.num_key_value_heads <= 0 or self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"FogConfig: num_key_value_heads={self.num_key_value_heads} must be positive and divide "
+                f"num_attention_heads={self.num_attention_heads} (grouped-query attention)."
+            )
+        head_dim = self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads
+        if head_dim % 2:
+            raise ValueError(f"FogConfig: head_dim={head_dim} must be even for rotary embeddings.")
+        if self.hidden_act not in FOG_ACTIVATIONS:
+            raise ValueError(
+                f"FogConfig: unknown hidden_act={self.hidden_act!r}; choose one of {', '.join(FOG_ACTIVATIONS)}."
+            )
+        if self.qk_norm not in QK_NORM_TYPES:
+            raise ValueError(f"FogConfig: unknown qk_norm={self.qk_norm!r}; choose one of {', '.join(QK_NORM_TYPES)}.")
+        if self.softmax_scale is not None and not self.softmax_scale > 0:
+            raise ValueError(f"FogConfig: softmax_scale must be > 0 or None (1/sqrt(head_dim)), got {self.softmax_scale}.")
+        if self.input_upscale is not None and not self.input_upscale > 0:
+            raise ValueError(f"FogConfig: input_upscale must be > 0 or None, got {self.input_upscale}.")
+        if self.layerscale_init is not None and not self.layerscale_init > 0:
+            raise ValueError(f"FogConfig: layerscale_init must be > 0 or None (1/sqrt(L)), got {self.layerscale_init}.")
+        if self.mlp_alpha is not None and not self.mlp_alpha > 0:
+            raise ValueError(f"FogConfig: mlp_alpha must be > 0 or None, got {self.mlp_alpha}.")
+        if not self.xielu_alpha_n_init > self.xielu_beta:
+            raise ValueError(
+                f"FogConfig: xielu_alpha_n_init={self.xielu_alpha_n_init} must exceed xielu_beta={self.xielu_beta} "
+                "(alpha_n = beta + softplus(raw) > beta)."
+            )
+        if not self.xielu_alpha_p_init > 0:
+            raise ValueError(f"FogConfig: xielu_alpha_p_init must be > 0, got {self.xielu_alpha_p_init}.")
+
+    @property
+    def is_gated_mlp(self) -> bool:
+        """Whether the MLP has a gate projection (SwiGLU variants)."""
+        return self.hidden_act in GATED_ACTIVATIONS
+
+    @property
+    def resolved_layerscale_init(self) -> float:
+        """Initial value of the post-norm gains / LayerScale: `layerscale_init` or 1/sqrt(num_hidden_layers)."""
+        return self.layerscale_init if self.layerscale_init is not None else 1.0 / math.sqrt(self.num_hidden_layers)
+
+    @classmethod
+    def fog(cls, swiglu_intermediate_size: int | None = None, **kwargs) -> FogConfig:
+        """The FOG recipe: post-norm with 1/sqrt(L) gains, frozen QK-RMSNorm, softmax scale 0.125, input x50, xIELU.
+
+        Args:
+            swiglu_intermediate_size (`int`, *optional*):
+                MLP width a SwiGLU model of the same size would use. An ungated MLP (xIELU, GeLU) then gets 1.5x this
+                width (rounded to a multiple of 16) so that both recipes have the same parameter count. Ignored when
+                `intermediate_size` is passed.
+            kwargs: Any other [`FogConfig`] field.
+        """
+        values = dict(
+            pre_norm=False,
+            post_norm=True,
+            qk_norm="rms",
+            freeze_qk_gain=True,
+            softmax_scale=0.125,
+            layerscale=True,
+            input_upscale=50.0,
+            final_layernorm=False,
+            hidden_act="xielu",
+        )
+        values.update(kwargs)
+        if swiglu_intermediate_size is not None and "intermediate_size" not in kwargs:
+            gated = values["hidden_act"] in GATED_ACTIVATIONS
+            values["intermediate_size"] = swiglu_intermediate_size if gated else _ungated_width(swiglu_intermediate_size)
+        return cls(**values)
+
+    @classmethod
+    def llama_baseline(cls, swiglu_intermediate_size: int | None = None, **kwargs) -> FogConfig:
+        """The Llama-3-style baseline built from the same class: pre-norm RMSNorm, SwiGLU, final norm, 1/sqrt(d) scale.
+
+        Args:
+            swiglu_intermediate_size (`int`, *optional*): SwiGLU MLP width (same as `intermediate_size`).
+            kwargs: Any other [`FogConfig`] field.
+        """
+        values = dict(
+            pre_norm=True,
+            post_norm=False,
+            qk_norm="none",
+            freeze_qk_gain=False,
+            softmax_scale=None,
+            layerscale=False,
+            input_upscale=None,
+            final_layernorm=True,
+            hidden_act="swiglu",
+        )
+        values.update(kwargs)
+        if swiglu_intermediate_size is not None and "intermediate_size" not in kwargs:
+            values["intermediate_size"] = swiglu_intermediate_size
+        return cls(**values)
+
+
+def _ungated_width(swiglu_width: int) -> int:
+    return int(math.ceil(1.5 * swiglu_width / 16) * 16)
+
+
+__all__ = ["FogConfig"]
