@@ -1,0 +1,246 @@
+"""Configuration of a layer-paired ("layer parallel") causal LM built from a Llama-family source model."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+SUPPORTED_SOURCE_MODEL_TYPES = ("llama", "mistral", "qwen2")
+LP_MODES = ("sublayer", "block")
+LP_MLP_NORMS = ("per_layer", "official_tp_split")
+
+# Attributes copied from the source config so that caches, masks and `generate` read them from the top-level config.
+_MIRRORED_SOURCE_ATTRIBUTES = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "max_position_embeddings",
+    "sliding_window",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "use_cache",
+)
+# Attributes derived in `__post_init__` (never read back from a saved file).
+_DERIVED_ATTRIBUTES = _MIRRORED_SOURCE_ATTRIBUTES + ("num_hidden_layers", "layer_types")
+
+
+def resolve_pairs(
+    num_layers: int, start: int | None = None, end: int | None = None, pairs: list | tuple | None = None
+) -> list[list[int]]:
+    """Turn a paired range `[start, end)` or an explicit list of pairs into a validated, sorted list of pairs.
+
+    Args:
+        num_layers (`int`): Number of decoder layers of the source model.
+        start (`int`, *optional*): First paired layer (inclusive). Pairs are `(start, start + 1)`, `(start + 2,
+            start + 3)`, ...
+        end (`int`, *optional*): End of the paired range (exclusive); `end - start` must be even.
+        pairs (`list`, *optional*): Explicit pairs `[[i, i + 1], ...]` of adjacent, non-overlapping layers; excludes
+            `start`/`end`.
+
+    Returns:
+        `list[list[int]]`: the pairs, sorted by layer index. Empty when `start == end` or `pairs == []`.
+
+    Raises:
+        `ValueError`: for an odd-length, reversed or out-of-range `[start, end)`, and for pairs that are not two
+            adjacent layers, fall outside `[0, num_layers)` or overlap.
+    """
+    if pairs is not None and (start is not None or end is not None):
+        raise ValueError("Give either `pairs` or the range `start`/`end`, not both.")
+    if pairs is None:
+        if start is None and end is None:
+            return []
+        if start is None or end is None:
+            raise ValueError(f"Give both `start` and `end` of the paired range (got start={start}, end={end}).")
+        if not isinstance(start, int) or not isinstance(end, int) or isinstance(start, bool) or isinstance(end, bool):
+            raise TypeError(f"`start` and `end` must be integers, got start={start!r}, end={end!r}.")
+        if not 0 <= start <= end <= num_layers:
+            raise ValueError(
+                f"The paired range [start={start}, end={end}) is out of range for a model with {num_layers} layers; "
+                f"use 0 <= start <= end <= {num_layers}."
+            )
+        if (end - start) % 2:
+            raise ValueError(
+                f"The paired range [start={start}, end={end}) has odd length {end - start}; layers are paired two by "
+                f"two, so use an even length (e.g. end={end - 1} or end={end + 1})."
+            )
+        return [[i, i + 1] for i in range(start, end, 2)]
+    if not isinstance(pairs, list | tuple):
+        raise TypeError(f"`pairs` must be a list of [i, i + 1] pairs, got {type(pairs).__name__}.")
+    out: list[list[int]] = []
+    for pair in pairs:
+        if (
+            not isinstance(pair, list | tuple)
+            or len(pair) != 2
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair)
+        ):
+            raise ValueError(f"Each entry of `pairs` must be two layer indices [i, i + 1], got {pair!r}.")
+        a, b = int(pair[0]), int(pair[1])
+        if b != a + 1:
+            raise ValueError(f"Pair {list(pair)} does not hold two adjacent layers; use [{a}, {a + 1}].")
+        if not 0 <= a < b < num_layers:
+            raise ValueError(
+                f"Pair {list(pair)} is out of range for a model with {num_layers} layers (indices 0..{num_layers - 1})."
+            )
+        out.append([a, b])
+    out.sort()
+    for prev, nxt in zip(out, out[1:]):
+        if nxt[0] <= prev[1]:
+            raise ValueError(f"Pairs {prev} and {nxt} overlap; every layer can belong to at most one pair.")
+    return out
+
+
+class LayerParallelConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`LayerParallelForCausalLM`]: a Llama-family model (`llama`, `mistral` or `qwen2` decoder
+    blocks) in which some pairs of adjacent layers run in parallel instead of one after the other.
+
+    For a pair of pre-norm layers (a, b) the "sublayer" form (the one of the reference code) computes
+
+        h = x + A_a(N1_a(x)) + A_b(N1_b(x))      # both attentions read x
+        y = h + M_a(N2_a(h)) + M_b(N2_b(h))      # both MLPs read h
+
+    and the "block" form computes `y = x + f_a(x) + f_b(x)` with `f(x) = layer(x) - x`.
+
+    With `lp_merged=True` each pair is stored as one wide layer: the RMSNorm gains are folded into the projections
+    and the heads / MLP neurons of both layers are concatenated (exact; grouped-query attention is preserved). A
+    merged pair uses one KV-cache slot with twice the KV heads; an unmerged pair uses two slots. Cache slots are
+    numbered contiguously, so `num_hidden_layers` of this config is the number of cache slots.
+
+    Args:
+        source_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the source model (model type `llama`, `mistral` or `qwen2`). Defaults to a default `LlamaConfig`.
+        lp_start (`int`, *optional*):
+            First layer of the paired range (inclusive).
+        lp_end (`int`, *optional*):
+            End of the paired range (exclusive). `lp_end - lp_start` must be even.
+        lp_pairs (`list[list[int]]`, *optional*):
+            Explicit list of adjacent pairs instead of a range, e.g. `[[4, 5], [8, 9]]`. Filled from the range when
+            the range is given.
+        lp_mode (`str`, *optional*, defaults to `"sublayer"`):
+            `"sublayer"` (both attentions read x, then both MLPs read h) or `"block"` (whole blocks in parallel).
+        lp_mlp_norm (`str`, *optional*, defaults to `"per_layer"`):
+            `"per_layer"`: each MLP normalises h with its own gain. `"official_tp_split"`: the first half of the
+            neurons of both MLPs uses layer a's gain and the second half layer b's gain, as the reference 2-GPU
+            tensor-parallel code computes it. Only with `lp_mode="sublayer"`.
+        lp_merged (`bool`, *optional*, defaults to `True`):
+            Whether each pair is stored as one wide layer (`True`) or as two branches whose outputs are summed.
+
+    Example:
+
+    ```python
+    >>> from transformers import LlamaConfig
+    >>> from hf_ext.models.layer_parallel import LayerParallelConfig
+    >>> config = LayerParallelConfig(source_config=LlamaConfig(num_hidden_layers=8).to_dict(), lp_start=4, lp_end=8)
+    >>> config.lp_pairs, config.num_hidden_layers
+    ([[4, 5], [6, 7]], 6)
+    ```
+    """
+
+    model_type = "layer_parallel"
+    sub_configs_defaults = {"source_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    source_config: dict | PreTrainedConfig | None = None
+    lp_start: int | None = None
+    lp_end: int | None = None
+    lp_pairs: list | None = None
+    lp_mode: str = "sublayer"
+    lp_mlp_norm: str = "per_layer"
+    lp_merged: bool = True
+
+    def __post_init__(self, **kwargs):
+        for key in _DERIVED_ATTRIBUTES:
+            kwargs.pop(key, None)
+        super().__post_init__(**kwargs)
+        src = self.source_config
+        if src.model_type not in SUPPORTED_SOURCE_MODEL_TYPES:
+            raise ValueError(
+                f"source_config has model_type {src.model_type!r}; layer pairing supports "
+                f"{list(SUPPORTED_SOURCE_MODEL_TYPES)} (pre-norm decoder blocks with RMSNorm, attention and a gated MLP)."
+            )
+        if self.lp_mode not in LP_MODES:
+            raise ValueError(f"lp_mode must be one of {list(LP_MODES)}, got {self.lp_mode!r}.")
+        if self.lp_mlp_norm not in LP_MLP_NORMS:
+            raise ValueError(f"lp_mlp_norm must be one of {list(LP_MLP_NORMS)}, got {self.lp_mlp_norm!r}.")
+        if self.lp_mlp_norm == "official_tp_split":
+            if self.lp_mode != "sublayer":
+                raise ValueError(
+                    "lp_mlp_norm='official_tp_split' only exists for lp_mode='sublayer' (in 'block' mode each MLP reads "
+                    "its own branch); use lp_mlp_norm='per_layer'."
+                )
+            if src.intermediate_size % 2:
+                raise ValueError(
+                    f"lp_mlp_norm='official_tp_split' splits the MLP neurons in halves, so intermediate_size must be "
+                    f"even (got {src.intermediate_size}); use lp_mlp_norm='per_layer'."
+                )
+        num_layers = src.num_hidden_layers
+        if self.lp_start is not None or self.lp_end is not None:
+            range_pairs = resolve_pairs(num_layers, self.lp_start, self.lp_end)
+            if self.lp_pairs is not None and resolve_pairs(num_layers, pairs=self.lp_pairs) != range_pairs:
+                raise ValueError(
+                    f"lp_pairs={self.lp_pairs} disagrees with the range [lp_start={self.lp_start}, "
+                    f"lp_end={self.lp_end}); give one of them."
+                )
+            self.lp_pairs = range_pairs
+        else:
+            self.lp_pairs = resolve_pairs(num_layers, pairs=self.lp_pairs if self.lp_pairs is not None else [])
+        source_types = self.source_layer_types()
+        for a, b in self.lp_pairs:
+            if source_types[a] != source_types[b]:
+                raise ValueError(
+                    f"Layers {a} and {b} use different attention types ({source_types[a]} vs {source_types[b]}) and "
+                    "cannot be paired; choose pairs whose layers share the attention type."
+                )
+
+        for key in _MIRRORED_SOURCE_ATTRIBUTES:
+            if hasattr(src, key):
+                setattr(self, key, getattr(src, key))
+        if getattr(self, "head_dim", None) is None:
+            self.head_dim = src.hidden_size // src.num_attention_heads
+        if not hasattr(self, "num_key_value_heads") or self.num_key_value_heads is None:
+            self.num_key_value_heads = src.num_attention_heads
+        if not hasattr(self, "sliding_window"):
+            self.sliding_window = None
+        slot_types = []
+        for kind, layers in self.build_blocks():
+            if kind == "pair" and not self.lp_merged:
+                slot_types += [source_types[layers[0]], source_types[layers[1]]]
+            else:
+                slot_types.append(source_types[layers[0]])
+        self.layer_types = slot_types
+        self.num_hidden_layers = len(slot_types)
+
+    def source_layer_types(self) -> list[str]:
+        """Attention type (`"full_attention"` or `"sliding_attention"`) of each layer of the source model."""
+        src = self.source_config
+        types = getattr(src, "layer_types", None)
+        if types is not None:
+            return list(types)
+        kind = "sliding_attention" if getattr(src, "sliding_window", None) is not None else "full_attention"
+        return [kind] * src.num_hidden_layers
+
+    def build_blocks(self) -> list[tuple[str, list[int]]]:
+        """The execution plan: `("layer", [i])` for a sequential layer, `("pair", [i, i + 1])` for a pair."""
+        paired = {a: b for a, b in self.lp_pairs}
+        blocks, i = [], 0
+        while i < self.source_config.num_hidden_layers:
+            if i in paired:
+                blocks.append(("pair", [i, paired[i]]))
+                i += 2
+            else:
+                blocks.append(("layer", [i]))
+                i += 1
+        return blocks
+
+    @property
+    def effective_depth(self) -> int:
+        """Number of sequential residual blocks (source depth minus the number of pairs)."""
+        return self.source_config.num_hidden_layers - len(self.lp_pairs)
+
+
+__all__ = ["LayerParallelConfig", "resolve_pairs"]

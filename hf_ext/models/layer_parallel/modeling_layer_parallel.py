@@ -1,0 +1,683 @@
+"""Layer-paired ("layer parallel") causal LM for Llama-family decoder blocks, and the converter that builds it.
+
+Sequential layers are the source architecture's own decoder layers. A merged pair in "sublayer" mode is the same
+decoder layer made twice as wide (gains folded into the projections, heads and MLP neurons concatenated), so it runs
+through transformers' own attention kernels and caches. Unmerged pairs run the two source layers as branches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_layer_parallel import SUPPORTED_SOURCE_MODEL_TYPES, LayerParallelConfig
+
+_CLASS_PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
+_MASK_FUNCTIONS = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+
+
+def source_classes(model_type: str) -> tuple[type, type, type]:
+    """(decoder layer, RMSNorm, rotary embedding) classes of a supported source architecture."""
+    if model_type not in _CLASS_PREFIX:
+        raise ValueError(f"model_type {model_type!r} is not supported; use one of {list(SUPPORTED_SOURCE_MODEL_TYPES)}.")
+    module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    prefix = _CLASS_PREFIX[model_type]
+    return (
+        getattr(module, f"{prefix}DecoderLayer"),
+        getattr(module, f"{prefix}RMSNorm"),
+        getattr(module, f"{prefix}RotaryEmbedding"),
+    )
+
+
+class BranchwiseLinear(nn.Module):
+    """`num_branches` independent linear maps applied to consecutive slices of the last dimension.
+
+    Input `[..., num_branches * in_features]`, output `[..., num_branches, out_features]` (one batched matmul).
+    """
+
+    def __init__(self, num_branches: int, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.num_branches, self.in_features, self.out_features = num_branches, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(num_branches, out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(num_branches, out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(*x.shape[:-1], self.num_branches, self.in_features)
+        out = torch.einsum("...bi,boi->...bo", x, self.weight)
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        return f"branches={self.num_branches}, in={self.in_features}, out={self.out_features}"
+
+
+class BranchwiseGatedMLP(nn.Module):
+    """Gated MLPs of several branches, each reading its own input; their outputs are summed by one down projection.
+
+    Input `[..., num_branches, hidden]`, output `[..., hidden]`.
+    """
+
+    def __init__(self, num_branches: int, hidden_size: int, intermediate_size: int, act_fn, gate_up_bias: bool, down_bias):
+        super().__init__()
+        self.num_branches, self.hidden_size, self.intermediate_size = num_branches, hidden_size, intermediate_size
+        self.gate_weight = nn.Parameter(torch.empty(num_branches, intermediate_size, hidden_size))
+        self.up_weight = nn.Parameter(torch.empty(num_branches, intermediate_size, hidden_size))
+        self.gate_bias = nn.Parameter(torch.zeros(num_branches, intermediate_size)) if gate_up_bias else None
+        self.up_bias = nn.Parameter(torch.zeros(num_branches, intermediate_size)) if gate_up_bias else None
+        self.down_proj = nn.Linear(num_branches * intermediate_size, hidden_size, bias=down_bias)
+        self.act_fn = act_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.einsum("...bd,bid->...bi", x, self.gate_weight)
+        up = torch.einsum("...bd,bid->...bi", x, self.up_weight)
+        if self.gate_bias is not None:
+            gate, up = gate + self.gate_bias, up + self.up_bias
+        inner = self.act_fn(gate) * up
+        return self.down_proj(inner.reshape(*inner.shape[:-2], self.num_branches * self.intermediate_size))
+
+
+def _widen_decoder_layer(layer: nn.Module, factor: int = 2) -> nn.Module:
+    """Replace the projections of a stock decoder layer with `factor` times more heads and MLP neurons."""
+    attn, mlp = layer.self_attn, layer.mlp
+
+    def wide(lin: nn.Linear, out_mult: int, in_mult: int) -> nn.Linear:
+        return nn.Linear(
+            lin.in_features * in_mult, lin.out_features * out_mult, bias=lin.bias is not None, device=lin.weight.device
+        )
+
+    attn.q_proj, attn.k_proj, attn.v_proj = (wide(p, factor, 1) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    attn.o_proj = wide(attn.o_proj, 1, factor)
+    mlp.gate_proj, mlp.up_proj = wide(mlp.gate_proj, factor, 1), wide(mlp.up_proj, factor, 1)
+    mlp.down_proj = wide(mlp.down_proj, 1, factor)
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = mlp.intermediate_size * factor
+    return layer
+
+
+class LayerParallelBranchPair(GradientCheckpointingLayer):
+    """Two source decoder layers run as parallel branches whose outputs are summed (the unmerged reference path).
+
+    "sublayer": `h = x + A_a(N1_a x) + A_b(N1_b x)`, `y = h + M_a(N2_a h) + M_b(N2_b h)`.
+    "block": `y = x + f_a(x) + f_b(x)` with `f(x) = A(N1 x) + M(N2(x + A(N1 x)))`.
+    Each branch keeps its own attention and KV-cache slot.
+    """
+
+    def __init__(self, layer_a: nn.Module, layer_b: nn.Module, mode: str, mlp_norm: str):
+        super().__init__()
+        self.branch_a, self.branch_b = layer_a, layer_b
+        self.mode, self.mlp_norm = mode, mlp_norm
+
+    @staticmethod
+    def _split_norm_mlp(mlp: nn.Module, norm_a: torch.Tensor, norm_b: torch.Tensor) -> torch.Tensor:
+        """MLP whose first half of neurons reads `norm_a` and second half `norm_b` (reference TP split)."""
+        half = mlp.gate_proj.out_features // 2
+
+        def proj(lin: nn.Linear) -> torch.Tensor:
+            bias = lin.bias
+            first = nn.functional.linear(norm_a, lin.weight[:half], None if bias is None else bias[:half])
+            second = nn.functional.linear(norm_b, lin.weight[half:], None if bias is None else bias[half:])
+            return torch.cat([first, second], dim=-1)
+
+        return mlp.down_proj(mlp.act_fn(proj(mlp.gate_proj)) * proj(mlp.up_proj))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        x, la, lb = hidden_states, self.branch_a, self.branch_b
+        attn_kwargs = dict(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        attn_a = la.self_attn(hidden_states=la.input_layernorm(x), **attn_kwargs)[0]
+        attn_b = lb.self_attn(hidden_states=lb.input_layernorm(x), **attn_kwargs)[0]
+        if self.mode == "block":
+            h_a, h_b = x + attn_a, x + attn_b
+            mlp_a = la.mlp(la.post_attention_layernorm(h_a))
+            mlp_b = lb.mlp(lb.post_attention_layernorm(h_b))
+            return x + (attn_a + mlp_a) + (attn_b + mlp_b)
+        h = x + attn_a + attn_b
+        if self.mlp_norm == "official_tp_split":
+            n_a, n_b = la.post_attention_layernorm(h), lb.post_attention_layernorm(h)
+            return h + self._split_norm_mlp(la.mlp, n_a, n_b) + self._split_norm_mlp(lb.mlp, n_a, n_b)
+        return h + la.mlp(la.post_attention_layernorm(h)) + lb.mlp(lb.post_attention_layernorm(h))
+
+
+class LayerParallelMergedBlockPair(GradientCheckpointingLayer):
+    """A "block"-mode pair stored as one layer: one wide attention (2x heads, one cache slot) whose output
+    projection keeps the branches apart, then both gated MLPs as one batched matmul on their own inputs."""
+
+    def __init__(self, attention: nn.Module, norm_cls: type, hidden_size: int, eps: float, mlp: BranchwiseGatedMLP):
+        super().__init__()
+        self.input_layernorm = norm_cls(hidden_size, eps=eps)
+        self.self_attn = attention
+        self.post_attention_layernorm = norm_cls(hidden_size, eps=eps)
+        self.mlp = mlp
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        x = hidden_states
+        attn, _ = self.self_attn(
+            hidden_states=self.input_layernorm(x),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )  # [..., 2, hidden]: one output per branch
+        h = x.unsqueeze(-2) + attn
+        return x + attn.sum(dim=-2) + self.mlp(self.post_attention_layernorm(h))
+
+
+class LayerParallelPreTrainedModel(PreTrainedModel):
+    config: LayerParallelConfig
+    config_class = LayerParallelConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = [
+        "LlamaDecoderLayer",
+        "MistralDecoderLayer",
+        "Qwen2DecoderLayer",
+        "LayerParallelBranchPair",
+        "LayerParallelMergedBlockPair",
+    ]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _can_compile_fullgraph = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = getattr(self.config.source_config, "initializer_range", 0.02)
+        if isinstance(module, BranchwiseLinear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, BranchwiseGatedMLP):
+            init.normal_(module.gate_weight, mean=0.0, std=std)
+            init.normal_(module.up_weight, mean=0.0, std=std)
+            if module.gate_bias is not None:
+                init.zeros_(module.gate_bias)
+                init.zeros_(module.up_bias)
+
+
+class LayerParallelModel(LayerParallelPreTrainedModel):
+    """Decoder stack: embeddings, the blocks of `config.build_blocks()` (layers and pairs), final norm."""
+
+    def __init__(self, config: LayerParallelConfig):
+        super().__init__(config)
+        src = config.source_config
+        layer_cls, norm_cls, rotary_cls = source_classes(src.model_type)
+        self.padding_idx = src.pad_token_id
+        self.vocab_size = src.vocab_size
+        self.embed_tokens = nn.Embedding(src.vocab_size, src.hidden_size, self.padding_idx)
+        source_types = config.source_layer_types()
+        blocks: list[nn.Module] = []
+        self.block_attention_types: list[str] = []
+        slot = 0
+        for kind, idx in config.build_blocks():
+            self.block_attention_types.append(source_types[idx[0]])
+            if kind == "layer":
+                block = layer_cls(src, idx[0])  # built with its source index so per-layer settings stay right
+                block.self_attn.layer_idx = slot
+                slot += 1
+            elif not config.lp_merged:
+                layer_a, layer_b = layer_cls(src, idx[0]), layer_cls(src, idx[1])
+                layer_a.self_attn.layer_idx, layer_b.self_attn.layer_idx = slot, slot + 1
+                block = LayerParallelBranchPair(layer_a, layer_b, config.lp_mode, config.lp_mlp_norm)
+                slot += 2
+            elif config.lp_mode == "sublayer":
+                block = _widen_decoder_layer(layer_cls(src, idx[0]))
+                block.self_attn.layer_idx = slot
+                slot += 1
+            else:
+                attn = _widen_decoder_layer(layer_cls(src, idx[0])).self_attn
+                attn.o_proj = BranchwiseLinear(
+                    2, attn.o_proj.in_features // 2, attn.o_proj.out_features, bias=attn.o_proj.bias is not None
+                )
+                attn.layer_idx = slot
+                ref_mlp = layer_cls(src, idx[0]).mlp
+                mlp = BranchwiseGatedMLP(
+                    2,
+                    src.hidden_size,
+                    src.intermediate_size,
+                    ref_mlp.act_fn,
+                    gate_up_bias=ref_mlp.gate_proj.bias is not None,
+                    down_bias=ref_mlp.down_proj.bias is not None,
+                )
+                block = LayerParallelMergedBlockPair(attn, norm_cls, src.hidden_size, src.rms_norm_eps, mlp)
+                slot += 1
+            blocks.append(block)
+        self.layers = nn.ModuleList(blocks)
+        self.norm = norm_cls(src.hidden_size, eps=src.rms_norm_eps)
+        self.rotary_emb = rotary_cls(config=src)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | dict | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """Run the decoder stack.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`, *optional*): Token ids (or give `inputs_embeds`).
+            attention_mask (`torch.Tensor` or `dict`, *optional*): 2D padding mask, or masks prepared per attention
+                type by `generate`.
+            position_ids (`torch.LongTensor`, *optional*): Positions; default continues after the cached tokens.
+            cache (`Cache`, *optional*): `DynamicCache`, `StaticCache`, ... with `config.num_hidden_layers` slots.
+            inputs_embeds (`torch.Tensor`, *optional*): Input embeddings instead of `input_ids`.
+            use_cache (`bool`, *optional*): Create and return a `DynamicCache` when none is given.
+            output_hidden_states (`bool`, *optional*): Also return the hidden states after every block.
+        """
+        if "past_key_values" in kwargs:
+            cache = kwargs.pop("past_key_values") if cache is None else cache
+        for key in ("output_attentions", "return_dict"):
+            kwargs.pop(key, None)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Give exactly one of `input_ids` or `inputs_embeds`.")
+        if use_cache is None:
+            use_cache = bool(getattr(self.config, "use_cache", True)) and not self.training
+        if output_hidden_states is None:
+            output_hidden_states = bool(self.config.output_hidden_states)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if position_ids is None:
+            past_seen = cache.get_seq_length() if cache is not None else 0
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen).unsqueeze(0)
+
+        if isinstance(attention_mask, dict):
+            masks = attention_mask
+        else:
+            mask_kwargs = dict(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=cache,
+                position_ids=position_ids,
+            )
+            masks = {kind: _MASK_FUNCTIONS[kind](**mask_kwargs) for kind in sorted(set(self.block_attention_types))}
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        for block, kind in zip(self.layers, self.block_attention_types):
+            hidden_states = block(
+                hidden_states,
+                attention_mask=masks[kind],
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, cache=cache if use_cache else None, hidden_states=all_hidden
+        )
+
+
+class LayerParallelForCausalLM(LayerParallelPreTrainedModel, GenerationMixin):
+    """Causal LM whose decoder runs some pairs of adjacent layers in parallel (see [`LayerParallelConfig`]).
+
+    Build one from a pretrained Llama, Mistral or Qwen2 model with [`convert_to_layer_parallel`]; save it with
+    `save_pretrained` and load it back with `AutoModelForCausalLM.from_pretrained` (after `import hf_ext`).
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LayerParallelConfig):
+        super().__init__(config)
+        self.model = LayerParallelModel(config)
+        self.vocab_size = config.source_config.vocab_size
+        self.lm_head = nn.Linear(config.source_config.hidden_size, self.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | dict | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Next-token logits (and the causal LM loss when `labels` are given).
+
+        Args:
+            labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*): Targets (shifted inside); -100 is ignored.
+            logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0): Compute logits only for the last
+                `logits_to_keep` positions (0 = all), or for the given positions.
+
+        Other arguments as in [`LayerParallelModel.forward`].
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        )
+
+    def _get_static_cache_init_shape(self):
+        """Per-slot KV heads for an eagerly allocated `StaticCache` (merged pairs hold twice the KV heads)."""
+        cfg = self.config
+        heads: list[int] = []
+        for kind, _ in cfg.build_blocks():
+            if kind == "pair" and not cfg.lp_merged:
+                heads += [cfg.num_key_value_heads] * 2
+            else:
+                heads.append(cfg.num_key_value_heads * (2 if kind == "pair" else 1))
+        return heads, cfg.head_dim
+
+    def paired_block_indices(self) -> list[int]:
+        """Indices in `model.layers` of the blocks that hold a pair."""
+        return [i for i, (kind, _) in enumerate(self.config.build_blocks()) if kind == "pair"]
+
+    def set_pair_finetuning(self, enabled: bool = True) -> list[str]:
+        """Fine-tune mode: only the paired blocks keep `requires_grad=True`; everything else is frozen.
+
+        Args:
+            enabled (`bool`, *optional*, defaults to `True`): `False` makes every parameter trainable again.
+
+        Returns:
+            `list[str]`: names of the trainable parameters.
+
+        Raises:
+            `ValueError`: when the model has no pair to fine-tune.
+        """
+        blocks = self.paired_block_indices()
+        if enabled and not blocks:
+            raise ValueError("This model has no paired layers to fine-tune; convert it with a non-empty range first.")
+        prefixes = tuple(f"model.layers.{i}." for i in blocks)
+        trainable = []
+        for name, param in self.named_parameters():
+            param.requires_grad_(not enabled or name.startswith(prefixes))
+            if param.requires_grad:
+                trainable.append(name)
+        return trainable
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Conversion
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _fold(weight: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """`W @ diag(g)` computed in float32: a projection reading `g * x_hat` becomes one reading `x_hat`."""
+    return weight.float() * gain.float()[None, :]
+
+
+def _cat_bias(*biases: torch.Tensor | None) -> torch.Tensor | None:
+    return None if biases[0] is None else torch.cat([b.float() for b in biases])
+
+
+def _sum_bias(*biases: torch.Tensor | None) -> torch.Tensor | None:
+    return None if biases[0] is None else sum(b.float() for b in biases)
+
+
+def merge_pair_state(
+    state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor], mode: str, mlp_norm: str
+) -> dict[str, torch.Tensor]:
+    """Weights of the merged layer for a pair of source decoder layers (state dicts with layer-relative names).
+
+    The RMSNorm gains are folded into the projections that read them, heads and neurons are concatenated
+    (branch a first), output projections are concatenated along their input so the branch sum falls out of the
+    matmul. Computed in float32; cast to the model dtype when loaded.
+
+    Args:
+        state_a, state_b (`dict[str, torch.Tensor]`): `input_layernorm.weight`, `self_attn.q_proj.weight`, ... of
+            the two layers.
+        mode (`str`): `"sublayer"` or `"block"`.
+        mlp_norm (`str`): `"per_layer"` or `"official_tp_split"`.
+
+    Returns:
+        `dict[str, torch.Tensor]`: state dict of the merged block (relative names).
+    """
+    out: dict[str, torch.Tensor] = {}
+    g1 = (state_a["input_layernorm.weight"], state_b["input_layernorm.weight"])
+    g2 = (state_a["post_attention_layernorm.weight"], state_b["post_attention_layernorm.weight"])
+    states = (state_a, state_b)
+    out["input_layernorm.weight"] = torch.ones_like(g1[0], dtype=torch.float32)
+    out["post_attention_layernorm.weight"] = torch.ones_like(g2[0], dtype=torch.float32)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        out[f"self_attn.{name}.weight"] = torch.cat([_fold(s[f"self_attn.{name}.weight"], g) for s, g in zip(states, g1)])
+        bias = _cat_bias(*(s.get(f"self_attn.{name}.bias") for s in states))
+        if bias is not None:
+            out[f"self_attn.{name}.bias"] = bias
+    o_weights = [s["self_attn.o_proj.weight"].float() for s in states]
+    o_biases = [s.get("self_attn.o_proj.bias") for s in states]
+    if mode == "block":
+        out["self_attn.o_proj.weight"] = torch.stack(o_weights)
+        if o_biases[0] is not None:
+            out["self_attn.o_proj.bias"] = torch.stack([b.float() for b in o_biases])
+        out["mlp.gate_weight"] = torch.stack([_fold(s["mlp.gate_proj.weight"], g) for s, g in zip(states, g2)])
+        out["mlp.up_weight"] = torch.stack([_fold(s["mlp.up_proj.weight"], g) for s, g in zip(states, g2)])
+        if states[0].get("mlp.gate_proj.bias") is not None:
+            out["mlp.gate_bias"] = torch.stack([s["mlp.gate_proj.bias"].float() for s in states])
+            out["mlp.up_bias"] = torch.stack([s["mlp.up_proj.bias"].float() for s in states])
+        prefix_down = "mlp.down_proj"
+    else:
+        out["self_attn.o_proj.weight"] = torch.cat(o_weights, dim=1)
+        if o_biases[0] is not None:
+            out["self_attn.o_proj.bias"] = _sum_bias(*o_biases)
+        for name in ("gate_proj", "up_proj"):
+            parts = []
+            for s, g in zip(states, g2):
+                w = s[f"mlp.{name}.weight"]
+                if mlp_norm == "official_tp_split":
+                    half = w.shape[0] // 2
+                    parts += [_fold(w[:half], g2[0]), _fold(w[half:], g2[1])]
+                else:
+                    parts.append(_fold(w, g))
+            out[f"mlp.{name}.weight"] = torch.cat(parts)
+            bias = _cat_bias(*(s.get(f"mlp.{name}.bias") for s in states))
+            if bias is not None:
+                out[f"mlp.{name}.bias"] = bias
+        prefix_down = "mlp.down_proj"
+    out[f"{prefix_down}.weight"] = torch.cat([s["mlp.down_proj.weight"].float() for s in states], dim=1)
+    down_bias = _sum_bias(*(s.get("mlp.down_proj.bias") for s in states))
+    if down_bias is not None:
+        out[f"{prefix_down}.bias"] = down_bias
+    return out
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _layer_state(state: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    prefix = f"model.layers.{index}."
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def convert_to_layer_parallel(
+    model: PreTrainedModel,
+    start: int | None = None,
+    end: int | None = None,
+    mode: str = "sublayer",
+    merge: bool = True,
+    *,
+    pairs: list | None = None,
+    mlp_norm: str = "per_layer",
+) -> LayerParallelForCausalLM:
+    """Convert a pretrained Llama, Mistral or Qwen2 causal LM into a [`LayerParallelForCausalLM`].
+
+    Layers `start, start + 1, ..., end - 1` are paired two by two; every other layer stays sequential. The source
+    model is left untouched; the new model lives on the same device with the same dtype and attention kernel.
+
+    Args:
+        model (`PreTrainedModel`): A `LlamaForCausalLM`, `MistralForCausalLM` or `Qwen2ForCausalLM` (any model whose
+            `config.model_type` is `llama`, `mistral` or `qwen2`).
+        start (`int`, *optional*): First paired layer (inclusive).
+        end (`int`, *optional*): End of the paired range (exclusive); `end - start` must be even. `start == end`
+            gives a model that computes exactly what the source computes.
+        mode (`str`, *optional*, defaults to `"sublayer"`): `"sublayer"` (both attentions read x, then both MLPs
+            read h; the reference code's form) or `"block"` (whole blocks in parallel).
+        merge (`bool`, *optional*, defaults to `True`): Fold the norm gains and concatenate each pair into one wide
+            layer (fast path). `False` keeps two branches and sums them (reference path).
+        pairs (`list[list[int]]`, *optional*): Explicit adjacent pairs instead of `start`/`end`.
+        mlp_norm (`str`, *optional*, defaults to `"per_layer"`): `"per_layer"` or `"official_tp_split"` (see
+            [`LayerParallelConfig`]).
+
+    Returns:
+        [`LayerParallelForCausalLM`] in eval mode.
+
+    Example:
+
+    ```python
+    >>> lp = convert_to_layer_parallel(llama, start=4, end=8)      # pairs (4, 5) and (6, 7)
+    >>> lp.save_pretrained("llama-lp")                              # reload with AutoModelForCausalLM
+    ```
+    """
+    if isinstance(model, LayerParallelForCausalLM):
+        raise TypeError("`model` is already a LayerParallelForCausalLM; convert the original source model instead.")
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"`model` must be a transformers PreTrainedModel, got {type(model).__name__}.")
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_SOURCE_MODEL_TYPES:
+        raise ValueError(
+            f"`model` has model_type {model_type!r}; convert_to_layer_parallel supports "
+            f"{list(SUPPORTED_SOURCE_MODEL_TYPES)} causal LMs."
+        )
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
+        raise TypeError(
+            f"`model` must be a causal LM with `.model.layers` and `.lm_head` (e.g. LlamaForCausalLM), got "
+            f"{type(model).__name__}."
+        )
+    if not isinstance(merge, bool):
+        raise TypeError(f"`merge` must be True or False, got {merge!r}.")
+    source_config = copy.deepcopy(model.config)
+    kwargs = dict(pairs=pairs) if pairs is not None else dict(start=start, end=end)
+    config = LayerParallelConfig(
+        source_config=source_config,
+        lp_start=kwargs.get("start"),
+        lp_end=kwargs.get("end"),
+        lp_pairs=pairs,
+        lp_mode=mode,
+        lp_mlp_norm=mlp_norm,
+        lp_merged=merge,
+    )  # validates everything before any weight is touched
+    config._attn_implementation = model.config._attn_implementation
+    config.name_or_path = getattr(model.config, "name_or_path", "")
+
+    source_state = model.state_dict()
+    new_state: dict[str, torch.Tensor] = {
+        "model.embed_tokens.weight": source_state["model.embed_tokens.weight"],
+        "model.norm.weight": source_state["model.norm.weight"],
+        "lm_head.weight": source_state.get("lm_head.weight", source_state["model.embed_tokens.weight"]),
+    }
+    for block, (kind, idx) in enumerate(config.build_blocks()):
+        prefix = f"model.layers.{block}."
+        if kind == "layer":
+            new_state.update({prefix + k: v for k, v in _layer_state(source_state, idx[0]).items()})
+        elif merge:
+            merged = merge_pair_state(
+                _layer_state(source_state, idx[0]), _layer_state(source_state, idx[1]), mode, mlp_norm
+            )
+            new_state.update({prefix + k: v for k, v in merged.items()})
+        else:
+            for branch, i in zip(("branch_a.", "branch_b."), idx):
+                new_state.update({prefix + branch + k: v for k, v in _layer_state(source_state, i).items()})
+
+    param = next(model.parameters())
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights(), torch.device(param.device), _default_dtype(param.dtype):
+        lp_model = LayerParallelForCausalLM(config)
+    missing, unexpected = lp_model.load_state_dict(new_state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"Weight layout mismatch while converting: missing={missing}, unexpected={unexpected}.")
+    if getattr(model, "generation_config", None) is not None:
+        lp_model.generation_config = copy.deepcopy(model.generation_config)
+    lp_model.eval()
+    return lp_model
+
+
+__all__ = [
+    "LayerParallelForCausalLM",
+    "LayerParallelModel",
+    "LayerParallelPreTrainedModel",
+    "convert_to_layer_parallel",
+    "merge_pair_state",
+]
