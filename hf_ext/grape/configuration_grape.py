@@ -1,0 +1,141 @@
+"""`GrapeConfig`: `TrainingArguments` plus the data-mixture reweighting settings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .rules import GRAPE_VARIANTS, STEP_SIZE_CONVENTIONS
+
+REWEIGHT_METHODS = (*GRAPE_VARIANTS, "doge", "doremi", "uniform", "fixed")
+
+
+@dataclass
+class GrapeConfig(TrainingArguments):
+    """Training arguments for [`GrapeTrainer`].
+
+    Defaults follow the GRAPE code's ClimbLab configuration where it is specific (step sizes 1.5 / 5, task smoothing
+    1e-3, no domain smoothing, EMA beta 0.9, reweighting every 100 steps, minibatches of 8) and its dataclass default
+    for the reweighting batch (16 sequences for the mixture and target gradients).
+    """
+
+    domain_column: str = field(
+        default="domain", metadata={"help": "Column of the training dataset naming each example's source domain."}
+    )
+    text_column: str = field(
+        default="text", metadata={"help": "Raw-text column used when a dataset has no `input_ids` yet (it is packed)."}
+    )
+    block_size: int = field(default=128, metadata={"help": "Tokens per block when packing raw-text datasets."})
+    reweight_method: str = field(
+        default="grape",
+        metadata={
+            "help": "How the mixture is chosen: grape | grape_ema | grape_gap (GRAPE variants), doge, doremi "
+            "(needs a reference model), uniform, or fixed (weights from --mixture_file)."
+        },
+    )
+    reweight_domains_every: int = field(
+        default=100, metadata={"help": "Update the domain weights after every N optimizer steps (0 = never)."}
+    )
+    reweight_tasks_every: int = field(
+        default=100, metadata={"help": "Update the task weights after every N optimizer steps (0 = never)."}
+    )
+    reweight_batch_size: int = field(
+        default=16,
+        metadata={"help": "Sequences used for the training-mixture and target-mixture gradients at each update."},
+    )
+    reweight_mini_batch_size: int = field(
+        default=8,
+        metadata={"help": "Sequences per forward/backward at an update; also the per-domain and per-task minibatch."},
+    )
+    domain_step_size: float = field(
+        default=1.5, metadata={"help": "mu_train: step of the domain-weight update (see --step_size_convention)."}
+    )
+    task_step_size: float = field(
+        default=5.0, metadata={"help": "mu_tgt: step of the task-weight update (see --step_size_convention)."}
+    )
+    step_size_convention: str = field(
+        default="absolute",
+        metadata={
+            "help": "absolute: the step is mu (GRAPE code); lr_scaled: the step is learning_rate / mu (older MAP code)."
+        },
+    )
+    task_smoothing: float = field(default=1e-3, metadata={"help": "Smoothing of task weights towards uniform."})
+    domain_smoothing: float = field(default=0.0, metadata={"help": "Smoothing of domain weights towards uniform."})
+    ema_beta: float = field(default=0.9, metadata={"help": "EMA coefficient of the task/domain losses (grape_ema)."})
+    doge_mu: float = field(default=0.05, metadata={"help": "DoGE inverse step size (Bregman coefficient)."})
+    doge_score_min: float = field(default=0.0, metadata={"help": "DoGE lower score clip, in units of the lr."})
+    doge_score_max: float = field(default=5.0, metadata={"help": "DoGE upper score clip, in units of the lr."})
+    doremi_eta: float = field(default=1.0, metadata={"help": "DoReMi step size on the excess losses."})
+    doremi_smoothing: float = field(default=1e-4, metadata={"help": "DoReMi smoothing of the domain weights."})
+    reference_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Reference model for DoReMi's excess loss (folder or hub id)."}
+    )
+    mixture_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON mixture (as exported by GrapeTrainer) giving the fixed weights (reweight_method=fixed) or "
+            "the initial weights (other methods)."
+        },
+    )
+    mixture_key: str = field(
+        default="final", metadata={"help": "Which weights of --mixture_file to use: final or average."}
+    )
+    samples_per_epoch: int | None = field(
+        default=None, metadata={"help": "Sequences drawn per sampler epoch; default: the training set size."}
+    )
+    export_mixture_file: str = field(
+        default="mixture.json", metadata={"help": "Where the final mixture JSON goes (relative to output_dir)."}
+    )
+    plot_file: str | None = field(
+        default="mixture_weights.png",
+        metadata={"help": "PNG of the weight trajectories (relative to output_dir); empty to skip."},
+    )
+
+    def __post_init__(self):
+        self._validate_mixture_args()
+        super().__post_init__()
+
+    def _validate_mixture_args(self) -> None:
+        if self.reweight_method not in REWEIGHT_METHODS:
+            raise ValueError(f"reweight_method must be one of {REWEIGHT_METHODS}, got {self.reweight_method!r}.")
+        if self.step_size_convention not in STEP_SIZE_CONVENTIONS:
+            raise ValueError(
+                f"step_size_convention must be one of {STEP_SIZE_CONVENTIONS}, got {self.step_size_convention!r}."
+            )
+        for name in ("reweight_domains_every", "reweight_tasks_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int (0 disables the update), got {value!r}.")
+        for name in ("reweight_batch_size", "reweight_mini_batch_size", "block_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if self.reweight_batch_size % self.reweight_mini_batch_size:
+            raise ValueError(
+                f"reweight_batch_size ({self.reweight_batch_size}) must be a multiple of reweight_mini_batch_size "
+                f"({self.reweight_mini_batch_size})."
+            )
+        for name in ("domain_step_size", "task_step_size", "doremi_eta"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite non-negative number, got {value}.")
+        if self.step_size_convention == "lr_scaled" and self.reweight_method in GRAPE_VARIANTS:
+            for name in ("domain_step_size", "task_step_size"):
+                if getattr(self, name) == 0:
+                    raise ValueError(f"step_size_convention='lr_scaled' divides the lr by {name}; set it > 0.")
+        for name in ("task_smoothing", "domain_smoothing", "doremi_smoothing", "ema_beta"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}.")
+        if not self.doge_mu > 0:
+            raise ValueError(f"doge_mu must be > 0, got {self.doge_mu}.")
+        if self.doge_score_min > self.doge_score_max:
+            raise ValueError("doge_score_min must not exceed doge_score_max.")
+        if self.mixture_key not in ("final", "average"):
+            raise ValueError(f"mixture_key must be 'final' or 'average', got {self.mixture_key!r}.")
+        if self.samples_per_epoch is not None and self.samples_per_epoch <= 0:
+            raise ValueError(f"samples_per_epoch must be positive, got {self.samples_per_epoch}.")
+        if not self.export_mixture_file:
+            raise ValueError("export_mixture_file must be a file name, e.g. mixture.json.")

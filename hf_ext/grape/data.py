@@ -1,0 +1,92 @@
+"""Turn raw-text source and target datasets into packed blocks that keep their domain."""
+
+from __future__ import annotations
+
+MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
+
+
+def domain_rows(dataset, domain_column: str) -> tuple[list[str], list[list[int]]]:
+    """Sorted domain names of `dataset[domain_column]` and, for each, the rows holding it.
+
+    Raises:
+        ValueError: when the column is missing (the message names the available columns).
+    """
+    if domain_column not in dataset.column_names:
+        raise ValueError(
+            f"the training dataset has no domain column {domain_column!r} (columns: {dataset.column_names}); add one "
+            "naming each example's source domain, or pass --domain_column with the right name."
+        )
+    values = [str(v) for v in dataset[domain_column]]
+    names = sorted(set(values))
+    index = {n: i for i, n in enumerate(names)}
+    rows: list[list[int]] = [[] for _ in names]
+    for row, value in enumerate(values):
+        rows[index[value]].append(row)
+    return names, rows
+
+
+def pack_by_domain(dataset, tokenizer, block_size: int, domain_column: str = "domain", text_column: str = "text"):
+    """Pack each domain's documents separately into `block_size`-token blocks (no block mixes two domains).
+
+    Args:
+        dataset (`datasets.Dataset`): Raw text with a domain column.
+        tokenizer (`PreTrainedTokenizerBase`): Tokenizer with an EOS token (documents are joined with EOS).
+        block_size (`int`): Tokens per block.
+        domain_column (`str`, *optional*, defaults to `"domain"`): Column naming the domain.
+        text_column (`str`, *optional*, defaults to `"text"`): Column holding the text.
+
+    Returns:
+        `datasets.Dataset` with `input_ids`, `attention_mask`, `labels` and `domain_column`.
+    """
+    from datasets import concatenate_datasets
+
+    from ..data import pack_dataset
+
+    names, rows = domain_rows(dataset, domain_column)
+    if text_column not in dataset.column_names:
+        raise ValueError(
+            f"the training dataset has neither `input_ids` nor the text column {text_column!r} (columns: "
+            f"{dataset.column_names}); pass --text_column or a tokenized dataset."
+        )
+    parts = []
+    for name, ix in zip(names, rows):
+        packed = pack_dataset(dataset.select(ix), tokenizer, block_size, text_column)
+        if len(packed) == 0:
+            raise ValueError(
+                f"domain {name!r} has too little text for one block of {block_size} tokens; lower --block_size or "
+                "drop the domain."
+            )
+        parts.append(packed.add_column(domain_column, [name] * len(packed)))
+    return concatenate_datasets(parts)
+
+
+def prepare_target(name: str, dataset, tokenizer, block_size: int, text_column: str = "text"):
+    """Return the target task `name` as packed blocks (`input_ids`, `attention_mask`, `labels`).
+
+    A dataset that already has `input_ids` is used as is (`labels` default to `input_ids`); otherwise its
+    `text_column` is packed with `tokenizer`.
+    """
+    from datasets import Dataset
+
+    from ..data import pack_dataset
+
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"target_datasets[{name!r}] must be a datasets.Dataset, got {type(dataset).__name__}.")
+    if "input_ids" in dataset.column_names:
+        ds = dataset
+        if "labels" not in ds.column_names:
+            ds = ds.add_column("labels", ds["input_ids"])
+        if "attention_mask" not in ds.column_names:
+            ds = ds.add_column("attention_mask", [[1] * len(x) for x in ds["input_ids"]])
+    else:
+        if text_column not in dataset.column_names:
+            raise ValueError(
+                f"target_datasets[{name!r}] has no text column {text_column!r} and no input_ids (columns: "
+                f"{dataset.column_names}); give each target task a text column (or pass --text_column) or tokenize it."
+            )
+        if tokenizer is None:
+            raise ValueError(f"target_datasets[{name!r}] is raw text; pass processing_class=<tokenizer> to pack it.")
+        ds = pack_dataset(dataset, tokenizer, block_size, text_column)
+    if len(ds) == 0:
+        raise ValueError(f"target_datasets[{name!r}] yields no block of {block_size} tokens; lower --block_size.")
+    return ds.select_columns(list(MODEL_COLUMNS))

@@ -1,0 +1,49 @@
+"""PNG of the domain- and task-weight trajectories."""
+
+from __future__ import annotations
+
+import os
+
+
+def plot_mixture_trajectory(
+    trajectory: list[dict], domain_names: list[str], task_names: list[str], path: str, title: str | None = None
+) -> str:
+    """Plot domain weights (left) and task weights (right) against the optimizer step and save a PNG.
+
+    Args:
+        trajectory (`list[dict]`): Records with `step`, `domain_weights` and `task_weights` (as kept by
+            `MixtureState.trajectory`).
+        domain_names, task_names (`list[str]`): Legend labels in weight order.
+        path (`str`): Output file (`.png`).
+        title (`str`, *optional*): Figure title.
+
+    Returns:
+        The path written.
+    """
+    if not trajectory:
+        raise ValueError("trajectory is empty; nothing to plot.")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in trajectory]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for ax, key, names, label in (
+        (axes[0], "domain_weights", domain_names, "source domain weights (alpha)"),
+        (axes[1], "task_weights", task_names, "target task weights (z)"),
+    ):
+        for i, name in enumerate(names):
+            ax.plot(steps, [r[key][i] for r in trajectory], marker=".", label=name)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("weight")
+        ax.set_title(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2 if len(names) > 6 else 1)
+    if title:
+        fig.suptitle(title)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,214 @@
+"""Mixture update rules as pure functions on weight vectors (no model, no Trainer).
+
+All weights are 1-D tensors on the probability simplex. Updates are exponentiated-gradient (mirror descent) steps:
+``w <- softmax(log w + step * score)``, optionally followed by smoothing towards uniform
+``w <- (1 - eps) * w + eps / len(w)``.
+
+GRAPE (Fan, Glarou, Jaggi, 2025) alternates two steps:
+
+* task weights ``z`` (group DRO over target tasks): ``log z_n <- log z_n - mu_tgt * <h_n, g_alpha>`` where ``g_alpha``
+  is the gradient of the training-mixture loss and ``h_n`` the gradient of task ``n``'s log-loss (a first-order
+  estimate of its rate of improvement). Tasks that improve fast lose weight.
+* domain weights ``alpha``: ``log alpha_k <- log alpha_k + mu_train * <g_k, g_tgt>`` where ``g_tgt`` is the gradient
+  of the ``z``-weighted target objective. Domains whose gradient is aligned with it gain weight.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+GRAPE_VARIANTS = ("grape", "grape_ema", "grape_gap")
+STEP_SIZE_CONVENTIONS = ("absolute", "lr_scaled")
+
+
+def _as_weights(weights, name: str) -> torch.Tensor:
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if w.dim() != 1 or w.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D vector of weights, got shape {tuple(w.shape)}.")
+    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"{name} must hold finite non-negative weights with a positive sum, got {w.tolist()}.")
+    return w / w.sum()
+
+
+def _as_scores(scores, n: int, name: str) -> torch.Tensor:
+    s = torch.as_tensor(scores, dtype=torch.float64)
+    if s.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the weights, got {tuple(s.shape)}.")
+    if not torch.isfinite(s).all():
+        raise ValueError(f"{name} must be finite, got {s.tolist()}.")
+    return s
+
+
+def _check_smoothing(smoothing: float, name: str = "smoothing") -> None:
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {smoothing}.")
+
+
+def smooth_weights(weights, smoothing: float) -> torch.Tensor:
+    """Mix `weights` with the uniform distribution: ``(1 - smoothing) * w + smoothing / len(w)``."""
+    _check_smoothing(smoothing)
+    w = _as_weights(weights, "weights")
+    return (1.0 - smoothing) * w + smoothing / w.numel()
+
+
+def exponentiated_step(weights, scores, step_size: float, smoothing: float = 0.0) -> torch.Tensor:
+    """One mirror-descent step on the simplex: ``softmax(log w + step_size * scores)``, then smoothing.
+
+    Args:
+        weights (`torch.Tensor` or sequence of `float`): Current weights (normalised internally).
+        scores (`torch.Tensor` or sequence of `float`): One score per weight; positive scores raise the weight.
+        step_size (`float`): Non-negative step.
+        smoothing (`float`, *optional*, defaults to 0.0): Mixing coefficient with the uniform distribution.
+
+    Returns:
+        `torch.Tensor` (float64) on the simplex. Zero weights stay zero unless `smoothing > 0`.
+    """
+    w = _as_weights(weights, "weights")
+    s = _as_scores(scores, w.numel(), "scores")
+    if not math.isfinite(step_size) or step_size < 0:
+        raise ValueError(f"step_size must be a finite non-negative number, got {step_size}.")
+    _check_smoothing(smoothing)
+    new = torch.softmax(torch.log(w) + step_size * s, dim=0)
+    return (1.0 - smoothing) * new + smoothing / new.numel()
+
+
+def resolve_step_size(mu: float, convention: str = "absolute", learning_rate: float | None = None) -> float:
+    """Turn a configured `mu` into the step actually applied.
+
+    Args:
+        mu (`float`): The configured value.
+        convention (`str`, *optional*, defaults to `"absolute"`):
+            `"absolute"`: the step is `mu` (GRAPE code). `"lr_scaled"`: the step is `learning_rate / mu`, i.e. `mu`
+            is an inverse step multiplied by the current learning rate (older MAP/DoGE code).
+        learning_rate (`float`, *optional*): Current learning rate; required for `"lr_scaled"`.
+    """
+    if convention not in STEP_SIZE_CONVENTIONS:
+        raise ValueError(f"convention must be one of {STEP_SIZE_CONVENTIONS}, got {convention!r}.")
+    if not math.isfinite(mu) or mu < 0:
+        raise ValueError(f"mu must be a finite non-negative number, got {mu}.")
+    if convention == "absolute":
+        return float(mu)
+    if learning_rate is None or learning_rate < 0:
+        raise ValueError("convention='lr_scaled' needs the current non-negative learning_rate.")
+    if mu == 0:
+        raise ValueError("convention='lr_scaled' divides the learning rate by mu; mu must be > 0.")
+    return float(learning_rate) / float(mu)
+
+
+def grape_task_weights(task_weights, improvement_scores, step_size: float, smoothing: float = 1e-3) -> torch.Tensor:
+    """GRAPE task-weight (group-DRO) step: ``z <- softmax(log z - step * r)``, then smoothing.
+
+    Args:
+        task_weights: Current task weights `z` (N,).
+        improvement_scores: Estimated rate of improvement per task, `r_n = <h_n, g_alpha>` (N,). A task that improves
+            faster than the others loses weight.
+        step_size (`float`): `mu_tgt` (after `resolve_step_size`).
+        smoothing (`float`, *optional*, defaults to 1e-3): Smoothing towards uniform (the GRAPE code hard-codes 1e-3).
+    """
+    r = _as_scores(improvement_scores, _as_weights(task_weights, "task_weights").numel(), "improvement_scores")
+    return exponentiated_step(task_weights, -r, step_size, smoothing)
+
+
+def grape_domain_weights(domain_weights, alignment_scores, step_size: float, smoothing: float = 0.0) -> torch.Tensor:
+    """GRAPE domain-weight step: ``alpha <- softmax(log alpha + step * <g_k, g_tgt>)``, then smoothing.
+
+    Args:
+        domain_weights: Current domain weights `alpha` (K,).
+        alignment_scores: `<g_k, g_tgt>` per source domain (K,). Domains aligned with the target gradient gain weight.
+        step_size (`float`): `mu_train` (after `resolve_step_size`).
+        smoothing (`float`, *optional*, defaults to 0.0): The GRAPE code applies none to domain weights.
+    """
+    return exponentiated_step(domain_weights, alignment_scores, step_size, smoothing)
+
+
+def task_objective(loss: torch.Tensor, variant: str = "grape", ema_loss: float | None = None) -> torch.Tensor:
+    """The scalar whose gradient is the task direction `h_n` for a GRAPE variant.
+
+    `"grape"`: `log(loss)` (so the gradient is `grad(loss) / loss`); `"grape_ema"`: `loss / ema_loss` (gradient
+    normalised by the running loss average); `"grape_gap"`: `loss` itself.
+    """
+    if variant not in GRAPE_VARIANTS:
+        raise ValueError(f"variant must be one of {GRAPE_VARIANTS}, got {variant!r}.")
+    if variant == "grape":
+        return torch.log(loss)
+    if variant == "grape_ema":
+        if ema_loss is None or not ema_loss > 0:
+            raise ValueError(f"variant='grape_ema' needs a positive ema_loss, got {ema_loss}.")
+        return loss / ema_loss
+    return loss
+
+
+def ema_update(previous: float | None, value: float, beta: float) -> float:
+    """Exponential moving average; the first value (``previous`` is None or NaN) initialises it."""
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta}.")
+    if previous is None or math.isnan(previous):
+        return float(value)
+    return float(beta * previous + (1.0 - beta) * value)
+
+
+def doge_domain_weights(
+    domain_weights,
+    alignment_scores,
+    domain_grad_norms,
+    learning_rate: float,
+    mu: float = 0.05,
+    score_min: float = 0.0,
+    score_max: float = 5.0,
+    smoothing: float = 0.0,
+) -> torch.Tensor:
+    """DoGE domain-weight step (Fan, Pagliardini, Jaggi, 2024), as its reference code does it.
+
+    ``score_k = lr * <g_k, g_tgt> / mean_j ||g_j||``, clipped to ``[lr * score_min, lr * score_max]``, then
+    ``alpha <- softmax(log alpha + score / mu)`` and smoothing.
+
+    Args:
+        domain_weights: Current `alpha` (K,).
+        alignment_scores: `<g_k, g_tgt>` per domain (K,).
+        domain_grad_norms: `||g_k||` per domain (K,), used to normalise the scores.
+        learning_rate (`float`): Current learning rate of the model being trained.
+        mu (`float`, *optional*, defaults to 0.05): Inverse step size (Bregman coefficient).
+        score_min, score_max (`float`): Clip bounds in units of the learning rate.
+        smoothing (`float`, *optional*, defaults to 0.0): Smoothing towards uniform.
+    """
+    w = _as_weights(domain_weights, "domain_weights")
+    s = _as_scores(alignment_scores, w.numel(), "alignment_scores")
+    norms = _as_scores(domain_grad_norms, w.numel(), "domain_grad_norms")
+    if not mu > 0:
+        raise ValueError(f"mu must be > 0 (it divides the scores), got {mu}.")
+    if score_min > score_max:
+        raise ValueError(f"score_min ({score_min}) must not exceed score_max ({score_max}).")
+    if learning_rate < 0:
+        raise ValueError(f"learning_rate must be non-negative, got {learning_rate}.")
+    scores = learning_rate * s / (norms.mean() + 1e-6)
+    scores = scores.clamp(min=learning_rate * score_min, max=learning_rate * score_max)
+    return exponentiated_step(w, scores, 1.0 / mu, smoothing)
+
+
+def doremi_excess_loss(proxy_token_losses, reference_token_losses, mask=None) -> torch.Tensor:
+    """DoReMi per-token excess loss ``max(l_proxy - l_ref, 0)`` averaged over the unmasked tokens (a scalar)."""
+    p = torch.as_tensor(proxy_token_losses, dtype=torch.float64)
+    r = torch.as_tensor(reference_token_losses, dtype=torch.float64)
+    if p.shape != r.shape:
+        raise ValueError(f"proxy and reference token losses must have the same shape, got {p.shape} and {r.shape}.")
+    excess = (p - r).clamp(min=0.0)
+    if mask is None:
+        return excess.mean()
+    m = torch.as_tensor(mask, dtype=torch.float64)
+    if m.shape != p.shape:
+        raise ValueError(f"mask must have the shape of the token losses {tuple(p.shape)}, got {tuple(m.shape)}.")
+    return (excess * m).sum() / m.sum().clamp(min=1.0)
+
+
+def doremi_domain_weights(domain_weights, excess_losses, eta: float = 1.0, smoothing: float = 1e-4) -> torch.Tensor:
+    """DoReMi domain-weight step: ``alpha <- softmax(log alpha + eta * lambda)``, then smoothing.
+
+    Args:
+        domain_weights: Current `alpha` (K,).
+        excess_losses: Per-domain excess loss `lambda_k` of the proxy over the reference model (K,).
+        eta (`float`, *optional*, defaults to 1.0): Step size (DoReMi code default).
+        smoothing (`float`, *optional*, defaults to 1e-4): Smoothing towards uniform (DoReMi code default).
+    """
+    return exponentiated_step(domain_weights, excess_losses, eta, smoothing)

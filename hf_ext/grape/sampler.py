@@ -1,0 +1,233 @@
+"""Samplers whose domain weights change during training.
+
+* `MixtureSampler`: a `torch.utils.data.Sampler[int]` over a map-style dataset (one index list per domain). The
+  sequence at position `p` of the run is a pure function of `(seed, epoch, p, weights in force at p)`: the domain is
+  chosen by inverse CDF from a seeded uniform, the example uniformly within that domain (with replacement). Every rank
+  therefore draws the same index stream (accelerate then shards the batches), and a resumed run re-draws exactly what
+  an uninterrupted run drew, given the weight schedule kept in `MixtureState`.
+* `StreamingMixture`: a `torch.utils.data.IterableDataset` over per-domain streams (`datasets.IterableDataset` or any
+  iterable of examples) mixed by `datasets.interleave_datasets`; when the weights change the interleaving is rebuilt
+  with the new probabilities and every domain continues where it stopped (no example is lost or repeated).
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import itertools
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .state import MixtureState
+
+_CHUNK = 8192
+_SEQ_KEY = "__grape_seq__"
+_DOMAIN_KEY = "__grape_domain__"
+
+
+class MixtureSampler(torch.utils.data.Sampler[int]):
+    """Draw dataset indices from a domain mixture whose weights are read from a `MixtureState`.
+
+    Args:
+        domain_indices (`Sequence[Sequence[int]]`): For each domain (in `state.domain_names` order), the dataset rows
+            belonging to it. Every domain needs at least one row.
+        state (`MixtureState`): Holds the weight schedule; updates made by the trainer take effect for positions not
+            yet drawn.
+        num_samples (`int`, *optional*): Indices per epoch; defaults to the total number of rows.
+        seed (`int`, *optional*, defaults to 0): Base seed; use the same value on every rank.
+    """
+
+    def __init__(
+        self,
+        domain_indices: Sequence[Sequence[int]],
+        state: MixtureState,
+        num_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if len(domain_indices) != len(state.domain_names):
+            raise ValueError(
+                f"domain_indices has {len(domain_indices)} entries but the state has "
+                f"{len(state.domain_names)} domains ({state.domain_names})."
+            )
+        self.domain_indices = [np.asarray(ix, dtype=np.int64) for ix in domain_indices]
+        empty = [n for n, ix in zip(state.domain_names, self.domain_indices) if ix.size == 0]
+        if empty:
+            raise ValueError(f"domains {empty} have no rows; drop them from the mixture or add data.")
+        total = sum(int(ix.size) for ix in self.domain_indices)
+        if num_samples is not None and (not isinstance(num_samples, int) or num_samples <= 0):
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+        self.num_samples = int(num_samples or total)
+        self.state = state
+        self.seed = int(seed)
+        self.epoch = 0
+        #: Global position (over the run) of the next index this sampler hands out.
+        self.position = 0
+        self._cache_len = -1
+        self._starts: list[int] = []
+        self._cdfs: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _cdf(self, position: int) -> np.ndarray:
+        schedule = self.state.schedule
+        if len(schedule) != self._cache_len:
+            self._starts = [int(s) for s, _ in schedule]
+            self._cdfs = []
+            for _, w in schedule:
+                cdf = np.cumsum(w.double().numpy())
+                self._cdfs.append(cdf / cdf[-1])
+            self._cache_len = len(schedule)
+        return self._cdfs[max(bisect.bisect_right(self._starts, position) - 1, 0)]
+
+    def _uniforms(self, chunk: int) -> np.ndarray:
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, self.epoch, chunk])))
+        return rng.random((_CHUNK, 2))
+
+    def index_at(self, position_in_epoch: int, u: np.ndarray | None = None) -> tuple[int, int]:
+        """`(domain, row)` drawn at `position_in_epoch` of the current epoch (for inspection and tests)."""
+        if u is None:
+            u = self._uniforms(position_in_epoch // _CHUNK)[position_in_epoch % _CHUNK]
+        global_pos = self.epoch * self.num_samples + position_in_epoch
+        cdf = self._cdf(global_pos)
+        domain = min(int(np.searchsorted(cdf, u[0], side="right")), len(cdf) - 1)
+        rows = self.domain_indices[domain]
+        return domain, int(rows[min(int(u[1] * rows.size), rows.size - 1)])
+
+    def __iter__(self) -> Iterator[int]:
+        base = self.epoch * self.num_samples
+        chunk_id, uniforms = -1, None
+        for i in range(self.num_samples):
+            if i // _CHUNK != chunk_id:
+                chunk_id = i // _CHUNK
+                uniforms = self._uniforms(chunk_id)
+            self.position = base + i + 1
+            yield self.index_at(i, uniforms[i % _CHUNK])[1]
+
+
+class StreamingMixture(torch.utils.data.IterableDataset):
+    """Mix per-domain example streams with `datasets.interleave_datasets`, following weight updates.
+
+    Args:
+        domain_streams (`dict[str, Iterable[dict]]`): One stream per domain, keyed like `state.domain_names`
+            (e.g. `datasets.IterableDataset`s, already tokenized). Finite streams are restarted when exhausted
+            (calling `set_epoch` on them when available), so the mixture is infinite: train with `max_steps`.
+        state (`MixtureState`): Source of the current domain weights.
+        seed (`int`, *optional*, defaults to 0): Seed of the interleaving (offset by the number of weight changes).
+        features (`datasets.Features`, *optional*): Features of the examples; inferred from the first stream that has
+            them when omitted.
+        domain_column (`str`, *optional*): When set, each yielded example carries its domain name under this key.
+
+    Weight changes are picked up at the next example drawn in the process that iterates this dataset. Use
+    `dataloader_num_workers=0`: worker processes hold their own copy of the state and would not see updates.
+    """
+
+    def __init__(
+        self,
+        domain_streams: dict[str, Iterable[dict]],
+        state: MixtureState,
+        seed: int = 0,
+        features=None,
+        domain_column: str | None = None,
+    ):
+        super().__init__()
+        self.domain_column = domain_column
+        if not isinstance(domain_streams, dict) or not domain_streams:
+            raise TypeError("domain_streams must be a non-empty dict mapping domain name -> iterable of examples.")
+        missing = [n for n in state.domain_names if n not in domain_streams]
+        if missing:
+            raise ValueError(f"domain_streams lacks the domains {missing}; it has {sorted(domain_streams)}.")
+        self.domain_streams = domain_streams
+        self.state = state
+        self.seed = int(seed)
+        self.features = features
+        if self.features is None:
+            for stream in domain_streams.values():
+                if getattr(stream, "features", None) is not None:
+                    self.features = stream.features
+                    break
+        self.examples_drawn = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        from datasets import Features, IterableDataset, Value, interleave_datasets
+
+        names = self.state.domain_names
+        iterators = {n: iter(self.domain_streams[n]) for n in names}
+        counters = dict.fromkeys(names, 0)
+        pending = {n: collections.deque() for n in names}
+        features = None
+        if self.features is not None:
+            features = Features({**self.features, _DOMAIN_KEY: Value("string"), _SEQ_KEY: Value("int64")})
+        version, mixed = None, None
+        while True:
+            if version != (self.state.domain_updates, len(self.state.schedule)):
+                version = (self.state.domain_updates, len(self.state.schedule))
+                weights = self.state.domain_weights.double()
+                weights = (weights / weights.sum()).tolist()
+                sources = [
+                    IterableDataset.from_generator(
+                        _DomainSource(self, n, pending[n], iterators, counters), features=features
+                    )
+                    for n in names
+                ]
+                mixed = iter(
+                    interleave_datasets(
+                        sources, probabilities=weights, seed=self.seed + sum(version), stopping_strategy="all_exhausted"
+                    )
+                )
+            example = next(mixed)
+            name, seq = example.pop(_DOMAIN_KEY), example.pop(_SEQ_KEY)
+            queue = pending[name]
+            while queue and queue[0][_SEQ_KEY] <= seq:
+                queue.popleft()
+            self.examples_drawn += 1
+            if self.domain_column is not None:
+                example[self.domain_column] = name
+            yield example
+
+
+class _DomainSource:
+    """Generator callable for one domain: first the examples pulled but not yet emitted, then fresh ones."""
+
+    _uids = itertools.count()
+    _live: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def __init__(self, mixture: StreamingMixture, name: str, pending: collections.deque, iterators: dict, counters):
+        self.mixture, self.name, self.pending, self.iterators, self.counters = mixture, name, pending, iterators, counters
+        self.uid = next(self._uids)
+        self._live[self.uid] = self
+
+    def __getstate__(self) -> dict:
+        # `datasets` hashes and copies the generator; live iterators cannot be pickled, so copies point back to the
+        # original object through its uid (all within this process).
+        return {"name": self.name, "uid": self.uid}
+
+    def __setstate__(self, state: dict) -> None:
+        original = self._live[state["uid"]]
+        self.__dict__.update(original.__dict__)
+
+    def __call__(self) -> Iterator[dict]:
+        name = self.name
+        yield from list(self.pending)
+        epoch = 0
+        while True:
+            for raw in self.iterators[name]:
+                example = dict(raw)
+                example[_DOMAIN_KEY] = name
+                example[_SEQ_KEY] = self.counters[name]
+                self.counters[name] += 1
+                self.pending.append(example)
+                yield example
+            if self.counters[name] == 0:
+                raise ValueError(f"the stream of domain {name!r} is empty.")
+            epoch += 1
+            stream = self.mixture.domain_streams[name]
+            if hasattr(stream, "set_epoch"):
+                stream.set_epoch(epoch)
+            self.iterators[name] = iter(stream)

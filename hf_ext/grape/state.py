@@ -1,0 +1,231 @@
+"""Mixture state (weights, running averages, EMA losses, update counts, sampler schedule) and its files.
+
+Checkpoints hold `grape_state.safetensors` (tensors) and `grape_state.json` (names, counts, schedule, trajectory).
+The final mixture is exported as a small JSON file that `load_mixture` reads back for a fixed-weight run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+STATE_TENSORS = "grape_state.safetensors"
+STATE_JSON = "grape_state.json"
+MIXTURE_FORMAT = "hf_ext.grape.mixture"
+
+
+@dataclass
+class MixtureState:
+    """Everything the reweighting needs to continue exactly where it stopped.
+
+    Attributes:
+        domain_names / task_names: Names in weight order.
+        domain_weights / task_weights: Current weights (float64).
+        domain_weight_sum / task_weight_sum: Sum of the weights after each update (for time averages).
+        domain_updates / task_updates: Number of updates so far.
+        domain_ema_loss / task_ema_loss: EMA of the per-domain / per-task losses seen at updates (NaN before any).
+        schedule: `(start_position, weights)` pairs: from the sampler position `start_position` on (counted over the
+            whole run), training sequences are drawn with `weights`. Makes the index stream reproducible on resume.
+        trajectory: One record per update event (`step`, `domain_weights`, `task_weights`), for plots and logs.
+    """
+
+    domain_names: list[str]
+    task_names: list[str]
+    domain_weights: torch.Tensor
+    task_weights: torch.Tensor
+    domain_weight_sum: torch.Tensor | None = None
+    task_weight_sum: torch.Tensor | None = None
+    domain_updates: int = 0
+    task_updates: int = 0
+    domain_ema_loss: torch.Tensor | None = None
+    task_ema_loss: torch.Tensor | None = None
+    schedule: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    trajectory: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.domain_weights = torch.as_tensor(self.domain_weights, dtype=torch.float64).clone()
+        self.task_weights = torch.as_tensor(self.task_weights, dtype=torch.float64).clone()
+        if self.domain_weights.shape != (len(self.domain_names),):
+            raise ValueError(
+                f"domain_weights has shape {tuple(self.domain_weights.shape)} but there are "
+                f"{len(self.domain_names)} domain names."
+            )
+        if self.task_weights.shape != (len(self.task_names),):
+            raise ValueError(
+                f"task_weights has shape {tuple(self.task_weights.shape)} but there are {len(self.task_names)} tasks."
+            )
+        k, n = len(self.domain_names), len(self.task_names)
+        if self.domain_weight_sum is None:
+            self.domain_weight_sum = torch.zeros(k, dtype=torch.float64)
+        if self.task_weight_sum is None:
+            self.task_weight_sum = torch.zeros(n, dtype=torch.float64)
+        if self.domain_ema_loss is None:
+            self.domain_ema_loss = torch.full((k,), float("nan"), dtype=torch.float64)
+        if self.task_ema_loss is None:
+            self.task_ema_loss = torch.full((n,), float("nan"), dtype=torch.float64)
+        if not self.schedule:
+            self.schedule = [(0, self.domain_weights.clone())]
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def set_domain_weights(self, weights: torch.Tensor, position: int) -> None:
+        """Record new domain weights that apply to sampler positions `>= position`."""
+        self.domain_weights = torch.as_tensor(weights, dtype=torch.float64).clone()
+        self.domain_weight_sum += self.domain_weights
+        self.domain_updates += 1
+        position = max(int(position), self.schedule[-1][0])
+        if self.schedule[-1][0] == position:
+            self.schedule[-1] = (position, self.domain_weights.clone())
+        else:
+            self.schedule.append((position, self.domain_weights.clone()))
+
+    def set_task_weights(self, weights: torch.Tensor) -> None:
+        self.task_weights = torch.as_tensor(weights, dtype=torch.float64).clone()
+        self.task_weight_sum += self.task_weights
+        self.task_updates += 1
+
+    def weights_at(self, position: int) -> torch.Tensor:
+        """Domain weights in force at sampler position `position`."""
+        current = self.schedule[0][1]
+        for start, weights in self.schedule:
+            if start > position:
+                break
+            current = weights
+        return current
+
+    def average_domain_weights(self) -> torch.Tensor:
+        """Time average of the domain weights over the updates (the current weights before any update)."""
+        if self.domain_updates == 0:
+            return self.domain_weights.clone()
+        return self.domain_weight_sum / self.domain_updates
+
+    def average_task_weights(self) -> torch.Tensor:
+        if self.task_updates == 0:
+            return self.task_weights.clone()
+        return self.task_weight_sum / self.task_updates
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def save(self, directory: str) -> None:
+        """Write `grape_state.safetensors` and `grape_state.json` into `directory`."""
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        tensors = {
+            "domain_weights": self.domain_weights,
+            "task_weights": self.task_weights,
+            "domain_weight_sum": self.domain_weight_sum,
+            "task_weight_sum": self.task_weight_sum,
+            "domain_ema_loss": self.domain_ema_loss,
+            "task_ema_loss": self.task_ema_loss,
+            "schedule_weights": torch.stack([w for _, w in self.schedule]),
+        }
+        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(directory, STATE_TENSORS))
+        meta = {
+            "domain_names": self.domain_names,
+            "task_names": self.task_names,
+            "domain_updates": self.domain_updates,
+            "task_updates": self.task_updates,
+            "schedule_positions": [int(p) for p, _ in self.schedule],
+            "trajectory": self.trajectory,
+        }
+        with open(os.path.join(directory, STATE_JSON), "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=1)
+
+    @classmethod
+    def load(cls, directory: str) -> MixtureState:
+        """Read a state written by `save`."""
+        from safetensors.torch import load_file
+
+        tensor_path, json_path = os.path.join(directory, STATE_TENSORS), os.path.join(directory, STATE_JSON)
+        if not (os.path.isfile(tensor_path) and os.path.isfile(json_path)):
+            raise ValueError(
+                f"{directory!r} holds no mixture state ({STATE_TENSORS} + {STATE_JSON}); pass a checkpoint folder "
+                "written by GrapeTrainer."
+            )
+        t = load_file(tensor_path)
+        with open(json_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+        schedule = [(int(p), w.clone()) for p, w in zip(meta["schedule_positions"], t["schedule_weights"])]
+        return cls(
+            domain_names=list(meta["domain_names"]),
+            task_names=list(meta["task_names"]),
+            domain_weights=t["domain_weights"],
+            task_weights=t["task_weights"],
+            domain_weight_sum=t["domain_weight_sum"],
+            task_weight_sum=t["task_weight_sum"],
+            domain_updates=int(meta["domain_updates"]),
+            task_updates=int(meta["task_updates"]),
+            domain_ema_loss=t["domain_ema_loss"],
+            task_ema_loss=t["task_ema_loss"],
+            schedule=schedule,
+            trajectory=list(meta["trajectory"]),
+        )
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def to_mixture_dict(self, method: str, global_step: int | None = None) -> dict:
+        """The exportable mixture (final and time-averaged weights)."""
+
+        def named(names, w):
+            return {n: float(v) for n, v in zip(names, w.tolist())}
+
+        return {
+            "format": MIXTURE_FORMAT,
+            "version": 1,
+            "method": method,
+            "global_step": global_step,
+            "domains": named(self.domain_names, self.domain_weights),
+            "average_domains": named(self.domain_names, self.average_domain_weights()),
+            "tasks": named(self.task_names, self.task_weights),
+            "average_tasks": named(self.task_names, self.average_task_weights()),
+            "domain_updates": self.domain_updates,
+            "task_updates": self.task_updates,
+        }
+
+
+def export_mixture(state: MixtureState, path: str, method: str, global_step: int | None = None) -> dict:
+    """Write the final mixture of `state` as JSON to `path`; returns the written dict."""
+    data = state.to_mixture_dict(method, global_step)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+    return data
+
+
+def load_mixture(path: str, which: str = "final") -> dict[str, float]:
+    """Read domain weights from a mixture JSON written by `export_mixture` (or a plain `{"domain": weight}` map).
+
+    Args:
+        path (`str`): The JSON file.
+        which (`str`, *optional*, defaults to `"final"`): `"final"` (last weights) or `"average"` (time average over
+            the updates, what DoGE and DoReMi recommend for a second-stage run).
+
+    Returns:
+        `dict[str, float]` domain -> weight, normalised to sum to 1.
+    """
+    if which not in ("final", "average"):
+        raise ValueError(f"which must be 'final' or 'average', got {which!r}.")
+    if not os.path.isfile(path):
+        raise ValueError(f"mixture file {path!r} does not exist; pass a JSON file written by GrapeTrainer.")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"mixture file {path!r} is not valid JSON ({err}).") from err
+    if isinstance(data, dict) and data.get("format") == MIXTURE_FORMAT:
+        weights = data["domains" if which == "final" else "average_domains"]
+    else:
+        weights = data
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError(f"mixture file {path!r} must map domain names to weights.")
+    try:
+        values = {str(k): float(v) for k, v in weights.items()}
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"mixture file {path!r} has a non-numeric weight ({err}).") from err
+    total = sum(values.values())
+    if any(v < 0 or not math.isfinite(v) for v in values.values()) or total <= 0:
+        raise ValueError(f"mixture file {path!r} must hold finite non-negative weights with a positive sum.")
+    return {k: v / total for k, v in values.items()}

@@ -1,0 +1,505 @@
+"""`GrapeTrainer`: a `Trainer` that samples its training data from a source-domain mixture and reweights it.
+
+Every `reweight_tasks_every` optimizer steps the task weights take a group-DRO step on the tasks' estimated rate of
+improvement; every `reweight_domains_every` steps the domain weights move towards the domains whose gradient is
+aligned with the task-weighted target gradient (GRAPE). DoGE, DoReMi, uniform and fixed mixtures use the same
+machinery. Gradients for the updates are taken on small minibatches of the unwrapped model with
+`torch.autograd.grad` (the Trainer's `.grad` buffers are untouched), clipped to `max_grad_norm` as in the GRAPE code,
+and under DDP the mixture/target gradients and all dot products are averaged across ranks before the update, so every
+rank computes the same weights (rank 0's result is also broadcast).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback
+
+from .configuration_grape import GrapeConfig
+from .data import MODEL_COLUMNS, domain_rows, pack_by_domain, prepare_target
+from .rules import (
+    GRAPE_VARIANTS,
+    doge_domain_weights,
+    doremi_domain_weights,
+    ema_update,
+    grape_domain_weights,
+    grape_task_weights,
+    resolve_step_size,
+    task_objective,
+)
+from .sampler import MixtureSampler, StreamingMixture
+from .state import MixtureState, export_mixture, load_mixture
+
+logger = logging.getLogger(__name__)
+
+_PURPOSE = {"mixture": 1, "task": 2, "target": 3, "domain": 4}
+
+
+class _GrapeCallback(TrainerCallback):
+    """Runs the reweighting after each optimizer step, saves the state with checkpoints, exports at the end."""
+
+    def __init__(self, trainer: GrapeTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._record_trajectory(initial=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._maybe_reweight()
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder):
+                self.trainer.mixture_state.save(folder)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.trainer.save_mixture(args.output_dir)
+
+
+class GrapeTrainer(Trainer):
+    """Trainer for multi-source, multi-target data-mixture optimisation (GRAPE) and its baselines.
+
+    Args:
+        model (`PreTrainedModel`): Causal LM to train (its forward must return `.loss` given `labels`).
+        args (`GrapeConfig`): Training and reweighting arguments.
+        train_dataset (`datasets.Dataset` or `dict[str, datasets.IterableDataset]`): Source data. A map-style
+            dataset needs `args.domain_column`; if it has no `input_ids`, its `args.text_column` is packed per domain
+            with `processing_class`. A dict of per-domain (tokenized) streams selects the streaming path
+            (`StreamingMixture`, needs `max_steps`).
+        target_datasets (`dict[str, datasets.Dataset]`): Target tasks, raw text (`args.text_column`) or tokenized.
+            Not used by `doremi`, `uniform` and `fixed`, which may pass `None`.
+        reference_model (`PreTrainedModel`, *optional*): DoReMi's reference model (else loaded from
+            `args.reference_model_name_or_path`).
+        domain_weights (`dict[str, float]`, *optional*): Initial (or, for `fixed`, constant) domain weights; default
+            from `args.mixture_file`, else uniform.
+        task_weights (`dict[str, float]`, *optional*): Initial task weights; default uniform.
+        **kwargs: Passed to `transformers.Trainer` (`data_collator`, `processing_class`, `callbacks`, ...).
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: GrapeConfig | None = None,
+        train_dataset=None,
+        target_datasets: dict | None = None,
+        reference_model=None,
+        domain_weights: dict[str, float] | None = None,
+        task_weights: dict[str, float] | None = None,
+        **kwargs,
+    ):
+        from datasets import Dataset, IterableDataset
+
+        if not isinstance(args, GrapeConfig):
+            raise TypeError(f"args must be a GrapeConfig, got {type(args).__name__}; build one with GrapeConfig(...).")
+        method = args.reweight_method
+        needs_targets = method in GRAPE_VARIANTS or method == "doge"
+        tokenizer = kwargs.get("processing_class")
+
+        # ---- validate everything before any work -------------------------------------------------------------------
+        streaming = isinstance(train_dataset, dict)
+        if streaming:
+            if not train_dataset or not all(isinstance(v, IterableDataset) for v in train_dataset.values()):
+                raise TypeError(
+                    "a dict train_dataset must map domain names to tokenized datasets.IterableDataset streams."
+                )
+            if args.max_steps is None or args.max_steps <= 0:
+                raise ValueError("the streaming path (dict of IterableDatasets) needs --max_steps > 0.")
+            if args.dataloader_num_workers:
+                raise ValueError("the streaming path needs --dataloader_num_workers 0 so weight updates reach it.")
+        elif not isinstance(train_dataset, Dataset):
+            raise TypeError(
+                "train_dataset must be a datasets.Dataset with a domain column, or a dict of per-domain "
+                f"datasets.IterableDataset streams; got {type(train_dataset).__name__}."
+            )
+        else:
+            if args.domain_column not in train_dataset.column_names:
+                domain_rows(train_dataset, args.domain_column)  # raises the explanatory ValueError
+            if "input_ids" not in train_dataset.column_names:
+                if args.text_column not in train_dataset.column_names:
+                    raise ValueError(
+                        f"train_dataset has neither input_ids nor the text column {args.text_column!r} "
+                        f"(columns: {train_dataset.column_names}); pass --text_column or a tokenized dataset."
+                    )
+                if tokenizer is None:
+                    raise ValueError("train_dataset is raw text; pass processing_class=<tokenizer> to pack it.")
+        if needs_targets:
+            if not isinstance(target_datasets, dict) or not target_datasets:
+                raise ValueError(
+                    f"reweight_method={method!r} needs target_datasets: a non-empty dict task name -> datasets.Dataset."
+                )
+        if target_datasets is not None:
+            if not isinstance(target_datasets, dict):
+                raise TypeError("target_datasets must be a dict mapping task name -> datasets.Dataset.")
+            for name, ds in target_datasets.items():
+                if not isinstance(ds, Dataset):
+                    raise TypeError(f"target_datasets[{name!r}] must be a datasets.Dataset, got {type(ds).__name__}.")
+                if "input_ids" not in ds.column_names and args.text_column not in ds.column_names:
+                    raise ValueError(
+                        f"target_datasets[{name!r}] has no text column {args.text_column!r} and no input_ids "
+                        f"(columns: {ds.column_names}); give each target task a text column (or pass --text_column)."
+                    )
+                if "input_ids" not in ds.column_names and tokenizer is None:
+                    raise ValueError(f"target_datasets[{name!r}] is raw text; pass processing_class=<tokenizer>.")
+        if method == "doremi" and reference_model is None and not args.reference_model_name_or_path:
+            raise ValueError(
+                "reweight_method='doremi' needs a reference model: pass reference_model=... or "
+                "--reference_model_name_or_path (train one first with reweight_method=uniform)."
+            )
+        if method == "fixed" and domain_weights is None and not args.mixture_file:
+            raise ValueError("reweight_method='fixed' needs --mixture_file (a mixture JSON) or domain_weights=...")
+        file_weights = load_mixture(args.mixture_file, args.mixture_key) if args.mixture_file else None
+
+        # ---- data ----------------------------------------------------------------------------------------------------
+        self.streaming = streaming
+        if streaming:
+            domain_names = sorted(train_dataset)
+            self._domain_indices = None
+            self._domain_streams = {n: train_dataset[n] for n in domain_names}
+            self._domain_iters: dict = {}
+            source = None
+        else:
+            if "input_ids" not in train_dataset.column_names:
+                with args.main_process_first(desc="pack training data by domain"):
+                    train_dataset = pack_by_domain(
+                        train_dataset, tokenizer, args.block_size, args.domain_column, args.text_column
+                    )
+            domain_names, self._domain_indices = domain_rows(train_dataset, args.domain_column)
+            source = train_dataset.remove_columns([args.domain_column])
+            self._domain_source = source.select_columns([c for c in MODEL_COLUMNS if c in source.column_names])
+        self.target_datasets = {}
+        if target_datasets:
+            with args.main_process_first(desc="prepare target datasets"):
+                for name in sorted(target_datasets):
+                    self.target_datasets[name] = prepare_target(
+                        name, target_datasets[name], tokenizer, args.block_size, args.text_column
+                    )
+        task_names = sorted(self.target_datasets)
+
+        init_domains = domain_weights if domain_weights is not None else file_weights
+        self.mixture_state = MixtureState(
+            domain_names=domain_names,
+            task_names=task_names,
+            domain_weights=self._weights_from(init_domains, domain_names, "domain_weights"),
+            task_weights=self._weights_from(task_weights, task_names, "task_weights"),
+        )
+        if streaming:
+            source = StreamingMixture(self._domain_streams, self.mixture_state, seed=args.seed)
+
+        super().__init__(model=model, args=args, train_dataset=source, **kwargs)
+
+        self.reference_model = None
+        if method == "doremi":
+            if reference_model is None:
+                from transformers import AutoModelForCausalLM
+
+                reference_model = AutoModelForCausalLM.from_pretrained(args.reference_model_name_or_path)
+            self.reference_model = reference_model.to(self.args.device).eval()
+            self.reference_model.requires_grad_(False)
+        self._mixture_sampler: MixtureSampler | None = None
+        self.add_callback(_GrapeCallback(self))
+
+    # ------------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _weights_from(weights: dict | None, names: list[str], arg: str) -> torch.Tensor:
+        if not names:
+            return torch.zeros(0, dtype=torch.float64)
+        if weights is None:
+            return torch.full((len(names),), 1.0 / len(names), dtype=torch.float64)
+        if not isinstance(weights, dict):
+            raise TypeError(f"{arg} must be a dict name -> weight, got {type(weights).__name__}.")
+        unknown, missing = sorted(set(weights) - set(names)), sorted(set(names) - set(weights))
+        if unknown or missing:
+            raise ValueError(f"{arg} must name exactly {names}; unknown {unknown}, missing {missing}.")
+        w = torch.tensor([float(weights[n]) for n in names], dtype=torch.float64)
+        if (w < 0).any() or not torch.isfinite(w).all() or w.sum() <= 0:
+            raise ValueError(f"{arg} must hold finite non-negative weights with a positive sum, got {weights}.")
+        return w / w.sum()
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.streaming:
+            return None
+        self._mixture_sampler = MixtureSampler(
+            self._domain_indices, self.mixture_state, num_samples=self.args.samples_per_epoch, seed=self.args.seed
+        )
+        return self._mixture_sampler
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.load_mixture_state(resume_from_checkpoint)
+
+    def load_mixture_state(self, checkpoint: str) -> None:
+        """Restore the mixture state saved in `checkpoint` (done automatically by `train(resume_from_checkpoint=)`)."""
+        loaded = MixtureState.load(checkpoint)
+        if loaded.domain_names != self.mixture_state.domain_names or loaded.task_names != self.mixture_state.task_names:
+            raise ValueError(
+                f"checkpoint {checkpoint!r} was written for domains {loaded.domain_names} and tasks "
+                f"{loaded.task_names}, but this run has {self.mixture_state.domain_names} and "
+                f"{self.mixture_state.task_names}."
+            )
+        self.mixture_state.__dict__.update(loaded.__dict__)
+
+    # ---- minibatches -------------------------------------------------------------------------------------------------
+    def _rng(self, purpose: str, key: int = 0) -> np.random.Generator:
+        seq = np.random.SeedSequence(
+            [self.args.seed, self.args.process_index, self.state.global_step, _PURPOSE[purpose], key]
+        )
+        return np.random.Generator(np.random.PCG64(seq))
+
+    def _collate(self, dataset, rows) -> dict:
+        features = [{k: dataset[int(r)][k] for k in MODEL_COLUMNS if k in dataset.column_names} for r in rows]
+        return self._prepare_inputs(self.data_collator(features))
+
+    def _domain_batch(self, k: int, rng: np.random.Generator, size: int) -> dict:
+        if self.streaming:
+            name = self.mixture_state.domain_names[k]
+            features = []
+            while len(features) < size:
+                it = self._domain_iters.get(name)
+                try:
+                    example = next(it) if it is not None else None
+                except StopIteration:
+                    example = None
+                if example is None:
+                    stream = self._domain_streams[name].shuffle(seed=int(rng.integers(2**31)), buffer_size=256)
+                    self._domain_iters[name] = iter(stream)
+                    continue
+                features.append({c: example[c] for c in MODEL_COLUMNS if c in example})
+            return self._prepare_inputs(self.data_collator(features))
+        rows = self._domain_indices[k]
+        return self._collate(self._domain_source, [rows[i] for i in rng.integers(len(rows), size=size)])
+
+    def _task_batch(self, n: int, rng: np.random.Generator, size: int) -> dict:
+        ds = self.target_datasets[self.mixture_state.task_names[n]]
+        return self._collate(ds, rng.integers(len(ds), size=size))
+
+    def _mixture_batch(self, weights: torch.Tensor, rng: np.random.Generator, size: int, kind: str) -> dict:
+        """`size` sequences drawn from a mixture: of source domains (`kind="domain"`) or of target tasks."""
+        w = weights.double().numpy()
+        picks = rng.choice(len(w), size=size, p=w / w.sum())
+        features = []
+        for j in picks:
+            one = self._domain_batch(int(j), rng, 1) if kind == "domain" else self._task_batch(int(j), rng, 1)
+            features.append(one)
+        return {k: torch.cat([f[k] for f in features]) for k in features[0]}
+
+    # ---- gradients ---------------------------------------------------------------------------------------------------
+    def _params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _flat_grad(self, batch: dict, transform=None) -> tuple[torch.Tensor, float]:
+        """Clipped flattened gradient of `transform(loss)` on `batch` (and the loss value)."""
+        params = self._params()
+        with self.compute_loss_context_manager():
+            loss = self.model(**batch).loss.float()
+        objective = loss if transform is None else transform(loss)
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        flat = torch.cat(
+            [(g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(grads, params)]
+        )
+        max_norm = self.args.max_grad_norm
+        if max_norm is not None and max_norm > 0:
+            flat.mul_((max_norm / (flat.norm() + 1e-6)).clamp(max=1.0))
+        return flat, float(loss.detach())
+
+    def _mean_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
+            t = tensor.to(self.args.device).clone()
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            return (t / self.args.world_size).to(tensor.device)
+        return tensor
+
+    def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
+            t = tensor.to(self.args.device).clone()
+            dist.broadcast(t, src=0)
+            return t.to(tensor.device)
+        return tensor
+
+    def _averaged_gradient(self, weights: torch.Tensor, kind: str, transform=None) -> torch.Tensor:
+        """Mean of clipped gradients over `reweight_batch_size` sequences from a mixture, averaged over ranks."""
+        rng = self._rng("mixture" if kind == "domain" else "target")
+        n_batches = self.args.reweight_batch_size // self.args.reweight_mini_batch_size
+        total = None
+        for _ in range(n_batches):
+            batch = self._mixture_batch(weights, rng, self.args.reweight_mini_batch_size, kind)
+            g, _ = self._flat_grad(batch, transform)
+            total = g if total is None else total.add_(g)
+        return self._mean_over_ranks(total / n_batches)
+
+    def _current_lr(self) -> float:
+        if self.lr_scheduler is not None:
+            return float(self.lr_scheduler.get_last_lr()[0])
+        return float(self.args.learning_rate)
+
+    # ---- updates -----------------------------------------------------------------------------------------------------
+    def _task_step(self, logs: dict) -> None:
+        st, args = self.mixture_state, self.args
+        variant = args.reweight_method
+        g_mix = self._averaged_gradient(st.domain_weights, "domain")
+        rng = self._rng("task")
+        dots, losses = [], []
+        transform = (lambda loss: task_objective(loss, "grape")) if variant == "grape" else None
+        for n in range(len(st.task_names)):
+            h, loss = self._flat_grad(self._task_batch(n, rng, args.reweight_mini_batch_size), transform)
+            dots.append(float(h @ g_mix))
+            losses.append(loss)
+        del g_mix
+        stats = self._mean_over_ranks(torch.tensor(dots + losses, dtype=torch.float64))
+        n_tasks = len(st.task_names)
+        dots_t, losses_t = stats[:n_tasks].clone(), stats[n_tasks:]
+        for n in range(n_tasks):
+            st.task_ema_loss[n] = ema_update(float(st.task_ema_loss[n]), float(losses_t[n]), args.ema_beta)
+        if variant == "grape_ema":
+            dots_t = dots_t / st.task_ema_loss
+        step = resolve_step_size(args.task_step_size, args.step_size_convention, self._current_lr())
+        new = self._broadcast(grape_task_weights(st.task_weights, dots_t, step, args.task_smoothing))
+        st.set_task_weights(new)
+        for n, name in enumerate(st.task_names):
+            logs[f"grape/task_improvement/{name}"] = float(dots_t[n])
+            logs[f"grape/task_loss/{name}"] = float(losses_t[n])
+
+    def _domain_step(self, logs: dict) -> None:
+        st, args = self.mixture_state, self.args
+        method = args.reweight_method
+        rng = self._rng("domain")
+        k_domains = len(st.domain_names)
+        if method == "doremi":
+            excess, losses = [], []
+            for k in range(k_domains):
+                e, loss = self._excess_loss(self._domain_batch(k, rng, args.reweight_mini_batch_size))
+                excess.append(e)
+                losses.append(loss)
+            stats = self._mean_over_ranks(torch.tensor(excess + losses, dtype=torch.float64))
+            scores, losses_t = stats[:k_domains], stats[k_domains:]
+            new = doremi_domain_weights(st.domain_weights, scores, args.doremi_eta, args.doremi_smoothing)
+            norms_t = None
+        else:
+            use_log = method in ("grape", "grape_ema")
+            g_tgt = self._averaged_gradient(st.task_weights, "task", torch.log if use_log else None)
+            dots, norms, losses = [], [], []
+            for k in range(k_domains):
+                g, loss = self._flat_grad(self._domain_batch(k, rng, args.reweight_mini_batch_size))
+                dots.append(float(g @ g_tgt))
+                norms.append(float(g.norm()))
+                losses.append(loss)
+            del g_tgt
+            stats = self._mean_over_ranks(torch.tensor(dots + norms + losses, dtype=torch.float64))
+            scores = stats[:k_domains]
+            norms_t, losses_t = stats[k_domains : 2 * k_domains], stats[2 * k_domains :]
+            if method == "doge":
+                new = doge_domain_weights(
+                    st.domain_weights,
+                    scores,
+                    norms_t,
+                    self._current_lr(),
+                    args.doge_mu,
+                    args.doge_score_min,
+                    args.doge_score_max,
+                    args.domain_smoothing,
+                )
+            else:
+                step = resolve_step_size(args.domain_step_size, args.step_size_convention, self._current_lr())
+                new = grape_domain_weights(st.domain_weights, scores, step, args.domain_smoothing)
+        for k in range(k_domains):
+            st.domain_ema_loss[k] = ema_update(float(st.domain_ema_loss[k]), float(losses_t[k]), args.ema_beta)
+        new = self._broadcast(new)
+        position = self._mixture_sampler.position if self._mixture_sampler is not None else 0
+        st.set_domain_weights(new, position)
+        for k, name in enumerate(st.domain_names):
+            logs[f"grape/domain_score/{name}"] = float(scores[k])
+            logs[f"grape/domain_loss/{name}"] = float(losses_t[k])
+
+    def _excess_loss(self, batch: dict) -> tuple[float, float]:
+        """DoReMi excess loss of the model over the reference model on `batch` (and the model's loss)."""
+        from .rules import doremi_excess_loss
+
+        with torch.no_grad(), self.compute_loss_context_manager():
+            labels = batch["labels"][:, 1:]
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            proxy = self.model(**inputs).logits[:, :-1].float()
+            ref = self.reference_model(**inputs).logits[:, :-1].float()
+        mask = labels != -100
+        safe = labels.clamp(min=0)
+        lp = torch.nn.functional.cross_entropy(proxy.transpose(1, 2), safe, reduction="none")
+        lr = torch.nn.functional.cross_entropy(ref.transpose(1, 2), safe, reduction="none")
+        excess = doremi_excess_loss(lp.cpu(), lr.cpu(), mask.cpu())
+        return float(excess), float((lp * mask).sum() / mask.sum().clamp(min=1))
+
+    def _maybe_reweight(self) -> None:
+        args, step = self.args, self.state.global_step
+        method = args.reweight_method
+        do_tasks = method in GRAPE_VARIANTS and args.reweight_tasks_every > 0 and step % args.reweight_tasks_every == 0
+        do_tasks = do_tasks and len(self.mixture_state.task_names) > 0
+        do_domains = (
+            method in (*GRAPE_VARIANTS, "doge", "doremi")
+            and args.reweight_domains_every > 0
+            and step % args.reweight_domains_every == 0
+        )
+        if not (do_tasks or do_domains):
+            return
+        start = time.perf_counter()
+        logs: dict[str, float] = {}
+        was_training = self.model.training
+        self.model.train()
+        if do_tasks:
+            self._task_step(logs)
+        if do_domains:
+            self._domain_step(logs)
+        self.model.train(was_training)
+        st = self.mixture_state
+        for name, w, a in zip(st.domain_names, st.domain_weights, st.average_domain_weights()):
+            logs[f"grape/domain_weight/{name}"] = float(w)
+            logs[f"grape/avg_domain_weight/{name}"] = float(a)
+        for name, w, a in zip(st.task_names, st.task_weights, st.average_task_weights()):
+            logs[f"grape/task_weight/{name}"] = float(w)
+            logs[f"grape/avg_task_weight/{name}"] = float(a)
+        logs["grape/domain_updates"] = st.domain_updates
+        logs["grape/task_updates"] = st.task_updates
+        self._record_trajectory()
+        self.reweight_seconds = getattr(self, "reweight_seconds", 0.0) + time.perf_counter() - start
+        logs["grape/reweight_seconds"] = time.perf_counter() - start
+        self.log(logs)
+
+    def _record_trajectory(self, initial: bool = False) -> None:
+        st = self.mixture_state
+        if initial and st.trajectory:
+            return
+        st.trajectory.append(
+            {
+                "step": int(self.state.global_step),
+                "domain_weights": [float(x) for x in st.domain_weights],
+                "task_weights": [float(x) for x in st.task_weights],
+            }
+        )
+
+    # ---- outputs -----------------------------------------------------------------------------------------------------
+    def save_mixture(self, output_dir: str | None = None) -> dict:
+        """Export the mixture JSON (and the PNG of the weight trajectories) into `output_dir`; returns the JSON dict.
+
+        Train a fresh model on the result with `GrapeConfig(reweight_method="fixed", mixture_file=<the JSON>)`.
+        """
+        from .plotting import plot_mixture_trajectory
+
+        output_dir = output_dir or self.args.output_dir
+        path = os.path.join(output_dir, self.args.export_mixture_file)
+        data = export_mixture(self.mixture_state, path, self.args.reweight_method, int(self.state.global_step))
+        if self.args.plot_file and self.mixture_state.trajectory:
+            st = self.mixture_state
+            plot_mixture_trajectory(
+                st.trajectory,
+                st.domain_names,
+                st.task_names,
+                os.path.join(output_dir, self.args.plot_file),
+                title=f"{self.args.reweight_method} mixture weights",
+            )
+        return data
