@@ -1,0 +1,265 @@
+"""Update-size metrics (l2 update norm, angular update, relative representation change, gradient-momentum cosine).
+
+Pure functions carry the math; `UpdateMetricsCallback` measures them around every (k-th) optimizer step of a
+`transformers.Trainer`, logs them and plots them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+__all__ = [
+    "UpdateMetricsCallback",
+    "angular_update",
+    "gradient_momentum_cosine",
+    "l2_update_norm",
+    "plot_update_metrics",
+    "relative_representation_change",
+]
+
+METRIC_KEYS = ("update/l2_norm", "update/angle", "update/rrc", "update/grad_momentum_cos")
+
+
+def l2_update_norm(old: Iterable[torch.Tensor], new: Iterable[torch.Tensor]) -> float:
+    """`sqrt(sum_k ||new_k - old_k||^2)` over paired tensors."""
+    total = 0.0
+    for a, b in zip(old, new, strict=True):
+        total += float((b.detach().double() - a.detach().double()).pow(2).sum())
+    return math.sqrt(total)
+
+
+def angular_update(old: torch.Tensor, new: torch.Tensor, neuron_dim: int = 0) -> torch.Tensor:
+    """Per-neuron angle `arccos(<w_t, w_t+1> / (||w_t|| ||w_t+1||))` in radians.
+
+    Args:
+        old, new (`torch.Tensor`): a weight before and after the step, 2+ dims.
+        neuron_dim (`int`, *optional*, defaults to 0): 0 when neurons are rows (`nn.Linear`), 1 when they are columns
+            (HF `Conv1D`).
+
+    Returns:
+        `torch.Tensor`: one angle per neuron (float64).
+    """
+    if old.shape != new.shape or old.dim() < 2:
+        raise ValueError(f"angular_update needs two tensors of the same 2+-dim shape, got {old.shape} / {new.shape}.")
+    a, b = old.detach().double(), new.detach().double()
+    if neuron_dim == 1:
+        a, b = a.t(), b.t()
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
+    return torch.arccos(cos.clamp(-1.0, 1.0))
+
+
+def relative_representation_change(
+    inputs: torch.Tensor, old_weight: torch.Tensor, new_weight: torch.Tensor, transposed: bool = False
+) -> float:
+    """`||X dW^T||_F / ||X W^T||_F` for a linear map `Y = X W^T` (or `Y = X W` when `transposed`, HF `Conv1D`).
+
+    Args:
+        inputs (`torch.Tensor`): layer inputs `X` of shape `(..., in_features)` from a fixed probe batch.
+        old_weight, new_weight (`torch.Tensor`): the weight before and after the step.
+        transposed (`bool`, *optional*, defaults to `False`): weight stored as `(in, out)`.
+    """
+    x = inputs.detach().double().reshape(-1, inputs.shape[-1])
+    w0, w1 = old_weight.detach().double(), new_weight.detach().double()
+    if not transposed:
+        w0, w1 = w0.t(), w1.t()
+    base = (x @ w0).norm()
+    return float((x @ (w1 - w0)).norm() / base.clamp_min(1e-300))
+
+
+def gradient_momentum_cosine(grads: Iterable[torch.Tensor], momenta: Iterable[torch.Tensor]) -> float:
+    """Cosine between the concatenated gradients and the concatenated momentum buffers (NaN if either is zero)."""
+    dot = gg = mm = 0.0
+    for g, m in zip(grads, momenta, strict=True):
+        g, m = g.detach().double(), m.detach().double()
+        dot += float((g * m).sum())
+        gg += float(g.pow(2).sum())
+        mm += float(m.pow(2).sum())
+    if gg == 0 or mm == 0:
+        return float("nan")
+    return dot / math.sqrt(gg * mm)
+
+
+def _unwrap_optimizer(optimizer):
+    # accelerate's AcceleratedOptimizer (itself an Optimizer) keeps the real one in `.optimizer`
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def _momentum(optimizer, p: torch.Tensor) -> torch.Tensor | None:
+    if hasattr(optimizer, "momentum_buffer"):
+        return optimizer.momentum_buffer(p)
+    st = optimizer.state.get(p, {})
+    for key in ("exp_avg", "momentum_buffer"):
+        if key in st and isinstance(st[key], torch.Tensor):
+            return st[key]
+    return None
+
+
+class UpdateMetricsCallback(TrainerCallback):
+    """Measure how large each optimizer update is, in four ways, and log and plot the result.
+
+    Every `every_n_steps` optimizer steps, right before the step it records the weights, the gradient-momentum cosine
+    (gradient after clipping vs. the optimizer's first-moment buffer *before* it absorbs this gradient) and the inputs
+    of every linear layer on a fixed probe batch; right after the step it computes:
+
+    - `update/l2_norm`: `||Delta w||_2` over all trainable parameters;
+    - `update/angle`: mean per-neuron angle (radians) over weight-decayed tensors with 2+ dims (`Conv1D` columns);
+    - `update/rrc`: mean over linear layers of `||X dW^T|| / ||X W^T||` on the probe batch (if one is given);
+    - `update/grad_momentum_cos`.
+
+    The values go to `state.log_history` (so they are saved in `trainer_state.json` with each checkpoint), to
+    `self.history`, and into the next `on_log` dict. At the end of training a PNG is written if `plot_path` is set
+    (relative paths are placed in `args.output_dir`).
+
+    Args:
+        probe_batch (`Mapping[str, torch.Tensor]`, *optional*): fixed model inputs for the RRC (e.g. 4 blocks).
+        every_n_steps (`int`, *optional*, defaults to 1): measurement period.
+        plot_path (`str`, *optional*, defaults to `"update_metrics.png"`): PNG written at train end (None: no plot).
+    """
+
+    def __init__(
+        self,
+        probe_batch: Mapping[str, torch.Tensor] | None = None,
+        every_n_steps: int = 1,
+        plot_path: str | None = "update_metrics.png",
+    ):
+        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"`every_n_steps` must be a positive int, got {every_n_steps!r}.")
+        if probe_batch is not None and not isinstance(probe_batch, Mapping):
+            raise TypeError("`probe_batch` must be a dict of model inputs (e.g. {'input_ids': tensor}).")
+        self.probe_batch = probe_batch
+        self.every_n_steps = every_n_steps
+        self.plot_path = plot_path
+        self.history: list[dict] = []
+        self._pending: dict | None = None
+        self._snap: dict | None = None
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _tracked(model: nn.Module):
+        from transformers.pytorch_utils import Conv1D
+        from transformers.trainer_pt_utils import get_parameter_names
+
+        from .normalized import _NORM_NAME_PATTERNS
+
+        decay = set(get_parameter_names(model, [nn.LayerNorm], _NORM_NAME_PATTERNS))
+        transposed = {id(m.weight) for m in model.modules() if isinstance(m, Conv1D)}
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        angular = [(n, p, 1 if id(p) in transposed else 0) for n, p in params if n in decay and p.dim() >= 2]
+        linears = [m for m in model.modules() if isinstance(m, (nn.Linear, Conv1D))]
+        return params, angular, linears
+
+    def _probe_inputs(self, model: nn.Module, linears: list[nn.Module]) -> dict:
+        cache: dict[int, torch.Tensor] = {}
+
+        def hook(module, args):
+            cache[id(module)] = args[0].detach().clone()
+
+        handles = [m.register_forward_pre_hook(hook) for m in linears]
+        was_training = model.training
+        model.eval()
+        try:
+            device = next(model.parameters()).device
+            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.probe_batch.items()}
+            with torch.no_grad():
+                model(**batch)
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        return cache
+
+    # -- callback hooks -------------------------------------------------------------------------------------------
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if model is None or (state.global_step + 1) % self.every_n_steps:
+            return
+        params, angular, linears = self._tracked(model)
+        opt = _unwrap_optimizer(optimizer) if optimizer is not None else None
+        grads, moms = [], []
+        if opt is not None:
+            for _, p in params:
+                m = _momentum(opt, p)
+                if p.grad is not None and m is not None:
+                    grads.append(p.grad)
+                    moms.append(m)
+        self._snap = {
+            "weights": {id(p): p.detach().clone() for _, p in params},
+            "cos": gradient_momentum_cosine(grads, moms) if grads else float("nan"),
+            "inputs": self._probe_inputs(model, linears) if self.probe_batch is not None else {},
+        }
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self._snap is None or model is None:
+            return
+        from transformers.pytorch_utils import Conv1D
+
+        snap, self._snap = self._snap, None
+        params, angular, linears = self._tracked(model)
+        old = snap["weights"]
+        l2 = l2_update_norm([old[id(p)] for _, p in params], [p for _, p in params])
+        angles = [angular_update(old[id(p)], p, nd) for _, p, nd in angular]
+        angle = float(torch.cat(angles).mean()) if angles else float("nan")
+        rrcs = [
+            relative_representation_change(
+                snap["inputs"][id(m)], old[id(m.weight)], m.weight, transposed=isinstance(m, Conv1D)
+            )
+            for m in linears
+            if id(m) in snap["inputs"] and id(m.weight) in old
+        ]
+        rrc = sum(rrcs) / len(rrcs) if rrcs else float("nan")
+        row = {
+            "update/l2_norm": l2,
+            "update/angle": angle,
+            "update/rrc": rrc,
+            "update/grad_momentum_cos": snap["cos"],
+            "step": state.global_step + 1,
+        }
+        self.history.append(row)
+        state.log_history.append(dict(row))
+        self._pending = row
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self._pending is not None:
+            logs.update({k: v for k, v in self._pending.items() if k != "step"})
+            self._pending = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.plot_path and self.history and state.is_world_process_zero:
+            path = self.plot_path if os.path.isabs(self.plot_path) else os.path.join(args.output_dir, self.plot_path)
+            plot_update_metrics({"run": self.history}, path)
+
+
+def plot_update_metrics(histories: Mapping[str, list[dict]], path: str) -> str:
+    """Plot the four update metrics against the step for one or several runs; returns `path` (a PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not histories:
+        raise ValueError("`histories` is empty; pass {run_name: UpdateMetricsCallback.history}.")
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    titles = ["l2 update norm", "angular update (rad)", "relative representation change", "cos(grad, momentum)"]
+    for ax, key, title in zip(axes, METRIC_KEYS, titles):
+        for name, rows in histories.items():
+            xs = [r["step"] for r in rows if key in r]
+            ys = [r[key] for r in rows if key in r]
+            ax.plot(xs, ys, label=name, lw=1)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if key != "update/grad_momentum_cos":
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
