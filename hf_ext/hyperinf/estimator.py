@@ -1,0 +1,180 @@
+"""`InfluenceEstimator`: influence of training examples on a peft LoRA model's validation loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .gradients import PerExampleGradients, check_dataset, tracked_lora_parameters
+from .influence import METHODS, InfluenceConfig, InfluenceEngine
+
+
+class InfluenceEstimator:
+    """Data influence for peft LoRA models with HyperINF (Schulz's iteration on the generalized Fisher) or a baseline.
+
+    Per-example gradients are taken over the LoRA matrices only (plus the adapter's `modules_to_save`, e.g. a
+    classification head) with `torch.func`, and streamed: only per-layer `d x d` (HyperINF) or `r x d` state is kept,
+    never an `n x P` matrix. `fit` makes one pass over the training set; `scores` one pass over the evaluation set and
+    one over the training set (DataInf: two, LiSSA: `lissa_iterations + 1`).
+
+    Positive scores mean that up-weighting the training example *raises* the evaluation loss (harmful: sort
+    descending to find mislabeled data); negative scores mean it helps (sort ascending to select data).
+
+    Args:
+        model (`torch.nn.Module`): a peft model with LoRA layers (e.g. from `peft.get_peft_model`), fine-tuned.
+        method (`str`, *optional*, defaults to `"hyperinf"`): `"hyperinf"`, `"datainf"`, `"lissa"`, `"tracin"` or
+            `"exact"`; see `InfluenceConfig`.
+        batch_size (`int`, *optional*, defaults to 8): examples per vmapped per-example-gradient call.
+        per_example_gradients (`str`, *optional*, defaults to `"vmap"`): `"vmap"` (`torch.func`) or `"loop"` (one
+            backward per example, for models whose forward cannot be vmapped).
+        include_modules_to_save (`bool`, *optional*, defaults to `True`): also track the adapter's
+            `modules_to_save` parameters (the reference tracks the classification head).
+        adapter_name (`str`, *optional*): the adapter to attribute; defaults to the active one.
+        data_collator (`Callable`, *optional*): list of examples -> batch of tensors; default pads on the right
+            (`labels` with -100) and derives causal-LM `labels` from `input_ids` when the column is missing.
+        device (`str` or `torch.device`, *optional*): where the curvature state lives; defaults to the model's device.
+        progress (`bool`, *optional*, defaults to `False`): show tqdm bars for the passes over the data.
+        **options: `InfluenceConfig` fields (`damping_scale`, `damping`, `schulz_iterations`, `schulz_init`,
+            `schulz_alpha`, `schulz_tol`, `schulz_order`, `schulz_extra_damping`, `lissa_iterations`, `lissa_scale`,
+            `exact_curvature`, `max_exact_dim`, `dtype`).
+
+    Example:
+
+    ```python
+    >>> estimator = InfluenceEstimator(peft_model, method="hyperinf").fit(train_dataset)
+    >>> scores = estimator.scores(eval_dataset)  # np.ndarray, one score per training example
+    >>> train_dataset = add_influence_column(train_dataset, scores)
+    ```
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        method: str = "hyperinf",
+        *,
+        batch_size: int = 8,
+        per_example_gradients: str = "vmap",
+        include_modules_to_save: bool = True,
+        adapter_name: str | None = None,
+        data_collator: Callable | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+        **options,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        unknown = set(options) - set(InfluenceConfig.__dataclass_fields__) - {"method"}
+        if unknown or "method" in options:
+            raise TypeError(
+                f"Unknown option(s) {sorted(unknown or {'method'})}; valid ones are the fields of InfluenceConfig: "
+                f"{sorted(set(InfluenceConfig.__dataclass_fields__) - {'method'})}."
+            )
+        self.config = InfluenceConfig(method=method, **options)
+        self.config.validate()
+        self.model = model
+        self.tracked = tracked_lora_parameters(model, adapter_name, include_modules_to_save)
+        self.gradients = PerExampleGradients(
+            model,
+            self.tracked,
+            batch_size=batch_size,
+            method=per_example_gradients,
+            data_collator=data_collator,
+            dtype=self.config.dtype,
+        )
+        self.device = torch.device(device) if device is not None else self.gradients._device()
+        self.progress = progress
+        self.engine = InfluenceEngine(self.config, {m.name: m.shape for m in self.tracked}, device=self.device)
+        self.train_dataset = None
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def num_tracked_parameters(self) -> int:
+        """Number of gradient entries per example (the `P` of an `n x P` matrix that is never built)."""
+        return sum(m.numel for m in self.tracked)
+
+    @property
+    def layer_info(self) -> dict[str, dict]:
+        """Per tracked matrix: damping, and for HyperINF the Schulz scale, iterations, final residual, convergence."""
+        return {name: dict(layer.info) for name, layer in self.engine.layers.items()}
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Wall-clock seconds of the last `fit` (`fit_s`) and `scores` (`scores_s`) calls."""
+        return dict(self.engine.timings)
+
+    def state_nbytes(self) -> int:
+        """Bytes of fitted per-layer state (inverses, Cholesky factors): constant in the number of examples."""
+        total = 0
+        for layer in self.engine.layers.values():
+            if layer.solver is not None:
+                total += layer.solver.numel() * layer.solver.element_size()
+        return total
+
+    def _source(self, dataset, desc: str):
+        def source():
+            return self.gradients.iterate(dataset, progress=self.progress, desc=desc)
+
+        return source
+
+    def fit(self, train_dataset) -> InfluenceEstimator:
+        """Accumulate the per-layer damping statistics and curvature over `train_dataset` and invert it.
+
+        Args:
+            train_dataset (`datasets.Dataset` or `list[dict]`): tokenized training examples (`input_ids`, and the
+                `labels` the model was fine-tuned on; optional for causal LMs), in the order of the returned scores.
+
+        Returns:
+            `InfluenceEstimator`: `self`.
+        """
+        check_dataset(train_dataset, "train_dataset", self.model)
+        self.engine.fit(self._source(train_dataset, "fit: train gradients"))
+        self.train_dataset = train_dataset
+        return self
+
+    def scores(self, eval_dataset) -> np.ndarray:
+        """Influence of each training example on the mean loss over `eval_dataset`.
+
+        Args:
+            eval_dataset (`datasets.Dataset` or `list[dict]`): tokenized evaluation examples.
+
+        Returns:
+            `np.ndarray`: float64 array of shape `(len(train_dataset),)`; positive = harmful.
+        """
+        if self.train_dataset is None:
+            raise RuntimeError("Call `fit(train_dataset)` before `scores(eval_dataset)`.")
+        check_dataset(eval_dataset, "eval_dataset", self.model)
+        engine = self.engine
+        train = self.train_dataset
+        engine.train_source = self._source(train, f"{self.method}: train gradients")
+        values = engine.scores(self._source(eval_dataset, "eval gradients"))
+        return values.detach().to("cpu", torch.float64).numpy()
+
+
+def add_influence_column(dataset, scores, column_name: str = "influence"):
+    """Return `dataset` with the influence scores as a new column.
+
+    Args:
+        dataset (`datasets.Dataset`): the training set the scores were computed for (same order).
+        scores (`np.ndarray` or `Sequence[float]`): one score per row.
+        column_name (`str`, *optional*, defaults to `"influence"`): name of the new column.
+    """
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"`dataset` must be a datasets.Dataset, got {type(dataset).__name__}.")
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if values.shape[0] != len(dataset):
+        raise ValueError(
+            f"`scores` has {values.shape[0]} values but `dataset` has {len(dataset)} rows; pass the scores returned by "
+            "`InfluenceEstimator.scores` for this training set."
+        )
+    if column_name in dataset.column_names:
+        raise ValueError(f"`dataset` already has a column {column_name!r}; pass another `column_name`.")
+    return dataset.add_column(column_name, values.tolist())

@@ -1,0 +1,328 @@
+"""Per-example gradients over the LoRA parameters of a peft model, in the rank-first layout, streamed batch by batch.
+
+The rank-first layout puts the LoRA rank on the first axis of every tracked matrix: the gradient of `lora_A`
+(shape `(r, d_in)`) is kept as is, the gradient of `lora_B` (shape `(d_out, r)`) is transposed to `(r, d_out)`.
+Other tracked parameters (the trainable copies that peft keeps in `modules_to_save`, e.g. a classification head)
+keep their first axis first (`(out, in)`; a bias becomes `(1, d)`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+_A_PARTS = ("lora_A", "lora_embedding_A")
+_B_PARTS = ("lora_B", "lora_embedding_B")
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "labels")
+
+
+@dataclass(frozen=True)
+class TrackedMatrix:
+    """One tracked parameter and how its gradient is laid out.
+
+    Attributes:
+        name (`str`): the parameter's name in `model.named_parameters()`.
+        kind (`str`): `"lora_A"`, `"lora_B"` or `"other"` (a `modules_to_save` or DoRA parameter).
+        param_shape (`tuple[int, ...]`): the parameter's shape.
+        shape (`tuple[int, int]`): the rank-first `(r, d)` shape of one example's gradient.
+    """
+
+    name: str
+    kind: str
+    param_shape: tuple[int, ...]
+    shape: tuple[int, int]
+
+    @property
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+def _rank_first_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 1:
+        return (1, shape[0])
+    if kind == "lora_B":
+        rest = 1
+        for i, size in enumerate(shape):
+            if i != 1:
+                rest *= size
+        return (shape[1], rest)
+    rest = 1
+    for size in shape[1:]:
+        rest *= size
+    return (shape[0], rest)
+
+
+def to_rank_first(grads: torch.Tensor, matrix: TrackedMatrix) -> torch.Tensor:
+    """Reshape a batch of gradients `(B, *param_shape)` to the rank-first layout `(B, r, d)`."""
+    batch = grads.shape[0]
+    if len(matrix.param_shape) >= 2 and matrix.kind == "lora_B":
+        grads = grads.movedim(2, 1)
+    return grads.reshape(batch, *matrix.shape)
+
+
+def find_lora_layers(model: torch.nn.Module) -> list[str]:
+    """Names of the peft LoRA layers (`peft.tuners.lora.LoraLayer`) inside `model`."""
+    from peft.tuners.lora import LoraLayer
+
+    return [name for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+
+
+def default_adapter_name(model: torch.nn.Module) -> str:
+    active = getattr(model, "active_adapter", None)
+    if isinstance(active, (list, tuple)):
+        active = active[0] if active else None
+    return active if isinstance(active, str) else "default"
+
+
+def tracked_lora_parameters(
+    model: torch.nn.Module, adapter_name: str | None = None, include_modules_to_save: bool = True
+) -> list[TrackedMatrix]:
+    """The parameters whose gradients enter the influence computation, in `named_parameters()` order.
+
+    These are the LoRA matrices of `adapter_name` (whether or not they currently require grad, so a model loaded for
+    inference works too) and, with `include_modules_to_save=True`, the adapter's `modules_to_save` copies (for
+    sequence classification, the trained head, as in the reference experiments).
+
+    Raises:
+        `TypeError`: `model` is not a `torch.nn.Module`.
+        `ValueError`: `model` has no LoRA layers for the adapter.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module (a peft LoRA model), got {type(model).__name__}.")
+    if not find_lora_layers(model):
+        raise ValueError(
+            f"`model` ({type(model).__name__}) has no LoRA layers. Wrap it first, e.g. "
+            "`peft.get_peft_model(model, peft.LoraConfig(target_modules=[...]))`, and fine-tune the adapter."
+        )
+    adapter = adapter_name or default_adapter_name(model)
+    tracked: list[TrackedMatrix] = []
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        kind = None
+        for i, part in enumerate(parts[:-1]):
+            if parts[i + 1] != adapter:
+                continue
+            if part in _A_PARTS:
+                kind = "lora_A"
+            elif part in _B_PARTS:
+                kind = "lora_B"
+            elif part.startswith("lora_") or (part == "modules_to_save" and include_modules_to_save):
+                kind = "other"
+            if kind is not None:
+                break
+        if kind is None:
+            continue
+        shape = tuple(param.shape)
+        tracked.append(TrackedMatrix(name, kind, shape, _rank_first_shape(kind, shape)))
+    if not any(m.kind in ("lora_A", "lora_B") for m in tracked):
+        raise ValueError(
+            f"`model` has LoRA layers but none for adapter {adapter!r}; pass `adapter_name` with one of its adapters."
+        )
+    return tracked
+
+
+def _is_causal_lm(model: torch.nn.Module) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base).__name__.endswith("ForCausalLM")
+
+
+def model_input_names(model: torch.nn.Module) -> set[str]:
+    """Dataset columns that are passed to the model (the usual text inputs that its `forward` accepts)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return {name for name in _MODEL_INPUTS if name in params}
+
+
+class PaddingCollator:
+    """Right-pads a list of examples to one batch of tensors.
+
+    `input_ids`/`token_type_ids`/`position_ids` are padded with `pad_token_id` (0 for the last two), `attention_mask`
+    with 0 and token-level `labels` with -100. Scalar labels (classification) are stacked. When a causal LM example has
+    no `labels`, they are `input_ids` with padding masked out.
+
+    Args:
+        input_names (`Sequence[str]`): columns to keep.
+        pad_token_id (`int`, *optional*, defaults to 0): padding id of `input_ids`.
+        causal_lm_labels (`bool`, *optional*, defaults to `False`): build `labels` from `input_ids` when absent.
+    """
+
+    def __init__(self, input_names: Sequence[str], pad_token_id: int | None = 0, causal_lm_labels: bool = False):
+        self.input_names = tuple(input_names)
+        self.pad_token_id = pad_token_id
+        self.causal_lm_labels = causal_lm_labels
+
+    def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        lengths = [len(ex["input_ids"]) for ex in examples]
+        longest = max(lengths)
+        needs_padding = min(lengths) != longest
+        pad_id = 0 if self.pad_token_id is None else self.pad_token_id
+        batch: dict[str, torch.Tensor] = {}
+        for key in self.input_names:
+            if key not in examples[0]:
+                continue
+            values = [ex[key] for ex in examples]
+            first = torch.as_tensor(values[0])
+            if first.ndim == 0:
+                batch[key] = torch.stack([torch.as_tensor(v) for v in values])
+                continue
+            fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}.get(key, 0)
+            out = torch.full((len(values), longest), fill, dtype=first.dtype)
+            for row, value in enumerate(values):
+                value = torch.as_tensor(value)
+                out[row, : value.shape[0]] = value
+            batch[key] = out
+        if "attention_mask" in self.input_names and "attention_mask" not in batch and needs_padding:
+            mask = torch.zeros((len(examples), longest), dtype=torch.long)
+            for row, length in enumerate(lengths):
+                mask[row, :length] = 1
+            batch["attention_mask"] = mask
+        if self.causal_lm_labels and "labels" not in batch:
+            labels = batch["input_ids"].clone()
+            for row, length in enumerate(lengths):
+                labels[row, length:] = -100
+            if "attention_mask" in batch:
+                labels[batch["attention_mask"] == 0] = -100
+            batch["labels"] = labels
+        return batch
+
+
+def check_dataset(dataset, name: str, model: torch.nn.Module) -> None:
+    """Raise a clear error when `dataset` cannot feed the influence computation."""
+    if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise TypeError(f"`{name}` must be a datasets.Dataset (or a list of dicts), got {type(dataset).__name__}.")
+    if len(dataset) == 0:
+        raise ValueError(f"`{name}` is empty; pass at least one tokenized example.")
+    first = dataset[0]
+    if not isinstance(first, Mapping) or "input_ids" not in first:
+        raise ValueError(f"`{name}` must have an `input_ids` column (tokenize it first).")
+    if "labels" not in first and not _is_causal_lm(model):
+        raise ValueError(
+            f"`{name}` has no `labels` column; the influence of an example is defined through its loss, so add the "
+            "labels the model was fine-tuned on."
+        )
+
+
+class PerExampleGradients:
+    """Streams per-example gradients of the model's loss over the tracked parameters.
+
+    Each example's loss is the model's own `outputs.loss` on that example alone (for causal LMs: mean over its
+    tokens), computed in `eval()` mode so that dropout (also LoRA dropout) is off. With `method="vmap"` one batch is
+    one `torch.func.vmap(torch.func.grad(...))` call over `torch.func.functional_call` (transformers models are switched
+    to eager attention for the duration, since sdpa mask creation branches on the data); `method="loop"` runs one
+    backward pass per example (slower; for models whose forward cannot be vmapped).
+
+    Args:
+        model (`torch.nn.Module`): the peft LoRA model.
+        tracked (`list[TrackedMatrix]`): from `tracked_lora_parameters`.
+        batch_size (`int`, *optional*, defaults to 8): examples per vmapped call.
+        method (`str`, *optional*, defaults to `"vmap"`): `"vmap"` or `"loop"`.
+        data_collator (`Callable`, *optional*): turns a list of examples into a batch dict; default `PaddingCollator`.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the returned gradients.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tracked: list[TrackedMatrix],
+        batch_size: int = 8,
+        method: str = "vmap",
+        data_collator: Callable | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        if method not in ("vmap", "loop"):
+            raise ValueError(f"`per_example_gradients` must be 'vmap' or 'loop', got {method!r}.")
+        self.model = model
+        self.tracked = tracked
+        self.batch_size = batch_size
+        self.method = method
+        self.dtype = dtype
+        self.causal_lm = _is_causal_lm(model)
+        self.pad_token_id = getattr(getattr(model, "config", None), "pad_token_id", None)
+        self.data_collator = data_collator or PaddingCollator(
+            sorted(model_input_names(model)), pad_token_id=self.pad_token_id, causal_lm_labels=self.causal_lm
+        )
+        self._params = dict(model.named_parameters())
+
+    def _device(self) -> torch.device:
+        return self._params[self.tracked[0].name].device
+
+    def _loss(self, params: dict[str, torch.Tensor], example: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {key: value.unsqueeze(0) for key, value in example.items()}
+        return torch.func.functional_call(self.model, params, args=(), kwargs=inputs).loss
+
+    def _batch_grads(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        params = {m.name: self._params[m.name].detach() for m in self.tracked}
+        mask = batch.get("attention_mask")
+        use_vmap = self.method == "vmap" and (mask is None or bool(mask.all()))
+        if use_vmap and mask is not None:
+            # an all-ones mask is the default; dropping it keeps mask creation free of data-dependent branches
+            batch = {key: value for key, value in batch.items() if key != "attention_mask"}
+        if use_vmap:
+            grads = torch.func.vmap(torch.func.grad(self._loss), in_dims=(None, 0))(params, batch)
+        else:
+            per_example: list[dict[str, torch.Tensor]] = []
+            size = next(iter(batch.values())).shape[0]
+            for row in range(size):
+                leaf = {name: p.clone().requires_grad_(True) for name, p in params.items()}
+                loss = self._loss(leaf, {key: value[row] for key, value in batch.items()})
+                values = torch.autograd.grad(loss, list(leaf.values()), allow_unused=True)
+                per_example.append({n: torch.zeros_like(leaf[n]) if g is None else g for n, g in zip(leaf, values)})
+            grads = {name: torch.stack([ex[name] for ex in per_example]) for name in params}
+        return {m.name: to_rank_first(grads[m.name].to(self.dtype), m) for m in self.tracked}
+
+    def iterate(self, dataset, progress: bool = False, desc: str = "gradients") -> Iterator[dict[str, torch.Tensor]]:
+        """Yield `{name: (B, r, d) tensor}` for consecutive batches of `dataset`, in dataset order.
+
+        Examples are never padded for the gradient computation: within a window of `16 * batch_size` consecutive
+        examples they are grouped by length, each group is differentiated in chunks of `batch_size`, and the
+        gradients are put back in order. Padding would change the loss of bidirectional encoders and make the mask
+        data-dependent under `vmap`.
+        """
+        from tqdm.auto import tqdm
+
+        device = self._device()
+        was_training = self.model.training
+        self.model.eval()
+        restore_attn = self._use_eager_attention() if self.method == "vmap" else None
+        window = 16 * self.batch_size
+        try:
+            for start in tqdm(range(0, len(dataset), window), desc=desc, disable=not progress, leave=False):
+                examples = [dataset[i] for i in range(start, min(start + window, len(dataset)))]
+                groups: dict[int, list[int]] = {}
+                for row, example in enumerate(examples):
+                    groups.setdefault(len(example["input_ids"]), []).append(row)
+                out = {m.name: torch.empty(len(examples), *m.shape, dtype=self.dtype) for m in self.tracked}
+                for rows in groups.values():
+                    for chunk_start in range(0, len(rows), self.batch_size):
+                        chunk = rows[chunk_start : chunk_start + self.batch_size]
+                        batch = self.data_collator([examples[row] for row in chunk])
+                        batch = {key: value.to(device) for key, value in batch.items()}
+                        grads = self._batch_grads(batch)
+                        index = torch.tensor(chunk)
+                        for name, value in grads.items():
+                            out[name][index] = value.to(out[name].device)
+                for sub in range(0, len(examples), self.batch_size):
+                    yield {name: value[sub : sub + self.batch_size].to(device) for name, value in out.items()}
+        finally:
+            self.model.train(was_training)
+            if restore_attn is not None:
+                self._base_model().set_attn_implementation(restore_attn)
+
+    def _base_model(self) -> torch.nn.Module:
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def _use_eager_attention(self) -> str | None:
+        """Switch a transformers model to eager attention for vmap (sdpa mask creation branches on the data).
+
+        Returns the implementation to restore afterwards, or `None` when nothing was changed.
+        """
+        base = self._base_model()
+        config = getattr(base, "config", None)
+        current = getattr(config, "_attn_implementation", None)
+        if current in (None, "eager") or not hasattr(base, "set_attn_implementation"):
+            return None
+        base.set_attn_implementation("eager")
+        return current

@@ -1,0 +1,393 @@
+"""Streaming influence engine over batches of rank-first gradients: HyperINF and its baselines behind one interface.
+
+The engine never holds an `n x P` gradient matrix. It consumes *gradient sources*: zero-argument callables that
+return a fresh iterator of `{name: (B, r, d) tensor}` batches (per-example gradients of the training set). Per layer
+it keeps only `d x d` (HyperINF, exact-GFIM), `rd x rd` (exact-FIM, small models only) or `r x d` (DataInf, LiSSA,
+TracIn) state.
+
+Influence of train example `k` on the validation loss (positive = harmful, as in the reference):
+
+    I(z_k) = - sum_l < hvp_l , g_{l,k} >,   hvp_l ~ v_l (G_l + lambda_l I)^-1  (HyperINF)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from .linalg import schulz_inverse
+
+METHODS = ("hyperinf", "datainf", "lissa", "tracin", "exact")
+GradientBatches = Iterable[Mapping[str, torch.Tensor]]
+GradientSource = Callable[[], GradientBatches]
+
+
+@dataclass
+class InfluenceConfig:
+    """Options of the influence methods (shared by `InfluenceEstimator` and `influence_from_gradients`).
+
+    Args:
+        method (`str`, *optional*, defaults to `"hyperinf"`): one of `"hyperinf"` (Schulz's iteration on the
+            damped generalized Fisher matrix), `"datainf"` (DataInf's closed form), `"lissa"` (damped, scaled
+            LiSSA/Neumann series on the empirical Fisher), `"tracin"` (no curvature: `-<v, g_k>`) and `"exact"`
+            (direct solve; small models).
+        damping_scale (`float`, *optional*, defaults to 0.1): per-layer damping `lambda_l = damping_scale *
+            mean_i mean(g_{l,i}^2)` (DataInf's rule, also used by HyperINF).
+        damping (`float`, *optional*): a fixed damping for every layer instead of the per-layer rule.
+        schulz_iterations (`int`, *optional*, defaults to 100): maximum Schulz iterations (the reference runs a fixed
+            30 for mislabeled-data detection and 15 for data selection).
+        schulz_init (`str`, *optional*, defaults to `"transpose"`): `"transpose"` (`X_0 = alpha A^T`,
+            `alpha = 1/(||A||_1 ||A||_inf)`, always convergent), `"identity"` (`X_0 = alpha I`, the reference's
+            `alpha = 5e-5` unless `schulz_alpha` is set; converges only when `alpha * mu_max < 2`) or
+            `"frobenius"` (`X_0 = I / ||A||_F`).
+        schulz_alpha (`float`, *optional*): scale of the initial guess, overriding the default of `schulz_init`.
+        schulz_tol (`float`, *optional*, defaults to 1e-6): stop once `||I - A X||_F / sqrt(d)` falls below it;
+            `None` runs exactly `schulz_iterations` (the reference's behaviour).
+        schulz_order (`int`, *optional*, defaults to 2): hyperpower order (2 = Newton-Schulz, 3 = cubic).
+        schulz_extra_damping (`float`, *optional*, defaults to 0.0): extra `c I` added before inversion (the
+            reference adds 1e-3 in mislabeled-data detection and 0 in data selection).
+        lissa_iterations (`int`, *optional*, defaults to 10): LiSSA recursion depth (one pass over the training set
+            each).
+        lissa_scale (`float`, *optional*): LiSSA scale `s`; default per layer `tr(F_l) + lambda_l`, an upper bound of
+            the largest eigenvalue that guarantees convergence.
+        exact_curvature (`str`, *optional*, defaults to `"gfim"`): what `"exact"` inverts: `"gfim"` (the `d x d`
+            generalized Fisher, the exact counterpart of HyperINF) or `"fim"` (the full `rd x rd` empirical Fisher,
+            the reference's `accurate` method).
+        max_exact_dim (`int`, *optional*, defaults to 4096): refuse `"exact"` when a matrix to invert would be larger.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the accumulated statistics.
+    """
+
+    method: str = "hyperinf"
+    damping_scale: float = 0.1
+    damping: float | None = None
+    schulz_iterations: int = 100
+    schulz_init: str = "transpose"
+    schulz_alpha: float | None = None
+    schulz_tol: float | None = 1e-6
+    schulz_order: int = 2
+    schulz_extra_damping: float = 0.0
+    lissa_iterations: int = 10
+    lissa_scale: float | None = None
+    exact_curvature: str = "gfim"
+    max_exact_dim: int = 4096
+    dtype: torch.dtype = torch.float32
+
+    def validate(self) -> None:
+        from .linalg import SCHULZ_INITS
+
+        if self.method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}.")
+        if not self.damping_scale >= 0:
+            raise ValueError(f"`damping_scale` must be >= 0, got {self.damping_scale!r}.")
+        if self.damping is not None and not self.damping >= 0:
+            raise ValueError(f"`damping` must be >= 0 or None, got {self.damping!r}.")
+        if not isinstance(self.schulz_iterations, int) or self.schulz_iterations < 0:
+            raise ValueError(f"`schulz_iterations` must be a non-negative int, got {self.schulz_iterations!r}.")
+        if self.schulz_init not in SCHULZ_INITS:
+            raise ValueError(f"`schulz_init` must be one of {SCHULZ_INITS}, got {self.schulz_init!r}.")
+        if self.schulz_alpha is not None and not self.schulz_alpha > 0:
+            raise ValueError(f"`schulz_alpha` must be positive or None, got {self.schulz_alpha!r}.")
+        if self.schulz_tol is not None and not self.schulz_tol > 0:
+            raise ValueError(f"`schulz_tol` must be positive or None, got {self.schulz_tol!r}.")
+        if self.schulz_order not in (2, 3):
+            raise ValueError(f"`schulz_order` must be 2 or 3, got {self.schulz_order!r}.")
+        if not self.schulz_extra_damping >= 0:
+            raise ValueError(f"`schulz_extra_damping` must be >= 0, got {self.schulz_extra_damping!r}.")
+        if not isinstance(self.lissa_iterations, int) or self.lissa_iterations < 1:
+            raise ValueError(f"`lissa_iterations` must be a positive int, got {self.lissa_iterations!r}.")
+        if self.lissa_scale is not None and not self.lissa_scale > 0:
+            raise ValueError(f"`lissa_scale` must be positive or None, got {self.lissa_scale!r}.")
+        if self.exact_curvature not in ("gfim", "fim"):
+            raise ValueError(f"`exact_curvature` must be 'gfim' or 'fim', got {self.exact_curvature!r}.")
+        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
+            raise TypeError(f"`dtype` must be a floating torch.dtype, got {self.dtype!r}.")
+
+    def curvature_dim(self, shape: tuple[int, int]) -> int:
+        """Size of the matrix the method builds for a layer of rank-first shape `shape` (0: none)."""
+        if self.method == "hyperinf" or (self.method == "exact" and self.exact_curvature == "gfim"):
+            return shape[1]
+        if self.method == "exact":
+            return shape[0] * shape[1]
+        return 0
+
+
+@dataclass
+class LayerState:
+    """Per-layer statistics and the fitted solver of one tracked matrix."""
+
+    shape: tuple[int, int]
+    sum_mean_sq: float = 0.0
+    sum_sq_norm: float = 0.0
+    curvature: torch.Tensor | None = None
+    damping: float = 0.0
+    solver: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+
+class InfluenceEngine:
+    """Fits per-layer curvature from a gradient source and turns validation gradients into influence scores.
+
+    Args:
+        config (`InfluenceConfig`): the method and its options.
+        shapes (`dict[str, tuple[int, int]]`): rank-first shape of each tracked matrix.
+        device (`torch.device`, *optional*): where the statistics live (default: CPU).
+    """
+
+    def __init__(
+        self, config: InfluenceConfig, shapes: Mapping[str, tuple[int, int]], device: torch.device | None = None
+    ):
+        config.validate()
+        if not shapes:
+            raise ValueError("`shapes` is empty: there is no tracked matrix to compute influence over.")
+        self.config = config
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.shapes = dict(shapes)
+        biggest = max(config.curvature_dim(s) for s in self.shapes.values())
+        if config.method == "exact" and biggest > config.max_exact_dim:
+            raise ValueError(
+                f"method='exact' with exact_curvature={config.exact_curvature!r} would invert a {biggest} x {biggest} "
+                f"matrix, above max_exact_dim={config.max_exact_dim}. Use method='hyperinf' (or raise "
+                "`max_exact_dim`, or exact_curvature='gfim')."
+            )
+        self.layers: dict[str, LayerState] = {}
+        self.num_train = 0
+        self.train_source: GradientSource | None = None
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ fit
+    def _check_batch(self, batch: Mapping[str, torch.Tensor]) -> int:
+        missing = set(self.shapes) - set(batch)
+        if missing:
+            raise ValueError(f"A gradient batch lacks tracked matrices {sorted(missing)[:3]}.")
+        sizes = set()
+        for name, shape in self.shapes.items():
+            grads = batch[name]
+            if grads.ndim != 3 or tuple(grads.shape[1:]) != tuple(shape):
+                raise ValueError(
+                    f"Gradients of {name!r} must have shape (B, {shape[0]}, {shape[1]}), got {tuple(grads.shape)}."
+                )
+            sizes.add(grads.shape[0])
+        if len(sizes) != 1:
+            raise ValueError(f"All tracked matrices of a batch must have the same batch size, got {sorted(sizes)}.")
+        return sizes.pop()
+
+    def fit(self, train_source: GradientSource) -> InfluenceEngine:
+        """One pass over the training gradients: damping statistics and, where needed, the curvature to invert."""
+        cfg = self.config
+        start = time.perf_counter()
+        layers = {name: LayerState(shape=shape) for name, shape in self.shapes.items()}
+        for layer in layers.values():
+            dim = cfg.curvature_dim(layer.shape)
+            if dim:
+                layer.curvature = torch.zeros(dim, dim, dtype=cfg.dtype, device=self.device)
+        use_fim = cfg.method == "exact" and cfg.exact_curvature == "fim"
+        n = 0
+        for batch in train_source():
+            n += self._check_batch(batch)
+            for name, layer in layers.items():
+                g = batch[name].to(device=self.device, dtype=cfg.dtype)
+                sq = g.square().flatten(1).sum(dim=1)
+                layer.sum_sq_norm += float(sq.sum())
+                layer.sum_mean_sq += float(sq.sum()) / (layer.shape[0] * layer.shape[1])
+                if layer.curvature is not None:
+                    if use_fim:
+                        flat = g.flatten(1)
+                        layer.curvature.add_(flat.T @ flat)
+                    else:
+                        layer.curvature.add_(torch.einsum("bri,brj->ij", g, g))
+        if n == 0:
+            raise ValueError("The training set is empty: pass at least one example to `fit`.")
+        for name, layer in layers.items():
+            mean_sq = layer.sum_mean_sq / n
+            layer.damping = cfg.damping if cfg.damping is not None else cfg.damping_scale * mean_sq
+            layer.info["damping"] = layer.damping
+            if (
+                cfg.method != "tracin"
+                and not layer.damping + (cfg.schulz_extra_damping if cfg.method == "hyperinf" else 0) > 0
+            ):
+                raise ValueError(
+                    f"method={cfg.method!r} needs a positive damping, but layer {name!r} got {layer.damping}: its "
+                    "gradients are all zero (an untrained adapter? peft initialises LoRA B to zero) or "
+                    "`damping`/`damping_scale` is 0."
+                )
+            if layer.curvature is not None:
+                layer.curvature.div_(n)
+                eye = torch.eye(layer.curvature.shape[0], dtype=cfg.dtype, device=self.device)
+                if cfg.method == "hyperinf":
+                    matrix = layer.curvature + (layer.damping + cfg.schulz_extra_damping) * eye
+                    inverse, info = schulz_inverse(
+                        matrix,
+                        num_iterations=cfg.schulz_iterations,
+                        init=cfg.schulz_init,
+                        alpha=cfg.schulz_alpha,
+                        tol=cfg.schulz_tol,
+                        order=cfg.schulz_order,
+                    )
+                    layer.solver = inverse
+                    layer.info.update(
+                        schulz_alpha=info.alpha,
+                        schulz_iterations=info.iterations,
+                        schulz_residual=info.final_residual,
+                        schulz_converged=info.converged,
+                    )
+                else:
+                    matrix = layer.curvature + layer.damping * eye
+                    try:
+                        layer.solver = torch.linalg.cholesky(matrix)
+                    except torch.linalg.LinAlgError as err:
+                        raise ValueError(
+                            f"The damped curvature of {name!r} is not positive definite (damping "
+                            f"{layer.damping:.3g}); raise `damping_scale` or pass `damping`."
+                        ) from err
+                layer.curvature = None
+        self.layers = layers
+        self.num_train = n
+        self.train_source = train_source
+        self.timings["fit_s"] = time.perf_counter() - start
+        return self
+
+    # ---------------------------------------------------------------- score
+    def mean_gradient(self, source: GradientSource) -> dict[str, torch.Tensor]:
+        """`v_l`: the mean of the per-example gradients of `source` (the validation set)."""
+        sums = {
+            name: torch.zeros(shape, dtype=self.config.dtype, device=self.device)
+            for name, shape in self.shapes.items()
+        }
+        m = 0
+        for batch in source():
+            m += self._check_batch(batch)
+            for name in sums:
+                sums[name].add_(batch[name].to(device=self.device, dtype=self.config.dtype).sum(dim=0))
+        if m == 0:
+            raise ValueError("The evaluation set is empty: pass at least one example to `scores`.")
+        return {name: total / m for name, total in sums.items()}
+
+    def _train_batches(self) -> Iterator[Mapping[str, torch.Tensor]]:
+        if self.train_source is None:
+            raise RuntimeError("Call `fit(train)` before computing influence.")
+        for batch in self.train_source():
+            self._check_batch(batch)
+            yield {name: batch[name].to(device=self.device, dtype=self.config.dtype) for name in self.shapes}
+
+    def inverse_hvp(self, v: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per layer, the method's approximation of `(curvature + lambda I)^-1` applied to `v_l`."""
+        cfg = self.config
+        if not self.layers:
+            raise RuntimeError("Call `fit(train)` before computing influence.")
+        if cfg.method == "tracin":
+            return {name: v[name].clone() for name in self.shapes}
+        if cfg.method == "hyperinf":
+            return {name: v[name] @ self.layers[name].solver for name in self.shapes}
+        if cfg.method == "exact":
+            out = {}
+            for name, layer in self.layers.items():
+                if cfg.exact_curvature == "gfim":
+                    out[name] = torch.cholesky_solve(v[name].T.contiguous(), layer.solver).T
+                else:
+                    out[name] = torch.cholesky_solve(v[name].reshape(-1, 1), layer.solver).reshape(layer.shape)
+            return out
+        if cfg.method == "datainf":
+            acc = {name: torch.zeros_like(v[name]) for name in self.shapes}
+            for batch in self._train_batches():
+                for name, layer in self.layers.items():
+                    g = batch[name]
+                    coeff = torch.einsum("brd,rd->b", g, v[name]) / (layer.damping + g.square().sum(dim=(1, 2)))
+                    acc[name].add_(torch.einsum("b,brd->rd", coeff, g))
+            return {
+                name: (v[name] - acc[name] / self.num_train) / layer.damping for name, layer in self.layers.items()
+            }
+        # LiSSA: r <- v + r - (F r + lambda r) / s, result r / s; one pass over the training set per iteration.
+        scales = {
+            name: cfg.lissa_scale
+            if cfg.lissa_scale is not None
+            else layer.sum_sq_norm / self.num_train + layer.damping
+            for name, layer in self.layers.items()
+        }
+        running = {name: v[name].clone() for name in self.shapes}
+        for _ in range(cfg.lissa_iterations):
+            products = {name: torch.zeros_like(v[name]) for name in self.shapes}
+            for batch in self._train_batches():
+                for name in self.shapes:
+                    g = batch[name]
+                    dots = torch.einsum("brd,rd->b", g, running[name])
+                    products[name].add_(torch.einsum("b,brd->rd", dots, g))
+            for name, layer in self.layers.items():
+                product = products[name] / self.num_train + layer.damping * running[name]
+                running[name] = v[name] + running[name] - product / scales[name]
+        for name, layer in self.layers.items():
+            layer.info["lissa_scale"] = scales[name]
+        return {name: running[name] / scales[name] for name in self.shapes}
+
+    def scores_from_hvp(self, hvp: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """`I(z_k) = -sum_l <hvp_l, g_{l,k}>` for every training example, in order."""
+        chunks = []
+        for batch in self._train_batches():
+            total = None
+            for name in self.shapes:
+                part = torch.einsum("brd,rd->b", batch[name], hvp[name])
+                total = part if total is None else total + part
+            chunks.append(-total)
+        return torch.cat(chunks)
+
+    def scores(self, eval_source: GradientSource) -> torch.Tensor:
+        """Influence of every training example on the mean loss of the examples of `eval_source`."""
+        start = time.perf_counter()
+        v = self.mean_gradient(eval_source)
+        out = self.scores_from_hvp(self.inverse_hvp(v))
+        self.timings["scores_s"] = time.perf_counter() - start
+        return out
+
+
+def _tensor_source(grads: Mapping[str, torch.Tensor], batch_size: int) -> GradientSource:
+    sizes = {t.shape[0] for t in grads.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"All gradient tensors must share their first (example) axis, got sizes {sorted(sizes)}.")
+    n = sizes.pop()
+
+    def source() -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, n, batch_size):
+            yield {name: t[start : start + batch_size] for name, t in grads.items()}
+
+    return source
+
+
+def influence_from_gradients(
+    train_grads: Mapping[str, torch.Tensor],
+    eval_grads: Mapping[str, torch.Tensor],
+    method: str = "hyperinf",
+    batch_size: int = 256,
+    **options,
+) -> torch.Tensor:
+    """Influence scores from in-memory per-example gradients (for small problems and for checking the streaming path).
+
+    Args:
+        train_grads (`dict[str, torch.Tensor]`): per tracked matrix, `(n, r, d)` rank-first training gradients.
+        eval_grads (`dict[str, torch.Tensor]`): the same with `(m, r, d)` validation gradients.
+        method (`str`, *optional*, defaults to `"hyperinf"`): see `InfluenceConfig`.
+        batch_size (`int`, *optional*, defaults to 256): examples per streamed chunk.
+        **options: other `InfluenceConfig` fields.
+
+    Returns:
+        `torch.Tensor`: `(n,)` influence scores (positive = up-weighting the example raises the validation loss).
+    """
+    if not train_grads:
+        raise ValueError("`train_grads` is empty: pass {name: (n, r, d) tensor} for at least one tracked matrix.")
+    if set(train_grads) != set(eval_grads):
+        raise ValueError("`train_grads` and `eval_grads` must have the same tracked matrices (keys).")
+    shapes = {}
+    for name, t in train_grads.items():
+        if t.ndim != 3:
+            raise ValueError(f"`train_grads[{name!r}]` must have shape (n, r, d), got {tuple(t.shape)}.")
+        if t.shape[0] == 0:
+            raise ValueError("`train_grads` holds no example; pass at least one.")
+        shapes[name] = (t.shape[1], t.shape[2])
+    if any(t.shape[0] == 0 for t in eval_grads.values()):
+        raise ValueError("`eval_grads` holds no example; pass at least one.")
+    config = InfluenceConfig(method=method, **options)
+    device = next(iter(train_grads.values())).device
+    engine = InfluenceEngine(config, shapes, device=device)
+    engine.fit(_tensor_source(train_grads, batch_size))
+    return engine.scores(_tensor_source(eval_grads, batch_size))

@@ -1,0 +1,248 @@
+"""Inverse-Hessian-vector products used by influence functions: Schulz's iteration and the baselines' solvers.
+
+All functions here are pure tensor code with no model in sight. Gradients follow the *rank-first* layout: the
+gradient of one LoRA matrix for one example is an `(r, d)` matrix (see `hf_ext.hyperinf.gradients`).
+
+Notation (per tracked matrix, or "layer", `l`): `g_i` is the `(r, d)` gradient of train example `i`, `v` the mean
+validation gradient, `lambda` the damping.
+
+* the generalized Fisher matrix (GFIM) is `G = (1/n) sum_i g_i^T g_i`, a `(d, d)` matrix whose size does not depend
+  on the LoRA rank; HyperINF applies its inverse from the right: `v (G + lambda I)^-1`;
+* the empirical Fisher (FIM) is `F = (1/n) sum_i vec(g_i) vec(g_i)^T`, `(r d, r d)`; DataInf approximates
+  `(F + lambda I)^-1 vec(v)` in closed form and LiSSA iterates towards it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+SCHULZ_INITS = ("identity", "transpose", "frobenius")
+#: Initial scale of the reference implementation: X_0 = 5e-5 * I.
+REFERENCE_SCHULZ_ALPHA = 5e-5
+
+
+@dataclass
+class SchulzInfo:
+    """Diagnostics of one `schulz_inverse` call.
+
+    Attributes:
+        alpha (`float`): scale of the initial guess (`X_0 = alpha * I` or `alpha * A^T`).
+        iterations (`int`): iterations run.
+        converged (`bool`): whether the tolerance was reached (always `False` without a tolerance).
+        residuals (`list[float]`): `||I - A X_k||` (Frobenius, divided by `sqrt(d)`) for `k = 0..iterations`.
+        spectral_residuals (`list[float]`): the same in spectral norm, only when `track_spectral=True`.
+    """
+
+    alpha: float
+    iterations: int = 0
+    converged: bool = False
+    residuals: list[float] = field(default_factory=list)
+    spectral_residuals: list[float] = field(default_factory=list)
+
+    @property
+    def final_residual(self) -> float:
+        return self.residuals[-1] if self.residuals else float("nan")
+
+
+def _check_square(matrix: torch.Tensor, name: str) -> None:
+    if not isinstance(matrix, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(matrix).__name__}.")
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
+        raise ValueError(f"`{name}` must be a non-empty square matrix, got shape {tuple(matrix.shape)}.")
+    if not matrix.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got {matrix.dtype}.")
+
+
+def schulz_initial_alpha(matrix: torch.Tensor, init: str = "identity") -> float:
+    """Default scale of Schulz's initial guess for `init`.
+
+    * `"identity"`: the reference implementation's `X_0 = 5e-5 * I`. It converges only if
+      `5e-5 * mu_max(A) < 2`, and needs about `log2(1 / (5e-5 * mu_min))` iterations before small-eigenvalue
+      directions start to converge.
+    * `"transpose"`: `X_0 = alpha * A^T` with `alpha = 1 / (||A||_1 ||A||_inf)`, which converges for every
+      non-singular `A` because `sigma_max(A)^2 <= ||A||_1 ||A||_inf`.
+    * `"frobenius"`: `X_0 = I / ||A||_F`, convergent for every symmetric positive-definite `A`.
+    """
+    if init == "identity":
+        return REFERENCE_SCHULZ_ALPHA
+    if init == "transpose":
+        norm_1 = matrix.abs().sum(dim=0).max()
+        norm_inf = matrix.abs().sum(dim=1).max()
+        return float(1.0 / (norm_1 * norm_inf))
+    if init == "frobenius":
+        return float(1.0 / torch.linalg.matrix_norm(matrix))
+    raise ValueError(f"`init` must be one of {SCHULZ_INITS}, got {init!r}.")
+
+
+def schulz_inverse(
+    matrix: torch.Tensor,
+    num_iterations: int = 30,
+    init: str = "identity",
+    alpha: float | None = None,
+    tol: float | None = None,
+    order: int = 2,
+    track_spectral: bool = False,
+) -> tuple[torch.Tensor, SchulzInfo]:
+    """Invert `matrix` with Schulz's (hyperpower) iteration.
+
+    Order 2 is Newton-Schulz, `X_{k+1} = X_k (2I - A X_k)`; order 3 is `X_{k+1} = X_k (I + R_k + R_k^2)` with
+    `R_k = I - A X_k`. The residual obeys `R_{k+1} = R_k^order` exactly, so once `||R_k|| < 1` the error is squared
+    (cubed) at every step.
+
+    Args:
+        matrix (`torch.Tensor`): square, non-singular `(d, d)` matrix `A` (symmetric positive definite for the
+            `"identity"`/`"frobenius"` initialisations).
+        num_iterations (`int`, *optional*, defaults to 30): maximum number of iterations (the reference uses 30 for
+            mislabeled-data detection, 15 for LLM data selection).
+        init (`str`, *optional*, defaults to `"identity"`): `"identity"` (`X_0 = alpha I`, the reference),
+            `"transpose"` (`X_0 = alpha A^T`, convergent for any non-singular matrix) or `"frobenius"`
+            (`X_0 = I / ||A||_F`). See `schulz_initial_alpha`.
+        alpha (`float`, *optional*): scale of the initial guess; defaults to `schulz_initial_alpha(matrix, init)`.
+        tol (`float`, *optional*): stop once `||I - A X_k||_F / sqrt(d) <= tol`. `None` runs exactly
+            `num_iterations` iterations, as the reference does.
+        order (`int`, *optional*, defaults to 2): hyperpower order, 2 or 3.
+        track_spectral (`bool`, *optional*, defaults to `False`): also record spectral norms of the residuals
+            (costs an SVD per step; for diagnostics and tests).
+
+    Returns:
+        `tuple[torch.Tensor, SchulzInfo]`: the approximate inverse `X` and the diagnostics.
+    """
+    _check_square(matrix, "matrix")
+    if not isinstance(num_iterations, int) or num_iterations < 0:
+        raise ValueError(f"`num_iterations` must be a non-negative integer, got {num_iterations!r}.")
+    if init not in SCHULZ_INITS:
+        raise ValueError(f"`init` must be one of {SCHULZ_INITS}, got {init!r}.")
+    if order not in (2, 3):
+        raise ValueError(f"`order` must be 2 or 3, got {order!r}.")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"`tol` must be a positive float or None, got {tol!r}.")
+    if alpha is not None and not alpha > 0:
+        raise ValueError(f"`alpha` must be a positive float or None, got {alpha!r}.")
+
+    d = matrix.shape[0]
+    eye = torch.eye(d, dtype=matrix.dtype, device=matrix.device)
+    alpha = schulz_initial_alpha(matrix, init) if alpha is None else float(alpha)
+    x = alpha * (matrix.T.clone() if init == "transpose" else eye)
+    info = SchulzInfo(alpha=alpha)
+    scale = d**0.5
+    for step in range(num_iterations + 1):
+        residual = eye - matrix @ x
+        info.residuals.append(float(torch.linalg.matrix_norm(residual)) / scale)
+        if track_spectral:
+            info.spectral_residuals.append(float(torch.linalg.matrix_norm(residual, ord=2)))
+        if tol is not None and info.residuals[-1] <= tol:
+            info.converged = True
+            break
+        if step == num_iterations:
+            break
+        if order == 2:
+            x = x @ (eye + residual)
+        else:
+            x = x @ (eye + residual @ (eye + residual))
+        info.iterations += 1
+    return x, info
+
+
+def damping_from_gradients(mean_sq: torch.Tensor | float, scale: float = 0.1) -> float:
+    """DataInf's per-layer damping `lambda_l = scale * (1/n) sum_i mean(g_{l,i}^2)`.
+
+    Args:
+        mean_sq (`torch.Tensor` or `float`): `(1/n) sum_i mean(g_{l,i}^2)`, the mean over examples of each example's
+            mean squared gradient entry.
+        scale (`float`, *optional*, defaults to 0.1): the multiplier (0.1 in DataInf and HyperINF).
+    """
+    return float(scale * float(mean_sq))
+
+
+def gfim(grads: torch.Tensor) -> torch.Tensor:
+    """Generalized Fisher matrix `(1/n) sum_i g_i^T g_i` of rank-first gradients `grads` of shape `(n, r, d)`."""
+    if grads.ndim != 3 or grads.shape[0] == 0:
+        raise ValueError(f"`grads` must have shape (n, r, d) with n > 0, got {tuple(grads.shape)}.")
+    return torch.einsum("nri,nrj->ij", grads, grads) / grads.shape[0]
+
+
+def fim(grads: torch.Tensor) -> torch.Tensor:
+    """Empirical Fisher `(1/n) sum_i vec(g_i) vec(g_i)^T` (`(r d, r d)`) of gradients `grads` of shape `(n, ...)`."""
+    if grads.ndim < 2 or grads.shape[0] == 0:
+        raise ValueError(f"`grads` must have shape (n, ...) with n > 0, got {tuple(grads.shape)}.")
+    flat = grads.reshape(grads.shape[0], -1)
+    return flat.T @ flat / flat.shape[0]
+
+
+def exact_gfim_hvp(v: torch.Tensor, gfim_matrix: torch.Tensor, damping: float) -> torch.Tensor:
+    """`v (G + lambda I)^-1` by a Cholesky solve (the "exact" counterpart of HyperINF)."""
+    damped = gfim_matrix + damping * torch.eye(gfim_matrix.shape[0], dtype=gfim_matrix.dtype, device=v.device)
+    factor = torch.linalg.cholesky(damped)
+    return torch.cholesky_solve(v.T.to(damped.dtype), factor).T
+
+
+def exact_fim_hvp(v: torch.Tensor, fim_matrix: torch.Tensor, damping: float) -> torch.Tensor:
+    """`(F + lambda I)^-1 vec(v)` reshaped like `v`, by a Cholesky solve (the reference's `accurate` method)."""
+    damped = fim_matrix + damping * torch.eye(fim_matrix.shape[0], dtype=fim_matrix.dtype, device=v.device)
+    factor = torch.linalg.cholesky(damped)
+    return torch.cholesky_solve(v.reshape(-1, 1).to(damped.dtype), factor).reshape(v.shape)
+
+
+def datainf_hvp(v: torch.Tensor, grads: torch.Tensor, damping: float) -> torch.Tensor:
+    """DataInf's closed form (Kwon et al., 2024) for `(F + lambda I)^-1 vec(v)`.
+
+    Swapping the inverse and the average and applying Sherman-Morrison to each rank-one term gives
+    `(1/(n lambda)) sum_i [v - <v, g_i> / (lambda + ||g_i||^2) g_i]`. Exact when `n = 1`.
+
+    Args:
+        v (`torch.Tensor`): the vector, shaped like one gradient.
+        grads (`torch.Tensor`): `(n, *v.shape)` per-example gradients.
+        damping (`float`): `lambda > 0`.
+    """
+    n = grads.shape[0]
+    flat = grads.reshape(n, -1)
+    vf = v.reshape(-1)
+    coeff = (flat @ vf) / (damping + (flat * flat).sum(dim=1))
+    return ((vf - coeff @ flat / n) / damping).reshape(v.shape)
+
+
+def lissa_hvp(
+    v: torch.Tensor,
+    matvec,
+    damping: float,
+    scale: float,
+    num_iterations: int = 10,
+) -> torch.Tensor:
+    """Damped, scaled LiSSA / truncated Neumann series for `(A + lambda I)^-1 v`.
+
+    Iterates `r_{t+1} = v + (I - (A + lambda I) / s) r_t` from `r_0 = v` and returns `r_T / s`, which converges to the
+    solve when `s >= mu_max(A) + lambda` (any `s > (mu_max + lambda) / 2` works).
+
+    Args:
+        v (`torch.Tensor`): the vector.
+        matvec (`Callable[[torch.Tensor], torch.Tensor]`): `x -> A x` for a symmetric PSD `A` (shape-preserving).
+        damping (`float`): `lambda >= 0`.
+        scale (`float`): `s > 0`, an upper bound of the largest eigenvalue of `A + lambda I` (e.g. its trace).
+        num_iterations (`int`, *optional*, defaults to 10): recursion depth `T` (10 in the reference).
+    """
+    if not scale > 0:
+        raise ValueError(f"`scale` must be positive, got {scale!r}.")
+    running = v.clone()
+    for _ in range(num_iterations):
+        running = v + running - (matvec(running) + damping * running) / scale
+    return running / scale
+
+
+def lissa_hvp_reference(
+    v: torch.Tensor, grads: torch.Tensor, damping: float, num_iterations: int = 10, alpha: float = 1.0
+) -> torch.Tensor:
+    """The LiSSA recursion of the reference mislabeled-detection code, kept only for parity checks.
+
+    It iterates `r <- v + r - alpha (F r - lambda r)` with no scaling: the sign of the damping term makes it target
+    `(F - lambda I)^-1`, and it diverges as soon as `alpha * mu_max(F) > 2`. Use `lissa_hvp` instead.
+    """
+    n = grads.shape[0]
+    flat = grads.reshape(n, -1)
+    vf = v.reshape(-1)
+    running = vf.clone()
+    for _ in range(num_iterations):
+        product = flat.T @ (flat @ running) / n - damping * running
+        running = vf + running - alpha * product
+    return running.reshape(v.shape)

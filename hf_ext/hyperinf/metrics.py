@@ -1,0 +1,137 @@
+"""Evaluation helpers: mislabeled-data detection (recall at k, ROC-AUC), data selection, and peak-memory measurement."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+
+
+def _check_scores_labels(scores, is_noisy) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    is_noisy = np.asarray(is_noisy).astype(bool).reshape(-1)
+    if scores.shape != is_noisy.shape:
+        raise ValueError(f"`scores` ({scores.shape[0]}) and `is_noisy` ({is_noisy.shape[0]}) differ in length.")
+    if scores.size == 0:
+        raise ValueError("`scores` is empty.")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("`scores` holds NaN or infinite values.")
+    return scores, is_noisy
+
+
+def detection_curve(scores, is_noisy, fractions=None) -> tuple[np.ndarray, np.ndarray]:
+    """Share of noisy examples found when inspecting the highest-influence fraction of the training set.
+
+    Args:
+        scores (`array-like`): influence per training example (positive = harmful).
+        is_noisy (`array-like` of `bool`): which examples are mislabeled.
+        fractions (`array-like`, *optional*): inspected fractions; default 0, 0.01, ..., 1.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: the fractions and the recall (found noisy / all noisy) at each.
+    """
+    scores, is_noisy = _check_scores_labels(scores, is_noisy)
+    fractions = np.linspace(0.0, 1.0, 101) if fractions is None else np.asarray(fractions, dtype=np.float64)
+    if not is_noisy.any():
+        raise ValueError("`is_noisy` marks no example as noisy; recall is undefined.")
+    order = np.argsort(-scores, kind="stable")
+    found = np.concatenate([[0], np.cumsum(is_noisy[order])])
+    counts = np.round(fractions * scores.size).astype(int)
+    return fractions, found[counts] / is_noisy.sum()
+
+
+def recall_at_fraction(scores, is_noisy, fraction: float = 0.2) -> float:
+    """Recall of mislabeled examples among the top `fraction` of the training set by influence (descending)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"`fraction` must be in [0, 1], got {fraction!r}.")
+    return float(detection_curve(scores, is_noisy, [fraction])[1][0])
+
+
+def roc_auc(scores, is_noisy) -> float:
+    """ROC-AUC of `scores` as a detector of `is_noisy` (Mann-Whitney statistic with average ranks for ties)."""
+    scores, is_noisy = _check_scores_labels(scores, is_noisy)
+    n_pos, n_neg = int(is_noisy.sum()), int((~is_noisy).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("`is_noisy` must contain both noisy and clean examples for an AUC.")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # 1-based ranks, ties averaged
+    return float((ranks[is_noisy].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def select_lowest_influence(scores, fraction: float) -> np.ndarray:
+    """Indices (sorted) of the `fraction` of training examples with the lowest (most helpful) influence."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r}.")
+    if scores.size == 0:
+        raise ValueError("`scores` is empty.")
+    keep = max(1, int(round(fraction * scores.size)))
+    return np.sort(np.argsort(scores, kind="stable")[:keep])
+
+
+class PeakMemory:
+    """Peak memory used inside a `with` block.
+
+    On CUDA it reads `torch.cuda.max_memory_allocated` (after a reset), so the value is the peak of tensor memory
+    above what was allocated at entry. On CPU it samples the process's resident set size every `interval` seconds
+    and reports the peak above the value at entry; allocators keep freed pages, so CPU values are approximate and
+    measure the block's *additional* footprint.
+
+    Attributes after the block: `peak_bytes` (`int`), `device` (`str`), `seconds` (`float`).
+    """
+
+    def __init__(self, device=None, interval: float = 0.002):
+        import torch
+
+        self.device = str(device) if device is not None else "cpu"
+        self.cuda = self.device.startswith("cuda") and torch.cuda.is_available()
+        self.interval = interval
+        self.peak_bytes = 0
+        self.seconds = 0.0
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            import psutil
+
+            return psutil.Process(os.getpid()).memory_info().rss
+        except ImportError:  # pragma: no cover - psutil ships with most environments
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._rss())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._start = self._rss()
+            self._peak = self._start
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device) - self._start)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._rss())
+            self.peak_bytes = int(self._peak - self._start)
+        self.seconds = time.perf_counter() - self._t0
