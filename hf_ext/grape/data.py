@@ -5,6 +5,16 @@ from __future__ import annotations
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
 
 
+def ensure_lm_columns(dataset):
+    """Add `labels` (a copy of `input_ids`) and `attention_mask` (all ones) to a tokenized dataset lacking them."""
+    ds = dataset
+    if "labels" not in ds.column_names:
+        ds = ds.add_column("labels", ds["input_ids"])
+    if "attention_mask" not in ds.column_names:
+        ds = ds.add_column("attention_mask", [[1] * len(x) for x in ds["input_ids"]])
+    return ds
+
+
 def domain_rows(dataset, domain_column: str) -> tuple[list[str], list[list[int]]]:
     """Sorted domain names of `dataset[domain_column]` and, for each, the rows holding it.
 
@@ -73,11 +83,7 @@ def prepare_target(name: str, dataset, tokenizer, block_size: int, text_column: 
     if not isinstance(dataset, Dataset):
         raise TypeError(f"target_datasets[{name!r}] must be a datasets.Dataset, got {type(dataset).__name__}.")
     if "input_ids" in dataset.column_names:
-        ds = dataset
-        if "labels" not in ds.column_names:
-            ds = ds.add_column("labels", ds["input_ids"])
-        if "attention_mask" not in ds.column_names:
-            ds = ds.add_column("attention_mask", [[1] * len(x) for x in ds["input_ids"]])
+        ds = ensure_lm_columns(dataset)
     else:
         if text_column not in dataset.column_names:
             raise ValueError(

@@ -178,7 +178,10 @@ class StreamingMixture(torch.utils.data.IterableDataset):
                 ]
                 mixed = iter(
                     interleave_datasets(
-                        sources, probabilities=weights, seed=self.seed + sum(version), stopping_strategy="all_exhausted"
+                        sources,
+                        probabilities=weights,
+                        seed=self.seed + sum(version),
+                        stopping_strategy="all_exhausted",
                     )
                 )
             example = next(mixed)
@@ -199,7 +202,13 @@ class _DomainSource:
     _live: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     def __init__(self, mixture: StreamingMixture, name: str, pending: collections.deque, iterators: dict, counters):
-        self.mixture, self.name, self.pending, self.iterators, self.counters = mixture, name, pending, iterators, counters
+        self.mixture, self.name, self.pending, self.iterators, self.counters = (
+            mixture,
+            name,
+            pending,
+            iterators,
+            counters,
+        )
         self.uid = next(self._uids)
         self._live[self.uid] = self
 

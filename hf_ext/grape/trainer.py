@@ -20,7 +20,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .configuration_grape import GrapeConfig
-from .data import MODEL_COLUMNS, domain_rows, pack_by_domain, prepare_target
+from .data import MODEL_COLUMNS, domain_rows, ensure_lm_columns, pack_by_domain, prepare_target
 from .rules import (
     GRAPE_VARIANTS,
     doge_domain_weights,
@@ -169,6 +169,7 @@ class GrapeTrainer(Trainer):
                     train_dataset = pack_by_domain(
                         train_dataset, tokenizer, args.block_size, args.domain_column, args.text_column
                     )
+            train_dataset = ensure_lm_columns(train_dataset)
             domain_names, self._domain_indices = domain_rows(train_dataset, args.domain_column)
             source = train_dataset.remove_columns([args.domain_column])
             self._domain_source = source.select_columns([c for c in MODEL_COLUMNS if c in source.column_names])
@@ -236,7 +237,10 @@ class GrapeTrainer(Trainer):
     def load_mixture_state(self, checkpoint: str) -> None:
         """Restore the mixture state saved in `checkpoint` (done automatically by `train(resume_from_checkpoint=)`)."""
         loaded = MixtureState.load(checkpoint)
-        if loaded.domain_names != self.mixture_state.domain_names or loaded.task_names != self.mixture_state.task_names:
+        if (
+            loaded.domain_names != self.mixture_state.domain_names
+            or loaded.task_names != self.mixture_state.task_names
+        ):
             raise ValueError(
                 f"checkpoint {checkpoint!r} was written for domains {loaded.domain_names} and tasks "
                 f"{loaded.task_names}, but this run has {self.mixture_state.domain_names} and "
