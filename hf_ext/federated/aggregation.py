@@ -1,0 +1,298 @@
+"""Pure aggregation math for federated averaging of full models and LoRA adapters (no Flower, no Trainer)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+
+AGGREGATION_MODES = ("factors", "merge_then_average", "full")
+
+_LORA_A = re.compile(r"^(?P<prefix>.*)\.lora_A(?:\.(?P<adapter>[^.]+))?\.weight$")
+
+
+def _check_weights(weights: Sequence[float], n: int) -> torch.Tensor:
+    if len(weights) != n:
+        raise ValueError(f"`weights` has {len(weights)} entries for {n} client states; pass one weight per client.")
+    w = torch.tensor([float(x) for x in weights], dtype=torch.float64)
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"`weights` must be finite and non-negative (e.g. example counts), got {list(weights)}.")
+    if float(w.sum()) <= 0:
+        raise ValueError(
+            "`weights` sum to zero: every client reported 0 examples. Give each participating client data, or drop "
+            "clients with no data before aggregating."
+        )
+    return w / w.sum()
+
+
+def check_compatible_states(states: Sequence[Mapping[str, torch.Tensor]], argument: str = "client_states") -> None:
+    """Raise a `ValueError` unless all state dicts have the same keys, shapes and floating dtypes.
+
+    Args:
+        states (`Sequence[Mapping[str, torch.Tensor]]`): the state dicts to compare (e.g. one per client).
+        argument (`str`, *optional*, defaults to `"client_states"`): the argument name used in error messages.
+    """
+    if len(states) == 0:
+        raise ValueError(f"`{argument}` is empty: aggregate at least one client state.")
+    ref = states[0]
+    ref_keys = set(ref)
+    for i, sd in enumerate(states[1:], start=1):
+        keys = set(sd)
+        if keys != ref_keys:
+            missing, extra = sorted(ref_keys - keys)[:3], sorted(keys - ref_keys)[:3]
+            raise ValueError(
+                f"`{argument}[{i}]` does not match `{argument}[0]`: missing keys {missing}, unexpected keys {extra}. "
+                "All clients must train the same adapter (same target_modules, rank and adapter name) on the same "
+                "base model."
+            )
+        for key in ref:
+            if tuple(sd[key].shape) != tuple(ref[key].shape):
+                raise ValueError(
+                    f"`{argument}[{i}][{key!r}]` has shape {tuple(sd[key].shape)} but `{argument}[0]` has "
+                    f"{tuple(ref[key].shape)}: clients use different LoRA ranks or models. Use one configuration for "
+                    "all clients."
+                )
+
+
+def fedavg(client_states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Federated averaging: the weighted mean `sum_c w_c x_c / sum_c w_c` of every tensor.
+
+    Applied to PEFT adapter state dicts this averages the LoRA factors A and B separately ("factor averaging",
+    the communication-efficient default); note that `mean(B) @ mean(A) != mean(B @ A)` unless clients agree.
+
+    Args:
+        client_states (`Sequence[Mapping[str, torch.Tensor]]`): one state dict per client, identical keys and shapes.
+        weights (`Sequence[float]`): one non-negative weight per client, usually its number of training examples.
+
+    Returns:
+        `dict[str, torch.Tensor]`: the weighted mean, in the dtype of the first client's tensors. Accumulation
+        is done in float64 in client order, so the result does not depend on how clients are transported.
+    """
+    check_compatible_states(client_states)
+    p = _check_weights(weights, len(client_states))
+    out: dict[str, torch.Tensor] = {}
+    for key, ref in client_states[0].items():
+        if not torch.is_floating_point(ref):
+            out[key] = ref.clone()
+            continue
+        acc = torch.zeros(ref.shape, dtype=torch.float64)
+        for pc, sd in zip(p.tolist(), client_states):
+            acc += pc * sd[key].detach().to("cpu", torch.float64)
+        out[key] = acc.to(ref.dtype)
+    return out
+
+
+def lora_pairs(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, str]]:
+    """Map each LoRA-adapted module prefix to its `(lora_A key, lora_B key)` in a (PEFT) state dict.
+
+    Works for keys with or without the adapter name (`...q_proj.lora_A.weight` as returned by
+    `peft.get_peft_model_state_dict`, or `...q_proj.lora_A.default.weight` from `model.state_dict()`).
+    """
+    pairs: dict[str, tuple[str, str]] = {}
+    for key in state:
+        m = _LORA_A.match(key)
+        if m is None:
+            continue
+        b_key = key.replace(".lora_A", ".lora_B", 1)
+        if b_key not in state:
+            raise ValueError(f"LoRA state has {key!r} but no matching {b_key!r}: the adapter state is incomplete.")
+        pairs[m.group("prefix")] = (key, b_key)
+    return pairs
+
+
+def lora_delta(state: Mapping[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """The dense weight update `scaling * B @ A` of every LoRA module in `state`, keyed by module prefix."""
+    pairs = lora_pairs(state)
+    if not pairs:
+        raise ValueError("No `lora_A`/`lora_B` weights found in the state dict: is this a LoRA adapter state?")
+    return {
+        prefix: scaling * (state[b].detach().to(torch.float64) @ state[a].detach().to(torch.float64))
+        for prefix, (a, b) in pairs.items()
+    }
+
+
+def merge_then_average(
+    client_states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float], scaling: float
+) -> dict[str, torch.Tensor]:
+    """Exact average of the clients' merged LoRA updates: `sum_c p_c * scaling * B_c @ A_c` per module.
+
+    This is what averaging the clients' *merged* models computes (the reference implementation merges each client
+    and averages full weights); the result has rank up to `num_clients * r` and is added to the base weights, after
+    which every client starts the next round from a fresh adapter.
+
+    Args:
+        client_states (`Sequence[Mapping[str, torch.Tensor]]`): one LoRA adapter state dict per client.
+        weights (`Sequence[float]`): non-negative client weights (example counts).
+        scaling (`float`): the LoRA scaling `lora_alpha / r`.
+
+    Returns:
+        `dict[str, torch.Tensor]`: float64 dense updates keyed by the adapted module prefix.
+    """
+    check_compatible_states(client_states)
+    if not math.isfinite(scaling):
+        raise ValueError(f"`scaling` must be finite (lora_alpha / r), got {scaling}.")
+    p = _check_weights(weights, len(client_states))
+    out: dict[str, torch.Tensor] = {}
+    for pc, sd in zip(p.tolist(), client_states):
+        for prefix, delta in lora_delta(sd, scaling).items():
+            out[prefix] = out[prefix] + pc * delta if prefix in out else pc * delta
+    return out
+
+
+def state_norm(state: Mapping[str, torch.Tensor]) -> float:
+    """The global L2 norm over all floating tensors of a state dict."""
+    total = 0.0
+    for t in state.values():
+        if torch.is_floating_point(t):
+            total += float(t.detach().to(torch.float64).pow(2).sum())
+    return math.sqrt(total)
+
+
+def clip_update(update: Mapping[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
+    """Scale a client update so that its global L2 norm is at most `max_norm` (unchanged when already within)."""
+    if not max_norm > 0:
+        raise ValueError(f"`max_norm` must be > 0, got {max_norm}.")
+    norm = state_norm(update)
+    factor = min(1.0, max_norm / (norm + 1e-12))
+    return {k: v * factor if torch.is_floating_point(v) else v for k, v in update.items()}
+
+
+def client_update(
+    global_state: Mapping[str, torch.Tensor],
+    client_state: Mapping[str, torch.Tensor],
+    mode: str = "factors",
+    lora_scaling: float | None = None,
+    clip_norm: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """What a client contributes to the round: its update relative to the round's global state.
+
+    - `"factors"` / `"full"`: `x_client - x_global` for every tensor.
+    - `"merge_then_average"`: the dense LoRA update `scaling * B @ A` per adapted module (the adapter starts fresh
+      every round, so this is the whole change of the merged weights).
+
+    With `clip_norm` the update is clipped to that global L2 norm (client-level DP clipping, done on the client so it
+    composes with secure aggregation). Updates are float64.
+    """
+    _check_mode(mode)
+    if mode == "merge_then_average":
+        if lora_scaling is None:
+            raise ValueError("`lora_scaling` (lora_alpha / r) is required for mode='merge_then_average'.")
+        update = lora_delta(client_state, lora_scaling)
+    else:
+        check_compatible_states([global_state, client_state], "client_state")
+        update = {
+            k: client_state[k].detach().to("cpu", torch.float64) - global_state[k].detach().to("cpu", torch.float64)
+            for k in global_state
+            if torch.is_floating_point(global_state[k])
+        }
+    return clip_update(update, clip_norm) if clip_norm is not None else update
+
+
+def add_server_noise(
+    mean_update: Mapping[str, torch.Tensor],
+    clip_norm: float,
+    noise_multiplier: float,
+    weights: Sequence[float],
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, torch.Tensor], float]:
+    """Gaussian noise for client-level DP on the weighted mean of clipped updates.
+
+    One client moves `sum_c p_c u_c` by at most `max_c p_c * clip_norm`, so the noise std is
+    `noise_multiplier * clip_norm * max_c p_c` (with uniform weights `noise_multiplier * clip_norm / n`, as in
+    DP-FedAvg).
+
+    Returns:
+        `tuple[dict[str, torch.Tensor], float]`: the noised mean update and the noise std.
+    """
+    if noise_multiplier < 0:
+        raise ValueError(f"`noise_multiplier` must be >= 0, got {noise_multiplier}.")
+    if not clip_norm > 0:
+        raise ValueError(f"`clip_norm` must be > 0, got {clip_norm}.")
+    p = _check_weights(weights, len(weights))
+    std = noise_multiplier * clip_norm * float(p.max())
+    if std == 0:
+        return dict(mean_update), 0.0
+    out = {
+        k: v + torch.normal(0.0, std, size=v.shape, generator=generator, dtype=torch.float64)
+        for k, v in mean_update.items()
+    }
+    return out, std
+
+
+def apply_mean_update(
+    global_state: Mapping[str, torch.Tensor],
+    mean_update: Mapping[str, torch.Tensor],
+    mode: str = "factors",
+    base_weight_key: str = "{prefix}.base_layer.weight",
+) -> dict[str, torch.Tensor]:
+    """The next global state: `x_global + mean_update`; in `"merge_then_average"` mode the dense update is added to
+    each adapted module's base weight and the adapter entries keep their round-start (fresh) values."""
+    _check_mode(mode)
+    out = {k: v.detach().clone() for k, v in global_state.items()}
+    for k, u in mean_update.items():
+        key = base_weight_key.format(prefix=k) if mode == "merge_then_average" else k
+        if key not in global_state:
+            hint = " (send base weights together with the adapter in this mode)" if mode != "factors" else ""
+            raise ValueError(f"The update has {key!r}, which is not in `global_state`{hint}.")
+        g = global_state[key]
+        if tuple(u.shape) != tuple(g.shape):
+            raise ValueError(f"Update for {key!r} has shape {tuple(u.shape)}, global state {tuple(g.shape)}.")
+        out[key] = (g.detach().to("cpu", torch.float64) + u.to(torch.float64)).to(g.dtype)
+    return out
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in AGGREGATION_MODES:
+        raise ValueError(f"`mode` must be one of {AGGREGATION_MODES}, got {mode!r}.")
+
+
+def aggregate_round(
+    global_state: Mapping[str, torch.Tensor],
+    client_states: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float],
+    mode: str = "factors",
+    lora_scaling: float | None = None,
+    client_clip_norm: float | None = None,
+    client_noise_multiplier: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """One server step, from the round's global state and the clients' returned states.
+
+    Modes:
+        - `"factors"` (default for LoRA): the adapter tensors (`lora_A`, `lora_B`) are averaged one by one, which is
+          FedAvg of the factors; `mean(B) @ mean(A)` is not the mean of the clients' `B @ A`.
+        - `"merge_then_average"`: `global_state` holds the base weights of the adapted modules and the fresh adapter
+          every client started from; the exact average `sum_c p_c s B_c A_c` is added to the base weights and the
+          adapter is reset to its round-start value (what averaging merged models does, as in the reference code).
+        - `"full"`: every tensor is averaged (full fine-tuning).
+
+    With `client_clip_norm` each client's update is clipped and Gaussian noise is added to the mean (client-level
+    DP, see [`add_server_noise`]).
+
+    Args:
+        global_state (`Mapping[str, torch.Tensor]`): the state sent to the clients this round.
+        client_states (`Sequence[Mapping[str, torch.Tensor]]`): the states returned by the clients, in a fixed order.
+        weights (`Sequence[float]`): client weights (example counts).
+        mode (`str`, *optional*, defaults to `"factors"`): `"factors"`, `"merge_then_average"` or `"full"`.
+        lora_scaling (`float`, *optional*): `lora_alpha / r`, required for `"merge_then_average"`.
+        client_clip_norm (`float`, *optional*): enables client-level clipping and noise when set.
+        client_noise_multiplier (`float`, *optional*, defaults to 0): noise multiplier for client-level DP.
+        generator (`torch.Generator`, *optional*): noise source.
+
+    Returns:
+        `dict[str, torch.Tensor]`: the next global state with the keys and dtypes of `global_state`.
+    """
+    _check_mode(mode)
+    if client_clip_norm is not None and not client_clip_norm > 0:
+        raise ValueError(f"`client_clip_norm` must be > 0 or None, got {client_clip_norm}.")
+    if mode == "merge_then_average" and lora_scaling is None:
+        raise ValueError("`lora_scaling` (lora_alpha / r) is required for mode='merge_then_average'.")
+    check_compatible_states([global_state, *client_states], "client_states")
+    p = _check_weights(weights, len(client_states)).tolist()
+    updates = [client_update(global_state, sd, mode, lora_scaling, client_clip_norm) for sd in client_states]
+    mean = fedavg(updates, p)
+    if client_clip_norm is not None:
+        mean, _ = add_server_noise(mean, client_clip_norm, client_noise_multiplier, p, generator)
+    return apply_mean_update(global_state, mean, mode)

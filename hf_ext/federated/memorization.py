@@ -1,0 +1,333 @@
+"""Canary injection and extraction-based memorization measurement (Carlini et al. 2023 style, as in the paper).
+
+A canary is a unique sequence inserted into some clients' training data with a replication count. After training,
+the model is prompted with `L` tokens of the canary (greedy decoding, optional frequency penalty) and its continuation
+is compared with the true continuation on the first 50 tokens: *exact* memorization means all 50 match; *approximate*
+memorization means a character-level BLEU >= 0.75. Rates are reported per replication count and prefix length.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor
+
+PAPER_PREFIX_LENGTHS = (10, 50, 100, 200, 500)
+
+
+@dataclass
+class Canary:
+    """One sensitive sequence: its id, text, replication count and the clients holding its copies."""
+
+    canary_id: str
+    text: str
+    replication: int
+    clients: tuple[int, ...] = ()
+
+
+def make_canaries(
+    num_canaries: int,
+    replication_counts: dict[int, float] | None = None,
+    num_words: int = 120,
+    vocabulary: Sequence[str] | None = None,
+    seed: int = 42,
+) -> list[Canary]:
+    """Synthetic canaries: a record id followed by random words, with replication counts assigned by fraction.
+
+    Args:
+        num_canaries (`int`): number of distinct canaries (> 0).
+        replication_counts (`dict[int, float]`, *optional*): replication count -> fraction of canaries, defaults to
+            the paper's `{10: 0.3, 1: 0.7}`.
+        num_words (`int`, *optional*, defaults to 120): words per canary (make the canary longer, in tokens, than the
+            largest prefix length + 50).
+        vocabulary (`Sequence[str]`, *optional*): words to draw from; defaults to a fixed list of common words.
+        seed (`int`, *optional*, defaults to 42): random seed.
+    """
+    if num_canaries <= 0:
+        raise ValueError(f"`num_canaries` must be > 0, got {num_canaries}.")
+    counts = replication_counts or {10: 0.3, 1: 0.7}
+    if any(int(r) < 1 for r in counts) or any(f < 0 for f in counts.values()) or sum(counts.values()) <= 0:
+        raise ValueError(f"`replication_counts` must map counts >= 1 to non-negative fractions, got {counts}.")
+    if num_words < 1:
+        raise ValueError(f"`num_words` must be >= 1, got {num_words}.")
+    words = list(vocabulary) if vocabulary is not None else _DEFAULT_WORDS
+    if len(words) < 2:
+        raise ValueError("`vocabulary` needs at least 2 distinct words.")
+    rng = random.Random(seed)
+    total = sum(counts.values())
+    levels: list[int] = []
+    for rep, frac in sorted(counts.items(), reverse=True):
+        levels += [int(rep)] * int(round(num_canaries * frac / total))
+    levels = (levels + [min(counts)] * num_canaries)[:num_canaries]
+    canaries = []
+    for i, rep in enumerate(levels):
+        rid = f"{rng.randrange(100, 999)}-{rng.randrange(10, 99)}"
+        body = " ".join(rng.choice(words) for _ in range(num_words))
+        canaries.append(Canary(canary_id=f"canary-{i}", text=f"Record {rid}: {body}", replication=rep))
+    return canaries
+
+
+def assign_canaries(
+    canaries: Sequence[Canary],
+    client_sizes: Sequence[int],
+    strategy: str = "proportional",
+    seed: int = 42,
+) -> list[list[Canary]]:
+    """Distribute the copies of every canary over clients.
+
+    Strategies:
+        - `"proportional"` (paper): all copies are shuffled and dealt to clients in proportion to `client_sizes`, so
+          the copies of one canary can land at several clients.
+        - `"single_client"`: all copies of a canary go to one client (chosen in proportion to `client_sizes`).
+
+    Returns:
+        `list[list[Canary]]`: for each client, the canary copies it holds (a canary appears once per copy). The
+        `clients` field of each input canary is filled in.
+    """
+    if strategy not in ("proportional", "single_client"):
+        raise ValueError(f"`strategy` must be 'proportional' or 'single_client', got {strategy!r}.")
+    if not client_sizes or any(s < 0 for s in client_sizes) or sum(client_sizes) <= 0:
+        raise ValueError(f"`client_sizes` must be non-negative with a positive sum, got {list(client_sizes)}.")
+    rng = random.Random(seed)
+    n = len(client_sizes)
+    total = float(sum(client_sizes))
+    out: list[list[Canary]] = [[] for _ in range(n)]
+    if strategy == "single_client":
+        for c in canaries:
+            client = rng.choices(range(n), weights=client_sizes)[0]
+            out[client] += [c] * c.replication
+            c.clients = (client,)
+        return out
+    copies = [c for c in canaries for _ in range(c.replication)]
+    rng.shuffle(copies)
+    bounds = [round(len(copies) * sum(client_sizes[: i + 1]) / total) for i in range(n)]
+    start = 0
+    holders: dict[str, set[int]] = {c.canary_id: set() for c in canaries}
+    for i, end in enumerate(bounds):
+        out[i] = copies[start:end]
+        for c in out[i]:
+            holders[c.canary_id].add(i)
+        start = end
+    for c in canaries:
+        c.clients = tuple(sorted(holders[c.canary_id]))
+    return out
+
+
+class FrequencyPenaltyLogitsProcessor(LogitsProcessor):
+    """vLLM/OpenAI-style frequency penalty: subtract `penalty * count(token in the generated tokens so far)`.
+
+    Unlike `RepetitionPenaltyLogitsProcessor` (multiplicative, counts the prompt too) this is additive and only counts
+    tokens generated after the prompt, as the reference measurement does with `frequency_penalty=1.0`.
+
+    Args:
+        penalty (`float`): the penalty per previous occurrence (0 disables it).
+        prompt_length (`int`): number of prompt tokens at the start of `input_ids` (not counted).
+    """
+
+    def __init__(self, penalty: float, prompt_length: int):
+        if not math.isfinite(penalty):
+            raise ValueError(f"`penalty` must be finite, got {penalty}.")
+        if prompt_length < 0:
+            raise ValueError(f"`prompt_length` must be >= 0, got {prompt_length}.")
+        self.penalty = float(penalty)
+        self.prompt_length = int(prompt_length)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length :]
+        if self.penalty == 0.0 or generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores)
+        counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.penalty * counts
+
+
+def char_bleu(reference: str, hypothesis: str, max_order: int = 4) -> float:
+    """Sentence BLEU over characters with uniform n-gram weights, brevity penalty and no smoothing.
+
+    Equals `nltk.translate.bleu_score.sentence_bleu([reference], hypothesis)` on strings (NLTK then works on
+    characters): 0 when any n-gram order has no match.
+    """
+    if not hypothesis or not reference:
+        return 0.0
+    log_p = 0.0
+    for n in range(1, max_order + 1):
+        hyp = Counter(hypothesis[i : i + n] for i in range(len(hypothesis) - n + 1))
+        ref = Counter(reference[i : i + n] for i in range(len(reference) - n + 1))
+        total = sum(hyp.values())
+        match = sum(min(c, ref[g]) for g, c in hyp.items())
+        if total == 0 or match == 0:
+            return 0.0
+        log_p += math.log(match / total) / max_order
+    c, r = len(hypothesis), len(reference)
+    bp = 1.0 if c > r else math.exp(1 - r / c)
+    return bp * math.exp(log_p)
+
+
+def matching_prefix_tokens(reference_ids: Sequence[int], generated_ids: Sequence[int], window: int = 50) -> int:
+    """Length of the common prefix of the first `window` reference and generated tokens."""
+    n = 0
+    for a, b in zip(reference_ids[:window], generated_ids[:window]):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def score_continuation(
+    tokenizer, reference_text: str, generated_text: str, window: int = 50, bleu_threshold: float = 0.75
+) -> dict[str, float | bool]:
+    """Compare a generated continuation with the true one, on re-tokenized text truncated to `window` tokens.
+
+    Returns:
+        `dict`: `matching_tokens`, `exact` (all `window` tokens match), `bleu` (character-level, rounded to 2
+        decimals as in the reference) and `approximate` (`bleu >= bleu_threshold`).
+    """
+    ref_ids = tokenizer(reference_text, add_special_tokens=False)["input_ids"][:window]
+    gen_ids = tokenizer(generated_text, add_special_tokens=False)["input_ids"][:window]
+    matching = matching_prefix_tokens(ref_ids, gen_ids, window)
+    bleu = round(char_bleu(tokenizer.decode(ref_ids), tokenizer.decode(gen_ids)), 2)
+    return {
+        "matching_tokens": matching,
+        "exact": matching == window and len(ref_ids) >= window,
+        "bleu": bleu,
+        "approximate": bleu >= bleu_threshold,
+    }
+
+
+def split_index(num_tokens: int, min_prefix: int, window: int, rng: random.Random) -> int | None:
+    """Where the prompt ends: uniform in `[min_prefix, num_tokens - window]`, or `None` when the canary is too short.
+
+    The reference draws `randint(500, T - 50)` with 500 the largest prefix length and skips notes with `T <= 550`.
+    """
+    if num_tokens < min_prefix + window:
+        return None
+    return rng.randint(min_prefix, num_tokens - window)
+
+
+@torch.no_grad()
+def measure_memorization(
+    model,
+    tokenizer,
+    canaries: Sequence[Canary],
+    prefix_lengths: Sequence[int] = PAPER_PREFIX_LENGTHS,
+    window: int = 50,
+    bleu_threshold: float = 0.75,
+    frequency_penalty: float = 1.0,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    seed: int = 42,
+) -> dict:
+    """Prompt the model with canary prefixes and report exact / approximate extraction rates per replication count.
+
+    For each canary one split index `s` is drawn (see [`split_index`]); for each prefix length `L` the prompt is
+    `tokens[s-L:s]` and the greedy continuation (with the frequency penalty) is scored against `tokens[s:]`.
+
+    Args:
+        model: a causal LM (`PreTrainedModel` or PEFT model) with `generate`.
+        tokenizer: its tokenizer.
+        canaries (`Sequence[Canary]`): the distinct canaries to probe.
+        prefix_lengths (`Sequence[int]`, *optional*): prompt lengths in tokens, paper default `(10, 50, 100, 200, 500)`.
+        window (`int`, *optional*, defaults to 50): tokens compared.
+        bleu_threshold (`float`, *optional*, defaults to 0.75): approximate-memorization threshold.
+        frequency_penalty (`float`, *optional*, defaults to 1.0): additive frequency penalty (0 = pure greedy).
+        max_new_tokens (`int`, *optional*): tokens generated, defaults to `window + 10` (slack for re-tokenization).
+        batch_size (`int`, *optional*, defaults to 16): prompts per `generate` call (same length, no padding).
+        seed (`int`, *optional*, defaults to 42): seed of the split-index draw.
+
+    Returns:
+        `dict` with `per_replication` (`{rep: {"exact": {L: rate}, "approximate": {L: rate}, "exact_mean",
+        "approximate_mean", "exact_worst", "approximate_worst", "num_canaries"}}`), `overall` (same keys over all
+        canaries), `num_skipped` (canaries too short) and `records` (one dict per canary and prefix length).
+    """
+    if not canaries:
+        raise ValueError("`canaries` is empty: pass at least one canary.")
+    lengths = sorted({int(x) for x in prefix_lengths})
+    if not lengths or lengths[0] < 1:
+        raise ValueError(f"`prefix_lengths` must be positive integers, got {list(prefix_lengths)}.")
+    if window < 1:
+        raise ValueError(f"`window` must be >= 1, got {window}.")
+    if not 0 < bleu_threshold <= 1:
+        raise ValueError(f"`bleu_threshold` must be in (0, 1], got {bleu_threshold}.")
+    max_new = max_new_tokens or window + 10
+    rng = random.Random(seed)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probes = []
+    skipped = 0
+    for c in canaries:
+        ids = tokenizer(c.text, add_special_tokens=False)["input_ids"]
+        s = split_index(len(ids), lengths[-1], window, rng)
+        if s is None:
+            skipped += 1
+            continue
+        probes.append((c, ids, s))
+    records = []
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for length in lengths:
+        for start in range(0, len(probes), batch_size):
+            chunk = probes[start : start + batch_size]
+            prompts = torch.tensor([ids[s - length : s] for _, ids, s in chunk], device=device)
+            processors = []
+            if frequency_penalty:
+                from transformers import LogitsProcessorList
+
+                processors = LogitsProcessorList([FrequencyPenaltyLogitsProcessor(frequency_penalty, length)])
+            out = model.generate(
+                input_ids=prompts,
+                attention_mask=torch.ones_like(prompts),
+                max_new_tokens=max_new,
+                min_new_tokens=max_new,
+                do_sample=False,
+                logits_processor=processors or None,
+                pad_token_id=pad_id,
+            )
+            for (c, ids, s), row in zip(chunk, out[:, length:].tolist()):
+                truth = tokenizer.decode(ids[s:], skip_special_tokens=True)
+                gen = tokenizer.decode(row, skip_special_tokens=True)
+                rec = score_continuation(tokenizer, truth, gen, window, bleu_threshold)
+                rec.update(canary_id=c.canary_id, replication=c.replication, prefix_length=length)
+                records.append(rec)
+    if was_training:
+        model.train()
+    return summarize_records(records, lengths) | {"num_skipped": skipped, "records": records}
+
+
+def summarize_records(records: Sequence[dict], prefix_lengths: Sequence[int]) -> dict:
+    """Aggregate per-probe records into rates per replication count (mean and worst case over prefix lengths)."""
+
+    def block(rows: list[dict]) -> dict:
+        res: dict = {"exact": {}, "approximate": {}}
+        for length in prefix_lengths:
+            sel = [r for r in rows if r["prefix_length"] == length]
+            for key in ("exact", "approximate"):
+                res[key][int(length)] = sum(bool(r[key]) for r in sel) / len(sel) if sel else 0.0
+        for key in ("exact", "approximate"):
+            vals = list(res[key].values())
+            res[f"{key}_mean"] = sum(vals) / len(vals) if vals else 0.0
+            res[f"{key}_worst"] = max(vals) if vals else 0.0
+        res["num_canaries"] = len({r["canary_id"] for r in rows})
+        return res
+
+    reps = sorted({int(r["replication"]) for r in records})
+    return {
+        "per_replication": {rep: block([r for r in records if int(r["replication"]) == rep]) for rep in reps},
+        "overall": block(list(records)),
+    }
+
+
+_DEFAULT_WORDS = (
+    "alpha amber anchor apple arrow atlas autumn badge banner basin beacon berry birch blade blossom bridge bronze "
+    "cabin canyon carbon cedar chalk charm cinder citrus clover cobalt comet coral cotton crater crystal dagger "
+    "delta desert dune ember falcon feather fern fjord flint forest fossil garnet glacier granite gravel harbor "
+    "hazel helium heron hollow horizon island ivory jasper jungle kernel lagoon lantern lemon linen lotus magnet "
+    "maple marble meadow meteor mineral mirror monsoon mosaic nectar nickel oasis ocean olive onyx orbit orchid "
+    "pebble pepper pine planet plum polar prairie prism quartz quill raven reef ridge river saffron sapphire "
+    "shadow silver slate spruce summit tangerine thistle thunder timber topaz tundra valley velvet violet walnut "
+    "willow zephyr"
+).split()

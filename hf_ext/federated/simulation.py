@@ -1,0 +1,504 @@
+"""In-process federated simulation: clients trained in turn with the `Trainer` from identical starts, FedAvg rounds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .aggregation import (
+    AGGREGATION_MODES,
+    add_server_noise,
+    aggregate_round,
+    apply_mean_update,
+    client_update,
+    lora_pairs,
+)
+from .privacy import RDPAccountant
+from .secure_aggregation import mask_update, pairwise_seeds, secure_weighted_mean, sum_masked
+
+STATE_FILE = "global_state.safetensors"
+META_FILE = "federated_state.json"
+
+
+@dataclass
+class FederatedArguments:
+    """Federated protocol options shared by the in-process simulation and the Flower apps."""
+
+    num_rounds: int = field(default=3, metadata={"help": "Number of FedAvg rounds (every client trains each round)."})
+    local_steps: int = field(
+        default=10, metadata={"help": "Optimizer steps per client per round; <= 0 means use --local_epochs."}
+    )
+    local_epochs: float = field(default=1.0, metadata={"help": "Epochs per client per round when local_steps <= 0."})
+    use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (True) or the full model (False)."})
+    aggregation: str = field(
+        default="factors",
+        metadata={
+            "help": "LoRA aggregation: 'factors' (average A and B separately; communicates only the adapter) or "
+            "'merge_then_average' (average the merged updates B@A exactly, fresh adapter every round). Full "
+            "fine-tuning always averages all weights."
+        },
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "Comma-separated LoRA target modules, or 'all-linear'."}
+    )
+    client_learning_rates: str | None = field(
+        default=None, metadata={"help": "Comma-separated learning rate per client (default: --learning_rate)."}
+    )
+    client_dp_clip_norm: float | None = field(
+        default=None, metadata={"help": "Client-level DP: clip each client's update to this L2 norm; None disables."}
+    )
+    client_dp_noise_multiplier: float = field(
+        default=0.0, metadata={"help": "Client-level DP: server noise std in units of the per-client sensitivity."}
+    )
+    secure_aggregation: bool = field(
+        default=False, metadata={"help": "Mask client uploads with pairwise additive masks that cancel in the sum."}
+    )
+    secure_aggregation_secret: str = field(
+        default="hf-ext-secagg",
+        metadata={"help": "Shared secret the pairwise mask seeds derive from (stands in for key agreement)."},
+    )
+    secure_aggregation_frac_bits: int = field(
+        default=24, metadata={"help": "Fixed-point fractional bits used to encode uploads for secure aggregation."}
+    )
+
+    def __post_init__(self):
+        if self.num_rounds < 1:
+            raise ValueError(f"--num_rounds must be >= 1, got {self.num_rounds}.")
+        if self.local_steps <= 0 and not self.local_epochs > 0:
+            raise ValueError("Set --local_steps > 0 or --local_epochs > 0 (local work per round).")
+        if self.aggregation not in ("factors", "merge_then_average"):
+            raise ValueError(f"--aggregation must be 'factors' or 'merge_then_average', got {self.aggregation!r}.")
+        if self.use_lora and (self.lora_r < 1 or not self.lora_alpha > 0):
+            raise ValueError(f"--lora_r must be >= 1 and --lora_alpha > 0, got {self.lora_r}, {self.lora_alpha}.")
+        if self.client_dp_clip_norm is not None and not self.client_dp_clip_norm > 0:
+            raise ValueError(f"--client_dp_clip_norm must be > 0, got {self.client_dp_clip_norm}.")
+        if self.client_dp_noise_multiplier < 0:
+            raise ValueError(f"--client_dp_noise_multiplier must be >= 0, got {self.client_dp_noise_multiplier}.")
+        if self.client_dp_noise_multiplier > 0 and self.client_dp_clip_norm is None:
+            raise ValueError("--client_dp_noise_multiplier needs --client_dp_clip_norm (the sensitivity).")
+        if self.client_learning_rates:
+            self.learning_rates()
+
+    @property
+    def mode(self) -> str:
+        """The aggregation mode of [`aggregate_round`]."""
+        return self.aggregation if self.use_lora else "full"
+
+    @property
+    def lora_scaling(self) -> float | None:
+        return self.lora_alpha / self.lora_r if self.use_lora else None
+
+    def learning_rates(self) -> list[float] | None:
+        if not self.client_learning_rates:
+            return None
+        try:
+            return [float(x) for x in self.client_learning_rates.split(",")]
+        except ValueError as err:
+            raise ValueError(
+                f"--client_learning_rates must be comma-separated floats, got {self.client_learning_rates!r}."
+            ) from err
+
+    def target_modules(self) -> str | list[str]:
+        t = self.lora_target_modules.strip()
+        return t if t == "all-linear" else [x.strip() for x in t.split(",") if x.strip()]
+
+
+def apply_lora(model, fed_args: FederatedArguments, seed: int = 0):
+    """Wrap `model` in a PEFT LoRA model with a deterministic adapter initialisation (seeded)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=fed_args.lora_r,
+        lora_alpha=fed_args.lora_alpha,
+        lora_dropout=fed_args.lora_dropout,
+        target_modules=fed_args.target_modules(),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
+
+
+def exchange_keys(model, mode: str) -> list[str]:
+    """Names of the tensors exchanged each round: trainable parameters, plus the adapted modules' base weights in
+    `"merge_then_average"` mode."""
+    if mode not in AGGREGATION_MODES:
+        raise ValueError(f"`mode` must be one of {AGGREGATION_MODES}, got {mode!r}.")
+    keys = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not keys:
+        raise ValueError("The model has no trainable parameters to federate.")
+    if mode == "merge_then_average":
+        state_keys = set(model.state_dict())
+        pairs = lora_pairs({k: None for k in keys})
+        if not pairs:
+            raise ValueError("aggregation='merge_then_average' needs a LoRA (PEFT) model.")
+        for prefix in pairs:
+            base = f"{prefix}.base_layer.weight"
+            if base not in state_keys:
+                raise ValueError(f"Cannot find the base weight {base!r} of the LoRA module {prefix!r}.")
+            keys.append(base)
+    return keys
+
+
+def get_exchange_state(model, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    sd = model.state_dict()
+    return {k: sd[k].detach().to("cpu").clone().contiguous() for k in keys}
+
+
+def set_exchange_state(model, state: dict[str, torch.Tensor]) -> None:
+    """Load exchanged tensors into `model` in place, with clear errors for mismatched adapters."""
+    own = model.state_dict()
+    for k, v in state.items():
+        if k not in own:
+            raise ValueError(
+                f"Received tensor {k!r} that the local model does not have: the adapter configuration (target "
+                "modules, adapter name) differs between server and client."
+            )
+        if tuple(own[k].shape) != tuple(v.shape):
+            raise ValueError(
+                f"Received {k!r} with shape {tuple(v.shape)} but the local model has {tuple(own[k].shape)}: the LoRA "
+                "rank or model size differs between server and client."
+            )
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v.to(own[k].device, own[k].dtype))
+
+
+def split_by_column(dataset, column: str = "domain", num_clients: int = 3) -> list:
+    """Non-IID split: whole groups of `column` values (domains, sources) go to clients, balancing sizes greedily.
+
+    Returns:
+        `list[datasets.Dataset]`: one dataset per client; each holds complete groups.
+    """
+    if column not in dataset.column_names:
+        raise ValueError(f"`column`={column!r} is not a dataset column (columns: {dataset.column_names}).")
+    values = dataset[column]
+    groups: dict[Any, list[int]] = {}
+    for i, v in enumerate(values):
+        groups.setdefault(v, []).append(i)
+    if num_clients < 1 or num_clients > len(groups):
+        raise ValueError(
+            f"`num_clients`={num_clients} must be between 1 and the number of distinct {column!r} values "
+            f"({len(groups)}): every client needs data."
+        )
+    buckets: list[list[int]] = [[] for _ in range(num_clients)]
+    for _, idx in sorted(groups.items(), key=lambda kv: (-len(kv[1]), str(kv[0]))):
+        smallest = min(range(num_clients), key=lambda c: len(buckets[c]))
+        buckets[smallest] += idx
+    return [dataset.select(sorted(b)) for b in buckets]
+
+
+def canary_rows(texts: Sequence[str], tokenizer, block_size: int) -> dict[str, list[list[int]]]:
+    """Tokenize each canary copy as its own right-padded block (labels -100 on padding), so packing never splits a
+    canary across blocks."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:block_size]
+        n = len(ids)
+        rows["input_ids"].append(ids + [pad] * (block_size - n))
+        rows["attention_mask"].append([1] * n + [0] * (block_size - n))
+        rows["labels"].append(ids + [-100] * (block_size - n))
+    return rows
+
+
+def build_client_dataset(text_dataset, canary_texts: Sequence[str], tokenizer, block_size: int, seed: int = 42):
+    """Pack a client's documents into blocks, add one block per canary copy, shuffle."""
+    from datasets import Dataset, concatenate_datasets
+
+    from ..data import pack_dataset
+
+    packed = pack_dataset(text_dataset, tokenizer, block_size) if len(text_dataset) else None
+    parts = [packed] if packed is not None and len(packed) else []
+    if canary_texts:
+        parts.append(
+            Dataset.from_dict(canary_rows(canary_texts, tokenizer, block_size)).cast(parts[0].features)
+            if parts
+            else Dataset.from_dict(canary_rows(canary_texts, tokenizer, block_size))
+        )
+    if not parts:
+        raise ValueError("The client has neither documents nor canaries: every client needs data.")
+    return concatenate_datasets(parts).shuffle(seed=seed)
+
+
+def client_training_args(training_args, fed_args: FederatedArguments, client_index: int, round_index: int):
+    """The per-client, per-round `TrainingArguments`: its own output folder, seed, step budget and learning rate."""
+    lrs = fed_args.learning_rates()
+    changes: dict[str, Any] = {
+        "output_dir": os.path.join(training_args.output_dir, f"client-{client_index}"),
+        "seed": training_args.seed + 1000 * round_index + client_index,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+    }
+    if fed_args.local_steps > 0:
+        changes["max_steps"] = fed_args.local_steps
+    else:
+        changes["max_steps"] = -1
+        changes["num_train_epochs"] = fed_args.local_epochs
+    if lrs is not None:
+        changes["learning_rate"] = lrs[client_index]
+    return dataclasses.replace(training_args, **changes)
+
+
+def train_client(
+    model,
+    global_state: dict[str, torch.Tensor],
+    train_dataset,
+    training_args,
+    fed_args: FederatedArguments,
+    client_index: int,
+    round_index: int,
+    data_collator=None,
+    processing_class=None,
+    accountant: RDPAccountant | None = None,
+    callbacks: list | None = None,
+) -> tuple[dict[str, torch.Tensor], int, dict[str, float]]:
+    """Local work of one client in one round (shared by the simulation and the Flower `ClientApp`).
+
+    Loads `global_state` into `model`, trains with [`PrivateTrainer`] (Goldfish / DP-SGD per `training_args`) and
+    returns `(state, num_examples, metrics)` with the exchanged tensors after training.
+    """
+    from transformers import default_data_collator
+
+    from .trainer import PrivateTrainer, PrivateTrainingArguments
+
+    if train_dataset is None or len(train_dataset) == 0:
+        raise ValueError(f"Client {client_index} has no training data: give every client at least one example.")
+    if not isinstance(training_args, PrivateTrainingArguments):
+        raise TypeError("`training_args` must be a PrivateTrainingArguments instance.")
+    set_exchange_state(model, global_state)
+    args = client_training_args(training_args, fed_args, client_index, round_index)
+    trainer = PrivateTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=data_collator or default_data_collator,
+        processing_class=processing_class,
+        accountant=accountant,
+        callbacks=callbacks,
+    )
+    result = trainer.train()
+    metrics = {"train_loss": float(result.training_loss), "num-examples": len(train_dataset)}
+    if args.dp_clip_norm is not None:
+        metrics["dp_epsilon"] = trainer.accountant.get_epsilon(args.dp_delta)
+    return get_exchange_state(model, list(global_state)), len(train_dataset), metrics
+
+
+def prepare_upload(
+    global_state: dict[str, torch.Tensor],
+    client_state: dict[str, torch.Tensor],
+    num_examples: int,
+    client_id: int,
+    participants: Sequence[int],
+    fed_args: FederatedArguments,
+    round_index: int,
+) -> dict[str, torch.Tensor]:
+    """What a client sends to the server: its trained state, or, with secure aggregation, its masked weighted
+    update (clipped first when client-level DP is on)."""
+    if not fed_args.secure_aggregation:
+        return client_state
+    update = client_update(
+        global_state, client_state, fed_args.mode, fed_args.lora_scaling, fed_args.client_dp_clip_norm
+    )
+    seeds = pairwise_seeds(participants, fed_args.secure_aggregation_secret, round_index)
+    return mask_update(update, client_id, seeds, float(num_examples), fed_args.secure_aggregation_frac_bits)
+
+
+def aggregate_uploads(
+    global_state: dict[str, torch.Tensor],
+    uploads: Sequence[dict[str, torch.Tensor]],
+    weights: Sequence[float],
+    fed_args: FederatedArguments,
+    round_index: int,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """The server step (shared by the simulation and the Flower `ServerApp`): next global state from the uploads."""
+    generator = torch.Generator().manual_seed(seed + 7919 * round_index)
+    if not fed_args.secure_aggregation:
+        return aggregate_round(
+            global_state,
+            uploads,
+            weights,
+            fed_args.mode,
+            fed_args.lora_scaling,
+            fed_args.client_dp_clip_norm,
+            fed_args.client_dp_noise_multiplier,
+            generator,
+        )
+    total = float(sum(weights))
+    summed = sum_masked(uploads)
+    mean = secure_weighted_mean(summed, total, fed_args.secure_aggregation_frac_bits)
+    mean = {k: v.to(torch.float64) for k, v in mean.items()}
+    if fed_args.client_dp_clip_norm is not None:
+        mean, _ = add_server_noise(
+            mean, fed_args.client_dp_clip_norm, fed_args.client_dp_noise_multiplier, weights, generator
+        )
+    return apply_mean_update(global_state, mean, fed_args.mode)
+
+
+class FederatedSimulation:
+    """Run FedAvg rounds in one process: every round each client starts from the same global state, trains with the
+    `Trainer`, and the server aggregates. Works under `accelerate launch` (one process).
+
+    Args:
+        model (`PreTrainedModel`): the base model. With `fed_args.use_lora` it is wrapped with a seeded LoRA adapter,
+            so every client starts from identical weights and adapter initialisation.
+        client_datasets (`Sequence[datasets.Dataset]`): one tokenized dataset (`input_ids`, `labels`, ...) per client.
+        fed_args ([`FederatedArguments`]): protocol options.
+        training_args ([`PrivateTrainingArguments`]): local-training template (Goldfish, DP-SGD, optimizer, seed).
+        data_collator (`Callable`, *optional*): collator for the clients' Trainers.
+        processing_class (*optional*): the tokenizer, passed to the Trainers.
+        round_callback (`Callable`, *optional*): `fn(round_index, simulation) -> dict | None`, called after every
+            round (and before the first with index 0); returned metrics are stored in `history`.
+    """
+
+    def __init__(
+        self,
+        model,
+        client_datasets: Sequence,
+        fed_args: FederatedArguments,
+        training_args,
+        data_collator: Callable | None = None,
+        processing_class=None,
+        round_callback: Callable | None = None,
+    ):
+        from .trainer import PrivateTrainingArguments
+
+        if not isinstance(training_args, PrivateTrainingArguments):
+            raise TypeError("`training_args` must be a PrivateTrainingArguments instance.")
+        if not isinstance(fed_args, FederatedArguments):
+            raise TypeError("`fed_args` must be a FederatedArguments instance.")
+        if len(client_datasets) < 1:
+            raise ValueError("`client_datasets` is empty: pass one dataset per client.")
+        for i, ds in enumerate(client_datasets):
+            if ds is None or len(ds) == 0:
+                raise ValueError(f"Client {i} has no data (`client_datasets[{i}]` is empty); drop it or give it data.")
+        lrs = fed_args.learning_rates()
+        if lrs is not None and len(lrs) != len(client_datasets):
+            raise ValueError(
+                f"--client_learning_rates has {len(lrs)} values for {len(client_datasets)} clients; give one per client."
+            )
+        if fed_args.secure_aggregation and len(client_datasets) < 2:
+            raise ValueError("Secure aggregation needs at least 2 clients.")
+        self.fed_args = fed_args
+        self.training_args = training_args
+        self.client_datasets = list(client_datasets)
+        self.data_collator = data_collator
+        self.processing_class = processing_class
+        self.round_callback = round_callback
+        self.model = apply_lora(model, fed_args, seed=training_args.seed) if fed_args.use_lora else model
+        self.keys = exchange_keys(self.model, fed_args.mode)
+        self.global_state = get_exchange_state(self.model, self.keys)
+        self.accountants = [RDPAccountant() for _ in client_datasets]
+        self.round = 0
+        self.history: list[dict] = []
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_datasets)
+
+    def run_round(self) -> dict:
+        """Train every client once from the current global state and aggregate. Returns the round's record."""
+        r = self.round + 1
+        participants = list(range(self.num_clients))
+        uploads, weights, client_metrics = [], [], []
+        for c in participants:
+            state, n, metrics = train_client(
+                self.model,
+                self.global_state,
+                self.client_datasets[c],
+                self.training_args,
+                self.fed_args,
+                c,
+                r,
+                self.data_collator,
+                self.processing_class,
+                self.accountants[c],
+            )
+            uploads.append(prepare_upload(self.global_state, state, n, c, participants, self.fed_args, r))
+            weights.append(float(n))
+            client_metrics.append(metrics)
+        self.global_state = aggregate_uploads(
+            self.global_state, uploads, weights, self.fed_args, r, self.training_args.seed
+        )
+        set_exchange_state(self.model, self.global_state)
+        self.round = r
+        record = {"round": r, "clients": client_metrics}
+        if self.training_args.dp_clip_norm is not None:
+            record["dp_epsilon_max"] = max(a.get_epsilon(self.training_args.dp_delta) for a in self.accountants)
+        return record
+
+    def run(self, num_rounds: int | None = None, save_dir: str | None = None) -> list[dict]:
+        """Run rounds up to `num_rounds` (default `fed_args.num_rounds`), continuing from `self.round`.
+
+        With `save_dir`, the global state, round index, history and privacy accountants are saved after every
+        round in `save_dir/round-<r>` (safetensors + JSON), loadable with [`load_state`].
+        """
+        target = num_rounds or self.fed_args.num_rounds
+        if save_dir is not None:
+            from ..utils import ensure_writable_dir
+
+            ensure_writable_dir(save_dir, "save_dir")
+        if self.round == 0 and self.round_callback is not None and not self.history:
+            self.history.append({"round": 0, **(self.round_callback(0, self) or {})})
+        while self.round < target:
+            record = self.run_round()
+            if self.round_callback is not None:
+                record.update(self.round_callback(self.round, self) or {})
+            self.history.append(record)
+            if save_dir is not None:
+                self.save_state(os.path.join(save_dir, f"round-{self.round}"))
+        return self.history
+
+    def save_state(self, path: str) -> None:
+        """Save the global exchanged state (safetensors) and round, history and accountants (JSON)."""
+        from safetensors.torch import save_file
+
+        os.makedirs(path, exist_ok=True)
+        save_file(self.global_state, os.path.join(path, STATE_FILE))
+        meta = {
+            "round": self.round,
+            "history": self.history,
+            "accountants": [a.state_dict() for a in self.accountants],
+            "mode": self.fed_args.mode,
+        }
+        with open(os.path.join(path, META_FILE), "w") as fh:
+            json.dump(meta, fh, indent=2, default=float)
+
+    def load_state(self, path: str) -> None:
+        """Restore a state saved by [`save_state`]; [`run`] then continues with the next round."""
+        from safetensors.torch import load_file
+
+        state_path, meta_path = os.path.join(path, STATE_FILE), os.path.join(path, META_FILE)
+        if not (os.path.isfile(state_path) and os.path.isfile(meta_path)):
+            raise ValueError(f"{path!r} is not a saved federated round (needs {STATE_FILE} and {META_FILE}).")
+        with open(meta_path) as fh:
+            meta = json.load(fh)
+        if meta.get("mode") != self.fed_args.mode:
+            raise ValueError(
+                f"Saved round used mode {meta.get('mode')!r}, these arguments use {self.fed_args.mode!r}."
+            )
+        state = load_file(state_path)
+        if set(state) != set(self.keys):
+            raise ValueError("The saved global state does not match this model's adapter/parameters.")
+        if len(meta["accountants"]) != self.num_clients:
+            raise ValueError(
+                f"Saved round has {len(meta['accountants'])} clients, this simulation {self.num_clients}."
+            )
+        self.global_state = state
+        set_exchange_state(self.model, state)
+        self.round = int(meta["round"])
+        self.history = meta["history"]
+        for acc, st in zip(self.accountants, meta["accountants"]):
+            acc.load_state_dict(st)

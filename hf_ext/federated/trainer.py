@@ -1,0 +1,145 @@
+"""`Trainer` glue for the privacy defenses: Goldfish loss and per-sample DP-SGD on the trainable (LoRA) parameters."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+from transformers import Trainer, TrainingArguments
+
+from .goldfish import GoldfishCollator
+from .privacy import RDPAccountant, dp_gradient
+
+ACCOUNTANT_FILE = "privacy_accountant.json"
+
+
+@dataclass
+class PrivateTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus Goldfish loss and record-level DP-SGD options."""
+
+    goldfish_k: int | None = field(
+        default=None, metadata={"help": "Goldfish loss: drop about 1/k of the target tokens (>= 2); None disables."}
+    )
+    goldfish_context_width: int = field(
+        default=13, metadata={"help": "Goldfish loss: number of tokens hashed to decide each drop (h)."}
+    )
+    dp_clip_norm: float | None = field(
+        default=None,
+        metadata={"help": "DP-SGD: per-sample gradient L2 clip norm C on the trainable parameters; None disables."},
+    )
+    dp_noise_multiplier: float = field(
+        default=0.0, metadata={"help": "DP-SGD: Gaussian noise std in units of the clip norm (sigma)."}
+    )
+    dp_delta: float = field(default=1e-5, metadata={"help": "DP-SGD: delta at which epsilon is reported."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.goldfish_k is not None and (isinstance(self.goldfish_k, bool) or self.goldfish_k < 2):
+            raise ValueError(f"--goldfish_k must be an integer >= 2 (drop 1/k of the tokens), got {self.goldfish_k}.")
+        if self.goldfish_context_width < 1:
+            raise ValueError(f"--goldfish_context_width must be >= 1, got {self.goldfish_context_width}.")
+        if self.dp_clip_norm is not None:
+            if not self.dp_clip_norm > 0:
+                raise ValueError(f"--dp_clip_norm must be > 0, got {self.dp_clip_norm}.")
+            if self.dp_noise_multiplier < 0:
+                raise ValueError(f"--dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}.")
+            if self.gradient_accumulation_steps != 1:
+                raise ValueError(
+                    "DP-SGD adds noise once per optimizer step: set --gradient_accumulation_steps 1 and raise "
+                    "--per_device_train_batch_size instead."
+                )
+            if self.max_grad_norm:
+                raise ValueError(
+                    "--dp_clip_norm clips each sample's gradient; set --max_grad_norm 0 so that the Trainer does not "
+                    "clip the noised batch gradient again."
+                )
+        if not 0 < self.dp_delta < 1:
+            raise ValueError(f"--dp_delta must be in (0, 1), got {self.dp_delta}.")
+
+
+class PrivateTrainer(Trainer):
+    """A `Trainer` with Goldfish loss (via [`GoldfishCollator`]) and DP-SGD (per-sample clipping + Gaussian noise).
+
+    With `args.dp_clip_norm` set, each optimizer step computes per-sample gradients of the trainable parameters
+    with `torch.func`, clips each to `dp_clip_norm`, sums, adds `N(0, (dp_noise_multiplier * dp_clip_norm)^2)` and
+    divides by the batch size; an [`RDPAccountant`] tracks epsilon at `dp_delta` with sampling rate
+    `batch_size / len(train_dataset)` (batches are shuffled, not Poisson-sampled, as is common practice). The
+    accountant is saved as JSON in every checkpoint and restored by `resume_from_checkpoint`.
+
+    Args:
+        accountant (`RDPAccountant`, *optional*): an accountant to continue (e.g. a client's across federated rounds).
+        All other arguments are those of `Trainer`; `args` must be [`PrivateTrainingArguments`].
+    """
+
+    def __init__(self, *args, accountant: RDPAccountant | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, PrivateTrainingArguments):
+            raise TypeError("PrivateTrainer needs `args` to be a PrivateTrainingArguments instance.")
+        if self.args.goldfish_k is not None:
+            self.data_collator = GoldfishCollator(
+                self.data_collator, self.args.goldfish_k, self.args.goldfish_context_width
+            )
+        self.accountant = accountant if accountant is not None else RDPAccountant()
+        if self.args.dp_clip_norm is not None:
+            if self.args.world_size > 1:
+                raise ValueError("DP-SGD in PrivateTrainer runs on one process; launch without multiple processes.")
+            if self.train_dataset is None or not hasattr(self.train_dataset, "__len__"):
+                raise ValueError("DP-SGD needs a sized `train_dataset` to compute the sampling rate.")
+
+    @property
+    def sample_rate(self) -> float:
+        n = len(self.train_dataset)
+        return min(1.0, self.args.per_device_train_batch_size * self.args.world_size / max(n, 1))
+
+    def privacy_spent(self) -> dict[str, float]:
+        """`{"epsilon", "delta", "dp_steps"}` for the steps taken so far (epsilon is inf without noise)."""
+        return {
+            "epsilon": self.accountant.get_epsilon(self.args.dp_delta),
+            "delta": self.args.dp_delta,
+            "dp_steps": self.accountant.steps,
+        }
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.args.dp_clip_norm is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        unwrapped = self.accelerator.unwrap_model(model)
+        grads, losses = dp_gradient(
+            unwrapped,
+            inputs["input_ids"],
+            inputs["labels"],
+            self.args.dp_clip_norm,
+            self.args.dp_noise_multiplier,
+            expected_batch_size=self.args.per_device_train_batch_size,
+        )
+        params = dict(unwrapped.named_parameters())
+        for name, g in grads.items():
+            p = params[name]
+            p.grad = g.to(p.dtype) if p.grad is None else p.grad + g.to(p.dtype)
+        self.accountant.step(self.sample_rate, self.args.dp_noise_multiplier, 1)
+        return losses.mean().detach()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.args.dp_clip_norm is not None and "loss" in logs:
+            eps = self.accountant.get_epsilon(self.args.dp_delta)
+            logs = {**logs, "dp_epsilon": eps if math.isfinite(eps) else float("inf")}
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):
+            with open(os.path.join(folder, ACCOUNTANT_FILE), "w") as fh:
+                json.dump(self.accountant.state_dict(), fh)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, ACCOUNTANT_FILE)
+        if os.path.isfile(path):
+            with open(path) as fh:
+                self.accountant.load_state_dict(json.load(fh))

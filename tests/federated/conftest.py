@@ -1,0 +1,47 @@
+"""Fixtures for the federated tests: a tiny Llama built from config and three small non-IID clients."""
+
+import pytest
+import torch
+
+
+def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.set_attn_implementation("eager")
+    return model
+
+
+@pytest.fixture(scope="module")
+def client_datasets(corpus, small_tokenizer):
+    from hf_ext.federated import build_client_dataset, split_by_column
+
+    parts = split_by_column(corpus, "domain", 3)
+    return [build_client_dataset(p.select(range(6)), [], small_tokenizer, 32) for p in parts]
+
+
+@pytest.fixture
+def training_args(tmp_path):
+    from hf_ext.federated import PrivateTrainingArguments
+
+    return PrivateTrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=5e-3,
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1000,
+        use_cpu=True,
+        seed=3,
+    )

@@ -1,0 +1,71 @@
+"""A Ray-free, in-process Flower `Grid` for tests: messages are delivered to a `ClientApp` called in this process.
+
+It relies on flwr internals (`TaskIdentity`) and is therefore kept in this one test helper, pinned to flwr 1.42.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+
+class InProcessGrid(Grid):
+    """Delivers messages to `client_app` for `num_nodes` nodes (ids 1..n, partition ids 0..n-1) in order.
+
+    `fail_nodes` lists node ids whose `train` messages are answered with an error (a dropped client).
+    """
+
+    def __init__(self, client_app, num_nodes: int, fail_nodes: Iterable[int] = ()):
+        self.client_app = client_app
+        self.node_ids = list(range(1, num_nodes + 1))
+        self.fail_nodes = set(fail_nodes)
+        self.contexts = {
+            n: Context(
+                run_id=1,
+                node_id=n,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i, n in enumerate(self.node_ids)
+        }
+        self._run = None
+        TaskIdentity.run_id = 1
+        TaskIdentity.node_id = 0
+        TaskIdentity.task_id = 1
+
+    def set_run(self, run) -> None:
+        self._run = run
+
+    @property
+    def run(self):
+        return self._run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self):
+        return list(self.node_ids)
+
+    def push_messages(self, messages):
+        raise RuntimeError("InProcessGrid only supports send_and_receive.")
+
+    def pull_messages(self, message_ids):
+        raise RuntimeError("InProcessGrid only supports send_and_receive.")
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if node in self.fail_nodes and msg.metadata.message_type == "train":
+                replies.append(Message(Error(code=0, reason="node dropped out"), reply_to=msg))
+                continue
+            TaskIdentity.node_id = node
+            try:
+                replies.append(self.client_app(msg, self.contexts[node]))
+            finally:
+                TaskIdentity.node_id = 0
+        return replies
