@@ -44,8 +44,9 @@ class InfluenceConfig:
             `alpha = 5e-5` unless `schulz_alpha` is set; converges only when `alpha * mu_max < 2`) or
             `"frobenius"` (`X_0 = I / ||A||_F`).
         schulz_alpha (`float`, *optional*): scale of the initial guess, overriding the default of `schulz_init`.
-        schulz_tol (`float`, *optional*, defaults to 1e-6): stop once `||I - A X||_F / sqrt(d)` falls below it;
-            `None` runs exactly `schulz_iterations` (the reference's behaviour).
+        schulz_tol (`float`, *optional*, defaults to 1e-6): stop once `||I - A X||_F / sqrt(d)` falls below it or
+            stops decreasing (float32 rounding floor); `None` runs exactly `schulz_iterations` (the reference's
+            behaviour).
         schulz_order (`int`, *optional*, defaults to 2): hyperpower order (2 = Newton-Schulz, 3 = cubic).
         schulz_extra_damping (`float`, *optional*, defaults to 0.0): extra `c I` added before inversion (the
             reference adds 1e-3 in mislabeled-data detection and 0 in data selection).

@@ -100,8 +100,9 @@ def schulz_inverse(
             `"transpose"` (`X_0 = alpha A^T`, convergent for any non-singular matrix) or `"frobenius"`
             (`X_0 = I / ||A||_F`). See `schulz_initial_alpha`.
         alpha (`float`, *optional*): scale of the initial guess; defaults to `schulz_initial_alpha(matrix, init)`.
-        tol (`float`, *optional*): stop once `||I - A X_k||_F / sqrt(d) <= tol`. `None` runs exactly
-            `num_iterations` iterations, as the reference does.
+        tol (`float`, *optional*): stop once `||I - A X_k||_F / sqrt(d) <= tol`, or once the residual, already
+            below 1, stops decreasing (the rounding floor of the dtype). `None` runs exactly `num_iterations`
+            iterations, as the reference does.
         order (`int`, *optional*, defaults to 2): hyperpower order, 2 or 3.
         track_spectral (`bool`, *optional*, defaults to `False`): also record spectral norms of the residuals
             (costs an SVD per step; for diagnostics and tests).
@@ -133,6 +134,11 @@ def schulz_inverse(
         if track_spectral:
             info.spectral_residuals.append(float(torch.linalg.matrix_norm(residual, ord=2)))
         if tol is not None and info.residuals[-1] <= tol:
+            info.converged = True
+            break
+        if tol is not None and step > 0 and info.residuals[-2] < 1.0 and info.residuals[-1] >= info.residuals[-2]:
+            # in the convergent phase the residual is squared at every step; when it stops shrinking it has hit the
+            # rounding floor of the dtype (about 1e-6 in float32), which counts as converged
             info.converged = True
             break
         if step == num_iterations:

@@ -1,0 +1,230 @@
+"""`InfluenceEstimator` on peft LoRA models built from configs: a causal LM and two sequence classifiers."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from scipy.stats import spearmanr
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+)
+
+from hf_ext.hyperinf import InfluenceEstimator, add_influence_column, influence_from_gradients, tracked_lora_parameters
+
+
+def randomize_lora_b(model, seed=0, std=0.2):
+    """peft starts LoRA B at zero (every lora_A gradient is then zero); give the adapter a trained-like state."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(std * torch.randn(param.shape, generator=gen))
+
+
+def tiny_llama_config(vocab_size):
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def causal_lm(small_tokenizer):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(len(small_tokenizer)))
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    randomize_lora_b(peft_model)
+    return peft_model
+
+
+@pytest.fixture(scope="module")
+def lm_data(corpus, small_tokenizer):
+    ids = small_tokenizer(corpus["text"][:46], add_special_tokens=False)["input_ids"]
+    rows = [{"input_ids": x[:20]} for x in ids]
+    return Dataset.from_list(rows[:40]), Dataset.from_list(rows[40:])
+
+
+def classification_model(kind, vocab_size, num_labels=3):
+    torch.manual_seed(1)
+    if kind == "bert":
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=num_labels,
+            max_position_embeddings=64,
+        )
+        model, targets = BertForSequenceClassification(config), ["query", "value"]
+    else:
+        config = tiny_llama_config(vocab_size)
+        config.num_labels = num_labels
+        model, targets = LlamaForSequenceClassification(config), ["q_proj", "v_proj"]
+    peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=targets))
+    randomize_lora_b(peft_model, seed=2)
+    return peft_model
+
+
+@pytest.fixture(scope="module")
+def cls_data(corpus, small_tokenizer):
+    domains = sorted(set(corpus["domain"]))[:3]
+    rows = []
+    for text, domain in zip(corpus["text"], corpus["domain"]):
+        if domain in domains:
+            ids = small_tokenizer(text, add_special_tokens=False)["input_ids"]
+            rows.append({"input_ids": ids[: 8 + len(rows) % 5], "labels": domains.index(domain)})  # mixed lengths
+        if len(rows) == 36:
+            break
+    return Dataset.from_list(rows[:30]), Dataset.from_list(rows[30:])
+
+
+def reference_gradients(model, dataset):
+    """Per-example gradients as the reference collects them: one backward per example, lora_B transposed."""
+    model.eval()
+    tracked = tracked_lora_parameters(model)
+    params = dict(model.named_parameters())
+    out = {m.name: [] for m in tracked}
+    for example in dataset:
+        model.zero_grad()
+        inputs = {"input_ids": torch.tensor([example["input_ids"]])}
+        inputs["labels"] = torch.tensor([example["labels"]]) if "labels" in example else inputs["input_ids"]
+        model(**inputs).loss.backward()
+        for m in tracked:
+            grad = params[m.name].grad.detach().double()
+            if m.kind == "lora_B":
+                grad = grad.T
+            out[m.name].append(grad.reshape(m.shape))
+    model.zero_grad()
+    return {name: torch.stack(values) for name, values in out.items()}
+
+
+def test_rank_first_layout(causal_lm):
+    tracked = tracked_lora_parameters(causal_lm)
+    assert len(tracked) == 8  # 2 layers x (q, v) x (A, B)
+    for m in tracked:
+        assert m.shape[0] == 4  # the rank comes first
+        if m.kind == "lora_A":
+            assert m.shape == m.param_shape
+        else:
+            assert m.shape == (m.param_shape[1], m.param_shape[0])
+
+
+def test_hyperinf_matches_exact_inverse_on_causal_lm(causal_lm, lm_data):
+    train, val = lm_data
+    exact = InfluenceEstimator(causal_lm, "exact").fit(train).scores(val)
+    hyper = InfluenceEstimator(causal_lm, "hyperinf", schulz_iterations=100).fit(train)
+    scores = hyper.scores(val)
+    assert scores.shape == (len(train),) and scores.dtype == np.float64
+    assert spearmanr(scores, exact).statistic >= 0.99
+    assert all(info["schulz_converged"] for info in hyper.layer_info.values())
+    # the reference's X_0 = 5e-5 I with a fixed 5 iterations is far from the inverse at this gradient scale
+    short = InfluenceEstimator(causal_lm, "hyperinf", schulz_init="identity", schulz_iterations=5, schulz_tol=None)
+    short_scores = short.fit(train).scores(val)
+    assert max(info["schulz_residual"] for info in short.layer_info.values()) > 0.5
+    assert np.abs(short_scores - exact).max() > 10 * np.abs(scores - exact).max()
+
+
+def test_streamed_vmap_matches_reference_loop(causal_lm, lm_data):
+    train, val = lm_data
+    ref_train, ref_val = reference_gradients(causal_lm, train), reference_gradients(causal_lm, val)
+    for method in ("hyperinf", "datainf", "tracin"):
+        expected = influence_from_gradients(ref_train, ref_val, method=method, dtype=torch.float64).numpy()
+        got = InfluenceEstimator(causal_lm, method, batch_size=16, dtype=torch.float64).fit(train).scores(val)
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_sequence_classification_all_methods(kind, cls_data, small_tokenizer):
+    model = classification_model(kind, len(small_tokenizer))
+    train, val = cls_data
+    tracked = tracked_lora_parameters(model)
+    assert any("modules_to_save" in m.name for m in tracked)  # the trained head is tracked, as in the reference
+    assert all("modules_to_save" not in m.name for m in tracked_lora_parameters(model, include_modules_to_save=False))
+    ref_train, ref_val = reference_gradients(model, train), reference_gradients(model, val)
+    for method, options in [
+        ("hyperinf", {}),
+        ("datainf", {}),
+        ("lissa", {"lissa_iterations": 3}),
+        ("tracin", {}),
+        ("exact", {"exact_curvature": "fim"}),
+    ]:
+        expected = influence_from_gradients(ref_train, ref_val, method=method, dtype=torch.float64, **options)
+        est = InfluenceEstimator(model, method, batch_size=4, dtype=torch.float64, **options).fit(train)
+        got = est.scores(val)
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
+    loop = InfluenceEstimator(model, "hyperinf", per_example_gradients="loop", dtype=torch.float64).fit(train)
+    vmap = InfluenceEstimator(model, "hyperinf", dtype=torch.float64).fit(train)
+    np.testing.assert_allclose(loop.scores(val), vmap.scores(val), rtol=1e-4, atol=1e-6)
+    assert model.get_base_model().config._attn_implementation == "sdpa"  # restored after the vmapped passes
+
+
+def test_a_copy_of_the_eval_example_is_the_most_helpful(causal_lm, lm_data):
+    train, _ = lm_data
+    for method in ("hyperinf", "exact"):
+        est = InfluenceEstimator(causal_lm, method).fit(train)
+        for j in (3, 17):
+            scores = est.scores(train.select([j]))
+            assert int(np.argmin(scores)) == j and scores[j] < 0
+
+
+def test_add_influence_column(causal_lm, lm_data):
+    train, val = lm_data
+    scores = InfluenceEstimator(causal_lm, "tracin").fit(train).scores(val)
+    out = add_influence_column(train, scores)
+    assert out.column_names == ["input_ids", "influence"]
+    np.testing.assert_allclose(out["influence"], scores)
+    with pytest.raises(ValueError, match="rows"):
+        add_influence_column(train, scores[:-1])
+    with pytest.raises(ValueError, match="already has a column"):
+        add_influence_column(out, scores)
+    with pytest.raises(TypeError):
+        add_influence_column(train.to_list(), scores)
+
+
+def test_clear_errors(causal_lm, lm_data, cls_data, small_tokenizer):
+    train, val = lm_data
+    plain = LlamaForCausalLM(tiny_llama_config(len(small_tokenizer)))
+    with pytest.raises(ValueError, match="no LoRA layers"):
+        InfluenceEstimator(plain)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        InfluenceEstimator("not a model")
+    with pytest.raises(ValueError, match="method"):
+        InfluenceEstimator(causal_lm, method="kfac")
+    with pytest.raises(TypeError, match="Unknown option"):
+        InfluenceEstimator(causal_lm, schulz_iters=3)
+    with pytest.raises(ValueError, match="schulz_init"):
+        InfluenceEstimator(causal_lm, schulz_init="random")
+    with pytest.raises(ValueError, match="adapter"):
+        InfluenceEstimator(causal_lm, adapter_name="other")
+    est = InfluenceEstimator(causal_lm)
+    with pytest.raises(RuntimeError, match="fit"):
+        est.scores(val)
+    with pytest.raises(ValueError, match="empty"):
+        est.fit(train.select([]))
+    with pytest.raises(ValueError, match="input_ids"):
+        est.fit(Dataset.from_dict({"text": ["a"]}))
+    est.fit(train)
+    with pytest.raises(ValueError, match="empty"):
+        est.scores([])
+    with pytest.raises(ValueError, match="max_exact_dim"):
+        InfluenceEstimator(causal_lm, "exact", exact_curvature="fim", max_exact_dim=16)
+    cls_model = classification_model("bert", len(small_tokenizer))
+    with pytest.raises(ValueError, match="labels"):
+        InfluenceEstimator(cls_model).fit(cls_data[0].remove_columns("labels"))
+    fresh = get_peft_model(
+        LlamaForCausalLM(tiny_llama_config(len(small_tokenizer))), LoraConfig(r=2, target_modules=["q_proj"])
+    )
+    with pytest.raises(ValueError, match="positive damping"):  # LoRA B = 0 at init: every lora_A gradient is zero
+        InfluenceEstimator(fresh).fit(train)

@@ -1,0 +1,229 @@
+"""Schulz's iteration, the baselines' solvers and the detection metrics, on plain tensors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hf_ext.hyperinf import (
+    datainf_hvp,
+    detection_curve,
+    exact_fim_hvp,
+    exact_gfim_hvp,
+    fim,
+    gfim,
+    influence_from_gradients,
+    lissa_hvp,
+    lissa_hvp_reference,
+    recall_at_fraction,
+    roc_auc,
+    schulz_inverse,
+    select_lowest_influence,
+)
+
+
+def random_spd(d: int, low: float, high: float, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    eig = torch.logspace(math.log10(low), math.log10(high), d, dtype=torch.float64)
+    return (q * eig) @ q.T
+
+
+def random_grads(n: int, r: int, d: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(n, r, d, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "init, alpha, order",
+    [("identity", None, 2), ("transpose", None, 2), ("frobenius", None, 2), ("transpose", None, 3)],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_schulz_converges_to_inverse(init, alpha, order, seed):
+    a = random_spd(64, 1e-2, 1e2, seed)  # mu_max * 5e-5 < 2: the reference init converges too
+    x, info = schulz_inverse(a, num_iterations=80, init=init, alpha=alpha, order=order)
+    eye = torch.eye(64, dtype=torch.float64)
+    rel_residual = torch.linalg.matrix_norm(eye - a @ x) / torch.linalg.matrix_norm(eye)
+    assert rel_residual <= 1e-6
+    exact = torch.linalg.inv(a)
+    assert torch.linalg.matrix_norm(x - exact) / torch.linalg.matrix_norm(exact) <= 1e-6
+    assert info.iterations == 80 and not info.converged
+
+
+@pytest.mark.parametrize("init", ["identity", "transpose"])
+def test_schulz_residual_squares_each_step(init):
+    a = random_spd(48, 1e-1, 1e2, seed=3)
+    _, info = schulz_inverse(a, num_iterations=60, init=init, track_spectral=True)
+    res = info.spectral_residuals
+    checked = 0
+    for before, after in zip(res[:-1], res[1:]):
+        if 1e-6 < before < 1.0:  # once convergent, R_{k+1} = R_k^2
+            assert after == pytest.approx(before**2, rel=1e-4, abs=1e-13)
+            checked += 1
+    assert checked >= 3
+    assert res[-1] < 1e-10
+
+
+def test_schulz_order3_cubes_residual():
+    a = random_spd(32, 1e-1, 1e1, seed=4)
+    _, info = schulz_inverse(a, num_iterations=20, init="frobenius", order=3, track_spectral=True)
+    pairs = [(b, c) for b, c in zip(info.spectral_residuals[:-1], info.spectral_residuals[1:]) if 1e-4 < b < 1.0]
+    assert pairs and all(c == pytest.approx(b**3, rel=1e-4) for b, c in pairs)
+
+
+def test_schulz_diverges_when_alpha_too_large():
+    a = random_spd(16, 1.0, 10.0)
+    _, info = schulz_inverse(a, num_iterations=8, init="identity", alpha=0.3)  # alpha * mu_max = 3 > 2
+    assert info.residuals[-1] > 1e3 * info.residuals[0]
+
+
+def test_reference_init_leaves_small_eigenvalues_unconverged():
+    # X_0 = 5e-5 I with mu_min = 1e-6: (1 - 5e-11)^(2^15) ~ 1, so 15 iterations do not invert those directions.
+    a = random_spd(32, 1e-6, 1e2, seed=5)
+    x, info = schulz_inverse(a, num_iterations=15, init="identity")
+    assert info.alpha == 5e-5
+    evals, evecs = torch.linalg.eigh(a)
+    per_direction = torch.diagonal(evecs.T @ (torch.eye(32, dtype=a.dtype) - a @ x) @ evecs)
+    assert per_direction[0] > 0.99  # smallest eigenvalue: residual still ~1
+    assert per_direction[-1].abs() < 1e-6  # largest: converged
+
+
+def test_schulz_tolerance_stop():
+    a = random_spd(32, 1e-1, 1e1, seed=6)
+    x, info = schulz_inverse(a, num_iterations=200, init="transpose", tol=1e-8)
+    assert info.converged and info.iterations < 200
+    assert info.final_residual <= 1e-8
+    assert info.residuals[-2] > 1e-8
+
+
+@pytest.mark.parametrize(
+    "kwargs, err",
+    [
+        (dict(matrix=torch.ones(2, 3)), ValueError),
+        (dict(matrix=torch.eye(2, dtype=torch.long)), TypeError),
+        (dict(matrix=torch.eye(2), init="newton"), ValueError),
+        (dict(matrix=torch.eye(2), order=4), ValueError),
+        (dict(matrix=torch.eye(2), num_iterations=-1), ValueError),
+        (dict(matrix=torch.eye(2), tol=0.0), ValueError),
+    ],
+)
+def test_schulz_bad_input(kwargs, err):
+    with pytest.raises(err):
+        schulz_inverse(**kwargs)
+
+
+def test_gfim_right_inverse_is_kronecker_solve():
+    grads = random_grads(20, 3, 8, seed=7)
+    v = random_grads(1, 3, 8, seed=8)[0]
+    g = gfim(grads)
+    assert g.shape == (8, 8)
+    lam = 0.05
+    hvp = exact_gfim_hvp(v, g, lam)
+    kron = torch.kron(torch.eye(3, dtype=g.dtype), g + lam * torch.eye(8, dtype=g.dtype))
+    expected = torch.linalg.solve(kron, v.reshape(-1)).reshape(3, 8)  # rows of v are independent right-solves
+    torch.testing.assert_close(hvp, expected)
+    x, _ = schulz_inverse(g + lam * torch.eye(8, dtype=g.dtype), num_iterations=100, init="transpose")
+    torch.testing.assert_close(v @ x, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_datainf_matches_closed_form_loop_and_is_exact_for_one_example():
+    grads = random_grads(30, 2, 5, seed=9)
+    v = random_grads(1, 2, 5, seed=10)[0]
+    lam = 0.3
+    expected = torch.zeros_like(v)
+    for g in grads:  # (1/(n lambda)) sum_i [v - <v, g_i> / (lambda + ||g_i||^2) g_i]
+        expected += (v - (v * g).sum() / (lam + (g * g).sum()) * g) / (len(grads) * lam)
+    torch.testing.assert_close(datainf_hvp(v, grads, lam), expected)
+    one = grads[:1]
+    torch.testing.assert_close(datainf_hvp(v, one, lam), exact_fim_hvp(v, fim(one), lam))
+    # with many examples it is only an approximation of the FIM solve
+    assert not torch.allclose(datainf_hvp(v, grads, lam), exact_fim_hvp(v, fim(grads), lam), rtol=1e-2)
+
+
+def test_lissa_converges_to_exact_and_reference_variant_diverges():
+    grads = random_grads(40, 2, 4, seed=11, scale=2.0)
+    v = random_grads(1, 2, 4, seed=12)[0]
+    f = fim(grads)
+    lam = 0.5
+    exact = exact_fim_hvp(v, f, lam)
+    scale = float(torch.trace(f)) + lam
+    approx = lissa_hvp(v, lambda x: (f @ x.reshape(-1)).reshape(x.shape), lam, scale, num_iterations=3000)
+    torch.testing.assert_close(approx, exact, rtol=1e-6, atol=1e-9)
+    short = lissa_hvp(v, lambda x: (f @ x.reshape(-1)).reshape(x.shape), lam, scale, num_iterations=10)
+    assert torch.linalg.norm(short - exact) > 1e-3 * torch.linalg.norm(exact)  # 10 steps: far from converged
+    assert torch.linalg.eigvalsh(f).max() > 2  # the reference recursion has no scaling: it blows up
+    reference = lissa_hvp_reference(v, grads, lam, num_iterations=10)
+    assert torch.linalg.norm(reference) > 1e3 * torch.linalg.norm(exact)
+
+
+@pytest.mark.parametrize("method", ["hyperinf", "exact", "datainf", "lissa", "tracin"])
+def test_influence_from_gradients_against_dense_formulas(method):
+    train = {"a": random_grads(25, 2, 6, seed=13), "b": random_grads(25, 2, 3, seed=14)}
+    val = {"a": random_grads(7, 2, 6, seed=15), "b": random_grads(7, 2, 3, seed=16)}
+    options = dict(dtype=torch.float64, batch_size=4)
+    if method == "lissa":
+        options["lissa_iterations"] = 3000
+    if method == "hyperinf":
+        options["schulz_tol"] = 1e-12
+    scores = influence_from_gradients(train, val, method=method, **options)
+    expected = torch.zeros(25, dtype=torch.float64)
+    for name in train:
+        g, v = train[name], val[name].mean(dim=0)
+        lam = 0.1 * g.square().mean()
+        if method in ("hyperinf", "exact"):
+            hvp = exact_gfim_hvp(v, gfim(g), lam)
+        elif method == "datainf":
+            hvp = datainf_hvp(v, g, lam)
+        elif method == "lissa":
+            hvp = exact_fim_hvp(v, fim(g), lam)  # LiSSA targets the FIM solve
+        else:
+            hvp = v
+        expected -= torch.einsum("nrd,rd->n", g, hvp)
+    tol = 1e-4 if method == "lissa" else 1e-8
+    torch.testing.assert_close(scores, expected, rtol=tol, atol=tol * expected.abs().max())
+
+
+def test_exact_fim_option_and_size_guard():
+    train = {"a": random_grads(10, 2, 3, seed=17)}
+    val = {"a": random_grads(2, 2, 3, seed=18)}
+    scores = influence_from_gradients(train, val, method="exact", exact_curvature="fim", dtype=torch.float64)
+    g, v = train["a"], val["a"].mean(0)
+    expected = -torch.einsum("nrd,rd->n", g, exact_fim_hvp(v, fim(g), 0.1 * g.square().mean()))
+    torch.testing.assert_close(scores, expected)
+    with pytest.raises(ValueError, match="max_exact_dim"):
+        influence_from_gradients(train, val, method="exact", exact_curvature="fim", max_exact_dim=5)
+
+
+def test_influence_from_gradients_bad_input():
+    g = {"a": random_grads(3, 2, 2)}
+    with pytest.raises(ValueError, match="method"):
+        influence_from_gradients(g, g, method="kfac")
+    with pytest.raises(ValueError, match="no example"):
+        influence_from_gradients({"a": torch.zeros(0, 2, 2)}, g)
+    with pytest.raises(ValueError, match="no example"):
+        influence_from_gradients(g, {"a": torch.zeros(0, 2, 2)})
+    with pytest.raises(ValueError, match="same tracked"):
+        influence_from_gradients(g, {"b": g["a"]})
+    with pytest.raises(ValueError, match="positive damping"):
+        influence_from_gradients({"a": torch.zeros(3, 2, 2)}, g)
+
+
+def test_detection_metrics():
+    scores = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0, -3.0, -4.0])
+    noisy = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
+    assert recall_at_fraction(scores, noisy, 0.2) == pytest.approx(1 / 3)
+    assert recall_at_fraction(scores, noisy, 0.3) == pytest.approx(2 / 3)
+    fractions, recall = detection_curve(scores, noisy)
+    assert recall[0] == 0 and recall[-1] == 1 and np.all(np.diff(recall) >= 0)
+    pairs = [(p, q) for p in scores[noisy] for q in scores[~noisy]]
+    brute = np.mean([1.0 if p > q else 0.5 if p == q else 0.0 for p, q in pairs])
+    assert roc_auc(scores, noisy) == pytest.approx(brute)
+    assert roc_auc(np.zeros(10), noisy) == pytest.approx(0.5)
+    np.testing.assert_array_equal(select_lowest_influence(scores, 0.3), [7, 8, 9])
+    with pytest.raises(ValueError):
+        roc_auc(scores, np.zeros(10, dtype=bool))
+    with pytest.raises(ValueError):
+        select_lowest_influence(scores, 0.0)
+    with pytest.raises(ValueError):
+        recall_at_fraction(scores[:3], noisy, 0.2)
