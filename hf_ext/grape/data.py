@@ -15,6 +15,20 @@ def ensure_lm_columns(dataset):
     return ds
 
 
+def _add_lm_fields(example: dict) -> dict:
+    out = {}
+    if "labels" not in example:
+        out["labels"] = list(example["input_ids"])
+    if "attention_mask" not in example:
+        out["attention_mask"] = [1] * len(example["input_ids"])
+    return out
+
+
+def ensure_lm_stream(stream):
+    """Streaming counterpart of `ensure_lm_columns` (lazy `IterableDataset.map`)."""
+    return stream.map(_add_lm_fields)
+
+
 def domain_rows(dataset, domain_column: str) -> tuple[list[str], list[list[int]]]:
     """Sorted domain names of `dataset[domain_column]` and, for each, the rows holding it.
 

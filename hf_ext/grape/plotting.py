@@ -40,7 +40,10 @@ def plot_mixture_trajectory(
         ax.set_title(label)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2 if len(names) > 6 else 1)
+        if names:
+            ax.legend(fontsize=7, ncol=2 if len(names) > 6 else 1)
+        else:
+            ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -20,7 +20,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .configuration_grape import GrapeConfig
-from .data import MODEL_COLUMNS, domain_rows, ensure_lm_columns, pack_by_domain, prepare_target
+from .data import MODEL_COLUMNS, domain_rows, ensure_lm_columns, ensure_lm_stream, pack_by_domain, prepare_target
 from .rules import (
     GRAPE_VARIANTS,
     doge_domain_weights,
@@ -160,7 +160,7 @@ class GrapeTrainer(Trainer):
         if streaming:
             domain_names = sorted(train_dataset)
             self._domain_indices = None
-            self._domain_streams = {n: train_dataset[n] for n in domain_names}
+            self._domain_streams = {n: ensure_lm_stream(train_dataset[n]) for n in domain_names}
             self._domain_iters: dict = {}
             source = None
         else:
@@ -203,6 +203,10 @@ class GrapeTrainer(Trainer):
             self.reference_model = reference_model.to(self.args.device).eval()
             self.reference_model.requires_grad_(False)
         self._mixture_sampler: MixtureSampler | None = None
+        #: This rank's dot products / norms / losses of the last update, before averaging over ranks.
+        self.last_local_stats: dict[str, torch.Tensor] = {}
+        #: Wall-clock seconds spent in reweighting so far.
+        self.reweight_seconds = 0.0
         self.add_callback(_GrapeCallback(self))
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -358,7 +362,8 @@ class GrapeTrainer(Trainer):
             dots.append(float(h @ g_mix))
             losses.append(loss)
         del g_mix
-        stats = self._mean_over_ranks(torch.tensor(dots + losses, dtype=torch.float64))
+        self.last_local_stats["task"] = torch.tensor(dots + losses, dtype=torch.float64)
+        stats = self._mean_over_ranks(self.last_local_stats["task"])
         n_tasks = len(st.task_names)
         dots_t, losses_t = stats[:n_tasks].clone(), stats[n_tasks:]
         for n in range(n_tasks):
@@ -383,7 +388,8 @@ class GrapeTrainer(Trainer):
                 e, loss = self._excess_loss(self._domain_batch(k, rng, args.reweight_mini_batch_size))
                 excess.append(e)
                 losses.append(loss)
-            stats = self._mean_over_ranks(torch.tensor(excess + losses, dtype=torch.float64))
+            self.last_local_stats["domain"] = torch.tensor(excess + losses, dtype=torch.float64)
+            stats = self._mean_over_ranks(self.last_local_stats["domain"])
             scores, losses_t = stats[:k_domains], stats[k_domains:]
             new = doremi_domain_weights(st.domain_weights, scores, args.doremi_eta, args.doremi_smoothing)
             norms_t = None
@@ -397,7 +403,8 @@ class GrapeTrainer(Trainer):
                 norms.append(float(g.norm()))
                 losses.append(loss)
             del g_tgt
-            stats = self._mean_over_ranks(torch.tensor(dots + norms + losses, dtype=torch.float64))
+            self.last_local_stats["domain"] = torch.tensor(dots + norms + losses, dtype=torch.float64)
+            stats = self._mean_over_ranks(self.last_local_stats["domain"])
             scores = stats[:k_domains]
             norms_t, losses_t = stats[k_domains : 2 * k_domains], stats[2 * k_domains :]
             if method == "doge":
@@ -470,7 +477,7 @@ class GrapeTrainer(Trainer):
         logs["grape/domain_updates"] = st.domain_updates
         logs["grape/task_updates"] = st.task_updates
         self._record_trajectory()
-        self.reweight_seconds = getattr(self, "reweight_seconds", 0.0) + time.perf_counter() - start
+        self.reweight_seconds += time.perf_counter() - start
         logs["grape/reweight_seconds"] = time.perf_counter() - start
         self.log(logs)
 

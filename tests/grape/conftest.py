@@ -2,65 +2,38 @@
 
 from __future__ import annotations
 
-import numpy as np
+import os
+import sys
+
 import pytest
 
-VOCAB = 64
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
 
-
-def markov_sequences(seed: int, n: int, length: int, vocab: int = VOCAB, branching: int = 2) -> list[list[int]]:
-    """Sequences from a random sparse Markov chain: each token has `branching` likely successors."""
-    rng = np.random.default_rng(seed)
-    successors = rng.integers(3, vocab, size=(vocab, branching))
-    out = []
-    for _ in range(n):
-        tok = int(rng.integers(3, vocab))
-        seq = [tok]
-        for _ in range(length - 1):
-            tok = int(successors[tok, rng.integers(branching)])
-            seq.append(tok)
-        out.append(seq)
-    return out
-
-
-def synthetic_mixture(n_per_domain: int = 48, length: int = 16, n_target: int = 24):
-    """Three source domains from distinct generators; targets `t_a` (served by `a`) and `t_b` (served by `b`)."""
-    from datasets import Dataset
-
-    rows, domains = [], []
-    for d, seed in (("a", 1), ("b", 2), ("c", 3)):
-        seqs = markov_sequences(seed, n_per_domain, length)
-        rows += seqs
-        domains += [d] * len(seqs)
-    train = Dataset.from_dict({"input_ids": rows, "domain": domains})
-    targets = {
-        "t_a": Dataset.from_dict({"input_ids": markov_sequences(1, n_target, length)}),
-        "t_b": Dataset.from_dict({"input_ids": markov_sequences(2, n_target, length)}),
-    }
-    return train, targets
-
-
-def tiny_llama(vocab: int = VOCAB, hidden: int = 32, seed: int = 0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(cfg)
+from grape_synthetic import VOCAB, markov_sequences, synthetic_mixture, tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def synthetic():
     return synthetic_mixture()
+
+
+@pytest.fixture(scope="session")
+def grape_helpers():
+    """The synthetic-data helpers (markov_sequences, synthetic_mixture, tiny_llama, VOCAB)."""
+    return {
+        "VOCAB": VOCAB,
+        "markov_sequences": markov_sequences,
+        "synthetic_mixture": synthetic_mixture,
+        "tiny_llama": tiny_llama,
+    }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores); restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
