@@ -1,0 +1,146 @@
+"""Modular-arithmetic tasks of the grokking papers as `datasets.Dataset`s, with the reference token layout and splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ArithmeticTask:
+    """One task: how many operands, their ranges, how they are laid out and how the answer is computed."""
+
+    name: str
+    num_operator_tokens: int
+    description: str
+
+    def vocab_size(self, p: int) -> int:
+        """`p` operand tokens, `=` (id `p`) and the operator tokens (ids `p + 1`, ...)."""
+        return p + 1 + self.num_operator_tokens
+
+
+ARITHMETIC_TASKS: dict[str, ArithmeticTask] = {
+    "a+b": ArithmeticTask("a+b", 1, "(a + b) mod p, a in [0, p), b in [1, p); layout [a, +, b, =, r]"),
+    "a-b": ArithmeticTask("a-b", 1, "(a - b) mod p, a in [0, p), b in [1, p); layout [a, -, b, =, r]"),
+    "a*b": ArithmeticTask("a*b", 1, "(a * b) mod p, a in [0, p), b in [1, p); layout [a, *, b, =, r]"),
+    "a*a-b": ArithmeticTask("a*a-b", 2, "(a^2 - b) mod p, a in [0, p), b in [1, p); layout [a, *, a, -, b, =, r]"),
+    "a*c+b*d-e": ArithmeticTask(
+        "a*c+b*d-e",
+        3,
+        "(a*c + b*d - e) mod p, a, b, e in [0, p), c, d in [1, p); layout [a, op1, b, op2, c, op1, d, op3, e, =, r]",
+    ),
+}
+
+# Names used by the reference scripts.
+_ALIASES = {"axb": "a*b", "axa-b": "a*a-b", "a^2-b": "a*a-b", "axc+bxd-e": "a*c+b*d-e", "ac+bd-e": "a*c+b*d-e"}
+
+
+def resolve_task(task: str) -> ArithmeticTask:
+    """Return the [`ArithmeticTask`] called `task` (reference aliases such as `axb` are accepted)."""
+    if not isinstance(task, str):
+        raise TypeError(f"task must be a string, got {type(task).__name__}.")
+    name = _ALIASES.get(task, task)
+    if name not in ARITHMETIC_TASKS:
+        raise ValueError(f"Unknown task={task!r}; choose one of {sorted(ARITHMETIC_TASKS)}.")
+    return ARITHMETIC_TASKS[name]
+
+
+def arithmetic_vocab_size(task: str, p: int) -> int:
+    """Vocabulary size a model needs for `task` modulo `p` (`p + 2` for the binary tasks)."""
+    return resolve_task(task).vocab_size(p)
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % k for k in range(2, int(n**0.5) + 1))
+
+
+def _equations(task: ArithmeticTask, p: int) -> np.ndarray:
+    eq, op1, op2, op3 = p, p + 1, p + 2, p + 3
+    if task.name in ("a+b", "a-b", "a*b", "a*a-b"):
+        a, b = np.meshgrid(np.arange(p), np.arange(1, p), indexing="ij")
+        a, b = a.ravel(), b.ravel()
+        ones = np.ones_like(a)
+        if task.name == "a+b":
+            cols = [a, op1 * ones, b, eq * ones, (a + b) % p]
+        elif task.name == "a-b":
+            cols = [a, op1 * ones, b, eq * ones, (a - b) % p]
+        elif task.name == "a*b":
+            cols = [a, op1 * ones, b, eq * ones, (a * b) % p]
+        else:
+            cols = [a, op1 * ones, a, op2 * ones, b, eq * ones, (a * a - b) % p]
+        return np.stack(cols, axis=1)
+    grid = np.array(list(product(range(p), range(p), range(1, p), range(1, p), range(p))), dtype=np.int64)
+    a, b, c, d, e = grid.T
+    ones = np.ones_like(a)
+    cols = [a, op1 * ones, b, op2 * ones, c, op1 * ones, d, op3 * ones, e, eq * ones, (a * c + b * d - e) % p]
+    return np.stack(cols, axis=1)
+
+
+def build_arithmetic_dataset(task: str = "a+b", p: int = 97):
+    """
+    All equations of `task` modulo `p`, one row each, in the token layout of the reference code.
+
+    Args:
+        task (`str`, *optional*, defaults to `"a+b"`):
+            One of `a+b`, `a-b`, `a*b`, `a*a-b` (binary tasks) or `a*c+b*d-e` (five operands, used with `p = 7`).
+        p (`int`, *optional*, defaults to 97):
+            The prime modulus. Operands are tokens `0..p-1`, `=` is `p`, operators are `p+1`, `p+2`, `p+3`.
+
+    Returns:
+        `datasets.Dataset` with columns `input_ids` (the whole equation, answer last) and `labels` (`-100`
+        everywhere except the answer), so any causal LM trains on the answer only. 9312 rows for a binary task with
+        `p = 97`; 12348 rows for `a*c+b*d-e` with `p = 7`.
+    """
+    from datasets import Dataset
+
+    spec = resolve_task(task)
+    if isinstance(p, bool) or not isinstance(p, int):
+        raise TypeError(f"p must be an int, got {type(p).__name__}.")
+    if not _is_prime(p):
+        raise ValueError(f"p={p} must be a prime (the papers use 97, or 7 for a*c+b*d-e).")
+    rows = _equations(spec, p)
+    labels = np.full_like(rows, -100)
+    labels[:, -1] = rows[:, -1]
+    ds = Dataset.from_dict({"input_ids": rows.tolist(), "labels": labels.tolist()})
+    return ds.with_format("torch")
+
+
+def split_arithmetic_dataset(dataset, train_fraction: float = 0.5, outer_fraction: float = 0.02, seed: int = 0):
+    """
+    Random train/test split, and the NeuralGrok split of train into inner and outer sets.
+
+    One permutation drawn from `seed` orders the rows as `[inner | outer | test]`, like the reference code's
+    `random_split(dataset, [inner, outer, test])`: `train = inner + outer` (what the baselines train on), `test`
+    is the rest.
+
+    Args:
+        dataset (`datasets.Dataset`): from [`build_arithmetic_dataset`].
+        train_fraction (`float`, *optional*, defaults to 0.5): fraction of all equations used for training.
+        outer_fraction (`float`, *optional*, defaults to 0.02): fraction of the *training* split held out as the
+            outer set D_outer (0.02 gives the papers' inner:outer = 49:1, i.e. 1% of all data).
+        seed (`int`, *optional*, defaults to 0): seed of the permutation.
+
+    Returns:
+        `datasets.DatasetDict` with splits `train`, `inner`, `outer` and `test`.
+    """
+    from datasets import DatasetDict
+
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction={train_fraction} must be in (0, 1).")
+    if not 0.0 <= outer_fraction < 1.0:
+        raise ValueError(f"outer_fraction={outer_fraction} must be in [0, 1) (fraction of the training split).")
+    n = len(dataset)
+    train_size = int(train_fraction * n)
+    outer_size = int(outer_fraction * train_size)
+    inner_size = train_size - outer_size
+    if inner_size == 0 or train_size == n:
+        raise ValueError(f"train_fraction={train_fraction} leaves an empty inner or test split for {n} rows.")
+    perm = np.random.default_rng(seed).permutation(n)
+    return DatasetDict(
+        train=dataset.select(perm[:train_size]),
+        inner=dataset.select(perm[:inner_size]),
+        outer=dataset.select(perm[inner_size:train_size]),
+        test=dataset.select(perm[train_size:]),
+    )

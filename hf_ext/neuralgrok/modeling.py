@@ -1,0 +1,158 @@
+"""The small causal decoder used by the grokking papers (Grokfast, NeuralGrok), as a `PreTrainedModel`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+
+
+class GrokDecoderConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`GrokDecoderForCausalLM`], the 2-layer, width-128 decoder of the grokking papers.
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 99):
+            Number of tokens: `p` operands, `=` and the operator tokens (`p + 2` for a binary task with `p = 97`).
+            Use [`arithmetic_vocab_size`] to get the right value for a task.
+        hidden_size (`int`, *optional*, defaults to 128):
+            Width of the residual stream.
+        num_hidden_layers (`int`, *optional*, defaults to 2):
+            Number of decoder blocks (2 for the binary tasks, 4 for `a*c+b*d-e`).
+        num_attention_heads (`int`, *optional*, defaults to 4):
+            Attention heads per block; must divide `hidden_size`.
+        max_position_embeddings (`int`, *optional*, defaults to 16):
+            Number of learned positions (at least the sequence length of the task).
+        mlp_ratio (`int`, *optional*, defaults to 4):
+            MLP width as a multiple of `hidden_size`.
+        overwrite_residual_with_norm (`bool`, *optional*, defaults to `True`):
+            Keep the reference quirk `x = ln_1(x); x = x + attn(x)` (the residual stream is replaced by its
+            normalised value before attention). `False` gives standard pre-LN blocks.
+    """
+
+    model_type = "grok_decoder"
+
+    vocab_size: int = 99
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 16
+    mlp_ratio: int = 4
+    overwrite_residual_with_norm: bool = True
+    tie_word_embeddings: bool = False
+
+    def validate_architecture(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} must be divisible by num_attention_heads={self.num_attention_heads}."
+            )
+
+
+class GrokDecoderBlock(nn.Module):
+    """Causal self-attention block: LayerNorm, multi-head attention, LayerNorm, 4x GELU MLP."""
+
+    def __init__(self, config: GrokDecoderConfig):
+        super().__init__()
+        dim = config.hidden_size
+        self.overwrite_residual_with_norm = config.overwrite_residual_with_norm
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, config.num_attention_heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, config.mlp_ratio * dim), nn.GELU(), nn.Linear(config.mlp_ratio * dim, dim)
+        )
+
+    def forward(self, hidden_states: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
+        normed = self.ln_1(hidden_states)
+        attn_out, _ = self.attn(normed, normed, normed, attn_mask=causal_mask, need_weights=False)
+        residual = normed if self.overwrite_residual_with_norm else hidden_states
+        hidden_states = residual + attn_out
+        return hidden_states + self.mlp(self.ln_2(hidden_states))
+
+
+class GrokDecoderForCausalLM(PreTrainedModel):
+    """
+    Token + learned position embeddings, `num_hidden_layers` [`GrokDecoderBlock`]s, a final LayerNorm and a
+    bias-free head. Weights keep PyTorch's default initialisation, as in the reference code.
+
+    The forward follows the causal-LM convention of transformers: `labels` are the input ids with `-100` where no
+    loss is taken, and the logits at position `i` predict token `i + 1`. With the arithmetic datasets of this package
+    only the answer is labelled, so the loss is the cross-entropy of the answer given the equation.
+    """
+
+    config: GrokDecoderConfig
+    config_class = GrokDecoderConfig
+    base_model_prefix = "decoder"
+    main_input_name = "input_ids"
+    _no_split_modules = ["GrokDecoderBlock"]
+
+    def __init__(self, config: GrokDecoderConfig):
+        super().__init__(config)
+        self.token_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.layers = nn.ModuleList(GrokDecoderBlock(config) for _ in range(config.num_hidden_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_size)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The papers use PyTorch's default initialisation (N(0, 1) embeddings, Kaiming-uniform linears); the
+        # modules already hold it after construction, and `from_pretrained` overwrites every weight.
+        return
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.token_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.token_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.head
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): token ids.
+            attention_mask (`torch.Tensor`, *optional*): accepted for API compatibility; the arithmetic sequences
+                have a fixed length and no padding, so it is ignored.
+            labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*): targets, `-100` where ignored.
+            num_items_in_batch (`int`, *optional*): labelled tokens in the whole (accumulated) batch; when given the
+                loss is the sum over this micro-batch divided by it, so gradient accumulation matches one big batch.
+
+        Returns:
+            [`~modeling_outputs.CausalLMOutput`] with `loss` (mean over labelled positions) and `logits`.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}.")
+        seq_len = input_ids.shape[1]
+        if seq_len > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence length {seq_len} exceeds max_position_embeddings={self.config.max_position_embeddings}."
+            )
+        positions = torch.arange(seq_len, device=input_ids.device)
+        hidden = self.token_embeddings(input_ids) + self.position_embeddings(positions)[None]
+        causal_mask = torch.full((seq_len, seq_len), float("-inf"), device=input_ids.device, dtype=hidden.dtype)
+        causal_mask = torch.triu(causal_mask, diagonal=1)
+        for layer in self.layers:
+            hidden = layer(hidden, causal_mask)
+        logits = self.head(self.ln_f(hidden))
+        loss = None
+        if labels is not None:
+            flat_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+            flat_labels = labels[:, 1:].reshape(-1)
+            if num_items_in_batch is None:
+                loss = nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
+            else:
+                loss = nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum")
+                if isinstance(num_items_in_batch, torch.Tensor):
+                    num_items_in_batch = num_items_in_batch.to(loss.device)
+                loss = loss / num_items_in_batch
+        return CausalLMOutput(loss=loss, logits=logits)

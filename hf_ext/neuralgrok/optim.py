@@ -1,0 +1,238 @@
+"""Gradient-transform optimizer wrappers: NeuralGrok (amplify, clip, step) and Grokfast (EMA / MA filters).
+
+Each wrapper rewrites `param.grad` exactly once per optimizer step, inside `step()`, then delegates to the wrapped
+("inner") optimizer. Under gradient accumulation the transform therefore sees the accumulated gradient once, never a
+micro-batch gradient.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+from torch.optim import Optimizer
+
+from .amplifier import NeuralAmplifier
+from .metrics import absolute_entropy
+
+
+class GradientTransformOptimizer(Optimizer):
+    """
+    Wraps `inner` and runs `transform_gradients()` (identity here) once per `step()` before `inner.step()`.
+
+    It shares `param_groups` and `state` with `inner`, so learning-rate schedulers and `inner`'s own
+    `state_dict()` behave as usual. On every step it records gradient statistics in `last_metrics`:
+    `age_raw` (absolute gradient entropy of the gradient as computed by backward), `grad_norm_raw`, and for
+    transforming subclasses `age_transformed` / `grad_norm_transformed` (after the transform, before any clipping).
+
+    Args:
+        inner (`torch.optim.Optimizer`): the base optimizer (e.g. AdamW).
+        track_entropy (`bool`, *optional*, defaults to `True`): compute the AGE statistics on each step.
+    """
+
+    def __init__(self, inner: Optimizer, track_entropy: bool = True):
+        if not isinstance(inner, Optimizer):
+            raise TypeError(f"inner must be a torch.optim.Optimizer, got {type(inner).__name__}.")
+        if isinstance(inner, GradientTransformOptimizer):
+            raise TypeError("inner is already a gradient-transform wrapper; wrap the base optimizer only once.")
+        self.inner = inner
+        self.track_entropy = track_entropy
+        self.num_transforms = 0
+        self.last_lr: float | None = None
+        self.last_metrics: dict[str, float] = {}
+        super().__init__(inner.param_groups, inner.defaults)
+        self.param_groups = inner.param_groups
+        self.state = inner.state
+
+    def _params_with_grad(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+
+    def transform_gradients(self, params: list[torch.Tensor]) -> None:
+        """Rewrite `p.grad` for `params` in place (identity in the base class)."""
+
+    def _grad_stats(self, params: list[torch.Tensor], suffix: str) -> None:
+        if not self.track_entropy or not params:
+            return
+        grads = [p.grad for p in params]
+        self.last_metrics[f"age_{suffix}"] = float(absolute_entropy(grads))
+        self.last_metrics[f"grad_norm_{suffix}"] = float(
+            torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        )
+
+    def post_transform(self, params: list[torch.Tensor]) -> None:
+        """Hook between the transform and `inner.step()` (clipping in [`NeuralGrokOptimizer`])."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = self._params_with_grad()
+        self.last_lr = float(self.param_groups[0]["lr"])
+        self._grad_stats(params, "raw")
+        self.transform_gradients(params)
+        self.num_transforms += 1
+        if type(self).transform_gradients is not GradientTransformOptimizer.transform_gradients:
+            self._grad_stats(params, "transformed")
+        self.post_transform(params)
+        self.inner.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    # ------------------------------------------------------------------ state
+    def extra_state_dict(self) -> dict:
+        """State of the transform itself (filter buffers, counters); tensors and JSON-able values only."""
+        return {"num_transforms": self.num_transforms}
+
+    def load_extra_state_dict(self, state: dict) -> None:
+        self.num_transforms = int(state.get("num_transforms", 0))
+
+    def state_dict(self) -> dict:
+        out = self.inner.state_dict()
+        out["gradient_transform"] = self.extra_state_dict()
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("gradient_transform", None)
+        self.inner.load_state_dict(state_dict)
+        # inner.load_state_dict rebuilds its param_groups list and state dict: re-share them.
+        self.param_groups = self.inner.param_groups
+        self.state = self.inner.state
+        if extra is not None:
+            self.load_extra_state_dict(extra)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+
+class NeuralGrokOptimizer(GradientTransformOptimizer):
+    """
+    NeuralGrok inner step: transform every gradient with the amplifier (no autograd graph is kept), clip the global
+    norm to `clip_norm`, then step the base optimizer. Set `TrainingArguments.max_grad_norm=0` when using it under
+    a `Trainer`, otherwise the raw gradient is clipped before the transform.
+
+    Args:
+        inner (`torch.optim.Optimizer`): the base optimizer.
+        amplifier ([`NeuralAmplifier`]): the learned transform (trained separately by the outer step).
+        clip_norm (`float` or `None`, *optional*, defaults to 1.0): global-norm clip after the transform (`None` or
+            0 disables it).
+        track_entropy (`bool`, *optional*, defaults to `True`): record AGE of raw and transformed gradients.
+    """
+
+    def __init__(
+        self,
+        inner: Optimizer,
+        amplifier: NeuralAmplifier,
+        clip_norm: float | None = 1.0,
+        track_entropy: bool = True,
+    ):
+        if not isinstance(amplifier, NeuralAmplifier):
+            raise TypeError(f"amplifier must be a NeuralAmplifier, got {type(amplifier).__name__}.")
+        if clip_norm is not None and clip_norm < 0:
+            raise ValueError(f"clip_norm={clip_norm} must be >= 0 (0 or None disables clipping).")
+        self.amplifier = amplifier
+        self.clip_norm = clip_norm
+        super().__init__(inner, track_entropy=track_entropy)
+
+    def transform_gradients(self, params: list[torch.Tensor]) -> None:
+        was_training = self.amplifier.training
+        self.amplifier.eval()
+        self.amplifier.transform_(params)
+        self.amplifier.train(was_training)
+
+    def post_transform(self, params: list[torch.Tensor]) -> None:
+        if self.clip_norm and params:
+            torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
+
+
+class GradFilterOptimizer(GradientTransformOptimizer):
+    r"""
+    Grokfast gradient filters (Lee et al., 2024) as an optimizer wrapper, applied once per optimizer step.
+
+    - `mode="ema"`: `mu = alpha * mu + (1 - alpha) * g` (mu starts at the first gradient), `g <- g + lamb * mu`.
+    - `mode="ma"`: `g <- g + lamb * mean(last window gradients)`; with `warmup=True` the filter is off until the
+      window is full. Memory: `window` copies of every gradient.
+
+    Args:
+        inner (`torch.optim.Optimizer`): the base optimizer.
+        mode (`str`, *optional*, defaults to `"ema"`): `"ema"` or `"ma"`.
+        alpha (`float`, *optional*, defaults to 0.98): EMA momentum.
+        lamb (`float`, *optional*, defaults to 2.0): amplification of the slow component (5.0 is the MA default).
+        window (`int`, *optional*, defaults to 100): MA window.
+        warmup (`bool`, *optional*, defaults to `True`): MA only, wait for a full window.
+        track_entropy (`bool`, *optional*, defaults to `True`): record AGE of raw and filtered gradients.
+    """
+
+    def __init__(
+        self,
+        inner: Optimizer,
+        mode: str = "ema",
+        alpha: float = 0.98,
+        lamb: float = 2.0,
+        window: int = 100,
+        warmup: bool = True,
+        track_entropy: bool = True,
+    ):
+        if mode not in ("ema", "ma"):
+            raise ValueError(f"mode={mode!r} must be 'ema' or 'ma'.")
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha={alpha} must be in [0, 1).")
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"window={window} must be a positive int.")
+        self.mode = mode
+        self.alpha = float(alpha)
+        self.lamb = float(lamb)
+        self.window = window
+        self.warmup = warmup
+        super().__init__(inner, track_entropy=track_entropy)
+        self._ema: dict[int, torch.Tensor] = {}
+        self._queues: dict[int, deque] = {}
+
+    def _indexed_params(self):
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def transform_gradients(self, params: list[torch.Tensor]) -> None:
+        with_grad = {id(p) for p in params}
+        for index, p in enumerate(self._indexed_params()):
+            if id(p) not in with_grad:
+                continue
+            grad = p.grad
+            if self.mode == "ema":
+                mu = self._ema.get(index)
+                if mu is None:
+                    mu = grad.detach().clone()
+                else:
+                    mu.mul_(self.alpha).add_(grad, alpha=1.0 - self.alpha)
+                self._ema[index] = mu
+                grad.add_(mu, alpha=self.lamb)
+            else:
+                queue = self._queues.setdefault(index, deque(maxlen=self.window))
+                queue.append(grad.detach().clone())
+                if not self.warmup or len(queue) == self.window:
+                    grad.add_(torch.stack(tuple(queue)).mean(0), alpha=self.lamb)
+
+    def extra_state_dict(self) -> dict:
+        out = super().extra_state_dict()
+        out["mode"] = self.mode
+        if self.mode == "ema":
+            out["ema"] = {str(i): t for i, t in self._ema.items()}
+        else:
+            out["queues"] = {str(i): torch.stack(tuple(q)) for i, q in self._queues.items() if len(q)}
+        return out
+
+    def load_extra_state_dict(self, state: dict) -> None:
+        super().load_extra_state_dict(state)
+        if state.get("mode", self.mode) != self.mode:
+            raise ValueError(f"Checkpoint was saved with Grokfast mode={state['mode']!r}, but mode={self.mode!r}.")
+        params = self._indexed_params()
+        if self.mode == "ema":
+            self._ema = {int(i): t.to(params[int(i)].device).clone() for i, t in state.get("ema", {}).items()}
+        else:
+            self._queues = {}
+            for i, stacked in state.get("queues", {}).items():
+                dev = params[int(i)].device
+                self._queues[int(i)] = deque((t.to(dev).clone() for t in stacked.unbind(0)), maxlen=self.window)

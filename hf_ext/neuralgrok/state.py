@@ -1,0 +1,66 @@
+"""Serialise nested training state (optimizer state dicts, filter buffers) as safetensors + JSON, without pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+
+def _to_tree(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _to_tree(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_to_tree(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_to_tree(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"Cannot serialise a {type(obj).__name__} at {prefix!r} without pickle.")
+
+
+def _from_tree(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(tree, dict):
+        if "__tensor__" in tree:
+            return tensors[tree["__tensor__"]]
+        if "__dict__" in tree:
+            return {k: _from_tree(v, tensors) for k, v in tree["__dict__"]}
+        if "__tuple__" in tree:
+            return tuple(_from_tree(v, tensors) for v in tree["__tuple__"])
+        raise ValueError(f"Malformed state tree node with keys {sorted(tree)}.")
+    if isinstance(tree, list):
+        return [_from_tree(v, tensors) for v in tree]
+    return tree
+
+
+def save_state(obj: Any, path_prefix: str) -> None:
+    """Write `obj` (nested dicts/lists/tuples of tensors and JSON scalars) to `<prefix>.safetensors` + `<prefix>.json`."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _to_tree(obj, "root", tensors)
+    save_file(tensors, f"{path_prefix}.safetensors")
+    with open(f"{path_prefix}.json", "w", encoding="utf-8") as fh:
+        json.dump(tree, fh)
+
+
+def load_state(path_prefix: str, device: torch.device | str | None = None) -> Any:
+    """Inverse of [`save_state`]."""
+    from safetensors.torch import load_file
+
+    for ext in (".safetensors", ".json"):
+        if not os.path.isfile(path_prefix + ext):
+            raise ValueError(f"Missing state file {path_prefix + ext}; was the checkpoint written by this trainer?")
+    tensors = load_file(f"{path_prefix}.safetensors", device=str(device) if device is not None else "cpu")
+    with open(f"{path_prefix}.json", encoding="utf-8") as fh:
+        tree = json.load(fh)
+    return _from_tree(tree, tensors)
+
+
+def state_exists(path_prefix: str) -> bool:
+    return os.path.isfile(f"{path_prefix}.safetensors") and os.path.isfile(f"{path_prefix}.json")

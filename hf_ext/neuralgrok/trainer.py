@@ -1,0 +1,420 @@
+"""`NeuralGrokTrainer`: a `Trainer` with NeuralGrok's bilevel amplifier, the Grokfast filters, AGE/AWE logging."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .amplifier import NeuralAmplifier, amplifier_outer_step
+from .metrics import absolute_weight_entropy, answer_accuracy_from_logits
+from .optim import GradFilterOptimizer, GradientTransformOptimizer, NeuralGrokOptimizer
+from .state import load_state, save_state, state_exists
+
+GRADIENT_TRANSFORMS = ("none", "neuralgrok", "grokfast_ema", "grokfast_ma")
+AMPLIFIER_NAME = "neuralgrok_amplifier.safetensors"
+META_OPTIMIZER_PREFIX = "neuralgrok_meta_optimizer"
+TRANSFORM_STATE_PREFIX = "gradient_transform_state"
+TRAINER_STATE_NAME = "neuralgrok_state.json"
+
+
+@dataclass
+class NeuralGrokConfig(TrainingArguments):
+    r"""
+    [`TrainingArguments`] for [`NeuralGrokTrainer`]. Defaults follow the NeuralGrok reference setup (batch 512,
+    lr 1e-3, betas (0.9, 0.98), 10 warm-up steps, then constant lr; T = 4; meta-Adam lr 1e-4) except the amplifier
+    width, which defaults to the paper text's hidden 32 (see `amplifier_hidden_dims`).
+
+    `max_grad_norm` defaults to 0: NeuralGrok clips *after* its transform (`amplifier_clip_norm`); a positive
+    `max_grad_norm` would clip the raw gradient before it and is rejected with `gradient_transform="neuralgrok"`.
+    """
+
+    gradient_transform: str = field(
+        default="neuralgrok",
+        metadata={
+            "help": "Gradient transform before the base optimizer: none, neuralgrok, grokfast_ema, grokfast_ma."
+        },
+    )
+    amplifier_hidden_dims: list[int] = field(
+        default_factory=lambda: [32, 32],
+        metadata={"help": "Hidden widths of the amplifier MLP 1 -> h... -> 1 (reference code: 64 128 64)."},
+    )
+    amplifier_c: float = field(default=1.0, metadata={"help": "Norm c of each transformed gradient tensor."})
+    amplifier_clip_norm: float = field(
+        default=1.0, metadata={"help": "Global-norm clip applied after the amplifier (0 disables)."}
+    )
+    outer_every: int = field(default=4, metadata={"help": "Period T: one amplifier (outer) update every T steps."})
+    meta_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the amplifier's Adam."})
+    meta_weight_decay: float = field(default=1e-3, metadata={"help": "Weight decay of the amplifier's Adam."})
+    virtual_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "Step size of the virtual SGD step in the outer loss; default: the lr of the last real step."
+        },
+    )
+    outer_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size for the outer loss; default: per_device_train_batch_size."}
+    )
+    outer_max_samples: int | None = field(
+        default=None,
+        metadata={"help": "Use a fixed random sample of this many outer examples (default: the whole outer set)."},
+    )
+    grokfast_alpha: float = field(default=0.98, metadata={"help": "Grokfast-EMA momentum alpha."})
+    grokfast_lamb: float = field(default=2.0, metadata={"help": "Grokfast amplification lambda (MA default: 5)."})
+    grokfast_window: int = field(default=100, metadata={"help": "Grokfast-MA window size."})
+    grokfast_warmup: bool = field(default=True, metadata={"help": "Grokfast-MA: filter off until the window is full."})
+    track_entropy: bool = field(
+        default=True, metadata={"help": "Log AGE of raw/transformed gradients and AWE of the weights."}
+    )
+    track_train_accuracy: bool = field(
+        default=True, metadata={"help": "Log the accuracy of the labelled tokens on the training batches."}
+    )
+    # Reference-code defaults.
+    per_device_train_batch_size: int = field(default=512, metadata={"help": "Batch size per device."})
+    per_device_eval_batch_size: int = field(default=1024, metadata={"help": "Evaluation batch size per device."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Base optimizer learning rate."})
+    adam_beta2: float = field(default=0.98, metadata={"help": "Adam beta2 (base and meta optimizer)."})
+    weight_decay: float = field(default=1e-3, metadata={"help": "Base optimizer weight decay."})
+    warmup_steps: float = field(default=10, metadata={"help": "Linear warm-up steps."})
+    lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "Learning-rate schedule."})
+    max_grad_norm: float = field(
+        default=0.0, metadata={"help": "Clip of the raw gradient before any transform (0 = off; see the class doc)."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpointing strategy."})
+    report_to: str | list[str] | None = field(default="none", metadata={"help": "Integrations to report to."})
+
+    def __post_init__(self):
+        if self.gradient_transform not in GRADIENT_TRANSFORMS:
+            raise ValueError(
+                f"gradient_transform={self.gradient_transform!r} must be one of {list(GRADIENT_TRANSFORMS)}."
+            )
+        if isinstance(self.outer_every, bool) or not isinstance(self.outer_every, int) or self.outer_every < 1:
+            raise ValueError(f"outer_every={self.outer_every} must be a positive int (the period T).")
+        if not self.amplifier_hidden_dims or any(int(h) <= 0 for h in self.amplifier_hidden_dims):
+            raise ValueError(f"amplifier_hidden_dims={self.amplifier_hidden_dims} must be positive ints, e.g. 32 32.")
+        if not self.amplifier_c > 0:
+            raise ValueError(f"amplifier_c={self.amplifier_c} must be > 0.")
+        if self.amplifier_clip_norm < 0:
+            raise ValueError(f"amplifier_clip_norm={self.amplifier_clip_norm} must be >= 0 (0 disables it).")
+        if not self.meta_learning_rate > 0:
+            raise ValueError(f"meta_learning_rate={self.meta_learning_rate} must be > 0.")
+        if self.virtual_lr is not None and not self.virtual_lr > 0:
+            raise ValueError(f"virtual_lr={self.virtual_lr} must be > 0, or None for the base learning rate.")
+        for name in ("outer_batch_size", "outer_max_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be a positive int or None.")
+        if not 0.0 <= self.grokfast_alpha < 1.0:
+            raise ValueError(f"grokfast_alpha={self.grokfast_alpha} must be in [0, 1).")
+        if self.grokfast_window < 1:
+            raise ValueError(f"grokfast_window={self.grokfast_window} must be >= 1.")
+        if self.gradient_transform == "neuralgrok" and self.max_grad_norm and self.max_grad_norm > 0:
+            raise ValueError(
+                f"max_grad_norm={self.max_grad_norm} would clip the raw gradient before the NeuralGrok transform. "
+                "Set max_grad_norm=0 and use amplifier_clip_norm (clipping after the transform, as in the paper)."
+            )
+        super().__post_init__()
+
+
+class _OuterStepCallback(TrainerCallback):
+    """Runs the amplifier update after the optimizer step of every T-th step (and drops stored batches)."""
+
+    def __init__(self, trainer: NeuralGrokTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._after_optimizer_step(state.global_step)
+
+
+class NeuralGrokTrainer(Trainer):
+    r"""
+    [`Trainer`] whose optimizer step transforms the gradient first, once per optimizer step (never per
+    micro-batch): NeuralGrok's learned amplifier (then a global clip), a Grokfast EMA/MA filter, or nothing.
+
+    With `args.gradient_transform="neuralgrok"`, every `args.outer_every` steps and after the real update, the
+    amplifier takes one Adam step on the outer loss (see [`amplifier_outer_step`]): the gradient of the last inner
+    batch at the new parameters is transformed, a virtual SGD step is taken through `torch.func.functional_call`,
+    and the loss on `outer_dataset` is backpropagated into the amplifier only.
+
+    The amplifier, its meta-optimizer, the filter buffers and counters are written into every checkpoint as
+    safetensors + JSON and restored by `train(resume_from_checkpoint=...)`.
+
+    Logged on top of the usual metrics: `train_accuracy` (labelled tokens of the training batches), `age_raw`,
+    `age_transformed`, `grad_norm_raw`, `grad_norm_transformed`, `awe`, `outer_loss`.
+
+    Args:
+        model: any model whose forward returns a `loss` from `labels` (e.g. [`GrokDecoderForCausalLM`] or a
+            transformers causal LM built from a config).
+        args ([`NeuralGrokConfig`]): training arguments.
+        outer_dataset (`datasets.Dataset`, *optional*): D_outer, required for `gradient_transform="neuralgrok"`.
+            Train on D_inner (`train_dataset`) and keep D_outer out of it.
+        amplifier ([`NeuralAmplifier`], *optional*): a ready amplifier; default: built from `args` with seed
+            `args.seed`.
+        **kwargs: forwarded to [`Trainer`].
+    """
+
+    def __init__(self, model=None, args: NeuralGrokConfig | None = None, outer_dataset=None, amplifier=None, **kwargs):
+        if args is None:
+            args = NeuralGrokConfig(output_dir="trainer_output")
+        if not isinstance(args, NeuralGrokConfig):
+            raise TypeError(f"args must be a NeuralGrokConfig, got {type(args).__name__}.")
+        if args.gradient_transform == "neuralgrok":
+            if outer_dataset is None:
+                raise ValueError(
+                    "gradient_transform='neuralgrok' needs outer_dataset (D_outer), e.g. "
+                    "split_arithmetic_dataset(...)['outer']; or use gradient_transform='none'."
+                )
+            if len(outer_dataset) == 0:
+                raise ValueError("outer_dataset is empty; give it at least one example.")
+            if amplifier is not None and not isinstance(amplifier, NeuralAmplifier):
+                raise TypeError(f"amplifier must be a NeuralAmplifier, got {type(amplifier).__name__}.")
+            if amplifier is None:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(args.seed)
+                    amplifier = NeuralAmplifier(tuple(int(h) for h in args.amplifier_hidden_dims), c=args.amplifier_c)
+        elif amplifier is not None:
+            raise ValueError(
+                f"amplifier is only used with gradient_transform='neuralgrok', not {args.gradient_transform!r}."
+            )
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
+        self.outer_dataset = outer_dataset
+        self.amplifier = amplifier
+        self.meta_optimizer = None
+        if amplifier is not None:
+            self.amplifier.to(self.args.device)
+            self.meta_optimizer = torch.optim.Adam(
+                self.amplifier.parameters(),
+                lr=args.meta_learning_rate,
+                betas=(args.adam_beta1, args.adam_beta2),
+                weight_decay=args.meta_weight_decay,
+            )
+            # First in line, so that callbacks timing a step (GrokkingCallback) include the outer step.
+            self.callback_handler.callbacks.insert(0, _OuterStepCallback(self))
+        self.transform_optimizer: GradientTransformOptimizer | None = None
+        self.num_outer_steps = 0
+        self.last_outer_loss: float | None = None
+        self._pending_batches: list[dict] = []
+        self._outer_batches: list[dict] | None = None
+        self._acc_sum = 0.0
+        self._acc_count = 0
+        self._in_outer_step = False
+
+    # ----------------------------------------------------------------- optimizer
+    def create_optimizer(self, model=None):
+        if isinstance(self.optimizer, GradientTransformOptimizer):
+            return self.optimizer
+        base = super().create_optimizer(model)
+        if isinstance(base, GradientTransformOptimizer):
+            self.transform_optimizer = base
+            return base
+        a = self.args
+        if a.gradient_transform == "neuralgrok":
+            wrapped = NeuralGrokOptimizer(
+                base, self.amplifier, clip_norm=a.amplifier_clip_norm or None, track_entropy=a.track_entropy
+            )
+        elif a.gradient_transform in ("grokfast_ema", "grokfast_ma"):
+            wrapped = GradFilterOptimizer(
+                base,
+                mode=a.gradient_transform.split("_")[1],
+                alpha=a.grokfast_alpha,
+                lamb=a.grokfast_lamb,
+                window=a.grokfast_window,
+                warmup=a.grokfast_warmup,
+                track_entropy=a.track_entropy,
+            )
+        else:
+            wrapped = GradientTransformOptimizer(base, track_entropy=a.track_entropy)
+        self.optimizer = wrapped
+        self.transform_optimizer = wrapped
+        return wrapped
+
+    # ------------------------------------------------------------- inner step
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.amplifier is not None:
+            # Keep the micro-batches of this optimizer step for the outer step (gradient at the new parameters).
+            self._pending_batches.append({k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)})
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        track = self.args.track_train_accuracy and model.training and not self._in_outer_step and "labels" in inputs
+        labels = inputs["labels"] if track else None
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if track:
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
+            if logits is not None and logits.dim() == 3 and logits.shape[:2] == labels.shape:
+                with torch.no_grad():
+                    self._acc_sum += float(answer_accuracy_from_logits(logits.detach(), labels))
+                self._acc_count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    # ------------------------------------------------------------- outer step
+    def _build_outer_batches(self) -> list[dict]:
+        dataset = self.outer_dataset
+        if self.args.remove_unused_columns and hasattr(dataset, "column_names"):
+            dataset = self._remove_unused_columns(dataset, description="outer")
+        n = len(dataset)
+        indices = list(range(n))
+        if self.args.outer_max_samples is not None and self.args.outer_max_samples < n:
+            gen = torch.Generator().manual_seed(self.args.seed)
+            indices = torch.randperm(n, generator=gen)[: self.args.outer_max_samples].tolist()
+        size = self.args.outer_batch_size or self.args.per_device_train_batch_size
+        batches = []
+        for start in range(0, len(indices), size):
+            features = [dataset[i] for i in indices[start : start + size]]
+            batch = self.data_collator(features)
+            batches.append({k: v.to(self.args.device) for k, v in batch.items() if isinstance(v, torch.Tensor)})
+        return batches
+
+    def _after_optimizer_step(self, global_step: int) -> None:
+        batches, self._pending_batches = self._pending_batches, []
+        if self.amplifier is None or global_step % self.args.outer_every != 0 or not batches:
+            return
+        if self._outer_batches is None:
+            self._outer_batches = self._build_outer_batches()
+        lr = self.args.virtual_lr
+        if lr is None:
+            lr = self.transform_optimizer.last_lr if self.transform_optimizer is not None else self.args.learning_rate
+        reducer = None
+        if self.accelerator.num_processes > 1:
+
+            def reducer(grad):
+                return self.accelerator.reduce(grad, reduction="mean")
+
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        self._in_outer_step = True
+        try:
+            self.last_outer_loss = amplifier_outer_step(
+                self.amplifier,
+                self.meta_optimizer,
+                model,
+                batches,
+                self._outer_batches,
+                virtual_lr=lr,
+                grad_reducer=reducer,
+            )
+        finally:
+            self._in_outer_step = False
+            model.train(was_training)
+        self.num_outer_steps += 1
+
+    # ---------------------------------------------------------------- logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            if self._acc_count:
+                logs["train_accuracy"] = round(self._acc_sum / self._acc_count, 4)
+                self._acc_sum, self._acc_count = 0.0, 0
+            if self.transform_optimizer is not None:
+                logs.update({k: round(v, 6) for k, v in self.transform_optimizer.last_metrics.items()})
+            if self.args.track_entropy:
+                logs["awe"] = round(absolute_weight_entropy(self.model), 4)
+            if self.last_outer_loss is not None:
+                logs["outer_loss"] = round(self.last_outer_loss, 6)
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------ checkpoints
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if not self.args.should_save:
+            return
+        from safetensors.torch import save_file
+
+        if self.transform_optimizer is not None:
+            save_state(self.transform_optimizer.extra_state_dict(), os.path.join(output_dir, TRANSFORM_STATE_PREFIX))
+        info = {"gradient_transform": self.args.gradient_transform, "num_outer_steps": self.num_outer_steps}
+        if self.amplifier is not None:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in self.amplifier.state_dict().items()},
+                os.path.join(output_dir, AMPLIFIER_NAME),
+            )
+            save_state(self.meta_optimizer.state_dict(), os.path.join(output_dir, META_OPTIMIZER_PREFIX))
+            info.update(
+                amplifier_hidden_dims=list(self.amplifier.hidden_dims),
+                amplifier_c=self.amplifier.c,
+                last_outer_loss=self.last_outer_loss,
+            )
+        with open(os.path.join(output_dir, TRAINER_STATE_NAME), "w", encoding="utf-8") as fh:
+            json.dump(info, fh, indent=2)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        info_path = os.path.join(checkpoint, TRAINER_STATE_NAME)
+        if not os.path.isfile(info_path):
+            raise ValueError(
+                f"{checkpoint} has no {TRAINER_STATE_NAME}: it was not written by NeuralGrokTrainer, so the gradient "
+                "transform state cannot be restored. Resume from a NeuralGrokTrainer checkpoint."
+            )
+        with open(info_path, encoding="utf-8") as fh:
+            info = json.load(fh)
+        if info.get("gradient_transform") != self.args.gradient_transform:
+            raise ValueError(
+                f"Checkpoint used gradient_transform={info.get('gradient_transform')!r} but args say "
+                f"{self.args.gradient_transform!r}; resume with the same gradient_transform."
+            )
+        prefix = os.path.join(checkpoint, TRANSFORM_STATE_PREFIX)
+        if self.transform_optimizer is not None and state_exists(prefix):
+            self.transform_optimizer.load_extra_state_dict(load_state(prefix, device=self.args.device))
+        if self.amplifier is not None:
+            from safetensors.torch import load_file
+
+            self.amplifier.load_state_dict(load_file(os.path.join(checkpoint, AMPLIFIER_NAME), device="cpu"))
+            self.amplifier.to(self.args.device)
+            self.meta_optimizer.load_state_dict(
+                load_state(os.path.join(checkpoint, META_OPTIMIZER_PREFIX), device=self.args.device)
+            )
+            self.num_outer_steps = int(info.get("num_outer_steps", 0))
+            self.last_outer_loss = info.get("last_outer_loss")
+
+
+class GrokkingCallback(TrainerCallback):
+    """
+    Records the first step at which an evaluation metric (default: `eval_accuracy`) reaches `target`, and the
+    wall-clock time of each optimizer step (forward, backward, transform, optimizer and outer step; evaluation and
+    logging excluded).
+
+    Args:
+        target (`float`, *optional*, defaults to 0.95): accuracy to reach.
+        metric_key (`str`, *optional*, defaults to `"eval_accuracy"`): metric name as logged by `evaluate()`.
+        stop_on_target (`bool`, *optional*, defaults to `False`): stop training once the target is reached.
+    """
+
+    def __init__(self, target: float = 0.95, metric_key: str = "eval_accuracy", stop_on_target: bool = False):
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"target={target} must be in (0, 1].")
+        self.target = target
+        self.metric_key = metric_key
+        self.stop_on_target = stop_on_target
+        self.steps_to_target: int | None = None
+        self.step_seconds: list[float] = []
+        self._t0: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._t0 is not None:
+            self.step_seconds.append(time.perf_counter() - self._t0)
+            self._t0 = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(self.metric_key)
+        if value is not None and self.steps_to_target is None and value >= self.target:
+            self.steps_to_target = state.global_step
+            if self.stop_on_target:
+                control.should_training_stop = True
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        """Median wall-clock seconds of one optimizer step."""
+        if not self.step_seconds:
+            return None
+        ordered = sorted(self.step_seconds)
+        return ordered[len(ordered) // 2]

@@ -1,0 +1,385 @@
+"""Core math: amplifier, outer step, gradient-filter wrappers, AGE/AWE, arithmetic data, decoder."""
+
+import math
+
+import pytest
+import torch
+
+from hf_ext.neuralgrok import (
+    GradFilterOptimizer,
+    GrokDecoderConfig,
+    GrokDecoderForCausalLM,
+    NeuralAmplifier,
+    NeuralGrokOptimizer,
+    absolute_entropy,
+    absolute_gradient_entropy,
+    amplifier_outer_step,
+    arithmetic_vocab_size,
+    build_arithmetic_dataset,
+    split_arithmetic_dataset,
+    steps_to_accuracy,
+)
+
+
+def tiny_model(p=11, seed=0, hidden=32):
+    torch.manual_seed(seed)
+    return GrokDecoderForCausalLM(
+        GrokDecoderConfig(vocab_size=arithmetic_vocab_size("a+b", p), hidden_size=hidden, num_attention_heads=4)
+    )
+
+
+def batch_of(ds, n=None):
+    rows = ds[: n or len(ds)]
+    return {"input_ids": rows["input_ids"], "labels": rows["labels"]}
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return split_arithmetic_dataset(build_arithmetic_dataset("a+b", 11), 0.5, 0.2, seed=0)
+
+
+@pytest.fixture
+def model_with_grads(splits):
+    model = tiny_model()
+    model(**batch_of(splits["inner"])).loss.backward()
+    return model
+
+
+# --------------------------------------------------------------------------- amplifier
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 3), (2, 3, 4)])
+def test_softmax_sums_to_one_per_tensor(shape):
+    torch.manual_seed(0)
+    amp = NeuralAmplifier((16, 16))
+    grad = torch.randn(shape)
+    p = amp.probabilities(grad)
+    assert p.shape == grad.shape
+    assert torch.all(p > 0)
+    torch.testing.assert_close(p.sum(), torch.tensor(1.0))
+    # not uniform: the learned scores differ across entries
+    assert p.max() > p.min() * 1.01
+
+
+@pytest.mark.parametrize("c", [0.2, 1.0, 3.0])
+def test_transformed_gradient_has_norm_c_per_tensor(model_with_grads, c):
+    torch.manual_seed(0)
+    amp = NeuralAmplifier((16, 16), c=c)
+    n = amp.transform_(model_with_grads.parameters())
+    assert n == len(list(model_with_grads.parameters()))
+    for name, param in model_with_grads.named_parameters():
+        assert param.grad.grad_fn is None and not param.grad.requires_grad, name
+        torch.testing.assert_close(param.grad.norm(), torch.tensor(c), rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("shape", [(64,), (16, 8), (4, 4, 4)])
+def test_transform_is_not_plain_normalisation_and_catches_softmax_dim_bug(shape):
+    torch.manual_seed(0)
+    amp = NeuralAmplifier((16, 16), c=1.0)
+    buggy = NeuralAmplifier((16, 16), c=1.0, softmax_dim=-1)
+    buggy.load_state_dict(amp.state_dict())
+    g = torch.randn(shape)
+    direction = g / g.norm()
+    good = amp(g)
+    # a non-trivial per-coordinate reweighting: the direction changes
+    assert (good / good.norm() - direction).norm() > 1e-2
+    # the dim=-1 variant has p == 1 everywhere, i.e. plain per-tensor normalisation: the test above would fail
+    torch.testing.assert_close(buggy(g), direction, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(buggy.probabilities(g), torch.ones(shape))
+
+
+def test_zero_gradient_stays_zero():
+    amp = NeuralAmplifier((8,))
+    out = amp(torch.zeros(4, 3))
+    assert torch.equal(out, torch.zeros(4, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(hidden_dims=()), dict(hidden_dims=(0, 3)), dict(c=0.0), dict(softmax_dim=1), dict(dropout=1.0)],
+)
+def test_amplifier_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        NeuralAmplifier(**kwargs)
+
+
+# -------------------------------------------------------------------------- outer step
+
+
+def test_outer_step_trains_amplifier_only(splits):
+    model = tiny_model()
+    inner, outer = batch_of(splits["inner"]), batch_of(splits["outer"])
+    model(**inner).loss.backward()
+    grads_before = {n: p.grad.clone() for n, p in model.named_parameters()}
+    params_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(1)
+    amp = NeuralAmplifier((16, 16))
+    amp_before = {n: p.detach().clone() for n, p in amp.named_parameters()}
+    meta = torch.optim.Adam(amp.parameters(), lr=1e-2)
+    loss = amplifier_outer_step(amp, meta, model, [inner], [outer], virtual_lr=1e-3)
+    assert math.isfinite(loss)
+    for name, phi in amp.named_parameters():
+        assert phi.grad is not None, name
+        assert phi.grad.abs().sum() > 0, name
+        assert not torch.equal(phi.detach(), amp_before[name]), name
+    for name, param in model.named_parameters():
+        assert torch.equal(param.detach(), params_before[name]), name
+        assert torch.equal(param.grad, grads_before[name]), name
+
+
+def test_outer_gradient_matches_finite_differences(splits):
+    """The hypergradient is the exact derivative of L_outer(theta - lr * G_phi(g_hat)) in phi."""
+    from torch.func import functional_call
+
+    model = tiny_model(hidden=16).double()
+    inner, outer = batch_of(splits["inner"], 40), batch_of(splits["outer"])
+    torch.manual_seed(3)
+    amp = NeuralAmplifier((4,), c=1.0).double()
+    lr = 0.5
+    meta = torch.optim.SGD(amp.parameters(), lr=0.0)
+    amplifier_outer_step(amp, meta, model, [inner], [outer], virtual_lr=lr)
+    analytic = amp.net[0].weight.grad[0, 0].item()
+
+    names, params = zip(*model.named_parameters())
+    g_hat = torch.autograd.grad(model(**inner).loss, params)
+
+    def outer_loss():
+        with torch.no_grad():
+            virtual = {n: p - lr * amp(g) for n, p, g in zip(names, params, g_hat)}
+            return functional_call(model, virtual, kwargs=outer).loss.item()
+
+    eps = 1e-6
+    w = amp.net[0].weight
+    with torch.no_grad():
+        w[0, 0] += eps
+    up = outer_loss()
+    with torch.no_grad():
+        w[0, 0] -= 2 * eps
+    down = outer_loss()
+    assert analytic == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-9)
+
+
+def test_outer_steps_lower_the_outer_loss(splits):
+    model = tiny_model()
+    inner, outer = batch_of(splits["inner"]), batch_of(splits["outer"])
+    torch.manual_seed(0)
+    amp = NeuralAmplifier((16, 16), c=1.0)
+    meta = torch.optim.Adam(amp.parameters(), lr=3e-2)
+    losses = [amplifier_outer_step(amp, meta, model, [inner], [outer], virtual_lr=1.0) for _ in range(15)]
+    assert losses[-1] < losses[0]
+
+
+def test_outer_step_rejects_empty_inputs(splits):
+    model, amp = tiny_model(), NeuralAmplifier((4,))
+    meta = torch.optim.Adam(amp.parameters())
+    with pytest.raises(ValueError, match="outer_batches"):
+        amplifier_outer_step(amp, meta, model, [batch_of(splits["inner"])], [], virtual_lr=1e-3)
+    with pytest.raises(ValueError, match="inner_batches"):
+        amplifier_outer_step(amp, meta, model, [], [batch_of(splits["outer"])], virtual_lr=1e-3)
+
+
+# ------------------------------------------------------------------ optimizer wrappers
+
+
+def test_neuralgrok_optimizer_transforms_then_clips():
+    """With SGD(lr=1) the update is the final gradient: c per tensor, then a global clip to 1."""
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))  # 4 tensors
+    layer(torch.randn(8, 6)).pow(2).sum().backward()
+    before = [p.detach().clone() for p in layer.parameters()]
+    amp = NeuralAmplifier((8,), c=1.0)
+    opt = NeuralGrokOptimizer(torch.optim.SGD(layer.parameters(), lr=1.0), amp, clip_norm=1.0)
+    opt.step()
+    delta = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, layer.parameters())])
+    assert delta.norm().item() == pytest.approx(1.0, rel=1e-5)  # sqrt(4) * c clipped to 1
+    assert opt.last_metrics["grad_norm_transformed"] == pytest.approx(2.0, rel=1e-5)
+    assert {"age_raw", "age_transformed", "grad_norm_raw"} <= set(opt.last_metrics)
+
+
+def test_grokfast_ema_filter_math():
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = GradFilterOptimizer(torch.optim.SGD([p], lr=1.0), mode="ema", alpha=0.9, lamb=2.0)
+    g1, g2 = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, 1.0, 3.0])
+    p.grad = g1.clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), -(1 + 2.0) * g1)  # mu starts at the first gradient
+    p.grad = g2.clone()
+    opt.step()
+    mu = 0.9 * g1 + 0.1 * g2
+    torch.testing.assert_close(p.detach(), -3.0 * g1 - (g2 + 2.0 * mu))
+
+
+def test_grokfast_ma_filter_math_and_warmup():
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = GradFilterOptimizer(torch.optim.SGD([p], lr=1.0), mode="ma", lamb=5.0, window=2, warmup=True)
+    grads = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]), torch.tensor([4.0, 4.0])]
+    p.grad = grads[0].clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), -grads[0])  # window not full: unfiltered
+    p.grad = grads[1].clone()
+    opt.step()
+    step2 = grads[1] + 5.0 * (grads[0] + grads[1]) / 2
+    torch.testing.assert_close(p.detach(), -grads[0] - step2)
+    p.grad = grads[2].clone()
+    opt.step()
+    step3 = grads[2] + 5.0 * (grads[1] + grads[2]) / 2
+    torch.testing.assert_close(p.detach(), -grads[0] - step2 - step3)
+
+
+@pytest.mark.parametrize("mode", ["ema", "ma"])
+def test_grad_filter_state_dict_round_trip(mode):
+    def make():
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(4, 3)
+        opt = GradFilterOptimizer(torch.optim.AdamW(lin.parameters(), lr=1e-2), mode=mode, window=3)
+        return lin, opt
+
+    data = [torch.randn(5, 4) for _ in range(6)]
+    lin_a, opt_a = make()
+    for x in data:
+        lin_a(x).pow(2).sum().backward()
+        opt_a.step()
+        opt_a.zero_grad()
+    lin_b, opt_b = make()
+    for x in data[:3]:
+        lin_b(x).pow(2).sum().backward()
+        opt_b.step()
+        opt_b.zero_grad()
+    saved = opt_b.state_dict()
+    assert "gradient_transform" in saved
+    lin_c, opt_c = make()
+    lin_c.load_state_dict(lin_b.state_dict())
+    opt_c.load_state_dict(saved)
+    for x in data[3:]:
+        lin_c(x).pow(2).sum().backward()
+        opt_c.step()
+        opt_c.zero_grad()
+    for pa, pc in zip(lin_a.parameters(), lin_c.parameters()):
+        torch.testing.assert_close(pa, pc)
+    assert opt_c.num_transforms == 6
+
+
+def test_wrapper_rejects_bad_inner_and_modes():
+    lin = torch.nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="inner"):
+        GradFilterOptimizer(object())
+    with pytest.raises(ValueError, match="mode"):
+        GradFilterOptimizer(torch.optim.SGD(lin.parameters(), lr=1.0), mode="fir")
+    with pytest.raises(TypeError, match="amplifier"):
+        NeuralGrokOptimizer(torch.optim.SGD(lin.parameters(), lr=1.0), amplifier=torch.nn.Linear(1, 1))
+
+
+def test_wrapper_works_with_lr_scheduler():
+    lin = torch.nn.Linear(2, 2)
+    opt = GradFilterOptimizer(torch.optim.SGD(lin.parameters(), lr=1.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    assert opt.inner.param_groups[0]["lr"] == 0.5
+    lin(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    sched.step()
+    assert opt.last_lr == 0.5
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+def test_age_is_finite_with_exact_zeros_and_matches_formula():
+    g = torch.tensor([0.0, 0.5, -0.25, 0.0, 2.0])
+    h = absolute_entropy([g, torch.zeros(3)])
+    nz = g[g != 0].abs().double()
+    expected = -(nz * nz.log()).sum()
+    assert torch.isfinite(h)
+    torch.testing.assert_close(h, expected)
+    # the reference formula gives NaN on exact zeros; ours does not
+    assert torch.isnan(-(g.abs() * g.abs().log()).sum())
+    # not scale invariant: H(cx) = c H(x) - c ln(c) ||x||_1
+    c = 3.0
+    torch.testing.assert_close(absolute_entropy(c * g), c * h - c * math.log(c) * g.abs().sum().double())
+
+
+def test_absolute_gradient_entropy_on_model(model_with_grads):
+    value = absolute_gradient_entropy(model_with_grads)
+    assert math.isfinite(value)
+    with pytest.raises(ValueError, match="backward"):
+        absolute_gradient_entropy(tiny_model())
+
+
+def test_steps_to_accuracy():
+    assert steps_to_accuracy([10, 20, 30], [0.1, 0.96, 0.99]) == 20
+    assert steps_to_accuracy([10, 20], [0.1, 0.5]) is None
+
+
+# --------------------------------------------------------------------------------- data
+
+
+def test_arithmetic_dataset_layout_and_sizes():
+    ds = build_arithmetic_dataset("a+b", 97)
+    assert len(ds) == 97 * 96
+    row = ds[0]
+    ids, labels = row["input_ids"].tolist(), row["labels"].tolist()
+    a, op, b, eq, r = ids
+    assert (op, eq) == (98, 97) and 0 <= a < 97 and 1 <= b < 97 and r == (a + b) % 97
+    assert labels == [-100, -100, -100, -100, r]
+    assert arithmetic_vocab_size("a+b", 97) == 99
+    sub = build_arithmetic_dataset("a-b", 7)[:]["input_ids"]
+    assert torch.equal(sub[:, 4], (sub[:, 0] - sub[:, 2]) % 7)
+    mul = build_arithmetic_dataset("axb", 7)[:]["input_ids"]  # reference alias
+    assert torch.equal(mul[:, 4], (mul[:, 0] * mul[:, 2]) % 7)
+    sq = build_arithmetic_dataset("a*a-b", 7)[:]["input_ids"]
+    assert sq.shape[1] == 7 and torch.equal(sq[:, 6], (sq[:, 0] ** 2 - sq[:, 4]) % 7)
+    assert set(sq[:, 3].tolist()) == {9} and arithmetic_vocab_size("a*a-b", 7) == 10
+    five = build_arithmetic_dataset("a*c+b*d-e", 7)
+    assert len(five) == 12348 and arithmetic_vocab_size("a*c+b*d-e", 7) == 11
+    x = five[:]["input_ids"]
+    a, b, c, d, e = x[:, 0], x[:, 2], x[:, 4], x[:, 6], x[:, 8]
+    assert torch.equal(x[:, 10], (a * c + b * d - e) % 7)
+    assert c.min() == 1 and d.min() == 1 and a.min() == 0
+
+
+def test_split_sizes_and_disjointness():
+    ds = build_arithmetic_dataset("a+b", 97)
+    sp = split_arithmetic_dataset(ds, train_fraction=0.5, outer_fraction=0.02, seed=0)
+    assert (len(sp["train"]), len(sp["inner"]), len(sp["outer"]), len(sp["test"])) == (4656, 4563, 93, 4656)
+    key = lambda d: {tuple(r) for r in d[:]["input_ids"].tolist()}  # noqa: E731
+    inner, outer, test = key(sp["inner"]), key(sp["outer"]), key(sp["test"])
+    assert not (inner & outer) and not (inner & test) and not (outer & test)
+    assert key(sp["train"]) == inner | outer
+    again = split_arithmetic_dataset(ds, 0.5, 0.02, seed=0)
+    other = split_arithmetic_dataset(ds, 0.5, 0.02, seed=1)
+    assert key(again["test"]) == test and key(other["test"]) != test
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: build_arithmetic_dataset("a/b", 7), "task"),
+        (lambda: build_arithmetic_dataset("a+b", 12), "prime"),
+        (lambda: split_arithmetic_dataset(build_arithmetic_dataset("a+b", 7), 1.5), "train_fraction"),
+        (lambda: split_arithmetic_dataset(build_arithmetic_dataset("a+b", 7), 0.5, -0.1), "outer_fraction"),
+    ],
+)
+def test_data_rejects_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# ------------------------------------------------------------------------------ decoder
+
+
+def test_decoder_is_causal_and_trains_on_answer_only(splits, tmp_path):
+    model = tiny_model().eval()
+    batch = batch_of(splits["test"], 8)
+    out = model(**batch)
+    assert out.logits.shape == (8, 5, 13)
+    changed = batch["input_ids"].clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 11  # the answer token itself must not influence its prediction
+    torch.testing.assert_close(model(input_ids=changed).logits[:, :-1], out.logits[:, :-1])
+    expected = torch.nn.functional.cross_entropy(out.logits[:, -2], batch["input_ids"][:, -1])
+    torch.testing.assert_close(out.loss, expected)
+    # sum-reduction for gradient accumulation
+    torch.testing.assert_close(model(**batch, num_items_in_batch=16).loss, expected * 8 / 16)
+    model.save_pretrained(tmp_path)
+    reloaded = GrokDecoderForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded(**batch).logits, out.logits)
+    with pytest.raises(ValueError, match="divisible"):
+        GrokDecoderConfig(hidden_size=30, num_attention_heads=4).validate_architecture()

@@ -1,0 +1,240 @@
+"""NeuralGrokTrainer: transform once per optimizer step, outer steps, logging, checkpoints and resume."""
+
+import os
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hf_ext.neuralgrok import (
+    GrokDecoderConfig,
+    GrokDecoderForCausalLM,
+    GrokkingCallback,
+    NeuralGrokConfig,
+    NeuralGrokTrainer,
+    arithmetic_accuracy,
+    build_arithmetic_dataset,
+    preprocess_logits_for_accuracy,
+    split_arithmetic_dataset,
+)
+
+P = 11
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return split_arithmetic_dataset(build_arithmetic_dataset("a+b", P), 0.5, 0.2, seed=0)
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return GrokDecoderForCausalLM(GrokDecoderConfig(vocab_size=P + 2, hidden_size=32, num_attention_heads=4))
+
+
+def make_args(out, transform="neuralgrok", **kw):
+    base = dict(
+        output_dir=str(out),
+        gradient_transform=transform,
+        max_steps=8,
+        per_device_train_batch_size=8,
+        outer_every=2,
+        amplifier_hidden_dims=[8, 8],
+        meta_learning_rate=1e-2,
+        learning_rate=1e-2,
+        logging_steps=2,
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+    )
+    base.update(kw)
+    return NeuralGrokConfig(**base)
+
+
+def make_trainer(args, splits, model=None, **kw):
+    outer = splits["outer"] if args.gradient_transform == "neuralgrok" else None
+    train = splits["inner"] if args.gradient_transform == "neuralgrok" else splits["train"]
+    return NeuralGrokTrainer(model=model or make_model(), args=args, train_dataset=train, outer_dataset=outer, **kw)
+
+
+def test_neuralgrok_trainer_logs_entropy_and_updates_amplifier(splits, tmp_path):
+    trainer = make_trainer(make_args(tmp_path), splits)
+    amp_before = [p.detach().clone() for p in trainer.amplifier.parameters()]
+    trainer.train()
+    assert trainer.num_outer_steps == 4
+    assert trainer.transform_optimizer.num_transforms == 8
+    assert all(not torch.equal(a, p) for a, p in zip(amp_before, trainer.amplifier.parameters()))
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 4
+    for key in ("age_raw", "age_transformed", "grad_norm_raw", "grad_norm_transformed", "awe", "train_accuracy"):
+        assert all(torch.isfinite(torch.tensor(entry[key])) for entry in logs), key
+    assert "outer_loss" in logs[-1]
+    # the transformed gradient has norm c per tensor: global norm c * sqrt(#tensors) before the clip
+    n_tensors = len(list(trainer.model.parameters()))
+    assert logs[-1]["grad_norm_transformed"] == pytest.approx((n_tensors**0.5), rel=1e-4)
+
+
+@pytest.mark.parametrize("transform", ["neuralgrok", "grokfast_ema", "grokfast_ma", "none"])
+def test_one_transform_per_optimizer_step_under_gradient_accumulation(splits, tmp_path, transform):
+    args = make_args(tmp_path, transform, max_steps=3, gradient_accumulation_steps=3, per_device_train_batch_size=4)
+    trainer = make_trainer(args, splits)
+    calls = {"transform": 0, "micro": 0}
+    if transform == "neuralgrok":
+        original = trainer.amplifier.transform_
+
+        def counting(params):
+            calls["transform"] += 1
+            return original(params)
+
+        trainer.amplifier.transform_ = counting
+    original_step = trainer.training_step
+
+    def counting_step(*a, **k):
+        calls["micro"] += 1
+        return original_step(*a, **k)
+
+    trainer.training_step = counting_step
+    trainer.train()
+    assert calls["micro"] == 9
+    assert trainer.state.global_step == 3
+    assert trainer.transform_optimizer.num_transforms == 3
+    if transform == "neuralgrok":
+        assert calls["transform"] == 3
+        assert trainer.num_outer_steps == 1
+
+
+def test_grokfast_ema_sees_the_accumulated_gradient(splits, tmp_path):
+    """With GA the EMA starts at the full-batch gradient of step 1 (not at a micro-batch gradient)."""
+    args = make_args(
+        tmp_path,
+        "grokfast_ema",
+        max_steps=1,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=0.0,
+        warmup_steps=0,
+        lr_scheduler_type="constant",
+    )
+    trainer = make_trainer(args, splits)
+    trainer.train()
+    ema = trainer.transform_optimizer._ema
+    assert len(ema) == len(list(trainer.model.parameters()))
+    # recompute the full-batch gradient of the 8 examples the first step used
+    loader = trainer.get_train_dataloader()
+    model = trainer.model
+    model.zero_grad()
+    first = []
+    for i, batch in enumerate(loader):
+        if i == 2:
+            break
+        first.append(batch)
+    ids = torch.cat([b["input_ids"] for b in first])
+    labels = torch.cat([b["labels"] for b in first])
+    model(input_ids=ids, labels=labels).loss.backward()
+    params = [p for group in trainer.transform_optimizer.param_groups for p in group["params"]]
+    for index, p in enumerate(params):
+        torch.testing.assert_close(ema[index], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def _train_state(trainer):
+    state = {f"model.{n}": p.detach().clone() for n, p in trainer.model.named_parameters()}
+    if trainer.amplifier is not None:
+        state.update({f"amp.{n}": p.detach().clone() for n, p in trainer.amplifier.named_parameters()})
+        for i, s in trainer.meta_optimizer.state.items():
+            state.update({f"meta.{i}.{k}": v.clone() for k, v in s.items()})
+    return state
+
+
+@pytest.mark.parametrize("transform", ["neuralgrok", "grokfast_ema"])
+def test_resume_matches_uninterrupted_run(splits, tmp_path, transform):
+    args = make_args(tmp_path / "run", transform, save_strategy="steps", save_steps=4, max_steps=8)
+    full = make_trainer(args, splits)
+    full.train()
+    expected = _train_state(full)
+    ckpt = tmp_path / "run" / "checkpoint-4"
+    names = set(os.listdir(ckpt))
+    assert {"gradient_transform_state.safetensors", "gradient_transform_state.json", "neuralgrok_state.json"} <= names
+    if transform == "neuralgrok":
+        assert {"neuralgrok_amplifier.safetensors", "neuralgrok_meta_optimizer.safetensors"} <= names
+
+    resumed = make_trainer(make_args(tmp_path / "resumed", transform, max_steps=8), splits, model=make_model(seed=5))
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    got = _train_state(resumed)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], msg=key)
+    if transform == "neuralgrok":
+        assert resumed.num_outer_steps == full.num_outer_steps == 4
+    else:
+        assert resumed.transform_optimizer.num_transforms == 8
+
+
+def test_resume_with_other_transform_is_rejected(splits, tmp_path):
+    full = make_trainer(make_args(tmp_path / "run", "none", save_strategy="steps", save_steps=2, max_steps=2), splits)
+    full.train()
+    other = make_trainer(make_args(tmp_path / "other", "grokfast_ema", max_steps=4), splits)
+    with pytest.raises(ValueError, match="gradient_transform"):
+        other.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+
+
+def test_evaluation_accuracy_and_grokking_callback(splits, tmp_path):
+    args = make_args(tmp_path, "none", max_steps=10, eval_strategy="steps", eval_steps=2)
+    callback = GrokkingCallback(target=1e-6, stop_on_target=True)
+    trainer = make_trainer(
+        args,
+        splits,
+        eval_dataset=splits["test"],
+        compute_metrics=arithmetic_accuracy,
+        preprocess_logits_for_metrics=preprocess_logits_for_accuracy,
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert callback.steps_to_target == 2 and trainer.state.global_step == 2
+    assert callback.seconds_per_step is not None and callback.seconds_per_step > 0
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+
+
+def test_hf_causal_lm_from_config(splits, tmp_path):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=P + 2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=16,
+    )
+    model = LlamaForCausalLM(config)
+    trainer = make_trainer(make_args(tmp_path, max_steps=4), splits, model=model)
+    trainer.train()
+    assert trainer.num_outer_steps == 2
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.amplifier.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(gradient_transform="fir"), "gradient_transform"),
+        (dict(max_grad_norm=1.0), "max_grad_norm"),
+        (dict(outer_every=0), "outer_every"),
+        (dict(amplifier_c=0.0), "amplifier_c"),
+        (dict(amplifier_hidden_dims=[]), "amplifier_hidden_dims"),
+        (dict(virtual_lr=-1.0), "virtual_lr"),
+    ],
+)
+def test_config_rejects_bad_values(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_args(tmp_path / "never", **kwargs)
+    assert not (tmp_path / "never").exists()
+
+
+def test_trainer_rejects_missing_outer_set_and_wrong_args(splits, tmp_path):
+    with pytest.raises(ValueError, match="outer_dataset"):
+        NeuralGrokTrainer(model=make_model(), args=make_args(tmp_path), train_dataset=splits["inner"])
+    with pytest.raises(TypeError, match="NeuralGrokConfig"):
+        from transformers import TrainingArguments
+
+        NeuralGrokTrainer(model=make_model(), args=TrainingArguments(output_dir=str(tmp_path)))
+    assert not any(tmp_path.iterdir())
