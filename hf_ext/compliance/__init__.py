@@ -1,0 +1,33 @@
+"""robots.txt opt-out filtering for `datasets` and datatrove, retention statistics and the data compliance gap."""
+
+from .dataset_ops import annotate_compliance, filter_compliant
+from .dcg import DCGReport, compute_dcg
+from .robots import DEFAULT_AI_USER_AGENTS, DomainPolicy, RobotsCompliance, normalize_host
+from .stats import RetentionStats, compute_retention_stats
+from .store import RobotsRecord, RobotsTxtStore, fetch_robots_txt, load_example_robots
+
+__all__ = [
+    "DCGReport",
+    "DEFAULT_AI_USER_AGENTS",
+    "DomainPolicy",
+    "RetentionStats",
+    "RobotsCompliance",
+    "RobotsRecord",
+    "RobotsTxtFilter",
+    "RobotsTxtStore",
+    "annotate_compliance",
+    "compute_dcg",
+    "compute_retention_stats",
+    "fetch_robots_txt",
+    "filter_compliant",
+    "load_example_robots",
+    "normalize_host",
+]
+
+
+def __getattr__(name: str):
+    if name == "RobotsTxtFilter":  # needs the optional datatrove dependency
+        from .datatrove_filter import RobotsTxtFilter
+
+        return RobotsTxtFilter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

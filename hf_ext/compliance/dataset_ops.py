@@ -1,0 +1,120 @@
+"""`datasets` helpers: add robots.txt compliance columns or drop non-compliant documents."""
+
+from __future__ import annotations
+
+from .robots import RobotsCompliance
+
+
+def _check_inputs(dataset, checker, url_column: str, num_proc: int | None, batch_size: int) -> None:
+    import datasets
+
+    if not isinstance(checker, RobotsCompliance):
+        raise TypeError(
+            f"checker must be a RobotsCompliance, got {type(checker).__name__}; build one with "
+            "RobotsCompliance(RobotsTxtStore.load(path))."
+        )
+    if not isinstance(dataset, datasets.Dataset | datasets.IterableDataset | datasets.DatasetDict):
+        raise TypeError(f"dataset must be a datasets.Dataset, IterableDataset or DatasetDict, got {type(dataset)}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    if num_proc is not None and (not isinstance(num_proc, int) or num_proc < 1):
+        raise ValueError(f"num_proc must be a positive int or None, got {num_proc!r}.")
+    if num_proc is not None and num_proc > 1 and isinstance(dataset, datasets.IterableDataset):
+        raise ValueError("num_proc is not supported for an IterableDataset; drop num_proc or load a map-style Dataset.")
+    splits = dataset.values() if isinstance(dataset, datasets.DatasetDict) else [dataset]
+    for split in splits:
+        columns = split.column_names
+        if columns is not None and url_column not in columns:
+            raise ValueError(
+                f"url_column={url_column!r} is not a column of the dataset (columns: {columns}); pass the column "
+                "holding each document's URL, e.g. url_column='metadata.url' after flattening, or add one."
+            )
+
+
+def annotate_compliance(
+    dataset,
+    checker: RobotsCompliance,
+    url_column: str = "url",
+    column: str = "robots_compliant",
+    agents_column: str | None = "disallowed_user_agents",
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+):
+    """Add a boolean compliance column (and the list of disallowing agents) to a dataset.
+
+    Args:
+        dataset (`datasets.Dataset`, `IterableDataset` or `DatasetDict`): Documents with a URL column.
+        checker (`RobotsCompliance`): The robots.txt decision maker.
+        url_column (`str`, *optional*, defaults to `"url"`): Column holding each document's URL.
+        column (`str`, *optional*, defaults to `"robots_compliant"`): Name of the added boolean column.
+        agents_column (`str`, *optional*, defaults to `"disallowed_user_agents"`):
+            Name of the added list-of-strings column with the agents that are disallowed (`None`: not added).
+        batch_size (`int`, *optional*, defaults to 1000): Rows per `map` batch.
+        num_proc (`int`, *optional*): Worker processes for `Dataset.map` (each builds its own host cache).
+
+    Returns:
+        The dataset with the new column(s); row order and other columns unchanged.
+    """
+    _check_inputs(dataset, checker, url_column, num_proc, batch_size)
+    if not isinstance(column, str) or not column:
+        raise ValueError("column must be a non-empty column name.")
+
+    def annotate(batch):
+        agents = checker.disallowed_agents_batch(batch[url_column])
+        out = {column: [not a for a in agents]}
+        if agents_column is not None:
+            out[agents_column] = [list(a) for a in agents]
+        return out
+
+    import datasets
+
+    def with_new_columns(features):
+        if features is None:
+            return None
+        features = features.copy()
+        features[column] = datasets.Value("bool")
+        if agents_column is not None:
+            features[agents_column] = datasets.List(datasets.Value("string"))
+        return features
+
+    kwargs = dict(batched=True, batch_size=batch_size)
+    if not isinstance(dataset, datasets.IterableDataset):
+        kwargs.update(num_proc=num_proc, desc="robots.txt compliance")
+    if isinstance(dataset, datasets.DatasetDict):
+        return datasets.DatasetDict(
+            {name: split.map(annotate, features=with_new_columns(split.features), **kwargs) for name, split in dataset.items()}
+        )
+    # Explicit features: a batch where no agent is disallowed would otherwise infer list<null>.
+    return dataset.map(annotate, features=with_new_columns(dataset.features), **kwargs)
+
+
+def filter_compliant(
+    dataset,
+    checker: RobotsCompliance,
+    url_column: str = "url",
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+):
+    """Drop every document whose URL is disallowed for any checked user agent.
+
+    Args:
+        dataset (`datasets.Dataset`, `IterableDataset` or `DatasetDict`): Documents with a URL column.
+        checker (`RobotsCompliance`): The robots.txt decision maker.
+        url_column (`str`, *optional*, defaults to `"url"`): Column holding each document's URL.
+        batch_size (`int`, *optional*, defaults to 1000): Rows per `filter` batch.
+        num_proc (`int`, *optional*): Worker processes for `Dataset.filter`.
+
+    Returns:
+        The compliant documents, in their original order.
+    """
+    _check_inputs(dataset, checker, url_column, num_proc, batch_size)
+
+    def keep(batch):
+        return checker.is_compliant_batch(batch[url_column])
+
+    kwargs = dict(batched=True, batch_size=batch_size)
+    import datasets
+
+    if not isinstance(dataset, datasets.IterableDataset):
+        kwargs.update(num_proc=num_proc, desc="robots.txt filter")
+    return dataset.filter(keep, **kwargs)

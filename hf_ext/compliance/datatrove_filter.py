@@ -1,0 +1,79 @@
+"""A datatrove filter step that drops documents whose URL opted out of AI crawling in robots.txt."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from datatrove.data import Document
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.writers.disk_base import DiskWriter
+
+from .robots import DEFAULT_AI_USER_AGENTS, RobotsCompliance
+from .store import RobotsTxtStore
+
+
+class RobotsTxtFilter(BaseFilter):
+    """Keep a document only if no checked AI user agent is disallowed from its URL.
+
+    Dropped documents get `metadata["disallowed_user_agents"]` (the agents that are disallowed) and the drop
+    reason `"robots_txt"`, both visible to an `exclusion_writer` and in datatrove's stats
+    (`dropped_robots_txt`). Decisions are those of `RobotsCompliance` (Protego + per-host cache), so this step and
+    `filter_compliant` on a `datasets.Dataset` drop exactly the same documents.
+
+    Args:
+        robots (`RobotsCompliance`, `RobotsTxtStore`, a snapshot path or a `{host: text}` mapping):
+            Where robots.txt rules come from.
+        user_agents (`Sequence[str]`, *optional*, defaults to `DEFAULT_AI_USER_AGENTS`):
+            Agents to check (ignored when `robots` is already a `RobotsCompliance`).
+        url_key (`str`, *optional*, defaults to `"url"`): Key of `doc.metadata` holding the URL.
+        exclusion_writer (`DiskWriter`, *optional*): Writer for the dropped documents.
+        batch_size (`int`, *optional*, defaults to 1000): Documents decided per `filter_batch` call.
+    """
+
+    name = "🤖 robots.txt opt-out"
+
+    def __init__(
+        self,
+        robots,
+        user_agents: Sequence[str] = DEFAULT_AI_USER_AGENTS,
+        url_key: str = "url",
+        exclusion_writer: DiskWriter | None = None,
+        batch_size: int = 1000,
+        **checker_kwargs,
+    ):
+        if not isinstance(url_key, str) or not url_key:
+            raise ValueError("url_key must name the metadata field holding the URL, e.g. 'url'.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        if isinstance(robots, RobotsCompliance):
+            checker = robots
+        else:
+            if isinstance(robots, str) or hasattr(robots, "__fspath__"):
+                robots = RobotsTxtStore.load(robots)
+            checker = RobotsCompliance(robots, user_agents=user_agents, **checker_kwargs)
+        super().__init__(exclusion_writer=exclusion_writer, batch_size=batch_size)
+        self.checker = checker
+        self.url_key = url_key
+
+    def _url(self, doc: Document) -> str | None:
+        if self.url_key not in doc.metadata:
+            raise ValueError(
+                f"document {doc.id!r} has no metadata[{self.url_key!r}]; set url_key to the metadata field that "
+                f"holds the URL (present fields: {sorted(doc.metadata)})."
+            )
+        return doc.metadata[self.url_key]
+
+    def _result(self, doc: Document, agents: tuple[str, ...]) -> bool | tuple[bool, str]:
+        if not agents:
+            return True
+        doc.metadata["disallowed_user_agents"] = list(agents)
+        for agent in agents:
+            self.stat_update(f"disallowed_{agent}")
+        return False, "robots_txt"
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        return self._result(doc, self.checker.disallowed_agents(self._url(doc)))
+
+    def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
+        decisions = self.checker.disallowed_agents_batch([self._url(doc) for doc in batch])
+        return [self._result(doc, agents) for doc, agents in zip(batch, decisions)]

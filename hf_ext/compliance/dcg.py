@@ -1,0 +1,134 @@
+"""The data compliance gap (DCG): how much a model loses when trained only on robots.txt-compliant data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+
+def _task_scores(results: Mapping, metric: str | None, arg: str) -> dict[str, float]:
+    """Read per-task scores from `{task: score}`, `{task: {metric: score}}` or an lm-eval results dict."""
+    if not isinstance(results, Mapping):
+        raise TypeError(f"{arg} must be a mapping task -> score (or an lm-eval results dict), got {type(results)}.")
+    if "results" in results and isinstance(results["results"], Mapping):  # lm-evaluation-harness output
+        results = results["results"]
+    out = {}
+    for task, value in results.items():
+        if isinstance(value, Mapping):
+            candidates = [k for k in value if not str(k).endswith("_stderr") and "_stderr," not in str(k)]
+            if metric is not None:
+                chosen = [k for k in candidates if k == metric or str(k).split(",")[0] == metric]
+            else:
+                chosen = [k for k in candidates if isinstance(value[k], int | float) and not isinstance(value[k], bool)]
+            if len(chosen) != 1:
+                raise ValueError(
+                    f"{arg}[{task!r}] has metrics {sorted(map(str, candidates))}; pass metric=<name> to pick one "
+                    f"(found {len(chosen)} candidates)."
+                )
+            value = value[chosen[0]]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{arg}[{task!r}] must be a finite number, got {value!r}.")
+        out[str(task)] = float(value)
+    if not out:
+        raise ValueError(f"{arg} holds no task scores.")
+    return out
+
+
+@dataclass
+class DCGReport:
+    """Per-task scores and gaps of a non-compliant (full data) and a compliant model.
+
+    Attributes:
+        rows (`list[dict]`): `task`, `non_compliant`, `compliant`, `gap` per task.
+        mean_gap (`float`): Unweighted mean of the per-task gaps.
+        relative (`bool`): Gaps in percent of the non-compliant score (`True`) or absolute score differences.
+    """
+
+    rows: list[dict]
+    mean_gap: float
+    relative: bool
+
+    @property
+    def unit(self) -> str:
+        return "%" if self.relative else "abs"
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "mean_gap": self.mean_gap, "relative": self.relative}
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+        return text
+
+    def to_table(self) -> str:
+        """Markdown table; a positive gap means the compliant model is worse."""
+        lines = [f"| task | non-compliant | compliant | DCG ({self.unit}) |", "|---|---:|---:|---:|"]
+        for r in self.rows:
+            lines.append(f"| {r['task']} | {r['non_compliant']:.4f} | {r['compliant']:.4f} | {r['gap']:+.2f} |")
+        lines.append(f"| **mean** | | | {self.mean_gap:+.2f} |")
+        return "\n".join(lines)
+
+
+def compute_dcg(
+    non_compliant: Mapping,
+    compliant: Mapping,
+    relative: bool = True,
+    metric: str | None = None,
+    lower_is_better: Collection[str] = (),
+    tasks: Collection[str] | None = None,
+) -> DCGReport:
+    """Data compliance gap per task and on average.
+
+    With scores `p_full` (model trained on all data) and `p_compliant` (trained on the robots.txt-compliant subset),
+    the relative gap is `(p_full - p_compliant) / |p_full| * 100` and the absolute gap `p_full - p_compliant`;
+    for metrics where lower is better (perplexity, loss) the sign is flipped, so a positive gap always means that
+    compliance costs performance.
+
+    Args:
+        non_compliant (`Mapping`): Scores of the model trained on the full corpus: `{task: score}`,
+            `{task: {metric: score}}` (e.g. `evaluate` results per task) or an lm-evaluation-harness results dict
+            (`{"results": {task: {"acc,none": ...}}}`).
+        compliant (`Mapping`): Scores of the compliant model, same format.
+        relative (`bool`, *optional*, defaults to `True`): Percent gap; `False` for absolute differences.
+        metric (`str`, *optional*): Metric to read from nested results (`"acc"` also matches lm-eval's
+            `"acc,none"`); needed when a task reports several metrics.
+        lower_is_better (`Collection[str]`, *optional*): Tasks whose metric decreases with quality.
+        tasks (`Collection[str]`, *optional*): Tasks to report; default: all tasks (both sides must have the same).
+
+    Returns:
+        `DCGReport` with `.to_table()` and `.to_json()`.
+    """
+    full = _task_scores(non_compliant, metric, "non_compliant")
+    comp = _task_scores(compliant, metric, "compliant")
+    if tasks is None:
+        if set(full) != set(comp):
+            raise ValueError(
+                f"the two result sets cover different tasks (only non_compliant: {sorted(set(full) - set(comp))}, "
+                f"only compliant: {sorted(set(comp) - set(full))}); pass tasks=[...] to compare a common subset."
+            )
+        tasks = sorted(full)
+    else:
+        tasks = list(tasks)
+        missing = [t for t in tasks if t not in full or t not in comp]
+        if missing or not tasks:
+            raise ValueError(f"tasks {missing or tasks} are missing from one of the result sets.")
+    unknown = [t for t in lower_is_better if t not in tasks]
+    if unknown:
+        raise ValueError(f"lower_is_better names tasks that are not compared: {unknown}.")
+    if relative:
+        zero = [t for t in tasks if full[t] == 0]
+        if zero:
+            raise ValueError(f"relative gap is undefined for a zero non-compliant score (tasks {zero}); use relative=False.")
+    rows = []
+    for task in tasks:
+        diff = full[task] - comp[task]
+        if task in lower_is_better:
+            diff = -diff
+        gap = 100.0 * diff / abs(full[task]) if relative else diff
+        rows.append({"task": task, "non_compliant": full[task], "compliant": comp[task], "gap": gap})
+    return DCGReport(rows, sum(r["gap"] for r in rows) / len(rows), relative)

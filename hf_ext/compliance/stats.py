@@ -1,0 +1,162 @@
+"""Retention statistics of a robots.txt-filtered corpus: documents and tokens kept and removed, per domain."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .robots import normalize_host
+
+
+@dataclass
+class RetentionStats:
+    """Documents and tokens kept/removed per domain and overall, plus per-agent removal counts.
+
+    Attributes:
+        per_domain (`list[dict]`): One row per domain with `domain`, `docs`, `docs_removed`, `tokens`,
+            `tokens_removed`, `docs_removed_pct`, `tokens_removed_pct`, sorted by removed tokens (descending).
+        overall (`dict`): The same fields over the whole dataset (`domain` = `"ALL"`).
+        per_agent (`dict[str, int]`): Documents each user agent is disallowed from (a document counts for every
+            agent that is disallowed).
+        token_unit (`str`): What a token is (`"tokenizer:<name>"`, `"column:<name>"` or `"whitespace"`).
+    """
+
+    per_domain: list[dict]
+    overall: dict
+    per_agent: dict[str, int] = field(default_factory=dict)
+    token_unit: str = "whitespace"
+
+    def to_dict(self) -> dict:
+        return {
+            "overall": self.overall,
+            "per_domain": self.per_domain,
+            "per_agent": self.per_agent,
+            "token_unit": self.token_unit,
+        }
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """The statistics as JSON; also written to `path` when given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+        return text
+
+    def to_table(self) -> str:
+        """A Markdown table: one row per domain and a final `ALL` row."""
+        header = ["domain", "docs", "docs removed", "% docs", f"tokens ({self.token_unit})", "tokens removed", "% tok"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 6) + "|"]
+        for row in [*self.per_domain, self.overall]:
+            lines.append(
+                f"| {row['domain']} | {row['docs']} | {row['docs_removed']} | {row['docs_removed_pct']:.2f} | "
+                f"{row['tokens']} | {row['tokens_removed']} | {row['tokens_removed_pct']:.2f} |"
+            )
+        if self.per_agent:
+            lines += ["", "| user agent | docs disallowed |", "|---|---:|"]
+            lines += [f"| {agent} | {n} |" for agent, n in self.per_agent.items()]
+        return "\n".join(lines)
+
+
+def _row(domain: str, docs: int, docs_removed: int, tokens: int, tokens_removed: int) -> dict:
+    return {
+        "domain": domain,
+        "docs": docs,
+        "docs_removed": docs_removed,
+        "tokens": tokens,
+        "tokens_removed": tokens_removed,
+        "docs_removed_pct": 100.0 * docs_removed / docs if docs else 0.0,
+        "tokens_removed_pct": 100.0 * tokens_removed / tokens if tokens else 0.0,
+    }
+
+
+def compute_retention_stats(
+    dataset,
+    compliant_column: str = "robots_compliant",
+    agents_column: str | None = "disallowed_user_agents",
+    domain_column: str | None = None,
+    url_column: str = "url",
+    text_column: str = "text",
+    tokenizer=None,
+    token_column: str | None = None,
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+) -> RetentionStats:
+    """Count documents and tokens removed by the robots.txt filter, per domain and overall.
+
+    Args:
+        dataset (`datasets.Dataset`): Output of `annotate_compliance` (all documents, with the compliance column).
+        compliant_column (`str`, *optional*, defaults to `"robots_compliant"`): Boolean column (True = kept).
+        agents_column (`str`, *optional*, defaults to `"disallowed_user_agents"`):
+            Column with the disallowing agents, for per-agent counts (`None` or absent: skipped).
+        domain_column (`str`, *optional*): Column naming each document's domain; default: the URL's host.
+        url_column (`str`, *optional*, defaults to `"url"`): URL column (used when `domain_column` is not given).
+        text_column (`str`, *optional*, defaults to `"text"`): Text whose tokens are counted.
+        tokenizer (`PreTrainedTokenizerBase`, *optional*): Count tokens with this tokenizer (no special tokens).
+        token_column (`str`, *optional*): Use this column of precomputed token counts instead.
+        batch_size (`int`, *optional*, defaults to 1000): Rows per batch when counting tokens.
+        num_proc (`int`, *optional*): Worker processes for token counting.
+
+    Returns:
+        `RetentionStats`; without `tokenizer` and `token_column` tokens are whitespace-separated words.
+    """
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"dataset must be a datasets.Dataset (annotated with annotate_compliance), got {type(dataset)}.")
+    columns = dataset.column_names
+    required = {"compliant_column": compliant_column}
+    if domain_column is not None:
+        required["domain_column"] = domain_column
+    else:
+        required["url_column"] = url_column
+    if token_column is not None:
+        required["token_column"] = token_column
+    else:
+        required["text_column"] = text_column
+    for arg, name in required.items():
+        if name not in columns:
+            hint = " (run annotate_compliance first)" if arg == "compliant_column" else ""
+            raise ValueError(f"{arg}={name!r} is not a column of the dataset{hint}; columns: {columns}.")
+    if tokenizer is not None and token_column is not None:
+        raise ValueError("pass either tokenizer or token_column, not both.")
+
+    if token_column is not None:
+        unit = f"column:{token_column}"
+        counts_ds = dataset.select_columns([token_column]).rename_column(token_column, "_n_tokens")
+    else:
+        unit = f"tokenizer:{getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}" if tokenizer else "whitespace"
+
+        def count(batch):
+            texts = [t or "" for t in batch[text_column]]
+            if tokenizer is None:
+                return {"_n_tokens": [len(t.split()) for t in texts]}
+            return {"_n_tokens": [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]}
+
+        counts_ds = dataset.select_columns([text_column]).map(
+            count, batched=True, batch_size=batch_size, num_proc=num_proc, remove_columns=[text_column],
+            desc="counting tokens",
+        )
+    n_tokens = counts_ds["_n_tokens"]
+    kept = dataset[compliant_column]
+    domains = dataset[domain_column] if domain_column else [normalize_host(u or "") for u in dataset[url_column]]
+    agents = dataset[agents_column] if agents_column and agents_column in columns else None
+
+    acc = defaultdict(lambda: [0, 0, 0, 0])
+    per_agent: dict[str, int] = defaultdict(int)
+    for i, (domain, keep, tokens) in enumerate(zip(domains, kept, n_tokens)):
+        a = acc[domain or "<no host>"]
+        a[0] += 1
+        a[2] += int(tokens)
+        if not keep:
+            a[1] += 1
+            a[3] += int(tokens)
+            if agents is not None:
+                for agent in agents[i] or ():
+                    per_agent[agent] += 1
+    rows = [_row(d, *v) for d, v in acc.items()]
+    rows.sort(key=lambda r: (-r["tokens_removed"], r["domain"]))
+    totals = [sum(v[j] for v in acc.values()) for j in range(4)]
+    per_agent_sorted = dict(sorted(per_agent.items(), key=lambda kv: (-kv[1], kv[0])))
+    return RetentionStats(rows, _row("ALL", *totals), per_agent_sorted, unit)

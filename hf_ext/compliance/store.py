@@ -1,0 +1,274 @@
+"""A snapshot of robots.txt files: host -> (text, fetch date), stored as a folder, JSONL or Parquet."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+
+from .robots import normalize_host
+
+_META_FILE = "_snapshot.json"
+_FORMATS = ("folder", "jsonl", "parquet")
+
+
+@dataclass(frozen=True)
+class RobotsRecord:
+    """One host's robots.txt as seen at `fetched_at`.
+
+    Args:
+        host (`str`): Normalised host name (see `normalize_host`).
+        text (`str | None`): The robots.txt body; `None` when the host had none (or it could not be fetched).
+        fetched_at (`str | None`): ISO date (or datetime) of the fetch.
+        status (`int | None`): HTTP status of the fetch, when known.
+    """
+
+    host: str
+    text: str | None
+    fetched_at: str | None = None
+    status: int | None = None
+
+
+def _decode(text) -> str | None:
+    if text is None:
+        return None
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8", errors="replace")
+    if not isinstance(text, str):
+        raise TypeError(f"robots.txt text must be str, bytes or None, got {type(text).__name__}.")
+    return text.removeprefix("\ufeff")
+
+
+class RobotsTxtStore(Mapping):
+    """Host -> `RobotsRecord` mapping with readers and writers for three on-disk layouts.
+
+    * folder: one `<host>.txt` file per host plus an optional `_snapshot.json` with `{"fetched_at": ...,
+      "hosts": {host: {"fetched_at": ..., "status": ...}}}`;
+    * `.jsonl`: one object per line with `host`, `robots_txt`, `fetched_at`, `status`;
+    * `.parquet`: the same columns.
+
+    Keys are normalised with `normalize_host`, so `WWW.Example.com:443` and `www.example.com` are one entry.
+    Records whose `text` is `None` document a host known to have no robots.txt.
+    """
+
+    def __init__(self, records: Iterable[RobotsRecord] = (), fetched_at: str | None = None):
+        self._records: dict[str, RobotsRecord] = {}
+        self.fetched_at = fetched_at
+        for record in records:
+            self.add(record.host, record.text, record.fetched_at, record.status)
+
+    # Mapping API --------------------------------------------------------------------------------------------------
+    def __getitem__(self, host: str) -> RobotsRecord:
+        return self._records[normalize_host(host)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, host) -> bool:
+        return isinstance(host, str) and normalize_host(host) in self._records
+
+    def get_text(self, host: str) -> str | None:
+        """robots.txt text of an already normalised host, `None` if absent."""
+        record = self._records.get(host)
+        return None if record is None else record.text
+
+    def add(self, host: str, text, fetched_at: str | None = None, status: int | None = None) -> None:
+        """Add or replace the robots.txt of `host` (`text` may be `str`, `bytes` or `None`)."""
+        if not isinstance(host, str):
+            raise TypeError(f"host must be a str, got {type(host).__name__}.")
+        key = normalize_host(host)
+        if not key:
+            raise ValueError(f"host {host!r} has no host name; pass e.g. 'example.com'.")
+        self._records[key] = RobotsRecord(key, _decode(text), fetched_at or self.fetched_at, status)
+
+    @classmethod
+    def from_dict(cls, robots: Mapping[str, object], fetched_at: str | None = None) -> RobotsTxtStore:
+        """Build from `{host: text}` (texts may be `str`, `bytes` or `None`)."""
+        if not isinstance(robots, Mapping):
+            raise TypeError(f"robots must be a mapping host -> robots.txt text, got {type(robots).__name__}.")
+        store = cls(fetched_at=fetched_at)
+        for host, text in robots.items():
+            store.add(host, text)
+        return store
+
+    # Readers ------------------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, format: str | None = None) -> RobotsTxtStore:
+        """Read a snapshot written by `save` (format inferred from the path when not given).
+
+        Args:
+            path (`str` or `os.PathLike`): A folder, a `.jsonl` file or a `.parquet` file.
+            format (`str`, *optional*): One of `"folder"`, `"jsonl"`, `"parquet"`.
+        """
+        path = Path(path)
+        fmt = format or _infer_format(path)
+        if fmt not in _FORMATS:
+            raise ValueError(f"format must be one of {_FORMATS}, got {fmt!r}.")
+        if not path.exists():
+            raise ValueError(f"robots.txt snapshot {str(path)!r} does not exist; pass a folder, .jsonl or .parquet.")
+        if fmt == "folder":
+            return cls._load_folder(path)
+        if fmt == "jsonl":
+            rows = []
+            with open(path, encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as err:
+                            raise ValueError(f"{path}:{lineno} is not valid JSON ({err.msg}).") from err
+        else:
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(path).to_pylist()
+        store = cls()
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or "host" not in row:
+                raise ValueError(f"{path}: record {i} has no 'host' field; records need host and robots_txt.")
+            store.add(row["host"], row.get("robots_txt"), row.get("fetched_at"), row.get("status"))
+        return store
+
+    @classmethod
+    def _load_folder(cls, path: Path) -> RobotsTxtStore:
+        if not path.is_dir():
+            raise ValueError(f"{str(path)!r} is not a folder of <host>.txt files.")
+        meta = {}
+        if (path / _META_FILE).is_file():
+            meta = json.loads((path / _META_FILE).read_text(encoding="utf-8"))
+        default_date = meta.get("fetched_at")
+        per_host = meta.get("hosts", {})
+        store = cls(fetched_at=default_date)
+        for file in sorted(path.glob("*.txt")):
+            host = file.stem
+            info = per_host.get(host, {})
+            store.add(host, file.read_bytes(), info.get("fetched_at", default_date), info.get("status"))
+        for host, info in per_host.items():  # hosts recorded as having no robots.txt
+            if normalize_host(host) not in store._records and info.get("missing"):
+                store.add(host, None, info.get("fetched_at", default_date), info.get("status"))
+        return store
+
+    # Writers ------------------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, format: str | None = None) -> Path:
+        """Write the snapshot as a folder, `.jsonl` or `.parquet` (format inferred from the path when not given)."""
+        path = Path(path)
+        fmt = format or _infer_format(path)
+        if fmt not in _FORMATS:
+            raise ValueError(f"format must be one of {_FORMATS}, got {fmt!r}.")
+        rows = [
+            {"host": r.host, "robots_txt": r.text, "fetched_at": r.fetched_at, "status": r.status}
+            for r in self._records.values()
+        ]
+        if fmt == "folder":
+            path.mkdir(parents=True, exist_ok=True)
+            hosts = {}
+            for r in self._records.values():
+                if r.text is not None:
+                    (path / f"{r.host}.txt").write_text(r.text, encoding="utf-8")
+                info = {k: v for k, v in (("fetched_at", r.fetched_at), ("status", r.status)) if v is not None}
+                if r.text is None:
+                    info["missing"] = True
+                if info:
+                    hosts[r.host] = info
+            (path / _META_FILE).write_text(
+                json.dumps({"fetched_at": self.fetched_at, "hosts": hosts}, indent=2, sort_keys=True), encoding="utf-8"
+            )
+        elif fmt == "jsonl":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            schema = pa.schema(
+                [("host", pa.string()), ("robots_txt", pa.string()), ("fetched_at", pa.string()), ("status", pa.int64())]
+            )
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+        return path
+
+
+def _infer_format(path: Path) -> str:
+    if path.suffix == ".jsonl":
+        return "jsonl"
+    if path.suffix == ".parquet":
+        return "parquet"
+    if path.suffix == "" or path.is_dir():
+        return "folder"
+    raise ValueError(f"cannot infer the snapshot format of {str(path)!r}; use a folder, .jsonl or .parquet, or format=.")
+
+
+def record_from_response(host: str, status: int | None, body: bytes | None, fetched_at: str) -> RobotsRecord:
+    """Turn one fetch result into a record.
+
+    2xx: the body is the robots.txt. Anything else (4xx "unavailable", 5xx or a network error) is stored as *no
+    robots.txt*, i.e. permissive: the compliant corpora keep data when no robots.txt could be read. RFC 9309 asks
+    live crawlers to treat 5xx as "disallow all"; the fetch status is kept in the record for users who want that.
+    """
+    text = _decode(body[: 500 * 1024]) if status is not None and 200 <= status < 300 and body is not None else None
+    return RobotsRecord(normalize_host(host), text, fetched_at, status)
+
+
+def fetch_robots_txt(
+    hosts: Iterable[str],
+    user_agent: str,
+    delay_s: float = 1.0,
+    timeout_s: float = 10.0,
+    scheme: str = "https",
+    store: RobotsTxtStore | None = None,
+) -> RobotsTxtStore:
+    """Politely fetch `robots.txt` for `hosts` (sequentially, `delay_s` between requests) into a snapshot.
+
+    Nothing in `hf_ext` calls this on its own: it is for users building their own snapshot.
+
+    Args:
+        hosts (`Iterable[str]`): Host names to fetch.
+        user_agent (`str`): The `User-Agent` header identifying your crawler (required; be honest).
+        delay_s (`float`, *optional*, defaults to 1.0): Pause between requests.
+        timeout_s (`float`, *optional*, defaults to 10.0): Per-request timeout.
+        scheme (`str`, *optional*, defaults to `"https"`): URL scheme.
+        store (`RobotsTxtStore`, *optional*): Add to this store instead of a new one.
+    """
+    import urllib.error
+    import urllib.request
+    from datetime import datetime
+
+    if not isinstance(user_agent, str) or not user_agent.strip():
+        raise ValueError("user_agent must name your crawler, e.g. 'my-corpus-builder/1.0 (+https://example.org)'.")
+    if delay_s < 0 or timeout_s <= 0:
+        raise ValueError("delay_s must be >= 0 and timeout_s > 0.")
+    if scheme not in ("http", "https"):
+        raise ValueError(f"scheme must be 'http' or 'https', got {scheme!r}.")
+    hosts = [normalize_host(h) for h in hosts]
+    store = store if store is not None else RobotsTxtStore()
+    for i, host in enumerate(hosts):
+        if i and delay_s:
+            time.sleep(delay_s)
+        request = urllib.request.Request(f"{scheme}://{host}/robots.txt", headers={"User-Agent": user_agent})
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                record = record_from_response(host, response.status, response.read(500 * 1024), now)
+        except urllib.error.HTTPError as err:
+            record = record_from_response(host, err.code, None, now)
+        except (urllib.error.URLError, OSError):
+            record = record_from_response(host, None, None, now)
+        store.add(record.host, record.text, record.fetched_at, record.status)
+    return store
+
+
+def load_example_robots() -> RobotsTxtStore:
+    """The example robots.txt snapshot shipped with hf_ext for the hosts of the embedded corpus.
+
+    It exercises wildcards and `$`, Allow/Disallow precedence, agent groups, a non-AI-only block, a malformed file
+    and a host without a robots.txt.
+    """
+    return RobotsTxtStore.load(Path(__file__).parent / "examples")

@@ -1,0 +1,202 @@
+"""Filter a corpus by robots.txt AI-crawler opt-outs (datasets or datatrove) and report retention and the DCG.
+
+Run as `python scripts/compliance.py`, `accelerate launch scripts/compliance.py` or `hf-ext run compliance`. With no
+arguments it filters the embedded corpus against the example robots.txt snapshot shipped with hf_ext.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ComplianceArguments:
+    robots: str | None = field(
+        default=None,
+        metadata={"help": "robots.txt snapshot: a folder of <host>.txt files, a .jsonl or a .parquet file; "
+                  "default: the example snapshot for the embedded corpus."},
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset or local dataset folder; default: the embedded offline corpus."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of --dataset_name."})
+    train_file: str | None = field(default=None, metadata={"help": "Local .json/.jsonl/.csv/.parquet file."})
+    split: str = field(default="train", metadata={"help": "Split to filter."})
+    url_column: str = field(default="url", metadata={"help": "Column holding each document's URL."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the text (for token counts)."})
+    domain_column: str | None = field(
+        default=None, metadata={"help": "Column to group statistics by; default: 'domain' if present, else the host."}
+    )
+    user_agents: str | None = field(
+        default=None, metadata={"help": "Comma-separated user agents to check; default: the AI agent list plus '*'."}
+    )
+    host_fallback: str = field(default="www", metadata={"help": "Host lookup: exact, www or parents."})
+    engine: str = field(default="datasets", metadata={"help": "datasets (Dataset.map) or datatrove (filter step)."})
+    num_proc: int | None = field(default=None, metadata={"help": "Worker processes for datasets map/filter."})
+    vocab_size: int = field(default=4096, metadata={"help": "Tokenizer used to count tokens (embedded BPE)."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Count tokens with this tokenizer instead."})
+    output_dir: str = field(default="outputs/compliance", metadata={"help": "Where statistics and plots are saved."})
+    save_filtered: bool = field(default=False, metadata={"help": "Also save the compliant dataset (save_to_disk)."})
+    dcg_non_compliant: str | None = field(
+        default=None, metadata={"help": "JSON results of a model trained on all data (for the DCG report)."}
+    )
+    dcg_compliant: str | None = field(default=None, metadata={"help": "JSON results of the compliant model."})
+    dcg_metric: str | None = field(default=None, metadata={"help": "Metric to read from nested result files."})
+    dcg_absolute: bool = field(default=False, metadata={"help": "Report absolute instead of relative (%) gaps."})
+
+
+def _validate(args: ComplianceArguments) -> None:
+    from ..data.loading import hub_offline
+    from ..utils.io import ensure_writable_dir
+
+    if args.engine not in ("datasets", "datatrove"):
+        raise ValueError(f"--engine must be 'datasets' or 'datatrove', got {args.engine!r}.")
+    if args.robots is not None and not os.path.exists(args.robots):
+        raise ValueError(f"--robots={args.robots!r} does not exist; pass a snapshot folder, .jsonl or .parquet.")
+    if args.dataset_name and hub_offline() and not os.path.isdir(args.dataset_name):
+        raise ValueError(
+            f"--dataset_name={args.dataset_name!r} needs the Hugging Face Hub, but HF_HUB_OFFLINE is set; use a local "
+            "folder or --train_file."
+        )
+    if args.train_file is not None and not os.path.isfile(args.train_file):
+        raise ValueError(f"--train_file={args.train_file!r} is not a file.")
+    if (args.dcg_non_compliant is None) != (args.dcg_compliant is None):
+        raise ValueError("--dcg_non_compliant and --dcg_compliant must be given together.")
+    for name in ("dcg_non_compliant", "dcg_compliant"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"--{name}={path!r} is not a file.")
+    if args.num_proc is not None and args.num_proc < 1:
+        raise ValueError("--num_proc must be >= 1.")
+    ensure_writable_dir(args.output_dir, "--output_dir")
+
+
+def _load_dataset(args: ComplianceArguments):
+    import datasets
+
+    from ..data import load_corpus
+
+    if args.train_file:
+        ext = os.path.splitext(args.train_file)[1].lstrip(".")
+        ext = {"jsonl": "json"}.get(ext, ext)
+        return datasets.load_dataset(ext, data_files={args.split: args.train_file}, split=args.split)
+    if args.dataset_name:
+        if os.path.isdir(args.dataset_name):
+            loaded = datasets.load_from_disk(args.dataset_name)
+            return loaded[args.split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        return datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.split)
+    return load_corpus(args.split)
+
+
+def _plot(stats, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = stats.per_domain[:30]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
+    names = [r["domain"] for r in rows][::-1]
+    ax.barh(names, [r["tokens_removed_pct"] for r in rows][::-1], label="tokens removed")
+    ax.barh(names, [r["docs_removed_pct"] for r in rows][::-1], height=0.35, label="documents removed")
+    ax.set_xlabel("% removed by robots.txt opt-outs")
+    ax.set_title(f"overall: {stats.overall['tokens_removed_pct']:.1f}% tokens, {stats.overall['docs_removed_pct']:.1f}% docs")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args: ComplianceArguments) -> dict:
+    from ..compliance import (
+        DEFAULT_AI_USER_AGENTS,
+        RobotsCompliance,
+        RobotsTxtStore,
+        annotate_compliance,
+        compute_dcg,
+        compute_retention_stats,
+        load_example_robots,
+    )
+
+    _validate(args)
+    store = RobotsTxtStore.load(args.robots) if args.robots else load_example_robots()
+    agents = [a.strip() for a in args.user_agents.split(",")] if args.user_agents else list(DEFAULT_AI_USER_AGENTS)
+    checker = RobotsCompliance(store, user_agents=agents, host_fallback=args.host_fallback)
+    dataset = _load_dataset(args)
+    if args.url_column not in dataset.column_names:
+        raise ValueError(f"--url_column={args.url_column!r} is not a column (columns: {dataset.column_names}).")
+    if args.text_column not in dataset.column_names:
+        raise ValueError(f"--text_column={args.text_column!r} is not a column (columns: {dataset.column_names}).")
+
+    if args.engine == "datasets":
+        annotated = annotate_compliance(dataset, checker, url_column=args.url_column, num_proc=args.num_proc)
+    else:
+        annotated = _annotate_with_datatrove(dataset, checker, args)
+
+    if args.tokenizer_name:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name)
+    else:
+        from ..data import build_tokenizer
+
+        tokenizer = build_tokenizer(args.vocab_size)
+    domain_column = args.domain_column or ("domain" if "domain" in dataset.column_names else None)
+    stats = compute_retention_stats(
+        annotated, domain_column=domain_column, url_column=args.url_column, text_column=args.text_column,
+        tokenizer=tokenizer, num_proc=args.num_proc,
+    )
+    dates = sorted({r.fetched_at for r in store.values() if r.fetched_at})
+    print(f"robots.txt snapshot: {len(store)} hosts, fetched {', '.join(dates) or 'at unknown dates'}")
+    print(f"checked agents: {', '.join(agents)}")
+    print(stats.to_table())
+    stats.to_json(os.path.join(args.output_dir, "retention_stats.json"))
+    with open(os.path.join(args.output_dir, "retention_stats.md"), "w", encoding="utf-8") as fh:
+        fh.write(stats.to_table() + "\n")
+    _plot(stats, os.path.join(args.output_dir, "retention_by_domain.png"))
+    result = stats.to_dict()
+    if args.save_filtered:
+        kept = annotated.filter(lambda ok: ok, input_columns="robots_compliant")
+        kept.save_to_disk(os.path.join(args.output_dir, "compliant_dataset"))
+    if args.dcg_non_compliant:
+        with open(args.dcg_non_compliant, encoding="utf-8") as fh:
+            full = json.load(fh)
+        with open(args.dcg_compliant, encoding="utf-8") as fh:
+            comp = json.load(fh)
+        report = compute_dcg(full, comp, relative=not args.dcg_absolute, metric=args.dcg_metric)
+        print("\nData compliance gap (positive = the compliant model is worse):")
+        print(report.to_table())
+        report.to_json(os.path.join(args.output_dir, "dcg.json"))
+        result["dcg"] = report.to_dict()
+    print(f"saved statistics to {args.output_dir}")
+    return result
+
+
+def _annotate_with_datatrove(dataset, checker, args: ComplianceArguments):
+    """Run the datatrove step in-process over the dataset and turn its decisions into the same columns."""
+    from datatrove.data import Document
+
+    from ..compliance import RobotsTxtFilter
+
+    step = RobotsTxtFilter(checker, url_key="url", batch_size=1000)
+    docs = [
+        Document(text=row[args.text_column] or "", id=str(i), metadata={"url": row[args.url_column]})
+        for i, row in enumerate(dataset)
+    ]
+    kept = {int(doc.id) for doc in step.run(iter(docs))}
+    flags = [i in kept for i in range(len(docs))]
+    agents = [list(doc.metadata.get("disallowed_user_agents", [])) for doc in docs]
+    return dataset.add_column("robots_compliant", flags).add_column("disallowed_user_agents", agents)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(ComplianceArguments).parse_args_into_dataclasses(args=argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()

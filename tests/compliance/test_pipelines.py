@@ -1,0 +1,134 @@
+"""The datasets helpers and the datatrove step make the same decisions; recipe and benchmark scripts run."""
+
+import json
+
+import pytest
+
+from hf_ext.compliance import (
+    RobotsCompliance,
+    RobotsTxtFilter,
+    annotate_compliance,
+    filter_compliant,
+    load_example_robots,
+)
+
+
+@pytest.fixture(scope="module")
+def example_checker():
+    return RobotsCompliance(load_example_robots())
+
+
+def test_annotate_and_filter_agree_and_keep_order(corpus, example_checker):
+    annotated = annotate_compliance(corpus, example_checker)
+    assert annotated["robots_compliant"] == example_checker.is_compliant_batch(corpus["url"])
+    kept = filter_compliant(corpus, example_checker)
+    assert kept["source"] == [s for s, ok in zip(corpus["source"], annotated["robots_compliant"]) if ok]
+    assert 0 < len(kept) < len(corpus)
+    # each example rule type removes something and keeps something
+    by_domain = {}
+    for d, ok in zip(corpus["domain"], annotated["robots_compliant"]):
+        by_domain.setdefault(d, set()).add(ok)
+    assert by_domain["concurrency"] == {True}  # no robots.txt
+    assert by_domain["language"] == {False}  # closed to Google-Extended
+    for d in ("filesystem", "devtools", "datatypes", "numeric", "data_formats", "networking"):
+        assert by_domain[d] == {True, False}, d
+    agents = dict(zip(corpus["url"], annotated["disallowed_user_agents"]))
+    # a CCBot group also covers the versioned tokens CCBot/2.0 and CCBot/1.0
+    assert agents["https://devtools.docs.python.org/3/library/logging.html"] == ["CCBot", "CCBot/2.0", "CCBot/1.0"]
+
+
+def test_num_proc_two_gives_the_same_result(corpus, example_checker):
+    one = annotate_compliance(corpus, example_checker, num_proc=1, batch_size=100)
+    two = annotate_compliance(corpus, example_checker, num_proc=2, batch_size=100)
+    assert one["robots_compliant"] == two["robots_compliant"]
+    assert one["disallowed_user_agents"] == two["disallowed_user_agents"]
+    assert filter_compliant(corpus, example_checker, num_proc=2)["url"] == filter_compliant(corpus, example_checker)["url"]
+
+
+def test_iterable_dataset_and_dataset_dict(corpus, example_checker):
+    import datasets
+
+    expected = example_checker.is_compliant_batch(corpus["url"])
+    streamed = annotate_compliance(corpus.to_iterable_dataset(), example_checker, batch_size=64)
+    assert [row["robots_compliant"] for row in streamed] == expected
+    dd = datasets.DatasetDict({"train": corpus, "test": corpus.select(range(5))})
+    assert len(filter_compliant(dd, example_checker)["train"]) == sum(expected)
+
+
+def test_missing_url_column_and_bad_arguments(corpus, example_checker):
+    with pytest.raises(ValueError, match="url_column='link'"):
+        annotate_compliance(corpus, example_checker, url_column="link")
+    with pytest.raises(ValueError, match="url_column"):
+        filter_compliant(corpus.remove_columns("url"), example_checker)
+    with pytest.raises(TypeError, match="checker"):
+        filter_compliant(corpus, {"a.org": ""})
+    with pytest.raises(ValueError, match="num_proc"):
+        filter_compliant(corpus.to_iterable_dataset(), example_checker, num_proc=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        filter_compliant(corpus, example_checker, batch_size=0)
+
+
+def test_datatrove_step_drops_exactly_the_same_documents(corpus, example_checker, tmp_path):
+    from datatrove.data import Document
+    from datatrove.executor import LocalPipelineExecutor
+
+    docs = [Document(text=r["text"], id=str(i), metadata={"url": r["url"]}) for i, r in enumerate(corpus)]
+    kept_ids: list[str] = []
+
+    def collect(data, rank=0, world_size=1):
+        for doc in data:
+            kept_ids.append(doc.id)
+            yield doc
+
+    step = RobotsTxtFilter(load_example_robots(), batch_size=64)
+    LocalPipelineExecutor(pipeline=[docs, step, collect], logging_dir=str(tmp_path / "logs"), tasks=1).run()
+    expected = [str(i) for i, ok in enumerate(example_checker.is_compliant_batch(corpus["url"])) if ok]
+    assert kept_ids == expected
+    stats = json.loads((tmp_path / "logs" / "stats.json").read_text())
+    filter_stats = next(s for s in stats if "robots" in s["name"])["stats"]
+    assert filter_stats["dropped_robots_txt"] == len(corpus) - len(expected)
+    agents = example_checker.disallowed_agents_batch(corpus["url"])
+    assert filter_stats["disallowed_Google-Extended"] == sum("Google-Extended" in a for a in agents)
+    # unbatched path: same decisions, and dropped documents carry the disallowing agents
+    fresh = [Document(text=d.text, id=d.id, metadata={"url": d.metadata["url"]}) for d in docs]
+    single = RobotsTxtFilter(example_checker)
+    assert [d.id for d in single.run(iter(fresh))] == expected
+    dropped = [d for d in fresh if d.id not in set(expected)]
+    assert dropped and all(d.metadata["disallowed_user_agents"] for d in dropped)
+
+
+def test_datatrove_missing_url_key_is_a_clear_error(example_checker):
+    from datatrove.data import Document
+
+    step = RobotsTxtFilter(example_checker, url_key="link")
+    with pytest.raises(ValueError, match="url_key"):
+        list(step.run(iter([Document(text="x", id="0", metadata={"url": "https://a.org/"})])))
+
+
+def test_compliance_script_prints_statistics(tmp_path, capsys):
+    from hf_ext.recipes.compliance import main
+
+    result = main(["--output_dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| ALL |" in out
+    stats = json.loads((tmp_path / "retention_stats.json").read_text())
+    assert stats["overall"]["docs"] == result["overall"]["docs"] > stats["overall"]["docs_removed"] > 0
+    assert (tmp_path / "retention_by_domain.png").stat().st_size > 0
+    via_datatrove = main(["--output_dir", str(tmp_path / "dt"), "--engine", "datatrove"])
+    assert via_datatrove["overall"] == result["overall"] and via_datatrove["per_agent"] == result["per_agent"]
+    with pytest.raises(ValueError, match="--engine"):
+        main(["--output_dir", str(tmp_path), "--engine", "spark"])
+
+
+def test_benchmark_script_small_run(repo_root, tmp_path):
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("bench", os.path.join(repo_root, "scripts", "bench_compliance.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--num_urls", "3000", "--num_hosts", "300", "--output", str(tmp_path / "b.jsonl")])
+    summary = rows[-1]
+    assert summary["cached_equals_protego_per_url"] is True
+    assert summary["speedup_vs_urllib"] > 0 and summary["speedup_vs_protego_no_cache"] > 0
+    assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 4
