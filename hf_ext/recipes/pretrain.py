@@ -19,7 +19,12 @@ class ModelArguments:
         default=None, metadata={"help": "Start from this pretrained model (folder or hub id) instead of a fresh one."}
     )
     model_type: str = field(
-        default="llama", metadata={"help": "Architecture of a fresh model (any AutoConfig model type, e.g. llama)."}
+        default="fog",
+        metadata={
+            "help": "Architecture of a fresh model: fog (FP8-stable FOG recipe, FogConfig.fog), llama, or any "
+            "AutoConfig model type. With fog, --intermediate_size is the SwiGLU width and the ungated xIELU MLP gets "
+            "1.5x it (equal parameter count)."
+        },
     )
     hidden_size: int = field(default=128, metadata={"help": "Hidden size of a fresh model."})
     intermediate_size: int = field(default=384, metadata={"help": "MLP width of a fresh model."})
@@ -31,6 +36,34 @@ class ModelArguments:
         metadata={"help": "Extra config fields for a fresh model, as 'key=value,key=value' (values parsed as JSON)."},
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa or eager."})
+    fp8_backend: str = field(
+        default="torchao",
+        metadata={
+            "help": "Run every transformer-block linear in FP8 (LM head and embeddings stay high precision): "
+            "none | torchao | te (Transformer Engine, CUDA) | emulated (pure torch numerics reference). Under "
+            "`accelerate launch --mixed_precision fp8` accelerate converts the model instead (torchao only)."
+        },
+    )
+    fp8_recipe: str = field(
+        default="tensorwise", metadata={"help": "torchao recipe: tensorwise | rowwise | rowwise_with_gw_hp."}
+    )
+    fp8_scaling: str = field(
+        default="delayed", metadata={"help": "emulated backend scaling: delayed (amax history 1024) | current."}
+    )
+    fp8_attention: bool = field(
+        default=False, metadata={"help": "emulated backend: also run the attention BMMs (QK^T, PV) in FP8."}
+    )
+    fp8_monitor_steps: int = field(
+        default=25,
+        metadata={"help": "Measure activation kurtosis every N steps (Fp8HealthCallback); 0 turns the monitor off."},
+    )
+    fp8_monitor_action: str = field(
+        default="warn",
+        metadata={
+            "help": "What the monitor does on a kurtosis alert: warn | stop | rollback (to the last checkpoint with "
+            "half the learning rate; needs --save_strategy steps)."
+        },
+    )
 
 
 @dataclass
@@ -96,7 +129,43 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
     parse_config_overrides(model_args.config_overrides)
+    validate_fp8_args(model_args, training_args)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
+
+
+FP8_BACKENDS = ("none", "torchao", "te", "emulated")
+
+
+def validate_fp8_args(model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    """Check the FP8 options (backend, recipe, monitor) before any work."""
+    if model_args.fp8_backend not in FP8_BACKENDS:
+        raise ValueError(f"--fp8_backend must be one of {', '.join(FP8_BACKENDS)}, got {model_args.fp8_backend!r}.")
+    if model_args.fp8_recipe not in ("tensorwise", "rowwise", "rowwise_with_gw_hp"):
+        raise ValueError(
+            f"--fp8_recipe must be tensorwise, rowwise or rowwise_with_gw_hp, got {model_args.fp8_recipe!r}."
+        )
+    if model_args.fp8_scaling not in ("delayed", "current"):
+        raise ValueError(f"--fp8_scaling must be delayed or current, got {model_args.fp8_scaling!r}.")
+    if model_args.fp8_attention and model_args.fp8_backend != "emulated":
+        raise ValueError("--fp8_attention needs --fp8_backend emulated (FP8 attention BMMs are emulated only).")
+    if model_args.fp8_monitor_steps < 0:
+        raise ValueError(f"--fp8_monitor_steps must be >= 0 (0 = off), got {model_args.fp8_monitor_steps}.")
+    if model_args.fp8_monitor_action not in ("warn", "stop", "rollback"):
+        raise ValueError(
+            f"--fp8_monitor_action must be warn, stop or rollback, got {model_args.fp8_monitor_action!r}."
+        )
+    if model_args.fp8_monitor_action == "rollback" and training_args.save_strategy in ("no", None):
+        raise ValueError("--fp8_monitor_action rollback needs checkpoints: add --save_strategy steps --save_steps N.")
+    if model_args.fp8_backend == "te":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--fp8_backend te needs a CUDA GPU; use --fp8_backend torchao or emulated on CPU.")
+    if getattr(training_args, "mixed_precision", "no") == "fp8" and model_args.fp8_backend not in ("torchao", "none"):
+        raise ValueError(
+            "accelerate --mixed_precision fp8 converts the model with torchao itself; drop --fp8_backend "
+            f"{model_args.fp8_backend} or launch without --mixed_precision fp8."
+        )
 
 
 def build_model(model_args: ModelArguments, tokenizer, block_size: int):
@@ -121,8 +190,48 @@ def build_model(model_args: ModelArguments, tokenizer, block_size: int):
         tie_word_embeddings=True,
     )
     kwargs.update(parse_config_overrides(model_args.config_overrides))
-    config = AutoConfig.for_model(model_args.model_type, **kwargs)
+    if model_args.model_type == "fog":
+        from ..models.fog import FogConfig
+
+        swiglu = kwargs.pop("intermediate_size")
+        config = FogConfig.fog(swiglu_intermediate_size=swiglu, **kwargs)
+    else:
+        config = AutoConfig.for_model(model_args.model_type, **kwargs)
     return AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
+
+
+def setup_fp8(model, model_args: ModelArguments, training_args: TrainingArguments):
+    """Convert `model` for FP8 (unless accelerate's fp8 mixed precision does it) and build the health callback.
+
+    Returns `(trainer_class, trainer_kwargs, callbacks)`.
+    """
+    from transformers import Trainer
+
+    from ..fp8 import Fp8HealthCallback, Fp8Trainer, ao_recipe_kwargs, convert
+
+    # accelerate 1.15 stores `--fp8_backend ao` verbatim, then rejects the lower-case value; accept it here.
+    env_backend = os.environ.get("ACCELERATE_FP8_BACKEND")
+    if env_backend and env_backend != env_backend.upper():
+        os.environ["ACCELERATE_FP8_BACKEND"] = env_backend.upper()
+    trainer_cls, extra = Trainer, {}
+    if getattr(training_args, "mixed_precision", "no") == "fp8":
+        trainer_cls, extra = Fp8Trainer, {"fp8_recipe_kwargs": ao_recipe_kwargs(model, model_args.fp8_recipe)}
+    elif model_args.fp8_backend != "none":
+        if model_args.fp8_backend == "te":
+            model.to("cuda")
+        convert(
+            model,
+            model_args.fp8_backend,
+            recipe=model_args.fp8_recipe,
+            scaling=model_args.fp8_scaling,
+            fp8_attention=model_args.fp8_attention,
+        )
+    callbacks = []
+    if model_args.fp8_monitor_steps > 0:
+        callbacks.append(
+            Fp8HealthCallback(every_n_steps=model_args.fp8_monitor_steps, action=model_args.fp8_monitor_action)
+        )
+    return trainer_cls, extra, callbacks
 
 
 def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:
@@ -181,20 +290,46 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         raise ValueError(f"No training block of {data_args.block_size} tokens could be formed; lower --block_size.")
 
     model = build_model(model_args, tokenizer, data_args.block_size)
-    trainer = Trainer(
+    trainer_cls, trainer_kwargs, callbacks = setup_fp8(model, model_args, training_args)
+    trainer = trainer_cls(
         model=model,
         args=training_args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=default_data_collator,
         processing_class=tokenizer,
+        callbacks=callbacks,
+        **trainer_kwargs,
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    for cb in callbacks:  # first in line, so that progress bars and loggers see the fp8/... metrics
+        trainer.callback_handler.callbacks.remove(cb)
+        trainer.callback_handler.callbacks.insert(0, cb)
+    if model_args.fp8_monitor_action == "rollback" and callbacks:
+        from ..fp8 import train_with_rollback
+
+        train_result = train_with_rollback(trainer, callbacks[0], training_args.resume_from_checkpoint)
+    else:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     metrics = {
         "train_loss": train_result.training_loss,
         "loss_curve": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
+        "fp8_backend": "accelerate-ao" if trainer_cls is not Trainer else model_args.fp8_backend,
     }
+    if callbacks and trainer.is_world_process_zero():
+        health = callbacks[0]
+        metrics["fp8_alerts"] = len(health.alerts)
+        metrics["fp8_actions"] = health.actions_taken
+        with open(os.path.join(training_args.output_dir, "fp8_health.json"), "w") as fh:
+            json.dump(health.state_dict(), fh)
+        if health.history:
+            from ..fp8 import plot_kurtosis
+
+            metrics["kurtosis_plot"] = plot_kurtosis(
+                health.history,
+                os.path.join(training_args.output_dir, "kurtosis.png"),
+                title=f"{model_args.model_type}, fp8 backend {metrics['fp8_backend']}",
+            )
     trainer.accelerator.wait_for_everyone()
 
     if trainer.is_world_process_zero():

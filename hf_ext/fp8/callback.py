@@ -1,0 +1,329 @@
+"""`Fp8HealthCallback`: kurtosis monitoring inside a `transformers.Trainer`, early warning, stop or rollback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+
+from transformers import TrainerCallback
+
+from .monitor import KurtosisMonitor
+
+logger = logging.getLogger(__name__)
+STATE_FILE = "fp8_health.json"
+ACTIONS = ("warn", "stop", "rollback")
+
+
+class Fp8HealthCallback(TrainerCallback):
+    """Watch activation kurtosis during training and act before an FP8 run diverges.
+
+    Every `every_n_steps` optimizer steps, a [`KurtosisMonitor`] measures the seven sites of every layer during that
+    step's forward passes. The per-site averages (and per-layer values with `log_per_layer=True`) are added to the
+    Trainer's logs under `fp8/...`. Each (site, layer) gets a baseline: the mean kurtosis over its first
+    `baseline_steps` monitored steps. An alert fires when a value exceeds `relative_threshold` x its baseline, exceeds
+    `absolute_threshold`, or is not finite, for `patience` monitored steps in a row. Then, by `action`:
+
+    - "warn": log a warning and continue;
+    - "stop": log and stop training (`control.should_training_stop`);
+    - "rollback": log, stop, and ask [`train_with_rollback`] to resume from the last checkpoint saved before the alert
+      with the learning rate multiplied by `rollback_lr_factor` (at most `max_rollbacks` times).
+
+    Monitor state (history, baselines, alerts, learning-rate scale, previous amaxes) is written as JSON to every
+    checkpoint (`fp8_health.json`) and restored when training resumes from it.
+
+    The thresholds are a project heuristic (the paper gives none): kurtosis is ~3 for Gaussian activations and grows by
+    orders of magnitude with outlier features.
+
+    Args:
+        every_n_steps (`int`, defaults to 10): Monitoring period in optimizer steps.
+        sites (`list[str]`, *optional*): Sites to monitor (default all seven + `activation`).
+        alert_sites (`list[str]`, *optional*): Sites whose kurtosis can raise alerts (default: all monitored).
+        baseline_steps (`int`, defaults to 3): Monitored steps averaged into each baseline.
+        relative_threshold (`float`, defaults to 10.0): Alert when kurtosis > this x baseline.
+        absolute_threshold (`float`, defaults to 100.0): Alert when kurtosis > this.
+        patience (`int`, defaults to 1): Consecutive alerting monitored steps needed.
+        action (`str`, defaults to `"warn"`): "warn", "stop" or "rollback".
+        rollback_lr_factor (`float`, defaults to 0.5): Learning-rate multiplier applied at each rollback.
+        max_rollbacks (`int`, defaults to 2): Rollbacks before the callback falls back to stopping.
+        log_per_layer (`bool`, defaults to `False`): Also log per-layer values.
+        log_stats (`tuple[str]`, defaults to `("kurtosis",)`): Statistics added to the Trainer logs (any of
+            "kurtosis", "rms", "max_abs", "underflow", "saturation"); all are kept in `history`.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 10,
+        sites: list[str] | None = None,
+        alert_sites: list[str] | None = None,
+        baseline_steps: int = 3,
+        relative_threshold: float = 10.0,
+        absolute_threshold: float = 100.0,
+        patience: int = 1,
+        action: str = "warn",
+        rollback_lr_factor: float = 0.5,
+        max_rollbacks: int = 2,
+        log_per_layer: bool = False,
+        log_stats: tuple[str, ...] = ("kurtosis",),
+    ):
+        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"Fp8HealthCallback: every_n_steps must be a positive int, got {every_n_steps!r}.")
+        if baseline_steps < 1:
+            raise ValueError(f"Fp8HealthCallback: baseline_steps must be >= 1, got {baseline_steps}.")
+        if not relative_threshold > 1:
+            raise ValueError(f"Fp8HealthCallback: relative_threshold must be > 1, got {relative_threshold}.")
+        if not absolute_threshold > 0:
+            raise ValueError(f"Fp8HealthCallback: absolute_threshold must be > 0, got {absolute_threshold}.")
+        if patience < 1:
+            raise ValueError(f"Fp8HealthCallback: patience must be >= 1, got {patience}.")
+        if action not in ACTIONS:
+            raise ValueError(f"Fp8HealthCallback: action={action!r}; choose one of {ACTIONS}.")
+        if not 0 < rollback_lr_factor < 1:
+            raise ValueError(f"Fp8HealthCallback: rollback_lr_factor must be in (0, 1), got {rollback_lr_factor}.")
+        if max_rollbacks < 0:
+            raise ValueError(f"Fp8HealthCallback: max_rollbacks must be >= 0, got {max_rollbacks}.")
+        from .monitor import SITES, STATS
+
+        if set(log_stats) - set(STATS):
+            raise ValueError(f"Fp8HealthCallback: log_stats must be among {STATS}, got {log_stats}.")
+        if sites is not None:
+            unknown = sorted(set(sites) - set(SITES))
+            if unknown:
+                raise ValueError(f"Fp8HealthCallback: unknown sites {unknown}; choose from {sorted(SITES)}.")
+        self.every_n_steps = every_n_steps
+        self.sites = sites
+        self.alert_sites = alert_sites
+        self.baseline_steps = baseline_steps
+        self.relative_threshold = float(relative_threshold)
+        self.absolute_threshold = float(absolute_threshold)
+        self.patience = patience
+        self.action = action
+        self.rollback_lr_factor = float(rollback_lr_factor)
+        self.max_rollbacks = max_rollbacks
+        self.log_per_layer = log_per_layer
+        self.log_stats = tuple(log_stats)
+
+        self.monitor: KurtosisMonitor | None = None
+        self.history: list[dict] = []
+        self.baseline_obs: dict[str, list[float]] = {}
+        self.alerts: list[dict] = []
+        self.actions_taken: list[str] = []
+        self.lr_scale = 1.0
+        self.rollbacks = 0
+        self.rollback_request: dict | None = None
+        self.resume_checkpoint: str | None = None
+        self._streak = 0
+        self._pending_logs: dict[str, float] = {}
+
+    # --------------------------------------------------------------------------------------------------------- state
+    @property
+    def baselines(self) -> dict[str, float]:
+        """Baseline kurtosis per `"<site>/layer_<i>"` (only complete ones)."""
+        return {k: sum(v) / len(v) for k, v in self.baseline_obs.items() if len(v) >= self.baseline_steps}
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable state saved with every checkpoint."""
+        return {
+            "history": self.history,
+            "baseline_obs": self.baseline_obs,
+            "alerts": self.alerts,
+            "actions_taken": self.actions_taken,
+            "lr_scale": self.lr_scale,
+            "rollbacks": self.rollbacks,
+            "streak": self._streak,
+            "monitor": self.monitor.state_dict() if self.monitor is not None else {},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
+        self.baseline_obs = {k: list(v) for k, v in state.get("baseline_obs", {}).items()}
+        # after an in-process rollback keep this run's own record (it includes the rollback itself)
+        if not self.alerts:
+            self.alerts = list(state.get("alerts", []))
+        if not self.actions_taken:
+            self.actions_taken = list(state.get("actions_taken", []))
+        self._streak = int(state.get("streak", 0))
+        self._saved_lr_scale = float(state.get("lr_scale", 1.0))
+        self.rollbacks = max(self.rollbacks, int(state.get("rollbacks", 0)))
+        self.lr_scale = min(self.lr_scale, self._saved_lr_scale)
+        if self.monitor is not None:
+            self.monitor.load_state_dict(state.get("monitor", {}))
+        self._monitor_state = state.get("monitor", {})
+
+    # --------------------------------------------------------------------------------------------------------- hooks
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if model is None:
+            raise ValueError("Fp8HealthCallback needs the Trainer's model (it is passed to callbacks by Trainer).")
+        if self.monitor is None or self.monitor.model is not model:
+            if self.monitor is not None:
+                self.monitor.remove()
+            self.monitor = KurtosisMonitor(_unwrap(model), sites=self.sites)
+        self._saved_lr_scale = 1.0
+        ckpt = self.resume_checkpoint
+        if ckpt is None and state.global_step > 0:
+            ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if ckpt is not None and os.path.isfile(os.path.join(ckpt, STATE_FILE)):
+            with open(os.path.join(ckpt, STATE_FILE)) as fh:
+                self.load_state_dict(json.load(fh))
+            logger.info("Fp8HealthCallback: restored monitor state from %s", ckpt)
+        self.resume_checkpoint = None
+        factor = self.lr_scale / self._saved_lr_scale
+        if factor != 1.0 and optimizer is not None:
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+                if "initial_lr" in group:
+                    group["initial_lr"] *= factor
+            if lr_scheduler is not None and hasattr(lr_scheduler, "base_lrs"):
+                lr_scheduler.base_lrs = [lr * factor for lr in lr_scheduler.base_lrs]
+            msg = f"Fp8HealthCallback: learning rate scaled by {factor:g} (total scale {self.lr_scale:g})."
+            logger.warning(msg)
+            self.actions_taken.append(msg)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.monitor is not None and (state.global_step + 1) % self.every_n_steps == 0:
+            self.monitor.enable()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.monitor is None:
+            return
+        self.monitor.disable()
+        if not self.monitor.has_data():
+            return
+        stats = self.monitor.collect()
+        step = state.global_step
+        record = {"step": step, **{k: v for k, v in stats.items() if "/kurtosis/" in k or k.endswith("/avg")}}
+        self.history.append(record)
+        logs = {
+            f"fp8/{k.replace('/avg', '')}": v
+            for k, v in stats.items()
+            if k.split("/")[1] in self.log_stats and (k.endswith("/avg") or self.log_per_layer)
+        }
+        self._pending_logs = logs
+        control.should_log = True
+        self._check(stats, step, args, state, control)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self._pending_logs:
+            return
+        if logs is not None:
+            logs.update(self._pending_logs)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(self._pending_logs)
+        else:
+            state.log_history.append({**self._pending_logs, "step": state.global_step})
+        self._pending_logs = {}
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(ckpt):
+            with open(os.path.join(ckpt, STATE_FILE), "w") as fh:
+                json.dump(self.state_dict(), fh)
+
+    # ------------------------------------------------------------------------------------------------------- alerts
+    def _check(self, stats: dict[str, float], step: int, args, state, control) -> None:
+        fired = []
+        for key, value in stats.items():
+            site, stat, where = key.split("/")
+            if stat != "kurtosis" or where == "avg":
+                continue
+            if self.alert_sites is not None and site not in self.alert_sites:
+                continue
+            bkey = f"{site}/{where}"
+            obs = self.baseline_obs.setdefault(bkey, [])
+            base = sum(obs) / len(obs) if len(obs) >= self.baseline_steps else None
+            reason = None
+            if not math.isfinite(value):
+                reason = "is not finite"
+            elif value > self.absolute_threshold:
+                reason = f"> absolute threshold {self.absolute_threshold:g}"
+            elif base is not None and value > self.relative_threshold * base:
+                reason = f"= {value / base:.1f}x its baseline {base:.2f} (threshold {self.relative_threshold:g}x)"
+            if reason is None and base is None and math.isfinite(value):
+                obs.append(value)
+            if reason is not None:
+                fired.append({"step": step, "site": site, "layer": where, "kurtosis": value, "reason": reason})
+        if not fired:
+            self._streak = 0
+            return
+        self._streak += 1
+        worst = max(fired, key=lambda a: a["kurtosis"] if math.isfinite(a["kurtosis"]) else float("inf"))
+        self.alerts.extend(fired)
+        msg = (
+            f"FP8 health alert at step {step}: {worst['site']} {worst['layer']} kurtosis {worst['kurtosis']:.3g} "
+            f"{worst['reason']} ({len(fired)} site/layer pairs alerting, streak {self._streak}/{self.patience})."
+        )
+        logger.warning(msg)
+        if self._streak < self.patience or self.action == "warn":
+            return
+        if self.action == "rollback" and self.rollbacks < self.max_rollbacks:
+            ckpt = _last_checkpoint_before(args.output_dir, step)
+            if ckpt is not None:
+                self.rollbacks += 1
+                self.lr_scale *= self.rollback_lr_factor
+                self.rollback_request = {"checkpoint": ckpt, "alert_step": step, "lr_scale": self.lr_scale}
+                done = (
+                    f"Fp8HealthCallback: rolling back to {ckpt} with learning rate x{self.lr_scale:g} "
+                    f"(rollback {self.rollbacks}/{self.max_rollbacks}); stopping this run."
+                )
+                logger.warning(done)
+                self.actions_taken.append(done)
+                control.should_training_stop = True
+                control.should_save = False
+                self._streak = 0
+                return
+            reason = "no checkpoint saved before the alert" if ckpt is None else ""
+        else:
+            reason = "rollback limit reached" if self.action == "rollback" else ""
+        done = f"Fp8HealthCallback: stopping training at step {step}{f' ({reason})' if reason else ''}."
+        logger.warning(done)
+        self.actions_taken.append(done)
+        control.should_training_stop = True
+
+
+def _unwrap(model):
+    while hasattr(model, "module") and not hasattr(model, "config"):
+        model = model.module
+    return model
+
+
+def _last_checkpoint_before(output_dir: str, step: int) -> str | None:
+    if not os.path.isdir(output_dir):
+        return None
+    best = None
+    for name in os.listdir(output_dir):
+        m = re.fullmatch(r"checkpoint-(\d+)", name)
+        if m and int(m.group(1)) < step and (best is None or int(m.group(1)) > best):
+            best = int(m.group(1))
+    return os.path.join(output_dir, f"checkpoint-{best}") if best is not None else None
+
+
+def train_with_rollback(trainer, callback: Fp8HealthCallback | None = None, resume_from_checkpoint=None):
+    """`trainer.train()`, resumed from the last good checkpoint (with a lower learning rate) each time the
+    [`Fp8HealthCallback`] with `action="rollback"` requests it.
+
+    Args:
+        trainer (`transformers.Trainer`): Trainer whose callbacks include the [`Fp8HealthCallback`].
+        callback ([`Fp8HealthCallback`], *optional*): Found among the trainer's callbacks when omitted.
+        resume_from_checkpoint (`str | bool`, *optional*): Passed to the first `train()` call.
+
+    Returns:
+        The `TrainOutput` of the last `train()` call.
+    """
+    if callback is None:
+        found = [c for c in trainer.callback_handler.callbacks if isinstance(c, Fp8HealthCallback)]
+        if not found:
+            raise ValueError("train_with_rollback: the trainer has no Fp8HealthCallback; add one to callbacks=[...].")
+        callback = found[0]
+    if trainer.args.save_strategy == "no":
+        raise ValueError("train_with_rollback: rollback needs checkpoints; set save_strategy='steps' and save_steps.")
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    while callback.rollback_request is not None:
+        request, callback.rollback_request = callback.rollback_request, None
+        callback.resume_checkpoint = request["checkpoint"]
+        trainer.optimizer, trainer.lr_scheduler = None, None  # rebuilt, then loaded from the checkpoint
+        result = trainer.train(resume_from_checkpoint=request["checkpoint"])
+    return result

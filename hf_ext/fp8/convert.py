@@ -1,0 +1,315 @@
+"""Put every transformer-block linear of a model in FP8: one entry point, three backends.
+
+- "torchao" (default): torchao's `Float8Linear` (tensorwise or rowwise dynamic scaling) via
+  `torchao.float8.convert_to_float8_training`; runs on CPU too (torch's CPU `_scaled_mm`, or `emulate=True`).
+- "te": NVIDIA Transformer Engine `te.Linear` under `te.autocast` with `DelayedScaling` (HYBRID, amax history 1024,
+  "max"), FOG's recipe. Needs CUDA and `transformer_engine`; imported only when asked for.
+- "emulated": [`Fp8Linear`] (pure torch, current or delayed scaling), optionally with FP8 attention BMMs.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+
+from torch import nn
+
+BACKENDS = ("torchao", "te", "emulated")
+TORCHAO_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+
+
+def _output_embedding_names(model: nn.Module) -> set[str]:
+    names = set()
+    get_out = getattr(model, "get_output_embeddings", None)
+    head = get_out() if callable(get_out) else None
+    for name, module in model.named_modules():
+        if head is not None and module is head:
+            names.add(name)
+        elif name.split(".")[-1] in ("lm_head", "embed_out", "output"):
+            names.add(name)
+    return names
+
+
+def fp8_target_filter(
+    model: nn.Module, include_lm_head: bool = False, skip_modules: list[str] | None = None
+) -> Callable[[nn.Module, str], bool]:
+    """A `(module, fqn) -> bool` filter selecting every `nn.Linear` except the LM head (unless `include_lm_head`) and
+    names matching a regex of `skip_modules`. Usable as torchao's `module_filter_fn` and accelerate's
+    `AORecipeKwargs(module_filter_func=...)` (accelerate's default would also skip the first block linear)."""
+    head_names = set() if include_lm_head else _output_embedding_names(model)
+    patterns = [re.compile(p) for p in (skip_modules or [])]
+
+    def _filter(module: nn.Module, fqn: str) -> bool:
+        if not isinstance(module, nn.Linear):
+            return False
+        if fqn in head_names or any(fqn.endswith(f".{h}") or fqn == h for h in head_names):
+            return False
+        return not any(p.search(fqn) for p in patterns)
+
+    return _filter
+
+
+def fp8_target_modules(model: nn.Module, include_lm_head: bool = False, skip_modules: list[str] | None = None):
+    """Names of the linears [`convert`] would put in FP8 (for counting and for error messages)."""
+    keep = fp8_target_filter(model, include_lm_head, skip_modules)
+    return [name for name, m in model.named_modules() if keep(m, name)]
+
+
+def fp8_converted_modules(model: nn.Module) -> list[str]:
+    """Names of the modules that currently run in FP8 (torchao `Float8Linear`, `te.Linear` or [`Fp8Linear`])."""
+    from .emulation import Fp8Linear
+
+    out = []
+    for name, module in model.named_modules():
+        cls = type(module)
+        if isinstance(module, Fp8Linear) or cls.__name__ == "Float8Linear":
+            out.append(name)
+        elif cls.__module__.startswith("transformer_engine") and cls.__name__ == "Linear":
+            out.append(name)
+    return out
+
+
+def _check_dims(model: nn.Module, names: list[str], pad_inner_dim: bool, backend: str) -> None:
+    modules = dict(model.named_modules())
+    bad = [
+        f"{n} ({modules[n].in_features}->{modules[n].out_features})"
+        for n in names
+        if modules[n].in_features % 16 or modules[n].out_features % 16
+    ]
+    if not bad:
+        return
+    if backend == "te" or not pad_inner_dim:
+        hint = "Transformer Engine cannot pad" if backend == "te" else "or pass pad_inner_dim=True to pad the GEMMs"
+        raise ValueError(
+            f"FP8 GEMMs need in/out features divisible by 16; these linears are not: {', '.join(bad[:6])}"
+            f"{' ...' if len(bad) > 6 else ''}. Use multiples of 16 (hidden, intermediate, head sizes), "
+            f"list them in skip_modules, {hint}."
+        )
+
+
+def convert(
+    model: nn.Module,
+    backend: str = "torchao",
+    *,
+    recipe: str = "tensorwise",
+    scaling: str = "delayed",
+    fp8_format: str = "hybrid",
+    amax_history_len: int = 1024,
+    amax_compute_algo: str = "max",
+    margin: int = 0,
+    include_lm_head: bool = False,
+    skip_modules: list[str] | None = None,
+    fp8_attention: bool = False,
+    pad_inner_dim: bool = False,
+    emulate: bool = False,
+) -> nn.Module:
+    """Run every block linear (QKV, O, MLP up/gate/down) of `model` in FP8, for the forward and both backward GEMMs.
+
+    The LM head stays in high precision unless `include_lm_head=True`; embeddings are lookups, not GEMMs, and are
+    never converted. Conversion is in place; parameter names (and so `save_pretrained` files) are unchanged.
+
+    Args:
+        model (`nn.Module`): Typically a `PreTrainedModel` in FP32 or BF16.
+        backend (`str`, defaults to `"torchao"`): "torchao", "te" or "emulated".
+        recipe (`str`, defaults to `"tensorwise"`): torchao recipe: "tensorwise", "rowwise", "rowwise_with_gw_hp".
+        scaling (`str`, defaults to `"delayed"`): emulated backend: "delayed" (amax history) or "current".
+        fp8_format (`str`, defaults to `"hybrid"`): te / emulated: "hybrid" (E4M3 fwd, E5M2 grads) or "e4m3".
+        amax_history_len (`int`, defaults to 1024): te / emulated delayed scaling history length.
+        amax_compute_algo (`str`, defaults to `"max"`): te / emulated: "max" or "most_recent".
+        margin (`int`, defaults to 0): te / emulated scaling margin (scale / 2**margin).
+        include_lm_head (`bool`, defaults to `False`): Also put the LM head in FP8 (FOG keeps it in BF16).
+        skip_modules (`list[str]`, *optional*): Regexes of module names to keep in high precision.
+        fp8_attention (`bool`, defaults to `False`): emulated backend only: also run QK^T and PV in FP8 (switches the
+            model's attention implementation to "fp8_emulated").
+        pad_inner_dim (`bool`, defaults to `False`): Allow linears whose sizes are not multiples of 16 (torchao pads
+            the GEMMs; padding with zeros is exact, so the emulated backend needs no padding).
+        emulate (`bool`, defaults to `False`): torchao: run its emulated GEMM instead of `torch._scaled_mm`.
+
+    Returns:
+        `nn.Module`: `model`, converted in place.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"convert: backend={backend!r} is not supported; choose one of {', '.join(BACKENDS)}.")
+    if backend == "torchao" and recipe not in TORCHAO_RECIPES:
+        raise ValueError(f"convert: recipe={recipe!r} is not a torchao recipe; choose one of {TORCHAO_RECIPES}.")
+    if fp8_attention and backend != "emulated":
+        raise ValueError(
+            "convert: fp8_attention=True is only available with backend='emulated' (Transformer Engine FP8 attention "
+            "needs te.DotProductAttention modules; torchao has no FP8 attention)."
+        )
+    from .emulation import AMAX_ALGOS, SCALINGS, fp8_dtypes
+
+    if scaling not in SCALINGS:
+        raise ValueError(f"convert: scaling={scaling!r} is not supported; choose one of {SCALINGS}.")
+    if amax_compute_algo not in AMAX_ALGOS:
+        raise ValueError(f"convert: amax_compute_algo={amax_compute_algo!r}; choose one of {AMAX_ALGOS}.")
+    if amax_history_len < 1:
+        raise ValueError(f"convert: amax_history_len must be >= 1, got {amax_history_len}.")
+    fp8_dtypes(fp8_format)
+    if fp8_converted_modules(model):
+        raise ValueError("convert: model already has FP8 modules; convert a fresh (high-precision) model.")
+    names = fp8_target_modules(model, include_lm_head, skip_modules)
+    if not names:
+        raise ValueError("convert: no nn.Linear to convert (after include_lm_head / skip_modules).")
+    _check_dims(model, names, pad_inner_dim, backend)
+
+    if backend == "torchao":
+        _convert_torchao(model, names, recipe, pad_inner_dim, emulate)
+    elif backend == "te":
+        _convert_te(model, names, fp8_format, amax_history_len, amax_compute_algo, margin)
+    else:
+        _convert_emulated(model, names, scaling, fp8_format, amax_history_len, amax_compute_algo, margin)
+        if fp8_attention:
+            _use_fp8_attention(model)
+    model.hf_ext_fp8 = {"backend": backend, "recipe": recipe if backend == "torchao" else scaling, "modules": names}
+    return model
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def torchao_config(recipe: str = "tensorwise", pad_inner_dim: bool = False, emulate: bool = False):
+    """torchao `Float8LinearConfig` for a recipe name, with `pad_inner_dim` and `emulate` set."""
+    import dataclasses
+
+    from torchao.float8 import Float8LinearConfig
+
+    cfg = Float8LinearConfig.from_recipe_name(recipe)
+    return dataclasses.replace(cfg, pad_inner_dim=pad_inner_dim, emulate=emulate)
+
+
+def _convert_torchao(model, names, recipe, pad_inner_dim, emulate) -> None:
+    from torchao.float8 import convert_to_float8_training
+
+    wanted = set(names)
+    convert_to_float8_training(
+        model,
+        module_filter_fn=lambda mod, fqn: fqn in wanted,
+        config=torchao_config(recipe, pad_inner_dim, emulate),
+    )
+
+
+def _convert_emulated(model, names, scaling, fp8_format, history, algo, margin) -> None:
+    from .emulation import Fp8Linear
+
+    for name in names:
+        linear = model.get_submodule(name)
+        _replace(
+            model,
+            name,
+            Fp8Linear.from_linear(
+                linear,
+                scaling=scaling,
+                fp8_format=fp8_format,
+                amax_history_len=history,
+                amax_compute_algo=algo,
+                margin=margin,
+            ),
+        )
+
+
+def _use_fp8_attention(model: nn.Module) -> None:
+    from .emulation import register_fp8_attention
+
+    name = register_fp8_attention()
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError("convert: fp8_attention=True needs a transformers model (with .config).")
+    if hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation(name)
+            return
+        except (ValueError, ImportError, KeyError):
+            pass
+    config._attn_implementation = name
+
+
+def te_recipe(fp8_format: str = "hybrid", amax_history_len: int = 1024, amax_compute_algo: str = "max", margin=0):
+    """Transformer Engine `DelayedScaling` recipe (FOG's: HYBRID, history 1024, "max", margin 0)."""
+    from transformer_engine.common.recipe import DelayedScaling, Format
+
+    return DelayedScaling(
+        margin=margin,
+        fp8_format=Format.HYBRID if fp8_format == "hybrid" else Format.E4M3,
+        amax_history_len=amax_history_len,
+        amax_compute_algo=amax_compute_algo,
+    )
+
+
+def _import_te():
+    try:
+        import transformer_engine.pytorch as te
+    except ImportError as err:
+        raise ImportError(
+            "convert(backend='te') needs NVIDIA Transformer Engine on a CUDA machine with an FP8 GPU (SM89+): "
+            "`pip install transformer-engine[pytorch]`. Use backend='torchao' or 'emulated' elsewhere."
+        ) from err
+    return te
+
+
+def _convert_te(model, names, fp8_format, history, algo, margin) -> None:
+    import torch
+
+    te = _import_te()
+    if not torch.cuda.is_available():
+        raise ValueError("convert(backend='te') needs a CUDA device; use backend='torchao' or 'emulated' on CPU.")
+    recipe = te_recipe(fp8_format, history, algo, margin)
+    for name in names:
+        lin = model.get_submodule(name)
+        new = te.Linear(
+            lin.in_features,
+            lin.out_features,
+            bias=lin.bias is not None,
+            params_dtype=lin.weight.dtype,
+            device=lin.weight.device,
+        )
+        with torch.no_grad():
+            new.weight.copy_(lin.weight)
+            if lin.bias is not None:
+                new.bias.copy_(lin.bias)
+        _replace(model, name, new)
+    autocast = getattr(te, "autocast", None)
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def forward_in_fp8(*args, **kwargs):
+        ctx = autocast(enabled=True, recipe=recipe) if autocast else te.fp8_autocast(enabled=True, fp8_recipe=recipe)
+        with ctx:
+            return forward(*args, **kwargs)
+
+    model.forward = forward_in_fp8
+
+
+def ao_recipe_kwargs(
+    model: nn.Module,
+    recipe: str = "tensorwise",
+    include_lm_head: bool = False,
+    skip_modules: list[str] | None = None,
+    pad_inner_dim: bool = False,
+):
+    """accelerate `AORecipeKwargs` that converts every block linear (only the LM head stays out), for
+    `Accelerator(mixed_precision="fp8", kwargs_handlers=[...])` or [`Fp8Trainer`]. accelerate's default filter would
+    also keep the first linear (the first QKV projection) in high precision.
+
+    Args:
+        model (`nn.Module`): The model that will be prepared (used to find its LM head).
+        recipe (`str`): torchao recipe name.
+        include_lm_head, skip_modules, pad_inner_dim: As in [`convert`].
+    """
+    from accelerate.utils import AORecipeKwargs
+
+    if recipe not in TORCHAO_RECIPES:
+        raise ValueError(f"ao_recipe_kwargs: recipe={recipe!r}; choose one of {TORCHAO_RECIPES}.")
+    names = fp8_target_modules(model, include_lm_head, skip_modules)
+    _check_dims(model, names, pad_inner_dim, "torchao")
+    return AORecipeKwargs(
+        config=torchao_config(recipe, pad_inner_dim),
+        module_filter_func=fp8_target_filter(model, include_lm_head, skip_modules),
+        pad_inner_dim=pad_inner_dim,
+    )

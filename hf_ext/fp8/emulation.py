@@ -1,0 +1,257 @@
+"""Pure-torch FP8 emulation: the numerics reference for FP8 training, usable on any device.
+
+Every GEMM operand is scaled, cast to a real torch FP8 dtype (E4M3 for activations and weights, E5M2 for gradients in
+the HYBRID format) and cast back; the product then runs in FP32, as an FP8 tensor core accumulates. Scales are per
+tensor, either from the current tensor ("current" scaling) or from a history of past amaxes (Transformer Engine's
+"delayed" scaling).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+E4M3 = torch.float8_e4m3fn
+E5M2 = torch.float8_e5m2
+FP8_MAX = {E4M3: float(torch.finfo(E4M3).max), E5M2: float(torch.finfo(E5M2).max)}
+FP8_FORMATS = ("hybrid", "e4m3")
+SCALINGS = ("current", "delayed")
+AMAX_ALGOS = ("max", "most_recent")
+_EPS = 1e-12
+
+
+def fp8_dtypes(fp8_format: str) -> tuple[torch.dtype, torch.dtype]:
+    """(forward dtype, gradient dtype) of a format: "hybrid" = (E4M3, E5M2), "e4m3" = (E4M3, E4M3)."""
+    if fp8_format not in FP8_FORMATS:
+        raise ValueError(f"fp8_format={fp8_format!r} is not supported; choose one of {FP8_FORMATS}.")
+    return (E4M3, E5M2) if fp8_format == "hybrid" else (E4M3, E4M3)
+
+
+_MANTISSA_BITS = {E4M3: 3, E5M2: 2}
+_MIN_NORMAL_EXP = {E4M3: -6, E5M2: -14}
+
+
+def round_to_fp8(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round FP32 values to the nearest `dtype` value (ties to even, saturating), returned in FP32.
+
+    On CUDA this is the hardware cast; on CPU, where torch casts to FP8 one element at a time, the same rounding is
+    computed with vectorised ops (exponent, quantum 2**(e - mantissa_bits), round-half-even), which is bit-identical
+    to `clamp(x, +-max).to(dtype).float()` (checked in the tests).
+    """
+    fmax = FP8_MAX[dtype]
+    x = x.clamp(-fmax, fmax)
+    if x.is_cuda:
+        return x.to(dtype).float()
+    exponent = torch.floor(torch.log2(x.abs())).clamp_min(_MIN_NORMAL_EXP[dtype])
+    quantum = torch.exp2(exponent - _MANTISSA_BITS[dtype])
+    return torch.round(x / quantum) * quantum
+
+
+def quantize_dequantize(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`fp8(clamp(x * scale, +-max)) / scale` in FP32: the value an FP8 GEMM sees for operand `x` with scale `scale`.
+
+    The clamp matters: eager casts to E5M2 do not saturate (1e5 -> inf).
+    """
+    return round_to_fp8(x.float() * scale, dtype) / scale
+
+
+def scale_from_amax(amax: torch.Tensor, dtype: torch.dtype, margin: int = 0) -> torch.Tensor:
+    """Per-tensor quantisation scale `fp8_max / amax / 2**margin` (FP32, no host sync)."""
+    return (FP8_MAX[dtype] / amax.float().clamp_min(_EPS)) / (2.0**margin)
+
+
+def _history_amax(history: torch.Tensor, current: torch.Tensor, algo: str) -> torch.Tensor:
+    ref = history.amax() if algo == "max" else history[0]
+    # An empty history (first use) falls back to the current amax ("just in time" for the first step).
+    return torch.where(ref > 0, ref, current)
+
+
+def _record(history: torch.Tensor, amax: torch.Tensor) -> None:
+    history.copy_(torch.roll(history, 1, dims=0))
+    history[0] = amax
+
+
+class _Fp8LinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, module: Fp8Linear):
+        fwd_dtype, _ = fp8_dtypes(module.fp8_format)
+        x2 = x.reshape(-1, x.shape[-1])
+        amax_x = x2.detach().abs().amax().float()
+        amax_w = weight.detach().abs().amax().float()
+        if module.scaling == "delayed":
+            hist = module.fp8_amax_history
+            ref_x = _history_amax(hist[:, 0], amax_x, module.amax_compute_algo)
+            ref_w = _history_amax(hist[:, 1], amax_w, module.amax_compute_algo)
+            if module.training:
+                _record(hist[:, 0], amax_x)
+                _record(hist[:, 1], amax_w)
+        else:
+            ref_x, ref_w = amax_x, amax_w
+        xq = quantize_dequantize(x2, scale_from_amax(ref_x, fwd_dtype, module.margin), fwd_dtype)
+        wq = quantize_dequantize(weight, scale_from_amax(ref_w, fwd_dtype, module.margin), fwd_dtype)
+        out = xq @ wq.t()
+        if bias is not None:
+            out = out + bias.float()
+        ctx.save_for_backward(xq, wq)
+        ctx.module = module
+        ctx.has_bias = bias is not None
+        ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
+        return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xq, wq = ctx.saved_tensors
+        module: Fp8Linear = ctx.module
+        _, grad_dtype = fp8_dtypes(module.fp8_format)
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        amax_g = g2.detach().abs().amax().float()
+        if module.scaling == "delayed":
+            hist = module.fp8_amax_history
+            ref_g = _history_amax(hist[:, 2], amax_g, module.amax_compute_algo)
+            _record(hist[:, 2], amax_g)
+        else:
+            ref_g = amax_g
+        gq = quantize_dequantize(g2, scale_from_amax(ref_g, grad_dtype, module.margin), grad_dtype)
+        grad_x = (gq @ wq).to(ctx.x_dtype).reshape(ctx.x_shape)  # dgrad GEMM, FP8 x FP8
+        grad_w = (gq.t() @ xq).to(ctx.w_dtype)  # wgrad GEMM, FP8 x FP8
+        grad_b = g2.float().sum(0).to(ctx.w_dtype) if ctx.has_bias else None
+        return grad_x, grad_w, grad_b, None
+
+
+class Fp8Linear(nn.Linear):
+    """`nn.Linear` whose forward GEMM and both backward GEMMs (dgrad, wgrad) run on FP8-quantised operands.
+
+    Parameters stay in their high-precision dtype (master weights); only GEMM inputs are quantised. With
+    `scaling="delayed"`, the persistent buffer `fp8_amax_history` (shape `(amax_history_len, 3)`: input, weight,
+    grad_output) is saved in the model state dict and so in every Trainer checkpoint.
+
+    Args:
+        in_features, out_features, bias: As `nn.Linear`.
+        scaling (`str`): "current" (scale from this tensor's amax) or "delayed" (from the amax history).
+        fp8_format (`str`): "hybrid" (E4M3 forward, E5M2 gradients) or "e4m3".
+        amax_history_len (`int`): History length for delayed scaling (Transformer Engine default 1024).
+        amax_compute_algo (`str`): "max" over the history or "most_recent".
+        margin (`int`): Scales are divided by `2**margin`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        scaling: str = "delayed",
+        fp8_format: str = "hybrid",
+        amax_history_len: int = 1024,
+        amax_compute_algo: str = "max",
+        margin: int = 0,
+    ):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling={scaling!r} is not supported; choose one of {SCALINGS}.")
+        if amax_compute_algo not in AMAX_ALGOS:
+            raise ValueError(f"amax_compute_algo={amax_compute_algo!r} is not supported; choose one of {AMAX_ALGOS}.")
+        if amax_history_len < 1:
+            raise ValueError(f"amax_history_len must be >= 1, got {amax_history_len}.")
+        fp8_dtypes(fp8_format)
+        self.scaling, self.fp8_format, self.margin = scaling, fp8_format, int(margin)
+        self.amax_compute_algo = amax_compute_algo
+        if scaling == "delayed":
+            self.fp8_amax_history = nn.Buffer(torch.zeros(amax_history_len, 3, device=device), persistent=True)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> Fp8Linear:
+        """An `Fp8Linear` sharing `linear`'s parameters (no copy)."""
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta", **kwargs)
+        new.weight = linear.weight
+        new.bias = linear.bias
+        if new.scaling == "delayed":
+            new.fp8_amax_history = torch.zeros_like(new.fp8_amax_history, device=linear.weight.device)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Fp8LinearFunction.apply(x, self.weight, self.bias, self)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, fp8={self.fp8_format}, scaling={self.scaling}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# FP8 attention BMMs (QK^T and PV)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _QuantizeForward(torch.autograd.Function):
+    """Quantise-dequantise in forward with the tensor's own (current) scale; straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        amax = x.detach().abs().amax().float()
+        return quantize_dequantize(x, scale_from_amax(amax, dtype), dtype).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _QuantizeGrad(torch.autograd.Function):
+    """Identity in forward; quantises the incoming gradient (the backward GEMMs' FP8 operand)."""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.dtype = dtype
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        amax = grad.detach().abs().amax().float()
+        return quantize_dequantize(grad, scale_from_amax(amax, ctx.dtype), ctx.dtype).to(grad.dtype), None
+
+
+def fp8_bmm(a: torch.Tensor, b: torch.Tensor, fp8_format: str = "hybrid") -> torch.Tensor:
+    """Batched `a @ b` with both operands in FP8 (forward dtype) and the output gradient in FP8 (gradient dtype), so
+    the forward and both backward BMMs see FP8 inputs; accumulation in FP32."""
+    fwd, grad = fp8_dtypes(fp8_format)
+    out = torch.matmul(_QuantizeForward.apply(a, fwd).float(), _QuantizeForward.apply(b, fwd).float())
+    return _QuantizeGrad.apply(out, grad).to(a.dtype)
+
+
+def fp8_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention with emulated FP8 BMMs (QK^T and PV, current per-tensor scaling, HYBRID format); softmax in
+    FP32. An approximation of cuDNN FP8 attention, whose internal scaling of P is not public. Registered with
+    transformers' attention interface as "fp8_emulated"."""
+    n_rep = getattr(module, "num_key_value_groups", 1)
+    if n_rep > 1:
+        b, h, t, d = key.shape
+        key = key[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+        value = value[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+    scores = fp8_bmm(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = fp8_bmm(probs, value)
+    return out.transpose(1, 2).contiguous(), probs
+
+
+FP8_ATTENTION_NAME = "fp8_emulated"
+
+
+def register_fp8_attention() -> str:
+    """Register [`fp8_attention_forward`] (and the eager mask format) under "fp8_emulated"; returns the name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(FP8_ATTENTION_NAME, fp8_attention_forward)
+    AttentionMaskInterface.register(FP8_ATTENTION_NAME, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    return FP8_ATTENTION_NAME

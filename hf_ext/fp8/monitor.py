@@ -1,0 +1,286 @@
+"""Activation kurtosis monitor: forward hooks at seven sites per transformer layer.
+
+For each sample b of a batch, the tensor at a site is flattened and its non-central kurtosis
+`K_b = mean(x_b^4) / mean(x_b^2)^2` computed (about 3 for Gaussian data; a few huge outliers make it large). The monitor
+reports the mean over samples per site and layer, plus `rms`, `max_abs`, `underflow` (fraction of non-zero elements
+that an E4M3 cast with the tensor's own per-tensor scale flushes to zero) and `saturation` (fraction of elements above
+the amax this site had at the previous monitored step, i.e. what a delayed-scaling recipe would clip). Statistics stay
+on the device until [`KurtosisMonitor.collect`] (one host transfer per monitored step).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from .emulation import E4M3, FP8_MAX
+
+# site -> candidate (relative module path, "input" | "output") lists; the first list whose modules exist is used.
+SITES: dict[str, list[list[tuple[str, str]]]] = {
+    "activation": [[("", "output")]],
+    "qkv_input": [[("self_attn.q_proj", "input")], [("self_attn.qkv_proj", "input")], [("attn.c_attn", "input")]],
+    "qkv": [
+        [("self_attn.q_proj", "output"), ("self_attn.k_proj", "output"), ("self_attn.v_proj", "output")],
+        [("self_attn.qkv_proj", "output")],
+        [("attn.c_attn", "output")],
+    ],
+    "q": [[("self_attn.q_norm", "output")], [("self_attn.q_proj", "output")]],
+    "k": [[("self_attn.k_norm", "output")], [("self_attn.k_proj", "output")]],
+    "mlp_intermediate": [
+        [("mlp.gate_proj", "output"), ("mlp.up_proj", "output")],
+        [("mlp.up_proj", "output")],
+        [("mlp.fc1", "output")],
+        [("mlp.c_fc", "output")],
+    ],
+    "mlp_post_act": [[("mlp.act_fn", "output")], [("mlp.act", "output")]],
+    "mlp_out": [[("mlp.down_proj", "output")], [("mlp.fc2", "output")], [("mlp.c_proj", "output")]],
+}
+STATS = ("kurtosis", "rms", "max_abs", "underflow", "saturation")
+# smallest E4M3 subnormal is 2**-9; values below half of it round to zero
+_E4M3_ZERO = 2.0**-10
+
+
+def kurtosis(x: torch.Tensor, per_sample: bool = True) -> torch.Tensor:
+    """Non-central kurtosis `mean(x^4) / mean(x^2)^2`, per sample (over all but the first dim) or over the tensor.
+
+    Args:
+        x (`torch.Tensor`): Any tensor; with `per_sample=True` the first dimension indexes samples.
+        per_sample (`bool`): Return one value per sample (shape `(B,)`) instead of a scalar.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"kurtosis: x must be a torch.Tensor, got {type(x).__name__}.")
+    if x.numel() == 0:
+        raise ValueError("kurtosis: x is empty.")
+    flat = x.detach().reshape(x.shape[0], -1) if per_sample else x.detach().reshape(1, -1)
+    x2 = flat.float().square()
+    m2 = x2.sum(1, dtype=torch.float64) / flat.shape[1]
+    m4 = x2.square().sum(1, dtype=torch.float64) / flat.shape[1]
+    k = m4 / m2.square().clamp_min(1e-300)
+    return k if per_sample else k[0]
+
+
+def find_decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a model: the longest `nn.ModuleList` of identical module types."""
+    best: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > len(best):
+            if len({type(m) for m in module}) == 1:
+                best = list(module)
+    if not best:
+        raise ValueError("find_decoder_layers: the model has no nn.ModuleList of blocks to monitor.")
+    return best
+
+
+class KurtosisMonitor:
+    """Forward hooks that measure per-sample kurtosis (and rms, max |x|, FP8 underflow / saturation) at up to seven
+    sites of every layer: `activation` (block output), `qkv_input`, `qkv`, `q`, `k` (after QK norm when present),
+    `mlp_intermediate` (FC1 output), `mlp_post_act`, `mlp_out`.
+
+    Hooks only compute while the monitor is enabled ([`enable`] / [`disable`], or the `active` context); then they
+    accumulate on the device and [`collect`] returns `{"<site>/<stat>/layer_<i>": float, "<site>/<stat>/avg": float}`.
+
+    Args:
+        model (`nn.Module`): A transformers causal LM (Llama-like module names) or any model whose blocks follow one of
+            the layouts in `SITES`.
+        sites (`list[str]`, *optional*): Subset of sites; default all that the model has.
+        layers (`list[nn.Module]`, *optional*): The blocks; default [`find_decoder_layers`].
+    """
+
+    def __init__(self, model: nn.Module, sites: list[str] | None = None, layers: list[nn.Module] | None = None):
+        if sites is not None:
+            unknown = sorted(set(sites) - set(SITES))
+            if unknown:
+                raise ValueError(f"KurtosisMonitor: unknown sites {unknown}; choose from {sorted(SITES)}.")
+        self.model = model
+        self.layers = layers if layers is not None else find_decoder_layers(model)
+        self.requested_sites = list(sites) if sites is not None else list(SITES)
+        self.enabled = False
+        self._handles: list = []
+        self._pending: dict[tuple[str, int], list[torch.Tensor]] = {}
+        self._acc: dict[tuple[str, int], torch.Tensor] = {}
+        self.prev_amax: dict[str, float] = {}
+        self._prev_amax_t: dict[tuple[str, int], torch.Tensor] = {}
+        self.site_modules: dict[str, list[list[tuple[str, str]]]] = {}
+        self._attach()
+
+    # ---------------------------------------------------------------------------------------------------------- hooks
+    def _attach(self) -> None:
+        for li, layer in enumerate(self.layers):
+            named = dict(layer.named_modules())
+            for site in self.requested_sites:
+                chosen = next((c for c in SITES[site] if all(p in named for p, _ in c)), None)
+                if chosen is None:
+                    continue
+                self.site_modules.setdefault(site, []).append(chosen)
+                if site == "activation":
+                    continue  # measured in the layer's own hook below
+                for path, where in chosen:
+                    mod = named[path]
+                    if where == "input":
+                        self._handles.append(mod.register_forward_pre_hook(self._make_hook(site, li, "input")))
+                    else:
+                        self._handles.append(mod.register_forward_hook(self._make_hook(site, li, "output")))
+            self._handles.append(layer.register_forward_hook(self._make_layer_end_hook(li)))
+        if not self.site_modules:
+            raise ValueError("KurtosisMonitor: none of the requested sites exist in this model's blocks.")
+
+    @property
+    def sites(self) -> list[str]:
+        """Sites found in the model."""
+        return [s for s in SITES if s in self.site_modules]
+
+    def _make_hook(self, site: str, layer: int, where: str):
+        def hook(module, args, output=None):
+            if not self.enabled:
+                return
+            x = args[0] if where == "input" else output
+            if isinstance(x, tuple):
+                x = x[0]
+            self._observe(site, layer, x)
+
+        return hook
+
+    def _make_layer_end_hook(self, layer: int):
+        def hook(module, args, output):
+            if not self.enabled:
+                return
+            x = output[0] if isinstance(output, tuple) else output
+            if "activation" in self.site_modules:
+                self._observe("activation", layer, x)
+            self._finalize(layer)
+
+        return hook
+
+    def _observe(self, site: str, layer: int, x: torch.Tensor) -> None:
+        with torch.no_grad():
+            flat = x.detach().reshape(x.shape[0], -1)
+            x2 = flat.float().square()
+            absx = flat.abs().float()
+            amax = absx.amax()
+            scale = FP8_MAX[E4M3] / amax.clamp_min(1e-30)
+            nonzero = absx > 0
+            under = (nonzero & (absx * scale < _E4M3_ZERO)).sum(dtype=torch.float64)
+            ref = self._prev_amax_t.get((site, layer))
+            sat = (absx > ref).sum(dtype=torch.float64) if ref is not None else torch.zeros((), dtype=torch.float64)
+            stats = torch.stack(
+                [
+                    x2.sum(1, dtype=torch.float64),  # per-sample sum x^2 ...
+                    x2.square().sum(1, dtype=torch.float64),  # ... sum x^4
+                    torch.full((flat.shape[0],), float(flat.shape[1]), dtype=torch.float64, device=x.device),
+                ]
+            )  # (3, B)
+            extra = torch.stack([amax.double(), under, sat, torch.tensor(float(flat.numel()), device=x.device)])
+        self._pending.setdefault((site, layer), []).append((stats, extra))
+
+    def _finalize(self, layer: int) -> None:
+        for key in [k for k in self._pending if k[1] == layer]:
+            parts = self._pending.pop(key)
+            stats = sum(p[0] for p in parts)  # sums over modules of a site (q, k, v outputs) per sample
+            extra = torch.stack([p[1] for p in parts])
+            s2, s4, n = stats
+            k = (s4 / n) / (s2 / n).square().clamp_min(1e-300)
+            rms = (s2 / n).sqrt()
+            row = torch.stack(
+                [
+                    k.sum(),
+                    rms.sum(),
+                    extra[:, 0].max(),
+                    extra[:, 1].sum(),
+                    extra[:, 2].sum(),
+                    extra[:, 3].sum(),
+                    torch.tensor(float(k.numel()), dtype=torch.float64, device=k.device),
+                ]
+            )
+            prev = self._acc.get(key)
+            if prev is None:
+                self._acc[key] = row
+            else:
+                merged = prev + row
+                merged[2] = torch.maximum(prev[2], row[2])
+                self._acc[key] = merged
+
+    # ------------------------------------------------------------------------------------------------------- control
+    def enable(self) -> None:
+        """Start measuring (hooks compute from the next forward)."""
+        self.enabled = True
+
+    def disable(self) -> None:
+        """Stop measuring (hooks return immediately)."""
+        self.enabled = False
+
+    def reset(self) -> None:
+        """Drop accumulated, not yet collected statistics."""
+        self._acc.clear()
+        self._pending.clear()
+
+    def has_data(self) -> bool:
+        return bool(self._acc)
+
+    def collect(self) -> dict[str, float]:
+        """Return and reset the statistics accumulated since the last call (means over samples and forwards).
+
+        Returns:
+            `dict[str, float]`: keys `"<site>/<stat>/layer_<i>"` and `"<site>/<stat>/avg"` (mean over layers; `max_abs`
+            is the max over layers).
+        """
+        if not self._acc:
+            return {}
+        keys = sorted(self._acc)
+        table = torch.stack([self._acc[k] for k in keys]).cpu().tolist()  # the only host sync
+        for key in keys:
+            self._prev_amax_t[key] = self._acc[key][2].to(torch.float32).detach().clone()
+        self._acc.clear()
+        out: dict[str, float] = {}
+        per_site: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for (site, layer), (k_sum, rms_sum, amax, under, sat, numel, n) in zip(keys, table):
+            values = {
+                "kurtosis": k_sum / n,
+                "rms": rms_sum / n,
+                "max_abs": amax,
+                "underflow": under / numel,
+                "saturation": sat / numel,
+            }
+            for stat, v in values.items():
+                out[f"{site}/{stat}/layer_{layer}"] = v
+                per_site[site][stat].append(v)
+            self.prev_amax[f"{site}/{layer}"] = amax
+        for site, stats in per_site.items():
+            for stat, vals in stats.items():
+                out[f"{site}/{stat}/avg"] = max(vals) if stat == "max_abs" else sum(vals) / len(vals)
+        return out
+
+    def active(self):
+        """Context manager enabling the monitor for the enclosed forwards."""
+        monitor = self
+
+        class _Ctx:
+            def __enter__(self):
+                monitor.enable()
+                return monitor
+
+            def __exit__(self, *exc):
+                monitor.disable()
+                return False
+
+        return _Ctx()
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable state (previous amax per site and layer, for the saturation statistic)."""
+        return {"prev_amax": dict(self.prev_amax)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prev_amax = {k: float(v) for k, v in state.get("prev_amax", {}).items()}
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        self._prev_amax_t = {
+            (key.rsplit("/", 1)[0], int(key.rsplit("/", 1)[1])): torch.tensor(v, device=device)
+            for key, v in self.prev_amax.items()
+        }
+
+    def remove(self) -> None:
+        """Remove every hook."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.enabled = False
