@@ -86,7 +86,6 @@ class NeuralGrokConfig(TrainingArguments):
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpointing strategy."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Integrations to report to."})
 
     def __post_init__(self):
         if self.gradient_transform not in GRADIENT_TRANSFORMS:
