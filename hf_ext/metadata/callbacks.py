@@ -1,0 +1,79 @@
+"""Trainer callback that switches metadata conditioning off for the final fraction of training (MeCo cooldown)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from transformers import TrainerCallback
+
+from .collator import MetadataCollator
+
+STATE_FILE = "metadata_conditioning.json"
+
+
+class MetadataCooldownCallback(TrainerCallback):
+    """Train the last `cooldown_fraction` of the optimizer steps without metadata.
+
+    MeCo trains 90% of the steps with URL context and the final 10% on plain text, so the model also works
+    without metadata. The callback tells the collator the batch index at which conditioning stops
+    (`switch_step * gradient_accumulation_steps`); the collator counts the batches it builds, so the switch lands
+    on exactly the first batch of optimizer step `switch_step + 1` even though data loaders prepare batches ahead.
+    On resume the counter is set from `state.global_step`. The switch point is logged as
+    `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint.
+
+    Use `dataloader_num_workers=0` (the default): worker processes hold their own copy of the collator.
+
+    Args:
+        collator (`MetadataCollator`): The collator used by the Trainer.
+        cooldown_fraction (`float`, *optional*, defaults to 0.1): Final share of `max_steps` without metadata.
+    """
+
+    def __init__(self, collator: MetadataCollator, cooldown_fraction: float = 0.1):
+        if not isinstance(collator, MetadataCollator):
+            raise TypeError(f"collator must be a MetadataCollator, got {type(collator).__name__}.")
+        if not 0.0 <= cooldown_fraction < 1.0:
+            raise ValueError(f"cooldown_fraction must be in [0, 1), got {cooldown_fraction!r}.")
+        self.collator = collator
+        self.cooldown_fraction = cooldown_fraction
+        self.switch_step: int | None = None
+        self._grad_accum = 1
+
+    def _sync(self, args, state) -> None:
+        self.collator.batches_seen = state.global_step * self._grad_accum
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.max_steps is None or state.max_steps <= 0:
+            raise ValueError("MetadataCooldownCallback needs a known number of steps; set max_steps or num_train_epochs.")
+        self._grad_accum = args.gradient_accumulation_steps
+        self.switch_step = state.max_steps - int(round(self.cooldown_fraction * state.max_steps))
+        self.collator.cooldown_start_batch = self.switch_step * self._grad_accum
+        self._sync(args, state)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._sync(args, state)
+
+    def conditioning_at(self, step: int) -> bool:
+        """Whether optimizer step `step` (1-based) trains with metadata."""
+        return self.switch_step is None or step <= self.switch_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None:
+            logs["metadata_conditioning"] = int(self.conditioning_at(state.global_step))
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(folder):
+            with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as fh:
+                json.dump(
+                    {
+                        "cooldown_fraction": self.cooldown_fraction,
+                        "switch_step": self.switch_step,
+                        "global_step": state.global_step,
+                        "conditioning_next_step": self.conditioning_at(state.global_step + 1),
+                        "metadata_dropout": self.collator.metadata_dropout,
+                        "seed": self.collator.seed,
+                    },
+                    fh,
+                    indent=2,
+                )

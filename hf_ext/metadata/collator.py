@@ -1,0 +1,242 @@
+"""Collator for metadata-conditioned language modelling: context prefixes kept out of the loss, dropout, packing."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from .encoding import LAYOUTS, EncodedDocument, MetadataEncoder
+from .templates import MetadataTemplate
+
+IGNORE_INDEX = -100
+
+
+def keeps_metadata(text: str, metadata: str, seed: int, metadata_dropout: float) -> bool:
+    """Whether a document keeps its metadata: a fixed per-document draw (hash of seed, metadata and text).
+
+    As in the paper's pipeline, which draws once per document when tokenizing, a document is dropped in every epoch
+    or in none; the draw needs no RNG state, so resumed and multi-worker runs see the same documents dropped.
+    """
+    if metadata_dropout <= 0.0:
+        return True
+    if metadata_dropout >= 1.0:
+        return False
+    digest = hashlib.blake2b(f"{seed}\x00{metadata}\x00{text}".encode("utf-8", "surrogatepass"), digest_size=8)
+    u = struct.unpack("<Q", digest.digest())[0] / 2.0**64
+    return u >= metadata_dropout
+
+
+@dataclass
+class MetadataCollator:
+    """Tokenize raw documents with a metadata context and build causal-LM batches whose loss skips BOS and context.
+
+    Each example is a dict with the document text and the columns the template reads. The collator returns
+    `input_ids`, `attention_mask` and `labels` (`-100` on BOS, the context and padding), plus `position_ids` with
+    `return_position_ids=True`. It works with `Trainer` (set `remove_unused_columns=False` so metadata columns reach
+    it) and with TRL's `SFTTrainer` (`dataset_kwargs={"skip_prepare_dataset": True}`).
+
+    Two batch shapes:
+    * padding (`block_size=None`): one row per document, padded on `padding_side`, documents cut to `max_length`;
+    * packing (`block_size=N`): the batch's documents are concatenated into rows of exactly N tokens, each
+      document with its own context; a document that continues into the next row gets its context again at the
+      start of that row (`repeat_context=True`), and `position_ids` restart at every document. The last row is
+      padded, so no document token is lost.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): With `bos_token` and `pad_token` (and the context tokens for the
+            `"context"` layout, see `add_context_tokens`).
+        template (`MetadataTemplate`): Builds each example's metadata string.
+        text_column (`str`, *optional*, defaults to `"text"`): Key of the document text.
+        layout (`str`, *optional*, defaults to `"context"`): `"context"` (`<|context_begin|>..<|context_end|>`) or
+            `"meco"` (`"URL: host\\n\\n"`).
+        metadata_dropout (`float`, *optional*, defaults to 0.1): Share of documents trained without metadata (the
+            empty context pair in the `"context"` layout, plain text in `"meco"`), which teaches the unconditional
+            model used by classifier-free guidance.
+        seed (`int`, *optional*, defaults to 42): Seed of the per-document dropout draw.
+        block_size (`int`, *optional*): Pack into rows of this many tokens; `None` pads one document per row.
+        max_length (`int`, *optional*): In padding mode, cut each sequence (prefix included) to this length.
+        padding_side (`str`, *optional*): `"left"` or `"right"`; default: the tokenizer's.
+        pad_to_multiple_of (`int`, *optional*): In padding mode, pad the length to a multiple of this.
+        repeat_context (`bool`, *optional*, defaults to `True`): In packing mode, repeat the context on rows a
+            document continues into.
+        return_position_ids (`bool`, *optional*): Also return `position_ids` (default: `True` when packing).
+        add_eos (`bool`, *optional*, defaults to `True`): End each document with EOS (loss-bearing).
+        max_metadata_tokens (`int`, *optional*): Keep at most this many metadata tokens.
+        conditioning (`bool`, *optional*, defaults to `True`): When `False` every document gets the unconditional
+            form. `MetadataCooldownCallback` turns it off for the final steps.
+    """
+
+    tokenizer: Any
+    template: MetadataTemplate
+    text_column: str = "text"
+    layout: str = "context"
+    metadata_dropout: float = 0.1
+    seed: int = 42
+    block_size: int | None = None
+    max_length: int | None = None
+    padding_side: str | None = None
+    pad_to_multiple_of: int | None = None
+    repeat_context: bool = True
+    return_position_ids: bool | None = None
+    add_eos: bool = True
+    max_metadata_tokens: int | None = None
+    conditioning: bool = True
+    #: Batches collated so far and the batch index from which conditioning is off (set by the cooldown callback).
+    batches_seen: int = field(default=0, repr=False)
+    cooldown_start_batch: int | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.template, MetadataTemplate):
+            raise TypeError(
+                f"template must be a MetadataTemplate (see metadata_template(...)), got {type(self.template).__name__}."
+            )
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}.")
+        if not 0.0 <= float(self.metadata_dropout) <= 1.0:
+            raise ValueError(f"metadata_dropout must be in [0, 1], got {self.metadata_dropout!r}.")
+        for name in ("block_size", "max_length", "pad_to_multiple_of"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
+        if self.block_size is not None and self.max_length is not None:
+            raise ValueError("pass block_size (packing) or max_length (padding), not both.")
+        side = self.padding_side or getattr(self.tokenizer, "padding_side", "right")
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
+        self._side = side
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer needs a pad_token; set tokenizer.pad_token = tokenizer.eos_token.")
+        self._encoder = MetadataEncoder(
+            self.tokenizer, self.layout, add_eos=self.add_eos, max_metadata_tokens=self.max_metadata_tokens
+        )
+
+    # ----------------------------------------------------------------------------------------------------------------
+    @property
+    def conditioning_active(self) -> bool:
+        """Whether the next batch is built with metadata (False once the cooldown has started)."""
+        if not self.conditioning:
+            return False
+        return self.cooldown_start_batch is None or self.batches_seen < self.cooldown_start_batch
+
+    def metadata_for(self, examples: list[dict], active: bool = True) -> list[str | None]:
+        """The metadata string of each example (`None` where dropped or when conditioning is off)."""
+        out: list[str | None] = []
+        for example in examples:
+            if self.text_column not in example:
+                raise ValueError(
+                    f"text_column={self.text_column!r} is missing from the example (keys: {sorted(example)}); "
+                    "pass the column holding the document text."
+                )
+            meta = self.template(example)
+            if not active or not meta or not keeps_metadata(example[self.text_column] or "", meta, self.seed,
+                                                            self.metadata_dropout):
+                out.append(None)
+            else:
+                out.append(meta)
+        return out
+
+    def encode(self, examples: list[dict]) -> list[EncodedDocument]:
+        """Encode the examples (advances the batch counter used by the cooldown)."""
+        active = self.conditioning_active
+        self.batches_seen += 1
+        metadata = self.metadata_for(examples, active)
+        return self._encoder.encode_batch([e[self.text_column] or "" for e in examples], metadata)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        if not examples:
+            raise ValueError("cannot collate an empty list of examples.")
+        if not isinstance(examples[0], dict):
+            raise TypeError(f"examples must be dicts with text and metadata columns, got {type(examples[0]).__name__}.")
+        docs = self.encode(examples)
+        rows = self._pack(docs) if self.block_size is not None else self._pad(docs)
+        batch = {k: torch.tensor(v, dtype=torch.long) for k, v in rows.items()}
+        want_positions = self.return_position_ids if self.return_position_ids is not None else self.block_size is not None
+        if not want_positions:
+            batch.pop("position_ids")
+        return batch
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def _pad(self, docs: list[EncodedDocument]) -> dict:
+        pad = self.tokenizer.pad_token_id
+        seqs = []
+        for doc in docs:
+            ids = doc.input_ids
+            if self.max_length is not None:
+                if doc.prefix_length >= self.max_length:
+                    raise ValueError(
+                        f"max_length={self.max_length} leaves no room for the document after a {doc.prefix_length}-"
+                        "token prefix; raise max_length or set max_metadata_tokens."
+                    )
+                ids = ids[: self.max_length]
+            labels = [IGNORE_INDEX] * doc.prefix_length + ids[doc.prefix_length :]
+            seqs.append((ids, labels))
+        length = max(len(ids) for ids, _ in seqs)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        out = {"input_ids": [], "attention_mask": [], "labels": [], "position_ids": []}
+        for ids, labels in seqs:
+            n = length - len(ids)
+            positions = list(range(len(ids)))
+            if self._side == "right":
+                out["input_ids"].append(ids + [pad] * n)
+                out["attention_mask"].append([1] * len(ids) + [0] * n)
+                out["labels"].append(labels + [IGNORE_INDEX] * n)
+                out["position_ids"].append(positions + [0] * n)
+            else:
+                out["input_ids"].append([pad] * n + ids)
+                out["attention_mask"].append([0] * n + [1] * len(ids))
+                out["labels"].append([IGNORE_INDEX] * n + labels)
+                out["position_ids"].append([0] * n + positions)
+        return out
+
+    def _pack(self, docs: list[EncodedDocument]) -> dict:
+        size = self.block_size
+        pad = self.tokenizer.pad_token_id
+        out = {"input_ids": [], "attention_mask": [], "labels": [], "position_ids": []}
+        row_ids: list[int] = []
+        row_labels: list[int] = []
+        row_pos: list[int] = []
+
+        def flush():
+            n = size - len(row_ids)
+            out["input_ids"].append(row_ids + [pad] * n)
+            out["attention_mask"].append([1] * len(row_ids) + [0] * n)
+            out["labels"].append(row_labels + [IGNORE_INDEX] * n)
+            out["position_ids"].append(row_pos + [0] * n)
+            row_ids.clear()
+            row_labels.clear()
+            row_pos.clear()
+
+        for doc in docs:
+            prefix = doc.input_ids[: doc.prefix_length]
+            body = doc.input_ids[doc.prefix_length :]
+            if len(prefix) >= size:
+                raise ValueError(
+                    f"block_size={size} leaves no room for the document after a {len(prefix)}-token prefix; raise "
+                    "block_size or set max_metadata_tokens."
+                )
+            start, first = 0, True
+            while first or start < len(body):
+                header = prefix if (first or self.repeat_context) else []
+                space = size - len(row_ids)
+                if space < len(header) + 1:  # the prefix and one document token must share a row
+                    flush()
+                    continue
+                take = min(space - len(header), len(body) - start)
+                chunk = body[start : start + take]
+                row_ids.extend(header)
+                row_ids.extend(chunk)
+                row_labels.extend([IGNORE_INDEX] * len(header))
+                row_labels.extend(chunk)
+                row_pos.extend(range(len(header) + len(chunk)))
+                start += take
+                first = False
+                if len(row_ids) == size:
+                    flush()
+        if row_ids:
+            flush()
+        return out

@@ -1,0 +1,126 @@
+"""Token layout of a metadata-conditioned document and the special context tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CONTEXT_BEGIN = "<|context_begin|>"
+CONTEXT_END = "<|context_end|>"
+LAYOUTS = ("context", "meco")
+
+
+def add_context_tokens(tokenizer, model=None) -> tuple[int, int]:
+    """Add `<|context_begin|>` and `<|context_end|>` as special tokens (and resize `model`'s embeddings).
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): Tokenizer to extend (in place; no-op if the tokens exist).
+        model (`PreTrainedModel`, *optional*): Model whose input/output embeddings are resized to the tokenizer.
+
+    Returns:
+        `(context_begin_id, context_end_id)`.
+    """
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in (CONTEXT_BEGIN, CONTEXT_END) if t not in vocab]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if model is not None and model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    return tokenizer.convert_tokens_to_ids(CONTEXT_BEGIN), tokenizer.convert_tokens_to_ids(CONTEXT_END)
+
+
+@dataclass
+class EncodedDocument:
+    """Token ids of one document with its prefix; `prefix_length` tokens (BOS + context) carry no loss."""
+
+    input_ids: list[int]
+    prefix_length: int
+
+
+class MetadataEncoder:
+    """Encode `(document, metadata)` pairs into token ids with the paper's or MeCo's layout.
+
+    * `layout="context"` (URLs Help, Topics Guide): `[BOS] <|context_begin|> {metadata} <|context_end|> {document}
+      [EOS]`; a dropped document keeps the empty pair `[BOS] <|context_begin|><|context_end|> {document} [EOS]`, which
+      is also the unconditional prompt of guided generation.
+    * `layout="meco"` (MeCo): `[BOS] URL: {host}\\n\\n {document} [EOS]` with plain-text markers; a dropped document is
+      plain `[BOS] {document} [EOS]`.
+
+    Metadata and document are tokenized separately, so the prefix boundary is exact.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): Needs `bos_token`; the context layout needs `add_context_tokens` first.
+        layout (`str`, *optional*, defaults to `"context"`): `"context"` or `"meco"`.
+        meco_prefix (`str`, *optional*, defaults to `"URL: {metadata}\\n\\n"`): Prefix text of the MeCo layout.
+        add_eos (`bool`, *optional*, defaults to `True`): Append EOS to each document (loss-bearing).
+        max_metadata_tokens (`int`, *optional*): Keep at most this many metadata tokens.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        layout: str = "context",
+        meco_prefix: str = "URL: {metadata}\n\n",
+        add_eos: bool = True,
+        max_metadata_tokens: int | None = None,
+    ):
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
+        if tokenizer.bos_token_id is None:
+            raise ValueError("the tokenizer needs a bos_token (the layout starts with [BOS]); set tokenizer.bos_token.")
+        if add_eos and tokenizer.eos_token_id is None:
+            raise ValueError("add_eos=True needs a tokenizer with an eos_token; set one or pass add_eos=False.")
+        if layout == "context":
+            vocab = tokenizer.get_vocab()
+            if CONTEXT_BEGIN not in vocab or CONTEXT_END not in vocab:
+                raise ValueError(
+                    f"the tokenizer lacks {CONTEXT_BEGIN} / {CONTEXT_END}; call add_context_tokens(tokenizer, model) "
+                    "first (it also resizes the model's embeddings)."
+                )
+            self.context_begin_id = vocab[CONTEXT_BEGIN]
+            self.context_end_id = vocab[CONTEXT_END]
+        if "{metadata}" not in meco_prefix:
+            raise ValueError("meco_prefix must contain '{metadata}', e.g. 'URL: {metadata}\\n\\n'.")
+        if max_metadata_tokens is not None and max_metadata_tokens < 1:
+            raise ValueError("max_metadata_tokens must be positive or None.")
+        self.tokenizer = tokenizer
+        self.layout = layout
+        self.meco_prefix = meco_prefix
+        self.add_eos = add_eos
+        self.max_metadata_tokens = max_metadata_tokens
+
+    def _tokens(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def prefix_ids(self, metadata: list[str | None]) -> list[list[int]]:
+        """BOS + context tokens for each metadata string (`None` = dropped/unconditional)."""
+        bos = self.tokenizer.bos_token_id
+        if self.layout == "context":
+            present = [m for m in metadata if m]
+            encoded = iter(self._tokens(present))
+            out = []
+            for m in metadata:
+                meta = next(encoded) if m else []
+                if self.max_metadata_tokens is not None:
+                    meta = meta[: self.max_metadata_tokens]
+                out.append([bos, self.context_begin_id, *meta, self.context_end_id])
+            return out
+        present = [self.meco_prefix.format(metadata=m) for m in metadata if m]
+        encoded = iter(self._tokens(present))
+        out = []
+        for m in metadata:
+            meta = next(encoded) if m else []
+            if self.max_metadata_tokens is not None:
+                meta = meta[: self.max_metadata_tokens]
+            out.append([bos, *meta])
+        return out
+
+    def encode_batch(self, texts: list[str], metadata: list[str | None]) -> list[EncodedDocument]:
+        """Encode documents with their metadata (`None` or `""` = no metadata)."""
+        if len(texts) != len(metadata):
+            raise ValueError(f"got {len(texts)} texts but {len(metadata)} metadata strings.")
+        prefixes = self.prefix_ids(metadata)
+        bodies = self._tokens([t or "" for t in texts])
+        eos = [self.tokenizer.eos_token_id] if self.add_eos else []
+        return [EncodedDocument(p + b + eos, len(p)) for p, b in zip(prefixes, bodies)]

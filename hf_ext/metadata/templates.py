@@ -1,0 +1,132 @@
+"""Metadata templates: turn a dataset row into the metadata string that conditions a document."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+TEMPLATE_KINDS = ("url", "url_host", "url_path", "topic_format", "quality_score", "column", "format")
+_DEFAULT_COLUMNS = {
+    "url": ("url",),
+    "url_host": ("url",),
+    "url_path": ("url",),
+    "topic_format": ("topic", "format"),
+    "quality_score": ("int_score",),
+}
+
+
+def url_host(url: str) -> str:
+    """Host of a URL (`https://en.wikipedia.org/wiki/X` -> `en.wikipedia.org`), as MeCo's short URL."""
+    netloc = urlsplit(url).netloc
+    return netloc.rpartition("@")[2].lower()
+
+
+def url_path(url: str) -> str:
+    """Path, `?query` and `#fragment` of a URL (the paper's `url_suffix` builder)."""
+    parts = urlsplit(url)
+    out = parts.path
+    if parts.query:
+        out += f"?{parts.query}"
+    if parts.fragment:
+        out += f"#{parts.fragment}"
+    return out
+
+
+@dataclass(frozen=True)
+class MetadataTemplate:
+    """Builds the metadata string of one example.
+
+    Args:
+        kind (`str`): One of `"url"` (full URL), `"url_host"` (host only), `"url_path"` (path + query + fragment),
+            `"topic_format"` (`"{topic}, {format}"`, WebOrganizer-style labels), `"quality_score"` (an integer
+            score such as FineWeb-Edu's `int_score`), `"column"` (the value of any column) or `"format"` (a Python
+            format string over columns, e.g. `"{source} | {url}"`).
+        columns (`tuple[str, ...]`): Dataset columns the template reads.
+        fmt (`str`, *optional*): The format string for `kind="format"`.
+        max_chars (`int`, *optional*): Cut the metadata string to this many characters (long URLs eat context).
+    """
+
+    kind: str
+    columns: tuple[str, ...]
+    fmt: str | None = None
+    max_chars: int | None = None
+
+    def __call__(self, example: Mapping) -> str:
+        values = []
+        for column in self.columns:
+            if column not in example:
+                raise ValueError(
+                    f"metadata column {column!r} is missing from the example (keys: {sorted(example)}); with a "
+                    "Trainer set remove_unused_columns=False so metadata columns reach the collator, or choose "
+                    "the template's column with metadata_template(..., column=...)."
+                )
+            values.append(example[column])
+        if self.kind == "format":
+            text = self.fmt.format(**{c: ("" if v is None else v) for c, v in zip(self.columns, values)})
+        elif any(v is None for v in values):
+            text = ""
+        elif self.kind == "url":
+            text = str(values[0])
+        elif self.kind == "url_host":
+            text = url_host(str(values[0]))
+        elif self.kind == "url_path":
+            text = url_path(str(values[0]))
+        elif self.kind == "topic_format":
+            text = ", ".join(str(v) for v in values)
+        elif self.kind == "quality_score":
+            text = str(int(round(float(values[0]))))
+        else:
+            text = str(values[0])
+        if self.max_chars is not None:
+            text = text[: self.max_chars]
+        return text
+
+
+def metadata_template(
+    kind: str = "url",
+    column: str | Sequence[str] | None = None,
+    fmt: str | None = None,
+    max_chars: int | None = None,
+) -> MetadataTemplate:
+    """Create a `MetadataTemplate`.
+
+    Args:
+        kind (`str`, *optional*, defaults to `"url"`): See `MetadataTemplate`.
+        column (`str` or `Sequence[str]`, *optional*): Column(s) to read; defaults: `url` for URL kinds,
+            `(topic, format)` for `topic_format`, `int_score` for `quality_score`. Required for `kind="column"`.
+        fmt (`str`, *optional*): Format string for `kind="format"`; its fields name the columns.
+        max_chars (`int`, *optional*): Truncate the metadata string to this many characters.
+
+    Example:
+        ```python
+        >>> metadata_template("url_host")({"url": "https://en.wikipedia.org/wiki/Bern"})
+        'en.wikipedia.org'
+        >>> metadata_template("topic_format", column=["topic", "format"])({"topic": "Science", "format": "Tutorial"})
+        'Science, Tutorial'
+        ```
+    """
+    if kind not in TEMPLATE_KINDS:
+        raise ValueError(f"kind must be one of {TEMPLATE_KINDS}, got {kind!r}.")
+    if max_chars is not None and (not isinstance(max_chars, int) or max_chars < 1):
+        raise ValueError(f"max_chars must be a positive int or None, got {max_chars!r}.")
+    if kind == "format":
+        if not isinstance(fmt, str) or not fmt:
+            raise ValueError("kind='format' needs fmt, a format string over columns such as '{source} | {url}'.")
+        fields = [f for _, f, _, _ in string.Formatter().parse(fmt) if f]
+        if not fields or any(not f.isidentifier() for f in fields):
+            raise ValueError(f"fmt={fmt!r} must name columns with plain fields like '{{url}}'.")
+        return MetadataTemplate(kind, tuple(dict.fromkeys(fields)), fmt, max_chars)
+    if fmt is not None:
+        raise ValueError("fmt is only used with kind='format'.")
+    if column is None:
+        if kind == "column":
+            raise ValueError("kind='column' needs column=<name of the dataset column holding the metadata>.")
+        columns = _DEFAULT_COLUMNS[kind]
+    else:
+        columns = (column,) if isinstance(column, str) else tuple(column)
+    expected = 2 if kind == "topic_format" else 1
+    if len(columns) != expected or not all(isinstance(c, str) and c for c in columns):
+        raise ValueError(f"kind={kind!r} reads {expected} column name(s), got {column!r}.")
+    return MetadataTemplate(kind, columns, None, max_chars)

@@ -1,0 +1,44 @@
+"""Fixtures for metadata conditioning tests: a private tokenizer copy with context tokens and tiny models."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ctx_tokenizer():
+    """512-token BPE with <|context_begin|>/<|context_end|> added (a fresh copy: the shared fixture stays untouched)."""
+    from hf_ext.data import build_tokenizer
+    from hf_ext.metadata import add_context_tokens
+
+    tok = build_tokenizer(512)
+    add_context_tokens(tok)
+    return tok
+
+
+def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 64):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(scope="session")
+def synthetic_setup():
+    """Synthetic URL-determined corpus, a tokenizer trained on it (one token per word) and context tokens."""
+    from hf_ext.data import build_tokenizer
+    from hf_ext.metadata import add_context_tokens, synthetic_url_corpus
+
+    ds, vocab = synthetic_url_corpus(num_docs=1200, doc_words=32, seed=0)
+    tok = build_tokenizer(vocab_size=520, cache=False, texts=ds["text"] + ds["url"])
+    add_context_tokens(tok)
+    return ds, vocab, tok

@@ -1,0 +1,195 @@
+"""Templates, the token layout, loss masking with both padding sides and with packing, and metadata dropout."""
+
+import pytest
+import torch
+
+from hf_ext.metadata import (
+    CONTEXT_BEGIN,
+    CONTEXT_END,
+    MetadataCollator,
+    MetadataEncoder,
+    keeps_metadata,
+    metadata_template,
+)
+
+ROW = {
+    "url": "https://User@En.Wikipedia.org:443/wiki/Bern?action=view#History",
+    "topic": "Travel",
+    "format": "Encyclopedia",
+    "int_score": 3.4,
+    "source": "wiki",
+    "text": "Bern is the capital.",
+}
+
+
+def test_templates():
+    assert metadata_template("url")(ROW) == ROW["url"]
+    assert metadata_template("url_host")(ROW) == "en.wikipedia.org:443"
+    assert metadata_template("url_path")(ROW) == "/wiki/Bern?action=view#History"
+    assert metadata_template("topic_format")(ROW) == "Travel, Encyclopedia"
+    assert metadata_template("quality_score")(ROW) == "3"
+    assert metadata_template("column", column="source")(ROW) == "wiki"
+    assert metadata_template("format", fmt="{source} | {topic}")(ROW) == "wiki | Travel"
+    assert metadata_template("url", max_chars=12)(ROW) == ROW["url"][:12]
+    assert metadata_template("topic_format")({**ROW, "topic": None}) == ""
+
+
+def test_template_errors():
+    with pytest.raises(ValueError, match="kind"):
+        metadata_template("domain")
+    with pytest.raises(ValueError, match="column="):
+        metadata_template("column")
+    with pytest.raises(ValueError, match="fmt"):
+        metadata_template("format")
+    with pytest.raises(ValueError, match="2 column"):
+        metadata_template("topic_format", column="topic")
+    with pytest.raises(ValueError, match="remove_unused_columns=False"):
+        metadata_template("url")({"text": "x"})
+
+
+def ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_context_layout_is_exact(ctx_tokenizer):
+    tok = ctx_tokenizer
+    cb, ce = tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])
+    doc = MetadataEncoder(tok).encode_batch(["Bern is the capital."], ["en.wikipedia.org"])[0]
+    expected = [tok.bos_token_id, cb, *ids(tok, "en.wikipedia.org"), ce, *ids(tok, "Bern is the capital."), tok.eos_token_id]
+    assert doc.input_ids == expected
+    assert doc.prefix_length == len(ids(tok, "en.wikipedia.org")) + 3
+    dropped = MetadataEncoder(tok).encode_batch(["Bern"], [None])[0]
+    assert dropped.input_ids[:3] == [tok.bos_token_id, cb, ce] and dropped.prefix_length == 3
+
+
+def test_meco_layout(ctx_tokenizer):
+    tok = ctx_tokenizer
+    doc = MetadataEncoder(tok, layout="meco").encode_batch(["Bern"], ["en.wikipedia.org"])[0]
+    prefix = ids(tok, "URL: en.wikipedia.org\n\n")
+    assert doc.input_ids == [tok.bos_token_id, *prefix, *ids(tok, "Bern"), tok.eos_token_id]
+    assert doc.prefix_length == 1 + len(prefix)
+    plain = MetadataEncoder(tok, layout="meco").encode_batch(["Bern"], [None])[0]
+    assert plain.input_ids == [tok.bos_token_id, *ids(tok, "Bern"), tok.eos_token_id] and plain.prefix_length == 1
+
+
+def test_encoder_needs_context_tokens(small_tokenizer):
+    with pytest.raises(ValueError, match="add_context_tokens"):
+        MetadataEncoder(small_tokenizer)
+
+
+def examples(corpus, n=6):
+    return [dict(corpus[i]) for i in range(n)]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("layout", ["context", "meco"])
+def test_first_supervised_label_is_the_document_start(ctx_tokenizer, corpus, side, layout):
+    tok = ctx_tokenizer
+    rows = examples(corpus)
+    collator = MetadataCollator(tok, metadata_template("url_host"), layout=layout, metadata_dropout=0.0,
+                                padding_side=side, max_length=96)
+    batch = collator(rows)
+    encoded = MetadataEncoder(tok, layout=layout).encode_batch([r["text"] for r in rows],
+                                                               [metadata_template("url_host")(r) for r in rows])
+    for i, doc in enumerate(encoded):
+        mask = batch["attention_mask"][i]
+        labels = batch["labels"][i]
+        real = mask.nonzero().flatten()
+        start = int(real[0])
+        if side == "right":
+            assert start == 0
+        else:
+            assert int(real[-1]) == mask.numel() - 1
+        first_label = int((labels != -100).nonzero()[0])
+        assert first_label == start + doc.prefix_length  # exactly the first document token
+        assert int(batch["input_ids"][i, first_label]) == doc.input_ids[doc.prefix_length]
+        assert batch["input_ids"][i, start : start + doc.prefix_length].tolist() == doc.input_ids[: doc.prefix_length]
+        assert (labels[mask == 0] == -100).all()
+        assert torch.equal(labels[first_label:][mask[first_label:] == 1], batch["input_ids"][i, first_label:][mask[first_label:] == 1])
+
+
+@pytest.mark.parametrize("layout", ["context", "meco"])
+def test_packing_gives_every_chunk_its_context_and_loses_no_token(ctx_tokenizer, corpus, layout):
+    tok = ctx_tokenizer
+    rows = examples(corpus, 8)
+    template = metadata_template("url_host")
+    block = 64
+    collator = MetadataCollator(tok, template, layout=layout, metadata_dropout=0.0, block_size=block)
+    batch = collator(rows)
+    assert batch["input_ids"].shape[1] == block and "position_ids" in batch
+    encoded = MetadataEncoder(tok, layout=layout).encode_batch([r["text"] for r in rows], [template(r) for r in rows])
+    # Walk the rows: segments start where position_ids restart at 0.
+    recovered, segments = [], []
+    for r in range(batch["input_ids"].shape[0]):
+        pos = batch["position_ids"][r].tolist()
+        n_real = int(batch["attention_mask"][r].sum())
+        starts = [j for j in range(n_real) if pos[j] == 0] + [n_real]
+        for a, b in zip(starts, starts[1:]):
+            seg_ids = batch["input_ids"][r, a:b].tolist()
+            seg_labels = batch["labels"][r, a:b].tolist()
+            first = next(k for k, v in enumerate(seg_labels) if v != -100)
+            assert all(v == -100 for v in seg_labels[:first]) and all(v != -100 for v in seg_labels[first:])
+            segments.append((seg_ids[:first], seg_ids[first:]))
+    # every segment (first chunk or continuation) starts with its document's full prefix
+    doc_iter = iter(encoded)
+    doc = next(doc_iter)
+    body = []
+    for prefix, chunk in segments:
+        if len(body) == len(doc.input_ids) - doc.prefix_length:
+            recovered.append(body)
+            doc, body = next(doc_iter), []
+        assert prefix == doc.input_ids[: doc.prefix_length]
+        body = body + chunk
+    recovered.append(body)
+    assert recovered == [d.input_ids[d.prefix_length :] for d in encoded]
+    assert sum(len(p) > 0 for p, _ in segments) > len(rows)  # some documents were continued with a repeated context
+
+
+def test_packing_without_repeated_context(ctx_tokenizer, corpus):
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"), metadata_dropout=0.0, block_size=64,
+                                repeat_context=False)
+    batch = collator(examples(corpus, 3))
+    cb = ctx_tokenizer.convert_tokens_to_ids(CONTEXT_BEGIN)
+    assert int((batch["input_ids"] == cb).sum()) == 3
+    assert int((batch["labels"] != -100).sum()) == sum(
+        len(ctx_tokenizer(r["text"], add_special_tokens=False)["input_ids"]) + 1 for r in examples(corpus, 3)
+    )
+
+
+def test_dropout_rate_within_statistical_tolerance():
+    n, p = 20000, 0.1
+    kept = sum(keeps_metadata(f"document {i}", "https://a.org/", 42, p) for i in range(n))
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs((n - kept) / n - p) < 4 * sigma
+    assert keeps_metadata("x", "m", 1, p) == keeps_metadata("x", "m", 1, p)  # deterministic per document
+    other_seed = sum(keeps_metadata(f"document {i}", "https://a.org/", 7, p) for i in range(2000))
+    assert other_seed != sum(keeps_metadata(f"document {i}", "https://a.org/", 42, p) for i in range(2000))
+
+
+def test_dropped_documents_keep_the_empty_context_pair(ctx_tokenizer):
+    tok = ctx_tokenizer
+    cb, ce = tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])
+    rows = [{"text": f"doc number {i}", "url": f"https://h{i}.org/x"} for i in range(300)]
+    collator = MetadataCollator(tok, metadata_template("url_host"), metadata_dropout=0.3, padding_side="right")
+    batch = collator(rows)
+    empty = [(row[1] == cb and row[2] == ce) for row in batch["input_ids"].tolist()]
+    assert 0.2 < sum(empty) / len(rows) < 0.4
+    assert all(row[0] == tok.bos_token_id and row[1] == cb for row in batch["input_ids"].tolist())
+    assert int((batch["input_ids"] == ce).sum()) == len(rows)
+
+
+def test_collator_errors(ctx_tokenizer, small_tokenizer, corpus):
+    with pytest.raises(ValueError, match="remove_unused_columns=False"):
+        MetadataCollator(ctx_tokenizer, metadata_template("topic_format"))(examples(corpus, 2))
+    with pytest.raises(ValueError, match="text_column"):
+        MetadataCollator(ctx_tokenizer, metadata_template("url"), text_column="content")(examples(corpus, 2))
+    with pytest.raises(ValueError, match="metadata_dropout"):
+        MetadataCollator(ctx_tokenizer, metadata_template("url"), metadata_dropout=1.5)
+    with pytest.raises(ValueError, match="not both"):
+        MetadataCollator(ctx_tokenizer, metadata_template("url"), block_size=64, max_length=64)
+    with pytest.raises(TypeError, match="MetadataTemplate"):
+        MetadataCollator(ctx_tokenizer, "url")
+    with pytest.raises(ValueError, match="block_size"):
+        MetadataCollator(ctx_tokenizer, metadata_template("url"), block_size=8, metadata_dropout=0.0)(examples(corpus, 2))
+    with pytest.raises(ValueError, match="add_context_tokens"):
+        MetadataCollator(small_tokenizer, metadata_template("url"))
