@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
 SUPPORTED_SOURCE_MODEL_TYPES = ("llama", "mistral", "qwen2")
 LP_MODES = ("sublayer", "block")
@@ -143,8 +142,6 @@ class LayerParallelConfig(PreTrainedConfig):
     """
 
     model_type = "layer_parallel"
-    sub_configs_defaults = {"source_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
-
     source_config: dict | PreTrainedConfig | None = None
     lp_start: int | None = None
     lp_end: int | None = None
@@ -158,6 +155,22 @@ class LayerParallelConfig(PreTrainedConfig):
             kwargs.pop(key, None)
         super().__post_init__(**kwargs)
         src = self.source_config
+        if src is None:
+            src = AutoConfig.for_model("llama")
+        elif isinstance(src, dict):
+            fields = {k: v for k, v in src.items() if k != "transformers_version"}
+            src_type = fields.pop("model_type", None)
+            if src_type is None:
+                raise ValueError("source_config is a dict without `model_type`; add e.g. model_type='llama'.")
+            if src_type not in SUPPORTED_SOURCE_MODEL_TYPES:
+                raise ValueError(
+                    f"source_config has model_type {src_type!r}; layer pairing supports "
+                    f"{list(SUPPORTED_SOURCE_MODEL_TYPES)}."
+                )
+            src = AutoConfig.for_model(src_type, **fields)
+        elif not isinstance(src, PreTrainedConfig):
+            raise TypeError(f"source_config must be a dict or a PreTrainedConfig, got {type(src).__name__}.")
+        self.source_config = src
         if src.model_type not in SUPPORTED_SOURCE_MODEL_TYPES:
             raise ValueError(
                 f"source_config has model_type {src.model_type!r}; layer pairing supports "

@@ -236,6 +236,10 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
     def __init__(self, config: LayerParallelConfig):
         super().__init__(config)
         src = config.source_config
+        # The decoder layers read the attention kernel from the source config they were built with; `forward` keeps
+        # it in step with this model's config (which `set_attn_implementation` changes).
+        self._layer_config = src
+        src._attn_implementation = config._attn_implementation
         layer_cls, norm_cls, rotary_cls = source_classes(src.model_type)
         self.padding_idx = src.pad_token_id
         self.vocab_size = src.vocab_size
@@ -312,6 +316,8 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
             use_cache (`bool`, *optional*): Create and return a `DynamicCache` when none is given.
             output_hidden_states (`bool`, *optional*): Also return the hidden states after every block.
         """
+        if self._layer_config._attn_implementation != self.config._attn_implementation:
+            self._layer_config._attn_implementation = self.config._attn_implementation
         if "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values") if cache is None else cache
         for key in ("output_attentions", "return_dict"):
