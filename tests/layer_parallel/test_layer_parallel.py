@@ -48,13 +48,21 @@ def _build(kind: str, attn: str = "sdpa"):
     if kind == "llama_mha":
         model = LlamaForCausalLM(LlamaConfig(**COMMON, num_key_value_heads=4, attn_implementation=attn))
     elif kind == "llama_gqa":
-        cfg = LlamaConfig(**COMMON, num_key_value_heads=2, attention_bias=True, mlp_bias=True, attn_implementation=attn)
+        cfg = LlamaConfig(
+            **COMMON, num_key_value_heads=2, attention_bias=True, mlp_bias=True, attn_implementation=attn
+        )
         model = LlamaForCausalLM(cfg)
     elif kind == "mistral":
-        model = MistralForCausalLM(MistralConfig(**COMMON, num_key_value_heads=2, sliding_window=6, attn_implementation=attn))
+        model = MistralForCausalLM(
+            MistralConfig(**COMMON, num_key_value_heads=2, sliding_window=6, attn_implementation=attn)
+        )
     elif kind == "qwen2":
         cfg = Qwen2Config(
-            **COMMON, num_key_value_heads=2, use_sliding_window=True, sliding_window=6, max_window_layers=2,
+            **COMMON,
+            num_key_value_heads=2,
+            use_sliding_window=True,
+            sliding_window=6,
+            max_window_layers=2,
             attn_implementation=attn,
         )
         model = Qwen2ForCausalLM(cfg)
@@ -88,9 +96,10 @@ def reference_logits(src, ids, pairs, mode="sublayer", mlp_norm="per_layer"):
     window = getattr(src.config, "sliding_window", None) or seq
     sliding_mask = full_mask.masked_fill(q - k >= window, float("-inf"))
     cfg = src.config
-    types = getattr(cfg, "layer_types", None) or [
-        "sliding_attention" if getattr(cfg, "sliding_window", None) else "full_attention"
-    ] * cfg.num_hidden_layers
+    types = (
+        getattr(cfg, "layer_types", None)
+        or ["sliding_attention" if getattr(cfg, "sliding_window", None) else "full_attention"] * cfg.num_hidden_layers
+    )
     masks = [sliding_mask if t == "sliding_attention" else full_mask for t in types]
     pos = torch.arange(seq)[None]
     x = inner.embed_tokens(ids)
@@ -177,9 +186,16 @@ def test_merged_equals_branch_sum_and_reference(sources, ids, kind, mode, mlp_no
     torch.testing.assert_close(lb, ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind,mode,merge", [("llama_gqa", "sublayer", True), ("llama_gqa", "sublayer", False),
-                                             ("llama_mha", "block", True), ("mistral", "sublayer", True),
-                                             ("qwen2", "block", False)])
+@pytest.mark.parametrize(
+    "kind,mode,merge",
+    [
+        ("llama_gqa", "sublayer", True),
+        ("llama_gqa", "sublayer", False),
+        ("llama_mha", "block", True),
+        ("mistral", "sublayer", True),
+        ("qwen2", "block", False),
+    ],
+)
 @torch.no_grad()
 def test_cached_generation_equals_full_reforward(sources, ids, kind, mode, merge):
     src = sources[kind]

@@ -29,7 +29,9 @@ _MASK_FUNCTIONS = {"full_attention": create_causal_mask, "sliding_attention": cr
 def source_classes(model_type: str) -> tuple[type, type, type]:
     """(decoder layer, RMSNorm, rotary embedding) classes of a supported source architecture."""
     if model_type not in _CLASS_PREFIX:
-        raise ValueError(f"model_type {model_type!r} is not supported; use one of {list(SUPPORTED_SOURCE_MODEL_TYPES)}.")
+        raise ValueError(
+            f"model_type {model_type!r} is not supported; use one of {list(SUPPORTED_SOURCE_MODEL_TYPES)}."
+        )
     module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
     prefix = _CLASS_PREFIX[model_type]
     return (
@@ -66,7 +68,9 @@ class BranchwiseGatedMLP(nn.Module):
     Input `[..., num_branches, hidden]`, output `[..., hidden]`.
     """
 
-    def __init__(self, num_branches: int, hidden_size: int, intermediate_size: int, act_fn, gate_up_bias: bool, down_bias):
+    def __init__(
+        self, num_branches: int, hidden_size: int, intermediate_size: int, act_fn, gate_up_bias: bool, down_bias
+    ):
         super().__init__()
         self.num_branches, self.hidden_size, self.intermediate_size = num_branches, hidden_size, intermediate_size
         self.gate_weight = nn.Parameter(torch.empty(num_branches, intermediate_size, hidden_size))
@@ -519,7 +523,9 @@ def merge_pair_state(
     out["input_layernorm.weight"] = torch.ones_like(g1[0], dtype=torch.float32)
     out["post_attention_layernorm.weight"] = torch.ones_like(g2[0], dtype=torch.float32)
     for name in ("q_proj", "k_proj", "v_proj"):
-        out[f"self_attn.{name}.weight"] = torch.cat([_fold(s[f"self_attn.{name}.weight"], g) for s, g in zip(states, g1)])
+        out[f"self_attn.{name}.weight"] = torch.cat(
+            [_fold(s[f"self_attn.{name}.weight"], g) for s, g in zip(states, g1)]
+        )
         bias = _cat_bias(*(s.get(f"self_attn.{name}.bias") for s in states))
         if bias is not None:
             out[f"self_attn.{name}.bias"] = bias
