@@ -42,7 +42,7 @@ class FogConfig(PreTrainedConfig):
     intermediate_size: int = 6144
     num_hidden_layers: int = 16
     num_attention_heads: int = 8
-    num_key_value_heads: int | None = 4
+    num_key_value_heads: int | None = None
     head_dim: int | None = None
     hidden_act: str = "xielu"
     max_position_embeddings: int = 4096
@@ -113,11 +113,15 @@ class FogConfig(PreTrainedConfig):
         if self.qk_norm not in QK_NORM_TYPES:
             raise ValueError(f"FogConfig: unknown qk_norm={self.qk_norm!r}; choose one of {', '.join(QK_NORM_TYPES)}.")
         if self.softmax_scale is not None and not self.softmax_scale > 0:
-            raise ValueError(f"FogConfig: softmax_scale must be > 0 or None (1/sqrt(head_dim)), got {self.softmax_scale}.")
+            raise ValueError(
+                f"FogConfig: softmax_scale must be > 0 or None (1/sqrt(head_dim)), got {self.softmax_scale}."
+            )
         if self.input_upscale is not None and not self.input_upscale > 0:
             raise ValueError(f"FogConfig: input_upscale must be > 0 or None, got {self.input_upscale}.")
         if self.layerscale_init is not None and not self.layerscale_init > 0:
-            raise ValueError(f"FogConfig: layerscale_init must be > 0 or None (1/sqrt(L)), got {self.layerscale_init}.")
+            raise ValueError(
+                f"FogConfig: layerscale_init must be > 0 or None (1/sqrt(L)), got {self.layerscale_init}."
+            )
         if self.mlp_alpha is not None and not self.mlp_alpha > 0:
             raise ValueError(f"FogConfig: mlp_alpha must be > 0 or None, got {self.mlp_alpha}.")
         if not self.xielu_alpha_n_init > self.xielu_beta:
@@ -163,7 +167,9 @@ class FogConfig(PreTrainedConfig):
         values.update(kwargs)
         if swiglu_intermediate_size is not None and "intermediate_size" not in kwargs:
             gated = values["hidden_act"] in GATED_ACTIVATIONS
-            values["intermediate_size"] = swiglu_intermediate_size if gated else _ungated_width(swiglu_intermediate_size)
+            values["intermediate_size"] = (
+                swiglu_intermediate_size if gated else _ungated_width(swiglu_intermediate_size)
+            )
         return cls(**values)
 
     @classmethod

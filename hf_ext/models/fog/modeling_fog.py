@@ -371,9 +371,11 @@ class FogPreTrainedModel(PreTrainedModel):
         cfg = self.config
         std = cfg.initializer_range
         if isinstance(module, nn.Linear):
-            s = std / math.sqrt(2.0 * cfg.num_hidden_layers) if (
-                cfg.scaled_output_init and getattr(module, "_fog_residual_output", False)
-            ) else std
+            s = (
+                std / math.sqrt(2.0 * cfg.num_hidden_layers)
+                if (cfg.scaled_output_init and getattr(module, "_fog_residual_output", False))
+                else std
+            )
             init.normal_(module.weight, mean=0.0, std=s)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -390,8 +392,10 @@ class FogPreTrainedModel(PreTrainedModel):
             init.constant_(module.beta, cfg.xielu_beta)
             init.constant_(module.eps, cfg.xielu_eps)
         elif isinstance(module, FogRotaryEmbedding):
-            inv_freq, _ = module.compute_default_rope_parameters(cfg) if module.rope_type == "default" else (
-                ROPE_INIT_FUNCTIONS[module.rope_type](cfg)
+            inv_freq, _ = (
+                module.compute_default_rope_parameters(cfg)
+                if module.rope_type == "default"
+                else (ROPE_INIT_FUNCTIONS[module.rope_type](cfg))
             )
             init.copy_(module.inv_freq, inv_freq)
             init.copy_(module.original_inv_freq, inv_freq)
@@ -571,7 +575,13 @@ class FogForCausalLM(FogPreTrainedModel, GenerationMixin):
 # Loading checkpoints written by the authors' transformers port
 # --------------------------------------------------------------------------------------------------------------------
 
-_AUTHORS_ACT = {"xielu": "xielu", "silu": "swiglu", "swiglu": "swiglu", "smoothswiglu": "smooth_swiglu", "gelu": "gelu"}
+_AUTHORS_ACT = {
+    "xielu": "xielu",
+    "silu": "swiglu",
+    "swiglu": "swiglu",
+    "smoothswiglu": "smooth_swiglu",
+    "gelu": "gelu",
+}
 
 
 def convert_authors_config(raw: dict, **overrides) -> FogConfig:
