@@ -1,5 +1,16 @@
 """Warmup-free normalized optimizers (LionA, LionAR, rotational wrapper) and stochastic cubic Newton with momentum."""
 
+from .cubic_newton import (
+    CubicNewton,
+    FlatParameters,
+    check_second_order_support,
+    hessian_vector_product,
+    make_flat_loss,
+    solve_cubic_exact,
+    solve_cubic_gd,
+    solve_cubic_lanczos,
+)
+from .cubic_trainer import CubicNewtonTrainer, CubicNewtonTrainingArguments
 from .metrics import (
     UpdateMetricsCallback,
     angular_update,
@@ -14,6 +25,16 @@ from .serialization import load_optimizer_state, save_optimizer_state
 from .warmup_trainer import WarmupFreeTrainer, WarmupFreeTrainingArguments, build_normalized_optimizer
 
 __all__ = [
+    "CubicNewton",
+    "CubicNewtonTrainer",
+    "CubicNewtonTrainingArguments",
+    "FlatParameters",
+    "check_second_order_support",
+    "hessian_vector_product",
+    "make_flat_loss",
+    "solve_cubic_exact",
+    "solve_cubic_gd",
+    "solve_cubic_lanczos",
     "Lion",
     "LionA",
     "LionAR",

@@ -134,8 +134,10 @@ def equilibrium_angle(
     if kind == "sgdm":
         return math.sqrt(2 * lr * weight_decay / (1 + momentum))
     if kind == "lion":
-        return math.sqrt(math.pi / 2) * math.sqrt(2 * lr * weight_decay) * math.sqrt(
-            (1 - b1) ** 2 + b1**2 * (1 - b2) / (1 + b2)
+        return (
+            math.sqrt(math.pi / 2)
+            * math.sqrt(2 * lr * weight_decay)
+            * math.sqrt((1 - b1) ** 2 + b1**2 * (1 - b2) / (1 + b2))
         )
     raise ValueError(f"`kind` must be 'adamw', 'lion' or 'sgdm', got {kind!r}.")
 

@@ -8,7 +8,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["load_optimizer_state", "save_optimizer_state", "state_to_json_and_tensors", "state_from_json_and_tensors"]
+__all__ = [
+    "SafetensorsOptimizerStateMixin",
+    "load_optimizer_state",
+    "save_optimizer_state",
+    "state_from_json_and_tensors",
+    "state_to_json_and_tensors",
+]
 
 OPTIMIZER_TENSORS = "optimizer_state.safetensors"
 OPTIMIZER_JSON = "optimizer_state.json"
@@ -94,3 +100,20 @@ def load_optimizer_state(
     if scheduler is not None and os.path.isfile(path):
         with open(path) as fh:
             scheduler.load_state_dict(state_from_json_and_tensors(json.load(fh), {}))
+
+
+class SafetensorsOptimizerStateMixin:
+    """`Trainer` mixin: checkpoint the optimizer (momenta, norms, Hessian estimates) and the LR scheduler as
+    safetensors + JSON instead of pickled `optimizer.pt` / `scheduler.pt`; resume reads them back."""
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            save_optimizer_state(self.optimizer, output_dir, self.lr_scheduler)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is not None and has_optimizer_state(checkpoint):
+            load_optimizer_state(self.optimizer, checkpoint, self.lr_scheduler)
+            return
+        super()._load_optimizer_and_scheduler(checkpoint)

@@ -9,7 +9,7 @@ from transformers import Trainer, TrainingArguments
 
 from .normalized import Lion, LionA, LionAR, RotationalWrapper, rotational_param_groups
 from .schedules import get_trapezoid_schedule
-from .serialization import has_optimizer_state, load_optimizer_state, save_optimizer_state
+from .serialization import SafetensorsOptimizerStateMixin
 
 __all__ = ["WarmupFreeTrainer", "WarmupFreeTrainingArguments", "build_normalized_optimizer"]
 
@@ -44,8 +44,10 @@ class WarmupFreeTrainingArguments(TrainingArguments):
     per_neuron: bool = field(default=True, metadata={"help": "One fixed norm per neuron (else per tensor)."})
     update_norm_decay: float | None = field(
         default=None,
-        metadata={"help": "EMA coefficient of the update-norm normaliser (0 = exact angle); default 0 for LionAR, "
-                  "0.9 for rotational_*."},
+        metadata={
+            "help": "EMA coefficient of the update-norm normaliser (0 = exact angle); default 0 for LionAR, "
+            "0.9 for rotational_*."
+        },
     )
     sgd_momentum: float = field(default=0.9, metadata={"help": "Momentum of rotational_sgdm."})
     trapezoid_schedule: bool = field(
@@ -125,7 +127,7 @@ def build_normalized_optimizer(model: torch.nn.Module, args: WarmupFreeTrainingA
     )
 
 
-class WarmupFreeTrainer(Trainer):
+class WarmupFreeTrainer(SafetensorsOptimizerStateMixin, Trainer):
     """A `Trainer` whose optimizer comes from `WarmupFreeTrainingArguments` (parameter groups derived from the model)
     and whose schedule is the trapezoid (warmup from `args.warmup_steps`, linear cooldown over the last
     `args.cooldown_fraction`). Optimizer and scheduler state are checkpointed as safetensors + JSON.
@@ -143,7 +145,9 @@ class WarmupFreeTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
-            self.optimizer = build_normalized_optimizer(self.model if model is None else model, self._normalized_args())
+            self.optimizer = build_normalized_optimizer(
+                self.model if model is None else model, self._normalized_args()
+            )
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -158,15 +162,3 @@ class WarmupFreeTrainer(Trainer):
             self._created_lr_scheduler = True
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
-
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._save_optimizer_and_scheduler(output_dir)
-        if self.args.should_save:
-            save_optimizer_state(self.optimizer, output_dir, self.lr_scheduler)
-
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        if checkpoint is not None and has_optimizer_state(checkpoint):
-            load_optimizer_state(self.optimizer, checkpoint, self.lr_scheduler)
-            return
-        super()._load_optimizer_and_scheduler(checkpoint)

@@ -44,8 +44,12 @@ def test_grouping_splits_rotational_and_plain():
     rot = [p for g in groups if g["rotational"] for p in g["params"]]
     plain = [p for g in groups if not g["rotational"] for p in g["params"]]
     assert {id(p) for p in rot} == {id(model.fc1.weight), id(model.fc2.weight)}
-    assert {id(p) for p in plain} == {id(model.fc1.bias), id(model.fc2.bias), id(model.norm.weight),
-                                      id(model.norm.bias)}
+    assert {id(p) for p in plain} == {
+        id(model.fc1.bias),
+        id(model.fc2.bias),
+        id(model.norm.weight),
+        id(model.norm.bias),
+    }
     assert all(g["weight_decay"] == 0.0 for g in groups if not g["rotational"])
 
 
@@ -61,8 +65,9 @@ def test_lion_ar_keeps_norms_and_rotates_by_target_angle(nesterov, ibc):
     w1 = model.fc1.weight.detach()
     torch.testing.assert_close(w1.norm(dim=1), norms, atol=1e-6, rtol=0)
     target = equilibrium_angle("lion", 1e-3, 1.0, (0.9, 0.99)) * ((1 - 0.99**2) if ibc else 1.0)
-    torch.testing.assert_close(_row_angles(w0.double(), w1.double()), torch.full((16,), target, dtype=torch.float64),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        _row_angles(w0.double(), w1.double()), torch.full((16,), target, dtype=torch.float64), atol=1e-5, rtol=1e-4
+    )
     # zero-mean neurons stay zero-mean
     assert w1.mean(dim=1).abs().max() < 1e-6
 
@@ -204,8 +209,9 @@ def test_rotational_wrapper_vectors_match_inner_adamw():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda m: LionAR(m, lr=1e-3, weight_decay=1.0, nesterov=True, inverse_bias_correction=True,
-                         snr_correction=True),
+        lambda m: LionAR(
+            m, lr=1e-3, weight_decay=1.0, nesterov=True, inverse_bias_correction=True, snr_correction=True
+        ),
         lambda m: LionA(m, lr=1e-3, snr_correction=True),
         lambda m: RotationalWrapper(m, inner="adamw", lr=1e-3, weight_decay=0.1),
     ],

@@ -98,8 +98,12 @@ def test_callback_values_equal_hand_computation(tmp_path):
             self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
             g = torch.cat([p.grad.flatten() for p in model.parameters()])
             ms = [opt.state[p].get("exp_avg") for p in model.parameters()]
-            self.cos = float("nan") if ms[0] is None else float(
-                torch.nn.functional.cosine_similarity(g.double(), torch.cat([m.flatten() for m in ms]).double(), 0)
+            self.cos = (
+                float("nan")
+                if ms[0] is None
+                else float(
+                    torch.nn.functional.cosine_similarity(g.double(), torch.cat([m.flatten() for m in ms]).double(), 0)
+                )
             )
             with torch.no_grad():
                 self.x = torch.tanh(model.fc(model.emb(probe["input_ids"])))  # input of `head`
@@ -121,11 +125,21 @@ def test_callback_values_equal_hand_computation(tmp_path):
 
     rec = Recorder()
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2, use_cpu=True,
-        report_to="none", logging_steps=1, save_strategy="no", max_grad_norm=0.0,
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        max_grad_norm=0.0,
     )
     trainer = Trainer(
-        model=model, args=args, train_dataset=data, callbacks=[rec, cb],
+        model=model,
+        args=args,
+        train_dataset=data,
+        callbacks=[rec, cb],
         optimizer_cls_and_kwargs=(LionAR, {"lr": 1e-2, "weight_decay": 1.0, "model": model}),
     )
     trainer.train()

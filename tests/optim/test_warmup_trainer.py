@@ -12,8 +12,16 @@ def _model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -23,9 +31,21 @@ def _data(n=24, t=16):
 
 
 def _args(out, **kw):
-    base = dict(output_dir=str(out), per_device_train_batch_size=4, learning_rate=1e-3, weight_decay=1.0,
-                max_steps=4, use_cpu=True, report_to="none", save_strategy="steps", save_steps=2, logging_steps=1,
-                warmup_steps=2, seed=0, data_seed=0)
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        weight_decay=1.0,
+        max_steps=4,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=1,
+        warmup_steps=2,
+        seed=0,
+        data_seed=0,
+    )
     base.update(kw)
     return WarmupFreeTrainingArguments(**base)
 
@@ -33,14 +53,16 @@ def _args(out, **kw):
 @pytest.mark.parametrize("opt_name", ["lion_ar"])
 def test_resume_matches_uninterrupted(tmp_path, opt_name):
     data = _data()
-    full = WarmupFreeTrainer(model=_model(), args=_args(tmp_path / "full", normalized_optimizer=opt_name),
-                             train_dataset=data)
+    full = WarmupFreeTrainer(
+        model=_model(), args=_args(tmp_path / "full", normalized_optimizer=opt_name), train_dataset=data
+    )
     full.train()
     ckpt = tmp_path / "full" / "checkpoint-2"
     assert (ckpt / "optimizer_state.safetensors").is_file() and (ckpt / "scheduler_state.json").is_file()
     assert not (ckpt / "optimizer.pt").exists()
-    resumed = WarmupFreeTrainer(model=_model(), args=_args(tmp_path / "res", normalized_optimizer=opt_name),
-                                train_dataset=data)
+    resumed = WarmupFreeTrainer(
+        model=_model(), args=_args(tmp_path / "res", normalized_optimizer=opt_name), train_dataset=data
+    )
     resumed.train(resume_from_checkpoint=str(ckpt))
     for (n, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, msg=n)
@@ -52,8 +74,9 @@ def test_resume_matches_uninterrupted(tmp_path, opt_name):
 
 def test_trapezoid_schedule_and_rotational_norms_inside_trainer(tmp_path):
     model = _model()
-    trainer = WarmupFreeTrainer(model=model, args=_args(tmp_path, max_steps=8, warmup_steps=0, save_strategy="no"),
-                                train_dataset=_data())
+    trainer = WarmupFreeTrainer(
+        model=model, args=_args(tmp_path, max_steps=8, warmup_steps=0, save_strategy="no"), train_dataset=_data()
+    )
     trainer.train()
     lrs = [r["learning_rate"] for r in trainer.state.log_history if "learning_rate" in r]
     # no warmup; constant for the first half, then linear cooldown (logged lr is the lr used at that step)

@@ -1,0 +1,656 @@
+"""Stochastic cubic-regularised Newton with momentum on the gradient and Hessian estimates.
+
+Cubic model (Nesterov-Polyak, `M/6` convention by default)::
+
+    m(h) = <g, h> + 1/2 <H h, h> + M/6 ||h||^3,        x+ = x + lr * argmin_h m(h)
+
+The optimality conditions are `g + (H + M/2 ||h|| I) h = 0` and `H + M/2 ||h|| I >= 0`. With
+`cubic_convention="M/3"` the cubic term is `M/3 ||h||^3` (several public codes use it), i.e. `M` is doubled internally.
+
+Pieces:
+
+* Hessian-vector products with `torch.func` (forward-over-reverse `jvp(grad(f))`, or double backward), on a flat
+  parameter vector (`FlatParameters`, `make_flat_loss`). HF models must run eager attention (SDPA/flash kernels have
+  no double backward or forward-mode AD): `check_second_order_support` says so.
+* Sub-problem solvers: `solve_cubic_exact` (eigendecomposition, bisection on the secular equation, hard case),
+  `solve_cubic_lanczos` (Krylov subspace from HVPs) and `solve_cubic_gd` (gradient descent from the Cauchy point).
+* `CubicNewton`, a `torch.optim.Optimizer` whose `step(closure)` receives a loss function of the flat parameters for
+  the current sample, with gradient momentum (`momentum` in `none | ema | extrapolated | hessian_corrected`) and
+  Hessian momentum (`hessian` in `dense | window | fresh`), fixed or adaptive `M`, and optional step caps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+__all__ = [
+    "CubicNewton",
+    "FlatParameters",
+    "check_second_order_support",
+    "cubic_model_value",
+    "hessian_vector_product",
+    "make_flat_loss",
+    "solve_cubic_exact",
+    "solve_cubic_gd",
+    "solve_cubic_lanczos",
+]
+
+HvpFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# flat parameters and Hessian-vector products
+# ----------------------------------------------------------------------------------------------------------------------
+class FlatParameters:
+    """Map between a list of parameter tensors and one flat vector (the only place this mapping lives).
+
+    Args:
+        params (`list[torch.Tensor]`): tensors in a fixed order.
+        names (`list[str]`, *optional*): their names in a module (needed for `to_dict`).
+    """
+
+    def __init__(self, params: list[torch.Tensor], names: list[str] | None = None):
+        if not params:
+            raise ValueError("FlatParameters needs at least one parameter tensor.")
+        self.params = list(params)
+        self.names = names
+        self.shapes = [p.shape for p in self.params]
+        self.numels = [p.numel() for p in self.params]
+        self.dim = sum(self.numels)
+
+    def flatten(self, tensors: list[torch.Tensor] | None = None) -> torch.Tensor:
+        tensors = self.params if tensors is None else tensors
+        return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Views of `flat` shaped like the parameters (differentiable)."""
+        return [c.view(s) for c, s in zip(torch.split(flat, self.numels), self.shapes)]
+
+    def to_dict(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.names is None:
+            raise ValueError("FlatParameters was built without names; pass `names` to use to_dict().")
+        return dict(zip(self.names, self.split(flat)))
+
+    @torch.no_grad()
+    def assign(self, flat: torch.Tensor) -> None:
+        for p, c in zip(self.params, self.split(flat)):
+            p.copy_(c.to(p.dtype))
+
+
+def check_second_order_support(model: nn.Module) -> None:
+    """Raise a `ValueError` when `model` cannot give exact Hessian-vector products.
+
+    HF models must use eager attention (`attn_implementation="eager"`): fused SDPA / flash kernels have no double
+    backward and no forward-mode AD. Gradient checkpointing breaks double backward as well.
+    """
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None) if config is not None else None
+    if impl is not None and impl != "eager":
+        raise ValueError(
+            f"Hessian-vector products need eager attention, but the model uses attn_implementation={impl!r} "
+            "(fused attention kernels have no double backward / forward-mode AD). Load it with "
+            "`from_pretrained(..., attn_implementation='eager')` / `from_config(cfg, attn_implementation='eager')` or "
+            "call `model.set_attn_implementation('eager')`."
+        )
+    name = (
+        "is_activation_checkpointing"
+        if hasattr(type(model), "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
+    if getattr(model, name, False):
+        raise ValueError(
+            "Gradient checkpointing breaks exact Hessian-vector products; disable it "
+            "(`model.gradient_checkpointing_disable()`, `--gradient_checkpointing false`)."
+        )
+
+
+def make_flat_loss(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    loss_fn: Callable | None = None,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], FlatParameters]:
+    """A pure function `f(flat_params) -> loss` of `model` on `batch`, via `torch.func.functional_call`.
+
+    Args:
+        model (`nn.Module`): the model; its trainable parameters (in `named_parameters()` order) form the vector.
+        batch (`Mapping[str, torch.Tensor]`): keyword inputs of `model.forward`.
+        loss_fn (`Callable`, *optional*): `loss_fn(outputs, batch) -> scalar`; default: `outputs.loss` /
+            `outputs["loss"]`.
+
+    Returns:
+        `(f, flat)`: the loss function and the `FlatParameters` describing the vector.
+    """
+    check_second_order_support(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    flat = FlatParameters([p for _, p in named], [n for n, _ in named])
+    buffers = dict(model.named_buffers())
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(model, (flat.to_dict(x), buffers), args=(), kwargs=dict(batch))
+        if loss_fn is not None:
+            return loss_fn(out, batch)
+        loss = out["loss"] if isinstance(out, Mapping) else getattr(out, "loss", None)
+        if loss is None:
+            raise ValueError("The model returned no loss; include `labels` in the batch or pass `loss_fn`.")
+        return loss
+
+    return f, flat
+
+
+def hessian_vector_product(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor, mode: str = "forward_over_reverse"
+) -> torch.Tensor:
+    """`H(x) v` for a scalar function `f` of a flat vector.
+
+    Args:
+        mode (`str`): `"forward_over_reverse"` (`torch.func.jvp(torch.func.grad(f))`) or `"double_backward"`
+            (`autograd.grad` of the gradient).
+    """
+    if x.shape != v.shape:
+        raise ValueError(f"x and v must have the same shape, got {tuple(x.shape)} and {tuple(v.shape)}.")
+    if mode == "forward_over_reverse":
+        return torch.func.jvp(torch.func.grad(f), (x.detach(),), (v.detach().to(x.dtype),))[1]
+    if mode == "double_backward":
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(f(xx), xx, create_graph=True)
+            (hv,) = torch.autograd.grad(g, xx, v.detach().to(x.dtype))
+        return hv.detach()
+    raise ValueError(f"`mode` must be 'forward_over_reverse' or 'double_backward', got {mode!r}.")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# cubic sub-problem solvers (M/6 convention: m(h) = g.h + h.Hh/2 + M/6 |h|^3)
+# ----------------------------------------------------------------------------------------------------------------------
+def cubic_model_value(g: torch.Tensor, hv: torch.Tensor, h: torch.Tensor, M: float) -> float:
+    """`m(h) = <g,h> + 1/2 <Hh,h> + M/6 ||h||^3` given `hv = H h`."""
+    h = h.double()
+    return float(g.double() @ h + 0.5 * (hv.double() @ h) + M / 6.0 * h.norm() ** 3)
+
+
+def _check_M(M: float) -> None:
+    if not isinstance(M, (int, float)) or not M > 0 or not math.isfinite(M):
+        raise ValueError(f"The cubic regularisation constant `M` must be a positive finite number, got {M!r}.")
+
+
+def solve_cubic_exact(
+    g: torch.Tensor, H: torch.Tensor, M: float, tol: float = 1e-12, max_iter: int = 300
+) -> torch.Tensor:
+    """Global minimiser of the cubic model by eigendecomposition (dimension up to a few thousand).
+
+    With `H = Q diag(lam) Q^T` and `gt = Q^T g`, `h(r) = -Q (lam + M r / 2)^-1 gt`; the solution is the root
+    `r > r_min = max(0, -2 lam_min / M)` of `||h(r)|| = r` (found by bisection: `||h(r)|| - r` is decreasing). In the
+    *hard case* (`gt` has no component on the eigenspace of `lam_min < 0` and `||h(r_min)|| < r_min`) the solution is
+    `h(r_min)` restricted to the other eigenvectors plus `tau * q_min` with `||h|| = r_min`.
+
+    Args:
+        g (`torch.Tensor`): gradient, shape `(d,)`.
+        H (`torch.Tensor`): symmetric Hessian, shape `(d, d)`.
+        M (`float`): cubic regularisation constant (`M/6` convention).
+
+    Returns:
+        `torch.Tensor`: the step `h` (dtype of `g`).
+    """
+    _check_M(M)
+    if g.dim() != 1 or H.shape != (g.numel(), g.numel()):
+        raise ValueError(f"Need g of shape (d,) and H of shape (d, d), got {tuple(g.shape)} and {tuple(H.shape)}.")
+    gd, Hd = g.double(), H.double()
+    Hd = 0.5 * (Hd + Hd.T)
+    lam, Q = torch.linalg.eigh(Hd)
+    gt = Q.T @ gd
+    lam_min = float(lam[0])
+    r_min = max(0.0, -2.0 * lam_min / M)
+    scale = max(float(lam.abs().max()), 1e-300)
+    gnorm = float(gd.norm())
+    if gnorm == 0.0 and lam_min >= 0:
+        return torch.zeros_like(g)
+
+    def h_of(r: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+        denom = lam + M * r / 2.0
+        coef = torch.where(denom > 0, gt / denom.clamp_min(1e-300), torch.zeros_like(gt))
+        if mask is not None:
+            coef = torch.where(mask, torch.zeros_like(coef), coef)
+        return -(Q @ coef)
+
+    if lam_min < 0:
+        bottom = (lam - lam_min).abs() <= 1e-10 * scale
+        if float(gt[bottom].norm()) <= 1e-12 * max(gnorm, 1e-300) + 1e-300:
+            h_rest = h_of(r_min, mask=bottom)
+            rest = float(h_rest.norm())
+            if rest <= r_min:  # hard case
+                tau = math.sqrt(max(r_min**2 - rest**2, 0.0))
+                q = Q[:, int(torch.nonzero(bottom)[0])]
+                return (h_rest + tau * q).to(g.dtype)
+    lo = r_min
+    hi = max(r_min, 1e-12) * 2.0 + 1e-12
+    while float(h_of(hi).norm()) > hi:
+        lo, hi = hi, hi * 2.0
+        if hi > 1e300:
+            raise ValueError("Cubic sub-problem bracket overflow; check g, H and M for inf/nan.")
+    for _ in range(max_iter):
+        mid = 0.5 * (lo + hi)
+        if mid <= lo or mid >= hi:
+            break
+        if float(h_of(mid).norm()) > mid:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= tol * max(hi, 1e-300):
+            break
+    return h_of(hi).to(g.dtype)
+
+
+def _lanczos(hvp: HvpFn, v0: torch.Tensor, k: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """k-step Lanczos with full re-orthogonalisation. Returns (V (m, d), T (m, m), hvp_calls)."""
+    d = v0.numel()
+    V = torch.zeros(min(k, d), d, dtype=torch.float64, device=v0.device)
+    alphas, betas = [], []
+    v = v0.double() / v0.double().norm()
+    calls = 0
+    for j in range(min(k, d)):
+        V[j] = v
+        w = hvp(v.to(v0.dtype)).double()
+        calls += 1
+        a = float(w @ v)
+        alphas.append(a)
+        w = w - a * v - (betas[-1] * V[j - 1] if j > 0 else 0.0)
+        for _ in range(2):  # full re-orthogonalisation
+            w = w - V[: j + 1].T @ (V[: j + 1] @ w)
+        b = float(w.norm())
+        if j + 1 == min(k, d) or b <= tol * max(abs(a), 1.0):
+            break
+        betas.append(b)
+        v = w / b
+    m = len(alphas)
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64, device=v0.device))
+    if m > 1:
+        off = torch.tensor(betas[: m - 1], dtype=torch.float64, device=v0.device)
+        T = T + torch.diag(off, 1) + torch.diag(off, -1)
+    return V[:m], T, calls
+
+
+def solve_cubic_lanczos(
+    g: torch.Tensor, hvp: HvpFn, M: float, krylov_dim: int = 20, tol: float = 1e-10, generator=None
+) -> tuple[torch.Tensor, int]:
+    """Cubic step in the Krylov subspace `span{g, Hg, ..., H^(k-1) g}` (Lanczos, HVPs only).
+
+    Solves `min_z ||g|| e1^T z + z^T T z / 2 + M/6 ||z||^3` exactly and returns `h = V z`. Lanczos stops early when the
+    subspace becomes invariant. With `g = 0` a random start vector is used so negative curvature can still be found.
+    A Krylov space started at `g` cannot see an eigenvector orthogonal to it (the hard case); use the exact solver for
+    small problems.
+
+    Returns:
+        `(h, hvp_calls)`.
+    """
+    _check_M(M)
+    if not isinstance(krylov_dim, int) or krylov_dim < 1:
+        raise ValueError(f"`krylov_dim` must be a positive int, got {krylov_dim!r}.")
+    gn = float(g.double().norm())
+    start = g if gn > 0 else torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device)
+    V, T, calls = _lanczos(hvp, start, krylov_dim, tol)
+    gk = V @ g.double()
+    z = solve_cubic_exact(gk, T, M)
+    return (V.T @ z).to(g.dtype), calls
+
+
+def solve_cubic_gd(
+    g: torch.Tensor,
+    hvp: HvpFn,
+    M: float,
+    lipschitz: float | None = None,
+    max_iter: int = 200,
+    tol: float = 1e-6,
+) -> tuple[torch.Tensor, int]:
+    """Gradient descent on the cubic model from the Cauchy point (Carmon & Duchi), one HVP per iteration.
+
+    Cauchy point: `h = -R g/||g||`, `R = -k/M + sqrt((k/M)^2 + 2||g||/M)`, `k = g^T H g / ||g||^2`. Then
+    `h <- h - eta (g + H h + M/2 ||h|| h)` with `eta = 1 / (4 (L + M ||h||))`; `L` (a bound on `||H||`) is estimated
+    with 10 power iterations unless given. Stops when `||grad m(h)|| <= tol * ||g||`.
+
+    Returns:
+        `(h, hvp_calls)`.
+    """
+    _check_M(M)
+    if not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"`max_iter` must be a non-negative int, got {max_iter!r}.")
+    gd = g.double()
+    gn = float(gd.norm())
+    if gn == 0.0:
+        return torch.zeros_like(g), 0
+    calls = 0
+
+    def H(v: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return hvp(v.to(g.dtype)).double()
+
+    if lipschitz is None:
+        v = gd / gn
+        est = 0.0
+        for _ in range(10):
+            w = H(v)
+            est = float(w.norm())
+            if est == 0:
+                break
+            v = w / est
+        lipschitz = max(est, 1e-12)
+    kappa = float(gd @ H(gd)) / gn**2
+    R = -kappa / M + math.sqrt((kappa / M) ** 2 + 2.0 * gn / M)
+    h = -R * gd / gn
+    for _ in range(max_iter):
+        hn = float(h.norm())
+        grad = gd + H(h) + (M / 2.0) * hn * h
+        if float(grad.norm()) <= tol * gn:
+            break
+        h = h - grad / (4.0 * (lipschitz + M * hn))
+    return h.to(g.dtype), calls
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the optimizer
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass
+class CubicStepStats:
+    """What one `CubicNewton.step` did."""
+
+    loss: float
+    model_decrease: float
+    step_norm: float
+    M: float
+    alpha: float
+    beta: float
+    grad_evals: int
+    hess_evals: int
+    hvp_evals: int
+    fn_evals: int
+
+
+MOMENTUM_TYPES = ("none", "ema", "extrapolated", "hessian_corrected")
+HESSIAN_MODES = ("dense", "window", "fresh")
+SOLVERS = ("auto", "exact", "lanczos", "gd")
+
+
+class CubicNewton(Optimizer):
+    r"""Stochastic cubic-regularised Newton with momentum (Chayti, Doikov & Jaggi, 2025; see docs/optim.md).
+
+    Each `step(closure)` calls `closure()` once; it must return the loss function of the *flat* parameter vector on
+    the current sample, `f(x) -> scalar` (e.g. from `make_flat_loss`), or a pair `(f_grad, f_hess)` of functions on two
+    independent samples. With `t` the step counter (from 1), `a_t`, `b_t` the momentum weights (1 at `t = 1`):
+
+    - gradient estimate (`momentum`):
+      `none`: `g_t = grad f(x_t)`;
+      `ema`: `g_t = (1-a_t) g_{t-1} + a_t grad f(x_t)`;
+      `extrapolated`: the same at `y_t = x_t + min((1-a_t)/a_t, max_extrapolation) (x_t - x_{t-1})`;
+      `hessian_corrected`: `g_t = (1-a_t)(g_{t-1} + hess f(x_t)(x_t - x_{t-1})) + a_t grad f(x_t)` (one extra HVP).
+    - Hessian estimate (`hessian`): `dense` keeps `H_t = (1-b_t) H_{t-1} + b_t hess f(x_t)` as a matrix (small
+      models); `window` applies `H_t v = sum_s w_s hess f_s(x_s) v` over the last `hessian_window` samples with
+      geometric weights `w_s ~ b (1-b)^(t-s)` renormalised (HVP-only); `fresh` uses `hess f(x_t)` alone (no Hessian
+      momentum). `momentum="none"` forces `b_t = 1`.
+    - step: `h_t = argmin m(h)` by the chosen `solver`, then `x_{t+1} = x_t + lr * h_t` (`lr` from the param group, so
+      LR schedulers scale the step), optionally capped at `max_step_norm`.
+    - `M_rule="fixed"` keeps `M`; `"adaptive"` (deterministic use) doubles `M` until `f(x + h) <= f(x) + m(h)` on the
+      current sample and halves it after each accepted step (within `[M_min, M_max]`).
+
+    Args:
+        params (iterable): parameters (one param group).
+        M (`float`, *optional*, defaults to 1.0): cubic regularisation constant.
+        lr (`float`, *optional*, defaults to 1.0): step multiplier.
+        momentum (`str`, *optional*, defaults to `"ema"`): one of `none`, `ema`, `extrapolated`,
+            `hessian_corrected`.
+        alpha (`float`, *optional*, defaults to 0.1): gradient momentum weight (floor of the schedule).
+        beta (`float`, *optional*, defaults to 0.1): Hessian momentum weight (floor of the schedule).
+        alpha_power (`float`, *optional*, defaults to 0.0): `a_t = max(alpha, t^-alpha_power)` (0: constant after
+            the first step).
+        beta_power (`float`, *optional*, defaults to 0.0): the same for `b_t`.
+        max_extrapolation (`float`, *optional*, defaults to 10.0): cap on `(1-a)/a` for `extrapolated`.
+        hessian (`str`, *optional*, defaults to `"dense"`): `dense`, `window` or `fresh`.
+        hessian_window (`int`, *optional*, defaults to 5): samples kept by `hessian="window"`.
+        solver (`str`, *optional*, defaults to `"auto"`): `exact` (needs a dense Hessian), `lanczos`, `gd`; `auto` =
+            exact for `hessian="dense"`, else lanczos.
+        krylov_dim (`int`, *optional*, defaults to 20): Lanczos subspace size.
+        gd_iters (`int`, *optional*, defaults to 100): iterations of the gradient-descent solver.
+        M_rule (`str`, *optional*, defaults to `"fixed"`): `fixed` or `adaptive`.
+        M_min, M_max (`float`, *optional*): bounds of the adaptive rule.
+        max_step_norm (`float`, *optional*): cap on `||lr * h||`.
+        cubic_convention (`str`, *optional*, defaults to `"M/6"`): `"M/6"` or `"M/3"` (cubic term `M/3 ||h||^3`).
+        hvp_mode (`str`, *optional*, defaults to `"forward_over_reverse"`): or `"double_backward"`.
+        dense_max_dim (`int`, *optional*, defaults to 4096): refuse `hessian="dense"` above this dimension.
+    """
+
+    def __init__(
+        self,
+        params,
+        M: float = 1.0,
+        lr: float = 1.0,
+        momentum: str = "ema",
+        alpha: float = 0.1,
+        beta: float = 0.1,
+        alpha_power: float = 0.0,
+        beta_power: float = 0.0,
+        max_extrapolation: float = 10.0,
+        hessian: str = "dense",
+        hessian_window: int = 5,
+        solver: str = "auto",
+        krylov_dim: int = 20,
+        gd_iters: int = 100,
+        M_rule: str = "fixed",
+        M_min: float = 1e-6,
+        M_max: float = 1e8,
+        max_step_norm: float | None = None,
+        cubic_convention: str = "M/6",
+        hvp_mode: str = "forward_over_reverse",
+        dense_max_dim: int = 4096,
+    ):
+        _check_M(M)
+        if momentum not in MOMENTUM_TYPES:
+            raise ValueError(f"`momentum` must be one of {MOMENTUM_TYPES}, got {momentum!r}.")
+        if hessian not in HESSIAN_MODES:
+            raise ValueError(f"`hessian` must be one of {HESSIAN_MODES}, got {hessian!r}.")
+        if solver not in SOLVERS:
+            raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
+        if solver == "exact" and hessian != "dense":
+            raise ValueError("solver='exact' needs hessian='dense' (a matrix); use solver='lanczos' or 'gd'.")
+        for name, val in (("alpha", alpha), ("beta", beta)):
+            if not 0.0 < val <= 1.0:
+                raise ValueError(f"`{name}` must lie in (0, 1], got {val}.")
+        for name, val in (("alpha_power", alpha_power), ("beta_power", beta_power)):
+            if val < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {val}.")
+        if not lr > 0:
+            raise ValueError(f"`lr` must be > 0, got {lr}.")
+        if M_rule not in ("fixed", "adaptive"):
+            raise ValueError(f"`M_rule` must be 'fixed' or 'adaptive', got {M_rule!r}.")
+        if not 0 < M_min <= M <= M_max:
+            raise ValueError(f"Need 0 < M_min <= M <= M_max, got M_min={M_min}, M={M}, M_max={M_max}.")
+        if cubic_convention not in ("M/6", "M/3"):
+            raise ValueError(f"`cubic_convention` must be 'M/6' or 'M/3', got {cubic_convention!r}.")
+        if hvp_mode not in ("forward_over_reverse", "double_backward"):
+            raise ValueError(f"`hvp_mode` must be 'forward_over_reverse' or 'double_backward', got {hvp_mode!r}.")
+        if not isinstance(hessian_window, int) or hessian_window < 1:
+            raise ValueError(f"`hessian_window` must be a positive int, got {hessian_window!r}.")
+        if max_step_norm is not None and not max_step_norm > 0:
+            raise ValueError(f"`max_step_norm` must be > 0 or None, got {max_step_norm}.")
+        if max_extrapolation < 0:
+            raise ValueError(f"`max_extrapolation` must be >= 0, got {max_extrapolation}.")
+        defaults = dict(
+            M=float(M),
+            lr=lr,
+            momentum=momentum,
+            alpha=alpha,
+            beta=beta,
+            alpha_power=alpha_power,
+            beta_power=beta_power,
+            max_extrapolation=max_extrapolation,
+            hessian=hessian,
+            hessian_window=hessian_window,
+            solver=solver,
+            krylov_dim=krylov_dim,
+            gd_iters=gd_iters,
+            M_rule=M_rule,
+            M_min=M_min,
+            M_max=M_max,
+            max_step_norm=max_step_norm,
+            cubic_convention=cubic_convention,
+            hvp_mode=hvp_mode,
+        )
+        super().__init__(params, defaults)
+        if len(self.param_groups) != 1:
+            raise ValueError("CubicNewton takes a single parameter group (M and the momenta are global).")
+        self._flat = FlatParameters(self.param_groups[0]["params"])
+        if hessian == "dense" and self._flat.dim > dense_max_dim:
+            raise ValueError(
+                f"hessian='dense' stores a {self._flat.dim}x{self._flat.dim} matrix (> dense_max_dim={dense_max_dim}); "
+                "use hessian='window' or 'fresh' with solver='lanczos' for large models."
+            )
+        self._window: list[tuple[Callable, torch.Tensor]] = []
+        self._pending_closure: Callable | None = None
+        self.last_stats: CubicStepStats | None = None
+
+    # -- state helpers --------------------------------------------------------------------------------------------
+    @property
+    def _st(self) -> dict:
+        return self.state[self.param_groups[0]["params"][0]]
+
+    def set_closure(self, closure: Callable) -> None:
+        """Register the closure used by the next `step()` called without one (what `CubicNewtonTrainer` does)."""
+        self._pending_closure = closure
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._window = []  # past samples' loss functions cannot be serialised; the window refills
+
+    @staticmethod
+    def _weight(base: float, power: float, t: int) -> float:
+        if t == 1:
+            return 1.0
+        return max(base, t ** (-power)) if power > 0 else base
+
+    # -- the step -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        closure = closure if closure is not None else self._pending_closure
+        self._pending_closure = None
+        if closure is None:
+            raise ValueError(
+                "CubicNewton.step needs a closure returning f(flat_params) for the current sample "
+                "(or call set_closure() first)."
+            )
+        fns = closure()
+        f_grad, f_hess = fns if isinstance(fns, tuple) else (fns, fns)
+        if not callable(f_grad) or not callable(f_hess):
+            raise TypeError("The closure must return f(x) or a pair (f_grad, f_hess) of functions of the flat vector.")
+        group = self.param_groups[0]
+        st = self._st
+        t = int(st.get("step", 0)) + 1
+        st["step"] = t
+        flat = self._flat
+        x = flat.flatten()
+        x_prev = st.get("x_prev")
+        mom = group["momentum"]
+        a = 1.0 if mom == "none" else self._weight(group["alpha"], group["alpha_power"], t)
+        b = 1.0 if mom == "none" else self._weight(group["beta"], group["beta_power"], t)
+        M_eff = group["M"] * (2.0 if group["cubic_convention"] == "M/3" else 1.0)
+        counts = dict(grad=0, hess=0, hvp=0, fn=0)
+        mode = group["hvp_mode"]
+
+        def hvp_at(fn, point, v):
+            counts["hvp"] += 1
+            return hessian_vector_product(fn, point, v, mode)
+
+        # gradient estimate
+        with torch.enable_grad():
+            if mom == "extrapolated" and x_prev is not None and a < 1.0:
+                factor = min((1.0 - a) / a, group["max_extrapolation"])
+                y = x + factor * (x - x_prev)
+                g_new = torch.func.grad(f_grad)(y)
+                loss = float(f_grad(x))
+                counts["fn"] += 1
+            else:
+                g_new, loss_t = torch.func.grad_and_value(f_grad)(x)
+                loss = float(loss_t)
+            counts["grad"] += 1
+        g_prev = st.get("grad_estimate")
+        if g_prev is None or a >= 1.0:
+            g = g_new
+        elif mom == "hessian_corrected" and x_prev is not None:
+            g = (1 - a) * (g_prev + hvp_at(f_hess, x, x - x_prev)) + a * g_new
+        else:
+            g = (1 - a) * g_prev + a * g_new
+        st["grad_estimate"] = g.detach().clone()
+
+        # Hessian estimate as a matrix or an HVP operator
+        hess_mode = group["hessian"]
+        H = None
+        if hess_mode == "dense":
+            H_new = torch.func.hessian(f_hess)(x).reshape(flat.dim, flat.dim)
+            counts["hess"] += 1
+            H_prev = st.get("hessian_estimate")
+            H = H_new if (H_prev is None or b >= 1.0) else (1 - b) * H_prev + b * H_new
+            st["hessian_estimate"] = H.detach().clone()
+            hvp = lambda v: H @ v.to(H.dtype)  # noqa: E731
+        elif hess_mode == "window" and b < 1.0:
+            self._window.append((f_hess, x.clone()))
+            self._window = self._window[-group["hessian_window"] :]
+            n = len(self._window)
+            w = torch.tensor([b * (1 - b) ** (n - 1 - i) for i in range(n)], dtype=torch.float64)
+            w = (w / w.sum()).tolist()
+
+            def hvp(v):
+                return sum(wi * hvp_at(fi, xi, v) for wi, (fi, xi) in zip(w, self._window))
+        else:
+            self._window = [(f_hess, x.clone())]
+
+            def hvp(v):
+                return hvp_at(f_hess, x, v)
+
+        solver = group["solver"]
+        if solver == "auto":
+            solver = "exact" if hess_mode == "dense" else "lanczos"
+
+        def solve(M_val: float) -> torch.Tensor:
+            if solver == "exact":
+                return solve_cubic_exact(g, H, M_val)
+            if solver == "lanczos":
+                return solve_cubic_lanczos(g, hvp, M_val, group["krylov_dim"])[0]
+            return solve_cubic_gd(g, hvp, M_val, max_iter=group["gd_iters"])[0]
+
+        M_cur = M_eff
+        h = solve(M_cur)
+        decrease = -cubic_model_value(g, hvp(h), h, M_cur)
+        if group["M_rule"] == "adaptive":
+            for _ in range(60):
+                counts["fn"] += 1
+                if float(f_grad(x + h)) <= loss - decrease or M_cur >= group["M_max"]:
+                    break
+                M_cur = min(M_cur * 2.0, group["M_max"])
+                h = solve(M_cur)
+                decrease = -cubic_model_value(g, hvp(h), h, M_cur)
+            group["M"] = max(M_cur / 2.0, group["M_min"]) / (2.0 if group["cubic_convention"] == "M/3" else 1.0)
+        delta = group["lr"] * h
+        if group["max_step_norm"] is not None:
+            n = float(delta.norm())
+            if n > group["max_step_norm"]:
+                delta = delta * (group["max_step_norm"] / n)
+        st["x_prev"] = x.clone()
+        flat.assign(x + delta)
+        for key, c in counts.items():
+            st[f"{key}_evals"] = int(st.get(f"{key}_evals", 0)) + c
+        self.last_stats = CubicStepStats(
+            loss=loss,
+            model_decrease=decrease,
+            step_norm=float(delta.norm()),
+            M=M_cur,
+            alpha=a,
+            beta=b,
+            grad_evals=counts["grad"],
+            hess_evals=counts["hess"],
+            hvp_evals=counts["hvp"],
+            fn_evals=counts["fn"],
+        )
+        return loss

@@ -1,0 +1,166 @@
+"""`CubicNewtonTrainer`: HF `Trainer` driving `CubicNewton` with a closure per batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .cubic_newton import (
+    HESSIAN_MODES,
+    MOMENTUM_TYPES,
+    SOLVERS,
+    CubicNewton,
+    check_second_order_support,
+    make_flat_loss,
+)
+from .serialization import SafetensorsOptimizerStateMixin
+
+__all__ = ["CubicNewtonTrainer", "CubicNewtonTrainingArguments"]
+
+
+@dataclass
+class CubicNewtonTrainingArguments(TrainingArguments):
+    """`TrainingArguments` for `CubicNewtonTrainer`. `learning_rate` multiplies the cubic step (1.0 = the plain method)
+    and LR schedulers scale it; clipping, mixed precision and gradient accumulation do not apply and are refused."""
+
+    learning_rate: float = field(default=1.0, metadata={"help": "Multiplier of the cubic step (1.0 = plain method)."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Schedule of the step multiplier."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Must stay 0: the cubic term regularises the step."})
+    cubic_M: float = field(default=10.0, metadata={"help": "Cubic regularisation constant M (M/6 convention)."})
+    cubic_momentum: str = field(default="ema", metadata={"help": f"Gradient momentum: one of {MOMENTUM_TYPES}."})
+    cubic_alpha: float = field(default=0.1, metadata={"help": "Gradient momentum weight alpha (schedule floor)."})
+    cubic_beta: float = field(default=0.1, metadata={"help": "Hessian momentum weight beta (schedule floor)."})
+    cubic_alpha_power: float = field(default=0.0, metadata={"help": "alpha_t = max(alpha, t^-power); 0: constant."})
+    cubic_beta_power: float = field(default=0.0, metadata={"help": "beta_t = max(beta, t^-power); 0: constant."})
+    cubic_hessian: str = field(
+        default="fresh",
+        metadata={
+            "help": f"Hessian estimate: one of {HESSIAN_MODES} (dense only for tiny models; window is not "
+            "restored exactly on resume)."
+        },
+    )
+    cubic_hessian_window: int = field(default=3, metadata={"help": "Past batches used by cubic_hessian=window."})
+    cubic_solver: str = field(default="lanczos", metadata={"help": f"Sub-problem solver: one of {SOLVERS}."})
+    cubic_krylov_dim: int = field(default=10, metadata={"help": "Lanczos subspace size (HVPs per solve)."})
+    cubic_gd_iters: int = field(default=50, metadata={"help": "Iterations of the gradient-descent solver."})
+    cubic_M_rule: str = field(default="fixed", metadata={"help": "fixed or adaptive (doubling/halving M)."})
+    cubic_max_step_norm: float | None = field(default=None, metadata={"help": "Cap on the step norm (None: none)."})
+    cubic_convention: str = field(default="M/6", metadata={"help": "Cubic term convention: M/6 or M/3."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gradient_accumulation_steps != 1:
+            raise ValueError(
+                "CubicNewtonTrainer needs --gradient_accumulation_steps 1: every step solves a cubic model built from "
+                "one batch's loss function; raise --per_device_train_batch_size for larger batches instead."
+            )
+        if self.max_grad_norm and self.max_grad_norm > 0:
+            raise ValueError("--max_grad_norm must be 0 for cubic Newton (the cubic term regularises the step).")
+        if self.bf16 or self.fp16:
+            raise ValueError("Cubic Newton needs fp32 Hessian-vector products; drop --bf16/--fp16.")
+        if self.cubic_momentum not in MOMENTUM_TYPES:
+            raise ValueError(f"--cubic_momentum must be one of {MOMENTUM_TYPES}, got {self.cubic_momentum!r}.")
+        if self.cubic_hessian not in HESSIAN_MODES:
+            raise ValueError(f"--cubic_hessian must be one of {HESSIAN_MODES}, got {self.cubic_hessian!r}.")
+        if self.cubic_solver not in SOLVERS:
+            raise ValueError(f"--cubic_solver must be one of {SOLVERS}, got {self.cubic_solver!r}.")
+        if not self.cubic_M > 0:
+            raise ValueError(f"--cubic_M must be > 0, got {self.cubic_M}.")
+
+
+class _CubicStatsCallback(TrainerCallback):
+    def __init__(self, trainer: CubicNewtonTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        opt = self.trainer._cubic_optimizer()
+        if opt is not None and opt.last_stats is not None:
+            self.trainer.cubic_history.append(opt.last_stats)
+            self.trainer._stats_window.append(opt.last_stats)
+
+
+class CubicNewtonTrainer(SafetensorsOptimizerStateMixin, Trainer):
+    """A `Trainer` whose optimizer is `CubicNewton`.
+
+    `training_step` does no backward pass: it hands the optimizer a closure that builds `f(flat_params)` for the
+    current batch with `torch.func.functional_call` (model in eval mode so dropout masks cannot differ between the
+    gradient and its Hessian-vector products); `optimizer.step()` then computes the gradient, the HVPs and the cubic
+    step. Logs add `cubic/model_decrease` and `cubic/step_norm` (means since the last log), `cubic/M` and
+    `cubic/oracle_calls` (cumulative gradient + Hessian + HVP evaluations). Optimizer state (gradient/Hessian
+    estimates, previous point, counters) is checkpointed as safetensors + JSON.
+
+    Requirements (checked at construction): eager attention for HF models, no gradient checkpointing,
+    `gradient_accumulation_steps=1`, one process (the functional step does not all-reduce).
+    """
+
+    def __init__(self, model=None, args: TrainingArguments | None = None, **kwargs):
+        if args is None:
+            args = CubicNewtonTrainingArguments(output_dir="trainer_output")
+        if not isinstance(args, CubicNewtonTrainingArguments):
+            raise TypeError("CubicNewtonTrainer needs `args` to be a CubicNewtonTrainingArguments instance.")
+        if model is None:
+            raise ValueError("CubicNewtonTrainer needs a `model` (model_init is not supported).")
+        check_second_order_support(model)
+        if kwargs.get("optimizers", (None, None))[0] is not None:
+            raise ValueError("CubicNewtonTrainer builds its own CubicNewton optimizer; do not pass `optimizers`.")
+        super().__init__(model=model, args=args, **kwargs)
+        if self.args.world_size > 1:
+            raise ValueError("CubicNewtonTrainer runs in a single process (its functional step does not all-reduce).")
+        self.cubic_history: list = []
+        self._stats_window: list = []
+        self.add_callback(_CubicStatsCallback(self))
+
+    def _cubic_optimizer(self) -> CubicNewton | None:
+        opt = self.optimizer
+        while opt is not None and not isinstance(opt, CubicNewton):
+            opt = getattr(opt, "optimizer", None)
+        return opt
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            a = self.args
+            params = [p for p in (self.model if model is None else model).parameters() if p.requires_grad]
+            self.optimizer = CubicNewton(
+                params,
+                M=a.cubic_M,
+                lr=a.learning_rate,
+                momentum=a.cubic_momentum,
+                alpha=a.cubic_alpha,
+                beta=a.cubic_beta,
+                alpha_power=a.cubic_alpha_power,
+                beta_power=a.cubic_beta_power,
+                hessian=a.cubic_hessian,
+                hessian_window=a.cubic_hessian_window,
+                solver=a.cubic_solver,
+                krylov_dim=a.cubic_krylov_dim,
+                gd_iters=a.cubic_gd_iters,
+                M_rule=a.cubic_M_rule,
+                max_step_norm=a.cubic_max_step_norm,
+                cubic_convention=a.cubic_convention,
+            )
+        return self.optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        model.eval()
+        inputs = self._prepare_inputs(inputs)
+        module = self.accelerator.unwrap_model(model)
+        batch = {k: v for k, v in inputs.items()}
+        self._cubic_optimizer().set_closure(lambda: make_flat_loss(module, batch)[0])
+        with torch.no_grad():
+            out = module(**batch)
+        loss = out["loss"] if isinstance(out, dict) else out.loss
+        return loss.detach()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        opt = self._cubic_optimizer()
+        if "loss" in logs and self._stats_window and opt is not None:
+            n = len(self._stats_window)
+            logs["cubic/model_decrease"] = sum(s.model_decrease for s in self._stats_window) / n
+            logs["cubic/step_norm"] = sum(s.step_norm for s in self._stats_window) / n
+            logs["cubic/M"] = self._stats_window[-1].M
+            st = opt._st
+            logs["cubic/oracle_calls"] = float(st["grad_evals"] + st["hess_evals"] + st["hvp_evals"])
+            self._stats_window = []
+        super().log(logs, start_time)

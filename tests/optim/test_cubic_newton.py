@@ -1,0 +1,243 @@
+"""Cubic Newton: sub-problem solvers, Hessian-vector products, the optimizer's convergence and state."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from hf_ext.optim.cubic_newton import (
+    CubicNewton,
+    check_second_order_support,
+    cubic_model_value,
+    hessian_vector_product,
+    make_flat_loss,
+    solve_cubic_exact,
+    solve_cubic_gd,
+    solve_cubic_lanczos,
+)
+
+
+def _model_np(g, H, M):
+    def f(h):
+        return g @ h + 0.5 * h @ H @ h + M / 6 * np.linalg.norm(h) ** 3
+
+    def jac(h):
+        return g + H @ h + M / 2 * np.linalg.norm(h) * h
+
+    return f, jac
+
+
+def _brute_force(g, H, M, starts=40, seed=0):
+    f, jac = _model_np(g.numpy(), H.numpy(), M)
+    rng = np.random.default_rng(seed)
+    scale = 4 * (np.linalg.norm(H.numpy(), 2) / M + np.sqrt(np.linalg.norm(g.numpy()) / M) + 1)
+    best = 0.0
+    for _ in range(starts):
+        res = minimize(f, rng.normal(size=g.numel()) * scale, jac=jac, method="BFGS", options={"gtol": 1e-12})
+        best = min(best, res.fun)
+    return best
+
+
+def _random_problem(d, seed, indefinite=True):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(d, d, generator=g, dtype=torch.float64)
+    H = (A + A.T) / 2
+    if not indefinite:
+        H = A @ A.T / d
+    grad = torch.randn(d, generator=g, dtype=torch.float64)
+    M = float(torch.rand(1, generator=g)) * 5 + 0.1
+    return grad, H, M
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_solvers_match_brute_force(seed):
+    d = 5
+    g, H, M = _random_problem(d, seed, indefinite=seed % 3 != 0)
+    best = _brute_force(g, H, M)
+    h = solve_cubic_exact(g, H, M)
+    val = cubic_model_value(g, H @ h, h, M)
+    assert val <= best + 1e-9
+    # optimality: g + (H + M/2 ||h||) h = 0 and H + M/2 ||h|| I >= 0
+    r = float(h.norm())
+    assert float((g + H @ h + M / 2 * r * h).norm()) < 1e-8
+    assert float(torch.linalg.eigvalsh(H).min()) + M / 2 * r >= -1e-8
+    hl, calls = solve_cubic_lanczos(g, lambda v: H @ v, M, krylov_dim=d)
+    assert calls <= d
+    assert cubic_model_value(g, H @ hl, hl, M) <= best + 1e-8
+    hg, _ = solve_cubic_gd(g, lambda v: H @ v, M, max_iter=20000, tol=1e-10)
+    assert cubic_model_value(g, H @ hg, hg, M) <= best + 1e-6
+
+
+def test_exact_solver_hard_case():
+    H = torch.diag(torch.tensor([-1.0, 1.0, 2.0], dtype=torch.float64))
+    g = torch.tensor([0.0, 1e-3, 1e-3], dtype=torch.float64)  # no component on the negative eigenvector
+    M = 1.0
+    h = solve_cubic_exact(g, H, M)
+    r = float(h.norm())
+    assert r == pytest.approx(2.0, rel=1e-9)  # ||h|| = -2 lam_min / M
+    assert abs(float(h[0])) > 1.9  # the step moves along the negative-curvature direction
+    assert float((g + H @ h + M / 2 * r * h).norm()) < 1e-9
+    assert cubic_model_value(g, H @ h, h, M) <= _brute_force(g, H, M) + 1e-9
+    # zero gradient with negative curvature: still a descent step
+    h0 = solve_cubic_exact(torch.zeros(3, dtype=torch.float64), H, M)
+    assert float(h0.norm()) == pytest.approx(2.0) and cubic_model_value(torch.zeros(3), H @ h0, h0, M) < 0
+
+
+def _tiny_mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+
+
+def test_hvp_matches_finite_differences_and_full_hessian():
+    net = _tiny_mlp()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    y = torch.randn(8, 1, dtype=torch.float64)
+    f, flat = make_flat_loss(net, {"input": x}, loss_fn=lambda out, b: ((out - y) ** 2).mean())
+    w = flat.flatten()
+    v = torch.randn_like(w)
+    fr = hessian_vector_product(f, w, v, "forward_over_reverse")
+    db = hessian_vector_product(f, w, v, "double_backward")
+    eps = 1e-5
+    gp = torch.func.grad(f)(w + eps * v)
+    gm = torch.func.grad(f)(w - eps * v)
+    fd = (gp - gm) / (2 * eps)
+    torch.testing.assert_close(fr, db, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fr, fd, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(fr, torch.func.hessian(f)(w) @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_hf_model_with_sdpa_is_refused_and_eager_works():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    sdpa = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
+    with pytest.raises(ValueError, match="eager"):
+        check_second_order_support(sdpa)
+    eager = LlamaForCausalLM._from_config(cfg, attn_implementation="eager").double()
+    ids = torch.randint(0, 32, (2, 6))
+    f, flat = make_flat_loss(eager, {"input_ids": ids, "labels": ids})
+    w = flat.flatten()
+    v = torch.randn_like(w)
+    hv = hessian_vector_product(f, w, v)
+    eps = 1e-4  # eager attention computes its softmax in float32, which limits the finite-difference accuracy
+    fd = (torch.func.grad(f)(w + eps * v) - torch.func.grad(f)(w - eps * v)) / (2 * eps)
+    assert float((hv - fd).norm() / fd.norm()) < 1e-3
+    db = hessian_vector_product(f, w, v, "double_backward")
+    assert float((hv - db).norm() / db.norm()) < 1e-5
+
+
+def test_converges_on_convex_quadratic_with_exact_oracles():
+    torch.manual_seed(0)
+    A = torch.randn(10, 10, dtype=torch.float64)
+    A = A @ A.T + torch.eye(10, dtype=torch.float64)
+    b = torch.randn(10, dtype=torch.float64)
+    x = torch.nn.Parameter(torch.zeros(10, dtype=torch.float64))
+    opt = CubicNewton([x], M=1e-3, momentum="none")
+
+    def f(z):
+        return 0.5 * z @ A @ z - b @ z
+
+    norms = []
+    for _ in range(4):
+        opt.step(lambda: f)
+        norms.append(float((A @ x.detach() - b).norm()))
+    assert norms[-1] < 1e-8 * float(b.norm())
+    assert opt.last_stats.model_decrease >= 0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(momentum="ema", hessian="dense"),
+        dict(momentum="extrapolated", hessian="dense", alpha=0.3),
+        dict(momentum="hessian_corrected", hessian="fresh", solver="gd", gd_iters=5),
+        dict(momentum="ema", hessian="window", solver="lanczos", krylov_dim=3, hessian_window=2, beta=0.5),
+        dict(momentum="none", hessian="dense", M_rule="adaptive", M=100.0),
+    ],
+)
+def test_variants_decrease_a_stochastic_nonconvex_objective(kw):
+    torch.manual_seed(0)
+    n, d = 200, 6
+    X = torch.randn(n, d, dtype=torch.float64)
+    y = (X @ torch.randn(d, dtype=torch.float64) > 0).double()
+
+    def batch_loss(idx):
+        def f(w):
+            z = X[idx] @ w
+            return torch.nn.functional.binary_cross_entropy_with_logits(z, y[idx]) + 0.1 * (w**2 / (1 + w**2)).sum()
+
+        return f
+
+    full = batch_loss(torch.arange(n))
+    w = torch.nn.Parameter(torch.zeros(d, dtype=torch.float64))
+    opt = CubicNewton([w], **{"M": 5.0, **kw})
+    g = torch.Generator().manual_seed(1)
+    start = float(full(w.detach()))
+    for _ in range(20):
+        idx = torch.randint(0, n, (16,), generator=g)
+        opt.step(lambda idx=idx: batch_loss(idx))
+    assert float(full(w.detach())) < 0.9 * start
+    st = opt.state[w]
+    assert st["grad_evals"] == 20 and st["step"] == 20
+
+
+def test_state_dict_round_trip_continues_identically(tmp_path):
+    from hf_ext.optim import load_optimizer_state, save_optimizer_state
+
+    torch.manual_seed(0)
+    X = torch.randn(50, 4, dtype=torch.float64)
+    y = torch.randn(50, dtype=torch.float64)
+
+    def loss(i):
+        return lambda w: ((X[i] @ w - y[i]) ** 2).mean() + (w**2 / (1 + w**2)).sum()
+
+    def run(opt, w, steps):
+        for s in steps:
+            opt.step(lambda s=s: loss(torch.arange(s, s + 5) % 50))
+
+    kw = dict(M=2.0, momentum="extrapolated", alpha=0.2, beta=0.3)
+    a = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    opt_a = CubicNewton([a], **kw)
+    run(opt_a, a, range(3))
+    save_optimizer_state(opt_a, str(tmp_path))
+    b = torch.nn.Parameter(a.detach().clone())
+    opt_b = CubicNewton([b], **kw)
+    load_optimizer_state(opt_b, str(tmp_path))
+    run(opt_a, a, range(3, 6))
+    run(opt_b, b, range(3, 6))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(M=0.0), "M"),
+        (dict(momentum="adam"), "momentum"),
+        (dict(solver="newton"), "solver"),
+        (dict(solver="exact", hessian="window"), "exact"),
+        (dict(alpha=0.0), "alpha"),
+        (dict(beta=1.5), "beta"),
+        (dict(cubic_convention="M/2"), "cubic_convention"),
+        (dict(M_rule="armijo"), "M_rule"),
+        (dict(hessian_window=0), "hessian_window"),
+        (dict(max_step_norm=-1.0), "max_step_norm"),
+    ],
+)
+def test_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        CubicNewton([torch.nn.Parameter(torch.zeros(3))], **kw)
+
+
+def test_bad_solver_inputs_and_missing_closure():
+    with pytest.raises(ValueError, match="M"):
+        solve_cubic_exact(torch.ones(2), torch.eye(2), -1.0)
+    with pytest.raises(ValueError, match="shape"):
+        solve_cubic_exact(torch.ones(2), torch.eye(3), 1.0)
+    with pytest.raises(ValueError, match="dense"):
+        CubicNewton([torch.nn.Parameter(torch.zeros(100))], dense_max_dim=10)
+    opt = CubicNewton([torch.nn.Parameter(torch.zeros(3))])
+    with pytest.raises(ValueError, match="closure"):
+        opt.step()
+    assert math.isfinite(cubic_model_value(torch.ones(2), torch.ones(2), torch.ones(2), 1.0))

@@ -1,0 +1,107 @@
+"""CubicNewtonTrainer: closure-based steps, logging, refusals, checkpoint resume."""
+
+import pytest
+import torch
+from torch import nn
+
+from hf_ext.optim import CubicNewton, CubicNewtonTrainer, CubicNewtonTrainingArguments
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab=16, dim=6):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, input_ids, labels=None):
+        logits = self.head(torch.tanh(self.emb(input_ids)))
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        return {"loss": loss, "logits": logits}
+
+
+def _data(n=16):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, 16, (8,), generator=g)
+        out.append({"input_ids": ids, "labels": (ids * 3 + 1) % 16})
+    return out
+
+
+def _args(out, **kw):
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        seed=0,
+        cubic_M=5.0,
+        cubic_krylov_dim=4,
+        cubic_momentum="ema",
+        cubic_alpha=0.5,
+        disable_tqdm=True,
+    )
+    base.update(kw)
+    return CubicNewtonTrainingArguments(**base)
+
+
+def _model():
+    torch.manual_seed(0)
+    return TinyLM()
+
+
+def test_trains_logs_and_resumes_exactly(tmp_path):
+    data = _data()
+    full = CubicNewtonTrainer(model=_model(), args=_args(tmp_path / "full"), train_dataset=data)
+    full.train()
+    logs = [r for r in full.state.log_history if "cubic/step_norm" in r]
+    assert len(logs) == 4
+    assert all(r["cubic/model_decrease"] >= 0 and r["cubic/step_norm"] > 0 for r in logs)
+    assert logs[-1]["cubic/oracle_calls"] > logs[0]["cubic/oracle_calls"]
+    losses = [r["loss"] for r in full.state.log_history if "loss" in r]
+    assert losses[-1] < losses[0]
+    ckpt = tmp_path / "full" / "checkpoint-2"
+    assert (ckpt / "optimizer_state.safetensors").is_file() and not (ckpt / "optimizer.pt").exists()
+    resumed = CubicNewtonTrainer(model=_model(), args=_args(tmp_path / "res"), train_dataset=data)
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    for (n, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, msg=n)
+    assert isinstance(resumed.optimizer.optimizer, CubicNewton)
+    assert resumed._cubic_optimizer()._st["step"] == 4
+
+
+def test_hf_llama_eager_trains_and_sdpa_is_refused(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="eager"):
+        CubicNewtonTrainer(model=LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa"), args=_args(tmp_path))
+    model = LlamaForCausalLM._from_config(cfg, attn_implementation="eager")
+    data = [{"input_ids": d["input_ids"], "labels": d["input_ids"]} for d in _data(8)]
+    trainer = CubicNewtonTrainer(
+        model=model, args=_args(tmp_path, max_steps=2, save_strategy="no"), train_dataset=data
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(gradient_accumulation_steps=2), "gradient_accumulation_steps"),
+        (dict(max_grad_norm=1.0), "max_grad_norm"),
+        (dict(cubic_momentum="nesterov"), "cubic_momentum"),
+        (dict(cubic_solver="cg"), "cubic_solver"),
+        (dict(cubic_M=0.0), "cubic_M"),
+    ],
+)
+def test_bad_arguments(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        _args(tmp_path, **kw)
+    assert not any(tmp_path.iterdir())
