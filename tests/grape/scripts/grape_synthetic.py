@@ -7,10 +7,17 @@ import numpy as np
 VOCAB = 64
 
 
-def markov_sequences(seed: int, n: int, length: int, vocab: int = VOCAB, branching: int = 2) -> list[list[int]]:
-    """Sequences from a random sparse Markov chain: each token has `branching` likely successors."""
+def markov_sequences(
+    seed: int, n: int, length: int, vocab: int = VOCAB, branching: int = 2, sample_seed: int | None = None
+) -> list[list[int]]:
+    """Sequences from a random sparse Markov chain (fixed by `seed`): each token has `branching` successors.
+
+    `sample_seed` draws a different set of sequences from the same chain (held-out data).
+    """
     rng = np.random.default_rng(seed)
     successors = rng.integers(3, vocab, size=(vocab, branching))
+    if sample_seed is not None:
+        rng = np.random.default_rng([seed, sample_seed])
     out = []
     for _ in range(n):
         tok = int(rng.integers(3, vocab))
