@@ -156,3 +156,13 @@ class GrokDecoderForCausalLM(PreTrainedModel):
                     num_items_in_batch = num_items_in_batch.to(loss.device)
                 loss = loss / num_items_in_batch
         return CausalLMOutput(loss=loss, logits=logits)
+
+
+def _register_auto_classes() -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    AutoConfig.register(GrokDecoderConfig.model_type, GrokDecoderConfig, exist_ok=True)
+    AutoModelForCausalLM.register(GrokDecoderConfig, GrokDecoderForCausalLM, exist_ok=True)
+
+
+_register_auto_classes()

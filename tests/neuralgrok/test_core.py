@@ -379,7 +379,10 @@ def test_decoder_is_causal_and_trains_on_answer_only(splits, tmp_path):
     # sum-reduction for gradient accumulation
     torch.testing.assert_close(model(**batch, num_items_in_batch=16).loss, expected * 8 / 16)
     model.save_pretrained(tmp_path)
-    reloaded = GrokDecoderForCausalLM.from_pretrained(tmp_path)
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(reloaded, GrokDecoderForCausalLM)
     torch.testing.assert_close(reloaded(**batch).logits, out.logits)
     with pytest.raises(ValueError, match="divisible"):
         GrokDecoderConfig(hidden_size=30, num_attention_heads=4).validate_architecture()

@@ -238,3 +238,21 @@ def test_trainer_rejects_missing_outer_set_and_wrong_args(splits, tmp_path):
 
         NeuralGrokTrainer(model=make_model(), args=TrainingArguments(output_dir=str(tmp_path)))
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.distributed
+def test_two_ranks_keep_amplifier_identical(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    from accelerate.test_utils import get_torch_dist_unique_port
+
+    script = os.path.join(repo_root, "tests", "neuralgrok", "scripts", "ddp_neuralgrok.py")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(get_torch_dist_unique_port()), script, str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count(": OK") == 2
