@@ -259,11 +259,17 @@ class GrapeTrainer(Trainer):
         )
         return np.random.Generator(np.random.PCG64(seq))
 
-    def _collate(self, dataset, rows) -> dict:
-        features = [{k: dataset[int(r)][k] for k in MODEL_COLUMNS if k in dataset.column_names} for r in rows]
+    @staticmethod
+    def _features(dataset, rows) -> list[dict]:
+        """Rows of a map-style dataset as a list of example dicts (model columns only), read in one batch."""
+        columns = [c for c in MODEL_COLUMNS if c in dataset.column_names]
+        batch = dataset.select_columns(columns)[[int(r) for r in rows]]
+        return [{c: batch[c][i] for c in columns} for i in range(len(rows))]
+
+    def _collate(self, features: list[dict]) -> dict:
         return self._prepare_inputs(self.data_collator(features))
 
-    def _domain_batch(self, k: int, rng: np.random.Generator, size: int) -> dict:
+    def _domain_features(self, k: int, rng: np.random.Generator, size: int) -> list[dict]:
         if self.streaming:
             name = self.mixture_state.domain_names[k]
             features = []
@@ -278,23 +284,29 @@ class GrapeTrainer(Trainer):
                     self._domain_iters[name] = iter(stream)
                     continue
                 features.append({c: example[c] for c in MODEL_COLUMNS if c in example})
-            return self._prepare_inputs(self.data_collator(features))
+            return features
         rows = self._domain_indices[k]
-        return self._collate(self._domain_source, [rows[i] for i in rng.integers(len(rows), size=size)])
+        return self._features(self._domain_source, [rows[i] for i in rng.integers(len(rows), size=size)])
+
+    def _task_features(self, n: int, rng: np.random.Generator, size: int) -> list[dict]:
+        ds = self.target_datasets[self.mixture_state.task_names[n]]
+        return self._features(ds, rng.integers(len(ds), size=size))
+
+    def _domain_batch(self, k: int, rng: np.random.Generator, size: int) -> dict:
+        return self._collate(self._domain_features(k, rng, size))
 
     def _task_batch(self, n: int, rng: np.random.Generator, size: int) -> dict:
-        ds = self.target_datasets[self.mixture_state.task_names[n]]
-        return self._collate(ds, rng.integers(len(ds), size=size))
+        return self._collate(self._task_features(n, rng, size))
 
     def _mixture_batch(self, weights: torch.Tensor, rng: np.random.Generator, size: int, kind: str) -> dict:
         """`size` sequences drawn from a mixture: of source domains (`kind="domain"`) or of target tasks."""
         w = weights.double().numpy()
         picks = rng.choice(len(w), size=size, p=w / w.sum())
+        fetch = self._domain_features if kind == "domain" else self._task_features
         features = []
-        for j in picks:
-            one = self._domain_batch(int(j), rng, 1) if kind == "domain" else self._task_batch(int(j), rng, 1)
-            features.append(one)
-        return {k: torch.cat([f[k] for f in features]) for k in features[0]}
+        for j, count in zip(*np.unique(picks, return_counts=True)):
+            features.extend(fetch(int(j), rng, int(count)))
+        return self._collate(features)
 
     # ---- gradients ---------------------------------------------------------------------------------------------------
     def _params(self) -> list[torch.nn.Parameter]:
