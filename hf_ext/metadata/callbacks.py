@@ -22,7 +22,8 @@ class MetadataCooldownCallback(TrainerCallback):
     On resume the counter is set from `state.global_step`. The switch point is logged as
     `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint.
 
-    Use `dataloader_num_workers=0` (the default): worker processes hold their own copy of the collator.
+    Evaluation batches built with the same collator during training do not move the switch. Use
+    `dataloader_num_workers=0` (the default): worker processes hold their own copy of the collator.
 
     Args:
         collator (`MetadataCollator`): The collator used by the Trainer.
@@ -38,6 +39,7 @@ class MetadataCooldownCallback(TrainerCallback):
         self.cooldown_fraction = cooldown_fraction
         self.switch_step: int | None = None
         self._grad_accum = 1
+        self._count_at_step_end: int | None = None
 
     def _sync(self, args, state) -> None:
         self.collator.batches_seen = state.global_step * self._grad_accum
@@ -52,6 +54,14 @@ class MetadataCooldownCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._sync(args, state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._count_at_step_end = self.collator.batches_seen
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        # Trainer evaluates with the same collator: its batches must not advance the training batch counter.
+        if self._count_at_step_end is not None:
+            self.collator.batches_seen = self._count_at_step_end
 
     def conditioning_at(self, step: int) -> bool:
         """Whether optimizer step `step` (1-based) trains with metadata."""

@@ -126,8 +126,8 @@ class MetadataCollator:
         for example in examples:
             if self.text_column not in example:
                 raise ValueError(
-                    f"text_column={self.text_column!r} is missing from the example (keys: {sorted(example)}); "
-                    "pass the column holding the document text."
+                    f"text_column={self.text_column!r} is missing from the example (keys: {sorted(example)}); pass "
+                    "the column holding the document text, and with a Trainer set remove_unused_columns=False."
                 )
             meta = self.template(example)
             if not active or not meta or not keeps_metadata(example[self.text_column] or "", meta, self.seed,

@@ -3,6 +3,17 @@
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run fastest single-threaded; on a busy 2-core machine two threads thrash."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ctx_tokenizer():
     """512-token BPE with <|context_begin|>/<|context_end|> added (a fresh copy: the shared fixture stays untouched)."""
@@ -39,6 +50,6 @@ def synthetic_setup():
     from hf_ext.metadata import add_context_tokens, synthetic_url_corpus
 
     ds, vocab = synthetic_url_corpus(num_docs=1200, doc_words=32, seed=0)
-    tok = build_tokenizer(vocab_size=520, cache=False, texts=ds["text"] + ds["url"])
+    tok = build_tokenizer(vocab_size=1500, cache=False, texts=list(ds["text"]) + list(ds["url"]))
     add_context_tokens(tok)
     return ds, vocab, tok

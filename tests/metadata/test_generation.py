@@ -1,0 +1,119 @@
+"""Classifier-free metadata guidance through transformers' generate()."""
+
+import pytest
+import torch
+
+from hf_ext.metadata import (
+    MetadataCollator,
+    build_guidance_inputs,
+    generate_with_metadata_guidance,
+    metadata_template,
+)
+
+from .conftest import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_setup):
+    """A tiny Llama trained briefly on the synthetic corpus with host context (10% dropout)."""
+    ds, vocab, tok = synthetic_setup
+    torch.manual_seed(0)
+    model = tiny_llama(len(tok), hidden=64)
+    collator = MetadataCollator(tok, metadata_template("url_host"), metadata_dropout=0.15, padding_side="right")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rows = [dict(r) for r in ds]
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(150):
+        idx = torch.randint(len(rows), (16,), generator=g).tolist()
+        batch = collator([rows[i] for i in idx])
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    return model, tok, vocab
+
+
+def manual_cfg_greedy(model, cond, uncond, scale, steps):
+    cond, uncond, out = list(cond), list(uncond), []
+    for _ in range(steps):
+        with torch.no_grad():
+            lc = torch.log_softmax(model(torch.tensor([cond])).logits[0, -1], -1)
+            lu = torch.log_softmax(model(torch.tensor([uncond])).logits[0, -1], -1)
+        nxt = int(torch.argmax(lu + scale * (lc - lu)))
+        out.append(nxt)
+        cond.append(nxt)
+        uncond.append(nxt)
+    return out
+
+
+def test_scale_one_equals_plain_generate(trained):
+    model, tok, _ = trained
+    prompts, meta = ["the", "a longer prompt here"], ["sitea.example.org", "siteb.example.org"]
+    inputs = build_guidance_inputs(tok, prompts, meta)
+    plain = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=8,
+                           do_sample=False, pad_token_id=tok.pad_token_id)
+    guided = generate_with_metadata_guidance(model, tok, prompts, meta, guidance_scale=1.0, max_new_tokens=8,
+                                             do_sample=False, return_text=False)
+    assert torch.equal(plain, guided)
+    texts = generate_with_metadata_guidance(model, tok, prompts, meta, guidance_scale=1.0, max_new_tokens=8,
+                                            do_sample=False)
+    assert texts == tok.batch_decode(plain[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_batched_guidance_matches_a_manual_cfg_loop(trained):
+    model, tok, vocab = trained
+    words = sorted(vocab["sitea"])[:2]
+    prompts, meta = [words[0], f"{words[1]} {words[0]} {words[1]}"], ["siteb.example.org", "sitec.example.org"]
+    scale = 2.5
+    out = generate_with_metadata_guidance(model, tok, prompts, meta, guidance_scale=scale, max_new_tokens=6,
+                                          do_sample=False, return_text=False)
+    inputs = build_guidance_inputs(tok, prompts, meta)
+    prompt_len = inputs["input_ids"].shape[1]
+    for i in range(len(prompts)):
+        cond = inputs["input_ids"][i][inputs["attention_mask"][i] == 1].tolist()
+        uncond = inputs["negative_prompt_ids"][i][inputs["negative_prompt_attention_mask"][i] == 1].tolist()
+        assert out[i, prompt_len:].tolist() == manual_cfg_greedy(model, cond, uncond, scale, 6)
+
+
+def test_guidance_raises_log_probability_of_a_metadata_token(trained):
+    model, tok, vocab = trained
+    inputs = build_guidance_inputs(tok, [""], ["sitea.example.org"])
+    with torch.no_grad():
+        lc = torch.log_softmax(model(input_ids=inputs["input_ids"]).logits[0, -1], -1)
+        lu = torch.log_softmax(model(input_ids=inputs["negative_prompt_ids"]).logits[0, -1], -1)
+    encoded = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in vocab["sitea"]]
+    assert all(len(e) == 1 for e in encoded)  # each domain word is one token
+    a_ids = [e[0] for e in encoded]
+    token = max(a_ids, key=lambda i: float(lc[i] - lu[i]))  # the A word the context helps most
+    assert lc[token] > lu[token]
+
+    def processed_logprob(scale):
+        out = generate_with_metadata_guidance(model, tok, [""], ["sitea.example.org"], guidance_scale=scale,
+                                              max_new_tokens=1, do_sample=False, return_text=False,
+                                              output_scores=True, return_dict_in_generate=True)
+        return torch.log_softmax(out.scores[0][0], -1)
+
+    plain, guided = processed_logprob(1.0), processed_logprob(3.0)
+    assert guided[token] > plain[token]
+    assert torch.exp(guided[a_ids]).sum() > torch.exp(plain[a_ids]).sum()  # more mass on domain-A words
+
+
+def test_several_return_sequences_expand_the_negative_prompt(trained):
+    model, tok, _ = trained
+    texts = generate_with_metadata_guidance(model, tok, ["the", "a"], "sitea.example.org", guidance_scale=2.0,
+                                            max_new_tokens=4, do_sample=True, num_return_sequences=3)
+    assert len(texts) == 6
+
+
+def test_generation_argument_errors(trained):
+    model, tok, _ = trained
+    with pytest.raises(ValueError, match="metadata"):
+        generate_with_metadata_guidance(model, tok, ["a", "b"], ["x"], guidance_scale=2.0)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        generate_with_metadata_guidance(model, tok, ["a"], ["x"], guidance_scale=0)
+    with pytest.raises(ValueError, match="negative_prompt_ids"):
+        generate_with_metadata_guidance(model, tok, ["a"], ["x"], negative_prompt_ids=torch.ones(1, 1))
+    with pytest.raises(TypeError, match="prompts"):
+        generate_with_metadata_guidance(model, tok, [], [], guidance_scale=2.0)
