@@ -193,6 +193,11 @@ class GrapeTrainer(Trainer):
             source = StreamingMixture(self._domain_streams, self.mixture_state, seed=args.seed)
 
         super().__init__(model=model, args=args, train_dataset=source, **kwargs)
+        if method not in ("uniform", "fixed") and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise ValueError(
+                f"reweight_method={method!r} takes per-domain gradients of the full model, which needs DDP (or one "
+                "process); FSDP and DeepSpeed are supported only with reweight_method=uniform or fixed."
+            )
 
         self.reference_model = None
         if method == "doremi":
