@@ -84,7 +84,7 @@ def cls_data(corpus, small_tokenizer):
     for text, domain in zip(corpus["text"], corpus["domain"]):
         if domain in domains:
             ids = small_tokenizer(text, add_special_tokens=False)["input_ids"]
-            rows.append({"input_ids": ids[: 8 + len(rows) % 5], "labels": domains.index(domain)})  # mixed lengths
+            rows.append({"input_ids": ids[: 8 + 3 * (len(rows) % 2)], "labels": domains.index(domain)})  # 2 lengths
         if len(rows) == 36:
             break
     return Dataset.from_list(rows[:30]), Dataset.from_list(rows[30:])
