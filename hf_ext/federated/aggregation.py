@@ -214,10 +214,10 @@ def add_server_noise(
     std = noise_multiplier * clip_norm * float(p.max())
     if std == 0:
         return dict(mean_update), 0.0
-    out = {
-        k: v + torch.normal(0.0, std, size=v.shape, generator=generator, dtype=torch.float64)
-        for k, v in mean_update.items()
-    }
+    out = dict(mean_update)
+    for k in sorted(mean_update):  # sorted: the noise does not depend on the dict's insertion order
+        v = mean_update[k]
+        out[k] = v + torch.normal(0.0, std, size=v.shape, generator=generator, dtype=torch.float64)
     return out, std
 
 

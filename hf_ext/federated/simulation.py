@@ -496,8 +496,8 @@ class FederatedSimulation:
             raise ValueError(
                 f"Saved round has {len(meta['accountants'])} clients, this simulation {self.num_clients}."
             )
-        self.global_state = state
-        set_exchange_state(self.model, state)
+        self.global_state = {k: state[k] for k in self.keys}
+        set_exchange_state(self.model, self.global_state)
         self.round = int(meta["round"])
         self.history = meta["history"]
         for acc, st in zip(self.accountants, meta["accountants"]):

@@ -1,0 +1,67 @@
+"""Goldfish loss: drop rate, determinism for repeated contexts, alignment with HF's shifted loss."""
+
+import pytest
+import torch
+
+from hf_ext.federated import GoldfishCollator, apply_goldfish, goldfish_drop_mask
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_drop_fraction_is_about_one_over_k(k):
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randint(1, 4096, (10, 10_000), generator=g)
+    mask = goldfish_drop_mask(targets, k, 13)
+    assert not mask[:, :12].any()  # the first h - 1 positions are never dropped
+    frac = mask[:, 12:].float().mean().item()
+    assert frac == pytest.approx(1 / k, abs=0.01)
+
+
+def test_deterministic_for_repeated_contexts():
+    g = torch.Generator().manual_seed(1)
+    window = torch.randint(1, 4096, (13,), generator=g)
+    rows = []
+    for _ in range(64):  # the same 13-token context after different random prefixes
+        prefix = torch.randint(1, 4096, (int(torch.randint(0, 20, (1,), generator=g)),), generator=g)
+        rows.append(torch.cat([prefix, window]))
+    decisions = {bool(goldfish_drop_mask(r[None], 4, 13)[0, -1]) for r in rows}
+    assert len(decisions) == 1
+    # and the full mask is a pure function of the tokens
+    t = torch.randint(1, 4096, (2, 300), generator=g)
+    assert torch.equal(goldfish_drop_mask(t, 4), goldfish_drop_mask(t.clone(), 4))
+    # some contexts are dropped and some are not (the rule depends on the window content)
+    many = torch.randint(1, 4096, (2000, 13), generator=g)
+    assert 0 < goldfish_drop_mask(many, 4)[:, -1].float().mean() < 1
+
+
+def test_labels_alignment_and_hf_loss(small_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, 500, (2, 64), generator=g)
+    labels = apply_goldfish(ids.clone(), 3, 13, input_ids=ids)
+    drop = goldfish_drop_mask(ids[:, 1:], 3, 13)
+    assert torch.equal(labels[:, 1:] == -100, drop)
+    assert (labels[:, 0] != -100).all()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    )
+    out = model(input_ids=ids, labels=labels)
+    logits = model(input_ids=ids).logits[:, :-1]
+    keep = ~drop
+    manual = torch.nn.functional.cross_entropy(logits[keep], ids[:, 1:][keep])
+    torch.testing.assert_close(out.loss, manual, atol=1e-5, rtol=1e-5)
+
+
+def test_collator_and_invalid_k():
+    from transformers import default_data_collator
+
+    feats = [{"input_ids": list(range(5, 105)), "labels": list(range(5, 105))}]
+    batch = GoldfishCollator(default_data_collator, k=2)(feats)
+    dropped = (batch["labels"] == -100).float().mean().item()
+    assert 0.2 < dropped < 0.7
+    for bad in (1, 0, -3, 2.5):
+        with pytest.raises(ValueError, match="k"):
+            GoldfishCollator(default_data_collator, k=bad)
+    with pytest.raises(ValueError, match=">= 2"):
+        goldfish_drop_mask(torch.zeros(1, 20, dtype=torch.long), 1)

@@ -1,0 +1,132 @@
+"""Memorization metrics on hand-made examples, the frequency penalty and canary injection."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from hf_ext.federated import (
+    FrequencyPenaltyLogitsProcessor,
+    assign_canaries,
+    char_bleu,
+    make_canaries,
+    matching_prefix_tokens,
+    measure_memorization,
+    score_continuation,
+    split_index,
+    summarize_records,
+)
+
+
+def test_char_bleu_hand_computed():
+    assert char_bleu("abcdef", "abcdef") == pytest.approx(1.0)
+    assert char_bleu("abcdef", "uvwxyz") == 0.0
+    # hypothesis "abcx" vs reference "abcd": p1 = 3/4, p2 = 2/3, p3 = 1/2, p4 = 0 -> BLEU 0 (no smoothing)
+    assert char_bleu("abcd", "abcx") == 0.0
+    # "abcde" vs "abcdx": p1 = 4/5, p2 = 3/4, p3 = 2/3, p4 = 1/2; same length -> no brevity penalty
+    expected = math.exp((math.log(4 / 5) + math.log(3 / 4) + math.log(2 / 3) + math.log(1 / 2)) / 4)
+    assert char_bleu("abcde", "abcdx") == pytest.approx(expected)
+    # a short hypothesis is penalised: "abcd" vs "abcdefgh": all precisions 1, BP = exp(1 - 8/4)
+    assert char_bleu("abcdefgh", "abcd") == pytest.approx(math.exp(1 - 2))
+
+
+def test_exact_and_approximate_on_hand_made_example(small_tokenizer):
+    truth = " ".join(f"word{i}" for i in range(80))
+    ids = small_tokenizer(truth, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 60
+    same = score_continuation(small_tokenizer, truth, truth)
+    assert same["exact"] and same["matching_tokens"] == 50 and same["bleu"] == 1.0 and same["approximate"]
+    changed = list(ids)
+    changed[10] = (
+        small_tokenizer.convert_tokens_to_ids("Z") if changed[10] != small_tokenizer.convert_tokens_to_ids("Z") else 5
+    )
+    assert matching_prefix_tokens(ids, changed) == 10
+    gen = small_tokenizer.decode(changed)
+    one_off = score_continuation(small_tokenizer, truth, gen)
+    assert not one_off["exact"] and one_off["approximate"]  # one token off: approximate, not exact
+    other = score_continuation(small_tokenizer, truth, "completely different text " * 10)
+    assert not other["exact"] and not other["approximate"]
+
+
+def test_frequency_penalty_processor():
+    scores = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    ids = torch.tensor([[3, 3, 1, 3, 3, 0]])  # prompt [3, 3]; generated [1, 3, 3, 0]
+    torch.testing.assert_close(FrequencyPenaltyLogitsProcessor(0.0, 2)(ids, scores.clone()), scores)
+    out = FrequencyPenaltyLogitsProcessor(0.5, 2)(ids, scores.clone())
+    torch.testing.assert_close(out, torch.tensor([[1.0 - 0.5, 2.0 - 0.5, 3.0, 4.0 - 1.0]]))
+
+
+def test_split_index_rule():
+    rng = random.Random(0)
+    assert split_index(549, 500, 50, rng) is None
+    draws = [split_index(700, 500, 50, rng) for _ in range(200)]
+    assert min(draws) >= 500 and max(draws) <= 650
+
+
+def test_summary_per_replication_and_prefix_length():
+    records = [
+        {"canary_id": "a", "replication": 10, "prefix_length": 10, "exact": True, "approximate": True},
+        {"canary_id": "a", "replication": 10, "prefix_length": 50, "exact": False, "approximate": True},
+        {"canary_id": "b", "replication": 1, "prefix_length": 10, "exact": False, "approximate": False},
+        {"canary_id": "b", "replication": 1, "prefix_length": 50, "exact": False, "approximate": True},
+    ]
+    s = summarize_records(records, [10, 50])
+    assert s["per_replication"][10]["exact"] == {10: 1.0, 50: 0.0}
+    assert s["per_replication"][10]["exact_mean"] == 0.5 and s["per_replication"][10]["exact_worst"] == 1.0
+    assert s["per_replication"][1]["approximate_mean"] == 0.5
+    assert s["overall"]["exact"][10] == 0.5
+
+
+class _OracleLM(torch.nn.Module):
+    """Continues memorized canaries perfectly and emits a constant token otherwise."""
+
+    def __init__(self, memorized: list[list[int]], filler: int):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.memorized, self.filler = memorized, filler
+
+    def generate(self, input_ids, max_new_tokens, **kwargs):
+        rows = []
+        for row in input_ids.tolist():
+            cont = [self.filler] * max_new_tokens
+            for ids in self.memorized:
+                for s in range(len(row), len(ids)):
+                    if ids[s - len(row) : s] == row:
+                        cont = (ids[s:] + [self.filler] * max_new_tokens)[:max_new_tokens]
+                        break
+            rows.append(row + cont)
+        return torch.tensor(rows)
+
+
+def test_measure_memorization_pipeline(small_tokenizer):
+    canaries = make_canaries(4, {10: 0.5, 1: 0.5}, num_words=60, seed=0)
+    assert sorted(c.replication for c in canaries) == [1, 1, 10, 10]
+    memorized = [
+        small_tokenizer(c.text, add_special_tokens=False)["input_ids"] for c in canaries if c.replication == 10
+    ]
+    model = _OracleLM(memorized, filler=small_tokenizer.convert_tokens_to_ids("Z"))
+    res = measure_memorization(model, small_tokenizer, canaries, prefix_lengths=(5, 20), frequency_penalty=0.0)
+    assert res["num_skipped"] == 0
+    assert res["per_replication"][10]["exact"] == {5: 1.0, 20: 1.0}
+    assert res["per_replication"][1]["exact_mean"] == 0.0 and res["per_replication"][1]["approximate_mean"] == 0.0
+    assert len(res["records"]) == 8
+    with pytest.raises(ValueError, match="canaries"):
+        measure_memorization(model, small_tokenizer, [])
+    with pytest.raises(ValueError, match="prefix_lengths"):
+        measure_memorization(model, small_tokenizer, canaries, prefix_lengths=(0,))
+
+
+def test_assign_canaries():
+    canaries = make_canaries(10, {10: 0.3, 1: 0.7}, num_words=5)
+    per_client = assign_canaries(canaries, [100, 200, 700], "proportional")
+    assert sum(len(x) for x in per_client) == 3 * 10 + 7
+    assert len(per_client[2]) > len(per_client[0])
+    assert all(c.clients for c in canaries)
+    single = assign_canaries(make_canaries(10, num_words=5), [1, 1, 1], "single_client")
+    ids = [{c.canary_id for c in x} for x in single]
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2])
+    with pytest.raises(ValueError, match="strategy"):
+        assign_canaries(canaries, [1, 1], "iid")
+    with pytest.raises(ValueError, match="client_sizes"):
+        assign_canaries(canaries, [0, 0])

@@ -1,0 +1,112 @@
+"""The in-process simulation: non-IID splits, LoRA vs full rounds, resume, invalid configurations."""
+
+import pytest
+import torch
+
+from hf_ext.federated import (
+    FederatedArguments,
+    FederatedSimulation,
+    build_client_dataset,
+    split_by_column,
+)
+
+from .conftest import tiny_llama
+
+
+def test_split_by_domain_is_non_iid(corpus):
+    parts = split_by_column(corpus, "domain", 3)
+    domains = [set(p["domain"]) for p in parts]
+    assert sum(len(p) for p in parts) == len(corpus)
+    assert not (domains[0] & domains[1]) and not (domains[0] & domains[2]) and not (domains[1] & domains[2])
+    with pytest.raises(ValueError, match="every client needs data"):
+        split_by_column(corpus, "domain", 10)
+    with pytest.raises(ValueError, match="not a dataset column"):
+        split_by_column(corpus, "nope", 3)
+
+
+def test_canaries_are_whole_blocks(corpus, small_tokenizer):
+    text = "Record 1: " + " ".join(["quartz"] * 10)
+    ds = build_client_dataset(corpus.select(range(2)), [text, text], small_tokenizer, 64)
+    rows = [r for r in ds if -100 in r["labels"]]
+    assert len(rows) == 2
+    n = len(small_tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert rows[0]["labels"][:n] == rows[0]["input_ids"][:n] and rows[0]["labels"][n:] == [-100] * (64 - n)
+
+
+def test_lora_factor_rounds_keep_the_base_and_merge_mode_updates_it(small_tokenizer, client_datasets, training_args):
+    client_datasets = client_datasets[:2]
+    sim = FederatedSimulation(
+        tiny_llama(len(small_tokenizer)),
+        client_datasets,
+        FederatedArguments(num_rounds=1, local_steps=1),
+        training_args,
+    )
+    base_before = {n: p.detach().clone() for n, p in sim.model.named_parameters() if not p.requires_grad}
+    start = {k: v.clone() for k, v in sim.global_state.items()}
+    sim.run()
+    assert all(torch.equal(p, base_before[n]) for n, p in sim.model.named_parameters() if not p.requires_grad)
+    assert any(not torch.equal(start[k], sim.global_state[k]) for k in start)
+    assert all("lora_" in k for k in sim.global_state)
+
+    merge = FederatedSimulation(
+        tiny_llama(len(small_tokenizer)),
+        client_datasets,
+        FederatedArguments(num_rounds=1, local_steps=1, aggregation="merge_then_average"),
+        training_args,
+    )
+    start = {k: v.clone() for k, v in merge.global_state.items()}
+    merge.run()
+    base_keys = [k for k in start if k.endswith("base_layer.weight")]
+    assert base_keys and all(not torch.equal(start[k], merge.global_state[k]) for k in base_keys)
+    assert all(torch.equal(start[k], merge.global_state[k]) for k in start if "lora_" in k)  # fresh adapter
+
+
+def test_full_fine_tuning_round(small_tokenizer, client_datasets, training_args):
+    client_datasets = client_datasets[:2]
+    sim = FederatedSimulation(
+        tiny_llama(len(small_tokenizer)),
+        client_datasets,
+        FederatedArguments(num_rounds=1, local_steps=1, use_lora=False),
+        training_args,
+    )
+    n_params = len(list(sim.model.parameters()))
+    assert len(sim.global_state) == n_params
+    start = {k: v.clone() for k, v in sim.global_state.items()}
+    hist = sim.run()
+    assert hist[-1]["round"] == 1 and len(hist[-1]["clients"]) == 2
+    assert sum(not torch.equal(start[k], sim.global_state[k]) for k in start) > n_params // 2
+
+
+def test_resume_matches_uninterrupted(tmp_path, small_tokenizer, client_datasets, training_args):
+    fed = FederatedArguments(num_rounds=2, local_steps=1, client_dp_clip_norm=0.5, client_dp_noise_multiplier=0.1)
+    client_datasets = client_datasets[:2]
+    full = FederatedSimulation(tiny_llama(len(small_tokenizer)), client_datasets, fed, training_args)
+    full.run(save_dir=str(tmp_path / "rounds"))
+    resumed = FederatedSimulation(tiny_llama(len(small_tokenizer)), client_datasets, fed, training_args)
+    resumed.load_state(str(tmp_path / "rounds" / "round-1"))
+    assert resumed.round == 1 and len(resumed.history) == 1
+    resumed.run()
+    for k, v in full.global_state.items():
+        torch.testing.assert_close(resumed.global_state[k], v, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="not a saved federated round"):
+        resumed.load_state(str(tmp_path))
+
+
+def test_invalid_configurations(small_tokenizer, client_datasets, training_args):
+    model = tiny_llama(len(small_tokenizer))
+    with pytest.raises(ValueError, match="Client 1 has no data"):
+        FederatedSimulation(
+            model, [client_datasets[0], client_datasets[0].select([])], FederatedArguments(), training_args
+        )
+    with pytest.raises(ValueError, match="one per client"):
+        FederatedSimulation(
+            model, client_datasets, FederatedArguments(client_learning_rates="1e-3,1e-3"), training_args
+        )
+    with pytest.raises(ValueError, match="aggregation"):
+        FederatedArguments(aggregation="median")
+    with pytest.raises(ValueError, match="client_dp_clip_norm"):
+        FederatedArguments(client_dp_noise_multiplier=1.0)
+    with pytest.raises(ValueError, match="num_rounds"):
+        FederatedArguments(num_rounds=0)
+    with pytest.raises(TypeError, match="PrivateTrainingArguments"):
+        FederatedSimulation(model, client_datasets, FederatedArguments(), object())
