@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .encoding import MetadataEncoder
+from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int):
@@ -50,6 +50,7 @@ def generate_with_metadata_guidance(
     guidance_scale: float = 1.5,
     layout: str = "context",
     return_text: bool = True,
+    suppress_context_tokens: bool = True,
     **generate_kwargs,
 ):
     """Generate continuations steered towards their metadata with classifier-free guidance.
@@ -70,6 +71,8 @@ def generate_with_metadata_guidance(
         layout (`str`, *optional*, defaults to `"context"`): Layout used in training (`"context"` or `"meco"`).
         return_text (`bool`, *optional*, defaults to `True`): Return decoded continuations (list of `str`, one per
             returned sequence); `False` returns what `generate` returns.
+        suppress_context_tokens (`bool`, *optional*, defaults to `True`): Never generate BOS or the context
+            markers (they are never loss targets in training, so their scores are not meaningful).
         **generate_kwargs: Passed to `model.generate` (`max_new_tokens`, `do_sample`, `num_return_sequences`, ...).
 
     Example:
@@ -99,6 +102,12 @@ def generate_with_metadata_guidance(
     device = model.device
     inputs = {k: v.to(device) for k, v in inputs.items()}
     generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    if suppress_context_tokens:
+        blocked = [tokenizer.bos_token_id]
+        if layout == "context":
+            blocked += [tokenizer.convert_tokens_to_ids(CONTEXT_BEGIN), tokenizer.convert_tokens_to_ids(CONTEXT_END)]
+        user = list(generate_kwargs.pop("suppress_tokens", None) or [])
+        generate_kwargs["suppress_tokens"] = sorted(set(user) | {b for b in blocked if b is not None})
     if guidance_scale != 1:
         # generate() expands input_ids for beams / several return sequences, but not the negative prompt.
         config = model.generation_config

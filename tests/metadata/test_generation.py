@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from hf_ext.metadata import (
+    CONTEXT_BEGIN,
+    CONTEXT_END,
     MetadataCollator,
     build_guidance_inputs,
     generate_with_metadata_guidance,
@@ -35,13 +37,15 @@ def trained(synthetic_setup):
     return model, tok, vocab
 
 
-def manual_cfg_greedy(model, cond, uncond, scale, steps):
+def manual_cfg_greedy(model, cond, uncond, scale, steps, blocked):
     cond, uncond, out = list(cond), list(uncond), []
     for _ in range(steps):
         with torch.no_grad():
             lc = torch.log_softmax(model(torch.tensor([cond])).logits[0, -1], -1)
             lu = torch.log_softmax(model(torch.tensor([uncond])).logits[0, -1], -1)
-        nxt = int(torch.argmax(lu + scale * (lc - lu)))
+        scores = lu + scale * (lc - lu)
+        scores[blocked] = -float("inf")
+        nxt = int(torch.argmax(scores))
         out.append(nxt)
         cond.append(nxt)
         uncond.append(nxt)
@@ -52,8 +56,9 @@ def test_scale_one_equals_plain_generate(trained):
     model, tok, _ = trained
     prompts, meta = ["the", "a longer prompt here"], ["sitea.example.org", "siteb.example.org"]
     inputs = build_guidance_inputs(tok, prompts, meta)
+    blocked = sorted({tok.bos_token_id, *tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])})
     plain = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=8,
-                           do_sample=False, pad_token_id=tok.pad_token_id)
+                           do_sample=False, pad_token_id=tok.pad_token_id, suppress_tokens=blocked)
     guided = generate_with_metadata_guidance(model, tok, prompts, meta, guidance_scale=1.0, max_new_tokens=8,
                                              do_sample=False, return_text=False)
     assert torch.equal(plain, guided)
@@ -74,7 +79,8 @@ def test_batched_guidance_matches_a_manual_cfg_loop(trained):
     for i in range(len(prompts)):
         cond = inputs["input_ids"][i][inputs["attention_mask"][i] == 1].tolist()
         uncond = inputs["negative_prompt_ids"][i][inputs["negative_prompt_attention_mask"][i] == 1].tolist()
-        assert out[i, prompt_len:].tolist() == manual_cfg_greedy(model, cond, uncond, scale, 6)
+        blocked = [tok.bos_token_id, *tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])]
+        assert out[i, prompt_len:].tolist() == manual_cfg_greedy(model, cond, uncond, scale, 6, blocked)
 
 
 def test_guidance_raises_log_probability_of_a_metadata_token(trained):
@@ -92,6 +98,7 @@ def test_guidance_raises_log_probability_of_a_metadata_token(trained):
     def processed_logprob(scale):
         out = generate_with_metadata_guidance(model, tok, [""], ["sitea.example.org"], guidance_scale=scale,
                                               max_new_tokens=1, do_sample=False, return_text=False,
+                                              suppress_context_tokens=False,
                                               output_scores=True, return_dict_in_generate=True)
         return torch.log_softmax(out.scores[0][0], -1)
 

@@ -25,7 +25,7 @@ class RecordingTrainer(Trainer):
         self.cb_id, self.ce_id = cb_id, ce_id
         self.seen: dict[int, list[bool]] = {}
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
+    def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         ids = inputs["input_ids"]
         cb_pos = (ids == self.cb_id).nonzero()
         with_meta = any(int(ids[r, c + 1]) != self.ce_id for r, c in cb_pos.tolist())
@@ -33,7 +33,7 @@ class RecordingTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-def make_trainer(tok, docs, out, max_steps=10, cls=Trainer, save_steps=None, **kwargs):
+def make_trainer(tok, docs, out, max_steps=10, cls=Trainer, save_steps=None, eval_docs=None, **kwargs):
     collator = MetadataCollator(tok, metadata_template("url_host"), metadata_dropout=0.0, max_length=64)
     args = TrainingArguments(
         output_dir=str(out),
@@ -50,17 +50,21 @@ def make_trainer(tok, docs, out, max_steps=10, cls=Trainer, save_steps=None, **k
         seed=0,
         data_seed=0,
         disable_tqdm=True,
+        eval_strategy="steps" if eval_docs is not None else "no",
+        eval_steps=3,
     )
     callback = MetadataCooldownCallback(collator, cooldown_fraction=0.3)
     trainer = cls(model=tiny_llama(len(tok)), args=args, train_dataset=docs, data_collator=collator,
-                  callbacks=[callback], **kwargs)
+                  eval_dataset=eval_docs, callbacks=[callback], **kwargs)
     return trainer, callback
 
 
 def test_cooldown_switches_at_the_right_step(ctx_tokenizer, train_docs, tmp_path):
     tok = ctx_tokenizer
     cb, ce = tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])
-    trainer, callback = make_trainer(tok, train_docs, tmp_path, cls=RecordingTrainer, cb_id=cb, ce_id=ce)
+    # evaluation every 3 steps uses the same collator and must not move the switch
+    trainer, callback = make_trainer(tok, train_docs, tmp_path, cls=RecordingTrainer, cb_id=cb, ce_id=ce,
+                                     eval_docs=train_docs.select(range(12)))
     trainer.train()
     assert callback.switch_step == 7  # 10 steps, last 30% without metadata
     assert sorted(trainer.seen) == list(range(1, 11))

@@ -1,0 +1,351 @@
+"""Pretrain with and without URL context (metadata conditioning), compare losses, and show guided generation.
+
+Run as `python scripts/metadata_pretrain.py`, `accelerate launch scripts/metadata_pretrain.py` or
+`hf-ext run metadata_pretrain`. With no arguments it trains two tiny models on the embedded corpus: one with
+`[BOS]<|context_begin|>{url}<|context_end|>{document}` (10% metadata dropout, last 10% of steps without metadata)
+and a plain-text baseline, then evaluates the document loss with and without context.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+
+from transformers import TrainerCallback, TrainingArguments
+
+from .pretrain import ModelArguments, build_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MetadataDataArguments:
+    dataset: str = field(
+        default="corpus",
+        metadata={"help": "corpus (embedded offline corpus), synthetic (URL host decides the vocabulary) or hub/files "
+                  "(--dataset_name / --train_file)."},
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset or local dataset folder."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of --dataset_name."})
+    train_file: str | None = field(default=None, metadata={"help": "Local .json/.jsonl/.csv/.parquet file."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the document text."})
+    block_size: int = field(default=256, metadata={"help": "Tokens per packed training row (> 0)."})
+    vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer to load instead of building one."})
+    max_eval_docs: int = field(default=128, metadata={"help": "Evaluate on at most this many documents."})
+    synthetic_docs: int = field(default=2000, metadata={"help": "Documents of the synthetic corpus."})
+
+
+@dataclass
+class MetadataArguments:
+    template: str = field(
+        default="url",
+        metadata={"help": "Metadata template: url, url_host, url_path, topic_format, quality_score, column, format."},
+    )
+    template_column: str | None = field(
+        default=None, metadata={"help": "Column(s) the template reads (comma-separated); default per template."}
+    )
+    template_format: str | None = field(default=None, metadata={"help": "Format string for --template format."})
+    layout: str = field(default="context", metadata={"help": "context (special tokens) or meco ('URL: host')."})
+    metadata_dropout: float = field(default=0.1, metadata={"help": "Share of documents trained without metadata."})
+    cooldown_fraction: float = field(
+        default=0.1, metadata={"help": "Final share of steps trained without metadata (MeCo: 0.1; 0 disables)."}
+    )
+    max_metadata_tokens: int | None = field(default=32, metadata={"help": "Keep at most this many metadata tokens."})
+    run_baseline: bool = field(default=True, metadata={"help": "Also train the plain-text baseline for comparison."})
+    doc_eval_steps: int = field(default=25, metadata={"help": "Evaluate the document loss every N steps (curves)."})
+    guidance_scale: float = field(default=1.5, metadata={"help": "Guidance scale of the generation example."})
+    guidance_prompt: str = field(default="", metadata={"help": "Prompt of the generation example."})
+    guidance_max_new_tokens: int = field(default=24, metadata={"help": "Tokens generated per example."})
+    guidance_samples: int = field(default=16, metadata={"help": "Sampled continuations per setting (synthetic)."})
+
+
+@dataclass
+class MetadataTrainingArguments(TrainingArguments):
+    output_dir: str = field(default="outputs/metadata_pretrain", metadata={"help": "Where models and plots go."})
+    max_steps: int = field(default=300, metadata={"help": "Optimizer steps per run."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Documents per device per step."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warmup steps (int) or fraction of max_steps."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    logging_steps: int = field(default=25, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpointing strategy."})
+    report_to: str = field(default="none", metadata={"help": "Experiment trackers."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator needs the metadata columns (forced by the recipe)."}
+    )
+
+
+def _template(meta_args: MetadataArguments):
+    from ..metadata import metadata_template
+
+    column = None
+    if meta_args.template_column:
+        parts = [c.strip() for c in meta_args.template_column.split(",") if c.strip()]
+        column = parts[0] if len(parts) == 1 else parts
+    return metadata_template(meta_args.template, column=column, fmt=meta_args.template_format)
+
+
+def validate_args(model_args, data_args, meta_args, training_args) -> None:
+    """Check every argument before data is loaded or anything is written."""
+    from ..metadata.encoding import LAYOUTS
+
+    if data_args.dataset not in ("corpus", "synthetic", "hub", "files"):
+        raise ValueError(f"--dataset must be corpus, synthetic, hub or files, got {data_args.dataset!r}.")
+    if data_args.block_size <= 0:
+        raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
+    if meta_args.layout not in LAYOUTS:
+        raise ValueError(f"--layout must be one of {LAYOUTS}, got {meta_args.layout!r}.")
+    if not 0.0 <= meta_args.metadata_dropout <= 1.0:
+        raise ValueError(f"--metadata_dropout must be in [0, 1], got {meta_args.metadata_dropout}.")
+    if not 0.0 <= meta_args.cooldown_fraction < 1.0:
+        raise ValueError(f"--cooldown_fraction must be in [0, 1), got {meta_args.cooldown_fraction}.")
+    if meta_args.guidance_scale <= 0:
+        raise ValueError("--guidance_scale must be positive (1 = no guidance).")
+    if meta_args.doc_eval_steps <= 0:
+        raise ValueError("--doc_eval_steps must be positive.")
+    if training_args.max_steps is None or training_args.max_steps <= 0:
+        raise ValueError("--max_steps must be set (the cooldown is a fraction of it).")
+    if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
+        raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
+    _template(meta_args)
+    if training_args.remove_unused_columns:
+        logger.warning("remove_unused_columns=True would drop the metadata columns; the recipe sets it to False.")
+        training_args.remove_unused_columns = False
+    if os.path.exists(training_args.output_dir) and not os.path.isdir(training_args.output_dir):
+        raise ValueError(f"--output_dir={training_args.output_dir!r} exists and is not a folder.")
+
+
+def load_documents(data_args: MetadataDataArguments, seed: int):
+    """(train, eval, domain_vocab) where domain_vocab is only known for the synthetic corpus."""
+    from ..data import load_corpus, load_text_datasets
+
+    if data_args.dataset == "synthetic":
+        from ..metadata import synthetic_url_corpus
+
+        ds, vocab = synthetic_url_corpus(num_docs=data_args.synthetic_docs, seed=seed)
+        split = ds.train_test_split(test_size=0.1, seed=seed)
+        return split["train"], split["test"], vocab
+    if data_args.dataset == "corpus" and not (data_args.dataset_name or data_args.train_file):
+        return load_corpus("train"), load_corpus("test"), None
+    train, valid = load_text_datasets(
+        data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, data_args.validation_file,
+        data_args.text_column, seed=seed,
+    )
+    return train, valid, None
+
+
+def document_loss(model, collator, docs: list[dict], batch_size: int = 16) -> float:
+    """Token-weighted next-token loss over document tokens only (BOS and context are masked by the collator)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(docs), batch_size):
+            batch = collator(docs[start : start + batch_size])
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+            target = batch["labels"][:, 1:]
+            total += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+            ).item()
+            count += int((target != -100).sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+class DocumentLossCallback(TrainerCallback):
+    """Evaluates the document loss every `eval_steps` optimizer steps (for curves and steps-to-match)."""
+
+    def __init__(self, collator, docs: list[dict], eval_steps: int):
+        self.collator, self.docs, self.eval_steps = collator, docs, eval_steps
+        self.curve: list[tuple[int, float]] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.eval_steps == 0 or state.global_step == state.max_steps:
+            self.curve.append((state.global_step, document_loss(model, self.collator, self.docs)))
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    """First evaluated step whose loss is at or below `target`."""
+    return next((step for step, loss in curve if loss <= target), None)
+
+
+def _train_one(name, conditioned, model_args, data_args, meta_args, training_args, tokenizer, train, eval_docs):
+    from transformers import Trainer, set_seed
+
+    from ..metadata import MetadataCollator, MetadataCooldownCallback
+
+    template = _template(meta_args)
+    set_seed(training_args.seed)
+    model = build_model(model_args, tokenizer, data_args.block_size)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    common = dict(text_column=data_args.text_column, max_metadata_tokens=meta_args.max_metadata_tokens)
+    if conditioned:
+        collator = MetadataCollator(tokenizer, template, layout=meta_args.layout,
+                                    metadata_dropout=meta_args.metadata_dropout, block_size=data_args.block_size,
+                                    seed=training_args.seed, **common)
+        eval_collator = MetadataCollator(tokenizer, template, layout=meta_args.layout, metadata_dropout=0.0,
+                                         max_length=data_args.block_size, padding_side="right", **common)
+    else:  # plain text: [BOS] document [EOS]
+        collator = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0,
+                                    block_size=data_args.block_size, **common)
+        eval_collator = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0,
+                                         max_length=data_args.block_size, padding_side="right", **common)
+    callbacks = [DocumentLossCallback(eval_collator, eval_docs, meta_args.doc_eval_steps)]
+    if conditioned and meta_args.cooldown_fraction > 0:
+        callbacks.append(MetadataCooldownCallback(collator, meta_args.cooldown_fraction))
+    args = training_args.__class__(**{**training_args.to_dict(), "output_dir": os.path.join(training_args.output_dir, name)})
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator, processing_class=tokenizer,
+                      callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint if conditioned else None)
+    trainer.save_model(args.output_dir)
+    return trainer.model, callbacks[0].curve, trainer.state.log_history
+
+
+def _domain_token_share(tokenizer, texts: list[str], words: list[str]) -> float:
+    vocab = set(words)
+    tokens = [w for t in texts for w in t.split()]
+    return sum(w in vocab for w in tokens) / max(len(tokens), 1)
+
+
+def _plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, curve in results["curves"].items():
+        if curve:
+            ax.plot(*zip(*curve), marker="o", markersize=3, label=name)
+    if results.get("cooldown_start_step"):
+        ax.axvline(results["cooldown_start_step"], color="grey", ls="--", lw=1, label="cooldown starts")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("held-out document loss")
+    ax.set_title("Metadata conditioning: document loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(model_args, data_args, meta_args, training_args) -> dict:
+    import torch
+    from transformers import AutoTokenizer, set_seed
+
+    from ..data import build_tokenizer
+    from ..metadata import MetadataCollator, add_context_tokens, generate_with_metadata_guidance
+    from ..utils.io import ensure_writable_dir
+
+    validate_args(model_args, data_args, meta_args, training_args)
+    train, eval_ds, domain_vocab = load_documents(data_args, training_args.seed)
+    template = _template(meta_args)
+    for split_name, split in (("train", train), ("eval", eval_ds)):
+        missing = [c for c in (data_args.text_column, *template.columns) if c not in split.column_names]
+        if missing:
+            raise ValueError(
+                f"the {split_name} data lacks column(s) {missing} (columns: {split.column_names}); pick the template "
+                "with --template/--template_column or the text with --text_column."
+            )
+    ensure_writable_dir(training_args.output_dir, "--output_dir")
+    if data_args.tokenizer_name or model_args.model_name_or_path:
+        tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    elif data_args.dataset == "synthetic":
+        vocab = max(1500, data_args.vocab_size // 2)
+        tokenizer = build_tokenizer(vocab, cache=False, texts=list(train[data_args.text_column]) + list(train["url"]))
+    else:
+        with training_args.main_process_first(desc="build tokenizer"):
+            tokenizer = build_tokenizer(data_args.vocab_size)
+    if meta_args.layout == "context":
+        add_context_tokens(tokenizer)
+
+    eval_docs = [dict(r) for r in eval_ds.select(range(min(len(eval_ds), data_args.max_eval_docs)))]
+    results: dict = {"curves": {}, "final": {}}
+    url_model, curve, _ = _train_one("url_conditioned", True, model_args, data_args, meta_args, training_args,
+                                      tokenizer, train, eval_docs)
+    results["curves"]["with URL context"] = curve
+    if meta_args.cooldown_fraction > 0:
+        results["cooldown_start_step"] = training_args.max_steps - int(round(meta_args.cooldown_fraction *
+                                                                               training_args.max_steps))
+    common = dict(text_column=data_args.text_column, max_metadata_tokens=meta_args.max_metadata_tokens,
+                  max_length=data_args.block_size, padding_side="right")
+    with_ctx = MetadataCollator(tokenizer, template, layout=meta_args.layout, metadata_dropout=0.0, **common)
+    without_ctx = MetadataCollator(tokenizer, template, layout=meta_args.layout, metadata_dropout=1.0, **common)
+    results["final"]["url_model_with_context"] = document_loss(url_model, with_ctx, eval_docs)
+    results["final"]["url_model_without_context"] = document_loss(url_model, without_ctx, eval_docs)
+    if meta_args.run_baseline:
+        base_model, base_curve, _ = _train_one("baseline", False, model_args, data_args, meta_args, training_args,
+                                               tokenizer, train, eval_docs)
+        results["curves"]["baseline (no metadata)"] = base_curve
+        plain = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0, **common)
+        results["final"]["baseline"] = document_loss(base_model, plain, eval_docs)
+        target = base_curve[-1][1]
+        results["steps_to_baseline_final_loss"] = {
+            "url_conditioned": steps_to_reach(curve, target),
+            "baseline": base_curve[-1][0],
+        }
+
+    # Guided generation example
+    example = eval_docs[0]
+    metadata = template(example)
+    set_seed(training_args.seed)
+    url_model.eval()
+    gen = dict(max_new_tokens=meta_args.guidance_max_new_tokens, layout=meta_args.layout)
+    results["guidance_example"] = {
+        "metadata": metadata,
+        "prompt": meta_args.guidance_prompt,
+        "scale_1": generate_with_metadata_guidance(url_model, tokenizer, [meta_args.guidance_prompt], [metadata],
+                                                   guidance_scale=1.0, do_sample=False, **gen)[0],
+        f"scale_{meta_args.guidance_scale:g}": generate_with_metadata_guidance(
+            url_model, tokenizer, [meta_args.guidance_prompt], [metadata], guidance_scale=meta_args.guidance_scale,
+            do_sample=False, **gen)[0],
+    }
+    if domain_vocab is not None:  # synthetic corpus: share of domain-specific words in sampled continuations
+        share = {}
+        domain = example["url"].split("//")[1].split(".")[0]
+        for scale in (1.0, meta_args.guidance_scale):
+            torch.manual_seed(training_args.seed)
+            texts = generate_with_metadata_guidance(
+                url_model, tokenizer, [meta_args.guidance_prompt] * meta_args.guidance_samples,
+                [metadata] * meta_args.guidance_samples, guidance_scale=scale, do_sample=True, top_k=0, **gen)
+            share[f"scale_{scale:g}"] = _domain_token_share(tokenizer, texts, domain_vocab[domain])
+        results["domain_token_share"] = {"domain": domain, **share}
+
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    tokenizer.save_pretrained(os.path.join(training_args.output_dir, "url_conditioned"))
+    _plot(results, os.path.join(training_args.output_dir, "document_loss.png"))
+    with open(os.path.join(training_args.output_dir, "metadata_results.json"), "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=2)
+    final = results["final"]
+    print("held-out document loss (BOS and context excluded):")
+    for key, value in final.items():
+        print(f"  {key:28s} {value:.4f}  (ppl {math.exp(min(value, 50)):.2f})")
+    if "steps_to_baseline_final_loss" in results:
+        print(f"steps to reach the baseline's final loss: {results['steps_to_baseline_final_loss']}")
+    print(f"guided generation for {metadata!r}: {json.dumps(results['guidance_example'], ensure_ascii=False)}")
+    if "domain_token_share" in results:
+        print(f"domain-specific word share: {results['domain_token_share']}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((ModelArguments, MetadataDataArguments, MetadataArguments, MetadataTrainingArguments))
+    model_args, data_args, meta_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    return run(model_args, data_args, meta_args, training_args)
+
+
+if __name__ == "__main__":
+    main()
