@@ -1,0 +1,210 @@
+"""Kurtosis monitor and Fp8HealthCallback: reference values, outliers, Trainer logging, stop, rollback, resume."""
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments, default_data_collator
+
+from hf_ext.fp8 import Fp8HealthCallback, KurtosisMonitor, convert, kurtosis, train_with_rollback
+from hf_ext.models.fog import FogConfig
+
+TINY = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48)
+
+
+def tiny_fog(**kw):
+    from hf_ext.models.fog import FogForCausalLM
+
+    torch.manual_seed(0)
+    return FogForCausalLM(FogConfig.fog(**{**TINY, **kw}))
+
+
+# ------------------------------------------------------------------------------------------------------------ math
+def test_kurtosis_matches_float64_reference_and_is_three_for_gaussians():
+    torch.manual_seed(0)
+    x = torch.randn(4, 50_000)
+    ref = (x.double() ** 4).mean(1) / (x.double() ** 2).mean(1) ** 2
+    torch.testing.assert_close(kurtosis(x), ref, rtol=1e-6, atol=0)
+    assert torch.all((kurtosis(x) - 3).abs() < 0.15)
+    y = x.clone()
+    y[0, 0] = 1000.0  # one outlier
+    k = kurtosis(y)
+    assert k[0] > 100 * k[1]
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        kurtosis([1.0, 2.0])
+
+
+def test_monitor_sites_and_values_equal_direct_computation():
+    model = tiny_fog()
+    monitor = KurtosisMonitor(model)
+    assert monitor.sites == ["activation", "qkv_input", "qkv", "q", "k", "mlp_intermediate", "mlp_post_act", "mlp_out"]
+    captured = {}
+    attn = model.model.layers[1].self_attn
+    attn.q_proj.register_forward_pre_hook(lambda m, a: captured.setdefault("in", a[0].detach()))
+    for name in ("q_proj", "k_proj", "v_proj"):
+        getattr(attn, name).register_forward_hook(lambda m, a, o, n=name: captured.setdefault(n, o.detach()))
+    ids = torch.randint(0, 128, (3, 16))
+    with torch.no_grad():
+        model(ids)  # disabled: nothing recorded
+        assert not monitor.has_data()
+        captured.clear()
+        with monitor.active():
+            model(ids)
+    stats = monitor.collect()
+    assert stats["qkv_input/kurtosis/layer_1"] == pytest.approx(kurtosis(captured["in"]).mean().item(), rel=1e-5)
+    qkv = torch.cat([captured[n].reshape(3, -1) for n in ("q_proj", "k_proj", "v_proj")], dim=1)
+    assert stats["qkv/kurtosis/layer_1"] == pytest.approx(kurtosis(qkv).mean().item(), rel=1e-5)
+    assert stats["qkv_input/max_abs/layer_1"] == pytest.approx(captured["in"].abs().max().item(), rel=1e-6)
+    assert stats["qkv_input/kurtosis/avg"] == pytest.approx(
+        (stats["qkv_input/kurtosis/layer_0"] + stats["qkv_input/kurtosis/layer_1"]) / 2
+    )
+    assert monitor.collect() == {}
+    with pytest.raises(ValueError, match="unknown sites"):
+        KurtosisMonitor(model, sites=["attention_probs"])
+
+
+def test_monitor_sees_an_injected_outlier_and_fp8_underflow():
+    model = tiny_fog()
+    monitor = KurtosisMonitor(model, sites=["qkv_input", "activation"])
+    ids = torch.randint(0, 128, (2, 32))
+    with torch.no_grad(), monitor.active():
+        model(ids)
+    clean = monitor.collect()
+    handle = model.model.layers[1].register_forward_pre_hook(
+        lambda m, a: (
+            a[0].clone().index_put_((torch.tensor([0]), torch.tensor([3]), torch.tensor([5])), torch.tensor(1e5)),
+        )  # fmt: skip
+    )
+    with torch.no_grad(), monitor.active():
+        model(ids)
+    handle.remove()
+    hit = monitor.collect()
+    assert hit["qkv_input/kurtosis/layer_1"] > 50 * clean["qkv_input/kurtosis/layer_1"]
+    assert hit["qkv_input/underflow/layer_1"] > clean["qkv_input/underflow/layer_1"]
+    assert hit["qkv_input/saturation/layer_1"] > 0  # above the previous step's amax
+    assert hit["qkv_input/kurtosis/layer_0"] == pytest.approx(clean["qkv_input/kurtosis/layer_0"], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------ with Trainer
+@pytest.fixture(scope="module")
+def train_ds(corpus, small_tokenizer):
+    from hf_ext.data import pack_dataset
+
+    return pack_dataset(corpus.select(range(60)), small_tokenizer, block_size=32).select(range(64))
+
+
+def _args(out, **kw):
+    base = dict(
+        output_dir=str(out), per_device_train_batch_size=4, max_steps=8, learning_rate=3e-3, logging_steps=4,
+        save_strategy="no", report_to=[], use_cpu=True, seed=0, data_seed=0, disable_tqdm=True,
+        dataloader_num_workers=0, lr_scheduler_type="linear",
+    )  # fmt: skip
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _trainer(model, args, ds, cb):
+    return Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator, callbacks=[cb])
+
+
+class Blowup:
+    """Multiplies one residual-stream element by 1e4 from `start` on, until the callback has rolled back."""
+
+    def __init__(self, model, start, callback):
+        self.start, self.callback, self.trainer = start, callback, None
+        model.model.layers[1].register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        if self.trainer is None or self.trainer.state.global_step + 1 < self.start or self.callback.rollbacks:
+            return None
+        x = args[0].clone()
+        x[:, :, 0] = x[:, :, 0] * 1e4
+        return (x,)
+
+
+def test_callback_logs_through_trainer_and_stops_on_blowup(tmp_path, train_ds):
+    model = tiny_fog(vocab_size=512)
+    cb = Fp8HealthCallback(every_n_steps=2, baseline_steps=1, action="stop", relative_threshold=5.0)
+    trainer = _trainer(model, _args(tmp_path, max_steps=12), train_ds, cb)
+    blow = Blowup(model, start=7, callback=cb)
+    blow.trainer = trainer
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "fp8/qkv_input/kurtosis" in h]
+    assert logged and logged[0]["step"] == 2
+    assert trainer.state.global_step == 8  # first monitored step after the blow-up (7) is 8
+    assert cb.alerts and cb.alerts[0]["step"] == 8 and cb.alerts[0]["site"] in ("qkv_input", "activation", "qkv")
+    assert any("stopping training at step 8" in a for a in cb.actions_taken)
+
+
+def test_rollback_resumes_from_last_good_checkpoint_with_lower_lr(tmp_path, train_ds, caplog):
+    model = tiny_fog(vocab_size=512)
+    cb = Fp8HealthCallback(every_n_steps=2, baseline_steps=1, action="rollback", relative_threshold=5.0)
+    args = _args(tmp_path, max_steps=12, save_strategy="steps", save_steps=4)
+    trainer = _trainer(model, args, train_ds, cb)
+    blow = Blowup(model, start=7, callback=cb)
+    blow.trainer = trainer
+    with caplog.at_level("WARNING"):
+        train_with_rollback(trainer, cb)
+    assert cb.rollbacks == 1 and cb.lr_scale == 0.5
+    assert any("rolling back to" in a and "checkpoint-4" in a for a in cb.actions_taken)
+    assert any("learning rate scaled by 0.5" in a for a in cb.actions_taken)
+    assert "rolling back to" in caplog.text
+    assert trainer.state.global_step == 12
+    # the resumed run restarted from step 4 and used half the learning rate of a plain linear schedule
+    lr_logged = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
+    assert lr_logged[8] == pytest.approx(0.5 * 3e-3 * (12 - 7) / 12, rel=1e-3)
+    with pytest.raises(ValueError, match="save_strategy"):
+        train_with_rollback(_trainer(tiny_fog(), _args(tmp_path / "x"), train_ds, Fp8HealthCallback()))
+
+
+def test_bad_callback_arguments():
+    with pytest.raises(ValueError, match="every_n_steps"):
+        Fp8HealthCallback(every_n_steps=0)
+    with pytest.raises(ValueError, match="action"):
+        Fp8HealthCallback(action="explode")
+    with pytest.raises(ValueError, match="rollback_lr_factor"):
+        Fp8HealthCallback(rollback_lr_factor=2.0)
+
+
+def test_resume_restores_monitor_baselines_and_delayed_scaling_histories(tmp_path, train_ds):
+    def make():
+        model = tiny_fog(vocab_size=512)
+        convert(model, "emulated", scaling="delayed", amax_history_len=16)
+        return model
+
+    full_cb = Fp8HealthCallback(every_n_steps=2, baseline_steps=2)
+    full = make()
+    _trainer(full, _args(tmp_path / "full", save_strategy="steps", save_steps=4), train_ds, full_cb).train()
+
+    part_dir = tmp_path / "part"
+    first_cb = Fp8HealthCallback(every_n_steps=2, baseline_steps=2)
+    first = make()
+    _trainer(first, _args(part_dir, save_strategy="steps", save_steps=4), train_ds, first_cb).train()
+    ckpt = part_dir / "checkpoint-4"
+    saved = json.loads((ckpt / "fp8_health.json").read_text())
+    assert saved["baseline_obs"] and len(saved["history"]) == 2
+
+    resumed_cb = Fp8HealthCallback(every_n_steps=2, baseline_steps=2)
+    resumed = make()
+    trainer = _trainer(resumed, _args(part_dir, save_strategy="steps", save_steps=4), train_ds, resumed_cb)
+    seen = {}
+
+    class Peek(Fp8HealthCallback.__mro__[1]):  # TrainerCallback
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            seen["baseline_obs"] = json.loads(json.dumps(resumed_cb.baseline_obs))
+            seen["hist"] = model.model.layers[0].self_attn.q_proj.fp8_amax_history.clone()
+
+    trainer.add_callback(Peek())
+    trainer.train(resume_from_checkpoint=str(ckpt))
+    from safetensors.torch import load_file
+
+    at4 = load_file(os.path.join(ckpt, "model.safetensors"))
+    assert seen["baseline_obs"] == saved["baseline_obs"]
+    assert torch.equal(seen["hist"], at4["model.layers.0.self_attn.q_proj.fp8_amax_history"])
+    assert seen["hist"].abs().sum() > 0
+    # continuation equals the uninterrupted run
+    assert resumed_cb.baselines == pytest.approx(full_cb.baselines)
+    assert [h["step"] for h in resumed_cb.history] == [h["step"] for h in full_cb.history]
+    for a, b in zip(resumed.state_dict().items(), full.state_dict().items()):
+        torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-6, msg=a[0])
