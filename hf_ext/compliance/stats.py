@@ -126,7 +126,11 @@ def compute_retention_stats(
         unit = f"column:{token_column}"
         counts_ds = dataset.select_columns([token_column]).rename_column(token_column, "_n_tokens")
     else:
-        unit = f"tokenizer:{getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}" if tokenizer else "whitespace"
+        if tokenizer is None:
+            unit = "whitespace"
+        else:
+            name = str(getattr(tokenizer, "name_or_path", "") or "").rstrip("/\\")
+            unit = f"tokenizer:{os.path.basename(name) or type(tokenizer).__name__}"
 
         def count(batch):
             texts = [t or "" for t in batch[text_column]]
