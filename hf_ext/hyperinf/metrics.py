@@ -71,13 +71,25 @@ def select_lowest_influence(scores, fraction: float) -> np.ndarray:
     return np.sort(np.argsort(scores, kind="stable")[:keep])
 
 
+def _release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc only) so that RSS deltas reflect new allocations."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Peak memory used inside a `with` block.
 
     On CUDA it reads `torch.cuda.max_memory_allocated` (after a reset), so the value is the peak of tensor memory
     above what was allocated at entry. On CPU it samples the process's resident set size every `interval` seconds
-    and reports the peak above the value at entry; allocators keep freed pages, so CPU values are approximate and
-    measure the block's *additional* footprint.
+    and reports the peak above the value at entry (after returning freed heap pages to the OS where glibc allows);
+    CPU values are approximate (sampling, allocator caching) and measure the block's *additional* footprint.
 
     Attributes after the block: `peak_bytes` (`int`), `device` (`str`), `seconds` (`float`).
     """
@@ -115,6 +127,7 @@ class PeakMemory:
             self._start = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            _release_freed_memory()
             self._start = self._rss()
             self._peak = self._start
             self._stop = threading.Event()

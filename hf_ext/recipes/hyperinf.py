@@ -29,8 +29,8 @@ class TaskArguments:
         default=DEFAULT_DOMAINS, metadata={"help": "Comma-separated corpus domains to classify (at least two)."}
     )
     max_length: int = field(default=48, metadata={"help": "Tokens per example (documents shorter are skipped)."})
-    num_val: int = field(default=40, metadata={"help": "Clean validation examples that define the influence target."})
-    num_test: int = field(default=80, metadata={"help": "Clean test examples for the data-selection eval loss."})
+    num_val: int = field(default=80, metadata={"help": "Clean validation examples that define the influence target."})
+    num_test: int = field(default=40, metadata={"help": "Clean test examples for the data-selection eval loss."})
     max_train: int = field(default=320, metadata={"help": "At most this many training examples."})
     noise_rate: float = field(default=0.2, metadata={"help": "Share of training labels flipped to another domain."})
     vocab_size: int = field(default=512, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
