@@ -64,6 +64,10 @@ class MetadataCollator:
         return_position_ids (`bool`, *optional*): Also return `position_ids` (default: `True` when packing).
         add_eos (`bool`, *optional*, defaults to `True`): End each document with EOS (loss-bearing).
         max_metadata_tokens (`int`, *optional*): Keep at most this many metadata tokens.
+        document_attention (`bool`, *optional*, defaults to `False`): In packing mode, keep each document's tokens
+            from attending to the other documents of its row (and their contexts): the batch then carries
+            `position_ids` and `use_cache=False` but no `attention_mask`, and transformers builds a block-diagonal
+            causal mask from the restarting `position_ids` (MeCo trains with document-masked attention).
         conditioning (`bool`, *optional*, defaults to `True`): When `False` every document gets the unconditional
             form. `MetadataCooldownCallback` turns it off for the final steps.
     """
@@ -82,6 +86,7 @@ class MetadataCollator:
     return_position_ids: bool | None = None
     add_eos: bool = True
     max_metadata_tokens: int | None = None
+    document_attention: bool = False
     conditioning: bool = True
     #: Batches collated so far and the batch index from which conditioning is off (set by the cooldown callback).
     batches_seen: int = field(default=0, repr=False)
@@ -102,6 +107,8 @@ class MetadataCollator:
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
         if self.block_size is not None and self.max_length is not None:
             raise ValueError("pass block_size (packing) or max_length (padding), not both.")
+        if self.document_attention and self.block_size is None:
+            raise ValueError("document_attention=True needs packing (block_size); padded rows hold one document each.")
         side = self.padding_side or getattr(self.tokenizer, "padding_side", "right")
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
@@ -154,6 +161,12 @@ class MetadataCollator:
         docs = self.encode(examples)
         rows = self._pack(docs) if self.block_size is not None else self._pad(docs)
         batch = {k: torch.tensor(v, dtype=torch.long) for k, v in rows.items()}
+        if self.document_attention:
+            # Without an attention mask (and without a cache) transformers derives per-document causal masks from
+            # the restarting position_ids.
+            batch.pop("attention_mask")
+            batch["use_cache"] = False
+            return batch
         want_positions = self.return_position_ids if self.return_position_ids is not None else self.block_size is not None
         if not want_positions:
             batch.pop("position_ids")

@@ -56,6 +56,9 @@ class MetadataArguments:
         default=0.1, metadata={"help": "Final share of steps trained without metadata (MeCo: 0.1; 0 disables)."}
     )
     max_metadata_tokens: int | None = field(default=32, metadata={"help": "Keep at most this many metadata tokens."})
+    document_attention: bool = field(
+        default=False, metadata={"help": "Packed documents attend only within themselves (block-diagonal mask)."}
+    )
     run_baseline: bool = field(default=True, metadata={"help": "Also train the plain-text baseline for comparison."})
     doc_eval_steps: int = field(default=25, metadata={"help": "Evaluate the document loss every N steps (curves)."})
     guidance_scale: float = field(default=1.5, metadata={"help": "Guidance scale of the generation example."})
@@ -192,12 +195,13 @@ def _train_one(name, conditioned, model_args, data_args, meta_args, training_arg
     if conditioned:
         collator = MetadataCollator(tokenizer, template, layout=meta_args.layout,
                                     metadata_dropout=meta_args.metadata_dropout, block_size=data_args.block_size,
-                                    seed=training_args.seed, **common)
+                                    seed=training_args.seed, document_attention=meta_args.document_attention, **common)
         eval_collator = MetadataCollator(tokenizer, template, layout=meta_args.layout, metadata_dropout=0.0,
                                          max_length=data_args.block_size, padding_side="right", **common)
     else:  # plain text: [BOS] document [EOS]
         collator = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0,
-                                    block_size=data_args.block_size, **common)
+                                    block_size=data_args.block_size, document_attention=meta_args.document_attention,
+                                    **common)
         eval_collator = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0,
                                          max_length=data_args.block_size, padding_side="right", **common)
     callbacks = [DocumentLossCallback(eval_collator, eval_docs, meta_args.doc_eval_steps)]

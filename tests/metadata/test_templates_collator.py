@@ -193,3 +193,26 @@ def test_collator_errors(ctx_tokenizer, small_tokenizer, corpus):
         MetadataCollator(ctx_tokenizer, metadata_template("url"), block_size=8, metadata_dropout=0.0)(examples(corpus, 2))
     with pytest.raises(ValueError, match="add_context_tokens"):
         MetadataCollator(small_tokenizer, metadata_template("url"))
+
+
+def test_document_attention_isolates_packed_documents(ctx_tokenizer):
+    from .conftest import tiny_llama
+
+    tok = ctx_tokenizer
+    rows = [{"text": "short doc one here", "url": "https://a.org/x"}, {"text": "another short doc", "url": "https://b.org/y"}]
+    template = metadata_template("url_host")
+    batch = MetadataCollator(tok, template, metadata_dropout=0.0, block_size=64, document_attention=True)(rows)
+    assert "attention_mask" not in batch and batch["use_cache"] is False
+    enc = MetadataEncoder(tok).encode_batch([r["text"] for r in rows], [template(r) for r in rows])
+    model = tiny_llama(len(tok)).eval()
+    with torch.no_grad():
+        packed = model(**batch).logits[0]
+        alone = [model(input_ids=torch.tensor([d.input_ids]), use_cache=False).logits[0] for d in enc]
+        leaky_batch = MetadataCollator(tok, template, metadata_dropout=0.0, block_size=64)(rows)
+        leaky = model(**leaky_batch).logits[0]
+    n0, n1 = len(enc[0].input_ids), len(enc[1].input_ids)
+    torch.testing.assert_close(packed[:n0], alone[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(packed[n0 : n0 + n1], alone[1], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(leaky[n0 : n0 + n1], alone[1], atol=1e-3)  # plain packing lets documents attend across
+    with pytest.raises(ValueError, match="document_attention"):
+        MetadataCollator(tok, template, document_attention=True)
