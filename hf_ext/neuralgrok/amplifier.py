@@ -31,6 +31,8 @@ class NeuralAmplifier(nn.Module):
             gradient normalisation. Only for ablations.
         dropout (`float`, *optional*, defaults to 0.0): dropout after each hidden ReLU (the final code uses none).
         eps (`float`, *optional*, defaults to 1e-30): floor of `||p * g||` (an all-zero gradient stays zero).
+        chunk_size (`int`, *optional*, defaults to 262144): entries per MLP call when no graph is built (the inner
+            transform), which bounds its activation memory on large tensors.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class NeuralAmplifier(nn.Module):
         softmax_dim: int = 0,
         dropout: float = 0.0,
         eps: float = 1e-30,
+        chunk_size: int = 262144,
     ):
         super().__init__()
         hidden_dims = tuple(hidden_dims)
@@ -53,10 +56,13 @@ class NeuralAmplifier(nn.Module):
             raise ValueError(f"softmax_dim={softmax_dim} must be 0 (the method) or -1 (the ablation bug).")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must be in [0, 1).")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size} must be a positive number of entries.")
         self.hidden_dims = hidden_dims
         self.c = float(c)
         self.softmax_dim = softmax_dim
         self.eps = eps
+        self.chunk_size = int(chunk_size)
         layers: list[nn.Module] = []
         prev = 1
         for width in hidden_dims:
@@ -76,7 +82,11 @@ class NeuralAmplifier(nn.Module):
     def probabilities(self, grad: torch.Tensor) -> torch.Tensor:
         """The softmax weights `p` for `grad` (same shape; they sum to 1 over the tensor when `softmax_dim=0`)."""
         column = grad.reshape(-1, 1).to(self.net[0].weight.dtype)
-        scores = self.net(column)
+        if torch.is_grad_enabled() or column.shape[0] <= self.chunk_size:
+            scores = self.net(column)
+        else:
+            # Without a graph, evaluate the MLP in chunks: peak memory ~chunk_size * max(hidden_dims) floats.
+            scores = torch.cat([self.net(part) for part in column.split(self.chunk_size)])
         return torch.softmax(scores, dim=self.softmax_dim).view_as(grad)
 
     def forward(self, grad: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,9 @@ class NeuralGrokConfig(TrainingArguments):
         metadata={"help": "Use a fixed random sample of this many outer examples (default: the whole outer set)."},
     )
     grokfast_alpha: float = field(default=0.98, metadata={"help": "Grokfast-EMA momentum alpha."})
-    grokfast_lamb: float = field(default=2.0, metadata={"help": "Grokfast amplification lambda (MA default: 5)."})
+    grokfast_lamb: float | None = field(
+        default=None, metadata={"help": "Grokfast amplification lambda; default 2.0 for EMA, 5.0 for MA."}
+    )
     grokfast_window: int = field(default=100, metadata={"help": "Grokfast-MA window size."})
     grokfast_warmup: bool = field(default=True, metadata={"help": "Grokfast-MA: filter off until the window is full."})
     track_entropy: bool = field(
@@ -222,7 +224,9 @@ class NeuralGrokTrainer(Trainer):
                 base,
                 mode=a.gradient_transform.split("_")[1],
                 alpha=a.grokfast_alpha,
-                lamb=a.grokfast_lamb,
+                lamb=a.grokfast_lamb
+                if a.grokfast_lamb is not None
+                else (2.0 if a.gradient_transform.endswith("ema") else 5.0),
                 window=a.grokfast_window,
                 warmup=a.grokfast_warmup,
                 track_entropy=a.track_entropy,

@@ -88,6 +88,16 @@ def test_transform_is_not_plain_normalisation_and_catches_softmax_dim_bug(shape)
     torch.testing.assert_close(buggy.probabilities(g), torch.ones(shape))
 
 
+def test_chunked_transform_matches_one_shot():
+    torch.manual_seed(0)
+    amp = NeuralAmplifier((8, 8), c=0.5)
+    chunked = NeuralAmplifier((8, 8), c=0.5, chunk_size=7)
+    chunked.load_state_dict(amp.state_dict())
+    g = torch.randn(10, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(g), amp(g))
+
+
 def test_zero_gradient_stays_zero():
     amp = NeuralAmplifier((8,))
     out = amp(torch.zeros(4, 3))
@@ -96,7 +106,14 @@ def test_zero_gradient_stays_zero():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(hidden_dims=()), dict(hidden_dims=(0, 3)), dict(c=0.0), dict(softmax_dim=1), dict(dropout=1.0)],
+    [
+        dict(hidden_dims=()),
+        dict(hidden_dims=(0, 3)),
+        dict(c=0.0),
+        dict(softmax_dim=1),
+        dict(dropout=1.0),
+        dict(chunk_size=0),
+    ],
 )
 def test_amplifier_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
