@@ -48,7 +48,7 @@ def eval_loss(model, ds) -> float:
         return float(model(input_ids=ids, labels=ids).loss)
 
 
-def run(method, out, train, targets, held_out, tiny_llama, steps=300, domain_step=1.5, task_step=5.0):
+def run(method, out, train, targets, held_out, tiny_llama, steps=300, domain_step=1.5, task_step=5.0, seed=0):
     args = GrapeConfig(
         output_dir=str(out),
         reweight_method=method,
@@ -67,10 +67,10 @@ def run(method, out, train, targets, held_out, tiny_llama, steps=300, domain_ste
         disable_tqdm=True,
         save_strategy="no",
         logging_steps=1000,
-        seed=0,
+        seed=seed,
     )
     trainer = GrapeTrainer(
-        model=tiny_llama(hidden=64, seed=0), args=args, train_dataset=train, target_datasets=targets
+        model=tiny_llama(hidden=64, seed=seed), args=args, train_dataset=train, target_datasets=targets
     )
     start = time.perf_counter()
     trainer.train()
