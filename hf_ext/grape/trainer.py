@@ -409,7 +409,6 @@ class GrapeTrainer(Trainer):
             stats = self._mean_over_ranks(self.last_local_stats["domain"])
             scores, losses_t = stats[:k_domains], stats[k_domains:]
             new = doremi_domain_weights(st.domain_weights, scores, args.doremi_eta, args.doremi_smoothing)
-            norms_t = None
         else:
             use_log = method in ("grape", "grape_ema")
             g_tgt = self._averaged_gradient(st.task_weights, "task", torch.log if use_log else None)
