@@ -228,3 +228,17 @@ def test_clear_errors(causal_lm, lm_data, cls_data, small_tokenizer):
     )
     with pytest.raises(ValueError, match="positive damping"):  # LoRA B = 0 at init: every lora_A gradient is zero
         InfluenceEstimator(fresh).fit(train)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(causal_lm, lm_data):
+    train, val = lm_data
+    cpu = InfluenceEstimator(causal_lm, "hyperinf").fit(train).scores(val)
+    causal_lm.to("cuda")
+    try:
+        est = InfluenceEstimator(causal_lm, "hyperinf").fit(train)
+        assert est.device.type == "cuda"
+        gpu = est.scores(val)
+    finally:
+        causal_lm.to("cpu")
+    assert spearmanr(cpu, gpu).statistic >= 0.99

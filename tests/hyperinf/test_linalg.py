@@ -227,3 +227,14 @@ def test_detection_metrics():
         select_lowest_influence(scores, 0.0)
     with pytest.raises(ValueError):
         recall_at_fraction(scores[:3], noisy, 0.2)
+
+
+def test_peak_memory_sees_a_large_allocation():
+    from hf_ext.hyperinf import PeakMemory
+
+    with PeakMemory() as meter:
+        block = torch.ones(16 * 2**20)  # 64 MiB, touched
+        block += 1
+    assert meter.peak_bytes >= 48 * 2**20
+    assert meter.seconds > 0
+    del block
