@@ -1,0 +1,212 @@
+"""Quality sweep: perplexity of layer-paired models against the number of pairs and the position of the range."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+
+from .configuration_layer_parallel import LP_MLP_NORMS, LP_MODES, resolve_pairs
+
+
+def pairing_ranges(num_layers: int, pair_counts: list[int] | None = None, stride: int = 1) -> list[tuple[int, int]]:
+    """All ranges `[start, end)` with the given numbers of pairs, at every `stride`-th start position.
+
+    Args:
+        num_layers (`int`): Depth of the source model.
+        pair_counts (`list[int]`, *optional*): Numbers of pairs to try; default `1 .. num_layers // 2`.
+        stride (`int`, *optional*, defaults to 1): Step between start positions.
+
+    Returns:
+        `list[tuple[int, int]]`, sorted by number of pairs, then start.
+    """
+    if num_layers < 2:
+        raise ValueError(f"A model needs at least 2 layers to pair any, got num_layers={num_layers}.")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}.")
+    counts = list(range(1, num_layers // 2 + 1)) if pair_counts is None else sorted(set(pair_counts))
+    for n in counts:
+        if not 1 <= n <= num_layers // 2:
+            raise ValueError(f"Pair count {n} is impossible for {num_layers} layers; use 1..{num_layers // 2}.")
+    ranges = []
+    for n in counts:
+        starts = list(range(0, num_layers - 2 * n + 1, stride))
+        if starts[-1] != num_layers - 2 * n:  # always include the range that ends at the last layer
+            starts.append(num_layers - 2 * n)
+        ranges += [(s, s + 2 * n) for s in starts]
+    return ranges
+
+
+@torch.no_grad()
+def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]:
+    """Token-weighted next-token loss, perplexity and top-1 accuracy on a packed dataset (`input_ids`, `labels`).
+
+    Args:
+        model: A causal LM returning `.logits`.
+        dataset: `datasets.Dataset` (or list of dicts) with equal-length `input_ids` and `labels` (-100 = ignored).
+        batch_size (`int`, *optional*, defaults to 16): Blocks per forward pass.
+    """
+    if len(dataset) == 0:
+        raise ValueError("The evaluation dataset is empty; lower --block_size or give more text.")
+    model.eval()
+    device = next(model.parameters()).device
+    total, correct, count = 0.0, 0, 0
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[start : start + batch_size]
+        ids = torch.as_tensor(batch["input_ids"], device=device)
+        labels = torch.as_tensor(batch["labels"], device=device)
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        target = labels[:, 1:]
+        valid = target != -100
+        total += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+        ).item()
+        correct += int(((logits.argmax(-1) == target) & valid).sum())
+        count += int(valid.sum())
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(count, 1)}
+
+
+def perplexity_sweep(
+    model,
+    eval_dataset,
+    ranges: list[tuple[int, int]] | None = None,
+    mode: str = "sublayer",
+    mlp_norm: str = "per_layer",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[dict]:
+    """Convert `model` with every range and measure perplexity; the first row is the unpaired source model.
+
+    Args:
+        model: A Llama, Mistral or Qwen2 causal LM (left untouched).
+        eval_dataset: Packed dataset with `input_ids` and `labels`.
+        ranges (`list[tuple[int, int]]`, *optional*): Ranges `[start, end)`; default [`pairing_ranges`] over all
+            pair counts and positions.
+        mode, mlp_norm (`str`): As in [`convert_to_layer_parallel`].
+        batch_size (`int`, *optional*, defaults to 16): Evaluation batch size.
+        progress (`bool`, *optional*, defaults to `True`): Show a tqdm bar.
+
+    Returns:
+        `list[dict]`: rows with `start`, `end`, `pairs`, `effective_depth`, `loss`, `perplexity`, `accuracy` and
+        `ppl_ratio` (perplexity / source perplexity).
+    """
+    from tqdm.auto import tqdm
+
+    from .modeling_layer_parallel import convert_to_layer_parallel
+
+    if mode not in LP_MODES:
+        raise ValueError(f"mode must be one of {list(LP_MODES)}, got {mode!r}.")
+    if mlp_norm not in LP_MLP_NORMS:
+        raise ValueError(f"mlp_norm must be one of {list(LP_MLP_NORMS)}, got {mlp_norm!r}.")
+    num_layers = model.config.num_hidden_layers
+    ranges = pairing_ranges(num_layers) if ranges is None else [tuple(r) for r in ranges]
+    for start, end in ranges:  # validate every range before evaluating anything
+        resolve_pairs(num_layers, start, end)
+    base = evaluate_causal_lm(model, eval_dataset, batch_size)
+    rows = [dict(start=0, end=0, pairs=0, effective_depth=num_layers, **base, ppl_ratio=1.0)]
+    for start, end in tqdm(ranges, desc="layer-pairing sweep", disable=not progress):
+        lp = convert_to_layer_parallel(model, start, end, mode=mode, merge=True, mlp_norm=mlp_norm)
+        metrics = evaluate_causal_lm(lp, eval_dataset, batch_size)
+        rows.append(
+            dict(
+                start=start,
+                end=end,
+                pairs=(end - start) // 2,
+                effective_depth=num_layers - (end - start) // 2,
+                **metrics,
+                ppl_ratio=metrics["perplexity"] / base["perplexity"],
+            )
+        )
+        del lp
+    return rows
+
+
+def choose_range(rows: list[dict], max_ppl_increase: float) -> dict | None:
+    """The row with the most pairs whose perplexity stays within `(1 + max_ppl_increase)` x the source's.
+
+    Ties (same number of pairs) go to the lowest perplexity. Returns `None` when no paired row fits the budget.
+    """
+    if max_ppl_increase < 0:
+        raise ValueError(f"max_ppl_increase must be >= 0 (a relative increase, 0.1 = +10%), got {max_ppl_increase}.")
+    fitting = [r for r in rows if r["pairs"] > 0 and r["ppl_ratio"] <= 1.0 + max_ppl_increase]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda r: (-r["pairs"], r["perplexity"]))
+
+
+def format_sweep_table(rows: list[dict], chosen: dict | None = None) -> str:
+    """Markdown table of the sweep rows (the chosen row marked with `*`)."""
+    lines = [
+        "| pairs | range | effective depth | perplexity | x source | token acc. |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mark = " *" if chosen is not None and r is chosen else ""
+        rng = "-" if r["pairs"] == 0 else f"[{r['start']}, {r['end']})"
+        lines.append(
+            f"| {r['pairs']} | {rng}{mark} | {r['effective_depth']} | {r['perplexity']:.3f} | "
+            f"{r['ppl_ratio']:.3f} | {r['accuracy']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: list[dict], path: str, title: str = "Layer pairing: perplexity sweep") -> str:
+    """PNG with perplexity against the start of the range, one line per number of pairs (source as a dashed line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = rows[0]["perplexity"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    counts = sorted({r["pairs"] for r in rows if r["pairs"] > 0})
+    for n in counts:
+        pts = sorted((r["start"], r["perplexity"]) for r in rows if r["pairs"] == n)
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{n} pair{'s' if n > 1 else ''}")
+    ax1.axhline(base, color="k", linestyle="--", label="source")
+    ax1.set_xlabel("first paired layer (start)")
+    ax1.set_ylabel("perplexity")
+    ax1.set_yscale("log")
+    ax1.legend(fontsize=8)
+    ax1.set_title("by position of the range")
+    best = [min(r["perplexity"] for r in rows if r["pairs"] == n) for n in counts]
+    worst = [max(r["perplexity"] for r in rows if r["pairs"] == n) for n in counts]
+    ax2.plot([0, *counts], [base, *best], marker="o", label="best position")
+    ax2.plot([0, *counts], [base, *worst], marker="x", linestyle=":", label="worst position")
+    ax2.set_xlabel("number of pairs")
+    ax2.set_ylabel("perplexity")
+    ax2.set_yscale("log")
+    ax2.legend(fontsize=8)
+    ax2.set_title("by number of pairs")
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save_sweep(rows: list[dict], output_dir: str, chosen: dict | None = None) -> dict[str, str]:
+    """Write `sweep.json`, `sweep.md` and `sweep.png` into `output_dir`; returns their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {k: os.path.join(output_dir, f"sweep.{k}") for k in ("json", "md", "png")}
+    with open(paths["json"], "w") as fh:
+        json.dump({"rows": rows, "chosen": chosen}, fh, indent=2)
+    with open(paths["md"], "w") as fh:
+        fh.write(format_sweep_table(rows, chosen) + "\n")
+    plot_sweep(rows, paths["png"])
+    return paths
+
+
+__all__ = [
+    "choose_range",
+    "evaluate_causal_lm",
+    "format_sweep_table",
+    "pairing_ranges",
+    "perplexity_sweep",
+    "plot_sweep",
+    "save_sweep",
+]

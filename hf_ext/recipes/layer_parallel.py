@@ -1,0 +1,350 @@
+"""Layer-paired inference: perplexity sweep over paired ranges, convert within a budget, optionally fine-tune, save.
+
+Run as `python scripts/layer_parallel.py`, `accelerate launch scripts/layer_parallel.py` or `hf-ext run
+layer_parallel`. Without `--model_name_or_path` a small Llama is first trained on the embedded corpus for a few
+minutes (CPU), so the sweep has a trained model to measure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class LayerParallelModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Llama/Mistral/Qwen2 model (folder or hub id) to convert; default: train a small Llama."},
+    )
+    hidden_size: int = field(default=128, metadata={"help": "Hidden size of the small Llama trained first."})
+    intermediate_size: int = field(default=384, metadata={"help": "MLP width of the small Llama."})
+    num_hidden_layers: int = field(default=8, metadata={"help": "Layers of the small Llama (>= 2)."})
+    num_attention_heads: int = field(default=4, metadata={"help": "Attention heads of the small Llama."})
+    num_key_value_heads: int = field(default=2, metadata={"help": "KV heads of the small Llama (GQA)."})
+    pretrain_steps: int = field(default=300, metadata={"help": "Training steps of the small Llama."})
+    pretrain_learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate of that training."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa or eager."})
+
+
+@dataclass
+class LayerParallelDataArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset or local dataset folder; default: the embedded offline corpus."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of --dataset_name."})
+    train_file: str | None = field(default=None, metadata={"help": "Local .txt/.json/.jsonl/.csv/.parquet file."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
+    block_size: int = field(default=64, metadata={"help": "Tokens per block (> 0)."})
+    vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
+    max_eval_blocks: int = field(default=64, metadata={"help": "Evaluate perplexity on at most this many blocks."})
+
+
+@dataclass
+class LayerParallelSweepArguments:
+    lp_mode: str = field(default="sublayer", metadata={"help": "Pair form: sublayer (reference code) or block."})
+    lp_mlp_norm: str = field(default="per_layer", metadata={"help": "MLP norm: per_layer or official_tp_split."})
+    pair_counts: str | None = field(
+        default=None, metadata={"help": "Comma-separated numbers of pairs to sweep, e.g. '1,2,3'; default: all."}
+    )
+    sweep_stride: int = field(default=1, metadata={"help": "Step between start positions in the sweep."})
+    max_ppl_increase: float = field(
+        default=0.25,
+        metadata={"help": "Perplexity budget: pick the most pairs with ppl <= (1 + this) x source ppl."},
+    )
+    lp_start: int | None = field(
+        default=None, metadata={"help": "Convert this range instead of the one chosen by the sweep (with --lp_end)."}
+    )
+    lp_end: int | None = field(default=None, metadata={"help": "End (exclusive) of the range given by --lp_start."})
+    skip_sweep: bool = field(default=False, metadata={"help": "Skip the sweep (needs --lp_start/--lp_end)."})
+    finetune: bool = field(
+        default=True, metadata={"help": "Fine-tune the paired layers only (everything else frozen) after converting."}
+    )
+
+
+@dataclass
+class LayerParallelTrainingArguments(TrainingArguments):
+    output_dir: str = field(default="outputs/layer_parallel", metadata={"help": "Where results and models go."})
+    max_steps: int = field(default=100, metadata={"help": "Fine-tuning steps of the paired layers."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per device per step."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Blocks per evaluation forward."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate of the fine-tuning."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warmup steps (int) or fraction of max_steps."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    logging_steps: int = field(default=20, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpointing strategy during fine-tuning."})
+    eval_strategy: str = field(default="no", metadata={"help": "Evaluation strategy during fine-tuning."})
+
+
+def parse_pair_counts(text: str | None) -> list[int] | None:
+    """'1,2,3' -> [1, 2, 3]."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError as err:
+        raise ValueError(f"--pair_counts must be comma-separated integers like '1,2,3', got {text!r}.") from err
+
+
+def validate_args(model_args, data_args, sweep_args, training_args) -> None:
+    """Check every argument before any data is loaded or anything is written."""
+    from ..data.loading import hub_offline
+    from ..models.layer_parallel.configuration_layer_parallel import LP_MLP_NORMS, LP_MODES
+    from ..utils.io import ensure_writable_dir
+
+    if data_args.block_size <= 0:
+        raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
+    if data_args.max_eval_blocks <= 0:
+        raise ValueError(f"--max_eval_blocks must be positive, got {data_args.max_eval_blocks}.")
+    if data_args.dataset_name and hub_offline() and not os.path.isdir(data_args.dataset_name):
+        raise ValueError(
+            f"--dataset_name={data_args.dataset_name!r} needs the Hugging Face Hub, but HF_HUB_OFFLINE is set. Drop "
+            "--dataset_name to use the embedded corpus, or pass --train_file/--validation_file."
+        )
+    if sweep_args.lp_mode not in LP_MODES:
+        raise ValueError(f"--lp_mode must be one of {list(LP_MODES)}, got {sweep_args.lp_mode!r}.")
+    if sweep_args.lp_mlp_norm not in LP_MLP_NORMS:
+        raise ValueError(f"--lp_mlp_norm must be one of {list(LP_MLP_NORMS)}, got {sweep_args.lp_mlp_norm!r}.")
+    if sweep_args.lp_mlp_norm == "official_tp_split" and sweep_args.lp_mode != "sublayer":
+        raise ValueError("--lp_mlp_norm official_tp_split needs --lp_mode sublayer.")
+    if sweep_args.max_ppl_increase < 0:
+        raise ValueError(f"--max_ppl_increase must be >= 0 (0.25 = +25%), got {sweep_args.max_ppl_increase}.")
+    if sweep_args.sweep_stride < 1:
+        raise ValueError(f"--sweep_stride must be >= 1, got {sweep_args.sweep_stride}.")
+    if (sweep_args.lp_start is None) != (sweep_args.lp_end is None):
+        raise ValueError("Give both --lp_start and --lp_end, or neither (then the sweep chooses the range).")
+    if sweep_args.skip_sweep and sweep_args.lp_start is None:
+        raise ValueError("--skip_sweep needs an explicit range: add --lp_start and --lp_end.")
+    parse_pair_counts(sweep_args.pair_counts)
+    if model_args.model_name_or_path is None:
+        if model_args.num_hidden_layers < 2:
+            raise ValueError(f"--num_hidden_layers must be >= 2 to pair layers, got {model_args.num_hidden_layers}.")
+        if model_args.hidden_size % model_args.num_attention_heads:
+            raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
+        if model_args.num_attention_heads % model_args.num_key_value_heads:
+            raise ValueError("--num_attention_heads must be divisible by --num_key_value_heads.")
+        if model_args.pretrain_steps < 1:
+            raise ValueError(f"--pretrain_steps must be >= 1, got {model_args.pretrain_steps}.")
+    elif not os.path.isdir(model_args.model_name_or_path) and hub_offline():
+        raise ValueError(
+            f"--model_name_or_path={model_args.model_name_or_path!r} is not a local folder and HF_HUB_OFFLINE is set; "
+            "pass a saved model folder."
+        )
+    if sweep_args.finetune and training_args.max_steps < 1:
+        raise ValueError("--max_steps (fine-tuning steps) must be >= 1 with --finetune; or pass --finetune false.")
+    ensure_writable_dir(training_args.output_dir, "--output_dir")
+
+
+def _pretrain_small_llama(model_args, tokenizer, train_ds, training_args, block_size: int):
+    """Train a small LlamaForCausalLM on `train_ds` so that the sweep measures a model that has learnt something."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, default_data_collator
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=model_args.hidden_size,
+        intermediate_size=model_args.intermediate_size,
+        num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        num_key_value_heads=model_args.num_key_value_heads,
+        max_position_embeddings=max(block_size, 256) * 4,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(training_args.seed)
+    model = LlamaForCausalLM._from_config(config, attn_implementation=model_args.attn_implementation)
+    source_dir = os.path.join(training_args.output_dir, "source")
+    args = TrainingArguments(
+        output_dir=source_dir,
+        max_steps=model_args.pretrain_steps,
+        per_device_train_batch_size=training_args.per_device_train_batch_size,
+        learning_rate=model_args.pretrain_learning_rate,
+        warmup_steps=0.05,
+        lr_scheduler_type="cosine",
+        weight_decay=0.1,
+        logging_steps=max(1, model_args.pretrain_steps // 10),
+        save_strategy="no",
+        report_to=[],
+        seed=training_args.seed,
+        use_cpu=training_args.use_cpu,
+        disable_tqdm=training_args.disable_tqdm,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, data_collator=default_data_collator, processing_class=tokenizer
+    )
+    trainer.train()
+    trainer.save_model(source_dir)
+    return trainer.model.eval(), source_dir
+
+
+def run(model_args, data_args, sweep_args, training_args) -> dict:
+    """Sweep, convert, fine-tune, save and reload. Returns the results (also written to `results.json`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, default_data_collator, set_seed
+
+    import hf_ext  # noqa: F401  (registers the package's architectures)
+
+    from ..data import build_tokenizer, load_text_datasets, pack_dataset
+    from ..models.layer_parallel import convert_to_layer_parallel
+    from ..models.layer_parallel.sweep import (
+        choose_range,
+        evaluate_causal_lm,
+        format_sweep_table,
+        pairing_ranges,
+        perplexity_sweep,
+        save_sweep,
+    )
+
+    validate_args(model_args, data_args, sweep_args, training_args)
+    set_seed(training_args.seed)
+    if model_args.model_name_or_path:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        tokenizer = build_tokenizer(data_args.vocab_size)
+    train_text, eval_text = load_text_datasets(
+        data_args.dataset_name,
+        data_args.dataset_config_name,
+        data_args.train_file,
+        data_args.validation_file,
+        data_args.text_column,
+        seed=training_args.seed,
+    )
+    train_ds = pack_dataset(train_text, tokenizer, data_args.block_size, data_args.text_column)
+    eval_ds = pack_dataset(eval_text, tokenizer, data_args.block_size, data_args.text_column)
+    if len(eval_ds) > data_args.max_eval_blocks:
+        eval_ds = eval_ds.select(range(data_args.max_eval_blocks))
+    if len(train_ds) == 0 or len(eval_ds) == 0:
+        raise ValueError(f"No block of {data_args.block_size} tokens could be formed; lower --block_size.")
+
+    if model_args.model_name_or_path:
+        source = AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
+        ).eval()
+        source_dir = model_args.model_name_or_path
+    else:
+        source, source_dir = _pretrain_small_llama(
+            model_args, tokenizer, train_ds, training_args, data_args.block_size
+        )
+    num_layers = source.config.num_hidden_layers
+    bs = training_args.per_device_eval_batch_size
+    results: dict = {"source": source_dir, "num_layers": num_layers, "lp_mode": sweep_args.lp_mode}
+
+    rows, chosen = None, None
+    if not sweep_args.skip_sweep:
+        ranges = pairing_ranges(num_layers, parse_pair_counts(sweep_args.pair_counts), sweep_args.sweep_stride)
+        rows = perplexity_sweep(
+            source, eval_ds, ranges, mode=sweep_args.lp_mode, mlp_norm=sweep_args.lp_mlp_norm, batch_size=bs
+        )
+        chosen = choose_range(rows, sweep_args.max_ppl_increase)
+        paths = save_sweep(rows, training_args.output_dir, chosen)
+        print(format_sweep_table(rows, chosen))
+        print(f"sweep written to {paths['md']} and {paths['png']}")
+        results["sweep"] = rows
+    if sweep_args.lp_start is not None:
+        start, end = sweep_args.lp_start, sweep_args.lp_end
+    elif chosen is not None:
+        start, end = chosen["start"], chosen["end"]
+    else:
+        print(f"no paired range keeps perplexity within +{sweep_args.max_ppl_increase:.0%}; nothing converted.")
+        results["chosen"] = None
+        with open(os.path.join(training_args.output_dir, "results.json"), "w") as fh:
+            json.dump(results, fh, indent=2)
+        return results
+    results["chosen"] = {"start": start, "end": end, "pairs": (end - start) // 2}
+
+    lp = convert_to_layer_parallel(
+        source, start, end, mode=sweep_args.lp_mode, merge=True, mlp_norm=sweep_args.lp_mlp_norm
+    )
+    results["source_eval"] = rows[0] if rows else evaluate_causal_lm(source, eval_ds, bs)
+    results["converted_eval"] = evaluate_causal_lm(lp, eval_ds, bs)
+    print(
+        f"pairs [{start}, {end}): depth {num_layers} -> {lp.config.effective_depth}, perplexity "
+        f"{results['source_eval']['perplexity']:.3f} -> {results['converted_eval']['perplexity']:.3f}"
+    )
+
+    if sweep_args.finetune:
+        trainable = lp.set_pair_finetuning()
+        n_train = sum(p.numel() for n, p in lp.named_parameters() if n in set(trainable))
+        print(f"fine-tuning {len(trainable)} tensors ({n_train} parameters) of the paired layers; the rest is frozen")
+        lp.train()
+        trainer = Trainer(
+            model=lp,
+            args=training_args,
+            train_dataset=train_ds,
+            data_collator=default_data_collator,
+            processing_class=tokenizer,
+        )
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        lp = trainer.model
+        lp.set_pair_finetuning(False)
+        results["finetune_loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+        results["finetune_train_loss"] = train_result.training_loss
+        results["finetuned_eval"] = evaluate_causal_lm(lp, eval_ds, bs)
+        print(f"after fine-tuning: perplexity {results['finetuned_eval']['perplexity']:.3f}")
+
+    save_dir = os.path.join(training_args.output_dir, "layer_parallel_model")
+    lp.save_pretrained(save_dir)
+    tokenizer.save_pretrained(save_dir)
+    reloaded = AutoModelForCausalLM.from_pretrained(save_dir).to(next(lp.parameters()).device)
+    results["reloaded_eval"] = evaluate_causal_lm(reloaded, eval_ds, bs)
+    final = results.get("finetuned_eval", results["converted_eval"])
+    results["reload_matches"] = math.isclose(results["reloaded_eval"]["loss"], final["loss"], rel_tol=1e-5)
+    results["saved_to"] = save_dir
+    print(f"saved {type(reloaded).__name__} to {save_dir} (reload matches: {results['reload_matches']})")
+    if rows is not None:
+        _plot_summary(results, os.path.join(training_args.output_dir, "summary.png"))
+    with open(os.path.join(training_args.output_dir, "results.json"), "w") as fh:
+        json.dump(results, fh, indent=2)
+    return results
+
+
+def _plot_summary(results: dict, path: str) -> None:
+    """Bar chart: perplexity of the source, the converted model and the fine-tuned model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, values = ["source"], [results["source_eval"]["perplexity"]]
+    names.append(f"paired {results['chosen']['pairs']}")
+    values.append(results["converted_eval"]["perplexity"])
+    if "finetuned_eval" in results:
+        names.append("paired + fine-tuned")
+        values.append(results["finetuned_eval"]["perplexity"])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(names, values, color=["tab:gray", "tab:orange", "tab:green"][: len(values)])
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom")
+    ax.set_ylabel("perplexity")
+    ax.set_title("layer pairing within the perplexity budget")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(
+        (
+            LayerParallelModelArguments,
+            LayerParallelDataArguments,
+            LayerParallelSweepArguments,
+            LayerParallelTrainingArguments,
+        )
+    )
+    model_args, data_args, sweep_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    return run(model_args, data_args, sweep_args, training_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Decode throughput of a Llama model before and after layer pairing, measured in the same process.
+
+Prints one JSON line per (model, mode, batch) with decode tokens/s, then one JSON line per (mode, batch) with the
+ratio converted / source. Modes: "eager" (DynamicCache, no compilation) and "compiled" (StaticCache, forward
+compiled by `generate`). Default: the Llama-3.2-3B shape (28 layers, random weights, bf16) with 7 pairs on a GPU.
+`--tiny` runs a small model on CPU in eager mode.
+
+    python scripts/bench_layer_parallel.py                 # GPU, 3B shape, 7 pairs, batch 1 and 8, eager + compiled
+    python scripts/bench_layer_parallel.py --tiny          # CPU, small model, eager
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import CompileConfig, HfArgumentParser, LlamaConfig, LlamaForCausalLM
+
+import hf_ext  # noqa: F401  (registers the layer-parallel architecture)
+from hf_ext.models.layer_parallel import convert_to_layer_parallel
+
+
+@dataclass
+class BenchArguments:
+    tiny: bool = field(default=False, metadata={"help": "Small model on CPU (8 layers, hidden 64), eager mode."})
+    num_hidden_layers: int = field(default=28, metadata={"help": "Layers of the source model (3B shape: 28)."})
+    hidden_size: int = field(default=3072, metadata={"help": "Hidden size (3B shape: 3072)."})
+    intermediate_size: int = field(default=8192, metadata={"help": "MLP width (3B shape: 8192)."})
+    num_attention_heads: int = field(default=24, metadata={"help": "Attention heads (3B shape: 24)."})
+    num_key_value_heads: int = field(default=8, metadata={"help": "KV heads (3B shape: 8)."})
+    vocab_size: int = field(default=128256, metadata={"help": "Vocabulary (3B shape: 128256)."})
+    num_pairs: int = field(default=7, metadata={"help": "Number of pairs; the range ends before the last layer."})
+    lp_start: int | None = field(default=None, metadata={"help": "First paired layer (default: L - 1 - 2 * pairs)."})
+    lp_mode: str = field(default="sublayer", metadata={"help": "sublayer or block."})
+    batch_sizes: str = field(default="1,8", metadata={"help": "Comma-separated decode batch sizes."})
+    modes: str | None = field(
+        default=None, metadata={"help": "Comma-separated: eager, compiled (default: both on GPU, eager with --tiny)."}
+    )
+    prompt_length: int = field(default=32, metadata={"help": "Prompt tokens (prefill time is subtracted)."})
+    new_tokens: int = field(default=128, metadata={"help": "Generated tokens per timed run."})
+    repeats: int = field(default=3, metadata={"help": "Timed runs per model and configuration (best and median)."})
+    dtype: str | None = field(default=None, metadata={"help": "bfloat16, float16 or float32 (default: bf16 on GPU)."})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa or eager."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random weights and prompts."})
+
+
+def _resolve(args: BenchArguments) -> BenchArguments:
+    if args.tiny:
+        args.num_hidden_layers, args.hidden_size, args.intermediate_size = 8, 64, 128
+        args.num_attention_heads, args.num_key_value_heads, args.vocab_size = 4, 2, 512
+        args.num_pairs = 3 if args.num_pairs == 7 else args.num_pairs
+        args.new_tokens = min(args.new_tokens, 32)
+        args.repeats = max(args.repeats, 5)
+        args.device = args.device or "cpu"
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.modes is None:
+        args.modes = "eager" if args.device == "cpu" else "eager,compiled"
+    if args.dtype is None:
+        args.dtype = "float32" if args.device == "cpu" else "bfloat16"
+    if args.lp_start is None:
+        args.lp_start = max(0, args.num_hidden_layers - 1 - 2 * args.num_pairs)
+    # validate everything before building anything
+    if args.num_pairs < 1 or args.lp_start + 2 * args.num_pairs > args.num_hidden_layers:
+        raise ValueError(
+            f"--num_pairs {args.num_pairs} from --lp_start {args.lp_start} does not fit {args.num_hidden_layers} layers."
+        )
+    if args.dtype not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"--dtype must be bfloat16, float16 or float32, got {args.dtype!r}.")
+    for mode in args.modes.split(","):
+        if mode not in ("eager", "compiled"):
+            raise ValueError(f"--modes entries must be eager or compiled, got {mode!r}.")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA device is visible; use --tiny or --device cpu.")
+    if args.new_tokens < 2 or args.repeats < 1 or args.prompt_length < 1:
+        raise ValueError("--new_tokens must be >= 2, --repeats >= 1 and --prompt_length >= 1.")
+    return args
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _generate_time(model, prompt, new_tokens: int, mode: str, device: str) -> float:
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+    if mode == "compiled":
+        compile_config = CompileConfig(
+            fullgraph=True, mode="reduce-overhead" if device.startswith("cuda") else "default"
+        )
+        if not device.startswith("cuda"):
+            compile_config._compile_all_devices = True  # transformers' switch to compile on CPU as well
+        kwargs.update(cache_implementation="static", compile_config=compile_config)
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(prompt, **kwargs)
+    _sync(device)
+    assert out.shape[1] == prompt.shape[1] + new_tokens
+    return time.perf_counter() - t0
+
+
+def decode_rates(models: dict, prompt, args: BenchArguments, mode: str) -> dict[str, dict[str, float]]:
+    """Decode throughput of each model: batch x (new_tokens - 1) / (time(new_tokens) - time(prefill + 1 token)).
+
+    The models are timed in alternation (source, converted, source, ...) so that drifts of a shared machine hit both
+    alike; `best` (fastest run) and `median` over `--repeats` runs are returned.
+    """
+    for model in models.values():  # warm-up (and compilation)
+        for _ in range(2):
+            _generate_time(model, prompt, args.new_tokens, mode, args.device)
+            _generate_time(model, prompt, 1, mode, args.device)
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            prefill = _generate_time(model, prompt, 1, mode, args.device)
+            full = _generate_time(model, prompt, args.new_tokens, mode, args.device)
+            rates[name].append(prompt.shape[0] * (args.new_tokens - 1) / max(full - prefill, 1e-9))
+    return {name: {"best": max(r), "median": statistics.median(r)} for name, r in rates.items()}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses(args=argv)
+    args = _resolve(args)
+    torch.manual_seed(args.seed)
+    dtype = getattr(torch, args.dtype)
+    config = LlamaConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        num_key_value_heads=args.num_key_value_heads,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    with torch.device(args.device):
+        source = LlamaForCausalLM._from_config(config, attn_implementation=args.attn_implementation).eval()
+    torch.set_default_dtype(previous)
+    end = args.lp_start + 2 * args.num_pairs
+    converted = convert_to_layer_parallel(source, args.lp_start, end, mode=args.lp_mode)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    device_name = _device_name(args.device)
+    common = dict(
+        device=device_name,
+        dtype=args.dtype,
+        layers=args.num_hidden_layers,
+        pairs=args.num_pairs,
+        range=[args.lp_start, end],
+        effective_depth=converted.config.effective_depth,
+        new_tokens=args.new_tokens,
+        prompt_length=args.prompt_length,
+        lp_mode=args.lp_mode,
+    )
+    lines = []
+    for mode in args.modes.split(","):
+        for batch in [int(b) for b in args.batch_sizes.split(",")]:
+            prompt = torch.randint(3, args.vocab_size, (batch, args.prompt_length), device=args.device)
+            rates = decode_rates({"source": source, "layer_parallel": converted}, prompt, args, mode)
+            for name, rate in rates.items():
+                line = dict(
+                    model=name,
+                    mode=mode,
+                    batch=batch,
+                    decode_tokens_per_s=round(rate["best"], 2),
+                    decode_tokens_per_s_median=round(rate["median"], 2),
+                    **common,
+                )
+                print(json.dumps(line), flush=True)
+                lines.append(line)
+            ratio = dict(
+                ratio="layer_parallel/source",
+                mode=mode,
+                batch=batch,
+                decode_ratio=round(rates["layer_parallel"]["best"] / rates["source"]["best"], 3),
+                decode_ratio_median=round(rates["layer_parallel"]["median"] / rates["source"]["median"], 3),
+                **common,
+            )
+            print(json.dumps(ratio), flush=True)
+            lines.append(ratio)
+    return lines
+
+
+if __name__ == "__main__":
+    main()

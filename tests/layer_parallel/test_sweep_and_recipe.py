@@ -1,0 +1,158 @@
+"""Quality sweep helpers, the layer_parallel recipe end to end (tiny), and the slow quality reproduction."""
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hf_ext.models.layer_parallel.sweep import (
+    choose_range,
+    evaluate_causal_lm,
+    format_sweep_table,
+    pairing_ranges,
+    perplexity_sweep,
+    save_sweep,
+)
+
+
+def test_pairing_ranges():
+    assert pairing_ranges(6) == [(0, 2), (1, 3), (2, 4), (3, 5), (4, 6), (0, 4), (1, 5), (2, 6), (0, 6)]
+    assert pairing_ranges(8, [2], stride=3) == [(0, 4), (3, 7), (4, 8)]
+    with pytest.raises(ValueError, match="impossible"):
+        pairing_ranges(6, [4])
+    with pytest.raises(ValueError, match="stride"):
+        pairing_ranges(6, stride=0)
+
+
+def test_choose_range_picks_most_pairs_within_budget():
+    rows = [
+        dict(start=0, end=0, pairs=0, perplexity=10.0, ppl_ratio=1.0),
+        dict(start=0, end=2, pairs=1, perplexity=13.0, ppl_ratio=1.3),
+        dict(start=2, end=4, pairs=1, perplexity=10.5, ppl_ratio=1.05),
+        dict(start=1, end=5, pairs=2, perplexity=11.5, ppl_ratio=1.15),
+        dict(start=2, end=6, pairs=2, perplexity=11.0, ppl_ratio=1.10),
+        dict(start=0, end=6, pairs=3, perplexity=20.0, ppl_ratio=2.0),
+    ]
+    assert choose_range(rows, 0.2) is rows[4]
+    assert choose_range(rows, 0.06) is rows[2]
+    assert choose_range(rows, 0.01) is None
+    assert choose_range(rows, 1.5) is rows[5]
+    with pytest.raises(ValueError, match="max_ppl_increase"):
+        choose_range(rows, -0.1)
+
+
+def test_sweep_on_a_small_model(tmp_path):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.2,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(0)).tolist()
+    data = {"input_ids": ids, "labels": ids}
+
+    class Packed(list):
+        def __getitem__(self, item):
+            return {k: v[item] for k, v in data.items()}
+
+    ds = Packed(ids)
+    base = evaluate_causal_lm(model, ds, batch_size=4)
+    rows = perplexity_sweep(model, ds, [(0, 2), (2, 4), (0, 4)], batch_size=4, progress=False)
+    assert rows[0]["pairs"] == 0 and rows[0]["perplexity"] == pytest.approx(base["perplexity"])
+    assert [(r["start"], r["end"], r["effective_depth"]) for r in rows[1:]] == [(0, 2, 3), (2, 4, 3), (0, 4, 2)]
+    assert all(r["perplexity"] != base["perplexity"] for r in rows[1:])
+    chosen = choose_range(rows, 10.0)
+    assert chosen["pairs"] == 2
+    paths = save_sweep(rows, str(tmp_path), chosen)
+    assert os.path.getsize(paths["png"]) > 1000
+    assert "[0, 4) *" in open(paths["md"]).read() and "[0, 4) *" in format_sweep_table(rows, chosen)
+    assert json.load(open(paths["json"]))["chosen"]["end"] == 4
+    with pytest.raises(ValueError, match="odd length"):
+        perplexity_sweep(model, ds, [(0, 3)], progress=False)
+
+
+def test_recipe_rejects_bad_arguments_before_writing(tmp_path):
+    from hf_ext.recipes.layer_parallel import main
+
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="--lp_mode"):
+        main(["--output_dir", str(out), "--lp_mode", "diagonal"])
+    with pytest.raises(ValueError, match="--lp_start"):
+        main(["--output_dir", str(out), "--lp_start", "2"])
+    with pytest.raises(ValueError, match="--max_ppl_increase"):
+        main(["--output_dir", str(out), "--max_ppl_increase", "-1"])
+    with pytest.raises(ValueError, match="--pair_counts"):
+        main(["--output_dir", str(out), "--pair_counts", "one,two"])
+    assert not out.exists()
+
+
+TINY = [
+    "--num_hidden_layers", "4", "--hidden_size", "32", "--intermediate_size", "64", "--num_attention_heads", "2",
+    "--num_key_value_heads", "1", "--block_size", "32", "--max_eval_blocks", "8", "--vocab_size", "512",
+    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--disable_tqdm", "true",
+    "--report_to", "none", "--use_cpu", "true",
+]  # fmt: skip
+
+
+def test_recipe_end_to_end_tiny(tmp_path):
+    from hf_ext.recipes.layer_parallel import main
+
+    out = tmp_path / "lp"
+    results = main(
+        [*TINY, "--output_dir", str(out), "--pretrain_steps", "8", "--max_steps", "4", "--pair_counts", "1,2",
+         "--max_ppl_increase", "100", "--logging_steps", "1"]
+    )  # fmt: skip
+    assert (out / "sweep.png").exists() and (out / "sweep.md").exists() and (out / "summary.png").exists()
+    assert len(results["sweep"]) == 1 + 3 + 1
+    assert results["chosen"]["pairs"] == 2  # the budget is loose, so the largest range wins
+    assert results["reload_matches"]
+    assert len(results["finetune_loss_curve"]) == 4
+    # fine-tuning only touched the paired layers
+    from safetensors.torch import load_file
+
+    from hf_ext.models.layer_parallel import convert_to_layer_parallel
+
+    source = LlamaForCausalLM.from_pretrained(out / "source")
+    converted = convert_to_layer_parallel(source, 0, 4).state_dict()
+    tuned = load_file(str(out / "layer_parallel_model" / "model.safetensors"))
+    assert torch.equal(tuned["model.embed_tokens.weight"], converted["model.embed_tokens.weight"])
+    assert torch.equal(tuned["model.norm.weight"], converted["model.norm.weight"])
+    assert not torch.equal(tuned["model.layers.0.mlp.up_proj.weight"], converted["model.layers.0.mlp.up_proj.weight"])
+
+
+@pytest.mark.slow
+def test_quality_reproduction(tmp_path):
+    """A small Llama trained for a few minutes on the embedded corpus: perplexity grows with the number of pairs, and
+    pairing the first layers hurts more than pairing late-middle layers."""
+    from hf_ext.recipes.layer_parallel import main
+
+    results = main(
+        ["--output_dir", str(tmp_path), "--disable_tqdm", "true", "--report_to", "none", "--use_cpu", "true",
+         "--max_steps", "20"]
+    )  # fmt: skip
+    rows = results["sweep"]
+    num_layers = results["num_layers"]
+    base = rows[0]["perplexity"]
+    by_count: dict[int, list[dict]] = {}
+    for r in rows[1:]:
+        by_count.setdefault(r["pairs"], []).append(r)
+    best = {n: min(r["perplexity"] for r in rs) for n, rs in by_count.items()}
+    mean = {n: sum(r["perplexity"] for r in rs) / len(rs) for n, rs in by_count.items()}
+    counts = sorted(best)
+    print(json.dumps({"base": base, "best": best, "mean": mean}, indent=1))
+    assert best[counts[0]] >= base * 0.995
+    for a, b in zip(counts, counts[1:]):
+        assert best[b] >= best[a] * 0.99, (a, b, best)
+        assert mean[b] >= mean[a], (a, b, mean)
+    assert best[counts[-1]] > 1.2 * best[counts[0]]
+    one = {r["start"]: r["perplexity"] for r in by_count[1]}
+    late_middle = [one[s] for s in range(num_layers // 2 - 1, num_layers - 2)]
+    assert one[0] > min(late_middle), one
+    assert one[0] > sorted(one.values())[len(one) // 2], one  # the first pair is worse than the median position
