@@ -220,6 +220,8 @@ class RobotsCompliance:
         self.max_cached_hosts = max_cached_hosts
         self._policies: dict[str, DomainPolicy] = {}
         self._by_prefix: dict[str, DomainPolicy] = {}
+        self._by_text: dict[str, tuple] = {}
+        self.max_cached_texts = 65536
         self.parse_failures: dict[str, str] = {}
 
     # Worker processes (datasets num_proc, datatrove tasks) rebuild the cache lazily.
@@ -227,12 +229,14 @@ class RobotsCompliance:
         state = self.__dict__.copy()
         state["_policies"] = {}
         state["_by_prefix"] = {}
+        state["_by_text"] = {}
         return state
 
     def clear_cache(self) -> None:
         """Drop every cached host policy (e.g. after changing the store)."""
         self._policies.clear()
         self._by_prefix.clear()
+        self._by_text.clear()
 
     @property
     def num_cached_hosts(self) -> int:
@@ -252,12 +256,23 @@ class RobotsCompliance:
         if key is None:
             return DomainPolicy(host=host, robots_key=None, groups=(), parser=None)
         text = self.store.get_text(key)
+        # Many hosts serve byte-identical robots.txt files (CMS defaults): parse and group each text once.
+        cached = self._by_text.get(text)
+        if cached is None:
+            cached = self._parse_and_group(key, text)
+            if len(self._by_text) >= self.max_cached_texts:
+                del self._by_text[next(iter(self._by_text))]
+            self._by_text[text] = cached
+        parser, groups = cached
+        return DomainPolicy(host=host, robots_key=key, groups=groups, parser=parser)
+
+    def _parse_and_group(self, key: str, text: str):
         try:
             parser = Protego.parse(text)
         except Exception as err:  # a robots.txt that cannot be parsed opts nothing out
             self.parse_failures[key] = f"{type(err).__name__}: {err}"
             logger.warning("robots.txt of %s could not be parsed (%s); treating it as allowing everything.", key, err)
-            return DomainPolicy(host=host, robots_key=key, groups=(), parser=None)
+            return None, ()
         by_signature: dict = {}
         memo: dict = {}
         for agent in self.user_agents:
@@ -268,7 +283,7 @@ class RobotsCompliance:
             if signature is not None:
                 by_signature.setdefault(signature, (matcher, []))[1].append(agent)
         groups = tuple((matcher, tuple(agents)) for matcher, agents in by_signature.values())
-        return DomainPolicy(host=host, robots_key=key, groups=groups, parser=parser if groups else None)
+        return (parser if groups else None), groups
 
     def policy(self, host: str) -> DomainPolicy:
         """The cached `DomainPolicy` of a (normalised) host, built on first use."""
