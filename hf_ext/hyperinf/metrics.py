@@ -60,15 +60,33 @@ def roc_auc(scores, is_noisy) -> float:
     return float((ranks[is_noisy].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def select_lowest_influence(scores, fraction: float) -> np.ndarray:
-    """Indices (sorted) of the `fraction` of training examples with the lowest (most helpful) influence."""
+def select_lowest_influence(scores, fraction: float, groups=None) -> np.ndarray:
+    """Indices (sorted) of the `fraction` of training examples with the lowest (most helpful) influence.
+
+    Args:
+        scores (`array-like`): influence per training example.
+        fraction (`float`): share to keep, in (0, 1].
+        groups (`array-like`, *optional*): a group id per example (e.g. the training label). When given, the lowest
+            `fraction` is kept *within each group*, so selection cannot shift the group proportions: influence on the
+            mean validation loss otherwise tends to drop the class under-represented in the validation set.
+    """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r}.")
     if scores.size == 0:
         raise ValueError("`scores` is empty.")
-    keep = max(1, int(round(fraction * scores.size)))
-    return np.sort(np.argsort(scores, kind="stable")[:keep])
+    if groups is None:
+        keep = max(1, int(round(fraction * scores.size)))
+        return np.sort(np.argsort(scores, kind="stable")[:keep])
+    groups = np.asarray(groups).reshape(-1)
+    if groups.shape != scores.shape:
+        raise ValueError(f"`groups` ({groups.shape[0]}) and `scores` ({scores.shape[0]}) differ in length.")
+    kept = []
+    for group in np.unique(groups):
+        members = np.flatnonzero(groups == group)
+        keep = max(1, int(round(fraction * members.size)))
+        kept.append(members[np.argsort(scores[members], kind="stable")[:keep]])
+    return np.sort(np.concatenate(kept))
 
 
 def _release_freed_memory() -> None:

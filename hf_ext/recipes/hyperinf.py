@@ -76,6 +76,13 @@ class InfluenceArguments:
     select_fraction: float = field(
         default=0.8, metadata={"help": "Data selection: keep this lowest-influence share of the training set."}
     )
+    select_per_class: bool = field(
+        default=True,
+        metadata={
+            "help": "Data selection keeps the lowest-influence share within each training label, so the class "
+            "balance is unchanged (a random subset is drawn the same way)."
+        },
+    )
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
 
 
@@ -447,10 +454,10 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     # Data selection: retrain the same LoRA init on the lowest-influence share; compare with random and full data.
     selection = {"full": {**fit_metrics["test"], "size": len(train)}}
     rng = np.random.default_rng(training_args.seed + 1)
-    keep = max(1, int(round(inf.select_fraction * len(train))))
-    subsets = {"random": np.sort(rng.choice(len(train), size=keep, replace=False))}
+    groups = np.asarray(train["labels"]) if inf.select_per_class else None
+    subsets = {"random": select_lowest_influence(rng.random(len(train)), inf.select_fraction, groups)}
     for method in methods:
-        subsets[method] = select_lowest_influence(results["scores"][method], inf.select_fraction)
+        subsets[method] = select_lowest_influence(results["scores"][method], inf.select_fraction, groups)
     if inf.select_fraction < 1.0:
         for name, index in subsets.items():
             retrained = fine_tune(

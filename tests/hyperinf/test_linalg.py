@@ -238,3 +238,12 @@ def test_peak_memory_sees_a_large_allocation():
     assert meter.peak_bytes >= 48 * 2**20
     assert meter.seconds > 0
     del block
+
+
+def test_select_lowest_influence_per_group_keeps_proportions():
+    scores = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    groups = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(select_lowest_influence(scores, 0.5), [0, 1, 2, 3])
+    np.testing.assert_array_equal(select_lowest_influence(scores, 0.5, groups), [0, 1, 4, 5])
+    with pytest.raises(ValueError, match="groups"):
+        select_lowest_influence(scores, 0.5, groups[:3])

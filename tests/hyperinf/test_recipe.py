@@ -25,7 +25,7 @@ def test_recipe_tiny_run(tmp_path):
         assert res["seconds"] > 0 and res["peak_memory_mb"] >= 0
     assert results["methods"]["hyperinf"]["state_mb"] > 0
     assert set(results["selection"]) == {"full", "random", "hyperinf", "datainf", "tracin"}
-    assert results["selection"]["random"]["size"] == 30 and results["selection"]["full"]["size"] == 40
+    assert abs(results["selection"]["random"]["size"] - 30) <= 1 and results["selection"]["full"]["size"] == 40
     assert int(results["is_noisy"].sum()) == 8
     saved = json.loads((out / "hyperinf_results.json").read_text())
     assert saved["methods"]["hyperinf"]["auc"] == pytest.approx(results["methods"]["hyperinf"]["auc"])
@@ -54,7 +54,8 @@ def test_recipe_rejects_bad_arguments_before_writing(tmp_path, args, match):
 @pytest.mark.slow
 def test_hyperinf_detects_mislabeled_data_at_least_as_well_as_datainf_and_lissa(tmp_path):
     """Averaged over four seeds (one pretrained base; four splits, noise draws and LoRA runs), HyperINF's recall at 20%
-    inspected is at least DataInf's and LiSSA's, up to one flipped example of slack; all beat random (0.2)."""
+    inspected is at least DataInf's and LiSSA's, up to one flipped example of slack, and so is its ROC-AUC (slack 0.01);
+    every method beats random inspection (recall 0.2)."""
     methods = "hyperinf,datainf,lissa,tracin"
     recall = {m: [] for m in methods.split(",")}
     auc = {m: [] for m in methods.split(",")}
@@ -79,4 +80,6 @@ def test_hyperinf_detects_mislabeled_data_at_least_as_well_as_datainf_and_lissa(
     assert mean["hyperinf"] >= mean["datainf"] - slack
     assert mean["hyperinf"] >= mean["lissa"] - slack
     assert all(mean[m] > 0.25 for m in mean)
-    assert float(np.mean(auc["hyperinf"])) > 0.55
+    mean_auc = {m: float(np.mean(v)) for m, v in auc.items()}
+    assert mean_auc["hyperinf"] > 0.55
+    assert mean_auc["hyperinf"] >= max(mean_auc["datainf"], mean_auc["lissa"]) - 0.01
