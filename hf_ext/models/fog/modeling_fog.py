@@ -93,7 +93,7 @@ class FogGatedActivation(nn.Module):
 
 
 def build_xielu(config: FogConfig) -> XIELUActivation:
-    """transformers' xIELU with FOG's initial values, parameters in float32 (cast with the model)."""
+    """transformers' xIELU with FOG's initial values, parameters in the default dtype (the model's load dtype)."""
     log = logging.getLogger("transformers.activations")
     level = log.level
     log.setLevel(logging.ERROR)  # the "CUDA-fused xIELU not available" notice is not actionable on most setups
@@ -103,7 +103,7 @@ def build_xielu(config: FogConfig) -> XIELUActivation:
             alpha_n_init=config.xielu_alpha_n_init,
             beta=config.xielu_beta,
             eps=config.xielu_eps,
-            dtype=torch.float32,
+            dtype=torch.get_default_dtype(),
         )
     finally:
         log.setLevel(level)

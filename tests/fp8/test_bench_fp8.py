@@ -1,0 +1,30 @@
+"""scripts/bench_fp8.py --tiny: the CPU smoke run of the FP8 throughput benchmark."""
+
+import os
+import runpy
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def bench(repo_root):
+    return runpy.run_path(os.path.join(repo_root, "scripts", "bench_fp8.py"))
+
+
+def test_bench_tiny_prints_ratios_to_bf16_of_the_same_model(bench, capsys):
+    rows = bench["main"](["--tiny", "--precisions", "bf16,fp8_tensorwise"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert len(lines) == len(rows) == 5
+    by = {(r["model"], r["precision"]): r for r in rows}
+    assert by[("fog", "bf16")]["ratio_vs_bf16_same_model"] == 1.0
+    for model in ("llama", "fog"):
+        r = by[(model, "fp8_tensorwise")]
+        assert r["tokens_per_s"] > 0 and r["ratio_vs_bf16_same_model"] > 0 and r["device"].startswith("cpu")
+    assert by[("fog_vs_llama", "bf16")]["ratio"] > 0
+
+
+def test_bench_bad_arguments(bench):
+    with pytest.raises(ValueError, match="--precisions"):
+        bench["main"](["--tiny", "--precisions", "fp4"])
+    with pytest.raises(ValueError, match="multiples of 16"):
+        bench["main"](["--hidden_size", "100"])
