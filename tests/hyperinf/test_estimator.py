@@ -166,7 +166,8 @@ def test_sequence_classification_all_methods(kind, cls_data, small_tokenizer):
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
     loop = InfluenceEstimator(model, "hyperinf", per_example_gradients="loop", dtype=torch.float64).fit(train)
     vmap = InfluenceEstimator(model, "hyperinf", dtype=torch.float64).fit(train)
-    np.testing.assert_allclose(loop.scores(val), vmap.scores(val), rtol=1e-4, atol=1e-6)
+    loop_scores, vmap_scores = loop.scores(val), vmap.scores(val)  # float32 model gradients either way
+    np.testing.assert_allclose(loop_scores, vmap_scores, rtol=1e-4, atol=1e-5 * np.abs(vmap_scores).max())
     assert model.get_base_model().config._attn_implementation == "sdpa"  # restored after the vmapped passes
 
 
