@@ -69,6 +69,13 @@ class NeuralGrokConfig(TrainingArguments):
     )
     grokfast_window: int = field(default=100, metadata={"help": "Grokfast-MA window size."})
     grokfast_warmup: bool = field(default=True, metadata={"help": "Grokfast-MA: filter off until the window is full."})
+    coupled_weight_decay: bool = field(
+        default=False,
+        metadata={
+            "help": "Use torch.optim.Adam with L2 weight decay added to the gradient on every parameter (the reference "
+            "code) instead of args.optim (AdamW by default). With NeuralGrok the L2 term is added after the transform."
+        },
+    )
     track_entropy: bool = field(
         default=True, metadata={"help": "Log AGE of raw/transformed gradients and AWE of the weights."}
     )
@@ -210,6 +217,16 @@ class NeuralGrokTrainer(Trainer):
     def create_optimizer(self, model=None):
         if isinstance(self.optimizer, GradientTransformOptimizer):
             return self.optimizer
+        if self.args.coupled_weight_decay and self.optimizer is None and self.optimizer_cls_and_kwargs is None:
+            # The reference code: torch.optim.Adam, L2 term added to the (transformed) gradient, on every parameter.
+            opt_model = self.model if model is None else model
+            self.optimizer = torch.optim.Adam(
+                [p for p in opt_model.parameters() if p.requires_grad],
+                lr=self.args.learning_rate,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
+                weight_decay=self.args.weight_decay,
+            )
         base = super().create_optimizer(model)
         if isinstance(base, GradientTransformOptimizer):
             self.transform_optimizer = base

@@ -136,6 +136,15 @@ def test_grokfast_ema_sees_the_accumulated_gradient(splits, tmp_path):
         torch.testing.assert_close(ema[index], p.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_coupled_weight_decay_uses_reference_adam(splits, tmp_path):
+    trainer = make_trainer(make_args(tmp_path, max_steps=2, coupled_weight_decay=True, weight_decay=0.01), splits)
+    trainer.train()
+    inner = trainer.transform_optimizer.inner
+    assert type(inner) is torch.optim.Adam
+    assert [g["weight_decay"] for g in inner.param_groups] == [0.01]
+    assert len(inner.param_groups[0]["params"]) == len(list(trainer.model.parameters()))
+
+
 def _train_state(trainer):
     state = {f"model.{n}": p.detach().clone() for n, p in trainer.model.named_parameters()}
     if trainer.amplifier is not None:
