@@ -26,8 +26,8 @@ class LayerParallelModelArguments:
     num_hidden_layers: int = field(default=8, metadata={"help": "Layers of the small Llama (>= 2)."})
     num_attention_heads: int = field(default=4, metadata={"help": "Attention heads of the small Llama."})
     num_key_value_heads: int = field(default=2, metadata={"help": "KV heads of the small Llama (GQA)."})
-    pretrain_steps: int = field(default=300, metadata={"help": "Training steps of the small Llama."})
-    pretrain_learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate of that training."})
+    pretrain_steps: int = field(default=600, metadata={"help": "Training steps of the small Llama."})
+    pretrain_learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate of that training."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa or eager."})
 
 

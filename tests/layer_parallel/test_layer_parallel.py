@@ -308,3 +308,17 @@ def test_finetune_mode_trains_only_the_pairs(sources, ids):
     assert len(lp.set_pair_finetuning(False)) == len(list(lp.parameters()))
     with pytest.raises(ValueError, match="no paired layers"):
         convert_to_layer_parallel(sources["llama_gqa"], 0, 0).set_pair_finetuning()
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_cuda_bf16_merged_pairs_and_compiled_static_generation(sources, ids):
+    src = _build("llama_gqa").to("cuda", torch.bfloat16)
+    merged = convert_to_layer_parallel(src, 2, 6)
+    branches = convert_to_layer_parallel(src, 2, 6, merge=False)
+    assert next(merged.parameters()).dtype == torch.bfloat16 and next(merged.parameters()).is_cuda
+    x = ids.cuda()
+    torch.testing.assert_close(merged(x).logits.float(), branches(x).logits.float(), atol=5e-2, rtol=5e-2)
+    merged.generation_config.eos_token_id = None
+    out = merged.generate(x[:, :6], max_new_tokens=8, do_sample=False, cache_implementation="static")
+    assert out.shape == (2, 14)

@@ -156,3 +156,42 @@ def test_quality_reproduction(tmp_path):
     late_middle = [one[s] for s in range(num_layers // 2 - 1, num_layers - 2)]
     assert one[0] > min(late_middle), one
     assert one[0] > sorted(one.values())[len(one) // 2], one  # the first pair is worse than the median position
+
+
+def _load_bench(repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_layer_parallel", f"{repo_root}/scripts/bench_layer_parallel.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_script_runs_and_reports_ratios(repo_root, capsys):
+    """Smoke run of the benchmark (no timing claim here): one line per model and a ratio line per configuration."""
+    bench = _load_bench(repo_root)
+    lines = bench.main(
+        ["--tiny", "--new_tokens", "4", "--repeats", "1", "--batch_sizes", "1,2", "--prompt_length", "4"]
+    )
+    ratios = [line for line in lines if "decode_ratio" in line]
+    assert [(r["mode"], r["batch"]) for r in ratios] == [("eager", 1), ("eager", 2)]
+    assert all(r["decode_ratio"] > 0 and r["effective_depth"] == 5 and r["device"].startswith("CPU") for r in ratios)
+    assert capsys.readouterr().out.count("\n") == len(lines)
+    with pytest.raises(ValueError, match="--num_pairs"):
+        bench.main(["--tiny", "--num_pairs", "5"])
+    with pytest.raises(ValueError, match="--modes"):
+        bench.main(["--tiny", "--modes", "turbo"])
+
+
+@pytest.mark.gpu
+def test_bench_compiled_static_cache_on_gpu(repo_root):
+    bench = _load_bench(repo_root)
+    lines = bench.main(
+        ["--num_hidden_layers", "8", "--hidden_size", "256", "--intermediate_size", "512", "--num_attention_heads", "4",
+         "--num_key_value_heads", "2", "--vocab_size", "1024", "--num_pairs", "3", "--new_tokens", "16", "--repeats", "1"]
+    )  # fmt: skip
+    assert {(r["mode"], r["batch"]) for r in lines if "decode_ratio" in r} == {
+        ("eager", 1), ("eager", 8), ("compiled", 1), ("compiled", 8)
+    }  # fmt: skip
