@@ -301,19 +301,19 @@ class RobotsCompliance:
         host = normalize_host(url)
         return self.policy(host) if host else _ALLOW_ALL
 
-    def _disallowed(self, url: str) -> tuple[str, ...]:
-        # Cache key: everything before the path ("https://host:port"); URLs without a path take the slow route.
-        slash = url.find("/", url.find("//") + 2)
+    def _policy_for_prefix(self, url: str, slash: int) -> DomainPolicy:
+        """Look up (or build and cache) the policy of `url`; `slash` is the index where its path starts."""
         prefix = url if slash == -1 else url[:slash]
         policy = self._by_prefix.get(prefix)
         if policy is None:
             policy = self._policy_for_url(url)
+            # Cache key: everything before the path ("https://host:port"); URLs without a path take this route.
             if slash != -1 and "?" not in prefix and "#" not in prefix:
                 if self.max_cached_hosts is None or len(self._by_prefix) < 4 * self.max_cached_hosts:
                     self._by_prefix[prefix] = policy
-        groups = policy.groups
-        if not groups:
-            return ()
+        return policy
+
+    def _match_groups(self, url: str, groups) -> tuple[str, ...]:
         if "/robots.txt" in url and _is_robots_txt(url):
             return ()
         out: tuple[str, ...] = ()
@@ -331,6 +331,10 @@ class RobotsCompliance:
             chosen = set(out)
             out = tuple(a for a in self.user_agents if a in chosen)
         return out
+
+    def _disallowed(self, url: str) -> tuple[str, ...]:
+        groups = self._policy_for_prefix(url, url.find("/", url.find("//") + 2)).groups
+        return self._match_groups(url, groups) if groups else ()
 
     def disallowed_agents(self, url: str | None) -> tuple[str, ...]:
         """The checked user agents that may not fetch `url` (empty tuple: compliant).
@@ -356,17 +360,43 @@ class RobotsCompliance:
         """`disallowed_agents` over many URLs (list in, list out, same order)."""
         if isinstance(urls, str):
             raise TypeError("urls must be an iterable of URLs, not a single str; use disallowed_agents(url).")
-        keep_missing = self.missing_url == "keep"
-        out = []
+        missing = () if self.missing_url == "keep" else ("<missing-url>",)
+        # The loop below is `disallowed_agents` inlined: it runs once per document of a corpus.
+        by_prefix_get = self._by_prefix.get
+        slow_lookup = self._policy_for_prefix
+        match_groups = self._match_groups
+        disallow_all = _DISALLOW_ALL
+        out: list[tuple[str, ...]] = []
         append = out.append
-        disallowed = self._disallowed
         for url in urls:
-            if url is None or url == "":
-                append(() if keep_missing else ("<missing-url>",))
-            elif isinstance(url, str):
-                append(disallowed(url))
+            if url.__class__ is not str:
+                if url is None:
+                    append(missing)
+                    continue
+                if not isinstance(url, str):
+                    raise TypeError(f"urls must hold str or None, got {type(url).__name__}.")
+            if not url:
+                append(missing)
+                continue
+            slash = url.find("/", url.find("//") + 2)
+            policy = by_prefix_get(url if slash == -1 else url[:slash])
+            if policy is None:
+                policy = slow_lookup(url, slash)
+            groups = policy.groups
+            if not groups:
+                append(())
+            elif len(groups) == 1 and "/robots.txt" not in url:
+                matcher, agents = groups[0]
+                if matcher is disallow_all:
+                    append(agents)
+                    continue
+                try:
+                    allowed = matcher.can_fetch(url)
+                except Exception:  # a URL Protego cannot read is not opted out
+                    allowed = True
+                append(() if allowed else agents)
             else:
-                raise TypeError(f"urls must hold str or None, got {type(url).__name__}.")
+                append(match_groups(url, groups))
         return out
 
     def is_compliant_batch(self, urls: Iterable[str | None]) -> list[bool]:

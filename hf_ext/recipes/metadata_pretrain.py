@@ -22,6 +22,13 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
+class MetadataModelArguments(ModelArguments):
+    hidden_size: int = field(default=64, metadata={"help": "Hidden size of a fresh model."})
+    intermediate_size: int = field(default=192, metadata={"help": "MLP width of a fresh model."})
+    num_hidden_layers: int = field(default=2, metadata={"help": "Layers of a fresh model."})
+
+
+@dataclass
 class MetadataDataArguments:
     dataset: str = field(
         default="corpus",
@@ -33,10 +40,10 @@ class MetadataDataArguments:
     train_file: str | None = field(default=None, metadata={"help": "Local .json/.jsonl/.csv/.parquet file."})
     validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
     text_column: str = field(default="text", metadata={"help": "Column holding the document text."})
-    block_size: int = field(default=256, metadata={"help": "Tokens per packed training row (> 0)."})
+    block_size: int = field(default=128, metadata={"help": "Tokens per packed training row (> 0)."})
     vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer to load instead of building one."})
-    max_eval_docs: int = field(default=128, metadata={"help": "Evaluate on at most this many documents."})
+    max_eval_docs: int = field(default=37, metadata={"help": "Evaluate on at most this many documents."})
     synthetic_docs: int = field(default=2000, metadata={"help": "Documents of the synthetic corpus."})
 
 
@@ -60,7 +67,7 @@ class MetadataArguments:
         default=False, metadata={"help": "Packed documents attend only within themselves (block-diagonal mask)."}
     )
     run_baseline: bool = field(default=True, metadata={"help": "Also train the plain-text baseline for comparison."})
-    doc_eval_steps: int = field(default=25, metadata={"help": "Evaluate the document loss every N steps (curves)."})
+    doc_eval_steps: int = field(default=20, metadata={"help": "Evaluate the document loss every N steps (curves)."})
     guidance_scale: float = field(default=1.5, metadata={"help": "Guidance scale of the generation example."})
     guidance_prompt: str = field(default="", metadata={"help": "Prompt of the generation example."})
     guidance_max_new_tokens: int = field(default=24, metadata={"help": "Tokens generated per example."})
@@ -70,7 +77,7 @@ class MetadataArguments:
 @dataclass
 class MetadataTrainingArguments(TrainingArguments):
     output_dir: str = field(default="outputs/metadata_pretrain", metadata={"help": "Where models and plots go."})
-    max_steps: int = field(default=300, metadata={"help": "Optimizer steps per run."})
+    max_steps: int = field(default=200, metadata={"help": "Optimizer steps per run."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Documents per device per step."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Warmup steps (int) or fraction of max_steps."})
@@ -346,7 +353,9 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((ModelArguments, MetadataDataArguments, MetadataArguments, MetadataTrainingArguments))
+    parser = HfArgumentParser(
+        (MetadataModelArguments, MetadataDataArguments, MetadataArguments, MetadataTrainingArguments)
+    )
     model_args, data_args, meta_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     return run(model_args, data_args, meta_args, training_args)
 

@@ -216,3 +216,13 @@ def test_fuzz_arbitrary_bytes_and_urls_never_crash(raw, url):
     c = RobotsCompliance(RobotsTxtStore.from_dict({HOST: raw}))
     assert isinstance(c.is_compliant(f"https://example.com/{url}"), bool)
     assert isinstance(c.is_compliant(url), bool)
+
+
+def test_identical_robots_texts_are_parsed_once():
+    text = "User-agent: *\nDisallow: /private/\n"
+    c = RobotsCompliance({"a.org": text, "b.org": text, "c.org": text + "\n"})
+    assert c.is_compliant_batch(["https://a.org/private/x", "https://b.org/ok", "https://c.org/private/"]) == [
+        False, True, False,
+    ]
+    assert c.policy("a.org").parser is c.policy("b.org").parser
+    assert c.policy("a.org").parser is not c.policy("c.org").parser
