@@ -36,8 +36,10 @@ def make_canaries(
     num_words: int = 120,
     vocabulary: Sequence[str] | None = None,
     seed: int = 42,
+    texts: Sequence[str] | None = None,
 ) -> list[Canary]:
-    """Synthetic canaries: a record id followed by random words, with replication counts assigned by fraction.
+    """Canaries: a record id followed by random words (or by the first words of `texts`), with replication counts
+    assigned by fraction.
 
     Args:
         num_canaries (`int`): number of distinct canaries (> 0).
@@ -47,7 +49,11 @@ def make_canaries(
             largest prefix length + 50).
         vocabulary (`Sequence[str]`, *optional*): words to draw from; defaults to a fixed list of common words.
         seed (`int`, *optional*, defaults to 42): random seed.
+        texts (`Sequence[str]`, *optional*): held-out documents to use as canary bodies (natural text, one per
+            canary, cut to `num_words` words) instead of random words.
     """
+    if texts is not None and len(texts) < num_canaries:
+        raise ValueError(f"`texts` has {len(texts)} documents for {num_canaries} canaries; pass more documents.")
     if num_canaries <= 0:
         raise ValueError(f"`num_canaries` must be > 0, got {num_canaries}.")
     counts = replication_counts or {10: 0.3, 1: 0.7}
@@ -67,7 +73,10 @@ def make_canaries(
     canaries = []
     for i, rep in enumerate(levels):
         rid = f"{rng.randrange(100, 999)}-{rng.randrange(10, 99)}"
-        body = " ".join(rng.choice(words) for _ in range(num_words))
+        if texts is not None:
+            body = " ".join(texts[i].split()[:num_words])
+        else:
+            body = " ".join(rng.choice(words) for _ in range(num_words))
         canaries.append(Canary(canary_id=f"canary-{i}", text=f"Record {rid}: {body}", replication=rep))
     return canaries
 

@@ -1,0 +1,431 @@
+"""Federated LoRA vs full fine-tuning with canaries: memorization (exact / approximate extraction) vs rounds, with defenses.
+
+Run as `python scripts/federated.py`, `accelerate launch scripts/federated.py` or `hf-ext run federated`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+from ..federated.simulation import FederatedArguments
+from ..federated.trainer import PrivateTrainingArguments
+
+BASES = ("full", "lora", "lora_merge")
+MODIFIERS = ("goldfish", "dp", "clientdp", "secagg")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Fine-tune this pretrained causal LM instead of a tiny model from config."}
+    )
+    hidden_size: int = field(default=64, metadata={"help": "Hidden size of the tiny Llama built from config."})
+    intermediate_size: int = field(default=128, metadata={"help": "MLP width of the tiny model."})
+    num_hidden_layers: int = field(default=2, metadata={"help": "Layers of the tiny model."})
+    num_attention_heads: int = field(default=4, metadata={"help": "Attention heads of the tiny model."})
+    pretrain_steps: int = field(
+        default=150,
+        metadata={"help": "Centralised warm-up steps of the tiny model on the public documents before fine-tuning."},
+    )
+
+
+@dataclass
+class DataArguments:
+    vocab_size: int = field(default=512, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer to load instead of building one."})
+    num_clients: int = field(default=3, metadata={"help": "Number of clients (non-IID split by --split_column)."})
+    split_column: str = field(default="domain", metadata={"help": "Column whose groups go to clients (non-IID)."})
+    docs_per_client: int = field(default=24, metadata={"help": "Documents per client (<= 0: all of them)."})
+    block_size: int = field(default=128, metadata={"help": "Tokens per training block."})
+    num_canaries: int = field(default=12, metadata={"help": "Distinct canaries injected into the clients' data."})
+    canary_words: int = field(default=60, metadata={"help": "Words per canary (must exceed prefix + window)."})
+    replication: str = field(
+        default="10:0.5,1:0.5", metadata={"help": "Canary replication counts and fractions, 'count:fraction,...'."}
+    )
+    canary_source: str = field(
+        default="test_docs",
+        metadata={"help": "'test_docs': canary bodies are held-out corpus documents; 'random_words': random words."},
+    )
+    canary_assignment: str = field(
+        default="proportional", metadata={"help": "'proportional' (paper) or 'single_client' canary copies."}
+    )
+    prefix_lengths: str = field(
+        default="10,20,40", metadata={"help": "Prompt lengths in tokens (paper: 10,50,100,200,500)."}
+    )
+    window: int = field(default=50, metadata={"help": "Tokens compared for exact / approximate memorization."})
+    bleu_threshold: float = field(default=0.75, metadata={"help": "Character-BLEU threshold of approximate match."})
+    frequency_penalty: float = field(
+        default=1.0, metadata={"help": "Additive frequency penalty during extraction (paper 1.0; 0 = greedy)."}
+    )
+    max_eval_blocks: int = field(default=64, metadata={"help": "Held-out blocks for the utility (eval loss)."})
+
+
+@dataclass
+class ComparisonArguments:
+    configs: str = field(
+        default="full,lora,lora+goldfish,lora+dp,lora+secagg",
+        metadata={
+            "help": "Comma-separated runs: a base (full, lora, lora_merge) plus '+'-joined defenses (goldfish, dp, "
+            "clientdp, secagg)."
+        },
+    )
+    lora_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of LoRA runs."})
+    full_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of full fine-tuning runs."})
+    defense_goldfish_k: int = field(default=4, metadata={"help": "Goldfish k for '+goldfish' runs."})
+    defense_goldfish_context_width: int = field(default=13, metadata={"help": "Goldfish hashed context width."})
+    defense_dp_clip_norm: float = field(default=1.0, metadata={"help": "Per-sample clip norm for '+dp' runs."})
+    defense_dp_noise_multiplier: float = field(default=0.3, metadata={"help": "DP-SGD noise multiplier for '+dp'."})
+    defense_client_clip_norm: float = field(default=1.0, metadata={"help": "Client update clip for '+clientdp'."})
+    defense_client_noise_multiplier: float = field(default=0.1, metadata={"help": "Server noise for '+clientdp'."})
+
+
+@dataclass
+class FederatedTrainingArguments(PrivateTrainingArguments):
+    output_dir: str = field(default="outputs/federated", metadata={"help": "Where results, table and PNG go."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Blocks per client step."})
+    learning_rate: float = field(default=1e-2, metadata={"help": "Overridden per run by --lora/full_learning_rate."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Schedule within a client's round."})
+    warmup_steps: float = field(default=0, metadata={"help": "Warmup steps per client round."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    logging_steps: int = field(default=1000, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Client Trainers do not checkpoint."})
+    report_to: str = field(default="none", metadata={"help": "Logging integrations."})
+    disable_tqdm: bool = field(default=True, metadata={"help": "Hide the per-client progress bars."})
+
+
+def parse_configs(text: str) -> list[tuple[str, str, set[str]]]:
+    """'full,lora+dp' -> [(name, base, modifiers)], validated."""
+    out = []
+    for item in [x.strip() for x in text.split(",") if x.strip()]:
+        base, *mods = item.split("+")
+        if base not in BASES:
+            raise ValueError(f"--configs entry {item!r}: base must be one of {BASES}.")
+        bad = [m for m in mods if m not in MODIFIERS]
+        if bad:
+            raise ValueError(f"--configs entry {item!r}: unknown defenses {bad}; choose from {MODIFIERS}.")
+        if base == "full" and "dp" in mods:
+            raise ValueError("--configs: '+dp' applies DP-SGD to LoRA parameters; use it with a lora base.")
+        out.append((item, base, set(mods)))
+    if not out:
+        raise ValueError("--configs is empty: name at least one run, e.g. 'full,lora'.")
+    if len({n for n, _, _ in out}) != len(out):
+        raise ValueError("--configs lists the same run twice.")
+    return out
+
+
+def parse_replication(text: str) -> dict[int, float]:
+    try:
+        pairs = [p.split(":") for p in text.split(",") if p.strip()]
+        out = {int(a): float(b) for a, b in pairs}
+    except ValueError as err:
+        raise ValueError(f"--replication must look like '10:0.5,1:0.5', got {text!r}.") from err
+    if not out or any(k < 1 for k in out) or any(v < 0 for v in out.values()):
+        raise ValueError(f"--replication needs counts >= 1 and fractions >= 0, got {text!r}.")
+    return out
+
+
+def parse_ints(text: str, arg: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise ValueError(f"{arg} must be comma-separated integers, got {text!r}.") from err
+    if not vals or min(vals) < 1:
+        raise ValueError(f"{arg} must hold positive integers, got {text!r}.")
+    return vals
+
+
+def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
+    """All argument checks, before any data is loaded or anything is written."""
+    from ..utils import ensure_writable_dir
+
+    parse_configs(cmp_args.configs)
+    parse_replication(data_args.replication)
+    parse_ints(data_args.prefix_lengths, "--prefix_lengths")
+    if data_args.num_clients < 1:
+        raise ValueError(f"--num_clients must be >= 1, got {data_args.num_clients}.")
+    if data_args.block_size < 16:
+        raise ValueError(f"--block_size must be >= 16, got {data_args.block_size}.")
+    if data_args.num_canaries < 1:
+        raise ValueError(f"--num_canaries must be >= 1, got {data_args.num_canaries}.")
+    if data_args.canary_source not in ("test_docs", "random_words"):
+        raise ValueError("--canary_source must be 'test_docs' or 'random_words'.")
+    if data_args.canary_assignment not in ("proportional", "single_client"):
+        raise ValueError("--canary_assignment must be 'proportional' or 'single_client'.")
+    if cmp_args.defense_goldfish_k < 2:
+        raise ValueError(f"--defense_goldfish_k must be >= 2, got {cmp_args.defense_goldfish_k}.")
+    if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
+        raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
+    ensure_writable_dir(training_args.output_dir, "--output_dir")
+
+
+def corpus_words(texts, limit: int = 4000) -> list[str]:
+    """Distinct lowercase alphabetic words (4-12 letters) of the corpus, to write natural-looking canaries."""
+    seen: dict[str, None] = {}
+    for t in texts:
+        for w in re.findall(r"[A-Za-z]{4,12}", t):
+            seen.setdefault(w.lower(), None)
+            if len(seen) >= limit:
+                return sorted(seen)
+    return sorted(seen)
+
+
+def held_out_texts(data_args) -> list[str]:
+    """Test-split documents long enough to serve as canaries (never in the training data)."""
+    from ..data import load_corpus
+
+    docs = [t for t in load_corpus("test")["text"] if len(t.split()) >= data_args.canary_words]
+    if len(docs) < data_args.num_canaries:
+        raise ValueError(
+            f"Only {len(docs)} held-out documents have {data_args.canary_words} words; lower --canary_words or "
+            "--num_canaries, or use --canary_source random_words."
+        )
+    return docs
+
+
+def build_tiny_model(model_args, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if model_args.model_name_or_path:
+        return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, attn_implementation="eager")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=model_args.hidden_size,
+        intermediate_size=model_args.intermediate_size,
+        num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        num_key_value_heads=model_args.num_attention_heads,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.set_attn_implementation("eager")
+    return model
+
+
+def eval_loss(model, dataset, batch_size: int = 32) -> float:
+    """Token-weighted next-token loss on packed held-out blocks (the utility metric)."""
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            b = dataset[start : start + batch_size]
+            ids = torch.tensor(b["input_ids"], device=device)
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            tgt = ids[:, 1:]
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="sum"
+                )
+            )
+            count += tgt.numel()
+    model.train()
+    return total / max(count, 1)
+
+
+def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
+    """Build clients with canaries, run every configuration, write results.json, the table and the PNG."""
+    import copy
+
+    from transformers import AutoTokenizer, Trainer, default_data_collator, set_seed
+
+    from ..data import build_tokenizer, load_corpus, pack_dataset
+    from ..federated import (
+        FederatedSimulation,
+        assign_canaries,
+        build_client_dataset,
+        make_canaries,
+        measure_memorization,
+        split_by_column,
+    )
+
+    validate(model_args, data_args, fed_args, cmp_args, training_args)
+    configs = parse_configs(cmp_args.configs)
+    prefix_lengths = parse_ints(data_args.prefix_lengths, "--prefix_lengths")
+    set_seed(training_args.seed)
+    if data_args.tokenizer_name or model_args.model_name_or_path:
+        tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        tokenizer = build_tokenizer(data_args.vocab_size)
+
+    train = load_corpus("train").shuffle(seed=training_args.seed)
+    parts = split_by_column(train, data_args.split_column, data_args.num_clients)
+    n = data_args.docs_per_client
+    private = [p.select(range(min(n, len(p)))) if n > 0 else p for p in parts]
+    public = [p.select(range(min(n, len(p)), len(p))) for p in parts] if n > 0 else []
+    canaries = make_canaries(
+        data_args.num_canaries,
+        parse_replication(data_args.replication),
+        num_words=data_args.canary_words,
+        vocabulary=corpus_words(train["text"]),
+        seed=training_args.seed,
+        texts=held_out_texts(data_args) if data_args.canary_source == "test_docs" else None,
+    )
+    copies = assign_canaries(canaries, [len(p) for p in private], data_args.canary_assignment, training_args.seed)
+    clients = [
+        build_client_dataset(p, [c.text for c in cs], tokenizer, data_args.block_size, seed=training_args.seed)
+        for p, cs in zip(private, copies)
+    ]
+    eval_ds = pack_dataset(load_corpus("test"), tokenizer, data_args.block_size)
+    eval_ds = eval_ds.select(range(min(len(eval_ds), data_args.max_eval_blocks)))
+
+    base = build_tiny_model(model_args, tokenizer)
+    if model_args.model_name_or_path is None and model_args.pretrain_steps > 0 and public:
+        from datasets import concatenate_datasets
+
+        pub = pack_dataset(concatenate_datasets(public), tokenizer, data_args.block_size)
+        pre_args = dataclasses.replace(
+            training_args,
+            output_dir=os.path.join(training_args.output_dir, "pretrain"),
+            max_steps=model_args.pretrain_steps,
+            learning_rate=3e-3,
+            lr_scheduler_type="cosine",
+            max_grad_norm=1.0,
+            goldfish_k=None,
+            dp_clip_norm=None,
+        )
+        Trainer(model=base, args=pre_args, train_dataset=pub, data_collator=default_data_collator).train()
+    base_state = copy.deepcopy(base.state_dict())
+
+    results: dict = {
+        "canaries": [dataclasses.asdict(c) for c in canaries],
+        "prefix_lengths": prefix_lengths,
+        "client_sizes": [len(c) for c in clients],
+        "runs": {},
+    }
+    for name, kind, mods in configs:
+        t0 = time.time()
+        model = build_tiny_model(model_args, tokenizer)
+        model.load_state_dict(base_state)
+        fa = dataclasses.replace(
+            fed_args,
+            use_lora=kind != "full",
+            aggregation="merge_then_average" if kind == "lora_merge" else fed_args.aggregation,
+            secure_aggregation="secagg" in mods,
+            client_dp_clip_norm=cmp_args.defense_client_clip_norm if "clientdp" in mods else None,
+            client_dp_noise_multiplier=cmp_args.defense_client_noise_multiplier if "clientdp" in mods else 0.0,
+        )
+        ta = dataclasses.replace(
+            training_args,
+            output_dir=os.path.join(training_args.output_dir, "runs", name.replace("+", "_")),
+            learning_rate=cmp_args.full_learning_rate if kind == "full" else cmp_args.lora_learning_rate,
+            goldfish_k=cmp_args.defense_goldfish_k if "goldfish" in mods else None,
+            goldfish_context_width=cmp_args.defense_goldfish_context_width,
+            dp_clip_norm=cmp_args.defense_dp_clip_norm if "dp" in mods else None,
+            dp_noise_multiplier=cmp_args.defense_dp_noise_multiplier if "dp" in mods else 0.0,
+            max_grad_norm=0.0 if "dp" in mods else training_args.max_grad_norm,
+        )
+
+        def on_round(r, sim, name=name):
+            mem = measure_memorization(
+                sim.model,
+                tokenizer,
+                canaries,
+                prefix_lengths,
+                window=data_args.window,
+                bleu_threshold=data_args.bleu_threshold,
+                frequency_penalty=data_args.frequency_penalty,
+                seed=training_args.seed,
+            )
+            rec = {"eval_loss": eval_loss(sim.model, eval_ds)}
+            for rep, block in mem["per_replication"].items():
+                rec[f"exact_{rep}x"] = block["exact_mean"]
+                rec[f"approx_{rep}x"] = block["approximate_mean"]
+                rec[f"exact_worst_{rep}x"] = block["exact_worst"]
+                rec[f"approx_worst_{rep}x"] = block["approximate_worst"]
+            print(f"[{name}] round {r}: " + ", ".join(f"{k}={v:.3f}" for k, v in rec.items()))
+            return rec
+
+        sim = FederatedSimulation(
+            model,
+            clients,
+            fa,
+            ta,
+            data_collator=default_data_collator,
+            processing_class=tokenizer,
+            round_callback=on_round,
+        )
+        history = sim.run()
+        results["runs"][name] = {"history": history, "seconds": time.time() - t0}
+    write_outputs(results, training_args.output_dir)
+    return results
+
+
+def write_outputs(results: dict, output_dir: str) -> None:
+    """results.json, memorization_table.md (final round) and memorization_vs_rounds.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(os.path.join(output_dir, "results.json"), "w") as fh:
+        json.dump(results, fh, indent=2, default=float)
+    runs = results["runs"]
+    first = next(iter(runs.values()))["history"][-1]
+    reps = sorted(
+        {int(k.split("_")[1][:-1]) for k in first if k.startswith("exact_") and "worst" not in k}, reverse=True
+    )
+    cols = [f"{m}_{r}x" for r in reps for m in ("exact", "approx")]
+    lines = [
+        "| run | rounds | eval loss | " + " | ".join(cols) + " | eps (DP-SGD) |",
+        "|---" * (len(cols) + 4) + "|",
+    ]
+    for name, run in runs.items():
+        last = run["history"][-1]
+        eps = last.get("dp_epsilon_max")
+        lines.append(
+            f"| {name} | {last['round']} | {last['eval_loss']:.3f} | "
+            + " | ".join(f"{last.get(c, 0.0):.3f}" for c in cols)
+            + f" | {'-' if eps is None else f'{eps:.2f}'} |"
+        )
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(output_dir, "memorization_table.md"), "w") as fh:
+        fh.write(table)
+    print(table)
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    top = reps[0]
+    for name, run in runs.items():
+        h = run["history"]
+        rounds = [x["round"] for x in h]
+        axes[0].plot(rounds, [x.get(f"exact_{top}x", 0.0) for x in h], marker="o", label=name)
+        axes[1].plot(rounds, [x.get(f"approx_{top}x", 0.0) for x in h], marker="o", label=name)
+        axes[2].plot(rounds, [x["eval_loss"] for x in h], marker="o", label=name)
+    axes[0].set_title(f"exact memorization ({top}x canaries, mean over prefixes)")
+    axes[1].set_title(f"approximate memorization (char-BLEU >= thr, {top}x)")
+    axes[2].set_title("held-out loss (utility)")
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_dir, "memorization_vs_rounds.png"), dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, FederatedArguments, ComparisonArguments, FederatedTrainingArguments)
+    )
+    args = parser.parse_args_into_dataclasses(args=argv)
+    return run(*args)
+
+
+if __name__ == "__main__":
+    main()
