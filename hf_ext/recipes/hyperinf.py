@@ -7,7 +7,7 @@ Every influence method then ranks the training examples; the recipe prints recal
 inspected fraction, ROC-AUC, runtime and peak memory per method, and retrains on the lowest-influence fraction of the
 data to compare the clean test loss against a random subset of the same size and the full noisy set.
 
-Run as `python scripts/hyperinf.py`, `accelerate launch scripts/hyperinf.py` or `hf-ext run hyperinf`.
+Run as `python scripts/hyperinf.py` or `hf-ext run hyperinf` (one process).
 """
 
 from __future__ import annotations
