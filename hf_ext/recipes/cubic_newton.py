@@ -1,0 +1,316 @@
+"""Stochastic cubic Newton with/without momentum vs SGD and Adam: non-convex logistic regression and a tiny network.
+
+Run as `python scripts/cubic_newton.py` or `hf-ext run cubic_newton`. Problem 1 is logistic regression with the
+non-convex regulariser `lam * sum_j x_j^2 / (1 + x_j^2)` on a synthetic a9a-like dataset (sparse binary features,
+about a quarter positive labels); problem 2 is a one-hidden-layer network classifying the embedded corpus' documents
+into their domains from bag-of-token features. Every method runs at batch size 1 and at a larger batch; the recipe
+writes `cubic_newton_results.json` and `cubic_newton.png` (full loss and full gradient norm against steps and against
+oracle calls) to `--output_dir`.
+
+Oracle calls count per-sample evaluations: a batch-`b` gradient is `b` calls, a batch-`b` Hessian or Hessian-vector
+product is `b` more.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+METHODS = ("sgd", "adam", "cn", "cn_momentum")
+
+
+@dataclass
+class CubicNewtonRecipeArguments:
+    output_dir: str = field(default="outputs/cubic_newton", metadata={"help": "Where results and plots go."})
+    problems: str = field(default="logistic,corpus", metadata={"help": "Comma list from: logistic, corpus."})
+    methods: str = field(default=",".join(METHODS), metadata={"help": f"Comma list from: {', '.join(METHODS)}."})
+    batch_sizes: str = field(default="1,64", metadata={"help": "Comma list of batch sizes."})
+    oracle_budget: int = field(
+        default=4000, metadata={"help": "Per-sample oracle calls per run on the logistic problem (x batch 1 = steps)."}
+    )
+    corpus_oracle_budget: int = field(
+        default=6000, metadata={"help": "Per-sample oracle calls on the corpus problem."}
+    )
+    n_samples: int = field(default=5000, metadata={"help": "Samples of the a9a-like dataset."})
+    n_features: int = field(default=123, metadata={"help": "Binary features of the a9a-like dataset."})
+    regularizer: float = field(default=0.01, metadata={"help": "Weight lam of the non-convex regulariser."})
+    sgd_lr: float = field(default=0.1, metadata={"help": "SGD learning rate."})
+    adam_lr: float = field(default=0.01, metadata={"help": "Adam learning rate."})
+    cubic_M: float = field(default=10.0, metadata={"help": "Cubic regularisation constant M."})
+    momentum_type: str = field(default="ema", metadata={"help": "cn_momentum variant: ema, extrapolated, ..."})
+    alpha: float = field(default=0.05, metadata={"help": "Gradient momentum weight of cn_momentum."})
+    beta: float = field(default=0.05, metadata={"help": "Hessian momentum weight of cn_momentum."})
+    corpus_hidden: int = field(default=16, metadata={"help": "Hidden units of the corpus network."})
+    corpus_vocab: int = field(default=512, metadata={"help": "Tokenizer vocabulary (= input features)."})
+    krylov_dim: int = field(default=5, metadata={"help": "Lanczos subspace of cubic Newton on the corpus network."})
+    eval_points: int = field(default=40, metadata={"help": "Full-objective evaluations per run."})
+    seed: int = field(default=0, metadata={"help": "Random seed (data sampling and init)."})
+
+
+def make_a9a_like(n_samples: int = 5000, n_features: int = 123, seed: int = 0):
+    """Synthetic stand-in for LIBSVM a9a: sparse binary features (~14 active per row, one-hot-like blocks with
+    skewed frequencies) and labels from a planted logistic model with about 24% positives. Returns `(A, y)` with
+    `A` float64 `(n, d)` in {0, 1} and `y` in {-1, +1}."""
+    import torch
+
+    if n_samples < 2 or n_features < 14:
+        raise ValueError("make_a9a_like needs n_samples >= 2 and n_features >= 14.")
+    g = torch.Generator().manual_seed(seed)
+    blocks = torch.linspace(0, n_features, 15).long()  # 14 categorical attributes, one active value each
+    A = torch.zeros(n_samples, n_features, dtype=torch.float64)
+    for lo, hi in zip(blocks[:-1].tolist(), blocks[1:].tolist()):
+        width = hi - lo
+        probs = torch.distributions.Dirichlet(torch.full((width,), 0.5)).sample()
+        idx = torch.multinomial(probs, n_samples, replacement=True, generator=g)
+        A[torch.arange(n_samples), lo + idx] = 1.0
+    w_star = torch.randn(n_features, generator=g, dtype=torch.float64)
+    logits = A @ w_star
+    logits = logits - torch.quantile(logits, 0.76)  # ~24% positives, like a9a
+    y = torch.where(torch.rand(n_samples, generator=g, dtype=torch.float64) < torch.sigmoid(2 * logits), 1.0, -1.0)
+    return A, y
+
+
+def logistic_nonconvex_loss(A, y, lam: float):
+    """`f(x; batch) = mean log(1 + exp(-y a.x)) + lam * sum x_j^2/(1+x_j^2)` as a factory over index tensors."""
+    import torch
+
+    def make(idx):
+        Ab, yb = A[idx], y[idx]
+
+        def f(x):
+            return torch.nn.functional.softplus(-yb * (Ab @ x)).mean() + lam * (x**2 / (1 + x**2)).sum()
+
+        return f
+
+    return make
+
+
+def _run(make_fn, full_fn, dim: int, method: str, batch: int, budget: int, n: int, cfg, seed: int, init=None) -> dict:
+    """Run one method; return evaluation rows (step, oracle calls, full loss, full gradient norm)."""
+    import torch
+
+    from ..optim.cubic_newton import CubicNewton
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.Parameter(init.clone() if init is not None else torch.zeros(dim, dtype=torch.float64))
+    per_step = batch * (1 if method in ("sgd", "adam") else 2)
+    steps = max(budget // per_step, 1)
+    if method == "sgd":
+        opt = torch.optim.SGD([x], lr=cfg["sgd_lr"])
+    elif method == "adam":
+        opt = torch.optim.Adam([x], lr=cfg["adam_lr"])
+    else:
+        kw = dict(M=cfg["M"], hessian=cfg["hessian"], solver=cfg["solver"], krylov_dim=cfg["krylov_dim"])
+        if method == "cn":
+            opt = CubicNewton([x], momentum="none", **kw)
+        else:
+            opt = CubicNewton([x], momentum=cfg["momentum_type"], alpha=cfg["alpha"], beta=cfg["beta"], **kw)
+    every = max(steps // cfg["eval_points"], 1)
+    rows = []
+    oracle = 0
+
+    def evaluate(step):
+        xx = x.detach()
+        grad = torch.func.grad(full_fn)(xx)
+        rows.append(
+            {"step": step, "oracle_calls": oracle, "loss": float(full_fn(xx)), "grad_norm": float(grad.norm())}
+        )
+
+    evaluate(0)
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, n, (batch,), generator=g)
+        fn = make_fn(idx)
+        if method in ("sgd", "adam"):
+            opt.zero_grad()
+            x.grad = torch.func.grad(fn)(x.detach())
+            opt.step()
+            oracle += batch
+        else:
+            opt.step(lambda fn=fn: fn)
+            st = opt.last_stats
+            # a dense Hessian is one per-sample call each; HVPs of one Lanczos solve share one Hessian sample
+            oracle += batch * (st.grad_evals + (1 if (st.hess_evals or st.hvp_evals) else 0))
+        if not math.isfinite(float(x.detach().norm())):
+            break
+        if step % every == 0 or step == steps:
+            evaluate(step)
+    return {"method": method, "batch_size": batch, "rows": rows}
+
+
+def run_logistic(args: CubicNewtonRecipeArguments, methods: list[str], batches: list[int], seed: int) -> list[dict]:
+    """All methods x batch sizes on the a9a-like non-convex logistic regression."""
+    import torch
+
+    A, y = make_a9a_like(args.n_samples, args.n_features, seed=args.seed)
+    make = logistic_nonconvex_loss(A, y, args.regularizer)
+    full = make(torch.arange(A.shape[0]))
+    cfg = dict(
+        sgd_lr=args.sgd_lr,
+        adam_lr=args.adam_lr,
+        M=args.cubic_M,
+        hessian="dense",
+        solver="exact",
+        krylov_dim=args.krylov_dim,
+        momentum_type=args.momentum_type,
+        alpha=args.alpha,
+        beta=args.beta,
+        eval_points=args.eval_points,
+    )
+    out = []
+    for b in batches:
+        for m in methods:
+            res = _run(make, full, A.shape[1], m, b, args.oracle_budget, A.shape[0], cfg, seed)
+            res["problem"] = "logistic"
+            out.append(res)
+            last = res["rows"][-1]
+            print(
+                f"[cubic_newton] logistic {m:12s} batch {b:3d}: loss {last['loss']:.4f} |grad| {last['grad_norm']:.2e}"
+            )
+    return out
+
+
+def corpus_problem(args: CubicNewtonRecipeArguments):
+    """Bag-of-token features of the embedded corpus -> domain labels; a 1-hidden-layer tanh network as a flat
+    parameter function. Returns `(make_fn, full_fn, dim, n, init)`."""
+    import torch
+
+    from ..data import build_tokenizer, load_corpus
+
+    tok = build_tokenizer(args.corpus_vocab)
+    ds = load_corpus("train")
+    domains = sorted(set(ds["domain"]))
+    X = torch.zeros(len(ds), len(tok), dtype=torch.float64)
+    for i, text in enumerate(ds["text"]):
+        ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        X[i].index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
+    X = torch.log1p(X)
+    X = X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    labels = torch.tensor([domains.index(d) for d in ds["domain"]])
+    V, Hd, C = X.shape[1], args.corpus_hidden, len(domains)
+    shapes = [(Hd, V), (Hd,), (C, Hd), (C,)]
+    sizes = [math.prod(s) for s in shapes]
+    dim = sum(sizes)
+
+    def net(x, idx):
+        W1, b1, W2, b2 = (c.view(s) for c, s in zip(torch.split(x, sizes), shapes))
+        h = torch.tanh(X[idx] @ W1.T + b1)
+        return torch.nn.functional.cross_entropy(h @ W2.T + b2, labels[idx])
+
+    def make(idx):
+        return lambda x: net(x, idx)
+
+    full_idx = torch.arange(len(ds))
+    g = torch.Generator().manual_seed(args.seed)
+    init = torch.cat(
+        [
+            torch.randn(Hd * V, generator=g, dtype=torch.float64) / math.sqrt(V) * 3,
+            torch.zeros(Hd, dtype=torch.float64),
+            torch.randn(C * Hd, generator=g, dtype=torch.float64) / math.sqrt(Hd),
+            torch.zeros(C, dtype=torch.float64),
+        ]
+    )
+    return make, (lambda x: net(x, full_idx)), dim, len(ds), init
+
+
+def run_corpus(args: CubicNewtonRecipeArguments, methods: list[str], batches: list[int], seed: int) -> list[dict]:
+    make, full, dim, n, init = corpus_problem(args)
+    cfg = dict(
+        sgd_lr=args.sgd_lr * 10,
+        adam_lr=args.adam_lr,
+        M=args.cubic_M,
+        hessian="fresh",
+        solver="lanczos",
+        krylov_dim=args.krylov_dim,
+        momentum_type=args.momentum_type,
+        alpha=args.alpha,
+        beta=args.beta,
+        eval_points=args.eval_points,
+    )
+    out = []
+    for b in batches:
+        for m in methods:
+            res = _run(make, full, dim, m, b, args.corpus_oracle_budget, n, cfg, seed, init=init)
+            res["problem"] = "corpus"
+            out.append(res)
+            last = res["rows"][-1]
+            print(
+                f"[cubic_newton] corpus   {m:12s} batch {b:3d}: loss {last['loss']:.4f} |grad| {last['grad_norm']:.2e}"
+            )
+    return out
+
+
+def plot(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = sorted({r["problem"] for r in results})
+    fig, axes = plt.subplots(len(problems), 4, figsize=(20, 4 * len(problems)), squeeze=False)
+    for row, prob in zip(axes, problems):
+        for res in (r for r in results if r["problem"] == prob):
+            label = f"{res['method']} b={res['batch_size']}"
+            style = "-" if res["batch_size"] == 1 else "--"
+            rows = res["rows"]
+            for ax, (xk, yk) in zip(
+                row, [("step", "loss"), ("oracle_calls", "loss"), ("step", "grad_norm"), ("oracle_calls", "grad_norm")]
+            ):
+                ax.plot([r[xk] for r in rows], [r[yk] for r in rows], style, label=label, lw=1)
+                ax.set_xlabel(xk.replace("_", " "))
+                ax.set_ylabel(f"full {yk.replace('_', ' ')}")
+                ax.set_yscale("log")
+                ax.set_title(prob)
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def validate(args: CubicNewtonRecipeArguments) -> tuple[list[str], list[str], list[int]]:
+    from ..optim.cubic_newton import MOMENTUM_TYPES
+    from ..utils.io import ensure_writable_dir
+
+    problems = [p.strip() for p in args.problems.split(",") if p.strip()]
+    if not problems or any(p not in ("logistic", "corpus") for p in problems):
+        raise ValueError(f"--problems must list logistic and/or corpus, got {args.problems!r}.")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods or any(m not in METHODS for m in methods):
+        raise ValueError(f"--methods must list names from {METHODS}, got {args.methods!r}.")
+    try:
+        batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError as err:
+        raise ValueError(f"--batch_sizes must be comma-separated ints, got {args.batch_sizes!r}.") from err
+    if not batches or min(batches) < 1:
+        raise ValueError(f"--batch_sizes must be positive ints, got {args.batch_sizes!r}.")
+    if args.momentum_type not in MOMENTUM_TYPES or args.momentum_type == "none":
+        raise ValueError(f"--momentum_type must be one of {MOMENTUM_TYPES[1:]}, got {args.momentum_type!r}.")
+    if args.cubic_M <= 0 or args.oracle_budget <= 0 or args.corpus_oracle_budget <= 0:
+        raise ValueError("--cubic_M, --oracle_budget and --corpus_oracle_budget must be > 0.")
+    if not (0 < args.alpha <= 1 and 0 < args.beta <= 1):
+        raise ValueError("--alpha and --beta must lie in (0, 1].")
+    ensure_writable_dir(args.output_dir, "--output_dir")
+    return problems, methods, batches
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser((CubicNewtonRecipeArguments,)).parse_args_into_dataclasses(args=argv)
+    problems, methods, batches = validate(args)
+    results: list[dict] = []
+    if "logistic" in problems:
+        results += run_logistic(args, methods, batches, args.seed)
+    if "corpus" in problems:
+        results += run_corpus(args, methods, batches, args.seed)
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "cubic_newton_results.json"), "w") as fh:
+        json.dump(results, fh)
+    plot(results, os.path.join(args.output_dir, "cubic_newton.png"))
+    print(f"[cubic_newton] wrote {os.path.join(args.output_dir, 'cubic_newton.png')}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Warmup study: AdamW with and without LR warmup vs LionAR (and LionA) without warmup, with update-size metrics.
+
+Run as `python scripts/warmup.py`, `accelerate launch scripts/warmup.py` or `hf-ext run warmup`. Every arm trains a fresh
+copy of the same small GPT-style model (Llama architecture from config) on the embedded corpus with a trapezoid
+schedule, logs the update metrics of `hf_ext.optim.UpdateMetricsCallback`, and the recipe writes `warmup_results.json`
+and `warmup.png` (loss curves + update metrics) to `--output_dir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+from ..optim.warmup_trainer import WarmupFreeTrainingArguments
+
+ARMS = ("adamw_warmup", "adamw_no_warmup", "lion_ar_no_warmup", "lion_a_no_warmup", "lion_ar_warmup")
+
+
+@dataclass
+class WarmupRecipeArguments:
+    arms: str = field(
+        default="adamw_warmup,adamw_no_warmup,lion_ar_no_warmup",
+        metadata={"help": f"Comma-separated arms to train, from {', '.join(ARMS)}."},
+    )
+    warmup_fraction: float = field(default=0.05, metadata={"help": "Warmup length of the *_warmup arms (fraction)."})
+    lion_lr_ratio: float = field(
+        default=0.1,
+        metadata={
+            "help": "Lion-family LR = ratio x --learning_rate (weight decay divided by it: same lr*wd product)."
+        },
+    )
+    hidden_size: int = field(default=64, metadata={"help": "Hidden size of the model."})
+    intermediate_size: int = field(default=256, metadata={"help": "MLP width."})
+    num_hidden_layers: int = field(default=2, metadata={"help": "Layers."})
+    num_attention_heads: int = field(default=4, metadata={"help": "Attention heads."})
+    vocab_size: int = field(default=1024, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
+    block_size: int = field(default=64, metadata={"help": "Tokens per training block."})
+    max_eval_blocks: int = field(default=128, metadata={"help": "Evaluate on at most this many held-out blocks."})
+    metrics_every: int = field(default=5, metadata={"help": "Measure update metrics every N steps."})
+    train_file: str | None = field(default=None, metadata={"help": "Local text/json file instead of the corpus."})
+
+
+@dataclass
+class WarmupTrainingArguments(WarmupFreeTrainingArguments):
+    output_dir: str = field(default="outputs/warmup", metadata={"help": "Where results and plots are written."})
+    max_steps: int = field(default=300, metadata={"help": "Optimizer steps per arm."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per step."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Blocks per eval step."})
+    learning_rate: float = field(default=1e-2, metadata={"help": "AdamW peak LR (high, to expose the warmup gap)."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (same for every arm)."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpointing strategy."})
+    report_to: str = field(default="none", metadata={"help": "Logging integrations."})
+
+
+def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> list[str]:
+    from ..utils.io import ensure_writable_dir
+
+    arms = [a.strip() for a in recipe.arms.split(",") if a.strip()]
+    bad = [a for a in arms if a not in ARMS]
+    if not arms or bad:
+        raise ValueError(f"--arms must name arms from {ARMS}, got {recipe.arms!r}.")
+    if not 0.0 <= recipe.warmup_fraction < 0.5:
+        raise ValueError(f"--warmup_fraction must lie in [0, 0.5), got {recipe.warmup_fraction}.")
+    if recipe.lion_lr_ratio <= 0:
+        raise ValueError(f"--lion_lr_ratio must be > 0, got {recipe.lion_lr_ratio}.")
+    if recipe.hidden_size % recipe.num_attention_heads:
+        raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
+    if args.max_steps <= 0:
+        raise ValueError("--max_steps must be > 0.")
+    if recipe.train_file is not None and not os.path.isfile(recipe.train_file):
+        raise ValueError(f"--train_file {recipe.train_file!r} does not exist.")
+    ensure_writable_dir(args.output_dir, "--output_dir")
+    return arms
+
+
+def arm_arguments(arm: str, recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> WarmupTrainingArguments:
+    """Training arguments of one arm (all arms share data, model init, clipping, steps and the trapezoid)."""
+    from ..optim.normalized import equilibrium_angle
+
+    warm = recipe.warmup_fraction if arm.endswith("_warmup") and not arm.endswith("no_warmup") else 0
+    common = dict(output_dir=os.path.join(args.output_dir, arm), warmup_steps=warm, trapezoid_schedule=True)
+    if arm.startswith("adamw"):
+        return dataclasses.replace(args, normalized_optimizer="adamw", **common)
+    ratio = recipe.lion_lr_ratio
+    angle = args.rotation_angle  # default: the AdamW baseline's equilibrium angle at the same lr/wd
+    if angle is None:
+        angle = equilibrium_angle("adamw", args.learning_rate, args.weight_decay, (args.adam_beta1, args.adam_beta2))
+    return dataclasses.replace(
+        args,
+        normalized_optimizer="lion_ar" if arm.startswith("lion_ar") else "lion_a",
+        learning_rate=args.learning_rate * ratio,
+        weight_decay=args.weight_decay / ratio,
+        lion_beta1=0.98,
+        lion_beta2=0.98,
+        nesterov=True,
+        inverse_bias_correction=True,
+        rotation_angle=angle,
+        **common,
+    )
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..optim.metrics import METRIC_KEYS
+
+    fig, axes = plt.subplots(1, 5, figsize=(22, 3.8))
+    for arm, res in results.items():
+        steps, losses = zip(*res["train_loss"]) if res["train_loss"] else ((), ())
+        axes[0].plot(steps, losses, label=f"{arm} (eval {res['eval_loss']:.3f})", lw=1)
+        for ax, key in zip(axes[1:], METRIC_KEYS):
+            rows = [r for r in res["update_metrics"] if not math.isnan(r[key])]
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=arm, lw=1)
+    axes[0].set_title("train loss")
+    for ax, key in zip(axes[1:], METRIC_KEYS):
+        ax.set_title(key)
+        if key != "update/grad_momentum_cos":
+            ax.set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
+    """Train every arm and return `{arm: {eval_loss, train_loss, update_metrics}}`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, default_data_collator, set_seed
+
+    from ..data import build_tokenizer, load_text_datasets, pack_dataset
+    from ..optim.metrics import UpdateMetricsCallback
+    from ..optim.warmup_trainer import WarmupFreeTrainer
+
+    arms = validate(recipe, args)
+    tokenizer = build_tokenizer(recipe.vocab_size)
+    train_text, eval_text = load_text_datasets(None, None, recipe.train_file, None, "text", seed=args.seed)
+    train_ds = pack_dataset(train_text, tokenizer, recipe.block_size, "text")
+    eval_ds = pack_dataset(eval_text, tokenizer, recipe.block_size, "text")
+    eval_ds = eval_ds.select(range(min(len(eval_ds), recipe.max_eval_blocks)))
+    probe = {"input_ids": torch.tensor(eval_ds[:4]["input_ids"])}
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_hidden_layers,
+        num_attention_heads=recipe.num_attention_heads,
+        num_key_value_heads=recipe.num_attention_heads,
+        max_position_embeddings=recipe.block_size * 2,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    results: dict = {}
+    for arm in arms:
+        arm_args = arm_arguments(arm, recipe, args)
+        set_seed(args.seed)
+        model = AutoModelForCausalLM.from_config(config)
+        metrics_cb = UpdateMetricsCallback(probe_batch=probe, every_n_steps=recipe.metrics_every, plot_path=None)
+        trainer = WarmupFreeTrainer(
+            model=model,
+            args=arm_args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            data_collator=default_data_collator,
+            callbacks=[metrics_cb],
+        )
+        trainer.train()
+        eval_loss = trainer.evaluate()["eval_loss"]
+        results[arm] = {
+            "eval_loss": eval_loss,
+            "optimizer": arm_args.normalized_optimizer,
+            "learning_rate": arm_args.learning_rate,
+            "warmup_steps": arm_args.warmup_steps,
+            "train_loss": [(r["step"], r["loss"]) for r in trainer.state.log_history if "loss" in r],
+            "update_metrics": metrics_cb.history,
+        }
+        print(f"[warmup] {arm}: eval loss {eval_loss:.4f}")
+    if args.should_save:
+        with open(os.path.join(args.output_dir, "warmup_results.json"), "w") as fh:
+            json.dump(results, fh, indent=1)
+        plot(results, os.path.join(args.output_dir, "warmup.png"))
+        summary = {arm: round(res["eval_loss"], 4) for arm, res in results.items()}
+        print(f"[warmup] final eval losses: {summary}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((WarmupRecipeArguments, WarmupTrainingArguments))
+    recipe, args = parser.parse_args_into_dataclasses(args=argv)
+    return run(recipe, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The warmup and cubic Newton recipes: argument errors before any work, and tiny end-to-end runs."""
+
+import json
+
+import pytest
+
+
+def test_warmup_recipe_bad_arguments(tmp_path):
+    from hf_ext.recipes.warmup import main
+
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match="arms"):
+        main(["--arms", "sgd", "--output_dir", str(out)])
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        main(["--warmup_fraction", "0.9", "--output_dir", str(out)])
+    assert not out.exists()
+
+
+def test_cubic_recipe_bad_arguments(tmp_path):
+    from hf_ext.recipes.cubic_newton import main
+
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match="methods"):
+        main(["--methods", "lbfgs", "--output_dir", str(out)])
+    with pytest.raises(ValueError, match="batch_sizes"):
+        main(["--batch_sizes", "0", "--output_dir", str(out)])
+    with pytest.raises(ValueError, match="momentum_type"):
+        main(["--momentum_type", "none", "--output_dir", str(out)])
+    assert not out.exists()
+
+
+def test_warmup_recipe_tiny_run(tmp_path):
+    from hf_ext.recipes.warmup import main
+
+    res = main(
+        [
+            "--max_steps",
+            "3",
+            "--arms",
+            "adamw_no_warmup,lion_ar_no_warmup",
+            "--hidden_size",
+            "32",
+            "--intermediate_size",
+            "64",
+            "--vocab_size",
+            "512",
+            "--block_size",
+            "32",
+            "--max_eval_blocks",
+            "8",
+            "--per_device_train_batch_size",
+            "4",
+            "--metrics_every",
+            "1",
+            "--output_dir",
+            str(tmp_path),
+            "--disable_tqdm",
+            "true",
+            "--use_cpu",
+            "true",
+        ]
+    )
+    assert set(res) == {"adamw_no_warmup", "lion_ar_no_warmup"}
+    assert (tmp_path / "warmup.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "warmup_results.json").read_text())
+    assert len(saved["lion_ar_no_warmup"]["update_metrics"]) == 3
+
+
+def test_cubic_recipe_tiny_run(tmp_path):
+    from hf_ext.recipes.cubic_newton import main
+
+    res = main(
+        [
+            "--problems",
+            "logistic",
+            "--batch_sizes",
+            "1,4",
+            "--oracle_budget",
+            "40",
+            "--n_samples",
+            "200",
+            "--n_features",
+            "14",
+            "--eval_points",
+            "4",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
+    assert {(r["method"], r["batch_size"]) for r in res} == {
+        (m, b) for m in ("sgd", "adam", "cn", "cn_momentum") for b in (1, 4)
+    }
+    for r in res:
+        assert r["rows"][-1]["oracle_calls"] <= 40
+    assert (tmp_path / "cubic_newton.png").stat().st_size > 1000
