@@ -374,6 +374,8 @@ def influence_from_gradients(
     Returns:
         `torch.Tensor`: `(n,)` influence scores (positive = up-weighting the example raises the validation loss).
     """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
     if not train_grads:
         raise ValueError("`train_grads` is empty: pass {name: (n, r, d) tensor} for at least one tracked matrix.")
     if set(train_grads) != set(eval_grads):

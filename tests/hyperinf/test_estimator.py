@@ -243,3 +243,18 @@ def test_cuda_matches_cpu(causal_lm, lm_data):
     finally:
         causal_lm.to("cpu")
     assert spearmanr(cpu, gpu).statistic >= 0.99
+
+
+def test_saved_adapter_loaded_for_inference(causal_lm, lm_data, small_tokenizer, tmp_path):
+    """A reloaded adapter (LoRA weights frozen, `is_trainable=False`) is attributed the same way."""
+    from peft import PeftModel
+
+    train, val = lm_data
+    causal_lm.save_pretrained(tmp_path / "adapter")
+    torch.manual_seed(0)  # same base weights as the fixture
+    base = LlamaForCausalLM(tiny_llama_config(len(small_tokenizer)))
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    assert not any(p.requires_grad for p in reloaded.parameters())
+    expected = InfluenceEstimator(causal_lm, "hyperinf").fit(train).scores(val)
+    got = InfluenceEstimator(reloaded, "hyperinf").fit(train).scores(val)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
