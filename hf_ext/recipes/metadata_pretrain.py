@@ -69,7 +69,7 @@ class MetadataArguments:
     run_baseline: bool = field(default=True, metadata={"help": "Also train the plain-text baseline for comparison."})
     doc_eval_steps: int = field(default=20, metadata={"help": "Evaluate the document loss every N steps (curves)."})
     guidance_scale: float = field(default=1.5, metadata={"help": "Guidance scale of the generation example."})
-    guidance_prompt: str = field(default="", metadata={"help": "Prompt of the generation example."})
+    guidance_prompt: str = field(default="The", metadata={"help": "Prompt of the generation example."})
     guidance_max_new_tokens: int = field(default=24, metadata={"help": "Tokens generated per example."})
     guidance_samples: int = field(default=16, metadata={"help": "Sampled continuations per setting (synthetic)."})
 

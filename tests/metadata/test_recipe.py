@@ -47,7 +47,7 @@ def test_url_conditioning_speeds_up_training_and_guidance_steers(tmp_path):
         "--dataset", "synthetic", "--max_steps", str(max_steps), "--doc_eval_steps", "20", "--hidden_size", "64",
         "--intermediate_size", "128", "--num_hidden_layers", "2", "--block_size", "128",
         "--per_device_train_batch_size", "16", "--max_eval_docs", "100", "--cooldown_fraction", "0",
-        "--guidance_scale", "3", "--guidance_samples", "16", "--logging_steps", "50", "--disable_tqdm", "true",
+        "--guidance_scale", "3", "--guidance_samples", "16", "--guidance_prompt", "", "--logging_steps", "50", "--disable_tqdm", "true",
         "--output_dir", str(tmp_path),
     ])
     final = results["final"]
