@@ -250,7 +250,8 @@ def measure_memorization(
 
     Returns:
         `dict` with `per_replication` (`{rep: {"exact": {L: rate}, "approximate": {L: rate}, "exact_mean",
-        "approximate_mean", "exact_worst", "approximate_worst", "num_canaries"}}`), `overall` (same keys over all
+        "approximate_mean", "exact_worst", "approximate_worst", "bleu_mean", "matching_tokens_mean",
+        "num_canaries"}}`), `overall` (same keys over all
         canaries), `num_skipped` (canaries too short) and `records` (one dict per canary and prefix length).
     """
     if not canaries:
@@ -320,6 +321,9 @@ def summarize_records(records: Sequence[dict], prefix_lengths: Sequence[int]) ->
             vals = list(res[key].values())
             res[f"{key}_mean"] = sum(vals) / len(vals) if vals else 0.0
             res[f"{key}_worst"] = max(vals) if vals else 0.0
+        for key in ("bleu", "matching_tokens"):  # continuous scores, finer than the two rates
+            vals = [float(r[key]) for r in rows if key in r]
+            res[f"{key}_mean"] = sum(vals) / len(vals) if vals else 0.0
         res["num_canaries"] = len({r["canary_id"] for r in rows})
         return res
 

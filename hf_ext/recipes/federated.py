@@ -29,7 +29,7 @@ class ModelArguments:
     num_hidden_layers: int = field(default=2, metadata={"help": "Layers of the tiny model."})
     num_attention_heads: int = field(default=4, metadata={"help": "Attention heads of the tiny model."})
     pretrain_steps: int = field(
-        default=150,
+        default=100,
         metadata={"help": "Centralised warm-up steps of the tiny model on the public documents before fine-tuning."},
     )
 
@@ -40,10 +40,10 @@ class DataArguments:
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer to load instead of building one."})
     num_clients: int = field(default=3, metadata={"help": "Number of clients (non-IID split by --split_column)."})
     split_column: str = field(default="domain", metadata={"help": "Column whose groups go to clients (non-IID)."})
-    docs_per_client: int = field(default=24, metadata={"help": "Documents per client (<= 0: all of them)."})
+    docs_per_client: int = field(default=2, metadata={"help": "Documents per client (<= 0: all of them)."})
     block_size: int = field(default=128, metadata={"help": "Tokens per training block."})
-    num_canaries: int = field(default=12, metadata={"help": "Distinct canaries injected into the clients' data."})
-    canary_words: int = field(default=60, metadata={"help": "Words per canary (must exceed prefix + window)."})
+    num_canaries: int = field(default=6, metadata={"help": "Distinct canaries injected into the clients' data."})
+    canary_words: int = field(default=50, metadata={"help": "Words per canary (must exceed prefix + window)."})
     replication: str = field(
         default="10:0.5,1:0.5", metadata={"help": "Canary replication counts and fractions, 'count:fraction,...'."}
     )
@@ -55,33 +55,43 @@ class DataArguments:
         default="proportional", metadata={"help": "'proportional' (paper) or 'single_client' canary copies."}
     )
     prefix_lengths: str = field(
-        default="10,20,40", metadata={"help": "Prompt lengths in tokens (paper: 10,50,100,200,500)."}
+        default="5,10,20", metadata={"help": "Prompt lengths in tokens (paper: 10,50,100,200,500)."}
     )
     window: int = field(default=50, metadata={"help": "Tokens compared for exact / approximate memorization."})
     bleu_threshold: float = field(default=0.75, metadata={"help": "Character-BLEU threshold of approximate match."})
     frequency_penalty: float = field(
-        default=1.0, metadata={"help": "Additive frequency penalty during extraction (paper 1.0; 0 = greedy)."}
+        default=0.0, metadata={"help": "Additive frequency penalty during extraction (paper 1.0; 0 = greedy)."}
     )
-    max_eval_blocks: int = field(default=64, metadata={"help": "Held-out blocks for the utility (eval loss)."})
+    max_eval_blocks: int = field(default=16, metadata={"help": "Held-out blocks for the utility (eval loss)."})
 
 
 @dataclass
 class ComparisonArguments:
     configs: str = field(
-        default="full,lora,lora+goldfish,lora+dp,lora+secagg",
+        default="full,full+goldfish,lora,lora+goldfish,lora+dp",
         metadata={
             "help": "Comma-separated runs: a base (full, lora, lora_merge) plus '+'-joined defenses (goldfish, dp, "
             "clientdp, secagg)."
         },
     )
-    lora_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of LoRA runs."})
-    full_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of full fine-tuning runs."})
+    lora_learning_rate: float = field(default=3e-2, metadata={"help": "Learning rate of LoRA runs."})
+    full_learning_rate: float = field(default=5e-3, metadata={"help": "Learning rate of full fine-tuning runs."})
     defense_goldfish_k: int = field(default=4, metadata={"help": "Goldfish k for '+goldfish' runs."})
     defense_goldfish_context_width: int = field(default=13, metadata={"help": "Goldfish hashed context width."})
     defense_dp_clip_norm: float = field(default=1.0, metadata={"help": "Per-sample clip norm for '+dp' runs."})
     defense_dp_noise_multiplier: float = field(default=0.3, metadata={"help": "DP-SGD noise multiplier for '+dp'."})
     defense_client_clip_norm: float = field(default=1.0, metadata={"help": "Client update clip for '+clientdp'."})
     defense_client_noise_multiplier: float = field(default=0.1, metadata={"help": "Server noise for '+clientdp'."})
+
+
+@dataclass
+class RecipeFederatedArguments(FederatedArguments):
+    num_rounds: int = field(default=4, metadata={"help": "Number of FedAvg rounds (every client trains each round)."})
+    local_steps: int = field(
+        default=40, metadata={"help": "Optimizer steps per client per round; <= 0 means use --local_epochs."}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
 
 
 @dataclass
@@ -347,6 +357,8 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
                 rec[f"approx_{rep}x"] = block["approximate_mean"]
                 rec[f"exact_worst_{rep}x"] = block["exact_worst"]
                 rec[f"approx_worst_{rep}x"] = block["approximate_worst"]
+                rec[f"bleu_{rep}x"] = block["bleu_mean"]
+                rec[f"match_{rep}x"] = block["matching_tokens_mean"]
             print(f"[{name}] round {r}: " + ", ".join(f"{k}={v:.3f}" for k, v in rec.items()))
             return rec
 
@@ -379,7 +391,7 @@ def write_outputs(results: dict, output_dir: str) -> None:
     reps = sorted(
         {int(k.split("_")[1][:-1]) for k in first if k.startswith("exact_") and "worst" not in k}, reverse=True
     )
-    cols = [f"{m}_{r}x" for r in reps for m in ("exact", "approx")]
+    cols = [f"{m}_{r}x" for r in reps for m in ("exact", "approx", "bleu")]
     lines = [
         "| run | rounds | eval loss | " + " | ".join(cols) + " | eps (DP-SGD) |",
         "|---" * (len(cols) + 4) + "|",
@@ -421,7 +433,7 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(
-        (ModelArguments, DataArguments, FederatedArguments, ComparisonArguments, FederatedTrainingArguments)
+        (ModelArguments, DataArguments, RecipeFederatedArguments, ComparisonArguments, FederatedTrainingArguments)
     )
     args = parser.parse_args_into_dataclasses(args=argv)
     return run(*args)
