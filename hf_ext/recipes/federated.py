@@ -79,7 +79,7 @@ class ComparisonArguments:
     defense_goldfish_k: int = field(default=4, metadata={"help": "Goldfish k for '+goldfish' runs."})
     defense_goldfish_context_width: int = field(default=13, metadata={"help": "Goldfish hashed context width."})
     defense_dp_clip_norm: float = field(default=1.0, metadata={"help": "Per-sample clip norm for '+dp' runs."})
-    defense_dp_noise_multiplier: float = field(default=0.3, metadata={"help": "DP-SGD noise multiplier for '+dp'."})
+    defense_dp_noise_multiplier: float = field(default=1.0, metadata={"help": "DP-SGD noise multiplier for '+dp'."})
     defense_client_clip_norm: float = field(default=1.0, metadata={"help": "Client update clip for '+clientdp'."})
     defense_client_noise_multiplier: float = field(default=0.1, metadata={"help": "Server noise for '+clientdp'."})
 
