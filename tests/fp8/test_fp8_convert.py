@@ -232,3 +232,29 @@ def test_fifty_fp8_steps_track_bf16_within_five_percent(token_batches, bf16_loss
     tail_bf16, tail_fp8 = sum(bf16_losses[-5:]) / 5, sum(fp8[-5:]) / 5
     assert tail_bf16 < bf16_losses[0] * 0.85  # it learned something
     assert abs(tail_fp8 - tail_bf16) / tail_bf16 < 0.05
+
+
+def test_fp8_trainer_under_accelerate_fp8_converts_every_block_linear(tmp_path, monkeypatch, token_batches):
+    import datasets
+    from accelerate.state import AcceleratorState, GradientState
+    from transformers import TrainingArguments, default_data_collator
+
+    from hf_ext.fp8 import Fp8Trainer
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")  # what `accelerate launch --mixed_precision fp8` sets
+    model = tiny_fog(**SMALL)
+    rows = torch.cat(token_batches[:2]).tolist()
+    ds = datasets.Dataset.from_dict({"input_ids": rows, "labels": rows})
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, use_cpu=True, report_to=[],
+        save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    try:
+        trainer = Fp8Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator)
+        assert trainer.args.mixed_precision == "fp8"
+        trainer.train()
+        converted = fp8_converted_modules(trainer.accelerator.unwrap_model(trainer.model_wrapped))
+        assert len(converted) == 12 and not any("lm_head" in n for n in converted)
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
