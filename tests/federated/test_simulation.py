@@ -110,3 +110,15 @@ def test_invalid_configurations(small_tokenizer, client_datasets, training_args)
         FederatedArguments(num_rounds=0)
     with pytest.raises(TypeError, match="PrivateTrainingArguments"):
         FederatedSimulation(model, client_datasets, FederatedArguments(), object())
+
+
+def test_local_steps_or_epochs(training_args):
+    from hf_ext.federated.simulation import client_training_args
+
+    steps = client_training_args(training_args, FederatedArguments(local_steps=7, client_learning_rates="1,2"), 1, 3)
+    assert steps.max_steps == 7 and steps.learning_rate == 2.0 and steps.seed == training_args.seed + 3001
+    assert steps.output_dir.endswith("client-1")
+    epochs = client_training_args(training_args, FederatedArguments(local_steps=0, local_epochs=0.5), 0, 1)
+    assert epochs.max_steps == -1 and epochs.num_train_epochs == 0.5
+    with pytest.raises(ValueError, match="local"):
+        FederatedArguments(local_steps=0, local_epochs=0)
