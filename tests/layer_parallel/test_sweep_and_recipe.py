@@ -102,14 +102,20 @@ TINY = [
 ]  # fmt: skip
 
 
-def test_recipe_end_to_end_tiny(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
     from hf_ext.recipes.layer_parallel import main
 
-    out = tmp_path / "lp"
+    out = tmp_path_factory.mktemp("lp_recipe") / "lp"
     results = main(
         [*TINY, "--output_dir", str(out), "--pretrain_steps", "8", "--max_steps", "4", "--pair_counts", "1,2",
          "--max_ppl_increase", "100", "--logging_steps", "1"]
     )  # fmt: skip
+    return out, results
+
+
+def test_recipe_end_to_end_tiny(tiny_run):
+    out, results = tiny_run
     assert (out / "sweep.png").exists() and (out / "sweep.md").exists() and (out / "summary.png").exists()
     assert len(results["sweep"]) == 1 + 3 + 1
     assert results["chosen"]["pairs"] == 2  # the budget is loose, so the largest range wins
@@ -126,6 +132,28 @@ def test_recipe_end_to_end_tiny(tmp_path):
     assert torch.equal(tuned["model.embed_tokens.weight"], converted["model.embed_tokens.weight"])
     assert torch.equal(tuned["model.norm.weight"], converted["model.norm.weight"])
     assert not torch.equal(tuned["model.layers.0.mlp.up_proj.weight"], converted["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_recipe_finetune_resume_matches_uninterrupted(tiny_run, tmp_path):
+    """Fine-tuning resumed from a Trainer checkpoint ends with the same weights as an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from hf_ext.recipes.layer_parallel import main
+
+    source = str(tiny_run[0] / "source")
+    args = [*TINY, "--model_name_or_path", source, "--skip_sweep", "--lp_start", "2", "--lp_end", "4",
+            "--max_steps", "4", "--learning_rate", "1e-2"]  # fmt: skip
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    main([*args, "--output_dir", str(full), "--save_strategy", "steps", "--save_steps", "2"])
+    assert (full / "checkpoint-2").is_dir()
+    main([*args, "--output_dir", str(resumed), "--resume_from_checkpoint", str(full / "checkpoint-2")])
+    a = load_file(str(full / "layer_parallel_model" / "model.safetensors"))
+    b = load_file(str(resumed / "layer_parallel_model" / "model.safetensors"))
+    source_lp = load_file(str(tmp_path / "full" / "checkpoint-2" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    assert not torch.equal(a["model.layers.2.mlp.up_proj.weight"], source_lp["model.layers.2.mlp.up_proj.weight"])
 
 
 @pytest.mark.slow
