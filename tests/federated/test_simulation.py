@@ -122,3 +122,16 @@ def test_local_steps_or_epochs(training_args):
     assert epochs.max_steps == -1 and epochs.num_train_epochs == 0.5
     with pytest.raises(ValueError, match="local"):
         FederatedArguments(local_steps=0, local_epochs=0)
+
+
+def test_mismatched_adapter_is_rejected_by_the_client(small_tokenizer):
+    from hf_ext.federated import apply_lora, exchange_keys, get_exchange_state, set_exchange_state
+
+    r4 = apply_lora(tiny_llama(len(small_tokenizer)), FederatedArguments(lora_r=4), seed=0)
+    r8 = apply_lora(tiny_llama(len(small_tokenizer)), FederatedArguments(lora_r=8), seed=0)
+    state8 = get_exchange_state(r8, exchange_keys(r8, "factors"))
+    with pytest.raises(ValueError, match="LoRA rank"):
+        set_exchange_state(r4, state8)
+    qv = apply_lora(tiny_llama(len(small_tokenizer)), FederatedArguments(lora_target_modules="q_proj,v_proj"), seed=0)
+    with pytest.raises(ValueError, match="adapter configuration"):
+        set_exchange_state(qv, state8)
