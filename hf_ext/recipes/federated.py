@@ -81,6 +81,9 @@ class ComparisonArguments:
     defense_dp_clip_norm: float = field(default=1.0, metadata={"help": "Per-sample clip norm for '+dp' runs."})
     defense_dp_noise_multiplier: float = field(default=1.0, metadata={"help": "DP-SGD noise multiplier for '+dp'."})
     defense_client_clip_norm: float = field(default=1.0, metadata={"help": "Client update clip for '+clientdp'."})
+    torch_threads: int | None = field(
+        default=None, metadata={"help": "torch.set_num_threads for this process (1 is fastest for tiny models)."}
+    )
     defense_client_noise_multiplier: float = field(default=0.1, metadata={"help": "Server noise for '+clientdp'."})
 
 
@@ -166,6 +169,8 @@ def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
         raise ValueError("--canary_source must be 'test_docs' or 'random_words'.")
     if data_args.canary_assignment not in ("proportional", "single_client"):
         raise ValueError("--canary_assignment must be 'proportional' or 'single_client'.")
+    if cmp_args.torch_threads is not None and cmp_args.torch_threads < 1:
+        raise ValueError(f"--torch_threads must be >= 1, got {cmp_args.torch_threads}.")
     if cmp_args.defense_goldfish_k < 2:
         raise ValueError(f"--defense_goldfish_k must be >= 2, got {cmp_args.defense_goldfish_k}.")
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
@@ -263,6 +268,10 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
 
     validate(model_args, data_args, fed_args, cmp_args, training_args)
     configs = parse_configs(cmp_args.configs)
+    if cmp_args.torch_threads:
+        import torch
+
+        torch.set_num_threads(cmp_args.torch_threads)
     prefix_lengths = parse_ints(data_args.prefix_lengths, "--prefix_lengths")
     set_seed(training_args.seed)
     if data_args.tokenizer_name or model_args.model_name_or_path:
