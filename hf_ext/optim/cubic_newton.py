@@ -563,27 +563,6 @@ class CubicNewton(Optimizer):
             counts["hvp"] += 1
             return hessian_vector_product(fn, point, v, mode)
 
-        # gradient estimate
-        with torch.enable_grad():
-            if mom == "extrapolated" and x_prev is not None and a < 1.0:
-                factor = min((1.0 - a) / a, group["max_extrapolation"])
-                y = x + factor * (x - x_prev)
-                g_new = torch.func.grad(f_grad)(y)
-                loss = float(f_grad(x))
-                counts["fn"] += 1
-            else:
-                g_new, loss_t = torch.func.grad_and_value(f_grad)(x)
-                loss = float(loss_t)
-            counts["grad"] += 1
-        g_prev = st.get("grad_estimate")
-        if g_prev is None or a >= 1.0:
-            g = g_new
-        elif mom == "hessian_corrected" and x_prev is not None:
-            g = (1 - a) * (g_prev + hvp_at(f_hess, x, x - x_prev)) + a * g_new
-        else:
-            g = (1 - a) * g_prev + a * g_new
-        st["grad_estimate"] = g.detach().clone()
-
         # Hessian estimate as a matrix or an HVP operator
         hess_mode = group["hessian"]
         H = None
@@ -608,6 +587,29 @@ class CubicNewton(Optimizer):
 
             def hvp(v):
                 return hvp_at(f_hess, x, v)
+
+        # gradient estimate
+        with torch.enable_grad():
+            if mom == "extrapolated" and x_prev is not None and a < 1.0:
+                factor = min((1.0 - a) / a, group["max_extrapolation"])
+                y = x + factor * (x - x_prev)
+                g_new = torch.func.grad(f_grad)(y)
+                loss = float(f_grad(x))
+                counts["fn"] += 1
+            else:
+                g_new, loss_t = torch.func.grad_and_value(f_grad)(x)
+                loss = float(loss_t)
+            counts["grad"] += 1
+        g_prev = st.get("grad_estimate")
+        if g_prev is None or a >= 1.0:
+            g = g_new
+        elif mom == "hessian_corrected" and x_prev is not None:
+            # transport the old estimate to x_t with the Hessian estimate (dense: the momentum matrix H_t)
+            correction = H @ (x - x_prev).to(H.dtype) if H is not None else hvp_at(f_hess, x, x - x_prev)
+            g = (1 - a) * (g_prev + correction.to(g_prev.dtype)) + a * g_new
+        else:
+            g = (1 - a) * g_prev + a * g_new
+        st["grad_estimate"] = g.detach().clone()
 
         solver = group["solver"]
         if solver == "auto":
