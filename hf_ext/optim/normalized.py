@@ -56,13 +56,18 @@ def transposed_parameter_ids(model: nn.Module) -> set[int]:
 
 
 def rotational_param_groups(
-    model: nn.Module, weight_decay: float, decay_parameter_names: Iterable[str] | None = None
+    model: nn.Module,
+    weight_decay: float,
+    decay_parameter_names: Iterable[str] | None = None,
+    rotational_embeddings: bool = False,
 ) -> list[dict]:
     """Split a model's trainable parameters into rotational and plain groups.
 
     Rotational = parameters that the HF `Trainer` would weight-decay (not biases, not norm gains) with 2+ dimensions.
-    Tied weights (e.g. GPT `wte`/`lm_head`) appear once; a tied embedding is rotational with one neuron per token row.
-    HF `Conv1D` weights (shape `(in, out)`) get `neuron_dim=1` so their neurons are columns.
+    Embedding matrices (and an LM head tied to one) are kept out of the rotational set by default: a fixed norm per
+    token row would cap the logit scale (nothing after them is scale-invariant); pass `rotational_embeddings=True` to
+    include them (one neuron per token row). HF `Conv1D` weights (shape `(in, out)`) get `neuron_dim=1` so their
+    neurons are columns.
 
     Args:
         model (`nn.Module`): the model.
@@ -84,11 +89,14 @@ def rotational_param_groups(
         decay_parameter_names = get_parameter_names(model, [nn.LayerNorm], _NORM_NAME_PATTERNS)
     decay = set(decay_parameter_names)
     transposed = transposed_parameter_ids(model)
+    embeddings = (
+        set() if rotational_embeddings else {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    )
     rot, rot_t, plain = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name in decay and p.dim() >= 2:
+        if name in decay and p.dim() >= 2 and id(p) not in embeddings:
             (rot_t if id(p) in transposed else rot).append(p)
         else:
             plain.append(p)

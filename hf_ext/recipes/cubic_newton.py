@@ -39,7 +39,10 @@ class CubicNewtonRecipeArguments:
     sgd_lr: float = field(default=0.1, metadata={"help": "SGD learning rate."})
     adam_lr: float = field(default=0.01, metadata={"help": "Adam learning rate."})
     cubic_M: float = field(default=10.0, metadata={"help": "Cubic regularisation constant M."})
-    momentum_type: str = field(default="ema", metadata={"help": "cn_momentum variant: ema, extrapolated, ..."})
+    momentum_type: str = field(
+        default="hessian_corrected",
+        metadata={"help": "cn_momentum variant: hessian_corrected, ema or extrapolated."},
+    )
     alpha: float = field(default=0.05, metadata={"help": "Gradient momentum weight of cn_momentum."})
     beta: float = field(default=0.05, metadata={"help": "Hessian momentum weight of cn_momentum."})
     corpus_hidden: int = field(default=16, metadata={"help": "Hidden units of the corpus network."})

@@ -47,15 +47,18 @@ def test_momentum_reaches_lower_gradient_norm_at_batch_one():
         hessian="dense",
         solver="exact",
         krylov_dim=5,
-        momentum_type="ema",
+        momentum_type="hessian_corrected",
         alpha=0.05,
         beta=0.05,
-        eval_points=5,
+        eval_points=20,
     )
     final = {}
     for method in ("cn", "cn_momentum"):
         runs = [_run(make, full, d, method, 1, 2 * steps, n, cfg, seed) for seed in range(5)]
         assert all(r["rows"][-1]["oracle_calls"] == 2 * steps for r in runs)  # equal oracle budgets
-        final[method] = statistics.median(r["rows"][-1]["grad_norm"] for r in runs)
-    print(f"median final |grad f|: no momentum {final['cn']:.3e}  momentum {final['cn_momentum']:.3e}")
+        # batch-1 iterates jitter: average |grad f| over the last quarter of the evaluations, then take the median
+        tails = [statistics.mean(row["grad_norm"] for row in r["rows"][-5:]) for r in runs]
+        print(method, [round(t, 4) for t in tails])
+        final[method] = statistics.median(tails)
+    print(f"median tail |grad f|: no momentum {final['cn']:.3e}  momentum {final['cn_momentum']:.3e}")
     assert final["cn_momentum"] < final["cn"]
