@@ -74,11 +74,13 @@ def build_normalized_optimizer(model: torch.nn.Module, args: WarmupFreeTrainingA
     """Build the optimizer named by `args.normalized_optimizer` over the model-derived rotational/plain groups."""
     name = args.normalized_optimizer
     lr, wd = args.learning_rate, args.weight_decay
-    groups = rotational_param_groups(model, wd)
     if name == "adamw":
+        # the Trainer's decay set (embeddings decayed), so the AdamW baseline is the standard one
+        groups = rotational_param_groups(model, wd, rotational_embeddings=True)
         return torch.optim.AdamW(
             groups, lr=lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, weight_decay=wd
         )
+    groups = rotational_param_groups(model, wd)
     lion_betas = (args.lion_beta1, args.lion_beta2)
     if name == "lion":
         return Lion(groups, lr=lr, betas=lion_betas, weight_decay=wd, nesterov=args.nesterov)

@@ -28,13 +28,15 @@ class CubicNewtonRecipeArguments:
     methods: str = field(default=",".join(METHODS), metadata={"help": f"Comma list from: {', '.join(METHODS)}."})
     batch_sizes: str = field(default="1,64", metadata={"help": "Comma list of batch sizes."})
     oracle_budget: int = field(
-        default=4000, metadata={"help": "Per-sample oracle calls per run on the logistic problem (x batch 1 = steps)."}
+        default=1200, metadata={"help": "Per-sample oracle calls per run on the logistic problem (x batch 1 = steps)."}
     )
     corpus_oracle_budget: int = field(
-        default=6000, metadata={"help": "Per-sample oracle calls on the corpus problem."}
+        default=3000, metadata={"help": "Per-sample oracle calls on the corpus problem."}
     )
     n_samples: int = field(default=5000, metadata={"help": "Samples of the a9a-like dataset."})
-    n_features: int = field(default=123, metadata={"help": "Binary features of the a9a-like dataset."})
+    n_features: int = field(
+        default=40, metadata={"help": "Binary features of the a9a-like dataset (a9a itself has 123)."}
+    )
     regularizer: float = field(default=0.01, metadata={"help": "Weight lam of the non-convex regulariser."})
     sgd_lr: float = field(default=0.1, metadata={"help": "SGD learning rate."})
     adam_lr: float = field(default=0.01, metadata={"help": "Adam learning rate."})
@@ -220,7 +222,7 @@ def corpus_problem(args: CubicNewtonRecipeArguments):
 def run_corpus(args: CubicNewtonRecipeArguments, methods: list[str], batches: list[int], seed: int) -> list[dict]:
     make, full, dim, n, init = corpus_problem(args)
     cfg = dict(
-        sgd_lr=args.sgd_lr * 10,
+        sgd_lr=args.sgd_lr,
         adam_lr=args.adam_lr,
         M=args.cubic_M,
         hessian="fresh",
