@@ -208,3 +208,27 @@ def test_resume_restores_monitor_baselines_and_delayed_scaling_histories(tmp_pat
     assert [h["step"] for h in resumed_cb.history] == [h["step"] for h in full_cb.history]
     for a, b in zip(resumed.state_dict().items(), full.state_dict().items()):
         torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-6, msg=a[0])
+
+
+def test_sparse_post_activation_is_judged_relative_to_its_baseline():
+    from hf_ext.fp8 import Fp8HealthCallback
+
+    cb = Fp8HealthCallback(every_n_steps=1, baseline_steps=1)
+
+    class _Ctl:
+        should_training_stop = False
+
+    # a sparse post-activation site starts high: above 100 but < 10x its baseline -> no alert
+    cb._check({"mlp_post_act/kurtosis/layer_0": 40.0}, 1, None, None, _Ctl())
+    cb._check({"mlp_post_act/kurtosis/layer_0": 150.0}, 2, None, None, _Ctl())
+    assert cb.alerts == []
+    # the same value at a near-Gaussian site is an alert (absolute threshold)
+    cb._check({"qkv_input/kurtosis/layer_0": 150.0}, 3, None, None, _Ctl())
+    assert [a["site"] for a in cb.alerts] == ["qkv_input"]
+    # and a 10x jump of the sparse site still fires
+    cb._check({"mlp_post_act/kurtosis/layer_0": 500.0}, 4, None, None, _Ctl())
+    assert cb.alerts[-1]["site"] == "mlp_post_act"
+    import pytest
+
+    with pytest.raises(ValueError, match="absolute_exempt_sites"):
+        Fp8HealthCallback(absolute_exempt_sites=("nowhere",))
