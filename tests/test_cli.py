@@ -45,13 +45,20 @@ def test_unknown_recipe_is_a_usage_error(capsys):
 
 
 def test_console_script_and_import_is_fast_and_silent(repo_root):
+    import resource
+
     env = {**os.environ}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", "import hf_ext"], capture_output=True, text=True, env=env, cwd=repo_root)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert res.returncode == 0
     assert res.stdout == "" and res.stderr == "", res.stderr
-    assert elapsed < 3.0
+    # CPU time is what the import costs; wall time also counts other load on a shared machine
+    assert cpu < 3.0, f"import hf_ext used {cpu:.2f} s of CPU"
+    assert elapsed < 15.0
     exe = os.path.join(os.path.dirname(sys.executable), "hf-ext")
     res = subprocess.run([exe, "list"], capture_output=True, text=True, env=env)
     assert res.returncode == 0 and "pretrain" in res.stdout
