@@ -227,29 +227,6 @@ def build_tiny_model(model_args, tokenizer):
     return model
 
 
-def eval_loss(model, dataset, batch_size: int = 32) -> float:
-    """Token-weighted next-token loss on packed held-out blocks (the utility metric)."""
-    import torch
-
-    model.eval()
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            b = dataset[start : start + batch_size]
-            ids = torch.tensor(b["input_ids"], device=device)
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            tgt = ids[:, 1:]
-            total += float(
-                torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="sum"
-                )
-            )
-            count += tgt.numel()
-    model.train()
-    return total / max(count, 1)
-
-
 def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
     """Build clients with canaries, run every configuration, write results.json, the table and the PNG."""
     import copy
@@ -265,6 +242,7 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
         measure_memorization,
         split_by_column,
     )
+    from ..utils.evaluation import causal_lm_eval_loss
 
     validate(model_args, data_args, fed_args, cmp_args, training_args)
     configs = parse_configs(cmp_args.configs)
@@ -360,7 +338,7 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
                 frequency_penalty=data_args.frequency_penalty,
                 seed=training_args.seed,
             )
-            rec = {"eval_loss": eval_loss(sim.model, eval_ds)}
+            rec = {"eval_loss": causal_lm_eval_loss(sim.model, eval_ds)}
             for rep, block in mem["per_replication"].items():
                 rec[f"exact_{rep}x"] = block["exact_mean"]
                 rec[f"approx_{rep}x"] = block["approximate_mean"]

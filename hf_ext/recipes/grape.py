@@ -194,7 +194,7 @@ def run(data_args: GrapeDataArguments, model_args: GrapeModelArguments, args: Gr
     from ..data import build_tokenizer
     from ..grape import GrapeTrainer
     from ..grape.data import prepare_target
-    from .pretrain import causal_lm_eval_loss
+    from ..utils.evaluation import causal_lm_eval_loss
 
     validate_args(data_args, model_args, args)
     set_seed(args.seed)

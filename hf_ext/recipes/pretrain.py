@@ -234,27 +234,6 @@ def setup_fp8(model, model_args: ModelArguments, training_args: TrainingArgument
     return trainer_cls, extra, callbacks
 
 
-def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:
-    """Token-weighted mean next-token loss of `model` over a packed dataset (`input_ids`, `labels`)."""
-    import torch
-
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            batch = dataset[start : start + batch_size]
-            ids = torch.tensor(batch["input_ids"], device=model.device)
-            labels = torch.tensor(batch["labels"], device=model.device)
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            target = labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
-            )
-            total += loss.item()
-            count += int((target != -100).sum())
-    return total / max(count, 1)
-
-
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> dict:
     """Train, save, reload with Auto classes, evaluate perplexity and sample. Returns the final metrics."""
     import torch
@@ -263,6 +242,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     import hf_ext  # noqa: F401  (registers the package's architectures)
 
     from ..data import build_tokenizer, load_text_datasets, pack_dataset
+    from ..utils.evaluation import causal_lm_eval_loss
 
     validate_args(model_args, data_args, training_args)
     set_seed(training_args.seed)
