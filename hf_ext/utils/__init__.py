@@ -1,8 +1,24 @@
 """Small shared utilities: lazy Auto-class registration, quiet third-party imports."""
 
 from .auto_registration import register_auto_model_lazily
+from .distributed import shutdown_distributed, world_size
 from .evaluation import causal_lm_eval_loss
-from .io import ensure_writable_dir
+from .io import atomic_open, atomic_savefig, atomic_write_json, atomic_write_text, ensure_writable_dir
 from .quiet import silence_known_import_noise
+from .resume import last_complete_checkpoint, normalize_resume_argv, resolve_resume_checkpoint
 
-__all__ = ["causal_lm_eval_loss", "ensure_writable_dir", "register_auto_model_lazily", "silence_known_import_noise"]
+__all__ = [
+    "atomic_open",
+    "atomic_savefig",
+    "atomic_write_json",
+    "atomic_write_text",
+    "causal_lm_eval_loss",
+    "ensure_writable_dir",
+    "last_complete_checkpoint",
+    "normalize_resume_argv",
+    "register_auto_model_lazily",
+    "resolve_resume_checkpoint",
+    "shutdown_distributed",
+    "silence_known_import_noise",
+    "world_size",
+]

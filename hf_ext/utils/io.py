@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tempfile
 
@@ -18,3 +20,46 @@ def ensure_writable_dir(path: str, arg_name: str = "--output_dir") -> None:
         raise ValueError(
             f"{arg_name}={path!r} is not writable ({err.strerror or err}); choose a folder you can write to."
         ) from err
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8"):
+    """Open a temporary file beside `path` and rename it onto `path` only if the block finishes without error.
+
+    Readers never see a half-written file: on failure the temporary file is removed and `path` is left as it was.
+    """
+    if "b" in mode:
+        encoding = None
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write `text` to `path` atomically (temporary file, then rename)."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def atomic_write_json(path: str, obj, indent: int | None = 2) -> None:
+    """Write `obj` as JSON to `path` atomically (temporary file, then rename)."""
+    with atomic_open(path, "w") as fh:
+        json.dump(obj, fh, indent=indent)
+        fh.write("\n")
+
+
+def atomic_savefig(fig, path: str, **kwargs) -> None:
+    """Save a matplotlib figure to `path` atomically; the format is taken from `path`'s extension."""
+    fmt = kwargs.pop("format", None) or os.path.splitext(path)[1].lstrip(".") or "png"
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format=fmt, **kwargs)

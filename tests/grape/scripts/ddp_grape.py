@@ -12,6 +12,7 @@ import torch.distributed as dist
 from grape_synthetic import synthetic_mixture, tiny_llama
 
 from hf_ext.grape import GrapeConfig, GrapeTrainer
+from hf_ext.utils import shutdown_distributed
 
 
 def main(output_dir: str) -> None:
@@ -52,6 +53,7 @@ def main(output_dir: str) -> None:
         }
         with open(os.path.join(output_dir, "ddp_result.json"), "w") as fh:
             json.dump(result, fh)
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from hf_ext.neuralgrok import (
     build_arithmetic_dataset,
     split_arithmetic_dataset,
 )
+from hf_ext.utils import shutdown_distributed
 
 
 def main(out_dir: str) -> None:
@@ -32,7 +33,8 @@ def main(out_dir: str) -> None:
         gathered = [torch.empty_like(tensor) for _ in range(2)]
         dist.all_gather(gathered, tensor.detach().contiguous())
         assert torch.equal(gathered[0], gathered[1]), f"{name} differs across ranks"
-    print(f"rank {dist.get_rank()}: OK")
+    print(f"rank {dist.get_rank()}: OK", flush=True)
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

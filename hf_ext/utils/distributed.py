@@ -1,0 +1,36 @@
+"""Clean shutdown of a multi-process run.
+
+A process that leaves `torch.distributed` initialised when the interpreter exits tears the gloo/NCCL process group
+down from a C++ destructor while the store's threads may still be talking to a peer that already exited; on a
+loaded machine that aborts the process ("terminate called without an active exception", SIGABRT) after all work
+succeeded. Every multi-process entry point ends with `shutdown_distributed()`, so no work happens at exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+
+def world_size() -> int:
+    """Number of processes in the default group (1 when `torch.distributed` is not initialised)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def shutdown_distributed() -> None:
+    """Wait for every rank, then destroy the default process group. A no-op in a single process; safe to repeat."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    # accelerate caches the distributed state; drop it so nothing refers to the destroyed group.
+    with contextlib.suppress(Exception):
+        from accelerate.state import AcceleratorState, PartialState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        PartialState._reset_state()
