@@ -41,8 +41,8 @@ class MetadataCollator:
     * padding (`block_size=None`): one row per document, padded on `padding_side`, documents cut to `max_length`;
     * packing (`block_size=N`): the batch's documents are concatenated into rows of exactly N tokens, each
       document with its own context; a document that continues into the next row gets its context again at the
-      start of that row (`repeat_context=True`), and `position_ids` restart at every document. The last row is
-      padded, so no document token is lost.
+      start of that row (`repeat_context=True`). By default each document attends only to itself
+      (`document_attention`). The last row is padded, so no document token is lost.
 
     Args:
         tokenizer (`PreTrainedTokenizerBase`): With `bos_token` and `pad_token` (and the context tokens for the
@@ -61,13 +61,17 @@ class MetadataCollator:
         pad_to_multiple_of (`int`, *optional*): In padding mode, pad the length to a multiple of this.
         repeat_context (`bool`, *optional*, defaults to `True`): In packing mode, repeat the context on rows a
             document continues into.
-        return_position_ids (`bool`, *optional*): Also return `position_ids` (default: `True` when packing).
+        return_position_ids (`bool`, *optional*): Also return `position_ids` (default: `True` when packing; required
+            with `document_attention`).
         add_eos (`bool`, *optional*, defaults to `True`): End each document with EOS (loss-bearing).
         max_metadata_tokens (`int`, *optional*): Keep at most this many metadata tokens.
-        document_attention (`bool`, *optional*, defaults to `False`): In packing mode, keep each document's tokens
-            from attending to the other documents of its row (and their contexts): the batch then carries
-            `position_ids` and `use_cache=False` but no `attention_mask`, and transformers builds a block-diagonal
-            causal mask from the restarting `position_ids` (MeCo trains with document-masked attention).
+        document_attention (`bool`, *optional*): In packing mode, keep each document's tokens from attending to the
+            other documents of its row (and their contexts), as MeCo trains. Default: `True` when packing. The batch
+            then carries `position_ids` that restart at every document, `use_cache=False` and no `attention_mask`:
+            transformers (`masking_utils.find_packed_sequence_indices`) turns restarting positions into a
+            block-diagonal causal mask for eager, SDPA, flex and flash attention, the same convention as
+            `DataCollatorWithFlattening`. `False` packs with one causal mask over the whole row (documents see the
+            earlier documents of their row); positions then run `0..N-1` through the row, consistent with that mask.
         conditioning (`bool`, *optional*, defaults to `True`): When `False` every document gets the unconditional
             form. `MetadataCooldownCallback` turns it off for the final steps.
     """
@@ -86,7 +90,7 @@ class MetadataCollator:
     return_position_ids: bool | None = None
     add_eos: bool = True
     max_metadata_tokens: int | None = None
-    document_attention: bool = False
+    document_attention: bool | None = None
     conditioning: bool = True
     #: Batches collated so far and the batch index from which conditioning is off (set by the cooldown callback).
     batches_seen: int = field(default=0, repr=False)
@@ -109,6 +113,13 @@ class MetadataCollator:
             raise ValueError("pass block_size (packing) or max_length (padding), not both.")
         if self.document_attention and self.block_size is None:
             raise ValueError("document_attention=True needs packing (block_size); padded rows hold one document each.")
+        if self.document_attention is None:
+            self.document_attention = self.block_size is not None
+        if self.document_attention and self.return_position_ids is False:
+            raise ValueError(
+                "document_attention=True separates packed documents through their restarting position_ids; leave "
+                "return_position_ids unset (or True), or pass document_attention=False for plain packing."
+            )
         side = self.padding_side or getattr(self.tokenizer, "padding_side", "right")
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
@@ -245,7 +256,10 @@ class MetadataCollator:
                 row_ids.extend(chunk)
                 row_labels.extend([IGNORE_INDEX] * len(header))
                 row_labels.extend(chunk)
-                row_pos.extend(range(len(header) + len(chunk)))
+                if self.document_attention:  # positions restart per document: transformers masks per document
+                    row_pos.extend(range(len(header) + len(chunk)))
+                else:  # one causal mask over the row: positions run through it
+                    row_pos.extend(range(len(row_pos), len(row_pos) + len(header) + len(chunk)))
                 start += take
                 first = False
                 if len(row_ids) == size:

@@ -64,7 +64,9 @@ class MetadataArguments:
     )
     max_metadata_tokens: int | None = field(default=32, metadata={"help": "Keep at most this many metadata tokens."})
     document_attention: bool = field(
-        default=False, metadata={"help": "Packed documents attend only within themselves (block-diagonal mask)."}
+        default=True,
+        metadata={"help": "Packed documents attend only within themselves (per-document causal mask, MeCo); False "
+                  "lets them attend to earlier documents of their row."},
     )
     run_baseline: bool = field(default=True, metadata={"help": "Also train the plain-text baseline for comparison."})
     doc_eval_steps: int = field(default=20, metadata={"help": "Evaluate the document loss every N steps (curves)."})
@@ -115,8 +117,10 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         raise ValueError(f"--metadata_dropout must be in [0, 1], got {meta_args.metadata_dropout}.")
     if not 0.0 <= meta_args.cooldown_fraction < 1.0:
         raise ValueError(f"--cooldown_fraction must be in [0, 1), got {meta_args.cooldown_fraction}.")
-    if meta_args.guidance_scale <= 0:
-        raise ValueError("--guidance_scale must be positive (1 = no guidance).")
+    if not math.isfinite(meta_args.guidance_scale) or meta_args.guidance_scale <= 0:
+        raise ValueError(
+            f"--guidance_scale must be a finite positive number (1 = no guidance), got {meta_args.guidance_scale}."
+        )
     if meta_args.doc_eval_steps <= 0:
         raise ValueError("--doc_eval_steps must be positive.")
     if training_args.max_steps is None or training_args.max_steps <= 0:

@@ -122,7 +122,8 @@ def test_packing_gives_every_chunk_its_context_and_loses_no_token(ctx_tokenizer,
     recovered, segments = [], []
     for r in range(batch["input_ids"].shape[0]):
         pos = batch["position_ids"][r].tolist()
-        n_real = int(batch["attention_mask"][r].sum())
+        assert "attention_mask" not in batch  # per-document attention (the packing default) comes from positions
+        n_real = int((batch["labels"][r] != -100).nonzero().max()) + 1
         starts = [j for j in range(n_real) if pos[j] == 0] + [n_real]
         for a, b in zip(starts, starts[1:]):
             seg_ids = batch["input_ids"][r, a:b].tolist()
@@ -208,7 +209,7 @@ def test_document_attention_isolates_packed_documents(ctx_tokenizer):
     with torch.no_grad():
         packed = model(**batch).logits[0]
         alone = [model(input_ids=torch.tensor([d.input_ids]), use_cache=False).logits[0] for d in enc]
-        leaky_batch = MetadataCollator(tok, template, metadata_dropout=0.0, block_size=64)(rows)
+        leaky_batch = MetadataCollator(tok, template, metadata_dropout=0.0, block_size=64, document_attention=False)(rows)
         leaky = model(**leaky_batch).logits[0]
     n0, n1 = len(enc[0].input_ids), len(enc[1].input_ids)
     torch.testing.assert_close(packed[:n0], alone[0], rtol=1e-4, atol=1e-5)
