@@ -22,8 +22,11 @@ class MetadataCooldownCallback(TrainerCallback):
     On resume the counter is set from `state.global_step`. The switch point is logged as
     `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint.
 
-    Evaluation batches built with the same collator during training do not move the switch. Use
-    `dataloader_num_workers=0` (the default): worker processes hold their own copy of the collator.
+    Evaluation batches built with the same collator during training do not move the switch. The switch is driven
+    from the main process, so the callback needs `dataloader_num_workers=0` (the default): worker processes hold
+    their own copy of the collator, which the callback cannot reach, and `train()` refuses to start with workers
+    rather than silently training every step with metadata. (The collator itself refuses to apply a cooldown inside
+    a worker process.)
 
     Args:
         collator (`MetadataCollator`): The collator used by the Trainer.
@@ -47,9 +50,17 @@ class MetadataCooldownCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.max_steps is None or state.max_steps <= 0:
             raise ValueError("MetadataCooldownCallback needs a known number of steps; set max_steps or num_train_epochs.")
+        if self.cooldown_fraction > 0 and args.dataloader_num_workers:
+            raise ValueError(
+                f"MetadataCooldownCallback needs dataloader_num_workers=0 (got {args.dataloader_num_workers}): the "
+                "cooldown is switched in the main process's collator, and worker processes collate with their own "
+                "copies, so the switch would never reach them. Set dataloader_num_workers=0 (tokenization then runs "
+                "in the main process) or cooldown_fraction=0."
+            )
         self._grad_accum = args.gradient_accumulation_steps
         self.switch_step = state.max_steps - int(round(self.cooldown_fraction * state.max_steps))
-        self.collator.cooldown_start_batch = self.switch_step * self._grad_accum
+        # cooldown_fraction=0 never switches: leave the collator without a switch point (it may then run in workers).
+        self.collator.cooldown_start_batch = self.switch_step * self._grad_accum if self.cooldown_fraction > 0 else None
         self._sync(args, state)
 
     def on_epoch_begin(self, args, state, control, **kwargs):

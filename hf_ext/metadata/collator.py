@@ -157,6 +157,15 @@ class MetadataCollator:
 
     def encode(self, examples: list[dict]) -> list[EncodedDocument]:
         """Encode the examples (advances the batch counter used by the cooldown)."""
+        if self.cooldown_start_batch is not None:
+            from torch.utils.data import get_worker_info
+
+            if get_worker_info() is not None:
+                raise RuntimeError(
+                    "MetadataCollator is applying a cooldown inside a DataLoader worker process, where the batch "
+                    "counter is a private copy and the switch would land at the wrong step (or never); collate in "
+                    "the main process (dataloader_num_workers=0)."
+                )
         active = self.conditioning_active
         self.batches_seen += 1
         metadata = self.metadata_for(examples, active)

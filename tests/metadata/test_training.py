@@ -121,3 +121,31 @@ def test_sft_trainer_trains_with_the_collator(ctx_tokenizer, train_docs, tmp_pat
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach().cpu(), before[n])]
     assert len(changed) == len(before)
     assert os.path.isdir(tmp_path)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_cooldown_is_driven_from_the_main_process(ctx_tokenizer, train_docs, tmp_path, workers):
+    """With workers the switch could never reach the collator copies: the run is refused before the first step."""
+    tok = ctx_tokenizer
+    cb, ce = tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])
+    trainer, callback = make_trainer(tok, train_docs, tmp_path, max_steps=4, cls=RecordingTrainer, cb_id=cb, ce_id=ce)
+    trainer.args.dataloader_num_workers = workers
+    if workers:
+        with pytest.raises(ValueError, match="dataloader_num_workers=0"):
+            trainer.train()
+        assert trainer.seen == {} and trainer.state.global_step == 0
+        return
+    trainer.train()
+    assert callback.switch_step == 3
+    assert {step: all(flags) for step, flags in trainer.seen.items()} == {1: True, 2: True, 3: True, 4: False}
+
+
+def test_collator_refuses_a_cooldown_inside_a_worker(ctx_tokenizer, train_docs):
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"), metadata_dropout=0.0, max_length=64)
+    collator.cooldown_start_batch = 3
+    loader = torch.utils.data.DataLoader(list(train_docs.select(range(4))), batch_size=2, collate_fn=collator,
+                                         num_workers=1)
+    with pytest.raises(RuntimeError, match="main process"):
+        next(iter(loader))
+    collator.cooldown_start_batch = None  # no cooldown: workers are fine
+    assert next(iter(loader))["input_ids"].shape[0] == 2
