@@ -4,6 +4,7 @@ from .estimator import InfluenceEstimator, add_influence_column
 from .gradients import PerExampleGradients, TrackedMatrix, tracked_lora_parameters
 from .influence import METHODS, InfluenceConfig, InfluenceEngine, influence_from_gradients
 from .linalg import (
+    SchulzConvergenceWarning,
     SchulzInfo,
     datainf_hvp,
     exact_fim_hvp,
@@ -23,6 +24,7 @@ __all__ = [
     "InfluenceEstimator",
     "PeakMemory",
     "PerExampleGradients",
+    "SchulzConvergenceWarning",
     "SchulzInfo",
     "TrackedMatrix",
     "add_influence_column",

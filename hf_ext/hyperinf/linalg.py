@@ -14,6 +14,7 @@ validation gradient, `lambda` the damping.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,10 @@ SCHULZ_INITS = ("identity", "transpose", "frobenius")
 REFERENCE_SCHULZ_ALPHA = 5e-5
 
 
+class SchulzConvergenceWarning(UserWarning):
+    """Schulz's iteration stopped before its residual reached the requested tolerance."""
+
+
 @dataclass
 class SchulzInfo:
     """Diagnostics of one `schulz_inverse` call.
@@ -30,7 +35,9 @@ class SchulzInfo:
     Attributes:
         alpha (`float`): scale of the initial guess (`X_0 = alpha * I` or `alpha * A^T`).
         iterations (`int`): iterations run.
-        converged (`bool`): whether the tolerance was reached (always `False` without a tolerance).
+        converged (`bool`): whether the residual reached the tolerance (always `False` without a tolerance).
+        stalled (`bool`): whether the iteration stopped early because the residual stopped decreasing (the rounding
+            floor of the dtype) before reaching the tolerance.
         residuals (`list[float]`): `||I - A X_k||` (Frobenius, divided by `sqrt(d)`) for `k = 0..iterations`.
         spectral_residuals (`list[float]`): the same in spectral norm, only when `track_spectral=True`.
     """
@@ -38,6 +45,7 @@ class SchulzInfo:
     alpha: float
     iterations: int = 0
     converged: bool = False
+    stalled: bool = False
     residuals: list[float] = field(default_factory=list)
     spectral_residuals: list[float] = field(default_factory=list)
 
@@ -84,6 +92,7 @@ def schulz_inverse(
     tol: float | None = None,
     order: int = 2,
     track_spectral: bool = False,
+    warn: bool = True,
 ) -> tuple[torch.Tensor, SchulzInfo]:
     """Invert `matrix` with Schulz's (hyperpower) iteration.
 
@@ -100,12 +109,16 @@ def schulz_inverse(
             `"transpose"` (`X_0 = alpha A^T`, convergent for any non-singular matrix) or `"frobenius"`
             (`X_0 = I / ||A||_F`). See `schulz_initial_alpha`.
         alpha (`float`, *optional*): scale of the initial guess; defaults to `schulz_initial_alpha(matrix, init)`.
-        tol (`float`, *optional*): stop once `||I - A X_k||_F / sqrt(d) <= tol`, or once the residual, already
-            below 1, stops decreasing (the rounding floor of the dtype). `None` runs exactly `num_iterations`
-            iterations, as the reference does.
+        tol (`float`, *optional*): stop once `||I - A X_k||_F / sqrt(d) <= tol` (`info.converged = True`). The
+            iteration also stops, *without* counting as converged (`info.stalled = True`), once the residual, already
+            below 1, stops decreasing: the rounding floor of the dtype, reached for example in float32 on an
+            ill-conditioned matrix. `None` runs exactly `num_iterations` iterations, as the reference does, and
+            never claims convergence.
         order (`int`, *optional*, defaults to 2): hyperpower order, 2 or 3.
         track_spectral (`bool`, *optional*, defaults to `False`): also record spectral norms of the residuals
             (costs an SVD per step; for diagnostics and tests).
+        warn (`bool`, *optional*, defaults to `True`): emit a `SchulzConvergenceWarning` when `tol` is set and the
+            residual did not reach it.
 
     Returns:
         `tuple[torch.Tensor, SchulzInfo]`: the approximate inverse `X` and the diagnostics.
@@ -137,9 +150,10 @@ def schulz_inverse(
             info.converged = True
             break
         if tol is not None and step > 0 and info.residuals[-2] < 1.0 and info.residuals[-1] >= info.residuals[-2]:
-            # in the convergent phase the residual is squared at every step; when it stops shrinking it has hit the
-            # rounding floor of the dtype (about 1e-6 in float32), which counts as converged
-            info.converged = True
+            # the residual stopped shrinking: the rounding floor of the dtype. More iterations cannot help, but the
+            # tolerance was not reached, so this is not convergence (in float32 on an ill-conditioned matrix the
+            # floor can be a residual of 0.999, i.e. no inverse at all).
+            info.stalled = True
             break
         if step == num_iterations:
             break
@@ -148,7 +162,20 @@ def schulz_inverse(
         else:
             x = x @ (eye + residual @ (eye + residual))
         info.iterations += 1
+    if warn and tol is not None and not info.converged:
+        warnings.warn(schulz_warning_message(info, tol, matrix.dtype), SchulzConvergenceWarning, stacklevel=2)
     return x, info
+
+
+def schulz_warning_message(info: SchulzInfo, tol: float, dtype: torch.dtype, where: str = "") -> str:
+    """The text of a `SchulzConvergenceWarning`: what happened and how to fix it."""
+    reason = "the residual stopped decreasing (rounding floor)" if info.stalled else "the iteration budget ran out"
+    return (
+        f"Schulz's iteration{where} did not converge: residual ||I - AX||_F/sqrt(d) = {info.final_residual:.3g} > "
+        f"tol={tol:g} after {info.iterations} iterations in {dtype} ({reason}). The inverse, and influence scores "
+        "computed with it, are inaccurate. Invert in float64, use init='frobenius' (or a larger damping), or "
+        "raise the number of iterations."
+    )
 
 
 def damping_from_gradients(mean_sq: torch.Tensor | float, scale: float = 0.1) -> float:

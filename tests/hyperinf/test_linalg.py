@@ -97,6 +97,59 @@ def test_schulz_tolerance_stop():
     assert info.residuals[-2] > 1e-8
 
 
+def dominant_direction_layer(n=64, r=16, d=512, seed=0):
+    """Gradients of a layer with one dominant direction: the damped GFIM has condition number ~ r d / 0.1 (~8e4)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(d, generator=gen)
+    u /= u.norm()
+    train = torch.randn(n, r, 1, generator=gen) * u + 1e-3 * torch.randn(n, r, d, generator=gen)
+    val = torch.randn(8, r, 1, generator=gen) * u + 1e-3 * torch.randn(8, r, d, generator=gen)
+    return train, val
+
+
+def test_schulz_flags_float32_stall_as_not_converged():
+    """Issue 20.9: in float32 the `alpha A^T` start on a cond ~8e4 matrix stalls at residual ~1 after a few steps;
+    that must be reported as not converged, with a warning, not as convergence."""
+    from hf_ext.hyperinf import SchulzConvergenceWarning
+
+    train, _ = dominant_direction_layer()
+    a = gfim(train.double())
+    a += 0.1 * float(train.double().square().mean()) * torch.eye(a.shape[0], dtype=a.dtype)
+    evals = torch.linalg.eigvalsh(a)
+    assert 3e4 < float(evals[-1] / evals[0]) < 3e5
+    with pytest.warns(SchulzConvergenceWarning, match="did not converge"):
+        _, info = schulz_inverse(a.float(), num_iterations=100, init="transpose", tol=1e-6)
+    assert info.final_residual > 0.5 and info.iterations < 100
+    assert info.stalled and not info.converged
+    with pytest.warns(SchulzConvergenceWarning):  # budget spent: not converged either
+        _, info = schulz_inverse(a, num_iterations=5, init="frobenius", tol=1e-6)
+    assert not info.converged and not info.stalled and info.iterations == 5
+
+
+def test_hyperinf_default_converges_on_ill_conditioned_layer():
+    """Issue 20.9: the default (float64 inversion, `I/||A||_F` start) reaches the tolerance on the cond ~8e4 layer and
+    its scores equal the exact GFIM solve; float32 inversion is flagged instead of silently wrong."""
+    import warnings
+
+    from hf_ext.hyperinf import InfluenceConfig, InfluenceEngine, SchulzConvergenceWarning
+    from hf_ext.hyperinf.influence import _tensor_source
+
+    train, val = dominant_direction_layer()
+    exact = influence_from_gradients({"l": train.double()}, {"l": val.double()}, "exact", dtype=torch.float64)
+    engine = InfluenceEngine(InfluenceConfig(), {"l": (16, 512)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SchulzConvergenceWarning)
+        engine.fit(_tensor_source({"l": train}, 32))
+    info = engine.layers["l"].info
+    assert info["schulz_converged"] and info["schulz_residual"] <= 1e-6
+    scores = engine.scores(_tensor_source({"l": val}, 32)).double()
+    assert float((scores - exact).norm() / exact.norm()) < 1e-2
+    with pytest.warns(SchulzConvergenceWarning, match="layer 'l'"):
+        engine32 = InfluenceEngine(InfluenceConfig(schulz_dtype=torch.float32), {"l": (16, 512)})
+        engine32.fit(_tensor_source({"l": train}, 32))
+    assert not engine32.layers["l"].info["schulz_converged"]
+
+
 @pytest.mark.parametrize(
     "kwargs, err",
     [
