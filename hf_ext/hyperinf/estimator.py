@@ -14,8 +14,8 @@ from .influence import METHODS, InfluenceConfig, InfluenceEngine
 class InfluenceEstimator:
     """Data influence for peft LoRA models with HyperINF (Schulz's iteration on the generalized Fisher) or a baseline.
 
-    Per-example gradients are taken over the LoRA matrices only (plus the adapter's `modules_to_save`, e.g. a
-    classification head) with `torch.func`, and streamed: only per-layer `d x d` (HyperINF) or `r x d` state is kept,
+    Per-example gradients are taken over the LoRA matrices only (plus, by default, the output-projection weight of the
+    adapter's `modules_to_save` copies, e.g. a classification head's) with `torch.func`, and streamed: only per-layer `d x d` (HyperINF) or `r x d` state is kept,
     never an `n x P` matrix. `fit` makes one pass over the training set; `scores` one pass over the evaluation set and
     one over the training set (DataInf: two, LiSSA: `lissa_iterations + 1`).
 
@@ -29,8 +29,10 @@ class InfluenceEstimator:
         batch_size (`int`, *optional*, defaults to 8): examples per vmapped per-example-gradient call.
         per_example_gradients (`str`, *optional*, defaults to `"vmap"`): `"vmap"` (`torch.func`) or `"loop"` (one
             backward per example, for models whose forward cannot be vmapped).
-        include_modules_to_save (`bool`, *optional*, defaults to `True`): also track the adapter's
-            `modules_to_save` parameters (the reference tracks the classification head).
+        modules_to_save (`str`, *optional*, defaults to `"output"`): which parameters of the adapter's
+            `modules_to_save` copies are tracked: `"output"` only the weight of each copy's last linear layer (the
+            head's output projection: `score.weight`, `classifier.weight`, RoBERTa's `out_proj.weight`; what the
+            reference tracks), `"all"` every parameter (hidden `dense` layer and biases too), `"none"` none.
         adapter_name (`str`, *optional*): the adapter to attribute; defaults to the active one.
         data_collator (`Callable`, *optional*): list of examples -> batch of tensors; default pads on the right
             (`labels` with -100) and derives causal-LM `labels` from `input_ids` when the column is missing.
@@ -56,7 +58,7 @@ class InfluenceEstimator:
         *,
         batch_size: int = 8,
         per_example_gradients: str = "vmap",
-        include_modules_to_save: bool = True,
+        modules_to_save: str = "output",
         adapter_name: str | None = None,
         data_collator: Callable | None = None,
         device: str | torch.device | None = None,
@@ -76,7 +78,7 @@ class InfluenceEstimator:
         self.config = InfluenceConfig(method=method, **options)
         self.config.validate()
         self.model = model
-        self.tracked = tracked_lora_parameters(model, adapter_name, include_modules_to_save)
+        self.tracked = tracked_lora_parameters(model, adapter_name, modules_to_save)
         self.gradients = PerExampleGradients(
             model,
             self.tracked,

@@ -2,8 +2,8 @@
 
 The rank-first layout puts the LoRA rank on the first axis of every tracked matrix: the gradient of `lora_A`
 (shape `(r, d_in)`) is kept as is, the gradient of `lora_B` (shape `(d_out, r)`) is transposed to `(r, d_out)`.
-Other tracked parameters (the trainable copies that peft keeps in `modules_to_save`, e.g. a classification head)
-keep their first axis first (`(out, in)`; a bias becomes `(1, d)`).
+Other tracked parameters (by default the output-projection weight of the trainable copies that peft keeps in
+`modules_to_save`, e.g. a classification head's) keep their first axis first (`(out, in)`; a bias becomes `(1, d)`).
 """
 
 from __future__ import annotations
@@ -77,31 +77,64 @@ def default_adapter_name(model: torch.nn.Module) -> str:
     return active if isinstance(active, str) else "default"
 
 
+MODULES_TO_SAVE_MODES = ("output", "all", "none")
+
+
+def _output_projection_weights(model: torch.nn.Module, saved_prefixes: set[str]) -> set[str]:
+    """For each `modules_to_save` copy (given by its name prefix), the name of the weight of its last linear layer.
+
+    That layer is the output projection: the copy itself for a plain head (`score`, `classifier`), `out_proj` for
+    RoBERTa's `dense -> out_proj` classification head. Copies without a linear layer (e.g. an embedding) yield none.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    names = set()
+    for prefix in saved_prefixes:
+        last = None
+        for sub_name, sub in model.get_submodule(prefix).named_modules():
+            if isinstance(sub, (torch.nn.Linear, Conv1D)):
+                last = sub_name
+        if last is not None:
+            names.add(f"{prefix}.{last}.weight" if last else f"{prefix}.weight")
+    return names
+
+
 def tracked_lora_parameters(
-    model: torch.nn.Module, adapter_name: str | None = None, include_modules_to_save: bool = True
+    model: torch.nn.Module, adapter_name: str | None = None, modules_to_save: str = "output"
 ) -> list[TrackedMatrix]:
     """The parameters whose gradients enter the influence computation, in `named_parameters()` order.
 
     These are the LoRA matrices of `adapter_name` (whether or not they currently require grad, so a model loaded for
-    inference works too) and, with `include_modules_to_save=True`, the adapter's `modules_to_save` copies (for
-    sequence classification, the trained head, as in the reference experiments).
+    inference works too) and, depending on `modules_to_save`, parameters of the adapter's `modules_to_save` copies
+    (for sequence classification, the trained head):
+
+    * `"output"` (default, as the reference): only the weight of each copy's output projection, i.e. its last
+      linear layer (`score.weight`, `classifier.weight`, or `out_proj.weight` of RoBERTa's two-layer head); no bias,
+      no hidden `dense` layer;
+    * `"all"`: every parameter of the copies (biases as `1 x d` matrices);
+    * `"none"`: LoRA matrices only.
 
     Raises:
         `TypeError`: `model` is not a `torch.nn.Module`.
-        `ValueError`: `model` has no LoRA layers for the adapter.
+        `ValueError`: `model` has no LoRA layers for the adapter, or `modules_to_save` is not a known mode.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module (a peft LoRA model), got {type(model).__name__}.")
+    if modules_to_save not in MODULES_TO_SAVE_MODES:
+        raise ValueError(
+            f"`modules_to_save` must be one of {MODULES_TO_SAVE_MODES} (which parameters of the adapter's "
+            f"modules_to_save copies to track), got {modules_to_save!r}."
+        )
     if not find_lora_layers(model):
         raise ValueError(
             f"`model` ({type(model).__name__}) has no LoRA layers. Wrap it first, e.g. "
             "`peft.get_peft_model(model, peft.LoraConfig(target_modules=[...]))`, and fine-tune the adapter."
         )
     adapter = adapter_name or default_adapter_name(model)
-    tracked: list[TrackedMatrix] = []
+    candidates: list[tuple[str, str, tuple[int, ...], str | None]] = []
     for name, param in model.named_parameters():
         parts = name.split(".")
-        kind = None
+        kind, saved_prefix = None, None
         for i, part in enumerate(parts[:-1]):
             if parts[i + 1] != adapter:
                 continue
@@ -109,13 +142,22 @@ def tracked_lora_parameters(
                 kind = "lora_A"
             elif part in _B_PARTS:
                 kind = "lora_B"
-            elif part.startswith("lora_") or (part == "modules_to_save" and include_modules_to_save):
+            elif part == "modules_to_save":
+                kind, saved_prefix = "other", ".".join(parts[: i + 2])
+            elif part.startswith("lora_"):
                 kind = "other"
             if kind is not None:
                 break
-        if kind is None:
+        if kind is not None:
+            candidates.append((name, kind, tuple(param.shape), saved_prefix))
+    saved = {prefix for *_, prefix in candidates if prefix is not None}
+    keep_saved = _output_projection_weights(model, saved) if modules_to_save == "output" else set()
+    tracked: list[TrackedMatrix] = []
+    for name, kind, shape, saved_prefix in candidates:
+        if saved_prefix is not None and (
+            modules_to_save == "none" or (modules_to_save == "output" and name not in keep_saved)
+        ):
             continue
-        shape = tuple(param.shape)
         tracked.append(TrackedMatrix(name, kind, shape, _rank_first_shape(kind, shape)))
     if not any(m.kind in ("lora_A", "lora_B") for m in tracked):
         raise ValueError(

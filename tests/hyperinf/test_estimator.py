@@ -12,6 +12,8 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
 )
 
 from hf_ext.hyperinf import InfluenceEstimator, add_influence_column, influence_from_gradients, tracked_lora_parameters
@@ -151,7 +153,7 @@ def test_sequence_classification_all_methods(kind, cls_data, small_tokenizer):
     train, val = cls_data
     tracked = tracked_lora_parameters(model)
     assert any("modules_to_save" in m.name for m in tracked)  # the trained head is tracked, as in the reference
-    assert all("modules_to_save" not in m.name for m in tracked_lora_parameters(model, include_modules_to_save=False))
+    assert all("modules_to_save" not in m.name for m in tracked_lora_parameters(model, modules_to_save="none"))
     ref_train, ref_val = reference_gradients(model, train), reference_gradients(model, val)
     for method, options in [
         ("hyperinf", {}),
@@ -169,6 +171,36 @@ def test_sequence_classification_all_methods(kind, cls_data, small_tokenizer):
     loop_scores, vmap_scores = loop.scores(val), vmap.scores(val)  # float32 model gradients either way
     np.testing.assert_allclose(loop_scores, vmap_scores, rtol=1e-4, atol=1e-5 * np.abs(vmap_scores).max())
     assert model.get_base_model().config._attn_implementation == "sdpa"  # restored after the vmapped passes
+
+
+def test_modules_to_save_tracks_the_output_projection_weight_by_default(small_tokenizer, cls_data):
+    """Issue 20.10: like the reference (`modules_to_save.default.out_proj.weight`), only the head's output projection
+    weight joins the LoRA matrices by default; the head's `dense` layer and biases only with `modules_to_save="all"`."""
+    config = RobertaConfig(
+        vocab_size=len(small_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=40, num_labels=3, pad_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    roberta = get_peft_model(
+        RobertaForSequenceClassification(config),
+        LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"]),
+    )
+    head = "base_model.model.classifier.modules_to_save.default."
+    lora = [m.name for m in tracked_lora_parameters(roberta, modules_to_save="none")]
+    assert len(lora) == 4 and all("lora_" in name for name in lora)
+    assert [m.name for m in tracked_lora_parameters(roberta)] == lora + [head + "out_proj.weight"]
+    everything = [m.name for m in tracked_lora_parameters(roberta, modules_to_save="all")]
+    assert everything == lora + [head + p for p in ("dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias")]
+    bert = classification_model("bert", len(small_tokenizer))
+    names = [m.name for m in tracked_lora_parameters(bert) if "modules_to_save" in m.name]
+    assert names == ["base_model.model.classifier.modules_to_save.default.weight"]  # no bias
+    with pytest.raises(ValueError, match="modules_to_save"):
+        tracked_lora_parameters(bert, modules_to_save=True)
+    randomize_lora_b(roberta, seed=3)
+    train, val = cls_data
+    est = InfluenceEstimator(roberta, "hyperinf", batch_size=8)
+    assert set(est.engine.shapes) == set(lora + [head + "out_proj.weight"])
+    assert np.isfinite(est.fit(train).scores(val)).all()
 
 
 def test_a_copy_of_the_eval_example_is_the_most_helpful(causal_lm, lm_data):
