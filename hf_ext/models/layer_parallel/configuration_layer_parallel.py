@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 SUPPORTED_SOURCE_MODEL_TYPES = ("llama", "mistral", "qwen2")
 LP_MODES = ("sublayer", "block")
@@ -27,6 +28,19 @@ _MIRRORED_SOURCE_ATTRIBUTES = (
 )
 # Attributes derived in `__post_init__` (never read back from a saved file).
 _DERIVED_ATTRIBUTES = _MIRRORED_SOURCE_ATTRIBUTES + ("num_hidden_layers", "layer_types")
+# Source-config fields that decide the shapes and the number of the saved weights (see `weight_layout`).
+_LAYOUT_SOURCE_FIELDS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+    "attention_bias",
+    "mlp_bias",
+)
 
 
 def resolve_pairs(
@@ -112,8 +126,10 @@ class LayerParallelConfig(PreTrainedConfig):
     numbered contiguously, so `num_hidden_layers` of this config is the number of cache slots.
 
     Args:
-        source_config (`dict` or `PreTrainedConfig`, *optional*):
-            Config of the source model (model type `llama`, `mistral` or `qwen2`). Defaults to a default `LlamaConfig`.
+        source_config (`dict` or `PreTrainedConfig`):
+            Config of the source model (model type `llama`, `mistral` or `qwen2`). Required: build the config with
+            [`convert_to_layer_parallel`] or pass the source model's `config` (a nested sub-config, so
+            `attn_implementation` given to this config also reaches it).
         lp_start (`int`, *optional*):
             First layer of the paired range (inclusive).
         lp_end (`int`, *optional*):
@@ -129,6 +145,10 @@ class LayerParallelConfig(PreTrainedConfig):
             tensor-parallel code computes it. Only with `lp_mode="sublayer"`.
         lp_merged (`bool`, *optional*, defaults to `True`):
             Whether each pair is stored as one wide layer (`True`) or as two branches whose outputs are summed.
+        lp_weight_layout (`dict`, *optional*):
+            Written on save: the source-config fields and pairing that decide the shapes of the saved weights. When a
+            saved config is loaded and its `source_config` or pairing no longer matches this record (for example
+            `source_config.num_hidden_layers` was edited), loading fails instead of initialising layers at random.
 
     Example:
 
@@ -142,6 +162,9 @@ class LayerParallelConfig(PreTrainedConfig):
     """
 
     model_type = "layer_parallel"
+    sub_configs_defaults = {
+        "source_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", optional=True),
+    }
     source_config: dict | PreTrainedConfig | None = None
     lp_start: int | None = None
     lp_end: int | None = None
@@ -149,17 +172,21 @@ class LayerParallelConfig(PreTrainedConfig):
     lp_mode: str = "sublayer"
     lp_mlp_norm: str = "per_layer"
     lp_merged: bool = True
+    lp_weight_layout: dict | None = None
 
     def __post_init__(self, **kwargs):
         for key in _DERIVED_ATTRIBUTES:
             kwargs.pop(key, None)
-        super().__post_init__(**kwargs)
         src = self.source_config
         if src is None:
-            src = AutoConfig.for_model("llama")
-        elif isinstance(src, dict):
-            fields = {k: v for k, v in src.items() if k != "transformers_version"}
-            src_type = fields.pop("model_type", None)
+            raise ValueError(
+                "LayerParallelConfig needs `source_config`, the config of the Llama, Mistral or Qwen2 model whose layers "
+                "are paired (e.g. `LayerParallelConfig(source_config=llama.config, lp_start=4, lp_end=8)`), or build the "
+                "model with `convert_to_layer_parallel(llama, start, end)`. A saved config.json without "
+                "`source_config` is incomplete: save the model again with `save_pretrained`."
+            )
+        if isinstance(src, dict):
+            src_type = src.get("model_type")
             if src_type is None:
                 raise ValueError("source_config is a dict without `model_type`; add e.g. model_type='llama'.")
             if src_type not in SUPPORTED_SOURCE_MODEL_TYPES:
@@ -167,10 +194,11 @@ class LayerParallelConfig(PreTrainedConfig):
                     f"source_config has model_type {src_type!r}; layer pairing supports "
                     f"{list(SUPPORTED_SOURCE_MODEL_TYPES)}."
                 )
-            src = AutoConfig.for_model(src_type, **fields)
+            self.source_config = {k: v for k, v in src.items() if k != "transformers_version"}
         elif not isinstance(src, PreTrainedConfig):
             raise TypeError(f"source_config must be a dict or a PreTrainedConfig, got {type(src).__name__}.")
-        self.source_config = src
+        super().__post_init__(**kwargs)  # builds the source sub-config and passes `attn_implementation` down to it
+        src = self.source_config
         if src.model_type not in SUPPORTED_SOURCE_MODEL_TYPES:
             raise ValueError(
                 f"source_config has model_type {src.model_type!r}; layer pairing supports "
@@ -227,6 +255,43 @@ class LayerParallelConfig(PreTrainedConfig):
                 slot_types.append(source_types[layers[0]])
         self.layer_types = slot_types
         self.num_hidden_layers = len(slot_types)
+        saved_layout, self.lp_weight_layout = self.lp_weight_layout, self.weight_layout()
+        if saved_layout is not None and saved_layout != self.lp_weight_layout:
+            changed = sorted(
+                key
+                for key in set(saved_layout) | set(self.lp_weight_layout)
+                if saved_layout.get(key) != self.lp_weight_layout.get(key)
+            )
+            details = ", ".join(
+                f"{k}: saved {saved_layout.get(k)!r} -> now {self.lp_weight_layout.get(k)!r}" for k in changed
+            )
+            raise ValueError(
+                f"This layer-parallel config was edited after its weights were saved ({details}). The saved weights "
+                "only fit the recorded layout, so the changed layers would be initialised at random. Restore the "
+                "original values, or convert the source model again with `convert_to_layer_parallel`. To build a new, "
+                "untrained architecture on purpose, drop `lp_weight_layout` from the config."
+            )
+
+    def weight_layout(self) -> dict:
+        """The fields that decide the number and shapes of this model's weights: the source-config fields of
+        `_LAYOUT_SOURCE_FIELDS` (prefixed `source.`) and the pairing (`lp_pairs`, `lp_mode`, `lp_merged`,
+        `lp_mlp_norm`). Stored as `lp_weight_layout` and checked again when a saved config is loaded."""
+        src = self.source_config
+        layout = {f"source.{key}": getattr(src, key, None) for key in _LAYOUT_SOURCE_FIELDS}
+        layout["source.model_type"] = src.model_type
+        layout.update(
+            lp_pairs=[list(p) for p in self.lp_pairs],
+            lp_mode=self.lp_mode,
+            lp_merged=self.lp_merged,
+            lp_mlp_norm=self.lp_mlp_norm,
+        )
+        return layout
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        if isinstance(self.source_config, PreTrainedConfig) and self.lp_pairs is not None:
+            output["lp_weight_layout"] = self.weight_layout()  # record the layout as it is now, not at construction
+        return output
 
     def source_layer_types(self) -> list[str]:
         """Attention type (`"full_attention"` or `"sliding_attention"`) of each layer of the source model."""
@@ -249,6 +314,21 @@ class LayerParallelConfig(PreTrainedConfig):
                 blocks.append(("layer", [i]))
                 i += 1
         return blocks
+
+    def kv_heads_per_slot(self) -> list[int]:
+        """Number of key/value heads of each KV-cache slot (`config.num_hidden_layers` entries).
+
+        A merged pair stores the keys and values of both of its layers in one slot, so its slot holds
+        `2 * num_key_value_heads` heads; every other slot holds `num_key_value_heads`. Code that sizes caches itself
+        (rather than letting the cache grow) must use this instead of `num_key_value_heads`.
+        """
+        heads: list[int] = []
+        for kind, _ in self.build_blocks():
+            if kind == "pair" and self.lp_merged:
+                heads.append(2 * self.num_key_value_heads)
+            else:
+                heads += [self.num_key_value_heads] * (2 if kind == "pair" else 1)
+        return heads
 
     @property
     def effective_depth(self) -> int:

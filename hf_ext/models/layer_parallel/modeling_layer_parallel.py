@@ -19,11 +19,22 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_layer_parallel import SUPPORTED_SOURCE_MODEL_TYPES, LayerParallelConfig
 
 _CLASS_PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
 _MASK_FUNCTIONS = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+
+
+def _all_source_classes(suffix: str) -> tuple[type, ...]:
+    """`<Prefix><suffix>` classes of every supported source architecture (e.g. all `...Attention` classes)."""
+    out = []
+    for model_type, prefix in _CLASS_PREFIX.items():
+        module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+        out.append(getattr(module, f"{prefix}{suffix}"))
+    return tuple(out)
 
 
 def source_classes(model_type: str) -> tuple[type, type, type]:
@@ -107,18 +118,29 @@ def _widen_decoder_layer(layer: nn.Module, factor: int = 2) -> nn.Module:
     return layer
 
 
+class BranchStateTap(nn.Module):
+    """Identity on `state`; exists so that `output_hidden_states` records the residual stream of an unmerged pair
+    after its first branch (an unmerged pair owns two cache slots, so it reports two hidden states)."""
+
+    def forward(self, block_input: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return state
+
+
 class LayerParallelBranchPair(GradientCheckpointingLayer):
     """Two source decoder layers run as parallel branches whose outputs are summed (the unmerged reference path).
 
     "sublayer": `h = x + A_a(N1_a x) + A_b(N1_b x)`, `y = h + M_a(N2_a h) + M_b(N2_b h)`.
     "block": `y = x + f_a(x) + f_b(x)` with `f(x) = A(N1 x) + M(N2(x + A(N1 x)))`.
-    Each branch keeps its own attention and KV-cache slot.
+    Each branch keeps its own attention and KV-cache slot. With `output_hidden_states` the pair reports two states,
+    one per slot: the residual stream with only branch a's last contribution added (`x + f_a(x)` in "block" mode,
+    `h + M_a(N2_a h)` in "sublayer" mode), then the pair's output.
     """
 
     def __init__(self, layer_a: nn.Module, layer_b: nn.Module, mode: str, mlp_norm: str):
         super().__init__()
         self.branch_a, self.branch_b = layer_a, layer_b
         self.mode, self.mlp_norm = mode, mlp_norm
+        self.first_branch_state = BranchStateTap()
 
     @staticmethod
     def _split_norm_mlp(mlp: nn.Module, norm_a: torch.Tensor, norm_b: torch.Tensor) -> torch.Tensor:
@@ -158,12 +180,15 @@ class LayerParallelBranchPair(GradientCheckpointingLayer):
             h_a, h_b = x + attn_a, x + attn_b
             mlp_a = la.mlp(la.post_attention_layernorm(h_a))
             mlp_b = lb.mlp(lb.post_attention_layernorm(h_b))
-            return x + (attn_a + mlp_a) + (attn_b + mlp_b)
+            first = self.first_branch_state(x, x + (attn_a + mlp_a))
+            return first + (attn_b + mlp_b)
         h = x + attn_a + attn_b
         if self.mlp_norm == "official_tp_split":
             n_a, n_b = la.post_attention_layernorm(h), lb.post_attention_layernorm(h)
-            return h + self._split_norm_mlp(la.mlp, n_a, n_b) + self._split_norm_mlp(lb.mlp, n_a, n_b)
-        return h + la.mlp(la.post_attention_layernorm(h)) + lb.mlp(lb.post_attention_layernorm(h))
+            mlp_a, mlp_b = self._split_norm_mlp(la.mlp, n_a, n_b), self._split_norm_mlp(lb.mlp, n_a, n_b)
+        else:
+            mlp_a, mlp_b = la.mlp(la.post_attention_layernorm(h)), lb.mlp(lb.post_attention_layernorm(h))
+        return self.first_branch_state(x, h + mlp_a) + mlp_b
 
 
 class LayerParallelMergedBlockPair(GradientCheckpointingLayer):
@@ -218,6 +243,38 @@ class LayerParallelPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _can_compile_fullgraph = True
     _supports_attention_backend = True
+    # One hidden state per cache slot (`config.num_hidden_layers + 1` in all) and one attention map per attention.
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(
+            target_class=(
+                *_all_source_classes("DecoderLayer"),
+                LayerParallelMergedBlockPair,
+                LayerParallelBranchPair,
+                BranchStateTap,
+            ),
+            index=0,
+        ),
+        "attentions": OutputRecorder(target_class=_all_source_classes("Attention"), index=1),
+    }
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but a checkpoint that lacks decoder weights this architecture needs (for
+        instance because its `source_config` was edited to more layers) raises instead of initialising them at
+        random."""
+        wants_info = kwargs.get("output_loading_info", False)
+        kwargs["output_loading_info"] = True
+        model, info = super().from_pretrained(*args, **kwargs)
+        missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith(("layers.", "model.layers.")))
+        if missing:
+            shown = ", ".join(missing[:4]) + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else "")
+            raise ValueError(
+                f"The checkpoint has no weights for {len(missing)} decoder parameters of this layer-parallel "
+                f"architecture ({shown}), so they would be initialised at random. The config (its `source_config`, "
+                "`lp_pairs`, `lp_merged` or `lp_mode`) does not match the saved weights: restore it, or convert the "
+                "source model again with `convert_to_layer_parallel`."
+            )
+        return (model, info) if wants_info else model
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -297,6 +354,8 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.embed_tokens = value
 
+    @merge_with_config_defaults
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -305,7 +364,6 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """Run the decoder stack.
@@ -318,20 +376,19 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
             cache (`Cache`, *optional*): `DynamicCache`, `StaticCache`, ... with `config.num_hidden_layers` slots.
             inputs_embeds (`torch.Tensor`, *optional*): Input embeddings instead of `input_ids`.
             use_cache (`bool`, *optional*): Create and return a `DynamicCache` when none is given.
-            output_hidden_states (`bool`, *optional*): Also return the hidden states after every block.
+            output_hidden_states (`bool`, *optional*): Also return the hidden states: the embeddings, then one per
+                cache slot (the last one after the final norm, as in Llama), `config.num_hidden_layers + 1` in all.
+            output_attentions (`bool`, *optional*): Also return the attention maps, one per attention module
+                (`config.num_hidden_layers`; a merged pair's map holds the heads of both layers). Needs the eager
+                kernel (`attn_implementation="eager"`).
+            return_dict (`bool`, *optional*): `False` returns a tuple.
         """
         if self._layer_config._attn_implementation != self.config._attn_implementation:
             self._layer_config._attn_implementation = self.config._attn_implementation
         if "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values") if cache is None else cache
-        for key in ("output_attentions", "return_dict"):
-            kwargs.pop(key, None)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Give exactly one of `input_ids` or `inputs_embeds`.")
-        if use_cache is None:
-            use_cache = bool(getattr(self.config, "use_cache", True)) and not self.training
-        if output_hidden_states is None:
-            output_hidden_states = bool(self.config.output_hidden_states)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and cache is None:
@@ -354,7 +411,6 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
-        all_hidden = (hidden_states,) if output_hidden_states else None
         for block, kind in zip(self.layers, self.block_attention_types):
             hidden_states = block(
                 hidden_states,
@@ -365,12 +421,8 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
                 position_embeddings=position_embeddings,
                 **kwargs,
             )
-            if output_hidden_states:
-                all_hidden += (hidden_states,)
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, cache=cache if use_cache else None, hidden_states=all_hidden
-        )
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
 
 
 class LayerParallelForCausalLM(LayerParallelPreTrainedModel, GenerationMixin):
@@ -401,6 +453,7 @@ class LayerParallelForCausalLM(LayerParallelPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.lm_head = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -438,19 +491,23 @@ class LayerParallelForCausalLM(LayerParallelPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
     def _get_static_cache_init_shape(self):
-        """Per-slot KV heads for an eagerly allocated `StaticCache` (merged pairs hold twice the KV heads)."""
-        cfg = self.config
-        heads: list[int] = []
-        for kind, _ in cfg.build_blocks():
-            if kind == "pair" and not cfg.lp_merged:
-                heads += [cfg.num_key_value_heads] * 2
-            else:
-                heads.append(cfg.num_key_value_heads * (2 if kind == "pair" else 1))
-        return heads, cfg.head_dim
+        """Per-slot KV heads (per tensor-parallel rank) for an eagerly allocated `StaticCache`: merged pairs hold twice
+        the KV heads of the source layers (see [`LayerParallelConfig.kv_heads_per_slot`])."""
+        if hasattr(self, "hf_device_map") and len(set(self.hf_device_map.values())) > 1:
+            return None
+        tp_size = getattr(self, "_tp_size", None) or 1
+        heads = self.config.kv_heads_per_slot()
+        if any(h % tp_size for h in heads):
+            return None
+        return [h // tp_size for h in heads], self.config.head_dim
 
     def paired_block_indices(self) -> list[int]:
         """Indices in `model.layers` of the blocks that hold a pair."""

@@ -1,0 +1,160 @@
+"""Layer-paired models behave like a mature transformers causal LM: optional outputs, tuples, attention kernel of the
+nested source config, per-slot KV heads, and loading that refuses configs which no longer fit the saved weights."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from hf_ext.models.layer_parallel import LayerParallelConfig, LayerParallelModel, convert_to_layer_parallel
+
+MODES = [(True, "sublayer"), (False, "sublayer"), (True, "block"), (False, "block")]
+
+
+@pytest.fixture(scope="module")
+def source():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        attn_implementation="eager",
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(1))
+
+
+def _source_dict(**overrides):
+    return LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4, **overrides
+    ).to_dict()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Robust loading
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_config_without_source_config_raises():
+    with pytest.raises(ValueError, match="needs `source_config`"):
+        LayerParallelConfig()
+    with pytest.raises(ValueError, match="needs `source_config`"):
+        LayerParallelConfig.from_dict({"model_type": "layer_parallel", "lp_start": 0, "lp_end": 2})
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_edited_saved_config_fails_clearly(source, tmp_path, merge):
+    lp = convert_to_layer_parallel(source, 1, 3, merge=merge)
+    lp.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    edited = json.loads(path.read_text())
+    edited["source_config"]["num_hidden_layers"] = 7
+    path.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=r"edited after its weights were saved \(source.num_hidden_layers: saved 5"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    # A config saved without the layout record (older files): the missing decoder weights are caught at load time.
+    edited.pop("lp_weight_layout")
+    path.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="no weights for .* decoder parameters"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    path.write_text(json.dumps(saved))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.config.lp_weight_layout == lp.config.weight_layout()
+
+
+def test_in_memory_edits_are_recorded_when_saving(tmp_path):
+    """Changing the config in Python before saving is not an 'edited file': the record is written at save time."""
+    cfg = LayerParallelConfig(source_config=_source_dict(), lp_start=0, lp_end=2)
+    cfg.source_config.intermediate_size = 64
+    cfg.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).lp_weight_layout["source.intermediate_size"] == 64
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Conformance
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_attn_implementation_reaches_the_source_sub_config():
+    cfg = LayerParallelConfig(source_config=_source_dict(), lp_start=0, lp_end=2, attn_implementation="eager")
+    assert cfg.source_config._attn_implementation == "eager"
+    assert "source_config" in LayerParallelConfig.sub_configs
+    cfg._attn_implementation = "sdpa"
+    assert cfg.source_config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("merge,mode", MODES)
+@torch.no_grad()
+def test_hidden_states_and_attentions_one_per_slot(source, ids, merge, mode):
+    lp = convert_to_layer_parallel(source, 2, 4, mode=mode, merge=merge)
+    out = lp(ids, output_hidden_states=True, output_attentions=True)
+    ref = source(ids, output_hidden_states=True, output_attentions=True)
+    slots = lp.config.num_hidden_layers
+    assert slots == (4 if merge else 5)
+    assert len(out.hidden_states) == slots + 1
+    assert len(out.attentions) == slots
+    # Layers 0 and 1 are unpaired: their states and maps are the source model's.
+    for i in range(3):
+        torch.testing.assert_close(out.hidden_states[i], ref.hidden_states[i])
+    for i in range(2):
+        torch.testing.assert_close(out.attentions[i], ref.attentions[i])
+    heads = [a.shape[1] for a in out.attentions]
+    assert heads == ([4, 4, 8, 4] if merge else [4] * 5)  # a merged pair's map holds the heads of both layers
+    torch.testing.assert_close(out.hidden_states[-1], lp.model(ids).last_hidden_state)  # after the final norm
+
+
+@pytest.mark.parametrize("merge,mode", MODES)
+@torch.no_grad()
+def test_return_dict_false_gives_tuples(source, ids, merge, mode):
+    lp = convert_to_layer_parallel(source, 0, 2, mode=mode, merge=merge)
+    labels = ids.clone()
+    full = lp(ids, labels=labels)
+    as_tuple = lp(ids, labels=labels, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], full.loss)
+    torch.testing.assert_close(as_tuple[1], full.logits)
+    base = lp.model(ids, return_dict=False)
+    assert isinstance(base, tuple)
+    torch.testing.assert_close(base[0], lp.model(ids).last_hidden_state)
+    assert isinstance(LayerParallelModel(lp.config)(ids, return_dict=False), tuple)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+@torch.no_grad()
+def test_kv_heads_per_slot_matches_the_cache(source, ids, merge):
+    lp = convert_to_layer_parallel(source, 0, 4, merge=merge)
+    cache = DynamicCache(config=lp.config)
+    lp(ids, cache=cache, use_cache=True)
+    heads = [layer.keys.shape[1] for layer in cache.layers]
+    assert heads == lp.config.kv_heads_per_slot() == ([4, 4, 2] if merge else [2] * 5)
+    assert lp._get_static_cache_init_shape() == (heads, lp.config.head_dim)
+
+
+@torch.no_grad()
+def test_assisted_generation_with_attentions(source, ids):
+    """transformers' assisted decoding reads the attention maps; it crashed when they came back as `None`."""
+    lp = convert_to_layer_parallel(source, 2, 4)
+    assistant = convert_to_layer_parallel(source, 0, 4)
+    out = lp.generate(
+        ids[:1],
+        assistant_model=assistant,
+        max_new_tokens=4,
+        do_sample=False,
+        output_attentions=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+    )
+    plain = lp.generate(ids[:1], max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(out.sequences, plain)
+    assert all(a is not None for step in out.attentions for a in step)
