@@ -13,8 +13,12 @@ import math
 
 from transformers import PreTrainedConfig
 
-FOG_ACTIVATIONS = ("xielu", "gelu", "swiglu", "smooth_swiglu")
-GATED_ACTIVATIONS = ("swiglu", "smooth_swiglu")
+# "gelu" is exact (erf) GELU as in the reference code; "gelu_tanh" is the tanh approximation (option).
+# "smooth_swiglu" scales the linear branch by 1/max|gate| per token and multiplies the down-projection output back, as
+# Megatron's `scaled_swiglu` does in the reference code; "smooth_swiglu_product" instead divides silu(gate)*up by its
+# own per-token max (an earlier hf_ext form, kept as an option).
+FOG_ACTIVATIONS = ("xielu", "gelu", "gelu_tanh", "swiglu", "smooth_swiglu", "smooth_swiglu_product")
+GATED_ACTIVATIONS = ("swiglu", "smooth_swiglu", "smooth_swiglu_product")
 QK_NORM_TYPES = ("none", "rms", "dyt")
 
 

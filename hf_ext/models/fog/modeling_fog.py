@@ -39,13 +39,19 @@ class FogRMSNorm(nn.Module):
     Args:
         hidden_size (`int`): Size of the normalised dimension.
         eps (`float`): Added to the mean square.
-        trainable (`bool`): If `False`, the gain keeps `requires_grad=False` (FOG's frozen QK gains).
+        trainable (`bool`): If `False`, the gain is a persistent buffer, not a parameter (FOG's frozen QK gains):
+            no optimizer, `requires_grad_()`, or reload can make it train, and checkpoints keep the same key.
         init_value (`float`): Initial gain (1/sqrt(L) for FOG's post-norms, 1 elsewhere).
     """
 
     def __init__(self, hidden_size: int, eps: float = 1e-5, trainable: bool = True, init_value: float = 1.0):
         super().__init__()
-        self.weight = nn.Parameter(torch.full((hidden_size,), float(init_value)), requires_grad=trainable)
+        gain = torch.full((hidden_size,), float(init_value))
+        if trainable:
+            self.weight = nn.Parameter(gain)
+        else:
+            self.register_buffer("weight", gain, persistent=True)
+        self.trainable = trainable
         self.variance_epsilon = eps
         self.init_value = float(init_value)
 
@@ -57,16 +63,20 @@ class FogRMSNorm(nn.Module):
         return self.weight.to(input_dtype) * hidden_states.to(input_dtype)
 
     def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, trainable={self.weight.requires_grad}"
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, trainable={self.trainable}"
 
 
 class FogDyT(nn.Module):
-    """Dynamic tanh `weight * tanh(alpha * x)` with a scalar trainable `alpha` (QK-DyT variant); no bias."""
+    """Dynamic tanh `weight * tanh(alpha * x)` with a scalar trainable `alpha` (QK-DyT variant); no bias. A frozen
+    gain (`trainable_gain=False`) is a persistent buffer, as in [`FogRMSNorm`]."""
 
     def __init__(self, hidden_size: int, alpha_init: float = 1.0, trainable_gain: bool = True):
         super().__init__()
         self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))
-        self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=trainable_gain)
+        if trainable_gain:
+            self.weight = nn.Parameter(torch.ones(hidden_size))
+        else:
+            self.register_buffer("weight", torch.ones(hidden_size), persistent=True)
         self.alpha_init = float(alpha_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,10 +96,24 @@ class FogLayerScale(nn.Module):
 
 
 class FogGatedActivation(nn.Module):
-    """SwiGLU `silu(gate) * up`; with `smooth=True` the product is later rescaled per token (Smooth-SwiGLU)."""
+    """SwiGLU `silu(gate) * up`. With `smooth="linear_branch"` (Smooth-SwiGLU as the reference code does it) the
+    linear branch is divided by `s = max|gate|` per token (`s` detached) and `s` is returned so the MLP multiplies the
+    down-projection output by it; with `smooth="product"` the product is divided by its own per-token max."""
 
-    def forward(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        return nn.functional.silu(gate) * up
+    def __init__(self, smooth: str | None = None):
+        super().__init__()
+        self.smooth = smooth
+
+    def forward(self, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        tiny = torch.finfo(torch.float32).tiny
+        if self.smooth == "linear_branch":
+            scale = gate.detach().abs().amax(dim=-1, keepdim=True).clamp_min(tiny)
+            return nn.functional.silu(gate) * (up / scale), scale
+        h = nn.functional.silu(gate) * up
+        if self.smooth == "product":
+            scale = h.detach().abs().amax(dim=-1, keepdim=True).clamp_min(tiny)
+            return h / scale, scale
+        return h, None
 
 
 def build_xielu(config: FogConfig) -> XIELUActivation:
@@ -121,7 +145,6 @@ class FogMLP(nn.Module):
         super().__init__()
         self.config = config
         self.gated = config.is_gated_mlp
-        self.smooth = config.hidden_act == "smooth_swiglu"
         hidden, inter = config.hidden_size, config.intermediate_size
         if self.gated:
             self.gate_proj = nn.Linear(hidden, inter, bias=config.mlp_bias)
@@ -129,23 +152,22 @@ class FogMLP(nn.Module):
         self.down_proj = nn.Linear(inter, hidden, bias=config.mlp_bias)
         self.down_proj._fog_residual_output = True
         if self.gated:
-            self.act_fn = FogGatedActivation()
+            smooth = {"smooth_swiglu": "linear_branch", "smooth_swiglu_product": "product"}.get(config.hidden_act)
+            self.act_fn = FogGatedActivation(smooth)
         elif config.hidden_act == "xielu":
             self.act_fn = build_xielu(config)
-        else:
-            self.act_fn = nn.GELU(approximate="tanh")
+        else:  # exact GELU as in the reference code; "gelu_tanh" is the tanh approximation
+            self.act_fn = nn.GELU(approximate="tanh" if config.hidden_act == "gelu_tanh" else "none")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.mlp_alpha is not None:
             x = x * self.config.mlp_alpha
         if not self.gated:
             return self.down_proj(self.act_fn(self.up_proj(x)))
-        h = self.act_fn(self.gate_proj(x), self.up_proj(x))
-        if not self.smooth:
-            return self.down_proj(h)
-        # Smooth-SwiGLU: scale each token's down-projection input to unit max before the (FP8) GEMM, undo afterwards.
-        scale = h.detach().abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        return self.down_proj(h / scale) * scale
+        h, scale = self.act_fn(self.gate_proj(x), self.up_proj(x))
+        out = self.down_proj(h)
+        # Smooth-SwiGLU: the down-projection (FP8) GEMM saw a per-token rescaled input; undo it on its output.
+        return out if scale is None else out * scale.to(out.dtype)
 
 
 class FogRotaryEmbedding(nn.Module):
