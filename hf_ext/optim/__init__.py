@@ -22,7 +22,14 @@ from .metrics import (
 from .normalized import Lion, LionA, LionAR, RotationalWrapper, equilibrium_angle, rotational_param_groups
 from .schedules import TrapezoidSchedule, get_trapezoid_schedule
 from .serialization import load_optimizer_state, save_optimizer_state
-from .warmup_trainer import WarmupFreeTrainer, WarmupFreeTrainingArguments, build_normalized_optimizer
+from .warmup_trainer import (
+    NormalizedOptimizerFactory,
+    WarmupFreeTrainer,
+    WarmupFreeTrainingArguments,
+    build_normalized_optimizer,
+    make_normalized_optimizer,
+    normalized_optimizer,
+)
 
 __all__ = [
     "CubicNewton",
@@ -38,6 +45,7 @@ __all__ = [
     "Lion",
     "LionA",
     "LionAR",
+    "NormalizedOptimizerFactory",
     "RotationalWrapper",
     "TrapezoidSchedule",
     "UpdateMetricsCallback",
@@ -50,6 +58,8 @@ __all__ = [
     "gradient_momentum_cosine",
     "l2_update_norm",
     "load_optimizer_state",
+    "make_normalized_optimizer",
+    "normalized_optimizer",
     "plot_update_metrics",
     "relative_representation_change",
     "rotational_param_groups",

@@ -108,11 +108,107 @@ def rotational_param_groups(
     return [g for g in groups if g["params"]]
 
 
-def _resolve_params(params, weight_decay: float):
-    """Accept an `nn.Module` (grouped with `rotational_param_groups`) or the usual params / param groups."""
+def _model_layout(model: nn.Module) -> dict[int, tuple[bool, int]]:
+    """`id(param) -> (rotational, neuron_dim)` for every trainable parameter of `model` (`rotational_param_groups`)."""
+    return {
+        id(p): (g["rotational"], g["neuron_dim"]) for g in rotational_param_groups(model, 1.0) for p in g["params"]
+    }
+
+
+def _layout_error(owner: str) -> ValueError:
+    return ValueError(
+        f"{owner} got param groups without layout information: it cannot tell which 2+-dim weights are rotational, "
+        "whether their neurons are rows (nn.Linear) or columns (transformers' Conv1D, e.g. GPT-2), or whether an "
+        "embedding tied to the LM head is among them. Pass the model instead: "
+        f"`{owner}(model, ...)`, `{owner}(params, model=model, ...)` or, with transformers' Trainer, "
+        f"`optimizer_cls_and_kwargs=({owner}, {{'model': model, 'lr': ..., 'weight_decay': ...}})` (or "
+        "`hf_ext.optim.normalized_optimizer(...)`); or build the groups with `rotational_param_groups(model, "
+        "weight_decay)`; or state the layout with `neuron_dim=0` (rows are neurons) / `neuron_dim=1` (columns)."
+    )
+
+
+def _resolve_params(
+    params,
+    weight_decay: float,
+    model: nn.Module | None = None,
+    neuron_dim: int | None = None,
+    owner: str = "optimizer",
+    needs_layout: bool = False,
+):
+    """Normalise `params` into param groups; for rotational optimizers (`needs_layout`) every group that may hold
+    rotational tensors also gets `rotational` / `neuron_dim` decided per tensor.
+
+    - an `nn.Module`: `rotational_param_groups(params, weight_decay)`;
+    - any params with `model=`: each tensor's status and neuron layout come from the model (split into sub-groups);
+      a group whose explicit `weight_decay` disagrees with `weight_decay` for rotational tensors is refused (the
+      weight decay sets their rotation angle), unless the group gives its own `angle`;
+    - a flat iterable of tensors (e.g. `model.parameters()`): one group, the reference convention (a tensor is
+      rotational when the weight decay is non-zero and it has 2+ dims; rows are neurons, or `neuron_dim`);
+    - dict param groups without `rotational`/`neuron_dim` keys holding 2+-dim tensors (e.g. the decay / no-decay
+      groups transformers' Trainer builds for `optimizer_cls_and_kwargs`): refused unless `neuron_dim` is given.
+    """
+    if neuron_dim is not None and neuron_dim not in (0, 1):
+        raise ValueError(f"`neuron_dim` must be 0 (rows are neurons), 1 (columns) or None, got {neuron_dim!r}.")
     if isinstance(params, nn.Module):
+        if model is not None and model is not params:
+            raise ValueError("Pass the model either as `params` or as `model=`, not two different modules.")
         return rotational_param_groups(params, weight_decay)
-    return params
+    if isinstance(params, torch.Tensor):
+        raise TypeError("`params` must be an iterable of tensors or param groups (or a model), not a single tensor.")
+    groups = list(params)
+    if not groups:
+        raise ValueError(f"{owner} got an empty parameter list.")
+    flat = not isinstance(groups[0], dict)
+    if flat:
+        groups = [{"params": groups}]
+    groups = [
+        {**g, "params": [g["params"]] if isinstance(g["params"], torch.Tensor) else list(g["params"])} for g in groups
+    ]
+    if not needs_layout:
+        return groups
+    if model is not None:
+        layout = _model_layout(model)
+        out = []
+        for g in groups:
+            buckets: dict[tuple[bool, int], list] = {}
+            for p in g["params"]:
+                if id(p) not in layout:
+                    raise ValueError(
+                        f"{owner}: a parameter of shape {tuple(p.shape)} is not a trainable parameter of `model`; "
+                        "pass the model these parameters belong to."
+                    )
+                rot, nd = layout[id(p)]
+                if "rotational" in g:
+                    rot = bool(g["rotational"]) and p.dim() > 1
+                buckets.setdefault((rot, nd), []).append(p)
+            for (rot, nd), ps in buckets.items():
+                sub = {**g, "params": ps, "rotational": rot, "neuron_dim": nd}
+                if rot and g.get("angle") is None:
+                    if "weight_decay" in g and g["weight_decay"] != weight_decay:
+                        raise ValueError(
+                            f"{owner}: a param group sets weight_decay={g['weight_decay']} for rotational tensors "
+                            f"but {owner} got weight_decay={weight_decay}; the weight decay sets their rotation "
+                            "angle, so make the two agree (or give the group its own `angle`)."
+                        )
+                    sub["weight_decay"] = weight_decay
+                elif not rot and "weight_decay" not in g:
+                    sub["weight_decay"] = 0.0
+                out.append(sub)
+        return out
+    for g in groups:
+        if "neuron_dim" in g or ("rotational" in g and not g["rotational"]):
+            continue
+        if any(p.dim() >= 2 for p in g["params"]):
+            if neuron_dim is None and not flat:
+                raise _layout_error(owner)
+            if not flat and "weight_decay" in g and "rotational" not in g and g["weight_decay"] != weight_decay:
+                raise ValueError(
+                    f"{owner}: a param group holding 2+-dim tensors sets weight_decay={g['weight_decay']} but {owner} "
+                    f"got weight_decay={weight_decay}; the weight decay decides which tensors are rotational and their "
+                    "angle. Make them agree, or pass the model (see `rotational_param_groups`)."
+                )
+            g["neuron_dim"] = 0 if neuron_dim is None else neuron_dim
+    return groups
 
 
 def equilibrium_angle(
@@ -197,26 +293,33 @@ def _step_scale(state: dict, group: dict, grad: torch.Tensor) -> float:
 
 
 def _snr_factor(state: dict, group: dict, grad: torch.Tensor) -> float:
-    """`1/sqrt(1 + SNR)` with SNR = ||mu||^2 / (sigma^2/B) estimated from the momentum EMA (coefficient b2).
+    """`1/sqrt(1 + SNR)` with SNR = ||mu||^2 / sigma^2 estimated from the momentum EMA (coefficient b2), exact at every t.
 
-    For an EMA with coefficient b of i.i.d. gradients g = mu + noise, E||m||^2 = ||mu||^2 + c*sigma_B^2 with
-    c = (1-b)/(1+b) and E||g||^2 = ||mu||^2 + sigma_B^2. Both expectations are tracked with a bias-corrected EMA of
-    coefficient `snr_beta`; the estimates are clamped at zero.
+    With m_0 = 0 and i.i.d. gradients g = mu + noise (E||noise||^2 = sigma^2), the bias-corrected momentum
+    m_hat_t = m_t / (1 - b^t) has E||m_hat_t||^2 = ||mu||^2 + c_t sigma^2 with the finite-t constant
+    c_t = (1-b)/(1+b) * (1 - b^(2t)) / (1 - b^t)^2 (c_1 = 1, c_t -> (1-b)/(1+b)), and E||g||^2 = ||mu||^2 + sigma^2.
+    `||g||^2`, `||m_hat||^2` and `c_t` are averaged with the same bias-corrected EMA (coefficient `snr_beta`), so
+    the averaged c matches the averaged `||m_hat||^2`; then ||mu||^2 = (E||m_hat||^2 - c E||g||^2)/(1 - c) and
+    sigma^2 = (E||g||^2 - E||m_hat||^2)/(1 - c), both clamped at zero. While c is within 1e-6 of 1 (the first step:
+    one gradient says nothing about the noise) there is no estimate and the factor is 1.
     """
     b2 = group["betas"][1]
     sb = group.get("snr_beta", 0.9)
     t = state["step"]
-    m = state["exp_avg"]
-    m_hat = m / (1.0 - b2**t)
+    bc = 1.0 - b2**t
     g2 = float(grad.float().pow(2).sum())
-    m2 = float(m_hat.float().pow(2).sum())
+    m2 = float(state["exp_avg"].float().pow(2).sum()) / bc**2
+    c_t = (1 - b2) / (1 + b2) * (1 - b2 ** (2 * t)) / bc**2 if b2 > 0 else 1.0
     state["snr_g2"] = sb * state.get("snr_g2", 0.0) + (1 - sb) * g2
     state["snr_m2"] = sb * state.get("snr_m2", 0.0) + (1 - sb) * m2
+    state["snr_c"] = sb * state.get("snr_c", 0.0) + (1 - sb) * c_t
     corr = 1.0 - sb**t
-    eg2, em2 = state["snr_g2"] / corr, state["snr_m2"] / corr
-    c = (1 - b2) / (1 + b2)
-    signal = max(em2 - c * eg2, 0.0) / (1 - c)
-    noise = max(eg2 - em2, 0.0) / (1 - c)
+    eg2, em2, ec = state["snr_g2"] / corr, state["snr_m2"] / corr, state["snr_c"] / corr
+    if 1.0 - ec < 1e-6:
+        state["snr"] = 0.0
+        return 1.0
+    signal = max(em2 - ec * eg2, 0.0) / (1 - ec)
+    noise = max(eg2 - em2, 0.0) / (1 - ec)
     snr = signal / (noise + 1e-30)
     state["snr"] = snr
     return 1.0 / math.sqrt(1.0 + snr)
@@ -254,30 +357,48 @@ def _rotate(
     per_neuron: bool,
     zero_mean: bool,
     update_norm_decay: float,
+    u_scale: float = 1.0,
 ) -> None:
-    """Rotate every neuron of `p` against the direction `u` by `angle` (scaled by ||u||/EMA(||u||) if decay > 0)."""
-    w = _neuron_view(p.data, neuron_dim, per_neuron)
-    norm = state["norm"].to(w.dtype)
-    uu = _neuron_view(u, neuron_dim, per_neuron).to(w.dtype).clone()
-    if zero_mean and uu.shape[1] > 1:
-        uu.sub_(uu.mean(dim=1, keepdim=True))
-    uu.sub_(w * ((uu * w).sum(dim=1, keepdim=True) / norm.pow(2).clamp_min(1e-30)))
-    unorm = uu.norm(dim=1, keepdim=True)
+    """Rotate every neuron of `p` (in place) against the direction `u` by `angle` and keep its recorded norm.
+
+    `u` is consumed (its mean and radial part are removed in place). With `update_norm_decay > 0` the angle is
+    scaled by `||u|| / sqrt(EMA(||u||^2))` per neuron, `u_scale` being a scalar factor of `u` that was left out of it.
+    The new weight is `a w + b u_perp` with `a = cos(theta) r/||w||`, `b = -sin(theta) r/||u_perp||`, where `u_perp`
+    is orthogonal to the *current* `w`, so its norm is `r` (the recorded norm) without a separate projection pass.
+    """
+    if not per_neuron:
+        w, uu, rd = p.view(1, -1), u.view(1, -1), 1
+    elif neuron_dim == 1:
+        if p.dim() != 2:
+            raise ValueError(f"neuron_dim=1 is only supported for 2D weights, got shape {tuple(p.shape)}.")
+        w, uu, rd = p, u, 0
+    else:
+        w, uu, rd = p.view(p.shape[0], -1), u.view(p.shape[0], -1), 1
+    if uu.dtype != w.dtype:
+        uu = uu.to(w.dtype)
+    if zero_mean and w.shape[rd] > 1:
+        uu.sub_(uu.mean(dim=rd, keepdim=True))
+    red_shape = (1, w.shape[1]) if rd == 0 else (w.shape[0], 1)
+    norm = state["norm"].reshape(red_shape).to(w.dtype)
+    ww = torch.linalg.vecdot(w, w, dim=rd).reshape(red_shape).clamp_min(1e-30)
+    wu = torch.linalg.vecdot(w, uu, dim=rd).reshape(red_shape)
+    uu.addcmul_(w, wu.div_(ww), value=-1.0)
+    unorm = torch.linalg.vector_norm(uu, dim=rd, keepdim=True)
     if update_norm_decay > 0:
         t = state["step"]
-        ema = state.get("update_norm_ema", torch.zeros_like(unorm))
-        ema = ema * update_norm_decay + (1 - update_norm_decay) * unorm.pow(2)
+        un = unorm * u_scale
+        ema = state.get("update_norm_ema")
+        ema = torch.zeros_like(un) if ema is None else ema.reshape(red_shape).to(un.dtype)
+        ema = ema * update_norm_decay + (1 - update_norm_decay) * un.pow(2)
         state["update_norm_ema"] = ema
         ref = (ema / (1 - update_norm_decay**t)).sqrt()
-        theta = angle * unorm / ref.clamp_min(1e-30)
+        theta = angle * un / ref.clamp_min(1e-30)
+        cos, sin = torch.cos(theta), torch.sin(theta)
     else:
-        theta = torch.full_like(unorm, angle)
-    theta = torch.where(unorm > 0, theta, torch.zeros_like(theta))
-    direction = uu / unorm.clamp_min(1e-30)
-    # geodesic step: w <- cos(theta) w - sin(theta) * ||w|| * direction  (direction is orthogonal to w)
-    new = w * torch.cos(theta) - direction * (torch.sin(theta) * norm)
-    new.mul_(norm / new.norm(dim=1, keepdim=True).clamp_min(1e-30))
-    w.copy_(new)
+        cos, sin = math.cos(angle), math.sin(angle)
+    a = norm.mul(cos).div_(ww.sqrt_())
+    b = torch.where(unorm > 0, norm.mul(sin).div_(unorm.clamp_min(1e-30)).neg_(), torch.zeros_like(unorm))
+    w.mul_(a).addcmul_(uu, b)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -421,8 +542,12 @@ class LionAR(Optimizer):
         per_neuron (`bool`, *optional*, defaults to `True`): one norm per neuron (else one per tensor).
         update_norm_decay (`float`, *optional*, defaults to 0.0): 0 rotates by exactly the target angle each step;
             > 0 normalises by an EMA of the update norm instead (REQ's soft control).
-        model (`nn.Module`, *optional*): model whose `Conv1D` weights are transposed (when `params` are not grouped
-            with `rotational_param_groups`).
+        model (`nn.Module`, *optional*): the model the parameters belong to; each tensor's rotational status and
+            neuron layout then come from it (as `rotational_param_groups` decides), whatever groups `params` holds.
+        neuron_dim (`int`, *optional*): layout of 2+-dim tensors in dict param groups that carry no `neuron_dim`
+            (0: rows are neurons, 1: columns). Without it (and without a model) such groups are refused, because
+            transformers' `Conv1D` (GPT-2) stores neurons as columns and a tied embedding cannot be recognised.
+            A flat iterable of tensors (`model.parameters()`) follows the reference convention: rows.
     """
 
     def __init__(
@@ -440,6 +565,7 @@ class LionAR(Optimizer):
         per_neuron: bool = True,
         update_norm_decay: float = 0.0,
         model: nn.Module | None = None,
+        neuron_dim: int | None = None,
     ):
         _check_common(lr, weight_decay)
         betas = _check_betas(betas)
@@ -464,21 +590,16 @@ class LionAR(Optimizer):
             per_neuron=per_neuron,
             update_norm_decay=update_norm_decay,
         )
-        self._transposed = transposed_parameter_ids(model) if model is not None else set()
-        super().__init__(_resolve_params(params, weight_decay), defaults)
+        groups = _resolve_params(params, weight_decay, model, neuron_dim, "LionAR", needs_layout=True)
+        super().__init__(groups, defaults)
         for group in self.param_groups:
             group.setdefault("base_lr", group["lr"])
 
     def _is_rotational(self, p: torch.Tensor, group: dict) -> bool:
-        flag = group.get("rotational")
-        if flag is None:
-            return group["weight_decay"] != 0 and p.dim() > 1
-        return bool(flag) and p.dim() > 1
+        return _is_rotational(p, group)
 
     def _neuron_dim(self, p: torch.Tensor, group: dict) -> int:
-        if "neuron_dim" in group:
-            return int(group["neuron_dim"])
-        return 1 if id(p) in self._transposed else 0
+        return int(group.get("neuron_dim", 0))
 
     def group_angle(self, group: dict) -> float:
         """Per-step rotation (radians) at the group's base learning rate, before schedule and corrections."""
@@ -526,14 +647,26 @@ class LionAR(Optimizer):
 _INNER = {"adamw": torch.optim.AdamW, "sgdm": torch.optim.SGD, "lion": Lion}
 
 
+def _is_rotational(p: torch.Tensor, group: dict) -> bool:
+    """Per-tensor rotational status: the group's `rotational` flag, else `weight_decay != 0` (REQ), and 2+ dims."""
+    flag = group.get("rotational")
+    if flag is None:
+        return group["weight_decay"] != 0 and p.dim() > 1
+    return bool(flag) and p.dim() > 1
+
+
 class RotationalWrapper(Optimizer):
     r"""Rotational (angle-controlled) version of AdamW, Lion or SGD with momentum.
 
-    The inner optimizer (a real `torch.optim.AdamW` / `torch.optim.SGD` / `Lion` instance sharing this wrapper's param
-    groups) computes its update direction `u` (run with lr 1 and no weight decay on rotational tensors); each neuron of a
-    rotational tensor is then rotated against `u` by `eta_r * (lr_t/lr_0)` (scaled by `||u||/EMA(||u||)` when
-    `update_norm_decay > 0`, as in the reference rotational wrapper) and projected back to its norm. Non-rotational
-    tensors get the inner optimizer's ordinary step.
+    Rotational status is decided per tensor (group flag `rotational`, else `weight_decay != 0` and 2+ dims, as in the
+    reference rotational wrapper), so `RotationalWrapper(model.parameters())` works; tensors without a gradient are
+    skipped. For a rotational tensor the update direction `u` of the inner optimizer (AdamW: `m_hat/(sqrt(v_hat)+eps)`,
+    SGD: its momentum buffer or Nesterov direction, Lion: `sign(c)`, all without learning rate and weight decay) is
+    computed with foreach kernels from moment buffers kept in this wrapper's state (same names and update rules as
+    `torch.optim.AdamW` / `torch.optim.SGD` / `Lion`); each neuron is then rotated against `u` by
+    `eta_r * (lr_t/lr_0)` (scaled by `||u||/EMA(||u||)` when `update_norm_decay > 0`, as in the reference) and keeps
+    its norm. Non-rotational tensors get the ordinary step of a real inner optimizer instance that shares this
+    wrapper's param groups (the rotational tensors' gradients are hidden from it during its step).
 
     Args:
         params (iterable or `nn.Module`): parameters / param groups, or a model (grouped with
@@ -546,8 +679,9 @@ class RotationalWrapper(Optimizer):
         per_neuron (`bool`, *optional*, defaults to `True`): one norm per neuron (else per tensor).
         update_norm_decay (`float`, *optional*, defaults to 0.9): EMA coefficient of the update-norm normaliser
             (0 = exact per-step angle).
-        model (`nn.Module`, *optional*): model whose `Conv1D` weights are transposed.
-        **inner_kwargs: passed to the inner optimizer (`betas`, `eps`, `momentum`, `nesterov`, ...).
+        model (`nn.Module`, *optional*): the model the parameters belong to (rotational status and `Conv1D` layout).
+        neuron_dim (`int`, *optional*): layout of 2+-dim tensors in dict param groups without one (see `LionAR`).
+        **inner_kwargs: passed to the inner optimizer (`betas`, `eps`, `momentum`, `nesterov`, `dampening`, ...).
     """
 
     def __init__(
@@ -561,6 +695,7 @@ class RotationalWrapper(Optimizer):
         per_neuron: bool = True,
         update_norm_decay: float = 0.9,
         model: nn.Module | None = None,
+        neuron_dim: int | None = None,
         **inner_kwargs,
     ):
         if inner not in _INNER:
@@ -576,10 +711,12 @@ class RotationalWrapper(Optimizer):
             inner_kwargs.setdefault("momentum", 0.9)
             if inner_kwargs["momentum"] <= 0:
                 raise ValueError("`momentum` must be > 0 for inner='sgdm' (SGD with momentum).")
-        params = _resolve_params(params, weight_decay)
+        for key in ("amsgrad", "maximize", "differentiable", "capturable"):
+            if inner_kwargs.get(key):
+                raise ValueError(f"RotationalWrapper does not support `{key}=True` for the inner optimizer.")
+        groups = _resolve_params(params, weight_decay, model, neuron_dim, "RotationalWrapper", needs_layout=True)
         self.inner_name = inner
-        self.inner = _INNER[inner](params, lr=lr, weight_decay=weight_decay, **inner_kwargs)
-        self._transposed = transposed_parameter_ids(model) if model is not None else set()
+        self.inner = _INNER[inner](groups, lr=lr, weight_decay=weight_decay, **inner_kwargs)
         defaults = dict(
             lr=lr,
             weight_decay=weight_decay,
@@ -596,10 +733,7 @@ class RotationalWrapper(Optimizer):
         self.param_groups = self.inner.param_groups
 
     def _is_rotational(self, p: torch.Tensor, group: dict) -> bool:
-        flag = group.get("rotational")
-        if flag is None:
-            return group["weight_decay"] != 0 and p.dim() > 1
-        return bool(flag) and p.dim() > 1
+        return _is_rotational(p, group)
 
     def group_angle(self, group: dict) -> float:
         """Per-step rotation (radians) at the group's base learning rate."""
@@ -614,9 +748,61 @@ class RotationalWrapper(Optimizer):
         )
 
     def momentum_buffer(self, p: torch.Tensor) -> torch.Tensor | None:
-        """The inner optimizer's first-moment buffer of `p` (None before the first step)."""
-        st = self.inner.state.get(p, {})
-        return st.get("exp_avg", st.get("momentum_buffer"))
+        """The first-moment buffer of `p` (wrapper state for rotational tensors, else the inner optimizer's)."""
+        for st in (self.state.get(p, {}), self.inner.state.get(p, {})):
+            for key in ("exp_avg", "momentum_buffer"):
+                if isinstance(st.get(key), torch.Tensor):
+                    return st[key]
+        return None
+
+    def _directions(self, group: dict, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[float]]:
+        """The inner optimizer's update directions `u_k / s_k` (fresh tensors) and the scalar factors `s_k`."""
+        grads = [p.grad for p in params]
+        states = [self.state[p] for p in params]
+        for st in states:
+            st["step"] = st.get("step", 0) + 1
+        if self.inner_name == "sgdm":
+            mom, damp = group["momentum"], group.get("dampening", 0.0)
+            new = [i for i, st in enumerate(states) if "momentum_buffer" not in st]
+            old = [i for i, st in enumerate(states) if "momentum_buffer" in st]
+            for i in new:  # torch.optim.SGD: the first buffer is the gradient itself
+                states[i]["momentum_buffer"] = grads[i].detach().clone()
+            if old:
+                bufs = [states[i]["momentum_buffer"] for i in old]
+                torch._foreach_mul_(bufs, mom)
+                torch._foreach_add_(bufs, [grads[i] for i in old], alpha=1 - damp)
+            bufs = [st["momentum_buffer"] for st in states]
+            if group.get("nesterov", False):
+                return torch._foreach_add(grads, bufs, alpha=mom), [1.0] * len(params)
+            return torch._foreach_mul(bufs, 1.0), [1.0] * len(params)
+        b1, b2 = group["betas"]
+        for p, st in zip(params, states):
+            if "exp_avg" not in st:
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if self.inner_name == "adamw":
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        ms = [st["exp_avg"] for st in states]
+        if self.inner_name == "lion":
+            if group.get("nesterov", False):
+                torch._foreach_lerp_(ms, grads, 1 - b2)
+                c = torch._foreach_lerp(ms, grads, 1 - b1)
+            else:
+                c = torch._foreach_lerp(ms, grads, 1 - b1)
+                torch._foreach_lerp_(ms, grads, 1 - b2)
+            torch._foreach_sign_(c)
+            return c, [1.0] * len(params)
+        # AdamW without lr and weight decay: u = (m/bc1) / (sqrt(v)/sqrt(bc2) + eps)
+        #                                    = (m / (sqrt(v) + eps sqrt(bc2))) * sqrt(bc2)/bc1
+        vs = [st["exp_avg_sq"] for st in states]
+        torch._foreach_lerp_(ms, grads, 1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        bc2 = [math.sqrt(1 - b2 ** st["step"]) for st in states]
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_add_(denom, [group["eps"] * s for s in bc2])
+        torch._foreach_reciprocal_(denom)
+        torch._foreach_mul_(denom, ms)
+        return denom, [s / (1 - b1 ** st["step"]) for s, st in zip(bc2, states)]
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -624,37 +810,39 @@ class RotationalWrapper(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        saved, swapped = [], []
+        rotational, hidden, plain = [], [], False
         for group in self.param_groups:
-            rot = [p for p in group["params"] if p.grad is not None and self._is_rotational(p, group)]
-            if not rot:
-                continue
-            if len(rot) != len(group["params"]):
-                raise ValueError(
-                    "A param group mixes rotational and non-rotational tensors; split it (see rotational_param_groups)."
-                )
-            swapped.append((group, group["lr"], group["weight_decay"]))
-            for p in rot:
-                saved.append((group, p, p.detach().clone()))
-                p.zero_()  # the inner step on zeros with lr 1 and no decay returns exactly -u
-        for group, _, _ in swapped:
-            group["lr"], group["weight_decay"] = 1.0, 0.0
-        try:
-            self.inner.step()
-        finally:
-            for group, lr, wd in swapped:
-                group["lr"], group["weight_decay"] = lr, wd
-        for group, p, before in saved:
-            u = -p.detach().clone()
-            p.copy_(before)
-            state = self.state[p]
-            state["step"] = state.get("step", 0) + 1
-            nd = int(group["neuron_dim"]) if "neuron_dim" in group else (1 if id(p) in self._transposed else 0)
-            if "norm" not in state:
-                _init_rotational(p, state, nd, group["per_neuron"], group["zero_mean"])
+            rot = []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if _is_rotational(p, group):
+                    rot.append(p)
+                else:
+                    plain = True
+            if rot:
+                rotational.append((group, rot))
+                hidden += [(p, p.grad) for p in rot]
+        if plain:
+            for p, _ in hidden:
+                p.grad = None
+            try:
+                self.inner.step()
+            finally:
+                for p, g in hidden:
+                    p.grad = g
+        for group, rot in rotational:
+            directions, scales = self._directions(group, rot)
             angle = self.group_angle(group) * (group["lr"] / group["base_lr"])
-            if angle > 0:
-                _rotate(p, u, state, angle, nd, group["per_neuron"], group["zero_mean"], group["update_norm_decay"])
+            nd = int(group.get("neuron_dim", 0))
+            for p, u, s in zip(rot, directions, scales):
+                state = self.state[p]
+                if "norm" not in state:
+                    _init_rotational(p, state, nd, group["per_neuron"], group["zero_mean"])
+                if angle > 0:
+                    _rotate(
+                        p, u, state, angle, nd, group["per_neuron"], group["zero_mean"], group["update_norm_decay"], s
+                    )
         return loss
 
     def state_dict(self) -> dict:

@@ -49,7 +49,10 @@ class TrapezoidSchedule:
 def get_trapezoid_schedule(
     optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_steps: int = 0, cooldown_fraction: float = 0.5
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A `LambdaLR` following `TrapezoidSchedule` (same arguments).
+    """The trapezoid as transformers' `get_wsd_schedule` (linear warmup from 0 over `warmup_steps`, constant, linear
+    decay to 0 over the last `round(cooldown_fraction * num_training_steps)` steps). It equals `TrapezoidSchedule`
+    except during warmup, where transformers' factor is `s / warmup_steps` (0 at the first step) instead of
+    `(s + 1) / warmup_steps`.
 
     Example:
         ```python
@@ -57,6 +60,13 @@ def get_trapezoid_schedule(
         >>> trainer = Trainer(model, args, optimizers=(optimizer, sched), ...)
         ```
     """
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, TrapezoidSchedule(num_training_steps, warmup_steps, cooldown_fraction)
+    from transformers.optimization import get_wsd_schedule
+
+    shape = TrapezoidSchedule(num_training_steps, warmup_steps, cooldown_fraction)  # validates the arguments
+    return get_wsd_schedule(
+        optimizer,
+        num_warmup_steps=warmup_steps,
+        num_decay_steps=shape.cooldown_steps,
+        num_training_steps=num_training_steps,
+        decay_type="linear",
     )

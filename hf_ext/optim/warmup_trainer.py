@@ -1,32 +1,52 @@
-"""`WarmupFreeTrainer`: a Trainer that builds LionA / LionAR / rotational optimizers and a trapezoid schedule."""
+"""Trainer integration of the normalized optimizers: `WarmupFreeTrainer`, its arguments, and a Trainer optimizer
+factory (`normalized_optimizer`) for the stock `transformers.Trainer`."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import SchedulerType
 
 from .normalized import Lion, LionA, LionAR, RotationalWrapper, rotational_param_groups
-from .schedules import get_trapezoid_schedule
 from .serialization import SafetensorsOptimizerStateMixin
 
-__all__ = ["WarmupFreeTrainer", "WarmupFreeTrainingArguments", "build_normalized_optimizer"]
+__all__ = [
+    "NormalizedOptimizerFactory",
+    "WarmupFreeTrainer",
+    "WarmupFreeTrainingArguments",
+    "build_normalized_optimizer",
+    "make_normalized_optimizer",
+    "normalized_optimizer",
+]
 
 OPTIMIZER_CHOICES = ("adamw", "lion", "lion_a", "lion_ar", "rotational_adamw", "rotational_lion", "rotational_sgdm")
+_DEFAULT_OPTIM = TrainingArguments.__dataclass_fields__["optim"].default
 
 
 @dataclass
 class WarmupFreeTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the normalized-optimizer and trapezoid-schedule options.
+    """`TrainingArguments` plus the normalized-optimizer options.
 
     `learning_rate`, `weight_decay`, `warmup_steps` (int or fraction) keep their usual meaning; for LionAR and the
     rotational optimizers `learning_rate` x `weight_decay` set the equilibrium rotation angle unless `rotation_angle`
-    is given.
+    is given. The optimizer is `normalized_optimizer` (`--optim` is refused unless left at its default). The schedule
+    is `lr_scheduler_type`, by default transformers' `warmup_stable_decay` with linear decay to 0 over the last
+    `cooldown_fraction` of the steps (the trapezoid of the warmup paper); any other `lr_scheduler_type` is honoured.
     """
 
     normalized_optimizer: str = field(
         default="lion_ar", metadata={"help": f"Optimizer: one of {', '.join(OPTIMIZER_CHOICES)}."}
+    )
+    lr_scheduler_type: SchedulerType | str = field(
+        default="warmup_stable_decay",
+        metadata={
+            "help": "LR schedule (transformers' names). The default warmup_stable_decay is the trapezoid: linear "
+            "warmup over warmup_steps, constant, linear decay to 0 over the last cooldown_fraction of the steps."
+        },
     )
     lion_beta1: float = field(default=0.98, metadata={"help": "Lion interpolation coefficient beta1."})
     lion_beta2: float = field(default=0.98, metadata={"help": "Lion momentum coefficient beta2."})
@@ -50,11 +70,12 @@ class WarmupFreeTrainingArguments(TrainingArguments):
         },
     )
     sgd_momentum: float = field(default=0.9, metadata={"help": "Momentum of rotational_sgdm."})
-    trapezoid_schedule: bool = field(
-        default=True, metadata={"help": "Use the trapezoid LR schedule instead of lr_scheduler_type."}
-    )
     cooldown_fraction: float = field(
-        default=0.5, metadata={"help": "Fraction of the steps spent in the trapezoid's linear cooldown."}
+        default=0.5,
+        metadata={
+            "help": "warmup_stable_decay only: fraction of the steps in the linear decay, used when "
+            "lr_scheduler_kwargs gives no num_decay_steps."
+        },
     )
 
     def __post_init__(self):
@@ -63,6 +84,7 @@ class WarmupFreeTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"--normalized_optimizer must be one of {OPTIMIZER_CHOICES}, got {self.normalized_optimizer!r}."
             )
+        _refuse_optim(self)
         for name in ("lion_beta1", "lion_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"--{name} must lie in [0, 1), got {getattr(self, name)}.")
@@ -70,96 +92,185 @@ class WarmupFreeTrainingArguments(TrainingArguments):
             raise ValueError(f"--cooldown_fraction must lie in [0, 1], got {self.cooldown_fraction}.")
 
 
-def build_normalized_optimizer(model: torch.nn.Module, args: WarmupFreeTrainingArguments) -> torch.optim.Optimizer:
-    """Build the optimizer named by `args.normalized_optimizer` over the model-derived rotational/plain groups."""
-    name = args.normalized_optimizer
-    lr, wd = args.learning_rate, args.weight_decay
-    if name == "adamw":
-        # the Trainer's decay set (embeddings decayed), so the AdamW baseline is the standard one
-        groups = rotational_param_groups(model, wd, rotational_embeddings=True)
-        return torch.optim.AdamW(
-            groups, lr=lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, weight_decay=wd
+# options that exist only on WarmupFreeTrainingArguments, with their defaults (read without instantiating it)
+_EXTRA_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(WarmupFreeTrainingArguments)
+    if f.name not in TrainingArguments.__dataclass_fields__
+}
+
+
+def _option(args: TrainingArguments, name: str):
+    return getattr(args, name, _EXTRA_DEFAULTS[name])
+
+
+def _refuse_optim(args: TrainingArguments) -> None:
+    optim = getattr(args.optim, "value", args.optim)
+    if optim != _DEFAULT_OPTIM:
+        raise ValueError(
+            f"--optim {optim} would be ignored: WarmupFreeTrainer builds the optimizer named by "
+            f"--normalized_optimizer ({', '.join(OPTIMIZER_CHOICES)}). Drop --optim, or use transformers' Trainer "
+            "for the optimizers --optim names."
         )
-    groups = rotational_param_groups(model, wd)
-    lion_betas = (args.lion_beta1, args.lion_beta2)
-    if name == "lion":
-        return Lion(groups, lr=lr, betas=lion_betas, weight_decay=wd, nesterov=args.nesterov)
-    if name == "lion_a":
-        return LionA(
-            groups,
-            lr=lr,
+
+
+def make_normalized_optimizer(
+    model: torch.nn.Module,
+    optimizer: str = "lion_ar",
+    lr: float | None = None,
+    weight_decay: float = 0.0,
+    **options: Any,
+) -> torch.optim.Optimizer:
+    """Build a normalized optimizer by name over the parameter groups derived from `model`.
+
+    Rotational tensors (decayed, 2+ dims, not embeddings), `Conv1D` layouts and plain tensors come from
+    `rotational_param_groups`. `"adamw"` is the AdamW baseline over the Trainer's decay set (embeddings decayed).
+
+    Args:
+        model (`nn.Module`): the model whose parameters are optimized.
+        optimizer (`str`): one of `adamw, lion, lion_a, lion_ar, rotational_adamw, rotational_lion, rotational_sgdm`.
+        lr (`float`): learning rate (required).
+        weight_decay (`float`): weight decay (sets the equilibrium angle of the rotational optimizers).
+        **options: the optimizer's own keyword arguments (`betas`, `nesterov`, `angle`, `inverse_bias_correction`,
+            `snr_correction`, `zero_mean`, `per_neuron`, `update_norm_decay`, `eps`, `momentum`, ...).
+    """
+    if optimizer not in OPTIMIZER_CHOICES:
+        raise ValueError(f"`optimizer` must be one of {OPTIMIZER_CHOICES}, got {optimizer!r}.")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    if lr is None:
+        raise ValueError("Pass `lr` (e.g. TrainingArguments.learning_rate) to build a normalized optimizer.")
+    if optimizer == "adamw":
+        groups = rotational_param_groups(model, weight_decay, rotational_embeddings=True)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **options)
+    if optimizer == "lion":
+        return Lion(model, lr=lr, weight_decay=weight_decay, **options)
+    if optimizer == "lion_a":
+        return LionA(model, lr=lr, weight_decay=weight_decay, **options)
+    if optimizer == "lion_ar":
+        return LionAR(model, lr=lr, weight_decay=weight_decay, **options)
+    return RotationalWrapper(model, inner=optimizer.split("_", 1)[1], lr=lr, weight_decay=weight_decay, **options)
+
+
+class NormalizedOptimizerFactory:
+    """An optimizer factory in transformers' `optimizer_cls_and_kwargs` protocol: `Trainer` calls
+    `NormalizedOptimizerFactory()(model, **kwargs)` (see `transformers.trainer_optimizer.is_optimizer_factory`),
+    so the optimizer sees the model and groups its parameters correctly (rotational tensors, `Conv1D` columns,
+    non-rotational tied embeddings). Build the pair with `normalized_optimizer(...)`."""
+
+    def __call__(self, model: torch.nn.Module, optimizer: str = "lion_ar", **kwargs) -> torch.optim.Optimizer:
+        return make_normalized_optimizer(model, optimizer, **kwargs)
+
+
+def _options_from_args(name: str, args: TrainingArguments) -> dict:
+    """Hyperparameters of optimizer `name` from (WarmupFree)TrainingArguments."""
+    lion_betas = (_option(args, "lion_beta1"), _option(args, "lion_beta2"))
+    opts: dict[str, Any] = dict(lr=args.learning_rate, weight_decay=args.weight_decay)
+    if name in ("adamw", "rotational_adamw"):
+        opts.update(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    elif name in ("lion", "rotational_lion"):
+        opts.update(betas=lion_betas, nesterov=_option(args, "nesterov"))
+    elif name == "rotational_sgdm":
+        opts.update(momentum=_option(args, "sgd_momentum"))
+    if name in ("lion_a", "lion_ar"):
+        opts.update(
             betas=lion_betas,
-            weight_decay=wd,
-            nesterov=args.nesterov,
-            inverse_bias_correction=args.inverse_bias_correction,
-            snr_correction=args.snr_correction,
+            nesterov=_option(args, "nesterov"),
+            inverse_bias_correction=_option(args, "inverse_bias_correction"),
+            snr_correction=_option(args, "snr_correction"),
         )
-    if name == "lion_ar":
-        return LionAR(
-            groups,
-            lr=lr,
-            betas=lion_betas,
-            weight_decay=wd,
-            angle=args.rotation_angle,
-            nesterov=args.nesterov,
-            inverse_bias_correction=args.inverse_bias_correction,
-            snr_correction=args.snr_correction,
-            zero_mean=args.zero_mean,
-            per_neuron=args.per_neuron,
-            update_norm_decay=args.update_norm_decay or 0.0,
+    if name == "lion_ar" or name.startswith("rotational_"):
+        decay = _option(args, "update_norm_decay")
+        opts.update(
+            angle=_option(args, "rotation_angle"),
+            zero_mean=_option(args, "zero_mean"),
+            per_neuron=_option(args, "per_neuron"),
+            update_norm_decay=(0.0 if name == "lion_ar" else 0.9) if decay is None else decay,
         )
-    inner = name.split("_", 1)[1]
-    kwargs: dict = {}
-    if inner == "adamw":
-        kwargs = dict(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
-    elif inner == "lion":
-        kwargs = dict(betas=lion_betas, nesterov=args.nesterov)
-    else:
-        kwargs = dict(momentum=args.sgd_momentum)
-    return RotationalWrapper(
-        groups,
-        inner=inner,
-        lr=lr,
-        weight_decay=wd,
-        angle=args.rotation_angle,
-        zero_mean=args.zero_mean,
-        per_neuron=args.per_neuron,
-        update_norm_decay=0.9 if args.update_norm_decay is None else args.update_norm_decay,
-        **kwargs,
-    )
+    return opts
+
+
+def normalized_optimizer(
+    optimizer: str = "lion_ar", args: TrainingArguments | None = None, **overrides: Any
+) -> tuple[type, dict]:
+    """`(factory, kwargs)` to pass as `transformers.Trainer(optimizer_cls_and_kwargs=...)`: pick a normalized optimizer
+    by name, the way `--optim` picks the built-in ones.
+
+    Hyperparameters come from `args` (`learning_rate`, `weight_decay`, Adam betas/eps, and the
+    `WarmupFreeTrainingArguments` options when present, else their defaults), then from `overrides`.
+
+    Example:
+        ```python
+        >>> from hf_ext.optim import normalized_optimizer
+        >>> trainer = Trainer(
+        ...     model=model, args=args, train_dataset=ds, optimizer_cls_and_kwargs=normalized_optimizer("lion_ar", args)
+        ... )
+        ```
+    """
+    if optimizer not in OPTIMIZER_CHOICES:
+        raise ValueError(f"`optimizer` must be one of {OPTIMIZER_CHOICES}, got {optimizer!r}.")
+    kwargs = _options_from_args(optimizer, args) if args is not None else {}
+    kwargs.update(overrides)
+    if kwargs.get("lr") is None:
+        raise ValueError("normalized_optimizer needs a learning rate: pass `args` or `lr=`.")
+    return NormalizedOptimizerFactory, {"optimizer": optimizer, **kwargs}
+
+
+def build_normalized_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
+    """The optimizer `WarmupFreeTrainer` builds: `args.normalized_optimizer` (default `lion_ar`) with the
+    hyperparameters of `args` (plain `TrainingArguments` get the `WarmupFreeTrainingArguments` defaults)."""
+    name = _option(args, "normalized_optimizer")
+    return make_normalized_optimizer(model, name, **_options_from_args(name, args))
 
 
 class WarmupFreeTrainer(SafetensorsOptimizerStateMixin, Trainer):
-    """A `Trainer` whose optimizer comes from `WarmupFreeTrainingArguments` (parameter groups derived from the model)
-    and whose schedule is the trapezoid (warmup from `args.warmup_steps`, linear cooldown over the last
-    `args.cooldown_fraction`). Optimizer and scheduler state are checkpointed as safetensors + JSON.
+    """A `Trainer` whose optimizer is the normalized optimizer named by `args.normalized_optimizer` (parameter groups
+    derived from the model) and whose schedule is `args.lr_scheduler_type`; for `warmup_stable_decay` missing
+    `num_decay_steps` are filled from `cooldown_fraction` (default 0.5) and the decay defaults to linear, which is the
+    trapezoid. Optimizer and scheduler state are checkpointed as safetensors + JSON.
 
-    Plain `TrainingArguments` also work (the optimizer is then `lion_ar` with the warmup-free recipe defaults).
+    Plain `TrainingArguments` work too: the optimizer is then `lion_ar` with the warmup-free recipe defaults of
+    `WarmupFreeTrainingArguments`, and the schedule is whatever `lr_scheduler_type` says (transformers' default
+    `linear`). A non-default `args.optim` is refused (it would be ignored). `optimizers=` and
+    `optimizer_cls_and_kwargs=` given to the constructor take precedence, as in `Trainer`.
     """
 
-    def _normalized_args(self) -> WarmupFreeTrainingArguments:
-        if isinstance(self.args, WarmupFreeTrainingArguments):
-            return self.args
-        defaults = WarmupFreeTrainingArguments(output_dir=self.args.output_dir)
-        for name in ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon"):
-            setattr(defaults, name, getattr(self.args, name))
-        return defaults
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
+            _refuse_optim(self.args)
+            name = _option(self.args, "normalized_optimizer")
+            if name not in OPTIMIZER_CHOICES:
+                raise ValueError(f"normalized_optimizer must be one of {OPTIMIZER_CHOICES}, got {name!r}.")
 
     def create_optimizer(self, model=None):
-        if self.optimizer is None:
-            self.optimizer = build_normalized_optimizer(
-                self.model if model is None else model, self._normalized_args()
-            )
-        return self.optimizer
+        if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
+            self.optimizer = build_normalized_optimizer(self.model if model is None else model, self.args)
+            return self.optimizer
+        return super().create_optimizer(model)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        args = self._normalized_args()
-        if self.lr_scheduler is None and getattr(args, "trapezoid_schedule", True):
-            self.lr_scheduler = get_trapezoid_schedule(
+        if (
+            self.lr_scheduler is None
+            and SchedulerType(self.args.lr_scheduler_type) == SchedulerType.WARMUP_STABLE_DECAY
+        ):
+            from transformers.optimization import get_wsd_schedule
+
+            kwargs = dict(self.args.lr_scheduler_kwargs or {})
+            kwargs.setdefault("decay_type", "linear")
+            warmup = int(self.args.get_warmup_steps(num_training_steps))
+            if "num_decay_steps" not in kwargs:
+                kwargs["num_decay_steps"] = round(_option(self.args, "cooldown_fraction") * num_training_steps)
+                if warmup + kwargs["num_decay_steps"] > num_training_steps:
+                    raise ValueError(
+                        f"warmup ({warmup}) + decay ({kwargs['num_decay_steps']}) steps exceed the "
+                        f"{num_training_steps} training steps; shorten the warmup or lower cooldown_fraction."
+                    )
+            self.lr_scheduler = get_wsd_schedule(
                 self.optimizer if optimizer is None else optimizer,
-                num_training_steps,
-                int(self.args.get_warmup_steps(num_training_steps)),
-                args.cooldown_fraction,
+                num_warmup_steps=warmup,
+                num_training_steps=num_training_steps,
+                **kwargs,
             )
             self._created_lr_scheduler = True
             return self.lr_scheduler

@@ -84,7 +84,7 @@ def arm_arguments(arm: str, recipe: WarmupRecipeArguments, args: WarmupTrainingA
     from ..optim.normalized import equilibrium_angle
 
     warm = recipe.warmup_fraction if arm.endswith("_warmup") and not arm.endswith("no_warmup") else 0
-    common = dict(output_dir=os.path.join(args.output_dir, arm), warmup_steps=warm, trapezoid_schedule=True)
+    common = dict(output_dir=os.path.join(args.output_dir, arm), warmup_steps=warm)
     if arm.startswith("adamw"):
         return dataclasses.replace(args, normalized_optimizer="adamw", **common)
     ratio = recipe.lion_lr_ratio
@@ -198,11 +198,10 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from transformers import HfArgumentParser
+    from ._common import finish, parse_recipe_args
 
-    parser = HfArgumentParser((WarmupRecipeArguments, WarmupTrainingArguments))
-    recipe, args = parser.parse_args_into_dataclasses(args=argv)
-    return run(recipe, args)
+    recipe, args = parse_recipe_args((WarmupRecipeArguments, WarmupTrainingArguments), argv)
+    return finish(run(recipe, args))
 
 
 if __name__ == "__main__":
