@@ -29,12 +29,12 @@ from .memorization import (
     summarize_records,
 )
 from .privacy import (
-    RDPAccountant,
+    PoissonBatchSampler,
+    PrivacyAccountant,
     clip_per_sample,
     dp_gradient,
     noisy_sum,
     per_sample_gradients,
-    subsampled_gaussian_rdp,
 )
 from .secure_aggregation import (
     decode,
@@ -84,7 +84,8 @@ __all__ = [
     "GoldfishCollator",
     "PrivateTrainer",
     "PrivateTrainingArguments",
-    "RDPAccountant",
+    "PoissonBatchSampler",
+    "PrivacyAccountant",
     "add_server_noise",
     "aggregate_round",
     "aggregate_uploads",
@@ -128,7 +129,6 @@ __all__ = [
     "split_by_column",
     "split_index",
     "state_norm",
-    "subsampled_gaussian_rdp",
     "sum_masked",
     "summarize_records",
     "train_client",

@@ -12,7 +12,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from .privacy import RDPAccountant
+from .privacy import PrivacyAccountant
 from .secure_aggregation import pairwise_seeds, remove_dropped_masks
 from .simulation import (
     FederatedArguments,
@@ -76,7 +76,7 @@ def make_client_app(
         model = model_fn()
         if fed_args.use_lora:
             model = apply_lora(model, fed_args, seed=training_args.seed)
-        accountant = RDPAccountant()
+        accountant = PrivacyAccountant(training_args.dp_accountant)
         if "privacy" in context.state:
             accountant.load_state_dict(json.loads(context.state["privacy"]["accountant"]))
         state, n, metrics = train_client(

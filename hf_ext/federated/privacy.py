@@ -1,116 +1,119 @@
 """Record-level differential privacy for (LoRA) fine-tuning: per-sample gradients with `torch.func`, clipping,
-Gaussian noise, and a Renyi-DP accountant for the Poisson-subsampled Gaussian mechanism."""
+Gaussian noise, Poisson sampling, and accounting with Google's `dp-accounting` (PLD or RDP)."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
-DEFAULT_RDP_ORDERS = tuple(range(2, 257))
+ACCOUNTANTS = ("pld", "rdp")
 
 
-def _log_add(a: float, b: float) -> float:
-    if a == -math.inf:
-        return b
-    if b == -math.inf:
-        return a
-    m = max(a, b)
-    return m + math.log1p(math.exp(-abs(a - b)))
+def _check_sigma(noise_multiplier: float, name: str = "noise_multiplier") -> float:
+    try:
+        sigma = float(noise_multiplier)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` must be a number, got {noise_multiplier!r}.") from err
+    if not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {noise_multiplier}.")
+    return sigma
 
 
-def subsampled_gaussian_rdp(sample_rate: float, noise_multiplier: float, order: int) -> float:
-    """RDP of one step of the Poisson-subsampled Gaussian mechanism at integer order `order` (Mironov et al. 2019):
+class PrivacyAccountant:
+    """Tracks `(epsilon, delta)` of DP-SGD steps with Google's `dp-accounting` library.
 
-    `log( sum_k C(a, k) (1-q)^(a-k) q^k exp((k^2 - k) / (2 sigma^2)) ) / (a - 1)`,
+    Every step is one Poisson-subsampled Gaussian mechanism (`PoissonSampledDpEvent(q, GaussianDpEvent(sigma))`),
+    which is what [`PrivateTrainer`] does: each example joins each batch independently with probability `q`. The
+    default accountant is the privacy-loss-distribution (PLD) one, which is tighter than RDP; `"rdp"` gives the
+    Renyi-DP bound that Opacus and TF Privacy report.
 
-    which for `q = 1` is the Gaussian mechanism's `a / (2 sigma^2)`.
-    """
-    if not 0 <= sample_rate <= 1:
-        raise ValueError(f"`sample_rate` must be in [0, 1], got {sample_rate}.")
-    if isinstance(order, bool) or int(order) != order or order < 2:
-        raise ValueError(f"`order` must be an integer >= 2, got {order}.")
-    if noise_multiplier <= 0:
-        return math.inf
-    if sample_rate == 0:
-        return 0.0
-    a, q, s2 = int(order), float(sample_rate), float(noise_multiplier) ** 2
-    if q == 1.0:
-        return a / (2 * s2)
-    log_a = -math.inf
-    for k in range(a + 1):
-        term = (
-            math.lgamma(a + 1)
-            - math.lgamma(k + 1)
-            - math.lgamma(a - k + 1)
-            + (a - k) * math.log1p(-q)
-            + k * math.log(q)
-            + (k * k - k) / (2 * s2)
-        )
-        log_a = _log_add(log_a, term)
-    return log_a / (a - 1)
+    The state is a JSON-serialisable list of `(sample_rate, noise_multiplier, steps)` entries, so it can be saved
+    with checkpoints and continued across federated rounds.
 
-
-class RDPAccountant:
-    """Composes steps of the subsampled Gaussian mechanism and converts RDP to `(epsilon, delta)`-DP.
-
-    The conversion is the tight one of Balle et al. 2020 (as in Opacus):
-    `eps = rdp(a) + log((a - 1) / a) - (log(delta) + log(a)) / (a - 1)`, minimised over orders.
-    The state is a JSON-serialisable list of `(sample_rate, noise_multiplier, steps)` entries.
+    Args:
+        accountant (`str`, *optional*, defaults to `"pld"`): `"pld"` or `"rdp"`.
+        pld_discretization (`float`, *optional*, defaults to 1e-3): the PLD accountant's
+            `value_discretization_interval`. Discretization is pessimistic (epsilon is an upper bound); 1e-3 is within
+            0.1% of 1e-4 on typical DP-SGD settings and ten times faster.
     """
 
-    def __init__(self, orders: Sequence[int] = DEFAULT_RDP_ORDERS):
-        if not orders:
-            raise ValueError("`orders` must not be empty.")
-        self.orders = tuple(int(a) for a in orders)
+    def __init__(self, accountant: str = "pld", pld_discretization: float = 1e-3):
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"`accountant` must be one of {ACCOUNTANTS}, got {accountant!r}.")
+        if not (0 < pld_discretization <= 0.1):
+            raise ValueError(f"`pld_discretization` must be in (0, 0.1], got {pld_discretization}.")
+        self.accountant = accountant
+        self.pld_discretization = float(pld_discretization)
         self.history: list[tuple[float, float, int]] = []
+        self._cache: dict[tuple, float] = {}
 
     def step(self, sample_rate: float, noise_multiplier: float, num_steps: int = 1) -> None:
-        """Record `num_steps` steps with the given sampling rate and noise multiplier."""
-        if num_steps < 0:
-            raise ValueError(f"`num_steps` must be >= 0, got {num_steps}.")
+        """Record `num_steps` steps with Poisson sampling rate `sample_rate` and noise multiplier `noise_multiplier`."""
+        if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 0:
+            raise ValueError(f"`num_steps` must be an integer >= 0, got {num_steps}.")
         if not 0 <= sample_rate <= 1:
             raise ValueError(f"`sample_rate` must be in [0, 1], got {sample_rate}.")
-        if noise_multiplier < 0:
-            raise ValueError(f"`noise_multiplier` must be >= 0, got {noise_multiplier}.")
+        sigma = _check_sigma(noise_multiplier)
         if num_steps == 0:
             return
-        if self.history and self.history[-1][:2] == (float(sample_rate), float(noise_multiplier)):
+        if self.history and self.history[-1][:2] == (float(sample_rate), sigma):
             q, s, n = self.history[-1]
             self.history[-1] = (q, s, n + int(num_steps))
         else:
-            self.history.append((float(sample_rate), float(noise_multiplier), int(num_steps)))
+            self.history.append((float(sample_rate), sigma, int(num_steps)))
 
     @property
     def steps(self) -> int:
         return sum(n for _, _, n in self.history)
 
-    def rdp(self) -> list[float]:
-        return [sum(n * subsampled_gaussian_rdp(q, s, a) for q, s, n in self.history) for a in self.orders]
+    def dp_event(self):
+        """The composed `dp_accounting.DpEvent` of all recorded steps."""
+        import dp_accounting
+
+        events = [
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(s)), n
+            )
+            for q, s, n in self.history
+        ]
+        return dp_accounting.ComposedDpEvent(events)
 
     def get_epsilon(self, delta: float) -> float:
-        """The smallest epsilon over orders such that the recorded steps are `(epsilon, delta)`-DP."""
+        """The smallest epsilon such that the recorded steps are `(epsilon, delta)`-DP (inf if a step had no noise)."""
         if not 0 < delta < 1:
             raise ValueError(f"`delta` must be in (0, 1), got {delta}.")
-        if not self.history:
+        live = [(q, s, n) for q, s, n in self.history if q > 0]
+        if not live:
             return 0.0
-        best = math.inf
-        for a, r in zip(self.orders, self.rdp()):
-            if math.isinf(r):
-                continue
-            eps = r + math.log((a - 1) / a) - (math.log(delta) + math.log(a)) / (a - 1)
-            best = min(best, eps)
-        return max(best, 0.0)
+        if any(s == 0 for _, s, _ in live):
+            return math.inf
+        key = (self.accountant, self.pld_discretization, float(delta), tuple(live))
+        if key not in self._cache:
+            if self.accountant == "pld":
+                from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
+                acc = PLDAccountant(value_discretization_interval=self.pld_discretization)
+            else:
+                from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
+
+                acc = RdpAccountant()
+            acc.compose(self.dp_event())
+            self._cache = {key: max(float(acc.get_epsilon(delta)), 0.0)}
+        return self._cache[key]
 
     def state_dict(self) -> dict:
-        return {"orders": list(self.orders), "history": [list(h) for h in self.history]}
+        return {"accountant": self.accountant, "history": [list(h) for h in self.history]}
 
     def load_state_dict(self, state: Mapping) -> None:
         if "history" not in state:
             raise ValueError("Accountant state must have a `history` entry.")
-        self.orders = tuple(int(a) for a in state.get("orders", self.orders))
+        accountant = state.get("accountant", self.accountant)
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"Saved accountant {accountant!r} is not one of {ACCOUNTANTS}.")
+        self.accountant = accountant
         self.history = [(float(q), float(s), int(n)) for q, s, n in state["history"]]
 
     def to_json(self) -> str:
@@ -126,8 +129,10 @@ def per_sample_gradients(
     """Per-sample gradients of the causal-LM loss for the parameters with `requires_grad` (e.g. only LoRA).
 
     Uses `torch.func.vmap(grad(...))` over `functional_call`, so the cost is one batched forward/backward. Each
-    sample's loss is the mean next-token cross-entropy over its labels that are not -100. Build models with
-    `attn_implementation="eager"` for speed under `vmap`.
+    sample's loss is the mean next-token cross-entropy over its labels that are not -100. With `attention_mask`
+    (padded batches, left or right padding) padded keys are masked and a target whose input position is padding
+    (the first real token under left padding) is not counted, so each row's gradient equals that of the same
+    sequence without its padding. Build models with `attn_implementation="eager"` for speed under `vmap`.
 
     Returns:
         `tuple[dict[str, torch.Tensor], torch.Tensor]`: gradients with a leading batch dimension, and the per-sample
@@ -140,29 +145,38 @@ def per_sample_gradients(
             f"`input_ids` and `labels` must both have shape (batch, length), got {tuple(input_ids.shape)} and "
             f"{tuple(labels.shape)}."
         )
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, got "
+            f"{tuple(attention_mask.shape)}."
+        )
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("The model has no trainable parameter (nothing requires grad).")
     buffers = {n: b.detach() for n, b in model.named_buffers()}
+    # without padding the causal default is exact; with padding, each sample gets its own 2D mask row
+    mask = None if attention_mask is None or bool(attention_mask.bool().all()) else attention_mask
 
-    def loss_fn(p, ids, lab, mask):
+    def loss_fn(p, ids, lab, m, m2):
         kwargs = {"input_ids": ids[None]}
-        if mask is not None:
-            kwargs["attention_mask"] = mask[None]
+        if m is not None:
+            kwargs["attention_mask"] = m[None]
         out = functional_call(model, (p, buffers), args=(), kwargs=kwargs, strict=False)
         logits = out.logits[0, :-1].float()
         target = lab[1:]
+        if m2 is not None:  # a target predicted from a padding position (left padding) is not part of the sample
+            target = torch.where(m2[:-1].bool(), target, torch.full_like(target, -100))
         loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
         mean = loss / (target != -100).sum().clamp(min=1)
         return mean, mean.detach()
 
-    def g(p, ids, lab, mask):
-        grads, loss = grad(loss_fn, has_aux=True)(p, ids, lab, mask)
+    def g(p, ids, lab, m, m2):
+        grads, loss = grad(loss_fn, has_aux=True)(p, ids, lab, m, m2)
         return grads, loss
 
-    in_mask = None if attention_mask is None else 0
-    grads, losses = vmap(g, in_dims=(None, 0, 0, in_mask), randomness="different")(
-        params, input_ids, labels, attention_mask
+    in_mask = None if mask is None else 0
+    grads, losses = vmap(g, in_dims=(None, 0, 0, in_mask, in_mask), randomness="different")(
+        params, input_ids, labels, mask, mask
     )
     return grads, losses
 
@@ -175,8 +189,8 @@ def clip_per_sample(
     Returns:
         `tuple[dict[str, torch.Tensor], torch.Tensor]`: the clipped per-sample gradients and the original norms.
     """
-    if not max_norm > 0:
-        raise ValueError(f"`max_norm` must be > 0, got {max_norm}.")
+    if not (max_norm > 0 and math.isfinite(max_norm)):
+        raise ValueError(f"`max_norm` must be a finite number > 0, got {max_norm}.")
     if not grads:
         raise ValueError("`grads` is empty.")
     first = next(iter(grads.values()))
@@ -196,8 +210,9 @@ def noisy_sum(
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sum clipped per-sample gradients and add `N(0, (noise_multiplier * max_norm)^2)` to every coordinate."""
-    if noise_multiplier < 0:
-        raise ValueError(f"`noise_multiplier` must be >= 0, got {noise_multiplier}.")
+    noise_multiplier = _check_sigma(noise_multiplier)
+    if noise_multiplier > 0 and not (max_norm > 0 and math.isfinite(max_norm)):
+        raise ValueError(f"`max_norm` (the sensitivity) must be a finite number > 0 to add noise, got {max_norm}.")
     std = noise_multiplier * max_norm
     out = {}
     for n, g in clipped.items():
@@ -220,12 +235,62 @@ def dp_gradient(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One DP-SGD gradient: `(sum_i clip(g_i) + N(0, sigma^2 C^2)) / B` for the trainable parameters.
 
+    `B` is `expected_batch_size` (Poisson sampling: `q * N`), not the realised batch size, as in Opacus; an empty
+    batch (possible under Poisson sampling) yields pure noise. Pass `attention_mask` for padded batches: padding is
+    then neither attended to nor part of any sample's gradient.
+
     Returns:
         `tuple[dict[str, torch.Tensor], torch.Tensor]`: the privatised gradient per trainable parameter name and the
         per-sample losses.
     """
-    grads, losses = per_sample_gradients(model, input_ids, labels, attention_mask)
-    clipped, _ = clip_per_sample(grads, max_norm)
+    if input_ids.shape[0] == 0:
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        clipped = {n: torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device) for n, p in params.items()}
+        losses = torch.zeros(0, device=input_ids.device)
+    else:
+        grads, losses = per_sample_gradients(model, input_ids, labels, attention_mask)
+        clipped, _ = clip_per_sample(grads, max_norm)
     summed = noisy_sum(clipped, max_norm, noise_multiplier, generator)
     b = expected_batch_size or input_ids.shape[0]
+    if not b:
+        raise ValueError("`expected_batch_size` is needed when the batch is empty (Poisson sampling).")
     return {n: g / b for n, g in summed.items()}, losses
+
+
+class PoissonBatchSampler:
+    """Batches in which every example is included independently with probability `sample_rate` (Poisson sampling),
+    the sampling that the subsampled-Gaussian accountants assume (as Opacus's `UniformWithReplacementSampler`).
+
+    Batch sizes vary and can be 0. One epoch has `num_batches` batches (default `round(1 / sample_rate)`, so each
+    example is seen once per epoch in expectation). The draw depends only on `(seed, epoch)`, so resumed training
+    replays the same batches.
+
+    Args:
+        num_samples (`int`): dataset size `N`.
+        sample_rate (`float`): inclusion probability `q` in (0, 1].
+        num_batches (`int`, *optional*): batches per epoch.
+        seed (`int`, *optional*, defaults to 0): seed of the draws.
+    """
+
+    def __init__(self, num_samples: int, sample_rate: float, num_batches: int | None = None, seed: int = 0):
+        if num_samples < 1:
+            raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"`sample_rate` must be in (0, 1], got {sample_rate}.")
+        self.num_samples = int(num_samples)
+        self.sample_rate = float(sample_rate)
+        self.num_batches = int(num_batches) if num_batches else max(1, round(1 / self.sample_rate))
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        for _ in range(self.num_batches):
+            keep = torch.rand(self.num_samples, generator=gen) < self.sample_rate
+            yield keep.nonzero().flatten().tolist()

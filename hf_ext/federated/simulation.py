@@ -19,7 +19,7 @@ from .aggregation import (
     client_update,
     lora_pairs,
 )
-from .privacy import RDPAccountant
+from .privacy import PrivacyAccountant
 from .secure_aggregation import mask_update, pairwise_seeds, secure_weighted_mean, sum_masked
 
 STATE_FILE = "global_state.safetensors"
@@ -261,7 +261,7 @@ def train_client(
     round_index: int,
     data_collator=None,
     processing_class=None,
-    accountant: RDPAccountant | None = None,
+    accountant: PrivacyAccountant | None = None,
     callbacks: list | None = None,
 ) -> tuple[dict[str, torch.Tensor], int, dict[str, float]]:
     """Local work of one client in one round (shared by the simulation and the Flower `ClientApp`).
@@ -400,7 +400,7 @@ class FederatedSimulation:
         self.model = apply_lora(model, fed_args, seed=training_args.seed) if fed_args.use_lora else model
         self.keys = exchange_keys(self.model, fed_args.mode)
         self.global_state = get_exchange_state(self.model, self.keys)
-        self.accountants = [RDPAccountant() for _ in client_datasets]
+        self.accountants = [PrivacyAccountant(training_args.dp_accountant) for _ in client_datasets]
         self.round = 0
         self.history: list[dict] = []
 

@@ -7,10 +7,11 @@ import math
 import os
 from dataclasses import dataclass, field
 
+import torch
 from transformers import Trainer, TrainingArguments
 
 from .goldfish import GoldfishCollator
-from .privacy import RDPAccountant, dp_gradient
+from .privacy import ACCOUNTANTS, PoissonBatchSampler, PrivacyAccountant, dp_gradient
 
 ACCOUNTANT_FILE = "privacy_accountant.json"
 
@@ -33,6 +34,10 @@ class PrivateTrainingArguments(TrainingArguments):
         default=0.0, metadata={"help": "DP-SGD: Gaussian noise std in units of the clip norm (sigma)."}
     )
     dp_delta: float = field(default=1e-5, metadata={"help": "DP-SGD: delta at which epsilon is reported."})
+    dp_accountant: str = field(
+        default="pld",
+        metadata={"help": "DP-SGD accountant from Google's dp-accounting: 'pld' (tighter) or 'rdp' (as Opacus)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -40,11 +45,22 @@ class PrivateTrainingArguments(TrainingArguments):
             raise ValueError(f"--goldfish_k must be an integer >= 2 (drop 1/k of the tokens), got {self.goldfish_k}.")
         if self.goldfish_context_width < 1:
             raise ValueError(f"--goldfish_context_width must be >= 1, got {self.goldfish_context_width}.")
+        if not (isinstance(self.dp_noise_multiplier, int | float) and math.isfinite(self.dp_noise_multiplier)):
+            raise ValueError(f"--dp_noise_multiplier must be a finite number >= 0, got {self.dp_noise_multiplier}.")
+        if self.dp_noise_multiplier < 0:
+            raise ValueError(f"--dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}.")
+        if self.dp_noise_multiplier > 0 and self.dp_clip_norm is None:
+            raise ValueError(
+                "--dp_noise_multiplier > 0 needs --dp_clip_norm: without a per-sample clip norm the noise has no "
+                "calibrated sensitivity and DP-SGD would be off. Set --dp_clip_norm (e.g. 1.0)."
+            )
+        if self.dp_accountant not in ACCOUNTANTS:
+            raise ValueError(f"--dp_accountant must be one of {ACCOUNTANTS}, got {self.dp_accountant!r}.")
         if self.dp_clip_norm is not None:
+            if not (isinstance(self.dp_clip_norm, int | float) and math.isfinite(self.dp_clip_norm)):
+                raise ValueError(f"--dp_clip_norm must be a finite number > 0, got {self.dp_clip_norm}.")
             if not self.dp_clip_norm > 0:
                 raise ValueError(f"--dp_clip_norm must be > 0, got {self.dp_clip_norm}.")
-            if self.dp_noise_multiplier < 0:
-                raise ValueError(f"--dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}.")
             if self.gradient_accumulation_steps != 1:
                 raise ValueError(
                     "DP-SGD adds noise once per optimizer step: set --gradient_accumulation_steps 1 and raise "
@@ -62,18 +78,20 @@ class PrivateTrainingArguments(TrainingArguments):
 class PrivateTrainer(Trainer):
     """A `Trainer` with Goldfish loss (via [`GoldfishCollator`]) and DP-SGD (per-sample clipping + Gaussian noise).
 
-    With `args.dp_clip_norm` set, each optimizer step computes per-sample gradients of the trainable parameters
-    with `torch.func`, clips each to `dp_clip_norm`, sums, adds `N(0, (dp_noise_multiplier * dp_clip_norm)^2)` and
-    divides by the batch size; an [`RDPAccountant`] tracks epsilon at `dp_delta` with sampling rate
-    `batch_size / len(train_dataset)` (batches are shuffled, not Poisson-sampled, as is common practice). The
-    accountant is saved as JSON in every checkpoint and restored by `resume_from_checkpoint`.
+    With `args.dp_clip_norm` set, batches are drawn by Poisson sampling ([`PoissonBatchSampler`]: each example joins
+    each batch independently with probability `q = per_device_train_batch_size / len(train_dataset)`), which is the
+    sampling the accountant assumes. Each optimizer step computes per-sample gradients of the trainable parameters
+    with `torch.func` (respecting the batch's `attention_mask`), clips each to `dp_clip_norm`, sums, adds
+    `N(0, (dp_noise_multiplier * dp_clip_norm)^2)` and divides by the expected batch size. A
+    [`PrivacyAccountant`] (Google's `dp-accounting`, PLD by default) tracks epsilon at `dp_delta`; it is saved as
+    JSON in every checkpoint and restored by `resume_from_checkpoint`.
 
     Args:
-        accountant (`RDPAccountant`, *optional*): an accountant to continue (e.g. a client's across federated rounds).
+        accountant ([`PrivacyAccountant`], *optional*): an accountant to continue (e.g. a client's across rounds).
         All other arguments are those of `Trainer`; `args` must be [`PrivateTrainingArguments`].
     """
 
-    def __init__(self, *args, accountant: RDPAccountant | None = None, **kwargs):
+    def __init__(self, *args, accountant: PrivacyAccountant | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, PrivateTrainingArguments):
             raise TypeError("PrivateTrainer needs `args` to be a PrivateTrainingArguments instance.")
@@ -81,17 +99,35 @@ class PrivateTrainer(Trainer):
             self.data_collator = GoldfishCollator(
                 self.data_collator, self.args.goldfish_k, self.args.goldfish_context_width
             )
-        self.accountant = accountant if accountant is not None else RDPAccountant()
+        self.accountant = accountant if accountant is not None else PrivacyAccountant(self.args.dp_accountant)
         if self.args.dp_clip_norm is not None:
             if self.args.world_size > 1:
                 raise ValueError("DP-SGD in PrivateTrainer runs on one process; launch without multiple processes.")
-            if self.train_dataset is None or not hasattr(self.train_dataset, "__len__"):
-                raise ValueError("DP-SGD needs a sized `train_dataset` to compute the sampling rate.")
+            if self.train_dataset is None or not hasattr(self.train_dataset, "__len__") or not len(self.train_dataset):
+                raise ValueError("DP-SGD needs a sized, non-empty `train_dataset` to compute the sampling rate.")
 
     @property
     def sample_rate(self) -> float:
+        """Poisson sampling rate `q = expected batch size / dataset size`."""
         n = len(self.train_dataset)
         return min(1.0, self.args.per_device_train_batch_size * self.args.world_size / max(n, 1))
+
+    def get_train_dataloader(self):
+        if self.args.dp_clip_norm is None:
+            return super().get_train_dataloader()
+        import datasets
+        from torch.utils.data import DataLoader
+
+        dataset = self.train_dataset
+        collator = self.data_collator
+        if isinstance(dataset, datasets.Dataset):
+            dataset = self._remove_unused_columns(dataset, description="Training")
+        else:
+            collator = self._get_collator_with_removed_columns(collator, description="Training")
+        sampler = PoissonBatchSampler(len(dataset), self.sample_rate, seed=self.args.data_seed or self.args.seed)
+        return DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=_EmptyBatchCollator(collator, dataset), num_workers=0
+        )
 
     def privacy_spent(self) -> dict[str, float]:
         """`{"epsilon", "delta", "dp_steps"}` for the steps taken so far (epsilon is inf without noise)."""
@@ -114,12 +150,15 @@ class PrivateTrainer(Trainer):
             self.args.dp_clip_norm,
             self.args.dp_noise_multiplier,
             expected_batch_size=self.args.per_device_train_batch_size,
+            attention_mask=inputs.get("attention_mask"),
         )
         params = dict(unwrapped.named_parameters())
         for name, g in grads.items():
             p = params[name]
             p.grad = g.to(p.dtype) if p.grad is None else p.grad + g.to(p.dtype)
         self.accountant.step(self.sample_rate, self.args.dp_noise_multiplier, 1)
+        if losses.numel() == 0:
+            return torch.zeros((), device=inputs["input_ids"].device)
         return losses.mean().detach()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -143,3 +182,20 @@ class PrivateTrainer(Trainer):
         if os.path.isfile(path):
             with open(path) as fh:
                 self.accountant.load_state_dict(json.load(fh))
+
+
+class _EmptyBatchCollator:
+    """Collates like `collator`, and turns an empty Poisson batch into zero-row tensors of the right width."""
+
+    def __init__(self, collator, dataset):
+        self.collator = collator
+        self.dataset = dataset
+        self._template = None
+
+    def __call__(self, features):
+        if len(features):
+            return self.collator(features)
+        if self._template is None:
+            one = self.collator([self.dataset[0]])
+            self._template = {k: v[:0] for k, v in one.items() if isinstance(v, torch.Tensor)}
+        return {k: v.clone() for k, v in self._template.items()}

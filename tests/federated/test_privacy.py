@@ -1,4 +1,5 @@
-"""Per-sample clipping, noise calibration, the RDP accountant and the DP Trainer (incl. checkpoint resume)."""
+"""Per-sample gradients (incl. padded batches), clipping, noise calibration, Poisson sampling, the dp-accounting
+accountant (golden epsilons) and the DP Trainer (incl. checkpoint resume)."""
 
 import math
 import os
@@ -7,13 +8,13 @@ import pytest
 import torch
 
 from hf_ext.federated import (
+    PoissonBatchSampler,
+    PrivacyAccountant,
     PrivateTrainer,
     PrivateTrainingArguments,
-    RDPAccountant,
     clip_per_sample,
     noisy_sum,
     per_sample_gradients,
-    subsampled_gaussian_rdp,
 )
 
 from .conftest import tiny_llama
@@ -72,30 +73,201 @@ def test_noise_std_equals_sigma_times_clip():
     assert float(out["w"].mean()) == pytest.approx(0.0, abs=0.01)
 
 
-def test_rdp_accountant():
-    # q = 1: the plain Gaussian mechanism, RDP = a / (2 sigma^2)
-    assert subsampled_gaussian_rdp(1.0, 2.0, 8) == pytest.approx(8 / 8)
-    # order 2 closed form: log(1 + q^2 (exp(1 / sigma^2) - 1))
-    q, s = 0.01, 1.3
-    assert subsampled_gaussian_rdp(q, s, 2) == pytest.approx(math.log1p(q**2 * math.expm1(1 / s**2)), rel=1e-9)
-    acc = RDPAccountant()
+def _left_padded_batch(pads=(0, 5, 2), length=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 500, (len(pads), length), generator=g)
+    mask = torch.ones_like(ids)
+    for i, p in enumerate(pads):
+        ids[i, :p] = 0  # pad id, left padding as in the paper's tokenizer (padding_side='left')
+        mask[i, :p] = 0
+    return ids, ids.masked_fill(mask == 0, -100), mask
+
+
+def _unpadded_loop_grads(model, ids, labels, mask):
+    """Independent reference: one plain forward/backward per example with its padding removed."""
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    out = []
+    for i in range(ids.shape[0]):
+        keep = mask[i].bool()
+        model.zero_grad()
+        model(input_ids=ids[i : i + 1, keep], labels=labels[i : i + 1, keep]).loss.backward()
+        out.append({n: p.grad.detach().clone() for n, p in trainable.items()})
+    model.zero_grad()
+    return out
+
+
+def test_per_sample_gradients_of_left_padded_rows_equal_unpadded_loop(lora_model):
+    ids, labels, mask = _left_padded_batch()
+    grads, _ = per_sample_gradients(lora_model, ids, labels, attention_mask=mask)
+    ref = _unpadded_loop_grads(lora_model, ids, labels, mask)
+    for i in range(ids.shape[0]):
+        for n, r in ref[i].items():
+            torch.testing.assert_close(grads[n][i], r, atol=1e-5, rtol=1e-4)
+
+
+def test_dp_trainer_step_on_left_padded_batch_equals_unpadded_loop(tmp_path, lora_model, client_datasets):
+    """The DP step passes the batch's attention_mask: with no noise and no effective clipping it is the mean of the
+    per-example gradients of the unpadded sequences."""
+    args = PrivateTrainingArguments(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        max_grad_norm=0,
+        dp_clip_norm=1e6,
+        per_device_train_batch_size=3,
+    )
+    trainer = PrivateTrainer(model=lora_model, args=args, train_dataset=client_datasets[0])
+    ids, labels, mask = _left_padded_batch(seed=4)
+    lora_model.zero_grad()
+    trainer.training_step(lora_model, {"input_ids": ids, "labels": labels, "attention_mask": mask})
+    got = {n: p.grad.detach().clone() for n, p in lora_model.named_parameters() if p.requires_grad}
+    ref = _unpadded_loop_grads(lora_model, ids, labels, mask)
+    for n, g in got.items():
+        torch.testing.assert_close(g, sum(r[n] for r in ref) / 3, atol=1e-5, rtol=1e-4)
+
+
+def _exact_gaussian_epsilon(mu: float, delta: float) -> float:
+    """Exact epsilon of a Gaussian mechanism with sensitivity/std ratio `mu` (Balle & Wang 2018), by bisection:
+    delta(eps) = Phi(mu/2 - eps/mu) - exp(eps) Phi(-mu/2 - eps/mu). Independent of dp-accounting."""
+    from scipy.stats import norm
+
+    def d(eps):
+        return norm.cdf(mu / 2 - eps / mu) - math.exp(eps) * norm.cdf(-mu / 2 - eps / mu)
+
+    lo, hi = 0.0, 100.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if d(mid) > delta else (lo, mid)
+    return hi
+
+
+def _integer_order_rdp_epsilon(q, sigma, steps, delta):
+    """Independent RDP bound (Mironov et al. 2019, integer orders; Balle et al. 2020 conversion)."""
+    best = math.inf
+    for a in range(2, 257):
+        terms = [
+            math.lgamma(a + 1)
+            - math.lgamma(k + 1)
+            - math.lgamma(a - k + 1)
+            + (a - k) * math.log1p(-q)
+            + (k * math.log(q) if k else 0.0)
+            + (k * k - k) / (2 * sigma**2)
+            for k in range(a + 1)
+        ]
+        m = max(terms)
+        rdp = steps * (m + math.log(sum(math.exp(t - m) for t in terms))) / (a - 1)
+        best = min(best, rdp + math.log((a - 1) / a) - (math.log(delta) + math.log(a)) / (a - 1))
+    return best
+
+
+# (q, sigma, steps, delta) -> epsilon from dp-accounting 0.6 PLD (value_discretization_interval 1e-4)
+GOLDEN_PLD = [
+    ((0.01, 1.1, 1000, 1e-5), 1.5153702481094293),
+    ((0.1, 0.8, 50, 1e-5), 8.062456566153791),
+    ((0.25, 2.0, 200, 1e-6), 10.605937334053799),
+]
+
+
+@pytest.mark.parametrize("case,golden", GOLDEN_PLD)
+def test_golden_epsilons(case, golden):
+    q, sigma, steps, delta = case
+    pld = PrivacyAccountant("pld")
+    pld.step(q, sigma, steps)
+    eps = pld.get_epsilon(delta)
+    assert eps == pytest.approx(golden, rel=2e-3)  # our default discretization is 1e-3: pessimistic, within 0.2%
+    assert eps >= golden * (1 - 1e-9)  # ... and never optimistic
+    rdp = PrivacyAccountant("rdp")
+    rdp.step(q, sigma, steps)
+    # PLD is tighter than RDP, and dp-accounting's RDP matches an independent integer-order computation
+    assert eps < rdp.get_epsilon(delta) <= _integer_order_rdp_epsilon(q, sigma, steps, delta) * (1 + 1e-6)
+    assert rdp.get_epsilon(delta) > 0.9 * _integer_order_rdp_epsilon(q, sigma, steps, delta)
+
+
+@pytest.mark.parametrize("sigma,steps", [(5.0, 10), (20.0, 50)])
+def test_full_batch_pld_epsilon_equals_exact_gaussian(sigma, steps):
+    acc = PrivacyAccountant("pld")
+    acc.step(1.0, sigma, steps)
+    exact = _exact_gaussian_epsilon(math.sqrt(steps) / sigma, 1e-5)
+    assert acc.get_epsilon(1e-5) == pytest.approx(exact, rel=5e-3)
+
+
+def test_accountant_composition_and_state():
+    acc = PrivacyAccountant("rdp")
     acc.step(0.01, 1.0, 100)
     e100 = acc.get_epsilon(1e-5)
     acc.step(0.01, 1.0, 900)
     e1000 = acc.get_epsilon(1e-5)
-    assert 0 < e100 < e1000
-    more_noise = RDPAccountant()
-    more_noise.step(0.01, 2.0, 1000)
-    assert more_noise.get_epsilon(1e-5) < e1000
-    full_batch = RDPAccountant()
-    full_batch.step(1.0, 1.0, 1000)
-    assert full_batch.get_epsilon(1e-5) > e1000  # subsampling amplifies privacy
-    restored = RDPAccountant()
-    restored.load_state_dict(acc.state_dict())
-    assert restored.get_epsilon(1e-5) == e1000 and restored.steps == 1000
-    no_noise = RDPAccountant()
+    assert 0 < e100 < e1000 and acc.steps == 1000
+    restored = PrivacyAccountant()
+    restored.load_state_dict(json_roundtrip(acc.state_dict()))
+    assert restored.accountant == "rdp" and restored.get_epsilon(1e-5) == e1000
+    no_noise = PrivacyAccountant()
     no_noise.step(0.1, 0.0, 1)
     assert math.isinf(no_noise.get_epsilon(1e-5))
+    with pytest.raises(ValueError, match="noise_multiplier"):
+        acc.step(0.1, float("nan"))
+    with pytest.raises(ValueError, match="accountant"):
+        PrivacyAccountant("moments")
+
+
+def json_roundtrip(obj):
+    import json
+
+    return json.loads(json.dumps(obj))
+
+
+def test_poisson_batch_sampler_includes_each_example_with_probability_q():
+    n, q = 50, 0.1
+    sampler = PoissonBatchSampler(n, q, num_batches=400, seed=3)
+    batches = list(sampler)
+    sizes = torch.tensor([len(b) for b in batches], dtype=torch.float64)
+    assert len(batches) == 400 and len(PoissonBatchSampler(n, q)) == 10  # one expected pass per epoch
+    assert float(sizes.mean()) == pytest.approx(n * q, rel=0.1)
+    assert float(sizes.var()) == pytest.approx(n * q * (1 - q), rel=0.3)  # binomial, not a fixed batch size
+    counts = torch.zeros(n)
+    for b in batches:
+        assert len(set(b)) == len(b)
+        counts[b] += 1
+    assert float((counts / 400).sub(q).abs().max()) < 0.07
+    assert list(PoissonBatchSampler(n, q, 5, seed=3)) == batches[:5]  # deterministic per (seed, epoch)
+    sampler.set_epoch(1)
+    assert list(sampler)[:5] != batches[:5]
+
+
+def test_dp_trainer_samples_batches_by_poisson_sampling(tmp_path, lora_model, client_datasets):
+    ds = client_datasets[0]
+    args = PrivateTrainingArguments(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        max_grad_norm=0,
+        dp_clip_norm=1.0,
+        dp_noise_multiplier=1.0,
+        per_device_train_batch_size=2,
+    )
+    from transformers import default_data_collator
+
+    trainer = PrivateTrainer(model=lora_model, args=args, train_dataset=ds, data_collator=default_data_collator)
+    loader = trainer.get_train_dataloader()
+    assert isinstance(loader.batch_sampler, PoissonBatchSampler)
+    assert loader.batch_sampler.sample_rate == pytest.approx(2 / len(ds)) == trainer.sample_rate
+    sizes = set()
+    for epoch in range(20):
+        loader.batch_sampler.set_epoch(epoch)
+        sizes |= {int(b["input_ids"].shape[0]) for b in loader}
+    assert 0 in sizes and max(sizes) > 2  # variable sizes, empty batches included
+    empty = next(b for epoch in range(20) for b in _epoch(loader, epoch) if b["input_ids"].shape[0] == 0)
+    lora_model.zero_grad()
+    trainer.training_step(lora_model, empty)  # an empty batch is a pure-noise step, accounted like any other
+    grads = [p.grad for p in lora_model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+    assert trainer.accountant.steps == 1
+    lora_model.zero_grad()
+
+
+def _epoch(loader, epoch):
+    loader.batch_sampler.set_epoch(epoch)
+    return loader
 
 
 def test_private_args_validation(tmp_path):
@@ -108,6 +280,25 @@ def test_private_args_validation(tmp_path):
         PrivateTrainingArguments(**base, goldfish_k=1)
     with pytest.raises(ValueError, match="dp_clip_norm"):
         PrivateTrainingArguments(**base, dp_clip_norm=-1.0, max_grad_norm=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"dp_noise_multiplier": 1.0}, "needs --dp_clip_norm"),  # noise without a clip norm: DP would be off
+        ({"dp_noise_multiplier": float("nan"), "dp_clip_norm": 1.0}, "dp_noise_multiplier"),
+        ({"dp_noise_multiplier": float("nan")}, "dp_noise_multiplier"),
+        ({"dp_noise_multiplier": float("inf"), "dp_clip_norm": 1.0}, "dp_noise_multiplier"),
+        ({"dp_noise_multiplier": 1.0, "dp_clip_norm": float("nan")}, "dp_clip_norm"),
+        ({"dp_noise_multiplier": 1.0, "dp_clip_norm": float("inf")}, "dp_clip_norm"),
+        ({"dp_noise_multiplier": 1.0, "dp_clip_norm": 1.0, "dp_accountant": "moments"}, "dp_accountant"),
+    ],
+)
+def test_dp_settings_that_would_silently_disable_dp_are_refused(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PrivateTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_grad_norm=0, **kwargs)
+    with pytest.raises(ValueError, match="noise_multiplier"):
+        noisy_sum({"w": torch.zeros(2, 3)}, 1.0, float("nan"))
 
 
 def _dp_trainer(model, ds, out, **kw):
