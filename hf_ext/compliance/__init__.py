@@ -2,7 +2,8 @@
 
 from .dataset_ops import annotate_compliance, filter_compliant
 from .dcg import DCGReport, compute_dcg
-from .robots import DEFAULT_AI_USER_AGENTS, DomainPolicy, RobotsCompliance, normalize_host
+from .rfc9309 import RobotsTxt, product_token
+from .robots import DEFAULT_AI_USER_AGENTS, DomainPolicy, RobotsCompliance, normalize_host, status_class
 from .stats import RetentionStats, compute_retention_stats
 from .store import RobotsRecord, RobotsTxtStore, fetch_robots_txt, load_example_robots
 
@@ -13,6 +14,7 @@ __all__ = [
     "RetentionStats",
     "RobotsCompliance",
     "RobotsRecord",
+    "RobotsTxt",
     "RobotsTxtFilter",
     "RobotsTxtStore",
     "annotate_compliance",
@@ -22,6 +24,8 @@ __all__ = [
     "filter_compliant",
     "load_example_robots",
     "normalize_host",
+    "product_token",
+    "status_class",
 ]
 
 

@@ -1,18 +1,21 @@
-"""robots.txt decisions for AI crawlers with Protego, cached per domain.
+"""robots.txt decisions for AI crawlers with RFC 9309 semantics, cached per host.
 
 A URL is *compliant* when none of the checked user agents is disallowed from fetching it by the robots.txt of its
-host. A host without a robots.txt (or with one that cannot be read) is compliant, as in the data-compliance paper:
-opting out needs an explicit rule.
+host. What a host's fetch status means follows RFC 9309 section 2.3.1 by default: a robots.txt that is *unavailable*
+(4xx, or recorded as absent) allows everything; one that is *unreachable* (5xx, network error) disallows everything.
+`status_policy="paper"` keeps the data-compliance paper's pipeline behaviour (only a readable robots.txt can opt out).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 from protego import Protego
+
+from .rfc9309 import DISALLOW_ALL, RobotsTxt, product_token, url_path
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,29 @@ DEFAULT_AI_USER_AGENTS: tuple[str, ...] = (
 )
 
 HOST_FALLBACKS = ("exact", "www", "parents")
+BACKENDS = ("rfc9309", "protego", "google")
+STATUS_POLICIES = ("rfc9309", "paper")
+STATUS_CLASSES = ("available", "unavailable", "unreachable", "missing")
+
+
+def status_class(text: str | None, status: int | None, error: str | None = None) -> str:
+    """RFC 9309 section 2.3.1 class of one host's fetch result.
+
+    * `"available"`: a robots.txt body with a 2xx status (or no status recorded);
+    * `"unavailable"`: 3xx left unresolved or 4xx -> the crawler may access everything;
+    * `"unreachable"`: 5xx, any other status, or a network `error` -> complete disallow;
+    * `"missing"`: recorded as having no robots.txt, with no status or error (e.g. `{host: None}`) -> allowed.
+    """
+    if error:
+        return "unreachable"
+    if status is None:
+        return "missing" if text is None else "available"
+    if 200 <= status < 300:
+        return "available" if text is not None else "missing"
+    if 300 <= status < 500:
+        return "unavailable"
+    return "unreachable"
+
 
 
 def _strip_netloc(netloc: str) -> str:
@@ -90,10 +116,10 @@ def _rule_signature(parser: Protego, agent: str, memo: dict | None = None):
     """A hashable description of the rules Protego applies to `agent` and a matcher for them.
 
     Returns `(signature, matcher)`; `signature` is `None` when the rules never disallow. Agents with the same
-    signature get the same decision for every URL, so the cache checks one matcher per signature. The matcher is
-    Protego's matched rule set (`matcher.can_fetch(url)`), or, if a Protego release changes those internals, a
-    call of the public `parser.can_fetch(url, agent)` (still exact, only slower). `memo` maps rule sets already
-    described (by identity) to their result.
+    signature get the same decision for every URL, so the cache checks one matcher per signature. The matcher wraps
+    Protego's matched rule set, or, if a Protego release changes those internals, the public
+    `parser.can_fetch(url, agent)` (still exact, only slower). `memo` maps rule sets already described (by identity)
+    to their result.
     """
     try:
         rule_set = parser._get_matching_rule_set(agent)
@@ -110,7 +136,7 @@ def _rule_signature(parser: Protego, agent: str, memo: dict | None = None):
     elif rules == (("disallow", "/"),):
         result = rules, _DISALLOW_ALL
     else:
-        result = rules, rule_set
+        result = rules, _ProtegoMatcher(rule_set)
     if memo is not None:
         memo[id(rule_set)] = result
     return result
@@ -120,17 +146,50 @@ class _PublicMatcher:
     def __init__(self, parser: Protego, agent: str):
         self.parser, self.agent = parser, agent
 
-    def can_fetch(self, url: str) -> bool:
+    def allowed(self, url: str) -> bool:
         return self.parser.can_fetch(url, self.agent)
 
 
 def _is_robots_txt(url: str) -> bool:
-    """Protego always allows the robots.txt file itself."""
-    return urlparse(url).path == "/robots.txt"
+    """RFC 9309 section 2.2.2: the robots.txt file itself is always allowed."""
+    return url_path(url) == "/robots.txt" if "/robots.txt" in url else False
 
 
-# A group whose only rule is `Disallow: /` disallows every URL (but /robots.txt): no matching needed.
-_DISALLOW_ALL = object()
+# A group whose rules disallow every URL (but /robots.txt): no matching needed.
+_DISALLOW_ALL = DISALLOW_ALL
+
+
+class _ProtegoMatcher:
+    """Protego's matched rule set behind the `allowed(url)` interface."""
+
+    __slots__ = ("allowed",)
+
+    def __init__(self, rule_set):
+        self.allowed = rule_set.can_fetch
+
+
+class _GoogleMatcher:
+    """Google's parser (`fast-robotstxt`): it parses the text on every call, so it is exact but slow."""
+
+    __slots__ = ("text", "agent", "matcher")
+
+    def __init__(self, text: str, agent: str):
+        from robotstxt import RobotsMatcher
+
+        self.text, self.agent, self.matcher = text, agent, RobotsMatcher()
+
+    def allowed(self, url: str) -> bool:
+        if _is_robots_txt(url):
+            return True
+        return self.matcher.is_allowed(self.text, self.agent, google_url(url))
+
+
+def google_url(url: str) -> str:
+    """`url` in the form Google's parser expects: absolute, with a percent-encoded path (the caller's duty there)."""
+    if "://" not in url and not url.startswith("//"):
+        url = "//" + url
+    host_end = url.find("/", url.find("//") + 2)
+    return url if host_end == -1 else url[:host_end] + url_path(url)
 
 
 @dataclass(frozen=True)
@@ -139,16 +198,18 @@ class DomainPolicy:
 
     Args:
         host (`str`): Normalised host the policy was built for.
-        robots_key (`str | None`): Store key whose robots.txt applies (`None`: no robots.txt, everything allowed).
-        groups (`tuple`): One `(matcher, agents)` pair per distinct set of rules that can disallow; `matcher` has
-            Protego's `can_fetch(url)` for those rules.
-        parser (`Protego | None`): The parsed robots.txt.
+        robots_key (`str | None`): Store key whose record applies (`None`: no record, everything allowed).
+        groups (`tuple`): One `(matcher, agents)` pair per distinct set of rules that can disallow; `matcher.allowed`
+            takes a canonical path (`rfc9309` backend) or the URL (`protego`, `google`).
+        parser (`RobotsTxt | Protego | None`): The parsed robots.txt.
+        status_class (`str`): `"available"`, `"unavailable"`, `"unreachable"` or `"missing"` (see `status_class`).
     """
 
     host: str
     robots_key: str | None
     groups: tuple[tuple[object, tuple[str, ...]], ...]
-    parser: Protego | None
+    parser: object | None
+    status_class: str = "missing"
 
     @property
     def allows_everything(self) -> bool:
@@ -158,17 +219,30 @@ class DomainPolicy:
 _ALLOW_ALL = DomainPolicy(host="", robots_key=None, groups=(), parser=None)
 
 
+def _rfc_groups(parser: RobotsTxt, agents: Sequence[str]) -> tuple:
+    """Agents grouped by the compiled rules that apply to them; groups that cannot disallow are dropped."""
+    by_signature: dict = {}
+    for agent in agents:
+        matcher = parser.matcher(agent)
+        if matcher.can_disallow:
+            by_signature.setdefault(matcher.signature, (matcher, []))[1].append(agent)
+    return tuple((DISALLOW_ALL if m.disallows_everything else m, tuple(a)) for m, a in by_signature.values())
+
+
+
 class RobotsCompliance:
     """Decide whether URLs may be used for AI training under the robots.txt rules of their hosts.
 
-    Decisions come from [Protego](https://github.com/scrapy/protego) (RFC 9309 matching: longest match wins,
-    `Allow` wins ties, `*` and `$` wildcards, case-insensitive user agents, merged groups). For every host the
-    robots.txt is parsed once and the checked agents are grouped by the rules that apply to them, so a URL costs
-    one dictionary lookup on hosts that restrict no checked agent and one Protego match per distinct rule group
-    otherwise.
+    The default engine (`backend="rfc9309"`, `hf_ext.compliance.rfc9309`) implements RFC 9309 with the reference
+    parser's choices where the RFC leaves room: groups match the crawler's *product token* (case-insensitive, the name
+    up to the first character that is not a letter, `-` or `_`; `Applebot` does not cover `Applebot-Extended`), the
+    longest matching rule wins, `Allow` wins ties, `*` and `$` wildcards, raw and percent-encoded paths compare equal,
+    `/robots.txt` itself is always allowed. For every host the robots.txt is parsed once and the checked agents are
+    grouped by the rules that apply to them, so a URL costs one dictionary lookup on hosts that restrict no checked
+    agent and one compiled match per distinct rule group otherwise. See docs/compliance.md for the conformance table.
 
     Args:
-        robots (`RobotsTxtStore` or `Mapping[str, str | bytes | None]`):
+        robots (`RobotsTxtStore` or `Mapping[str, str | bytes | None | RobotsRecord]`):
             robots.txt texts per host (`None` = the host has no robots.txt).
         user_agents (`Sequence[str]`, *optional*, defaults to `DEFAULT_AI_USER_AGENTS`):
             Agents to check; a URL is non-compliant if *any* of them is disallowed. Include `"*"` to also remove
@@ -176,11 +250,20 @@ class RobotsCompliance:
         host_fallback (`str`, *optional*, defaults to `"www"`):
             How a URL's host is looked up in the store: `"exact"` (the host only, as the reference filter),
             `"www"` (also `example.com` for `www.example.com` and the other way round) or `"parents"` (also every
-            parent domain, `a.b.example.com` -> `b.example.com` -> `example.com`).
+            parent domain, `a.b.example.com` -> `b.example.com` -> `example.com`). The first candidate with a record
+            wins, even a record saying the host has no robots.txt.
         missing_url (`str`, *optional*, defaults to `"keep"`):
             Decision for an empty or `None` URL: `"keep"` (compliant) or `"drop"` (non-compliant).
         max_cached_hosts (`int`, *optional*):
-            Bound on the number of cached host policies (oldest evicted first); default: unbounded.
+            Bound on the number of cached host policies (least recently used evicted first, O(1) per lookup);
+            default: unbounded.
+        backend (`str`, *optional*, defaults to `"rfc9309"`):
+            `"rfc9309"` (hf_ext's parser, the fastest and closest to RFC 9309), `"protego"` (Protego, as the
+            data-compliance paper's pipeline; note its prefix agent matching) or `"google"` (Google's C++ parser
+            from the `fast-robotstxt` package; exact reference behaviour, but it re-parses the file on every call).
+        status_policy (`str`, *optional*, defaults to `"rfc9309"`):
+            `"rfc9309"`: unreachable hosts (5xx, network errors) disallow everything, unavailable ones (4xx)
+            allow everything. `"paper"`: every host without a readable robots.txt allows everything.
     """
 
     def __init__(
@@ -190,6 +273,8 @@ class RobotsCompliance:
         host_fallback: str = "www",
         missing_url: str = "keep",
         max_cached_hosts: int | None = None,
+        backend: str = "rfc9309",
+        status_policy: str = "rfc9309",
     ):
         from .store import RobotsTxtStore
 
@@ -207,36 +292,60 @@ class RobotsCompliance:
         agents = tuple(dict.fromkeys(user_agents))
         if not agents or not all(isinstance(a, str) and a.strip() for a in agents):
             raise ValueError(f"user_agents must hold at least one non-empty agent name, got {list(user_agents)!r}.")
+        no_token = [a for a in agents if a != "*" and not product_token(a)]
+        if no_token:
+            raise ValueError(
+                f"user_agents {no_token!r} have no product token (a name must start with a letter, '-' or '_', e.g. "
+                "'GPTBot' or 'CCBot/2.0'); use '*' for a crawler without a group of its own."
+            )
         if host_fallback not in HOST_FALLBACKS:
             raise ValueError(f"host_fallback must be one of {HOST_FALLBACKS}, got {host_fallback!r}.")
         if missing_url not in ("keep", "drop"):
             raise ValueError(f"missing_url must be 'keep' or 'drop', got {missing_url!r}.")
-        if max_cached_hosts is not None and (not isinstance(max_cached_hosts, int) or max_cached_hosts < 1):
+        if max_cached_hosts is not None and (
+            not isinstance(max_cached_hosts, int) or isinstance(max_cached_hosts, bool) or max_cached_hosts < 1
+        ):
             raise ValueError(f"max_cached_hosts must be a positive int or None, got {max_cached_hosts!r}.")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+        if backend == "google":
+            try:
+                import robotstxt  # noqa: F401
+            except ImportError as err:
+                raise ValueError(
+                    "backend='google' needs Google's parser: pip install 'hf_ext[robotstxt]' (fast-robotstxt)."
+                ) from err
+        if status_policy not in STATUS_POLICIES:
+            raise ValueError(
+                f"status_policy must be one of {STATUS_POLICIES} ('rfc9309': 5xx/unreachable disallows everything; "
+                f"'paper': only a readable robots.txt opts out), got {status_policy!r}."
+            )
         self.store = store
         self.user_agents = agents
         self.host_fallback = host_fallback
         self.missing_url = missing_url
         self.max_cached_hosts = max_cached_hosts
-        self._policies: dict[str, DomainPolicy] = {}
-        self._by_prefix: dict[str, DomainPolicy] = {}
-        self._by_text: dict[str, tuple] = {}
+        self.backend = backend
+        self.status_policy = status_policy
+        self._uses_path = backend == "rfc9309"
         self.max_cached_texts = 65536
         self.parse_failures: dict[str, str] = {}
+        self.clear_cache()
 
     # Worker processes (datasets num_proc, datatrove tasks) rebuild the cache lazily.
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_policies"] = {}
-        state["_by_prefix"] = {}
-        state["_by_text"] = {}
+        for name in ("_policies", "_by_text"):
+            state[name] = OrderedDict()
+        state["_by_prefix"], state["_prefixes_of"] = {}, {}
         return state
 
     def clear_cache(self) -> None:
         """Drop every cached host policy (e.g. after changing the store)."""
-        self._policies.clear()
-        self._by_prefix.clear()
-        self._by_text.clear()
+        self._policies: OrderedDict[str, DomainPolicy] = OrderedDict()
+        self._by_prefix: dict[str, DomainPolicy] = {}
+        self._prefixes_of: dict[str, list[str]] = {}
+        self._by_text: OrderedDict[str, tuple] = OrderedDict()
 
     @property
     def num_cached_hosts(self) -> int:
@@ -252,22 +361,40 @@ class RobotsCompliance:
         return keys
 
     def _build_policy(self, host: str) -> DomainPolicy:
-        key = next((k for k in self._candidate_keys(host) if self.store.get_text(k) is not None), None)
+        records = self.store._records
+        key = next((k for k in self._candidate_keys(host) if k in records), None)
         if key is None:
-            return DomainPolicy(host=host, robots_key=None, groups=(), parser=None)
-        text = self.store.get_text(key)
+            return DomainPolicy(host=host, robots_key=None, groups=(), parser=None, status_class="missing")
+        record = records[key]
+        cls = status_class(record.text, record.status, record.error)
+        if cls != "available":
+            if cls == "unreachable" and self.status_policy == "rfc9309":
+                groups = ((DISALLOW_ALL, self.user_agents),)
+            else:
+                groups = ()
+            return DomainPolicy(host=host, robots_key=key, groups=groups, parser=None, status_class=cls)
+        text = record.text
         # Many hosts serve byte-identical robots.txt files (CMS defaults): parse and group each text once.
         cached = self._by_text.get(text)
         if cached is None:
             cached = self._parse_and_group(key, text)
             if len(self._by_text) >= self.max_cached_texts:
-                del self._by_text[next(iter(self._by_text))]
+                self._by_text.popitem(last=False)
             self._by_text[text] = cached
         parser, groups = cached
-        return DomainPolicy(host=host, robots_key=key, groups=groups, parser=parser)
+        return DomainPolicy(host=host, robots_key=key, groups=groups, parser=parser, status_class=cls)
 
     def _parse_and_group(self, key: str, text: str):
         try:
+            if self.backend == "rfc9309":
+                parser = RobotsTxt.parse(text)
+                return parser, _rfc_groups(parser, self.user_agents)
+            if self.backend == "google":
+                by_token: dict = {}
+                for agent in self.user_agents:
+                    token = "*" if agent == "*" else product_token(agent)
+                    by_token.setdefault(token, []).append(agent)
+                return text, tuple((_GoogleMatcher(text, t), tuple(a)) for t, a in by_token.items())
             parser = Protego.parse(text)
         except Exception as err:  # a robots.txt that cannot be parsed opts nothing out
             self.parse_failures[key] = f"{type(err).__name__}: {err}"
@@ -287,14 +414,18 @@ class RobotsCompliance:
 
     def policy(self, host: str) -> DomainPolicy:
         """The cached `DomainPolicy` of a (normalised) host, built on first use."""
-        policy = self._policies.get(host)
+        policies = self._policies
+        policy = policies.get(host)
         if policy is None:
             policy = self._build_policy(host)
-            if self.max_cached_hosts is not None and len(self._policies) >= self.max_cached_hosts:
-                oldest = next(iter(self._policies))
-                del self._policies[oldest]
-                self._by_prefix = {n: p for n, p in self._by_prefix.items() if p.host != oldest}
-            self._policies[host] = policy
+            if self.max_cached_hosts is not None and len(policies) >= self.max_cached_hosts:
+                # O(1) LRU eviction: the least recently used host and the few URL prefixes that point to it.
+                _, evicted = policies.popitem(last=False)
+                for prefix in self._prefixes_of.pop(evicted.host, ()):
+                    self._by_prefix.pop(prefix, None)
+            policies[host] = policy
+        elif self.max_cached_hosts is not None:
+            policies.move_to_end(host)
         return policy
 
     def _policy_for_url(self, url: str) -> DomainPolicy:
@@ -305,25 +436,36 @@ class RobotsCompliance:
         """Look up (or build and cache) the policy of `url`; `slash` is the index where its path starts."""
         prefix = url if slash == -1 else url[:slash]
         policy = self._by_prefix.get(prefix)
-        if policy is None:
-            policy = self._policy_for_url(url)
-            # Cache key: everything before the path ("https://host:port"); URLs without a path take this route.
-            if slash != -1 and "?" not in prefix and "#" not in prefix:
-                if self.max_cached_hosts is None or len(self._by_prefix) < 4 * self.max_cached_hosts:
+        if policy is not None:
+            if self.max_cached_hosts is not None:
+                self._policies.move_to_end(policy.host)
+            return policy
+        policy = self._policy_for_url(url)
+        # Cache key: everything before the path ("https://host:port"); URLs without a path take this route.
+        if slash != -1 and "?" not in prefix and "#" not in prefix and policy.host:
+            if self.max_cached_hosts is None:
+                self._by_prefix[prefix] = policy
+            else:
+                prefixes = self._prefixes_of.setdefault(policy.host, [])
+                if len(prefixes) < 8:  # schemes, ports, spellings of one host
+                    prefixes.append(prefix)
                     self._by_prefix[prefix] = policy
         return policy
 
-    def _match_groups(self, url: str, groups) -> tuple[str, ...]:
+    def _match_groups(self, url: str, groups, path: str | None = None) -> tuple[str, ...]:
         if "/robots.txt" in url and _is_robots_txt(url):
             return ()
+        if self._uses_path and path is None:
+            path = url_path(url)
+        arg = path if self._uses_path else url
         out: tuple[str, ...] = ()
         hits = 0
         for matcher, agents in groups:
-            if matcher is not _DISALLOW_ALL:
+            if matcher is not DISALLOW_ALL:
                 try:
-                    if matcher.can_fetch(url):
+                    if matcher.allowed(arg):
                         continue
-                except Exception:  # a URL Protego cannot read is not opted out
+                except Exception:  # a URL the engine cannot read is not opted out
                     continue
             out += agents
             hits += 1
@@ -332,15 +474,21 @@ class RobotsCompliance:
             out = tuple(a for a in self.user_agents if a in chosen)
         return out
 
+    @staticmethod
+    def _path_start(url: str) -> int:
+        scheme = url.find("://")
+        return url.find("/", scheme + 3 if scheme != -1 else (2 if url.startswith("//") else 0))
+
     def _disallowed(self, url: str) -> tuple[str, ...]:
-        groups = self._policy_for_prefix(url, url.find("/", url.find("//") + 2)).groups
+        groups = self._policy_for_prefix(url, self._path_start(url)).groups
         return self._match_groups(url, groups) if groups else ()
 
     def disallowed_agents(self, url: str | None) -> tuple[str, ...]:
         """The checked user agents that may not fetch `url` (empty tuple: compliant).
 
         Args:
-            url (`str` or `None`): Absolute URL (`scheme://host/path?query`).
+            url (`str` or `None`): Absolute URL (`scheme://host/path?query`); `//host/path` and scheme-less
+                `host/path` are read the same way.
 
         Returns:
             `tuple[str, ...]` in the order of `user_agents`; for a missing URL with `missing_url="drop"`,
@@ -362,10 +510,11 @@ class RobotsCompliance:
             raise TypeError("urls must be an iterable of URLs, not a single str; use disallowed_agents(url).")
         missing = () if self.missing_url == "keep" else ("<missing-url>",)
         # The loop below is `disallowed_agents` inlined: it runs once per document of a corpus.
-        by_prefix_get = self._by_prefix.get
+        by_prefix_get = None if self.max_cached_hosts is not None else self._by_prefix.get
         slow_lookup = self._policy_for_prefix
         match_groups = self._match_groups
-        disallow_all = _DISALLOW_ALL
+        disallow_all = DISALLOW_ALL
+        uses_path = self._uses_path
         out: list[tuple[str, ...]] = []
         append = out.append
         for url in urls:
@@ -378,8 +527,9 @@ class RobotsCompliance:
             if not url:
                 append(missing)
                 continue
-            slash = url.find("/", url.find("//") + 2)
-            policy = by_prefix_get(url if slash == -1 else url[:slash])
+            scheme = url.find("://")
+            slash = url.find("/", scheme + 3 if scheme != -1 else (2 if url.startswith("//") else 0))
+            policy = by_prefix_get(url if slash == -1 else url[:slash]) if by_prefix_get is not None else None
             if policy is None:
                 policy = slow_lookup(url, slash)
             groups = policy.groups
@@ -391,8 +541,11 @@ class RobotsCompliance:
                     append(agents)
                     continue
                 try:
-                    allowed = matcher.can_fetch(url)
-                except Exception:  # a URL Protego cannot read is not opted out
+                    if uses_path:
+                        allowed = matcher.allowed(url_path(url))
+                    else:
+                        allowed = matcher.allowed(url)
+                except Exception:  # a URL the engine cannot read is not opted out
                     allowed = True
                 append(() if allowed else agents)
             else:
@@ -402,6 +555,10 @@ class RobotsCompliance:
     def is_compliant_batch(self, urls: Iterable[str | None]) -> list[bool]:
         """`is_compliant` over many URLs (list in, list out, same order)."""
         return [not agents for agents in self.disallowed_agents_batch(urls)]
+
+    def status_counts(self) -> dict[str, int]:
+        """Hosts of the store per RFC 9309 status class (`available`, `unavailable`, `unreachable`, `missing`)."""
+        return self.store.status_counts()
 
 
 def protego_disallowed_agents(parser: Protego | None, url: str, user_agents: Sequence[str]) -> tuple[str, ...]:

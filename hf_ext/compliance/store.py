@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 
-from .robots import normalize_host
+from .robots import STATUS_CLASSES, normalize_host, status_class
 
 _META_FILE = "_snapshot.json"
 _FORMATS = ("folder", "jsonl", "parquet")
@@ -25,19 +25,32 @@ class RobotsRecord:
         text (`str | None`): The robots.txt body; `None` when the host had none (or it could not be fetched).
         fetched_at (`str | None`): ISO date (or datetime) of the fetch.
         status (`int | None`): HTTP status of the fetch, when known.
+        error (`str | None`): Why the fetch failed without an HTTP status (network error, timeout): the host was
+            *unreachable* in RFC 9309's sense.
     """
 
     host: str
     text: str | None
     fetched_at: str | None = None
     status: int | None = None
+    error: str | None = None
+
+    @property
+    def status_class(self) -> str:
+        """`"available"`, `"unavailable"`, `"unreachable"` or `"missing"` (RFC 9309 section 2.3.1)."""
+        return status_class(self.text, self.status, self.error)
 
 
 def _decode(text) -> str | None:
     if text is None:
         return None
     if isinstance(text, bytes | bytearray):
-        text = bytes(text).decode("utf-8", errors="replace")
+        text = bytes(text)
+        for n in (3, 2, 1):  # a UTF-8 byte order mark, or any leading part of one, is not content
+            if text[:n] == b"\xef\xbb\xbf"[:n]:
+                text = text[n:]
+                break
+        text = text.decode("utf-8", errors="replace")
     if not isinstance(text, str):
         raise TypeError(f"robots.txt text must be str, bytes or None, got {type(text).__name__}.")
     return text.removeprefix("\ufeff")
@@ -47,8 +60,8 @@ class RobotsTxtStore(Mapping):
     """Host -> `RobotsRecord` mapping with readers and writers for three on-disk layouts.
 
     * folder: one `<host>.txt` file per host plus an optional `_snapshot.json` with `{"fetched_at": ...,
-      "hosts": {host: {"fetched_at": ..., "status": ...}}}`;
-    * `.jsonl`: one object per line with `host`, `robots_txt`, `fetched_at`, `status`;
+      "hosts": {host: {"fetched_at": ..., "status": ..., "error": ..., "missing": true}}}`;
+    * `.jsonl`: one object per line with `host`, `robots_txt`, `fetched_at`, `status`, `error`;
     * `.parquet`: the same columns.
 
     Keys are normalised with `normalize_host`, so `WWW.Example.com:443` and `www.example.com` are one entry.
@@ -59,7 +72,7 @@ class RobotsTxtStore(Mapping):
         self._records: dict[str, RobotsRecord] = {}
         self.fetched_at = fetched_at
         for record in records:
-            self.add(record.host, record.text, record.fetched_at, record.status)
+            self.add(record.host, record.text, record.fetched_at, record.status, record.error)
 
     # Mapping API --------------------------------------------------------------------------------------------------
     def __getitem__(self, host: str) -> RobotsRecord:
@@ -79,23 +92,45 @@ class RobotsTxtStore(Mapping):
         record = self._records.get(host)
         return None if record is None else record.text
 
-    def add(self, host: str, text, fetched_at: str | None = None, status: int | None = None) -> None:
-        """Add or replace the robots.txt of `host` (`text` may be `str`, `bytes` or `None`)."""
+    def add(
+        self, host: str, text, fetched_at: str | None = None, status: int | None = None, error: str | None = None
+    ) -> None:
+        """Add or replace the robots.txt of `host` (`text` may be `str`, `bytes` or `None`).
+
+        `status` is the HTTP status of the fetch and `error` the reason a fetch got no HTTP answer at all; both
+        decide the host's RFC 9309 status class (see `status_counts`).
+        """
         if not isinstance(host, str):
             raise TypeError(f"host must be a str, got {type(host).__name__}.")
         key = normalize_host(host)
         if not key:
             raise ValueError(f"host {host!r} has no host name; pass e.g. 'example.com'.")
-        self._records[key] = RobotsRecord(key, _decode(text), fetched_at or self.fetched_at, status)
+        if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
+            raise TypeError(f"status of {host!r} must be an int HTTP status or None, got {status!r}.")
+        if error is not None and not isinstance(error, str):
+            raise TypeError(f"error of {host!r} must be a str or None, got {type(error).__name__}.")
+        self._records[key] = RobotsRecord(key, _decode(text), fetched_at or self.fetched_at, status, error or None)
+
+    def status_counts(self) -> dict[str, int]:
+        """Number of hosts per RFC 9309 status class: `available` (a robots.txt), `unavailable` (3xx/4xx: allow
+        everything), `unreachable` (5xx or network error: disallow everything under RFC 9309) and `missing`
+        (recorded without robots.txt, status unknown: allow everything)."""
+        counts = dict.fromkeys(STATUS_CLASSES, 0)
+        for record in self._records.values():
+            counts[record.status_class] += 1
+        return counts
 
     @classmethod
     def from_dict(cls, robots: Mapping[str, object], fetched_at: str | None = None) -> RobotsTxtStore:
-        """Build from `{host: text}` (texts may be `str`, `bytes` or `None`)."""
+        """Build from `{host: text}` (texts may be `str`, `bytes` or `None`) or `{host: RobotsRecord}`."""
         if not isinstance(robots, Mapping):
             raise TypeError(f"robots must be a mapping host -> robots.txt text, got {type(robots).__name__}.")
         store = cls(fetched_at=fetched_at)
         for host, text in robots.items():
-            store.add(host, text)
+            if isinstance(text, RobotsRecord):
+                store.add(host, text.text, text.fetched_at, text.status, text.error)
+            else:
+                store.add(host, text)
         return store
 
     # Readers ------------------------------------------------------------------------------------------------------
@@ -132,7 +167,7 @@ class RobotsTxtStore(Mapping):
         for i, row in enumerate(rows):
             if not isinstance(row, dict) or "host" not in row:
                 raise ValueError(f"{path}: record {i} has no 'host' field; records need host and robots_txt.")
-            store.add(row["host"], row.get("robots_txt"), row.get("fetched_at"), row.get("status"))
+            store.add(row["host"], row.get("robots_txt"), row.get("fetched_at"), row.get("status"), row.get("error"))
         return store
 
     @classmethod
@@ -140,18 +175,28 @@ class RobotsTxtStore(Mapping):
         if not path.is_dir():
             raise ValueError(f"{str(path)!r} is not a folder of <host>.txt files.")
         meta = {}
-        if (path / _META_FILE).is_file():
-            meta = json.loads((path / _META_FILE).read_text(encoding="utf-8"))
+        meta_file = path / _META_FILE
+        if meta_file.is_file():
+            try:
+                meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(
+                    f"{meta_file} is not valid JSON ({err}); fix or delete it (it holds fetch dates and statuses)."
+                ) from err
+            if not isinstance(meta, dict) or not isinstance(meta.get("hosts", {}), dict):
+                raise ValueError(f"{meta_file} must hold an object with 'fetched_at' and a 'hosts' object.")
         default_date = meta.get("fetched_at")
         per_host = meta.get("hosts", {})
         store = cls(fetched_at=default_date)
         for file in sorted(path.glob("*.txt")):
             host = file.stem
             info = per_host.get(host, {})
-            store.add(host, file.read_bytes(), info.get("fetched_at", default_date), info.get("status"))
+            store.add(
+                host, file.read_bytes(), info.get("fetched_at", default_date), info.get("status"), info.get("error")
+            )
         for host, info in per_host.items():  # hosts recorded as having no robots.txt
             if normalize_host(host) not in store._records and info.get("missing"):
-                store.add(host, None, info.get("fetched_at", default_date), info.get("status"))
+                store.add(host, None, info.get("fetched_at", default_date), info.get("status"), info.get("error"))
         return store
 
     # Writers ------------------------------------------------------------------------------------------------------
@@ -161,38 +206,50 @@ class RobotsTxtStore(Mapping):
         fmt = format or _infer_format(path)
         if fmt not in _FORMATS:
             raise ValueError(f"format must be one of {_FORMATS}, got {fmt!r}.")
+        from ..utils.io import atomic_open, atomic_write_text
+
         rows = [
-            {"host": r.host, "robots_txt": r.text, "fetched_at": r.fetched_at, "status": r.status}
+            {"host": r.host, "robots_txt": r.text, "fetched_at": r.fetched_at, "status": r.status, "error": r.error}
             for r in self._records.values()
         ]
+        # Every file is written to a temporary name and renamed: an interrupted save never leaves a torn file.
         if fmt == "folder":
             path.mkdir(parents=True, exist_ok=True)
             hosts = {}
             for r in self._records.values():
                 if r.text is not None:
-                    (path / f"{r.host}.txt").write_text(r.text, encoding="utf-8")
-                info = {k: v for k, v in (("fetched_at", r.fetched_at), ("status", r.status)) if v is not None}
+                    atomic_write_text(str(path / f"{r.host}.txt"), r.text)
+                info = {
+                    k: v
+                    for k, v in (("fetched_at", r.fetched_at), ("status", r.status), ("error", r.error))
+                    if v is not None
+                }
                 if r.text is None:
                     info["missing"] = True
                 if info:
                     hosts[r.host] = info
-            (path / _META_FILE).write_text(
-                json.dumps({"fetched_at": self.fetched_at, "hosts": hosts}, indent=2, sort_keys=True), encoding="utf-8"
+            atomic_write_text(
+                str(path / _META_FILE), json.dumps({"fetched_at": self.fetched_at, "hosts": hosts}, indent=2, sort_keys=True)
             )
         elif fmt == "jsonl":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w", encoding="utf-8") as fh:
+            with atomic_open(str(path), "w") as fh:
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            path.parent.mkdir(parents=True, exist_ok=True)
             schema = pa.schema(
-                [("host", pa.string()), ("robots_txt", pa.string()), ("fetched_at", pa.string()), ("status", pa.int64())]
+                [
+                    ("host", pa.string()),
+                    ("robots_txt", pa.string()),
+                    ("fetched_at", pa.string()),
+                    ("status", pa.int64()),
+                    ("error", pa.string()),
+                ]
             )
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+            with atomic_open(str(path), "wb") as fh:
+                pq.write_table(pa.Table.from_pylist(rows, schema=schema), fh)
         return path
 
 
@@ -206,15 +263,21 @@ def _infer_format(path: Path) -> str:
     raise ValueError(f"cannot infer the snapshot format of {str(path)!r}; use a folder, .jsonl or .parquet, or format=.")
 
 
-def record_from_response(host: str, status: int | None, body: bytes | None, fetched_at: str) -> RobotsRecord:
+def record_from_response(
+    host: str, status: int | None, body: bytes | None, fetched_at: str, error: str | None = None
+) -> RobotsRecord:
     """Turn one fetch result into a record.
 
-    2xx: the body is the robots.txt. Anything else (4xx "unavailable", 5xx or a network error) is stored as *no
-    robots.txt*, i.e. permissive: the compliant corpora keep data when no robots.txt could be read. RFC 9309 asks
-    live crawlers to treat 5xx as "disallow all"; the fetch status is kept in the record for users who want that.
+    2xx: the body (first 500 KiB) is the robots.txt. Any other status is recorded with no body; what it means is
+    decided when the snapshot is used (`RobotsCompliance(status_policy=...)`): under RFC 9309, 3xx/4xx are
+    *unavailable* (allow everything) and 5xx *unreachable* (disallow everything). A fetch without an HTTP answer
+    records `error` (unreachable as well).
     """
-    text = _decode(body[: 500 * 1024]) if status is not None and 200 <= status < 300 and body is not None else None
-    return RobotsRecord(normalize_host(host), text, fetched_at, status)
+    ok = status is not None and 200 <= status < 300 and body is not None
+    text = _decode(body[: 500 * 1024]) if ok else None
+    if status is None and error is None and body is None:
+        error = "no response"
+    return RobotsRecord(normalize_host(host), text, fetched_at, status, error)
 
 
 def fetch_robots_txt(
@@ -259,9 +322,9 @@ def fetch_robots_txt(
                 record = record_from_response(host, response.status, response.read(500 * 1024), now)
         except urllib.error.HTTPError as err:
             record = record_from_response(host, err.code, None, now)
-        except (urllib.error.URLError, OSError):
-            record = record_from_response(host, None, None, now)
-        store.add(record.host, record.text, record.fetched_at, record.status)
+        except (urllib.error.URLError, OSError) as err:
+            record = record_from_response(host, None, None, now, error=f"{type(err).__name__}: {err}")
+        store.add(record.host, record.text, record.fetched_at, record.status, record.error)
     return store
 
 

@@ -55,8 +55,8 @@ def test_wildcards_and_end_anchor():
 def test_agent_names_match_case_insensitively_and_versioned_tokens():
     c = checker("user-agent: gptbot\ndisallow: /a\n\nUSER-AGENT: CCBOT/2.0\nDISALLOW: /b\n")
     assert c.disallowed_agents("https://example.com/a") == ("GPTBot",)
-    # the versioned group only applies to the versioned token: why the default list keeps every variant
-    assert c.disallowed_agents("https://example.com/b") == ("CCBot/2.0",)
+    # RFC 9309 product tokens: "CCBOT/2.0" in robots.txt and every checked CCBot variant are the token "ccbot"
+    assert c.disallowed_agents("https://example.com/b") == ("CCBot", "CCBot/2.0", "CCBot/1.0")
 
 
 def test_star_group_is_the_fallback_and_named_groups_override_it():
@@ -204,7 +204,7 @@ urls = st.builds(lambda p, q: f"https://example.com/{p}" + (f"?{q}" if q else ""
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(robots=robots_text, url_list=st.lists(urls, min_size=1, max_size=6))
 def test_fuzz_cached_decisions_equal_protego_per_agent(robots, url_list):
-    c = checker(robots)
+    c = checker(robots, backend="protego")
     reference = Protego.parse(robots)
     for url in url_list:
         assert c.disallowed_agents(url) == protego_disallowed_agents(reference, url, DEFAULT_AI_USER_AGENTS)

@@ -1,0 +1,295 @@
+"""A robots.txt parser and matcher with RFC 9309 semantics, written for bulk decisions over a crawl.
+
+Line syntax, grouping and agent matching follow RFC 9309 and, where the RFC leaves room, Google's reference parser
+(the RFC's authors' implementation): product tokens are the leading run of letters, `-` and `_`; a group runs from its
+user-agent lines to the next user-agent line that follows a rule (other lines do not end it); keys are matched
+case-insensitively by prefix, with the reference parser's accepted typos and a missing colon; a (partial) UTF-8 byte
+order mark is skipped; lines are cut after 8 * 2083 bytes. Paths are compared in one canonical percent-encoded form on
+both sides (non-ASCII octets encoded, hex digits upper case, unreserved characters decoded), so raw and encoded
+spellings of a path match each other (RFC 9309 section 2.2.2). Where this differs from the reference parser, see
+docs/compliance.md ("Conformance").
+
+`RobotsTxt.parse(text)` builds the rule groups once; `RobotsTxt.matcher(agent)` returns a compiled `RuleMatcher`
+whose `allowed(path)` is a single regular-expression match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+__all__ = [
+    "ALLOW_ALL",
+    "DISALLOW_ALL",
+    "RobotsTxt",
+    "RuleMatcher",
+    "canonical_path",
+    "path_from",
+    "product_token",
+    "url_path",
+]
+
+#: Longest line the reference parser keeps, in bytes (8 * the longest URL browsers accept, minus the terminator).
+MAX_LINE_BYTES = 8 * 2083 - 1
+#: RFC 9309 section 2.5: crawlers must parse at least 500 KiB; content after that limit is ignored.
+MAX_ROBOTS_BYTES = 500 * 1024
+
+_TOKEN = re.compile(r"[A-Za-z_-]*")
+_WS = " \t\n\r\f\v"
+_DISALLOW_KEYS = ("disallow", "dissallow", "dissalow", "disalow", "diasllow", "disallaw")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = "0123456789ABCDEF"
+# Characters that are never valid raw in a URI path: encoded on both sides so raw and encoded spellings agree.
+_ENCODE_ASCII = frozenset(' "<>\\^`{|}') | frozenset(chr(i) for i in range(0x21)) | {"\x7f"}
+_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+_NEEDS_WORK = re.compile(r'[\x00-\x20"<>\\^`{|}\x7f%]|[^\x00-\x7f]')
+_PATH_START = re.compile(r"[/?;#]")
+
+
+def product_token(agent: str) -> str:
+    """The product token of a user-agent name, lower case: its leading run of letters, `-` and `_`.
+
+    `"CCBot/2.0"` -> `"ccbot"`, `"Applebot-Extended"` -> `"applebot-extended"`, `"FOO BAR"` -> `"foo"`.
+    """
+    return _TOKEN.match(agent).group().lower()
+
+
+def _pct_upper(m: re.Match) -> str:
+    code = m.group(1).upper()
+    char = chr(int(code, 16))
+    return char if char in _UNRESERVED else "%" + code
+
+
+def canonical_path(path: str) -> str:
+    """Percent-encode non-ASCII octets (UTF-8) and characters invalid in URIs, upper-case the hex digits of existing
+    escapes and decode escapes of unreserved characters (RFC 3986 section 6.2.2, as RFC 9309 section 2.2.2 asks)."""
+    if _NEEDS_WORK.search(path) is None:
+        return path
+    if "%" in path:
+        path = _PCT.sub(_pct_upper, path)
+    out = []
+    for char in path:
+        if char.isascii() and char not in _ENCODE_ASCII:
+            out.append(char)
+        else:
+            out.extend("%" + _HEX[b >> 4] + _HEX[b & 15] for b in char.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+def url_path(url: str) -> str:
+    """The path, parameters and query of `url` (no fragment), starting with `/`, in canonical form.
+
+    Works for absolute URLs, `//host/path`, scheme-less `host/path` and bare paths; no path gives `/`.
+    """
+    if url.startswith("/") and not url.startswith("//"):
+        start = None  # already a path
+    else:
+        scheme = url.find("://")
+        if scheme != -1 and url.find("/", 0, scheme) == -1:
+            start = scheme + 3
+        else:
+            start = 2 if url.startswith("//") else 0
+    if start is None:
+        path_start = 0
+    else:
+        m = _PATH_START.search(url, start)
+        if m is None or m.group() == "#":
+            return "/"
+        path_start = m.start()
+    return path_from(url, path_start)
+
+
+def path_from(url: str, path_start: int) -> str:
+    """Canonical path of `url` whose path (or `?query`) starts at index `path_start`."""
+    end = url.find("#", path_start)
+    path = url[path_start:] if end == -1 else url[path_start:end]
+    if path[:1] != "/":
+        path = "/" + path
+    return canonical_path(path)
+
+
+def _decode(body: str | bytes) -> str:
+    if isinstance(body, bytes | bytearray):
+        body = bytes(body)[:MAX_ROBOTS_BYTES]
+        # A UTF-8 byte order mark, or any leading part of one, is skipped (as the reference parser does).
+        for n in (3, 2, 1):
+            if body[:n] == b"\xef\xbb\xbf"[:n]:
+                body = body[n:]
+                break
+        return body.decode("utf-8", errors="replace")
+    if len(body) > MAX_ROBOTS_BYTES // 4 and len(body.encode("utf-8", "surrogatepass")) > MAX_ROBOTS_BYTES:
+        body = body.encode("utf-8", "surrogatepass")[:MAX_ROBOTS_BYTES].decode("utf-8", errors="ignore")
+    return body.removeprefix("\ufeff")
+
+
+def _cut(line: str) -> str:
+    if len(line) * 4 <= MAX_LINE_BYTES:  # cheap: 4 bytes per character at most
+        return line
+    raw = line.encode("utf-8", "surrogatepass")
+    return raw[:MAX_LINE_BYTES].decode("utf-8", errors="ignore") if len(raw) > MAX_LINE_BYTES else line
+
+
+def _key_value(line: str) -> tuple[str, str] | None:
+    line = line.split("#", 1)[0].strip(_WS)
+    if not line:
+        return None
+    sep = line.find(":")
+    if sep == -1:  # the reference parser accepts "Disallow /x" (exactly two words separated by spaces/tabs)
+        parts = [p for p in re.split(r"[ \t]+", line) if p]
+        if len(parts) != 2:
+            return None
+        key, value = parts
+    else:
+        key, value = line[:sep].strip(_WS), line[sep + 1 :].strip(_WS)
+    return (key.lower(), value) if key else None
+
+
+def _kind(key: str) -> str | None:
+    if key.startswith(("user-agent", "useragent", "user agent")):
+        return "agent"
+    if key.startswith("allow"):
+        return "allow"
+    if key.startswith(_DISALLOW_KEYS):
+        return "disallow"
+    return None
+
+
+def _pattern_regex(pattern: str) -> str:
+    anchored = pattern.endswith("$")
+    body = pattern[:-1] if anchored else pattern
+    body = re.sub(r"\*+", "*", body)
+    out = ".*".join(re.escape(part) for part in body.split("*"))
+    return out + (r"\Z" if anchored else "")
+
+
+class RuleMatcher:
+    """The merged rules of the groups that apply to one agent, compiled into one regular expression.
+
+    Rules are tried longest first (RFC 9309: the most specific match wins; `Allow` wins ties), so the first matching
+    alternative decides.
+
+    Args:
+        rules (`Sequence[tuple[bool, str]]`): `(is_allow, canonical pattern)` pairs.
+    """
+
+    __slots__ = ("rules", "signature", "_regex", "_allow", "_wildcards", "disallows_everything")
+
+    def __init__(self, rules: Sequence[tuple[bool, str]]):
+        expanded = set()
+        for is_allow, pattern in rules:
+            if not pattern:
+                continue  # an empty rule matches with priority 0, which never decides
+            expanded.add((is_allow, pattern))
+            if is_allow:  # reference parser: "Allow: /d/index.htm*" also allows "/d/" itself
+                slash = pattern.rfind("/")
+                if slash != -1 and pattern[slash:].startswith("/index.htm"):
+                    expanded.add((True, pattern[: slash + 1] + "$"))
+        # longest first; on equal length Allow first
+        ordered = sorted(expanded, key=lambda r: (-len(r[1]), not r[0], r[1]))
+        self.rules = tuple(ordered)
+        self.signature = self.rules
+        self.disallows_everything = any(not a and p.rstrip("*") in ("", "/") for a, p in ordered) and all(
+            not a for a, _ in ordered
+        )
+        self._allow = tuple(a for a, _ in ordered)
+        self._wildcards = max((p.count("*") for _, p in ordered), default=0)
+        if ordered and self._wildcards <= 8:
+            self._regex = re.compile("|".join(f"({_pattern_regex(p)})" for _, p in ordered), re.DOTALL)
+        else:
+            self._regex = None
+
+    @property
+    def can_disallow(self) -> bool:
+        return any(not a for a in self._allow)
+
+    def allowed(self, path: str) -> bool:
+        """Decision for a canonical path (see `url_path`)."""
+        if path == "/robots.txt":  # RFC 9309 section 2.2.2: implicitly allowed
+            return True
+        if self._regex is not None:
+            m = self._regex.match(path)
+            return True if m is None else self._allow[m.lastindex - 1]
+        for is_allow, pattern in self.rules:  # many wildcards: linear-time matcher instead of backtracking
+            if _matches(path, pattern):
+                return is_allow
+        return True
+
+
+def _matches(path: str, pattern: str) -> bool:
+    """Wildcard match of a pattern against the start of `path` with a set of positions (no backtracking)."""
+    positions = [0]
+    n = len(path)
+    last = len(pattern) - 1
+    for i, c in enumerate(pattern):
+        if c == "$" and i == last:
+            return positions[-1] == n
+        if c == "*":
+            positions = list(range(positions[0], n + 1))
+        else:
+            positions = [p + 1 for p in positions if p < n and path[p] == c]
+            if not positions:
+                return False
+    return True
+
+
+ALLOW_ALL = RuleMatcher(())
+DISALLOW_ALL = RuleMatcher(((False, "/"),))
+
+
+class RobotsTxt:
+    """A parsed robots.txt: its groups, each with the product tokens it names and its rules.
+
+    Use `RobotsTxt.parse(text_or_bytes)`, then `allowed(url, agent)` for one decision or `matcher(agent)` for a
+    compiled matcher to reuse over many URLs.
+    """
+
+    __slots__ = ("groups", "_matchers")
+
+    def __init__(self, groups: list[tuple[frozenset, bool, list[tuple[bool, str]]]]):
+        #: `(tokens, is_global, rules)` per group; `tokens` are lower-case product tokens.
+        self.groups = groups
+        self._matchers: dict[str, RuleMatcher] = {}
+
+    @classmethod
+    def parse(cls, body: str | bytes) -> RobotsTxt:
+        text = _decode(body)
+        groups: list[tuple[set, list, list]] = []  # (tokens, [is_global], rules)
+        current = None
+        seen_rule = False
+        for raw in re.split(r"\r\n|\r|\n", text):
+            kv = _key_value(_cut(raw))
+            if kv is None:
+                continue
+            key, value = kv
+            kind = _kind(key)
+            if kind == "agent":
+                if current is None or seen_rule:
+                    current = (set(), [False], [])
+                    groups.append(current)
+                    seen_rule = False
+                if value[:1] == "*" and (len(value) == 1 or value[1] in _WS):
+                    current[1][0] = True
+                else:
+                    token = product_token(value)
+                    if token:
+                        current[0].add(token)
+            elif kind is not None and current is not None:
+                seen_rule = True
+                current[2].append((kind == "allow", canonical_path(value)))
+        return cls([(frozenset(t), g[0], r) for t, g, r in groups])
+
+    def matcher(self, agent: str) -> RuleMatcher:
+        """The compiled rules that apply to `agent` (`"*"`: a crawler without a group of its own)."""
+        token = "" if agent == "*" else product_token(agent)
+        found = self._matchers.get(token)
+        if found is None:
+            specific = [g for g in self.groups if token and token in g[0]]
+            chosen = specific or [g for g in self.groups if g[1]]
+            rules = [r for g in chosen for r in g[2]]
+            found = RuleMatcher(rules) if rules else ALLOW_ALL
+            self._matchers[token] = found
+        return found
+
+    def allowed(self, url: str, agent: str) -> bool:
+        """Whether `agent` may fetch `url` (absolute, `//host/path`, `host/path` or a path)."""
+        return self.matcher(agent).allowed(url_path(url))
