@@ -127,8 +127,14 @@ def test_benchmark_script_small_run(repo_root, tmp_path):
     spec = importlib.util.spec_from_file_location("bench", os.path.join(repo_root, "scripts", "bench_compliance.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    rows = bench.main(["--num_urls", "3000", "--num_hosts", "300", "--output", str(tmp_path / "b.jsonl")])
+    rows = bench.main(
+        ["--num_urls", "3000", "--num_hosts", "300", "--google_sample", "300", "--output", str(tmp_path / "b.jsonl")]
+    )
     summary = rows[-1]
-    assert summary["cached_equals_protego_per_url"] is True
-    assert summary["speedup_vs_urllib"] > 0 and summary["speedup_vs_protego_no_cache"] > 0
-    assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 4
+    assert summary["hf_ext_equals_reference"] is True
+    assert summary["speedup_vs_rfc9309_cached_parser"] > 1 and summary["speedup_vs_protego_cached_parser"] > 1
+    methods = [r.get("method") for r in rows[:-1]]
+    assert methods[:3] == ["hf_ext", "rfc9309_cached_parser", "protego_cached_parser"]
+    if "google_reference" in methods:
+        assert summary["google_agreement_pct"] == 100.0
+    assert len((tmp_path / "b.jsonl").read_text().splitlines()) == len(rows)
