@@ -5,11 +5,12 @@ from .collator import MetadataCollator, keeps_metadata
 from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder, add_context_tokens
 from .generation import build_guidance_inputs, generate_with_metadata_guidance
 from .synthetic import synthetic_url_corpus
-from .templates import MetadataTemplate, metadata_template, url_host, url_path
+from .templates import InvalidMetadataError, MetadataTemplate, metadata_template, url_host, url_path
 
 __all__ = [
     "CONTEXT_BEGIN",
     "CONTEXT_END",
+    "InvalidMetadataError",
     "MetadataCollator",
     "MetadataCooldownCallback",
     "MetadataEncoder",

@@ -20,7 +20,8 @@ class MetadataCooldownCallback(TrainerCallback):
     (`switch_step * gradient_accumulation_steps`); the collator counts the batches it builds, so the switch lands
     on exactly the first batch of optimizer step `switch_step + 1` even though data loaders prepare batches ahead.
     On resume the counter is set from `state.global_step`. The switch point is logged as
-    `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint.
+    `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint; the number of
+    documents whose metadata value was invalid (trained without metadata) so far is logged as `metadata_invalid`.
 
     Evaluation batches built with the same collator during training do not move the switch. The switch is driven
     from the main process, so the callback needs `dataloader_num_workers=0` (the default): worker processes hold
@@ -49,7 +50,9 @@ class MetadataCooldownCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.max_steps is None or state.max_steps <= 0:
-            raise ValueError("MetadataCooldownCallback needs a known number of steps; set max_steps or num_train_epochs.")
+            raise ValueError(
+                "MetadataCooldownCallback needs a known number of steps; set max_steps or num_train_epochs."
+            )
         if self.cooldown_fraction > 0 and args.dataloader_num_workers:
             raise ValueError(
                 f"MetadataCooldownCallback needs dataloader_num_workers=0 (got {args.dataloader_num_workers}): the "
@@ -60,7 +63,9 @@ class MetadataCooldownCallback(TrainerCallback):
         self._grad_accum = args.gradient_accumulation_steps
         self.switch_step = state.max_steps - int(round(self.cooldown_fraction * state.max_steps))
         # cooldown_fraction=0 never switches: leave the collator without a switch point (it may then run in workers).
-        self.collator.cooldown_start_batch = self.switch_step * self._grad_accum if self.cooldown_fraction > 0 else None
+        self.collator.cooldown_start_batch = (
+            self.switch_step * self._grad_accum if self.cooldown_fraction > 0 else None
+        )
         self._sync(args, state)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -81,6 +86,7 @@ class MetadataCooldownCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None:
             logs["metadata_conditioning"] = int(self.conditioning_at(state.global_step))
+            logs["metadata_invalid"] = self.collator.invalid_metadata
 
     def on_save(self, args, state, control, **kwargs):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")

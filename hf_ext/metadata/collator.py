@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from .encoding import LAYOUTS, EncodedDocument, MetadataEncoder
-from .templates import MetadataTemplate
+from .templates import InvalidMetadataError, MetadataTemplate
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+#: Invalid metadata values logged one by one; later ones are only counted.
+MAX_INVALID_WARNINGS = 10
 
 
 def keeps_metadata(text: str, metadata: str, seed: int, metadata_dropout: float) -> bool:
@@ -95,6 +100,9 @@ class MetadataCollator:
     #: Batches collated so far and the batch index from which conditioning is off (set by the cooldown callback).
     batches_seen: int = field(default=0, repr=False)
     cooldown_start_batch: int | None = field(default=None, repr=False)
+    #: Documents whose metadata value was unusable (unparseable URL, NaN/non-numeric score) and that were trained
+    #: without metadata instead. Counted per process (each DataLoader worker counts its own).
+    invalid_metadata: int = field(default=0, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.template, MetadataTemplate):
@@ -147,13 +155,35 @@ class MetadataCollator:
                     f"text_column={self.text_column!r} is missing from the example (keys: {sorted(example)}); pass "
                     "the column holding the document text, and with a Trainer set remove_unused_columns=False."
                 )
-            meta = self.template(example)
-            if not active or not meta or not keeps_metadata(example[self.text_column] or "", meta, self.seed,
-                                                            self.metadata_dropout):
+            try:
+                meta = self.template(example)
+            except InvalidMetadataError as err:
+                meta = None
+                self._invalid(err)
+            if (
+                not active
+                or not meta
+                or not keeps_metadata(example[self.text_column] or "", meta, self.seed, self.metadata_dropout)
+            ):
                 out.append(None)
             else:
                 out.append(meta)
         return out
+
+    def _invalid(self, err: InvalidMetadataError) -> None:
+        self.invalid_metadata += 1
+        if self.invalid_metadata <= MAX_INVALID_WARNINGS:
+            more = (
+                "; further invalid values are counted in MetadataCollator.invalid_metadata without a warning"
+                if self.invalid_metadata == MAX_INVALID_WARNINGS
+                else ""
+            )
+            logger.warning(
+                "invalid metadata (%s): the document is trained without metadata (%d so far%s).",
+                err,
+                self.invalid_metadata,
+                more,
+            )
 
     def encode(self, examples: list[dict]) -> list[EncodedDocument]:
         """Encode the examples (advances the batch counter used by the cooldown)."""
@@ -177,7 +207,9 @@ class MetadataCollator:
         if not examples:
             raise ValueError("cannot collate an empty list of examples.")
         if not isinstance(examples[0], dict):
-            raise TypeError(f"examples must be dicts with text and metadata columns, got {type(examples[0]).__name__}.")
+            raise TypeError(
+                f"examples must be dicts with text and metadata columns, got {type(examples[0]).__name__}."
+            )
         docs = self.encode(examples)
         rows = self._pack(docs) if self.block_size is not None else self._pad(docs)
         batch = {k: torch.tensor(v, dtype=torch.long) for k, v in rows.items()}
@@ -187,7 +219,9 @@ class MetadataCollator:
             batch.pop("attention_mask")
             batch["use_cache"] = False
             return batch
-        want_positions = self.return_position_ids if self.return_position_ids is not None else self.block_size is not None
+        want_positions = (
+            self.return_position_ids if self.return_position_ids is not None else self.block_size is not None
+        )
         if not want_positions:
             batch.pop("position_ids")
         return batch

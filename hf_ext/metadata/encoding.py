@@ -45,7 +45,9 @@ class MetadataEncoder:
     * `layout="meco"` (MeCo): `[BOS] URL: {host}\\n\\n {document} [EOS]` with plain-text markers; a dropped document is
       plain `[BOS] {document} [EOS]`.
 
-    Metadata and document are tokenized separately, so the prefix boundary is exact.
+    Metadata and document are tokenized separately, so the prefix boundary is exact. Both are tokenized with
+    `split_special_tokens=True`: a literal `<|context_end|>` or EOS string inside a document or URL becomes ordinary
+    text tokens, never the control token itself.
 
     Args:
         tokenizer (`PreTrainedTokenizerBase`): Needs `bos_token`; the context layout needs `add_context_tokens` first.
@@ -66,7 +68,9 @@ class MetadataEncoder:
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
         if tokenizer.bos_token_id is None:
-            raise ValueError("the tokenizer needs a bos_token (the layout starts with [BOS]); set tokenizer.bos_token.")
+            raise ValueError(
+                "the tokenizer needs a bos_token (the layout starts with [BOS]); set tokenizer.bos_token."
+            )
         if add_eos and tokenizer.eos_token_id is None:
             raise ValueError("add_eos=True needs a tokenizer with an eos_token; set one or pass add_eos=False.")
         if layout == "context":
@@ -87,11 +91,31 @@ class MetadataEncoder:
         self.meco_prefix = meco_prefix
         self.add_eos = add_eos
         self.max_metadata_tokens = max_metadata_tokens
+        self._check_no_control_tokens_from_text()
 
     def _tokens(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of data text. Special-token strings in the text (a literal `<|context_end|>`, `<|endoftext|>`)
+        are split into ordinary tokens (`split_special_tokens=True`): data never produces a control token."""
         if not texts:
             return []
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def _check_no_control_tokens_from_text(self) -> None:
+        control = {i for i in self.tokenizer.all_special_ids if i is not None}
+        probe = " ".join(t for t in self.tokenizer.all_special_tokens if t)
+        if CONTEXT_BEGIN in self.tokenizer.get_vocab():
+            probe += f" {CONTEXT_BEGIN} {CONTEXT_END}"
+            control |= {
+                self.tokenizer.convert_tokens_to_ids(CONTEXT_BEGIN),
+                self.tokenizer.convert_tokens_to_ids(CONTEXT_END),
+            }
+        leaked = control.intersection(self._tokens([probe])[0])
+        if leaked:
+            raise ValueError(
+                f"{type(self.tokenizer).__name__} turns special-token strings in text into control tokens "
+                f"{sorted(leaked)} even with split_special_tokens=True, so a document could forge BOS/EOS or the "
+                "context markers; use a tokenizer that supports split_special_tokens (any fast tokenizer does)."
+            )
 
     def prefix_ids(self, metadata: list[str | None]) -> list[list[int]]:
         """BOS + context tokens for each metadata string (`None` = dropped/unconditional)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder
@@ -67,12 +68,13 @@ def generate_with_metadata_guidance(
         prompts (`str` or `Sequence[str]`): Prompt text(s); a batch is generated in one call.
         metadata (`str` or `Sequence[str | None]`): Metadata string per prompt (e.g. a URL or `"Science, Tutorial"`),
             or one string for all prompts.
-        guidance_scale (`float`, *optional*, defaults to 1.5): `g`; 1 disables guidance.
+        guidance_scale (`float`, *optional*, defaults to 1.5): `g`, a finite number > 0; 1 disables guidance.
         layout (`str`, *optional*, defaults to `"context"`): Layout used in training (`"context"` or `"meco"`).
         return_text (`bool`, *optional*, defaults to `True`): Return decoded continuations (list of `str`, one per
             returned sequence); `False` returns what `generate` returns.
         suppress_context_tokens (`bool`, *optional*, defaults to `True`): Never generate BOS or the context
-            markers (they are never loss targets in training, so their scores are not meaningful).
+            markers (they are never loss targets in training, so their scores are not meaningful). EOS is never
+            suppressed, also when it is the same token as BOS (GPT-2 family).
         **generate_kwargs: Passed to `model.generate` (`max_new_tokens`, `do_sample`, `num_return_sequences`, ...).
 
     Example:
@@ -92,8 +94,13 @@ def generate_with_metadata_guidance(
     metadata = list(metadata)
     if len(metadata) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(metadata)} metadata strings; pass one per prompt.")
-    if not isinstance(guidance_scale, int | float) or guidance_scale <= 0:
-        raise ValueError(f"guidance_scale must be a positive number (1 = no guidance), got {guidance_scale!r}.")
+    if (
+        isinstance(guidance_scale, bool)
+        or not isinstance(guidance_scale, int | float)
+        or not math.isfinite(guidance_scale)
+        or guidance_scale <= 0
+    ):
+        raise ValueError(f"guidance_scale must be a finite positive number (1 = no guidance), got {guidance_scale!r}.")
     for key in ("input_ids", "negative_prompt_ids", "guidance_scale", "attention_mask"):
         if key in generate_kwargs:
             raise ValueError(f"{key} is built from prompts and metadata; do not pass it in generate_kwargs.")
@@ -103,7 +110,9 @@ def generate_with_metadata_guidance(
     inputs = {k: v.to(device) for k, v in inputs.items()}
     generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     if suppress_context_tokens:
-        blocked = [tokenizer.bos_token_id]
+        # BOS is never a target in training; but where BOS == EOS (GPT-2 family) the id is also the end of text,
+        # which must stay generable.
+        blocked = [tokenizer.bos_token_id] if tokenizer.bos_token_id != tokenizer.eos_token_id else []
         if layout == "context":
             blocked += [tokenizer.convert_tokens_to_ids(CONTEXT_BEGIN), tokenizer.convert_tokens_to_ids(CONTEXT_END)]
         user = list(generate_kwargs.pop("suppress_tokens", None) or [])
@@ -116,7 +125,9 @@ def generate_with_metadata_guidance(
         expand = beams if beams > 1 else n_return
         extra = {
             "negative_prompt_ids": inputs["negative_prompt_ids"].repeat_interleave(expand, dim=0),
-            "negative_prompt_attention_mask": inputs["negative_prompt_attention_mask"].repeat_interleave(expand, dim=0),
+            "negative_prompt_attention_mask": inputs["negative_prompt_attention_mask"].repeat_interleave(
+                expand, dim=0
+            ),
             "guidance_scale": float(guidance_scale),
         }
     else:

@@ -46,7 +46,9 @@ def synthetic_url_corpus(
     rows = {"text": [], "url": [], "domain": []}
     for i in range(num_docs):
         d = domains[i % num_domains]
-        words = [rng.choice(vocab[d]) if rng.random() < domain_word_prob else rng.choice(shared) for _ in range(doc_words)]
+        words = [
+            rng.choice(vocab[d]) if rng.random() < domain_word_prob else rng.choice(shared) for _ in range(doc_words)
+        ]
         rows["text"].append(" ".join(words))
         rows["url"].append(f"https://{d}.example.org/page/{i}")
         rows["domain"].append(d)

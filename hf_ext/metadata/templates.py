@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,21 +18,52 @@ _DEFAULT_COLUMNS = {
 }
 
 
+class InvalidMetadataError(ValueError):
+    """A metadata value that cannot be turned into a metadata string (unparseable URL, NaN or non-numeric score).
+
+    `MetadataCollator` treats such a document as having no metadata (it is counted and logged), so one bad row does
+    not stop a run; calling a template directly raises it.
+    """
+
+
+def _split(url: str):
+    try:
+        return urlsplit(url)
+    except ValueError as err:  # e.g. "Invalid IPv6 URL" for http://[::1/x
+        raise InvalidMetadataError(f"cannot parse URL {url!r}: {err}") from err
+
+
 def url_host(url: str) -> str:
-    """Host of a URL (`https://en.wikipedia.org/wiki/X` -> `en.wikipedia.org`), as MeCo's short URL."""
-    netloc = urlsplit(url).netloc
+    """Host of a URL (`https://en.wikipedia.org/wiki/X` -> `en.wikipedia.org`), as MeCo's short URL.
+
+    Raises `InvalidMetadataError` for a URL that `urllib.parse.urlsplit` cannot parse.
+    """
+    netloc = _split(url).netloc
     return netloc.rpartition("@")[2].lower()
 
 
 def url_path(url: str) -> str:
-    """Path, `?query` and `#fragment` of a URL (the paper's `url_suffix` builder)."""
-    parts = urlsplit(url)
+    """Path, `?query` and `#fragment` of a URL (the paper's `url_suffix` builder); `InvalidMetadataError` if unparseable."""
+    parts = _split(url)
     out = parts.path
     if parts.query:
         out += f"?{parts.query}"
     if parts.fragment:
         out += f"#{parts.fragment}"
     return out
+
+
+def _score(value, column: str) -> int:
+    """An integer quality score from a number or numeric string; NaN, inf and non-numeric values are invalid."""
+    if isinstance(value, bool):
+        raise InvalidMetadataError(f"quality score column {column!r} holds a bool ({value!r}), not a number.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as err:
+        raise InvalidMetadataError(f"quality score column {column!r} holds {value!r}, not a number.") from err
+    if not math.isfinite(number):
+        raise InvalidMetadataError(f"quality score column {column!r} holds {value!r}, not a finite number.")
+    return int(round(number))
 
 
 @dataclass(frozen=True)
@@ -46,6 +78,10 @@ class MetadataTemplate:
         columns (`tuple[str, ...]`): Dataset columns the template reads.
         fmt (`str`, *optional*): The format string for `kind="format"`.
         max_chars (`int`, *optional*): Cut the metadata string to this many characters (long URLs eat context).
+
+    A missing value (`None`) gives `""` (no metadata). A value that cannot be used (a URL `urlsplit` rejects, a NaN,
+    infinite or non-numeric quality score, a format string that fails on the row) raises `InvalidMetadataError`;
+    `MetadataCollator` then trains that document without metadata and counts it.
     """
 
     kind: str
@@ -64,7 +100,12 @@ class MetadataTemplate:
                 )
             values.append(example[column])
         if self.kind == "format":
-            text = self.fmt.format(**{c: ("" if v is None else v) for c, v in zip(self.columns, values)})
+            try:
+                text = self.fmt.format(**{c: ("" if v is None else v) for c, v in zip(self.columns, values)})
+            except (ValueError, TypeError, KeyError, IndexError) as err:
+                raise InvalidMetadataError(
+                    f"fmt={self.fmt!r} cannot format {dict(zip(self.columns, values))}: {err}"
+                ) from err
         elif any(v is None for v in values):
             text = ""
         elif self.kind == "url":
@@ -76,7 +117,7 @@ class MetadataTemplate:
         elif self.kind == "topic_format":
             text = ", ".join(str(v) for v in values)
         elif self.kind == "quality_score":
-            text = str(int(round(float(values[0]))))
+            text = str(_score(values[0], self.columns[0]))
         else:
             text = str(values[0])
         if self.max_chars is not None:

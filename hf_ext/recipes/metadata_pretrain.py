@@ -355,13 +355,12 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from transformers import HfArgumentParser
+    from ._common import finish, parse_recipe_args
 
-    parser = HfArgumentParser(
-        (MetadataModelArguments, MetadataDataArguments, MetadataArguments, MetadataTrainingArguments)
+    model_args, data_args, meta_args, training_args = parse_recipe_args(
+        (MetadataModelArguments, MetadataDataArguments, MetadataArguments, MetadataTrainingArguments), argv
     )
-    model_args, data_args, meta_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    return run(model_args, data_args, meta_args, training_args)
+    return finish(run(model_args, data_args, meta_args, training_args))
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ def test_packed_documents_match_running_alone_by_default(ctx_tokenizer, attn):
 def test_cross_document_packing_uses_row_positions(ctx_tokenizer, attn):
     """document_attention=False (plain packing): positions run through the row, matching the all-row causal mask."""
     tok = ctx_tokenizer
-    collator = MetadataCollator(tok, metadata_template("url_host"), metadata_dropout=0.0, block_size=40,
-                                document_attention=False)
+    collator = MetadataCollator(
+        tok, metadata_template("url_host"), metadata_dropout=0.0, block_size=40, document_attention=False
+    )
     batch = collator(ROWS)
     mask = batch["attention_mask"]
     for r in range(mask.shape[0]):
