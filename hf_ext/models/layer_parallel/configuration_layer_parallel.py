@@ -162,6 +162,19 @@ class LayerParallelConfig(PreTrainedConfig):
     """
 
     model_type = "layer_parallel"
+    # Tensor-parallel plan of the base model (Llama's): heads and MLP neurons column-wise, output projections row-wise.
+    # A merged pair stores layer a's heads / neurons first and layer b's second, so at TP=2 this split puts exactly
+    # one source layer of the pair on each rank, and the pair costs one all-reduce per sublayer instead of two.
+    # Unmerged pairs add the same rules for their two branches (see `LayerParallelModel.init_parallel_plans`).
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
     sub_configs_defaults = {
         "source_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", optional=True),
     }

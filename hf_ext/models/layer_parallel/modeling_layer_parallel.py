@@ -258,6 +258,30 @@ class LayerParallelPreTrainedModel(PreTrainedModel):
     }
 
     @classmethod
+    def maybe_distribute_model(cls, model, distributed_config, mesh_manager):
+        """Tensor parallelism (transformers' own, `from_pretrained(..., tp_plan="auto")` under `torchrun`), after
+        refusing the one layout that the plan cannot split: merged pairs in "block" mode."""
+        cfg = model.config
+        tp_size = getattr(distributed_config, "tp_size", 1) or 1
+        if mesh_manager is not None and tp_size > 1:
+            if cfg.lp_merged and cfg.lp_mode == "block" and cfg.lp_pairs:
+                raise ValueError(
+                    "Tensor parallelism splits merged pairs of lp_mode='sublayer' (one source layer per rank at TP=2) "
+                    "and unmerged pairs, but not merged lp_mode='block' pairs, whose output projection and MLPs keep "
+                    "the two branches apart. Convert with mode='sublayer', or with merge=False."
+                )
+            for name, heads in (
+                ("num_attention_heads", cfg.num_attention_heads),
+                ("num_key_value_heads", cfg.num_key_value_heads),
+            ):
+                if heads % tp_size:
+                    raise ValueError(
+                        f"Tensor parallelism over {tp_size} ranks needs {name} ({heads}) divisible by {tp_size}; "
+                        "use a tp_size that divides it."
+                    )
+        return super().maybe_distribute_model(model, distributed_config, mesh_manager)
+
+    @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, but a checkpoint that lacks decoder weights this architecture needs (for
         instance because its `source_config` was edited to more layers) raises instead of initialising them at
@@ -348,6 +372,16 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    def init_parallel_plans(self) -> None:
+        """The config's tensor-parallel plan, plus the same rules for the two branches of unmerged pairs."""
+        super().init_parallel_plans()
+        if any(isinstance(block, LayerParallelBranchPair) for block in getattr(self, "layers", ())):
+            base = type(self.config).base_model_tp_plan
+            for branch in ("branch_a", "branch_b"):
+                self._tp_plan.update(
+                    {key.replace("layers.*.", f"layers.*.{branch}.", 1): style for key, style in base.items()}
+                )
+
     def get_input_embeddings(self) -> nn.Module:
         return self.embed_tokens
 
@@ -433,6 +467,7 @@ class LayerParallelForCausalLM(LayerParallelPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: LayerParallelConfig):
         super().__init__(config)

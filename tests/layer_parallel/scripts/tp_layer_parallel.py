@@ -1,0 +1,152 @@
+"""Two gloo ranks on CPU: layer-paired models loaded with transformers' own tensor parallelism.
+
+Launched by tests/layer_parallel/test_tensor_parallel.py as
+`python -m torch.distributed.run --nproc_per_node 2 tp_layer_parallel.py OUT_DIR`.
+Rank 0 converts small Llama models (MHA and GQA) and saves them with single-process reference logits and greedy
+generations; every rank then loads them with `distributed_config=DistributedConfig(tp_plan="auto")`, checks that
+each rank holds exactly one source layer of every merged pair, that logits and generations equal the reference, and
+counts the all-reduces of one forward. Rank 0 writes the measurements to OUT_DIR/tp_result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor.debug import CommDebugMode
+from transformers import AutoModelForCausalLM, DistributedConfig, LlamaConfig, LlamaForCausalLM
+
+import hf_ext  # noqa: F401  (registers the layer_parallel model type)
+from hf_ext.models.layer_parallel import convert_to_layer_parallel
+from hf_ext.models.layer_parallel.modeling_layer_parallel import merge_pair_state
+
+NUM_LAYERS, PAIR = 6, (2, 4)  # layers (2, 3) paired
+MODELS = {  # name -> (num_key_value_heads, conversion kwargs)
+    "mha_paired": (4, dict(start=PAIR[0], end=PAIR[1])),
+    "gqa_paired": (2, dict(start=PAIR[0], end=PAIR[1])),
+    "gqa_two_pairs": (2, dict(start=0, end=4)),
+    "gqa_unpaired": (2, dict(start=0, end=0)),
+    "gqa_unmerged": (2, dict(start=PAIR[0], end=PAIR[1], merge=False)),
+}
+
+
+def source_model(kv_heads: int) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
+        initializer_range=0.15,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
+    model = LlamaForCausalLM(cfg)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # norm gains far from 1 so that folding them into the projections is exercised
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(0.5 + torch.rand(param.shape, generator=gen))
+    return model.eval()
+
+
+class AllReduceCounter:
+    """Counts `torch.distributed.all_reduce` calls (the row-wise and vocabulary-parallel reductions of TP)."""
+
+    def __init__(self):
+        self.count = 0
+        self._original = dist.all_reduce
+
+    def __enter__(self):
+        def counting(*args, **kwargs):
+            self.count += 1
+            return self._original(*args, **kwargs)
+
+        dist.all_reduce = counting
+        return self
+
+    def __exit__(self, *exc):
+        dist.all_reduce = self._original
+
+
+def main(out_dir: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    assert world == 2, f"this check needs exactly 2 ranks, got {world}"
+    ids = torch.randint(3, 96, (2, 7), generator=torch.Generator().manual_seed(2))
+    if rank == 0:
+        refs = {}
+        for name, (kv, kwargs) in MODELS.items():
+            lp = convert_to_layer_parallel(source_model(kv), **kwargs)
+            lp.save_pretrained(os.path.join(out_dir, name))
+            with torch.no_grad():
+                refs[name] = {
+                    "logits": lp(ids).logits,
+                    "generated": lp.generate(ids, max_new_tokens=6, do_sample=False),
+                }
+        torch.save(refs, os.path.join(out_dir, "refs.pt"))
+    dist.barrier()
+    refs = torch.load(os.path.join(out_dir, "refs.pt"))
+    result = {}
+    for name, (kv, kwargs) in MODELS.items():
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.join(out_dir, name), distributed_config=DistributedConfig(tp_plan="auto")
+        ).eval()
+        assert model._tp_size == 2
+        with torch.no_grad(), AllReduceCounter() as counter, CommDebugMode() as dtensor_comms:
+            logits = model(ids).logits
+        torch.testing.assert_close(logits, refs[name]["logits"], atol=2e-5, rtol=2e-5)
+        with torch.no_grad():
+            generated = model.generate(ids, max_new_tokens=6, do_sample=False)
+            static = model.generate(ids, max_new_tokens=6, do_sample=False, cache_implementation="static")
+        assert torch.equal(generated, refs[name]["generated"]), name
+        assert torch.equal(static, refs[name]["generated"]), name
+        if name.endswith("_paired"):
+            # The merged pair's local shards are exactly one source layer: layer 2 on rank 0, layer 3 on rank 1.
+            src = source_model(kv).state_dict()
+            layer = {k[len("model.layers.2.") :]: v for k, v in src.items() if k.startswith("model.layers.2.")}
+            other = {k[len("model.layers.3.") :]: v for k, v in src.items() if k.startswith("model.layers.3.")}
+            merged = merge_pair_state(layer, other, "sublayer", "per_layer")
+            own = layer if rank == 0 else other
+            block = model.model.layers[PAIR[0]]
+            for proj, norm in (("self_attn.q_proj", "input_layernorm"), ("mlp.up_proj", "post_attention_layernorm")):
+                local = dict(block.named_parameters())[f"{proj}.weight"].to_local()
+                folded = own[f"{proj}.weight"] * own[f"{norm}.weight"][None, :]
+                torch.testing.assert_close(local, folded)
+                assert local.shape[0] * 2 == merged[f"{proj}.weight"].shape[0]
+            down = block.mlp.down_proj.weight.to_local()
+            torch.testing.assert_close(down, own["mlp.down_proj.weight"])
+        result[name] = {
+            "all_reduces_per_forward": counter.count,
+            "dtensor_collectives_per_forward": dtensor_comms.get_total_counts(),
+            "blocks": len(model.model.layers),
+        }
+    # Merged "block"-mode pairs keep the branches apart in their output projection: the plan cannot split them.
+    if rank == 0:
+        convert_to_layer_parallel(source_model(2), start=2, end=4, mode="block").save_pretrained(
+            os.path.join(out_dir, "block")
+        )
+    dist.barrier()
+    try:
+        AutoModelForCausalLM.from_pretrained(
+            os.path.join(out_dir, "block"), distributed_config=DistributedConfig(tp_plan="auto")
+        )
+    except ValueError as err:
+        assert "lp_mode='block'" in str(err), err
+    else:
+        raise AssertionError("a merged block-mode pair was split by tensor parallelism")
+    if rank == 0:
+        with open(os.path.join(out_dir, "tp_result.json"), "w") as f:
+            json.dump(result, f, indent=1)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
