@@ -94,7 +94,7 @@ def main(out_dir: str) -> None:
     dist.barrier()
     refs = torch.load(os.path.join(out_dir, "refs.pt"))
     result = {}
-    for name, (kv, kwargs) in MODELS.items():
+    for name, (kv, _) in MODELS.items():
         model = AutoModelForCausalLM.from_pretrained(
             os.path.join(out_dir, name), distributed_config=DistributedConfig(tp_plan="auto")
         ).eval()
