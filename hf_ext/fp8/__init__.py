@@ -14,7 +14,7 @@ from .convert import (
 from .emulation import Fp8Linear, fp8_attention_forward, fp8_bmm, quantize_dequantize, register_fp8_attention
 from .monitor import SITES, KurtosisMonitor, find_decoder_layers, kurtosis
 from .plotting import plot_kurtosis
-from .trainer import Fp8Trainer
+from .trainer import Fp8Trainer, resolve_wsd_kwargs
 
 __all__ = [
     "SITES",
@@ -34,6 +34,7 @@ __all__ = [
     "plot_kurtosis",
     "quantize_dequantize",
     "register_fp8_attention",
+    "resolve_wsd_kwargs",
     "te_recipe",
     "torchao_config",
     "train_with_rollback",

@@ -25,6 +25,10 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_fog import FogConfig
 
@@ -384,6 +388,8 @@ class FogPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     # Buffers added by hf_ext.fp8 (delayed-scaling histories) when a converted model was saved.
     _keys_to_ignore_on_load_unexpected = [r"\.fp8_"]
+    # `output_hidden_states` / `output_attentions` are recorded by transformers' output-capturing hooks.
+    _can_record_outputs = {"hidden_states": FogDecoderLayer, "attentions": FogAttention}
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -422,6 +428,17 @@ class FogPreTrainedModel(PreTrainedModel):
             init.copy_(module.inv_freq, inv_freq)
             init.copy_(module.original_inv_freq, inv_freq)
 
+    def decay_parameter_names(self) -> list[str]:
+        """Names of the parameters that get weight decay, as the reference (Megatron) groups them: trainable matrices
+        (linear and embedding weights) only; 1-D parameters (norm gains, layer scales, xIELU / DyT scalars), biases
+        and frozen tensors get none. `Trainer` subclasses in `hf_ext.fp8` use this instead of `Trainer`'s name
+        patterns."""
+        return [
+            name
+            for name, param in self.named_parameters()
+            if param.requires_grad and param.ndim >= 2 and not name.endswith(".bias")
+        ]
+
     def optimizer_grouped_parameters(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups as Megatron builds them: frozen parameters (FOG's QK gains) are left out entirely,
         1-D parameters (norm gains, layer scales, xIELU / DyT scalars) and biases get no weight decay.
@@ -432,11 +449,12 @@ class FogPreTrainedModel(PreTrainedModel):
         Returns:
             `list[dict]`: Two groups, `{"params": [...], "weight_decay": weight_decay}` and `{..., 0.0}`.
         """
+        decay_names = set(self.decay_parameter_names())
         decay, no_decay = [], []
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
+            (decay if name in decay_names else no_decay).append(param)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -461,6 +479,9 @@ class FogModel(FogPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @merge_with_config_defaults
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -472,11 +493,12 @@ class FogModel(FogPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """Run the decoder. `inputs_embeds`, when given, are also multiplied by `input_upscale` (as the reference
-        implementation does), so pass raw embedding-table rows."""
+        implementation does), so pass raw embedding-table rows. `output_hidden_states=True` returns the layer-0 input
+        (scaled embeddings) and every layer's output (the last one after the final norm when there is one);
+        `output_attentions=True` returns each layer's attention probabilities (needs an attention implementation
+        that returns them, e.g. `"eager"`); `return_dict=False` returns a tuple."""
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("FogModel.forward: pass exactly one of input_ids or inputs_embeds.")
-        if "past_key_values" in kwargs:
-            cache = kwargs.pop("past_key_values") if cache is None else cache
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
@@ -531,6 +553,8 @@ class FogForCausalLM(FogPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -541,10 +565,10 @@ class FogForCausalLM(FogPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
-        """Next-token logits (and the shifted cross-entropy when `labels` are given)."""
+        """Next-token logits (and the shifted cross-entropy when `labels` are given); `output_hidden_states`,
+        `output_attentions` and `return_dict=False` behave as in transformers' own causal LMs."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -560,10 +584,13 @@ class FogForCausalLM(FogPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        out = CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
-        if return_dict is False:
-            return out.to_tuple()
-        return out
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
     @classmethod
     def from_authors_checkpoint(cls, path: str, **kwargs) -> FogForCausalLM:
