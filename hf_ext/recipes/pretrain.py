@@ -91,7 +91,17 @@ class PretrainTrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Blocks per device per eval step."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Warmup steps (int) or fraction of max_steps."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    lr_scheduler_type: str = field(
+        default="warmup_stable_decay",
+        metadata={"help": "Learning-rate schedule (transformers' names); default WSD as the FOG reference pretrains."},
+    )
+    lr_scheduler_kwargs: dict | str | None = field(
+        default_factory=lambda: {"num_decay_steps": 0.2, "decay_type": "1-sqrt", "min_lr_ratio": 0.0},
+        metadata={
+            "help": "JSON kwargs of the schedule. For warmup_stable_decay a float num_decay_steps in (0, 1) is a "
+            "fraction of the run (reference: 1-sqrt cooldown over the last 20%)."
+        },
+    )
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
     logging_steps: int = field(default=25, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpointing strategy during training."})
@@ -205,17 +215,16 @@ def setup_fp8(model, model_args: ModelArguments, training_args: TrainingArgument
 
     Returns `(trainer_class, trainer_kwargs, callbacks)`.
     """
-    from transformers import Trainer
-
     from ..fp8 import Fp8HealthCallback, Fp8Trainer, ao_recipe_kwargs, convert
 
     # accelerate 1.15 stores `--fp8_backend ao` verbatim, then rejects the lower-case value; accept it here.
     env_backend = os.environ.get("ACCELERATE_FP8_BACKEND")
     if env_backend and env_backend != env_backend.upper():
         os.environ["ACCELERATE_FP8_BACKEND"] = env_backend.upper()
-    trainer_cls, extra = Trainer, {}
+    # Fp8Trainer also without FP8: it decays only what the model names (FOG: matrices) and resolves the WSD cooldown.
+    trainer_cls, extra = Fp8Trainer, {}
     if getattr(training_args, "mixed_precision", "no") == "fp8":
-        trainer_cls, extra = Fp8Trainer, {"fp8_recipe_kwargs": ao_recipe_kwargs(model, model_args.fp8_recipe)}
+        extra = {"fp8_recipe_kwargs": ao_recipe_kwargs(model, model_args.fp8_recipe)}
     elif model_args.fp8_backend != "none":
         if model_args.fp8_backend == "te":
             model.to("cuda")
@@ -237,7 +246,7 @@ def setup_fp8(model, model_args: ModelArguments, training_args: TrainingArgument
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> dict:
     """Train, save, reload with Auto classes, evaluate perplexity and sample. Returns the final metrics."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, default_data_collator, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator, set_seed
 
     import hf_ext  # noqa: F401  (registers the package's architectures)
 
@@ -294,7 +303,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     metrics = {
         "train_loss": train_result.training_loss,
         "loss_curve": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
-        "fp8_backend": "accelerate-ao" if trainer_cls is not Trainer else model_args.fp8_backend,
+        "fp8_backend": "accelerate-ao" if "fp8_recipe_kwargs" in trainer_kwargs else model_args.fp8_backend,
     }
     if callbacks and trainer.is_world_process_zero():
         health = callbacks[0]
