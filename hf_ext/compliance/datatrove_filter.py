@@ -17,8 +17,10 @@ class RobotsTxtFilter(BaseFilter):
 
     Dropped documents get `metadata["disallowed_user_agents"]` (the agents that are disallowed) and the drop
     reason `"robots_txt"`, both visible to an `exclusion_writer` and in datatrove's stats
-    (`dropped_robots_txt`). Decisions are those of `RobotsCompliance` (Protego + per-host cache), so this step and
-    `filter_compliant` on a `datasets.Dataset` drop exactly the same documents.
+    (`dropped_robots_txt`; `dropped_unreachable_robots_txt` counts those dropped only because their host's robots.txt
+    was unreachable, RFC 9309's complete disallow). Decisions are those of `RobotsCompliance`, so this step and
+    `filter_compliant` on a `datasets.Dataset` drop exactly the same documents. Under a `LocalPipelineExecutor` or
+    `SlurmPipelineExecutor` each task builds its own host cache and datatrove merges the per-task stats.
 
     Args:
         robots (`RobotsCompliance`, `RobotsTxtStore`, a snapshot path or a `{host: text}` mapping):
@@ -69,6 +71,10 @@ class RobotsTxtFilter(BaseFilter):
         doc.metadata["disallowed_user_agents"] = list(agents)
         for agent in agents:
             self.stat_update(f"disallowed_{agent}")
+        url = self._url(doc)
+        if url and self.checker.policy_for_url(url).status_class == "unreachable":
+            # RFC 9309: a robots.txt that could not be fetched (5xx, network error) disallows everything
+            self.stat_update("dropped_unreachable_robots_txt")
         return False, "robots_txt"
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:

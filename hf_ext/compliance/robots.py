@@ -452,6 +452,12 @@ class RobotsCompliance:
                     self._by_prefix[prefix] = policy
         return policy
 
+    def policy_for_url(self, url: str) -> DomainPolicy:
+        """The cached `DomainPolicy` that decides `url` (its `status_class` says why a host allows or disallows)."""
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, got {type(url).__name__}.")
+        return self._policy_for_prefix(url, self._path_start(url)) if url else _ALLOW_ALL
+
     def _match_groups(self, url: str, groups, path: str | None = None) -> tuple[str, ...]:
         if "/robots.txt" in url and _is_robots_txt(url):
             return ()
