@@ -14,10 +14,12 @@ from .metrics import (
     absolute_weight_entropy,
     arithmetic_accuracy,
     preprocess_logits_for_accuracy,
+    stability_after_target,
     steps_to_accuracy,
+    weight_norm,
 )
 from .modeling import GrokDecoderConfig, GrokDecoderForCausalLM
-from .optim import GradFilterOptimizer, GradientTransformOptimizer, NeuralGrokOptimizer
+from .optim import GradFilterOptimizer, GradientTransformOptimizer, GradNormOptimizer, NeuralGrokOptimizer
 from .trainer import GrokkingCallback, NeuralGrokConfig, NeuralGrokTrainer
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "ArithmeticTask",
     "GradFilterOptimizer",
     "GradientTransformOptimizer",
+    "GradNormOptimizer",
     "GrokDecoderConfig",
     "GrokDecoderForCausalLM",
     "GrokkingCallback",
@@ -41,5 +44,7 @@ __all__ = [
     "build_arithmetic_dataset",
     "preprocess_logits_for_accuracy",
     "split_arithmetic_dataset",
+    "stability_after_target",
     "steps_to_accuracy",
+    "weight_norm",
 ]

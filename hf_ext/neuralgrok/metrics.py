@@ -48,6 +48,14 @@ def absolute_weight_entropy(model: torch.nn.Module) -> float:
     return float(absolute_entropy(list(model.parameters())))
 
 
+def weight_norm(model: torch.nn.Module) -> float:
+    """Global l2 norm of all parameters of `model` (the weight norm the grokking literature tracks)."""
+    norms = [p.detach().float().norm() for p in model.parameters()]
+    if not norms:
+        raise ValueError("The model has no parameters.")
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+
 def answer_accuracy_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Fraction of rows whose labelled positions are all predicted correctly (next-token convention)."""
     pred = logits[:, :-1].argmax(-1)
@@ -88,3 +96,66 @@ def steps_to_accuracy(steps: Sequence[int], accuracies: Sequence[float], target:
         if acc >= target:
             return int(step)
     return None
+
+
+def stability_after_target(
+    eval_steps: Sequence[int],
+    test_accuracy: Sequence[float],
+    train_steps: Sequence[int] = (),
+    train_loss: Sequence[float] = (),
+    target: float = 0.95,
+    drop_margin: float = 0.1,
+    spike_factor: float = 10.0,
+    spike_floor: float = 0.05,
+) -> dict:
+    r"""
+    How stable training is once test accuracy has first reached `target` (the post-grokking oscillations the NeuralGrok
+    paper reports for standard training with weight decay).
+
+    - `accuracy_drops`: episodes in which test accuracy falls below `target - drop_margin` after first reaching
+      `target` (each fall counts once, however long it lasts);
+    - `min_test_accuracy_after_target`, `fraction_evals_below`: the worst test accuracy after the target step, and
+      the fraction of those evaluations below `target - drop_margin`;
+    - `loss_spikes`: episodes in which the logged training loss rises above
+      `max(spike_factor * running minimum since the target step, spike_floor)`;
+    - `max_train_loss_after_target`.
+
+    Returns a dict with these keys and `reached` (all values `None` when the target is never reached).
+    """
+    if len(eval_steps) != len(test_accuracy) or len(train_steps) != len(train_loss):
+        raise ValueError("steps and values must have the same length (eval_steps/test_accuracy, train_steps/loss).")
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target={target} must be in (0, 1].")
+    first = steps_to_accuracy(eval_steps, test_accuracy, target)
+    out = {
+        "reached": first is not None,
+        "accuracy_drops": None,
+        "min_test_accuracy_after_target": None,
+        "fraction_evals_below": None,
+        "loss_spikes": None,
+        "max_train_loss_after_target": None,
+    }
+    if first is None:
+        return out
+    threshold = target - drop_margin
+    after = [a for s, a in zip(eval_steps, test_accuracy) if s >= first]
+    drops, below = 0, False
+    for acc in after:
+        if acc < threshold and not below:
+            drops += 1
+        below = acc < threshold
+    out["accuracy_drops"] = drops
+    out["min_test_accuracy_after_target"] = float(min(after))
+    out["fraction_evals_below"] = float(sum(a < threshold for a in after) / len(after))
+    losses = [float(v) for s, v in zip(train_steps, train_loss) if s >= first and v is not None]
+    if losses:
+        spikes, in_spike, running_min = 0, False, losses[0]
+        for value in losses:
+            spiking = value > max(spike_factor * running_min, spike_floor)
+            if spiking and not in_spike:
+                spikes += 1
+            in_spike = spiking
+            running_min = min(running_min, value)
+        out["loss_spikes"] = spikes
+        out["max_train_loss_after_target"] = max(losses)
+    return out

@@ -149,6 +149,50 @@ class NeuralGrokOptimizer(GradientTransformOptimizer):
             torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
 
 
+class GradNormOptimizer(GradientTransformOptimizer):
+    """
+    The normalisation-only control of NeuralGrok: every gradient tensor is rescaled to norm `c` (`g <- c g / ||g||`),
+    the global norm is clipped to `clip_norm`, then the base optimizer steps. This is exactly
+    [`NeuralGrokOptimizer`] with the amplifier's output fixed to the uniform distribution (`p = 1/n` for every entry
+    of a tensor): same scale, same clipping, no learned re-weighting. The difference between the two isolates what
+    the learned amplifier adds.
+
+    Args:
+        inner (`torch.optim.Optimizer`): the base optimizer.
+        c (`float`, *optional*, defaults to 1.0): norm of each rescaled gradient tensor.
+        clip_norm (`float` or `None`, *optional*, defaults to 1.0): global-norm clip after the rescaling (`None` or
+            0 disables it).
+        eps (`float`, *optional*, defaults to 1e-30): floor of `||g||` (an all-zero gradient stays zero).
+        track_entropy (`bool`, *optional*, defaults to `True`): record AGE of raw and rescaled gradients.
+    """
+
+    def __init__(
+        self,
+        inner: Optimizer,
+        c: float = 1.0,
+        clip_norm: float | None = 1.0,
+        eps: float = 1e-30,
+        track_entropy: bool = True,
+    ):
+        if not c > 0:
+            raise ValueError(f"c={c} must be > 0 (the norm of each rescaled gradient tensor).")
+        if clip_norm is not None and clip_norm < 0:
+            raise ValueError(f"clip_norm={clip_norm} must be >= 0 (0 or None disables clipping).")
+        self.c = float(c)
+        self.clip_norm = clip_norm
+        self.eps = eps
+        super().__init__(inner, track_entropy=track_entropy)
+
+    def transform_gradients(self, params: list[torch.Tensor]) -> None:
+        for p in params:
+            norm = torch.linalg.vector_norm(p.grad.float()).clamp_min(self.eps)
+            p.grad.mul_((self.c / norm).to(p.grad.dtype))
+
+    def post_transform(self, params: list[torch.Tensor]) -> None:
+        if self.clip_norm and params:
+            torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
+
+
 class GradFilterOptimizer(GradientTransformOptimizer):
     r"""
     Grokfast gradient filters (Lee et al., 2024) as an optimizer wrapper, applied once per optimizer step.

@@ -1,4 +1,6 @@
-"""Grokking on modular arithmetic: AdamW baseline vs Grokfast vs NeuralGrok; steps to 95% test accuracy, curves PNG.
+"""Grokking on modular arithmetic: Adam baseline (also with strong weight decay) vs the normalisation-only control vs
+Grokfast vs NeuralGrok. Steps, mean step time and training time to 95% test accuracy; gradient entropy, weight norm
+and stability after grokking; curves as PNG, tables as Markdown and JSON.
 
 Run as `python scripts/neuralgrok.py`, `accelerate launch scripts/neuralgrok.py` or `hf-ext run neuralgrok`.
 """
@@ -6,12 +8,34 @@ Run as `python scripts/neuralgrok.py`, `accelerate launch scripts/neuralgrok.py`
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import statistics
 from dataclasses import dataclass, field
 
 from ..neuralgrok.trainer import GRADIENT_TRANSFORMS, NeuralGrokConfig
+
+# Recipe methods: every gradient transform, plus the baseline with strong weight decay (`--strong_weight_decay`).
+STRONG_WD = "none_strong_wd"
+METHODS = (*GRADIENT_TRANSFORMS, STRONG_WD)
+# Methods trained on D_inner (the training split minus D_outer): NeuralGrok and its control, which must see the same
+# data so that their difference is the learned amplifier alone. The others train on the whole training split.
+INNER_METHODS = ("neuralgrok", "normalize")
+METHOD_LABELS = {
+    "none": "Adam (baseline)",
+    STRONG_WD: "Adam, strong weight decay",
+    "normalize": "normalisation only (control)",
+    "grokfast_ema": "Grokfast-EMA",
+    "grokfast_ma": "Grokfast-MA",
+    "neuralgrok": "NeuralGrok",
+}
+COLORS = {
+    "none": "tab:blue",
+    STRONG_WD: "tab:purple",
+    "normalize": "tab:gray",
+    "grokfast_ema": "tab:orange",
+    "grokfast_ma": "tab:green",
+    "neuralgrok": "tab:red",
+}
 
 
 @dataclass
@@ -23,15 +47,22 @@ class GrokTaskArguments:
         default=0.02, metadata={"help": "Fraction of the training split held out as NeuralGrok's outer set (49:1)."}
     )
     methods: str = field(
-        default="none,grokfast_ema,neuralgrok",
+        default="none,normalize,grokfast_ema,neuralgrok",
         metadata={
-            "help": "Comma-separated gradient transforms to compare: none, grokfast_ema, grokfast_ma, neuralgrok."
+            "help": "Comma-separated methods: none, none_strong_wd (baseline with --strong_weight_decay), normalize "
+            "(control: NeuralGrok's scale and clip with a uniform amplifier), grokfast_ema, grokfast_ma, neuralgrok."
         },
     )
-    seeds: str = field(default="0", metadata={"help": "Comma-separated seeds (split, init and data order)."})
+    seeds: str = field(default="0,1,2", metadata={"help": "Comma-separated seeds (split, init and data order)."})
     target_accuracy: float = field(default=0.95, metadata={"help": "Test accuracy that counts as grokked."})
     stop_at_target: bool = field(
-        default=True, metadata={"help": "Stop a run once it reaches target_accuracy (saves compute)."}
+        default=False,
+        metadata={
+            "help": "Stop a run once it reaches target_accuracy (saves compute, but then no stability after grokking)."
+        },
+    )
+    strong_weight_decay: float = field(
+        default=1e-2, metadata={"help": "Weight decay of the none_strong_wd baseline (paper: 1e-2, 10x the default)."}
     )
     torch_threads: int | None = field(
         default=None, metadata={"help": "torch.set_num_threads for the runs (1 is fastest on busy shared CPUs)."}
@@ -65,12 +96,13 @@ class GrokTrainingArguments(NeuralGrokConfig):
         default=3e-3, metadata={"help": "Base lr (the papers use 1e-3; 3e-3 groks within the CPU budget)."}
     )
     weight_decay: float = field(
-        default=1e-3, metadata={"help": "Weight decay, the same for every method (papers: 1e-3)."}
+        default=1e-3, metadata={"help": "Weight decay, the same for every method but none_strong_wd (papers: 1e-3)."}
     )
     eval_strategy: str = field(default="steps", metadata={"help": "Evaluate test accuracy every eval_steps."})
     eval_steps: float = field(
         default=20, metadata={"help": "Steps between test-accuracy evaluations (one eval costs ~3 train steps)."}
     )
+    logging_steps: float = field(default=20, metadata={"help": "Log loss, AGE and weight norm every N steps."})
     gradient_transform: str = field(
         default="none", metadata={"help": "Set per run from --methods; this value is ignored."}
     )
@@ -81,21 +113,58 @@ def _parse_list(text: str, name: str, cast=str) -> list:
     if not items:
         raise ValueError(f"--{name} is empty; give a comma-separated list.")
     try:
-        return [cast(t) for t in items]
+        out = [cast(t) for t in items]
     except ValueError as err:
         raise ValueError(f"--{name}={text!r} could not be parsed as a list of {cast.__name__}.") from err
+    if len(set(out)) != len(out):
+        raise ValueError(f"--{name}={text!r} repeats an entry; list each once.")
+    return out
 
 
-def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_args) -> tuple[list, list]:
-    """Check every argument before any data is built or anything is written."""
+def run_dir(output_dir: str, method: str, seed: int) -> str:
+    """Folder of one (method, seed) run: its checkpoints live there."""
+    return os.path.join(output_dir, f"{method}-seed{seed}")
+
+
+def _resume_plan(value, output_dir: str, methods: list[str], seeds: list[int]) -> dict:
+    """Checkpoint (or None) for every run, from `--resume_from_checkpoint`; raises ValueError before any work."""
+    from ..utils.resume import last_complete_checkpoint, resolve_resume_checkpoint
+
+    runs = [(m, s) for s in seeds for m in methods]
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "false", "none", "no", "0")):
+        for method, seed in runs:
+            found = last_complete_checkpoint(run_dir(output_dir, method, seed))
+            if found is not None:
+                raise ValueError(
+                    f"{found} exists: this --output_dir holds checkpoints of an earlier run, which a fresh run would "
+                    "overwrite. Pass --resume_from_checkpoint to continue it, or choose another --output_dir."
+                )
+        return dict.fromkeys(runs)
+    if isinstance(value, str) and value.strip().lower() in ("true", "last", "latest", "yes", "1"):
+        plan = {run: last_complete_checkpoint(run_dir(output_dir, *run)) for run in runs}
+        if all(ckpt is None for ckpt in plan.values()):
+            # No run has a checkpoint: let the shared helper raise its error (naming the flag and the folder).
+            resolve_resume_checkpoint(value, run_dir(output_dir, *runs[0]))
+        return plan
+    if len(runs) != 1:
+        raise ValueError(
+            f"--resume_from_checkpoint={value!r} names one checkpoint folder, but this command trains {len(runs)} "
+            "runs (methods x seeds). Pass --resume_from_checkpoint without a value (each run continues from its "
+            "newest checkpoint), or a single --methods and --seeds."
+        )
+    return {runs[0]: resolve_resume_checkpoint(value, run_dir(output_dir, *runs[0]))}
+
+
+def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_args) -> tuple:
+    """Check every argument before any data is built or anything is written. Returns methods, seeds, resume plan."""
     from ..neuralgrok.data import resolve_task
     from ..utils.io import ensure_writable_dir
 
     resolve_task(task_args.task)
     methods = _parse_list(task_args.methods, "methods")
-    bad = [m for m in methods if m not in GRADIENT_TRANSFORMS]
+    bad = [m for m in methods if m not in METHODS]
     if bad:
-        raise ValueError(f"--methods has unknown entries {bad}; choose from {list(GRADIENT_TRANSFORMS)}.")
+        raise ValueError(f"--methods has unknown entries {bad}; choose from {list(METHODS)}.")
     seeds = _parse_list(task_args.seeds, "seeds", int)
     if not 0.0 < task_args.target_accuracy <= 1.0:
         raise ValueError(f"--target_accuracy={task_args.target_accuracy} must be in (0, 1].")
@@ -105,15 +174,20 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
         raise ValueError("--max_steps must be positive: the runs are compared on a step budget.")
     if task_args.torch_threads is not None and task_args.torch_threads < 1:
         raise ValueError("--torch_threads must be >= 1.")
-    if "neuralgrok" in methods and task_args.outer_fraction <= 0:
-        raise ValueError("--outer_fraction must be > 0 when --methods includes neuralgrok (it needs D_outer).")
-    if "neuralgrok" in methods and training_args.max_grad_norm > 0:
+    if not task_args.strong_weight_decay >= 0:
+        raise ValueError(f"--strong_weight_decay={task_args.strong_weight_decay} must be >= 0.")
+    if any(m in INNER_METHODS for m in methods) and task_args.outer_fraction <= 0:
         raise ValueError(
-            f"--max_grad_norm={training_args.max_grad_norm} would clip the raw gradient before the NeuralGrok "
-            "transform; use --max_grad_norm 0 (NeuralGrok clips after its transform: --amplifier_clip_norm)."
+            "--outer_fraction must be > 0 when --methods includes neuralgrok or normalize (they train on D_inner)."
         )
+    if any(m in INNER_METHODS for m in methods) and training_args.max_grad_norm > 0:
+        raise ValueError(
+            f"--max_grad_norm={training_args.max_grad_norm} would clip the raw gradient before the NeuralGrok / "
+            "normalize transform; use --max_grad_norm 0 (they clip after the transform: --amplifier_clip_norm)."
+        )
+    plan = _resume_plan(training_args.resume_from_checkpoint, training_args.output_dir, methods, seeds)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
-    return methods, seeds
+    return methods, seeds, plan
 
 
 def build_model(model_args: GrokModelArguments, vocab_size: int, seq_len: int):
@@ -144,18 +218,173 @@ def build_model(model_args: GrokModelArguments, vocab_size: int, seq_len: int):
     return AutoModelForCausalLM.from_config(config)
 
 
+_CURVE_KEYS = ("loss", "train_accuracy", "age_raw", "age_transformed", "weight_norm", "awe")
+
+
 def _curves(log_history: list[dict]) -> dict:
-    out = {"train_step": [], "train_accuracy": [], "age_raw": [], "age_transformed": [], "eval_step": [], "test": []}
+    out = {"train_step": [], **{k: [] for k in _CURVE_KEYS}, "eval_step": [], "test": [], "eval_loss": []}
     for entry in log_history:
-        if "train_accuracy" in entry:
+        if "loss" in entry and "step" in entry:
             out["train_step"].append(entry["step"])
-            out["train_accuracy"].append(entry["train_accuracy"])
-            out["age_raw"].append(entry.get("age_raw"))
-            out["age_transformed"].append(entry.get("age_transformed"))
+            for key in _CURVE_KEYS:
+                out[key].append(entry.get(key))
         if "eval_accuracy" in entry:
             out["eval_step"].append(entry["step"])
             out["test"].append(entry["eval_accuracy"])
+            out["eval_loss"].append(entry.get("eval_loss"))
     return out
+
+
+def _complexity(curves: dict) -> dict:
+    """Summaries of AGE (raw gradient) and weight norm over the whole run."""
+    age = [v for v in curves["age_raw"] if v is not None]
+    norms = [v for v in curves["weight_norm"] if v is not None]
+    tail = max(1, len(age) // 10)
+    return {
+        "mean_age_raw": statistics.fmean(age) if age else None,
+        "peak_age_raw": max(age) if age else None,
+        "final_age_raw": statistics.fmean(age[-tail:]) if age else None,
+        "peak_weight_norm": max(norms) if norms else None,
+        "final_weight_norm": norms[-1] if norms else None,
+    }
+
+
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: dict[str, list[dict]], max_steps: int) -> dict:
+    """Per method: mean and spread over seeds of every figure; ratios to the baseline `none` where it ran.
+
+    A run that never reaches the target enters `steps_to_target_mean` as `max_steps` (so the mean is a lower bound;
+    `reached` says how many seeds got there) and is left out of the time-to-target means.
+    """
+    out: dict = {}
+    for method, method_runs in runs.items():
+        steps = [r["steps_to_target"] for r in method_runs]
+        censored = [s if s is not None else max_steps for s in steps]
+        ranked = [s if s is not None else float("inf") for s in steps]
+        median = statistics.median(ranked)
+        res: dict = {
+            "runs": method_runs,
+            "reached": sum(s is not None for s in steps),
+            "seeds": len(method_runs),
+            "median_steps_to_target": None if median == float("inf") else median,
+        }
+        res["steps_to_target_mean"], res["steps_to_target_std"] = _mean_std(censored)
+        for key in ("seconds_per_step", "seconds_to_target", "wall_seconds_to_target"):
+            res[f"{key}_mean"], res[f"{key}_std"] = _mean_std([r[key] for r in method_runs])
+        res["median_seconds_per_step"] = statistics.median(r["median_seconds_per_step"] for r in method_runs)
+        for key in ("accuracy_drops", "loss_spikes", "min_test_accuracy_after_target"):
+            res[f"{key}_mean"], _ = _mean_std([r["stability"][key] for r in method_runs])
+        for key in ("mean_age_raw", "final_age_raw", "peak_age_raw", "peak_weight_norm", "final_weight_norm"):
+            res[f"{key}_mean"], res[f"{key}_std"] = _mean_std([r["complexity"][key] for r in method_runs])
+        out[method] = res
+    base = out.get("none")
+    for res in out.values():
+        res["cost_per_step_vs_none"] = (
+            res["seconds_per_step_mean"] / base["seconds_per_step_mean"]
+            if base and base["seconds_per_step_mean"]
+            else None
+        )
+        both = base and res["seconds_to_target_mean"] is not None and base["seconds_to_target_mean"]
+        res["time_to_target_vs_none"] = (
+            res["seconds_to_target_mean"] / base["seconds_to_target_mean"] if both else None
+        )
+        res["steps_to_target_vs_none"] = (
+            res["steps_to_target_mean"] / base["steps_to_target_mean"]
+            if base and base["steps_to_target_mean"]
+            else None
+        )
+    return out
+
+
+def amplifier_share(methods: dict) -> dict | None:
+    """How much of NeuralGrok's step reduction over the baseline the normalisation-only control already gives."""
+    if not all(m in methods for m in ("none", "normalize", "neuralgrok")):
+        return None
+    base, norm, ng = (methods[m]["steps_to_target_mean"] for m in ("none", "normalize", "neuralgrok"))
+    gain = base - ng
+    return {
+        "baseline_minus_neuralgrok_steps": gain,
+        "baseline_minus_normalize_steps": base - norm,
+        "normalize_minus_neuralgrok_steps": norm - ng,
+        "share_from_normalisation": (base - norm) / gain if gain > 0 else None,
+        "share_from_learned_amplifier": (norm - ng) / gain if gain > 0 else None,
+    }
+
+
+def _fmt(mean, std=None, digits=0, suffix="") -> str:
+    if mean is None:
+        return "-"
+    text = f"{mean:.{digits}f}"
+    if std is not None:
+        text += f" ± {std:.{digits}f}"
+    return text + suffix
+
+
+def markdown_tables(results: dict) -> str:
+    """The two result tables (speed and cost; complexity and stability) as Markdown."""
+    target = results["target_accuracy"]
+    lines = [
+        f"## {results['task']} mod {results['p']}, seeds {results['seeds']}, target {target:.0%} test accuracy",
+        "",
+        "Mean ± standard deviation over seeds. A seed that never reaches the target counts as the step budget "
+        f"({results['max_steps']}) in the steps mean and is left out of the time means. Step time: mean over all "
+        "optimizer steps, outer steps included. Training time: sum of step times up to the target step (evaluation "
+        "excluded); wall-clock: elapsed time to that evaluation (evaluations included).",
+        "",
+        "| method | reached | steps to target | per seed | mean s/step | × baseline | training s to target | "
+        "× baseline | wall-clock s to target |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, res in results["methods"].items():
+        per_seed = ", ".join(str(r["steps_to_target"]) for r in res["runs"])
+        lines.append(
+            f"| {METHOD_LABELS.get(method, method)} | {res['reached']}/{res['seeds']} "
+            f"| {_fmt(res['steps_to_target_mean'], res['steps_to_target_std'])} | {per_seed} "
+            f"| {_fmt(res['seconds_per_step_mean'], res['seconds_per_step_std'], 3)} "
+            f"| {_fmt(res['cost_per_step_vs_none'], digits=2)} "
+            f"| {_fmt(res['seconds_to_target_mean'], res['seconds_to_target_std'], 1)} "
+            f"| {_fmt(res['time_to_target_vs_none'], digits=2)} "
+            f"| {_fmt(res['wall_seconds_to_target_mean'], res['wall_seconds_to_target_std'], 1)} |"
+        )
+    share = results.get("amplifier_share")
+    if share and share["share_from_learned_amplifier"] is not None:
+        lines += [
+            "",
+            f"Of NeuralGrok's {share['baseline_minus_neuralgrok_steps']:.0f}-step reduction, normalisation alone "
+            f"gives {share['baseline_minus_normalize_steps']:.0f} steps "
+            f"({share['share_from_normalisation']:.0%}); the learned amplifier adds "
+            f"{share['normalize_minus_neuralgrok_steps']:.0f} ({share['share_from_learned_amplifier']:.0%}).",
+        ]
+    lines += [
+        "",
+        "| method | mean AGE (raw grad) | final AGE | peak weight norm | final weight norm | accuracy drops after "
+        "target | loss spikes after target | min test acc after target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, res in results["methods"].items():
+        lines.append(
+            f"| {METHOD_LABELS.get(method, method)} "
+            f"| {_fmt(res['mean_age_raw_mean'], res['mean_age_raw_std'], 1)} "
+            f"| {_fmt(res['final_age_raw_mean'], res['final_age_raw_std'], 1)} "
+            f"| {_fmt(res['peak_weight_norm_mean'], res['peak_weight_norm_std'], 1)} "
+            f"| {_fmt(res['final_weight_norm_mean'], res['final_weight_norm_std'], 1)} "
+            f"| {_fmt(res['accuracy_drops_mean'], digits=2)} | {_fmt(res['loss_spikes_mean'], digits=2)} "
+            f"| {_fmt(res['min_test_accuracy_after_target_mean'], digits=3)} |"
+        )
+    lines += [
+        "",
+        "AGE = -Σ|g| ln|g| of the raw gradient (as computed by backward, before any transform), averaged over the "
+        "logged steps of the whole budget; final = mean of the last 10% of logs. Stability after first reaching the "
+        "target (seeds that reached it): accuracy drops = falls of test accuracy below target - 0.1; loss spikes = "
+        "rises of the training loss above max(10 × its running minimum, 0.05).",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def plot_curves(results: dict, path: str, target: float) -> None:
@@ -165,13 +394,14 @@ def plot_curves(results: dict, path: str, target: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..utils.io import atomic_savefig
+
     fig, (ax_acc, ax_age) = plt.subplots(1, 2, figsize=(13, 4.5))
-    colors = {"none": "tab:blue", "grokfast_ema": "tab:orange", "grokfast_ma": "tab:green", "neuralgrok": "tab:red"}
     for method, res in results["methods"].items():
-        color = colors.get(method)
+        color = COLORS.get(method)
         for i, run in enumerate(res["runs"]):
             c = run["curves"]
-            label = method if i == 0 else None
+            label = METHOD_LABELS.get(method, method) if i == 0 else None
             alpha = 1.0 if i == 0 else 0.35
             ax_acc.plot(c["eval_step"], c["test"], color=color, alpha=alpha, label=f"{label} test" if label else None)
             ax_acc.plot(
@@ -183,9 +413,9 @@ def plot_curves(results: dict, path: str, target: float) -> None:
                 label=f"{label} train" if label else None,
             )
             if i == 0 and any(v is not None for v in c["age_raw"]):
-                ax_age.plot(c["train_step"], c["age_raw"], color=color, label=f"{method} raw")
+                ax_age.plot(c["train_step"], c["age_raw"], color=color, label=f"{label} raw")
                 if any(v is not None for v in c["age_transformed"]):
-                    ax_age.plot(c["train_step"], c["age_transformed"], ":", color=color, label=f"{method} transformed")
+                    ax_age.plot(c["train_step"], c["age_transformed"], ":", color=color, label=f"{label} transformed")
     ax_acc.axhline(target, color="gray", lw=0.8, ls=":")
     ax_acc.set(
         xlabel="optimizer step", ylabel="accuracy", title=f"{results['task']} mod {results['p']}", ylim=(0, 1.02)
@@ -194,69 +424,130 @@ def plot_curves(results: dict, path: str, target: float) -> None:
     ax_age.set(xlabel="optimizer step", ylabel="absolute gradient entropy", title="AGE (first seed)", yscale="symlog")
     ax_age.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+
+
+def plot_complexity(results: dict, path: str, target: float) -> None:
+    """AGE of the raw gradient, weight norm and test accuracy over training, every seed (first seed opaque)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..utils.io import atomic_savefig
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for method, res in results["methods"].items():
+        color = COLORS.get(method)
+        for i, run in enumerate(res["runs"]):
+            c = run["curves"]
+            kw = dict(color=color, alpha=1.0 if i == 0 else 0.3, lw=1.2 if i == 0 else 0.8)
+            kw["label"] = METHOD_LABELS.get(method, method) if i == 0 else None
+            steps = c["train_step"]
+            age = [v if v is not None else float("nan") for v in c["age_raw"]]
+            axes[0].plot(steps, age, **kw)
+            axes[1].plot(steps, [v if v is not None else float("nan") for v in c["weight_norm"]], **kw)
+            axes[2].plot(c["eval_step"], c["test"], **kw)
+    axes[0].set(xlabel="optimizer step", ylabel="AGE of the raw gradient", title="Absolute gradient entropy")
+    axes[0].set_yscale("symlog")
+    axes[1].set(xlabel="optimizer step", ylabel="l2 norm of all weights", title="Weight norm")
+    axes[2].axhline(target, color="gray", lw=0.8, ls=":")
+    axes[2].set(xlabel="optimizer step", ylabel="test accuracy", title="Stability after grokking", ylim=(0, 1.02))
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{results['task']} mod {results['p']}, seeds {results['seeds']}")
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
 def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_args: GrokTrainingArguments) -> dict:
-    """Train every method on every seed; return and write steps-to-target, per-step cost and curves."""
-    methods, seeds = validate_args(task_args, model_args, training_args)
+    """Train every method on every seed; return and write steps and time to target, cost, complexity, stability."""
+    methods, seeds, plan = validate_args(task_args, model_args, training_args)
     import torch
     from transformers import set_seed
 
     from ..neuralgrok.data import arithmetic_vocab_size, build_arithmetic_dataset, split_arithmetic_dataset
-    from ..neuralgrok.metrics import arithmetic_accuracy, preprocess_logits_for_accuracy
+    from ..neuralgrok.metrics import arithmetic_accuracy, preprocess_logits_for_accuracy, stability_after_target
     from ..neuralgrok.trainer import GrokkingCallback, NeuralGrokTrainer
+    from ..utils.io import atomic_write_json, atomic_write_text
 
     if task_args.torch_threads is not None:
         torch.set_num_threads(task_args.torch_threads)
     dataset = build_arithmetic_dataset(task_args.task, task_args.p)
     vocab = arithmetic_vocab_size(task_args.task, task_args.p)
     seq_len = len(dataset[0]["input_ids"])
-    results: dict = {"task": task_args.task, "p": task_args.p, "target_accuracy": task_args.target_accuracy}
+    target = task_args.target_accuracy
+    results: dict = {
+        "task": task_args.task,
+        "p": task_args.p,
+        "seeds": seeds,
+        "target_accuracy": target,
+        "max_steps": training_args.max_steps,
+        "strong_weight_decay": task_args.strong_weight_decay,
+    }
     runs: dict[str, list[dict]] = {method: [] for method in methods}
-    # Seed-major order: every method is done on a seed before the next seed starts.
+    # Seed-major order: every method is done on a seed before the next seed starts (similar machine load per seed).
     for seed in seeds:
         splits = split_arithmetic_dataset(dataset, task_args.train_fraction, task_args.outer_fraction, seed)
         for method in methods:
             set_seed(seed)
             model = build_model(model_args, vocab, seq_len)
+            transform = "none" if method == STRONG_WD else method
             args = dataclasses.replace(
                 training_args,
-                gradient_transform=method,
+                gradient_transform=transform,
+                weight_decay=task_args.strong_weight_decay if method == STRONG_WD else training_args.weight_decay,
                 seed=seed,
-                output_dir=os.path.join(training_args.output_dir, f"{method}-seed{seed}"),
+                output_dir=run_dir(training_args.output_dir, method, seed),
+                resume_from_checkpoint=None,
             )
-            callback = GrokkingCallback(task_args.target_accuracy, stop_on_target=task_args.stop_at_target)
+            callback = GrokkingCallback(target, stop_on_target=task_args.stop_at_target)
             trainer = NeuralGrokTrainer(
                 model=model,
                 args=args,
-                train_dataset=splits["inner"] if method == "neuralgrok" else splits["train"],
+                train_dataset=splits["inner"] if method in INNER_METHODS else splits["train"],
                 eval_dataset=splits["test"],
-                outer_dataset=splits["outer"] if method == "neuralgrok" else None,
+                outer_dataset=splits["outer"] if transform == "neuralgrok" else None,
                 compute_metrics=arithmetic_accuracy,
                 preprocess_logits_for_metrics=preprocess_logits_for_accuracy,
                 callbacks=[callback],
             )
-            trainer.train()
+            checkpoint = plan[(method, seed)]
+            start_step = 0
+            if checkpoint is not None:
+                print(f"[{method} seed {seed}] resuming from {checkpoint}", flush=True)
+            trainer.train(resume_from_checkpoint=checkpoint)
+            if checkpoint is not None:
+                start_step = trainer._initial_global_step
             curves = _curves(trainer.state.log_history)
-            runs[method].append(
-                {
-                    "seed": seed,
-                    "steps_to_target": callback.steps_to_target,
-                    "steps_run": trainer.state.global_step,
-                    "seconds_per_step": callback.seconds_per_step,
-                    "final_test_accuracy": curves["test"][-1] if curves["test"] else None,
-                    "curves": curves,
-                }
-            )
+            record = {
+                "seed": seed,
+                "steps_to_target": callback.steps_to_target,
+                "steps_run": trainer.state.global_step,
+                "resumed_from": os.path.basename(checkpoint) if checkpoint else None,
+                "steps_run_in_this_process": trainer.state.global_step - start_step,
+                "seconds_per_step": callback.seconds_per_step,
+                "median_seconds_per_step": callback.median_seconds_per_step,
+                "seconds_to_target": callback.seconds_to_target,
+                "wall_seconds_to_target": callback.wall_seconds_to_target,
+                "final_test_accuracy": curves["test"][-1] if curves["test"] else None,
+                "stability": stability_after_target(
+                    curves["eval_step"], curves["test"], curves["train_step"], curves["loss"], target
+                ),
+                "complexity": _complexity(curves),
+                "curves": curves,
+            }
+            runs[method].append(record)
+            spt = record["seconds_per_step"]
             print(
-                f"[{method} seed {seed}] steps to {task_args.target_accuracy:.0%} test accuracy: "
-                f"{callback.steps_to_target} (ran {trainer.state.global_step} steps, "
-                f"{callback.seconds_per_step:.4f} s/step)",
+                f"[{method} seed {seed}] steps to {target:.0%} test accuracy: {callback.steps_to_target} "
+                f"(ran {trainer.state.global_step} steps, mean {spt if spt is None else round(spt, 4)} s/step, "
+                f"{record['seconds_to_target']} s of training to target)",
                 flush=True,
             )
-            if method == "neuralgrok":
+            if transform == "neuralgrok":
                 n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
                 results["amplifier"] = {
                     "hidden_dims": list(trainer.amplifier.hidden_dims),
@@ -264,51 +555,58 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
                     "model_parameters": n_params,
                     "transform_macs_per_step": trainer.amplifier.macs_per_entry * n_params,
                 }
-    results["methods"] = {}
-    for method, method_runs in runs.items():
-        # A run that never reaches the target counts as "more than the budget" in the median.
-        ranked = [r["steps_to_target"] if r["steps_to_target"] is not None else float("inf") for r in method_runs]
-        median = statistics.median(ranked)
-        results["methods"][method] = {
-            "runs": method_runs,
-            "median_steps_to_target": None if median == float("inf") else median,
-            "median_seconds_per_step": statistics.median(r["seconds_per_step"] for r in method_runs),
-        }
-    base = results["methods"].get("none")
-    for res in results["methods"].values():
-        res["cost_per_step_vs_none"] = (
-            res["median_seconds_per_step"] / base["median_seconds_per_step"] if base else None
-        )
-    os.makedirs(training_args.output_dir, exist_ok=True)
-    png = os.path.join(training_args.output_dir, "grokking_curves.png")
-    plot_curves(results, png, task_args.target_accuracy)
-    with open(os.path.join(training_args.output_dir, "neuralgrok_results.json"), "w", encoding="utf-8") as fh:
-        json.dump(results, fh, indent=2)
-    print(f"\n{task_args.task} mod {task_args.p}, seeds {seeds}, target {task_args.target_accuracy:.0%} test accuracy")
-    print(f"{'method':<14}{'median steps':>14}{'per seed':>24}{'s/step':>10}{'x none':>8}")
-    for method, res in results["methods"].items():
-        per_seed = ",".join(str(r["steps_to_target"]) for r in res["runs"])
-        ratio = res["cost_per_step_vs_none"]
-        print(
-            f"{method:<14}{str(res['median_steps_to_target']):>14}{per_seed:>24}"
-            f"{res['median_seconds_per_step']:>10.4f}{(f'{ratio:.2f}' if ratio else '-'):>8}"
-        )
+    results["methods"] = summarize(runs, training_args.max_steps)
+    results["amplifier_share"] = amplifier_share(results["methods"])
+    out = training_args.output_dir
+    png = os.path.join(out, "grokking_curves.png")
+    plot_curves(results, png, target)
+    png_complexity = os.path.join(out, "complexity_stability.png")
+    plot_complexity(results, png_complexity, target)
+    table = markdown_tables(results)
+    atomic_write_text(os.path.join(out, "neuralgrok_results.md"), table)
+    atomic_write_json(os.path.join(out, "neuralgrok_results.json"), results)
+    print()
+    print(table)
     if "amplifier" in results:
         amp = results["amplifier"]
         print(
             f"amplifier {amp['hidden_dims']}: {amp['macs_per_entry']} MACs per gradient entry x "
             f"{amp['model_parameters']} parameters = {amp['transform_macs_per_step'] / 1e6:.0f} MMAC per transform"
         )
-    print(f"curves: {png}")
+    print(f"curves: {png}, {png_complexity}")
     return results
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from transformers import HfArgumentParser
+def _split_resume_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take `--resume_from_checkpoint [VALUE]` out of `argv`: this recipe resolves it per run folder
+    (`<output_dir>/<method>-seed<seed>`), not in `--output_dir` itself."""
+    value, rest, i = None, [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok.startswith("--resume_from_checkpoint="):
+            value = tok.split("=", 1)[1]
+        elif tok == "--resume_from_checkpoint" and i + 1 < len(argv):
+            value = argv[i + 1]
+            i += 1
+        else:
+            rest.append(tok)
+        i += 1
+    return value, rest
 
-    parser = HfArgumentParser((GrokTaskArguments, GrokModelArguments, GrokTrainingArguments))
-    task_args, model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    return run(task_args, model_args, training_args)
+
+def main(argv: list[str] | None = None) -> dict:
+    import sys
+
+    from ..utils.resume import normalize_resume_argv
+    from ._common import finish, parse_recipe_args
+
+    argv = normalize_resume_argv(list(sys.argv[1:] if argv is None else argv))
+    resume, argv = _split_resume_flag(argv)
+    task_args, model_args, training_args = parse_recipe_args(
+        (GrokTaskArguments, GrokModelArguments, GrokTrainingArguments), argv
+    )
+    training_args.resume_from_checkpoint = resume
+    return finish(run(task_args, model_args, training_args))
 
 
 if __name__ == "__main__":

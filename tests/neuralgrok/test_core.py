@@ -7,6 +7,7 @@ import torch
 
 from hf_ext.neuralgrok import (
     GradFilterOptimizer,
+    GradNormOptimizer,
     GrokDecoderConfig,
     GrokDecoderForCausalLM,
     NeuralAmplifier,
@@ -17,7 +18,9 @@ from hf_ext.neuralgrok import (
     arithmetic_vocab_size,
     build_arithmetic_dataset,
     split_arithmetic_dataset,
+    stability_after_target,
     steps_to_accuracy,
+    weight_norm,
 )
 
 
@@ -213,6 +216,40 @@ def test_neuralgrok_optimizer_transforms_then_clips():
     assert {"age_raw", "age_transformed", "grad_norm_raw"} <= set(opt.last_metrics)
 
 
+def _two_layer_with_grads(seed=0):
+    torch.manual_seed(seed)
+    layer = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+    layer(torch.randn(8, 6)).pow(2).sum().backward()
+    return layer
+
+
+@pytest.mark.parametrize("c, clip", [(1.0, 1.0), (0.3, None), (2.0, 1.5)])
+def test_normalize_control_is_neuralgrok_with_a_uniform_amplifier(c, clip):
+    """The control equals NeuralGrok's step with the amplifier's output fixed (constant scores -> uniform softmax)."""
+    ref, ctl = _two_layer_with_grads(), _two_layer_with_grads()
+    amp = NeuralAmplifier((8,), c=c)
+    with torch.no_grad():
+        amp.net[-1].weight.zero_()  # constant score for every entry: p = 1/n, uniform over each tensor
+    NeuralGrokOptimizer(torch.optim.SGD(ref.parameters(), lr=1.0), amp, clip_norm=clip).step()
+    opt = GradNormOptimizer(torch.optim.SGD(ctl.parameters(), lr=1.0), c=c, clip_norm=clip)
+    raw = [p.grad.clone() for p in ctl.parameters()]
+    opt.step()
+    for a, b in zip(ref.parameters(), ctl.parameters()):
+        torch.testing.assert_close(a, b)
+    # same per-tensor direction as the raw gradient, norm c per tensor before the clip
+    for g, p in zip(raw, ctl.parameters()):
+        torch.testing.assert_close(p.grad, g * (p.grad.norm() / g.norm()))
+    assert opt.last_metrics["grad_norm_transformed"] == pytest.approx(2.0 * c, rel=1e-5)  # 4 tensors
+
+
+def test_normalize_control_rejects_bad_arguments():
+    inner = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="c="):
+        GradNormOptimizer(inner, c=0.0)
+    with pytest.raises(ValueError, match="clip_norm"):
+        GradNormOptimizer(inner, clip_norm=-1.0)
+
+
 def test_grokfast_ema_filter_math():
     p = torch.nn.Parameter(torch.zeros(3))
     opt = GradFilterOptimizer(torch.optim.SGD([p], lr=1.0), mode="ema", alpha=0.9, lamb=2.0)
@@ -327,6 +364,32 @@ def test_steps_to_accuracy():
 
 
 # --------------------------------------------------------------------------------- data
+
+
+def test_weight_norm_is_global_l2():
+    layer = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+        layer.bias.fill_(2.0)
+    assert weight_norm(layer) == pytest.approx(math.sqrt(6 * 1 + 2 * 4))
+
+
+def test_stability_after_target_counts_drops_and_spikes():
+    steps = [10, 20, 30, 40, 50, 60, 70]
+    acc = [0.1, 0.96, 0.97, 0.40, 0.98, 0.80, 0.99]  # reaches at 20; two falls below 0.85
+    loss = [2.0, 0.01, 0.001, 0.5, 0.002, 0.3, 0.001]
+    out = stability_after_target(steps, acc, steps, loss, target=0.95)
+    assert out["reached"] and out["accuracy_drops"] == 2 and out["loss_spikes"] == 2
+    assert out["min_test_accuracy_after_target"] == pytest.approx(0.40)
+    assert out["fraction_evals_below"] == pytest.approx(2 / 6)
+    assert out["max_train_loss_after_target"] == pytest.approx(0.5)
+    # a long fall counts once; a tiny absolute rise (below the floor) is not a spike
+    out = stability_after_target(steps, [0.96, 0.5, 0.5, 0.5, 0.97, 0.97, 0.97], steps, [1e-4, 5e-3] + [1e-4] * 5)
+    assert out["accuracy_drops"] == 1 and out["loss_spikes"] == 0
+    never = stability_after_target(steps, [0.1] * 7, steps, loss)
+    assert never["reached"] is False and never["accuracy_drops"] is None
+    with pytest.raises(ValueError, match="same length"):
+        stability_after_target([1, 2], [0.5], [], [])
 
 
 def test_arithmetic_dataset_layout_and_sizes():

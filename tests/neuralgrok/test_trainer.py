@@ -74,7 +74,7 @@ def test_neuralgrok_trainer_logs_entropy_and_updates_amplifier(splits, tmp_path)
     assert logs[-1]["grad_norm_transformed"] == pytest.approx((n_tensors**0.5), rel=1e-4)
 
 
-@pytest.mark.parametrize("transform", ["neuralgrok", "grokfast_ema", "grokfast_ma", "none"])
+@pytest.mark.parametrize("transform", ["neuralgrok", "normalize", "grokfast_ema", "grokfast_ma", "none"])
 def test_one_transform_per_optimizer_step_under_gradient_accumulation(splits, tmp_path, transform):
     args = make_args(tmp_path, transform, max_steps=3, gradient_accumulation_steps=3, per_device_train_batch_size=4)
     trainer = make_trainer(args, splits)
@@ -145,6 +145,37 @@ def test_coupled_weight_decay_uses_reference_adam(splits, tmp_path):
     assert len(inner.param_groups[0]["params"]) == len(list(trainer.model.parameters()))
 
 
+def test_config_defaults_to_the_reference_adam(splits, tmp_path):
+    """The default is the setting that reproduces: torch.optim.Adam with coupled L2 weight decay (not AdamW)."""
+    args = NeuralGrokConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8, use_cpu=True)
+    assert args.coupled_weight_decay is True
+    trainer = NeuralGrokTrainer(
+        model=make_model(), args=args, train_dataset=splits["inner"], outer_dataset=splits["outer"]
+    )
+    trainer.create_optimizer()
+    assert type(trainer.transform_optimizer.inner) is torch.optim.Adam
+
+
+def test_normalize_control_in_trainer(splits, tmp_path):
+    """`normalize`: every tensor rescaled to norm c and clipped like NeuralGrok, with no amplifier or outer step."""
+    trainer = make_trainer(make_args(tmp_path, "normalize", max_steps=4, amplifier_c=0.5), splits)
+    assert trainer.amplifier is None and trainer.meta_optimizer is None
+    trainer.train()
+    n_tensors = len(list(trainer.model.parameters()))
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logs[-1]["grad_norm_transformed"] == pytest.approx(0.5 * n_tensors**0.5, rel=1e-4)
+    assert trainer.num_outer_steps == 0 and trainer.transform_optimizer.num_transforms == 4
+    assert all(entry["weight_norm"] > 0 for entry in logs)
+
+
+def test_grokking_callback_reports_mean_step_time_including_outer_steps():
+    """Three cheap steps and one expensive outer step: the mean counts the outer step, the median hides it."""
+    callback = GrokkingCallback()
+    callback.step_seconds = [0.1, 0.1, 0.1, 0.5]
+    assert callback.seconds_per_step == pytest.approx(0.2)
+    assert callback.median_seconds_per_step == pytest.approx(0.1)
+
+
 def _train_state(trainer):
     state = {f"model.{n}": p.detach().clone() for n, p in trainer.model.named_parameters()}
     if trainer.amplifier is not None:
@@ -157,7 +188,7 @@ def _train_state(trainer):
 @pytest.mark.parametrize("transform", ["neuralgrok", "grokfast_ema"])
 def test_resume_matches_uninterrupted_run(splits, tmp_path, transform):
     args = make_args(tmp_path / "run", transform, save_strategy="steps", save_steps=4, max_steps=8)
-    full = make_trainer(args, splits)
+    full = make_trainer(args, splits, callbacks=[GrokkingCallback(target=1.0)])
     full.train()
     expected = _train_state(full)
     ckpt = tmp_path / "run" / "checkpoint-4"
@@ -166,8 +197,13 @@ def test_resume_matches_uninterrupted_run(splits, tmp_path, transform):
     if transform == "neuralgrok":
         assert {"neuralgrok_amplifier.safetensors", "neuralgrok_meta_optimizer.safetensors"} <= names
 
-    resumed = make_trainer(make_args(tmp_path / "resumed", transform, max_steps=8), splits, model=make_model(seed=5))
+    callback = GrokkingCallback(target=1.0)
+    resumed = make_trainer(
+        make_args(tmp_path / "resumed", transform, max_steps=8), splits, model=make_model(seed=5), callbacks=[callback]
+    )
     resumed.train(resume_from_checkpoint=str(ckpt))
+    # the step times of the first 4 steps come back from the checkpoint (mean step time covers the whole run)
+    assert len(callback.step_seconds) == 8
     got = _train_state(resumed)
     assert got.keys() == expected.keys()
     for key in expected:
@@ -227,6 +263,7 @@ def test_hf_causal_lm_from_config(splits, tmp_path):
     [
         (dict(gradient_transform="fir"), "gradient_transform"),
         (dict(max_grad_norm=1.0), "max_grad_norm"),
+        (dict(gradient_transform="normalize", max_grad_norm=1.0), "max_grad_norm"),
         (dict(outer_every=0), "outer_every"),
         (dict(amplifier_c=0.0), "amplifier_c"),
         (dict(amplifier_hidden_dims=[]), "amplifier_hidden_dims"),
