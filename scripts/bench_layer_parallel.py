@@ -7,18 +7,35 @@ compiled by `generate`). Default: the Llama-3.2-3B shape (28 layers, random weig
 
     python scripts/bench_layer_parallel.py                 # GPU, 3B shape, 7 pairs, batch 1 and 8, eager + compiled
     python scripts/bench_layer_parallel.py --tiny          # CPU, small model, eager
+    torchrun --nproc_per_node 2 scripts/bench_layer_parallel.py --tp 2          # 2 GPUs, tensor parallel
+    torchrun --nproc_per_node 2 scripts/bench_layer_parallel.py --tp 2 --tiny   # 2 CPU ranks (gloo), script check
+
+With `--tp N` (under `torchrun --nproc_per_node N`) both models are saved once and loaded on every rank with
+transformers' tensor parallelism (`DistributedConfig(tp_plan="auto")`): the source model with Llama's plan, the
+converted one with its own plan, which puts one layer of each merged pair on each rank at N=2. Only rank 0 prints.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import CompileConfig, HfArgumentParser, LlamaConfig, LlamaForCausalLM
+import torch.distributed as dist
+from transformers import (
+    AutoModelForCausalLM,
+    CompileConfig,
+    DistributedConfig,
+    HfArgumentParser,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 import hf_ext  # noqa: F401  (registers the layer-parallel architecture)
 from hf_ext.models.layer_parallel import convert_to_layer_parallel
@@ -47,6 +64,16 @@ class BenchArguments:
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa or eager."})
     seed: int = field(default=0, metadata={"help": "Seed of the random weights and prompts."})
+    tp: int = field(
+        default=1,
+        metadata={
+            "help": "Tensor-parallel ranks: launch with `torchrun --nproc_per_node TP`. Both models are split with "
+            "transformers' tensor parallelism (default modes with --tp: eager)."
+        },
+    )
+    work_dir: str | None = field(
+        default=None, metadata={"help": "With --tp: folder for the two saved checkpoints (default: a temporary one)."}
+    )
 
 
 def _resolve(args: BenchArguments) -> BenchArguments:
@@ -58,8 +85,22 @@ def _resolve(args: BenchArguments) -> BenchArguments:
         args.repeats = max(args.repeats, 5)
         args.device = args.device or "cpu"
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.tp < 1:
+        raise ValueError(f"--tp must be >= 1, got {args.tp}.")
+    if args.tp > 1:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world != args.tp:
+            raise ValueError(
+                f"--tp {args.tp} needs {args.tp} processes, found WORLD_SIZE={world}; launch with "
+                f"`torchrun --nproc_per_node {args.tp} scripts/bench_layer_parallel.py --tp {args.tp} ...`."
+            )
+        for name in ("num_attention_heads", "num_key_value_heads"):
+            if getattr(args, name) % args.tp:
+                raise ValueError(f"--{name} ({getattr(args, name)}) must be divisible by --tp {args.tp}.")
+        if args.device == "cuda":
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     if args.modes is None:
-        args.modes = "eager" if args.device == "cpu" else "eager,compiled"
+        args.modes = "eager" if args.device == "cpu" or args.tp > 1 else "eager,compiled"
     if args.dtype is None:
         args.dtype = "float32" if args.device == "cpu" else "bfloat16"
     if args.lp_start is None:
@@ -110,6 +151,34 @@ def _generate_time(model, prompt, new_tokens: int, mode: str, device: str) -> fl
     return time.perf_counter() - t0
 
 
+def _load_tensor_parallel(source, converted, args: BenchArguments, dtype: torch.dtype) -> dict:
+    """Save both models once (rank 0) and load them on every rank with transformers' tensor parallelism."""
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    if args.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(args.device))
+    work_dir = [args.work_dir or (tempfile.mkdtemp(prefix="bench_lp_tp_") if dist.get_rank() == 0 else None)]
+    dist.broadcast_object_list(work_dir, src=0)
+    work_dir = work_dir[0]
+    if dist.get_rank() == 0:
+        source.save_pretrained(os.path.join(work_dir, "source"))
+        converted.save_pretrained(os.path.join(work_dir, "layer_parallel"))
+    dist.barrier()
+    models = {
+        name: AutoModelForCausalLM.from_pretrained(
+            os.path.join(work_dir, name),
+            distributed_config=DistributedConfig(tp_size=args.tp, tp_plan="auto"),
+            dtype=dtype,
+            attn_implementation=args.attn_implementation,
+        ).eval()
+        for name in ("source", "layer_parallel")
+    }
+    dist.barrier()
+    if dist.get_rank() == 0 and args.work_dir is None:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return models
+
+
 def decode_rates(models: dict, prompt, args: BenchArguments, mode: str) -> dict[str, dict[str, float]]:
     """Decode throughput of each model: batch x (new_tokens - 1) / (time(new_tokens) - time(prefill + 1 token)).
 
@@ -150,11 +219,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
-    with torch.device(args.device):
+    with torch.device("cpu" if args.tp > 1 else args.device):
         source = LlamaForCausalLM._from_config(config, attn_implementation=args.attn_implementation).eval()
     torch.set_default_dtype(previous)
     end = args.lp_start + 2 * args.num_pairs
     converted = convert_to_layer_parallel(source, args.lp_start, end, mode=args.lp_mode)
+    models = {"source": source, "layer_parallel": converted}
+    started_group = args.tp > 1 and not dist.is_initialized()
+    if args.tp > 1:
+        models = _load_tensor_parallel(source, converted, args, dtype)
+        del source, converted
+    rank0 = args.tp == 1 or dist.get_rank() == 0
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     device_name = _device_name(args.device)
     common = dict(
@@ -163,7 +238,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         layers=args.num_hidden_layers,
         pairs=args.num_pairs,
         range=[args.lp_start, end],
-        effective_depth=converted.config.effective_depth,
+        effective_depth=models["layer_parallel"].config.effective_depth,
+        tp=args.tp,
         new_tokens=args.new_tokens,
         prompt_length=args.prompt_length,
         lp_mode=args.lp_mode,
@@ -171,8 +247,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     lines = []
     for mode in args.modes.split(","):
         for batch in [int(b) for b in args.batch_sizes.split(",")]:
-            prompt = torch.randint(3, args.vocab_size, (batch, args.prompt_length), device=args.device)
-            rates = decode_rates({"source": source, "layer_parallel": converted}, prompt, args, mode)
+            gen = torch.Generator().manual_seed(args.seed + batch)  # the same prompt on every rank
+            prompt = torch.randint(3, args.vocab_size, (batch, args.prompt_length), generator=gen).to(args.device)
+            rates = decode_rates(models, prompt, args, mode)
             for name, rate in rates.items():
                 line = dict(
                     model=name,
@@ -182,7 +259,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     decode_tokens_per_s_median=round(rate["median"], 2),
                     **common,
                 )
-                print(json.dumps(line), flush=True)
+                if rank0:
+                    print(json.dumps(line), flush=True)
                 lines.append(line)
             ratio = dict(
                 ratio="layer_parallel/source",
@@ -192,8 +270,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 decode_ratio_median=round(rates["layer_parallel"]["median"] / rates["source"]["median"], 3),
                 **common,
             )
-            print(json.dumps(ratio), flush=True)
+            if rank0:
+                print(json.dumps(ratio), flush=True)
             lines.append(ratio)
+    if started_group:
+        dist.barrier()
+        dist.destroy_process_group()
     return lines
 
 

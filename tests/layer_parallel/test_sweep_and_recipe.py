@@ -214,6 +214,8 @@ def test_bench_script_runs_and_reports_ratios(repo_root, capsys):
         bench.main(["--tiny", "--num_pairs", "5"])
     with pytest.raises(ValueError, match="--modes"):
         bench.main(["--tiny", "--modes", "turbo"])
+    with pytest.raises(ValueError, match="--tp 2 needs 2 processes"):
+        bench.main(["--tiny", "--tp", "2"])  # not launched with torchrun
 
 
 @pytest.mark.gpu

@@ -48,6 +48,7 @@ def test_two_rank_tp_matches_single_process_with_fewer_all_reduces(tmp_path, rep
     # single-process model's, each rank holds exactly one source layer of the merged pair, block-mode merged pairs are
     # refused. Here: the number of all-reduces of one forward pass over 6 source layers.
     result = json.loads((tmp_path / "tp_result.json").read_text())
+    bench = result.pop("bench")
     reduces = {name: r["all_reduces_per_forward"] for name, r in result.items()}
     assert reduces["gqa_unpaired"] == 2 * 6  # one after attention, one after the MLP, per layer
     assert reduces["mha_paired"] == reduces["gqa_paired"] == 2 * 5  # a merged pair: one per merged sublayer
@@ -56,3 +57,6 @@ def test_two_rank_tp_matches_single_process_with_fewer_all_reduces(tmp_path, rep
     assert reduces["gqa_paired"] < reduces["gqa_unpaired"]
     collectives = {name: r["dtensor_collectives_per_forward"] for name, r in result.items()}
     assert collectives["gqa_unpaired"] - collectives["gqa_paired"] == 2  # embedding and LM head cost the same
+    ratios = [line for line in bench if "decode_ratio" in line]
+    assert [(r["tp"], r["mode"], r["batch"], r["effective_depth"]) for r in ratios] == [(2, "eager", 1, 5)]
+    assert ratios[0]["decode_ratio"] > 0

@@ -5,7 +5,8 @@ Launched by tests/layer_parallel/test_tensor_parallel.py as
 Rank 0 converts small Llama models (MHA and GQA) and saves them with single-process reference logits and greedy
 generations; every rank then loads them with `distributed_config=DistributedConfig(tp_plan="auto")`, checks that
 each rank holds exactly one source layer of every merged pair, that logits and generations equal the reference, and
-counts the all-reduces of one forward. Rank 0 writes the measurements to OUT_DIR/tp_result.json.
+counts the all-reduces of one forward; last, `scripts/bench_layer_parallel.py --tiny --tp 2` runs on the same ranks.
+Rank 0 writes the measurements to OUT_DIR/tp_result.json.
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ class AllReduceCounter:
         dist.all_reduce = self._original
 
 
+def load_bench():
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    spec = importlib.util.spec_from_file_location(
+        "bench_layer_parallel", os.path.join(root, "scripts", "bench_layer_parallel.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(out_dir: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -141,6 +155,11 @@ def main(out_dir: str) -> None:
         assert "lp_mode='block'" in str(err), err
     else:
         raise AssertionError("a merged block-mode pair was split by tensor parallelism")
+    # The benchmark's --tp path on the same two ranks (a smoke run: CPU timings mean nothing here).
+    result["bench"] = load_bench().main(
+        ["--tiny", "--tp", "2", "--new_tokens", "4", "--repeats", "1", "--batch_sizes", "1", "--prompt_length", "4",
+         "--work_dir", os.path.join(out_dir, "bench")]
+    )  # fmt: skip
     if rank == 0:
         with open(os.path.join(out_dir, "tp_result.json"), "w") as f:
             json.dump(result, f, indent=1)
