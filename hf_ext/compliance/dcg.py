@@ -61,8 +61,9 @@ class DCGReport:
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(text + "\n")
+            from ..utils.io import atomic_write_text
+
+            atomic_write_text(os.fspath(path), text + "\n")  # temporary file, then rename
         return text
 
     def to_table(self) -> str:

@@ -40,8 +40,9 @@ class RetentionStats:
         """The statistics as JSON; also written to `path` when given."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(text + "\n")
+            from ..utils.io import atomic_write_text
+
+            atomic_write_text(os.fspath(path), text + "\n")  # temporary file, then rename
         return text
 
     def to_table(self) -> str:

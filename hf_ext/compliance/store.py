@@ -228,9 +228,8 @@ class RobotsTxtStore(Mapping):
                     info["missing"] = True
                 if info:
                     hosts[r.host] = info
-            atomic_write_text(
-                str(path / _META_FILE), json.dumps({"fetched_at": self.fetched_at, "hosts": hosts}, indent=2, sort_keys=True)
-            )
+            meta = json.dumps({"fetched_at": self.fetched_at, "hosts": hosts}, indent=2, sort_keys=True)
+            atomic_write_text(str(path / _META_FILE), meta)
         elif fmt == "jsonl":
             with atomic_open(str(path), "w") as fh:
                 for row in rows:

@@ -33,6 +33,17 @@ class ComplianceArguments:
         default=None, metadata={"help": "Comma-separated user agents to check; default: the AI agent list plus '*'."}
     )
     host_fallback: str = field(default="www", metadata={"help": "Host lookup: exact, www or parents."})
+    backend: str = field(
+        default="rfc9309",
+        metadata={"help": "robots.txt engine: rfc9309 (hf_ext), protego (the paper's) or google (fast-robotstxt)."},
+    )
+    status_policy: str = field(
+        default="rfc9309",
+        metadata={
+            "help": "rfc9309: hosts whose robots.txt was unreachable (5xx, network error) are fully disallowed; "
+            "paper: only a readable robots.txt opts out."
+        },
+    )
     engine: str = field(default="datasets", metadata={"help": "datasets (Dataset.map) or datatrove (filter step)."})
     num_proc: int | None = field(default=None, metadata={"help": "Worker processes for datasets map/filter."})
     vocab_size: int = field(default=4096, metadata={"help": "Tokenizer used to count tokens (embedded BPE)."})
@@ -44,15 +55,31 @@ class ComplianceArguments:
     )
     dcg_compliant: str | None = field(default=None, metadata={"help": "JSON results of the compliant model."})
     dcg_metric: str | None = field(default=None, metadata={"help": "Metric to read from nested result files."})
-    dcg_absolute: bool = field(default=False, metadata={"help": "Report absolute instead of relative (%) gaps."})
+    dcg_absolute: bool = field(default=False, metadata={"help": "Report absolute instead of relative (percent) gaps."})
 
 
 def _validate(args: ComplianceArguments) -> None:
+    from ..compliance.robots import BACKENDS, HOST_FALLBACKS, STATUS_POLICIES
     from ..data.loading import hub_offline
     from ..utils.io import ensure_writable_dir
 
     if args.engine not in ("datasets", "datatrove"):
         raise ValueError(f"--engine must be 'datasets' or 'datatrove', got {args.engine!r}.")
+    if args.host_fallback not in HOST_FALLBACKS:
+        raise ValueError(f"--host_fallback must be one of {', '.join(HOST_FALLBACKS)}, got {args.host_fallback!r}.")
+    if args.backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {args.backend!r}.")
+    if args.status_policy not in STATUS_POLICIES:
+        raise ValueError(f"--status_policy must be one of {', '.join(STATUS_POLICIES)}, got {args.status_policy!r}.")
+    if args.user_agents is not None and not all(a.strip() for a in args.user_agents.split(",")):
+        raise ValueError(
+            f"--user_agents must be a comma-separated list of names, e.g. GPTBot,CCBot; got {args.user_agents!r}."
+        )
+    if args.vocab_size < 16:
+        raise ValueError(f"--vocab_size must be >= 16, got {args.vocab_size}.")
+    for name in ("url_column", "text_column", "split"):
+        if not getattr(args, name):
+            raise ValueError(f"--{name} must be non-empty.")
     if args.robots is not None and not os.path.exists(args.robots):
         raise ValueError(f"--robots={args.robots!r} does not exist; pass a snapshot folder, .jsonl or .parquet.")
     if args.dataset_name and hub_offline() and not os.path.isdir(args.dataset_name):
@@ -93,6 +120,8 @@ def _load_dataset(args: ComplianceArguments):
 def _plot(stats, path: str) -> None:
     import matplotlib
 
+    from ..utils.io import atomic_savefig
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -105,8 +134,29 @@ def _plot(stats, path: str) -> None:
     ax.set_title(f"overall: {stats.overall['tokens_removed_pct']:.1f}% tokens, {stats.overall['docs_removed_pct']:.1f}% docs")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
+
+
+def _save_dataset_atomically(dataset, path: str) -> None:
+    """`save_to_disk` into a temporary folder beside `path`, then swap it in: a crash never leaves a torn dataset."""
+    import shutil
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".compliant_dataset.")
+    try:
+        dataset.save_to_disk(tmp)
+        if os.path.isdir(path):
+            old = tmp + ".old"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def run(args: ComplianceArguments) -> dict:
@@ -119,11 +169,18 @@ def run(args: ComplianceArguments) -> dict:
         compute_retention_stats,
         load_example_robots,
     )
+    from ..utils.io import atomic_write_json, atomic_write_text
 
     _validate(args)
     store = RobotsTxtStore.load(args.robots) if args.robots else load_example_robots()
     agents = [a.strip() for a in args.user_agents.split(",")] if args.user_agents else list(DEFAULT_AI_USER_AGENTS)
-    checker = RobotsCompliance(store, user_agents=agents, host_fallback=args.host_fallback)
+    checker = RobotsCompliance(
+        store,
+        user_agents=agents,
+        host_fallback=args.host_fallback,
+        backend=args.backend,
+        status_policy=args.status_policy,
+    )
     dataset = _load_dataset(args)
     if args.url_column not in dataset.column_names:
         raise ValueError(f"--url_column={args.url_column!r} is not a column (columns: {dataset.column_names}).")
@@ -149,17 +206,20 @@ def run(args: ComplianceArguments) -> dict:
         tokenizer=tokenizer, num_proc=args.num_proc,
     )
     dates = sorted({r.fetched_at for r in store.values() if r.fetched_at})
+    status_counts = store.status_counts()
     print(f"robots.txt snapshot: {len(store)} hosts, fetched {', '.join(dates) or 'at unknown dates'}")
-    print(f"checked agents: {', '.join(agents)}")
+    print("hosts per status class: " + ", ".join(f"{k} {v}" for k, v in status_counts.items()))
+    print(f"checked agents: {', '.join(agents)} (backend {args.backend}, status policy {args.status_policy})")
     print(stats.to_table())
-    stats.to_json(os.path.join(args.output_dir, "retention_stats.json"))
-    with open(os.path.join(args.output_dir, "retention_stats.md"), "w", encoding="utf-8") as fh:
-        fh.write(stats.to_table() + "\n")
-    _plot(stats, os.path.join(args.output_dir, "retention_by_domain.png"))
     result = stats.to_dict()
+    result["host_status_classes"] = status_counts
+    # Results first, each file written atomically; the optional plot and dataset come after.
+    atomic_write_json(os.path.join(args.output_dir, "retention_stats.json"), result)
+    atomic_write_text(os.path.join(args.output_dir, "retention_stats.md"), stats.to_table() + "\n")
+    _plot(stats, os.path.join(args.output_dir, "retention_by_domain.png"))
     if args.save_filtered:
         kept = annotated.filter(lambda ok: ok, input_columns="robots_compliant")
-        kept.save_to_disk(os.path.join(args.output_dir, "compliant_dataset"))
+        _save_dataset_atomically(kept, os.path.join(args.output_dir, "compliant_dataset"))
     if args.dcg_non_compliant:
         with open(args.dcg_non_compliant, encoding="utf-8") as fh:
             full = json.load(fh)
@@ -168,8 +228,8 @@ def run(args: ComplianceArguments) -> dict:
         report = compute_dcg(full, comp, relative=not args.dcg_absolute, metric=args.dcg_metric)
         print("\nData compliance gap (positive = the compliant model is worse):")
         print(report.to_table())
-        report.to_json(os.path.join(args.output_dir, "dcg.json"))
         result["dcg"] = report.to_dict()
+        atomic_write_json(os.path.join(args.output_dir, "dcg.json"), result["dcg"])
     print(f"saved statistics to {args.output_dir}")
     return result
 
@@ -192,10 +252,10 @@ def _annotate_with_datatrove(dataset, checker, args: ComplianceArguments):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from transformers import HfArgumentParser
+    from ._common import finish, parse_recipe_args
 
-    (args,) = HfArgumentParser(ComplianceArguments).parse_args_into_dataclasses(args=argv)
-    return run(args)
+    (args,) = parse_recipe_args((ComplianceArguments,), argv)
+    return finish(run(args))
 
 
 if __name__ == "__main__":

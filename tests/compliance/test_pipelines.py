@@ -42,7 +42,10 @@ def test_num_proc_two_gives_the_same_result(corpus, example_checker):
     two = annotate_compliance(corpus, example_checker, num_proc=2, batch_size=100)
     assert one["robots_compliant"] == two["robots_compliant"]
     assert one["disallowed_user_agents"] == two["disallowed_user_agents"]
-    assert filter_compliant(corpus, example_checker, num_proc=2)["url"] == filter_compliant(corpus, example_checker)["url"]
+    assert (
+        filter_compliant(corpus, example_checker, num_proc=2)["url"]
+        == filter_compliant(corpus, example_checker)["url"]
+    )
 
 
 def test_iterable_dataset_and_dataset_dict(corpus, example_checker):
@@ -180,9 +183,11 @@ def test_datatrove_local_executor_two_tasks_over_shards_merges_stats(corpus, exa
 
     def dropped(stats):
         step = next(s for s in stats if "robots" in s["name"])["stats"]
-        return step["dropped_robots_txt"]["total"] if isinstance(step["dropped_robots_txt"], dict) else step[
-            "dropped_robots_txt"
-        ]
+        return (
+            step["dropped_robots_txt"]["total"]
+            if isinstance(step["dropped_robots_txt"], dict)
+            else step["dropped_robots_txt"]
+        )
 
     merged = json.loads((logs / "stats.json").read_text())
     assert all(dropped(t) > 0 for t in per_task)
@@ -206,3 +211,47 @@ def test_datatrove_local_executor_two_tasks_over_shards_merges_stats(corpus, exa
     for file in (tmp_path / "kept_pq").glob("*.jsonl"):
         kept_pq |= {json.loads(line)["id"] for line in file.read_text().splitlines()}
     assert kept_pq == expected
+
+
+def test_compliance_recipe_help_validation_and_status_classes(tmp_path, capsys):
+    from transformers import HfArgumentParser
+
+    from hf_ext.recipes.compliance import ComplianceArguments, main
+
+    for action in HfArgumentParser(ComplianceArguments)._actions:  # argparse %-formats help strings
+        text = (action.help or "").replace("%%", "").replace("%(default)s", "")
+        assert "%" not in text, action.dest
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    for argv, flag in (
+        (["--host_fallback", "registrable"], "--host_fallback"),
+        (["--backend", "reppy"], "--backend"),
+        (["--status_policy", "lenient"], "--status_policy"),
+        (["--user_agents", "GPTBot,,CCBot"], "--user_agents"),
+    ):
+        with pytest.raises(ValueError, match=flag):
+            main([*argv, "--output_dir", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad" / "retention_stats.json").exists()
+
+    # an unreachable host (5xx) removes its documents under RFC 9309 (the library test covers status_policy="paper")
+    store = load_example_robots()
+    store.add("concurrency.docs.python.org", None, status=503)
+    store.save(tmp_path / "snap.jsonl")
+    rfc = main(["--robots", str(tmp_path / "snap.jsonl"), "--output_dir", str(tmp_path / "rfc")])
+    assert rfc["host_status_classes"]["unreachable"] == 1
+    assert "unreachable 1" in capsys.readouterr().out
+    by_domain = {r["domain"]: r for r in rfc["per_domain"]}
+    assert by_domain["concurrency"]["docs_removed"] == by_domain["concurrency"]["docs"] > 0
+    saved = json.loads((tmp_path / "rfc" / "retention_stats.json").read_text())
+    assert saved["host_status_classes"] == rfc["host_status_classes"]
+    assert not [p for p in (tmp_path / "rfc").iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_corrupted_snapshot_metadata_names_the_file(tmp_path):
+    from hf_ext.compliance import RobotsTxtStore
+
+    load_example_robots().save(tmp_path / "snap")
+    (tmp_path / "snap" / "_snapshot.json").write_text('{"fetched_at": "2025-01-15", "hosts": {')
+    with pytest.raises(ValueError, match=r"_snapshot\.json"):
+        RobotsTxtStore.load(tmp_path / "snap")
