@@ -55,6 +55,10 @@ class GrokTaskArguments:
     )
     seeds: str = field(default="0,1,2", metadata={"help": "Comma-separated seeds (split, init and data order)."})
     target_accuracy: float = field(default=0.95, metadata={"help": "Test accuracy that counts as grokked."})
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate on this many test equations (a fixed random subset; default: the whole split)."},
+    )
     stop_at_target: bool = field(
         default=False,
         metadata={
@@ -172,6 +176,8 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
     if training_args.max_steps <= 0:
         raise ValueError("--max_steps must be positive: the runs are compared on a step budget.")
+    if task_args.max_eval_samples is not None and task_args.max_eval_samples < 1:
+        raise ValueError(f"--max_eval_samples={task_args.max_eval_samples} must be a positive int (or unset).")
     if task_args.torch_threads is not None and task_args.torch_threads < 1:
         raise ValueError("--torch_threads must be >= 1.")
     if not task_args.strong_weight_decay >= 0:
@@ -491,6 +497,9 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
     # Seed-major order: every method is done on a seed before the next seed starts (similar machine load per seed).
     for seed in seeds:
         splits = split_arithmetic_dataset(dataset, task_args.train_fraction, task_args.outer_fraction, seed)
+        test = splits["test"]
+        if task_args.max_eval_samples is not None and task_args.max_eval_samples < len(test):
+            test = test.select(range(task_args.max_eval_samples))  # the split is already a random permutation
         for method in methods:
             set_seed(seed)
             model = build_model(model_args, vocab, seq_len)
@@ -508,7 +517,7 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
                 model=model,
                 args=args,
                 train_dataset=splits["inner"] if method in INNER_METHODS else splits["train"],
-                eval_dataset=splits["test"],
+                eval_dataset=test,
                 outer_dataset=splits["outer"] if transform == "neuralgrok" else None,
                 compute_metrics=arithmetic_accuracy,
                 preprocess_logits_for_metrics=preprocess_logits_for_accuracy,

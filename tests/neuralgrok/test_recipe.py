@@ -102,6 +102,7 @@ def test_recipe_resume_and_overwrite_errors(tmp_path):
         (["--hidden_size", "30"], "hidden_size"),
         (["--max_grad_norm", "1.0"], "max_grad_norm"),
         (["--strong_weight_decay", "-1"], "strong_weight_decay"),
+        (["--max_eval_samples", "0"], "max_eval_samples"),
     ],
 )
 def test_recipe_rejects_bad_arguments_before_writing(tmp_path, argv, match):
