@@ -31,8 +31,9 @@ class GrapeConfig(TrainingArguments):
     reweight_method: str = field(
         default="grape",
         metadata={
-            "help": "How the mixture is chosen: grape | grape_ema | grape_gap (GRAPE variants), doge, doremi "
-            "(needs a reference model), uniform, or fixed (weights from --mixture_file)."
+            "help": "How the mixture is chosen: grape | grape_ema | grape_gap (GRAPE variants), doge (the GRAPE "
+            "repository's DoGE baseline: GRAPE's domain step towards the fixed task mixture), doremi (needs a "
+            "reference model), uniform, or fixed (weights from --mixture_file)."
         },
     )
     reweight_domains_every: int = field(
@@ -50,7 +51,8 @@ class GrapeConfig(TrainingArguments):
         metadata={"help": "Sequences per forward/backward at an update; also the per-domain and per-task minibatch."},
     )
     domain_step_size: float = field(
-        default=1.5, metadata={"help": "mu_train: step of the domain-weight update (see --step_size_convention)."}
+        default=1.5,
+        metadata={"help": "mu_train: step of the domain-weight update of grape* and doge (see --step_size_convention)."},
     )
     task_step_size: float = field(
         default=5.0, metadata={"help": "mu_tgt: step of the task-weight update (see --step_size_convention)."}
@@ -64,9 +66,6 @@ class GrapeConfig(TrainingArguments):
     task_smoothing: float = field(default=1e-3, metadata={"help": "Smoothing of task weights towards uniform."})
     domain_smoothing: float = field(default=0.0, metadata={"help": "Smoothing of domain weights towards uniform."})
     ema_beta: float = field(default=0.9, metadata={"help": "EMA coefficient of the task/domain losses (grape_ema)."})
-    doge_mu: float = field(default=0.05, metadata={"help": "DoGE inverse step size (Bregman coefficient)."})
-    doge_score_min: float = field(default=0.0, metadata={"help": "DoGE lower score clip, in units of the lr."})
-    doge_score_max: float = field(default=5.0, metadata={"help": "DoGE upper score clip, in units of the lr."})
     doremi_eta: float = field(default=1.0, metadata={"help": "DoReMi step size on the excess losses."})
     doremi_smoothing: float = field(default=1e-4, metadata={"help": "DoReMi smoothing of the domain weights."})
     reference_model_name_or_path: str | None = field(
@@ -121,7 +120,7 @@ class GrapeConfig(TrainingArguments):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite non-negative number, got {value}.")
-        if self.step_size_convention == "lr_scaled" and self.reweight_method in GRAPE_VARIANTS:
+        if self.step_size_convention == "lr_scaled" and self.reweight_method in (*GRAPE_VARIANTS, "doge"):
             for name in ("domain_step_size", "task_step_size"):
                 if getattr(self, name) == 0:
                     raise ValueError(f"step_size_convention='lr_scaled' divides the lr by {name}; set it > 0.")
@@ -129,10 +128,6 @@ class GrapeConfig(TrainingArguments):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}.")
-        if not self.doge_mu > 0:
-            raise ValueError(f"doge_mu must be > 0, got {self.doge_mu}.")
-        if self.doge_score_min > self.doge_score_max:
-            raise ValueError("doge_score_min must not exceed doge_score_max.")
         if self.mixture_key not in ("final", "average"):
             raise ValueError(f"mixture_key must be 'final' or 'average', got {self.mixture_key!r}.")
         if self.samples_per_epoch is not None and self.samples_per_epoch <= 0:

@@ -154,22 +154,26 @@ def doge_domain_weights(
     alignment_scores,
     domain_grad_norms,
     learning_rate: float,
-    mu: float = 0.05,
+    mu: float = 0.01,
     score_min: float = 0.0,
     score_max: float = 5.0,
     smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """DoGE domain-weight step (Fan, Pagliardini, Jaggi, 2024), as its reference code does it.
+    """The original DoGE domain-weight step (Fan, Pagliardini, Jaggi, 2024), as the `Olivia-fsm/DoGE` code does it.
 
     ``score_k = lr * <g_k, g_tgt> / mean_j ||g_j||``, clipped to ``[lr * score_min, lr * score_max]``, then
-    ``alpha <- softmax(log alpha + score / mu)`` and smoothing.
+    ``alpha <- softmax(log alpha + score / mu)`` and smoothing. The original applies it at *every* optimizer step
+    (with `mu=0.01` and the proxy model trained on the alpha-weighted gradient); at a cadence of one update per 100
+    steps it barely moves (at most `score_max * lr / mu` in log weight per update). It is provided as a rule for
+    experiments; `GrapeTrainer(reweight_method="doge")` runs the GRAPE repository's DoGE baseline instead
+    (`grape_domain_weights` with fixed task weights).
 
     Args:
         domain_weights: Current `alpha` (K,).
         alignment_scores: `<g_k, g_tgt>` per domain (K,).
         domain_grad_norms: `||g_k||` per domain (K,), used to normalise the scores.
         learning_rate (`float`): Current learning rate of the model being trained.
-        mu (`float`, *optional*, defaults to 0.05): Inverse step size (Bregman coefficient).
+        mu (`float`, *optional*, defaults to 0.01): Inverse step size (Bregman coefficient; DoGE's `config/doge.json`).
         score_min, score_max (`float`): Clip bounds in units of the learning rate.
         smoothing (`float`, *optional*, defaults to 0.0): Smoothing towards uniform.
     """

@@ -23,7 +23,6 @@ from .configuration_grape import GrapeConfig
 from .data import MODEL_COLUMNS, domain_rows, ensure_lm_columns, ensure_lm_stream, pack_by_domain, prepare_target
 from .rules import (
     GRAPE_VARIANTS,
-    doge_domain_weights,
     doremi_domain_weights,
     ema_update,
     grape_domain_weights,
@@ -410,7 +409,9 @@ class GrapeTrainer(Trainer):
             scores, losses_t = stats[:k_domains], stats[k_domains:]
             new = doremi_domain_weights(st.domain_weights, scores, args.doremi_eta, args.doremi_smoothing)
         else:
-            use_log = method in ("grape", "grape_ema")
+            # GRAPE and its repository's DoGE baseline both use the log-loss target gradient (`reweight_tgt="grape"`
+            # in the GRAPE repository's doge configs); grape_gap uses the plain loss.
+            use_log = method in ("grape", "grape_ema", "doge")
             g_tgt = self._averaged_gradient(st.task_weights, "task", torch.log if use_log else None)
             dots, norms, losses = [], [], []
             for k in range(k_domains):
@@ -423,20 +424,9 @@ class GrapeTrainer(Trainer):
             stats = self._mean_over_ranks(self.last_local_stats["domain"])
             scores = stats[:k_domains]
             norms_t, losses_t = stats[k_domains : 2 * k_domains], stats[2 * k_domains :]
-            if method == "doge":
-                new = doge_domain_weights(
-                    st.domain_weights,
-                    scores,
-                    norms_t,
-                    self._current_lr(),
-                    args.doge_mu,
-                    args.doge_score_min,
-                    args.doge_score_max,
-                    args.domain_smoothing,
-                )
-            else:
-                step = resolve_step_size(args.domain_step_size, args.step_size_convention, self._current_lr())
-                new = grape_domain_weights(st.domain_weights, scores, step, args.domain_smoothing)
+            # grape* and doge share the domain step; doge keeps the task weights fixed (no task step is scheduled).
+            step = resolve_step_size(args.domain_step_size, args.step_size_convention, self._current_lr())
+            new = grape_domain_weights(st.domain_weights, scores, step, args.domain_smoothing)
         for k in range(k_domains):
             st.domain_ema_loss[k] = ema_update(float(st.domain_ema_loss[k]), float(losses_t[k]), args.ema_beta)
         new = self._broadcast(new)
@@ -445,6 +435,8 @@ class GrapeTrainer(Trainer):
         for k, name in enumerate(st.domain_names):
             logs[f"grape/domain_score/{name}"] = float(scores[k])
             logs[f"grape/domain_loss/{name}"] = float(losses_t[k])
+            if method != "doremi":
+                logs[f"grape/domain_grad_norm/{name}"] = float(norms_t[k])
 
     def _excess_loss(self, batch: dict) -> tuple[float, float]:
         """DoReMi excess loss of the model over the reference model on `batch` (and the model's loss)."""

@@ -131,7 +131,7 @@ def test_zero_step_sizes_keep_weights(synthetic, grape_helpers, tmp_path):
 @pytest.mark.parametrize(
     "overrides,domain_updates,task_updates",
     [
-        ({"reweight_method": "doge", "learning_rate": 0.05, "doge_mu": 0.01}, 2, 0),
+        ({"reweight_method": "doge"}, 2, 0),
         ({"reweight_method": "doremi"}, 2, 0),
         ({"reweight_method": "uniform"}, 0, 0),
         ({"reweight_method": "grape_ema", "step_size_convention": "lr_scaled", "domain_step_size": 1e-3}, 2, 2),
