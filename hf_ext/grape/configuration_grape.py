@@ -52,7 +52,9 @@ class GrapeConfig(TrainingArguments):
     )
     domain_step_size: float = field(
         default=1.5,
-        metadata={"help": "mu_train: step of the domain-weight update of grape* and doge (see --step_size_convention)."},
+        metadata={
+            "help": "mu_train: step of the domain-weight update of grape* and doge (see --step_size_convention)."
+        },
     )
     task_step_size: float = field(
         default=5.0, metadata={"help": "mu_tgt: step of the task-weight update (see --step_size_convention)."}
