@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from protego import Protego
 
-from .rfc9309 import DISALLOW_ALL, RobotsTxt, product_token, url_path
+from .rfc9309 import DISALLOW_ALL, RobotsTxt, path_from, product_token, url_path
 
 logger = logging.getLogger(__name__)
 
@@ -442,7 +442,7 @@ class RobotsCompliance:
             return policy
         policy = self._policy_for_url(url)
         # Cache key: everything before the path ("https://host:port"); URLs without a path take this route.
-        if slash != -1 and "?" not in prefix and "#" not in prefix and policy.host:
+        if slash != -1 and "?" not in prefix and "#" not in prefix and ";" not in prefix and policy.host:
             if self.max_cached_hosts is None:
                 self._by_prefix[prefix] = policy
             else:
@@ -536,7 +536,8 @@ class RobotsCompliance:
             scheme = url.find("://")
             slash = url.find("/", scheme + 3 if scheme != -1 else (2 if url.startswith("//") else 0))
             policy = by_prefix_get(url if slash == -1 else url[:slash]) if by_prefix_get is not None else None
-            if policy is None:
+            cached = policy is not None  # cached prefixes hold no '?', '#' or ';': the path starts at `slash`
+            if not cached:
                 policy = slow_lookup(url, slash)
             groups = policy.groups
             if not groups:
@@ -548,7 +549,7 @@ class RobotsCompliance:
                     continue
                 try:
                     if uses_path:
-                        allowed = matcher.allowed(url_path(url))
+                        allowed = matcher.allowed(path_from(url, slash) if cached else url_path(url))
                     else:
                         allowed = matcher.allowed(url)
                 except Exception:  # a URL the engine cannot read is not opted out
