@@ -477,7 +477,6 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
     from ..neuralgrok.data import arithmetic_vocab_size, build_arithmetic_dataset, split_arithmetic_dataset
     from ..neuralgrok.metrics import arithmetic_accuracy, preprocess_logits_for_accuracy, stability_after_target
     from ..neuralgrok.trainer import GrokkingCallback, NeuralGrokTrainer
-    from ..utils.io import atomic_write_json, atomic_write_text
 
     if task_args.torch_threads is not None:
         torch.set_num_threads(task_args.torch_threads)
@@ -566,7 +565,37 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
                 }
     results["methods"] = summarize(runs, training_args.max_steps)
     results["amplifier_share"] = amplifier_share(results["methods"])
-    out = training_args.output_dir
+    write_outputs(results, training_args.output_dir)
+    return results
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """Combine results of the same setting run on different seeds (e.g. one process per seed) into one."""
+    if not parts:
+        raise ValueError("merge_results needs at least one results dict.")
+    keys = ("task", "p", "target_accuracy", "max_steps", "strong_weight_decay")
+    first = parts[0]
+    for other in parts[1:]:
+        if any(other[k] != first[k] for k in keys) or list(other["methods"]) != list(first["methods"]):
+            raise ValueError(f"Results to merge must share {keys} and the methods; got {first!r:.200}...")
+    seeds = [seed for part in parts for seed in part["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"Results to merge repeat seeds: {seeds}.")
+    merged = {k: first[k] for k in keys}
+    merged["seeds"] = seeds
+    if "amplifier" in first:
+        merged["amplifier"] = first["amplifier"]
+    runs = {m: [r for part in parts for r in part["methods"][m]["runs"]] for m in first["methods"]}
+    merged["methods"] = summarize(runs, first["max_steps"])
+    merged["amplifier_share"] = amplifier_share(merged["methods"])
+    return merged
+
+
+def write_outputs(results: dict, out: str) -> None:
+    """Write the PNGs, the Markdown tables and the JSON of `results` into `out` (atomically) and print the tables."""
+    from ..utils.io import atomic_write_json, atomic_write_text
+
+    target = results["target_accuracy"]
     png = os.path.join(out, "grokking_curves.png")
     plot_curves(results, png, target)
     png_complexity = os.path.join(out, "complexity_stability.png")
@@ -583,7 +612,6 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
             f"{amp['model_parameters']} parameters = {amp['transform_macs_per_step'] / 1e6:.0f} MMAC per transform"
         )
     print(f"curves: {png}, {png_complexity}")
-    return results
 
 
 def _split_resume_flag(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -6,21 +6,25 @@
 - issue 23.3: absolute gradient entropy, weight norm and stability after grokking for the baseline, the baseline with
   strong weight decay and NeuralGrok.
 
-The recipe's defaults are this setting apart from the CPU-budget knobs given below (smaller model and batch). The
-checks are functions so that the same assertions can be applied to a saved `neuralgrok_results.json`.
+The recipe's defaults are this setting apart from the CPU-budget knobs given below (smaller model and batch, a
+1024-equation test subset). The three seeds run as three processes side by side (each run is seeded on its own, so
+this is the same computation as `--seeds 0,1,2` in one process) and are merged with `merge_results`. The checks are
+functions so that the same assertions can be applied to a saved `neuralgrok_results.json`.
 """
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from hf_ext.recipes.neuralgrok import main
+from hf_ext.recipes.neuralgrok import merge_results, write_outputs
 
-SEEDS = "0,1,2"
+SEEDS = (0, 1, 2)
 METHODS = "none,none_strong_wd,normalize,grokfast_ema,neuralgrok"
 ARGV = [
-    "--methods", METHODS, "--seeds", SEEDS, "--hidden_size", "64", "--per_device_train_batch_size", "256",
+    "--methods", METHODS, "--hidden_size", "64", "--per_device_train_batch_size", "256",
     "--max_steps", "900", "--eval_steps", "20", "--max_eval_samples", "1024", "--logging_steps", "20",
     "--torch_threads", "1",
     "--disable_tqdm", "true", "--report_to", "none",
@@ -28,12 +32,28 @@ ARGV = [
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(tmp_path_factory, repo_root):
     out = os.environ.get("NEURALGROK_REPRO_DIR") or str(tmp_path_factory.mktemp("neuralgrok_repro"))
-    res = main(ARGV + ["--output_dir", out])
-    print(open(os.path.join(out, "neuralgrok_results.md"), encoding="utf-8").read())
+    os.makedirs(out, exist_ok=True)
+    script = os.path.join(repo_root, "scripts", "neuralgrok.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    procs = []
+    for seed in SEEDS:
+        cmd = [sys.executable, script, *ARGV, "--seeds", str(seed), "--output_dir", os.path.join(out, f"seed{seed}")]
+        log = open(os.path.join(out, f"seed{seed}.log"), "w")  # noqa: SIM115 (closed below)
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+    for proc, log in procs:
+        proc.wait()
+        log.close()
+        assert proc.returncode == 0, open(log.name, encoding="utf-8").read()[-3000:]
+    parts = []
+    for seed in SEEDS:
+        with open(os.path.join(out, f"seed{seed}", "neuralgrok_results.json"), encoding="utf-8") as fh:
+            parts.append(json.load(fh))
+    merged = merge_results(parts)
+    write_outputs(merged, out)
     print(f"outputs: {out}")
-    return res
+    return merged
 
 
 def check_speed(results: dict) -> list[str]:
