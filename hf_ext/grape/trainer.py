@@ -209,6 +209,10 @@ class GrapeTrainer(Trainer):
         self._mixture_sampler: MixtureSampler | None = None
         #: This rank's dot products / norms / losses of the last update, before averaging over ranks.
         self.last_local_stats: dict[str, torch.Tensor] = {}
+        #: The same statistics after averaging over ranks (what the update used).
+        self.last_mean_stats: dict[str, torch.Tensor] = {}
+        #: The weights this rank computed at the last update, before rank 0's broadcast guard (equal on every rank).
+        self.last_unbroadcast_weights: dict[str, torch.Tensor] = {}
         #: Wall-clock seconds spent in reweighting so far.
         self.reweight_seconds = 0.0
         self.add_callback(_GrapeCallback(self))
@@ -379,7 +383,7 @@ class GrapeTrainer(Trainer):
             losses.append(loss)
         del g_mix
         self.last_local_stats["task"] = torch.tensor(dots + losses, dtype=torch.float64)
-        stats = self._mean_over_ranks(self.last_local_stats["task"])
+        stats = self.last_mean_stats["task"] = self._mean_over_ranks(self.last_local_stats["task"])
         n_tasks = len(st.task_names)
         dots_t, losses_t = stats[:n_tasks].clone(), stats[n_tasks:]
         for n in range(n_tasks):
@@ -387,8 +391,9 @@ class GrapeTrainer(Trainer):
         if variant == "grape_ema":
             dots_t = dots_t / st.task_ema_loss
         step = resolve_step_size(args.task_step_size, args.step_size_convention, self._current_lr())
-        new = self._broadcast(grape_task_weights(st.task_weights, dots_t, step, args.task_smoothing))
-        st.set_task_weights(new)
+        new = grape_task_weights(st.task_weights, dots_t, step, args.task_smoothing)
+        self.last_unbroadcast_weights["task"] = new.clone()
+        st.set_task_weights(self._broadcast(new))
         for n, name in enumerate(st.task_names):
             logs[f"grape/task_improvement/{name}"] = float(dots_t[n])
             logs[f"grape/task_loss/{name}"] = float(losses_t[n])
@@ -405,7 +410,7 @@ class GrapeTrainer(Trainer):
                 excess.append(e)
                 losses.append(loss)
             self.last_local_stats["domain"] = torch.tensor(excess + losses, dtype=torch.float64)
-            stats = self._mean_over_ranks(self.last_local_stats["domain"])
+            stats = self.last_mean_stats["domain"] = self._mean_over_ranks(self.last_local_stats["domain"])
             scores, losses_t = stats[:k_domains], stats[k_domains:]
             new = doremi_domain_weights(st.domain_weights, scores, args.doremi_eta, args.doremi_smoothing)
         else:
@@ -421,7 +426,7 @@ class GrapeTrainer(Trainer):
                 losses.append(loss)
             del g_tgt
             self.last_local_stats["domain"] = torch.tensor(dots + norms + losses, dtype=torch.float64)
-            stats = self._mean_over_ranks(self.last_local_stats["domain"])
+            stats = self.last_mean_stats["domain"] = self._mean_over_ranks(self.last_local_stats["domain"])
             scores = stats[:k_domains]
             norms_t, losses_t = stats[k_domains : 2 * k_domains], stats[2 * k_domains :]
             # grape* and doge share the domain step; doge keeps the task weights fixed (no task step is scheduled).
@@ -429,6 +434,7 @@ class GrapeTrainer(Trainer):
             new = grape_domain_weights(st.domain_weights, scores, step, args.domain_smoothing)
         for k in range(k_domains):
             st.domain_ema_loss[k] = ema_update(float(st.domain_ema_loss[k]), float(losses_t[k]), args.ema_beta)
+        self.last_unbroadcast_weights["domain"] = new.clone()
         new = self._broadcast(new)
         position = self._mixture_sampler.position if self._mixture_sampler is not None else 0
         st.set_domain_weights(new, position)

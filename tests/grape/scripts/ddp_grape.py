@@ -1,4 +1,8 @@
-"""Two-rank GRAPE run: every rank must end with the same weights. Launched by tests/grape/test_distributed.py.
+"""Two-rank GRAPE run: every rank must compute the same weights. Launched by tests/grape/test_distributed.py.
+
+Besides the final weights it checks, at every update and before rank 0's broadcast guard, that each cross-rank average
+(mixture/target gradients and the dot products, norms and losses) is the mean of the ranks' own values, and that the
+weights each rank computed agree.
 
 Usage: torchrun --nproc_per_node 2 ddp_grape.py <output_dir>
 """
@@ -13,6 +17,50 @@ from grape_synthetic import synthetic_mixture, tiny_llama
 
 from hf_ext.grape import GrapeConfig, GrapeTrainer
 from hf_ext.utils import shutdown_distributed
+
+
+class RecordingGrapeTrainer(GrapeTrainer):
+    """Records every cross-rank average (input, output) and every tensor handed to rank 0's broadcast guard."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.averages: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.pre_broadcast: list[torch.Tensor] = []
+
+    def _mean_over_ranks(self, tensor):
+        out = super()._mean_over_ranks(tensor)
+        self.averages.append((tensor.detach().double().clone(), out.detach().double().clone()))
+        return out
+
+    def _broadcast(self, tensor):
+        self.pre_broadcast.append(tensor.detach().double().clone())
+        return super()._broadcast(tensor)
+
+
+def _gather(t: torch.Tensor) -> list[torch.Tensor]:
+    out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return out
+
+
+def check_averaging(trainer: RecordingGrapeTrainer) -> dict:
+    """Before the broadcast guard: every average is the mean of the ranks' inputs, and the weights agree."""
+    mean_errors, local_differs = [], []
+    for local, averaged in trainer.averages:
+        inputs = _gather(local)
+        expected = torch.stack(inputs).mean(0)
+        mean_errors.append(float((averaged - expected).abs().max() / (expected.abs().max() + 1e-12)))
+        local_differs.append(not torch.equal(inputs[0], inputs[1]))
+        outputs = _gather(averaged)
+        mean_errors.append(float((outputs[0] - outputs[1]).abs().max()))
+    pre = [float((g[0] - g[1]).abs().max()) for g in map(_gather, trainer.pre_broadcast)]
+    return {
+        "n_averages": len(trainer.averages),
+        "n_broadcasts": len(trainer.pre_broadcast),
+        "max_mean_error": max(mean_errors),
+        "local_inputs_differ": local_differs,
+        "max_pre_broadcast_diff": max(pre),
+    }
 
 
 def main(output_dir: str) -> None:
@@ -33,7 +81,7 @@ def main(output_dir: str) -> None:
         save_strategy="no",
         logging_steps=100,
     )
-    trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
+    trainer = RecordingGrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
     trainer.train()
     assert dist.is_initialized() and dist.get_world_size() == 2, "expected two ranks"
     st = trainer.mixture_state
@@ -42,6 +90,7 @@ def main(output_dir: str) -> None:
     )
     gathered = [torch.zeros_like(local) for _ in range(2)]
     dist.all_gather(gathered, local)
+    averaging = check_averaging(trainer)
     stats = trainer.last_local_stats["domain"]
     gathered_stats = [torch.zeros_like(stats) for _ in range(2)]
     dist.all_gather(gathered_stats, stats)
@@ -50,6 +99,7 @@ def main(output_dir: str) -> None:
             "weights": [g.tolist() for g in gathered],
             "local_stats": [g.tolist() for g in gathered_stats],
             "trajectory": st.trajectory,
+            "averaging": averaging,
         }
         with open(os.path.join(output_dir, "ddp_result.json"), "w") as fh:
             json.dump(result, fh)
