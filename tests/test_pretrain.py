@@ -75,16 +75,28 @@ def test_unwritable_output_dir(tmp_path):
 
 
 @pytest.mark.distributed
-def test_two_rank_cpu_run(tmp_path, repo_root):
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+def test_two_rank_cpu_run(tmp_path, repo_root, launcher):
+    """The README's two multi-process CPU commands really start 2 ranks, and the ranks end with identical weights."""
+    from accelerate.test_utils import get_torch_dist_unique_port
+
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        os.path.join(repo_root, "scripts", "accelerate", "cpu_2ranks.yaml"), "--main_process_port", "29533",
-        os.path.join(repo_root, "scripts", "pretrain.py"), *TINY, "--max_steps", "6", "--output_dir", str(out),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env={**os.environ})
-    assert res.returncode == 0, res.stderr[-3000:]
+    port = str(get_torch_dist_unique_port())
+    if launcher == "accelerate":
+        head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                os.path.join(repo_root, "scripts", "accelerate", "cpu_2ranks.yaml"), "--main_process_port", port]
+    else:
+        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    cmd = [*head, os.path.join(repo_root, "scripts", "pretrain.py"), "--use_cpu", *TINY, "--max_steps", "6",
+           "--max_new_tokens", "2", "--output_dir", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "terminate called" not in res.stderr
     assert "perplexity" in res.stdout
     assert (out / "model.safetensors").is_file()
     saved = json.loads((out / "pretrain_results.json").read_text())
     assert saved["loss_curve"]
+    assert saved["world_size"] == 2
+    fingerprints = saved["rank_fingerprints"]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]

@@ -16,12 +16,15 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import logging
 import os
 import sys
 import sysconfig
 from pathlib import Path
 
 from .utils import cache_dir
+
+logger = logging.getLogger(__name__)
 
 CORPUS_VERSION = 1
 
@@ -163,12 +166,29 @@ def _corpus_cache_file() -> Path:
     return cache_dir() / "corpus" / f"stdlib-docs-{tag}.jsonl"
 
 
+def _read_cache(path: Path) -> list[dict] | None:
+    """Records from the corpus cache file, or `None` (with a warning) if the file is empty, truncated or corrupt."""
+    needed = {"text", "url", "domain", "source", "split"}
+    try:
+        with path.open(encoding="utf-8") as fh:
+            records = [json.loads(line) for line in fh if line.strip()]
+        if not records or any(not isinstance(r, dict) or not needed <= set(r) for r in records):
+            raise ValueError("empty, or records without the text/url/domain/source/split fields")
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        logger.warning("The corpus cache %s is unusable (%s); rebuilding it.", path, err)
+        return None
+    return records
+
+
 def _load_records() -> list[dict]:
     path = _corpus_cache_file()
     if path.is_file():
-        with path.open(encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh]
+        cached = _read_cache(path)
+        if cached is not None:
+            return cached
     records = build_corpus_records()
+    if not records:
+        raise RuntimeError("The embedded corpus came out empty: the Python standard library sources were not found.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     with tmp.open("w", encoding="utf-8") as fh:

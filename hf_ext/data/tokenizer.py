@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from .utils import cache_dir
+
+logger = logging.getLogger(__name__)
 
 BOS_TOKEN = "<|bos|>"
 EOS_TOKEN = "<|eos|>"
@@ -59,7 +62,11 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
 
     def wrap(tk):
         return PreTrainedTokenizerFast(
-            tokenizer_object=tk, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, model_max_length=1 << 20
+            tokenizer_object=tk,
+            bos_token=BOS_TOKEN,
+            eos_token=EOS_TOKEN,
+            pad_token=PAD_TOKEN,
+            model_max_length=1 << 20,
         )
 
     if texts is not None:
@@ -70,7 +77,11 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
     key = hashlib.sha256(f"bpe-{vocab_size}-corpus{CORPUS_VERSION}".encode()).hexdigest()[:12]
     target = cache_dir() / "tokenizers" / f"bpe-{vocab_size}-{key}"
     if cache and (target / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(str(target))
+        try:
+            return AutoTokenizer.from_pretrained(str(target))
+        except Exception as err:  # truncated or corrupt cache: rebuild it rather than fail every later run
+            logger.warning("The cached tokenizer %s is unusable (%s); rebuilding it.", target, err)
+            shutil.rmtree(target, ignore_errors=True)
     tok = wrap(_train_tokenizer(load_corpus("train")["text"], vocab_size))
     if cache:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -300,9 +300,9 @@ def validate(args: CubicNewtonRecipeArguments) -> tuple[list[str], list[str], li
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from transformers import HfArgumentParser
+    from ._common import parse_recipe_args
 
-    (args,) = HfArgumentParser((CubicNewtonRecipeArguments,)).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_recipe_args((CubicNewtonRecipeArguments,), argv)
     problems, methods, batches = validate(args)
     results: list[dict] = []
     if "logistic" in problems:

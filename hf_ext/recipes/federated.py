@@ -417,13 +417,14 @@ def write_outputs(results: dict, output_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from transformers import HfArgumentParser
+    from ._common import finish, parse_recipe_args
 
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, RecipeFederatedArguments, ComparisonArguments, FederatedTrainingArguments)
+    args = parse_recipe_args(
+        (ModelArguments, DataArguments, RecipeFederatedArguments, ComparisonArguments, FederatedTrainingArguments),
+        argv,
+        resume="refuse",
     )
-    args = parser.parse_args_into_dataclasses(args=argv)
-    return run(*args)
+    return finish(run(*args))
 
 
 if __name__ == "__main__":

@@ -283,11 +283,10 @@ def run(data_args: GrapeDataArguments, model_args: GrapeModelArguments, args: Gr
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from transformers import HfArgumentParser
+    from ._common import finish, parse_recipe_args
 
-    parser = HfArgumentParser((GrapeDataArguments, GrapeModelArguments, GrapeRecipeConfig))
-    data_args, model_args, args = parser.parse_args_into_dataclasses(args=argv)
-    return run(data_args, model_args, args)
+    data_args, model_args, args = parse_recipe_args((GrapeDataArguments, GrapeModelArguments, GrapeRecipeConfig), argv)
+    return finish(run(data_args, model_args, args))
 
 
 if __name__ == "__main__":

@@ -70,7 +70,10 @@ class InfluenceArguments:
     influence_batch_size: int = field(default=16, metadata={"help": "Examples per vmapped per-example-gradient call."})
     damping_scale: float = field(default=0.1, metadata={"help": "Per-layer damping = scale * mean squared gradient."})
     schulz_iterations: int = field(default=100, metadata={"help": "Maximum Schulz iterations for hyperinf."})
-    schulz_init: str = field(default="transpose", metadata={"help": "Schulz init: transpose, identity or frobenius."})
+    schulz_init: str = field(
+        default="frobenius",
+        metadata={"help": "Schulz init: frobenius (I/||A||_F, the default), transpose or identity (the reference)."},
+    )
     lissa_iterations: int = field(default=10, metadata={"help": "LiSSA recursion depth (passes over the train set)."})
     inspect_fraction: float = field(default=0.2, metadata={"help": "Inspected share for the headline recall."})
     select_fraction: float = field(
@@ -150,6 +153,27 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
             "or drop the argument to pretrain a tiny base model on the embedded corpus."
         )
     ensure_writable_dir(training_args.output_dir, "--output_dir")
+    resume = resolve_resume(training_args)
+    if resume and not base and not os.path.isfile(os.path.join(training_args.output_dir, "base", "config.json")):
+        raise ValueError(
+            f"--resume_from_checkpoint: --output_dir={training_args.output_dir!r} has no pretrained base model "
+            "(base/config.json) from the interrupted run; resume with the same --output_dir, pass the base with "
+            "--model_name_or_path, or drop the flag to start from scratch."
+        )
+
+
+def resolve_resume(training_args) -> str | None:
+    """`--resume_from_checkpoint` as a checkpoint folder of the LoRA fine-tuning run (`None`: fresh run).
+
+    The fine-tuning run writes its `checkpoint-N` folders directly into `--output_dir`, so a bare flag (or `last`)
+    picks the newest complete one there, as in transformers' example scripts.
+    """
+    from ..utils import resolve_resume_checkpoint
+
+    value = training_args.resume_from_checkpoint
+    path = resolve_resume_checkpoint(value, training_args.output_dir)
+    training_args.resume_from_checkpoint = path
+    return path
 
 
 def build_task(task: TaskArguments, tokenizer, seed: int):
@@ -259,17 +283,21 @@ def lora_classifier(base_dir: str, num_labels: int, model_args: ModelArguments, 
     return get_peft_model(model, config)
 
 
-def fine_tune(model, train, training_args, run_name: str):
-    """LoRA fine-tuning with `Trainer`; returns the trained model."""
+def fine_tune(model, train, training_args, run_name: str, resume_from_checkpoint: str | None = None):
+    """LoRA fine-tuning with `Trainer`; returns the trained model.
+
+    The main run (`run_name="full"`) writes its checkpoints (with `--save_strategy`) into `--output_dir` and resumes
+    from `resume_from_checkpoint`; the data-selection retrainings write theirs under `runs/<name>` and always start
+    from scratch.
+    """
     from dataclasses import replace
 
     from transformers import Trainer
 
-    args = replace(
-        training_args, output_dir=os.path.join(training_args.output_dir, "runs", run_name), report_to="none"
-    )
+    out = training_args.output_dir if run_name == "full" else os.path.join(training_args.output_dir, "runs", run_name)
+    args = replace(training_args, output_dir=out, report_to="none", resume_from_checkpoint=None)
     trainer = Trainer(model=model, args=args, train_dataset=train.select_columns(["input_ids", "labels"]))
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint if run_name == "full" else None)
     return model
 
 
@@ -370,12 +398,17 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     if base:
         base_dir = base
     else:
-        base_dir = pretrain_base(model_args, tokenizer, training_args, os.path.join(training_args.output_dir, "base"))
+        base_dir = os.path.join(training_args.output_dir, "base")
+        if training_args.resume_from_checkpoint:
+            print(f"resuming: reusing the pretrained base in {base_dir}")
+        else:
+            pretrain_base(model_args, tokenizer, training_args, base_dir)
     model = fine_tune(
         lora_classifier(base_dir, len(domains), model_args, training_args.seed, tokenizer.pad_token_id),
         train,
         training_args,
         "full",
+        resume_from_checkpoint=training_args.resume_from_checkpoint,
     )
     clean_train = train.remove_columns("labels").rename_column("clean_label", "labels")
     fit_metrics = {
@@ -485,11 +518,12 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from transformers import HfArgumentParser
+    from ._common import parse_recipe_args
 
     start = time.perf_counter()
-    parser = HfArgumentParser((TaskArguments, ModelArguments, InfluenceArguments, HyperInfTrainingArguments))
-    task, model_args, inf, training_args = parser.parse_args_into_dataclasses(args=argv)
+    task, model_args, inf, training_args = parse_recipe_args(
+        (TaskArguments, ModelArguments, InfluenceArguments, HyperInfTrainingArguments), argv
+    )
     results = run(task, model_args, inf, training_args)
     print(f"total {time.perf_counter() - start:.1f} s")
     return results

@@ -332,18 +332,18 @@ def _plot_summary(results: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from transformers import HfArgumentParser
+    from ._common import finish, parse_recipe_args
 
-    parser = HfArgumentParser(
+    model_args, data_args, sweep_args, training_args = parse_recipe_args(
         (
             LayerParallelModelArguments,
             LayerParallelDataArguments,
             LayerParallelSweepArguments,
             LayerParallelTrainingArguments,
-        )
+        ),
+        argv,
     )
-    model_args, data_args, sweep_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    return run(model_args, data_args, sweep_args, training_args)
+    return finish(run(model_args, data_args, sweep_args, training_args))
 
 
 if __name__ == "__main__":

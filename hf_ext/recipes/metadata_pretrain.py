@@ -258,7 +258,7 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     from transformers import AutoTokenizer, set_seed
 
     from ..data import build_tokenizer
-    from ..metadata import MetadataCollator, add_context_tokens, generate_with_metadata_guidance
+    from ..metadata import InvalidMetadataError, MetadataCollator, add_context_tokens, generate_with_metadata_guidance
     from ..utils.io import ensure_writable_dir
 
     validate_args(model_args, data_args, meta_args, training_args)
@@ -313,7 +313,10 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
 
     # Guided generation example
     example = eval_docs[0]
-    metadata = template(example)
+    try:
+        metadata = template(example)
+    except InvalidMetadataError:  # an unusable value is no metadata, as in training
+        metadata = None
     set_seed(training_args.seed)
     url_model.eval()
     gen = dict(max_new_tokens=meta_args.guidance_max_new_tokens, layout=meta_args.layout)

@@ -281,7 +281,13 @@ def summarize(runs: dict[str, list[dict]], max_steps: int) -> dict:
             "median_steps_to_target": None if median == float("inf") else median,
         }
         res["steps_to_target_mean"], res["steps_to_target_std"] = _mean_std(censored)
-        for key in ("seconds_per_step", "seconds_to_target", "wall_seconds_to_target"):
+        for key in (
+            "seconds_per_step",
+            "seconds_to_target",
+            "wall_seconds_to_target",
+            "cpu_seconds_per_step",
+            "cpu_seconds_to_target",
+        ):
             res[f"{key}_mean"], res[f"{key}_std"] = _mean_std([r[key] for r in method_runs])
         res["median_seconds_per_step"] = statistics.median(r["median_seconds_per_step"] for r in method_runs)
         for key in ("accuracy_drops", "loss_spikes", "min_test_accuracy_after_target"):
@@ -296,10 +302,13 @@ def summarize(runs: dict[str, list[dict]], max_steps: int) -> dict:
             if base and base["seconds_per_step_mean"]
             else None
         )
-        both = base and res["seconds_to_target_mean"] is not None and base["seconds_to_target_mean"]
-        res["time_to_target_vs_none"] = (
-            res["seconds_to_target_mean"] / base["seconds_to_target_mean"] if both else None
-        )
+        for key, name in (
+            ("seconds_to_target_mean", "time_to_target_vs_none"),
+            ("cpu_seconds_to_target_mean", "cpu_time_to_target_vs_none"),
+            ("cpu_seconds_per_step_mean", "cpu_cost_per_step_vs_none"),
+        ):
+            both = base and res[key] is not None and base[key]
+            res[name] = res[key] / base[key] if both else None
         res["steps_to_target_vs_none"] = (
             res["steps_to_target_mean"] / base["steps_to_target_mean"]
             if base and base["steps_to_target_mean"]
@@ -341,11 +350,12 @@ def markdown_tables(results: dict) -> str:
         "Mean ± standard deviation over seeds. A seed that never reaches the target counts as the step budget "
         f"({results['max_steps']}) in the steps mean and is left out of the time means. Step time: mean over all "
         "optimizer steps, outer steps included. Training time: sum of step times up to the target step (evaluation "
-        "excluded); wall-clock: elapsed time to that evaluation (evaluations included).",
+        "excluded); wall-clock: elapsed time to that evaluation (evaluations included). CPU: the same in CPU time of the "
+        "process (one torch thread), which the load of other jobs does not inflate.",
         "",
         "| method | reached | steps to target | per seed | mean s/step | × baseline | training s to target | "
-        "× baseline | wall-clock s to target |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "× baseline | wall-clock s to target | mean CPU s/step | × baseline | CPU s to target | × baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, res in results["methods"].items():
         per_seed = ", ".join(str(r["steps_to_target"]) for r in res["runs"])
@@ -356,7 +366,11 @@ def markdown_tables(results: dict) -> str:
             f"| {_fmt(res['cost_per_step_vs_none'], digits=2)} "
             f"| {_fmt(res['seconds_to_target_mean'], res['seconds_to_target_std'], 1)} "
             f"| {_fmt(res['time_to_target_vs_none'], digits=2)} "
-            f"| {_fmt(res['wall_seconds_to_target_mean'], res['wall_seconds_to_target_std'], 1)} |"
+            f"| {_fmt(res['wall_seconds_to_target_mean'], res['wall_seconds_to_target_std'], 1)} "
+            f"| {_fmt(res['cpu_seconds_per_step_mean'], res['cpu_seconds_per_step_std'], 4)} "
+            f"| {_fmt(res['cpu_cost_per_step_vs_none'], digits=2)} "
+            f"| {_fmt(res['cpu_seconds_to_target_mean'], res['cpu_seconds_to_target_std'], 1)} "
+            f"| {_fmt(res['cpu_time_to_target_vs_none'], digits=2)} |"
         )
     share = results.get("amplifier_share")
     if share and share["share_from_learned_amplifier"] is not None:
@@ -539,6 +553,8 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
                 "seconds_per_step": callback.seconds_per_step,
                 "median_seconds_per_step": callback.median_seconds_per_step,
                 "seconds_to_target": callback.seconds_to_target,
+                "cpu_seconds_per_step": callback.cpu_seconds_per_step,
+                "cpu_seconds_to_target": callback.cpu_seconds_to_target,
                 "wall_seconds_to_target": callback.wall_seconds_to_target,
                 "final_test_accuracy": curves["test"][-1] if curves["test"] else None,
                 "stability": stability_after_target(

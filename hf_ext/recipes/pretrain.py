@@ -251,7 +251,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     import hf_ext  # noqa: F401  (registers the package's architectures)
 
     from ..data import build_tokenizer, load_text_datasets, pack_dataset
+    from ..utils.distributed import rank_fingerprints
     from ..utils.evaluation import causal_lm_eval_loss
+    from ..utils.io import atomic_write_json
 
     validate_args(model_args, data_args, training_args)
     set_seed(training_args.seed)
@@ -304,21 +306,18 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         "train_loss": train_result.training_loss,
         "loss_curve": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
         "fp8_backend": "accelerate-ao" if "fp8_recipe_kwargs" in trainer_kwargs else model_args.fp8_backend,
+        "world_size": training_args.world_size,
+        "rank_fingerprints": rank_fingerprints(trainer.model),
     }
-    if callbacks and trainer.is_world_process_zero():
-        health = callbacks[0]
-        metrics["fp8_alerts"] = len(health.alerts)
-        metrics["fp8_actions"] = health.actions_taken
-        with open(os.path.join(training_args.output_dir, "fp8_health.json"), "w") as fh:
-            json.dump(health.state_dict(), fh)
-        if health.history:
-            from ..fp8 import plot_kurtosis
-
-            metrics["kurtosis_plot"] = plot_kurtosis(
-                health.history,
-                os.path.join(training_args.output_dir, "kurtosis.png"),
-                title=f"{model_args.model_type}, fp8 backend {metrics['fp8_backend']}",
-            )
+    results_path = os.path.join(training_args.output_dir, "pretrain_results.json")
+    health = callbacks[0] if callbacks else None
+    if trainer.is_world_process_zero():
+        # The trained model and its results are on disk before any optional step (plot, sample) runs.
+        if health is not None:
+            metrics["fp8_alerts"] = len(health.alerts)
+            metrics["fp8_actions"] = health.actions_taken
+            atomic_write_json(os.path.join(training_args.output_dir, "fp8_health.json"), health.state_dict(), None)
+        atomic_write_json(results_path, metrics)
     trainer.accelerator.wait_for_everyone()
 
     if trainer.is_world_process_zero():
@@ -326,26 +325,33 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         reloaded_tok = AutoTokenizer.from_pretrained(training_args.output_dir)
         metrics["eval_loss"] = causal_lm_eval_loss(reloaded, eval_ds, training_args.per_device_eval_batch_size)
         metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+        atomic_write_json(results_path, metrics)
+        print(f"reloaded {type(reloaded).__name__} from {training_args.output_dir}")
+        print(f"eval loss {metrics['eval_loss']:.4f}  perplexity {metrics['perplexity']:.2f}")
+        if health is not None and health.history:
+            from ..fp8 import plot_kurtosis
+
+            metrics["kurtosis_plot"] = plot_kurtosis(
+                health.history,
+                os.path.join(training_args.output_dir, "kurtosis.png"),
+                title=f"{model_args.model_type}, fp8 backend {metrics['fp8_backend']}",
+            )
         enc = reloaded_tok(data_args.prompt, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             out = reloaded.generate(
                 **enc, max_new_tokens=data_args.max_new_tokens, do_sample=False, pad_token_id=reloaded_tok.pad_token_id
             )
         metrics["sample"] = reloaded_tok.decode(out[0], skip_special_tokens=True)
-        with open(os.path.join(training_args.output_dir, "pretrain_results.json"), "w") as fh:
-            json.dump(metrics, fh, indent=2)
-        print(f"reloaded {type(reloaded).__name__} from {training_args.output_dir}")
-        print(f"eval loss {metrics['eval_loss']:.4f}  perplexity {metrics['perplexity']:.2f}")
+        atomic_write_json(results_path, metrics)
         print(f"sample: {metrics['sample']!r}")
     return metrics
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from transformers import HfArgumentParser
+    from ._common import finish, parse_recipe_args
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    return run(model_args, data_args, training_args)
+    model_args, data_args, training_args = parse_recipe_args((ModelArguments, DataArguments, PretrainTrainingArguments), argv)
+    return finish(run(model_args, data_args, training_args))
 
 
 if __name__ == "__main__":

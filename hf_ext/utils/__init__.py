@@ -1,7 +1,7 @@
 """Small shared utilities: lazy Auto-class registration, quiet third-party imports."""
 
 from .auto_registration import register_auto_model_lazily
-from .distributed import shutdown_distributed, world_size
+from .distributed import rank_fingerprints, shutdown_distributed, world_size
 from .evaluation import causal_lm_eval_loss
 from .io import atomic_open, atomic_savefig, atomic_write_json, atomic_write_text, ensure_writable_dir
 from .quiet import silence_known_import_noise
@@ -16,6 +16,7 @@ __all__ = [
     "ensure_writable_dir",
     "last_complete_checkpoint",
     "normalize_resume_argv",
+    "rank_fingerprints",
     "register_auto_model_lazily",
     "resolve_resume_checkpoint",
     "shutdown_distributed",

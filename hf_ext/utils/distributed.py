@@ -34,3 +34,28 @@ def shutdown_distributed() -> None:
 
         AcceleratorState._reset_state(reset_partial_state=True)
         PartialState._reset_state()
+
+
+def rank_fingerprints(model) -> list[list[float]]:
+    """Per-rank fingerprint of `model`'s parameters (float64 sum and sum of squares), gathered from every rank.
+
+    Data-parallel ranks must end a run with identical weights; equal fingerprints on all ranks are a cheap check
+    that a run really synchronised. In a single process the list has one entry.
+    """
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        total = torch.zeros(2, dtype=torch.float64)
+        for p in model.parameters():
+            d = p.detach().to("cpu", torch.float64)
+            total[0] += d.sum()
+            total[1] += (d * d).sum()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [total.tolist()]
+    device = next(model.parameters()).device
+    if dist.get_backend() == "nccl":
+        total = total.to(device)
+    gathered = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, total)
+    return [g.cpu().tolist() for g in gathered]

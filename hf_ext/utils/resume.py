@@ -68,6 +68,18 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def wants_resume(value: str | bool | None) -> bool:
+    """Whether a `--resume_from_checkpoint` value asks to resume at all."""
+    if value is None or value is False:
+        return False
+    return not (isinstance(value, str) and value.strip().lower() in _NONE)
+
+
+def wants_last(value: str | bool | None) -> bool:
+    """Whether a `--resume_from_checkpoint` value asks for the newest checkpoint rather than a named folder."""
+    return value is True or (isinstance(value, str) and value.strip().lower() in _LAST)
+
+
 def resolve_resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
     """Turn a `--resume_from_checkpoint` value into a checkpoint folder (or `None`), raising `ValueError` early.
 

@@ -1,0 +1,192 @@
+"""What every recipe does the same way: parse its arguments and check them before any work.
+
+`parse_recipe_args` is the recipes' `HfArgumentParser` front end. It
+
+- accepts `--resume_from_checkpoint` with no value (the last checkpoint in `--output_dir`, as transformers' example
+  scripts do) and resolves the flag to a complete checkpoint folder up front;
+- keeps `--help` working whatever the help texts contain (a bare `%` used to crash argparse);
+- checks the numeric, generation and file arguments every recipe shares, naming the flag and the fix, before any
+  data is loaded, any model is built or anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+
+_PERCENT = re.compile(r"%%|%\(\w+\)[a-z]|%")
+
+
+def _escape_percent(text: str) -> str:
+    """Double every `%` that is not already `%%` or an argparse `%(name)s` field."""
+    return _PERCENT.sub(lambda m: "%%" if m.group(0) == "%" else m.group(0), text)
+
+# Fields that, where a recipe has them, must be >= 1 (None means "not set" and is allowed).
+_POSITIVE_INT = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "block_size",
+    "max_new_tokens",
+    "max_eval_blocks",
+    "vocab_size",
+    "num_rounds",
+    "num_clients",
+    "eval_batch_size",
+    "batch_size",
+)
+_NON_NEGATIVE = ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "guidance_scale")
+_TEXT_SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".parquet")
+
+
+def parse_recipe_args(types, argv: list[str] | None = None, resume: str = "resolve"):
+    """Parse `argv` into the dataclasses `types` with `HfArgumentParser`, then run `validate_parsed` on them.
+
+    Args:
+        resume: what `--resume_from_checkpoint` means for this recipe: `"resolve"` (a Trainer checkpoint in
+            `--output_dir`, resolved now), `"keep"` (the recipe resolves it itself, e.g. per sub-run folder; `last`
+            and folders are passed on as given) or `"refuse"` (the recipe cannot resume: the flag is an error).
+    """
+    import sys
+
+    from transformers import HfArgumentParser
+
+    from ..utils.resume import normalize_resume_argv
+
+    argv = normalize_resume_argv(list(sys.argv[1:] if argv is None else argv))
+    parser = HfArgumentParser(types)
+    for action in parser._actions:
+        if isinstance(action.help, str):
+            action.help = _escape_percent(action.help)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    validate_parsed(parsed, resume=resume)
+    return parsed
+
+
+def _flag(name: str) -> str:
+    return f"--{name}"
+
+
+def validate_parsed(parsed, resume: str = "resolve") -> None:
+    """Check the arguments shared by the recipes; raise `ValueError` naming the flag and the fix."""
+    from transformers import TrainingArguments
+
+    for obj in parsed:
+        if not dataclasses.is_dataclass(obj):
+            continue
+        names = {f.name for f in dataclasses.fields(obj)}
+        for name in _POSITIVE_INT:
+            if name in names:
+                value = getattr(obj, name)
+                if value is not None and (not isinstance(value, int) or value < 1):
+                    raise ValueError(f"{_flag(name)} must be a positive integer, got {value!r}.")
+        for name in _NON_NEGATIVE:
+            if name in names:
+                value = getattr(obj, name)
+                if value is not None and (not math.isfinite(float(value)) or float(value) < 0):
+                    raise ValueError(f"{_flag(name)} must be a finite number >= 0, got {value!r}.")
+        if {"hidden_size", "num_attention_heads"} <= names and not getattr(obj, "model_name_or_path", None):
+            if obj.hidden_size % obj.num_attention_heads:
+                raise ValueError(
+                    f"--hidden_size ({obj.hidden_size}) must be divisible by --num_attention_heads "
+                    f"({obj.num_attention_heads}); change one of them."
+                )
+            kv = getattr(obj, "num_key_value_heads", None)
+            if kv and obj.num_attention_heads % kv:
+                raise ValueError(
+                    f"--num_attention_heads ({obj.num_attention_heads}) must be divisible by --num_key_value_heads "
+                    f"({kv})."
+                )
+        if "train_file" in names and getattr(obj, "train_file", None):
+            check_text_file(obj.train_file, "--train_file")
+        if "validation_file" in names and getattr(obj, "validation_file", None):
+            check_text_file(obj.validation_file, "--validation_file")
+        if "model_name_or_path" in names and getattr(obj, "model_name_or_path", None):
+            check_model_reference(obj.model_name_or_path, "--model_name_or_path")
+        if isinstance(obj, TrainingArguments):
+            validate_training_arguments(obj, resume=resume)
+
+
+def validate_training_arguments(args, resume: str = "resolve") -> None:
+    """Training length and `--resume_from_checkpoint`, checked before any work."""
+    from ..utils.resume import resolve_resume_checkpoint, wants_resume
+
+    if not math.isfinite(args.learning_rate) or args.learning_rate < 0:
+        raise ValueError(f"--learning_rate must be a finite number >= 0, got {args.learning_rate}.")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(
+            f"--max_steps must be a positive number of optimizer steps (or -1 to train for --num_train_epochs), "
+            f"got {args.max_steps}."
+        )
+    if args.max_steps == -1 and not (math.isfinite(args.num_train_epochs) and args.num_train_epochs > 0):
+        raise ValueError(
+            f"--num_train_epochs must be > 0 when --max_steps is not set, got {args.num_train_epochs}; "
+            "set one of them to a positive value."
+        )
+    if resume == "refuse":
+        if wants_resume(args.resume_from_checkpoint):
+            raise ValueError(
+                "--resume_from_checkpoint is not supported by this recipe (it has no resumable Trainer state); drop "
+                "the flag and start the run again."
+            )
+        args.resume_from_checkpoint = None
+    elif resume == "resolve":
+        args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+
+
+def check_text_file(path: str, flag: str) -> None:
+    """`path` must be an existing, non-empty text/JSON/CSV/Parquet file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{flag}={path!r} does not exist; pass a local .txt/.json/.jsonl/.csv/.parquet file.")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in _TEXT_SUFFIXES:
+        raise ValueError(f"{flag}={path!r} has extension {suffix!r}; use one of {', '.join(_TEXT_SUFFIXES)}.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{flag}={path!r} is empty; pass a file with at least one document.")
+    if suffix != ".parquet":
+        with open(path, "rb") as fh:
+            head = fh.read(8192)
+        try:
+            if b"\x00" in head:
+                raise UnicodeDecodeError("utf-8", head, 0, 1, "NUL byte")
+            head.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if err.reason != "unexpected end of data":
+                raise ValueError(
+                    f"{flag}={path!r} is not UTF-8 text (binary data?); pass a text, JSON Lines or CSV file."
+                ) from None
+
+
+def check_model_reference(name: str, flag: str) -> None:
+    """A local model folder must hold `config.json`; offline, a hub id must already be in the local cache."""
+    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
+    if looks_local:
+        path = os.path.expanduser(name)
+        if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{flag}={name!r} is not a model folder (no config.json there); check the path.")
+        return
+    from ..data.loading import hub_offline
+
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ValueError(
+                f"{flag}={name!r} is neither a local folder nor a cached hub model, and HF_HUB_OFFLINE is set; "
+                "pass a local model folder or download the model first."
+            )
+
+
+def finish(result=None):
+    """End a recipe run: all ranks meet, then the process group is torn down (no work left for interpreter exit)."""
+    from ..utils.distributed import shutdown_distributed
+
+    shutdown_distributed()
+    return result

@@ -1,0 +1,166 @@
+"""Every recipe, the same way: `--help` works, bad arguments fail before any work naming the flag, resume flags."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hf_ext.recipes import available_recipes
+
+RECIPES = sorted(available_recipes())
+
+
+def recipe_main(name):
+    return importlib.import_module(f"hf_ext.recipes.{name}").main
+
+
+@functools.cache
+def help_text(name: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exc:
+        recipe_main(name)(["--help"])
+    assert exc.value.code == 0
+    return out.getvalue()
+
+
+def test_every_listed_recipe_has_a_script_and_help(repo_root):
+    """`hf-ext list` prints exactly the recipes; each has `scripts/<name>.py` whose `--help` exits 0 (a bare `%` in a
+    help text used to crash argparse for `compliance` and `hyperinf`)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    listed = subprocess.run([sys.executable, "-m", "hf_ext.cli", "list"], capture_output=True, text=True, env=env)
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+    assert names == RECIPES and len(names) >= 10
+    for name in names:
+        assert os.path.isfile(os.path.join(repo_root, "scripts", f"{name}.py")), name
+
+
+def test_help_survives_percent_signs(capsys):
+    """A bare `%` in a help text used to crash argparse (`compliance`, `hyperinf`); `%%` and `%(default)s` still work."""
+    from dataclasses import dataclass, field
+
+    from hf_ext.recipes._common import parse_recipe_args
+
+    @dataclass
+    class Args:
+        share: float = field(default=0.06, metadata={"help": "Warmup (6% linear), 50%% off, default %(default)s."})
+
+    with pytest.raises(SystemExit) as exc:
+        parse_recipe_args((Args,), ["--help"])
+    assert exc.value.code == 0
+    assert "Warmup (6% linear), 50% off, default 0.06." in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_help(name):
+    text = help_text(name)
+    assert text.startswith("usage:") and "--output_dir" in text
+
+
+# (flag, bad value(s)) -> the message must name the flag; checked for every recipe that has the flag.
+BAD_VALUES = [
+    ("--per_device_train_batch_size", ["0"]),
+    ("--learning_rate", ["-0.1"]),
+    ("--learning_rate", ["nan"]),
+    ("--num_attention_heads", ["0"]),
+    ("--max_new_tokens", ["0"]),
+    ("--max_eval_blocks", ["0"]),
+    ("--block_size", ["0"]),
+    ("--max_steps", ["-3", "--num_train_epochs", "0"]),
+    ("--model_name_or_path", ["./no/such/model"]),
+]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_bad_values_fail_before_any_work(name, tmp_path):
+    text = help_text(name)
+    tried = 0
+    for flag, values in BAD_VALUES:
+        if f"{flag} " not in text:
+            continue
+        out = tmp_path / f"o{tried}"
+        tried += 1
+        with pytest.raises(ValueError, match=flag.lstrip("-")):
+            recipe_main(name)([flag, *values, "--output_dir", str(out)])
+        assert not out.exists(), f"{name} {flag}: output written before the arguments were checked"
+    if "--hidden_size " in text and "--num_attention_heads " in text:
+        with pytest.raises(ValueError, match="--hidden_size"):
+            recipe_main(name)(["--hidden_size", "30", "--num_attention_heads", "4", "--output_dir", str(tmp_path / "h")])
+    assert tried >= 1 or name in ("compliance", "cubic_newton"), f"{name}: no shared flag was checked"
+
+
+@pytest.mark.parametrize("name", ["pretrain", "grape", "layer_parallel", "warmup", "hyperinf", "neuralgrok"])
+@pytest.mark.parametrize("kind", ["empty", "binary"])
+def test_bad_train_file(name, kind, tmp_path):
+    if "--train_file " not in help_text(name):
+        pytest.skip(f"{name} has no --train_file")
+    path = tmp_path / "data.txt"
+    path.write_bytes(b"" if kind == "empty" else bytes(range(256)) * 8)
+    with pytest.raises(ValueError, match="--train_file"):
+        recipe_main(name)(["--train_file", str(path), "--output_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if n not in ("compliance", "cubic_newton")])
+def test_resume_without_a_checkpoint_is_refused_up_front(name, tmp_path):
+    """Every training recipe accepts the bare flag (as transformers' example scripts do) and `True`, and refuses
+    them before any work when `--output_dir` holds no complete checkpoint."""
+    for form in (["--resume_from_checkpoint"], ["--resume_from_checkpoint", "True"]):
+        out = tmp_path / "fresh"
+        with pytest.raises(ValueError, match="--resume_from_checkpoint"):
+            recipe_main(name)(["--output_dir", str(out), *form])
+        assert not out.exists() or not any(out.iterdir())
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path, caplog):
+    from hf_ext.utils import normalize_resume_argv, resolve_resume_checkpoint
+
+    assert normalize_resume_argv(["--resume_from_checkpoint", "--max_steps", "3"])[0] == "--resume_from_checkpoint=last"
+    assert normalize_resume_argv(["--max_steps", "3", "--resume_from_checkpoint"])[-1] == "--resume_from_checkpoint=last"
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (tmp_path / "checkpoint-6" / "trainer_state.json").unlink()  # a save killed half-way
+    (tmp_path / "checkpoint-10").mkdir()
+    (tmp_path / "checkpoint-10" / "trainer_state.json").write_text('{"global_st')  # truncated
+    with caplog.at_level("WARNING"):
+        assert resolve_resume_checkpoint("last", str(tmp_path)) == str(tmp_path / "checkpoint-4")
+        assert resolve_resume_checkpoint(True, str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    assert "checkpoint-6" in caplog.text and "checkpoint-10" in caplog.text
+    with pytest.raises(ValueError, match="interrupted"):
+        resolve_resume_checkpoint(str(tmp_path / "checkpoint-6"), str(tmp_path))
+    assert resolve_resume_checkpoint(None, str(tmp_path)) is None
+    assert resolve_resume_checkpoint("false", str(tmp_path)) is None
+
+
+def test_atomic_writes_leave_the_old_file_on_failure(tmp_path):
+    from hf_ext.utils import atomic_open, atomic_write_json
+
+    path = tmp_path / "results.json"
+    atomic_write_json(str(path), {"ok": 1})
+    with pytest.raises(RuntimeError), atomic_open(str(path)) as fh:
+        fh.write('{"half": ')
+        raise RuntimeError("killed mid-write")
+    assert json.loads(path.read_text()) == {"ok": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+RECIPE_SOURCES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hf_ext", "recipes")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_outputs_are_written_atomically(name):
+    """Results, tables and plots go through `hf_ext.utils.io`'s atomic writers (temporary file, then rename)."""
+    import re
+
+    source = open(os.path.join(RECIPE_SOURCES, f"{name}.py"), encoding="utf-8").read()
+    offenders = re.findall(r"open\([^)]*,\s*\"w\"\)|\.savefig\(", source)
+    assert not offenders, f"{name}: non-atomic writes {offenders}"
