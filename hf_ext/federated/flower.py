@@ -1,11 +1,18 @@
-"""Flower (Message API, flwr 1.42) `ClientApp` / `ServerApp` pair running the same local training and aggregation
-as [`FederatedSimulation`], for real deployments (`flwr run`) or simulations."""
+"""Flower (flwr 1.42) `ClientApp` / `ServerApp` pair running the same local training and aggregation as
+[`FederatedSimulation`], for real deployments (`flwr run` against a SuperLink and SuperNodes) or in-process grids.
+
+Without secure aggregation the apps use Flower's Message API (`flwr.serverapp.strategy.FedAvg` subclass). With
+`fed_args.secure_aggregation` they use Flower's own SecAgg+ protocol: the server runs `SecAggPlusWorkflow` inside
+Flower's `DefaultWorkflow` and the clients run `secaggplus_mod`, so the server only ever sees the weighted mean of
+the clients' updates.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -13,19 +20,17 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from .privacy import PrivacyAccountant
-from .secure_aggregation import pairwise_seeds, remove_dropped_masks
 from .simulation import (
     FederatedArguments,
     aggregate_uploads,
     apply_lora,
+    apply_secure_mean,
     exchange_keys,
     get_exchange_state,
     prepare_upload,
     train_client,
 )
 
-PARTICIPANTS_KEY = "secagg-participants"
-DROPPED_KEY = "secagg-dropped"
 ROUND_KEY = "server-round"
 
 
@@ -37,6 +42,31 @@ def initial_global_state(model_fn: Callable, fed_args: FederatedArguments, seed:
     return get_exchange_state(model, exchange_keys(model, fed_args.mode))
 
 
+def _partition(context: Context) -> int:
+    if "partition-id" not in context.node_config:
+        raise ValueError("The node config has no 'partition-id': start the SuperNode with --node-config.")
+    return int(context.node_config["partition-id"])
+
+
+def _local_round(model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class, context, state, r):
+    """Rebuild the model, train on this node's partition from `state`, persist the accountant in `context.state`."""
+    pid = _partition(context)
+    model = model_fn()
+    if fed_args.use_lora:
+        model = apply_lora(model, fed_args, seed=training_args.seed)
+    accountant = PrivacyAccountant(training_args.dp_accountant)
+    if "privacy" in context.state:
+        accountant.load_state_dict(json.loads(context.state["privacy"]["accountant"]))
+    new_state, n, metrics = train_client(
+        model, state, dataset_fn(pid), training_args, fed_args, pid, r, data_collator, processing_class, accountant
+    )
+    context.state["privacy"] = ConfigRecord({"accountant": accountant.to_json()})
+    reply = {"train_loss": metrics["train_loss"], "num-examples": n, "partition-id": pid}
+    if "dp_epsilon" in metrics:
+        reply["dp_epsilon"] = metrics["dp_epsilon"]
+    return new_state, n, reply
+
+
 def make_client_app(
     model_fn: Callable,
     dataset_fn: Callable[[int], object],
@@ -45,12 +75,13 @@ def make_client_app(
     data_collator: Callable | None = None,
     processing_class=None,
 ) -> ClientApp:
-    """A Flower `ClientApp` whose `train` handler runs [`train_client`] on the node's partition.
+    """A Flower `ClientApp` whose training runs [`train_client`] on the node's partition.
 
     The node's partition comes from `context.node_config["partition-id"]`. Every round the model is rebuilt with
-    `model_fn()` (and the seeded adapter), the received arrays are loaded, the client trains with the `Trainer`
-    (Goldfish / DP-SGD from `training_args`) and replies with its state, or its masked update under secure
-    aggregation. The client's privacy accountant persists in `context.state` across rounds.
+    `model_fn()` (and the seeded adapter), the received global state is loaded, the client trains with the `Trainer`
+    (Goldfish / DP-SGD from `training_args`) and replies with its state; with secure aggregation it replies with its
+    update through Flower's `secaggplus_mod`, which masks it. The client's privacy accountant persists in
+    `context.state` across rounds.
 
     Args:
         model_fn (`Callable[[], PreTrainedModel]`): builds the (deterministic) base model.
@@ -60,64 +91,94 @@ def make_client_app(
         data_collator (`Callable`, *optional*): collator for the `Trainer`.
         processing_class (*optional*): tokenizer passed to the `Trainer`.
     """
+    if fed_args.secure_aggregation:
+        return _make_secagg_client_app(model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class)
     app = ClientApp()
-
-    def _partition(context: Context) -> int:
-        if "partition-id" not in context.node_config:
-            raise ValueError("The node config has no 'partition-id': start the SuperNode with --node-config.")
-        return int(context.node_config["partition-id"])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        pid = _partition(context)
-        config = msg.content["config"]
-        round_index = int(config[ROUND_KEY])
+        round_index = int(msg.content["config"][ROUND_KEY])
         global_state = msg.content["arrays"].to_torch_state_dict()
-        model = model_fn()
-        if fed_args.use_lora:
-            model = apply_lora(model, fed_args, seed=training_args.seed)
-        accountant = PrivacyAccountant(training_args.dp_accountant)
-        if "privacy" in context.state:
-            accountant.load_state_dict(json.loads(context.state["privacy"]["accountant"]))
-        state, n, metrics = train_client(
-            model,
-            global_state,
-            dataset_fn(pid),
-            training_args,
+        state, _, reply = _local_round(
+            model_fn,
+            dataset_fn,
             fed_args,
-            pid,
-            round_index,
+            training_args,
             data_collator,
             processing_class,
-            accountant,
+            context,
+            global_state,
+            round_index,
         )
-        context.state["privacy"] = ConfigRecord({"accountant": accountant.to_json()})
-        participants = [int(i) for i in config[PARTICIPANTS_KEY]] if fed_args.secure_aggregation else []
-        upload = prepare_upload(global_state, state, n, context.node_id, participants, fed_args, round_index)
-        reply_metrics = {"train_loss": metrics["train_loss"], "num-examples": n, "partition-id": pid}
-        if "dp_epsilon" in metrics:
-            reply_metrics["dp_epsilon"] = metrics["dp_epsilon"]
-        content = RecordDict({"arrays": ArrayRecord(upload), "metrics": MetricRecord(reply_metrics)})
+        content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(reply)})
         return Message(content, reply_to=msg)
-
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        """Secure-aggregation dropout recovery: reveal this node's pairwise seeds with the dropped nodes."""
-        config = msg.content["config"]
-        participants = [int(i) for i in config[PARTICIPANTS_KEY]]
-        dropped = [int(i) for i in config[DROPPED_KEY]]
-        seeds = pairwise_seeds(participants, fed_args.secure_aggregation_secret, int(config[ROUND_KEY]))
-        me = context.node_id
-        pairs = [(min(me, d), max(me, d)) for d in dropped]
-        reply = ConfigRecord({"pairs": [x for p in pairs for x in p], "seeds": [seeds[p] for p in pairs]})
-        return Message(RecordDict({"seeds": reply}), reply_to=msg)
 
     return app
 
 
+def _make_secagg_client_app(model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class):
+    from flwr.client import NumPyClient
+    from flwr.client.mod import secaggplus_mod
+
+    class _LoRAClient(NumPyClient):
+        def __init__(self, context: Context):
+            self._context = context
+
+        def fit(self, parameters, config):
+            keys = sorted(initial_keys())
+            if len(parameters) != len(keys):
+                raise ValueError(
+                    f"Received {len(parameters)} arrays but the local model exchanges {len(keys)}: the adapter "
+                    "configuration differs between server and client."
+                )
+            global_state = {k: torch.from_numpy(np.array(p, copy=True)) for k, p in zip(keys, parameters)}
+            state, n, reply = _local_round(
+                model_fn,
+                dataset_fn,
+                fed_args,
+                training_args,
+                data_collator,
+                processing_class,
+                self._context,
+                global_state,
+                int(config[ROUND_KEY]),
+            )
+            update = prepare_upload(global_state, state, fed_args)
+            check_secagg_range(update, n, fed_args)
+            return [update[k].detach().cpu().numpy() for k in keys], n, reply
+
+    cache: dict[str, list[str]] = {}
+
+    def initial_keys():
+        if "keys" not in cache:
+            cache["keys"] = list(initial_global_state(model_fn, fed_args, training_args.seed))
+        return cache["keys"]
+
+    def client_fn(context: Context):
+        return _LoRAClient(context).to_client()
+
+    return ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+
+
+def check_secagg_range(update: dict[str, torch.Tensor], num_examples: int, fed_args: FederatedArguments) -> None:
+    """Flower's SecAgg+ clips `(num_examples / max_weight) * update` to `[-clipping_range, clipping_range]` before
+    quantizing; refuse to upload values it would clip silently (that would bias the aggregate)."""
+    ratio = num_examples / fed_args.secagg_max_weight
+    peak = max((float(v.abs().max()) for v in update.values() if v.numel()), default=0.0)
+    if ratio > 1:
+        raise ValueError(
+            f"num_examples={num_examples} exceeds --secagg_max_weight={fed_args.secagg_max_weight}: raise it."
+        )
+    if ratio * peak > fed_args.secagg_clipping_range:
+        raise ValueError(
+            f"The weighted update reaches {ratio * peak:.3g}, beyond --secagg_clipping_range="
+            f"{fed_args.secagg_clipping_range} (SecAgg+ would clip it): raise the range or lower the learning rate."
+        )
+
+
 class FederatedLoRAStrategy(FedAvg):
-    """`FedAvg` whose aggregation is [`aggregate_uploads`]: LoRA factor averaging or merge-then-average, full FedAvg,
-    client-level DP and secure aggregation with dropout recovery.
+    """`FedAvg` (Message API) whose aggregation is [`aggregate_uploads`]: LoRA factor averaging or
+    merge-then-average, full FedAvg, and client-level DP. Used without secure aggregation.
 
     Client replies are ordered by their `partition-id` metric before aggregation so that the result matches the
     in-process simulation exactly.
@@ -129,47 +190,18 @@ class FederatedLoRAStrategy(FedAvg):
     """
 
     def __init__(self, fed_args: FederatedArguments, seed: int = 0, **kwargs):
+        if fed_args.secure_aggregation:
+            raise ValueError("With secure aggregation use make_server_app (Flower's SecAggPlusWorkflow).")
         kwargs.setdefault("fraction_evaluate", 0.0)
         super().__init__(weighted_by_key="num-examples", **kwargs)
         self.fed_args = fed_args
         self.seed = seed
         self._global: dict[str, torch.Tensor] | None = None
-        self._participants: list[int] = []
-        self._grid: Grid | None = None
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self._global = arrays.to_torch_state_dict()
-        self._grid = grid
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._participants = [int(m.metadata.dst_node_id) for m in messages]
-        if self.fed_args.secure_aggregation:
-            if len(messages) < 2:
-                raise ValueError("Secure aggregation needs at least 2 sampled nodes per round.")
-            for m in messages:
-                m.content[self.configrecord_key][PARTICIPANTS_KEY] = list(self._participants)
-        return messages
-
-    def _recover_dropped(self, server_round: int, uploads, survivors: list[int]):
-        dropped = [i for i in self._participants if i not in survivors]
-        if not dropped:
-            return uploads
-        from .secure_aggregation import sum_masked
-
-        config = ConfigRecord({PARTICIPANTS_KEY: self._participants, DROPPED_KEY: dropped, ROUND_KEY: server_round})
-        queries = [
-            Message(RecordDict({self.configrecord_key: config}), dst_node_id=n, message_type="query")
-            for n in survivors
-        ]
-        replies = list(self._grid.send_and_receive(queries))
-        seeds: dict[tuple[int, int], int] = {}
-        for r in replies:
-            if r.has_error():
-                raise RuntimeError(f"Node {r.metadata.src_node_id} did not reveal its seeds; the round cannot finish.")
-            rec = r.content["seeds"]
-            flat, vals = list(rec["pairs"]), list(rec["seeds"])
-            for j, v in enumerate(vals):
-                seeds[(int(flat[2 * j]), int(flat[2 * j + 1]))] = int(v)
-        return [remove_dropped_masks(sum_masked(uploads), survivors, dropped, seeds)]
+        config[ROUND_KEY] = server_round
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies):
         valid, _ = self._check_and_log_replies(replies, is_train=True)
@@ -179,11 +211,55 @@ class FederatedLoRAStrategy(FedAvg):
         contents = [m.content for m in valid]
         uploads = [c["arrays"].to_torch_state_dict() for c in contents]
         weights = [float(c["metrics"][self.weighted_by_key]) for c in contents]
-        if self.fed_args.secure_aggregation:
-            uploads = self._recover_dropped(server_round, uploads, [int(m.metadata.src_node_id) for m in valid])
         new_state = aggregate_uploads(self._global, uploads, weights, self.fed_args, server_round, self.seed)
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         return ArrayRecord(new_state), metrics
+
+
+def make_secagg_strategy(fed_args: FederatedArguments, initial: dict[str, torch.Tensor], num_clients: int, seed: int):
+    """A legacy Flower strategy for `SecAggPlusWorkflow`: it receives only the securely aggregated weighted mean of
+    the clients' updates (every `FitRes` carries that same mean), adds client-level DP noise if configured and
+    applies the mean to the global state ([`apply_secure_mean`])."""
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+    keys = sorted(initial)
+
+    class SecAggLoRAStrategy(LegacyFedAvg):
+        def __init__(self):
+            super().__init__(
+                fraction_fit=1.0,
+                fraction_evaluate=0.0,
+                min_fit_clients=num_clients,
+                min_evaluate_clients=0,
+                min_available_clients=num_clients,
+                initial_parameters=ndarrays_to_parameters([initial[k].numpy() for k in keys]),
+                on_fit_config_fn=lambda r: {ROUND_KEY: r},
+            )
+            self.global_state = {k: v.clone() for k, v in initial.items()}
+
+        def configure_fit(self, server_round, parameters, client_manager):
+            arrays = parameters_to_ndarrays(parameters)
+            self.global_state = {k: torch.from_numpy(np.array(a, copy=True)) for k, a in zip(keys, arrays)}
+            return super().configure_fit(server_round, parameters, client_manager)
+
+        def aggregate_fit(self, server_round, results, failures):
+            if not results:
+                return None, {}
+            mean_arrays = parameters_to_ndarrays(results[0][1].parameters)
+            mean = {k: torch.from_numpy(np.asarray(a, dtype=np.float64)) for k, a in zip(keys, mean_arrays)}
+            weights = [float(res.num_examples) for _, res in results]
+            new = apply_secure_mean(self.global_state, mean, weights, fed_args, server_round, seed)
+            self.global_state = new
+            total = sum(weights)
+            metrics = {"train_loss": sum(w * float(r.metrics["train_loss"]) for w, (_, r) in zip(weights, results))}
+            metrics["train_loss"] /= total
+            eps = [float(r.metrics["dp_epsilon"]) for _, r in results if "dp_epsilon" in r.metrics]
+            if eps:
+                metrics["dp_epsilon_max"] = max(eps)
+            return ndarrays_to_parameters([new[k].numpy() for k in keys]), metrics
+
+    return SecAggLoRAStrategy()
 
 
 def make_server_app(
@@ -192,30 +268,58 @@ def make_server_app(
     num_clients: int,
     seed: int = 0,
     on_finish: Callable[[dict[str, torch.Tensor], object], None] | None = None,
+    timeout: float | None = None,
 ) -> ServerApp:
-    """A Flower `ServerApp` running [`FederatedLoRAStrategy`] for `fed_args.num_rounds` rounds.
+    """A Flower `ServerApp` running FedAvg over LoRA adapters (or full weights) for `fed_args.num_rounds` rounds.
+
+    With `fed_args.secure_aggregation` it runs Flower's `DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`
+    with every sampled client as a share holder and the Shamir threshold of `fed_args.threshold(num_clients)`
+    (an honest majority), so up to `num_clients - threshold` clients may drop out of a round.
 
     Args:
         model_fn (`Callable[[], PreTrainedModel]`): builds the base model (same as the clients').
         fed_args ([`FederatedArguments`]): protocol options.
         num_clients (`int`): nodes sampled per round (all of them, as in the paper).
         seed (`int`, *optional*, defaults to 0): the training seed (adapter initialisation and server noise).
-        on_finish (`Callable`, *optional*): called with the final global state and the Flower `Result`.
+        on_finish (`Callable`, *optional*): called with the final global state and the Flower result / history.
+        timeout (`float`, *optional*): seconds to wait for replies in each stage (None: wait for all).
     """
     if num_clients < 1:
         raise ValueError(f"`num_clients` must be >= 1, got {num_clients}.")
+    if fed_args.secure_aggregation:
+        threshold = fed_args.threshold(num_clients)
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = FederatedLoRAStrategy(
-            fed_args, seed=seed, min_train_nodes=num_clients, min_available_nodes=num_clients
-        )
         initial = initial_global_state(model_fn, fed_args, seed)
-        result = strategy.start(
-            grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=fed_args.num_rounds, timeout=24 * 3600
+        if not fed_args.secure_aggregation:
+            strategy = FederatedLoRAStrategy(
+                fed_args, seed=seed, min_train_nodes=num_clients, min_available_nodes=num_clients
+            )
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=ArrayRecord(initial),
+                num_rounds=fed_args.num_rounds,
+                timeout=timeout or 24 * 3600,
+            )
+            if on_finish is not None:
+                on_finish(result.arrays.to_torch_state_dict(), result)
+            return
+        from flwr.server import LegacyContext, ServerConfig
+        from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+        strategy = make_secagg_strategy(fed_args, initial, num_clients, seed)
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=fed_args.num_rounds), strategy=strategy)
+        secagg = SecAggPlusWorkflow(
+            num_shares=1.0,  # every sampled client holds a share of every other client's secrets
+            reconstruction_threshold=threshold,
+            max_weight=fed_args.secagg_max_weight,
+            clipping_range=fed_args.secagg_clipping_range,
+            timeout=timeout,
         )
+        DefaultWorkflow(fit_workflow=secagg)(grid, legacy)
         if on_finish is not None:
-            on_finish(result.arrays.to_torch_state_dict(), result)
+            on_finish({k: v.clone() for k, v in strategy.global_state.items()}, legacy.history)
 
     return app

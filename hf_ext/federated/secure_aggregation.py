@@ -1,60 +1,44 @@
-"""Secure aggregation by pairwise additive masks (Bonawitz et al. 2017, without the secret-sharing layer).
+"""Secure aggregation with the SecAgg protocol of Bonawitz et al. (CCS 2017), as Flower's SecAgg+ implements it for
+deployments, built here on the `cryptography` library for the in-process simulation.
 
-Every pair of clients `(i, j)` shares a seed `s_ij`. Client `i` uploads
+The server learns the weighted sum of the clients' updates and nothing else about any single update:
 
-    y_i = enc(w_i * x_i) + sum_{j > i} PRG(s_ij) - sum_{j < i} PRG(s_ij)   (mod 2**62)
+1. **Advertise keys.** Every client draws two X25519 key pairs: `c` (to encrypt the secret shares it sends to peers)
+   and `s` (to agree on pairwise masks). It sends both public keys to the server, which broadcasts them.
+2. **Share keys.** Every client draws a fresh 256-bit self-mask seed `b` and splits `b` and its mask private key
+   `s_sk` into Shamir shares (threshold `t`). The share for peer `v` is encrypted with AES-GCM under a key agreed
+   with `v` (X25519 + HKDF-SHA256) and routed through the server, which cannot read it.
+3. **Masked input.** Client `u` uploads
+   `y_u = enc(w_u * x_u) + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)  (mod 2**62)`,
+   where `s_uv` is the X25519 agreement of `u` and `v` (derived with HKDF, bound to the round), `PRG` is AES-256 in
+   counter mode and `enc` is fixed point. Each `y_u` alone is uniformly distributed.
+4. **Unmask.** The server names the clients whose upload it received (survivors) and those that dropped. Each client
+   reveals, per peer, **either** its share of the peer's self-mask seed `b` (peer survived) **or** its share of the
+   peer's `s_sk` (peer dropped), never both, and only once per round. With `t` shares the server removes the
+   survivors' self masks and the dropped clients' pairwise masks, and the sum is exact.
 
-where `enc` is a fixed-point encoding with `frac_bits` fractional bits. The masks cancel in the sum over all clients,
-so the server recovers `sum_i w_i x_i` (hence the weighted mean, because the weights are public example counts)
-while each `y_i` on its own is uniformly distributed and carries no information about `x_i`.
-
-Dropout: if client `d` never uploads, the surviving clients' masks with `d` do not cancel. Survivors then reveal
-their seeds `s_id` for the dropped peers and the server removes those masks ([`remove_dropped_masks`]). Revealing is
-safe only for a client whose upload will never be used: the full protocol adds a second, self mask and Shamir shares
-to survive late arrivals; that layer is not implemented here. In a deployment the pairwise seeds come from a
-Diffie-Hellman key agreement; [`pairwise_seeds`] derives them from a shared secret for simulations and tests.
+Why a curious server cannot unmask one client: every masked upload also carries its self mask `PRG(b_u)`, so the
+pairwise masks alone (even all of them, e.g. after falsely declaring `u` dropped) do not reveal `x_u`; the server would
+need `t` shares of both `b_u` and `s_sk_u`, and with `t > n / 2` honest clients never hand out both. There is no
+default or shared secret: every key is drawn fresh per round from the operating system's CSPRNG.
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
+import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 MODULUS_BITS = 62
 MODULUS = 1 << MODULUS_BITS
+_PRIME = (1 << 521) - 1  # Mersenne prime: the Shamir field, larger than any 256-bit secret
 
 
-def pairwise_seeds(client_ids: Sequence[int], secret: str | bytes, round_index: int = 0) -> dict[tuple[int, int], int]:
-    """Derive one 63-bit seed per unordered client pair `(i, j)`, `i < j`, from a shared secret and the round.
-
-    Args:
-        client_ids (`Sequence[int]`): distinct integer ids of the participating clients.
-        secret (`str` or `bytes`): the shared secret (stands in for a pairwise key agreement).
-        round_index (`int`, *optional*, defaults to 0): mixed into every seed so masks change every round.
-
-    Returns:
-        `dict[tuple[int, int], int]`: seeds keyed by the sorted pair.
-    """
-    ids = [int(i) for i in client_ids]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"`client_ids` must be distinct, got {list(client_ids)}.")
-    if len(ids) < 2:
-        raise ValueError("Secure aggregation needs at least 2 clients (`client_ids` has fewer).")
-    key = secret.encode() if isinstance(secret, str) else bytes(secret)
-    seeds = {}
-    for a in ids:
-        for b in ids:
-            if a < b:
-                digest = hashlib.sha256(key + f"|{round_index}|{a}|{b}".encode()).digest()
-                seeds[(a, b)] = int.from_bytes(digest[:8], "little") >> 1
-    return seeds
-
-
-def _prg(seed: int, shape: torch.Size) -> torch.Tensor:
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randint(0, MODULUS, tuple(shape), generator=gen, dtype=torch.int64)
+# ----------------------------------------------------------------------------------------------------------------
+# primitives
 
 
 def encode(x: torch.Tensor, frac_bits: int = 24) -> torch.Tensor:
@@ -63,6 +47,8 @@ def encode(x: torch.Tensor, frac_bits: int = 24) -> torch.Tensor:
         raise ValueError(f"`frac_bits` must be in [0, 40], got {frac_bits}.")
     scaled = torch.round(x.detach().to(torch.float64) * float(1 << frac_bits))
     limit = float(1 << (MODULUS_BITS - 2))
+    if scaled.numel() and not bool(torch.isfinite(scaled).all()):
+        raise ValueError("Cannot encode NaN or infinite values for secure aggregation (the update is not finite).")
     if scaled.numel() and float(scaled.abs().max()) >= limit:
         raise ValueError(
             f"Value too large for fixed-point encoding with frac_bits={frac_bits}: lower `frac_bits` or scale the "
@@ -78,115 +64,369 @@ def decode(residues: torch.Tensor, frac_bits: int = 24) -> torch.Tensor:
     return signed.to(torch.float64) / float(1 << frac_bits)
 
 
-def mask_update(
-    update: Mapping[str, torch.Tensor],
-    client_id: int,
-    seeds: Mapping[tuple[int, int], int],
-    weight: float = 1.0,
-    frac_bits: int = 24,
-) -> dict[str, torch.Tensor]:
-    """Encode `weight * update` and add the client's pairwise masks; this is all the server ever sees.
+def prg_residues(seed: bytes, numel: int) -> torch.Tensor:
+    """`numel` uniform residues modulo `2**62` from AES-256-CTR keyed by the 32-byte `seed` (a cryptographic PRG:
+    every bit of the seed matters)."""
+    import numpy as np
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    if not isinstance(seed, bytes | bytearray) or len(seed) != 32:
+        raise ValueError("`seed` must be 32 bytes (an AES-256 key).")
+    enc = Cipher(algorithms.AES(bytes(seed)), modes.CTR(b"\0" * 16)).encryptor()
+    stream = enc.update(b"\0" * (8 * numel)) + enc.finalize()
+    words = np.frombuffer(stream, dtype=np.uint64) & np.uint64(MODULUS - 1)
+    return torch.from_numpy(words.astype(np.int64))
+
+
+def _hkdf(material: bytes, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
+
+
+def _agree(private_key, peer_public: bytes, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    return _hkdf(private_key.exchange(X25519PublicKey.from_public_bytes(peer_public)), info)
+
+
+def _new_keypair():
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    sk = X25519PrivateKey.generate()
+    return sk, sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _private_bytes(sk) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    return sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+def _private_from_bytes(raw: bytes):
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def shamir_split(secret: bytes, threshold: int, xs: Sequence[int]) -> dict[int, int]:
+    """Shamir shares of a (<= 64-byte) secret over GF(2**521 - 1): any `threshold` of them recover it, fewer reveal
+    nothing. `xs` are the distinct non-zero evaluation points (one per holder)."""
+    if len(secret) > 64:
+        raise ValueError("`secret` must be at most 64 bytes.")
+    if not 1 <= threshold <= len(xs):
+        raise ValueError(f"`threshold` must be in [1, {len(xs)}], got {threshold}.")
+    if len(set(xs)) != len(xs) or any(x % _PRIME == 0 for x in xs):
+        raise ValueError("Shamir evaluation points must be distinct and non-zero.")
+    coeffs = [int.from_bytes(secret, "big")] + [secrets.randbelow(_PRIME) for _ in range(threshold - 1)]
+    out = {}
+    for x in xs:
+        acc = 0
+        for c in reversed(coeffs):
+            acc = (acc * x + c) % _PRIME
+        out[x] = acc
+    return out
+
+
+def shamir_combine(shares: Mapping[int, int], length: int = 32) -> bytes:
+    """Lagrange interpolation at 0 of the given `{x: share}` points, as a `length`-byte secret."""
+    if not shares:
+        raise ValueError("No shares to combine.")
+    secret = 0
+    xs = list(shares)
+    for i, xi in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                num = num * (-xj) % _PRIME
+                den = den * (xi - xj) % _PRIME
+        secret = (secret + shares[xi] * num * pow(den, -1, _PRIME)) % _PRIME
+    if secret >= 1 << (8 * length):
+        raise ValueError("Shares do not combine to a valid secret (too few or inconsistent shares).")
+    return secret.to_bytes(length, "big")
+
+
+def _point(node_id: int) -> int:
+    return int(node_id) + 1
+
+
+def _pair_info(a: int, b: int, round_index: int) -> bytes:
+    lo, hi = sorted((int(a), int(b)))
+    return f"hf_ext-secagg|mask|round={round_index}|{lo}|{hi}".encode()
+
+
+def _flatten(update: Mapping[str, torch.Tensor]) -> tuple[list[str], list[torch.Size], int]:
+    keys = sorted(update)
+    shapes = [update[k].shape for k in keys]
+    return keys, shapes, sum(int(torch.Size(s).numel()) for s in shapes)
+
+
+def _unflatten(vec: torch.Tensor, keys: Sequence[str], shapes: Sequence[torch.Size]) -> dict[str, torch.Tensor]:
+    out, offset = {}, 0
+    for k, s in zip(keys, shapes):
+        n = int(torch.Size(s).numel())
+        out[k] = vec[offset : offset + n].reshape(s)
+        offset += n
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# protocol parties
+
+
+def default_threshold(num_clients: int) -> int:
+    """The smallest honest majority, `n // 2 + 1` (at least 2): the server can never hold `t` shares of both secrets
+    of one client, and up to `n - t` clients may drop out."""
+    return max(2, num_clients // 2 + 1)
+
+
+class SecAggClient:
+    """One client's side of the protocol; everything it returns is what the server receives.
 
     Args:
-        update (`Mapping[str, torch.Tensor]`): the client's floating state (or update) to aggregate.
-        client_id (`int`): this client's id, as used in `seeds`.
-        seeds (`Mapping[tuple[int, int], int]`): pairwise seeds from [`pairwise_seeds`].
-        weight (`float`, *optional*, defaults to 1.0): aggregation weight (e.g. number of examples, public).
+        node_id (`int`): this client's id (>= 0), as the server names it.
+        round_index (`int`, *optional*, defaults to 0): bound into every derived key, so masks never repeat across
+            rounds.
+        frac_bits (`int`, *optional*, defaults to 24): fixed-point precision of the uploads.
+    """
+
+    def __init__(self, node_id: int, round_index: int = 0, frac_bits: int = 24):
+        if int(node_id) < 0:
+            raise ValueError(f"`node_id` must be >= 0, got {node_id}.")
+        self.node_id = int(node_id)
+        self.round_index = int(round_index)
+        self.frac_bits = frac_bits
+        self._c_sk, self.c_pk = _new_keypair()
+        self._s_sk, self.s_pk = _new_keypair()
+        self._b = os.urandom(32)
+        self._threshold = 0
+        self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._b_shares: dict[int, int] = {}
+        self._s_shares: dict[int, int] = {}
+        self._masked_with: list[int] = []
+        self._stage = "advertise"
+
+    def advertise_keys(self) -> tuple[bytes, bytes]:
+        """Round 0: the two public keys `(c_pk, s_pk)`."""
+        return self.c_pk, self.s_pk
+
+    def share_keys(self, public_keys: Mapping[int, tuple[bytes, bytes]], threshold: int) -> dict[int, bytes]:
+        """Round 1: encrypted Shamir shares of `b` and `s_sk` for every peer in `public_keys` (which includes us)."""
+        if self._stage != "advertise":
+            raise RuntimeError(f"Client {self.node_id}: share_keys called twice or out of order; aborting.")
+        keys = {int(k): (bytes(v[0]), bytes(v[1])) for k, v in public_keys.items()}
+        if keys.get(self.node_id) != (self.c_pk, self.s_pk):
+            raise ValueError(f"Client {self.node_id}: the broadcast does not hold our own public keys; aborting.")
+        flat = [pk for pair in keys.values() for pk in pair]
+        if len(set(flat)) != len(flat):
+            raise ValueError(f"Client {self.node_id}: repeated public keys in the broadcast; aborting.")
+        if not 2 * threshold > len(keys) or threshold < 2:
+            raise ValueError(
+                f"Threshold {threshold} with {len(keys)} clients lets a server collect both secrets of one client; "
+                "use a threshold above half the clients (and >= 2)."
+            )
+        self._threshold = int(threshold)
+        self._keys = keys
+        xs = [_point(v) for v in keys]
+        b_shares = shamir_split(self._b, threshold, xs)
+        s_shares = shamir_split(_private_bytes(self._s_sk), threshold, xs)
+        out = {}
+        for v, (c_pk, _) in keys.items():
+            if v == self.node_id:
+                self._b_shares[v], self._s_shares[v] = b_shares[_point(v)], s_shares[_point(v)]
+                continue
+            out[v] = self._encrypt(v, c_pk, b_shares[_point(v)], s_shares[_point(v)])
+        self._stage = "shared"
+        return out
+
+    def _share_key(self, v: int, c_pk: bytes) -> bytes:
+        lo, hi = sorted((self.node_id, v))
+        return _agree(self._c_sk, c_pk, f"hf_ext-secagg|shares|round={self.round_index}|{lo}|{hi}".encode())
+
+    def _encrypt(self, v: int, c_pk: bytes, b_share: int, s_share: int) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        nonce = os.urandom(12)
+        plain = b_share.to_bytes(66, "big") + s_share.to_bytes(66, "big")
+        ad = f"{self.node_id}->{v}|{self.round_index}".encode()
+        return nonce + AESGCM(self._share_key(v, c_pk)).encrypt(nonce, plain, ad)
+
+    def masked_input(
+        self, update: Mapping[str, torch.Tensor], weight: float, ciphertexts: Mapping[int, bytes]
+    ) -> dict[str, torch.Tensor]:
+        """Round 2: decrypt the shares peers sent us (`{sender: ciphertext}`, routed by the server) and upload
+        `enc(weight * update)` plus the self mask and the pairwise masks with every sender."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if self._stage != "shared":
+            raise RuntimeError(f"Client {self.node_id}: masked_input called out of order; aborting.")
+        for u, ct in ciphertexts.items():
+            u = int(u)
+            if u not in self._keys or u == self.node_id:
+                raise ValueError(f"Client {self.node_id}: share from unknown client {u}; aborting.")
+            plain = AESGCM(self._share_key(u, self._keys[u][0])).decrypt(
+                ct[:12], ct[12:], f"{u}->{self.node_id}|{self.round_index}".encode()
+            )
+            self._b_shares[u] = int.from_bytes(plain[:66], "big")
+            self._s_shares[u] = int.from_bytes(plain[66:], "big")
+        peers = sorted(int(u) for u in ciphertexts)
+        if len(peers) + 1 < self._threshold:
+            raise ValueError(f"Client {self.node_id}: fewer live peers than the threshold; aborting.")
+        keys, shapes, numel = _flatten(update)
+        for k in keys:
+            if not torch.is_floating_point(update[k]):
+                raise TypeError(f"`update[{k!r}]` has dtype {update[k].dtype}; secure aggregation takes floats.")
+        vec = torch.cat([update[k].detach().reshape(-1).to(torch.float64) for k in keys]) * float(weight)
+        y = torch.remainder(encode(vec, self.frac_bits) + prg_residues(self._b, numel), MODULUS)
+        for v in peers:
+            m = prg_residues(
+                _agree(self._s_sk, self._keys[v][1], _pair_info(self.node_id, v, self.round_index)), numel
+            )
+            y = torch.remainder(y + m if self.node_id < v else y - m, MODULUS)
+        self._masked_with = peers
+        self._stage = "uploaded"
+        return _unflatten(y, keys, shapes)
+
+    def unmask(self, survivors: Sequence[int], dropped: Sequence[int]) -> dict[int, tuple[str, int]]:
+        """Round 3: per peer, the share of its self-mask seed (`"b"`, survivors) or of its mask key (`"s"`, dropped).
+
+        Refuses (raises) a request that would let the server unmask an upload: a client in both lists, ourselves
+        listed as dropped, a second request in the same round, or fewer survivors than the threshold.
+        """
+        if self._stage != "uploaded":
+            raise RuntimeError(
+                f"Client {self.node_id}: unmask requested {'again' if self._stage == 'unmasked' else 'before upload'}"
+                "; refusing (a second request could reveal both secrets of one client)."
+            )
+        surv, drop = {int(v) for v in survivors}, {int(v) for v in dropped}
+        if surv & drop:
+            raise ValueError(f"Client {self.node_id}: clients {sorted(surv & drop)} listed as survivor and dropped.")
+        if self.node_id in drop or self.node_id not in surv:
+            raise ValueError(f"Client {self.node_id}: we uploaded, yet the server lists us as dropped; refusing.")
+        unknown = (surv | drop) - set(self._keys)
+        if unknown:
+            raise ValueError(f"Client {self.node_id}: unknown clients {sorted(unknown)} in the unmask request.")
+        if len(surv) < self._threshold:
+            raise ValueError(f"Client {self.node_id}: only {len(surv)} survivors, below the threshold; refusing.")
+        self._stage = "unmasked"
+        out: dict[int, tuple[str, int]] = {v: ("b", self._b_shares[v]) for v in surv if v in self._b_shares}
+        out.update({v: ("s", self._s_shares[v]) for v in drop if v in self._s_shares})
+        return out
+
+
+@dataclass
+class ServerView:
+    """Everything the server receives in one round (what an attacker controlling the server sees)."""
+
+    threshold: int = 0
+    public_keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    ciphertexts: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    masked: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    weights: dict[int, float] = field(default_factory=dict)
+    unmask_shares: dict[int, dict[int, tuple[str, int]]] = field(default_factory=dict)
+
+
+def unmask_sum(view: ServerView, survivors: Sequence[int], round_index: int = 0) -> dict[str, torch.Tensor]:
+    """The server's last step: sum the survivors' uploads and remove their self masks and the pairwise masks they
+    share with dropped clients, from the revealed shares in `view.unmask_shares`. Returns residues (see [`decode`])."""
+    survivors = sorted(int(u) for u in survivors)
+    if not survivors:
+        raise ValueError("No client uploaded: nothing to aggregate.")
+    key_set = set(view.masked[survivors[0]])
+    keys, shapes, numel = _flatten(view.masked[survivors[0]])
+    total = torch.zeros(numel, dtype=torch.int64)
+    for u in survivors:
+        if set(view.masked[u]) != key_set:
+            raise ValueError("Masked uploads have different keys: clients must upload the same tensors.")
+        total = torch.remainder(total + torch.cat([view.masked[u][k].reshape(-1) for k in keys]), MODULUS)
+    collected: dict[tuple[str, int], dict[int, int]] = {}
+    for responder, shares in view.unmask_shares.items():
+        for owner, (kind, share) in shares.items():
+            collected.setdefault((kind, int(owner)), {})[_point(responder)] = share
+    threshold = view.threshold or default_threshold(len(view.public_keys))
+    dropped = sorted(set(view.ciphertexts) - set(survivors))
+    for u in survivors:
+        shares = collected.get(("b", u), {})
+        if len(shares) < threshold:
+            raise ValueError(f"Only {len(shares)} shares of client {u}'s self mask; need {threshold}.")
+        total = torch.remainder(total - prg_residues(shamir_combine(shares), numel), MODULUS)
+    for d in dropped:
+        shares = collected.get(("s", d), {})
+        if len(shares) < threshold:
+            raise ValueError(f"Only {len(shares)} shares of dropped client {d}'s mask key; need {threshold}.")
+        s_sk = _private_from_bytes(shamir_combine(shares))
+        for u in survivors:
+            if d not in _peers_of(view, u):
+                continue
+            m = prg_residues(_agree(s_sk, view.public_keys[u][1], _pair_info(u, d, round_index)), numel)
+            # survivor u added +m if u < d and -m otherwise: undo it
+            total = torch.remainder(total - m if u < d else total + m, MODULUS)
+    return _unflatten(total, keys, shapes)
+
+
+def _peers_of(view: ServerView, u: int) -> set[int]:
+    """The peers `u` masked with: those whose shares the server routed to `u`."""
+    return {src for src, cts in view.ciphertexts.items() if u in cts}
+
+
+def secure_aggregate(
+    updates: Mapping[int, Mapping[str, torch.Tensor]],
+    weights: Mapping[int, float],
+    threshold: int | None = None,
+    round_index: int = 0,
+    frac_bits: int = 24,
+    drop_before_upload: Sequence[int] = (),
+    drop_before_unmask: Sequence[int] = (),
+) -> tuple[dict[str, torch.Tensor], float, ServerView]:
+    """Run one round of the protocol in process between honest clients and an honest-but-curious server.
+
+    Args:
+        updates (`Mapping[int, Mapping[str, torch.Tensor]]`): `{node_id: update}` of the clients that start the round.
+        weights (`Mapping[int, float]`): public aggregation weights (example counts).
+        threshold (`int`, *optional*): Shamir threshold, default [`default_threshold`]; must exceed half the clients.
+        round_index (`int`, *optional*, defaults to 0): bound into all derived keys.
         frac_bits (`int`, *optional*, defaults to 24): fixed-point precision.
+        drop_before_upload (`Sequence[int]`): clients that share keys but never upload (their masks are removed).
+        drop_before_unmask (`Sequence[int]`): clients that upload but do not answer the unmask request.
 
     Returns:
-        `dict[str, torch.Tensor]`: int64 residues modulo `2**62`, keyed like `update`.
+        `tuple[dict[str, torch.Tensor], float, ServerView]`: the weighted mean of the uploaded updates (float64), the
+        total weight of the uploaders, and everything the server received.
     """
-    peers = [pair for pair in seeds if client_id in pair]
-    if not peers:
-        raise ValueError(f"`client_id`={client_id} appears in no pair of `seeds`: it is not a participant.")
-    out = {}
-    for offset, key in enumerate(sorted(update)):
-        value = update[key]
-        if not torch.is_floating_point(value):
-            raise TypeError(f"`update[{key!r}]` has dtype {value.dtype}; secure aggregation takes floating tensors.")
-        y = encode(value * weight, frac_bits)
-        for a, b in peers:
-            # a different stream per tensor: the seed is offset by the tensor's position in sorted key order
-            m = _prg((seeds[(a, b)] + offset) % (1 << 63), value.shape)
-            y = torch.remainder(y + m, MODULUS) if client_id == a else torch.remainder(y - m, MODULUS)
-        out[key] = y
-    return out
-
-
-def sum_masked(masked: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Sum masked uploads modulo `2**62` (what the server computes)."""
-    if not masked:
-        raise ValueError("`masked` is empty: no client uploaded anything.")
-    keys = set(masked[0])
-    out = {}
-    for k in sorted(keys):
-        acc = torch.zeros_like(masked[0][k])
-        for m in masked:
-            if set(m) != keys:
-                raise ValueError("Masked uploads have different keys: clients must upload the same tensors.")
-            acc = torch.remainder(acc + m[k], MODULUS)
-        out[k] = acc
-    return out
-
-
-def remove_dropped_masks(
-    masked_sum: Mapping[str, torch.Tensor],
-    survivors: Sequence[int],
-    dropped: Sequence[int],
-    seeds: Mapping[tuple[int, int], int],
-) -> dict[str, torch.Tensor]:
-    """Cancel the masks that surviving clients share with dropped ones, from the survivors' revealed seeds.
-
-    Args:
-        masked_sum (`Mapping[str, torch.Tensor]`): [`sum_masked`] over the survivors' uploads.
-        survivors (`Sequence[int]`): ids of the clients whose uploads are in `masked_sum`.
-        dropped (`Sequence[int]`): ids of clients that were given masks but did not upload.
-        seeds (`Mapping[tuple[int, int], int]`): the seeds revealed for the `(survivor, dropped)` pairs.
-
-    Returns:
-        `dict[str, torch.Tensor]`: residues whose [`decode`] is the survivors' weighted sum.
-    """
-    if set(survivors) & set(dropped):
-        raise ValueError("A client cannot be both in `survivors` and in `dropped`.")
-    out = dict(masked_sum)
-    for offset, key in enumerate(sorted(masked_sum)):
-        y = out[key]
-        for s in survivors:
-            for d in dropped:
-                pair = (min(s, d), max(s, d))
-                if pair not in seeds:
-                    raise ValueError(f"No seed for pair {pair}: survivor {s} must reveal its seed with {d}.")
-                m = _prg((seeds[pair] + offset) % (1 << 63), y.shape)
-                # survivor s added +m if s < d, -m otherwise: undo it
-                y = torch.remainder(y - m, MODULUS) if s < d else torch.remainder(y + m, MODULUS)
-        out[key] = y
-    return out
-
-
-def secure_weighted_mean(
-    masked_sum: Mapping[str, torch.Tensor],
-    total_weight: float,
-    frac_bits: int = 24,
-    like: Mapping[str, torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Decode an unmasked sum of `weight * x` residues and divide by the (public) total weight.
-
-    Args:
-        masked_sum (`Mapping[str, torch.Tensor]`): residues after [`sum_masked`] (and [`remove_dropped_masks`]).
-        total_weight (`float`): the sum of the participating clients' weights (> 0).
-        frac_bits (`int`, *optional*, defaults to 24): the precision used by the clients.
-        like (`Mapping[str, torch.Tensor]`, *optional*): tensors whose dtypes the result takes.
-    """
-    if not total_weight > 0:
-        raise ValueError(f"`total_weight` must be > 0, got {total_weight}.")
-    out = {}
-    for k, r in masked_sum.items():
-        v = decode(r, frac_bits) / total_weight
-        out[k] = v.to(like[k].dtype) if like is not None else v.to(torch.float32)
-    return out
+    ids = sorted(int(u) for u in updates)
+    if len(ids) < 2:
+        raise ValueError("Secure aggregation needs at least 2 clients.")
+    if set(weights) != set(updates):
+        raise ValueError("`weights` must have one entry per client in `updates`.")
+    t = default_threshold(len(ids)) if threshold is None else int(threshold)
+    clients = {u: SecAggClient(u, round_index, frac_bits) for u in ids}
+    view = ServerView(threshold=t)
+    view.public_keys = {u: c.advertise_keys() for u, c in clients.items()}
+    for u, c in clients.items():
+        view.ciphertexts[u] = c.share_keys(view.public_keys, t)
+    uploaders = [u for u in ids if u not in set(drop_before_upload)]
+    if len(uploaders) < t:
+        raise ValueError(f"Only {len(uploaders)} clients uploaded, below the threshold {t}: the round is aborted.")
+    for u in uploaders:
+        routed = {src: cts[u] for src, cts in view.ciphertexts.items() if u in cts}
+        view.masked[u] = clients[u].masked_input(updates[u], float(weights[u]), routed)
+        view.weights[u] = float(weights[u])
+    dropped = [u for u in ids if u not in uploaders]
+    responders = [u for u in uploaders if u not in set(drop_before_unmask)]
+    if len(responders) < t:
+        raise ValueError(f"Only {len(responders)} clients answered the unmask request, below the threshold {t}.")
+    for u in responders:
+        view.unmask_shares[u] = clients[u].unmask(uploaders, dropped)
+    residues = unmask_sum(view, uploaders, round_index)
+    total = float(sum(weights[u] for u in uploaders))
+    if not total > 0:
+        raise ValueError("The uploaders' total weight must be > 0.")
+    mean = {k: decode(v, frac_bits) / total for k, v in residues.items()}
+    return mean, total, view
 
 
 def quantization_error_bound(num_clients: int, total_weight: float, frac_bits: int = 24) -> float:
-    """Worst-case absolute error of [`secure_weighted_mean`] vs. the plain weighted mean (rounding per client)."""
+    """Worst-case absolute error of the securely aggregated weighted mean vs. the plain one (rounding per client)."""
     return num_clients * 0.5 / float(1 << frac_bits) / total_weight

@@ -20,7 +20,7 @@ from .aggregation import (
     lora_pairs,
 )
 from .privacy import PrivacyAccountant
-from .secure_aggregation import mask_update, pairwise_seeds, secure_weighted_mean, sum_masked
+from .secure_aggregation import ServerView, default_threshold, secure_aggregate
 
 STATE_FILE = "global_state.safetensors"
 META_FILE = "federated_state.json"
@@ -60,14 +60,32 @@ class FederatedArguments:
         default=0.0, metadata={"help": "Client-level DP: server noise std in units of the per-client sensitivity."}
     )
     secure_aggregation: bool = field(
-        default=False, metadata={"help": "Mask client uploads with pairwise additive masks that cancel in the sum."}
+        default=False,
+        metadata={
+            "help": "Secure aggregation (SecAgg: X25519 key agreement, AES-CTR masks, Shamir-shared self masks): the "
+            "server sees only the sum of the updates. Flower deployments use Flower's SecAgg+ workflow and mod."
+        },
     )
-    secure_aggregation_secret: str = field(
-        default="hf-ext-secagg",
-        metadata={"help": "Shared secret the pairwise mask seeds derive from (stands in for key agreement)."},
+    secure_aggregation_threshold: int | None = field(
+        default=None,
+        metadata={
+            "help": "Shamir threshold t (shares needed to unmask); must exceed half the clients. Default n // 2 + 1: "
+            "up to n - t clients may drop out per round."
+        },
     )
     secure_aggregation_frac_bits: int = field(
         default=24, metadata={"help": "Fixed-point fractional bits used to encode uploads for secure aggregation."}
+    )
+    secagg_clipping_range: float = field(
+        default=8.0,
+        metadata={
+            "help": "Flower SecAgg+: weighted update values must lie in [-range, range] (Flower clips them); clients "
+            "refuse to upload values outside instead of being clipped silently."
+        },
+    )
+    secagg_max_weight: float = field(
+        default=1000.0,
+        metadata={"help": "Flower SecAgg+: the largest client weight (examples); uploads are scaled by w / max."},
     )
 
     def __post_init__(self):
@@ -87,6 +105,20 @@ class FederatedArguments:
             raise ValueError("--client_dp_noise_multiplier needs --client_dp_clip_norm (the sensitivity).")
         if self.client_learning_rates:
             self.learning_rates()
+        if self.secure_aggregation_threshold is not None and self.secure_aggregation_threshold < 2:
+            raise ValueError(f"--secure_aggregation_threshold must be >= 2, got {self.secure_aggregation_threshold}.")
+        if not self.secagg_clipping_range > 0 or not self.secagg_max_weight > 0:
+            raise ValueError("--secagg_clipping_range and --secagg_max_weight must be > 0.")
+
+    def threshold(self, num_clients: int) -> int:
+        """The Shamir threshold for `num_clients` participants, validated (an honest majority)."""
+        t = self.secure_aggregation_threshold or default_threshold(num_clients)
+        if not (2 * t > num_clients and t <= num_clients):
+            raise ValueError(
+                f"--secure_aggregation_threshold {t} for {num_clients} clients must be > {num_clients / 2} (else a "
+                f"server can collect both secrets of one client) and <= {num_clients}."
+            )
+        return t
 
     @property
     def mode(self) -> str:
@@ -296,23 +328,15 @@ def train_client(
 
 
 def prepare_upload(
-    global_state: dict[str, torch.Tensor],
-    client_state: dict[str, torch.Tensor],
-    num_examples: int,
-    client_id: int,
-    participants: Sequence[int],
-    fed_args: FederatedArguments,
-    round_index: int,
+    global_state: dict[str, torch.Tensor], client_state: dict[str, torch.Tensor], fed_args: FederatedArguments
 ) -> dict[str, torch.Tensor]:
-    """What a client sends to the server: its trained state, or, with secure aggregation, its masked weighted
-    update (clipped first when client-level DP is on)."""
+    """What a client contributes: its trained state, or, with secure aggregation, its update relative to
+    `global_state` (clipped first when client-level DP is on), which is then masked."""
     if not fed_args.secure_aggregation:
         return client_state
-    update = client_update(
+    return client_update(
         global_state, client_state, fed_args.mode, fed_args.lora_scaling, fed_args.client_dp_clip_norm
     )
-    seeds = pairwise_seeds(participants, fed_args.secure_aggregation_secret, round_index)
-    return mask_update(update, client_id, seeds, float(num_examples), fed_args.secure_aggregation_frac_bits)
 
 
 def aggregate_uploads(
@@ -323,23 +347,32 @@ def aggregate_uploads(
     round_index: int,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """The server step (shared by the simulation and the Flower `ServerApp`): next global state from the uploads."""
+    """The server step without secure aggregation (shared by the simulation and the Flower `ServerApp`)."""
     generator = torch.Generator().manual_seed(seed + 7919 * round_index)
-    if not fed_args.secure_aggregation:
-        return aggregate_round(
-            global_state,
-            uploads,
-            weights,
-            fed_args.mode,
-            fed_args.lora_scaling,
-            fed_args.client_dp_clip_norm,
-            fed_args.client_dp_noise_multiplier,
-            generator,
-        )
-    total = float(sum(weights))
-    summed = sum_masked(uploads)
-    mean = secure_weighted_mean(summed, total, fed_args.secure_aggregation_frac_bits)
-    mean = {k: v.to(torch.float64) for k, v in mean.items()}
+    return aggregate_round(
+        global_state,
+        uploads,
+        weights,
+        fed_args.mode,
+        fed_args.lora_scaling,
+        fed_args.client_dp_clip_norm,
+        fed_args.client_dp_noise_multiplier,
+        generator,
+    )
+
+
+def apply_secure_mean(
+    global_state: dict[str, torch.Tensor],
+    mean_update: dict[str, torch.Tensor],
+    weights: Sequence[float],
+    fed_args: FederatedArguments,
+    round_index: int,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """The server step after secure aggregation: it only has the weighted mean of the updates; client-level DP
+    noise is added to that mean, then it is applied to the global state."""
+    generator = torch.Generator().manual_seed(seed + 7919 * round_index)
+    mean = {k: v.to(torch.float64) for k, v in mean_update.items()}
     if fed_args.client_dp_clip_norm is not None:
         mean, _ = add_server_noise(
             mean, fed_args.client_dp_clip_norm, fed_args.client_dp_noise_multiplier, weights, generator
@@ -403,6 +436,9 @@ class FederatedSimulation:
         self.accountants = [PrivacyAccountant(training_args.dp_accountant) for _ in client_datasets]
         self.round = 0
         self.history: list[dict] = []
+        self.last_server_view: ServerView | None = None
+        if fed_args.secure_aggregation:
+            fed_args.threshold(len(client_datasets))
 
     @property
     def num_clients(self) -> int:
@@ -426,12 +462,24 @@ class FederatedSimulation:
                 self.processing_class,
                 self.accountants[c],
             )
-            uploads.append(prepare_upload(self.global_state, state, n, c, participants, self.fed_args, r))
+            uploads.append(prepare_upload(self.global_state, state, self.fed_args))
             weights.append(float(n))
             client_metrics.append(metrics)
-        self.global_state = aggregate_uploads(
-            self.global_state, uploads, weights, self.fed_args, r, self.training_args.seed
-        )
+        if self.fed_args.secure_aggregation:
+            mean, _, self.last_server_view = secure_aggregate(
+                dict(enumerate(uploads)),
+                dict(enumerate(weights)),
+                threshold=self.fed_args.threshold(self.num_clients),
+                round_index=r,
+                frac_bits=self.fed_args.secure_aggregation_frac_bits,
+            )
+            self.global_state = apply_secure_mean(
+                self.global_state, mean, weights, self.fed_args, r, self.training_args.seed
+            )
+        else:
+            self.global_state = aggregate_uploads(
+                self.global_state, uploads, weights, self.fed_args, r, self.training_args.seed
+            )
         set_exchange_state(self.model, self.global_state)
         self.round = r
         record = {"round": r, "clients": client_metrics}

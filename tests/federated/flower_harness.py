@@ -5,7 +5,9 @@ It relies on flwr internals (`TaskIdentity`) and is therefore kept in this one t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
+from types import SimpleNamespace
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
@@ -15,7 +17,7 @@ from flwr.supercore.task_identity import TaskIdentity
 class InProcessGrid(Grid):
     """Delivers messages to `client_app` for `num_nodes` nodes (ids 1..n, partition ids 0..n-1) in order.
 
-    `fail_nodes` lists node ids whose `train` messages are answered with an error (a dropped client).
+    `fail_nodes` lists node ids whose training messages are answered with an error (a client that drops out).
     """
 
     def __init__(self, client_app, num_nodes: int, fail_nodes: Iterable[int] = ()):
@@ -32,7 +34,8 @@ class InProcessGrid(Grid):
             )
             for i, n in enumerate(self.node_ids)
         }
-        self._run = None
+        self._run = SimpleNamespace(run_id=1)  # what Flower's legacy client manager reads
+        self.received: list[Message] = []  # every reply the server got: the server's view
         TaskIdentity.run_id = 1
         TaskIdentity.node_id = 0
         TaskIdentity.task_id = 1
@@ -56,16 +59,27 @@ class InProcessGrid(Grid):
     def pull_messages(self, message_ids):
         raise RuntimeError("InProcessGrid only supports send_and_receive.")
 
+    @staticmethod
+    def _is_training(msg) -> bool:
+        """A failing node drops out when asked to train: the `train` message, or under SecAgg+ the stage that
+        carries the training instructions (it has shared its keys by then, as a real dropout would)."""
+        if msg.metadata.message_type != "train":
+            return False
+        cfg = msg.content.config_records.get("secaggplus_configs")
+        return cfg is None or cfg.get("stage") == "collect_masked_vectors"
+
     def send_and_receive(self, messages, *, timeout=None):
         replies = []
         for msg in messages:
             node = msg.metadata.dst_node_id
-            if node in self.fail_nodes and msg.metadata.message_type == "train":
+            if node in self.fail_nodes and self._is_training(msg):
                 replies.append(Message(Error(code=0, reason="node dropped out"), reply_to=msg))
                 continue
             TaskIdentity.node_id = node
             try:
-                replies.append(self.client_app(msg, self.contexts[node]))
+                # deliver a copy, as the wire would: the SecAgg+ mod edits the content it receives in place
+                replies.append(self.client_app(copy.deepcopy(msg), self.contexts[node]))
             finally:
                 TaskIdentity.node_id = 0
+        self.received.extend(replies)
         return replies

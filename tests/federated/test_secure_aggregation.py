@@ -1,81 +1,181 @@
-"""Pairwise additive masking: exact cancellation, uncorrelated uploads, dropout recovery."""
+"""Secure aggregation, tested as an attacker controlling the server: the server's view of a round reveals no single
+client's update, the sum is exact, dropouts below the threshold are survived, and clients refuse requests that would
+unmask an upload."""
+
+import dataclasses
 
 import pytest
 import torch
 
 from hf_ext.federated import (
+    FederatedArguments,
+    SecAggClient,
     decode,
-    encode,
     fedavg,
-    mask_update,
-    pairwise_seeds,
+    prg_residues,
     quantization_error_bound,
-    remove_dropped_masks,
-    secure_weighted_mean,
-    sum_masked,
+    secure_aggregate,
+    shamir_combine,
+    shamir_split,
+    unmask_sum,
 )
+from hf_ext.federated.secure_aggregation import MODULUS, _flatten, _point
 
 
-def _updates(n=4, size=5000):
-    g = torch.Generator().manual_seed(1)
-    return [{"a": torch.randn(size, generator=g) * 0.1, "b": torch.randn(3, 4, generator=g)} for _ in range(n)]
+def _updates(ids, size=4000, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {u: {"a": torch.randn(size, generator=g) * 0.05, "b": torch.randn(3, 4, generator=g)} for u in ids}
 
 
-def test_masks_cancel_exactly_in_the_sum():
-    ups = _updates()
+def _mean64(ups, weights, ids):
+    total = sum(weights[u] for u in ids)
+    return {k: sum(weights[u] * ups[u][k].double() for u in ids) / total for k in ups[ids[0]]}
+
+
+def _corr(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([x.double().flatten(), y.double().flatten()]))[0, 1])
+
+
+def _strip_self_mask(view, u):
+    """What the server can do with the shares it legitimately holds: rebuild u's self-mask seed and remove it."""
+    shares = {_point(r): s[u][1] for r, s in view.unmask_shares.items() if u in s and s[u][0] == "b"}
+    keys, _, numel = _flatten(view.masked[u])
+    y = torch.cat([view.masked[u][k].reshape(-1) for k in keys])
+    return torch.remainder(y - prg_residues(shamir_combine(shares), numel), MODULUS)
+
+
+def test_sum_is_exact_and_no_single_upload_is_revealed():
     ids = [3, 7, 11, 12]
-    seeds = pairwise_seeds(ids, "secret", round_index=2)
-    weights = [5.0, 1.0, 2.0, 8.0]
-    masked = [mask_update(u, i, seeds, w) for u, i, w in zip(ups, ids, weights)]
-    plain = sum_masked([{k: encode(v * w) for k, v in u.items()} for u, w in zip(ups, weights)])
-    summed = sum_masked(masked)
-    for k in plain:
-        assert torch.equal(summed[k], plain[k])  # residues identical: masks cancel exactly
-    mean = secure_weighted_mean(summed, sum(weights), like=ups[0])
-    ref = fedavg(ups, weights)
-    bound = quantization_error_bound(len(ups), sum(weights))
+    ups = _updates(ids)
+    weights = {3: 5.0, 7: 1.0, 11: 2.0, 12: 8.0}
+    mean, total, view = secure_aggregate(ups, weights, round_index=2)
+    ref = _mean64(ups, weights, ids)
+    torch.testing.assert_close(fedavg([ups[u] for u in ids], [weights[u] for u in ids])["a"].double(), ref["a"])
+    bound = quantization_error_bound(len(ids), total)
     for k in ref:
-        assert (mean[k].double() - ref[k].double()).abs().max() <= bound + 1e-7
+        assert (mean[k] - ref[k]).abs().max() <= bound + 1e-12
+    # everything the server received: public keys, encrypted shares, masked uploads, unmask shares
+    for u in ids:
+        y = view.masked[u]["a"]
+        assert abs(_corr(decode(y), ups[u]["a"])) < 0.05  # the upload alone looks uniform
+        assert float(y.double().mean()) / MODULUS == pytest.approx(0.5, abs=0.02)
+        # even after removing u's self mask (whose shares it does get) the pairwise masks still hide x_u
+        residual = decode(_strip_self_mask(view, u))[: ups[u]["a"].numel()] / weights[u]  # "a" sorts first
+        assert abs(_corr(residual, ups[u]["a"])) < 0.05
+        assert float((residual - ups[u]["a"]).abs().median()) > 1e6
+    # the encrypted shares carry no share in clear
+    some_share = next(iter(view.unmask_shares.values()))
+    for cts in view.ciphertexts.values():
+        for ct in cts.values():
+            for _, share in some_share.values():
+                assert share.to_bytes(66, "big") not in ct
 
 
-def test_single_masked_update_is_uncorrelated_with_raw():
-    ups = _updates(3, 20000)
-    seeds = pairwise_seeds([0, 1, 2], "s")
-    masked = mask_update(ups[0], 0, seeds)["a"].double()
-    raw = ups[0]["a"].double()
-    corr = torch.corrcoef(torch.stack([masked, raw]))[0, 1]
-    assert abs(float(corr)) < 0.05
-    # the residues look uniform on [0, 2^62): mean near the middle
-    assert float(masked.mean()) / 2**62 == pytest.approx(0.5, abs=0.02)
-    # while the unmasked encoding is perfectly correlated with the raw update
-    assert float(torch.corrcoef(torch.stack([decode(encode(ups[0]["a"])), raw]))[0, 1]) > 0.999
+def test_no_default_secret_and_fresh_keys_every_round():
+    names = {f.name for f in dataclasses.fields(FederatedArguments)}
+    assert not any("secret" in n for n in names)  # nothing the server could be given to derive masks
+    ups = _updates([0, 1], size=10)
+    _, _, v1 = secure_aggregate(ups, {0: 1.0, 1: 1.0})
+    _, _, v2 = secure_aggregate(ups, {0: 1.0, 1: 1.0})
+    assert v1.public_keys[0] != v2.public_keys[0]
+    assert not torch.equal(v1.masked[0]["a"], v2.masked[0]["a"])
 
 
-def test_dropout_recovery_with_revealed_seeds():
-    ups = _updates(4, 100)
-    ids = [0, 1, 2, 3]
-    seeds = pairwise_seeds(ids, "s", 1)
-    masked = [mask_update(u, i, seeds, 1.0) for u, i in zip(ups, ids)]
-    survivors, dropped = [0, 2, 3], [1]
-    partial = sum_masked([masked[i] for i in survivors])
-    # without recovery the survivors' masks with the dropped client remain: garbage
-    garbage = secure_weighted_mean(partial, 3.0)
-    ref = fedavg([ups[i] for i in survivors], [1, 1, 1])
-    assert (garbage["a"] - ref["a"]).abs().max() > 1.0
-    revealed = {p: s for p, s in seeds.items() if (p[0] in dropped) != (p[1] in dropped)}
-    fixed = secure_weighted_mean(remove_dropped_masks(partial, survivors, dropped, revealed), 3.0)
-    assert (fixed["a"] - ref["a"]).abs().max() < 1e-6
-    with pytest.raises(ValueError, match="must reveal"):
-        remove_dropped_masks(partial, survivors, dropped, {})
+def test_prg_is_cryptographic_every_seed_bit_matters():
+    seed = bytes(range(32))
+    base = prg_residues(seed, 4096)
+    for i in (0, 3, 4, 16, 31):  # the old masks used torch's Mersenne Twister, which keeps only 32 seed bits
+        flipped = bytearray(seed)
+        flipped[i] ^= 1
+        other = prg_residues(bytes(flipped), 4096)
+        assert float((other == base).double().mean()) < 0.01
+    assert float(base.double().mean()) / MODULUS == pytest.approx(0.5, abs=0.03)
+    assert int(base.min()) >= 0 and int(base.max()) < MODULUS
 
 
-def test_invalid_inputs():
-    with pytest.raises(ValueError, match="distinct"):
-        pairwise_seeds([1, 1], "s")
-    with pytest.raises(ValueError, match="at least 2"):
-        pairwise_seeds([1], "s")
-    seeds = pairwise_seeds([0, 1], "s")
-    with pytest.raises(ValueError, match="not a participant"):
-        mask_update({"a": torch.zeros(2)}, 5, seeds)
-    with pytest.raises(ValueError, match="too large"):
-        encode(torch.tensor([1e15]))
+def test_shamir_threshold():
+    secret = bytes(range(1, 33))
+    shares = shamir_split(secret, 3, [1, 2, 3, 4, 5])
+    assert shamir_combine({x: shares[x] for x in (1, 3, 5)}) == secret
+    assert shamir_combine({x: shares[x] for x in (2, 4, 5)}) == secret
+    with pytest.raises(ValueError):  # two shares: a random field element, not the secret
+        assert shamir_combine({x: shares[x] for x in (1, 2)}) != secret
+
+
+@pytest.mark.parametrize("stage", ["upload", "unmask"])
+def test_dropouts_below_the_threshold_are_survived(stage):
+    ids = [0, 1, 2, 3, 4]
+    ups = _updates(ids, size=500)
+    weights = {u: float(u + 1) for u in ids}
+    kwargs = {"drop_before_upload": [1, 3]} if stage == "upload" else {"drop_before_unmask": [1, 3]}
+    mean, total, _ = secure_aggregate(ups, weights, **kwargs)  # t = 3 of 5
+    uploaders = [0, 2, 4] if stage == "upload" else ids
+    ref = _mean64(ups, weights, uploaders)
+    for k in ref:
+        assert (mean[k] - ref[k]).abs().max() <= quantization_error_bound(5, total) + 1e-12
+    with pytest.raises(ValueError, match="below the threshold"):
+        secure_aggregate(ups, weights, drop_before_upload=[0, 1, 2])
+
+
+def _run_to_upload(ids, round_index=0):
+    ups = _updates(ids, size=2000)
+    clients = {u: SecAggClient(u, round_index) for u in ids}
+    keys = {u: c.advertise_keys() for u, c in clients.items()}
+    t = len(ids) // 2 + 1
+    cts = {u: c.share_keys(keys, t) for u, c in clients.items()}
+    masked = {u: clients[u].masked_input(ups[u], 1.0, {s: c[u] for s, c in cts.items() if u in c}) for u in ids}
+    return ups, clients, keys, cts, masked
+
+
+def test_server_that_falsely_declares_an_uploader_dropped_cannot_unmask_it():
+    ids = [0, 1, 2]
+    ups, clients, keys, cts, masked = _run_to_upload(ids)
+    # client 0 uploaded; the server lies to 1 and 2 that it dropped, and gets 0's mask key (s_sk) shares
+    shares = {u: clients[u].unmask([1, 2], [0]) for u in (1, 2)}
+    s_shares = {_point(u): s[0][1] for u, s in shares.items()}
+    from hf_ext.federated.secure_aggregation import _agree, _pair_info, _private_from_bytes
+
+    s_sk0 = _private_from_bytes(shamir_combine(s_shares))
+    y0 = torch.cat([masked[0][k].reshape(-1) for k in sorted(masked[0])])
+    for v in (1, 2):  # remove every pairwise mask of client 0
+        m = prg_residues(_agree(s_sk0, keys[v][1], _pair_info(0, v, 0)), y0.numel())
+        y0 = torch.remainder(y0 - m, MODULUS)
+    leaked = decode(y0)[: ups[0]["a"].numel()]
+    assert abs(_corr(leaked, ups[0]["a"])) < 0.05  # the self mask still hides the update
+    assert float((leaked - ups[0]["a"]).abs().median()) > 1e6
+    # and the clients will not also hand out the self-mask shares of client 0 in this round
+    for u in (1, 2):
+        with pytest.raises(RuntimeError, match="again"):
+            clients[u].unmask([0, 1, 2], [])
+    with pytest.raises(ValueError, match="dropped"):  # client 0 itself refuses to be declared dropped
+        clients[0].unmask([1, 2], [0])
+
+
+def test_clients_refuse_inconsistent_or_too_small_unmask_requests():
+    ids = [0, 1, 2, 3, 4]
+    _, clients, keys, _, _ = _run_to_upload(ids)
+    with pytest.raises(ValueError, match="survivor and dropped"):
+        clients[1].unmask([0, 1, 2], [2, 3])
+    with pytest.raises(ValueError, match="below the threshold"):
+        clients[1].unmask([0, 1], [2, 3, 4])
+    # a split view (0 alive for some, dead for others) gives the server fewer than t shares of one secret
+    b0 = {_point(u): clients[u].unmask([0, 1, 2, 3, 4], [])[0][1] for u in (0, 1)}
+    s0 = {_point(u): clients[u].unmask([1, 2, 3, 4], [0])[0][1] for u in (2, 3, 4)}
+    assert len(b0) < 3 <= len(s0)  # t = 3: the self mask of 0 stays hidden
+    with pytest.raises(ValueError, match="above half"):
+        newcomer = SecAggClient(9)
+        newcomer.share_keys({**keys, 9: newcomer.advertise_keys()}, 2)  # 6 clients: t = 2 is not a majority
+
+
+def test_server_cannot_finish_without_enough_unmask_shares():
+    ids = [0, 1, 2]
+    ups, clients, keys, cts, masked = _run_to_upload(ids)
+    from hf_ext.federated import ServerView
+
+    view = ServerView(threshold=2, public_keys=keys, ciphertexts=cts, masked=masked)
+    view.unmask_shares = {0: clients[0].unmask(ids, [])}  # one responder, threshold 2
+    with pytest.raises(ValueError, match="need 2"):
+        unmask_sum(view, ids)
+    view.unmask_shares[1] = clients[1].unmask(ids, [])
+    total = unmask_sum(view, ids)
+    torch.testing.assert_close(decode(total["a"]), sum(ups[u]["a"].double() for u in ids), atol=1e-6, rtol=0)

@@ -135,3 +135,39 @@ def test_mismatched_adapter_is_rejected_by_the_client(small_tokenizer):
     qv = apply_lora(tiny_llama(len(small_tokenizer)), FederatedArguments(lora_target_modules="q_proj,v_proj"), seed=0)
     with pytest.raises(ValueError, match="adapter configuration"):
         set_exchange_state(qv, state8)
+
+
+def test_secure_aggregation_round_equals_plain_and_hides_each_update(small_tokenizer, client_datasets, training_args):
+    """Three clients, one round with SecAgg (key agreement, AES-CTR masks, Shamir-shared self masks): the global
+    adapter equals plain FedAvg up to fixed-point rounding, and the server's view hides every single update."""
+    from hf_ext.federated import decode
+
+    def run(secure):
+        fed = FederatedArguments(num_rounds=1, local_steps=1, secure_aggregation=secure)
+        sim = FederatedSimulation(tiny_llama(len(small_tokenizer)), client_datasets, fed, training_args)
+        start = {k: v.clone() for k, v in sim.global_state.items()}
+        sim.run()
+        return sim, start
+
+    plain, start = run(False)
+    secure, _ = run(True)
+    for k, v in plain.global_state.items():
+        torch.testing.assert_close(secure.global_state[k], v, atol=1e-6, rtol=0)
+    assert any(not torch.equal(start[k], plain.global_state[k]) for k in start)
+    view = secure.last_server_view
+    assert sorted(view.masked) == [0, 1, 2] and view.threshold == 2
+    keys = sorted(k for k in start if "lora_B" in k)  # A is not trained in one step from B = 0
+    mean_delta = torch.cat([(plain.global_state[k] - start[k]).double().flatten() for k in keys])
+    assert float(mean_delta.abs().max()) > 0
+    for u in range(3):
+        seen = torch.cat([decode(view.masked[u][k]).flatten() for k in keys])
+        corr = float(torch.corrcoef(torch.stack([seen, mean_delta]))[0, 1])
+        assert abs(corr) < 4 / mean_delta.numel() ** 0.5  # chance level
+        assert float(seen.abs().median()) > 1e6  # uniform residues, not an update
+    with pytest.raises(ValueError, match="secure_aggregation_threshold"):  # 4 of 3 clients cannot unmask
+        FederatedSimulation(
+            tiny_llama(len(small_tokenizer)),
+            client_datasets,
+            FederatedArguments(secure_aggregation=True, secure_aggregation_threshold=4),
+            training_args,
+        )
