@@ -434,7 +434,10 @@ class GrokkingCallback(TrainerCallback, ExportableState):
       every T steps, NeuralGrok's outer step; evaluation, logging and checkpointing excluded);
     - `seconds_to_target`: the sum of `step_seconds` up to `steps_to_target` (training time to the target);
     - `wall_seconds_to_target`: elapsed time from the start of training to the end of that evaluation (everything
-      included: evaluations, logging, checkpoints).
+      included: evaluations, logging, checkpoints);
+    - `step_cpu_seconds`, `cpu_seconds_to_target`: the same as `step_seconds` / `seconds_to_target` in CPU time of
+      this process (`time.process_time`), which other jobs on a shared machine do not inflate (with one torch
+      thread it is the compute the step needs).
 
     Its state is saved in every checkpoint (`trainer_state.json`) and [`NeuralGrokTrainer`] restores it in place on
     `resume_from_checkpoint`, so a resumed run reports the same figures as an uninterrupted one (up to timing noise).
@@ -455,8 +458,11 @@ class GrokkingCallback(TrainerCallback, ExportableState):
         self.seconds_to_target: float | None = None
         self.wall_seconds_to_target: float | None = None
         self.step_seconds: list[float] = []
+        self.step_cpu_seconds: list[float] = []
+        self.cpu_seconds_to_target: float | None = None
         self.elapsed_offset = 0.0
         self._t0: float | None = None
+        self._c0: float | None = None
         self._train_start: float | None = None
 
     def elapsed(self) -> float:
@@ -470,17 +476,20 @@ class GrokkingCallback(TrainerCallback, ExportableState):
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._t0 = time.perf_counter()
+        self._c0 = time.process_time()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._t0 is not None:
             self.step_seconds.append(time.perf_counter() - self._t0)
-            self._t0 = None
+            self.step_cpu_seconds.append(time.process_time() - self._c0)
+            self._t0 = self._c0 = None
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         value = (metrics or {}).get(self.metric_key)
         if value is not None and self.steps_to_target is None and value >= self.target:
             self.steps_to_target = state.global_step
             self.seconds_to_target = float(sum(self.step_seconds))
+            self.cpu_seconds_to_target = float(sum(self.step_cpu_seconds))
             self.wall_seconds_to_target = self.elapsed()
             if self.stop_on_target:
                 control.should_training_stop = True
@@ -491,6 +500,13 @@ class GrokkingCallback(TrainerCallback, ExportableState):
         if not self.step_seconds:
             return None
         return float(sum(self.step_seconds) / len(self.step_seconds))
+
+    @property
+    def cpu_seconds_per_step(self) -> float | None:
+        """Mean CPU seconds of one optimizer step (see `step_cpu_seconds`)."""
+        if not self.step_cpu_seconds:
+            return None
+        return float(sum(self.step_cpu_seconds) / len(self.step_cpu_seconds))
 
     @property
     def median_seconds_per_step(self) -> float | None:
@@ -509,6 +525,8 @@ class GrokkingCallback(TrainerCallback, ExportableState):
                 "seconds_to_target": self.seconds_to_target,
                 "wall_seconds_to_target": self.wall_seconds_to_target,
                 "step_seconds": list(self.step_seconds),
+                "step_cpu_seconds": list(self.step_cpu_seconds),
+                "cpu_seconds_to_target": self.cpu_seconds_to_target,
                 "elapsed_offset": self.elapsed(),
             },
         }
@@ -520,5 +538,7 @@ class GrokkingCallback(TrainerCallback, ExportableState):
         self.seconds_to_target = attrs.get("seconds_to_target")
         self.wall_seconds_to_target = attrs.get("wall_seconds_to_target")
         self.step_seconds = [float(x) for x in attrs.get("step_seconds", [])]
+        self.step_cpu_seconds = [float(x) for x in attrs.get("step_cpu_seconds", [])]
+        self.cpu_seconds_to_target = attrs.get("cpu_seconds_to_target")
         self.elapsed_offset = float(attrs.get("elapsed_offset", 0.0))
         self._train_start = None

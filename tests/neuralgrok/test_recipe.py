@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_ext.recipes.neuralgrok import main
+from hf_ext.recipes.neuralgrok import main, merge_results
 
 TINY = [
     "--p", "11", "--hidden_size", "32", "--per_device_train_batch_size", "16", "--outer_fraction", "0.2",
@@ -36,11 +36,23 @@ def test_recipe_tiny_run_writes_results_tables_and_pngs(tmp_path):
         # mean step time over all 6 steps (outer steps included), training time up to the target step
         assert 0 < run["seconds_to_target"] < run["wall_seconds_to_target"]
         assert run["seconds_per_step"] > 0 and res["cost_per_step_vs_none"] > 0
+        assert 0 < run["cpu_seconds_to_target"] and res["cpu_cost_per_step_vs_none"] > 0
         assert res["steps_to_target_mean"] == 3 and res["reached"] == 1
         assert run["stability"]["reached"] and run["complexity"]["mean_age_raw"] > 0
     assert results["methods"]["none"]["time_to_target_vs_none"] == pytest.approx(1.0)
     assert saved["amplifier"]["macs_per_entry"] == 1 * 32 + 32 * 32 + 32 * 1
     assert saved["strong_weight_decay"] == 1e-2
+    # results of one process per seed merge into one summary over the seeds
+    other = json.loads(json.dumps(saved))
+    other["seeds"] = [7]
+    merged = merge_results([saved, other])
+    assert merged["seeds"] == [0, 7] and merged["methods"]["neuralgrok"]["seeds"] == 2
+    assert (
+        merged["methods"]["none"]["steps_to_target_mean"] == 3
+        and merged["methods"]["none"]["steps_to_target_std"] == 0
+    )
+    with pytest.raises(ValueError, match="repeat seeds"):
+        merge_results([saved, saved])
 
 
 def test_recipe_resume_continues_an_interrupted_run_exactly(tmp_path):

@@ -75,17 +75,25 @@ def check_speed(results: dict) -> list[str]:
 
 
 def check_cost(results: dict) -> list[str]:
-    """17.9: NeuralGrok needs less training time to 95% than the baseline; its step costs a bounded multiple."""
+    """17.9: NeuralGrok needs less training time to 95% than the baseline; its step costs a bounded multiple.
+
+    Wall-clock step times on a shared machine move with other jobs' load (methods run one after the other), so the
+    per-step bound is asserted on CPU time of the process (one torch thread); training time to the target is asserted
+    in both wall-clock and CPU time.
+    """
     m = results["methods"]
     ng, base = m["neuralgrok"], m["none"]
     report = [
         f"mean s/step: baseline {base['seconds_per_step_mean']:.4f}, NeuralGrok {ng['seconds_per_step_mean']:.4f} "
-        f"({ng['cost_per_step_vs_none']:.2f}x); training s to 95%: {base['seconds_to_target_mean']:.1f} vs "
-        f"{ng['seconds_to_target_mean']:.1f}"
+        f"({ng['cost_per_step_vs_none']:.2f}x); CPU s/step {base['cpu_seconds_per_step_mean']:.4f} vs "
+        f"{ng['cpu_seconds_per_step_mean']:.4f} ({ng['cpu_cost_per_step_vs_none']:.2f}x); training s to 95%: "
+        f"{base['seconds_to_target_mean']:.1f} vs {ng['seconds_to_target_mean']:.1f}; CPU s to 95%: "
+        f"{base['cpu_seconds_to_target_mean']:.1f} vs {ng['cpu_seconds_to_target_mean']:.1f}"
     ]
     assert ng["seconds_to_target_mean"] < base["seconds_to_target_mean"]
-    # goal 1.5x; the bound leaves room for machine-load noise between runs
-    assert ng["cost_per_step_vs_none"] < 2.0
+    assert ng["cpu_seconds_to_target_mean"] < base["cpu_seconds_to_target_mean"]
+    # goal 1.5x (docs: what limits it); the bound leaves room for timing noise
+    assert ng["cpu_cost_per_step_vs_none"] < 2.0
     return report
 
 
