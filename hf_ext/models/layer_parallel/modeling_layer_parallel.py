@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import warnings
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -283,20 +285,22 @@ class LayerParallelPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, but a checkpoint that lacks decoder weights this architecture needs (for
-        instance because its `source_config` was edited to more layers) raises instead of initialising them at
-        random."""
+        """`PreTrainedModel.from_pretrained`, plus a clear warning (on top of transformers' loading report) when the
+        checkpoint lacks decoder weights this architecture needs, for instance because its `source_config` was edited
+        to more layers in a file saved without `lp_weight_layout` (configs that have it fail to load instead)."""
         wants_info = kwargs.get("output_loading_info", False)
         kwargs["output_loading_info"] = True
         model, info = super().from_pretrained(*args, **kwargs)
         missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith(("layers.", "model.layers.")))
         if missing:
             shown = ", ".join(missing[:4]) + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else "")
-            raise ValueError(
+            warnings.warn(
                 f"The checkpoint has no weights for {len(missing)} decoder parameters of this layer-parallel "
-                f"architecture ({shown}), so they would be initialised at random. The config (its `source_config`, "
-                "`lp_pairs`, `lp_merged` or `lp_mode`) does not match the saved weights: restore it, or convert the "
-                "source model again with `convert_to_layer_parallel`."
+                f"architecture ({shown}); they were initialised at random, so the model's outputs are meaningless. "
+                "Its config (`source_config`, `lp_pairs`, `lp_merged` or `lp_mode`) does not match the saved weights: "
+                "restore it, or convert the source model again with `convert_to_layer_parallel`.",
+                UserWarning,
+                stacklevel=2,
             )
         return (model, info) if wants_info else model
 
@@ -373,14 +377,17 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
         self.post_init()
 
     def init_parallel_plans(self) -> None:
-        """The config's tensor-parallel plan, plus the same rules for the two branches of unmerged pairs."""
+        """The config's tensor-parallel plan, plus the same rules for the two branches of unmerged pairs; only the
+        rules that name modules of this model are kept."""
         super().init_parallel_plans()
-        if any(isinstance(block, LayerParallelBranchPair) for block in getattr(self, "layers", ())):
-            base = type(self.config).base_model_tp_plan
-            for branch in ("branch_a", "branch_b"):
-                self._tp_plan.update(
-                    {key.replace("layers.*.", f"layers.*.{branch}.", 1): style for key, style in base.items()}
-                )
+        base = type(self.config).base_model_tp_plan
+        plan = {k: v for k, v in self._tp_plan.items() if k not in base}
+        rules = dict(base)
+        for branch in ("branch_a", "branch_b"):
+            rules.update({key.replace("layers.*.", f"layers.*.{branch}.", 1): style for key, style in base.items()})
+        names = {".".join("*" if p.isdigit() else p for p in name.split(".")) for name, _ in self.named_modules()}
+        plan.update({key: style for key, style in rules.items() if key in names})
+        self._tp_plan = plan
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embed_tokens
@@ -388,6 +395,7 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.embed_tokens = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -419,8 +427,6 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
         """
         if self._layer_config._attn_implementation != self.config._attn_implementation:
             self._layer_config._attn_implementation = self.config._attn_implementation
-        if "past_key_values" in kwargs:
-            cache = kwargs.pop("past_key_values") if cache is None else cache
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Give exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
@@ -488,6 +494,7 @@ class LayerParallelForCausalLM(LayerParallelPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.lm_head = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(
         self,
