@@ -111,6 +111,23 @@ class RobotsTxtStore(Mapping):
             raise TypeError(f"error of {host!r} must be a str or None, got {type(error).__name__}.")
         self._records[key] = RobotsRecord(key, _decode(text), fetched_at or self.fetched_at, status, error or None)
 
+    def update_from_fetch(self, record: RobotsRecord) -> RobotsRecord:
+        """Store a new fetch result for `record.host`, with RFC 9309's caching rule for unreachable files.
+
+        A fetch that found the robots.txt *unreachable* (5xx, network error) does not replace an *available* copy
+        already in the store: RFC 9309 section 2.4 lets crawlers keep using a cached copy while the file is
+        unreachable, instead of falling back to complete disallow. Every other result replaces the record (a 4xx means
+        the file is gone). Returns the record now stored.
+        """
+        if not isinstance(record, RobotsRecord):
+            raise TypeError(f"record must be a RobotsRecord, got {type(record).__name__}.")
+        key = normalize_host(record.host)
+        previous = self._records.get(key)
+        if record.status_class == "unreachable" and previous is not None and previous.status_class == "available":
+            return previous
+        self.add(key, record.text, record.fetched_at, record.status, record.error)
+        return self._records[key]
+
     def status_counts(self) -> dict[str, int]:
         """Number of hosts per RFC 9309 status class: `available` (a robots.txt), `unavailable` (3xx/4xx: allow
         everything), `unreachable` (5xx or network error: disallow everything under RFC 9309) and `missing`
@@ -297,7 +314,8 @@ def fetch_robots_txt(
         delay_s (`float`, *optional*, defaults to 1.0): Pause between requests.
         timeout_s (`float`, *optional*, defaults to 10.0): Per-request timeout.
         scheme (`str`, *optional*, defaults to `"https"`): URL scheme.
-        store (`RobotsTxtStore`, *optional*): Add to this store instead of a new one.
+        store (`RobotsTxtStore`, *optional*): Add to this store instead of a new one (a refetch that finds a host
+            unreachable keeps the copy already stored, see `RobotsTxtStore.update_from_fetch`).
     """
     import urllib.error
     import urllib.request
@@ -323,7 +341,7 @@ def fetch_robots_txt(
             record = record_from_response(host, err.code, None, now)
         except (urllib.error.URLError, OSError) as err:
             record = record_from_response(host, None, None, now, error=f"{type(err).__name__}: {err}")
-        store.add(record.host, record.text, record.fetched_at, record.status, record.error)
+        store.update_from_fetch(record)
     return store
 
 

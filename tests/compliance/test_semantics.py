@@ -174,3 +174,17 @@ def test_bounded_cache_costs_about_the_same_as_unbounded():
     bounded, decisions = seconds(max_cached_hosts=1000)
     assert decisions == expected
     assert bounded < 3 * unbounded + 0.05, (bounded, unbounded)
+
+
+def test_refetch_that_finds_the_file_unreachable_keeps_the_cached_copy():
+    from hf_ext.compliance.store import record_from_response
+
+    store = RobotsTxtStore()
+    store.update_from_fetch(record_from_response("a.org", 200, b"User-agent: *\nDisallow: /x\n", "2025-01-01"))
+    kept = store.update_from_fetch(record_from_response("a.org", 503, None, "2025-01-02"))
+    assert kept.text is not None and kept.fetched_at == "2025-01-01"  # RFC 9309 2.4: cached copy while unreachable
+    assert RobotsCompliance(store).is_compliant("https://a.org/y")
+    store.update_from_fetch(record_from_response("a.org", 404, None, "2025-01-03"))  # gone: replaces the copy
+    assert store["a.org"].status_class == "unavailable"
+    store.update_from_fetch(record_from_response("b.org", None, None, "2025-01-03", error="timeout"))
+    assert not RobotsCompliance(store).is_compliant("https://b.org/y")  # no cached copy: complete disallow
