@@ -192,6 +192,18 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((step for step, loss in curve if loss <= target), None)
 
 
+def _sub_run_resume(value, sub_output_dir: str, conditioned: bool) -> str | None:
+    """The checkpoint one of the two runs resumes from: with `last`, each run's newest complete checkpoint in its own
+    folder (a run that saved none starts afresh); a named checkpoint folder belongs to the conditioned run."""
+    from ..utils.resume import last_complete_checkpoint, resolve_resume_checkpoint, wants_last, wants_resume
+
+    if not wants_resume(value):
+        return None
+    if wants_last(value):
+        return last_complete_checkpoint(sub_output_dir)
+    return resolve_resume_checkpoint(value, sub_output_dir) if conditioned else None
+
+
 def _train_one(name, conditioned, model_args, data_args, meta_args, training_args, tokenizer, train, eval_docs):
     from transformers import Trainer, set_seed
 
@@ -221,7 +233,7 @@ def _train_one(name, conditioned, model_args, data_args, meta_args, training_arg
     args = training_args.__class__(**{**training_args.to_dict(), "output_dir": os.path.join(training_args.output_dir, name)})
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator, processing_class=tokenizer,
                       callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint if conditioned else None)
+    trainer.train(resume_from_checkpoint=_sub_run_resume(training_args.resume_from_checkpoint, args.output_dir, conditioned))
     trainer.save_model(args.output_dir)
     return trainer.model, callbacks[0].curve, trainer.state.log_history
 
@@ -253,6 +265,26 @@ def _plot(results: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _check_resume(training_args) -> None:
+    """`--resume_from_checkpoint` before any work: `last` needs a checkpoint in one of the two run folders."""
+    from ..utils.resume import last_complete_checkpoint, resolve_resume_checkpoint, wants_last, wants_resume
+
+    value = training_args.resume_from_checkpoint
+    if not wants_resume(value):
+        training_args.resume_from_checkpoint = None
+        return
+    if wants_last(value):
+        runs = [os.path.join(training_args.output_dir, name) for name in ("url_conditioned", "baseline")]
+        if not any(last_complete_checkpoint(r) for r in runs):
+            raise ValueError(
+                f"--resume_from_checkpoint asks for the last checkpoint, but neither run folder in --output_dir="
+                f"{training_args.output_dir!r} (url_conditioned/, baseline/) holds a complete checkpoint-N; drop the "
+                "flag to start from scratch."
+            )
+    else:
+        resolve_resume_checkpoint(value, training_args.output_dir)
+
+
 def run(model_args, data_args, meta_args, training_args) -> dict:
     import torch
     from transformers import AutoTokenizer, set_seed
@@ -262,6 +294,7 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     from ..utils.io import ensure_writable_dir
 
     validate_args(model_args, data_args, meta_args, training_args)
+    _check_resume(training_args)
     train, eval_ds, domain_vocab = load_documents(data_args, training_args.seed)
     template = _template(meta_args)
     for split_name, split in (("train", train), ("eval", eval_ds)):
@@ -361,7 +394,9 @@ def main(argv: list[str] | None = None) -> dict:
     from ._common import finish, parse_recipe_args
 
     model_args, data_args, meta_args, training_args = parse_recipe_args(
-        (MetadataModelArguments, MetadataDataArguments, MetadataArguments, MetadataTrainingArguments), argv
+        (MetadataModelArguments, MetadataDataArguments, MetadataArguments, MetadataTrainingArguments),
+        argv,
+        resume="keep",
     )
     return finish(run(model_args, data_args, meta_args, training_args))
 
