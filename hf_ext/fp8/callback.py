@@ -14,6 +14,10 @@ from .monitor import KurtosisMonitor
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "fp8_health.json"
+# Key of this callback's state inside `TrainerState.stateful_callbacks` (saved in every checkpoint's
+# trainer_state.json and loaded by Trainer from the checkpoint it resumes from, wherever that folder is). Not a class
+# name, so `restore_callback_states_from_checkpoint=True` does not re-instantiate the callback from it.
+STATE_KEY = "hf_ext.fp8.Fp8HealthCallback"
 ACTIONS = ("warn", "stop", "rollback")
 
 
@@ -31,8 +35,10 @@ class Fp8HealthCallback(TrainerCallback):
     - "rollback": log, stop, and ask [`train_with_rollback`] to resume from the last checkpoint saved before the alert
       with the learning rate multiplied by `rollback_lr_factor` (at most `max_rollbacks` times).
 
-    Monitor state (history, baselines, alerts, learning-rate scale, previous amaxes) is written as JSON to every
-    checkpoint (`fp8_health.json`) and restored when training resumes from it.
+    Monitor state (history, baselines, alerts, learning-rate scale, previous amaxes) is saved with every checkpoint
+    (in its `trainer_state.json`, and as `fp8_health.json` for reading) and restored from the checkpoint training
+    actually resumes from, wherever that folder is. Under DDP / FSDP the statistics are pooled over ranks before any
+    decision, so all ranks warn, stop or roll back together.
 
     The thresholds are a project heuristic (the paper gives none): kurtosis is ~3 for Gaussian activations and grows by
     orders of magnitude with outlier features.
@@ -171,14 +177,23 @@ class Fp8HealthCallback(TrainerCallback):
                 self.monitor.remove()
             self.monitor = KurtosisMonitor(_unwrap(model), sites=self.sites)
         self._saved_lr_scale = 1.0
-        ckpt = self.resume_checkpoint
-        if ckpt is None and state.global_step > 0:
-            ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if ckpt is not None and os.path.isfile(os.path.join(ckpt, STATE_FILE)):
-            with open(os.path.join(ckpt, STATE_FILE)) as fh:
-                self.load_state_dict(json.load(fh))
-            logger.info("Fp8HealthCallback: restored monitor state from %s", ckpt)
+        # Trainer has loaded `state` from the checkpoint it resumes from (if any): our state travels inside it.
+        stored = (state.stateful_callbacks or {}).get(STATE_KEY) if state.global_step > 0 else None
+        if stored is not None:
+            self.load_state_dict(stored)
+            logger.info(
+                "Fp8HealthCallback: restored monitor state of step %d from the resumed checkpoint", state.global_step
+            )
+        else:  # checkpoints written before the state was kept in trainer_state.json
+            ckpt = self.resume_checkpoint
+            if ckpt is None and state.global_step > 0:
+                ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if ckpt is not None and os.path.isfile(os.path.join(ckpt, STATE_FILE)):
+                with open(os.path.join(ckpt, STATE_FILE)) as fh:
+                    self.load_state_dict(json.load(fh))
+                logger.info("Fp8HealthCallback: restored monitor state from %s", ckpt)
         self.resume_checkpoint = None
+        state.stateful_callbacks[STATE_KEY] = self.state_dict()
         factor = self.lr_scale / self._saved_lr_scale
         if factor != 1.0 and optimizer is not None:
             for group in optimizer.param_groups:
@@ -213,6 +228,7 @@ class Fp8HealthCallback(TrainerCallback):
         self._pending_logs = logs
         control.should_log = True
         self._check(stats, step, args, state, control)
+        state.stateful_callbacks[STATE_KEY] = self.state_dict()  # written with the next checkpoint
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self._pending_logs:
@@ -230,8 +246,9 @@ class Fp8HealthCallback(TrainerCallback):
             return
         ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(ckpt):
-            with open(os.path.join(ckpt, STATE_FILE), "w") as fh:
-                json.dump(self.state_dict(), fh)
+            from ..utils.io import atomic_write_json
+
+            atomic_write_json(os.path.join(ckpt, STATE_FILE), self.state_dict(), None)
 
     # ------------------------------------------------------------------------------------------------------- alerts
     def _check(self, stats: dict[str, float], step: int, args, state, control) -> None:

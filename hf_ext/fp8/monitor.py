@@ -85,46 +85,95 @@ class KurtosisMonitor:
         model (`nn.Module`): A transformers causal LM (Llama-like module names) or any model whose blocks follow one of
             the layouts in `SITES`.
         sites (`list[str]`, *optional*): Subset of sites; default all that the model has.
-        layers (`list[nn.Module]`, *optional*): The blocks; default [`find_decoder_layers`].
+        layers (`list[nn.Module]`, *optional*): The blocks; default [`find_decoder_layers`], looked up again at every
+            [`enable`].
+        process_group (*optional*): `torch.distributed` group whose ranks' statistics [`collect`] pools (default:
+            the whole world when `torch.distributed` is initialised). Every rank must call [`collect`] together.
+
+    The sites are chosen at construction (an unknown or absent site is an error then); the hooks are (re)installed
+    on the modules present when monitoring starts ([`enable`]), so converting the model afterwards is fine, and a site
+    that has disappeared by then raises `RuntimeError`.
     """
 
-    def __init__(self, model: nn.Module, sites: list[str] | None = None, layers: list[nn.Module] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        sites: list[str] | None = None,
+        layers: list[nn.Module] | None = None,
+        process_group=None,
+    ):
         if sites is not None:
             unknown = sorted(set(sites) - set(SITES))
             if unknown:
                 raise ValueError(f"KurtosisMonitor: unknown sites {unknown}; choose from {sorted(SITES)}.")
         self.model = model
+        self._explicit_layers = layers
         self.layers = layers if layers is not None else find_decoder_layers(model)
         self.requested_sites = list(sites) if sites is not None else list(SITES)
+        self.process_group = process_group
         self.enabled = False
         self._handles: list = []
+        self._hooked: dict[tuple, nn.Module] = {}
         self._pending: dict[tuple[str, int], list[torch.Tensor]] = {}
         self._acc: dict[tuple[str, int], torch.Tensor] = {}
         self.prev_amax: dict[str, float] = {}
         self._prev_amax_t: dict[tuple[str, int], torch.Tensor] = {}
         self.site_modules: dict[str, list[list[tuple[str, str]]]] = {}
-        self._attach()
+        self._resolve_sites()
 
     # ---------------------------------------------------------------------------------------------------------- hooks
-    def _attach(self) -> None:
-        for li, layer in enumerate(self.layers):
+    def _resolve_sites(self) -> None:
+        """Choose, per site and layer, the module layout present now (validates the requested sites)."""
+        for layer in self.layers:
             named = dict(layer.named_modules())
             for site in self.requested_sites:
                 chosen = next((c for c in SITES[site] if all(p in named for p, _ in c)), None)
-                if chosen is None:
-                    continue
-                self.site_modules.setdefault(site, []).append(chosen)
-                if site == "activation":
-                    continue  # measured in the layer's own hook below
-                for path, where in chosen:
-                    mod = named[path]
-                    if where == "input":
-                        self._handles.append(mod.register_forward_pre_hook(self._make_hook(site, li, "input")))
-                    else:
-                        self._handles.append(mod.register_forward_hook(self._make_hook(site, li, "output")))
-            self._handles.append(layer.register_forward_hook(self._make_layer_end_hook(li)))
+                if chosen is not None:
+                    self.site_modules.setdefault(site, []).append(chosen)
         if not self.site_modules:
             raise ValueError("KurtosisMonitor: none of the requested sites exist in this model's blocks.")
+
+    def _current_targets(self) -> dict[tuple, nn.Module]:
+        """The modules that carry each site now: `{(layer, site, path, where): module}`; raises if one is gone."""
+        layers = self._explicit_layers if self._explicit_layers is not None else find_decoder_layers(self.model)
+        if len(layers) != len(self.layers):
+            raise RuntimeError(
+                f"KurtosisMonitor: the model now has {len(layers)} blocks, {len(self.layers)} when the monitor was "
+                "built; build a new KurtosisMonitor for the changed model."
+            )
+        self.layers = layers
+        targets: dict[tuple, nn.Module] = {}
+        for li, layer in enumerate(layers):
+            named = dict(layer.named_modules())
+            targets[(li, "activation", "", "layer")] = layer
+            for site, per_layer in self.site_modules.items():
+                if site == "activation" or li >= len(per_layer):
+                    continue
+                for path, where in per_layer[li]:
+                    if path not in named:
+                        raise RuntimeError(
+                            f"KurtosisMonitor: site {site!r} of layer {li} ({path!r}) no longer exists in the model "
+                            "(a conversion removed or renamed it); build a new KurtosisMonitor for the changed model."
+                        )
+                    targets[(li, site, path, where)] = named[path]
+        return targets
+
+    def _attach(self) -> None:
+        """(Re)install hooks on the modules present now; a no-op when they are the ones already hooked."""
+        targets = self._current_targets()
+        if targets.keys() == self._hooked.keys() and all(targets[k] is self._hooked[k] for k in targets):
+            return
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for (li, site, _path, where), mod in targets.items():
+            if where == "layer":
+                self._handles.append(mod.register_forward_hook(self._make_layer_end_hook(li)))
+            elif where == "input":
+                self._handles.append(mod.register_forward_pre_hook(self._make_hook(site, li, "input")))
+            else:
+                self._handles.append(mod.register_forward_hook(self._make_hook(site, li, "output")))
+        self._hooked = targets
 
     @property
     def sites(self) -> list[str]:
@@ -203,7 +252,10 @@ class KurtosisMonitor:
 
     # ------------------------------------------------------------------------------------------------------- control
     def enable(self) -> None:
-        """Start measuring (hooks compute from the next forward)."""
+        """Start measuring (hooks compute from the next forward). The site modules are looked up again now, so a
+        monitor built before `convert` (or any module swap) follows the new modules; a site that disappeared raises
+        `RuntimeError` instead of going silently unmeasured."""
+        self._attach()
         self.enabled = True
 
     def disable(self) -> None:
@@ -228,9 +280,10 @@ class KurtosisMonitor:
         if not self._acc:
             return {}
         keys = sorted(self._acc)
-        table = torch.stack([self._acc[k] for k in keys]).cpu().tolist()  # the only host sync
-        for key in keys:
-            self._prev_amax_t[key] = self._acc[key][2].to(torch.float32).detach().clone()
+        stacked = self._reduce_across_ranks(torch.stack([self._acc[k] for k in keys]))
+        table = stacked.cpu().tolist()  # the only host sync
+        for i, key in enumerate(keys):
+            self._prev_amax_t[key] = stacked[i, 2].to(torch.float32).detach().clone()
         self._acc.clear()
         out: dict[str, float] = {}
         per_site: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -250,6 +303,28 @@ class KurtosisMonitor:
             for stat, vals in stats.items():
                 out[f"{site}/{stat}/avg"] = max(vals) if stat == "max_abs" else sum(vals) / len(vals)
         return out
+
+    def _reduce_across_ranks(self, table: torch.Tensor) -> torch.Tensor:
+        """Under `torch.distributed` (DDP / FSDP data parallelism), pool the per-(site, layer) sums of every rank
+        (max for the amax column), so that every rank sees the same statistics and acts on them together."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(self.process_group) == 1:
+            return table
+        rows = torch.tensor([float(table.shape[0]), -float(table.shape[0])], dtype=torch.float64, device=table.device)
+        dist.all_reduce(rows, op=dist.ReduceOp.MAX, group=self.process_group)
+        if rows[0] != -rows[1]:
+            raise RuntimeError(
+                "KurtosisMonitor: ranks measured different (site, layer) sets this step; every rank must run the same "
+                "monitored forwards (enable/disable the monitor on all ranks at the same steps)."
+            )
+        sums = table.clone()
+        sums[:, 2] = 0.0
+        amax = table[:, 2].clone()
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=self.process_group)
+        dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=self.process_group)
+        sums[:, 2] = amax
+        return sums
 
     def active(self):
         """Context manager enabling the monitor for the enclosed forwards."""
@@ -283,4 +358,5 @@ class KurtosisMonitor:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._hooked = {}
         self.enabled = False

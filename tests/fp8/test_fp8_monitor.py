@@ -144,9 +144,26 @@ def test_rollback_resumes_from_last_good_checkpoint_with_lower_lr(tmp_path, trai
     trainer = _trainer(model, args, train_ds, cb)
     blow = Blowup(model, start=7, callback=cb)
     blow.trainer = trainer
+    starts = []
+
+    class Probe(Fp8HealthCallback.__mro__[1]):  # TrainerCallback: weights as each train() call starts
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            starts.append((state.global_step, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+
+    trainer.add_callback(Probe())
     with caplog.at_level("WARNING"):
         train_with_rollback(trainer, cb)
     assert cb.rollbacks == 1 and cb.lr_scale == 0.5
+    # the second train() call started from checkpoint-4's weights and step, not from scratch or the diverged state
+    from safetensors.torch import load_file
+
+    assert [step for step, _ in starts] == [0, 4]
+    at4 = load_file(os.path.join(tmp_path, "checkpoint-4", "model.safetensors"))
+    resumed = starts[1][1]
+    assert at4.keys() <= resumed.keys()
+    for key, value in at4.items():
+        assert torch.equal(resumed[key], value), key
+    assert not torch.equal(resumed["model.embed_tokens.weight"], starts[0][1]["model.embed_tokens.weight"])
     assert any("rolling back to" in a and "checkpoint-4" in a for a in cb.actions_taken)
     assert any("learning rate scaled by 0.5" in a for a in cb.actions_taken)
     assert "rolling back to" in caplog.text
