@@ -358,13 +358,17 @@ def _rotate(
     zero_mean: bool,
     update_norm_decay: float,
     u_scale: float = 1.0,
+    scratch: torch.Tensor | None = None,
 ) -> None:
     """Rotate every neuron of `p` (in place) against the direction `u` by `angle` and keep its recorded norm.
 
+    `scratch` (optional, at least `p.numel()` elements of `p`'s dtype) receives elementwise products, so the step
+    allocates no parameter-sized temporaries.
     `u` is consumed (its mean and radial part are removed in place). With `update_norm_decay > 0` the angle is
     scaled by `||u|| / sqrt(EMA(||u||^2))` per neuron, `u_scale` being a scalar factor of `u` that was left out of it.
-    The new weight is `a w + b u_perp` with `a = cos(theta) r/||w||`, `b = -sin(theta) r/||u_perp||`, where `u_perp`
-    is orthogonal to the *current* `w`, so its norm is `r` (the recorded norm) without a separate projection pass.
+    The new weight is `cos(theta) r w/||w|| - sin(theta) r u_perp/||u_perp||` with `u_perp = u - (<w,u>/||w||^2) w`
+    orthogonal to the *current* `w` (so its norm is the recorded `r`), written as one `a w + b u` pass with per-neuron
+    `a`, `b` from three row reductions (no separate projection or renormalisation pass).
     """
     if not per_neuron:
         w, uu, rd = p.view(1, -1), u.view(1, -1), 1
@@ -380,10 +384,15 @@ def _rotate(
         uu.sub_(uu.mean(dim=rd, keepdim=True))
     red_shape = (1, w.shape[1]) if rd == 0 else (w.shape[0], 1)
     norm = state["norm"].reshape(red_shape).to(w.dtype)
-    ww = torch.linalg.vecdot(w, w, dim=rd).reshape(red_shape).clamp_min(1e-30)
-    wu = torch.linalg.vecdot(w, uu, dim=rd).reshape(red_shape)
-    uu.addcmul_(w, wu.div_(ww), value=-1.0)
-    unorm = torch.linalg.vector_norm(uu, dim=rd, keepdim=True)
+    # row reductions: ||w||^2, <w, u>, ||u||^2 (vector_norm is fast along rows, slow along columns on CPU)
+    buf = None if scratch is None else scratch[: w.numel()].view(w.shape)
+    ww = _dot(w, w, rd, buf).reshape(red_shape).clamp_min(1e-30)
+    wu = _dot(w, uu, rd, buf).reshape(red_shape)
+    u2 = _dot(uu, uu, rd, buf).reshape(red_shape)
+    c = wu / ww  # u_perp = u - c w is orthogonal to the current w
+    up2 = (u2 - wu * c).clamp_min_(0.0)
+    moving = up2 > 1e-12 * u2
+    unorm = up2.sqrt_()
     if update_norm_decay > 0:
         t = state["step"]
         un = unorm * u_scale
@@ -396,9 +405,20 @@ def _rotate(
         cos, sin = torch.cos(theta), torch.sin(theta)
     else:
         cos, sin = math.cos(angle), math.sin(angle)
-    a = norm.mul(cos).div_(ww.sqrt_())
-    b = torch.where(unorm > 0, norm.mul(sin).div_(unorm.clamp_min(1e-30)).neg_(), torch.zeros_like(unorm))
+    scale = norm / ww.sqrt_()  # brings w back to its recorded norm
+    # new w = cos(theta) r w/||w|| - sin(theta) r u_perp/||u_perp|| = a w + b u with b = -sin r/||u_perp||, a = .. - b c
+    b = torch.where(moving, (norm * sin).div_(unorm.clamp_min(1e-30)).neg_(), torch.zeros_like(unorm))
+    a = torch.where(moving, scale * cos - b * c, scale)
     w.mul_(a).addcmul_(uu, b)
+
+
+def _dot(x: torch.Tensor, y: torch.Tensor, dim: int, buf: torch.Tensor | None) -> torch.Tensor:
+    """Row (dim=1) or column (dim=0) dot products of two 2D tensors, optionally through a scratch buffer."""
+    if x is y and dim == x.dim() - 1:
+        return torch.linalg.vector_norm(x, dim=dim).square_()  # fast along rows; slow along columns on CPU
+    if buf is None:
+        return torch.linalg.vecdot(x, y, dim=dim)
+    return torch.mul(x, y, out=buf).sum(dim)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -662,7 +682,8 @@ class RotationalWrapper(Optimizer):
     reference rotational wrapper), so `RotationalWrapper(model.parameters())` works; tensors without a gradient are
     skipped. For a rotational tensor the update direction `u` of the inner optimizer (AdamW: `m_hat/(sqrt(v_hat)+eps)`,
     SGD: its momentum buffer or Nesterov direction, Lion: `sign(c)`, all without learning rate and weight decay) is
-    computed with foreach kernels from moment buffers kept in this wrapper's state (same names and update rules as
+    computed in place (foreach moment updates, reusable scratch buffers, no clone or copy-back) from moment
+    buffers kept in this wrapper's state (same names and update rules as
     `torch.optim.AdamW` / `torch.optim.SGD` / `Lion`); each neuron is then rotated against `u` by
     `eta_r * (lr_t/lr_0)` (scaled by `||u||/EMA(||u||)` when `update_norm_decay > 0`, as in the reference) and keeps
     its norm. Non-rotational tensors get the ordinary step of a real inner optimizer instance that shares this
@@ -726,6 +747,7 @@ class RotationalWrapper(Optimizer):
             update_norm_decay=update_norm_decay,
         )
         super().__init__([dict(g) for g in self.inner.param_groups], defaults)
+        self._buffers: dict = {}
         for own, shared in zip(self.param_groups, self.inner.param_groups):
             for key, value in own.items():
                 shared.setdefault(key, value)
@@ -755,54 +777,70 @@ class RotationalWrapper(Optimizer):
                     return st[key]
         return None
 
-    def _directions(self, group: dict, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[float]]:
-        """The inner optimizer's update directions `u_k / s_k` (fresh tensors) and the scalar factors `s_k`."""
+    def _scratch(self, like: torch.Tensor, numel: int, slot: int) -> torch.Tensor:
+        """A reusable flat buffer (per device, dtype and slot) of at least `numel` elements; never checkpointed."""
+        key = (like.device, like.dtype, slot)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, device=like.device, dtype=like.dtype)
+            self._buffers[key] = buf
+        return buf
+
+    def _update_moments(self, group: dict, params: list[torch.Tensor]) -> None:
+        """Advance the inner optimizer's moment buffers of `params` (foreach kernels, in place)."""
         grads = [p.grad for p in params]
         states = [self.state[p] for p in params]
         for st in states:
             st["step"] = st.get("step", 0) + 1
         if self.inner_name == "sgdm":
-            mom, damp = group["momentum"], group.get("dampening", 0.0)
-            new = [i for i, st in enumerate(states) if "momentum_buffer" not in st]
             old = [i for i, st in enumerate(states) if "momentum_buffer" in st]
-            for i in new:  # torch.optim.SGD: the first buffer is the gradient itself
-                states[i]["momentum_buffer"] = grads[i].detach().clone()
+            for i, st in enumerate(states):
+                if "momentum_buffer" not in st:  # torch.optim.SGD: the first buffer is the gradient itself
+                    st["momentum_buffer"] = grads[i].detach().clone()
             if old:
                 bufs = [states[i]["momentum_buffer"] for i in old]
-                torch._foreach_mul_(bufs, mom)
-                torch._foreach_add_(bufs, [grads[i] for i in old], alpha=1 - damp)
-            bufs = [st["momentum_buffer"] for st in states]
-            if group.get("nesterov", False):
-                return torch._foreach_add(grads, bufs, alpha=mom), [1.0] * len(params)
-            return torch._foreach_mul(bufs, 1.0), [1.0] * len(params)
+                torch._foreach_mul_(bufs, group["momentum"])
+                torch._foreach_add_(bufs, [grads[i] for i in old], alpha=1 - group.get("dampening", 0.0))
+            return
         b1, b2 = group["betas"]
         for p, st in zip(params, states):
             if "exp_avg" not in st:
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if self.inner_name == "adamw":
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        ms = [st["exp_avg"] for st in states]
+        if self.inner_name == "adamw":
+            torch._foreach_lerp_([st["exp_avg"] for st in states], grads, 1 - b1)
+            vs = [st["exp_avg_sq"] for st in states]
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+
+    def _direction(self, group: dict, p: torch.Tensor, out: torch.Tensor) -> float:
+        """Write the inner optimizer's update direction of `p` (divided by the returned scalar factor) into `out`."""
+        st = self.state[p]
+        if self.inner_name == "sgdm":
+            if group.get("nesterov", False):
+                torch.add(p.grad, st["momentum_buffer"], alpha=group["momentum"], out=out)
+            else:
+                out.copy_(st["momentum_buffer"])
+            return 1.0
+        b1, b2 = group["betas"]
+        m = st["exp_avg"]
         if self.inner_name == "lion":
             if group.get("nesterov", False):
-                torch._foreach_lerp_(ms, grads, 1 - b2)
-                c = torch._foreach_lerp(ms, grads, 1 - b1)
+                m.lerp_(p.grad, 1 - b2)
+                torch.lerp(m, p.grad, 1 - b1, out=out)
             else:
-                c = torch._foreach_lerp(ms, grads, 1 - b1)
-                torch._foreach_lerp_(ms, grads, 1 - b2)
-            torch._foreach_sign_(c)
-            return c, [1.0] * len(params)
+                torch.lerp(m, p.grad, 1 - b1, out=out)
+                m.lerp_(p.grad, 1 - b2)
+            out.sign_()
+            return 1.0
         # AdamW without lr and weight decay: u = (m/bc1) / (sqrt(v)/sqrt(bc2) + eps)
-        #                                    = (m / (sqrt(v) + eps sqrt(bc2))) * sqrt(bc2)/bc1
-        vs = [st["exp_avg_sq"] for st in states]
-        torch._foreach_lerp_(ms, grads, 1 - b1)
-        torch._foreach_mul_(vs, b2)
-        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
-        bc2 = [math.sqrt(1 - b2 ** st["step"]) for st in states]
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_add_(denom, [group["eps"] * s for s in bc2])
-        torch._foreach_reciprocal_(denom)
-        torch._foreach_mul_(denom, ms)
-        return denom, [s / (1 - b1 ** st["step"]) for s, st in zip(bc2, states)]
+        #                                    = m / (sqrt(v) + eps sqrt(bc2)) * sqrt(bc2)/bc1
+        bc2 = math.sqrt(1 - b2 ** st["step"])
+        torch.sqrt(st["exp_avg_sq"], out=out)
+        out.add_(group["eps"] * bc2)
+        torch.div(m, out, out=out)
+        return bc2 / (1 - b1 ** st["step"])
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -832,16 +870,28 @@ class RotationalWrapper(Optimizer):
                 for p, g in hidden:
                     p.grad = g
         for group, rot in rotational:
-            directions, scales = self._directions(group, rot)
+            self._update_moments(group, rot)
             angle = self.group_angle(group) * (group["lr"] / group["base_lr"])
             nd = int(group.get("neuron_dim", 0))
-            for p, u, s in zip(rot, directions, scales):
+            numel = max(p.numel() for p in rot)
+            for p in rot:
+                u = self._scratch(p, numel, 0)[: p.numel()].view(p.shape)
+                scale = self._direction(group, p, u)
                 state = self.state[p]
                 if "norm" not in state:
                     _init_rotational(p, state, nd, group["per_neuron"], group["zero_mean"])
                 if angle > 0:
                     _rotate(
-                        p, u, state, angle, nd, group["per_neuron"], group["zero_mean"], group["update_norm_decay"], s
+                        p,
+                        u,
+                        state,
+                        angle,
+                        nd,
+                        group["per_neuron"],
+                        group["zero_mean"],
+                        group["update_norm_decay"],
+                        scale,
+                        self._scratch(p, numel, 1),
                     )
         return loss
 

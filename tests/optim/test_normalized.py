@@ -278,3 +278,85 @@ def test_equilibrium_angle_formulas():
     assert math.isclose(equilibrium_angle("sgdm", 0.1, 1e-4, momentum=0.9), math.sqrt(2e-5 / 1.9))
     with pytest.raises(ValueError, match="kind"):
         equilibrium_angle("adam", 1e-3, 0.1)
+
+
+def _reference_direction(inner, grads, **kw):
+    """The inner optimizer's update direction, the slow way: torch's own optimizer on a zero tensor with lr 1, no
+    weight decay (what the wrapper used to do with clone / zero / copy-back)."""
+    z = nn.Parameter(torch.zeros_like(grads[0]))
+    cls = {"adamw": torch.optim.AdamW, "sgdm": torch.optim.SGD, "lion": Lion}[inner]
+    opt = cls([z], lr=1.0, weight_decay=0.0, **kw)
+    for g in grads:
+        with torch.no_grad():
+            z.zero_()
+        z.grad = g.clone()
+        opt.step()
+    return -z.detach()
+
+
+@pytest.mark.parametrize(
+    "inner,kw",
+    [
+        ("adamw", dict(betas=(0.9, 0.95), eps=1e-3)),
+        ("sgdm", dict(momentum=0.9, nesterov=True)),
+        ("sgdm", dict(momentum=0.8, dampening=0.1)),
+        ("lion", dict(betas=(0.9, 0.99), nesterov=True)),
+    ],
+)
+def test_rotational_wrapper_step_matches_reference_rotation(inner, kw):
+    """Each neuron moves on its sphere by exactly the target angle, in the plane of w and the inner optimizer's
+    direction (mean and radial parts removed) — checked against torch's optimizer and a plain formula."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(6, 10))
+    opt = RotationalWrapper([w], inner=inner, lr=1e-3, weight_decay=0.1, update_norm_decay=0.0, **kw)
+    grads = []
+    for s in range(3):
+        g = torch.randn(6, 10, generator=torch.Generator().manual_seed(100 + s))
+        grads.append(g)
+        before = w.detach().clone()
+        w.grad = g.clone()
+        opt.step()
+        if s == 0:
+            continue  # the first step also centres the neurons
+        u = _reference_direction(inner, grads, **kw).double()
+        b = before.double()
+        u = u - u.mean(1, keepdim=True)
+        u = u - b * ((u * b).sum(1, keepdim=True) / (b * b).sum(1, keepdim=True))
+        theta = opt.group_angle(opt.param_groups[0])
+        r = b.norm(dim=1, keepdim=True)
+        un = u.norm(dim=1, keepdim=True)
+        # a neuron whose direction is all radial / constant (e.g. Lion signs all equal) does not move
+        expected = torch.where(un > 1e-9, math.cos(theta) * b - math.sin(theta) * r * u / un.clamp_min(1e-300), b)
+        torch.testing.assert_close(w.detach().double(), expected, atol=2e-6, rtol=1e-5)
+
+
+def test_rotational_wrapper_mixed_groups_and_missing_gradients():
+    """`RotationalWrapper(model.parameters())` decides rotational status per tensor (2+ dims with weight decay) and
+    skips tensors that got no gradient, as the reference wrapper does."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    ref = TinyNet()
+    ref.load_state_dict(model.state_dict())
+    opt = RotationalWrapper(model.parameters(), inner="adamw", lr=1e-2, weight_decay=0.1, update_norm_decay=0.0)
+    ref_opt = torch.optim.AdamW([ref.fc1.bias, ref.norm.weight, ref.norm.bias], lr=1e-2, weight_decay=0.1)
+    for s in range(3):
+        opt.zero_grad()
+        _loss(model, s).backward()
+        model.fc2.weight.grad = None  # e.g. a frozen or unused weight
+        model.fc2.bias.grad = None
+        fc2 = model.fc2.weight.detach().clone()
+        opt.step()
+        torch.testing.assert_close(model.fc2.weight.detach(), fc2, rtol=0, atol=0)
+        ref_opt.zero_grad()
+        _loss(ref, s).backward()
+        ref_opt.step()
+        with torch.no_grad():
+            ref.fc1.weight.copy_(model.fc1.weight)
+            ref.fc2.weight.copy_(model.fc2.weight)
+    # vectors: the inner AdamW's ordinary step with the group's weight decay (reference wrapper semantics)
+    for name in ("fc1.bias", "norm.weight"):
+        torch.testing.assert_close(model.get_parameter(name), ref.get_parameter(name))
+    # matrices: rotational (norm recorded and kept), fc2 never stepped
+    w = model.fc1.weight
+    torch.testing.assert_close(w.detach().norm(dim=1), opt.state[w]["norm"].squeeze(1), atol=1e-6, rtol=0)
+    assert "norm" not in opt.state[model.fc2.weight]
