@@ -164,3 +164,47 @@ def test_recipe_outputs_are_written_atomically(name):
     source = open(os.path.join(RECIPE_SOURCES, f"{name}.py"), encoding="utf-8").read()
     offenders = re.findall(r"open\([^)]*,\s*\"w\"\)|\.savefig\(", source)
     assert not offenders, f"{name}: non-atomic writes {offenders}"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("hiden_size=64", "does not have"), ("rms_norm_eps=NaN", "finite"), ("initializer_range=-1", "negative"),
+     ("tie_word_embeddings=3", "wrong type"), ("num_hidden_layers=2.5", "wrong type")],
+)  # fmt: skip
+@pytest.mark.parametrize("model_type", ["llama", "fog"])
+def test_config_overrides_are_checked_before_work(override, message, model_type, tmp_path):
+    """Unknown keys and invalid values in --config_overrides used to be accepted (typos ignored, NaN loss)."""
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=f"--config_overrides.*{message}"):
+        recipe_main("pretrain")(["--model_type", model_type, "--config_overrides", override, "--output_dir", str(out)])
+    assert not out.exists()
+
+
+def test_corrupt_corpus_and_tokenizer_caches_rebuild_themselves(tmp_path, monkeypatch, caplog):
+    """A truncated or empty corpus cache, or a broken cached tokenizer, is rebuilt (with a warning naming the file)
+    instead of failing with a bare JSONDecodeError or silently yielding 0 documents."""
+    from hf_ext.data import build_tokenizer, corpus, load_corpus
+
+    records = corpus._load_records()  # the session's cache; rebuilding from the stdlib is slow, so count rebuilds
+    builds = []
+    monkeypatch.setattr(corpus, "build_corpus_records", lambda: builds.append(1) or [dict(r) for r in records])
+    monkeypatch.setenv("HF_EXT_CACHE", str(tmp_path))
+    n_docs = len(load_corpus("train"))
+    assert builds == [1]
+    cache = corpus._corpus_cache_file()
+    assert cache.is_file() and str(cache).startswith(str(tmp_path))
+    text = cache.read_text(encoding="utf-8")
+    for broken in (text[: len(text) // 2], "", "\n", '{"text": "x"}\n'):
+        cache.write_text(broken, encoding="utf-8")
+        with caplog.at_level("WARNING"):
+            assert len(load_corpus("train")) == n_docs
+        assert str(cache) in caplog.text
+        caplog.clear()
+    assert len(builds) == 5
+    tok = build_tokenizer(300)
+    folder = next((tmp_path / "tokenizers").iterdir())
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "trunc', encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        again = build_tokenizer(300)
+    assert again.get_vocab() == tok.get_vocab() and "tokenizer" in caplog.text
+    assert json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]

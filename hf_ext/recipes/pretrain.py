@@ -124,6 +124,54 @@ def parse_config_overrides(text: str | None) -> dict:
     return out
 
 
+def check_config_overrides(model_args: ModelArguments) -> None:
+    """`--config_overrides` may only set fields the fresh model's config has, with values of the field's type."""
+    overrides = parse_config_overrides(model_args.config_overrides)
+    if not overrides:
+        return
+    if model_args.model_name_or_path:
+        raise ValueError("--config_overrides applies to a fresh model only; drop it or drop --model_name_or_path.")
+    from transformers import AutoConfig
+
+    if model_args.model_type == "fog":
+        from ..models.fog import FogConfig
+
+        reference = FogConfig.fog(swiglu_intermediate_size=model_args.intermediate_size)
+    else:
+        try:
+            reference = AutoConfig.for_model(model_args.model_type)
+        except ValueError as err:
+            raise ValueError(f"--model_type {model_args.model_type!r} is not a known architecture ({err}).") from None
+    known = set(reference.to_dict())
+    for key, value in overrides.items():
+        if key not in known:
+            close = sorted(k for k in known if key.lower() in k.lower() or k.lower() in key.lower())[:5]
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(
+                f"--config_overrides sets {key!r}, which a {model_args.model_type} config does not have.{hint}"
+            )
+        default = getattr(reference, key, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--config_overrides {key}={value} is not a finite number.")
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int | float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if ok and isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+                ok = value.is_integer()
+            if ok and value < 0:
+                raise ValueError(f"--config_overrides {key}={value} must not be negative.")
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(
+                f"--config_overrides {key}={value!r} has the wrong type: the config expects "
+                f"{type(default).__name__} (default {default!r})."
+            )
+
+
 def validate_args(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
     """Check arguments before any data is loaded or anything is written."""
     from ..data.loading import hub_offline
@@ -138,7 +186,7 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
         )
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
-    parse_config_overrides(model_args.config_overrides)
+    check_config_overrides(model_args)
     validate_fp8_args(model_args, training_args)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
 
