@@ -158,3 +158,13 @@ def test_assisted_generation_with_attentions(source, ids):
     plain = lp.generate(ids[:1], max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(out.sequences, plain)
     assert all(a is not None for step in out.attentions for a in step)
+
+
+@torch.no_grad()
+def test_past_key_values_is_a_deprecated_alias_of_cache(source, ids):
+    lp = convert_to_layer_parallel(source, 2, 4)
+    with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
+        old = lp(ids, past_key_values=DynamicCache(config=lp.config), use_cache=True)
+    new = lp(ids, cache=DynamicCache(config=lp.config), use_cache=True)
+    torch.testing.assert_close(old.logits, new.logits)
+    assert old.cache.get_seq_length() == ids.shape[1]

@@ -30,6 +30,9 @@ def test_tp_plan_covers_every_projection():
                 generic = ".".join("*" if part.isdigit() else part for part in name.removeprefix("model.").split("."))
                 assert generic in rules, name
     assert "layers.*.branch_b.mlp.down_proj" in {k.removeprefix("model.") for k in unmerged.tp_plan}
+    # Only rules that name modules of the model: all layers in unmerged pairs leave no plain-layer rule behind.
+    only_branches = convert_to_layer_parallel(src, 0, 6, merge=False)
+    assert not any(".self_attn." in k and ".branch_" not in k for k in only_branches.tp_plan)
 
 
 @pytest.mark.distributed
