@@ -360,3 +360,43 @@ def test_rotational_wrapper_mixed_groups_and_missing_gradients():
     w = model.fc1.weight
     torch.testing.assert_close(w.detach().norm(dim=1), opt.state[w]["norm"].squeeze(1), atol=1e-6, rtol=0)
     assert "norm" not in opt.state[model.fc2.weight]
+
+
+def _snr_run(grad_fn, steps, betas=(0.9, 0.99)):
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.zeros(64, 64))
+    opt = LionA([p], lr=0.01, betas=betas, snr_correction=True)
+    snrs, sizes = [], []
+    for t in range(steps):
+        before = p.detach().clone()
+        p.grad = grad_fn(t)
+        opt.step()
+        snrs.append(opt.state[p]["snr"])
+        sizes.append(float((p.detach() - before).norm()) / (0.01 * 64))  # the SNR factor (||u|| = sqrt(n) = 64)
+    return snrs, sizes
+
+
+def test_snr_correction_is_unbiased_on_pure_noise():
+    """Pure-noise gradients have SNR 0: the factor stays ~1 from the first step (the stationary constant applied to
+    the bias-corrected momentum used to report SNR ~1e33 at step 1 and act as a hidden warmup)."""
+    g = torch.Generator().manual_seed(1)
+    snrs, factors = _snr_run(lambda t: torch.randn(64, 64, generator=g), 30)
+    assert factors[0] == pytest.approx(1.0, rel=1e-4) and snrs[0] == 0.0  # one gradient: no estimate, no correction
+    assert max(snrs) < 0.3, snrs
+    assert min(factors) > 0.85
+
+
+def test_snr_correction_on_constant_and_known_snr_gradients():
+    const = torch.randn(64, 64, generator=torch.Generator().manual_seed(2))
+    snrs, factors = _snr_run(lambda t: const, 6)
+    assert factors[0] == pytest.approx(1.0, rel=1e-4)
+    assert min(snrs[1:]) > 1e6 and max(factors[1:]) < 1e-3  # no noise at all: SNR -> infinity from step 2
+    # mean mu with ||mu||^2 = sigma^2 (true SNR 1): the early estimates are unbiased, not inflated by stale momentum
+    mu = torch.randn(64, 64, generator=torch.Generator().manual_seed(3))
+    mu = mu / mu.norm() * 64.0  # ||mu||^2 = 4096 = E||noise||^2
+    ests = []
+    for seed in range(6):
+        g = torch.Generator().manual_seed(10 + seed)
+        snrs, _ = _snr_run(lambda t, g=g: mu + torch.randn(64, 64, generator=g), 10)
+        ests.append(sum(snrs[1:]) / len(snrs[1:]))
+    assert 0.6 < sum(ests) / len(ests) < 1.6, ests
