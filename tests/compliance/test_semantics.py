@@ -165,9 +165,9 @@ def test_bounded_cache_costs_about_the_same_as_unbounded():
         best = float("inf")
         for _ in range(2):
             c = RobotsCompliance(robots, user_agents=["GPTBot"], **kwargs)
-            t0 = time.perf_counter()
+            t0 = time.process_time()  # CPU time: other jobs on the machine do not count
             decisions = c.is_compliant_batch(urls)
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, time.process_time() - t0)
         return best, decisions
 
     unbounded, expected = seconds()
