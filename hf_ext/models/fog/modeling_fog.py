@@ -5,8 +5,6 @@ and keys are normalised, the softmax scale, the MLP activation and the initialis
 are used so that a folder written by `save_pretrained` loads with `trust_remote_code=True` without hf_ext installed.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import math
@@ -25,7 +23,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
@@ -280,7 +279,7 @@ class FogAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
@@ -349,7 +348,7 @@ class FogDecoderLayer(GradientCheckpointingLayer):
         cache: Cache | None = None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         hidden_states, _ = self._sublayer(
             self.self_attn,
@@ -490,7 +489,7 @@ class FogModel(FogPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
         """Run the decoder. `inputs_embeds`, when given, are also multiplied by `input_upscale` (as the reference
         implementation does), so pass raw embedding-table rows. `output_hidden_states=True` returns the layer-0 input
@@ -565,7 +564,7 @@ class FogForCausalLM(FogPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast | tuple:
         """Next-token logits (and the shifted cross-entropy when `labels` are given); `output_hidden_states`,
         `output_attentions` and `return_dict=False` behave as in transformers' own causal LMs."""
@@ -593,7 +592,7 @@ class FogForCausalLM(FogPreTrainedModel, GenerationMixin):
         )
 
     @classmethod
-    def from_authors_checkpoint(cls, path: str, **kwargs) -> FogForCausalLM:
+    def from_authors_checkpoint(cls, path: str, **kwargs) -> "FogForCausalLM":
         """Load a folder saved by the authors' transformers port (`FOGForCausalLM`, model_type "fog").
 
         Args:
