@@ -1,0 +1,1 @@
+"""Flower App for federated LoRA with hf_ext (SecAgg+ and DP-SGD)."""

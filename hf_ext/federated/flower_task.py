@@ -1,0 +1,224 @@
+"""The federated LoRA task of a Flower App, built from the run config (`[tool.flwr.app.config]` in the app's
+`pyproject.toml`, overridable with `flwr run --run-config`). The ServerApp and the ClientApp of
+`examples/flower_app` are [`run_config_server_app`] and [`run_config_client_app`]; the same [`FlowerTask`] drives
+the in-process [`FederatedSimulation`], so a deployment can be checked against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .simulation import FederatedArguments
+
+# run-config key -> (type, default)
+RUN_CONFIG_DEFAULTS: dict[str, tuple[type, Any]] = {
+    "num-server-rounds": (int, 2),
+    "num-partitions": (int, 2),
+    "local-steps": (int, 2),
+    "batch-size": (int, 4),
+    "learning-rate": (float, 5e-3),
+    "lora-r": (int, 4),
+    "lora-alpha": (float, 8.0),
+    "aggregation": (str, "factors"),
+    "secure-aggregation": (bool, True),
+    "secagg-max-weight": (float, 1000.0),
+    "secagg-clipping-range": (float, 8.0),
+    "dp-clip-norm": (float, 0.0),
+    "dp-noise-multiplier": (float, 0.0),
+    "dp-delta": (float, 1e-5),
+    "seed": (int, 0),
+    "docs-per-client": (int, 4),
+    "block-size": (int, 32),
+    "vocab-size": (int, 512),
+    "hidden-size": (int, 32),
+    "output-path": (str, ""),
+    "work-dir": (str, ""),
+}
+
+
+def parse_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a Flower run config against [`RUN_CONFIG_DEFAULTS`] (unknown keys and wrong types are errors)."""
+    unknown = set(run_config) - set(RUN_CONFIG_DEFAULTS)
+    if unknown:
+        raise ValueError(f"Unknown run-config keys {sorted(unknown)}; known: {sorted(RUN_CONFIG_DEFAULTS)}.")
+    out = {}
+    for key, (typ, default) in RUN_CONFIG_DEFAULTS.items():
+        value = run_config.get(key, default)
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise TypeError(f"run-config `{key}` must be {typ.__name__}, got {value!r}.")
+        out[key] = value
+    return out
+
+
+@dataclass
+class FlowerTask:
+    """Everything both apps need: deterministic model and data builders and the protocol options."""
+
+    config: dict[str, Any]
+    fed_args: FederatedArguments
+    training_args: Any
+    tokenizer: Any = field(repr=False)
+    _datasets: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_clients(self) -> int:
+        return self.config["num-partitions"]
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+    def model_fn(self):
+        """The tiny Llama every process builds identically (seeded), with eager attention for DP-SGD."""
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        h = self.config["hidden-size"]
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            cfg = LlamaConfig(
+                vocab_size=len(self.tokenizer),
+                hidden_size=h,
+                intermediate_size=2 * h,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                max_position_embeddings=256,
+                tie_word_embeddings=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            model = LlamaForCausalLM(cfg)
+        model.set_attn_implementation("eager")
+        return model
+
+    def dataset_fn(self, partition_id: int):
+        """Partition `partition_id` of the embedded corpus: one group of domains per client (non-IID)."""
+        if not 0 <= partition_id < self.num_clients:
+            raise ValueError(f"partition-id {partition_id} is outside [0, {self.num_clients}) (num-partitions).")
+        if partition_id not in self._datasets:
+            from ..data import load_corpus
+            from .simulation import build_client_dataset, split_by_column
+
+            parts = split_by_column(load_corpus("train"), "domain", self.num_clients)
+            part = parts[partition_id]
+            part = part.select(range(min(self.config["docs-per-client"], len(part))))
+            self._datasets[partition_id] = build_client_dataset(
+                part, [], self.tokenizer, self.config["block-size"], seed=self.seed
+            )
+        return self._datasets[partition_id]
+
+
+def task_from_run_config(run_config: Mapping[str, Any]) -> FlowerTask:
+    """Build the [`FlowerTask`] of a run config (see [`RUN_CONFIG_DEFAULTS`])."""
+    from ..data import build_tokenizer
+    from .trainer import PrivateTrainingArguments
+
+    cfg = parse_run_config(run_config)
+    dp = cfg["dp-clip-norm"] > 0
+    if cfg["dp-noise-multiplier"] > 0 and not dp:
+        raise ValueError("run-config `dp-noise-multiplier` > 0 needs `dp-clip-norm` > 0 (else DP would be off).")
+    fed_args = FederatedArguments(
+        num_rounds=cfg["num-server-rounds"],
+        local_steps=cfg["local-steps"],
+        lora_r=cfg["lora-r"],
+        lora_alpha=cfg["lora-alpha"],
+        aggregation=cfg["aggregation"],
+        secure_aggregation=cfg["secure-aggregation"],
+        secagg_max_weight=cfg["secagg-max-weight"],
+        secagg_clipping_range=cfg["secagg-clipping-range"],
+    )
+    work = cfg["work-dir"] or os.path.join(tempfile.gettempdir(), "hf_ext_flower")
+    training_args = PrivateTrainingArguments(
+        output_dir=work,
+        per_device_train_batch_size=cfg["batch-size"],
+        learning_rate=cfg["learning-rate"],
+        lr_scheduler_type="constant",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1000,
+        save_strategy="no",
+        use_cpu=True,
+        seed=cfg["seed"],
+        max_grad_norm=0.0 if dp else 1.0,
+        dp_clip_norm=cfg["dp-clip-norm"] if dp else None,
+        dp_noise_multiplier=cfg["dp-noise-multiplier"],
+        dp_delta=cfg["dp-delta"],
+    )
+    return FlowerTask(cfg, fed_args, training_args, build_tokenizer(cfg["vocab-size"]))
+
+
+def save_global_state(state: Mapping[str, torch.Tensor], path: str, metadata: Mapping[str, Any]) -> None:
+    """Write the final global state (safetensors) and metadata (`<path>.json`) atomically."""
+    from safetensors.torch import save_file
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+    with open(tmp + ".json", "w") as fh:
+        json.dump(dict(metadata), fh, indent=2, default=str)
+    os.replace(tmp + ".json", path + ".json")
+    os.replace(tmp, path)
+
+
+def run_config_server_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = task_from_run_config):
+    """A `ServerApp` that builds its task from the run's config and writes the final global state to the
+    run config's `output-path` (if set)."""
+    from flwr.serverapp import Grid, ServerApp
+
+    from .flower import make_server_app
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context) -> None:
+        task = task_fn(context.run_config)
+        out: dict[str, Any] = {}
+
+        def finish(state, result):
+            out["state"] = state
+            out["result"] = result
+
+        inner = make_server_app(task.model_fn, task.fed_args, task.num_clients, seed=task.seed, on_finish=finish)
+        inner(grid, context)
+        if task.config["output-path"]:
+            save_global_state(
+                out["state"], task.config["output-path"], {"run_config": task.config, "result": str(out["result"])}
+            )
+
+    return app
+
+
+def run_config_client_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = task_from_run_config):
+    """A `ClientApp` that builds its task (and, with secure aggregation, Flower's `secaggplus_mod`) from the run's
+    config on the first message of each run and delegates every message to it."""
+    from flwr.clientapp import ClientApp
+
+    from .flower import make_client_app
+
+    cache: dict[Any, Any] = {}
+
+    def inner_app(context):
+        key = json.dumps(dict(context.run_config), sort_keys=True, default=str)
+        if key not in cache:
+            task = task_fn(context.run_config)
+            cache.clear()
+            cache[key] = make_client_app(task.model_fn, task.dataset_fn, task.fed_args, task.training_args)
+        return cache[key]
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, context):
+        return inner_app(context)(msg, context)
+
+    return app
