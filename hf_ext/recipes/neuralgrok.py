@@ -586,22 +586,33 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
 
 
 def merge_results(parts: list[dict]) -> dict:
-    """Combine results of the same setting run on different seeds (e.g. one process per seed) into one."""
+    """Combine results of the same setting run as separate processes (e.g. one per seed, or one per method and seed).
+
+    Every (method, seed) run may appear once; the merged methods keep the order in which they first appear.
+    """
     if not parts:
         raise ValueError("merge_results needs at least one results dict.")
     keys = ("task", "p", "target_accuracy", "max_steps", "strong_weight_decay")
     first = parts[0]
     for other in parts[1:]:
-        if any(other[k] != first[k] for k in keys) or list(other["methods"]) != list(first["methods"]):
-            raise ValueError(f"Results to merge must share {keys} and the methods; got {first!r:.200}...")
-    seeds = [seed for part in parts for seed in part["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"Results to merge repeat seeds: {seeds}.")
+        if any(other[k] != first[k] for k in keys):
+            raise ValueError(f"Results to merge must share {keys}; got {[{k: o[k] for k in keys} for o in parts]}.")
+    runs: dict[str, list[dict]] = {}
+    seen = set()
+    for part in parts:
+        for method, res in part["methods"].items():
+            for run in res["runs"]:
+                if (method, run["seed"]) in seen:
+                    raise ValueError(f"Results to merge repeat seeds: {method} seed {run['seed']} appears twice.")
+                seen.add((method, run["seed"]))
+                runs.setdefault(method, []).append(run)
+    for method_runs in runs.values():
+        method_runs.sort(key=lambda r: r["seed"])
     merged = {k: first[k] for k in keys}
-    merged["seeds"] = seeds
-    if "amplifier" in first:
-        merged["amplifier"] = first["amplifier"]
-    runs = {m: [r for part in parts for r in part["methods"][m]["runs"]] for m in first["methods"]}
+    merged["seeds"] = sorted({seed for _, seed in seen})
+    for part in parts:
+        if "amplifier" in part:
+            merged["amplifier"] = part["amplifier"]
     merged["methods"] = summarize(runs, first["max_steps"])
     merged["amplifier_share"] = amplifier_share(merged["methods"])
     return merged

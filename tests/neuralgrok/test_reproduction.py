@@ -7,8 +7,9 @@
   strong weight decay and NeuralGrok.
 
 The recipe's defaults are this setting apart from the CPU-budget knobs given below (smaller model and batch, a
-1024-equation test subset). The three seeds run as three processes side by side (each run is seeded on its own, so
-this is the same computation as `--seeds 0,1,2` in one process) and are merged with `merge_results`. The checks are
+1024-equation test subset). Each (method, seed) run is its own process, all side by side (each run is seeded on its
+own, so this is the same computation as one process; all methods then also share the same machine load, which makes
+their step times comparable) and the results are merged with `merge_results`. The checks are
 functions so that the same assertions can be applied to a saved `neuralgrok_results.json`.
 """
 
@@ -22,9 +23,9 @@ import pytest
 from hf_ext.recipes.neuralgrok import merge_results, write_outputs
 
 SEEDS = (0, 1, 2)
-METHODS = "none,none_strong_wd,normalize,grokfast_ema,neuralgrok"
+METHODS = ("none", "none_strong_wd", "normalize", "grokfast_ema", "neuralgrok")
 ARGV = [
-    "--methods", METHODS, "--hidden_size", "64", "--per_device_train_batch_size", "256",
+    "--hidden_size", "64", "--per_device_train_batch_size", "256",
     "--max_steps", "900", "--eval_steps", "20", "--max_eval_samples", "1024", "--logging_steps", "20",
     "--torch_threads", "1",
     "--disable_tqdm", "true", "--report_to", "none",
@@ -38,17 +39,20 @@ def results(tmp_path_factory, repo_root):
     script = os.path.join(repo_root, "scripts", "neuralgrok.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     procs = []
-    for seed in SEEDS:
-        cmd = [sys.executable, script, *ARGV, "--seeds", str(seed), "--output_dir", os.path.join(out, f"seed{seed}")]
-        log = open(os.path.join(out, f"seed{seed}.log"), "w")  # noqa: SIM115 (closed below)
+    runs = [(method, seed) for seed in SEEDS for method in METHODS]
+    for method, seed in runs:
+        name = f"{method}-{seed}"
+        cmd = [sys.executable, script, *ARGV, "--methods", method, "--seeds", str(seed)]
+        cmd += ["--output_dir", os.path.join(out, name)]
+        log = open(os.path.join(out, f"{name}.log"), "w")  # noqa: SIM115 (closed below)
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     for proc, log in procs:
         proc.wait()
         log.close()
         assert proc.returncode == 0, open(log.name, encoding="utf-8").read()[-3000:]
     parts = []
-    for seed in SEEDS:
-        with open(os.path.join(out, f"seed{seed}", "neuralgrok_results.json"), encoding="utf-8") as fh:
+    for method, seed in runs:
+        with open(os.path.join(out, f"{method}-{seed}", "neuralgrok_results.json"), encoding="utf-8") as fh:
             parts.append(json.load(fh))
     merged = merge_results(parts)
     write_outputs(merged, out)
