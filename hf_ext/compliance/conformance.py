@@ -21,7 +21,16 @@ from dataclasses import dataclass
 
 from .rfc9309 import RobotsTxt, product_token
 
-__all__ = ["CASES", "ENGINES", "Case", "available_engines", "conformance_table", "run_conformance"]
+__all__ = [
+    "CASES",
+    "ENGINES",
+    "STATUS_CASES",
+    "Case",
+    "available_engines",
+    "conformance_table",
+    "run_conformance",
+    "run_status_conformance",
+]
 
 
 @dataclass(frozen=True)
@@ -583,6 +592,49 @@ CASES: tuple[Case, ...] = (
         "RFC 9309 2.5",
     ),
 )
+
+
+#: HTTP status cases (RFC 9309 section 2.3.1): `(id, status, error, expected allowed)` for a host whose robots.txt,
+#: when fetched with 2xx, would allow the URL. Parsers never see the status: `RobotsCompliance` applies it for every
+#: backend (`status_policy="rfc9309"`).
+STATUS_CASES: tuple[tuple[str, int | None, str | None, bool], ...] = (
+    ("200-available", 200, None, True),
+    ("301-unresolved-redirect", 301, None, True),
+    ("404-unavailable", 404, None, True),
+    ("410-unavailable", 410, None, True),
+    ("429-is-4xx", 429, None, True),
+    ("500-unreachable", 500, None, False),
+    ("503-unreachable", 503, None, False),
+    ("network-error-unreachable", None, "ConnectionRefusedError", False),
+    ("no-status-no-body", None, None, True),
+)
+
+
+def run_status_conformance(backends: Iterable[str] | None = None) -> dict[str, dict[str, bool]]:
+    """Decide every `STATUS_CASES` entry through `RobotsCompliance` with each backend.
+
+    Returns:
+        `{backend: {case id: decision}}` (`True`: allowed).
+    """
+    from .robots import RobotsCompliance
+    from .store import RobotsTxtStore
+
+    engines = available_engines()
+    names = (
+        list(backends)
+        if backends is not None
+        else [b for b, e in (("rfc9309", "hf_ext"), ("protego", "protego"), ("google", "google")) if e in engines]
+    )
+    out: dict[str, dict[str, bool]] = {}
+    for backend in names:
+        out[backend] = {}
+        for case_id, status, error, _ in STATUS_CASES:
+            store = RobotsTxtStore()
+            body = "User-agent: *\nDisallow: /private/\n" if status is not None and 200 <= status < 300 else None
+            store.add("example.com", body, "2025-01-15", status, error)
+            checker = RobotsCompliance(store, user_agents=["FooBot"], backend=backend)
+            out[backend][case_id] = checker.is_compliant("http://example.com/page")
+    return out
 
 
 def _hf_ext(robots: str | bytes, agent: str, url: str) -> bool:

@@ -87,3 +87,12 @@ def test_fuzz_hf_ext_engine_agrees_with_googles_parser(robots, agent, url_path):
     url = "http://example.com/" + url_path.lstrip("/")
     assert "%" not in url and urllib.parse.urlsplit(url).path != "/robots.txt"
     assert ENGINES["hf_ext"](robots, agent, url) == ENGINES["google"](robots, agent, url), (robots, agent, url)
+
+
+def test_status_cases_are_right_through_every_backend():
+    from hf_ext.compliance.conformance import STATUS_CASES, run_status_conformance
+
+    results = run_status_conformance()
+    assert "rfc9309" in results and "protego" in results
+    for backend, decisions in results.items():
+        assert decisions == {case_id: expected for case_id, _, _, expected in STATUS_CASES}, backend
