@@ -19,6 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list the recipes with one line each")
     run = sub.add_parser("run", help="run a recipe: hf-ext run <recipe> [recipe args...]", add_help=False)
     run.add_argument("recipe", nargs="?")
+    sub.add_parser("env", help="print versions and devices for a bug report")
+    rep = sub.add_parser(
+        "reproduce", help="run a method's reproduction and print the paper's claim, our number and the verdict"
+    )
+    rep.add_argument("method", nargs="?", help="method name (see --list)")
+    rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the method's, >= 3)")
+    rep.add_argument("--fast", action="store_true", help="smaller budget: checks that it runs; verdicts indicative")
+    rep.add_argument("--output_dir", default=None, help="keep the runs and write reproduction.json/.md here")
+    rep.add_argument("--list", action="store_true", help="list the methods")
     if not argv:
         parser.print_help()
         return 0
@@ -34,12 +43,37 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return 0
     args = parser.parse_args(argv)
+    if args.command == "env":
+        from .env import collect, format_env
+
+        print(format_env(collect()))
+        return 0
+    if args.command == "reproduce":
+        return _reproduce(parser, args)
     if args.command == "list":
         recipes = available_recipes()
         width = max(len(n) for n in recipes)
         for name, desc in recipes.items():
             print(f"{name.ljust(width)}  {desc}")
     return 0
+
+
+def _reproduce(parser: argparse.ArgumentParser, args) -> int:
+    from .reproduce import available_methods, reproduce
+
+    methods = available_methods()
+    if args.list or not args.method:
+        width = max(len(n) for n in methods)
+        for name, title in methods.items():
+            print(f"{name.ljust(width)}  {title}")
+        return 0
+    if args.method not in methods:
+        parser.error(f"unknown method {args.method!r}; one of: {', '.join(methods)}")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    report = reproduce(args.method, seeds=args.seeds, fast=args.fast, output_dir=args.output_dir)
+    print(report.to_markdown())
+    return 0 if report.holds else 1
 
 
 if __name__ == "__main__":

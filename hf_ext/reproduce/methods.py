@@ -1,0 +1,136 @@
+"""The reproductions, one per method: what each seed runs (the package's recipes) and how each claim is judged.
+
+Budgets are CPU-sized (minutes per seed on 2 cores); `fast` cuts them further to check that a reproduction runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+
+from . import Claim, Reproduction, mean_spread
+
+
+def _quiet_recipe(name: str, argv: list[str]) -> dict:
+    """Run recipe `name` with `argv`, its printing captured (the reproduction prints its own table)."""
+    import importlib
+
+    main = importlib.import_module(f"hf_ext.recipes.{name}").main
+    with contextlib.redirect_stdout(io.StringIO()):
+        return main(argv)
+
+
+def _mean(values) -> float:
+    return statistics.fmean(float(v) for v in values)
+
+
+# --------------------------------------------------------------------------------------------------- metadata
+def _metadata_run(seed: int, fast: bool, workdir: str) -> dict:
+    steps = 60 if fast else 300
+    argv = [
+        "--dataset", "synthetic", "--max_steps", str(steps), "--doc_eval_steps", str(steps // 15),
+        "--hidden_size", "64", "--intermediate_size", "128", "--num_hidden_layers", "2", "--block_size", "128",
+        "--per_device_train_batch_size", "16", "--max_eval_docs", "100", "--cooldown_fraction", "0",
+        "--guidance_scale", "3", "--guidance_samples", "8" if fast else "16", "--guidance_prompt", "",
+        "--logging_steps", "50", "--disable_tqdm", "true", "--seed", str(seed), "--output_dir", workdir,
+    ]  # fmt: skip
+    res = _quiet_recipe("metadata_pretrain", argv)
+    share = res.get("domain_token_share", {})
+    return {
+        "max_steps": steps,
+        "steps_to_match": res["steps_to_baseline_final_loss"]["url_conditioned"],
+        "final": res["final"],
+        "share_scale_1": share.get("scale_1"),
+        "share_guided": share.get("scale_3"),
+    }
+
+
+def _steps_fraction(runs: list[dict]) -> tuple[str, bool]:
+    fractions = [(r["steps_to_match"] or r["max_steps"] * 2) / r["max_steps"] for r in runs]
+    return f"{mean_spread(fractions, '{:.2f}')} of the baseline's steps", _mean(fractions) <= 0.8
+
+
+def _context_helps(runs: list[dict]) -> tuple[str, bool]:
+    gaps = [r["final"]["baseline"] - r["final"]["url_model_with_context"] for r in runs]
+    return f"baseline - URL model loss {mean_spread(gaps)}", _mean(gaps) > 0
+
+
+def _guidance_steers(runs: list[dict]) -> tuple[str, bool]:
+    gains = [r["share_guided"] - r["share_scale_1"] for r in runs if r["share_guided"] is not None]
+    if not gains:
+        return "not measured", False
+    return f"host-word share gain at scale 3: {mean_spread(gains)}", _mean(gains) > 0
+
+
+METADATA = Reproduction(
+    method="metadata",
+    title="URL conditioning speeds up pretraining; guidance steers generation",
+    setting="Synthetic corpus where each URL host decides most of a document's words; 2-layer model, hidden 64.",
+    run=_metadata_run,
+    claims=[
+        Claim(
+            "URL-conditioned model reaches the baseline's final loss in fewer steps",
+            "60B instead of 100B tokens (0.6x) [3rd-party summary]",
+            _steps_fraction,
+        ),
+        Claim("with URL context, held-out loss is below the baseline's", "qualitative (abstract)", _context_helps),
+        Claim(
+            "classifier-free guidance towards a host raises that host's word share",
+            "context steers generation (abstract)",
+            _guidance_steers,
+        ),
+    ],  # fmt: skip
+)
+
+
+# --------------------------------------------------------------------------------------------------- grape
+def _grape_run(seed: int, fast: bool, workdir: str) -> dict:
+    steps = 40 if fast else 200
+    common = [
+        "--hidden_size", "64", "--intermediate_size", "192", "--num_attention_heads", "4", "--vocab_size", "1024",
+        "--block_size", "64", "--per_device_train_batch_size", "16", "--max_steps", str(steps),
+        "--reweight_domains_every", "10", "--reweight_tasks_every", "10", "--reweight_batch_size", "16",
+        "--reweight_mini_batch_size", "8", "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
+        "--disable_tqdm", "true", "--use_cpu", "true", "--seed", str(seed), "--save_strategy", "no",
+    ]  # fmt: skip
+    out = {}
+    for method in ("grape", "uniform"):
+        res = _quiet_recipe("grape", [*common, "--reweight_method", method, "--output_dir", f"{workdir}/{method}"])
+        out[method] = {
+            "mean_target_loss": res["mean_target_eval_loss"],
+            "target_loss": res["target_eval_loss"],
+            "task_weights": res.get("task_weights", {}),
+        }
+    return out
+
+
+def _grape_beats_uniform(runs: list[dict]) -> tuple[str, bool]:
+    gaps = [r["uniform"]["mean_target_loss"] - r["grape"]["mean_target_loss"] for r in runs]
+    return f"uniform - GRAPE mean target loss {mean_spread(gaps)}", _mean(gaps) > 0
+
+
+def _grape_worst_target(runs: list[dict]) -> tuple[str, bool]:
+    gaps = [max(r["uniform"]["target_loss"].values()) - max(r["grape"]["target_loss"].values()) for r in runs]
+    return f"uniform - GRAPE worst-target loss {mean_spread(gaps)}", _mean(gaps) > 0
+
+
+GRAPE = Reproduction(
+    method="grape",
+    title="GRAPE's multi-target mixture beats uniform mixing on the targets",
+    setting="Embedded corpus (9 documentation domains), the recipe's two default target tasks, 2-layer model.",
+    run=_grape_run,
+    claims=[
+        Claim(
+            "lower mean target loss than uniform mixing at equal steps",
+            "outperforms baselines on 6 reasoning tasks (abstract; no numbers found)",
+            _grape_beats_uniform,
+        ),
+        Claim(
+            "lower loss on the worst target (group robustness)", "group-robust objective (title)", _grape_worst_target
+        ),
+    ],  # fmt: skip
+)
+
+
+REPRODUCTIONS: dict[str, Reproduction] = {r.method: r for r in (GRAPE, METADATA)}

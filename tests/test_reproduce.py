@@ -1,0 +1,69 @@
+"""`hf-ext reproduce` and `hf-ext env`; the slow tests run every registered reproduction at its default seeds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_ext.cli import main
+from hf_ext.reproduce import Claim, Reproduction, available_methods, reproduce
+from hf_ext.reproduce.methods import REPRODUCTIONS
+
+
+def test_env_lists_versions_and_devices(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    for key in ("torch", "transformers", "accelerate", "peft", "trl", "datasets", "torchao", "transformer_engine"):
+        assert f"- {key}: " in out
+    assert "- CUDA available: " in out and "- python: " in out
+
+
+def test_reproduce_judges_claims_over_seeds(monkeypatch, tmp_path):
+    """Seeds reach the run, the judge sees every seed's result, the table shows mean/spread and the verdict."""
+    seen = []
+
+    def run(seed, fast, workdir):
+        seen.append((seed, fast))
+        return {"gap": 0.1 * (seed + 1)}
+
+    def judge(runs):
+        gaps = [r["gap"] for r in runs]
+        return f"{sum(gaps) / len(gaps):.2f}", min(gaps) > 0.15
+
+    spec = Reproduction("toy", "a toy claim", run, [Claim("gap is positive", "0.2", judge)], default_seeds=3)
+    monkeypatch.setitem(REPRODUCTIONS, "toy", spec)
+    report = reproduce("toy", seeds=[1, 2], fast=True, output_dir=str(tmp_path))
+    assert seen == [(1, True), (2, True)]
+    assert report.rows[0].ours == "0.25" and report.rows[0].verdict == "holds" and report.holds
+    assert "| gap is positive | 0.2 | 0.25 | holds |" in (tmp_path / "reproduction.md").read_text()
+    assert json.loads((tmp_path / "reproduction.json").read_text())["seeds"] == [1, 2]
+    seen.clear()
+    assert not reproduce("toy").holds  # default seeds 0, 1, 2: seed 0's gap 0.1 fails the judge
+    assert [s for s, _ in seen] == [0, 1, 2]
+    with pytest.raises(ValueError, match="Unknown method"):
+        reproduce("nope")
+    with pytest.raises(ValueError, match="--seeds"):
+        reproduce("toy", seeds=0)
+
+
+def test_cli_lists_and_runs_a_fast_reproduction(capsys, tmp_path):
+    assert main(["reproduce", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in available_methods())
+    rc = main(["reproduce", "grape", "--fast", "--seeds", "1", "--output_dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| claim | paper | ours" in out and "grape" in out
+    assert rc in (0, 1) and (rc == 0) == ("does not hold" not in out)
+    assert (tmp_path / "reproduction.md").is_file() and (tmp_path / "seed0" / "grape" / "model.safetensors").is_file()
+    with pytest.raises(SystemExit):
+        main(["reproduce", "no_such_method"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(REPRODUCTIONS))
+def test_reproduction_holds(method, tmp_path):
+    report = reproduce(method, output_dir=str(tmp_path))
+    print(report.to_markdown())
+    assert len(report.seeds) >= 3
+    assert report.holds, report.to_markdown()
