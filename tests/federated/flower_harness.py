@@ -20,7 +20,7 @@ class InProcessGrid(Grid):
     `fail_nodes` lists node ids whose training messages are answered with an error (a client that drops out).
     """
 
-    def __init__(self, client_app, num_nodes: int, fail_nodes: Iterable[int] = ()):
+    def __init__(self, client_app, num_nodes: int, fail_nodes: Iterable[int] = (), run_config: dict | None = None):
         self.client_app = client_app
         self.node_ids = list(range(1, num_nodes + 1))
         self.fail_nodes = set(fail_nodes)
@@ -30,7 +30,7 @@ class InProcessGrid(Grid):
                 node_id=n,
                 node_config={"partition-id": i, "num-partitions": num_nodes},
                 state=RecordDict(),
-                run_config={},
+                run_config=dict(run_config or {}),
             )
             for i, n in enumerate(self.node_ids)
         }
