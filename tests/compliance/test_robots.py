@@ -226,3 +226,22 @@ def test_identical_robots_texts_are_parsed_once():
     ]
     assert c.policy("a.org").parser is c.policy("b.org").parser
     assert c.policy("a.org").parser is not c.policy("c.org").parser
+
+
+URL_FORMS = st.sampled_from(
+    ["https://example.com{p}", "http://Example.com:8080{p}", "example.com{p}", "//example.com{p}", "https://example.com{q}"]
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(robots=robots_text, forms=st.lists(st.tuples(URL_FORMS, path_text), min_size=1, max_size=6))
+def test_fuzz_rfc9309_cache_equals_the_engine_per_agent(robots, forms):
+    from hf_ext.compliance import RobotsTxt
+
+    urls = [form.format(p="/" + p.lstrip("/"), q="?" + p + "#f") for form, p in forms]
+    reference = RobotsTxt.parse(robots)
+    expected = [tuple(a for a in DEFAULT_AI_USER_AGENTS if not reference.allowed(u, a)) for u in urls]
+    for bound in (None, 1):
+        c = checker(robots, max_cached_hosts=bound)
+        assert c.disallowed_agents_batch(urls) == expected
+        assert [c.disallowed_agents(u) for u in urls] == expected
