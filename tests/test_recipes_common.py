@@ -158,11 +158,23 @@ RECIPE_SOURCES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_outputs_are_written_atomically(name):
-    """Results, tables and plots go through `hf_ext.utils.io`'s atomic writers (temporary file, then rename)."""
-    import re
+    """Results, tables and plots go through `hf_ext.utils.io`'s atomic writers (temporary file, then rename), so a
+    crash mid-write never leaves a half-written result file."""
+    import ast
 
-    source = open(os.path.join(RECIPE_SOURCES, f"{name}.py"), encoding="utf-8").read()
-    offenders = re.findall(r"open\([^)]*,\s*\"w\"\)|\.savefig\(", source)
+    tree = ast.parse(open(os.path.join(RECIPE_SOURCES, f"{name}.py"), encoding="utf-8").read())
+    offenders = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in ("savefig", "write_text", "write_bytes", "to_json"):
+            offenders.append(f"line {node.lineno}: .{func.attr}(...)")
+        if isinstance(func, ast.Name) and func.id == "open":
+            modes = [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
+            modes += [k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)]
+            if any(isinstance(m, str) and ("w" in m or "a" in m) for m in modes):
+                offenders.append(f"line {node.lineno}: open(..., {modes[0]!r})")
     assert not offenders, f"{name}: non-atomic writes {offenders}"
 
 

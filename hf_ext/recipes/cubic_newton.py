@@ -18,6 +18,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from ..utils.io import atomic_open, atomic_savefig
+
 METHODS = ("sgd", "adam", "cn", "cn_momentum")
 
 
@@ -269,7 +271,7 @@ def plot(results: list[dict], path: str) -> None:
                 ax.set_title(prob)
         row[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -310,7 +312,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if "corpus" in problems:
         results += run_corpus(args, methods, batches, args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "cubic_newton_results.json"), "w") as fh:
+    with atomic_open(os.path.join(args.output_dir, "cubic_newton_results.json"), "w") as fh:
         json.dump(results, fh)
     plot(results, os.path.join(args.output_dir, "cubic_newton.png"))
     print(f"[cubic_newton] wrote {os.path.join(args.output_dir, 'cubic_newton.png')}")

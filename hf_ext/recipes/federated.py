@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..federated.simulation import FederatedArguments
 from ..federated.trainer import PrivateTrainingArguments
+from ..utils.io import atomic_open, atomic_savefig
 
 BASES = ("full", "lora", "lora_merge")
 MODIFIERS = ("goldfish", "dp", "clientdp", "secagg")
@@ -371,7 +372,7 @@ def write_outputs(results: dict, output_dir: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(os.path.join(output_dir, "results.json"), "w") as fh:
+    with atomic_open(os.path.join(output_dir, "results.json"), "w") as fh:
         json.dump(results, fh, indent=2, default=float)
     runs = results["runs"]
     first = next(iter(runs.values()))["history"][-1]
@@ -392,7 +393,7 @@ def write_outputs(results: dict, output_dir: str) -> None:
             + f" | {'-' if eps is None else f'{eps:.2f}'} |"
         )
     table = "\n".join(lines) + "\n"
-    with open(os.path.join(output_dir, "memorization_table.md"), "w") as fh:
+    with atomic_open(os.path.join(output_dir, "memorization_table.md"), "w") as fh:
         fh.write(table)
     print(table)
 
@@ -412,7 +413,7 @@ def write_outputs(results: dict, output_dir: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(output_dir, "memorization_vs_rounds.png"), dpi=120)
+    atomic_savefig(fig, os.path.join(output_dir, "memorization_vs_rounds.png"), dpi=120)
     plt.close(fig)
 
 

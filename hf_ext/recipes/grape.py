@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..grape.configuration_grape import GrapeConfig
+from ..utils.io import atomic_open
 
 DEFAULT_TARGETS = "io_network=networking+filesystem,language_numeric=language+numeric+datatypes"
 
@@ -264,7 +265,7 @@ def run(data_args: GrapeDataArguments, model_args: GrapeModelArguments, args: Gr
         if metrics["target_eval_loss"]:
             losses = list(metrics["target_eval_loss"].values())
             metrics["mean_target_eval_loss"] = sum(losses) / len(losses)
-        with open(os.path.join(args.output_dir, "grape_results.json"), "w") as fh:
+        with atomic_open(os.path.join(args.output_dir, "grape_results.json"), "w") as fh:
             json.dump(metrics, fh, indent=2)
         print(f"method: {args.reweight_method}  ({st.domain_updates} domain / {st.task_updates} task updates)")
         print("final domain weights:")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..utils.io import atomic_open, atomic_savefig
+
 DEFAULT_DOMAINS = "devtools,networking"
 ALL_METHODS = ("hyperinf", "hyperinf_reference", "datainf", "lissa", "tracin", "exact")
 
@@ -348,7 +350,7 @@ def plot_results(results: dict, out_dir: str) -> list[str]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(os.path.join(out_dir, "detection_curves.png"))
-    fig.savefig(paths[-1], dpi=120)
+    atomic_savefig(fig, paths[-1], dpi=120)
     plt.close(fig)
     selection = results.get("selection", {})
     if selection:
@@ -360,7 +362,7 @@ def plot_results(results: dict, out_dir: str) -> list[str]:
         ax.tick_params(axis="x", rotation=30, labelsize=8)
         fig.tight_layout()
         paths.append(os.path.join(out_dir, "selection_loss.png"))
-        fig.savefig(paths[-1], dpi=120)
+        atomic_savefig(fig, paths[-1], dpi=120)
         plt.close(fig)
     return paths
 
@@ -507,9 +509,9 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
             )
     results["selection"] = selection
     out = training_args.output_dir
-    with open(os.path.join(out, "hyperinf_results.json"), "w") as fh:
+    with atomic_open(os.path.join(out, "hyperinf_results.json"), "w") as fh:
         json.dump({k: v for k, v in results.items() if k != "scores"}, fh, indent=2)
-    with open(os.path.join(out, "hyperinf_scores.json"), "w") as fh:
+    with atomic_open(os.path.join(out, "hyperinf_scores.json"), "w") as fh:
         json.dump({"is_noisy": is_noisy.tolist(), **results["scores"]}, fh)
     for path in plot_results(results, out):
         print(f"saved {path}")

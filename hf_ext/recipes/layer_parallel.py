@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..utils.io import atomic_open, atomic_savefig
+
 
 @dataclass
 class LayerParallelModelArguments:
@@ -256,7 +258,7 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
     else:
         print(f"no paired range keeps perplexity within +{sweep_args.max_ppl_increase:.0%}; nothing converted.")
         results["chosen"] = None
-        with open(os.path.join(training_args.output_dir, "results.json"), "w") as fh:
+        with atomic_open(os.path.join(training_args.output_dir, "results.json"), "w") as fh:
             json.dump(results, fh, indent=2)
         return results
     results["chosen"] = {"start": start, "end": end, "pairs": (end - start) // 2}
@@ -300,10 +302,10 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
     results["reload_matches"] = math.isclose(results["reloaded_eval"]["loss"], final["loss"], rel_tol=1e-5)
     results["saved_to"] = save_dir
     print(f"saved {type(reloaded).__name__} to {save_dir} (reload matches: {results['reload_matches']})")
-    if rows is not None:
-        _plot_summary(results, os.path.join(training_args.output_dir, "summary.png"))
-    with open(os.path.join(training_args.output_dir, "results.json"), "w") as fh:
+    with atomic_open(os.path.join(training_args.output_dir, "results.json"), "w") as fh:
         json.dump(results, fh, indent=2)
+    if rows is not None:  # the results are on disk before the optional plot
+        _plot_summary(results, os.path.join(training_args.output_dir, "summary.png"))
     return results
 
 
@@ -327,7 +329,7 @@ def _plot_summary(results: dict, path: str) -> None:
     ax.set_ylabel("perplexity")
     ax.set_title("layer pairing within the perplexity budget")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainerCallback, TrainingArguments
 
+from ..utils.io import atomic_open, atomic_savefig
 from .pretrain import ModelArguments, build_model
 
 logger = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ def _plot(results: dict, path: str) -> None:
     ax.set_title("Metadata conditioning: document loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -362,22 +363,31 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
             url_model, tokenizer, [meta_args.guidance_prompt], [metadata], guidance_scale=meta_args.guidance_scale,
             do_sample=False, **gen)[0],
     }
-    if domain_vocab is not None:  # synthetic corpus: share of domain-specific words in sampled continuations
-        share = {}
-        domain = example["url"].split("//")[1].split(".")[0]
-        for scale in (1.0, meta_args.guidance_scale):
-            torch.manual_seed(training_args.seed)
-            texts = generate_with_metadata_guidance(
-                url_model, tokenizer, [meta_args.guidance_prompt] * meta_args.guidance_samples,
-                [metadata] * meta_args.guidance_samples, guidance_scale=scale, do_sample=True, top_k=0, **gen)
-            share[f"scale_{scale:g}"] = _domain_token_share(tokenizer, texts, domain_vocab[domain])
-        results["domain_token_share"] = {"domain": domain, **share}
+    if domain_vocab is not None:  # synthetic corpus: share of host-specific words in sampled continuations
+        # Every host is steered towards with the metadata of one of its held-out documents; the mean over hosts is
+        # reported next to each host's share (one host alone is a noisy measure).
+        per_host: dict[str, dict[str, float]] = {}
+        for host in sorted(domain_vocab):
+            doc = next((d for d in eval_docs if d["url"].split("//")[1].split(".")[0] == host), None)
+            if doc is None:
+                continue
+            for scale in (1.0, meta_args.guidance_scale):
+                torch.manual_seed(training_args.seed)
+                texts = generate_with_metadata_guidance(
+                    url_model, tokenizer, [meta_args.guidance_prompt] * meta_args.guidance_samples,
+                    [template(doc)] * meta_args.guidance_samples, guidance_scale=scale, do_sample=True, top_k=0, **gen)
+                per_host.setdefault(host, {})[f"scale_{scale:g}"] = _domain_token_share(
+                    tokenizer, texts, domain_vocab[host]
+                )
+        keys = sorted({k for v in per_host.values() for k in v})
+        mean = {k: sum(v[k] for v in per_host.values()) / len(per_host) for k in keys}
+        results["domain_token_share"] = {"hosts": sorted(per_host), **mean, "per_host": per_host}
 
     os.makedirs(training_args.output_dir, exist_ok=True)
     tokenizer.save_pretrained(os.path.join(training_args.output_dir, "url_conditioned"))
-    _plot(results, os.path.join(training_args.output_dir, "document_loss.png"))
-    with open(os.path.join(training_args.output_dir, "metadata_results.json"), "w", encoding="utf-8") as fh:
+    with atomic_open(os.path.join(training_args.output_dir, "metadata_results.json"), "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
+    _plot(results, os.path.join(training_args.output_dir, "document_loss.png"))  # after the results are on disk
     final = results["final"]
     print("held-out document loss (BOS and context excluded):")
     for key, value in final.items():

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..optim.warmup_trainer import WarmupFreeTrainingArguments
+from ..utils.io import atomic_open, atomic_savefig
 
 ARMS = ("adamw_warmup", "adamw_no_warmup", "lion_ar_no_warmup", "lion_a_no_warmup", "lion_ar_warmup")
 
@@ -129,7 +130,7 @@ def plot(results: dict, path: str) -> None:
         ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -189,7 +190,7 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
         }
         print(f"[warmup] {arm}: eval loss {eval_loss:.4f}")
     if args.should_save:
-        with open(os.path.join(args.output_dir, "warmup_results.json"), "w") as fh:
+        with atomic_open(os.path.join(args.output_dir, "warmup_results.json"), "w") as fh:
             json.dump(results, fh, indent=1)
         plot(results, os.path.join(args.output_dir, "warmup.png"))
         summary = {arm: round(res["eval_loss"], 4) for arm, res in results.items()}
