@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from datatrove.data import Document
@@ -24,7 +25,8 @@ class RobotsTxtFilter(BaseFilter):
 
     Args:
         robots (`RobotsCompliance`, `RobotsTxtStore`, a snapshot path or a `{host: text}` mapping):
-            Where robots.txt rules come from.
+            Where robots.txt rules come from. A path (folder, `.jsonl`, `.parquet`, on a filesystem every task can
+            read) is loaded by each task on first use, so the pickled pipeline stays small.
         user_agents (`Sequence[str]`, *optional*, defaults to `DEFAULT_AI_USER_AGENTS`):
             Agents to check (ignored when `robots` is already a `RobotsCompliance`).
         url_key (`str`, *optional*, defaults to `"url"`): Key of `doc.metadata` holding the URL.
@@ -47,15 +49,30 @@ class RobotsTxtFilter(BaseFilter):
             raise ValueError("url_key must name the metadata field holding the URL, e.g. 'url'.")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        self._snapshot_path = None
+        self._checker_kwargs = dict(user_agents=user_agents, **checker_kwargs)
         if isinstance(robots, RobotsCompliance):
             checker = robots
+        elif isinstance(robots, str) or hasattr(robots, "__fspath__"):
+            # A snapshot path is loaded by each task on first use, not here: the pipeline that datatrove pickles and
+            # ships to every worker / Slurm job then carries the path, not millions of robots.txt texts.
+            path = os.fspath(robots)
+            if not os.path.exists(path):
+                raise ValueError(f"robots snapshot {path!r} does not exist; pass a folder, .jsonl or .parquet file.")
+            RobotsCompliance({}, **self._checker_kwargs)  # validate the options before any work
+            self._snapshot_path, checker = path, None
         else:
-            if isinstance(robots, str) or hasattr(robots, "__fspath__"):
-                robots = RobotsTxtStore.load(robots)
-            checker = RobotsCompliance(robots, user_agents=user_agents, **checker_kwargs)
+            checker = RobotsCompliance(robots, **self._checker_kwargs)
         super().__init__(exclusion_writer=exclusion_writer, batch_size=batch_size)
-        self.checker = checker
+        self._checker = checker
         self.url_key = url_key
+
+    @property
+    def checker(self) -> RobotsCompliance:
+        """The `RobotsCompliance` behind the step (built from the snapshot path on first use)."""
+        if self._checker is None:
+            self._checker = RobotsCompliance(RobotsTxtStore.load(self._snapshot_path), **self._checker_kwargs)
+        return self._checker
 
     def _url(self, doc: Document) -> str | None:
         if self.url_key not in doc.metadata:

@@ -255,3 +255,22 @@ def test_corrupted_snapshot_metadata_names_the_file(tmp_path):
     (tmp_path / "snap" / "_snapshot.json").write_text('{"fetched_at": "2025-01-15", "hosts": {')
     with pytest.raises(ValueError, match=r"_snapshot\.json"):
         RobotsTxtStore.load(tmp_path / "snap")
+
+
+def test_datatrove_step_from_a_path_ships_the_path_not_the_snapshot(tmp_path, example_checker, corpus):
+    import pickle
+
+    from datatrove.data import Document
+
+    load_example_robots().save(tmp_path / "snap.jsonl")
+    step = RobotsTxtFilter(str(tmp_path / "snap.jsonl"), batch_size=50)
+    shipped = pickle.dumps(step)
+    assert b"Disallow" not in shipped and len(shipped) < 20_000
+    worker_copy = pickle.loads(shipped)
+    docs = [Document(text="x", id=str(i), metadata={"url": u}) for i, u in enumerate(corpus["url"])]
+    kept = [d.id for d in worker_copy.run(iter(docs))]
+    assert kept == [str(i) for i, ok in enumerate(example_checker.is_compliant_batch(corpus["url"])) if ok]
+    with pytest.raises(ValueError, match="does not exist"):
+        RobotsTxtFilter(str(tmp_path / "missing.parquet"))
+    with pytest.raises(ValueError, match="status_policy"):
+        RobotsTxtFilter(str(tmp_path / "snap.jsonl"), status_policy="lenient")
