@@ -47,7 +47,7 @@ def test_url_conditioning_speeds_up_training_and_guidance_steers(tmp_path):
         "--dataset", "synthetic", "--max_steps", str(max_steps), "--doc_eval_steps", "20", "--hidden_size", "64",
         "--intermediate_size", "128", "--num_hidden_layers", "2", "--block_size", "128",
         "--per_device_train_batch_size", "16", "--max_eval_docs", "100", "--cooldown_fraction", "0",
-        "--guidance_scale", "3", "--guidance_samples", "16", "--guidance_prompt", "", "--logging_steps", "50", "--disable_tqdm", "true",
+        "--guidance_scale", "3", "--guidance_samples", "32", "--guidance_prompt", "", "--logging_steps", "50", "--disable_tqdm", "true",
         "--output_dir", str(tmp_path),
     ])
     final = results["final"]
@@ -57,6 +57,8 @@ def test_url_conditioning_speeds_up_training_and_guidance_steers(tmp_path):
     assert steps is not None and steps <= 0.8 * max_steps
     assert final["url_model_with_context"] < final["baseline"]
     assert final["url_model_with_context"] < final["url_model_without_context"]
-    # guidance towards domain A's host puts more of A's words into sampled continuations than scale 1
+    # guidance towards a host puts more of its words into sampled continuations than scale 1 (mean over the 4 hosts,
+    # and for most hosts individually)
     share = results["domain_token_share"]
     assert share["scale_3"] > share["scale_1"] + 0.05
+    assert sum(v["scale_3"] > v["scale_1"] for v in share["per_host"].values()) >= 3
