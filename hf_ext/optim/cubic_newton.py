@@ -180,19 +180,25 @@ def _check_M(M: float) -> None:
 
 
 def solve_cubic_exact(
-    g: torch.Tensor, H: torch.Tensor, M: float, tol: float = 1e-12, max_iter: int = 300
+    g: torch.Tensor, H: torch.Tensor, M: float, tol: float = 1e-15, max_iter: int = 400
 ) -> torch.Tensor:
     """Global minimiser of the cubic model by eigendecomposition (dimension up to a few thousand).
 
     With `H = Q diag(lam) Q^T` and `gt = Q^T g`, `h(r) = -Q (lam + M r / 2)^-1 gt`; the solution is the root
-    `r > r_min = max(0, -2 lam_min / M)` of `||h(r)|| = r` (found by bisection: `||h(r)|| - r` is decreasing). In the
-    *hard case* (`gt` has no component on the eigenspace of `lam_min < 0` and `||h(r_min)|| < r_min`) the solution is
-    `h(r_min)` restricted to the other eigenvectors plus `tau * q_min` with `||h|| = r_min`.
+    `r > r_min = max(0, -2 lam_min / M)` of `||h(r)|| = r`. The root is searched in `s = r - r_min > 0`, where the
+    denominators are `(lam - lam_min) + M s / 2` (for `lam_min < 0`; `lam + M s / 2` otherwise) and carry no
+    cancellation, by bisection on `log s` (`||h|| - r` is decreasing in `s`): near the hard case (gradient almost
+    orthogonal to the lowest eigenvector) the root lies extremely close to `r_min` and a bisection on `r` would return
+    a step that misses most of the negative-curvature component. When no root exists above `s = 1e-300 s_max` (the
+    *hard case*: `gt` has no component on the eigenspace of `lam_min < 0`) the solution is `h(r_min)` restricted to the
+    other eigenvectors plus `tau * q_min` with `||h|| = r_min`.
 
     Args:
         g (`torch.Tensor`): gradient, shape `(d,)`.
         H (`torch.Tensor`): symmetric Hessian, shape `(d, d)`.
         M (`float`): cubic regularisation constant (`M/6` convention).
+        tol (`float`): relative accuracy of the root `s`.
+        max_iter (`int`): bisection steps (each costs O(d)).
 
     Returns:
         `torch.Tensor`: the step `h` (dtype of `g`).
@@ -201,49 +207,48 @@ def solve_cubic_exact(
     if g.dim() != 1 or H.shape != (g.numel(), g.numel()):
         raise ValueError(f"Need g of shape (d,) and H of shape (d, d), got {tuple(g.shape)} and {tuple(H.shape)}.")
     gd, Hd = g.double(), H.double()
+    if not (torch.isfinite(gd).all() and torch.isfinite(Hd).all()):
+        raise ValueError("The cubic sub-problem got a non-finite gradient or Hessian; check g and H for inf/nan.")
     Hd = 0.5 * (Hd + Hd.T)
     lam, Q = torch.linalg.eigh(Hd)
     gt = Q.T @ gd
     lam_min = float(lam[0])
     r_min = max(0.0, -2.0 * lam_min / M)
-    scale = max(float(lam.abs().max()), 1e-300)
+    base = (lam - lam_min).clamp_min(0.0) if lam_min < 0 else lam  # lam + M r / 2 = base + M s / 2
     gnorm = float(gd.norm())
     if gnorm == 0.0 and lam_min >= 0:
         return torch.zeros_like(g)
 
-    def h_of(r: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-        denom = lam + M * r / 2.0
-        coef = torch.where(denom > 0, gt / denom.clamp_min(1e-300), torch.zeros_like(gt))
-        if mask is not None:
-            coef = torch.where(mask, torch.zeros_like(coef), coef)
-        return -(Q @ coef)
+    def coef(s: float) -> torch.Tensor:
+        return gt / (base + M * s / 2.0)
 
-    if lam_min < 0:
-        bottom = (lam - lam_min).abs() <= 1e-10 * scale
-        if float(gt[bottom].norm()) <= 1e-12 * max(gnorm, 1e-300) + 1e-300:
-            h_rest = h_of(r_min, mask=bottom)
-            rest = float(h_rest.norm())
-            if rest <= r_min:  # hard case
-                tau = math.sqrt(max(r_min**2 - rest**2, 0.0))
-                q = Q[:, int(torch.nonzero(bottom)[0])]
-                return (h_rest + tau * q).to(g.dtype)
-    lo = r_min
-    hi = max(r_min, 1e-12) * 2.0 + 1e-12
-    while float(h_of(hi).norm()) > hi:
-        lo, hi = hi, hi * 2.0
-        if hi > 1e300:
-            raise ValueError("Cubic sub-problem bracket overflow; check g, H and M for inf/nan.")
+    def phi(s: float) -> float:  # ||h(r_min + s)|| - (r_min + s), decreasing in s
+        return float(coef(s).norm()) - (r_min + s)
+
+    # ||h|| <= ||g|| / (M s / 2) <= s once s >= sqrt(2 ||g|| / M): a closed-form upper bracket
+    hi = max(math.sqrt(2.0 * gnorm / M), 1e-150) * (1.0 + 1e-12)
+    lo = max(hi * 1e-300, 1e-320)
+    if gnorm == 0.0 or phi(lo) <= 0.0:
+        if lam_min >= 0:
+            return (-(Q @ coef(lo))).to(g.dtype)
+        # hard case: no root above r_min; complete h(r_min) on the other eigenvectors with the lowest eigenvector
+        scale = max(float(lam.abs().max()), 1e-300)
+        bottom = base <= 1e-12 * scale
+        rest = torch.where(bottom, torch.zeros_like(gt), gt / base.clamp_min(1e-300))
+        h_rest = -(Q @ rest)
+        tau = math.sqrt(max(r_min**2 - float(h_rest.norm()) ** 2, 0.0))
+        sign = -1.0 if float(gt[0]) > 0 else 1.0
+        return (h_rest + sign * tau * Q[:, 0]).to(g.dtype)
+    llo, lhi = math.log(lo), math.log(hi)
     for _ in range(max_iter):
-        mid = 0.5 * (lo + hi)
-        if mid <= lo or mid >= hi:
-            break
-        if float(h_of(mid).norm()) > mid:
-            lo = mid
+        mid = 0.5 * (llo + lhi)
+        if phi(math.exp(mid)) > 0.0:
+            llo = mid
         else:
-            hi = mid
-        if hi - lo <= tol * max(hi, 1e-300):
+            lhi = mid
+        if lhi - llo <= tol:
             break
-    return h_of(hi).to(g.dtype)
+    return (-(Q @ coef(math.exp(lhi)))).to(g.dtype)
 
 
 def _lanczos(hvp: HvpFn, v0: torch.Tensor, k: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -304,14 +309,24 @@ def solve_cubic_gd(
     hvp: HvpFn,
     M: float,
     lipschitz: float | None = None,
-    max_iter: int = 200,
+    max_iter: int = 500,
     tol: float = 1e-6,
+    step_scale: float = 0.5,
+    perturbation: float = 1e-3,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, int]:
     """Gradient descent on the cubic model from the Cauchy point (Carmon & Duchi), one HVP per iteration.
 
-    Cauchy point: `h = -R g/||g||`, `R = -k/M + sqrt((k/M)^2 + 2||g||/M)`, `k = g^T H g / ||g||^2`. Then
-    `h <- h - eta (g + H h + M/2 ||h|| h)` with `eta = 1 / (4 (L + M ||h||))`; `L` (a bound on `||H||`) is estimated
-    with 10 power iterations unless given. Stops when `||grad m(h)|| <= tol * ||g||`.
+    Cauchy point: `h = -R g/||g||`, `R = -k/M + sqrt((k/M)^2 + 2||g||/M)`, `k = g^T H g / ||g||^2`, plus a seeded
+    random component of relative size `perturbation` (so the iterates can leave the span of `g` when it is almost
+    orthogonal to the most negative eigenvector, the near-hard case; the model and its minimiser are unchanged). Then
+    `h <- h - eta (g + H h + M/2 ||h|| h)` with `eta = step_scale / (L + M ||h||)`, `L + M ||h||` bounding the
+    model's curvature; `L` (a bound on `||H||`) is estimated with 10 power iterations unless given. Stops when
+    `||grad m(h)|| <= tol * ||g||` or after `max_iter` iterations.
+
+    Cost of the defaults (docs/optim.md): on indefinite random and near-hard problems at d = 20 and 50 the model value
+    came within 1e-3 (relative) of the exact solver's after 49-247 iterations (HVPs); the tolerance usually stops
+    the loop well before `max_iter = 500`.
 
     Returns:
         `(h, hvp_calls)`.
@@ -319,6 +334,8 @@ def solve_cubic_gd(
     _check_M(M)
     if not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"`max_iter` must be a non-negative int, got {max_iter!r}.")
+    if not 0 < step_scale <= 1:
+        raise ValueError(f"`step_scale` must lie in (0, 1], got {step_scale}.")
     gd = g.double()
     gn = float(gd.norm())
     if gn == 0.0:
@@ -343,12 +360,15 @@ def solve_cubic_gd(
     kappa = float(gd @ H(gd)) / gn**2
     R = -kappa / M + math.sqrt((kappa / M) ** 2 + 2.0 * gn / M)
     h = -R * gd / gn
+    if perturbation > 0:
+        z = torch.randn(gd.shape, generator=torch.Generator().manual_seed(seed), dtype=gd.dtype).to(gd.device)
+        h = h + perturbation * R * z / z.norm()
     for _ in range(max_iter):
         hn = float(h.norm())
         grad = gd + H(h) + (M / 2.0) * hn * h
         if float(grad.norm()) <= tol * gn:
             break
-        h = h - grad / (4.0 * (lipschitz + M * hn))
+        h = h - (step_scale / (lipschitz + M * hn)) * grad
     return h.to(g.dtype), calls
 
 
@@ -414,7 +434,7 @@ class CubicNewton(Optimizer):
         solver (`str`, *optional*, defaults to `"auto"`): `exact` (needs a dense Hessian), `lanczos`, `gd`; `auto` =
             exact for `hessian="dense"`, else lanczos.
         krylov_dim (`int`, *optional*, defaults to 20): Lanczos subspace size.
-        gd_iters (`int`, *optional*, defaults to 100): iterations of the gradient-descent solver.
+        gd_iters (`int`, *optional*, defaults to 500): maximum iterations (HVPs) of the gradient-descent solver.
         M_rule (`str`, *optional*, defaults to `"fixed"`): `fixed` or `adaptive`.
         M_min, M_max (`float`, *optional*): bounds of the adaptive rule.
         max_step_norm (`float`, *optional*): cap on `||lr * h||`.
@@ -438,7 +458,7 @@ class CubicNewton(Optimizer):
         hessian_window: int = 5,
         solver: str = "auto",
         krylov_dim: int = 20,
-        gd_iters: int = 100,
+        gd_iters: int = 500,
         M_rule: str = "fixed",
         M_min: float = 1e-6,
         M_max: float = 1e8,

@@ -44,7 +44,10 @@ class CubicNewtonTrainingArguments(TrainingArguments):
     cubic_hessian_window: int = field(default=3, metadata={"help": "Past batches used by cubic_hessian=window."})
     cubic_solver: str = field(default="lanczos", metadata={"help": f"Sub-problem solver: one of {SOLVERS}."})
     cubic_krylov_dim: int = field(default=10, metadata={"help": "Lanczos subspace size (HVPs per solve)."})
-    cubic_gd_iters: int = field(default=50, metadata={"help": "Iterations of the gradient-descent solver."})
+    cubic_gd_iters: int = field(
+        default=500,
+        metadata={"help": "Maximum iterations (HVPs) of the gradient-descent solver; it stops at its tolerance."},
+    )
     cubic_M_rule: str = field(default="fixed", metadata={"help": "fixed or adaptive (doubling/halving M)."})
     cubic_max_step_norm: float | None = field(default=None, metadata={"help": "Cap on the step norm (None: none)."})
     cubic_convention: str = field(default="M/6", metadata={"help": "Cubic term convention: M/6 or M/3."})

@@ -241,3 +241,38 @@ def test_bad_solver_inputs_and_missing_closure():
     with pytest.raises(ValueError, match="closure"):
         opt.step()
     assert math.isfinite(cubic_model_value(torch.ones(2), torch.ones(2), torch.ones(2), 1.0))
+
+
+def _near_hard_problem(d, eps, seed=0):
+    """Indefinite H whose lowest eigenvector is almost orthogonal to g (component `eps`), the near-hard case."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    lam = torch.linspace(-2.0, 10.0, d, dtype=torch.float64)
+    lam[0] = -8.0
+    gt = torch.randn(d, generator=g, dtype=torch.float64)
+    gt[0] = eps
+    return Q @ gt, Q @ torch.diag(lam) @ Q.T, 0.5
+
+
+@pytest.mark.parametrize("d", [20, 50])
+@pytest.mark.parametrize("eps", [1e-6, 1e-9, 1e-12, 0.0])
+def test_exact_solver_near_hard_case_matches_brute_force(d, eps):
+    g, H, M = _near_hard_problem(d, eps, seed=d)
+    best = _brute_force(g, H, M, starts=12)
+    h = solve_cubic_exact(g, H, M)
+    val = cubic_model_value(g, H @ h, h, M)
+    assert val <= best + 1e-9 * abs(best)
+    r = float(h.norm())
+    assert float((g + H @ h + M / 2 * r * h).norm()) < 1e-8 * float(g.norm()) + 1e-8
+    assert float(torch.linalg.eigvalsh(H).min()) + M / 2 * r >= -1e-8
+
+
+@pytest.mark.parametrize("d", [20, 50])
+def test_gd_solver_defaults_reach_1e3_relative_accuracy(d):
+    problems = [_random_problem(d, seed) for seed in range(3)] + [_near_hard_problem(d, 1e-9, seed=d)]
+    for g, H, M in problems:
+        he = solve_cubic_exact(g, H, M)
+        exact = cubic_model_value(g, H @ he, he, M)
+        h, calls = solve_cubic_gd(g, lambda v, H=H: H @ v, M)
+        assert cubic_model_value(g, H @ h, h, M) <= exact + 1e-3 * abs(exact)
+        assert calls <= 500 + 12
