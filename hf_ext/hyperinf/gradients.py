@@ -303,7 +303,10 @@ class PerExampleGradients:
             # an all-ones mask is the default; dropping it keeps mask creation free of data-dependent branches
             batch = {key: value for key, value in batch.items() if key != "attention_mask"}
         if use_vmap:
-            grads = torch.func.vmap(torch.func.grad(self._loss), in_dims=(None, 0))(params, batch)
+            # the outer no_grad keeps trainable parameters that are not tracked (e.g. a head's bias) from recording an
+            # autograd graph through the per-example gradients; torch.func.grad itself ignores an outer no_grad
+            with torch.no_grad():
+                grads = torch.func.vmap(torch.func.grad(self._loss), in_dims=(None, 0))(params, batch)
         else:
             per_example: list[dict[str, torch.Tensor]] = []
             size = next(iter(batch.values())).shape[0]

@@ -200,6 +200,8 @@ def test_modules_to_save_tracks_the_output_projection_weight_by_default(small_to
     train, val = cls_data
     est = InfluenceEstimator(roberta, "hyperinf", batch_size=8)
     assert set(est.engine.shapes) == set(lora + [head + "out_proj.weight"])
+    # the untracked but trainable head parameters must not put the per-example gradients on an autograd graph
+    assert not any(t.requires_grad for t in next(est.gradients.iterate(train)).values())
     assert np.isfinite(est.fit(train).scores(val)).all()
 
 
