@@ -58,8 +58,9 @@ class CubicNewtonRecipeArguments:
 
 def make_a9a_like(n_samples: int = 5000, n_features: int = 123, seed: int = 0):
     """Synthetic stand-in for LIBSVM a9a: sparse binary features (~14 active per row, one-hot-like blocks with
-    skewed frequencies) and labels from a planted logistic model with about 24% positives. Returns `(A, y)` with
-    `A` float64 `(n, d)` in {0, 1} and `y` in {-1, +1}."""
+    skewed frequencies) and labels from a planted logistic model with about 24% positives. Every draw comes from one
+    generator seeded with `seed`, so equal arguments give equal data. Returns `(A, y)` with `A` float64 `(n, d)` in
+    {0, 1} and `y` in {-1, +1}."""
     import torch
 
     if n_samples < 2 or n_features < 14:
@@ -69,7 +70,9 @@ def make_a9a_like(n_samples: int = 5000, n_features: int = 123, seed: int = 0):
     A = torch.zeros(n_samples, n_features, dtype=torch.float64)
     for lo, hi in zip(blocks[:-1].tolist(), blocks[1:].tolist()):
         width = hi - lo
-        probs = torch.distributions.Dirichlet(torch.full((width,), 0.5)).sample()
+        # Dirichlet(0.5, ..., 0.5) from the seeded generator: Gamma(1/2) = Z^2 / 2 with Z standard normal
+        z2 = torch.randn(width, generator=g, dtype=torch.float64).square()
+        probs = z2 / z2.sum()
         idx = torch.multinomial(probs, n_samples, replacement=True, generator=g)
         A[torch.arange(n_samples), lo + idx] = 1.0
     w_star = torch.randn(n_features, generator=g, dtype=torch.float64)

@@ -93,3 +93,18 @@ def test_cubic_recipe_tiny_run(tmp_path):
     for r in res:
         assert r["rows"][-1]["oracle_calls"] <= 40
     assert (tmp_path / "cubic_newton.png").stat().st_size > 1000
+
+
+def test_a9a_like_data_is_seeded():
+    import torch
+
+    from hf_ext.recipes.cubic_newton import make_a9a_like
+
+    torch.manual_seed(123)  # the global RNG state must not matter
+    A1, y1 = make_a9a_like(300, 40, seed=0)
+    torch.manual_seed(456)
+    A2, y2 = make_a9a_like(300, 40, seed=0)
+    assert torch.equal(A1, A2) and torch.equal(y1, y2)
+    A3, _ = make_a9a_like(300, 40, seed=1)
+    assert not torch.equal(A1, A3)
+    assert torch.all(A1.sum(1) == 14) and 0.1 < float((y1 > 0).double().mean()) < 0.4
