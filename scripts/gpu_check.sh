@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# One-shot GPU check for FOG / FP8 / layer parallelism (issue 15, item 9).
+#
+# On one H100 / H200 with torchao installed it runs, each under its own time limit (about 8.5 minutes in all):
+#   1. the gpu-marked tests          (python -m pytest -m gpu tests)
+#   2. scripts/bench_fp8.py           at its GPU defaults (8B width, 8 layers, Llama and FOG, BF16 and torchao FP8)
+#   3. scripts/bench_layer_parallel.py at its GPU defaults
+# and prints ONE JSON summary line on stdout (also written to OUT/summary.json); the logs stay in OUT.
+# `--tiny` runs the same three stages on CPU at smoke size (the gpu tests then skip), to check the script itself.
+#
+#   scripts/gpu_check.sh                  # on the GPU machine, from the repository root
+#   scripts/gpu_check.sh --tiny --out /tmp/gpu_check
+set -u -o pipefail
+
+TINY=0
+OUT="gpu_check_out"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tiny) TINY=1; shift ;;
+    --out) OUT="${2:?--out needs a folder}"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (use --tiny and/or --out DIR)" >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python}"
+mkdir -p "$OUT"
+: > "$OUT/stages.tsv"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+
+stage() {  # stage NAME SECONDS CMD...
+  local name="$1" limit="$2" start rc
+  shift 2
+  start=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - start ))" "$limit" >> "$OUT/stages.tsv"
+}
+
+if [ "$TINY" = 1 ]; then
+  stage gpu_tests 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/fp8/test_fp8_convert.py \
+    --junitxml "$OUT/gpu_tests.xml"
+  stage bench_fp8 120 "$PY" scripts/bench_fp8.py --tiny --steps 1 --precisions bf16,fp8_tensorwise
+  stage bench_layer_parallel 120 "$PY" scripts/bench_layer_parallel.py --tiny
+else
+  stage gpu_tests 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests --junitxml "$OUT/gpu_tests.xml"
+  stage bench_fp8 270 "$PY" scripts/bench_fp8.py --precisions bf16,fp8_tensorwise
+  stage bench_layer_parallel 90 "$PY" scripts/bench_layer_parallel.py
+fi
+
+"$PY" - "$OUT" "$TINY" <<'PYEOF'
+import json, os, sys, xml.etree.ElementTree as ET
+
+out, tiny = sys.argv[1], sys.argv[2] == "1"
+summary = {"check": "gpu_check", "tiny": tiny, "stages": {}, "ok": True}
+try:
+    import torch
+
+    summary["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    summary["torch"] = torch.__version__
+except Exception as exc:  # noqa: BLE001
+    summary["device"] = f"unknown ({exc})"
+for line in open(os.path.join(out, "stages.tsv")):
+    name, rc, secs, limit = line.rstrip("\n").split("\t")
+    rc = int(rc)
+    summary["stages"][name] = {"rc": rc, "seconds": int(secs), "timed_out": rc in (124, 137), "limit_s": int(limit)}
+    summary["ok"] = summary["ok"] and rc == 0
+
+
+def json_lines(name):
+    rows = []
+    for line in open(os.path.join(out, f"{name}.log"), errors="replace"):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return rows
+
+
+junit = os.path.join(out, "gpu_tests.xml")
+if os.path.isfile(junit):
+    root = ET.parse(junit).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    summary["stages"]["gpu_tests"]["counts"] = counts
+fp8 = json_lines("bench_fp8")
+summary["stages"]["bench_fp8"]["summary"] = next((r for r in fp8 if r.get("model") == "summary"), None)
+summary["stages"]["bench_layer_parallel"]["rows"] = json_lines("bench_layer_parallel")
+text = json.dumps(summary)
+tmp = os.path.join(out, "summary.json.tmp")
+with open(tmp, "w") as fh:
+    fh.write(text)
+os.replace(tmp, os.path.join(out, "summary.json"))
+print(text)
+PYEOF
