@@ -20,6 +20,7 @@ from .memorization import (
     Canary,
     FrequencyPenaltyLogitsProcessor,
     assign_canaries,
+    canary_exposure,
     char_bleu,
     make_canaries,
     matching_prefix_tokens,
@@ -27,6 +28,7 @@ from .memorization import (
     score_continuation,
     split_index,
     summarize_records,
+    text_losses,
 )
 from .privacy import (
     PoissonBatchSampler,
@@ -101,6 +103,7 @@ __all__ = [
     "apply_mean_update",
     "assign_canaries",
     "build_client_dataset",
+    "canary_exposure",
     "canary_rows",
     "char_bleu",
     "check_compatible_states",
@@ -138,6 +141,7 @@ __all__ = [
     "split_index",
     "state_norm",
     "summarize_records",
+    "text_losses",
     "train_client",
     "unmask_sum",
 ]

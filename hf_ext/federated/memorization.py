@@ -344,3 +344,35 @@ _DEFAULT_WORDS = (
     "shadow silver slate spruce summit tangerine thistle thunder timber topaz tundra valley velvet violet walnut "
     "willow zephyr"
 ).split()
+
+
+@torch.no_grad()
+def text_losses(model, tokenizer, texts: Sequence[str]) -> list[float]:
+    """Mean next-token negative log-likelihood (nats per token) of each text under `model` (no special tokens)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+            if ids.shape[1] < 2:
+                raise ValueError(f"Text {text[:40]!r} has fewer than 2 tokens: nothing to score.")
+            out.append(float(model(input_ids=ids, labels=ids).loss))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def canary_exposure(model, tokenizer, members: Sequence[str], references: Sequence[str]) -> float:
+    """Loss-gap exposure of `members` (canaries seen in training): the mean per-token loss of `references`
+    (comparable texts never trained on) minus that of the members, in nats per token.
+
+    About 0 means the model treats the canaries like unseen text; the larger it is, the more a loss-threshold
+    membership-inference attacker (Yeom et al. 2018) can tell the canaries apart, even when greedy extraction still
+    fails. It is the continuous counterpart of Carlini et al.'s rank-based exposure.
+    """
+    if not members or not references:
+        raise ValueError("`members` and `references` must both be non-empty.")
+    m, r = text_losses(model, tokenizer, members), text_losses(model, tokenizer, references)
+    return sum(r) / len(r) - sum(m) / len(m)

@@ -43,10 +43,11 @@ class DataArguments:
     split_column: str = field(default="domain", metadata={"help": "Column whose groups go to clients (non-IID)."})
     docs_per_client: int = field(default=2, metadata={"help": "Documents per client (<= 0: all of them)."})
     block_size: int = field(default=128, metadata={"help": "Tokens per training block."})
-    num_canaries: int = field(default=6, metadata={"help": "Distinct canaries injected into the clients' data."})
+    num_canaries: int = field(default=10, metadata={"help": "Distinct canaries injected into the clients' data."})
     canary_words: int = field(default=50, metadata={"help": "Words per canary (must exceed prefix + window)."})
     replication: str = field(
-        default="10:0.5,1:0.5", metadata={"help": "Canary replication counts and fractions, 'count:fraction,...'."}
+        default="10:0.3,1:0.7",
+        metadata={"help": "Canary replication counts and fractions, 'count:fraction,...' (paper: 30% 10x, 70% once)."},
     )
     canary_source: str = field(
         default="test_docs",
@@ -69,13 +70,13 @@ class DataArguments:
 @dataclass
 class ComparisonArguments:
     configs: str = field(
-        default="full,full+goldfish,lora,lora+goldfish,lora+dp",
+        default="full,lora,lora+goldfish,lora+dp",
         metadata={
             "help": "Comma-separated runs: a base (full, lora, lora_merge) plus '+'-joined defenses (goldfish, dp, "
             "clientdp, secagg)."
         },
     )
-    lora_learning_rate: float = field(default=3e-2, metadata={"help": "Learning rate of LoRA runs."})
+    lora_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of LoRA runs."})
     full_learning_rate: float = field(default=5e-3, metadata={"help": "Learning rate of full fine-tuning runs."})
     defense_goldfish_k: int = field(default=4, metadata={"help": "Goldfish k for '+goldfish' runs."})
     defense_goldfish_context_width: int = field(default=13, metadata={"help": "Goldfish hashed context width."})
@@ -203,6 +204,24 @@ def held_out_texts(data_args) -> list[str]:
     return docs
 
 
+def reference_texts(data_args, vocabulary, seed: int, limit: int = 12) -> list[str]:
+    """Texts formatted like the canaries but never trained on (held-out documents after those used as canaries, or
+    random words with another seed): the baseline of the loss-gap exposure."""
+    from ..federated import make_canaries
+
+    if data_args.canary_source == "test_docs":
+        spare = held_out_texts(data_args)[data_args.num_canaries :][:limit]
+        if not spare:
+            raise ValueError("No held-out document is left for the exposure baseline; lower --num_canaries.")
+        texts = spare
+    else:
+        texts = None
+    refs = make_canaries(
+        len(texts) if texts else limit, {1: 1.0}, data_args.canary_words, vocabulary, seed + 7919, texts
+    )
+    return [c.text for c in refs]
+
+
 def build_tiny_model(model_args, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -239,6 +258,7 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
         FederatedSimulation,
         assign_canaries,
         build_client_dataset,
+        canary_exposure,
         make_canaries,
         measure_memorization,
         split_by_column,
@@ -273,6 +293,7 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
         seed=training_args.seed,
         texts=held_out_texts(data_args) if data_args.canary_source == "test_docs" else None,
     )
+    references = reference_texts(data_args, corpus_words(train["text"]), training_args.seed)
     copies = assign_canaries(canaries, [len(p) for p in private], data_args.canary_assignment, training_args.seed)
     clients = [
         build_client_dataset(p, [c.text for c in cs], tokenizer, data_args.block_size, seed=training_args.seed)
@@ -340,6 +361,9 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
                 seed=training_args.seed,
             )
             rec = {"eval_loss": causal_lm_eval_loss(sim.model, eval_ds)}
+            for rep in sorted({c.replication for c in canaries}, reverse=True):
+                members = [c.text for c in canaries if c.replication == rep]
+                rec[f"exposure_{rep}x"] = canary_exposure(sim.model, tokenizer, members, references)
             for rep, block in mem["per_replication"].items():
                 rec[f"exact_{rep}x"] = block["exact_mean"]
                 rec[f"approx_{rep}x"] = block["approximate_mean"]
@@ -379,7 +403,7 @@ def write_outputs(results: dict, output_dir: str) -> None:
     reps = sorted(
         {int(k.split("_")[1][:-1]) for k in first if k.startswith("exact_") and "worst" not in k}, reverse=True
     )
-    cols = [f"{m}_{r}x" for r in reps for m in ("exact", "approx", "bleu")]
+    cols = [f"{m}_{r}x" for r in reps for m in ("exact", "approx", "bleu", "exposure") if f"{m}_{r}x" in first]
     lines = [
         "| run | rounds | eval loss | " + " | ".join(cols) + " | eps (DP-SGD) |",
         "|---" * (len(cols) + 4) + "|",

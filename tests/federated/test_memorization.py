@@ -130,3 +130,30 @@ def test_assign_canaries():
         assign_canaries(canaries, [1, 1], "iid")
     with pytest.raises(ValueError, match="client_sizes"):
         assign_canaries(canaries, [0, 0])
+
+
+def test_canary_exposure_is_the_loss_gap_and_grows_with_training(small_tokenizer):
+    from hf_ext.federated import canary_exposure, text_losses
+
+    from .conftest import tiny_llama
+
+    model = tiny_llama(len(small_tokenizer), seed=1)
+    canaries = make_canaries(4, {1: 1.0}, num_words=20, seed=3)
+    members, references = [c.text for c in canaries[:2]], [c.text for c in canaries[2:]]
+    ids = small_tokenizer(members[0], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert text_losses(model, small_tokenizer, members[:1])[0] == pytest.approx(
+        float(model(input_ids=ids, labels=ids).loss), rel=1e-6
+    )
+    before = canary_exposure(model, small_tokenizer, members, references)
+    m, r = text_losses(model, small_tokenizer, members), text_losses(model, small_tokenizer, references)
+    assert before == pytest.approx(sum(r) / 2 - sum(m) / 2)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(15):  # memorize the two members
+        for text in members:
+            x = small_tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            opt.zero_grad()
+            model(input_ids=x, labels=x).loss.backward()
+            opt.step()
+    assert canary_exposure(model, small_tokenizer, members, references) > before + 1.0
+    with pytest.raises(ValueError, match="non-empty"):
+        canary_exposure(model, small_tokenizer, [], references)
