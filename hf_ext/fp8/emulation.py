@@ -71,6 +71,11 @@ def _record(history: torch.Tensor, amax: torch.Tensor) -> None:
     history[0] = amax
 
 
+def _in_backward() -> bool:
+    """Whether autograd is executing a backward pass now (where activation checkpointing recomputes forwards)."""
+    return torch._C._current_graph_task_id() != -1
+
+
 class _Fp8LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, module: Fp8Linear):
@@ -80,11 +85,17 @@ class _Fp8LinearFunction(torch.autograd.Function):
         amax_w = weight.detach().abs().amax().float()
         if module.scaling == "delayed":
             hist = module.fp8_amax_history
-            ref_x = _history_amax(hist[:, 0], amax_x, module.amax_compute_algo)
-            ref_w = _history_amax(hist[:, 1], amax_w, module.amax_compute_algo)
-            if module.training:
-                _record(hist[:, 0], amax_x)
-                _record(hist[:, 1], amax_w)
+            if _in_backward() and module._fp8_forward_refs is not None:
+                # activation-checkpointing recompute inside backward: reuse the original forward's scales and do not
+                # record the same step's amax a second time
+                ref_x, ref_w = module._fp8_forward_refs
+            else:
+                ref_x = _history_amax(hist[:, 0], amax_x, module.amax_compute_algo)
+                ref_w = _history_amax(hist[:, 1], amax_w, module.amax_compute_algo)
+                if module.training:
+                    _record(hist[:, 0], amax_x)
+                    _record(hist[:, 1], amax_w)
+                    module._fp8_forward_refs = (ref_x, ref_w)
         else:
             ref_x, ref_w = amax_x, amax_w
         xq = quantize_dequantize(x2, scale_from_amax(ref_x, fwd_dtype, module.margin), fwd_dtype)
@@ -157,6 +168,7 @@ class Fp8Linear(nn.Linear):
         fp8_dtypes(fp8_format)
         self.scaling, self.fp8_format, self.margin = scaling, fp8_format, int(margin)
         self.amax_compute_algo = amax_compute_algo
+        self._fp8_forward_refs = None  # (input, weight) amax references of the last training forward
         if scaling == "delayed":
             self.fp8_amax_history = nn.Buffer(torch.zeros(amax_history_len, 3, device=device), persistent=True)
 
