@@ -8,6 +8,7 @@ from .convert import (
     fp8_converted_modules,
     fp8_target_filter,
     fp8_target_modules,
+    te_fp8_shape_ok,
     te_recipe,
     torchao_config,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "quantize_dequantize",
     "register_fp8_attention",
     "resolve_wsd_kwargs",
+    "te_fp8_shape_ok",
     "te_recipe",
     "torchao_config",
     "train_with_rollback",

@@ -103,6 +103,7 @@ def convert(
     fp8_attention: bool = False,
     pad_inner_dim: bool = False,
     emulate: bool = False,
+    amax_reduction_group=None,
 ) -> nn.Module:
     """Run every block linear (QKV, O, MLP up/gate/down) of `model` in FP8, for the forward and both backward GEMMs.
 
@@ -125,6 +126,10 @@ def convert(
         pad_inner_dim (`bool`, defaults to `False`): Allow linears whose sizes are not multiples of 16 (torchao pads
             the GEMMs; padding with zeros is exact, so the emulated backend needs no padding).
         emulate (`bool`, defaults to `False`): torchao: run its emulated GEMM instead of `torch._scaled_mm`.
+        amax_reduction_group (*optional*): te: `torch.distributed` group over which delayed-scaling amaxes are
+            reduced (all data-parallel ranks then share scales). Default: the whole world when `torch.distributed` is
+            initialised with more than one rank, else none. The te backend enables FP8 per forward only when the
+            token count is a multiple of 8 (Transformer Engine's GEMM rule), e.g. not for most `generate` steps.
 
     Returns:
         `nn.Module`: `model`, converted in place.
@@ -159,7 +164,7 @@ def convert(
     if backend == "torchao":
         _convert_torchao(model, names, recipe, pad_inner_dim, emulate)
     elif backend == "te":
-        _convert_te(model, names, fp8_format, amax_history_len, amax_compute_algo, margin)
+        _convert_te(model, names, fp8_format, amax_history_len, amax_compute_algo, margin, amax_reduction_group)
     else:
         _convert_emulated(model, names, scaling, fp8_format, amax_history_len, amax_compute_algo, margin)
         if fp8_attention:
@@ -253,7 +258,7 @@ def _import_te():
     return te
 
 
-def _convert_te(model, names, fp8_format, history, algo, margin) -> None:
+def _convert_te(model, names, fp8_format, history, algo, margin, amax_reduction_group=None) -> None:
     import torch
 
     te = _import_te()
@@ -276,14 +281,46 @@ def _convert_te(model, names, fp8_format, history, algo, margin) -> None:
         _replace(model, name, new)
     autocast = getattr(te, "autocast", None)
     forward = model.forward
+    group = amax_reduction_group if amax_reduction_group is not None else _default_amax_group()
 
     @functools.wraps(forward)
     def forward_in_fp8(*args, **kwargs):
-        ctx = autocast(enabled=True, recipe=recipe) if autocast else te.fp8_autocast(enabled=True, fp8_recipe=recipe)
+        # FP8 only where TE's GEMM shape rule holds (rows % 8): a generate() decode step or an odd eval batch runs in
+        # high precision instead of failing TE's divisibility assertion.
+        enabled = te_fp8_shape_ok(_token_rows(args, kwargs))
+        if autocast:
+            ctx = autocast(enabled=enabled, recipe=recipe, amax_reduction_group=group)
+        else:
+            ctx = te.fp8_autocast(enabled=enabled, fp8_recipe=recipe, fp8_group=group)
         with ctx:
             return forward(*args, **kwargs)
 
     model.forward = forward_in_fp8
+
+
+def te_fp8_shape_ok(rows: int | None) -> bool:
+    """Whether Transformer Engine can run this forward's block GEMMs in FP8: the token count (GEMM rows) must be a
+    multiple of 8 (feature sizes, multiples of 16, are checked at conversion). `None` (unknown) is allowed."""
+    return rows is None or rows % 8 == 0
+
+
+def _token_rows(args, kwargs) -> int | None:
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if ids is not None and hasattr(ids, "shape"):
+        return int(ids.numel())
+    embeds = kwargs.get("inputs_embeds")
+    if embeds is not None and hasattr(embeds, "shape"):
+        return int(embeds.shape[:-1].numel())
+    return None
+
+
+def _default_amax_group():
+    """The data-parallel group to reduce delayed-scaling amaxes over: the whole world under DDP / FSDP."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.group.WORLD
+    return None
 
 
 def ao_recipe_kwargs(
