@@ -421,8 +421,9 @@ class CubicNewton(Optimizer):
         params (iterable): parameters (one param group).
         M (`float`, *optional*, defaults to 1.0): cubic regularisation constant.
         lr (`float`, *optional*, defaults to 1.0): step multiplier.
-        momentum (`str`, *optional*, defaults to `"ema"`): one of `none`, `ema`, `extrapolated`,
-            `hessian_corrected`.
+        momentum (`str`, *optional*, defaults to `"extrapolated"`): one of `none`, `ema`, `extrapolated`,
+            `hessian_corrected`. The default is the extrapolated (implicit gradient transport) estimator, our reading
+            of the paper's "special version of momentum" (see docs/optim.md); plain `ema` is biased at batch 1.
         alpha (`float`, *optional*, defaults to 0.1): gradient momentum weight (floor of the schedule).
         beta (`float`, *optional*, defaults to 0.1): Hessian momentum weight (floor of the schedule).
         alpha_power (`float`, *optional*, defaults to 0.0): `a_t = max(alpha, t^-alpha_power)` (0: constant after
@@ -448,7 +449,7 @@ class CubicNewton(Optimizer):
         params,
         M: float = 1.0,
         lr: float = 1.0,
-        momentum: str = "ema",
+        momentum: str = "extrapolated",
         alpha: float = 0.1,
         beta: float = 0.1,
         alpha_power: float = 0.0,

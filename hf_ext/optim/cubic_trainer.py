@@ -29,7 +29,9 @@ class CubicNewtonTrainingArguments(TrainingArguments):
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Schedule of the step multiplier."})
     max_grad_norm: float = field(default=0.0, metadata={"help": "Must stay 0: the cubic term regularises the step."})
     cubic_M: float = field(default=10.0, metadata={"help": "Cubic regularisation constant M (M/6 convention)."})
-    cubic_momentum: str = field(default="ema", metadata={"help": f"Gradient momentum: one of {MOMENTUM_TYPES}."})
+    cubic_momentum: str = field(
+        default="extrapolated", metadata={"help": f"Gradient momentum: one of {MOMENTUM_TYPES}."}
+    )
     cubic_alpha: float = field(default=0.1, metadata={"help": "Gradient momentum weight alpha (schedule floor)."})
     cubic_beta: float = field(default=0.1, metadata={"help": "Hessian momentum weight beta (schedule floor)."})
     cubic_alpha_power: float = field(default=0.0, metadata={"help": "alpha_t = max(alpha, t^-power); 0: constant."})

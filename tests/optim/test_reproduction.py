@@ -34,9 +34,14 @@ def test_lion_ar_without_warmup_matches_adamw_with_warmup(tmp_path):
 
 @pytest.mark.slow
 def test_momentum_reaches_lower_gradient_norm_at_batch_one():
+    """Batch-1 stochastic cubic Newton: the default momentum (extrapolated gradient + Hessian EMA) lowers the
+    gradient-norm plateau below plain stochastic cubic Newton on every seed; Adam with the same oracle budget is
+    reported side by side (not asserted: it is about as good here, see docs/optim.md)."""
+    from hf_ext.optim import CubicNewton
     from hf_ext.recipes.cubic_newton import _run, logistic_nonconvex_loss, make_a9a_like
 
-    n, d, steps = 2000, 20, 300
+    assert CubicNewton([torch.nn.Parameter(torch.zeros(2))]).param_groups[0]["momentum"] == "extrapolated"
+    n, d, steps, seeds = 2000, 20, 300, range(5)
     A, y = make_a9a_like(n, d, seed=0)
     make = logistic_nonconvex_loss(A, y, 0.01)
     full = make(torch.arange(n))
@@ -47,18 +52,22 @@ def test_momentum_reaches_lower_gradient_norm_at_batch_one():
         hessian="dense",
         solver="exact",
         krylov_dim=5,
-        momentum_type="hessian_corrected",
+        momentum_type="extrapolated",
         alpha=0.05,
         beta=0.05,
         eval_points=20,
     )
-    final = {}
-    for method in ("cn", "cn_momentum"):
-        runs = [_run(make, full, d, method, 1, 2 * steps, n, cfg, seed) for seed in range(5)]
+    tails = {}
+    for method in ("cn", "cn_momentum", "adam"):
+        runs = [_run(make, full, d, method, 1, 2 * steps, n, cfg, seed) for seed in seeds]
         assert all(r["rows"][-1]["oracle_calls"] == 2 * steps for r in runs)  # equal oracle budgets
-        # batch-1 iterates jitter: average |grad f| over the last quarter of the evaluations, then take the median
-        tails = [statistics.mean(row["grad_norm"] for row in r["rows"][-5:]) for r in runs]
-        print(method, [round(t, 4) for t in tails])
-        final[method] = statistics.median(tails)
-    print(f"median tail |grad f|: no momentum {final['cn']:.3e}  momentum {final['cn_momentum']:.3e}")
-    assert final["cn_momentum"] < final["cn"]
+        # batch-1 iterates jitter: average |grad f| over the last quarter of the evaluations
+        tails[method] = [statistics.mean(row["grad_norm"] for row in r["rows"][-5:]) for r in runs]
+    for method, vals in tails.items():
+        print(
+            f"{method:12s} tail |grad f| per seed {[round(v, 3) for v in vals]}  "
+            f"mean {statistics.mean(vals):.3f} sd {statistics.stdev(vals):.3f} median {statistics.median(vals):.3f}"
+        )
+    wins = sum(m < c for m, c in zip(tails["cn_momentum"], tails["cn"]))
+    assert wins >= len(seeds) - 1, tails
+    assert statistics.median(tails["cn_momentum"]) < 0.7 * statistics.median(tails["cn"]), tails
