@@ -18,6 +18,7 @@ from .metrics import (
     l2_update_norm,
     plot_update_metrics,
     relative_representation_change,
+    relative_update_norms,
 )
 from .normalized import Lion, LionA, LionAR, RotationalWrapper, equilibrium_angle, rotational_param_groups
 from .schedules import TrapezoidSchedule, get_trapezoid_schedule
@@ -62,6 +63,7 @@ __all__ = [
     "normalized_optimizer",
     "plot_update_metrics",
     "relative_representation_change",
+    "relative_update_norms",
     "rotational_param_groups",
     "save_optimizer_state",
 ]

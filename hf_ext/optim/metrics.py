@@ -21,9 +21,10 @@ __all__ = [
     "l2_update_norm",
     "plot_update_metrics",
     "relative_representation_change",
+    "relative_update_norms",
 ]
 
-METRIC_KEYS = ("update/l2_norm", "update/angle", "update/rrc", "update/grad_momentum_cos")
+METRIC_KEYS = ("update/relative_l2", "update/angle", "update/rrc", "update/grad_momentum_cos")
 
 
 def l2_update_norm(old: Iterable[torch.Tensor], new: Iterable[torch.Tensor]) -> float:
@@ -32,6 +33,32 @@ def l2_update_norm(old: Iterable[torch.Tensor], new: Iterable[torch.Tensor]) -> 
     for a, b in zip(old, new, strict=True):
         total += float((b.detach().double() - a.detach().double()).pow(2).sum())
     return math.sqrt(total)
+
+
+def relative_update_norms(
+    old: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor], min_dim: int = 2
+) -> dict[str, float]:
+    """Per-tensor relative update `||w_new - w_old|| / ||w_old||` (the paper's update-size measure).
+
+    Args:
+        old, new (`Mapping[str, torch.Tensor]`): the tensors before and after the step, by name.
+        min_dim (`int`, *optional*, defaults to 2): only tensors with at least this many dimensions (weight matrices;
+            biases and gains start at or near zero norm, where the ratio says little).
+
+    Returns:
+        `dict[str, float]`: one ratio per tensor whose old norm is non-zero.
+    """
+    if set(old) != set(new):
+        raise ValueError("`old` and `new` must hold the same tensor names.")
+    out = {}
+    for name, a in old.items():
+        if a.dim() < min_dim:
+            continue
+        a64 = a.detach().double()
+        base = float(a64.norm())
+        if base > 0:
+            out[name] = float((new[name].detach().double() - a64).norm()) / base
+    return out
 
 
 def angular_update(old: torch.Tensor, new: torch.Tensor, neuron_dim: int = 0) -> torch.Tensor:
@@ -110,7 +137,10 @@ class UpdateMetricsCallback(TrainerCallback):
     (gradient after clipping vs. the optimizer's first-moment buffer *before* it absorbs this gradient) and the inputs
     of every linear layer on a fixed probe batch; right after the step it computes:
 
-    - `update/l2_norm`: `||Delta w||_2` over all trainable parameters;
+    - `update/relative_l2`: mean over weight tensors (2+ dims) of the per-tensor relative update
+      `||Delta w_k|| / ||w_k||`, and `update/relative_l2_max` its maximum (with `log_per_tensor=True` also
+      `update/relative_l2/<name>` for every tensor);
+    - `update/l2_norm`: the global absolute `||Delta w||_2` over all trainable parameters;
     - `update/angle`: mean per-neuron angle (radians) over weight-decayed tensors with 2+ dims (`Conv1D` columns);
     - `update/rrc`: mean over linear layers of `||X dW^T|| / ||X W^T||` on the probe batch (if one is given);
     - `update/grad_momentum_cos`.
@@ -123,6 +153,7 @@ class UpdateMetricsCallback(TrainerCallback):
         probe_batch (`Mapping[str, torch.Tensor]`, *optional*): fixed model inputs for the RRC (e.g. 4 blocks).
         every_n_steps (`int`, *optional*, defaults to 1): measurement period.
         plot_path (`str`, *optional*, defaults to `"update_metrics.png"`): PNG written at train end (None: no plot).
+        log_per_tensor (`bool`, *optional*, defaults to `False`): also log each tensor's relative update.
     """
 
     def __init__(
@@ -130,6 +161,7 @@ class UpdateMetricsCallback(TrainerCallback):
         probe_batch: Mapping[str, torch.Tensor] | None = None,
         every_n_steps: int = 1,
         plot_path: str | None = "update_metrics.png",
+        log_per_tensor: bool = False,
     ):
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"`every_n_steps` must be a positive int, got {every_n_steps!r}.")
@@ -138,6 +170,7 @@ class UpdateMetricsCallback(TrainerCallback):
         self.probe_batch = probe_batch
         self.every_n_steps = every_n_steps
         self.plot_path = plot_path
+        self.log_per_tensor = log_per_tensor
         self.history: list[dict] = []
         self._pending: dict | None = None
         self._snap: dict | None = None
@@ -205,6 +238,7 @@ class UpdateMetricsCallback(TrainerCallback):
         params, angular, linears = self._tracked(model)
         old = snap["weights"]
         l2 = l2_update_norm([old[id(p)] for _, p in params], [p for _, p in params])
+        rel = relative_update_norms({n: old[id(p)] for n, p in params}, {n: p for n, p in params})
         angles = [angular_update(old[id(p)], p, nd) for _, p, nd in angular]
         angle = float(torch.cat(angles).mean()) if angles else float("nan")
         rrcs = [
@@ -216,12 +250,16 @@ class UpdateMetricsCallback(TrainerCallback):
         ]
         rrc = sum(rrcs) / len(rrcs) if rrcs else float("nan")
         row = {
+            "update/relative_l2": sum(rel.values()) / len(rel) if rel else float("nan"),
+            "update/relative_l2_max": max(rel.values()) if rel else float("nan"),
             "update/l2_norm": l2,
             "update/angle": angle,
             "update/rrc": rrc,
             "update/grad_momentum_cos": snap["cos"],
             "step": state.global_step + 1,
         }
+        if self.log_per_tensor:
+            row.update({f"update/relative_l2/{n}": v for n, v in rel.items()})
         self.history.append(row)
         state.log_history.append(dict(row))
         self._pending = row
@@ -247,7 +285,12 @@ def plot_update_metrics(histories: Mapping[str, list[dict]], path: str) -> str:
     if not histories:
         raise ValueError("`histories` is empty; pass {run_name: UpdateMetricsCallback.history}.")
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
-    titles = ["l2 update norm", "angular update (rad)", "relative representation change", "cos(grad, momentum)"]
+    titles = [
+        "relative update ||dW||/||W|| (mean over tensors)",
+        "angular update (rad)",
+        "relative representation change",
+        "cos(grad, momentum)",
+    ]
     for ax, key, title in zip(axes, METRIC_KEYS, titles):
         for name, rows in histories.items():
             xs = [r["step"] for r in rows if key in r]

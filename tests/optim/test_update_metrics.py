@@ -13,6 +13,7 @@ from hf_ext.optim import (
     gradient_momentum_cosine,
     l2_update_norm,
     relative_representation_change,
+    relative_update_norms,
 )
 
 
@@ -20,6 +21,16 @@ def test_l2_update_norm_hand_computed():
     old = [torch.tensor([1.0, 2.0]), torch.tensor([[0.0, 0.0]])]
     new = [torch.tensor([1.0, 5.0]), torch.tensor([[4.0, 0.0]])]
     assert l2_update_norm(old, new) == pytest.approx(5.0)
+
+
+def test_relative_update_norms_hand_computed():
+    old = {"w": torch.tensor([[3.0, 4.0]]), "v": torch.tensor([[1.0, 0.0]]), "b": torch.tensor([1.0, 0.0])}
+    new = {"w": torch.tensor([[3.0, 5.0]]), "v": torch.tensor([[0.0, 0.0]]), "b": torch.tensor([9.0, 0.0])}
+    rel = relative_update_norms(old, new)
+    assert rel == pytest.approx({"w": 1 / 5, "v": 1.0})  # per tensor, relative to that tensor's norm; 1-D skipped
+    assert relative_update_norms(old, new, min_dim=1)["b"] == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="same tensor names"):
+        relative_update_norms(old, {"w": new["w"]})
 
 
 def test_angular_update_hand_computed_rows_and_columns():
@@ -85,7 +96,7 @@ def test_callback_values_equal_hand_computation(tmp_path):
     data = [{"input_ids": torch.randint(0, 32, (8,)), "labels": torch.randint(0, 32, (8,))} for _ in range(16)]
     probe = {"input_ids": torch.randint(0, 32, (2, 8))}
     model = TinyLM()
-    cb = UpdateMetricsCallback(probe_batch=probe, every_n_steps=1, plot_path="m.png")
+    cb = UpdateMetricsCallback(probe_batch=probe, every_n_steps=1, plot_path="m.png", log_per_tensor=True)
 
     # independent recorder of what the callback should see
     class Recorder(UpdateMetricsCallback):
@@ -121,7 +132,21 @@ def test_callback_values_equal_hand_computation(tmp_path):
                 w0, w1 = self.before[n].double(), after[n].detach().double()
                 x = x.double().reshape(-1, x.shape[-1])
                 rr.append(float((x @ (w1 - w0).t()).norm() / (x @ w0.t()).norm()))
-            self.rows.append({"l2": l2, "angle": float(torch.cat(angles).mean()), "rrc": sum(rr) / 2, "cos": self.cos})
+            rel = [
+                float((after[n].detach().double() - self.before[n].double()).norm() / self.before[n].double().norm())
+                for n in ("emb.weight", "fc.weight", "head.weight")
+            ]
+            self.rows.append(
+                {
+                    "l2": l2,
+                    "rel": sum(rel) / 3,
+                    "rel_max": max(rel),
+                    "rel_fc": rel[1],
+                    "angle": float(torch.cat(angles).mean()),
+                    "rrc": sum(rr) / 2,
+                    "cos": self.cos,
+                }
+            )
 
     rec = Recorder()
     args = TrainingArguments(
@@ -146,6 +171,9 @@ def test_callback_values_equal_hand_computation(tmp_path):
     assert len(cb.history) == 3 and len(rec.rows) == 3
     for got, want in zip(cb.history, rec.rows):
         assert got["update/l2_norm"] == pytest.approx(want["l2"], rel=1e-6)
+        assert got["update/relative_l2"] == pytest.approx(want["rel"], rel=1e-6)
+        assert got["update/relative_l2_max"] == pytest.approx(want["rel_max"], rel=1e-6)
+        assert got["update/relative_l2/fc.weight"] == pytest.approx(want["rel_fc"], rel=1e-6)
         assert got["update/angle"] == pytest.approx(want["angle"], rel=1e-6)
         assert got["update/rrc"] == pytest.approx(want["rrc"], rel=1e-6)
         if not math.isnan(want["cos"]):
