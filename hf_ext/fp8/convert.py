@@ -104,6 +104,7 @@ def convert(
     pad_inner_dim: bool = False,
     emulate: bool = False,
     amax_reduction_group=None,
+    fsdp_float8_all_gather: bool = False,
 ) -> nn.Module:
     """Run every block linear (QKV, O, MLP up/gate/down) of `model` in FP8, for the forward and both backward GEMMs.
 
@@ -126,6 +127,9 @@ def convert(
         pad_inner_dim (`bool`, defaults to `False`): Allow linears whose sizes are not multiples of 16 (torchao pads
             the GEMMs; padding with zeros is exact, so the emulated backend needs no padding).
         emulate (`bool`, defaults to `False`): torchao: run its emulated GEMM instead of `torch._scaled_mm`.
+        fsdp_float8_all_gather (`bool`, defaults to `False`): torchao tensorwise: when the model is then sharded
+            with FSDP2 (`fully_shard`, accelerate's FSDP plugin with `fsdp_version=2`), all-gather the sharded
+            weights in FP8 (half the communication of BF16).
         amax_reduction_group (*optional*): te: `torch.distributed` group over which delayed-scaling amaxes are
             reduced (all data-parallel ranks then share scales). Default: the whole world when `torch.distributed` is
             initialised with more than one rank, else none. The te backend enables FP8 per forward only when the
@@ -162,7 +166,7 @@ def convert(
     _check_dims(model, names, pad_inner_dim, backend)
 
     if backend == "torchao":
-        _convert_torchao(model, names, recipe, pad_inner_dim, emulate)
+        _convert_torchao(model, names, recipe, pad_inner_dim, emulate, fsdp_float8_all_gather)
     elif backend == "te":
         _convert_te(model, names, fp8_format, amax_history_len, amax_compute_algo, margin, amax_reduction_group)
     else:
@@ -179,24 +183,34 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def torchao_config(recipe: str = "tensorwise", pad_inner_dim: bool = False, emulate: bool = False):
-    """torchao `Float8LinearConfig` for a recipe name, with `pad_inner_dim` and `emulate` set."""
+def torchao_config(
+    recipe: str = "tensorwise", pad_inner_dim: bool = False, emulate: bool = False, fsdp_float8_all_gather: bool = False
+):
+    """torchao `Float8LinearConfig` for a recipe name, with `pad_inner_dim`, `emulate` and (tensorwise only, under
+    FSDP2) `enable_fsdp_float8_all_gather` set."""
     import dataclasses
 
     from torchao.float8 import Float8LinearConfig
 
+    if fsdp_float8_all_gather and recipe != "tensorwise":
+        raise ValueError(
+            f"FP8 all-gather under FSDP2 needs torchao's tensorwise recipe, not recipe={recipe!r}; use "
+            "recipe='tensorwise' or turn fsdp_float8_all_gather off."
+        )
     cfg = Float8LinearConfig.from_recipe_name(recipe)
-    return dataclasses.replace(cfg, pad_inner_dim=pad_inner_dim, emulate=emulate)
+    return dataclasses.replace(
+        cfg, pad_inner_dim=pad_inner_dim, emulate=emulate, enable_fsdp_float8_all_gather=fsdp_float8_all_gather
+    )
 
 
-def _convert_torchao(model, names, recipe, pad_inner_dim, emulate) -> None:
+def _convert_torchao(model, names, recipe, pad_inner_dim, emulate, fsdp_float8_all_gather=False) -> None:
     from torchao.float8 import convert_to_float8_training
 
     wanted = set(names)
     convert_to_float8_training(
         model,
         module_filter_fn=lambda mod, fqn: fqn in wanted,
-        config=torchao_config(recipe, pad_inner_dim, emulate),
+        config=torchao_config(recipe, pad_inner_dim, emulate, fsdp_float8_all_gather),
     )
 
 
@@ -346,7 +360,7 @@ def ao_recipe_kwargs(
     names = fp8_target_modules(model, include_lm_head, skip_modules)
     _check_dims(model, names, pad_inner_dim, "torchao")
     return AORecipeKwargs(
-        config=torchao_config(recipe, pad_inner_dim),
+        config=torchao_config(recipe, pad_inner_dim, fsdp_float8_all_gather=recipe == "tensorwise"),
         module_filter_func=fp8_target_filter(model, include_lm_head, skip_modules),
         pad_inner_dim=pad_inner_dim,
     )
