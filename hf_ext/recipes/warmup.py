@@ -1,29 +1,34 @@
-"""Warmup study: AdamW with and without LR warmup vs LionAR (and LionA) without warmup, with update-size metrics.
+"""Warmup study: AdamW and LionAR (and LionA), each with and without LR warmup, with update-size metrics.
 
 Run as `python scripts/warmup.py`, `accelerate launch scripts/warmup.py` or `hf-ext run warmup`. Every arm trains a fresh
-copy of the same small GPT-style model (Llama architecture from config) on the embedded corpus with a trapezoid
-schedule, logs the update metrics of `hf_ext.optim.UpdateMetricsCallback`, and the recipe writes `warmup_results.json`
-and `warmup.png` (loss curves + update metrics) to `--output_dir`.
+copy of the same small GPT-style model (Llama architecture from config) on the embedded corpus with the trapezoid
+schedule (transformers' `warmup_stable_decay` with linear decay over the last half), logs the update metrics of
+`hf_ext.optim.UpdateMetricsCallback`, and the recipe writes `warmup_results.json` (per arm, plus each optimizer's
+warmup gap = eval loss without warmup minus eval loss with warmup) and `warmup.png` (loss curves + update metrics) to
+`--output_dir`, each arm's Trainer output to `--output_dir/<arm>`.
+
+`--resume_from_checkpoint` (bare, `true`/`last`, or a folder): with `last` every arm continues from the newest complete
+`checkpoint-N` in its own folder (arms without one start from scratch; at least one arm must have one); a checkpoint
+folder can only be named when a single arm is trained. Save checkpoints with `--save_strategy steps --save_steps N`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
 
 from ..optim.warmup_trainer import WarmupFreeTrainingArguments
-from ..utils.io import atomic_open, atomic_savefig
+from ..utils.io import atomic_savefig, atomic_write_json
 
-ARMS = ("adamw_warmup", "adamw_no_warmup", "lion_ar_no_warmup", "lion_a_no_warmup", "lion_ar_warmup")
+ARMS = ("adamw_warmup", "adamw_no_warmup", "lion_ar_warmup", "lion_ar_no_warmup", "lion_a_warmup", "lion_a_no_warmup")
 
 
 @dataclass
 class WarmupRecipeArguments:
     arms: str = field(
-        default="adamw_warmup,adamw_no_warmup,lion_ar_no_warmup",
+        default="adamw_warmup,adamw_no_warmup,lion_ar_warmup,lion_ar_no_warmup",
         metadata={"help": f"Comma-separated arms to train, from {', '.join(ARMS)}."},
     )
     warmup_fraction: float = field(default=0.05, metadata={"help": "Warmup length of the *_warmup arms (fraction)."})
@@ -64,8 +69,8 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
 
     arms = [a.strip() for a in recipe.arms.split(",") if a.strip()]
     bad = [a for a in arms if a not in ARMS]
-    if not arms or bad:
-        raise ValueError(f"--arms must name arms from {ARMS}, got {recipe.arms!r}.")
+    if not arms or bad or len(set(arms)) != len(arms):
+        raise ValueError(f"--arms must name distinct arms from {ARMS}, got {recipe.arms!r}.")
     if not 0.0 <= recipe.warmup_fraction < 0.5:
         raise ValueError(f"--warmup_fraction must lie in [0, 0.5), got {recipe.warmup_fraction}.")
     if recipe.lion_lr_ratio <= 0:
@@ -80,11 +85,43 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
     return arms
 
 
+def resume_checkpoints(value, arms: list[str], output_dir: str) -> dict[str, str | None]:
+    """The checkpoint each arm resumes from (`None`: from scratch), from a `--resume_from_checkpoint` value; raises
+    `ValueError` before any work when the value cannot be honoured."""
+    from ..utils.resume import last_complete_checkpoint, resolve_resume_checkpoint, wants_last, wants_resume
+
+    if not wants_resume(value):
+        return dict.fromkeys(arms)
+    if wants_last(value):
+        found = {arm: last_complete_checkpoint(os.path.join(output_dir, arm)) for arm in arms}
+        if not any(found.values()):
+            raise ValueError(
+                f"--resume_from_checkpoint asks for the last checkpoints, but no arm folder in --output_dir="
+                f"{output_dir!r} holds a complete checkpoint-N; drop the flag to start from scratch."
+            )
+        return found
+    if len(arms) != 1:
+        raise ValueError(
+            f"--resume_from_checkpoint={value!r} names one checkpoint folder but {len(arms)} arms are trained; pass "
+            "--arms with a single arm, or --resume_from_checkpoint last to resume every arm from its own folder."
+        )
+    return {arms[0]: resolve_resume_checkpoint(value, os.path.join(output_dir, arms[0]))}
+
+
+def warmup_gaps(results: dict) -> dict[str, float]:
+    """Per optimizer: eval loss without warmup minus eval loss with warmup (arms present in `results`)."""
+    gaps = {}
+    for opt in ("adamw", "lion_ar", "lion_a"):
+        if f"{opt}_warmup" in results and f"{opt}_no_warmup" in results:
+            gaps[opt] = results[f"{opt}_no_warmup"]["eval_loss"] - results[f"{opt}_warmup"]["eval_loss"]
+    return gaps
+
+
 def arm_arguments(arm: str, recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> WarmupTrainingArguments:
     """Training arguments of one arm (all arms share data, model init, clipping, steps and the trapezoid)."""
     from ..optim.normalized import equilibrium_angle
 
-    warm = recipe.warmup_fraction if arm.endswith("_warmup") and not arm.endswith("no_warmup") else 0
+    warm = 0 if arm.endswith("no_warmup") else recipe.warmup_fraction
     common = dict(output_dir=os.path.join(args.output_dir, arm), warmup_steps=warm)
     if arm.startswith("adamw"):
         return dataclasses.replace(args, normalized_optimizer="adamw", **common)
@@ -144,6 +181,7 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
     from ..optim.warmup_trainer import WarmupFreeTrainer
 
     arms = validate(recipe, args)
+    resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir)
     tokenizer = build_tokenizer(recipe.vocab_size)
     train_text, eval_text = load_text_datasets(None, None, recipe.train_file, None, "text", seed=args.seed)
     train_ds = pack_dataset(train_text, tokenizer, recipe.block_size, "text")
@@ -178,30 +216,33 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
             data_collator=default_data_collator,
             callbacks=[metrics_cb],
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume[arm])
         eval_loss = trainer.evaluate()["eval_loss"]
         results[arm] = {
             "eval_loss": eval_loss,
             "optimizer": arm_args.normalized_optimizer,
             "learning_rate": arm_args.learning_rate,
             "warmup_steps": arm_args.warmup_steps,
+            "resumed_from": resume[arm],
             "train_loss": [(r["step"], r["loss"]) for r in trainer.state.log_history if "loss" in r],
             "update_metrics": metrics_cb.history,
         }
         print(f"[warmup] {arm}: eval loss {eval_loss:.4f}")
+    gaps = warmup_gaps(results)
     if args.should_save:
-        with atomic_open(os.path.join(args.output_dir, "warmup_results.json"), "w") as fh:
-            json.dump(results, fh, indent=1)
+        atomic_write_json(os.path.join(args.output_dir, "warmup_results.json"), {**results, "warmup_gap": gaps}, 1)
         plot(results, os.path.join(args.output_dir, "warmup.png"))
         summary = {arm: round(res["eval_loss"], 4) for arm, res in results.items()}
         print(f"[warmup] final eval losses: {summary}")
+        print(f"[warmup] warmup gaps (no warmup - warmup): { {k: round(v, 4) for k, v in gaps.items()} }")
     return results
 
 
 def main(argv: list[str] | None = None) -> dict:
     from ._common import finish, parse_recipe_args
 
-    recipe, args = parse_recipe_args((WarmupRecipeArguments, WarmupTrainingArguments), argv)
+    # resume="keep": every arm resolves `last` in its own folder (see `resume_checkpoints`)
+    recipe, args = parse_recipe_args((WarmupRecipeArguments, WarmupTrainingArguments), argv, resume="keep")
     return finish(run(recipe, args))
 
 

@@ -66,6 +66,62 @@ def test_warmup_recipe_tiny_run(tmp_path):
     assert len(saved["lion_ar_no_warmup"]["update_metrics"]) == 3
 
 
+def _tiny_warmup_argv(out, *extra):
+    return [
+        "--max_steps",
+        "4",
+        "--arms",
+        "adamw_warmup,lion_ar_no_warmup",
+        "--warmup_fraction",
+        "0.25",
+        "--hidden_size",
+        "32",
+        "--intermediate_size",
+        "64",
+        "--vocab_size",
+        "512",
+        "--block_size",
+        "32",
+        "--max_eval_blocks",
+        "8",
+        "--per_device_train_batch_size",
+        "4",
+        "--metrics_every",
+        "2",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--output_dir",
+        str(out),
+        "--disable_tqdm",
+        "true",
+        "--use_cpu",
+        "true",
+        *extra,
+    ]
+
+
+def test_warmup_recipe_resume_matches_uninterrupted(tmp_path):
+    """A run interrupted after checkpoint-2 and resumed with a bare --resume_from_checkpoint ends where the
+    uninterrupted run ends, for every arm (each arm resumes from its own folder)."""
+    import shutil
+
+    from hf_ext.recipes.warmup import main
+
+    full = main(_tiny_warmup_argv(tmp_path / "full"))
+    for arm in full:
+        shutil.copytree(tmp_path / "full" / arm / "checkpoint-2", tmp_path / "cut" / arm / "checkpoint-2")
+    with pytest.raises(ValueError, match="single arm"):  # one folder cannot serve two arms; refused before work
+        main(_tiny_warmup_argv(tmp_path / "cut", "--resume_from_checkpoint", str(tmp_path / "cut" / "adamw_warmup")))
+    resumed = main(_tiny_warmup_argv(tmp_path / "cut", "--resume_from_checkpoint"))
+    for arm, res in full.items():
+        assert resumed[arm]["resumed_from"].endswith("checkpoint-2")
+        assert resumed[arm]["eval_loss"] == pytest.approx(res["eval_loss"], rel=1e-6, abs=1e-6)
+    with pytest.raises(ValueError, match="no arm folder"):
+        main(_tiny_warmup_argv(tmp_path / "empty", "--resume_from_checkpoint", "last"))
+
+
 def test_cubic_recipe_tiny_run(tmp_path):
     from hf_ext.recipes.cubic_newton import main
 
