@@ -56,6 +56,23 @@ class ComplianceArguments:
     dcg_compliant: str | None = field(default=None, metadata={"help": "JSON results of the compliant model."})
     dcg_metric: str | None = field(default=None, metadata={"help": "Metric to read from nested result files."})
     dcg_absolute: bool = field(default=False, metadata={"help": "Report absolute instead of relative (percent) gaps."})
+    train_models: bool = field(
+        default=False,
+        metadata={
+            "help": "Measure the DCG by training, in the paper's two settings: (a) from scratch, one model on the "
+            "compliant data and one on all data with the same token budget; (b) continual pretraining, the "
+            "compliant model continued on the non-compliant remainder vs the full model continued on all data. "
+            "Every model is evaluated on the held-out split per domain."
+        },
+    )
+    train_steps: int = field(default=300, metadata={"help": "Optimizer steps of each from-scratch model."})
+    continual_steps: int = field(default=150, metadata={"help": "Optimizer steps of continual pretraining."})
+    train_block_size: int = field(default=64, metadata={"help": "Tokens per training block."})
+    train_batch_size: int = field(default=16, metadata={"help": "Blocks per optimizer step."})
+    train_learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate (cosine decay)."})
+    model_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the trained Llama models."})
+    model_layers: int = field(default=2, metadata={"help": "Layers of the trained Llama models."})
+    seed: int = field(default=0, metadata={"help": "Seed of model initialisation and data order."})
 
 
 def _validate(args: ComplianceArguments) -> None:
@@ -75,6 +92,18 @@ def _validate(args: ComplianceArguments) -> None:
         raise ValueError(
             f"--user_agents must be a comma-separated list of names, e.g. GPTBot,CCBot; got {args.user_agents!r}."
         )
+    if args.train_models:
+        for name in ("train_steps", "train_block_size", "train_batch_size", "model_hidden_size", "model_layers"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name} must be >= 1 with --train_models, got {getattr(args, name)}.")
+        if args.continual_steps < 0:
+            raise ValueError(f"--continual_steps must be >= 0 (0 skips continual pretraining), got {args.continual_steps}.")
+        if args.model_hidden_size % 4:
+            raise ValueError(f"--model_hidden_size must be a multiple of 4 (4 attention heads), got {args.model_hidden_size}.")
+        if not (args.train_learning_rate > 0 and args.train_learning_rate < float("inf")):
+            raise ValueError(f"--train_learning_rate must be a positive finite number, got {args.train_learning_rate}.")
+        if args.dataset_name or args.train_file:
+            raise ValueError("--train_models uses the embedded corpus and its held-out split; drop --dataset_name/--train_file.")
     if args.vocab_size < 16:
         raise ValueError(f"--vocab_size must be >= 16, got {args.vocab_size}.")
     for name in ("url_column", "text_column", "split"):
@@ -230,8 +259,136 @@ def run(args: ComplianceArguments) -> dict:
         print(report.to_table())
         result["dcg"] = report.to_dict()
         atomic_write_json(os.path.join(args.output_dir, "dcg.json"), result["dcg"])
+    if args.train_models:
+        result["dcg_trained"] = train_and_measure_dcg(annotated, tokenizer, args)
     print(f"saved statistics to {args.output_dir}")
     return result
+
+
+def _train_lm(model, blocks, steps: int, args: ComplianceArguments, folder: str):
+    """Train `model` on packed `blocks` for `steps` steps with `Trainer` (cosine schedule, no checkpoints)."""
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    targs = TrainingArguments(
+        output_dir=folder, max_steps=steps, per_device_train_batch_size=args.train_batch_size,
+        learning_rate=args.train_learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.1,
+        save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=max(steps, 1), seed=args.seed,
+        use_cpu=True, dataloader_drop_last=True,
+    )  # fmt: skip
+    Trainer(model=model, args=targs, train_dataset=blocks, data_collator=default_data_collator).train()
+    return model
+
+
+def _domain_losses(model, eval_sets: dict) -> dict[str, float]:
+    from ..utils.evaluation import causal_lm_eval_loss
+
+    return {name: causal_lm_eval_loss(model, ds, 32) for name, ds in eval_sets.items()}
+
+
+def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments) -> dict:
+    """The paper's two DCG settings at small scale; returns per-domain held-out losses and both DCG reports.
+
+    Scores are held-out next-token losses per domain of the embedded corpus' test split (lower is better, so a
+    positive DCG means the compliant model is worse). Both from-scratch models see the same number of tokens
+    (`train_steps x train_batch_size x train_block_size`): the smaller compliant set is repeated more often.
+    """
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, set_seed
+
+    from ..compliance import compute_dcg
+    from ..data import load_corpus, pack_dataset
+    from ..utils.io import atomic_write_json, atomic_write_text
+
+    if args.dataset_name or args.train_file:
+        raise ValueError("--train_models uses the embedded corpus and its held-out split; drop --dataset_name/--train_file.")
+    text = args.text_column
+    parts = {
+        "compliant": annotated.filter(lambda ok: ok, input_columns="robots_compliant"),
+        "non_compliant": annotated.filter(lambda ok: not ok, input_columns="robots_compliant"),
+        "full": annotated,
+    }
+    blocks = {k: pack_dataset(v.select_columns([text]), tokenizer, args.train_block_size, text) for k, v in parts.items()}
+    for name, ds in blocks.items():
+        if len(ds) < args.train_batch_size:
+            raise ValueError(f"The {name} data forms only {len(ds)} blocks; lower --train_block_size/--train_batch_size.")
+    held_out = load_corpus("test")
+    eval_sets = {"ALL": pack_dataset(held_out.select_columns([text]), tokenizer, args.train_block_size, text)}
+    for domain in sorted(set(held_out["domain"])):
+        docs = held_out.filter(lambda d, want=domain: d == want, input_columns="domain").select_columns([text])
+        packed = pack_dataset(docs, tokenizer, args.train_block_size, text)
+        if len(packed):
+            eval_sets[domain] = packed
+
+    def fresh():
+        set_seed(args.seed)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=args.model_hidden_size, intermediate_size=3 * args.model_hidden_size,
+            num_hidden_layers=args.model_layers, num_attention_heads=4, num_key_value_heads=4,
+            max_position_embeddings=4 * args.train_block_size, tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        return LlamaForCausalLM(config)
+
+    work = os.path.join(args.output_dir, "dcg_runs")
+    torch.manual_seed(args.seed)
+    models = {
+        "full": _train_lm(fresh(), blocks["full"], args.train_steps, args, os.path.join(work, "full")),
+        "compliant": _train_lm(fresh(), blocks["compliant"], args.train_steps, args, os.path.join(work, "compliant")),
+    }
+    losses = {name: _domain_losses(m, eval_sets) for name, m in models.items()}
+    if args.continual_steps > 0:
+        models["full_continued"] = _train_lm(
+            copy.deepcopy(models["full"]), blocks["full"], args.continual_steps, args, os.path.join(work, "fc")
+        )
+        models["compliant_continued"] = _train_lm(
+            copy.deepcopy(models["compliant"]), blocks["non_compliant"], args.continual_steps, args,
+            os.path.join(work, "cc"),
+        )  # fmt: skip
+        for name in ("full_continued", "compliant_continued"):
+            losses[name] = _domain_losses(models[name], eval_sets)
+    tasks = list(eval_sets)
+    scratch = compute_dcg(losses["full"], losses["compliant"], lower_is_better=tasks)
+    out = {"losses": losses, "scratch": scratch.to_dict(), "tokens_per_model": args.train_steps * args.train_batch_size
+           * args.train_block_size}  # fmt: skip
+    tables = ["## (a) from scratch, same token budget", "", scratch.to_table()]
+    if args.continual_steps > 0:
+        continual = compute_dcg(losses["full_continued"], losses["compliant_continued"], lower_is_better=tasks)
+        out["continual"] = continual.to_dict()
+        tables += ["", "## (b) continual pretraining on the non-compliant remainder", "", continual.to_table()]
+    table = "\n".join(tables) + "\n"
+    print("\nData compliance gap measured by training (held-out loss per domain; positive = compliant is worse):")
+    print(table)
+    atomic_write_json(os.path.join(args.output_dir, "dcg_trained.json"), out)
+    atomic_write_text(os.path.join(args.output_dir, "dcg_trained.md"), table)
+    _plot_dcg(out, os.path.join(args.output_dir, "dcg_trained.png"))
+    return out
+
+
+def _plot_dcg(out: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..utils.io import atomic_savefig
+
+    settings = [k for k in ("scratch", "continual") if k in out]
+    tasks = [r["task"] for r in out["scratch"]["rows"]]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(settings)
+    for i, key in enumerate(settings):
+        gaps = {r["task"]: r["gap"] for r in out[key]["rows"]}
+        ax.bar([j + i * width for j in range(len(tasks))], [gaps[t] for t in tasks], width, label=key)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks([j + width * (len(settings) - 1) / 2 for j in range(len(tasks))], tasks, rotation=30, ha="right")
+    ax.set_ylabel("DCG (% held-out loss)")
+    ax.set_title("Data compliance gap per domain (positive: the compliant model is worse)")
+    ax.legend()
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
 
 
 def _annotate_with_datatrove(dataset, checker, args: ComplianceArguments):
