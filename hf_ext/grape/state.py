@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..utils.io import atomic_open
+
 STATE_TENSORS = "grape_state.safetensors"
 STATE_JSON = "grape_state.json"
 MIXTURE_FORMAT = "hf_ext.grape.mixture"
@@ -122,7 +124,9 @@ class MixtureState:
             "task_ema_loss": self.task_ema_loss,
             "schedule_weights": torch.stack([w for _, w in self.schedule]),
         }
-        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(directory, STATE_TENSORS))
+        tmp = os.path.join(directory, f".{STATE_TENSORS}.tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, os.path.join(directory, STATE_TENSORS))  # atomic: never a half-written state
         meta = {
             "domain_names": self.domain_names,
             "task_names": self.task_names,
@@ -131,12 +135,13 @@ class MixtureState:
             "schedule_positions": [int(p) for p, _ in self.schedule],
             "trajectory": self.trajectory,
         }
-        with open(os.path.join(directory, STATE_JSON), "w", encoding="utf-8") as fh:
+        with atomic_open(os.path.join(directory, STATE_JSON), "w") as fh:
             json.dump(meta, fh, indent=1)
 
     @classmethod
     def load(cls, directory: str) -> MixtureState:
         """Read a state written by `save`."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         tensor_path, json_path = os.path.join(directory, STATE_TENSORS), os.path.join(directory, STATE_JSON)
@@ -145,9 +150,18 @@ class MixtureState:
                 f"{directory!r} holds no mixture state ({STATE_TENSORS} + {STATE_JSON}); pass a checkpoint folder "
                 "written by GrapeTrainer."
             )
-        t = load_file(tensor_path)
-        with open(json_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
+        try:
+            t = load_file(tensor_path)
+            with open(json_path, encoding="utf-8") as fh:
+                meta = json.load(fh)
+            missing = [k for k in ("domain_names", "task_names", "schedule_positions", "trajectory") if k not in meta]
+            if missing:
+                raise ValueError(f"fields {missing} are missing")
+        except (OSError, ValueError, KeyError, SafetensorError) as err:  # JSONDecodeError is a ValueError
+            raise ValueError(
+                f"The mixture state in {directory!r} ({STATE_TENSORS} / {STATE_JSON}) is corrupt or truncated ({err}); "
+                "resume from an earlier checkpoint or start the run again."
+            ) from err
         schedule = [(int(p), w.clone()) for p, w in zip(meta["schedule_positions"], t["schedule_weights"])]
         return cls(
             domain_names=list(meta["domain_names"]),

@@ -127,6 +127,18 @@ def test_state_roundtrip_and_mixture_export(tmp_path):
     assert load_mixture(str(tmp_path / "plain.json")) == {"a": 0.25, "b": 0.75}
 
 
+@pytest.mark.parametrize("which", ["grape_state.json", "grape_state.safetensors"])
+def test_truncated_state_names_the_file(tmp_path, which):
+    """Issue 21.6: a truncated checkpoint state used to give a bare JSONDecodeError / SafetensorError."""
+    state = _state()
+    state.save(str(tmp_path / "ck"))
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["grape_state.json", "grape_state.safetensors"]
+    path = tmp_path / "ck" / which
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(ValueError, match="grape_state.*corrupt or truncated.*earlier checkpoint"):
+        MixtureState.load(str(tmp_path / "ck"))
+
+
 def test_bad_mixture_files(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_mixture(str(tmp_path / "nope.json"))
