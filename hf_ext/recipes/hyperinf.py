@@ -25,16 +25,41 @@ DEFAULT_DOMAINS = "devtools,networking"
 ALL_METHODS = ("hyperinf", "hyperinf_reference", "datainf", "lissa", "tracin", "exact")
 
 
+TASKS = ("classification", "llm_selection")
+
+
 @dataclass
 class TaskArguments:
-    domains: str = field(
-        default=DEFAULT_DOMAINS, metadata={"help": "Comma-separated corpus domains to classify (at least two)."}
+    task: str = field(
+        default="classification",
+        metadata={
+            "help": "classification: mislabeled-data detection and selection on a LoRA classifier; llm_selection: "
+            "top-k%% data selection for a LoRA causal LM on instruction data with corrupted answers."
+        },
     )
+    domains: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Comma-separated corpus domains (at least two); default {DEFAULT_DOMAINS} for classification, "
+            "all domains for llm_selection."
+        },
+    )
+    prompt_tokens: int = field(default=24, metadata={"help": "llm_selection: document tokens in each prompt."})
+    answer_tokens: int = field(default=8, metadata={"help": "llm_selection: tokens of a `continue` response."})
     max_length: int = field(default=48, metadata={"help": "Tokens per example (documents shorter are skipped)."})
-    num_val: int = field(default=80, metadata={"help": "Clean validation examples that define the influence target."})
+    num_val: int = field(
+        default=80,
+        metadata={"help": "Clean validation (llm_selection: target) examples that define the influence target."},
+    )
     num_test: int = field(default=40, metadata={"help": "Clean test examples for the data-selection eval loss."})
     max_train: int = field(default=320, metadata={"help": "At most this many training examples."})
-    noise_rate: float = field(default=0.2, metadata={"help": "Share of training labels flipped to another domain."})
+    noise_rate: float = field(
+        default=0.2,
+        metadata={
+            "help": "Share of training labels flipped to another domain (llm_selection: answers swapped with another "
+            "training example's)."
+        },
+    )
     vocab_size: int = field(default=512, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
 
 
@@ -81,6 +106,10 @@ class InfluenceArguments:
     select_fraction: float = field(
         default=0.8, metadata={"help": "Data selection: keep this lowest-influence share of the training set."}
     )
+    select_fractions: str = field(
+        default="0.2,0.5",
+        metadata={"help": "llm_selection: comma-separated shares of the training set to keep (most helpful first)."},
+    )
     select_per_class: bool = field(
         default=True,
         metadata={
@@ -116,8 +145,12 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
     from ..data import corpus_domains, hub_offline
     from ..utils import ensure_writable_dir
 
-    domains = parse_list(task.domains)
+    if task.task not in TASKS:
+        raise ValueError(f"--task must be one of {list(TASKS)}, got {task.task!r}.")
     known = set(corpus_domains())
+    if task.domains is None:
+        task.domains = DEFAULT_DOMAINS if task.task == "classification" else ",".join(sorted(known))
+    domains = parse_list(task.domains)
     if len(domains) < 2 or len(set(domains)) != len(domains):
         raise ValueError(f"--domains needs at least two distinct domains, got {task.domains!r}.")
     unknown = sorted(set(domains) - known)
@@ -130,6 +163,17 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
             raise ValueError(f"--{name} must be positive, got {getattr(task, name)}.")
     if task.max_length < 4:
         raise ValueError(f"--max_length must be at least 4 tokens, got {task.max_length}.")
+    if task.prompt_tokens < 1 or task.answer_tokens < 1:
+        raise ValueError(
+            f"--prompt_tokens and --answer_tokens must be positive, got {task.prompt_tokens}, {task.answer_tokens}."
+        )
+    if task.task == "llm_selection":
+        fractions = parse_fractions(inf.select_fractions)
+        if not fractions or any(not 0.0 < f < 1.0 for f in fractions):
+            raise ValueError(
+                f"--select_fractions must be comma-separated shares in (0, 1), e.g. 0.2,0.5; got "
+                f"{inf.select_fractions!r}."
+            )
     if model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
     if model_args.lora_r <= 0 or model_args.pretrain_steps < 0:
@@ -162,6 +206,13 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
             "(base/config.json) from the interrupted run; resume with the same --output_dir, pass the base with "
             "--model_name_or_path, or drop the flag to start from scratch."
         )
+
+
+def parse_fractions(text: str) -> list[float]:
+    try:
+        return [float(item) for item in parse_list(text)]
+    except ValueError:
+        return []
 
 
 def resolve_resume(training_args) -> str | None:
@@ -285,7 +336,9 @@ def lora_classifier(base_dir: str, num_labels: int, model_args: ModelArguments, 
     return get_peft_model(model, config)
 
 
-def fine_tune(model, train, training_args, run_name: str, resume_from_checkpoint: str | None = None):
+def fine_tune(
+    model, train, training_args, run_name: str, resume_from_checkpoint: str | None = None, data_collator=None
+):
     """LoRA fine-tuning with `Trainer`; returns the trained model.
 
     The main run (`run_name="full"`) writes its checkpoints (with `--save_strategy`) into `--output_dir` and resumes
@@ -298,7 +351,12 @@ def fine_tune(model, train, training_args, run_name: str, resume_from_checkpoint
 
     out = training_args.output_dir if run_name == "full" else os.path.join(training_args.output_dir, "runs", run_name)
     args = replace(training_args, output_dir=out, report_to="none", resume_from_checkpoint=None)
-    trainer = Trainer(model=model, args=args, train_dataset=train.select_columns(["input_ids", "labels"]))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train.select_columns(["input_ids", "labels"]),
+        data_collator=data_collator,
+    )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint if run_name == "full" else None)
     return model
 
@@ -380,6 +438,8 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     validate_args(task, model_args, inf, training_args)
     if inf.num_threads is not None:
         torch.set_num_threads(inf.num_threads)
+    if task.task == "llm_selection":
+        return run_llm_selection(task, model_args, inf, training_args)
     methods = parse_list(inf.methods)
     set_seed(training_args.seed)
     base = model_args.model_name_or_path
@@ -516,6 +576,203 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     for path in plot_results(results, out):
         print(f"saved {path}")
     results["is_noisy"] = is_noisy
+    return results
+
+
+def lora_causal_lm(base_dir: str, model_args: ModelArguments, seed: int):
+    """The pretrained causal LM wrapped with a fresh LoRA adapter (fixed seed)."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        use_rslora=model_args.use_rslora,
+        lora_dropout=0.0,
+        target_modules=parse_list(model_args.target_modules),
+    )
+    return get_peft_model(model, config)
+
+
+def llm_selection_table(results: dict) -> str:
+    """Markdown table of the llm_selection run: one row per training set."""
+    lines = [
+        "| training set | keep | size | corrupted kept | test loss | test token acc | target loss | target token acc |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["selection"]:
+        lines.append(
+            f"| {row['name']} | {row['fraction']:.0%} | {row['size']} | {row['corrupted_kept']} | "
+            f"{row['test']['loss']:.4f} | {row['test']['token_accuracy']:.3f} | {row['target']['loss']:.4f} | "
+            f"{row['target']['token_accuracy']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_llm_selection(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["selection"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, label in (
+        (axes[0], "loss", "test loss (response tokens)"),
+        (axes[1], "token_accuracy", "test token accuracy"),
+    ):
+        names = [r["name"] for r in rows if r["name"] != "full"]
+        for name in dict.fromkeys(names):
+            pts = sorted((r["fraction"], r["test"][metric]) for r in rows if r["name"] == name)
+            style = "k--o" if name == "random" else "-o"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
+        full = next(r for r in rows if r["name"] == "full")
+        ax.axhline(full["test"][metric], color="gray", linestyle=":", label="full (corrupted) set")
+        ax.set_xlabel("share of the training set kept (most helpful first)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"LLM data selection, {results['config']['corrupt_rate']:.0%} corrupted answers")
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+
+
+def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments, training_args) -> dict:
+    """LoRA causal LM on instruction data with corrupted answers; fine-tune on each method's top-k% selection.
+
+    Every method scores the training examples by their influence on the mean response loss of the clean target set
+    (`--num_val` examples); the most helpful share (`--select_fractions`, within each instruction kind) and a random
+    share of the same size are used to retrain the same LoRA initialisation, evaluated on held-out clean test examples
+    (`--num_test`) and on the target set.
+    """
+    import numpy as np
+    import torch
+    from transformers import set_seed
+
+    from ..data import build_tokenizer
+    from ..hyperinf import InfluenceEstimator, PeakMemory, recall_at_fraction, roc_auc
+    from ..hyperinf.gradients import PaddingCollator
+    from ..hyperinf.metrics import select_lowest_influence
+    from ..hyperinf.selection import build_instruction_task, evaluate_response_loss
+    from ..utils import atomic_write_json, atomic_write_text
+
+    methods = parse_list(inf.methods)
+    fractions = parse_fractions(inf.select_fractions)
+    set_seed(training_args.seed)
+    base = model_args.model_name_or_path
+    if base and os.path.exists(os.path.join(base, "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        tokenizer = build_tokenizer(task.vocab_size)
+    train, target, test, corrupted = build_instruction_task(
+        tokenizer,
+        parse_list(task.domains),
+        seed=training_args.seed,
+        prompt_tokens=task.prompt_tokens,
+        answer_tokens=task.answer_tokens,
+        num_target=task.num_val,
+        num_test=task.num_test,
+        max_train=task.max_train,
+        corrupt_rate=task.noise_rate,
+    )
+    print(
+        f"llm_selection: train {len(train)} ({int(corrupted.sum())} corrupted answers), target {len(target)}, "
+        f"test {len(test)}"
+    )
+    if base:
+        base_dir = base
+    else:
+        base_dir = os.path.join(training_args.output_dir, "base")
+        if training_args.resume_from_checkpoint:
+            print(f"resuming: reusing the pretrained base in {base_dir}")
+        else:
+            pretrain_base(model_args, tokenizer, training_args, base_dir)
+    collator = PaddingCollator(("input_ids", "labels", "attention_mask"), pad_token_id=tokenizer.pad_token_id)
+    pad = tokenizer.pad_token_id
+
+    def train_on(index, name, resume=None):
+        model = lora_causal_lm(base_dir, model_args, training_args.seed)
+        data = train if index is None else train.select(index)
+        return fine_tune(model, data, training_args, name, resume_from_checkpoint=resume, data_collator=collator)
+
+    def measure(model):
+        return {"test": evaluate_response_loss(model, test, pad_token_id=pad),
+                "target": evaluate_response_loss(model, target, pad_token_id=pad)}  # fmt: skip
+
+    model = train_on(None, "full", training_args.resume_from_checkpoint)
+    full = measure(model)
+    rows = [{"name": "full", "fraction": 1.0, "size": len(train), "corrupted_kept": int(corrupted.sum()), **full}]
+    print(f"fine-tuned on all: test loss {full['test']['loss']:.4f}, token acc {full['test']['token_accuracy']:.3f}")
+    influence_train = train.select_columns(["input_ids", "labels"])
+    influence_target = target.select_columns(["input_ids", "labels"])
+    results: dict = {
+        "config": {
+            "task": "llm_selection",
+            "methods": methods,
+            "select_fractions": fractions,
+            "corrupt_rate": task.noise_rate,
+            "num_train": len(train),
+            "num_corrupted": int(corrupted.sum()),
+            "seed": training_args.seed,
+            "num_threads": torch.get_num_threads(),
+        },
+        "methods": {},
+        "scores": {},
+    }
+    for method in methods:
+        name, options = estimator_options(method, inf)
+        with PeakMemory(model.device) as meter:
+            estimator = InfluenceEstimator(model, name, **options)
+            scores = estimator.fit(influence_train).scores(influence_target)
+        results["scores"][method] = scores.tolist()
+        results["methods"][method] = {
+            "auc_corrupted": roc_auc(scores, corrupted),
+            "recall_corrupted_at_inspect": recall_at_fraction(scores, corrupted, inf.inspect_fraction),
+            "seconds": meter.seconds,
+            "peak_memory_mb": meter.peak_bytes / 2**20,
+        }
+        print(json.dumps({"method": method, **{k: round(v, 4) for k, v in results["methods"][method].items()}}))
+    groups = np.asarray(train["kind"]) if inf.select_per_class else None
+    rng = np.random.default_rng(training_args.seed + 1)
+    candidates = {"random": rng.random(len(train)), **{m: np.asarray(results["scores"][m]) for m in methods}}
+    for fraction in fractions:
+        for name, scores in candidates.items():
+            index = select_lowest_influence(scores, fraction, groups)
+            metrics = measure(train_on(index, f"select_{name}_{fraction:g}"))
+            rows.append(
+                {
+                    "name": name,
+                    "fraction": fraction,
+                    "size": int(len(index)),
+                    "corrupted_kept": int(corrupted[index].sum()),
+                    **metrics,
+                }  # fmt: skip
+            )
+            print(
+                f"keep {fraction:.0%} by {name:<20} ({len(index)}, {rows[-1]['corrupted_kept']} corrupted): "
+                f"test loss {metrics['test']['loss']:.4f}, token acc {metrics['test']['token_accuracy']:.3f}"
+            )
+    results["selection"] = rows
+    out = training_args.output_dir
+    atomic_write_json(
+        os.path.join(out, "llm_selection_results.json"), {k: v for k, v in results.items() if k != "scores"}
+    )
+    atomic_write_json(
+        os.path.join(out, "llm_selection_scores.json"), {"corrupted": corrupted.tolist(), **results["scores"]}
+    )
+    table = llm_selection_table(results)
+    atomic_write_text(os.path.join(out, "llm_selection.md"), table)
+    plot_llm_selection(results, os.path.join(out, "llm_selection.png"))
+    print("\n" + table)
+    results["corrupted"] = corrupted
     return results
 
 

@@ -1,0 +1,143 @@
+"""Instruction-style data for influence-based data selection with a causal LM (the paper's LLM selection setting).
+
+`build_instruction_task` turns the embedded corpus into short instruction/response examples of two kinds, each
+from one document:
+
+* `topic`: "Topic of the text? <first tokens of the document> Answer:" -> the document's domain (`networking`, ...);
+* `continue`: "Continue the text: <first tokens> Answer:" -> the document's next tokens.
+
+The loss is on the response tokens only (prompt `labels` are -100). A share of the *training* examples is corrupted:
+their response is swapped with the response of another training example of the same kind (from another domain for
+`topic`), so the answer no longer matches the prompt. The target set (which defines the influence target) and the
+test set are clean and come from documents that are not in the training set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+INSTRUCTIONS = {"topic": "Topic of the text?\n", "continue": "Continue the text:\n"}
+ANSWER_MARK = "\nAnswer:"
+
+
+def build_instruction_task(
+    tokenizer,
+    domains: list[str] | None = None,
+    seed: int = 0,
+    prompt_tokens: int = 24,
+    answer_tokens: int = 8,
+    num_target: int = 40,
+    num_test: int = 80,
+    max_train: int = 320,
+    corrupt_rate: float = 0.3,
+):
+    """Tokenized instruction examples: `(train, target, test, is_corrupted)`.
+
+    Every dataset has `input_ids`, `labels` (-100 on the prompt), `kind` (`"topic"` or `"continue"`) and `domain`;
+    `train` also has `corrupted` (bool). Documents with fewer than `prompt_tokens + answer_tokens` tokens are skipped.
+
+    Args:
+        tokenizer: a tokenizer with an `eos_token_id` (e.g. `hf_ext.data.build_tokenizer(512)`).
+        domains (`list[str]`, *optional*): corpus domains to use (default: all).
+        seed (`int`): seed of the document split, the kinds and the corruption.
+        prompt_tokens (`int`): document tokens in the prompt.
+        answer_tokens (`int`): continuation tokens in a `continue` response.
+        num_target, num_test, max_train (`int`): split sizes (documents).
+        corrupt_rate (`float`): share of training examples whose response is swapped, in [0, 1).
+    """
+    from datasets import Dataset, concatenate_datasets
+
+    from ..data import load_corpus
+
+    if prompt_tokens < 1 or answer_tokens < 1:
+        raise ValueError(f"`prompt_tokens` and `answer_tokens` must be >= 1, got {prompt_tokens}, {answer_tokens}.")
+    if not 0.0 <= corrupt_rate < 1.0:
+        raise ValueError(f"`corrupt_rate` must be in [0, 1), got {corrupt_rate}.")
+    corpus = concatenate_datasets([load_corpus("train", domains=domains), load_corpus("test", domains=domains)])
+    encoded = tokenizer(list(corpus["text"]), add_special_tokens=False)["input_ids"]
+    instruction_ids = {k: tokenizer(v, add_special_tokens=False)["input_ids"] for k, v in INSTRUCTIONS.items()}
+    mark_ids = tokenizer(ANSWER_MARK, add_special_tokens=False)["input_ids"]
+    domain_ids = {d: tokenizer(" " + d, add_special_tokens=False)["input_ids"] for d in sorted(set(corpus["domain"]))}
+    eos = tokenizer.eos_token_id
+    rng = np.random.default_rng(seed)
+    docs = [(ids, dom) for ids, dom in zip(encoded, corpus["domain"]) if len(ids) >= prompt_tokens + answer_tokens]
+    docs = [docs[i] for i in rng.permutation(len(docs))]
+    rows = []
+    for i, (ids, domain) in enumerate(docs):
+        kind = "topic" if i % 2 == 0 else "continue"
+        prompt = instruction_ids[kind] + ids[:prompt_tokens] + mark_ids
+        answer = domain_ids[domain] if kind == "topic" else ids[prompt_tokens : prompt_tokens + answer_tokens]
+        rows.append({"prompt": prompt, "answer": list(answer) + [eos], "kind": kind, "domain": domain})
+    target, test = rows[:num_target], rows[num_target : num_target + num_test]
+    train = rows[num_target + num_test :][:max_train]
+    if len(train) < 20 or not target or not test:
+        raise ValueError(
+            f"Only {len(train)} training documents remain after {num_target} target and {num_test} test documents; "
+            "lower --num_val/--num_test or use more --domains."
+        )
+    corrupted = np.zeros(len(train), dtype=bool)
+    chosen = rng.choice(len(train), size=int(round(corrupt_rate * len(train))), replace=False)
+    answers = [row["answer"] for row in train]
+    for row in chosen:
+        ex = train[row]
+        donors = [
+            j
+            for j, other in enumerate(train)
+            if j != row
+            and other["kind"] == ex["kind"]
+            and (ex["kind"] == "continue" or other["domain"] != ex["domain"])
+            and answers[j] != ex["answer"]
+        ]
+        if donors:
+            train[row] = {**ex, "answer": answers[int(rng.choice(donors))]}
+            corrupted[row] = True
+
+    def to_dataset(part, flags=None):
+        out = []
+        for k, ex in enumerate(part):
+            item = {
+                "input_ids": ex["prompt"] + ex["answer"],
+                "labels": [-100] * len(ex["prompt"]) + ex["answer"],
+                "kind": ex["kind"],
+                "domain": ex["domain"],
+            }
+            if flags is not None:
+                item["corrupted"] = bool(flags[k])
+            out.append(item)
+        return Dataset.from_list(out)
+
+    return to_dataset(train, corrupted), to_dataset(target), to_dataset(test), corrupted
+
+
+@torch.no_grad()
+def evaluate_response_loss(model, dataset, batch_size: int = 32, pad_token_id: int = 0) -> dict:
+    """Loss and token accuracy of a causal LM on the response tokens (`labels != -100`) of `dataset`.
+
+    Returns `{"loss": mean cross-entropy per response token, "token_accuracy": share of response tokens predicted
+    exactly (greedy, teacher forced), "example_loss": mean over examples of their per-token loss}`.
+    """
+    from .gradients import PaddingCollator
+
+    collate = PaddingCollator(("input_ids", "labels", "attention_mask"), pad_token_id=pad_token_id)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, correct, count, per_example = 0.0, 0, 0, []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        logits = model(**batch).logits.float()[:, :-1]
+        target = labels[:, 1:]
+        mask = target != -100
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
+        ).view_as(target)
+        losses = losses * mask
+        total += float(losses.sum())
+        correct += int(((logits.argmax(-1) == target) & mask).sum())
+        count += int(mask.sum())
+        per_example.extend((losses.sum(1) / mask.sum(1).clamp(min=1)).tolist())
+    model.train(was_training)
+    return {"loss": total / count, "token_accuracy": correct / count, "example_loss": float(np.mean(per_example))}
