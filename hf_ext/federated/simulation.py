@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -97,9 +98,11 @@ class FederatedArguments:
             raise ValueError(f"--aggregation must be 'factors' or 'merge_then_average', got {self.aggregation!r}.")
         if self.use_lora and (self.lora_r < 1 or not self.lora_alpha > 0):
             raise ValueError(f"--lora_r must be >= 1 and --lora_alpha > 0, got {self.lora_r}, {self.lora_alpha}.")
-        if self.client_dp_clip_norm is not None and not self.client_dp_clip_norm > 0:
+        if self.client_dp_clip_norm is not None and not (
+            self.client_dp_clip_norm > 0 and math.isfinite(self.client_dp_clip_norm)
+        ):
             raise ValueError(f"--client_dp_clip_norm must be > 0, got {self.client_dp_clip_norm}.")
-        if self.client_dp_noise_multiplier < 0:
+        if not (math.isfinite(self.client_dp_noise_multiplier) and self.client_dp_noise_multiplier >= 0):
             raise ValueError(f"--client_dp_noise_multiplier must be >= 0, got {self.client_dp_noise_multiplier}.")
         if self.client_dp_noise_multiplier > 0 and self.client_dp_clip_norm is None:
             raise ValueError("--client_dp_noise_multiplier needs --client_dp_clip_norm (the sensitivity).")

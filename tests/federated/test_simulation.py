@@ -106,6 +106,10 @@ def test_invalid_configurations(small_tokenizer, client_datasets, training_args)
         FederatedArguments(aggregation="median")
     with pytest.raises(ValueError, match="client_dp_clip_norm"):
         FederatedArguments(client_dp_noise_multiplier=1.0)
+    with pytest.raises(ValueError, match="client_dp_noise_multiplier"):  # NaN noise would silently add nothing
+        FederatedArguments(client_dp_clip_norm=1.0, client_dp_noise_multiplier=float("nan"))
+    with pytest.raises(ValueError, match="client_dp_clip_norm"):
+        FederatedArguments(client_dp_clip_norm=float("inf"), client_dp_noise_multiplier=1.0)
     with pytest.raises(ValueError, match="num_rounds"):
         FederatedArguments(num_rounds=0)
     with pytest.raises(TypeError, match="PrivateTrainingArguments"):
