@@ -92,7 +92,8 @@ def test_grape_prefers_hard_target_and_beats_uniform(tmp_path, grape_helpers):
     train, targets, held_out = build_data(grape_helpers["markov_sequences"])
     grape = run("grape", tmp_path / "grape", train, targets, held_out, grape_helpers["tiny_llama"])
     uniform = run("uniform", tmp_path / "uniform", train, targets, held_out, grape_helpers["tiny_llama"])
-    print(json.dumps({"grape": grape, "uniform": uniform}, indent=1))
+    doge = run("doge", tmp_path / "doge", train, targets, held_out, grape_helpers["tiny_llama"])
+    print(json.dumps({"grape": grape, "uniform": uniform, "doge": doge}, indent=1))
 
     z, alpha = grape["average_task_weights"], grape["average_domain_weights"]
     # Task weight moves to the harder target ...
@@ -105,3 +106,13 @@ def test_grape_prefers_hard_target_and_beats_uniform(tmp_path, grape_helpers):
     assert alpha["c"] < 0.25 and alpha["d"] < 0.25
     # Lower average target loss than uniform mixing at equal steps (honest slack: any improvement).
     assert grape["mean_target_loss"] < uniform["mean_target_loss"]
+    # DoGE (the GRAPE repository's baseline: same domain step, task weights fixed at uniform) moves too: the sources
+    # that serve a target gain weight, the unrelated ones lose it; it does not single out the hard target's source
+    # as strongly as GRAPE, which also shifts the task weights.
+    a_doge = doge["average_domain_weights"]
+    assert doge["task_weights"] == {"t_easy": 0.5, "t_hard": 0.5}
+    assert a_doge["a"] + a_doge["b"] > 0.6 and a_doge["c"] < 0.25 and a_doge["d"] < 0.25
+    assert alpha["b"] > a_doge["b"]
+    assert doge["mean_target_loss"] < uniform["mean_target_loss"]
+    # GRAPE is group-robust: its worst (hard) target ends lower than under DoGE (DoGE's mean can be lower).
+    assert grape["target_loss"]["t_hard"] < doge["target_loss"]["t_hard"]
