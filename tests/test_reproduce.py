@@ -41,6 +41,9 @@ def test_reproduce_judges_claims_over_seeds(monkeypatch, tmp_path):
     seen.clear()
     assert not reproduce("toy").holds  # default seeds 0, 1, 2: seed 0's gap 0.1 fails the judge
     assert [s for s, _ in seen] == [0, 1, 2]
+    spec.claims[0].asserted = False  # a claim known not to reproduce is reported, not required
+    report = reproduce("toy")
+    assert report.holds and "does not hold (reported, not asserted)" in report.to_markdown()
     with pytest.raises(ValueError, match="Unknown method"):
         reproduce("nope")
     with pytest.raises(ValueError, match="--seeds"):
@@ -54,8 +57,10 @@ def test_cli_lists_and_runs_a_fast_reproduction(capsys, tmp_path):
     rc = main(["reproduce", "grape", "--fast", "--seeds", "1", "--output_dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert "| claim | paper | ours" in out and "grape" in out
-    assert rc in (0, 1) and (rc == 0) == ("does not hold" not in out)
-    assert (tmp_path / "reproduction.md").is_file() and (tmp_path / "seed0" / "grape" / "model.safetensors").is_file()
+    saved = json.loads((tmp_path / "reproduction.json").read_text())
+    assert len(saved["rows"]) == 3 and saved["fast"] is True
+    assert rc == (0 if all(r["verdict"] == "holds" for r in saved["rows"] if r["asserted"]) else 1)
+    assert (tmp_path / "reproduction.md").is_file() and (tmp_path / "seed0" / "uniform").is_dir()
     with pytest.raises(SystemExit):
         main(["reproduce", "no_such_method"])
 

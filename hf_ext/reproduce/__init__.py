@@ -29,6 +29,8 @@ class Claim:
     name: str
     paper: str
     judge: Callable[[list[dict]], tuple[str, bool]]
+    #: asserted by the slow test; a claim known not to reproduce at this scale is reported with `asserted=False`.
+    asserted: bool = True
 
 
 @dataclasses.dataclass
@@ -49,6 +51,7 @@ class Row:
     paper: str
     ours: str
     verdict: str
+    asserted: bool = True
 
 
 @dataclasses.dataclass
@@ -66,7 +69,8 @@ class Report:
 
     @property
     def holds(self) -> bool:
-        return all(r.verdict == "holds" for r in self.rows)
+        """Every asserted claim holds (claims reported with `asserted=False` are shown, not required)."""
+        return all(r.verdict == "holds" for r in self.rows if r.asserted)
 
     def to_markdown(self) -> str:
         lines = [
@@ -78,7 +82,10 @@ class Report:
             "| claim | paper | ours (mean ± spread over seeds) | verdict |",
             "|---|---|---|---|",
         ]
-        lines += [f"| {r.claim} | {r.paper} | {r.ours} | {r.verdict} |" for r in self.rows]
+        lines += [
+            f"| {r.claim} | {r.paper} | {r.ours} | {r.verdict}{'' if r.asserted else ' (reported, not asserted)'} |"
+            for r in self.rows
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -142,7 +149,7 @@ def reproduce(
         rows = []
         for claim in spec.claims:
             ours, ok = claim.judge(per_seed)
-            rows.append(Row(claim.name, claim.paper, ours, "holds" if ok else "does not hold"))
+            rows.append(Row(claim.name, claim.paper, ours, "holds" if ok else "does not hold", claim.asserted))
         report = Report(
             method=method,
             title=spec.title,
