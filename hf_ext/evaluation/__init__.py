@@ -1,0 +1,26 @@
+"""Evaluation the way the field does it: lm-evaluation-harness on hf_ext models with packaged offline tasks, and the
+package's own metrics as `evaluate` modules. lm-eval is an optional dependency (`pip install 'hf_ext[eval]'`)."""
+
+from .harness import (
+    DEFAULT_TASKS,
+    evaluate_model,
+    evaluate_models,
+    format_table,
+    metric_path,
+    results_rows,
+    save_for_lm_eval,
+    task_dir,
+    task_manager,
+)
+
+__all__ = [
+    "DEFAULT_TASKS",
+    "evaluate_model",
+    "evaluate_models",
+    "format_table",
+    "metric_path",
+    "results_rows",
+    "save_for_lm_eval",
+    "task_dir",
+    "task_manager",
+]

@@ -1,0 +1,246 @@
+"""lm-evaluation-harness on hf_ext models: packaged offline tasks, `simple_evaluate` on model objects, result tables."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+#: The packaged offline tasks (lm-eval tag `hf_ext` runs both).
+DEFAULT_TASKS = ("hf_ext_domain", "hf_ext_cloze")
+_PACKAGED = {"hf_ext", *DEFAULT_TASKS}
+
+_INSTALL_HINT = "lm-eval is not installed: `pip install 'hf_ext[eval]'` (or `pip install lm_eval`)."
+
+
+def task_dir() -> str:
+    """Folder of the packaged lm-eval task configs; pass it to `lm_eval --include_path`."""
+    return str(Path(__file__).parent / "tasks")
+
+
+def metric_path(name: str) -> str:
+    """Folder of a packaged `evaluate` metric module; `evaluate.load(metric_path("data_compliance_gap"))`."""
+    path = Path(__file__).parent / "metrics" / name
+    if not (path / f"{name}.py").is_file():
+        available = sorted(
+            p.name for p in (Path(__file__).parent / "metrics").iterdir() if (p / f"{p.name}.py").is_file()
+        )
+        raise ValueError(f"unknown metric {name!r}; available: {available}.")
+    return str(path)
+
+
+def save_for_lm_eval(model, tokenizer, save_directory: str | os.PathLike) -> str:
+    """Save a model and its tokenizer so that plain `lm_eval --model hf --model_args
+    pretrained=<folder>,trust_remote_code=True` loads it in a process where hf_ext is not imported.
+
+    For hf_ext architectures (FOG, layer-parallel) the folder also gets the configuration/modeling source files and
+    an `auto_map` (transformers' `register_for_auto_class` mechanism); stock transformers models are saved as usual.
+    The classes' auto-class registration is restored afterwards, so later `save_pretrained` calls are unaffected.
+
+    Returns:
+        `str`: the folder.
+    """
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model)}.")
+    if tokenizer is None or not hasattr(tokenizer, "save_pretrained"):
+        raise ValueError("tokenizer is required (lm-eval loads it from the same folder); pass the model's tokenizer.")
+    save_directory = os.fspath(save_directory)
+    model_cls, config_cls = type(model), type(model.config)
+    custom = model_cls.__module__.startswith("hf_ext.")
+    saved = (model_cls.__dict__.get("_auto_class"), config_cls.__dict__.get("_auto_class"))
+    try:
+        if custom:
+            config_cls.register_for_auto_class()
+            model_cls.register_for_auto_class("AutoModelForCausalLM")
+        model.save_pretrained(save_directory)
+        tokenizer.save_pretrained(save_directory)
+    finally:
+        if custom:
+            model_cls._auto_class, config_cls._auto_class = saved
+    return save_directory
+
+
+def task_manager(include_path: str | Sequence[str] | None = None, include_defaults: bool = True):
+    """An lm-eval `TaskManager` over the packaged hf_ext tasks, `include_path` and (if `include_defaults`) lm-eval's
+    own tasks; indexing lm-eval's thousands of task configs takes several seconds, hence the switch."""
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(_INSTALL_HINT) from err
+    paths = [task_dir()]
+    if include_path is not None:
+        paths += [include_path] if isinstance(include_path, str | os.PathLike) else list(include_path)
+    return TaskManager(include_path=[os.fspath(p) for p in paths], include_defaults=include_defaults)
+
+
+def _as_lm(model, tokenizer, batch_size: int, device: str | None, max_length: int | None):
+    """Wrap a model object or a folder in lm-eval's `HFLM` (the `--model hf` backend)."""
+    try:
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as err:  # pragma: no cover
+        raise ImportError(_INSTALL_HINT) from err
+    from lm_eval.api.model import LM
+
+    if isinstance(model, LM):
+        return model
+    if isinstance(model, str | os.PathLike):
+        if not os.path.isdir(model):
+            raise ValueError(
+                f"model={os.fspath(model)!r} is not a folder; pass a model object or a save_pretrained folder."
+            )
+        return HFLM(
+            pretrained=os.fspath(model),
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            device=device or "cpu",
+            max_length=max_length,
+        )
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(
+            f"model must be a transformers PreTrainedModel, a save_pretrained folder or an lm-eval LM, got {type(model)}."
+        )
+    if tokenizer is None:
+        raise ValueError("tokenizer is required with a model object (lm-eval cannot infer it); pass tokenizer=...")
+    device = device or str(next(model.parameters()).device)
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device, max_length=max_length)
+
+
+def evaluate_model(
+    model,
+    tokenizer=None,
+    tasks: str | Sequence[str] = DEFAULT_TASKS,
+    num_fewshot: int | None = None,
+    limit: int | float | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    max_length: int | None = None,
+    include_path: str | Sequence[str] | None = None,
+    seed: int = 1234,
+    **kwargs,
+) -> dict:
+    """Run `lm_eval.simple_evaluate` on a model object (or a `save_pretrained` folder) with the packaged tasks.
+
+    Args:
+        model: A `PreTrainedModel` (e.g. `FogForCausalLM`, `LayerParallelForCausalLM`, a PEFT-merged model), a folder
+            written by `save_pretrained` (loaded by lm-eval's `HFLM`; `import hf_ext` has registered the Auto
+            classes), or an lm-eval `LM`.
+        tokenizer: Its tokenizer (required with a model object; read from the folder otherwise).
+        tasks (`str` or `Sequence[str]`, *optional*): lm-eval task names, tags or groups; default the packaged
+            `hf_ext_domain` and `hf_ext_cloze`. lm-eval's own tasks work too when their data is reachable.
+        num_fewshot (`int`, *optional*): Few-shot examples per prompt (drawn from each task's `fewshot_split`).
+        limit (`int` or `float`, *optional*): Evaluate only this many (or this share of) test items per task.
+        batch_size (`int`, *optional*, defaults to 8): lm-eval batch size.
+        device (`str`, *optional*): Defaults to the model's device (`"cpu"` for folders).
+        max_length (`int`, *optional*): Context length lm-eval truncates to; default from the model config.
+        include_path (`str` or list, *optional*): Extra task folders besides the packaged one.
+        seed (`int`, *optional*, defaults to 1234): Seeds lm-eval's python, numpy, torch and few-shot samplers.
+        kwargs: Passed to `lm_eval.simple_evaluate` (e.g. `bootstrap_iters`, `log_samples`).
+
+    Returns:
+        `dict`: lm-eval's results (`results[task]["acc,none"]`, `...["acc_stderr,none"]`, `n-samples`, `config`).
+    """
+    import lm_eval
+
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    tasks = list(tasks)
+    if not tasks or not all(isinstance(t, str) and t for t in tasks):
+        raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}.")
+    if num_fewshot is not None and (not isinstance(num_fewshot, int) or num_fewshot < 0):
+        raise ValueError(f"num_fewshot must be a non-negative int or None, got {num_fewshot!r}.")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0):
+        raise ValueError(f"limit must be a positive int (items) or float (share), got {limit!r}.")
+    lm = _as_lm(model, tokenizer, batch_size, device, max_length)
+    kwargs.setdefault("bootstrap_iters", 1000)
+    kwargs.setdefault("log_samples", False)
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED),
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        **kwargs,
+    )
+    if results is None:  # pragma: no cover - non-zero ranks under lm-eval's own distributed mode
+        return {}
+    return dict(results)
+
+
+def results_rows(results: Mapping, name: str | None = None) -> list[dict]:
+    """Flatten lm-eval results into rows `{"model", "task", "metric", "value", "stderr", "num_fewshot", "n"}`."""
+    if not isinstance(results, Mapping) or not isinstance(results.get("results"), Mapping):
+        raise ValueError("results must be the dict returned by lm_eval.simple_evaluate (with a 'results' key).")
+    rows = []
+    shots = results.get("n-shot", {})
+    samples = results.get("n-samples", {})
+    for task, metrics in sorted(results["results"].items()):
+        for key, value in metrics.items():
+            if "," not in key or "_stderr," in key or isinstance(value, str) or isinstance(value, bool):
+                continue
+            metric, _filter = key.split(",", 1)
+            stderr = metrics.get(f"{metric}_stderr,{_filter}")
+            rows.append(
+                {
+                    "model": name,
+                    "task": task,
+                    "metric": metric,
+                    "value": float(value),
+                    "stderr": float(stderr) if isinstance(stderr, int | float) else None,
+                    "num_fewshot": shots.get(task),
+                    "n": (samples.get(task) or {}).get("effective"),
+                }
+            )
+    return rows
+
+
+def format_table(rows: Sequence[Mapping]) -> str:
+    """Markdown table of `results_rows` rows (value ± stderr)."""
+    lines = ["| model | task | shots | metric | value | ± stderr |", "|---|---|---:|---|---:|---:|"]
+    for r in rows:
+        err = r.get("stderr")
+        err_s = f"{err:.4f}" if isinstance(err, float) and math.isfinite(err) else ""
+        lines.append(
+            f"| {r.get('model') or ''} | {r['task']} | {r.get('num_fewshot', '')} | {r['metric']} | "
+            f"{r['value']:.4f} | {err_s} |"
+        )
+    return "\n".join(lines)
+
+
+def evaluate_models(
+    models: Mapping[str, object],
+    tasks: str | Sequence[str] = DEFAULT_TASKS,
+    num_fewshot: int | Sequence[int] | None = 0,
+    tokenizer=None,
+    **kwargs,
+) -> list[dict]:
+    """Evaluate several models on the same tasks (and shot counts) and return one row per model, shot, task, metric.
+
+    Args:
+        models (`Mapping[str, model or folder]`): Name -> `PreTrainedModel`, `save_pretrained` folder or lm-eval `LM`.
+        tasks: As in [`evaluate_model`].
+        num_fewshot (`int`, list of `int` or `None`, *optional*, defaults to 0): Shot counts; a list runs each
+            (e.g. `[0, 5]` for the metadata-conditioning comparison).
+        tokenizer: Shared tokenizer for model objects.
+        kwargs: Passed to [`evaluate_model`] (`limit`, `batch_size`, ...).
+
+    Returns:
+        `list[dict]` rows (see [`results_rows`]); `format_table(rows)` renders them.
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models must be a non-empty mapping name -> model object or folder.")
+    shots = list(num_fewshot) if isinstance(num_fewshot, Sequence) else [num_fewshot]
+    rows = []
+    for name, model in models.items():
+        for k in shots:
+            res = evaluate_model(model, tokenizer=tokenizer, tasks=tasks, num_fewshot=k, **kwargs)
+            rows += results_rows(res, name=str(name))
+    return rows

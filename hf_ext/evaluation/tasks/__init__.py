@@ -1,0 +1,1 @@
+"""lm-eval task configs and their local data (pass this folder to `lm_eval --include_path`)."""
