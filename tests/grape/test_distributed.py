@@ -23,6 +23,8 @@ def test_two_ranks_end_with_identical_weights(tmp_path, repo_root):
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     result = json.loads((tmp_path / "ddp_result.json").read_text())
+    fp0, fp1 = result["model_fingerprints"]
+    assert fp0 == fp1  # the model's weights are identical on both ranks
     rank0, rank1 = result["weights"]
     assert rank0 == rank1  # bitwise identical weights, averages and update counts
     assert rank0[-1] == 3.0

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from grape_synthetic import synthetic_mixture, tiny_llama
 
 from hf_ext.grape import GrapeConfig, GrapeTrainer
-from hf_ext.utils import shutdown_distributed
+from hf_ext.utils import rank_fingerprints, shutdown_distributed
 
 
 class RecordingGrapeTrainer(GrapeTrainer):
@@ -91,6 +91,7 @@ def main(output_dir: str) -> None:
     gathered = [torch.zeros_like(local) for _ in range(2)]
     dist.all_gather(gathered, local)
     averaging = check_averaging(trainer)
+    fingerprints = rank_fingerprints(trainer.model)  # model weights must be identical on both ranks too
     stats = trainer.last_local_stats["domain"]
     gathered_stats = [torch.zeros_like(stats) for _ in range(2)]
     dist.all_gather(gathered_stats, stats)
@@ -100,6 +101,7 @@ def main(output_dir: str) -> None:
             "local_stats": [g.tolist() for g in gathered_stats],
             "trajectory": st.trajectory,
             "averaging": averaging,
+            "model_fingerprints": fingerprints,
         }
         with open(os.path.join(output_dir, "ddp_result.json"), "w") as fh:
             json.dump(result, fh)
