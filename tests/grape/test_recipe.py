@@ -40,8 +40,10 @@ def test_recipe_two_stage(tmp_path, capsys):
 def test_recipe_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="--target_domains task 'x' names unknown domains"):
         main(TINY + ["--target_domains", "x=nope", "--output_dir", str(tmp_path / "a")])
+    sources = tmp_path / "sources.jsonl"
+    sources.write_text('{"text": "some text", "domain": "d"}\n')
     with pytest.raises(ValueError, match="--target_files"):
-        main(TINY + ["--train_file", __file__, "--output_dir", str(tmp_path / "b")])
+        main(TINY + ["--train_file", str(sources), "--output_dir", str(tmp_path / "b")])
     with pytest.raises(ValueError, match="--eval_fraction"):
         main(TINY + ["--eval_fraction", "1.5", "--output_dir", str(tmp_path / "c")])
     with pytest.raises(ValueError, match="reweight_method"):
