@@ -241,10 +241,11 @@ def _curves(log_history: list[dict]) -> dict:
     return out
 
 
-def _complexity(curves: dict) -> dict:
-    """Summaries of AGE (raw gradient) and weight norm over the whole run."""
-    age = [v for v in curves["age_raw"] if v is not None]
-    norms = [v for v in curves["weight_norm"] if v is not None]
+def _complexity(curves: dict, window: int | None = None) -> dict:
+    """Summaries of AGE (raw gradient) and weight norm over the run's logged steps up to `window` (default: all)."""
+    keep = [window is None or step <= window for step in curves["train_step"]]
+    age = [v for v, k in zip(curves["age_raw"], keep) if k and v is not None]
+    norms = [v for v, k in zip(curves["weight_norm"], keep) if k and v is not None]
     tail = max(1, len(age) // 10)
     return {
         "mean_age_raw": statistics.fmean(age) if age else None,
@@ -262,16 +263,19 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(runs: dict[str, list[dict]], max_steps: int) -> dict:
+def summarize(runs: dict[str, list[dict]]) -> dict:
     """Per method: mean and spread over seeds of every figure; ratios to the baseline `none` where it ran.
 
-    A run that never reaches the target enters `steps_to_target_mean` as `max_steps` (so the mean is a lower bound;
-    `reached` says how many seeds got there) and is left out of the time-to-target means.
+    A run that never reaches the target enters `steps_to_target_mean` as the steps it ran (its budget; so the mean is
+    a lower bound; `reached` says how many seeds got there) and is left out of the time-to-target means. AGE and
+    weight-norm summaries cover the steps every run has (`complexity_window`, the shortest run), so that runs with
+    different budgets are compared over the same steps.
     """
+    window = min(r["steps_run"] for method_runs in runs.values() for r in method_runs)
     out: dict = {}
     for method, method_runs in runs.items():
         steps = [r["steps_to_target"] for r in method_runs]
-        censored = [s if s is not None else max_steps for s in steps]
+        censored = [s if s is not None else r["steps_run"] for s, r in zip(steps, method_runs)]
         ranked = [s if s is not None else float("inf") for s in steps]
         median = statistics.median(ranked)
         res: dict = {
@@ -292,8 +296,10 @@ def summarize(runs: dict[str, list[dict]], max_steps: int) -> dict:
         res["median_seconds_per_step"] = statistics.median(r["median_seconds_per_step"] for r in method_runs)
         for key in ("accuracy_drops", "loss_spikes", "min_test_accuracy_after_target"):
             res[f"{key}_mean"], _ = _mean_std([r["stability"][key] for r in method_runs])
+        res["complexity_window"] = window
+        complexity = [_complexity(r["curves"], window) for r in method_runs]
         for key in ("mean_age_raw", "final_age_raw", "peak_age_raw", "peak_weight_norm", "final_weight_norm"):
-            res[f"{key}_mean"], res[f"{key}_std"] = _mean_std([r["complexity"][key] for r in method_runs])
+            res[f"{key}_mean"], res[f"{key}_std"] = _mean_std([c[key] for c in complexity])
         out[method] = res
     base = out.get("none")
     for res in out.values():
@@ -347,8 +353,8 @@ def markdown_tables(results: dict) -> str:
     lines = [
         f"## {results['task']} mod {results['p']}, seeds {results['seeds']}, target {target:.0%} test accuracy",
         "",
-        "Mean ± standard deviation over seeds. A seed that never reaches the target counts as the step budget "
-        f"({results['max_steps']}) in the steps mean and is left out of the time means. Step time: mean over all "
+        "Mean ± standard deviation over seeds. A seed that never reaches the target counts as its step budget "
+        f"(max {results['max_steps']}) in the steps mean and is left out of the time means. Step time: mean over all "
         "optimizer steps, outer steps included. Training time: sum of step times up to the target step (evaluation "
         "excluded); wall-clock: elapsed time to that evaluation (evaluations included). CPU: the same in CPU time of the "
         "process (one torch thread), which the load of other jobs does not inflate.",
@@ -400,7 +406,8 @@ def markdown_tables(results: dict) -> str:
     lines += [
         "",
         "AGE = -Σ|g| ln|g| of the raw gradient (as computed by backward, before any transform), averaged over the "
-        "logged steps of the whole budget; final = mean of the last 10% of logs. Stability after first reaching the "
+        f"logged steps 1..{next(iter(results['methods'].values()))['complexity_window']} (the steps every run has); "
+        "final = mean of the last 10% of those logs; weight norms over the same steps. Stability after first reaching the "
         "target (seeds that reached it): accuracy drops = falls of test accuracy below target - 0.1; loss spikes = "
         "rises of the training loss above max(10 × its running minimum, 0.05).",
     ]
@@ -579,7 +586,7 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
                     "model_parameters": n_params,
                     "transform_macs_per_step": trainer.amplifier.macs_per_entry * n_params,
                 }
-    results["methods"] = summarize(runs, training_args.max_steps)
+    results["methods"] = summarize(runs)
     results["amplifier_share"] = amplifier_share(results["methods"])
     write_outputs(results, training_args.output_dir)
     return results
@@ -592,7 +599,7 @@ def merge_results(parts: list[dict]) -> dict:
     """
     if not parts:
         raise ValueError("merge_results needs at least one results dict.")
-    keys = ("task", "p", "target_accuracy", "max_steps", "strong_weight_decay")
+    keys = ("task", "p", "target_accuracy", "strong_weight_decay")
     first = parts[0]
     for other in parts[1:]:
         if any(other[k] != first[k] for k in keys):
@@ -610,10 +617,11 @@ def merge_results(parts: list[dict]) -> dict:
         method_runs.sort(key=lambda r: r["seed"])
     merged = {k: first[k] for k in keys}
     merged["seeds"] = sorted({seed for _, seed in seen})
+    merged["max_steps"] = max(part["max_steps"] for part in parts)
     for part in parts:
         if "amplifier" in part:
             merged["amplifier"] = part["amplifier"]
-    merged["methods"] = summarize(runs, first["max_steps"])
+    merged["methods"] = summarize(runs)
     merged["amplifier_share"] = amplifier_share(merged["methods"])
     return merged
 

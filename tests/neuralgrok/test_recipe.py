@@ -45,6 +45,9 @@ def test_recipe_tiny_run_writes_results_tables_and_pngs(tmp_path):
     # results of one process per seed merge into one summary over the seeds
     other = json.loads(json.dumps(saved))
     other["seeds"] = [7]
+    for res in other["methods"].values():
+        for run in res["runs"]:
+            run["seed"] = 7
     merged = merge_results([saved, other])
     assert merged["seeds"] == [0, 7] and merged["methods"]["neuralgrok"]["seeds"] == 2
     assert (
