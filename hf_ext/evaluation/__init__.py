@@ -12,9 +12,16 @@ from .harness import (
     task_dir,
     task_manager,
 )
+from .scores import accuracy_retention, task_scores
+from .uses import compliance_gap, format_task_sweep_table, layer_pairing_task_sweep
 
 __all__ = [
     "DEFAULT_TASKS",
+    "accuracy_retention",
+    "compliance_gap",
+    "format_task_sweep_table",
+    "layer_pairing_task_sweep",
+    "task_scores",
     "evaluate_model",
     "evaluate_models",
     "format_table",

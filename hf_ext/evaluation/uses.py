@@ -1,0 +1,136 @@
+"""lm-eval where the papers use it: layer-pairing retention curves and the data compliance gap from task results."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from .harness import DEFAULT_TASKS, evaluate_model
+from .scores import accuracy_retention, task_scores
+
+
+def layer_pairing_task_sweep(
+    model,
+    tokenizer,
+    ranges: Sequence[tuple[int, int]],
+    tasks: str | Sequence[str] = DEFAULT_TASKS,
+    metric: str = "acc",
+    num_fewshot: int | None = 0,
+    eval_dataset=None,
+    mode: str = "sublayer",
+    mlp_norm: str = "per_layer",
+    **kwargs,
+) -> list[dict]:
+    """Task accuracy (lm-eval) next to perplexity for the source model and each paired range: the retention curve.
+
+    Args:
+        model: A Llama, Mistral or Qwen2 causal LM (left untouched).
+        tokenizer: Its tokenizer.
+        ranges (`Sequence[tuple[int, int]]`): Ranges `[start, end)` to pair (see
+            `hf_ext.models.layer_parallel.pairing_ranges`).
+        tasks: lm-eval tasks; default the packaged `hf_ext_domain` and `hf_ext_cloze`.
+        metric (`str`, *optional*, defaults to `"acc"`): Task metric reported and used for the retention.
+        num_fewshot (`int`, *optional*, defaults to 0): Shots per prompt.
+        eval_dataset (*optional*): Packed dataset (`input_ids`, `labels`); adds token-level `perplexity` and
+            `ppl_ratio` columns computed as in the perplexity sweep (`evaluate_causal_lm`).
+        mode, mlp_norm (`str`): As in `convert_to_layer_parallel`.
+        kwargs: Passed to [`evaluate_model`] (`limit`, `batch_size`, ...).
+
+    Returns:
+        `list[dict]`: one row per model (source first, `pairs=0`) with `start`, `end`, `pairs`, `effective_depth`,
+        `<task>` (the task metric), `retention` (mean over tasks, percent of the source's score; see
+        `layer_pairing_retention`) and, with `eval_dataset`, `perplexity` and `ppl_ratio`.
+    """
+    from ..models.layer_parallel import convert_to_layer_parallel
+    from ..models.layer_parallel.sweep import evaluate_causal_lm, pairing_ranges
+
+    ranges = [tuple(int(x) for x in r) for r in ranges]
+    if not ranges:
+        raise ValueError("ranges is empty; pass e.g. pairing_ranges(num_layers, [1]).")
+    valid = set(pairing_ranges(model.config.num_hidden_layers))
+    bad = [r for r in ranges if r not in valid]
+    if bad:
+        raise ValueError(f"ranges {bad} are not valid pairing ranges for {model.config.num_hidden_layers} layers.")
+    rows, base = [], None
+    for start, end in [(0, 0), *ranges]:
+        lp = model if start == end else convert_to_layer_parallel(model, start, end, mode=mode, mlp_norm=mlp_norm)
+        res = evaluate_model(lp, tokenizer, tasks=tasks, num_fewshot=num_fewshot, **kwargs)
+        scores = task_scores(res, metric)
+        row = {
+            "start": start,
+            "end": end,
+            "pairs": (end - start) // 2,
+            "effective_depth": model.config.num_hidden_layers - (end - start) // 2,
+            **scores,
+        }
+        if base is None:
+            base = scores
+        zero = [t for t in base if base[t] == 0]
+        row["retention"] = (
+            math.nan
+            if zero
+            else accuracy_retention(base, scores, lower_is_better=_lower(metric, base))["mean_retention"]
+        )
+        if eval_dataset is not None:
+            row.update(perplexity=evaluate_causal_lm(lp, eval_dataset)["perplexity"])
+            row["ppl_ratio"] = row["perplexity"] / rows[0]["perplexity"] if rows else 1.0
+        rows.append(row)
+        del lp
+    return rows
+
+
+def _lower(metric: str, scores: dict) -> list[str]:
+    return list(scores) if metric in ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte") else []
+
+
+def format_task_sweep_table(rows: Sequence[dict], metric: str = "acc") -> str:
+    """Markdown table of [`layer_pairing_task_sweep`] rows."""
+    fixed = {"start", "end", "pairs", "effective_depth", "retention", "perplexity", "ppl_ratio"}
+    tasks = [k for k in rows[0] if k not in fixed]
+    has_ppl = "perplexity" in rows[0]
+    head = ["pairs", "range", "depth", *[f"{t} {metric}" for t in tasks], "retention %"]
+    head += ["perplexity", "x source"] if has_ppl else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for r in rows:
+        cells = [str(r["pairs"]), "-" if r["pairs"] == 0 else f"[{r['start']}, {r['end']})", str(r["effective_depth"])]
+        cells += [f"{r[t]:.4f}" for t in tasks] + [f"{r['retention']:.1f}"]
+        cells += [f"{r['perplexity']:.3f}", f"{r['ppl_ratio']:.3f}"] if has_ppl else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compliance_gap(
+    non_compliant,
+    compliant,
+    tokenizer=None,
+    tasks: str | Sequence[str] = DEFAULT_TASKS,
+    metric: str = "acc",
+    relative: bool = True,
+    num_fewshot: int | None = 0,
+    **kwargs,
+):
+    """The data compliance gap from lm-eval results of a full-data and a compliant model on the same tasks.
+
+    Args:
+        non_compliant, compliant: Models (objects, `save_pretrained` folders or lm-eval `LM`s), or lm-eval results
+            dicts already computed.
+        tokenizer: Shared tokenizer for model objects.
+        tasks, num_fewshot, kwargs: As in [`evaluate_model`].
+        metric (`str`, *optional*, defaults to `"acc"`): Task metric compared.
+        relative (`bool`, *optional*, defaults to `True`): Percent gap (see `hf_ext.compliance.compute_dcg`).
+
+    Returns:
+        `hf_ext.compliance.DCGReport` (`.to_table()`, `.to_json()`), plus the two results under `.results`.
+    """
+    from ..compliance import compute_dcg
+
+    results = []
+    for m in (non_compliant, compliant):
+        if isinstance(m, dict) and "results" in m:
+            results.append(m)
+        else:
+            results.append(evaluate_model(m, tokenizer, tasks=tasks, num_fewshot=num_fewshot, **kwargs))
+    lower = _lower(metric, task_scores(results[0], metric))
+    report = compute_dcg(results[0], results[1], relative=relative, metric=metric, lower_is_better=lower)
+    report.results = {"non_compliant": results[0], "compliant": results[1]}
+    return report

@@ -1,0 +1,63 @@
+"""lm-eval where the papers use it: the layer-pairing retention sweep and the data compliance gap."""
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+
+from hf_ext.evaluation import (  # noqa: E402
+    compliance_gap,
+    evaluate_model,
+    format_task_sweep_table,
+    layer_pairing_task_sweep,
+)
+
+CFG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=2)
+
+
+def _llama(tok, seed):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), max_position_embeddings=2048, **CFG)).eval()
+
+
+def test_layer_pairing_task_sweep_reports_task_scores_next_to_perplexity(small_tokenizer, corpus_test):
+    from hf_ext.data import pack_dataset
+    from hf_ext.models.layer_parallel import convert_to_layer_parallel
+
+    model = _llama(small_tokenizer, 0)
+    packed = pack_dataset(corpus_test.select(range(4)), small_tokenizer, block_size=64).select(range(4))
+    rows = layer_pairing_task_sweep(
+        model, small_tokenizer, [(0, 2), (2, 4)], tasks=["hf_ext_cloze"], metric="perplexity", limit=3,
+        eval_dataset=packed,
+    )  # fmt: skip
+    assert [(r["pairs"], r["start"], r["effective_depth"]) for r in rows] == [(0, 0, 4), (1, 0, 3), (1, 2, 3)]
+    assert rows[0]["retention"] == pytest.approx(100.0) and rows[0]["ppl_ratio"] == 1.0
+    direct = evaluate_model(convert_to_layer_parallel(model, 2, 4), small_tokenizer, tasks="hf_ext_cloze", limit=3)
+    assert rows[2]["hf_ext_cloze"] == pytest.approx(direct["results"]["hf_ext_cloze"]["perplexity,none"])
+    for r in rows[1:]:  # lower-is-better: retention = source / paired
+        assert r["retention"] == pytest.approx(100 * rows[0]["hf_ext_cloze"] / r["hf_ext_cloze"])
+        assert r["hf_ext_cloze"] != rows[0]["hf_ext_cloze"] and r["ppl_ratio"] != 1.0  # pairing changed the model
+    table = format_task_sweep_table(rows, "perplexity")
+    assert "hf_ext_cloze perplexity" in table and "[2, 4)" in table and table.count("\n") == 4
+    with pytest.raises(ValueError, match="not valid pairing ranges"):
+        layer_pairing_task_sweep(model, small_tokenizer, [(1, 2)])
+
+
+def test_compliance_gap_from_lm_eval_results(small_tokenizer):
+    from hf_ext.compliance import compute_dcg
+
+    full, comp = _llama(small_tokenizer, 1), _llama(small_tokenizer, 2)
+    report = compliance_gap(full, comp, small_tokenizer, metric="perplexity", tasks=["hf_ext_cloze"], limit=3)
+    res_full, res_comp = report.results["non_compliant"], report.results["compliant"]
+    p_full = res_full["results"]["hf_ext_cloze"]["perplexity,none"]
+    p_comp = res_comp["results"]["hf_ext_cloze"]["perplexity,none"]
+    assert report.rows[0]["gap"] == pytest.approx(100 * (p_comp - p_full) / p_full)  # perplexity: lower is better
+    again = compute_dcg(res_full, res_comp, metric="perplexity", lower_is_better=["hf_ext_cloze"])
+    assert again.mean_gap == pytest.approx(report.mean_gap) and math.isfinite(report.mean_gap)
+    # precomputed results are accepted as they are (no re-evaluation), accuracy on both packaged tasks
+    acc = compliance_gap(res_full, res_comp, metric="acc", relative=False)
+    assert [r["task"] for r in acc.rows] == ["hf_ext_cloze"] and "DCG (abs)" in acc.to_table()
