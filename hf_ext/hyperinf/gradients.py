@@ -9,6 +9,7 @@ Other tracked parameters (by default the output-projection weight of the trainab
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,19 @@ import torch
 
 _A_PARTS = ("lora_A", "lora_embedding_A")
 _B_PARTS = ("lora_B", "lora_embedding_B")
-_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "labels")
+_MODEL_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "labels",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "pixel_values",
+    "image_sizes",
+)
+# inputs with one fixed shape per example (images): stacked, never padded
+_STACKED_INPUTS = ("pixel_values", "image_sizes")
 
 
 @dataclass(frozen=True)
@@ -172,7 +185,8 @@ def _is_causal_lm(model: torch.nn.Module) -> bool:
 
 
 def model_input_names(model: torch.nn.Module) -> set[str]:
-    """Dataset columns that are passed to the model (the usual text inputs that its `forward` accepts)."""
+    """Dataset columns that are passed to the model: the usual text inputs, the decoder inputs of encoder-decoders
+    and the images of vision-language models (`pixel_values`, `image_sizes`) that its `forward` accepts."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     params = inspect.signature(base.forward).parameters
     return {name for name in _MODEL_INPUTS if name in params}
@@ -207,10 +221,16 @@ class PaddingCollator:
                 continue
             values = [ex[key] for ex in examples]
             first = torch.as_tensor(values[0])
-            if first.ndim == 0:
-                batch[key] = torch.stack([torch.as_tensor(v) for v in values])
+            if first.ndim == 0 or key in _STACKED_INPUTS:
+                tensors = [torch.as_tensor(v) for v in values]
+                if any(t.shape != first.shape for t in tensors):
+                    raise ValueError(
+                        f"`{key}` has different shapes within a batch ({sorted({tuple(t.shape) for t in tensors})}); "
+                        "resize the images to one shape (e.g. with the model's image processor) first."
+                    )
+                batch[key] = torch.stack(tensors)
                 continue
-            fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}.get(key, 0)
+            fill = {"input_ids": pad_id, "decoder_input_ids": pad_id, "attention_mask": 0, "labels": -100}.get(key, 0)
             out = torch.full((len(values), longest), fill, dtype=first.dtype)
             for row, value in enumerate(values):
                 value = torch.as_tensor(value)
@@ -302,12 +322,26 @@ class PerExampleGradients:
         if use_vmap and mask is not None:
             # an all-ones mask is the default; dropping it keeps mask creation free of data-dependent branches
             batch = {key: value for key, value in batch.items() if key != "attention_mask"}
+        grads = None
         if use_vmap:
             # the outer no_grad keeps trainable parameters that are not tracked (e.g. a head's bias) from recording an
             # autograd graph through the per-example gradients; torch.func.grad itself ignores an outer no_grad
-            with torch.no_grad():
-                grads = torch.func.vmap(torch.func.grad(self._loss), in_dims=(None, 0))(params, batch)
-        else:
+            try:
+                with torch.no_grad():
+                    grads = torch.func.vmap(torch.func.grad(self._loss), in_dims=(None, 0))(params, batch)
+            except RuntimeError as err:
+                if "vmap" not in str(err):
+                    raise
+                # e.g. vision-language models check the image-token count with `.item()` inside their forward
+                warnings.warn(
+                    f"{type(self._base_model()).__name__}'s forward cannot run under torch.func.vmap "
+                    f"({str(err).splitlines()[0][:120]}); using one backward pass per example instead (pass "
+                    "per_example_gradients='loop' to skip this attempt).",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                self.method = "loop"
+        if grads is None:
             per_example: list[dict[str, torch.Tensor]] = []
             size = next(iter(batch.values())).shape[0]
             for row in range(size):
