@@ -1,42 +1,58 @@
-"""Slow reproduction: with replicated canaries under FedAvg, LoRA memorizes less than full fine-tuning and the
-Goldfish loss lowers memorization further, for both (tiny Llama, embedded corpus, 3 clients)."""
+"""Slow reproduction at the recipe defaults (the paper's structure: LoRA on the attention and MLP projections,
+30% of the canaries replicated 10x and 70% once, 3 non-IID clients, FedAvg), over 3 seeds: full fine-tuning
+memorizes the 10x canaries measurably, LoRA less, LoRA with the Goldfish loss less again, and DP-SGD lowers LoRA's
+exposure."""
 
 import os
+import statistics
 
 import pytest
 
-# LoRA on every linear layer including the output projection (lm_head): with the attention/MLP layers alone the
-# tiny model's LoRA memorizes nothing measurable, so "Goldfish reduces LoRA memorization" could not be observed.
-LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head"
+SEEDS = (0, 1, 2)
 
 
-def _score(history, rep=10):
-    """Memorization of the `rep`x canaries: exact + approximate rate + mean char-BLEU, max over rounds."""
+def _extraction(history, rep=10):
+    """Greedy extraction of the `rep`x canaries: exact + approximate rate + mean char-BLEU, max over rounds."""
     return max(h[f"exact_{rep}x"] + h[f"approx_{rep}x"] + h[f"bleu_{rep}x"] for h in history[1:])
 
 
+def _exposure_gain(history, rep=10):
+    """Loss-gap exposure of the `rep`x canaries after the last round, minus that of the base model (round 0), in
+    nats per token: removes the fixed difference in difficulty between the canary texts and the reference texts."""
+    return history[-1][f"exposure_{rep}x"] - history[0][f"exposure_{rep}x"]
+
+
 @pytest.mark.slow
-def test_lora_memorizes_less_than_full_and_goldfish_reduces_it(tmp_path):
+def test_full_memorizes_more_than_lora_more_than_goldfish_and_dp_lowers_exposure(tmp_path):
     from hf_ext.recipes.federated import main
 
-    res = main(
-        [
-            "--output_dir",
-            str(tmp_path),
-            "--configs",
-            "full,full+goldfish,lora,lora+goldfish",
-            "--lora_learning_rate",
-            "3e-3",
-            "--lora_target_modules",
-            LORA_TARGETS,
-        ]
-    )
-    runs = {name: _score(r["history"]) for name, r in res["runs"].items()}
-    print({k: round(v, 3) for k, v in runs.items()})
-    assert runs["full"] > 0.2  # full fine-tuning does memorize the 10x canaries
-    assert runs["full+goldfish"] < runs["full"] - 0.05
-    assert runs["lora"] > 0.2  # LoRA memorizes too, measurably ...
-    assert runs["lora"] < runs["full"] - 0.2  # ... but clearly less than full fine-tuning
-    assert runs["lora+goldfish"] < runs["lora"] - 0.1  # and Goldfish lowers LoRA's memorization further
-    for name in ("results.json", "memorization_table.md", "memorization_vs_rounds.png"):
-        assert os.path.getsize(tmp_path / name) > 0
+    extraction, exposure = {}, {}
+    for seed in SEEDS:
+        out = tmp_path / f"seed{seed}"
+        res = main(["--output_dir", str(out), "--seed", str(seed), "--torch_threads", "1"])
+        for name, run in res["runs"].items():
+            extraction.setdefault(name, []).append(_extraction(run["history"]))
+            exposure.setdefault(name, []).append(_exposure_gain(run["history"]))
+        for name in ("results.json", "memorization_table.md", "memorization_vs_rounds.png"):
+            assert os.path.getsize(out / name) > 0
+    assert set(exposure) == {"full", "lora", "lora+goldfish", "lora+dp"}
+
+    def mean(xs):
+        return statistics.fmean(xs)
+
+    for name in exposure:
+        print(
+            f"{name}: exposure gain 10x {mean(exposure[name]):.3f} +- {statistics.stdev(exposure[name]):.3f}, "
+            f"extraction 10x {mean(extraction[name]):.3f} +- {statistics.stdev(extraction[name]):.3f}"
+        )
+    # full fine-tuning memorizes measurably: the 10x canaries are partly extracted by greedy decoding
+    assert mean(extraction["full"]) > 0.2
+    assert mean(extraction["full"]) > mean(extraction["lora"]) + 0.1
+    # the ordering full > LoRA > LoRA+Goldfish in exposure, on average and in every seed
+    assert mean(exposure["full"]) > mean(exposure["lora"]) + 0.2
+    assert mean(exposure["lora"]) > mean(exposure["lora+goldfish"]) + 0.02
+    for i in range(len(SEEDS)):
+        assert exposure["full"][i] > exposure["lora"][i] > exposure["lora+goldfish"][i]
+    # LoRA does memorize (the comparison is not empty), and DP-SGD lowers its exposure
+    assert mean(exposure["lora"]) > 0.05
+    assert mean(exposure["lora+dp"]) < mean(exposure["lora"]) - 0.02
