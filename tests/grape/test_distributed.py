@@ -12,12 +12,15 @@ import pytest
 
 @pytest.mark.distributed
 def test_two_ranks_end_with_identical_weights(tmp_path, repo_root):
-    from accelerate.test_utils import get_torch_dist_unique_port
+    import socket
 
+    with socket.socket() as sock:  # a port the OS says is free (29500 + n collides with other runs on the machine)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     script = os.path.join(repo_root, "tests", "grape", "scripts", "ddp_grape.py")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(get_torch_dist_unique_port()), script, str(tmp_path),
+        "--master_port", str(port), script, str(tmp_path),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
