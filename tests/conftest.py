@@ -57,3 +57,14 @@ def small_tokenizer():
     from hf_ext.data import build_tokenizer
 
     return build_tokenizer(512)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port the OS reports free on 127.0.0.1, for `torchrun --master_port` (a fixed or counter-based port
+    collides with other runs on the same machine)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

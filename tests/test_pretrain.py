@@ -76,12 +76,10 @@ def test_unwritable_output_dir(tmp_path):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
-def test_two_rank_cpu_run(tmp_path, repo_root, launcher):
+def test_two_rank_cpu_run(tmp_path, repo_root, launcher, free_port):
     """The README's two multi-process CPU commands really start 2 ranks, and the ranks end with identical weights."""
-    from accelerate.test_utils import get_torch_dist_unique_port
-
     out = tmp_path / "ddp"
-    port = str(get_torch_dist_unique_port())
+    port = str(free_port)
     if launcher == "accelerate":
         head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 os.path.join(repo_root, "scripts", "accelerate", "cpu_2ranks.yaml"), "--main_process_port", port]

@@ -36,13 +36,12 @@ def test_tp_plan_covers_every_projection():
 
 
 @pytest.mark.distributed
-def test_two_rank_tp_matches_single_process_with_fewer_all_reduces(tmp_path, repo_root):
-    from accelerate.test_utils import get_torch_dist_unique_port
+def test_two_rank_tp_matches_single_process_with_fewer_all_reduces(tmp_path, repo_root, free_port):
 
     script = os.path.join(repo_root, "tests", "layer_parallel", "scripts", "tp_layer_parallel.py")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(get_torch_dist_unique_port()), script, str(tmp_path),
+        "--master_port", str(free_port), script, str(tmp_path),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)

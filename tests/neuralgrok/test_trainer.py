@@ -287,16 +287,14 @@ def test_trainer_rejects_missing_outer_set_and_wrong_args(splits, tmp_path):
 
 
 @pytest.mark.distributed
-def test_two_ranks_keep_amplifier_identical(tmp_path, repo_root):
+def test_two_ranks_keep_amplifier_identical(tmp_path, repo_root, free_port):
     import subprocess
     import sys
-
-    from accelerate.test_utils import get_torch_dist_unique_port
 
     script = os.path.join(repo_root, "tests", "neuralgrok", "scripts", "ddp_neuralgrok.py")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(get_torch_dist_unique_port()), script, str(tmp_path),
+        "--master_port", str(free_port), script, str(tmp_path),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
