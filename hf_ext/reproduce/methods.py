@@ -134,24 +134,6 @@ GRAPE_CORPUS = Reproduction(
 _CHAINS = {"a": (11, 2), "b": (12, 6), "c": (13, 2), "d": (14, 3)}  # domain -> (chain seed, successors per token)
 
 
-def _markov(chain_seed: int, branching: int, n: int, length: int, sample_seed: int, vocab: int = 64) -> list:
-    """`n` sequences from a random sparse Markov chain fixed by `chain_seed` (each token has `branching` successors);
-    `sample_seed` draws another sample of the same chain."""
-    import numpy as np
-
-    successors = np.random.default_rng(chain_seed).integers(3, vocab, size=(vocab, branching))
-    rng = np.random.default_rng([chain_seed, sample_seed])
-    out = []
-    for _ in range(n):
-        tok = int(rng.integers(3, vocab))
-        seq = [tok]
-        for _ in range(length - 1):
-            tok = int(successors[tok, rng.integers(branching)])
-            seq.append(tok)
-        out.append(seq)
-    return out
-
-
 def _grape_synthetic_run(seed: int, fast: bool, workdir: str) -> dict:
     import os
 
@@ -160,18 +142,21 @@ def _grape_synthetic_run(seed: int, fast: bool, workdir: str) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ..grape import GrapeConfig, GrapeTrainer
+    from ..grape.synthetic import markov_sequences
 
     length, steps = 32, 60 if fast else 300
     rows, domains = [], []
     for d, (chain, branching) in _CHAINS.items():
-        seqs = _markov(chain, branching, 400, length, sample_seed=100 * seed)
+        seqs = markov_sequences(chain, 400, length, branching=branching, sample_seed=100 * seed)
         rows += seqs
         domains += [d] * len(seqs)
     train = Dataset.from_dict({"input_ids": rows, "domain": domains})
 
     def task(domain, offset, n):
         chain, branching = _CHAINS[domain]
-        return Dataset.from_dict({"input_ids": _markov(chain, branching, n, length, sample_seed=100 * seed + offset)})
+        return Dataset.from_dict(
+            {"input_ids": markov_sequences(chain, n, length, branching=branching, sample_seed=100 * seed + offset)}
+        )
 
     targets = {"t_easy": task("a", 1, 64), "t_hard": task("b", 1, 64)}
     held_out = {"t_easy": task("a", 2, 128), "t_hard": task("b", 2, 128)}

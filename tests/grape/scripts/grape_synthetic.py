@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
+from hf_ext.grape.synthetic import markov_sequences
 
 VOCAB = 64
 
-
-def markov_sequences(
-    seed: int, n: int, length: int, vocab: int = VOCAB, branching: int = 2, sample_seed: int | None = None
-) -> list[list[int]]:
-    """Sequences from a random sparse Markov chain (fixed by `seed`): each token has `branching` successors.
-
-    `sample_seed` draws a different set of sequences from the same chain (held-out data).
-    """
-    rng = np.random.default_rng(seed)
-    successors = rng.integers(3, vocab, size=(vocab, branching))
-    if sample_seed is not None:
-        rng = np.random.default_rng([seed, sample_seed])
-    out = []
-    for _ in range(n):
-        tok = int(rng.integers(3, vocab))
-        seq = [tok]
-        for _ in range(length - 1):
-            tok = int(successors[tok, rng.integers(branching)])
-            seq.append(tok)
-        out.append(seq)
-    return out
+__all__ = ["VOCAB", "markov_sequences", "synthetic_mixture", "tiny_llama"]
 
 
 def synthetic_mixture(n_per_domain: int = 48, length: int = 16, n_target: int = 24):
