@@ -9,7 +9,8 @@ from pathlib import Path
 
 #: The packaged offline tasks (lm-eval tag `hf_ext` runs both).
 DEFAULT_TASKS = ("hf_ext_domain", "hf_ext_cloze")
-_PACKAGED = {"hf_ext", *DEFAULT_TASKS}
+#: Everything in the packaged task folder: tags, the two tasks and the URL-conditioned cloze variant.
+_PACKAGED = {"hf_ext", "hf_ext_metadata", "hf_ext_cloze_url", *DEFAULT_TASKS}
 
 _INSTALL_HINT = "lm-eval is not installed: `pip install 'hf_ext[eval]'` (or `pip install lm_eval`)."
 

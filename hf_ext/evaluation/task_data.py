@@ -5,6 +5,8 @@ from the train split:
 
 * `hf_ext_domain` (multiple choice, log-likelihood): which of the 9 documentation domains a passage comes from.
 * `hf_ext_cloze` (LAMBADA-style next word): a passage cut before a word; the model scores the word.
+  `hf_ext_cloze_url` is the same items with the document's URL host in front (`"URL: <host>\n\n"`, MeCo's format),
+  for comparing metadata-conditioned models with and without the URL at inference.
 
 The files ship with the package (`hf_ext/evaluation/tasks/data/*.jsonl`), so every user evaluates on the same items;
 `python -m hf_ext.evaluation.task_data` rebuilds them (the embedded corpus is read from the interpreter's standard
@@ -19,6 +21,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 #: Answer choices of `hf_ext_domain`, in label order (label = index). Plain words, so a model scores their meaning.
 DOMAIN_CHOICES: dict[str, str] = {
@@ -83,7 +86,12 @@ def _cloze_item(record: dict, passage: str, k: int) -> dict | None:
     if not words:
         return None
     m = words[_digest(record["url"], k, "cloze") % len(words)]
-    return {"id": f"{record['source']}#{k}", "context": passage[: m.start()], "target": " " + m.group(1)}
+    return {
+        "id": f"{record['source']}#{k}",
+        "context": passage[: m.start()],
+        "target": " " + m.group(1),
+        "host": urlsplit(record["url"]).netloc,  # for the URL-conditioned variant (metadata conditioning)
+    }
 
 
 def build_task_records(max_test_items: int = 200) -> dict[str, dict[str, list[dict]]]:

@@ -54,6 +54,7 @@ def test_packaged_tasks_are_found_by_include_path():
     assert {"hf_ext_domain", "hf_ext_cloze"} <= set(tm.all_subtasks)
     assert "hf_ext" in tm.all_tags
     loaded = tm.load(["hf_ext"])["tasks"]
+    assert set(loaded) == {"hf_ext_domain", "hf_ext_cloze"}  # the tag runs the two tasks, not the URL variant
     domain = loaded["hf_ext_domain"]
     assert domain.has_training_docs() and domain.config.fewshot_split == "train"
     doc = domain.test_docs()[0]
@@ -61,6 +62,10 @@ def test_packaged_tasks_are_found_by_include_path():
     cloze = loaded["hf_ext_cloze"]
     doc = cloze.test_docs()[0]
     assert cloze.doc_to_target(doc).startswith(" ") and not cloze.doc_to_text(doc).endswith(" ")
+    url = tm.load(["hf_ext_metadata"])["tasks"]["hf_ext_cloze_url"]  # same items, MeCo's URL prefix in front
+    url_doc = url.test_docs()[0]
+    assert url.doc_to_text(url_doc) == f"URL: {doc['host']}\n\n" + cloze.doc_to_text(doc)
+    assert doc["host"].endswith(".docs.python.org") and url.doc_to_target(url_doc) == cloze.doc_to_target(doc)
 
 
 def test_model_object_fewshot_scores_match_the_model(fog, small_tokenizer):
@@ -116,17 +121,22 @@ def test_folder_in_process_and_plain_lm_eval_cli_agree(layer_parallel_dir, tmp_p
 
 
 def test_evaluate_models_table(fog, small_tokenizer, layer_parallel_dir):
+    """Several models (GRAPE vs baselines), with and without the URL prefix, at 0 and k shots (metadata conditioning)."""
     rows = evaluate_models(
         {"fog": fog, "layer_parallel": layer_parallel_dir},
-        tasks=["hf_ext_domain"],
+        tasks=["hf_ext_cloze", "hf_ext_cloze_url"],
         num_fewshot=[0, 1],
         tokenizer=small_tokenizer,
         limit=2,
     )
-    keys = {(r["model"], r["num_fewshot"], r["metric"]) for r in rows}
-    assert keys == {(m, k, x) for m in ("fog", "layer_parallel") for k in (0, 1) for x in ("acc", "acc_norm")}
+    keys = {(r["model"], r["task"], r["num_fewshot"], r["metric"]) for r in rows}
+    models, tasks = ("fog", "layer_parallel"), ("hf_ext_cloze", "hf_ext_cloze_url")
+    assert keys == {(m, t, k, x) for m in models for t in tasks for k in (0, 1) for x in ("acc", "perplexity")}
+    ppl = {(r["model"], r["task"], r["num_fewshot"]): r["value"] for r in rows if r["metric"] == "perplexity"}
+    assert ppl[("fog", "hf_ext_cloze", 0)] != ppl[("fog", "hf_ext_cloze_url", 0)]  # the prefix reaches the model
+    assert ppl[("fog", "hf_ext_cloze", 0)] != ppl[("fog", "hf_ext_cloze", 1)]  # and so do the shots
     table = format_table(rows)
-    assert table.count("\n") == len(rows) + 1 and "| layer_parallel | hf_ext_domain | 1 | acc |" in table
+    assert table.count("\n") == len(rows) + 1 and "| layer_parallel | hf_ext_cloze_url | 1 | perplexity |" in table
 
 
 def test_bad_input(fog, small_tokenizer, tmp_path):
