@@ -7,7 +7,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from hf_ext.models.layer_parallel import LayerParallelConfig, LayerParallelModel, convert_to_layer_parallel
+from hf_ext.models.layer_parallel import (
+    LayerParallelConfig,
+    LayerParallelForCausalLM,
+    LayerParallelModel,
+    convert_to_layer_parallel,
+)
 
 MODES = [(True, "sublayer"), (False, "sublayer"), (True, "block"), (False, "block")]
 
@@ -168,3 +173,13 @@ def test_past_key_values_is_a_deprecated_alias_of_cache(source, ids):
     new = lp(ids, cache=DynamicCache(config=lp.config), use_cache=True)
     torch.testing.assert_close(old.logits, new.logits)
     assert old.cache.get_seq_length() == ids.shape[1]
+
+
+@pytest.mark.parametrize("cls", [LayerParallelModel, LayerParallelForCausalLM])
+def test_forward_declares_transformers_kwargs(cls):
+    """transformers' tools (and its common tests) read the typed `**kwargs` to know that `output_attentions` and the
+    other standard keyword arguments are accepted, as for Llama."""
+    import inspect
+
+    kwargs = inspect.signature(cls.forward).parameters["kwargs"]
+    assert "output_attentions" in kwargs.annotation.__args__[0].__annotations__

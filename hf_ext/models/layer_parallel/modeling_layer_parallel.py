@@ -5,8 +5,6 @@ decoder layer made twice as wide (gains folded into the projections, heads and M
 through transformers' own attention kernels and caches. Unmerged pairs run the two source layers as branches.
 """
 
-from __future__ import annotations
-
 import contextlib
 import copy
 import importlib
@@ -20,6 +18,8 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
@@ -406,7 +406,7 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
         """Run the decoder stack.
 
@@ -506,7 +506,7 @@ class LayerParallelForCausalLM(LayerParallelPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         """Next-token logits (and the causal LM loss when `labels` are given).
 
