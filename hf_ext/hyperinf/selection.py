@@ -1,14 +1,18 @@
 """Instruction-style data for influence-based data selection with a causal LM (the paper's LLM selection setting).
 
-`build_instruction_task` turns the embedded corpus into short instruction/response examples of two kinds, each
-from one document:
+`build_instruction_task` turns the embedded corpus into short instruction/response examples, one per document, of
+the chosen kinds (alternating):
 
 * `topic`: "Topic of the text? <first tokens of the document> Answer:" -> the document's domain (`networking`, ...);
-* `continue`: "Continue the text: <first tokens> Answer:" -> the document's next tokens.
+* `repeat`: "Repeat the first words: <first tokens> Answer:" -> the first `answer_tokens` tokens of the excerpt;
+* `continue`: "Continue the text: <first tokens> Answer:" -> the document's next `answer_tokens` tokens.
+
+`topic` and `repeat` answers are functions of the prompt, so a swapped answer contradicts what the other examples
+teach; a swapped `continue` answer is just another plausible text for a tiny model (see docs/hyperinf.md).
 
 The loss is on the response tokens only (prompt `labels` are -100). A share of the *training* examples is corrupted:
-their response is swapped with the response of another training example of the same kind (from another domain for
-`topic`), so the answer no longer matches the prompt. The target set (which defines the influence target) and the
+their responses are shuffled among themselves within each kind (a `topic` example that would get its own domain back
+stays clean), so the answer no longer matches the prompt while every answer still occurs once. The target set (which defines the influence target) and the
 test set are clean and come from documents that are not in the training set.
 """
 
@@ -17,7 +21,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-INSTRUCTIONS = {"topic": "Topic of the text?\n", "continue": "Continue the text:\n"}
+INSTRUCTIONS = {
+    "topic": "Topic of the text?\n",
+    "repeat": "Repeat the first words:\n",
+    "continue": "Continue the text:\n",
+}
 ANSWER_MARK = "\nAnswer:"
 
 
@@ -31,10 +39,11 @@ def build_instruction_task(
     num_test: int = 80,
     max_train: int = 320,
     corrupt_rate: float = 0.3,
+    kinds: tuple[str, ...] = ("topic", "repeat"),
 ):
     """Tokenized instruction examples: `(train, target, test, is_corrupted)`.
 
-    Every dataset has `input_ids`, `labels` (-100 on the prompt), `kind` (`"topic"` or `"continue"`) and `domain`;
+    Every dataset has `input_ids`, `labels` (-100 on the prompt), `kind` (one of `kinds`) and `domain`;
     `train` also has `corrupted` (bool). Documents with fewer than `prompt_tokens + answer_tokens` tokens are skipped.
 
     Args:
@@ -45,6 +54,7 @@ def build_instruction_task(
         answer_tokens (`int`): continuation tokens in a `continue` response.
         num_target, num_test, max_train (`int`): split sizes (documents).
         corrupt_rate (`float`): share of training examples whose response is swapped, in [0, 1).
+        kinds (`tuple[str, ...]`): instruction kinds among `topic`, `repeat`, `continue`, assigned in turn.
     """
     from datasets import Dataset, concatenate_datasets
 
@@ -52,6 +62,9 @@ def build_instruction_task(
 
     if prompt_tokens < 1 or answer_tokens < 1:
         raise ValueError(f"`prompt_tokens` and `answer_tokens` must be >= 1, got {prompt_tokens}, {answer_tokens}.")
+    kinds = tuple(kinds)
+    if not kinds or any(k not in INSTRUCTIONS for k in kinds):
+        raise ValueError(f"`kinds` must be a non-empty selection of {list(INSTRUCTIONS)}, got {kinds!r}.")
     if not 0.0 <= corrupt_rate < 1.0:
         raise ValueError(f"`corrupt_rate` must be in [0, 1), got {corrupt_rate}.")
     corpus = concatenate_datasets([load_corpus("train", domains=domains), load_corpus("test", domains=domains)])
@@ -65,9 +78,14 @@ def build_instruction_task(
     docs = [docs[i] for i in rng.permutation(len(docs))]
     rows = []
     for i, (ids, domain) in enumerate(docs):
-        kind = "topic" if i % 2 == 0 else "continue"
+        kind = kinds[i % len(kinds)]
         prompt = instruction_ids[kind] + ids[:prompt_tokens] + mark_ids
-        answer = domain_ids[domain] if kind == "topic" else ids[prompt_tokens : prompt_tokens + answer_tokens]
+        if kind == "topic":
+            answer = domain_ids[domain]
+        elif kind == "repeat":
+            answer = ids[:answer_tokens]
+        else:
+            answer = ids[prompt_tokens : prompt_tokens + answer_tokens]
         rows.append({"prompt": prompt, "answer": list(answer) + [eos], "kind": kind, "domain": domain})
     target, test = rows[:num_target], rows[num_target : num_target + num_test]
     train = rows[num_target + num_test :][:max_train]
@@ -76,22 +94,21 @@ def build_instruction_task(
             f"Only {len(train)} training documents remain after {num_target} target and {num_test} test documents; "
             "lower --num_val/--num_test or use more --domains."
         )
+    # corruption: the answers of the chosen examples are shuffled among themselves (within each kind), so every answer
+    # still occurs once; a `topic` example that would keep its own domain is left clean
     corrupted = np.zeros(len(train), dtype=bool)
     chosen = rng.choice(len(train), size=int(round(corrupt_rate * len(train))), replace=False)
-    answers = [row["answer"] for row in train]
-    for row in chosen:
-        ex = train[row]
-        donors = [
-            j
-            for j, other in enumerate(train)
-            if j != row
-            and other["kind"] == ex["kind"]
-            and (ex["kind"] == "continue" or other["domain"] != ex["domain"])
-            and answers[j] != ex["answer"]
-        ]
-        if donors:
-            train[row] = {**ex, "answer": answers[int(rng.choice(donors))]}
-            corrupted[row] = True
+    for kind in kinds:
+        members = [int(i) for i in chosen if train[i]["kind"] == kind]
+        if len(members) < 2:
+            continue
+        shift = 1 + int(rng.integers(len(members) - 1))  # a cyclic shift of a random order: nobody keeps its answer
+        order = [members[i] for i in rng.permutation(len(members))]
+        answers = {row: train[order[(k + shift) % len(order)]]["answer"] for k, row in enumerate(order)}
+        for row, answer in answers.items():
+            if answer != train[row]["answer"] and (kind != "topic" or answer != domain_ids[train[row]["domain"]]):
+                train[row] = {**train[row], "answer": answer}
+                corrupted[row] = True
 
     def to_dataset(part, flags=None):
         out = []

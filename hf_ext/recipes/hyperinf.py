@@ -45,7 +45,13 @@ class TaskArguments:
         },
     )
     prompt_tokens: int = field(default=24, metadata={"help": "llm_selection: document tokens in each prompt."})
-    answer_tokens: int = field(default=8, metadata={"help": "llm_selection: tokens of a `continue` response."})
+    answer_tokens: int = field(
+        default=6, metadata={"help": "llm_selection: tokens of a `repeat` or `continue` response."}
+    )
+    instruction_kinds: str = field(
+        default="topic,repeat",
+        metadata={"help": "llm_selection: comma-separated instruction kinds among topic, repeat, continue."},
+    )
     max_length: int = field(default=48, metadata={"help": "Tokens per example (documents shorter are skipped)."})
     num_val: int = field(
         default=80,
@@ -166,6 +172,11 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
     if task.prompt_tokens < 1 or task.answer_tokens < 1:
         raise ValueError(
             f"--prompt_tokens and --answer_tokens must be positive, got {task.prompt_tokens}, {task.answer_tokens}."
+        )
+    kinds = parse_list(task.instruction_kinds)
+    if not kinds or any(k not in ("topic", "repeat", "continue") for k in kinds):
+        raise ValueError(
+            f"--instruction_kinds must be comma-separated among topic, repeat, continue; got {task.instruction_kinds!r}."
         )
     if task.task == "llm_selection":
         fractions = parse_fractions(inf.select_fractions)
@@ -625,13 +636,18 @@ def plot_llm_selection(results: dict, path: str) -> None:
         (axes[0], "loss", "test loss (response tokens)"),
         (axes[1], "token_accuracy", "test token accuracy"),
     ):
-        names = [r["name"] for r in rows if r["name"] != "full"]
+        names = [r["name"] for r in rows if r["name"] not in ("full", "clean (oracle)")]
         for name in dict.fromkeys(names):
             pts = sorted((r["fraction"], r["test"][metric]) for r in rows if r["name"] == name)
             style = "k--o" if name == "random" else "-o"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
         full = next(r for r in rows if r["name"] == "full")
         ax.axhline(full["test"][metric], color="gray", linestyle=":", label="full (corrupted) set")
+        oracle = next((r for r in rows if r["name"] == "clean (oracle)"), None)
+        if oracle is not None:
+            ax.plot(
+                [oracle["fraction"]], [oracle["test"][metric]], "k*", markersize=10, label="clean examples (oracle)"
+            )
         ax.set_xlabel("share of the training set kept (most helpful first)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
@@ -682,6 +698,7 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
         num_test=task.num_test,
         max_train=task.max_train,
         corrupt_rate=task.noise_rate,
+        kinds=tuple(parse_list(task.instruction_kinds)),
     )
     print(
         f"llm_selection: train {len(train)} ({int(corrupted.sum())} corrupted answers), target {len(target)}, "
@@ -711,6 +728,11 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
     full = measure(model)
     rows = [{"name": "full", "fraction": 1.0, "size": len(train), "corrupted_kept": int(corrupted.sum()), **full}]
     print(f"fine-tuned on all: test loss {full['test']['loss']:.4f}, token acc {full['test']['token_accuracy']:.3f}")
+    clean_index = np.flatnonzero(~corrupted)  # the oracle control: every uncorrupted example
+    clean = measure(train_on(clean_index, "clean_oracle"))
+    rows.append({"name": "clean (oracle)", "fraction": len(clean_index) / len(train), "size": int(len(clean_index)),
+                 "corrupted_kept": 0, **clean})  # fmt: skip
+    print(f"fine-tuned on the clean examples: test loss {clean['test']['loss']:.4f}")
     influence_train = train.select_columns(["input_ids", "labels"])
     influence_target = target.select_columns(["input_ids", "labels"])
     results: dict = {
