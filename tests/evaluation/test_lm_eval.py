@@ -160,3 +160,27 @@ def test_save_for_lm_eval_leaves_class_registration_alone(fog, small_tokenizer, 
     assert "auto_map" in json.loads((tmp_path / "a" / "config.json").read_text())
     fog.save_pretrained(tmp_path / "b")  # an ordinary save afterwards writes no remote code
     assert not (tmp_path / "b" / "modeling_fog.py").exists()
+    # such a folder loads in-process (import hf_ext registered model_type "fog")
+    small_tokenizer.save_pretrained(tmp_path / "b")
+    res = evaluate_model(str(tmp_path / "b"), tasks="hf_ext_domain", limit=1)
+    assert res["n-samples"]["hf_ext_domain"]["effective"] == 1
+
+
+@pytest.mark.slow  # ~10 CPU-s: lm-eval's CLI indexes its whole task library
+def test_wrapper_cli_loads_a_plain_save_pretrained_folder(fog, small_tokenizer, tmp_path, monkeypatch, capsys):
+    """`python -m hf_ext.evaluation` = lm-eval's CLI with hf_ext registered and our tasks included: a folder from a
+    plain `save_pretrained` (model_type "fog", no auto_map) loads without trust_remote_code."""
+    from hf_ext.evaluation.__main__ import main
+
+    folder = tmp_path / "plain"
+    fog.save_pretrained(folder)
+    small_tokenizer.save_pretrained(folder)
+    assert "auto_map" not in json.loads((folder / "config.json").read_text())
+    main(["task_dir"])
+    assert capsys.readouterr().out.strip() == task_dir()
+    monkeypatch.setattr(sys, "argv", ["x"])
+    out = tmp_path / "out"
+    main(["--model", "hf", "--model_args", f"pretrained={folder}", "--tasks", "hf_ext_domain", "--limit", "2",
+          "--device", "cpu", "--output_path", str(out)])  # fmt: skip
+    res = json.loads(sorted(out.rglob("results_*.json"))[-1].read_text())
+    assert res["n-samples"]["hf_ext_domain"]["effective"] == 2 and "acc,none" in res["results"]["hf_ext_domain"]
