@@ -246,8 +246,10 @@ def _complexity(curves: dict, window: int | None = None) -> dict:
     keep = [window is None or step <= window for step in curves["train_step"]]
     age = [v for v, k in zip(curves["age_raw"], keep) if k and v is not None]
     norms = [v for v, k in zip(curves["weight_norm"], keep) if k and v is not None]
+    tests = [a for step, a in zip(curves["eval_step"], curves["test"]) if window is None or step <= window]
     tail = max(1, len(age) // 10)
     return {
+        "test_accuracy_at_window": tests[-1] if tests else None,
         "mean_age_raw": statistics.fmean(age) if age else None,
         "peak_age_raw": max(age) if age else None,
         "final_age_raw": statistics.fmean(age[-tail:]) if age else None,
@@ -303,7 +305,14 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
             res[f"{key}_mean"], _ = _mean_std([r["stability"][key] for r in method_runs])
         res["complexity_window"] = window
         complexity = [_complexity(r["curves"], window) for r in method_runs]
-        for key in ("mean_age_raw", "final_age_raw", "peak_age_raw", "peak_weight_norm", "final_weight_norm"):
+        for key in (
+            "mean_age_raw",
+            "final_age_raw",
+            "peak_age_raw",
+            "peak_weight_norm",
+            "final_weight_norm",
+            "test_accuracy_at_window",
+        ):
             res[f"{key}_mean"], res[f"{key}_std"] = _mean_std([c[key] for c in complexity])
         out[method] = res
     base = out.get("none")
@@ -329,8 +338,13 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 
 
 def amplifier_share(methods: dict) -> dict | None:
-    """How much of NeuralGrok's step reduction over the baseline the normalisation-only control already gives."""
-    if not all(m in methods for m in ("none", "normalize", "neuralgrok")):
+    """How much of NeuralGrok's step reduction over the baseline the normalisation-only control already gives.
+
+    Only defined when the three methods reached the target on every seed (otherwise the means are censored lower
+    bounds and a share would be meaningless): then `None`.
+    """
+    names = ("none", "normalize", "neuralgrok")
+    if not all(m in methods and methods[m]["reached"] == methods[m]["seeds"] for m in names):
         return None
     base, norm, ng = (methods[m]["steps_to_target_mean"] for m in ("none", "normalize", "neuralgrok"))
     gain = base - ng
@@ -355,6 +369,7 @@ def _fmt(mean, std=None, digits=0, suffix="") -> str:
 def markdown_tables(results: dict) -> str:
     """The two result tables (speed and cost; complexity and stability) as Markdown."""
     target = results["target_accuracy"]
+    window = next(iter(results["methods"].values()))["complexity_window"]
     lines = [
         f"## {results['task']} mod {results['p']}, seeds {results['seeds']}, target {target:.0%} test accuracy",
         "",
@@ -395,13 +410,14 @@ def markdown_tables(results: dict) -> str:
         ]
     lines += [
         "",
-        "| method | mean AGE (raw grad) | final AGE | peak weight norm | final weight norm | accuracy drops after "
-        "target | loss spikes after target | min test acc after target |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| method | test acc at step {window} | mean AGE (raw grad) | final AGE | peak weight norm | final weight norm "
+        "| accuracy drops after target | loss spikes after target | min test acc after target |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, res in results["methods"].items():
         lines.append(
             f"| {METHOD_LABELS.get(method, method)} "
+            f"| {_fmt(res['test_accuracy_at_window_mean'], res['test_accuracy_at_window_std'], 3)} "
             f"| {_fmt(res['mean_age_raw_mean'], res['mean_age_raw_std'], 1)} "
             f"| {_fmt(res['final_age_raw_mean'], res['final_age_raw_std'], 1)} "
             f"| {_fmt(res['peak_weight_norm_mean'], res['peak_weight_norm_std'], 1)} "
@@ -412,7 +428,7 @@ def markdown_tables(results: dict) -> str:
     lines += [
         "",
         "AGE = -Σ|g| ln|g| of the raw gradient (as computed by backward, before any transform), averaged over the "
-        f"logged steps 1..{next(iter(results['methods'].values()))['complexity_window']} (the steps every run has); "
+        f"logged steps 1..{window} (the steps every run has); "
         "final = mean of the last 10% of those logs; weight norms over the same steps. Stability after first reaching the "
         "target (seeds that reached it): accuracy drops = falls of test accuracy below target - 0.1; loss spikes = "
         "rises of the training loss above max(10 × its running minimum, 0.05).",
