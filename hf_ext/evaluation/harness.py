@@ -77,6 +77,12 @@ def task_manager(include_path: str | Sequence[str] | None = None, include_defaul
     return TaskManager(include_path=[os.fspath(p) for p in paths], include_defaults=include_defaults)
 
 
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _as_lm(model, tokenizer, batch_size: int, device: str | None, max_length: int | None):
     """Wrap a model object or a folder in lm-eval's `HFLM` (the `--model hf` backend)."""
     try:
@@ -96,7 +102,7 @@ def _as_lm(model, tokenizer, batch_size: int, device: str | None, max_length: in
             pretrained=os.fspath(model),
             tokenizer=tokenizer,
             batch_size=batch_size,
-            device=device or "cpu",
+            device=device or _default_device(),
             max_length=max_length,
         )
     from transformers import PreTrainedModel
@@ -136,7 +142,7 @@ def evaluate_model(
         num_fewshot (`int`, *optional*): Few-shot examples per prompt (drawn from each task's `fewshot_split`).
         limit (`int` or `float`, *optional*): Evaluate only this many (or this share of) test items per task.
         batch_size (`int`, *optional*, defaults to 8): lm-eval batch size.
-        device (`str`, *optional*): Defaults to the model's device (`"cpu"` for folders).
+        device (`str`, *optional*): Defaults to the model's device (for folders: `"cuda"` if available, else `"cpu"`).
         max_length (`int`, *optional*): Context length lm-eval truncates to; default from the model config.
         include_path (`str` or list, *optional*): Extra task folders besides the packaged one.
         seed (`int`, *optional*, defaults to 1234): Seeds lm-eval's python, numpy, torch and few-shot samplers.
