@@ -39,7 +39,8 @@ def layer_pairing_task_sweep(
     Returns:
         `list[dict]`: one row per model (source first, `pairs=0`) with `start`, `end`, `pairs`, `effective_depth`,
         `<task>` (the task metric), `retention` (mean over tasks, percent of the source's score; see
-        `layer_pairing_retention`) and, with `eval_dataset`, `perplexity` and `ppl_ratio`.
+        `layer_pairing_retention`; NaN when the source scores 0 on a task) and, with `eval_dataset`, `perplexity`
+        and `ppl_ratio`.
     """
     from ..models.layer_parallel import convert_to_layer_parallel
     from ..models.layer_parallel.sweep import evaluate_causal_lm, pairing_ranges
