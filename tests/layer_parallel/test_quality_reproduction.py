@@ -10,71 +10,15 @@ ones, even leaving out layer 0. Numbers in docs/layer_parallel.md. A few CPU min
 from __future__ import annotations
 
 import json
-import math
 import statistics
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+
+from hf_ext.reproduce.methods import LP_LAYERS as NUM_LAYERS
+from hf_ext.reproduce.methods import summarize_sweep as summarize
+from hf_ext.reproduce.methods import train_and_sweep
 
 SEEDS = (0, 1, 2)
-NUM_LAYERS, STEPS, BLOCK, BATCH, EVAL_BLOCKS = 6, 1200, 32, 32, 64
-
-
-def train_and_sweep(seed: int) -> list[dict]:
-    """Train the small Llama with `seed`, then return the rows of `perplexity_sweep` over every range."""
-    from hf_ext.data import build_tokenizer, load_corpus
-    from hf_ext.data.packing import pack_dataset
-    from hf_ext.models.layer_parallel.sweep import perplexity_sweep
-
-    tokenizer = build_tokenizer(512)
-    train = pack_dataset(load_corpus("train"), tokenizer, block_size=BLOCK)
-    test = pack_dataset(load_corpus("test"), tokenizer, block_size=BLOCK)
-    test = test.select(range(min(EVAL_BLOCKS, len(test))))
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=48,
-        intermediate_size=128,
-        num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        attn_implementation="sdpa",
-    )
-    model = LlamaForCausalLM(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95))
-
-    def schedule(step: int) -> float:  # 50 warm-up steps, then cosine to 0
-        return min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(step, STEPS) / STEPS))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    blocks = torch.tensor(train["input_ids"])
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(STEPS):
-        batch = blocks[torch.randint(0, len(blocks), (BATCH,), generator=gen)]
-        model(input_ids=batch, labels=batch).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-    model.eval()
-    return perplexity_sweep(model, test, progress=False)
-
-
-def summarize(rows: list[dict]) -> dict:
-    """Source perplexity, best and mean perplexity per pair count, single-pair perplexity per start layer."""
-    by_count: dict[int, list[float]] = {}
-    for r in rows[1:]:
-        by_count.setdefault(r["pairs"], []).append(r["perplexity"])
-    return {
-        "source": rows[0]["perplexity"],
-        "best": {n: min(v) for n, v in sorted(by_count.items())},
-        "mean": {n: statistics.fmean(v) for n, v in sorted(by_count.items())},
-        "single": {r["start"]: r["perplexity"] for r in rows[1:] if r["pairs"] == 1},
-    }
 
 
 def check_shape(summary: dict) -> None:
