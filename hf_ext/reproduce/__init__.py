@@ -94,7 +94,8 @@ def mean_spread(values: Sequence[float], fmt: str = "{:.3f}") -> str:
     values = [float(v) for v in values]
     mean = statistics.fmean(values)
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{fmt.format(mean)} ± {fmt.format(spread)} ({fmt.format(min(values))}..{fmt.format(max(values))})"
+    spread_text = fmt.format(spread).lstrip("+")  # a spread has no sign, even with a signed format
+    return f"{fmt.format(mean)} ± {spread_text} ({fmt.format(min(values))}..{fmt.format(max(values))})"
 
 
 def machine_description() -> str:
