@@ -6,6 +6,7 @@ Run as `python scripts/federated.py`, `accelerate launch scripts/federated.py` o
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -14,10 +15,12 @@ from dataclasses import dataclass, field
 
 from ..federated.simulation import FederatedArguments
 from ..federated.trainer import PrivateTrainingArguments
-from ..utils.io import atomic_open, atomic_savefig
+from ..utils.io import atomic_open, atomic_savefig, atomic_write_text
 
 BASES = ("full", "lora", "lora_merge")
 MODIFIERS = ("goldfish", "dp", "clientdp", "secagg")
+SETTINGS = ("federated", "centralized", "both")
+CENTRAL_PREFIX = "centralized/"
 
 
 @dataclass
@@ -74,6 +77,14 @@ class ComparisonArguments:
         metadata={
             "help": "Comma-separated runs: a base (full, lora, lora_merge) plus '+'-joined defenses (goldfish, dp, "
             "clientdp, secagg)."
+        },
+    )
+    setting: str = field(
+        default="federated",
+        metadata={
+            "help": "'federated' (the clients of --num_clients), 'centralized' (one client holding all their data and "
+            "canary copies, same rounds, local steps x num_clients per round: the same optimizer steps and tokens) or "
+            "'both' (runs named 'centralized/<run>' next to the federated ones)."
         },
     )
     lora_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of LoRA runs."})
@@ -158,7 +169,16 @@ def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
     """All argument checks, before any data is loaded or anything is written."""
     from ..utils import ensure_writable_dir
 
-    parse_configs(cmp_args.configs)
+    configs = parse_configs(cmp_args.configs)
+    if cmp_args.setting not in SETTINGS:
+        raise ValueError(f"--setting must be one of {SETTINGS}, got {cmp_args.setting!r}.")
+    if cmp_args.setting != "federated":
+        client_level = sorted({m for _, _, mods in configs for m in mods} & {"secagg", "clientdp"})
+        if client_level:
+            raise ValueError(
+                f"--setting {cmp_args.setting}: the defenses {client_level} act between clients and mean nothing with "
+                "one client; drop them from --configs or use --setting federated."
+            )
     parse_replication(data_args.replication)
     parse_ints(data_args.prefix_lengths, "--prefix_lengths")
     if data_args.num_clients < 1:
@@ -320,18 +340,34 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
         Trainer(model=base, args=pre_args, train_dataset=pub, data_collator=default_data_collator).train()
     base_state = copy.deepcopy(base.state_dict())
 
+    # Centralized: one client holding every federated client's blocks and canary copies, trained for the same
+    # rounds with num_clients times the local steps (the federated run's optimizer steps and tokens in total).
+    settings = []
+    if cmp_args.setting in ("federated", "both"):
+        settings.append(("", clients, fed_args))
+    if cmp_args.setting in ("centralized", "both"):
+        from datasets import concatenate_datasets
+
+        central = [concatenate_datasets(clients).shuffle(seed=training_args.seed)]
+        central_fed = dataclasses.replace(
+            fed_args, local_steps=fed_args.local_steps * len(clients) if fed_args.local_steps > 0 else 0
+        )
+        settings.append((CENTRAL_PREFIX, central, central_fed))
+
     results: dict = {
         "canaries": [dataclasses.asdict(c) for c in canaries],
         "prefix_lengths": prefix_lengths,
         "client_sizes": [len(c) for c in clients],
+        "setting": cmp_args.setting,
         "runs": {},
     }
-    for name, kind, mods in configs:
+    for (prefix, run_clients, setting_fed), (config, kind, mods) in itertools.product(settings, configs):
+        name = prefix + config
         t0 = time.time()
         model = build_tiny_model(model_args, tokenizer)
         model.load_state_dict(base_state)
         fa = dataclasses.replace(
-            fed_args,
+            setting_fed,
             use_lora=kind != "full",
             aggregation="merge_then_average" if kind == "lora_merge" else fed_args.aggregation,
             secure_aggregation="secagg" in mods,
@@ -340,7 +376,7 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
         )
         ta = dataclasses.replace(
             training_args,
-            output_dir=os.path.join(training_args.output_dir, "runs", name.replace("+", "_")),
+            output_dir=os.path.join(training_args.output_dir, "runs", name.replace("+", "_").replace("/", "_")),
             learning_rate=cmp_args.full_learning_rate if kind == "full" else cmp_args.lora_learning_rate,
             goldfish_k=cmp_args.defense_goldfish_k if "goldfish" in mods else None,
             goldfish_context_width=cmp_args.defense_goldfish_context_width,
@@ -376,7 +412,7 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
 
         sim = FederatedSimulation(
             model,
-            clients,
+            run_clients,
             fa,
             ta,
             data_collator=default_data_collator,
@@ -384,9 +420,23 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
             round_callback=on_round,
         )
         history = sim.run()
-        results["runs"][name] = {"history": history, "seconds": time.time() - t0}
+        results["runs"][name] = {
+            "setting": "centralized" if prefix else "federated",
+            "num_clients": len(run_clients),
+            "client_sizes": [len(c) for c in run_clients],
+            # optimizer steps summed over clients and rounds (None when --local_steps <= 0: epochs instead)
+            "optimizer_steps": fa.local_steps * len(run_clients) * fa.num_rounds if fa.local_steps > 0 else None,
+            "history": history,
+            "seconds": time.time() - t0,
+        }
     write_outputs(results, training_args.output_dir)
     return results
+
+
+def exposure_gain(history: list[dict], key: str = "exposure_10x") -> float:
+    """Exposure after the last round minus that of the starting model (round 0): removes the fixed difference in
+    difficulty between the canary and reference texts."""
+    return history[-1][key] - history[0][key]
 
 
 def write_outputs(results: dict, output_dir: str) -> None:
@@ -404,34 +454,48 @@ def write_outputs(results: dict, output_dir: str) -> None:
         {int(k.split("_")[1][:-1]) for k in first if k.startswith("exact_") and "worst" not in k}, reverse=True
     )
     cols = [f"{m}_{r}x" for r in reps for m in ("exact", "approx", "bleu", "exposure") if f"{m}_{r}x" in first]
+    gains = [f"exposure_{r}x" for r in reps if f"exposure_{r}x" in first]
     lines = [
-        "| run | rounds | eval loss | " + " | ".join(cols) + " | eps (DP-SGD) |",
-        "|---" * (len(cols) + 4) + "|",
+        "| run | setting | clients | steps | rounds | eval loss | "
+        + " | ".join(cols + [f"{c} gain" for c in gains])
+        + " | eps (DP-SGD) |",
+        "|---" * (len(cols) + len(gains) + 7) + "|",
     ]
     for name, run in runs.items():
-        last = run["history"][-1]
+        hist = run["history"]
+        last = hist[-1]
         eps = last.get("dp_epsilon_max")
+        steps = run.get("optimizer_steps")
         lines.append(
-            f"| {name} | {last['round']} | {last['eval_loss']:.3f} | "
-            + " | ".join(f"{last.get(c, 0.0):.3f}" for c in cols)
+            f"| {name} | {run.get('setting', 'federated')} | {run.get('num_clients', '-')} | "
+            f"{'-' if steps is None else steps} | {last['round']} | {last['eval_loss']:.3f} | "
+            + " | ".join([f"{last.get(c, 0.0):.3f}" for c in cols] + [f"{exposure_gain(hist, c):.3f}" for c in gains])
             + f" | {'-' if eps is None else f'{eps:.2f}'} |"
         )
     table = "\n".join(lines) + "\n"
-    with atomic_open(os.path.join(output_dir, "memorization_table.md"), "w") as fh:
-        fh.write(table)
+    table += (
+        "\nExposure gain: loss-gap exposure after the last round minus that of the starting model (round 0), "
+        "nats per token. Centralized runs: one client holding all the clients' data and canary copies, same "
+        "optimizer steps.\n"
+    )
+    atomic_write_text(os.path.join(output_dir, "memorization_table.md"), table)
     print(table)
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     top = reps[0]
     for name, run in runs.items():
         h = run["history"]
         rounds = [x["round"] for x in h]
-        axes[0].plot(rounds, [x.get(f"exact_{top}x", 0.0) for x in h], marker="o", label=name)
-        axes[1].plot(rounds, [x.get(f"approx_{top}x", 0.0) for x in h], marker="o", label=name)
-        axes[2].plot(rounds, [x["eval_loss"] for x in h], marker="o", label=name)
+        style = {"marker": "o", "label": name, "linestyle": "--" if run.get("setting") == "centralized" else "-"}
+        axes[0].plot(rounds, [x.get(f"exact_{top}x", 0.0) for x in h], **style)
+        axes[1].plot(rounds, [x.get(f"approx_{top}x", 0.0) for x in h], **style)
+        if f"exposure_{top}x" in h[0]:
+            axes[2].plot(rounds, [x[f"exposure_{top}x"] - h[0][f"exposure_{top}x"] for x in h], **style)
+        axes[3].plot(rounds, [x["eval_loss"] for x in h], **style)
     axes[0].set_title(f"exact memorization ({top}x canaries, mean over prefixes)")
     axes[1].set_title(f"approximate memorization (char-BLEU >= thr, {top}x)")
-    axes[2].set_title("held-out loss (utility)")
+    axes[2].set_title(f"exposure gain over round 0 ({top}x, nats/token)")
+    axes[3].set_title("held-out loss (utility, dashed = centralized)")
     for ax in axes:
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)

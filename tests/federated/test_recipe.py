@@ -36,3 +36,48 @@ def test_bad_arguments_fail_before_writing(tmp_path, argv, match):
     with pytest.raises(ValueError, match=match):
         main(["--output_dir", str(out), *argv])
     assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--setting", "central"], "--setting must be one of"),
+        (["--setting", "centralized", "--configs", "full,lora+secagg"], "one client"),
+        (["--setting", "both", "--configs", "lora+clientdp"], "one client"),
+    ],
+)
+def test_bad_setting_fails_before_writing(tmp_path, argv, match):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=match):
+        main(["--output_dir", str(out), *argv])
+    assert not os.path.exists(out)
+
+
+def test_centralized_setting_smoke(tmp_path):
+    """--setting both: the centralized runs train one client holding every federated client's blocks and canary
+    copies for the same number of optimizer steps, and are reported next to the federated runs."""
+    out = tmp_path / "out"
+    tiny = ["--hidden_size", "16", "--intermediate_size", "32", "--num_attention_heads", "2"]
+    res = main(
+        ["--output_dir", str(out), "--setting", "both", "--configs", "full,lora", "--num_rounds", "1"]
+        + ["--local_steps", "2", "--pretrain_steps", "0", "--num_canaries", "2", "--replication", "2:1.0"]
+        + ["--prefix_lengths", "5", "--max_eval_blocks", "2", "--num_clients", "2", "--block_size", "32"]
+        + ["--vocab_size", "300", "--torch_threads", "1", "--num_hidden_layers", "1", *tiny]
+    )
+    runs = res["runs"]
+    assert list(runs) == ["full", "lora", "centralized/full", "centralized/lora"]
+    fed, cen = runs["full"], runs["centralized/full"]
+    assert (fed["setting"], fed["num_clients"], cen["setting"], cen["num_clients"]) == (
+        "federated",
+        2,
+        "centralized",
+        1,
+    )
+    assert cen["client_sizes"] == [sum(fed["client_sizes"])] and fed["client_sizes"] == res["client_sizes"]
+    assert cen["optimizer_steps"] == fed["optimizer_steps"] == 4
+    for run in runs.values():
+        assert [h["round"] for h in run["history"]] == [0, 1]
+        assert "exposure_2x" in run["history"][-1]
+    table = (out / "memorization_table.md").read_text()
+    assert "| centralized/lora | centralized | 1 | 4 |" in table and "exposure_2x gain" in table
+    assert os.path.getsize(out / "memorization_vs_rounds.png") > 0
