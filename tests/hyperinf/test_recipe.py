@@ -140,11 +140,12 @@ def test_llm_selection_tiny_run(tmp_path):
     assert names[:2] == [("full", 1.0), ("clean (oracle)", (24 - num_corrupted) / 24)]
     assert set(names[2:]) == {(m, 0.5) for m in ("random", "hyperinf", "tracin")}
     for row in results["selection"][2:]:
-        assert row["size"] == 12 and 0 <= row["corrupted_kept"] <= num_corrupted  # 6 per instruction kind
+        assert 6 <= row["size"] <= 18 and 0 <= row["corrupted_kept"] <= num_corrupted  # about half of each kind/domain
         assert row["test"]["loss"] > 0 and 0 <= row["test"]["token_accuracy"] <= 1
     assert 0.0 <= results["methods"]["hyperinf"]["auc_corrupted"] <= 1.0
     table = (out / "llm_selection.md").read_text()
-    assert table.count("\n") == 2 + 5 and "| hyperinf | 50% | 12 |" in table
+    assert table.count("\n") == 2 + 5 and "| hyperinf | 50% |" in table
+    assert len({row["size"] for row in results["selection"][2:]}) == 1  # random is drawn from the same groups
     saved = json.loads((out / "llm_selection_results.json").read_text())
     assert saved["selection"][0]["test"]["loss"] == pytest.approx(results["selection"][0]["test"]["loss"])
     assert (out / "llm_selection.png").stat().st_size > 0
@@ -176,12 +177,18 @@ LLM_SELECTION_ARGS = [
 @pytest.mark.slow
 def test_llm_selection_influence_against_random(tmp_path):
     """Issue 23.4, three seeds (one pretrained base; three document splits, corruptions and LoRA runs): each method
-    keeps the most helpful 50% of the instruction data (within each kind), the same LoRA initialisation is retrained
+    keeps the most helpful 50% of the instruction data (within each instruction kind and domain), the same LoRA initialisation is retrained
     on it, and the loss on the response tokens of 120 held-out clean test examples (and of the 120 target examples
     that define the influence) is compared with a random 50% of the same size. The per-seed table and the means are
-    printed; docs/hyperinf.md records them. Asserted: see the end of the test (what held in the measured run)."""
+    printed; docs/hyperinf.md records them.
+
+    Asserted (what held in the measured run, with slack): on the target set every method's selection has a lower
+    loss than the random one on every seed (slack 0.02) and on the seed mean by at least 0.05 (measured: 0.09-0.15),
+    and HyperINF's mean target loss is the lowest up to 0.02; on the held-out test set HyperINF's mean loss is not
+    above random's by more than 0.02 (measured: 0.034 below, but above it on one of three seeds, so no held-out gain
+    is claimed). Not asserted: detection of the corrupted answers (ROC-AUC 0.43-0.52, chance level)."""
     methods = ("hyperinf", "datainf", "lissa", "tracin")
-    rows = {}
+    per_seed = []
     base = None
     for seed in (42, 1, 2):
         out = tmp_path / f"seed{seed}"
@@ -190,11 +197,19 @@ def test_llm_selection_influence_against_random(tmp_path):
             args += ["--model_name_or_path", base]
         results = main(args)
         base = base or os.path.join(out, "base")
-        for row in results["selection"]:
-            rows.setdefault(row["name"], []).append(row)
+        per_seed.append(results["selection"])
         aucs = {m: round(results["methods"][m]["auc_corrupted"], 3) for m in methods}
         print(f"seed {seed} AUC(corrupted)", aucs, flush=True)
         print((out / "llm_selection.md").read_text(), flush=True)
+    check_llm_selection(per_seed, methods)
+
+
+def check_llm_selection(per_seed: list[list[dict]], methods) -> None:
+    """Print the seed means and assert the measured direction (see the slow test's docstring)."""
+    rows = {}
+    for selection in per_seed:
+        for row in selection:
+            rows.setdefault(row["name"], []).append(row)
     test_loss = {name: np.array([r["test"]["loss"] for r in rs]) for name, rs in rows.items()}
     target_loss = {name: np.array([r["target"]["loss"] for r in rs]) for name, rs in rows.items()}
     test_acc = {name: np.array([r["test"]["token_accuracy"] for r in rs]) for name, rs in rows.items()}
@@ -202,8 +217,13 @@ def test_llm_selection_influence_against_random(tmp_path):
         print(
             f"{name:<16} test loss {test_loss[name].mean():.4f} [{test_loss[name].min():.4f}, "
             f"{test_loss[name].max():.4f}]  token acc {test_acc[name].mean():.3f}  target loss "
-            f"{target_loss[name].mean():.4f}  corrupted kept {np.mean([r['corrupted_kept'] for r in rows[name]]):.1f}"
+            f"{target_loss[name].mean():.4f} [{target_loss[name].min():.4f}, {target_loss[name].max():.4f}]  "
+            f"corrupted kept {np.mean([r['corrupted_kept'] for r in rows[name]]):.1f}"
         )
-    winner = min(methods, key=lambda m: test_loss[m].mean())
-    print("lowest mean test loss among influence methods:", winner)
-    assert test_loss[winner].mean() < test_loss["random"].mean() + 0.02
+    print("lowest mean test loss:", min(methods, key=lambda m: test_loss[m].mean()))
+    print("lowest mean target loss:", min(methods, key=lambda m: target_loss[m].mean()))
+    for m in methods:
+        assert np.all(target_loss[m] < target_loss["random"] + 0.02), (m, target_loss[m], target_loss["random"])
+        assert target_loss[m].mean() <= target_loss["random"].mean() - 0.05, m
+    assert target_loss["hyperinf"].mean() <= min(target_loss[m].mean() for m in methods) + 0.02
+    assert test_loss["hyperinf"].mean() <= test_loss["random"].mean() + 0.02
