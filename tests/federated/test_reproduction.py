@@ -56,3 +56,45 @@ def test_full_memorizes_more_than_lora_more_than_goldfish_and_dp_lowers_exposure
     # LoRA does memorize (the comparison is not empty), and DP-SGD lowers its exposure
     assert mean(exposure["lora"]) > 0.05
     assert mean(exposure["lora+dp"]) < mean(exposure["lora"]) - 0.02
+
+
+@pytest.mark.slow
+def test_centralized_full_memorizes_more_than_lora(tmp_path):
+    """Issue 23 item 2: LoRA lowers memorization in centralized training too. `--setting centralized`: one client
+    holding every federated client's documents and canary copies, trained for the same rounds and the same total
+    optimizer steps (3 clients x 40 local steps -> 120 steps per round) as the federated runs above."""
+    from hf_ext.recipes.federated import main
+
+    extraction, exposure, exposure_1x = {}, {}, {}
+    for seed in SEEDS:
+        out = tmp_path / f"seed{seed}"
+        argv = ["--output_dir", str(out), "--seed", str(seed), "--torch_threads", "1"]
+        res = main([*argv, "--setting", "centralized", "--configs", "full,lora,lora+goldfish"])
+        assert set(res["runs"]) == {"centralized/full", "centralized/lora", "centralized/lora+goldfish"}
+        for name, run in res["runs"].items():
+            assert run["num_clients"] == 1 and run["client_sizes"] == [sum(res["client_sizes"])]
+            assert run["optimizer_steps"] == 4 * 40 * 3  # the federated defaults' total: rounds x steps x clients
+            extraction.setdefault(name, []).append(_extraction(run["history"]))
+            exposure.setdefault(name, []).append(_exposure_gain(run["history"]))
+            exposure_1x.setdefault(name, []).append(_exposure_gain(run["history"], rep=1))
+        for name in ("results.json", "memorization_table.md", "memorization_vs_rounds.png"):
+            assert os.path.getsize(out / name) > 0
+
+    def mean(xs):
+        return statistics.fmean(xs)
+
+    for name in exposure:
+        print(
+            f"{name}: exposure gain 10x {mean(exposure[name]):.3f} +- {statistics.stdev(exposure[name]):.3f} "
+            f"{[round(x, 2) for x in exposure[name]]}, 1x {mean(exposure_1x[name]):.3f} +- "
+            f"{statistics.stdev(exposure_1x[name]):.3f}, extraction 10x {mean(extraction[name]):.3f} +- "
+            f"{statistics.stdev(extraction[name]):.3f}"
+        )
+    full, lora = exposure["centralized/full"], exposure["centralized/lora"]
+    # full fine-tuning has the larger exposure gain, on average by a clear margin and in every seed
+    assert mean(full) > mean(lora) + 0.2
+    assert all(f > lo for f, lo in zip(full, lora))
+    # and for the canaries seen once
+    assert mean(exposure_1x["centralized/full"]) > mean(exposure_1x["centralized/lora"])
+    # LoRA does memorize (the comparison is not empty)
+    assert mean(lora) > 0.05
