@@ -73,6 +73,18 @@ class ComplianceArguments:
     model_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the trained Llama models."})
     model_layers: int = field(default=2, metadata={"help": "Layers of the trained Llama models."})
     seed: int = field(default=0, metadata={"help": "Seed of model initialisation and data order."})
+    eval_tasks: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --train_models, also compute the DCG from lm-evaluation-harness results of the trained "
+            "models on these comma-separated tasks (e.g. hf_ext_cloze,hf_ext_domain: the packaged offline tasks; "
+            "needs the eval extra)."
+        },
+    )
+    eval_metric: str = field(
+        default="acc", metadata={"help": "lm-eval metric the task DCG compares (acc, word_perplexity, ...)."}
+    )
+    eval_limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many items per task."})
 
 
 def _validate(args: ComplianceArguments) -> None:
@@ -104,6 +116,17 @@ def _validate(args: ComplianceArguments) -> None:
             raise ValueError(f"--train_learning_rate must be a positive finite number, got {args.train_learning_rate}.")
         if args.dataset_name or args.train_file:
             raise ValueError("--train_models uses the embedded corpus and its held-out split; drop --dataset_name/--train_file.")
+        if args.eval_tasks is not None:
+            if not all(t.strip() for t in args.eval_tasks.split(",")):
+                raise ValueError(f"--eval_tasks must be comma-separated task names, got {args.eval_tasks!r}.")
+            if args.eval_limit is not None and args.eval_limit < 1:
+                raise ValueError(f"--eval_limit must be >= 1, got {args.eval_limit}.")
+            try:
+                import lm_eval  # noqa: F401
+            except ImportError as err:
+                raise ValueError("--eval_tasks needs lm-evaluation-harness: pip install 'hf_ext[eval]'.") from err
+    elif args.eval_tasks is not None:
+        raise ValueError("--eval_tasks evaluates the models trained by --train_models; add --train_models.")
     if args.vocab_size < 16:
         raise ValueError(f"--vocab_size must be >= 16, got {args.vocab_size}.")
     for name in ("url_column", "text_column", "split"):
@@ -357,6 +380,20 @@ def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments) -> di
         continual = compute_dcg(losses["full_continued"], losses["compliant_continued"], lower_is_better=tasks)
         out["continual"] = continual.to_dict()
         tables += ["", "## (b) continual pretraining on the non-compliant remainder", "", continual.to_table()]
+    if args.eval_tasks:
+        from ..evaluation.uses import compliance_gap
+
+        tasks = [t.strip() for t in args.eval_tasks.split(",")]
+        pairs = [("scratch", "full", "compliant")]
+        if args.continual_steps > 0:
+            pairs.append(("continual", "full_continued", "compliant_continued"))
+        for key, full_name, comp_name in pairs:
+            report = compliance_gap(
+                models[full_name], models[comp_name], tokenizer, tasks=tasks, metric=args.eval_metric,
+                limit=args.eval_limit, num_fewshot=0,
+            )  # fmt: skip
+            out[f"{key}_tasks"] = report.to_dict()
+            tables += ["", f"## {key}: lm-eval tasks ({args.eval_metric})", "", report.to_table()]
     table = "\n".join(tables) + "\n"
     print("\nData compliance gap measured by training (held-out loss per domain; positive = compliant is worse):")
     print(table)

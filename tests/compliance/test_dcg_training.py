@@ -29,6 +29,21 @@ def test_train_models_reports_both_settings_per_domain(tmp_path):
     assert "(b) continual pretraining" in (tmp_path / "dcg_trained.md").read_text()
 
 
+def test_train_models_task_dcg_from_lm_eval(tmp_path):
+    """Issue 22.3: the DCG is also computed from lm-evaluation-harness results of the trained models."""
+    pytest.importorskip("lm_eval")
+    result = main([*TINY, "--eval_tasks", "hf_ext_cloze", "--eval_metric", "perplexity", "--eval_limit", "5",
+                   "--output_dir", str(tmp_path)])  # fmt: skip
+    out = result["dcg_trained"]
+    for key in ("scratch_tasks", "continual_tasks"):
+        (row,) = out[key]["rows"]
+        assert row["task"] == "hf_ext_cloze" and row["non_compliant"] > 1 and row["compliant"] > 1
+        assert row["gap"] == pytest.approx(100 * (row["compliant"] - row["non_compliant"]) / row["non_compliant"])
+    assert "lm-eval tasks (perplexity)" in (tmp_path / "dcg_trained.md").read_text()
+    with pytest.raises(ValueError, match="--train_models"):
+        main(["--eval_tasks", "hf_ext_cloze", "--output_dir", str(tmp_path / "no")])
+
+
 @pytest.mark.parametrize(
     "extra, flag",
     [(["--train_steps", "0"], "--train_steps"), (["--continual_steps", "-1"], "--continual_steps"),
