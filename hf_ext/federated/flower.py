@@ -164,6 +164,9 @@ def check_secagg_range(update: dict[str, torch.Tensor], num_examples: int, fed_a
     """Flower's SecAgg+ clips `(num_examples / max_weight) * update` to `[-clipping_range, clipping_range]` before
     quantizing; refuse to upload values it would clip silently (that would bias the aggregate)."""
     ratio = num_examples / fed_args.secagg_max_weight
+    bad = [k for k, v in update.items() if v.numel() and not bool(torch.isfinite(v).all())]
+    if bad:  # NaN would pass the range check below and quantize to finite garbage in the aggregate
+        raise ValueError(f"The update is not finite (NaN/inf in {bad[:3]}); refusing to upload it to SecAgg+.")
     peak = max((float(v.abs().max()) for v in update.values() if v.numel()), default=0.0)
     if ratio > 1:
         raise ValueError(

@@ -41,18 +41,24 @@ _PRIME = (1 << 521) - 1  # Mersenne prime: the Shamir field, larger than any 256
 # primitives
 
 
-def encode(x: torch.Tensor, frac_bits: int = 24) -> torch.Tensor:
-    """Fixed-point encode a float tensor as int64 residues modulo `2**62` (two's-complement style)."""
+def encode(x: torch.Tensor, frac_bits: int = 24, num_summands: int = 1) -> torch.Tensor:
+    """Fixed-point encode a float tensor as int64 residues modulo `2**62` (two's-complement style).
+
+    `num_summands` is how many encoded vectors will be added together: each is bounded by `2**61 / num_summands` so
+    that their sum still decodes exactly (a larger value would wrap around the modulus silently).
+    """
     if not 0 <= frac_bits <= 40:
         raise ValueError(f"`frac_bits` must be in [0, 40], got {frac_bits}.")
+    if num_summands < 1:
+        raise ValueError(f"`num_summands` must be >= 1, got {num_summands}.")
     scaled = torch.round(x.detach().to(torch.float64) * float(1 << frac_bits))
-    limit = float(1 << (MODULUS_BITS - 2))
+    limit = float(1 << (MODULUS_BITS - 1)) / num_summands
     if scaled.numel() and not bool(torch.isfinite(scaled).all()):
         raise ValueError("Cannot encode NaN or infinite values for secure aggregation (the update is not finite).")
     if scaled.numel() and float(scaled.abs().max()) >= limit:
         raise ValueError(
-            f"Value too large for fixed-point encoding with frac_bits={frac_bits}: lower `frac_bits` or scale the "
-            "update down."
+            f"Value too large for fixed-point encoding with frac_bits={frac_bits} (the sum of {num_summands} "
+            "encoded updates must stay below 2**61): lower `frac_bits` or scale the update down."
         )
     return torch.remainder(scaled.to(torch.int64), MODULUS)
 
@@ -279,7 +285,9 @@ class SecAggClient:
             if not torch.is_floating_point(update[k]):
                 raise TypeError(f"`update[{k!r}]` has dtype {update[k].dtype}; secure aggregation takes floats.")
         vec = torch.cat([update[k].detach().reshape(-1).to(torch.float64) for k in keys]) * float(weight)
-        y = torch.remainder(encode(vec, self.frac_bits) + prg_residues(self._b, numel), MODULUS)
+        # every client in the round may add to the sum: bound each so that the sum of all cannot wrap around
+        enc = encode(vec, self.frac_bits, num_summands=len(self._keys))
+        y = torch.remainder(enc + prg_residues(self._b, numel), MODULUS)
         for v in peers:
             m = prg_residues(
                 _agree(self._s_sk, self._keys[v][1], _pair_info(self.node_id, v, self.round_index)), numel

@@ -179,3 +179,28 @@ def test_server_cannot_finish_without_enough_unmask_shares():
     view.unmask_shares[1] = clients[1].unmask(ids, [])
     total = unmask_sum(view, ids)
     torch.testing.assert_close(decode(total["a"]), sum(ups[u]["a"].double() for u in ids), atol=1e-6, rtol=0)
+
+
+def test_sum_of_large_updates_cannot_wrap_around_the_modulus():
+    """Review finding: each update was bounded by 2**60 while the masked sum decodes within +-2**61, so three clients
+    near the per-client bound wrapped silently (the secure mean came back with the wrong sign). Now each client is
+    bounded by 2**61 / n and the round refuses instead of returning a wrong sum."""
+    big = 6.18e10  # 6.18e10 * 2**24 ~ 1.04e18: under 2**60, but three of them exceed 2**61
+    ups = {u: {"w": torch.full((4,), big)} for u in range(3)}
+    with pytest.raises(ValueError, match="2\\*\\*61"):
+        secure_aggregate(ups, {u: 1.0 for u in ups})
+    fine = {u: {"w": torch.full((4,), big / 2)} for u in range(3)}  # sum below 2**61: exact
+    mean, _, _ = secure_aggregate(fine, {u: 1.0 for u in fine})
+    torch.testing.assert_close(mean["w"], torch.full((4,), big / 2, dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_flower_range_check_refuses_non_finite_updates():
+    """Review finding: NaN slipped through `check_secagg_range` (NaN > range is False) and quantized to garbage."""
+    from hf_ext.federated import FederatedArguments
+    from hf_ext.federated.flower import check_secagg_range
+
+    fed = FederatedArguments(num_rounds=1, local_steps=1, secure_aggregation=True)
+    check_secagg_range({"w": torch.zeros(3)}, 1, fed)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="not finite"):
+            check_secagg_range({"w": torch.tensor([0.0, bad])}, 1, fed)
