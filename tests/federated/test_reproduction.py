@@ -91,10 +91,12 @@ def test_centralized_full_memorizes_more_than_lora(tmp_path):
             f"{statistics.stdev(extraction[name]):.3f}"
         )
     full, lora = exposure["centralized/full"], exposure["centralized/lora"]
-    # full fine-tuning has the larger exposure gain, on average by a clear margin and in every seed
-    assert mean(full) > mean(lora) + 0.2
+    goldfish = exposure["centralized/lora+goldfish"]
+    # full fine-tuning has the larger exposure gain, on average several times LoRA's (measured 8.9 vs 1.1 nats per
+    # token, asserted > 3x) and in every seed; the same holds for the canaries seen once (measured 8.4 vs 0.5)
+    assert mean(full) > 3 * mean(lora)
     assert all(f > lo for f, lo in zip(full, lora))
-    # and for the canaries seen once
-    assert mean(exposure_1x["centralized/full"]) > mean(exposure_1x["centralized/lora"])
-    # LoRA does memorize (the comparison is not empty)
+    assert mean(exposure_1x["centralized/full"]) > 3 * mean(exposure_1x["centralized/lora"])
+    # LoRA does memorize (the comparison is not empty), and the Goldfish loss lowers its exposure (measured by 0.22)
     assert mean(lora) > 0.05
+    assert mean(goldfish) < mean(lora) - 0.02
