@@ -116,6 +116,38 @@ def make_client_app(
     return app
 
 
+def check_unmask_request(configs, node_id: int) -> None:
+    """Refuse a SecAgg+ unmask request that would reveal both secrets of a client.
+
+    flwr 1.42's `secaggplus_mod` answers an unmask request with self-mask shares for every node listed active and
+    mask-key shares for every node listed dead, without checking the lists: a server that lists an uploader as both
+    (or lists this node as dead) gets enough shares to unmask that upload. Raises `ValueError` on such a request.
+    """
+    from flwr.common.secure_aggregation.secaggplus_constants import Key
+
+    active = [int(n) for n in configs.get(Key.ACTIVE_NODE_ID_LIST, [])]
+    dead = [int(n) for n in configs.get(Key.DEAD_NODE_ID_LIST, [])]
+    both = sorted(set(active) & set(dead))
+    if both:
+        raise ValueError(f"SecAgg+ unmask request lists nodes {both} as both active and dead; refusing to answer.")
+    if len(set(active)) != len(active) or len(set(dead)) != len(dead):
+        raise ValueError("SecAgg+ unmask request repeats node ids; refusing to answer.")
+    if int(node_id) in dead or int(node_id) not in active:
+        raise ValueError(f"SecAgg+ unmask request does not list this node ({node_id}) as active; refusing to answer.")
+
+
+def secagg_unmask_guard_mod(msg, ctxt, call_next):
+    """Flower client mod, placed before `secaggplus_mod`: checks unmask requests with [`check_unmask_request`]."""
+    from flwr.app.message_type import MessageType
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+    if msg.metadata.message_type == MessageType.TRAIN and RECORD_KEY_CONFIGS in msg.content.config_records:
+        configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+        if configs.get(Key.STAGE) == Stage.UNMASK:
+            check_unmask_request(configs, msg.metadata.dst_node_id)
+    return call_next(msg, ctxt)
+
+
 def _make_secagg_client_app(model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class):
     from flwr.client import NumPyClient
     from flwr.client.mod import secaggplus_mod
@@ -157,7 +189,7 @@ def _make_secagg_client_app(model_fn, dataset_fn, fed_args, training_args, data_
     def client_fn(context: Context):
         return _LoRAClient(context).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+    return ClientApp(client_fn=client_fn, mods=[secagg_unmask_guard_mod, secaggplus_mod])
 
 
 def check_secagg_range(update: dict[str, torch.Tensor], num_examples: int, fed_args: FederatedArguments) -> None:

@@ -204,3 +204,33 @@ def test_flower_range_check_refuses_non_finite_updates():
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="not finite"):
             check_secagg_range({"w": torch.tensor([0.0, bad])}, 1, fed)
+
+
+def test_flower_unmask_guard_refuses_requests_that_reveal_both_secrets():
+    """Review finding: flwr 1.42's client mod answers an unmask request listing a node as both active and dead with
+    both kinds of shares (the server then unmasks that upload). The guard mod in front of it refuses."""
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord, RecordDict
+    from flwr.app.message_type import MessageType
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+    from hf_ext.federated.flower import check_unmask_request, secagg_unmask_guard_mod
+
+    check_unmask_request({Key.ACTIVE_NODE_ID_LIST: [1, 2, 3], Key.DEAD_NODE_ID_LIST: [4]}, 2)  # honest request
+    for active, dead, me in (([1, 2, 3], [3], 2), ([1, 3], [2], 2), ([1, 3], [], 2), ([1, 1, 2], [], 2)):
+        with pytest.raises(ValueError, match="refusing"):
+            check_unmask_request({Key.ACTIVE_NODE_ID_LIST: active, Key.DEAD_NODE_ID_LIST: dead}, me)
+
+    def message(stage, active, dead):
+        configs = ConfigRecord({Key.STAGE: stage, Key.ACTIVE_NODE_ID_LIST: active, Key.DEAD_NODE_ID_LIST: dead})
+        meta = SimpleNamespace(message_type=MessageType.TRAIN, dst_node_id=2)
+        return SimpleNamespace(metadata=meta, content=RecordDict({RECORD_KEY_CONFIGS: configs}))
+
+    passed = []
+    secagg_unmask_guard_mod(message(Stage.UNMASK, [1, 2], [3]), None, lambda m, c: passed.append(m))
+    secagg_unmask_guard_mod(message(Stage.SETUP, [], []), None, lambda m, c: passed.append(m))
+    assert len(passed) == 2
+    with pytest.raises(ValueError, match="both active and dead"):
+        secagg_unmask_guard_mod(message(Stage.UNMASK, [1, 2, 3], [3]), None, lambda m, c: passed.append(m))
+    assert len(passed) == 2
