@@ -248,6 +248,20 @@ def resolve_resume(training_args) -> str | None:
     return path
 
 
+def load_tokenizer(base: str | None, vocab_size: int):
+    """The base model's tokenizer when `base` is a folder that has one, else the embedded BPE of `vocab_size`."""
+    if base and os.path.exists(os.path.join(base, "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+    from ..data import build_tokenizer
+
+    return build_tokenizer(vocab_size)
+
+
 def build_task(task: TaskArguments, tokenizer, seed: int):
     """Tokenized train (noisy labels), validation and test splits of the domain-classification task.
 
@@ -450,7 +464,6 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     import torch
     from transformers import set_seed
 
-    from ..data import build_tokenizer
     from ..hyperinf import InfluenceEstimator, PeakMemory, detection_curve, recall_at_fraction, roc_auc
     from ..hyperinf.metrics import select_lowest_influence
 
@@ -462,14 +475,7 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     methods = parse_list(inf.methods)
     set_seed(training_args.seed)
     base = model_args.model_name_or_path
-    if base and os.path.exists(os.path.join(base, "tokenizer_config.json")):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-    else:
-        tokenizer = build_tokenizer(task.vocab_size)
+    tokenizer = load_tokenizer(base, task.vocab_size)
     train, val, test, is_noisy, domains = build_task(task, tokenizer, training_args.seed)
     print(
         f"task: {len(domains)} domains, train {len(train)} ({int(is_noisy.sum())} flipped), val {len(val)}, "
@@ -678,7 +684,6 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
     import torch
     from transformers import set_seed
 
-    from ..data import build_tokenizer
     from ..hyperinf import InfluenceEstimator, PeakMemory, recall_at_fraction, roc_auc
     from ..hyperinf.gradients import PaddingCollator
     from ..hyperinf.metrics import select_lowest_influence
@@ -689,14 +694,7 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
     fractions = parse_fractions(inf.select_fractions)
     set_seed(training_args.seed)
     base = model_args.model_name_or_path
-    if base and os.path.exists(os.path.join(base, "tokenizer_config.json")):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-    else:
-        tokenizer = build_tokenizer(task.vocab_size)
+    tokenizer = load_tokenizer(base, task.vocab_size)
     train, target, test, corrupted = build_instruction_task(
         tokenizer,
         parse_list(task.domains),
