@@ -271,7 +271,7 @@ def test_save_load_round_trip_trust_remote_code_without_hf_ext(tmp_path, repo_ro
         "assert 'hf_ext' not in sys.modules, 'hf_ext was imported'\n"
         f"ids = torch.load({str(tmp_path / 'ids.pt')!r}); exp = torch.load({str(tmp_path / 'expected.pt')!r})\n"
         "with torch.no_grad(): out = m(ids).logits\n"
-        "assert torch.equal(out, exp), (out - exp).abs().max()\n"
+        "torch.testing.assert_close(out, exp, rtol=1e-5, atol=1e-5)  # another process: thread count may differ\n"
         "print('OK', type(m).__module__)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
