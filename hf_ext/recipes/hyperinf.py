@@ -262,6 +262,16 @@ def load_tokenizer(base: str | None, vocab_size: int):
     return build_tokenizer(vocab_size)
 
 
+def prepare_base(model_args, tokenizer, training_args) -> str:
+    """Pretrain the tiny base model into `<output_dir>/base` (reused as is when resuming); returns the folder."""
+    base_dir = os.path.join(training_args.output_dir, "base")
+    if training_args.resume_from_checkpoint:
+        print(f"resuming: reusing the pretrained base in {base_dir}")
+    else:
+        pretrain_base(model_args, tokenizer, training_args, base_dir)
+    return base_dir
+
+
 def build_task(task: TaskArguments, tokenizer, seed: int):
     """Tokenized train (noisy labels), validation and test splits of the domain-classification task.
 
@@ -482,14 +492,7 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
         f"test {len(test)}, {task.max_length} tokens each"
     )
 
-    if base:
-        base_dir = base
-    else:
-        base_dir = os.path.join(training_args.output_dir, "base")
-        if training_args.resume_from_checkpoint:
-            print(f"resuming: reusing the pretrained base in {base_dir}")
-        else:
-            pretrain_base(model_args, tokenizer, training_args, base_dir)
+    base_dir = base or prepare_base(model_args, tokenizer, training_args)
     model = fine_tune(
         lora_classifier(base_dir, len(domains), model_args, training_args.seed, tokenizer.pad_token_id),
         train,
@@ -711,14 +714,7 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
         f"llm_selection: train {len(train)} ({int(corrupted.sum())} corrupted answers), target {len(target)}, "
         f"test {len(test)}"
     )
-    if base:
-        base_dir = base
-    else:
-        base_dir = os.path.join(training_args.output_dir, "base")
-        if training_args.resume_from_checkpoint:
-            print(f"resuming: reusing the pretrained base in {base_dir}")
-        else:
-            pretrain_base(model_args, tokenizer, training_args, base_dir)
+    base_dir = base or prepare_base(model_args, tokenizer, training_args)
     collator = PaddingCollator(("input_ids", "labels", "attention_mask"), pad_token_id=tokenizer.pad_token_id)
     pad = tokenizer.pad_token_id
 

@@ -285,15 +285,13 @@ def _compliance_run(seed: int, fast: bool, workdir: str) -> dict:
     steps = ["--train_steps", "40", "--continual_steps", "20"] if fast else []
     argv = ["--train_models", *steps, "--vocab_size", "512", "--seed", str(seed), "--output_dir", workdir]
     res = _quiet_recipe("compliance", argv)
-    removed = {r["domain"]: r["tokens_removed_pct"] for r in res["per_domain"]} if "per_domain" in res else {}
+    removed = {r["domain"]: r["tokens_removed_pct"] for r in res["per_domain"]}
     gaps = {k: {r["task"]: r["gap"] for r in res["dcg_trained"][k]["rows"]} for k in ("scratch", "continual")}
     return {"gaps": gaps, "removed_pct": removed}
 
 
 def _most_and_least_removed(run: dict) -> tuple[str, list[str]]:
     removed = run["removed_pct"]
-    if not removed:
-        return "language", ["concurrency"]
     ranked = sorted((d for d in removed if d in run["gaps"]["scratch"]), key=lambda d: removed[d])
     return ranked[-1], [d for d in ranked if removed[d] <= 10.0] or ranked[:1]
 
