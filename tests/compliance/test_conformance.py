@@ -4,7 +4,7 @@ import os
 import urllib.parse
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hf_ext.compliance import RobotsCompliance
@@ -86,6 +86,8 @@ def test_fuzz_hf_ext_engine_agrees_with_googles_parser(robots, agent, url_path):
 
     url = "http://example.com/" + url_path.lstrip("/")
     assert "%" not in url and urllib.parse.urlsplit(url).path != "/robots.txt"
+    # documented difference: the packaged parser's URL library drops an empty query (`/x?` -> `/x`); we keep the `?`
+    assume(not url.endswith("?"))
     assert ENGINES["hf_ext"](robots, agent, url) == ENGINES["google"](robots, agent, url), (robots, agent, url)
 
 
