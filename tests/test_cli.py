@@ -48,17 +48,29 @@ def test_console_script_and_import_is_fast_and_silent(repo_root):
     import resource
 
     env = {**os.environ}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", "import hf_ext"], capture_output=True, text=True, env=env, cwd=repo_root)
-    elapsed = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    assert res.returncode == 0
+
+    def cpu_of(code: str) -> tuple[float, subprocess.CompletedProcess]:
+        best, res = float("inf"), None
+        for _ in range(2):  # the faster of two runs: the first may pay for cold file caches
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=repo_root)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            best = min(best, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+            assert res.returncode == 0, res.stderr
+        return best, res
+
+    # `import hf_ext` must not pull in the heavy optional stacks: that is what makes it slow, and it is exact
+    heavy = ["peft", "datasets", "flwr", "matplotlib", "lm_eval", "accelerate", "scipy", "sklearn", "dp_accounting",
+             "datatrove", "torchao", "protego", "evaluate", "trl", "pandas", "transformers.modeling_utils"]
+    probe = f"import sys, hf_ext; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    _, res = cpu_of(probe)
+    assert res.stdout.strip() == "[]", f"import hf_ext loads {res.stdout.strip()}"
+    cpu, res = cpu_of("import hf_ext")
     assert res.stdout == "" and res.stderr == "", res.stderr
-    # CPU time is what the import costs; wall time also counts other load on a shared machine
-    assert cpu < 3.0, f"import hf_ext used {cpu:.2f} s of CPU"
-    assert elapsed < 15.0
+    # what it may cost beyond the imports it needs (torch and transformers' configuration module, for the Auto
+    # registrations), measured on the same machine so that a slow CI host does not fail it
+    base, _ = cpu_of("import torch, transformers.configuration_utils")
+    assert cpu < base + 1.0, f"import hf_ext used {cpu:.2f} s of CPU; its dependencies alone {base:.2f} s"
     exe = os.path.join(os.path.dirname(sys.executable), "hf-ext")
     res = subprocess.run([exe, "list"], capture_output=True, text=True, env=env)
     assert res.returncode == 0 and "pretrain" in res.stdout
