@@ -83,7 +83,7 @@ def test_auto_classes_resolve_without_importing_modeling_at_package_import(repo_
     assert res.returncode == 0, res.stderr[-2000:]
     line = [ln for ln in res.stderr.splitlines() if ln.startswith("RESULT")][0]
     _, dt, *rest = line.split(" ", 2)
-    assert float(dt) < 3.0  # CPU time of the import (wall time depends on other load)
+    # the import's cost relative to its dependencies is checked in tests/test_cli.py (an absolute bound is host-bound)
     assert rest[0].startswith("[]") and "FogForCausalLM FogModel" in rest[0]
     quiet = subprocess.run([sys.executable, "-c", "import hf_ext"], capture_output=True, text=True, env=env)
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
