@@ -64,9 +64,12 @@ def save_for_lm_eval(model, tokenizer, save_directory: str | os.PathLike) -> str
     return save_directory
 
 
-def task_manager(include_path: str | Sequence[str] | None = None, include_defaults: bool = True):
+def task_manager(
+    include_path: str | Sequence[str] | None = None, include_defaults: bool = True, metadata: Mapping | None = None
+):
     """An lm-eval `TaskManager` over the packaged hf_ext tasks, `include_path` and (if `include_defaults`) lm-eval's
-    own tasks; indexing lm-eval's thousands of task configs takes several seconds, hence the switch."""
+    own tasks; indexing lm-eval's thousands of task configs takes several seconds, hence the switch. `metadata` goes
+    to every task (lm-eval's `--metadata`; the packaged tasks read `domains`)."""
     try:
         from lm_eval.tasks import TaskManager
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -74,7 +77,11 @@ def task_manager(include_path: str | Sequence[str] | None = None, include_defaul
     paths = [task_dir()]
     if include_path is not None:
         paths += [include_path] if isinstance(include_path, str | os.PathLike) else list(include_path)
-    return TaskManager(include_path=[os.fspath(p) for p in paths], include_defaults=include_defaults)
+    return TaskManager(
+        include_path=[os.fspath(p) for p in paths],
+        include_defaults=include_defaults,
+        metadata=dict(metadata) if metadata else None,
+    )
 
 
 def _default_device() -> str:
@@ -128,6 +135,7 @@ def evaluate_model(
     max_length: int | None = None,
     include_path: str | Sequence[str] | None = None,
     seed: int = 1234,
+    metadata: Mapping | None = None,
     **kwargs,
 ) -> dict:
     """Run `lm_eval.simple_evaluate` on a model object (or a `save_pretrained` folder) with the packaged tasks.
@@ -146,6 +154,8 @@ def evaluate_model(
         max_length (`int`, *optional*): Context length lm-eval truncates to; default from the model config.
         include_path (`str` or list, *optional*): Extra task folders besides the packaged one.
         seed (`int`, *optional*, defaults to 1234): Seeds lm-eval's python, numpy, torch and few-shot samplers.
+        metadata (`Mapping`, *optional*): Passed to every task, as lm-eval's `--metadata`; the packaged tasks read
+            `domains` (e.g. `{"domains": "networking+filesystem"}`: only test items from these domains).
         kwargs: Passed to `lm_eval.simple_evaluate` (e.g. `bootstrap_iters`, `log_samples`).
 
     Returns:
@@ -170,7 +180,7 @@ def evaluate_model(
         tasks=tasks,
         num_fewshot=num_fewshot,
         limit=limit,
-        task_manager=task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED),
+        task_manager=task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED, metadata=metadata),
         random_seed=seed,
         numpy_random_seed=seed,
         torch_random_seed=seed,
