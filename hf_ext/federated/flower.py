@@ -148,9 +148,107 @@ def secagg_unmask_guard_mod(msg, ctxt, call_next):
     return call_next(msg, ctxt)
 
 
+GUARD_STATE_KEY = "hf_ext.secagg-guard"
+NODE_MAX_COLLUDERS_KEY = "secagg-max-colluders"
+
+
+def check_setup_request(configs, round_id: int, last_round: int | None, max_colluders: int = 0) -> None:
+    """Refuse (`ValueError`) a SecAgg+ setup request that a malicious server could exploit.
+
+    - Round bookkeeping: `round_id` (the message's group id, which Flower's `SecAggPlusWorkflow` sets to the server
+      round) must exceed `last_round`, the last round this node served: a server re-running a round over another
+      subset of nodes could subtract the two sums.
+    - Colluder bound: with `k` share holders per node (`Key.SHARE_NUMBER`, every sampled node with our server) and
+      threshold `t`, a server lying about dropouts with `max_colluders` colluding nodes collects both secrets of a node
+      when `2t <= k + max_colluders`.
+    """
+    from flwr.common.secure_aggregation.secaggplus_constants import Key
+
+    from .secure_aggregation import check_colluder_bound
+
+    if last_round is not None and round_id <= last_round:
+        raise ValueError(
+            f"SecAgg+ setup for round {round_id}, but this node already served round {last_round}; refusing (a server "
+            "re-running a round over another subset of nodes could subtract the two sums)."
+        )
+    shares, threshold = int(configs.get(Key.SHARE_NUMBER, 0)), int(configs.get(Key.THRESHOLD, 0))
+    try:
+        check_colluder_bound(threshold, shares, max_colluders)
+    except ValueError as err:
+        raise ValueError(f"SecAgg+ setup refused: {err} (server argument: --secure_aggregation_threshold)") from None
+
+
+def _round_id(msg) -> int:
+    try:
+        return int(msg.metadata.group_id)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"SecAgg+ message carries no round id (group_id={msg.metadata.group_id!r}); refusing. Flower's "
+            "SecAggPlusWorkflow sets it to the server round."
+        ) from None
+
+
+def make_secagg_round_guard_mod(max_colluders: int = 0):
+    """A Flower client mod, placed before `secaggplus_mod`, enforcing per-node round bookkeeping and the colluder bound.
+
+    The node keeps the last round it served in `context.state` (record `GUARD_STATE_KEY`). A SecAgg+ setup message is
+    refused unless its round id is above that and its threshold passes [`check_setup_request`]; the round is then
+    recorded before anything is shared, and every later stage must carry the same round id. `context.state` lives in
+    the SuperNode's memory for one run: a new run (or a restarted SuperNode) starts without a record.
+
+    The run config is chosen by whoever submits the run (the server side), so a node operator sets its own bound with
+    `flower-supernode --node-config "secagg-max-colluders=<c>"`; the larger of that and `max_colluders` applies.
+
+    Args:
+        max_colluders (`int`, *optional*, defaults to 0): how many nodes may collude with the server
+            (`FederatedArguments.secure_aggregation_max_colluders`).
+    """
+    from .secure_aggregation import _check_colluders
+
+    _check_colluders(max_colluders)
+
+    def secagg_round_guard_mod(msg, ctxt, call_next):
+        from flwr.app import ConfigRecord
+        from flwr.app.message_type import MessageType
+        from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+        if msg.metadata.message_type == MessageType.TRAIN and RECORD_KEY_CONFIGS in msg.content.config_records:
+            configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+            stage = configs.get(Key.STAGE)
+            round_id = _round_id(msg)
+            record = ctxt.state.config_records.get(GUARD_STATE_KEY)
+            last = None if record is None else int(record["last-round"])
+            if stage == Stage.SETUP:
+                node_bound = ctxt.node_config.get(NODE_MAX_COLLUDERS_KEY, 0)
+                if isinstance(node_bound, bool) or not isinstance(node_bound, int) or node_bound < 0:
+                    raise ValueError(
+                        f"node config {NODE_MAX_COLLUDERS_KEY!r} must be an integer >= 0, got {node_bound!r}."
+                    )
+                check_setup_request(configs, round_id, last, max(max_colluders, node_bound))
+                ctxt.state.config_records[GUARD_STATE_KEY] = ConfigRecord({"last-round": round_id})
+            elif last != round_id:
+                raise ValueError(
+                    f"SecAgg+ stage {stage!r} of round {round_id}, but this node set up round {last}; refusing."
+                )
+        return call_next(msg, ctxt)
+
+    return secagg_round_guard_mod
+
+
+def secagg_client_mods(fed_args: FederatedArguments) -> list:
+    """The client mods of a SecAgg+ `ClientApp`, in order: the round guard (bookkeeping, colluder bound), the unmask
+    guard, then Flower's `secaggplus_mod`."""
+    from flwr.client.mod import secaggplus_mod
+
+    return [
+        make_secagg_round_guard_mod(fed_args.secure_aggregation_max_colluders),
+        secagg_unmask_guard_mod,
+        secaggplus_mod,
+    ]
+
+
 def _make_secagg_client_app(model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class):
     from flwr.client import NumPyClient
-    from flwr.client.mod import secaggplus_mod
 
     class _LoRAClient(NumPyClient):
         def __init__(self, context: Context):
@@ -189,7 +287,7 @@ def _make_secagg_client_app(model_fn, dataset_fn, fed_args, training_args, data_
     def client_fn(context: Context):
         return _LoRAClient(context).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[secagg_unmask_guard_mod, secaggplus_mod])
+    return ClientApp(client_fn=client_fn, mods=secagg_client_mods(fed_args))
 
 
 def check_secagg_range(update: dict[str, torch.Tensor], num_examples: int, fed_args: FederatedArguments) -> None:

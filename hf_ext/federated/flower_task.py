@@ -30,6 +30,7 @@ RUN_CONFIG_DEFAULTS: dict[str, tuple[type, Any]] = {
     "secure-aggregation": (bool, True),
     "secagg-max-weight": (float, 1000.0),
     "secagg-clipping-range": (float, 8.0),
+    "secagg-max-colluders": (int, 0),
     "dp-clip-norm": (float, 0.0),
     "dp-noise-multiplier": (float, 0.0),
     "dp-delta": (float, 1e-5),
@@ -134,6 +135,7 @@ def task_from_run_config(run_config: Mapping[str, Any]) -> FlowerTask:
         secure_aggregation=cfg["secure-aggregation"],
         secagg_max_weight=cfg["secagg-max-weight"],
         secagg_clipping_range=cfg["secagg-clipping-range"],
+        secure_aggregation_max_colluders=cfg["secagg-max-colluders"],
     )
     work = cfg["work-dir"] or os.path.join(tempfile.gettempdir(), "hf_ext_flower")
     training_args = PrivateTrainingArguments(

@@ -4,7 +4,10 @@ deployments, built here on the `cryptography` library for the in-process simulat
 The server learns the weighted sum of the clients' updates and nothing else about any single update:
 
 1. **Advertise keys.** Every client draws two X25519 key pairs: `c` (to encrypt the secret shares it sends to peers)
-   and `s` (to agree on pairwise masks). It sends both public keys to the server, which broadcasts them.
+   and `s` (to agree on pairwise masks). It signs both public keys, bound to the round id and its client id, with its
+   long-term Ed25519 identity key and sends them to the server, which broadcasts them. Every client checks every
+   signature against an [`IdentityDirectory`] provisioned out of band and aborts the round on any mismatch, so the
+   server cannot substitute keys of its own (man in the middle of the pairwise key agreement).
 2. **Share keys.** Every client draws a fresh 256-bit self-mask seed `b` and splits `b` and its mask private key
    `s_sk` into Shamir shares (threshold `t`). The share for peer `v` is encrypted with AES-GCM under a key agreed
    with `v` (X25519 + HKDF-SHA256) and routed through the server, which cannot read it.
@@ -19,16 +22,22 @@ The server learns the weighted sum of the clients' updates and nothing else abou
 
 Why a curious server cannot unmask one client: every masked upload also carries its self mask `PRG(b_u)`, so the
 pairwise masks alone (even all of them, e.g. after falsely declaring `u` dropped) do not reveal `x_u`; the server would
-need `t` shares of both `b_u` and `s_sk_u`, and with `t > n / 2` honest clients never hand out both. There is no
-default or shared secret: every key is drawn fresh per round from the operating system's CSPRNG.
+need `t` shares of both `b_u` and `s_sk_u`, and with `t > n / 2` honest clients never hand out both. Against a
+malicious server that lies about dropouts to different clients and is helped by up to `c` colluding clients, the
+server collects at most `n + c` shares of one client's two secrets together, so clients refuse any round with
+`2t <= n + c` (`max_colluders`). A client remembers the last round it served ([`SecAggClientState`]) and refuses a
+round id it has already served, so the server cannot re-run a round over a different subset and difference the sums.
+There is no default or shared secret: every mask key is drawn fresh per round from the operating system's CSPRNG.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -179,71 +188,300 @@ def _unflatten(vec: torch.Tensor, keys: Sequence[str], shapes: Sequence[torch.Si
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# identities, advertised keys and per-client state
+
+
+class SecAggAbort(ValueError):
+    """A client aborts the round: the server's messages are inconsistent with an honest run (forged or replayed keys,
+    a round already served, a threshold that a malicious server could exploit). Raised before the client sends
+    anything that depends on its secrets."""
+
+
+class AdvertisedKeys(NamedTuple):
+    """What a client advertises in a round: its two X25519 public keys and its Ed25519 signature over them, bound to
+    the round id and its client id."""
+
+    c_pk: bytes
+    s_pk: bytes
+    signature: bytes
+
+
+def _advert_message(round_index: int, node_id: int, c_pk: bytes, s_pk: bytes) -> bytes:
+    # both keys have a fixed length (32 bytes), so the concatenation is unambiguous
+    return f"hf_ext-secagg|advertise|round={int(round_index)}|client={int(node_id)}|".encode() + c_pk + s_pk
+
+
+def generate_identity():
+    """A fresh long-term Ed25519 identity key (`cryptography`'s `Ed25519PrivateKey`) for one client. Keep it on the
+    client; publish its public key in the [`IdentityDirectory`]."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate()
+
+
+def identity_public_bytes(identity) -> bytes:
+    """The 32 raw bytes of an Ed25519 identity's public key (private or public key object accepted)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    if isinstance(identity, Ed25519PrivateKey):
+        identity = identity.public_key()
+    if not isinstance(identity, Ed25519PublicKey):
+        raise TypeError(f"Expected an Ed25519 key from `cryptography`, got {type(identity).__name__}.")
+    return identity.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+class IdentityDirectory:
+    """The clients' long-term Ed25519 identity public keys, `{client_id: 32 raw bytes}`, provisioned out of band.
+
+    Every client must hold the same directory, obtained over a channel the aggregation server does not control (the
+    federation's operator distributes it with the client software, e.g. as the JSON of [`to_json`]). Clients verify
+    every advertised key against it, so a server cannot substitute keys; a server that could edit the directory
+    could substitute keys, so it must not be the one distributing it.
+
+    Args:
+        keys (`Mapping[int, bytes | Ed25519PublicKey]`): client id (>= 0) -> identity public key.
+    """
+
+    def __init__(self, keys: Mapping[int, object]):
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        if not keys:
+            raise ValueError("`keys` is empty: the directory needs one identity public key per client.")
+        self._keys: dict[int, Ed25519PublicKey] = {}
+        for cid, key in keys.items():
+            if isinstance(cid, bool) or int(cid) != cid or int(cid) < 0:
+                raise ValueError(f"Directory client ids must be integers >= 0, got {cid!r}.")
+            if isinstance(key, bytes | bytearray):
+                if len(key) != 32:
+                    raise ValueError(f"Identity key of client {cid} must be 32 raw Ed25519 bytes, got {len(key)}.")
+                key = Ed25519PublicKey.from_public_bytes(bytes(key))
+            if not isinstance(key, Ed25519PublicKey):
+                raise TypeError(f"Identity key of client {cid}: expected bytes or Ed25519PublicKey, got {type(key)}.")
+            self._keys[int(cid)] = key
+        raw = [identity_public_bytes(k) for k in self._keys.values()]
+        if len(set(raw)) != len(raw):
+            raise ValueError("Two clients share one identity key in the directory; give every client its own.")
+
+    @classmethod
+    def provision(cls, client_ids: Sequence[int]) -> tuple[dict[int, object], IdentityDirectory]:
+        """Fresh identities for `client_ids`: `({client_id: Ed25519PrivateKey}, directory)`. For tests and in-process
+        simulations, where one process plays every party; in a deployment each client generates its own key."""
+        identities = {int(c): generate_identity() for c in client_ids}
+        return identities, cls({c: k.public_key() for c, k in identities.items()})
+
+    def __contains__(self, client_id: int) -> bool:
+        return int(client_id) in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def client_ids(self) -> list[int]:
+        return sorted(self._keys)
+
+    def public_bytes(self, client_id: int) -> bytes:
+        return identity_public_bytes(self._keys[int(client_id)])
+
+    def verify(self, client_id: int, round_index: int, keys: AdvertisedKeys) -> None:
+        """Raise [`SecAggAbort`] unless `keys` were signed by `client_id`'s identity for this round."""
+        from cryptography.exceptions import InvalidSignature
+
+        cid = int(client_id)
+        if cid not in self._keys:
+            raise SecAggAbort(f"Client {cid} is not in the identity directory; aborting the round.")
+        try:
+            self._keys[cid].verify(bytes(keys.signature), _advert_message(round_index, cid, keys.c_pk, keys.s_pk))
+        except InvalidSignature:
+            raise SecAggAbort(
+                f"The public keys advertised for client {cid} in round {round_index} are not signed by its identity "
+                "key (forged, substituted or replayed by the server); aborting the round."
+            ) from None
+
+    def to_json(self) -> str:
+        """`{"client_id": "<hex public key>"}`, for distribution to every client."""
+        return json.dumps({str(c): self.public_bytes(c).hex() for c in self.client_ids}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> IdentityDirectory:
+        try:
+            raw = json.loads(text)
+            return cls({int(c): bytes.fromhex(h) for c, h in raw.items()})
+        except (ValueError, AttributeError, TypeError) as err:
+            raise ValueError(f"Not an identity directory JSON ({{client_id: hex key}}): {err}") from err
+
+
+@dataclass
+class SecAggClientState:
+    """What a client keeps between rounds: the last round id it served. A client refuses a round id <= it, so a
+    server cannot re-run a round over another subset of clients and subtract the two sums. Persist it with the client
+    ([`to_dict`] / [`from_dict`], JSON-safe); a client that loses it loses this protection."""
+
+    last_round: int | None = None
+
+    def check(self, round_index: int, client_id: int) -> None:
+        if self.last_round is not None and int(round_index) <= self.last_round:
+            raise SecAggAbort(
+                f"Client {client_id} already served round {self.last_round}; refusing round {round_index} (a server "
+                "re-running a round over another subset could subtract the two sums)."
+            )
+
+    def to_dict(self) -> dict:
+        return {"last_round": self.last_round}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> SecAggClientState:
+        last = d.get("last_round")
+        return cls(None if last is None else int(last))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # protocol parties
 
 
-def default_threshold(num_clients: int) -> int:
-    """The smallest honest majority, `n // 2 + 1` (at least 2): the server can never hold `t` shares of both secrets
-    of one client, and up to `n - t` clients may drop out."""
-    return max(2, num_clients // 2 + 1)
+def default_threshold(num_clients: int, max_colluders: int = 0) -> int:
+    """The smallest threshold with `2t > n + c` (and at least 2), `(n + c) // 2 + 1`: a server that lies about
+    dropouts, helped by `c = max_colluders` clients, can never hold `t` shares of both secrets of one client, and up to
+    `n - t` clients may drop out. Raises `ValueError` if no threshold <= n satisfies it."""
+    _check_colluders(max_colluders)
+    t = max(2, (int(num_clients) + int(max_colluders)) // 2 + 1)
+    if t > num_clients:
+        raise ValueError(
+            f"max_colluders={max_colluders} with {num_clients} clients needs a threshold {t} above the number of "
+            f"clients: lower `max_colluders` (at most {max(num_clients - 1, 0)}) or add clients."
+        )
+    return t
+
+
+def _check_colluders(max_colluders: int) -> None:
+    if isinstance(max_colluders, bool) or not isinstance(max_colluders, int) or max_colluders < 0:
+        raise ValueError(f"`max_colluders` must be an integer >= 0, got {max_colluders!r}.")
+
+
+def check_colluder_bound(threshold: int, num_clients: int, max_colluders: int = 0) -> None:
+    """Refuse (`ValueError`) a threshold that lets a malicious server with `max_colluders` colluding clients collect
+    `t` shares of both secrets of one client: needs `2 * threshold > num_clients + max_colluders`, `threshold >= 2`
+    and `threshold <= num_clients` (`num_clients` counts every holder of shares, the client itself included)."""
+    _check_colluders(max_colluders)
+    t, n, c = int(threshold), int(num_clients), int(max_colluders)
+    if not 2 * t > n + c or t < 2:
+        raise ValueError(
+            f"threshold={t} with {n} clients and max_colluders={c} lets a malicious server (lying about dropouts, "
+            f"helped by {c} colluding clients) collect both secrets of one client, since 2t <= n + c: use a "
+            f"threshold of at least {max(2, (n + c) // 2 + 1)} (`default_threshold(n, max_colluders)`), more "
+            "clients, or a smaller `max_colluders`."
+        )
+    if t > n:
+        raise ValueError(f"threshold={t} exceeds the {n} clients of the round: no unmasking would be possible.")
 
 
 class SecAggClient:
     """One client's side of the protocol; everything it returns is what the server receives.
 
     Args:
-        node_id (`int`): this client's id (>= 0), as the server names it.
-        round_index (`int`, *optional*, defaults to 0): bound into every derived key, so masks never repeat across
-            rounds.
+        node_id (`int`): this client's id (>= 0), as the server and the identity directory name it.
+        round_index (`int`, *optional*, defaults to 0): the round id, bound into every signature and derived key, so
+            masks never repeat across rounds and a signed advertisement cannot be replayed into another round.
         frac_bits (`int`, *optional*, defaults to 24): fixed-point precision of the uploads.
+        identity (`Ed25519PrivateKey`): this client's long-term identity key (`cryptography`'s ed25519); required.
+        directory ([`IdentityDirectory`]): every client's identity public key, provisioned out of band; required.
+            Without authenticated keys a malicious server can substitute the keys of a client's peers and unmask
+            that client alone, so there is no unauthenticated mode.
+        max_colluders (`int`, *optional*, defaults to 0): how many clients may collude with the server; the client
+            refuses a round whose threshold `t` has `2t <= n + max_colluders`.
+        state ([`SecAggClientState`], *optional*): the client's persistent state (last round served). Pass the same
+            object every round; a fresh one (the default) remembers nothing.
     """
 
-    def __init__(self, node_id: int, round_index: int = 0, frac_bits: int = 24):
+    def __init__(
+        self,
+        node_id: int,
+        round_index: int = 0,
+        frac_bits: int = 24,
+        *,
+        identity=None,
+        directory: IdentityDirectory | None = None,
+        max_colluders: int = 0,
+        state: SecAggClientState | None = None,
+    ):
         if int(node_id) < 0:
             raise ValueError(f"`node_id` must be >= 0, got {node_id}.")
+        if identity is None or directory is None:
+            raise ValueError(
+                "SecAggClient needs `identity` (its Ed25519 identity key) and `directory` (an IdentityDirectory of "
+                "all clients' identity public keys, provisioned out of band): without them a malicious server can "
+                "substitute peers' keys and unmask one client. Use IdentityDirectory.provision(ids) for tests."
+            )
+        if not isinstance(directory, IdentityDirectory):
+            raise TypeError(f"`directory` must be an IdentityDirectory, got {type(directory).__name__}.")
+        _check_colluders(max_colluders)
         self.node_id = int(node_id)
+        if self.node_id not in directory or directory.public_bytes(self.node_id) != identity_public_bytes(identity):
+            raise ValueError(
+                f"`identity` is not the key the directory holds for client {self.node_id}: pass this client's own "
+                "identity key, or fix the directory."
+            )
         self.round_index = int(round_index)
         self.frac_bits = frac_bits
+        self.max_colluders = int(max_colluders)
+        self.state = SecAggClientState() if state is None else state
+        self.state.check(self.round_index, self.node_id)
+        self._identity = identity
+        self._directory = directory
         self._c_sk, self.c_pk = _new_keypair()
         self._s_sk, self.s_pk = _new_keypair()
         self._b = os.urandom(32)
         self._threshold = 0
-        self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._keys: dict[int, AdvertisedKeys] = {}
         self._b_shares: dict[int, int] = {}
         self._s_shares: dict[int, int] = {}
         self._masked_with: list[int] = []
         self._stage = "advertise"
 
-    def advertise_keys(self) -> tuple[bytes, bytes]:
-        """Round 0: the two public keys `(c_pk, s_pk)`."""
-        return self.c_pk, self.s_pk
+    def advertise_keys(self) -> AdvertisedKeys:
+        """Round 0: the two public keys `(c_pk, s_pk)` and the identity's signature over them, this round and id."""
+        sig = self._identity.sign(_advert_message(self.round_index, self.node_id, self.c_pk, self.s_pk))
+        return AdvertisedKeys(self.c_pk, self.s_pk, sig)
 
-    def share_keys(self, public_keys: Mapping[int, tuple[bytes, bytes]], threshold: int) -> dict[int, bytes]:
-        """Round 1: encrypted Shamir shares of `b` and `s_sk` for every peer in `public_keys` (which includes us)."""
+    def share_keys(self, public_keys: Mapping[int, AdvertisedKeys], threshold: int) -> dict[int, bytes]:
+        """Round 1: encrypted Shamir shares of `b` and `s_sk` for every peer in `public_keys` (which includes us).
+
+        Before sharing anything it verifies every advertisement against the identity directory, checks the
+        colluder bound `2 * threshold > len(public_keys) + max_colluders` and records this round as served; any
+        failure raises [`SecAggAbort`] (a `ValueError`) and nothing secret leaves the client.
+        """
         if self._stage != "advertise":
             raise RuntimeError(f"Client {self.node_id}: share_keys called twice or out of order; aborting.")
-        keys = {int(k): (bytes(v[0]), bytes(v[1])) for k, v in public_keys.items()}
-        if keys.get(self.node_id) != (self.c_pk, self.s_pk):
-            raise ValueError(f"Client {self.node_id}: the broadcast does not hold our own public keys; aborting.")
-        flat = [pk for pair in keys.values() for pk in pair]
+        keys = {}
+        for k, v in public_keys.items():
+            if len(v) != 3:
+                raise SecAggAbort(f"Client {self.node_id}: the keys of client {k} carry no signature; aborting.")
+            keys[int(k)] = AdvertisedKeys(bytes(v[0]), bytes(v[1]), bytes(v[2]))
+        own = keys.get(self.node_id)
+        if own is None or (own.c_pk, own.s_pk) != (self.c_pk, self.s_pk):
+            raise SecAggAbort(f"Client {self.node_id}: the broadcast does not hold our own public keys; aborting.")
+        for v, adv in keys.items():
+            self._directory.verify(v, self.round_index, adv)
+        flat = [pk for adv in keys.values() for pk in (adv.c_pk, adv.s_pk)]
         if len(set(flat)) != len(flat):
-            raise ValueError(f"Client {self.node_id}: repeated public keys in the broadcast; aborting.")
-        if not 2 * threshold > len(keys) or threshold < 2:
-            raise ValueError(
-                f"Threshold {threshold} with {len(keys)} clients lets a server collect both secrets of one client; "
-                "use a threshold above half the clients (and >= 2)."
-            )
+            raise SecAggAbort(f"Client {self.node_id}: repeated public keys in the broadcast; aborting.")
+        try:
+            check_colluder_bound(threshold, len(keys), self.max_colluders)
+        except ValueError as err:
+            raise SecAggAbort(f"Client {self.node_id}: {err}") from None
+        self.state.check(self.round_index, self.node_id)  # another session of ours may have served it meanwhile
+        self.state.last_round = self.round_index
         self._threshold = int(threshold)
         self._keys = keys
         xs = [_point(v) for v in keys]
         b_shares = shamir_split(self._b, threshold, xs)
         s_shares = shamir_split(_private_bytes(self._s_sk), threshold, xs)
         out = {}
-        for v, (c_pk, _) in keys.items():
+        for v, adv in keys.items():
             if v == self.node_id:
                 self._b_shares[v], self._s_shares[v] = b_shares[_point(v)], s_shares[_point(v)]
                 continue
-            out[v] = self._encrypt(v, c_pk, b_shares[_point(v)], s_shares[_point(v)])
+            out[v] = self._encrypt(v, adv.c_pk, b_shares[_point(v)], s_shares[_point(v)])
         self._stage = "shared"
         return out
 
@@ -329,7 +567,7 @@ class ServerView:
     """Everything the server receives in one round (what an attacker controlling the server sees)."""
 
     threshold: int = 0
-    public_keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    public_keys: dict[int, AdvertisedKeys] = field(default_factory=dict)
     ciphertexts: dict[int, dict[int, bytes]] = field(default_factory=dict)
     masked: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     weights: dict[int, float] = field(default_factory=dict)
@@ -387,17 +625,32 @@ def secure_aggregate(
     frac_bits: int = 24,
     drop_before_upload: Sequence[int] = (),
     drop_before_unmask: Sequence[int] = (),
+    *,
+    max_colluders: int = 0,
+    identities: Mapping[int, object] | None = None,
+    directory: IdentityDirectory | None = None,
+    client_states: dict[int, SecAggClientState] | None = None,
 ) -> tuple[dict[str, torch.Tensor], float, ServerView]:
-    """Run one round of the protocol in process between honest clients and an honest-but-curious server.
+    """Run one round of the protocol in process between honest clients and an honest server relaying messages.
 
     Args:
         updates (`Mapping[int, Mapping[str, torch.Tensor]]`): `{node_id: update}` of the clients that start the round.
         weights (`Mapping[int, float]`): public aggregation weights (example counts).
-        threshold (`int`, *optional*): Shamir threshold, default [`default_threshold`]; must exceed half the clients.
-        round_index (`int`, *optional*, defaults to 0): bound into all derived keys.
+        threshold (`int`, *optional*): Shamir threshold, default [`default_threshold`]`(n, max_colluders)`; clients
+            refuse one with `2t <= n + max_colluders`.
+        round_index (`int`, *optional*, defaults to 0): the round id, bound into all signatures and derived keys.
         frac_bits (`int`, *optional*, defaults to 24): fixed-point precision.
         drop_before_upload (`Sequence[int]`): clients that share keys but never upload (their masks are removed).
         drop_before_unmask (`Sequence[int]`): clients that upload but do not answer the unmask request.
+        max_colluders (`int`, *optional*, defaults to 0): clients that may collude with the server (see
+            [`check_colluder_bound`]).
+        identities (`Mapping[int, Ed25519PrivateKey]`, *optional*): each client's long-term identity key.
+        directory ([`IdentityDirectory`], *optional*): the identity public keys. Give both or neither; with neither,
+            fresh identities are provisioned for this call (this function plays every party, so it is also the
+            out-of-band provisioner).
+        client_states (`dict[int, SecAggClientState]`, *optional*): the clients' persistent states, updated in place
+            (missing clients are added; a client refuses a round id it has already served); default: fresh states
+            that remember nothing.
 
     Returns:
         `tuple[dict[str, torch.Tensor], float, ServerView]`: the weighted mean of the uploaded updates (float64), the
@@ -408,8 +661,31 @@ def secure_aggregate(
         raise ValueError("Secure aggregation needs at least 2 clients.")
     if set(weights) != set(updates):
         raise ValueError("`weights` must have one entry per client in `updates`.")
-    t = default_threshold(len(ids)) if threshold is None else int(threshold)
-    clients = {u: SecAggClient(u, round_index, frac_bits) for u in ids}
+    if (identities is None) != (directory is None):
+        raise ValueError("Pass both `identities` and `directory` (or neither, to provision fresh ones).")
+    if identities is None:
+        identities, directory = IdentityDirectory.provision(ids)
+    missing = [u for u in ids if u not in identities]
+    if missing:
+        raise ValueError(f"`identities` has no key for clients {missing}: give every client its identity key.")
+    states: dict[int, SecAggClientState] = {} if client_states is None else client_states
+    if not isinstance(states, dict):
+        raise TypeError("`client_states` must be a dict {client_id: SecAggClientState} (it is updated in place).")
+    for u in ids:
+        states.setdefault(u, SecAggClientState())
+    t = default_threshold(len(ids), max_colluders) if threshold is None else int(threshold)
+    clients = {
+        u: SecAggClient(
+            u,
+            round_index,
+            frac_bits,
+            identity=identities[u],
+            directory=directory,
+            max_colluders=max_colluders,
+            state=states[u],
+        )
+        for u in ids
+    }
     view = ServerView(threshold=t)
     view.public_keys = {u: c.advertise_keys() for u, c in clients.items()}
     for u, c in clients.items():

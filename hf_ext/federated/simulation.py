@@ -21,7 +21,13 @@ from .aggregation import (
     lora_pairs,
 )
 from .privacy import PrivacyAccountant
-from .secure_aggregation import ServerView, default_threshold, secure_aggregate
+from .secure_aggregation import (
+    IdentityDirectory,
+    SecAggClientState,
+    ServerView,
+    default_threshold,
+    secure_aggregate,
+)
 
 STATE_FILE = "global_state.safetensors"
 META_FILE = "federated_state.json"
@@ -74,6 +80,14 @@ class FederatedArguments:
             "up to n - t clients may drop out per round."
         },
     )
+    secure_aggregation_max_colluders: int = field(
+        default=0,
+        metadata={
+            "help": "Secure aggregation: how many clients may collude with a malicious server. Clients refuse a round "
+            "whose threshold t has 2t <= n + max_colluders, and the default threshold becomes (n + c) // 2 + 1 "
+            "(fewer dropouts tolerated)."
+        },
+    )
     secure_aggregation_frac_bits: int = field(
         default=24, metadata={"help": "Fixed-point fractional bits used to encode uploads for secure aggregation."}
     )
@@ -112,14 +126,28 @@ class FederatedArguments:
             raise ValueError(f"--secure_aggregation_threshold must be >= 2, got {self.secure_aggregation_threshold}.")
         if not self.secagg_clipping_range > 0 or not self.secagg_max_weight > 0:
             raise ValueError("--secagg_clipping_range and --secagg_max_weight must be > 0.")
+        c = self.secure_aggregation_max_colluders
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise ValueError(f"--secure_aggregation_max_colluders must be an integer >= 0, got {c!r}.")
 
     def threshold(self, num_clients: int) -> int:
-        """The Shamir threshold for `num_clients` participants, validated (an honest majority)."""
-        t = self.secure_aggregation_threshold or default_threshold(num_clients)
-        if not (2 * t > num_clients and t <= num_clients):
+        """The Shamir threshold for `num_clients` participants, validated: `2t > n + max_colluders` and `t <= n`."""
+        c = self.secure_aggregation_max_colluders
+        if self.secure_aggregation_threshold is None:
+            try:
+                return default_threshold(num_clients, c)
+            except ValueError:
+                raise ValueError(
+                    f"--secure_aggregation_max_colluders {c} is too large for {num_clients} clients (the threshold "
+                    f"would exceed the number of clients): lower it to at most {num_clients - 1} or add clients."
+                ) from None
+        t = self.secure_aggregation_threshold
+        if not (2 * t > num_clients + c and t <= num_clients):
             raise ValueError(
-                f"--secure_aggregation_threshold {t} for {num_clients} clients must be > {num_clients / 2} (else a "
-                f"server can collect both secrets of one client) and <= {num_clients}."
+                f"--secure_aggregation_threshold {t} for {num_clients} clients and --secure_aggregation_max_colluders "
+                f"{c} must be > {(num_clients + c) / 2} (else a malicious server with {c} colluding clients can "
+                f"collect both secrets of one client) and <= {num_clients}: raise the threshold, lower "
+                "--secure_aggregation_max_colluders, or leave the threshold unset for the default (n + c) // 2 + 1."
             )
         return t
 
@@ -442,6 +470,10 @@ class FederatedSimulation:
         self.last_server_view: ServerView | None = None
         if fed_args.secure_aggregation:
             fed_args.threshold(len(client_datasets))
+            # the simulation plays every party, so it also provisions the clients' long-term identities (kept in
+            # memory only: never written to a checkpoint) and keeps each client's round record
+            self._secagg_identities, self.secagg_directory = IdentityDirectory.provision(range(len(client_datasets)))
+            self.secagg_client_states = {c: SecAggClientState() for c in range(len(client_datasets))}
 
     @property
     def num_clients(self) -> int:
@@ -475,6 +507,10 @@ class FederatedSimulation:
                 threshold=self.fed_args.threshold(self.num_clients),
                 round_index=r,
                 frac_bits=self.fed_args.secure_aggregation_frac_bits,
+                max_colluders=self.fed_args.secure_aggregation_max_colluders,
+                identities=self._secagg_identities,
+                directory=self.secagg_directory,
+                client_states=self.secagg_client_states,
             )
             self.global_state = apply_secure_mean(
                 self.global_state, mean, weights, self.fed_args, r, self.training_args.seed
@@ -524,6 +560,8 @@ class FederatedSimulation:
             "accountants": [a.state_dict() for a in self.accountants],
             "mode": self.fed_args.mode,
         }
+        if self.fed_args.secure_aggregation:
+            meta["secagg_client_states"] = [self.secagg_client_states[c].to_dict() for c in range(self.num_clients)]
         with open(os.path.join(path, META_FILE), "w") as fh:
             json.dump(meta, fh, indent=2, default=float)
 
@@ -553,3 +591,7 @@ class FederatedSimulation:
         self.history = meta["history"]
         for acc, st in zip(self.accountants, meta["accountants"]):
             acc.load_state_dict(st)
+        if self.fed_args.secure_aggregation and "secagg_client_states" in meta:
+            self.secagg_client_states = {
+                c: SecAggClientState.from_dict(d) for c, d in enumerate(meta["secagg_client_states"])
+            }

@@ -17,11 +17,21 @@ from flwr.supercore.task_identity import TaskIdentity
 class InProcessGrid(Grid):
     """Delivers messages to `client_app` for `num_nodes` nodes (ids 1..n, partition ids 0..n-1) in order.
 
-    `fail_nodes` lists node ids whose training messages are answered with an error (a client that drops out).
+    `fail_nodes` lists node ids whose training messages are answered with an error (a client that drops out). With
+    `errors_as_replies`, an exception raised by the `ClientApp` becomes an error reply, as a SuperNode sends it.
     """
 
-    def __init__(self, client_app, num_nodes: int, fail_nodes: Iterable[int] = (), run_config: dict | None = None):
+    def __init__(
+        self,
+        client_app,
+        num_nodes: int,
+        fail_nodes: Iterable[int] = (),
+        run_config: dict | None = None,
+        errors_as_replies: bool = False,
+    ):
         self.client_app = client_app
+        self.errors_as_replies = errors_as_replies
+        self.client_errors: list[tuple[int, str]] = []  # (node id, exception text) when errors_as_replies
         self.node_ids = list(range(1, num_nodes + 1))
         self.fail_nodes = set(fail_nodes)
         self.contexts = {
@@ -79,6 +89,11 @@ class InProcessGrid(Grid):
             try:
                 # deliver a copy, as the wire would: the SecAgg+ mod edits the content it receives in place
                 replies.append(self.client_app(copy.deepcopy(msg), self.contexts[node]))
+            except Exception as err:
+                if not self.errors_as_replies:
+                    raise
+                self.client_errors.append((node, str(err)))
+                replies.append(Message(Error(code=0, reason=str(err)), reply_to=msg))
             finally:
                 TaskIdentity.node_id = 0
         self.received.extend(replies)

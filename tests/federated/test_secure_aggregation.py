@@ -9,6 +9,8 @@ import torch
 
 from hf_ext.federated import (
     FederatedArguments,
+    IdentityDirectory,
+    SecAggAbort,
     SecAggClient,
     decode,
     fedavg,
@@ -117,9 +119,16 @@ def test_dropouts_below_the_threshold_are_survived(stage):
         secure_aggregate(ups, weights, drop_before_upload=[0, 1, 2])
 
 
+def _clients(ids, round_index=0, directory_ids=None, **kwargs):
+    """Honest clients with identities provisioned out of band (the directory may list more clients than `ids`)."""
+    identities, directory = IdentityDirectory.provision(directory_ids or ids)
+    clients = {u: SecAggClient(u, round_index, identity=identities[u], directory=directory, **kwargs) for u in ids}
+    return clients, identities, directory
+
+
 def _run_to_upload(ids, round_index=0):
     ups = _updates(ids, size=2000)
-    clients = {u: SecAggClient(u, round_index) for u in ids}
+    clients, _, _ = _clients(ids, round_index)
     keys = {u: c.advertise_keys() for u, c in clients.items()}
     t = len(ids) // 2 + 1
     cts = {u: c.share_keys(keys, t) for u, c in clients.items()}
@@ -162,9 +171,10 @@ def test_clients_refuse_inconsistent_or_too_small_unmask_requests():
     b0 = {_point(u): clients[u].unmask([0, 1, 2, 3, 4], [])[0][1] for u in (0, 1)}
     s0 = {_point(u): clients[u].unmask([1, 2, 3, 4], [0])[0][1] for u in (2, 3, 4)}
     assert len(b0) < 3 <= len(s0)  # t = 3: the self mask of 0 stays hidden
-    with pytest.raises(ValueError, match="above half"):
-        newcomer = SecAggClient(9)
-        newcomer.share_keys({**keys, 9: newcomer.advertise_keys()}, 2)  # 6 clients: t = 2 is not a majority
+    fresh, _, _ = _clients([0, 1, 2, 3, 4, 5])
+    fresh_keys = {u: c.advertise_keys() for u, c in fresh.items()}
+    with pytest.raises(SecAggAbort, match="threshold=2 with 6 clients and max_colluders=0"):
+        fresh[0].share_keys(fresh_keys, 2)  # 6 clients: t = 2 is not a majority
 
 
 def test_server_cannot_finish_without_enough_unmask_shares():

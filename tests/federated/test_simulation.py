@@ -160,6 +160,14 @@ def test_secure_aggregation_round_equals_plain_and_hides_each_update(small_token
     assert any(not torch.equal(start[k], plain.global_state[k]) for k in start)
     view = secure.last_server_view
     assert sorted(view.masked) == [0, 1, 2] and view.threshold == 2
+    # every client signed its keys with its identity and recorded the round it served (kept with the checkpoint)
+    for u in range(3):
+        secure.secagg_directory.verify(u, 1, view.public_keys[u])
+    assert [secure.secagg_client_states[u].last_round for u in range(3)] == [1, 1, 1]
+    secure.save_state(str(training_args.output_dir) + "/sim-state")
+    secure.secagg_client_states = {}
+    secure.load_state(str(training_args.output_dir) + "/sim-state")
+    assert [secure.secagg_client_states[u].last_round for u in range(3)] == [1, 1, 1]
     keys = sorted(k for k in start if "lora_B" in k)  # A is not trained in one step from B = 0
     mean_delta = torch.cat([(plain.global_state[k] - start[k]).double().flatten() for k in keys])
     assert float(mean_delta.abs().max()) > 0
