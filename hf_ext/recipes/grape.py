@@ -4,18 +4,26 @@ Run as `python scripts/grape.py`, `accelerate launch scripts/grape.py` or `hf-ex
 sources are the embedded corpus domains and two target tasks are built from its held-out split; a tiny Llama is
 trained from its config. Prints the final domain and task weights, writes `mixture.json` (train a fresh model on it
 with `--reweight_method fixed --mixture_file <output_dir>/mixture.json`), `mixture_weights.png` and per-target losses.
+
+`--compare_methods grape,uniform,doge,doremi` trains one model per method (same initialisation, data and budget) in
+`<output_dir>/<method>/` and compares them; `--eval_tasks hf_ext_domain,hf_ext_cloze` adds target-task accuracy from
+lm-evaluation-harness, with the packaged tasks restricted to each target's domains. Both write `target_eval.json` and
+the Markdown table `target_eval.md` (one row per trained method).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
-from ..grape.configuration_grape import GrapeConfig
+from ..grape.configuration_grape import REWEIGHT_METHODS, GrapeConfig
 from ..utils.io import atomic_open
 
 DEFAULT_TARGETS = "io_network=networking+filesystem,language_numeric=language+numeric+datatypes"
+#: lm-eval metrics shown in the Markdown table (every metric is in `target_eval.json`).
+TABLE_METRICS = ("acc", "acc_norm", "exact_match")
 
 
 @dataclass
@@ -61,6 +69,31 @@ class GrapeModelArguments:
 
 
 @dataclass
+class GrapeEvalArguments:
+    compare_methods: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated mixture methods to train and compare, e.g. 'grape,uniform,doge,doremi': one model "
+            "per method from the same initialisation, data and step budget, each in <output_dir>/<method>/ "
+            "(doremi uses the uniform model as its reference unless --reference_model_name_or_path is given). "
+            "Default: train --reweight_method only."
+        },
+    )
+    eval_tasks: str | None = field(
+        default=None,
+        metadata={
+            "help": "lm-evaluation-harness tasks to score every trained model on (needs the eval extra), e.g. "
+            "hf_ext_domain,hf_ext_cloze (packaged, offline). With embedded-corpus targets the packaged tasks are "
+            "also scored on each target's domains only (target-task accuracy); other tasks run on all items."
+        },
+    )
+    eval_limit: int | None = field(
+        default=None, metadata={"help": "Score at most this many items per task and target."}
+    )
+    eval_num_fewshot: int = field(default=0, metadata={"help": "Few-shot examples per lm-eval prompt."})
+
+
+@dataclass
 class GrapeRecipeConfig(GrapeConfig):
     output_dir: str = field(default="outputs/grape", metadata={"help": "Where checkpoints and outputs go."})
     max_steps: int = field(default=200, metadata={"help": "Optimizer steps."})
@@ -99,11 +132,93 @@ def _parse_pairs(text: str, arg: str) -> dict[str, str]:
     return out
 
 
-def validate_args(data_args: GrapeDataArguments, model_args: GrapeModelArguments, args: GrapeRecipeConfig) -> None:
+def _methods(eval_args: GrapeEvalArguments | None, args: GrapeRecipeConfig) -> list[str]:
+    """The methods a run trains, in training order (uniform before doremi, which may use it as reference)."""
+    if eval_args is None or eval_args.compare_methods is None:
+        return [args.reweight_method]
+    methods = [m.strip() for m in eval_args.compare_methods.split(",")]
+    return sorted(methods, key=lambda m: m == "doremi")
+
+
+def _eval_task_list(eval_args: GrapeEvalArguments | None) -> list[str]:
+    if eval_args is None or eval_args.eval_tasks is None:
+        return []
+    return [t.strip() for t in eval_args.eval_tasks.split(",")]
+
+
+def _validate_eval_args(eval_args: GrapeEvalArguments, args: GrapeRecipeConfig) -> None:
+    if eval_args.compare_methods is not None:
+        methods = [m.strip() for m in eval_args.compare_methods.split(",")]
+        if not all(methods):
+            raise ValueError(
+                f"--compare_methods must be comma-separated method names, e.g. grape,uniform,doge; got "
+                f"{eval_args.compare_methods!r}."
+            )
+        unknown = [m for m in methods if m not in REWEIGHT_METHODS]
+        if unknown:
+            raise ValueError(f"--compare_methods has unknown methods {unknown}; use some of {list(REWEIGHT_METHODS)}.")
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"--compare_methods lists a method twice: {eval_args.compare_methods!r}.")
+        if "doremi" in methods and "uniform" not in methods and not args.reference_model_name_or_path:
+            raise ValueError(
+                "--compare_methods with doremi needs a reference model: add uniform to the list (its model becomes "
+                "the reference) or pass --reference_model_name_or_path."
+            )
+        if "fixed" in methods and not args.mixture_file:
+            raise ValueError("--compare_methods with fixed needs --mixture_file (the weights to hold fixed).")
+        if args.resume_from_checkpoint:
+            raise ValueError(
+                "--resume_from_checkpoint is not supported with --compare_methods; resume one method with "
+                "--reweight_method <m> --output_dir <output_dir>/<m>."
+            )
+    if eval_args.eval_limit is not None and eval_args.eval_limit < 1:
+        raise ValueError(f"--eval_limit must be >= 1 (items per task), got {eval_args.eval_limit}.")
+    if eval_args.eval_num_fewshot < 0:
+        raise ValueError(f"--eval_num_fewshot must be >= 0, got {eval_args.eval_num_fewshot}.")
+    if eval_args.eval_tasks is None:
+        return
+    tasks = _eval_task_list(eval_args)
+    if not all(tasks):
+        raise ValueError(
+            f"--eval_tasks must be comma-separated lm-eval task names, e.g. hf_ext_domain,hf_ext_cloze; got "
+            f"{eval_args.eval_tasks!r}."
+        )
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError as err:
+        raise ValueError("--eval_tasks needs lm-evaluation-harness: pip install 'hf_ext[eval]'.") from err
+    from ..evaluation.harness import task_manager
+
+    packaged = set(task_manager(include_defaults=False).all_tasks)
+    unknown = [t for t in tasks if t not in packaged and t.startswith("hf_ext")]
+    if unknown:
+        raise ValueError(
+            f"--eval_tasks names unknown packaged tasks {unknown}; the packaged ones are {sorted(packaged)}."
+        )
+    others = [t for t in tasks if t not in packaged]
+    if others:  # indexing lm-eval's own task configs takes a few seconds, so only when they are asked for
+        known = set(task_manager(include_defaults=True).all_tasks)
+        unknown = [t for t in others if t not in known]
+        if unknown:
+            raise ValueError(
+                f"--eval_tasks names tasks lm-eval does not know: {unknown}; see `lm_eval ls tasks` or use the "
+                f"packaged {sorted(packaged)}."
+            )
+
+
+def validate_args(
+    data_args: GrapeDataArguments,
+    model_args: GrapeModelArguments,
+    args: GrapeRecipeConfig,
+    eval_args: GrapeEvalArguments | None = None,
+) -> None:
     """Check arguments before anything is loaded or written."""
     from ..data import corpus_domains
     from ..data.loading import hub_offline
     from ..utils.io import ensure_writable_dir
+
+    if eval_args is not None:
+        _validate_eval_args(eval_args, args)
 
     if data_args.train_file and data_args.dataset_name:
         raise ValueError("Pass either --train_file or --dataset_name, not both.")
@@ -121,7 +236,7 @@ def validate_args(data_args: GrapeDataArguments, model_args: GrapeModelArguments
             if not os.path.isfile(path):
                 raise ValueError(f"--target_files: file {path!r} for task {name!r} does not exist.")
     elif data_args.train_file or data_args.dataset_name:
-        needs = args.reweight_method in ("grape", "grape_ema", "grape_gap", "doge")
+        needs = set(_methods(eval_args, args)) & {"grape", "grape_ema", "grape_gap", "doge"}
         if needs:
             raise ValueError("With your own sources, pass --target_files name=path,... for the target tasks.")
     else:
@@ -188,16 +303,25 @@ def build_data(data_args: GrapeDataArguments, args: GrapeRecipeConfig):
     return sources, targets
 
 
-def run(data_args: GrapeDataArguments, model_args: GrapeModelArguments, args: GrapeRecipeConfig) -> dict:
-    """Train with the chosen mixture method; print and save the final weights and per-target losses."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
+def run(
+    data_args: GrapeDataArguments,
+    model_args: GrapeModelArguments,
+    args: GrapeRecipeConfig,
+    eval_args: GrapeEvalArguments | None = None,
+) -> dict:
+    """Train with the chosen mixture method(s); print and save the final weights and per-target losses.
+
+    Returns the metrics of the run (one method), or with `--compare_methods` `{"methods": {method: metrics}, ...}`.
+    With `--eval_tasks` each method's metrics hold `target_tasks` (lm-eval scores per target and on all items).
+    """
+    import dataclasses
+
+    from transformers import AutoTokenizer, set_seed
 
     from ..data import build_tokenizer
-    from ..grape import GrapeTrainer
     from ..grape.data import prepare_target
-    from ..utils.evaluation import causal_lm_eval_loss
 
-    validate_args(data_args, model_args, args)
+    validate_args(data_args, model_args, args, eval_args)
     set_seed(args.seed)
     if data_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
@@ -219,6 +343,62 @@ def run(data_args: GrapeDataArguments, model_args: GrapeModelArguments, args: Gr
             split = blocks.train_test_split(test_size=n_eval, seed=args.seed, shuffle=True)
             reweight_targets[name], eval_targets[name] = split["train"], split["test"]
 
+    comparing = eval_args is not None and eval_args.compare_methods is not None
+    tasks = _eval_task_list(eval_args)
+    results = {}
+    for method in _methods(eval_args, args):
+        sub = args
+        if comparing:
+            reference = args.reference_model_name_or_path
+            if method == "doremi" and not reference:
+                reference = os.path.join(args.output_dir, "uniform")
+            sub = dataclasses.replace(
+                args,
+                reweight_method=method,
+                output_dir=os.path.join(args.output_dir, method),
+                reference_model_name_or_path=reference,
+            )
+        results[method] = _train_one(sub, model_args, tokenizer, sources, reweight_targets, eval_targets)
+    if not (comparing or tasks):
+        return results[args.reweight_method]
+
+    if args.process_index == 0:
+        target_domains = None
+        if not (data_args.target_files or data_args.train_file or data_args.dataset_name):
+            target_domains = {
+                name: domains.split("+")
+                for name, domains in _parse_pairs(data_args.target_domains, "--target_domains").items()
+            }
+        for method, metrics in results.items():
+            if tasks:
+                folder = args.output_dir if not comparing else os.path.join(args.output_dir, method)
+                metrics["target_tasks"] = evaluate_target_tasks(
+                    folder,
+                    tasks,
+                    target_domains,
+                    limit=eval_args.eval_limit,
+                    num_fewshot=eval_args.eval_num_fewshot,
+                    batch_size=args.per_device_eval_batch_size,
+                    seed=args.seed,
+                )
+                with atomic_open(os.path.join(folder, "grape_results.json"), "w") as fh:
+                    json.dump(metrics, fh, indent=2)
+        _write_comparison(results, list(eval_targets), tasks, args.output_dir)
+    if not comparing:
+        return results[args.reweight_method]
+    return {"methods": results, "table": os.path.join(args.output_dir, "target_eval.md")}
+
+
+def _train_one(
+    args: GrapeRecipeConfig, model_args: GrapeModelArguments, tokenizer, sources, reweight_targets, eval_targets
+):
+    """Train one model with `args.reweight_method`, save it to `args.output_dir` and return its metrics."""
+    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
+
+    from ..grape import GrapeTrainer
+    from ..utils.evaluation import causal_lm_eval_loss
+
+    set_seed(args.seed)  # the same initialisation for every method of a comparison
     if model_args.model_name_or_path:
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
     else:
@@ -264,7 +444,9 @@ def run(data_args: GrapeDataArguments, model_args: GrapeModelArguments, args: Gr
         }
         if metrics["target_eval_loss"]:
             losses = list(metrics["target_eval_loss"].values())
+            metrics["target_eval_perplexity"] = {n: math.exp(v) for n, v in metrics["target_eval_loss"].items()}
             metrics["mean_target_eval_loss"] = sum(losses) / len(losses)
+            metrics["worst_target_eval_loss"] = max(losses)
         with atomic_open(os.path.join(args.output_dir, "grape_results.json"), "w") as fh:
             json.dump(metrics, fh, indent=2)
         print(f"method: {args.reweight_method}  ({st.domain_updates} domain / {st.task_updates} task updates)")
@@ -283,11 +465,160 @@ def run(data_args: GrapeDataArguments, model_args: GrapeModelArguments, args: Gr
     return metrics
 
 
+def evaluate_target_tasks(
+    model,
+    tasks: list[str],
+    target_domains: dict[str, list[str]] | None,
+    limit: int | None = None,
+    num_fewshot: int = 0,
+    batch_size: int = 8,
+    seed: int = 0,
+    tokenizer=None,
+) -> dict:
+    """lm-eval scores of one trained model: on all items (`"all"`) and, for the packaged tasks, per target.
+
+    Args:
+        model: A `save_pretrained` folder (as a user runs `lm_eval --model hf`) or a model object with `tokenizer`.
+        tasks (`list[str]`): lm-eval task names or tags.
+        target_domains (`dict[str, list[str]]`, *optional*): Target name -> embedded-corpus domains. The packaged
+            tasks (`hf_ext_domain`, `hf_ext_cloze`, ...) are then also scored on the test items of those domains only
+            (lm-eval metadata `domains`); other tasks and `target_domains=None` give `"all"` only.
+
+    Returns:
+        `dict`: `{scope: {task: {metric: value, f"{metric}_stderr": stderr, "n": items}}}`, scope `"all"` or a target.
+    """
+    from ..evaluation.harness import evaluate_model, results_rows, task_manager
+
+    packaged = set(task_manager(include_defaults=False).all_tasks)
+    scopes: dict[str, tuple[list[str], dict | None]] = {"all": (tasks, None)}
+    restricted = [t for t in tasks if t in packaged]
+    for name, domains in (target_domains or {}).items():
+        if restricted:
+            scopes[name] = (restricted, {"domains": "+".join(domains)})
+    out = {}
+    for scope, (scope_tasks, metadata) in scopes.items():
+        res = evaluate_model(
+            model,
+            tokenizer,
+            tasks=scope_tasks,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            batch_size=batch_size,
+            seed=seed,
+            metadata=metadata,
+        )
+        table: dict[str, dict] = {}
+        for row in results_rows(res):
+            entry = table.setdefault(row["task"], {"n": row["n"]})
+            entry[row["metric"]] = row["value"]
+            entry[f"{row['metric']}_stderr"] = row["stderr"]
+        out[scope] = table
+    return out
+
+
+def _fmt(value, stderr=None) -> str:
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return "–"
+    if isinstance(stderr, int | float) and math.isfinite(stderr):
+        return f"{value:.3f} ± {stderr:.3f}"
+    return f"{value:.3f}"
+
+
+def comparison_table(results: dict[str, dict], targets: list[str]) -> str:
+    """Markdown table, one row per method: held-out target loss and perplexity, then lm-eval accuracies per target."""
+    head = ["method"]
+    head += [f"loss {t}" for t in targets] + [f"ppl {t}" for t in targets]
+    if targets:
+        head += ["mean loss", "worst loss"]
+    columns = []  # (scope, task, metric)
+    for metrics in results.values():
+        for scope, per_task in (metrics.get("target_tasks") or {}).items():
+            for task, values in per_task.items():
+                for metric in TABLE_METRICS:
+                    if metric in values and (scope, task, metric) not in columns:
+                        columns.append((scope, task, metric))
+    order = {s: i for i, s in enumerate([*targets, "all"])}
+    columns.sort(key=lambda c: (c[1], TABLE_METRICS.index(c[2]), order.get(c[0], len(order))))
+    head += [f"{task} {metric} ({scope})" for scope, task, metric in columns]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for method, m in results.items():
+        losses = m.get("target_eval_loss") or {}
+        cells = [method] + [_fmt(losses.get(t)) for t in targets]
+        cells += [_fmt(math.exp(losses[t])) if t in losses else "–" for t in targets]
+        if targets:
+            cells += [_fmt(m.get("mean_target_eval_loss")), _fmt(m.get("worst_target_eval_loss"))]
+        for scope, task, metric in columns:
+            values = ((m.get("target_tasks") or {}).get(scope) or {}).get(task) or {}
+            cells.append(_fmt(values.get(metric), values.get(f"{metric}_stderr")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_comparison(results: dict[str, dict], targets: list[str], tasks: list[str], output_dir: str) -> None:
+    """`target_eval.json` and `target_eval.md` (written first), then `target_eval.png`."""
+    from ..utils.io import atomic_write_json, atomic_write_text
+
+    table = comparison_table(results, targets)
+    note = (
+        "Held-out next-token loss on each target's evaluation blocks (lower is better); lm-eval scores as value ± "
+        "stderr, `(target)` = the task's test items from that target's domains only, `(all)` = every item."
+    )
+    atomic_write_json(
+        os.path.join(output_dir, "target_eval.json"),
+        {"methods": results, "targets": targets, "eval_tasks": tasks, "table_metrics": list(TABLE_METRICS)},
+    )
+    atomic_write_text(os.path.join(output_dir, "target_eval.md"), f"{table}\n\n{note}\n")
+    print("\nTarget comparison:\n" + table)
+    print(f"table: {os.path.join(output_dir, 'target_eval.md')}")
+    if len(results) > 1 and targets:
+        _plot_comparison(results, targets, os.path.join(output_dir, "target_eval.png"))
+
+
+def _plot_comparison(results: dict[str, dict], targets: list[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..utils.io import atomic_savefig
+
+    methods = list(results)
+    accs = []  # (label, {method: value}) for the first table metric of each packaged task, per target
+    for task in sorted({t for m in results.values() for s in (m.get("target_tasks") or {}).values() for t in s}):
+        for target in targets:
+            vals = {
+                m: (((results[m].get("target_tasks") or {}).get(target) or {}).get(task) or {}).get("acc")
+                for m in methods
+            }
+            if any(isinstance(v, float) for v in vals.values()):
+                accs.append((f"{task} acc\n({target})", vals))
+    panels = [
+        ("held-out target loss", {t: {m: results[m]["target_eval_loss"].get(t) for m in methods} for t in targets})
+    ]
+    if accs:
+        panels.append(("target-task accuracy", dict(accs)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 1, 3.5), squeeze=False)
+    width = 0.8 / len(methods)
+    for ax, (title, groups) in zip(axes[0], panels):
+        labels = list(groups)
+        for i, method in enumerate(methods):
+            ys = [groups[g].get(method) or 0.0 for g in labels]
+            ax.bar([j + i * width for j in range(len(labels))], ys, width, label=method)
+        ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(labels))], labels, fontsize=8)
+        ax.set_title(title)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict:
     from ._common import finish, parse_recipe_args
 
-    data_args, model_args, args = parse_recipe_args((GrapeDataArguments, GrapeModelArguments, GrapeRecipeConfig), argv)
-    return finish(run(data_args, model_args, args))
+    data_args, model_args, args, eval_args = parse_recipe_args(
+        (GrapeDataArguments, GrapeModelArguments, GrapeRecipeConfig, GrapeEvalArguments), argv
+    )
+    return finish(run(data_args, model_args, args, eval_args))
 
 
 if __name__ == "__main__":
