@@ -6,7 +6,8 @@ from the train split:
 * `hf_ext_domain` (multiple choice, log-likelihood): which of the 9 documentation domains a passage comes from.
 * `hf_ext_cloze` (LAMBADA-style next word): a passage cut before a word; the model scores the word.
   `hf_ext_cloze_url` is the same items with the document's URL host in front (`"URL: <host>\n\n"`, MeCo's format),
-  for comparing metadata-conditioned models with and without the URL at inference.
+  for comparing metadata-conditioned models with and without the URL at inference. Each cloze item also keeps its
+  document's full `url`, so a recipe can build the prompt prefix in the format its model was trained with.
 
 The files ship with the package (`hf_ext/evaluation/tasks/data/*.jsonl`), so every user evaluates on the same items;
 `python -m hf_ext.evaluation.task_data` rebuilds them (the embedded corpus is read from the interpreter's standard
@@ -91,6 +92,7 @@ def _cloze_item(record: dict, passage: str, k: int) -> dict | None:
         "context": passage[: m.start()],
         "target": " " + m.group(1),
         "host": urlsplit(record["url"]).netloc,  # for the URL-conditioned variant (metadata conditioning)
+        "url": record["url"],  # the full URL, for prompts in a metadata-conditioned model's own format
     }
 
 

@@ -67,6 +67,17 @@ class LayerParallelSweepArguments:
     finetune: bool = field(
         default=True, metadata={"help": "Fine-tune the paired layers only (everything else frozen) after converting."}
     )
+    eval_tasks: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also run these comma-separated lm-evaluation-harness tasks on the source and on every paired "
+            "range of the sweep (e.g. hf_ext_domain,hf_ext_cloze: the packaged offline tasks; needs the eval extra): "
+            "task score and retention next to perplexity, the paper's retention curve. Default: off."
+        },
+    )
+    eval_metric: str = field(default="acc", metadata={"help": "lm-eval metric reported and used for the retention."})
+    eval_fewshot: int = field(default=0, metadata={"help": "Few-shot examples per lm-eval prompt."})
+    eval_limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many items per task."})
 
 
 @dataclass
@@ -124,6 +135,16 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
     if sweep_args.skip_sweep and sweep_args.lp_start is None:
         raise ValueError("--skip_sweep needs an explicit range: add --lp_start and --lp_end.")
     parse_pair_counts(sweep_args.pair_counts)
+    if sweep_args.eval_tasks is not None:
+        from ..evaluation.prompting import check_eval_tasks
+
+        if sweep_args.skip_sweep:
+            raise ValueError("--eval_tasks evaluates the ranges of the sweep; drop --skip_sweep or --eval_tasks.")
+        if sweep_args.eval_fewshot < 0:
+            raise ValueError(f"--eval_fewshot must be >= 0, got {sweep_args.eval_fewshot}.")
+        if sweep_args.eval_limit is not None and sweep_args.eval_limit < 1:
+            raise ValueError(f"--eval_limit must be >= 1 (items per task), got {sweep_args.eval_limit}.")
+        check_eval_tasks(sweep_args.eval_tasks, "--eval_tasks", metric=sweep_args.eval_metric)
     if model_args.model_name_or_path is None:
         if model_args.num_hidden_layers < 2:
             raise ValueError(f"--num_hidden_layers must be >= 2 to pair layers, got {model_args.num_hidden_layers}.")
@@ -141,6 +162,39 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
     if sweep_args.finetune and training_args.max_steps < 1:
         raise ValueError("--max_steps (fine-tuning steps) must be >= 1 with --finetune; or pass --finetune false.")
     ensure_writable_dir(training_args.output_dir, "--output_dir")
+
+
+def _task_eval(sweep_args, tokenizer, batch_size: int):
+    """lm-eval on one model of the sweep: `{"task_scores": {task: score}}` (the metric of `--eval_metric`)."""
+    from ..evaluation import evaluate_model, task_scores
+
+    tasks = [t.strip() for t in sweep_args.eval_tasks.split(",")]
+
+    def evaluate(model) -> dict:
+        res = evaluate_model(
+            model, tokenizer, tasks=tasks, num_fewshot=sweep_args.eval_fewshot, limit=sweep_args.eval_limit,
+            batch_size=batch_size,
+        )  # fmt: skip
+        return {"task_scores": task_scores(res, sweep_args.eval_metric)}
+
+    return evaluate
+
+
+def _add_retention(rows: list[dict], metric: str) -> None:
+    """Add `task_retention` (`{task: percent of the source's score kept}`) and `retention` (their mean) to every row
+    (the source row: 100). A task the source scores 0 on has no retention (`None`, left out of the mean); `retention`
+    is `None` when no task has one. Lower-is-better metrics (perplexities) use source / paired."""
+    base = rows[0]["task_scores"]
+    lower = metric in ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+    for row in rows:
+        per_task = {}
+        for task, ref in base.items():
+            value = row["task_scores"][task]
+            num, den = (ref, value) if lower else (value, ref)
+            per_task[task] = 100.0 * num / den if den > 0 else None
+        defined = [v for v in per_task.values() if v is not None]
+        row["task_retention"] = per_task
+        row["retention"] = sum(defined) / len(defined) if defined else None
 
 
 def _pretrain_small_llama(model_args, tokenizer, train_ds, training_args, block_size: int):
@@ -243,12 +297,20 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
     rows, chosen = None, None
     if not sweep_args.skip_sweep:
         ranges = pairing_ranges(num_layers, parse_pair_counts(sweep_args.pair_counts), sweep_args.sweep_stride)
+        task_eval = _task_eval(sweep_args, tokenizer, bs) if sweep_args.eval_tasks else None
         rows = perplexity_sweep(
-            source, eval_ds, ranges, mode=sweep_args.lp_mode, mlp_norm=sweep_args.lp_mlp_norm, batch_size=bs
-        )
+            source, eval_ds, ranges, mode=sweep_args.lp_mode, mlp_norm=sweep_args.lp_mlp_norm, batch_size=bs,
+            extra_eval=task_eval,
+        )  # fmt: skip
+        if task_eval is not None:
+            _add_retention(rows, sweep_args.eval_metric)
+            results["eval_tasks"] = {
+                "tasks": list(rows[0]["task_scores"]), "metric": sweep_args.eval_metric,
+                "num_fewshot": sweep_args.eval_fewshot, "limit": sweep_args.eval_limit,
+            }  # fmt: skip
         chosen = choose_range(rows, sweep_args.max_ppl_increase)
-        paths = save_sweep(rows, training_args.output_dir, chosen)
-        print(format_sweep_table(rows, chosen))
+        paths = save_sweep(rows, training_args.output_dir, chosen, task_metric=sweep_args.eval_metric)
+        print(format_sweep_table(rows, chosen, task_metric=sweep_args.eval_metric))
         print(f"sweep written to {paths['md']} and {paths['png']}")
         results["sweep"] = rows
     if sweep_args.lp_start is not None:

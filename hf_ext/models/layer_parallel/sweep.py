@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -77,6 +76,7 @@ def perplexity_sweep(
     mlp_norm: str = "per_layer",
     batch_size: int = 16,
     progress: bool = True,
+    extra_eval=None,
 ) -> list[dict]:
     """Convert `model` with every range and measure perplexity; the first row is the unpaired source model.
 
@@ -88,10 +88,13 @@ def perplexity_sweep(
         mode, mlp_norm (`str`): As in [`convert_to_layer_parallel`].
         batch_size (`int`, *optional*, defaults to 16): Evaluation batch size.
         progress (`bool`, *optional*, defaults to `True`): Show a tqdm bar.
+        extra_eval (`Callable[[model], dict]`, *optional*): Called on the source and on every converted model (the
+            same object the perplexity was measured on, so each range is converted once); its dict is merged into
+            the row (e.g. lm-eval task scores, see the layer_parallel recipe's `--eval_tasks`).
 
     Returns:
         `list[dict]`: rows with `start`, `end`, `pairs`, `effective_depth`, `loss`, `perplexity`, `accuracy` and
-        `ppl_ratio` (perplexity / source perplexity).
+        `ppl_ratio` (perplexity / source perplexity), plus what `extra_eval` returned.
     """
     from tqdm.auto import tqdm
 
@@ -105,8 +108,12 @@ def perplexity_sweep(
     ranges = pairing_ranges(num_layers) if ranges is None else [tuple(r) for r in ranges]
     for start, end in ranges:  # validate every range before evaluating anything
         resolve_pairs(num_layers, start, end)
+    if extra_eval is not None and not callable(extra_eval):
+        raise TypeError(f"extra_eval must be a callable model -> dict or None, got {type(extra_eval)}.")
     base = evaluate_causal_lm(model, eval_dataset, batch_size)
     rows = [dict(start=0, end=0, pairs=0, effective_depth=num_layers, **base, ppl_ratio=1.0)]
+    if extra_eval is not None:
+        rows[0].update(extra_eval(model))
     for start, end in tqdm(ranges, desc="layer-pairing sweep", disable=not progress):
         lp = convert_to_layer_parallel(model, start, end, mode=mode, merge=True, mlp_norm=mlp_norm)
         metrics = evaluate_causal_lm(lp, eval_dataset, batch_size)
@@ -120,6 +127,8 @@ def perplexity_sweep(
                 ppl_ratio=metrics["perplexity"] / base["perplexity"],
             )
         )
+        if extra_eval is not None:
+            rows[-1].update(extra_eval(lp))
         del lp
     return rows
 
@@ -137,31 +146,53 @@ def choose_range(rows: list[dict], max_ppl_increase: float) -> dict | None:
     return min(fitting, key=lambda r: (-r["pairs"], r["perplexity"]))
 
 
-def format_sweep_table(rows: list[dict], chosen: dict | None = None) -> str:
-    """Markdown table of the sweep rows (the chosen row marked with `*`)."""
-    lines = [
-        "| pairs | range | effective depth | perplexity | x source | token acc. |",
-        "|---:|---|---:|---:|---:|---:|",
-    ]
+def format_sweep_table(rows: list[dict], chosen: dict | None = None, task_metric: str = "acc") -> str:
+    """Markdown table of the sweep rows (the chosen row marked with `*`).
+
+    Rows with `task_scores` (`{task: score}`, lm-eval) and `retention` (percent of the source's score, mean over the
+    tasks) get one `<task> <task_metric>` column per task and a `retention %` column next to the perplexity.
+    """
+    tasks = list(rows[0].get("task_scores") or {}) if rows else []
+    head = "| pairs | range | effective depth | perplexity | x source | token acc. |"
+    rule = "|---:|---|---:|---:|---:|---:|"
+    if tasks:
+        head += "".join(f" {t} {task_metric} |" for t in tasks) + " retention % |"
+        rule += "---:|" * (len(tasks) + 1)
+    lines = [head, rule]
     for r in rows:
         mark = " *" if chosen is not None and r is chosen else ""
         rng = "-" if r["pairs"] == 0 else f"[{r['start']}, {r['end']})"
-        lines.append(
+        line = (
             f"| {r['pairs']} | {rng}{mark} | {r['effective_depth']} | {r['perplexity']:.3f} | "
             f"{r['ppl_ratio']:.3f} | {r['accuracy']:.4f} |"
         )
+        if tasks:
+            line += "".join(f" {r['task_scores'][t]:.4f} |" for t in tasks)
+            ret = r.get("retention")
+            line += f" {ret:.1f} |" if isinstance(ret, float) and math.isfinite(ret) else " n/a |"
+        lines.append(line)
     return "\n".join(lines)
 
 
-def plot_sweep(rows: list[dict], path: str, title: str = "Layer pairing: perplexity sweep") -> str:
-    """PNG with perplexity against the start of the range, one line per number of pairs (source as a dashed line)."""
+def plot_sweep(
+    rows: list[dict], path: str, title: str = "Layer pairing: perplexity sweep", task_metric: str = "acc"
+) -> str:
+    """PNG with perplexity against the start of the range, one line per number of pairs (source as a dashed line).
+
+    With task scores in the rows (`task_scores`, `retention`) a third panel draws the retention curve: the task
+    score retained (percent of the source's) against the number of pairs, at the best- and worst-perplexity position.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ...utils.io import atomic_savefig
+
     base = rows[0]["perplexity"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    with_tasks = "retention" in rows[0]
+    fig, axes = plt.subplots(1, 3 if with_tasks else 2, figsize=(16 if with_tasks else 11, 4))
+    ax1, ax2 = axes[0], axes[1]
     counts = sorted({r["pairs"] for r in rows if r["pairs"] > 0})
     for n in counts:
         pts = sorted((r["start"], r["perplexity"]) for r in rows if r["pairs"] == n)
@@ -172,32 +203,50 @@ def plot_sweep(rows: list[dict], path: str, title: str = "Layer pairing: perplex
     ax1.set_yscale("log")
     ax1.legend(fontsize=8)
     ax1.set_title("by position of the range")
-    best = [min(r["perplexity"] for r in rows if r["pairs"] == n) for n in counts]
-    worst = [max(r["perplexity"] for r in rows if r["pairs"] == n) for n in counts]
-    ax2.plot([0, *counts], [base, *best], marker="o", label="best position")
-    ax2.plot([0, *counts], [base, *worst], marker="x", linestyle=":", label="worst position")
+    best_rows = [min((r for r in rows if r["pairs"] == n), key=lambda r: r["perplexity"]) for n in counts]
+    worst_rows = [max((r for r in rows if r["pairs"] == n), key=lambda r: r["perplexity"]) for n in counts]
+    ax2.plot([0, *counts], [base, *(r["perplexity"] for r in best_rows)], marker="o", label="best position")
+    ax2.plot([0, *counts], [base, *(r["perplexity"] for r in worst_rows)], marker="x", linestyle=":",
+             label="worst position")  # fmt: skip
     ax2.set_xlabel("number of pairs")
     ax2.set_ylabel("perplexity")
     ax2.set_yscale("log")
     ax2.legend(fontsize=8)
     ax2.set_title("by number of pairs")
+    if with_tasks:
+        ax3 = axes[2]
+
+        def ret(r):  # None: undefined (the source scored 0)
+            return math.nan if r.get("retention") is None else r["retention"]
+
+        ax3.plot([0, *counts], [ret(rows[0]), *map(ret, best_rows)], marker="o", label="best-perplexity position")
+        ax3.plot([0, *counts], [ret(rows[0]), *map(ret, worst_rows)], marker="x", linestyle=":",
+                 label="worst-perplexity position")  # fmt: skip
+        ax3.axhline(100.0, color="k", linestyle="--", lw=0.8)
+        ax3.set_xlabel("number of pairs")
+        ax3.set_ylabel(f"task {task_metric} retained (% of source)")
+        ax3.legend(fontsize=8)
+        ax3.set_title("retention curve (lm-eval: " + ", ".join(rows[0]["task_scores"]) + ")")
     fig.suptitle(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
 
-def save_sweep(rows: list[dict], output_dir: str, chosen: dict | None = None) -> dict[str, str]:
-    """Write `sweep.json`, `sweep.md` and `sweep.png` into `output_dir`; returns their paths."""
+def save_sweep(
+    rows: list[dict], output_dir: str, chosen: dict | None = None, task_metric: str = "acc"
+) -> dict[str, str]:
+    """Write `sweep.json`, `sweep.md` (atomically, before the plot) and `sweep.png` into `output_dir`; returns their
+    paths."""
+    from ...utils.io import atomic_write_json, atomic_write_text
+
     os.makedirs(output_dir, exist_ok=True)
     paths = {k: os.path.join(output_dir, f"sweep.{k}") for k in ("json", "md", "png")}
-    with open(paths["json"], "w") as fh:
-        json.dump({"rows": rows, "chosen": chosen}, fh, indent=2)
-    with open(paths["md"], "w") as fh:
-        fh.write(format_sweep_table(rows, chosen) + "\n")
-    plot_sweep(rows, paths["png"])
+    atomic_write_json(paths["json"], {"rows": rows, "chosen": chosen})
+    atomic_write_text(paths["md"], format_sweep_table(rows, chosen, task_metric) + "\n")
+    plot_sweep(rows, paths["png"], task_metric=task_metric)
     return paths
 
 

@@ -1,0 +1,164 @@
+"""Recipe-side lm-eval helpers: `--eval_tasks`/`--eval_fewshot` checked before any work, and evaluation with a
+prompt prefix placed once in front of every prompt (MeCo's conditional inference: `"URL: en.wikipedia.org\\n\\n"`
+before the few-shot examples and the question)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from .harness import _PACKAGED, DEFAULT_TASKS, _as_lm, task_manager
+
+#: Document field that carries a per-document prefix (see [`evaluate_with_prefix`]).
+PREFIX_FIELD = "hf_ext_prompt_prefix"
+
+
+def check_eval_tasks(
+    text: str | None,
+    flag: str = "--eval_tasks",
+    metric: str | None = None,
+    require_fields: Sequence[str] = (),
+    include_path: str | Sequence[str] | None = None,
+) -> list[str] | None:
+    """Parse and check a comma-separated list of lm-eval task names before a recipe does any work.
+
+    Checks that lm-eval is installed, that every name is a task, group or tag lm-eval knows (the packaged tasks plus
+    lm-eval's own; indexing those takes several seconds, so it only happens when a name is not an `hf_ext*` one) and,
+    when `metric` or `require_fields` are given, loads the tasks to check that each reports `metric` and that its
+    test documents carry `require_fields` (e.g. a `url` for URL-conditioned prompts).
+
+    Returns:
+        `list[str]` of task names, or `None` when `text` is `None` (evaluation off).
+
+    Raises:
+        `ValueError` naming `flag` and the fix.
+    """
+    if text is None:
+        return None
+    names = [t.strip() for t in str(text).split(",")]
+    if not names or not all(names):
+        raise ValueError(
+            f"{flag} must be comma-separated lm-eval task names such as 'hf_ext_cloze,hf_ext_domain', got {text!r}."
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"{flag} names a task twice: {text!r}.")
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError as err:
+        raise ValueError(f"{flag} needs lm-evaluation-harness: pip install 'hf_ext[eval]'.") from err
+    tm = task_manager(include_path, include_defaults=False)  # the packaged tasks only: fast
+    unknown = [n for n in names if n not in tm.task_index]
+    if unknown and not any(n.startswith("hf_ext") for n in unknown):  # hf_ext_* names can only be packaged ones
+        tm = task_manager(include_path, include_defaults=True)
+        unknown = [n for n in names if n not in tm.task_index]
+    if unknown:
+        raise ValueError(
+            f"{flag}: unknown lm-eval task(s) {unknown}; the packaged offline tasks are {sorted(DEFAULT_TASKS)} "
+            "(see docs/evaluation.md), lm-eval's own are listed by `lm_eval ls tasks`."
+        )
+    if metric is not None or require_fields:
+        try:
+            loaded = tm.load(names)["tasks"]
+        except Exception as err:  # lm-eval raises many kinds (missing data, no network)
+            raise ValueError(f"{flag}: lm-eval could not load {names}: {err}") from err
+        for name, task in loaded.items():
+            if metric is not None:
+                reported = [m["metric"] for m in task.config.metric_list or [] if isinstance(m.get("metric"), str)]
+                if reported and metric not in reported:
+                    raise ValueError(
+                        f"{flag}: task {name!r} reports {reported}, not {metric!r}; pick the metric with --eval_metric."
+                    )
+            if require_fields:
+                docs = task.test_docs() if task.has_test_docs() else task.validation_docs()
+                first = docs[0] if docs is not None and len(docs) else {}
+                missing = [f for f in require_fields if f not in first]
+                if missing:
+                    raise ValueError(
+                        f"{flag}: the documents of task {name!r} have no {missing} field (fields: {sorted(first)}), "
+                        "which the conditioned prompts need; use tasks that carry it (hf_ext_cloze does)."
+                    )
+    return names
+
+
+def parse_shots(text: str | int | None, flag: str = "--eval_fewshot") -> list[int]:
+    """`"0,5"` -> `[0, 5]` (non-negative, distinct shot counts)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    try:
+        shots = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError as err:
+        raise ValueError(f"{flag} must be comma-separated shot counts like '0,5', got {text!r}.") from err
+    if not shots or any(k < 0 for k in shots) or len(set(shots)) != len(shots):
+        raise ValueError(f"{flag} must be distinct non-negative shot counts like '0,5', got {text!r}.")
+    return shots
+
+
+def evaluate_with_prefix(
+    model,
+    tokenizer=None,
+    tasks: str | Sequence[str] = DEFAULT_TASKS,
+    prefix: str | Callable[[dict], str] = "",
+    num_fewshot: int | None = 0,
+    limit: int | float | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    max_length: int | None = None,
+    include_path: str | Sequence[str] | None = None,
+    seed: int = 1234,
+    **kwargs,
+) -> dict:
+    """Like [`evaluate_model`], with `prefix` placed once at the very start of every prompt (lm-eval's task
+    `description`: before the few-shot examples and the test document).
+
+    Args:
+        prefix (`str` or `Callable[[dict], str]`): A string (a Jinja template over the test document's fields, e.g.
+            `"URL: {{host}}\\n\\n"`) or a function of the test document. Starting it with the tokenizer's BOS string
+            makes lm-eval's `HFLM` encode the prompt as `[BOS] prefix ...` without adding another BOS.
+        Others: as in [`evaluate_model`].
+
+    Returns:
+        `dict`: lm-eval's results.
+    """
+    import lm_eval
+
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    tasks = list(tasks)
+    if not tasks or not all(isinstance(t, str) and t for t in tasks):
+        raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}.")
+    if not (isinstance(prefix, str) or callable(prefix)):
+        raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
+    lm = _as_lm(model, tokenizer, batch_size, device, max_length)
+    tm = task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED)
+    loaded = list(tm.load(tasks)["tasks"].values())  # fresh Task objects: the settings below touch only these
+    for task in loaded:
+        if callable(prefix):
+            task.set_config("process_docs", _with_prefix_field(task.config.process_docs, prefix))
+            task.set_config("description", PREFIX_FIELD)
+        else:
+            task.set_config("description", prefix)
+    kwargs.setdefault("bootstrap_iters", 1000)
+    kwargs.setdefault("log_samples", False)
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=loaded,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=tm,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        **kwargs,
+    )
+    return dict(results) if results is not None else {}
+
+
+def _with_prefix_field(process_docs, prefix: Callable[[dict], str]):
+    """The task's `process_docs` followed by a column holding each document's prefix (read by `description`)."""
+
+    def process(dataset):
+        if process_docs is not None:
+            dataset = process_docs(dataset)
+        return dataset.add_column(PREFIX_FIELD, [str(prefix(dict(doc))) for doc in dataset])
+
+    return process
