@@ -12,12 +12,16 @@ from .harness import (
     task_dir,
     task_manager,
 )
+from .prompting import check_eval_tasks, evaluate_with_prefix, parse_shots
 from .scores import accuracy_retention, task_scores
 from .uses import compliance_gap, format_task_sweep_table, layer_pairing_task_sweep
 
 __all__ = [
     "DEFAULT_TASKS",
     "accuracy_retention",
+    "check_eval_tasks",
+    "evaluate_with_prefix",
+    "parse_shots",
     "compliance_gap",
     "format_task_sweep_table",
     "layer_pairing_task_sweep",

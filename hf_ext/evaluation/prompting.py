@@ -65,7 +65,8 @@ def check_eval_tasks(
                 reported = [m["metric"] for m in task.config.metric_list or [] if isinstance(m.get("metric"), str)]
                 if reported and metric not in reported:
                     raise ValueError(
-                        f"{flag}: task {name!r} reports {reported}, not {metric!r}; pick the metric with --eval_metric."
+                        f"{flag}: task {name!r} reports {reported}, not {metric!r}; pick the metric with "
+                        "--eval_metric."
                     )
             if require_fields:
                 docs = task.test_docs() if task.has_test_docs() else task.validation_docs()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainerCallback, TrainingArguments
 
-from ..utils.io import atomic_open, atomic_savefig
+from ..utils.io import atomic_open, atomic_savefig, atomic_write_text
 from .pretrain import ModelArguments, build_model
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,21 @@ class MetadataArguments:
     guidance_prompt: str = field(default="The", metadata={"help": "Prompt of the generation example."})
     guidance_max_new_tokens: int = field(default=24, metadata={"help": "Tokens generated per example."})
     guidance_samples: int = field(default=16, metadata={"help": "Sampled continuations per setting (synthetic)."})
+    eval_tasks: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also evaluate the URL-conditioned model and the baseline with lm-evaluation-harness on these "
+            "comma-separated tasks, with and without the document's URL in front of the prompt, at every "
+            "--eval_fewshot (e.g. hf_ext_cloze: the packaged offline task whose items carry their URL; needs the eval "
+            "extra). Default: off."
+        },
+    )
+    eval_fewshot: str = field(
+        default="0,5", metadata={"help": "Comma-separated few-shot counts (the paper's URL gain shows at 5 shots)."}
+    )
+    eval_limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many items per task."})
+    eval_metric: str = field(default="acc", metadata={"help": "lm-eval metric of the with/without-URL table."})
+    eval_batch_size: int = field(default=8, metadata={"help": "lm-eval batch size."})
 
 
 @dataclass
@@ -128,7 +143,15 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         raise ValueError("--max_steps must be set (the cooldown is a fraction of it).")
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
-    _template(meta_args)
+    template = _template(meta_args)
+    if meta_args.eval_tasks is not None:
+        from ..evaluation.prompting import check_eval_tasks, parse_shots
+
+        parse_shots(meta_args.eval_fewshot, "--eval_fewshot")
+        if meta_args.eval_limit is not None and meta_args.eval_limit < 1:
+            raise ValueError(f"--eval_limit must be >= 1 (items per task), got {meta_args.eval_limit}.")
+        check_eval_tasks(meta_args.eval_tasks, "--eval_tasks", metric=meta_args.eval_metric,
+                         require_fields=template.columns)  # fmt: skip
     if training_args.remove_unused_columns:
         logger.warning("remove_unused_columns=True would drop the metadata columns; the recipe sets it to False.")
         training_args.remove_unused_columns = False
@@ -245,6 +268,90 @@ def _domain_token_share(tokenizer, texts: list[str], words: list[str]) -> float:
     return sum(w in vocab for w in tokens) / max(len(tokens), 1)
 
 
+def _prompt_prefixes(tokenizer, template, meta_args) -> dict:
+    """The start of every lm-eval prompt, per model and condition, in the token layout the model was trained with.
+
+    Decoded from `MetadataEncoder.prefix_ids` (so the metadata is cut to `--max_metadata_tokens` as in training):
+    with the URL, `[BOS]<|context_begin|>{url}<|context_end|>` (context layout) or `[BOS]URL: {url}\n\n` (meco);
+    without it, each model's own unconditional form: the URL-conditioned model's dropped-metadata prefix (the empty
+    context pair, or plain `[BOS]` in the meco layout) and the baseline's plain `[BOS]`. Both models get the same
+    with-URL prompts.
+    """
+    from ..metadata import InvalidMetadataError, MetadataEncoder
+
+    encoder = MetadataEncoder(tokenizer, layout=meta_args.layout, max_metadata_tokens=meta_args.max_metadata_tokens)
+
+    def decode(metadata):
+        ids = encoder.prefix_ids([metadata or None])[0]
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def with_url(doc: dict) -> str:
+        try:
+            return decode(template(doc))
+        except InvalidMetadataError:  # an unusable value is no metadata, as in training
+            return decode(None)
+
+    bos = tokenizer.decode([tokenizer.bos_token_id])
+    return {
+        ("url_conditioned", False): decode(None),
+        ("url_conditioned", True): with_url,
+        ("baseline", False): bos,
+        ("baseline", True): with_url,
+    }
+
+
+def evaluate_tasks_with_and_without_url(models: dict, tokenizer, template, meta_args) -> dict:
+    """lm-eval on `--eval_tasks` for every model x URL at inference (without, with) x `--eval_fewshot` count.
+
+    Returns:
+        `dict` with `rows` (one per model, condition, shots, task and metric: `results_rows` plus `url`), `table` (one
+        per model, shots and task: `--eval_metric` without and with the URL and the gain) and the settings.
+    """
+    from ..evaluation import results_rows
+    from ..evaluation.prompting import evaluate_with_prefix, parse_shots
+
+    tasks = [t.strip() for t in meta_args.eval_tasks.split(",")]
+    shots = parse_shots(meta_args.eval_fewshot)
+    prefixes = _prompt_prefixes(tokenizer, template, meta_args)
+    rows = []
+    for name, model in models.items():
+        model.eval()
+        for url in (False, True):
+            for k in shots:
+                res = evaluate_with_prefix(
+                    model, tokenizer, tasks, prefix=prefixes[(name, url)], num_fewshot=k, limit=meta_args.eval_limit,
+                    batch_size=meta_args.eval_batch_size,
+                )  # fmt: skip
+                rows += [{**r, "num_fewshot": k, "url": url} for r in results_rows(res, name=name)]
+    metric = meta_args.eval_metric
+    table = []
+    for name in models:
+        for k in shots:
+            for task in tasks:
+                pick = {r["url"]: r for r in rows if (r["model"], r["num_fewshot"], r["task"], r["metric"]) ==
+                        (name, k, task, metric)}  # fmt: skip
+                if len(pick) == 2:
+                    without, with_ = pick[False]["value"], pick[True]["value"]
+                    table.append({"model": name, "num_fewshot": k, "task": task, "metric": metric,
+                                  "without_url": without, "with_url": with_, "gain": with_ - without,
+                                  "n": pick[True]["n"]})  # fmt: skip
+    return {"tasks": tasks, "metric": metric, "shots": shots, "limit": meta_args.eval_limit, "rows": rows,
+            "table": table}  # fmt: skip
+
+
+def format_task_table(task_eval: dict) -> str:
+    """Markdown table: the task metric without and with the URL in the prompt, per model, shot count and task."""
+    m = task_eval["metric"]
+    lines = [f"| model | shots | task | {m} without URL | {m} with URL | gain (with - without) | items |",
+             "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    for r in task_eval["table"]:
+        lines.append(
+            f"| {r['model']} | {r['num_fewshot']} | {r['task']} | {r['without_url']:.4f} | {r['with_url']:.4f} | "
+            f"{r['gain']:+.4f} | {r['n'] if r['n'] is not None else ''} |"
+        )
+    return "\n".join(lines)
+
+
 def _plot(results: dict, path: str) -> None:
     import matplotlib
 
@@ -345,6 +452,10 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
             "baseline": base_curve[-1][0],
         }
 
+    if meta_args.eval_tasks:  # lm-eval with and without the URL at 0 and 5 shots (the paper's comparison)
+        models = {"url_conditioned": url_model, **({"baseline": base_model} if meta_args.run_baseline else {})}
+        results["task_eval"] = evaluate_tasks_with_and_without_url(models, tokenizer, template, meta_args)
+
     # Guided generation example
     example = eval_docs[0]
     try:
@@ -387,6 +498,9 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     tokenizer.save_pretrained(os.path.join(training_args.output_dir, "url_conditioned"))
     with atomic_open(os.path.join(training_args.output_dir, "metadata_results.json"), "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
+    if "task_eval" in results:
+        atomic_write_text(os.path.join(training_args.output_dir, "task_eval.md"),
+                          format_task_table(results["task_eval"]) + "\n")  # fmt: skip
     _plot(results, os.path.join(training_args.output_dir, "document_loss.png"))  # after the results are on disk
     final = results["final"]
     print("held-out document loss (BOS and context excluded):")
@@ -397,6 +511,9 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     print(f"guided generation for {metadata!r}: {json.dumps(results['guidance_example'], ensure_ascii=False)}")
     if "domain_token_share" in results:
         print(f"domain-specific word share: {results['domain_token_share']}")
+    if "task_eval" in results:
+        print("lm-eval tasks with and without the URL in front of the prompt:")
+        print(format_task_table(results["task_eval"]))
     return results
 
 

@@ -62,3 +62,73 @@ def test_url_conditioning_speeds_up_training_and_guidance_steers(tmp_path):
     share = results["domain_token_share"]
     assert share["scale_3"] > share["scale_1"] + 0.05
     assert sum(v["scale_3"] > v["scale_1"] for v in share["per_host"].values()) >= 3
+
+
+def test_recipe_eval_tasks_with_and_without_url_at_0_and_5_shots(tmp_path):
+    """Issue 22.3: lm-eval accuracy of both models with and without the URL in front of the prompt, 0 and 5 shots."""
+    pytest.importorskip("lm_eval")
+    out = tmp_path / "run"
+    results = main([*TINY, "--max_steps", "4", "--output_dir", str(out), "--eval_tasks", "hf_ext_cloze",
+                    "--eval_limit", "3"])  # fmt: skip
+    task_eval = results["task_eval"]
+    assert task_eval["shots"] == [0, 5] and task_eval["tasks"] == ["hf_ext_cloze"]
+    acc = {(r["model"], r["url"], r["num_fewshot"]): r for r in task_eval["rows"] if r["metric"] == "acc"}
+    assert set(acc) == {(m, u, k) for m in ("url_conditioned", "baseline") for u in (False, True) for k in (0, 5)}
+    assert all(0.0 <= r["value"] <= 1.0 and r["n"] == 3 and r["task"] == "hf_ext_cloze" for r in acc.values())
+    ppl = {
+        (r["model"], r["url"], r["num_fewshot"]): r["value"] for r in task_eval["rows"] if r["metric"] == "perplexity"
+    }
+    for model in ("url_conditioned", "baseline"):  # the URL reached the prompts: the target words score differently
+        for k in (0, 5):
+            assert ppl[(model, True, k)] != pytest.approx(ppl[(model, False, k)], rel=1e-6)
+    assert [(r["model"], r["num_fewshot"]) for r in task_eval["table"]] == [
+        ("url_conditioned", 0), ("url_conditioned", 5), ("baseline", 0), ("baseline", 5)]  # fmt: skip
+    for r in task_eval["table"]:
+        assert r["gain"] == pytest.approx(r["with_url"] - r["without_url"])
+    saved = json.loads((out / "metadata_results.json").read_text())
+    assert saved["task_eval"]["table"] == task_eval["table"]
+    table = (out / "task_eval.md").read_text().splitlines()
+    assert "| acc without URL | acc with URL |" in table[0] and len(table) == 2 + 4
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--eval_tasks", "hf_ext_cloze,"], "--eval_tasks must be comma-separated"),
+        (["--eval_tasks", "hf_ext_clozee"], "unknown lm-eval task"),
+        (["--eval_tasks", "hf_ext_domain"], r"have no \['url'\] field"),
+        (["--eval_tasks", "hf_ext_cloze", "--eval_fewshot", "0,five"], "--eval_fewshot must be comma-separated"),
+        (["--eval_tasks", "hf_ext_cloze", "--eval_metric", "acc_norm"], "not 'acc_norm'; pick the metric"),
+    ],
+)
+def test_recipe_bad_eval_tasks_fail_before_writing(tmp_path, extra, match):
+    pytest.importorskip("lm_eval")
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=match):
+        main([*TINY, "--max_steps", "4", "--output_dir", str(out), *extra])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("layout", ["context", "meco"])
+def test_eval_prompt_prefixes_follow_the_training_layout(ctx_tokenizer, layout):
+    from hf_ext.metadata import MetadataEncoder
+    from hf_ext.recipes.metadata_pretrain import MetadataArguments, _prompt_prefixes, _template
+
+    args = MetadataArguments(
+        layout=layout, template="url" if layout == "context" else "url_host", max_metadata_tokens=None
+    )
+    prefixes = _prompt_prefixes(ctx_tokenizer, _template(args), args)
+    doc = {"url": "https://networking.docs.python.org/3/library/socket.html", "context": "x"}
+    bos = ctx_tokenizer.bos_token
+    if layout == "context":
+        assert prefixes[("url_conditioned", True)](doc) == f"{bos}<|context_begin|>{doc['url']}<|context_end|>"
+        assert prefixes[("url_conditioned", False)] == f"{bos}<|context_begin|><|context_end|>"  # the dropped form
+    else:
+        assert prefixes[("url_conditioned", True)](doc) == f"{bos}URL: networking.docs.python.org\n\n"
+        assert prefixes[("url_conditioned", False)] == bos
+    assert prefixes[("baseline", False)] == bos and prefixes[("baseline", True)] is prefixes[("url_conditioned", True)]
+    args.max_metadata_tokens = 3  # metadata cut to the training limit; the prompt re-encodes to the training tokens
+    short = _prompt_prefixes(ctx_tokenizer, _template(args), args)[("url_conditioned", True)](doc)
+    encoder = MetadataEncoder(ctx_tokenizer, layout=layout, max_metadata_tokens=3)
+    trained = encoder.prefix_ids([_template(args)(doc)])[0]
+    assert ctx_tokenizer(short, add_special_tokens=False)["input_ids"] == trained and len(trained) < 10
