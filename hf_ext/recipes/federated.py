@@ -184,6 +184,8 @@ def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
     parse_ints(data_args.prefix_lengths, "--prefix_lengths")
     if data_args.num_clients < 1:
         raise ValueError(f"--num_clients must be >= 1, got {data_args.num_clients}.")
+    if any("secagg" in mods for _, _, mods in configs):  # threshold and --secure_aggregation_max_colluders
+        fed_args.threshold(data_args.num_clients)
     if data_args.block_size < 16:
         raise ValueError(f"--block_size must be >= 16, got {data_args.block_size}.")
     if data_args.num_canaries < 1:

@@ -29,6 +29,8 @@ def test_parse_configs():
         (["--defense_goldfish_k", "1"], "goldfish_k"),
         (["--canary_source", "web"], "canary_source"),
         (["--num_rounds", "0"], "num_rounds"),
+        (["--configs", "lora+secagg", "--secure_aggregation_max_colluders", "3"], "max_colluders 3 is too large"),
+        (["--configs", "lora+secagg", "--secure_aggregation_max_colluders", "-1"], "max_colluders must be"),
     ],
 )
 def test_bad_arguments_fail_before_writing(tmp_path, argv, match):
