@@ -305,7 +305,8 @@ def evaluate_tasks_with_and_without_url(models: dict, tokenizer, template, meta_
 
     Returns:
         `dict` with `rows` (one per model, condition, shots, task and metric: `results_rows` plus `url`), `table` (one
-        per model, shots and task: `--eval_metric` without and with the URL and the gain) and the settings.
+        per metric, model, shots and task, `--eval_metric` first: the value without and with the URL and the
+        difference) and the settings.
     """
     from ..evaluation import results_rows
     from ..evaluation.prompting import evaluate_with_prefix, parse_shots
@@ -324,30 +325,31 @@ def evaluate_tasks_with_and_without_url(models: dict, tokenizer, template, meta_
                 )  # fmt: skip
                 rows += [{**r, "num_fewshot": k, "url": url} for r in results_rows(res, name=name)]
     metric = meta_args.eval_metric
+    metrics = [metric, *sorted({r["metric"] for r in rows} - {metric})]  # --eval_metric first, then the others
     table = []
-    for name in models:
-        for k in shots:
-            for task in tasks:
-                pick = {r["url"]: r for r in rows if (r["model"], r["num_fewshot"], r["task"], r["metric"]) ==
-                        (name, k, task, metric)}  # fmt: skip
-                if len(pick) == 2:
-                    without, with_ = pick[False]["value"], pick[True]["value"]
-                    table.append({"model": name, "num_fewshot": k, "task": task, "metric": metric,
-                                  "without_url": without, "with_url": with_, "gain": with_ - without,
-                                  "n": pick[True]["n"]})  # fmt: skip
+    for m in metrics:
+        for name in models:
+            for k in shots:
+                for task in tasks:
+                    pick = {r["url"]: r for r in rows if (r["model"], r["num_fewshot"], r["task"], r["metric"]) ==
+                            (name, k, task, m)}  # fmt: skip
+                    if len(pick) == 2:
+                        without, with_ = pick[False]["value"], pick[True]["value"]
+                        table.append({"model": name, "num_fewshot": k, "task": task, "metric": m,
+                                      "without_url": without, "with_url": with_, "gain": with_ - without,
+                                      "n": pick[True]["n"]})  # fmt: skip
     return {"tasks": tasks, "metric": metric, "shots": shots, "limit": meta_args.eval_limit, "rows": rows,
             "table": table}  # fmt: skip
 
 
 def format_task_table(task_eval: dict) -> str:
-    """Markdown table: the task metric without and with the URL in the prompt, per model, shot count and task."""
-    m = task_eval["metric"]
-    lines = [f"| model | shots | task | {m} without URL | {m} with URL | gain (with - without) | items |",
-             "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    """Markdown table: each task metric without and with the URL in the prompt, per model and shot count."""
+    lines = ["| model | shots | task | metric | without URL | with URL | with - without | items |",
+             "|---|---:|---|---|---:|---:|---:|---:|"]  # fmt: skip
     for r in task_eval["table"]:
         lines.append(
-            f"| {r['model']} | {r['num_fewshot']} | {r['task']} | {r['without_url']:.4f} | {r['with_url']:.4f} | "
-            f"{r['gain']:+.4f} | {r['n'] if r['n'] is not None else ''} |"
+            f"| {r['model']} | {r['num_fewshot']} | {r['task']} | {r['metric']} | {r['without_url']:.4g} | "
+            f"{r['with_url']:.4g} | {r['gain']:+.4g} | {r['n'] if r['n'] is not None else ''} |"
         )
     return "\n".join(lines)
 

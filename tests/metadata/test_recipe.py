@@ -81,14 +81,18 @@ def test_recipe_eval_tasks_with_and_without_url_at_0_and_5_shots(tmp_path):
     for model in ("url_conditioned", "baseline"):  # the URL reached the prompts: the target words score differently
         for k in (0, 5):
             assert ppl[(model, True, k)] != pytest.approx(ppl[(model, False, k)], rel=1e-6)
-    assert [(r["model"], r["num_fewshot"]) for r in task_eval["table"]] == [
-        ("url_conditioned", 0), ("url_conditioned", 5), ("baseline", 0), ("baseline", 5)]  # fmt: skip
-    for r in task_eval["table"]:
+    assert [(r["metric"], r["model"], r["num_fewshot"]) for r in task_eval["table"]] == [
+        (m, name, k) for m in ("acc", "perplexity") for name in ("url_conditioned", "baseline") for k in (0, 5)]
+    for r in task_eval["table"]:  # the table reads the rows: value without and with the URL, and the difference
+        src = {key: row["value"] for key, row in acc.items()} if r["metric"] == "acc" else ppl
+        assert r["without_url"] == src[(r["model"], False, r["num_fewshot"])]
+        assert r["with_url"] == src[(r["model"], True, r["num_fewshot"])]
         assert r["gain"] == pytest.approx(r["with_url"] - r["without_url"])
     saved = json.loads((out / "metadata_results.json").read_text())
     assert saved["task_eval"]["table"] == task_eval["table"]
     table = (out / "task_eval.md").read_text().splitlines()
-    assert "| acc without URL | acc with URL |" in table[0] and len(table) == 2 + 4
+    assert "| metric | without URL | with URL |" in table[0] and len(table) == 2 + 8
+    assert table[2].startswith("| url_conditioned | 0 | hf_ext_cloze | acc |")
 
 
 @pytest.mark.parametrize(
