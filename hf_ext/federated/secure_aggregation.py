@@ -15,18 +15,24 @@ The server learns the weighted sum of the clients' updates and nothing else abou
    `y_u = enc(w_u * x_u) + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)  (mod 2**62)`,
    where `s_uv` is the X25519 agreement of `u` and `v` (derived with HKDF, bound to the round), `PRG` is AES-256 in
    counter mode and `enc` is fixed point. Each `y_u` alone is uniformly distributed.
-4. **Unmask.** The server names the clients whose upload it received (survivors) and those that dropped. Each client
-   reveals, per peer, **either** its share of the peer's self-mask seed `b` (peer survived) **or** its share of the
-   peer's `s_sk` (peer dropped), never both, and only once per round. With `t` shares the server removes the
-   survivors' self masks and the dropped clients' pairwise masks, and the sum is exact.
+4. **Consistency check.** The server announces the survivors (the clients whose upload it received). Each survivor
+   checks the list (it contains itself, only clients it masked with, at least `t`) and signs it with its identity
+   key, once per round; the server relays the signatures.
+5. **Unmask.** Each client that sees at least `t` valid signatures of the list it signed reveals, per peer, **either**
+   its share of the peer's self-mask seed `b` (peer survived) **or** its share of the peer's `s_sk` (peer dropped),
+   never both, and only once per round. With `t` shares the server removes the survivors' self masks and the dropped
+   clients' pairwise masks, and the sum is exact.
 
 Why a curious server cannot unmask one client: every masked upload also carries its self mask `PRG(b_u)`, so the
 pairwise masks alone (even all of them, e.g. after falsely declaring `u` dropped) do not reveal `x_u`; the server would
 need `t` shares of both `b_u` and `s_sk_u`, and with `t > n / 2` honest clients never hand out both. Against a
 malicious server that lies about dropouts to different clients and is helped by up to `c` colluding clients, the
 server collects at most `n + c` shares of one client's two secrets together, so clients refuse any round with
-`2t <= n + c` (`max_colluders`). A client remembers the last round it served ([`SecAggClientState`]) and refuses a
-round id it has already served, so the server cannot re-run a round over a different subset and difference the sums.
+`2t <= n + c` (`max_colluders`). With that bound, the signed consistency check lets at most one survivor list reach
+`t` signatures, so all honest clients unmask with the same list: the server cannot tell some clients that the peers
+a victim masked with dropped while telling the victim they survived. A client remembers the last round it served
+([`SecAggClientState`]) and refuses a round id it has already served, so the server cannot re-run a round over a
+different subset and difference the sums.
 There is no default or shared secret: every mask key is drawn fresh per round from the operating system's CSPRNG.
 """
 
@@ -211,6 +217,11 @@ def _advert_message(round_index: int, node_id: int, c_pk: bytes, s_pk: bytes) ->
     return f"hf_ext-secagg|advertise|round={int(round_index)}|client={int(node_id)}|".encode() + c_pk + s_pk
 
 
+def _survivors_message(round_index: int, survivors: Sequence[int]) -> bytes:
+    ids = ",".join(str(int(v)) for v in sorted(survivors))
+    return f"hf_ext-secagg|survivors|round={int(round_index)}|{ids}".encode()
+
+
 def generate_identity():
     """A fresh long-term Ed25519 identity key (`cryptography`'s `Ed25519PrivateKey`) for one client. Keep it on the
     client; publish its public key in the [`IdentityDirectory`]."""
@@ -297,6 +308,19 @@ class IdentityDirectory:
                 f"The public keys advertised for client {cid} in round {round_index} are not signed by its identity "
                 "key (forged, substituted or replayed by the server); aborting the round."
             ) from None
+
+    def verify_message(self, client_id: int, message: bytes, signature: bytes) -> bool:
+        """Whether `signature` is `client_id`'s identity signature of `message` (False for unknown clients)."""
+        from cryptography.exceptions import InvalidSignature
+
+        key = self._keys.get(int(client_id))
+        if key is None:
+            return False
+        try:
+            key.verify(bytes(signature), message)
+        except InvalidSignature:
+            return False
+        return True
 
     def to_json(self) -> str:
         """`{"client_id": "<hex public key>"}`, for distribution to every client."""
@@ -535,30 +559,80 @@ class SecAggClient:
         self._stage = "uploaded"
         return _unflatten(y, keys, shapes)
 
-    def unmask(self, survivors: Sequence[int], dropped: Sequence[int]) -> dict[int, tuple[str, int]]:
-        """Round 3: per peer, the share of its self-mask seed (`"b"`, survivors) or of its mask key (`"s"`, dropped).
+    def sign_survivors(self, survivors: Sequence[int]) -> bytes:
+        """Round 3 (consistency check): sign the survivor list the server announces, with our identity key.
 
-        Refuses (raises) a request that would let the server unmask an upload: a client in both lists, ourselves
-        listed as dropped, a second request in the same round, or fewer survivors than the threshold.
+        Refuses (raises) a list that does not contain us, names a client we did not mask with (the server withheld
+        that client's shares from us, so our upload's masks do not involve it), repeats ids, or has fewer clients than
+        the threshold; signs at most one list per round. Honest clients thus sign one list each, so with
+        `2t > n + max_colluders` at most one survivor list can gather the `t` signatures [`unmask`] requires.
         """
         if self._stage != "uploaded":
+            when = "again" if self._stage in ("signed", "unmasked") else "before upload"
             raise RuntimeError(
-                f"Client {self.node_id}: unmask requested {'again' if self._stage == 'unmasked' else 'before upload'}"
-                "; refusing (a second request could reveal both secrets of one client)."
+                f"Client {self.node_id}: survivor list to sign {when}; refusing (signing two lists would let the "
+                "server show different survivors to different clients)."
             )
-        surv, drop = {int(v) for v in survivors}, {int(v) for v in dropped}
-        if surv & drop:
-            raise ValueError(f"Client {self.node_id}: clients {sorted(surv & drop)} listed as survivor and dropped.")
-        if self.node_id in drop or self.node_id not in surv:
-            raise ValueError(f"Client {self.node_id}: we uploaded, yet the server lists us as dropped; refusing.")
-        unknown = (surv | drop) - set(self._keys)
-        if unknown:
-            raise ValueError(f"Client {self.node_id}: unknown clients {sorted(unknown)} in the unmask request.")
+        surv = [int(v) for v in survivors]
+        if len(set(surv)) != len(surv):
+            raise SecAggAbort(f"Client {self.node_id}: the survivor list repeats client ids; refusing.")
+        if self.node_id not in surv:
+            raise SecAggAbort(f"Client {self.node_id}: we uploaded, yet the server lists us as dropped; refusing.")
+        strangers = set(surv) - set(self._masked_with) - {self.node_id}
+        if strangers:
+            raise SecAggAbort(
+                f"Client {self.node_id}: survivors {sorted(strangers)} never sent us their shares (we did not mask "
+                "with them); refusing, since our masks would then involve only clients the server calls dropped."
+            )
         if len(surv) < self._threshold:
-            raise ValueError(f"Client {self.node_id}: only {len(surv)} survivors, below the threshold; refusing.")
+            raise SecAggAbort(
+                f"Client {self.node_id}: only {len(surv)} survivors, below the threshold {self._threshold}; refusing."
+            )
+        self._survivors = tuple(sorted(surv))
+        self._stage = "signed"
+        return self._identity.sign(_survivors_message(self.round_index, self._survivors))
+
+    def unmask(self, survivors: Sequence[int], signatures: Mapping[int, bytes]) -> dict[int, tuple[str, int]]:
+        """Round 4: per peer, the share of its self-mask seed (`"b"`, survivors) or of its mask key (`"s"`, the peers
+        whose shares we hold and that are not survivors: dropped).
+
+        `survivors` must be the list we signed in [`sign_survivors`], and `signatures` (`{client: signature}`, routed
+        by the server) must hold valid signatures of that same list from at least `t` of its clients, checked against
+        the identity directory: then every honest client that answers uses the same list, so no client's self-mask
+        seed and mask key are both revealed, and a server cannot tell different clients different dropouts.
+        Refuses (raises) otherwise, and any second request in the round.
+        """
+        if self._stage != "signed":
+            when = "again" if self._stage == "unmasked" else "before the consistency check"
+            raise RuntimeError(
+                f"Client {self.node_id}: unmask requested {when}; refusing (a second request could reveal both "
+                "secrets of one client)."
+            )
+        surv = tuple(sorted(int(v) for v in survivors))
+        if surv != self._survivors:
+            raise SecAggAbort(
+                f"Client {self.node_id}: the unmask request names survivors {list(surv)}, but we signed "
+                f"{list(self._survivors)}; refusing."
+            )
+        valid = set()
+        for signer, sig in signatures.items():
+            signer = int(signer)
+            if signer not in surv:
+                raise SecAggAbort(f"Client {self.node_id}: a survivor-list signature from non-survivor {signer}.")
+            if not self._directory.verify_message(signer, _survivors_message(self.round_index, surv), sig):
+                raise SecAggAbort(
+                    f"Client {self.node_id}: client {signer}'s signature does not cover this survivor list in round "
+                    f"{self.round_index} (the server showed different lists to different clients); refusing."
+                )
+            valid.add(signer)
+        if len(valid) < self._threshold:
+            raise SecAggAbort(
+                f"Client {self.node_id}: only {len(valid)} clients signed the survivor list, below the threshold "
+                f"{self._threshold}; refusing."
+            )
         self._stage = "unmasked"
-        out: dict[int, tuple[str, int]] = {v: ("b", self._b_shares[v]) for v in surv if v in self._b_shares}
-        out.update({v: ("s", self._s_shares[v]) for v in drop if v in self._s_shares})
+        out: dict[int, tuple[str, int]] = {v: ("b", self._b_shares[v]) for v in surv}
+        out.update({v: ("s", self._s_shares[v]) for v in self._masked_with if v not in surv})
         return out
 
 
@@ -571,6 +645,7 @@ class ServerView:
     ciphertexts: dict[int, dict[int, bytes]] = field(default_factory=dict)
     masked: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     weights: dict[int, float] = field(default_factory=dict)
+    survivor_signatures: dict[int, bytes] = field(default_factory=dict)
     unmask_shares: dict[int, dict[int, tuple[str, int]]] = field(default_factory=dict)
 
 
@@ -697,12 +772,12 @@ def secure_aggregate(
         routed = {src: cts[u] for src, cts in view.ciphertexts.items() if u in cts}
         view.masked[u] = clients[u].masked_input(updates[u], float(weights[u]), routed)
         view.weights[u] = float(weights[u])
-    dropped = [u for u in ids if u not in uploaders]
     responders = [u for u in uploaders if u not in set(drop_before_unmask)]
     if len(responders) < t:
         raise ValueError(f"Only {len(responders)} clients answered the unmask request, below the threshold {t}.")
+    view.survivor_signatures = {u: clients[u].sign_survivors(uploaders) for u in uploaders}
     for u in responders:
-        view.unmask_shares[u] = clients[u].unmask(uploaders, dropped)
+        view.unmask_shares[u] = clients[u].unmask(uploaders, view.survivor_signatures)
     residues = unmask_sum(view, uploaders, round_index)
     total = float(sum(weights[u] for u in uploaders))
     if not total > 0:

@@ -31,7 +31,14 @@ from hf_ext.federated import (
     secure_aggregate,
     shamir_combine,
 )
-from hf_ext.federated.secure_aggregation import MODULUS, _agree, _pair_info, _point, _private_from_bytes
+from hf_ext.federated.secure_aggregation import (
+    MODULUS,
+    _agree,
+    _pair_info,
+    _point,
+    _private_from_bytes,
+    _survivors_message,
+)
 
 
 def _update(seed, size=64):
@@ -93,7 +100,8 @@ def test_substituted_forged_or_replayed_keys_abort_the_round_before_any_share_le
     everyone = {0: victim, **honest}
     ups = {u: _update(u) for u in ids}
     masked = {u: everyone[u].masked_input(ups[u], 1.0, {s: c[u] for s, c in cts.items() if u in c}) for u in ids}
-    shares = {u: everyone[u].unmask(ids, []) for u in ids[:t]}
+    sigs = {u: everyone[u].sign_survivors(ids) for u in ids}
+    shares = {u: everyone[u].unmask(ids, sigs) for u in ids[:t]}
     total = torch.remainder(sum(_vec(masked[u]) for u in ids), MODULUS)
     for u in ids:
         total = torch.remainder(
@@ -133,19 +141,29 @@ def _split_view_attack(n, colluders, lied_to, threshold, max_colluders, rnd=1):
     cts = {u: c.share_keys(keys, threshold) for u, c in cl.items()}
     ups = {u: _update(100 + u) for u in ids}
     y = {u: _vec(cl[u].masked_input(ups[u], 1.0, {s: c[u] for s, c in cts.items() if u in c})) for u in ids}
+    alive, dead = ids, [w for w in ids if w != 0]  # the two survivor lists the server shows
+    sigs = {tuple(alive): {}, tuple(dead): {}}
+    for c in colluders:  # colluders sign both lists and hand over both of their shares of 0
+        for lst in (alive, dead):
+            sigs[tuple(lst)][c] = identities[c].sign(_survivors_message(rnd, lst))
+    shown = {u: (dead if u in lied_to else alive) for u in ids if u not in colluders}
+    for u, lst in shown.items():
+        try:
+            sigs[tuple(lst)][u] = cl[u].sign_survivors(lst)
+        except SecAggAbort as err:  # e.g. too few survivors for the threshold: this client signs nothing
+            assert "below the threshold" in str(err)
     b_sh, s_sh = {}, {}
     for c in colluders:
         b_sh[_point(c)], s_sh[_point(c)] = cl[c]._b_shares[0], cl[c]._s_shares[0]
-    for u in ids:
-        if u in colluders:
+    for u, lst in shown.items():
+        if u not in sigs[tuple(lst)]:
             continue
         try:
-            if u in lied_to:
-                s_sh[_point(u)] = cl[u].unmask([w for w in ids if w != 0], [0])[0][1]
-            else:
-                b_sh[_point(u)] = cl[u].unmask(ids, [])[0][1]
-        except ValueError as err:  # e.g. too few survivors for the threshold: this client reveals nothing
-            assert "below the threshold" in str(err)
+            kind, share = cl[u].unmask(lst, sigs[tuple(lst)])[0]
+        except SecAggAbort as err:  # fewer than t clients signed the list this client was shown
+            assert "clients signed the survivor list" in str(err)
+            continue
+        (b_sh if kind == "b" else s_sh)[_point(u)] = share
     err = None
     if len(b_sh) >= threshold and len(s_sh) >= threshold:
         rec = _unmask_one(
@@ -205,6 +223,58 @@ def test_colluder_bound_in_the_federated_arguments_and_honest_rounds():
     assert float((_vec(mean) - ref).abs().max()) <= quantization_error_bound(5, total) + 1e-12
     with pytest.raises(ValueError, match="below the threshold 4"):
         secure_aggregate(ups, w, max_colluders=1, drop_before_upload=[2], drop_before_unmask=[3])
+
+
+def _withheld_shares_attack(n, t, masking_peers, shown, rnd=1):
+    """No colluder. The server withholds from client 0 the shares of every peer outside `masking_peers` (so 0 masks
+    its upload with those peers only), then shows each client `u` its own survivor list `shown[u]`, so that the peers
+    0 masked with look dropped to enough other clients. Returns the max error of 0's recovered update, or None."""
+    ids = list(range(n))
+    identities, directory = IdentityDirectory.provision(ids)
+    cl = {u: SecAggClient(u, rnd, identity=identities[u], directory=directory) for u in ids}
+    keys = {u: c.advertise_keys() for u, c in cl.items()}
+    cts = {u: c.share_keys(keys, t) for u, c in cl.items()}
+    ups = {u: _update(200 + u) for u in ids}
+    y = {}
+    for u in ids:
+        routed = {src: c[u] for src, c in cts.items() if u in c and (u != 0 or src in masking_peers)}
+        y[u] = _vec(cl[u].masked_input(ups[u], 1.0, routed))
+    sigs: dict[tuple, dict] = {}
+    for u, lst in shown.items():
+        try:
+            sigs.setdefault(tuple(sorted(lst)), {})[u] = cl[u].sign_survivors(lst)
+        except SecAggAbort:
+            pass
+    b, s = {}, {}
+    for u, lst in shown.items():
+        got = sigs.get(tuple(sorted(lst)), {})
+        if u not in got:
+            continue
+        try:
+            reply = cl[u].unmask(lst, got)
+        except SecAggAbort:
+            continue
+        for owner, (kind, share) in reply.items():
+            (b if kind == "b" else s).setdefault(owner, {})[_point(u)] = share
+    if len(b.get(0, {})) < t or any(len(s.get(v, {})) < t for v in masking_peers):
+        return None
+    z = torch.remainder(y[0] - prg_residues(shamir_combine(b[0]), y[0].numel()), MODULUS)
+    for v in masking_peers:
+        sk = _private_from_bytes(shamir_combine(s[v]))
+        z = torch.remainder(z - prg_residues(_agree(sk, keys[0].s_pk, _pair_info(0, v, rnd)), z.numel()), MODULUS)
+    return float((decode(z) - _vec(ups[0]).double()).abs().max())
+
+
+def test_withheld_shares_and_per_client_dropout_lists_are_refused():
+    """Attack found while closing the review's gaps (no colluder needed; it unmasked client 0 on the protocol
+    without the signed consistency check, at n = 3, t = 2 and n = 5, t = 3): shrink the set of peers the victim masks
+    with, then tell the other clients that exactly those peers dropped. Refused now: a client signs only survivor
+    lists made of clients it masked with, and unmasks only a list that t clients signed."""
+    # n = 3: client 0 masks with 1 only and is told that 2 survived and 1 dropped, as is client 2
+    assert _withheld_shares_attack(3, 2, [1], {0: [0, 2], 2: [0, 2]}) is None
+    # n = 5: client 0 masks with 1 and 2; every client sees a list of t = 3 that makes 1 or 2 look dropped
+    shown = {0: [0, 1, 2], 1: [0, 1, 3], 2: [0, 2, 3], 3: [0, 3, 4], 4: [0, 3, 4]}
+    assert _withheld_shares_attack(5, 3, [1, 2], shown) is None
 
 
 # ----------------------------------------------------------------------------------------------------- 3. differencing

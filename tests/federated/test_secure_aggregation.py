@@ -136,12 +136,18 @@ def _run_to_upload(ids, round_index=0):
     return ups, clients, keys, cts, masked
 
 
+def _sign(clients, survivors, signers):
+    return {u: clients[u].sign_survivors(survivors) for u in signers}
+
+
 def test_server_that_falsely_declares_an_uploader_dropped_cannot_unmask_it():
     ids = [0, 1, 2]
     ups, clients, keys, cts, masked = _run_to_upload(ids)
     # client 0 uploaded; the server lies to 1 and 2 that it dropped, and gets 0's mask key (s_sk) shares
-    shares = {u: clients[u].unmask([1, 2], [0]) for u in (1, 2)}
+    sigs = _sign(clients, [1, 2], (1, 2))
+    shares = {u: clients[u].unmask([1, 2], sigs) for u in (1, 2)}
     s_shares = {_point(u): s[0][1] for u, s in shares.items()}
+    assert all(s[0][0] == "s" for s in shares.values())
     from hf_ext.federated.secure_aggregation import _agree, _pair_info, _private_from_bytes
 
     s_sk0 = _private_from_bytes(shamir_combine(s_shares))
@@ -152,25 +158,36 @@ def test_server_that_falsely_declares_an_uploader_dropped_cannot_unmask_it():
     leaked = decode(y0)[: ups[0]["a"].numel()]
     assert abs(_corr(leaked, ups[0]["a"])) < 0.05  # the self mask still hides the update
     assert float((leaked - ups[0]["a"]).abs().median()) > 1e6
-    # and the clients will not also hand out the self-mask shares of client 0 in this round
+    # and the clients will not also sign another list or hand out the self-mask shares of client 0 in this round
     for u in (1, 2):
         with pytest.raises(RuntimeError, match="again"):
-            clients[u].unmask([0, 1, 2], [])
-    with pytest.raises(ValueError, match="dropped"):  # client 0 itself refuses to be declared dropped
-        clients[0].unmask([1, 2], [0])
+            clients[u].sign_survivors([0, 1, 2])
+        with pytest.raises(RuntimeError, match="again"):
+            clients[u].unmask([0, 1, 2], sigs)
+    with pytest.raises(SecAggAbort, match="dropped"):  # client 0 itself refuses to be declared dropped
+        clients[0].sign_survivors([1, 2])
 
 
 def test_clients_refuse_inconsistent_or_too_small_unmask_requests():
     ids = [0, 1, 2, 3, 4]
     _, clients, keys, _, _ = _run_to_upload(ids)
-    with pytest.raises(ValueError, match="survivor and dropped"):
-        clients[1].unmask([0, 1, 2], [2, 3])
-    with pytest.raises(ValueError, match="below the threshold"):
-        clients[1].unmask([0, 1], [2, 3, 4])
-    # a split view (0 alive for some, dead for others) gives the server fewer than t shares of one secret
-    b0 = {_point(u): clients[u].unmask([0, 1, 2, 3, 4], [])[0][1] for u in (0, 1)}
-    s0 = {_point(u): clients[u].unmask([1, 2, 3, 4], [0])[0][1] for u in (2, 3, 4)}
-    assert len(b0) < 3 <= len(s0)  # t = 3: the self mask of 0 stays hidden
+    with pytest.raises(SecAggAbort, match="below the threshold"):
+        clients[1].sign_survivors([0, 1])
+    with pytest.raises(SecAggAbort, match="repeats"):
+        clients[1].sign_survivors([0, 1, 1, 2])
+    with pytest.raises(RuntimeError, match="before the consistency check"):
+        clients[1].unmask(ids, {})
+    # a split view (0 alive for some, dead for others): neither list gathers t = 3 signatures, nobody unmasks
+    alive = _sign(clients, ids, (0, 1))
+    dead = _sign(clients, [1, 2, 3, 4], (2, 3))
+    with pytest.raises(SecAggAbort, match="only 2 clients signed"):
+        clients[0].unmask(ids, alive)
+    with pytest.raises(SecAggAbort, match="does not cover this survivor list"):  # signatures of the other list
+        clients[2].unmask([1, 2, 3, 4], {**dead, 1: alive[1]})
+    with pytest.raises(SecAggAbort, match="we signed"):  # a list other than the one the client signed
+        clients[3].unmask(ids, alive)
+    with pytest.raises(SecAggAbort, match="non-survivor 0"):
+        clients[3].unmask([1, 2, 3, 4], {**dead, 0: alive[0]})
     fresh, _, _ = _clients([0, 1, 2, 3, 4, 5])
     fresh_keys = {u: c.advertise_keys() for u, c in fresh.items()}
     with pytest.raises(SecAggAbort, match="threshold=2 with 6 clients and max_colluders=0"):
@@ -183,10 +200,11 @@ def test_server_cannot_finish_without_enough_unmask_shares():
     from hf_ext.federated import ServerView
 
     view = ServerView(threshold=2, public_keys=keys, ciphertexts=cts, masked=masked)
-    view.unmask_shares = {0: clients[0].unmask(ids, [])}  # one responder, threshold 2
+    sigs = _sign(clients, ids, ids)
+    view.unmask_shares = {0: clients[0].unmask(ids, sigs)}  # one responder, threshold 2
     with pytest.raises(ValueError, match="need 2"):
         unmask_sum(view, ids)
-    view.unmask_shares[1] = clients[1].unmask(ids, [])
+    view.unmask_shares[1] = clients[1].unmask(ids, sigs)
     total = unmask_sum(view, ids)
     torch.testing.assert_close(decode(total["a"]), sum(ups[u]["a"].double() for u in ids), atol=1e-6, rtol=0)
 
