@@ -116,7 +116,10 @@ def make_client_app(
     return app
 
 
-def check_unmask_request(configs, node_id: int) -> None:
+NODE_REFUSE_DROPOUTS_KEY = "secagg-refuse-dropouts"
+
+
+def check_unmask_request(configs, node_id: int, refuse_dropouts: bool = False) -> None:
     """Refuse a SecAgg+ unmask request that would reveal both secrets of a client.
 
     flwr 1.42's `secaggplus_mod` answers an unmask request with self-mask shares for every node listed active and
@@ -134,17 +137,31 @@ def check_unmask_request(configs, node_id: int) -> None:
         raise ValueError("SecAgg+ unmask request repeats node ids; refusing to answer.")
     if int(node_id) in dead or int(node_id) not in active:
         raise ValueError(f"SecAgg+ unmask request does not list this node ({node_id}) as active; refusing to answer.")
+    if refuse_dropouts and dead:
+        raise ValueError(
+            f"SecAgg+ unmask request lists nodes {sorted(dead)} as dead and this node runs with "
+            f"{NODE_REFUSE_DROPOUTS_KEY}=true (no mask-key share ever leaves it); refusing to answer."
+        )
 
 
 def secagg_unmask_guard_mod(msg, ctxt, call_next):
-    """Flower client mod, placed before `secaggplus_mod`: checks unmask requests with [`check_unmask_request`]."""
+    """Flower client mod, placed before `secaggplus_mod`: checks unmask requests with [`check_unmask_request`].
+
+    flwr 1.42 has no consistency round, so a malicious server can show different nodes different dead lists (each
+    list passes this check) and rebuild the mask keys of every peer a victim masked with (see docs/federated.md). A
+    node started with `--node-config "secagg-refuse-dropouts=true"` never reveals a mask-key share, which closes that
+    attack at the price of losing any round in which a node drops out after key sharing.
+    """
     from flwr.app.message_type import MessageType
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
     if msg.metadata.message_type == MessageType.TRAIN and RECORD_KEY_CONFIGS in msg.content.config_records:
         configs = msg.content.config_records[RECORD_KEY_CONFIGS]
         if configs.get(Key.STAGE) == Stage.UNMASK:
-            check_unmask_request(configs, msg.metadata.dst_node_id)
+            refuse = ctxt.node_config.get(NODE_REFUSE_DROPOUTS_KEY, False)
+            if not isinstance(refuse, bool):
+                raise ValueError(f"node config {NODE_REFUSE_DROPOUTS_KEY!r} must be true or false, got {refuse!r}.")
+            check_unmask_request(configs, msg.metadata.dst_node_id, refuse_dropouts=refuse)
     return call_next(msg, ctxt)
 
 

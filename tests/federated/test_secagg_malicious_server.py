@@ -423,3 +423,85 @@ def test_flower_rerun_of_a_served_round_is_refused_by_the_real_client_mods():
     _, s2 = run(secagg_client_mods(fed), grid_nodes=[2, 3], grid=grid)
     assert sorted(n for n, e in grid.client_errors if "already served round 1" in e) == [2, 3]
     assert all(torch.equal(s2[k], start[k]) for k in keys)  # no second aggregate: nothing to subtract
+
+
+def test_flower_per_node_dead_lists_unmask_a_node_unless_dropouts_are_refused():
+    """The withheld-shares attack on flwr 1.42's SecAgg+ client (its own stage functions, behind hf_ext's unmask
+    guard), 5 nodes, t = 3, no colluder: Flower has no consistency round, so each per-node request passes the guard
+    and node 1's update is recovered. Nodes started with `secagg-refuse-dropouts=true` reveal no mask-key share."""
+    import importlib
+
+    from flwr.app import ConfigRecord, Context, RecordDict
+    from flwr.app.message_type import MessageType
+    from flwr.common import bytes_to_ndarray, ndarrays_to_parameters
+    from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+    from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
+    from flwr.common.secure_aggregation.quantization import dequantize
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+    from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
+
+    from hf_ext.federated.flower import secagg_unmask_guard_mod
+
+    M = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+    rng_, q, mod_range = 8.0, 2**22, 2**32
+    nids, t, victim, masking = [1, 2, 3, 4, 5], 3, 1, [2, 3]
+    rng = np.random.default_rng(0)
+    xs = {n: [rng.normal(0, 0.05, 16)] for n in nids}
+
+    def run(refuse_dropouts):
+        st = {n: M.SecAggPlusState(nid=n) for n in nids}
+        setup = {Key.SAMPLE_NUMBER: 5, Key.SHARE_NUMBER: 5, Key.THRESHOLD: t, Key.CLIPPING_RANGE: rng_}
+        setup.update({Key.TARGET_RANGE: q, Key.MOD_RANGE: mod_range, Key.MAX_WEIGHT: 100.0})
+        pk = {n: M._setup(st[n], ConfigRecord(setup)) for n in nids}
+        bc = ConfigRecord({str(n): [pk[n][Key.PUBLIC_KEY_1], pk[n][Key.PUBLIC_KEY_2]] for n in nids})
+        sh = {n: M._share_keys(st[n], bc) for n in nids}
+        masked = {}
+        for n in nids:  # the server withholds from node 1 the shares of nodes 4 and 5
+            pairs = [
+                (src, c)
+                for src in nids
+                if n != victim or src in masking
+                for d, c in zip(sh[src][Key.DESTINATION_LIST], sh[src][Key.CIPHERTEXT_LIST])
+                if d == n
+            ]
+            cfg = ConfigRecord({Key.CIPHERTEXT_LIST: [c for _, c in pairs], Key.SOURCE_LIST: [s for s, _ in pairs]})
+            out = M._collect_masked_vectors(st[n], cfg, 100, ndarrays_to_parameters(xs[n]))
+            masked[n] = [bytes_to_ndarray(b) for b in out[Key.MASKED_PARAMETERS]]
+        # per-node (active, dead) lists: node 1 sees 2 and 3 alive, the others see 2 or 3 (or both) dead
+        req = {1: ([1, 2, 3], []), 2: ([1, 2, 4], [3]), 3: ([1, 3, 4], [2]), 4: ([1, 4, 5], [2, 3])}
+        req[5] = req[4]
+        b, s = {}, {}
+        for n, (act, dead) in req.items():
+            cfg = ConfigRecord({Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: act, Key.DEAD_NODE_ID_LIST: dead})
+            meta = SimpleNamespace(message_type=MessageType.TRAIN, dst_node_id=n, group_id="1")
+            msg = SimpleNamespace(metadata=meta, content=RecordDict({RECORD_KEY_CONFIGS: cfg}))
+            ctx = Context(1, n, {"secagg-refuse-dropouts": refuse_dropouts}, RecordDict(), {})
+            try:
+                r = secagg_unmask_guard_mod(
+                    msg, ctx, lambda m, c, n=n: M._unmask(st[n], m.content[RECORD_KEY_CONFIGS])
+                )
+            except ValueError as err:
+                assert "secagg-refuse-dropouts=true" in str(err)
+                continue
+            for i, (owner, share) in enumerate(zip(r[Key.NODE_ID_LIST], r[Key.SHARE_LIST])):
+                (b if i < len(act) else s).setdefault(owner, []).append(share)
+        if len(b.get(victim, [])) < t or any(len(s.get(v, [])) < t for v in masking):
+            return None
+        shapes = [a.shape for a in masked[victim]]
+        y = [
+            (a.astype(np.int64) - m) % mod_range
+            for a, m in zip(masked[victim], pseudo_rand_gen(combine_shares(b[victim][:t]), mod_range, shapes))
+        ]
+        for v in masking:
+            sk = bytes_to_private_key(combine_shares(s[v][:t]))
+            m = pseudo_rand_gen(
+                generate_shared_key(sk, bytes_to_public_key(pk[victim][Key.PUBLIC_KEY_1])), mod_range, shapes
+            )
+            y = [(a + mm) % mod_range for a, mm in zip(y, m)]  # node 1 < v subtracted the mask
+        rec = dequantize([y[1]], rng_, q)[0] * q / int(np.asarray(y[0]).reshape(-1)[0])
+        return float(np.abs(rec - xs[victim][0]).max())
+
+    err = run(False)
+    assert err is not None and err < 1e-5  # the attack works on Flower's SecAgg+ with the default guard
+    assert run(True) is None

@@ -255,10 +255,13 @@ def test_flower_unmask_guard_refuses_requests_that_reveal_both_secrets():
         meta = SimpleNamespace(message_type=MessageType.TRAIN, dst_node_id=2)
         return SimpleNamespace(metadata=meta, content=RecordDict({RECORD_KEY_CONFIGS: configs}))
 
+    from flwr.app import Context
+
+    ctx = Context(run_id=1, node_id=2, node_config={}, state=RecordDict(), run_config={})
     passed = []
-    secagg_unmask_guard_mod(message(Stage.UNMASK, [1, 2], [3]), None, lambda m, c: passed.append(m))
-    secagg_unmask_guard_mod(message(Stage.SETUP, [], []), None, lambda m, c: passed.append(m))
+    secagg_unmask_guard_mod(message(Stage.UNMASK, [1, 2], [3]), ctx, lambda m, c: passed.append(m))
+    secagg_unmask_guard_mod(message(Stage.SETUP, [], []), ctx, lambda m, c: passed.append(m))
     assert len(passed) == 2
     with pytest.raises(ValueError, match="both active and dead"):
-        secagg_unmask_guard_mod(message(Stage.UNMASK, [1, 2, 3], [3]), None, lambda m, c: passed.append(m))
+        secagg_unmask_guard_mod(message(Stage.UNMASK, [1, 2, 3], [3]), ctx, lambda m, c: passed.append(m))
     assert len(passed) == 2
