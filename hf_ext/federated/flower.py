@@ -4,7 +4,9 @@
 Without secure aggregation the apps use Flower's Message API (`flwr.serverapp.strategy.FedAvg` subclass). With
 `fed_args.secure_aggregation` they use Flower's own SecAgg+ protocol: the server runs `SecAggPlusWorkflow` inside
 Flower's `DefaultWorkflow` and the clients run `secaggplus_mod`, so the server only ever sees the weighted mean of
-the clients' updates.
+the clients' updates. hf_ext's client mods in front of it ([`secagg_client_mods`]) refuse requests a malicious server
+could exploit (re-run rounds, thresholds below the colluder bound, inconsistent unmask requests); what they cannot
+close in flwr 1.42 (unauthenticated keys, no consistency round) is in docs/federated.md.
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ def make_client_app(
     The node's partition comes from `context.node_config["partition-id"]`. Every round the model is rebuilt with
     `model_fn()` (and the seeded adapter), the received global state is loaded, the client trains with the `Trainer`
     (Goldfish / DP-SGD from `training_args`) and replies with its state; with secure aggregation it replies with its
-    update through Flower's `secaggplus_mod`, which masks it. The client's privacy accountant persists in
-    `context.state` across rounds.
+    update through Flower's `secaggplus_mod`, which masks it, behind hf_ext's guard mods ([`secagg_client_mods`]).
+    The client's privacy accountant and its last SecAgg+ round persist in `context.state` across rounds.
 
     Args:
         model_fn (`Callable[[], PreTrainedModel]`): builds the (deterministic) base model.
