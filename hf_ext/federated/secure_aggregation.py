@@ -436,6 +436,12 @@ class SecAggClient:
                 "all clients' identity public keys, provisioned out of band): without them a malicious server can "
                 "substitute peers' keys and unmask one client. Use IdentityDirectory.provision(ids) for tests."
             )
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        if not isinstance(identity, Ed25519PrivateKey):
+            raise TypeError(
+                f"`identity` must be an Ed25519PrivateKey (the client's own), got {type(identity).__name__}."
+            )
         if not isinstance(directory, IdentityDirectory):
             raise TypeError(f"`directory` must be an IdentityDirectory, got {type(directory).__name__}.")
         _check_colluders(max_colluders)

@@ -116,6 +116,8 @@ def test_an_identity_directory_is_required_and_must_match():
     identities, directory = IdentityDirectory.provision([0, 1])
     with pytest.raises(ValueError, match="not the key the directory holds for client 0"):
         SecAggClient(0, 1, identity=identities[1], directory=directory)
+    with pytest.raises(TypeError, match="Ed25519PrivateKey"):
+        SecAggClient(0, 1, identity=identities[0].public_key(), directory=directory)
     restored = IdentityDirectory.from_json(directory.to_json())  # how it is distributed to clients
     assert restored.client_ids == [0, 1] and restored.public_bytes(1) == directory.public_bytes(1)
     with pytest.raises(ValueError, match="identity directory JSON"):
