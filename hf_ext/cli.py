@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rep.add_argument("method", nargs="?", help="method name (see --list)")
     rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the method's, >= 3)")
+    rep.add_argument("--jobs", type=int, default=1, help="seeds run at the same time, one process each (default 1)")
     rep.add_argument("--fast", action="store_true", help="smaller budget: checks that it runs; verdicts indicative")
     rep.add_argument("--output_dir", default=None, help="keep the runs and write reproduction.json/.md here")
     rep.add_argument("--list", action="store_true", help="list the methods")
@@ -71,7 +72,9 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
         parser.error(f"unknown method {args.method!r}; one of: {', '.join(methods)}")
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    report = reproduce(args.method, seeds=args.seeds, fast=args.fast, output_dir=args.output_dir)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    report = reproduce(args.method, seeds=args.seeds, fast=args.fast, output_dir=args.output_dir, jobs=args.jobs)
     print(report.to_markdown())
     return 0 if report.holds else 1
 

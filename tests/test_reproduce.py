@@ -50,6 +50,35 @@ def test_reproduce_judges_claims_over_seeds(monkeypatch, tmp_path):
         reproduce("toy", seeds=0)
 
 
+def _seed_run(seed, fast, workdir):
+    """A module-level run, so that worker processes can import it."""
+    import os
+
+    with open(os.path.join(workdir, "ran"), "w") as fh:
+        fh.write(str(os.getpid()))
+    return {"seed": seed, "pid": os.getpid(), "fast": fast}
+
+
+def test_seeds_in_parallel_processes_give_the_same_table(monkeypatch, tmp_path):
+    """--jobs N runs seeds in separate processes; the per-seed results come back in seed order."""
+    import os
+
+    def judge(runs):
+        return ",".join(str(r["seed"]) for r in runs), True
+
+    spec = Reproduction("toy_jobs", "parallel seeds", _seed_run, [Claim("seeds in order", "-", judge)])
+    monkeypatch.setitem(REPRODUCTIONS, "toy_jobs", spec)
+    report = reproduce("toy_jobs", seeds=[3, 1, 2], jobs=2, output_dir=str(tmp_path))
+    assert report.rows[0].ours == "3,1,2" and [r["seed"] for r in report.per_seed] == [3, 1, 2]
+    pids = {r["pid"] for r in report.per_seed}
+    assert os.getpid() not in pids and len(pids) <= 2
+    assert all((tmp_path / f"seed{s}" / "ran").is_file() for s in (1, 2, 3))
+    assert {r["pid"] for r in reproduce("toy_jobs", seeds=2).per_seed} == {os.getpid()}  # jobs=1: in process
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="--jobs"):
+            reproduce("toy_jobs", seeds=2, jobs=bad)
+
+
 def test_cli_lists_and_runs_a_fast_reproduction(capsys, tmp_path):
     assert main(["reproduce", "--list"]) == 0
     listed = capsys.readouterr().out

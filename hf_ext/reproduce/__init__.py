@@ -119,6 +119,7 @@ def reproduce(
     seeds: int | Sequence[int] | None = None,
     fast: bool = False,
     output_dir: str | None = None,
+    jobs: int = 1,
 ) -> Report:
     """Run `method`'s reproduction over `seeds` (a count, or explicit seeds) and judge its claims.
 
@@ -128,6 +129,9 @@ def reproduce(
         fast: a smaller budget, for checking that the reproduction runs; verdicts are then only indicative.
         output_dir: where runs keep their files (and where `reproduction.json` / `reproduction.md` are written);
             a temporary folder that is removed afterwards if not given.
+        jobs: how many seeds run at the same time, each in its own process (default 1: one after the other, in this
+            process). Every seed is seeded on its own, so the results do not depend on `jobs`; timings measured
+            inside a run do (the processes share the machine).
     """
     from .methods import REPRODUCTIONS
 
@@ -139,14 +143,18 @@ def reproduce(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list or (isinstance(seeds, int) and seeds < 1):
         raise ValueError(f"--seeds must be a positive number of seeds, got {seeds!r}.")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs must be a positive number of parallel processes, got {jobs!r}.")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"hf_ext-reproduce-{method}-") as scratch:
         root = output_dir or scratch
-        per_seed = []
-        for seed in seed_list:
-            workdir = os.path.join(root, f"seed{seed}")
+        workdirs = [os.path.join(root, f"seed{seed}") for seed in seed_list]
+        for workdir in workdirs:
             os.makedirs(workdir, exist_ok=True)
-            per_seed.append(spec.run(seed, fast, workdir))
+        if jobs == 1 or len(seed_list) == 1:
+            per_seed = [spec.run(seed, fast, workdir) for seed, workdir in zip(seed_list, workdirs)]
+        else:
+            per_seed = _run_in_processes(spec.run, seed_list, fast, workdirs, jobs)
         rows = []
         for claim in spec.claims:
             ours, ok = claim.judge(per_seed)
@@ -169,6 +177,18 @@ def reproduce(
             atomic_write_json(os.path.join(output_dir, "reproduction.json"), _jsonable(dataclasses.asdict(report)))
             atomic_write_text(os.path.join(output_dir, "reproduction.md"), report.to_markdown())
     return report
+
+
+def _run_in_processes(run: Callable, seeds: list[int], fast: bool, workdirs: list[str], jobs: int) -> list[dict]:
+    """Run the seeds in up to `jobs` fresh ("spawn") processes; results come back in seed order. `run` must be a
+    module-level function (it is sent to the workers by name)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads or a CUDA context
+    with ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=ctx) as pool:
+        futures = [pool.submit(run, s, fast, w) for s, w in zip(seeds, workdirs)]
+        return [f.result() for f in futures]
 
 
 def _jsonable(obj):
