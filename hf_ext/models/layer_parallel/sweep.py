@@ -167,11 +167,16 @@ def format_sweep_table(rows: list[dict], chosen: dict | None = None, task_metric
             f"{r['ppl_ratio']:.3f} | {r['accuracy']:.4f} |"
         )
         if tasks:
-            line += "".join(f" {r['task_scores'][t]:.4f} |" for t in tasks)
+            line += "".join(f" {_num(r['task_scores'][t])} |" for t in tasks)
             ret = r.get("retention")
             line += f" {ret:.1f} |" if isinstance(ret, float) and math.isfinite(ret) else " n/a |"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _num(value: float) -> str:
+    """Accuracies with 4 decimals; large scores (perplexities of tiny models) in 4 significant digits."""
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:.4g}"
 
 
 def plot_sweep(
