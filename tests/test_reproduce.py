@@ -94,8 +94,15 @@ def test_cli_lists_and_runs_a_fast_reproduction(capsys, tmp_path):
         main(["reproduce", "no_such_method"])
 
 
+#: methods whose own slow test runs the same `reproduce()` (with its seeds in parallel and extra checks)
+OWN_SLOW_TEST = {
+    "federated": "tests/federated/test_reproduction.py",
+    "neuralgrok": "tests/neuralgrok/test_reproduction.py",
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", sorted(REPRODUCTIONS))
+@pytest.mark.parametrize("method", sorted(set(REPRODUCTIONS) - set(OWN_SLOW_TEST)))
 def test_reproduction_holds(method, tmp_path):
     report = reproduce(method, output_dir=str(tmp_path))
     print(report.to_markdown())

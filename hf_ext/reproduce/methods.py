@@ -484,10 +484,12 @@ def _warmup_run(seed: int, fast: bool, workdir: str) -> dict:
 
 
 def _adamw_needs_warmup(runs: list[dict]) -> tuple[str, bool]:
+    from ..recipes.warmup import warmup_claim_holds
+
     adamw = [r["gaps"]["adamw"] for r in runs]
     lion = [r["gaps"]["lion_ar"] for r in runs]
     text = f"warmup gap (no-warmup minus warmup loss): AdamW {mean_spread(adamw)}; LionAR {mean_spread(lion)}"
-    return text, min(adamw) > 0 and _mean(lion) < _mean(adamw)
+    return text, len(runs) > 1 and warmup_claim_holds(adamw, lion)
 
 
 def _lion_ar_without_warmup(runs: list[dict]) -> tuple[str, bool]:
@@ -502,7 +504,7 @@ WARMUP = Reproduction(
     "(transformers' WSD schedule); LionAR at the learning rate and decay of its equilibrium angle.",
     run=_warmup_run,
     claims=[
-        Claim("AdamW's warmup gap is positive on every seed and LionAR's is smaller",
+        Claim("AdamW's warmup gap is clearly positive (mean - sd > 0), LionAR's near zero (|mean| <= half AdamW's)",
               "normalized updates remove the need for warmup that AdamW has (abstract)", _adamw_needs_warmup,
               asserted=False),
         Claim("LionAR without warmup reaches at least AdamW-with-warmup's loss",
@@ -557,7 +559,215 @@ CUBIC_NEWTON = Reproduction(
 )
 
 
+# --------------------------------------------------------------------------------------------------- NeuralGrok
+#: The slow test's and `hf-ext reproduce neuralgrok`'s setting: the recipe's defaults (a+b mod 97, coupled Adam at lr
+#: 3e-3 and wd 1e-3, T=4, c=1) apart from CPU-budget knobs (width 64, batch 256, a 1024-equation test subset).
+NEURALGROK_METHODS = ("none", "none_strong_wd", "normalize", "grokfast_ema", "neuralgrok")
+#: Step budget per method: NeuralGrok (the slowest step) gets 600; the others 900, so that the baseline can reach
+#: the target and show its behaviour afterwards. AGE and weight norm are compared over the common first 600 steps.
+NEURALGROK_BUDGET = {"neuralgrok": 600}
+NEURALGROK_ARGV = [
+    "--hidden_size", "64", "--per_device_train_batch_size", "256", "--eval_steps", "20", "--max_eval_samples", "1024",
+    "--logging_steps", "20", "--torch_threads", "1", "--disable_tqdm", "true", "--report_to", "none",
+]  # fmt: skip
+
+
+def _neuralgrok_run(seed: int, fast: bool, workdir: str) -> dict:
+    """Every method on one seed, one recipe run per method (each in its own folder); `parts` merge over seeds."""
+    import os
+
+    parts = []
+    for method in NEURALGROK_METHODS:
+        steps = 40 if fast else NEURALGROK_BUDGET.get(method, 900)
+        argv = [*NEURALGROK_ARGV, "--methods", method, "--seeds", str(seed), "--max_steps", str(steps),
+                "--output_dir", os.path.join(workdir, method)]  # fmt: skip
+        parts.append(_quiet_recipe("neuralgrok", argv))
+    return {"parts": parts}
+
+
+def neuralgrok_merged(runs: list[dict]) -> dict:
+    """The recipe's merged summary (per method: means and spreads over seeds) of a reproduction's per-seed runs."""
+    from ..recipes.neuralgrok import merge_results
+
+    return merge_results([part for run in runs for part in run["parts"]])
+
+
+def _ng_steps(res: dict) -> str:
+    return f"{res['steps_to_target_mean']:.0f} ± {res['steps_to_target_std']:.0f} ({res['reached']}/{res['seeds']} reached)"
+
+
+def _ng_acc(res: dict) -> str:
+    return f"{res['test_accuracy_at_window_mean']:.3f} ± {res['test_accuracy_at_window_std']:.3f}"
+
+
+def _ng_faster_than_baseline(runs: list[dict]) -> tuple[str, bool]:
+    m = neuralgrok_merged(runs)["methods"]
+    ng, base, gf = m["neuralgrok"], m["none"], m["grokfast_ema"]
+    text = (f"steps to 95% (lower bounds where not reached): baseline {_ng_steps(base)}, Grokfast-EMA {_ng_steps(gf)}, "
+            f"NeuralGrok {_ng_steps(ng)}")  # fmt: skip
+    ok = ng["reached"] == ng["seeds"] and ng["steps_to_target_mean"] < base["steps_to_target_mean"]
+    return text, ok
+
+
+def _ng_normalisation_helps(runs: list[dict]) -> tuple[str, bool]:
+    m = neuralgrok_merged(runs)["methods"]
+    base, norm = m["none"], m["normalize"]
+    window = norm["complexity_window"]
+    text = f"test accuracy at step {window}: baseline {_ng_acc(base)}, normalisation only {_ng_acc(norm)}"
+    return text, norm["test_accuracy_at_window_mean"] > base["test_accuracy_at_window_mean"] + 0.1
+
+
+def _ng_amplifier_adds(runs: list[dict]) -> tuple[str, bool]:
+    m = neuralgrok_merged(runs)["methods"]
+    ng, norm = m["neuralgrok"], m["normalize"]
+    diff = ng["test_accuracy_at_window_mean"] - norm["test_accuracy_at_window_mean"]
+    text = f"NeuralGrok {_ng_acc(ng)} vs normalisation only {_ng_acc(norm)} (difference {diff:+.3f})"
+    return text, diff > 0.05
+
+
+def _ng_cost(runs: list[dict]) -> tuple[str, bool]:
+    m = neuralgrok_merged(runs)["methods"]
+    ng, norm = m["neuralgrok"], m["normalize"]
+    text = (f"mean CPU time per step (outer steps included) vs the baseline: NeuralGrok "
+            f"{ng['cpu_cost_per_step_vs_none']:.2f}x, normalisation only {norm['cpu_cost_per_step_vs_none']:.2f}x")  # fmt: skip
+    return text, ng["cpu_cost_per_step_vs_none"] <= 1.5
+
+
+def _ng_strong_wd(runs: list[dict]) -> tuple[str, bool]:
+    m = neuralgrok_merged(runs)["methods"]
+    base, wd = m["none"], m["none_strong_wd"]
+    text = (f"final weight norm {wd['final_weight_norm_mean']:.1f} vs {base['final_weight_norm_mean']:.1f}; test "
+            f"accuracy at step {wd['complexity_window']} {_ng_acc(wd)}; reached 95% on {wd['reached']}/{wd['seeds']}")  # fmt: skip
+    ok = (wd["final_weight_norm_mean"] < 0.5 * base["final_weight_norm_mean"] and wd["reached"] == 0
+          and wd["test_accuracy_at_window_mean"] < 0.05)  # fmt: skip
+    return text, ok
+
+
+def _ng_lower_age(runs: list[dict]) -> tuple[str, bool]:
+    m = neuralgrok_merged(runs)["methods"]
+    ng, base = m["neuralgrok"], m["none"]
+    text = (f"mean raw-gradient AGE over the first {ng['complexity_window']} steps: NeuralGrok "
+            f"{ng['mean_age_raw_mean']:.0f}, baseline {base['mean_age_raw_mean']:.0f}")  # fmt: skip
+    return text, ng["mean_age_raw_mean"] < base["mean_age_raw_mean"]
+
+
+NEURALGROK = Reproduction(
+    method="neuralgrok",
+    title="NeuralGrok: a learned gradient amplifier speeds up grokking",
+    setting="a+b mod 97, 50% train split, 2-layer decoder (width 64, batch 256), coupled Adam lr 3e-3 wd 1e-3; "
+    "baseline, normalisation-only control (same scale and clipping, amplifier fixed to uniform), Grokfast-EMA, "
+    "NeuralGrok (T=4, c=1) and the baseline with 10x weight decay; 900 steps (NeuralGrok 600), test accuracy on "
+    "1024 held-out equations every 20 steps.",
+    run=_neuralgrok_run,
+    claims=[
+        Claim("NeuralGrok reaches 95% test accuracy in fewer steps than the baseline",
+              "900 vs 1650 steps on a+b mod 97 (1.83x; Table 1, single runs)", _ng_faster_than_baseline,
+              asserted=False),
+        Claim("gradient normalisation alone (the control) generalises earlier than the baseline",
+              "plain normalisation c*g/||g|| speeds up and stabilises grokking (paper, ablation)",
+              _ng_normalisation_helps),
+        Claim("the learned amplifier adds to normalisation alone",
+              "the amplifier is learned to speed generalisation (method)", _ng_amplifier_adds, asserted=False),
+        Claim("NeuralGrok's step costs at most 1.5x the baseline's", "overhead not reported (goal set by us)",
+              _ng_cost, asserted=False),
+        Claim("10x weight decay keeps weights small and neither memorises nor generalises",
+              "wd 1e-2 neither memorises nor generalises on any task (Fig. 8)", _ng_strong_wd),
+        Claim("NeuralGrok lowers the absolute gradient entropy", "lower AGE than standard training (Fig. 6)",
+              _ng_lower_age, asserted=False),
+    ],  # fmt: skip
+)
+
+# --------------------------------------------------------------------------------------------------- federated
+def _exposure_gain(history: list[dict], rep: int = 10) -> float:
+    """Loss-gap exposure of the `rep`x canaries after the last round minus the base model's (round 0), in nats per
+    token: removes the fixed difference in difficulty between the canary texts and the reference texts."""
+    return history[-1][f"exposure_{rep}x"] - history[0][f"exposure_{rep}x"]
+
+
+def _extraction(history: list[dict], rep: int = 10) -> float:
+    """Greedy extraction of the `rep`x canaries: exact + approximate rate + mean char-BLEU, max over rounds."""
+    return max(h[f"exact_{rep}x"] + h[f"approx_{rep}x"] + h[f"bleu_{rep}x"] for h in history[1:])
+
+
+def _federated_run(seed: int, fast: bool, workdir: str) -> dict:
+    """The recipe's defaults (federated: full, LoRA, LoRA+Goldfish, LoRA+DP) and its centralized counterpart."""
+    import os
+
+    budget = ["--num_rounds", "1", "--local_steps", "4"] if fast else []
+    common = ["--seed", str(seed), "--torch_threads", "1", *budget]
+    out = {}
+    for setting, extra in (("federated", []), ("centralized", ["--setting", "centralized", "--configs",
+                                                                 "full,lora,lora+goldfish"])):  # fmt: skip
+        res = _quiet_recipe("federated", [*common, *extra, "--output_dir", os.path.join(workdir, setting)])
+        for name, run in res["runs"].items():
+            key = name.split("/")[-1]
+            out.setdefault(setting, {})[key] = {
+                "exposure_gain": _exposure_gain(run["history"]),
+                "exposure_gain_1x": _exposure_gain(run["history"], rep=1),
+                "extraction": _extraction(run["history"]),
+            }
+    return out
+
+
+def _fed(runs: list[dict], setting: str, config: str, key: str = "exposure_gain") -> list[float]:
+    return [r[setting][config][key] for r in runs]
+
+
+def _full_memorizes(runs: list[dict]) -> tuple[str, bool]:
+    full, lora = _fed(runs, "federated", "full", "extraction"), _fed(runs, "federated", "lora", "extraction")
+    text = f"greedy extraction of the 10x canaries (exact + approximate + char-BLEU): full {mean_spread(full)}, LoRA {mean_spread(lora)}"
+    return text, _mean(full) > 0.2 and _mean(full) > _mean(lora) + 0.1
+
+
+def _lora_memorizes_less(runs: list[dict]) -> tuple[str, bool]:
+    full, lora, gold = (_fed(runs, "federated", c) for c in ("full", "lora", "lora+goldfish"))
+    every = all(f > lo > g for f, lo, g in zip(full, lora, gold))
+    text = (f"exposure gain of the 10x canaries (nats/token): full {mean_spread(full, '{:.2f}')}, LoRA "
+            f"{mean_spread(lora, '{:.2f}')}, LoRA+Goldfish {mean_spread(gold, '{:.2f}')}; ordered on every seed: {every}")  # fmt: skip
+    ok = every and _mean(full) > _mean(lora) + 0.2 and _mean(lora) > _mean(gold) + 0.02 and _mean(lora) > 0.05
+    return text, ok
+
+
+def _dp_lowers(runs: list[dict]) -> tuple[str, bool]:
+    lora, dp = _fed(runs, "federated", "lora"), _fed(runs, "federated", "lora+dp")
+    return f"exposure gain: LoRA {mean_spread(lora, '{:.2f}')}, LoRA+DP {mean_spread(dp, '{:.2f}')}", _mean(dp) < _mean(
+        lora
+    ) - 0.02
+
+
+def _centralized_too(runs: list[dict]) -> tuple[str, bool]:
+    full, lora, gold = (_fed(runs, "centralized", c) for c in ("full", "lora", "lora+goldfish"))
+    full1, lora1 = _fed(runs, "centralized", "full", "exposure_gain_1x"), _fed(runs, "centralized", "lora", "exposure_gain_1x")
+    text = (f"centralized exposure gain, 10x canaries: full {mean_spread(full, '{:.2f}')}, LoRA {mean_spread(lora, '{:.2f}')}, "
+            f"LoRA+Goldfish {mean_spread(gold, '{:.2f}')}; 1x: full {mean_spread(full1, '{:.2f}')}, LoRA {mean_spread(lora1, '{:.2f}')}")  # fmt: skip
+    ok = (_mean(full) > 3 * _mean(lora) and all(f > lo for f, lo in zip(full, lora)) and _mean(full1) > 3 * _mean(lora1)
+          and _mean(lora) > 0.05 and _mean(gold) < _mean(lora) - 0.02)  # fmt: skip
+    return text, ok
+
+
+FEDERATED = Reproduction(
+    method="federated",
+    title="Federated LoRA memorizes less than full fine-tuning; Goldfish and DP lower it further",
+    setting="The federated recipe's defaults: tiny Llama pretrained on the embedded corpus, 3 non-IID clients, "
+    "FedAvg, 4 rounds x 40 local steps, LoRA on attention and MLP projections, 30% of canaries repeated 10x and 70% "
+    "once; DP-SGD on LoRA; and the centralized counterpart (one client, the same 480 optimizer steps).",
+    run=_federated_run,
+    claims=[
+        Claim("full fine-tuning memorizes the 10x canaries measurably (greedy extraction), more than LoRA",
+              "full fine-tuning memorizes repeated sequences (paper's setting)", _full_memorizes),
+        Claim("exposure: full > LoRA > LoRA+Goldfish on every seed",
+              "LoRA reduces memorization; Goldfish lowers it further (abstract)", _lora_memorizes_less),
+        Claim("DP-SGD lowers LoRA's exposure", "DP defenses reduce memorization (abstract)", _dp_lowers),
+        Claim("centralized too: full > 3x LoRA exposure (10x and 1x canaries), Goldfish below LoRA",
+              "the LoRA effect holds in centralized fine-tuning (paper)", _centralized_too),
+    ],  # fmt: skip
+)
+
+
 REPRODUCTIONS: dict[str, Reproduction] = {
     r.method: r
-    for r in (COMPLIANCE, CUBIC_NEWTON, FOG, GRAPE, GRAPE_CORPUS, HYPERINF, LAYER_PARALLEL, METADATA, WARMUP)
+    for r in (
+        COMPLIANCE, CUBIC_NEWTON, FEDERATED, FOG, GRAPE, GRAPE_CORPUS, HYPERINF, LAYER_PARALLEL, METADATA,
+        NEURALGROK, WARMUP,
+    )  # fmt: skip
 }

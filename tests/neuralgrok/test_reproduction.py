@@ -6,60 +6,40 @@
 - issue 23.3: absolute gradient entropy, weight norm and stability after grokking for the baseline, the baseline with
   strong weight decay and NeuralGrok.
 
-The recipe's defaults are this setting apart from the CPU-budget knobs given below (smaller model and batch, a
-1024-equation test subset). Each (method, seed) run is its own process, all side by side (each run is seeded on its
-own, so this is the same computation as one process; all methods then also share the same machine load, which makes
-their step times comparable) and the results are merged with `merge_results`. The checks are
-functions so that the same assertions can be applied to a saved `neuralgrok_results.json`.
+The runs are `hf-ext reproduce neuralgrok` (setting and paper claims registered in `hf_ext.reproduce.methods`: the
+recipe's defaults apart from CPU-budget knobs), one process per seed side by side, so that all methods of a seed share
+the same machine load and their step times are comparable. On top of the registered claims, the checks below assert
+what the recorded runs found (the amplifier adds nothing over the control; cost bounds). They are functions so that
+the same assertions can be applied to a saved `neuralgrok_results.json`.
 """
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from hf_ext.recipes.neuralgrok import merge_results, write_outputs
+from hf_ext.recipes.neuralgrok import write_outputs
+from hf_ext.reproduce import reproduce
+from hf_ext.reproduce.methods import NEURALGROK_METHODS, neuralgrok_merged
 
 SEEDS = (0, 1, 2)
-METHODS = ("none", "none_strong_wd", "normalize", "grokfast_ema", "neuralgrok")
-# Step budget per method: NeuralGrok (the slowest step) groks well before 600 steps; the others get 900 so that the
-# baseline (~800 steps) reaches the target and shows its behaviour afterwards. AGE/weight-norm summaries compare all
-# methods over the first 600 steps.
-BUDGET = {"neuralgrok": 600}
-ARGV = [
-    "--hidden_size", "64", "--per_device_train_batch_size", "256",
-    "--eval_steps", "20", "--max_eval_samples", "1024", "--logging_steps", "20",
-    "--torch_threads", "1",
-    "--disable_tqdm", "true", "--report_to", "none",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, repo_root):
+def reproduction(tmp_path_factory):
+    """`hf-ext reproduce neuralgrok --jobs 3`: the registered setting (hf_ext.reproduce.methods), seeds in parallel."""
     out = os.environ.get("NEURALGROK_REPRO_DIR") or str(tmp_path_factory.mktemp("neuralgrok_repro"))
     os.makedirs(out, exist_ok=True)
-    script = os.path.join(repo_root, "scripts", "neuralgrok.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    procs = []
-    runs = [(method, seed) for seed in SEEDS for method in METHODS]
-    for method, seed in runs:
-        name = f"{method}-{seed}"
-        cmd = [sys.executable, script, *ARGV, "--methods", method, "--seeds", str(seed)]
-        cmd += ["--max_steps", str(BUDGET.get(method, 900))]
-        cmd += ["--output_dir", os.path.join(out, name)]
-        log = open(os.path.join(out, f"{name}.log"), "w")  # noqa: SIM115 (closed below)
-        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-    for proc, log in procs:
-        proc.wait()
-        log.close()
-        assert proc.returncode == 0, open(log.name, encoding="utf-8").read()[-3000:]
-    parts = []
-    for method, seed in runs:
-        with open(os.path.join(out, f"{method}-{seed}", "neuralgrok_results.json"), encoding="utf-8") as fh:
-            parts.append(json.load(fh))
-    merged = merge_results(parts)
+    report = reproduce("neuralgrok", seeds=list(SEEDS), output_dir=out, jobs=len(SEEDS))
+    print(report.to_markdown())
+    return report, out
+
+
+@pytest.fixture(scope="module")
+def results(reproduction):
+    report, out = reproduction
+    merged = neuralgrok_merged(report.per_seed)
+    assert list(merged["methods"]) == list(NEURALGROK_METHODS) and merged["seeds"] == list(SEEDS)
     write_outputs(merged, out)
     print(f"outputs: {out}")
     return merged
@@ -145,6 +125,12 @@ def check_complexity_and_stability(results: dict) -> list[str]:
     # ... and, as in the paper's wd 1e-2 ablation, the model neither memorises nor generalises within the budget
     assert wd["reached"] == 0 and wd["test_accuracy_at_window_mean"] < 0.05
     return report
+
+
+@pytest.mark.slow
+def test_registered_claims_hold(reproduction):
+    report, _ = reproduction
+    assert len(report.seeds) >= 3 and report.holds, report.to_markdown()
 
 
 @pytest.mark.slow
