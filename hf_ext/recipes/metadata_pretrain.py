@@ -346,10 +346,13 @@ def format_task_table(task_eval: dict) -> str:
     """Markdown table: each task metric without and with the URL in the prompt, per model and shot count."""
     lines = ["| model | shots | task | metric | without URL | with URL | with - without | items |",
              "|---|---:|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    def num(v: float, sign: str = "") -> str:  # accuracies with 4 decimals, perplexities in 4 significant digits
+        return f"{v:{sign}.4f}" if abs(v) < 100 else f"{v:{sign}.4g}"
+
     for r in task_eval["table"]:
         lines.append(
-            f"| {r['model']} | {r['num_fewshot']} | {r['task']} | {r['metric']} | {r['without_url']:.4g} | "
-            f"{r['with_url']:.4g} | {r['gain']:+.4g} | {r['n'] if r['n'] is not None else ''} |"
+            f"| {r['model']} | {r['num_fewshot']} | {r['task']} | {r['metric']} | {num(r['without_url'])} | "
+            f"{num(r['with_url'])} | {num(r['gain'], '+')} | {r['n'] if r['n'] is not None else ''} |"
         )
     return "\n".join(lines)
 
