@@ -90,6 +90,13 @@ class MetadataArguments:
     eval_limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many items per task."})
     eval_metric: str = field(default="acc", metadata={"help": "lm-eval metric of the with/without-URL table."})
     eval_batch_size: int = field(default=8, metadata={"help": "lm-eval batch size."})
+    eval_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fixed URL for the with-URL prompts of tasks whose documents carry none (MeCo's conditional "
+            "inference on benchmarks, e.g. https://en.wikipedia.org/); default: such tasks are refused."
+        },
+    )
 
 
 @dataclass
@@ -150,8 +157,10 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         parse_shots(meta_args.eval_fewshot, "--eval_fewshot")
         if meta_args.eval_limit is not None and meta_args.eval_limit < 1:
             raise ValueError(f"--eval_limit must be >= 1 (items per task), got {meta_args.eval_limit}.")
+        if meta_args.eval_url is not None and not meta_args.eval_url.strip():
+            raise ValueError("--eval_url must be a URL such as https://en.wikipedia.org/ (or left unset).")
         check_eval_tasks(meta_args.eval_tasks, "--eval_tasks", metric=meta_args.eval_metric,
-                         require_fields=template.columns)  # fmt: skip
+                         require_fields=() if meta_args.eval_url else template.columns)  # fmt: skip
     if training_args.remove_unused_columns:
         logger.warning("remove_unused_columns=True would drop the metadata columns; the recipe sets it to False.")
         training_args.remove_unused_columns = False
@@ -275,7 +284,8 @@ def _prompt_prefixes(tokenizer, template, meta_args) -> dict:
     with the URL, `[BOS]<|context_begin|>{url}<|context_end|>` (context layout) or `[BOS]URL: {url}\n\n` (meco);
     without it, each model's own unconditional form: the URL-conditioned model's dropped-metadata prefix (the empty
     context pair, or plain `[BOS]` in the meco layout) and the baseline's plain `[BOS]`. Both models get the same
-    with-URL prompts.
+    with-URL prompts. Documents without the template's columns get `--eval_url` (a fixed URL, as MeCo prompts
+    benchmarks).
     """
     from ..metadata import InvalidMetadataError, MetadataEncoder
 
@@ -286,6 +296,8 @@ def _prompt_prefixes(tokenizer, template, meta_args) -> dict:
         return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def with_url(doc: dict) -> str:
+        if meta_args.eval_url and any(c not in doc for c in template.columns):  # a task without URLs: a fixed one
+            doc = {**doc, **{c: meta_args.eval_url for c in template.columns if c not in doc}}
         try:
             return decode(template(doc))
         except InvalidMetadataError:  # an unusable value is no metadata, as in training

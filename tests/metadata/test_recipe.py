@@ -131,6 +131,11 @@ def test_eval_prompt_prefixes_follow_the_training_layout(ctx_tokenizer, layout):
         assert prefixes[("url_conditioned", True)](doc) == f"{bos}URL: networking.docs.python.org\n\n"
         assert prefixes[("url_conditioned", False)] == bos
     assert prefixes[("baseline", False)] == bos and prefixes[("baseline", True)] is prefixes[("url_conditioned", True)]
+    args.eval_url = "https://en.wikipedia.org/"  # a task whose documents carry no URL gets the fixed one
+    fixed = _prompt_prefixes(ctx_tokenizer, _template(args), args)[("url_conditioned", True)]({"query": "x"})
+    assert fixed == prefixes[("url_conditioned", True)]({"url": "https://en.wikipedia.org/"})
+    assert "wikipedia" in fixed and prefixes[("url_conditioned", True)](doc) != fixed  # a document's own URL wins
+    args.eval_url = None
     args.max_metadata_tokens = 3  # metadata cut to the training limit; the prompt re-encodes to the training tokens
     short = _prompt_prefixes(ctx_tokenizer, _template(args), args)[("url_conditioned", True)](doc)
     encoder = MetadataEncoder(ctx_tokenizer, layout=layout, max_metadata_tokens=3)
