@@ -15,15 +15,24 @@ from .convert import (
 from .emulation import Fp8Linear, fp8_attention_forward, fp8_bmm, quantize_dequantize, register_fp8_attention
 from .monitor import SITES, KurtosisMonitor, find_decoder_layers, kurtosis
 from .plotting import plot_kurtosis
+from .te_attention import (
+    TE_ATTENTION_NAME,
+    build_te_attention_forward,
+    register_te_attention,
+    te_attention_forward,
+    te_attention_plan,
+)
 from .trainer import Fp8Trainer, resolve_wsd_kwargs
 
 __all__ = [
     "SITES",
+    "TE_ATTENTION_NAME",
     "Fp8HealthCallback",
     "Fp8Linear",
     "Fp8Trainer",
     "KurtosisMonitor",
     "ao_recipe_kwargs",
+    "build_te_attention_forward",
     "convert",
     "find_decoder_layers",
     "fp8_attention_forward",
@@ -35,7 +44,10 @@ __all__ = [
     "plot_kurtosis",
     "quantize_dequantize",
     "register_fp8_attention",
+    "register_te_attention",
     "resolve_wsd_kwargs",
+    "te_attention_forward",
+    "te_attention_plan",
     "te_fp8_shape_ok",
     "te_recipe",
     "torchao_config",

@@ -5,6 +5,8 @@
 - "te": NVIDIA Transformer Engine `te.Linear` under `te.autocast` with `DelayedScaling` (HYBRID, amax history 1024,
   "max"), FOG's recipe. Needs CUDA and `transformer_engine`; imported only when asked for.
 - "emulated": [`Fp8Linear`] (pure torch, current or delayed scaling), optionally with FP8 attention BMMs.
+
+With `fp8_attention=True`, "te" and "emulated" also run the attention BMMs in FP8.
 """
 
 from __future__ import annotations
@@ -122,8 +124,12 @@ def convert(
         margin (`int`, defaults to 0): te / emulated scaling margin (scale / 2**margin).
         include_lm_head (`bool`, defaults to `False`): Also put the LM head in FP8 (FOG keeps it in BF16).
         skip_modules (`list[str]`, *optional*): Regexes of module names to keep in high precision.
-        fp8_attention (`bool`, defaults to `False`): emulated backend only: also run QK^T and PV in FP8 (switches the
-            model's attention implementation to "fp8_emulated").
+        fp8_attention (`bool`, defaults to `False`): Also run the attention BMMs QK^T and PV in FP8. emulated: the
+            model's attention implementation becomes "fp8_emulated" (pure torch). te: it becomes "te_fp8_dpa" (one
+            `te.DotProductAttention` per layer, see [`te_attention_forward`]) and the recipe gets `fp8_dpa=True`;
+            needs a CUDA GPU of compute capability 9.0+ and Transformer Engine, checked before anything changes.
+            Attention calls Transformer Engine cannot run in FP8 (KV-cache decode steps, token counts not a multiple
+            of 8, left-padded or custom masks) run in transformers' SDPA instead. Not available with torchao.
         pad_inner_dim (`bool`, defaults to `False`): Allow linears whose sizes are not multiples of 16 (torchao pads
             the GEMMs; padding with zeros is exact, so the emulated backend needs no padding).
         emulate (`bool`, defaults to `False`): torchao: run its emulated GEMM instead of `torch._scaled_mm`.
@@ -144,10 +150,10 @@ def convert(
         raise ValueError(f"convert: backend={backend!r} is not supported; choose one of {', '.join(BACKENDS)}.")
     if backend == "torchao" and recipe not in TORCHAO_RECIPES:
         raise ValueError(f"convert: recipe={recipe!r} is not a torchao recipe; choose one of {TORCHAO_RECIPES}.")
-    if fp8_attention and backend != "emulated":
+    if fp8_attention and backend == "torchao":
         raise ValueError(
-            "convert: fp8_attention=True is only available with backend='emulated' (Transformer Engine FP8 attention "
-            "needs te.DotProductAttention modules; torchao has no FP8 attention)."
+            "convert: fp8_attention=True is not available with backend='torchao' (torchao has no FP8 attention); use "
+            "backend='te' (Transformer Engine, CUDA compute capability 9.0+) or backend='emulated'."
         )
     from .emulation import AMAX_ALGOS, SCALINGS, fp8_dtypes
 
@@ -158,6 +164,12 @@ def convert(
     if amax_history_len < 1:
         raise ValueError(f"convert: amax_history_len must be >= 1, got {amax_history_len}.")
     fp8_dtypes(fp8_format)
+    if fp8_attention and getattr(model, "config", None) is None:
+        raise ValueError("convert: fp8_attention=True needs a transformers model (with .config).")
+    if fp8_attention and backend == "te":
+        from .te_attention import check_te_attention_available
+
+        check_te_attention_available()
     if fp8_converted_modules(model):
         raise ValueError("convert: model already has FP8 modules; convert a fresh (high-precision) model.")
     names = fp8_target_modules(model, include_lm_head, skip_modules)
@@ -168,12 +180,27 @@ def convert(
     if backend == "torchao":
         _convert_torchao(model, names, recipe, pad_inner_dim, emulate, fsdp_float8_all_gather)
     elif backend == "te":
-        _convert_te(model, names, fp8_format, amax_history_len, amax_compute_algo, margin, amax_reduction_group)
+        te_fp8_recipe = _convert_te(
+            model, names, fp8_format, amax_history_len, amax_compute_algo, margin, amax_reduction_group, fp8_attention
+        )
+        if fp8_attention:
+            from .te_attention import register_te_attention
+
+            _use_attention(model, register_te_attention())
     else:
         _convert_emulated(model, names, scaling, fp8_format, amax_history_len, amax_compute_algo, margin)
         if fp8_attention:
-            _use_fp8_attention(model)
-    model.hf_ext_fp8 = {"backend": backend, "recipe": recipe if backend == "torchao" else scaling, "modules": names}
+            from .emulation import register_fp8_attention
+
+            _use_attention(model, register_fp8_attention())
+    model.hf_ext_fp8 = {
+        "backend": backend,
+        "recipe": recipe if backend == "torchao" else scaling,
+        "modules": names,
+        "fp8_attention": fp8_attention,
+    }
+    if backend == "te":
+        model.hf_ext_fp8["te_recipe"] = te_fp8_recipe
     return model
 
 
@@ -184,7 +211,10 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def torchao_config(
-    recipe: str = "tensorwise", pad_inner_dim: bool = False, emulate: bool = False, fsdp_float8_all_gather: bool = False
+    recipe: str = "tensorwise",
+    pad_inner_dim: bool = False,
+    emulate: bool = False,
+    fsdp_float8_all_gather: bool = False,
 ):
     """torchao `Float8LinearConfig` for a recipe name, with `pad_inner_dim`, `emulate` and (tensorwise only, under
     FSDP2) `enable_fsdp_float8_all_gather` set."""
@@ -233,13 +263,9 @@ def _convert_emulated(model, names, scaling, fp8_format, history, algo, margin) 
         )
 
 
-def _use_fp8_attention(model: nn.Module) -> None:
-    from .emulation import register_fp8_attention
-
-    name = register_fp8_attention()
-    config = getattr(model, "config", None)
-    if config is None:
-        raise ValueError("convert: fp8_attention=True needs a transformers model (with .config).")
+def _use_attention(model: nn.Module, name: str) -> None:
+    """Switch a transformers model to the registered attention implementation `name`."""
+    config = model.config
     if hasattr(model, "set_attn_implementation"):
         try:
             model.set_attn_implementation(name)
@@ -249,8 +275,15 @@ def _use_fp8_attention(model: nn.Module) -> None:
     config._attn_implementation = name
 
 
-def te_recipe(fp8_format: str = "hybrid", amax_history_len: int = 1024, amax_compute_algo: str = "max", margin=0):
-    """Transformer Engine `DelayedScaling` recipe (FOG's: HYBRID, history 1024, "max", margin 0)."""
+def te_recipe(
+    fp8_format: str = "hybrid",
+    amax_history_len: int = 1024,
+    amax_compute_algo: str = "max",
+    margin=0,
+    fp8_dpa: bool = False,
+):
+    """Transformer Engine `DelayedScaling` recipe (FOG's: HYBRID, history 1024, "max", margin 0); `fp8_dpa=True` also
+    runs `te.DotProductAttention`'s QKᵀ and PV in FP8 (FOG's `--fp8-dot-product-attention`)."""
     from transformer_engine.common.recipe import DelayedScaling, Format
 
     return DelayedScaling(
@@ -258,6 +291,7 @@ def te_recipe(fp8_format: str = "hybrid", amax_history_len: int = 1024, amax_com
         fp8_format=Format.HYBRID if fp8_format == "hybrid" else Format.E4M3,
         amax_history_len=amax_history_len,
         amax_compute_algo=amax_compute_algo,
+        fp8_dpa=fp8_dpa,
     )
 
 
@@ -272,13 +306,13 @@ def _import_te():
     return te
 
 
-def _convert_te(model, names, fp8_format, history, algo, margin, amax_reduction_group=None) -> None:
+def _convert_te(model, names, fp8_format, history, algo, margin, amax_reduction_group=None, fp8_dpa=False):
     import torch
 
     te = _import_te()
     if not torch.cuda.is_available():
         raise ValueError("convert(backend='te') needs a CUDA device; use backend='torchao' or 'emulated' on CPU.")
-    recipe = te_recipe(fp8_format, history, algo, margin)
+    recipe = te_recipe(fp8_format, history, algo, margin, fp8_dpa=fp8_dpa)
     for name in names:
         lin = model.get_submodule(name)
         new = te.Linear(
@@ -310,6 +344,7 @@ def _convert_te(model, names, fp8_format, history, algo, margin, amax_reduction_
             return forward(*args, **kwargs)
 
     model.forward = forward_in_fp8
+    return recipe
 
 
 def te_fp8_shape_ok(rows: int | None) -> bool:
