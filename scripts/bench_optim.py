@@ -4,7 +4,8 @@ Builds a Llama- or GPT-2-architecture model from a config, gives every parameter
 `optimizer.step()` alone (no forward/backward) for each optimizer, interleaving the optimizers round by round so
 machine load hits them alike. Prints one JSON line per optimizer with the median step time and its ratio to
 `torch.optim.AdamW` with its default implementation on this device (`ratio_vs_adamw`) and to AdamW with foreach
-kernels (`ratio_vs_adamw_foreach`). The rotational optimizers group the parameters from the model
+kernels (`ratio_vs_adamw_foreach`); on CPU also the median CPU time of the stepping thread and its ratios
+(`cpu_ratio_vs_adamw`, ...), which time-sharing with other jobs inflates far less than wall time. The rotational optimizers group the parameters from the model
 (`rotational_param_groups`: decayed 2+-dim weights rotate, embeddings and vectors get the inner step).
 
 Usage: python scripts/bench_optim.py [--arch llama] [--hidden_size 512] [--layers 4] [--rounds 30] [--threads N]
@@ -111,15 +112,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if ns.device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    cpu_times = {name: [] for name in runs}  # CPU time of this thread: insensitive to preemption on a shared host
     for r in range(ns.rounds + 3):
-        for _, opt, times in runs.values():
+        for name, (_, opt, times) in runs.items():
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             opt.step()
             sync()
             if r >= 3:
                 times.append(time.perf_counter() - t0)
+                cpu_times[name].append(time.thread_time() - c0)
     med = {name: statistics.median(times) for name, (_, _, times) in runs.items()}
+    cpu_med = {name: statistics.median(times) for name, times in cpu_times.items()}
+    on_cpu = not ns.device.startswith("cuda")
     rows = []
     for name in names:
         times = runs[name][2]
@@ -134,6 +139,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             else None,
             "ratio_vs_adamw": round(med[name] / med["adamw"], 3),
             "ratio_vs_adamw_foreach": round(med[name] / med["adamw_foreach"], 3),
+            # CPU only (on a GPU the host thread mostly waits): median thread CPU time and its ratios
+            "median_cpu_ms": round(cpu_med[name] * 1e3, 3) if on_cpu else None,
+            "cpu_ratio_vs_adamw": round(cpu_med[name] / cpu_med["adamw"], 3) if on_cpu else None,
+            "cpu_ratio_vs_adamw_foreach": round(cpu_med[name] / cpu_med["adamw_foreach"], 3) if on_cpu else None,
             "rounds": ns.rounds,
             "device": device_name(ns.device),
         }

@@ -1,8 +1,9 @@
 """Warmup study: AdamW and LionAR (and LionA), each with and without LR warmup, with update-size metrics.
 
 Run as `python scripts/warmup.py`, `accelerate launch scripts/warmup.py` or `hf-ext run warmup`. Every arm trains a fresh
-copy of the same small GPT-style model (Llama architecture from config) on the embedded corpus with the trapezoid
-schedule (transformers' `warmup_stable_decay` with linear decay over the last half), logs the update metrics of
+copy of the same small GPT-style model (built from a config: `--architecture` llama, gpt2 or the post-LayerNorm
+openai-gpt) on the embedded corpus with the trapezoid schedule (transformers' `warmup_stable_decay` with linear decay
+over the last half), logs the update metrics of
 `hf_ext.optim.UpdateMetricsCallback`, and the recipe writes `warmup_results.json` (per arm, plus each optimizer's
 warmup gap = eval loss without warmup minus eval loss with warmup) and `warmup.png` (loss curves + update metrics) to
 `--output_dir`, each arm's Trainer output to `--output_dir/<arm>`.
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from ..optim.warmup_trainer import WarmupFreeTrainingArguments
 from ..utils.io import atomic_savefig, atomic_write_json
 
+ARCHITECTURES = ("llama", "gpt2", "openai-gpt")
 ARMS = ("adamw_warmup", "adamw_no_warmup", "lion_ar_warmup", "lion_ar_no_warmup", "lion_a_warmup", "lion_a_no_warmup")
 
 
@@ -36,6 +38,13 @@ class WarmupRecipeArguments:
         default=0.1,
         metadata={
             "help": "Lion-family LR = ratio x --learning_rate (weight decay divided by it: same lr*wd product)."
+        },
+    )
+    architecture: str = field(
+        default="llama",
+        metadata={
+            "help": "Model built from a config: llama (pre-RMSNorm), gpt2 (pre-LayerNorm, Conv1D weights) or "
+            "openai-gpt (GPT-1: post-LayerNorm, Conv1D weights, MLP width fixed at 4 x hidden); no dropout."
         },
     )
     hidden_size: int = field(default=64, metadata={"help": "Hidden size of the model."})
@@ -75,6 +84,13 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
         raise ValueError(f"--warmup_fraction must lie in [0, 0.5), got {recipe.warmup_fraction}.")
     if recipe.lion_lr_ratio <= 0:
         raise ValueError(f"--lion_lr_ratio must be > 0, got {recipe.lion_lr_ratio}.")
+    if recipe.architecture not in ARCHITECTURES:
+        raise ValueError(f"--architecture must be one of {ARCHITECTURES}, got {recipe.architecture!r}.")
+    if recipe.architecture == "openai-gpt" and recipe.intermediate_size != 4 * recipe.hidden_size:
+        raise ValueError(
+            f"--architecture openai-gpt fixes the MLP width at 4 x --hidden_size ({4 * recipe.hidden_size}); pass "
+            f"--intermediate_size {4 * recipe.hidden_size} (got {recipe.intermediate_size})."
+        )
     if recipe.hidden_size % recipe.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
     if args.max_steps <= 0:
@@ -117,6 +133,21 @@ def warmup_gaps(results: dict) -> dict[str, float]:
     return gaps
 
 
+def warmup_claim_holds(adamw_gaps, lion_ar_gaps) -> bool:
+    """The paper's claim, per optimizer, over seeds (one warmup gap per seed and optimizer): AdamW's gap is clearly
+    positive (mean minus sample standard deviation > 0) and LionAR's is near zero and smaller than AdamW's (its
+    absolute mean at most half of AdamW's mean)."""
+    import statistics
+
+    adamw, lion = [float(g) for g in adamw_gaps], [float(g) for g in lion_ar_gaps]
+    if len(adamw) < 2 or len(adamw) != len(lion):
+        raise ValueError(
+            f"need the gaps of the same >= 2 seeds for both optimizers, got {len(adamw)} and {len(lion)}."
+        )
+    mean = statistics.fmean(adamw)
+    return mean - statistics.stdev(adamw) > 0 and abs(statistics.fmean(lion)) <= 0.5 * mean
+
+
 def arm_arguments(arm: str, recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> WarmupTrainingArguments:
     """Training arguments of one arm (all arms share data, model init, clipping, steps and the trapezoid)."""
     from ..optim.normalized import equilibrium_angle
@@ -141,6 +172,43 @@ def arm_arguments(arm: str, recipe: WarmupRecipeArguments, args: WarmupTrainingA
         rotation_angle=angle,
         **common,
     )
+
+
+def model_config(recipe: WarmupRecipeArguments, tokenizer):
+    """The config of `--architecture` at the recipe's size (tied embeddings, no dropout)."""
+    from transformers import AutoConfig
+
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    if recipe.architecture == "llama":
+        return AutoConfig.for_model(
+            "llama",
+            vocab_size=len(tokenizer),
+            hidden_size=recipe.hidden_size,
+            intermediate_size=recipe.intermediate_size,
+            num_hidden_layers=recipe.num_hidden_layers,
+            num_attention_heads=recipe.num_attention_heads,
+            num_key_value_heads=recipe.num_attention_heads,
+            max_position_embeddings=recipe.block_size * 2,
+            tie_word_embeddings=True,
+            **special,
+        )
+    gpt = dict(
+        vocab_size=len(tokenizer),
+        n_embd=recipe.hidden_size,
+        n_layer=recipe.num_hidden_layers,
+        n_head=recipe.num_attention_heads,
+        n_positions=recipe.block_size * 2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=True,
+        **special,
+    )
+    if recipe.architecture == "gpt2":
+        return AutoConfig.for_model("gpt2", n_inner=recipe.intermediate_size, **gpt)
+    return AutoConfig.for_model("openai-gpt", **gpt)
 
 
 def plot(results: dict, path: str) -> None:
@@ -174,7 +242,7 @@ def plot(results: dict, path: str) -> None:
 def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
     """Train every arm and return `{arm: {eval_loss, train_loss, update_metrics}}`."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, default_data_collator, set_seed
+    from transformers import AutoModelForCausalLM, default_data_collator, set_seed
 
     from ..data import build_tokenizer, load_text_datasets, pack_dataset
     from ..optim.metrics import UpdateMetricsCallback
@@ -188,20 +256,7 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
     eval_ds = pack_dataset(eval_text, tokenizer, recipe.block_size, "text")
     eval_ds = eval_ds.select(range(min(len(eval_ds), recipe.max_eval_blocks)))
     probe = {"input_ids": torch.tensor(eval_ds[:4]["input_ids"])}
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=len(tokenizer),
-        hidden_size=recipe.hidden_size,
-        intermediate_size=recipe.intermediate_size,
-        num_hidden_layers=recipe.num_hidden_layers,
-        num_attention_heads=recipe.num_attention_heads,
-        num_key_value_heads=recipe.num_attention_heads,
-        max_position_embeddings=recipe.block_size * 2,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = model_config(recipe, tokenizer)
     results: dict = {}
     for arm in arms:
         arm_args = arm_arguments(arm, recipe, args)

@@ -400,3 +400,33 @@ def test_snr_correction_on_constant_and_known_snr_gradients():
         snrs, _ = _snr_run(lambda t, g=g: mu + torch.randn(64, 64, generator=g), 10)
         ests.append(sum(snrs[1:]) / len(snrs[1:]))
     assert 0.6 < sum(ests) / len(ests) < 1.6, ests
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda groups: RotationalWrapper(groups, inner="adamw", lr=1e-3, weight_decay=0.1),
+        lambda groups: RotationalWrapper(groups, inner="lion", lr=1e-4, weight_decay=1.0, update_norm_decay=0.0),
+        lambda groups: RotationalWrapper(groups, inner="sgdm", lr=1e-2, weight_decay=0.1, nesterov=True),
+        lambda groups: LionAR(groups, lr=1e-4, weight_decay=1.0, nesterov=True, inverse_bias_correction=True),
+    ],
+    ids=["wrapper_adamw", "wrapper_lion", "wrapper_sgdm", "lion_ar"],
+)
+def test_conv1d_and_linear_layouts_give_identical_updates(make):
+    """A `Conv1D` weight (in, out; neurons are columns, `neuron_dim=1`) and the same weight stored as an `nn.Linear`
+    weight (out, in; rows, `neuron_dim=0`) receive the same update, transposed, step after step (the column path
+    reduces differently but computes the same rotation)."""
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Parameter(torch.randn(24, 40, generator=g))  # 24 neurons of 40 inputs
+    conv = nn.Parameter(lin.detach().t().contiguous())
+    opt_lin = make([{"params": [lin], "neuron_dim": 0}])
+    opt_conv = make([{"params": [conv], "neuron_dim": 1}])
+    start = lin.detach().clone()
+    for _ in range(4):
+        grad = torch.randn(24, 40, generator=g)
+        lin.grad, conv.grad = grad.clone(), grad.t().contiguous()
+        opt_lin.step()
+        opt_conv.step()
+        torch.testing.assert_close(conv.detach().t(), lin.detach(), atol=1e-6, rtol=1e-5)
+    assert (lin.detach() - start).abs().max() > 1e-3  # the weights did move
+    torch.testing.assert_close(conv.detach().norm(dim=0), start.norm(dim=1), atol=1e-5, rtol=0)

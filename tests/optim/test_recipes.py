@@ -13,7 +13,36 @@ def test_warmup_recipe_bad_arguments(tmp_path):
         main(["--arms", "sgd", "--output_dir", str(out)])
     with pytest.raises(ValueError, match="warmup_fraction"):
         main(["--warmup_fraction", "0.9", "--output_dir", str(out)])
+    with pytest.raises(ValueError, match="--architecture"):
+        main(["--architecture", "bert", "--output_dir", str(out)])
+    with pytest.raises(ValueError, match="--intermediate_size 256"):  # GPT-1's MLP is 4 x hidden
+        main(["--architecture", "openai-gpt", "--hidden_size", "64", "--intermediate_size", "128", "--output_dir",
+              str(out)])  # fmt: skip
     assert not out.exists()
+
+
+def test_warmup_recipe_post_layernorm_architecture(tmp_path):
+    """The post-LN GPT-1 option trains (Conv1D weights: LionAR's neurons are columns)."""
+    from hf_ext.recipes.warmup import main
+
+    argv = ["--architecture", "openai-gpt", "--max_steps", "2", "--arms", "adamw_no_warmup,lion_ar_no_warmup",
+            "--hidden_size", "32", "--intermediate_size", "128", "--num_attention_heads", "2", "--vocab_size", "512",
+            "--block_size", "16", "--max_eval_blocks", "4", "--per_device_train_batch_size", "2", "--metrics_every",
+            "1000", "--output_dir", str(tmp_path), "--disable_tqdm", "true", "--use_cpu", "true"]  # fmt: skip
+    res = main(argv)
+    assert set(res) == {"adamw_no_warmup", "lion_ar_no_warmup"}
+    assert all(r["eval_loss"] < 7.0 for r in res.values())  # ln(512) = 6.24 at the start
+
+
+def test_warmup_claim_is_judged_per_optimizer_with_spread():
+    from hf_ext.recipes.warmup import warmup_claim_holds
+
+    assert warmup_claim_holds([0.10, 0.12, 0.09], [0.01, -0.02, 0.0])
+    assert not warmup_claim_holds([-0.030, -0.010, 0.006], [-0.031, -0.089, -0.046])  # the measured CPU result
+    assert not warmup_claim_holds([0.20, -0.05, 0.10], [0.0, 0.0, 0.0])  # positive mean, but not beyond the spread
+    assert not warmup_claim_holds([0.10, 0.11, 0.09], [0.08, 0.07, 0.09])  # LionAR's gap not near zero
+    with pytest.raises(ValueError, match="seeds"):
+        warmup_claim_holds([0.1], [0.0])
 
 
 def test_cubic_recipe_bad_arguments(tmp_path):

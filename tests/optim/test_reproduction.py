@@ -5,75 +5,29 @@ import statistics
 import pytest
 import torch
 
-# the setting of the warmup reproduction (recorded with its numbers in docs/optim.md)
-WARMUP_SETTING = dict(learning_rate="1e-1", max_steps="60", warmup_fraction="0.1")
-WARMUP_SEEDS = (0, 1, 2)
-
-
-def warmup_argv(out, seed):
-    s = WARMUP_SETTING
-    return [
-        "--max_steps",
-        s["max_steps"],
-        "--learning_rate",
-        s["learning_rate"],
-        "--warmup_fraction",
-        s["warmup_fraction"],
-        "--arms",
-        "adamw_warmup,adamw_no_warmup,lion_ar_warmup,lion_ar_no_warmup",
-        "--hidden_size",
-        "64",
-        "--intermediate_size",
-        "256",
-        "--vocab_size",
-        "512",
-        "--block_size",
-        "32",
-        "--per_device_train_batch_size",
-        "16",
-        "--max_eval_blocks",
-        "64",
-        "--metrics_every",
-        "1000",
-        "--logging_steps",
-        "50",
-        "--seed",
-        str(seed),
-        "--output_dir",
-        str(out),
-        "--disable_tqdm",
-        "true",
-        "--use_cpu",
-        "true",
-    ]
-
 
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="Not reproduced at CPU scale: in every setting tried (docs/optim.md, 'Warmup study') AdamW's warmup gap "
-    "was not positive on every seed (3-seed mean -0.011 +- 0.018 here). Strict: an XPASS means the paper's ordering "
-    "now holds and this marker must go.",
+    "was not clearly positive over 3 seeds (warmup cost more than the early damage). Strict: an XPASS means the "
+    "paper's ordering now holds and this marker must go.",
 )
 def test_warmup_gap_is_large_for_adamw_and_near_zero_for_lion_ar(tmp_path):
-    """Per optimizer and seed, the warmup gap = eval loss without warmup - eval loss with warmup: the paper's claim is
-    that AdamW's is clearly positive on every seed, LionAR's near zero and smaller than AdamW's."""
-    from hf_ext.recipes.warmup import main, warmup_gaps
+    """Per optimizer, the warmup gap = eval loss without warmup - eval loss with warmup, over the reproduction's seeds
+    (the same runs and setting as `hf-ext reproduce warmup`): the paper's claim is that AdamW's is clearly positive
+    (mean - sd > 0), LionAR's near zero and smaller than AdamW's."""
+    from hf_ext.recipes.warmup import warmup_claim_holds
+    from hf_ext.reproduce import reproduce
 
-    gaps = {"adamw": [], "lion_ar": []}
-    for seed in WARMUP_SEEDS:
-        g = warmup_gaps(main(warmup_argv(tmp_path / f"seed{seed}", seed)))
-        for k in gaps:
-            gaps[k].append(g[k])
+    report = reproduce("warmup", output_dir=str(tmp_path))
+    print(report.to_markdown())
+    gaps = {k: [run["gaps"][k] for run in report.per_seed] for k in ("adamw", "lion_ar")}
     for k, v in gaps.items():
-        print(
-            f"{k:8s} warmup gap per seed {[round(x, 4) for x in v]}  mean {statistics.mean(v):.4f} "
-            f"sd {statistics.stdev(v):.4f}"
-        )
-    adamw, lion = gaps["adamw"], gaps["lion_ar"]
-    assert min(adamw) > 0 and statistics.mean(adamw) > 0.02, gaps
-    assert all(lg < ag for lg, ag in zip(lion, adamw)), gaps
-    assert abs(statistics.mean(lion)) < 0.5 * statistics.mean(adamw), gaps
+        per_seed = [round(x, 4) for x in v]
+        print(f"{k:8s} warmup gap per seed {per_seed}  mean {statistics.mean(v):.4f} sd {statistics.stdev(v):.4f}")
+    assert len(report.seeds) >= 3
+    assert warmup_claim_holds(gaps["adamw"], gaps["lion_ar"]), gaps
 
 
 @pytest.mark.slow

@@ -1,0 +1,32 @@
+"""scripts/bench_optim.py: the side-by-side optimizer-step benchmark runs on both weight layouts and reports ratios."""
+
+import os
+import runpy
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def bench(repo_root):
+    return runpy.run_path(os.path.join(repo_root, "scripts", "bench_optim.py"))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_bench_reports_wall_and_cpu_ratios_against_adamw(bench, arch, capsys):
+    rows = bench["main"](
+        ["--arch", arch, "--hidden_size", "64", "--layers", "1", "--vocab_size", "128", "--rounds", "4", "--threads", "1",
+         "--device", "cpu", "--optimizers", "rotational_adamw,lion_ar"]
+    )  # fmt: skip
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert len(lines) == len(rows) == 4  # the two AdamW baselines are always timed
+    by = {r["optimizer"]: r for r in rows}
+    assert set(by) == {"adamw", "adamw_foreach", "rotational_adamw", "lion_ar"}
+    assert by["adamw"]["ratio_vs_adamw"] == 1.0 and by["adamw"]["cpu_ratio_vs_adamw"] == 1.0
+    for r in rows:
+        assert r["arch"] == arch and r["median_step_ms"] > 0 and r["median_cpu_ms"] > 0
+        assert r["ratio_vs_adamw"] == pytest.approx(r["median_step_ms"] / by["adamw"]["median_step_ms"], rel=0.05)
+
+
+def test_bench_rejects_unknown_optimizer(bench):
+    with pytest.raises(ValueError, match="--optimizers"):
+        bench["main"](["--optimizers", "rotational_adam", "--device", "cpu"])
