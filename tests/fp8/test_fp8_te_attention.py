@@ -196,6 +196,13 @@ def test_te_fp8_attention_logits_close_to_bf16_sdpa_on_gpu():
     assert "_hf_ext_te_dot_product_attention" in model.model.layers[0].self_attn.__dict__
     assert ((a - b).norm() / b.norm()).item() < 0.1  # FP8 GEMMs + FP8 attention vs BF16
     assert not torch.equal(a, c)  # the attention BMMs are in FP8 too
+    # a right-padded batch runs TE's padding_causal FP8 attention; real tokens stay close to BF16 SDPA
+    right = torch.ones_like(ids)
+    right[1, 40:] = 0
+    with torch.no_grad():
+        a, b = model(ids, attention_mask=right).logits.float(), ref(ids, attention_mask=right).logits.float()
+    real = right.bool()
+    assert ((a[real] - b[real]).norm() / b[real].norm()).item() < 0.1
 
 
 @pytest.mark.gpu
