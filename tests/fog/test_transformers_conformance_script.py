@@ -1,0 +1,70 @@
+"""scripts/run_transformers_conformance.py: the command line, offline and fast (no transformers test files needed)."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "run_transformers_conformance.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("run_transformers_conformance", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_help_lists_the_tests_folder_and_testers():
+    result = _run("--help")
+    assert result.returncode == 0, result.stderr
+    assert "--transformers-tests" in result.stdout
+    for tester in ("fog", "fog-recipe", "lp-merged", "lp-unmerged", "lp-block", "llama-control"):
+        assert tester in result.stdout
+
+
+def test_missing_folder_is_a_clear_usage_error(tmp_path):
+    result = _run("--transformers-tests", str(tmp_path / "nope"))
+    assert result.returncode == 2
+    assert "--transformers-tests" in result.stderr and "no such folder" in result.stderr
+
+
+def test_folder_without_the_common_testers_or_a_checkout_is_rejected(tmp_path):
+    module = _load_script()
+    (tmp_path / "__init__.py").write_text("")
+    (tmp_path / "test_modeling_common.py").write_text("")  # like the PyPI sdist: the two other files are missing
+    with pytest.raises(ValueError, match=r"causal_lm_tester\.py, generation/test_utils\.py"):
+        module.check_tests_dir(tmp_path)
+    (tmp_path / "causal_lm_tester.py").write_text("")
+    (tmp_path / "generation").mkdir()
+    (tmp_path / "generation" / "test_utils.py").write_text("")
+    with pytest.raises(ValueError, match="not inside a transformers source checkout"):
+        module.check_tests_dir(tmp_path)
+
+
+def test_tests_folder_of_a_checkout_is_accepted(tmp_path):
+    module = _load_script()
+    tests_dir = tmp_path / "tests"
+    for name in ("__init__.py", "test_modeling_common.py", "causal_lm_tester.py", "generation/test_utils.py"):
+        (tests_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (tests_dir / name).write_text("")
+    (tmp_path / "src" / "transformers").mkdir(parents=True)
+    (tmp_path / "src" / "transformers" / "__init__.py").write_text('__version__ = "5.24.0"\n')
+    assert module.check_tests_dir(tests_dir) == tests_dir.resolve()
+
+
+def test_checkout_version_is_read_from_the_source_tree(tmp_path):
+    module = _load_script()
+    tests_dir = tmp_path / "tests"
+    tests_dir.mkdir()
+    assert module.checkout_version(tests_dir) is None
+    init = tmp_path / "src" / "transformers" / "__init__.py"
+    init.parent.mkdir(parents=True)
+    init.write_text('# header\n__version__ = "5.24.0"\n')
+    assert module.checkout_version(tests_dir) == "5.24.0"
