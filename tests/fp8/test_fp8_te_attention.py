@@ -41,6 +41,10 @@ def test_te_fp8_attention_without_cuda_is_an_early_requirement_error():
     assert model.config._attn_implementation == impl and not hasattr(model, "hf_ext_fp8")
     with pytest.raises(ValueError, match="torchao has no FP8 attention"):
         convert(model, "torchao", fp8_attention=True)
+    plain = nn.Sequential(nn.Linear(16, 16))  # no transformers config: refused before converting anything
+    with pytest.raises(ValueError, match="needs a transformers model"):
+        convert(plain, "emulated", fp8_attention=True)
+    assert type(plain[0]) is nn.Linear
 
 
 def test_te_fp8_attention_without_transformer_engine_is_an_import_error(monkeypatch):
@@ -140,14 +144,22 @@ def _torch_kernel(module, query, key, scaling):
     return kernel
 
 
-def test_te_attention_adapter_matches_sdpa_in_a_model():
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**TINY, intermediate_size=128))
+
+
+@pytest.mark.parametrize("make, scale", [(lambda: tiny_fog(softmax_scale=0.125), 0.125), (tiny_llama, 16**-0.5)])
+def test_te_attention_adapter_matches_sdpa_in_a_model(make, scale):
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     name = "te_fp8_dpa_torch_kernel_test"
     AttentionInterface.register(name, build_te_attention_forward(_torch_kernel))
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-    ref = tiny_fog(softmax_scale=0.125).to(torch.bfloat16)
+    ref = make().to(torch.bfloat16)
     ref.set_attn_implementation("sdpa")
     model = copy.deepcopy(ref)
     model.set_attn_implementation(name)
@@ -160,7 +172,7 @@ def test_te_attention_adapter_matches_sdpa_in_a_model():
             torch.testing.assert_close(a[valid].float(), b[valid].float(), rtol=0.02, atol=0.02)
         calls = model.model.layers[0].self_attn.__dict__["_test_kernel"].calls
         assert calls == ["causal", "padding_causal"]
-        assert model.model.layers[1].self_attn.__dict__["_test_kernel"].scale == 0.125
+        assert model.model.layers[1].self_attn.__dict__["_test_kernel"].scale == scale
         # generate: the 8-token prefill runs through the kernel, the KV-cache steps through SDPA; same tokens
         out = model.generate(ids, max_new_tokens=3, do_sample=False)
         torch.testing.assert_close(out, ref.generate(ids, max_new_tokens=3, do_sample=False))
