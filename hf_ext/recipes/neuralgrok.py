@@ -471,7 +471,10 @@ def plot_curves(results: dict, path: str, target: float) -> None:
     )
     ax_acc.legend(fontsize=7)
     ax_age.set(xlabel="optimizer step", ylabel="absolute gradient entropy", title="AGE (first seed)", yscale="symlog")
-    ax_age.legend(fontsize=7)
+    if ax_age.get_legend_handles_labels()[0]:  # no AGE was logged in runs shorter than logging_steps
+        ax_age.legend(fontsize=7)
+    else:
+        ax_age.text(0.5, 0.5, "no AGE logged", ha="center", va="center", transform=ax_age.transAxes)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
     plt.close(fig)

@@ -90,6 +90,7 @@ def test_recipe_resume_continues_an_interrupted_run_exactly(tmp_path):
         assert len(run["curves"]["loss"]) == 6
 
 
+@pytest.mark.filterwarnings("error:No artists with labels:UserWarning")  # the AGE panel of a short run
 def test_recipe_resume_and_overwrite_errors(tmp_path):
     out = tmp_path / "out"
     base = TINY + ["--max_steps", "2", "--seeds", "0", "--methods", "none", "--output_dir", str(out)]
