@@ -51,7 +51,11 @@ class ModelArguments:
         default="delayed", metadata={"help": "emulated backend scaling: delayed (amax history 1024) | current."}
     )
     fp8_attention: bool = field(
-        default=False, metadata={"help": "emulated backend: also run the attention BMMs (QK^T, PV) in FP8."}
+        default=False,
+        metadata={
+            "help": "Also run the attention BMMs (QK^T, PV) in FP8: te (Transformer Engine's DotProductAttention, "
+            "fp8_dpa) or emulated."
+        },
     )
     fp8_monitor_steps: int = field(
         default=25,
@@ -204,8 +208,11 @@ def validate_fp8_args(model_args: ModelArguments, training_args: TrainingArgumen
         )
     if model_args.fp8_scaling not in ("delayed", "current"):
         raise ValueError(f"--fp8_scaling must be delayed or current, got {model_args.fp8_scaling!r}.")
-    if model_args.fp8_attention and model_args.fp8_backend != "emulated":
-        raise ValueError("--fp8_attention needs --fp8_backend emulated (FP8 attention BMMs are emulated only).")
+    if model_args.fp8_attention and model_args.fp8_backend not in ("emulated", "te"):
+        raise ValueError(
+            "--fp8_attention needs --fp8_backend te (Transformer Engine's FP8 attention, fp8_dpa) or emulated; "
+            f"{model_args.fp8_backend} has no FP8 attention."
+        )
     if model_args.fp8_monitor_steps < 0:
         raise ValueError(f"--fp8_monitor_steps must be >= 0 (0 = off), got {model_args.fp8_monitor_steps}.")
     if model_args.fp8_monitor_action not in ("warn", "stop", "rollback"):

@@ -33,10 +33,12 @@ def test_fog_fp8_recipe_trains_monitors_and_reloads(tmp_path, backend):
     [
         (["--fp8_backend", "fp4"], "--fp8_backend"),
         (["--fp8_recipe", "blockwise"], "--fp8_recipe"),
-        (["--fp8_attention", "true"], "--fp8_attention needs --fp8_backend emulated"),
+        (["--fp8_attention", "true"], "--fp8_attention needs --fp8_backend te .* or emulated"),
+        (["--fp8_backend", "torchao", "--fp8_attention", "true"], "torchao has no FP8 attention"),
         (["--fp8_monitor_action", "rollback"], "--save_strategy steps"),
         (["--fp8_monitor_steps", "-1"], "--fp8_monitor_steps"),
         (["--fp8_backend", "te"], "CUDA"),
+        (["--fp8_backend", "te", "--fp8_attention", "true"], "CUDA"),  # TE's FP8 attention: allowed, needs a GPU
     ],
 )
 def test_bad_fp8_options_are_refused_before_work(tmp_path, extra, match):
