@@ -213,6 +213,8 @@ class _CountPerTester:
         self.failed = []
 
     def pytest_runtest_logreport(self, report):
+        if hasattr(report, "context"):  # a subtest's report (pytest >= 9); counted with its test
+            return
         parts = report.nodeid.split("::")
         tester = parts[1] if len(parts) > 1 else parts[0]
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
