@@ -343,6 +343,16 @@ class LayerParallelConfig(PreTrainedConfig):
                 heads += [self.num_key_value_heads] * (2 if kind == "pair" else 1)
         return heads
 
+    def attention_heads_per_slot(self) -> list[int]:
+        """Number of attention (query) heads of each slot (`config.num_hidden_layers` entries).
+
+        This is the head count of the map `output_attentions=True` returns for the slot: a merged pair runs both of
+        its layers' heads in one attention call (layer `i` first, then layer `i + 1`), so its map has
+        `2 * num_attention_heads` heads; every other slot has `num_attention_heads`. To get one map per source layer,
+        use `LayerParallelPreTrainedModel.attentions_per_source_layer`.
+        """
+        return [h // self.num_key_value_heads * self.num_attention_heads for h in self.kv_heads_per_slot()]
+
     @property
     def effective_depth(self) -> int:
         """Number of sequential residual blocks (source depth minus the number of pairs)."""

@@ -259,6 +259,46 @@ class LayerParallelPreTrainedModel(PreTrainedModel):
         "attentions": OutputRecorder(target_class=_all_source_classes("Attention"), index=1),
     }
 
+    def attentions_per_source_layer(
+        self, attentions: tuple[torch.Tensor | None, ...]
+    ) -> tuple[torch.Tensor | None, ...]:
+        """Split the per-slot attention maps of `output_attentions=True` into one map per source layer.
+
+        A merged pair returns a single map holding the heads of both of its layers (`2 * num_attention_heads`, layer
+        `i` first, see [`LayerParallelConfig.attention_heads_per_slot`]); it is split into the two layers' maps.
+        Unpaired layers and unmerged pairs already return one map per layer.
+
+        Args:
+            attentions (`tuple[torch.Tensor]`): `outputs.attentions`, one map per slot
+                (`config.num_hidden_layers` entries) of shape `(batch, heads, query_length, key_length)`.
+
+        Returns:
+            `tuple[torch.Tensor]`: `config.source_config.num_hidden_layers` maps with `num_attention_heads` heads each.
+
+        Raises:
+            `ValueError`: when `attentions` does not have one entry per slot, or a slot's map has an unexpected number
+                of heads.
+        """
+        if attentions is None or len(attentions) != self.config.num_hidden_layers:
+            got = None if attentions is None else len(attentions)
+            raise ValueError(
+                f"`attentions` must hold one map per slot ({self.config.num_hidden_layers}), got {got}; pass "
+                "`outputs.attentions` of a forward with `output_attentions=True`."
+            )
+        expected_heads = self.config.attention_heads_per_slot()
+        per_layer: list[torch.Tensor | None] = []
+        for heads, attention in zip(expected_heads, attentions):
+            if attention is not None and attention.shape[1] != heads:
+                raise ValueError(
+                    f"An attention map has {attention.shape[1]} heads where its slot has {heads}; pass the "
+                    "`outputs.attentions` of this model."
+                )
+            if heads == self.config.num_attention_heads:
+                per_layer.append(attention)
+            else:  # a merged pair: both layers' heads, layer i first
+                per_layer.extend((None, None) if attention is None else attention.chunk(2, dim=1))
+        return tuple(per_layer)
+
     @classmethod
     def maybe_distribute_model(cls, model, distributed_config, mesh_manager):
         """Tensor parallelism (transformers' own, `from_pretrained(..., tp_plan="auto")` under `torchrun`), after

@@ -1,0 +1,61 @@
+"""A merged pair returns one attention map with both layers' heads (the documented exception to transformers' common
+generation tests); `attention_heads_per_slot` and `attentions_per_source_layer` give users the per-layer view."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hf_ext.models.layer_parallel import convert_to_layer_parallel
+
+
+@pytest.fixture(scope="module")
+def source():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        attn_implementation="eager",
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("mode", ["sublayer", "block"])
+@torch.no_grad()
+def test_merged_maps_split_into_the_unmerged_per_layer_maps(source, ids, mode):
+    merged = convert_to_layer_parallel(source, pairs=[[1, 2]], mode=mode, merge=True)
+    unmerged = convert_to_layer_parallel(source, pairs=[[1, 2]], mode=mode, merge=False)
+    slots = merged(ids, output_attentions=True).attentions
+    assert [a.shape[1] for a in slots] == merged.config.attention_heads_per_slot() == [4, 8, 4, 4]
+    per_layer = merged.attentions_per_source_layer(slots)
+    reference = unmerged(ids, output_attentions=True).attentions
+    assert unmerged.config.attention_heads_per_slot() == [4] * 5
+    assert unmerged.attentions_per_source_layer(reference) == tuple(reference)
+    assert len(per_layer) == source.config.num_hidden_layers
+    for got, want in zip(per_layer, reference):
+        assert got.shape == (2, 4, 6, 6)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    # Layer 0 is not paired: its map is the source model's.
+    torch.testing.assert_close(per_layer[0], source(ids, output_attentions=True).attentions[0], atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_attentions_per_source_layer_rejects_other_inputs(source, ids):
+    merged = convert_to_layer_parallel(source, pairs=[[1, 2]], merge=True)
+    slots = merged(ids, output_attentions=True).attentions
+    with pytest.raises(ValueError, match="one map per slot"):
+        merged.attentions_per_source_layer(slots[:-1])
+    with pytest.raises(ValueError, match="one map per slot"):
+        merged.attentions_per_source_layer(None)
+    with pytest.raises(ValueError, match="heads where its slot has"):
+        merged.attentions_per_source_layer((slots[1],) * len(slots))
