@@ -206,25 +206,40 @@ def define_testers(tests_dir: Path, selected: list[str]) -> dict[str, type]:
 
 
 class _CountPerTester:
-    """pytest plugin: passed / failed / skipped per test class, and the failing ids."""
+    """pytest plugin: one outcome per test (passed / failed / skipped) per test class, and the failing ids.
+
+    A test whose subtests were all skipped (e.g. a check that loops over model classes and skips each) counts as
+    skipped, as in pytest's JUnit XML; pytest's terminal summary counts it as passed.
+    """
 
     def __init__(self):
-        self.counts = defaultdict(lambda: {"passed": 0, "failed": 0, "skipped": 0})
-        self.failed = []
+        self.outcomes = {}  # nodeid -> "passed" / "failed" / "skipped"
+        self.subtests = defaultdict(list)  # nodeid -> outcomes of its subtests
 
     def pytest_runtest_logreport(self, report):
-        if hasattr(report, "context"):  # a subtest's report (pytest >= 9); counted with its test
+        if hasattr(report, "context"):  # a subtest's report (pytest >= 9)
+            self.subtests[report.nodeid].append(report.outcome)
             return
-        parts = report.nodeid.split("::")
-        tester = parts[1] if len(parts) > 1 else parts[0]
-        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-            outcome = report.outcome if report.outcome in ("passed", "skipped") else "failed"
-            self.counts[tester][outcome] += 1
+        outcome = report.outcome if report.outcome in ("passed", "skipped") else "failed"
+        if report.when == "call" or (report.when == "setup" and outcome != "passed"):
+            self.outcomes[report.nodeid] = outcome
+        elif report.when == "teardown" and outcome == "failed":
+            self.outcomes[report.nodeid] = "failed"
+
+    def summary(self) -> tuple[dict[str, dict[str, int]], list[str]]:
+        counts = defaultdict(lambda: {"passed": 0, "failed": 0, "skipped": 0})
+        failed = []
+        for nodeid, outcome in self.outcomes.items():
+            subtests = self.subtests.get(nodeid, [])
+            if outcome == "passed" and "failed" in subtests:
+                outcome = "failed"
+            elif outcome == "passed" and subtests and all(sub == "skipped" for sub in subtests):
+                outcome = "skipped"
+            parts = nodeid.split("::")
+            counts[parts[1] if len(parts) > 2 else parts[0]][outcome] += 1
             if outcome == "failed":
-                self.failed.append(report.nodeid.split("::", 1)[1])
-        elif report.when == "teardown" and report.outcome == "failed":
-            self.counts[tester]["failed"] += 1
-            self.failed.append(report.nodeid.split("::", 1)[1] + " (teardown)")
+                failed.append("::".join(parts[1:]))
+        return {name: dict(c) for name, c in sorted(counts.items())}, failed
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
@@ -295,12 +310,13 @@ def main(argv: list[str] | None = None) -> int:
             ],
             plugins=[counter],
         )
+    testers, failed = counter.summary()
     summary = {
         "transformers_installed": transformers.__version__,
         "transformers_tests": str(tests_dir),
         "transformers_tests_version": source_version,
-        "testers": {name: dict(counts) for name, counts in sorted(counter.counts.items())},
-        "failed": counter.failed,
+        "testers": testers,
+        "failed": failed,
     }
     print("\nper tester: passed / failed / skipped")
     for name, counts in summary["testers"].items():

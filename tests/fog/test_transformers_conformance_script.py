@@ -68,3 +68,30 @@ def test_checkout_version_is_read_from_the_source_tree(tmp_path):
     init.parent.mkdir(parents=True)
     init.write_text('# header\n__version__ = "5.24.0"\n')
     assert module.checkout_version(tests_dir) == "5.24.0"
+
+
+def test_counts_one_outcome_per_test_like_junit():
+    from types import SimpleNamespace
+
+    module = _load_script()
+    counter = module._CountPerTester()
+
+    def report(name, when, outcome, subtest=False):
+        fields = {"nodeid": f"run_transformers_conformance.py::FogModelTest::{name}", "when": when, "outcome": outcome}
+        if subtest:
+            fields["context"] = object()
+        counter.pytest_runtest_logreport(SimpleNamespace(**fields))
+
+    report("test_plain", "call", "passed")
+    report("test_all_subtests_skipped", "call", "skipped", subtest=True)
+    report("test_all_subtests_skipped", "call", "skipped", subtest=True)
+    report("test_all_subtests_skipped", "call", "passed")
+    report("test_one_subtest_failed", "call", "passed", subtest=True)
+    report("test_one_subtest_failed", "call", "failed", subtest=True)
+    report("test_one_subtest_failed", "call", "passed")
+    report("test_skipped_in_setup", "setup", "skipped")
+    report("test_broken_teardown", "call", "passed")
+    report("test_broken_teardown", "teardown", "failed")
+    counts, failed = counter.summary()
+    assert counts == {"FogModelTest": {"passed": 1, "failed": 2, "skipped": 2}}
+    assert failed == ["FogModelTest::test_one_subtest_failed", "FogModelTest::test_broken_teardown"]
