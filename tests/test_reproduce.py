@@ -98,6 +98,7 @@ def test_cli_lists_and_runs_a_fast_reproduction(capsys, tmp_path):
 OWN_SLOW_TEST = {
     "federated": "tests/federated/test_reproduction.py",
     "neuralgrok": "tests/neuralgrok/test_reproduction.py",
+    "warmup": "tests/optim/test_reproduction.py",
 }
 
 
