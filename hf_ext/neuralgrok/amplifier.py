@@ -79,19 +79,144 @@ class NeuralAmplifier(nn.Module):
         dims = (1, *self.hidden_dims, 1)
         return sum(a * b for a, b in zip(dims[:-1], dims[1:]))
 
-    def probabilities(self, grad: torch.Tensor) -> torch.Tensor:
-        """The softmax weights `p` for `grad` (same shape; they sum to 1 over the tensor when `softmax_dim=0`)."""
-        column = grad.reshape(-1, 1).to(self.net[0].weight.dtype)
-        if torch.is_grad_enabled() or column.shape[0] <= self.chunk_size:
-            scores = self.net(column)
-        else:
-            # Without a graph, evaluate the MLP in chunks: peak memory ~chunk_size * max(hidden_dims) floats.
-            scores = torch.cat([self.net(part) for part in column.split(self.chunk_size)])
-        return torch.softmax(scores, dim=self.softmax_dim).view_as(grad)
+    def _linears(self) -> list[nn.Linear]:
+        return [m for m in self.net if isinstance(m, nn.Linear)]
 
-    def forward(self, grad: torch.Tensor) -> torch.Tensor:
+    def _dropout_active(self) -> bool:
+        return self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.net)
+
+    @torch.no_grad()
+    def linear_pieces(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        r"""
+        The exact piecewise-linear form of the MLP (dropout off). A ReLU MLP of one scalar `x` is continuous and affine
+        between finitely many kinks. Returns `(knots, masks)`: `knots` (float64, sorted, `K` entries) split the real
+        line into `K + 1` segments, segment `i` being `[knots[i-1], knots[i]]` (unbounded at both ends), and
+        `masks[l][i]` is the ReLU pattern of hidden layer `l` on segment `i`, constant on the whole segment.
+
+        Found layer by layer in float64: on every current segment each next pre-activation is affine in `x`, so its
+        zero crossing inside the segment (if any) is added as a knot; the pattern of every layer is then read at an
+        interior point of each final segment.
+        """
+        linears = self._linears()
+        device = linears[0].weight.device
+        f64 = dict(dtype=torch.float64, device=device)
+        knots = torch.empty(0, **f64)
+        slope = torch.ones(1, 1, **f64)  # (segments, width): the current layer's output is slope * x + intercept
+        intercept = torch.zeros(1, 1, **f64)
+        inf = torch.tensor([float("inf")], **f64)
+        for layer in linears[:-1]:
+            weight = layer.weight.to(torch.float64).T
+            pre_slope = slope @ weight
+            pre_intercept = intercept @ weight
+            if layer.bias is not None:
+                pre_intercept = pre_intercept + layer.bias.to(torch.float64)
+            lo = torch.cat([-inf, knots])[:, None]
+            hi = torch.cat([knots, inf])[:, None]
+            crossing = -pre_intercept / pre_slope  # +-inf or nan where the pre-activation is constant
+            inside = (pre_slope != 0) & (crossing > lo) & (crossing < hi)
+            parent_knots = knots
+            knots = torch.unique(torch.cat([knots, crossing[inside]]))  # sorted
+            points = _interior_points(knots)
+            parent = torch.searchsorted(parent_knots, points)
+            pre = pre_slope[parent] * points[:, None] + pre_intercept[parent]
+            on = pre > 0
+            slope = torch.where(on, pre_slope[parent], 0.0)
+            intercept = torch.where(on, pre_intercept[parent], 0.0)
+        # The pattern of every layer on the final segments (all crossings are knots: constant on each segment).
+        points = _interior_points(knots)[:, None]
+        masks = []
+        hidden = points
+        for layer in linears[:-1]:
+            hidden = torch.nn.functional.linear(
+                hidden,
+                layer.weight.to(torch.float64),
+                None if layer.bias is None else layer.bias.to(torch.float64),
+            )
+            masks.append(hidden > 0)
+            hidden = hidden.clamp_min(0)
+        return knots, masks
+
+    def affine_pieces(
+        self, masks: Sequence[torch.Tensor], dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(slope, intercept)` of the MLP on every segment of [`linear_pieces`], differentiable in the parameters."""
+        linears = self._linears()
+        dtype = dtype or linears[0].weight.dtype
+        slope = intercept = None
+        for layer, mask in zip(linears, [*masks, None]):
+            weight = layer.weight.to(dtype)
+            if slope is None:
+                slope = weight.T.expand(mask.shape[0], -1)
+                intercept = torch.zeros_like(slope)
+            else:
+                slope = slope @ weight.T
+                intercept = intercept @ weight.T
+            if layer.bias is not None:
+                intercept = intercept + layer.bias.to(dtype)
+            if mask is not None:
+                slope = slope * mask
+                intercept = intercept * mask
+        return slope[:, 0], intercept[:, 0]
+
+    def fast_pieces(self, num_entries: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """
+        `(knots, slope, intercept)` for the exact piecewise-linear evaluation of `num_entries` scores, or `None` when
+        the direct MLP is used instead: dropout active, fewer than 64 entries, or more than `num_entries / 4` knots.
+        `slope` and `intercept` are float64; with autograd on they carry the graph to the parameters (the gradient
+        w.r.t. them is exact: the ReLU pattern is constant on each segment).
+        """
+        if num_entries < 64 or self._dropout_active():
+            return None
+        knots, masks = self.linear_pieces()
+        if knots.numel() > num_entries // 4:
+            return None
+        return (knots, *self.affine_pieces(masks, torch.float64))
+
+    def _scores(self, column: torch.Tensor, pieces=None) -> torch.Tensor:
+        """MLP scores of `column` (shape `(n, 1)`, the net's dtype): through `pieces` when given, else the MLP."""
+        n = column.shape[0]
+        if pieces is None:
+            if torch.is_grad_enabled() or n <= self.chunk_size:
+                return self.net(column)
+            # Without a graph, evaluate the MLP in chunks: peak memory ~chunk_size * max(hidden_dims) floats.
+            return torch.cat([self.net(part) for part in column.split(self.chunk_size)])
+        knots, slope, intercept = pieces
+        knots = knots.to(slope.dtype)
+        # Gradient entries crowd around 0: evaluate all on the segment holding 0, then redo the others by search.
+        center = int(torch.searchsorted(knots, knots.new_zeros(1)))
+        lo = float(knots[center - 1]) if center > 0 else -float("inf")
+        hi = float(knots[center]) if center < knots.numel() else float("inf")
+        parts = []
+        for part in column.view(-1).split(self.chunk_size):
+            x = part.to(slope.dtype)
+            scores = torch.addcmul(intercept[center], slope[center], x)
+            outside = ((x <= lo) | (x > hi)).nonzero().view(-1)  # nan counts as outside
+            if outside.numel():
+                x_out = x[outside]
+                segment = torch.searchsorted(knots, x_out)
+                scores_out = torch.addcmul(intercept[segment], slope[segment], x_out)
+                bad = ~torch.isfinite(x_out)
+                if bool(bad.any()):  # inf/nan: exactly what the MLP gives
+                    scores_out = scores_out.index_put(
+                        (bad,), self.net(part[outside][bad].view(-1, 1)).view(-1).to(x.dtype)
+                    )
+                scores = scores.index_put((outside,), scores_out)
+            parts.append(scores.to(column.dtype))
+        return (torch.cat(parts) if len(parts) > 1 else parts[0]).view(n, 1)
+
+    def probabilities(self, grad: torch.Tensor, pieces="auto") -> torch.Tensor:
+        """
+        The softmax weights `p` for `grad` (same shape; they sum to 1 over the tensor when `softmax_dim=0`).
+        `pieces`: the output of [`fast_pieces`] to reuse across tensors, `None` for the direct MLP, or `"auto"`.
+        """
+        column = grad.reshape(-1, 1).to(self.net[0].weight.dtype)
+        if isinstance(pieces, str):
+            pieces = self.fast_pieces(column.shape[0])
+        return torch.softmax(self._scores(column, pieces), dim=self.softmax_dim).view_as(grad)
+
+    def forward(self, grad: torch.Tensor, pieces="auto") -> torch.Tensor:
         """Transform one gradient tensor; the result has the same shape and dtype and l2 norm `c`."""
-        p = self.probabilities(grad)
+        p = self.probabilities(grad, pieces)
         weighted = p * grad.to(p.dtype)
         norm = torch.linalg.vector_norm(weighted).clamp_min(self.eps)
         return (self.c * weighted / norm).to(grad.dtype)
@@ -99,13 +224,34 @@ class NeuralAmplifier(nn.Module):
     @torch.no_grad()
     def transform_(self, params: Iterable[torch.Tensor]) -> int:
         """Replace `param.grad` by its transform, in place and without autograd graph. Returns the tensors changed."""
-        count = 0
-        for param in params:
-            if param.grad is None:
-                continue
-            param.grad.copy_(self(param.grad))
-            count += 1
-        return count
+        grads = [param.grad for param in params if param.grad is not None]
+        if not grads:
+            return 0
+        sizes = [g.numel() for g in grads]
+        total = sum(sizes)
+        # All tensors share one piecewise-linear form: found once per call, not once per tensor.
+        pieces = self.fast_pieces(total)
+        if pieces is None or total > self.chunk_size or len({(g.dtype, g.device) for g in grads}) > 1:
+            for grad in grads:
+                grad.copy_(self(grad, pieces))
+            return len(grads)
+        # One batched evaluation of every entry; then the per-tensor softmax and renormalisation on views of it.
+        flat = torch.cat([g.reshape(-1) for g in grads]).to(self.net[0].weight.dtype)
+        scores = self._scores(flat.view(-1, 1), pieces)
+        for grad, g, s in zip(grads, flat.split(sizes), scores.split(sizes)):
+            weighted = torch.softmax(s, dim=self.softmax_dim).view(-1).mul_(g)
+            norm = torch.linalg.vector_norm(weighted).clamp_min_(self.eps)
+            grad.copy_(weighted.mul_(self.c / norm).view_as(grad))
+        return len(grads)
+
+
+def _interior_points(knots: torch.Tensor) -> torch.Tensor:
+    """One point strictly inside each of the `len(knots) + 1` segments the sorted `knots` define."""
+    if knots.numel() == 0:
+        return torch.zeros(1, dtype=knots.dtype, device=knots.device)
+    left = knots[:1] - knots[:1].abs().clamp_min(1.0)
+    right = knots[-1:] + knots[-1:].abs().clamp_min(1.0)
+    return torch.cat([left, (knots[:-1] + knots[1:]) / 2, right])
 
 
 def amplifier_outer_step(
@@ -174,10 +320,12 @@ def amplifier_outer_step(
     amplifier.train()
     meta_optimizer.zero_grad(set_to_none=True)
     with torch.enable_grad():
+        # One piecewise-linear form of the amplifier for every tensor (exact values and phi-gradients), if it pays.
+        pieces = amplifier.fast_pieces(sum(g.numel() for g in g_hat if g is not None))
         virtual = {}
         for name, param, grad in zip(names, params, g_hat):
             theta = param.detach()
-            virtual[name] = theta if grad is None else theta - virtual_lr * amplifier(grad.detach())
+            virtual[name] = theta if grad is None else theta - virtual_lr * amplifier(grad.detach(), pieces)
         buffers = dict(model.named_buffers())
         total_examples = 0
         outer_loss = 0.0
