@@ -43,7 +43,7 @@ class DCGReport:
 
     Attributes:
         rows (`list[dict]`): `task`, `non_compliant`, `compliant`, `gap` per task.
-        mean_gap (`float`): Unweighted mean of the per-task gaps.
+        mean_gap (`float`): Unweighted mean of the per-task gaps that are defined (NaN if none is).
         relative (`bool`): Gaps in percent of the non-compliant score (`True`) or absolute score differences.
     """
 
@@ -56,7 +56,10 @@ class DCGReport:
         return "%" if self.relative else "abs"
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows, "mean_gap": self.mean_gap, "relative": self.relative}
+        """JSON-safe: an undefined gap (NaN) is `None`."""
+        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in self.rows]
+        mean = None if math.isnan(self.mean_gap) else self.mean_gap
+        return {"rows": rows, "mean_gap": mean, "relative": self.relative}
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
@@ -70,8 +73,10 @@ class DCGReport:
         """Markdown table; a positive gap means the compliant model is worse."""
         lines = [f"| task | non-compliant | compliant | DCG ({self.unit}) |", "|---|---:|---:|---:|"]
         for r in self.rows:
-            lines.append(f"| {r['task']} | {r['non_compliant']:.4f} | {r['compliant']:.4f} | {r['gap']:+.2f} |")
-        lines.append(f"| **mean** | | | {self.mean_gap:+.2f} |")
+            gap = "n/a" if math.isnan(r["gap"]) else f"{r['gap']:+.2f}"
+            lines.append(f"| {r['task']} | {r['non_compliant']:.4f} | {r['compliant']:.4f} | {gap} |")
+        mean = "n/a" if math.isnan(self.mean_gap) else f"{self.mean_gap:+.2f}"
+        lines.append(f"| **mean** | | | {mean} |")
         return "\n".join(lines)
 
 
@@ -82,6 +87,7 @@ def compute_dcg(
     metric: str | None = None,
     lower_is_better: Collection[str] = (),
     tasks: Collection[str] | None = None,
+    undefined: str = "raise",
 ) -> DCGReport:
     """Data compliance gap per task and on average.
 
@@ -100,6 +106,9 @@ def compute_dcg(
             `"acc,none"`); needed when a task reports several metrics.
         lower_is_better (`Collection[str]`, *optional*): Tasks whose metric decreases with quality.
         tasks (`Collection[str]`, *optional*): Tasks to report; default: all tasks (both sides must have the same).
+        undefined (`str`, *optional*, defaults to `"raise"`): What a relative gap does for a task where the
+            non-compliant score is 0 (e.g. a small model's accuracy): `"raise"` a `ValueError`, or `"nan"`: that
+            task's gap is NaN (shown as `n/a`, `None` in `to_dict`) and left out of the mean.
 
     Returns:
         `DCGReport` with `.to_table()` and `.to_json()`.
@@ -121,15 +130,23 @@ def compute_dcg(
     unknown = [t for t in lower_is_better if t not in tasks]
     if unknown:
         raise ValueError(f"lower_is_better names tasks that are not compared: {unknown}.")
-    if relative:
-        zero = [t for t in tasks if full[t] == 0]
-        if zero:
-            raise ValueError(f"relative gap is undefined for a zero non-compliant score (tasks {zero}); use relative=False.")
+    if undefined not in ("raise", "nan"):
+        raise ValueError(f"undefined must be 'raise' or 'nan', got {undefined!r}.")
+    zero = [t for t in tasks if full[t] == 0] if relative else []
+    if zero and undefined == "raise":
+        raise ValueError(
+            f"relative gap is undefined for a zero non-compliant score (tasks {zero}); use relative=False, or "
+            "undefined='nan' to report those tasks as n/a."
+        )
     rows = []
     for task in tasks:
         diff = full[task] - comp[task]
         if task in lower_is_better:
             diff = -diff
-        gap = 100.0 * diff / abs(full[task]) if relative else diff
+        if task in zero:
+            gap = math.nan
+        else:
+            gap = 100.0 * diff / abs(full[task]) if relative else diff
         rows.append({"task": task, "non_compliant": full[task], "compliant": comp[task], "gap": gap})
-    return DCGReport(rows, sum(r["gap"] for r in rows) / len(rows), relative)
+    defined = [r["gap"] for r in rows if not math.isnan(r["gap"])]
+    return DCGReport(rows, sum(defined) / len(defined) if defined else math.nan, relative)

@@ -108,6 +108,7 @@ def compliance_gap(
     metric: str = "acc",
     relative: bool = True,
     num_fewshot: int | None = 0,
+    undefined: str = "raise",
     **kwargs,
 ):
     """The data compliance gap from lm-eval results of a full-data and a compliant model on the same tasks.
@@ -119,6 +120,8 @@ def compliance_gap(
         tasks, num_fewshot, kwargs: As in [`evaluate_model`].
         metric (`str`, *optional*, defaults to `"acc"`): Task metric compared.
         relative (`bool`, *optional*, defaults to `True`): Percent gap (see `hf_ext.compliance.compute_dcg`).
+        undefined (`str`, *optional*, defaults to `"raise"`): `"nan"` reports a task the full model scores 0 on as
+            n/a instead of raising (see `compute_dcg`).
 
     Returns:
         `hf_ext.compliance.DCGReport` (`.to_table()`, `.to_json()`), plus the two results under `.results`.
@@ -132,6 +135,8 @@ def compliance_gap(
         else:
             results.append(evaluate_model(m, tokenizer, tasks=tasks, num_fewshot=num_fewshot, **kwargs))
     lower = _lower(metric, task_scores(results[0], metric))
-    report = compute_dcg(results[0], results[1], relative=relative, metric=metric, lower_is_better=lower)
+    report = compute_dcg(
+        results[0], results[1], relative=relative, metric=metric, lower_is_better=lower, undefined=undefined
+    )
     report.results = {"non_compliant": results[0], "compliant": results[1]}
     return report

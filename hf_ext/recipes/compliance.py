@@ -380,6 +380,11 @@ def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments) -> di
         continual = compute_dcg(losses["full_continued"], losses["compliant_continued"], lower_is_better=tasks)
         out["continual"] = continual.to_dict()
         tables += ["", "## (b) continual pretraining on the non-compliant remainder", "", continual.to_table()]
+    print("\nData compliance gap measured by training (held-out loss per domain; positive = compliant is worse):")
+    print("\n".join(tables) + "\n")
+    # the trained models' gaps are on disk before the optional lm-eval step (which may take long or fail)
+    atomic_write_json(os.path.join(args.output_dir, "dcg_trained.json"), out)
+    atomic_write_text(os.path.join(args.output_dir, "dcg_trained.md"), "\n".join(tables) + "\n")
     if args.eval_tasks:
         from ..evaluation.uses import compliance_gap
 
@@ -390,15 +395,16 @@ def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments) -> di
         for key, full_name, comp_name in pairs:
             report = compliance_gap(
                 models[full_name], models[comp_name], tokenizer, tasks=tasks, metric=args.eval_metric,
-                limit=args.eval_limit, num_fewshot=0,
+                limit=args.eval_limit, num_fewshot=0, undefined="nan",
             )  # fmt: skip
             out[f"{key}_tasks"] = report.to_dict()
-            tables += ["", f"## {key}: lm-eval tasks ({args.eval_metric})", "", report.to_table()]
-    table = "\n".join(tables) + "\n"
-    print("\nData compliance gap measured by training (held-out loss per domain; positive = compliant is worse):")
-    print(table)
-    atomic_write_json(os.path.join(args.output_dir, "dcg_trained.json"), out)
-    atomic_write_text(os.path.join(args.output_dir, "dcg_trained.md"), table)
+            section = [f"## {key}: lm-eval tasks ({args.eval_metric})", "", report.to_table()]
+            if any(r["gap"] is None for r in out[f"{key}_tasks"]["rows"]):
+                section += ["", "n/a: the full model scores 0 on the task, so a relative gap is undefined."]
+            tables += ["", *section]
+            print("\n".join(section) + "\n")
+        atomic_write_json(os.path.join(args.output_dir, "dcg_trained.json"), out)
+        atomic_write_text(os.path.join(args.output_dir, "dcg_trained.md"), "\n".join(tables) + "\n")
     _plot_dcg(out, os.path.join(args.output_dir, "dcg_trained.png"))
     return out
 

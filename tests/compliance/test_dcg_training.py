@@ -44,6 +44,31 @@ def test_train_models_task_dcg_from_lm_eval(tmp_path):
         main(["--eval_tasks", "hf_ext_cloze", "--output_dir", str(tmp_path / "no")])
 
 
+def test_task_dcg_with_a_zero_scoring_full_model_is_reported_not_fatal(tmp_path, monkeypatch):
+    """A tiny model scores 0 accuracy on the cloze task: its relative task gap is n/a, and the run still finishes.
+    And the loss-based gaps are on disk before lm-eval starts, so a failing evaluation loses nothing."""
+    pytest.importorskip("lm_eval")
+    result = main([*TINY, "--eval_tasks", "hf_ext_cloze", "--eval_metric", "acc", "--eval_limit", "3",
+                   "--continual_steps", "0", "--output_dir", str(tmp_path / "a")])  # fmt: skip
+    (row,) = result["dcg_trained"]["scratch_tasks"]["rows"]
+    assert row["non_compliant"] == 0 and row["gap"] is None
+    assert result["dcg_trained"]["scratch_tasks"]["mean_gap"] is None
+    assert "| n/a |" in (tmp_path / "a" / "dcg_trained.md").read_text()
+    assert json.loads((tmp_path / "a" / "dcg_trained.json").read_text())["scratch_tasks"]["rows"][0]["gap"] is None
+
+    import hf_ext.evaluation.uses as uses
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("lm-eval failed")
+
+    monkeypatch.setattr(uses, "compliance_gap", broken)
+    with pytest.raises(RuntimeError, match="lm-eval failed"):
+        main([*TINY, "--eval_tasks", "hf_ext_cloze", "--continual_steps", "0", "--output_dir", str(tmp_path / "b")])
+    saved = json.loads((tmp_path / "b" / "dcg_trained.json").read_text())
+    assert {r["task"] for r in saved["scratch"]["rows"]} >= {"ALL", "language"}
+    assert "(a) from scratch" in (tmp_path / "b" / "dcg_trained.md").read_text()
+
+
 @pytest.mark.parametrize(
     "extra, flag",
     [(["--train_steps", "0"], "--train_steps"), (["--continual_steps", "-1"], "--continual_steps"),

@@ -1,6 +1,7 @@
 """Snapshot store round trips, retention statistics and the data compliance gap."""
 
 import json
+import math
 
 import pytest
 
@@ -142,6 +143,21 @@ def test_dcg_reads_lm_eval_and_evaluate_results():
     assert evaluate_style.rows[0]["gap"] == 0.0
     with pytest.raises(ValueError, match="metric"):
         compute_dcg(lm_eval, lm_eval_c)  # acc and acc_norm: ambiguous
+
+
+def test_dcg_undefined_relative_gap_can_be_reported_as_nan():
+    report = compute_dcg({"a": 0.0, "b": 0.5}, {"a": 0.1, "b": 0.4}, undefined="nan")
+    gaps = {r["task"]: r["gap"] for r in report.rows}
+    assert math.isnan(gaps["a"]) and gaps["b"] == pytest.approx(20.0)
+    assert report.mean_gap == pytest.approx(20.0)  # the mean covers the defined gaps only
+    assert "| a | 0.0000 | 0.1000 | n/a |" in report.to_table()
+    assert json.loads(report.to_json())["rows"][0]["gap"] is None
+    all_zero = compute_dcg({"a": 0.0}, {"a": 0.1}, undefined="nan")
+    assert math.isnan(all_zero.mean_gap) and all_zero.to_dict()["mean_gap"] is None
+    assert "| **mean** | | | n/a |" in all_zero.to_table()
+    assert compute_dcg({"a": 0.0}, {"a": 0.1}, relative=False, undefined="nan").rows[0]["gap"] == pytest.approx(-0.1)
+    with pytest.raises(ValueError, match="undefined"):
+        compute_dcg({"a": 1.0}, {"a": 1.0}, undefined="skip")
 
 
 def test_dcg_input_errors():
