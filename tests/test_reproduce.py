@@ -37,6 +37,9 @@ def test_reproduce_judges_claims_over_seeds(monkeypatch, tmp_path):
     assert seen == [(1, True), (2, True)]
     assert report.rows[0].ours == "0.25" and report.rows[0].verdict == "holds" and report.holds
     assert "| gap is positive | 0.2 | 0.25 | holds |" in (tmp_path / "reproduction.md").read_text()
+    spec.claims[0].paper = "c*g/||g||"  # a literal pipe must not split the table's cells
+    assert "| c*g/\\|\\|g\\|\\| | 0.25 |" in reproduce("toy", seeds=[1, 2]).to_markdown()
+    spec.claims[0].paper = "0.2"
     assert json.loads((tmp_path / "reproduction.json").read_text())["seeds"] == [1, 2]
     seen.clear()
     assert not reproduce("toy").holds  # default seeds 0, 1, 2: seed 0's gap 0.1 fails the judge

@@ -83,10 +83,16 @@ class Report:
             "|---|---|---|---|",
         ]
         lines += [
-            f"| {r.claim} | {r.paper} | {r.ours} | {r.verdict}{'' if r.asserted else ' (reported, not asserted)'} |"
+            f"| {_cell(r.claim)} | {_cell(r.paper)} | {_cell(r.ours)} | {r.verdict}"
+            f"{'' if r.asserted else ' (reported, not asserted)'} |"
             for r in self.rows
         ]
         return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell: a literal `|` would end the cell."""
+    return str(text).replace("|", "\\|")
 
 
 def mean_spread(values: Sequence[float], fmt: str = "{:.3f}") -> str:
