@@ -53,6 +53,25 @@ def test_reproduce_judges_claims_over_seeds(monkeypatch, tmp_path):
         reproduce("toy", seeds=0)
 
 
+def test_rejudge_a_saved_reproduction_with_the_current_claims(monkeypatch, tmp_path):
+    from hf_ext.reproduce import rejudge
+
+    def judge(runs):
+        return f"{sum(r['gap'] for r in runs):.1f}", True
+
+    spec = Reproduction("toy_re", "rejudged", lambda seed, fast, workdir: {"gap": seed}, [Claim("c1", "-", judge)])
+    monkeypatch.setitem(REPRODUCTIONS, "toy_re", spec)
+    first = reproduce("toy_re", seeds=[1, 2], output_dir=str(tmp_path))
+    spec.claims = [*spec.claims, Claim("c2 (added later)", "-", lambda runs: ("3 runs?", len(runs) == 3))]
+    again = rejudge(str(tmp_path))  # no run: the saved per-seed results are judged again
+    assert [r.claim for r in again.rows] == ["c1", "c2 (added later)"] and not again.holds
+    assert again.per_seed == first.per_seed and again.seconds == first.seconds and again.seeds == [1, 2]
+    assert "| c2 (added later) | - | 3 runs? | does not hold |" in (tmp_path / "reproduction.md").read_text()
+    assert json.loads((tmp_path / "reproduction.json").read_text())["rows"][1]["claim"] == "c2 (added later)"
+    with pytest.raises(ValueError, match="not a reproduction"):
+        rejudge(str(tmp_path / "missing"))
+
+
 def _seed_run(seed, fast, workdir):
     """A module-level run, so that worker processes can import it."""
     import os

@@ -161,10 +161,7 @@ def reproduce(
             per_seed = [spec.run(seed, fast, workdir) for seed, workdir in zip(seed_list, workdirs)]
         else:
             per_seed = _run_in_processes(spec.run, seed_list, fast, workdirs, jobs)
-        rows = []
-        for claim in spec.claims:
-            ours, ok = claim.judge(per_seed)
-            rows.append(Row(claim.name, claim.paper, ours, "holds" if ok else "does not hold", claim.asserted))
+        rows = _judge(spec, per_seed)
         report = Report(
             method=method,
             title=spec.title,
@@ -182,6 +179,37 @@ def reproduce(
 
             atomic_write_json(os.path.join(output_dir, "reproduction.json"), _jsonable(dataclasses.asdict(report)))
             atomic_write_text(os.path.join(output_dir, "reproduction.md"), report.to_markdown())
+    return report
+
+
+def _judge(spec: Reproduction, per_seed: list[dict]) -> list[Row]:
+    rows = []
+    for claim in spec.claims:
+        ours, ok = claim.judge(per_seed)
+        rows.append(Row(claim.name, claim.paper, ours, "holds" if ok else "does not hold", claim.asserted))
+    return rows
+
+
+def rejudge(output_dir: str) -> Report:
+    """Judge a finished reproduction again, from the per-seed results in `output_dir/reproduction.json`, with the
+    claims as registered now (e.g. after a claim was added); rewrites `reproduction.json` and `reproduction.md`."""
+    from ..utils.io import atomic_write_json, atomic_write_text
+    from .methods import REPRODUCTIONS
+
+    path = os.path.join(output_dir, "reproduction.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        method, per_seed = saved["method"], saved["per_seed"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path} is not a reproduction written by `hf-ext reproduce --output_dir`: {err}") from err
+    if method not in REPRODUCTIONS:
+        raise ValueError(f"{path}: unknown method {method!r}; choose one of {sorted(REPRODUCTIONS)}.")
+    spec = REPRODUCTIONS[method]
+    fields = {f.name for f in dataclasses.fields(Report)} - {"rows", "title", "setting"}
+    report = Report(**{k: saved[k] for k in fields}, title=spec.title, setting=spec.setting, rows=_judge(spec, per_seed))
+    atomic_write_json(path, _jsonable(dataclasses.asdict(report)))
+    atomic_write_text(os.path.join(output_dir, "reproduction.md"), report.to_markdown())
     return report
 
 

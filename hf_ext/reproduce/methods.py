@@ -560,15 +560,13 @@ CUBIC_NEWTON = Reproduction(
 
 
 # --------------------------------------------------------------------------------------------------- NeuralGrok
-#: The slow test's and `hf-ext reproduce neuralgrok`'s setting: the recipe's defaults (a+b mod 97, coupled Adam at lr
-#: 3e-3 and wd 1e-3, T=4, c=1) apart from CPU-budget knobs (width 64, batch 256, a 1024-equation test subset).
+#: The slow test's and `hf-ext reproduce neuralgrok`'s setting: the recipe's defaults (a+b mod 97, width 128, batch 512,
+#: coupled Adam at lr 3e-3 and wd 1e-3, T=4, c=1, 1200 steps), test accuracy on a fixed 1024 of the test equations.
 NEURALGROK_METHODS = ("none", "none_strong_wd", "normalize", "grokfast_ema", "neuralgrok")
-#: Step budget per method: NeuralGrok (the slowest step) gets 600; the others 900, so that the baseline can reach
-#: the target and show its behaviour afterwards. AGE and weight norm are compared over the common first 600 steps.
-NEURALGROK_BUDGET = {"neuralgrok": 600}
+NEURALGROK_STEPS = 1200
 NEURALGROK_ARGV = [
-    "--hidden_size", "64", "--per_device_train_batch_size", "256", "--eval_steps", "20", "--max_eval_samples", "1024",
-    "--logging_steps", "20", "--torch_threads", "1", "--disable_tqdm", "true", "--report_to", "none",
+    "--eval_steps", "20", "--max_eval_samples", "1024", "--logging_steps", "20", "--torch_threads", "1",
+    "--disable_tqdm", "true", "--report_to", "none",
 ]  # fmt: skip
 
 
@@ -578,9 +576,11 @@ def _neuralgrok_run(seed: int, fast: bool, workdir: str) -> dict:
 
     parts = []
     for method in NEURALGROK_METHODS:
-        steps = 40 if fast else NEURALGROK_BUDGET.get(method, 900)
+        steps = 40 if fast else NEURALGROK_STEPS
         argv = [*NEURALGROK_ARGV, "--methods", method, "--seeds", str(seed), "--max_steps", str(steps),
                 "--output_dir", os.path.join(workdir, method)]  # fmt: skip
+        if fast:
+            argv += ["--hidden_size", "32", "--per_device_train_batch_size", "64"]
         parts.append(_quiet_recipe("neuralgrok", argv))
     return {"parts": parts}
 
@@ -596,33 +596,34 @@ def _ng_steps(res: dict) -> str:
     return f"{res['steps_to_target_mean']:.0f} ± {res['steps_to_target_std']:.0f} ({res['reached']}/{res['seeds']} reached)"
 
 
-def _ng_acc(res: dict) -> str:
-    return f"{res['test_accuracy_at_window_mean']:.3f} ± {res['test_accuracy_at_window_std']:.3f}"
+def _ng_faster(res: dict, base: dict, slack: float = 0.8) -> bool:
+    """Every seed reached 95%, and in fewer steps on average than `slack` x the baseline's (a lower bound for it)."""
+    return res["reached"] == res["seeds"] and res["steps_to_target_mean"] < slack * base["steps_to_target_mean"]
 
 
 def _ng_faster_than_baseline(runs: list[dict]) -> tuple[str, bool]:
     m = neuralgrok_merged(runs)["methods"]
     ng, base, gf = m["neuralgrok"], m["none"], m["grokfast_ema"]
+    ratio = base["steps_to_target_mean"] / ng["steps_to_target_mean"]
     text = (f"steps to 95% (lower bounds where not reached): baseline {_ng_steps(base)}, Grokfast-EMA {_ng_steps(gf)}, "
-            f"NeuralGrok {_ng_steps(ng)}")  # fmt: skip
-    ok = ng["reached"] == ng["seeds"] and ng["steps_to_target_mean"] < base["steps_to_target_mean"]
-    return text, ok
+            f"NeuralGrok {_ng_steps(ng)}: {ratio:.2f}x fewer than the baseline")  # fmt: skip
+    return text, _ng_faster(ng, base)
 
 
 def _ng_normalisation_helps(runs: list[dict]) -> tuple[str, bool]:
     m = neuralgrok_merged(runs)["methods"]
     base, norm = m["none"], m["normalize"]
-    window = norm["complexity_window"]
-    text = f"test accuracy at step {window}: baseline {_ng_acc(base)}, normalisation only {_ng_acc(norm)}"
-    return text, norm["test_accuracy_at_window_mean"] > base["test_accuracy_at_window_mean"] + 0.1
+    ratio = base["steps_to_target_mean"] / norm["steps_to_target_mean"]
+    text = (f"steps to 95%: baseline {_ng_steps(base)}, normalisation only {_ng_steps(norm)}: {ratio:.2f}x fewer "
+            "than the baseline")  # fmt: skip
+    return text, _ng_faster(norm, base)
 
 
 def _ng_amplifier_adds(runs: list[dict]) -> tuple[str, bool]:
     m = neuralgrok_merged(runs)["methods"]
     ng, norm = m["neuralgrok"], m["normalize"]
-    diff = ng["test_accuracy_at_window_mean"] - norm["test_accuracy_at_window_mean"]
-    text = f"NeuralGrok {_ng_acc(ng)} vs normalisation only {_ng_acc(norm)} (difference {diff:+.3f})"
-    return text, diff > 0.05
+    text = f"steps to 95%: NeuralGrok {_ng_steps(ng)} vs normalisation only {_ng_steps(norm)}"
+    return text, _ng_faster(ng, norm, slack=0.9)
 
 
 def _ng_cost(runs: list[dict]) -> tuple[str, bool]:
@@ -636,10 +637,32 @@ def _ng_cost(runs: list[dict]) -> tuple[str, bool]:
 def _ng_strong_wd(runs: list[dict]) -> tuple[str, bool]:
     m = neuralgrok_merged(runs)["methods"]
     base, wd = m["none"], m["none_strong_wd"]
+    acc = f"{wd['test_accuracy_at_window_mean']:.3f} ± {wd['test_accuracy_at_window_std']:.3f}"
     text = (f"final weight norm {wd['final_weight_norm_mean']:.1f} vs {base['final_weight_norm_mean']:.1f}; test "
-            f"accuracy at step {wd['complexity_window']} {_ng_acc(wd)}; reached 95% on {wd['reached']}/{wd['seeds']}")  # fmt: skip
+            f"accuracy at step {wd['complexity_window']} {acc}; reached 95% on {wd['reached']}/{wd['seeds']}")  # fmt: skip
     ok = (wd["final_weight_norm_mean"] < 0.5 * base["final_weight_norm_mean"] and wd["reached"] == 0
           and wd["test_accuracy_at_window_mean"] < 0.05)  # fmt: skip
+    return text, ok
+
+
+def _ng_less_training_time(runs: list[dict]) -> tuple[str, bool]:
+    m = neuralgrok_merged(runs)["methods"]
+    ng, base = m["neuralgrok"], m["none"]
+    ratio = ng["cpu_seconds_to_target_mean"] / base["cpu_seconds_to_target_mean"]
+    text = (f"CPU seconds of training to 95% (lower bounds where not reached): NeuralGrok "
+            f"{ng['cpu_seconds_to_target_mean']:.1f}, baseline {base['cpu_seconds_to_target_mean']:.1f} ({ratio:.2f}x)")  # fmt: skip
+    return text, ng["reached"] == ng["seeds"] and ratio < 1.0
+
+
+def _ng_stable_after_grokking(runs: list[dict]) -> tuple[str, bool]:
+    m = neuralgrok_merged(runs)["methods"]
+    ng, base = m["neuralgrok"], m["none"]
+    def drops(res):
+        return "-" if res["accuracy_drops_mean"] is None else f"{res['accuracy_drops_mean']:.2f}"
+
+    text = (f"falls of test accuracy below 85% after first reaching 95% (mean per seed that reached it): NeuralGrok "
+            f"{drops(ng)}, baseline {drops(base)}")  # fmt: skip
+    ok = ng["reached"] > 0 and base["reached"] > 0 and ng["accuracy_drops_mean"] == 0 < base["accuracy_drops_mean"]
     return text, ok
 
 
@@ -654,22 +677,26 @@ def _ng_lower_age(runs: list[dict]) -> tuple[str, bool]:
 NEURALGROK = Reproduction(
     method="neuralgrok",
     title="NeuralGrok: a learned gradient amplifier speeds up grokking",
-    setting="a+b mod 97, 50% train split, 2-layer decoder (width 64, batch 256), coupled Adam lr 3e-3 wd 1e-3; "
-    "baseline, normalisation-only control (same scale and clipping, amplifier fixed to uniform), Grokfast-EMA, "
-    "NeuralGrok (T=4, c=1) and the baseline with 10x weight decay; 900 steps (NeuralGrok 600), test accuracy on "
+    setting="The recipe's defaults: a+b mod 97, 50% train split, 2-layer decoder (width 128, batch 512), coupled Adam "
+    "lr 3e-3 wd 1e-3; baseline, normalisation-only control (same scale and clipping, amplifier fixed to uniform), "
+    "Grokfast-EMA, NeuralGrok (T=4, c=1) and the baseline with 10x weight decay; 1200 steps each, test accuracy on "
     "1024 held-out equations every 20 steps.",
     run=_neuralgrok_run,
     claims=[
-        Claim("NeuralGrok reaches 95% test accuracy in fewer steps than the baseline",
-              "900 vs 1650 steps on a+b mod 97 (1.83x; Table 1, single runs)", _ng_faster_than_baseline,
-              asserted=False),
-        Claim("gradient normalisation alone (the control) generalises earlier than the baseline",
-              "plain normalisation c*g/||g|| speeds up and stabilises grokking (paper, ablation)",
+        Claim("NeuralGrok reaches 95% test accuracy on every seed, in < 0.8x the baseline's steps",
+              "900 vs 1650 steps on a+b mod 97 (1.83x; Table 1, single runs)", _ng_faster_than_baseline),
+        Claim("gradient normalisation alone (the control) reaches 95% on every seed, in < 0.8x the baseline's steps",
+              "plain normalisation c*g/norm(g) speeds up and stabilises grokking (paper, ablation)",
               _ng_normalisation_helps),
-        Claim("the learned amplifier adds to normalisation alone",
+        Claim("the learned amplifier adds to normalisation alone (< 0.9x the control's steps)",
               "the amplifier is learned to speed generalisation (method)", _ng_amplifier_adds, asserted=False),
         Claim("NeuralGrok's step costs at most 1.5x the baseline's", "overhead not reported (goal set by us)",
               _ng_cost, asserted=False),
+        Claim("NeuralGrok reaches 95% in less training time than the baseline", "not reported (goal set by us)",
+              _ng_less_training_time, asserted=False),
+        Claim("after grokking NeuralGrok's test accuracy stays up; the baseline's drops",
+              "the wd 1e-3 baseline oscillates after grokking; NeuralGrok is stable (paper)",
+              _ng_stable_after_grokking, asserted=False),
         Claim("10x weight decay keeps weights small and neither memorises nor generalises",
               "wd 1e-2 neither memorises nor generalises on any task (Fig. 8)", _ng_strong_wd),
         Claim("NeuralGrok lowers the absolute gradient entropy", "lower AGE than standard training (Fig. 6)",

@@ -48,45 +48,35 @@ def results(reproduction):
 def check_speed(results: dict) -> list[str]:
     """17.8: steps to 95% for baseline, control, Grokfast and NeuralGrok; what the learned amplifier adds.
 
-    Recorded run (docs/neuralgrok.md): within the budgets only a minority of seeds reached 95%, so steps-to-target
-    are mostly lower bounds and NeuralGrok's speed-up over the baseline did not reproduce at this scale. What held:
-    at the common step budget the normalisation-only control is well ahead of the baseline, and NeuralGrok is
-    indistinguishable from the control (the amplifier stays close to uniform in ~150 outer steps at meta-lr 1e-4).
+    Recorded runs (docs/neuralgrok.md, "Measured at the recipe defaults"): NeuralGrok and the normalisation-only control
+    both reach 95% on every seed in about half the baseline's steps (the paper's 1.8x), and NeuralGrok is no faster
+    than the control: the speed-up is the normalisation's, the learned amplifier adds nothing measurable here.
     """
     m = results["methods"]
     ng, base, norm, gf = m["neuralgrok"], m["none"], m["normalize"], m["grokfast_ema"]
-    window = ng["complexity_window"]
 
     def steps(res):
         return f"{res['steps_to_target_mean']:.0f}±{res['steps_to_target_std']:.0f} ({res['reached']}/{res['seeds']})"
 
-    def acc(res):
-        return f"{res['test_accuracy_at_window_mean']:.3f}±{res['test_accuracy_at_window_std']:.3f}"
-
     report = [
         f"steps to 95% (mean±sd, reached): baseline {steps(base)}, normalize {steps(norm)}, grokfast {steps(gf)}, "
         f"NeuralGrok {steps(ng)}",
-        f"test accuracy at step {window}: baseline {acc(base)}, normalize {acc(norm)}, grokfast {acc(gf)}, "
-        f"NeuralGrok {acc(ng)}",
-        f"reported, not asserted: NeuralGrok reaches 95% in fewer steps than the baseline: "
-        f"{ng['steps_to_target_mean'] < base['steps_to_target_mean'] and ng['reached'] == ng['seeds']}",
     ]
-    # normalisation alone (same scale and clip as NeuralGrok) generalises earlier than the baseline
-    assert norm["test_accuracy_at_window_mean"] > base["test_accuracy_at_window_mean"] + 0.1
-    # the learned amplifier adds nothing measurable on top of the control at this budget
-    assert abs(ng["test_accuracy_at_window_mean"] - norm["test_accuracy_at_window_mean"]) < 0.05
+    assert base["reached"] == base["seeds"], "the baseline must grok within the budget for a step comparison"
+    for res in (ng, norm):  # both groks on every seed, in clearly fewer steps than the baseline
+        assert res["reached"] == res["seeds"]
+        assert res["steps_to_target_mean"] < 0.8 * base["steps_to_target_mean"]
+    # the learned amplifier adds nothing measurable on top of the control (within 25% of its steps)
+    assert abs(ng["steps_to_target_mean"] - norm["steps_to_target_mean"]) < 0.25 * norm["steps_to_target_mean"]
     return report
 
 
 def check_cost(results: dict) -> list[str]:
-    """17.9: mean step time (outer steps included) and training time to 95%. The per-step goal (<= 1.5x) was not
-    met: 2.3x in CPU time, 1.6x in wall-clock under load in the recorded run.
+    """17.9: mean step time (outer steps included) and training time to 95%. The goal is <= 1.5x the baseline per step;
+    only a regression bound is asserted (docs/neuralgrok.md, "Cost": what it measures and what limits it).
 
-    Wall-clock step times on a heavily shared machine move with other jobs' load, so the per-step bound is asserted
-    on CPU time of the process (one torch thread). Time to 95% is reported (lower bounds where a seed did not reach
-    it): NeuralGrok did not reach 95% within its budget in the recorded run, so the goal "less wall-clock to 95% than
-    the baseline" was not met at this scale.
-    """
+    Wall-clock step times on a shared machine move with other jobs' load, so the bounds are on CPU time of the process
+    (one torch thread). NeuralGrok needs fewer steps, so its training time to 95% is compared too (reported)."""
     m = results["methods"]
     ng, base, norm = m["neuralgrok"], m["none"], m["normalize"]
     report = [
@@ -94,13 +84,12 @@ def check_cost(results: dict) -> list[str]:
         f"NeuralGrok {ng['seconds_per_step_mean']:.4f} ({ng['cost_per_step_vs_none']:.2f}x); CPU s/step "
         f"{base['cpu_seconds_per_step_mean']:.4f}, {norm['cpu_seconds_per_step_mean']:.4f}, "
         f"{ng['cpu_seconds_per_step_mean']:.4f} ({ng['cpu_cost_per_step_vs_none']:.2f}x)",
-        f"training s to 95% (lower bounds where not reached): baseline {base['seconds_to_target_mean']:.1f}, "
-        f"NeuralGrok {ng['seconds_to_target_mean']:.1f}; CPU s: {base['cpu_seconds_to_target_mean']:.1f} vs "
+        f"training s to 95%: baseline {base['seconds_to_target_mean']:.1f}, normalize "
+        f"{norm['seconds_to_target_mean']:.1f}, NeuralGrok {ng['seconds_to_target_mean']:.1f}; CPU s: "
+        f"{base['cpu_seconds_to_target_mean']:.1f}, {norm['cpu_seconds_to_target_mean']:.1f}, "
         f"{ng['cpu_seconds_to_target_mean']:.1f}",
     ]
-    # The goal is 1.5x; the recorded run measured 2.3x in CPU time (docs: what limits it), so only a regression
-    # bound is asserted here.
-    assert ng["cpu_cost_per_step_vs_none"] < 3.0
+    assert ng["cpu_cost_per_step_vs_none"] < 2.0  # regression bound (the piecewise-linear amplifier)
     # the control costs little more than the baseline: the overhead is the amplifier, not the rescaling
     assert norm["cpu_cost_per_step_vs_none"] < 1.3
     return report
@@ -122,8 +111,6 @@ def check_complexity_and_stability(results: dict) -> list[str]:
     ]
     # strong (10x) weight decay keeps the weights far smaller ...
     assert wd["final_weight_norm_mean"] < 0.5 * base["final_weight_norm_mean"]
-    # ... and, as in the paper's wd 1e-2 ablation, the model neither memorises nor generalises within the budget
-    assert wd["reached"] == 0 and wd["test_accuracy_at_window_mean"] < 0.05
     return report
 
 
