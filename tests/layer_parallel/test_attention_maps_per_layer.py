@@ -3,31 +3,8 @@ generation tests); `attention_heads_per_slot` and `attentions_per_source_layer` 
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_ext.models.layer_parallel import convert_to_layer_parallel
-
-
-@pytest.fixture(scope="module")
-def source():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=5,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-        attn_implementation="eager",
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def ids():
-    return torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(1))
 
 
 @pytest.mark.parametrize("mode", ["sublayer", "block"])

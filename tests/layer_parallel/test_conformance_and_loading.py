@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, LlamaConfig
 
 from hf_ext.models.layer_parallel import (
     LayerParallelConfig,
@@ -15,28 +15,6 @@ from hf_ext.models.layer_parallel import (
 )
 
 MODES = [(True, "sublayer"), (False, "sublayer"), (True, "block"), (False, "block")]
-
-
-@pytest.fixture(scope="module")
-def source():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=5,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-        attn_implementation="eager",
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def ids():
-    return torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(1))
 
 
 def _source_dict(**overrides):
