@@ -33,7 +33,9 @@ class NeuralAmplifier(nn.Module):
         dropout (`float`, *optional*, defaults to 0.0): dropout after each hidden ReLU (the final code uses none).
         eps (`float`, *optional*, defaults to 1e-30): floor of `||p * g||` (an all-zero gradient stays zero).
         chunk_size (`int`, *optional*, defaults to 262144): entries per MLP call when no graph is built (the inner
-            transform), which bounds its activation memory on large tensors.
+            transform), which bounds its activation memory on large tensors. The piecewise-linear path keeps a few
+            floats per entry instead of the MLP's activations and batches whole tensors in groups of up to
+            `PIECES_GROUP_CHUNKS * chunk_size` entries.
 
     Evaluation: a ReLU MLP of one scalar is continuous and piecewise linear with finitely many kinks, so unless dropout
     is active or the kinks outnumber a quarter of the entries, the scores are computed exactly from that form (see
@@ -42,6 +44,9 @@ class NeuralAmplifier(nn.Module):
     MLP's parameters, equal the MLP's (to float32 rounding; the fast path is float64 inside). [`transform_`] does this
     for all tensors in one batched call, so the per-entry cost no longer grows with `macs_per_entry`.
     """
+
+    #: Entries of one batched piecewise-linear call in [`transform_many`], in units of `chunk_size`.
+    PIECES_GROUP_CHUNKS = 16
 
     def __init__(
         self,
@@ -242,14 +247,29 @@ class NeuralAmplifier(nn.Module):
         total = sum(sizes)
         if isinstance(pieces, str):
             pieces = self.fast_pieces(total)
-        dtype = self.net[0].weight.dtype
-        if (
-            pieces is None
-            or self.softmax_dim != 0
-            or total > self.chunk_size
-            or len({(g.dtype, g.device) for g in grads}) > 1
-        ):
+        if pieces is None or self.softmax_dim != 0 or len({(g.dtype, g.device) for g in grads}) > 1:
             return [self(g, pieces) for g in grads]
+        # Whole tensors in groups of at most PIECES_GROUP_CHUNKS * chunk_size entries: the piecewise-linear form keeps
+        # a few float64 values per entry (not the MLP's activations), so a group may be much larger than one MLP chunk.
+        limit = self.PIECES_GROUP_CHUNKS * self.chunk_size
+        out: list[torch.Tensor] = []
+        start = 0
+        while start < len(grads):
+            end, size = start + 1, sizes[start]
+            while end < len(grads) and size + sizes[end] <= limit:
+                size += sizes[end]
+                end += 1
+            if end - start == 1:
+                out.append(self(grads[start], pieces))
+            else:
+                out.extend(self._transform_group(grads[start:end], sizes[start:end], pieces))
+            start = end
+        return out
+
+    def _transform_group(self, grads, sizes, pieces) -> list[torch.Tensor]:
+        """[`transform_many`] on tensors of one dtype and device, with `pieces`, in one score call."""
+        total = sum(sizes)
+        dtype = self.net[0].weight.dtype
         flat = torch.cat([g.reshape(-1) for g in grads]).to(dtype)
         scores = self._scores(flat.view(-1, 1), pieces).view(-1)
         lengths = torch.tensor(sizes, device=flat.device)

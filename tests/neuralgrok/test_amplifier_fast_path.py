@@ -213,3 +213,43 @@ def test_outer_step_fast_equals_direct(monkeypatch):
     scale = max(float(g.abs().max()) for g in grads_direct)
     for g_fast, g_direct in zip(grads_fast, grads_direct):
         torch.testing.assert_close(g_fast, g_direct, rtol=1e-3, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("grad_mode", [False, True])
+def test_tensors_beyond_one_chunk_are_transformed_in_few_batched_calls(monkeypatch, grad_mode):
+    """More entries than `chunk_size` no longer fall back to one score call (and one softmax) per tensor: whole tensors
+    are grouped, a tensor larger than a group goes alone; the result equals the per-tensor path, gradients included."""
+    amp = _amplifier((32, 32), "trained", 3)
+    amp.chunk_size = 1000  # groups of up to 16 000 entries
+    torch.manual_seed(1)
+    shapes = [(40, 50), (30,), (90, 100), (600, 30), (7,), (20000,), (64, 64)]  # 2000 + 30 + 9000 + 18000 + ...
+    grads = [torch.randn(s) * 10.0 ** torch.randint(-6, 0, ()).item() for s in shapes]
+    calls = []
+    real_scores = NeuralAmplifier._scores
+
+    def counting(self, column, pieces=None):
+        calls.append((column.shape[0], pieces is not None))
+        return real_scores(self, column, pieces)
+
+    monkeypatch.setattr(NeuralAmplifier, "_scores", counting)
+    pieces = amp.fast_pieces(sum(g.numel() for g in grads))
+    assert pieces is not None
+    with torch.set_grad_enabled(grad_mode):
+        batched = amp.transform_many(grads, pieces)
+        sizes = {g.numel() for g in grads}
+        assert all(with_pieces and (n <= 16 * amp.chunk_size or n in sizes) for n, with_pieces in calls), calls
+        assert sum(n for n, _ in calls) == sum(sizes) and len(calls) <= 5  # was 7: one per tensor
+        calls.clear()
+        single = [amp(g, pieces) for g in grads]
+    for a, b in zip(batched, single):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    if grad_mode:
+        weights = [torch.randn_like(g) for g in grads]
+        got = torch.autograd.grad(
+            sum((a * w).sum() for a, w in zip(batched, weights)), list(amp.parameters()), retain_graph=True
+        )  # both paths share `pieces`' graph
+        ref = torch.autograd.grad(sum((b * w).sum() for b, w in zip(single, weights)), list(amp.parameters()))
+        # float32 sums in another order: compare as one vector (the output bias's gradient is 0 up to rounding,
+        # since a constant shift of every score leaves the softmax unchanged)
+        got, ref = torch.cat([a.flatten() for a in got]), torch.cat([b.flatten() for b in ref])
+        assert float((got - ref).norm()) <= 1e-5 * float(ref.norm())
