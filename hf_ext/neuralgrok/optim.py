@@ -21,13 +21,16 @@ class GradientTransformOptimizer(Optimizer):
     Wraps `inner` and runs `transform_gradients()` (identity here) once per `step()` before `inner.step()`.
 
     It shares `param_groups` and `state` with `inner`, so learning-rate schedulers and `inner`'s own
-    `state_dict()` behave as usual. On every step it records gradient statistics in `last_metrics`:
-    `age_raw` (absolute gradient entropy of the gradient as computed by backward), `grad_norm_raw`, and for
-    transforming subclasses `age_transformed` / `grad_norm_transformed` (after the transform, before any clipping).
+    `state_dict()` behave as usual. `last_metrics` holds gradient statistics of the last step: `age_raw` (absolute
+    gradient entropy of the gradient as computed by backward), `grad_norm_raw`, and for transforming subclasses
+    `age_transformed` / `grad_norm_transformed` (after the transform, before any clipping). Each step only copies the
+    gradients into one reused buffer per statistic (raw, transformed); the statistics are computed from that copy
+    when `last_metrics` is read, so a run that logs every N steps pays for them once per log, not once per step.
 
     Args:
         inner (`torch.optim.Optimizer`): the base optimizer (e.g. AdamW).
-        track_entropy (`bool`, *optional*, defaults to `True`): compute the AGE statistics on each step.
+        track_entropy (`bool`, *optional*, defaults to `True`): record the AGE statistics (at the memory cost of one
+            or two gradient-sized buffers).
     """
 
     def __init__(self, inner: Optimizer, track_entropy: bool = True):
@@ -39,7 +42,9 @@ class GradientTransformOptimizer(Optimizer):
         self.track_entropy = track_entropy
         self.num_transforms = 0
         self.last_lr: float | None = None
-        self.last_metrics: dict[str, float] = {}
+        self._metrics: dict[str, float] = {}
+        self._snapshots: dict[str, list[torch.Tensor]] = {}
+        self._pending: set[str] = set()
         super().__init__(inner.param_groups, inner.defaults)
         self.param_groups = inner.param_groups
         self.state = inner.state
@@ -51,13 +56,34 @@ class GradientTransformOptimizer(Optimizer):
         """Rewrite `p.grad` for `params` in place (identity in the base class)."""
 
     def _grad_stats(self, params: list[torch.Tensor], suffix: str) -> None:
+        """Copy the current gradients of `params` for the `suffix` statistics (computed lazily in `last_metrics`)."""
         if not self.track_entropy or not params:
             return
         grads = [p.grad for p in params]
-        self.last_metrics[f"age_{suffix}"] = float(absolute_entropy(grads))
-        self.last_metrics[f"grad_norm_{suffix}"] = float(
-            torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
-        )
+        buffers = self._snapshots.get(suffix)
+        if (
+            buffers is None
+            or len(buffers) != len(grads)
+            or any(b.shape != g.shape or b.dtype != g.dtype or b.device != g.device for b, g in zip(buffers, grads))
+        ):
+            buffers = self._snapshots[suffix] = [
+                torch.empty_like(g, memory_format=torch.contiguous_format) for g in grads
+            ]
+        for buffer, grad in zip(buffers, grads):
+            buffer.copy_(grad)
+        self._pending.add(suffix)
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """Gradient statistics of the last step (see the class docstring); computed here from the step's copies."""
+        for suffix in sorted(self._pending):
+            grads = self._snapshots[suffix]
+            self._metrics[f"age_{suffix}"] = float(absolute_entropy(grads))
+            self._metrics[f"grad_norm_{suffix}"] = float(
+                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            )
+        self._pending.clear()
+        return self._metrics
 
     def post_transform(self, params: list[torch.Tensor]) -> None:
         """Hook between the transform and `inner.step()` (clipping in [`NeuralGrokOptimizer`])."""

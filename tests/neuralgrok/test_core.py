@@ -7,6 +7,7 @@ import torch
 
 from hf_ext.neuralgrok import (
     GradFilterOptimizer,
+    GradientTransformOptimizer,
     GradNormOptimizer,
     GrokDecoderConfig,
     GrokDecoderForCausalLM,
@@ -466,3 +467,35 @@ def test_decoder_is_causal_and_trains_on_answer_only(splits, tmp_path):
     torch.testing.assert_close(reloaded(**batch).logits, out.logits)
     with pytest.raises(ValueError, match="divisible"):
         GrokDecoderConfig(hidden_size=30, num_attention_heads=4).validate_architecture()
+
+
+def test_gradient_statistics_are_computed_when_read_and_describe_the_last_step(monkeypatch):
+    """AGE and norms are computed once per read of `last_metrics` (a log), from copies of the last step's gradients:
+    not once per step, and never from a stale or later state (the next backward or the clip must not leak in)."""
+    from hf_ext.neuralgrok import optim as optim_module
+
+    calls = []
+    real = optim_module.absolute_entropy
+    monkeypatch.setattr(optim_module, "absolute_entropy", lambda t: calls.append(1) or real(t))
+    layer = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+    opt = NeuralGrokOptimizer(torch.optim.SGD(layer.parameters(), lr=0.1), NeuralAmplifier((8,)), clip_norm=0.5)
+    torch.manual_seed(0)
+    for _ in range(10):
+        opt.zero_grad()
+        layer(torch.randn(8, 6)).pow(2).sum().backward()
+        raw = [p.grad.clone() for p in layer.parameters()]
+        opt.step()
+    assert calls == []  # nothing computed during the 10 steps
+    with torch.no_grad():
+        transformed = opt.amplifier.transform_many(raw)
+    metrics = dict(opt.last_metrics)
+    assert len(calls) == 2  # raw and transformed, once
+    assert metrics["age_raw"] == pytest.approx(float(real(raw)), rel=1e-9)
+    assert metrics["grad_norm_raw"] == pytest.approx(float(torch.cat([g.flatten() for g in raw]).norm()), rel=1e-6)
+    assert metrics["age_transformed"] == pytest.approx(float(real(transformed)), rel=1e-5)
+    assert metrics["grad_norm_transformed"] == pytest.approx(2.0, rel=1e-5)  # before the clip to 0.5
+    # a new backward does not change what was recorded for the last step; reading again computes nothing
+    layer(torch.randn(8, 6)).pow(2).sum().backward()
+    assert opt.last_metrics == metrics and len(calls) == 2
+    GradientTransformOptimizer(torch.optim.SGD(layer.parameters(), lr=0.1), track_entropy=False).step()
+    assert len(calls) == 2
