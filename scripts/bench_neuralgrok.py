@@ -1,0 +1,102 @@
+"""Per-step cost of NeuralGrok and of the normalisation-only control against the Adam baseline, measured side by side.
+
+Runs the grokking recipe (`hf_ext.recipes.neuralgrok`, its defaults unless overridden) for `--steps` optimizer steps
+per method, round by round with the method order rotated each round, so that machine load hits every method alike.
+A step's time includes everything the method adds to it: the gradient transform, the clip and, every `outer_every`
+steps, NeuralGrok's outer step; evaluation is switched off. Prints one JSON line per round and a summary line: mean CPU
+seconds per step of each method, and the ratio to the baseline of the same round (median, mean and spread over
+rounds). CPU time of the process is the figure to compare on a shared machine (wall time is printed too).
+
+Usage: python scripts/bench_neuralgrok.py [--rounds 3] [--steps 80] [--threads 1] [--tiny] [-- recipe args...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+
+METHODS = ("none", "normalize", "neuralgrok")
+
+
+def measure(method: str, steps: int, threads: int, extra: list[str], output_dir: str) -> dict:
+    from hf_ext.recipes.neuralgrok import main
+
+    argv = [
+        "--methods", method,
+        "--seeds", "0",
+        "--max_steps", str(steps),
+        "--eval_strategy", "no",
+        "--logging_steps", str(max(steps // 4, 1)),
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--disable_tqdm", "true",
+        "--torch_threads", str(threads),
+        "--output_dir", output_dir,
+        *extra,
+    ]  # fmt: skip
+    record = main(argv)["methods"][method]
+    return {"cpu": record["cpu_seconds_per_step_mean"], "wall": record["seconds_per_step_mean"]}
+
+
+def summarize(values: list[float]) -> dict:
+    return {
+        "median": round(statistics.median(values), 4),
+        "mean": round(statistics.fmean(values), 4),
+        "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds; each runs every method once.")
+    parser.add_argument("--steps", type=int, default=80, help="Optimizer steps per run (a multiple of outer_every).")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads.")
+    parser.add_argument("--tiny", action="store_true", help="A seconds-long check of the script (width 32, 8 steps).")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds={args.rounds} must be >= 1.")
+    if args.steps < 4:
+        parser.error(f"--steps={args.steps} must be >= 4 so that the run contains an outer step.")
+    if args.tiny:
+        args.rounds, args.steps = min(args.rounds, 2), 8
+        extra = ["--hidden_size", "32", "--per_device_train_batch_size", "64", *extra]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            order = METHODS[r % len(METHODS) :] + METHODS[: r % len(METHODS)]
+            times = {m: measure(m, args.steps, args.threads, extra, os.path.join(tmp, f"{r}-{m}")) for m in order}
+            row = {
+                "round": r,
+                "order": list(order),
+                **{f"{m}_cpu_s_per_step": round(times[m]["cpu"], 5) for m in METHODS},
+                **{f"{m}_wall_s_per_step": round(times[m]["wall"], 5) for m in METHODS},
+                **{f"{m}_cpu_ratio": round(times[m]["cpu"] / times["none"]["cpu"], 4) for m in METHODS[1:]},
+            }
+            rounds.append(row)
+            print(json.dumps(row), flush=True)
+    summary = {
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "threads": args.threads,
+        "recipe_args": extra,
+        **{f"{m}_cpu_ratio": summarize([row[f"{m}_cpu_ratio"] for row in rounds]) for m in METHODS[1:]},
+        **{f"{m}_cpu_s_per_step": summarize([row[f"{m}_cpu_s_per_step"] for row in rounds]) for m in METHODS},
+    }
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
