@@ -242,7 +242,12 @@ def _pretrain_small_llama(model_args, tokenizer, train_ds, training_args, block_
 
 
 def run(model_args, data_args, sweep_args, training_args) -> dict:
-    """Sweep, convert, fine-tune, save and reload. Returns the results (also written to `results.json`)."""
+    """Sweep, convert, fine-tune, save and reload. Returns the results (also written to `results.json`).
+
+    Under a multi-process launch (`torchrun` / `accelerate launch`) pre-training and fine-tuning are data-parallel on
+    every rank; the sweep (and its lm-eval scores), the evaluations, the saved model and every file are the main
+    process's, and the chosen range is broadcast from it. Other ranks return `{"process_index": rank, "chosen": ...}`.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, default_data_collator, set_seed
 
     import hf_ext  # noqa: F401  (registers the package's architectures)
@@ -257,6 +262,7 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         perplexity_sweep,
         save_sweep,
     )
+    from ..utils.distributed import barrier, broadcast_object, is_main_process, world_size
 
     validate_args(model_args, data_args, sweep_args, training_args)
     set_seed(training_args.seed)
@@ -292,10 +298,13 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         )
     num_layers = source.config.num_hidden_layers
     bs = training_args.per_device_eval_batch_size
-    results: dict = {"source": source_dir, "num_layers": num_layers, "lp_mode": sweep_args.lp_mode}
+    main = is_main_process()
+    results: dict = {
+        "source": source_dir, "num_layers": num_layers, "lp_mode": sweep_args.lp_mode, "world_size": world_size()
+    }  # fmt: skip
 
     rows, chosen = None, None
-    if not sweep_args.skip_sweep:
+    if not sweep_args.skip_sweep and main:
         ranges = pairing_ranges(num_layers, parse_pair_counts(sweep_args.pair_counts), sweep_args.sweep_stride)
         task_eval = _task_eval(sweep_args, tokenizer, bs) if sweep_args.eval_tasks else None
         rows = perplexity_sweep(
@@ -313,6 +322,8 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         print(format_sweep_table(rows, chosen, task_metric=sweep_args.eval_metric))
         print(f"sweep written to {paths['md']} and {paths['png']}")
         results["sweep"] = rows
+    if not sweep_args.skip_sweep:
+        chosen = broadcast_object(chosen)
     if sweep_args.lp_start is not None:
         start, end = sweep_args.lp_start, sweep_args.lp_end
     elif chosen is not None:
@@ -320,20 +331,22 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
     else:
         print(f"no paired range keeps perplexity within +{sweep_args.max_ppl_increase:.0%}; nothing converted.")
         results["chosen"] = None
-        with atomic_open(os.path.join(training_args.output_dir, "results.json"), "w") as fh:
-            json.dump(results, fh, indent=2)
-        return results
+        if main:
+            with atomic_open(os.path.join(training_args.output_dir, "results.json"), "w") as fh:
+                json.dump(results, fh, indent=2)
+        return results if main else {"process_index": training_args.process_index, "chosen": None}
     results["chosen"] = {"start": start, "end": end, "pairs": (end - start) // 2}
 
     lp = convert_to_layer_parallel(
         source, start, end, mode=sweep_args.lp_mode, merge=True, mlp_norm=sweep_args.lp_mlp_norm
     )
-    results["source_eval"] = rows[0] if rows else evaluate_causal_lm(source, eval_ds, bs)
-    results["converted_eval"] = evaluate_causal_lm(lp, eval_ds, bs)
-    print(
-        f"pairs [{start}, {end}): depth {num_layers} -> {lp.config.effective_depth}, perplexity "
-        f"{results['source_eval']['perplexity']:.3f} -> {results['converted_eval']['perplexity']:.3f}"
-    )
+    if main:
+        results["source_eval"] = rows[0] if rows else evaluate_causal_lm(source, eval_ds, bs)
+        results["converted_eval"] = evaluate_causal_lm(lp, eval_ds, bs)
+        print(
+            f"pairs [{start}, {end}): depth {num_layers} -> {lp.config.effective_depth}, perplexity "
+            f"{results['source_eval']['perplexity']:.3f} -> {results['converted_eval']['perplexity']:.3f}"
+        )
 
     if sweep_args.finetune:
         trainable = lp.set_pair_finetuning()
@@ -352,10 +365,14 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         lp.set_pair_finetuning(False)
         results["finetune_loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
         results["finetune_train_loss"] = train_result.training_loss
-        results["finetuned_eval"] = evaluate_causal_lm(lp, eval_ds, bs)
-        print(f"after fine-tuning: perplexity {results['finetuned_eval']['perplexity']:.3f}")
+        if main:
+            results["finetuned_eval"] = evaluate_causal_lm(lp, eval_ds, bs)
+            print(f"after fine-tuning: perplexity {results['finetuned_eval']['perplexity']:.3f}")
 
     save_dir = os.path.join(training_args.output_dir, "layer_parallel_model")
+    if not main:  # the model is the main process's to save, reload and report
+        barrier()
+        return {"process_index": training_args.process_index, "chosen": results["chosen"], "saved_to": save_dir}
     lp.save_pretrained(save_dir)
     tokenizer.save_pretrained(save_dir)
     reloaded = AutoModelForCausalLM.from_pretrained(save_dir).to(next(lp.parameters()).device)
@@ -368,6 +385,7 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         json.dump(results, fh, indent=2)
     if rows is not None:  # the results are on disk before the optional plot
         _plot_summary(results, os.path.join(training_args.output_dir, "summary.png"))
+    barrier()
     return results
 
 

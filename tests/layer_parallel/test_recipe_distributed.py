@@ -1,0 +1,35 @@
+"""The layer-pairing recipe under two gloo ranks: data-parallel training, everything else once, on the main process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .test_sweep_and_recipe import TINY
+
+
+@pytest.mark.distributed
+def test_two_ranks_sweep_once_and_save_one_model(tmp_path, repo_root, free_port):
+    """Before the per-rank guards both ranks ran the sweep and saved the model, and rank 1 reloaded the folder while
+    rank 0 was still writing it ("Unrecognized model ... config.json")."""
+    out = tmp_path / "lp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
+        os.path.join(repo_root, "scripts", "layer_parallel.py"), *TINY, "--output_dir", str(out),
+        "--pretrain_steps", "8", "--max_steps", "4", "--pair_counts", "1,2", "--max_ppl_increase", "100",
+        "--logging_steps", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2
+    assert res.stdout.count("sweep written to") == 1  # the sweep ran on one rank only
+    assert res.stdout.count("saved LayerParallelForCausalLM") == 1
+    assert results["chosen"]["pairs"] == 2 and results["reload_matches"]
+    assert len(results["finetune_loss_curve"]) == 4  # 4 data-parallel steps
+    assert (out / "layer_parallel_model" / "config.json").exists() and (out / "sweep.md").exists()
