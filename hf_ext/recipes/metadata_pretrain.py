@@ -411,11 +411,17 @@ def _check_resume(training_args) -> None:
 
 
 def run(model_args, data_args, meta_args, training_args) -> dict:
+    """Train the URL-conditioned model (and the baseline), evaluate, generate; results also in `metadata_results.json`.
+
+    Under a multi-process launch training is data-parallel on every rank; evaluation, lm-eval, generation and every
+    file are the main process's. Other ranks return `{"process_index": rank, "world_size": n}`.
+    """
     import torch
     from transformers import AutoTokenizer, set_seed
 
     from ..data import build_tokenizer
     from ..metadata import InvalidMetadataError, MetadataCollator, add_context_tokens, generate_with_metadata_guidance
+    from ..utils.distributed import barrier, is_main_process, world_size
     from ..utils.io import ensure_writable_dir
 
     validate_args(model_args, data_args, meta_args, training_args)
@@ -444,7 +450,8 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         add_context_tokens(tokenizer)
 
     eval_docs = [dict(r) for r in eval_ds.select(range(min(len(eval_ds), data_args.max_eval_docs)))]
-    results: dict = {"curves": {}, "final": {}}
+    main = is_main_process()  # training is data-parallel on every rank; the rest is the main process's
+    results: dict = {"curves": {}, "final": {}, "world_size": world_size()}
     url_model, curve, _ = _train_one("url_conditioned", True, model_args, data_args, meta_args, training_args,
                                       tokenizer, train, eval_docs)
     results["curves"]["with URL context"] = curve
@@ -455,20 +462,25 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
                   max_length=data_args.block_size, padding_side="right")
     with_ctx = MetadataCollator(tokenizer, template, layout=meta_args.layout, metadata_dropout=0.0, **common)
     without_ctx = MetadataCollator(tokenizer, template, layout=meta_args.layout, metadata_dropout=1.0, **common)
-    results["final"]["url_model_with_context"] = document_loss(url_model, with_ctx, eval_docs)
-    results["final"]["url_model_without_context"] = document_loss(url_model, without_ctx, eval_docs)
+    if main:
+        results["final"]["url_model_with_context"] = document_loss(url_model, with_ctx, eval_docs)
+        results["final"]["url_model_without_context"] = document_loss(url_model, without_ctx, eval_docs)
     if meta_args.run_baseline:
         base_model, base_curve, _ = _train_one("baseline", False, model_args, data_args, meta_args, training_args,
                                                tokenizer, train, eval_docs)
         results["curves"]["baseline (no metadata)"] = base_curve
         plain = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0, **common)
-        results["final"]["baseline"] = document_loss(base_model, plain, eval_docs)
+        if main:
+            results["final"]["baseline"] = document_loss(base_model, plain, eval_docs)
         target = base_curve[-1][1]
         results["steps_to_baseline_final_loss"] = {
             "url_conditioned": steps_to_reach(curve, target),
             "baseline": base_curve[-1][0],
         }
 
+    if not main:  # evaluation, generation and every file are the main process's
+        barrier()
+        return {"process_index": training_args.process_index, "world_size": results["world_size"]}
     if meta_args.eval_tasks:  # lm-eval with and without the URL at 0 and 5 shots (the paper's comparison)
         models = {"url_conditioned": url_model, **({"baseline": base_model} if meta_args.run_baseline else {})}
         results["task_eval"] = evaluate_tasks_with_and_without_url(models, tokenizer, template, meta_args)
@@ -531,6 +543,7 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     if "task_eval" in results:
         print("lm-eval tasks with and without the URL in front of the prompt:")
         print(format_task_table(results["task_eval"]))
+    barrier()
     return results
 
 

@@ -1,0 +1,33 @@
+"""The metadata recipe under two gloo ranks: data-parallel training, evaluation and files once, on the main process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .test_recipe import TINY
+
+
+@pytest.mark.distributed
+def test_two_ranks_evaluate_and_write_once(tmp_path, repo_root, free_port):
+    """Before the per-rank guards every rank evaluated both models, generated and wrote the same files."""
+    out = tmp_path / "md"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
+        os.path.join(repo_root, "scripts", "metadata_pretrain.py"), *TINY, "--max_steps", "4",
+        "--output_dir", str(out), "--use_cpu", "true", "--report_to", "none",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.stdout.count("held-out document loss") == 1
+    assert res.stdout.count("guided generation for") == 1
+    results = json.loads((out / "metadata_results.json").read_text())
+    assert results["world_size"] == 2
+    assert set(results["final"]) == {"url_model_with_context", "url_model_without_context", "baseline"}
+    assert [s for s, _ in results["curves"]["with URL context"]] == [2, 4]
+    assert os.path.isfile(out / "url_conditioned" / "tokenizer.json")
