@@ -47,6 +47,14 @@ class WarmupRecipeArguments:
             "openai-gpt (GPT-1: post-LayerNorm, Conv1D weights, MLP width fixed at 4 x hidden); no dropout."
         },
     )
+    hidden_act: str | None = field(
+        default=None,
+        metadata={
+            "help": "MLP activation (a transformers activation name, e.g. relu); default: the architecture's own "
+            "(silu for llama, gelu_new for gpt2, gelu for openai-gpt). With relu, large early updates leave dead "
+            "units for good, the mechanism of the paper's ResNet appendix."
+        },
+    )
     hidden_size: int = field(default=64, metadata={"help": "Hidden size of the model."})
     intermediate_size: int = field(default=256, metadata={"help": "MLP width."})
     num_hidden_layers: int = field(default=2, metadata={"help": "Layers."})
@@ -84,6 +92,13 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
         raise ValueError(f"--warmup_fraction must lie in [0, 0.5), got {recipe.warmup_fraction}.")
     if recipe.lion_lr_ratio <= 0:
         raise ValueError(f"--lion_lr_ratio must be > 0, got {recipe.lion_lr_ratio}.")
+    if recipe.hidden_act is not None:
+        from transformers.activations import ACT2CLS
+
+        if recipe.hidden_act not in ACT2CLS:
+            raise ValueError(
+                f"--hidden_act={recipe.hidden_act!r} is not a transformers activation; pick one of {sorted(ACT2CLS)}."
+            )
     if recipe.architecture not in ARCHITECTURES:
         raise ValueError(f"--architecture must be one of {ARCHITECTURES}, got {recipe.architecture!r}.")
     if recipe.architecture == "openai-gpt" and recipe.intermediate_size != 4 * recipe.hidden_size:
@@ -192,6 +207,7 @@ def model_config(recipe: WarmupRecipeArguments, tokenizer):
             num_key_value_heads=recipe.num_attention_heads,
             max_position_embeddings=recipe.block_size * 2,
             tie_word_embeddings=True,
+            **({"hidden_act": recipe.hidden_act} if recipe.hidden_act else {}),
             **special,
         )
     gpt = dict(
@@ -207,8 +223,9 @@ def model_config(recipe: WarmupRecipeArguments, tokenizer):
         **special,
     )
     if recipe.architecture == "gpt2":
-        return AutoConfig.for_model("gpt2", n_inner=recipe.intermediate_size, **gpt)
-    return AutoConfig.for_model("openai-gpt", **gpt)
+        act = {"activation_function": recipe.hidden_act} if recipe.hidden_act else {}
+        return AutoConfig.for_model("gpt2", n_inner=recipe.intermediate_size, **act, **gpt)
+    return AutoConfig.for_model("openai-gpt", **({"afn": recipe.hidden_act} if recipe.hidden_act else {}), **gpt)
 
 
 def plot(results: dict, path: str) -> None:

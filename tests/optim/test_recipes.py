@@ -18,7 +18,31 @@ def test_warmup_recipe_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="--intermediate_size 256"):  # GPT-1's MLP is 4 x hidden
         main(["--architecture", "openai-gpt", "--hidden_size", "64", "--intermediate_size", "128", "--output_dir",
               str(out)])  # fmt: skip
+    with pytest.raises(ValueError, match="--hidden_act"):
+        main(["--hidden_act", "rleu", "--output_dir", str(out)])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("architecture, key", [("llama", "hidden_act"), ("gpt2", "activation_function"),
+                                               ("openai-gpt", "afn")])  # fmt: skip
+def test_warmup_recipe_activation_option_reaches_every_architecture(architecture, key):
+    from transformers import AutoModelForCausalLM
+
+    from hf_ext.recipes.warmup import WarmupRecipeArguments, model_config
+
+    class Tokenizer:
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+        def __len__(self):
+            return 128
+
+    size = dict(hidden_size=32, intermediate_size=128, num_attention_heads=2)
+    default = model_config(WarmupRecipeArguments(architecture=architecture, **size), Tokenizer())
+    config = model_config(WarmupRecipeArguments(architecture=architecture, hidden_act="relu", **size), Tokenizer())
+    assert getattr(config, key) == "relu" != getattr(default, key)
+    model = AutoModelForCausalLM.from_config(config)
+    assert any(type(m).__name__ == "ReLUActivation" or isinstance(m, __import__("torch").nn.ReLU)
+               for m in model.modules())  # fmt: skip
 
 
 def test_warmup_recipe_post_layernorm_architecture(tmp_path):
