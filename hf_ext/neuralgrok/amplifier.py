@@ -236,9 +236,11 @@ class NeuralAmplifier(nn.Module):
 
     def transform_many(self, grads: Sequence[torch.Tensor], pieces="auto") -> list[torch.Tensor]:
         """
-        `[self(g) for g in grads]` in one batched evaluation (autograd as for `self(g)`): one score call on all entries,
-        then per tensor `c * e g / ||e g||` with `e = exp(s - max s)`, which equals `c * p g / ||p g||` exactly
-        (softmax's normaliser cancels in the ratio).
+        `[self(g) for g in grads]` in batched evaluations (autograd as for `self(g)`): through the piecewise-linear form,
+        one score call per group of whole tensors (up to `PIECES_GROUP_CHUNKS * chunk_size` entries; one group for a
+        small model), then per tensor `c * e g / ||e g||` with `e = exp(s - max s)`, which equals `c * p g / ||p g||`
+        exactly (softmax's normaliser cancels in the ratio). Without it (dropout, `softmax_dim=-1`, mixed dtypes or
+        devices), tensor by tensor.
         """
         grads = list(grads)
         if not grads:
