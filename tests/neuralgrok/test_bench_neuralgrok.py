@@ -27,3 +27,20 @@ def test_tiny_bench_rotates_the_order_and_reports_ratios(bench, capsys):
 def test_bench_rejects_too_few_steps(bench):
     with pytest.raises(SystemExit):
         bench["main"](["--steps", "3"])
+
+
+def test_reproduction_runs_baseline_and_neuralgrok_back_to_back_and_merges_in_canonical_order(monkeypatch):
+    """The two runs whose cost ratio is a claim are adjacent, alternating which goes first (a process's later runs
+    tend to be slower, and NeuralGrok used to run last on every seed); the merged table keeps the canonical order."""
+    from hf_ext.recipes import neuralgrok as recipe
+    from hf_ext.reproduce import methods
+
+    orders = [methods.neuralgrok_run_order(seed) for seed in range(4)]
+    assert [o[:2] for o in orders] == [("none", "neuralgrok"), ("neuralgrok", "none")] * 2
+    assert all(sorted(o) == sorted(methods.NEURALGROK_METHODS) for o in orders)
+    seen = []
+    monkeypatch.setattr(recipe, "merge_results", lambda parts: seen.append(parts) or parts)
+    runs = [{"parts": [{"methods": {m: seed}} for m in methods.neuralgrok_run_order(seed)]} for seed in (0, 1)]
+    merged = methods.neuralgrok_merged(runs)
+    assert [next(iter(p["methods"])) for p in merged[::2]] == list(methods.NEURALGROK_METHODS)
+    assert [next(iter(p["methods"].values())) for p in merged] == [0, 1] * len(methods.NEURALGROK_METHODS)

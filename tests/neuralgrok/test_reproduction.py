@@ -89,7 +89,8 @@ def check_cost(results: dict) -> list[str]:
         f"{base['cpu_seconds_to_target_mean']:.1f}, {norm['cpu_seconds_to_target_mean']:.1f}, "
         f"{ng['cpu_seconds_to_target_mean']:.1f}",
     ]
-    assert ng["cpu_cost_per_step_vs_none"] < 2.0  # regression bound (the piecewise-linear amplifier)
+    # regression bound: measured 1.48-1.62 per seed with the piecewise-linear amplifier (the goal is 1.5), 2.3 before
+    assert ng["cpu_cost_per_step_vs_none"] < 1.8
     # the control costs little more than the baseline: the overhead is the amplifier, not the rescaling
     assert norm["cpu_cost_per_step_vs_none"] < 1.3
     return report
