@@ -469,8 +469,8 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         base_model, base_curve, _ = _train_one("baseline", False, model_args, data_args, meta_args, training_args,
                                                tokenizer, train, eval_docs)
         results["curves"]["baseline (no metadata)"] = base_curve
-        plain = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0, **common)
         if main:
+            plain = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0, **common)
             results["final"]["baseline"] = document_loss(base_model, plain, eval_docs)
         target = base_curve[-1][1]
         results["steps_to_baseline_final_loss"] = {
