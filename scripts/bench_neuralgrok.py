@@ -1,7 +1,8 @@
 """Per-step cost of NeuralGrok and of the normalisation-only control against the Adam baseline, measured side by side.
 
 Runs the grokking recipe (`hf_ext.recipes.neuralgrok`, its defaults unless overridden) for `--steps` optimizer steps
-per method, round by round with the method order rotated each round, so that machine load hits every method alike.
+per method (baseline `none`, the control `normalize`, NeuralGrok with the reference's recomputed outer gradient
+`neuralgrok`, and NeuralGrok with `--outer_gradient next_step`, `neuralgrok_next_step`), round by round with the method order rotated each round, so that machine load hits every method alike.
 A step's time includes everything the method adds to it: the gradient transform, the clip and, every `outer_every`
 steps, NeuralGrok's outer step; evaluation is switched off. Prints one JSON line per round and a summary line: mean CPU
 seconds per step of each method, and the ratio to the baseline of the same round (median, mean and spread over
@@ -19,12 +20,21 @@ import statistics
 import sys
 import tempfile
 
-METHODS = ("none", "normalize", "neuralgrok")
+# label -> (recipe method, extra recipe arguments); neuralgrok_next_step takes the outer step's gradient from the
+# following real step (`--outer_gradient next_step`) instead of recomputing it (the reference, `neuralgrok`).
+RUNNERS = {
+    "none": ("none", []),
+    "normalize": ("normalize", []),
+    "neuralgrok": ("neuralgrok", ["--outer_gradient", "recompute"]),
+    "neuralgrok_next_step": ("neuralgrok", ["--outer_gradient", "next_step"]),
+}
+METHODS = tuple(RUNNERS)
 
 
-def measure(method: str, steps: int, threads: int, extra: list[str], output_dir: str) -> dict:
+def measure(label: str, steps: int, threads: int, extra: list[str], output_dir: str) -> dict:
     from hf_ext.recipes.neuralgrok import main
 
+    method, method_args = RUNNERS[label]
     argv = [
         "--methods", method,
         "--seeds", "0",
@@ -36,6 +46,7 @@ def measure(method: str, steps: int, threads: int, extra: list[str], output_dir:
         "--disable_tqdm", "true",
         "--torch_threads", str(threads),
         "--output_dir", output_dir,
+        *method_args,
         *extra,
     ]  # fmt: skip
     record = main(argv)["methods"][method]

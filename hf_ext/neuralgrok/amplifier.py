@@ -312,6 +312,7 @@ def amplifier_outer_step(
     outer_loss_fn: Callable[[nn.Module, Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], torch.Tensor]
     | None = None,
     grad_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    g_hat: Sequence[torch.Tensor | None] | None = None,
 ) -> float:
     r"""
     One Learn-Amplifier step: update `amplifier` so that a virtual SGD step with its transformed gradients lowers the
@@ -331,7 +332,8 @@ def amplifier_outer_step(
         amplifier ([`NeuralAmplifier`]): the amplifier to train.
         meta_optimizer (`torch.optim.Optimizer`): optimizer over `amplifier.parameters()` only.
         model (`nn.Module`): the (unwrapped) model; its forward returns an output with a `loss` (or pass `loss_fn`).
-        inner_batches: the micro-batches of the last inner step (their mean loss gives `g_hat`).
+        inner_batches: the micro-batches of the last inner step (their mean loss gives `g_hat`); may be empty when
+            `g_hat` is given.
         outer_batches: batches of the outer set D_outer; `L_outer` is their example-weighted mean loss.
         virtual_lr (`float`): step size of the virtual SGD step (the reference uses the base learning rate).
         loss_fn (`Callable`, *optional*): `loss_fn(model, batch) -> scalar`; defaults to `model(**batch).loss`.
@@ -339,14 +341,18 @@ def amplifier_outer_step(
             defaults to `functional_call(model, params, kwargs=batch).loss`.
         grad_reducer (`Callable`, *optional*): applied to each amplifier gradient before the meta step (e.g. a mean
             over data-parallel ranks).
+        g_hat (sequence of `torch.Tensor` or `None`, *optional*): the gradient to transform in step 2, one entry per
+            trainable parameter of `model` in `named_parameters()` order (`None` for a parameter without one). Given,
+            step 1 is skipped: no forward or backward of the model on `inner_batches` (used by
+            `NeuralGrokConfig.outer_gradient="next_step"`, which passes the gradient a real step has just computed).
 
     Returns:
         `float`: the outer loss (before the meta step).
     """
     from torch.func import functional_call
 
-    if not inner_batches:
-        raise ValueError("inner_batches is empty: the outer step needs the batch of the last inner step.")
+    if g_hat is None and not inner_batches:
+        raise ValueError("inner_batches is empty: the outer step needs the batch of the last inner step (or g_hat).")
     if not outer_batches:
         raise ValueError("outer_batches is empty: pass a non-empty outer dataset (D_outer).")
     if not virtual_lr > 0:
@@ -362,10 +368,18 @@ def amplifier_outer_step(
             return functional_call(m, params, args=(), kwargs=dict(batch)).loss
 
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    # 1. g_hat at the current parameters, on the last inner batch (no .grad is touched).
-    with torch.enable_grad():
-        inner_loss = sum(loss_fn(model, batch) for batch in inner_batches) / len(inner_batches)
-        g_hat = torch.autograd.grad(inner_loss, params, allow_unused=True)
+    if g_hat is not None:
+        g_hat = list(g_hat)
+        if len(g_hat) != len(params) or any(g is not None and g.shape != p.shape for g, p in zip(g_hat, params)):
+            raise ValueError(
+                f"g_hat must hold one gradient (or None) per trainable parameter, shaped like it: got {len(g_hat)} "
+                f"entries for {len(params)} parameters."
+            )
+    else:
+        # 1. g_hat at the current parameters, on the last inner batch (no .grad is touched).
+        with torch.enable_grad():
+            inner_loss = sum(loss_fn(model, batch) for batch in inner_batches) / len(inner_batches)
+            g_hat = torch.autograd.grad(inner_loss, params, allow_unused=True)
     # 2.-3. virtual step and outer loss, differentiable in phi only.
     amplifier.train()
     meta_optimizer.zero_grad(set_to_none=True)

@@ -40,6 +40,9 @@ class GradientTransformOptimizer(Optimizer):
             raise TypeError("inner is already a gradient-transform wrapper; wrap the base optimizer only once.")
         self.inner = inner
         self.track_entropy = track_entropy
+        # Called as `before_transform(params)` in `step()` while `p.grad` still holds the raw gradient (NeuralGrokTrainer
+        # runs the `outer_gradient="next_step"` amplifier update here); it must not modify the gradients.
+        self.before_transform = None
         self.num_transforms = 0
         self.last_lr: float | None = None
         self._metrics: dict[str, float] = {}
@@ -97,6 +100,8 @@ class GradientTransformOptimizer(Optimizer):
         params = self._params_with_grad()
         self.last_lr = float(self.param_groups[0]["lr"])
         self._grad_stats(params, "raw")
+        if self.before_transform is not None:
+            self.before_transform(params)
         self.transform_gradients(params)
         self.num_transforms += 1
         if type(self).transform_gradients is not GradientTransformOptimizer.transform_gradients:

@@ -18,6 +18,8 @@ from .optim import GradFilterOptimizer, GradientTransformOptimizer, GradNormOpti
 from .state import load_state, save_state, state_exists
 
 GRADIENT_TRANSFORMS = ("none", "neuralgrok", "normalize", "grokfast_ema", "grokfast_ma")
+# Where the outer step's gradient g_hat comes from (see `NeuralGrokConfig.outer_gradient`).
+OUTER_GRADIENTS = ("recompute", "next_step")
 # Transforms that clip after rewriting the gradient (a positive `max_grad_norm` would clip before them).
 CLIPPING_TRANSFORMS = ("neuralgrok", "normalize")
 AMPLIFIER_NAME = "neuralgrok_amplifier.safetensors"
@@ -59,6 +61,15 @@ class NeuralGrokConfig(TrainingArguments):
         default=1.0, metadata={"help": "Global-norm clip applied after the transform (neuralgrok, normalize; 0: off)."}
     )
     outer_every: int = field(default=4, metadata={"help": "Period T: one amplifier (outer) update every T steps."})
+    outer_gradient: str = field(
+        default="recompute",
+        metadata={
+            "help": "Gradient the outer step transforms. recompute (the reference): after every T-th step, the "
+            "gradient of that step's batch at the new parameters, one extra forward/backward of the model. next_step: "
+            "the outer step runs at the start of the following step's optimizer step and transforms that step's own "
+            "gradient (the same parameters, the next batch), so it needs no extra forward/backward."
+        },
+    )
     meta_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the amplifier's Adam."})
     meta_weight_decay: float = field(default=1e-3, metadata={"help": "Weight decay of the amplifier's Adam."})
     virtual_lr: float | None = field(
@@ -115,6 +126,8 @@ class NeuralGrokConfig(TrainingArguments):
             )
         if isinstance(self.outer_every, bool) or not isinstance(self.outer_every, int) or self.outer_every < 1:
             raise ValueError(f"outer_every={self.outer_every} must be a positive int (the period T).")
+        if self.outer_gradient not in OUTER_GRADIENTS:
+            raise ValueError(f"outer_gradient={self.outer_gradient!r} must be one of {list(OUTER_GRADIENTS)}.")
         if not self.amplifier_hidden_dims or any(int(h) <= 0 for h in self.amplifier_hidden_dims):
             raise ValueError(f"amplifier_hidden_dims={self.amplifier_hidden_dims} must be positive ints, e.g. 32 32.")
         if not self.amplifier_c > 0:
@@ -224,6 +237,7 @@ class NeuralGrokTrainer(Trainer):
         self.num_outer_steps = 0
         self.last_outer_loss: float | None = None
         self._pending_batches: list[dict] = []
+        self._outer_due = False  # outer_gradient="next_step": an outer step waits for the next step's gradient
         self._outer_batches: list[dict] | None = None
         self._acc_sum = 0.0
         self._acc_count = 0
@@ -252,6 +266,8 @@ class NeuralGrokTrainer(Trainer):
             wrapped = NeuralGrokOptimizer(
                 base, self.amplifier, clip_norm=a.amplifier_clip_norm or None, track_entropy=a.track_entropy
             )
+            if a.outer_gradient == "next_step":
+                wrapped.before_transform = self._outer_step_on_current_gradient
         elif a.gradient_transform == "normalize":
             wrapped = GradNormOptimizer(
                 base, c=a.amplifier_c, clip_norm=a.amplifier_clip_norm or None, track_entropy=a.track_entropy
@@ -276,7 +292,7 @@ class NeuralGrokTrainer(Trainer):
 
     # ------------------------------------------------------------- inner step
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.amplifier is not None:
+        if self.amplifier is not None and self.args.outer_gradient == "recompute":
             # Keep the micro-batches of this optimizer step for the outer step (gradient at the new parameters).
             self._pending_batches.append({k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)})
         return super().training_step(model, inputs, num_items_in_batch)
@@ -313,8 +329,24 @@ class NeuralGrokTrainer(Trainer):
 
     def _after_optimizer_step(self, global_step: int) -> None:
         batches, self._pending_batches = self._pending_batches, []
-        if self.amplifier is None or global_step % self.args.outer_every != 0 or not batches:
+        if self.amplifier is None or global_step % self.args.outer_every != 0:
             return
+        if self.args.outer_gradient == "next_step":
+            self._outer_due = True  # run by the next optimizer step, on its gradient (`before_transform`)
+            return
+        if batches:
+            self._run_outer_step(batches=batches)
+
+    def _outer_step_on_current_gradient(self, params: list[torch.Tensor]) -> None:
+        """`before_transform` hook (outer_gradient="next_step"): the outer step on this step's raw gradient."""
+        if not self._outer_due:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        g_hat = [p.grad if p.grad is not None else None for p in model.parameters() if p.requires_grad]
+        self._run_outer_step(g_hat=g_hat)
+        self._outer_due = False
+
+    def _run_outer_step(self, batches: list[dict] | None = None, g_hat: list | None = None) -> None:
         if self._outer_batches is None:
             self._outer_batches = self._build_outer_batches()
         lr = self.args.virtual_lr
@@ -334,10 +366,11 @@ class NeuralGrokTrainer(Trainer):
                 self.amplifier,
                 self.meta_optimizer,
                 model,
-                batches,
+                batches or [],
                 self._outer_batches,
                 virtual_lr=lr,
                 grad_reducer=reducer,
+                g_hat=g_hat,
             )
         finally:
             self._in_outer_step = False
@@ -379,7 +412,12 @@ class NeuralGrokTrainer(Trainer):
 
         if self.transform_optimizer is not None:
             save_state(self.transform_optimizer.extra_state_dict(), os.path.join(output_dir, TRANSFORM_STATE_PREFIX))
-        info = {"gradient_transform": self.args.gradient_transform, "num_outer_steps": self.num_outer_steps}
+        info = {
+            "gradient_transform": self.args.gradient_transform,
+            "num_outer_steps": self.num_outer_steps,
+            "outer_gradient": self.args.outer_gradient,
+            "outer_step_due": self._outer_due,
+        }
         if self.amplifier is not None:
             save_file(
                 {k: v.detach().cpu().contiguous() for k, v in self.amplifier.state_dict().items()},
@@ -423,6 +461,13 @@ class NeuralGrokTrainer(Trainer):
             )
             self.num_outer_steps = int(info.get("num_outer_steps", 0))
             self.last_outer_loss = info.get("last_outer_loss")
+            saved_mode = info.get("outer_gradient", "recompute")
+            if saved_mode != self.args.outer_gradient:
+                raise ValueError(
+                    f"Checkpoint used outer_gradient={saved_mode!r} but args say {self.args.outer_gradient!r}; resume "
+                    "with the same outer_gradient."
+                )
+            self._outer_due = bool(info.get("outer_step_due", False))
 
 
 class GrokkingCallback(TrainerCallback, ExportableState):

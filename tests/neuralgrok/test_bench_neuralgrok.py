@@ -1,4 +1,4 @@
-"""scripts/bench_neuralgrok.py: interleaved rounds of the three methods, ratios to the same round's baseline."""
+"""scripts/bench_neuralgrok.py: interleaved rounds of the four runners, ratios to the same round's baseline."""
 
 import os
 import runpy
@@ -15,10 +15,10 @@ def test_tiny_bench_rotates_the_order_and_reports_ratios(bench, capsys):
     summary = bench["main"](["--tiny", "--rounds", "2", "--", "--num_hidden_layers", "1"])
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('{"round"')]
     assert len(rows) == 2 and summary["rounds"] == 2 and summary["steps"] == 8
-    assert '"order": ["none", "normalize", "neuralgrok"]' in rows[0]
-    assert '"order": ["normalize", "neuralgrok", "none"]' in rows[1]
+    assert '"order": ["none", "normalize", "neuralgrok", "neuralgrok_next_step"]' in rows[0]
+    assert '"order": ["normalize", "neuralgrok", "neuralgrok_next_step", "none"]' in rows[1]
     assert summary["recipe_args"][-2:] == ["--num_hidden_layers", "1"]
-    for method in ("normalize", "neuralgrok"):
+    for method in ("normalize", "neuralgrok", "neuralgrok_next_step"):
         ratio = summary[f"{method}_cpu_ratio"]
         assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
     assert summary["neuralgrok_cpu_s_per_step"]["mean"] > 0

@@ -190,6 +190,30 @@ def test_outer_steps_lower_the_outer_loss(splits):
     assert losses[-1] < losses[0]
 
 
+def test_outer_step_with_a_given_gradient_equals_recomputing_it(splits):
+    """`g_hat=` (the trainer's outer_gradient="next_step") transforms exactly the gradient it is given."""
+    model = tiny_model()
+    inner, outer = batch_of(splits["inner"]), batch_of(splits["outer"])
+    results = []
+    for given in (False, True):
+        torch.manual_seed(1)
+        amp = NeuralAmplifier((16, 16))
+        meta = torch.optim.Adam(amp.parameters(), lr=1e-2)
+        if given:
+            params = [p for p in model.parameters() if p.requires_grad]
+            g_hat = torch.autograd.grad(model(**inner).loss, params)
+            loss = amplifier_outer_step(amp, meta, model, [], [outer], virtual_lr=1e-3, g_hat=g_hat)
+        else:
+            loss = amplifier_outer_step(amp, meta, model, [inner], [outer], virtual_lr=1e-3)
+        results.append((loss, [p.detach().clone() for p in amp.parameters()]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
+    amp = NeuralAmplifier((4,))
+    with pytest.raises(ValueError, match="g_hat"):
+        amplifier_outer_step(amp, torch.optim.Adam(amp.parameters()), model, [], [outer], 1e-3, g_hat=[None])
+
+
 def test_outer_step_rejects_empty_inputs(splits):
     model, amp = tiny_model(), NeuralAmplifier((4,))
     meta = torch.optim.Adam(amp.parameters())

@@ -185,9 +185,14 @@ def _train_state(trainer):
     return state
 
 
-@pytest.mark.parametrize("transform", ["neuralgrok", "grokfast_ema"])
-def test_resume_matches_uninterrupted_run(splits, tmp_path, transform):
-    args = make_args(tmp_path / "run", transform, save_strategy="steps", save_steps=4, max_steps=8)
+@pytest.mark.parametrize(
+    "transform, outer_gradient",
+    [("neuralgrok", "recompute"), ("neuralgrok", "next_step"), ("grokfast_ema", "recompute")],
+)
+def test_resume_matches_uninterrupted_run(splits, tmp_path, transform, outer_gradient):
+    # with next_step, checkpoint-4 is written while the outer step of step 4 waits for step 5's gradient
+    kw = dict(outer_gradient=outer_gradient)
+    args = make_args(tmp_path / "run", transform, save_strategy="steps", save_steps=4, max_steps=8, **kw)
     full = make_trainer(args, splits, callbacks=[GrokkingCallback(target=1.0)])
     full.train()
     expected = _train_state(full)
@@ -199,7 +204,10 @@ def test_resume_matches_uninterrupted_run(splits, tmp_path, transform):
 
     callback = GrokkingCallback(target=1.0)
     resumed = make_trainer(
-        make_args(tmp_path / "resumed", transform, max_steps=8), splits, model=make_model(seed=5), callbacks=[callback]
+        make_args(tmp_path / "resumed", transform, max_steps=8, **kw),
+        splits,
+        model=make_model(seed=5),
+        callbacks=[callback],
     )
     resumed.train(resume_from_checkpoint=str(ckpt))
     # the step times of the first 4 steps come back from the checkpoint (mean step time covers the whole run)
@@ -209,9 +217,49 @@ def test_resume_matches_uninterrupted_run(splits, tmp_path, transform):
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], msg=key)
     if transform == "neuralgrok":
-        assert resumed.num_outer_steps == full.num_outer_steps == 4
+        # outer steps after steps 2, 4, 6, 8; next_step runs them in steps 3, 5, 7 (the last one never comes)
+        assert resumed.num_outer_steps == full.num_outer_steps == (4 if outer_gradient == "recompute" else 3)
     else:
         assert resumed.transform_optimizer.num_transforms == 8
+
+
+def test_next_step_outer_gradient_is_the_following_steps_own_gradient(splits, tmp_path, monkeypatch):
+    """outer_gradient="next_step": after every T-th step the outer step waits for the next optimizer step and
+    transforms its raw gradient, at the parameters that step's backward used; the model is never run again for it."""
+    from transformers import TrainerCallback
+
+    import hf_ext.neuralgrok.trainer as trainer_module
+
+    calls, params_after_step = [], {}
+    real_outer_step = trainer_module.amplifier_outer_step
+
+    class AfterStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            params_after_step[state.global_step] = [p.detach().clone() for p in trainer.model.parameters()]
+
+    def spy(amplifier, meta, model, inner_batches, outer_batches, virtual_lr, grad_reducer=None, g_hat=None):
+        raw = trainer.transform_optimizer._snapshots["raw"]  # the raw gradient copy of the step in progress
+        calls.append(
+            dict(
+                step=trainer.state.global_step,  # not yet incremented: the step in progress is this + 1
+                inner_batches=len(inner_batches),
+                g_hat_is_raw=all(torch.equal(g, r) for g, r in zip(g_hat, raw)),
+                params=[p.detach().clone() for p in model.parameters()],
+            )
+        )
+        return real_outer_step(
+            amplifier, meta, model, inner_batches, outer_batches, virtual_lr, grad_reducer=grad_reducer, g_hat=g_hat
+        )
+
+    monkeypatch.setattr(trainer_module, "amplifier_outer_step", spy)
+    args = make_args(tmp_path, outer_gradient="next_step", outer_every=2, max_steps=7)
+    trainer = make_trainer(args, splits, callbacks=[AfterStep()])
+    trainer.train()
+    assert [c["step"] for c in calls] == [2, 4, 6] and trainer.num_outer_steps == 3
+    for call in calls:
+        assert call["inner_batches"] == 0 and call["g_hat_is_raw"]
+        for got, want in zip(call["params"], params_after_step[call["step"]]):
+            assert torch.equal(got, want)
 
 
 def test_resume_with_other_transform_is_rejected(splits, tmp_path):
@@ -268,6 +316,7 @@ def test_hf_causal_lm_from_config(splits, tmp_path):
         (dict(amplifier_c=0.0), "amplifier_c"),
         (dict(amplifier_hidden_dims=[]), "amplifier_hidden_dims"),
         (dict(virtual_lr=-1.0), "virtual_lr"),
+        (dict(outer_gradient="next_batch"), "outer_gradient"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, kwargs, match):
@@ -287,14 +336,15 @@ def test_trainer_rejects_missing_outer_set_and_wrong_args(splits, tmp_path):
 
 
 @pytest.mark.distributed
-def test_two_ranks_keep_amplifier_identical(tmp_path, repo_root, free_port):
+@pytest.mark.parametrize("outer_gradient", ["recompute", "next_step"])
+def test_two_ranks_keep_amplifier_identical(tmp_path, repo_root, free_port, outer_gradient):
     import subprocess
     import sys
 
     script = os.path.join(repo_root, "tests", "neuralgrok", "scripts", "ddp_neuralgrok.py")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(free_port), script, str(tmp_path),
+        "--master_port", str(free_port), script, str(tmp_path), outer_gradient,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
