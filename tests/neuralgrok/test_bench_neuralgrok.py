@@ -30,13 +30,15 @@ def test_bench_rejects_too_few_steps(bench):
 
 
 def test_reproduction_runs_baseline_and_neuralgrok_back_to_back_and_merges_in_canonical_order(monkeypatch):
-    """The two runs whose cost ratio is a claim are adjacent, alternating which goes first (a process's later runs
-    tend to be slower, and NeuralGrok used to run last on every seed); the merged table keeps the canonical order."""
+    """The runs whose cost ratios are claims are adjacent to the baseline, in an order reversed from seed to seed (a
+    process's later runs tend to be slower, and NeuralGrok used to run last on every seed); the merged table keeps the
+    canonical order."""
     from hf_ext.recipes import neuralgrok as recipe
     from hf_ext.reproduce import methods
 
     orders = [methods.neuralgrok_run_order(seed) for seed in range(4)]
-    assert [o[:2] for o in orders] == [("none", "neuralgrok"), ("neuralgrok", "none")] * 2
+    first = ("neuralgrok", "none", "neuralgrok_next_step")
+    assert [o[:3] for o in orders] == [first, first[::-1]] * 2
     assert all(sorted(o) == sorted(methods.NEURALGROK_METHODS) for o in orders)
     seen = []
     monkeypatch.setattr(recipe, "merge_results", lambda parts: seen.append(parts) or parts)
