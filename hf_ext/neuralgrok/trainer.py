@@ -173,10 +173,13 @@ class NeuralGrokTrainer(Trainer):
     With `args.gradient_transform="neuralgrok"`, every `args.outer_every` steps and after the real update, the
     amplifier takes one Adam step on the outer loss (see [`amplifier_outer_step`]): the gradient of the last inner
     batch at the new parameters is transformed, a virtual SGD step is taken through `torch.func.functional_call`,
-    and the loss on `outer_dataset` is backpropagated into the amplifier only.
+    and the loss on `outer_dataset` is backpropagated into the amplifier only. Recomputing that gradient is a full
+    forward and backward of the model every T steps; with `args.outer_gradient="next_step"` the outer step instead runs
+    inside the next optimizer step, before its transform, on the gradient that step has just computed (the same
+    parameters, the next batch), which removes that cost (see docs/neuralgrok.md, "Cost").
 
-    The amplifier, its meta-optimizer, the filter buffers and counters are written into every checkpoint as
-    safetensors + JSON and restored by `train(resume_from_checkpoint=...)`.
+    The amplifier, its meta-optimizer, the filter buffers and counters (and a pending `next_step` outer step) are
+    written into every checkpoint as safetensors + JSON and restored by `train(resume_from_checkpoint=...)`.
 
     With `"normalize"` every gradient tensor is rescaled to norm `amplifier_c` and clipped like NeuralGrok: the
     control with the amplifier's output fixed to uniform.
