@@ -46,3 +46,24 @@ def test_reproduction_runs_baseline_and_neuralgrok_back_to_back_and_merges_in_ca
     merged = methods.neuralgrok_merged(runs)
     assert [next(iter(p["methods"])) for p in merged[::2]] == list(methods.NEURALGROK_METHODS)
     assert [next(iter(p["methods"].values())) for p in merged] == [0, 1] * len(methods.NEURALGROK_METHODS)
+
+
+def test_reproduction_runs_the_next_step_variant_with_its_option_and_records_it_under_its_name(monkeypatch, tmp_path):
+    from hf_ext.reproduce import methods
+
+    calls = []
+
+    def fake_recipe(name, argv):
+        calls.append(argv)
+        method = argv[argv.index("--methods") + 1]
+        return {"methods": {method: {"argv": argv}}}
+
+    monkeypatch.setattr(methods, "_quiet_recipe", fake_recipe)
+    parts = methods._neuralgrok_run(seed=1, fast=True, workdir=str(tmp_path))["parts"]
+    recorded = {name: res["argv"] for part in parts for name, res in part["methods"].items()}
+    assert sorted(recorded) == sorted(methods.NEURALGROK_METHODS)
+    variant = recorded["neuralgrok_next_step"]
+    assert variant[variant.index("--methods") + 1] == "neuralgrok"
+    assert variant[variant.index("--outer_gradient") + 1] == "next_step"
+    assert variant[variant.index("--output_dir") + 1].endswith("neuralgrok_next_step")
+    assert "--outer_gradient" not in recorded["neuralgrok"] and len(calls) == len(methods.NEURALGROK_METHODS)
