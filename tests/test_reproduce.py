@@ -81,9 +81,13 @@ def _seed_run(seed, fast, workdir):
     return {"seed": seed, "pid": os.getpid(), "fast": fast}
 
 
-def test_seeds_in_parallel_processes_give_the_same_table(monkeypatch, tmp_path):
+def test_seeds_in_parallel_processes_give_the_same_table(monkeypatch, tmp_path, repo_root):
     """--jobs N runs seeds in separate processes; the per-seed results come back in seed order."""
     import os
+
+    # the spawned workers unpickle `_seed_run` from this module: they need the repository root on their path, which
+    # `python -m pytest` gives and a bare `pytest` does not
+    monkeypatch.syspath_prepend(repo_root)
 
     def judge(runs):
         return ",".join(str(r["seed"]) for r in runs), True
