@@ -345,7 +345,7 @@ class NeuralGrokTrainer(Trainer):
         if not self._outer_due:
             return
         model = self.accelerator.unwrap_model(self.model)
-        g_hat = [p.grad if p.grad is not None else None for p in model.parameters() if p.requires_grad]
+        g_hat = [p.grad for p in model.parameters() if p.requires_grad]
         self._run_outer_step(g_hat=g_hat)
         self._outer_due = False
 

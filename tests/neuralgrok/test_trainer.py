@@ -270,6 +270,14 @@ def test_resume_with_other_transform_is_rejected(splits, tmp_path):
         other.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
 
 
+def test_resume_with_other_outer_gradient_is_rejected(splits, tmp_path):
+    run = make_args(tmp_path / "run", save_strategy="steps", save_steps=2, max_steps=2)
+    make_trainer(run, splits).train()
+    other = make_trainer(make_args(tmp_path / "other", max_steps=4, outer_gradient="next_step"), splits)
+    with pytest.raises(ValueError, match="outer_gradient"):
+        other.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+
+
 def test_evaluation_accuracy_and_grokking_callback(splits, tmp_path):
     args = make_args(tmp_path, "none", max_steps=10, eval_strategy="steps", eval_steps=2)
     callback = GrokkingCallback(target=1e-6, stop_on_target=True)
