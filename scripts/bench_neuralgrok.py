@@ -20,14 +20,17 @@ import statistics
 import sys
 import tempfile
 
+
 # label -> (recipe method, extra recipe arguments); neuralgrok_next_step takes the outer step's gradient from the
 # following real step (`--outer_gradient next_step`) instead of recomputing it (the reference, `neuralgrok`).
-RUNNERS = {
-    "none": ("none", []),
-    "normalize": ("normalize", []),
-    "neuralgrok": ("neuralgrok", ["--outer_gradient", "recompute"]),
-    "neuralgrok_next_step": ("neuralgrok", ["--outer_gradient", "next_step"]),
-}
+def _runners() -> dict[str, tuple[str, list[str]]]:
+    from hf_ext.reproduce.methods import NEURALGROK_VARIANTS  # the reproduction's variant runs, reused as they are
+
+    base = {"none": ("none", []), "normalize": ("normalize", []), "neuralgrok": ("neuralgrok", [])}
+    return {**base, **{k: v for k, v in NEURALGROK_VARIANTS.items() if v[0] == "neuralgrok"}}
+
+
+RUNNERS = _runners()
 METHODS = tuple(RUNNERS)
 
 
