@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--optimizers",
         default="adamw,adamw_foreach,rotational_adamw,rotational_lion,lion_ar",
-        help="Comma list from adamw, adamw_foreach, adamw_fused, rotational_adamw, rotational_lion, "
-        "rotational_sgdm, lion_ar.",
+        help="Comma list from adamw, adamw_foreach, adamw_fused, rotational_adamw, rotational_adamw_unfused "
+        "(its direction without torch's fused AdamW kernel), rotational_lion, rotational_sgdm, lion_ar.",
     )
     ns = parser.parse_args(argv)
     if ns.rounds < 1 or ns.hidden_size < 64 or ns.layers < 1:
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "adamw_foreach",
         "adamw_fused",
         "rotational_adamw",
+        "rotational_adamw_unfused",
         "rotational_lion",
         "rotational_sgdm",
         "lion_ar",
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, **kw)
         elif name == "lion_ar":
             opt = LionAR(model, lr=lr * 0.1, weight_decay=wd / 0.1)
+        elif name == "rotational_adamw_unfused":
+            opt = RotationalWrapper(model, inner="adamw", lr=lr, weight_decay=wd, fused=False)
         else:
             opt = RotationalWrapper(model, inner=name.split("_", 1)[1], lr=lr, weight_decay=wd)
         runs[name] = (model, opt, [])

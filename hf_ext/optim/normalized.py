@@ -366,6 +366,7 @@ def _rotate(
     allocates no parameter-sized temporaries.
     `u` is consumed (its mean and radial part are removed in place). With `update_norm_decay > 0` the angle is
     scaled by `||u|| / sqrt(EMA(||u||^2))` per neuron, `u_scale` being a scalar factor of `u` that was left out of it.
+    A negative `u_scale` means `u` holds the negated direction (the rotation then turns the other way).
     The new weight is `cos(theta) r w/||w|| - sin(theta) r u_perp/||u_perp||` with `u_perp = u - (<w,u>/||w||^2) w`
     orthogonal to the *current* `w` (so its norm is the recorded `r`), written as one `a w + b u` pass with per-neuron
     `a`, `b` from three row reductions (no separate projection or renormalisation pass).
@@ -393,18 +394,19 @@ def _rotate(
     up2 = (u2 - wu * c).clamp_min_(0.0)
     moving = up2 > 1e-12 * u2
     unorm = up2.sqrt_()
+    sign = -1.0 if u_scale < 0 else 1.0
     if update_norm_decay > 0:
         t = state["step"]
-        un = unorm * u_scale
+        un = unorm * abs(u_scale)
         ema = state.get("update_norm_ema")
         ema = torch.zeros_like(un) if ema is None else ema.reshape(red_shape).to(un.dtype)
         ema = ema * update_norm_decay + (1 - update_norm_decay) * un.pow(2)
         state["update_norm_ema"] = ema
         ref = (ema / (1 - update_norm_decay**t)).sqrt()
         theta = angle * un / ref.clamp_min(1e-30)
-        cos, sin = torch.cos(theta), torch.sin(theta)
+        cos, sin = torch.cos(theta), torch.sin(theta) * sign
     else:
-        cos, sin = math.cos(angle), math.sin(angle)
+        cos, sin = math.cos(angle), math.sin(angle) * sign
     scale = norm / ww.sqrt_()  # brings w back to its recorded norm
     # new w = cos(theta) r w/||w|| - sin(theta) r u_perp/||u_perp|| = a w + b u with b = -sin r/||u_perp||, a = .. - b c
     b = torch.where(moving, (norm * sin).div_(unorm.clamp_min(1e-30)).neg_(), torch.zeros_like(unorm))
@@ -675,6 +677,9 @@ def _is_rotational(p: torch.Tensor, group: dict) -> bool:
     return bool(flag) and p.dim() > 1
 
 
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 class RotationalWrapper(Optimizer):
     r"""Rotational (angle-controlled) version of AdamW, Lion or SGD with momentum.
 
@@ -682,7 +687,8 @@ class RotationalWrapper(Optimizer):
     reference rotational wrapper), so `RotationalWrapper(model.parameters())` works; tensors without a gradient are
     skipped. For a rotational tensor the update direction `u` of the inner optimizer (AdamW: `m_hat/(sqrt(v_hat)+eps)`,
     SGD: its momentum buffer or Nesterov direction, Lion: `sign(c)`, all without learning rate and weight decay) is
-    computed in place (foreach moment updates, reusable scratch buffers, no clone or copy-back) from moment
+    computed in place (foreach moment updates, reusable scratch buffers, no clone or copy-back; for AdamW on CPU/CUDA
+    the moments and the direction come from one pass of torch's fused AdamW kernel unless `fused=False`) from moment
     buffers kept in this wrapper's state (same names and update rules as
     `torch.optim.AdamW` / `torch.optim.SGD` / `Lion`); each neuron is then rotated against `u` by
     `eta_r * (lr_t/lr_0)` (scaled by `||u||/EMA(||u||)` when `update_norm_decay > 0`, as in the reference) and keeps
@@ -703,6 +709,8 @@ class RotationalWrapper(Optimizer):
         model (`nn.Module`, *optional*): the model the parameters belong to (rotational status and `Conv1D` layout).
         neuron_dim (`int`, *optional*): layout of 2+-dim tensors in dict param groups without one (see `LionAR`).
         **inner_kwargs: passed to the inner optimizer (`betas`, `eps`, `momentum`, `nesterov`, `dampening`, ...).
+            With `inner="adamw"`, `fused=False` also makes the rotational tensors' direction use separate foreach
+            passes instead of the fused AdamW kernel.
     """
 
     def __init__(
@@ -814,6 +822,48 @@ class RotationalWrapper(Optimizer):
             torch._foreach_mul_(vs, b2)
             torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
 
+    def _uses_fused_direction(self, group: dict, params: list[torch.Tensor]) -> bool:
+        """Whether the AdamW moments and direction of `params` come from torch's fused AdamW kernel (one pass)."""
+        if self.inner_name != "adamw" or group.get("fused") is False or not hasattr(torch, "_fused_adamw_"):
+            return False
+        return all(
+            p.device.type in ("cpu", "cuda")
+            and p.dtype in _FUSED_DTYPES
+            and (p.grad is None or (p.grad.dtype == p.dtype and not p.grad.is_sparse))
+            for p in params
+        )
+
+    def _fused_adamw_direction(self, group: dict, p: torch.Tensor, out: torch.Tensor) -> float:
+        """Advance `p`'s AdamW moments and write the *negated* direction `-m_hat/(sqrt(v_hat)+eps)` into `out`.
+
+        torch's fused AdamW kernel applied with `lr=1`, `weight_decay=0` to a zeroed `out` in place of the parameter
+        does the moment update, both bias corrections and the division in one pass; the return value -1 tells
+        `_rotate` that `out` points against the direction.
+        """
+        st = self.state[p]
+        st["step"] = st.get("step", 0) + 1
+        if "exp_avg" not in st:
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        b1, b2 = group["betas"]
+        out.zero_()
+        torch._fused_adamw_(
+            [out],
+            [p.grad],
+            [st["exp_avg"]],
+            [st["exp_avg_sq"]],
+            [],
+            [torch.tensor(float(st["step"]), dtype=torch.float32, device=p.device)],
+            lr=1.0,
+            beta1=b1,
+            beta2=b2,
+            weight_decay=0.0,
+            eps=group["eps"],
+            amsgrad=False,
+            maximize=False,
+        )
+        return -1.0
+
     def _direction(self, group: dict, p: torch.Tensor, out: torch.Tensor) -> float:
         """Write the inner optimizer's update direction of `p` (divided by the returned scalar factor) into `out`."""
         st = self.state[p]
@@ -870,13 +920,15 @@ class RotationalWrapper(Optimizer):
                 for p, g in hidden:
                     p.grad = g
         for group, rot in rotational:
-            self._update_moments(group, rot)
+            fused = self._uses_fused_direction(group, rot)
+            if not fused:
+                self._update_moments(group, rot)
             angle = self.group_angle(group) * (group["lr"] / group["base_lr"])
             nd = int(group.get("neuron_dim", 0))
             numel = max(p.numel() for p in rot)
             for p in rot:
                 u = self._scratch(p, numel, 0)[: p.numel()].view(p.shape)
-                scale = self._direction(group, p, u)
+                scale = self._fused_adamw_direction(group, p, u) if fused else self._direction(group, p, u)
                 state = self.state[p]
                 if "norm" not in state:
                     _init_rotational(p, state, nd, group["per_neuron"], group["zero_mean"])

@@ -1,5 +1,6 @@
 """Update-rule invariants of Lion, LionA, LionAR and RotationalWrapper."""
 
+import copy
 import math
 
 import pytest
@@ -328,6 +329,66 @@ def test_rotational_wrapper_step_matches_reference_rotation(inner, kw):
         # a neuron whose direction is all radial / constant (e.g. Lion signs all equal) does not move
         expected = torch.where(un > 1e-9, math.cos(theta) * b - math.sin(theta) * r * u / un.clamp_min(1e-300), b)
         torch.testing.assert_close(w.detach().double(), expected, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("update_norm_decay", [0.0, 0.9])
+@pytest.mark.parametrize("neuron_dim", [0, 1])
+def test_rotational_adamw_fused_direction_matches_unfused_path(update_norm_decay, neuron_dim):
+    """The AdamW direction comes from torch's fused AdamW kernel (negated, one pass) unless the group says
+    `fused=False`; both paths give the same weights and moments, for rows-as-neurons and Conv1D (columns) layouts,
+    and a checkpoint written by one path resumes on the other."""
+    assert hasattr(torch, "_fused_adamw_")
+
+    def make(fused):
+        torch.manual_seed(0)
+        w = nn.Parameter(torch.randn(12, 20))
+        b = nn.Parameter(torch.randn(20))
+        groups = [
+            dict(params=[w], neuron_dim=neuron_dim, rotational=True),
+            dict(params=[b], weight_decay=0.0, rotational=False),
+        ]
+        kw = {} if fused else dict(fused=False)
+        opt = RotationalWrapper(
+            groups,
+            inner="adamw",
+            lr=1e-2,
+            weight_decay=0.1,
+            update_norm_decay=update_norm_decay,
+            betas=(0.9, 0.95),
+            **kw,
+        )
+        return w, b, opt
+
+    def run(w, b, opt, steps):
+        for s in steps:
+            g = torch.Generator().manual_seed(10 + s)
+            w.grad = torch.randn(12, 20, generator=g) + 0.5  # a mean and a radial part to remove
+            b.grad = torch.randn(20, generator=g)
+            opt.step()
+
+    w_f, b_f, opt_f = make(True)
+    w_u, b_u, opt_u = make(False)
+    assert opt_f._uses_fused_direction(opt_f.param_groups[0], [w_f])
+    assert not opt_u._uses_fused_direction(opt_u.param_groups[0], [w_u])
+    run(w_f, b_f, opt_f, range(6))
+    run(w_u, b_u, opt_u, range(6))
+    torch.testing.assert_close(w_f, w_u, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b_f, b_u)
+    for key in ("exp_avg", "exp_avg_sq", "norm"):
+        torch.testing.assert_close(opt_f.state[w_f][key], opt_u.state[w_u][key], rtol=1e-5, atol=1e-7)
+    assert opt_f.state[w_f]["step"] == opt_u.state[w_u]["step"] == 6
+    # it moved: the rotation is not a no-op on either path
+    torch.manual_seed(0)
+    assert float((w_f.detach() - torch.randn(12, 20)).abs().max()) > 1e-2
+    # resume across paths: fused state -> unfused optimizer and on
+    w_x, b_x, opt_x = make(False)
+    with torch.no_grad():
+        w_x.copy_(w_f)
+        b_x.copy_(b_f)
+    opt_x.load_state_dict(copy.deepcopy(opt_f.state_dict()))  # as from disk: no shared moment tensors
+    run(w_f, b_f, opt_f, range(6, 9))
+    run(w_x, b_x, opt_x, range(6, 9))
+    torch.testing.assert_close(w_f, w_x, rtol=1e-5, atol=1e-6)
 
 
 def test_rotational_wrapper_mixed_groups_and_missing_gradients():
