@@ -15,12 +15,12 @@ def bench(repo_root):
 def test_bench_reports_wall_and_cpu_ratios_against_adamw(bench, arch, capsys):
     rows = bench["main"](
         ["--arch", arch, "--hidden_size", "64", "--layers", "1", "--vocab_size", "128", "--rounds", "4", "--threads", "1",
-         "--device", "cpu", "--optimizers", "rotational_adamw,lion_ar"]
+         "--device", "cpu", "--optimizers", "rotational_adamw,rotational_adamw_unfused,lion_ar"]
     )  # fmt: skip
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
-    assert len(lines) == len(rows) == 4  # the two AdamW baselines are always timed
+    assert len(lines) == len(rows) == 5  # the two AdamW baselines are always timed
     by = {r["optimizer"]: r for r in rows}
-    assert set(by) == {"adamw", "adamw_foreach", "rotational_adamw", "lion_ar"}
+    assert set(by) == {"adamw", "adamw_foreach", "rotational_adamw", "rotational_adamw_unfused", "lion_ar"}
     assert by["adamw"]["ratio_vs_adamw"] == 1.0 and by["adamw"]["cpu_ratio_vs_adamw"] == 1.0
     for r in rows:
         assert r["arch"] == arch and r["median_step_ms"] > 0 and r["median_cpu_ms"] > 0
