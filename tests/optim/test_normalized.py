@@ -391,6 +391,25 @@ def test_rotational_adamw_fused_direction_matches_unfused_path(update_norm_decay
     torch.testing.assert_close(w_f, w_x, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotational_adamw_fused_direction_on_cuda_matches_cpu(dtype):
+    """On CUDA the fused AdamW kernel gives the rotational step the CPU path gives (float32 and bfloat16 weights)."""
+    out = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        w = nn.Parameter(torch.randn(32, 48, dtype=torch.float32).to(device=device, dtype=dtype))
+        opt = RotationalWrapper([w], inner="adamw", lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95))
+        assert opt._uses_fused_direction(opt.param_groups[0], [w])
+        for s in range(4):
+            g = torch.randn(32, 48, generator=torch.Generator().manual_seed(s)) + 0.3
+            w.grad = g.to(device=device, dtype=dtype)
+            opt.step()
+        out[device] = w.detach().float().cpu()
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out["cuda"], out["cpu"], **tol)
+
+
 def test_rotational_wrapper_mixed_groups_and_missing_gradients():
     """`RotationalWrapper(model.parameters())` decides rotational status per tensor (2+ dims with weight decay) and
     skips tensors that got no gradient, as the reference wrapper does."""
