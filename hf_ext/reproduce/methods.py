@@ -473,10 +473,12 @@ def _warmup_run(seed: int, fast: bool, workdir: str) -> dict:
     from ..recipes.warmup import warmup_gaps
 
     argv = [
-        "--max_steps", "20" if fast else "60", "--learning_rate", "1e-1", "--warmup_fraction", "0.1",
-        "--arms", "adamw_warmup,adamw_no_warmup,lion_ar_warmup,lion_ar_no_warmup", "--hidden_size", "64",
-        "--intermediate_size", "256", "--vocab_size", "512", "--block_size", "32", "--per_device_train_batch_size", "16",
-        "--max_eval_blocks", "64", "--metrics_every", "1000", "--logging_steps", "50", "--seed", str(seed),
+        "--max_steps", "20" if fast else "300", "--learning_rate", "3e-3", "--warmup_fraction", "0.05",
+        "--arms", "adamw_warmup,adamw_no_warmup,lion_ar_warmup,lion_ar_no_warmup", "--hidden_size", "128",
+        "--intermediate_size", "512", "--num_hidden_layers", "4", "--num_attention_heads", "2", "--vocab_size", "512",
+        "--block_size", "128", "--per_device_train_batch_size", "32", "--max_eval_blocks", "64",
+        "--rotation_angle", "0.02", "--lion_lr_ratio", "0.3",
+        "--metrics_every", "1000", "--logging_steps", "50", "--seed", str(seed),
         "--output_dir", workdir, "--disable_tqdm", "true", "--use_cpu", "true",
     ]  # fmt: skip
     res = _quiet_recipe("warmup", argv)
@@ -500,15 +502,16 @@ def _lion_ar_without_warmup(runs: list[dict]) -> tuple[str, bool]:
 WARMUP = Reproduction(
     method="warmup",
     title="Normalized optimizers (LionAR) train without warmup; AdamW needs it",
-    setting="2-layer Llama, hidden 64, on the embedded corpus; lr 1e-1, 60 steps, 10% warmup in the warmup arms "
-    "(transformers' WSD schedule); LionAR at the learning rate and decay of its equilibrium angle.",
+    setting="4-layer Llama, hidden 128, on the embedded corpus, batch 32 x 128 tokens; AdamW lr 3e-3, 300 steps, 5% "
+    "warmup in the warmup arms (transformers' WSD schedule, linear decay over the last half); LionAR (betas 0.98, "
+    "Nesterov, inverse bias correction) rotating 0.02 rad per step, Lion lr 0.3x AdamW's for the other tensors.",
     run=_warmup_run,
     claims=[
         Claim("AdamW's warmup gap is clearly positive (mean - sd > 0), LionAR's near zero (|mean| <= half AdamW's)",
-              "normalized updates remove the need for warmup that AdamW has (abstract)", _adamw_needs_warmup,
-              asserted=False),
+              "normalized updates remove the need for warmup that AdamW has (abstract)", _adamw_needs_warmup),
         Claim("LionAR without warmup reaches at least AdamW-with-warmup's loss",
-              "warmup-free training matches tuned warmup (abstract)", _lion_ar_without_warmup),
+              "warmup-free training matches tuned warmup (abstract)", _lion_ar_without_warmup,
+              asserted=False),  # a tie at this setting: -0.002 +- 0.073 over seeds 0-2 (docs/optim.md)
     ],  # fmt: skip
 )
 

@@ -7,20 +7,15 @@ import torch
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="Not reproduced at CPU scale: in every setting tried (docs/optim.md, 'Warmup study') AdamW's warmup gap "
-    "was not clearly positive over 3 seeds (warmup cost more than the early damage). Strict: an XPASS means the "
-    "paper's ordering now holds and this marker must go.",
-)
 def test_warmup_gap_is_large_for_adamw_and_near_zero_for_lion_ar(tmp_path):
     """Per optimizer, the warmup gap = eval loss without warmup - eval loss with warmup, over the reproduction's seeds
     (the same runs and setting as `hf-ext reproduce warmup`): the paper's claim is that AdamW's is clearly positive
-    (mean - sd > 0), LionAR's near zero and smaller than AdamW's."""
+    (mean - sd > 0), LionAR's near zero and smaller than AdamW's. The reproduction's second claim (LionAR without
+    warmup at least as good as AdamW with it) is reported, not asserted: a tie at this setting."""
     from hf_ext.recipes.warmup import warmup_claim_holds
     from hf_ext.reproduce import reproduce
 
-    report = reproduce("warmup", output_dir=str(tmp_path))
+    report = reproduce("warmup", output_dir=str(tmp_path), jobs=3)  # about 12 CPU-minutes per seed
     print(report.to_markdown())
     gaps = {k: [run["gaps"][k] for run in report.per_seed] for k in ("adamw", "lion_ar")}
     for k, v in gaps.items():
@@ -28,6 +23,7 @@ def test_warmup_gap_is_large_for_adamw_and_near_zero_for_lion_ar(tmp_path):
         print(f"{k:8s} warmup gap per seed {per_seed}  mean {statistics.mean(v):.4f} sd {statistics.stdev(v):.4f}")
     assert len(report.seeds) >= 3
     assert warmup_claim_holds(gaps["adamw"], gaps["lion_ar"]), gaps
+    assert report.holds, report.to_markdown()
 
 
 @pytest.mark.slow
