@@ -92,7 +92,8 @@ def test_flower_secaggplus_server_view_reveals_no_update(small_tokenizer, client
     assert float(true.abs().max()) > 0
     masked = uploads[1]
     assert masked.shape == true.shape
-    assert abs(float(torch.corrcoef(torch.stack([masked, true]))[0, 1])) < 0.05
+    assert true.numel() >= 1000  # enough entries for a chance-level bound well below 1
+    assert abs(float(torch.corrcoef(torch.stack([masked, true]))[0, 1])) < 5 / true.numel() ** 0.5  # chance level
 
 
 def test_run_config_apps_equal_in_process_simulation(tmp_path):
