@@ -794,12 +794,20 @@ class RotationalWrapper(Optimizer):
             self._buffers[key] = buf
         return buf
 
+    def _start_step(self, p: torch.Tensor) -> dict:
+        """Count a step of `p` and create its zeroed Lion / AdamW moment buffers on the first one; returns its state."""
+        st = self.state[p]
+        st["step"] = st.get("step", 0) + 1
+        if self.inner_name != "sgdm" and "exp_avg" not in st:
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if self.inner_name == "adamw":
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return st
+
     def _update_moments(self, group: dict, params: list[torch.Tensor]) -> None:
         """Advance the inner optimizer's moment buffers of `params` (foreach kernels, in place)."""
         grads = [p.grad for p in params]
-        states = [self.state[p] for p in params]
-        for st in states:
-            st["step"] = st.get("step", 0) + 1
+        states = [self._start_step(p) for p in params]
         if self.inner_name == "sgdm":
             old = [i for i, st in enumerate(states) if "momentum_buffer" in st]
             for i, st in enumerate(states):
@@ -811,11 +819,6 @@ class RotationalWrapper(Optimizer):
                 torch._foreach_add_(bufs, [grads[i] for i in old], alpha=1 - group.get("dampening", 0.0))
             return
         b1, b2 = group["betas"]
-        for p, st in zip(params, states):
-            if "exp_avg" not in st:
-                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if self.inner_name == "adamw":
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if self.inner_name == "adamw":
             torch._foreach_lerp_([st["exp_avg"] for st in states], grads, 1 - b1)
             vs = [st["exp_avg_sq"] for st in states]
@@ -840,11 +843,7 @@ class RotationalWrapper(Optimizer):
         does the moment update, both bias corrections and the division in one pass; the return value -1 tells
         `_rotate` that `out` points against the direction.
         """
-        st = self.state[p]
-        st["step"] = st.get("step", 0) + 1
-        if "exp_avg" not in st:
-            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        st = self._start_step(p)
         b1, b2 = group["betas"]
         out.zero_()
         torch._fused_adamw_(
