@@ -64,6 +64,48 @@ def test_in_memory_edits_are_recorded_when_saving(tmp_path):
     assert AutoConfig.from_pretrained(tmp_path).lp_weight_layout["source.intermediate_size"] == 64
 
 
+@pytest.mark.parametrize("merge", [True, False])
+def test_mirrored_config_edits_survive_save_and_reload(tmp_path, ids, merge):
+    """Setting a mirrored attribute on a built config (as transformers' own TP / FSDP testers set
+    `tie_word_embeddings`, and users set `pad_token_id` or `use_cache`) is saved: before, the saved source config kept
+    the old value, so a tied model reloaded untied with a randomly initialised `lm_head`."""
+    cfg = LayerParallelConfig(
+        source_config=_source_dict(tie_word_embeddings=False), lp_pairs=[[1, 2]], lp_merged=merge
+    )
+    cfg.tie_word_embeddings = True
+    cfg.pad_token_id, cfg.use_cache = 3, False
+    torch.manual_seed(0)
+    model = LayerParallelForCausalLM(cfg).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.tie_word_embeddings and reloaded.config.source_config.tie_word_embeddings
+    assert (reloaded.config.pad_token_id, reloaded.config.use_cache) == (3, False)
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_resized_embeddings_survive_save_and_reload(source, tmp_path, ids):
+    """`resize_token_embeddings` sets `config.vocab_size` on the (layer-parallel) text config; the saved source config
+    must carry it, or the reload fails on the embedding shapes."""
+    lp = convert_to_layer_parallel(source, 1, 3).eval()
+    lp.resize_token_embeddings(80)
+    assert lp.config.source_config.vocab_size == 80
+    lp.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.vocab_size == 80 and reloaded.lm_head.weight.shape[0] == 80
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, lp(ids).logits)
+
+
+def test_mirror_write_through_is_not_serialized(tmp_path):
+    cfg = LayerParallelConfig(source_config=_source_dict(), lp_start=0, lp_end=2)
+    assert not any(key.startswith("_lp") for key in cfg.to_dict())
+    cfg.save_pretrained(tmp_path)
+    assert "_lp_mirrors_write_through" not in (tmp_path / "config.json").read_text()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Conformance
 # --------------------------------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ _MIRRORED_SOURCE_ATTRIBUTES = (
 )
 # Attributes derived in `__post_init__` (never read back from a saved file).
 _DERIVED_ATTRIBUTES = _MIRRORED_SOURCE_ATTRIBUTES + ("num_hidden_layers", "layer_types")
+# Set once `__post_init__` has built the mirrors; from then on setting a mirrored attribute also sets the source's.
+_WRITE_THROUGH = "_lp_mirrors_write_through"
 # Source-config fields that decide the shapes and the number of the saved weights (see `weight_layout`).
 _LAYOUT_SOURCE_FIELDS = (
     "num_hidden_layers",
@@ -284,6 +286,17 @@ class LayerParallelConfig(PreTrainedConfig):
                 "original values, or convert the source model again with `convert_to_layer_parallel`. To build a new, "
                 "untrained architecture on purpose, drop `lp_weight_layout` from the config."
             )
+        object.__setattr__(self, _WRITE_THROUGH, True)
+
+    def __setattr__(self, key, value):
+        super().__setattr__(key, value)
+        # A mirrored attribute set on a built config (`config.tie_word_embeddings = True`, `config.pad_token_id = ...`,
+        # `resize_token_embeddings` setting `vocab_size`) goes to the source config too: that is what is saved, and the
+        # mirrors are read back from it, so without this the change would be lost (or the weights mis-loaded) on reload.
+        if key in _MIRRORED_SOURCE_ATTRIBUTES and self.__dict__.get(_WRITE_THROUGH):
+            src = self.__dict__.get("source_config")
+            if isinstance(src, PreTrainedConfig) and getattr(src, key, None) != value:
+                setattr(src, key, value)
 
     def weight_layout(self) -> dict:
         """The fields that decide the number and shapes of this model's weights: the source-config fields of
@@ -302,6 +315,7 @@ class LayerParallelConfig(PreTrainedConfig):
 
     def to_dict(self) -> dict:
         output = super().to_dict()
+        output.pop(_WRITE_THROUGH, None)
         if isinstance(self.source_config, PreTrainedConfig) and self.lp_pairs is not None:
             output["lp_weight_layout"] = self.weight_layout()  # record the layout as it is now, not at construction
         return output
