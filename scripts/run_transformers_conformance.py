@@ -18,6 +18,12 @@ Testers (`--models`, default: all):
     lp-block       3 source layers, pair (1, 2) merged, "block" form -> 2 cache slots
     llama-control  transformers' LlamaForCausalLM through the same harness (tells harness artifacts from our defects)
 
+Where the checkout has transformers' training, tensor-parallel and FSDP2 mixins (tests/test_training_mixin.py,
+test_tensor_parallel_mixin.py, test_fsdp_mixin.py: 5.x), every tester runs them too: overfitting a batch, TP=2 forward /
+backward / generation against the unsharded model, and FSDP2 (transformers' own `DistributedConfig(fsdp_size=...)`)
+against DDP, on 2 CPU ranks (gloo). Our model types join the mixins' allowlists of model types. The distributed mixins
+import the checkout's tests/distributed_testing_utils.py (not in the PyPI sdist).
+
 The testers need `parameterized` (`pip install parameterized`). `HF_HUB_OFFLINE` defaults to 1: pipeline tests that
 need the Hub's tiny models (only the Llama control has any) then skip or fail; set `HF_HUB_OFFLINE=0` to run them. Prints passed / failed / skipped per tester and the
 failing test ids; `--report PATH` also writes them as JSON. Exit status: pytest's (0 when nothing failed).
@@ -95,6 +101,42 @@ def _load_tests_package(tests_dir: Path):
     return module
 
 
+# transformers' training / tensor-parallel / FSDP2 testers (tests/test_*_mixin.py, module: class, allowlist global).
+# A causal-LM tester of the matching version mixes them in itself; an older one gets them added here.
+_PARALLEL_MIXINS = (
+    ("test_training_mixin", "TrainingTesterMixin", None),
+    ("test_tensor_parallel_mixin", "TensorParallelTesterMixin", "TP_DISTRIBUTED_TEST_MODEL_TYPES"),
+    ("test_fsdp_mixin", "FSDPTesterMixin", "FSDP_DISTRIBUTED_TEST_MODEL_TYPES"),
+)
+# The mixins run their distributed tests only for model types on an allowlist (a set in their module); ours join it.
+_OUR_MODEL_TYPES = ("fog", "layer_parallel", "llama")
+
+
+def _with_parallel_mixins(base_test: type, tests_dir: Path) -> type:
+    """`base_test` plus those of transformers' training / TP / FSDP2 mixins the checkout has and it lacks."""
+    added = []
+    for module_name, class_name, allowlist in _PARALLEL_MIXINS:
+        if not (tests_dir / f"{module_name}.py").is_file():  # the checkout predates this mixin
+            continue
+        try:
+            module = importlib.import_module(f"{_PACKAGE}.{module_name}")
+        except ImportError as err:
+            raise ValueError(
+                f"{tests_dir / module_name}.py does not import ({err}); the distributed mixins also need the "
+                "checkout's tests/distributed_testing_utils.py. Pass the `tests` folder of a full source checkout."
+            ) from err
+        mixin = getattr(module, class_name)
+        allowed = getattr(module, allowlist, None) if allowlist else None
+        if isinstance(allowed, set):
+            allowed.update(_OUR_MODEL_TYPES)
+        if not issubclass(base_test, mixin):
+            added.append(mixin)
+    if not added:
+        return base_test
+    # The mixins declare `model_tester` as an abstract property; the causal-LM test assigns it in `setUp`.
+    return type(base_test.__name__, (base_test, *added), {"model_tester": None, "__module__": __name__})
+
+
 def define_testers(tests_dir: Path, selected: list[str]) -> dict[str, type]:
     """Build the `unittest.TestCase` classes for the selected testers from the user's transformers test files."""
     _load_tests_package(tests_dir)
@@ -104,6 +146,7 @@ def define_testers(tests_dir: Path, selected: list[str]) -> dict[str, type]:
     causal_lm_tester = importlib.import_module(f"{_PACKAGE}.causal_lm_tester")
     configuration_common = importlib.import_module(f"{_PACKAGE}.test_configuration_common")
     base_test, base_tester = causal_lm_tester.CausalLMModelTest, causal_lm_tester.CausalLMModelTester
+    base_test = _with_parallel_mixins(base_test, tests_dir)
 
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
     from transformers.models.auto import modeling_auto

@@ -95,3 +95,46 @@ def test_counts_one_outcome_per_test_like_junit():
     counts, failed = counter.summary()
     assert counts == {"FogModelTest": {"passed": 1, "failed": 2, "skipped": 2}}
     assert failed == ["FogModelTest::test_one_subtest_failed", "FogModelTest::test_broken_teardown"]
+
+
+def test_parallel_mixins_of_the_checkout_are_added_and_our_types_allowed(tmp_path, monkeypatch):
+    """transformers' training / TP / FSDP2 mixins (tests/test_*_mixin.py) join an older causal-LM test class; their
+    distributed-test allowlists gain our model types; a mixin file that does not import is an error, not a skip."""
+    module = _load_script()
+    (tmp_path / "__init__.py").write_text("")
+    abstract = (
+        "from abc import ABC, abstractmethod\n"
+        "class {name}(ABC):\n"
+        "    @property\n"
+        "    @abstractmethod\n"
+        "    def model_tester(self): ...\n"
+    )
+    (tmp_path / "test_training_mixin.py").write_text(abstract.format(name="TrainingTesterMixin"))
+    (tmp_path / "test_tensor_parallel_mixin.py").write_text(
+        abstract.format(name="TensorParallelTesterMixin") + "TP_DISTRIBUTED_TEST_MODEL_TYPES = {'qwen3'}\n"
+    )
+    for name in [n for n in sys.modules if n == module._PACKAGE or n.startswith(module._PACKAGE + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    module._load_tests_package(tmp_path)
+    try:
+
+        class OldCausalLMTest:
+            def setUp(self):
+                self.model_tester = "tester"
+
+        combined = module._with_parallel_mixins(OldCausalLMTest, tmp_path)
+        names = [base.__name__ for base in combined.__mro__]
+        assert names[:2] == ["OldCausalLMTest", "OldCausalLMTest"]
+        assert "TrainingTesterMixin" in names and "TensorParallelTesterMixin" in names
+        instance = combined()  # not abstract any more
+        instance.setUp()
+        assert instance.model_tester == "tester"
+        tp_module = sys.modules[f"{module._PACKAGE}.test_tensor_parallel_mixin"]
+        assert {"qwen3", "fog", "layer_parallel", "llama"} <= tp_module.TP_DISTRIBUTED_TEST_MODEL_TYPES
+
+        (tmp_path / "test_fsdp_mixin.py").write_text("from .distributed_testing_utils import run_distributed\n")
+        with pytest.raises(ValueError, match="test_fsdp_mixin.py does not import"):
+            module._with_parallel_mixins(OldCausalLMTest, tmp_path)
+    finally:
+        for name in [n for n in sys.modules if n == module._PACKAGE or n.startswith(module._PACKAGE + ".")]:
+            sys.modules.pop(name, None)
