@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 BACKENDS = ("torchao", "te", "emulated")
 TORCHAO_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
@@ -175,6 +176,14 @@ def convert(
     names = fp8_target_modules(model, include_lm_head, skip_modules)
     if not names:
         raise ValueError("convert: no nn.Linear to convert (after include_lm_head / skip_modules).")
+    sharded = [n for n in names if isinstance(model.get_submodule(n).weight, DTensor)]
+    if sharded:
+        raise ValueError(
+            f"convert: {sharded[0]} (and {len(sharded) - 1} more) already holds sharded weights (a model loaded with "
+            "tensor parallelism, or already wrapped by FSDP2). Convert the unsharded model first, then shard it "
+            "(FSDP2: convert, then `fully_shard` / accelerate's FSDP plugin); FP8 with tensor parallelism is not "
+            "supported."
+        )
     _check_dims(model, names, pad_inner_dim, backend)
 
     if backend == "torchao":

@@ -154,6 +154,27 @@ def test_conversion_bad_input():
         convert(odd, "torchao", pad_inner_dim=True)
 
 
+@pytest.mark.parametrize("backend", ["torchao", "emulated"])
+def test_conversion_of_a_sharded_model_is_a_clear_error(backend):
+    """A model loaded with tensor parallelism (or wrapped by FSDP2) holds DTensor weights; converting it would build
+    FP8 layers around shards. `convert` refuses before changing anything and names the order that works."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = tiny_fog()
+        mesh = init_device_mesh("cpu", (1,))
+        proj = model.model.layers[0].mlp.up_proj
+        proj.weight = torch.nn.Parameter(distribute_tensor(proj.weight.detach(), mesh, [Shard(0)]))
+        with pytest.raises(ValueError, match=r"model.layers.0.mlp.up_proj .*sharded weights.*Convert the unsharded"):
+            convert(model, backend)
+        assert not fp8_converted_modules(model)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_te_backend_missing_or_cpu_is_a_clear_error():
     try:
         import transformer_engine  # noqa: F401

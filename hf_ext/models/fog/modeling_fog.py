@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import XIELUActivation
@@ -107,16 +108,36 @@ class FogGatedActivation(nn.Module):
         super().__init__()
         self.smooth = smooth
 
-    def forward(self, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, gate: torch.Tensor, up: torch.Tensor, group=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`group`: the tensor-parallel process group when `gate` / `up` hold this rank's slice of the neurons; the
+        per-token max is then taken over all of them (every rank must divide by the same scale)."""
         tiny = torch.finfo(torch.float32).tiny
         if self.smooth == "linear_branch":
-            scale = gate.detach().abs().amax(dim=-1, keepdim=True).clamp_min(tiny)
+            scale = _global_amax(gate.detach().abs().amax(dim=-1, keepdim=True), group).clamp_min(tiny)
             return nn.functional.silu(gate) * (up / scale), scale
         h = nn.functional.silu(gate) * up
         if self.smooth == "product":
-            scale = h.detach().abs().amax(dim=-1, keepdim=True).clamp_min(tiny)
+            scale = _global_amax(h.detach().abs().amax(dim=-1, keepdim=True), group).clamp_min(tiny)
             return h / scale, scale
         return h, None
+
+
+def _global_amax(local: torch.Tensor, group) -> torch.Tensor:
+    if group is not None:
+        torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MAX, group=group)
+    return local
+
+
+def _row_parallel_group(linear: nn.Linear):
+    """The process group over which `linear`'s input features are split (a row-wise tensor-parallel layer), else
+    None. FSDP2 shards dim 0 and gathers full weights before the forward, so it never matches."""
+    weight = linear.weight
+    if not isinstance(weight, DTensor):
+        return None
+    for mesh_dim, placement in enumerate(weight.placements):
+        if placement.is_shard() and placement.dim in (1, -1):
+            return weight.device_mesh.get_group(mesh_dim)
+    return None
 
 
 def build_xielu(config: FogConfig) -> XIELUActivation:
@@ -167,7 +188,8 @@ class FogMLP(nn.Module):
             x = x * self.config.mlp_alpha
         if not self.gated:
             return self.down_proj(self.act_fn(self.up_proj(x)))
-        h, scale = self.act_fn(self.gate_proj(x), self.up_proj(x))
+        group = _row_parallel_group(self.down_proj) if self.act_fn.smooth is not None else None
+        h, scale = self.act_fn(self.gate_proj(x), self.up_proj(x), group)
         out = self.down_proj(h)
         # Smooth-SwiGLU: the down-projection (FP8) GEMM saw a per-token rescaled input; undo it on its output.
         return out if scale is None else out * scale.to(out.dtype)
@@ -472,6 +494,15 @@ class FogModel(FogPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    def init_parallel_plans(self) -> None:
+        """The config's tensor-parallel plan without the rules for modules this configuration does not build (the
+        gate projection of an ungated MLP, the QK norms with `qk_norm="none"`)."""
+        super().init_parallel_plans()
+        names = {
+            ".".join("*" if part.isdigit() else part for part in name.split(".")) for name, _ in self.named_modules()
+        }
+        self._tp_plan = {key: style for key, style in self._tp_plan.items() if key in names}
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
 
@@ -538,6 +569,7 @@ class FogForCausalLM(FogPreTrainedModel, GenerationMixin):
     """[`FogModel`] with a language-modelling head (tied to the embeddings when `tie_word_embeddings=True`)."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: FogConfig):
         super().__init__(config)
