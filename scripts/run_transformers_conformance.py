@@ -16,6 +16,8 @@ Testers (`--models`, default: all):
     lp-merged      LayerParallelForCausalLM, 3 source layers, pair (1, 2) merged, "sublayer" form -> 2 cache slots
     lp-unmerged    2 source layers, pair (0, 1) unmerged -> 2 cache slots
     lp-block       3 source layers, pair (1, 2) merged, "block" form -> 2 cache slots
+    lp-qwen2       as lp-merged, from a Qwen2 source config (q/k/v biases)
+    lp-mistral     as lp-merged, from a Mistral source config
     llama-control  transformers' LlamaForCausalLM through the same harness (tells harness artifacts from our defects)
 
 Where the checkout has transformers' training, tensor-parallel and FSDP2 mixins (tests/test_training_mixin.py,
@@ -53,6 +55,8 @@ TESTERS = {
     "lp-merged": "LPMergedTest",
     "lp-unmerged": "LPUnmergedTest",
     "lp-block": "LPBlockTest",
+    "lp-qwen2": "LPQwen2Test",
+    "lp-mistral": "LPMistralTest",
     "llama-control": "LlamaControlTest",
 }
 
@@ -148,7 +152,7 @@ def define_testers(tests_dir: Path, selected: list[str]) -> dict[str, type]:
     base_test, base_tester = causal_lm_tester.CausalLMModelTest, causal_lm_tester.CausalLMModelTester
     base_test = _with_parallel_mixins(base_test, tests_dir)
 
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, MistralConfig, Qwen2Config
     from transformers.models.auto import modeling_auto
 
     from hf_ext.models.fog import FogConfig, FogForCausalLM, FogModel
@@ -188,6 +192,7 @@ def define_testers(tests_dir: Path, selected: list[str]) -> dict[str, type]:
             LayerParallelForCausalLM,
         )
         lp_mode, lp_merged = "sublayer", True
+        source_config_class = LlamaConfig
         # Merged: 3 source layers with (1, 2) paired -> 2 cache slots; the common attention test reads the head count
         # of attentions[0], so the wide merged slot is not the first. Unmerged: (0, 1) of 2 layers -> 2 slots.
         source_layers, pairs = 3, [[1, 2]]
@@ -200,7 +205,7 @@ def define_testers(tests_dir: Path, selected: list[str]) -> dict[str, type]:
             self.num_hidden_layers = self.source_layers - (len(self.pairs) if self.lp_merged else 0)
 
         def get_config(self):
-            source = LlamaConfig(
+            source = self.source_config_class(
                 vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_hidden_layers=self.source_layers,
                 num_attention_heads=self.num_attention_heads, num_key_value_heads=self.num_key_value_heads,
                 intermediate_size=self.intermediate_size, hidden_act=self.hidden_act,
@@ -240,6 +245,18 @@ def define_testers(tests_dir: Path, selected: list[str]) -> dict[str, type]:
 
     class LPBlockTest(LPMergedTest):
         model_tester_class = LPBlockTester
+
+    class LPQwen2Tester(LPMergedTester):
+        source_config_class = Qwen2Config  # q/k/v biases
+
+    class LPQwen2Test(LPMergedTest):
+        model_tester_class = LPQwen2Tester
+
+    class LPMistralTester(LPMergedTester):
+        source_config_class = MistralConfig
+
+    class LPMistralTest(LPMergedTest):
+        model_tester_class = LPMistralTester
 
     class LlamaControlTester(base_tester):
         config_class, base_model_class, causal_lm_class = LlamaConfig, LlamaModel, LlamaForCausalLM

@@ -25,7 +25,16 @@ def test_help_lists_the_tests_folder_and_testers():
     result = _run("--help")
     assert result.returncode == 0, result.stderr
     assert "--transformers-tests" in result.stdout
-    for tester in ("fog", "fog-recipe", "lp-merged", "lp-unmerged", "lp-block", "llama-control"):
+    for tester in (
+        "fog",
+        "fog-recipe",
+        "lp-merged",
+        "lp-unmerged",
+        "lp-block",
+        "lp-qwen2",
+        "lp-mistral",
+        "llama-control",
+    ):
         assert tester in result.stdout
 
 
