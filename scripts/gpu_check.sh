@@ -7,27 +7,54 @@
 #   3. scripts/bench_layer_parallel.py at its GPU defaults
 # and prints ONE JSON summary line on stdout (also written to OUT/summary.json); the logs stay in OUT.
 # `--tiny` runs the same three stages on CPU at smoke size (the gpu tests then skip), to check the script itself.
+# hf_ext is imported from this checkout (no install needed). `--wheels DIR` first installs DIR/*.whl into a private
+# folder put ahead on PYTHONPATH (no index, no dependencies): for a machine without network whose Python lacks
+# torchao or has an older transformers; scripts/gpu_wheels.sh downloads the set.
+# Only the test files that hold gpu-marked tests are collected; a file that does not import (a missing optional
+# package) is reported in the summary and does not stop the others.
 #
 #   scripts/gpu_check.sh                  # on the GPU machine, from the repository root
+#   scripts/gpu_check.sh --wheels .whl    # the same, with the wheels of scripts/gpu_wheels.sh
 #   scripts/gpu_check.sh --tiny --out /tmp/gpu_check
 set -u -o pipefail
 
 TINY=0
 OUT="gpu_check_out"
+WHEELS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tiny) TINY=1; shift ;;
     --out) OUT="${2:?--out needs a folder}"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-    *) echo "gpu_check.sh: unknown argument '$1' (use --tiny and/or --out DIR)" >&2; exit 2 ;;
+    --wheels) WHEELS="${2:?--wheels needs a folder of .whl files}"; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (use --tiny, --out DIR and/or --wheels DIR)" >&2; exit 2 ;;
   esac
 done
 
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"  # a GPU image may have only python3
+if [ -n "$WHEELS" ]; then
+  shopt -s nullglob
+  wheel_files=("$WHEELS"/*.whl)
+  shopt -u nullglob
+  if [ "${#wheel_files[@]}" -eq 0 ]; then
+    echo "gpu_check.sh: --wheels $WHEELS holds no .whl files (make them with scripts/gpu_wheels.sh $WHEELS)" >&2
+    exit 2
+  fi
+  SITE="${TMPDIR:-/tmp}/hf_ext_gpu_site"
+  rm -rf "$SITE"
+  if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      "${wheel_files[@]}" >&2; then
+    echo "gpu_check.sh: installing the wheels of $WHEELS failed" >&2
+    exit 2
+  fi
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # hf_ext from this checkout (after the wheels: they hold no hf_ext)
 mkdir -p "$OUT"
 : > "$OUT/stages.tsv"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+mapfile -t GPU_TEST_FILES < <(grep -rlE --include='*.py' 'mark\.gpu\b' tests | sort)
 
 stage() {  # stage NAME SECONDS CMD...
   local name="$1" limit="$2" start rc
@@ -38,13 +65,26 @@ stage() {  # stage NAME SECONDS CMD...
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - start ))" "$limit" >> "$OUT/stages.tsv"
 }
 
+"$PY" - > "$OUT/environment.json" 2> "$OUT/environment.log" <<'PYEOF'
+import importlib, json
+
+env = {}
+for name in ("torch", "transformers", "accelerate", "peft", "torchao", "transformer_engine", "datasets", "hf_ext"):
+    try:
+        module = importlib.import_module(name)
+        env[name] = getattr(module, "__version__", "importable")
+    except Exception as exc:  # noqa: BLE001  (a missing or broken optional package is a finding, not a crash)
+        env[name] = f"unavailable: {type(exc).__name__}: {exc}"[:200]
+print(json.dumps(env))
+PYEOF
+
+GPU_TEST_ARGS=(-m gpu -q -p no:cacheprovider --continue-on-collection-errors --junitxml "$OUT/gpu_tests.xml")
 if [ "$TINY" = 1 ]; then  # a script check on a possibly busy CPU: generous limits
-  stage gpu_tests 600 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/fp8/test_fp8_convert.py \
-    --junitxml "$OUT/gpu_tests.xml"
+  stage gpu_tests 600 "$PY" -m pytest "${GPU_TEST_ARGS[@]}" "${GPU_TEST_FILES[@]}"
   stage bench_fp8 600 "$PY" scripts/bench_fp8.py --tiny --steps 1 --precisions bf16,fp8_tensorwise
   stage bench_layer_parallel 600 "$PY" scripts/bench_layer_parallel.py --tiny
 else
-  stage gpu_tests 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests --junitxml "$OUT/gpu_tests.xml"
+  stage gpu_tests 150 "$PY" -m pytest "${GPU_TEST_ARGS[@]}" "${GPU_TEST_FILES[@]}"
   stage bench_fp8 270 "$PY" scripts/bench_fp8.py --precisions bf16,fp8_tensorwise
   stage bench_layer_parallel 90 "$PY" scripts/bench_layer_parallel.py
 fi
@@ -54,6 +94,10 @@ import json, os, sys, xml.etree.ElementTree as ET
 
 out, tiny = sys.argv[1], sys.argv[2] == "1"
 summary = {"check": "gpu_check", "tiny": tiny, "stages": {}, "ok": True}
+try:
+    summary["environment"] = json.load(open(os.path.join(out, "environment.json")))
+except (OSError, ValueError) as exc:
+    summary["environment"] = f"unreadable ({exc})"
 try:
     import torch
 
@@ -87,6 +131,12 @@ if os.path.isfile(junit):
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     summary["stages"]["gpu_tests"]["counts"] = counts
+    # Test files that did not import (collection errors): named, so a missing package is visible at a glance.
+    summary["stages"]["gpu_tests"]["not_collected"] = sorted(
+        case.get("name", "")
+        for case in suite.iter("testcase")
+        if case.find("error") is not None and case.find("error").get("message") == "collection failure"
+    )
 fp8 = json_lines("bench_fp8")
 summary["stages"]["bench_fp8"]["summary"] = next((r for r in fp8 if r.get("model") == "summary"), None)
 summary["stages"]["bench_layer_parallel"]["rows"] = json_lines("bench_layer_parallel")
