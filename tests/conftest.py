@@ -68,3 +68,24 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def run_two_ranks(repo_root, free_port):
+    """`run_two_ranks(script, *args)`: run `script` (a path relative to the repository) under
+    `torchrun --nproc_per_node 2` on a free port, one thread per rank, and assert it exited with 0 (stderr's tail
+    otherwise). Returns the `CompletedProcess`."""
+    import subprocess
+    import sys
+
+    def run(script, *args, timeout=600):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
+            os.path.join(repo_root, script), *map(str, args),
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=timeout, env=env)
+        assert res.returncode == 0, res.stderr[-4000:]
+        return res
+
+    return run

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -65,15 +62,8 @@ def test_smooth_swiglu_scale_of_split_neurons_is_the_full_max(smooth, monkeypatc
 
 
 @pytest.mark.distributed
-def test_two_rank_tp_matches_single_process(tmp_path, repo_root, free_port):
-    script = os.path.join(repo_root, "tests", "fog", "scripts", "tp_fog.py")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(free_port), script, str(tmp_path),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
+def test_two_rank_tp_matches_single_process(tmp_path, run_two_ranks):
+    run_two_ranks("tests/fog/scripts/tp_fog.py", tmp_path)  # the script asserts world size 2 and every match
     result = json.loads((tmp_path / "tp_fog_result.json").read_text())
     assert set(result) == {"fog_xielu", "llama_baseline_swiglu", "smooth_swiglu", "smooth_swiglu_product",
                            "gqa_dyt_tied"}  # fmt: skip

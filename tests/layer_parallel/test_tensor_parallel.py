@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -36,16 +33,8 @@ def test_tp_plan_covers_every_projection():
 
 
 @pytest.mark.distributed
-def test_two_rank_tp_matches_single_process_with_fewer_all_reduces(tmp_path, repo_root, free_port):
-
-    script = os.path.join(repo_root, "tests", "layer_parallel", "scripts", "tp_layer_parallel.py")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(free_port), script, str(tmp_path),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
+def test_two_rank_tp_matches_single_process_with_fewer_all_reduces(tmp_path, run_two_ranks):
+    run_two_ranks("tests/layer_parallel/scripts/tp_layer_parallel.py", tmp_path)
     # The script itself asserted, on both ranks: logits and greedy generations (dynamic and static cache) equal the
     # single-process model's, each rank holds exactly one source layer of the merged pair, block-mode merged pairs are
     # refused. Here: the number of all-reduces of one forward pass over 6 source layers.
