@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_ext.models.layer_parallel import LayerParallelConfig, convert_to_layer_parallel
+from hf_ext.models.layer_parallel.modeling_layer_parallel import BranchwiseGatedMLP, BranchwiseLinear
 
 
 def test_tp_plan_covers_every_projection():
@@ -18,14 +19,22 @@ def test_tp_plan_covers_every_projection():
     src = LlamaForCausalLM(cfg)
     merged = convert_to_layer_parallel(src, 0, 2)
     unmerged = convert_to_layer_parallel(src, 0, 2, merge=False)
+    block = convert_to_layer_parallel(src, 0, 2, mode="block")
     assert LayerParallelConfig.base_model_tp_plan["layers.*.self_attn.o_proj"] == "rowwise"
     assert merged.tp_plan["lm_head"] == "colwise_gather_output"
-    for model in (merged, unmerged):
+    for model in (merged, unmerged, block):
         rules = {k.removeprefix("model.") for k in model.tp_plan}
         for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name != "lm_head":
+            if isinstance(module, (torch.nn.Linear, BranchwiseLinear, BranchwiseGatedMLP)) and name != "lm_head":
                 generic = ".".join("*" if part.isdigit() else part for part in name.removeprefix("model.").split("."))
                 assert generic in rules, name
+    # Block pairs: their branch-split parts get the layer-parallel styles (which fall back to `rowwise` on the
+    # ordinary layers' modules of the same name); models without block pairs keep transformers' own styles only.
+    block_plan = {k.removeprefix("model."): v for k, v in block.tp_plan.items()}
+    assert block_plan["layers.*.self_attn.o_proj"] == block_plan["layers.*.mlp.down_proj"] == "layer_parallel_rowwise"
+    assert block_plan["layers.*.branch_sum"] == block_plan["layers.*.branch_input"] == "layer_parallel_block"
+    assert block_plan["layers.*.post_attention_layernorm"] == "layer_parallel_block"
+    assert not any(style.startswith("layer_parallel") for style in {**merged.tp_plan, **unmerged.tp_plan}.values())
     assert "layers.*.branch_b.mlp.down_proj" in {k.removeprefix("model.") for k in unmerged.tp_plan}
     # Only rules that name modules of the model: all layers in unmerged pairs leave no plain-layer rule behind.
     only_branches = convert_to_layer_parallel(src, 0, 6, merge=False)
@@ -35,8 +44,9 @@ def test_tp_plan_covers_every_projection():
 @pytest.mark.distributed
 def test_two_rank_tp_matches_single_process_with_fewer_all_reduces(tmp_path, run_two_ranks):
     run_two_ranks("tests/layer_parallel/scripts/tp_layer_parallel.py", tmp_path)
-    # The script itself asserted, on both ranks: logits and greedy generations (dynamic and static cache) equal the
-    # single-process model's, each rank holds exactly one source layer of the merged pair, block-mode merged pairs are
+    # The script itself asserted, on both ranks: logits, greedy generations (dynamic and static cache) and the
+    # gradient of every parameter equal the single-process model's; each rank holds exactly one source layer of a
+    # merged "sublayer" pair and one whole branch of a "block" pair; a block pair with an MLP down-projection bias is
     # refused. Here: the number of all-reduces of one forward pass over 6 source layers.
     result = json.loads((tmp_path / "tp_result.json").read_text())
     bench = result.pop("bench")
@@ -46,6 +56,8 @@ def test_two_rank_tp_matches_single_process_with_fewer_all_reduces(tmp_path, run
     assert reduces["gqa_two_pairs"] == 2 * 4
     assert reduces["gqa_unmerged"] == 2 * 6  # unmerged branches each reduce: no saving without merging
     assert reduces["gqa_paired"] < reduces["gqa_unpaired"]
+    assert reduces["mha_block"] == 2 * 4 + 1  # a merged block pair: one all-reduce for both whole branches
+    assert reduces["gqa_block_two_pairs"] == 2 * 2 + 2
     collectives = {name: r["dtensor_collectives_per_forward"] for name, r in result.items()}
     assert collectives["gqa_unpaired"] - collectives["gqa_paired"] == 2  # embedding and LM head cost the same
     ratios = [line for line in bench if "decode_ratio" in line]

@@ -11,10 +11,13 @@ import importlib
 import warnings
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import Shard, distribute_tensor
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.distributed.tensor_parallel import ALL_PARALLEL_STYLES, TensorParallelLayer
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -67,7 +70,9 @@ class BranchwiseLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_branches, out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.view(*x.shape[:-1], self.num_branches, self.in_features)
+        # Branch count and width come from the weight: under tensor parallelism it holds this rank's branches only.
+        branches, _, in_features = self.weight.shape
+        x = x.view(*x.shape[:-1], branches, in_features)
         out = torch.einsum("...bi,boi->...bo", x, self.weight)
         return out if self.bias is None else out + self.bias
 
@@ -99,7 +104,7 @@ class BranchwiseGatedMLP(nn.Module):
         if self.gate_bias is not None:
             gate, up = gate + self.gate_bias, up + self.up_bias
         inner = self.act_fn(gate) * up
-        return self.down_proj(inner.reshape(*inner.shape[:-2], self.num_branches * self.intermediate_size))
+        return self.down_proj(inner.flatten(-2))  # this rank's branches only under tensor parallelism
 
 
 def _widen_decoder_layer(layer: nn.Module, factor: int = 2) -> nn.Module:
@@ -193,9 +198,30 @@ class LayerParallelBranchPair(GradientCheckpointingLayer):
         return self.first_branch_state(x, h + mlp_a) + mlp_b
 
 
+class BranchInput(nn.Module):
+    """Identity on the residual stream where a block pair's branches read it. Under tensor parallelism each rank
+    runs one branch, so the gradient reaching the stream through this point is partial and is summed over the ranks
+    in the backward pass (the `layer_parallel_block` style)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+
+class BranchSum(nn.Module):
+    """Identity on the sum of a block pair's branch outputs. Under tensor parallelism each rank holds its own
+    branch's output, and this is where they are summed: the pair's single all-reduce."""
+
+    def forward(self, branch_outputs: torch.Tensor) -> torch.Tensor:
+        return branch_outputs
+
+
 class LayerParallelMergedBlockPair(GradientCheckpointingLayer):
     """A "block"-mode pair stored as one layer: one wide attention (2x heads, one cache slot) whose output
-    projection keeps the branches apart, then both gated MLPs as one batched matmul on their own inputs."""
+    projection keeps the branches apart, then both gated MLPs as one batched matmul on their own inputs.
+
+    `y = x + sum_b [A_b + M_b(N2(x + A_b))]`. At tensor-parallel size 2 each rank runs one whole branch (its heads,
+    output projection and MLP) on the replicated `x`, and the pair needs a single all-reduce (`branch_sum`).
+    """
 
     def __init__(self, attention: nn.Module, norm_cls: type, hidden_size: int, eps: float, mlp: BranchwiseGatedMLP):
         super().__init__()
@@ -203,6 +229,24 @@ class LayerParallelMergedBlockPair(GradientCheckpointingLayer):
         self.self_attn = attention
         self.post_attention_layernorm = norm_cls(hidden_size, eps=eps)
         self.mlp = mlp
+        self.branch_input = BranchInput()
+        self.branch_sum = BranchSum()
+        self.mark_tensor_parallel_parts()
+
+    def mark_tensor_parallel_parts(self) -> None:
+        """Tag the parts that `BlockPairTensorParallel` splits by branch. Several of them share their generic name
+        ("layers.*.mlp.down_proj", ...) with modules of ordinary layers, which the style leaves to transformers' own.
+        A tag, not a class check, so that a copy of this file loaded as remote code works with the same styles."""
+        parts = {
+            "attention_output": self.self_attn.o_proj,
+            "post_attention_norm": self.post_attention_layernorm,
+            "mlp": self.mlp,
+            "down_proj": self.mlp.down_proj,
+            "branch_input": self.branch_input,
+            "branch_sum": self.branch_sum,
+        }
+        for part, module in parts.items():
+            module._lp_block_pair_part = part
 
     def forward(
         self,
@@ -223,9 +267,119 @@ class LayerParallelMergedBlockPair(GradientCheckpointingLayer):
             use_cache=use_cache,
             position_embeddings=position_embeddings,
             **kwargs,
-        )  # [..., 2, hidden]: one output per branch
-        h = x.unsqueeze(-2) + attn
-        return x + attn.sum(dim=-2) + self.mlp(self.post_attention_layernorm(h))
+        )  # [..., branches, hidden]: one output per branch
+        h = self.branch_input(x).unsqueeze(-2) + attn
+        return x + self.branch_sum(attn.sum(dim=-2) + self.mlp(self.post_attention_layernorm(h)))
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) forward, identity backward: where the per-rank branch outputs of a block pair are summed."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class _SumGradOverRanks(torch.autograd.Function):
+    """Identity forward, all-reduce (sum) backward: a replicated input that each rank uses for its own branch."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class BlockPairTensorParallel(TensorParallelLayer):
+    """Tensor-parallel style for the parts of merged "block" pairs, registered with transformers' parallel styles.
+
+    At tensor-parallel size 2 rank `r` runs branch `r` of every block pair whole: the colwise q/k/v split already
+    gives it that branch's heads; here its output projection, gate/up weights and down-projection columns are
+    sharded by branch and run on local tensors, the post-attention norm gain (replicated, but used by this rank's
+    branch only) has its gradient summed over the ranks, `branch_input` sums the gradient that the branches send
+    back to the residual stream, and `branch_sum` adds the branches' outputs: one all-reduce per pair, where a merged
+    "sublayer" pair needs two and two unpaired layers four.
+
+    Modules that are not part of a block pair (the same generic names in ordinary layers) get `fallback`, or nothing.
+    """
+
+    def __init__(self, fallback: TensorParallelLayer | None = None):
+        self.fallback = fallback
+
+    def shard_param(self, module, param, mesh):
+        part = getattr(module, "_lp_block_pair_part", None)
+        if part is None:
+            return None if self.fallback is None else self.fallback.shard_param(module, param, mesh)
+        meta = module._parameters.get(param)
+        if meta is None or part == "post_attention_norm":
+            return None  # the norm gain stays replicated
+        if part == "down_proj" and param != "weight":
+            raise ValueError(
+                "Tensor parallelism of merged lp_mode='block' pairs does not support a bias on the MLP down "
+                "projection (the source config's `mlp_bias`); convert with mode='sublayer' or with merge=False."
+            )
+        # (branches, ...) weights: one branch per rank; the down projection: its input columns, branch a's first.
+        placement = Shard(1) if part == "down_proj" else Shard(0)
+        module._parameters[param] = nn.Parameter(
+            distribute_tensor(meta, mesh, [placement], src_data_rank=None), requires_grad=meta.requires_grad
+        )
+        return None
+
+    def install_forward(self, module, mesh):
+        part = getattr(module, "_lp_block_pair_part", None)
+        if part is None:
+            return module if self.fallback is None else self.fallback.install_forward(module, mesh)
+        group = mesh.get_group()
+        if part == "branch_input":
+
+            def forward(hidden_states: torch.Tensor) -> torch.Tensor:
+                if torch.is_grad_enabled() and hidden_states.requires_grad:
+                    return _SumGradOverRanks.apply(hidden_states, group)
+                return hidden_states
+
+            module.forward = forward
+            return module
+        if part == "branch_sum":
+
+            def forward(branch_outputs: torch.Tensor) -> torch.Tensor:
+                if torch.is_grad_enabled() and branch_outputs.requires_grad:
+                    return _SumOverRanks.apply(branch_outputs, group)
+                dist.all_reduce(branch_outputs, group=group)
+                return branch_outputs
+
+            module.forward = forward
+            return module
+        if part == "post_attention_norm":
+            return ALL_PARALLEL_STYLES["replicated_with_grad_allreduce"].install_forward(module, mesh)
+        return ALL_PARALLEL_STYLES["local_params"].install_forward(module, mesh)  # projections on this rank's branch
+
+
+if dist.is_available():
+    # "layer_parallel_rowwise": `rowwise`, except on the branch-split projections of block pairs;
+    # "layer_parallel_block": the other parts of block pairs (nothing on ordinary layers' modules of the same name).
+    ALL_PARALLEL_STYLES.register("layer_parallel_rowwise", BlockPairTensorParallel(ALL_PARALLEL_STYLES["rowwise"]))
+    ALL_PARALLEL_STYLES.register("layer_parallel_block", BlockPairTensorParallel())
+
+# Plan rules that replace / extend the config's plan in models with merged block pairs.
+_BLOCK_PAIR_TP_RULES = {
+    "layers.*.self_attn.o_proj": "layer_parallel_rowwise",
+    "layers.*.mlp.down_proj": "layer_parallel_rowwise",
+    "layers.*.post_attention_layernorm": "layer_parallel_block",
+    "layers.*.mlp": "layer_parallel_block",
+    "layers.*.branch_input": "layer_parallel_block",
+    "layers.*.branch_sum": "layer_parallel_block",
+}
 
 
 class LayerParallelPreTrainedModel(PreTrainedModel):
@@ -302,16 +456,24 @@ class LayerParallelPreTrainedModel(PreTrainedModel):
     @classmethod
     def maybe_distribute_model(cls, model, distributed_config, mesh_manager):
         """Tensor parallelism (transformers' own, `from_pretrained(..., tp_plan="auto")` under `torchrun`), after
-        refusing the one layout that the plan cannot split: merged pairs in "block" mode."""
+        checking that the plan can split this model: head counts divisible by the TP size, and merged "block" pairs
+        (one whole branch per rank) only at TP size 2 and without an MLP down-projection bias."""
         cfg = model.config
         tp_size = getattr(distributed_config, "tp_size", 1) or 1
         if mesh_manager is not None and tp_size > 1:
             if cfg.lp_merged and cfg.lp_mode == "block" and cfg.lp_pairs:
-                raise ValueError(
-                    "Tensor parallelism splits merged pairs of lp_mode='sublayer' (one source layer per rank at TP=2) "
-                    "and unmerged pairs, but not merged lp_mode='block' pairs, whose output projection and MLPs keep "
-                    "the two branches apart. Convert with mode='sublayer', or with merge=False."
-                )
+                if tp_size != 2:
+                    raise ValueError(
+                        f"Tensor parallelism of merged lp_mode='block' pairs puts one whole branch on each rank, so it "
+                        f"needs tp_size=2 (got {tp_size}); use tp_size=2, or convert with mode='sublayer' (any tp_size "
+                        "that divides the head counts)."
+                    )
+                if getattr(cfg.source_config, "mlp_bias", False):
+                    raise ValueError(
+                        "Tensor parallelism of merged lp_mode='block' pairs does not support a bias on the MLP down "
+                        "projection (the source config's `mlp_bias=True`); convert with mode='sublayer' or with "
+                        "merge=False."
+                    )
             for name, heads in (
                 ("num_attention_heads", cfg.num_attention_heads),
                 ("num_key_value_heads", cfg.num_key_value_heads),
@@ -321,6 +483,9 @@ class LayerParallelPreTrainedModel(PreTrainedModel):
                         f"Tensor parallelism over {tp_size} ranks needs {name} ({heads}) divisible by {tp_size}; "
                         "use a tp_size that divides it."
                     )
+            for module in model.modules():  # modules swapped in since construction (quantization) are marked too
+                if isinstance(module, LayerParallelMergedBlockPair):
+                    module.mark_tensor_parallel_parts()
         return super().maybe_distribute_model(model, distributed_config, mesh_manager)
 
     @classmethod
@@ -417,14 +582,17 @@ class LayerParallelModel(LayerParallelPreTrainedModel):
         self.post_init()
 
     def init_parallel_plans(self) -> None:
-        """The config's tensor-parallel plan, plus the same rules for the two branches of unmerged pairs; only the
-        rules that name modules of this model are kept."""
+        """The config's tensor-parallel plan, plus the same rules for the two branches of unmerged pairs, and the
+        branch-wise rules of merged "block" pairs (`BlockPairTensorParallel`); only the rules that name modules of
+        this model are kept."""
         super().init_parallel_plans()
         base = type(self.config).base_model_tp_plan
         plan = {k: v for k, v in self._tp_plan.items() if k not in base}
         rules = dict(base)
         for branch in ("branch_a", "branch_b"):
             rules.update({key.replace("layers.*.", f"layers.*.{branch}.", 1): style for key, style in base.items()})
+        if any(isinstance(module, LayerParallelMergedBlockPair) for module in self.layers):
+            rules.update(_BLOCK_PAIR_TP_RULES)
         names = {".".join("*" if p.isdigit() else p for p in name.split(".")) for name, _ in self.named_modules()}
         plan.update({key: style for key, style in rules.items() if key in names})
         self._tp_plan = plan

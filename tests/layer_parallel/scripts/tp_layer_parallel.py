@@ -31,12 +31,15 @@ MODELS = {  # name -> (num_key_value_heads, conversion kwargs)
     "gqa_two_pairs": (2, dict(start=0, end=4)),
     "gqa_unpaired": (2, dict(start=0, end=0)),
     "gqa_unmerged": (2, dict(start=PAIR[0], end=PAIR[1], merge=False)),
+    "mha_block": (4, dict(start=PAIR[0], end=PAIR[1], mode="block")),
+    "gqa_block_two_pairs": (2, dict(start=0, end=4, mode="block")),
 }
 
 
-def source_model(kv_heads: int) -> LlamaForCausalLM:
+def source_model(kv_heads: int, **overrides) -> LlamaForCausalLM:
     torch.manual_seed(0)
     cfg = LlamaConfig(
+        **overrides,
         vocab_size=96,
         hidden_size=64,
         intermediate_size=96,
@@ -55,6 +58,18 @@ def source_model(kv_heads: int) -> LlamaForCausalLM:
             if "norm" in name:
                 param.copy_(0.5 + torch.rand(param.shape, generator=gen))
     return model.eval()
+
+
+def loss_gradients(model, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Gradients of the causal-LM loss on `ids` for every parameter, gathered to full tensors."""
+    model.zero_grad(set_to_none=True)
+    model(ids, labels=ids).loss.backward()
+    grads = {}
+    for key, param in model.named_parameters():
+        grad = param.grad
+        grads[key] = (grad.full_tensor() if hasattr(grad, "full_tensor") else grad).detach().clone()
+    model.zero_grad(set_to_none=True)
+    return grads
 
 
 class AllReduceCounter:
@@ -99,11 +114,13 @@ def main(out_dir: str) -> None:
         for name, (kv, kwargs) in MODELS.items():
             lp = convert_to_layer_parallel(source_model(kv), **kwargs)
             lp.save_pretrained(os.path.join(out_dir, name))
+            torch.save(lp.state_dict(), os.path.join(out_dir, name, "state.pt"))
             with torch.no_grad():
                 refs[name] = {
                     "logits": lp(ids).logits,
                     "generated": lp.generate(ids, max_new_tokens=6, do_sample=False),
                 }
+            refs[name]["grads"] = loss_gradients(lp, ids)
         torch.save(refs, os.path.join(out_dir, "refs.pt"))
     dist.barrier()
     refs = torch.load(os.path.join(out_dir, "refs.pt"))
@@ -121,6 +138,11 @@ def main(out_dir: str) -> None:
             static = model.generate(ids, max_new_tokens=6, do_sample=False, cache_implementation="static")
         assert torch.equal(generated, refs[name]["generated"]), name
         assert torch.equal(static, refs[name]["generated"]), name
+        # Training: the gradient of every parameter (gathered from its shards) equals the single-process one.
+        grads = loss_gradients(model, ids)
+        assert grads.keys() == refs[name]["grads"].keys(), name
+        for key, grad in grads.items():
+            torch.testing.assert_close(grad, refs[name]["grads"][key], atol=2e-5, rtol=1e-4, msg=f"{name}: {key}")
         if name.endswith("_paired"):
             # The merged pair's local shards are exactly one source layer: layer 2 on rank 0, layer 3 on rank 1.
             src = source_model(kv).state_dict()
@@ -136,25 +158,33 @@ def main(out_dir: str) -> None:
                 assert local.shape[0] * 2 == merged[f"{proj}.weight"].shape[0]
             down = block.mlp.down_proj.weight.to_local()
             torch.testing.assert_close(down, own["mlp.down_proj.weight"])
+        if "block" in name:
+            # A block pair's shards are one whole branch per rank: its output projection and MLP weights.
+            layer = model.model.layers[0 if name.endswith("two_pairs") else PAIR[0]]
+            full = torch.load(os.path.join(out_dir, name, "state.pt"))
+            prefix = f"model.layers.{0 if name.endswith('two_pairs') else PAIR[0]}."
+            for key in ("self_attn.o_proj.weight", "mlp.gate_weight", "mlp.up_weight"):
+                local = dict(layer.named_parameters())[key].to_local()
+                torch.testing.assert_close(local, full[prefix + key][rank : rank + 1])
         result[name] = {
             "all_reduces_per_forward": counter.count,
             "dtensor_collectives_per_forward": dtensor_comms.get_total_counts(),
             "blocks": len(model.model.layers),
         }
-    # Merged "block"-mode pairs keep the branches apart in their output projection: the plan cannot split them.
+    # Merged "block"-mode pairs with a bias on the MLP down projection are refused, before anything is loaded.
     if rank == 0:
-        convert_to_layer_parallel(source_model(2), start=2, end=4, mode="block").save_pretrained(
-            os.path.join(out_dir, "block")
+        convert_to_layer_parallel(source_model(2, mlp_bias=True), start=2, end=4, mode="block").save_pretrained(
+            os.path.join(out_dir, "block_mlp_bias")
         )
     dist.barrier()
     try:
         AutoModelForCausalLM.from_pretrained(
-            os.path.join(out_dir, "block"), distributed_config=DistributedConfig(tp_plan="auto")
+            os.path.join(out_dir, "block_mlp_bias"), distributed_config=DistributedConfig(tp_plan="auto")
         )
     except ValueError as err:
-        assert "lp_mode='block'" in str(err), err
+        assert "mlp_bias" in str(err), err
     else:
-        raise AssertionError("a merged block-mode pair was split by tensor parallelism")
+        raise AssertionError("a block-mode pair with an MLP down-projection bias was split by tensor parallelism")
     # The benchmark's --tp path on the same two ranks (a smoke run: CPU timings mean nothing here).
     result["bench"] = load_bench().main(
         ["--tiny", "--tp", "2", "--new_tokens", "4", "--repeats", "1", "--batch_sizes", "1", "--prompt_length", "4",
