@@ -58,6 +58,7 @@ def test_two_rank_tp_matches_single_process_with_fewer_all_reduces(tmp_path, run
     assert reduces["gqa_paired"] < reduces["gqa_unpaired"]
     assert reduces["mha_block"] == 2 * 4 + 1  # a merged block pair: one all-reduce for both whole branches
     assert reduces["gqa_block_two_pairs"] == 2 * 2 + 2
+    assert reduces["gqa_block_attention_bias"] == 2 * 4 + 1  # q/k/v/o biases: o's is split by branch too
     collectives = {name: r["dtensor_collectives_per_forward"] for name, r in result.items()}
     assert collectives["gqa_unpaired"] - collectives["gqa_paired"] == 2  # embedding and LM head cost the same
     ratios = [line for line in bench if "decode_ratio" in line]

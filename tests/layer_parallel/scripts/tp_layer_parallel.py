@@ -25,7 +25,7 @@ from hf_ext.models.layer_parallel import convert_to_layer_parallel
 from hf_ext.models.layer_parallel.modeling_layer_parallel import merge_pair_state
 
 NUM_LAYERS, PAIR = 6, (2, 4)  # layers (2, 3) paired
-MODELS = {  # name -> (num_key_value_heads, conversion kwargs)
+MODELS = {  # name -> (num_key_value_heads, conversion kwargs[, source config overrides])
     "mha_paired": (4, dict(start=PAIR[0], end=PAIR[1])),
     "gqa_paired": (2, dict(start=PAIR[0], end=PAIR[1])),
     "gqa_two_pairs": (2, dict(start=0, end=4)),
@@ -33,6 +33,7 @@ MODELS = {  # name -> (num_key_value_heads, conversion kwargs)
     "gqa_unmerged": (2, dict(start=PAIR[0], end=PAIR[1], merge=False)),
     "mha_block": (4, dict(start=PAIR[0], end=PAIR[1], mode="block")),
     "gqa_block_two_pairs": (2, dict(start=0, end=4, mode="block")),
+    "gqa_block_attention_bias": (2, dict(start=PAIR[0], end=PAIR[1], mode="block"), dict(attention_bias=True)),
 }
 
 
@@ -111,8 +112,8 @@ def main(out_dir: str) -> None:
     ids = torch.randint(3, 96, (2, 7), generator=torch.Generator().manual_seed(2))
     if rank == 0:
         refs = {}
-        for name, (kv, kwargs) in MODELS.items():
-            lp = convert_to_layer_parallel(source_model(kv), **kwargs)
+        for name, (kv, kwargs, *overrides) in MODELS.items():
+            lp = convert_to_layer_parallel(source_model(kv, **(overrides[0] if overrides else {})), **kwargs)
             lp.save_pretrained(os.path.join(out_dir, name))
             torch.save(lp.state_dict(), os.path.join(out_dir, name, "state.pt"))
             with torch.no_grad():
@@ -125,7 +126,7 @@ def main(out_dir: str) -> None:
     dist.barrier()
     refs = torch.load(os.path.join(out_dir, "refs.pt"))
     result = {}
-    for name, (kv, _) in MODELS.items():
+    for name, (kv, *_) in MODELS.items():
         model = AutoModelForCausalLM.from_pretrained(
             os.path.join(out_dir, name), distributed_config=DistributedConfig(tp_plan="auto")
         ).eval()
@@ -163,7 +164,9 @@ def main(out_dir: str) -> None:
             layer = model.model.layers[0 if name.endswith("two_pairs") else PAIR[0]]
             full = torch.load(os.path.join(out_dir, name, "state.pt"))
             prefix = f"model.layers.{0 if name.endswith('two_pairs') else PAIR[0]}."
-            for key in ("self_attn.o_proj.weight", "mlp.gate_weight", "mlp.up_weight"):
+            for key in ("self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.gate_weight", "mlp.up_weight"):
+                if prefix + key not in full:
+                    continue
                 local = dict(layer.named_parameters())[key].to_local()
                 torch.testing.assert_close(local, full[prefix + key][rank : rank + 1])
         result[name] = {
