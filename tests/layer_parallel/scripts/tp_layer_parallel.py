@@ -169,6 +169,13 @@ def main(out_dir: str) -> None:
                     continue
                 local = dict(layer.named_parameters())[key].to_local()
                 torch.testing.assert_close(local, full[prefix + key][rank : rank + 1])
+        # Saved from the sharded model (every rank takes part in the gather), it reloads in one process unchanged.
+        model.save_pretrained(os.path.join(out_dir, f"{name}_saved_under_tp"))
+        dist.barrier()
+        if rank == 0:
+            reloaded = AutoModelForCausalLM.from_pretrained(os.path.join(out_dir, f"{name}_saved_under_tp")).eval()
+            with torch.no_grad():
+                torch.testing.assert_close(reloaded(ids).logits, refs[name]["logits"], atol=2e-5, rtol=2e-5)
         result[name] = {
             "all_reduces_per_forward": counter.count,
             "dtensor_collectives_per_forward": dtensor_comms.get_total_counts(),
