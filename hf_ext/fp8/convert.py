@@ -142,6 +142,10 @@ def convert(
             initialised with more than one rank, else none. The te backend enables FP8 per forward only when the
             token count is a multiple of 8 (Transformer Engine's GEMM rule), e.g. not for most `generate` steps.
 
+    A model sharded by transformers' tensor parallelism (`from_pretrained(..., distributed_config=...)`) is
+    converted on its shards with `backend="torchao"`, `recipe="tensorwise"`: the FP8 linears keep the sharded weights
+    and get the same tensor-parallel forward hooks. A model sharded otherwise (FSDP2) is refused: convert first.
+
     Returns:
         `nn.Module`: `model`, converted in place.
     """
@@ -176,18 +180,12 @@ def convert(
     names = fp8_target_modules(model, include_lm_head, skip_modules)
     if not names:
         raise ValueError("convert: no nn.Linear to convert (after include_lm_head / skip_modules).")
-    sharded = [n for n in names if isinstance(model.get_submodule(n).weight, DTensor)]
-    if sharded:
-        raise ValueError(
-            f"convert: {sharded[0]} (and {len(sharded) - 1} more) already holds sharded weights (a model loaded with "
-            "tensor parallelism, or already wrapped by FSDP2). Convert the unsharded model first, then shard it "
-            "(FSDP2: convert, then `fully_shard` / accelerate's FSDP plugin); FP8 with tensor parallelism is not "
-            "supported."
-        )
+    tp_styles = _tensor_parallel_styles(model, names, backend, recipe)
     _check_dims(model, names, pad_inner_dim, backend)
 
     if backend == "torchao":
         _convert_torchao(model, names, recipe, pad_inner_dim, emulate, fsdp_float8_all_gather)
+        _reinstall_tensor_parallel_hooks(model, tp_styles)
     elif backend == "te":
         te_fp8_recipe = _convert_te(
             model, names, fp8_format, amax_history_len, amax_compute_algo, margin, amax_reduction_group, fp8_attention
@@ -211,6 +209,50 @@ def convert(
     if backend == "te":
         model.hf_ext_fp8["te_recipe"] = te_fp8_recipe
     return model
+
+
+def _tensor_parallel_styles(model: nn.Module, names: list[str], backend: str, recipe: str) -> dict[str, tuple]:
+    """For a model sharded by transformers' tensor parallelism (`from_pretrained(..., distributed_config=...)`): the
+    parallel style and mesh of every target linear whose weight is sharded, so that the FP8 linears replacing them
+    get the same forward hooks. Raises before anything changes when the weights are sharded another way (FSDP2) or
+    the backend / recipe cannot run on shards."""
+    sharded = [n for n in names if isinstance(model.get_submodule(n).weight, DTensor)]
+    if not sharded:
+        return {}
+    from transformers.distributed.parallel_utils import replace_layer_number_by_wildcard
+
+    plan = getattr(model, "tp_plan", None) or {}
+    styles = {}
+    for name in sharded:
+        module = model.get_submodule(name)
+        style = plan.get(replace_layer_number_by_wildcard(name))
+        if style is None or not getattr(module, "_is_hooked", False):
+            raise ValueError(
+                f"convert: {name} (and {len(sharded) - 1} more) already holds sharded weights that transformers' "
+                "tensor parallelism did not shard (a model wrapped by FSDP2?). Convert the unsharded model first, "
+                "then shard it (FSDP2: convert, then `fully_shard` / accelerate's FSDP plugin)."
+            )
+        styles[name] = (style, module.weight.device_mesh)
+    if backend != "torchao" or recipe != "tensorwise":
+        raise ValueError(
+            f"convert: {sharded[0]} is sharded by tensor parallelism; FP8 on tensor-parallel shards needs "
+            f"backend='torchao' with recipe='tensorwise' (one scale per tensor from the amax over all shards, so the "
+            f"shards compute what the unsharded model does), not backend={backend!r}, recipe={recipe!r}."
+        )
+    return styles
+
+
+def _reinstall_tensor_parallel_hooks(model: nn.Module, styles: dict[str, tuple]) -> None:
+    """Give each FP8 linear that replaced a tensor-parallel linear the forward hooks of its style (transformers
+    installs them on the module object, so the replacement starts without them); its weight is the same DTensor."""
+    if not styles:
+        return
+    from transformers.distributed.tensor_parallel import ALL_PARALLEL_STYLES
+
+    for name, (style, mesh) in styles.items():
+        module = model.get_submodule(name)
+        ALL_PARALLEL_STYLES[style].install_forward(module, mesh)
+        module._is_hooked = True
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -1,0 +1,129 @@
+"""Two gloo ranks on CPU: FOG loaded with transformers' tensor parallelism, then converted to torchao FP8.
+
+Launched by tests/fp8/test_fp8_tensor_parallel.py as
+`python -m torch.distributed.run --nproc_per_node 2 tp_fp8.py OUT_DIR`.
+Rank 0 saves small FOG models (the recipe with xIELU, Smooth-SwiGLU, GQA with tied embeddings); every rank loads each
+twice: unsharded and converted with `hf_ext.fp8.convert(model, "torchao")` (the reference), and with
+`DistributedConfig(tp_size=2)`, then converted the same way. The sharded FP8 model must compute what the unsharded FP8
+model does: logits, loss and every gradient (gathered from its shards), and again after one SGD step on both.
+Backends and recipes that cannot run on shards are refused before anything changes. Rank 0 writes the largest
+differences to OUT_DIR/tp_fp8_result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+from transformers import DistributedConfig
+
+import hf_ext  # noqa: F401  (registers the fog model type)
+from hf_ext.fp8 import convert
+from hf_ext.fp8.convert import fp8_converted_modules, fp8_target_modules
+from hf_ext.models.fog import FogConfig, FogForCausalLM
+
+SIZE = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+MODELS = {
+    "fog_xielu": FogConfig.fog(**SIZE),
+    "smooth_swiglu": FogConfig.fog(**SIZE, hidden_act="smooth_swiglu"),
+    "gqa_tied": FogConfig.fog(**SIZE, num_key_value_heads=2, tie_word_embeddings=True),
+}
+IDS = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def loss_and_grads(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    out = model(IDS, labels=IDS)
+    out.loss.backward()
+    grads = {n: full(p.grad).clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.logits.detach(), out.loss.detach(), grads
+
+
+def compare(name: str, sharded: tuple, reference: tuple) -> dict[str, float]:
+    logits, loss, grads = sharded
+    ref_logits, ref_loss, ref_grads = reference
+    assert grads.keys() == ref_grads.keys(), name
+    grad_rel = max(((g - ref_grads[k]).abs().max() / ref_grads[k].abs().max().clamp_min(1e-12)).item()
+                   for k, g in grads.items())  # fmt: skip
+    diffs = dict(
+        logits=(logits - ref_logits).abs().max().item(),
+        loss=(loss - ref_loss).abs().item(),
+        grads_rel=grad_rel,
+    )
+    assert diffs["logits"] < 1e-5 and diffs["loss"] < 1e-5 and diffs["grads_rel"] < 1e-4, (name, diffs)
+    return diffs
+
+
+def main(out_dir: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    assert world == 2, f"this check needs exactly 2 ranks, got {world}"
+    if rank == 0:
+        for name, cfg in MODELS.items():
+            torch.manual_seed(0)
+            FogForCausalLM(cfg).save_pretrained(os.path.join(out_dir, name))
+    dist.barrier()
+    result = {}
+    for name in MODELS:
+        path = os.path.join(out_dir, name)
+        reference = convert(FogForCausalLM.from_pretrained(path), "torchao")
+        model = FogForCausalLM.from_pretrained(path, distributed_config=DistributedConfig(tp_size=2))
+        targets = fp8_target_modules(model)
+
+        # Backends / recipes that cannot run on shards: refused, nothing converted.
+        for kwargs in (dict(backend="emulated"), dict(backend="torchao", recipe="rowwise")):
+            try:
+                convert(model, **kwargs)
+            except ValueError as err:
+                assert "tensor parallelism" in str(err) and "recipe='tensorwise'" in str(err), err
+            else:
+                raise AssertionError(f"convert({kwargs}) accepted a tensor-parallel model")
+            assert not fp8_converted_modules(model), kwargs
+
+        convert(model, "torchao")
+        assert sorted(fp8_converted_modules(model)) == sorted(targets), name
+        up = model.model.layers[0].mlp.up_proj
+        assert isinstance(up.weight, DTensor) and up.weight.to_local().shape[0] * 2 == up.weight.shape[0], name
+        assert type(up).__name__ == "Float8Linear", type(up)
+
+        diffs = {"step0": compare(f"{name} step 0", loss_and_grads(model), loss_and_grads(reference))}
+        # Without gradients transformers runs the shards on local tensors, so each shard gets its own FP8 scale: not
+        # bit-equal to the unsharded FP8 model, but no further from FP32 than it is.
+        with torch.no_grad():
+            high = FogForCausalLM.from_pretrained(path)(IDS).logits
+            local, unsharded = model(IDS).logits, reference(IDS).logits
+        diffs["no_grad"] = {
+            "tp_fp8_vs_fp8": (local - unsharded).abs().max().item(),
+            "tp_fp8_vs_fp32": (local - high).abs().max().item(),
+            "fp8_vs_fp32": (unsharded - high).abs().max().item(),
+        }
+        assert diffs["no_grad"]["tp_fp8_vs_fp32"] < 2 * diffs["no_grad"]["fp8_vs_fp32"], (name, diffs["no_grad"])
+        # One SGD step on each: the sharded parameters move as the unsharded ones do. (SGD, not Adam: Adam's first
+        # step is about lr * sign(grad), which turns 1e-7 differences of near-zero gradients into lr-sized ones.)
+        for m in (model, reference):
+            torch.optim.SGD(m.parameters(), lr=0.5).step()
+        diffs["step1"] = compare(f"{name} step 1", loss_and_grads(model), loss_and_grads(reference))
+        with torch.no_grad():
+            tokens = model.generate(IDS[:, :6], max_new_tokens=4, do_sample=False)
+        assert tokens.shape == (2, 10), tokens.shape
+        result[name] = diffs
+    if rank == 0:
+        tmp = os.path.join(out_dir, "tp_fp8_result.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+        os.replace(tmp, os.path.join(out_dir, "tp_fp8_result.json"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
