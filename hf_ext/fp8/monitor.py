@@ -38,6 +38,15 @@ SITES: dict[str, list[list[tuple[str, str]]]] = {
     "mlp_out": [[("mlp.down_proj", "output")], [("mlp.fc2", "output")], [("mlp.c_proj", "output")]],
 }
 STATS = ("kurtosis", "rms", "max_abs", "underflow", "saturation")
+# Under tensor parallelism (the Megatron split of transformers' plans) these sites hold this rank's heads / neurons
+# only: outputs of a column-parallel projection (named here) or elementwise functions of them.
+_TP_SHARDED_SITES = {
+    "qkv": "self_attn.q_proj",
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "mlp_intermediate": "mlp.up_proj",
+    "mlp_post_act": "mlp.up_proj",
+}
 # smallest E4M3 subnormal is 2**-9; values below half of it round to zero
 _E4M3_ZERO = 2.0**-10
 
@@ -90,6 +99,11 @@ class KurtosisMonitor:
         process_group (*optional*): `torch.distributed` group whose ranks' statistics [`collect`] pools (default:
             the whole world when `torch.distributed` is initialised). Every rank must call [`collect`] together.
 
+    Under transformers' tensor parallelism (a model loaded with `DistributedConfig(tp_size=N)`) the sites `qkv`, `q`,
+    `k`, `mlp_intermediate` and `mlp_post_act` hold each rank's heads / neurons only; their per-sample sums, amax and
+    counts are all-reduced over the tensor-parallel group before any ratio, so the statistics are those of the whole
+    tensor (as the unsharded model measures them). Every rank of the group then runs the same monitored forwards.
+
     The sites are chosen at construction (an unknown or absent site is an error then); the hooks are (re)installed
     on the modules present when monitoring starts ([`enable`]), so converting the model afterwards is fine, and a site
     that has disappeared by then raises `RuntimeError`.
@@ -119,6 +133,7 @@ class KurtosisMonitor:
         self.prev_amax: dict[str, float] = {}
         self._prev_amax_t: dict[tuple[str, int], torch.Tensor] = {}
         self.site_modules: dict[str, list[list[tuple[str, str]]]] = {}
+        self._tp_groups: dict[tuple[str, int], object] = {}
         self._resolve_sites()
 
     # ---------------------------------------------------------------------------------------------------------- hooks
@@ -166,6 +181,7 @@ class KurtosisMonitor:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._tp_groups = self._tensor_parallel_groups()
         for (li, site, _path, where), mod in targets.items():
             if where == "layer":
                 self._handles.append(mod.register_forward_hook(self._make_layer_end_hook(li)))
@@ -174,6 +190,26 @@ class KurtosisMonitor:
             else:
                 self._handles.append(mod.register_forward_hook(self._make_hook(site, li, "output")))
         self._hooked = targets
+
+    def _tensor_parallel_groups(self) -> dict[tuple[str, int], object]:
+        """`{(site, layer): process group}` for the sites whose tensors transformers' tensor parallelism splits over
+        ranks: the producing projection is hooked by it and its weight is split on the output dim. (FSDP2 also
+        shards dim 0, but gathers the full weight before the forward and installs no tensor-parallel hooks.)"""
+        from torch.distributed.tensor import DTensor
+
+        groups = {}
+        for li, layer in enumerate(self.layers):
+            named = dict(layer.named_modules())
+            for site, producer in _TP_SHARDED_SITES.items():
+                module = named.get(producer)
+                weight = getattr(module, "weight", None)
+                if site not in self.site_modules or not getattr(module, "_is_hooked", False):
+                    continue
+                if isinstance(weight, DTensor):
+                    for mesh_dim, placement in enumerate(weight.placements):
+                        if placement.is_shard() and placement.dim in (0, -2):
+                            groups[(site, li)] = weight.device_mesh.get_group(mesh_dim)
+        return groups
 
     @property
     def sites(self) -> list[str]:
@@ -203,16 +239,19 @@ class KurtosisMonitor:
         return hook
 
     def _observe(self, site: str, layer: int, x: torch.Tensor) -> None:
+        group = self._tp_groups.get((site, layer))
         with torch.no_grad():
             flat = x.detach().reshape(x.shape[0], -1)
             x2 = flat.float().square()
             absx = flat.abs().float()
             amax = absx.amax()
+            if group is not None:  # the per-tensor FP8 scale of the whole (sharded) tensor
+                torch.distributed.all_reduce(amax, op=torch.distributed.ReduceOp.MAX, group=group)
             scale = FP8_MAX[E4M3] / amax.clamp_min(1e-30)
             nonzero = absx > 0
             under = (nonzero & (absx * scale < _E4M3_ZERO)).sum(dtype=torch.float64)
             ref = self._prev_amax_t.get((site, layer))
-            sat = (absx > ref).sum(dtype=torch.float64) if ref is not None else torch.zeros((), dtype=torch.float64)
+            sat = (absx > ref).sum(dtype=torch.float64) if ref is not None else under.new_zeros(())
             stats = torch.stack(
                 [
                     x2.sum(1, dtype=torch.float64),  # per-sample sum x^2 ...
@@ -220,7 +259,12 @@ class KurtosisMonitor:
                     torch.full((flat.shape[0],), float(flat.shape[1]), dtype=torch.float64, device=x.device),
                 ]
             )  # (3, B)
-            extra = torch.stack([amax.double(), under, sat, torch.tensor(float(flat.numel()), device=x.device)])
+            counts = torch.stack([under, sat, torch.tensor(float(flat.numel()), dtype=torch.float64, device=x.device)])
+            if group is not None:  # sums over this rank's part -> sums over the whole tensor, before any ratio
+                sums = torch.cat([stats.flatten(), counts])
+                torch.distributed.all_reduce(sums, group=group)
+                stats, counts = sums[: stats.numel()].view_as(stats), sums[stats.numel() :]
+            extra = torch.cat([amax.double().view(1), counts])
         self._pending.setdefault((site, layer), []).append((stats, extra))
 
     def _finalize(self, layer: int) -> None:

@@ -15,7 +15,11 @@ def test_torchao_fp8_on_tensor_parallel_shards_matches_the_unsharded_fp8_model(t
     # The script asserted on both ranks: after `convert(model, "torchao")` of the TP=2 model, logits, loss and every
     # gathered gradient equal the unsharded FP8 model's before and after one SGD step; emulated / rowwise refused.
     result = json.loads((tmp_path / "tp_fp8_result.json").read_text())
+    monitor = result.pop("monitor")
     assert set(result) == {"fog_xielu", "smooth_swiglu", "gqa_tied"}
+    # The kurtosis monitor on the TP=2 model: every statistic of every site and layer equals the unsharded model's.
+    assert set(monitor) == {"kurtosis", "rms", "max_abs", "underflow", "saturation"}
+    assert max(monitor.values()) < 1e-4, monitor
     for diffs in result.values():
         for step in ("step0", "step1"):
             assert diffs[step]["logits"] < 1e-5 and diffs[step]["grads_rel"] < 1e-4, diffs

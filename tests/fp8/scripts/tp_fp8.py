@@ -6,7 +6,8 @@ Rank 0 saves small FOG models (the recipe with xIELU, Smooth-SwiGLU, GQA with ti
 twice: unsharded and converted with `hf_ext.fp8.convert(model, "torchao")` (the reference), and with
 `DistributedConfig(tp_size=2)`, then converted the same way. The sharded FP8 model must compute what the unsharded FP8
 model does: logits, loss and every gradient (gathered from its shards), and again after one SGD step on both.
-Backends and recipes that cannot run on shards are refused before anything changes. Rank 0 writes the largest
+Backends and recipes that cannot run on shards are refused before anything changes. Last, the kurtosis monitor
+reports the same statistics on the TP=2 model as on the unsharded one. Rank 0 writes the largest
 differences to OUT_DIR/tp_fp8_result.json.
 """
 
@@ -63,6 +64,36 @@ def compare(name: str, sharded: tuple, reference: tuple) -> dict[str, float]:
     return diffs
 
 
+def monitor_check(path: str) -> dict[str, float]:
+    """The kurtosis monitor on the TP=2 model reports what it reports on the unsharded model: per-sample sums, amax and
+    counts of the sharded sites are reduced over the group before any ratio. Two monitored forwards each, so the
+    saturation statistic (against the previous amax) is exercised too."""
+    from hf_ext.fp8 import KurtosisMonitor
+
+    stats = []
+    for kwargs in ({}, {"distributed_config": DistributedConfig(tp_size=2)}):
+        model = FogForCausalLM.from_pretrained(path, **kwargs).eval()
+        monitor = KurtosisMonitor(model)  # pools over both ranks too, which see the same batch
+        collected = []
+        for scale in (1.0, 1.5):
+            with torch.no_grad(), monitor.active():
+                model(inputs_embeds=model.get_input_embeddings()(IDS) * scale)
+            collected.append(monitor.collect())
+        stats.append(collected)
+    (ref_a, ref_b), (tp_a, tp_b) = stats
+    assert set(tp_a) == set(ref_a) and len(ref_a) > 50, sorted(set(tp_a) ^ set(ref_a))
+    assert any(k.startswith("mlp_post_act/kurtosis/layer_") for k in ref_a), sorted(ref_a)
+    worst = {}
+    for ref, got in ((ref_a, tp_a), (ref_b, tp_b)):
+        for key, value in ref.items():
+            stat = key.split("/")[1]
+            diff = abs(got[key] - value) / max(abs(value), 1e-6)
+            worst[stat] = max(worst.get(stat, 0.0), diff)
+            assert diff < 1e-4, (key, got[key], value)
+    assert ref_b["mlp_post_act/saturation/avg"] > 0, ref_b  # the larger second input exceeds the previous amax
+    return worst
+
+
 def main(out_dir: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -116,6 +147,7 @@ def main(out_dir: str) -> None:
             tokens = model.generate(IDS[:, :6], max_new_tokens=4, do_sample=False)
         assert tokens.shape == (2, 10), tokens.shape
         result[name] = diffs
+    result["monitor"] = monitor_check(os.path.join(out_dir, "smooth_swiglu"))
     if rank == 0:
         tmp = os.path.join(out_dir, "tp_fp8_result.json.tmp")
         with open(tmp, "w", encoding="utf-8") as handle:
