@@ -13,7 +13,6 @@ differences to OUT_DIR/tp_fp8_result.json.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -27,6 +26,7 @@ import hf_ext  # noqa: F401  (registers the fog model type)
 from hf_ext.fp8 import convert
 from hf_ext.fp8.convert import fp8_converted_modules, fp8_target_modules
 from hf_ext.models.fog import FogConfig, FogForCausalLM
+from hf_ext.utils.io import atomic_write_json
 
 SIZE = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 MODELS = {
@@ -149,10 +149,7 @@ def main(out_dir: str) -> None:
         result[name] = diffs
     result["monitor"] = monitor_check(os.path.join(out_dir, "smooth_swiglu"))
     if rank == 0:
-        tmp = os.path.join(out_dir, "tp_fp8_result.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
-        os.replace(tmp, os.path.join(out_dir, "tp_fp8_result.json"))
+        atomic_write_json(os.path.join(out_dir, "tp_fp8_result.json"), result)
     dist.barrier()
     dist.destroy_process_group()
 
