@@ -4,29 +4,13 @@ under FSDP2 with torchao FP8 (emulated GEMMs on CPU) all-gathering its sharded w
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.distributed
-def test_fsdp2_ddp_and_fp8_all_gather_on_two_ranks(tmp_path, repo_root):
-    script = os.path.join(repo_root, "tests", "fog", "scripts", "scale_out.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           script, str(tmp_path)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
+def test_fsdp2_ddp_and_fp8_all_gather_on_two_ranks(tmp_path, run_two_ranks):
+    run_two_ranks("tests/fog/scripts/scale_out.py", tmp_path)
     rank0, rank1 = json.loads((tmp_path / "scale_out.json").read_text())
     for r in (rank0, rank1):
         assert r["fsdp2"]["param_type"] == "DTensor" and r["fsdp2"]["max_diff_vs_single"] < 1e-5

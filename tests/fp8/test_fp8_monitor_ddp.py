@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:  # the machine is shared: take a port nobody holds now
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.distributed
-def test_two_ranks_pool_kurtosis_and_decide_together(tmp_path, repo_root):
-    script = os.path.join(repo_root, "tests", "fp8", "scripts", "ddp_monitor.py")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(_free_port()), script, str(tmp_path),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
+def test_two_ranks_pool_kurtosis_and_decide_together(tmp_path, run_two_ranks):
+    run_two_ranks("tests/fp8/scripts/ddp_monitor.py", tmp_path)
     rank0, rank1 = json.loads((tmp_path / "ddp_monitor.json").read_text())
     assert rank0["local_means"][1] > 10 * rank0["local_means"][0]  # the ranks saw very different data ...
     assert rank0["stats"] == rank1["stats"]  # ... yet hold identical statistics

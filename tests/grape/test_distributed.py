@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 
 @pytest.mark.distributed
-def test_two_ranks_end_with_identical_weights(tmp_path, repo_root):
-    import socket
-
-    with socket.socket() as sock:  # a port the OS says is free (29500 + n collides with other runs on the machine)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    script = os.path.join(repo_root, "tests", "grape", "scripts", "ddp_grape.py")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(port), script, str(tmp_path),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
+def test_two_ranks_end_with_identical_weights(tmp_path, run_two_ranks):
+    run_two_ranks("tests/grape/scripts/ddp_grape.py", tmp_path)
     result = json.loads((tmp_path / "ddp_result.json").read_text())
     fp0, fp1 = result["model_fingerprints"]
     assert fp0 == fp1  # the model's weights are identical on both ranks

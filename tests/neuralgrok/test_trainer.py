@@ -345,16 +345,6 @@ def test_trainer_rejects_missing_outer_set_and_wrong_args(splits, tmp_path):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("outer_gradient", ["recompute", "next_step"])
-def test_two_ranks_keep_amplifier_identical(tmp_path, repo_root, free_port, outer_gradient):
-    import subprocess
-    import sys
-
-    script = os.path.join(repo_root, "tests", "neuralgrok", "scripts", "ddp_neuralgrok.py")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(free_port), script, str(tmp_path), outer_gradient,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, outer_gradient):
+    proc = run_two_ranks("tests/neuralgrok/scripts/ddp_neuralgrok.py", tmp_path, outer_gradient, timeout=300)
     assert proc.stdout.count(": OK") == 2
