@@ -33,7 +33,7 @@ def test_tp_plan_covers_every_projection_and_names_only_existing_modules(make):
     # Modules whose parameters act on this rank's heads / neurons only get their gradients summed over the group.
     for name, style in model.tp_plan.items():
         if name.endswith(("q_norm", "k_norm", "act_fn")):
-            assert style == "replicated_with_grad_allreduce", name
+            assert style == "fog_replicated_grad_sum", name
 
 
 @pytest.mark.parametrize("smooth", ["linear_branch", "product"])
@@ -68,4 +68,4 @@ def test_two_rank_tp_matches_single_process(tmp_path, run_two_ranks):
     assert set(result) == {"fog_xielu", "llama_baseline_swiglu", "smooth_swiglu", "smooth_swiglu_product",
                            "gqa_dyt_tied"}  # fmt: skip
     for name, diffs in result.items():
-        assert diffs["logits"] < 1e-4 and diffs["grads"] < 1e-4, (name, diffs)
+        assert diffs["logits"] < 1e-4 and diffs["grads"] < 1e-4 and diffs["accumulated_grads"] < 1e-4, (name, diffs)

@@ -43,18 +43,19 @@ class FogConfig(PreTrainedConfig):
     # transformers' tensor parallelism (`from_pretrained(..., distributed_config=DistributedConfig(tp_size=N))`):
     # heads and MLP neurons column-wise, output projections row-wise, as for Llama. The per-head QK norm and the
     # xIELU activation act on this rank's heads / neurons only: their parameters (trainable gains, DyT and xIELU
-    # alphas) are replicated and their gradients summed over the TP group. Smooth-SwiGLU's per-token scale is reduced
+    # alphas) are replicated and the gradient of every backward pass is summed over the TP group
+    # (`FogReplicatedGradSum`, registered by the modeling file). Smooth-SwiGLU's per-token scale is reduced
     # (max) over the TP group (see `FogMLP`).
     base_model_tp_plan = {
         "layers.*.self_attn.q_proj": "colwise",
         "layers.*.self_attn.k_proj": "colwise",
         "layers.*.self_attn.v_proj": "colwise",
-        "layers.*.self_attn.q_norm": "replicated_with_grad_allreduce",
-        "layers.*.self_attn.k_norm": "replicated_with_grad_allreduce",
+        "layers.*.self_attn.q_norm": "fog_replicated_grad_sum",
+        "layers.*.self_attn.k_norm": "fog_replicated_grad_sum",
         "layers.*.self_attn.o_proj": "rowwise",
         "layers.*.mlp.gate_proj": "colwise",
         "layers.*.mlp.up_proj": "colwise",
-        "layers.*.mlp.act_fn": "replicated_with_grad_allreduce",
+        "layers.*.mlp.act_fn": "fog_replicated_grad_sum",
         "layers.*.mlp.down_proj": "rowwise",
     }
 

@@ -19,6 +19,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import XIELUActivation
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.distributed.tensor_parallel import ALL_PARALLEL_STYLES, TensorParallelLayer
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -394,6 +395,51 @@ class FogDecoderLayer(GradientCheckpointingLayer):
 # --------------------------------------------------------------------------------------------------------------------
 # Pretrained-model classes
 # --------------------------------------------------------------------------------------------------------------------
+
+
+class _SumGradOverRanks(torch.autograd.Function):
+    """Identity forward, all-reduce (sum) of the gradient in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class FogReplicatedGradSum(TensorParallelLayer):
+    """Tensor-parallel style for a replicated parameter used on this rank's heads / neurons only (QK norm gains, DyT
+    and xIELU alphas): the gradient of each backward pass is summed over the tensor-parallel group before it is
+    accumulated, so gradient accumulation over micro-batches adds each one once. (transformers'
+    `replicated_with_grad_allreduce` all-reduces the accumulated `.grad` after every backward pass, which counts
+    earlier micro-batches again.)"""
+
+    def install_forward(self, module, mesh):
+        original_forward = module.forward
+        group = mesh.get_group()
+
+        def forward(*args, **kwargs):
+            if not torch.is_grad_enabled():
+                return original_forward(*args, **kwargs)
+            saved = {name: p for name, p in module.named_parameters(recurse=False) if p.requires_grad}
+            for name, param in saved.items():
+                module._parameters[name] = _SumGradOverRanks.apply(param, group)
+            try:
+                return original_forward(*args, **kwargs)
+            finally:
+                module._parameters.update(saved)
+
+        module.forward = forward
+        return module
+
+
+if torch.distributed.is_available():
+    ALL_PARALLEL_STYLES.register("fog_replicated_grad_sum", FogReplicatedGradSum())
 
 
 class FogPreTrainedModel(PreTrainedModel):

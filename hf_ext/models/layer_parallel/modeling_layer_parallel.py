@@ -360,8 +360,22 @@ class BlockPairTensorParallel(TensorParallelLayer):
 
             module.forward = forward
             return module
-        if part == "post_attention_norm":
-            return ALL_PARALLEL_STYLES["replicated_with_grad_allreduce"].install_forward(module, mesh)
+        if part == "post_attention_norm":  # replicated gain, used by this rank's branch only
+            original_forward = module.forward
+
+            def forward(*args, **kwargs):
+                if not torch.is_grad_enabled():
+                    return original_forward(*args, **kwargs)
+                saved = {name: p for name, p in module.named_parameters(recurse=False) if p.requires_grad}
+                for name, param in saved.items():  # each backward pass's gradient summed once, before accumulation
+                    module._parameters[name] = _SumGradOverRanks.apply(param, group)
+                try:
+                    return original_forward(*args, **kwargs)
+                finally:
+                    module._parameters.update(saved)
+
+            module.forward = forward
+            return module
         return ALL_PARALLEL_STYLES["local_params"].install_forward(module, mesh)  # projections on this rank's branch
 
 

@@ -32,6 +32,8 @@ MODELS = {
 }
 PROMPT = torch.tensor([[5, 17, 3, 42, 8, 61], [9, 2, 33, 71, 14, 6]])
 LABELS = torch.roll(PROMPT, -1, dims=1)
+PROMPT2 = torch.flip(PROMPT, dims=[1])
+LABELS2 = torch.roll(PROMPT2, -1, dims=1)
 
 
 def reference(name: str, cfg: FogConfig, path: str) -> dict:
@@ -47,10 +49,35 @@ def reference(name: str, cfg: FogConfig, path: str) -> dict:
     out = model(PROMPT, labels=LABELS)
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model(PROMPT2, labels=LABELS2).loss.backward()  # gradient accumulation: a second micro-batch, no zero_grad
+    accumulated = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     with torch.no_grad():
         greedy = model.generate(PROMPT, max_new_tokens=8, do_sample=False)
         static = model.generate(PROMPT, max_new_tokens=8, do_sample=False, cache_implementation="static")
-    return dict(logits=out.logits.detach(), loss=out.loss.detach(), grads=grads, greedy=greedy, static=static)
+    return dict(
+        logits=out.logits.detach(),
+        loss=out.loss.detach(),
+        grads=grads,
+        accumulated=accumulated,
+        greedy=greedy,
+        static=static,
+    )
+
+
+def shard_diff(model, reference_grads: dict, rank: int, world: int) -> float:
+    """Largest difference between each rank's gradient shard and the slice of the single-process gradient."""
+    worst = 0.0
+    for n, p in model.named_parameters():
+        if n not in reference_grads:
+            continue
+        local = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+        full = reference_grads[n]
+        for dim in range(full.ndim):
+            if local.shape[dim] != full.shape[dim]:
+                full = full.narrow(dim, rank * -(-full.shape[dim] // world), local.shape[dim])
+                break
+        worst = max(worst, (local - full).abs().max().item())
+    return worst
 
 
 def main(out_dir: str) -> None:
@@ -79,24 +106,19 @@ def main(out_dir: str) -> None:
         assert logits_diff < 1e-4, (name, logits_diff)
         assert loss_diff < 1e-5, (name, loss_diff)
         out.loss.backward()
-        grad_diff = 0.0
-        for n, p in model.named_parameters():
-            if n not in ref["grads"]:
-                continue
-            local = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-            full = ref["grads"][n]
-            for dim in range(full.ndim):
-                if local.shape[dim] != full.shape[dim]:
-                    full = full.narrow(dim, rank * -(-full.shape[dim] // world), local.shape[dim])
-                    break
-            grad_diff = max(grad_diff, (local - full).abs().max().item())
+        grad_diff = shard_diff(model, ref["grads"], rank, world)
         assert grad_diff < 1e-4, (name, grad_diff)
+        # Gradient accumulation: a second micro-batch adds its own gradient once (replicated QK-norm / xIELU
+        # parameters included).
+        model(PROMPT2, labels=LABELS2).loss.backward()
+        accumulated_diff = shard_diff(model, ref["accumulated"], rank, world)
+        assert accumulated_diff < 1e-4, (name, accumulated_diff)
         with torch.no_grad():
             greedy = model.generate(PROMPT, max_new_tokens=8, do_sample=False)
             static = model.generate(PROMPT, max_new_tokens=8, do_sample=False, cache_implementation="static")
         assert torch.equal(greedy, ref["greedy"]), (name, greedy, ref["greedy"])
         assert torch.equal(static, ref["static"]), (name, static, ref["static"])
-        result[name] = dict(logits=logits_diff, loss=loss_diff, grads=grad_diff)
+        result[name] = dict(logits=logits_diff, loss=loss_diff, grads=grad_diff, accumulated_grads=accumulated_diff)
     if rank == 0:
         tmp = os.path.join(out_dir, "tp_fog_result.json.tmp")
         with open(tmp, "w", encoding="utf-8") as handle:

@@ -61,10 +61,14 @@ def source_model(kv_heads: int, **overrides) -> LlamaForCausalLM:
     return model.eval()
 
 
-def loss_gradients(model, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Gradients of the causal-LM loss on `ids` for every parameter, gathered to full tensors."""
+def loss_gradients(model, ids: torch.Tensor, micro_batches: int = 1) -> dict[str, torch.Tensor]:
+    """Gradients of the causal-LM loss on `ids` for every parameter, gathered to full tensors; with
+    `micro_batches=2` accumulated over `ids` and `ids` reversed (no `zero_grad` in between)."""
     model.zero_grad(set_to_none=True)
     model(ids, labels=ids).loss.backward()
+    if micro_batches == 2:
+        flipped = torch.flip(ids, dims=[1])
+        model(flipped, labels=flipped).loss.backward()
     grads = {}
     for key, param in model.named_parameters():
         grad = param.grad
@@ -122,6 +126,7 @@ def main(out_dir: str) -> None:
                     "generated": lp.generate(ids, max_new_tokens=6, do_sample=False),
                 }
             refs[name]["grads"] = loss_gradients(lp, ids)
+            refs[name]["accumulated"] = loss_gradients(lp, ids, micro_batches=2)
         torch.save(refs, os.path.join(out_dir, "refs.pt"))
     dist.barrier()
     refs = torch.load(os.path.join(out_dir, "refs.pt"))
@@ -144,6 +149,11 @@ def main(out_dir: str) -> None:
         assert grads.keys() == refs[name]["grads"].keys(), name
         for key, grad in grads.items():
             torch.testing.assert_close(grad, refs[name]["grads"][key], atol=2e-5, rtol=1e-4, msg=f"{name}: {key}")
+        # Gradient accumulation over two micro-batches: each adds its gradient once.
+        for key, grad in loss_gradients(model, ids, micro_batches=2).items():
+            torch.testing.assert_close(
+                grad, refs[name]["accumulated"][key], atol=2e-5, rtol=1e-4, msg=f"{name}, accumulated: {key}"
+            )
         if name.endswith("_paired"):
             # The merged pair's local shards are exactly one source layer: layer 2 on rank 0, layer 3 on rank 1.
             src = source_model(kv).state_dict()
