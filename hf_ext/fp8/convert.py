@@ -211,6 +211,12 @@ def convert(
     return model
 
 
+# transformers' tensor-parallel styles under which a torchao Float8Linear computes on its shard what the unsharded one
+# does (a plain linear on a column or row slice). Others (e.g. a layer-parallel block pair's branch-wise projections,
+# whose style keeps a partial sum for a later all-reduce and runs on local tensors) are refused.
+_FP8_TP_STYLES = ("colwise", "rowwise", "colwise_gather_output")
+
+
 def _tensor_parallel_styles(model: nn.Module, names: list[str], backend: str, recipe: str) -> dict[str, tuple]:
     """For a model sharded by transformers' tensor parallelism (`from_pretrained(..., distributed_config=...)`): the
     parallel style and mesh of every target linear whose weight is sharded, so that the FP8 linears replacing them
@@ -231,6 +237,12 @@ def _tensor_parallel_styles(model: nn.Module, names: list[str], backend: str, re
                 f"convert: {name} (and {len(sharded) - 1} more) already holds sharded weights that transformers' "
                 "tensor parallelism did not shard (a model wrapped by FSDP2?). Convert the unsharded model first, "
                 "then shard it (FSDP2: convert, then `fully_shard` / accelerate's FSDP plugin)."
+            )
+        if style not in _FP8_TP_STYLES:
+            raise ValueError(
+                f"convert: {name} is split by the tensor-parallel style {style!r}; FP8 runs on shards of the plain "
+                f"column- / row-wise splits only ({', '.join(_FP8_TP_STYLES)}). Keep such modules in high precision "
+                f"with skip_modules (e.g. skip_modules=[{re.escape(name.rsplit('.', 1)[-1])!r}])."
             )
         styles[name] = (style, module.weight.device_mesh)
     if backend != "torchao" or recipe != "tensorwise":

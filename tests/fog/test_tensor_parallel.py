@@ -69,3 +69,15 @@ def test_two_rank_tp_matches_single_process(tmp_path, run_two_ranks):
                            "gqa_dyt_tied"}  # fmt: skip
     for name, diffs in result.items():
         assert diffs["logits"] < 1e-4 and diffs["grads"] < 1e-4 and diffs["accumulated_grads"] < 1e-4, (name, diffs)
+
+
+def test_head_counts_that_do_not_split_over_the_ranks_are_refused_before_sharding():
+    """FOG with one KV head at TP=2 crashed inside the attention's reshape; now a clear error before anything is
+    sharded (found by an adversarial review)."""
+    from transformers import DistributedConfig
+
+    model = FogForCausalLM(FogConfig.fog(vocab_size=32, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=1))  # fmt: skip
+    with pytest.raises(ValueError, match=r"num_key_value_heads \(1\) divisible by 2"):
+        FogForCausalLM.maybe_distribute_model(model, DistributedConfig(tp_size=2), mesh_manager=object())
+    assert not any(hasattr(p, "device_mesh") for p in model.parameters())

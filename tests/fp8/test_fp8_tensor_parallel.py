@@ -16,6 +16,7 @@ def test_torchao_fp8_on_tensor_parallel_shards_matches_the_unsharded_fp8_model(t
     # gathered gradient equal the unsharded FP8 model's before and after one SGD step; emulated / rowwise refused.
     result = json.loads((tmp_path / "tp_fp8_result.json").read_text())
     monitor = result.pop("monitor")
+    assert result.pop("layer_parallel_block") < 1e-5  # refused as is; with its branch-wise projections skipped, exact
     assert set(result) == {"fog_xielu", "smooth_swiglu", "gqa_tied"}
     # The kurtosis monitor on the TP=2 model: every statistic of every site and layer equals the unsharded model's.
     assert set(monitor) == {"kurtosis", "rms", "max_abs", "underflow", "saturation"}

@@ -36,3 +36,14 @@ def test_attentions_per_source_layer_rejects_other_inputs(source, ids):
         merged.attentions_per_source_layer(None)
     with pytest.raises(ValueError, match="heads where its slot has"):
         merged.attentions_per_source_layer((slots[1],) * len(slots))
+
+
+@torch.no_grad()
+def test_attentions_per_source_layer_refuses_tensor_parallel_maps(source, ids):
+    """Under TP each rank's maps hold its own heads only (at TP=2 a merged slot is one layer per rank): splitting them
+    in two would mislabel heads, so the helper says why instead (before: a misleading head-count error)."""
+    merged = convert_to_layer_parallel(source, pairs=[[1, 2]])
+    slots = merged(ids, output_attentions=True).attentions
+    merged._tp_size = 2  # what transformers sets on a model loaded with DistributedConfig(tp_size=2)
+    with pytest.raises(ValueError, match="tensor parallelism"):
+        merged.attentions_per_source_layer(slots)

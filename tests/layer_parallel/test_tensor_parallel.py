@@ -64,3 +64,24 @@ def test_two_rank_tp_matches_single_process_with_fewer_all_reduces(tmp_path, run
     ratios = [line for line in bench if "decode_ratio" in line]
     assert [(r["tp"], r["mode"], r["batch"], r["effective_depth"]) for r in ratios] == [(2, "eager", 1, 5)]
     assert ratios[0]["decode_ratio"] > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, tp_size, message",
+    [
+        (dict(mode="block"), 4, r"needs tp_size=2 \(got 4\)"),
+        (dict(merge=False, mlp_norm="official_tp_split"), 2, "official_tp_split"),
+    ],
+    ids=["block_pairs_need_tp2", "unmerged_official_tp_split"],
+)
+def test_layouts_the_plan_cannot_split_are_refused_before_sharding(kwargs, tp_size, message):
+    """Refused with a clear error before any weight is sharded (the unmerged official_tp_split case used to crash
+    inside the MLP with "mixed torch.Tensor and DTensor", found by an adversarial review)."""
+    from transformers import DistributedConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=32, num_hidden_layers=4, num_attention_heads=4)
+    model = convert_to_layer_parallel(LlamaForCausalLM(cfg), 0, 2, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        type(model).maybe_distribute_model(model, DistributedConfig(tp_size=tp_size), mesh_manager=object())
+    assert not any(hasattr(p, "device_mesh") for p in model.parameters())

@@ -458,6 +458,21 @@ class FogPreTrainedModel(PreTrainedModel):
     # `output_hidden_states` / `output_attentions` are recorded by transformers' output-capturing hooks.
     _can_record_outputs = {"hidden_states": FogDecoderLayer, "attentions": FogAttention}
 
+    @classmethod
+    def maybe_distribute_model(cls, model, distributed_config, mesh_manager):
+        """transformers' tensor parallelism, after checking that the attention heads split evenly over the ranks."""
+        tp_size = getattr(distributed_config, "tp_size", 1) or 1
+        if mesh_manager is not None and tp_size > 1:
+            cfg = model.config
+            for name in ("num_attention_heads", "num_key_value_heads"):
+                heads = getattr(cfg, name)
+                if heads % tp_size:
+                    raise ValueError(
+                        f"Tensor parallelism over {tp_size} ranks needs {name} ({heads}) divisible by {tp_size}; "
+                        "use a tp_size that divides it."
+                    )
+        return super().maybe_distribute_model(model, distributed_config, mesh_manager)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Megatron initialisation: N(0, std) for linears and embeddings, N(0, std/sqrt(2L)) for the attention and MLP

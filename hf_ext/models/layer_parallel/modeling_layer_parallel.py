@@ -445,8 +445,14 @@ class LayerParallelPreTrainedModel(PreTrainedModel):
 
         Raises:
             `ValueError`: when `attentions` does not have one entry per slot, or a slot's map has an unexpected number
-                of heads.
+                of heads, or the model runs under tensor parallelism (each rank then holds its own heads' maps).
         """
+        if (getattr(self, "_tp_size", None) or 1) > 1:
+            raise ValueError(
+                "attentions_per_source_layer: under tensor parallelism each rank's `outputs.attentions` holds the maps "
+                "of its own heads only (at TP=2 a merged pair's slot is one source layer per rank); call it on a model "
+                "loaded without tensor parallelism."
+            )
         if attentions is None or len(attentions) != self.config.num_hidden_layers:
             got = None if attentions is None else len(attentions)
             raise ValueError(
@@ -488,6 +494,12 @@ class LayerParallelPreTrainedModel(PreTrainedModel):
                         "projection (the source config's `mlp_bias=True`); convert with mode='sublayer' or with "
                         "merge=False."
                     )
+            if not cfg.lp_merged and cfg.lp_pairs and cfg.lp_mlp_norm == "official_tp_split":
+                raise ValueError(
+                    "Tensor parallelism of unmerged pairs with lp_mlp_norm='official_tp_split' is not supported (their "
+                    "MLP slices the full weights by hand); merge the pairs (convert with merge=True, the reference "
+                    "code's TP form, which splits them exactly) or use lp_mlp_norm='per_layer'."
+                )
             for name, heads in (
                 ("num_attention_heads", cfg.num_attention_heads),
                 ("num_key_value_heads", cfg.num_key_value_heads),

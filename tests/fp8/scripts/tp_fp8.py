@@ -94,6 +94,41 @@ def monitor_check(path: str) -> dict[str, float]:
     return worst
 
 
+def layer_parallel_block_check(out_dir: str) -> float:
+    """A layer-paired model with merged "block" pairs under TP: their projections keep partial sums for the pair's
+    single all-reduce (styles `layer_parallel_*`), which FP8 on shards does not support. `convert` refuses before
+    changing anything; with those projections skipped, the rest runs in FP8 as in the unsharded model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ext.models.layer_parallel import convert_to_layer_parallel
+
+    path = os.path.join(out_dir, "lp_block")
+    if dist.get_rank() == 0:
+        torch.manual_seed(0)
+        source = LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                              num_attention_heads=4, num_key_value_heads=2))  # fmt: skip
+        convert_to_layer_parallel(source, start=1, end=3, mode="block").save_pretrained(path)
+    dist.barrier()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, distributed_config=DistributedConfig(tp_size=2))
+    try:
+        convert(model, "torchao")
+    except ValueError as err:
+        assert "layer_parallel_rowwise" in str(err) and "skip_modules" in str(err), err
+    else:
+        raise AssertionError("convert accepted a block pair's branch-wise projection under TP")
+    assert not fp8_converted_modules(model)
+    skip = ["o_proj", "down_proj"]
+    convert(model, "torchao", skip_modules=skip)
+    reference = convert(AutoModelForCausalLM.from_pretrained(path), "torchao", skip_modules=skip)
+    assert sorted(fp8_converted_modules(model)) == sorted(fp8_converted_modules(reference))
+    logits, ref_logits = model(IDS, labels=IDS).logits, reference(IDS, labels=IDS).logits
+    diff = (logits - ref_logits).abs().max().item()
+    assert diff < 1e-5, diff
+    return diff
+
+
 def main(out_dir: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -148,6 +183,7 @@ def main(out_dir: str) -> None:
         assert tokens.shape == (2, 10), tokens.shape
         result[name] = diffs
     result["monitor"] = monitor_check(os.path.join(out_dir, "smooth_swiglu"))
+    result["layer_parallel_block"] = layer_parallel_block_check(out_dir)
     if rank == 0:
         atomic_write_json(os.path.join(out_dir, "tp_fp8_result.json"), result)
     dist.barrier()
