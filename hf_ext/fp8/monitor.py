@@ -132,19 +132,20 @@ class KurtosisMonitor:
         self._acc: dict[tuple[str, int], torch.Tensor] = {}
         self.prev_amax: dict[str, float] = {}
         self._prev_amax_t: dict[tuple[str, int], torch.Tensor] = {}
-        self.site_modules: dict[str, list[list[tuple[str, str]]]] = {}
+        # site -> one entry per layer: the module layout used there, or None where that layer lacks the site
+        self.site_modules: dict[str, list[list[tuple[str, str]] | None]] = {}
         self._tp_groups: dict[tuple[str, int], object] = {}
         self._resolve_sites()
 
     # ---------------------------------------------------------------------------------------------------------- hooks
     def _resolve_sites(self) -> None:
         """Choose, per site and layer, the module layout present now (validates the requested sites)."""
-        for layer in self.layers:
+        for li, layer in enumerate(self.layers):
             named = dict(layer.named_modules())
             for site in self.requested_sites:
                 chosen = next((c for c in SITES[site] if all(p in named for p, _ in c)), None)
                 if chosen is not None:
-                    self.site_modules.setdefault(site, []).append(chosen)
+                    self.site_modules.setdefault(site, [None] * len(self.layers))[li] = chosen
         if not self.site_modules:
             raise ValueError("KurtosisMonitor: none of the requested sites exist in this model's blocks.")
 
@@ -162,7 +163,7 @@ class KurtosisMonitor:
             named = dict(layer.named_modules())
             targets[(li, "activation", "", "layer")] = layer
             for site, per_layer in self.site_modules.items():
-                if site == "activation" or li >= len(per_layer):
+                if site == "activation" or per_layer[li] is None:
                     continue
                 for path, where in per_layer[li]:
                     if path not in named:
@@ -200,6 +201,14 @@ class KurtosisMonitor:
         groups = {}
         for li, layer in enumerate(self.layers):
             named = dict(layer.named_modules())
+            if any(
+                getattr(m, "_lp_block_pair_part", None) and getattr(m, "_is_hooked", False) for m in named.values()
+            ):
+                raise RuntimeError(
+                    "KurtosisMonitor: layer-paired 'block' pairs under tensor parallelism keep one branch per rank and "
+                    "sum them later (their MLP output is a partial sum when hooked), which the monitor does not "
+                    "reduce; monitor the model without tensor parallelism."
+                )
             for site, producer in _TP_SHARDED_SITES.items():
                 module = named.get(producer)
                 weight = getattr(module, "weight", None)

@@ -64,6 +64,27 @@ def test_monitor_sites_and_values_equal_direct_computation():
         KurtosisMonitor(model, sites=["attention_probs"])
 
 
+def test_monitor_handles_blocks_that_lack_a_site():
+    """A site present in some blocks only (a layer-paired model's merged block pair has no gate / up projection) is
+    measured where it exists. Before, the per-site layouts were stored only for the blocks that had them, so block
+    indices shifted and enabling the monitor raised "site 'mlp_intermediate' of layer 1 ... no longer exists"."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ext.models.layer_parallel import convert_to_layer_parallel
+
+    torch.manual_seed(0)
+    source = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                                          num_attention_heads=2))  # fmt: skip
+    model = convert_to_layer_parallel(source, start=1, end=3, mode="block")  # blocks: layer, pair, layer
+    monitor = KurtosisMonitor(model, layers=list(model.model.layers))
+    with torch.no_grad(), monitor.active():
+        model(torch.randint(0, 64, (2, 8)))
+    stats = monitor.collect()
+    assert {"mlp_intermediate/kurtosis/layer_0", "mlp_intermediate/kurtosis/layer_2"} <= set(stats)
+    assert "mlp_intermediate/kurtosis/layer_1" not in stats  # the pair has no such site
+    assert "mlp_post_act/kurtosis/layer_1" in stats and "qkv/kurtosis/layer_1" in stats
+
+
 def test_monitor_sees_an_injected_outlier_and_fp8_underflow():
     model = tiny_fog()
     monitor = KurtosisMonitor(model, sites=["qkv_input", "activation"])

@@ -119,6 +119,15 @@ def layer_parallel_block_check(out_dir: str) -> float:
     else:
         raise AssertionError("convert accepted a block pair's branch-wise projection under TP")
     assert not fp8_converted_modules(model)
+    from hf_ext.fp8 import KurtosisMonitor
+
+    monitor = KurtosisMonitor(model, layers=list(model.model.layers))
+    try:  # a block pair's MLP output is a partial sum per rank: the monitor says so instead of misreporting it
+        monitor.enable()
+    except RuntimeError as err:
+        assert "block" in str(err) and "tensor parallelism" in str(err), err
+    else:
+        raise AssertionError("the kurtosis monitor accepted a block pair under TP")
     skip = ["o_proj", "down_proj"]
     convert(model, "torchao", skip_modules=skip)
     reference = convert(AutoModelForCausalLM.from_pretrained(path), "torchao", skip_modules=skip)
