@@ -71,12 +71,17 @@ def kurtosis(x: torch.Tensor, per_sample: bool = True) -> torch.Tensor:
 
 
 def find_decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of a model: the longest `nn.ModuleList` of identical module types."""
+    """The transformer blocks of a model: the longest `nn.ModuleList` of identical module types, else the base
+    model's `layers` list (blocks of several types, e.g. a layer-paired model's layers and pairs)."""
     best: list[nn.Module] = []
     for module in model.modules():
         if isinstance(module, nn.ModuleList) and len(module) > len(best):
             if len({type(m) for m in module}) == 1:
                 best = list(module)
+    if not best:
+        layers = getattr(getattr(model, "base_model", model), "layers", None)
+        if isinstance(layers, nn.ModuleList):
+            best = list(layers)
     if not best:
         raise ValueError("find_decoder_layers: the model has no nn.ModuleList of blocks to monitor.")
     return best

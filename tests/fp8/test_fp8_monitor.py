@@ -76,7 +76,8 @@ def test_monitor_handles_blocks_that_lack_a_site():
     source = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
                                           num_attention_heads=2))  # fmt: skip
     model = convert_to_layer_parallel(source, start=1, end=3, mode="block")  # blocks: layer, pair, layer
-    monitor = KurtosisMonitor(model, layers=list(model.model.layers))
+    monitor = KurtosisMonitor(model)  # blocks of two types: found as the base model's `layers`
+    assert monitor.layers == list(model.model.layers)
     with torch.no_grad(), monitor.active():
         model(torch.randint(0, 64, (2, 8)))
     stats = monitor.collect()
