@@ -248,8 +248,8 @@ def _tensor_parallel_styles(model: nn.Module, names: list[str], backend: str, re
     if backend != "torchao" or recipe != "tensorwise":
         raise ValueError(
             f"convert: {sharded[0]} is sharded by tensor parallelism; FP8 on tensor-parallel shards needs "
-            f"backend='torchao' with recipe='tensorwise' (one scale per tensor from the amax over all shards, so the "
-            f"shards compute what the unsharded model does), not backend={backend!r}, recipe={recipe!r}."
+            f"backend='torchao' with recipe='tensorwise' (one scale per tensor, from the amax over all shards), not "
+            f"backend={backend!r}, recipe={recipe!r}."
         )
     return styles
 
