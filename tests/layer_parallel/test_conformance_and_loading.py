@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, LlamaConfig
+from transformers.configuration_utils import get_head_shapes
 
 from hf_ext.models.layer_parallel import (
     LayerParallelConfig,
@@ -163,7 +164,43 @@ def test_kv_heads_per_slot_matches_the_cache(source, ids, merge):
     lp(ids, cache=cache, use_cache=True)
     heads = [layer.keys.shape[1] for layer in cache.layers]
     assert heads == lp.config.kv_heads_per_slot() == ([4, 4, 2] if merge else [2] * 5)
-    assert lp._get_static_cache_init_shape() == (heads, lp.config.head_dim)
+    # transformers' own cache sizing (the StaticCache `generate` allocates, its TP head split) reads the same heads
+    # from `config.per_layer_config`; it gives one int when every slot has the same heads.
+    expected = heads if merge else heads[0]
+    assert get_head_shapes(lp.config) == (expected, lp.config.head_dim)
+    assert lp._get_static_cache_init_shape() == (expected, lp.config.head_dim)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_per_layer_config_gives_each_slot_its_heads(source, merge):
+    lp = convert_to_layer_parallel(source, 0, 4, merge=merge)
+    config, src = lp.config, lp.config.source_config
+    slots = config.per_layer_config
+    assert len(slots) == config.num_hidden_layers
+    assert [s.num_key_value_heads for s in slots] == config.kv_heads_per_slot()
+    assert [s.num_attention_heads for s in slots] == config.attention_heads_per_slot()
+    assert all(s.head_dim == config.head_dim for s in slots)
+    assert slots["full_attention"] is config  # transformers' RoPE set-up indexes it by layer type
+    with pytest.raises(ValueError, match="not one of config.layer_types"):
+        slots["sliding_attention"]
+    # The wide slots are copies: building them never writes the doubled heads into the shared source config.
+    assert (config.num_key_value_heads, src.num_key_value_heads) == (2, 2)
+    assert (config.num_attention_heads, src.num_attention_heads) == (4, 4)
+    assert "per_layer_config" not in config.to_dict()
+    config.per_layer_config = None  # transformers resets it on some paths: a no-op
+    with pytest.raises(ValueError, match="per_layer_config"):
+        config.per_layer_config = {0: {"num_key_value_heads": 8}}
+
+
+@torch.no_grad()
+def test_generate_with_static_cache_allocates_per_slot_heads(source, ids):
+    lp = convert_to_layer_parallel(source, 0, 4).eval()  # merged: slots of 4, 4, 2 KV heads
+    # chunked prefill makes `generate` allocate the StaticCache up front, with the heads transformers reads per slot
+    out = lp.generate(ids[:1, :6], max_new_tokens=4, do_sample=False, cache_implementation="static",
+                      prefill_chunk_size=4, return_dict_in_generate=True)  # fmt: skip
+    assert [layer.keys.shape[1] for layer in out.cache.layers] == [4, 4, 2]
+    dynamic = lp.generate(ids[:1, :6], max_new_tokens=4, do_sample=False)
+    assert torch.equal(out.sequences, dynamic)
 
 
 @torch.no_grad()
@@ -203,3 +240,24 @@ def test_forward_declares_transformers_kwargs(cls):
 
     kwargs = inspect.signature(cls.forward).parameters["kwargs"]
     assert "output_attentions" in kwargs.annotation.__args__[0].__annotations__
+
+
+@torch.no_grad()
+def test_continuous_batching_runs_unmerged_pairs_and_refuses_merged_ones(source):
+    """transformers' `generate_batch` sizes one paged KV cache with a single head count. Before, merged pairs failed
+    inside its worker thread and every request came back with no tokens (only a log line)."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    small = ContinuousBatchingConfig(num_blocks=16, max_batch_tokens=64)  # a paged cache sized for the test, not RAM
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14]]
+    config = GenerationConfig(max_new_tokens=5, do_sample=False, eos_token_id=-1)
+    unmerged = convert_to_layer_parallel(source, 0, 4, merge=False).eval()
+    expected = [unmerged.generate(torch.tensor([p]), generation_config=config)[0, len(p) :].tolist() for p in prompts]
+    out = unmerged.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small)
+    got = {tuple(r.prompt_ids): r.generated_tokens for r in out.values()}
+    assert [got[tuple(p)] for p in prompts] == expected
+
+    merged = convert_to_layer_parallel(source, 0, 4, merge=True).eval()
+    with pytest.raises(ValueError, match=r"lp_merged=False"):
+        merged.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small)

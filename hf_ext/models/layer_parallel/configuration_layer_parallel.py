@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -108,6 +110,24 @@ def resolve_pairs(
         if nxt[0] <= prev[1]:
             raise ValueError(f"Pairs {prev} and {nxt} overlap; every layer can belong to at most one pair.")
     return out
+
+
+
+class _SlotConfigs(tuple):
+    """`LayerParallelConfig.per_layer_config`: one config per KV-cache slot, indexed as transformers indexes its own
+    per-layer view (an int, a slice, or a layer type such as `"full_attention"`)."""
+
+    def __new__(cls, configs, owner):
+        view = super().__new__(cls, configs)
+        view._owner = owner
+        return view
+
+    def __getitem__(self, key):
+        if isinstance(key, str):  # RoPE set-up asks per layer type; RoPE does not differ between slots
+            if key not in self._owner.layer_types:
+                raise ValueError(f"Layer type {key!r} is not one of config.layer_types {sorted(set(self._owner.layer_types))}.")
+            return self._owner
+        return super().__getitem__(key)
 
 
 class LayerParallelConfig(PreTrainedConfig):
@@ -341,6 +361,35 @@ class LayerParallelConfig(PreTrainedConfig):
                 blocks.append(("layer", [i]))
                 i += 1
         return blocks
+
+    @property
+    def per_layer_config(self) -> tuple[PreTrainedConfig, ...]:
+        """transformers' per-layer view of the config, one entry per KV-cache slot (`config.num_hidden_layers`).
+
+        transformers sizes caches from it (`get_head_shapes`, the eagerly allocated `StaticCache` of `generate`, its
+        tensor-parallel head split), and its generation tests read each layer's heads from it. A merged pair's slot
+        is this config with the heads of both layers (`kv_heads_per_slot`, `attention_heads_per_slot`); every other
+        slot is this config itself. The global `num_attention_heads` / `num_key_value_heads` stay those of one source
+        layer, so code that reads them keeps working.
+        """
+        slots = []
+        for kv_heads, heads in zip(self.kv_heads_per_slot(), self.attention_heads_per_slot()):
+            if kv_heads == self.num_key_value_heads:
+                slots.append(self)
+                continue
+            slot = copy.copy(self)
+            slot.__dict__[_WRITE_THROUGH] = False  # a shallow copy shares `source_config`: never write into it
+            slot.__dict__.update(num_key_value_heads=kv_heads, num_attention_heads=heads)
+            slots.append(slot)
+        return _SlotConfigs(slots, self)
+
+    @per_layer_config.setter
+    def per_layer_config(self, value) -> None:
+        if value is not None:  # transformers resets it to `None` on some paths; that is a no-op here
+            raise ValueError(
+                "LayerParallelConfig derives its per-slot shapes from `source_config` and `lp_pairs`; "
+                "`per_layer_config` cannot be set. Pair other layers (lp_pairs=...) or edit the source config instead."
+            )
 
     def kv_heads_per_slot(self) -> list[int]:
         """Number of key/value heads of each KV-cache slot (`config.num_hidden_layers` entries).

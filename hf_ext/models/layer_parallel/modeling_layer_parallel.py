@@ -728,6 +728,20 @@ class LayerParallelForCausalLM(LayerParallelPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.lm_head = value
 
+    def init_continuous_batching(self, *args, **kwargs):
+        """transformers' continuous batching (`generate_batch`, `continuous_batching_context_manager`, `transformers
+        serve`; all start here). Its paged KV cache has one head count for every layer, so models with merged pairs
+        are refused here: their merged slots hold twice the KV heads (`config.kv_heads_per_slot()`)."""
+        heads = self.config.kv_heads_per_slot()
+        if len(set(heads)) > 1:
+            raise ValueError(
+                "Continuous batching (generate_batch / init_continuous_batching) keeps one paged KV cache with the same "
+                f"number of KV heads in every layer, but this model's merged pairs hold more (KV heads per cache slot: "
+                f"{heads}). Use `generate(...)`, or build the model with `lp_merged=False` (the same computation, one "
+                "cache slot per source layer), which continuous batching supports."
+            )
+        return super().init_continuous_batching(*args, **kwargs)
+
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(
@@ -773,17 +787,6 @@ class LayerParallelForCausalLM(LayerParallelPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-
-    def _get_static_cache_init_shape(self):
-        """Per-slot KV heads (per tensor-parallel rank) for an eagerly allocated `StaticCache`: merged pairs hold twice
-        the KV heads of the source layers (see [`LayerParallelConfig.kv_heads_per_slot`])."""
-        if hasattr(self, "hf_device_map") and len(set(self.hf_device_map.values())) > 1:
-            return None
-        tp_size = getattr(self, "_tp_size", None) or 1
-        heads = self.config.kv_heads_per_slot()
-        if any(h % tp_size for h in heads):
-            return None
-        return [h // tp_size for h in heads], self.config.head_dim
 
     def paired_block_indices(self) -> list[int]:
         """Indices in `model.layers` of the blocks that hold a pair."""
