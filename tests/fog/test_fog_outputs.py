@@ -62,3 +62,22 @@ def test_generate_dict_outputs_and_assisted_decoding():
     assisted = model.generate(ids, assistant_model=assistant, **kw)
     assert torch.equal(assisted.sequences, greedy.sequences)
     assert len(assisted.hidden_states) == 3
+
+
+@pytest.mark.parametrize("recipe", [{}, {"qk_norm": "none", "hidden_act": "gelu"}])
+@torch.no_grad()
+def test_continuous_batching_gives_the_tokens_of_generate(recipe):
+    """transformers' continuous batching (`generate_batch`, `transformers serve`) hands the paged cache the batch's
+    layout through `cache.update(..., kwargs=...)`. Before, FOG's attention dropped it: every request failed inside the
+    batching thread and came back with no tokens (only a log line)."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    model = _model(**recipe)
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14]]
+    config = GenerationConfig(max_new_tokens=5, do_sample=False, eos_token_id=-1)
+    expected = [model.generate(torch.tensor([p]), generation_config=config)[0, len(p) :].tolist() for p in prompts]
+    small = ContinuousBatchingConfig(num_blocks=16, max_batch_tokens=64)  # a paged cache sized for the test, not RAM
+    out = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small)
+    got = {tuple(r.prompt_ids): r.generated_tokens for r in out.values()}
+    assert [got[tuple(p)] for p in prompts] == expected
