@@ -28,7 +28,7 @@ import the checkout's tests/distributed_testing_utils.py (not in the PyPI sdist)
 
 The testers need `parameterized` (`pip install parameterized`). `HF_HUB_OFFLINE` defaults to 1: pipeline tests that
 need the Hub's tiny models (only the Llama control has any) then skip or fail; set `HF_HUB_OFFLINE=0` to run them. Prints passed / failed / skipped per tester and the
-failing test ids; `--report PATH` also writes them as JSON. Exit status: pytest's (0 when nothing failed).
+failing test ids; `--report PATH` also writes them, and the skipped test ids, as JSON. Exit status: pytest's (0 when nothing failed).
 """
 
 from __future__ import annotations
@@ -290,9 +290,10 @@ class _CountPerTester:
         elif report.when == "teardown" and outcome == "failed":
             self.outcomes[report.nodeid] = "failed"
 
-    def summary(self) -> tuple[dict[str, dict[str, int]], list[str]]:
+    def summary(self) -> tuple[dict[str, dict[str, int]], list[str], list[str]]:
+        """Counts per tester, then the failing and the skipped test ids (`Tester::test`)."""
         counts = defaultdict(lambda: {"passed": 0, "failed": 0, "skipped": 0})
-        failed = []
+        failed, skipped = [], []
         for nodeid, outcome in self.outcomes.items():
             subtests = self.subtests.get(nodeid, [])
             if outcome == "passed" and "failed" in subtests:
@@ -301,9 +302,9 @@ class _CountPerTester:
                 outcome = "skipped"
             parts = nodeid.split("::")
             counts[parts[1] if len(parts) > 2 else parts[0]][outcome] += 1
-            if outcome == "failed":
-                failed.append("::".join(parts[1:]))
-        return {name: dict(c) for name, c in sorted(counts.items())}, failed
+            if outcome != "passed":
+                (failed if outcome == "failed" else skipped).append("::".join(parts[1:]))
+        return {name: dict(c) for name, c in sorted(counts.items())}, failed, skipped
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models", nargs="+", choices=sorted(TESTERS), default=list(TESTERS), help="testers to run (default: all)"
     )
-    parser.add_argument("--report", type=Path, default=None, help="also write the counts and failures as JSON here")
+    parser.add_argument("--report", type=Path, default=None, help="also write the counts, failures and skips as JSON here")
     args, pytest_args = parser.parse_known_args(argv)
     if pytest_args and pytest_args[0] == "--":
         pytest_args = pytest_args[1:]
@@ -374,13 +375,14 @@ def main(argv: list[str] | None = None) -> int:
             ],
             plugins=[counter],
         )
-    testers, failed = counter.summary()
+    testers, failed, skipped = counter.summary()
     summary = {
         "transformers_installed": transformers.__version__,
         "transformers_tests": str(tests_dir),
         "transformers_tests_version": source_version,
         "testers": testers,
         "failed": failed,
+        "skipped": skipped,  # to compare what each tester skips (e.g. against the Llama control)
     }
     print("\nper tester: passed / failed / skipped")
     for name, counts in summary["testers"].items():

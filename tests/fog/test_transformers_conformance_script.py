@@ -101,9 +101,10 @@ def test_counts_one_outcome_per_test_like_junit():
     report("test_skipped_in_setup", "setup", "skipped")
     report("test_broken_teardown", "call", "passed")
     report("test_broken_teardown", "teardown", "failed")
-    counts, failed = counter.summary()
+    counts, failed, skipped = counter.summary()
     assert counts == {"FogModelTest": {"passed": 1, "failed": 2, "skipped": 2}}
     assert failed == ["FogModelTest::test_one_subtest_failed", "FogModelTest::test_broken_teardown"]
+    assert skipped == ["FogModelTest::test_all_subtests_skipped", "FogModelTest::test_skipped_in_setup"]
 
 
 def test_parallel_mixins_of_the_checkout_are_added_and_our_types_allowed(tmp_path, monkeypatch):
