@@ -1,6 +1,7 @@
 """Layer-paired models behave like a mature transformers causal LM: optional outputs, tuples, attention kernel of the
 nested source config, per-slot KV heads, and loading that refuses configs which no longer fit the saved weights."""
 
+import importlib.util
 import json
 
 import pytest
@@ -261,3 +262,26 @@ def test_continuous_batching_runs_unmerged_pairs_and_refuses_merged_ones(source)
     merged = convert_to_layer_parallel(source, 0, 4, merge=True).eval()
     with pytest.raises(ValueError, match=r"lp_merged=False"):
         merged.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small)
+
+
+def test_set_attn_implementation_reaches_the_source_layers_without_warning(source, ids):
+    """Before, every `set_attn_implementation` call warned that the sub-config was set "without finding the associated
+    sub-model ... undefined behavior", although the source layers are the model's own and follow it."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    lp = convert_to_layer_parallel(source, 0, 4).eval()
+    attention = lp.model.layers[0].self_attn
+    for implementation in ("sdpa", "eager"):
+        with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as captured:
+            lp.set_attn_implementation(implementation)
+        assert "without finding the associated sub-model" not in captured.out
+        assert attention.config._attn_implementation == lp.config._attn_implementation == implementation
+    with torch.no_grad():
+        eager = lp(ids).logits
+        lp.set_attn_implementation("sdpa")
+        torch.testing.assert_close(lp(ids).logits, eager, atol=1e-5, rtol=0)
+    if importlib.util.find_spec("flash_attn") is None:  # an implementation that is not installed: nothing may change
+        with pytest.raises(ImportError):
+            lp.set_attn_implementation("flash_attention_2")
+        assert (lp.config._attn_implementation, attention.config._attn_implementation) == ("sdpa", "sdpa")

@@ -427,6 +427,21 @@ class LayerParallelPreTrainedModel(PreTrainedModel):
         "attentions": OutputRecorder(target_class=_all_source_classes("Attention"), index=1),
     }
 
+    def set_attn_implementation(self, attn_implementation: str | dict, *args, **kwargs):
+        """transformers' `set_attn_implementation`. The source layers are this model's own modules and read
+        `config.source_config`, so a single implementation applies to them as to the model; without this, transformers
+        sets the sub-config "in the dark" and warns of undefined behaviour on every call. On an error (e.g. an
+        implementation that is not installed) nothing is changed."""
+        source = self.config.source_config
+        before = source._attn_implementation_internal
+        if isinstance(attn_implementation, str):
+            source._attn_implementation_internal = attn_implementation
+        try:
+            return super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        except Exception:
+            source._attn_implementation_internal = before
+            raise
+
     def attentions_per_source_layer(
         self, attentions: tuple[torch.Tensor | None, ...]
     ) -> tuple[torch.Tensor | None, ...]:
