@@ -331,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models", nargs="+", choices=sorted(TESTERS), default=list(TESTERS), help="testers to run (default: all)"
     )
-    parser.add_argument("--report", type=Path, default=None, help="also write the counts, failures and skips as JSON here")
+    parser.add_argument(
+        "--report", type=Path, default=None, help="also write the counts, failures and skips as JSON here"
+    )
     args, pytest_args = parser.parse_known_args(argv)
     if pytest_args and pytest_args[0] == "--":
         pytest_args = pytest_args[1:]

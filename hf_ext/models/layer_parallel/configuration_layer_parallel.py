@@ -112,7 +112,6 @@ def resolve_pairs(
     return out
 
 
-
 class _SlotConfigs(tuple):
     """`LayerParallelConfig.per_layer_config`: one config per KV-cache slot, indexed as transformers indexes its own
     per-layer view (an int, a slice, or a layer type such as `"full_attention"`)."""
@@ -125,7 +124,9 @@ class _SlotConfigs(tuple):
     def __getitem__(self, key):
         if isinstance(key, str):  # RoPE set-up asks per layer type; RoPE does not differ between slots
             if key not in self._owner.layer_types:
-                raise ValueError(f"Layer type {key!r} is not one of config.layer_types {sorted(set(self._owner.layer_types))}.")
+                raise ValueError(
+                    f"Layer type {key!r} is not one of config.layer_types {sorted(set(self._owner.layer_types))}."
+                )
             return self._owner
         return super().__getitem__(key)
 
