@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from ..utils.io import atomic_savefig
 
 
 def plot_mixture_trajectory(
@@ -46,7 +46,8 @@ def plot_mixture_trajectory(
             ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_savefig(fig, path, dpi=110)  # temporary file, then rename: a failed save leaves the old PNG intact
+    finally:
+        plt.close(fig)
     return path

@@ -65,7 +65,7 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
         self.epoch = 0
         #: Global position (over the run) of the next index this sampler hands out.
         self.position = 0
-        self._cache_len = -1
+        self._cache_key: tuple | None = None
         self._starts: list[int] = []
         self._cdfs: list[np.ndarray] = []
 
@@ -77,13 +77,18 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
 
     def _cdf(self, position: int) -> np.ndarray:
         schedule = self.state.schedule
-        if len(schedule) != self._cache_len:
+        # The schedule changes by appending an entry *or* by replacing the last one in place (two updates at the same
+        # sampler position), and a resume swaps in a loaded schedule: key the cache on the state's version token and
+        # on the entries' objects, not on the length alone, so the weights drawn are always `state.weights_at(p)`.
+        key = (getattr(self.state, "schedule_version", None), len(schedule), schedule[-1][0], schedule[-1][1])
+        cached = self._cache_key
+        if cached is None or key[:3] != cached[:3] or key[3] is not cached[3]:
             self._starts = [int(s) for s, _ in schedule]
             self._cdfs = []
             for _, w in schedule:
                 cdf = np.cumsum(w.double().numpy())
                 self._cdfs.append(cdf / cdf[-1])
-            self._cache_len = len(schedule)
+            self._cache_key = key
         return self._cdfs[max(bisect.bisect_right(self._starts, position) - 1, 0)]
 
     def _uniforms(self, chunk: int) -> np.ndarray:

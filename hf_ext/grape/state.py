@@ -6,6 +6,7 @@ The final mixture is exported as a small JSON file that `load_mixture` reads bac
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -14,6 +15,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..utils.io import atomic_open
+
+#: Source of `MixtureState.schedule_version` tokens: unique over the process, so a state loaded from a checkpoint (or
+#: any other state object) never reuses the token a sampler has cached.
+_SCHEDULE_VERSIONS = itertools.count()
 
 STATE_TENSORS = "grape_state.safetensors"
 STATE_JSON = "grape_state.json"
@@ -33,6 +38,8 @@ class MixtureState:
         schedule: `(start_position, weights)` pairs: from the sampler position `start_position` on (counted over the
             whole run), training sequences are drawn with `weights`. Makes the index stream reproducible on resume.
         trajectory: One record per update event (`step`, `domain_weights`, `task_weights`), for plots and logs.
+        schedule_version: A token (not saved) that changes whenever `set_domain_weights` changes the schedule, also
+            when it replaces the last entry in place; `MixtureSampler` rebuilds its cached CDFs when it changes.
     """
 
     domain_names: list[str]
@@ -71,6 +78,7 @@ class MixtureState:
             self.task_ema_loss = torch.full((n,), float("nan"), dtype=torch.float64)
         if not self.schedule:
             self.schedule = [(0, self.domain_weights.clone())]
+        self.schedule_version = next(_SCHEDULE_VERSIONS)
 
     # ----------------------------------------------------------------------------------------------------------------
     def set_domain_weights(self, weights: torch.Tensor, position: int) -> None:
@@ -83,6 +91,7 @@ class MixtureState:
             self.schedule[-1] = (position, self.domain_weights.clone())
         else:
             self.schedule.append((position, self.domain_weights.clone()))
+        self.schedule_version = next(_SCHEDULE_VERSIONS)
 
     def set_task_weights(self, weights: torch.Tensor) -> None:
         self.task_weights = torch.as_tensor(weights, dtype=torch.float64).clone()
@@ -200,11 +209,10 @@ class MixtureState:
 
 
 def export_mixture(state: MixtureState, path: str, method: str, global_step: int | None = None) -> dict:
-    """Write the final mixture of `state` as JSON to `path`; returns the written dict."""
+    """Write the final mixture of `state` as JSON to `path` atomically; returns the written dict."""
     data = state.to_mixture_dict(method, global_step)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
+    # Atomic (temporary file, then rename): a failed write leaves the previous mixture file as it was.
+    with atomic_open(path, "w") as fh:
         json.dump(data, fh, indent=2)
     return data
 

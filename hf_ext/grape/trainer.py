@@ -38,6 +38,24 @@ logger = logging.getLogger(__name__)
 _PURPOSE = {"mixture": 1, "task": 2, "target": 3, "domain": 4}
 
 
+def _reentrant_checkpointing(checkpointing_kwargs: dict | None, model) -> str | None:
+    """Where reentrant activation checkpointing is set (the training arguments or `model`), or `None`."""
+
+    def is_true(value) -> bool:
+        return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+    if isinstance(checkpointing_kwargs, dict) and is_true(checkpointing_kwargs.get("use_reentrant")):
+        return "gradient_checkpointing_kwargs={'use_reentrant': True}"
+    if isinstance(model, torch.nn.Module):
+        for module in model.modules():
+            func = getattr(module, "_gradient_checkpointing_func", None)
+            if getattr(module, "gradient_checkpointing", False) is True and is_true(
+                getattr(func, "keywords", {}).get("use_reentrant")
+            ):
+                return "the model's gradient checkpointing was enabled with use_reentrant=True"
+    return None
+
+
 class _GrapeCallback(TrainerCallback):
     """Runs the reweighting after each optimizer step, saves the state with checkpoints, exports at the end."""
 
@@ -117,6 +135,11 @@ class GrapeTrainer(Trainer):
                 f"datasets.IterableDataset streams; got {type(train_dataset).__name__}."
             )
         else:
+            if len(train_dataset) == 0:
+                raise ValueError(
+                    "train_dataset has no rows (an empty datasets.Dataset); pass source data with at least one row per "
+                    "domain (check the filters or the file that built it)."
+                )
             if args.domain_column not in train_dataset.column_names:
                 domain_rows(train_dataset, args.domain_column)  # raises the explanatory ValueError
             if "input_ids" not in train_dataset.column_names:
@@ -152,7 +175,31 @@ class GrapeTrainer(Trainer):
             )
         if method == "fixed" and domain_weights is None and not args.mixture_file:
             raise ValueError("reweight_method='fixed' needs --mixture_file (a mixture JSON) or domain_weights=...")
-        file_weights = load_mixture(args.mixture_file, args.mixture_key) if args.mixture_file else None
+        gc_kwargs = args.activation_checkpointing_kwargs if args.activation_checkpointing else None
+        reentrant = _reentrant_checkpointing(gc_kwargs, model)
+        if needs_targets and reentrant:
+            raise ValueError(
+                f"reweight_method={method!r} takes per-domain and per-task gradients with torch.autograd.grad, which "
+                f"reentrant activation checkpointing does not support ({reentrant}); set "
+                "gradient_checkpointing_kwargs={'use_reentrant': False} (transformers 5's default, also when the key is "
+                "left out) or turn gradient checkpointing off."
+            )
+        # Weights are checked against the domain / task names before any packing (the names do not depend on it).
+        if streaming:
+            early_domains = sorted(train_dataset)
+        else:
+            early_domains = sorted({str(v) for v in train_dataset[args.domain_column]})
+        if domain_weights is not None:
+            init_domains = self._weights_from(domain_weights, early_domains, "domain_weights")
+        elif args.mixture_file:
+            init_domains = self._weights_from(
+                load_mixture(args.mixture_file, args.mixture_key),
+                early_domains,
+                f"--mixture_file {args.mixture_file!r} (mixture_key={args.mixture_key!r})",
+            )
+        else:
+            init_domains = self._weights_from(None, early_domains, "domain_weights")
+        init_tasks = self._weights_from(task_weights, sorted(target_datasets or {}), "task_weights")
 
         # ---- data ----------------------------------------------------------------------------------------------------
         self.streaming = streaming
@@ -181,12 +228,8 @@ class GrapeTrainer(Trainer):
                     )
         task_names = sorted(self.target_datasets)
 
-        init_domains = domain_weights if domain_weights is not None else file_weights
         self.mixture_state = MixtureState(
-            domain_names=domain_names,
-            task_names=task_names,
-            domain_weights=self._weights_from(init_domains, domain_names, "domain_weights"),
-            task_weights=self._weights_from(task_weights, task_names, "task_weights"),
+            domain_names=domain_names, task_names=task_names, domain_weights=init_domains, task_weights=init_tasks
         )
         if streaming:
             source = StreamingMixture(self._domain_streams, self.mixture_state, seed=args.seed)

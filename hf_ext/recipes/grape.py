@@ -247,10 +247,27 @@ def validate_args(
                 raise ValueError(
                     f"--target_domains task {name!r} names unknown domains {unknown}; use {sorted(known)}."
                 )
-    if data_args.source_domains and not (data_args.train_file or data_args.dataset_name):
-        unknown = sorted(set(data_args.source_domains.split(",")) - set(corpus_domains()))
+    if data_args.source_domains:
+        wanted = data_args.source_domains.split(",")
+        if not all(d.strip() for d in wanted):
+            raise ValueError(
+                f"--source_domains must be comma-separated domain names, got {data_args.source_domains!r}."
+            )
+        if data_args.train_file or data_args.dataset_name:
+            # Read the sources' domain column now: an unknown name would otherwise be dropped silently by the filter
+            # (or, with no known name left, fail late while packing), after the tokenizer and target work.
+            sources = _load_sources(data_args, args)
+            if args.domain_column not in sources.column_names:
+                raise ValueError(
+                    f"--source_domains needs the domain column {args.domain_column!r}, which the sources lack "
+                    f"(columns: {sources.column_names}); pass --domain_column."
+                )
+            available = sorted({str(v) for v in sources[args.domain_column]})
+        else:
+            available = sorted(corpus_domains())
+        unknown = sorted({d.strip() for d in wanted} - set(available))
         if unknown:
-            raise ValueError(f"--source_domains has unknown domains {unknown}; use {corpus_domains()}.")
+            raise ValueError(f"--source_domains has unknown domains {unknown}; the sources have {available}.")
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
     if args.max_steps is None or args.max_steps <= 0:
@@ -271,21 +288,27 @@ def _load_file(path: str, text_column: str):
     return ds
 
 
+def _load_sources(data_args: GrapeDataArguments, args: GrapeRecipeConfig):
+    """The sources of `--train_file` or `--dataset_name`, unfiltered."""
+    from datasets import load_dataset
+
+    if data_args.train_file:
+        return _load_file(data_args.train_file, args.text_column)
+    return load_dataset(data_args.dataset_name, data_args.dataset_config_name)["train"]
+
+
 def build_data(data_args: GrapeDataArguments, args: GrapeRecipeConfig):
     """Return `(sources, targets)`: raw-text datasets (sources carry the domain column)."""
-    from datasets import load_dataset
 
     from ..data import load_corpus
 
-    if data_args.train_file:
-        sources = _load_file(data_args.train_file, args.text_column)
-    elif data_args.dataset_name:
-        sources = load_dataset(data_args.dataset_name, data_args.dataset_config_name)["train"]
+    if data_args.train_file or data_args.dataset_name:
+        sources = _load_sources(data_args, args)
     else:
-        domains = data_args.source_domains.split(",") if data_args.source_domains else None
+        domains = [d.strip() for d in data_args.source_domains.split(",")] if data_args.source_domains else None
         sources = load_corpus("train", domains=domains)
     if data_args.source_domains and (data_args.train_file or data_args.dataset_name):
-        keep = set(data_args.source_domains.split(","))
+        keep = {d.strip() for d in data_args.source_domains.split(",")}
         sources = sources.filter(lambda r: str(r[args.domain_column]) in keep)
     if data_args.target_files:
         targets = {

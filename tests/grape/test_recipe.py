@@ -49,3 +49,35 @@ def test_recipe_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="reweight_method"):
         main(TINY + ["--reweight_method", "regmix", "--output_dir", str(tmp_path / "d")])
     assert not (tmp_path / "a" / "mixture.json").exists()
+
+
+@pytest.mark.parametrize(
+    "domains, message",
+    [
+        ("web,code,mtah", r"--source_domains has unknown domains \['mtah'\]; the sources have \['code', 'web'\]"),
+        ("wbe", r"--source_domains has unknown domains \['wbe'\]; the sources have \['code', 'web'\]"),
+        ("web,,code", r"--source_domains must be comma-separated domain names"),
+    ],
+)
+def test_unknown_source_domains_of_a_train_file_fail_first(tmp_path, monkeypatch, domains, message):
+    """With --train_file an unknown name used to be dropped silently (or, with none left, to fail late with "Unable to
+    concatenate an empty list of datasets"), after the tokenizer and the targets were built."""
+    import hf_ext.data
+
+    def no_tokenizer(*args, **kwargs):
+        raise AssertionError("the tokenizer was built before --source_domains was checked")
+
+    monkeypatch.setattr(hf_ext.data, "build_tokenizer", no_tokenizer)
+    sources = tmp_path / "sources.jsonl"
+    sources.write_text(
+        "".join(json.dumps({"text": f"text {i}", "domain": d}) + "\n" for i, d in enumerate(["web", "code"]))
+    )
+    (tmp_path / "t.txt").write_text("target text\n")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        main(
+            TINY
+            + ["--train_file", str(sources), "--target_files", f"t={tmp_path / 't.txt'}", "--output_dir", str(out)]
+            + ["--source_domains", domains]
+        )
+    assert not out.exists()

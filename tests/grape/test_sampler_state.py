@@ -150,3 +150,84 @@ def test_bad_mixture_files(tmp_path):
         load_mixture(str(tmp_path / "neg.json"))
     with pytest.raises(ValueError, match="holds no mixture state"):
         MixtureState.load(str(tmp_path))
+
+
+def test_sampler_follows_weights_replaced_at_the_same_position():
+    """Two updates at one sampler position (an epoch fully prefetched by workers, or a resume onto a recorded position)
+    replace the last schedule entry in place; the sampler used to keep the CDF of the replaced weights."""
+    state = _state((0.2, 0.3, 0.5))
+    sampler = MixtureSampler(_indices(), state, num_samples=8000, seed=4)
+    it = iter(sampler)
+    drawn = [next(it) for _ in range(2000)]
+    state.set_domain_weights(torch.tensor([0.2, 0.3, 0.5]), sampler.position)
+    sampler.index_at(0)  # the sampler caches the CDFs of the 2-entry schedule
+    state.set_domain_weights(torch.tensor([0.98, 0.01, 0.01]), sampler.position)  # same position: replaced in place
+    assert len(state.schedule) == 2 and state.schedule[-1][0] == 2000
+    drawn += list(it)
+    np.testing.assert_allclose(state.weights_at(2000).tolist(), [0.98, 0.01, 0.01])
+    freq = np.bincount(_domain_of(drawn[2000:]), minlength=3) / 6000
+    np.testing.assert_allclose(freq, [0.98, 0.01, 0.01], atol=0.01)
+    # Every position is drawn with `weights_at(p)`: a fresh sampler replaying the final schedule draws the same stream.
+    assert drawn == list(MixtureSampler(_indices(), state, num_samples=8000, seed=4))
+
+
+def test_sampler_follows_a_swapped_in_schedule():
+    """A resume replaces the state's fields with a loaded state of the same schedule length."""
+    state = _state((0.2, 0.3, 0.5))
+    sampler = MixtureSampler(_indices(), state, num_samples=4000, seed=5)
+    sampler.index_at(0)
+    loaded = _state((0.01, 0.01, 0.98))
+    state.__dict__.update(loaded.__dict__)  # what GrapeTrainer.load_mixture_state does
+    freq = np.bincount(_domain_of(list(sampler)), minlength=3) / 4000
+    np.testing.assert_allclose(freq, [0.01, 0.01, 0.98], atol=0.01)
+
+
+def _interrupting_dump(obj, fh, **kwargs):
+    fh.write('{\n  "format": "hf_ext.gr')  # half a file, then the process "dies"
+    fh.flush()
+    raise KeyboardInterrupt("killed while writing")
+
+
+def test_export_mixture_is_atomic(tmp_path, monkeypatch):
+    import hf_ext.grape.state as state_module
+
+    path = tmp_path / "mixture.json"
+    export_mixture(_state((0.6, 0.3, 0.1)), str(path), "grape", 10)
+    before = path.read_bytes()
+    monkeypatch.setattr(state_module.json, "dump", _interrupting_dump)
+    with pytest.raises(KeyboardInterrupt):
+        export_mixture(_state((0.1, 0.1, 0.8)), str(path), "grape", 20)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert load_mixture(str(path)) == pytest.approx({"a": 0.6, "b": 0.3, "c": 0.1})
+    assert [p.name for p in tmp_path.iterdir()] == ["mixture.json"]  # no temporary file left behind
+
+
+def test_weight_plot_is_atomic(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from hf_ext.grape import plot_mixture_trajectory
+
+    trajectory = [
+        {"step": 0, "domain_weights": [0.2, 0.3, 0.5], "task_weights": [0.5, 0.5]},
+        {"step": 2, "domain_weights": [0.3, 0.3, 0.4], "task_weights": [0.6, 0.4]},
+    ]
+    path = tmp_path / "mixture_weights.png"
+    plot_mixture_trajectory(trajectory, ["a", "b", "c"], ["t1", "t2"], str(path))
+    before = path.read_bytes()
+    assert before[:8] == b"\x89PNG\r\n\x1a\n"
+    real_savefig = Figure.savefig
+
+    def interrupted_savefig(self, fname, *args, **kwargs):
+        real_savefig(self, fname, *args, **kwargs)  # the bytes reach the file being written ...
+        raise KeyboardInterrupt("killed while writing")  # ... and the process dies before it is complete
+
+    monkeypatch.setattr(Figure, "savefig", interrupted_savefig)
+    with pytest.raises(KeyboardInterrupt):
+        plot_mixture_trajectory(trajectory[:1], ["a", "b", "c"], ["t1", "t2"], str(path), title="other")
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["mixture_weights.png"]

@@ -94,6 +94,45 @@ def test_resume_matches_uninterrupted_run(grape_run, synthetic, grape_helpers, t
     assert b.domain_updates == a.domain_updates == 3
 
 
+class _RecordingTrainer(GrapeTrainer):
+    """Records the input_ids of every training micro-batch."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.seen = [*getattr(self, "seen", []), (int(self.state.global_step), inputs["input_ids"].tolist())]
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def test_resume_with_dataloader_workers_matches_uninterrupted_run(synthetic, grape_helpers, tmp_path):
+    """With workers the sampler runs ahead through a whole short epoch, so two updates land on the same sampler position
+    and the second replaces the first in the schedule; the sampler kept drawing with the replaced weights (and the
+    resumed run, which starts from the checkpoint's schedule, drew other sequences and ended with other weights)."""
+    train, targets = synthetic
+    over = dict(max_steps=12, samples_per_epoch=16, dataloader_num_workers=2, save_strategy="steps", save_steps=6)
+    full = _RecordingTrainer(
+        model=grape_helpers["tiny_llama"](),
+        args=make_args(tmp_path / "full", **over),
+        train_dataset=train,
+        target_datasets=targets,
+    )
+    full.train()
+    resumed = _RecordingTrainer(
+        model=grape_helpers["tiny_llama"](seed=123),
+        args=make_args(tmp_path / "resumed", **over),
+        train_dataset=train,
+        target_datasets=targets,
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-6"))
+    a, b = full.mixture_state, resumed.mixture_state
+    assert len(a.schedule) < a.domain_updates + 1  # some updates replaced the entry of the one before (same position)
+    assert [x for s, x in full.seen if s >= 6] == [x for _, x in resumed.seen]
+    assert b.trajectory == a.trajectory
+    torch.testing.assert_close(b.domain_weights, a.domain_weights, rtol=0, atol=0)
+    torch.testing.assert_close(b.task_weights, a.task_weights, rtol=0, atol=0)
+    assert [p for p, _ in b.schedule] == [p for p, _ in a.schedule]
+    for (_, wa), (_, wb) in zip(a.schedule, b.schedule):
+        torch.testing.assert_close(wb, wa, rtol=0, atol=0)
+
+
 def test_exported_mixture_trains_fresh_model_with_fixed_weights(grape_run, synthetic, grape_helpers, tmp_path):
     _, out = grape_run
     train, _ = synthetic
@@ -268,3 +307,75 @@ def test_other_bad_inputs(synthetic, grape_helpers, tmp_path):
             target_datasets=targets,
         )
     assert not os.path.exists(os.path.join(out, "mixture.json"))
+
+
+def test_empty_train_dataset_is_rejected(synthetic, grape_helpers, tmp_path):
+    """An empty source dataset used to train silently and export an empty mixture."""
+    train, targets = synthetic
+    args = make_args(tmp_path / "o")
+    _expect_error(
+        ValueError,
+        "train_dataset has no rows",
+        args.output_dir,
+        lambda: GrapeTrainer(
+            model=grape_helpers["tiny_llama"](), args=args, train_dataset=train.select([]), target_datasets=targets
+        ),
+    )
+    assert not os.path.exists(args.output_dir) or not os.listdir(args.output_dir)
+
+
+def test_mixture_file_with_other_domains_names_the_file(synthetic, grape_helpers, tmp_path):
+    """The error used to say `domain_weights must name exactly ...`, an argument the user had not passed."""
+    train, _ = synthetic
+    mixture = tmp_path / "other_run_mixture.json"
+    mixture.write_text(json.dumps({"a": 0.5, "b": 0.5, "zz": 0.0}))
+    args = make_args(tmp_path / "o", reweight_method="fixed", mixture_file=str(mixture))
+    _expect_error(
+        ValueError,
+        r"--mixture_file '.*other_run_mixture\.json' \(mixture_key='final'\) must name exactly \['a', 'b', 'c'\]; "
+        r"unknown \['zz'\], missing \['c'\]",
+        args.output_dir,
+        lambda: GrapeTrainer(model=grape_helpers["tiny_llama"](), args=args, train_dataset=train),
+    )
+
+
+def test_reentrant_gradient_checkpointing_is_rejected(synthetic, grape_helpers, tmp_path):
+    """The update takes gradients with torch.autograd.grad, which reentrant checkpointing refuses: the run crashed at
+    the first reweighting step, after training had started."""
+    train, targets = synthetic
+    reentrant = dict(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
+    args = make_args(tmp_path / "o", **reentrant)
+    _expect_error(
+        ValueError,
+        r"gradient_checkpointing_kwargs=\{'use_reentrant': True\}.*set gradient_checkpointing_kwargs="
+        r"\{'use_reentrant': False\}",
+        args.output_dir,
+        lambda: GrapeTrainer(
+            model=grape_helpers["tiny_llama"](), args=args, train_dataset=train, target_datasets=targets
+        ),
+    )
+    # Also when the model itself was prepared with reentrant checkpointing (as peft's k-bit preparation may do).
+    model = grape_helpers["tiny_llama"]()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ValueError, match="use_reentrant=True.*use_reentrant': False"):
+        GrapeTrainer(model=model, args=make_args(tmp_path / "p"), train_dataset=train, target_datasets=targets)
+    # Methods that take no gradients at updates are unaffected.
+    GrapeTrainer(
+        model=grape_helpers["tiny_llama"](),
+        args=make_args(tmp_path / "q", reweight_method="uniform", **reentrant),
+        train_dataset=train,
+    )
+    # The non-reentrant setting (transformers 5's default) trains through the updates.
+    trainer = GrapeTrainer(
+        model=grape_helpers["tiny_llama"](),
+        args=make_args(
+            tmp_path / "r",
+            max_steps=2,
+            gradient_checkpointing=True,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        ),
+        train_dataset=train,
+        target_datasets=targets,
+    )
+    trainer.train()
+    assert trainer.mixture_state.domain_updates == 1
