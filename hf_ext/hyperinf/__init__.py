@@ -5,6 +5,7 @@ from .gradients import PerExampleGradients, TrackedMatrix, tracked_lora_paramete
 from .influence import METHODS, InfluenceConfig, InfluenceEngine, influence_from_gradients
 from .linalg import (
     SchulzConvergenceWarning,
+    SchulzDivergenceError,
     SchulzInfo,
     datainf_hvp,
     exact_fim_hvp,
@@ -25,6 +26,7 @@ __all__ = [
     "PeakMemory",
     "PerExampleGradients",
     "SchulzConvergenceWarning",
+    "SchulzDivergenceError",
     "SchulzInfo",
     "TrackedMatrix",
     "add_influence_column",

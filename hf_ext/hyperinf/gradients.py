@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -129,7 +130,8 @@ def tracked_lora_parameters(
 
     Raises:
         `TypeError`: `model` is not a `torch.nn.Module`.
-        `ValueError`: `model` has no LoRA layers for the adapter, or `modules_to_save` is not a known mode.
+        `ValueError`: `model` has no LoRA layers for the adapter, the adapter is not active (the forward would not use
+            it: `model.set_adapter(adapter_name)` first), or `modules_to_save` is not a known mode.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module (a peft LoRA model), got {type(model).__name__}.")
@@ -176,7 +178,26 @@ def tracked_lora_parameters(
         raise ValueError(
             f"`model` has LoRA layers but none for adapter {adapter!r}; pass `adapter_name` with one of its adapters."
         )
+    active = active_lora_adapters(model)
+    if active and adapter not in active:
+        raise ValueError(
+            f"`adapter_name`={adapter!r} is not an active adapter of `model` (active: {active}): the forward pass does "
+            f"not use its LoRA matrices, so their gradients, and every influence score, would be zero. Activate it "
+            f"first with `model.set_adapter({adapter!r})`, or pass `adapter_name={active[0]!r}`."
+        )
     return tracked
+
+
+def active_lora_adapters(model: torch.nn.Module) -> list[str]:
+    """Adapters that the LoRA layers of `model` apply in the forward pass (sorted; empty if none is reported)."""
+    from peft.tuners.lora import LoraLayer
+
+    active: set[str] = set()
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            names = getattr(module, "active_adapters", None) or []
+            active.update([names] if isinstance(names, str) else names)
+    return sorted(active)
 
 
 def _is_causal_lm(model: torch.nn.Module) -> bool:
@@ -190,6 +211,39 @@ def model_input_names(model: torch.nn.Module) -> set[str]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     params = inspect.signature(base.forward).parameters
     return {name for name in _MODEL_INPUTS if name in params}
+
+
+# local functions registered as input-embedding forward hooks by transformers' `enable_input_require_grads` and by
+# peft's fallback for models without it
+_REQUIRE_GRADS_HOOK_NAMES = ("make_inputs_require_grads", "make_inputs_require_grad")
+
+
+def _hide_input_require_grads_hooks(model: torch.nn.Module) -> list[tuple[dict, list]]:
+    """Remove the forward hooks of `enable_input_require_grads` from their modules' hook dicts.
+
+    A hook is recognised by its handle, kept by the `PreTrainedModel` (`_require_grads_hooks`), or by its function's
+    name: a second `enable_input_require_grads` call (e.g. `peft.prepare_model_for_kbit_training`, then `Trainer` with
+    gradient checkpointing) registers another hook and drops the handle of the first.
+    Returns, per modified hook dict, the dict and its entries before the removal, to be restored by the caller.
+    """
+    handle_ids = set()
+    for module in model.modules():
+        handles = list(getattr(module, "_require_grads_hooks", None) or [])
+        handles.append(getattr(module, "_require_grads_hook", None))
+        handle_ids.update(getattr(handle, "id", None) for handle in handles if handle is not None)
+    hidden: list[tuple[dict, list]] = []
+    for module in model.modules():
+        hooks = module._forward_hooks
+        remove = [
+            key
+            for key, hook in hooks.items()
+            if key in handle_ids or getattr(hook, "__name__", None) in _REQUIRE_GRADS_HOOK_NAMES
+        ]
+        if remove:
+            hidden.append((hooks, list(hooks.items())))
+            for key in remove:
+                del hooks[key]
+    return hidden
 
 
 class PaddingCollator:
@@ -272,9 +326,10 @@ class PerExampleGradients:
 
     Each example's loss is the model's own `outputs.loss` on that example alone (for causal LMs: mean over its
     tokens), computed in `eval()` mode so that dropout (also LoRA dropout) is off. With `method="vmap"` one batch is
-    one `torch.func.vmap(torch.func.grad(...))` call over `torch.func.functional_call` (transformers models are switched
-    to eager attention for the duration, since sdpa mask creation branches on the data); `method="loop"` runs one
-    backward pass per example (slower; for models whose forward cannot be vmapped).
+    one `torch.func.vmap(torch.func.grad(...))` call over `torch.func.functional_call` (for the duration of that call,
+    transformers models are switched to eager attention, since sdpa mask creation branches on the data, and the
+    input-embedding hooks of `enable_input_require_grads` are taken out); `method="loop"` runs one backward pass per
+    example (slower; for models whose forward cannot be vmapped).
 
     Args:
         model (`torch.nn.Module`): the peft LoRA model.
@@ -327,7 +382,7 @@ class PerExampleGradients:
             # the outer no_grad keeps trainable parameters that are not tracked (e.g. a head's bias) from recording an
             # autograd graph through the per-example gradients; torch.func.grad itself ignores an outer no_grad
             try:
-                with torch.no_grad():
+                with torch.no_grad(), self._prepared_for_vmap():
                     grads = torch.func.vmap(torch.func.grad(self._loss), in_dims=(None, 0))(params, batch)
             except RuntimeError as err:
                 if "vmap" not in str(err):
@@ -365,7 +420,6 @@ class PerExampleGradients:
         device = self._device()
         was_training = self.model.training
         self.model.eval()
-        restore_attn = self._use_eager_attention() if self.method == "vmap" else None
         window = 16 * self.batch_size
         try:
             for start in tqdm(range(0, len(dataset), window), desc=desc, disable=not progress, leave=False):
@@ -387,11 +441,34 @@ class PerExampleGradients:
                     yield {name: value[sub : sub + self.batch_size].to(device) for name, value in out.items()}
         finally:
             self.model.train(was_training)
-            if restore_attn is not None:
-                self._base_model().set_attn_implementation(restore_attn)
 
     def _base_model(self) -> torch.nn.Module:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    @contextmanager
+    def _prepared_for_vmap(self) -> Iterator[None]:
+        """Make the forward runnable under `torch.func` for one vmapped call, and restore the model afterwards.
+
+        * A transformers model is switched to eager attention (sdpa mask creation branches on the data). Only the
+          vmapped calls run in eager mode: the per-example backward passes (`"loop"`, padded batches) keep the model's
+          own attention (transformers' eager attention yields NaN on fully masked rows in float64).
+        * The input-embedding forward hooks of `enable_input_require_grads` (registered by `Trainer` with
+          `gradient_checkpointing=True` and by `peft.prepare_model_for_kbit_training`) are taken out: they call
+          `output.requires_grad_()`, which `torch.func` transforms refuse. They only matter for a backward pass through
+          frozen embeddings and are put back in their original order, their handles still valid, also on error.
+        """
+        restore_attn = self._use_eager_attention()
+        try:
+            hidden = _hide_input_require_grads_hooks(self.model)
+            try:
+                yield
+            finally:
+                for hooks, saved in hidden:
+                    hooks.clear()
+                    hooks.update(saved)
+        finally:
+            if restore_attn is not None:
+                self._base_model().set_attn_implementation(restore_attn)
 
     def _use_eager_attention(self) -> str | None:
         """Switch a transformers model to eager attention for vmap (sdpa mask creation branches on the data).

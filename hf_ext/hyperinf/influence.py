@@ -12,6 +12,7 @@ Influence of train example `k` on the validation loss (positive = harmful, as in
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -19,7 +20,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .linalg import SchulzConvergenceWarning, schulz_inverse, schulz_warning_message
+from .linalg import (
+    SchulzConvergenceWarning,
+    SchulzDivergenceError,
+    schulz_divergence_message,
+    schulz_inverse,
+    schulz_warning_message,
+)
 
 METHODS = ("hyperinf", "datainf", "lissa", "tracin", "exact")
 GradientBatches = Iterable[Mapping[str, torch.Tensor]]
@@ -37,7 +44,9 @@ class InfluenceConfig:
             (direct solve; small models).
         damping_scale (`float`, *optional*, defaults to 0.1): per-layer damping `lambda_l = damping_scale *
             mean_i mean(g_{l,i}^2)` (DataInf's rule, also used by HyperINF).
-        damping (`float`, *optional*): a fixed damping for every layer instead of the per-layer rule.
+        damping (`float`, *optional*): a fixed damping for every layer instead of the per-layer rule. `damping`,
+            `damping_scale` and `schulz_extra_damping` must be finite; every method but `"tracin"` inverts the damped
+            curvature and refuses a zero damping at construction (HyperINF: unless `schulz_extra_damping > 0`).
         schulz_iterations (`int`, *optional*, defaults to 100): maximum Schulz iterations (the reference runs a fixed
             30 for mislabeled-data detection and 15 for data selection).
         schulz_init (`str`, *optional*, defaults to `"frobenius"`): `"frobenius"` (`X_0 = I / ||A||_F`,
@@ -50,7 +59,8 @@ class InfluenceConfig:
             (converged). A layer that stops without reaching it (iteration budget spent, or the residual stopped
             decreasing at the dtype's rounding floor) is reported with `schulz_converged=False` and a
             `SchulzConvergenceWarning`. `None` runs exactly `schulz_iterations` (the reference's behaviour) and
-            never claims convergence.
+            never claims convergence. Whatever the tolerance, a diverging iteration (`alpha * mu_max >= 2`, e.g.
+            `schulz_init="identity"` on a layer with `mu_max >= 4e4`) raises `SchulzDivergenceError` in `fit`.
         schulz_order (`int`, *optional*, defaults to 2): hyperpower order (2 = Newton-Schulz, 3 = cubic).
         schulz_extra_damping (`float`, *optional*, defaults to 0.0): extra `c I` added before inversion (the
             reference adds 1e-3 in mislabeled-data detection and 0 in data selection).
@@ -90,10 +100,22 @@ class InfluenceConfig:
 
         if self.method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}.")
-        if not self.damping_scale >= 0:
-            raise ValueError(f"`damping_scale` must be >= 0, got {self.damping_scale!r}.")
-        if self.damping is not None and not self.damping >= 0:
-            raise ValueError(f"`damping` must be >= 0 or None, got {self.damping!r}.")
+        if not (self.damping_scale >= 0 and math.isfinite(self.damping_scale)):
+            raise ValueError(f"`damping_scale` must be finite and >= 0, got {self.damping_scale!r}.")
+        if self.damping is not None and not (self.damping >= 0 and math.isfinite(self.damping)):
+            raise ValueError(f"`damping` must be finite and >= 0, or None, got {self.damping!r}.")
+        if not (self.schulz_extra_damping >= 0 and math.isfinite(self.schulz_extra_damping)):
+            raise ValueError(f"`schulz_extra_damping` must be finite and >= 0, got {self.schulz_extra_damping!r}.")
+        damping = self.damping if self.damping is not None else self.damping_scale
+        if self.method == "hyperinf":
+            damping += self.schulz_extra_damping
+        if self.method != "tracin" and damping == 0:
+            which = "`damping`" if self.damping is not None else "`damping_scale`"
+            raise ValueError(
+                f"method={self.method!r} inverts the damped curvature and needs a positive damping, but {which} is 0 "
+                "(the undamped curvature is singular as soon as there are fewer examples than dimensions). Pass a "
+                "positive `damping_scale` (default 0.1) or `damping`, or use method='tracin' (no curvature)."
+            )
         if not isinstance(self.schulz_iterations, int) or self.schulz_iterations < 0:
             raise ValueError(f"`schulz_iterations` must be a non-negative int, got {self.schulz_iterations!r}.")
         if self.schulz_init not in SCHULZ_INITS:
@@ -104,8 +126,6 @@ class InfluenceConfig:
             raise ValueError(f"`schulz_tol` must be positive or None, got {self.schulz_tol!r}.")
         if self.schulz_order not in (2, 3):
             raise ValueError(f"`schulz_order` must be 2 or 3, got {self.schulz_order!r}.")
-        if not self.schulz_extra_damping >= 0:
-            raise ValueError(f"`schulz_extra_damping` must be >= 0, got {self.schulz_extra_damping!r}.")
         if not isinstance(self.lissa_iterations, int) or self.lissa_iterations < 1:
             raise ValueError(f"`lissa_iterations` must be a positive int, got {self.lissa_iterations!r}.")
         if self.lissa_scale is not None and not self.lissa_scale > 0:
@@ -224,23 +244,28 @@ class InfluenceEngine:
             ):
                 raise ValueError(
                     f"method={cfg.method!r} needs a positive damping, but layer {name!r} got {layer.damping}: its "
-                    "gradients are all zero (an untrained adapter? peft initialises LoRA B to zero) or "
-                    "`damping`/`damping_scale` is 0."
+                    "gradients are all zero (an untrained adapter? peft initialises LoRA B to zero)."
                 )
             if layer.curvature is not None:
                 layer.curvature.div_(n)
                 eye = torch.eye(layer.curvature.shape[0], dtype=cfg.dtype, device=self.device)
                 if cfg.method == "hyperinf":
                     matrix = layer.curvature + (layer.damping + cfg.schulz_extra_damping) * eye
-                    inverse, info = schulz_inverse(
-                        matrix.to(cfg.schulz_dtype or cfg.dtype),
-                        num_iterations=cfg.schulz_iterations,
-                        init=cfg.schulz_init,
-                        alpha=cfg.schulz_alpha,
-                        tol=cfg.schulz_tol,
-                        order=cfg.schulz_order,
-                        warn=False,
-                    )
+                    matrix = matrix.to(cfg.schulz_dtype or cfg.dtype)
+                    try:
+                        inverse, info = schulz_inverse(
+                            matrix,
+                            num_iterations=cfg.schulz_iterations,
+                            init=cfg.schulz_init,
+                            alpha=cfg.schulz_alpha,
+                            tol=cfg.schulz_tol,
+                            order=cfg.schulz_order,
+                            warn=False,
+                        )
+                    except SchulzDivergenceError as err:
+                        safe = float(1.0 / torch.linalg.matrix_norm(matrix))
+                        message = schulz_divergence_message(err.info, matrix.dtype, f" for layer {name!r}", safe)
+                        raise SchulzDivergenceError(message, err.info) from None
                     layer.solver = inverse
                     layer.info.update(
                         schulz_alpha=info.alpha,

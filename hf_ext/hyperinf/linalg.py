@@ -14,6 +14,7 @@ validation gradient, `lambda` the damping.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -28,6 +29,18 @@ class SchulzConvergenceWarning(UserWarning):
     """Schulz's iteration stopped before its residual reached the requested tolerance."""
 
 
+class SchulzDivergenceError(ValueError):
+    """Schulz's iteration diverged: the initial scale is too large for the matrix (`alpha * mu_max >= 2`).
+
+    Attributes:
+        info (`SchulzInfo`): the diagnostics up to the step where the divergence was detected.
+    """
+
+    def __init__(self, message: str, info: SchulzInfo):
+        super().__init__(message)
+        self.info = info
+
+
 @dataclass
 class SchulzInfo:
     """Diagnostics of one `schulz_inverse` call.
@@ -38,6 +51,7 @@ class SchulzInfo:
         converged (`bool`): whether the residual reached the tolerance (always `False` without a tolerance).
         stalled (`bool`): whether the iteration stopped early because the residual stopped decreasing (the rounding
             floor of the dtype) before reaching the tolerance.
+        diverged (`bool`): whether the iteration was stopped because it diverged (see `schulz_inverse`).
         residuals (`list[float]`): `||I - A X_k||` (Frobenius, divided by `sqrt(d)`) for `k = 0..iterations`.
         spectral_residuals (`list[float]`): the same in spectral norm, only when `track_spectral=True`.
     """
@@ -46,6 +60,7 @@ class SchulzInfo:
     iterations: int = 0
     converged: bool = False
     stalled: bool = False
+    diverged: bool = False
     residuals: list[float] = field(default_factory=list)
     spectral_residuals: list[float] = field(default_factory=list)
 
@@ -111,9 +126,9 @@ def schulz_inverse(
         alpha (`float`, *optional*): scale of the initial guess; defaults to `schulz_initial_alpha(matrix, init)`.
         tol (`float`, *optional*): stop once `||I - A X_k||_F / sqrt(d) <= tol` (`info.converged = True`). The
             iteration also stops, *without* counting as converged (`info.stalled = True`), once the residual, already
-            below 1, stops decreasing: the rounding floor of the dtype, reached for example in float32 on an
-            ill-conditioned matrix. `None` runs exactly `num_iterations` iterations, as the reference does, and
-            never claims convergence.
+            below 1, stops decreasing while staying at or below its start: the rounding floor of the dtype, reached
+            for example in float32 on an ill-conditioned matrix. `None` runs exactly `num_iterations` iterations, as
+            the reference does, and never claims convergence.
         order (`int`, *optional*, defaults to 2): hyperpower order, 2 or 3.
         track_spectral (`bool`, *optional*, defaults to `False`): also record spectral norms of the residuals
             (costs an SVD per step; for diagnostics and tests).
@@ -122,6 +137,13 @@ def schulz_inverse(
 
     Returns:
         `tuple[torch.Tensor, SchulzInfo]`: the approximate inverse `X` and the diagnostics.
+
+    Raises:
+        `SchulzDivergenceError` (a `ValueError`): the iteration diverged, whatever `tol`: the residual is not finite,
+            or exceeds both 1 and its start (a convergent start has `||R_k|| <= ||R_0|| < 1`, since `R_k` is a power
+            of `R_0`), or, with `tol`, it grows back above its start once below 1. This happens when
+            `alpha * mu_max(A) >= 2` (e.g. the reference's `X_0 = 5e-5 I` on a matrix with `mu_max >= 4e4`). The
+            error carries the diagnostics (`err.info`).
     """
     _check_square(matrix, "matrix")
     if not isinstance(num_iterations, int) or num_iterations < 0:
@@ -146,14 +168,23 @@ def schulz_inverse(
         info.residuals.append(float(torch.linalg.matrix_norm(residual)) / scale)
         if track_spectral:
             info.spectral_residuals.append(float(torch.linalg.matrix_norm(residual, ord=2)))
-        if tol is not None and info.residuals[-1] <= tol:
+        current, start = info.residuals[-1], info.residuals[0]
+        if not math.isfinite(current) or current > max(start, 1.0):
+            # R_k = R_0^(2^k) (or 3^k): it only grows past its start, and past 1, when alpha * mu_max >= 2
+            info.diverged = True
+            break
+        if tol is not None and current <= tol:
             info.converged = True
             break
-        if tol is not None and step > 0 and info.residuals[-2] < 1.0 and info.residuals[-1] >= info.residuals[-2]:
-            # the residual stopped shrinking: the rounding floor of the dtype. More iterations cannot help, but the
-            # tolerance was not reached, so this is not convergence (in float32 on an ill-conditioned matrix the
-            # floor can be a residual of 0.999, i.e. no inverse at all).
-            info.stalled = True
+        if tol is not None and step > 0 and info.residuals[-2] < 1.0 and current >= info.residuals[-2]:
+            # the residual stopped shrinking. Back above its start: an eigenvalue with |1 - alpha mu| > 1 took over
+            # (divergence). Otherwise the rounding floor of the dtype: more iterations cannot help, but the tolerance
+            # was not reached, so this is not convergence (in float32 on an ill-conditioned matrix the floor can be a
+            # residual of 0.999, i.e. no inverse at all).
+            if current > start:
+                info.diverged = True
+            else:
+                info.stalled = True
             break
         if step == num_iterations:
             break
@@ -162,6 +193,9 @@ def schulz_inverse(
         else:
             x = x @ (eye + residual @ (eye + residual))
         info.iterations += 1
+    if info.diverged:
+        safe_alpha = float(1.0 / torch.linalg.matrix_norm(matrix))
+        raise SchulzDivergenceError(schulz_divergence_message(info, matrix.dtype, safe_alpha=safe_alpha), info)
     if warn and tol is not None and not info.converged:
         warnings.warn(schulz_warning_message(info, tol, matrix.dtype), SchulzConvergenceWarning, stacklevel=2)
     return x, info
@@ -175,6 +209,21 @@ def schulz_warning_message(info: SchulzInfo, tol: float, dtype: torch.dtype, whe
         f"tol={tol:g} after {info.iterations} iterations in {dtype} ({reason}). The inverse, and influence scores "
         "computed with it, are inaccurate. Invert in float64, use init='frobenius' (or a larger damping), or "
         "raise the number of iterations."
+    )
+
+
+def schulz_divergence_message(
+    info: SchulzInfo, dtype: torch.dtype, where: str = "", safe_alpha: float | None = None
+) -> str:
+    """The text of a `SchulzDivergenceError`: what happened and how to fix it."""
+    safe = f" (e.g. 1/||A||_F = {safe_alpha:.3g})" if safe_alpha is not None else ""
+    return (
+        f"Schulz's iteration{where} diverged: residual ||I - AX||_F/sqrt(d) went from {info.residuals[0]:.3g} to "
+        f"{info.final_residual:.3g} after {info.iterations} iterations in {dtype}. The initial scale "
+        f"alpha={info.alpha:.3g} is too large for this matrix (convergence needs alpha * mu_max < 2), so the inverse, "
+        "and influence scores computed with it, would be NaN or meaningless. Use the default start "
+        "init='frobenius' (schulz_init='frobenius': X_0 = I/||A||_F, convergent for the damped GFIM) or a smaller "
+        f"initial scale (`alpha`, or `schulz_alpha` for InfluenceEstimator){safe}."
     )
 
 

@@ -16,9 +16,18 @@ def _check_scores_labels(scores, is_noisy) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"`scores` ({scores.shape[0]}) and `is_noisy` ({is_noisy.shape[0]}) differ in length.")
     if scores.size == 0:
         raise ValueError("`scores` is empty.")
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("`scores` holds NaN or infinite values.")
+    _check_finite(scores)
     return scores, is_noisy
+
+
+def _check_finite(scores: np.ndarray) -> None:
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise ValueError(
+            f"`scores` holds {bad.size} NaN or infinite value(s) (first at index {int(bad[0])}), which cannot be "
+            "ranked; recompute them (a diverged or unconverged inverse, e.g. the reference's Schulz start on a large "
+            "matrix, gives such scores)."
+        )
 
 
 def detection_curve(scores, is_noisy, fractions=None) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +84,7 @@ def select_lowest_influence(scores, fraction: float, groups=None) -> np.ndarray:
         raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r}.")
     if scores.size == 0:
         raise ValueError("`scores` is empty.")
+    _check_finite(scores)
     if groups is None:
         keep = max(1, int(round(fraction * scores.size)))
         return np.sort(np.argsort(scores, kind="stable")[:keep])

@@ -20,6 +20,7 @@ Run as `python scripts/hyperinf.py` or `hf-ext run hyperinf` (one process).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -207,8 +208,18 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
         raise ValueError("--inspect_fraction and --select_fraction must be in (0, 1].")
     if inf.schulz_init not in ("transpose", "identity", "frobenius"):
         raise ValueError(f"--schulz_init must be transpose, identity or frobenius, got {inf.schulz_init!r}.")
-    if inf.influence_batch_size <= 0 or inf.lissa_iterations <= 0 or inf.schulz_iterations < 0:
-        raise ValueError("--influence_batch_size and --lissa_iterations must be positive.")
+    if inf.influence_batch_size <= 0 or inf.lissa_iterations <= 0:
+        raise ValueError(
+            f"--influence_batch_size and --lissa_iterations must be positive, got {inf.influence_batch_size} and "
+            f"{inf.lissa_iterations}."
+        )
+    if inf.schulz_iterations < 0:
+        raise ValueError(f"--schulz_iterations must be >= 0 (e.g. the default 100), got {inf.schulz_iterations}.")
+    if not (inf.damping_scale > 0 and math.isfinite(inf.damping_scale)):
+        raise ValueError(
+            f"--damping_scale must be a positive finite number (e.g. the default 0.1): hyperinf, datainf, lissa and "
+            f"exact invert the damped curvature; got {inf.damping_scale}."
+        )
     if inf.num_threads is not None and inf.num_threads <= 0:
         raise ValueError(f"--num_threads must be positive, got {inf.num_threads}.")
     base = model_args.model_name_or_path

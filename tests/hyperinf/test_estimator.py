@@ -255,6 +255,10 @@ def test_clear_errors(causal_lm, lm_data, cls_data, small_tokenizer):
         est.scores([])
     with pytest.raises(ValueError, match="max_exact_dim"):
         InfluenceEstimator(causal_lm, "exact", exact_curvature="fim", max_exact_dim=16)
+    with pytest.raises(ValueError, match="positive damping"):  # refused before any gradient pass
+        InfluenceEstimator(causal_lm, "datainf", damping_scale=0.0)
+    with pytest.raises(ValueError, match="`damping` must be finite"):
+        InfluenceEstimator(causal_lm, "tracin", damping=float("inf"))
     cls_model = classification_model("bert", len(small_tokenizer))
     with pytest.raises(ValueError, match="labels"):
         InfluenceEstimator(cls_model).fit(cls_data[0].remove_columns("labels"))
@@ -292,3 +296,82 @@ def test_saved_adapter_loaded_for_inference(causal_lm, lm_data, small_tokenizer,
     expected = InfluenceEstimator(causal_lm, "hyperinf").fit(train).scores(val)
     got = InfluenceEstimator(reloaded, "hyperinf").fit(train).scores(val)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_input_require_grads_hook_is_taken_out_for_vmap_and_restored(causal_lm, lm_data, monkeypatch):
+    """Audit defect 1: `Trainer(gradient_checkpointing=True)` (and `peft.prepare_model_for_kbit_training`) call
+    `enable_input_require_grads`, whose embedding hook calls `requires_grad_()`; `vmap` refused it, so `fit` crashed with
+    the defaults. The hook is taken out during the vmapped calls only and put back exactly, also on error."""
+    import copy
+
+    train, val = lm_data
+    train = train.select(range(16))
+    expected = InfluenceEstimator(causal_lm, "hyperinf").fit(train).scores(val)
+    model = copy.deepcopy(causal_lm)
+    base = model.get_base_model()
+    # as after `peft.prepare_model_for_kbit_training` and `Trainer(gradient_checkpointing=True)`: each call registers a
+    # hook, the second one drops the handle of the first
+    base.enable_input_require_grads()
+    base.activation_checkpointing_enable()
+    embeddings = model.get_input_embeddings()
+    hooks_before = list(embeddings._forward_hooks.items())
+    assert len(hooks_before) == 2 and base._require_grads_hook.id in embeddings._forward_hooks
+    got = InfluenceEstimator(model, "hyperinf").fit(train).scores(val)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    assert list(embeddings._forward_hooks.items()) == hooks_before
+    assert embeddings(torch.tensor([[1, 2]])).requires_grad  # the hook still works (frozen embedding weights)
+
+    def failing_loss(params, example):
+        raise RuntimeError("boom")
+
+    est = InfluenceEstimator(model, "tracin")
+    monkeypatch.setattr(est.gradients, "_loss", failing_loss)
+    with pytest.raises(RuntimeError, match="boom"):
+        est.fit(train)
+    assert list(embeddings._forward_hooks.items()) == hooks_before
+    assert base.config._attn_implementation == "sdpa"
+
+
+def test_adapter_name_must_be_active(small_tokenizer, lm_data):
+    """Audit defect 2: with `adapter_name` not active, the forward ignored the tracked matrices: TracIn returned all-zero
+    scores and the other methods failed after a full gradient pass, blaming an untrained adapter."""
+    torch.manual_seed(0)
+    model = get_peft_model(
+        LlamaForCausalLM(tiny_llama_config(len(small_tokenizer))),
+        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
+        adapter_name="first",
+    )
+    model.add_adapter("second", LoraConfig(r=3, lora_alpha=6, target_modules=["q_proj", "v_proj"]))
+    randomize_lora_b(model)
+    model.set_adapter("first")
+    message = r"`adapter_name`='second' is not an active.*\['first'\].*model.set_adapter\('second'\)"
+    for method in ("tracin", "hyperinf"):
+        with pytest.raises(ValueError, match=message):
+            InfluenceEstimator(model, method, adapter_name="second")
+    assert all(".first." in m.name for m in InfluenceEstimator(model, "tracin").tracked)  # default: the active one
+    model.set_adapter("second")
+    train, val = lm_data
+    est = InfluenceEstimator(model, "tracin", adapter_name="second")
+    assert all(".second." in m.name for m in est.tracked)
+    assert np.abs(est.fit(train.select(range(8))).scores(val)).max() > 0
+
+
+def test_left_padded_example_in_float64_has_finite_vmap_gradients(causal_lm):
+    """Audit defect 6: the whole pass ran in eager attention under the default `vmap`, so a padded example (which takes
+    the per-example backward path) got NaN gradients in float64; only the vmapped calls use eager attention now."""
+    import copy
+
+    from hf_ext.hyperinf import PerExampleGradients
+
+    model = copy.deepcopy(causal_lm).double()
+    example = {"input_ids": [0, 0, 0, 5, 6, 7, 8, 9], "attention_mask": [0, 0, 0, 1, 1, 1, 1, 1]}
+    example["labels"] = [-100, -100, -100, 5, 6, 7, 8, 9]
+    tracked = tracked_lora_parameters(model)
+    grads = {}
+    for method in ("vmap", "loop"):
+        per_example = PerExampleGradients(model, tracked, batch_size=1, method=method, dtype=torch.float64)
+        grads[method] = next(per_example.iterate([example]))
+    for name, value in grads["vmap"].items():
+        assert torch.isfinite(value).all() and value.abs().max() > 0
+        torch.testing.assert_close(value, grads["loop"][name])
+    assert model.get_base_model().config._attn_implementation == "sdpa"

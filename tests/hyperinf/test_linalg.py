@@ -73,9 +73,54 @@ def test_schulz_order3_cubes_residual():
 
 
 def test_schulz_diverges_when_alpha_too_large():
+    from hf_ext.hyperinf import SchulzDivergenceError
+
     a = random_spd(16, 1.0, 10.0)
-    _, info = schulz_inverse(a, num_iterations=8, init="identity", alpha=0.3)  # alpha * mu_max = 3 > 2
-    assert info.residuals[-1] > 1e3 * info.residuals[0]
+    with pytest.raises(SchulzDivergenceError, match="diverged") as caught:
+        schulz_inverse(a, num_iterations=8, init="identity", alpha=0.3)  # alpha * mu_max = 3 > 2
+    info = caught.value.info
+    assert info.diverged and not info.converged and not info.stalled
+    assert info.residuals[-1] > max(info.residuals[0], 1.0) and all(math.isfinite(r) for r in info.residuals)
+
+
+def one_eigenvalue_out_of_range(d: int = 64) -> torch.Tensor:
+    """SPD matrix with eigenvalues 0.5 (d - 1 times) and 2.5: with X_0 = I every direction but one converges
+    (|1 - mu| = 0.5) and that one diverges (|1 - mu| = 1.5); the Frobenius residual first shrinks, then grows."""
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(9), dtype=torch.float64))
+    eig = torch.full((d,), 0.5, dtype=torch.float64)
+    eig[-1] = 2.5
+    return (q * eig) @ q.T
+
+
+@pytest.mark.parametrize("tol", [1e-6, None])
+def test_schulz_divergence_is_detected_and_not_called_a_rounding_floor(tol):
+    """Audit defect 4: a start with alpha * mu_max >= 2 returned NaN without a tolerance and, with one, was reported as
+    'the residual stopped decreasing (rounding floor)' (advice: float64), although it was a divergence."""
+    from hf_ext.hyperinf import SchulzDivergenceError
+
+    a = one_eigenvalue_out_of_range()
+    with pytest.raises(SchulzDivergenceError, match="diverged.*init='frobenius'") as caught:
+        schulz_inverse(a, num_iterations=30, init="identity", alpha=1.0, tol=tol)
+    info = caught.value.info
+    assert info.diverged and not info.stalled and not info.converged
+    assert info.residuals[0] < 1.0 and min(info.residuals) < info.residuals[0] < info.residuals[-1]
+    assert all(math.isfinite(r) for r in info.residuals)
+    x, info = schulz_inverse(a, num_iterations=30, init="frobenius", tol=tol)  # the default start converges
+    assert not info.diverged and torch.allclose(x, torch.linalg.inv(a), atol=1e-10)
+
+
+def test_reference_parity_setting_raises_instead_of_nan_scores():
+    """Audit defect 4: the documented reference setting (X_0 = 5e-5 I, 30 fixed iterations) returned all-NaN scores
+    when 5e-5 * mu_max >= 2; it must raise, naming the layer and the fix."""
+    from hf_ext.hyperinf import SchulzDivergenceError
+
+    train = random_grads(50, 2, 16, seed=10, scale=200.0)  # mu_max(G) ~ 1e5
+    val = random_grads(5, 2, 16, seed=11)
+    options = dict(schulz_init="identity", schulz_iterations=30, schulz_tol=None, schulz_extra_damping=1e-3)
+    with pytest.raises(SchulzDivergenceError, match="layer 'l' diverged.*schulz_init='frobenius'"):
+        influence_from_gradients({"l": train}, {"l": val}, "hyperinf", **options)
+    scores = influence_from_gradients({"l": train}, {"l": val}, "hyperinf", **{**options, "schulz_init": "frobenius"})
+    assert torch.isfinite(scores).all()
 
 
 def test_reference_init_leaves_small_eigenvalues_unconverged():
@@ -291,6 +336,49 @@ def test_peak_memory_sees_a_large_allocation():
     assert meter.peak_bytes >= 48 * 2**20
     assert meter.seconds > 0
     del block
+
+
+def test_ranking_helpers_reject_non_finite_scores():
+    """Audit defect 4: `select_lowest_influence` ranked NaN scores (silently keeping the first examples)."""
+    scores = np.array([3.0, np.nan, 1.0, 0.0, 2.0, 5.0])
+    noisy = np.array([1, 0, 0, 1, 0, 0], dtype=bool)
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="NaN or infinite.*index 1"):
+        select_lowest_influence(scores, 0.5)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        select_lowest_influence(scores, 0.5, groups)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        select_lowest_influence(np.where(np.isnan(scores), np.inf, scores), 0.5)
+    for helper in (roc_auc, recall_at_fraction, detection_curve):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            helper(scores, noisy)
+
+
+@pytest.mark.parametrize("method", ["hyperinf", "datainf", "lissa", "exact"])
+def test_zero_damping_rejected_at_construction_for_inverting_methods(method):
+    """Audit defect 3: zero damping was accepted at construction and rejected only after the full gradient pass."""
+    from hf_ext.hyperinf import InfluenceConfig, InfluenceEngine
+
+    for options in ({"damping_scale": 0.0}, {"damping": 0.0}, {"damping": 0.0, "damping_scale": 0.1}):
+        with pytest.raises(ValueError, match="positive damping.*damping_scale"):
+            InfluenceEngine(InfluenceConfig(method=method, **options), {"l": (2, 4)})
+    InfluenceEngine(InfluenceConfig(method=method, damping_scale=0.0, damping=0.5), {"l": (2, 4)})  # damping wins
+    if method == "hyperinf":  # the extra damping keeps the matrix positive definite
+        InfluenceEngine(InfluenceConfig(method=method, damping_scale=0.0, schulz_extra_damping=1e-3), {"l": (2, 4)})
+
+
+@pytest.mark.parametrize("method", ["hyperinf", "datainf", "lissa", "tracin", "exact"])
+def test_non_finite_damping_rejected_for_every_method(method):
+    """Audit defects 3 and 5: `damping=inf`/`damping_scale=inf` were accepted and gave all -0 scores."""
+    from hf_ext.hyperinf import InfluenceConfig
+
+    for name in ("damping", "damping_scale", "schulz_extra_damping"):
+        for value in (math.inf, math.nan):
+            with pytest.raises(ValueError, match=f"`{name}` must be finite"):
+                InfluenceConfig(method=method, **{name: value}).validate()
+    if method == "tracin":  # no inverse: zero damping is fine
+        g = {"l": random_grads(4, 2, 3)}
+        assert torch.isfinite(influence_from_gradients(g, g, "tracin", damping_scale=0.0)).all()
 
 
 def test_select_lowest_influence_per_group_keeps_proportions():

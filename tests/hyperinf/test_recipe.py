@@ -42,6 +42,13 @@ def test_recipe_tiny_run(tmp_path):
         (["--select_fraction", "0"], "--select_fraction"),
         (["--schulz_init", "zeros"], "--schulz_init"),
         (["--model_name_or_path", "someone/some-model"], "HF_HUB_OFFLINE"),
+        # audit defect 3: these failed only after pretraining and fine-tuning (leaving output_dir/base/ behind), or
+        # named another argument
+        (["--damping_scale", "0"], "--damping_scale"),
+        (["--damping_scale", "-1", "--methods", "hyperinf"], "--damping_scale"),
+        (["--damping_scale", "inf"], "--damping_scale"),
+        (["--damping_scale", "nan"], "--damping_scale"),
+        (["--schulz_iterations", "-3"], "--schulz_iterations must be >= 0"),
     ],
 )
 def test_recipe_rejects_bad_arguments_before_writing(tmp_path, args, match):
