@@ -6,6 +6,7 @@ import json
 import os
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import has_length
 
 from .collator import MetadataCollator
 
@@ -19,7 +20,10 @@ class MetadataCooldownCallback(TrainerCallback):
     without metadata. The callback tells the collator the batch index at which conditioning stops
     (`switch_step * gradient_accumulation_steps`); the collator counts the batches it builds, so the switch lands
     on exactly the first batch of optimizer step `switch_step + 1` even though data loaders prepare batches ahead.
-    On resume the counter is set from `state.global_step`. The switch point is logged as
+    On resume the counter is set from `state.global_step`, less the batches of the resumed epoch that the Trainer
+    fast-forwards through the collator (iterable datasets: accelerate's `skip_first_batches` collates and discards
+    them; map-style datasets skip indices without collating), so a resumed run switches at the same micro-batch as an
+    uninterrupted one. The switch point is logged as
     `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint; the number of
     documents whose metadata value was invalid (trained without metadata) so far is logged as `metadata_invalid`.
 
@@ -44,9 +48,32 @@ class MetadataCooldownCallback(TrainerCallback):
         self.switch_step: int | None = None
         self._grad_accum = 1
         self._count_at_step_end: int | None = None
+        self._skipped_by_collation = 0
 
     def _sync(self, args, state) -> None:
-        self.collator.batches_seen = state.global_step * self._grad_accum
+        self.collator.batches_seen = state.global_step * self._grad_accum - self._skipped_by_collation
+
+    @staticmethod
+    def _batches_collated_while_skipping(args, state, train_dataloader) -> int:
+        """Batches of the resumed epoch the Trainer fast-forwards through the collator (0 for a fresh run).
+
+        The Trainer skips `(global_step % update_steps_per_epoch) * gradient_accumulation_steps` batches of the
+        resumed epoch with accelerate's `skip_first_batches`: for a map-style dataset it skips sampler indices (the
+        collator never sees them); for an `IterableDataset` it collates the batches and drops them.
+        """
+        import torch
+
+        if state.global_step == 0 or args.ignore_data_skip or train_dataloader is None:
+            return 0
+        if not isinstance(getattr(train_dataloader, "dataset", None), torch.utils.data.IterableDataset):
+            return 0
+        ga = args.gradient_accumulation_steps
+        if has_length(train_dataloader):  # as Trainer.set_initial_training_values
+            batches = len(train_dataloader)
+            per_epoch = max(batches // ga + int(batches % ga > 0), 1)
+        else:
+            per_epoch = state.max_steps
+        return (state.global_step % per_epoch) * ga
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.max_steps is None or state.max_steps <= 0:
@@ -66,10 +93,12 @@ class MetadataCooldownCallback(TrainerCallback):
         self.collator.cooldown_start_batch = (
             self.switch_step * self._grad_accum if self.cooldown_fraction > 0 else None
         )
+        self._skipped_by_collation = self._batches_collated_while_skipping(args, state, kwargs.get("train_dataloader"))
         self._sync(args, state)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._sync(args, state)
+        self._skipped_by_collation = 0  # only the resumed epoch is fast-forwarded
 
     def on_step_end(self, args, state, control, **kwargs):
         self._count_at_step_end = self.collator.batches_seen

@@ -54,7 +54,10 @@ class MetadataEncoder:
         layout (`str`, *optional*, defaults to `"context"`): `"context"` or `"meco"`.
         meco_prefix (`str`, *optional*, defaults to `"URL: {metadata}\\n\\n"`): Prefix text of the MeCo layout.
         add_eos (`bool`, *optional*, defaults to `True`): Append EOS to each document (loss-bearing).
-        max_metadata_tokens (`int`, *optional*): Keep at most this many metadata tokens.
+        max_metadata_tokens (`int`, *optional*): Keep at most this many metadata tokens. In the `"context"` layout
+            the metadata between the markers is cut; in the `"meco"` layout the prefix text (`"URL: {metadata}\\n\\n"`)
+            is cut to this many tokens while its closing separator (the text after `{metadata}`, `"\\n\\n"`) is
+            always kept, so the document still starts after the separator.
     """
 
     def __init__(
@@ -84,14 +87,26 @@ class MetadataEncoder:
             self.context_end_id = vocab[CONTEXT_END]
         if "{metadata}" not in meco_prefix:
             raise ValueError("meco_prefix must contain '{metadata}', e.g. 'URL: {metadata}\\n\\n'.")
-        if max_metadata_tokens is not None and max_metadata_tokens < 1:
-            raise ValueError("max_metadata_tokens must be positive or None.")
+        if max_metadata_tokens is not None and (
+            isinstance(max_metadata_tokens, bool)
+            or not isinstance(max_metadata_tokens, int)
+            or max_metadata_tokens < 1
+        ):
+            raise ValueError(f"max_metadata_tokens must be a positive int or None, got {max_metadata_tokens!r}.")
         self.tokenizer = tokenizer
         self.layout = layout
         self.meco_prefix = meco_prefix
         self.add_eos = add_eos
         self.max_metadata_tokens = max_metadata_tokens
         self._check_no_control_tokens_from_text()
+        # The meco prefix's closing separator ("\n\n"), kept whole when the prefix is cut.
+        self._meco_head, tail = meco_prefix.format(metadata="\x00").split("\x00", 1)
+        self._meco_tail_ids = self._tokens([tail])[0] if tail else []
+        if layout == "meco" and max_metadata_tokens is not None and max_metadata_tokens <= len(self._meco_tail_ids):
+            raise ValueError(
+                f"max_metadata_tokens={max_metadata_tokens} leaves no room for the metadata before the meco prefix's "
+                f"{len(self._meco_tail_ids)}-token closing separator {tail!r}; raise max_metadata_tokens."
+            )
 
     def _tokens(self, texts: list[str]) -> list[list[int]]:
         """Token ids of data text. Special-token strings in the text (a literal `<|context_end|>`, `<|endoftext|>`)
@@ -130,13 +145,16 @@ class MetadataEncoder:
                     meta = meta[: self.max_metadata_tokens]
                 out.append([bos, self.context_begin_id, *meta, self.context_end_id])
             return out
-        present = [self.meco_prefix.format(metadata=m) for m in metadata if m]
-        encoded = iter(self._tokens(present))
+        present = [m for m in metadata if m]
+        encoded = iter(self._tokens([self.meco_prefix.format(metadata=m) for m in present]))
+        limit = self.max_metadata_tokens
         out = []
         for m in metadata:
             meta = next(encoded) if m else []
-            if self.max_metadata_tokens is not None:
-                meta = meta[: self.max_metadata_tokens]
+            if limit is not None and len(meta) > limit:
+                # Cut the prefix text before the separator, then close it: the document never runs on from the URL.
+                head = self._tokens([self._meco_head + m])[0]
+                meta = head[: limit - len(self._meco_tail_ids)] + self._meco_tail_ids
             out.append([bos, *meta])
         return out
 

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 from collections.abc import Sequence
 
 from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder
+
+logger = logging.getLogger(__name__)
+
+
+def _padding_invariant_positions(model) -> bool:
+    """Whether the model's outputs do not depend on a shift of all positions (rotary embeddings: Llama, Mistral, ...)."""
+    config = getattr(model, "config", None)
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return any(getattr(config, name, None) is not None for name in ("rope_parameters", "rope_theta", "rotary_dim"))
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int):
@@ -21,15 +33,20 @@ def _left_pad(seqs: list[list[int]], pad_id: int):
 
 
 def build_guidance_inputs(
-    tokenizer, prompts: Sequence[str], metadata: Sequence[str | None], layout: str = "context"
+    tokenizer,
+    prompts: Sequence[str],
+    metadata: Sequence[str | None],
+    layout: str = "context",
+    max_metadata_tokens: int | None = None,
 ) -> dict:
     """Conditional and unconditional (empty-context) prompts, left-padded, as tensors.
 
     Returns a dict with `input_ids`, `attention_mask` (`[BOS] <|context_begin|>{metadata}<|context_end|>{prompt}`)
     and `negative_prompt_ids`, `negative_prompt_attention_mask` (`[BOS] <|context_begin|><|context_end|>{prompt}`,
-    the unconditional form seen in training through metadata dropout).
+    the unconditional form seen in training through metadata dropout). `max_metadata_tokens` cuts the metadata as
+    `MetadataCollator(max_metadata_tokens=...)` did in training, so the prefix is the one the model was trained on.
     """
-    encoder = MetadataEncoder(tokenizer, layout=layout, add_eos=False)
+    encoder = MetadataEncoder(tokenizer, layout=layout, add_eos=False, max_metadata_tokens=max_metadata_tokens)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     cond = encoder.encode_batch(list(prompts), list(metadata))
     uncond = encoder.encode_batch(list(prompts), [None] * len(prompts))
@@ -52,6 +69,7 @@ def generate_with_metadata_guidance(
     layout: str = "context",
     return_text: bool = True,
     suppress_context_tokens: bool = True,
+    max_metadata_tokens: int | None = None,
     **generate_kwargs,
 ):
     """Generate continuations steered towards their metadata with classifier-free guidance.
@@ -75,7 +93,11 @@ def generate_with_metadata_guidance(
         suppress_context_tokens (`bool`, *optional*, defaults to `True`): Never generate BOS or the context
             markers (they are never loss targets in training, so their scores are not meaningful). EOS is never
             suppressed, also when it is the same token as BOS (GPT-2 family).
-        **generate_kwargs: Passed to `model.generate` (`max_new_tokens`, `do_sample`, `num_return_sequences`, ...).
+        max_metadata_tokens (`int`, *optional*): The `max_metadata_tokens` the model was trained with
+            (`MetadataCollator`): the metadata is cut exactly as in training. `None` keeps all of it.
+        **generate_kwargs: Passed to `model.generate` (`max_new_tokens`, `do_sample`, `num_return_sequences`, ...,
+            or a `generation_config`, whose `num_beams`, `num_return_sequences` and `suppress_tokens` count as if
+            passed directly).
 
     Example:
         ```python
@@ -105,33 +127,75 @@ def generate_with_metadata_guidance(
         if key in generate_kwargs:
             raise ValueError(f"{key} is built from prompts and metadata; do not pass it in generate_kwargs.")
 
-    inputs = build_guidance_inputs(tokenizer, prompts, metadata, layout)
+    inputs = build_guidance_inputs(tokenizer, prompts, metadata, layout, max_metadata_tokens=max_metadata_tokens)
+    neg_padded = bool((inputs["negative_prompt_attention_mask"] == 0).any())
+    if guidance_scale != 1 and neg_padded and not _padding_invariant_positions(model):
+        # transformers runs the unconditional branch without position_ids: with left padding its learned absolute
+        # positions (GPT-2 family) are shifted by the padding. Text can be generated prompt by prompt, unpadded.
+        if return_text:
+            return [
+                text
+                for prompt, meta in zip(prompts, metadata)
+                for text in generate_with_metadata_guidance(
+                    model, tokenizer, [prompt], [meta], guidance_scale, layout=layout, return_text=True,
+                    suppress_context_tokens=suppress_context_tokens, max_metadata_tokens=max_metadata_tokens,
+                    **generate_kwargs,
+                )
+            ]  # fmt: skip
+        logger.warning(
+            "%s has no rotary position embeddings, and the batch's unconditional prompts are left-padded: "
+            "transformers' guidance runs them without position_ids, so their positions are shifted by the padding. "
+            "Use prompts of equal token length, return_text=True (generated prompt by prompt), or one prompt per call.",
+            type(model).__name__,
+        )
     device = model.device
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    # A passed generation_config is honoured as generate() does: kwargs > generation_config > model.generation_config.
+    # Our own settings go into a copy of it (generate() warns when a generation_config is mixed with setting kwargs).
+    gen_config = generate_kwargs.pop("generation_config", None)
+    if gen_config is not None:
+        gen_config = copy.deepcopy(gen_config)
+
+    def setting(name: str):
+        for source in (generate_kwargs, gen_config, model.generation_config):
+            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+            if value is not None:
+                return value
+        return None
+
+    ours: dict = {}
+    if generate_kwargs.get("pad_token_id") is None and getattr(gen_config, "pad_token_id", None) is None:
+        ours["pad_token_id"] = tokenizer.pad_token_id
     if suppress_context_tokens:
         # BOS is never a target in training; but where BOS == EOS (GPT-2 family) the id is also the end of text,
         # which must stay generable.
         blocked = [tokenizer.bos_token_id] if tokenizer.bos_token_id != tokenizer.eos_token_id else []
         if layout == "context":
             blocked += [tokenizer.convert_tokens_to_ids(CONTEXT_BEGIN), tokenizer.convert_tokens_to_ids(CONTEXT_END)]
-        user = list(generate_kwargs.pop("suppress_tokens", None) or [])
-        generate_kwargs["suppress_tokens"] = sorted(set(user) | {b for b in blocked if b is not None})
+        user = list(setting("suppress_tokens") or [])
+        generate_kwargs.pop("suppress_tokens", None)
+        ours["suppress_tokens"] = sorted(set(user) | {b for b in blocked if b is not None})
+    extra = {}
     if guidance_scale != 1:
         # generate() expands input_ids for beams / several return sequences, but not the negative prompt.
-        config = model.generation_config
-        beams = generate_kwargs.get("num_beams", config.num_beams) or 1
-        n_return = generate_kwargs.get("num_return_sequences", config.num_return_sequences) or 1
+        beams = setting("num_beams") or 1
+        n_return = setting("num_return_sequences") or 1
         expand = beams if beams > 1 else n_return
         extra = {
             "negative_prompt_ids": inputs["negative_prompt_ids"].repeat_interleave(expand, dim=0),
             "negative_prompt_attention_mask": inputs["negative_prompt_attention_mask"].repeat_interleave(
                 expand, dim=0
             ),
-            "guidance_scale": float(guidance_scale),
         }
+        ours["guidance_scale"] = float(guidance_scale)
+    if gen_config is not None:
+        if guidance_scale == 1:
+            ours["guidance_scale"] = None  # plain conditional generation, whatever the passed config says
+        for key, value in ours.items():
+            setattr(gen_config, key, value)
+        extra["generation_config"] = gen_config
     else:
-        extra = {}
+        generate_kwargs.update(ours)
     with torch.no_grad():
         out = model.generate(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra, **generate_kwargs

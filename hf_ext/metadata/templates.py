@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,24 +27,46 @@ class InvalidMetadataError(ValueError):
     """
 
 
+#: What `urlsplit` reads as the path after a "scheme" that is really a host with a port (`site.com:8080/x`).
+_PORT_THEN_PATH = re.compile(r"\d+(?:[/?#]|$)")
+
+
 def _split(url: str):
+    """`urlsplit`, reading a URL without a scheme (`www.site.com/page`, `site.com:8080/x`) as `//` + url: host + path."""
     try:
-        return urlsplit(url)
+        parts = urlsplit(url)
+        if (
+            url
+            and not parts.netloc
+            and not url.startswith("/")
+            and (not parts.scheme or _PORT_THEN_PATH.match(parts.path))
+        ):
+            parts = urlsplit("//" + url)
+            if not parts.netloc or any(c.isspace() for c in parts.netloc):
+                raise ValueError("no scheme and no host name")
     except ValueError as err:  # e.g. "Invalid IPv6 URL" for http://[::1/x
         raise InvalidMetadataError(f"cannot parse URL {url!r}: {err}") from err
+    return parts
 
 
 def url_host(url: str) -> str:
     """Host of a URL (`https://en.wikipedia.org/wiki/X` -> `en.wikipedia.org`), as MeCo's short URL.
 
-    Raises `InvalidMetadataError` for a URL that `urllib.parse.urlsplit` cannot parse.
+    A URL without a scheme is read as host + path (`www.site.com/page` -> `www.site.com`). Raises
+    `InvalidMetadataError` for a URL that `urllib.parse.urlsplit` cannot parse or that has no host (`/a/b`,
+    `mailto:x`, `not a url`); an empty string is no metadata.
     """
-    netloc = _split(url).netloc
-    return netloc.rpartition("@")[2].lower()
+    host = _split(url).netloc.rpartition("@")[2].lower()
+    if url and not host:
+        raise InvalidMetadataError(f"URL {url!r} has no host.")
+    return host
 
 
 def url_path(url: str) -> str:
-    """Path, `?query` and `#fragment` of a URL (the paper's `url_suffix` builder); `InvalidMetadataError` if unparseable."""
+    """Path, `?query` and `#fragment` of a URL (the paper's `url_suffix` builder); `InvalidMetadataError` if unparseable.
+
+    A URL without a scheme is read as host + path (`www.site.com/page?q=1` -> `/page?q=1`).
+    """
     parts = _split(url)
     out = parts.path
     if parts.query:

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
 from ..utils.io import atomic_open, atomic_savefig, atomic_write_text
 from .pretrain import ModelArguments, build_model
@@ -33,8 +34,10 @@ class MetadataModelArguments(ModelArguments):
 class MetadataDataArguments:
     dataset: str = field(
         default="corpus",
-        metadata={"help": "corpus (embedded offline corpus), synthetic (URL host decides the vocabulary) or hub/files "
-                  "(--dataset_name / --train_file)."},
+        metadata={
+            "help": "corpus (embedded offline corpus), synthetic (URL host decides the vocabulary) or hub/files "
+            "(--dataset_name / --train_file)."
+        },
     )
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset or local dataset folder."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of --dataset_name."})
@@ -66,8 +69,10 @@ class MetadataArguments:
     max_metadata_tokens: int | None = field(default=32, metadata={"help": "Keep at most this many metadata tokens."})
     document_attention: bool = field(
         default=True,
-        metadata={"help": "Packed documents attend only within themselves (per-document causal mask, MeCo); False "
-                  "lets them attend to earlier documents of their row."},
+        metadata={
+            "help": "Packed documents attend only within themselves (per-document causal mask, MeCo); False "
+            "lets them attend to earlier documents of their row."
+        },
     )
     run_baseline: bool = field(default=True, metadata={"help": "Also train the plain-text baseline for comparison."})
     doc_eval_steps: int = field(default=20, metadata={"help": "Evaluate the document loss every N steps (curves)."})
@@ -146,6 +151,32 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         )
     if meta_args.doc_eval_steps <= 0:
         raise ValueError("--doc_eval_steps must be positive.")
+    for flag, value, what in (
+        ("--max_eval_docs", data_args.max_eval_docs, "held-out documents to evaluate"),
+        ("--guidance_max_new_tokens", meta_args.guidance_max_new_tokens, "tokens to generate per example"),
+        ("--guidance_samples", meta_args.guidance_samples, "sampled continuations per setting"),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{flag} must be a positive number of {what}, got {value!r}.")
+    max_meta = meta_args.max_metadata_tokens
+    if max_meta is not None and (isinstance(max_meta, bool) or not isinstance(max_meta, int) or max_meta < 1):
+        raise ValueError(
+            f"--max_metadata_tokens must be a positive number of tokens (or None for no limit), got {max_meta!r}."
+        )
+    # The longest prefix a training or evaluation row can get: BOS (+ both markers) + the cut metadata (the meco
+    # cut includes "URL: " and the separator). A row needs it plus one document token.
+    markers = 3 if meta_args.layout == "context" else 1
+    longest = markers + (max_meta or 0)
+    if data_args.block_size <= longest:
+        limit = (
+            f"--max_metadata_tokens {max_meta}"
+            if max_meta
+            else "the empty context (--max_metadata_tokens unset, so longer metadata may still not fit)"
+        )
+        raise ValueError(
+            f"--block_size {data_args.block_size} leaves no room for a document after a {longest}-token prefix "
+            f"({limit}, layout {meta_args.layout!r}); use --block_size > {longest} or a smaller --max_metadata_tokens."
+        )
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise ValueError("--max_steps must be set (the cooldown is a fraction of it).")
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
@@ -164,6 +195,13 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
     if training_args.remove_unused_columns:
         logger.warning("remove_unused_columns=True would drop the metadata columns; the recipe sets it to False.")
         training_args.remove_unused_columns = False
+    if training_args.restore_callback_states_from_checkpoint:
+        logger.warning(
+            "the recipe's document-loss callback restores its curve from the checkpoint itself; "
+            "--restore_callback_states_from_checkpoint is set to False (it would rebuild the callback without its "
+            "collator and documents)."
+        )
+        training_args.restore_callback_states_from_checkpoint = False
     if os.path.exists(training_args.output_dir) and not os.path.isdir(training_args.output_dir):
         raise ValueError(f"--output_dir={training_args.output_dir!r} exists and is not a folder.")
 
@@ -181,8 +219,12 @@ def load_documents(data_args: MetadataDataArguments, seed: int):
     if data_args.dataset == "corpus" and not (data_args.dataset_name or data_args.train_file):
         return load_corpus("train"), load_corpus("test"), None
     train, valid = load_text_datasets(
-        data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, data_args.validation_file,
-        data_args.text_column, seed=seed,
+        data_args.dataset_name,
+        data_args.dataset_config_name,
+        data_args.train_file,
+        data_args.validation_file,
+        data_args.text_column,
+        seed=seed,
     )
     return train, valid, None
 
@@ -208,12 +250,40 @@ def document_loss(model, collator, docs: list[dict], batch_size: int = 16) -> fl
     return total / max(count, 1)
 
 
-class DocumentLossCallback(TrainerCallback):
-    """Evaluates the document loss every `eval_steps` optimizer steps (for curves and steps-to-match)."""
+class DocumentLossCallback(TrainerCallback, ExportableState):
+    """Evaluates the document loss every `eval_steps` optimizer steps (for curves and steps-to-match).
+
+    The curve is checkpoint state: as an `ExportableState` it is saved in each checkpoint's `trainer_state.json`
+    (`stateful_callbacks`), and on `resume_from_checkpoint` the callback takes the points up to the checkpoint's step
+    back from there, so a resumed run ends with the same curve as an uninterrupted one. It restores itself in place
+    in `on_train_begin` (the Trainer's `restore_callback_states_from_checkpoint` would rebuild it from JSON arguments,
+    which cannot hold the collator and the documents; the recipe turns that flag off).
+    """
 
     def __init__(self, collator, docs: list[dict], eval_steps: int):
         self.collator, self.docs, self.eval_steps = collator, docs, eval_steps
         self.curve: list[tuple[int, float]] = []
+
+    def state(self) -> dict:
+        return {"args": {"eval_steps": self.eval_steps}, "attributes": {"curve": [list(p) for p in self.curve]}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        name = type(self).__name__
+        saved = state.stateful_callbacks.get(name) if state.stateful_callbacks is not None else None
+        if state.global_step == 0:  # a fresh run
+            self.curve = []
+            return
+        if isinstance(saved, list):  # several callbacks of this class: the recipe has one
+            saved = saved[0] if saved else None
+        if saved is None:  # a checkpoint written without the curve: the points before it are unknown
+            logger.warning(
+                "the checkpoint at step %d holds no document-loss curve; the curve starts after it.", state.global_step
+            )
+            self.curve = []
+            state.stateful_callbacks[name] = self.state()  # the Trainer updates this entry at every save
+            return
+        points = saved.get("attributes", {}).get("curve", [])
+        self.curve = [(int(step), float(loss)) for step, loss in points if step <= state.global_step]
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.eval_steps == 0 or state.global_step == state.max_steps:
@@ -249,24 +319,61 @@ def _train_one(name, conditioned, model_args, data_args, meta_args, training_arg
         model.resize_token_embeddings(len(tokenizer))
     common = dict(text_column=data_args.text_column, max_metadata_tokens=meta_args.max_metadata_tokens)
     if conditioned:
-        collator = MetadataCollator(tokenizer, template, layout=meta_args.layout,
-                                    metadata_dropout=meta_args.metadata_dropout, block_size=data_args.block_size,
-                                    seed=training_args.seed, document_attention=meta_args.document_attention, **common)
-        eval_collator = MetadataCollator(tokenizer, template, layout=meta_args.layout, metadata_dropout=0.0,
-                                         max_length=data_args.block_size, padding_side="right", **common)
+        collator = MetadataCollator(
+            tokenizer,
+            template,
+            layout=meta_args.layout,
+            metadata_dropout=meta_args.metadata_dropout,
+            block_size=data_args.block_size,
+            seed=training_args.seed,
+            document_attention=meta_args.document_attention,
+            **common,
+        )
+        eval_collator = MetadataCollator(
+            tokenizer,
+            template,
+            layout=meta_args.layout,
+            metadata_dropout=0.0,
+            max_length=data_args.block_size,
+            padding_side="right",
+            **common,
+        )
     else:  # plain text: [BOS] document [EOS]
-        collator = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0,
-                                    block_size=data_args.block_size, document_attention=meta_args.document_attention,
-                                    **common)
-        eval_collator = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0,
-                                         max_length=data_args.block_size, padding_side="right", **common)
+        collator = MetadataCollator(
+            tokenizer,
+            template,
+            layout="meco",
+            metadata_dropout=1.0,
+            block_size=data_args.block_size,
+            document_attention=meta_args.document_attention,
+            **common,
+        )
+        eval_collator = MetadataCollator(
+            tokenizer,
+            template,
+            layout="meco",
+            metadata_dropout=1.0,
+            max_length=data_args.block_size,
+            padding_side="right",
+            **common,
+        )
     callbacks = [DocumentLossCallback(eval_collator, eval_docs, meta_args.doc_eval_steps)]
     if conditioned and meta_args.cooldown_fraction > 0:
         callbacks.append(MetadataCooldownCallback(collator, meta_args.cooldown_fraction))
-    args = training_args.__class__(**{**training_args.to_dict(), "output_dir": os.path.join(training_args.output_dir, name)})
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator, processing_class=tokenizer,
-                      callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=_sub_run_resume(training_args.resume_from_checkpoint, args.output_dir, conditioned))
+    args = training_args.__class__(
+        **{**training_args.to_dict(), "output_dir": os.path.join(training_args.output_dir, name)}
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.train(
+        resume_from_checkpoint=_sub_run_resume(training_args.resume_from_checkpoint, args.output_dir, conditioned)
+    )
     trainer.save_model(args.output_dir)
     return trainer.model, callbacks[0].curve, trainer.state.log_history
 
@@ -358,6 +465,7 @@ def format_task_table(task_eval: dict) -> str:
     """Markdown table: each task metric without and with the URL in the prompt, per model and shot count."""
     lines = ["| model | shots | task | metric | without URL | with URL | with - without | items |",
              "|---|---:|---|---|---:|---:|---:|---:|"]  # fmt: skip
+
     def num(v: float, sign: str = "") -> str:  # accuracies with 4 decimals, perplexities in 4 significant digits
         return f"{v:{sign}.4f}" if abs(v) < 100 else f"{v:{sign}.4g}"
 
@@ -420,7 +528,13 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     from transformers import AutoTokenizer, set_seed
 
     from ..data import build_tokenizer
-    from ..metadata import InvalidMetadataError, MetadataCollator, add_context_tokens, generate_with_metadata_guidance
+    from ..metadata import (
+        InvalidMetadataError,
+        MetadataCollator,
+        MetadataEncoder,
+        add_context_tokens,
+        generate_with_metadata_guidance,
+    )
     from ..utils.distributed import barrier, is_main_process, world_size
     from ..utils.io import ensure_writable_dir
 
@@ -435,7 +549,6 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
                 f"the {split_name} data lacks column(s) {missing} (columns: {split.column_names}); pick the template "
                 "with --template/--template_column or the text with --text_column."
             )
-    ensure_writable_dir(training_args.output_dir, "--output_dir")
     if data_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
         if tokenizer.pad_token is None:
@@ -448,26 +561,36 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
             tokenizer = build_tokenizer(data_args.vocab_size)
     if meta_args.layout == "context":
         add_context_tokens(tokenizer)
+    # The tokenizer-dependent checks (e.g. the meco separator must fit into --max_metadata_tokens) before any write.
+    MetadataEncoder(tokenizer, layout=meta_args.layout, max_metadata_tokens=meta_args.max_metadata_tokens)
+    ensure_writable_dir(training_args.output_dir, "--output_dir")
 
     eval_docs = [dict(r) for r in eval_ds.select(range(min(len(eval_ds), data_args.max_eval_docs)))]
     main = is_main_process()  # training is data-parallel on every rank; the rest is the main process's
     results: dict = {"curves": {}, "final": {}, "world_size": world_size()}
-    url_model, curve, _ = _train_one("url_conditioned", True, model_args, data_args, meta_args, training_args,
-                                      tokenizer, train, eval_docs)
+    url_model, curve, _ = _train_one(
+        "url_conditioned", True, model_args, data_args, meta_args, training_args, tokenizer, train, eval_docs
+    )
     results["curves"]["with URL context"] = curve
     if meta_args.cooldown_fraction > 0:
-        results["cooldown_start_step"] = training_args.max_steps - int(round(meta_args.cooldown_fraction *
-                                                                               training_args.max_steps))
-    common = dict(text_column=data_args.text_column, max_metadata_tokens=meta_args.max_metadata_tokens,
-                  max_length=data_args.block_size, padding_side="right")
+        results["cooldown_start_step"] = training_args.max_steps - int(
+            round(meta_args.cooldown_fraction * training_args.max_steps)
+        )
+    common = dict(
+        text_column=data_args.text_column,
+        max_metadata_tokens=meta_args.max_metadata_tokens,
+        max_length=data_args.block_size,
+        padding_side="right",
+    )
     with_ctx = MetadataCollator(tokenizer, template, layout=meta_args.layout, metadata_dropout=0.0, **common)
     without_ctx = MetadataCollator(tokenizer, template, layout=meta_args.layout, metadata_dropout=1.0, **common)
     if main:
         results["final"]["url_model_with_context"] = document_loss(url_model, with_ctx, eval_docs)
         results["final"]["url_model_without_context"] = document_loss(url_model, without_ctx, eval_docs)
     if meta_args.run_baseline:
-        base_model, base_curve, _ = _train_one("baseline", False, model_args, data_args, meta_args, training_args,
-                                               tokenizer, train, eval_docs)
+        base_model, base_curve, _ = _train_one(
+            "baseline", False, model_args, data_args, meta_args, training_args, tokenizer, train, eval_docs
+        )
         results["curves"]["baseline (no metadata)"] = base_curve
         if main:
             plain = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0, **common)
@@ -493,15 +616,26 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         metadata = None
     set_seed(training_args.seed)
     url_model.eval()
-    gen = dict(max_new_tokens=meta_args.guidance_max_new_tokens, layout=meta_args.layout)
+    gen = dict(
+        max_new_tokens=meta_args.guidance_max_new_tokens,
+        layout=meta_args.layout,
+        max_metadata_tokens=meta_args.max_metadata_tokens,
+    )  # the prefix exactly as in training
     results["guidance_example"] = {
         "metadata": metadata,
         "prompt": meta_args.guidance_prompt,
-        "scale_1": generate_with_metadata_guidance(url_model, tokenizer, [meta_args.guidance_prompt], [metadata],
-                                                   guidance_scale=1.0, do_sample=False, **gen)[0],
+        "scale_1": generate_with_metadata_guidance(
+            url_model, tokenizer, [meta_args.guidance_prompt], [metadata], guidance_scale=1.0, do_sample=False, **gen
+        )[0],
         f"scale_{meta_args.guidance_scale:g}": generate_with_metadata_guidance(
-            url_model, tokenizer, [meta_args.guidance_prompt], [metadata], guidance_scale=meta_args.guidance_scale,
-            do_sample=False, **gen)[0],
+            url_model,
+            tokenizer,
+            [meta_args.guidance_prompt],
+            [metadata],
+            guidance_scale=meta_args.guidance_scale,
+            do_sample=False,
+            **gen,
+        )[0],
     }
     if domain_vocab is not None:  # synthetic corpus: share of host-specific words in sampled continuations
         # Every host is steered towards with the metadata of one of its held-out documents; the mean over hosts is
@@ -514,8 +648,15 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
             for scale in (1.0, meta_args.guidance_scale):
                 torch.manual_seed(training_args.seed)
                 texts = generate_with_metadata_guidance(
-                    url_model, tokenizer, [meta_args.guidance_prompt] * meta_args.guidance_samples,
-                    [template(doc)] * meta_args.guidance_samples, guidance_scale=scale, do_sample=True, top_k=0, **gen)
+                    url_model,
+                    tokenizer,
+                    [meta_args.guidance_prompt] * meta_args.guidance_samples,
+                    [template(doc)] * meta_args.guidance_samples,
+                    guidance_scale=scale,
+                    do_sample=True,
+                    top_k=0,
+                    **gen,
+                )
                 per_host.setdefault(host, {})[f"scale_{scale:g}"] = _domain_token_share(
                     tokenizer, texts, domain_vocab[host]
                 )

@@ -57,14 +57,22 @@ def test_scale_one_equals_plain_generate(trained):
     prompts, meta = ["the", "a longer prompt here"], ["sitea.example.org", "siteb.example.org"]
     inputs = build_guidance_inputs(tok, prompts, meta)
     blocked = sorted({tok.bos_token_id, *tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])})
-    plain = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=8,
-                           do_sample=False, pad_token_id=tok.pad_token_id, suppress_tokens=blocked)
-    guided = generate_with_metadata_guidance(model, tok, prompts, meta, guidance_scale=1.0, max_new_tokens=8,
-                                             do_sample=False, return_text=False)
+    plain = model.generate(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        max_new_tokens=8,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        suppress_tokens=blocked,
+    )
+    guided = generate_with_metadata_guidance(
+        model, tok, prompts, meta, guidance_scale=1.0, max_new_tokens=8, do_sample=False, return_text=False
+    )
     assert torch.equal(plain, guided)
-    texts = generate_with_metadata_guidance(model, tok, prompts, meta, guidance_scale=1.0, max_new_tokens=8,
-                                            do_sample=False)
-    assert texts == tok.batch_decode(plain[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = generate_with_metadata_guidance(
+        model, tok, prompts, meta, guidance_scale=1.0, max_new_tokens=8, do_sample=False
+    )
+    assert texts == tok.batch_decode(plain[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def test_batched_guidance_matches_a_manual_cfg_loop(trained):
@@ -72,8 +80,9 @@ def test_batched_guidance_matches_a_manual_cfg_loop(trained):
     words = sorted(vocab["sitea"])[:2]
     prompts, meta = [words[0], f"{words[1]} {words[0]} {words[1]}"], ["siteb.example.org", "sitec.example.org"]
     scale = 2.5
-    out = generate_with_metadata_guidance(model, tok, prompts, meta, guidance_scale=scale, max_new_tokens=6,
-                                          do_sample=False, return_text=False)
+    out = generate_with_metadata_guidance(
+        model, tok, prompts, meta, guidance_scale=scale, max_new_tokens=6, do_sample=False, return_text=False
+    )
     inputs = build_guidance_inputs(tok, prompts, meta)
     prompt_len = inputs["input_ids"].shape[1]
     for i in range(len(prompts)):
@@ -96,10 +105,19 @@ def test_guidance_raises_log_probability_of_a_metadata_token(trained):
     assert lc[token] > lu[token]
 
     def processed_logprob(scale):
-        out = generate_with_metadata_guidance(model, tok, [""], ["sitea.example.org"], guidance_scale=scale,
-                                              max_new_tokens=1, do_sample=False, return_text=False,
-                                              suppress_context_tokens=False,
-                                              output_scores=True, return_dict_in_generate=True)
+        out = generate_with_metadata_guidance(
+            model,
+            tok,
+            [""],
+            ["sitea.example.org"],
+            guidance_scale=scale,
+            max_new_tokens=1,
+            do_sample=False,
+            return_text=False,
+            suppress_context_tokens=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
         return torch.log_softmax(out.scores[0][0], -1)
 
     plain, guided = processed_logprob(1.0), processed_logprob(3.0)
@@ -109,8 +127,16 @@ def test_guidance_raises_log_probability_of_a_metadata_token(trained):
 
 def test_several_return_sequences_expand_the_negative_prompt(trained):
     model, tok, _ = trained
-    texts = generate_with_metadata_guidance(model, tok, ["the", "a"], "sitea.example.org", guidance_scale=2.0,
-                                            max_new_tokens=4, do_sample=True, num_return_sequences=3)
+    texts = generate_with_metadata_guidance(
+        model,
+        tok,
+        ["the", "a"],
+        "sitea.example.org",
+        guidance_scale=2.0,
+        max_new_tokens=4,
+        do_sample=True,
+        num_return_sequences=3,
+    )
     assert len(texts) == 6
 
 
@@ -124,3 +150,119 @@ def test_generation_argument_errors(trained):
         generate_with_metadata_guidance(model, tok, ["a"], ["x"], negative_prompt_ids=torch.ones(1, 1))
     with pytest.raises(TypeError, match="prompts"):
         generate_with_metadata_guidance(model, tok, [], [], guidance_scale=2.0)
+
+
+@pytest.mark.parametrize("layout", ["context", "meco"])
+def test_generation_prefix_is_the_training_prefix_under_max_metadata_tokens(ctx_tokenizer, layout):
+    """A model trained with max_metadata_tokens is prompted with exactly the prefix it was trained on; in the meco
+    layout the cut keeps the closing "\\n\\n", so the document (and the prompt) never runs on from a cut URL."""
+    tok = ctx_tokenizer
+    url = "https://data-formats.docs.python.org/3/library/xml.sax.saxutils.html#xml.sax.saxutils.quoteattr"
+    prompt, limit = "Bern is", 8
+    collator = MetadataCollator(
+        tok,
+        metadata_template("url"),
+        layout=layout,
+        metadata_dropout=0.0,
+        padding_side="right",
+        max_metadata_tokens=limit,
+    )
+    batch = collator([{"text": prompt, "url": url}])
+    n_prefix = int((batch["labels"][0] == -100).long().cumprod(0).sum())  # BOS + context: no loss
+    trained_prefix = batch["input_ids"][0, :n_prefix].tolist()
+    uncut = MetadataCollator(tok, metadata_template("url"), layout=layout, metadata_dropout=0.0)
+    assert len(uncut([{"text": prompt, "url": url}])["input_ids"][0]) > n_prefix + len(prompt.split())  # URL was cut
+    if layout == "meco":  # BOS + `limit` tokens ending in the separator, then the document
+        separator = tok("\n\n", add_special_tokens=False)["input_ids"]
+        assert len(trained_prefix) == 1 + limit and trained_prefix[-len(separator) :] == separator
+        assert tok.decode(trained_prefix[1:]).startswith("URL: h")
+    else:  # BOS, begin marker, `limit` metadata tokens, end marker
+        assert len(trained_prefix) == 3 + limit
+    model = tiny_llama(len(tok))
+    out = generate_with_metadata_guidance(
+        model,
+        tok,
+        prompt,
+        url,
+        guidance_scale=2.0,
+        layout=layout,
+        max_metadata_tokens=limit,
+        max_new_tokens=1,
+        do_sample=False,
+        return_text=False,
+    )
+    body = tok(prompt, add_special_tokens=False)["input_ids"]
+    assert out[0, :-1].tolist() == trained_prefix + body  # the prompt as generate() saw it, token for token
+
+
+def test_generation_config_is_honoured_like_keyword_arguments(trained):
+    """num_return_sequences (and suppress_tokens) given through a GenerationConfig: the negative prompt is expanded and
+    the result is the same as with keyword arguments."""
+    from transformers import GenerationConfig
+
+    model, tok, _ = trained
+    ce = tok.convert_tokens_to_ids(CONTEXT_END)
+    settings = dict(num_return_sequences=2, do_sample=True, max_new_tokens=3, suppress_tokens=[7])
+    prompts, meta = ["the", "a b"], ["sitea.example.org", "siteb.example.org"]
+    runs = {}
+    for how in ("config", "kwargs"):
+        torch.manual_seed(0)
+        kwargs = {"generation_config": GenerationConfig(**settings)} if how == "config" else settings
+        runs[how] = generate_with_metadata_guidance(
+            model,
+            tok,
+            prompts,
+            meta,
+            guidance_scale=2.0,
+            return_text=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **kwargs,
+        )
+    assert runs["config"].sequences.shape[0] == 4
+    assert torch.equal(runs["config"].sequences, runs["kwargs"].sequences)
+    for scores in runs["config"].scores:  # the config's suppress_tokens and the context markers are both blocked
+        assert torch.isneginf(scores[:, [7, ce]]).all()
+
+
+def test_guidance_with_absolute_positions_and_prompts_of_different_lengths(ctx_tokenizer, caplog):
+    """GPT-2 (learned absolute positions): transformers runs the left-padded unconditional prompts without
+    position_ids, so a padded batch would be guided from shifted positions. Texts are generated prompt by prompt and
+    equal a manual CFG loop on the unpadded prompts; tensor output warns."""
+    import logging
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = ctx_tokenizer
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            initializer_range=0.3,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).eval()
+    prompts, meta, scale, steps = ["a", "alpha beta gamma"], ["https://a.org"] * 2, 2.0, 6
+    texts = generate_with_metadata_guidance(
+        model, tok, prompts, meta, guidance_scale=scale, max_new_tokens=steps, do_sample=False
+    )
+    inputs = build_guidance_inputs(tok, prompts, meta)
+    assert (inputs["negative_prompt_attention_mask"] == 0).any()  # the batch is padded
+    blocked = [tok.bos_token_id, *tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])]
+    for i, text in enumerate(texts):
+        cond = inputs["input_ids"][i][inputs["attention_mask"][i] == 1].tolist()
+        uncond = inputs["negative_prompt_ids"][i][inputs["negative_prompt_attention_mask"][i] == 1].tolist()
+        tokens = manual_cfg_greedy(model, cond, uncond, scale, steps, blocked)
+        if tok.eos_token_id in tokens:
+            tokens = tokens[: tokens.index(tok.eos_token_id) + 1]
+        assert text == tok.decode(tokens, skip_special_tokens=True), i
+    with caplog.at_level(logging.WARNING, logger="hf_ext.metadata.generation"):
+        generate_with_metadata_guidance(
+            model, tok, prompts, meta, guidance_scale=scale, max_new_tokens=2, do_sample=False, return_text=False
+        )
+    assert "no rotary position embeddings" in caplog.text

@@ -8,9 +8,30 @@ import pytest
 from hf_ext.recipes.metadata_pretrain import main
 
 TINY = [
-    "--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4",
-    "--block_size", "64", "--per_device_train_batch_size", "4", "--max_eval_docs", "4", "--doc_eval_steps", "2",
-    "--logging_steps", "2", "--guidance_max_new_tokens", "4", "--disable_tqdm", "true", "--vocab_size", "512",
+    "--hidden_size",
+    "32",
+    "--intermediate_size",
+    "64",
+    "--num_hidden_layers",
+    "2",
+    "--num_attention_heads",
+    "4",
+    "--block_size",
+    "64",
+    "--per_device_train_batch_size",
+    "4",
+    "--max_eval_docs",
+    "4",
+    "--doc_eval_steps",
+    "2",
+    "--logging_steps",
+    "2",
+    "--guidance_max_new_tokens",
+    "4",
+    "--disable_tqdm",
+    "true",
+    "--vocab_size",
+    "512",
 ]
 
 
@@ -39,17 +60,88 @@ def test_recipe_argument_errors_before_writing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--max_eval_docs", "0"], "--max_eval_docs must be a positive"),
+        (["--guidance_max_new_tokens", "0"], "--guidance_max_new_tokens must be a positive"),
+        (["--guidance_samples", "0"], "--guidance_samples must be a positive"),
+        (["--max_metadata_tokens", "0"], "--max_metadata_tokens must be a positive"),
+        (["--block_size", "8"], r"--block_size 8 leaves no room .* 35-token prefix"),
+        (["--block_size", "19", "--max_metadata_tokens", "16"], r"--block_size 19 .* use --block_size > 19"),
+        (["--layout", "meco", "--max_metadata_tokens", "2"], "max_metadata_tokens=2 leaves no room .* separator"),
+    ],
+)
+def test_recipe_flags_are_checked_before_anything_is_written(tmp_path, extra, match):
+    """Each of these once failed only after training (or after the output folder was created)."""
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=match):
+        main([*TINY, "--max_steps", "4", "--output_dir", str(out), *extra])
+    assert not out.exists()
+
+
+def test_resumed_recipe_keeps_the_whole_document_loss_curve(tmp_path):
+    """The document-loss curve is checkpoint state: a run resumed from checkpoint-4 reports the same curve (and the
+    same steps-to-match input) as the uninterrupted run, not only the points after the resume."""
+    import shutil
+
+    run = [*TINY, "--max_steps", "8", "--run_baseline", "false", "--save_strategy", "steps", "--save_steps", "4",
+           "--guidance_max_new_tokens", "1"]  # fmt: skip
+    full = main([*run, "--output_dir", str(tmp_path / "full")])
+    curve = full["curves"]["with URL context"]
+    assert [step for step, _ in curve] == [2, 4, 6, 8]
+    resumed_dir = tmp_path / "resumed" / "url_conditioned"
+    resumed_dir.mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "url_conditioned" / "checkpoint-4", resumed_dir / "checkpoint-4")
+    resumed = main([*run, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "last"])
+    resumed_curve = resumed["curves"]["with URL context"]
+    assert [step for step, _ in resumed_curve] == [2, 4, 6, 8]
+    assert resumed_curve[:2] == curve[:2]  # restored from the checkpoint exactly
+    assert [loss for _, loss in resumed_curve] == pytest.approx([loss for _, loss in curve], rel=1e-4)
+    saved = json.loads((tmp_path / "resumed" / "metadata_results.json").read_text())
+    assert [step for step, _ in saved["curves"]["with URL context"]] == [2, 4, 6, 8]
+
+
 @pytest.mark.slow
 def test_url_conditioning_speeds_up_training_and_guidance_steers(tmp_path):
     """Synthetic corpus where the URL host decides most of each document's words (paper claim, small scale)."""
     max_steps = 300
-    results = main([
-        "--dataset", "synthetic", "--max_steps", str(max_steps), "--doc_eval_steps", "20", "--hidden_size", "64",
-        "--intermediate_size", "128", "--num_hidden_layers", "2", "--block_size", "128",
-        "--per_device_train_batch_size", "16", "--max_eval_docs", "100", "--cooldown_fraction", "0",
-        "--guidance_scale", "3", "--guidance_samples", "32", "--guidance_prompt", "", "--logging_steps", "50", "--disable_tqdm", "true",
-        "--output_dir", str(tmp_path),
-    ])
+    results = main(
+        [
+            "--dataset",
+            "synthetic",
+            "--max_steps",
+            str(max_steps),
+            "--doc_eval_steps",
+            "20",
+            "--hidden_size",
+            "64",
+            "--intermediate_size",
+            "128",
+            "--num_hidden_layers",
+            "2",
+            "--block_size",
+            "128",
+            "--per_device_train_batch_size",
+            "16",
+            "--max_eval_docs",
+            "100",
+            "--cooldown_fraction",
+            "0",
+            "--guidance_scale",
+            "3",
+            "--guidance_samples",
+            "32",
+            "--guidance_prompt",
+            "",
+            "--logging_steps",
+            "50",
+            "--disable_tqdm",
+            "true",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     final = results["final"]
     steps = results["steps_to_baseline_final_loss"]["url_conditioned"]
     print(json.dumps({"final": final, "steps_to_match": steps, "share": results["domain_token_share"]}))
@@ -82,7 +174,8 @@ def test_recipe_eval_tasks_with_and_without_url_at_0_and_5_shots(tmp_path):
         for k in (0, 5):
             assert ppl[(model, True, k)] != pytest.approx(ppl[(model, False, k)], rel=1e-6)
     assert [(r["metric"], r["model"], r["num_fewshot"]) for r in task_eval["table"]] == [
-        (m, name, k) for m in ("acc", "perplexity") for name in ("url_conditioned", "baseline") for k in (0, 5)]
+        (m, name, k) for m in ("acc", "perplexity") for name in ("url_conditioned", "baseline") for k in (0, 5)
+    ]
     for r in task_eval["table"]:  # the table reads the rows: value without and with the URL, and the difference
         src = {key: row["value"] for key, row in acc.items()} if r["metric"] == "acc" else ppl
         assert r["without_url"] == src[(r["model"], False, r["num_fewshot"])]

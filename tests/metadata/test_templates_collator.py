@@ -34,6 +34,31 @@ def test_templates():
     assert metadata_template("topic_format")({**ROW, "topic": None}) == ""
 
 
+def test_url_templates_read_schemeless_urls_as_host_and_path(ctx_tokenizer):
+    from hf_ext.metadata import InvalidMetadataError
+
+    host, path = metadata_template("url_host"), metadata_template("url_path")
+    cases = {
+        "www.site.com/page/1?q=2#f": ("www.site.com", "/page/1?q=2#f"),
+        "Site.com:8080/x": ("site.com:8080", "/x"),
+        "example.org": ("example.org", ""),
+        "//cdn.example.org/a": ("cdn.example.org", "/a"),
+        "https://En.Wikipedia.org/wiki/Bern": ("en.wikipedia.org", "/wiki/Bern"),
+    }
+    for url, (want_host, want_path) in cases.items():
+        assert (host({"url": url}), path({"url": url})) == (want_host, want_path), url
+    for bad in ("not a url", "/only/a/path", "mailto:someone@example.org", "http://[::1/x"):
+        with pytest.raises(InvalidMetadataError):
+            host({"url": bad})
+    # in the collator scheme-less URLs condition their documents; values without a host are counted as invalid
+    rows = [{"text": f"doc {i}", "url": f"www.site{i % 5}.com/page/{i}"} for i in range(20)]
+    rows += [{"text": "doc x", "url": "not a url"}, {"text": "doc y", "url": "/only/a/path"}]
+    collator = MetadataCollator(ctx_tokenizer, host, metadata_dropout=0.0)
+    metadata = collator.metadata_for(rows)
+    assert metadata[:20] == [f"www.site{i % 5}.com" for i in range(20)] and metadata[20:] == [None, None]
+    assert collator.invalid_metadata == 2
+
+
 def test_template_errors():
     with pytest.raises(ValueError, match="kind"):
         metadata_template("domain")
@@ -55,7 +80,14 @@ def test_context_layout_is_exact(ctx_tokenizer):
     tok = ctx_tokenizer
     cb, ce = tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])
     doc = MetadataEncoder(tok).encode_batch(["Bern is the capital."], ["en.wikipedia.org"])[0]
-    expected = [tok.bos_token_id, cb, *ids(tok, "en.wikipedia.org"), ce, *ids(tok, "Bern is the capital."), tok.eos_token_id]
+    expected = [
+        tok.bos_token_id,
+        cb,
+        *ids(tok, "en.wikipedia.org"),
+        ce,
+        *ids(tok, "Bern is the capital."),
+        tok.eos_token_id,
+    ]
     assert doc.input_ids == expected
     assert doc.prefix_length == len(ids(tok, "en.wikipedia.org")) + 3
     dropped = MetadataEncoder(tok).encode_batch(["Bern"], [None])[0]
@@ -86,11 +118,13 @@ def examples(corpus, n=6):
 def test_first_supervised_label_is_the_document_start(ctx_tokenizer, corpus, side, layout):
     tok = ctx_tokenizer
     rows = examples(corpus)
-    collator = MetadataCollator(tok, metadata_template("url_host"), layout=layout, metadata_dropout=0.0,
-                                padding_side=side, max_length=96)
+    collator = MetadataCollator(
+        tok, metadata_template("url_host"), layout=layout, metadata_dropout=0.0, padding_side=side, max_length=96
+    )
     batch = collator(rows)
-    encoded = MetadataEncoder(tok, layout=layout).encode_batch([r["text"] for r in rows],
-                                                               [metadata_template("url_host")(r) for r in rows])
+    encoded = MetadataEncoder(tok, layout=layout).encode_batch(
+        [r["text"] for r in rows], [metadata_template("url_host")(r) for r in rows]
+    )
     for i, doc in enumerate(encoded):
         mask = batch["attention_mask"][i]
         labels = batch["labels"][i]
@@ -105,7 +139,9 @@ def test_first_supervised_label_is_the_document_start(ctx_tokenizer, corpus, sid
         assert int(batch["input_ids"][i, first_label]) == doc.input_ids[doc.prefix_length]
         assert batch["input_ids"][i, start : start + doc.prefix_length].tolist() == doc.input_ids[: doc.prefix_length]
         assert (labels[mask == 0] == -100).all()
-        assert torch.equal(labels[first_label:][mask[first_label:] == 1], batch["input_ids"][i, first_label:][mask[first_label:] == 1])
+        assert torch.equal(
+            labels[first_label:][mask[first_label:] == 1], batch["input_ids"][i, first_label:][mask[first_label:] == 1]
+        )
 
 
 @pytest.mark.parametrize("layout", ["context", "meco"])
@@ -147,8 +183,9 @@ def test_packing_gives_every_chunk_its_context_and_loses_no_token(ctx_tokenizer,
 
 
 def test_packing_without_repeated_context(ctx_tokenizer, corpus):
-    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"), metadata_dropout=0.0, block_size=64,
-                                repeat_context=False)
+    collator = MetadataCollator(
+        ctx_tokenizer, metadata_template("url_host"), metadata_dropout=0.0, block_size=64, repeat_context=False
+    )
     batch = collator(examples(corpus, 3))
     cb = ctx_tokenizer.convert_tokens_to_ids(CONTEXT_BEGIN)
     assert int((batch["input_ids"] == cb).sum()) == 3
@@ -191,7 +228,9 @@ def test_collator_errors(ctx_tokenizer, small_tokenizer, corpus):
     with pytest.raises(TypeError, match="MetadataTemplate"):
         MetadataCollator(ctx_tokenizer, "url")
     with pytest.raises(ValueError, match="block_size"):
-        MetadataCollator(ctx_tokenizer, metadata_template("url"), block_size=8, metadata_dropout=0.0)(examples(corpus, 2))
+        MetadataCollator(ctx_tokenizer, metadata_template("url"), block_size=8, metadata_dropout=0.0)(
+            examples(corpus, 2)
+        )
     with pytest.raises(ValueError, match="add_context_tokens"):
         MetadataCollator(small_tokenizer, metadata_template("url"))
 
@@ -200,7 +239,10 @@ def test_document_attention_isolates_packed_documents(ctx_tokenizer):
     from .conftest import tiny_llama
 
     tok = ctx_tokenizer
-    rows = [{"text": "short doc one here", "url": "https://a.org/x"}, {"text": "another short doc", "url": "https://b.org/y"}]
+    rows = [
+        {"text": "short doc one here", "url": "https://a.org/x"},
+        {"text": "another short doc", "url": "https://b.org/y"},
+    ]
     template = metadata_template("url_host")
     batch = MetadataCollator(tok, template, metadata_dropout=0.0, block_size=64, document_attention=True)(rows)
     assert "attention_mask" not in batch and batch["use_cache"] is False
@@ -209,7 +251,9 @@ def test_document_attention_isolates_packed_documents(ctx_tokenizer):
     with torch.no_grad():
         packed = model(**batch).logits[0]
         alone = [model(input_ids=torch.tensor([d.input_ids]), use_cache=False).logits[0] for d in enc]
-        leaky_batch = MetadataCollator(tok, template, metadata_dropout=0.0, block_size=64, document_attention=False)(rows)
+        leaky_batch = MetadataCollator(tok, template, metadata_dropout=0.0, block_size=64, document_attention=False)(
+            rows
+        )
         leaky = model(**leaky_batch).logits[0]
     n0, n1 = len(enc[0].input_ids), len(enc[1].input_ids)
     torch.testing.assert_close(packed[:n0], alone[0], rtol=1e-4, atol=1e-5)

@@ -33,12 +33,12 @@ class RecordingTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-def make_trainer(tok, docs, out, max_steps=10, cls=Trainer, save_steps=None, eval_docs=None, **kwargs):
+def make_trainer(tok, docs, out, max_steps=10, cls=Trainer, save_steps=None, eval_docs=None, batch_size=4, **kwargs):
     collator = MetadataCollator(tok, metadata_template("url_host"), metadata_dropout=0.0, max_length=64)
     args = TrainingArguments(
         output_dir=str(out),
         max_steps=max_steps,
-        per_device_train_batch_size=4,
+        per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=2,
         learning_rate=1e-3,
         remove_unused_columns=False,
@@ -54,8 +54,15 @@ def make_trainer(tok, docs, out, max_steps=10, cls=Trainer, save_steps=None, eva
         eval_steps=3,
     )
     callback = MetadataCooldownCallback(collator, cooldown_fraction=0.3)
-    trainer = cls(model=tiny_llama(len(tok)), args=args, train_dataset=docs, data_collator=collator,
-                  eval_dataset=eval_docs, callbacks=[callback], **kwargs)
+    trainer = cls(
+        model=tiny_llama(len(tok)),
+        args=args,
+        train_dataset=docs,
+        data_collator=collator,
+        eval_dataset=eval_docs,
+        callbacks=[callback],
+        **kwargs,
+    )
     return trainer, callback
 
 
@@ -63,8 +70,9 @@ def test_cooldown_switches_at_the_right_step(ctx_tokenizer, train_docs, tmp_path
     tok = ctx_tokenizer
     cb, ce = tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])
     # evaluation every 3 steps uses the same collator and must not move the switch
-    trainer, callback = make_trainer(tok, train_docs, tmp_path, cls=RecordingTrainer, cb_id=cb, ce_id=ce,
-                                     eval_docs=train_docs.select(range(12)))
+    trainer, callback = make_trainer(
+        tok, train_docs, tmp_path, cls=RecordingTrainer, cb_id=cb, ce_id=ce, eval_docs=train_docs.select(range(12))
+    )
     trainer.train()
     assert callback.switch_step == 7  # 10 steps, last 30% without metadata
     assert sorted(trainer.seen) == list(range(1, 11))
@@ -85,6 +93,28 @@ def test_resume_matches_uninterrupted_run(ctx_tokenizer, train_docs, tmp_path):
     assert callback.switch_step == 7
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("iterable", [False, True], ids=["map_style", "iterable"])
+def test_resumed_cooldown_pattern_matches_uninterrupted_run(ctx_tokenizer, train_docs, tmp_path, iterable):
+    """After resume every micro-batch is conditioned exactly as in the uninterrupted run. For an IterableDataset the
+    Trainer fast-forwards the resumed epoch through the collator; those batches must not move the switch."""
+    tok = ctx_tokenizer
+    cb, ce = tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])
+    docs = train_docs.to_iterable_dataset() if iterable else train_docs
+    # 48 documents in batches of 2 with 2 accumulation steps: 12 optimizer steps per pass, 10 trained, switch at 7
+    full, full_callback = make_trainer(
+        tok, docs, tmp_path, cls=RecordingTrainer, cb_id=cb, ce_id=ce, save_steps=5, batch_size=2
+    )
+    full.train()
+    expected = {step: flags for step, flags in full.seen.items() if step > 5}
+    assert expected == {6: [True, True], 7: [True, True], 8: [False, False], 9: [False, False], 10: [False, False]}
+    resumed, callback = make_trainer(
+        tok, docs, tmp_path, cls=RecordingTrainer, cb_id=cb, ce_id=ce, save_steps=5, batch_size=2
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
+    assert resumed.seen == expected
+    assert callback.collator.batches_seen == full_callback.collator.batches_seen  # ends where the full run's does
 
 
 def test_trainer_dropping_columns_gets_a_clear_error(ctx_tokenizer, train_docs, tmp_path):
@@ -114,8 +144,9 @@ def test_sft_trainer_trains_with_the_collator(ctx_tokenizer, train_docs, tmp_pat
         logging_steps=1,
         disable_tqdm=True,
     )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train_docs, data_collator=collator,
-                         processing_class=tok)
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=train_docs, data_collator=collator, processing_class=tok
+    )
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach().cpu(), before[n])]
@@ -143,8 +174,9 @@ def test_cooldown_is_driven_from_the_main_process(ctx_tokenizer, train_docs, tmp
 def test_collator_refuses_a_cooldown_inside_a_worker(ctx_tokenizer, train_docs):
     collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"), metadata_dropout=0.0, max_length=64)
     collator.cooldown_start_batch = 3
-    loader = torch.utils.data.DataLoader(list(train_docs.select(range(4))), batch_size=2, collate_fn=collator,
-                                         num_workers=1)
+    loader = torch.utils.data.DataLoader(
+        list(train_docs.select(range(4))), batch_size=2, collate_fn=collator, num_workers=1
+    )
     with pytest.raises(RuntimeError, match="main process"):
         next(iter(loader))
     collator.cooldown_start_batch = None  # no cooldown: workers are fine
