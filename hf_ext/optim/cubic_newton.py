@@ -50,6 +50,8 @@ HvpFn = Callable[[torch.Tensor], torch.Tensor]
 class FlatParameters:
     """Map between a list of parameter tensors and one flat vector (the only place this mapping lives).
 
+    The tensors must share one dtype: the flat vector has a single dtype and its views are not cast back.
+
     Args:
         params (`list[torch.Tensor]`): tensors in a fixed order.
         names (`list[str]`, *optional*): their names in a module (needed for `to_dict`).
@@ -58,6 +60,13 @@ class FlatParameters:
     def __init__(self, params: list[torch.Tensor], names: list[str] | None = None):
         if not params:
             raise ValueError("FlatParameters needs at least one parameter tensor.")
+        dtypes = list(dict.fromkeys(p.dtype for p in params))
+        if len(dtypes) > 1:
+            raise ValueError(
+                f"The parameters mix dtypes {', '.join(map(str, dtypes))}; one flat parameter vector needs a single "
+                "dtype, and cubic Newton needs float32 (or float64) Hessian-vector products: convert the model with "
+                "`model.float()`."
+            )
         self.params = list(params)
         self.names = names
         self.shapes = [p.shape for p in self.params]
@@ -414,11 +423,13 @@ class CubicNewton(Optimizer):
       momentum). `momentum="none"` forces `b_t = 1`.
     - step: `h_t = argmin m(h)` by the chosen `solver`, then `x_{t+1} = x_t + lr * h_t` (`lr` from the param group, so
       LR schedulers scale the step), optionally capped at `max_step_norm`.
-    - `M_rule="fixed"` keeps `M`; `"adaptive"` (deterministic use) doubles `M` until `f(x + h) <= f(x) + m(h)` on the
-      current sample and halves it after each accepted step (within `[M_min, M_max]`).
+    - `M_rule="fixed"` keeps `M`; `"adaptive"` (deterministic use, `momentum="none"` only) doubles `M` until
+      `f(x + h) <= f(x) + m(h)` on the current sample and halves it after each accepted step (within
+      `[M_min, M_max]`).
 
     Args:
-        params (iterable): parameters (one param group).
+        params (iterable): parameters (one param group, of one dtype; tensors that do not require grad are left out,
+            as in `make_flat_loss`). `add_param_group` after construction is refused.
         M (`float`, *optional*, defaults to 1.0): cubic regularisation constant.
         lr (`float`, *optional*, defaults to 1.0): step multiplier.
         momentum (`str`, *optional*, defaults to `"extrapolated"`): one of `none`, `ema`, `extrapolated`,
@@ -436,7 +447,7 @@ class CubicNewton(Optimizer):
             exact for `hessian="dense"`, else lanczos.
         krylov_dim (`int`, *optional*, defaults to 20): Lanczos subspace size.
         gd_iters (`int`, *optional*, defaults to 500): maximum iterations (HVPs) of the gradient-descent solver.
-        M_rule (`str`, *optional*, defaults to `"fixed"`): `fixed` or `adaptive`.
+        M_rule (`str`, *optional*, defaults to `"fixed"`): `fixed` or `adaptive` (needs `momentum="none"`).
         M_min, M_max (`float`, *optional*): bounds of the adaptive rule.
         max_step_norm (`float`, *optional*): cap on `||lr * h||`.
         cubic_convention (`str`, *optional*, defaults to `"M/6"`): `"M/6"` or `"M/3"` (cubic term `M/3 ||h||^3`).
@@ -483,10 +494,20 @@ class CubicNewton(Optimizer):
         for name, val in (("alpha_power", alpha_power), ("beta_power", beta_power)):
             if val < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {val}.")
-        if not lr > 0:
-            raise ValueError(f"`lr` must be > 0, got {lr}.")
+        if not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            raise ValueError(f"`lr` must be a positive finite number, got {lr!r}.")
         if M_rule not in ("fixed", "adaptive"):
             raise ValueError(f"`M_rule` must be 'fixed' or 'adaptive', got {M_rule!r}.")
+        if M_rule == "adaptive" and momentum != "none":
+            raise ValueError(
+                f"M_rule='adaptive' needs momentum='none', got momentum={momentum!r}: its acceptance test "
+                "f(x + h) <= f(x) + m(h) only holds for a model built from the gradient at x (deterministic use). "
+                "Use M_rule='fixed' with momentum, or momentum='none' with adaptive M."
+            )
+        if not isinstance(krylov_dim, int) or krylov_dim < 1:
+            raise ValueError(f"`krylov_dim` must be a positive int, got {krylov_dim!r}.")
+        if not isinstance(gd_iters, int) or gd_iters < 0:
+            raise ValueError(f"`gd_iters` must be a non-negative int, got {gd_iters!r}.")
         if not 0 < M_min <= M <= M_max:
             raise ValueError(f"Need 0 < M_min <= M <= M_max, got M_min={M_min}, M={M}, M_max={M_max}.")
         if cubic_convention not in ("M/6", "M/3"):
@@ -521,8 +542,6 @@ class CubicNewton(Optimizer):
             hvp_mode=hvp_mode,
         )
         super().__init__(params, defaults)
-        if len(self.param_groups) != 1:
-            raise ValueError("CubicNewton takes a single parameter group (M and the momenta are global).")
         self._flat = FlatParameters(self.param_groups[0]["params"])
         if hessian == "dense" and self._flat.dim > dense_max_dim:
             raise ValueError(
@@ -532,6 +551,24 @@ class CubicNewton(Optimizer):
         self._window: list[tuple[Callable, torch.Tensor]] = []
         self._pending_closure: Callable | None = None
         self.last_stats: CubicStepStats | None = None
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add the single param group (torch's `Optimizer.__init__` calls this); any further group is refused.
+
+        Tensors that do not require grad are left out, as `make_flat_loss` leaves them out of the flat vector, so
+        `CubicNewton(model.parameters())` works with frozen parameters.
+        """
+        if self.param_groups:
+            raise ValueError(
+                "CubicNewton takes a single parameter group: M, the momenta and the flat parameter vector are global "
+                "and fixed at construction. Build a new CubicNewton over all parameters instead of add_param_group."
+            )
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        params = [p for p in params if not isinstance(p, torch.Tensor) or p.requires_grad]
+        if not params:
+            raise ValueError("CubicNewton got no parameter that requires grad.")
+        super().add_param_group({**param_group, "params": params})
 
     # -- state helpers --------------------------------------------------------------------------------------------
     @property

@@ -73,6 +73,14 @@ class CubicNewtonTrainingArguments(TrainingArguments):
             raise ValueError(f"--cubic_solver must be one of {SOLVERS}, got {self.cubic_solver!r}.")
         if not self.cubic_M > 0:
             raise ValueError(f"--cubic_M must be > 0, got {self.cubic_M}.")
+        if self.cubic_M_rule not in ("fixed", "adaptive"):
+            raise ValueError(f"--cubic_M_rule must be 'fixed' or 'adaptive', got {self.cubic_M_rule!r}.")
+        if self.cubic_M_rule == "adaptive" and self.cubic_momentum != "none":
+            raise ValueError(
+                f"--cubic_M_rule adaptive needs --cubic_momentum none (got {self.cubic_momentum!r}): the adaptive "
+                "rule's acceptance test only holds for the gradient at the current point (deterministic use). Use "
+                "--cubic_M_rule fixed with momentum."
+            )
 
 
 class _CubicStatsCallback(TrainerCallback):
@@ -97,7 +105,8 @@ class CubicNewtonTrainer(SafetensorsOptimizerStateMixin, Trainer):
     estimates, previous point, counters) is checkpointed as safetensors + JSON.
 
     Requirements (checked at construction): eager attention for HF models, no gradient checkpointing,
-    `gradient_accumulation_steps=1`, one process (the functional step does not all-reduce).
+    `gradient_accumulation_steps=1`, one process (the functional step does not all-reduce), float32 or float64
+    trainable parameters (`--bf16/--fp16` are refused by the arguments, a model already in low precision here).
     """
 
     def __init__(self, model=None, args: TrainingArguments | None = None, **kwargs):
@@ -108,6 +117,15 @@ class CubicNewtonTrainer(SafetensorsOptimizerStateMixin, Trainer):
         if model is None:
             raise ValueError("CubicNewtonTrainer needs a `model` (model_init is not supported).")
         check_second_order_support(model)
+        low = sorted(
+            {str(p.dtype) for p in model.parameters() if p.requires_grad} - {"torch.float32", "torch.float64"}
+        )
+        if low:
+            raise ValueError(
+                f"CubicNewtonTrainer needs float32 (or float64) trainable parameters, got {', '.join(low)}: "
+                "Hessian-vector products in low precision are too noisy for the cubic model. Convert the model with "
+                "`model.float()` before building the trainer."
+            )
         if kwargs.get("optimizers", (None, None))[0] is not None:
             raise ValueError("CubicNewtonTrainer builds its own CubicNewton optimizer; do not pass `optimizers`.")
         super().__init__(model=model, args=args, **kwargs)

@@ -81,8 +81,7 @@ def rotational_param_groups(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    if weight_decay < 0:
-        raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
+    _check_weight_decay(weight_decay)
     if decay_parameter_names is None:
         from transformers.trainer_pt_utils import get_parameter_names
 
@@ -227,9 +226,9 @@ def equilibrium_angle(
         `float`: AdamW `sqrt(2*lr*wd*(1-b1)/(1+b1))`, SGDM `sqrt(2*lr*wd/(1+momentum))`,
         Lion `sqrt(pi/2) * sqrt(2*lr*wd) * sqrt((1-b1)^2 + b1^2 (1-b2)/(1+b2))`.
     """
-    if lr <= 0 or weight_decay <= 0:
+    if not (0 < lr < math.inf and 0 < weight_decay < math.inf):
         raise ValueError(
-            f"equilibrium_angle needs lr > 0 and weight_decay > 0 (got lr={lr}, weight_decay={weight_decay}); "
+            f"equilibrium_angle needs finite lr > 0 and weight_decay > 0 (got lr={lr}, weight_decay={weight_decay}); "
             "pass an explicit `angle` instead."
         )
     b1, b2 = betas
@@ -246,20 +245,82 @@ def equilibrium_angle(
     raise ValueError(f"`kind` must be 'adamw', 'lion' or 'sgdm', got {kind!r}.")
 
 
-def _check_betas(betas) -> tuple[float, float]:
+def _check_betas(betas, where: str = "") -> tuple[float, float]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"`betas` must be a pair (beta1, beta2), got {betas!r}.")
+        raise ValueError(f"`betas`{where} must be a pair (beta1, beta2), got {betas!r}.")
     b1, b2 = float(betas[0]), float(betas[1])
     if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-        raise ValueError(f"`betas` must lie in [0, 1), got {betas!r}.")
+        raise ValueError(f"`betas`{where} must lie in [0, 1), got {betas!r}.")
     return b1, b2
 
 
-def _check_common(lr: float, weight_decay: float) -> None:
-    if not isinstance(lr, (int, float)) or lr <= 0 or not math.isfinite(lr):
-        raise ValueError(f"`lr` must be a positive finite number, got {lr!r}.")
-    if weight_decay < 0:
-        raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
+def _check_weight_decay(weight_decay: float, where: str = "") -> None:
+    if not isinstance(weight_decay, (int, float)) or not 0 <= weight_decay < math.inf:
+        raise ValueError(f"`weight_decay`{where} must be a finite number >= 0, got {weight_decay!r}.")
+
+
+def _check_common(lr: float, weight_decay: float, where: str = "") -> None:
+    if not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"`lr`{where} must be a positive finite number, got {lr!r}.")
+    _check_weight_decay(weight_decay, where)
+
+
+def _check_angle(angle, where: str = "") -> None:
+    if angle is not None and not (isinstance(angle, (int, float)) and 0 < angle < math.pi / 2):
+        raise ValueError(f"`angle`{where} must be in (0, pi/2) radians, got {angle!r}.")
+
+
+def _check_group(group: dict, owner: str, rotational: bool = False) -> None:
+    """Validate a param group (defaults merged in) like the constructor arguments, before it is added.
+
+    `rotational` optimizers also need an `angle` or a positive weight decay for the rotational tensors of the group.
+    """
+    where = f" of a {owner} param group"
+    _check_common(group["lr"], group["weight_decay"], where)
+    if "betas" in group:
+        _check_betas(group["betas"], where)
+    if not rotational:
+        return
+    _check_angle(group.get("angle"), where)
+    if not 0.0 <= group.get("update_norm_decay", 0.0) < 1.0:
+        raise ValueError(f"`update_norm_decay`{where} must lie in [0, 1), got {group['update_norm_decay']}.")
+    if (
+        group.get("angle") is None
+        and group["weight_decay"] == 0
+        and any(_is_rotational(p, group) for p in group["params"])
+    ):
+        raise ValueError(
+            f"A {owner} param group with rotational tensors needs `weight_decay > 0` (it sets the equilibrium "
+            "angle) or an explicit `angle`."
+        )
+
+
+def _resolve_added_group(param_group: dict, weight_decay: float, neuron_dim: int | None, owner: str) -> dict:
+    """The layout of a group given to `add_param_group` after construction, decided as for dict groups there."""
+    if not isinstance(param_group, dict):
+        raise TypeError(f"{owner}.add_param_group expects a dict, got {type(param_group).__name__}.")
+    (group,) = _resolve_params([param_group], weight_decay, None, neuron_dim, owner)
+    if neuron_dim is None and "neuron_dim" not in group and group.get("rotational", True):
+        if any(p.dim() >= 2 for p in group["params"]):
+            raise ValueError(
+                f"{owner}.add_param_group got 2+-dim tensors without layout information: add `neuron_dim=0` (rows "
+                "are neurons, nn.Linear) or `neuron_dim=1` (columns, transformers' Conv1D) to the group, or "
+                "`rotational=False` for plain updates; `rotational_param_groups(module, weight_decay)` builds such "
+                "groups."
+            )
+    (group,) = _resolve_params([group], weight_decay, None, neuron_dim, owner, needs_layout=True)
+    return group
+
+
+def _refuse_sparse_gradients(param_groups: list[dict], owner: str) -> None:
+    """Raise before any parameter or state is touched when a gradient is sparse (as torch's Adam does)."""
+    for group in param_groups:
+        for p in group["params"]:
+            if p.grad is not None and p.grad.is_sparse:
+                raise RuntimeError(
+                    f"{owner} does not support sparse gradients (got one for a tensor of shape {tuple(p.shape)}); "
+                    "use `nn.Embedding(..., sparse=False)` or torch.optim.SparseAdam for those parameters."
+                )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -451,12 +512,18 @@ class Lion(Optimizer):
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, nesterov=nesterov)
         super().__init__(_resolve_params(params, weight_decay), defaults)
 
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a param group (also used by the constructor); its values are validated like the constructor's."""
+        _check_group({**self.defaults, **param_group}, type(self).__name__)
+        super().add_param_group(param_group)
+
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        _refuse_sparse_gradients(self.param_groups, type(self).__name__)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -513,12 +580,18 @@ class LionA(Optimizer):
         )
         super().__init__(_resolve_params(params, weight_decay), defaults)
 
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a param group (also used by the constructor); its values are validated like the constructor's."""
+        _check_group({**self.defaults, **param_group}, type(self).__name__)
+        super().add_param_group(param_group)
+
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        _refuse_sparse_gradients(self.param_groups, type(self).__name__)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -591,8 +664,7 @@ class LionAR(Optimizer):
     ):
         _check_common(lr, weight_decay)
         betas = _check_betas(betas)
-        if angle is not None and not (0 < angle < math.pi / 2):
-            raise ValueError(f"`angle` must be in (0, pi/2) radians, got {angle}.")
+        _check_angle(angle)
         if angle is None and weight_decay == 0:
             raise ValueError("LionAR needs `weight_decay > 0` (it sets the equilibrium angle) or an explicit `angle`.")
         if not 0.0 <= update_norm_decay < 1.0:
@@ -613,9 +685,22 @@ class LionAR(Optimizer):
             update_norm_decay=update_norm_decay,
         )
         groups = _resolve_params(params, weight_decay, model, neuron_dim, "LionAR", needs_layout=True)
+        self._default_neuron_dim = neuron_dim
         super().__init__(groups, defaults)
-        for group in self.param_groups:
-            group.setdefault("base_lr", group["lr"])
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a param group (also used by the constructor) with the constructor's per-group defaults and checks.
+
+        The group's layout follows the rule for dict param groups: 2+-dim tensors need `neuron_dim` (or
+        `rotational=False`) unless the optimizer was given `neuron_dim=`; `base_lr` (the reference of the schedule
+        factor `lr_t / lr_0`) is the group's `lr` when it is added.
+        """
+        group = _resolve_added_group(
+            param_group, self.defaults["weight_decay"], getattr(self, "_default_neuron_dim", None), "LionAR"
+        )
+        _check_group({**self.defaults, **group}, "LionAR", rotational=True)
+        super().add_param_group(group)
+        self.param_groups[-1].setdefault("base_lr", self.param_groups[-1]["lr"])
 
     def _is_rotational(self, p: torch.Tensor, group: dict) -> bool:
         return _is_rotational(p, group)
@@ -635,6 +720,7 @@ class LionAR(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        _refuse_sparse_gradients(self.param_groups, type(self).__name__)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -730,8 +816,7 @@ class RotationalWrapper(Optimizer):
         if inner not in _INNER:
             raise ValueError(f"`inner` must be one of {sorted(_INNER)}, got {inner!r}.")
         _check_common(lr, weight_decay)
-        if angle is not None and not (0 < angle < math.pi / 2):
-            raise ValueError(f"`angle` must be in (0, pi/2) radians, got {angle}.")
+        _check_angle(angle)
         if angle is None and weight_decay == 0:
             raise ValueError("RotationalWrapper needs `weight_decay > 0` or an explicit `angle`.")
         if not 0.0 <= update_norm_decay < 1.0:
@@ -744,6 +829,8 @@ class RotationalWrapper(Optimizer):
             if inner_kwargs.get(key):
                 raise ValueError(f"RotationalWrapper does not support `{key}=True` for the inner optimizer.")
         groups = _resolve_params(params, weight_decay, model, neuron_dim, "RotationalWrapper", needs_layout=True)
+        self._default_neuron_dim = neuron_dim
+        self._ready = False  # torch's Optimizer.__init__ adds the groups through `add_param_group`
         self.inner_name = inner
         self.inner = _INNER[inner](groups, lr=lr, weight_decay=weight_decay, **inner_kwargs)
         defaults = dict(
@@ -761,6 +848,35 @@ class RotationalWrapper(Optimizer):
                 shared.setdefault(key, value)
             shared.setdefault("base_lr", shared["lr"])
         self.param_groups = self.inner.param_groups
+        self._ready = True
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a param group to the wrapper and its inner optimizer (they share `param_groups`).
+
+        The group gets the inner optimizer's defaults (`betas`, `eps`, `momentum`, ...) and the wrapper's
+        (`angle`, `zero_mean`, ..., `base_lr` = its `lr`), with the checks and layout rule of the constructor.
+        """
+        if not getattr(self, "_ready", False):  # Optimizer.__init__: the group is already in the inner optimizer
+            _check_group({**self.defaults, **param_group}, "RotationalWrapper", rotational=True)
+            super().add_param_group(param_group)
+            return
+        group = _resolve_added_group(
+            param_group, self.defaults["weight_decay"], getattr(self, "_default_neuron_dim", None), "RotationalWrapper"
+        )
+        merged = {**self.inner.defaults, **self.defaults, **group}
+        _check_group(merged, "RotationalWrapper", rotational=True)
+        if merged.get("eps", 0.0) < 0:
+            raise ValueError(f"`eps` of a RotationalWrapper param group must be >= 0, got {merged['eps']}.")
+        if self.inner_name == "sgdm" and not merged["momentum"] > 0:
+            raise ValueError("`momentum` of a RotationalWrapper param group must be > 0 for inner='sgdm'.")
+        for key in ("amsgrad", "maximize", "differentiable", "capturable"):
+            if merged.get(key):
+                raise ValueError(f"RotationalWrapper does not support `{key}=True` for the inner optimizer.")
+        self.inner.add_param_group(group)  # appends to the shared list, filling the inner defaults
+        shared = self.inner.param_groups[-1]
+        for key, value in self.defaults.items():
+            shared.setdefault(key, value)
+        shared.setdefault("base_lr", shared["lr"])
 
     def _is_rotational(self, p: torch.Tensor, group: dict) -> bool:
         return _is_rotational(p, group)
@@ -897,6 +1013,7 @@ class RotationalWrapper(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        _refuse_sparse_gradients(self.param_groups, "RotationalWrapper")
         rotational, hidden, plain = [], [], False
         for group in self.param_groups:
             rot = []

@@ -223,11 +223,82 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
         (dict(M_rule="armijo"), "M_rule"),
         (dict(hessian_window=0), "hessian_window"),
         (dict(max_step_norm=-1.0), "max_step_norm"),
+        (dict(lr=float("inf")), "lr"),
+        (dict(lr=float("nan")), "lr"),
+        (dict(hessian="fresh", solver="lanczos", krylov_dim=0), "krylov_dim"),
+        (dict(hessian="fresh", krylov_dim=2.5), "krylov_dim"),
+        (dict(hessian="fresh", solver="gd", gd_iters=-1), "gd_iters"),
+        (dict(M_rule="adaptive"), "M_rule.*momentum"),  # the default momentum is "extrapolated"
+        (dict(M_rule="adaptive", momentum="ema"), "M_rule.*momentum"),
+        (dict(M_rule="adaptive", momentum="hessian_corrected"), "M_rule.*momentum"),
     ],
 )
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         CubicNewton([torch.nn.Parameter(torch.zeros(3))], **kw)
+
+
+def test_adaptive_M_without_momentum_keeps_M_bounded_on_a_deterministic_problem():
+    """The acceptance test of adaptive M compares f(x + h) with the model at x, which holds for the true gradient
+    (momentum "none"); with a momentum estimate M ran to M_max and the steps collapsed, so that is refused above."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 10, generator=g, dtype=torch.float64)
+    y = (torch.rand(200, generator=g, dtype=torch.float64) < 0.5).double()
+
+    def f(w):
+        return torch.nn.functional.binary_cross_entropy_with_logits(X @ w, y) + 0.1 * (w**2 / (1 + w**2)).sum()
+
+    p = torch.nn.Parameter(torch.full((10,), 2.0, dtype=torch.float64))
+    opt = CubicNewton([p], M=1.0, momentum="none", hessian="dense", M_rule="adaptive")
+    Ms = []
+    for _ in range(7):
+        opt.step(lambda: f)
+        Ms.append(opt.last_stats.M)
+    assert max(Ms) <= 1.0  # (once converged, f(x + h) <= f(x) + m(h) fails by rounding and M grows again)
+    assert float(torch.func.grad(f)(p.detach()).norm()) < 1e-7
+
+
+def test_add_param_group_is_refused_after_construction():
+    a = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    opt = CubicNewton([a], M=1.0, momentum="none")
+    with pytest.raises(ValueError, match="single parameter group"):
+        opt.add_param_group({"params": [b]})
+    assert len(opt.param_groups) == 1 and opt._flat.dim == 3
+    with pytest.raises(ValueError, match="single parameter group"):
+        CubicNewton([{"params": [a]}, {"params": [b]}])
+
+
+def _frozen_net():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    net[0].weight.requires_grad_(False)
+    return net
+
+
+def test_frozen_parameters_are_skipped_like_make_flat_loss():
+    net = _frozen_net()
+    x = torch.randn(8, 4)
+    y = torch.randint(0, 2, (8,))
+    opt = CubicNewton(net.parameters(), M=10.0)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    assert [id(p) for p in opt.param_groups[0]["params"]] == [id(p) for p in trainable]
+    assert opt._flat.dim == sum(p.numel() for p in trainable)
+    frozen = net[0].weight.detach().clone()
+    before = [p.detach().clone() for p in trainable]
+    loss_fn = lambda out, b: torch.nn.functional.cross_entropy(out, y)  # noqa: E731
+    opt.step(lambda: make_flat_loss(net, {"input": x}, loss_fn=loss_fn)[0])
+    assert torch.equal(net[0].weight.detach(), frozen)
+    assert all(not torch.equal(p.detach(), b) for p, b in zip(trainable, before))
+    with pytest.raises(ValueError, match="requires grad"):
+        CubicNewton([net[0].weight])
+
+
+def test_mixed_parameter_dtypes_are_refused_at_construction():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    net[2].to(torch.bfloat16)
+    with pytest.raises(ValueError, match="torch.float32.*torch.bfloat16"):
+        CubicNewton(net.parameters())
 
 
 def test_bad_solver_inputs_and_missing_closure():

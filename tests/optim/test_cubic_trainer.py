@@ -99,9 +99,29 @@ def test_hf_llama_eager_trains_and_sdpa_is_refused(tmp_path):
         (dict(cubic_momentum="nesterov"), "cubic_momentum"),
         (dict(cubic_solver="cg"), "cubic_solver"),
         (dict(cubic_M=0.0), "cubic_M"),
+        (dict(cubic_M_rule="armijo"), "cubic_M_rule"),
+        (dict(cubic_M_rule="adaptive"), "cubic_M_rule.*cubic_momentum"),  # _args uses cubic_momentum="ema"
+        (dict(cubic_M_rule="adaptive", cubic_momentum="extrapolated"), "cubic_M_rule.*cubic_momentum"),
     ],
 )
 def test_bad_arguments(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         _args(tmp_path, **kw)
     assert not any(tmp_path.iterdir())
+
+
+def test_adaptive_M_rule_without_momentum_is_accepted(tmp_path):
+    assert _args(tmp_path, cubic_M_rule="adaptive", cubic_momentum="none").cubic_M_rule == "adaptive"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_model_is_refused_before_anything_is_written(tmp_path, dtype):
+    model = _model().to(dtype)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=rf"{dtype}.*model\.float\(\)"):
+        CubicNewtonTrainer(model=model, args=_args(tmp_path / "out"), train_dataset=_data(4))
+    assert not (tmp_path / "out").exists()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    model.head.to(torch.float32)  # mixed: still refused, naming the low-precision dtype
+    with pytest.raises(ValueError, match=str(dtype)):
+        CubicNewtonTrainer(model=model, args=_args(tmp_path / "out"), train_dataset=_data(4))

@@ -510,3 +510,141 @@ def test_conv1d_and_linear_layouts_give_identical_updates(make):
         torch.testing.assert_close(conv.detach().t(), lin.detach(), atol=1e-6, rtol=1e-5)
     assert (lin.detach() - start).abs().max() > 1e-3  # the weights did move
     torch.testing.assert_close(conv.detach().norm(dim=0), start.norm(dim=1), atol=1e-5, rtol=0)
+
+
+def _zero_mean_weight(rows, cols, seed):
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+    return nn.Parameter(w - w.mean(dim=1, keepdim=True))  # centring at the first step is then a no-op
+
+
+def test_lion_ar_add_param_group_gets_base_lr_and_is_validated():
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = LionAR(model, lr=1e-3, weight_decay=1.0)
+    n_groups = len(opt.param_groups)
+    w = _zero_mean_weight(5, 8, seed=1)
+    b = nn.Parameter(torch.zeros(5))
+    for bad, match in [
+        ({"params": [w]}, "neuron_dim"),  # a 2+-dim tensor without its layout, as at construction
+        ({"params": [w], "neuron_dim": 0, "lr": float("inf")}, "lr"),
+        ({"params": [w], "neuron_dim": 0, "betas": (0.9, 1.5)}, "betas"),
+        ({"params": [b], "weight_decay": float("nan")}, "weight_decay"),
+        ({"params": [w], "neuron_dim": 0, "rotational": True, "weight_decay": 0.0}, "angle"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            opt.add_param_group(bad)
+        assert len(opt.param_groups) == n_groups
+    opt.add_param_group({"params": [w], "neuron_dim": 0, "lr": 2e-3})
+    opt.add_param_group({"params": [b], "rotational": False, "weight_decay": 0.0})
+    assert opt.param_groups[-2]["base_lr"] == 2e-3 and opt.param_groups[-1]["base_lr"] == 1e-3
+    _loss(model).backward()
+    w.grad = torch.randn_like(w)
+    b.grad = torch.randn_like(b)
+    w0 = w.detach().clone()
+    opt.step()
+    # the added weight rotates by the Lion equilibrium angle of its own lr and keeps its row norms
+    target = equilibrium_angle("lion", 2e-3, 1.0, (0.9, 0.99))
+    ang = _row_angles(w0.double(), w.detach().double())
+    torch.testing.assert_close(ang, torch.full_like(ang, target), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(w.detach().norm(dim=1), w0.norm(dim=1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(b.detach(), -1e-3 * torch.sign(0.1 * b.grad))  # plain Lion, first step
+
+
+_INNER_REFERENCE = {
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+    "lion": lambda ps: Lion(ps, lr=1e-2, weight_decay=0.1),
+    "sgdm": lambda ps: torch.optim.SGD(ps, lr=1e-2, weight_decay=0.1, momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("inner", ["adamw", "lion", "sgdm"])
+def test_rotational_wrapper_add_param_group_gets_inner_defaults(inner):
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = RotationalWrapper(model, inner=inner, lr=1e-2, weight_decay=0.1, update_norm_decay=0.0)
+    n_groups = len(opt.param_groups)
+    w = _zero_mean_weight(5, 8, seed=2)
+    b = nn.Parameter(torch.randn(5))
+    with pytest.raises(ValueError, match="neuron_dim"):
+        opt.add_param_group({"params": [w]})
+    with pytest.raises(ValueError, match="lr"):
+        opt.add_param_group({"params": [b], "lr": -1.0})
+    opt.add_param_group({"params": [w], "neuron_dim": 0})
+    opt.add_param_group({"params": [b]})
+    assert opt.inner.param_groups is opt.param_groups and len(opt.param_groups) == n_groups + 2
+    b_ref = nn.Parameter(b.detach().clone())
+    ref = _INNER_REFERENCE[inner]([b_ref])
+    w0 = w.detach().clone()
+    for s in range(2):
+        opt.zero_grad()
+        _loss(model, s).backward()
+        w.grad = torch.randn(w.shape, generator=torch.Generator().manual_seed(10 + s))
+        b.grad = torch.randn(b.shape, generator=torch.Generator().manual_seed(20 + s))
+        b_ref.grad = b.grad.clone()
+        opt.step()
+        ref.step()
+    # the added vector gets the inner optimizer's own step with its defaults (betas / momentum / eps)
+    torch.testing.assert_close(b.detach(), b_ref.detach())
+    # the added weight is rotational: row norms kept, rotated by two equilibrium angles at most
+    torch.testing.assert_close(w.detach().norm(dim=1), w0.norm(dim=1), atol=1e-6, rtol=0)
+    ang = _row_angles(w0.double(), w.detach().double())
+    assert bool((ang > 0).all()) and bool((ang <= 2 * opt.group_angle(opt.param_groups[-2]) + 1e-6).all())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: Lion(ps, lr=1e-2),
+        lambda ps: LionA(ps, lr=1e-2),
+        lambda ps: LionAR(ps, lr=1e-2, angle=0.1),
+        lambda ps: RotationalWrapper(ps, inner="lion", angle=0.1),
+        lambda ps: RotationalWrapper(ps, inner="adamw", angle=0.1),
+    ],
+)
+def test_sparse_gradients_are_refused_before_anything_changes(make):
+    torch.manual_seed(0)
+    dense = nn.Parameter(torch.randn(4, 3))
+    emb = nn.Embedding(10, 3, sparse=True)
+    opt = make([dense, emb.weight])
+    (emb(torch.tensor([1, 2])) @ dense.T).sum().backward()
+    assert emb.weight.grad.is_sparse and not dense.grad.is_sparse
+    before = [dense.detach().clone(), emb.weight.detach().clone()]
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+    assert torch.equal(dense.detach(), before[0]) and torch.equal(emb.weight.detach(), before[1])
+    assert all(not s for s in opt.state.values())
+    if isinstance(opt, RotationalWrapper):
+        assert all(not s for s in opt.inner.state.values())
+
+
+@pytest.mark.parametrize("cls", [Lion, LionA, LionAR, RotationalWrapper])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(weight_decay=float("nan")), "weight_decay"),
+        (dict(weight_decay=float("inf")), "weight_decay"),
+        (dict(weight_decay="0.1"), "weight_decay"),
+        (dict(lr=float("inf")), "lr"),
+        (dict(lr=float("nan")), "lr"),
+    ],
+)
+def test_non_finite_hyperparameters_are_refused(cls, kw, match):
+    base = {"lr": 1e-3, "angle": 0.1} if cls in (LionAR, RotationalWrapper) else {"lr": 1e-3}
+    with pytest.raises(ValueError, match=match):
+        cls([nn.Parameter(torch.randn(3, 3))], **{**base, **kw})
+
+
+@pytest.mark.parametrize("cls", [Lion, LionA, LionAR, RotationalWrapper])
+@pytest.mark.parametrize(
+    "group,match",
+    [
+        ({"lr": -1.0}, "lr"),
+        ({"weight_decay": -0.5}, "weight_decay"),
+        ({"weight_decay": float("nan")}, "weight_decay"),
+        ({"betas": (0.9, 1.5)}, "betas"),
+    ],
+)
+def test_param_group_values_are_validated_like_constructor_arguments(cls, group, match):
+    p = nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match=match):
+        cls([{"params": [p], "rotational": False, **group}], lr=1e-3)
