@@ -137,6 +137,11 @@ def split_arithmetic_dataset(dataset, train_fraction: float = 0.5, outer_fractio
     inner_size = train_size - outer_size
     if inner_size == 0 or train_size == n:
         raise ValueError(f"train_fraction={train_fraction} leaves an empty inner or test split for {n} rows.")
+    if outer_fraction > 0 and outer_size == 0:
+        raise ValueError(
+            f"outer_fraction={outer_fraction} of the {train_size} training rows rounds to an empty outer set; use "
+            f"outer_fraction >= {1 / train_size:.3g} (or 0 for no outer set)."
+        )
     perm = np.random.default_rng(seed).permutation(n)
     return DatasetDict(
         train=dataset.select(perm[:train_size]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -75,7 +76,8 @@ class NeuralGrokConfig(TrainingArguments):
     virtual_lr: float | None = field(
         default=None,
         metadata={
-            "help": "Step size of the virtual SGD step in the outer loss; default: the lr of the last real step."
+            "help": "Step size of the virtual SGD step in the outer loss; default: the lr of the last real step (the "
+            "base learning rate where that is 0, at the first step of a warm-up)."
         },
     )
     outer_batch_size: int | None = field(
@@ -128,7 +130,9 @@ class NeuralGrokConfig(TrainingArguments):
             raise ValueError(f"outer_every={self.outer_every} must be a positive int (the period T).")
         if self.outer_gradient not in OUTER_GRADIENTS:
             raise ValueError(f"outer_gradient={self.outer_gradient!r} must be one of {list(OUTER_GRADIENTS)}.")
-        if not self.amplifier_hidden_dims or any(int(h) <= 0 for h in self.amplifier_hidden_dims):
+        if not self.amplifier_hidden_dims or any(
+            isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in self.amplifier_hidden_dims
+        ):
             raise ValueError(f"amplifier_hidden_dims={self.amplifier_hidden_dims} must be positive ints, e.g. 32 32.")
         if not self.amplifier_c > 0:
             raise ValueError(f"amplifier_c={self.amplifier_c} must be > 0.")
@@ -142,6 +146,8 @@ class NeuralGrokConfig(TrainingArguments):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be a positive int or None.")
+        if self.grokfast_lamb is not None and not math.isfinite(self.grokfast_lamb):
+            raise ValueError(f"grokfast_lamb={self.grokfast_lamb} must be a finite number (or None for the default).")
         if not 0.0 <= self.grokfast_alpha < 1.0:
             raise ValueError(f"grokfast_alpha={self.grokfast_alpha} must be in [0, 1).")
         if self.grokfast_window < 1:
@@ -355,6 +361,8 @@ class NeuralGrokTrainer(Trainer):
         lr = self.args.virtual_lr
         if lr is None:
             lr = self.transform_optimizer.last_lr if self.transform_optimizer is not None else self.args.learning_rate
+            if not lr > 0:  # the first step of a warm-up from 0 (outer_every=1): the reference's fixed base lr
+                lr = self.args.learning_rate
         reducer = None
         if self.accelerator.num_processes > 1:
 

@@ -191,6 +191,17 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
             f"--max_grad_norm={training_args.max_grad_norm} would clip the raw gradient before the NeuralGrok / "
             "normalize transform; use --max_grad_norm 0 (they clip after the transform: --amplifier_clip_norm)."
         )
+    # The task's equations are cheap to build: --p, --train_fraction and --outer_fraction are checked on the real
+    # split sizes here, before anything is written (an outer set that rounds to 0 rows would otherwise fail only
+    # after the earlier methods have trained).
+    from ..neuralgrok.data import build_arithmetic_dataset, split_arithmetic_dataset
+
+    try:
+        split_arithmetic_dataset(
+            build_arithmetic_dataset(task_args.task, task_args.p), task_args.train_fraction, task_args.outer_fraction
+        )
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"--p / --train_fraction / --outer_fraction: {err}") from err
     plan = _resume_plan(training_args.resume_from_checkpoint, training_args.output_dir, methods, seeds)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     return methods, seeds, plan

@@ -461,6 +461,8 @@ def test_split_sizes_and_disjointness():
         (lambda: build_arithmetic_dataset("a+b", 12), "prime"),
         (lambda: split_arithmetic_dataset(build_arithmetic_dataset("a+b", 7), 1.5), "train_fraction"),
         (lambda: split_arithmetic_dataset(build_arithmetic_dataset("a+b", 7), 0.5, -0.1), "outer_fraction"),
+        # 24 training rows: 0.01 of them rounds to an empty outer set
+        (lambda: split_arithmetic_dataset(build_arithmetic_dataset("a+b", 7), 0.5, 0.01), "empty outer set"),
     ],
 )
 def test_data_rejects_bad_arguments(call, match):

@@ -119,6 +119,10 @@ def test_recipe_resume_and_overwrite_errors(tmp_path):
         (["--max_grad_norm", "1.0"], "max_grad_norm"),
         (["--strong_weight_decay", "-1"], "strong_weight_decay"),
         (["--max_eval_samples", "0"], "max_eval_samples"),
+        # checked on the real split before anything runs (was: after the earlier methods had trained)
+        (["--p", "11", "--outer_fraction", "0.01", "--methods", "none,neuralgrok"], "outer_fraction"),
+        (["--p", "12"], "prime"),  # was checked after the output folder had been created
+        (["--train_fraction", "1.0"], "train_fraction"),
     ],
 )
 def test_recipe_rejects_bad_arguments_before_writing(tmp_path, argv, match):

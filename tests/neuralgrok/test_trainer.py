@@ -325,12 +325,34 @@ def test_hf_causal_lm_from_config(splits, tmp_path):
         (dict(amplifier_hidden_dims=[]), "amplifier_hidden_dims"),
         (dict(virtual_lr=-1.0), "virtual_lr"),
         (dict(outer_gradient="next_batch"), "outer_gradient"),
+        (dict(amplifier_hidden_dims=[32.7]), "amplifier_hidden_dims"),  # was silently built 32 wide
+        (dict(gradient_transform="grokfast_ema", grokfast_lamb=float("nan")), "grokfast_lamb"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_args(tmp_path / "never", **kwargs)
     assert not (tmp_path / "never").exists()
+
+
+def test_outer_step_every_step_under_warmup_uses_the_base_lr_at_the_first_step(splits, tmp_path, monkeypatch):
+    """T=1 (the paper's setting for the hard task) with a warm-up from 0: the first real step has lr 0, so the virtual
+    step falls back to the base learning rate, the reference's fixed choice; later steps use the step's own lr."""
+    import hf_ext.neuralgrok.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.amplifier_outer_step
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["virtual_lr"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "amplifier_outer_step", spy)
+    args = make_args(tmp_path, max_steps=3, outer_every=1, warmup_steps=2, learning_rate=1e-2)
+    trainer = make_trainer(args, splits)
+    trainer.train()
+    assert trainer.num_outer_steps == 3
+    assert seen == pytest.approx([1e-2, 5e-3, 1e-2])  # lr of steps 1..3 under linear warm-up 2: 0, 0.5, 1 x base
 
 
 def test_trainer_rejects_missing_outer_set_and_wrong_args(splits, tmp_path):
