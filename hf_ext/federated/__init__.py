@@ -8,6 +8,7 @@ from .aggregation import (
     check_compatible_states,
     client_update,
     clip_update,
+    dp_fedavg_mean,
     fedavg,
     lora_delta,
     lora_pairs,
@@ -37,6 +38,7 @@ from .privacy import (
     dp_gradient,
     noisy_sum,
     per_sample_gradients,
+    secret_noise_generator,
 )
 from .secure_aggregation import (
     AdvertisedKeys,
@@ -69,9 +71,11 @@ from .simulation import (
     exchange_keys,
     get_exchange_state,
     prepare_upload,
+    server_noise_generator,
     set_exchange_state,
     split_by_column,
     train_client,
+    upload_weight,
 )
 from .trainer import PrivateTrainer, PrivateTrainingArguments
 
@@ -126,6 +130,7 @@ __all__ = [
     "default_threshold",
     "generate_identity",
     "identity_public_bytes",
+    "dp_fedavg_mean",
     "dp_gradient",
     "encode",
     "exchange_keys",
@@ -147,7 +152,9 @@ __all__ = [
     "prg_residues",
     "quantization_error_bound",
     "score_continuation",
+    "secret_noise_generator",
     "secure_aggregate",
+    "server_noise_generator",
     "set_exchange_state",
     "shamir_combine",
     "shamir_split",
@@ -158,4 +165,5 @@ __all__ = [
     "text_losses",
     "train_client",
     "unmask_sum",
+    "upload_weight",
 ]

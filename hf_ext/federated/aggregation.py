@@ -170,7 +170,9 @@ def client_update(
 
     - `"factors"` / `"full"`: `x_client - x_global` for every tensor.
     - `"merge_then_average"`: the dense LoRA update `scaling * B @ A` per adapted module (the adapter starts fresh
-      every round, so this is the whole change of the merged weights).
+      every round, so this is the whole change of the merged weights), keyed by module prefix, plus
+      `x_client - x_global` for every other exchanged tensor that is neither a LoRA factor nor an adapted base weight
+      (e.g. PEFT `modules_to_save` copies), keyed by its state-dict name.
 
     With `clip_norm` the update is clipped to that global L2 norm (client-level DP clipping, done on the client so it
     composes with secure aggregation). Updates are float64.
@@ -180,6 +182,15 @@ def client_update(
         if lora_scaling is None:
             raise ValueError("`lora_scaling` (lora_alpha / r) is required for mode='merge_then_average'.")
         update = lora_delta(client_state, lora_scaling)
+        pairs = lora_pairs(client_state)
+        skip = {k for pair in pairs.values() for k in pair} | {f"{prefix}.base_layer.weight" for prefix in pairs}
+        others = [k for k in client_state if k not in skip and torch.is_floating_point(client_state[k])]
+        if others:
+            check_compatible_states([global_state, client_state], "client_state")
+            for k in others:
+                update[k] = client_state[k].detach().to("cpu", torch.float64) - global_state[k].detach().to(
+                    "cpu", torch.float64
+                )
     else:
         check_compatible_states([global_state, client_state], "client_state")
         update = {
@@ -190,28 +201,76 @@ def client_update(
     return clip_update(update, clip_norm) if clip_norm is not None else update
 
 
+def _check_num_clients(num_clients, present: int | None = None) -> int:
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int):
+        hint = (
+            " (client-level DP now uses the fixed number of clients, not the client weights: pass e.g. "
+            "`num_clients=len(all_clients)`)"
+            if isinstance(num_clients, Sequence | torch.Tensor)
+            else ""
+        )
+        raise TypeError(f"`num_clients` must be an integer, got {num_clients!r}{hint}.")
+    if num_clients < 1:
+        raise ValueError(f"`num_clients` must be >= 1, got {num_clients}.")
+    if present is not None and present > num_clients:
+        raise ValueError(
+            f"{present} client updates for `num_clients`={num_clients}: `num_clients` is the fixed size of the "
+            "federation the noise is calibrated for and cannot be smaller than the number of updates."
+        )
+    return num_clients
+
+
+def dp_fedavg_mean(updates: Sequence[Mapping[str, torch.Tensor]], num_clients: int) -> dict[str, torch.Tensor]:
+    """The client-level DP estimator: `sum_c u_c / num_clients` with a *fixed* denominator (DP-FedAvg, McMahan et al.
+    2018, with uniform client weights).
+
+    Dividing by the fixed number of clients of the federation, not by the number (or the weights) of the clients
+    present, makes the sensitivity `clip_norm / num_clients` when one client is added or removed (a dropped client
+    contributes 0): this is what [`add_server_noise`] is calibrated for. Client weights (example counts) are not used,
+    so no client can raise its influence by reporting a large weight.
+    """
+    check_compatible_states(updates, "updates")
+    n = _check_num_clients(num_clients, len(updates))
+    out: dict[str, torch.Tensor] = {}
+    for key, ref in updates[0].items():
+        acc = torch.zeros(ref.shape, dtype=torch.float64)
+        for u in updates:
+            acc += u[key].detach().to("cpu", torch.float64)
+        out[key] = acc / n
+    return out
+
+
 def add_server_noise(
     mean_update: Mapping[str, torch.Tensor],
     clip_norm: float,
     noise_multiplier: float,
-    weights: Sequence[float],
+    num_clients: int,
     generator: torch.Generator | None = None,
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """Gaussian noise for client-level DP on the weighted mean of clipped updates.
+    """Gaussian noise for client-level DP on the fixed-denominator mean of clipped updates ([`dp_fedavg_mean`]).
 
-    One client moves `sum_c p_c u_c` by at most `max_c p_c * clip_norm`, so the noise std is
-    `noise_multiplier * clip_norm * max_c p_c` (with uniform weights `noise_multiplier * clip_norm / n`, as in
-    DP-FedAvg).
+    Neighbouring relation: add or remove one client (its clipped update, of norm at most `clip_norm`). The released
+    `sum_c u_c / num_clients` then moves by at most `clip_norm / num_clients`, so the noise std is
+    `noise_multiplier * clip_norm / num_clients` (DP-FedAvg). Replacing one client's update by another moves it by up
+    to twice that (a noise multiplier `sigma` then gives the guarantee of `sigma / 2` under add/remove).
+
+    Args:
+        mean_update (`Mapping[str, torch.Tensor]`): the fixed-denominator mean of the clipped updates.
+        clip_norm (`float`): the per-client clip norm `C`.
+        noise_multiplier (`float`): `sigma`, the noise std in units of the sensitivity.
+        num_clients (`int`): the fixed number of clients of the federation (the denominator of the mean).
+        generator (`torch.Generator`, *optional*): the noise source; pass a secret one (e.g.
+            [`secret_noise_generator`]): noise regenerable from a known seed gives no privacy.
 
     Returns:
         `tuple[dict[str, torch.Tensor], float]`: the noised mean update and the noise std.
     """
-    if noise_multiplier < 0:
-        raise ValueError(f"`noise_multiplier` must be >= 0, got {noise_multiplier}.")
-    if not clip_norm > 0:
-        raise ValueError(f"`clip_norm` must be > 0, got {clip_norm}.")
-    p = _check_weights(weights, len(weights))
-    std = noise_multiplier * clip_norm * float(p.max())
+    if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+        raise ValueError(f"`noise_multiplier` must be a finite number >= 0, got {noise_multiplier}.")
+    if not (clip_norm > 0 and math.isfinite(clip_norm)):
+        raise ValueError(f"`clip_norm` must be a finite number > 0, got {clip_norm}.")
+    n = _check_num_clients(num_clients)
+    std = noise_multiplier * clip_norm / n
     if std == 0:
         return dict(mean_update), 0.0
     out = dict(mean_update)
@@ -227,12 +286,14 @@ def apply_mean_update(
     mode: str = "factors",
     base_weight_key: str = "{prefix}.base_layer.weight",
 ) -> dict[str, torch.Tensor]:
-    """The next global state: `x_global + mean_update`; in `"merge_then_average"` mode the dense update is added to
-    each adapted module's base weight and the adapter entries keep their round-start (fresh) values."""
+    """The next global state: `x_global + mean_update`; in `"merge_then_average"` mode the dense update of each
+    adapted module (keyed by module prefix) is added to its base weight, other trained tensors (keyed by their own
+    name, e.g. `modules_to_save`) get their mean update, and the adapter entries keep their round-start (fresh)
+    values."""
     _check_mode(mode)
     out = {k: v.detach().clone() for k, v in global_state.items()}
     for k, u in mean_update.items():
-        key = base_weight_key.format(prefix=k) if mode == "merge_then_average" else k
+        key = base_weight_key.format(prefix=k) if mode == "merge_then_average" and k not in global_state else k
         if key not in global_state:
             hint = " (send base weights together with the adapter in this mode)" if mode != "factors" else ""
             raise ValueError(f"The update has {key!r}, which is not in `global_state`{hint}.")
@@ -257,6 +318,7 @@ def aggregate_round(
     client_clip_norm: float | None = None,
     client_noise_multiplier: float = 0.0,
     generator: torch.Generator | None = None,
+    num_clients: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """One server step, from the round's global state and the clients' returned states.
 
@@ -268,8 +330,10 @@ def aggregate_round(
           adapter is reset to its round-start value (what averaging merged models does, as in the reference code).
         - `"full"`: every tensor is averaged (full fine-tuning).
 
-    With `client_clip_norm` each client's update is clipped and Gaussian noise is added to the mean (client-level
-    DP, see [`add_server_noise`]).
+    With `client_clip_norm` (client-level DP) each client's update is clipped, the updates are summed and divided by
+    the fixed `num_clients` ([`dp_fedavg_mean`]; `weights` are then not used) and Gaussian noise of std
+    `client_noise_multiplier * client_clip_norm / num_clients` is added ([`add_server_noise`]): DP under adding or
+    removing one client.
 
     Args:
         global_state (`Mapping[str, torch.Tensor]`): the state sent to the clients this round.
@@ -279,7 +343,9 @@ def aggregate_round(
         lora_scaling (`float`, *optional*): `lora_alpha / r`, required for `"merge_then_average"`.
         client_clip_norm (`float`, *optional*): enables client-level clipping and noise when set.
         client_noise_multiplier (`float`, *optional*, defaults to 0): noise multiplier for client-level DP.
-        generator (`torch.Generator`, *optional*): noise source.
+        generator (`torch.Generator`, *optional*): noise source (keep it secret).
+        num_clients (`int`, *optional*): client-level DP only: the fixed number of clients of the federation, the
+            denominator of the mean whatever the clients present; defaults to `len(client_states)` (all present).
 
     Returns:
         `dict[str, torch.Tensor]`: the next global state with the keys and dtypes of `global_state`.
@@ -292,7 +358,10 @@ def aggregate_round(
     check_compatible_states([global_state, *client_states], "client_states")
     p = _check_weights(weights, len(client_states)).tolist()
     updates = [client_update(global_state, sd, mode, lora_scaling, client_clip_norm) for sd in client_states]
-    mean = fedavg(updates, p)
-    if client_clip_norm is not None:
-        mean, _ = add_server_noise(mean, client_clip_norm, client_noise_multiplier, p, generator)
+    if client_clip_norm is None:
+        mean = fedavg(updates, p)
+    else:
+        n = _check_num_clients(len(client_states) if num_clients is None else num_clients, len(client_states))
+        mean = dp_fedavg_mean(updates, n)
+        mean, _ = add_server_noise(mean, client_clip_norm, client_noise_multiplier, n, generator)
     return apply_mean_update(global_state, mean, mode)

@@ -31,6 +31,7 @@ from .simulation import (
     get_exchange_state,
     prepare_upload,
     train_client,
+    upload_weight,
 )
 
 ROUND_KEY = "server-round"
@@ -293,8 +294,9 @@ def _make_secagg_client_app(model_fn, dataset_fn, fed_args, training_args, data_
                 int(config[ROUND_KEY]),
             )
             update = prepare_upload(global_state, state, fed_args)
-            check_secagg_range(update, n, fed_args)
-            return [update[k].detach().cpu().numpy() for k in keys], n, reply
+            weight = int(upload_weight(n, fed_args))  # 1 under client-level DP (uniform DP-FedAvg)
+            check_secagg_range(update, weight, fed_args)
+            return [update[k].detach().cpu().numpy() for k in keys], weight, reply
 
     cache: dict[str, list[str]] = {}
 
@@ -337,17 +339,21 @@ class FederatedLoRAStrategy(FedAvg):
 
     Args:
         fed_args ([`FederatedArguments`]): protocol options.
-        seed (`int`, *optional*, defaults to 0): seed of the server-side noise.
+        seed (`int`, *optional*, defaults to 0): the public training seed; it does not drive the client-level DP
+            noise (secret unless `fed_args.client_dp_noise_seed` is set).
+        num_clients (`int`, *optional*): the federation size that client-level DP divides by (default
+            `min_train_nodes`), fixed whatever the number of replies.
         **kwargs: passed to `flwr.serverapp.strategy.FedAvg` (`min_train_nodes`, `min_available_nodes`, ...).
     """
 
-    def __init__(self, fed_args: FederatedArguments, seed: int = 0, **kwargs):
+    def __init__(self, fed_args: FederatedArguments, seed: int = 0, num_clients: int | None = None, **kwargs):
         if fed_args.secure_aggregation:
             raise ValueError("With secure aggregation use make_server_app (Flower's SecAggPlusWorkflow).")
         kwargs.setdefault("fraction_evaluate", 0.0)
         super().__init__(weighted_by_key="num-examples", **kwargs)
         self.fed_args = fed_args
         self.seed = seed
+        self.num_clients = num_clients if num_clients is not None else self.min_train_nodes
         self._global: dict[str, torch.Tensor] | None = None
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
@@ -363,7 +369,9 @@ class FederatedLoRAStrategy(FedAvg):
         contents = [m.content for m in valid]
         uploads = [c["arrays"].to_torch_state_dict() for c in contents]
         weights = [float(c["metrics"][self.weighted_by_key]) for c in contents]
-        new_state = aggregate_uploads(self._global, uploads, weights, self.fed_args, server_round, self.seed)
+        new_state = aggregate_uploads(
+            self._global, uploads, weights, self.fed_args, server_round, self.seed, num_clients=self.num_clients
+        )
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         return ArrayRecord(new_state), metrics
 
@@ -401,7 +409,7 @@ def make_secagg_strategy(fed_args: FederatedArguments, initial: dict[str, torch.
             mean_arrays = parameters_to_ndarrays(results[0][1].parameters)
             mean = {k: torch.from_numpy(np.asarray(a, dtype=np.float64)) for k, a in zip(keys, mean_arrays)}
             weights = [float(res.num_examples) for _, res in results]
-            new = apply_secure_mean(self.global_state, mean, weights, fed_args, server_round, seed)
+            new = apply_secure_mean(self.global_state, mean, weights, fed_args, server_round, num_clients=num_clients)
             self.global_state = new
             total = sum(weights)
             metrics = {"train_loss": sum(w * float(r.metrics["train_loss"]) for w, (_, r) in zip(weights, results))}
@@ -447,7 +455,11 @@ def make_server_app(
         initial = initial_global_state(model_fn, fed_args, seed)
         if not fed_args.secure_aggregation:
             strategy = FederatedLoRAStrategy(
-                fed_args, seed=seed, min_train_nodes=num_clients, min_available_nodes=num_clients
+                fed_args,
+                seed=seed,
+                num_clients=num_clients,
+                min_train_nodes=num_clients,
+                min_available_nodes=num_clients,
             )
             result = strategy.start(
                 grid=grid,

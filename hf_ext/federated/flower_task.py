@@ -34,6 +34,7 @@ RUN_CONFIG_DEFAULTS: dict[str, tuple[type, Any]] = {
     "dp-clip-norm": (float, 0.0),
     "dp-noise-multiplier": (float, 0.0),
     "dp-delta": (float, 1e-5),
+    "dp-noise-seed": (int, -1),
     "seed": (int, 0),
     "docs-per-client": (int, 4),
     "block-size": (int, 32),
@@ -153,6 +154,8 @@ def task_from_run_config(run_config: Mapping[str, Any]) -> FlowerTask:
         dp_clip_norm=cfg["dp-clip-norm"] if dp else None,
         dp_noise_multiplier=cfg["dp-noise-multiplier"],
         dp_delta=cfg["dp-delta"],
+        # -1 (default): secret DP noise; a seed >= 0 makes the noise reproducible by anyone who knows the run config
+        dp_noise_seed=cfg["dp-noise-seed"] if cfg["dp-noise-seed"] >= 0 else None,
     )
     return FlowerTask(cfg, fed_args, training_args, build_tokenizer(cfg["vocab-size"]))
 

@@ -3,13 +3,33 @@ Gaussian noise, Poisson sampling, and accounting with Google's `dp-accounting` (
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import secrets
 from collections.abc import Mapping
 
 import torch
 
 ACCOUNTANTS = ("pld", "rdp")
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed derived from `parts` with SHA-256 (distinct parts give unrelated seeds, unlike `seed + k`)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def secret_noise_generator(device: torch.device | str | None = None) -> torch.Generator:
+    """A `torch.Generator` on `device` seeded with 63 bits from `secrets` (the OS randomness), fresh on every call.
+
+    This is the default source of DP noise: nobody, including whoever knows the training configuration and its seeds,
+    can regenerate the noise. The generator itself is torch's Mersenne Twister (CPU) or Philox (CUDA), which is not a
+    cryptographically secure PRNG; for that, draw the noise from a CSPRNG (as Opacus's `secure_mode` does with
+    torchcsprng).
+    """
+    gen = torch.Generator(device=device) if device is not None else torch.Generator()
+    return gen.manual_seed(secrets.randbits(63))
 
 
 def _check_sigma(noise_multiplier: float, name: str = "noise_multiplier") -> float:
@@ -262,8 +282,11 @@ class PoissonBatchSampler:
     the sampling that the subsampled-Gaussian accountants assume (as Opacus's `UniformWithReplacementSampler`).
 
     Batch sizes vary and can be 0. One epoch has `num_batches` batches (default `round(1 / sample_rate)`, so each
-    example is seen once per epoch in expectation). The draw depends only on `(seed, epoch)`, so resumed training
-    replays the same batches.
+    example is seen once per epoch in expectation). Every batch is a fresh draw: the batches of an epoch come from a
+    generator seeded by `(seed, epoch)`, and every iteration moves to the next epoch unless [`set_epoch`] chose one
+    (the `Trainer` calls it at every epoch), so epochs never replay each other. Given `(seed, epoch)` the draw is
+    reproducible, so a resumed run (the `Trainer` sets the epoch, then skips the batches already trained) sees the
+    same batches as an uninterrupted one. Use a different `seed` for each client and round.
 
     Args:
         num_samples (`int`): dataset size `N`.
@@ -284,13 +307,16 @@ class PoissonBatchSampler:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw the batches of epoch `epoch` on the next iteration."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        epoch = self.epoch
+        self.epoch = epoch + 1  # iterating again without set_epoch draws the next epoch, never a replay
+        gen = torch.Generator().manual_seed(derive_seed("poisson", self.seed, epoch))
         for _ in range(self.num_batches):
             keep = torch.rand(self.num_samples, generator=gen) < self.sample_rate
             yield keep.nonzero().flatten().tolist()

@@ -20,7 +20,7 @@ from .aggregation import (
     client_update,
     lora_pairs,
 )
-from .privacy import PrivacyAccountant
+from .privacy import PrivacyAccountant, derive_seed, secret_noise_generator
 from .secure_aggregation import (
     IdentityDirectory,
     SecAggClientState,
@@ -64,7 +64,19 @@ class FederatedArguments:
         default=None, metadata={"help": "Client-level DP: clip each client's update to this L2 norm; None disables."}
     )
     client_dp_noise_multiplier: float = field(
-        default=0.0, metadata={"help": "Client-level DP: server noise std in units of the per-client sensitivity."}
+        default=0.0,
+        metadata={
+            "help": "Client-level DP: server noise std in units of the per-client sensitivity C / num_clients (the "
+            "released update is the sum of the clipped updates divided by the fixed number of clients)."
+        },
+    )
+    client_dp_noise_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Client-level DP: seed of the server noise, for reproducible runs (tests). Default None: secret "
+            "noise drawn from the OS randomness every round. Setting it VOIDS the guarantee against anyone who knows "
+            "the seed."
+        },
     )
     secure_aggregation: bool = field(
         default=False,
@@ -120,6 +132,9 @@ class FederatedArguments:
             raise ValueError(f"--client_dp_noise_multiplier must be >= 0, got {self.client_dp_noise_multiplier}.")
         if self.client_dp_noise_multiplier > 0 and self.client_dp_clip_norm is None:
             raise ValueError("--client_dp_noise_multiplier needs --client_dp_clip_norm (the sensitivity).")
+        seed = self.client_dp_noise_seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"--client_dp_noise_seed must be an integer or None (secret noise), got {seed!r}.")
         if self.client_learning_rates:
             self.learning_rates()
         if self.secure_aggregation_threshold is not None and self.secure_aggregation_threshold < 2:
@@ -300,6 +315,10 @@ def client_training_args(training_args, fed_args: FederatedArguments, client_ind
     changes: dict[str, Any] = {
         "output_dir": os.path.join(training_args.output_dir, f"client-{client_index}"),
         "seed": training_args.seed + 1000 * round_index + client_index,
+        # every client and round draws its own Poisson batches (and, with the opt-in seed, its own DP noise)
+        "data_seed": None
+        if training_args.data_seed is None
+        else derive_seed("data", training_args.data_seed, round_index, client_index) % 2**31,
         "save_strategy": "no",
         "eval_strategy": "no",
         "report_to": "none",
@@ -311,6 +330,8 @@ def client_training_args(training_args, fed_args: FederatedArguments, client_ind
         changes["num_train_epochs"] = fed_args.local_epochs
     if lrs is not None:
         changes["learning_rate"] = lrs[client_index]
+    if getattr(training_args, "dp_noise_seed", None) is not None:
+        changes["dp_noise_seed"] = derive_seed("dp-noise", training_args.dp_noise_seed, round_index, client_index)
     return dataclasses.replace(training_args, **changes)
 
 
@@ -370,6 +391,19 @@ def prepare_upload(
     )
 
 
+def server_noise_generator(fed_args: FederatedArguments, round_index: int) -> torch.Generator:
+    """The generator of a round's client-level DP noise: secret ([`secret_noise_generator`]) unless
+    `fed_args.client_dp_noise_seed` is set (reproducible, no privacy against whoever knows that seed)."""
+    if fed_args.client_dp_noise_seed is None:
+        return secret_noise_generator()
+    return torch.Generator().manual_seed(derive_seed("client-dp-noise", fed_args.client_dp_noise_seed, round_index))
+
+
+def upload_weight(num_examples: int, fed_args: FederatedArguments) -> float:
+    """A client's aggregation weight: its number of examples, or 1 under client-level DP (uniform DP-FedAvg)."""
+    return 1.0 if fed_args.client_dp_clip_norm is not None else float(num_examples)
+
+
 def aggregate_uploads(
     global_state: dict[str, torch.Tensor],
     uploads: Sequence[dict[str, torch.Tensor]],
@@ -377,9 +411,15 @@ def aggregate_uploads(
     fed_args: FederatedArguments,
     round_index: int,
     seed: int = 0,
+    num_clients: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The server step without secure aggregation (shared by the simulation and the Flower `ServerApp`)."""
-    generator = torch.Generator().manual_seed(seed + 7919 * round_index)
+    """The server step without secure aggregation (shared by the simulation and the Flower `ServerApp`).
+
+    `seed` (the public training seed) does not influence the client-level DP noise, which comes from
+    [`server_noise_generator`]. `num_clients` is the fixed federation size that client-level DP divides by
+    (default: the number of uploads)."""
+    del seed  # the noise must not be a function of the public seed
+    generator = server_noise_generator(fed_args, round_index) if fed_args.client_dp_clip_norm is not None else None
     return aggregate_round(
         global_state,
         uploads,
@@ -389,6 +429,7 @@ def aggregate_uploads(
         fed_args.client_dp_clip_norm,
         fed_args.client_dp_noise_multiplier,
         generator,
+        num_clients=num_clients,
     )
 
 
@@ -399,14 +440,31 @@ def apply_secure_mean(
     fed_args: FederatedArguments,
     round_index: int,
     seed: int = 0,
+    num_clients: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The server step after secure aggregation: it only has the weighted mean of the updates; client-level DP
-    noise is added to that mean, then it is applied to the global state."""
-    generator = torch.Generator().manual_seed(seed + 7919 * round_index)
+    """The server step after secure aggregation: it only has the weighted mean of the updates and the weights.
+
+    Under client-level DP the clients upload with weight 1 ([`upload_weight`]); the mean is turned into the
+    fixed-denominator estimate `sum_c u_c / num_clients` (`num_clients`: the federation size, default the number of
+    weights) and noised with [`add_server_noise`] from [`server_noise_generator`] (never from `seed`)."""
+    del seed
     mean = {k: v.to(torch.float64) for k, v in mean_update.items()}
     if fed_args.client_dp_clip_norm is not None:
+        if any(float(w) != 1.0 for w in weights):
+            raise ValueError(
+                f"Under client-level DP every client uploads with weight 1 (uniform DP-FedAvg), got weights "
+                f"{list(weights)}: use `upload_weight` for the secure-aggregation weights."
+            )
+        n = len(weights) if num_clients is None else num_clients
+        if not isinstance(n, int) or n < len(weights):
+            raise ValueError(f"`num_clients` must be an integer >= the {len(weights)} uploads, got {num_clients!r}.")
+        mean = {k: v * (len(weights) / n) for k, v in mean.items()}  # sum of the updates / fixed federation size
         mean, _ = add_server_noise(
-            mean, fed_args.client_dp_clip_norm, fed_args.client_dp_noise_multiplier, weights, generator
+            mean,
+            fed_args.client_dp_clip_norm,
+            fed_args.client_dp_noise_multiplier,
+            n,
+            server_noise_generator(fed_args, round_index),
         )
     return apply_mean_update(global_state, mean, fed_args.mode)
 
@@ -498,7 +556,7 @@ class FederatedSimulation:
                 self.accountants[c],
             )
             uploads.append(prepare_upload(self.global_state, state, self.fed_args))
-            weights.append(float(n))
+            weights.append(upload_weight(n, self.fed_args))
             client_metrics.append(metrics)
         if self.fed_args.secure_aggregation:
             mean, _, self.last_server_view = secure_aggregate(
@@ -513,11 +571,11 @@ class FederatedSimulation:
                 client_states=self.secagg_client_states,
             )
             self.global_state = apply_secure_mean(
-                self.global_state, mean, weights, self.fed_args, r, self.training_args.seed
+                self.global_state, mean, weights, self.fed_args, r, num_clients=self.num_clients
             )
         else:
             self.global_state = aggregate_uploads(
-                self.global_state, uploads, weights, self.fed_args, r, self.training_args.seed
+                self.global_state, uploads, weights, self.fed_args, r, num_clients=self.num_clients
             )
         set_exchange_state(self.model, self.global_state)
         self.round = r
@@ -527,12 +585,25 @@ class FederatedSimulation:
         return record
 
     def run(self, num_rounds: int | None = None, save_dir: str | None = None) -> list[dict]:
-        """Run rounds up to `num_rounds` (default `fed_args.num_rounds`), continuing from `self.round`.
+        """Run rounds up to `num_rounds` (default `None`: `fed_args.num_rounds`), continuing from `self.round`.
 
         With `save_dir`, the global state, round index, history and privacy accountants are saved after every
-        round in `save_dir/round-<r>` (safetensors + JSON), loadable with [`load_state`].
+        round in `save_dir/round-<r>` (safetensors + JSON, written atomically as a pair), loadable with
+        [`load_state`].
         """
-        target = num_rounds or self.fed_args.num_rounds
+        if num_rounds is None:
+            target = self.fed_args.num_rounds
+        elif isinstance(num_rounds, bool) or not isinstance(num_rounds, int):
+            raise TypeError(
+                f"`num_rounds` must be an integer >= 1 or None (the configured rounds), got {num_rounds!r}."
+            )
+        elif num_rounds < 1:
+            raise ValueError(
+                f"`num_rounds` must be >= 1 (the round to run up to), got {num_rounds}; pass None for "
+                f"`fed_args.num_rounds` ({self.fed_args.num_rounds})."
+            )
+        else:
+            target = num_rounds
         if save_dir is not None:
             from ..utils import ensure_writable_dir
 
@@ -549,11 +620,17 @@ class FederatedSimulation:
         return self.history
 
     def save_state(self, path: str) -> None:
-        """Save the global exchanged state (safetensors) and round, history and accountants (JSON)."""
+        """Save the global exchanged state (safetensors) and round, history and accountants (JSON) in folder `path`.
+
+        The pair is written atomically: both files go to a temporary sibling folder, which then replaces `path`
+        (the previous folder is moved aside and removed only afterwards), so a crash never leaves a mismatched or
+        half-written pair under `path`.
+        """
+        import shutil
+        import tempfile
+
         from safetensors.torch import save_file
 
-        os.makedirs(path, exist_ok=True)
-        save_file(self.global_state, os.path.join(path, STATE_FILE))
         meta = {
             "round": self.round,
             "history": self.history,
@@ -562,8 +639,27 @@ class FederatedSimulation:
         }
         if self.fed_args.secure_aggregation:
             meta["secagg_client_states"] = [self.secagg_client_states[c].to_dict() for c in range(self.num_clients)]
-        with open(os.path.join(path, META_FILE), "w") as fh:
-            json.dump(meta, fh, indent=2, default=float)
+        meta_text = json.dumps(meta, indent=2, default=float)  # serialise before touching the disk
+        path = os.path.abspath(path)
+        parent, name = os.path.dirname(path), os.path.basename(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+        try:
+            save_file(self.global_state, os.path.join(tmp, STATE_FILE))
+            with open(os.path.join(tmp, META_FILE), "w") as fh:
+                fh.write(meta_text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            old = None
+            if os.path.lexists(path):
+                old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+                os.rename(path, os.path.join(old, name))
+            os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
     def load_state(self, path: str) -> None:
         """Restore a state saved by [`save_state`]; [`run`] then continues with the next round."""
@@ -571,9 +667,18 @@ class FederatedSimulation:
 
         state_path, meta_path = os.path.join(path, STATE_FILE), os.path.join(path, META_FILE)
         if not (os.path.isfile(state_path) and os.path.isfile(meta_path)):
-            raise ValueError(f"{path!r} is not a saved federated round (needs {STATE_FILE} and {META_FILE}).")
-        with open(meta_path) as fh:
-            meta = json.load(fh)
+            raise ValueError(
+                f"{path!r} is not a saved federated round: it needs both {STATE_FILE} and {META_FILE} (a folder "
+                "missing one is incomplete, e.g. from an interrupted copy; load another round's folder)."
+            )
+        try:
+            with open(meta_path) as fh:
+                meta = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"{meta_path!r} is not valid JSON ({err}): the saved round is incomplete or corrupted; load the "
+                "previous round's folder."
+            ) from err
         if meta.get("mode") != self.fed_args.mode:
             raise ValueError(
                 f"Saved round used mode {meta.get('mode')!r}, these arguments use {self.fed_args.mode!r}."

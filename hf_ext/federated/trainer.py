@@ -8,10 +8,18 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 
 from .goldfish import GoldfishCollator
-from .privacy import ACCOUNTANTS, PoissonBatchSampler, PrivacyAccountant, dp_gradient
+from .privacy import (
+    ACCOUNTANTS,
+    PoissonBatchSampler,
+    PrivacyAccountant,
+    derive_seed,
+    dp_gradient,
+    secret_noise_generator,
+)
 
 ACCOUNTANT_FILE = "privacy_accountant.json"
 
@@ -34,6 +42,14 @@ class PrivateTrainingArguments(TrainingArguments):
         default=0.0, metadata={"help": "DP-SGD: Gaussian noise std in units of the clip norm (sigma)."}
     )
     dp_delta: float = field(default=1e-5, metadata={"help": "DP-SGD: delta at which epsilon is reported."})
+    dp_noise_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "DP-SGD: seed of the Gaussian noise, for bit-identical runs and resumes (tests). Default None: "
+            "the noise comes from a secret seed drawn from the OS randomness for every Trainer. Setting it VOIDS "
+            "the DP guarantee against anyone who knows the seed: they can regenerate and subtract the noise."
+        },
+    )
     dp_accountant: str = field(
         default="pld",
         metadata={"help": "DP-SGD accountant from Google's dp-accounting: 'pld' (tighter) or 'rdp' (as Opacus)."},
@@ -73,6 +89,10 @@ class PrivateTrainingArguments(TrainingArguments):
                 )
         if not 0 < self.dp_delta < 1:
             raise ValueError(f"--dp_delta must be in (0, 1), got {self.dp_delta}.")
+        if self.dp_noise_seed is not None and (
+            isinstance(self.dp_noise_seed, bool) or not isinstance(self.dp_noise_seed, int)
+        ):
+            raise TypeError(f"--dp_noise_seed must be an integer or None (secret noise), got {self.dp_noise_seed!r}.")
 
 
 class PrivateTrainer(Trainer):
@@ -80,9 +100,14 @@ class PrivateTrainer(Trainer):
 
     With `args.dp_clip_norm` set, batches are drawn by Poisson sampling ([`PoissonBatchSampler`]: each example joins
     each batch independently with probability `q = per_device_train_batch_size / len(train_dataset)`), which is the
-    sampling the accountant assumes. Each optimizer step computes per-sample gradients of the trainable parameters
+    sampling the accountant assumes; every step is a fresh draw (the sampler is seeded by `data_seed`, else `seed`, and
+    the epoch, which the `Trainer` sets every epoch), so batches are not replayed across epochs, and the simulation
+    gives every client and round its own seed. Each optimizer step computes per-sample gradients of the trainable parameters
     with `torch.func` (respecting the batch's `attention_mask`), clips each to `dp_clip_norm`, sums, adds
-    `N(0, (dp_noise_multiplier * dp_clip_norm)^2)` and divides by the expected batch size. A
+    `N(0, (dp_noise_multiplier * dp_clip_norm)^2)` and divides by the expected batch size. The noise comes from a
+    generator seeded with a secret drawn from the OS randomness ([`secret_noise_generator`]), so knowing the training
+    seeds does not reveal it; with `dp_noise_seed` set it is seeded per step from `(dp_noise_seed, global_step)`
+    instead (reproducible, resumes exactly, but no privacy against whoever knows the seed). A
     [`PrivacyAccountant`] (Google's `dp-accounting`, PLD by default) tracks epsilon at `dp_delta`; it is saved as
     JSON in every checkpoint and restored by `resume_from_checkpoint`.
 
@@ -100,6 +125,7 @@ class PrivateTrainer(Trainer):
                 self.data_collator, self.args.goldfish_k, self.args.goldfish_context_width
             )
         self.accountant = accountant if accountant is not None else PrivacyAccountant(self.args.dp_accountant)
+        self._secret_noise: torch.Generator | None = None
         if self.args.dp_clip_norm is not None:
             if self.args.world_size > 1:
                 raise ValueError("DP-SGD in PrivateTrainer runs on one process; launch without multiple processes.")
@@ -116,7 +142,6 @@ class PrivateTrainer(Trainer):
         if self.args.dp_clip_norm is None:
             return super().get_train_dataloader()
         import datasets
-        from torch.utils.data import DataLoader
 
         dataset = self.train_dataset
         collator = self.data_collator
@@ -124,10 +149,20 @@ class PrivateTrainer(Trainer):
             dataset = self._remove_unused_columns(dataset, description="Training")
         else:
             collator = self._get_collator_with_removed_columns(collator, description="Training")
-        sampler = PoissonBatchSampler(len(dataset), self.sample_rate, seed=self.args.data_seed or self.args.seed)
-        return DataLoader(
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        sampler = PoissonBatchSampler(len(dataset), self.sample_rate, seed=seed)
+        return _PoissonDataLoader(
             dataset, batch_sampler=sampler, collate_fn=_EmptyBatchCollator(collator, dataset), num_workers=0
         )
+
+    def noise_generator(self, device: torch.device) -> torch.Generator:
+        """The generator of this step's DP noise: secret by default, or derived from `(dp_noise_seed, global_step)`."""
+        if self.args.dp_noise_seed is not None:
+            gen = torch.Generator(device=device)
+            return gen.manual_seed(derive_seed("dp-sgd-noise", self.args.dp_noise_seed, self.state.global_step))
+        if self._secret_noise is None or self._secret_noise.device != torch.device(device):
+            self._secret_noise = secret_noise_generator(device)
+        return self._secret_noise
 
     def privacy_spent(self) -> dict[str, float]:
         """`{"epsilon", "delta", "dp_steps"}` for the steps taken so far (epsilon is inf without noise)."""
@@ -151,6 +186,7 @@ class PrivateTrainer(Trainer):
             self.args.dp_noise_multiplier,
             expected_batch_size=self.args.per_device_train_batch_size,
             attention_mask=inputs.get("attention_mask"),
+            generator=self.noise_generator(inputs["input_ids"].device),
         )
         params = dict(unwrapped.named_parameters())
         for name, g in grads.items():
@@ -173,8 +209,9 @@ class PrivateTrainer(Trainer):
 
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save and os.path.isdir(folder):
-            with open(os.path.join(folder, ACCOUNTANT_FILE), "w") as fh:
-                json.dump(self.accountant.state_dict(), fh)
+            from ..utils.io import atomic_write_json
+
+            atomic_write_json(os.path.join(folder, ACCOUNTANT_FILE), self.accountant.state_dict())
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -182,6 +219,13 @@ class PrivateTrainer(Trainer):
         if os.path.isfile(path):
             with open(path) as fh:
                 self.accountant.load_state_dict(json.load(fh))
+
+
+class _PoissonDataLoader(DataLoader):
+    """A `DataLoader` over a [`PoissonBatchSampler`] that forwards the `Trainer`'s `set_epoch` to the sampler."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
 
 
 class _EmptyBatchCollator:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -198,6 +199,22 @@ def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
         raise ValueError(f"--torch_threads must be >= 1, got {cmp_args.torch_threads}.")
     if cmp_args.defense_goldfish_k < 2:
         raise ValueError(f"--defense_goldfish_k must be >= 2, got {cmp_args.defense_goldfish_k}.")
+    if cmp_args.defense_goldfish_context_width < 1:
+        raise ValueError(
+            f"--defense_goldfish_context_width must be >= 1, got {cmp_args.defense_goldfish_context_width}."
+        )
+    for flag, value, positive in (
+        ("--defense_dp_clip_norm", cmp_args.defense_dp_clip_norm, True),
+        ("--defense_dp_noise_multiplier", cmp_args.defense_dp_noise_multiplier, False),
+        ("--defense_client_clip_norm", cmp_args.defense_client_clip_norm, True),
+        ("--defense_client_noise_multiplier", cmp_args.defense_client_noise_multiplier, False),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number, got {value!r}.")
+        if positive and not value > 0:
+            raise ValueError(f"{flag} must be > 0 (a clip norm; 0 would clip every update to nothing), got {value}.")
+        if not positive and value < 0:
+            raise ValueError(f"{flag} must be >= 0 (a noise multiplier; 0 adds no noise), got {value}.")
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
     ensure_writable_dir(training_args.output_dir, "--output_dir")

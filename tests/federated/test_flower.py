@@ -109,6 +109,7 @@ def test_run_config_apps_equal_in_process_simulation(tmp_path):
         "local-steps": 1,
         "dp-clip-norm": 1.0,
         "dp-noise-multiplier": 0.5,
+        "dp-noise-seed": 0,  # reproducible DP noise (opt-in, test only) so that both paths draw the same noise
         "output-path": str(out),
         "work-dir": str(tmp_path / "work"),
     }

@@ -15,7 +15,14 @@ import pytest
 import torch
 
 APP_DIR = Path(__file__).resolve().parents[2] / "examples" / "flower_app"
-RUN_CONFIG = {"num-server-rounds": 2, "dp-clip-norm": 1.0, "dp-noise-multiplier": 0.5, "secure-aggregation": True}
+# "dp-noise-seed": reproducible DP noise (opt-in, voids the guarantee) so that the deployment equals the simulation
+RUN_CONFIG = {
+    "num-server-rounds": 2,
+    "dp-clip-norm": 1.0,
+    "dp-noise-multiplier": 0.5,
+    "dp-noise-seed": 0,
+    "secure-aggregation": True,
+}
 
 
 def _free_port() -> int:

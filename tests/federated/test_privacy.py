@@ -301,13 +301,13 @@ def test_dp_settings_that_would_silently_disable_dp_are_refused(tmp_path, kwargs
         noisy_sum({"w": torch.zeros(2, 3)}, 1.0, float("nan"))
 
 
-def _dp_trainer(model, ds, out, **kw):
+def _dp_trainer(model, ds, out, max_steps=4, save_steps=2, **kw):
     args = PrivateTrainingArguments(
         output_dir=out,
         per_device_train_batch_size=4,
         learning_rate=1e-2,
-        max_steps=4,
-        save_steps=2,
+        max_steps=max_steps,
+        save_steps=save_steps,
         save_strategy="steps",
         report_to="none",
         disable_tqdm=True,
@@ -324,28 +324,193 @@ def _dp_trainer(model, ds, out, **kw):
     return PrivateTrainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator)
 
 
-def test_dp_trainer_resume_matches_uninterrupted_run(tmp_path, small_tokenizer, client_datasets):
+@pytest.mark.parametrize("max_steps, resume_at", [(4, 2), (11, 7)])  # resumed in the first / a later epoch
+def test_dp_trainer_resume_matches_uninterrupted_run(tmp_path, small_tokenizer, client_datasets, max_steps, resume_at):
     from hf_ext.federated import FederatedArguments, apply_lora
 
-    ds = client_datasets[0]
+    ds = client_datasets[0].select(range(12))  # q = 4/12: 3 batches per epoch
+    kw = dict(max_steps=max_steps, save_steps=resume_at)
 
     def fresh():
         return apply_lora(tiny_llama(len(small_tokenizer)), FederatedArguments(lora_r=4), seed=0)
 
-    full = _dp_trainer(fresh(), ds, str(tmp_path / "a"))
+    # bit-identical resume needs reproducible noise: the explicit opt-in (the default noise is secret)
+    full = _dp_trainer(fresh(), ds, str(tmp_path / "a"), dp_noise_seed=11, **kw)
     before = {n: p.detach().clone() for n, p in full.model.named_parameters() if p.requires_grad}
     full.train()
     after = {n: p.detach().clone() for n, p in full.model.named_parameters() if p.requires_grad}
     assert any(not torch.equal(before[n], after[n]) for n in before)
     spent = full.privacy_spent()
-    assert spent["dp_steps"] == 4 and 0 < spent["epsilon"] < math.inf
-    ckpt = str(tmp_path / "a" / "checkpoint-2")
+    assert spent["dp_steps"] == max_steps and 0 < spent["epsilon"] < math.inf
+    assert max_steps == 4 or resume_at > len(full.get_train_dataloader())  # the later case resumes past epoch 0
+    ckpt = str(tmp_path / "a" / f"checkpoint-{resume_at}")
     assert os.path.isfile(os.path.join(ckpt, "privacy_accountant.json"))
 
-    resumed = _dp_trainer(fresh(), ds, str(tmp_path / "b"))
+    resumed = _dp_trainer(fresh(), ds, str(tmp_path / "b"), dp_noise_seed=11, **kw)
     resumed.train(resume_from_checkpoint=ckpt)
-    assert resumed.accountant.steps == 4
+    assert resumed.accountant.steps == max_steps
     assert resumed.privacy_spent()["epsilon"] == pytest.approx(spent["epsilon"])
     for n, p in resumed.model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.detach(), after[n], atol=1e-6, rtol=1e-5)
+
+
+class _RecordingTrainer(PrivateTrainer):
+    """Records, per optimizer step, which examples the batch the optimizer saw holds (rows are distinct)."""
+
+    def __init__(self, *args, row_ids=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.row_ids = row_ids
+        self.seen: list[frozenset[int]] = []
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.seen.append(frozenset(self.row_ids[tuple(r)] for r in inputs["input_ids"].tolist()))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def _random_rows(n, length=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(3, 500, (n, length), generator=g).tolist()
+    assert len({tuple(r) for r in rows}) == n
+    return rows
+
+
+def _rows_dataset(rows):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": rows, "labels": rows, "attention_mask": [[1] * len(rows[0])] * len(rows)})
+
+
+def test_dp_trainer_draws_a_fresh_poisson_batch_every_step(tmp_path, small_tokenizer):
+    """Through `Trainer.train()`: over 40 epochs, no epoch replays another's batches, the inclusion of an example in
+    a step is independent of its inclusion one epoch later, and each example's inclusion frequency is about q."""
+    from transformers import default_data_collator
+
+    from hf_ext.federated import FederatedArguments, apply_lora
+
+    n, bs, steps = 20, 4, 200
+    q = bs / n
+    rows = _random_rows(n)
+    model = apply_lora(tiny_llama(len(small_tokenizer), hidden=16), FederatedArguments(lora_r=2), seed=0)
+    args = PrivateTrainingArguments(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        max_grad_norm=0,
+        dp_clip_norm=1.0,
+        dp_noise_multiplier=1.0,
+        per_device_train_batch_size=bs,
+        max_steps=steps,
+        learning_rate=1e-4,
+        seed=5,
+    )
+    trainer = _RecordingTrainer(
+        model=model,
+        args=args,
+        train_dataset=_rows_dataset(rows),
+        data_collator=default_data_collator,
+        row_ids={tuple(r): i for i, r in enumerate(rows)},
+    )
+    trainer.train()
+    seen = trainer.seen
+    assert len(seen) == steps and trainer.accountant.steps == steps
+    per_epoch = round(1 / q)
+    epochs = [tuple(seen[e : e + per_epoch]) for e in range(0, steps, per_epoch)]
+    assert len(set(epochs)) == len(epochs) == steps // per_epoch  # no epoch replays another
+    incl = torch.tensor([[i in b for i in range(n)] for b in seen], dtype=torch.float64)  # steps x examples
+    same_next_epoch = float((incl[per_epoch:] == incl[:-per_epoch]).double().mean())
+    assert same_next_epoch < 0.8  # independent: 1 - 2q(1-q) = 0.68; a replay gives 1.0
+    freq = incl.mean(0)
+    assert float((freq - q).abs().max()) < 0.1  # about q for every example (std 0.028)
+    assert float(incl.sum(1).mean()) == pytest.approx(n * q, rel=0.1)
+    assert float(incl.sum(1).var()) > 1.0  # Poisson: variable batch sizes (binomial variance 3.2)
+
+
+def test_dp_simulation_draws_new_batches_every_round_and_is_reproducible(tmp_path, small_tokenizer, monkeypatch):
+    """Per-round seeds reach the sampler (also with `data_seed` set); the same seeds give the same batches."""
+    import hf_ext.federated.trainer as trainer_module
+    from hf_ext.federated import FederatedArguments, FederatedSimulation
+
+    rows = _random_rows(20, seed=1)
+    datasets = [_rows_dataset(rows[:10]), _rows_dataset(rows[10:])]
+    row_ids = {tuple(r): i for i, r in enumerate(rows)}
+    log: list[tuple[str, list]] = []
+
+    class Recording(_RecordingTrainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, row_ids=row_ids, **kw)
+            log.append((self.args.output_dir, self.seen))
+
+    monkeypatch.setattr(trainer_module, "PrivateTrainer", Recording)
+
+    def run():
+        log.clear()
+        args = PrivateTrainingArguments(
+            output_dir=str(tmp_path / "out"),
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            max_grad_norm=0,
+            dp_clip_norm=1.0,
+            dp_noise_multiplier=1.0,
+            per_device_train_batch_size=3,
+            learning_rate=1e-4,
+            seed=3,
+            data_seed=7,
+        )
+        fed = FederatedArguments(num_rounds=2, local_steps=6, lora_r=2)
+        FederatedSimulation(tiny_llama(len(small_tokenizer), hidden=16), datasets, fed, args).run()
+        return [tuple(seen) for _, seen in log]  # order: round 1 client 0, client 1, round 2 client 0, client 1
+
+    first = run()
+    assert len(first) == 4 and all(len(s) == 6 for s in first)
+    assert first[0] != first[2] and first[1] != first[3]  # each client draws new batches in round 2
+    assert run() == first  # reproducible given the seeds
+
+
+def test_dp_sgd_noise_is_not_regenerable_from_the_public_seed(tmp_path, small_tokenizer):
+    """As the attacker who knows the training configuration (seeds included) and two neighbouring datasets: with the
+    default settings, re-running the same configuration does not reproduce the noise, so the difference of the
+    releases on D and D' is not the noiseless difference; with the explicit `dp_noise_seed` opt-in it is."""
+    from transformers import default_data_collator
+
+    from hf_ext.federated import FederatedArguments, apply_lora
+
+    n = 6
+    rows = _random_rows(n, seed=2)
+    neighbour = [list(r) for r in rows]
+    neighbour[3] = _random_rows(1, seed=9)[0]  # D': one record replaced
+
+    def release(data, sigma, **kw):
+        model = apply_lora(tiny_llama(len(small_tokenizer), hidden=16), FederatedArguments(lora_r=2), seed=0)
+        args = PrivateTrainingArguments(
+            output_dir=str(tmp_path),
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            max_grad_norm=0,
+            dp_clip_norm=1.0,
+            dp_noise_multiplier=sigma,
+            per_device_train_batch_size=n,  # q = 1: every example in the one step
+            max_steps=1,
+            learning_rate=1.0,
+            optim="sgd",
+            lr_scheduler_type="constant",
+            seed=7,
+            **kw,
+        )
+        PrivateTrainer(
+            model=model, args=args, train_dataset=_rows_dataset(data), data_collator=default_data_collator
+        ).train()
+        return torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+
+    clean = release(rows, 0.0) - release(neighbour, 0.0)  # what the attacker computes offline
+    noise_scale = 8.0 * 1.0 / n  # per-coordinate noise std of one release (lr 1)
+    a, a_again, b = release(rows, 8.0), release(rows, 8.0), release(neighbour, 8.0)
+    assert not torch.equal(a, a_again)  # fresh secret noise, even with every seed equal
+    residual = (a - b) - clean  # zero if the attacker could cancel the noise
+    assert float(residual.std()) == pytest.approx(2**0.5 * noise_scale, rel=0.1)
+    # the explicit opt-in is reproducible, and then the noise cancels: the test can tell the difference
+    a, b = release(rows, 8.0, dp_noise_seed=1), release(neighbour, 8.0, dp_noise_seed=1)
+    torch.testing.assert_close(a - b, clean, atol=1e-5, rtol=0)

@@ -40,6 +40,39 @@ def test_bad_arguments_fail_before_writing(tmp_path, argv, match):
     assert not os.path.exists(out)
 
 
+SMALL = [
+    "--num_rounds",
+    "1",
+    "--local_steps",
+    "1",
+    "--pretrain_steps",
+    "1",
+    "--num_canaries",
+    "2",
+    "--prefix_lengths",
+    "5",
+]
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--configs", "full,lora+dp", "--defense_dp_clip_norm", "0"], "--defense_dp_clip_norm must be > 0"),
+        (["--configs", "full,lora+dp", "--defense_dp_noise_multiplier", "-0.5"], "--defense_dp_noise_multiplier"),
+        (["--configs", "full,lora+dp", "--defense_dp_noise_multiplier", "nan"], "--defense_dp_noise_multiplier"),
+        (["--configs", "full,lora+clientdp", "--defense_client_noise_multiplier", "-1"], "--defense_client_noise"),
+        (["--configs", "full,lora+clientdp", "--defense_client_clip_norm", "inf"], "--defense_client_clip_norm"),
+        (["--configs", "lora+goldfish", "--defense_goldfish_context_width", "0"], "goldfish_context_width"),
+    ],
+)
+def test_bad_defense_values_fail_before_pretraining_or_writing(tmp_path, argv, match):
+    """Late configs' defense values are checked up front: no pretraining, no earlier run, nothing written."""
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=match):
+        main(["--output_dir", str(out), *SMALL, *argv])
+    assert not os.path.exists(out)
+
+
 @pytest.mark.parametrize(
     "argv,match",
     [

@@ -1,5 +1,9 @@
 """The in-process simulation: non-IID splits, LoRA vs full rounds, resume, invalid configurations."""
 
+import dataclasses
+import json
+import os
+
 import pytest
 import torch
 
@@ -78,7 +82,13 @@ def test_full_fine_tuning_round(small_tokenizer, client_datasets, training_args)
 
 
 def test_resume_matches_uninterrupted(tmp_path, small_tokenizer, client_datasets, training_args):
-    fed = FederatedArguments(num_rounds=2, local_steps=1, client_dp_clip_norm=0.5, client_dp_noise_multiplier=0.1)
+    # bit-identical resume of DP runs needs the reproducible-noise opt-ins (the default noise is secret)
+    fed = FederatedArguments(
+        num_rounds=2, local_steps=1, client_dp_clip_norm=0.5, client_dp_noise_multiplier=0.1, client_dp_noise_seed=5
+    )
+    training_args = dataclasses.replace(
+        training_args, dp_clip_norm=1.0, dp_noise_multiplier=0.5, max_grad_norm=0.0, dp_noise_seed=3
+    )
     client_datasets = client_datasets[:2]
     full = FederatedSimulation(tiny_llama(len(small_tokenizer)), client_datasets, fed, training_args)
     full.run(save_dir=str(tmp_path / "rounds"))
@@ -183,3 +193,82 @@ def test_secure_aggregation_round_equals_plain_and_hides_each_update(small_token
             FederatedArguments(secure_aggregation=True, secure_aggregation_threshold=4),
             training_args,
         )
+
+
+def test_run_num_rounds_must_be_none_or_positive(small_tokenizer, client_datasets, training_args):
+    sim = FederatedSimulation(
+        tiny_llama(len(small_tokenizer)), client_datasets[:2], FederatedArguments(num_rounds=1), training_args
+    )
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="num_rounds"):
+            sim.run(num_rounds=bad)
+    with pytest.raises(TypeError, match="num_rounds"):
+        sim.run(num_rounds=1.5)
+    assert sim.round == 0 and sim.history == []  # nothing ran
+
+
+class _CrashingFile:
+    """A file whose first write stores part of the text and then fails, like a crash mid-write."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def write(self, text):
+        self.fh.write(text[:40])
+        self.fh.flush()
+        raise OSError("simulated crash while writing")
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def test_save_state_crash_keeps_the_previous_checkpoint(
+    tmp_path, small_tokenizer, client_datasets, training_args, monkeypatch
+):
+    """A crash while writing the JSON half of a round folder must leave the previous, matching pair loadable."""
+    import builtins
+
+    from hf_ext.federated.simulation import META_FILE
+
+    def make():
+        return FederatedSimulation(
+            tiny_llama(len(small_tokenizer)), client_datasets[:2], FederatedArguments(num_rounds=1), training_args
+        )
+
+    sim = make()
+    path = str(tmp_path / "round-1")
+    sim.save_state(path)
+    good = {k: v.clone() for k, v in sim.global_state.items()}
+    sim.global_state = {k: v + 1.0 for k, v in sim.global_state.items()}  # a newer state ...
+    sim.round = 7
+    real_open = builtins.open
+
+    def crashing_open(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        return _CrashingFile(fh) if str(file).endswith(META_FILE) and "w" in mode else fh
+
+    monkeypatch.setattr(builtins, "open", crashing_open)
+    with pytest.raises(OSError, match="simulated crash"):
+        sim.save_state(path)  # ... whose save crashes half-way through the JSON
+    monkeypatch.setattr(builtins, "open", real_open)
+    restored = make()
+    restored.load_state(path)
+    assert restored.round == 0
+    for k, v in good.items():
+        torch.testing.assert_close(restored.global_state[k], v, atol=0, rtol=0)
+    assert sorted(os.listdir(tmp_path)) == ["round-1"]  # no temporary folder left behind
+    # a folder whose JSON is truncated (e.g. copied by hand) gives a clear error, not a bare JSONDecodeError
+    with real_open(os.path.join(path, META_FILE)) as fh:
+        text = fh.read()
+    with real_open(os.path.join(path, META_FILE), "w") as fh:
+        fh.write(text[:30])
+    with pytest.raises(ValueError, match="incomplete or corrupted"):
+        make().load_state(path)
+    with pytest.raises(json.JSONDecodeError):  # (what it was before)
+        json.loads(text[:30])
