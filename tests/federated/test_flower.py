@@ -132,3 +132,19 @@ def test_run_config_apps_equal_in_process_simulation(tmp_path):
         task_from_run_config({"num-rounds": 2})
     with pytest.raises(ValueError, match="dp-clip-norm"):
         task_from_run_config({"dp-noise-multiplier": 1.0})
+
+
+def test_example_app_declares_every_run_config_key_with_our_defaults():
+    """`flwr run ... --run-config` refuses keys the app's pyproject does not declare ("Invalid run configuration"),
+    so every key `parse_run_config` reads must be declared there, with the same type. A key missing from the example
+    (e.g. `dp-noise-seed`) makes the documented deployment fail before any round."""
+    import tomllib
+    from pathlib import Path
+
+    from hf_ext.federated.flower_task import RUN_CONFIG_DEFAULTS, parse_run_config
+
+    pyproject = Path(__file__).resolve().parents[2] / "examples" / "flower_app" / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(declared) == set(RUN_CONFIG_DEFAULTS)
+    parse_run_config(declared)  # every declared value has the type the task reads
+    assert declared["dp-noise-seed"] == RUN_CONFIG_DEFAULTS["dp-noise-seed"][1] == -1  # secret noise by default
