@@ -80,12 +80,22 @@ def annotate_compliance(
     kwargs = dict(batched=True, batch_size=batch_size)
     if not isinstance(dataset, datasets.IterableDataset):
         kwargs.update(num_proc=num_proc, desc="robots.txt compliance")
+
+    def annotate_split(split):
+        # Explicit features: a batch where no agent is disallowed would otherwise infer list<null>.
+        features = with_new_columns(split.features)
+        if isinstance(split, datasets.Dataset) and len(split) == 0:
+            # `map` returns an empty dataset unchanged: add the (empty) columns with their features.
+            names = [name for name in (column, agents_column) if name is not None]
+            split = split.remove_columns([name for name in names if name in split.column_names])
+            for name in names:
+                split = split.add_column(name, [], feature=features[name])
+            return split
+        return split.map(annotate, features=features, **kwargs)
+
     if isinstance(dataset, datasets.DatasetDict):
-        return datasets.DatasetDict(
-            {name: split.map(annotate, features=with_new_columns(split.features), **kwargs) for name, split in dataset.items()}
-        )
-    # Explicit features: a batch where no agent is disallowed would otherwise infer list<null>.
-    return dataset.map(annotate, features=with_new_columns(dataset.features), **kwargs)
+        return datasets.DatasetDict({name: annotate_split(split) for name, split in dataset.items()})
+    return annotate_split(dataset)
 
 
 def filter_compliant(

@@ -23,6 +23,7 @@ __all__ = [
     "DISALLOW_ALL",
     "RobotsTxt",
     "RuleMatcher",
+    "authority_start",
     "canonical_path",
     "path_from",
     "product_token",
@@ -44,6 +45,8 @@ _ENCODE_ASCII = frozenset(' "<>\\^`{|}') | frozenset(chr(i) for i in range(0x21)
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
 _NEEDS_WORK = re.compile(r'[\x00-\x20"<>\\^`{|}\x7f%]|[^\x00-\x7f]')
 _PATH_START = re.compile(r"[/?;#]")
+# RFC 3986 scheme and separator; a "://" after the first '/', '?' or '#' is part of the path or query, not a scheme.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def product_token(agent: str) -> str:
@@ -76,6 +79,18 @@ def canonical_path(path: str) -> str:
     return "".join(out)
 
 
+def authority_start(url: str) -> int:
+    """Index where the host part of `url` starts: after `scheme://`, after a leading `//`, or 0 (scheme-less).
+
+    `"://"` counts as a scheme separator only after a valid scheme at the start of `url`, so in
+    `a.com/go?u=https://b.com/x` the host is `a.com`.
+    """
+    m = _SCHEME.match(url)
+    if m is not None:
+        return m.end()
+    return 2 if url.startswith("//") else 0
+
+
 def url_path(url: str) -> str:
     """The path, parameters and query of `url` (no fragment), starting with `/`, in canonical form.
 
@@ -84,11 +99,7 @@ def url_path(url: str) -> str:
     if url.startswith("/") and not url.startswith("//"):
         start = None  # already a path
     else:
-        scheme = url.find("://")
-        if scheme != -1 and url.find("/", 0, scheme) == -1:
-            start = scheme + 3
-        else:
-            start = 2 if url.startswith("//") else 0
+        start = authority_start(url)
     if start is None:
         path_start = 0
     else:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from protego import Protego
 
-from .rfc9309 import DISALLOW_ALL, RobotsTxt, path_from, product_token, url_path
+from .rfc9309 import DISALLOW_ALL, RobotsTxt, authority_start, path_from, product_token, url_path
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,28 @@ def _strip_netloc(netloc: str) -> str:
         return host[1:end].lower() if end != -1 else host[1:].lower()
     colon = host.find(":")
     if colon != -1:
+        if host.count(":") > 1 and _is_ipv6(host):  # a bare IPv6 literal (a store key): no port to strip
+            return host.lower()
         host = host[:colon]
     return host.rstrip(".").lower()
+
+
+def _is_ipv6(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def absolute_url(url: str) -> str:
+    """`url` with a scheme: `//host/path` and scheme-less `host/path` get `http:` / `http://` in front."""
+    start = authority_start(url)
+    if start == 0:
+        return "http://" + url
+    return "http:" + url if start == 2 and url.startswith("//") else url
 
 
 def normalize_host(host_or_url: str) -> str:
@@ -92,11 +112,7 @@ def normalize_host(host_or_url: str) -> str:
     if not isinstance(host_or_url, str):
         raise TypeError(f"host_or_url must be a str, got {type(host_or_url).__name__}.")
     text = host_or_url.strip()
-    scheme_end = text.find("://")
-    if scheme_end != -1:
-        text = text[scheme_end + 3 :]
-    elif text.startswith("//"):
-        text = text[2:]
+    text = text[authority_start(text) :]
     end = len(text)
     for sep in "/?#\\":
         pos = text.find(sep)
@@ -147,7 +163,7 @@ class _PublicMatcher:
         self.parser, self.agent = parser, agent
 
     def allowed(self, url: str) -> bool:
-        return self.parser.can_fetch(url, self.agent)
+        return self.parser.can_fetch(absolute_url(url), self.agent)
 
 
 def _is_robots_txt(url: str) -> bool:
@@ -165,7 +181,9 @@ class _ProtegoMatcher:
     __slots__ = ("allowed",)
 
     def __init__(self, rule_set):
-        self.allowed = rule_set.can_fetch
+        can_fetch = rule_set.can_fetch
+        # Protego reads the path with urlparse: a scheme-less URL must be made absolute first.
+        self.allowed = lambda url: can_fetch(absolute_url(url))
 
 
 class _GoogleMatcher:
@@ -186,9 +204,10 @@ class _GoogleMatcher:
 
 def google_url(url: str) -> str:
     """`url` in the form Google's parser expects: absolute, with a percent-encoded path (the caller's duty there)."""
-    if "://" not in url and not url.startswith("//"):
-        url = "//" + url
-    host_end = url.find("/", url.find("//") + 2)
+    start = authority_start(url)
+    if start == 0:
+        url, start = "//" + url, 2
+    host_end = url.find("/", start)
     return url if host_end == -1 else url[:host_end] + url_path(url)
 
 
@@ -482,8 +501,7 @@ class RobotsCompliance:
 
     @staticmethod
     def _path_start(url: str) -> int:
-        scheme = url.find("://")
-        return url.find("/", scheme + 3 if scheme != -1 else (2 if url.startswith("//") else 0))
+        return url.find("/", authority_start(url))
 
     def _disallowed(self, url: str) -> tuple[str, ...]:
         groups = self._policy_for_prefix(url, self._path_start(url)).groups
@@ -533,8 +551,7 @@ class RobotsCompliance:
             if not url:
                 append(missing)
                 continue
-            scheme = url.find("://")
-            slash = url.find("/", scheme + 3 if scheme != -1 else (2 if url.startswith("//") else 0))
+            slash = url.find("/", authority_start(url))
             policy = by_prefix_get(url if slash == -1 else url[:slash]) if by_prefix_get is not None else None
             cached = policy is not None  # cached prefixes hold no '?', '#' or ';': the path starts at `slash`
             if not cached:

@@ -143,7 +143,8 @@ def compute_retention_stats(
             count, batched=True, batch_size=batch_size, num_proc=num_proc, remove_columns=[text_column],
             desc="counting tokens",
         )
-    n_tokens = counts_ds["_n_tokens"]
+    # `map` returns an empty dataset unchanged (no `_n_tokens` column): an empty dataset counts no tokens.
+    n_tokens = counts_ds["_n_tokens"] if len(counts_ds) else []
     kept = dataset[compliant_column]
     domains = dataset[domain_column] if domain_column else [normalize_host(u or "") for u in dataset[url_column]]
     agents = dataset[agents_column] if agents_column and agents_column in columns else None

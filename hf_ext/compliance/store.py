@@ -184,6 +184,11 @@ class RobotsTxtStore(Mapping):
         for i, row in enumerate(rows):
             if not isinstance(row, dict) or "host" not in row:
                 raise ValueError(f"{path}: record {i} has no 'host' field; records need host and robots_txt.")
+            if "robots_txt" not in row:
+                raise ValueError(
+                    f"{path}: record {i} has no 'robots_txt' field (fields: {sorted(row)}); records need host and "
+                    "robots_txt (null for a host without robots.txt)."
+                )
             store.add(row["host"], row.get("robots_txt"), row.get("fetched_at"), row.get("status"), row.get("error"))
         return store
 
@@ -203,11 +208,18 @@ class RobotsTxtStore(Mapping):
             if not isinstance(meta, dict) or not isinstance(meta.get("hosts", {}), dict):
                 raise ValueError(f"{meta_file} must hold an object with 'fetched_at' and a 'hosts' object.")
         default_date = meta.get("fetched_at")
-        per_host = meta.get("hosts", {})
+        # Keys normalised as the store's, so `A.com` in _snapshot.json applies to `a.com.txt`.
+        per_host = {normalize_host(host): info for host, info in meta.get("hosts", {}).items()}
+        files = sorted(path.glob("*.txt"))
+        if not files and not meta_file.is_file():
+            raise ValueError(
+                f"{str(path)!r} holds no <host>.txt files and no {_META_FILE}: it is not a robots.txt snapshot "
+                "folder; pass a folder written by RobotsTxtStore.save, a .jsonl or a .parquet file."
+            )
         store = cls(fetched_at=default_date)
-        for file in sorted(path.glob("*.txt")):
+        for file in files:
             host = file.stem
-            info = per_host.get(host, {})
+            info = per_host.get(normalize_host(host), {})
             store.add(
                 host, file.read_bytes(), info.get("fetched_at", default_date), info.get("status"), info.get("error")
             )

@@ -211,6 +211,36 @@ def _save_dataset_atomically(dataset, path: str) -> None:
         raise
 
 
+def _run_settings(store, agents, args: ComplianceArguments) -> dict:
+    """What a retention result depends on besides the corpus: the robots.txt snapshot (with its fetch dates) and the
+    decision settings. Recorded with every result (the snapshot date matters: opt-outs change over time)."""
+    dates = sorted({r.fetched_at for r in store.values() if r.fetched_at})
+    return {
+        "robots_snapshot": {
+            "path": args.robots or "example snapshot (hf_ext.compliance.load_example_robots)",
+            "hosts": len(store),
+            "fetched_at": dates,
+        },
+        "user_agents": list(agents),
+        "backend": args.backend,
+        "status_policy": args.status_policy,
+        "host_fallback": args.host_fallback,
+    }
+
+
+def _settings_markdown(settings: dict) -> str:
+    snapshot = settings["robots_snapshot"]
+    return "\n".join(
+        [
+            f"- robots.txt snapshot: {snapshot['path']} ({snapshot['hosts']} hosts), fetched "
+            f"{', '.join(snapshot['fetched_at']) or 'at unknown dates'}",
+            f"- checked agents: {', '.join(settings['user_agents'])}",
+            f"- backend: {settings['backend']}, status policy: {settings['status_policy']}, "
+            f"host fallback: {settings['host_fallback']}",
+        ]
+    )
+
+
 def run(args: ComplianceArguments) -> dict:
     from ..compliance import (
         DEFAULT_AI_USER_AGENTS,
@@ -257,7 +287,8 @@ def run(args: ComplianceArguments) -> dict:
         annotated, domain_column=domain_column, url_column=args.url_column, text_column=args.text_column,
         tokenizer=tokenizer, num_proc=args.num_proc,
     )
-    dates = sorted({r.fetched_at for r in store.values() if r.fetched_at})
+    settings = _run_settings(store, agents, args)
+    dates = settings["robots_snapshot"]["fetched_at"]
     status_counts = store.status_counts()
     print(f"robots.txt snapshot: {len(store)} hosts, fetched {', '.join(dates) or 'at unknown dates'}")
     print("hosts per status class: " + ", ".join(f"{k} {v}" for k, v in status_counts.items()))
@@ -265,9 +296,11 @@ def run(args: ComplianceArguments) -> dict:
     print(stats.to_table())
     result = stats.to_dict()
     result["host_status_classes"] = status_counts
+    result.update(settings)
     # Results first, each file written atomically; the optional plot and dataset come after.
     atomic_write_json(os.path.join(args.output_dir, "retention_stats.json"), result)
-    atomic_write_text(os.path.join(args.output_dir, "retention_stats.md"), stats.to_table() + "\n")
+    markdown = _settings_markdown(settings) + "\n\n" + stats.to_table() + "\n"
+    atomic_write_text(os.path.join(args.output_dir, "retention_stats.md"), markdown)
     _plot(stats, os.path.join(args.output_dir, "retention_by_domain.png"))
     if args.save_filtered:
         kept = annotated.filter(lambda ok: ok, input_columns="robots_compliant")

@@ -1,0 +1,136 @@
+"""Regressions found by the compliance audit: scheme detection, snapshot shapes, IPv6 keys, empty datasets, recorded
+run settings, lm-eval groups in the DCG and Protego on scheme-less URLs."""
+
+import dataclasses
+import json
+
+import datasets
+import pytest
+
+from hf_ext.compliance import RobotsCompliance, RobotsTxtStore, annotate_compliance, compute_dcg, normalize_host
+from hf_ext.compliance.rfc9309 import url_path
+
+EMBEDDED = [
+    "a.com/p?u=https://zzz.com/x",
+    "//a.com/p?u=https://zzz.com/x",
+    "a.com/go/https://zzz.com/x",
+    "a.com#https://zzz.com/x",
+]
+
+
+@pytest.mark.parametrize("url", EMBEDDED)
+def test_embedded_url_does_not_set_the_host(url):
+    assert normalize_host(url) == "a.com"
+    checker = RobotsCompliance({"a.com": "User-agent: *\nDisallow: /\n"})
+    assert not checker.is_compliant(url)
+    assert checker.is_compliant_batch([url, url]) == [False, False]
+    assert checker.policy_for_url(url).host == "a.com"
+
+
+def test_embedded_url_decision_does_not_depend_on_the_cache():
+    url = "z.com/go/https://y.com/x"
+    checker = RobotsCompliance({"y.com": "User-agent: *\nDisallow: /x\n"})
+    assert checker.is_compliant_batch([url]) == checker.is_compliant_batch([url]) == [True]
+    assert url_path(url) == "/go/https://y.com/x"
+    assert url_path("z.com?u=https://y.com/x") == "/?u=https://y.com/x"
+    # ordinary absolute URLs are unchanged
+    assert normalize_host("HTTPS://User@Y.com:8080/x?u=https://z.com/") == "y.com"
+    assert url_path("https://y.com/a?b=https://z.com/") == "/a?b=https://z.com/"
+
+
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+@pytest.mark.parametrize("url", ["https://a.com/p", "//a.com/p", "a.com/p", "a.com/p?u=https://b.com/q"])
+def test_every_backend_reads_scheme_less_urls(backend, url):
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    checker = RobotsCompliance({"a.com": "User-agent: *\nDisallow: /p\n"}, backend=backend)
+    assert checker.disallowed_agents(url) == checker.disallowed_agents_batch([url])[0] != ()
+
+
+def test_jsonl_record_without_robots_txt_field_is_an_error(tmp_path):
+    path = tmp_path / "snap.jsonl"
+    path.write_text(json.dumps({"host": "a.com", "content": "User-agent: *\nDisallow: /"}) + "\n")
+    with pytest.raises(ValueError, match="robots_txt"):
+        RobotsTxtStore.load(path)
+
+
+def test_folder_without_snapshot_files_is_an_error(tmp_path):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "part-0.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match="shards"):
+        RobotsTxtStore.load(tmp_path / "shards")
+    # a saved empty store still loads
+    RobotsTxtStore().save(tmp_path / "empty")
+    assert len(RobotsTxtStore.load(tmp_path / "empty")) == 0
+
+
+def test_snapshot_metadata_keys_are_normalised(tmp_path):
+    (tmp_path / "a.com.txt").write_text("User-agent: GPTBot\nDisallow: /x\n")
+    (tmp_path / "_snapshot.json").write_text(json.dumps({"hosts": {"A.com": {"status": 503, "fetched_at": "d"}}}))
+    record = RobotsTxtStore.load(tmp_path)["a.com"]
+    assert (record.status, record.fetched_at) == (503, "d")
+
+
+@pytest.mark.parametrize("name", ["snap", "snap.jsonl", "snap.parquet"])
+def test_ipv6_hosts_round_trip(tmp_path, name):
+    store = RobotsTxtStore.from_dict(
+        {"[2001:DB8::1]": "User-agent: *\nDisallow: /\n", "[::1]:8080": None, "a.com": "User-agent: *\nDisallow: /\n"}
+    )
+    assert set(store) == {"2001:db8::1", "::1", "a.com"}
+    loaded = RobotsTxtStore.load(store.save(tmp_path / name))
+    assert set(loaded) == set(store)
+    assert not RobotsCompliance(loaded).is_compliant("http://[2001:db8::1]:80/x")
+    assert normalize_host("a.com:8080") == "a.com"
+
+
+def test_annotate_empty_dataset_adds_typed_columns():
+    from hf_ext.compliance import compute_retention_stats
+
+    checker = RobotsCompliance({"a.com": "User-agent: *\nDisallow: /\n"})
+    features = datasets.Features({"url": datasets.Value("string"), "text": datasets.Value("string")})
+    empty = datasets.Dataset.from_dict({"url": [], "text": []}, features=features)
+    for out in (annotate_compliance(empty, checker), annotate_compliance(datasets.DatasetDict(train=empty), checker)):
+        split = out["train"] if isinstance(out, datasets.DatasetDict) else out
+        assert split.features["robots_compliant"] == datasets.Value("bool")
+        assert split.features["disallowed_user_agents"] == datasets.List(datasets.Value("string"))
+        assert len(split) == 0
+    stats = compute_retention_stats(annotate_compliance(empty, checker))
+    assert stats.overall["docs"] == stats.overall["tokens"] == 0
+
+
+def test_recipe_records_snapshot_date_agents_and_settings(tmp_path):
+    from hf_ext.compliance import load_example_robots
+    from hf_ext.recipes.compliance import main
+
+    snap = RobotsTxtStore(dataclasses.replace(r, fetched_at="2024-12-31") for r in load_example_robots().values())
+    snap.save(tmp_path / "snap.jsonl")
+    argv = ["--robots", str(tmp_path / "snap.jsonl"), "--user_agents", "GPTBot,CCBot", "--backend", "protego"]
+    main([*argv, "--status_policy", "paper", "--output_dir", str(tmp_path / "out")])
+    saved = json.loads((tmp_path / "out" / "retention_stats.json").read_text())
+    assert saved["robots_snapshot"]["fetched_at"] == ["2024-12-31"]
+    assert saved["robots_snapshot"]["path"] == str(tmp_path / "snap.jsonl")
+    assert saved["user_agents"] == ["GPTBot", "CCBot"]
+    assert (saved["backend"], saved["status_policy"]) == ("protego", "paper")
+    md = (tmp_path / "out" / "retention_stats.md").read_text()
+    assert "2024-12-31" in md and "GPTBot, CCBot" in md and "protego" in md and "paper" in md
+
+
+def test_dcg_counts_an_lm_eval_group_once():
+    def results(group, a, b):
+        return {
+            "results": {
+                "mmlu": {"alias": "mmlu", "acc,none": group},
+                "mmlu_a": {"alias": " - a", "acc,none": a},
+                "mmlu_b": {"alias": " - b", "acc,none": b},
+                "piqa": {"alias": "piqa", "acc,none": 0.5},
+            },
+            "groups": {"mmlu": {"acc,none": group}},
+            "group_subtasks": {"mmlu": ["mmlu_a", "mmlu_b"], "piqa": []},
+        }
+
+    report = compute_dcg(results(0.5, 0.4, 0.6), results(0.45, 0.4, 0.5), metric="acc")
+    assert [r["task"] for r in report.rows] == ["mmlu", "piqa"]
+    assert report.mean_gap == pytest.approx((10.0 + 0.0) / 2)
+    # a subtask asked for by name is still reported
+    report = compute_dcg(results(0.5, 0.4, 0.6), results(0.45, 0.4, 0.5), metric="acc", tasks=["mmlu_b"])
+    assert [r["task"] for r in report.rows] == ["mmlu_b"]
