@@ -355,6 +355,12 @@ def test_dp_trainer_resume_matches_uninterrupted_run(tmp_path, small_tokenizer, 
             torch.testing.assert_close(p.detach(), after[n], atol=1e-6, rtol=1e-5)
 
 
+def _dp_sgd_args(output_dir, **kw) -> PrivateTrainingArguments:
+    """Quiet CPU DP-SGD arguments (clip 1, no Trainer clipping) for the sampling and noise tests below."""
+    defaults = dict(report_to="none", use_cpu=True, disable_tqdm=True, max_grad_norm=0, dp_clip_norm=1.0)
+    return PrivateTrainingArguments(output_dir=str(output_dir), **{**defaults, **kw})
+
+
 class _RecordingTrainer(PrivateTrainer):
     """Records, per optimizer step, which examples the batch the optimizer saw holds (rows are distinct)."""
 
@@ -392,18 +398,8 @@ def test_dp_trainer_draws_a_fresh_poisson_batch_every_step(tmp_path, small_token
     q = bs / n
     rows = _random_rows(n)
     model = apply_lora(tiny_llama(len(small_tokenizer), hidden=16), FederatedArguments(lora_r=2), seed=0)
-    args = PrivateTrainingArguments(
-        output_dir=str(tmp_path),
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        max_grad_norm=0,
-        dp_clip_norm=1.0,
-        dp_noise_multiplier=1.0,
-        per_device_train_batch_size=bs,
-        max_steps=steps,
-        learning_rate=1e-4,
-        seed=5,
+    args = _dp_sgd_args(
+        tmp_path, dp_noise_multiplier=1.0, per_device_train_batch_size=bs, max_steps=steps, learning_rate=1e-4, seed=5
     )
     trainer = _RecordingTrainer(
         model=model,
@@ -446,13 +442,8 @@ def test_dp_simulation_draws_new_batches_every_round_and_is_reproducible(tmp_pat
 
     def run():
         log.clear()
-        args = PrivateTrainingArguments(
-            output_dir=str(tmp_path / "out"),
-            report_to="none",
-            use_cpu=True,
-            disable_tqdm=True,
-            max_grad_norm=0,
-            dp_clip_norm=1.0,
+        args = _dp_sgd_args(
+            tmp_path / "out",
             dp_noise_multiplier=1.0,
             per_device_train_batch_size=3,
             learning_rate=1e-4,
@@ -484,13 +475,8 @@ def test_dp_sgd_noise_is_not_regenerable_from_the_public_seed(tmp_path, small_to
 
     def release(data, sigma, **kw):
         model = apply_lora(tiny_llama(len(small_tokenizer), hidden=16), FederatedArguments(lora_r=2), seed=0)
-        args = PrivateTrainingArguments(
-            output_dir=str(tmp_path),
-            report_to="none",
-            use_cpu=True,
-            disable_tqdm=True,
-            max_grad_norm=0,
-            dp_clip_norm=1.0,
+        args = _dp_sgd_args(
+            tmp_path,
             dp_noise_multiplier=sigma,
             per_device_train_batch_size=n,  # q = 1: every example in the one step
             max_steps=1,
