@@ -29,6 +29,13 @@ def _check_inputs(dataset, checker, url_column: str, num_proc: int | None, batch
                 f"url_column={url_column!r} is not a column of the dataset (columns: {columns}); pass the column "
                 "holding each document's URL, e.g. url_column='metadata.url' after flattening, or add one."
             )
+        feature = (split.features or {}).get(url_column)
+        if feature is not None and getattr(feature, "dtype", None) not in ("string", "large_string", "null"):
+            raise TypeError(
+                f"url_column={url_column!r} holds {feature!r}, not strings; URLs must be str (None for a missing "
+                f"URL). Cast it first, e.g. dataset.cast_column({url_column!r}, datasets.Value('string')), or pass "
+                "the column that holds the URLs."
+            )
 
 
 def annotate_compliance(

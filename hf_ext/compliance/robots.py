@@ -589,6 +589,7 @@ def protego_disallowed_agents(parser: Protego | None, url: str, user_agents: Seq
     """Reference decision without any cache: ask Protego for every agent (used by tests and the benchmark)."""
     if parser is None:
         return ()
+    url = absolute_url(url)  # Protego reads the path with urlparse: a scheme-less URL would lose its host
     out = []
     for agent in user_agents:
         try:

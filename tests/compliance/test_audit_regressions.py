@@ -134,3 +134,25 @@ def test_dcg_counts_an_lm_eval_group_once():
     # a subtask asked for by name is still reported
     report = compute_dcg(results(0.5, 0.4, 0.6), results(0.45, 0.4, 0.5), metric="acc", tasks=["mmlu_b"])
     assert [r["task"] for r in report.rows] == ["mmlu_b"]
+
+
+@pytest.mark.parametrize("url", ["a.com/private/x", "//a.com/private/x", "https://a.com/private/x"])
+def test_protego_reference_reads_scheme_less_urls(url):
+    from protego import Protego
+
+    from hf_ext.compliance.robots import protego_disallowed_agents
+
+    parser = Protego.parse("User-agent: *\nDisallow: /private\n")
+    assert protego_disallowed_agents(parser, url, ["GPTBot", "CCBot"]) == ("GPTBot", "CCBot")
+    checker = RobotsCompliance({"a.com": "User-agent: *\nDisallow: /private\n"}, user_agents=["GPTBot", "CCBot"])
+    assert checker.disallowed_agents(url) == protego_disallowed_agents(parser, url, ["GPTBot", "CCBot"])
+
+
+def test_non_string_url_column_is_refused_up_front_naming_it():
+    checker = RobotsCompliance({"a.com": "User-agent: *\nDisallow: /\n"})
+    ids = datasets.Dataset.from_dict({"doc_id": [1, 2], "text": ["a", "b"]})
+    with pytest.raises(TypeError, match="url_column='doc_id'.*cast_column"):
+        annotate_compliance(ids, checker, url_column="doc_id")
+    # an all-missing column (null type) is still accepted
+    empty = datasets.Dataset.from_dict({"url": [None, None]})
+    assert annotate_compliance(empty, checker)["robots_compliant"] == [True, True]
