@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.utils import logging
 
 from .aggregation import (
     AGGREGATION_MODES,
@@ -28,6 +29,8 @@ from .secure_aggregation import (
     default_threshold,
     secure_aggregate,
 )
+
+logger = logging.get_logger(__name__)
 
 STATE_FILE = "global_state.safetensors"
 META_FILE = "federated_state.json"
@@ -624,7 +627,8 @@ class FederatedSimulation:
 
         The pair is written atomically: both files go to a temporary sibling folder, which then replaces `path`
         (the previous folder is moved aside and removed only afterwards), so a crash never leaves a mismatched or
-        half-written pair under `path`.
+        half-written pair under `path`. If the final rename fails, the previous folder is put back; if the process is
+        killed between the two renames, [`load_state`] finds the moved-aside folder and restores it.
         """
         import shutil
         import tempfile
@@ -654,17 +658,47 @@ class FederatedSimulation:
             if os.path.lexists(path):
                 old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
                 os.rename(path, os.path.join(old, name))
-            os.rename(tmp, path)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                if old is not None and not os.path.lexists(path):
+                    os.rename(os.path.join(old, name), path)  # put the previous round back
+                    shutil.rmtree(old, ignore_errors=True)
+                raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
+    @staticmethod
+    def _recover_moved_aside(path: str) -> None:
+        """Put back the previous round that a [`save_state`] killed between its two renames left moved aside."""
+        import glob
+        import shutil
+
+        path = os.path.abspath(path)
+        parent, name = os.path.dirname(path), os.path.basename(path)
+        saved = [
+            os.path.join(old, name)
+            for old in glob.glob(os.path.join(glob.escape(parent), glob.escape(f".{name}.old-") + "*"))
+            if all(os.path.isfile(os.path.join(old, name, f)) for f in (STATE_FILE, META_FILE))
+        ]
+        if len(saved) != 1:
+            return  # nothing (or nothing unambiguous) to recover: load_state's own error follows
+        logger.warning(
+            "%s was missing: a save of it was interrupted after moving the previous round aside; restoring that "
+            "round from %s.", path, os.path.dirname(saved[0])
+        )
+        os.rename(saved[0], path)
+        shutil.rmtree(os.path.dirname(saved[0]), ignore_errors=True)
+
     def load_state(self, path: str) -> None:
         """Restore a state saved by [`save_state`]; [`run`] then continues with the next round."""
         from safetensors.torch import load_file
 
+        if not os.path.lexists(path):
+            self._recover_moved_aside(path)
         state_path, meta_path = os.path.join(path, STATE_FILE), os.path.join(path, META_FILE)
         if not (os.path.isfile(state_path) and os.path.isfile(meta_path)):
             raise ValueError(

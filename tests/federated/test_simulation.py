@@ -272,3 +272,47 @@ def test_save_state_crash_keeps_the_previous_checkpoint(
         make().load_state(path)
     with pytest.raises(json.JSONDecodeError):  # (what it was before)
         json.loads(text[:30])
+
+
+def test_save_state_killed_between_its_renames_recovers_the_previous_round(
+    tmp_path, small_tokenizer, client_datasets, training_args, monkeypatch
+):
+    """The previous round is moved aside before the new folder is renamed in: a failure there puts it back, and a
+    process killed in that window leaves it where `load_state` finds and restores it."""
+
+    def make():
+        return FederatedSimulation(
+            tiny_llama(len(small_tokenizer)), client_datasets[:2], FederatedArguments(num_rounds=1), training_args
+        )
+
+    sim = make()
+    path = str(tmp_path / "state")
+    sim.save_state(path)
+    good = {k: v.clone() for k, v in sim.global_state.items()}
+    sim.global_state = {k: v + 1.0 for k, v in sim.global_state.items()}
+    real_rename = os.rename
+
+    def failing_rename(src, dst):
+        if os.path.basename(str(src)).startswith(".state.tmp-"):
+            raise OSError("simulated failure of the final rename")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError, match="final rename"):
+        sim.save_state(path)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert sorted(os.listdir(tmp_path)) == ["state"]  # the previous round is back, nothing left behind
+    restored = make()
+    restored.load_state(path)
+    for k, v in good.items():
+        torch.testing.assert_close(restored.global_state[k], v, atol=0, rtol=0)
+
+    # a kill in that window: the previous round sits in the moved-aside folder and `path` is gone
+    aside = tmp_path / ".state.old-abc123"
+    aside.mkdir()
+    real_rename(path, str(aside / "state"))
+    restored = make()
+    restored.load_state(path)
+    for k, v in good.items():
+        torch.testing.assert_close(restored.global_state[k], v, atol=0, rtol=0)
+    assert sorted(os.listdir(tmp_path)) == ["state"]
