@@ -16,6 +16,9 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 #: Invalid metadata values logged one by one; later ones are only counted.
 MAX_INVALID_WARNINGS = 10
+#: Metadata whose prefix leaves no room for the document in a row is re-encoded from this many first characters, as
+#: the reference pipeline does.
+OVERLONG_METADATA_CHARS = 50
 
 
 def keeps_metadata(text: str, metadata: str, seed: int, metadata_dropout: float) -> bool:
@@ -103,6 +106,9 @@ class MetadataCollator:
     #: Documents whose metadata value was unusable (unparseable URL, NaN/non-numeric score) and that were trained
     #: without metadata instead. Counted per process (each DataLoader worker counts its own).
     invalid_metadata: int = field(default=0, repr=False)
+    #: Documents whose metadata prefix filled a whole row (`block_size` / `max_length`) and was re-encoded from its
+    #: first `OVERLONG_METADATA_CHARS` characters. Counted per process.
+    overlong_metadata: int = field(default=0, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.template, MetadataTemplate):
@@ -199,7 +205,26 @@ class MetadataCollator:
         active = self.conditioning_active
         self.batches_seen += 1
         metadata = self.metadata_for(examples, active)
-        return self._encoder.encode_batch([e[self.text_column] or "" for e in examples], metadata)
+        texts = [e[self.text_column] or "" for e in examples]
+        docs = self._encoder.encode_batch(texts, metadata)
+        limit = self.block_size if self.block_size is not None else self.max_length
+        overlong = [] if limit is None else [i for i, d in enumerate(docs) if d.prefix_length >= limit and metadata[i]]
+        if overlong:
+            # The reference pipeline's fallback: re-encode over-long metadata from its first 50 characters. A prefix
+            # still too long raises in _pad / _pack, naming max_metadata_tokens.
+            longest = max(docs[i].prefix_length for i in overlong)
+            short = [metadata[i][:OVERLONG_METADATA_CHARS] for i in overlong]
+            for i, doc in zip(overlong, self._encoder.encode_batch([texts[i] for i in overlong], short)):
+                docs[i] = doc
+            if self.overlong_metadata == 0:
+                logger.warning(
+                    "a %d-token metadata prefix leaves no room for the document in a %d-token row: such metadata is "
+                    "re-encoded from its first %d characters (counted in MetadataCollator.overlong_metadata; set "
+                    "max_metadata_tokens to cut metadata by tokens instead).",
+                    longest, limit, OVERLONG_METADATA_CHARS,
+                )  # fmt: skip
+            self.overlong_metadata += len(overlong)
+        return docs
 
     def __call__(self, examples: list[dict]) -> dict:
         import torch

@@ -261,3 +261,30 @@ def test_document_attention_isolates_packed_documents(ctx_tokenizer):
     assert not torch.allclose(leaky[n0 : n0 + n1], alone[1], atol=1e-3)  # plain packing lets documents attend across
     with pytest.raises(ValueError, match="document_attention"):
         MetadataCollator(tok, template, document_attention=True)
+
+
+@pytest.mark.parametrize("mode", ["pack", "pad"])
+def test_overlong_metadata_is_reencoded_from_its_first_50_characters(ctx_tokenizer, mode):
+    """As the reference pipeline does: metadata whose prefix fills a whole row falls back to its first 50 characters
+    instead of stopping training at that batch."""
+    from hf_ext.metadata.collator import OVERLONG_METADATA_CHARS
+
+    long_url = "https://example.org/" + "/".join(f"segment{i}" for i in range(40))
+    rows = [{"url": long_url, "text": "A short document."}, {"url": "https://a.org/x", "text": "Another one."}]
+    size = {"block_size": 48} if mode == "pack" else {"max_length": 48}
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url"), metadata_dropout=0.0, **size)
+    encoder = MetadataEncoder(ctx_tokenizer)
+    assert len(encoder.prefix_ids([long_url])[0]) >= 48  # the full URL does not fit ...
+    batch = collator(rows)  # ... yet the batch is built
+    assert collator.overlong_metadata == 1
+    expected = encoder.encode_batch([rows[0]["text"]], [long_url[:OVERLONG_METADATA_CHARS]])[0]
+    first = batch["input_ids"][0].tolist()
+    if mode == "pad" and collator._side == "left":
+        first = first[first.index(ctx_tokenizer.bos_token_id) :]
+    assert first[: len(expected.input_ids)] == expected.input_ids
+    labels = batch["labels"][0].tolist()
+    assert sum(label != -100 for label in labels) >= len(expected.input_ids) - expected.prefix_length
+    # a fallback prefix that still leaves no room raises, naming the knobs
+    tiny = MetadataCollator(ctx_tokenizer, metadata_template("url"), metadata_dropout=0.0, block_size=8)
+    with pytest.raises(ValueError, match="max_metadata_tokens"):
+        tiny(rows)
