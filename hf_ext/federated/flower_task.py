@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..utils.io import give_default_permissions
 from .simulation import FederatedArguments
 
 # run-config key -> (type, default)
@@ -169,6 +170,7 @@ def save_global_state(state: Mapping[str, torch.Tensor], path: str, metadata: Ma
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     os.close(fd)
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+    give_default_permissions(tmp, like=path)
     with open(tmp + ".json", "w") as fh:
         json.dump(dict(metadata), fh, indent=2, default=str)
     os.replace(tmp + ".json", path + ".json")

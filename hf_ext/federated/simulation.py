@@ -635,6 +635,8 @@ class FederatedSimulation:
 
         from safetensors.torch import save_file
 
+        from ..utils import make_temp_dir
+
         meta = {
             "round": self.round,
             "history": self.history,
@@ -647,7 +649,7 @@ class FederatedSimulation:
         path = os.path.abspath(path)
         parent, name = os.path.dirname(path), os.path.basename(path)
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+        tmp = make_temp_dir(parent, f".{name}.tmp-")
         try:
             save_file(self.global_state, os.path.join(tmp, STATE_FILE))
             with open(os.path.join(tmp, META_FILE), "w") as fh:
@@ -688,7 +690,9 @@ class FederatedSimulation:
             return  # nothing (or nothing unambiguous) to recover: load_state's own error follows
         logger.warning(
             "%s was missing: a save of it was interrupted after moving the previous round aside; restoring that "
-            "round from %s.", path, os.path.dirname(saved[0])
+            "round from %s.",
+            path,
+            os.path.dirname(saved[0]),
         )
         os.rename(saved[0], path)
         shutil.rmtree(os.path.dirname(saved[0]), ignore_errors=True)

@@ -193,10 +193,11 @@ def _plot(stats, path: str) -> None:
 def _save_dataset_atomically(dataset, path: str) -> None:
     """`save_to_disk` into a temporary folder beside `path`, then swap it in: a crash never leaves a torn dataset."""
     import shutil
-    import tempfile
+
+    from ..utils import make_temp_dir
 
     parent = os.path.dirname(os.path.abspath(path))
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".compliant_dataset.")
+    tmp = make_temp_dir(parent, ".compliant_dataset.")
     try:
         dataset.save_to_disk(tmp)
         if os.path.isdir(path):

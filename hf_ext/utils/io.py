@@ -22,11 +22,34 @@ def ensure_writable_dir(path: str, arg_name: str = "--output_dir") -> None:
         ) from err
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_permissions(path: str, like: str | None = None) -> None:
+    """Give a file or folder made by `tempfile` (mode 0600 / 0700) the permissions an ordinary `open` or `makedirs`
+    would have given it (0666 / 0777 less the umask), or those of the existing `like` it replaces."""
+    if like is not None and os.path.exists(like):
+        os.chmod(path, os.stat(like).st_mode & 0o7777)
+    else:
+        os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
+def make_temp_dir(parent: str, prefix: str) -> str:
+    """A new temporary folder in `parent` with ordinary permissions, to be filled and then renamed into place."""
+    tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    give_default_permissions(tmp)
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temporary file beside `path` and rename it onto `path` only if the block finishes without error.
 
     Readers never see a half-written file: on failure the temporary file is removed and `path` is left as it was.
+    The file gets the permissions of the file it replaces, or those of a plain `open` (not `tempfile`'s 0600).
     """
     if "b" in mode:
         encoding = None
@@ -38,6 +61,7 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8"):
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        give_default_permissions(tmp, like=path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -288,6 +288,9 @@ def test_save_state_killed_between_its_renames_recovers_the_previous_round(
     sim = make()
     path = str(tmp_path / "state")
     sim.save_state(path)
+    os.mkdir(tmp_path / "plain")  # the round folder is as readable as a plain one (not tempfile's 0700)
+    assert os.stat(path).st_mode == os.stat(tmp_path / "plain").st_mode
+    os.rmdir(tmp_path / "plain")
     good = {k: v.clone() for k, v in sim.global_state.items()}
     sim.global_state = {k: v + 1.0 for k, v in sim.global_state.items()}
     real_rename = os.rename

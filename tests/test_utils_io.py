@@ -1,0 +1,51 @@
+"""Atomic outputs get the permissions an ordinary write gives (not tempfile's private 0600 / 0700)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from hf_ext.utils import atomic_write_json, atomic_write_text, make_temp_dir
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_files_are_readable_like_plain_files(tmp_path, umask_022):
+    atomic_write_json(str(tmp_path / "a.json"), {"a": 1})
+    atomic_write_text(str(tmp_path / "b.txt"), "b")
+    with open(tmp_path / "plain.txt", "w") as fh:
+        fh.write("c")
+    assert _mode(tmp_path / "a.json") == _mode(tmp_path / "b.txt") == _mode(tmp_path / "plain.txt") == 0o644
+
+
+def test_atomic_rewrite_keeps_the_replaced_files_mode(tmp_path, umask_022):
+    path = tmp_path / "shared.json"
+    atomic_write_json(str(path), {"v": 1})
+    os.chmod(path, 0o664)
+    atomic_write_json(str(path), {"v": 2})
+    assert _mode(path) == 0o664
+
+
+def test_temp_dirs_renamed_into_place_are_readable(tmp_path, umask_022):
+    folder = make_temp_dir(str(tmp_path), ".x-")
+    assert _mode(folder) == 0o755
+
+
+def test_federated_round_folder_and_flower_state_are_readable(tmp_path, umask_022):
+    import torch
+
+    from hf_ext.federated.flower_task import save_global_state
+
+    save_global_state({"w": torch.zeros(2)}, str(tmp_path / "final.safetensors"), {"round": 1})
+    assert _mode(tmp_path / "final.safetensors") == _mode(tmp_path / "final.safetensors.json") == 0o644
