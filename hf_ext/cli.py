@@ -74,6 +74,13 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.output_dir:
+        from .utils.io import ensure_writable_dir
+
+        try:
+            ensure_writable_dir(args.output_dir, "--output_dir")
+        except ValueError as err:
+            parser.error(str(err))
     report = reproduce(args.method, seeds=args.seeds, fast=args.fast, output_dir=args.output_dir, jobs=args.jobs)
     print(report.to_markdown())
     return 0 if report.holds else 1

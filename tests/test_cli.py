@@ -73,3 +73,13 @@ def test_console_script_and_import_is_fast_and_silent(repo_root):
     exe = os.path.join(os.path.dirname(sys.executable), "hf-ext")
     res = subprocess.run([exe, "list"], capture_output=True, text=True, env=env)
     assert res.returncode == 0 and "pretrain" in res.stdout
+
+
+def test_reproduce_with_an_unwritable_output_dir_is_a_usage_error(capsys, tmp_path):
+    """Refused before any run with exit code 2 and the flag named (it used to end in a NotADirectoryError)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "grape", "--fast", "--seeds", "1", "--output_dir", str(blocker / "sub")])
+    assert exc.value.code == 2
+    assert "--output_dir" in capsys.readouterr().err

@@ -98,3 +98,26 @@ def test_two_rank_cpu_run(tmp_path, repo_root, launcher, free_port):
     assert saved["world_size"] == 2
     fingerprints = saved["rank_fingerprints"]
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+
+
+def test_validation_too_short_for_one_block_is_refused(tmp_path):
+    """An empty evaluation set used to report eval_loss 0.0 and perplexity 1.0; now it is refused before training."""
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(f"line {i} " * 30 for i in range(40)))
+    valid = tmp_path / "valid.txt"
+    valid.write_text("short line\n")
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match="No evaluation block.*--validation_file"):
+        main(TINY + ["--train_file", str(train), "--validation_file", str(valid), "--output_dir", str(out)])
+    assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "args, flag", [(["--model_type", "no_such_arch"], "--model_type"), (["--prompt", ""], "--prompt")]
+)
+def test_bad_model_type_and_empty_prompt_fail_before_work(tmp_path, args, flag):
+    """Both used to fail late: the model type after tokenizer and packing, the empty prompt after training."""
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=flag):
+        main(TINY + args + ["--output_dir", str(out)])
+    assert not out.exists()

@@ -105,6 +105,24 @@ def test_seeds_in_parallel_processes_give_the_same_table(monkeypatch, tmp_path, 
             reproduce("toy_jobs", seeds=2, jobs=bad)
 
 
+def test_duplicate_seeds_and_a_file_as_output_dir_are_refused_before_any_run(monkeypatch, tmp_path):
+    """Two runs of one seed shared its folder (and counted twice); a file as --output_dir failed with an OSError."""
+    ran = []
+    spec = Reproduction("toy_bad", "-", lambda seed, fast, workdir: ran.append(seed) or {}, [Claim("c", "-", judge_ok)])
+    monkeypatch.setitem(REPRODUCTIONS, "toy_bad", spec)
+    with pytest.raises(ValueError, match="distinct"):
+        reproduce("toy_bad", seeds=[1, 1], output_dir=str(tmp_path / "dup"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="--output_dir"):
+        reproduce("toy_bad", seeds=2, output_dir=str(blocker))
+    assert ran == [] and not (tmp_path / "dup").exists()
+
+
+def judge_ok(runs):
+    return "-", True
+
+
 def test_cli_lists_and_runs_a_fast_reproduction(capsys, tmp_path):
     assert main(["reproduce", "--list"]) == 0
     listed = capsys.readouterr().out

@@ -49,3 +49,12 @@ def test_federated_round_folder_and_flower_state_are_readable(tmp_path, umask_02
 
     save_global_state({"w": torch.zeros(2)}, str(tmp_path / "final.safetensors"), {"round": 1})
     assert _mode(tmp_path / "final.safetensors") == _mode(tmp_path / "final.safetensors.json") == 0o644
+
+
+def test_cached_tokenizer_folder_is_readable(tmp_path, monkeypatch, umask_022):
+    from hf_ext.data import build_tokenizer
+
+    monkeypatch.setenv("HF_EXT_CACHE", str(tmp_path))
+    build_tokenizer(vocab_size=300)
+    (folder,) = (tmp_path / "tokenizers").iterdir()
+    assert _mode(folder) == 0o755

@@ -215,6 +215,8 @@ def load_corpus(split: str | None = "train", domains: list[str] | None = None):
     if split not in ("train", "test", None):
         raise ValueError(f"split must be 'train', 'test' or None, got {split!r}.")
     known = corpus_domains()
+    if isinstance(domains, str):
+        raise TypeError(f"domains must be a list of domain names, got the string {domains!r}; pass [{domains!r}].")
     if domains is not None:
         unknown = sorted(set(domains) - set(known))
         if unknown:

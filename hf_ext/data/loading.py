@@ -25,6 +25,9 @@ def load_text_datasets(
     """Return `(train, validation)` `datasets.Dataset`s holding `text_column`.
 
     With neither `dataset_name` nor `train_file`, the embedded corpus (`hf_ext.data.load_corpus`) is used.
+    `validation_file`, when given, is the validation data whatever the training data is (each file is read with the
+    `datasets` builder of its own extension); otherwise the corpus' held-out split, the dataset's `validation` (or
+    `test`) split, or a `validation_fraction` split of the training data.
     Errors name the argument at fault and are raised before any download or training.
     """
     from datasets import load_dataset
@@ -35,22 +38,20 @@ def load_text_datasets(
         raise ValueError("Pass either --dataset_name or --train_file, not both.")
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}.")
+    for arg, path in (("--train_file", train_file), ("--validation_file", validation_file)):
+        if path is not None:
+            if not os.path.isfile(path):
+                raise ValueError(f"{arg}={path!r} does not exist; pass a .txt, .json/.jsonl, .csv or .parquet file.")
+            if _file_builder(path) is None:
+                raise ValueError(
+                    f"{arg}={path!r} has an unsupported extension; use .txt, .json, .jsonl, .csv or .parquet."
+                )
     if dataset_name is None and train_file is None:
         train, valid = load_corpus("train"), load_corpus("test")
     elif train_file is not None:
-        for arg, path in (("--train_file", train_file), ("--validation_file", validation_file)):
-            if path is not None and not os.path.isfile(path):
-                raise ValueError(f"{arg}={path!r} does not exist; pass a .txt, .json/.jsonl, .csv or .parquet file.")
-        ext = train_file.rsplit(".", 1)[-1].lower()
-        builder = {"txt": "text", "json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
-        if builder is None:
-            raise ValueError(f"--train_file has unsupported extension {ext!r}; use .txt, .json, .jsonl, .csv or .parquet.")
-        files = {"train": train_file}
-        if validation_file:
-            files["validation"] = validation_file
-        raw = load_dataset(builder, data_files=files)
-        train = raw["train"]
-        valid = raw["validation"] if "validation" in raw else None
+        # one builder per file: the two files may have different formats (e.g. .jsonl training, .txt validation)
+        train = load_dataset(_file_builder(train_file), data_files={"train": train_file})["train"]
+        valid = None
     else:
         is_local = os.path.isdir(dataset_name)
         if hub_offline() and not is_local:
@@ -68,12 +69,30 @@ def load_text_datasets(
             ) from err
         train = raw["train"]
         valid = raw["validation"] if "validation" in raw else (raw["test"] if "test" in raw else None)
+    if validation_file is not None:  # the user's validation data wins over the corpus' or the dataset's own split
+        valid = load_dataset(_file_builder(validation_file), data_files={"validation": validation_file})["validation"]
     if text_column not in train.column_names:
         raise ValueError(
             f"The training data has no column {text_column!r} (columns: {train.column_names}); "
             "name the text column with --text_column."
         )
+    if valid is not None and text_column not in valid.column_names:
+        raise ValueError(
+            f"The validation data has no column {text_column!r} (columns: {valid.column_names}); give it the same "
+            "text column as the training data (--text_column)."
+        )
     if valid is None:
+        if len(train) < 2:
+            raise ValueError(
+                f"The training data has {len(train)} document(s): too few to hold out a validation split; pass more "
+                "documents or a separate --validation_file."
+            )
         parts = train.train_test_split(test_size=validation_fraction, seed=seed)
         train, valid = parts["train"], parts["test"]
     return train, valid
+
+
+def _file_builder(path: str) -> str | None:
+    """The `datasets` builder for a local data file, from its extension (`None` if unsupported)."""
+    ext = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else ""
+    return {"txt": "text", "json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}.get(ext)

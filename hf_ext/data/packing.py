@@ -20,12 +20,14 @@ def pack_dataset(
         block_size (`int`, *optional*, defaults to 256): Tokens per block (> 0).
         text_column (`str`, *optional*, defaults to `"text"`): Name of the column holding raw text.
         add_eos (`bool`, *optional*, defaults to `True`): Append EOS after every document.
-        num_proc (`int`, *optional*): Worker processes for `Dataset.map`.
+        num_proc (`int`, *optional*): Worker processes for `Dataset.map`. Documents are packed per map batch of
+            256 documents within each worker's shard, so the blocks (not the tokens) depend on `num_proc`.
         drop_remainder (`bool`, *optional*, defaults to `True`): Drop the final partial block of each map batch.
+            With `False` that block is kept, shorter than `block_size` (it then needs a padding collator).
 
     Returns:
-        `datasets.Dataset` with `input_ids`, `attention_mask` and `labels` (a copy of `input_ids`), all of length
-        `block_size`; other columns are removed.
+        `datasets.Dataset` with `input_ids`, `attention_mask` and `labels` (a copy of `input_ids`), of length
+        `block_size` (see `drop_remainder`); other columns are removed.
     """
     if not isinstance(block_size, int) or block_size <= 0:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
@@ -39,7 +41,14 @@ def pack_dataset(
     eos = tokenizer.eos_token_id
 
     def tokenize_and_group(batch):
-        ids = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
+        texts = batch[text_column]
+        bad = next((t for t in texts if not isinstance(t, str)), texts)
+        if bad is not texts:
+            raise ValueError(
+                f"text_column={text_column!r} holds a {type(bad).__name__} value ({bad!r:.60}) where text is expected "
+                "(an empty CSV cell or a JSON null?); drop those rows or fill them with strings first."
+            )
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         stream: list[int] = []
         for seq in ids:
             stream.extend(seq)

@@ -6,9 +6,9 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from ..utils.io import make_temp_dir
 from .utils import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
         vocab_size (`int`, *optional*, defaults to 4096):
             Target vocabulary size including the 256 byte symbols and the 3 special tokens.
         cache (`bool`, *optional*, defaults to `True`):
-            Reuse a tokenizer trained earlier with the same settings (under `$HF_EXT_CACHE` or `~/.cache/hf_ext`).
+            Reuse a tokenizer trained earlier with the same settings on the same corpus (same corpus version and
+            Python version; under `$HF_EXT_CACHE` or `~/.cache/hf_ext`).
         texts (`Iterable[str]`, *optional*):
             Train on these texts instead of the embedded corpus (never cached).
 
@@ -72,9 +73,10 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
     if texts is not None:
         return wrap(_train_tokenizer(list(texts), vocab_size))
 
-    from .corpus import CORPUS_VERSION, load_corpus
+    from . import corpus
 
-    key = hashlib.sha256(f"bpe-{vocab_size}-corpus{CORPUS_VERSION}".encode()).hexdigest()[:12]
+    # keyed like the corpus cache (corpus version and Python version: the corpus is the installation's stdlib text)
+    key = hashlib.sha256(f"bpe-{vocab_size}-{corpus._corpus_cache_file().name}".encode()).hexdigest()[:12]
     target = cache_dir() / "tokenizers" / f"bpe-{vocab_size}-{key}"
     if cache and (target / "tokenizer.json").is_file():
         try:
@@ -82,10 +84,10 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
         except Exception as err:  # truncated or corrupt cache: rebuild it rather than fail every later run
             logger.warning("The cached tokenizer %s is unusable (%s); rebuilding it.", target, err)
             shutil.rmtree(target, ignore_errors=True)
-    tok = wrap(_train_tokenizer(load_corpus("train")["text"], vocab_size))
+    tok = wrap(_train_tokenizer(corpus.load_corpus("train")["text"], vocab_size))
     if cache:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        tmp = Path(make_temp_dir(str(target.parent), ".tmp-"))  # a shared cache stays readable by its group
         try:
             tok.save_pretrained(str(tmp))
             if not (target / "tokenizer.json").is_file():

@@ -77,7 +77,13 @@ class DataArguments:
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of --dataset_name."})
     train_file: str | None = field(default=None, metadata={"help": "Local .txt/.json/.jsonl/.csv/.parquet file."})
-    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
+    validation_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local validation file, used whatever the training data (default: the corpus' held-out split, "
+            "the dataset's validation/test split, or 5% of --train_file)."
+        },
+    )
     text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
     block_size: int = field(default=128, metadata={"help": "Tokens per training block (> 0)."})
     vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
@@ -190,6 +196,18 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
         )
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
+    if model_args.model_name_or_path is None and model_args.model_type != "fog":
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.for_model(model_args.model_type)
+        except ValueError:
+            raise ValueError(
+                f"--model_type {model_args.model_type!r} is not a known architecture; use fog, llama or another "
+                "transformers model type (e.g. qwen2, mistral, gpt_neox)."
+            ) from None
+    if not data_args.prompt:
+        raise ValueError("--prompt must be non-empty: the sample continuation is generated from it.")
     check_config_overrides(model_args)
     validate_fp8_args(model_args, training_args)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
@@ -334,6 +352,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         eval_ds = eval_ds.select(range(data_args.max_eval_blocks))
     if len(train_ds) == 0:
         raise ValueError(f"No training block of {data_args.block_size} tokens could be formed; lower --block_size.")
+    if len(eval_ds) == 0:  # an empty evaluation would report loss 0 and perplexity 1
+        raise ValueError(
+            f"No evaluation block of {data_args.block_size} tokens could be formed from the {len(eval_text)} "
+            "validation document(s); lower --block_size or pass a longer --validation_file."
+        )
 
     model = build_model(model_args, tokenizer, data_args.block_size)
     trainer_cls, trainer_kwargs, callbacks = setup_fp8(model, model_args, training_args)

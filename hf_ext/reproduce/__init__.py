@@ -149,8 +149,14 @@ def reproduce(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list or (isinstance(seeds, int) and seeds < 1):
         raise ValueError(f"--seeds must be a positive number of seeds, got {seeds!r}.")
+    if len(set(seed_list)) != len(seed_list):
+        raise ValueError(f"seeds must be distinct (each seed has its own run folder), got {seed_list}.")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"--jobs must be a positive number of parallel processes, got {jobs!r}.")
+    if output_dir:
+        from ..utils.io import ensure_writable_dir
+
+        ensure_writable_dir(output_dir, "--output_dir")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"hf_ext-reproduce-{method}-") as scratch:
         root = output_dir or scratch

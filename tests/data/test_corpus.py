@@ -32,3 +32,10 @@ def test_domain_filter_and_errors():
         load_corpus("validation")
     with pytest.raises(ValueError, match="domains"):
         load_corpus("train", domains=["cooking"])
+
+
+def test_domains_as_a_string_is_a_type_error():
+    import pytest
+
+    with pytest.raises(TypeError, match=r"\['text'\]"):
+        load_corpus("train", domains="text")

@@ -25,3 +25,10 @@ def test_packing_errors(tokenizer):
         pack_dataset(docs, tokenizer, block_size=0, text_column="content")
     with pytest.raises(ValueError, match="text_column"):
         pack_dataset(docs, tokenizer, block_size=8)
+
+
+def test_non_text_values_are_named(tokenizer):
+    """A JSON null / empty CSV cell in the text column gives a ValueError naming the column, not a tokenizer error."""
+    docs = Dataset.from_dict({"body": ["hello world", None]})
+    with pytest.raises(ValueError, match="text_column='body'"):
+        pack_dataset(docs, tokenizer, block_size=4, text_column="body")

@@ -33,3 +33,23 @@ def test_custom_texts_and_bad_vocab():
     assert tok.decode(tok("abc")["input_ids"]) == "abc"
     with pytest.raises(ValueError, match="vocab_size"):
         build_tokenizer(10)
+
+
+def test_cache_is_keyed_by_the_corpus_it_was_trained_on(tmp_path, monkeypatch):
+    """The corpus is the installation's stdlib text (cached per Python version); a tokenizer cached by one Python must
+    not be reused by another whose corpus differs."""
+    from hf_ext.data import corpus, tokenizer
+
+    trained = []
+    real_train = tokenizer._train_tokenizer
+    monkeypatch.setattr(tokenizer, "_train_tokenizer", lambda texts, v: trained.append(1) or real_train(["ab"], v))
+    docs = [{"text": "x" * 300, "url": "u", "domain": "text", "source": "s", "split": "train"}]
+    monkeypatch.setattr(corpus, "build_corpus_records", lambda: [dict(d) for d in docs])
+    monkeypatch.setenv("HF_EXT_CACHE", str(tmp_path))
+    build_tokenizer(300)
+    build_tokenizer(300)
+    assert trained == [1]  # the cache is used for the same corpus
+    other = corpus._corpus_cache_file().with_name("stdlib-docs-v1-py399.jsonl")
+    monkeypatch.setattr(corpus, "_corpus_cache_file", lambda: other)  # what another Python version reads
+    build_tokenizer(300)
+    assert trained == [1, 1]
