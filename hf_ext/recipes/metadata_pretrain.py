@@ -208,7 +208,7 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
 
 def load_documents(data_args: MetadataDataArguments, seed: int):
     """(train, eval, domain_vocab) where domain_vocab is only known for the synthetic corpus."""
-    from ..data import load_corpus, load_text_datasets
+    from ..data import load_text_datasets
 
     if data_args.dataset == "synthetic":
         from ..metadata import synthetic_url_corpus
@@ -216,8 +216,8 @@ def load_documents(data_args: MetadataDataArguments, seed: int):
         ds, vocab = synthetic_url_corpus(num_docs=data_args.synthetic_docs, seed=seed)
         split = ds.train_test_split(test_size=0.1, seed=seed)
         return split["train"], split["test"], vocab
-    if data_args.dataset == "corpus" and not (data_args.dataset_name or data_args.train_file):
-        return load_corpus("train"), load_corpus("test"), None
+    # The embedded corpus (neither --dataset_name nor --train_file) comes through load_text_datasets too, so a
+    # --validation_file replaces its held-out split.
     train, valid = load_text_datasets(
         data_args.dataset_name,
         data_args.dataset_config_name,

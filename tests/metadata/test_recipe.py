@@ -234,3 +234,17 @@ def test_eval_prompt_prefixes_follow_the_training_layout(ctx_tokenizer, layout):
     encoder = MetadataEncoder(ctx_tokenizer, layout=layout, max_metadata_tokens=3)
     trained = encoder.prefix_ids([_template(args)(doc)])[0]
     assert ctx_tokenizer(short, add_special_tokens=False)["input_ids"] == trained and len(trained) < 10
+
+
+def test_validation_file_replaces_the_corpus_held_out_split(tmp_path):
+    """--validation_file was ignored when training on the embedded corpus (the default)."""
+    import json
+
+    from hf_ext.recipes.metadata_pretrain import MetadataDataArguments, load_documents
+
+    valid = tmp_path / "valid.jsonl"
+    rows = [{"text": f"held-out document {i}", "url": f"https://v.org/{i}"} for i in range(3)]
+    valid.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, evaluation, _ = load_documents(MetadataDataArguments(validation_file=str(valid)), seed=0)
+    assert evaluation["text"] == [r["text"] for r in rows] and evaluation["url"] == [r["url"] for r in rows]
+    assert len(train) > 100  # still the embedded corpus
