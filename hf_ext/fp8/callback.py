@@ -32,8 +32,9 @@ class Fp8HealthCallback(TrainerCallback):
 
     - "warn": log a warning and continue;
     - "stop": log and stop training (`control.should_training_stop`);
-    - "rollback": log, stop, and ask [`train_with_rollback`] to resume from the last checkpoint saved before the alert
-      with the learning rate multiplied by `rollback_lr_factor` (at most `max_rollbacks` times).
+    - "rollback": log, stop, and ask [`train_with_rollback`] to resume from the last checkpoint saved before the
+      first alert of the streak (with `patience` > 1, checkpoints saved while alerting already hold the diverging
+      state) with the learning rate multiplied by `rollback_lr_factor` (at most `max_rollbacks` times).
 
     Monitor state (history, baselines, alerts, learning-rate scale, previous amaxes) is saved with every checkpoint
     (in its `trainer_state.json`, and as `fp8_health.json` for reading) and restored from the checkpoint training
@@ -46,7 +47,8 @@ class Fp8HealthCallback(TrainerCallback):
     Args:
         every_n_steps (`int`, defaults to 10): Monitoring period in optimizer steps.
         sites (`list[str]`, *optional*): Sites to monitor (default all seven + `activation`).
-        alert_sites (`list[str]`, *optional*): Sites whose kurtosis can raise alerts (default: all monitored).
+        alert_sites (`list[str]`, *optional*): Sites whose kurtosis can raise alerts (default: all monitored); each
+            must be a known site, and among `sites` when those are given.
         baseline_steps (`int`, defaults to 3): Monitored steps averaged into each baseline.
         relative_threshold (`float`, defaults to 10.0): Alert when kurtosis > this x baseline.
         absolute_threshold (`float`, defaults to 100.0): Alert when kurtosis > this.
@@ -98,10 +100,19 @@ class Fp8HealthCallback(TrainerCallback):
 
         if set(log_stats) - set(STATS):
             raise ValueError(f"Fp8HealthCallback: log_stats must be among {STATS}, got {log_stats}.")
-        if sites is not None:
-            unknown = sorted(set(sites) - set(SITES))
+        for name, value in (("sites", sites), ("alert_sites", alert_sites)):
+            if value is None:
+                continue
+            if isinstance(value, str):
+                raise ValueError(f"Fp8HealthCallback: {name} must be a list of site names, e.g. {name}=[{value!r}].")
+            unknown = sorted(set(value) - set(SITES))
             if unknown:
-                raise ValueError(f"Fp8HealthCallback: unknown sites {unknown}; choose from {sorted(SITES)}.")
+                raise ValueError(f"Fp8HealthCallback: unknown {name} {unknown}; choose from {sorted(SITES)}.")
+        if alert_sites is not None and sites is not None and set(alert_sites) - set(sites):
+            raise ValueError(
+                f"Fp8HealthCallback: alert_sites {sorted(set(alert_sites) - set(sites))} are not monitored (sites="
+                f"{list(sites)}); add them to sites or leave sites unset."
+            )
         unknown = sorted(set(absolute_exempt_sites) - set(SITES))
         if unknown:
             raise ValueError(
@@ -131,6 +142,7 @@ class Fp8HealthCallback(TrainerCallback):
         self.rollback_request: dict | None = None
         self.resume_checkpoint: str | None = None
         self._streak = 0
+        self._streak_start: int | None = None  # step of the first alert of the current streak
         self._pending_logs: dict[str, float] = {}
 
     # --------------------------------------------------------------------------------------------------------- state
@@ -149,6 +161,7 @@ class Fp8HealthCallback(TrainerCallback):
             "lr_scale": self.lr_scale,
             "rollbacks": self.rollbacks,
             "streak": self._streak,
+            "streak_start": self._streak_start,
             "monitor": self.monitor.state_dict() if self.monitor is not None else {},
         }
 
@@ -161,6 +174,7 @@ class Fp8HealthCallback(TrainerCallback):
         if not self.actions_taken:
             self.actions_taken = list(state.get("actions_taken", []))
         self._streak = int(state.get("streak", 0))
+        self._streak_start = state.get("streak_start")
         self._saved_lr_scale = float(state.get("lr_scale", 1.0))
         self.rollbacks = max(self.rollbacks, int(state.get("rollbacks", 0)))
         self.lr_scale = min(self.lr_scale, self._saved_lr_scale)
@@ -274,9 +288,11 @@ class Fp8HealthCallback(TrainerCallback):
             if reason is not None:
                 fired.append({"step": step, "site": site, "layer": where, "kurtosis": value, "reason": reason})
         if not fired:
-            self._streak = 0
+            self._streak, self._streak_start = 0, None
             return
         self._streak += 1
+        if self._streak == 1 or self._streak_start is None:
+            self._streak_start = step
         worst = max(fired, key=lambda a: a["kurtosis"] if math.isfinite(a["kurtosis"]) else float("inf"))
         self.alerts.extend(fired)
         msg = (
@@ -287,7 +303,8 @@ class Fp8HealthCallback(TrainerCallback):
         if self._streak < self.patience or self.action == "warn":
             return
         if self.action == "rollback" and self.rollbacks < self.max_rollbacks:
-            ckpt = _last_checkpoint_before(args.output_dir, step)
+            # a checkpoint saved before the first alert of the streak: later ones already hold the diverging state
+            ckpt = _last_checkpoint_before(args.output_dir, self._streak_start)
             if ckpt is not None:
                 self.rollbacks += 1
                 self.lr_scale *= self.rollback_lr_factor
@@ -300,7 +317,7 @@ class Fp8HealthCallback(TrainerCallback):
                 self.actions_taken.append(done)
                 control.should_training_stop = True
                 control.should_save = False
-                self._streak = 0
+                self._streak, self._streak_start = 0, None
                 return
             reason = "no checkpoint saved before the alert" if ckpt is None else ""
         else:

@@ -34,6 +34,25 @@ def _output_embedding_names(model: nn.Module) -> set[str]:
     return names
 
 
+def _compile_skip_modules(skip_modules) -> list[re.Pattern]:
+    """`skip_modules` as compiled regexes; a bare string (which would be read one character per regex) or an invalid
+    regex is a `ValueError` naming the argument."""
+    if skip_modules is None:
+        return []
+    if isinstance(skip_modules, str):
+        raise ValueError(f"skip_modules must be a list of regexes, not a string; use skip_modules=[{skip_modules!r}].")
+    listed = isinstance(skip_modules, (list, tuple, set, frozenset))
+    if not listed or not all(isinstance(p, str) for p in skip_modules):
+        raise ValueError(f"skip_modules must be a list of regex strings, got {skip_modules!r}.")
+    patterns = []
+    for pattern in skip_modules:
+        try:
+            patterns.append(re.compile(pattern))
+        except re.error as err:
+            raise ValueError(f"skip_modules: {pattern!r} is not a valid regular expression ({err}).") from None
+    return patterns
+
+
 def fp8_target_filter(
     model: nn.Module, include_lm_head: bool = False, skip_modules: list[str] | None = None
 ) -> Callable[[nn.Module, str], bool]:
@@ -41,7 +60,7 @@ def fp8_target_filter(
     names matching a regex of `skip_modules`. Usable as torchao's `module_filter_fn` and accelerate's
     `AORecipeKwargs(module_filter_func=...)` (accelerate's default would also skip the first block linear)."""
     head_names = set() if include_lm_head else _output_embedding_names(model)
-    patterns = [re.compile(p) for p in (skip_modules or [])]
+    patterns = _compile_skip_modules(skip_modules)
 
     def _filter(module: nn.Module, fqn: str) -> bool:
         if not isinstance(module, nn.Linear):
@@ -160,15 +179,18 @@ def convert(
             "convert: fp8_attention=True is not available with backend='torchao' (torchao has no FP8 attention); use "
             "backend='te' (Transformer Engine, CUDA compute capability 9.0+) or backend='emulated'."
         )
-    from .emulation import AMAX_ALGOS, SCALINGS, fp8_dtypes
+    from .emulation import AMAX_ALGOS, SCALINGS, _check_history_and_margin, fp8_dtypes
 
     if scaling not in SCALINGS:
         raise ValueError(f"convert: scaling={scaling!r} is not supported; choose one of {SCALINGS}.")
     if amax_compute_algo not in AMAX_ALGOS:
         raise ValueError(f"convert: amax_compute_algo={amax_compute_algo!r}; choose one of {AMAX_ALGOS}.")
-    if amax_history_len < 1:
-        raise ValueError(f"convert: amax_history_len must be >= 1, got {amax_history_len}.")
+    try:
+        _check_history_and_margin(amax_history_len, margin)
+    except ValueError as err:
+        raise ValueError(f"convert: {err}") from None
     fp8_dtypes(fp8_format)
+    _compile_skip_modules(skip_modules)
     if fp8_attention and getattr(model, "config", None) is None:
         raise ValueError("convert: fp8_attention=True needs a transformers model (with .config).")
     if fp8_attention and backend == "te":

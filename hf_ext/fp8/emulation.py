@@ -8,6 +8,8 @@ tensor, either from the current tensor ("current" scaling) or from a history of 
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 from torch import nn
 
@@ -60,10 +62,21 @@ def scale_from_amax(amax: torch.Tensor, dtype: torch.dtype, margin: int = 0) -> 
     return (FP8_MAX[dtype] / amax.float().clamp_min(_EPS)) / (2.0**margin)
 
 
-def _history_amax(history: torch.Tensor, current: torch.Tensor, algo: str) -> torch.Tensor:
-    ref = history.amax() if algo == "max" else history[0]
-    # An empty history (first use) falls back to the current amax ("just in time" for the first step).
-    return torch.where(ref > 0, ref, current)
+def _history_amax(history: torch.Tensor, current: torch.Tensor, algo: str, last: torch.Tensor) -> torch.Tensor:
+    """The amax the scale of this step comes from: "max" over the history (NaN entries ignored) or its most recent
+    entry. As in Transformer Engine, a result that is zero or not finite (an overflowed step in the window) keeps the
+    previous scale (`last`, the amax it came from); with no previous scale either (first use), the current amax."""
+    ref = torch.where(history.isnan(), 0.0, history).amax() if algo == "max" else history[0]
+    fallback = torch.where(last > 0, last, current)
+    return torch.where(torch.isfinite(ref) & (ref > 0), ref, fallback)
+
+
+def _check_history_and_margin(amax_history_len, margin) -> None:
+    """`amax_history_len` a positive int, `margin` a non-negative int (scales are divided by `2**margin`)."""
+    if isinstance(amax_history_len, bool) or not isinstance(amax_history_len, Integral) or amax_history_len < 1:
+        raise ValueError(f"amax_history_len must be a positive int, got {amax_history_len!r}.")
+    if isinstance(margin, bool) or not isinstance(margin, Integral) or margin < 0:
+        raise ValueError(f"margin must be a non-negative int (scales are divided by 2**margin), got {margin!r}.")
 
 
 def _record(history: torch.Tensor, amax: torch.Tensor) -> None:
@@ -90,11 +103,13 @@ class _Fp8LinearFunction(torch.autograd.Function):
                 # record the same step's amax a second time
                 ref_x, ref_w = module._fp8_forward_refs
             else:
-                ref_x = _history_amax(hist[:, 0], amax_x, module.amax_compute_algo)
-                ref_w = _history_amax(hist[:, 1], amax_w, module.amax_compute_algo)
+                last = module.fp8_scale_amax
+                ref_x = _history_amax(hist[:, 0], amax_x, module.amax_compute_algo, last[0])
+                ref_w = _history_amax(hist[:, 1], amax_w, module.amax_compute_algo, last[1])
                 if module.training:
                     _record(hist[:, 0], amax_x)
                     _record(hist[:, 1], amax_w)
+                    last[0], last[1] = ref_x, ref_w
                     module._fp8_forward_refs = (ref_x, ref_w)
         else:
             ref_x, ref_w = amax_x, amax_w
@@ -118,8 +133,9 @@ class _Fp8LinearFunction(torch.autograd.Function):
         amax_g = g2.detach().abs().amax().float()
         if module.scaling == "delayed":
             hist = module.fp8_amax_history
-            ref_g = _history_amax(hist[:, 2], amax_g, module.amax_compute_algo)
+            ref_g = _history_amax(hist[:, 2], amax_g, module.amax_compute_algo, module.fp8_scale_amax[2])
             _record(hist[:, 2], amax_g)
+            module.fp8_scale_amax[2] = ref_g
         else:
             ref_g = amax_g
         gq = quantize_dequantize(g2, scale_from_amax(ref_g, grad_dtype, module.margin), grad_dtype)
@@ -133,8 +149,10 @@ class Fp8Linear(nn.Linear):
     """`nn.Linear` whose forward GEMM and both backward GEMMs (dgrad, wgrad) run on FP8-quantised operands.
 
     Parameters stay in their high-precision dtype (master weights); only GEMM inputs are quantised. With
-    `scaling="delayed"`, the persistent buffer `fp8_amax_history` (shape `(amax_history_len, 3)`: input, weight,
-    grad_output) is saved in the model state dict and so in every Trainer checkpoint.
+    `scaling="delayed"`, the persistent buffers `fp8_amax_history` (shape `(amax_history_len, 3)`: input, weight,
+    grad_output) and `fp8_scale_amax` (shape `(3,)`: the amax each operand's current scale came from, kept when the
+    history's amax is zero or not finite, as Transformer Engine keeps its scale) are saved in the model state dict and
+    so in every Trainer checkpoint.
 
     Args:
         in_features, out_features, bias: As `nn.Linear`.
@@ -163,14 +181,14 @@ class Fp8Linear(nn.Linear):
             raise ValueError(f"scaling={scaling!r} is not supported; choose one of {SCALINGS}.")
         if amax_compute_algo not in AMAX_ALGOS:
             raise ValueError(f"amax_compute_algo={amax_compute_algo!r} is not supported; choose one of {AMAX_ALGOS}.")
-        if amax_history_len < 1:
-            raise ValueError(f"amax_history_len must be >= 1, got {amax_history_len}.")
+        _check_history_and_margin(amax_history_len, margin)
         fp8_dtypes(fp8_format)
         self.scaling, self.fp8_format, self.margin = scaling, fp8_format, int(margin)
         self.amax_compute_algo = amax_compute_algo
         self._fp8_forward_refs = None  # (input, weight) amax references of the last training forward
         if scaling == "delayed":
             self.fp8_amax_history = nn.Buffer(torch.zeros(amax_history_len, 3, device=device), persistent=True)
+            self.fp8_scale_amax = nn.Buffer(torch.zeros(3, device=device), persistent=True)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> Fp8Linear:
@@ -180,6 +198,7 @@ class Fp8Linear(nn.Linear):
         new.bias = linear.bias
         if new.scaling == "delayed":
             new.fp8_amax_history = torch.zeros_like(new.fp8_amax_history, device=linear.weight.device)
+            new.fp8_scale_amax = torch.zeros_like(new.fp8_scale_amax, device=linear.weight.device)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -121,6 +121,8 @@ class KurtosisMonitor:
         layers: list[nn.Module] | None = None,
         process_group=None,
     ):
+        if isinstance(sites, str):
+            raise ValueError(f"KurtosisMonitor: sites must be a list of site names, e.g. sites=[{sites!r}].")
         if sites is not None:
             unknown = sorted(set(sites) - set(SITES))
             if unknown:
@@ -263,7 +265,7 @@ class KurtosisMonitor:
                 torch.distributed.all_reduce(amax, op=torch.distributed.ReduceOp.MAX, group=group)
             scale = FP8_MAX[E4M3] / amax.clamp_min(1e-30)
             nonzero = absx > 0
-            under = (nonzero & (absx * scale < _E4M3_ZERO)).sum(dtype=torch.float64)
+            under = (nonzero & (absx * scale <= _E4M3_ZERO)).sum(dtype=torch.float64)  # ties round to 0
             ref = self._prev_amax_t.get((site, layer))
             sat = (absx > ref).sum(dtype=torch.float64) if ref is not None else under.new_zeros(())
             stats = torch.stack(
@@ -273,7 +275,8 @@ class KurtosisMonitor:
                     torch.full((flat.shape[0],), float(flat.shape[1]), dtype=torch.float64, device=x.device),
                 ]
             )  # (3, B)
-            counts = torch.stack([under, sat, torch.tensor(float(flat.numel()), dtype=torch.float64, device=x.device)])
+            numel = torch.tensor(float(flat.numel()), dtype=torch.float64, device=x.device)
+            counts = torch.stack([under, sat, numel, nonzero.sum(dtype=torch.float64)])
             if group is not None:  # sums over this rank's part -> sums over the whole tensor, before any ratio
                 sums = torch.cat([stats.flatten(), counts])
                 torch.distributed.all_reduce(sums, group=group)
@@ -298,6 +301,7 @@ class KurtosisMonitor:
                     extra[:, 2].sum(),
                     extra[:, 3].sum(),
                     torch.tensor(float(k.numel()), dtype=torch.float64, device=k.device),
+                    extra[:, 4].sum(),  # non-zero elements (the underflow fraction's denominator)
                 ]
             )
             prev = self._acc.get(key)
@@ -345,12 +349,12 @@ class KurtosisMonitor:
         self._acc.clear()
         out: dict[str, float] = {}
         per_site: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for (site, layer), (k_sum, rms_sum, amax, under, sat, numel, n) in zip(keys, table):
+        for (site, layer), (k_sum, rms_sum, amax, under, sat, numel, n, nonzero) in zip(keys, table):
             values = {
                 "kurtosis": k_sum / n,
                 "rms": rms_sum / n,
                 "max_abs": amax,
-                "underflow": under / numel,
+                "underflow": under / nonzero if nonzero else 0.0,
                 "saturation": sat / numel,
             }
             for stat, v in values.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..utils.io import atomic_savefig
+
 
 def plot_kurtosis(history: list[dict], path: str, title: str | None = None) -> str:
     """Save a PNG of the layer-averaged kurtosis of every monitored site over training steps (log scale).
@@ -35,6 +37,8 @@ def plot_kurtosis(history: list[dict], path: str, title: str | None = None) -> s
     ax.set_title(title or "Activation kurtosis per site")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_savefig(fig, str(path), dpi=110)  # a failed save leaves an existing file as it was
+    finally:
+        plt.close(fig)
     return path
