@@ -161,7 +161,59 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
         )
     if sweep_args.finetune and training_args.max_steps < 1:
         raise ValueError("--max_steps (fine-tuning steps) must be >= 1 with --finetune; or pass --finetune false.")
+    _check_ranges_fit_the_source(model_args, sweep_args)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
+
+
+def _check_ranges_fit_the_source(model_args, sweep_args) -> None:
+    """Check --lp_start/--lp_end and --pair_counts against the source's depth (the small Llama's, or the one in the
+    config of --model_name_or_path) before the source is trained or loaded."""
+    from ..models.layer_parallel.configuration_layer_parallel import (
+        SUPPORTED_SOURCE_MODEL_TYPES,
+        check_pair_attention_types,
+        layer_attention_types,
+        resolve_pairs,
+    )
+    from ..models.layer_parallel.sweep import pairing_ranges
+
+    if model_args.model_name_or_path is None:
+        num_layers, layer_types = model_args.num_hidden_layers, None
+    else:
+        from transformers import AutoConfig
+
+        import hf_ext  # noqa: F401  (registers the package's architectures, so their configs give a clear error)
+
+        try:
+            config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"--model_name_or_path={model_args.model_name_or_path!r} has no readable model config ({err}); pass a "
+                "Llama, Mistral or Qwen2 causal LM folder or hub id."
+            ) from err
+        if config.model_type not in SUPPORTED_SOURCE_MODEL_TYPES:
+            raise ValueError(
+                f"--model_name_or_path={model_args.model_name_or_path!r} is a {config.model_type!r} model; layer "
+                f"pairing converts {list(SUPPORTED_SOURCE_MODEL_TYPES)} causal LMs (pass the original source model, "
+                "not an already converted one)."
+            )
+        num_layers, layer_types = config.num_hidden_layers, layer_attention_types(config)
+    if sweep_args.lp_start is not None:
+        try:
+            pairs = resolve_pairs(num_layers, sweep_args.lp_start, sweep_args.lp_end)
+            if layer_types is not None:
+                check_pair_attention_types(pairs, layer_types)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--lp_start/--lp_end: {err}") from err
+        if sweep_args.finetune and sweep_args.lp_start == sweep_args.lp_end:
+            raise ValueError(
+                f"--lp_start and --lp_end are both {sweep_args.lp_start}: an empty range has no paired layer to "
+                "fine-tune; give a non-empty range or pass --finetune false."
+            )
+    if not sweep_args.skip_sweep:
+        try:
+            pairing_ranges(num_layers, parse_pair_counts(sweep_args.pair_counts), sweep_args.sweep_stride, layer_types)
+        except ValueError as err:
+            raise ValueError(f"--pair_counts: {err}") from err
 
 
 def _task_eval(sweep_args, tokenizer, batch_size: int):
@@ -254,6 +306,7 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
 
     from ..data import build_tokenizer, load_text_datasets, pack_dataset
     from ..models.layer_parallel import convert_to_layer_parallel
+    from ..models.layer_parallel.configuration_layer_parallel import layer_attention_types
     from ..models.layer_parallel.sweep import (
         choose_range,
         evaluate_causal_lm,
@@ -305,7 +358,12 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
 
     rows, chosen = None, None
     if not sweep_args.skip_sweep and main:
-        ranges = pairing_ranges(num_layers, parse_pair_counts(sweep_args.pair_counts), sweep_args.sweep_stride)
+        ranges = pairing_ranges(
+            num_layers,
+            parse_pair_counts(sweep_args.pair_counts),
+            sweep_args.sweep_stride,
+            layer_attention_types(source.config),
+        )
         task_eval = _task_eval(sweep_args, tokenizer, bs) if sweep_args.eval_tasks else None
         rows = perplexity_sweep(
             source, eval_ds, ranges, mode=sweep_args.lp_mode, mlp_norm=sweep_args.lp_mlp_norm, batch_size=bs,

@@ -112,6 +112,26 @@ def resolve_pairs(
     return out
 
 
+def layer_attention_types(config) -> list[str]:
+    """Attention type (`"full_attention"` or `"sliding_attention"`) of each layer of a Llama, Mistral or Qwen2
+    config: its `layer_types`, or the same type for every layer from `sliding_window`."""
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return list(types)
+    kind = "sliding_attention" if getattr(config, "sliding_window", None) is not None else "full_attention"
+    return [kind] * config.num_hidden_layers
+
+
+def check_pair_attention_types(pairs: list, layer_types: list[str]) -> None:
+    """Raise a `ValueError` for the first pair whose two layers have different attention types (full vs sliding)."""
+    for a, b in pairs:
+        if layer_types[a] != layer_types[b]:
+            raise ValueError(
+                f"Layers {a} and {b} use different attention types ({layer_types[a]} vs {layer_types[b]}) and "
+                "cannot be paired; choose pairs whose layers share the attention type."
+            )
+
+
 class _SlotConfigs(tuple):
     """`LayerParallelConfig.per_layer_config`: one config per KV-cache slot, indexed as transformers indexes its own
     per-layer view (an int, a slice, or a layer type such as `"full_attention"`)."""
@@ -152,7 +172,8 @@ class LayerParallelConfig(PreTrainedConfig):
         source_config (`dict` or `PreTrainedConfig`):
             Config of the source model (model type `llama`, `mistral` or `qwen2`). Required: build the config with
             [`convert_to_layer_parallel`] or pass the source model's `config` (a nested sub-config, so
-            `attn_implementation` given to this config also reaches it).
+            `attn_implementation` given to this config also reaches it). A config object is copied, so the source
+            model's own config never changes with this one.
         lp_start (`int`, *optional*):
             First layer of the paired range (inclusive).
         lp_end (`int`, *optional*):
@@ -231,7 +252,11 @@ class LayerParallelConfig(PreTrainedConfig):
                     f"{list(SUPPORTED_SOURCE_MODEL_TYPES)}."
                 )
             self.source_config = {k: v for k, v in src.items() if k != "transformers_version"}
-        elif not isinstance(src, PreTrainedConfig):
+        elif isinstance(src, PreTrainedConfig):
+            # A copy: the source model's own config must not change with this one (attention kernel, edits of
+            # mirrored attributes, which write through to `source_config`).
+            self.source_config = copy.deepcopy(src)
+        else:
             raise TypeError(f"source_config must be a dict or a PreTrainedConfig, got {type(src).__name__}.")
         super().__post_init__(**kwargs)  # builds the source sub-config and passes `attn_implementation` down to it
         src = self.source_config
@@ -267,12 +292,7 @@ class LayerParallelConfig(PreTrainedConfig):
         else:
             self.lp_pairs = resolve_pairs(num_layers, pairs=self.lp_pairs if self.lp_pairs is not None else [])
         source_types = self.source_layer_types()
-        for a, b in self.lp_pairs:
-            if source_types[a] != source_types[b]:
-                raise ValueError(
-                    f"Layers {a} and {b} use different attention types ({source_types[a]} vs {source_types[b]}) and "
-                    "cannot be paired; choose pairs whose layers share the attention type."
-                )
+        check_pair_attention_types(self.lp_pairs, source_types)
 
         for key in _MIRRORED_SOURCE_ATTRIBUTES:
             if hasattr(src, key):
@@ -343,12 +363,7 @@ class LayerParallelConfig(PreTrainedConfig):
 
     def source_layer_types(self) -> list[str]:
         """Attention type (`"full_attention"` or `"sliding_attention"`) of each layer of the source model."""
-        src = self.source_config
-        types = getattr(src, "layer_types", None)
-        if types is not None:
-            return list(types)
-        kind = "sliding_attention" if getattr(src, "sliding_window", None) is not None else "full_attention"
-        return [kind] * src.num_hidden_layers
+        return layer_attention_types(self.source_config)
 
     def build_blocks(self) -> list[tuple[str, list[int]]]:
         """The execution plan: `("layer", [i])` for a sequential layer, `("pair", [i, i + 1])` for a pair."""

@@ -957,7 +957,8 @@ def convert_to_layer_parallel(
             read h; the reference code's form) or `"block"` (whole blocks in parallel).
         merge (`bool`, *optional*, defaults to `True`): Fold the norm gains and concatenate each pair into one wide
             layer (fast path). `False` keeps two branches and sums them (reference path).
-        pairs (`list[list[int]]`, *optional*): Explicit adjacent pairs instead of `start`/`end`.
+        pairs (`list[list[int]]`, *optional*): Explicit adjacent pairs instead of `start`/`end` (giving both is an
+            error).
         mlp_norm (`str`, *optional*, defaults to `"per_layer"`): `"per_layer"` or `"official_tp_split"` (see
             [`LayerParallelConfig`]).
 
@@ -989,6 +990,10 @@ def convert_to_layer_parallel(
         )
     if not isinstance(merge, bool):
         raise TypeError(f"`merge` must be True or False, got {merge!r}.")
+    if pairs is not None and (start is not None or end is not None):
+        raise ValueError(
+            f"Give either `pairs` or the range `start`/`end`, not both (got start={start}, end={end}, pairs={pairs})."
+        )
     source_config = copy.deepcopy(model.config)
     kwargs = dict(pairs=pairs) if pairs is not None else dict(start=start, end=end)
     config = LayerParallelConfig(

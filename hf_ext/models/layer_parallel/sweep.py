@@ -7,24 +7,40 @@ import os
 
 import torch
 
-from .configuration_layer_parallel import LP_MLP_NORMS, LP_MODES, resolve_pairs
+from .configuration_layer_parallel import (
+    LP_MLP_NORMS,
+    LP_MODES,
+    check_pair_attention_types,
+    layer_attention_types,
+    resolve_pairs,
+)
 
 
-def pairing_ranges(num_layers: int, pair_counts: list[int] | None = None, stride: int = 1) -> list[tuple[int, int]]:
+def pairing_ranges(
+    num_layers: int, pair_counts: list[int] | None = None, stride: int = 1, layer_types: list[str] | None = None
+) -> list[tuple[int, int]]:
     """All ranges `[start, end)` with the given numbers of pairs, at every `stride`-th start position.
 
     Args:
         num_layers (`int`): Depth of the source model.
         pair_counts (`list[int]`, *optional*): Numbers of pairs to try; default `1 .. num_layers // 2`.
         stride (`int`, *optional*, defaults to 1): Step between start positions.
+        layer_types (`list[str]`, *optional*): Attention type of each source layer (`config.layer_types`). Ranges
+            with a pair of a full and a sliding-window layer, which cannot be converted, are left out.
 
     Returns:
         `list[tuple[int, int]]`, sorted by number of pairs, then start.
+
+    Raises:
+        `ValueError`: for an impossible pair count, and for a requested pair count none of whose ranges can be
+            converted (every one pairs a full with a sliding-window layer).
     """
     if num_layers < 2:
         raise ValueError(f"A model needs at least 2 layers to pair any, got num_layers={num_layers}.")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}.")
+    if layer_types is not None and len(layer_types) != num_layers:
+        raise ValueError(f"layer_types has {len(layer_types)} entries for {num_layers} layers; give one per layer.")
     counts = list(range(1, num_layers // 2 + 1)) if pair_counts is None else sorted(set(pair_counts))
     for n in counts:
         if not 1 <= n <= num_layers // 2:
@@ -34,6 +50,13 @@ def pairing_ranges(num_layers: int, pair_counts: list[int] | None = None, stride
         starts = list(range(0, num_layers - 2 * n + 1, stride))
         if starts[-1] != num_layers - 2 * n:  # always include the range that ends at the last layer
             starts.append(num_layers - 2 * n)
+        if layer_types is not None:
+            starts = [s for s in starts if all(layer_types[i] == layer_types[i + 1] for i in range(s, s + 2 * n, 2))]
+            if not starts and pair_counts is not None:
+                raise ValueError(
+                    f"Every range of {n} pairs (stride {stride}) pairs a full-attention with a sliding-window layer "
+                    f"(layer types {layer_types}), which cannot be converted; choose other pair counts or stride 1."
+                )
         ranges += [(s, s + 2 * n) for s in starts]
     return ranges
 
@@ -84,7 +107,7 @@ def perplexity_sweep(
         model: A Llama, Mistral or Qwen2 causal LM (left untouched).
         eval_dataset: Packed dataset with `input_ids` and `labels`.
         ranges (`list[tuple[int, int]]`, *optional*): Ranges `[start, end)`; default [`pairing_ranges`] over all
-            pair counts and positions.
+            pair counts and positions (leaving out ranges that would pair a full with a sliding-window layer).
         mode, mlp_norm (`str`): As in [`convert_to_layer_parallel`].
         batch_size (`int`, *optional*, defaults to 16): Evaluation batch size.
         progress (`bool`, *optional*, defaults to `True`): Show a tqdm bar.
@@ -105,9 +128,10 @@ def perplexity_sweep(
     if mlp_norm not in LP_MLP_NORMS:
         raise ValueError(f"mlp_norm must be one of {list(LP_MLP_NORMS)}, got {mlp_norm!r}.")
     num_layers = model.config.num_hidden_layers
-    ranges = pairing_ranges(num_layers) if ranges is None else [tuple(r) for r in ranges]
+    layer_types = layer_attention_types(model.config)
+    ranges = pairing_ranges(num_layers, layer_types=layer_types) if ranges is None else [tuple(r) for r in ranges]
     for start, end in ranges:  # validate every range before evaluating anything
-        resolve_pairs(num_layers, start, end)
+        check_pair_attention_types(resolve_pairs(num_layers, start, end), layer_types)
     if extra_eval is not None and not callable(extra_eval):
         raise TypeError(f"extra_eval must be a callable model -> dict or None, got {type(extra_eval)}.")
     base = evaluate_causal_lm(model, eval_dataset, batch_size)
