@@ -1,4 +1,5 @@
-"""Atomic outputs get the permissions an ordinary write gives (not tempfile's private 0600 / 0700)."""
+"""Shared utilities: atomic outputs get the permissions an ordinary write gives (not tempfile's private 0600 / 0700);
+the shared evaluation loss refuses to score nothing."""
 
 from __future__ import annotations
 
@@ -58,3 +59,25 @@ def test_cached_tokenizer_folder_is_readable(tmp_path, monkeypatch, umask_022):
     build_tokenizer(vocab_size=300)
     (folder,) = (tmp_path / "tokenizers").iterdir()
     assert _mode(folder) == 0o755
+
+
+def test_eval_loss_of_nothing_is_an_error_not_a_perfect_score():
+    import datasets
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ext.utils import causal_lm_eval_loss
+
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
+    empty = datasets.Dataset.from_dict({"input_ids": [], "labels": []})
+    with pytest.raises(ValueError, match="empty"):
+        causal_lm_eval_loss(model, empty)
+    masked = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3]], "labels": [[-100, -100, -100]]})
+    with pytest.raises(ValueError, match="no token to predict"):
+        causal_lm_eval_loss(model, masked)
+    ids = [[1, 2, 3, 4]]
+    loss = causal_lm_eval_loss(model, datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}))
+    with torch.no_grad():
+        assert loss == pytest.approx(model(input_ids=torch.tensor(ids), labels=torch.tensor(ids)).loss.item(), rel=1e-5)

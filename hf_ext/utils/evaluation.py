@@ -7,12 +7,17 @@ def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:
     """Token-weighted mean next-token loss of `model` over a packed dataset.
 
     Uses the `labels` column when present (-100 is ignored), else `input_ids`. The model's train/eval mode is
-    restored afterwards.
+    restored afterwards. An empty dataset, or one with no token to predict, raises a `ValueError` (a loss of 0, i.e.
+    perplexity 1, would look like a perfect model).
     """
     import torch
 
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if len(dataset) == 0:
+        raise ValueError(
+            "The evaluation dataset is empty: no block could be formed; lower the block size or give more text."
+        )
     was_training = model.training
     device = next(model.parameters()).device
     label_key = "labels" if "labels" in dataset.column_names else "input_ids"
@@ -32,4 +37,6 @@ def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:
                 count += int((target != -100).sum())
     finally:
         model.train(was_training)
-    return total / max(count, 1)
+    if count == 0:
+        raise ValueError("The evaluation dataset has no token to predict (every label is -100 or blocks are 1 long).")
+    return total / count
