@@ -3,6 +3,8 @@ warmup-stable-decay schedule whose cooldown length can be given as a fraction of
 
 from __future__ import annotations
 
+import math
+
 from transformers import Trainer
 from transformers.trainer_utils import SchedulerType
 
@@ -28,6 +30,10 @@ def resolve_wsd_kwargs(kwargs: dict | None, num_training_steps: int) -> dict:
             '"decay_type": "1-sqrt"}\'.'
         )
     n = out["num_decay_steps"]
+    if isinstance(n, bool) or not isinstance(n, int | float) or not math.isfinite(n) or n <= 0:
+        raise ValueError(
+            f"lr_scheduler_kwargs num_decay_steps={n!r} must be a positive number of steps or a fraction in (0, 1)."
+        )
     if isinstance(n, float) and not n.is_integer():
         if not 0.0 < n < 1.0:
             raise ValueError(f"lr_scheduler_kwargs num_decay_steps={n} must be an int or a fraction in (0, 1).")

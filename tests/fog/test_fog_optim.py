@@ -70,7 +70,8 @@ def test_recipe_default_schedule_is_wsd_with_1_sqrt_cooldown(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"decay_type": "1-sqrt"}, "needs num_decay_steps"), ({"num_decay_steps": 1.5}, "fraction"),
-     ({"num_decay_steps": 50}, "exceeds")],
+     ({"num_decay_steps": 50}, "exceeds"), ({"num_decay_steps": 0}, "positive"), ({"num_decay_steps": -3}, "positive"),
+     ({"num_decay_steps": True}, "positive"), ({"num_decay_steps": "20%"}, "positive")],
 )  # fmt: skip
 def test_bad_wsd_kwargs_name_the_fix(kwargs, match):
     with pytest.raises(ValueError, match=match):
