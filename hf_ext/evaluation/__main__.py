@@ -16,9 +16,12 @@ def main(argv: list[str] | None = None) -> None:
     if argv == ["task_dir"]:
         print(task_dir())
         return
+    # `run` (or lm-eval's legacy form without a subcommand), `ls` and `validate` all take --include_path; only the
+    # bare help screens (no arguments, -h, a lone `run`) must stay as lm-eval prints them.
     if (
         argv
-        and argv[0] not in ("ls", "validate", "-h", "--help")
+        and argv[0] not in ("-h", "--help")
+        and argv != ["run"]
         and not any(a == "--include_path" or a.startswith("--include_path=") for a in argv)
     ):
         argv += ["--include_path", task_dir()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 #: The packaged offline tasks (lm-eval tag `hf_ext` runs both).
@@ -90,6 +91,59 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _check_model(model, tokenizer) -> None:
+    """Refuse what `_as_lm` cannot wrap, before anything is loaded or evaluated."""
+    try:
+        from lm_eval.api.model import LM
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(_INSTALL_HINT) from err
+    from transformers import PreTrainedModel
+
+    if isinstance(model, LM):
+        return
+    if isinstance(model, str | os.PathLike):
+        if not os.path.isdir(model):
+            raise ValueError(
+                f"model={os.fspath(model)!r} is not a folder; pass a model object or a save_pretrained folder."
+            )
+        return
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(
+            f"model must be a transformers PreTrainedModel, a save_pretrained folder or an lm-eval LM, got {type(model)}."
+        )
+    if tokenizer is None:
+        raise ValueError("tokenizer is required with a model object (lm-eval cannot infer it); pass tokenizer=...")
+
+
+def _check_run_args(tasks, num_fewshot, limit) -> list[str]:
+    """The task list, after checking `tasks`, `num_fewshot` and `limit` (a `ValueError` naming the argument)."""
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    tasks = list(tasks)
+    if not tasks or not all(isinstance(t, str) and t for t in tasks):
+        raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}.")
+    if num_fewshot is not None and (
+        isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0
+    ):
+        raise ValueError(f"num_fewshot must be a non-negative int or None, got {num_fewshot!r}.")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0):
+        raise ValueError(f"limit must be a positive int (items) or float (share), got {limit!r}.")
+    return tasks
+
+
+@contextmanager
+def _keeping_train_mode(model):
+    """lm-eval's `HFLM` puts a model object in eval mode for good; give every module its own mode back afterwards."""
+    import torch
+
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _as_lm(model, tokenizer, batch_size: int, device: str | None, max_length: int | None):
     """Wrap a model object or a folder in lm-eval's `HFLM` (the `--model hf` backend)."""
     try:
@@ -98,13 +152,10 @@ def _as_lm(model, tokenizer, batch_size: int, device: str | None, max_length: in
         raise ImportError(_INSTALL_HINT) from err
     from lm_eval.api.model import LM
 
+    _check_model(model, tokenizer)
     if isinstance(model, LM):
         return model
     if isinstance(model, str | os.PathLike):
-        if not os.path.isdir(model):
-            raise ValueError(
-                f"model={os.fspath(model)!r} is not a folder; pass a model object or a save_pretrained folder."
-            )
         return HFLM(
             pretrained=os.fspath(model),
             tokenizer=tokenizer,
@@ -112,14 +163,6 @@ def _as_lm(model, tokenizer, batch_size: int, device: str | None, max_length: in
             device=device or _default_device(),
             max_length=max_length,
         )
-    from transformers import PreTrainedModel
-
-    if not isinstance(model, PreTrainedModel):
-        raise TypeError(
-            f"model must be a transformers PreTrainedModel, a save_pretrained folder or an lm-eval LM, got {type(model)}."
-        )
-    if tokenizer is None:
-        raise ValueError("tokenizer is required with a model object (lm-eval cannot infer it); pass tokenizer=...")
     device = device or str(next(model.parameters()).device)
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device, max_length=max_length)
 
@@ -140,6 +183,9 @@ def evaluate_model(
 ) -> dict:
     """Run `lm_eval.simple_evaluate` on a model object (or a `save_pretrained` folder) with the packaged tasks.
 
+    A model object is scored in eval mode (lm-eval's `HFLM` switches it) and gets each module's train/eval mode back
+    afterwards.
+
     Args:
         model: A `PreTrainedModel` (e.g. `FogForCausalLM`, `LayerParallelForCausalLM`, a PEFT-merged model), a folder
             written by `save_pretrained` (loaded by lm-eval's `HFLM`; `import hf_ext` has registered the Auto
@@ -148,7 +194,8 @@ def evaluate_model(
         tasks (`str` or `Sequence[str]`, *optional*): lm-eval task names, tags or groups; default the packaged
             `hf_ext_domain` and `hf_ext_cloze`. lm-eval's own tasks work too when their data is reachable.
         num_fewshot (`int`, *optional*): Few-shot examples per prompt (drawn from each task's `fewshot_split`).
-        limit (`int` or `float`, *optional*): Evaluate only this many (or this share of) test items per task.
+        limit (`int` or `float`, *optional*): Evaluate only this many test items per task, or this share of them
+            for a float below 1 (lm-eval reads `1.0` and larger floats as a count: `limit=1.0` is one item).
         batch_size (`int`, *optional*, defaults to 8): lm-eval batch size.
         device (`str`, *optional*): Defaults to the model's device (for folders: `"cuda"` if available, else `"cpu"`).
         max_length (`int`, *optional*): Context length lm-eval truncates to; default from the model config.
@@ -163,54 +210,56 @@ def evaluate_model(
     """
     import lm_eval
 
-    if isinstance(tasks, str):
-        tasks = [tasks]
-    tasks = list(tasks)
-    if not tasks or not all(isinstance(t, str) and t for t in tasks):
-        raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}.")
-    if num_fewshot is not None and (not isinstance(num_fewshot, int) or num_fewshot < 0):
-        raise ValueError(f"num_fewshot must be a non-negative int or None, got {num_fewshot!r}.")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0):
-        raise ValueError(f"limit must be a positive int (items) or float (share), got {limit!r}.")
-    lm = _as_lm(model, tokenizer, batch_size, device, max_length)
+    tasks = _check_run_args(tasks, num_fewshot, limit)
     kwargs.setdefault("bootstrap_iters", 1000)
     kwargs.setdefault("log_samples", False)
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=tasks,
-        num_fewshot=num_fewshot,
-        limit=limit,
-        task_manager=task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED, metadata=metadata),
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-        **kwargs,
-    )
+    with _keeping_train_mode(model):
+        results = lm_eval.simple_evaluate(
+            model=_as_lm(model, tokenizer, batch_size, device, max_length),
+            tasks=tasks,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED, metadata=metadata),
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            **kwargs,
+        )
     if results is None:  # pragma: no cover - non-zero ranks under lm-eval's own distributed mode
         return {}
     return dict(results)
 
 
 def results_rows(results: Mapping, name: str | None = None) -> list[dict]:
-    """Flatten lm-eval results into rows `{"model", "task", "metric", "value", "stderr", "num_fewshot", "n"}`."""
+    """Flatten lm-eval results into rows `{"model", "task", "metric", "filter", "value", "stderr", "num_fewshot", "n"}`.
+
+    `metric` is lm-eval's metric name (`acc`); where a task reports one metric under several filters (gsm8k's
+    `strict-match` and `flexible-extract`) it is lm-eval's full key (`exact_match,strict-match`), so no two rows of a
+    task share a metric name.
+    """
     if not isinstance(results, Mapping) or not isinstance(results.get("results"), Mapping):
         raise ValueError("results must be the dict returned by lm_eval.simple_evaluate (with a 'results' key).")
     rows = []
     shots = results.get("n-shot", {})
     samples = results.get("n-samples", {})
     for task, metrics in sorted(results["results"].items()):
-        for key, value in metrics.items():
-            if "," not in key or "_stderr," in key or isinstance(value, str) or isinstance(value, bool):
-                continue
+        keys = [
+            key
+            for key, value in metrics.items()
+            if "," in key and "_stderr," not in key and not isinstance(value, str) and not isinstance(value, bool)
+        ]
+        names = [key.split(",", 1)[0] for key in keys]
+        for key in keys:
             metric, _filter = key.split(",", 1)
             stderr = metrics.get(f"{metric}_stderr,{_filter}")
             rows.append(
                 {
                     "model": name,
                     "task": task,
-                    "metric": metric,
-                    "value": float(value),
+                    "metric": key if names.count(metric) > 1 else metric,
+                    "filter": _filter,
+                    "value": float(metrics[key]),
                     "stderr": float(stderr) if isinstance(stderr, int | float) else None,
                     "num_fewshot": shots.get(task),
                     "n": (samples.get(task) or {}).get("effective"),
@@ -254,7 +303,18 @@ def evaluate_models(
     """
     if not isinstance(models, Mapping) or not models:
         raise ValueError("models must be a non-empty mapping name -> model object or folder.")
-    shots = list(num_fewshot) if isinstance(num_fewshot, Sequence) else [num_fewshot]
+    many = isinstance(num_fewshot, Sequence) and not isinstance(num_fewshot, str)
+    shots = list(num_fewshot) if many else [num_fewshot]
+    if not shots:
+        raise ValueError("num_fewshot is an empty list; pass shot counts such as [0, 5] (or 0, or None).")
+    # Everything is checked before the first model runs: a bad entry must not cost a full evaluation of the others.
+    for k in shots:
+        _check_run_args(tasks, k, kwargs.get("limit"))
+    for name, model in models.items():
+        try:
+            _check_model(model, tokenizer)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"models[{name!r}]: {err}") from err
     rows = []
     for name, model in models.items():
         for k in shots:

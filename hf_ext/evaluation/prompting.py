@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .harness import _PACKAGED, DEFAULT_TASKS, _as_lm, task_manager
+from .harness import _PACKAGED, DEFAULT_TASKS, _as_lm, _check_run_args, _keeping_train_mode, task_manager
 
 #: Document field that carries a per-document prefix (see [`evaluate_with_prefix`]).
 PREFIX_FIELD = "hf_ext_prompt_prefix"
@@ -121,36 +121,33 @@ def evaluate_with_prefix(
     """
     import lm_eval
 
-    if isinstance(tasks, str):
-        tasks = [tasks]
-    tasks = list(tasks)
-    if not tasks or not all(isinstance(t, str) and t for t in tasks):
-        raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}.")
+    tasks = _check_run_args(tasks, num_fewshot, limit)
     if not (isinstance(prefix, str) or callable(prefix)):
         raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
-    lm = _as_lm(model, tokenizer, batch_size, device, max_length)
-    tm = task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED)
-    loaded = list(tm.load(tasks)["tasks"].values())  # fresh Task objects: the settings below touch only these
-    for task in loaded:
-        if callable(prefix):
-            task.set_config("process_docs", _with_prefix_field(task.config.process_docs, prefix))
-            task.set_config("description", PREFIX_FIELD)
-        else:
-            task.set_config("description", prefix)
-    kwargs.setdefault("bootstrap_iters", 1000)
-    kwargs.setdefault("log_samples", False)
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=loaded,
-        num_fewshot=num_fewshot,
-        limit=limit,
-        task_manager=tm,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-        **kwargs,
-    )
+    with _keeping_train_mode(model):  # HFLM switches a model object to eval mode
+        lm = _as_lm(model, tokenizer, batch_size, device, max_length)
+        tm = task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED)
+        loaded = list(tm.load(tasks)["tasks"].values())  # fresh Task objects: the settings below touch only these
+        for task in loaded:
+            if callable(prefix):
+                task.set_config("process_docs", _with_prefix_field(task.config.process_docs, prefix))
+                task.set_config("description", PREFIX_FIELD)
+            else:
+                task.set_config("description", prefix)
+        kwargs.setdefault("bootstrap_iters", 1000)
+        kwargs.setdefault("log_samples", False)
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=loaded,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=tm,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            **kwargs,
+        )
     return dict(results) if results is not None else {}
 
 

@@ -56,7 +56,7 @@ def layer_pairing_task_sweep(
     for start, end in [(0, 0), *ranges]:
         lp = model if start == end else convert_to_layer_parallel(model, start, end, mode=mode, mlp_norm=mlp_norm)
         res = evaluate_model(lp, tokenizer, tasks=tasks, num_fewshot=num_fewshot, **kwargs)
-        scores = task_scores(res, metric)
+        scores = task_scores(res, metric, keep=[tasks] if isinstance(tasks, str) else tasks)
         row = {
             "start": start,
             "end": end,

@@ -33,8 +33,8 @@ Args:
     replications (`list[int]`): how many times the probed canary was inserted in the training data.
     canary_ids (`list[str]`): id of the probed canary (several probes may share one).
     tokenizer: the model's tokenizer (an object with `__call__` and `decode`), required.
-    window (`int`, defaults to 50): tokens compared.
-    bleu_threshold (`float`, defaults to 0.75): approximate-memorization threshold.
+    window (`int`, defaults to 50): tokens compared (positive).
+    bleu_threshold (`float`, defaults to 0.75): approximate-memorization threshold, in (0, 1].
 Returns:
     exact_mean, approximate_mean, exact_worst, approximate_worst, bleu_mean (`float`): over all probes;
     exact, approximate (`dict[int, float]`): rate per prompt length;
@@ -74,6 +74,14 @@ class CanaryExtraction(evaluate.Metric):
     ):
         if tokenizer is None or not callable(tokenizer) or not hasattr(tokenizer, "decode"):
             raise ValueError("tokenizer is required: pass tokenizer=<the model's tokenizer> to compute().")
+        if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+            raise ValueError(f"window must be a positive number of tokens (the paper uses 50), got {window!r}.")
+        if (
+            isinstance(bleu_threshold, bool)
+            or not isinstance(bleu_threshold, int | float)
+            or not 0 < bleu_threshold <= 1
+        ):
+            raise ValueError(f"bleu_threshold must be in (0, 1] (the paper uses 0.75), got {bleu_threshold!r}.")
         records = []
         for gen, ref, length, rep, cid in zip(predictions, references, prefix_lengths, replications, canary_ids):
             rec = score_continuation(tokenizer, ref, gen, window, bleu_threshold)

@@ -25,7 +25,7 @@ _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list[float]`): influence score per training example (positive = harmful).
     references (`list[int]`): 1 if the example is mislabeled, else 0.
-    fractions (`list[float]`, defaults to `[0.1, 0.2, 0.3]`): inspected shares of the training set.
+    fractions (`list[float]` or `float`, defaults to `[0.1, 0.2, 0.3]`): inspected shares of the training set.
 Returns:
     roc_auc (`float`) and `recall@<fraction>` (`float`) for each fraction.
 Examples:
@@ -52,6 +52,11 @@ class MislabeledDetection(evaluate.Metric):
     def _compute(self, predictions, references, fractions=(0.1, 0.2, 0.3)):
         if any(r not in (0, 1) for r in references):
             raise ValueError("references must be 0 (clean) or 1 (mislabeled).")
+        if isinstance(fractions, int | float) and not isinstance(fractions, bool):
+            fractions = [fractions]  # one inspected share
+        fractions = list(fractions)
+        if any(isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f <= 1 for f in fractions):
+            raise ValueError(f"fractions must be inspected shares in [0, 1], such as [0.1, 0.2], got {fractions!r}.")
         out = {"roc_auc": roc_auc(predictions, references)}
         for f in fractions:
             out[f"recall@{f:g}"] = recall_at_fraction(predictions, references, float(f))
