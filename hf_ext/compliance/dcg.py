@@ -8,48 +8,7 @@ import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-
-def _task_scores(results: Mapping, metric: str | None, arg: str, keep: Collection[str] = ()) -> dict[str, float]:
-    """Read per-task scores from `{task: score}`, `{task: {metric: score}}` or an lm-eval results dict.
-
-    In lm-eval output, the subtasks of a group that has its own row (`group_subtasks`) are left out, unless named in
-    `keep` (tasks the caller asked for explicitly): by default each benchmark counts once in the mean, as a group
-    score or as a standalone task.
-    """
-    if not isinstance(results, Mapping):
-        raise TypeError(f"{arg} must be a mapping task -> score (or an lm-eval results dict), got {type(results)}.")
-    members: set = set()
-    if "results" in results and isinstance(results["results"], Mapping):  # lm-evaluation-harness output
-        # A group (e.g. `mmlu`) is one benchmark: its own row counts, the subtasks listed under it in
-        # `group_subtasks` (at any depth) do not, so the mean does not count them twice.
-        group_subtasks = results.get("group_subtasks")
-        results = results["results"]
-        if isinstance(group_subtasks, Mapping):
-            members = {str(sub) for group, subs in group_subtasks.items() if group in results for sub in (subs or ())}
-    out = {}
-    for task, value in results.items():
-        if str(task) in members and str(task) not in keep:
-            continue
-        if isinstance(value, Mapping):
-            candidates = [k for k in value if not str(k).endswith("_stderr") and "_stderr," not in str(k)]
-            if metric is not None:
-                chosen = [k for k in candidates if k == metric or str(k).split(",")[0] == metric]
-            else:
-                chosen = [
-                    k for k in candidates if isinstance(value[k], int | float) and not isinstance(value[k], bool)
-                ]
-            if len(chosen) != 1:
-                raise ValueError(
-                    f"{arg}[{task!r}] has metrics {sorted(map(str, candidates))}; pass metric=<name> to pick one "
-                    f"(found {len(chosen)} candidates)."
-                )
-            value = value[chosen[0]]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ValueError(f"{arg}[{task!r}] must be a finite number, got {value!r}.")
-        out[str(task)] = float(value)
-    if not out:
-        raise ValueError(f"{arg} holds no task scores.")
-    return out
+from ..utils.scores import task_scores
 
 
 @dataclass
@@ -129,8 +88,8 @@ def compute_dcg(
         `DCGReport` with `.to_table()` and `.to_json()`.
     """
     keep = () if tasks is None else {str(t) for t in tasks}
-    full = _task_scores(non_compliant, metric, "non_compliant", keep)
-    comp = _task_scores(compliant, metric, "compliant", keep)
+    full = task_scores(non_compliant, metric, "non_compliant", keep)
+    comp = task_scores(compliant, metric, "compliant", keep)
     if tasks is None:
         if set(full) != set(comp):
             raise ValueError(

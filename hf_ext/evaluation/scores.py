@@ -2,69 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping
 
-
-def _is_metric_key(key) -> bool:
-    """lm-eval reports metrics as `"<metric>,<filter>"`; `name`, `alias`, `sample_len`, `sample_count` and the
-    stderrs are bookkeeping."""
-    return "," in str(key) and "_stderr," not in str(key)
-
-
-def task_scores(
-    results: Mapping, metric: str | None = None, arg: str = "results", keep: Collection[str] = ()
-) -> dict[str, float]:
-    """Per-task scores from `{task: score}`, `{task: {metric: score}}` or an lm-eval results dict.
-
-    In lm-eval output each benchmark counts once: a group with aggregated metrics (e.g. `mmlu`) is one entry and the
-    tasks listed under it in `group_subtasks` (at any depth) are left out unless named in `keep`; a group without
-    aggregated metrics (a row with only its name) is left out and its tasks count. This is how
-    `hf_ext.compliance.compute_dcg` reads the same output.
-
-    Args:
-        results (`Mapping`): The scores. lm-eval output (`{"results": {task: {"acc,none": ...}}}`) is accepted as is.
-        metric (`str`, *optional*): Metric to read from nested results (`"acc"` matches `"acc,none"`); required when a
-            task reports several metrics.
-        arg (`str`, *optional*): Argument name used in error messages.
-        keep (`Collection[str]`, *optional*): Subtasks of lm-eval groups to report anyway (asked for by name).
-    """
-    if not isinstance(results, Mapping):
-        raise TypeError(f"{arg} must be a mapping task -> score (or an lm-eval results dict), got {type(results)}.")
-    lm_eval_output = isinstance(results.get("results"), Mapping)
-    members: set[str] = set()
-    if lm_eval_output:
-        group_subtasks = results.get("group_subtasks")
-        results = results["results"]
-        if isinstance(group_subtasks, Mapping):
-            members = {
-                str(sub)
-                for group, subs in group_subtasks.items()
-                if isinstance(results.get(group), Mapping) and any(map(_is_metric_key, results[group]))
-                for sub in (subs or ())
-            }
-    out = {}
-    for task, value in results.items():
-        if str(task) in members and str(task) not in keep:
-            continue
-        if isinstance(value, Mapping):
-            if lm_eval_output:
-                names = [k for k in value if _is_metric_key(k)]
-                if not names:  # a group without aggregated metrics: its tasks are reported instead
-                    continue
-            else:
-                names = [k for k in value if "_stderr" not in str(k) and not isinstance(value[k], str)]
-            if metric is not None:
-                names = [k for k in names if k == metric or str(k).split(",")[0] == metric]
-            if len(names) != 1:
-                raise ValueError(f"{arg}[{task!r}] has metrics {sorted(map(str, value))}; pass metric=<name>.")
-            value = value[names[0]]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ValueError(f"{arg}[{task!r}] must be a finite number, got {value!r}.")
-        out[str(task)] = float(value)
-    if not out:
-        raise ValueError(f"{arg} holds no task scores.")
-    return out
+from ..utils.scores import task_scores
 
 
 def accuracy_retention(

@@ -156,3 +156,24 @@ def test_non_string_url_column_is_refused_up_front_naming_it():
     # an all-missing column (null type) is still accepted
     empty = datasets.Dataset.from_dict({"url": [None, None]})
     assert annotate_compliance(empty, checker)["robots_compliant"] == [True, True]
+
+
+def test_dcg_reads_lm_eval_groups_without_aggregation_and_skips_bookkeeping_keys():
+    """A group with no aggregated metric has a row with only its name: its tasks count instead (the DCG raised on it);
+    lm-eval's `sample_len` is not a metric, so one-metric tasks need no `metric=`. The evaluation helpers read the
+    same output the same way."""
+    from hf_ext.evaluation import task_scores
+
+    def results(a, b):
+        return {
+            "results": {
+                "grp": {"name": "grp", "alias": "grp"},
+                "t_a": {"alias": " - t_a", "acc,none": a, "acc_stderr,none": 0.01, "sample_len": 40},
+                "t_b": {"alias": " - t_b", "acc,none": b, "acc_stderr,none": 0.01, "sample_len": 40},
+            },
+            "group_subtasks": {"grp": ["t_a", "t_b"], "t_a": [], "t_b": []},
+        }
+
+    report = compute_dcg(results(0.5, 0.4), results(0.25, 0.4))
+    assert {r["task"]: r["gap"] for r in report.rows} == pytest.approx({"t_a": 50.0, "t_b": 0.0})
+    assert task_scores(results(0.5, 0.4)) == pytest.approx({"t_a": 0.5, "t_b": 0.4})
