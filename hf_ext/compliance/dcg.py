@@ -8,7 +8,7 @@ import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from ..utils.scores import task_scores
+from ..utils.scores import task_list, task_scores
 
 
 @dataclass
@@ -87,7 +87,10 @@ def compute_dcg(
     Returns:
         `DCGReport` with `.to_table()` and `.to_json()`.
     """
-    keep = () if tasks is None else {str(t) for t in tasks}
+    if tasks is not None:
+        tasks = task_list(tasks, "tasks")
+    lower_is_better = task_list(lower_is_better, "lower_is_better")
+    keep = () if tasks is None else set(tasks)
     full = task_scores(non_compliant, metric, "non_compliant", keep)
     comp = task_scores(compliant, metric, "compliant", keep)
     if tasks is None:

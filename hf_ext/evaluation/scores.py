@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from ..utils.scores import task_scores
+from ..utils.scores import task_list, task_scores
 
 
 def accuracy_retention(
@@ -27,6 +27,7 @@ def accuracy_retention(
     Returns:
         `dict`: `per_task` (`{task: retention}`), `mean_retention`, `min_retention`.
     """
+    lower_is_better = task_list(lower_is_better, "lower_is_better")
     orig = task_scores(original, metric, "original")
     pair = task_scores(paired, metric, "paired")
     if set(orig) != set(pair):

@@ -65,3 +65,12 @@ def task_scores(
     if not out:
         raise ValueError(f"{arg} holds no task scores.")
     return out
+
+
+def task_list(names, arg: str) -> list[str]:
+    """Task names given as one name or a collection of names (a bare string is one task, never its characters)."""
+    if isinstance(names, str):
+        return [names]
+    if not isinstance(names, Collection) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{arg} must be a task name or a collection of task names, got {names!r}.")
+    return list(names)

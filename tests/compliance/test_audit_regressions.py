@@ -177,3 +177,16 @@ def test_dcg_reads_lm_eval_groups_without_aggregation_and_skips_bookkeeping_keys
     report = compute_dcg(results(0.5, 0.4), results(0.25, 0.4))
     assert {r["task"]: r["gap"] for r in report.rows} == pytest.approx({"t_a": 50.0, "t_b": 0.0})
     assert task_scores(results(0.5, 0.4)) == pytest.approx({"t_a": 0.5, "t_b": 0.4})
+
+
+def test_a_single_task_name_is_one_task_not_its_characters():
+    from hf_ext.evaluation import accuracy_retention
+
+    full, compliant = {"ppl": 10.0, "acc": 0.5}, {"ppl": 12.0, "acc": 0.4}
+    report = compute_dcg(full, compliant, lower_is_better="ppl")
+    assert {r["task"]: r["gap"] for r in report.rows} == pytest.approx({"ppl": 20.0, "acc": 20.0})
+    assert [r["task"] for r in compute_dcg(full, compliant, tasks="acc").rows] == ["acc"]
+    kept = accuracy_retention(full, compliant, lower_is_better="ppl")["per_task"]
+    assert kept == pytest.approx({"ppl": 100 * 10 / 12, "acc": 80.0})
+    with pytest.raises(TypeError, match="lower_is_better"):
+        compute_dcg(full, compliant, lower_is_better=3)
