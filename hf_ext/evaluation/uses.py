@@ -43,15 +43,27 @@ def layer_pairing_task_sweep(
         and `ppl_ratio`.
     """
     from ..models.layer_parallel import convert_to_layer_parallel
+    from ..models.layer_parallel.configuration_layer_parallel import (
+        check_pair_attention_types,
+        layer_attention_types,
+        resolve_pairs,
+    )
     from ..models.layer_parallel.sweep import evaluate_causal_lm, pairing_ranges
 
     ranges = [tuple(int(x) for x in r) for r in ranges]
     if not ranges:
         raise ValueError("ranges is empty; pass e.g. pairing_ranges(num_layers, [1]).")
-    valid = set(pairing_ranges(model.config.num_hidden_layers))
+    num_layers = model.config.num_hidden_layers
+    valid = set(pairing_ranges(num_layers))
     bad = [r for r in ranges if r not in valid]
     if bad:
-        raise ValueError(f"ranges {bad} are not valid pairing ranges for {model.config.num_hidden_layers} layers.")
+        raise ValueError(f"ranges {bad} are not valid pairing ranges for {num_layers} layers.")
+    layer_types = layer_attention_types(model.config)
+    for start, end in ranges:  # every range checked before the first (costly) evaluation
+        try:
+            check_pair_attention_types(resolve_pairs(num_layers, start, end), layer_types)
+        except ValueError as err:
+            raise ValueError(f"ranges: ({start}, {end}): {err}") from err
     rows, base = [], None
     for start, end in [(0, 0), *ranges]:
         lp = model if start == end else convert_to_layer_parallel(model, start, end, mode=mode, mlp_norm=mlp_norm)

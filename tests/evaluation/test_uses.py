@@ -61,3 +61,22 @@ def test_compliance_gap_from_lm_eval_results(small_tokenizer):
     # precomputed results are accepted as they are (no re-evaluation), accuracy on both packaged tasks
     acc = compliance_gap(res_full, res_comp, metric="acc", relative=False)
     assert [r["task"] for r in acc.rows] == ["hf_ext_cloze"] and "DCG (abs)" in acc.to_table()
+
+
+def test_task_sweep_refuses_a_range_mixing_attention_types_before_evaluating(small_tokenizer, monkeypatch):
+    """Qwen2 with full layers 0-1 and sliding layers 2-3: the range (1, 3) pairs a full with a sliding layer. It is
+    refused before the first evaluation, not after evaluating the source and the earlier ranges."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    import hf_ext.evaluation.uses as uses
+
+    cfg = Qwen2Config(
+        vocab_size=len(small_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+        num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=4, max_window_layers=2,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(cfg).eval()
+    evaluated = []
+    monkeypatch.setattr(uses, "evaluate_model", lambda *a, **k: evaluated.append(1) or {})
+    with pytest.raises(ValueError, match=r"ranges: \(1, 3\).*attention types"):
+        layer_pairing_task_sweep(model, small_tokenizer, [(0, 2), (1, 3)], tasks="hf_ext_cloze")
+    assert evaluated == []
