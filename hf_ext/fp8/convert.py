@@ -172,8 +172,17 @@ def convert(
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}.")
     if backend not in BACKENDS:
         raise ValueError(f"convert: backend={backend!r} is not supported; choose one of {', '.join(BACKENDS)}.")
-    if backend == "torchao" and recipe not in TORCHAO_RECIPES:
+    if recipe not in TORCHAO_RECIPES:  # checked for every backend: a typo must not pass silently
         raise ValueError(f"convert: recipe={recipe!r} is not a torchao recipe; choose one of {TORCHAO_RECIPES}.")
+    if backend != "torchao":  # torchao-only switches asked of another backend would silently do nothing
+        for name, value in (("emulate", emulate), ("fsdp_float8_all_gather", fsdp_float8_all_gather)):
+            if value:
+                raise ValueError(f"convert: {name}=True is a torchao option; drop it or use backend='torchao'.")
+    if backend != "te" and amax_reduction_group is not None:
+        raise ValueError(
+            "convert: amax_reduction_group is a Transformer Engine option (backend='te'); the emulated backend keeps "
+            "per-rank amaxes and torchao's tensorwise scaling needs none."
+        )
     if fp8_attention and backend == "torchao":
         raise ValueError(
             "convert: fp8_attention=True is not available with backend='torchao' (torchao has no FP8 attention); use "

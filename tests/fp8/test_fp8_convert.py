@@ -202,6 +202,8 @@ def test_accelerate_ao_recipe_converts_all_block_linears():
     from hf_ext.fp8 import ao_recipe_kwargs
 
     model = tiny_fog()
+    AcceleratorState._reset_state(True)  # whatever an earlier test's Trainer left behind
+    GradientState._reset_state()
     try:
         acc = Accelerator(mixed_precision="fp8", cpu=True, kwargs_handlers=[ao_recipe_kwargs(model)])
         prepared = acc.prepare(model)
