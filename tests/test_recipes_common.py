@@ -76,6 +76,7 @@ BAD_VALUES = [
     ("--block_size", ["0"]),
     ("--max_steps", ["-3", "--num_train_epochs", "0"]),
     ("--model_name_or_path", ["./no/such/model"]),
+    ("--tokenizer_name", ["./no/such/tokenizer"]),
 ]
 
 

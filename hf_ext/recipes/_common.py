@@ -110,6 +110,8 @@ def validate_parsed(parsed, resume: str = "resolve") -> None:
             check_text_file(obj.validation_file, "--validation_file")
         if "model_name_or_path" in names and getattr(obj, "model_name_or_path", None):
             check_model_reference(obj.model_name_or_path, "--model_name_or_path")
+        if "tokenizer_name" in names and getattr(obj, "tokenizer_name", None):
+            check_model_reference(obj.tokenizer_name, "--tokenizer_name", _TOKENIZER_FILES, "tokenizer")
         if isinstance(obj, TrainingArguments):
             validate_training_arguments(obj, resume=resume)
 
@@ -164,23 +166,31 @@ def check_text_file(path: str, flag: str) -> None:
                 ) from None
 
 
-def check_model_reference(name: str, flag: str) -> None:
-    """A local model folder must hold `config.json`; offline, a hub id must already be in the local cache."""
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_model_reference(
+    name: str, flag: str, files: tuple[str, ...] = ("config.json",), what: str = "model"
+) -> None:
+    """A local folder must hold one of `files` (a model: `config.json`); offline, a hub id must already be in the
+    local cache."""
     looks_local = os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
     if looks_local:
         path = os.path.expanduser(name)
-        if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"{flag}={name!r} is not a model folder (no config.json there); check the path.")
+        if not os.path.isdir(path) or not any(os.path.isfile(os.path.join(path, f)) for f in files):
+            raise ValueError(
+                f"{flag}={name!r} is not a {what} folder (no {' or '.join(files)} there); check the path."
+            )
         return
     from ..data.loading import hub_offline
 
     if hub_offline():
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        if not any(isinstance(try_to_load_from_cache(name, f), str) for f in files):
             raise ValueError(
-                f"{flag}={name!r} is neither a local folder nor a cached hub model, and HF_HUB_OFFLINE is set; "
-                "pass a local model folder or download the model first."
+                f"{flag}={name!r} is neither a local folder nor a cached hub {what}, and HF_HUB_OFFLINE is set; "
+                f"pass a local {what} folder or download it first."
             )
 
 
