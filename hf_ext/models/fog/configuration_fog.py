@@ -110,6 +110,23 @@ class FogConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"FogConfig.{name} must be a positive integer, got {value!r}.")
+        for name in ("num_key_value_heads", "head_dim"):  # None (the default) is resolved from the fields above
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"FogConfig.{name} must be a positive integer or None, got {value!r}.")
+        for name in ("softmax_scale", "input_upscale", "layerscale_init", "mlp_alpha", "qk_norm_init"):
+            value = getattr(self, name)
+            if value is None and name != "qk_norm_init":
+                continue
+            if not _is_real(value) or not math.isfinite(value) or value <= 0:
+                none = "" if name == "qk_norm_init" else " or None"
+                raise ValueError(f"FogConfig.{name} must be a finite number > 0{none}, got {value!r}.")
+        for name in ("rms_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"FogConfig.{name} must be a finite number >= 0, got {value!r}.")
+        if not _is_real(self.attention_dropout) or not 0 <= self.attention_dropout < 1:
+            raise ValueError(f"FogConfig.attention_dropout must be in [0, 1), got {self.attention_dropout!r}.")
         if self.pre_norm and self.post_norm:
             raise ValueError(
                 "FogConfig: pre_norm=True and post_norm=True cannot be combined (the same norm slot serves as either); "
@@ -134,18 +151,6 @@ class FogConfig(PreTrainedConfig):
             )
         if self.qk_norm not in QK_NORM_TYPES:
             raise ValueError(f"FogConfig: unknown qk_norm={self.qk_norm!r}; choose one of {', '.join(QK_NORM_TYPES)}.")
-        if self.softmax_scale is not None and not self.softmax_scale > 0:
-            raise ValueError(
-                f"FogConfig: softmax_scale must be > 0 or None (1/sqrt(head_dim)), got {self.softmax_scale}."
-            )
-        if self.input_upscale is not None and not self.input_upscale > 0:
-            raise ValueError(f"FogConfig: input_upscale must be > 0 or None, got {self.input_upscale}.")
-        if self.layerscale_init is not None and not self.layerscale_init > 0:
-            raise ValueError(
-                f"FogConfig: layerscale_init must be > 0 or None (1/sqrt(L)), got {self.layerscale_init}."
-            )
-        if self.mlp_alpha is not None and not self.mlp_alpha > 0:
-            raise ValueError(f"FogConfig: mlp_alpha must be > 0 or None, got {self.mlp_alpha}.")
         if not self.xielu_alpha_n_init > self.xielu_beta:
             raise ValueError(
                 f"FogConfig: xielu_alpha_n_init={self.xielu_alpha_n_init} must exceed xielu_beta={self.xielu_beta} "
@@ -217,6 +222,10 @@ class FogConfig(PreTrainedConfig):
         if swiglu_intermediate_size is not None and "intermediate_size" not in kwargs:
             values["intermediate_size"] = swiglu_intermediate_size
         return cls(**values)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _ungated_width(swiglu_width: int) -> int:

@@ -72,14 +72,16 @@ class FogRMSNorm(nn.Module):
 
 
 class FogDyT(nn.Module):
-    """Dynamic tanh `weight * tanh(alpha * x)` with a scalar trainable `alpha` (QK-DyT variant); no bias. A frozen
-    gain (`trainable_gain=False`) is a persistent buffer, as in [`FogRMSNorm`]."""
+    """Dynamic tanh `weight * tanh(alpha * x)` with a scalar trainable `alpha` (QK-DyT variant); no bias. A trainable
+    gain starts at `gain_init`; a frozen gain (`trainable_gain=False`) is a persistent buffer of ones, as the
+    reference's weight-less DyT (which ignores the gain init value)."""
 
-    def __init__(self, hidden_size: int, alpha_init: float = 1.0, trainable_gain: bool = True):
+    def __init__(self, hidden_size: int, alpha_init: float = 1.0, trainable_gain: bool = True, gain_init: float = 1.0):
         super().__init__()
         self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))
+        self.gain_init = float(gain_init) if trainable_gain else 1.0
         if trainable_gain:
-            self.weight = nn.Parameter(torch.ones(hidden_size))
+            self.weight = nn.Parameter(torch.full((hidden_size,), self.gain_init))
         else:
             self.register_buffer("weight", torch.ones(hidden_size), persistent=True)
         self.alpha_init = float(alpha_init)
@@ -287,14 +289,15 @@ class FogAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, kv_out, bias=config.attention_bias)
         self.o_proj = nn.Linear(q_out, config.hidden_size, bias=config.attention_bias)
         self.o_proj._fog_residual_output = True
+        # `qk_norm_init` is the constant of frozen RMS gains and the initial value of trainable ones (the reference's
+        # `--qknorm-init`, which sets both)
+        gain, trainable = config.qk_norm_init, not config.freeze_qk_gain
         if config.qk_norm == "rms":
-            gain = config.qk_norm_init if config.freeze_qk_gain else 1.0
-            trainable = not config.freeze_qk_gain
             self.q_norm = FogRMSNorm(self.head_dim, config.rms_norm_eps, trainable=trainable, init_value=gain)
             self.k_norm = FogRMSNorm(self.head_dim, config.rms_norm_eps, trainable=trainable, init_value=gain)
         elif config.qk_norm == "dyt":
-            self.q_norm = FogDyT(self.head_dim, config.dyt_alpha_init, trainable_gain=not config.freeze_qk_gain)
-            self.k_norm = FogDyT(self.head_dim, config.dyt_alpha_init, trainable_gain=not config.freeze_qk_gain)
+            self.q_norm = FogDyT(self.head_dim, config.dyt_alpha_init, trainable_gain=trainable, gain_init=gain)
+            self.k_norm = FogDyT(self.head_dim, config.dyt_alpha_init, trainable_gain=trainable, gain_init=gain)
 
     def forward(
         self,
@@ -380,7 +383,11 @@ class FogDecoderLayer(GradientCheckpointingLayer):
             hidden_states,
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
+            # as Llama does: the attention interface reads packed-sequence boundaries from position_ids
+            # (flash-attention's padding-free path)
+            position_ids=position_ids,
             cache=cache,
+            use_cache=use_cache,
             **kwargs,
         )
         hidden_states, _ = self._sublayer(
@@ -495,7 +502,7 @@ class FogPreTrainedModel(PreTrainedModel):
             init.constant_(module.weight, module.init_value)
         elif isinstance(module, FogDyT):
             init.constant_(module.alpha, module.alpha_init)
-            init.ones_(module.weight)
+            init.constant_(module.weight, module.gain_init)
         elif isinstance(module, XIELUActivation):
             init.constant_(module.alpha_p, _inverse_softplus(cfg.xielu_alpha_p_init))
             init.constant_(module.alpha_n, _inverse_softplus(cfg.xielu_alpha_n_init - cfg.xielu_beta))
