@@ -87,9 +87,14 @@ class Fp8Trainer(Trainer):
 
     def get_decay_parameter_names(self, model) -> list[str]:
         own = getattr(model, "decay_parameter_names", None)
-        if callable(own):
-            return list(own())
-        return super().get_decay_parameter_names(model)
+        if not callable(own):
+            return super().get_decay_parameter_names(model)
+        # The method may belong to a wrapped model (peft's PeftModel forwards attribute lookups to it), whose names
+        # lack the wrapper's prefix: match parameters by identity and return the names `model` itself uses.
+        owner = getattr(own, "__self__", model)
+        names = set(own())
+        chosen = {id(p) for n, p in owner.named_parameters() if n in names}
+        return [n for n, p in model.named_parameters() if id(p) in chosen]
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if (

@@ -76,3 +76,19 @@ def test_recipe_default_schedule_is_wsd_with_1_sqrt_cooldown(tmp_path):
 def test_bad_wsd_kwargs_name_the_fix(kwargs, match):
     with pytest.raises(ValueError, match=match):
         resolve_wsd_kwargs(kwargs, 20)
+
+
+def test_lora_matrices_of_a_peft_wrapped_fog_get_weight_decay(tmp_path):
+    """peft forwards `decay_parameter_names` to the inner model, whose names lack the wrapper's prefix: the LoRA
+    matrices landed in the no-decay group."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import TrainingArguments
+
+    model = get_peft_model(FogForCausalLM(FogConfig.fog(**TINY)), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    args = TrainingArguments(str(tmp_path), weight_decay=0.1, use_cpu=True, report_to=[])
+    trainer = Fp8Trainer(model=model, args=args)
+    trainer.create_optimizer()
+    groups = _groups(trainer)
+    lora = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert len(lora) == 8 and all("lora_" in n for n in lora)
+    assert groups[0.1] == lora and not groups.get(0.0)
