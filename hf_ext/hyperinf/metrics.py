@@ -40,19 +40,31 @@ def detection_curve(scores, is_noisy, fractions=None) -> tuple[np.ndarray, np.nd
 
     Returns:
         `tuple[np.ndarray, np.ndarray]`: the fractions and the recall (found noisy / all noisy) at each.
+
+    Tied scores are ranked fairly: the recall is its expectation over a uniformly random order within each group of
+    tied scores, so a group of `g` tied examples holding `p` noisy ones that is cut after `m` of its members counts
+    `m * p / g` noisy examples found (the index order of the examples never matters; a constant detector gets
+    recall = fraction).
     """
     scores, is_noisy = _check_scores_labels(scores, is_noisy)
     fractions = np.linspace(0.0, 1.0, 101) if fractions is None else np.asarray(fractions, dtype=np.float64)
     if not is_noisy.any():
         raise ValueError("`is_noisy` marks no example as noisy; recall is undefined.")
-    order = np.argsort(-scores, kind="stable")
-    found = np.concatenate([[0], np.cumsum(is_noisy[order])])
+    # groups of tied scores, highest first; found noisy examples at each group boundary, linear within a group
+    _, inverse = np.unique(-scores, return_inverse=True)
+    group_size = np.bincount(inverse)
+    group_noisy = np.bincount(inverse, weights=is_noisy.astype(np.float64))
+    boundaries = np.concatenate([[0], np.cumsum(group_size)])
+    found = np.concatenate([[0.0], np.cumsum(group_noisy)])
     counts = np.round(fractions * scores.size).astype(int)
-    return fractions, found[counts] / is_noisy.sum()
+    return fractions, np.interp(counts, boundaries, found) / is_noisy.sum()
 
 
 def recall_at_fraction(scores, is_noisy, fraction: float = 0.2) -> float:
-    """Recall of mislabeled examples among the top `fraction` of the training set by influence (descending)."""
+    """Recall of mislabeled examples among the top `fraction` of the training set by influence (descending).
+
+    Ties are ranked fairly (the expected recall over a random order of tied scores, see `detection_curve`).
+    """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"`fraction` must be in [0, 1], got {fraction!r}.")
     return float(detection_curve(scores, is_noisy, [fraction])[1][0])
