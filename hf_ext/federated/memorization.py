@@ -309,29 +309,43 @@ def measure_memorization(
 
 
 def summarize_records(records: Sequence[dict], prefix_lengths: Sequence[int]) -> dict:
-    """Aggregate per-probe records into rates per replication count (mean and worst case over prefix lengths)."""
+    """Aggregate per-probe records into rates per replication count (mean and worst case over prefix lengths).
 
-    def block(rows: list[dict]) -> dict:
+    A cell (replication count, prefix length) is reported only when it has probes: a prefix length with no probe
+    for a replication count is absent from that count's `exact` / `approximate` dicts and does not enter its mean
+    or worst case (it is not a rate of 0). `*_mean` is the mean over the prefix lengths present, `*_worst` the
+    largest of their rates. In `overall`, `exact` / `approximate` are the rates per prefix length over all probes,
+    `*_mean` their mean, and `*_worst` the largest rate over all (prefix length, replication count) cells, the
+    reference's "worst case" for approximate memorization (its exact worst case is `per_replication[1]`'s
+    `exact_worst`). With no probe at all the means and worst cases are `nan`.
+    """
+    nan = float("nan")
+
+    def rates(rows: list[dict]) -> dict:
         res: dict = {"exact": {}, "approximate": {}}
         for length in prefix_lengths:
-            sel = [r for r in rows if r["prefix_length"] == length]
-            for key in ("exact", "approximate"):
-                res[key][int(length)] = sum(bool(r[key]) for r in sel) / len(sel) if sel else 0.0
+            sel = [r for r in rows if int(r["prefix_length"]) == int(length)]
+            if sel:  # a cell without probes is absent, never a 0.0 rate
+                for key in ("exact", "approximate"):
+                    res[key][int(length)] = sum(bool(r[key]) for r in sel) / len(sel)
+        return res
+
+    def block(rows: list[dict], cells: list[dict] | None = None) -> dict:
+        res = rates(rows)
         for key in ("exact", "approximate"):
             vals = list(res[key].values())
-            res[f"{key}_mean"] = sum(vals) / len(vals) if vals else 0.0
-            res[f"{key}_worst"] = max(vals) if vals else 0.0
+            worst = [v for c in cells for v in c[key].values()] if cells is not None else vals
+            res[f"{key}_mean"] = sum(vals) / len(vals) if vals else nan
+            res[f"{key}_worst"] = max(worst) if worst else nan
         for key in ("bleu", "matching_tokens"):  # continuous scores, finer than the two rates
             vals = [float(r[key]) for r in rows if key in r]
-            res[f"{key}_mean"] = sum(vals) / len(vals) if vals else 0.0
+            res[f"{key}_mean"] = sum(vals) / len(vals) if vals else nan
         res["num_canaries"] = len({r["canary_id"] for r in rows})
         return res
 
     reps = sorted({int(r["replication"]) for r in records})
-    return {
-        "per_replication": {rep: block([r for r in records if int(r["replication"]) == rep]) for rep in reps},
-        "overall": block(list(records)),
-    }
+    per_rep = {rep: block([r for r in records if int(r["replication"]) == rep]) for rep in reps}
+    return {"per_replication": per_rep, "overall": block(list(records), list(per_rep.values()))}
 
 
 _DEFAULT_WORDS = (

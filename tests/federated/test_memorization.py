@@ -78,6 +78,41 @@ def test_summary_per_replication_and_prefix_length():
     assert s["overall"]["exact"][10] == 0.5
 
 
+def test_summary_leaves_out_cells_without_probes():
+    """A (replication, prefix length) cell with no probe was reported as a 0.0 rate and pulled the mean down
+    (replication 1 probed and fully extracted only at length 10 gave {10: 1.0, 50: 0.0}, mean 0.5)."""
+    records = [
+        {"canary_id": "a", "replication": 1, "prefix_length": 10, "exact": True, "approximate": True, "bleu": 1.0},
+        {"canary_id": "b", "replication": 10, "prefix_length": 50, "exact": False, "approximate": True, "bleu": 0.8},
+    ]
+    s = summarize_records(records, [10, 50])
+    one, ten = s["per_replication"][1], s["per_replication"][10]
+    assert one["exact"] == {10: 1.0} and one["approximate"] == {10: 1.0}
+    assert one["exact_mean"] == 1.0 and one["exact_worst"] == 1.0
+    assert ten["exact"] == {50: 0.0} and ten["approximate"] == {50: 1.0} and ten["approximate_mean"] == 1.0
+    assert s["overall"]["exact"] == {10: 1.0, 50: 0.0}
+    empty = summarize_records([], [10, 50])
+    assert empty["per_replication"] == {} and empty["overall"]["exact"] == {}
+    assert all(math.isnan(empty["overall"][k]) for k in ("exact_mean", "approximate_worst", "bleu_mean"))
+
+
+def test_summary_overall_worst_case_is_over_length_and_replication_cells():
+    """Spec A.7: the approximate worst case is the max over all (prefix length, duplication) cells. Pooling the
+    replication counts per length first reported 0.3 for three 10x canaries all extracted among seven 1x ones."""
+    records = [
+        {"canary_id": f"{rep}-{i}", "replication": rep, "prefix_length": L, "exact": hit, "approximate": hit}
+        for rep, n in ((10, 3), (1, 7))
+        for i in range(n)
+        for L in (10, 50)
+        for hit in [rep == 10 and L == 10]
+    ]
+    s = summarize_records(records, [10, 50])
+    assert s["overall"]["approximate"] == {10: 0.3, 50: 0.0} and s["overall"]["approximate_mean"] == 0.15
+    assert s["overall"]["approximate_worst"] == 1.0 and s["overall"]["exact_worst"] == 1.0
+    assert s["per_replication"][10]["approximate_worst"] == 1.0
+    assert s["per_replication"][1]["exact_worst"] == 0.0  # the reference's exact worst case (1x group)
+
+
 class _OracleLM(torch.nn.Module):
     """Continues memorized canaries perfectly and emits a constant token otherwise."""
 

@@ -36,8 +36,9 @@ Args:
     window (`int`, defaults to 50): tokens compared (positive).
     bleu_threshold (`float`, defaults to 0.75): approximate-memorization threshold, in (0, 1].
 Returns:
-    exact_mean, approximate_mean, exact_worst, approximate_worst, bleu_mean (`float`): over all probes;
-    exact, approximate (`dict[int, float]`): rate per prompt length;
+    exact_mean, approximate_mean, bleu_mean (`float`): over all probes (rates: mean over prompt lengths);
+    exact_worst, approximate_worst (`float`): the largest rate over all (prompt length, replication count) cells;
+    exact, approximate (`dict[int, float]`): rate per prompt length (a length without probes is absent);
     per_replication (`dict[int, dict]`): the same block per replication count.
 """
 
