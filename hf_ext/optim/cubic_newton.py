@@ -448,7 +448,8 @@ class CubicNewton(Optimizer):
         krylov_dim (`int`, *optional*, defaults to 20): Lanczos subspace size.
         gd_iters (`int`, *optional*, defaults to 500): maximum iterations (HVPs) of the gradient-descent solver.
         M_rule (`str`, *optional*, defaults to `"fixed"`): `fixed` or `adaptive` (needs `momentum="none"`).
-        M_min, M_max (`float`, *optional*): bounds of the adaptive rule.
+        M_min, M_max (`float`, *optional*): bounds of the adaptive rule, on `M` as passed (in its
+            `cubic_convention`).
         max_step_norm (`float`, *optional*): cap on `||lr * h||`.
         cubic_convention (`str`, *optional*, defaults to `"M/6"`): `"M/6"` or `"M/3"` (cubic term `M/3 ||h||^3`).
         hvp_mode (`str`, *optional*, defaults to `"forward_over_reverse"`): or `"double_backward"`.
@@ -613,7 +614,8 @@ class CubicNewton(Optimizer):
         mom = group["momentum"]
         a = 1.0 if mom == "none" else self._weight(group["alpha"], group["alpha_power"], t)
         b = 1.0 if mom == "none" else self._weight(group["beta"], group["beta_power"], t)
-        M_eff = group["M"] * (2.0 if group["cubic_convention"] == "M/3" else 1.0)
+        conv = 2.0 if group["cubic_convention"] == "M/3" else 1.0  # M/3 ||h||^3 = (2M)/6 ||h||^3
+        M_eff = group["M"] * conv
         counts = dict(grad=0, hess=0, hvp=0, fn=0)
         mode = group["hvp_mode"]
 
@@ -684,14 +686,15 @@ class CubicNewton(Optimizer):
         h = solve(M_cur)
         decrease = -cubic_model_value(g, hvp(h), h, M_cur)
         if group["M_rule"] == "adaptive":
+            M_max_eff = group["M_max"] * conv  # M_min / M_max bound the user's M (its convention)
             for _ in range(60):
                 counts["fn"] += 1
-                if float(f_grad(x + h)) <= loss - decrease or M_cur >= group["M_max"]:
+                if float(f_grad(x + h)) <= loss - decrease or M_cur >= M_max_eff:
                     break
-                M_cur = min(M_cur * 2.0, group["M_max"])
+                M_cur = min(M_cur * 2.0, M_max_eff)
                 h = solve(M_cur)
                 decrease = -cubic_model_value(g, hvp(h), h, M_cur)
-            group["M"] = max(M_cur / 2.0, group["M_min"]) / (2.0 if group["cubic_convention"] == "M/3" else 1.0)
+            group["M"] = max(M_cur / conv / 2.0, group["M_min"])
         delta = group["lr"] * h
         if group["max_step_norm"] is not None:
             n = float(delta.norm())

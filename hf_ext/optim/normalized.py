@@ -601,11 +601,11 @@ class LionA(Optimizer):
                 c = _lion_direction(p.grad, state, group["betas"], group["nesterov"])
                 u = torch.sign(c)
                 count = float(u.abs().sum())  # ||sign(c)||^2 = number of non-zero signs
+                scale = _step_scale(state, group, p.grad)
+                p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled decay, also when u = 0
                 if count == 0:
                     continue
                 u.mul_(math.sqrt(p.numel() / count))
-                scale = _step_scale(state, group, p.grad)
-                p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(u, alpha=-group["lr"] * scale)
         return loss
 
