@@ -228,6 +228,12 @@ class _CrashingFile:
         self.fh.close()
 
 
+def _one_round_two_clients(small_tokenizer, client_datasets, training_args):
+    return FederatedSimulation(
+        tiny_llama(len(small_tokenizer)), client_datasets[:2], FederatedArguments(num_rounds=1), training_args
+    )
+
+
 def test_save_state_crash_keeps_the_previous_checkpoint(
     tmp_path, small_tokenizer, client_datasets, training_args, monkeypatch
 ):
@@ -237,9 +243,7 @@ def test_save_state_crash_keeps_the_previous_checkpoint(
     from hf_ext.federated.simulation import META_FILE
 
     def make():
-        return FederatedSimulation(
-            tiny_llama(len(small_tokenizer)), client_datasets[:2], FederatedArguments(num_rounds=1), training_args
-        )
+        return _one_round_two_clients(small_tokenizer, client_datasets, training_args)
 
     sim = make()
     path = str(tmp_path / "round-1")
@@ -281,9 +285,7 @@ def test_save_state_killed_between_its_renames_recovers_the_previous_round(
     process killed in that window leaves it where `load_state` finds and restores it."""
 
     def make():
-        return FederatedSimulation(
-            tiny_llama(len(small_tokenizer)), client_datasets[:2], FederatedArguments(num_rounds=1), training_args
-        )
+        return _one_round_two_clients(small_tokenizer, client_datasets, training_args)
 
     sim = make()
     path = str(tmp_path / "state")

@@ -12,9 +12,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from grape_synthetic import quick_grape_args as _args
 
 from hf_ext.grape import (
-    GrapeConfig,
     GrapeTrainer,
     MixtureSampler,
     MixtureState,
@@ -148,23 +148,6 @@ def test_loaded_schedule_replays_the_stream_and_averages_are_time_means(tmp_path
 
 
 # ---- trainer: updates recomputed from the model ----------------------------------------------------------------------------
-def _args(tmp_path, **overrides) -> GrapeConfig:
-    kw = dict(
-        output_dir=str(tmp_path),
-        max_steps=4,
-        per_device_train_batch_size=4,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        save_strategy="no",
-        seed=0,
-        reweight_batch_size=4,
-        reweight_mini_batch_size=2,
-    )
-    kw.update(overrides)
-    return GrapeConfig(**kw)
-
-
 def _clipped_grad(model, batch, max_norm: float) -> tuple[torch.Tensor, float]:
     params = [p for p in model.parameters() if p.requires_grad]
     loss = model(**batch).loss

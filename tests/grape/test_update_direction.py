@@ -8,25 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from grape_synthetic import quick_grape_args as _args
 
 from hf_ext.grape import GrapeConfig, GrapeTrainer
-
-
-def _args(tmp_path, **overrides) -> GrapeConfig:
-    kw = dict(
-        output_dir=str(tmp_path),
-        max_steps=4,
-        per_device_train_batch_size=4,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        save_strategy="no",
-        seed=0,
-        reweight_batch_size=4,
-        reweight_mini_batch_size=2,
-    )
-    kw.update(overrides)
-    return GrapeConfig(**kw)
 
 
 def _clipped_grad(model, batch, log: bool, max_norm: float) -> torch.Tensor:

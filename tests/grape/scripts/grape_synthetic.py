@@ -6,7 +6,7 @@ from hf_ext.grape.synthetic import markov_sequences
 
 VOCAB = 64
 
-__all__ = ["VOCAB", "markov_sequences", "synthetic_mixture", "tiny_llama"]
+__all__ = ["VOCAB", "markov_sequences", "quick_grape_args", "synthetic_mixture", "tiny_llama"]
 
 
 def synthetic_mixture(n_per_domain: int = 48, length: int = 16, n_target: int = 24):
@@ -45,3 +45,23 @@ def tiny_llama(vocab: int = VOCAB, hidden: int = 32, seed: int = 0):
         eos_token_id=2,
     )
     return LlamaForCausalLM(cfg)
+
+
+def quick_grape_args(tmp_path, **overrides):
+    """A 4-step CPU `GrapeConfig` with small reweighting batches, for tests that recompute its updates."""
+    from hf_ext.grape import GrapeConfig
+
+    kw = dict(
+        output_dir=str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+        seed=0,
+        reweight_batch_size=4,
+        reweight_mini_batch_size=2,
+    )
+    kw.update(overrides)
+    return GrapeConfig(**kw)
