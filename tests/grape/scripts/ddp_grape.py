@@ -13,9 +13,9 @@ import sys
 
 import torch
 import torch.distributed as dist
-from grape_synthetic import synthetic_mixture, tiny_llama
+from grape_synthetic import quick_grape_args, synthetic_mixture, tiny_llama
 
-from hf_ext.grape import GrapeConfig, GrapeTrainer
+from hf_ext.grape import GrapeTrainer
 from hf_ext.utils import rank_fingerprints, shutdown_distributed
 
 
@@ -66,20 +66,14 @@ def check_averaging(trainer: RecordingGrapeTrainer) -> dict:
 def main(output_dir: str) -> None:
     torch.set_num_threads(1)
     train, targets = synthetic_mixture()
-    args = GrapeConfig(
-        output_dir=output_dir,
+    args = quick_grape_args(
+        output_dir,
         max_steps=6,
-        per_device_train_batch_size=4,
         learning_rate=5e-3,
         reweight_domains_every=2,
         reweight_tasks_every=2,
-        reweight_batch_size=4,
-        reweight_mini_batch_size=2,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        save_strategy="no",
         logging_steps=100,
+        seed=42,  # transformers' default, as this run always used
     )
     trainer = RecordingGrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
     trainer.train()
