@@ -121,3 +121,40 @@ def test_bad_model_type_and_empty_prompt_fail_before_work(tmp_path, args, flag):
     with pytest.raises(ValueError, match=flag):
         main(TINY + args + ["--output_dir", str(out)])
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--attn_implementation", "sdpaa"], "--attn_implementation"),
+        (["--attn_implementation", "flash_attention_2"], "--attn_implementation"),
+        (["--model_type", "gpt2", "--num_key_value_heads", "2"], "--num_key_value_heads"),
+        (["--model_type", "bloom"], "--intermediate_size"),
+    ],
+)
+def test_flags_a_fresh_model_cannot_honour_fail_before_work(tmp_path, args, flag):
+    """A misspelt kernel used to fail after the tokenizer and packing; a size flag the architecture has no field for
+    (GQA heads on GPT-2, a width on bloom) used to be stored on the config and ignored."""
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=flag):
+        main(TINY + args + ["--output_dir", str(out)])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("model_type, width_field", [("gpt2", "n_inner"), ("opt", "ffn_dim"), ("llama", "intermediate_size")])
+def test_intermediate_size_reaches_the_mlp_of_every_architecture(model_type, width_field):
+    """GPT-2 names the MLP width n_inner and OPT ffn_dim: --intermediate_size was stored as an unused attribute and
+    the model got 4 x hidden_size."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_ext.recipes.pretrain import ModelArguments, fresh_config
+
+    args = ModelArguments(model_type=model_type, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                          num_attention_heads=2)
+    config = fresh_config(args, vocab_size=64, block_size=16)
+    assert getattr(config, width_field) == 48
+    model = AutoModelForCausalLM.from_config(config)
+    widths = {min(p.shape) for n, p in model.named_parameters() if p.dim() == 2 and 48 in p.shape}
+    assert widths, "no MLP matrix of width 48 in the built model"
+    default = fresh_config(ModelArguments(model_type=model_type), vocab_size=64, block_size=16)
+    assert getattr(default, width_field) == 384

@@ -18,7 +18,7 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
 from ..utils.io import atomic_open, atomic_savefig, atomic_write_text
-from .pretrain import ModelArguments, build_model
+from .pretrain import ModelArguments, build_model, check_fresh_model
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +179,10 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         )
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise ValueError("--max_steps must be set (the cooldown is a fraction of it).")
-    if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
-        raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
+    if model_args.model_name_or_path is None:
+        if model_args.hidden_size % model_args.num_attention_heads:
+            raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
+        check_fresh_model(model_args, data_args.block_size)
     template = _template(meta_args)
     if meta_args.eval_tasks is not None:
         from ..evaluation.prompting import check_eval_tasks, parse_shots

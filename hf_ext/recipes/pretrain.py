@@ -27,7 +27,13 @@ class ModelArguments:
         },
     )
     hidden_size: int = field(default=128, metadata={"help": "Hidden size of a fresh model."})
-    intermediate_size: int = field(default=384, metadata={"help": "MLP width of a fresh model."})
+    intermediate_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "MLP width of a fresh model (default 384; an architecture with a fixed width, such as bloom, "
+            "refuses the flag)."
+        },
+    )
     num_hidden_layers: int = field(default=4, metadata={"help": "Layers of a fresh model."})
     num_attention_heads: int = field(default=4, metadata={"help": "Attention heads of a fresh model."})
     num_key_value_heads: int | None = field(default=None, metadata={"help": "KV heads (GQA); default = heads."})
@@ -35,7 +41,9 @@ class ModelArguments:
         default=None,
         metadata={"help": "Extra config fields for a fresh model, as 'key=value,key=value' (values parsed as JSON)."},
     )
-    attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa or eager."})
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "Attention kernel: sdpa, eager or another transformers kernel it has."}
+    )
     fp8_backend: str = field(
         default="torchao",
         metadata={
@@ -146,7 +154,7 @@ def check_config_overrides(model_args: ModelArguments) -> None:
     if model_args.model_type == "fog":
         from ..models.fog import FogConfig
 
-        reference = FogConfig.fog(swiglu_intermediate_size=model_args.intermediate_size)
+        reference = FogConfig.fog(swiglu_intermediate_size=model_args.intermediate_size or DEFAULT_INTERMEDIATE_SIZE)
     else:
         try:
             reference = AutoConfig.for_model(model_args.model_type)
@@ -196,19 +204,11 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
         )
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
-    if model_args.model_name_or_path is None and model_args.model_type != "fog":
-        from transformers import AutoConfig
-
-        try:
-            AutoConfig.for_model(model_args.model_type)
-        except ValueError:
-            raise ValueError(
-                f"--model_type {model_args.model_type!r} is not a known architecture; use fog, llama or another "
-                "transformers model type (e.g. qwen2, mistral, gpt_neox)."
-            ) from None
     if not data_args.prompt:
         raise ValueError("--prompt must be non-empty: the sample continuation is generated from it.")
     check_config_overrides(model_args)
+    if model_args.model_name_or_path is None:
+        check_fresh_model(model_args, data_args.block_size)
     validate_fp8_args(model_args, training_args)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
 
@@ -251,35 +251,109 @@ def validate_fp8_args(model_args: ModelArguments, training_args: TrainingArgumen
         )
 
 
+DEFAULT_INTERMEDIATE_SIZE = 384
+# Other names some architectures give the MLP width (`--intermediate_size`): GPT-2 / GPTBigCode, OPT, T5.
+_INTERMEDIATE_ALIASES = ("intermediate_size", "n_inner", "ffn_dim", "d_ff")
+
+
+def fresh_config(model_args: ModelArguments, vocab_size: int, block_size: int, special_ids: dict | None = None):
+    """The config of a fresh model, with every size flag on a field the architecture really has.
+
+    Architectures name the MLP width differently (GPT-2 `n_inner`, OPT `ffn_dim`); a flag the architecture has no
+    field for (e.g. `--num_key_value_heads` on GPT-2) is refused instead of being stored and ignored.
+    """
+    from transformers import AutoConfig
+
+    width_given = model_args.intermediate_size is not None
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=model_args.hidden_size,
+        intermediate_size=model_args.intermediate_size if width_given else DEFAULT_INTERMEDIATE_SIZE,
+        num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        max_position_embeddings=max(block_size, 256) * 4,
+        tie_word_embeddings=True,
+        **(special_ids or {}),
+    )
+    if model_args.model_type == "fog":
+        from ..models.fog import FogConfig
+
+        if model_args.num_key_value_heads is not None:
+            kwargs["num_key_value_heads"] = model_args.num_key_value_heads
+        kwargs.update(parse_config_overrides(model_args.config_overrides))
+        swiglu = kwargs.pop("intermediate_size")
+        return FogConfig.fog(swiglu_intermediate_size=swiglu, **kwargs)
+    reference = AutoConfig.for_model(model_args.model_type)
+    fields = set(reference.to_dict()) | set(reference.attribute_map)
+    width = next((name for name in _INTERMEDIATE_ALIASES if name in fields), None)
+    if width is not None:
+        kwargs[width] = kwargs.pop("intermediate_size")
+    elif width_given:
+        raise ValueError(
+            f"--intermediate_size {model_args.intermediate_size}: a {model_args.model_type} config has no MLP-width "
+            "field (its width is fixed by hidden_size); drop the flag or use another --model_type."
+        )
+    else:
+        del kwargs["intermediate_size"]
+    if "num_key_value_heads" in fields:
+        kwargs["num_key_value_heads"] = model_args.num_key_value_heads or model_args.num_attention_heads
+    elif model_args.num_key_value_heads not in (None, model_args.num_attention_heads):
+        raise ValueError(
+            f"--num_key_value_heads {model_args.num_key_value_heads}: a {model_args.model_type} config has no "
+            "grouped-query attention field; drop the flag or use a model type with GQA (llama, qwen2, mistral)."
+        )
+    kwargs.update(parse_config_overrides(model_args.config_overrides))
+    return AutoConfig.for_model(model_args.model_type, **kwargs)
+
+
+def check_model_type(model_args: ModelArguments) -> None:
+    """`--model_type` must be fog or an architecture transformers knows."""
+    if model_args.model_type == "fog":
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.for_model(model_args.model_type)
+    except ValueError:
+        raise ValueError(
+            f"--model_type {model_args.model_type!r} is not a known architecture; use fog, llama or another "
+            "transformers model type (e.g. qwen2, mistral, gpt_neox)."
+        ) from None
+
+
+def check_fresh_model(model_args: ModelArguments, block_size: int) -> None:
+    """Build the fresh model on the meta device (no memory, no data) so that transformers' own checks of the config
+    and of `--attn_implementation` run before any work."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    check_model_type(model_args)
+    no_ids = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config = fresh_config(model_args, vocab_size=256, block_size=block_size, special_ids=no_ids)
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
+    except (ValueError, ImportError) as err:
+        if "attn_implementation" in str(err) or "attention" in str(err).lower():
+            raise ValueError(
+                f"--attn_implementation {model_args.attn_implementation!r} cannot be used with a "
+                f"{model_args.model_type} model here: {err}"
+            ) from None
+        raise ValueError(f"The fresh {model_args.model_type} model cannot be built from these flags: {err}") from None
+
+
 def build_model(model_args: ModelArguments, tokenizer, block_size: int):
     """A fresh model from config (or a pretrained one) sized for `tokenizer`."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if model_args.model_name_or_path:
         return AutoModelForCausalLM.from_pretrained(
             model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
         )
-    kwargs = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=model_args.hidden_size,
-        intermediate_size=model_args.intermediate_size,
-        num_hidden_layers=model_args.num_hidden_layers,
-        num_attention_heads=model_args.num_attention_heads,
-        num_key_value_heads=model_args.num_key_value_heads or model_args.num_attention_heads,
-        max_position_embeddings=max(block_size, 256) * 4,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    kwargs.update(parse_config_overrides(model_args.config_overrides))
-    if model_args.model_type == "fog":
-        from ..models.fog import FogConfig
-
-        swiglu = kwargs.pop("intermediate_size")
-        config = FogConfig.fog(swiglu_intermediate_size=swiglu, **kwargs)
-    else:
-        config = AutoConfig.for_model(model_args.model_type, **kwargs)
+    config = fresh_config(model_args, len(tokenizer), block_size, special)
     return AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
 
 

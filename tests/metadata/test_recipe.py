@@ -206,6 +206,23 @@ def test_recipe_bad_eval_tasks_fail_before_writing(tmp_path, extra, match):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--model_type", "no_such_arch"], "--model_type"),
+        (["--attn_implementation", "sdpaa"], "--attn_implementation"),
+        (["--model_type", "gpt2", "--num_key_value_heads", "2"], "--num_key_value_heads"),
+    ],
+)
+def test_recipe_bad_model_flags_fail_before_writing(tmp_path, extra, match):
+    """The recipe shares pretrain's fresh-model builder; a bad architecture or kernel used to fail after the
+    tokenizer and packing."""
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=match):
+        main([*TINY, "--max_steps", "4", "--output_dir", str(out), *extra])
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("layout", ["context", "meco"])
 def test_eval_prompt_prefixes_follow_the_training_layout(ctx_tokenizer, layout):
     from hf_ext.metadata import MetadataEncoder
