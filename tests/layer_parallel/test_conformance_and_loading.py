@@ -88,6 +88,32 @@ def test_mirrored_config_edits_survive_save_and_reload(tmp_path, ids, merge):
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
 
 
+def test_mirrored_attributes_given_to_the_constructor_are_honoured(tmp_path):
+    """`LayerParallelConfig(source_config=..., pad_token_id=7)` used to drop the keyword silently (the source's value
+    won); it now sets the copied source config, and the original source config object is untouched."""
+    src = LlamaConfig(**{**_source_dict(pad_token_id=0), "model_type": "llama"})
+    cfg = LayerParallelConfig(
+        source_config=src, lp_pairs=[[1, 2]], pad_token_id=7, tie_word_embeddings=True, vocab_size=80, use_cache=False
+    )
+    for key, value in dict(pad_token_id=7, tie_word_embeddings=True, vocab_size=80, use_cache=False).items():
+        assert getattr(cfg, key) == value and getattr(cfg.source_config, key) == value, key
+    assert (src.pad_token_id, src.vocab_size, src.use_cache) == (0, 64, True)
+    model = LayerParallelForCausalLM(cfg)
+    assert model.model.embed_tokens.weight.shape[0] == 80 and model.lm_head.weight is model.model.embed_tokens.weight
+    cfg.save_pretrained(tmp_path)
+    reloaded = AutoConfig.from_pretrained(tmp_path, pad_token_id=5, rms_norm_eps=1e-3)
+    assert (reloaded.pad_token_id, reloaded.source_config.pad_token_id) == (5, 5)
+    assert (reloaded.rms_norm_eps, reloaded.source_config.rms_norm_eps) == (1e-3, 1e-3)
+    assert reloaded.vocab_size == 80 and reloaded.use_cache is False
+    # A hand-edited top-level mirror of a saved file is read as a setting of the source, so a shape change is caught
+    # by the layout record like an edit of `source_config`.
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["vocab_size"] = 96
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="source.vocab_size: saved 80 -> now 96"):
+        AutoConfig.from_pretrained(tmp_path)
+
+
 def test_resized_embeddings_survive_save_and_reload(source, tmp_path, ids):
     """`resize_token_embeddings` sets `config.vocab_size` on the (layer-parallel) text config; the saved source config
     must carry it, or the reload fails on the embedding shapes."""

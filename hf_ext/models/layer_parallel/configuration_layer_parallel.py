@@ -112,6 +112,17 @@ def resolve_pairs(
     return out
 
 
+def _mirror_value(source, key: str):
+    """The value the top-level config mirrors for `key`: the source's, with the defaults of a source config that
+    leaves `head_dim`, `num_key_value_heads` or `sliding_window` unset."""
+    value = getattr(source, key, None)
+    if value is None and key == "head_dim":
+        return source.hidden_size // source.num_attention_heads
+    if value is None and key == "num_key_value_heads":
+        return source.num_attention_heads
+    return value
+
+
 def layer_attention_types(config) -> list[str]:
     """Attention type (`"full_attention"` or `"sliding_attention"`) of each layer of a Llama, Mistral or Qwen2
     config: its `layer_types`, or the same type for every layer from `sliding_window`."""
@@ -232,6 +243,10 @@ class LayerParallelConfig(PreTrainedConfig):
     lp_weight_layout: dict | None = None
 
     def __post_init__(self, **kwargs):
+        # A mirrored attribute given here (`LayerParallelConfig(source_config=..., pad_token_id=7)`, or a kwarg of
+        # `from_pretrained`) is a setting of the source model: it goes to the (copied) source config below, which the
+        # mirrors are then read from. The derived counts (cache slots, their layer types) are always recomputed.
+        overrides = {key: kwargs.pop(key) for key in _MIRRORED_SOURCE_ATTRIBUTES if key in kwargs}
         for key in _DERIVED_ATTRIBUTES:
             kwargs.pop(key, None)
         src = self.source_config
@@ -260,6 +275,9 @@ class LayerParallelConfig(PreTrainedConfig):
             raise TypeError(f"source_config must be a dict or a PreTrainedConfig, got {type(src).__name__}.")
         super().__post_init__(**kwargs)  # builds the source sub-config and passes `attn_implementation` down to it
         src = self.source_config
+        for key, value in overrides.items():
+            if _mirror_value(src, key) != value:  # a saved file repeats the mirrors: those are not settings
+                setattr(src, key, value)
         if src.model_type not in SUPPORTED_SOURCE_MODEL_TYPES:
             raise ValueError(
                 f"source_config has model_type {src.model_type!r}; layer pairing supports "
@@ -295,14 +313,8 @@ class LayerParallelConfig(PreTrainedConfig):
         check_pair_attention_types(self.lp_pairs, source_types)
 
         for key in _MIRRORED_SOURCE_ATTRIBUTES:
-            if hasattr(src, key):
-                setattr(self, key, getattr(src, key))
-        if getattr(self, "head_dim", None) is None:
-            self.head_dim = src.hidden_size // src.num_attention_heads
-        if not hasattr(self, "num_key_value_heads") or self.num_key_value_heads is None:
-            self.num_key_value_heads = src.num_attention_heads
-        if not hasattr(self, "sliding_window"):
-            self.sliding_window = None
+            if hasattr(src, key) or key in ("head_dim", "num_key_value_heads", "sliding_window"):
+                setattr(self, key, _mirror_value(src, key))
         slot_types = []
         for kind, layers in self.build_blocks():
             if kind == "pair" and not self.lp_merged:
@@ -359,6 +371,11 @@ class LayerParallelConfig(PreTrainedConfig):
         output.pop(_WRITE_THROUGH, None)
         if isinstance(self.source_config, PreTrainedConfig) and self.lp_pairs is not None:
             output["lp_weight_layout"] = self.weight_layout()  # record the layout as it is now, not at construction
+            # The saved mirrors repeat the source config as it is now (it may have been edited directly), so that a
+            # reload, which reads a differing top-level value as a setting of the source, sees no conflict.
+            for key in _MIRRORED_SOURCE_ATTRIBUTES:
+                if key in output:
+                    output[key] = _mirror_value(self.source_config, key)
         return output
 
     def source_layer_types(self) -> list[str]:
