@@ -1,0 +1,165 @@
+"""Checks added by mutation testing of hf_ext.compliance: each one compares against an independent reference
+(RFC 9309 text, Google's parser, a brute-force matcher or a re-implementation in the test), never a snapshot."""
+
+import math
+import random
+import re
+
+import pytest
+
+from hf_ext.compliance import RobotsCompliance, RobotsTxtStore, annotate_compliance, compute_dcg
+from hf_ext.compliance import compute_retention_stats
+from hf_ext.compliance.rfc9309 import RobotsTxt
+from hf_ext.compliance.store import record_from_response
+
+KIB = 1024
+
+
+def _google_allowed(robots: str, agent: str, url: str) -> bool:
+    robotstxt = pytest.importorskip("robotstxt")
+    return robotstxt.RobotsMatcher().is_allowed(robots, agent, url)
+
+
+# RFC 9309 section 2.5: crawlers must parse at least 500 KiB ----------------------------------------------------------
+def _padded(rule_end_at: int) -> str:
+    """A robots.txt whose `Disallow: /x` line ends at byte `rule_end_at` (comments before it)."""
+    head, rule = "User-agent: FooBot\n", "Disallow: /x\n"
+    pad = rule_end_at - len(head) - len(rule)
+    comments = []
+    while pad > 0:
+        n = min(pad, 1000)
+        comments.append("#" + "c" * (n - 2) + "\n" if n >= 2 else "\n")
+        pad -= n
+    text = head + "".join(comments) + rule
+    assert len(text.encode()) == rule_end_at
+    return text
+
+
+@pytest.mark.parametrize("form", ["str", "bytes"])
+def test_a_rule_inside_the_first_500_kib_is_honoured(form):
+    # The rule ends past 500,000 bytes but inside 500 KiB (512,000 bytes): it must apply (Google's parser, which has
+    # no limit at all, agrees); a rule that starts after 500 KiB is ignored.
+    inside = _padded(500 * KIB - 100)
+    assert len(inside.encode()) > 500_000
+    body = inside if form == "str" else inside.encode()
+    assert not RobotsTxt.parse(body).allowed("http://a.org/x", "FooBot")
+    assert RobotsTxt.parse(body).allowed("http://a.org/y", "FooBot")
+    beyond = _padded(500 * KIB + 200)
+    body2 = beyond if form == "str" else beyond.encode()
+    assert RobotsTxt.parse(body2).allowed("http://a.org/x", "FooBot")
+    # through the store and the checker as well
+    assert not RobotsCompliance({"a.org": body}, user_agents=["FooBot"]).is_compliant("https://a.org/x")
+
+
+def test_a_rule_inside_the_limit_agrees_with_googles_parser():
+    inside = _padded(500 * KIB - 100)
+    for path in ("/x", "/xy", "/y"):
+        url = "http://a.org" + path
+        assert RobotsTxt.parse(inside).allowed(url, "FooBot") == _google_allowed(inside, "FooBot", url), path
+
+
+# Wildcard matching with many '*' (the linear-time matcher, used past 8 wildcards) ------------------------------------
+def _brute_force(pattern: str, path: str) -> bool:
+    """Does `pattern` (RFC 9309 `*` and final `$`) match a prefix of `path`? Plain recursion, no regex."""
+    anchored = pattern.endswith("$")
+    body = pattern[:-1] if anchored else pattern
+
+    def rec(i: int, j: int) -> bool:
+        if i == len(body):
+            return j == len(path) if anchored else True
+        if body[i] == "*":
+            return any(rec(i + 1, k) for k in range(j, len(path) + 1))
+        return j < len(path) and path[j] == body[i] and rec(i + 1, j + 1)
+
+    return rec(0, 0)
+
+
+def test_patterns_with_many_wildcards_match_like_brute_force_and_google():
+    rng = random.Random(0)
+    checked = 0
+    for _ in range(300):
+        parts = ["".join(rng.choice("ab/") for _ in range(rng.randint(0, 2))) for _ in range(rng.randint(10, 12))]
+        pattern = "/" + "*".join(parts) + ("$" if rng.random() < 0.5 else "")
+        assert pattern.count("*") > 8  # past the regex path
+        robots = f"User-agent: FooBot\nDisallow: {pattern}\n"
+        parsed = RobotsTxt.parse(robots)
+        for _ in range(6):
+            path = "/" + "".join(rng.choice("ab/x") for _ in range(rng.randint(0, 14)))
+            expected = not _brute_force(pattern, path)
+            assert parsed.allowed("http://a.org" + path, "FooBot") == expected, (pattern, path)
+            checked += 1
+    assert checked == 1800
+    # a case where restarting a '*' from the last candidate position instead of the first would miss the match
+    robots = "User-agent: FooBot\nDisallow: /*a*b*" + "*" * 8 + "c\n"
+    url = "http://a.org/xaxbxaxc"
+    assert not RobotsTxt.parse(robots).allowed(url, "FooBot")
+    assert _google_allowed(robots, "FooBot", url) is False
+    robots = "User-agent: FooBot\nDisallow: /*a*b*c*d*e*f*g*h*i*j\nAllow: /*a*b*c*d*e*f*g*h*i*j$\n"
+    for path in ("/aXbXcXdXeXfXgXhXiXj", "/aXbXcXdXeXfXgXhXiXjk", "/abcdefghiaj", "/abcdefghi"):
+        url = "http://a.org" + path
+        assert RobotsTxt.parse(robots).allowed(url, "FooBot") == _google_allowed(robots, "FooBot", url), path
+
+
+# Bounded host cache: a hit through another spelling of the host also counts as a use -------------------------------
+def test_bounded_cache_hit_through_another_url_prefix_refreshes_the_host():
+    robots = {h: "User-agent: *\nDisallow: /x\n" for h in ("a.org", "b.org", "c.org")}
+    c = RobotsCompliance(robots, max_cached_hosts=2)
+    builds = []
+    original = c._build_policy
+    c._build_policy = lambda host: builds.append(host) or original(host)
+    # a.org, b.org, then a.org again under a new prefix (port): a is now the most recently used host
+    assert c.is_compliant_batch(["https://a.org/y", "https://b.org/y", "http://a.org:8080/x"]) == [True, True, False]
+    c.is_compliant("https://c.org/y")  # evicts the least recently used host: b.org
+    c.is_compliant("https://a.org/z")
+    assert builds == ["a.org", "b.org", "c.org"]
+
+
+# Fetch records: only a 2xx body is a robots.txt ----------------------------------------------------------------------
+@pytest.mark.parametrize("status", [301, 302, 404, 503])
+def test_a_non_2xx_body_is_not_stored_as_the_robots_txt(status):
+    record = record_from_response("a.org", status, b"User-agent: *\nDisallow: /\n", "2025-01-15")
+    assert record.text is None and record.status == status
+    expected_class = "unavailable" if status < 500 else "unreachable"
+    assert record.status_class == expected_class
+    store = RobotsTxtStore([record])
+    assert store.status_counts()[expected_class] == 1
+    # RFC 9309 2.3.1: 3xx/4xx allow everything, 5xx disallows everything
+    assert RobotsCompliance(store).is_compliant("https://a.org/page") == (status < 500)
+
+
+# Retention statistics: whitespace tokens are runs of non-whitespace ------------------------------------------------
+def test_whitespace_token_count_ignores_repeated_and_non_space_whitespace():
+    import datasets
+
+    texts = ["one  two\nthree\tfour ", "  lead and trail  ", "a\n\nb", "", "x\u3000y"]
+    urls = ["https://a.org/drop/1", "https://a.org/keep", "https://b.org/p", "https://b.org/drop/2", "https://a.org/k"]
+    robots = {"a.org": "User-agent: GPTBot\nDisallow: /drop/\n", "b.org": "User-agent: GPTBot\nDisallow: /drop/\n"}
+    ds = annotate_compliance(datasets.Dataset.from_dict({"url": urls, "text": texts}), RobotsCompliance(robots))
+    stats = compute_retention_stats(ds)
+    n = [len(re.findall(r"\S+", t)) for t in texts]  # reference: runs of non-whitespace characters
+    assert stats.overall["tokens"] == sum(n)
+    assert stats.overall["tokens_removed"] == n[0] + n[3]
+    rows = {r["domain"]: r for r in stats.per_domain}
+    assert rows["a.org"]["tokens"] == n[0] + n[1] + n[4]
+    assert rows["a.org"]["tokens_removed_pct"] == pytest.approx(100.0 * n[0] / (n[0] + n[1] + n[4]))
+
+
+# DCG: sign conventions for negative scores and for lower-is-better absolute gaps -----------------------------------
+def _reference_gap(full: float, comp: float, relative: bool, lower: bool) -> float:
+    """Positive = compliance costs performance, in percent of |full| (relative) or in score units (absolute)."""
+    better_by = (comp - full) if lower else (full - comp)  # how much better the full-data model is
+    return 100.0 * better_by / abs(full) if relative else better_by
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_dcg_matches_a_reference_on_negative_and_lower_is_better_scores(relative):
+    full = {"loglik": -2.0, "neg_acc": -0.5, "ppl": 20.0, "loss": 2.0, "acc": 0.6, "loss_neg": -1.0}
+    comp = {"loglik": -2.2, "neg_acc": -0.4, "ppl": 22.0, "loss": 1.9, "acc": 0.54, "loss_neg": -0.8}
+    lower = {"ppl", "loss", "loss_neg"}
+    report = compute_dcg(full, comp, relative=relative, lower_is_better=sorted(lower))
+    gaps = {r["task"]: r["gap"] for r in report.rows}
+    expected = {t: _reference_gap(full[t], comp[t], relative, t in lower) for t in full}
+    assert gaps == pytest.approx(expected)
+    assert report.mean_gap == pytest.approx(math.fsum(expected.values()) / len(expected))
+    # the full model's log-likelihood is higher (better): compliance costs performance, so the gap is positive
+    assert gaps["loglik"] > 0 and gaps["ppl"] > 0 and gaps["loss"] < 0 and gaps["neg_acc"] < 0
