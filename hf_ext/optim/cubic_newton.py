@@ -631,6 +631,9 @@ class CubicNewton(Optimizer):
             counts["hess"] += 1
             H_prev = st.get("hessian_estimate")
             H = H_new if (H_prev is None or b >= 1.0) else (1 - b) * H_prev + b * H_new
+            # row-major, as a checkpoint restores it: torch.func.hessian returns a transposed layout, and the
+            # products with H (solver, HVPs) round differently per layout, so a resumed run would drift by an ulp
+            H = H.contiguous()
             st["hessian_estimate"] = H.detach().clone()
             hvp = lambda v: H @ v.to(H.dtype)  # noqa: E731
         elif hess_mode == "window" and b < 1.0:

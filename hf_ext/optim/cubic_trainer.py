@@ -81,6 +81,34 @@ class CubicNewtonTrainingArguments(TrainingArguments):
                 "rule's acceptance test only holds for the gradient at the current point (deterministic use). Use "
                 "--cubic_M_rule fixed with momentum."
             )
+        # every other option as CubicNewton checks it, now rather than when train() builds the optimizer
+        try:
+            CubicNewton([torch.zeros(1, requires_grad=True)], **self.cubic_newton_kwargs())
+        except ValueError as err:
+            raise ValueError(
+                f"{err} (CubicNewtonTrainingArguments: `M` is --cubic_M, `lr` is --learning_rate, and any other "
+                "keyword `x` is --cubic_x.)"
+            ) from None
+
+    def cubic_newton_kwargs(self) -> dict:
+        """The keyword arguments of the `CubicNewton` that `CubicNewtonTrainer` builds from these arguments."""
+        return dict(
+            M=self.cubic_M,
+            lr=self.learning_rate,
+            momentum=self.cubic_momentum,
+            alpha=self.cubic_alpha,
+            beta=self.cubic_beta,
+            alpha_power=self.cubic_alpha_power,
+            beta_power=self.cubic_beta_power,
+            hessian=self.cubic_hessian,
+            hessian_window=self.cubic_hessian_window,
+            solver=self.cubic_solver,
+            krylov_dim=self.cubic_krylov_dim,
+            gd_iters=self.cubic_gd_iters,
+            M_rule=self.cubic_M_rule,
+            max_step_norm=self.cubic_max_step_norm,
+            cubic_convention=self.cubic_convention,
+        )
 
 
 class _CubicStatsCallback(TrainerCallback):
@@ -143,26 +171,8 @@ class CubicNewtonTrainer(SafetensorsOptimizerStateMixin, Trainer):
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
-            a = self.args
             params = [p for p in (self.model if model is None else model).parameters() if p.requires_grad]
-            self.optimizer = CubicNewton(
-                params,
-                M=a.cubic_M,
-                lr=a.learning_rate,
-                momentum=a.cubic_momentum,
-                alpha=a.cubic_alpha,
-                beta=a.cubic_beta,
-                alpha_power=a.cubic_alpha_power,
-                beta_power=a.cubic_beta_power,
-                hessian=a.cubic_hessian,
-                hessian_window=a.cubic_hessian_window,
-                solver=a.cubic_solver,
-                krylov_dim=a.cubic_krylov_dim,
-                gd_iters=a.cubic_gd_iters,
-                M_rule=a.cubic_M_rule,
-                max_step_norm=a.cubic_max_step_norm,
-                cubic_convention=a.cubic_convention,
-            )
+            self.optimizer = CubicNewton(params, **self.args.cubic_newton_kwargs())
         return self.optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:

@@ -210,7 +210,24 @@ class UpdateMetricsCallback(TrainerCallback):
             model.train(was_training)
         return cache
 
+    @staticmethod
+    def _is_metrics_row(row: Mapping) -> bool:
+        """Whether a `log_history` entry is one of this callback's rows (only `update/...` keys and `step`)."""
+        keys = set(row) - {"step"}
+        return bool(keys) and all(isinstance(k, str) and k.startswith("update/") for k in keys)
+
     # -- callback hooks -------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        # `state` is the checkpoint's on resume: take the rows measured before it back, so `history` and the plot
+        # cover the whole run, and the row still waiting for the next log line (as in an uninterrupted run)
+        self.history, self._pending, self._snap = [], None, None
+        for row in state.log_history:
+            if self._is_metrics_row(row):
+                self.history.append(dict(row))
+                self._pending = dict(row)
+            else:
+                self._pending = None
+
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         if model is None or (state.global_step + 1) % self.every_n_steps:
             return

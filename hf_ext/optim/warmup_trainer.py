@@ -4,6 +4,7 @@ factory (`normalized_optimizer`) for the stock `transformers.Trainer`."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,13 @@ class WarmupFreeTrainingArguments(TrainingArguments):
                 raise ValueError(f"--{name} must lie in [0, 1), got {getattr(self, name)}.")
         if not 0.0 <= self.cooldown_fraction <= 1.0:
             raise ValueError(f"--cooldown_fraction must lie in [0, 1], got {self.cooldown_fraction}.")
+        if self.rotation_angle is not None and not 0.0 < self.rotation_angle < math.pi / 2:
+            raise ValueError(
+                f"--rotation_angle must lie in (0, pi/2) radians, got {self.rotation_angle}; leave it unset for the "
+                "equilibrium angle of --learning_rate and --weight_decay."
+            )
+        if self.update_norm_decay is not None and not 0.0 <= self.update_norm_decay < 1.0:
+            raise ValueError(f"--update_norm_decay must lie in [0, 1), got {self.update_norm_decay}.")
 
 
 # options that exist only on WarmupFreeTrainingArguments, with their defaults (read without instantiating it)
@@ -223,6 +231,24 @@ def build_normalized_optimizer(model: torch.nn.Module, args: TrainingArguments) 
     return make_normalized_optimizer(model, name, **_options_from_args(name, args))
 
 
+def wsd_schedule_arguments(args: TrainingArguments, num_training_steps: int) -> tuple[int, dict]:
+    """`(num_warmup_steps, kwargs)` of transformers' `get_wsd_schedule` as `WarmupFreeTrainer` builds the
+    `warmup_stable_decay` schedule: `lr_scheduler_kwargs`, with linear decay and `num_decay_steps =
+    round(cooldown_fraction * num_training_steps)` unless they set them. Raises `ValueError` when the warmup and the
+    decay do not fit into `num_training_steps` (callable before any work, e.g. by a recipe with `max_steps`)."""
+    kwargs = dict(args.lr_scheduler_kwargs or {})
+    kwargs.setdefault("decay_type", "linear")
+    warmup = int(args.get_warmup_steps(num_training_steps))
+    if "num_decay_steps" not in kwargs:
+        kwargs["num_decay_steps"] = round(_option(args, "cooldown_fraction") * num_training_steps)
+        if warmup + kwargs["num_decay_steps"] > num_training_steps:
+            raise ValueError(
+                f"warmup ({warmup}) + decay ({kwargs['num_decay_steps']}) steps exceed the "
+                f"{num_training_steps} training steps; shorten the warmup or lower --cooldown_fraction."
+            )
+    return warmup, kwargs
+
+
 class WarmupFreeTrainer(SafetensorsOptimizerStateMixin, Trainer):
     """A `Trainer` whose optimizer is the normalized optimizer named by `args.normalized_optimizer` (parameter groups
     derived from the model) and whose schedule is `args.lr_scheduler_type`; for `warmup_stable_decay` missing
@@ -256,16 +282,7 @@ class WarmupFreeTrainer(SafetensorsOptimizerStateMixin, Trainer):
         ):
             from transformers.optimization import get_wsd_schedule
 
-            kwargs = dict(self.args.lr_scheduler_kwargs or {})
-            kwargs.setdefault("decay_type", "linear")
-            warmup = int(self.args.get_warmup_steps(num_training_steps))
-            if "num_decay_steps" not in kwargs:
-                kwargs["num_decay_steps"] = round(_option(self.args, "cooldown_fraction") * num_training_steps)
-                if warmup + kwargs["num_decay_steps"] > num_training_steps:
-                    raise ValueError(
-                        f"warmup ({warmup}) + decay ({kwargs['num_decay_steps']}) steps exceed the "
-                        f"{num_training_steps} training steps; shorten the warmup or lower cooldown_fraction."
-                    )
+            warmup, kwargs = wsd_schedule_arguments(self.args, num_training_steps)
             self.lr_scheduler = get_wsd_schedule(
                 self.optimizer if optimizer is None else optimizer,
                 num_warmup_steps=warmup,

@@ -143,10 +143,11 @@ def _run(make_fn, full_fn, dim: int, method: str, batch: int, budget: int, n: in
             # a dense Hessian is one per-sample call each; HVPs of one Lanczos solve share one Hessian sample
             oracle += batch * (st.grad_evals + (1 if (st.hess_evals or st.hvp_evals) else 0))
         if not math.isfinite(float(x.detach().norm())):
-            break
+            evaluate(step)  # the last row is where the run stopped (non-finite), not an earlier finite point
+            return {"method": method, "batch_size": batch, "rows": rows, "diverged_at_step": step}
         if step % every == 0 or step == steps:
             evaluate(step)
-    return {"method": method, "batch_size": batch, "rows": rows}
+    return {"method": method, "batch_size": batch, "rows": rows, "diverged_at_step": None}
 
 
 def run_logistic(args: CubicNewtonRecipeArguments, methods: list[str], batches: list[int], seed: int) -> list[dict]:
@@ -279,7 +280,9 @@ def plot(results: list[dict], path: str) -> None:
 
 
 def validate(args: CubicNewtonRecipeArguments) -> tuple[list[str], list[str], list[int]]:
-    from ..optim.cubic_newton import MOMENTUM_TYPES
+    import inspect
+
+    from ..optim.cubic_newton import MOMENTUM_TYPES, CubicNewton
     from ..utils.io import ensure_writable_dir
 
     problems = [p.strip() for p in args.problems.split(",") if p.strip()]
@@ -296,10 +299,45 @@ def validate(args: CubicNewtonRecipeArguments) -> tuple[list[str], list[str], li
         raise ValueError(f"--batch_sizes must be positive ints, got {args.batch_sizes!r}.")
     if args.momentum_type not in MOMENTUM_TYPES or args.momentum_type == "none":
         raise ValueError(f"--momentum_type must be one of {MOMENTUM_TYPES[1:]}, got {args.momentum_type!r}.")
-    if args.cubic_M <= 0 or args.oracle_budget <= 0 or args.corpus_oracle_budget <= 0:
-        raise ValueError("--cubic_M, --oracle_budget and --corpus_oracle_budget must be > 0.")
+    if args.oracle_budget <= 0 or args.corpus_oracle_budget <= 0:
+        raise ValueError("--oracle_budget and --corpus_oracle_budget must be > 0.")
     if not (0 < args.alpha <= 1 and 0 < args.beta <= 1):
         raise ValueError("--alpha and --beta must lie in (0, 1].")
+    # one step of a cubic method at batch b costs 2b calls (gradient + Hessian sample), of SGD/Adam b; a budget below
+    # one step would be exceeded (a run always takes a step), and the methods would not be compared at equal cost
+    step_cost = max(b * (1 if m in ("sgd", "adam") else 2) for m in methods for b in batches)
+    for problem, flag in (("logistic", "oracle_budget"), ("corpus", "corpus_oracle_budget")):
+        if problem in problems and getattr(args, flag) < step_cost:
+            raise ValueError(
+                f"--{flag} ({getattr(args, flag)}) is below the cost of one step ({step_cost} oracle calls at batch "
+                f"{max(batches)}); raise it or lower --batch_sizes."
+            )
+    # checked here, not when the first run that uses them starts (after the other methods/problems have run)
+    sig = inspect.signature(CubicNewton).parameters  # the optimizer's default bounds on M
+    lo, hi = sig["M_min"].default, sig["M_max"].default
+    if not lo <= args.cubic_M <= hi:
+        raise ValueError(f"--cubic_M must lie in [{lo:g}, {hi:g}], got {args.cubic_M}.")
+    for name in ("sgd_lr", "adam_lr"):
+        if not 0 < getattr(args, name) < math.inf:
+            raise ValueError(f"--{name} must be a finite number > 0, got {getattr(args, name)}.")
+    if not 0 <= args.regularizer < math.inf:
+        raise ValueError(f"--regularizer must be a finite number >= 0, got {args.regularizer}.")
+    for name in ("eval_points", "krylov_dim", "corpus_hidden"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}.")
+    if "logistic" in problems and (args.n_samples < 2 or args.n_features < 14):
+        raise ValueError(
+            f"--n_samples must be >= 2 and --n_features >= 14 (one feature per categorical attribute), got "
+            f"{args.n_samples} and {args.n_features}."
+        )
+    if "corpus" in problems:
+        from ..data.tokenizer import SPECIAL_TOKENS
+
+        if args.corpus_vocab < 256 + len(SPECIAL_TOKENS):
+            raise ValueError(
+                f"--corpus_vocab must be >= {256 + len(SPECIAL_TOKENS)} (the byte alphabet plus special tokens), "
+                f"got {args.corpus_vocab}."
+            )
     ensure_writable_dir(args.output_dir, "--output_dir")
     return problems, methods, batches
 

@@ -90,8 +90,10 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
         raise ValueError(f"--arms must name distinct arms from {ARMS}, got {recipe.arms!r}.")
     if not 0.0 <= recipe.warmup_fraction < 0.5:
         raise ValueError(f"--warmup_fraction must lie in [0, 0.5), got {recipe.warmup_fraction}.")
-    if recipe.lion_lr_ratio <= 0:
-        raise ValueError(f"--lion_lr_ratio must be > 0, got {recipe.lion_lr_ratio}.")
+    if not 0 < recipe.lion_lr_ratio < math.inf:
+        raise ValueError(f"--lion_lr_ratio must be a finite number > 0, got {recipe.lion_lr_ratio}.")
+    if recipe.metrics_every < 1:
+        raise ValueError(f"--metrics_every must be a positive integer, got {recipe.metrics_every}.")
     if recipe.hidden_act is not None:
         from transformers.activations import ACT2CLS
 
@@ -112,8 +114,53 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
         raise ValueError("--max_steps must be > 0.")
     if recipe.train_file is not None and not os.path.isfile(recipe.train_file):
         raise ValueError(f"--train_file {recipe.train_file!r} does not exist.")
+    _check_arm_options(arms, recipe, args)
     ensure_writable_dir(args.output_dir, "--output_dir")
     return arms
+
+
+_FIXED_BY_ARMS = {
+    "normalized_optimizer": "--arms (each arm names its optimizer)",
+    "warmup_steps": "--warmup_fraction (the *_warmup arms warm up, the others do not)",
+}
+
+
+def _check_arm_options(arms: list[str], recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> None:
+    """Everything each arm's optimizer and schedule will need, checked before any work (a bad value used to
+    surface only when its arm started, after the earlier arms had trained)."""
+    import torch
+    from transformers.trainer_utils import SchedulerType
+
+    from ..optim.warmup_trainer import build_normalized_optimizer, wsd_schedule_arguments
+
+    defaults = {f.name: f.default for f in dataclasses.fields(WarmupTrainingArguments)}
+    for name, where in _FIXED_BY_ARMS.items():
+        if getattr(args, name) != defaults[name]:
+            raise ValueError(
+                f"--{name} is set by the recipe per arm and would be ignored (got {getattr(args, name)!r}); "
+                f"use {where}."
+            )
+    if not 0 < args.learning_rate < math.inf:
+        raise ValueError(f"--learning_rate must be a finite number > 0, got {args.learning_rate}.")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise ValueError(f"--{name} must lie in [0, 1), got {getattr(args, name)}.")
+    if not 0.0 <= args.adam_epsilon < math.inf:
+        raise ValueError(f"--adam_epsilon must be a finite number >= 0, got {args.adam_epsilon}.")
+    if any(a.startswith("lion") for a in arms) and args.rotation_angle is None and not args.weight_decay > 0:
+        raise ValueError(
+            "The lion_ar/lion_a arms rotate at the AdamW equilibrium angle of --learning_rate and --weight_decay, "
+            f"which needs --weight_decay > 0 (got {args.weight_decay}); raise it or pass --rotation_angle."
+        )
+    probe = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))  # a stand-in to build each optimizer
+    for arm in arms:
+        try:
+            arm_args = arm_arguments(arm, recipe, args)
+            if SchedulerType(arm_args.lr_scheduler_type) == SchedulerType.WARMUP_STABLE_DECAY:
+                wsd_schedule_arguments(arm_args, args.max_steps)
+            build_normalized_optimizer(probe, arm_args)
+        except ValueError as err:
+            raise ValueError(f"arm {arm}: {err}") from err
 
 
 def resume_checkpoints(value, arms: list[str], output_dir: str) -> dict[str, str | None]:
@@ -175,15 +222,13 @@ def arm_arguments(arm: str, recipe: WarmupRecipeArguments, args: WarmupTrainingA
     angle = args.rotation_angle  # default: the AdamW baseline's equilibrium angle at the same lr/wd
     if angle is None:
         angle = equilibrium_angle("adamw", args.learning_rate, args.weight_decay, (args.adam_beta1, args.adam_beta2))
+    # betas, Nesterov and inverse bias correction: --lion_beta1/--lion_beta2/--nesterov/--inverse_bias_correction,
+    # whose defaults are the paper's warmup-free recipe (0.98, 0.98, on, on)
     return dataclasses.replace(
         args,
         normalized_optimizer="lion_ar" if arm.startswith("lion_ar") else "lion_a",
         learning_rate=args.learning_rate * ratio,
         weight_decay=args.weight_decay / ratio,
-        lion_beta1=0.98,
-        lion_beta2=0.98,
-        nesterov=True,
-        inverse_bias_correction=True,
         rotation_angle=angle,
         **common,
     )
