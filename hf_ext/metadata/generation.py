@@ -96,8 +96,9 @@ def generate_with_metadata_guidance(
         max_metadata_tokens (`int`, *optional*): The `max_metadata_tokens` the model was trained with
             (`MetadataCollator`): the metadata is cut exactly as in training. `None` keeps all of it.
         **generate_kwargs: Passed to `model.generate` (`max_new_tokens`, `do_sample`, `num_return_sequences`, ...,
-            or a `generation_config`, whose `num_beams`, `num_return_sequences` and `suppress_tokens` count as if
-            passed directly).
+            or a `generation_config`, whose `num_return_sequences` and `suppress_tokens` count as if passed
+            directly). With `guidance_scale != 1`, beam search (`num_beams > 1`) and assisted decoding raise a
+            `ValueError`: transformers' guidance processor cannot follow them.
 
     Example:
         ```python
@@ -177,10 +178,26 @@ def generate_with_metadata_guidance(
         ours["suppress_tokens"] = sorted(set(user) | {b for b in blocked if b is not None})
     extra = {}
     if guidance_scale != 1:
-        # generate() expands input_ids for beams / several return sequences, but not the negative prompt.
-        beams = setting("num_beams") or 1
-        n_return = setting("num_return_sequences") or 1
-        expand = beams if beams > 1 else n_return
+        # transformers' guidance processor keeps the unconditional branch (its ids and cache) in batch order and
+        # appends each row's last token: it does not follow beam reordering, and assisted decoding feeds it draft
+        # tokens that may be rejected. Its unconditional context would then no longer be the row's own continuation.
+        if (setting("num_beams") or 1) > 1:
+            raise ValueError(
+                "guidance_scale != 1 does not work with num_beams > 1: transformers' guidance processor does not "
+                "reorder its unconditional branch with the beams. Use greedy or sampled decoding (num_beams=1)."
+            )
+        assisted = [
+            k
+            for k in ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+            if setting(k) is not None
+        ]
+        if assisted or setting("use_mtp") is True:
+            raise ValueError(
+                f"guidance_scale != 1 does not work with assisted decoding ({', '.join(assisted) or 'use_mtp'}): "
+                "transformers' guidance processor would take draft tokens into its unconditional context. Drop it."
+            )
+        # generate() expands input_ids for several return sequences, but not the negative prompt.
+        expand = setting("num_return_sequences") or 1
         extra = {
             "negative_prompt_ids": inputs["negative_prompt_ids"].repeat_interleave(expand, dim=0),
             "negative_prompt_attention_mask": inputs["negative_prompt_attention_mask"].repeat_interleave(
