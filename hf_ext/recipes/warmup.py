@@ -115,6 +115,7 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
     if recipe.train_file is not None and not os.path.isfile(recipe.train_file):
         raise ValueError(f"--train_file {recipe.train_file!r} does not exist.")
     _check_arm_options(arms, recipe, args)
+    resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir)  # refused before the folder is made
     ensure_writable_dir(args.output_dir, "--output_dir")
     return arms
 

@@ -173,6 +173,7 @@ def test_warmup_recipe_resume_matches_uninterrupted(tmp_path):
         assert resumed[arm]["eval_loss"] == pytest.approx(res["eval_loss"], rel=1e-6, abs=1e-6)
     with pytest.raises(ValueError, match="no arm folder"):
         main(_tiny_warmup_argv(tmp_path / "empty", "--resume_from_checkpoint", "last"))
+    assert not (tmp_path / "empty").exists()  # refused before --output_dir is made
 
 
 def test_cubic_recipe_tiny_run(tmp_path):
