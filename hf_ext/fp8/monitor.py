@@ -15,7 +15,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from .emulation import E4M3, FP8_MAX
+from .emulation import E4M3, FP8_MAX, _in_backward
 
 # site -> candidate (relative module path, "input" | "output") lists; the first list whose modules exist is used.
 SITES: dict[str, list[list[tuple[str, str]]]] = {
@@ -234,7 +234,7 @@ class KurtosisMonitor:
 
     def _make_hook(self, site: str, layer: int, where: str):
         def hook(module, args, output=None):
-            if not self.enabled:
+            if not self.enabled or _in_backward():  # a forward recomputed by activation checkpointing: seen already
                 return
             x = args[0] if where == "input" else output
             if isinstance(x, tuple):
@@ -245,7 +245,7 @@ class KurtosisMonitor:
 
     def _make_layer_end_hook(self, layer: int):
         def hook(module, args, output):
-            if not self.enabled:
+            if not self.enabled or _in_backward():
                 return
             x = output[0] if isinstance(output, tuple) else output
             if "activation" in self.site_modules:

@@ -31,3 +31,28 @@ def test_checkpointing_records_amax_once_per_step_and_keeps_gradients():
         torch.testing.assert_close(hist_ckpt, hist_plain)
     for (n, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=n)
+
+
+def test_monitor_skips_the_forwards_recomputed_by_checkpointing(monkeypatch):
+    """The kurtosis monitor measured every site twice per monitored step under activation checkpointing (the
+    recompute inside backward ran its hooks again): twice the work, and samples counted twice. Now each site is
+    observed once per real forward, and the statistics equal those of the run without checkpointing."""
+    from hf_ext.fp8 import KurtosisMonitor
+
+    ids = torch.randint(0, 64, (2, 8))
+    stats, calls = {}, {}
+    for checkpointing in (False, True):
+        model = _model(checkpointing)
+        monitor = KurtosisMonitor(model)
+        seen = calls.setdefault(checkpointing, [])
+        observe = monitor._observe
+        monkeypatch.setattr(
+            monitor, "_observe", lambda site, layer, x, _o=observe, _s=seen: (_s.append(1), _o(site, layer, x))
+        )
+        with monitor.active():
+            model(input_ids=ids, labels=ids).loss.backward()
+        stats[checkpointing] = monitor.collect()
+    assert len(calls[True]) == len(calls[False]) > 0
+    assert stats[True].keys() == stats[False].keys()
+    for key, value in stats[False].items():
+        assert abs(stats[True][key] - value) <= 1e-6 * max(1.0, abs(value)), key
