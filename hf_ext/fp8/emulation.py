@@ -190,6 +190,21 @@ class Fp8Linear(nn.Linear):
             self.fp8_amax_history = nn.Buffer(torch.zeros(amax_history_len, 3, device=device), persistent=True)
             self.fp8_scale_amax = nn.Buffer(torch.zeros(3, device=device), persistent=True)
 
+    # 2: `fp8_scale_amax` added (delayed scaling). A state dict saved before it has no such entry.
+    _version = 2
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+        key = prefix + "fp8_scale_amax"
+        version = local_metadata.get("version")
+        if self.scaling == "delayed" and key not in state_dict and (version is None or version < 2):
+            # an older checkpoint (or a safetensors file, which keeps no module versions) without the buffer: no scale
+            # was kept from an earlier step, which the forward reads as "use the current amax" (as a fresh module)
+            if (prefix + "fp8_amax_history") in state_dict:
+                state_dict[key] = torch.zeros_like(self.fp8_scale_amax)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> Fp8Linear:
         """An `Fp8Linear` sharing `linear`'s parameters (no copy)."""

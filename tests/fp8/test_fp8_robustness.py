@@ -65,6 +65,44 @@ def test_delayed_scaling_keeps_the_last_scale_while_an_overflowed_amax_is_in_the
     assert "fp8_scale_amax" in lin.state_dict()
 
 
+def test_state_dict_saved_before_fp8_scale_amax_loads_strictly_and_resets_the_kept_scale(tmp_path):
+    """Checkpoints of the emulated backend written before `fp8_scale_amax` existed failed `load_state_dict` with
+    `strict=True` (missing key), and a non-strict load (Trainer resume, rollback) kept the live module's value instead
+    of the checkpoint's state (no kept scale). Such a state dict now loads, with the fresh module's zeros."""
+    from safetensors.torch import load_file, save_file
+
+    trained = _fog()
+    convert(trained, "emulated", scaling="delayed", amax_history_len=4)
+    ids = torch.randint(0, 512, (2, 8))
+    for _ in range(2):
+        trained(input_ids=ids, labels=ids).loss.backward()
+    old = {k: v for k, v in trained.state_dict().items() if not k.endswith("fp8_scale_amax")}
+    assert len(old) < len(trained.state_dict())
+    save_file({k: v.contiguous() for k, v in old.items() if k != "lm_head.weight"}, str(tmp_path / "old.safetensors"))
+    target = _fog()
+    convert(target, "emulated", scaling="delayed", amax_history_len=4)
+    target(input_ids=ids, labels=ids).loss.backward()  # a live, non-zero kept scale that the load must replace
+    lin = target.model.layers[0].self_attn.q_proj
+    assert lin.fp8_scale_amax.abs().sum() > 0
+    loaded = load_file(str(tmp_path / "old.safetensors"))
+    target.load_state_dict(loaded, strict=False)  # lm_head is tied (not in the safetensors file)
+    assert lin.fp8_scale_amax.abs().sum() == 0
+    torch.testing.assert_close(lin.fp8_amax_history, trained.model.layers[0].self_attn.q_proj.fp8_amax_history)
+    # torch.save format: the old module version (1, the default before the buffer) is in the metadata
+    sd = trained.state_dict()
+    for key in [k for k in sd if k.endswith("fp8_scale_amax")]:
+        del sd[key]
+    for module_key, meta in sd._metadata.items():
+        if isinstance(trained.get_submodule(module_key) if module_key else trained, Fp8Linear):
+            meta["version"] = 1
+    target.load_state_dict(sd, strict=True)
+    assert lin.fp8_scale_amax.abs().sum() == 0
+    # a state dict of a plain (unconverted) model still reports both missing buffers
+    plain = _fog().state_dict()
+    with pytest.raises(RuntimeError, match="fp8_amax_history"):
+        target.load_state_dict(plain, strict=True)
+
+
 def test_delayed_scaling_after_a_nan_amax_uses_the_finite_history_as_transformer_engine_does():
     # TE ignores NaN entries in the "max" over the history (fmaxf) and keeps its last scale for "most_recent"; both
     # give step 0's amax here, where a NaN reference used to fall back to the current tensor's amax
