@@ -19,8 +19,6 @@ from transformers import EvalPrediction
 
 from hf_ext.neuralgrok import (
     GradFilterOptimizer,
-    GrokDecoderConfig,
-    GrokDecoderForCausalLM,
     NeuralAmplifier,
     NeuralGrokConfig,
     NeuralGrokOptimizer,
@@ -32,17 +30,12 @@ from hf_ext.neuralgrok import (
 )
 from hf_ext.neuralgrok.metrics import answer_accuracy_from_logits
 
-P = 11
+from .test_trainer import P, make_model
 
 
 @pytest.fixture(scope="module")
 def splits():
     return split_arithmetic_dataset(build_arithmetic_dataset("a+b", P), 0.5, 0.2, seed=0)
-
-
-def make_model(seed=0):
-    torch.manual_seed(seed)
-    return GrokDecoderForCausalLM(GrokDecoderConfig(vocab_size=P + 2, hidden_size=32, num_attention_heads=4))
 
 
 def rows(ds, sl=slice(None)):

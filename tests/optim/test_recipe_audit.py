@@ -18,6 +18,8 @@ from hf_ext.optim import (
     WarmupFreeTrainingArguments,
 )
 
+from .test_cubic_trainer import TinyLM
+
 _RUN_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
 
 
@@ -62,18 +64,6 @@ def _lm_data(n=24, t=16):
     return [{"input_ids": (ids := torch.randint(0, 64, (t,), generator=g)), "labels": ids.clone()} for _ in range(n)]
 
 
-class _TinyLM(nn.Module):
-    def __init__(self, vocab=16, dim=4):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, dim)
-        self.head = nn.Linear(dim, vocab)
-
-    def forward(self, input_ids, labels=None):
-        logits = self.head(torch.tanh(self.emb(input_ids)))
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
-        return {"loss": loss, "logits": logits}
-
-
 def _cubic_data(n=24):
     g = torch.Generator().manual_seed(0)
     return [{"input_ids": (ids := torch.randint(0, 16, (8,), generator=g)), "labels": (ids * 3 + 1) % 16}
@@ -96,7 +86,7 @@ def _cubic_dense(out, callbacks=()):
         cubic_alpha=0.5, cubic_beta=0.5, cubic_hessian="dense", cubic_solver="exact", disable_tqdm=True,
     )  # fmt: skip
     torch.manual_seed(0)
-    return CubicNewtonTrainer(model=_TinyLM(), args=args, train_dataset=_cubic_data())
+    return CubicNewtonTrainer(model=TinyLM(), args=args, train_dataset=_cubic_data())
 
 
 @pytest.mark.parametrize("make", [_lion_ar_snr, _cubic_dense], ids=["lion_ar_snr", "cubic_dense_hessian"])
