@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from transformers import TrainerCallback
@@ -120,16 +119,16 @@ class MetadataCooldownCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if state.is_world_process_zero and os.path.isdir(folder):
-            with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as fh:
-                json.dump(
-                    {
-                        "cooldown_fraction": self.cooldown_fraction,
-                        "switch_step": self.switch_step,
-                        "global_step": state.global_step,
-                        "conditioning_next_step": self.conditioning_at(state.global_step + 1),
-                        "metadata_dropout": self.collator.metadata_dropout,
-                        "seed": self.collator.seed,
-                    },
-                    fh,
-                    indent=2,
-                )
+            from ..utils.io import atomic_write_json
+
+            atomic_write_json(
+                os.path.join(folder, STATE_FILE),
+                {
+                    "cooldown_fraction": self.cooldown_fraction,
+                    "switch_step": self.switch_step,
+                    "global_step": state.global_step,
+                    "conditioning_next_step": self.conditioning_at(state.global_step + 1),
+                    "metadata_dropout": self.collator.metadata_dropout,
+                    "seed": self.collator.seed,
+                },
+            )

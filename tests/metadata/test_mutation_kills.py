@@ -281,6 +281,23 @@ def test_checkpoint_state_says_whether_the_next_step_is_conditioned(ctx_tokenize
         assert saved["switch_step"] == 7 and saved["global_step"] == step
 
 
+def test_checkpoint_state_file_is_written_atomically(ctx_tokenizer, tmp_path):
+    """The state file was written with a plain `open`: a failure while writing left a truncated JSON in the
+    checkpoint; now the file is either complete or absent."""
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"))
+    callback = MetadataCooldownCallback(collator, cooldown_fraction=0.3)
+    args = SimpleNamespace(
+        output_dir=str(tmp_path), gradient_accumulation_steps=1, dataloader_num_workers=0, ignore_data_skip=False
+    )
+    state = SimpleNamespace(max_steps=10, global_step=4, is_world_process_zero=True)
+    callback.on_train_begin(args, state, None)
+    (tmp_path / "checkpoint-4").mkdir()
+    collator.seed = object()  # not JSON-serialisable: the dump fails after writing part of the file
+    with pytest.raises(TypeError):
+        callback.on_save(args, state, None)
+    assert sorted(p.name for p in (tmp_path / "checkpoint-4").iterdir()) == []
+
+
 def test_evaluation_inside_an_epoch_does_not_move_the_switch(ctx_tokenizer, corpus, tmp_path):
     """48 documents in batches of 2 with 2 accumulation steps: 12 steps per epoch, so no epoch start resyncs the
     counter before the switch (after step 7 of 10). Evaluations at steps 3 and 6 collate 2 batches each with the same
