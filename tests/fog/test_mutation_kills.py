@@ -248,3 +248,18 @@ def test_authors_config_fields_map_to_ours():
     d = 8
     plain = THETA ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
     assert not torch.allclose(rotary.inv_freq.double(), plain)  # the scaling acts on the frequencies
+
+
+def test_fields_missing_from_the_authors_config_take_their_class_defaults():
+    """A hand-written or trimmed authors' config.json without `softmax_scale`, `final_layernorm` or
+    `max_position_embeddings` used to get FogConfig's defaults (0.125, False, 4096) instead of the authors'
+    `FOGConfig.__init__` defaults (None = 1/sqrt(head_dim), True, 8192)."""
+    small = {"vocab_size": 50, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+             "num_attention_heads": 4}  # fmt: skip
+    cfg = convert_authors_config(small)
+    assert (cfg.softmax_scale, cfg.final_layernorm, cfg.max_position_embeddings) == (None, True, 8192)
+    assert (cfg.pre_norm, cfg.post_norm, cfg.layerscale, cfg.tie_word_embeddings) == (False, True, True, False)
+    assert (cfg.rms_norm_eps, cfg.pad_token_id, cfg.eos_token_id) == (1e-5, 1, 131071)
+    assert FogForCausalLM(cfg).model.layers[0].self_attn.scaling == pytest.approx(8**-0.5)
+    assert convert_authors_config({**small, "softmax_scale": 0}).softmax_scale is None  # falsy: their default
+    assert convert_authors_config({**small, "final_layernorm": False}).final_layernorm is False

@@ -732,6 +732,15 @@ _AUTHORS_ACT = {
 }
 
 
+# The defaults of the authors' `FOGConfig.__init__`, for fields their config.json may leave out.
+_AUTHORS_DEFAULTS = dict(
+    vocab_size=131072, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    max_position_embeddings=8192, initializer_range=0.02, pad_token_id=1, bos_token_id=None, eos_token_id=131071,
+    tie_word_embeddings=False, attention_bias=False, attention_dropout=0.0, softmax_scale=None, rms_norm_eps=1e-5,
+    pre_norm=False, post_norm=True, layerscale=True, final_layernorm=True,
+)  # fmt: skip
+
+
 def convert_authors_config(raw: dict, **overrides) -> FogConfig:
     """Translate the authors' `FOGConfig` fields (`qk_norm: bool`, `qk_type`, `freeze_qk`, `rope_theta`,
     `hidden_act="silu"` for SwiGLU, `input_upscale=1.0` for off) into a [`FogConfig`].
@@ -758,7 +767,10 @@ def convert_authors_config(raw: dict, **overrides) -> FogConfig:
         "tie_word_embeddings", "attention_bias", "attention_dropout", "softmax_scale", "pre_norm", "post_norm",
         "layerscale", "final_layernorm", "bos_token_id", "eos_token_id", "pad_token_id",
     )  # fmt: skip
-    values = {k: raw[k] for k in keys if k in raw}
+    # a field missing from their config.json means their class default, not ours
+    values = {k: raw[k] if k in raw else _AUTHORS_DEFAULTS[k] for k in keys if k in raw or k in _AUTHORS_DEFAULTS}
+    if not values.get("softmax_scale"):  # their attention reads a falsy scale as 1/sqrt(head_dim)
+        values["softmax_scale"] = None
     values.update(
         hidden_act=_AUTHORS_ACT[act],
         qk_norm=qk_norm,
