@@ -263,14 +263,21 @@ def test_resumed_cooldown_across_epochs_of_a_sized_stream(ctx_tokenizer, corpus,
         assert resumed.seen == {s: f for s, f in full.seen.items() if s > resume_at}, resume_at
 
 
-def test_checkpoint_state_says_whether_the_next_step_is_conditioned(ctx_tokenizer, tmp_path):
-    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"))
+def _started_callback(tokenizer, output_dir, grad_accum: int, global_step: int):
+    """A cooldown callback (30% of 10 steps) after `on_train_begin`, with stand-ins for the Trainer's args/state."""
+    collator = MetadataCollator(tokenizer, metadata_template("url_host"))
     callback = MetadataCooldownCallback(collator, cooldown_fraction=0.3)
     args = SimpleNamespace(
-        output_dir=str(tmp_path), gradient_accumulation_steps=2, dataloader_num_workers=0, ignore_data_skip=False
-    )
-    state = SimpleNamespace(max_steps=10, global_step=0, is_world_process_zero=True)
+        output_dir=str(output_dir), gradient_accumulation_steps=grad_accum, dataloader_num_workers=0,
+        ignore_data_skip=False,
+    )  # fmt: skip
+    state = SimpleNamespace(max_steps=10, global_step=global_step, is_world_process_zero=True)
     callback.on_train_begin(args, state, None)
+    return collator, callback, args, state
+
+
+def test_checkpoint_state_says_whether_the_next_step_is_conditioned(ctx_tokenizer, tmp_path):
+    collator, callback, args, state = _started_callback(ctx_tokenizer, tmp_path, grad_accum=2, global_step=0)
     assert callback.switch_step == 7 and collator.cooldown_start_batch == 14
     for step, expected in ((6, True), (7, False), (8, False)):
         state.global_step = step
@@ -284,13 +291,7 @@ def test_checkpoint_state_says_whether_the_next_step_is_conditioned(ctx_tokenize
 def test_checkpoint_state_file_is_written_atomically(ctx_tokenizer, tmp_path):
     """The state file was written with a plain `open`: a failure while writing left a truncated JSON in the
     checkpoint; now the file is either complete or absent."""
-    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"))
-    callback = MetadataCooldownCallback(collator, cooldown_fraction=0.3)
-    args = SimpleNamespace(
-        output_dir=str(tmp_path), gradient_accumulation_steps=1, dataloader_num_workers=0, ignore_data_skip=False
-    )
-    state = SimpleNamespace(max_steps=10, global_step=4, is_world_process_zero=True)
-    callback.on_train_begin(args, state, None)
+    collator, callback, args, state = _started_callback(ctx_tokenizer, tmp_path, grad_accum=1, global_step=4)
     (tmp_path / "checkpoint-4").mkdir()
     collator.seed = object()  # not JSON-serialisable: the dump fails after writing part of the file
     with pytest.raises(TypeError):
