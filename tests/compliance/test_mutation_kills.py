@@ -7,8 +7,13 @@ import re
 
 import pytest
 
-from hf_ext.compliance import RobotsCompliance, RobotsTxtStore, annotate_compliance, compute_dcg
-from hf_ext.compliance import compute_retention_stats
+from hf_ext.compliance import (
+    RobotsCompliance,
+    RobotsTxtStore,
+    annotate_compliance,
+    compute_dcg,
+    compute_retention_stats,
+)
 from hf_ext.compliance.rfc9309 import RobotsTxt
 from hf_ext.compliance.store import record_from_response
 
@@ -98,20 +103,6 @@ def test_patterns_with_many_wildcards_match_like_brute_force_and_google():
     for path in ("/aXbXcXdXeXfXgXhXiXj", "/aXbXcXdXeXfXgXhXiXjk", "/abcdefghiaj", "/abcdefghi"):
         url = "http://a.org" + path
         assert RobotsTxt.parse(robots).allowed(url, "FooBot") == _google_allowed(robots, "FooBot", url), path
-
-
-# Bounded host cache: a hit through another spelling of the host also counts as a use -------------------------------
-def test_bounded_cache_hit_through_another_url_prefix_refreshes_the_host():
-    robots = {h: "User-agent: *\nDisallow: /x\n" for h in ("a.org", "b.org", "c.org")}
-    c = RobotsCompliance(robots, max_cached_hosts=2)
-    builds = []
-    original = c._build_policy
-    c._build_policy = lambda host: builds.append(host) or original(host)
-    # a.org, b.org, then a.org again under a new prefix (port): a is now the most recently used host
-    assert c.is_compliant_batch(["https://a.org/y", "https://b.org/y", "http://a.org:8080/x"]) == [True, True, False]
-    c.is_compliant("https://c.org/y")  # evicts the least recently used host: b.org
-    c.is_compliant("https://a.org/z")
-    assert builds == ["a.org", "b.org", "c.org"]
 
 
 # Fetch records: only a 2xx body is a robots.txt ----------------------------------------------------------------------

@@ -144,17 +144,34 @@ def test_urls_without_a_scheme_are_matched_on_their_path():
 
 
 # 5. Bounded cache is an O(1) LRU ---------------------------------------------------------------------------------
-def test_bounded_cache_evicts_the_least_recently_used_host():
+def _counting_lru(max_cached_hosts=2):
+    """A bounded checker over a.org, b.org, c.org that records every host whose policy it (re)builds."""
     robots = {h: "User-agent: *\nDisallow: /x\n" for h in ("a.org", "b.org", "c.org")}
-    c = RobotsCompliance(robots, max_cached_hosts=2)
+    c = RobotsCompliance(robots, max_cached_hosts=max_cached_hosts)
     builds = []
     original = c._build_policy
     c._build_policy = lambda host: builds.append(host) or original(host)
+    return c, builds
+
+
+def test_bounded_cache_evicts_the_least_recently_used_host():
+    c, builds = _counting_lru()
     c.is_compliant_batch(["https://a.org/x", "https://b.org/x", "https://a.org/y", "https://c.org/x"])
     c.is_compliant("https://a.org/z")  # a was used after b: b is the one evicted
     assert builds == ["a.org", "b.org", "c.org"]
     c.is_compliant("https://b.org/z")
     assert builds[-1] == "b.org" and c.num_cached_hosts == 2
+
+
+def test_bounded_cache_hit_through_another_url_prefix_refreshes_the_host():
+    """Revisiting a host under another URL prefix (a port) is a use of that host too (found by mutation testing:
+    oldest-first eviction passed the test above)."""
+    c, builds = _counting_lru()
+    # a.org, b.org, then a.org again under a new prefix (port): a is now the most recently used host
+    assert c.is_compliant_batch(["https://a.org/y", "https://b.org/y", "http://a.org:8080/x"]) == [True, True, False]
+    c.is_compliant("https://c.org/y")  # evicts the least recently used host: b.org
+    c.is_compliant("https://a.org/z")
+    assert builds == ["a.org", "b.org", "c.org"]
 
 
 def test_bounded_cache_costs_about_the_same_as_unbounded():
