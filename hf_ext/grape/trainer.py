@@ -57,7 +57,7 @@ def _reentrant_checkpointing(checkpointing_kwargs: dict | None, model) -> str | 
 
 
 class _GrapeCallback(TrainerCallback):
-    """Runs the reweighting after each optimizer step, saves the state with checkpoints, exports at the end."""
+    """Runs the reweighting after each optimizer step and exports the mixture at the end (checkpoints: `save_model`)."""
 
     def __init__(self, trainer: GrapeTrainer):
         self.trainer = trainer
@@ -67,12 +67,6 @@ class _GrapeCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._maybe_reweight()
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(folder):
-                self.trainer.mixture_state.save(folder)
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -284,6 +278,17 @@ class GrapeTrainer(Trainer):
             self._domain_indices, self.mixture_state, num_samples=self.args.samples_per_epoch, seed=self.args.seed
         )
         return self._mixture_sampler
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model; a checkpoint save (`_internal_call`) also writes the mixture state into its folder.
+
+        Trainer writes a checkpoint's model first and its `trainer_state.json` last, so the mixture state lands
+        before the file that marks the checkpoint complete: a save killed half-way leaves a folder that resume skips
+        (or refuses by name), never one that looks complete without its mixture state.
+        """
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if _internal_call and self.args.should_save:
+            self.mixture_state.save(output_dir if output_dir is not None else self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -94,6 +94,45 @@ def test_resume_matches_uninterrupted_run(grape_run, synthetic, grape_helpers, t
     assert b.domain_updates == a.domain_updates == 3
 
 
+def test_a_save_killed_while_writing_the_mixture_state_leaves_a_checkpoint_that_resume_skips(
+    synthetic, grape_helpers, tmp_path, monkeypatch
+):
+    """The mixture state was written after `trainer_state.json` (the file that marks a checkpoint complete): a save
+    killed in between left a folder that resume took as complete and then could not restore."""
+    from hf_ext.grape.state import MixtureState
+    from hf_ext.utils.resume import last_complete_checkpoint
+
+    train, targets = synthetic
+    save, calls = MixtureState.save, []
+
+    def dies_on_the_second_checkpoint(self, directory):
+        calls.append(directory)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed while writing the mixture state")
+        save(self, directory)
+
+    monkeypatch.setattr(MixtureState, "save", dies_on_the_second_checkpoint)
+    out = tmp_path / "killed"
+    trainer = GrapeTrainer(
+        model=grape_helpers["tiny_llama"](),
+        args=make_args(out, max_steps=4, save_strategy="steps", save_steps=2),
+        train_dataset=train,
+        target_datasets=targets,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert [os.path.basename(c) for c in calls] == ["checkpoint-2", "checkpoint-4"]
+    assert (out / "checkpoint-4").is_dir() and not (out / "checkpoint-4" / "trainer_state.json").exists()
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-2")
+    monkeypatch.setattr(MixtureState, "save", save)
+    GrapeTrainer(
+        model=grape_helpers["tiny_llama"](seed=1),
+        args=make_args(tmp_path / "resumed", max_steps=4),
+        train_dataset=train,
+        target_datasets=targets,
+    ).load_mixture_state(str(out / "checkpoint-2"))
+
+
 class _RecordingTrainer(GrapeTrainer):
     """Records the input_ids of every training micro-batch."""
 
