@@ -30,6 +30,13 @@ TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_laye
         ("rms_norm_eps", -1e-5),
         ("initializer_range", -0.02),
         ("attention_dropout", 1.5),
+        ("max_position_embeddings", 0),
+        ("max_position_embeddings", -1),
+        ("rope_theta", float("nan")),
+        ("rope_theta", 0),
+        ("rope_theta", -10000.0),
+        ("pad_token_id", 97),
+        ("pad_token_id", -1),
     ],
 )
 def test_bad_sizes_and_scales_are_refused_naming_the_field(field, value):
@@ -40,6 +47,8 @@ def test_bad_sizes_and_scales_are_refused_naming_the_field(field, value):
 def test_valid_explicit_sizes_and_scales_still_accepted():
     config = FogConfig.fog(**TINY, head_dim=8, num_key_value_heads=2, softmax_scale=1, rms_norm_eps=0.0)
     assert (config.head_dim, config.num_key_value_heads, config.softmax_scale) == (8, 2, 1)
+    config = FogConfig.fog(**TINY, rope_theta=500000.0, pad_token_id=96, max_position_embeddings=1)
+    assert (config.rope_parameters["rope_theta"], config.pad_token_id) == (500000.0, 96)
 
 
 _SEEN: list[bool] = []

@@ -104,6 +104,24 @@ class FogConfig(PreTrainedConfig):
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         super().__post_init__(**kwargs)
+        self._validate_positions()
+
+    def _validate_positions(self) -> None:
+        """Fields transformers leaves unchecked whose bad values fail late (an embedding assertion) or silently (a
+        NaN rotary frequency table; a negative padding index that wraps to a real token's row)."""
+        value = self.max_position_embeddings
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"FogConfig.max_position_embeddings must be a positive integer, got {value!r}.")
+        theta = (self.rope_parameters or {}).get("rope_theta")
+        if not _is_real(theta) or not math.isfinite(theta) or theta <= 0:
+            raise ValueError(
+                f"FogConfig: rope_theta (rope_parameters['rope_theta']) must be a finite number > 0, got {theta!r}."
+            )
+        pad = self.pad_token_id
+        if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < self.vocab_size):
+            raise ValueError(
+                f"FogConfig.pad_token_id must be None or a token id in [0, vocab_size={self.vocab_size}), got {pad!r}."
+            )
 
     def _validate_fog_fields(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
