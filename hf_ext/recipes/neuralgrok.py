@@ -108,7 +108,18 @@ class GrokTrainingArguments(NeuralGrokConfig):
     )
     logging_steps: float = field(default=20, metadata={"help": "Log loss, AGE and weight norm every N steps."})
     gradient_transform: str = field(
-        default="none", metadata={"help": "Set per run from --methods; this value is ignored."}
+        default="none",
+        metadata={
+            "help": "Not a flag of this recipe: each run's transform is set from --methods (passing it is an error)."
+        },
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue interrupted runs: no value (or last) resumes every run from the newest complete "
+            "checkpoint in its folder <output_dir>/<method>-seed<seed>; a checkpoint-N folder (anywhere) resumes the "
+            "one run of a single --methods and --seeds. Needs --save_strategy steps in the interrupted command."
+        },
     )
 
 
@@ -156,7 +167,33 @@ def _resume_plan(value, output_dir: str, methods: list[str], seeds: list[int]) -
             "runs (methods x seeds). Pass --resume_from_checkpoint without a value (each run continues from its "
             "newest checkpoint), or a single --methods and --seeds."
         )
-    return {runs[0]: resolve_resume_checkpoint(value, run_dir(output_dir, *runs[0]))}
+    checkpoint = resolve_resume_checkpoint(value, run_dir(output_dir, *runs[0]))
+    _check_checkpoint_method(checkpoint, runs[0][0])
+    return {runs[0]: checkpoint}
+
+
+def _check_checkpoint_method(checkpoint: str, method: str) -> None:
+    """A checkpoint named on the command line must come from a NeuralGrokTrainer run of the same gradient transform."""
+    import json
+
+    from ..neuralgrok.trainer import TRAINER_STATE_NAME
+
+    path = os.path.join(checkpoint, TRAINER_STATE_NAME)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh).get("gradient_transform")
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"--resume_from_checkpoint={checkpoint!r} has no readable {TRAINER_STATE_NAME} ({err}): it was not "
+            "written by this recipe; pass a checkpoint-N folder of one of its runs."
+        ) from err
+    transform = "none" if method == STRONG_WD else method
+    if saved != transform:
+        raise ValueError(
+            f"--resume_from_checkpoint={checkpoint!r} is a checkpoint of a {saved!r} run, but --methods is "
+            f"{method!r}; pass --methods {saved} (or none_strong_wd for a none checkpoint of that baseline), or a "
+            f"checkpoint of a {method} run."
+        )
 
 
 def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_args) -> tuple:
@@ -174,6 +211,24 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
         raise ValueError(f"--target_accuracy={task_args.target_accuracy} must be in (0, 1].")
     if model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
+    if model_args.model_type != "grok_decoder":
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        if model_args.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise ValueError(
+                f"--model_type={model_args.model_type!r} is not a transformers causal-LM model type; use "
+                "grok_decoder (the papers' model) or one such as llama, gpt2 or qwen2."
+            )
+    if training_args.gradient_transform != "none":
+        raise ValueError(
+            f"--gradient_transform={training_args.gradient_transform!r} is not used by this recipe: every run's "
+            "transform comes from --methods (e.g. --methods neuralgrok). Drop --gradient_transform."
+        )
+    if task_args.stop_at_target and training_args.eval_strategy == "no":
+        raise ValueError(
+            "--stop_at_target needs test-accuracy evaluations to see the target; set --eval_strategy steps (the "
+            "default) or drop --stop_at_target."
+        )
     if training_args.max_steps <= 0:
         raise ValueError("--max_steps must be positive: the runs are compared on a step budget.")
     if task_args.max_eval_samples is not None and task_args.max_eval_samples < 1:
@@ -197,14 +252,44 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
     from ..neuralgrok.data import build_arithmetic_dataset, split_arithmetic_dataset
 
     try:
-        split_arithmetic_dataset(
-            build_arithmetic_dataset(task_args.task, task_args.p), task_args.train_fraction, task_args.outer_fraction
-        )
+        dataset = build_arithmetic_dataset(task_args.task, task_args.p)
+        split_arithmetic_dataset(dataset, task_args.train_fraction, task_args.outer_fraction)
     except (TypeError, ValueError) as err:
         raise type(err)(f"--p / --train_fraction / --outer_fraction: {err}") from err
+    if model_args.model_type != "grok_decoder":
+        from ..neuralgrok.data import arithmetic_vocab_size
+
+        _check_causal(model_args, arithmetic_vocab_size(task_args.task, task_args.p), dataset[0]["input_ids"])
     plan = _resume_plan(training_args.resume_from_checkpoint, training_args.output_dir, methods, seeds)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     return methods, seeds, plan
+
+
+def _check_causal(model_args: GrokModelArguments, vocab_size: int, example) -> None:
+    """A transformers `--model_type` must build and must not see the answer: the input holds the whole equation, so
+    a model whose logits before the last token depend on that token (a bidirectional encoder) would read the answer
+    off its input and "grok" at once."""
+    import torch
+
+    ids = torch.as_tensor(example).reshape(1, -1)
+    other = ids.clone()
+    other[0, -1] = (int(ids[0, -1]) + 1) % vocab_size
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = build_model(model_args, vocab_size, ids.shape[1]).eval()
+            with torch.no_grad():
+                a, b = (model(input_ids=x).logits[0, :-1] for x in (ids, other))
+    except Exception as err:  # noqa: BLE001  (any construction or forward failure of that architecture)
+        raise ValueError(
+            f"--model_type={model_args.model_type!r} could not be built and run as a causal LM from config "
+            f"({type(err).__name__}: {err}); use grok_decoder or a decoder type such as llama, gpt2 or qwen2."
+        ) from err
+    if not torch.allclose(a, b):
+        raise ValueError(
+            f"--model_type={model_args.model_type!r} is not causal here (its predictions depend on later tokens, so "
+            "it would read the answer off the input); use grok_decoder or a decoder type such as llama, gpt2 or qwen2."
+        )
 
 
 def build_model(model_args: GrokModelArguments, vocab_size: int, seq_len: int):
@@ -231,6 +316,7 @@ def build_model(model_args: GrokModelArguments, vocab_size: int, seq_len: int):
         num_attention_heads=model_args.num_attention_heads,
         num_key_value_heads=model_args.num_attention_heads,
         max_position_embeddings=max(seq_len, 16),
+        is_decoder=True,  # models that are also encoders (bert, roberta) attend causally only with it
     )
     return AutoModelForCausalLM.from_config(config)
 
