@@ -91,8 +91,24 @@ class LayerParallelTrainingArguments(TrainingArguments):
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     logging_steps: int = field(default=20, metadata={"help": "Log every N steps."})
-    save_strategy: str = field(default="no", metadata={"help": "Checkpointing strategy during fine-tuning."})
-    eval_strategy: str = field(default="no", metadata={"help": "Evaluation strategy during fine-tuning."})
+    save_strategy: str = field(
+        default="no", metadata={"help": "Checkpointing strategy during fine-tuning (only with --finetune)."}
+    )
+    eval_strategy: str = field(
+        default="no",
+        metadata={
+            "help": "Evaluation strategy during fine-tuning (eval loss on the --max_eval_blocks eval blocks; only with "
+            "--finetune)."
+        },
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue the fine-tuning from a Trainer checkpoint of this recipe: a checkpoint-N folder, or no "
+            "value (or last) for the newest complete one in --output_dir. The checkpoint must hold the same paired "
+            "range, --lp_mode and --lp_mlp_norm; needs --finetune."
+        },
+    )
 
 
 def parse_pair_counts(text: str | None) -> list[int] | None:
@@ -161,8 +177,117 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
         )
     if sweep_args.finetune and training_args.max_steps < 1:
         raise ValueError("--max_steps (fine-tuning steps) must be >= 1 with --finetune; or pass --finetune false.")
+    from ..utils.resume import resolve_resume_checkpoint
+
+    training_args.resume_from_checkpoint = resolve_resume_checkpoint(
+        training_args.resume_from_checkpoint, training_args.output_dir
+    )
+    if not sweep_args.finetune:
+        for name in ("save_strategy", "eval_strategy"):
+            value = getattr(training_args, name)
+            if value != "no":
+                raise ValueError(
+                    f"--{name} {getattr(value, 'value', value)} applies to the fine-tuning, but --finetune is false "
+                    f"(nothing would be saved or evaluated); drop --{name} or --finetune false."
+                )
+    if training_args.resume_from_checkpoint and not sweep_args.finetune:
+        raise ValueError(
+            "--resume_from_checkpoint continues the fine-tuning, but --finetune is false (nothing would resume); drop "
+            "--resume_from_checkpoint or --finetune false."
+        )
+    if sweep_args.finetune and not training_args.resume_from_checkpoint:
+        from ..utils.resume import last_complete_checkpoint
+
+        found = last_complete_checkpoint(training_args.output_dir)
+        if found is not None:
+            raise ValueError(
+                f"{found} exists: this --output_dir holds fine-tuning checkpoints of an earlier run, which this run's "
+                "would mix with (a later --resume_from_checkpoint would pick the newest of either). Pass "
+                "--resume_from_checkpoint to continue it, or choose another --output_dir."
+            )
+    if training_args.resume_from_checkpoint:
+        _check_checkpoint_pairing(
+            training_args.resume_from_checkpoint, sweep_args, sweep_args.lp_start, sweep_args.lp_end
+        )
     _check_ranges_fit_the_source(model_args, sweep_args)
+    _check_attn_implementation(model_args)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
+
+
+def _check_attn_implementation(model_args) -> None:
+    """Build the source on the meta device (no memory, no data) so that transformers' check of
+    `--attn_implementation` (unknown name, kernel package missing) runs before any work."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    if model_args.model_name_or_path is None:
+        config = LlamaConfig(
+            vocab_size=256,
+            hidden_size=model_args.hidden_size,
+            intermediate_size=model_args.intermediate_size,
+            num_hidden_layers=model_args.num_hidden_layers,
+            num_attention_heads=model_args.num_attention_heads,
+            num_key_value_heads=model_args.num_key_value_heads,
+        )
+    else:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
+    except (ValueError, ImportError) as err:
+        raise ValueError(
+            f"--attn_implementation {model_args.attn_implementation!r} cannot be used with this source model here: "
+            f"{err} Use sdpa or eager."
+        ) from None
+
+
+def _check_checkpoint_pairing(checkpoint: str, sweep_args, start: int | None, end: int | None) -> None:
+    """The fine-tuning checkpoint to resume from must hold the model this run converts: a layer-parallel model with
+    the same --lp_mode, --lp_mlp_norm and (when known: given, or chosen by the sweep) paired range."""
+    path = os.path.join(checkpoint, "config.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"--resume_from_checkpoint={checkpoint!r} has no readable config.json ({err}); pass a checkpoint written "
+            "by this recipe's fine-tuning."
+        ) from err
+    if saved.get("model_type") != "layer_parallel":
+        raise ValueError(
+            f"--resume_from_checkpoint={checkpoint!r} holds a {saved.get('model_type')!r} model, not the "
+            "layer-parallel model this recipe fine-tunes; pass a checkpoint written by this recipe's fine-tuning."
+        )
+    wanted = {"lp_mode": sweep_args.lp_mode, "lp_mlp_norm": sweep_args.lp_mlp_norm}
+    if start is not None:
+        wanted.update(lp_start=start, lp_end=end)
+    differ = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+    if differ:
+        detail = ", ".join(f"{k}={old!r} there, {new!r} here" for k, (old, new) in differ.items())
+        raise ValueError(
+            f"--resume_from_checkpoint={checkpoint!r} was fine-tuned with another pairing ({detail}); resume with the "
+            f"checkpoint's settings (--lp_mode {saved.get('lp_mode')} --lp_mlp_norm {saved.get('lp_mlp_norm')} "
+            f"--lp_start {saved.get('lp_start')} --lp_end {saved.get('lp_end')})."
+        )
+
+
+def _whole_run_train_loss(log_history: list[dict], this_process_mean: float, first_step: int, last_step: int):
+    """Mean training loss over all fine-tuning steps `1..last_step`, also when this process resumed at `first_step`.
+
+    `Trainer`'s `training_loss` averages only the steps this process trained; the steps before the resume are taken
+    from the checkpoint's logged losses (each the mean since the previous log). `None` when those logs stop short of
+    `first_step` (a checkpoint saved between two logs), as their last steps' losses are then unknown.
+    """
+    if first_step <= 0:
+        return this_process_mean
+    total, previous = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry and entry["step"] <= first_step:
+            total += entry["loss"] * (entry["step"] - previous)
+            previous = entry["step"]
+    if previous != first_step:
+        return None
+    return (total + this_process_mean * (last_step - first_step)) / max(last_step, 1)
 
 
 def _check_ranges_fit_the_source(model_args, sweep_args) -> None:
@@ -376,6 +501,8 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
                 "num_fewshot": sweep_args.eval_fewshot, "limit": sweep_args.eval_limit,
             }  # fmt: skip
         chosen = choose_range(rows, sweep_args.max_ppl_increase)
+        if training_args.resume_from_checkpoint and sweep_args.lp_start is None and chosen is not None:
+            _check_checkpoint_pairing(training_args.resume_from_checkpoint, sweep_args, chosen["start"], chosen["end"])
         paths = save_sweep(rows, training_args.output_dir, chosen, task_metric=sweep_args.eval_metric)
         print(format_sweep_table(rows, chosen, task_metric=sweep_args.eval_metric))
         print(f"sweep written to {paths['md']} and {paths['png']}")
@@ -415,6 +542,7 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
             model=lp,
             args=training_args,
             train_dataset=train_ds,
+            eval_dataset=eval_ds,  # --eval_strategy steps/epoch: eval loss during fine-tuning
             data_collator=default_data_collator,
             processing_class=tokenizer,
         )
@@ -422,7 +550,21 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         lp = trainer.model
         lp.set_pair_finetuning(False)
         results["finetune_loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-        results["finetune_train_loss"] = train_result.training_loss
+        evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
+        if evals:  # --eval_strategy steps/epoch
+            results["finetune_eval_loss_curve"] = evals
+        first_step = 0
+        if training_args.resume_from_checkpoint:
+            from transformers import TrainerState
+
+            first_step = TrainerState.load_from_json(
+                os.path.join(training_args.resume_from_checkpoint, "trainer_state.json")
+            ).global_step
+        results["finetune_train_loss"] = _whole_run_train_loss(
+            trainer.state.log_history, train_result.training_loss, first_step, trainer.state.global_step
+        )
+        if first_step:
+            results["finetune_resumed_at_step"] = first_step
         if main:
             results["finetuned_eval"] = evaluate_causal_lm(lp, eval_ds, bs)
             print(f"after fine-tuning: perplexity {results['finetuned_eval']['perplexity']:.3f}")
