@@ -425,6 +425,7 @@ class NeuralGrokTrainer(Trainer):
             save_state(self.transform_optimizer.extra_state_dict(), os.path.join(output_dir, TRANSFORM_STATE_PREFIX))
         info = {
             "gradient_transform": self.args.gradient_transform,
+            "weight_decay": float(self.args.weight_decay),  # restored with the optimizer's param groups on resume
             "num_outer_steps": self.num_outer_steps,
             "outer_gradient": self.args.outer_gradient,
             "outer_step_due": self._outer_due,

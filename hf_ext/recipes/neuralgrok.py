@@ -141,8 +141,11 @@ def run_dir(output_dir: str, method: str, seed: int) -> str:
     return os.path.join(output_dir, f"{method}-seed{seed}")
 
 
-def _resume_plan(value, output_dir: str, methods: list[str], seeds: list[int]) -> dict:
-    """Checkpoint (or None) for every run, from `--resume_from_checkpoint`; raises ValueError before any work."""
+def _resume_plan(
+    value, output_dir: str, methods: list[str], seeds: list[int], weight_decays: dict[str, float] | None = None
+) -> dict:
+    """Checkpoint (or None) for every run, from `--resume_from_checkpoint`; raises ValueError before any work.
+    `weight_decays`: each method's weight decay, checked against a checkpoint named on the command line."""
     from ..utils.resume import last_complete_checkpoint, resolve_resume_checkpoint
 
     runs = [(m, s) for s in seeds for m in methods]
@@ -168,12 +171,15 @@ def _resume_plan(value, output_dir: str, methods: list[str], seeds: list[int]) -
             "newest checkpoint), or a single --methods and --seeds."
         )
     checkpoint = resolve_resume_checkpoint(value, run_dir(output_dir, *runs[0]))
-    _check_checkpoint_method(checkpoint, runs[0][0])
+    method = runs[0][0]
+    _check_checkpoint_method(checkpoint, method, (weight_decays or {}).get(method))
     return {runs[0]: checkpoint}
 
 
-def _check_checkpoint_method(checkpoint: str, method: str) -> None:
-    """A checkpoint named on the command line must come from a NeuralGrokTrainer run of the same gradient transform."""
+def _check_checkpoint_method(checkpoint: str, method: str, weight_decay: float | None = None) -> None:
+    """A checkpoint named on the command line must come from a NeuralGrokTrainer run of the same gradient transform
+    and, when the checkpoint records it, the same weight decay (the optimizer's param groups bring the checkpoint's
+    value back on resume, so `none` and `none_strong_wd` checkpoints must not be swapped)."""
     import json
 
     from ..neuralgrok.trainer import TRAINER_STATE_NAME
@@ -181,7 +187,8 @@ def _check_checkpoint_method(checkpoint: str, method: str) -> None:
     path = os.path.join(checkpoint, TRAINER_STATE_NAME)
     try:
         with open(path, encoding="utf-8") as fh:
-            saved = json.load(fh).get("gradient_transform")
+            info = json.load(fh)
+        saved, saved_decay = info.get("gradient_transform"), info.get("weight_decay")
     except (OSError, ValueError) as err:
         raise ValueError(
             f"--resume_from_checkpoint={checkpoint!r} has no readable {TRAINER_STATE_NAME} ({err}): it was not "
@@ -193,6 +200,14 @@ def _check_checkpoint_method(checkpoint: str, method: str) -> None:
             f"--resume_from_checkpoint={checkpoint!r} is a checkpoint of a {saved!r} run, but --methods is "
             f"{method!r}; pass --methods {saved} (or none_strong_wd for a none checkpoint of that baseline), or a "
             f"checkpoint of a {method} run."
+        )
+    if weight_decay is not None and saved_decay is not None and float(saved_decay) != float(weight_decay):
+        other = "none_strong_wd" if method == "none" else ("none" if method == STRONG_WD else None)
+        hint = f"pass --methods {other} if it is a checkpoint of that baseline, or " if other else ""
+        raise ValueError(
+            f"--resume_from_checkpoint={checkpoint!r} was trained with weight decay {saved_decay}, but --methods "
+            f"{method} trains with {weight_decay} (a resume would silently keep the checkpoint's); {hint}pass the "
+            "weight decay of that run (--weight_decay / --strong_weight_decay)."
         )
 
 
@@ -260,7 +275,8 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
         from ..neuralgrok.data import arithmetic_vocab_size
 
         _check_causal(model_args, arithmetic_vocab_size(task_args.task, task_args.p), dataset[0]["input_ids"])
-    plan = _resume_plan(training_args.resume_from_checkpoint, training_args.output_dir, methods, seeds)
+    decays = {m: task_args.strong_weight_decay if m == STRONG_WD else training_args.weight_decay for m in methods}
+    plan = _resume_plan(training_args.resume_from_checkpoint, training_args.output_dir, methods, seeds, decays)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     return methods, seeds, plan
 

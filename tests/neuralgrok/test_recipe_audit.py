@@ -80,3 +80,19 @@ def test_a_checkpoint_of_another_method_is_refused_before_writing(tmp_path):
         main(TINY[:-2] + ["--methods", "neuralgrok", "--output_dir", str(out), "--resume_from_checkpoint",
                           str(tmp_path / "first" / "normalize-seed0" / "checkpoint-1")])  # fmt: skip
     assert not out.exists()
+
+
+def test_a_checkpoint_of_the_other_weight_decay_baseline_is_refused_before_writing(tmp_path):
+    """`none` and `none_strong_wd` share the transform "none", and the optimizer's param groups bring the
+    checkpoint's weight decay back on resume: a swapped checkpoint trained the other baseline silently."""
+    main(TINY[:-2] + ["--methods", "none_strong_wd", "--max_steps", "1", "--save_strategy", "steps",
+                      "--save_steps", "1", "--eval_strategy", "no", "--output_dir", str(tmp_path / "first")])  # fmt: skip
+    checkpoint = tmp_path / "first" / "none_strong_wd-seed0" / "checkpoint-1"
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="weight decay 0.01, but --methods none trains with 0.001.*none_strong_wd"):
+        main(TINY[:-2] + ["--methods", "none", "--output_dir", str(out), "--resume_from_checkpoint",
+                          str(checkpoint)])  # fmt: skip
+    assert not out.exists()
+    main(TINY[:-2] + ["--methods", "none_strong_wd", "--eval_strategy", "no", "--output_dir", str(out),
+                      "--resume_from_checkpoint", str(checkpoint)])  # fmt: skip
+    assert (out / "none_strong_wd-seed0").is_dir()
