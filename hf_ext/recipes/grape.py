@@ -206,6 +206,49 @@ def _validate_eval_args(eval_args: GrapeEvalArguments, args: GrapeRecipeConfig) 
             )
 
 
+def _refuse_inapplicable_flags(
+    data_args: GrapeDataArguments, args: GrapeRecipeConfig, eval_args: GrapeEvalArguments | None
+) -> None:
+    """A flag the run would ignore is an error naming it: the user believes it did something."""
+    methods = _methods(eval_args, args)
+    comparing = eval_args is not None and eval_args.compare_methods is not None
+    if comparing and args.reweight_method != "grape":
+        raise ValueError(
+            f"--reweight_method {args.reweight_method} is not used with --compare_methods (which names the methods to "
+            "train); list it in --compare_methods or drop --compare_methods."
+        )
+    if args.mixture_key != "final" and not args.mixture_file:
+        raise ValueError(f"--mixture_key {args.mixture_key} selects weights of --mixture_file; pass --mixture_file.")
+    if args.mixture_file and methods == ["uniform"]:
+        raise ValueError(
+            "--reweight_method uniform with --mixture_file would train on the file's weights, not uniform ones; use "
+            "--reweight_method fixed to train on a mixture file, or drop --mixture_file."
+        )
+    if args.reference_model_name_or_path and "doremi" not in methods:
+        raise ValueError(
+            "--reference_model_name_or_path is DoReMi's reference model and is not used by "
+            f"{', '.join(methods)}; drop it or train doremi."
+        )
+    strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
+    if strategy != "no":
+        raise ValueError(
+            f"--eval_strategy {strategy} needs an eval_dataset, which the recipe does not give GrapeTrainer (it "
+            "reports the held-out target loss after training); drop the flag."
+        )
+    if data_args.dataset_config_name and not data_args.dataset_name:
+        raise ValueError("--dataset_config_name is a config of --dataset_name; pass --dataset_name or drop it.")
+    own = [f for f in ("target_files", "train_file", "dataset_name") if getattr(data_args, f)]
+    if own and data_args.target_domains != DEFAULT_TARGETS:
+        raise ValueError(
+            f"--target_domains builds targets from the embedded corpus and is not used with --{own[0]}; pass the "
+            "targets as --target_files name=path,... instead."
+        )
+    if eval_args is not None and eval_args.eval_tasks is None:
+        if eval_args.eval_limit is not None or eval_args.eval_num_fewshot != 0:
+            flag = "--eval_limit" if eval_args.eval_limit is not None else "--eval_num_fewshot"
+            raise ValueError(f"{flag} applies to the lm-eval scoring of --eval_tasks; pass --eval_tasks or drop it.")
+
+
 def validate_args(
     data_args: GrapeDataArguments,
     model_args: GrapeModelArguments,
@@ -219,6 +262,7 @@ def validate_args(
 
     if eval_args is not None:
         _validate_eval_args(eval_args, args)
+    _refuse_inapplicable_flags(data_args, args, eval_args)
 
     if data_args.train_file and data_args.dataset_name:
         raise ValueError("Pass either --train_file or --dataset_name, not both.")
@@ -380,6 +424,9 @@ def run(
                 reweight_method=method,
                 output_dir=os.path.join(args.output_dir, method),
                 reference_model_name_or_path=reference,
+                # the uniform baseline is uniform: --mixture_file gives the fixed weights and the other methods'
+                # initial weights, never the baseline's
+                mixture_file=None if method == "uniform" else args.mixture_file,
             )
         results[method] = _train_one(sub, model_args, tokenizer, sources, reweight_targets, eval_targets)
     if not (comparing or tasks):
