@@ -82,8 +82,9 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "Pretrained base (folder or hub id) loaded with AutoModelForSequenceClassification; default: a "
-            "tiny Llama pretrained here on the corpus. Its tokenizer is used when the folder has one."
+            "help": "Pretrained base (folder or hub id) loaded with AutoModelForSequenceClassification "
+            "(llm_selection: AutoModelForCausalLM); default: a tiny Llama pretrained here on the corpus. Its "
+            "tokenizer is used when the folder has one."
         },
     )
     hidden_size: int = field(default=64, metadata={"help": "Hidden size of the tiny Llama."})
@@ -118,7 +119,8 @@ class InfluenceArguments:
     lissa_iterations: int = field(default=10, metadata={"help": "LiSSA recursion depth (passes over the train set)."})
     inspect_fraction: float = field(default=0.2, metadata={"help": "Inspected share for the headline recall."})
     select_fraction: float = field(
-        default=0.8, metadata={"help": "Data selection: keep this lowest-influence share of the training set."}
+        default=0.8,
+        metadata={"help": "classification: data selection keeps this lowest-influence share of the training set."},
     )
     select_fractions: str = field(
         default="0.2,0.5",
@@ -147,7 +149,9 @@ class HyperInfTrainingArguments(TrainingArguments):
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     logging_steps: int = field(default=50, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpointing strategy during training."})
-    eval_strategy: str = field(default="no", metadata={"help": "Evaluation strategy during training."})
+    eval_strategy: str = field(
+        default="no", metadata={"help": "Must stay no: the recipe evaluates after fine-tuning (val/test splits)."}
+    )
     seed: int = field(default=42, metadata={"help": "Seed of the split, the label noise, the model and training."})
 
 
@@ -194,6 +198,7 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
                 f"--select_fractions must be comma-separated shares in (0, 1), e.g. 0.2,0.5; got "
                 f"{inf.select_fractions!r}."
             )
+    _refuse_inapplicable_flags(task, model_args, inf)
     if model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
     if model_args.lora_r <= 0 or model_args.pretrain_steps < 0:
@@ -228,6 +233,12 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
             f"--model_name_or_path={base!r} is not a local folder and HF_HUB_OFFLINE is set; pass a local checkpoint "
             "or drop the argument to pretrain a tiny base model on the embedded corpus."
         )
+    strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+    if strategy != "no":
+        raise ValueError(
+            f"--eval_strategy {strategy} needs an eval_dataset, which the recipe's Trainer runs do not have (the "
+            "recipe evaluates after fine-tuning); drop the flag."
+        )
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     resume = resolve_resume(training_args)
     if resume and not base and not os.path.isfile(os.path.join(training_args.output_dir, "base", "config.json")):
@@ -236,6 +247,41 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
             "(base/config.json) from the interrupted run; resume with the same --output_dir, pass the base with "
             "--model_name_or_path, or drop the flag to start from scratch."
         )
+
+
+def _changed(obj, names: tuple[str, ...]) -> list[str]:
+    """The fields among `names` that differ from their dataclass default (i.e. were set on the command line)."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+    return [name for name in names if getattr(obj, name) != defaults[name]]
+
+
+def _refuse_inapplicable_flags(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments) -> None:
+    """A flag the chosen run would ignore is an error naming it (the user believes it did something)."""
+    if task.task == "classification":
+        ignored = _changed(task, ("prompt_tokens", "answer_tokens", "instruction_kinds"))
+        ignored += _changed(inf, ("select_fractions",))
+        if ignored:
+            raise ValueError(
+                f"{', '.join('--' + n for n in ignored)} only apply to --task llm_selection; drop them or pass "
+                "--task llm_selection (classification keeps --select_fraction)."
+            )
+    elif _changed(inf, ("select_fraction",)):
+        raise ValueError(
+            "--select_fraction only applies to --task classification; --task llm_selection keeps the shares in "
+            "--select_fractions (e.g. 0.2,0.5)."
+        )
+    if model_args.model_name_or_path:
+        ignored = _changed(
+            model_args,
+            ("hidden_size", "num_hidden_layers", "num_attention_heads", "pretrain_steps", "pretrain_learning_rate"),
+        )
+        if ignored:
+            raise ValueError(
+                f"{', '.join('--' + n for n in ignored)} describe the tiny base model pretrained here and are not "
+                "used with --model_name_or_path; drop them or drop --model_name_or_path."
+            )
 
 
 def parse_fractions(text: str) -> list[float]:

@@ -1,0 +1,33 @@
+"""Recipe audit (2026-12-01): flags that the chosen task (or a given base model) would ignore are refused up front."""
+
+import pytest
+
+from hf_ext.recipes.hyperinf import main
+
+TINY = [
+    "--pretrain_steps", "2", "--hidden_size", "32", "--max_train", "24", "--num_val", "4", "--num_test", "8",
+    "--num_train_epochs", "1", "--methods", "tracin", "--disable_tqdm", "true", "--num_threads", "1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--select_fractions", "0.3"], "--select_fractions only apply to --task llm_selection"),
+        (["--instruction_kinds", "continue"], "--instruction_kinds only apply to --task llm_selection"),
+        (["--prompt_tokens", "4", "--answer_tokens", "2"], "--prompt_tokens, --answer_tokens only apply"),
+        (["--task", "llm_selection", "--select_fraction", "0.3"], "--select_fraction only applies to --task class"),
+        (["--model_name_or_path", "BASE"], "--hidden_size, --pretrain_steps describe the tiny base model"),
+        # failed in Trainer's constructor after the base model was pretrained and saved to <output_dir>/base
+        (["--eval_strategy", "steps", "--eval_steps", "1"], "--eval_strategy steps needs an eval_dataset"),
+    ],
+)
+def test_flags_that_cannot_apply_are_refused_before_any_output(tmp_path, args, match):
+    """Each of these ran the whole recipe before (pretraining, fine-tuning, scoring, retraining) and ignored the flag."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=match):
+        main(TINY + ["--output_dir", str(out)] + [a.replace("BASE", str(base)) for a in args])
+    assert not out.exists()
