@@ -54,8 +54,13 @@ class ComplianceArguments:
         default=None, metadata={"help": "JSON results of a model trained on all data (for the DCG report)."}
     )
     dcg_compliant: str | None = field(default=None, metadata={"help": "JSON results of the compliant model."})
-    dcg_metric: str | None = field(default=None, metadata={"help": "Metric to read from nested result files."})
-    dcg_absolute: bool = field(default=False, metadata={"help": "Report absolute instead of relative (percent) gaps."})
+    dcg_metric: str | None = field(
+        default=None, metadata={"help": "Metric to read from nested --dcg_non_compliant/--dcg_compliant files."}
+    )
+    dcg_absolute: bool = field(
+        default=False,
+        metadata={"help": "The --dcg_non_compliant/--dcg_compliant report: absolute, not relative (percent), gaps."},
+    )
     train_models: bool = field(
         default=False,
         metadata={
@@ -87,7 +92,8 @@ class ComplianceArguments:
     eval_limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many items per task."})
 
 
-def _validate(args: ComplianceArguments) -> None:
+def _validate(args: ComplianceArguments):
+    """Check the arguments before any work or write; returns the DCG report of the `--dcg_*` files (or `None`)."""
     from ..compliance.robots import BACKENDS, HOST_FALLBACKS, STATUS_POLICIES
     from ..data.loading import hub_offline
     from ..utils.io import ensure_writable_dir
@@ -104,6 +110,7 @@ def _validate(args: ComplianceArguments) -> None:
         raise ValueError(
             f"--user_agents must be a comma-separated list of names, e.g. GPTBot,CCBot; got {args.user_agents!r}."
         )
+    _refuse_inapplicable_flags(args)
     if args.train_models:
         for name in ("train_steps", "train_block_size", "train_batch_size", "model_hidden_size", "model_layers"):
             if getattr(args, name) < 1:
@@ -127,8 +134,13 @@ def _validate(args: ComplianceArguments) -> None:
                 raise ValueError("--eval_tasks needs lm-evaluation-harness: pip install 'hf_ext[eval]'.") from err
     elif args.eval_tasks is not None:
         raise ValueError("--eval_tasks evaluates the models trained by --train_models; add --train_models.")
-    if args.vocab_size < 16:
-        raise ValueError(f"--vocab_size must be >= 16, got {args.vocab_size}.")
+    from ..data.tokenizer import SPECIAL_TOKENS
+
+    if not args.tokenizer_name and args.vocab_size < 256 + len(SPECIAL_TOKENS):  # what build_tokenizer accepts
+        raise ValueError(
+            f"--vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (the byte alphabet plus special tokens), got "
+            f"{args.vocab_size}."
+        )
     for name in ("url_column", "text_column", "split"):
         if not getattr(args, name):
             raise ValueError(f"--{name} must be non-empty.")
@@ -149,7 +161,70 @@ def _validate(args: ComplianceArguments) -> None:
             raise ValueError(f"--{name}={path!r} is not a file.")
     if args.num_proc is not None and args.num_proc < 1:
         raise ValueError("--num_proc must be >= 1.")
+    report = _dcg_from_files(args) if args.dcg_non_compliant else None
     ensure_writable_dir(args.output_dir, "--output_dir")
+    return report
+
+
+_TRAIN_FLAGS = (
+    "train_steps", "continual_steps", "train_block_size", "train_batch_size", "train_learning_rate",
+    "model_hidden_size", "model_layers",
+)  # fmt: skip
+
+
+def _refuse_inapplicable_flags(args: ComplianceArguments) -> None:
+    """A flag the run would ignore is an error naming it (the user believes it did something)."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(args)}
+
+    def changed(names):
+        return [f"--{n}" for n in names if getattr(args, n) != defaults[n]]
+
+    ignored = [] if args.train_models else changed(_TRAIN_FLAGS)
+    if ignored:
+        raise ValueError(f"{', '.join(ignored)} set the models of --train_models; add --train_models or drop them.")
+    ignored = [] if args.eval_tasks is not None else changed(("eval_metric", "eval_limit"))
+    if ignored:
+        raise ValueError(f"{', '.join(ignored)} apply to the lm-eval scoring of --eval_tasks; pass it or drop them.")
+    ignored = [] if args.dcg_non_compliant is not None else changed(("dcg_metric", "dcg_absolute"))
+    if ignored:
+        raise ValueError(
+            f"{', '.join(ignored)} apply to the DCG report of --dcg_non_compliant/--dcg_compliant; pass both files "
+            "or drop them."
+        )
+    if args.dataset_config_name and not args.dataset_name:
+        raise ValueError("--dataset_config_name is a config of --dataset_name; pass --dataset_name or drop it.")
+    if args.train_models and args.split != "train":
+        raise ValueError(
+            f"--train_models trains on the embedded corpus' train split and scores on its held-out test split; "
+            f"--split {args.split} would train on other data (the test split: the held-out data itself). Drop --split."
+        )
+
+
+def _dcg_from_files(args: ComplianceArguments):
+    """The DCG report of `--dcg_non_compliant` vs `--dcg_compliant`, computed before any work or write so that a
+    malformed or mismatched file fails first, naming the flag."""
+    from ..compliance import compute_dcg
+
+    results = {}
+    for name in ("dcg_non_compliant", "dcg_compliant"):
+        path = getattr(args, name)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                results[name] = json.load(fh)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"--{name}={path!r} is not a JSON results file ({err}).") from None
+    try:
+        return compute_dcg(
+            results["dcg_non_compliant"], results["dcg_compliant"], relative=not args.dcg_absolute,
+            metric=args.dcg_metric,
+        )  # fmt: skip
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"--dcg_non_compliant={args.dcg_non_compliant!r} and --dcg_compliant={args.dcg_compliant!r} do not give a "
+            f"DCG report: {err}"
+        ) from None
 
 
 def _load_dataset(args: ComplianceArguments):
@@ -248,13 +323,12 @@ def run(args: ComplianceArguments) -> dict:
         RobotsCompliance,
         RobotsTxtStore,
         annotate_compliance,
-        compute_dcg,
         compute_retention_stats,
         load_example_robots,
     )
     from ..utils.io import atomic_write_json, atomic_write_text
 
-    _validate(args)
+    report = _validate(args)
     store = RobotsTxtStore.load(args.robots) if args.robots else load_example_robots()
     agents = [a.strip() for a in args.user_agents.split(",")] if args.user_agents else list(DEFAULT_AI_USER_AGENTS)
     checker = RobotsCompliance(
@@ -306,12 +380,7 @@ def run(args: ComplianceArguments) -> dict:
     if args.save_filtered:
         kept = annotated.filter(lambda ok: ok, input_columns="robots_compliant")
         _save_dataset_atomically(kept, os.path.join(args.output_dir, "compliant_dataset"))
-    if args.dcg_non_compliant:
-        with open(args.dcg_non_compliant, encoding="utf-8") as fh:
-            full = json.load(fh)
-        with open(args.dcg_compliant, encoding="utf-8") as fh:
-            comp = json.load(fh)
-        report = compute_dcg(full, comp, relative=not args.dcg_absolute, metric=args.dcg_metric)
+    if report is not None:
         print("\nData compliance gap (positive = the compliant model is worse):")
         print(report.to_table())
         result["dcg"] = report.to_dict()

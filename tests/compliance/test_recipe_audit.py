@@ -1,0 +1,65 @@
+"""Recipe audit (2026-12-01): bad DCG result files and flags the run would ignore fail before anything is written."""
+
+import json
+
+import pytest
+
+from hf_ext.recipes.compliance import main
+
+
+@pytest.mark.parametrize(
+    "non_compliant, compliant, match",
+    [
+        ("{not json", '{"arc": 0.5}', r"--dcg_non_compliant=.* is not a JSON results file"),
+        ('{"arc": 0.5}', '{"piqa": 0.4}', r"--dcg_non_compliant=.* and --dcg_compliant=.* do not give a DCG report"),
+    ],
+)
+def test_bad_dcg_files_fail_before_the_retention_outputs(tmp_path, non_compliant, compliant, match):
+    """They used to fail (a bare JSONDecodeError, or compute_dcg's message) only after filtering the corpus and
+    writing retention_stats.json/.md and the plot."""
+    (tmp_path / "full.json").write_text(non_compliant)
+    (tmp_path / "comp.json").write_text(compliant)
+    out = tmp_path / "never"
+    argv = ["--dcg_non_compliant", str(tmp_path / "full.json"), "--dcg_compliant", str(tmp_path / "comp.json")]
+    with pytest.raises(ValueError, match=match):
+        main([*argv, "--output_dir", str(out)])
+    assert not out.exists()
+
+
+def test_dcg_report_from_files(tmp_path):
+    """The report still comes out (computed up front, written after the statistics): relative gap by hand."""
+    (tmp_path / "full.json").write_text(json.dumps({"arc": {"acc": 0.5}, "piqa": {"acc": 0.8}}))
+    (tmp_path / "comp.json").write_text(json.dumps({"arc": {"acc": 0.4}, "piqa": {"acc": 0.8}}))
+    docs = tmp_path / "docs.jsonl"  # two documents and a small tokenizer keep the retention part fast
+    docs.write_text("".join(json.dumps({"url": f"https://example.org/{i}", "text": "a b c"}) + "\n" for i in (1, 2)))
+    out = tmp_path / "o"
+    argv = ["--dcg_non_compliant", str(tmp_path / "full.json"), "--dcg_compliant", str(tmp_path / "comp.json")]
+    argv += ["--train_file", str(docs), "--vocab_size", "300"]
+    result = main([*argv, "--dcg_metric", "acc", "--output_dir", str(out)])
+    gaps = {r["task"]: r["gap"] for r in json.loads((out / "dcg.json").read_text())["rows"]}
+    assert gaps == pytest.approx({"arc": (0.5 - 0.4) / 0.5 * 100, "piqa": 0.0})
+    assert result["dcg"]["rows"] == json.loads((out / "dcg.json").read_text())["rows"]
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--train_steps", "50"], "--train_steps set the models of --train_models"),
+        (["--model_hidden_size", "128", "--model_layers", "4"], "--model_hidden_size, --model_layers set the models"),
+        (["--eval_limit", "5"], "--eval_limit apply to the lm-eval scoring of --eval_tasks"),
+        (["--train_models", "--eval_metric", "perplexity"], "--eval_metric apply to the lm-eval scoring"),
+        (["--dcg_metric", "acc"], "--dcg_metric apply to the DCG report of --dcg_non_compliant"),
+        (["--dcg_absolute", "true"], "--dcg_absolute apply to the DCG report"),
+        (["--dataset_config_name", "en"], "--dataset_config_name is a config of --dataset_name"),
+        (["--train_models", "--split", "test"], "--split test would train on other data"),
+        # passed the recipe's old check (>= 16) and failed after loading and annotating the data
+        (["--vocab_size", "64"], r"--vocab_size must be >= 2\d\d \(the byte alphabet"),
+    ],
+)
+def test_flags_that_cannot_apply_are_refused_before_any_output(tmp_path, args, match):
+    """Each ran to the end before, ignoring the flag; `--train_models --split test` trained the models on the
+    held-out split they are scored on."""
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=match):
+        main([*args, "--output_dir", str(out)])
+    assert not out.exists()
