@@ -66,7 +66,11 @@ class _GrapeCallback(TrainerCallback):
         self.trainer._record_trajectory(initial=True)
 
     def on_step_end(self, args, state, control, **kwargs):
+        # The reweighting logs its metrics with `Trainer.log`, whose `on_log` clears `control.should_log`: keep the
+        # step's scheduled log (training loss, grad norm, learning rate), which runs after this event.
+        should_log = control.should_log
         self.trainer._maybe_reweight()
+        control.should_log = control.should_log or should_log
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:

@@ -94,6 +94,24 @@ def test_resume_matches_uninterrupted_run(grape_run, synthetic, grape_helpers, t
     assert b.domain_updates == a.domain_updates == 3
 
 
+def test_reweighting_steps_keep_the_scheduled_training_loss_log(synthetic, grape_helpers, tmp_path):
+    """The reweighting's own `log` call cleared `control.should_log`, so the training loss, grad norm and learning
+    rate were never logged at a reweighting step (the recipe's defaults reweight and log every 20 steps: no loss
+    was ever logged)."""
+    train, targets = synthetic
+    trainer = GrapeTrainer(
+        model=grape_helpers["tiny_llama"](),
+        args=make_args(tmp_path, max_steps=6, logging_steps=2, reweight_domains_every=2, reweight_tasks_every=3),
+        train_dataset=train,
+        target_datasets=targets,
+    )
+    trainer.train()
+    history = trainer.state.log_history
+    assert [h["step"] for h in history if "loss" in h] == [2, 4, 6]
+    assert all("grad_norm" in h and "learning_rate" in h for h in history if "loss" in h)
+    assert [h["step"] for h in history if "grape/domain_updates" in h] == [2, 3, 4, 6]
+
+
 def test_a_save_killed_while_writing_the_mixture_state_leaves_a_checkpoint_that_resume_skips(
     synthetic, grape_helpers, tmp_path, monkeypatch
 ):
