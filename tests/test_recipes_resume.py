@@ -8,6 +8,7 @@ in their own test folders; federated refuses the flag, cubic_newton has no such 
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 
 import pytest
@@ -39,11 +40,16 @@ CASES = {
 }
 
 
+RESULTS = {"pretrain": "pretrain_results.json", "grape": "grape_results.json"}  # the recipes reporting train_loss
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bare_resume_flag_continues_exactly(name, tmp_path):
     main = importlib.import_module(f"hf_ext.recipes.{name}").main
     args, runs = CASES[name]
     common = [*args, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--seed", "3"]
+    if "--logging_steps" not in args:
+        common += ["--logging_steps", "1"]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     main([*common, "--output_dir", str(full)])
     for sub, _ in runs:
@@ -61,3 +67,8 @@ def test_bare_resume_flag_continues_exactly(name, tmp_path):
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
         assert any(not torch.equal(a[k], start[k]) for k in a)  # steps 3-4 did train
+    if name in RESULTS:
+        # the mean training loss of the whole run, not of the resumed part (Trainer's training_loss covers the
+        # steps of its own train() call only)
+        a, b = (json.loads((folder / RESULTS[name]).read_text())["train_loss"] for folder in (full, resumed))
+        assert b == pytest.approx(a, rel=1e-6)

@@ -200,3 +200,30 @@ def finish(result=None):
 
     shutdown_distributed()
     return result
+
+
+def whole_run_train_loss(trainer, this_call_mean: float) -> float | None:
+    """Mean training loss over every optimizer step of the run, `1..global_step`, also after a resume.
+
+    `Trainer.train()` returns the mean over the steps of that call only, so a resumed run would report the mean of
+    its last part. The steps before the resume are taken from the restored `log_history` (each logged loss is the
+    mean since the previous log). Returns `None` when those logs stop short of the resume step (a checkpoint saved
+    between two logs): the losses of its last steps were never recorded.
+    """
+    first = resumed_at_step(trainer)
+    last = int(trainer.state.global_step)
+    if first <= 0:
+        return this_call_mean
+    total, previous = 0.0, 0
+    for entry in trainer.state.log_history:
+        if "loss" in entry and "step" in entry and entry["step"] <= first:
+            total += entry["loss"] * (entry["step"] - previous)
+            previous = entry["step"]
+    if previous != first:
+        return None
+    return (total + this_call_mean * (last - first)) / max(last, 1)
+
+
+def resumed_at_step(trainer) -> int:
+    """The optimizer step the last `train()` call started from (0 for a fresh run)."""
+    return int(getattr(trainer, "_initial_global_step", 0) or 0)

@@ -498,9 +498,11 @@ def _train_one(
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
     st = trainer.mixture_state
+    from ._common import whole_run_train_loss
+
     metrics = {
         "method": args.reweight_method,
-        "train_loss": result.training_loss,
+        "train_loss": whole_run_train_loss(trainer, result.training_loss),
         "domain_weights": dict(zip(st.domain_names, st.domain_weights.tolist())),
         "average_domain_weights": dict(zip(st.domain_names, st.average_domain_weights().tolist())),
         "task_weights": dict(zip(st.task_names, st.task_weights.tolist())),

@@ -271,25 +271,6 @@ def _check_checkpoint_pairing(checkpoint: str, sweep_args, start: int | None, en
         )
 
 
-def _whole_run_train_loss(log_history: list[dict], this_process_mean: float, first_step: int, last_step: int):
-    """Mean training loss over all fine-tuning steps `1..last_step`, also when this process resumed at `first_step`.
-
-    `Trainer`'s `training_loss` averages only the steps this process trained; the steps before the resume are taken
-    from the checkpoint's logged losses (each the mean since the previous log). `None` when those logs stop short of
-    `first_step` (a checkpoint saved between two logs), as their last steps' losses are then unknown.
-    """
-    if first_step <= 0:
-        return this_process_mean
-    total, previous = 0.0, 0
-    for entry in log_history:
-        if "loss" in entry and "step" in entry and entry["step"] <= first_step:
-            total += entry["loss"] * (entry["step"] - previous)
-            previous = entry["step"]
-    if previous != first_step:
-        return None
-    return (total + this_process_mean * (last_step - first_step)) / max(last_step, 1)
-
-
 def _check_ranges_fit_the_source(model_args, sweep_args) -> None:
     """Check --lp_start/--lp_end and --pair_counts against the source's depth (the small Llama's, or the one in the
     config of --model_name_or_path) before the source is trained or loaded."""
@@ -547,24 +528,17 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
             processing_class=tokenizer,
         )
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        from ._common import resumed_at_step, whole_run_train_loss
+
         lp = trainer.model
         lp.set_pair_finetuning(False)
         results["finetune_loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
         evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
         if evals:  # --eval_strategy steps/epoch
             results["finetune_eval_loss_curve"] = evals
-        first_step = 0
+        results["finetune_train_loss"] = whole_run_train_loss(trainer, train_result.training_loss)
         if training_args.resume_from_checkpoint:
-            from transformers import TrainerState
-
-            first_step = TrainerState.load_from_json(
-                os.path.join(training_args.resume_from_checkpoint, "trainer_state.json")
-            ).global_step
-        results["finetune_train_loss"] = _whole_run_train_loss(
-            trainer.state.log_history, train_result.training_loss, first_step, trainer.state.global_step
-        )
-        if first_step:
-            results["finetune_resumed_at_step"] = first_step
+            results["finetune_resumed_at_step"] = resumed_at_step(trainer)
         if main:
             results["finetuned_eval"] = evaluate_causal_lm(lp, eval_ds, bs)
             print(f"after fine-tuning: perplexity {results['finetuned_eval']['perplexity']:.3f}")

@@ -454,8 +454,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     else:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    from ._common import whole_run_train_loss
+
     metrics = {
-        "train_loss": train_result.training_loss,
+        "train_loss": whole_run_train_loss(trainer, train_result.training_loss),
         "loss_curve": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
         "fp8_backend": "accelerate-ao" if "fp8_recipe_kwargs" in trainer_kwargs else model_args.fp8_backend,
         "world_size": training_args.world_size,
