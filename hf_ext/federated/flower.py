@@ -311,17 +311,26 @@ def _make_secagg_client_app(model_fn, dataset_fn, fed_args, training_args, data_
     return ClientApp(client_fn=client_fn, mods=secagg_client_mods(fed_args))
 
 
+def secagg_max_weight(fed_args: FederatedArguments) -> float:
+    """The `max_weight` of Flower's SecAgg+: `fed_args.secagg_max_weight`, or 1 under client-level DP, where every
+    client uploads with weight 1 ([`upload_weight`]). SecAgg+ scales each upload by `weight / max_weight` before
+    quantizing to 2^22 levels over `[-clipping_range, clipping_range]`: weight-1 uploads scaled by 1/1000 would fall
+    below one quantization level and the aggregate would carry rounding noise as large as the update itself."""
+    return 1.0 if fed_args.client_dp_clip_norm is not None else fed_args.secagg_max_weight
+
+
 def check_secagg_range(update: dict[str, torch.Tensor], num_examples: int, fed_args: FederatedArguments) -> None:
     """Flower's SecAgg+ clips `(num_examples / max_weight) * update` to `[-clipping_range, clipping_range]` before
     quantizing; refuse to upload values it would clip silently (that would bias the aggregate)."""
-    ratio = num_examples / fed_args.secagg_max_weight
+    max_weight = secagg_max_weight(fed_args)
+    ratio = num_examples / max_weight
     bad = [k for k, v in update.items() if v.numel() and not bool(torch.isfinite(v).all())]
     if bad:  # NaN would pass the range check below and quantize to finite garbage in the aggregate
         raise ValueError(f"The update is not finite (NaN/inf in {bad[:3]}); refusing to upload it to SecAgg+.")
     peak = max((float(v.abs().max()) for v in update.values() if v.numel()), default=0.0)
     if ratio > 1:
         raise ValueError(
-            f"num_examples={num_examples} exceeds --secagg_max_weight={fed_args.secagg_max_weight}: raise it."
+            f"num_examples={num_examples} exceeds the SecAgg+ max_weight {max_weight} (--secagg_max_weight): raise it."
         )
     if ratio * peak > fed_args.secagg_clipping_range:
         raise ValueError(
@@ -478,7 +487,7 @@ def make_server_app(
         secagg = SecAggPlusWorkflow(
             num_shares=1.0,  # every sampled client holds a share of every other client's secrets
             reconstruction_threshold=threshold,
-            max_weight=fed_args.secagg_max_weight,
+            max_weight=secagg_max_weight(fed_args),  # 1 under client-level DP (weight-1 uploads)
             clipping_range=fed_args.secagg_clipping_range,
             timeout=timeout,
         )

@@ -339,7 +339,11 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
         build_client_dataset(p, [c.text for c in cs], tokenizer, data_args.block_size, seed=training_args.seed)
         for p, cs in zip(private, copies)
     ]
-    eval_ds = pack_dataset(load_corpus("test"), tokenizer, data_args.block_size)
+    eval_docs = load_corpus("test")
+    if data_args.canary_source == "test_docs":  # canary bodies are test documents, trained on: keep them out of eval
+        canary_docs = set(held_out_texts(data_args)[: data_args.num_canaries])
+        eval_docs = eval_docs.filter(lambda text: text not in canary_docs, input_columns="text")
+    eval_ds = pack_dataset(eval_docs, tokenizer, data_args.block_size)
     eval_ds = eval_ds.select(range(min(len(eval_ds), data_args.max_eval_blocks)))
 
     base = build_tiny_model(model_args, tokenizer)
