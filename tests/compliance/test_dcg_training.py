@@ -22,6 +22,9 @@ def test_train_models_reports_both_settings_per_domain(tmp_path):
     for row in out["scratch"]["rows"]:  # the gap is the compliant model's relative loss increase
         full, comp = out["losses"]["full"][row["task"]], out["losses"]["compliant"][row["task"]]
         assert row["gap"] == pytest.approx(100 * (comp - full) / full)
+    for key in ("scratch", "continual"):  # the mean is over the domains; ALL, their union, is not averaged in
+        gaps = [r["gap"] for r in out[key]["rows"] if r["task"] != "ALL"]
+        assert out[key]["mean_gap"] == pytest.approx(sum(gaps) / len(gaps), rel=1e-12)
     assert out["tokens_per_model"] == 3 * 4 * 64
     saved = json.loads((tmp_path / "dcg_trained.json").read_text())
     assert saved["scratch"] == out["scratch"]
