@@ -11,18 +11,6 @@ from hf_ext.evaluation import metric_path  # noqa: E402
 from hf_ext.evaluation.scores import accuracy_retention, task_scores  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def load():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = evaluate.load(metric_path(name))
-        return cache[name]
-
-    return get
-
-
 def test_data_compliance_gap_matches_compute_dcg(load):
     from hf_ext.compliance import compute_dcg
 

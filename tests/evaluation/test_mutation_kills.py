@@ -26,7 +26,6 @@ from hf_ext.evaluation import (  # noqa: E402
     evaluate_model,
     evaluate_with_prefix,
     layer_pairing_task_sweep,
-    metric_path,
     results_rows,
     task_dir,
 )
@@ -234,18 +233,6 @@ def test_compliance_gap_counts_every_perplexity_type_as_lower_is_better(metric):
 
 
 # ---------------------------------------------------------------- evaluate metric modules
-
-
-@pytest.fixture(scope="module")
-def load():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = evaluate.load(metric_path(name))
-        return cache[name]
-
-    return get
 
 
 def test_compliance_gap_module_on_negative_scores(load):

@@ -26,3 +26,14 @@ def source():
 @pytest.fixture(scope="module")
 def ids():
     return torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def recipe_tiny():
+    """Arguments of a tiny `layer_parallel` recipe run: a 4-layer GQA Llama on the embedded corpus, on CPU."""
+    return [
+        "--num_hidden_layers", "4", "--hidden_size", "32", "--intermediate_size", "64", "--num_attention_heads", "2",
+        "--num_key_value_heads", "1", "--block_size", "32", "--max_eval_blocks", "8", "--vocab_size", "512",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--disable_tqdm", "true",
+        "--report_to", "none", "--use_cpu", "true",
+    ]  # fmt: skip

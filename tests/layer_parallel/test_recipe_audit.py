@@ -9,39 +9,32 @@ import pytest
 
 from hf_ext.recipes.layer_parallel import main
 
-TINY = [
-    "--num_hidden_layers", "4", "--hidden_size", "32", "--intermediate_size", "64", "--num_attention_heads", "2",
-    "--num_key_value_heads", "1", "--block_size", "32", "--max_eval_blocks", "8", "--vocab_size", "512",
-    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--disable_tqdm", "true",
-    "--report_to", "none", "--use_cpu", "true",
-]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
+def source(tmp_path_factory, recipe_tiny):
     out = tmp_path_factory.mktemp("lp_audit") / "src"
-    main([*TINY, "--output_dir", str(out), "--pretrain_steps", "2", "--skip_sweep", "--lp_start", "0", "--lp_end",
+    main([*recipe_tiny, "--output_dir", str(out), "--pretrain_steps", "2", "--skip_sweep", "--lp_start", "0", "--lp_end",
           "2", "--finetune", "false"])  # fmt: skip
     return str(out / "source")
 
 
 @pytest.fixture(scope="module")
-def full(source, tmp_path_factory):
+def full(source, tmp_path_factory, recipe_tiny):
     """4 fine-tuning steps with checkpoints every 2."""
     out = tmp_path_factory.mktemp("lp_audit_full")
-    results = main(_args(source, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--output_dir",
+    results = main(_args(recipe_tiny, source, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--output_dir",
                          str(out)))  # fmt: skip
     return results, out / "checkpoint-2"
 
 
-def _args(source, *extra):
-    return [*TINY, "--model_name_or_path", source, "--skip_sweep", "--lp_start", "0", "--lp_end", "4",
+def _args(recipe_tiny, source, *extra):
+    return [*recipe_tiny, "--model_name_or_path", source, "--skip_sweep", "--lp_start", "0", "--lp_end", "4",
             "--learning_rate", "1e-2", "--logging_steps", "1", *extra]  # fmt: skip
 
 
-def test_eval_strategy_steps_evaluates_during_finetuning(source, tmp_path):
+def test_eval_strategy_steps_evaluates_during_finetuning(source, tmp_path, recipe_tiny):
     out = tmp_path / "out"
-    res = main(_args(source, "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "1", "--output_dir",
+    res = main(_args(recipe_tiny, source, "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "1", "--output_dir",
                      str(out)))  # fmt: skip
     curve = res["finetune_eval_loss_curve"]
     assert [step for step, _ in curve] == [1, 2]
@@ -50,11 +43,11 @@ def test_eval_strategy_steps_evaluates_during_finetuning(source, tmp_path):
     assert json.loads((out / "results.json").read_text())["finetune_eval_loss_curve"] == [list(p) for p in curve]
 
 
-def test_resume_from_a_moved_checkpoint_records_the_whole_runs_train_loss(source, full, tmp_path):
+def test_resume_from_a_moved_checkpoint_records_the_whole_runs_train_loss(source, full, tmp_path, recipe_tiny):
     full, checkpoint = full
     moved = tmp_path / "elsewhere" / "checkpoint-2"
     shutil.copytree(checkpoint, moved)
-    resumed = main(_args(source, "--max_steps", "4", "--output_dir", str(tmp_path / "resumed"),
+    resumed = main(_args(recipe_tiny, source, "--max_steps", "4", "--output_dir", str(tmp_path / "resumed"),
                          "--resume_from_checkpoint", str(moved)))  # fmt: skip
     assert resumed["finetune_loss_curve"] == full["finetune_loss_curve"]
     # was: the mean over steps 3-4 only (Trainer's training_loss of the resumed process)
@@ -63,12 +56,12 @@ def test_resume_from_a_moved_checkpoint_records_the_whole_runs_train_loss(source
     assert resumed["finetuned_eval"] == full["finetuned_eval"]
 
 
-def test_resume_is_refused_early_when_it_cannot_apply(source, full, tmp_path):
+def test_resume_is_refused_early_when_it_cannot_apply(source, full, tmp_path, recipe_tiny):
     ckpt = str(full[1])
     out = tmp_path / "never"
     with pytest.raises(ValueError, match="--finetune"):  # was: accepted and silently ignored
-        main(_args(source, "--finetune", "false", "--output_dir", str(out), "--resume_from_checkpoint", ckpt))
-    base = [*TINY, "--model_name_or_path", source, "--max_steps", "2", "--output_dir", str(out),
+        main(_args(recipe_tiny, source, "--finetune", "false", "--output_dir", str(out), "--resume_from_checkpoint", ckpt))
+    base = [*recipe_tiny, "--model_name_or_path", source, "--max_steps", "2", "--output_dir", str(out),
             "--resume_from_checkpoint", ckpt]  # fmt: skip
     with pytest.raises(ValueError, match="lp_start=0 there, 1 here"):  # was: RuntimeError loading the state dict
         main([*base, "--skip_sweep", "--lp_start", "1", "--lp_end", "3"])
@@ -81,18 +74,18 @@ def test_resume_is_refused_early_when_it_cannot_apply(source, full, tmp_path):
     assert not (out / "sweep.json").exists()
 
 
-def test_fresh_finetuning_in_a_folder_with_checkpoints_is_refused(source, full):
+def test_fresh_finetuning_in_a_folder_with_checkpoints_is_refused(source, full, recipe_tiny):
     """Was accepted: the new run's checkpoints mixed with the earlier run's, and a later bare --resume_from_checkpoint
     continued from the earlier run's newest checkpoint (checkpoint-6 of a 6-step run, for a 4-step run)."""
     out = full[1].parent
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(ValueError, match="checkpoint-4 exists.*--resume_from_checkpoint"):
-        main(_args(source, "--max_steps", "2", "--output_dir", str(out)))
+        main(_args(recipe_tiny, source, "--max_steps", "2", "--output_dir", str(out)))
     assert sorted(p.name for p in out.iterdir()) == before
 
 
 @pytest.mark.parametrize("impl", ["not_a_kernel", "flash_attention_2"])  # unknown; kernel package not installed here
-def test_bad_attn_implementation_is_refused_before_writing(tmp_path, impl):
+def test_bad_attn_implementation_is_refused_before_writing(tmp_path, impl, recipe_tiny):
     """Was: transformers' error after the corpus was tokenised and --output_dir was created."""
     import importlib.util
 
@@ -100,14 +93,14 @@ def test_bad_attn_implementation_is_refused_before_writing(tmp_path, impl):
         pytest.skip("flash-attn is installed here")
     out = tmp_path / "never"
     with pytest.raises(ValueError, match=f"--attn_implementation '{impl}'"):
-        main([*TINY, "--output_dir", str(out), "--attn_implementation", impl])
+        main([*recipe_tiny, "--output_dir", str(out), "--attn_implementation", impl])
     assert not out.exists()
 
 
 @pytest.mark.parametrize("flag", ["--save_strategy", "--eval_strategy"])
-def test_finetuning_flags_are_refused_without_finetuning(tmp_path, flag):
+def test_finetuning_flags_are_refused_without_finetuning(tmp_path, flag, recipe_tiny):
     """Were accepted and did nothing with --finetune false."""
     out = tmp_path / "never"
     with pytest.raises(ValueError, match=f"{flag} steps applies to the fine-tuning"):
-        main([*TINY, "--output_dir", str(out), "--finetune", "false", flag, "steps"])
+        main([*recipe_tiny, "--output_dir", str(out), "--finetune", "false", flag, "steps"])
     assert not out.exists()

@@ -94,21 +94,15 @@ def test_recipe_rejects_bad_arguments_before_writing(tmp_path):
     assert not out.exists()
 
 
-TINY = [
-    "--num_hidden_layers", "4", "--hidden_size", "32", "--intermediate_size", "64", "--num_attention_heads", "2",
-    "--num_key_value_heads", "1", "--block_size", "32", "--max_eval_blocks", "8", "--vocab_size", "512",
-    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--disable_tqdm", "true",
-    "--report_to", "none", "--use_cpu", "true",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, recipe_tiny):
     from hf_ext.recipes.layer_parallel import main
 
     out = tmp_path_factory.mktemp("lp_recipe") / "lp"
     results = main(
-        [*TINY, "--output_dir", str(out), "--pretrain_steps", "8", "--max_steps", "4", "--pair_counts", "1,2",
+        [*recipe_tiny, "--output_dir", str(out), "--pretrain_steps", "8", "--max_steps", "4", "--pair_counts", "1,2",
          "--max_ppl_increase", "100", "--logging_steps", "1"]
     )  # fmt: skip
     return out, results
@@ -134,14 +128,14 @@ def test_recipe_end_to_end_tiny(tiny_run):
     assert not torch.equal(tuned["model.layers.0.mlp.up_proj.weight"], converted["model.layers.0.mlp.up_proj.weight"])
 
 
-def test_recipe_finetune_resume_matches_uninterrupted(tiny_run, tmp_path):
+def test_recipe_finetune_resume_matches_uninterrupted(tiny_run, tmp_path, recipe_tiny):
     """Fine-tuning resumed from a Trainer checkpoint ends with the same weights as an uninterrupted run."""
     from safetensors.torch import load_file
 
     from hf_ext.recipes.layer_parallel import main
 
     source = str(tiny_run[0] / "source")
-    args = [*TINY, "--model_name_or_path", source, "--skip_sweep", "--lp_start", "2", "--lp_end", "4",
+    args = [*recipe_tiny, "--model_name_or_path", source, "--skip_sweep", "--lp_start", "2", "--lp_end", "4",
             "--max_steps", "4", "--learning_rate", "1e-2"]  # fmt: skip
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     main([*args, "--output_dir", str(full), "--save_strategy", "steps", "--save_steps", "2"])
