@@ -9,17 +9,15 @@ import sys
 
 import pytest
 
-from .test_sweep_and_recipe import TINY
-
 
 @pytest.mark.distributed
-def test_two_ranks_sweep_once_and_save_one_model(tmp_path, repo_root, free_port):
+def test_two_ranks_sweep_once_and_save_one_model(tmp_path, repo_root, free_port, recipe_tiny):
     """Before the per-rank guards both ranks ran the sweep and saved the model, and rank 1 reloaded the folder while
     rank 0 was still writing it ("Unrecognized model ... config.json")."""
     out = tmp_path / "lp"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
-        os.path.join(repo_root, "scripts", "layer_parallel.py"), *TINY, "--output_dir", str(out),
+        os.path.join(repo_root, "scripts", "layer_parallel.py"), *recipe_tiny, "--output_dir", str(out),
         "--pretrain_steps", "8", "--max_steps", "4", "--pair_counts", "1,2", "--max_ppl_increase", "100",
         "--logging_steps", "1",
     ]  # fmt: skip
