@@ -227,3 +227,33 @@ def whole_run_train_loss(trainer, this_call_mean: float) -> float | None:
 def resumed_at_step(trainer) -> int:
     """The optimizer step the last `train()` call started from (0 for a fresh run)."""
     return int(getattr(trainer, "_initial_global_step", 0) or 0)
+
+
+def changed_from_default(args, names) -> list[str]:
+    """The fields among `names` whose value differs from the dataclass default (set on the command line): the
+    recipes refuse such a flag by name where the run would ignore it."""
+    defaults = {}
+    for f in dataclasses.fields(args):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    return [name for name in names if getattr(args, name) != defaults[name]]
+
+
+def check_meta_build(config, attn_implementation: str | None, what: str) -> None:
+    """Build a model of `config` on the meta device (no memory, no data), so that transformers' own checks of the
+    config and of `--attn_implementation` (unknown kernel, kernel package not installed) run before any work.
+    `what` names the model in the error (e.g. "fresh llama", "source")."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    except (ValueError, ImportError) as err:
+        if isinstance(err, ImportError) or "attn_implementation" in str(err):  # kernel unknown or not installed
+            raise ValueError(
+                f"--attn_implementation {attn_implementation!r} cannot be used with the {what} model here: {err}"
+            ) from None
+        raise ValueError(f"The {what} model cannot be built from these flags: {err}") from None

@@ -175,12 +175,10 @@ _TRAIN_FLAGS = (
 
 def _refuse_inapplicable_flags(args: ComplianceArguments) -> None:
     """A flag the run would ignore is an error naming it (the user believes it did something)."""
-    import dataclasses
-
-    defaults = {f.name: f.default for f in dataclasses.fields(args)}
+    from ._common import changed_from_default
 
     def changed(names):
-        return [f"--{n}" for n in names if getattr(args, n) != defaults[n]]
+        return [f"--{n}" for n in changed_from_default(args, names)]
 
     ignored = [] if args.train_models else changed(_TRAIN_FLAGS)
     if ignored:

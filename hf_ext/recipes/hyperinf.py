@@ -249,31 +249,25 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
         )
 
 
-def _changed(obj, names: tuple[str, ...]) -> list[str]:
-    """The fields among `names` that differ from their dataclass default (i.e. were set on the command line)."""
-    import dataclasses
-
-    defaults = {f.name: f.default for f in dataclasses.fields(obj)}
-    return [name for name in names if getattr(obj, name) != defaults[name]]
-
-
 def _refuse_inapplicable_flags(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments) -> None:
     """A flag the chosen run would ignore is an error naming it (the user believes it did something)."""
+    from ._common import changed_from_default
+
     if task.task == "classification":
-        ignored = _changed(task, ("prompt_tokens", "answer_tokens", "instruction_kinds"))
-        ignored += _changed(inf, ("select_fractions",))
+        ignored = changed_from_default(task, ("prompt_tokens", "answer_tokens", "instruction_kinds"))
+        ignored += changed_from_default(inf, ("select_fractions",))
         if ignored:
             raise ValueError(
                 f"{', '.join('--' + n for n in ignored)} only apply to --task llm_selection; drop them or pass "
                 "--task llm_selection (classification keeps --select_fraction)."
             )
-    elif _changed(inf, ("select_fraction",)):
+    elif changed_from_default(inf, ("select_fraction",)):
         raise ValueError(
             "--select_fraction only applies to --task classification; --task llm_selection keeps the shares in "
             "--select_fractions (e.g. 0.2,0.5)."
         )
     if model_args.model_name_or_path:
-        ignored = _changed(
+        ignored = changed_from_default(
             model_args,
             ("hidden_size", "num_hidden_layers", "num_attention_heads", "pretrain_steps", "pretrain_learning_rate"),
         )

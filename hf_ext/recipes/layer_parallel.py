@@ -217,8 +217,9 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
 def _check_attn_implementation(model_args) -> None:
     """Build the source on the meta device (no memory, no data) so that transformers' check of
     `--attn_implementation` (unknown name, kernel package missing) runs before any work."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoConfig, LlamaConfig
+
+    from ._common import check_meta_build
 
     if model_args.model_name_or_path is None:
         config = LlamaConfig(
@@ -231,14 +232,7 @@ def _check_attn_implementation(model_args) -> None:
         )
     else:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path)
-    try:
-        with torch.device("meta"):
-            AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
-    except (ValueError, ImportError) as err:
-        raise ValueError(
-            f"--attn_implementation {model_args.attn_implementation!r} cannot be used with this source model here: "
-            f"{err} Use sdpa or eager."
-        ) from None
+    check_meta_build(config, model_args.attn_implementation, "source")
 
 
 def _check_checkpoint_pairing(checkpoint: str, sweep_args, start: int | None, end: int | None) -> None:

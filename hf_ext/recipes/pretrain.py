@@ -324,22 +324,12 @@ def check_model_type(model_args: ModelArguments) -> None:
 def check_fresh_model(model_args: ModelArguments, block_size: int) -> None:
     """Build the fresh model on the meta device (no memory, no data) so that transformers' own checks of the config
     and of `--attn_implementation` run before any work."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from ._common import check_meta_build
 
     check_model_type(model_args)
     no_ids = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
     config = fresh_config(model_args, vocab_size=256, block_size=block_size, special_ids=no_ids)
-    try:
-        with torch.device("meta"):
-            AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
-    except (ValueError, ImportError) as err:
-        if isinstance(err, ImportError) or "attn_implementation" in str(err):  # kernel unknown or not installed
-            raise ValueError(
-                f"--attn_implementation {model_args.attn_implementation!r} cannot be used with a "
-                f"{model_args.model_type} model here: {err}"
-            ) from None
-        raise ValueError(f"The fresh {model_args.model_type} model cannot be built from these flags: {err}") from None
+    check_meta_build(config, model_args.attn_implementation, f"fresh {model_args.model_type}")
 
 
 def build_model(model_args: ModelArguments, tokenizer, block_size: int):

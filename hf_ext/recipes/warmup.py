@@ -133,14 +133,13 @@ def _check_arm_options(arms: list[str], recipe: WarmupRecipeArguments, args: War
     from transformers.trainer_utils import SchedulerType
 
     from ..optim.warmup_trainer import build_normalized_optimizer, wsd_schedule_arguments
+    from ._common import changed_from_default
 
-    defaults = {f.name: f.default for f in dataclasses.fields(WarmupTrainingArguments)}
-    for name, where in _FIXED_BY_ARMS.items():
-        if getattr(args, name) != defaults[name]:
-            raise ValueError(
-                f"--{name} is set by the recipe per arm and would be ignored (got {getattr(args, name)!r}); "
-                f"use {where}."
-            )
+    for name in changed_from_default(args, _FIXED_BY_ARMS):
+        raise ValueError(
+            f"--{name} is set by the recipe per arm and would be ignored (got {getattr(args, name)!r}); "
+            f"use {_FIXED_BY_ARMS[name]}."
+        )
     if not 0 < args.learning_rate < math.inf:
         raise ValueError(f"--learning_rate must be a finite number > 0, got {args.learning_rate}.")
     for name in ("adam_beta1", "adam_beta2"):
