@@ -241,6 +241,28 @@ def changed_from_default(args, names) -> list[str]:
     return [name for name in names if getattr(args, name) != defaults[name]]
 
 
+def clear_previous_results(output_dir: str, names, resuming: bool = False) -> list[str]:
+    """Remove the result files an earlier run of this recipe left in `output_dir`, before a fresh run does any work.
+
+    A run writes its result files at its end; without this, a rerun into the same folder that is interrupted, or that
+    writes fewer files (another mode, a step skipped), leaves the older run's files beside its own, each looking
+    current. Only the recipe's own report files named in `names` (paths relative to `output_dir`) are removed: never
+    checkpoints, saved models or other files. A resumed run continues the run that wrote them, so nothing is removed
+    (`resuming`). Call on the main process only. Returns the removed names.
+    """
+    if resuming:
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(path) or os.path.islink(path):
+            os.remove(path)
+            removed.append(name)
+    if removed:
+        print(f"removed the results of an earlier run from {output_dir}: {', '.join(removed)}", flush=True)
+    return removed
+
+
 def check_meta_build(config, attn_implementation: str | None, what: str) -> None:
     """Build a model of `config` on the meta device (no memory, no data), so that transformers' own checks of the
     config and of `--attn_implementation` (unknown kernel, kernel package not installed) run before any work.

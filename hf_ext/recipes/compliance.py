@@ -78,7 +78,7 @@ class ComplianceArguments:
     train_learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate (cosine decay)."})
     model_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the trained Llama models."})
     model_layers: int = field(default=2, metadata={"help": "Layers of the trained Llama models."})
-    seed: int = field(default=0, metadata={"help": "Seed of model initialisation and data order."})
+    seed: int = field(default=0, metadata={"help": "Seed of model initialisation and data order (--train_models)."})
     eval_tasks: str | None = field(
         default=None,
         metadata={
@@ -169,7 +169,7 @@ def _validate(args: ComplianceArguments):
 
 _TRAIN_FLAGS = (
     "train_steps", "continual_steps", "train_block_size", "train_batch_size", "train_learning_rate",
-    "model_hidden_size", "model_layers",
+    "model_hidden_size", "model_layers", "seed",
 )  # fmt: skip
 
 
@@ -316,6 +316,14 @@ def _settings_markdown(settings: dict) -> str:
     )
 
 
+# The report files a run writes into --output_dir (a rerun removes an earlier run's before it starts; the saved
+# compliant dataset is replaced atomically by --save_filtered and otherwise left alone).
+RESULT_FILES = (
+    "retention_stats.json", "retention_stats.md", "retention_by_domain.png", "dcg.json", "dcg_trained.json",
+    "dcg_trained.md", "dcg_trained.png",
+)  # fmt: skip
+
+
 def run(args: ComplianceArguments) -> dict:
     from ..compliance import (
         DEFAULT_AI_USER_AGENTS,
@@ -328,6 +336,9 @@ def run(args: ComplianceArguments) -> dict:
     from ..utils.io import atomic_write_json, atomic_write_text
 
     report = _validate(args)
+    from ._common import clear_previous_results
+
+    clear_previous_results(args.output_dir, RESULT_FILES)
     store = RobotsTxtStore.load(args.robots) if args.robots else load_example_robots()
     agents = [a.strip() for a in args.user_agents.split(",")] if args.user_agents else list(DEFAULT_AI_USER_AGENTS)
     checker = RobotsCompliance(

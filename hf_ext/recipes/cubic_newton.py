@@ -347,6 +347,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     (args,) = parse_recipe_args((CubicNewtonRecipeArguments,), argv)
     problems, methods, batches = validate(args)
+    from ._common import clear_previous_results
+
+    clear_previous_results(args.output_dir, ("cubic_newton_results.json", "cubic_newton.png"))
     results: list[dict] = []
     if "logistic" in problems:
         results += run_logistic(args, methods, batches, args.seed)

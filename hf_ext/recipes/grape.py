@@ -370,6 +370,13 @@ def build_data(data_args: GrapeDataArguments, args: GrapeRecipeConfig):
     return sources, targets
 
 
+def _result_files(args: GrapeRecipeConfig) -> list[str]:
+    """The report files a run may write into --output_dir (one method, or one sub-folder per compared method)."""
+    own = ["grape_results.json", args.export_mixture_file, *([args.plot_file] if args.plot_file else [])]
+    per_method = [os.path.join(method, name) for method in REWEIGHT_METHODS for name in own]
+    return [*own, "target_eval.json", "target_eval.md", "target_eval.png", *per_method]
+
+
 def run(
     data_args: GrapeDataArguments,
     model_args: GrapeModelArguments,
@@ -389,6 +396,10 @@ def run(
     from ..grape.data import prepare_target
 
     validate_args(data_args, model_args, args, eval_args)
+    if args.process_index == 0:
+        from ._common import clear_previous_results
+
+        clear_previous_results(args.output_dir, _result_files(args), bool(args.resume_from_checkpoint))
     set_seed(args.seed)
     if data_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)

@@ -209,6 +209,9 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
     bad = sorted(set(methods) - set(ALL_METHODS))
     if not methods or bad:
         raise ValueError(f"--methods: unknown {bad or methods}; choose among {list(ALL_METHODS)}.")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise ValueError(f"--methods names {repeated} more than once; list each method once.")
     if not 0.0 < inf.inspect_fraction <= 1.0 or not 0.0 < inf.select_fraction <= 1.0:
         raise ValueError("--inspect_fraction and --select_fraction must be in (0, 1].")
     if inf.schulz_init not in ("transpose", "identity", "frobenius"):
@@ -519,6 +522,13 @@ def plot_results(results: dict, out_dir: str) -> list[str]:
     return paths
 
 
+# The report files a run writes into --output_dir (a fresh run removes an earlier run's before it starts).
+RESULT_FILES = (
+    "hyperinf_results.json", "hyperinf_scores.json", "detection_curves.png", "selection_loss.png",
+    "llm_selection_results.json", "llm_selection_scores.json", "llm_selection.md", "llm_selection.png",
+)  # fmt: skip
+
+
 def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments, training_args) -> dict:
     """Fine-tune, score with every method, evaluate detection and data selection. Returns the results dict."""
     import numpy as np
@@ -529,6 +539,9 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     from ..hyperinf.metrics import select_lowest_influence
 
     validate_args(task, model_args, inf, training_args)
+    from ._common import clear_previous_results
+
+    clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
     if inf.num_threads is not None:
         torch.set_num_threads(inf.num_threads)
     if task.task == "llm_selection":

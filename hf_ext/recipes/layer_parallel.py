@@ -393,6 +393,10 @@ def _pretrain_small_llama(model_args, tokenizer, train_ds, training_args, block_
     return trainer.model.eval(), source_dir
 
 
+# The report files a run writes into --output_dir (a fresh run removes an earlier run's before it starts).
+RESULT_FILES = ("results.json", "summary.png", "sweep.json", "sweep.md", "sweep.png")
+
+
 def run(model_args, data_args, sweep_args, training_args) -> dict:
     """Sweep, convert, fine-tune, save and reload. Returns the results (also written to `results.json`).
 
@@ -418,6 +422,10 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
     from ..utils.distributed import barrier, broadcast_object, is_main_process, world_size
 
     validate_args(model_args, data_args, sweep_args, training_args)
+    if is_main_process():
+        from ._common import clear_previous_results
+
+        clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
     set_seed(training_args.seed)
     if model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)

@@ -627,9 +627,16 @@ def plot_complexity(results: dict, path: str, target: float) -> None:
     plt.close(fig)
 
 
+# The report files a run writes into --output_dir (a fresh run removes an earlier run's before it starts).
+RESULT_FILES = ("neuralgrok_results.json", "neuralgrok_results.md", "grokking_curves.png", "complexity_stability.png")
+
+
 def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_args: GrokTrainingArguments) -> dict:
     """Train every method on every seed; return and write steps and time to target, cost, complexity, stability."""
     methods, seeds, plan = validate_args(task_args, model_args, training_args)
+    from ._common import clear_previous_results
+
+    clear_previous_results(training_args.output_dir, RESULT_FILES, any(plan.values()))
     import torch
     from transformers import set_seed
 

@@ -312,6 +312,10 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
 
     arms = validate(recipe, args)
     resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir)
+    if args.should_save:
+        from ._common import clear_previous_results
+
+        clear_previous_results(args.output_dir, ("warmup_results.json", "warmup.png"), any(resume.values()))
     tokenizer = build_tokenizer(recipe.vocab_size)
     train_text, eval_text = load_text_datasets(None, None, recipe.train_file, None, "text", seed=args.seed)
     train_ds = pack_dataset(train_text, tokenizer, recipe.block_size, "text")

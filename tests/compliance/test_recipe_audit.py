@@ -39,12 +39,18 @@ def test_dcg_report_from_files(tmp_path):
     gaps = {r["task"]: r["gap"] for r in json.loads((out / "dcg.json").read_text())["rows"]}
     assert gaps == pytest.approx({"arc": (0.5 - 0.4) / 0.5 * 100, "piqa": 0.0})
     assert result["dcg"]["rows"] == json.loads((out / "dcg.json").read_text())["rows"]
+    # a rerun without the DCG files leaves no dcg.json of the earlier run (was: the old report stayed, looking current)
+    (out / "my_notes.txt").write_text("kept")
+    main([*argv[4:], "--output_dir", str(out)])
+    assert not (out / "dcg.json").exists() and (out / "retention_stats.json").is_file()
+    assert (out / "my_notes.txt").read_text() == "kept"
 
 
 @pytest.mark.parametrize(
     "args, match",
     [
         (["--train_steps", "50"], "--train_steps set the models of --train_models"),
+        (["--seed", "3"], "--seed set the models of --train_models"),  # the only use of the seed
         (["--model_hidden_size", "128", "--model_layers", "4"], "--model_hidden_size, --model_layers set the models"),
         (["--eval_limit", "5"], "--eval_limit apply to the lm-eval scoring of --eval_tasks"),
         (["--train_models", "--eval_metric", "perplexity"], "--eval_metric apply to the lm-eval scoring"),

@@ -65,3 +65,18 @@ def test_flags_that_cannot_apply_are_refused_before_any_output(tmp_path, args, m
     with pytest.raises(ValueError, match=match):
         main(TINY + ["--output_dir", str(out)] + args)
     assert not out.exists()
+
+
+def test_a_fresh_rerun_into_the_same_folder_leaves_no_result_file_of_the_earlier_run(tmp_path):
+    """Was: after a comparison, a single-method rerun into the same folder (or one interrupted before its end) left the
+    comparison's table and per-method results beside its own files, each looking current."""
+    out = tmp_path / "out"
+    main(TINY + ["--output_dir", str(out), "--compare_methods", "uniform,grape"])
+    assert (out / "target_eval.md").is_file() and (out / "uniform" / "grape_results.json").is_file()
+    (out / "my_notes.txt").write_text("kept")
+    result = main(TINY + ["--output_dir", str(out), "--reweight_method", "uniform"])
+    assert not (out / "target_eval.md").exists() and not (out / "target_eval.json").exists()
+    assert not (out / "uniform" / "grape_results.json").exists() and not (out / "grape" / "mixture.json").exists()
+    assert json.loads((out / "grape_results.json").read_text())["method"] == result["method"] == "uniform"
+    assert (out / "uniform" / "config.json").is_file()  # a saved model is never removed, only report files
+    assert (out / "my_notes.txt").read_text() == "kept"

@@ -31,3 +31,32 @@ def test_flags_that_cannot_apply_are_refused_before_any_output(tmp_path, args, m
     with pytest.raises(ValueError, match=match):
         main(TINY + ["--output_dir", str(out)] + [a.replace("BASE", str(base)) for a in args])
     assert not out.exists()
+
+
+def test_an_interrupted_rerun_into_the_same_folder_leaves_no_result_file_of_the_earlier_run(tmp_path, monkeypatch):
+    """Was: a rerun into the folder of a finished run, stopped before its end, left the finished run's results beside
+    the new run's base model, looking current."""
+    import hf_ext.recipes.hyperinf as recipe
+
+    out = tmp_path / "out"
+    main(TINY + ["--output_dir", str(out)])
+    assert (out / "hyperinf_results.json").is_file() and (out / "detection_curves.png").is_file()
+    (out / "my_notes.txt").write_text("kept")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "fine_tune", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(TINY + ["--output_dir", str(out), "--seed", "7"])
+    names = {p.name for p in out.iterdir()}
+    assert not names & {"hyperinf_results.json", "hyperinf_scores.json", "detection_curves.png", "selection_loss.png"}
+    assert (out / "my_notes.txt").read_text() == "kept"
+
+
+def test_a_method_named_twice_is_refused_before_any_output(tmp_path):
+    """Was: `--methods hyperinf,hyperinf` scored and retrained twice under one name (the second overwrote the first)."""
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=r"--methods names \['tracin'\] more than once"):
+        main(TINY + ["--output_dir", str(out), "--methods", "tracin,datainf,tracin"])
+    assert not out.exists()

@@ -104,3 +104,18 @@ def test_finetuning_flags_are_refused_without_finetuning(tmp_path, flag, recipe_
     with pytest.raises(ValueError, match=f"{flag} steps applies to the fine-tuning"):
         main([*recipe_tiny, "--output_dir", str(out), "--finetune", "false", flag, "steps"])
     assert not out.exists()
+
+
+def test_a_fresh_rerun_into_the_same_folder_leaves_no_result_file_of_the_earlier_run(source, tmp_path, recipe_tiny):
+    """Was: a rerun with --skip_sweep (or one interrupted before its end) left the earlier run's sweep.* / results.json
+    beside its own files, each looking current."""
+    out = tmp_path / "out"
+    first = [*recipe_tiny, "--model_name_or_path", source, "--finetune", "false", "--output_dir", str(out)]
+    main(first)
+    assert {"sweep.json", "sweep.md", "sweep.png", "results.json"} <= {p.name for p in out.iterdir()}
+    (out / "my_notes.txt").write_text("kept")
+    main(_args(recipe_tiny, source, "--finetune", "false", "--output_dir", str(out)))
+    names = {p.name for p in out.iterdir()}
+    assert not names & {"sweep.json", "sweep.md", "sweep.png", "summary.png"}
+    assert "sweep" not in json.loads((out / "results.json").read_text())
+    assert (out / "my_notes.txt").read_text() == "kept"  # only the recipe's own report files are removed
