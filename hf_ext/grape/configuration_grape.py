@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -105,6 +106,17 @@ class GrapeConfig(TrainingArguments):
             raise ValueError(
                 f"step_size_convention must be one of {STEP_SIZE_CONVENTIONS}, got {self.step_size_convention!r}."
             )
+        for name in (
+            "domain_step_size", "task_step_size", "doremi_eta", "task_smoothing", "domain_smoothing", "ema_beta",
+            "doremi_smoothing",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number, got {value!r}.")
+        for name in ("reweight_domains_every", "reweight_tasks_every", "reweight_batch_size",
+                     "reweight_mini_batch_size", "block_size"):  # fmt: skip
+            if isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be an int, got {getattr(self, name)!r}.")
         for name in ("reweight_domains_every", "reweight_tasks_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -132,7 +144,11 @@ class GrapeConfig(TrainingArguments):
                 raise ValueError(f"{name} must be in [0, 1), got {value}.")
         if self.mixture_key not in ("final", "average"):
             raise ValueError(f"mixture_key must be 'final' or 'average', got {self.mixture_key!r}.")
-        if self.samples_per_epoch is not None and self.samples_per_epoch <= 0:
-            raise ValueError(f"samples_per_epoch must be positive, got {self.samples_per_epoch}.")
+        if self.samples_per_epoch is not None and (
+            isinstance(self.samples_per_epoch, bool)
+            or not isinstance(self.samples_per_epoch, int)
+            or self.samples_per_epoch <= 0
+        ):
+            raise ValueError(f"samples_per_epoch must be a positive int (or None), got {self.samples_per_epoch!r}.")
         if not self.export_mixture_file:
             raise ValueError("export_mixture_file must be a file name, e.g. mixture.json.")

@@ -29,6 +29,21 @@ def ensure_lm_stream(stream):
     return stream.map(_add_lm_fields)
 
 
+def check_no_empty_rows(dataset, what: str) -> None:
+    """Refuse a tokenized dataset with an empty (or missing) `input_ids` row: a batch holding one fails deep in the
+    collator or the embedding (e.g. "expected sequence of length 3 at dim 1 (got 0)") at the first step."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(dataset.with_format("arrow")["input_ids"])
+    bad = pc.or_kleene(pc.is_null(lengths), pc.equal(lengths, 0))
+    if pc.any(bad).as_py():
+        row = pc.index(bad, True).as_py()
+        raise ValueError(
+            f"{what} has rows with empty input_ids (the first at row {row}); drop them, e.g. "
+            "dataset.filter(lambda r: len(r['input_ids']) > 0)."
+        )
+
+
 def domain_rows(dataset, domain_column: str) -> tuple[list[str], list[list[int]]]:
     """Sorted domain names of `dataset[domain_column]` and, for each, the rows holding it.
 
@@ -97,6 +112,7 @@ def prepare_target(name: str, dataset, tokenizer, block_size: int, text_column: 
     if not isinstance(dataset, Dataset):
         raise TypeError(f"target_datasets[{name!r}] must be a datasets.Dataset, got {type(dataset).__name__}.")
     if "input_ids" in dataset.column_names:
+        check_no_empty_rows(dataset, f"target_datasets[{name!r}]")
         ds = ensure_lm_columns(dataset)
     else:
         if text_column not in dataset.column_names:

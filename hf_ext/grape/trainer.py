@@ -20,7 +20,15 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .configuration_grape import GrapeConfig
-from .data import MODEL_COLUMNS, domain_rows, ensure_lm_columns, ensure_lm_stream, pack_by_domain, prepare_target
+from .data import (
+    MODEL_COLUMNS,
+    check_no_empty_rows,
+    domain_rows,
+    ensure_lm_columns,
+    ensure_lm_stream,
+    pack_by_domain,
+    prepare_target,
+)
 from .rules import (
     GRAPE_VARIANTS,
     doremi_domain_weights,
@@ -213,6 +221,7 @@ class GrapeTrainer(Trainer):
                     train_dataset = pack_by_domain(
                         train_dataset, tokenizer, args.block_size, args.domain_column, args.text_column
                     )
+            check_no_empty_rows(train_dataset, "train_dataset")
             train_dataset = ensure_lm_columns(train_dataset)
             domain_names, self._domain_indices = domain_rows(train_dataset, args.domain_column)
             source = train_dataset.remove_columns([args.domain_column])
@@ -262,6 +271,8 @@ class GrapeTrainer(Trainer):
     @staticmethod
     def _weights_from(weights: dict | None, names: list[str], arg: str) -> torch.Tensor:
         if not names:
+            if weights:  # e.g. task_weights without target_datasets: they would be dropped without a word
+                raise ValueError(f"{arg} names {sorted(weights)}, but there is nothing to weight (no names); drop it.")
             return torch.zeros(0, dtype=torch.float64)
         if weights is None:
             return torch.full((len(names),), 1.0 / len(names), dtype=torch.float64)
@@ -270,7 +281,10 @@ class GrapeTrainer(Trainer):
         unknown, missing = sorted(set(weights) - set(names)), sorted(set(names) - set(weights))
         if unknown or missing:
             raise ValueError(f"{arg} must name exactly {names}; unknown {unknown}, missing {missing}.")
-        w = torch.tensor([float(weights[n]) for n in names], dtype=torch.float64)
+        try:
+            w = torch.tensor([float(weights[n]) for n in names], dtype=torch.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{arg} must map each name to a number ({err}), got {weights}.") from None
         if (w < 0).any() or not torch.isfinite(w).all() or w.sum() <= 0:
             raise ValueError(f"{arg} must hold finite non-negative weights with a positive sum, got {weights}.")
         return w / w.sum()

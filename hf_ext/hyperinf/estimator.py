@@ -68,8 +68,13 @@ class InfluenceEstimator:
     ):
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        if data_collator is not None and not callable(data_collator):
+            raise TypeError(
+                f"`data_collator` must be a callable (list of examples -> batch of tensors) or None, got "
+                f"{type(data_collator).__name__}."
+            )
         unknown = set(options) - set(InfluenceConfig.__dataclass_fields__) - {"method"}
         if unknown or "method" in options:
             raise TypeError(

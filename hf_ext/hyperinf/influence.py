@@ -13,6 +13,7 @@ Influence of train example `k` on the validation loss (positive = harmful, as in
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,6 +32,21 @@ from .linalg import (
 METHODS = ("hyperinf", "datainf", "lissa", "tracin", "exact")
 GradientBatches = Iterable[Mapping[str, torch.Tensor]]
 GradientSource = Callable[[], GradientBatches]
+
+
+# Float options of `InfluenceConfig` -> whether `None` is allowed.
+_NUMBER_FIELDS = {
+    "damping_scale": False,
+    "damping": True,
+    "schulz_alpha": True,
+    "schulz_tol": True,
+    "schulz_extra_damping": False,
+    "lissa_scale": True,
+}
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass
@@ -100,6 +116,13 @@ class InfluenceConfig:
 
         if self.method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}.")
+        for name, optional in _NUMBER_FIELDS.items():
+            value = getattr(self, name)
+            if (value is None and not optional) or (value is not None and not _is_real(value)):
+                raise TypeError(f"`{name}` must be a number{' or None' if optional else ''}, got {value!r}.")
+        for name in ("schulz_iterations", "schulz_order", "lissa_iterations", "max_exact_dim"):
+            if isinstance(getattr(self, name), bool):
+                raise TypeError(f"`{name}` must be an int, got {getattr(self, name)!r}.")
         if not (self.damping_scale >= 0 and math.isfinite(self.damping_scale)):
             raise ValueError(f"`damping_scale` must be finite and >= 0, got {self.damping_scale!r}.")
         if self.damping is not None and not (self.damping >= 0 and math.isfinite(self.damping)):
@@ -120,16 +143,20 @@ class InfluenceConfig:
             raise ValueError(f"`schulz_iterations` must be a non-negative int, got {self.schulz_iterations!r}.")
         if self.schulz_init not in SCHULZ_INITS:
             raise ValueError(f"`schulz_init` must be one of {SCHULZ_INITS}, got {self.schulz_init!r}.")
-        if self.schulz_alpha is not None and not self.schulz_alpha > 0:
-            raise ValueError(f"`schulz_alpha` must be positive or None, got {self.schulz_alpha!r}.")
-        if self.schulz_tol is not None and not self.schulz_tol > 0:
-            raise ValueError(f"`schulz_tol` must be positive or None, got {self.schulz_tol!r}.")
+        if self.schulz_alpha is not None and not 0 < self.schulz_alpha < math.inf:
+            raise ValueError(f"`schulz_alpha` must be a finite positive number or None, got {self.schulz_alpha!r}.")
+        if self.schulz_tol is not None and not 0 < self.schulz_tol < 1:
+            raise ValueError(
+                f"`schulz_tol` must lie in (0, 1) or be None, got {self.schulz_tol!r}: it bounds the residual "
+                "||I - A X||_F / sqrt(d), and a residual of 1 or more means no inverse at all (a tolerance that large "
+                "would stop at the initial guess and report it as converged)."
+            )
         if self.schulz_order not in (2, 3):
             raise ValueError(f"`schulz_order` must be 2 or 3, got {self.schulz_order!r}.")
         if not isinstance(self.lissa_iterations, int) or self.lissa_iterations < 1:
             raise ValueError(f"`lissa_iterations` must be a positive int, got {self.lissa_iterations!r}.")
-        if self.lissa_scale is not None and not self.lissa_scale > 0:
-            raise ValueError(f"`lissa_scale` must be positive or None, got {self.lissa_scale!r}.")
+        if self.lissa_scale is not None and not 0 < self.lissa_scale < math.inf:
+            raise ValueError(f"`lissa_scale` must be a finite positive number or None, got {self.lissa_scale!r}.")
         if self.exact_curvature not in ("gfim", "fim"):
             raise ValueError(f"`exact_curvature` must be 'gfim' or 'fim', got {self.exact_curvature!r}.")
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
@@ -369,6 +396,12 @@ class InfluenceEngine:
                 running[name] = v[name] + running[name] - product / scales[name]
         for name, layer in self.layers.items():
             layer.info["lissa_scale"] = scales[name]
+            if not torch.isfinite(running[name]).all():
+                raise ValueError(
+                    f"LiSSA diverged for layer {name!r} with lissa_scale={scales[name]:.3g}: the scale must exceed "
+                    "half the largest eigenvalue of the damped Fisher. Leave `lissa_scale=None` (per layer, the "
+                    "trace bound) or raise it."
+                )
         return {name: running[name] / scales[name] for name in self.shapes}
 
     def scores_from_hvp(self, hvp: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -423,7 +456,7 @@ def influence_from_gradients(
     Returns:
         `torch.Tensor`: `(n,)` influence scores (positive = up-weighting the example raises the validation loss).
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
     if not train_grads:
         raise ValueError("`train_grads` is empty: pass {name: (n, r, d) tensor} for at least one tracked matrix.")

@@ -146,16 +146,19 @@ def schulz_inverse(
             error carries the diagnostics (`err.info`).
     """
     _check_square(matrix, "matrix")
-    if not isinstance(num_iterations, int) or num_iterations < 0:
+    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 0:
         raise ValueError(f"`num_iterations` must be a non-negative integer, got {num_iterations!r}.")
     if init not in SCHULZ_INITS:
         raise ValueError(f"`init` must be one of {SCHULZ_INITS}, got {init!r}.")
     if order not in (2, 3):
         raise ValueError(f"`order` must be 2 or 3, got {order!r}.")
-    if tol is not None and not tol > 0:
-        raise ValueError(f"`tol` must be a positive float or None, got {tol!r}.")
-    if alpha is not None and not alpha > 0:
-        raise ValueError(f"`alpha` must be a positive float or None, got {alpha!r}.")
+    if tol is not None and not 0 < tol < 1:
+        raise ValueError(
+            f"`tol` must lie in (0, 1) or be None, got {tol!r} (a residual ||I - A X||_F / sqrt(d) of 1 or more means "
+            "no inverse at all)."
+        )
+    if alpha is not None and not 0 < alpha < math.inf:
+        raise ValueError(f"`alpha` must be a finite positive float or None, got {alpha!r}.")
 
     d = matrix.shape[0]
     eye = torch.eye(d, dtype=matrix.dtype, device=matrix.device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -63,14 +65,19 @@ class NeuralAmplifier(nn.Module):
             raise ValueError(
                 f"hidden_dims={hidden_dims!r} must be a non-empty sequence of positive ints, e.g. (32, 32)."
             )
-        if not c > 0:
-            raise ValueError(f"c={c} must be > 0 (the norm of each transformed gradient tensor).")
+        if not _positive_finite(c):
+            raise ValueError(f"c={c!r} must be a finite number > 0 (the norm of each transformed gradient tensor).")
         if softmax_dim not in (0, -1):
             raise ValueError(f"softmax_dim={softmax_dim} must be 0 (the method) or -1 (the ablation bug).")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout} must be in [0, 1).")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size={chunk_size} must be a positive number of entries.")
+        if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout!r} must be a number in [0, 1).")
+        if not _positive_finite(eps):
+            raise ValueError(
+                f"eps={eps!r} must be a finite number > 0 (the floor of ||p * g||; with 0 an all-zero gradient tensor "
+                "becomes 0/0 = NaN), e.g. the default 1e-30."
+            )
+        if not _positive_finite(chunk_size) or chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size!r} must be a positive number of entries.")
         self.hidden_dims = hidden_dims
         self.c = float(c)
         self.softmax_dim = softmax_dim
@@ -292,6 +299,11 @@ class NeuralAmplifier(nn.Module):
         return len(grads)
 
 
+def _positive_finite(value) -> bool:
+    """`value` is a real number (not a bool) in (0, inf)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < math.inf
+
+
 def _interior_points(knots: torch.Tensor) -> torch.Tensor:
     """One point strictly inside each of the `len(knots) + 1` segments the sorted `knots` define."""
     if knots.numel() == 0:
@@ -355,8 +367,8 @@ def amplifier_outer_step(
         raise ValueError("inner_batches is empty: the outer step needs the batch of the last inner step (or g_hat).")
     if not outer_batches:
         raise ValueError("outer_batches is empty: pass a non-empty outer dataset (D_outer).")
-    if not virtual_lr > 0:
-        raise ValueError(f"virtual_lr={virtual_lr} must be > 0.")
+    if not _positive_finite(virtual_lr):
+        raise ValueError(f"virtual_lr={virtual_lr!r} must be a finite number > 0.")
     if loss_fn is None:
 
         def loss_fn(m, batch):

@@ -7,13 +7,22 @@ micro-batch gradient.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections import deque
 
 import torch
 from torch.optim import Optimizer
 
-from .amplifier import NeuralAmplifier
+from .amplifier import NeuralAmplifier, _positive_finite
 from .metrics import absolute_entropy
+
+
+def _check_clip_norm(clip_norm) -> None:
+    if clip_norm is not None and (
+        isinstance(clip_norm, bool) or not isinstance(clip_norm, numbers.Real) or not clip_norm >= 0
+    ):
+        raise ValueError(f"clip_norm={clip_norm!r} must be a number >= 0 (0 or None disables clipping).")
 
 
 class GradientTransformOptimizer(Optimizer):
@@ -163,8 +172,7 @@ class NeuralGrokOptimizer(GradientTransformOptimizer):
     ):
         if not isinstance(amplifier, NeuralAmplifier):
             raise TypeError(f"amplifier must be a NeuralAmplifier, got {type(amplifier).__name__}.")
-        if clip_norm is not None and clip_norm < 0:
-            raise ValueError(f"clip_norm={clip_norm} must be >= 0 (0 or None disables clipping).")
+        _check_clip_norm(clip_norm)
         self.amplifier = amplifier
         self.clip_norm = clip_norm
         super().__init__(inner, track_entropy=track_entropy)
@@ -205,10 +213,14 @@ class GradNormOptimizer(GradientTransformOptimizer):
         eps: float = 1e-30,
         track_entropy: bool = True,
     ):
-        if not c > 0:
-            raise ValueError(f"c={c} must be > 0 (the norm of each rescaled gradient tensor).")
-        if clip_norm is not None and clip_norm < 0:
-            raise ValueError(f"clip_norm={clip_norm} must be >= 0 (0 or None disables clipping).")
+        if not _positive_finite(c):
+            raise ValueError(f"c={c!r} must be a finite number > 0 (the norm of each rescaled gradient tensor).")
+        if not _positive_finite(eps):
+            raise ValueError(
+                f"eps={eps!r} must be a finite number > 0 (the floor of ||g||; with 0 an all-zero gradient tensor "
+                "becomes 0/0 = NaN), e.g. the default 1e-30."
+            )
+        _check_clip_norm(clip_norm)
         self.c = float(c)
         self.clip_norm = clip_norm
         self.eps = eps
@@ -256,6 +268,8 @@ class GradFilterOptimizer(GradientTransformOptimizer):
             raise ValueError(f"mode={mode!r} must be 'ema' or 'ma'.")
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"alpha={alpha} must be in [0, 1).")
+        if isinstance(lamb, bool) or not isinstance(lamb, numbers.Real) or not math.isfinite(lamb):
+            raise ValueError(f"lamb={lamb!r} must be a finite number (the amplification of the slow component).")
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window={window} must be a positive int.")
         self.mode = mode

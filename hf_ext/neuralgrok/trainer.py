@@ -134,14 +134,21 @@ class NeuralGrokConfig(TrainingArguments):
             isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in self.amplifier_hidden_dims
         ):
             raise ValueError(f"amplifier_hidden_dims={self.amplifier_hidden_dims} must be positive ints, e.g. 32 32.")
-        if not self.amplifier_c > 0:
-            raise ValueError(f"amplifier_c={self.amplifier_c} must be > 0.")
-        if self.amplifier_clip_norm < 0:
+        if not 0 < self.amplifier_c < math.inf:
+            raise ValueError(f"amplifier_c={self.amplifier_c} must be a finite number > 0.")
+        if not self.amplifier_clip_norm >= 0:  # inf: no clipping; NaN would turn every update into NaN
             raise ValueError(f"amplifier_clip_norm={self.amplifier_clip_norm} must be >= 0 (0 disables it).")
-        if not self.meta_learning_rate > 0:
-            raise ValueError(f"meta_learning_rate={self.meta_learning_rate} must be > 0.")
-        if self.virtual_lr is not None and not self.virtual_lr > 0:
-            raise ValueError(f"virtual_lr={self.virtual_lr} must be > 0, or None for the base learning rate.")
+        if not 0 < self.meta_learning_rate < math.inf:
+            raise ValueError(f"meta_learning_rate={self.meta_learning_rate} must be a finite number > 0.")
+        if not 0 <= self.meta_weight_decay < math.inf:
+            raise ValueError(
+                f"meta_weight_decay={self.meta_weight_decay} (the amplifier's Adam weight decay) must be a finite "
+                "number >= 0."
+            )
+        if self.virtual_lr is not None and not 0 < self.virtual_lr < math.inf:
+            raise ValueError(
+                f"virtual_lr={self.virtual_lr} must be a finite number > 0, or None for the base learning rate."
+            )
         for name in ("outer_batch_size", "outer_max_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:

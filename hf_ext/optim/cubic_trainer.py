@@ -65,6 +65,23 @@ class CubicNewtonTrainingArguments(TrainingArguments):
             raise ValueError("--max_grad_norm must be 0 for cubic Newton (the cubic term regularises the step).")
         if self.bf16 or self.fp16:
             raise ValueError("Cubic Newton needs fp32 Hessian-vector products; drop --bf16/--fp16.")
+        optim = getattr(self.optim, "value", self.optim)
+        if optim != TrainingArguments.__dataclass_fields__["optim"].default:
+            raise ValueError(
+                f"--optim {optim} would be ignored: CubicNewtonTrainer always builds CubicNewton (set it with the "
+                "--cubic_* options). Drop --optim, or use transformers' Trainer for the optimizers --optim names."
+            )
+        for name in ("optim_args", "optim_target_modules"):
+            if getattr(self, name):
+                raise ValueError(
+                    f"--{name} {getattr(self, name)!r} would be ignored: CubicNewtonTrainer always builds CubicNewton; "
+                    "configure it with the --cubic_* options instead."
+                )
+        if self.weight_decay:
+            raise ValueError(
+                f"--weight_decay {self.weight_decay} would be ignored: CubicNewton has no weight decay. Leave it at 0 "
+                "and add an L2 term to the model's loss if you need one."
+            )
         if self.cubic_momentum not in MOMENTUM_TYPES:
             raise ValueError(f"--cubic_momentum must be one of {MOMENTUM_TYPES}, got {self.cubic_momentum!r}.")
         if self.cubic_hessian not in HESSIAN_MODES:
@@ -156,6 +173,11 @@ class CubicNewtonTrainer(SafetensorsOptimizerStateMixin, Trainer):
             )
         if kwargs.get("optimizers", (None, None))[0] is not None:
             raise ValueError("CubicNewtonTrainer builds its own CubicNewton optimizer; do not pass `optimizers`.")
+        if kwargs.get("optimizer_cls_and_kwargs") is not None:
+            raise ValueError(
+                "CubicNewtonTrainer builds its own CubicNewton optimizer; do not pass `optimizer_cls_and_kwargs` (it "
+                "would be ignored). Set CubicNewton's options with the --cubic_* training arguments."
+            )
         super().__init__(model=model, args=args, **kwargs)
         if self.args.world_size > 1:
             raise ValueError("CubicNewtonTrainer runs in a single process (its functional step does not all-reduce).")

@@ -248,10 +248,17 @@ def equilibrium_angle(
 def _check_betas(betas, where: str = "") -> tuple[float, float]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"`betas`{where} must be a pair (beta1, beta2), got {betas!r}.")
-    b1, b2 = float(betas[0]), float(betas[1])
+    try:
+        b1, b2 = float(betas[0]), float(betas[1])
+    except (TypeError, ValueError):
+        raise ValueError(f"`betas`{where} must be a pair of numbers (beta1, beta2), got {betas!r}.") from None
     if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
         raise ValueError(f"`betas`{where} must lie in [0, 1), got {betas!r}.")
     return b1, b2
+
+
+def _positive_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def _check_weight_decay(weight_decay: float, where: str = "") -> None:
@@ -823,8 +830,13 @@ class RotationalWrapper(Optimizer):
             raise ValueError(f"`update_norm_decay` must lie in [0, 1), got {update_norm_decay}.")
         if inner == "sgdm":
             inner_kwargs.setdefault("momentum", 0.9)
-            if inner_kwargs["momentum"] <= 0:
-                raise ValueError("`momentum` must be > 0 for inner='sgdm' (SGD with momentum).")
+            if not _positive_finite(inner_kwargs["momentum"]):
+                raise ValueError(
+                    f"`momentum` must be a finite number > 0 for inner='sgdm' (SGD with momentum), got "
+                    f"{inner_kwargs['momentum']!r}."
+                )
+        if "betas" in inner_kwargs:
+            inner_kwargs["betas"] = _check_betas(inner_kwargs["betas"])
         for key in ("amsgrad", "maximize", "differentiable", "capturable"):
             if inner_kwargs.get(key):
                 raise ValueError(f"RotationalWrapper does not support `{key}=True` for the inner optimizer.")
@@ -867,8 +879,10 @@ class RotationalWrapper(Optimizer):
         _check_group(merged, "RotationalWrapper", rotational=True)
         if merged.get("eps", 0.0) < 0:
             raise ValueError(f"`eps` of a RotationalWrapper param group must be >= 0, got {merged['eps']}.")
-        if self.inner_name == "sgdm" and not merged["momentum"] > 0:
-            raise ValueError("`momentum` of a RotationalWrapper param group must be > 0 for inner='sgdm'.")
+        if self.inner_name == "sgdm" and not _positive_finite(merged["momentum"]):
+            raise ValueError(
+                "`momentum` of a RotationalWrapper param group must be a finite number > 0 for inner='sgdm'."
+            )
         for key in ("amsgrad", "maximize", "differentiable", "capturable"):
             if merged.get(key):
                 raise ValueError(f"RotationalWrapper does not support `{key}=True` for the inner optimizer.")

@@ -4,6 +4,7 @@ factory (`normalized_optimizer`) for the stock `transformers.Trainer`."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ __all__ = [
 
 OPTIMIZER_CHOICES = ("adamw", "lion", "lion_a", "lion_ar", "rotational_adamw", "rotational_lion", "rotational_sgdm")
 _DEFAULT_OPTIM = TrainingArguments.__dataclass_fields__["optim"].default
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,6 +101,17 @@ class WarmupFreeTrainingArguments(TrainingArguments):
             )
         if self.update_norm_decay is not None and not 0.0 <= self.update_norm_decay < 1.0:
             raise ValueError(f"--update_norm_decay must lie in [0, 1), got {self.update_norm_decay}.")
+        if not isinstance(self.learning_rate, (int, float)) or not 0.0 < self.learning_rate < math.inf:
+            raise ValueError(
+                f"--learning_rate must be a finite number > 0 for the normalized optimizers, got {self.learning_rate!r}."
+            )
+        if not isinstance(self.weight_decay, (int, float)) or not 0.0 <= self.weight_decay < math.inf:
+            raise ValueError(f"--weight_decay must be a finite number >= 0, got {self.weight_decay!r}.")
+        if not isinstance(self.sgd_momentum, (int, float)) or not 0.0 < self.sgd_momentum < math.inf:
+            raise ValueError(
+                f"--sgd_momentum must be a finite number > 0 (SGD with momentum; 0.9 by default), got "
+                f"{self.sgd_momentum!r}."
+            )
 
 
 # options that exist only on WarmupFreeTrainingArguments, with their defaults (read without instantiating it)
@@ -120,6 +134,57 @@ def _refuse_optim(args: TrainingArguments) -> None:
             f"--normalized_optimizer ({', '.join(OPTIMIZER_CHOICES)}). Drop --optim, or use transformers' Trainer "
             "for the optimizers --optim names."
         )
+    # options that only configure the optimizers --optim names (transformers' own), never a normalized optimizer
+    for name in ("optim_args", "optim_target_modules"):
+        if getattr(args, name, None):
+            raise ValueError(
+                f"--{name} {getattr(args, name)!r} would be ignored: it configures transformers' --optim optimizers, "
+                f"and WarmupFreeTrainer builds --normalized_optimizer ({', '.join(OPTIMIZER_CHOICES)}). Drop it and "
+                "set that optimizer's own options (--lion_beta1, --lion_beta2, --rotation_angle, --sgd_momentum, ...)."
+            )
+
+
+# Options read only by some normalized optimizers (the others ignore them): name -> the optimizers that read it.
+_OPTION_USERS = {
+    "adam_beta1": ("adamw", "rotational_adamw"),
+    "adam_beta2": ("adamw", "rotational_adamw"),
+    "adam_epsilon": ("adamw", "rotational_adamw"),
+    "lion_beta1": ("lion", "lion_a", "lion_ar", "rotational_lion"),
+    "lion_beta2": ("lion", "lion_a", "lion_ar", "rotational_lion"),
+    "sgd_momentum": ("rotational_sgdm",),
+}
+
+
+def _warn_ignored_options(args: TrainingArguments, name: str) -> None:
+    """Tell the user about options set away from their default that the chosen optimizer `name` does not read."""
+    for option, users in _OPTION_USERS.items():
+        field_ = WarmupFreeTrainingArguments.__dataclass_fields__[option]
+        value = getattr(args, option, field_.default)
+        if name not in users and value != field_.default:
+            logger.warning(
+                f"--{option}={value} is ignored: --normalized_optimizer {name} does not use it (only "
+                f"{', '.join(users)} do)."
+            )
+
+
+_ARGUMENT_NAMES = (
+    "`lr` is --learning_rate, `weight_decay` --weight_decay, `betas` --lion_beta1/--lion_beta2 (--adam_beta1/"
+    "--adam_beta2 for adamw), `eps` --adam_epsilon, `angle` --rotation_angle, `momentum` --sgd_momentum"
+)
+
+
+def check_normalized_optimizer_arguments(args: TrainingArguments) -> None:
+    """Build the optimizer `args` describe on a tiny module, so a bad value or combination (e.g. `lion_ar` with
+    `weight_decay=0` and no `rotation_angle`) is a `ValueError` naming the argument before any work, not when `train()`
+    builds the optimizer; warn about options the chosen optimizer ignores."""
+    name = _option(args, "normalized_optimizer")
+    if name not in OPTIMIZER_CHOICES:
+        raise ValueError(f"normalized_optimizer must be one of {OPTIMIZER_CHOICES}, got {name!r}.")
+    _warn_ignored_options(args, name)
+    try:
+        build_normalized_optimizer(torch.nn.Linear(2, 2), args)
+    except ValueError as err:
+        raise ValueError(f"{err} (training arguments: {_ARGUMENT_NAMES}.)") from None
 
 
 def make_normalized_optimizer(
@@ -265,9 +330,7 @@ class WarmupFreeTrainer(SafetensorsOptimizerStateMixin, Trainer):
         super().__init__(*args, **kwargs)
         if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
             _refuse_optim(self.args)
-            name = _option(self.args, "normalized_optimizer")
-            if name not in OPTIMIZER_CHOICES:
-                raise ValueError(f"normalized_optimizer must be one of {OPTIMIZER_CHOICES}, got {name!r}.")
+            check_normalized_optimizer_arguments(self.args)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and self.optimizer_cls_and_kwargs is None:

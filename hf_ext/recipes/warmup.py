@@ -214,10 +214,17 @@ def arm_arguments(arm: str, recipe: WarmupRecipeArguments, args: WarmupTrainingA
     """Training arguments of one arm (all arms share data, model init, clipping, steps and the trapezoid)."""
     from ..optim.normalized import equilibrium_angle
 
+    from ..optim.warmup_trainer import _OPTION_USERS
+
     warm = 0 if arm.endswith("no_warmup") else recipe.warmup_fraction
+    optimizer = "adamw" if arm.startswith("adamw") else "lion_ar" if arm.startswith("lion_ar") else "lion_a"
+    # the arms share one argument set: an arm gets the other optimizers' options at the library defaults (AdamW's
+    # betas are already in the Lion arms' rotation angle), so the trainer's "option ignored" warning stays quiet
+    fields = WarmupFreeTrainingArguments.__dataclass_fields__
+    others = {name: fields[name].default for name, users in _OPTION_USERS.items() if optimizer not in users}
     common = dict(output_dir=os.path.join(args.output_dir, arm), warmup_steps=warm)
-    if arm.startswith("adamw"):
-        return dataclasses.replace(args, normalized_optimizer="adamw", **common)
+    if optimizer == "adamw":
+        return dataclasses.replace(args, normalized_optimizer="adamw", **others, **common)
     ratio = recipe.lion_lr_ratio
     angle = args.rotation_angle  # default: the AdamW baseline's equilibrium angle at the same lr/wd
     if angle is None:
@@ -226,10 +233,11 @@ def arm_arguments(arm: str, recipe: WarmupRecipeArguments, args: WarmupTrainingA
     # whose defaults are the paper's warmup-free recipe (0.98, 0.98, on, on)
     return dataclasses.replace(
         args,
-        normalized_optimizer="lion_ar" if arm.startswith("lion_ar") else "lion_a",
+        normalized_optimizer=optimizer,
         learning_rate=args.learning_rate * ratio,
         weight_decay=args.weight_decay / ratio,
         rotation_angle=angle,
+        **others,
         **common,
     )
 

@@ -175,6 +175,31 @@ def test_warmup_recipe_honours_the_lion_flags():
     assert (arm.lion_beta1, arm.lion_beta2, arm.nesterov, arm.inverse_bias_correction) == (0.98, 0.98, True, True)
 
 
+def test_warmup_recipe_arms_get_no_ignored_option_warning(caplog):
+    """The arms share one argument set: the recipe's AdamW beta2 (0.95) must not reach the Lion arms as an "ignored"
+    option (the trainer warns about those), but it still sets their rotation angle; Lion betas likewise for AdamW."""
+    import logging
+
+    from hf_ext.optim.normalized import equilibrium_angle
+    from hf_ext.optim.warmup_trainer import check_normalized_optimizer_arguments
+    from hf_ext.recipes._common import parse_recipe_args
+    from hf_ext.recipes.warmup import ARMS, WarmupRecipeArguments, WarmupTrainingArguments, arm_arguments
+
+    recipe, args = parse_recipe_args((WarmupRecipeArguments, WarmupTrainingArguments), ["--lion_beta1", "0.9"])
+    with caplog.at_level(logging.WARNING, logger="hf_ext.optim.warmup_trainer"):
+        arms = {arm: arm_arguments(arm, recipe, args) for arm in ARMS}
+        for arm_args in arms.values():
+            check_normalized_optimizer_arguments(arm_args)
+    assert not [r for r in caplog.records if "is ignored" in r.getMessage()]
+    assert arms["adamw_warmup"].adam_beta2 == 0.95 and arms["lion_ar_warmup"].lion_beta1 == 0.9
+    assert arms["lion_ar_warmup"].rotation_angle == equilibrium_angle("adamw", 1e-2, 0.1, (0.9, 0.95))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_ext.optim.warmup_trainer"):  # the library still warns a user
+        check_normalized_optimizer_arguments(args.__class__(output_dir="o", normalized_optimizer="lion_ar",
+                                                            weight_decay=0.1, adam_beta2=0.9))  # fmt: skip
+    assert any("--adam_beta2=0.9 is ignored" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize(
     "extra, arms, match",
     [

@@ -1,0 +1,104 @@
+"""Values that used to be accepted and turned the weights into NaN a few steps later are refused at construction,
+naming the argument."""
+
+import pytest
+import torch
+
+from hf_ext.neuralgrok import (
+    GradFilterOptimizer,
+    GradNormOptimizer,
+    NeuralAmplifier,
+    NeuralGrokConfig,
+    NeuralGrokOptimizer,
+    amplifier_outer_step,
+)
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _inner():
+    torch.manual_seed(0)
+    return torch.optim.SGD(torch.nn.Linear(4, 3).parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(c=INF), "c="),
+        (dict(eps=0.0), "eps="),
+        (dict(eps=-1.0), "eps="),
+        (dict(eps=NAN), "eps="),
+        (dict(eps=INF), "eps="),
+        (dict(chunk_size=NAN), "chunk_size="),
+        (dict(chunk_size=INF), "chunk_size="),
+        (dict(dropout="0.1"), "dropout="),
+    ],
+)
+def test_amplifier_refuses_values_that_give_nan(kw, match):
+    with pytest.raises(ValueError, match=match):
+        NeuralAmplifier(**kw)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: NeuralGrokOptimizer(_inner(), NeuralAmplifier(), clip_norm=NAN), "clip_norm="),
+        (lambda: NeuralGrokOptimizer(_inner(), NeuralAmplifier(), clip_norm="1"), "clip_norm="),
+        (lambda: GradNormOptimizer(_inner(), c=INF), "c="),
+        (lambda: GradNormOptimizer(_inner(), clip_norm=NAN), "clip_norm="),
+        (lambda: GradNormOptimizer(_inner(), eps=0.0), "eps="),
+        (lambda: GradNormOptimizer(_inner(), eps=NAN), "eps="),
+        (lambda: GradFilterOptimizer(_inner(), lamb=NAN), "lamb="),
+        (lambda: GradFilterOptimizer(_inner(), lamb=INF), "lamb="),
+        (lambda: GradFilterOptimizer(_inner(), lamb=-INF), "lamb="),
+    ],
+)
+def test_wrappers_refuse_values_that_give_nan(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_gradnorm_eps_zero_used_to_give_nan_on_an_all_zero_gradient():
+    """What the refusal prevents: eps=0 turns an all-zero gradient tensor into 0/0 (here with a valid eps)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    opt = GradNormOptimizer(torch.optim.SGD(layer.parameters(), lr=0.1))
+    layer(torch.randn(2, 4)).sum().backward()
+    layer.bias.grad.zero_()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in layer.parameters())
+
+
+def test_valid_edge_values_stay_valid():
+    NeuralGrokOptimizer(_inner(), NeuralAmplifier(eps=1e-12, chunk_size=1e6), clip_norm=INF)  # inf: no clipping
+    NeuralGrokOptimizer(_inner(), NeuralAmplifier(), clip_norm=None)
+    GradNormOptimizer(_inner(), clip_norm=0)
+    GradFilterOptimizer(_inner(), lamb=-1.0)
+
+
+def test_outer_step_refuses_an_infinite_virtual_lr():
+    amplifier = NeuralAmplifier()
+    with pytest.raises(ValueError, match="virtual_lr="):
+        amplifier_outer_step(
+            amplifier, torch.optim.Adam(amplifier.parameters()), torch.nn.Linear(2, 2),
+            inner_batches=[{"x": torch.zeros(1, 2)}], outer_batches=[{"x": torch.zeros(1, 2)}], virtual_lr=INF,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(amplifier_c=INF), "amplifier_c="),
+        (dict(amplifier_clip_norm=NAN), "amplifier_clip_norm="),
+        (dict(meta_learning_rate=INF), "meta_learning_rate="),
+        (dict(meta_weight_decay=-1.0), "meta_weight_decay="),
+        (dict(meta_weight_decay=NAN), "meta_weight_decay="),
+        (dict(meta_weight_decay=INF), "meta_weight_decay="),
+        (dict(virtual_lr=INF), "virtual_lr="),
+    ],
+)
+def test_config_refuses_values_that_give_nan(tmp_path, kw, match):
+    """Each used to be accepted; the trainer then logged NaN losses (or torch's Adam named `weight_decay`, which is
+    the base optimizer's option, not the amplifier's)."""
+    with pytest.raises(ValueError, match=match):
+        NeuralGrokConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kw)
