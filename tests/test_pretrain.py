@@ -158,3 +158,63 @@ def test_intermediate_size_reaches_the_mlp_of_every_architecture(model_type, wid
     assert widths, "no MLP matrix of width 48 in the built model"
     default = fresh_config(ModelArguments(model_type=model_type), vocab_size=64, block_size=16)
     assert getattr(default, width_field) == 384
+
+
+class _PastValidation(RuntimeError):
+    pass
+
+
+def _stop_after_validation(monkeypatch):
+    import hf_ext.data
+
+    def stop(*args, **kwargs):
+        raise _PastValidation("the run went past argument validation")
+
+    monkeypatch.setattr(hf_ext.data, "build_tokenizer", stop)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--fp8_backend", "emulated", "--fp8_recipe", "rowwise"], "--fp8_recipe rowwise is a torchao recipe"),
+        (["--fp8_backend", "none", "--fp8_recipe", "rowwise"], "--fp8_recipe rowwise is a torchao recipe"),
+        (["--fp8_scaling", "current"], "--fp8_scaling current sets the emulated backend's scaling"),
+        (["--fp8_monitor_steps", "0", "--fp8_monitor_action", "stop"], "--fp8_monitor_steps 0 turns the monitor off"),
+        (["--dataset_config_name", "wikitext-2-raw-v1"], "--dataset_config_name=.* --dataset_name, which is not set"),
+    ],
+)
+def test_flags_the_run_would_ignore_are_refused_before_work(tmp_path, monkeypatch, args, match):
+    """Each was accepted and then ignored (the FP8 options belong to another backend or to the monitor that is off)."""
+    _stop_after_validation(monkeypatch)
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=match):
+        main(TINY + args + ["--output_dir", str(out)])
+    assert not out.exists()
+
+
+def test_fresh_model_flags_with_a_loaded_model_are_refused(tmp_path, monkeypatch):
+    """--model_name_or_path loads the model's own config: --num_hidden_layers (etc.) and --vocab_size were ignored."""
+    _stop_after_validation(monkeypatch)
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "tokenizer_config.json"):
+        (model / name).write_text("{}")
+    with pytest.raises(ValueError, match="--num_hidden_layers sizes a fresh model"):
+        main(["--model_name_or_path", str(model), "--num_hidden_layers", "8", "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="--vocab_size sizes the tokenizer built on the fly"):
+        main(["--tokenizer_name", str(model), "--vocab_size", "512", "--output_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_rerun_that_stops_early_leaves_no_older_results(tmp_path, monkeypatch):
+    """An older run's pretrain_results.json (and FP8 health files) stayed in --output_dir, looking current, when a
+    rerun into the same folder stopped before writing its own."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("pretrain_results.json", "fp8_health.json", "kurtosis.png"):
+        (out / name).write_text("from an older run")
+    (out / "notes.txt").write_text("not a result file")
+    _stop_after_validation(monkeypatch)
+    with pytest.raises(_PastValidation):
+        main(TINY + ["--output_dir", str(out)])
+    assert sorted(os.listdir(out)) == ["notes.txt"]

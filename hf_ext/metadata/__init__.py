@@ -1,6 +1,6 @@
 """Metadata conditioning: URL/topic/quality context prefixes kept out of the loss, cooldown, and guided generation."""
 
-from .callbacks import MetadataCooldownCallback
+from .callbacks import MetadataCooldownCallback, MetadataTrainer
 from .collator import MetadataCollator, keeps_metadata
 from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder, add_context_tokens
 from .generation import build_guidance_inputs, generate_with_metadata_guidance
@@ -15,6 +15,7 @@ __all__ = [
     "MetadataCooldownCallback",
     "MetadataEncoder",
     "MetadataTemplate",
+    "MetadataTrainer",
     "add_context_tokens",
     "build_guidance_inputs",
     "generate_with_metadata_guidance",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length
 
 from .collator import MetadataCollator
@@ -25,6 +25,9 @@ class MetadataCooldownCallback(TrainerCallback):
     uninterrupted one. The switch point is logged as
     `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint; the number of
     documents whose metadata value was invalid (trained without metadata) so far is logged as `metadata_invalid`.
+    Under `MetadataTrainer` the file is written with the checkpoint's model, before `trainer_state.json` (the file
+    that marks a checkpoint complete), so a save killed half-way never leaves a complete-looking checkpoint without
+    it; a plain `Trainer` has no hook there, and the callback then writes it in `on_save`, after `trainer_state.json`.
 
     Evaluation batches built with the same collator during training do not move the switch. The switch is driven
     from the main process, so the callback needs `dataloader_num_workers=0` (the default): worker processes hold
@@ -40,7 +43,11 @@ class MetadataCooldownCallback(TrainerCallback):
     def __init__(self, collator: MetadataCollator, cooldown_fraction: float = 0.1):
         if not isinstance(collator, MetadataCollator):
             raise TypeError(f"collator must be a MetadataCollator, got {type(collator).__name__}.")
-        if not 0.0 <= cooldown_fraction < 1.0:
+        if (
+            isinstance(cooldown_fraction, bool)
+            or not isinstance(cooldown_fraction, int | float)
+            or not 0.0 <= cooldown_fraction < 1.0
+        ):
             raise ValueError(f"cooldown_fraction must be in [0, 1), got {cooldown_fraction!r}.")
         self.collator = collator
         self.cooldown_fraction = cooldown_fraction
@@ -48,6 +55,7 @@ class MetadataCooldownCallback(TrainerCallback):
         self._grad_accum = 1
         self._count_at_step_end: int | None = None
         self._skipped_by_collation = 0
+        self._saved: tuple[str, int] | None = None  # (checkpoint folder, step) save_state last wrote
 
     def _sync(self, args, state) -> None:
         self.collator.batches_seen = state.global_step * self._grad_accum - self._skipped_by_collation
@@ -116,19 +124,52 @@ class MetadataCooldownCallback(TrainerCallback):
             logs["metadata_conditioning"] = int(self.conditioning_at(state.global_step))
             logs["metadata_invalid"] = self.collator.invalid_metadata
 
+    def save_state(self, checkpoint_dir: str, state) -> None:
+        """Write `metadata_conditioning.json` into `checkpoint_dir` (the checkpoint of `state.global_step`).
+
+        `MetadataTrainer` calls this while it saves a checkpoint, before `trainer_state.json`; `on_save` writes the
+        file only where that did not happen (a plain `Trainer`).
+        """
+        from ..utils.io import atomic_write_json
+
+        atomic_write_json(
+            os.path.join(checkpoint_dir, STATE_FILE),
+            {
+                "cooldown_fraction": self.cooldown_fraction,
+                "switch_step": self.switch_step,
+                "global_step": state.global_step,
+                "conditioning_next_step": self.conditioning_at(state.global_step + 1),
+                "metadata_dropout": self.collator.metadata_dropout,
+                "seed": self.collator.seed,
+            },
+        )
+        self._saved = (os.path.abspath(checkpoint_dir), state.global_step)
+
     def on_save(self, args, state, control, **kwargs):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if self._saved == (os.path.abspath(folder), state.global_step):
+            return  # written by MetadataTrainer with the checkpoint, before trainer_state.json
         if state.is_world_process_zero and os.path.isdir(folder):
-            from ..utils.io import atomic_write_json
+            self.save_state(folder, state)
 
-            atomic_write_json(
-                os.path.join(folder, STATE_FILE),
-                {
-                    "cooldown_fraction": self.cooldown_fraction,
-                    "switch_step": self.switch_step,
-                    "global_step": state.global_step,
-                    "conditioning_next_step": self.conditioning_at(state.global_step + 1),
-                    "metadata_dropout": self.collator.metadata_dropout,
-                    "seed": self.collator.seed,
-                },
-            )
+
+class MetadataTrainer(Trainer):
+    """`Trainer` that writes each `MetadataCooldownCallback`'s `metadata_conditioning.json` as part of a checkpoint.
+
+    Trainer writes a checkpoint's model first and its `trainer_state.json` last (the file that marks the checkpoint
+    complete, see `hf_ext.utils.resume`); callbacks only hear of a save in `on_save`, after that file. This subclass
+    writes the callback's state while the model is saved, so a save killed half-way leaves a folder that resume skips,
+    never one that looks complete without its metadata state. Otherwise identical to `Trainer`.
+    """
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call=_internal_call)
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        # Only a checkpoint save (not the final save_model, not push_to_hub's save into output_dir).
+        if not (_internal_call and self.args.should_save):
+            return
+        if os.path.basename(os.path.normpath(folder)) != f"checkpoint-{self.state.global_step}":
+            return
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, MetadataCooldownCallback):
+                callback.save_state(folder, self.state)

@@ -117,14 +117,20 @@ class MetadataCollator:
             )
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}.")
-        if not 0.0 <= float(self.metadata_dropout) <= 1.0:
-            raise ValueError(f"metadata_dropout must be in [0, 1], got {self.metadata_dropout!r}.")
+        dropout = self.metadata_dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"metadata_dropout must be a number in [0, 1], got {dropout!r}.")
         for name in ("block_size", "max_length", "pad_to_multiple_of"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
         if self.block_size is not None and self.max_length is not None:
             raise ValueError("pass block_size (packing) or max_length (padding), not both.")
+        if self.block_size is not None and self.pad_to_multiple_of is not None:
+            raise ValueError(
+                "pad_to_multiple_of applies to padding mode only (packed rows are exactly block_size tokens); drop it "
+                "or pick a block_size that is such a multiple."
+            )
         if self.document_attention and self.block_size is None:
             raise ValueError("document_attention=True needs packing (block_size); padded rows hold one document each.")
         if self.document_attention is None:

@@ -115,6 +115,11 @@ def generate_with_metadata_guidance(
     if isinstance(metadata, str) or metadata is None:
         metadata = [metadata] * len(prompts)
     metadata = list(metadata)
+    if not all(m is None or isinstance(m, str) for m in metadata):
+        bad = next(m for m in metadata if not (m is None or isinstance(m, str)))
+        raise TypeError(
+            f"metadata must be a str or a sequence of str/None (one per prompt), got a {type(bad).__name__}."
+        )
     if len(metadata) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(metadata)} metadata strings; pass one per prompt.")
     if (
@@ -124,7 +129,8 @@ def generate_with_metadata_guidance(
         or guidance_scale <= 0
     ):
         raise ValueError(f"guidance_scale must be a finite positive number (1 = no guidance), got {guidance_scale!r}.")
-    for key in ("input_ids", "negative_prompt_ids", "guidance_scale", "attention_mask"):
+    built = ("input_ids", "attention_mask", "negative_prompt_ids", "negative_prompt_attention_mask", "guidance_scale")
+    for key in built:
         if key in generate_kwargs:
             raise ValueError(f"{key} is built from prompts and metadata; do not pass it in generate_kwargs.")
 

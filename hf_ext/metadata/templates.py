@@ -178,6 +178,10 @@ def metadata_template(
     if kind == "format":
         if not isinstance(fmt, str) or not fmt:
             raise ValueError("kind='format' needs fmt, a format string over columns such as '{source} | {url}'.")
+        if column is not None:
+            raise ValueError(
+                "kind='format' reads the columns its fmt fields name; drop column (or use kind='column')."
+            )
         fields = [f for _, f, _, _ in string.Formatter().parse(fmt) if f]
         if not fields or any(not f.isidentifier() for f in fields):
             raise ValueError(f"fmt={fmt!r} must name columns with plain fields like '{{url}}'.")

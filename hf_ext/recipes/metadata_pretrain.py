@@ -131,6 +131,48 @@ def _template(meta_args: MetadataArguments):
     return metadata_template(meta_args.template, column=column, fmt=meta_args.template_format)
 
 
+#: pretrain's FP8 flags, inherited with its ModelArguments: this recipe trains both models without FP8.
+FP8_FLAGS = ("fp8_backend", "fp8_recipe", "fp8_scaling", "fp8_attention", "fp8_monitor_steps", "fp8_monitor_action")
+#: Flags that only the lm-eval comparison (--eval_tasks) reads.
+EVAL_FLAGS = ("eval_fewshot", "eval_limit", "eval_metric", "eval_batch_size", "eval_url")
+
+
+def check_ignored_flags(model_args, data_args, meta_args) -> None:
+    """Refuse, by name, a flag set on the command line that this run would ignore."""
+    from ._common import changed_from_default
+    from .pretrain import check_ignored_model_flags
+
+    for name in changed_from_default(model_args, FP8_FLAGS):
+        raise ValueError(
+            f"--{name} is an FP8 option of the pretrain recipe; this recipe trains both models without FP8, so it "
+            "would be ignored. Drop it (scripts/pretrain.py trains in FP8)."
+        )
+    check_ignored_model_flags(model_args, data_args)
+    sources = [
+        n for n in ("dataset_name", "dataset_config_name", "train_file", "validation_file") if getattr(data_args, n)
+    ]
+    if data_args.dataset == "synthetic":
+        if sources:
+            raise ValueError(
+                f"--{sources[0]} would be ignored: --dataset synthetic generates its documents (and their held-out "
+                "split); drop it or use --dataset hub (--dataset_name) / files (--train_file)."
+            )
+    elif changed_from_default(data_args, ["synthetic_docs"]):
+        raise ValueError(f"--synthetic_docs only applies to --dataset synthetic (got --dataset {data_args.dataset}).")
+    elif changed_from_default(meta_args, ["guidance_samples"]):
+        raise ValueError(
+            "--guidance_samples sets the sampled continuations of the synthetic corpus' steering measure; it only "
+            f"applies to --dataset synthetic (got --dataset {data_args.dataset})."
+        )
+    if data_args.dataset == "hub" and not data_args.dataset_name:
+        raise ValueError("--dataset hub needs --dataset_name (a hub dataset or a local dataset folder).")
+    if data_args.dataset == "files" and not data_args.train_file:
+        raise ValueError("--dataset files needs --train_file (a local .json/.jsonl/.csv/.parquet file).")
+    if meta_args.eval_tasks is None:
+        for name in changed_from_default(meta_args, EVAL_FLAGS):
+            raise ValueError(f"--{name} only applies to the lm-eval comparison; pass --eval_tasks or drop it.")
+
+
 def validate_args(model_args, data_args, meta_args, training_args) -> None:
     """Check every argument before data is loaded or anything is written."""
     from ..metadata.encoding import LAYOUTS
@@ -163,6 +205,12 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         raise ValueError(
             f"--max_metadata_tokens must be a positive number of tokens (or None for no limit), got {max_meta!r}."
         )
+    check_ignored_flags(model_args, data_args, meta_args)
+    if meta_args.template == "format" and meta_args.template_column:
+        raise ValueError("--template_column is not read by --template format: the fields of --template_format name the "
+                         "columns; drop --template_column.")  # fmt: skip
+    if meta_args.template != "format" and meta_args.template_format is not None:
+        raise ValueError(f"--template_format only applies to --template format (got --template {meta_args.template}).")
     # The longest prefix a training or evaluation row can get: BOS (+ both markers) + the cut metadata (the meco
     # cut includes "URL: " and the separator). A row needs it plus one document token.
     markers = 3 if meta_args.layout == "context" else 1
@@ -310,9 +358,9 @@ def _sub_run_resume(value, sub_output_dir: str, conditioned: bool) -> str | None
 
 
 def _train_one(name, conditioned, model_args, data_args, meta_args, training_args, tokenizer, train, eval_docs):
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
-    from ..metadata import MetadataCollator, MetadataCooldownCallback
+    from ..metadata import MetadataCollator, MetadataCooldownCallback, MetadataTrainer
 
     template = _template(meta_args)
     set_seed(training_args.seed)
@@ -365,7 +413,7 @@ def _train_one(name, conditioned, model_args, data_args, meta_args, training_arg
     args = training_args.__class__(
         **{**training_args.to_dict(), "output_dir": os.path.join(training_args.output_dir, name)}
     )
-    trainer = Trainer(
+    trainer = MetadataTrainer(  # a Trainer that writes the cooldown state into each checkpoint before it is complete
         model=model,
         args=args,
         train_dataset=train,
@@ -500,6 +548,10 @@ def _plot(results: dict, path: str) -> None:
     plt.close(fig)
 
 
+#: The report files a run writes at its end (removed at the start of a fresh run into the same folder).
+RESULT_FILES = ("metadata_results.json", "task_eval.md", "document_loss.png")
+
+
 def _check_resume(training_args) -> None:
     """`--resume_from_checkpoint` before any work: `last` needs a checkpoint in one of the two run folders."""
     from ..utils.resume import last_complete_checkpoint, resolve_resume_checkpoint, wants_last, wants_resume
@@ -566,6 +618,10 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     # The tokenizer-dependent checks (e.g. the meco separator must fit into --max_metadata_tokens) before any write.
     MetadataEncoder(tokenizer, layout=meta_args.layout, max_metadata_tokens=meta_args.max_metadata_tokens)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
+    if is_main_process():  # an older run's results must not sit beside this run's models if this run stops early
+        from ._common import clear_previous_results
+
+        clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
 
     eval_docs = [dict(r) for r in eval_ds.select(range(min(len(eval_ds), data_args.max_eval_docs)))]
     main = is_main_process()  # training is data-parallel on every rank; the rest is the main process's

@@ -190,11 +190,42 @@ def check_config_overrides(model_args: ModelArguments) -> None:
             )
 
 
+#: Flags that size a fresh model; a model loaded with --model_name_or_path keeps its own config.
+FRESH_MODEL_FLAGS = (
+    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+)  # fmt: skip
+
+
+def check_ignored_model_flags(model_args: ModelArguments, data_args) -> None:
+    """Refuse, by name, a model or tokenizer flag set on the command line that the run would ignore."""
+    from ._common import changed_from_default
+
+    if model_args.model_name_or_path:
+        for name in changed_from_default(model_args, FRESH_MODEL_FLAGS):
+            raise ValueError(
+                f"--{name} sizes a fresh model, but --model_name_or_path={model_args.model_name_or_path!r} is loaded "
+                f"with its own config, so it would be ignored; drop --{name} (or --model_name_or_path to train a fresh "
+                "model)."
+            )
+    loaded = data_args.tokenizer_name or model_args.model_name_or_path
+    if loaded and changed_from_default(data_args, ["vocab_size"]):
+        raise ValueError(
+            f"--vocab_size sizes the tokenizer built on the fly, but the tokenizer of {loaded!r} is loaded, so it "
+            "would be ignored; drop --vocab_size (or --tokenizer_name/--model_name_or_path)."
+        )
+    if data_args.dataset_config_name and not data_args.dataset_name:
+        raise ValueError(
+            f"--dataset_config_name={data_args.dataset_config_name!r} selects a config of --dataset_name, which is "
+            "not set; drop it or pass --dataset_name."
+        )
+
+
 def validate_args(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
     """Check arguments before any data is loaded or anything is written."""
     from ..data.loading import hub_offline
     from ..utils.io import ensure_writable_dir
 
+    check_ignored_model_flags(model_args, data_args)
     if data_args.block_size <= 0:
         raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
     if data_args.dataset_name and hub_offline() and not os.path.isdir(data_args.dataset_name):
@@ -236,6 +267,29 @@ def validate_fp8_args(model_args: ModelArguments, training_args: TrainingArgumen
     if model_args.fp8_monitor_action not in ("warn", "stop", "rollback"):
         raise ValueError(
             f"--fp8_monitor_action must be warn, stop or rollback, got {model_args.fp8_monitor_action!r}."
+        )
+    from ._common import changed_from_default
+
+    accelerate_fp8 = getattr(training_args, "mixed_precision", "no") == "fp8"
+    if "fp8_recipe" in changed_from_default(model_args, ["fp8_recipe"]) and not (
+        accelerate_fp8 or model_args.fp8_backend == "torchao"
+    ):
+        raise ValueError(
+            f"--fp8_recipe {model_args.fp8_recipe} is a torchao recipe, but --fp8_backend is "
+            f"{model_args.fp8_backend}, so it would be ignored; drop it or use --fp8_backend torchao."
+        )
+    if "fp8_scaling" in changed_from_default(model_args, ["fp8_scaling"]) and (
+        accelerate_fp8 or model_args.fp8_backend != "emulated"
+    ):
+        backend = "accelerate's fp8 mixed precision" if accelerate_fp8 else f"--fp8_backend {model_args.fp8_backend}"
+        raise ValueError(
+            f"--fp8_scaling {model_args.fp8_scaling} sets the emulated backend's scaling, but {backend} runs this "
+            "model, so it would be ignored; drop it or use --fp8_backend emulated."
+        )
+    if model_args.fp8_monitor_steps == 0 and changed_from_default(model_args, ["fp8_monitor_action"]):
+        raise ValueError(
+            f"--fp8_monitor_action {model_args.fp8_monitor_action} acts on the kurtosis monitor's alerts, but "
+            "--fp8_monitor_steps 0 turns the monitor off; drop it or set --fp8_monitor_steps N > 0."
         )
     if model_args.fp8_monitor_action == "rollback" and training_args.save_strategy in ("no", None):
         raise ValueError("--fp8_monitor_action rollback needs checkpoints: add --save_strategy steps --save_steps N.")
@@ -380,6 +434,10 @@ def setup_fp8(model, model_args: ModelArguments, training_args: TrainingArgument
     return trainer_cls, extra, callbacks
 
 
+#: The report files a run writes (removed at the start of a fresh run into the same folder).
+RESULT_FILES = ("pretrain_results.json", "fp8_health.json", "kurtosis.png")
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> dict:
     """Train, save, reload with Auto classes, evaluate perplexity and sample. Returns the final metrics."""
     import torch
@@ -393,6 +451,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     from ..utils.io import atomic_write_json
 
     validate_args(model_args, data_args, training_args)
+    if training_args.process_index == 0:  # an older run's results must not look current if this run stops early
+        from ._common import clear_previous_results
+
+        clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
     set_seed(training_args.seed)
     if data_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
