@@ -281,15 +281,29 @@ def split_by_column(dataset, column: str = "domain", num_clients: int = 3) -> li
 
 def canary_rows(texts: Sequence[str], tokenizer, block_size: int) -> dict[str, list[list[int]]]:
     """Tokenize each canary copy as its own right-padded block (labels -100 on padding), so packing never splits a
-    canary across blocks."""
+    canary across blocks. A copy longer than `block_size` tokens is cut to its first `block_size` tokens, with a
+    warning: measure memorization on that part only (the federated recipe cuts its canaries to fit)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    cut = 0
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:block_size]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        cut += len(ids) > block_size
+        ids = ids[:block_size]
         n = len(ids)
         rows["input_ids"].append(ids + [pad] * (block_size - n))
         rows["attention_mask"].append([1] * n + [0] * (block_size - n))
         rows["labels"].append(ids + [-100] * (block_size - n))
+    if cut:
+        logger.warning(
+            "%d of %d canary copies are longer than block_size=%d tokens and train on their first %d tokens only: "
+            "probe and score them on that part (or raise block_size), else memorization is measured on text never "
+            "trained on.",
+            cut,
+            len(texts),
+            block_size,
+            block_size,
+        )
     return rows
 
 

@@ -23,6 +23,7 @@ BASES = ("full", "lora", "lora_merge")
 MODIFIERS = ("goldfish", "dp", "clientdp", "secagg")
 SETTINGS = ("federated", "centralized", "both")
 CENTRAL_PREFIX = "centralized/"
+RESULT_FILES = ("results.json", "memorization_table.md", "memorization_vs_rounds.png")
 
 
 @dataclass
@@ -47,9 +48,18 @@ class DataArguments:
     num_clients: int = field(default=3, metadata={"help": "Number of clients (non-IID split by --split_column)."})
     split_column: str = field(default="domain", metadata={"help": "Column whose groups go to clients (non-IID)."})
     docs_per_client: int = field(default=2, metadata={"help": "Documents per client (<= 0: all of them)."})
-    block_size: int = field(default=128, metadata={"help": "Tokens per training block."})
+    block_size: int = field(
+        default=128,
+        metadata={
+            "help": "Tokens per training block. Each canary copy is one block: canaries (and their exposure baseline) "
+            "are cut to the whole words that fit, so that probes compare only text trained on. Must be at least the "
+            "longest --prefix_lengths plus --window."
+        },
+    )
     num_canaries: int = field(default=10, metadata={"help": "Distinct canaries injected into the clients' data."})
-    canary_words: int = field(default=50, metadata={"help": "Words per canary (must exceed prefix + window)."})
+    canary_words: int = field(
+        default=50, metadata={"help": "Words per canary before the cut to one --block_size block."}
+    )
     replication: str = field(
         default="10:0.3,1:0.7",
         metadata={"help": "Canary replication counts and fractions, 'count:fraction,...' (paper: 30% 10x, 70% once)."},
@@ -116,7 +126,9 @@ class RecipeFederatedArguments(FederatedArguments):
 class FederatedTrainingArguments(PrivateTrainingArguments):
     output_dir: str = field(default="outputs/federated", metadata={"help": "Where results, table and PNG go."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Blocks per client step."})
-    learning_rate: float = field(default=1e-2, metadata={"help": "Overridden per run by --lora/full_learning_rate."})
+    learning_rate: float = field(
+        default=1e-2, metadata={"help": "Not used (refused if set): use --lora_learning_rate / --full_learning_rate."}
+    )
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Schedule within a client's round."})
     warmup_steps: float = field(default=0, metadata={"help": "Warmup steps per client round."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
@@ -167,11 +179,163 @@ def parse_ints(text: str, arg: str) -> list[int]:
     return vals
 
 
+# Flags of FederatedArguments / PrivateTrainingArguments that the recipe sets itself for every run: a value given on
+# the command line would be ignored, so it is refused by name with the flag to use instead.
+SET_PER_RUN = {
+    "use_lora": "the base of each --configs entry (full, lora, lora_merge)",
+    "aggregation": "the base of each --configs entry ('lora' averages the factors, 'lora_merge' merges then averages)",
+    "secure_aggregation": "'+secagg' in --configs",
+    "client_dp_clip_norm": "'+clientdp' in --configs with --defense_client_clip_norm",
+    "client_dp_noise_multiplier": "'+clientdp' in --configs with --defense_client_noise_multiplier",
+    "goldfish_k": "'+goldfish' in --configs with --defense_goldfish_k",
+    "goldfish_context_width": "--defense_goldfish_context_width",
+    "dp_clip_norm": "'+dp' in --configs with --defense_dp_clip_norm",
+    "dp_noise_multiplier": "'+dp' in --configs with --defense_dp_noise_multiplier",
+    "learning_rate": "--lora_learning_rate and --full_learning_rate",
+    "max_steps": "--local_steps (client steps per round) and --pretrain_steps",
+    "num_train_epochs": "--local_epochs with --local_steps 0",
+    "secagg_clipping_range": "the Flower apps (the recipe's in-process secure aggregation does not clip)",
+    "secagg_max_weight": "the Flower apps (the recipe's in-process secure aggregation does not use it)",
+}
+# Flags that only act on runs with one of these --configs defenses (or a LoRA base).
+NEEDS = {
+    "secure_aggregation_threshold": "secagg",
+    "secure_aggregation_max_colluders": "secagg",
+    "secure_aggregation_frac_bits": "secagg",
+    "client_dp_noise_seed": "clientdp",
+    "dp_noise_seed": "dp",
+    "dp_delta": "dp",
+    "dp_accountant": "dp",
+    "lora_r": "lora",
+    "lora_alpha": "lora",
+    "lora_dropout": "lora",
+    "lora_target_modules": "lora",
+}
+
+
+def check_ignored_flags(configs, data_args, fed_args, cmp_args, training_args, model_args=None) -> None:
+    """Refuse, by name, every flag that these --configs and --setting would ignore."""
+    from ._common import changed_from_default
+
+    if model_args is not None:
+        tiny = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "pretrain_steps"]
+        if model_args.model_name_or_path:
+            for name in changed_from_default(model_args, tiny):
+                raise ValueError(
+                    f"--{name} shapes or warms up the tiny model built from config and is ignored with "
+                    "--model_name_or_path; drop it."
+                )
+        elif data_args.docs_per_client <= 0 and "pretrain_steps" in changed_from_default(model_args, tiny):
+            raise ValueError(
+                "--pretrain_steps warms the tiny model up on the documents no client holds, and with "
+                "--docs_per_client <= 0 the clients hold them all: drop it or set --docs_per_client > 0."
+            )
+    if (data_args.tokenizer_name or (model_args is not None and model_args.model_name_or_path)) and (
+        "vocab_size" in changed_from_default(data_args, ["vocab_size"])
+    ):
+        raise ValueError(
+            "--vocab_size sizes the tokenizer built on the fly and is ignored with --tokenizer_name or "
+            "--model_name_or_path; drop it."
+        )
+    for args in (fed_args, training_args):
+        names = [f.name for f in dataclasses.fields(args) if f.name in SET_PER_RUN]
+        for name in changed_from_default(args, names):
+            raise ValueError(
+                f"--{name} is set by the recipe for every run and would be ignored (got {getattr(args, name)!r}); "
+                f"use {SET_PER_RUN[name]}."
+            )
+    present = {m for _, _, mods in configs for m in mods} | {"lora" for _, base, _ in configs if base != "full"}
+    for args in (fed_args, training_args):
+        names = [f.name for f in dataclasses.fields(args) if f.name in NEEDS and NEEDS[f.name] not in present]
+        for name in changed_from_default(args, names):
+            what = "a LoRA base (lora, lora_merge)" if NEEDS[name] == "lora" else f"'+{NEEDS[name]}'"
+            raise ValueError(
+                f"--{name} only applies to runs with {what} in --configs, and none of {cmp_args.configs!r} has it: "
+                "drop the flag or add such a run."
+            )
+    if fed_args.local_steps > 0 and "local_epochs" in changed_from_default(fed_args, ["local_epochs"]):
+        raise ValueError(
+            f"--local_epochs only applies with --local_steps <= 0 (got --local_steps {fed_args.local_steps}); drop "
+            "it or pass --local_steps 0."
+        )
+    lrs = fed_args.learning_rates()
+    if lrs is not None:
+        if cmp_args.setting != "federated":
+            raise ValueError(
+                f"--client_learning_rates sets one rate per federated client; --setting {cmp_args.setting} trains one "
+                "centralized client: drop the flag or use --setting federated."
+            )
+        if len(lrs) != data_args.num_clients:
+            raise ValueError(
+                f"--client_learning_rates has {len(lrs)} values for --num_clients {data_args.num_clients}; give one "
+                "per client."
+            )
+    if "dp" in present and training_args.gradient_accumulation_steps != 1:
+        raise ValueError(
+            "'+dp' runs add DP-SGD noise once per optimizer step: set --gradient_accumulation_steps 1 and raise "
+            "--per_device_train_batch_size instead."
+        )
+
+
+def check_data(data_args) -> None:
+    """The client split and the canary bodies, checked on the embedded corpus before anything is written."""
+    from ..data import load_corpus
+
+    train = load_corpus("train")
+    if data_args.split_column not in train.column_names:
+        raise ValueError(
+            f"--split_column {data_args.split_column!r} is not a corpus column; choose one of {train.column_names}."
+        )
+    groups = len(set(train[data_args.split_column]))
+    if data_args.num_clients > groups:
+        raise ValueError(
+            f"--num_clients {data_args.num_clients} exceeds the {groups} distinct {data_args.split_column!r} values "
+            "(every client needs whole groups): lower --num_clients or choose another --split_column."
+        )
+    if data_args.canary_source == "test_docs" and len(held_out_texts(data_args)) <= data_args.num_canaries:
+        raise ValueError(
+            "No held-out document is left for the exposure baseline (the canary bodies use them all); lower "
+            "--num_canaries or --canary_words, or use --canary_source random_words."
+        )
+
+
+def check_lora_targets(model_args, data_args, fed_args) -> None:
+    """--lora_target_modules must name modules of the model (checked on a meta-device copy: no memory, no data)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    targets = fed_args.target_modules()
+    if targets == "all-linear":
+        return
+    if not targets:
+        raise ValueError("--lora_target_modules is empty; name modules (e.g. 'q_proj,v_proj') or use 'all-linear'.")
+    if model_args.model_name_or_path:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    else:
+        config = LlamaConfig(
+            vocab_size=data_args.vocab_size,
+            hidden_size=model_args.hidden_size,
+            intermediate_size=model_args.intermediate_size,
+            num_hidden_layers=model_args.num_hidden_layers,
+            num_attention_heads=model_args.num_attention_heads,
+        )
+    with torch.device("meta"):
+        names = [n for n, _ in AutoModelForCausalLM.from_config(config).named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
+        raise ValueError(
+            f"--lora_target_modules names {missing}, which the model does not have; choose from {leaves} or use "
+            "'all-linear'."
+        )
+
+
 def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
     """All argument checks, before any data is loaded or anything is written."""
     from ..utils import ensure_writable_dir
 
     configs = parse_configs(cmp_args.configs)
+    check_ignored_flags(configs, data_args, fed_args, cmp_args, training_args, model_args)
     if cmp_args.setting not in SETTINGS:
         raise ValueError(f"--setting must be one of {SETTINGS}, got {cmp_args.setting!r}.")
     if cmp_args.setting != "federated":
@@ -182,10 +346,30 @@ def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
                 "one client; drop them from --configs or use --setting federated."
             )
     parse_replication(data_args.replication)
-    parse_ints(data_args.prefix_lengths, "--prefix_lengths")
+    longest = max(parse_ints(data_args.prefix_lengths, "--prefix_lengths"))
+    if data_args.window < 1:
+        raise ValueError(f"--window must be >= 1, got {data_args.window}.")
+    if not 0 < data_args.bleu_threshold <= 1:
+        raise ValueError(
+            f"--bleu_threshold must be in (0, 1] (a character-BLEU score), got {data_args.bleu_threshold}."
+        )
+    if not math.isfinite(data_args.frequency_penalty):
+        raise ValueError(f"--frequency_penalty must be a finite number, got {data_args.frequency_penalty}.")
+    if data_args.block_size < longest + data_args.window:
+        raise ValueError(
+            f"--block_size {data_args.block_size} is shorter than the longest prefix plus the window ({longest} + "
+            f"{data_args.window}): a canary is trained on as one block of --block_size tokens, so every probe would "
+            f"compare text never trained on. Raise --block_size to at least {longest + data_args.window} or lower "
+            "--prefix_lengths / --window."
+        )
     if data_args.num_clients < 1:
         raise ValueError(f"--num_clients must be >= 1, got {data_args.num_clients}.")
     if any("secagg" in mods for _, _, mods in configs):  # threshold and --secure_aggregation_max_colluders
+        if data_args.num_clients < 2:
+            raise ValueError(
+                f"'+secagg' hides each client's update in the sum of at least 2 clients; --num_clients is "
+                f"{data_args.num_clients}: raise it or drop '+secagg' from --configs."
+            )
         fed_args.threshold(data_args.num_clients)
     if data_args.block_size < 16:
         raise ValueError(f"--block_size must be >= 16, got {data_args.block_size}.")
@@ -217,6 +401,9 @@ def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
             raise ValueError(f"{flag} must be >= 0 (a noise multiplier; 0 adds no noise), got {value}.")
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
+    check_data(data_args)
+    if any(base != "full" for _, base, _ in configs):
+        check_lora_targets(model_args, data_args, fed_args)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
 
 
@@ -262,6 +449,25 @@ def reference_texts(data_args, vocabulary, seed: int, limit: int = 12) -> list[s
     return [c.text for c in refs]
 
 
+def cut_to_tokens(text: str, tokenizer, max_tokens: int) -> str:
+    """The longest whole-word prefix of `text` that tokenizes (no special tokens) to at most `max_tokens` tokens."""
+
+    def fits(t: str) -> bool:
+        return len(tokenizer(t, add_special_tokens=False)["input_ids"]) <= max_tokens
+
+    if fits(text):
+        return text
+    words = text.split()
+    lo, hi = 0, len(words) - 1  # the answer keeps words[:k] for the largest k in [lo, hi] that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(" ".join(words[:mid])):
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo])
+
+
 def build_tiny_model(model_args, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -304,9 +510,12 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
         split_by_column,
     )
     from ..utils.evaluation import causal_lm_eval_loss
+    from ._common import clear_previous_results
 
     validate(model_args, data_args, fed_args, cmp_args, training_args)
     configs = parse_configs(cmp_args.configs)
+    # the recipe cannot resume: an earlier run's results in this folder are never those of this run
+    clear_previous_results(training_args.output_dir, RESULT_FILES)
     if cmp_args.torch_threads:
         import torch
 
@@ -334,6 +543,10 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
         texts=held_out_texts(data_args) if data_args.canary_source == "test_docs" else None,
     )
     references = reference_texts(data_args, corpus_words(train["text"]), training_args.seed)
+    # a canary copy is trained on as one block of --block_size tokens: probe and score only what was trained on (and
+    # cut the exposure baseline the same way)
+    canaries = [dataclasses.replace(c, text=cut_to_tokens(c.text, tokenizer, data_args.block_size)) for c in canaries]
+    references = [cut_to_tokens(t, tokenizer, data_args.block_size) for t in references]
     copies = assign_canaries(canaries, [len(p) for p in private], data_args.canary_assignment, training_args.seed)
     clients = [
         build_client_dataset(p, [c.text for c in cs], tokenizer, data_args.block_size, seed=training_args.seed)
@@ -432,6 +645,13 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
                 rec[f"bleu_{rep}x"] = block["bleu_mean"]
                 rec[f"match_{rep}x"] = block["matching_tokens_mean"]
             print(f"[{name}] round {r}: " + ", ".join(f"{k}={v:.3f}" for k, v in rec.items()))
+            # what the rates above are computed from: one record per canary and prefix length, and the rates per
+            # prefix length (recomputable with `summarize_records(records, prefix_lengths)`)
+            rec["memorization"] = {
+                "per_replication": mem["per_replication"],
+                "num_skipped": mem["num_skipped"],
+                "records": mem["records"],
+            }
             return rec
 
         sim = FederatedSimulation(
@@ -453,6 +673,16 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
             "history": history,
             "seconds": time.time() - t0,
         }
+        if ta.dp_clip_norm is not None:
+            # what the reported epsilon is computed from: each client's composed DP-SGD steps, as
+            # (Poisson sampling rate, noise multiplier, steps) entries, at delta with this accountant
+            results["runs"][name]["dp"] = {
+                "clip_norm": ta.dp_clip_norm,
+                "noise_multiplier": ta.dp_noise_multiplier,
+                "delta": ta.dp_delta,
+                "accountant": ta.dp_accountant,
+                "client_steps": [a.state_dict()["history"] for a in sim.accountants],
+            }
     write_outputs(results, training_args.output_dir)
     return results
 
@@ -482,7 +712,7 @@ def write_outputs(results: dict, output_dir: str) -> None:
     lines = [
         "| run | setting | clients | steps | rounds | eval loss | "
         + " | ".join(cols + [f"{c} gain" for c in gains])
-        + " | eps (DP-SGD) |",
+        + " | eps (DP-SGD, largest client) |",
         "|---" * (len(cols) + len(gains) + 7) + "|",
     ]
     for name, run in runs.items():
@@ -502,6 +732,9 @@ def write_outputs(results: dict, output_dir: str) -> None:
         "nats per token. Centralized runs: one client holding all the clients' data and canary copies, same "
         "optimizer steps.\n"
     )
+    deltas = sorted({run["dp"]["delta"] for run in runs.values() if "dp" in run})
+    if deltas:
+        table += f"Epsilon at delta {', '.join(f'{d:g}' for d in deltas)} (--dp_delta), record-level DP-SGD.\n"
     atomic_write_text(os.path.join(output_dir, "memorization_table.md"), table)
     print(table)
 

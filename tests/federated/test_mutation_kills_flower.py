@@ -442,6 +442,8 @@ TINY = [
     "3:0.5,1:0.5",
     "--prefix_lengths",
     "5",
+    "--window",
+    "20",
     "--max_eval_blocks",
     "16",
     "--torch_threads",
@@ -483,6 +485,7 @@ def _recording_recipe(monkeypatch, tmp_path, argv):
                 )
             )
             self.round_callback = round_callback
+            self.accountants = []
 
         def run(self):
             return [{"round": 0, **self.round_callback(0, self)}]
@@ -501,7 +504,9 @@ def _recording_recipe(monkeypatch, tmp_path, argv):
                     "matching_tokens_mean": 0.6 * r,
                 }
                 for r in reps
-            }
+            },
+            "num_skipped": 0,
+            "records": [{"canary_id": c.canary_id, "replication": c.replication} for c in canaries],
         }
 
     def fake_exposure(model, tokenizer, members, references):
