@@ -153,3 +153,24 @@ def test_reproduction_holds(method, tmp_path):
     print(report.to_markdown())
     assert len(report.seeds) >= 3
     assert report.holds, report.to_markdown()
+
+
+def test_a_failed_rerun_leaves_no_earlier_report_in_the_output_dir(monkeypatch, tmp_path):
+    """Was: a rerun into the same --output_dir that failed kept the earlier reproduction.json/.md (perhaps "holds"),
+    looking current."""
+    fail = {"now": False}
+
+    def run(seed, fast, workdir):
+        if fail["now"]:
+            raise RuntimeError("seed run failed")
+        return {"gap": 1.0}
+
+    spec = Reproduction("toy_stale", "a toy claim", run, [Claim("gap", "1", lambda r: ("1", True))], default_seeds=2)
+    monkeypatch.setitem(REPRODUCTIONS, "toy_stale", spec)
+    assert reproduce("toy_stale", output_dir=str(tmp_path)).holds
+    assert (tmp_path / "reproduction.json").is_file() and (tmp_path / "reproduction.md").is_file()
+    (tmp_path / "notes.txt").write_text("kept")
+    fail["now"] = True
+    with pytest.raises(RuntimeError, match="seed run failed"):
+        reproduce("toy_stale", output_dir=str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["notes.txt"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -99,7 +100,10 @@ def mean_spread(values: Sequence[float], fmt: str = "{:.3f}") -> str:
     """'mean ± sample std (min..max)' of a list of numbers."""
     values = [float(v) for v in values]
     mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    if len(values) < 2:
+        spread = 0.0
+    else:  # statistics.stdev raises an AttributeError on a NaN or inf: that ended the run with no report
+        spread = statistics.stdev(values) if all(math.isfinite(v) for v in values) else math.nan
     spread_text = fmt.format(spread).lstrip("+")  # a spread has no sign, even with a signed format
     return f"{fmt.format(mean)} ± {spread_text} ({fmt.format(min(values))}..{fmt.format(max(values))})"
 
@@ -157,6 +161,10 @@ def reproduce(
         from ..utils.io import ensure_writable_dir
 
         ensure_writable_dir(output_dir, "--output_dir")
+        from ..recipes._common import clear_previous_results
+
+        # an earlier report (perhaps "holds") must not look current if this run fails before writing its own
+        clear_previous_results(output_dir, ("reproduction.json", "reproduction.md"))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"hf_ext-reproduce-{method}-") as scratch:
         root = output_dir or scratch

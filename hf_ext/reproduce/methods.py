@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import statistics
 
 from . import Claim, Reproduction, mean_spread
@@ -23,6 +24,12 @@ def _quiet_recipe(name: str, argv: list[str]) -> dict:
 
 def _mean(values) -> float:
     return statistics.fmean(float(v) for v in values)
+
+
+def _worst(values) -> float:
+    """The largest value, NaN if any is NaN (`max` skips a NaN that is not first)."""
+    values = [float(v) for v in values]
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
 
 
 # --------------------------------------------------------------------------------------------------- metadata
@@ -57,9 +64,10 @@ def _context_helps(runs: list[dict]) -> tuple[str, bool]:
 
 
 def _guidance_steers(runs: list[dict]) -> tuple[str, bool]:
-    gains = [r["share_guided"] - r["share_scale_1"] for r in runs if r["share_guided"] is not None]
-    if not gains:
-        return "not measured", False
+    if any(r["share_guided"] is None for r in runs):  # judged on every seed or not at all
+        measured = sum(r["share_guided"] is not None for r in runs)
+        return "not measured" if not measured else f"measured on {measured}/{len(runs)} seeds only", False
+    gains = [r["share_guided"] - r["share_scale_1"] for r in runs]
     return f"host-word share gain at scale 3: {mean_spread(gains)}", _mean(gains) > 0
 
 
@@ -111,7 +119,7 @@ def _grape_beats_uniform(runs: list[dict]) -> tuple[str, bool]:
 
 
 def _grape_worst_target(runs: list[dict]) -> tuple[str, bool]:
-    gaps = [max(r["uniform"]["target_loss"].values()) - max(r["grape"]["target_loss"].values()) for r in runs]
+    gaps = [_worst(r["uniform"]["target_loss"].values()) - _worst(r["grape"]["target_loss"].values()) for r in runs]
     return f"uniform - GRAPE worst-target loss {mean_spread(gaps)}", _mean(gaps) > 0
 
 
@@ -200,8 +208,11 @@ def _grape_task_weight_to_hard(runs: list[dict]) -> tuple[str, bool]:
 
 def _grape_domain_weight_to_source(runs: list[dict]) -> tuple[str, bool]:
     w = [r["grape"]["average_domain_weights"]["b"] for r in runs]
-    top = sum(max(r["grape"]["average_domain_weights"], key=r["grape"]["average_domain_weights"].get) == "b"
-              for r in runs)  # fmt: skip
+
+    def b_largest(weights: dict) -> bool:  # strictly above every other domain (a NaN weight is never below b's)
+        return all(weights["b"] > v for k, v in weights.items() if k != "b")
+
+    top = sum(b_largest(r["grape"]["average_domain_weights"]) for r in runs)
     return f"time-averaged weight of its source: {mean_spread(w)} (largest on {top}/{len(runs)} seeds)", (
         _mean(w) > 0.25 and top == len(runs)
     )
@@ -350,9 +361,9 @@ def _hyperinf_run(seed: int, fast: bool, workdir: str) -> dict:
 def _hyperinf_best_at_width(runs: list[dict]) -> tuple[str, bool]:
     wide = runs[0]["widths"][-1]
     rho = {m: [r["rho"][f"{m}@{wide}"] for r in runs] for m in ("hyperinf", "datainf", "lissa", "tracin")}
-    best_other = max(_mean(v) for m, v in rho.items() if m != "hyperinf")
+    ok = all(_mean(rho["hyperinf"]) > _mean(v) + 0.05 for m, v in rho.items() if m != "hyperinf")  # NaN: False
     text = "; ".join(f"{m} {mean_spread(v)}" for m, v in rho.items())
-    return f"Spearman with exact GFIM influence at width {wide}: {text}", _mean(rho["hyperinf"]) > best_other + 0.05
+    return f"Spearman with exact GFIM influence at width {wide}: {text}", ok
 
 
 def _baselines_degrade(runs: list[dict]) -> tuple[str, bool]:
@@ -439,13 +450,14 @@ def _lp_run(seed: int, fast: bool, workdir: str) -> dict:
 
 
 def _lp_more_pairs_worse(runs: list[dict]) -> tuple[str, bool]:
-    counts = sorted(runs[0]["best"])
+    counts = sorted(runs[0]["best"], key=int)  # int keys, or str ones after rejudge's round trip through JSON
     curve = [_mean(r["source"] for r in runs)] + [_mean(r["best"][n] for r in runs) for n in counts]
     ok = all(a < b for a, b in zip(curve, curve[1:]))
     return "best perplexity for 0.." + f"{counts[-1]} pairs: " + " -> ".join(f"{v:.2f}" for v in curve), ok
 
 
 def _lp_late_pairs_cheaper(runs: list[dict]) -> tuple[str, bool]:
+    runs = [{**r, "single": {int(k): v for k, v in r["single"].items()}} for r in runs]  # str keys after JSON
     late = [_mean([r["single"][LP_LAYERS - 2], r["single"][LP_LAYERS - 3]]) for r in runs]
     first = [r["single"][1] for r in runs]
     zero = [r["single"][0] for r in runs]
