@@ -546,11 +546,20 @@ def _cubic_run(seed: int, fast: bool, workdir: str) -> dict:
     return out
 
 
+def sign_test_p(wins: int, n: int) -> float:
+    """One-sided sign test: the chance of at least `wins` wins in `n` fair coin flips (paired seeds, no effect)."""
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n
+
+
 def _momentum_lowers_plateau(runs: list[dict]) -> tuple[str, bool]:
     cn, mom = [r["cn"] for r in runs], [r["cn_momentum"] for r in runs]
-    wins = sum(m < c for m, c in zip(mom, cn))
-    text = f"tail gradient norm: no momentum {mean_spread(cn)}; momentum {mean_spread(mom)}; lower on {wins}/{len(runs)}"
-    return text, wins == len(runs) and _mean(mom) < 0.7 * _mean(cn)
+    wins = sum(m < c for m, c in zip(mom, cn))  # a NaN never wins
+    p = sign_test_p(wins, len(runs))
+    text = (
+        f"tail gradient norm: no momentum {mean_spread(cn)}; momentum {mean_spread(mom)}; lower on {wins}/{len(runs)} "
+        f"(sign test p = {p:.3g})"
+    )
+    return text, p < 0.05 and _mean(mom) < 0.7 * _mean(cn)
 
 
 def _momentum_vs_adam(runs: list[dict]) -> tuple[str, bool]:
@@ -564,9 +573,12 @@ CUBIC_NEWTON = Reproduction(
     setting="Non-convex logistic regression on seeded a9a-like data (n 2000, d 20), batch 1, 600 oracle calls, exact "
     "cubic subproblem, dense Hessian; tail = mean gradient norm over the last 5 of 20 evaluations.",
     run=_cubic_run,
-    default_seeds=5,
+    # 10 seeds: lower on every seed held for seeds 0-4 but not for 5-9 (4/5); over seeds 0-19 it is 18/20, so the
+    # claim is the paired effect (sign test over the seeds, and the mean below 0.7x), not "every seed"
+    default_seeds=10,
     claims=[
-        Claim("momentum lowers the gradient-norm plateau at batch 1 on every seed",
+        Claim("momentum lowers the gradient-norm plateau at batch 1 (paired over seeds: sign test p < 0.05, mean "
+              "below 0.7x)",
               "momentum makes second-order methods work with small batches (abstract)", _momentum_lowers_plateau),
         Claim("cubic Newton with momentum is at least as good as Adam at the same oracle budget",
               "not claimed by the paper; reported for context", _momentum_vs_adam, asserted=False),
