@@ -302,7 +302,7 @@ def check_data(data_args) -> None:
 def check_lora_targets(model_args, data_args, fed_args) -> None:
     """--lora_target_modules must name modules of the model (checked on a meta-device copy: no memory, no data)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     targets = fed_args.target_modules()
     if targets == "all-linear":
@@ -312,13 +312,7 @@ def check_lora_targets(model_args, data_args, fed_args) -> None:
     if model_args.model_name_or_path:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     else:
-        config = LlamaConfig(
-            vocab_size=data_args.vocab_size,
-            hidden_size=model_args.hidden_size,
-            intermediate_size=model_args.intermediate_size,
-            num_hidden_layers=model_args.num_hidden_layers,
-            num_attention_heads=model_args.num_attention_heads,
-        )
+        config = tiny_llama_config(model_args, data_args.vocab_size)
     with torch.device("meta"):
         names = [n for n, _ in AutoModelForCausalLM.from_config(config).named_modules()]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
@@ -468,27 +462,34 @@ def cut_to_tokens(text: str, tokenizer, max_tokens: int) -> str:
     return " ".join(words[:lo])
 
 
-def build_tiny_model(model_args, tokenizer):
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(model_args, vocab_size: int, tokenizer=None):
+    """The config of the tiny Llama the flags describe (with `tokenizer`'s special-token ids when given)."""
+    from transformers import LlamaConfig
 
-    if model_args.model_name_or_path:
-        return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, attn_implementation="eager")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
+    ids = {}
+    if tokenizer is not None:
+        ids = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
+    return LlamaConfig(
+        vocab_size=vocab_size,
         hidden_size=model_args.hidden_size,
         intermediate_size=model_args.intermediate_size,
         num_hidden_layers=model_args.num_hidden_layers,
         num_attention_heads=model_args.num_attention_heads,
         num_key_value_heads=model_args.num_attention_heads,
         max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        **ids,
     )
-    model = LlamaForCausalLM(cfg)
+
+
+def build_tiny_model(model_args, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    if model_args.model_name_or_path:
+        return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(model_args, len(tokenizer), tokenizer))
     model.set_attn_implementation("eager")
     return model
 
