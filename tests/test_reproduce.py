@@ -131,7 +131,7 @@ def test_cli_lists_and_runs_a_fast_reproduction(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "| claim | paper | ours" in out and "grape" in out
     saved = json.loads((tmp_path / "reproduction.json").read_text())
-    assert len(saved["rows"]) == 3 and saved["fast"] is True
+    assert len(saved["rows"]) == len(REPRODUCTIONS["grape"].claims) == 4 and saved["fast"] is True
     assert rc == (0 if all(r["verdict"] == "holds" for r in saved["rows"] if r["asserted"]) else 1)
     assert (tmp_path / "reproduction.md").is_file() and (tmp_path / "seed0" / "uniform").is_dir()
     with pytest.raises(SystemExit):

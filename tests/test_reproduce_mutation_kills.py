@@ -262,6 +262,18 @@ def test_grape_loss_claims_compare_uniform_minus_grape_and_the_worst_target():
     assert M._grape_worst_target(runs)[1] is True
 
 
+def test_grape_asserts_only_the_weight_claims_that_hold_beyond_seeds_0_to_2():
+    """The mean-loss win over uniform held on seeds 0-2 and failed on 12 of seeds 0-19 (docs/reproductions.md): it is
+    reported, not asserted, beside the worst-target comparison."""
+    claims = {c.name: c.asserted for c in M.REPRODUCTIONS["grape"].claims}
+    assert claims == {
+        "task weight moves to the harder (slower-improving) target": True,
+        "domain weight moves to that target's source": True,
+        "lower mean target loss than uniform mixing at equal steps": False,
+        "lower loss on the worst target (group robustness)": False,
+    }
+
+
 def test_grape_task_weight_uses_the_hard_target_and_every_seed():
     # mean of the hard target's weight over seeds: 0.633 > 0.5 (first seed alone: 0.3)
     assert M._grape_task_weight_to_hard([_grape(0.3), _grape(0.8), _grape(0.8)])[1] is True

@@ -220,7 +220,7 @@ def _grape_domain_weight_to_source(runs: list[dict]) -> tuple[str, bool]:
 
 GRAPE = Reproduction(
     method="grape",
-    title="GRAPE moves weight to the slow-improving target and its source, and beats uniform mixing",
+    title="GRAPE moves weight to the slow-improving target and its source",
     setting="Four synthetic source domains (random Markov chains; b is the high-entropy one), target t_easy served "
     "by a and t_hard by b; 2-layer Llama, hidden 64, 300 steps, reweighting every 10 steps.",
     run=_grape_synthetic_run,
@@ -229,8 +229,14 @@ GRAPE = Reproduction(
               "rate-of-improvement task weights (method)", _grape_task_weight_to_hard),
         Claim("domain weight moves to that target's source", "mirror-descent domain weights (method)",
               _grape_domain_weight_to_source),
+        # Held on seeds 0-2 only: over seeds 0-19 GRAPE is worse than uniform on the mean target loss on 12 of 20
+        # (-0.18 +- 0.38), since on those seeds it starves t_easy's source (t_easy 2-3 nats vs uniform's 1.1);
+        # the worst target is lower on 16 of 20 (+0.29 +- 0.36). Reported, not asserted (docs/reproductions.md).
         Claim("lower mean target loss than uniform mixing at equal steps",
-              "outperforms baselines on 6 reasoning tasks (abstract; no numbers found)", _grape_beats_uniform),
+              "outperforms baselines on 6 reasoning tasks (abstract; no numbers found)", _grape_beats_uniform,
+              asserted=False),
+        Claim("lower loss on the worst target (group robustness)", "group-robust objective (title)",
+              _grape_worst_target, asserted=False),
     ],  # fmt: skip
 )
 

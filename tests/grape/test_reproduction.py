@@ -2,8 +2,8 @@
 
 Four source domains come from distinct random Markov chains; domain `b` is a higher-entropy (harder) chain. Target
 task `t_easy` is served by source `a`, target `t_hard` by source `b`; `c` and `d` serve no target. GRAPE should move
-task weight to the harder (slower-improving) target, domain weight to its source, and reach a lower average target
-loss than uniform mixing at the same number of steps.
+task weight to the harder (slower-improving) target and domain weight to its source. A lower average target loss than
+uniform mixing is not asserted: it held on seeds 0-2 but on only 8 of seeds 0-19 (docs/reproductions.md).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def run(method, out, train, targets, held_out, tiny_llama, steps=300, domain_ste
 
 
 @pytest.mark.slow
-def test_grape_prefers_hard_target_and_beats_uniform(tmp_path, grape_helpers):
+def test_grape_prefers_hard_target_and_its_source(tmp_path, grape_helpers):
     train, targets, held_out = build_data(grape_helpers["markov_sequences"])
     grape = run("grape", tmp_path / "grape", train, targets, held_out, grape_helpers["tiny_llama"])
     uniform = run("uniform", tmp_path / "uniform", train, targets, held_out, grape_helpers["tiny_llama"])
@@ -104,8 +104,9 @@ def test_grape_prefers_hard_target_and_beats_uniform(tmp_path, grape_helpers):
     assert alpha["b"] == max(alpha.values())
     # Unrelated sources lose weight.
     assert alpha["c"] < 0.25 and alpha["d"] < 0.25
-    # Lower average target loss than uniform mixing at equal steps (honest slack: any improvement).
-    assert grape["mean_target_loss"] < uniform["mean_target_loss"]
+    # Not asserted: a lower average target loss than uniform. It holds on this seed but on only 8 of seeds 0-19, where
+    # GRAPE often starves t_easy's source (`hf-ext reproduce grape --seeds 20`, docs/reproductions.md).
+    print("uniform - GRAPE mean target loss:", uniform["mean_target_loss"] - grape["mean_target_loss"])
     # DoGE (the GRAPE repository's baseline: same domain step, task weights fixed at uniform) moves too: the sources
     # that serve a target gain weight, the unrelated ones lose it; it does not single out the hard target's source
     # as strongly as GRAPE, which also shifts the task weights.
