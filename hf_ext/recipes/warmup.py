@@ -213,7 +213,6 @@ def warmup_claim_holds(adamw_gaps, lion_ar_gaps) -> bool:
 def arm_arguments(arm: str, recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> WarmupTrainingArguments:
     """Training arguments of one arm (all arms share data, model init, clipping, steps and the trapezoid)."""
     from ..optim.normalized import equilibrium_angle
-
     from ..optim.warmup_trainer import _OPTION_USERS
 
     warm = 0 if arm.endswith("no_warmup") else recipe.warmup_fraction
