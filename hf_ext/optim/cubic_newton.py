@@ -22,8 +22,10 @@ Pieces:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -419,7 +421,8 @@ class CubicNewton(Optimizer):
       `hessian_corrected`: `g_t = (1-a_t)(g_{t-1} + hess f(x_t)(x_t - x_{t-1})) + a_t grad f(x_t)` (one extra HVP).
     - Hessian estimate (`hessian`): `dense` keeps `H_t = (1-b_t) H_{t-1} + b_t hess f(x_t)` as a matrix (small
       models); `window` applies `H_t v = sum_s w_s hess f_s(x_s) v` over the last `hessian_window` samples with
-      geometric weights `w_s ~ b (1-b)^(t-s)` renormalised (HVP-only); `fresh` uses `hess f(x_t)` alone (no Hessian
+      geometric weights `w_s ~ b (1-b)^(t-s)` renormalised (HVP-only; a resume is exact when each closure's data is
+      given as `set_closure(closure, sample=...)` and `rebuild_window` is called after loading); `fresh` uses `hess f(x_t)` alone (no Hessian
       momentum). `momentum="none"` forces `b_t = 1`.
     - step: `h_t = argmin m(h)` by the chosen `solver`, then `x_{t+1} = x_t + lr * h_t` (`lr` from the param group, so
       LR schedulers scale the step), optionally capped at `max_step_norm`.
@@ -549,8 +552,11 @@ class CubicNewton(Optimizer):
                 f"hessian='dense' stores a {self._flat.dim}x{self._flat.dim} matrix (> dense_max_dim={dense_max_dim}); "
                 "use hessian='window' or 'fresh' with solver='lanczos' for large models."
             )
-        self._window: list[tuple[Callable, torch.Tensor]] = []
+        # (loss function, point, sample) of the last `hessian_window` steps; `sample` is what `set_closure` was given
+        self._window: list[tuple[Callable, torch.Tensor, Any]] = []
+        self._window_to_rebuild: list[tuple[torch.Tensor, Any]] = []
         self._pending_closure: Callable | None = None
+        self._pending_sample: Any = None
         self.last_stats: CubicStepStats | None = None
 
     def add_param_group(self, param_group: dict) -> None:
@@ -576,13 +582,61 @@ class CubicNewton(Optimizer):
     def _st(self) -> dict:
         return self.state[self.param_groups[0]["params"][0]]
 
-    def set_closure(self, closure: Callable) -> None:
-        """Register the closure used by the next `step()` called without one (what `CubicNewtonTrainer` does)."""
+    def set_closure(self, closure: Callable, sample: Any = None) -> None:
+        """Register the closure used by the next `step()` called without one (what `CubicNewtonTrainer` does).
+
+        Args:
+            closure (`Callable`): as for `step`.
+            sample (*optional*): the data the closure's loss function is built from (e.g. the batch, a dict of
+                tensors). With `hessian="window"` it is kept with the window and saved in `state_dict()`, so that
+                `rebuild_window` can rebuild the past loss functions after a resume and the run continues exactly.
+        """
         self._pending_closure = closure
+        self._pending_sample = sample
+
+    def state_dict(self) -> dict:
+        """torch's optimizer state, plus (for `hessian="window"`) the window's points and samples under `"window"`."""
+        sd = super().state_dict()
+        if self.param_groups[0]["hessian"] == "window" and self._window:
+            sd["window"] = {
+                "points": [x.detach().clone() for _, x, _ in self._window],
+                "samples": [s for _, _, s in self._window],
+            }
+        return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load a `state_dict()`. A saved `hessian="window"` window whose samples were recorded is kept until
+        `rebuild_window` turns the samples back into loss functions; without that call (or without samples) the
+        window refills from the next step, and the continuation is not bit-exact (a warning says so)."""
+        state_dict = dict(state_dict)
+        window = state_dict.pop("window", None)
         super().load_state_dict(state_dict)
-        self._window = []  # past samples' loss functions cannot be serialised; the window refills
+        self._window = []
+        self._window_to_rebuild = []
+        if window is not None:
+            ref = self._flat.params[0]
+            self._window_to_rebuild = [
+                (x.to(device=ref.device), s) for x, s in zip(window["points"], window["samples"])
+            ]
+
+    def rebuild_window(self, make_loss: Callable[[Any], Callable]) -> int:
+        """Rebuild the `hessian="window"` loss functions of a loaded state from their samples.
+
+        Args:
+            make_loss (`Callable`): `make_loss(sample) -> f`, the loss function of the flat parameter vector for one
+                saved sample (the same function the step's closure returned for it).
+
+        Returns:
+            `int`: the number of window entries rebuilt (0 when the state had no window or its samples were not
+            recorded; then the window refills).
+        """
+        pending, self._window_to_rebuild = self._window_to_rebuild, []
+        if not pending or any(s is None for _, s in pending):
+            if pending:
+                self._window_to_rebuild = pending  # step() warns and refills
+            return 0
+        self._window = [(make_loss(s), x, s) for x, s in pending]
+        return len(self._window)
 
     @staticmethod
     def _weight(base: float, power: float, t: int) -> float:
@@ -593,8 +647,18 @@ class CubicNewton(Optimizer):
     # -- the step -------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
+        sample = self._pending_sample if closure is None else None
         closure = closure if closure is not None else self._pending_closure
         self._pending_closure = None
+        self._pending_sample = None
+        if self._window_to_rebuild:
+            warnings.warn(
+                "CubicNewton: the loaded hessian='window' state was not rebuilt (call rebuild_window(make_loss) after "
+                "load_state_dict, with samples recorded through set_closure(closure, sample=...)); the window refills "
+                "from this step and the run does not continue exactly.",
+                stacklevel=2,
+            )
+            self._window_to_rebuild = []
         if closure is None:
             raise ValueError(
                 "CubicNewton.step needs a closure returning f(flat_params) for the current sample "
@@ -637,16 +701,16 @@ class CubicNewton(Optimizer):
             st["hessian_estimate"] = H.detach().clone()
             hvp = lambda v: H @ v.to(H.dtype)  # noqa: E731
         elif hess_mode == "window" and b < 1.0:
-            self._window.append((f_hess, x.clone()))
+            self._window.append((f_hess, x.clone(), sample))
             self._window = self._window[-group["hessian_window"] :]
             n = len(self._window)
             w = torch.tensor([b * (1 - b) ** (n - 1 - i) for i in range(n)], dtype=torch.float64)
             w = (w / w.sum()).tolist()
 
             def hvp(v):
-                return sum(wi * hvp_at(fi, xi, v) for wi, (fi, xi) in zip(w, self._window))
+                return sum(wi * hvp_at(fi, xi, v) for wi, (fi, xi, _) in zip(w, self._window))
         else:
-            self._window = [(f_hess, x.clone())]
+            self._window = [(f_hess, x.clone(), sample)]
 
             def hvp(v):
                 return hvp_at(f_hess, x, v)

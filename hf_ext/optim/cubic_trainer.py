@@ -39,8 +39,8 @@ class CubicNewtonTrainingArguments(TrainingArguments):
     cubic_hessian: str = field(
         default="fresh",
         metadata={
-            "help": f"Hessian estimate: one of {HESSIAN_MODES} (dense only for tiny models; window is not "
-            "restored exactly on resume)."
+            "help": f"Hessian estimate: one of {HESSIAN_MODES} (dense only for tiny models; window keeps its last "
+            "batches and points in each checkpoint)."
         },
     )
     cubic_hessian_window: int = field(default=3, metadata={"help": "Past batches used by cubic_hessian=window."})
@@ -197,12 +197,27 @@ class CubicNewtonTrainer(SafetensorsOptimizerStateMixin, Trainer):
             self.optimizer = CubicNewton(params, **self.args.cubic_newton_kwargs())
         return self.optimizer
 
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        opt = self._cubic_optimizer()
+        if checkpoint is not None and opt is not None:
+            module = self.accelerator.unwrap_model(self.model)
+            device = self.args.device
+
+            def make_loss(sample):
+                batch = {k: v.to(device) for k, v in sample.items()}
+                return make_flat_loss(module, batch)[0]
+
+            opt.rebuild_window(make_loss)
+
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         model.eval()
         inputs = self._prepare_inputs(inputs)
         module = self.accelerator.unwrap_model(model)
         batch = {k: v for k, v in inputs.items()}
-        self._cubic_optimizer().set_closure(lambda: make_flat_loss(module, batch)[0])
+        # the batch goes with the closure so that a hessian="window" checkpoint can rebuild the window's loss functions
+        sample = batch if all(isinstance(v, torch.Tensor) for v in batch.values()) else None
+        self._cubic_optimizer().set_closure(lambda: make_flat_loss(module, batch)[0], sample=sample)
         with torch.no_grad():
             out = module(**batch)
         loss = out["loss"] if isinstance(out, dict) else out.loss

@@ -89,7 +89,20 @@ def _cubic_dense(out, callbacks=()):
     return CubicNewtonTrainer(model=TinyLM(), args=args, train_dataset=_cubic_data())
 
 
-@pytest.mark.parametrize("make", [_lion_ar_snr, _cubic_dense], ids=["lion_ar_snr", "cubic_dense_hessian"])
+def _cubic_window(out, callbacks=()):
+    args = CubicNewtonTrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=4, max_steps=6, use_cpu=True, report_to="none",
+        logging_steps=1, save_strategy="steps", save_steps=3, seed=0, cubic_M=5.0, cubic_momentum="ema",
+        cubic_alpha=0.5, cubic_beta=0.5, cubic_hessian="window", cubic_hessian_window=3, cubic_krylov_dim=4,
+        disable_tqdm=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return CubicNewtonTrainer(model=TinyLM(), args=args, train_dataset=_cubic_data())
+
+
+@pytest.mark.parametrize(
+    "make", [_lion_ar_snr, _cubic_dense, _cubic_window], ids=["lion_ar_snr", "cubic_dense_hessian", "cubic_window"]
+)
 def test_resume_from_a_moved_checkpoint_is_bit_exact(tmp_path, make):
     """4 steps straight vs 2 + resume from checkpoint-2 copied to another folder + 2: parameters, the whole optimizer
     state (LionAR's norms and SNR EMAs; cubic Newton's gradient/Hessian momentum and previous point), the scheduler
@@ -98,7 +111,8 @@ def test_resume_from_a_moved_checkpoint_is_bit_exact(tmp_path, make):
     full = make(tmp_path / "full")
     full.train()
     moved = tmp_path / "elsewhere" / "ckpt"
-    shutil.copytree(tmp_path / "full" / "checkpoint-2", moved)
+    half = full.args.save_steps
+    shutil.copytree(tmp_path / "full" / f"checkpoint-{int(half)}", moved)
     resumed = make(tmp_path / "resumed")
     resumed.train(resume_from_checkpoint=str(moved))
     for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
@@ -136,6 +150,49 @@ def test_cubic_newton_dense_state_round_trip_is_bit_exact(tmp_path):
     assert stats_res == stats_full[2:]
     _assert_same(w_full.detach(), w_res.detach(), "w")
     _assert_same(opt_full.state_dict(), opt_res.state_dict(), "optimizer")
+
+
+def test_cubic_newton_window_state_round_trip_is_bit_exact_once_rebuilt(tmp_path):
+    """hessian="window": the window's points and samples go into the state dict; after loading, `rebuild_window`
+    turns the samples back into loss functions and the continuation equals the uninterrupted run. Without the
+    rebuild the optimizer warns that the window refills (and the continuation differs)."""
+    from hf_ext.optim.serialization import load_optimizer_state, save_optimizer_state
+
+    A = torch.randn(12, 12, generator=torch.Generator().manual_seed(0))
+
+    def loss_of(k):
+        return lambda x: (x @ A).tanh().pow(2).sum() * (1 + 0.3 * k) + (x**4).sum() + 0.1 * k * x.sum()
+
+    def run(steps, start=0, w0=None, ckpt=None):
+        w = nn.Parameter(torch.randn(3, 4, generator=torch.Generator().manual_seed(1)) if w0 is None else w0.clone())
+        opt = CubicNewton([w], M=5.0, momentum="ema", alpha=0.5, beta=0.5, hessian="window", hessian_window=3,
+                          solver="lanczos", krylov_dim=6)  # fmt: skip
+        if ckpt is not None:
+            load_optimizer_state(opt, ckpt)
+            assert opt.rebuild_window(loss_of) == 3
+        stats = []
+        for k in range(start, start + steps):
+            opt.set_closure(lambda k=k: loss_of(k), sample=k)
+            opt.step()
+            stats.append(opt.last_stats)
+        return w, opt, stats
+
+    w_full, opt_full, stats_full = run(7)
+    w_half, opt_half, _ = run(4)
+    save_optimizer_state(opt_half, str(tmp_path / "a"))
+    assert len(opt_half.state_dict()["window"]["points"]) == 3
+    w_res, opt_res, stats_res = run(3, start=4, w0=w_half.detach(), ckpt=str(tmp_path / "a"))
+    assert stats_res == stats_full[4:]
+    _assert_same(w_full.detach(), w_res.detach(), "w")
+    _assert_same(opt_full.state_dict(), opt_res.state_dict(), "optimizer")
+
+    w = nn.Parameter(w_half.detach().clone())
+    opt = CubicNewton([w], M=5.0, momentum="ema", alpha=0.5, beta=0.5, hessian="window", hessian_window=3,
+                      solver="lanczos", krylov_dim=6)  # fmt: skip
+    load_optimizer_state(opt, str(tmp_path / "a"))
+    with pytest.warns(UserWarning, match="rebuild_window"):
+        opt.step(lambda: loss_of(4))
+    assert opt.last_stats != stats_full[4]
 
 
 def test_update_metrics_history_covers_the_whole_run_after_resume(tmp_path):
