@@ -47,6 +47,9 @@ _NEEDS_WORK = re.compile(r'[\x00-\x20"<>\\^`{|}\x7f%]|[^\x00-\x7f]')
 _PATH_START = re.compile(r"[/?;#]")
 # RFC 3986 scheme and separator; a "://" after the first '/', '?' or '#' is part of the path or query, not a scheme.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# The special web schemes written without the two slashes (`http:a.com/p`, `https:/a.com`): browsers (the WHATWG URL
+# standard) still read the host after them.
+_WEB_SCHEME_NO_SLASHES = re.compile(r"(?:https?|ftp|wss?):[/\\]*", re.IGNORECASE)
 
 
 def product_token(agent: str) -> str:
@@ -80,7 +83,8 @@ def canonical_path(path: str) -> str:
 
 
 def authority_start(url: str) -> int:
-    """Index where the host part of `url` starts: after `scheme://`, after a leading `//`, or 0 (scheme-less).
+    """Index where the host part of `url` starts: after `scheme://`, after a leading `//`, after a web scheme written
+    without its slashes (`http:a.com`), or 0 (scheme-less, or a URI without an authority such as `mailto:`).
 
     `"://"` counts as a scheme separator only after a valid scheme at the start of `url`, so in
     `a.com/go?u=https://b.com/x` the host is `a.com`.
@@ -88,7 +92,10 @@ def authority_start(url: str) -> int:
     m = _SCHEME.match(url)
     if m is not None:
         return m.end()
-    return 2 if url.startswith("//") else 0
+    if url.startswith("//"):
+        return 2
+    m = _WEB_SCHEME_NO_SLASHES.match(url)
+    return m.end() if m is not None else 0
 
 
 def url_path(url: str) -> str:

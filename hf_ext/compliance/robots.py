@@ -9,6 +9,7 @@ host. What a host's fetch status means follows RFC 9309 section 2.3.1 by default
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,18 @@ def status_class(text: str | None, status: int | None, error: str | None = None)
     return "unreachable"
 
 
+_OPAQUE_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_PORT_THEN_END = re.compile(r"\d*(?:[/?#\\]|$)")
+
+
+def _has_no_authority(text: str) -> bool:
+    """`scheme:rest` with no `//`: a URI without a host (`mailto:`, `javascript:`, `data:`, `urn:`), unless `rest` is a
+    port (`localhost:8080/x`) or the whole is a bare IPv6 literal (`fe80::1`, a store key)."""
+    m = _OPAQUE_SCHEME.match(text)
+    if m is None or _PORT_THEN_END.match(text, m.end()) is not None:
+        return False
+    return not _is_ipv6(re.split(r"[/?#\\]", text, maxsplit=1)[0])
+
 
 def _strip_netloc(netloc: str) -> str:
     """Host part of a netloc: no userinfo, no port, no brackets, no trailing dot, lower case."""
@@ -112,7 +125,10 @@ def normalize_host(host_or_url: str) -> str:
     if not isinstance(host_or_url, str):
         raise TypeError(f"host_or_url must be a str, got {type(host_or_url).__name__}.")
     text = host_or_url.strip()
-    text = text[authority_start(text) :]
+    start = authority_start(text)
+    if start == 0 and _has_no_authority(text):
+        return ""
+    text = text[start:]
     end = len(text)
     for sep in "/?#\\":
         pos = text.find(sep)
@@ -246,7 +262,6 @@ def _rfc_groups(parser: RobotsTxt, agents: Sequence[str]) -> tuple:
         if matcher.can_disallow:
             by_signature.setdefault(matcher.signature, (matcher, []))[1].append(agent)
     return tuple((DISALLOW_ALL if m.disallows_everything else m, tuple(a)) for m, a in by_signature.values())
-
 
 
 class RobotsCompliance:

@@ -190,3 +190,43 @@ def test_a_single_task_name_is_one_task_not_its_characters():
     assert kept == pytest.approx({"ppl": 100 * 10 / 12, "acc": 80.0})
     with pytest.raises(TypeError, match="lower_is_better"):
         compute_dcg(full, compliant, lower_is_better=3)
+
+
+@pytest.mark.parametrize(
+    "url,host",
+    [
+        ("mailto:bob@a.com", ""),
+        ("MAILTO:bob@a.com?subject=x", ""),
+        ("javascript:void(0)", ""),
+        ("data:text/html,<a href=//a.com/>", ""),
+        ("urn:isbn:0451450523", ""),
+        ("tel:+41-21-693-11-11", ""),
+        ("http:a.com/p", "a.com"),
+        ("https:/a.com/p", "a.com"),
+        ("HTTPS:\\\\a.com\\p", "a.com"),
+        # unchanged: hosts with ports, bare IPv6 store keys, hierarchical URLs of any scheme
+        ("localhost:8080/x", "localhost"),
+        ("a.com:8080", "a.com"),
+        ("a.com:", "a.com"),
+        ("fe80::1", "fe80::1"),
+        ("ftp://a.com/x", "a.com"),
+        ("//a.com/x", "a.com"),
+    ],
+)
+def test_a_uri_without_an_authority_has_no_host(url, host):
+    """`mailto:bob@a.com`, `javascript:...`, `data:...` name no web host, so no robots.txt governs them; they used to be
+    read as `host:port` (`javascript`, `data`) or through the userinfo (`a.com`), so a mail address was dropped with
+    a.com's pages. The special web schemes without slashes (`http:a.com/p`) are read as browsers read them."""
+    assert normalize_host(url) == host
+
+
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+def test_opaque_uris_are_not_judged_by_a_hosts_robots_txt(backend):
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    store = {"a.com": "User-agent: *\nDisallow: /\n", "javascript": "User-agent: *\nDisallow: /\n"}
+    checker = RobotsCompliance(store, backend=backend)
+    urls = ["mailto:bob@a.com", "javascript:void(0)", "http:a.com/p", "https://a.com/p"]
+    expected = [True, True, False, False]
+    assert [checker.is_compliant(u) for u in urls] == expected
+    assert checker.is_compliant_batch(urls) == expected
