@@ -440,7 +440,8 @@ def test_adaptive_M_doubles_until_the_model_bounds_f_and_halves_after():
         g, H = _grad(s, x), _hess(s, x)
         Mc = M
         h = _ref_cubic_step(g, H, Mc)
-        while not _f(s, x + h) <= _f(s, x) + _model(g, H, Mc, h) and Mc < M_max:
+        rounding = 16 * np.finfo(np.float64).eps * abs(_f(s, x))
+        while not _f(s, x + h) <= _f(s, x) + _model(g, H, Mc, h) + rounding and Mc < M_max:
             Mc = min(2 * Mc, M_max)
             h = _ref_cubic_step(g, H, Mc)
             doubled += 1
