@@ -24,7 +24,7 @@ from hf_ext.federated import (
 )
 from hf_ext.federated.flower import initial_global_state
 
-from .conftest import tiny_llama
+from .conftest import tiny_llama, tiny_recipe_args
 from .flower_harness import InProcessGrid
 
 LENGTH = 16
@@ -421,38 +421,7 @@ def test_run_config_client_app_rebuilds_its_task_for_a_new_run_config(monkeypatc
     assert built == [2, 5]
 
 
-TINY = [
-    "--hidden_size",
-    "16",
-    "--intermediate_size",
-    "32",
-    "--num_attention_heads",
-    "2",
-    "--num_hidden_layers",
-    "1",
-    "--vocab_size",
-    "300",
-    "--block_size",
-    "32",
-    "--num_clients",
-    "2",
-    "--num_canaries",
-    "2",
-    "--replication",
-    "3:0.5,1:0.5",
-    "--prefix_lengths",
-    "5",
-    "--window",
-    "20",
-    "--max_eval_blocks",
-    "16",
-    "--torch_threads",
-    "1",
-    "--num_rounds",
-    "1",
-    "--local_steps",
-    "2",
-]
+TINY = tiny_recipe_args(pretrain_steps=None, replication="3:0.5,1:0.5", max_eval_blocks=16, local_steps=2)
 
 
 def _recording_recipe(monkeypatch, tmp_path, argv):

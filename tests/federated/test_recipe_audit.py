@@ -9,42 +9,11 @@ import pytest
 
 from hf_ext.recipes.federated import main
 
+from .conftest import tiny_recipe_args
+
 RESULT_FILES = ("results.json", "memorization_table.md", "memorization_vs_rounds.png")
 
-TINY = [
-    "--num_rounds",
-    "1",
-    "--local_steps",
-    "1",
-    "--pretrain_steps",
-    "0",
-    "--num_canaries",
-    "2",
-    "--replication",
-    "2:1.0",
-    "--prefix_lengths",
-    "5",
-    "--window",
-    "20",
-    "--max_eval_blocks",
-    "2",
-    "--num_clients",
-    "2",
-    "--block_size",
-    "32",
-    "--vocab_size",
-    "300",
-    "--torch_threads",
-    "1",
-    "--num_hidden_layers",
-    "1",
-    "--hidden_size",
-    "16",
-    "--intermediate_size",
-    "32",
-    "--num_attention_heads",
-    "2",
-]
+TINY = tiny_recipe_args()
 
 
 @pytest.mark.parametrize(
