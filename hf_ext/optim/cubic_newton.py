@@ -424,8 +424,8 @@ class CubicNewton(Optimizer):
     - Hessian estimate (`hessian`): `dense` keeps `H_t = (1-b_t) H_{t-1} + b_t hess f(x_t)` as a matrix (small
       models); `window` applies `H_t v = sum_s w_s hess f_s(x_s) v` over the last `hessian_window` samples with
       geometric weights `w_s ~ b (1-b)^(t-s)` renormalised (HVP-only; a resume is exact when each closure's data is
-      given as `set_closure(closure, sample=...)` and `rebuild_window` is called after loading); `fresh` uses `hess f(x_t)` alone (no Hessian
-      momentum). `momentum="none"` forces `b_t = 1`.
+      given as `set_closure(closure, sample=...)` and `rebuild_window` is called after loading); `fresh` uses
+      `hess f(x_t)` alone (no Hessian momentum). `momentum="none"` forces `b_t = 1`.
     - step: `h_t = argmin m(h)` by the chosen `solver`, then `x_{t+1} = x_t + lr * h_t` (`lr` from the param group, so
       LR schedulers scale the step), optionally capped at `max_step_norm`.
     - `M_rule="fixed"` keeps `M`; `"adaptive"` (deterministic use, `momentum="none"` only) doubles `M` until
