@@ -632,6 +632,8 @@ class CubicNewton(Optimizer):
             `int`: the number of window entries rebuilt (0 when the state had no window or its samples were not
             recorded; then the window refills).
         """
+        if not callable(make_loss):
+            raise TypeError(f"rebuild_window needs a callable make_loss(sample) -> f, got {type(make_loss).__name__}.")
         pending, self._window_to_rebuild = self._window_to_rebuild, []
         if not pending or any(s is None for _, s in pending):
             if pending:

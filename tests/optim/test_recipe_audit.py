@@ -190,6 +190,8 @@ def test_cubic_newton_window_state_round_trip_is_bit_exact_once_rebuilt(tmp_path
     opt = CubicNewton([w], M=5.0, momentum="ema", alpha=0.5, beta=0.5, hessian="window", hessian_window=3,
                       solver="lanczos", krylov_dim=6)  # fmt: skip
     load_optimizer_state(opt, str(tmp_path / "a"))
+    with pytest.raises(TypeError, match="make_loss"):
+        opt.rebuild_window(None)
     with pytest.warns(UserWarning, match="rebuild_window"):
         opt.step(lambda: loss_of(4))
     assert opt.last_stats != stats_full[4]
