@@ -20,6 +20,30 @@ def _padding_invariant_positions(model) -> bool:
     return any(getattr(config, name, None) is not None for name in ("rope_parameters", "rope_theta", "rotary_dim"))
 
 
+def _generation_setting(name: str, generate_kwargs: dict, gen_config, model):
+    """A generation setting as `generate()` resolves it: kwargs, then the passed config, then the model's."""
+    for source in (generate_kwargs, gen_config, model.generation_config):
+        value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _stack_prompt_outputs(outputs: list, prompt_lengths: list[int], prompt_pad: int, new_pad: int):
+    """Per-prompt `generate` outputs as one batch, as a batched call lays it out: each prompt left-padded to the longest
+    prompt with `prompt_pad`, each continuation right-padded to the longest with `new_pad`."""
+    import torch
+
+    longest_prompt = max(prompt_lengths)
+    longest_new = max(out.shape[1] - n for out, n in zip(outputs, prompt_lengths))
+    rows = []
+    for out, n in zip(outputs, prompt_lengths):
+        left = out.new_full((out.shape[0], longest_prompt - n), prompt_pad)
+        right = out.new_full((out.shape[0], longest_new - (out.shape[1] - n)), new_pad)
+        rows.append(torch.cat([left, out, right], dim=1))
+    return torch.cat(rows, dim=0)
+
+
 def _left_pad(seqs: list[list[int]], pad_id: int):
     import torch
 
@@ -89,7 +113,10 @@ def generate_with_metadata_guidance(
         guidance_scale (`float`, *optional*, defaults to 1.5): `g`, a finite number > 0; 1 disables guidance.
         layout (`str`, *optional*, defaults to `"context"`): Layout used in training (`"context"` or `"meco"`).
         return_text (`bool`, *optional*, defaults to `True`): Return decoded continuations (list of `str`, one per
-            returned sequence); `False` returns what `generate` returns.
+            returned sequence); `False` returns what `generate` returns. For a model without rotary embeddings
+            (GPT-2 family) and prompts of different token lengths, the prompts are generated one by one (transformers'
+            guidance would read the padded unconditional prompts from shifted positions) and the sequences are
+            laid out as a batched call would; only `return_dict_in_generate=True` is then generated batched (warned).
         suppress_context_tokens (`bool`, *optional*, defaults to `True`): Never generate BOS or the context
             markers (they are never loss targets in training, so their scores are not meaningful). EOS is never
             suppressed, also when it is the same token as BOS (GPT-2 family).
@@ -138,21 +165,32 @@ def generate_with_metadata_guidance(
     neg_padded = bool((inputs["negative_prompt_attention_mask"] == 0).any())
     if guidance_scale != 1 and neg_padded and not _padding_invariant_positions(model):
         # transformers runs the unconditional branch without position_ids: with left padding its learned absolute
-        # positions (GPT-2 family) are shifted by the padding. Text can be generated prompt by prompt, unpadded.
-        if return_text:
-            return [
-                text
-                for prompt, meta in zip(prompts, metadata)
-                for text in generate_with_metadata_guidance(
-                    model, tokenizer, [prompt], [meta], guidance_scale, layout=layout, return_text=True,
+        # positions (GPT-2 family) are shifted by the padding. Text and sequences are generated prompt by prompt,
+        # unpadded; a dict output (scores, ...) cannot be merged cleanly and is generated batched, with a warning.
+        passed_config = generate_kwargs.get("generation_config")
+        wants_dict = _generation_setting("return_dict_in_generate", generate_kwargs, passed_config, model)
+        if return_text or not wants_dict:
+            outputs = [
+                generate_with_metadata_guidance(
+                    model, tokenizer, [prompt], [meta], guidance_scale, layout=layout, return_text=return_text,
                     suppress_context_tokens=suppress_context_tokens, max_metadata_tokens=max_metadata_tokens,
                     **generate_kwargs,
                 )
+                for prompt, meta in zip(prompts, metadata)
             ]  # fmt: skip
+            if return_text:
+                return [text for texts in outputs for text in texts]
+            new_pad = _generation_setting("pad_token_id", generate_kwargs, passed_config, model)
+            if new_pad is None:
+                new_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            prompt_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            lengths = inputs["attention_mask"].sum(dim=1).tolist()
+            return _stack_prompt_outputs(outputs, lengths, prompt_pad, new_pad)
         logger.warning(
             "%s has no rotary position embeddings, and the batch's unconditional prompts are left-padded: "
             "transformers' guidance runs them without position_ids, so their positions are shifted by the padding. "
-            "Use prompts of equal token length, return_text=True (generated prompt by prompt), or one prompt per call.",
+            "With return_dict_in_generate=True the batch is generated as one; use prompts of equal token length or "
+            "one prompt per call for exact guidance.",
             type(model).__name__,
         )
     device = model.device
@@ -164,11 +202,7 @@ def generate_with_metadata_guidance(
         gen_config = copy.deepcopy(gen_config)
 
     def setting(name: str):
-        for source in (generate_kwargs, gen_config, model.generation_config):
-            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
-            if value is not None:
-                return value
-        return None
+        return _generation_setting(name, generate_kwargs, gen_config, model)
 
     ours: dict = {}
     if generate_kwargs.get("pad_token_id") is None and getattr(gen_config, "pad_token_id", None) is None:

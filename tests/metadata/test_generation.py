@@ -227,8 +227,8 @@ def test_generation_config_is_honoured_like_keyword_arguments(trained):
 
 def test_guidance_with_absolute_positions_and_prompts_of_different_lengths(ctx_tokenizer, caplog):
     """GPT-2 (learned absolute positions): transformers runs the left-padded unconditional prompts without
-    position_ids, so a padded batch would be guided from shifted positions. Texts are generated prompt by prompt and
-    equal a manual CFG loop on the unpadded prompts; tensor output warns."""
+    position_ids, so a padded batch would be guided from shifted positions. Texts and sequences are generated prompt by
+    prompt and equal a manual CFG loop on the unpadded prompts; only a dict output stays batched, with a warning."""
     import logging
 
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -261,8 +261,28 @@ def test_guidance_with_absolute_positions_and_prompts_of_different_lengths(ctx_t
         if tok.eos_token_id in tokens:
             tokens = tokens[: tokens.index(tok.eos_token_id) + 1]
         assert text == tok.decode(tokens, skip_special_tokens=True), i
+    # Tensor output: generated prompt by prompt too, laid out as a batched call lays it out (it used to run batched,
+    # from shifted positions, with a warning).
+    with caplog.at_level(logging.WARNING, logger="hf_ext.metadata.generation"):
+        seqs = generate_with_metadata_guidance(
+            model, tok, prompts, meta, guidance_scale=scale, max_new_tokens=steps, do_sample=False, return_text=False
+        )
+    assert "no rotary position embeddings" not in caplog.text
+    width = inputs["input_ids"].shape[1]
+    assert torch.equal(seqs[:, :width], inputs["input_ids"])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for i in range(len(prompts)):
+        cond = inputs["input_ids"][i][inputs["attention_mask"][i] == 1].tolist()
+        uncond = inputs["negative_prompt_ids"][i][inputs["negative_prompt_attention_mask"][i] == 1].tolist()
+        tokens = manual_cfg_greedy(model, cond, uncond, scale, steps, blocked)
+        if tok.eos_token_id in tokens:
+            tokens = tokens[: tokens.index(tok.eos_token_id) + 1]
+        new = seqs[i, width:].tolist()
+        assert new[: len(tokens)] == tokens and set(new[len(tokens) :]) <= {pad}, i
+    # Scores and the like cannot be merged across calls: that output stays batched, with a warning.
     with caplog.at_level(logging.WARNING, logger="hf_ext.metadata.generation"):
         generate_with_metadata_guidance(
-            model, tok, prompts, meta, guidance_scale=scale, max_new_tokens=2, do_sample=False, return_text=False
-        )
+            model, tok, prompts, meta, guidance_scale=scale, max_new_tokens=2, do_sample=False, return_text=False,
+            return_dict_in_generate=True,
+        )  # fmt: skip
     assert "no rotary position embeddings" in caplog.text
