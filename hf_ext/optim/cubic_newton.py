@@ -402,6 +402,17 @@ class CubicStepStats:
     fn_evals: int
 
 
+def _copy_tensors(obj: Any) -> Any:
+    """`obj` with every tensor in it (in dicts, lists, tuples) replaced by a detached copy."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, Mapping):
+        return {k: _copy_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_copy_tensors(v) for v in obj)
+    return obj
+
+
 MOMENTUM_TYPES = ("none", "ema", "extrapolated", "hessian_corrected")
 HESSIAN_MODES = ("dense", "window", "fresh")
 # Slack of adaptive M's acceptance test f(x + h) <= f(x) - decrease, in units of eps(dtype) * |f(x)| (rounding).
@@ -429,8 +440,9 @@ class CubicNewton(Optimizer):
     - step: `h_t = argmin m(h)` by the chosen `solver`, then `x_{t+1} = x_t + lr * h_t` (`lr` from the param group, so
       LR schedulers scale the step), optionally capped at `max_step_norm`.
     - `M_rule="fixed"` keeps `M`; `"adaptive"` (deterministic use, `momentum="none"` only) doubles `M` until
-      `f(x + h) <= f(x) + m(h)` on the current sample, up to rounding (`16 eps |f(x)|` in the parameters' dtype), and
-      halves it after each accepted step (within `[M_min, M_max]`).
+      `f(x + h) <= f(x) + m(h)` on the current sample, up to rounding (`16 eps |f(x)|` in the parameters' dtype; a
+      step shorter than `16 eps ||x||` is accepted untested), and halves it after each accepted step (within
+      `[M_min, M_max]`).
 
     Args:
         params (iterable): parameters (one param group, of one dtype; tensors that do not require grad are left out,
@@ -599,10 +611,13 @@ class CubicNewton(Optimizer):
     def state_dict(self) -> dict:
         """torch's optimizer state, plus (for `hessian="window"`) the window's points and samples under `"window"`."""
         sd = super().state_dict()
-        if self.param_groups[0]["hessian"] == "window" and self._window:
+        window = [(x, s) for _, x, s in self._window] or self._window_to_rebuild  # loaded, not yet rebuilt: kept
+        if self.param_groups[0]["hessian"] == "window" and window:
+            # copies: a sample's tensors may share memory (labels = input_ids, one batch every step), which
+            # safetensors refuses to store
             sd["window"] = {
-                "points": [x.detach().clone() for _, x, _ in self._window],
-                "samples": [s for _, _, s in self._window],
+                "points": [x.detach().clone() for x, _ in window],
+                "samples": [_copy_tensors(s) for _, s in window],
             }
         return sd
 
@@ -615,6 +630,12 @@ class CubicNewton(Optimizer):
         super().load_state_dict(state_dict)
         self._window = []
         self._window_to_rebuild = []
+        if window is None and self.param_groups[0]["hessian"] == "window" and int(self._st.get("step", 0)) > 0:
+            warnings.warn(
+                "CubicNewton: this hessian='window' state holds no window (saved by an older hf_ext); the window "
+                "refills from the next step and the run does not continue exactly.",
+                stacklevel=2,
+            )
         if window is not None:
             ref = self._flat.params[0]
             self._window_to_rebuild = [
@@ -760,8 +781,14 @@ class CubicNewton(Optimizer):
             M_max_eff = group["M_max"] * conv  # M_min / M_max bound the user's M (its convention)
             # f(x + h) and f(x) each carry rounding of a few ulps of |f|: once converged the predicted decrease is
             # below that, and without this slack the test failed by rounding alone and M doubled up to M_max
-            rounding = ACCEPTANCE_ULPS * torch.finfo(x.dtype).eps * abs(loss)
+            eps = torch.finfo(x.dtype).eps
+            rounding = ACCEPTANCE_ULPS * eps * abs(loss)
+            # where f is at its noise floor (a zero minimum: residuals that cancel) the comparison of f values is
+            # noise too; a step below the resolution of x itself is then accepted without a test
+            x_resolution = ACCEPTANCE_ULPS * eps * float(x.norm())
             for _ in range(60):
+                if float(h.norm()) <= x_resolution:
+                    break
                 counts["fn"] += 1
                 if float(f_grad(x + h)) <= loss - decrease + rounding or M_cur >= M_max_eff:
                     break

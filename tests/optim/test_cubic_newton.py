@@ -258,17 +258,25 @@ def test_adaptive_M_without_momentum_keeps_M_bounded_on_a_deterministic_problem(
     assert float(torch.func.grad(f)(p.detach()).norm()) < 1e-7
 
 
+@pytest.mark.parametrize("problem", ["logistic", "zero_residual_least_squares"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_adaptive_M_does_not_run_to_M_max_once_converged(dtype):
+def test_adaptive_M_does_not_run_to_M_max_once_converged(dtype, problem):
     """Once converged, the predicted decrease is below the rounding of f, and the acceptance test used to fail by
     rounding alone: in float32 M doubled to M_max in one step (27 function evaluations and 26 sub-problem solves)
-    and stayed there. The test now allows 16 ulps of |f|; M stays small and each step costs one evaluation."""
+    and stayed there. The test now allows 16 ulps of |f|; where f is at its noise floor (a zero minimum, residuals
+    that cancel: the slack relative to |f| vanishes) a step below the resolution of x is accepted untested."""
     g = torch.Generator().manual_seed(0)
     A = torch.randn(50, 10, generator=g, dtype=dtype)
-    y = (torch.rand(50, generator=g) > 0.5).to(dtype)
+    if problem == "logistic":
+        y = (torch.rand(50, generator=g) > 0.5).to(dtype)
 
-    def f(x):
-        return torch.nn.functional.binary_cross_entropy_with_logits(A @ x, y) + 0.01 * (x**2).sum()
+        def f(x):
+            return torch.nn.functional.binary_cross_entropy_with_logits(A @ x, y) + 0.01 * (x**2).sum()
+    else:
+        y = A @ torch.randn(10, generator=g, dtype=dtype)
+
+        def f(x):
+            return 0.5 * ((A @ x - y) ** 2).sum()
 
     w = torch.nn.Parameter(torch.zeros(10, dtype=dtype))
     opt = CubicNewton([w], M=1.0, momentum="none", hessian="dense", M_rule="adaptive", M_max=1e6)
@@ -277,8 +285,8 @@ def test_adaptive_M_does_not_run_to_M_max_once_converged(dtype):
         opt.step(lambda: f)
         stats.append(opt.last_stats)
     assert max(s.M for s in stats) <= 1.0, [s.M for s in stats]
-    assert all(s.fn_evals == 1 for s in stats[10:]), [s.fn_evals for s in stats]
-    assert float(torch.func.grad(f)(w.detach()).norm()) < (1e-4 if dtype == torch.float32 else 1e-10)
+    assert all(s.fn_evals <= 1 for s in stats), [s.fn_evals for s in stats]
+    assert float(torch.func.grad(f)(w.detach()).norm()) < (1e-3 if dtype == torch.float32 else 1e-10)
 
 
 def test_add_param_group_is_refused_after_construction():

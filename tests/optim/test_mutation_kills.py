@@ -441,7 +441,10 @@ def test_adaptive_M_doubles_until_the_model_bounds_f_and_halves_after():
         Mc = M
         h = _ref_cubic_step(g, H, Mc)
         rounding = 16 * np.finfo(np.float64).eps * abs(_f(s, x))
-        while not _f(s, x + h) <= _f(s, x) + _model(g, H, Mc, h) + rounding and Mc < M_max:
+        resolution = 16 * np.finfo(np.float64).eps * np.linalg.norm(x)
+        while np.linalg.norm(h) > resolution and not _f(s, x + h) <= _f(s, x) + _model(g, H, Mc, h) + rounding:
+            if Mc >= M_max:
+                break
             Mc = min(2 * Mc, M_max)
             h = _ref_cubic_step(g, H, Mc)
             doubled += 1

@@ -155,13 +155,20 @@ def test_cubic_newton_dense_state_round_trip_is_bit_exact(tmp_path):
 def test_cubic_newton_window_state_round_trip_is_bit_exact_once_rebuilt(tmp_path):
     """hessian="window": the window's points and samples go into the state dict; after loading, `rebuild_window`
     turns the samples back into loss functions and the continuation equals the uninterrupted run. Without the
-    rebuild the optimizer warns that the window refills (and the continuation differs)."""
+    rebuild the optimizer warns that the window refills (and the continuation differs). A sample's tensors may share
+    memory (labels = input_ids), which safetensors refuses: the saved window holds copies. A loaded window that is saved
+    again before the rebuild is kept."""
     from hf_ext.optim.serialization import load_optimizer_state, save_optimizer_state
 
     A = torch.randn(12, 12, generator=torch.Generator().manual_seed(0))
 
-    def loss_of(k):
+    def loss_of(sample):
+        k = int(sample["input_ids"])
         return lambda x: (x @ A).tanh().pow(2).sum() * (1 + 0.3 * k) + (x**4).sum() + 0.1 * k * x.sum()
+
+    def batch(k):
+        ids = torch.tensor(k)
+        return {"input_ids": ids, "labels": ids}  # one tensor twice, as causal-LM collators do
 
     def run(steps, start=0, w0=None, ckpt=None):
         w = nn.Parameter(torch.randn(3, 4, generator=torch.Generator().manual_seed(1)) if w0 is None else w0.clone())
@@ -172,7 +179,7 @@ def test_cubic_newton_window_state_round_trip_is_bit_exact_once_rebuilt(tmp_path
             assert opt.rebuild_window(loss_of) == 3
         stats = []
         for k in range(start, start + steps):
-            opt.set_closure(lambda k=k: loss_of(k), sample=k)
+            opt.set_closure(lambda k=k: loss_of(batch(k)), sample=batch(k))
             opt.step()
             stats.append(opt.last_stats)
         return w, opt, stats
@@ -181,7 +188,13 @@ def test_cubic_newton_window_state_round_trip_is_bit_exact_once_rebuilt(tmp_path
     w_half, opt_half, _ = run(4)
     save_optimizer_state(opt_half, str(tmp_path / "a"))
     assert len(opt_half.state_dict()["window"]["points"]) == 3
-    w_res, opt_res, stats_res = run(3, start=4, w0=w_half.detach(), ckpt=str(tmp_path / "a"))
+    # loaded, saved again before any rebuild, loaded from there: the window is still whole
+    w = nn.Parameter(w_half.detach().clone())
+    opt = CubicNewton([w], M=5.0, momentum="ema", alpha=0.5, beta=0.5, hessian="window", hessian_window=3,
+                      solver="lanczos", krylov_dim=6)  # fmt: skip
+    load_optimizer_state(opt, str(tmp_path / "a"))
+    save_optimizer_state(opt, str(tmp_path / "b"))
+    w_res, opt_res, stats_res = run(3, start=4, w0=w_half.detach(), ckpt=str(tmp_path / "b"))
     assert stats_res == stats_full[4:]
     _assert_same(w_full.detach(), w_res.detach(), "w")
     _assert_same(opt_full.state_dict(), opt_res.state_dict(), "optimizer")
@@ -193,8 +206,13 @@ def test_cubic_newton_window_state_round_trip_is_bit_exact_once_rebuilt(tmp_path
     with pytest.raises(TypeError, match="make_loss"):
         opt.rebuild_window(None)
     with pytest.warns(UserWarning, match="rebuild_window"):
-        opt.step(lambda: loss_of(4))
+        opt.step(lambda: loss_of(batch(4)))
     assert opt.last_stats != stats_full[4]
+    # a state saved without its window (older versions) says so when loaded
+    old_format = opt_half.state_dict()
+    del old_format["window"]
+    with pytest.warns(UserWarning, match="holds no window"):
+        opt.load_state_dict(old_format)
 
 
 def test_update_metrics_history_covers_the_whole_run_after_resume(tmp_path):
