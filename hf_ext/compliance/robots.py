@@ -67,13 +67,21 @@ def status_class(text: str | None, status: int | None, error: str | None = None)
 
 _OPAQUE_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 _PORT_THEN_END = re.compile(r"\d*(?:[/?#\\]|$)")
+# Schemes whose URIs never name a web host, whatever follows the colon (`tel:5551234` is not host `tel`, port 5551234)
+_HOSTLESS_SCHEMES = frozenset(
+    "about blob callto data fax file geo javascript magnet mailto news sip sips sms tel urn".split()
+)
 
 
 def _has_no_authority(text: str) -> bool:
     """`scheme:rest` with no `//`: a URI without a host (`mailto:`, `javascript:`, `data:`, `urn:`), unless `rest` is a
     port (`localhost:8080/x`) or the whole is a bare IPv6 literal (`fe80::1`, a store key)."""
     m = _OPAQUE_SCHEME.match(text)
-    if m is None or _PORT_THEN_END.match(text, m.end()) is not None:
+    if m is None:
+        return False
+    if text[: m.end() - 1].lower() in _HOSTLESS_SCHEMES:
+        return True
+    if _PORT_THEN_END.match(text, m.end()) is not None:
         return False
     return not _is_ipv6(re.split(r"[/?#\\]", text, maxsplit=1)[0])
 
@@ -103,11 +111,21 @@ def _is_ipv6(text: str) -> bool:
 
 
 def absolute_url(url: str) -> str:
-    """`url` with a scheme: `//host/path` and scheme-less `host/path` get `http:` / `http://` in front."""
+    """`url` with a scheme: `//host/path` and scheme-less `host/path` get `http:` / `http://` in front, and a web
+    scheme written without its slashes (`http:a.com/p`) gets them."""
     start = authority_start(url)
     if start == 0:
         return "http://" + url
-    return "http:" + url if start == 2 and url.startswith("//") else url
+    if start == 2 and url.startswith("//"):
+        return "http:" + url
+    return _with_slashes(url, start)
+
+
+def _with_slashes(url: str, start: int) -> str:
+    """`http:a.com/p`, `https:/a.com/p`, `https:\\\\a.com/p` (host at `start`) as `scheme://a.com/p`; others unchanged."""
+    if url[start - 3 : start] == "://":
+        return url
+    return url[: url.index(":")] + "://" + url[start:]
 
 
 def normalize_host(host_or_url: str) -> str:
@@ -223,6 +241,10 @@ def google_url(url: str) -> str:
     start = authority_start(url)
     if start == 0:
         url, start = "//" + url, 2
+    elif start > 2:
+        fixed = _with_slashes(url, start)
+        start += len(fixed) - len(url)
+        url = fixed
     host_end = url.find("/", start)
     return url if host_end == -1 else url[:host_end] + url_path(url)
 
@@ -490,6 +512,7 @@ class RobotsCompliance:
         """The cached `DomainPolicy` that decides `url` (its `status_class` says why a host allows or disallows)."""
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, got {type(url).__name__}.")
+        url = url.strip()
         return self._policy_for_prefix(url, self._path_start(url)) if url else _ALLOW_ALL
 
     def _match_groups(self, url: str, groups, path: str | None = None) -> tuple[str, ...]:
@@ -537,6 +560,10 @@ class RobotsCompliance:
             return () if self.missing_url == "keep" else ("<missing-url>",)
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, got {type(url).__name__}.")
+        if url[0] <= " " or url[-1] <= " ":  # surrounding whitespace would sit in the cached URL prefix
+            url = url.strip()
+            if not url:
+                return () if self.missing_url == "keep" else ("<missing-url>",)
         return self._disallowed(url)
 
     def is_compliant(self, url: str | None) -> bool:
@@ -566,6 +593,11 @@ class RobotsCompliance:
             if not url:
                 append(missing)
                 continue
+            if url[0] <= " " or url[-1] <= " ":  # surrounding whitespace would sit in the cached URL prefix
+                url = url.strip()
+                if not url:
+                    append(missing)
+                    continue
             slash = url.find("/", authority_start(url))
             policy = by_prefix_get(url if slash == -1 else url[:slash]) if by_prefix_get is not None else None
             cached = policy is not None  # cached prefixes hold no '?', '#' or ';': the path starts at `slash`

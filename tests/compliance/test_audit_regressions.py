@@ -201,6 +201,10 @@ def test_a_single_task_name_is_one_task_not_its_characters():
         ("data:text/html,<a href=//a.com/>", ""),
         ("urn:isbn:0451450523", ""),
         ("tel:+41-21-693-11-11", ""),
+        ("tel:5551234", ""),
+        ("SMS:5551234", ""),
+        ("file:/etc/passwd", ""),
+        ("mailto:", ""),
         ("http:a.com/p", "a.com"),
         ("https:/a.com/p", "a.com"),
         ("HTTPS:\\\\a.com\\p", "a.com"),
@@ -230,3 +234,29 @@ def test_opaque_uris_are_not_judged_by_a_hosts_robots_txt(backend):
     expected = [True, True, False, False]
     assert [checker.is_compliant(u) for u in urls] == expected
     assert checker.is_compliant_batch(urls) == expected
+
+
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+def test_web_schemes_without_slashes_are_judged_on_their_real_path(backend):
+    """`http:a.com/q` is a.com's `/q`: Protego used to get it unchanged and read the path `/a.com/q`."""
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    checker = RobotsCompliance({"a.com": "User-agent: *\nDisallow: /a.com\nDisallow: /p\n"}, backend=backend)
+    urls = ["http:a.com/q", "https:/a.com/q", "http:a.com/p", "https:/a.com/p", "HTTPS:\\\\a.com/p"]
+    expected = [True, True, False, False, False]
+    assert [checker.is_compliant(u) for u in urls] == expected
+    assert checker.is_compliant_batch(urls) == expected
+
+
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+def test_surrounding_whitespace_neither_poisons_the_cache_nor_moves_the_path(backend):
+    """` https://b.com/y` used to be cached under the prefix ` https:`, so every later ` https://...` URL got b.com's
+    policy; and ` http://a.com/x` was read with the path `//a.com/x`."""
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    store = {"b.com": None, "a.com": "User-agent: *\nDisallow: /x\n"}
+    urls = [" https://b.com/y", " https://a.com/x", "\thttp://a.com/x\n", "a.com/x ", " ", "https://a.com/y"]
+    expected = [True, False, False, False, True, True]
+    assert [RobotsCompliance(store, backend=backend).is_compliant(u) for u in urls] == expected
+    assert RobotsCompliance(store, backend=backend).is_compliant_batch(urls) == expected
+    assert RobotsCompliance(store, backend=backend).policy_for_url(" https://a.com/x").host == "a.com"
