@@ -170,20 +170,33 @@ def generate_with_metadata_guidance(
         passed_config = generate_kwargs.get("generation_config")
         wants_dict = _generation_setting("return_dict_in_generate", generate_kwargs, passed_config, model)
         if return_text or not wants_dict:
+            # A batched call counts max_length / min_length over the padded width, so every prompt gets the same
+            # number of new tokens; one by one, each prompt would count from its own length. Pass them as new tokens.
+            per_prompt = dict(generate_kwargs)
+            width = inputs["input_ids"].shape[1]
+            for total, new in (("max_length", "max_new_tokens"), ("min_length", "min_new_tokens")):
+                if _generation_setting(new, per_prompt, passed_config, model) is None:
+                    value = _generation_setting(total, per_prompt, passed_config, model)
+                    if value is not None and value > width:
+                        per_prompt.pop(total, None)
+                        per_prompt[new] = value - width
             outputs = [
                 generate_with_metadata_guidance(
                     model, tokenizer, [prompt], [meta], guidance_scale, layout=layout, return_text=return_text,
                     suppress_context_tokens=suppress_context_tokens, max_metadata_tokens=max_metadata_tokens,
-                    **generate_kwargs,
+                    **per_prompt,
                 )
                 for prompt, meta in zip(prompts, metadata)
             ]  # fmt: skip
             if return_text:
                 return [text for texts in outputs for text in texts]
-            new_pad = _generation_setting("pad_token_id", generate_kwargs, passed_config, model)
-            if new_pad is None:
-                new_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            # the pad a batched call uses: the passed one, else the tokenizer's (set below), else EOS
             prompt_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            new_pad = generate_kwargs.get("pad_token_id")
+            if new_pad is None:
+                new_pad = getattr(passed_config, "pad_token_id", None)
+            if new_pad is None:
+                new_pad = prompt_pad
             lengths = inputs["attention_mask"].sum(dim=1).tolist()
             return _stack_prompt_outputs(outputs, lengths, prompt_pad, new_pad)
         logger.warning(

@@ -279,6 +279,20 @@ def test_guidance_with_absolute_positions_and_prompts_of_different_lengths(ctx_t
             tokens = tokens[: tokens.index(tok.eos_token_id) + 1]
         new = seqs[i, width:].tolist()
         assert new[: len(tokens)] == tokens and set(new[len(tokens) :]) <= {pad}, i
+    # max_length counts over the padded batch, as in a batched call: every row gets the same new tokens (one by one,
+    # the short prompt used to get more, and the output was wider than max_length)
+    by_length = generate_with_metadata_guidance(
+        model, tok, prompts, meta, guidance_scale=scale, max_length=width + 3, do_sample=False, return_text=False
+    )
+    assert torch.equal(by_length, seqs[:, : width + 3])
+    # the continuation pad is the one a batched call uses (the tokenizer's), not the model config's
+    model.generation_config.pad_token_id = next(t for t in range(len(tok)) if t not in (pad, tok.eos_token_id))
+    stop = int(seqs[0, width])
+    stopped = generate_with_metadata_guidance(
+        model, tok, prompts, meta, guidance_scale=scale, max_new_tokens=steps, do_sample=False, return_text=False,
+        eos_token_id=stop,
+    )  # fmt: skip
+    assert stopped[0, width:].tolist() == [stop] + [pad] * (stopped.shape[1] - width - 1)
     # Scores and the like cannot be merged across calls: that output stays batched, with a warning.
     with caplog.at_level(logging.WARNING, logger="hf_ext.metadata.generation"):
         generate_with_metadata_guidance(
