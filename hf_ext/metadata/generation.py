@@ -44,6 +44,11 @@ def _stack_prompt_outputs(outputs: list, prompt_lengths: list[int], prompt_pad: 
     return torch.cat(rows, dim=0)
 
 
+def _prompt_pad_id(tokenizer) -> int:
+    """The id that left-pads the guidance prompts: the tokenizer's pad, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def _left_pad(seqs: list[list[int]], pad_id: int):
     import torch
 
@@ -71,7 +76,7 @@ def build_guidance_inputs(
     `MetadataCollator(max_metadata_tokens=...)` did in training, so the prefix is the one the model was trained on.
     """
     encoder = MetadataEncoder(tokenizer, layout=layout, add_eos=False, max_metadata_tokens=max_metadata_tokens)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = _prompt_pad_id(tokenizer)
     cond = encoder.encode_batch(list(prompts), list(metadata))
     uncond = encoder.encode_batch(list(prompts), [None] * len(prompts))
     ids, mask = _left_pad([d.input_ids for d in cond], pad)
@@ -191,7 +196,7 @@ def generate_with_metadata_guidance(
             if return_text:
                 return [text for texts in outputs for text in texts]
             # the pad a batched call uses: the passed one, else the tokenizer's (set below), else EOS
-            prompt_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            prompt_pad = _prompt_pad_id(tokenizer)
             new_pad = generate_kwargs.get("pad_token_id")
             if new_pad is None:
                 new_pad = getattr(passed_config, "pad_token_id", None)
