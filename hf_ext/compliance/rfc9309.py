@@ -23,6 +23,7 @@ __all__ = [
     "DISALLOW_ALL",
     "RobotsTxt",
     "RuleMatcher",
+    "authority_end",
     "authority_start",
     "canonical_path",
     "path_from",
@@ -44,7 +45,8 @@ _HEX = "0123456789ABCDEF"
 _ENCODE_ASCII = frozenset(' "<>\\^`{|}') | frozenset(chr(i) for i in range(0x21)) | {"\x7f"}
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
 _NEEDS_WORK = re.compile(r'[\x00-\x20"<>\\^`{|}\x7f%]|[^\x00-\x7f]')
-_PATH_START = re.compile(r"[/?;#]")
+# A backslash ends the host as '/' does, as browsers (the WHATWG URL standard) and Google's parser read web URLs.
+_PATH_START = re.compile(r"[/\\?;#]")
 # RFC 3986 scheme and separator; a "://" after the first '/', '?' or '#' is part of the path or query, not a scheme.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # The special web schemes written without the two slashes (`http:a.com/p`, `https:/a.com`): browsers (the WHATWG URL
@@ -89,13 +91,25 @@ def authority_start(url: str) -> int:
     `"://"` counts as a scheme separator only after a valid scheme at the start of `url`, so in
     `a.com/go?u=https://b.com/x` the host is `a.com`.
     """
+    m = _WEB_SCHEME_NO_SLASHES.match(url)  # also `https://`, and `https:///a.com`, `https://\\a.com` as browsers
+    if m is not None:
+        return m.end()
     m = _SCHEME.match(url)
     if m is not None:
         return m.end()
-    if url.startswith("//"):
-        return 2
-    m = _WEB_SCHEME_NO_SLASHES.match(url)
-    return m.end() if m is not None else 0
+    return 2 if url.startswith("//") else 0
+
+
+def authority_end(url: str, start: int) -> int:
+    """Index of the first `/` or `\\` at or after `start` (where the path of `url` starts when its host starts at
+    `start`; a backslash there is read as `/`, as browsers and Google's parser read `https://a.com\\p`), or -1 when
+    there is none or a `?` or `#` comes first (`https://a.com?u=/x` has no path; its slash is part of the query)."""
+    slash = url.find("/", start)
+    back = url.find("\\", start) if slash == -1 else url.find("\\", start, slash)
+    end = slash if back == -1 else back
+    if end != -1 and (url.find("?", start, end) != -1 or url.find("#", start, end) != -1):
+        return -1
+    return end
 
 
 def url_path(url: str) -> str:
@@ -122,7 +136,7 @@ def path_from(url: str, path_start: int) -> str:
     end = url.find("#", path_start)
     path = url[path_start:] if end == -1 else url[path_start:end]
     if path[:1] != "/":
-        path = "/" + path
+        path = "/" + (path[1:] if path[:1] == "\\" else path)
     return canonical_path(path)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from protego import Protego
 
-from .rfc9309 import DISALLOW_ALL, RobotsTxt, authority_start, path_from, product_token, url_path
+from .rfc9309 import DISALLOW_ALL, RobotsTxt, authority_end, authority_start, path_from, product_token, url_path
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +111,25 @@ def _is_ipv6(text: str) -> bool:
 
 
 def absolute_url(url: str) -> str:
-    """`url` with a scheme: `//host/path` and scheme-less `host/path` get `http:` / `http://` in front, and a web
-    scheme written without its slashes (`http:a.com/p`) gets them."""
+    """`url` with a scheme: `//host/path` and scheme-less `host/path` get `http:` / `http://` in front, a web scheme
+    written without its slashes (`http:a.com/p`) gets them, and a backslash ending the host becomes `/`."""
     start = authority_start(url)
     if start == 0:
-        return "http://" + url
-    if start == 2 and url.startswith("//"):
-        return "http:" + url
-    return _with_slashes(url, start)
+        url, start = "http://" + url, 7
+    elif start == 2 and url.startswith("//"):
+        url, start = "http:" + url, 7
+    else:
+        fixed = _with_slashes(url, start)
+        start += len(fixed) - len(url)
+        url = fixed
+    return _slash_ending_host(url, start)
+
+
+def _slash_ending_host(url: str, start: int) -> str:
+    """`url` (host at `start`) with a backslash that ends the host written as `/` (`https://a.com\\p` as
+    `https://a.com/p`): urllib, and so Protego, would otherwise read `a.com\\p` as the host and `/` as the path."""
+    end = authority_end(url, start)
+    return url if end == -1 or url[end] == "/" else url[:end] + "/" + url[end + 1 :]
 
 
 def _with_slashes(url: str, start: int) -> str:
@@ -245,7 +256,7 @@ def google_url(url: str) -> str:
         fixed = _with_slashes(url, start)
         start += len(fixed) - len(url)
         url = fixed
-    host_end = url.find("/", start)
+    host_end = authority_end(url, start)
     return url if host_end == -1 else url[:host_end] + url_path(url)
 
 
@@ -539,7 +550,7 @@ class RobotsCompliance:
 
     @staticmethod
     def _path_start(url: str) -> int:
-        return url.find("/", authority_start(url))
+        return authority_end(url, authority_start(url))
 
     def _disallowed(self, url: str) -> tuple[str, ...]:
         groups = self._policy_for_prefix(url, self._path_start(url)).groups
@@ -598,8 +609,10 @@ class RobotsCompliance:
                 if not url:
                     append(missing)
                     continue
-            slash = url.find("/", authority_start(url))
-            policy = by_prefix_get(url if slash == -1 else url[:slash]) if by_prefix_get is not None else None
+            slash = authority_end(url, authority_start(url))
+            # Only a URL with a path may take a cached prefix: `https://a.com` matches the prefix that
+            # `https://a.com/x` cached, but has no path to start at `slash`.
+            policy = by_prefix_get(url[:slash]) if by_prefix_get is not None and slash != -1 else None
             cached = policy is not None  # cached prefixes hold no '?', '#' or ';': the path starts at `slash`
             if not cached:
                 policy = slow_lookup(url, slash)

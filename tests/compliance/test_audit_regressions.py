@@ -260,3 +260,62 @@ def test_surrounding_whitespace_neither_poisons_the_cache_nor_moves_the_path(bac
     assert [RobotsCompliance(store, backend=backend).is_compliant(u) for u in urls] == expected
     assert RobotsCompliance(store, backend=backend).is_compliant_batch(urls) == expected
     assert RobotsCompliance(store, backend=backend).policy_for_url(" https://a.com/x").host == "a.com"
+
+
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+def test_a_host_without_a_path_does_not_take_the_path_of_a_cached_prefix(backend):
+    """After `https://a.com/x` cached the prefix `https://a.com`, the batch loop read `https://a.com` (path `/`) with
+    the path starting at index -1, its last character: `/m`, which `Disallow: /m` dropped."""
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    store = {"a.com": "User-agent: *\nDisallow: /m\n"}
+    urls = ["https://a.com/x", "https://a.com", "https://a.com/m", "https://a.com?m", "a.com"]
+    expected = [True, True, False, True, True]
+    assert RobotsCompliance(store, backend=backend).is_compliant_batch(urls) == expected
+    assert [RobotsCompliance(store, backend=backend).is_compliant(u) for u in urls] == expected
+
+
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+def test_a_backslash_ending_the_host_starts_the_path_in_every_backend(backend):
+    """`https://a.com\\p` is a.com's `/p` for browsers and Google's parser, and the host lookup already read it so;
+    rfc9309 and Protego read the path `/` (kept), and rfc9309's batch loop depended on what the cache held."""
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    store = {"a.com": "User-agent: *\nDisallow: /p\n"}
+    urls = ["https://a.com\\p", "https://a.com\\p/q", "a.com\\p", "//a.com\\p", "https:\\\\a.com\\p",
+            "https://u@a.com:8080\\p?x", "https://a.com/q\\p", "https://a.com?q\\p", "https://a.com/p\\q"]  # fmt: skip
+    expected = [False, False, False, False, False, False, True, True, False]
+    for order in (1, -1):
+        assert RobotsCompliance(store, backend=backend).is_compliant_batch(urls[::order]) == expected[::order]
+    assert [RobotsCompliance(store, backend=backend).is_compliant(u) for u in urls] == expected
+    assert url_path("https://a.com\\p\\q?x") == "/p%5Cq?x"
+
+
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+def test_a_slash_or_backslash_in_the_query_of_a_pathless_url_stays_in_the_query(backend):
+    """`https://a.com?x=\\q` was handed to Protego as `https://a.com?x=/q`, and Google's parser got the query twice
+    (`https://a.com?x=/?x=%5Cq`): the host ended at a slash that comes after the `?`."""
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    cases = [
+        ("https://a.com?x=\\q", "Disallow: /?x=/", True),
+        ("https://a.com?x=\\q", "Disallow: /*%5C", False),
+        ("https://a.com?x=/q", "Disallow: /?x=/?", True),
+        ("https://a.com?x=\\q", "Disallow: /?x=/?", True),
+        ("https://a.com#f/p", "Disallow: /p", True),
+    ]
+    for url, rule, compliant in cases:
+        store = {"a.com": f"User-agent: *\n{rule}\n"}
+        assert RobotsCompliance(store, backend=backend).is_compliant(url) is compliant, (url, rule)
+        assert RobotsCompliance(store, backend=backend).is_compliant_batch([url]) == [compliant], (url, rule)
+
+
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+@pytest.mark.parametrize("url", ["https://\\a.com/p", "https:///a.com/p", "https:/\\a.com/p", "https:\\\\a.com/p"])
+def test_extra_slashes_after_a_web_scheme_still_name_the_host(backend, url):
+    """`https://\\a.com/p` and `https:///a.com/p` had the host '' (kept unchecked) while `https:/\\a.com/p` was a.com."""
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    assert normalize_host(url) == "a.com"
+    checker = RobotsCompliance({"a.com": "User-agent: *\nDisallow: /p\n"}, backend=backend)
+    assert not checker.is_compliant(url) and checker.is_compliant_batch([url]) == [False]

@@ -48,7 +48,7 @@ def test_store_errors(tmp_path):
     with pytest.raises(ValueError, match="infer"):
         RobotsTxtStore().save(tmp_path / "x.csv")
     with pytest.raises(ValueError, match="host name"):
-        RobotsTxtStore().add("https:///path", "x")
+        RobotsTxtStore().add("https:///", "x")  # (`https:///path` is the host `path`, as browsers read it)
     with pytest.raises(TypeError, match="robots.txt text"):
         RobotsTxtStore().add("a.org", 3)
 
