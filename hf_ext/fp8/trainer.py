@@ -4,9 +4,29 @@ warmup-stable-decay schedule whose cooldown length can be given as a fraction of
 from __future__ import annotations
 
 import math
+import os
 
 from transformers import Trainer
 from transformers.trainer_utils import SchedulerType
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+#: FP8 scaling state of a peft model's frozen base layers, written next to the adapter in each checkpoint.
+FP8_STATE_FILE = "fp8_state.safetensors"
+
+
+def _peft_fp8_buffers(model) -> dict:
+    """The persistent `fp8_*` buffers (delayed-scaling amax histories of `convert(..., "emulated")`) of a peft model,
+    by the model's own names; empty for any other model, whose checkpoint (`model.safetensors`) holds them."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a runtime dependency
+        return {}
+    if not isinstance(model, PeftModel):
+        return {}
+    buffers = {name for name, _ in model.named_buffers()}
+    return {k: v for k, v in model.state_dict().items() if k in buffers and k.rpartition(".")[2].startswith("fp8_")}
 
 
 def resolve_wsd_kwargs(kwargs: dict | None, num_training_steps: int) -> dict:
@@ -58,9 +78,12 @@ class Fp8Trainer(Trainer):
       reference does; no decay on norm gains, xIELU scalars, biases), falling back to `Trainer`'s name patterns for
       models without that method;
     - with `lr_scheduler_type="warmup_stable_decay"`, accepts a fractional `num_decay_steps` in
-      `lr_scheduler_kwargs` (see [`resolve_wsd_kwargs`]) and otherwise uses transformers' own WSD schedule.
+      `lr_scheduler_kwargs` (see [`resolve_wsd_kwargs`]) and otherwise uses transformers' own WSD schedule;
+    - for a peft model (LoRA on a converted model), saves the frozen base layers' FP8 scaling state (the `emulated`
+      backend's delayed-scaling amax histories, which the adapter checkpoint leaves out) in each checkpoint as
+      `fp8_state.safetensors` and restores it on resume, so a resumed run continues as an uninterrupted one.
 
-    Without fp8 mixed precision it trains like `Trainer` with the two optimizer/schedule rules above.
+    Without fp8 mixed precision it trains like `Trainer` with the rules above.
 
     Args:
         fp8_recipe_kwargs (*optional*): An accelerate recipe handler (`AORecipeKwargs`, `TERecipeKwargs`).
@@ -95,6 +118,61 @@ class Fp8Trainer(Trainer):
         names = set(own())
         chosen = {id(p) for n, p in owner.named_parameters() if n in names}
         return [n for n, p in model.named_parameters() if id(p) in chosen]
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`; for a peft model, whose saved adapter leaves out the base layers' FP8 scaling state
+        (the delayed-scaling amax histories), that state is written beside it (`fp8_state.safetensors`), before
+        `trainer_state.json` in a checkpoint, and `train(resume_from_checkpoint=)` restores it."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if not self.args.should_save:
+            return
+        state = _peft_fp8_buffers(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
+        if state:
+            from safetensors.torch import save
+
+            from ..utils.io import atomic_open
+
+            folder = output_dir if output_dir is not None else self.args.output_dir
+            with atomic_open(os.path.join(folder, FP8_STATE_FILE), "wb") as fh:
+                fh.write(save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_fp8_state(
+            resume_from_checkpoint,
+            model,
+            "the frozen layers' FP8 scaling state starts empty, so the resumed run differs from an uninterrupted one",
+        )
+
+    def _load_best_model(self) -> None:
+        # `load_best_model_at_end`: the best checkpoint's adapter comes with that checkpoint's FP8 scaling state, not
+        # the last step's
+        super()._load_best_model()
+        self._load_fp8_state(
+            self.state.best_model_checkpoint, None, "the best adapter runs with the last step's FP8 scaling state"
+        )
+
+    def _load_fp8_state(self, checkpoint: str, model, consequence: str) -> None:
+        """Restore a peft model's frozen-layer FP8 state from `checkpoint`'s `fp8_state.safetensors` (a no-op for other
+        models); warn with `consequence` when the checkpoint has none."""
+        path = os.path.join(checkpoint, FP8_STATE_FILE)
+        target = self.accelerator.unwrap_model(model if model is not None else self.model, keep_torch_compile=False)
+        own = _peft_fp8_buffers(target)
+        if not own:
+            return
+        if not os.path.isfile(path):
+            logger.warning(f"{checkpoint} has no {FP8_STATE_FILE}: {consequence}.")
+            return
+        from safetensors.torch import load_file
+
+        saved = load_file(path)
+        if set(saved) != set(own):
+            raise ValueError(
+                f"{path} holds the FP8 state of other layers ({len(saved)} buffers, {len(own)} expected); resume with "
+                "the model (conversion and adapters) that wrote this checkpoint."
+            )
+        for name, value in saved.items():
+            own[name].copy_(value.to(own[name].device))
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if (

@@ -974,6 +974,12 @@ def convert_to_layer_parallel(
     """
     if isinstance(model, LayerParallelForCausalLM):
         raise TypeError("`model` is already a LayerParallelForCausalLM; convert the original source model instead.")
+    if isinstance(model, nn.Module) and any(type(m).__module__.partition(".")[0] == "peft" for m in model.modules()):
+        raise TypeError(
+            f"`model` carries peft adapters ({type(model).__name__} with adapter layers), which cannot be paired "
+            "as they are. Merge them first: `convert_to_layer_parallel(model.merge_and_unload(), ...)`; or convert "
+            "the base model and attach new adapters to the converted model."
+        )
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"`model` must be a transformers PreTrainedModel, got {type(model).__name__}.")
     model_type = getattr(model.config, "model_type", None)
@@ -1006,7 +1012,8 @@ def convert_to_layer_parallel(
         lp_merged=merge,
     )  # validates everything before any weight is touched
     config._attn_implementation = model.config._attn_implementation
-    config.name_or_path = getattr(model.config, "name_or_path", "")
+    # No `name_or_path`: the converted model is not the source checkpoint (that path stays in `source_config`). peft
+    # records it as the adapters' base and reads it back as this model's config (which a source folder is not).
 
     source_state = model.state_dict()
     new_state: dict[str, torch.Tensor] = {
