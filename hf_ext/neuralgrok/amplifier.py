@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..utils.distributed import is_dtensor as _is_dtensor
+
 
 class NeuralAmplifier(nn.Module):
     r"""
@@ -291,12 +293,59 @@ class NeuralAmplifier(nn.Module):
 
     @torch.no_grad()
     def transform_(self, params: Iterable[torch.Tensor]) -> int:
-        """Replace `param.grad` by its transform, in place and without autograd graph. Returns the tensors changed."""
+        """Replace `param.grad` by its transform, in place and without autograd graph. Returns the tensors changed.
+
+        Sharded gradients (DTensors: FSDP2's `fully_shard`, tensor parallelism) are transformed on their local shards
+        with the softmax's maximum and the norm `||p * g||` all-reduced over the whole tensor, so the result equals the
+        transform of the full gradient.
+        """
         grads = [param.grad for param in params if param.grad is not None]
+        sharded = [g for g in grads if _is_dtensor(g)]
+        if sharded:
+            self._transform_sharded_(sharded)
+            grads = [g for g in grads if not _is_dtensor(g)]
         # All tensors share one piecewise-linear form: found once per call, not once per tensor.
         for grad, new in zip(grads, self.transform_many(grads)):
             grad.copy_(new)
-        return len(grads)
+        return len(grads) + len(sharded)
+
+    def _transform_sharded_(self, grads: list[torch.Tensor]) -> None:
+        """[`transform_`] of DTensor gradients: scores on the local shard, per-tensor max and norm all-reduced."""
+        import torch.distributed as dist
+
+        pieces = self.fast_pieces(sum(g.numel() for g in grads))
+        dtype = self.net[0].weight.dtype
+        for grad in grads:
+            groups = _shard_groups(grad)
+            local = grad.to_local()
+            flat = local.reshape(-1).to(dtype)
+            if self.softmax_dim == 0:
+                scores = self._scores(flat.view(-1, 1), pieces).view(-1)
+                peak = scores.amax() if scores.numel() else scores.new_full((), -math.inf)
+                for group in groups:
+                    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
+                weighted = torch.exp(scores - peak) * flat
+            else:  # the ablation: softmax over a width-1 axis, p == 1
+                weighted = flat
+            sq = weighted.pow(2).sum()
+            for group in groups:
+                dist.all_reduce(sq, group=group)
+            norm = sq.sqrt().clamp_min(self.eps)
+            local.copy_((self.c * weighted / norm).view_as(local).to(local.dtype))
+
+
+def _shard_groups(t: torch.Tensor) -> list:
+    """Process groups of the mesh dimensions that shard the DTensor `t` (a whole-tensor sum is all-reduced over them)."""
+    groups = []
+    for i, placement in enumerate(t.placements):
+        if placement.is_shard():
+            groups.append(t.device_mesh.get_group(i))
+        elif not placement.is_replicate():
+            raise ValueError(
+                f"NeuralAmplifier cannot transform a gradient DTensor with placement {placement} (only Shard and "
+                "Replicate placements, as FSDP2 and tensor parallelism give)."
+            )
+    return groups
 
 
 def _positive_finite(value) -> bool:
@@ -325,6 +374,7 @@ def amplifier_outer_step(
     | None = None,
     grad_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None,
     g_hat: Sequence[torch.Tensor | None] | None = None,
+    g_hat_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     r"""
     One Learn-Amplifier step: update `amplifier` so that a virtual SGD step with its transformed gradients lowers the
@@ -357,6 +407,9 @@ def amplifier_outer_step(
             trainable parameter of `model` in `named_parameters()` order (`None` for a parameter without one). Given,
             step 1 is skipped: no forward or backward of the model on `inner_batches` (used by
             `NeuralGrokConfig.outer_gradient="next_step"`, which passes the gradient a real step has just computed).
+        g_hat_reducer (`Callable`, *optional*): applied to each gradient computed in step 1 (e.g. a mean over
+            data-parallel ranks, so that every rank transforms the gradient of the whole global batch, as one process
+            on that batch does); not applied to a given `g_hat`.
 
     Returns:
         `float`: the outer loss (before the meta step).
@@ -380,6 +433,13 @@ def amplifier_outer_step(
             return functional_call(m, params, args=(), kwargs=dict(batch)).loss
 
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    if any(_is_dtensor(p) for p in params):
+        raise ValueError(
+            "amplifier_outer_step got a model with sharded (DTensor) parameters, e.g. from FSDP2's `fully_shard`: its "
+            "virtual step evaluates the model at theta - lr * G(g_hat) through torch.func.functional_call, which FSDP2's "
+            "own parameter all-gather bypasses. Train NeuralGrok (gradient_transform='neuralgrok') with DDP or in one "
+            "process; under FSDP2 use gradient_transform='normalize', 'grokfast_ema', 'grokfast_ma' or 'none'."
+        )
     if g_hat is not None:
         g_hat = list(g_hat)
         if len(g_hat) != len(params) or any(g is not None and g.shape != p.shape for g, p in zip(g_hat, params)):
@@ -392,6 +452,8 @@ def amplifier_outer_step(
         with torch.enable_grad():
             inner_loss = sum(loss_fn(model, batch) for batch in inner_batches) / len(inner_batches)
             g_hat = torch.autograd.grad(inner_loss, params, allow_unused=True)
+        if g_hat_reducer is not None:
+            g_hat = [None if g is None else g_hat_reducer(g) for g in g_hat]
     # 2.-3. virtual step and outer loss, differentiable in phi only.
     amplifier.train()
     meta_optimizer.zero_grad(set_to_none=True)

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from ..utils.distributed import is_dtensor
+
 
 def absolute_entropy(tensors: torch.Tensor | Iterable[torch.Tensor]) -> torch.Tensor:
     r"""
@@ -28,7 +30,10 @@ def absolute_entropy(tensors: torch.Tensor | Iterable[torch.Tensor]) -> torch.Te
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"absolute_entropy expects tensors, got {type(t).__name__}.")
         a = t.detach().abs().to(torch.float64)
-        total = total + (-torch.special.xlogy(a, a).sum()).cpu()
+        part = -torch.special.xlogy(a, a).sum()
+        if is_dtensor(part):  # a sharded DTensor (FSDP2): the sum over all shards
+            part = part.full_tensor()
+        total = total + part.cpu()
         seen = True
     if not seen:
         raise ValueError("absolute_entropy got no tensors.")

@@ -12,6 +12,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
+from ..utils.distributed import is_dtensor
 from ..utils.io import atomic_write_json
 from .amplifier import NeuralAmplifier, amplifier_outer_step
 from .metrics import absolute_weight_entropy, answer_accuracy_from_logits, weight_norm
@@ -263,6 +264,14 @@ class NeuralGrokTrainer(Trainer):
     def create_optimizer(self, model=None):
         if isinstance(self.optimizer, GradientTransformOptimizer):
             return self.optimizer
+        opt_model = self.model if model is None else model
+        if self.args.gradient_transform == "neuralgrok" and any(is_dtensor(p) for p in opt_model.parameters()):
+            raise ValueError(
+                "gradient_transform='neuralgrok' does not run under FSDP2 (the model's parameters are sharded "
+                "DTensors): the outer step evaluates the model at virtual parameters through "
+                "torch.func.functional_call, which FSDP2's own all-gather bypasses. Train with DDP or one process, or "
+                "use gradient_transform='normalize', 'grokfast_ema', 'grokfast_ma' or 'none' under FSDP2."
+            )
         if self.args.coupled_weight_decay and self.optimizer is None and self.optimizer_cls_and_kwargs is None:
             # The reference code: torch.optim.Adam, L2 term added to the (transformed) gradient, on every parameter.
             opt_model = self.model if model is None else model
@@ -389,6 +398,9 @@ class NeuralGrokTrainer(Trainer):
                 virtual_lr=lr,
                 grad_reducer=reducer,
                 g_hat=g_hat,
+                # recompute: every rank's g_hat from its own batch, averaged -> the global batch's gradient, as in
+                # one process (next_step's g_hat is the already all-reduced gradient of the real step)
+                g_hat_reducer=reducer if g_hat is None else None,
             )
         finally:
             self._in_outer_step = False

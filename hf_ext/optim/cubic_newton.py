@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from ..utils.distributed import is_dtensor as _is_dtensor
+
 __all__ = [
     "CubicNewton",
     "FlatParameters",
@@ -589,6 +591,13 @@ class CubicNewton(Optimizer):
         params = [p for p in params if not isinstance(p, torch.Tensor) or p.requires_grad]
         if not params:
             raise ValueError("CubicNewton got no parameter that requires grad.")
+        if any(_is_dtensor(p) for p in params):
+            raise ValueError(
+                "CubicNewton got sharded (DTensor) parameters, e.g. from FSDP2's `fully_shard` or tensor parallelism: "
+                "its flat parameter vector, dense Hessian and Hessian-vector products (torch.func on the whole model) "
+                "need every parameter whole on one process, and its step does not all-reduce. Build CubicNewton over "
+                "the parameters of the unsharded model in a single process (no FSDP)."
+            )
         super().add_param_group({**param_group, "params": params})
 
     # -- state helpers --------------------------------------------------------------------------------------------

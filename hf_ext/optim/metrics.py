@@ -1,7 +1,9 @@
 """Update-size metrics (l2 update norm, angular update, relative representation change, gradient-momentum cosine).
 
 Pure functions carry the math; `UpdateMetricsCallback` measures them around every (k-th) optimizer step of a
-`transformers.Trainer`, logs them and plots them.
+`transformers.Trainer`, logs them and plots them. Sharded tensors (DTensors: FSDP2's `fully_shard`, tensor
+parallelism) are measured whole: each sum runs on the local shard and is all-reduced over the shards (one collective
+per device mesh and call), so every rank gets the value of one process holding the full tensors.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 from transformers import TrainerCallback
+
+from ..utils.distributed import is_dtensor
 
 __all__ = [
     "UpdateMetricsCallback",
@@ -27,12 +31,43 @@ __all__ = [
 METRIC_KEYS = ("update/relative_l2", "update/angle", "update/rrc", "update/grad_momentum_cos")
 
 
+def _whole_sums(sums: list[torch.Tensor]) -> list[float]:
+    """`float` of each 0-dim sum in `sums`; a sum over a sharded DTensor (a DTensor with partial placements) is
+    completed over its shards, all such sums on one mesh with one collective."""
+    out: list[float | None] = [None] * len(sums)
+    sharded: dict = {}
+    for i, s in enumerate(sums):
+        if is_dtensor(s):
+            sharded.setdefault((s.device_mesh, tuple(s.placements)), []).append(i)
+        else:
+            out[i] = float(s)
+    if sharded:
+        from torch.distributed.tensor import DTensor
+
+        for (mesh, placements), idx in sharded.items():
+            local = torch.stack([sums[i].to_local() for i in idx])
+            total = DTensor.from_local(local, mesh, placements, run_check=False).full_tensor()
+            for i, v in zip(idx, total.tolist()):
+                out[i] = v
+    return out
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor (gathered on every rank), the tensor itself otherwise."""
+    return t.full_tensor() if is_dtensor(t) else t
+
+
 def l2_update_norm(old: Iterable[torch.Tensor], new: Iterable[torch.Tensor]) -> float:
-    """`sqrt(sum_k ||new_k - old_k||^2)` over paired tensors."""
+    """`sqrt(sum_k ||new_k - old_k||^2)` over paired tensors (whole tensors also when they are sharded DTensors)."""
     total = 0.0
+    sharded = []
     for a, b in zip(old, new, strict=True):
-        total += float((b.detach().double() - a.detach().double()).pow(2).sum())
-    return math.sqrt(total)
+        sq = (b.detach().double() - a.detach().double()).pow(2).sum()
+        if is_dtensor(sq):
+            sharded.append(sq)
+        else:
+            total += float(sq)
+    return math.sqrt(total + sum(_whole_sums(sharded)))
 
 
 def relative_update_norms(
@@ -41,7 +76,8 @@ def relative_update_norms(
     """Per-tensor relative update `||w_new - w_old|| / ||w_old||` (the paper's update-size measure).
 
     Args:
-        old, new (`Mapping[str, torch.Tensor]`): the tensors before and after the step, by name.
+        old, new (`Mapping[str, torch.Tensor]`): the tensors before and after the step, by name (sharded DTensors are
+            measured whole).
         min_dim (`int`, *optional*, defaults to 2): only tensors with at least this many dimensions (weight matrices;
             biases and gains start at or near zero norm, where the ratio says little).
 
@@ -51,13 +87,25 @@ def relative_update_norms(
     if set(old) != set(new):
         raise ValueError("`old` and `new` must hold the same tensor names.")
     out = {}
+    sharded_names, sharded_sums = [], []
     for name, a in old.items():
         if a.dim() < min_dim:
             continue
         a64 = a.detach().double()
+        if is_dtensor(a64):
+            sharded_names.append(name)
+            sharded_sums += [a64.pow(2).sum(), (new[name].detach().double() - a64).pow(2).sum()]
+            continue
         base = float(a64.norm())
         if base > 0:
             out[name] = float((new[name].detach().double() - a64).norm()) / base
+    if sharded_names:
+        sums = _whole_sums(sharded_sums)
+        for i, name in enumerate(sharded_names):
+            base, diff = sums[2 * i], sums[2 * i + 1]
+            if base > 0:
+                out[name] = math.sqrt(diff) / math.sqrt(base)
+        out = {name: out[name] for name in old if name in out}  # the order of `old`
     return out
 
 
@@ -70,7 +118,7 @@ def angular_update(old: torch.Tensor, new: torch.Tensor, neuron_dim: int = 0) ->
             (HF `Conv1D`).
 
     Returns:
-        `torch.Tensor`: one angle per neuron (float64).
+        `torch.Tensor`: one angle per neuron (float64; every neuron's, on every rank, for sharded DTensors).
     """
     if old.shape != new.shape or old.dim() < 2:
         raise ValueError(f"angular_update needs two tensors of the same 2+-dim shape, got {old.shape} / {new.shape}.")
@@ -78,7 +126,11 @@ def angular_update(old: torch.Tensor, new: torch.Tensor, neuron_dim: int = 0) ->
     if neuron_dim == 1:
         a, b = a.t(), b.t()
     a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
+    if is_dtensor(a):  # per-neuron sums over the whole neuron, gathered for every neuron in one collective
+        dot, aa, bb = _full(torch.stack([(a * b).sum(1), (a * a).sum(1), (b * b).sum(1)]))
+        cos = dot / (aa.sqrt() * bb.sqrt()).clamp_min(1e-300)
+    else:
+        cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
     return torch.arccos(cos.clamp(-1.0, 1.0))
 
 
@@ -89,11 +141,11 @@ def relative_representation_change(
 
     Args:
         inputs (`torch.Tensor`): layer inputs `X` of shape `(..., in_features)` from a fixed probe batch.
-        old_weight, new_weight (`torch.Tensor`): the weight before and after the step.
+        old_weight, new_weight (`torch.Tensor`): the weight before and after the step (a sharded DTensor is gathered).
         transposed (`bool`, *optional*, defaults to `False`): weight stored as `(in, out)`.
     """
     x = inputs.detach().double().reshape(-1, inputs.shape[-1])
-    w0, w1 = old_weight.detach().double(), new_weight.detach().double()
+    w0, w1 = _full(old_weight.detach()).double(), _full(new_weight.detach()).double()
     if not transposed:
         w0, w1 = w0.t(), w1.t()
     base = (x @ w0).norm()
@@ -101,16 +153,37 @@ def relative_representation_change(
 
 
 def gradient_momentum_cosine(grads: Iterable[torch.Tensor], momenta: Iterable[torch.Tensor]) -> float:
-    """Cosine between the concatenated gradients and the concatenated momentum buffers (NaN if either is zero)."""
+    """Cosine between the concatenated gradients and the concatenated momentum buffers (NaN if either is zero); sharded
+    DTensors count whole."""
     dot = gg = mm = 0.0
+    sharded = []
     for g, m in zip(grads, momenta, strict=True):
         g, m = g.detach().double(), m.detach().double()
+        if is_dtensor(g):
+            sharded += [(g * m).sum(), g.pow(2).sum(), m.pow(2).sum()]
+            continue
         dot += float((g * m).sum())
         gg += float(g.pow(2).sum())
         mm += float(m.pow(2).sum())
+    if sharded:
+        sums = _whole_sums(sharded)
+        dot, gg, mm = dot + sum(sums[0::3]), gg + sum(sums[1::3]), mm + sum(sums[2::3])
     if gg == 0 or mm == 0:
         return float("nan")
     return dot / math.sqrt(gg * mm)
+
+
+def _reshard(model: nn.Module) -> None:
+    """Put FSDP2 modules back on their sharded parameters after a forward outside the training step: a module with
+    `reshard_after_forward=False` (the root, accelerate's final norm + LM head) otherwise keeps its unsharded copies
+    registered, the optimizer steps the sharded ones, and the next forward would run on the stale copies."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without distributed support
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def _unwrap_optimizer(optimizer):
@@ -208,6 +281,7 @@ class UpdateMetricsCallback(TrainerCallback):
             for h in handles:
                 h.remove()
             model.train(was_training)
+            _reshard(model)
         return cache
 
     @staticmethod

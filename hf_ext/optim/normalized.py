@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from ..utils.distributed import is_dtensor as _is_dtensor
+
 __all__ = [
     "Lion",
     "LionA",
@@ -375,8 +377,8 @@ def _snr_factor(state: dict, group: dict, grad: torch.Tensor) -> float:
     sb = group.get("snr_beta", 0.9)
     t = state["step"]
     bc = 1.0 - b2**t
-    g2 = float(grad.float().pow(2).sum())
-    m2 = float(state["exp_avg"].float().pow(2).sum()) / bc**2
+    g2 = _total(grad.float().pow(2))
+    m2 = _total(state["exp_avg"].float().pow(2)) / bc**2
     c_t = (1 - b2) / (1 + b2) * (1 - b2 ** (2 * t)) / bc**2 if b2 > 0 else 1.0
     state["snr_g2"] = sb * state.get("snr_g2", 0.0) + (1 - sb) * g2
     state["snr_m2"] = sb * state.get("snr_m2", 0.0) + (1 - sb) * m2
@@ -394,26 +396,157 @@ def _snr_factor(state: dict, group: dict, grad: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# sharded parameters (DTensor: FSDP2 `fully_shard`, tensor parallelism)
+# ----------------------------------------------------------------------------------------------------------------------
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (same storage), the tensor itself otherwise."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _total(x: torch.Tensor) -> float:
+    """`float(x.sum())` over the whole tensor, also when `x` is a sharded DTensor (then the sum is all-reduced)."""
+    s = x.sum()
+    return float(s.full_tensor() if _is_dtensor(s) else s)
+
+
+class _NeuronShards:
+    """How the per-neuron (or per-tensor) sums of a sharded weight are completed, and how its per-neuron state is
+    stored so that distributed checkpointing saves and restores every shard.
+
+    The rotation works on the local shard; each per-neuron sum (norm, dot products, mean) is all-reduced over the
+    mesh dimensions that shard a reduced axis (the columns of a row-neuron weight sharded on its input dim, the rows
+    of a `Conv1D` weight sharded on dim 0 as `fully_shard` does, every axis for `per_neuron=False`). A mesh dimension
+    that shards the neuron axis itself needs nothing: each rank holds whole neurons.
+    """
+
+    def __init__(self, p: torch.Tensor, neuron_dim: int, per_neuron: bool):
+        from torch.distributed.tensor import Replicate, Shard
+
+        if not per_neuron:
+            reduced, keep = set(range(p.dim())), None
+        elif neuron_dim == 1:
+            reduced, keep = {0}, 1
+        else:
+            reduced, keep = set(range(1, p.dim())), 0
+        self.mesh = p.device_mesh
+        self.groups = []
+        self._sharded = []  # per mesh dim: whether it shards the neuron axis (state is sharded the same way)
+        for i, placement in enumerate(p.placements):
+            if placement.is_replicate():
+                self._sharded.append(False)
+            elif placement.is_shard() and placement.dim in reduced:
+                self.groups.append(self.mesh.get_group(i))
+                self._sharded.append(False)
+            elif type(placement) is Shard and placement.dim == keep:
+                self._sharded.append(True)
+            else:
+                raise ValueError(
+                    f"Rotational updates of a DTensor parameter of shape {tuple(p.shape)} with placements "
+                    f"{tuple(p.placements)} are not supported (only Replicate and Shard placements, as FSDP2's "
+                    "`fully_shard` and tensor parallelism produce). Give such parameters a plain (non-rotational) "
+                    "group: `rotational=False`."
+                )
+        self._replicate, self._shard = Replicate, Shard
+        self.num_neurons = 1 if keep is None else p.shape[keep]
+        self.per_neuron_numel = p.numel() // max(self.num_neurons, 1)
+
+    def sum_(self, x: torch.Tensor) -> torch.Tensor:
+        """All-reduce (sum) the partial per-neuron sums `x` in place over the shards of the reduced axes."""
+        import torch.distributed as dist
+
+        for group in self.groups:
+            dist.all_reduce(x, group=group)
+        return x
+
+    def wrap(self, local: torch.Tensor, neuron_axis: int) -> torch.Tensor:
+        """A per-neuron state tensor (`num_neurons` along `neuron_axis`, 1 elsewhere) as a DTensor on the mesh."""
+        from torch.distributed.tensor import DTensor
+
+        shape = [1] * local.dim()
+        shape[neuron_axis] = self.num_neurons
+        placements = [self._shard(neuron_axis) if s else self._replicate() for s in self._sharded]
+        stride = torch.empty(shape, device="meta").stride()
+        return DTensor.from_local(
+            local, self.mesh, placements, run_check=False, shape=torch.Size(shape), stride=stride
+        )
+
+
+def _neuron_shards(p: torch.Tensor, neuron_dim: int, per_neuron: bool) -> _NeuronShards | None:
+    return _NeuronShards(p, neuron_dim, per_neuron) if _is_dtensor(p) else None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # rotational geometry
 # ----------------------------------------------------------------------------------------------------------------------
+def _rows(p: torch.Tensor) -> torch.Tensor:
+    """`p` viewed as `(p.shape[0], rest)` (also when a local shard holds no rows)."""
+    return p.view(p.shape[0], math.prod(p.shape[1:]))
+
+
 def _neuron_view(p: torch.Tensor, neuron_dim: int, per_neuron: bool) -> torch.Tensor:
     """A 2D view of `p` with one neuron per row (shares storage with `p`)."""
     if not per_neuron:
-        return p.view(1, -1)
+        return p.view(1, p.numel())
     if neuron_dim == 1:
         if p.dim() != 2:
             raise ValueError(f"neuron_dim=1 is only supported for 2D weights, got shape {tuple(p.shape)}.")
         return p.t()
-    return p.view(p.shape[0], -1)
+    return _rows(p)
 
 
-def _init_rotational(p: torch.Tensor, state: dict, neuron_dim: int, per_neuron: bool, zero_mean: bool) -> None:
-    w = _neuron_view(p.data, neuron_dim, per_neuron)
-    norm = w.norm(dim=1, keepdim=True)
-    if zero_mean and w.shape[1] > 1:
-        w.sub_(w.mean(dim=1, keepdim=True))
-        w.mul_(norm / w.norm(dim=1, keepdim=True).clamp_min(1e-30))
-    state["norm"] = norm.clone()
+def _init_rotational(
+    p: torch.Tensor, state: dict, neuron_dim: int, per_neuron: bool, zero_mean: bool, update_norm_decay: float = 0.0
+) -> None:
+    """Centre the neurons of `p` (if `zero_mean`) and record their norms; with `update_norm_decay > 0` also create
+    the (zero) update-norm EMA, so that the state has all its entries from the first step (distributed checkpointing
+    builds its load template from a fresh optimizer's first step, taken with lr 0, where no rotation runs)."""
+    shards = _neuron_shards(p, neuron_dim, per_neuron)
+    if shards is not None:
+        _init_rotational_sharded(p, state, neuron_dim, per_neuron, zero_mean, shards)
+    else:
+        w = _neuron_view(p.data, neuron_dim, per_neuron)
+        norm = w.norm(dim=1, keepdim=True)
+        if zero_mean and w.shape[1] > 1:
+            w.sub_(w.mean(dim=1, keepdim=True))
+            w.mul_(norm / w.norm(dim=1, keepdim=True).clamp_min(1e-30))
+        state["norm"] = norm.clone()
+    if update_norm_decay > 0 and "update_norm_ema" not in state:
+        # the shape `_rotate` stores: (neurons, 1), or (1, neurons) for column neurons
+        ema = torch.zeros_like(_local(state["norm"]))
+        if per_neuron and neuron_dim == 1:
+            ema = ema.view(1, ema.numel())
+        state["update_norm_ema"] = ema if shards is None else shards.wrap(ema, int(per_neuron and neuron_dim == 1))
+
+
+def _ensure_rotational_state(p: torch.Tensor, state: dict, group: dict, neuron_dim: int) -> None:
+    """Initialise the rotational state of `p` ([`_init_rotational`]) on its first step, unless that step is the load
+    template of `torch.distributed.checkpoint` (DCP's `set_state_dict` / `get_state_dict` step a fresh optimizer with
+    lr 0 and all-zero gradients to learn its state's keys, then load the checkpoint's values): there the entries are
+    created from the weights as they are, without centring them (the weights are about to be, or have just been,
+    loaded from the checkpoint, where they are already centred; centring again would move bfloat16 weights by up to
+    1e-3), and `norm_pending` makes the next step initialise for real. In a run, a first step with lr 0 and an all-zero
+    gradient (a warmup starting at 0, a LoRA A under a zero B) leaves the weights where they are either way, so the
+    deferred initialisation gives the same result as an immediate one. Every initialised state has `norm_pending`
+    (DCP loads only the keys of its template, so the key must be in every checkpoint); a state without it counts as
+    initialised."""
+    if "norm" in state and not state.get("norm_pending", False):
+        return
+    lr = group["lr"]
+    # whole-gradient check (all-reduced for a DTensor), taken only at lr 0, the same on every rank
+    template = bool(lr == 0) and _total(p.grad.abs()) == 0
+    zero_mean = group["zero_mean"] and not template
+    _init_rotational(p, state, neuron_dim, group["per_neuron"], zero_mean, group["update_norm_decay"])
+    state["norm_pending"] = template
+
+
+def _init_rotational_sharded(p, state, neuron_dim, per_neuron, zero_mean, shards: _NeuronShards) -> None:
+    """`_init_rotational` on the local shard of a DTensor, with the per-neuron sums all-reduced."""
+    w = _neuron_view(_local(p.detach()), neuron_dim, per_neuron)
+    norm = shards.sum_(w.pow(2).sum(dim=1, keepdim=True)).sqrt_()
+    if zero_mean and shards.per_neuron_numel > 1:
+        w.sub_(shards.sum_(w.sum(dim=1, keepdim=True)).div_(shards.per_neuron_numel))
+        w.mul_(norm / shards.sum_(w.pow(2).sum(dim=1, keepdim=True)).sqrt_().clamp_min(1e-30))
+    state["norm"] = shards.wrap(norm.clone(), 0)
 
 
 def _rotate(
@@ -439,25 +572,35 @@ def _rotate(
     orthogonal to the *current* `w` (so its norm is the recorded `r`), written as one `a w + b u` pass with per-neuron
     `a`, `b` from three row reductions (no separate projection or renormalisation pass).
     """
+    # A DTensor (FSDP2, tensor parallelism) is rotated on its local shard, the per-neuron sums all-reduced.
+    shards = _neuron_shards(p, neuron_dim, per_neuron)
+    if shards is not None:
+        p, u = _local(p), _local(u)
     if not per_neuron:
-        w, uu, rd = p.view(1, -1), u.view(1, -1), 1
+        w, uu, rd = p.view(1, p.numel()), u.view(1, u.numel()), 1
     elif neuron_dim == 1:
         if p.dim() != 2:
             raise ValueError(f"neuron_dim=1 is only supported for 2D weights, got shape {tuple(p.shape)}.")
         w, uu, rd = p, u, 0
     else:
-        w, uu, rd = p.view(p.shape[0], -1), u.view(p.shape[0], -1), 1
+        w, uu, rd = _rows(p), _rows(u), 1
     if uu.dtype != w.dtype:
         uu = uu.to(w.dtype)
-    if zero_mean and w.shape[rd] > 1:
-        uu.sub_(uu.mean(dim=rd, keepdim=True))
+    if shards is None:
+        if zero_mean and w.shape[rd] > 1:
+            uu.sub_(uu.mean(dim=rd, keepdim=True))
+    elif zero_mean and shards.per_neuron_numel > 1:
+        uu.sub_(shards.sum_(uu.sum(dim=rd, keepdim=True)).div_(shards.per_neuron_numel))
     red_shape = (1, w.shape[1]) if rd == 0 else (w.shape[0], 1)
-    norm = state["norm"].reshape(red_shape).to(w.dtype)
+    norm = _local(state["norm"]).reshape(red_shape).to(w.dtype)
     # row reductions: ||w||^2, <w, u>, ||u||^2 (vector_norm is fast along rows, slow along columns on CPU)
     buf = None if scratch is None else scratch[: w.numel()].view(w.shape)
-    ww = _dot(w, w, rd, buf).reshape(red_shape).clamp_min(1e-30)
-    wu = _dot(w, uu, rd, buf).reshape(red_shape)
-    u2 = _dot(uu, uu, rd, buf).reshape(red_shape)
+    ww, wu, u2 = _dot(w, w, rd, buf), _dot(w, uu, rd, buf), _dot(uu, uu, rd, buf)
+    if shards is not None:
+        ww, wu, u2 = shards.sum_(torch.stack([ww, wu, u2])).unbind(0)
+    ww = ww.reshape(red_shape).clamp_min(1e-30)
+    wu = wu.reshape(red_shape)
+    u2 = u2.reshape(red_shape)
     c = wu / ww  # u_perp = u - c w is orthogonal to the current w
     up2 = (u2 - wu * c).clamp_min_(0.0)
     moving = up2 > 1e-12 * u2
@@ -467,9 +610,9 @@ def _rotate(
         t = state["step"]
         un = unorm * abs(u_scale)
         ema = state.get("update_norm_ema")
-        ema = torch.zeros_like(un) if ema is None else ema.reshape(red_shape).to(un.dtype)
+        ema = torch.zeros_like(un) if ema is None else _local(ema).reshape(red_shape).to(un.dtype)
         ema = ema * update_norm_decay + (1 - update_norm_decay) * un.pow(2)
-        state["update_norm_ema"] = ema
+        state["update_norm_ema"] = ema if shards is None else shards.wrap(ema, 1 - rd)
         ref = (ema / (1 - update_norm_decay**t)).sqrt()
         theta = angle * un / ref.clamp_min(1e-30)
         cos, sin = torch.cos(theta), torch.sin(theta) * sign
@@ -607,7 +750,7 @@ class LionA(Optimizer):
                 state["step"] = state.get("step", 0) + 1
                 c = _lion_direction(p.grad, state, group["betas"], group["nesterov"])
                 u = torch.sign(c)
-                count = float(u.abs().sum())  # ||sign(c)||^2 = number of non-zero signs
+                count = _total(u.abs())  # ||sign(c)||^2 = number of non-zero signs (of the whole tensor)
                 scale = _step_scale(state, group, p.grad)
                 p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled decay, also when u = 0
                 if count == 0:
@@ -740,8 +883,7 @@ class LionAR(Optimizer):
                     p.add_(torch.sign(c), alpha=-group["lr"])
                     continue
                 nd = self._neuron_dim(p, group)
-                if "norm" not in state:
-                    _init_rotational(p, state, nd, group["per_neuron"], group["zero_mean"])
+                _ensure_rotational_state(p, state, group, nd)
                 scale = _step_scale(state, group, p.grad)
                 angle = self.group_angle(group) * (group["lr"] / group["base_lr"]) * scale
                 if angle <= 0:
@@ -860,6 +1002,9 @@ class RotationalWrapper(Optimizer):
                 shared.setdefault(key, value)
             shared.setdefault("base_lr", shared["lr"])
         self.param_groups = self.inner.param_groups
+        # One state mapping for both (rotational tensors: the wrapper's entries; the others: the inner optimizer's), so
+        # that `state_dict()` is a standard optimizer state dict that torch.distributed.checkpoint (FSDP2) can save.
+        self.inner.state = self.state
         self._ready = True
 
     def add_param_group(self, param_group: dict) -> None:
@@ -935,23 +1080,24 @@ class RotationalWrapper(Optimizer):
         return st
 
     def _update_moments(self, group: dict, params: list[torch.Tensor]) -> None:
-        """Advance the inner optimizer's moment buffers of `params` (foreach kernels, in place)."""
-        grads = [p.grad for p in params]
+        """Advance the inner optimizer's moment buffers of `params` (foreach kernels, in place; local shards of
+        DTensors)."""
         states = [self._start_step(p) for p in params]
         if self.inner_name == "sgdm":
             old = [i for i, st in enumerate(states) if "momentum_buffer" in st]
-            for i, st in enumerate(states):
+            for p, st in zip(params, states):
                 if "momentum_buffer" not in st:  # torch.optim.SGD: the first buffer is the gradient itself
-                    st["momentum_buffer"] = grads[i].detach().clone()
+                    st["momentum_buffer"] = p.grad.detach().clone()
             if old:
-                bufs = [states[i]["momentum_buffer"] for i in old]
+                bufs = [_local(states[i]["momentum_buffer"]) for i in old]
                 torch._foreach_mul_(bufs, group["momentum"])
-                torch._foreach_add_(bufs, [grads[i] for i in old], alpha=1 - group.get("dampening", 0.0))
+                torch._foreach_add_(bufs, [_local(params[i].grad) for i in old], alpha=1 - group.get("dampening", 0.0))
             return
+        grads = [_local(p.grad) for p in params]
         b1, b2 = group["betas"]
         if self.inner_name == "adamw":
-            torch._foreach_lerp_([st["exp_avg"] for st in states], grads, 1 - b1)
-            vs = [st["exp_avg_sq"] for st in states]
+            torch._foreach_lerp_([_local(st["exp_avg"]) for st in states], grads, 1 - b1)
+            vs = [_local(st["exp_avg_sq"]) for st in states]
             torch._foreach_mul_(vs, b2)
             torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
 
@@ -978,9 +1124,9 @@ class RotationalWrapper(Optimizer):
         out.zero_()
         torch._fused_adamw_(
             [out],
-            [p.grad],
-            [st["exp_avg"]],
-            [st["exp_avg_sq"]],
+            [_local(p.grad)],
+            [_local(st["exp_avg"])],
+            [_local(st["exp_avg_sq"])],
             [],
             [torch.tensor(float(st["step"]), dtype=torch.float32, device=p.device)],
             lr=1.0,
@@ -994,29 +1140,31 @@ class RotationalWrapper(Optimizer):
         return -1.0
 
     def _direction(self, group: dict, p: torch.Tensor, out: torch.Tensor) -> float:
-        """Write the inner optimizer's update direction of `p` (divided by the returned scalar factor) into `out`."""
+        """Write the inner optimizer's update direction of `p` (divided by the returned scalar factor) into `out`
+        (the local shard's for a DTensor)."""
         st = self.state[p]
+        grad = _local(p.grad)
         if self.inner_name == "sgdm":
             if group.get("nesterov", False):
-                torch.add(p.grad, st["momentum_buffer"], alpha=group["momentum"], out=out)
+                torch.add(grad, _local(st["momentum_buffer"]), alpha=group["momentum"], out=out)
             else:
-                out.copy_(st["momentum_buffer"])
+                out.copy_(_local(st["momentum_buffer"]))
             return 1.0
         b1, b2 = group["betas"]
-        m = st["exp_avg"]
+        m = _local(st["exp_avg"])
         if self.inner_name == "lion":
             if group.get("nesterov", False):
-                m.lerp_(p.grad, 1 - b2)
-                torch.lerp(m, p.grad, 1 - b1, out=out)
+                m.lerp_(grad, 1 - b2)
+                torch.lerp(m, grad, 1 - b1, out=out)
             else:
-                torch.lerp(m, p.grad, 1 - b1, out=out)
-                m.lerp_(p.grad, 1 - b2)
+                torch.lerp(m, grad, 1 - b1, out=out)
+                m.lerp_(grad, 1 - b2)
             out.sign_()
             return 1.0
         # AdamW without lr and weight decay: u = (m/bc1) / (sqrt(v)/sqrt(bc2) + eps)
         #                                    = m / (sqrt(v) + eps sqrt(bc2)) * sqrt(bc2)/bc1
         bc2 = math.sqrt(1 - b2 ** st["step"])
-        torch.sqrt(st["exp_avg_sq"], out=out)
+        torch.sqrt(_local(st["exp_avg_sq"]), out=out)
         out.add_(group["eps"] * bc2)
         torch.div(m, out, out=out)
         return bc2 / (1 - b1 ** st["step"])
@@ -1055,13 +1203,13 @@ class RotationalWrapper(Optimizer):
                 self._update_moments(group, rot)
             angle = self.group_angle(group) * (group["lr"] / group["base_lr"])
             nd = int(group.get("neuron_dim", 0))
-            numel = max(p.numel() for p in rot)
+            numel = max(_local(p).numel() for p in rot)
             for p in rot:
-                u = self._scratch(p, numel, 0)[: p.numel()].view(p.shape)
+                local = _local(p)  # a DTensor's direction and rotation are computed on its local shard
+                u = self._scratch(local, numel, 0)[: local.numel()].view(local.shape)
                 scale = self._fused_adamw_direction(group, p, u) if fused else self._direction(group, p, u)
                 state = self.state[p]
-                if "norm" not in state:
-                    _init_rotational(p, state, nd, group["per_neuron"], group["zero_mean"])
+                _ensure_rotational_state(p, state, group, nd)
                 if angle > 0:
                     _rotate(
                         p,
@@ -1073,20 +1221,22 @@ class RotationalWrapper(Optimizer):
                         group["zero_mean"],
                         group["update_norm_decay"],
                         scale,
-                        self._scratch(p, numel, 1),
+                        self._scratch(local, numel, 1),
                     )
         return loss
 
-    def state_dict(self) -> dict:
-        sd = super().state_dict()
-        sd["inner"] = self.inner.state_dict()
-        return sd
-
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state dict of `state_dict()`; one with a separate 'inner' entry (written before the wrapper and its
+        inner optimizer shared one state mapping) is merged into it."""
         state_dict = dict(state_dict)
         inner_sd = state_dict.pop("inner", None)
-        if inner_sd is None:
-            raise ValueError("RotationalWrapper.load_state_dict needs the 'inner' entry written by its state_dict().")
-        self.inner.load_state_dict(inner_sd)
+        if inner_sd is not None:
+            state_dict["state"] = {**inner_sd.get("state", {}), **state_dict.get("state", {})}
         super().load_state_dict(state_dict)
+        # Group keys a state dict of an older torch (or of this wrapper before an option existed) lacks: torch's own
+        # optimizers fill them in `__setstate__`, which would also turn the wrapper's integer steps into tensors.
+        for group in self.param_groups:
+            for key, value in {**self.inner.defaults, **self.defaults}.items():
+                group.setdefault(key, value)
         self.inner.param_groups = self.param_groups
+        self.inner.state = self.state

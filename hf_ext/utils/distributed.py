@@ -9,6 +9,7 @@ succeeded. Every multi-process entry point ends with `shutdown_distributed()`, s
 from __future__ import annotations
 
 import contextlib
+import functools
 
 
 def world_size() -> int:
@@ -42,6 +43,32 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+@functools.cache
+def _dtensor_class():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed support
+        return None
+    return DTensor
+
+
+def is_dtensor(t) -> bool:
+    """True for a DTensor: a parameter, gradient or state sharded by FSDP2's `fully_shard` or tensor parallelism."""
+    cls = _dtensor_class()
+    return cls is not None and isinstance(t, cls)
+
+
+def gather_objects(obj) -> list:
+    """`obj` of every rank, in rank order, on every rank (picklable objects; `[obj]` in a single process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def shutdown_distributed() -> None:

@@ -237,7 +237,7 @@ def test_next_step_outer_gradient_is_the_following_steps_own_gradient(splits, tm
         def on_step_end(self, args, state, control, **kwargs):
             params_after_step[state.global_step] = [p.detach().clone() for p in trainer.model.parameters()]
 
-    def spy(amplifier, meta, model, inner_batches, outer_batches, virtual_lr, grad_reducer=None, g_hat=None):
+    def spy(amplifier, meta, model, inner_batches, outer_batches, virtual_lr, grad_reducer=None, g_hat=None, **kw):
         raw = trainer.transform_optimizer._snapshots["raw"]  # the raw gradient copy of the step in progress
         calls.append(
             dict(
@@ -248,7 +248,7 @@ def test_next_step_outer_gradient_is_the_following_steps_own_gradient(splits, tm
             )
         )
         return real_outer_step(
-            amplifier, meta, model, inner_batches, outer_batches, virtual_lr, grad_reducer=grad_reducer, g_hat=g_hat
+            amplifier, meta, model, inner_batches, outer_batches, virtual_lr, grad_reducer=grad_reducer, g_hat=g_hat, **kw
         )
 
     monkeypatch.setattr(trainer_module, "amplifier_outer_step", spy)

@@ -2,7 +2,6 @@
 (through accelerate), each matching a single-process run on the concatenated batch; FSDP2 also runs with torchao FP8
 (emulated GEMMs on CPU) and FP8 all-gather of the sharded weights."""
 
-import json
 import os
 import sys
 
@@ -10,6 +9,8 @@ import torch
 import torch.distributed as dist
 
 from hf_ext.models.fog import FogConfig, FogForCausalLM
+from hf_ext.utils.distributed import gather_objects, shutdown_distributed
+from hf_ext.utils.io import atomic_write_json
 
 CFG = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48)
 STEPS = 3
@@ -106,13 +107,10 @@ def main(out_dir):
         "losses": losses,
         "max_diff_vs_single": max_diff(full_state(model), ref_state),
     }
-    gathered = [None] * world
-    dist.all_gather_object(gathered, result)
+    gathered = gather_objects(result)  # rank 0 writes every rank's result, then all ranks shut down together
     if rank == 0:
-        with open(os.path.join(out_dir, "scale_out.json"), "w") as fh:
-            json.dump(gathered, fh)
-    dist.barrier()
-    dist.destroy_process_group()
+        atomic_write_json(os.path.join(out_dir, "scale_out.json"), gathered, None)
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

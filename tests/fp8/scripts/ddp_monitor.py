@@ -1,7 +1,6 @@
 """2 gloo ranks: each rank feeds different data (rank 1 has an outlier); the KurtosisMonitor pools the statistics
 over ranks, so both ranks see the same values and the health callback takes the same decision on both."""
 
-import json
 import os
 import sys
 from types import SimpleNamespace
@@ -12,6 +11,8 @@ from transformers import TrainerControl
 
 from hf_ext.fp8 import Fp8HealthCallback, KurtosisMonitor, kurtosis
 from hf_ext.models.fog import FogConfig, FogForCausalLM
+from hf_ext.utils.distributed import gather_objects, shutdown_distributed
+from hf_ext.utils.io import atomic_write_json
 
 
 def main(out_dir: str) -> None:
@@ -47,13 +48,10 @@ def main(out_dir: str) -> None:
     control = TrainerControl()
     cb._check(stats, 1, SimpleNamespace(output_dir=out_dir), None, control)
     result = {"stats": stats, "local_means": local_means, "pooled": pooled, "stop": control.should_training_stop}
-    gathered = [None] * world
-    dist.all_gather_object(gathered, result)
+    gathered = gather_objects(result)  # rank 0 writes every rank's result, then all ranks shut down together
     if rank == 0:
-        with open(os.path.join(out_dir, "ddp_monitor.json"), "w") as fh:
-            json.dump(gathered, fh)
-    dist.barrier()
-    dist.destroy_process_group()
+        atomic_write_json(os.path.join(out_dir, "ddp_monitor.json"), gathered, None)
+    shutdown_distributed()
 
 
 if __name__ == "__main__":
