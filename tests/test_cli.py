@@ -83,3 +83,17 @@ def test_reproduce_with_an_unwritable_output_dir_is_a_usage_error(capsys, tmp_pa
         main(["reproduce", "grape", "--fast", "--seeds", "1", "--output_dir", str(blocker / "sub")])
     assert exc.value.code == 2
     assert "--output_dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["compliance", "cubic_newton", "federated", "hyperinf"])
+def test_a_one_process_recipe_launched_on_several_refuses_through_hf_ext_run_too(recipe, monkeypatch, tmp_path):
+    """`torchrun --nproc_per_node 2 $(which hf-ext) run <recipe>`: the refusal comes before any work or output and
+    names every one-process launch form, the command line's own included."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as err:
+        main(["run", recipe, "--output_dir", str(out)])
+    msg = str(err.value)
+    assert f"The {recipe} recipe runs in one process, but it was launched on 2" in msg
+    assert f"`hf-ext run {recipe} ...`" in msg and f"`python scripts/{recipe}.py ...`" in msg
+    assert not out.exists()

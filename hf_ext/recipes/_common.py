@@ -194,6 +194,32 @@ def check_model_reference(
             )
 
 
+def launched_processes() -> int:
+    """How many processes this run was launched on: `torchrun` / `accelerate launch --num_processes N` (or MPI) set
+    the world size in the environment before any process group exists; an initialised group counts too."""
+    import torch.distributed as dist
+    from accelerate.utils import get_int_from_env
+
+    n = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+    if dist.is_available() and dist.is_initialized():
+        n = max(n, dist.get_world_size())
+    return n
+
+
+def refuse_multiple_processes(script: str, why: str, instead: str = "") -> None:
+    """For a recipe that runs in one process: raise `ValueError` on every rank when launched on several, before any
+    argument parsing (which would start a process group), work or write. `why` says what would go wrong, `instead`
+    how to scale the recipe up, if it can be."""
+    n = launched_processes()
+    if n > 1:
+        raise ValueError(
+            f"The {script} recipe runs in one process, but it was launched on {n} (torchrun --nproc_per_node / "
+            f"accelerate launch --num_processes {n}): {why}. Launch it in one process: `python scripts/{script}.py "
+            f"...`, `hf-ext run {script} ...` or `accelerate launch --num_processes 1 scripts/{script}.py ...`"
+            f"{'; ' + instead if instead else ''}."
+        )
+
+
 def finish(result=None):
     """End a recipe run: all ranks meet, then the process group is torn down (no work left for interpreter exit)."""
     from ..utils.distributed import shutdown_distributed

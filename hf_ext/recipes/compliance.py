@@ -1,6 +1,7 @@
 """Filter a corpus by robots.txt AI-crawler opt-outs (datasets or datatrove) and report retention and the DCG.
 
-Run as `python scripts/compliance.py`, `accelerate launch scripts/compliance.py` or `hf-ext run compliance`. With no
+Run as `python scripts/compliance.py`, `accelerate launch scripts/compliance.py` or `hf-ext run compliance`, in one
+process (a multi-process launch is refused up front; filter faster with `--num_proc` or `--engine datatrove`). With no
 arguments it filters the embedded corpus against the example robots.txt snapshot shipped with hf_ext.
 """
 
@@ -576,8 +577,15 @@ def _annotate_with_datatrove(dataset, checker, args: ComplianceArguments):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ._common import finish, parse_recipe_args
+    from ._common import finish, parse_recipe_args, refuse_multiple_processes
 
+    refuse_multiple_processes(
+        "compliance",
+        "every process would filter the whole dataset and write the same files, and --train_models would train "
+        "data-parallel on --train_batch_size blocks per process (not per step), so its DCG would differ from one "
+        "process",
+        "to filter faster use --num_proc (datasets workers) or --engine datatrove",
+    )
     (args,) = parse_recipe_args((ComplianceArguments,), argv)
     return finish(run(args))
 

@@ -1,6 +1,7 @@
 """Stochastic cubic Newton with/without momentum vs SGD and Adam: non-convex logistic regression and a tiny network.
 
-Run as `python scripts/cubic_newton.py` or `hf-ext run cubic_newton`. Problem 1 is logistic regression with the
+Run as `python scripts/cubic_newton.py` or `hf-ext run cubic_newton`, in one process (a multi-process launch is
+refused up front). Problem 1 is logistic regression with the
 non-convex regulariser `lam * sum_j x_j^2 / (1 + x_j^2)` on a synthetic a9a-like dataset (sparse binary features,
 about a quarter positive labels); problem 2 is a one-hidden-layer network classifying the embedded corpus' documents
 into their domains from bag-of-token features. Every method runs at batch size 1 and at a larger batch; the recipe
@@ -343,8 +344,12 @@ def validate(args: CubicNewtonRecipeArguments) -> tuple[list[str], list[str], li
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from ._common import parse_recipe_args
+    from ._common import parse_recipe_args, refuse_multiple_processes
 
+    refuse_multiple_processes(
+        "cubic_newton",
+        "every process would redo the whole float64 study (nothing in it is split) and write the same files",
+    )
     (args,) = parse_recipe_args((CubicNewtonRecipeArguments,), argv)
     problems, methods, batches = validate(args)
     from ._common import clear_previous_results

@@ -1,7 +1,8 @@
 """Federated LoRA vs full fine-tuning with canaries: memorization (exact / approximate extraction) vs rounds, with defenses,
 in the federated setting, a centralized one (one client holding all the data, same optimizer steps) or both.
 
-Run as `python scripts/federated.py`, `accelerate launch scripts/federated.py` or `hf-ext run federated`.
+Run as `python scripts/federated.py`, `accelerate launch scripts/federated.py` or `hf-ext run federated`, in one
+process (a multi-process launch is refused up front; the Flower deployment spreads clients over machines).
 """
 
 from __future__ import annotations
@@ -764,8 +765,16 @@ def write_outputs(results: dict, output_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ._common import finish, parse_recipe_args
+    from ._common import finish, parse_recipe_args, refuse_multiple_processes
 
+    refuse_multiple_processes(
+        "federated",
+        "the simulation plays every client in one process; launched on several, every client step would be "
+        "data-parallel over --per_device_train_batch_size blocks per process, the reported client losses would be "
+        "each process's own, secret client-level DP noise would differ between processes and every process would "
+        "write the same files",
+        "to spread the clients over machines use the Flower deployment (`flwr run`, see docs/federated.md)",
+    )
     args = parse_recipe_args(
         (ModelArguments, DataArguments, RecipeFederatedArguments, ComparisonArguments, FederatedTrainingArguments),
         argv,

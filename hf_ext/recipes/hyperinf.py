@@ -14,7 +14,7 @@ a random subset of the same size) is used to fine-tune the same LoRA initialisat
 loss and token accuracy on held-out clean examples and on the target set are compared (`llm_selection.md`,
 `llm_selection.png`, `llm_selection_results.json`).
 
-Run as `python scripts/hyperinf.py` or `hf-ext run hyperinf` (one process).
+Run as `python scripts/hyperinf.py` or `hf-ext run hyperinf` (one process; a multi-process launch is refused up front).
 """
 
 from __future__ import annotations
@@ -868,8 +868,14 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ._common import parse_recipe_args
+    from ._common import parse_recipe_args, refuse_multiple_processes
 
+    refuse_multiple_processes(
+        "hyperinf",
+        "its Trainer runs would be data-parallel (a larger global batch) while every process computes the "
+        "influence scores on its own and writes the same files, so the rankings and losses would differ from one "
+        "process",
+    )
     start = time.perf_counter()
     task, model_args, inf, training_args = parse_recipe_args(
         (TaskArguments, ModelArguments, InfluenceArguments, HyperInfTrainingArguments), argv

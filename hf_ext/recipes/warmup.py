@@ -70,8 +70,8 @@ class WarmupRecipeArguments:
 class WarmupTrainingArguments(WarmupFreeTrainingArguments):
     output_dir: str = field(default="outputs/warmup", metadata={"help": "Where results and plots are written."})
     max_steps: int = field(default=300, metadata={"help": "Optimizer steps per arm."})
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per step."})
-    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Blocks per eval step."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per step and process."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Blocks per eval step and process."})
     learning_rate: float = field(default=1e-2, metadata={"help": "AdamW peak LR (high, to expose the warmup gap)."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})

@@ -1,0 +1,26 @@
+"""scripts/hyperinf.py launched on 2 gloo ranks: it runs in one process, so it refuses up front on every rank.
+
+Before, the run finished with exit code 0 but every Trainer run was data-parallel (twice the global batch) while each
+rank computed the influence scores on its own and wrote the same files: the tiny test run's AUCs were 0.74 / 0.71 /
+0.71 (HyperINF / DataInf / TracIn) against 0.68 / 0.48 / 0.32 in one process, with nothing saying so.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .test_recipe import TINY
+
+REFUSAL = "The hyperinf recipe runs in one process, but it was launched on 2"
+
+
+@pytest.mark.distributed
+def test_hyperinf_refuses_two_ranks_before_any_work(tmp_path, run_two_ranks):
+    out = tmp_path / "hi"
+    res = run_two_ranks(
+        "scripts/hyperinf.py", *TINY, "--use_cpu", "true", "--output_dir", str(out), timeout=180, check=False
+    )
+    assert res.returncode != 0, "the 2-rank launch ran to the end instead of being refused"
+    assert REFUSAL in res.stderr and "python scripts/hyperinf.py" in res.stderr, res.stderr[-3000:]
+    assert not out.exists()
+    assert "terminate called" not in res.stderr
