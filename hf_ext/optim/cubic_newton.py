@@ -422,6 +422,21 @@ ACCEPTANCE_ULPS = 16
 SOLVERS = ("auto", "exact", "lanczos", "gd")
 
 
+def _warn_if_data_parallel() -> None:
+    """Warn when built in one of several processes of a process group (a DDP or `accelerate launch` run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        warnings.warn(
+            f"CubicNewton was built in a process group of {dist.get_world_size()} processes. Its step differentiates "
+            "the closure's function itself (torch.func gradients and Hessian-vector products), so under data "
+            "parallelism (DDP) it sees this rank's batch only: nothing is all-reduced, and the ranks' parameters drift "
+            "apart without an error. Run CubicNewton in one process (`CubicNewtonTrainer` refuses more), or make the "
+            "closure's loss the mean over ranks with differentiable collectives (torch.distributed.nn.functional).",
+            stacklevel=3,
+        )
+
+
 class CubicNewton(Optimizer):
     r"""Stochastic cubic-regularised Newton with momentum (Chayti, Doikov & Jaggi, 2025; see docs/optim.md).
 
@@ -562,6 +577,7 @@ class CubicNewton(Optimizer):
             hvp_mode=hvp_mode,
         )
         super().__init__(params, defaults)
+        _warn_if_data_parallel()
         self._flat = FlatParameters(self.param_groups[0]["params"])
         if hessian == "dense" and self._flat.dim > dense_max_dim:
             raise ValueError(

@@ -378,3 +378,18 @@ def test_gd_solver_defaults_reach_1e3_relative_accuracy(d):
         h, calls = solve_cubic_gd(g, lambda v, H=H: H @ v, M)
         assert cubic_model_value(g, H @ h, h, M) <= exact + 1e-3 * abs(exact)
         assert calls <= 500 + 12
+
+
+def test_built_in_a_multi_process_group_it_warns_that_nothing_is_all_reduced(monkeypatch, recwarn):
+    """In a user's own DDP loop the functional step sees one rank's batch and the ranks drift apart silently: warn
+    at construction; one process stays silent."""
+    import torch.distributed as dist
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    CubicNewton([p], hessian="fresh")
+    assert not [w for w in recwarn if "process group" in str(w.message)]
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    with pytest.warns(UserWarning, match="process group of 2 processes.*nothing is all-reduced") as record:
+        CubicNewton([p], hessian="fresh")
+    assert record[0].filename == __file__  # points at the caller's line
