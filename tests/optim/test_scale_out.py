@@ -175,3 +175,109 @@ def test_a_first_step_at_lr_0_with_zero_gradient_defers_centring_to_the_next_ste
     torch.testing.assert_close(opt.state[w]["norm"].squeeze(1), norms, rtol=0, atol=1e-12)
     torch.testing.assert_close(w.detach().mean(dim=1), torch.zeros(10, dtype=torch.float64), rtol=0, atol=1e-12)
     torch.testing.assert_close(w.detach().norm(dim=1), norms, rtol=0, atol=1e-12)
+
+
+def test_a_state_without_norm_pending_counts_as_initialised():
+    """A state written before `norm_pending` existed (or loaded without it) is initialised: its recorded norms stay
+    and its weights are not re-centred (kills O2: `state.get("norm_pending", True)` re-initialises such states,
+    overwriting the checkpoint's norms with the current weights' and centring them again)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10)).double()
+    opt = LionAR(model, lr=1e-2, weight_decay=1.0)
+    model(torch.randn(3, 6, dtype=torch.float64)).pow(2).sum().backward()
+    opt.step()
+    w = model[0].weight
+    state = opt.state[w]
+    assert state["norm_pending"] is False
+    sd = opt.state_dict()
+    for s in sd["state"].values():
+        s.pop("norm_pending", None)  # the older layout
+    recorded = state["norm"].clone() * 2  # a norm the weights do not have: re-initialising would replace it
+    for s in sd["state"].values():
+        if "norm" in s:
+            s["norm"] = recorded.clone()
+    opt2 = LionAR(model, lr=1e-2, weight_decay=1.0)
+    opt2.load_state_dict(sd)
+    with torch.no_grad():
+        w.add_(0.25)  # off-centre rows: a re-initialisation would centre them
+    before = w.detach().clone()
+    opt2.zero_grad()
+    model(torch.randn(3, 6, dtype=torch.float64)).pow(2).sum().backward()
+    opt2.param_groups[0]["lr"] = 0.0  # no rotation: only an (unwanted) initialisation could change anything
+    opt2.step()
+    torch.testing.assert_close(opt2.state[w]["norm"], recorded, rtol=0, atol=0)
+    assert torch.equal(w.detach(), before)
+
+
+def _off_centre_linear():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10)).double()
+    with torch.no_grad():
+        model[0].weight.add_(0.5)  # far from zero-mean rows
+    return model
+
+
+def _assert_centred_now(opt, w, norms):
+    assert opt.state[w]["norm_pending"] is False
+    torch.testing.assert_close(opt.state[w]["norm"].squeeze(1), norms, rtol=0, atol=1e-12)
+    torch.testing.assert_close(w.detach().mean(dim=1), torch.zeros(10, dtype=torch.float64), rtol=0, atol=1e-12)
+    # centring keeps each neuron's norm (kills O10 where no rotation follows: lr 0, or a zero update)
+    torch.testing.assert_close(w.detach().norm(dim=1), norms, rtol=0, atol=1e-12)
+
+
+def test_a_first_step_at_lr_0_with_a_nonzero_gradient_centres_at_once():
+    """Only lr 0 *and* an all-zero gradient marks DCP's load template; a warmup step at lr 0 with a real gradient
+    initialises (centres) immediately (kills O3: `template = bool(lr == 0)` defers it, so the next forward pass
+    runs on uncentred weights)."""
+    model = _off_centre_linear()
+    w = model[0].weight
+    norms = w.detach().norm(dim=1).clone()
+    opt = LionAR(model, lr=1e-2, weight_decay=1.0)
+    opt.param_groups[0]["lr"] = 0.0
+    model(torch.randn(3, 6, dtype=torch.float64)).pow(2).sum().backward()
+    assert w.grad.abs().sum() > 0
+    opt.step()
+    _assert_centred_now(opt, w, norms)
+
+
+def test_a_first_step_with_a_zero_gradient_at_a_positive_lr_centres_at_once():
+    """An all-zero gradient at lr > 0 (a LoRA A under a zero B, without a warmup from 0) is a real first step, not
+    the DCP template (kills O4: `template = _total(p.grad.abs()) == 0` defers the centring)."""
+    model = _off_centre_linear()
+    w = model[0].weight
+    norms = w.detach().norm(dim=1).clone()
+    opt = LionAR(model, lr=1e-2, weight_decay=1.0)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    _assert_centred_now(opt, w, norms)
+
+
+def test_one_element_neurons_are_not_centred_away():
+    """A neuron of one element (a `Linear(1, n)` row) cannot be centred: it keeps its value (kills O8:
+    `w.shape[1] > 0` centres it to 0, and the rescale cannot bring a zero row back, so the weights stay 0)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 4)).double()
+    w = model[0].weight
+    before = w.detach().clone()
+    opt = LionAR(model, lr=1e-2, weight_decay=1.0)
+    model(torch.randn(3, 1, dtype=torch.float64)).pow(2).sum().backward()
+    opt.step()
+    torch.testing.assert_close(w.detach().abs(), before.abs(), rtol=0, atol=1e-12)
+    assert w.detach().abs().min() > 0
+
+
+def test_column_neurons_keep_one_update_norm_ema_shape_from_the_template_step_on():
+    """With `neuron_dim=1` (HF `Conv1D` columns) the update-norm EMA created at initialisation has the shape `_rotate`
+    stores, `(1, neurons)`, so a DCP load template built from an lr-0 step matches a checkpoint written after real
+    steps (kills O9: without the `view(1, n)` the template's EMA is `(n, 1)`)."""
+    w = nn.Parameter(torch.randn(6, 5, dtype=torch.float64))
+    template = LionAR([{"params": [w], "neuron_dim": 1}], lr=1e-2, update_norm_decay=0.9)
+    template.param_groups[0]["lr"] = 0.0
+    w.grad = torch.zeros_like(w)
+    template.step()  # DCP's load template step
+    w2 = nn.Parameter(w.detach().clone())
+    trained = LionAR([{"params": [w2], "neuron_dim": 1}], lr=1e-2, update_norm_decay=0.9)
+    w2.grad = torch.randn_like(w2)
+    trained.step()
+    assert template.state[w]["update_norm_ema"].shape == trained.state[w2]["update_norm_ema"].shape == (1, 5)
