@@ -8,7 +8,8 @@ import datasets
 import pytest
 
 from hf_ext.compliance import RobotsCompliance, RobotsTxtStore, annotate_compliance, compute_dcg, normalize_host
-from hf_ext.compliance.rfc9309 import url_path
+from hf_ext.compliance.rfc9309 import authority_end, authority_start, url_path
+from hf_ext.compliance.robots import absolute_url
 
 EMBEDDED = [
     "a.com/p?u=https://zzz.com/x",
@@ -319,3 +320,81 @@ def test_extra_slashes_after_a_web_scheme_still_name_the_host(backend, url):
     assert normalize_host(url) == "a.com"
     checker = RobotsCompliance({"a.com": "User-agent: *\nDisallow: /p\n"}, backend=backend)
     assert not checker.is_compliant(url) and checker.is_compliant_batch([url]) == [False]
+
+
+def test_authority_end_is_minus_one_when_a_fragment_comes_before_the_slash():
+    """Documented contract of the exported helper: no path when `?` or `#` comes before the first `/` or `\\`
+    (kills C4: dropping the `#` check; robots decisions stay right only because every caller re-guards `#`)."""
+    for url in ("https://a.com#f/p", "https://a.com#f\\p", "a.com#/x", "//a.com#x/y"):
+        assert authority_end(url, authority_start(url)) == -1, url
+    for url in ("https://a.com?q/p", "https://a.com?q\\p"):
+        assert authority_end(url, authority_start(url)) == -1, url
+    assert authority_end("https://a.com/p#f", 8) == 13
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("http:a.com\\p", "http://a.com/p"),
+        ("https:/a.com\\p", "https://a.com/p"),
+        ("http:a.com\\p/q", "http://a.com/p/q"),
+        ("HTTP:a.com\\p?x", "HTTP://a.com/p?x"),
+    ],
+)
+def test_absolute_url_of_a_slashless_web_scheme_turns_the_backslash_ending_the_host_into_a_slash(url, expected):
+    """`http:a.com\\p` gains its `//` and the backslash ending its host becomes `/` (kills R2: not shifting `start`
+    by the two inserted slashes leaves the host's backslash, so Protego would read the host `a.com\\p`)."""
+    assert absolute_url(url) == expected
+
+
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+def test_a_slashless_scheme_and_a_backslash_ending_the_host_keep_the_path(backend):
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    store = {"a.com": "User-agent: *\nDisallow: /p\n"}
+    urls = ["http:a.com\\p", "https:/a.com\\p", "http:a.com\\q", "ftp:a.com\\p"]
+    expected = [False, False, True, False]
+    assert [RobotsCompliance(store, backend=backend).is_compliant(u) for u in urls] == expected
+    assert RobotsCompliance(store, backend=backend).is_compliant_batch(urls) == expected
+
+
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+def test_a_pathless_url_does_not_take_the_cached_prefix_of_its_own_spelling_minus_one_character(backend):
+    """The batch loop looks a cached prefix up only for a URL with a path (kills R8: with `slash == -1`,
+    `url[:slash]` of `https://a.com` is `https://a.co`, the prefix `https://a.co/m` cached, so a.com got a.co's
+    policy and the path `/m`, its last character; the existing regression test uses one host and misses it)."""
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    store = {"a.co": "User-agent: *\nDisallow: /m\n", "a.com": None}
+    urls = ["https://a.co/m", "https://a.com", "https://a.co/x", "https://a.com?q"]
+    expected = [False, True, True, True]
+    assert RobotsCompliance(store, backend=backend).is_compliant_batch(urls) == expected
+    assert [RobotsCompliance(store, backend=backend).is_compliant(u) for u in urls] == expected
+
+
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+def test_a_backslash_inside_the_path_is_percent_encoded_for_every_backend(backend):
+    """`https://a.com/x\\p` has the path `/x%5Cp` in every backend (kills R6: `google_url` handing Google's parser
+    the raw URL, which reads the backslash as is, so `Disallow: /*%5C` no longer matched; the existing test of
+    `/*%5C` uses a URL without a path, which `google_url` passes through unchanged anyway)."""
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    store = {"a.com": "User-agent: *\nDisallow: /*%5C\n"}
+    urls = ["https://a.com/x\\p", "https://a.com/x", "a.com/x\\p", "//a.com/x\\p"]
+    expected = [False, True, False, False]
+    assert [RobotsCompliance(store, backend=backend).is_compliant(u) for u in urls] == expected
+    assert RobotsCompliance(store, backend=backend).is_compliant_batch(urls) == expected
+
+
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+def test_the_batch_loop_reads_the_path_of_an_uncached_url_like_the_single_call(backend):
+    """`https://a.com;x/p` has the path `/;x/p` (parameters start at `;`); its prefix holds `;`, so it is never
+    cached and the batch loop must read it with `url_path`, as `is_compliant` does (kills R9: using
+    `path_from(url, slash)` for every URL with a slash gives `/p`, which `Disallow: /p` dropped in the batch only)."""
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    store = {"a.com": "User-agent: *\nDisallow: /p\n"}
+    urls = ["https://a.com;x/p", "https://a.com/p", "https://a.com:80;x/p", "https://a.com;x/q"]
+    single = [RobotsCompliance(store, backend=backend).is_compliant(u) for u in urls]
+    assert RobotsCompliance(store, backend=backend).is_compliant_batch(urls) == single
+    assert single[1] is False
