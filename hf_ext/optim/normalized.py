@@ -524,7 +524,7 @@ def _ensure_rotational_state(p: torch.Tensor, state: dict, group: dict, neuron_d
     lr 0 and all-zero gradients to learn its state's keys, then load the checkpoint's values): there the entries are
     created from the weights as they are, without centring them (the weights are about to be, or have just been,
     loaded from the checkpoint, where they are already centred; centring again would move bfloat16 weights by up to
-    1e-3), and `norm_pending` makes the next step initialise for real. In a run, a first step with lr 0 and an all-zero
+    2e-3), and `norm_pending` makes the next step initialise for real. In a run, a first step with lr 0 and an all-zero
     gradient (a warmup starting at 0, a LoRA A under a zero B) leaves the weights where they are either way, so the
     deferred initialisation gives the same result as an immediate one. Every initialised state has `norm_pending`
     (DCP loads only the keys of its template, so the key must be in every checkpoint); a state without it counts as
