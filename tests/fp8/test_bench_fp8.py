@@ -21,7 +21,8 @@ def test_bench_tiny_prints_ratios_to_bf16_of_the_same_model(bench, capsys):
         r = by[(model, "fp8_tensorwise")]
         assert r["tokens_per_s"] > 0 and r["device"].startswith("cpu")
         expected = r["tokens_per_s"] / by[(model, "bf16")]["tokens_per_s"]
-        assert r["ratio_vs_bf16_same_model"] == pytest.approx(expected, rel=0.01)
+        # the script rounds the ratio to 3 decimals: on CPU the emulated FP8 ratio can be ~0.008, so allow that rounding
+        assert r["ratio_vs_bf16_same_model"] == pytest.approx(expected, rel=0.01, abs=5e-4)
     assert by[("fog_vs_llama", "bf16")]["ratio"] > 0
     summary = rows[-1]
     assert summary["model"] == "summary" and set(summary["tokens_per_s"]) == {
