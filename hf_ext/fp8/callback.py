@@ -24,7 +24,7 @@ ACTIONS = ("warn", "stop", "rollback")
 class Fp8HealthCallback(TrainerCallback):
     """Watch activation kurtosis during training and act before an FP8 run diverges.
 
-    Every `every_n_steps` optimizer steps, a [`KurtosisMonitor`] measures the seven sites of every layer during that
+    Every `every_n_steps` optimizer steps, a [`KurtosisMonitor`] measures the eight sites of every layer during that
     step's forward passes. The per-site averages (and per-layer values with `log_per_layer=True`) are added to the
     Trainer's logs under `fp8/...`. Each (site, layer) gets a baseline: the mean kurtosis over its first
     `baseline_steps` monitored steps. An alert fires when a value exceeds `relative_threshold` x its baseline, exceeds

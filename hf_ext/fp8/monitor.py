@@ -1,4 +1,4 @@
-"""Activation kurtosis monitor: forward hooks at seven sites per transformer layer.
+"""Activation kurtosis monitor: forward hooks at eight sites per transformer layer (seven inside it, and its output).
 
 For each sample b of a batch, the tensor at a site is flattened and its non-central kurtosis
 `K_b = mean(x_b^4) / mean(x_b^2)^2` computed (about 3 for Gaussian data; a few huge outliers make it large). The monitor

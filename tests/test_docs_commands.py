@@ -1,0 +1,194 @@
+"""Every command line the docs show (`python scripts/X.py --flag ...`, `hf-ext run X --flag ...`) names flags that
+script really accepts, and, where the command has no placeholders, parses and passes the recipe's own checks.
+
+A user copies these lines; a renamed or removed flag would otherwise only show as an argparse error on their side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import runpy
+import shlex
+
+import pytest
+
+DOC_FILES = ("README.md", "docs/*.md", "model_cards/*.md")
+# `scripts/<name>.py` or `hf-ext run <name>`, then its arguments up to a comment, a pipe, `;`, `&&` or a redirect.
+_COMMAND = re.compile(r"(?:scripts/(\w+)\.py|hf-ext run (\w+))([^#|;&>]*)")
+# commands that read an example path or an earlier command's checkpoint: parsed, but the recipe's checks would refuse
+# the missing input (as they should)
+_INPUT_PATH_FLAGS = {
+    "--model_name_or_path", "--train_file", "--validation_file", "--mixture_file", "--resume_from_checkpoint"
+}  # fmt: skip
+_PLACEHOLDER = re.compile(r"\$|<|\.\.\.|^[A-Z]$|[a-z]S$")  # $seed, <causal-lm>, ..., M / S, seedS
+
+
+def _doc_paths(root: str) -> list[str]:
+    out = []
+    for pattern in DOC_FILES:
+        out.extend(sorted(glob.glob(os.path.join(root, pattern))))
+    return out
+
+
+def _code_lines(text: str):
+    """(line number, text) of every line inside fenced blocks (continuations joined) and of every inline code span."""
+    for m in re.finditer(r"```[^\n]*\n(.*?)```", text, re.S):
+        first = text[: m.start()].count("\n") + 2
+        for i, line in enumerate(m.group(1).replace("\\\n", " ").splitlines()):
+            yield first + i, line
+    outside = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+    for m in re.finditer(r"`([^`\n]+)`", outside):
+        yield outside[: m.start()].count("\n") + 1, m.group(1)
+
+
+def documented_commands(root: str) -> list[tuple[str, str, list[str]]]:
+    """(where, script name, argv) for every documented command with at least one argument."""
+    found = []
+    for path in _doc_paths(root):
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        rel = os.path.relpath(path, root)
+        for lineno, line in _code_lines(text):
+            for m in _COMMAND.finditer(line):
+                argv = []
+                for token in shlex.split(m.group(3).split("(")[0]):  # prose after "(" is not part of the command
+                    argv.append(token)
+                if argv and argv != ["..."]:
+                    found.append((f"{rel}:{lineno}", m.group(1) or m.group(2), argv))
+    return found
+
+
+class _Captured(Exception):
+    def __init__(self, parser):
+        super().__init__("parser captured")
+        self.parser = parser
+
+
+_PARSERS: dict[str, argparse.ArgumentParser] = {}
+
+
+def parser_of(root: str, name: str) -> argparse.ArgumentParser:
+    """The argument parser `scripts/<name>.py` builds, captured when its `main` starts parsing (no work is done)."""
+    if name not in _PARSERS:
+        original = argparse.ArgumentParser.parse_known_args
+
+        def capture(self, *args, **kwargs):
+            raise _Captured(self)
+
+        argparse.ArgumentParser.parse_known_args = capture
+        try:
+            namespace = runpy.run_path(os.path.join(root, "scripts", f"{name}.py"), run_name="docs_check")
+            with pytest.raises(_Captured) as caught:
+                namespace["main"]([])
+        finally:
+            argparse.ArgumentParser.parse_known_args = original
+        _PARSERS[name] = caught.value.parser
+    return _PARSERS[name]
+
+
+def _option_names(parser: argparse.ArgumentParser) -> set[str]:
+    return set(parser._option_string_actions)
+
+
+def test_the_docs_show_commands_of_every_recipe(repo_root):
+    names = {name for _, name, _ in documented_commands(repo_root)}
+    # the extraction works: flags of the main recipes and benches are checked below (a broken regex finds nothing)
+    assert {"pretrain", "grape", "neuralgrok", "layer_parallel", "federated", "hyperinf", "bench_fp8"} <= names
+
+
+@pytest.mark.parametrize("name", ["pretrain", "grape", "bench_fp8", "run_transformers_conformance"])
+def test_the_parser_capture_sees_the_real_options(repo_root, name):
+    options = _option_names(parser_of(repo_root, name))
+    assert "--help" in options and len(options) > 3
+    assert "--no_such_flag_anywhere" not in options
+
+
+def test_every_documented_flag_exists(repo_root):
+    problems = []
+    for where, name, argv in documented_commands(repo_root):
+        if not os.path.exists(os.path.join(repo_root, "scripts", f"{name}.py")):
+            problems.append(f"{where}: scripts/{name}.py does not exist")
+            continue
+        options = _option_names(parser_of(repo_root, name))
+        for token in argv:
+            flag = token.split("=", 1)[0]
+            if flag.startswith("--") and flag not in options:
+                problems.append(f"{where}: {name} has no flag {flag}")
+    assert not problems, "\n".join(problems)
+
+
+# the function each recipe's `run` (or `main`) calls first to check its arguments before any work
+_VALIDATORS = {
+    "pretrain": "validate_args",
+    "grape": "validate_args",
+    "neuralgrok": "validate_args",
+    "layer_parallel": "validate_args",
+    "federated": "validate",
+    "hyperinf": "validate_args",
+    "metadata_pretrain": "validate_args",
+    "compliance": "_validate",
+    "warmup": "validate",
+    "cubic_newton": "validate",
+}
+
+
+class _Validated(Exception):
+    pass
+
+
+def test_every_recipe_has_its_validator_listed():
+    from hf_ext.recipes import available_recipes
+
+    assert set(available_recipes()) == set(_VALIDATORS)
+
+
+def test_documented_commands_without_placeholders_pass_the_scripts_checks(repo_root, tmp_path, monkeypatch):
+    """The whole command parses (types, choices) and passes the recipe's own argument checks (run up to them only)."""
+    import importlib
+
+    import torch
+
+    from hf_ext.utils.resume import normalize_resume_argv
+
+    monkeypatch.chdir(tmp_path)  # relative --output_dir of the docs land here if a check creates a folder
+    problems = []
+    checked = 0
+    for where, name, argv in documented_commands(repo_root):
+        if any(_PLACEHOLDER.search(token) for token in argv) or "--help" in argv:
+            continue
+        if not os.path.exists(os.path.join(repo_root, "scripts", f"{name}.py")):
+            continue  # reported by the test above
+        command = f"{where}: {name} {' '.join(argv)}"
+        checked += 1
+        if name not in _VALIDATORS or _INPUT_PATH_FLAGS & set(argv):  # a bench script, or the docs' example paths
+            parser = parser_of(repo_root, name)
+            try:
+                parser.parse_args(normalize_resume_argv(list(argv)) if name in _VALIDATORS else list(argv))
+            except SystemExit as err:
+                problems.append(f"{command} -> argparse exit {err.code}")
+            continue
+        module = importlib.import_module(f"hf_ext.recipes.{name}")
+        original = getattr(module, _VALIDATORS[name])
+
+        def checked_then_stop(*args, _original=original, **kwargs):
+            _original(*args, **kwargs)
+            raise _Validated
+
+        monkeypatch.setattr(module, _VALIDATORS[name], checked_then_stop)
+        try:
+            module.main(list(argv))
+            problems.append(f"{command} -> ran without reaching {_VALIDATORS[name]}")
+        except _Validated:
+            pass
+        except SystemExit as err:  # argparse's error exit
+            problems.append(f"{command} -> argparse exit {err.code}")
+        except (ValueError, TypeError) as err:
+            if not ("CUDA" in str(err) and not torch.cuda.is_available()):  # GPU-only commands fail here by design
+                problems.append(f"{command} -> {type(err).__name__}: {err}")
+        finally:
+            monkeypatch.setattr(module, _VALIDATORS[name], original)
+    assert checked >= 20
+    assert not problems, "\n".join(problems)
