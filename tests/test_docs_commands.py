@@ -15,7 +15,7 @@ import shlex
 
 import pytest
 
-DOC_FILES = ("README.md", "docs/*.md", "model_cards/*.md")
+DOC_FILES = ("README.md", "docs/*.md", "model_cards/*.md", "hf_ext/evaluation/metrics/*/README.md")  # + metric cards
 # `scripts/<name>.py` or `hf-ext run <name>`, then its arguments up to a comment, a pipe, `;`, `&&` or a redirect.
 _COMMAND = re.compile(r"(?:scripts/(\w+)\.py|hf-ext run (\w+))([^#|;&>]*)")
 # commands that read an example path or an earlier command's checkpoint: parsed, but the recipe's checks would refuse

@@ -17,7 +17,7 @@ import typing
 
 import pytest
 
-DOC_FILES = ("README.md", "docs/*.md", "model_cards/*.md")
+DOC_FILES = ("README.md", "docs/*.md", "model_cards/*.md", "hf_ext/evaluation/metrics/*/README.md")  # + metric cards
 
 
 def python_snippets(root: str) -> list[tuple[str, str]]:
