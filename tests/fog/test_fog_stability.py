@@ -1,8 +1,9 @@
 """Slow reproduction: FOG keeps activation kurtosis down in FP8 where a Llama-style block lets it grow.
 
 4-layer Llama-style baseline vs FOG, both with every block linear in FP8 (emulated, delayed scaling) and the attention
-BMMs in FP8, under the same high learning rate; FOG also in BF16 (autocast) as its precision reference.
-Run with `pytest tests/fog/test_fog_stability.py -m slow -s` to see the numbers.
+BMMs in FP8, under the same high learning rate; FOG also in BF16 (autocast) as its precision reference. Five seeds
+(initialisation and the order of the corpus' blocks); the assertions hold in every seed with the slack noted there, and
+the printed summary gives mean, spread and range per measure. Run with `pytest tests/fog/test_fog_stability.py -m slow -s` to see the numbers.
 """
 
 import json
@@ -18,10 +19,10 @@ STEPS, BATCH, SEQ, LR, EVERY = 100, 8, 64, 1e-2, 10
 SIZE = dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, swiglu_intermediate_size=192)
 
 
-def run(config: FogConfig, fp8: bool, batches: torch.Tensor) -> dict:
+def run(config: FogConfig, fp8: bool, batches: torch.Tensor, seed: int) -> dict:
     from hf_ext.models.fog import FogForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = FogForCausalLM._from_config(config, attn_implementation="eager")
     if fp8:
         convert(model, "emulated", scaling="delayed", fp8_attention=True)
@@ -46,35 +47,74 @@ def run(config: FogConfig, fp8: bool, batches: torch.Tensor) -> dict:
     return {"losses": losses, "kurtosis": kurt, "seconds": time.time() - start}
 
 
+SEEDS = (0, 1, 2, 3, 4)  # 0: the corpus' first blocks in order; others: a seeded shuffle of the blocks (and init seed)
+EARLY, LATE = slice(0, 2), slice(5, 10)  # monitored steps 10-20 and 60-100
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def seed_batches(blocks: torch.Tensor, seed: int) -> torch.Tensor:
+    if seed:
+        order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
+        blocks = blocks[order]
+    return blocks[: STEPS * BATCH].view(STEPS, BATCH, SEQ)
+
+
+def windows(losses):
+    return [sum(losses[i : i + EVERY]) / EVERY for i in range(0, STEPS, EVERY)]
+
+
 @pytest.mark.slow
 def test_fog_fp8_kurtosis_stays_below_llama_and_tracks_bf16(corpus, small_tokenizer):
     from hf_ext.data import pack_dataset
 
-    ds = pack_dataset(corpus, small_tokenizer, block_size=SEQ)
-    batches = torch.tensor(ds["input_ids"][: STEPS * BATCH]).view(STEPS, BATCH, SEQ)
-    llama = run(FogConfig.llama_baseline(**SIZE), True, batches)
-    fog_fp8 = run(FogConfig.fog(**SIZE), True, batches)
-    fog_bf16 = run(FogConfig.fog(**SIZE), False, batches)
+    blocks = torch.tensor(pack_dataset(corpus, small_tokenizer, block_size=SEQ)["input_ids"])
+    per_seed = []
+    for seed in SEEDS:
+        batches = seed_batches(blocks, seed)
+        llama = run(FogConfig.llama_baseline(**SIZE), True, batches, seed)
+        fog_fp8 = run(FogConfig.fog(**SIZE), True, batches, seed)
+        fog_bf16 = run(FogConfig.fog(**SIZE), False, batches, seed)
+        k_llama, k_fog = llama["kurtosis"], fog_fp8["kurtosis"]
+        gaps = [abs(a - b) / b for a, b in zip(windows(fog_fp8["losses"]), windows(fog_bf16["losses"]))]
+        growth_llama = mean(k_llama[LATE]) / mean(k_llama[EARLY])
+        growth_fog = mean(k_fog[LATE]) / mean(k_fog[EARLY])
+        per_seed.append(
+            {
+                "seed": seed,
+                "qkv_input_kurtosis_llama_fp8": [round(k, 2) for k in k_llama],
+                "qkv_input_kurtosis_fog_fp8": [round(k, 2) for k in k_fog],
+                "qkv_input_kurtosis_fog_bf16": [round(k, 2) for k in fog_bf16["kurtosis"]],
+                "late_kurtosis_llama_over_fog": round(mean(k_llama[LATE]) / mean(k_fog[LATE]), 3),
+                "growth_llama": round(growth_llama, 3),
+                "growth_fog": round(growth_fog, 3),
+                "growth_llama_over_fog": round(growth_llama / growth_fog, 3),
+                "loss_windows_llama_fp8": [round(v, 3) for v in windows(llama["losses"])],
+                "loss_windows_fog_fp8": [round(v, 3) for v in windows(fog_fp8["losses"])],
+                "loss_windows_fog_bf16": [round(v, 3) for v in windows(fog_bf16["losses"])],
+                "max_window_gap_fog_fp8_vs_bf16": round(max(gaps), 4),
+                "mean_window_gap_fog_fp8_vs_bf16": round(mean(gaps), 4),
+            }
+        )
+        print(json.dumps(per_seed[-1]))
 
-    def windows(losses):
-        return [sum(losses[i : i + EVERY]) / EVERY for i in range(0, STEPS, EVERY)]
+    def summary(key):
+        values = [r[key] for r in per_seed]
+        m = mean(values)
+        return {"mean": round(m, 3), "std": round((sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5, 3),
+                "min": min(values), "max": max(values)}  # fmt: skip
 
-    gaps = [abs(a - b) / b for a, b in zip(windows(fog_fp8["losses"]), windows(fog_bf16["losses"]))]
-    report = {
-        "steps": [EVERY * (i + 1) for i in range(len(llama["kurtosis"]))],
-        "qkv_input_kurtosis_llama_fp8": [round(k, 2) for k in llama["kurtosis"]],
-        "qkv_input_kurtosis_fog_fp8": [round(k, 2) for k in fog_fp8["kurtosis"]],
-        "loss_windows_llama_fp8": [round(v, 3) for v in windows(llama["losses"])],
-        "loss_windows_fog_fp8": [round(v, 3) for v in windows(fog_fp8["losses"])],
-        "loss_windows_fog_bf16": [round(v, 3) for v in windows(fog_bf16["losses"])],
-        "max_window_gap_fog_fp8_vs_bf16": round(max(gaps), 4),
-        "seconds": [round(r["seconds"], 1) for r in (llama, fog_fp8, fog_bf16)],
-    }
-    print(json.dumps(report))
-    k_llama, k_fog = llama["kurtosis"], fog_fp8["kurtosis"]
-    # Both start near Gaussian (~2.5); from step 40 on the baseline's outliers grow and FOG's do not.
-    assert sum(k_fog) / len(k_fog) < sum(k_llama) / len(k_llama)
-    assert all(f < b for f, b in zip(k_fog[3:], k_llama[3:]))
-    assert k_llama[-1] / k_llama[0] > 1.5 * (k_fog[-1] / k_fog[0])
-    # FOG's FP8 loss tracks its BF16 loss within 3% in every 10-step window.
-    assert max(gaps) < 0.03
+    keys = ("late_kurtosis_llama_over_fog", "growth_llama_over_fog", "max_window_gap_fog_fp8_vs_bf16",
+            "mean_window_gap_fog_fp8_vs_bf16")  # fmt: skip
+    print(json.dumps({"seeds": list(SEEDS), **{k: summary(k) for k in keys}}))
+    for r in per_seed:
+        # over the last 50 steps the baseline's qkv-input kurtosis is above FOG's, in every seed ...
+        assert r["late_kurtosis_llama_over_fog"] > 1.0, r
+        # ... because it grows from the first 20 steps clearly more than FOG's does (observed 1.33-1.59)
+        assert r["growth_llama_over_fog"] > 1.2, r
+        # FOG's FP8 loss tracks its BF16 loss: every 10-step window within 5%, on average within 2%
+        assert r["max_window_gap_fog_fp8_vs_bf16"] < 0.05 and r["mean_window_gap_fog_fp8_vs_bf16"] < 0.02, r
+    assert summary("late_kurtosis_llama_over_fog")["mean"] > 1.15  # observed 1.32 over seeds 0-4
+    assert summary("growth_llama_over_fog")["mean"] > 1.3  # observed 1.47
