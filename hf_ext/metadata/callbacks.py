@@ -24,7 +24,9 @@ class MetadataCooldownCallback(TrainerCallback):
     them; map-style datasets skip indices without collating), so a resumed run switches at the same micro-batch as an
     uninterrupted one. The switch point is logged as
     `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint; the number of
-    documents whose metadata value was invalid (trained without metadata) so far is logged as `metadata_invalid`.
+    documents whose metadata value was invalid (trained without metadata) so far is logged as `metadata_invalid`. Both
+    reach `state.log_history` (and so `trainer_state.json`); the reporting integrations (TensorBoard, W&B, ...) run
+    before user callbacks, so they get them under `MetadataTrainer`, which adds them before `Trainer.log`.
     Under `MetadataTrainer` the file is written with the checkpoint's model, before `trainer_state.json` (the file
     that marks a checkpoint complete), so a save killed half-way never leaves a complete-looking checkpoint without
     it; a plain `Trainer` has no hook there, and the callback then writes it in `on_save`, after `trainer_state.json`.
@@ -119,10 +121,21 @@ class MetadataCooldownCallback(TrainerCallback):
         """Whether optimizer step `step` (1-based) trains with metadata."""
         return self.switch_step is None or step <= self.switch_step
 
+    def log_values(self, step: int) -> dict[str, int]:
+        """The values this callback logs at optimizer step `step`."""
+        return {
+            "metadata_conditioning": int(self.conditioning_at(step)),
+            "metadata_invalid": self.collator.invalid_metadata,
+        }
+
     def on_log(self, args, state, control, logs=None, **kwargs):
+        # Trainer.log stores the row in log_history before callbacks run: add the values there too, so they reach
+        # trainer_state.json (MetadataTrainer adds them before Trainer.log, so the reporting integrations see them).
+        values = self.log_values(state.global_step)
         if logs is not None:
-            logs["metadata_conditioning"] = int(self.conditioning_at(state.global_step))
-            logs["metadata_invalid"] = self.collator.invalid_metadata
+            logs.update(values)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(values)
 
     def save_state(self, checkpoint_dir: str, state) -> None:
         """Write `metadata_conditioning.json` into `checkpoint_dir` (the checkpoint of `state.global_step`).
@@ -159,8 +172,17 @@ class MetadataTrainer(Trainer):
     Trainer writes a checkpoint's model first and its `trainer_state.json` last (the file that marks the checkpoint
     complete, see `hf_ext.utils.resume`); callbacks only hear of a save in `on_save`, after that file. This subclass
     writes the callback's state while the model is saved, so a save killed half-way leaves a folder that resume skips,
-    never one that looks complete without its metadata state. Otherwise identical to `Trainer`.
+    never one that looks complete without its metadata state. It also adds the callback's logged values
+    (`metadata_conditioning`, `metadata_invalid`) before `Trainer.log`, so every reporting integration gets them.
+    Otherwise identical to `Trainer`.
     """
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        # before Trainer.log, so log_history and the reporting integrations (TensorBoard, W&B, ...) get the values too
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, MetadataCooldownCallback):
+                logs.update(callback.log_values(self.state.global_step))
+        super().log(logs, *args, **kwargs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call=_internal_call)

@@ -93,10 +93,18 @@ def test_invalid_metadata_is_missing_counted_and_logged(ctx_tokenizer, caplog):
         metadata_template("format", fmt="{int_score:.1f}")({"int_score": "abc"})
 
 
-def test_invalid_metadata_does_not_stop_a_trainer_run(ctx_tokenizer, tmp_path):
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+@pytest.mark.parametrize("trainer_class", ["Trainer", "MetadataTrainer"])
+def test_invalid_metadata_does_not_stop_a_trainer_run(ctx_tokenizer, tmp_path, trainer_class):
+    """The count is logged: to callbacks after the metadata callback, to `log_history` (was: only the live `logs`
+    dict, never `trainer_state.json`), and under `MetadataTrainer` also to callbacks before it (the reporting
+    integrations come first)."""
+    import transformers
+    from transformers import TrainerCallback, TrainingArguments
 
+    import hf_ext.metadata
     from hf_ext.metadata import MetadataCooldownCallback
+
+    trainer_cls = getattr(hf_ext.metadata, trainer_class, None) or getattr(transformers, trainer_class)
 
     tok = ctx_tokenizer
     rows = [
@@ -115,23 +123,33 @@ def test_invalid_metadata_does_not_stop_a_trainer_run(ctx_tokenizer, tmp_path):
         save_strategy="no",
         disable_tqdm=True,
     )
-    logged = []
+    logged, logged_before = [], []
 
     class Record(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logged.append(logs.get("metadata_invalid"))
+        def __init__(self, out):
+            self.out = out
 
-    trainer = Trainer(
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.out.append(logs.get("metadata_invalid"))
+
+    trainer = trainer_cls(
         model=tiny_llama(len(tok)),
         args=args,
         train_dataset=rows,
         data_collator=collator,
-        callbacks=[MetadataCooldownCallback(collator, 0.25), Record()],
+        callbacks=[Record(logged_before), MetadataCooldownCallback(collator, 0.25), Record(logged)],
     )
     trainer.train()
     assert trainer.state.global_step == 4
     assert collator.invalid_metadata >= 1
     assert logged and logged[-1] == collator.invalid_metadata
+    rows_logged = [row for row in trainer.state.log_history if "loss" in row]
+    assert len(rows_logged) == 4
+    assert all("metadata_invalid" in row and "metadata_conditioning" in row for row in rows_logged)
+    assert rows_logged[-1]["metadata_invalid"] == collator.invalid_metadata
+    assert [row["metadata_conditioning"] for row in rows_logged] == [1, 1, 1, 0]  # the last 25% without metadata
+    if trainer_class == "MetadataTrainer":
+        assert logged_before == logged
 
 
 def test_eos_is_generable_when_bos_is_eos():
