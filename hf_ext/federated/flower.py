@@ -339,6 +339,19 @@ def check_secagg_range(update: dict[str, torch.Tensor], num_examples: int, fed_a
         )
 
 
+def aggregate_train_metrics(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
+    """The round's training metrics from the clients' replies: the example-weighted mean `train_loss` and
+    `dp_epsilon_max`, the largest client's epsilon (a privacy guarantee is per client: a mean would understate the
+    worst one), as the secure-aggregation path reports them. The weight and `partition-id` are not metrics."""
+    metrics = [next(iter(record.metric_records.values())) for record in records]
+    weights = [float(m[weighting_metric_name]) for m in metrics]
+    out = {"train_loss": sum(w * float(m["train_loss"]) for w, m in zip(weights, metrics)) / sum(weights)}
+    eps = [float(m["dp_epsilon"]) for m in metrics if "dp_epsilon" in m]
+    if eps:
+        out["dp_epsilon_max"] = max(eps)
+    return MetricRecord(out)
+
+
 class FederatedLoRAStrategy(FedAvg):
     """`FedAvg` (Message API) whose aggregation is [`aggregate_uploads`]: LoRA factor averaging or
     merge-then-average, full FedAvg, and client-level DP. Used without secure aggregation.
@@ -359,6 +372,7 @@ class FederatedLoRAStrategy(FedAvg):
         if fed_args.secure_aggregation:
             raise ValueError("With secure aggregation use make_server_app (Flower's SecAggPlusWorkflow).")
         kwargs.setdefault("fraction_evaluate", 0.0)
+        kwargs.setdefault("train_metrics_aggr_fn", aggregate_train_metrics)
         super().__init__(weighted_by_key="num-examples", **kwargs)
         self.fed_args = fed_args
         self.seed = seed

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -775,12 +776,26 @@ def main(argv: list[str] | None = None) -> dict:
         "write the same files",
         "to spread the clients over machines use the Flower deployment (`flwr run`, see docs/federated.md)",
     )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    refuse_flags_set_per_run(argv)
     args = parse_recipe_args(
         (ModelArguments, DataArguments, RecipeFederatedArguments, ComparisonArguments, FederatedTrainingArguments),
         argv,
         resume="refuse",
     )
     return finish(run(*args))
+
+
+def refuse_flags_set_per_run(argv: list[str]) -> None:
+    """Refuse a flag the recipe sets for every run (`SET_PER_RUN`) by name, before parsing: the arguments'
+    own checks would otherwise answer first with a fix for another flag (e.g. `--dp_clip_norm` asks for
+    `--max_grad_norm 0`), which then leads to this refusal."""
+    for token in argv:
+        name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
+        if name in SET_PER_RUN:
+            raise ValueError(
+                f"--{name} is set by the recipe for every run and would be ignored; use {SET_PER_RUN[name]}."
+            )
 
 
 if __name__ == "__main__":

@@ -200,6 +200,28 @@ def test_flower_client_accountant_persists_across_rounds(tmp_path, small_tokeniz
     assert rounds[2] == pytest.approx(max(ref), rel=1e-3)
 
 
+def test_flower_without_secagg_reports_the_largest_client_epsilon(tmp_path, small_tokenizer):
+    """Without secure aggregation the round's metrics carry `dp_epsilon_max`, the largest client's epsilon, as the
+    SecAgg+ path does (was: Flower's example-weighted mean of the epsilons, which understates the worst client, and a
+    weighted mean of the partition ids)."""
+    vocab, datasets, fed, args, qs = _dp_setup(tmp_path, small_tokenizer)
+    assert not fed.secure_aggregation
+
+    def model_fn():
+        return tiny_llama(vocab, hidden=16)
+
+    out = {}
+    grid = InProcessGrid(make_client_app(model_fn, lambda i: datasets[i], fed, args), 2)
+    make_server_app(model_fn, fed, 2, seed=args.seed, on_finish=lambda s, result: out.update(result=result))(
+        grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    )
+    ref = [_reference_epsilon(q, 1.0, 4, args.dp_delta) for q in qs]
+    assert ref[0] > 1.2 * ref[1]  # a mean would differ from the max
+    metrics = out["result"].train_metrics_clientapp[2]
+    assert metrics["dp_epsilon_max"] == pytest.approx(max(ref), rel=1e-3)
+    assert set(metrics) == {"train_loss", "dp_epsilon_max"}
+
+
 def test_dp_trainer_accounts_for_empty_poisson_batches(tmp_path, small_tokenizer):
     """An empty Poisson batch is still a step of the subsampled Gaussian mechanism (its noise is released): the
     accountant must compose every optimizer step at q = B / N."""

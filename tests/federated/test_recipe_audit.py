@@ -24,6 +24,11 @@ TINY = tiny_recipe_args()
             ["--configs", "lora", "--dp_clip_norm", "1.0", "--max_grad_norm", "0"],
             "--dp_clip_norm is set by the recipe",
         ),
+        # ... refused by name before the arguments' own checks (was: "set --max_grad_norm 0", then this refusal)
+        (["--configs", "lora", "--dp_clip_norm", "1.0"], "--dp_clip_norm is set by the recipe"),
+        (["--configs", "lora", "--dp-clip-norm=1.0"], "--dp_clip_norm is set by the recipe"),
+        (["--configs", "lora", "--dp_noise_multiplier", "0.5"], "--dp_noise_multiplier is set by the recipe"),
+        (["--configs", "lora", "--client_dp_noise_multiplier", "0.5"], "--client_dp_noise_multiplier is set by the"),
         (["--configs", "lora", "--goldfish_k", "3"], "--goldfish_k is set by the recipe"),
         (["--configs", "lora+goldfish", "--goldfish_context_width", "7"], "--defense_goldfish_context_width"),
         (["--configs", "lora", "--secure_aggregation", "true"], "'\\+secagg' in --configs"),
