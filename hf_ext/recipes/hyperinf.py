@@ -242,14 +242,14 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
             f"--eval_strategy {strategy} needs an eval_dataset, which the recipe's Trainer runs do not have (the "
             "recipe evaluates after fine-tuning); drop the flag."
         )
-    ensure_writable_dir(training_args.output_dir, "--output_dir")
-    resume = resolve_resume(training_args)
+    resume = resolve_resume(training_args)  # before the folder is created: a refused resume writes nothing
     if resume and not base and not os.path.isfile(os.path.join(training_args.output_dir, "base", "config.json")):
         raise ValueError(
             f"--resume_from_checkpoint: --output_dir={training_args.output_dir!r} has no pretrained base model "
             "(base/config.json) from the interrupted run; resume with the same --output_dir, pass the base with "
             "--model_name_or_path, or drop the flag to start from scratch."
         )
+    ensure_writable_dir(training_args.output_dir, "--output_dir")
 
 
 def _refuse_inapplicable_flags(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments) -> None:

@@ -20,6 +20,9 @@ TINY = [
         (["--model_name_or_path", "BASE"], "--hidden_size, --pretrain_steps describe the tiny base model"),
         # failed in Trainer's constructor after the base model was pretrained and saved to <output_dir>/base
         (["--eval_strategy", "steps", "--eval_steps", "1"], "--eval_strategy steps needs an eval_dataset"),
+        # a checkpoint of another folder, but no base model to resume with: was refused only after --output_dir
+        # had been created (empty)
+        (["--resume_from_checkpoint", "CKPT"], "has no pretrained base model"),
     ],
 )
 def test_flags_that_cannot_apply_are_refused_before_any_output(tmp_path, args, match):
@@ -27,9 +30,14 @@ def test_flags_that_cannot_apply_are_refused_before_any_output(tmp_path, args, m
     base = tmp_path / "base"
     base.mkdir()
     (base / "config.json").write_text("{}")
+    ckpt = tmp_path / "elsewhere" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
     out = tmp_path / "never"
     with pytest.raises(ValueError, match=match):
-        main(TINY + ["--output_dir", str(out)] + [a.replace("BASE", str(base)) for a in args])
+        main(
+            TINY + ["--output_dir", str(out)] + [a.replace("BASE", str(base)).replace("CKPT", str(ckpt)) for a in args]
+        )
     assert not out.exists()
 
 
