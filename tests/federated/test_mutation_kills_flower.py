@@ -176,27 +176,34 @@ def test_simulation_dp_accounting_composes_each_clients_steps_over_rounds_and_is
         )
 
 
-def test_flower_client_accountant_persists_across_rounds(tmp_path, small_tokenizer):
-    """Each Flower node keeps its accountant in `context.state`: after 2 rounds of 2 DP-SGD steps it has composed 4
-    steps at its own q, and the server's round-2 `dp_epsilon_max` (SecAgg+ path) is the largest client's epsilon."""
-    vocab, datasets, fed, args, qs = _dp_setup(tmp_path, small_tokenizer)
-    fed = dataclasses.replace(fed, secure_aggregation=True)
-    delta = args.dp_delta
+def _run_flower_in_process(vocab, datasets, fed, args):
+    """Flower's ServerApp and 2 ClientApps through the in-process grid; returns the grid and what the server app
+    hands to `on_finish` (the legacy history with secure aggregation, Flower's `Result` without)."""
 
     def model_fn():
         return tiny_llama(vocab, hidden=16)
 
     out = {}
     grid = InProcessGrid(make_client_app(model_fn, lambda i: datasets[i], fed, args), 2)
-    make_server_app(model_fn, fed, 2, seed=args.seed, on_finish=lambda s, history: out.update(history=history))(
+    make_server_app(model_fn, fed, 2, seed=args.seed, on_finish=lambda state, result: out.update(result=result))(
         grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     )
+    return grid, out["result"]
+
+
+def test_flower_client_accountant_persists_across_rounds(tmp_path, small_tokenizer):
+    """Each Flower node keeps its accountant in `context.state`: after 2 rounds of 2 DP-SGD steps it has composed 4
+    steps at its own q, and the server's round-2 `dp_epsilon_max` (SecAgg+ path) is the largest client's epsilon."""
+    vocab, datasets, fed, args, qs = _dp_setup(tmp_path, small_tokenizer)
+    fed = dataclasses.replace(fed, secure_aggregation=True)
+    delta = args.dp_delta
+    grid, history = _run_flower_in_process(vocab, datasets, fed, args)
     ref = [_reference_epsilon(q, 1.0, 4, delta) for q in qs]
     for node, e in zip(grid.node_ids, ref):
         acc = PrivacyAccountant()
         acc.load_state_dict(json.loads(grid.contexts[node].state["privacy"]["accountant"]))
         assert acc.steps == 4 and acc.get_epsilon(delta) == pytest.approx(e, rel=1e-3)
-    rounds = dict(out["history"].metrics_distributed_fit["dp_epsilon_max"])
+    rounds = dict(history.metrics_distributed_fit["dp_epsilon_max"])
     assert rounds[2] == pytest.approx(max(ref), rel=1e-3)
 
 
@@ -206,18 +213,10 @@ def test_flower_without_secagg_reports_the_largest_client_epsilon(tmp_path, smal
     weighted mean of the partition ids)."""
     vocab, datasets, fed, args, qs = _dp_setup(tmp_path, small_tokenizer)
     assert not fed.secure_aggregation
-
-    def model_fn():
-        return tiny_llama(vocab, hidden=16)
-
-    out = {}
-    grid = InProcessGrid(make_client_app(model_fn, lambda i: datasets[i], fed, args), 2)
-    make_server_app(model_fn, fed, 2, seed=args.seed, on_finish=lambda s, result: out.update(result=result))(
-        grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    )
+    _, result = _run_flower_in_process(vocab, datasets, fed, args)
     ref = [_reference_epsilon(q, 1.0, 4, args.dp_delta) for q in qs]
     assert ref[0] > 1.2 * ref[1]  # a mean would differ from the max
-    metrics = out["result"].train_metrics_clientapp[2]
+    metrics = result.train_metrics_clientapp[2]
     assert metrics["dp_epsilon_max"] == pytest.approx(max(ref), rel=1e-3)
     assert set(metrics) == {"train_loss", "dp_epsilon_max"}
 
