@@ -2,6 +2,7 @@
 script really accepts, and, where the command has no placeholders, parses and passes the recipe's own checks.
 
 A user copies these lines; a renamed or removed flag would otherwise only show as an argparse error on their side.
+Every repository file and test the docs cite exists too.
 """
 
 from __future__ import annotations
@@ -191,4 +192,37 @@ def test_documented_commands_without_placeholders_pass_the_scripts_checks(repo_r
         finally:
             monkeypatch.setattr(module, _VALIDATORS[name], original)
     assert checked >= 20
+    assert not problems, "\n".join(problems)
+
+
+# files the docs name that are transformers' own test helpers (not in this repository by design)
+_NOT_OURS = {"tests/distributed_testing_utils.py"}
+# a path inside the repository, not a pattern such as `scripts/bench_<topic>.py`, optionally `::test_name` (or a prefix*)
+_FILE_REFERENCE = re.compile(
+    r"(?<![\w/])((?:tests|scripts|examples|docs|model_cards)/[\w/.-]*\w)(?![\w/.<-])(?:::([\w*]+))?"
+)
+
+
+def test_every_file_and_test_the_docs_cite_exists(repo_root):
+    """A cited test is the evidence for a claim: a renamed or removed one leaves the claim without it."""
+    problems, cited_tests = [], 0
+    for path in _doc_paths(repo_root):
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        rel = os.path.relpath(path, repo_root)
+        for m in _FILE_REFERENCE.finditer(text):
+            target, test = m.group(1), m.group(2)
+            where = f"{rel}:{text[: m.start()].count(chr(10)) + 1}"
+            if target in _NOT_OURS or "*" in target or "<" in target:
+                continue
+            if not os.path.exists(os.path.join(repo_root, target)):
+                problems.append(f"{where}: {target} does not exist")
+            elif test:
+                cited_tests += 1
+                with open(os.path.join(repo_root, target), encoding="utf-8") as handle:
+                    source = handle.read()
+                pattern = rf"def {re.escape(test[:-1])}\w*\(" if test.endswith("*") else rf"def {re.escape(test)}\("
+                if not re.search(pattern, source):
+                    problems.append(f"{where}: {target} has no test {test}")
+    assert cited_tests >= 10  # the docs cite tests as evidence throughout
     assert not problems, "\n".join(problems)
