@@ -175,35 +175,10 @@ def _validate_eval_args(eval_args: GrapeEvalArguments, args: GrapeRecipeConfig) 
         raise ValueError(f"--eval_limit must be >= 1 (items per task), got {eval_args.eval_limit}.")
     if eval_args.eval_num_fewshot < 0:
         raise ValueError(f"--eval_num_fewshot must be >= 0, got {eval_args.eval_num_fewshot}.")
-    if eval_args.eval_tasks is None:
-        return
-    tasks = _eval_task_list(eval_args)
-    if not all(tasks):
-        raise ValueError(
-            f"--eval_tasks must be comma-separated lm-eval task names, e.g. hf_ext_domain,hf_ext_cloze; got "
-            f"{eval_args.eval_tasks!r}."
-        )
-    try:
-        import lm_eval  # noqa: F401
-    except ImportError as err:
-        raise ValueError("--eval_tasks needs lm-evaluation-harness: pip install 'hf_ext[eval]'.") from err
-    from ..evaluation.harness import task_manager
+    if eval_args.eval_tasks is not None:  # lm-eval installed, names known (the recipe reports every table metric)
+        from ..evaluation.prompting import check_eval_tasks
 
-    packaged = set(task_manager(include_defaults=False).all_tasks)
-    unknown = [t for t in tasks if t not in packaged and t.startswith("hf_ext")]
-    if unknown:
-        raise ValueError(
-            f"--eval_tasks names unknown packaged tasks {unknown}; the packaged ones are {sorted(packaged)}."
-        )
-    others = [t for t in tasks if t not in packaged]
-    if others:  # indexing lm-eval's own task configs takes a few seconds, so only when they are asked for
-        known = set(task_manager(include_defaults=True).all_tasks)
-        unknown = [t for t in others if t not in known]
-        if unknown:
-            raise ValueError(
-                f"--eval_tasks names tasks lm-eval does not know: {unknown}; see `lm_eval ls tasks` or use the "
-                f"packaged {sorted(packaged)}."
-            )
+        check_eval_tasks(eval_args.eval_tasks, "--eval_tasks")
 
 
 def _refuse_inapplicable_flags(

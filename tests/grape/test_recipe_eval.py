@@ -81,7 +81,8 @@ def test_compare_methods_with_target_task_accuracy(tmp_path):
 def test_bad_eval_arguments_fail_before_any_output(tmp_path):
     bad = [
         (["--eval_tasks", "hf_ext_domain,"], "--eval_tasks must be comma-separated"),
-        (["--eval_tasks", "hf_ext_domian"], "unknown packaged tasks \\['hf_ext_domian'\\]"),
+        (["--eval_tasks", "hf_ext_domian"], "unknown lm-eval task\\(s\\) \\['hf_ext_domian'\\]"),
+        (["--eval_tasks", "hf_ext_domain,hf_ext_domain"], "names a task twice"),
         (["--eval_tasks", "hf_ext_domain", "--eval_limit", "0"], "--eval_limit"),
         (["--compare_methods", "grape,regmix"], "--compare_methods has unknown methods \\['regmix'\\]"),
         (["--compare_methods", "grape,doremi"], "doremi needs a reference model"),
