@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
+# PyPI's Linux torch wheels are CUDA builds (GBs); for the CPU build pass
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (empty: your pip configuration decides).
+TORCH_INDEX_URL ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -12,8 +15,8 @@ export TOKENIZERS_PARALLELISM ?= false
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	# Install the tested CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build.
-	$(PIP) install torch==$(TORCH_VERSION)
+	# Install the tested torch first (pinned), from TORCH_INDEX_URL if set.
+	$(PIP) install torch==$(TORCH_VERSION) $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
