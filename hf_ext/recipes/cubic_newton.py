@@ -61,8 +61,8 @@ def make_a9a_like(n_samples: int = 5000, n_features: int = 123, seed: int = 0):
     """Synthetic stand-in for LIBSVM a9a: sparse binary features (~14 active per row, one-hot-like blocks with
     skewed frequencies) and labels drawn from a planted logistic model whose logit is shifted so 24% of rows have a
     positive one (a9a's rate; the drawn labels give about 25% positives at 123 features, 25-32% at 40). Every draw
-    comes from one generator seeded with `seed`, so equal arguments give equal data. Returns `(A, y)` with `A` float64 `(n, d)` in
-    {0, 1} and `y` in {-1, +1}."""
+    comes from one generator seeded with `seed`, so equal arguments give equal data. Returns `(A, y)` with `A` float64
+    `(n, d)` in {0, 1} and `y` in {-1, +1}."""
     import torch
 
     if n_samples < 2 or n_features < 14:
