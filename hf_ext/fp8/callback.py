@@ -244,6 +244,12 @@ class Fp8HealthCallback(TrainerCallback):
         self._check(stats, step, args, state, control)
         state.stateful_callbacks[STATE_KEY] = self.state_dict()  # written with the next checkpoint
 
+    def take_pending_logs(self) -> dict[str, float]:
+        """The values measured at the last monitored step and not logged yet (then none are pending).
+        `Fp8Trainer.log` adds them to the row before `Trainer.log`, so the reporting integrations get them too."""
+        logs, self._pending_logs = self._pending_logs, {}
+        return logs
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self._pending_logs:
             return

@@ -108,6 +108,16 @@ class Fp8Trainer(Trainer):
         out["mixed_precision"] = "fp8"
         return out
 
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        # An Fp8HealthCallback's values join the row before Trainer.log: TensorBoard, W&B, ... run before user
+        # callbacks, so values added in the callback's own on_log would reach log_history but not them.
+        from .callback import Fp8HealthCallback
+
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, Fp8HealthCallback):
+                logs.update(callback.take_pending_logs())
+        super().log(logs, *args, **kwargs)
+
     def get_decay_parameter_names(self, model) -> list[str]:
         own = getattr(model, "decay_parameter_names", None)
         if not callable(own):

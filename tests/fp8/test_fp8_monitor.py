@@ -159,6 +159,37 @@ def test_callback_logs_through_trainer_and_stops_on_blowup(tmp_path, train_ds):
     assert any("stopping training at step 8" in a for a in cb.actions_taken)
 
 
+@pytest.mark.parametrize("trainer_class", ["Trainer", "Fp8Trainer"])
+def test_kurtosis_logs_reach_log_history_and_under_fp8trainer_every_callback(tmp_path, train_ds, trainer_class):
+    """The `fp8/...` values are in `log_history` with either Trainer; under `Fp8Trainer` also for callbacks that run
+    before the health callback, as the reporting integrations (TensorBoard, W&B) do (was: they never saw them)."""
+    from transformers import TrainerCallback
+
+    from hf_ext.fp8 import Fp8Trainer
+
+    seen_before, seen_after = [], []
+
+    class Record(TrainerCallback):
+        def __init__(self, out):
+            self.out = out
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.out.append((state.global_step, "fp8/qkv_input/kurtosis" in logs))
+
+    cb = Fp8HealthCallback(every_n_steps=2, baseline_steps=1)
+    cls = Fp8Trainer if trainer_class == "Fp8Trainer" else Trainer
+    trainer = cls(
+        model=tiny_fog(vocab_size=512), args=_args(tmp_path, max_steps=6), train_dataset=train_ds,
+        data_collator=default_data_collator, callbacks=[Record(seen_before), cb, Record(seen_after)],
+    )  # fmt: skip
+    trainer.train()
+    monitored = {h["step"] for h in trainer.state.log_history if "fp8/qkv_input/kurtosis" in h}
+    assert monitored == {2, 4, 6}
+    assert {step for step, has in seen_after if has} == monitored
+    if trainer_class == "Fp8Trainer":
+        assert {step for step, has in seen_before if has} == monitored
+
+
 def test_rollback_resumes_from_last_good_checkpoint_with_lower_lr(tmp_path, train_ds, caplog):
     model = tiny_fog(vocab_size=512)
     cb = Fp8HealthCallback(every_n_steps=2, baseline_steps=1, action="rollback", relative_threshold=5.0)
