@@ -138,7 +138,7 @@ class SnippetChecker(ast.NodeVisitor):
         target = self.resolve(node.func)
         if target is _UNKNOWN or isinstance(target, Instance) or inspect.ismodule(target) or not callable(target):
             return
-        on_instance = isinstance(node.func, ast.Attribute) and isinstance(self.resolve(node.func.value), Instance)
+        base = self.resolve(node.func.value) if isinstance(node.func, ast.Attribute) else None
         try:
             signature = inspect.signature(target)
         except (TypeError, ValueError):  # a builtin without a signature
@@ -147,13 +147,10 @@ class SnippetChecker(ast.NodeVisitor):
             return  # *args / **kwargs at the call: nothing to count
         positional = [a for a in node.args if not (isinstance(a, ast.Constant) and a.value is Ellipsis)]
         args = [None] * len(positional)
-        if on_instance and (
-            inspect.isfunction(target)
-            and not isinstance(
-                inspect.getattr_static(self.resolve(node.func.value).cls, node.func.attr), (staticmethod, classmethod)
-            )
-        ):
-            args = [None, *args]  # the method as found on the class: `self` comes first
+        if isinstance(base, Instance) and inspect.isfunction(target):
+            # a plain method looked up on the instance's class: `self` comes first
+            if not isinstance(inspect.getattr_static(base.cls, node.func.attr), (staticmethod, classmethod)):
+                args = [None, *args]
         try:
             try:
                 signature.bind_partial(*args, **{k.arg: None for k in node.keywords})

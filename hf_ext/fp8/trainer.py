@@ -10,6 +10,8 @@ from transformers import Trainer
 from transformers.trainer_utils import SchedulerType
 from transformers.utils import logging
 
+from .callback import Fp8HealthCallback
+
 logger = logging.get_logger(__name__)
 
 #: FP8 scaling state of a peft model's frozen base layers, written next to the adapter in each checkpoint.
@@ -111,8 +113,6 @@ class Fp8Trainer(Trainer):
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         # An Fp8HealthCallback's values join the row before Trainer.log: TensorBoard, W&B, ... run before user
         # callbacks, so values added in the callback's own on_log would reach log_history but not them.
-        from .callback import Fp8HealthCallback
-
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, Fp8HealthCallback):
                 logs.update(callback.take_pending_logs())
