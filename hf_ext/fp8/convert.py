@@ -18,6 +18,8 @@ from collections.abc import Callable
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from .emulation import default_amax_group
+
 BACKENDS = ("torchao", "te", "emulated")
 TORCHAO_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
 
@@ -156,9 +158,9 @@ def convert(
         fsdp_float8_all_gather (`bool`, defaults to `False`): torchao tensorwise: when the model is then sharded
             with FSDP2 (`fully_shard`, accelerate's FSDP plugin with `fsdp_version=2`), all-gather the sharded
             weights in FP8 (half the communication of BF16).
-        amax_reduction_group (*optional*): te: `torch.distributed` group over which delayed-scaling amaxes are
-            reduced (all data-parallel ranks then share scales). Default: the whole world when `torch.distributed` is
-            initialised with more than one rank, else none. The te backend enables FP8 per forward only when the
+        amax_reduction_group (*optional*): te / emulated delayed scaling: `torch.distributed` group over which the
+            amaxes are maxed (all data-parallel ranks then share histories and scales). Default: the whole world when
+            `torch.distributed` is initialised with more than one rank at the time of the forward, else none. The te backend enables FP8 per forward only when the
             token count is a multiple of 8 (Transformer Engine's GEMM rule), e.g. not for most `generate` steps.
 
     A model sharded by transformers' tensor parallelism (`from_pretrained(..., distributed_config=...)`) is
@@ -178,10 +180,10 @@ def convert(
         for name, value in (("emulate", emulate), ("fsdp_float8_all_gather", fsdp_float8_all_gather)):
             if value:
                 raise ValueError(f"convert: {name}=True is a torchao option; drop it or use backend='torchao'.")
-    if backend != "te" and amax_reduction_group is not None:
+    if amax_reduction_group is not None and (backend == "torchao" or scaling != "delayed"):
         raise ValueError(
-            "convert: amax_reduction_group is a Transformer Engine option (backend='te'); the emulated backend keeps "
-            "per-rank amaxes and torchao's tensorwise scaling needs none."
+            "convert: amax_reduction_group is a delayed-scaling option (backend='te', or backend='emulated' with "
+            "scaling='delayed'); torchao's and current scaling keep no amax history to reduce."
         )
     if fp8_attention and backend == "torchao":
         raise ValueError(
@@ -226,7 +228,9 @@ def convert(
 
             _use_attention(model, register_te_attention())
     else:
-        _convert_emulated(model, names, scaling, fp8_format, amax_history_len, amax_compute_algo, margin)
+        _convert_emulated(
+            model, names, scaling, fp8_format, amax_history_len, amax_compute_algo, margin, amax_reduction_group
+        )
         if fp8_attention:
             from .emulation import register_fp8_attention
 
@@ -338,7 +342,7 @@ def _convert_torchao(model, names, recipe, pad_inner_dim, emulate, fsdp_float8_a
     )
 
 
-def _convert_emulated(model, names, scaling, fp8_format, history, algo, margin) -> None:
+def _convert_emulated(model, names, scaling, fp8_format, history, algo, margin, amax_reduction_group=None) -> None:
     from .emulation import Fp8Linear
 
     for name in names:
@@ -353,6 +357,7 @@ def _convert_emulated(model, names, scaling, fp8_format, history, algo, margin) 
                 amax_history_len=history,
                 amax_compute_algo=algo,
                 margin=margin,
+                amax_reduction_group=amax_reduction_group,
             ),
         )
 
@@ -423,13 +428,15 @@ def _convert_te(model, names, fp8_format, history, algo, margin, amax_reduction_
         _replace(model, name, new)
     autocast = getattr(te, "autocast", None)
     forward = model.forward
-    group = amax_reduction_group if amax_reduction_group is not None else _default_amax_group()
 
     @functools.wraps(forward)
     def forward_in_fp8(*args, **kwargs):
         # FP8 only where TE's GEMM shape rule holds (rows % 8): a generate() decode step or an odd eval batch runs in
         # high precision instead of failing TE's divisibility assertion.
         enabled = te_fp8_shape_ok(_token_rows(args, kwargs))
+        # the default group is resolved per forward: a model converted before the process group exists (before
+        # TrainingArguments / Accelerator start it) still reduces over the data-parallel ranks
+        group = amax_reduction_group if amax_reduction_group is not None else default_amax_group()
         if autocast:
             ctx = autocast(enabled=enabled, recipe=recipe, amax_reduction_group=group)
         else:
@@ -454,15 +461,6 @@ def _token_rows(args, kwargs) -> int | None:
     embeds = kwargs.get("inputs_embeds")
     if embeds is not None and hasattr(embeds, "shape"):
         return int(embeds.shape[:-1].numel())
-    return None
-
-
-def _default_amax_group():
-    """The data-parallel group to reduce delayed-scaling amaxes over: the whole world under DDP / FSDP."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.group.WORLD
     return None
 
 

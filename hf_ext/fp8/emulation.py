@@ -79,6 +79,32 @@ def _check_history_and_margin(amax_history_len, margin) -> None:
         raise ValueError(f"margin must be a non-negative int (scales are divided by 2**margin), got {margin!r}.")
 
 
+def default_amax_group():
+    """The group delayed-scaling amaxes are reduced over by default: the whole world when `torch.distributed` is
+    initialised with more than one rank (DDP, FSDP2: the data-parallel ranks), else none."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.group.WORLD
+    return None
+
+
+def _reduce_amax(amax: torch.Tensor, module: Fp8Linear) -> torch.Tensor:
+    """`amax` (1-D, this rank's) maxed over `module`'s amax reduction group: the amax of the whole data-parallel batch,
+    NaN when any rank's is NaN (as the amax of one tensor holding a NaN), so every rank records the same value and
+    derives the same scale. Without a group (one process) it is returned as is."""
+    group = module.amax_reduction_group if module.amax_reduction_group is not None else default_amax_group()
+    if group is None:
+        return amax
+    import torch.distributed as dist
+
+    nan = amax.isnan()
+    buf = torch.cat([torch.where(nan, float("-inf"), amax), nan.to(amax.dtype)])
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=group)
+    n = amax.numel()
+    return torch.where(buf[n:] > 0, float("nan"), buf[:n])
+
+
 def _record(history: torch.Tensor, amax: torch.Tensor) -> None:
     history.copy_(torch.roll(history, 1, dims=0))
     history[0] = amax
@@ -103,6 +129,8 @@ class _Fp8LinearFunction(torch.autograd.Function):
                 # record the same step's amax a second time
                 ref_x, ref_w = module._fp8_forward_refs
             else:
+                if module.training:  # recorded: the data-parallel batch's amax, the same on every rank
+                    amax_x, amax_w = _reduce_amax(torch.stack([amax_x, amax_w]), module).unbind()
                 last = module.fp8_scale_amax
                 ref_x = _history_amax(hist[:, 0], amax_x, module.amax_compute_algo, last[0])
                 ref_w = _history_amax(hist[:, 1], amax_w, module.amax_compute_algo, last[1])
@@ -132,6 +160,8 @@ class _Fp8LinearFunction(torch.autograd.Function):
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         amax_g = g2.detach().abs().amax().float()
         if module.scaling == "delayed":
+            if module.training:
+                amax_g = _reduce_amax(amax_g.reshape(1), module)[0]
             hist = module.fp8_amax_history
             ref_g = _history_amax(hist[:, 2], amax_g, module.amax_compute_algo, module.fp8_scale_amax[2])
             _record(hist[:, 2], amax_g)
@@ -152,7 +182,9 @@ class Fp8Linear(nn.Linear):
     `scaling="delayed"`, the persistent buffers `fp8_amax_history` (shape `(amax_history_len, 3)`: input, weight,
     grad_output) and `fp8_scale_amax` (shape `(3,)`: the amax each operand's current scale came from, kept when the
     history's amax is zero or not finite, as Transformer Engine keeps its scale) are saved in the model state dict and
-    so in every Trainer checkpoint.
+    so in every Trainer checkpoint. Under data parallelism (DDP, FSDP2) the recorded amaxes are maxed over
+    `amax_reduction_group` first, as Transformer Engine reduces them: every rank holds the same history and scales,
+    those of one process on the whole batch, so a checkpoint written by rank 0 is every rank's state.
 
     Args:
         in_features, out_features, bias: As `nn.Linear`.
@@ -161,6 +193,10 @@ class Fp8Linear(nn.Linear):
         amax_history_len (`int`): History length for delayed scaling (Transformer Engine default 1024).
         amax_compute_algo (`str`): "max" over the history or "most_recent".
         margin (`int`): Scales are divided by `2**margin`.
+        amax_reduction_group (*optional*): delayed scaling: the `torch.distributed` group the recorded amaxes are
+            maxed over in training. Default: the whole world when `torch.distributed` is initialised with more than
+            one rank at the time of the forward, else none. Every rank of the group must run the same training
+            forwards and backwards (as data-parallel ranks do).
     """
 
     def __init__(
@@ -175,6 +211,7 @@ class Fp8Linear(nn.Linear):
         amax_history_len: int = 1024,
         amax_compute_algo: str = "max",
         margin: int = 0,
+        amax_reduction_group=None,
     ):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if scaling not in SCALINGS:
@@ -185,6 +222,7 @@ class Fp8Linear(nn.Linear):
         fp8_dtypes(fp8_format)
         self.scaling, self.fp8_format, self.margin = scaling, fp8_format, int(margin)
         self.amax_compute_algo = amax_compute_algo
+        self.amax_reduction_group = amax_reduction_group
         self._fp8_forward_refs = None  # (input, weight) amax references of the last training forward
         if scaling == "delayed":
             self.fp8_amax_history = nn.Buffer(torch.zeros(amax_history_len, 3, device=device), persistent=True)

@@ -246,13 +246,15 @@ def test_underflow_is_the_fraction_of_non_zero_elements_an_e4m3_cast_flushes():
         (dict(recipe="nonsense"), "recipe='nonsense'"),
         (dict(emulate=True), "emulate=True is a torchao option"),
         (dict(fsdp_float8_all_gather=True), "fsdp_float8_all_gather=True is a torchao option"),
-        (dict(amax_reduction_group=object()), "amax_reduction_group is a Transformer Engine option"),
+        (dict(amax_reduction_group=object(), scaling="current"), "amax_reduction_group is a delayed-scaling option"),
+        (dict(amax_reduction_group=object(), backend="torchao"), "amax_reduction_group is a delayed-scaling option"),
     ],
 )
 def test_options_of_another_backend_are_refused_not_ignored(kwargs, match):
     model = _fog()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    kwargs = {"backend": "emulated", **kwargs}
     with pytest.raises(ValueError, match=match):
-        convert(model, "emulated", **kwargs)
+        convert(model, **kwargs)
     assert not any(isinstance(m, Fp8Linear) for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
