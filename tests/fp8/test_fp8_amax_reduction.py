@@ -110,7 +110,7 @@ def test_te_resolves_the_default_group_at_each_forward(monkeypatch):
     model = FogForCausalLM(FogConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                      num_attention_heads=2))  # fmt: skip
     convert(model, backend="te")  # no process group yet
-    group = object()
-    monkeypatch.setattr(importlib.import_module("hf_ext.fp8.convert"), "default_amax_group", lambda: group)  # ... and now there is one
+    group = object()  # ... and now there is one
+    monkeypatch.setattr(importlib.import_module("hf_ext.fp8.convert"), "default_amax_group", lambda: group)
     model(torch.randint(0, 64, (1, 8)))
     assert seen[-1]["amax_reduction_group"] is group and seen[-1]["enabled"] is True

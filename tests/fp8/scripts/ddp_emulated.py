@@ -48,7 +48,10 @@ def train(model, data, params=None):
 
 
 def full_state(model):
-    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in model.state_dict().items()}
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+        for k, v in model.state_dict().items()
+    }
 
 
 def compare(state, ref):
