@@ -3,8 +3,9 @@
 
 Without secure aggregation the apps use Flower's Message API (`flwr.serverapp.strategy.FedAvg` subclass). With
 `fed_args.secure_aggregation` they use Flower's own SecAgg+ protocol: the server runs `SecAggPlusWorkflow` inside
-Flower's `DefaultWorkflow` and the clients run `secaggplus_mod`, so the server only ever sees the weighted mean of
-the clients' updates. hf_ext's client mods in front of it ([`secagg_client_mods`]) refuse requests a malicious server
+Flower's `DefaultWorkflow` and the clients run `secaggplus_mod`, so of the clients' updates the server only ever sees
+their weighted mean (each reply's weight, partition id and epsilon travel in the clear; the training loss is not sent
+under DP-SGD or secure aggregation, see [`reports_train_loss`]). hf_ext's client mods in front of it ([`secagg_client_mods`]) refuse requests a malicious server
 could exploit (re-run rounds, thresholds below the colluder bound, inconsistent unmask requests); what they cannot
 close in flwr 1.42 (unauthenticated keys, no consistency round) is in docs/federated.md.
 """
@@ -51,6 +52,21 @@ def _partition(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
+def reports_train_loss(fed_args: FederatedArguments, training_args) -> bool:
+    """Whether a client sends its training loss to the server. Not under DP-SGD (the loss is computed from the records
+    without clipping or noise: a neighbouring dataset changes it deterministically, outside what the accountant
+    covers) and not under secure aggregation (a per-client statistic in the clear, where the server should learn
+    only the sum of the updates)."""
+    return getattr(training_args, "dp_clip_norm", None) is None and not fed_args.secure_aggregation
+
+
+def _mean_train_loss(weights, metrics) -> dict[str, float]:
+    """`{"train_loss": example-weighted mean}` when every client reported its loss, else `{}`."""
+    if not metrics or any("train_loss" not in m for m in metrics):
+        return {}
+    return {"train_loss": sum(w * float(m["train_loss"]) for w, m in zip(weights, metrics)) / sum(weights)}
+
+
 def _local_round(model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class, context, state, r):
     """Rebuild the model, train on this node's partition from `state`, persist the accountant in `context.state`."""
     pid = _partition(context)
@@ -64,7 +80,9 @@ def _local_round(model_fn, dataset_fn, fed_args, training_args, data_collator, p
         model, state, dataset_fn(pid), training_args, fed_args, pid, r, data_collator, processing_class, accountant
     )
     context.state["privacy"] = ConfigRecord({"accountant": accountant.to_json()})
-    reply = {"train_loss": metrics["train_loss"], "num-examples": n, "partition-id": pid}
+    reply = {"num-examples": n, "partition-id": pid}
+    if reports_train_loss(fed_args, training_args):
+        reply["train_loss"] = metrics["train_loss"]
     if "dp_epsilon" in metrics:
         reply["dp_epsilon"] = metrics["dp_epsilon"]
     return new_state, n, reply
@@ -340,12 +358,13 @@ def check_secagg_range(update: dict[str, torch.Tensor], num_examples: int, fed_a
 
 
 def aggregate_train_metrics(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
-    """The round's training metrics from the clients' replies: the example-weighted mean `train_loss` and
+    """The round's training metrics from the clients' replies: the example-weighted mean `train_loss` (when every client
+    reports it: not under DP-SGD or secure aggregation, see [`reports_train_loss`]) and
     `dp_epsilon_max`, the largest client's epsilon (a privacy guarantee is per client: a mean would understate the
     worst one), as the secure-aggregation path reports them. The weight and `partition-id` are not metrics."""
     metrics = [next(iter(record.metric_records.values())) for record in records]
     weights = [float(m[weighting_metric_name]) for m in metrics]
-    out = {"train_loss": sum(w * float(m["train_loss"]) for w, m in zip(weights, metrics)) / sum(weights)}
+    out = _mean_train_loss(weights, metrics)
     eps = [float(m["dp_epsilon"]) for m in metrics if "dp_epsilon" in m]
     if eps:
         out["dp_epsilon_max"] = max(eps)
@@ -434,9 +453,7 @@ def make_secagg_strategy(fed_args: FederatedArguments, initial: dict[str, torch.
             weights = [float(res.num_examples) for _, res in results]
             new = apply_secure_mean(self.global_state, mean, weights, fed_args, server_round, num_clients=num_clients)
             self.global_state = new
-            total = sum(weights)
-            metrics = {"train_loss": sum(w * float(r.metrics["train_loss"]) for w, (_, r) in zip(weights, results))}
-            metrics["train_loss"] /= total
+            metrics = _mean_train_loss(weights, [r.metrics for _, r in results])
             eps = [float(r.metrics["dp_epsilon"]) for _, r in results if "dp_epsilon" in r.metrics]
             if eps:
                 metrics["dp_epsilon_max"] = max(eps)

@@ -47,8 +47,9 @@ class PrivacyAccountant:
 
     Every step is one Poisson-subsampled Gaussian mechanism (`PoissonSampledDpEvent(q, GaussianDpEvent(sigma))`),
     which is what [`PrivateTrainer`] does: each example joins each batch independently with probability `q`. The
-    default accountant is the privacy-loss-distribution (PLD) one, which is tighter than RDP; `"rdp"` gives the
-    Renyi-DP bound that Opacus and TF Privacy report.
+    default accountant is the privacy-loss-distribution (PLD) one, which is tighter than RDP; `"rdp"` gives
+    dp-accounting's Renyi-DP bound (Opacus's `RDPAccountant` values at small sampling rates, up to about 10% above
+    them at large ones).
 
     The state is a JSON-serialisable list of `(sample_rate, noise_multiplier, steps)` entries, so it can be saved
     with checkpoints and continued across federated rounds.

@@ -45,14 +45,15 @@ class PrivateTrainingArguments(TrainingArguments):
     dp_noise_seed: int | None = field(
         default=None,
         metadata={
-            "help": "DP-SGD: seed of the Gaussian noise, for bit-identical runs and resumes (tests). Default None: "
-            "the noise comes from a secret seed drawn from the OS randomness for every Trainer. Setting it VOIDS "
-            "the DP guarantee against anyone who knows the seed: they can regenerate and subtract the noise."
+            "help": "DP-SGD: seed of the Gaussian noise and of the Poisson sampling, for bit-identical runs and "
+            "resumes (tests). Default None: both come from secret seeds drawn from the OS randomness for every "
+            "Trainer. Setting it VOIDS the DP guarantee against anyone who knows the seed: they can regenerate and "
+            "subtract the noise, and rebuild which steps used each record."
         },
     )
     dp_accountant: str = field(
         default="pld",
-        metadata={"help": "DP-SGD accountant from Google's dp-accounting: 'pld' (tighter) or 'rdp' (as Opacus)."},
+        metadata={"help": "DP-SGD accountant from Google's dp-accounting: 'pld' (tighter) or 'rdp' (Renyi DP)."},
     )
 
     def __post_init__(self):
@@ -100,14 +101,19 @@ class PrivateTrainer(Trainer):
 
     With `args.dp_clip_norm` set, batches are drawn by Poisson sampling ([`PoissonBatchSampler`]: each example joins
     each batch independently with probability `q = per_device_train_batch_size / len(train_dataset)`), which is the
-    sampling the accountant assumes; every step is a fresh draw (the sampler is seeded by `data_seed`, else `seed`, and
-    the epoch, which the `Trainer` sets every epoch), so batches are not replayed across epochs, and the simulation
-    gives every client and round its own seed. Each optimizer step computes per-sample gradients of the trainable parameters
+    sampling the accountant assumes; every step is a fresh draw (the sampler is seeded by [`sampling_seed`] and the
+    epoch, which the `Trainer` sets every epoch), so batches are not replayed across epochs. Like the noise, the
+    sampling is secret by default (a seed from the OS randomness, not the public `seed` / `data_seed`): whoever could
+    rebuild the batches would know which steps used a record, and the accountant's amplification by subsampling
+    would not hold against them. Each optimizer step computes per-sample gradients of the trainable parameters
     with `torch.func` (respecting the batch's `attention_mask`), clips each to `dp_clip_norm`, sums, adds
     `N(0, (dp_noise_multiplier * dp_clip_norm)^2)` and divides by the expected batch size. The noise comes from a
     generator seeded with a secret drawn from the OS randomness ([`secret_noise_generator`]), so knowing the training
     seeds does not reveal it; with `dp_noise_seed` set it is seeded per step from `(dp_noise_seed, global_step)`
-    instead (reproducible, resumes exactly, but no privacy against whoever knows the seed). A
+    instead, and the sampling from `dp_noise_seed` too (reproducible, resumes exactly, but no privacy against whoever
+    knows the seed). With the secret default a resumed run draws fresh batches and noise: still Poisson sampling and
+    Gaussian noise as accounted, not the uninterrupted run's. Goldfish (`goldfish_k`) drops tokens in training only;
+    `evaluate()` reports the loss over every token, as the Goldfish reference does. A
     [`PrivacyAccountant`] (Google's `dp-accounting`, PLD by default) tracks epsilon at `dp_delta`; it is saved as
     JSON in every checkpoint and restored by `resume_from_checkpoint`.
 
@@ -120,12 +126,9 @@ class PrivateTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, PrivateTrainingArguments):
             raise TypeError("PrivateTrainer needs `args` to be a PrivateTrainingArguments instance.")
-        if self.args.goldfish_k is not None:
-            self.data_collator = GoldfishCollator(
-                self.data_collator, self.args.goldfish_k, self.args.goldfish_context_width
-            )
         self.accountant = accountant if accountant is not None else PrivacyAccountant(self.args.dp_accountant)
         self._secret_noise: torch.Generator | None = None
+        self._secret_sampling_seed: int | None = None
         if self.args.dp_clip_norm is not None:
             if self.args.world_size > 1:
                 raise ValueError("DP-SGD in PrivateTrainer runs on one process; launch without multiple processes.")
@@ -138,19 +141,43 @@ class PrivateTrainer(Trainer):
         n = len(self.train_dataset)
         return min(1.0, self.args.per_device_train_batch_size * self.args.world_size / max(n, 1))
 
+    def _train_collator(self):
+        """The training collator: the user's, behind Goldfish's token dropping when `goldfish_k` is set. Evaluation
+        keeps the user's collator: as in the Goldfish reference, the reported validation loss counts every token."""
+        if self.args.goldfish_k is None:
+            return self.data_collator
+        return GoldfishCollator(self.data_collator, self.args.goldfish_k, self.args.goldfish_context_width)
+
+    def sampling_seed(self) -> int:
+        """Seed of the DP-SGD Poisson sampling. By default a secret drawn once per Trainer from the OS randomness: the
+        accountant's amplification by subsampling assumes nobody knows which steps used a record, and the training
+        seeds are public (configuration, Flower run config). With `dp_noise_seed` set (reproducible runs, no privacy
+        against whoever knows it) it is derived from that seed, so runs and resumes are bit-identical."""
+        if self.args.dp_noise_seed is not None:
+            return derive_seed("dp-sgd-sampling", self.args.dp_noise_seed) % 2**63
+        if self._secret_sampling_seed is None:
+            import secrets
+
+            self._secret_sampling_seed = secrets.randbits(63)
+        return self._secret_sampling_seed
+
     def get_train_dataloader(self):
         if self.args.dp_clip_norm is None:
-            return super().get_train_dataloader()
+            user_collator = self.data_collator
+            self.data_collator = self._train_collator()
+            try:
+                return super().get_train_dataloader()
+            finally:
+                self.data_collator = user_collator
         import datasets
 
         dataset = self.train_dataset
-        collator = self.data_collator
+        collator = self._train_collator()
         if isinstance(dataset, datasets.Dataset):
             dataset = self._remove_unused_columns(dataset, description="Training")
         else:
             collator = self._get_collator_with_removed_columns(collator, description="Training")
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        sampler = PoissonBatchSampler(len(dataset), self.sample_rate, seed=seed)
+        sampler = PoissonBatchSampler(len(dataset), self.sample_rate, seed=self.sampling_seed())
         return _PoissonDataLoader(
             dataset, batch_sampler=sampler, collate_fn=_EmptyBatchCollator(collator, dataset), num_workers=0
         )

@@ -65,3 +65,35 @@ def test_collator_and_invalid_k():
             GoldfishCollator(default_data_collator, k=bad)
     with pytest.raises(ValueError, match=">= 2"):
         goldfish_drop_mask(torch.zeros(1, 20, dtype=torch.long), 1)
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_private_trainer_drops_goldfish_tokens_in_training_only(tmp_path, dp):
+    """Goldfish drops target tokens from the training loss; `evaluate()` reports the loss over every token, as the
+    Goldfish reference does ("no goldfish when reporting validation loss"), with or without DP-SGD."""
+    from datasets import Dataset
+    from transformers import default_data_collator
+
+    from hf_ext.federated import PrivateTrainer, PrivateTrainingArguments
+
+    from .conftest import tiny_llama
+
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randint(1, 512, (8, 40), generator=g)
+    data = Dataset.from_dict({"input_ids": rows.tolist(), "labels": rows.tolist(), "attention_mask": [[1] * 40] * 8})
+    model = tiny_llama(512, hidden=16)
+    extra = dict(dp_clip_norm=1.0, max_grad_norm=0, dp_noise_seed=0) if dp else {}
+    args = PrivateTrainingArguments(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True, disable_tqdm=True, per_device_train_batch_size=8,
+        per_device_eval_batch_size=8, goldfish_k=2, **extra,
+    )  # fmt: skip
+    trainer = PrivateTrainer(model=model, args=args, train_dataset=data, eval_dataset=data,
+                             data_collator=default_data_collator)  # fmt: skip
+    with torch.no_grad():
+        every_token = float(model(input_ids=rows, labels=rows).loss)
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(every_token, rel=1e-5)
+    eval_labels = torch.cat([b["labels"] for b in trainer.get_eval_dataloader()])
+    assert not (eval_labels == -100).any()
+    train_batch = next(b for b in trainer.get_train_dataloader() if len(b["labels"]))
+    dropped = (train_batch["labels"] == -100).float().mean().item()
+    assert 0.3 < dropped < 0.6  # about 1/k of the targets, after the first h - 1 positions

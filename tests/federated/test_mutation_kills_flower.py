@@ -205,6 +205,23 @@ def test_flower_client_accountant_persists_across_rounds(tmp_path, small_tokeniz
         assert acc.steps == 4 and acc.get_epsilon(delta) == pytest.approx(e, rel=1e-3)
     rounds = dict(history.metrics_distributed_fit["dp_epsilon_max"])
     assert rounds[2] == pytest.approx(max(ref), rel=1e-3)
+    assert set(history.metrics_distributed_fit) == {"dp_epsilon_max"}  # no client's loss in the clear
+
+
+def test_a_client_reports_its_training_loss_only_where_it_reveals_nothing_protected(tmp_path, small_tokenizer):
+    """The client's training loss is computed from its records without clipping or noise: under DP-SGD a neighbouring
+    dataset changes it deterministically (the server would tell D from D' with certainty), and under secure
+    aggregation it is a per-client statistic in the clear. It is sent only with neither; the server then reports the
+    example-weighted mean."""
+    from hf_ext.federated.flower import reports_train_loss
+
+    vocab, datasets, fed, args, _ = _dp_setup(tmp_path, small_tokenizer)
+    plain = dataclasses.replace(args, dp_clip_norm=None, dp_noise_multiplier=0.0)
+    assert reports_train_loss(fed, plain)
+    assert not reports_train_loss(fed, args)
+    assert not reports_train_loss(dataclasses.replace(fed, secure_aggregation=True), plain)
+    _, result = _run_flower_in_process(vocab, datasets, dataclasses.replace(fed, num_rounds=1), plain)
+    assert set(result.train_metrics_clientapp[1]) == {"train_loss"}
 
 
 def test_flower_without_secagg_reports_the_largest_client_epsilon(tmp_path, small_tokenizer):
@@ -218,7 +235,7 @@ def test_flower_without_secagg_reports_the_largest_client_epsilon(tmp_path, smal
     assert ref[0] > 1.2 * ref[1]  # a mean would differ from the max
     metrics = result.train_metrics_clientapp[2]
     assert metrics["dp_epsilon_max"] == pytest.approx(max(ref), rel=1e-3)
-    assert set(metrics) == {"train_loss", "dp_epsilon_max"}
+    assert set(metrics) == {"dp_epsilon_max"}  # no un-noised client loss reaches the server under DP-SGD
 
 
 def test_dp_trainer_accounts_for_empty_poisson_batches(tmp_path, small_tokenizer):

@@ -440,7 +440,7 @@ def test_dp_simulation_draws_new_batches_every_round_and_is_reproducible(tmp_pat
 
     monkeypatch.setattr(trainer_module, "PrivateTrainer", Recording)
 
-    def run():
+    def run(**kw):
         log.clear()
         args = _dp_sgd_args(
             tmp_path / "out",
@@ -449,15 +449,61 @@ def test_dp_simulation_draws_new_batches_every_round_and_is_reproducible(tmp_pat
             learning_rate=1e-4,
             seed=3,
             data_seed=7,
+            **kw,
         )
         fed = FederatedArguments(num_rounds=2, local_steps=6, lora_r=2)
         FederatedSimulation(tiny_llama(len(small_tokenizer), hidden=16), datasets, fed, args).run()
         return [tuple(seen) for _, seen in log]  # order: round 1 client 0, client 1, round 2 client 0, client 1
 
-    first = run()
+    first = run(dp_noise_seed=11)
     assert len(first) == 4 and all(len(s) == 6 for s in first)
     assert first[0] != first[2] and first[1] != first[3]  # each client draws new batches in round 2
-    assert run() == first  # reproducible given the seeds
+    assert run(dp_noise_seed=11) == first  # reproducible given the (privacy-voiding) dp_noise_seed
+    secret = run()  # the default: secret sampling, so the same public seeds do not give the same batches
+    assert secret[0] != secret[2] and secret[1] != secret[3] and secret != run()
+
+
+def test_dp_sgd_sampling_is_not_rebuildable_from_the_public_seed(tmp_path, small_tokenizer):
+    """As the attacker who knows the training configuration (seeds included): the accountant's amplification by
+    subsampling needs the batches to be secret. With the defaults, a sampler rebuilt from the public `seed` /
+    `data_seed` (or any seed derived from them) does not give the batches the run trained on; a rerun of the same
+    configuration does not either. With the explicit `dp_noise_seed` opt-in the batches are reproducible."""
+    from transformers import default_data_collator
+
+    from hf_ext.federated import FederatedArguments, PoissonBatchSampler, apply_lora
+
+    n, bs, steps = 12, 3, 8
+    rows = _random_rows(n, seed=4)
+
+    def batches(**kw):
+        model = apply_lora(tiny_llama(len(small_tokenizer), hidden=16), FederatedArguments(lora_r=2), seed=0)
+        args = _dp_sgd_args(
+            tmp_path, dp_noise_multiplier=1.0, per_device_train_batch_size=bs, max_steps=steps, seed=5, data_seed=6, **kw
+        )
+        trainer = _RecordingTrainer(
+            model=model,
+            args=args,
+            train_dataset=_rows_dataset(rows),
+            data_collator=default_data_collator,
+            row_ids={tuple(r): i for i, r in enumerate(rows)},
+        )
+        trainer.train()
+        return trainer.seen
+
+    def rebuilt(seed):
+        sampler, out = PoissonBatchSampler(n, bs / n, seed=seed), []
+        for epoch in range(2):  # 4 batches per epoch
+            sampler.set_epoch(epoch)
+            out += [frozenset(b) for b in sampler]
+        return out[:steps]
+
+    seen = batches()
+    assert len(seen) == steps
+    for public in (5, 6):  # the attacker's guesses from the configuration
+        assert rebuilt(public) != seen
+    assert batches() != seen  # secret per Trainer
+    opted_in = batches(dp_noise_seed=1)
+    assert batches(dp_noise_seed=1) == opted_in  # reproducible only with the opt-in
 
 
 def test_dp_sgd_noise_is_not_regenerable_from_the_public_seed(tmp_path, small_tokenizer):
