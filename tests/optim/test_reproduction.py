@@ -29,7 +29,8 @@ def test_warmup_gap_is_large_for_adamw_and_near_zero_for_lion_ar(tmp_path):
 @pytest.mark.slow
 def test_momentum_reaches_lower_gradient_norm_at_batch_one():
     """Batch-1 stochastic cubic Newton: the default momentum (extrapolated gradient + Hessian EMA) lowers the
-    gradient-norm plateau below plain stochastic cubic Newton on every seed; Adam with the same oracle budget is
+    gradient-norm plateau below plain stochastic cubic Newton on at least 4 of 5 seeds, and its median below 0.7x
+    plain's; Adam with the same oracle budget is
     reported side by side (not asserted: it is about as good here, see docs/optim.md)."""
     from hf_ext.optim import CubicNewton
     from hf_ext.recipes.cubic_newton import _run, logistic_nonconvex_loss, make_a9a_like
