@@ -1,7 +1,7 @@
 """GRAPE multi-source multi-target data-mixture reweighting (with DoGE, DoReMi, uniform and fixed baselines)."""
 
 from .configuration_grape import REWEIGHT_METHODS, GrapeConfig
-from .data import pack_by_domain
+from .data import pack_by_domain, pad_target_features
 from .plotting import plot_mixture_trajectory
 from .rules import (
     doge_domain_weights,
@@ -36,6 +36,7 @@ __all__ = [
     "grape_task_weights",
     "load_mixture",
     "pack_by_domain",
+    "pad_target_features",
     "plot_mixture_trajectory",
     "resolve_step_size",
     "smooth_weights",

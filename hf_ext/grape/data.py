@@ -1,4 +1,4 @@
-"""Turn raw-text source and target datasets into packed blocks that keep their domain."""
+"""Turn raw-text source and target datasets into packed blocks that keep their domain; pad target batches."""
 
 from __future__ import annotations
 
@@ -99,11 +99,61 @@ def pack_by_domain(dataset, tokenizer, block_size: int, domain_column: str = "do
     return concatenate_datasets(parts)
 
 
-def prepare_target(name: str, dataset, tokenizer, block_size: int, text_column: str = "text"):
-    """Return the target task `name` as packed blocks (`input_ids`, `attention_mask`, `labels`).
+def _check_row_lengths(dataset, what: str) -> None:
+    """Refuse tokenized rows whose `labels` / `attention_mask` do not have the length of their `input_ids` (they
+    cannot be padded together; e.g. labels of a sequence-to-sequence dataset)."""
+    import pyarrow.compute as pc
 
-    A dataset that already has `input_ids` is used as is (`labels` default to `input_ids`); otherwise its
-    `text_column` is packed with `tokenizer`.
+    table = dataset.with_format("arrow")
+    lengths = pc.list_value_length(table["input_ids"])
+    for column in ("labels", "attention_mask"):
+        if column not in dataset.column_names:
+            continue
+        bad = pc.invert(pc.fill_null(pc.equal(pc.list_value_length(table[column]), lengths), False))
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            raise ValueError(
+                f"{what} has rows whose {column} length differs from their input_ids length (the first at row {row}); "
+                f"a causal-LM target needs one {column} entry per input token (use -100 in labels for tokens that "
+                "should not count)."
+            )
+
+
+def pad_target_features(features: list[dict], pad_token_id: int) -> dict:
+    """Collate target-task examples of any lengths into one right-padded causal-LM batch.
+
+    `input_ids` are padded with `pad_token_id`, `attention_mask` with 0 and `labels` with -100, and a position whose
+    `attention_mask` is 0 (padding already in the data) never counts in the loss either, so the model's mean loss on
+    the batch is the token-weighted mean over the real tokens, the same for any padding. `labels` default to the
+    `input_ids`, `attention_mask` to ones. Right padding keeps every real token at the position it has alone.
+
+    Returns:
+        `dict` of `torch.long` tensors `input_ids`, `attention_mask`, `labels`, shape `(len(features), max length)`.
+    """
+    import torch
+
+    length = max(len(f["input_ids"]) for f in features)
+    shape = (len(features), length)
+    input_ids = torch.full(shape, int(pad_token_id), dtype=torch.long)
+    attention_mask = torch.zeros(shape, dtype=torch.long)
+    labels = torch.full(shape, -100, dtype=torch.long)
+    for i, f in enumerate(features):
+        ids = torch.as_tensor(f["input_ids"], dtype=torch.long)
+        n = ids.numel()
+        input_ids[i, :n] = ids
+        mask = f.get("attention_mask")
+        attention_mask[i, :n] = 1 if mask is None else torch.as_tensor(mask, dtype=torch.long)
+        labels[i, :n] = ids if f.get("labels") is None else torch.as_tensor(f["labels"], dtype=torch.long)
+    labels[attention_mask == 0] = -100
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def prepare_target(name: str, dataset, tokenizer, block_size: int, text_column: str = "text"):
+    """Return the target task `name` as rows of `input_ids`, `attention_mask`, `labels`.
+
+    A dataset that already has `input_ids` is used as is, one example per row (rows may differ in length, e.g. one
+    question + answer each; the trainer pads them with `pad_target_features`); `labels` default to `input_ids` and
+    `attention_mask` to ones. Otherwise its `text_column` is packed with `tokenizer` into `block_size`-token blocks.
     """
     from datasets import Dataset
 
@@ -111,8 +161,14 @@ def prepare_target(name: str, dataset, tokenizer, block_size: int, text_column: 
 
     if not isinstance(dataset, Dataset):
         raise TypeError(f"target_datasets[{name!r}] must be a datasets.Dataset, got {type(dataset).__name__}.")
+    if len(dataset) == 0:
+        raise ValueError(
+            f"target_datasets[{name!r}] has no rows (an empty datasets.Dataset); pass at least one example (check "
+            "the filter or the file that built it), or drop the task."
+        )
     if "input_ids" in dataset.column_names:
         check_no_empty_rows(dataset, f"target_datasets[{name!r}]")
+        _check_row_lengths(dataset, f"target_datasets[{name!r}]")
         ds = ensure_lm_columns(dataset)
     else:
         if text_column not in dataset.column_names:
@@ -123,6 +179,9 @@ def prepare_target(name: str, dataset, tokenizer, block_size: int, text_column: 
         if tokenizer is None:
             raise ValueError(f"target_datasets[{name!r}] is raw text; pass processing_class=<tokenizer> to pack it.")
         ds = pack_dataset(dataset, tokenizer, block_size, text_column)
-    if len(ds) == 0:
-        raise ValueError(f"target_datasets[{name!r}] yields no block of {block_size} tokens; lower --block_size.")
+        if len(ds) == 0:
+            raise ValueError(
+                f"the text of target_datasets[{name!r}] ({len(dataset)} rows) yields no packed block of {block_size} "
+                "tokens; lower --block_size, add text, or pass the task tokenized (input_ids rows of any length)."
+            )
     return ds.select_columns(list(MODEL_COLUMNS))

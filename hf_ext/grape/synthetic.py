@@ -19,7 +19,9 @@ def markov_sequences(
     same chain (held-out data); without it the chain's own generator continues.
     """
     if n < 0 or length < 1 or branching < 1 or vocab <= 3:
-        raise ValueError(f"need n >= 0, length >= 1, branching >= 1 and vocab > 3; got {n}, {length}, {branching}, {vocab}.")
+        raise ValueError(
+            f"need n >= 0, length >= 1, branching >= 1 and vocab > 3; got {n}, {length}, {branching}, {vocab}."
+        )
     rng = np.random.default_rng(seed)
     successors = rng.integers(3, vocab, size=(vocab, branching))
     if sample_seed is not None:

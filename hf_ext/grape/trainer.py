@@ -27,6 +27,7 @@ from .data import (
     ensure_lm_columns,
     ensure_lm_stream,
     pack_by_domain,
+    pad_target_features,
     prepare_target,
 )
 from .rules import (
@@ -71,6 +72,7 @@ class _GrapeCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._mixture_run_started = True
         self.trainer._record_trajectory(initial=True)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -238,6 +240,9 @@ class GrapeTrainer(Trainer):
         self.mixture_state = MixtureState(
             domain_names=domain_names, task_names=task_names, domain_weights=init_domains, task_weights=init_tasks
         )
+        self._initial_weights = (init_domains.clone(), init_tasks.clone())
+        #: Set once a `train()` has begun: a later `train()` without resume starts a new mixture run.
+        self._mixture_run_started = False
         if streaming:
             source = StreamingMixture(self._domain_streams, self.mixture_state, seed=args.seed)
 
@@ -288,6 +293,49 @@ class GrapeTrainer(Trainer):
         if (w < 0).any() or not torch.isfinite(w).all() or w.sum() <= 0:
             raise ValueError(f"{arg} must hold finite non-negative weights with a positive sum, got {weights}.")
         return w / w.sum()
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`; calling it again on the same trainer (without `resume_from_checkpoint`) starts a new run.
+
+        Like `Trainer`, which then continues from the current model with a fresh `TrainerState` (step 0, empty log
+        history), the new run continues from the current domain and task weights (and the EMA losses used by
+        `grape_ema`) and starts its own bookkeeping: the sampler weight schedule restarts at position 0 with the
+        current weights (the new run's sampler starts at position 0), the update counts and time averages restart,
+        and the trajectory restarts with a step-0 record; `mixture.json` then describes the new run. With `model_init`
+        (the model is re-created, e.g. in `hyperparameter_search`) the new run starts from the initial weights
+        instead. `resume_from_checkpoint` restores the checkpoint's state as always.
+        """
+        if resume_from_checkpoint is False:
+            resume_from_checkpoint = None
+        if self._mixture_run_started and resume_from_checkpoint is None:
+            self._start_new_mixture_run(from_initial=self.model_init is not None)
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
+
+    def _start_new_mixture_run(self, from_initial: bool) -> None:
+        """Reset the per-run mixture bookkeeping (schedule, counts, sums, trajectory), keeping the current weights
+        and EMA losses (`from_initial=False`) or going back to the initial weights (`from_initial=True`)."""
+        st = self.mixture_state
+        if from_initial:
+            domain_weights, task_weights = self._initial_weights
+            ema = {}
+        else:
+            domain_weights, task_weights = st.domain_weights, st.task_weights
+            ema = {"domain_ema_loss": st.domain_ema_loss.clone(), "task_ema_loss": st.task_ema_loss.clone()}
+        fresh = MixtureState(
+            domain_names=list(st.domain_names),
+            task_names=list(st.task_names),
+            domain_weights=domain_weights,
+            task_weights=task_weights,
+            **ema,
+        )
+        # In place: the streaming mixture (and any other holder) keeps a reference to this object.
+        st.__dict__.update(fresh.__dict__)
+        self._mixture_sampler = None
 
     def _get_train_sampler(self, train_dataset=None):
         if self.streaming:
@@ -370,7 +418,31 @@ class GrapeTrainer(Trainer):
         return self._collate(self._domain_features(k, rng, size))
 
     def _task_batch(self, n: int, rng: np.random.Generator, size: int) -> dict:
-        return self._collate(self._task_features(n, rng, size))
+        return self._collate_targets(self._task_features(n, rng, size))
+
+    def _collate_targets(self, features: list[dict]) -> dict:
+        """Target examples are padded here, not by `data_collator` (which collates the source batches): rows of any
+        length, padding never counted in the loss (see `pad_target_features`)."""
+        return self._prepare_inputs(pad_target_features(features, self._target_pad_token_id()))
+
+    def _target_pad_token_id(self) -> int:
+        """Padding id of the target batches: the tokenizer's (or processor's) pad token, else the model config's, else
+        the EOS of either, else 0. Any id in the vocabulary is correct: right padding comes after every real token,
+        has attention mask 0 and label -100, so it changes neither the logits nor the loss of the real tokens."""
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        config = getattr(self.model, "config", None)
+        for owner, attr in (
+            (tokenizer, "pad_token_id"),
+            (config, "pad_token_id"),
+            (tokenizer, "eos_token_id"),
+            (config, "eos_token_id"),
+        ):
+            value = getattr(owner, attr, None) if owner is not None else None
+            if isinstance(value, (list, tuple)):
+                value = value[0] if value else None
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        return 0
 
     def _mixture_batch(self, weights: torch.Tensor, rng: np.random.Generator, size: int, kind: str) -> dict:
         """`size` sequences drawn from a mixture: of source domains (`kind="domain"`) or of target tasks."""
@@ -380,7 +452,7 @@ class GrapeTrainer(Trainer):
         features = []
         for j, count in zip(*np.unique(picks, return_counts=True)):
             features.extend(fetch(int(j), rng, int(count)))
-        return self._collate(features)
+        return self._collate(features) if kind == "domain" else self._collate_targets(features)
 
     # ---- gradients ---------------------------------------------------------------------------------------------------
     def _params(self) -> list[torch.nn.Parameter]:
