@@ -19,6 +19,7 @@ silent.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 
 import torch
@@ -57,6 +58,12 @@ def transposed_parameter_ids(model: nn.Module) -> set[int]:
     return {id(m.weight) for m in model.modules() if isinstance(m, Conv1D)}
 
 
+# peft's LoRA B factors (and their embedding variants) start at zero by design: a rotation keeps each neuron's norm, so
+# they would never move. They are plain by name, which stays the same once they are trained (so a resumed run groups
+# its parameters as the run that wrote the checkpoint did).
+_ZERO_INIT_NAME = re.compile(r"(^|\.)lora_(embedding_)?B(\.|$)")
+
+
 def rotational_param_groups(
     model: nn.Module,
     weight_decay: float,
@@ -65,7 +72,9 @@ def rotational_param_groups(
 ) -> list[dict]:
     """Split a model's trainable parameters into rotational and plain groups.
 
-    Rotational = parameters that the HF `Trainer` would weight-decay (not biases, not norm gains) with 2+ dimensions.
+    Rotational = parameters that the HF `Trainer` would weight-decay (not biases, not norm gains) with 2+ dimensions,
+    except peft's LoRA B factors (`lora_B`, `lora_embedding_B`): they start at zero, and a rotation keeps each neuron's
+    norm, so they would never move; they train with the base update in the plain group.
     Embedding matrices (and an LM head tied to one) are kept out of the rotational set by default: a fixed norm per
     token row would cap the logit scale (nothing after them is scale-invariant); pass `rotational_embeddings=True` to
     include them (one neuron per token row). HF `Conv1D` weights (shape `(in, out)`) get `neuron_dim=1` so their
@@ -97,7 +106,7 @@ def rotational_param_groups(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name in decay and p.dim() >= 2 and id(p) not in embeddings:
+        if name in decay and p.dim() >= 2 and id(p) not in embeddings and not _ZERO_INIT_NAME.search(name):
             (rot_t if id(p) in transposed else rot).append(p)
         else:
             plain.append(p)
@@ -535,6 +544,20 @@ def _ensure_rotational_state(p: torch.Tensor, state: dict, group: dict, neuron_d
     # whole-gradient check (all-reduced for a DTensor), taken only at lr 0, the same on every rank
     template = bool(lr == 0) and _total(p.grad.abs()) == 0
     zero_mean = group["zero_mean"] and not template
+    if not template:  # checked before the weights change: neuron norms of the weight and of its gradient
+        w_norms: dict = {}
+        g_norms: dict = {}
+        _init_rotational(p, w_norms, neuron_dim, group["per_neuron"], False)
+        _init_rotational(p.grad, g_norms, neuron_dim, group["per_neuron"], False)
+        stuck = int(_total(((w_norms["norm"] == 0) & (g_norms["norm"] > 0)).to(torch.float32)))
+        if stuck:
+            raise ValueError(
+                f"A rotational parameter of shape {tuple(p.shape)} has {stuck} neuron(s) of norm 0 with a nonzero "
+                "gradient (e.g. LoRA's B, initialised at zero): a rotation keeps each neuron's norm, so they would "
+                "never train. Put such parameters in a plain group (`rotational=False`); "
+                "`rotational_param_groups(model, weight_decay)` (what passing the model does) does so for peft's "
+                "LoRA B factors."
+            )
     _init_rotational(p, state, neuron_dim, group["per_neuron"], zero_mean, group["update_norm_decay"])
     state["norm_pending"] = template
 

@@ -683,3 +683,63 @@ def test_param_group_values_are_validated_like_constructor_arguments(cls, group,
     p = nn.Parameter(torch.randn(3))
     with pytest.raises(ValueError, match=match):
         cls([{"params": [p], "rotational": False, **group}], lr=1e-3)
+
+
+def test_zero_initialised_weights_train_in_the_plain_group_and_are_refused_as_rotational():
+    """A rotation keeps each neuron's norm, so a weight that starts at zero (LoRA's B) would never move: the model
+    path puts it in the plain group, where LoRA then trains; an explicit rotational group holding it is refused at the
+    first step with the fix, before any weight is changed."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ext.optim import LionAR, RotationalWrapper, rotational_param_groups
+
+    def lora_model():
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+    for make in (lambda m: LionAR(m, lr=1e-3, weight_decay=1.0), lambda m: RotationalWrapper(m, inner="adamw", lr=1e-3)):
+        model = lora_model()
+        names = {id(p): n for n, p in model.named_parameters()}
+        groups = rotational_param_groups(model, 1.0)
+        rot = [names[id(p)] for g in groups if g["rotational"] for p in g["params"]]
+        assert rot and all("lora_A" in n for n in rot)  # B (all zero) is plain
+        opt = make(model)
+        for _ in range(5):
+            opt.zero_grad()
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+        assert all(float(p.norm()) > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+    model = lora_model()
+    b_weights = [p for n, p in model.named_parameters() if "lora_B" in n]
+    opt = LionAR([{"params": b_weights, "rotational": True, "neuron_dim": 0}], lr=1e-3)
+    model(input_ids=ids, labels=ids).loss.backward()
+    with pytest.raises(ValueError, match="neuron\\(s\\) of norm 0 with a nonzero gradient.*plain group"):
+        opt.step()
+    assert all(float(p.norm()) == 0 for p in b_weights)  # no weight moved
+
+
+def test_a_zero_neuron_without_gradient_stays_zero_and_is_not_refused():
+    """A zero row that gets no gradient (an embedding's padding row in a rotational group) is not stuck: it stays zero
+    and the other rows rotate, as before."""
+    from hf_ext.optim import LionAR
+
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 6))
+    with torch.no_grad():
+        w[2] = 0
+    opt = LionAR([{"params": [w], "rotational": True, "neuron_dim": 0}], lr=1e-2)
+    for _ in range(3):
+        g = torch.randn(4, 6)
+        g[2] = 0
+        w.grad = g
+        opt.step()
+    assert float(w[2].abs().max()) == 0 and float(w[0].norm()) > 0
