@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 
 from transformers import Trainer, TrainerCallback
@@ -10,6 +12,8 @@ from transformers.trainer_utils import has_length
 from .collator import MetadataCollator
 
 STATE_FILE = "metadata_conditioning.json"
+
+logger = logging.getLogger(__name__)
 
 
 class MetadataCooldownCallback(TrainerCallback):
@@ -23,10 +27,18 @@ class MetadataCooldownCallback(TrainerCallback):
     fast-forwards through the collator (iterable datasets: accelerate's `skip_first_batches` collates and discards
     them; map-style datasets skip indices without collating), so a resumed run switches at the same micro-batch as an
     uninterrupted one. The switch point is logged as
-    `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint; the number of
-    documents whose metadata value was invalid (trained without metadata) so far is logged as `metadata_invalid`. Both
-    reach `state.log_history` (and so `trainer_state.json`); the reporting integrations (TensorBoard, W&B, ...) run
-    before user callbacks, so they get them under `MetadataTrainer`, which adds them before `Trainer.log`.
+    `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint.
+
+    `metadata_invalid` is logged too: the number of training examples, in the micro-batches of the optimizer steps
+    done so far (`state.global_step`), whose metadata value was invalid (trained without metadata). A document met in
+    several epochs counts once per epoch; evaluation batches, batches prepared ahead for the next step and the batches
+    a resumed run fast-forwards through do not count. The value is stored in `metadata_conditioning.json` and read
+    back from the checkpoint a run resumes from, so a resumed run logs what the uninterrupted one does. It is counted
+    in the main process's collator: under DDP it is this process's share, and with DataLoader workers (no cooldown)
+    nothing is counted. Both values reach `state.log_history` (and so `trainer_state.json`); the reporting
+    integrations (TensorBoard, W&B, ...) run before user callbacks, so they get them under `MetadataTrainer`, which
+    adds them before `Trainer.log` and tells the callback which checkpoint it resumes from (with a plain `Trainer` the
+    callback reads `args.resume_from_checkpoint` or `output_dir/checkpoint-<global_step>`).
     Under `MetadataTrainer` the file is written with the checkpoint's model, before `trainer_state.json` (the file
     that marks a checkpoint complete), so a save killed half-way never leaves a complete-looking checkpoint without
     it; a plain `Trainer` has no hook there, and the callback then writes it in `on_save`, after `trainer_state.json`.
@@ -58,9 +70,52 @@ class MetadataCooldownCallback(TrainerCallback):
         self._count_at_step_end: int | None = None
         self._skipped_by_collation = 0
         self._saved: tuple[str, int] | None = None  # (checkpoint folder, step) save_state last wrote
+        #: Invalid training examples in the optimizer steps up to `state.global_step` (logged as `metadata_invalid`).
+        self.invalid_total = 0
+        self._count_from = 0  # batch index from which collated batches are counted (skipped on resume: below)
+        self._resume_checkpoint: str | None = None  # set by MetadataTrainer when train() resumes
 
     def _sync(self, args, state) -> None:
         self.collator.batches_seen = state.global_step * self._grad_accum - self._skipped_by_collation
+        # Batches entered before a (re)sync were not training batches of the steps to come (evaluation on start, a
+        # previous train() call): the training batches of the steps done are all counted by now. With DataLoader
+        # workers the batches are built in the workers' copies, which would only grow their own dicts: keep none.
+        self.collator.invalid_by_batch = None if getattr(args, "dataloader_num_workers", 0) else {}
+
+    def _fold_invalid(self, state) -> None:
+        """Add the invalid examples of the training batches of the optimizer steps up to `state.global_step`."""
+        pending = self.collator.invalid_by_batch
+        if not pending:
+            return
+        limit = state.global_step * self._grad_accum
+        for index in [i for i in pending if i < limit]:
+            n = pending.pop(index)
+            if index >= self._count_from:
+                self.invalid_total += n
+
+    def _restored_invalid(self, args, state) -> int:
+        """`metadata_invalid` at `state.global_step`, read from the checkpoint resumed from (0 for a fresh run)."""
+        if not state.global_step:
+            return 0
+        candidates = [self._resume_checkpoint, getattr(args, "resume_from_checkpoint", None)]
+        candidates.append(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+        for folder in candidates:
+            if not isinstance(folder, str):
+                continue
+            try:
+                with open(os.path.join(folder, STATE_FILE)) as f:
+                    saved = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if saved.get("global_step") == state.global_step and isinstance(saved.get("metadata_invalid"), int):
+                return saved["metadata_invalid"]
+        logger.warning(
+            "resuming at step %d without a %s that holds metadata_invalid (a checkpoint written before it was "
+            "stored, or not found): the logged metadata_invalid counts from 0 again.",
+            state.global_step,
+            STATE_FILE,
+        )
+        return 0
 
     @staticmethod
     def _batches_collated_while_skipping(args, state, train_dataloader) -> int:
@@ -104,6 +159,10 @@ class MetadataCooldownCallback(TrainerCallback):
         )
         self._skipped_by_collation = self._batches_collated_while_skipping(args, state, kwargs.get("train_dataloader"))
         self._sync(args, state)
+        # the batches a resumed run fast-forwards through the collator (below this index) were counted before
+        self._count_from = state.global_step * self._grad_accum
+        self.invalid_total = self._restored_invalid(args, state)
+        self._resume_checkpoint = None
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._sync(args, state)
@@ -111,11 +170,20 @@ class MetadataCooldownCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._count_at_step_end = self.collator.batches_seen
+        self._fold_invalid(state)
 
     def on_evaluate(self, args, state, control, **kwargs):
-        # Trainer evaluates with the same collator: its batches must not advance the training batch counter.
+        # Trainer evaluates with the same collator: its batches must not advance the training batch counter, nor
+        # count as invalid training examples (they were built after the step's end, so at or above its count).
         if self._count_at_step_end is not None:
             self.collator.batches_seen = self._count_at_step_end
+        pending = self.collator.invalid_by_batch
+        if pending:
+            start = self._count_at_step_end or 0
+            for index in [i for i in pending if i >= start]:
+                del pending[index]
+
+    on_predict = on_evaluate
 
     def conditioning_at(self, step: int) -> bool:
         """Whether optimizer step `step` (1-based) trains with metadata."""
@@ -125,7 +193,7 @@ class MetadataCooldownCallback(TrainerCallback):
         """The values this callback logs at optimizer step `step`."""
         return {
             "metadata_conditioning": int(self.conditioning_at(step)),
-            "metadata_invalid": self.collator.invalid_metadata,
+            "metadata_invalid": self.invalid_total,
         }
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -154,6 +222,7 @@ class MetadataCooldownCallback(TrainerCallback):
                 "conditioning_next_step": self.conditioning_at(state.global_step + 1),
                 "metadata_dropout": self.collator.metadata_dropout,
                 "seed": self.collator.seed,
+                "metadata_invalid": self.invalid_total,
             },
         )
         self._saved = (os.path.abspath(checkpoint_dir), state.global_step)
@@ -176,6 +245,21 @@ class MetadataTrainer(Trainer):
     (`metadata_conditioning`, `metadata_invalid`) before `Trainer.log`, so every reporting integration gets them.
     Otherwise identical to `Trainer`.
     """
+
+    def _metadata_callbacks(self) -> list[MetadataCooldownCallback]:
+        return [cb for cb in self.callback_handler.callbacks if isinstance(cb, MetadataCooldownCallback)]
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        for callback in self._metadata_callbacks():
+            callback._resume_checkpoint = None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # called with the checkpoint train() resumes from (after resolving `True`), before on_train_begin
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            for callback in self._metadata_callbacks():
+                callback._resume_checkpoint = checkpoint
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         # before Trainer.log, so log_history and the reporting integrations (TensorBoard, W&B, ...) get the values too

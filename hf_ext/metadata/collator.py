@@ -41,9 +41,10 @@ class MetadataCollator:
     """Tokenize raw documents with a metadata context and build causal-LM batches whose loss skips BOS and context.
 
     Each example is a dict with the document text and the columns the template reads. The collator returns
-    `input_ids`, `attention_mask` and `labels` (`-100` on BOS, the context and padding), plus `position_ids` with
-    `return_position_ids=True`. It works with `Trainer` (set `remove_unused_columns=False` so metadata columns reach
-    it) and with TRL's `SFTTrainer` (`dataset_kwargs={"skip_prepare_dataset": True}`).
+    `input_ids`, `attention_mask` and `labels` (`-100` on BOS, the context and padding), plus `position_ids` when
+    packing or padding on the left (see `return_position_ids`). It works with `Trainer` (set
+    `remove_unused_columns=False` so metadata columns reach it) and with TRL's `SFTTrainer`
+    (`dataset_kwargs={"skip_prepare_dataset": True}`).
 
     Two batch shapes:
     * padding (`block_size=None`): one row per document, padded on `padding_side`, documents cut to `max_length`;
@@ -69,8 +70,10 @@ class MetadataCollator:
         pad_to_multiple_of (`int`, *optional*): In padding mode, pad the length to a multiple of this.
         repeat_context (`bool`, *optional*, defaults to `True`): In packing mode, repeat the context on rows a
             document continues into.
-        return_position_ids (`bool`, *optional*): Also return `position_ids` (default: `True` when packing; required
-            with `document_attention`).
+        return_position_ids (`bool`, *optional*): Also return `position_ids` (default: `True` when packing, required
+            with `document_attention`, and when padding on the left, so that models with absolute positions (GPT-2)
+            see each left-padded document at positions `0..n-1`, as alone; `False` for a model whose `forward` takes
+            no `position_ids`).
         add_eos (`bool`, *optional*, defaults to `True`): End each document with EOS (loss-bearing).
         max_metadata_tokens (`int`, *optional*): Keep at most this many metadata tokens.
         document_attention (`bool`, *optional*): In packing mode, keep each document's tokens from attending to the
@@ -104,8 +107,12 @@ class MetadataCollator:
     batches_seen: int = field(default=0, repr=False)
     cooldown_start_batch: int | None = field(default=None, repr=False)
     #: Documents whose metadata value was unusable (unparseable URL, NaN/non-numeric score) and that were trained
-    #: without metadata instead. Counted per process (each DataLoader worker counts its own).
+    #: without metadata instead, in every collation (training and evaluation batches, each epoch again). Counted per
+    #: process (each DataLoader worker counts its own). The logged `metadata_invalid` counts training batches only.
     invalid_metadata: int = field(default=0, repr=False)
+    #: When a dict (`MetadataCooldownCallback` sets one), each batch's number of invalid documents, keyed by the batch
+    #: index (`batches_seen` when the batch was built); only batches with at least one are entered. `None`: not kept.
+    invalid_by_batch: dict[int, int] | None = field(default=None, repr=False, compare=False)
     #: Documents whose metadata prefix filled a whole row (`block_size` / `max_length`) and was re-encoded from its
     #: first `OVERLONG_METADATA_CHARS` characters. Counted per process.
     overlong_metadata: int = field(default=0, repr=False)
@@ -209,8 +216,12 @@ class MetadataCollator:
                     "the main process (dataloader_num_workers=0)."
                 )
         active = self.conditioning_active
+        index = self.batches_seen
         self.batches_seen += 1
+        invalid_before = self.invalid_metadata
         metadata = self.metadata_for(examples, active)
+        if self.invalid_by_batch is not None and self.invalid_metadata > invalid_before:
+            self.invalid_by_batch[index] = self.invalid_metadata - invalid_before
         texts = [e[self.text_column] or "" for e in examples]
         docs = self._encoder.encode_batch(texts, metadata)
         limit = self.block_size if self.block_size is not None else self.max_length
@@ -250,9 +261,12 @@ class MetadataCollator:
             batch.pop("attention_mask")
             batch["use_cache"] = False
             return batch
-        want_positions = (
-            self.return_position_ids if self.return_position_ids is not None else self.block_size is not None
-        )
+        if self.return_position_ids is not None:
+            want_positions = self.return_position_ids
+        else:
+            # Packed rows need them; left padding too: without them an absolute-position model (GPT-2) counts
+            # positions from the first (pad) column, so a document's loss would depend on its batch's padding.
+            want_positions = self.block_size is not None or self._side == "left"
         if not want_positions:
             batch.pop("position_ids")
         return batch

@@ -1,5 +1,6 @@
 """Data cannot forge control tokens, bad metadata values never stop a run, EOS stays generable, guidance is checked."""
 
+import json
 import logging
 import math
 
@@ -150,6 +151,119 @@ def test_invalid_metadata_does_not_stop_a_trainer_run(ctx_tokenizer, tmp_path, t
     assert [row["metadata_conditioning"] for row in rows_logged] == [1, 1, 1, 0]  # the last 25% without metadata
     if trainer_class == "MetadataTrainer":
         assert logged_before == logged
+
+
+@pytest.mark.parametrize(
+    "dataset_kind,trainer_class",
+    [("map_style", "MetadataTrainer"), ("iterable", "MetadataTrainer"), ("map_style", "Trainer")],
+)
+def test_logged_invalid_count_is_exact_across_eval_epochs_and_resume(
+    ctx_tokenizer, tmp_path, dataset_kind, trainer_class
+):
+    """`metadata_invalid` at step N is the number of training examples with an invalid metadata value in the
+    micro-batches of steps 1..N. It counted every collation instead: evaluation batches (9/18/20 where 5/10/12 were
+    due), the batch prepared ahead for the next step, and it restarted from 0 on resume (2,2,4,4 instead of
+    10,10,12,12); now the value is stored in metadata_conditioning.json and read back from the checkpoint resumed
+    from."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from hf_ext.metadata import MetadataCooldownCallback, MetadataTrainer
+
+    tok = ctx_tokenizer
+    cb_id, ce_id = tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])
+    bad = {1, 6, 9, 14}
+    rows = [
+        {"text": f"document {i} " + "word " * (i % 5), "url": "http://[::1/x" if i in bad else f"https://h{i}.org/"}
+        for i in range(16)
+    ]
+    data = Dataset.from_list(rows)
+    train_data = data.to_iterable_dataset() if dataset_kind == "iterable" else data
+    base = MetadataTrainer if trainer_class == "MetadataTrainer" else Trainer
+
+    class Counting(base):
+        """Reference: invalid examples trained per step (dropout 0: only they get the empty context)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.per_step: dict[int, int] = {}
+
+        def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
+            ids = inputs["input_ids"]
+            empty = sum(int(ids[r, c + 1]) == ce_id for r, c in (ids == cb_id).nonzero().tolist())
+            step = self.state.global_step + 1
+            self.per_step[step] = self.per_step.get(step, 0) + empty
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    class Rows(TrainerCallback):  # what the callbacks after MetadataCooldownCallback receive
+        def __init__(self):
+            self.rows = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.rows.append((state.global_step, dict(logs)))
+
+    def run(out, cooldown, eval_data=None, resume=None):
+        collator = MetadataCollator(tok, metadata_template("url_host"), metadata_dropout=0.0, max_length=32)
+        args = TrainingArguments(
+            output_dir=str(out),
+            max_steps=12,  # 16 documents in batches of 2, 2 accumulation steps: 4 steps an epoch, 3 epochs
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+            per_device_eval_batch_size=4,
+            learning_rate=1e-3,
+            remove_unused_columns=False,
+            report_to="none",
+            logging_steps=1,
+            save_strategy="steps",
+            save_steps=6,
+            eval_strategy="steps" if eval_data is not None else "no",
+            eval_steps=3,
+            use_cpu=True,
+            seed=0,
+            data_seed=0,
+            disable_tqdm=True,
+        )
+        rows_cb = Rows()
+        trainer = Counting(
+            model=tiny_llama(len(tok)),
+            args=args,
+            train_dataset=train_data,
+            eval_dataset=eval_data,
+            data_collator=collator,
+            callbacks=[MetadataCooldownCallback(collator, cooldown), rows_cb],
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, rows_cb.rows
+
+    # the reference run trains without a cooldown, so every invalid example is visible in its batch
+    reference, _ = run(tmp_path / "ref", cooldown=0.0)
+    assert sorted(reference.per_step) == list(range(1, 13))
+    expected, total = {}, 0
+    for step in range(1, 13):
+        total += reference.per_step[step]
+        expected[step] = total
+    assert [expected[s] for s in (4, 8, 12)] == [4, 8, 12]  # each epoch trains the 4 invalid documents once
+
+    def logged(trainer, rows, key="loss", after=0):
+        history = {
+            r["step"]: r["metadata_invalid"] for r in trainer.state.log_history if key in r and r["step"] > after
+        }
+        from_callbacks = {step: logs["metadata_invalid"] for step, logs in rows if key in logs}
+        assert history == from_callbacks
+        return history
+
+    full, full_rows = run(tmp_path / "full", cooldown=0.25, eval_data=data)
+    assert logged(full, full_rows) == expected
+    assert logged(full, full_rows, "eval_loss") == {s: expected[s] for s in (3, 6, 9, 12)}  # eval batches not counted
+    assert full_rows[-1][1]["metadata_invalid"] == 12  # the final train() summary row
+    saved = json.loads((tmp_path / "full" / "checkpoint-6" / "metadata_conditioning.json").read_text())
+    assert saved["metadata_invalid"] == expected[6]
+
+    resumed, resumed_rows = run(
+        tmp_path / "full", cooldown=0.25, eval_data=data, resume=str(tmp_path / "full" / "checkpoint-6")
+    )
+    assert logged(resumed, resumed_rows, after=6) == {s: v for s, v in expected.items() if s > 6}
+    assert logged(resumed, resumed_rows, "eval_loss", after=6) == {s: expected[s] for s in (9, 12)}
 
 
 def test_eos_is_generable_when_bos_is_eos():

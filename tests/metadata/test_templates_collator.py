@@ -288,3 +288,42 @@ def test_overlong_metadata_is_reencoded_from_its_first_50_characters(ctx_tokeniz
     tiny = MetadataCollator(ctx_tokenizer, metadata_template("url"), metadata_dropout=0.0, block_size=8)
     with pytest.raises(ValueError, match="max_metadata_tokens"):
         tiny(rows)
+
+
+def _tiny_gpt2(vocab_size):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(
+        GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=2, n_positions=1024, initializer_range=0.3)
+    )
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("model_kind", ["gpt2", "llama"])
+def test_padded_batch_gives_every_document_its_loss_alone(ctx_tokenizer, corpus, side, model_kind):
+    """With the collator's defaults a document's loss must not depend on its batch's padding. Left padding used to
+    drop the (correct) position_ids, so GPT-2's learned absolute positions counted from the first pad column and a
+    left-padded document's loss moved by ~0.03; Llama (rotary, relative) was unaffected."""
+    from .conftest import tiny_llama
+
+    tok = ctx_tokenizer
+    model = (_tiny_gpt2(len(tok)) if model_kind == "gpt2" else tiny_llama(len(tok))).eval()
+    rows = examples(corpus, 3)
+    for row, chars in zip(rows, (60, 400, 200)):  # different lengths: the batch is padded
+        row["text"] = row["text"][:chars]
+    collator = MetadataCollator(tok, metadata_template("url"), metadata_dropout=0.0, padding_side=side)
+
+    def doc_losses(batch):
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        mask = labels != -100
+        return (ce * mask).sum(1) / mask.sum(1)
+
+    batch = collator(rows)
+    assert (batch["attention_mask"] == 0).any()
+    alone = torch.cat([doc_losses(collator([row])) for row in rows])
+    torch.testing.assert_close(doc_losses(batch), alone, rtol=0, atol=1e-5)
+    assert ("position_ids" in batch) == (side == "left")  # right padding keeps its former keys
