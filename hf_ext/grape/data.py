@@ -5,10 +5,11 @@ from __future__ import annotations
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
 
 
-def ensure_lm_columns(dataset):
-    """Add `labels` (a copy of `input_ids`) and `attention_mask` (all ones) to a tokenized dataset lacking them."""
+def ensure_lm_columns(dataset, add_labels: bool = True):
+    """Add `labels` (a copy of `input_ids`; not with `add_labels=False`, for a collator that builds them, as
+    `DataCollatorForLanguageModeling` does) and `attention_mask` (all ones) to a tokenized dataset lacking them."""
     ds = dataset
-    if "labels" not in ds.column_names:
+    if add_labels and "labels" not in ds.column_names:
         ds = ds.add_column("labels", ds["input_ids"])
     if "attention_mask" not in ds.column_names:
         ds = ds.add_column("attention_mask", [[1] * len(x) for x in ds["input_ids"]])

@@ -224,7 +224,11 @@ class GrapeTrainer(Trainer):
                         train_dataset, tokenizer, args.block_size, args.domain_column, args.text_column
                     )
             check_no_empty_rows(train_dataset, "train_dataset")
-            train_dataset = ensure_lm_columns(train_dataset)
+            from transformers import DataCollatorForLanguageModeling
+
+            # that collator builds (and pads) the labels itself: an unpadded copy would break its padding
+            builds_labels = isinstance(kwargs.get("data_collator"), DataCollatorForLanguageModeling)
+            train_dataset = ensure_lm_columns(train_dataset, add_labels=not builds_labels)
             domain_names, self._domain_indices = domain_rows(train_dataset, args.domain_column)
             source = train_dataset.remove_columns([args.domain_column])
             self._domain_source = source.select_columns([c for c in MODEL_COLUMNS if c in source.column_names])
@@ -247,6 +251,8 @@ class GrapeTrainer(Trainer):
             source = StreamingMixture(self._domain_streams, self.mixture_state, seed=args.seed)
 
         super().__init__(model=model, args=args, train_dataset=source, **kwargs)
+        if not streaming:
+            self._check_source_collation()
         if method not in ("uniform", "fixed") and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
                 f"reweight_method={method!r} takes per-domain gradients of the full model, which needs DDP (or one "
@@ -387,6 +393,27 @@ class GrapeTrainer(Trainer):
         columns = [c for c in MODEL_COLUMNS if c in dataset.column_names]
         batch = dataset.select_columns(columns)[[int(r) for r in rows]]
         return [{c: batch[c][i] for c in columns} for i in range(len(rows))]
+
+    def _check_source_collation(self) -> None:
+        """Tokenized source rows of different lengths need a collator that pads them (with their labels): try the
+        shortest and the longest row together now, rather than fail at the first step or reweighting."""
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(self._domain_source.with_format("arrow")["input_ids"])
+        low, high = pc.min_max(lengths).values()
+        if low.as_py() == high.as_py():
+            return
+        rows = [pc.index(lengths, low).as_py(), pc.index(lengths, high).as_py()]
+        try:
+            self.data_collator([self._domain_source[i] for i in rows])
+        except Exception as err:
+            name = getattr(self.data_collator, "__name__", type(self.data_collator).__name__)
+            raise ValueError(
+                f"train_dataset rows have {low.as_py()} to {high.as_py()} tokens, and data_collator ({name}) "
+                f"cannot batch rows of different lengths ({type(err).__name__}: {err}). Pass a padding collator, e.g. "
+                "data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False) or DataCollatorForSeq2Seq("
+                "tokenizer), or give the text untokenized to pack it into block_size blocks."
+            ) from None
 
     def _collate(self, features: list[dict]) -> dict:
         return self._prepare_inputs(self.data_collator(features))

@@ -177,3 +177,37 @@ def test_second_train_call_is_a_new_run_from_the_current_weights(tmp_path):
     assert len(second) == len(fresh_rec.batches) and all(torch.equal(x, y) for x, y in zip(second, fresh_rec.batches))
     logged = [h["grape/domain_updates"] for h in trainer.state.log_history if "grape/domain_updates" in h]
     assert logged == [1, 2]
+
+
+def _ragged_sources(train):
+    rows = [ids[: 10 + (i % 6)] for i, ids in enumerate(train["input_ids"])]
+    return Dataset.from_dict({"input_ids": rows, "domain": train["domain"]})
+
+
+def test_ragged_tokenized_sources_train_with_the_language_modeling_collator(data, pad_tokenizer, tmp_path):
+    """Tokenized source rows of different lengths with the usual causal-LM collator: it builds and pads the labels
+    itself, so the trainer does not add an unpadded copy (which made it fail at the first step)."""
+    train, targets = data
+    args = quick_grape_args(tmp_path, max_steps=4, reweight_tasks_every=2, reweight_domains_every=2)
+    trainer = GrapeTrainer(
+        model=tiny_llama(seed=1),
+        args=args,
+        train_dataset=_ragged_sources(train),
+        target_datasets=targets,
+        data_collator=DataCollatorForLanguageModeling(pad_tokenizer, mlm=False),
+        processing_class=pad_tokenizer,
+    )
+    trainer.train()
+    assert trainer.mixture_state.domain_updates == 2 and torch.isfinite(trainer.mixture_state.domain_weights).all()
+
+
+def test_ragged_tokenized_sources_with_a_collator_that_cannot_pad_are_refused_at_construction(data, tmp_path):
+    train, targets = data
+    with pytest.raises(ValueError, match=r"train_dataset rows have 10 to 15 tokens, and data_collator .*padding"):
+        GrapeTrainer(
+            model=tiny_llama(seed=1),
+            args=quick_grape_args(tmp_path),
+            train_dataset=_ragged_sources(train),
+            target_datasets=targets,
+            data_collator=default_data_collator,
+        )
