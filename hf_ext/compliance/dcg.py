@@ -54,6 +54,10 @@ class DCGReport:
         return "\n".join(lines)
 
 
+#: Metrics that decrease as quality improves: a DCG on one of them flips the sign of every task's gap.
+LOWER_IS_BETTER_METRICS = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
 def compute_dcg(
     non_compliant: Mapping,
     compliant: Mapping,

@@ -68,9 +68,23 @@ class RobotsTxtStore(Mapping):
     Records whose `text` is `None` document a host known to have no robots.txt.
     """
 
+    def _add_loaded(self, seen: dict, where: str, host, *fields) -> None:
+        """`add` for a record read from a snapshot, refusing a second record of the same host: two fetches of one host
+        in a snapshot are ambiguous (which one applies?), and the later line would silently win."""
+        if not isinstance(host, str):
+            raise TypeError(f"{where}: host must be a str, got {type(host).__name__}.")
+        key = normalize_host(host)
+        if key in seen:
+            raise ValueError(
+                f"{where}: host {host!r} is recorded twice ({seen[key]} and {where}, both {key!r}); keep one record per "
+                "host (the fetch that applies to the snapshot's date)."
+            )
+        self.add(host, *fields)
+        seen[key] = where
+
     def __init__(self, records: Iterable[RobotsRecord] = (), fetched_at: str | None = None):
         self._records: dict[str, RobotsRecord] = {}
-        self.fetched_at = fetched_at
+        self.fetched_at = _iso_date(fetched_at, "the snapshot")
         for record in records:
             self.add(record.host, record.text, record.fetched_at, record.status, record.error)
 
@@ -109,6 +123,7 @@ class RobotsTxtStore(Mapping):
             raise TypeError(f"status of {host!r} must be an int HTTP status or None, got {status!r}.")
         if error is not None and not isinstance(error, str):
             raise TypeError(f"error of {host!r} must be a str or None, got {type(error).__name__}.")
+        fetched_at = _iso_date(fetched_at, host)
         self._records[key] = RobotsRecord(key, _decode(text), fetched_at or self.fetched_at, status, error or None)
 
     def update_from_fetch(self, record: RobotsRecord) -> RobotsRecord:
@@ -116,8 +131,9 @@ class RobotsTxtStore(Mapping):
 
         A fetch that found the robots.txt *unreachable* (5xx, network error) does not replace an *available* copy
         already in the store: RFC 9309 section 2.4 lets crawlers keep using a cached copy while the file is
-        unreachable, instead of falling back to complete disallow. Every other result replaces the record (a 4xx means
-        the file is gone). Returns the record now stored.
+        unreachable, instead of falling back to complete disallow. A fetch dated before the stored record's does not
+        replace it either. Every other result replaces the record (a 4xx means the file is gone). Returns the record
+        now stored.
         """
         if not isinstance(record, RobotsRecord):
             raise TypeError(f"record must be a RobotsRecord, got {type(record).__name__}.")
@@ -125,6 +141,9 @@ class RobotsTxtStore(Mapping):
         previous = self._records.get(key)
         if record.status_class == "unreachable" and previous is not None and previous.status_class == "available":
             return previous
+        new_date = _iso_date(record.fetched_at, record.host)
+        if previous is not None and new_date and previous.fetched_at and new_date < previous.fetched_at:
+            return previous  # an older fetch than the one stored (ISO dates compare as strings)
         self.add(key, record.text, record.fetched_at, record.status, record.error)
         return self._records[key]
 
@@ -180,7 +199,7 @@ class RobotsTxtStore(Mapping):
             import pyarrow.parquet as pq
 
             rows = pq.read_table(path).to_pylist()
-        store = cls()
+        store, seen = cls(), {}
         for i, row in enumerate(rows):
             if not isinstance(row, dict) or "host" not in row:
                 raise ValueError(f"{path}: record {i} has no 'host' field; records need host and robots_txt.")
@@ -189,7 +208,10 @@ class RobotsTxtStore(Mapping):
                     f"{path}: record {i} has no 'robots_txt' field (fields: {sorted(row)}); records need host and "
                     "robots_txt (null for a host without robots.txt)."
                 )
-            store.add(row["host"], row.get("robots_txt"), row.get("fetched_at"), row.get("status"), row.get("error"))
+            store._add_loaded(
+                seen, f"{path}: record {i}", row["host"], row.get("robots_txt"), row.get("fetched_at"),
+                row.get("status"), row.get("error"),
+            )  # fmt: skip
         return store
 
     @classmethod
@@ -216,15 +238,19 @@ class RobotsTxtStore(Mapping):
                 f"{str(path)!r} holds no <host>.txt files and no {_META_FILE}: it is not a robots.txt snapshot "
                 "folder; pass a folder written by RobotsTxtStore.save, a .jsonl or a .parquet file."
             )
-        store = cls(fetched_at=default_date)
+        store, seen = cls(fetched_at=default_date), {}
         for file in files:
             host = file.stem
             info = per_host.get(normalize_host(host), {})
-            store.add(
-                host, file.read_bytes(), info.get("fetched_at", default_date), info.get("status"), info.get("error")
-            )
-        for host, info in per_host.items():  # hosts recorded as having no robots.txt
-            if normalize_host(host) not in store._records and info.get("missing"):
+            store._add_loaded(
+                seen, str(file), host, file.read_bytes(), info.get("fetched_at", default_date), info.get("status"),
+                info.get("error"),
+            )  # fmt: skip
+        for host, info in per_host.items():  # hosts recorded without a robots.txt file
+            # `missing` (no robots.txt, status unknown), or a status / error saying why there is none (4xx: allow all;
+            # 5xx, network error: disallow all): dropping those would allow every page of an unreachable host
+            recorded = info.get("missing") or info.get("status") is not None or info.get("error")
+            if normalize_host(host) not in store._records and recorded:
                 store.add(host, None, info.get("fetched_at", default_date), info.get("status"), info.get("error"))
         return store
 
@@ -279,6 +305,20 @@ class RobotsTxtStore(Mapping):
             with atomic_open(str(path), "wb") as fh:
                 pq.write_table(pa.Table.from_pylist(rows, schema=schema), fh)
         return path
+
+
+def _iso_date(value, host):
+    """A fetch date as an ISO string: `str` and `None` as given, a `datetime` / `date` (what pandas and Parquet
+    timestamp columns hold) in ISO format; anything else is refused, naming the host."""
+    import datetime as dt
+
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dt.date):  # also datetime
+        return value.isoformat()
+    raise TypeError(
+        f"fetched_at of {host!r} must be an ISO date string, a datetime or None, got {type(value).__name__} {value!r}."
+    )
 
 
 def _infer_format(path: Path) -> str:

@@ -93,7 +93,9 @@ def layer_pairing_task_sweep(
 
 
 def _lower(metric: str, scores: dict) -> list[str]:
-    return list(scores) if metric in ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte") else []
+    from ..compliance.dcg import LOWER_IS_BETTER_METRICS
+
+    return list(scores) if metric in LOWER_IS_BETTER_METRICS else []
 
 
 def format_task_sweep_table(rows: Sequence[dict], metric: str = "acc") -> str:

@@ -57,7 +57,11 @@ class ComplianceArguments:
     )
     dcg_compliant: str | None = field(default=None, metadata={"help": "JSON results of the compliant model."})
     dcg_metric: str | None = field(
-        default=None, metadata={"help": "Metric to read from nested --dcg_non_compliant/--dcg_compliant files."}
+        default=None,
+        metadata={
+            "help": "Metric to read from nested --dcg_non_compliant/--dcg_compliant files; for perplexity, "
+            "word_perplexity, byte_perplexity and bits_per_byte the gaps' sign is flipped (lower is better)."
+        },
     )
     dcg_absolute: bool = field(
         default=False,
@@ -202,10 +206,17 @@ def _refuse_inapplicable_flags(args: ComplianceArguments) -> None:
         )
 
 
+def _result_tasks(results, metric):
+    from ..utils.scores import task_scores
+
+    return list(task_scores(results, metric, "non_compliant", ()))
+
+
 def _dcg_from_files(args: ComplianceArguments):
     """The DCG report of `--dcg_non_compliant` vs `--dcg_compliant`, computed before any work or write so that a
     malformed or mismatched file fails first, naming the flag."""
     from ..compliance import compute_dcg
+    from ..compliance.dcg import LOWER_IS_BETTER_METRICS
 
     results = {}
     for name in ("dcg_non_compliant", "dcg_compliant"):
@@ -216,9 +227,11 @@ def _dcg_from_files(args: ComplianceArguments):
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"--{name}={path!r} is not a JSON results file ({err}).") from None
     try:
+        lower = args.dcg_metric in LOWER_IS_BETTER_METRICS  # then a higher score of the compliant model is worse
+        full, comp = results["dcg_non_compliant"], results["dcg_compliant"]
         return compute_dcg(
-            results["dcg_non_compliant"], results["dcg_compliant"], relative=not args.dcg_absolute,
-            metric=args.dcg_metric,
+            full, comp, relative=not args.dcg_absolute, metric=args.dcg_metric,
+            lower_is_better=_result_tasks(full, args.dcg_metric) if lower else (),
         )  # fmt: skip
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(

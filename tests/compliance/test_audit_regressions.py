@@ -398,3 +398,72 @@ def test_the_batch_loop_reads_the_path_of_an_uncached_url_like_the_single_call(b
     single = [RobotsCompliance(store, backend=backend).is_compliant(u) for u in urls]
     assert RobotsCompliance(store, backend=backend).is_compliant_batch(urls) == single
     assert single[1] is False
+
+
+def test_a_snapshot_with_two_records_of_one_host_is_refused(tmp_path):
+    """Two fetches of one host in a snapshot are ambiguous: the later line used to win silently, whatever its date
+    (a Jan-2025 opt-out lost to a 2023 allow-all), also across spellings that normalise to one host."""
+    import json
+
+    from hf_ext.compliance import RobotsTxtStore
+
+    rows = [
+        {"host": "a.com", "robots_txt": "User-agent: GPTBot\nDisallow: /", "fetched_at": "2025-01-15"},
+        {"host": "A.COM:8080", "robots_txt": "User-agent: *\nAllow: /", "fetched_at": "2023-06-01"},
+    ]
+    path = tmp_path / "snap.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"host 'A.COM:8080' is recorded twice .*record 0.*record 1"):
+        RobotsTxtStore.load(path)
+
+
+def test_a_fetch_older_than_the_stored_one_does_not_replace_it():
+    from hf_ext.compliance import RobotsTxtStore
+    from hf_ext.compliance.store import RobotsRecord
+
+    store = RobotsTxtStore()
+    store.update_from_fetch(RobotsRecord("a.com", "User-agent: GPTBot\nDisallow: /", "2025-01-15", 200))
+    kept = store.update_from_fetch(RobotsRecord("a.com", "User-agent: *\nAllow: /", "2020-03-01", 200))
+    assert kept.fetched_at == "2025-01-15" and "Disallow" in kept.text
+    newer = store.update_from_fetch(RobotsRecord("a.com", None, "2025-06-01", 404))
+    assert newer.fetched_at == "2025-06-01" and newer.status_class == "unavailable"
+
+
+def test_datetime_fetch_dates_are_stored_as_iso_strings_and_other_types_refused(tmp_path):
+    """A Parquet snapshot with a timestamp `fetched_at` column (what pandas writes for datetimes) loads with ISO
+    strings, so it can be saved and reported (it used to crash the recipe after all its work); an int is refused."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hf_ext.compliance import RobotsTxtStore
+
+    table = pa.table({"host": ["a.com"], "robots_txt": ["User-agent: *\nDisallow: /x"],
+                      "fetched_at": [dt.datetime(2025, 1, 15, 10, 30)]})  # fmt: skip
+    pq.write_table(table, tmp_path / "snap.parquet")
+    store = RobotsTxtStore.load(tmp_path / "snap.parquet")
+    assert store._records["a.com"].fetched_at == "2025-01-15T10:30:00"
+    store.save(tmp_path / "again.jsonl")
+    assert RobotsTxtStore.load(tmp_path / "again.jsonl")._records["a.com"].fetched_at == "2025-01-15T10:30:00"
+    with pytest.raises(TypeError, match="fetched_at of 'b.com' must be an ISO date string"):
+        store.add("b.com", None, fetched_at=20250115)
+
+
+def test_folder_snapshot_keeps_hosts_recorded_with_a_status_or_error_but_no_file(tmp_path):
+    """RFC 9309: a 5xx or a fetch without answer means disallow everything. A folder snapshot whose `_snapshot.json`
+    records such a host (without `"missing": true`, as third-party folders write it) used to drop it: every page of
+    the unreachable host was allowed."""
+    import json
+
+    from hf_ext.compliance import RobotsCompliance, RobotsTxtStore
+
+    (tmp_path / "a.com.txt").write_text("User-agent: *\nAllow: /")
+    meta = {"fetched_at": "2025-01-15", "hosts": {"c.com": {"status": 503}, "i.com": {"error": "timeout"},
+                                                    "g.com": {"status": 404}}}  # fmt: skip
+    (tmp_path / "_snapshot.json").write_text(json.dumps(meta))
+    store = RobotsTxtStore.load(tmp_path)
+    assert store.status_counts()["unreachable"] == 2 and store.status_counts()["unavailable"] == 1
+    rc = RobotsCompliance(store, user_agents=["GPTBot"])
+    assert not rc.is_compliant("https://c.com/x") and not rc.is_compliant("https://i.com/x")
+    assert rc.is_compliant("https://g.com/x") and rc.is_compliant("https://a.com/x")

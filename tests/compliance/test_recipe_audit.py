@@ -46,6 +46,22 @@ def test_dcg_report_from_files(tmp_path):
     assert (out / "my_notes.txt").read_text() == "kept"
 
 
+@pytest.mark.parametrize("metric", ["word_perplexity", "bits_per_byte"])
+def test_dcg_report_on_a_lower_is_better_metric_is_positive_when_compliance_costs(tmp_path, metric):
+    """A perplexity-like --dcg_metric flips the gaps' sign, as `compute_dcg(lower_is_better=...)` and the evaluation
+    helpers do: the compliant model at 25 against 20 costs 25% (was reported as -25%)."""
+    lm_eval = lambda v: {"results": {"wikitext": {f"{metric},none": v}}}  # noqa: E731
+    (tmp_path / "full.json").write_text(json.dumps(lm_eval(20.0)))
+    (tmp_path / "comp.json").write_text(json.dumps(lm_eval(25.0)))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"url": f"https://example.org/{i}", "text": "a b c"}) + "\n" for i in (1, 2)))
+    argv = ["--dcg_non_compliant", str(tmp_path / "full.json"), "--dcg_compliant", str(tmp_path / "comp.json")]
+    argv += ["--train_file", str(docs), "--vocab_size", "300", "--dcg_metric", metric, "--output_dir", str(tmp_path / "o")]
+    main(argv)
+    rows = json.loads((tmp_path / "o" / "dcg.json").read_text())["rows"]
+    assert {r["task"]: r["gap"] for r in rows} == pytest.approx({"wikitext": 25.0})
+
+
 @pytest.mark.parametrize(
     "args, match",
     [
