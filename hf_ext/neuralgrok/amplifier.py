@@ -378,7 +378,10 @@ def amplifier_outer_step(
 ) -> float:
     r"""
     One Learn-Amplifier step: update `amplifier` so that a virtual SGD step with its transformed gradients lowers the
-    loss on the outer set. The model parameters are never modified.
+    loss on the outer set. The model is never modified: not its parameters, their `.grad`, nor its buffers (e.g.
+    BatchNorm running statistics). Like the reference, which runs this step on a deep copy of the model, every forward
+    here (step 1 and the outer batches) runs on one set of clones of the buffers, which those forwards may update
+    in train mode (the same clones throughout, as the copy's buffers would be); the real buffers stay bit-identical.
 
     With the model at theta (after the real optimizer step):
 
@@ -398,9 +401,12 @@ def amplifier_outer_step(
             `g_hat` is given.
         outer_batches: batches of the outer set D_outer; `L_outer` is their example-weighted mean loss.
         virtual_lr (`float`): step size of the virtual SGD step (the reference uses the base learning rate).
-        loss_fn (`Callable`, *optional*): `loss_fn(model, batch) -> scalar`; defaults to `model(**batch).loss`.
+        loss_fn (`Callable`, *optional*): `loss_fn(model, batch) -> scalar`; defaults to `model(**batch).loss`
+            evaluated with the cloned buffers (`functional_call(model, buffers, kwargs=batch).loss`). A given
+            `loss_fn` calls the real model: buffers it changes are restored afterwards.
         outer_loss_fn (`Callable`, *optional*): `outer_loss_fn(model, params, batch) -> scalar` for the outer loss;
-            defaults to `functional_call(model, params, kwargs=batch).loss`.
+            defaults to `functional_call(model, params, kwargs=batch).loss`. `params` holds the virtual parameters and
+            the cloned buffers.
         grad_reducer (`Callable`, *optional*): applied to each amplifier gradient before the meta step (e.g. a mean
             over data-parallel ranks).
         g_hat (sequence of `torch.Tensor` or `None`, *optional*): the gradient to transform in step 2, one entry per
@@ -422,10 +428,14 @@ def amplifier_outer_step(
         raise ValueError("outer_batches is empty: pass a non-empty outer dataset (D_outer).")
     if not _positive_finite(virtual_lr):
         raise ValueError(f"virtual_lr={virtual_lr!r} must be a finite number > 0.")
+    # Clones of the buffers, shared by every forward of this step as the reference's deep copy shares its own: a
+    # train-mode forward (BatchNorm) updates these, never the real model's running statistics or counters.
+    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+    restore_buffers = loss_fn is not None  # a given loss_fn runs the real model: put back what it changes
     if loss_fn is None:
 
         def loss_fn(m, batch):
-            return m(**batch).loss
+            return functional_call(m, buffers, args=(), kwargs=dict(batch)).loss
 
     if outer_loss_fn is None:
 
@@ -448,10 +458,20 @@ def amplifier_outer_step(
                 f"entries for {len(params)} parameters."
             )
     else:
-        # 1. g_hat at the current parameters, on the last inner batch (no .grad is touched).
-        with torch.enable_grad():
-            inner_loss = sum(loss_fn(model, batch) for batch in inner_batches) / len(inner_batches)
-            g_hat = torch.autograd.grad(inner_loss, params, allow_unused=True)
+        # 1. g_hat at the current parameters, on the last inner batch (no .grad and no buffer is touched).
+        try:
+            with torch.enable_grad():
+                inner_loss = sum(loss_fn(model, batch) for batch in inner_batches) / len(inner_batches)
+                g_hat = torch.autograd.grad(inner_loss, params, allow_unused=True)
+        finally:
+            if restore_buffers:  # the outer forwards continue from what step 1 left, on clones; the real ones go back
+                with torch.no_grad():
+                    for name, buffer in model.named_buffers():
+                        if name not in buffers:  # registered by loss_fn itself: not the model's at the start
+                            continue
+                        changed = buffer.detach().clone()
+                        buffer.copy_(buffers[name])
+                        buffers[name] = changed
         if g_hat_reducer is not None:
             g_hat = [None if g is None else g_hat_reducer(g) for g in g_hat]
     # 2.-3. virtual step and outer loss, differentiable in phi only.
@@ -466,7 +486,6 @@ def amplifier_outer_step(
         for name, param in zip(names, params):
             theta = param.detach()
             virtual[name] = theta - virtual_lr * transformed[name] if name in transformed else theta
-        buffers = dict(model.named_buffers())
         total_examples = 0
         outer_loss = 0.0
         for batch in outer_batches:

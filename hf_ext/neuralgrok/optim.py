@@ -270,8 +270,8 @@ class GradFilterOptimizer(GradientTransformOptimizer):
             raise ValueError(f"alpha={alpha} must be in [0, 1).")
         if isinstance(lamb, bool) or not isinstance(lamb, numbers.Real) or not math.isfinite(lamb):
             raise ValueError(f"lamb={lamb!r} must be a finite number (the amplification of the slow component).")
-        if not isinstance(window, int) or window < 1:
-            raise ValueError(f"window={window} must be a positive int.")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window={window!r} must be a positive int.")
         self.mode = mode
         self.alpha = float(alpha)
         self.lamb = float(lamb)

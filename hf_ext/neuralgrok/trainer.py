@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,8 @@ class NeuralGrokConfig(TrainingArguments):
     code's `torch.optim.Adam` with coupled L2 weight decay 1e-3, batch 512, lr 1e-3, betas (0.9, 0.98), 10 warm-up
     steps, then constant lr; T = 4; meta-Adam lr 1e-4) except the amplifier width, which defaults to the paper text's
     hidden 32 (see `amplifier_hidden_dims`). `coupled_weight_decay=False` uses `args.optim` (AdamW) instead; with it
-    we measured no speed-up from NeuralGrok (see docs/neuralgrok.md).
+    we measured no speed-up from NeuralGrok (see docs/neuralgrok.md). With `coupled_weight_decay=True` a non-default
+    `optim`, `optim_args` or `optim_target_modules` is refused (it would be ignored).
 
     `max_grad_norm` defaults to 0: NeuralGrok clips *after* its transform (`amplifier_clip_norm`); a positive
     `max_grad_norm` would clip the raw gradient before it and is rejected with `gradient_transform="neuralgrok"` or
@@ -152,14 +154,15 @@ class NeuralGrokConfig(TrainingArguments):
             )
         for name in ("outer_batch_size", "outer_max_samples"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name}={value} must be a positive int or None.")
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive int or None.")
         if self.grokfast_lamb is not None and not math.isfinite(self.grokfast_lamb):
             raise ValueError(f"grokfast_lamb={self.grokfast_lamb} must be a finite number (or None for the default).")
         if not 0.0 <= self.grokfast_alpha < 1.0:
             raise ValueError(f"grokfast_alpha={self.grokfast_alpha} must be in [0, 1).")
-        if self.grokfast_window < 1:
-            raise ValueError(f"grokfast_window={self.grokfast_window} must be >= 1.")
+        if not _is_int(self.grokfast_window) or self.grokfast_window < 1:
+            raise ValueError(f"grokfast_window={self.grokfast_window!r} must be a positive int (the MA window size).")
+        self._check_base_optimizer_arguments()
         if self.gradient_transform in CLIPPING_TRANSFORMS and self.max_grad_norm and self.max_grad_norm > 0:
             raise ValueError(
                 f"max_grad_norm={self.max_grad_norm} would clip the raw gradient before the {self.gradient_transform} "
@@ -167,6 +170,55 @@ class NeuralGrokConfig(TrainingArguments):
                 "Set max_grad_norm=0 and use amplifier_clip_norm (clipping after the transform, as in the paper)."
             )
         super().__post_init__()
+
+    def _check_base_optimizer_arguments(self) -> None:
+        """Refuse, by name, base-optimizer options that would be ignored or that torch's Adam (base and meta optimizer)
+        would refuse only when the trainer or `train()` builds it."""
+        if self.coupled_weight_decay:
+            # create_optimizer builds torch.optim.Adam itself: the options of transformers' --optim optimizers are unread
+            optim = getattr(self.optim, "value", self.optim)
+            default = TrainingArguments.__dataclass_fields__["optim"].default
+            if optim != getattr(default, "value", default):
+                raise ValueError(
+                    f"--optim {optim} would be ignored: with coupled_weight_decay=True (the default, the reference "
+                    "setup) NeuralGrokTrainer always builds torch.optim.Adam with coupled L2 weight decay "
+                    "(--learning_rate, --adam_beta1/--adam_beta2, --adam_epsilon, --weight_decay). Drop --optim, or set "
+                    "coupled_weight_decay=False to train with the optimizer --optim names."
+                )
+            for name in ("optim_args", "optim_target_modules"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"--{name} {getattr(self, name)!r} would be ignored: it configures transformers' --optim "
+                        "optimizers, and with coupled_weight_decay=True (the default) NeuralGrokTrainer always builds "
+                        "torch.optim.Adam. Drop it, or set coupled_weight_decay=False to use --optim and its options."
+                    )
+        if not _is_real(self.learning_rate) or not 0.0 <= self.learning_rate < math.inf:
+            raise ValueError(f"--learning_rate must be a finite number >= 0, got {self.learning_rate!r}.")
+        if self.gradient_transform == "neuralgrok" and self.virtual_lr is None and self.learning_rate == 0:
+            raise ValueError(
+                "--learning_rate 0 with gradient_transform='neuralgrok' leaves the outer step without a virtual step "
+                "size (virtual_lr defaults to the learning rate): set --learning_rate > 0 or give virtual_lr."
+            )
+        if not _is_real(self.weight_decay) or not 0.0 <= self.weight_decay < math.inf:
+            raise ValueError(
+                f"--weight_decay must be a finite number >= 0 (0 disables it), got {self.weight_decay!r}."
+            )
+        if not _is_real(self.adam_epsilon) or not 0.0 <= self.adam_epsilon < math.inf:
+            raise ValueError(f"--adam_epsilon must be a finite number >= 0, got {self.adam_epsilon!r}.")
+        for name in ("adam_beta1", "adam_beta2"):  # the base Adam's and the amplifier's meta-Adam's betas
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"--{name} must lie in [0, 1), got {value!r}.")
+
+
+def _is_real(value) -> bool:
+    """`value` is a real number and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    """`value` is an int and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class _OuterStepCallback(TrainerCallback):

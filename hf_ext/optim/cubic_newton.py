@@ -22,6 +22,7 @@ Pieces:
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -187,8 +188,18 @@ def cubic_model_value(g: torch.Tensor, hv: torch.Tensor, h: torch.Tensor, M: flo
     return float(g.double() @ h + 0.5 * (hv.double() @ h) + M / 6.0 * h.norm() ** 3)
 
 
+def _is_real(value) -> bool:
+    """`value` is a real number and not a bool (`True` is an int in Python, and would pass for 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    """`value` is an int and not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_M(M: float) -> None:
-    if not isinstance(M, (int, float)) or not M > 0 or not math.isfinite(M):
+    if not _is_real(M) or not M > 0 or not math.isfinite(M):
         raise ValueError(f"The cubic regularisation constant `M` must be a positive finite number, got {M!r}.")
 
 
@@ -307,7 +318,7 @@ def solve_cubic_lanczos(
         `(h, hvp_calls)`.
     """
     _check_M(M)
-    if not isinstance(krylov_dim, int) or krylov_dim < 1:
+    if not _is_int(krylov_dim) or krylov_dim < 1:
         raise ValueError(f"`krylov_dim` must be a positive int, got {krylov_dim!r}.")
     gn = float(g.double().norm())
     start = g if gn > 0 else torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device)
@@ -345,7 +356,7 @@ def solve_cubic_gd(
         `(h, hvp_calls)`.
     """
     _check_M(M)
-    if not isinstance(max_iter, int) or max_iter < 0:
+    if not _is_int(max_iter) or max_iter < 0:
         raise ValueError(f"`max_iter` must be a non-negative int, got {max_iter!r}.")
     if not 0 < step_scale <= 1:
         raise ValueError(f"`step_scale` must lie in (0, 1], got {step_scale}.")
@@ -524,12 +535,17 @@ class CubicNewton(Optimizer):
         if solver == "exact" and hessian != "dense":
             raise ValueError("solver='exact' needs hessian='dense' (a matrix); use solver='lanczos' or 'gd'.")
         for name, val in (("alpha", alpha), ("beta", beta)):
-            if not 0.0 < val <= 1.0:
-                raise ValueError(f"`{name}` must lie in (0, 1], got {val}.")
+            if not _is_real(val) or not 0.0 < val <= 1.0:
+                raise ValueError(f"`{name}` must lie in (0, 1], got {val!r}.")
+        # NaN would pass a `val < 0` test and act as 0 (max(alpha, t^-nan) is alpha) or as no cap (min(r, nan) is r)
         for name, val in (("alpha_power", alpha_power), ("beta_power", beta_power)):
-            if val < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {val}.")
-        if not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            if not _is_real(val) or not 0 <= val < math.inf:
+                raise ValueError(f"`{name}` must be a finite number >= 0 (0: constant weight), got {val!r}.")
+        if not _is_real(max_extrapolation) or not 0 <= max_extrapolation < math.inf:
+            raise ValueError(
+                f"`max_extrapolation` must be a finite number >= 0 (the cap on (1-a)/a), got {max_extrapolation!r}."
+            )
+        if not _is_real(lr) or not 0 < lr < math.inf:
             raise ValueError(f"`lr` must be a positive finite number, got {lr!r}.")
         if M_rule not in ("fixed", "adaptive"):
             raise ValueError(f"`M_rule` must be 'fixed' or 'adaptive', got {M_rule!r}.")
@@ -539,22 +555,27 @@ class CubicNewton(Optimizer):
                 "f(x + h) <= f(x) + m(h) only holds for a model built from the gradient at x (deterministic use). "
                 "Use M_rule='fixed' with momentum, or momentum='none' with adaptive M."
             )
-        if not isinstance(krylov_dim, int) or krylov_dim < 1:
+        if not _is_int(krylov_dim) or krylov_dim < 1:
             raise ValueError(f"`krylov_dim` must be a positive int, got {krylov_dim!r}.")
-        if not isinstance(gd_iters, int) or gd_iters < 0:
+        if not _is_int(gd_iters) or gd_iters < 0:
             raise ValueError(f"`gd_iters` must be a non-negative int, got {gd_iters!r}.")
+        for name, val in (("M_min", M_min), ("M_max", M_max)):
+            if not _is_real(val) or not math.isfinite(val):
+                raise ValueError(f"`{name}` must be a finite number, got {val!r}.")
         if not 0 < M_min <= M <= M_max:
             raise ValueError(f"Need 0 < M_min <= M <= M_max, got M_min={M_min}, M={M}, M_max={M_max}.")
         if cubic_convention not in ("M/6", "M/3"):
             raise ValueError(f"`cubic_convention` must be 'M/6' or 'M/3', got {cubic_convention!r}.")
         if hvp_mode not in ("forward_over_reverse", "double_backward"):
             raise ValueError(f"`hvp_mode` must be 'forward_over_reverse' or 'double_backward', got {hvp_mode!r}.")
-        if not isinstance(hessian_window, int) or hessian_window < 1:
+        if not _is_int(hessian_window) or hessian_window < 1:
             raise ValueError(f"`hessian_window` must be a positive int, got {hessian_window!r}.")
-        if max_step_norm is not None and not max_step_norm > 0:
-            raise ValueError(f"`max_step_norm` must be > 0 or None, got {max_step_norm}.")
-        if max_extrapolation < 0:
-            raise ValueError(f"`max_extrapolation` must be >= 0, got {max_extrapolation}.")
+        if max_step_norm is not None and (not _is_real(max_step_norm) or not 0 < max_step_norm < math.inf):
+            raise ValueError(
+                f"`max_step_norm` must be a finite number > 0, or None for no cap, got {max_step_norm!r}."
+            )
+        if not _is_int(dense_max_dim) or dense_max_dim < 1:
+            raise ValueError(f"`dense_max_dim` must be a positive int, got {dense_max_dim!r}.")
         defaults = dict(
             M=float(M),
             lr=lr,

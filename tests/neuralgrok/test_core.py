@@ -180,6 +180,61 @@ def test_outer_gradient_matches_finite_differences(splits):
     assert analytic == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-9)
 
 
+class _BatchNormNet(torch.nn.Module):
+    """A model with buffers that a train-mode forward updates (BatchNorm running statistics and counter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bn, self.out = torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3)
+
+    def forward(self, x, labels):
+        from types import SimpleNamespace
+
+        logits = self.out(torch.relu(self.bn(self.fc(x))))
+        return SimpleNamespace(loss=torch.nn.functional.cross_entropy(logits, labels), logits=logits)
+
+
+@pytest.mark.parametrize("custom_loss_fn", [False, True])
+def test_outer_step_leaves_the_model_buffers_untouched(custom_loss_fn):
+    """The reference runs the outer step on a deep copy of the model: the real model's BatchNorm running statistics
+    and counter stay bit-identical (they used to move by up to 0.14, num_batches_tracked 1 -> 4), and the amplifier
+    update is the one computed on a deep copy."""
+    import copy
+
+    torch.manual_seed(0)
+    model = _BatchNormNet().train()
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    model(x, y).loss.backward()
+    inner = [{"x": x, "labels": y}]
+    outer = [{"x": x[:8], "labels": y[:8]}, {"x": x[8:], "labels": y[8:]}]
+    loss_fn = (lambda m, batch: m(**batch).loss) if custom_loss_fn else None
+    buffers_before = {n: b.clone() for n, b in model.named_buffers()}
+    copy_of_model = copy.deepcopy(model)
+    results = []
+    for target in (model, copy_of_model):
+        torch.manual_seed(1)
+        amp = NeuralAmplifier((8, 8))
+        meta = torch.optim.Adam(amp.parameters(), lr=1e-2)
+        loss = amplifier_outer_step(amp, meta, target, inner, outer, virtual_lr=1e-2, loss_fn=loss_fn)
+        results.append((loss, [p.detach().clone() for p in amp.parameters()]))
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, buffers_before[name]), name
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1]):
+        assert torch.equal(a, b)
+    # ... and that update is what the reference's deep copy gives: every forward updates the copy's running stats
+    torch.manual_seed(1)
+    amp = NeuralAmplifier((8, 8))
+    reference = copy.deepcopy(model)
+    names, params = zip(*reference.named_parameters())
+    g_hat = torch.autograd.grad(reference(**inner[0]).loss, params)  # step 1 on the copy (updates its buffers)
+    virtual = {n: p.detach() - 1e-2 * amp(g) for n, p, g in zip(names, params, g_hat)}
+    from torch.func import functional_call
+
+    expected = sum(len(b["x"]) * functional_call(reference, virtual, kwargs=b).loss for b in outer) / 16
+    assert results[0][0] == pytest.approx(float(expected.detach()), rel=1e-6)
+
+
 def test_outer_steps_lower_the_outer_loss(splits):
     model = tiny_model()
     inner, outer = batch_of(splits["inner"]), batch_of(splits["outer"])

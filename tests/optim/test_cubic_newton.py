@@ -231,11 +231,37 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
         (dict(M_rule="adaptive"), "M_rule.*momentum"),  # the default momentum is "extrapolated"
         (dict(M_rule="adaptive", momentum="ema"), "M_rule.*momentum"),
         (dict(M_rule="adaptive", momentum="hessian_corrected"), "M_rule.*momentum"),
+        # NaN passed the old `val < 0` checks (alpha_power=nan acted as 0, max_extrapolation=nan as no cap), inf is
+        # no finite setting, and a bool passed for the number 1 (or the int 1)
+        (dict(alpha_power=float("nan")), "alpha_power"),
+        (dict(beta_power=float("nan")), "beta_power"),
+        (dict(alpha_power=float("inf")), "alpha_power"),
+        (dict(max_extrapolation=float("nan")), "max_extrapolation"),
+        (dict(max_extrapolation=float("inf")), "max_extrapolation"),
+        (dict(max_step_norm=float("inf")), "max_step_norm"),
+        (dict(max_step_norm=float("nan")), "max_step_norm"),
+        (dict(M_max=float("inf")), "M_max"),
+        (dict(hessian_window=True), "hessian_window"),
+        (dict(hessian="fresh", krylov_dim=True), "krylov_dim"),
+        (dict(hessian="fresh", solver="gd", gd_iters=False), "gd_iters"),
+        (dict(M=True), "M"),
+        (dict(lr=True), "lr"),
+        (dict(alpha=True), "alpha"),
+        (dict(alpha_power=False), "alpha_power"),
+        (dict(max_extrapolation=True), "max_extrapolation"),
+        (dict(max_step_norm=True), "max_step_norm"),
+        (dict(dense_max_dim=True), "dense_max_dim"),
     ],
 )
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         CubicNewton([torch.nn.Parameter(torch.zeros(3))], **kw)
+
+
+def test_edge_values_of_the_numeric_options_stay_valid():
+    w = torch.nn.Parameter(torch.zeros(3))
+    CubicNewton([w], alpha=1, beta=1.0, alpha_power=0, beta_power=2.5, max_extrapolation=0, max_step_norm=None)
+    CubicNewton([w], max_extrapolation=1e9, max_step_norm=1e-3, M_min=1e-6, M_max=1e8, hessian_window=1, lr=2)
 
 
 def test_adaptive_M_without_momentum_keeps_M_bounded_on_a_deterministic_problem():

@@ -102,6 +102,11 @@ def test_hf_llama_eager_trains_and_sdpa_is_refused(tmp_path):
         (dict(cubic_M_rule="armijo"), "cubic_M_rule"),
         (dict(cubic_M_rule="adaptive"), "cubic_M_rule.*cubic_momentum"),  # _args uses cubic_momentum="ema"
         (dict(cubic_M_rule="adaptive", cubic_momentum="extrapolated"), "cubic_M_rule.*cubic_momentum"),
+        # used to be accepted: NaN acted as power 0, a bool as the window 1
+        (dict(cubic_alpha_power=float("nan")), "alpha_power.*--cubic_x"),
+        (dict(cubic_beta_power=float("inf")), "beta_power.*--cubic_x"),
+        (dict(cubic_hessian_window=True), "hessian_window.*--cubic_x"),
+        (dict(cubic_max_step_norm=float("inf")), "max_step_norm.*--cubic_x"),
     ],
 )
 def test_bad_arguments(tmp_path, kw, match):
