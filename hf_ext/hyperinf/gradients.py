@@ -305,6 +305,10 @@ class PaddingCollator:
         return batch
 
 
+# Columns with one entry per input token: cut with `input_ids` when an example's stored padding is removed.
+_TOKEN_LEVEL = ("input_ids", "attention_mask", "labels", "token_type_ids", "position_ids")
+
+
 def check_dataset(dataset, name: str, model: torch.nn.Module) -> None:
     """Raise a clear error when `dataset` cannot feed the influence computation."""
     if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
@@ -357,6 +361,8 @@ class PerExampleGradients:
         self.method = method
         self.dtype = dtype
         self.causal_lm = _is_causal_lm(model)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.encoder_decoder = bool(getattr(getattr(base, "config", None), "is_encoder_decoder", False))
         self.pad_token_id = getattr(getattr(model, "config", None), "pad_token_id", None)
         self.data_collator = data_collator or PaddingCollator(
             sorted(model_input_names(model)), pad_token_id=self.pad_token_id, causal_lm_labels=self.causal_lm
@@ -423,7 +429,9 @@ class PerExampleGradients:
         window = 16 * self.batch_size
         try:
             for start in tqdm(range(0, len(dataset), window), desc=desc, disable=not progress, leave=False):
-                examples = [dataset[i] for i in range(start, min(start + window, len(dataset)))]
+                examples = [
+                    self._as_alone(dataset[i], i) for i in range(start, min(start + window, len(dataset)))
+                ]
                 groups: dict[int, list[int]] = {}
                 for row, example in enumerate(examples):
                     groups.setdefault(len(example["input_ids"]), []).append(row)
@@ -441,6 +449,36 @@ class PerExampleGradients:
                     yield {name: value[sub : sub + self.batch_size].to(device) for name, value in out.items()}
         finally:
             self.model.train(was_training)
+
+    def _as_alone(self, example: Mapping, index: int) -> Mapping:
+        """`example` without the padding it was stored with: leading and trailing positions whose `attention_mask` is
+        0 are cut from every token-level column, so each example is differentiated exactly as alone, also on models
+        with absolute positions (GPT-2, BERT), where left padding would shift every position. Token `labels` (other
+        than an encoder-decoder's) must have one entry per input token."""
+        n = len(example["input_ids"])
+        labels = example.get("labels")
+        if not self.encoder_decoder and labels is not None and not isinstance(labels, int | float):
+            if torch.as_tensor(labels).ndim == 1 and len(labels) != n:
+                raise ValueError(
+                    f"example {index} has {len(labels)} labels for {n} input_ids; token labels need one entry per "
+                    "input token (-100 for tokens that do not count), as the model's own loss does."
+                )
+        mask = example.get("attention_mask")
+        if mask is None:
+            return example
+        keep = torch.as_tensor(mask)
+        if keep.ndim != 1 or len(keep) != n or bool(keep.all()):
+            return example
+        real = keep.nonzero().flatten()
+        if real.numel() == 0:
+            raise ValueError(f"example {index} has an attention_mask of zeros only: it has no token to score.")
+        lo, hi = int(real[0]), int(real[-1]) + 1
+        out = dict(example)
+        for key, value in example.items():
+            if key in _TOKEN_LEVEL and value is not None and not isinstance(value, int | float):
+                if torch.as_tensor(value).ndim == 1 and len(value) == n:
+                    out[key] = value[lo:hi]
+        return out
 
     def _base_model(self) -> torch.nn.Module:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model

@@ -230,6 +230,11 @@ class InfluenceEngine:
                 raise ValueError(
                     f"Gradients of {name!r} must have shape (B, {shape[0]}, {shape[1]}), got {tuple(grads.shape)}."
                 )
+            if not bool(torch.isfinite(grads).all()):
+                raise ValueError(
+                    f"Gradients of {name!r} hold NaN or inf: the model or its adapter holds non-finite values (a "
+                    "diverged fine-tune?) or the loss overflowed (float16?); every influence score would be NaN."
+                )
             sizes.add(grads.shape[0])
         if len(sizes) != 1:
             raise ValueError(f"All tracked matrices of a batch must have the same batch size, got {sorted(sizes)}.")

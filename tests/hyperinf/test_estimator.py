@@ -375,3 +375,20 @@ def test_left_padded_example_in_float64_has_finite_vmap_gradients(causal_lm):
         assert torch.isfinite(value).all() and value.abs().max() > 0
         torch.testing.assert_close(value, grads["loop"][name])
     assert model.get_base_model().config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("method", ["tracin", "hyperinf"])
+def test_non_finite_gradients_are_named_not_turned_into_nan_scores(causal_lm, lm_data, method):
+    """A NaN adapter weight (a diverged fine-tune): every method refuses with the cause; tracin returned NaN scores
+    silently and the others blamed the damping ("an untrained adapter?")."""
+    train, val = lm_data
+    weight = next(p for n, p in causal_lm.named_parameters() if "lora_A" in n)
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight[0, 0] = float("nan")
+        with pytest.raises(ValueError, match="hold NaN or inf"):
+            InfluenceEstimator(causal_lm, method).fit(train.select(range(4))).scores(val)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)

@@ -123,3 +123,53 @@ def test_vision_language_llava_lora_uses_the_images(tiny_llava):
     with pytest.raises(ValueError, match="pixel_values"):
         bad = [{**train[0], "pixel_values": torch.zeros(3, 8, 8).tolist()}, train[1]]
         InfluenceEstimator(tiny_llava, "tracin", per_example_gradients="loop").fit(bad)
+
+
+@pytest.mark.parametrize("method", ["tracin", "hyperinf"])
+def test_stored_padding_does_not_change_scores_on_an_absolute_position_model(method):
+    """A dataset stored padded (left or right, `attention_mask` 0 and labels -100 on the pads) gets the scores of the
+    unpadded one on GPT-2, whose learned absolute positions left padding would shift (was: signs flipped, the
+    ranking changed); a causal LM's labels of another length than its input_ids are refused, naming the example."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hf_ext.hyperinf import InfluenceEstimator
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=64, pad_token_id=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(base.double(), LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    g = torch.Generator().manual_seed(1)
+
+    def example(length, prompt):
+        ids = torch.randint(1, 50, (length,), generator=g).tolist()
+        return {"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]}
+
+    train = [example(n, p) for n, p in [(5, 2), (7, 3), (5, 1), (6, 4), (8, 2)]]
+    evals = [example(6, 2), example(5, 3)]
+
+    def padded(data, side, length=9):
+        out = []
+        for e in data:
+            k = length - len(e["input_ids"])
+            pad = lambda v, fill, k=k: [fill] * k + v if side == "left" else v + [fill] * k  # noqa: E731
+            out.append({"input_ids": pad(e["input_ids"], 0), "attention_mask": pad([1] * len(e["input_ids"]), 0),
+                        "labels": pad(e["labels"], -100)})  # fmt: skip
+        return out
+
+    def scores(tr, ev):
+        return InfluenceEstimator(model, method, dtype=torch.float64).fit(tr).scores(ev)
+
+    alone = scores(train, evals)
+    for side in ("left", "right"):
+        np.testing.assert_allclose(scores(padded(train, side), padded(evals, side)), alone, rtol=1e-6, atol=1e-12)
+    short = [dict(train[0], labels=train[0]["labels"][:3]), *train[1:]]
+    with pytest.raises(ValueError, match="example 0 has 3 labels for 5 input_ids"):
+        scores(short, evals)
