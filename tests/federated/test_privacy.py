@@ -374,6 +374,25 @@ class _RecordingTrainer(PrivateTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
+def _recording_run(tmp_path, small_tokenizer, rows, bs, steps, **kw) -> _RecordingTrainer:
+    """A DP-SGD (sigma 1) run over `rows` whose trainer recorded, per step, which rows the batch held."""
+    from transformers import default_data_collator
+
+    from hf_ext.federated import FederatedArguments, apply_lora
+
+    model = apply_lora(tiny_llama(len(small_tokenizer), hidden=16), FederatedArguments(lora_r=2), seed=0)
+    args = _dp_sgd_args(tmp_path, dp_noise_multiplier=1.0, per_device_train_batch_size=bs, max_steps=steps, **kw)
+    trainer = _RecordingTrainer(
+        model=model,
+        args=args,
+        train_dataset=_rows_dataset(rows),
+        data_collator=default_data_collator,
+        row_ids={tuple(r): i for i, r in enumerate(rows)},
+    )
+    trainer.train()
+    return trainer
+
+
 def _random_rows(n, length=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     rows = torch.randint(3, 500, (n, length), generator=g).tolist()
@@ -390,25 +409,12 @@ def _rows_dataset(rows):
 def test_dp_trainer_draws_a_fresh_poisson_batch_every_step(tmp_path, small_tokenizer):
     """Through `Trainer.train()`: over 40 epochs, no epoch replays another's batches, the inclusion of an example in
     a step is independent of its inclusion one epoch later, and each example's inclusion frequency is about q."""
-    from transformers import default_data_collator
 
-    from hf_ext.federated import FederatedArguments, apply_lora
 
     n, bs, steps = 20, 4, 200
     q = bs / n
     rows = _random_rows(n)
-    model = apply_lora(tiny_llama(len(small_tokenizer), hidden=16), FederatedArguments(lora_r=2), seed=0)
-    args = _dp_sgd_args(
-        tmp_path, dp_noise_multiplier=1.0, per_device_train_batch_size=bs, max_steps=steps, learning_rate=1e-4, seed=5
-    )
-    trainer = _RecordingTrainer(
-        model=model,
-        args=args,
-        train_dataset=_rows_dataset(rows),
-        data_collator=default_data_collator,
-        row_ids={tuple(r): i for i, r in enumerate(rows)},
-    )
-    trainer.train()
+    trainer = _recording_run(tmp_path, small_tokenizer, rows, bs, steps, learning_rate=1e-4, seed=5)
     seen = trainer.seen
     assert len(seen) == steps and trainer.accountant.steps == steps
     per_epoch = round(1 / q)
@@ -468,27 +474,14 @@ def test_dp_sgd_sampling_is_not_rebuildable_from_the_public_seed(tmp_path, small
     subsampling needs the batches to be secret. With the defaults, a sampler rebuilt from the public `seed` /
     `data_seed` (or any seed derived from them) does not give the batches the run trained on; a rerun of the same
     configuration does not either. With the explicit `dp_noise_seed` opt-in the batches are reproducible."""
-    from transformers import default_data_collator
 
-    from hf_ext.federated import FederatedArguments, PoissonBatchSampler, apply_lora
+    from hf_ext.federated import PoissonBatchSampler
 
     n, bs, steps = 12, 3, 8
     rows = _random_rows(n, seed=4)
 
     def batches(**kw):
-        model = apply_lora(tiny_llama(len(small_tokenizer), hidden=16), FederatedArguments(lora_r=2), seed=0)
-        args = _dp_sgd_args(
-            tmp_path, dp_noise_multiplier=1.0, per_device_train_batch_size=bs, max_steps=steps, seed=5, data_seed=6, **kw
-        )
-        trainer = _RecordingTrainer(
-            model=model,
-            args=args,
-            train_dataset=_rows_dataset(rows),
-            data_collator=default_data_collator,
-            row_ids={tuple(r): i for i, r in enumerate(rows)},
-        )
-        trainer.train()
-        return trainer.seen
+        return _recording_run(tmp_path, small_tokenizer, rows, bs, steps, seed=5, data_seed=6, **kw).seen
 
     def rebuilt(seed):
         sampler, out = PoissonBatchSampler(n, bs / n, seed=seed), []
