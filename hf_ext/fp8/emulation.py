@@ -89,20 +89,21 @@ def default_amax_group():
     return None
 
 
-def _reduce_amax(amax: torch.Tensor, module: Fp8Linear) -> torch.Tensor:
-    """`amax` (1-D, this rank's) maxed over `module`'s amax reduction group: the amax of the whole data-parallel batch,
-    NaN when any rank's is NaN (as the amax of one tensor holding a NaN), so every rank records the same value and
-    derives the same scale. Without a group (one process) it is returned as is."""
+def _reduce_amax(module: Fp8Linear, *amaxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """This rank's scalar `amaxes` maxed over `module`'s amax reduction group (one collective): the amaxes of the whole
+    data-parallel batch, NaN where any rank's is NaN (as the amax of one tensor holding a NaN), so every rank records
+    the same values and derives the same scales. Without a group (one process) they are returned as they are."""
     group = module.amax_reduction_group if module.amax_reduction_group is not None else default_amax_group()
     if group is None:
-        return amax
+        return amaxes
     import torch.distributed as dist
 
+    amax = torch.stack(amaxes)
     nan = amax.isnan()
     buf = torch.cat([torch.where(nan, float("-inf"), amax), nan.to(amax.dtype)])
     dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=group)
     n = amax.numel()
-    return torch.where(buf[n:] > 0, float("nan"), buf[:n])
+    return tuple(torch.where(buf[n:] > 0, float("nan"), buf[:n]).unbind())
 
 
 def _record(history: torch.Tensor, amax: torch.Tensor) -> None:
@@ -130,7 +131,7 @@ class _Fp8LinearFunction(torch.autograd.Function):
                 ref_x, ref_w = module._fp8_forward_refs
             else:
                 if module.training:  # recorded: the data-parallel batch's amax, the same on every rank
-                    amax_x, amax_w = _reduce_amax(torch.stack([amax_x, amax_w]), module).unbind()
+                    amax_x, amax_w = _reduce_amax(module, amax_x, amax_w)
                 last = module.fp8_scale_amax
                 ref_x = _history_amax(hist[:, 0], amax_x, module.amax_compute_algo, last[0])
                 ref_w = _history_amax(hist[:, 1], amax_w, module.amax_compute_algo, last[1])
@@ -161,7 +162,7 @@ class _Fp8LinearFunction(torch.autograd.Function):
         amax_g = g2.detach().abs().amax().float()
         if module.scaling == "delayed":
             if module.training:
-                amax_g = _reduce_amax(amax_g.reshape(1), module)[0]
+                (amax_g,) = _reduce_amax(module, amax_g)
             hist = module.fp8_amax_history
             ref_g = _history_amax(hist[:, 2], amax_g, module.amax_compute_algo, module.fp8_scale_amax[2])
             _record(hist[:, 2], amax_g)

@@ -13,7 +13,6 @@ Influence of train example `k` on the validation loss (positive = harmful, as in
 from __future__ import annotations
 
 import math
-import numbers
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..utils.checks import is_real as _is_real
 from .linalg import (
     SchulzConvergenceWarning,
     SchulzDivergenceError,
@@ -43,10 +43,6 @@ _NUMBER_FIELDS = {
     "schulz_extra_damping": False,
     "lissa_scale": True,
 }
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass

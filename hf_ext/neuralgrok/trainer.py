@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -13,6 +12,9 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
+from ..utils.checks import is_int as _is_int
+from ..utils.checks import is_real as _is_real
+from ..utils.checks import refuse_optimizer_flags
 from ..utils.distributed import is_dtensor
 from ..utils.io import atomic_write_json
 from .amplifier import NeuralAmplifier, amplifier_outer_step
@@ -174,24 +176,15 @@ class NeuralGrokConfig(TrainingArguments):
     def _check_base_optimizer_arguments(self) -> None:
         """Refuse, by name, base-optimizer options that would be ignored or that torch's Adam (base and meta optimizer)
         would refuse only when the trainer or `train()` builds it."""
-        if self.coupled_weight_decay:
-            # create_optimizer builds torch.optim.Adam itself: the options of transformers' --optim optimizers are unread
-            optim = getattr(self.optim, "value", self.optim)
-            default = TrainingArguments.__dataclass_fields__["optim"].default
-            if optim != getattr(default, "value", default):
-                raise ValueError(
-                    f"--optim {optim} would be ignored: with coupled_weight_decay=True (the default, the reference "
-                    "setup) NeuralGrokTrainer always builds torch.optim.Adam with coupled L2 weight decay "
-                    "(--learning_rate, --adam_beta1/--adam_beta2, --adam_epsilon, --weight_decay). Drop --optim, or set "
-                    "coupled_weight_decay=False to train with the optimizer --optim names."
-                )
-            for name in ("optim_args", "optim_target_modules"):
-                if getattr(self, name):
-                    raise ValueError(
-                        f"--{name} {getattr(self, name)!r} would be ignored: it configures transformers' --optim "
-                        "optimizers, and with coupled_weight_decay=True (the default) NeuralGrokTrainer always builds "
-                        "torch.optim.Adam. Drop it, or set coupled_weight_decay=False to use --optim and its options."
-                    )
+        if self.coupled_weight_decay:  # create_optimizer builds torch.optim.Adam itself: --optim and its options unread
+            refuse_optimizer_flags(
+                self,
+                "with coupled_weight_decay=True (the default, the reference setup) NeuralGrokTrainer always builds "
+                "torch.optim.Adam with coupled L2 weight decay (--learning_rate, --adam_beta1/--adam_beta2, "
+                "--adam_epsilon, --weight_decay)",
+                "Drop --optim, or set coupled_weight_decay=False to train with the optimizer --optim names.",
+                "Drop it, or set coupled_weight_decay=False to use --optim and its options.",
+            )
         if not _is_real(self.learning_rate) or not 0.0 <= self.learning_rate < math.inf:
             raise ValueError(f"--learning_rate must be a finite number >= 0, got {self.learning_rate!r}.")
         if self.gradient_transform == "neuralgrok" and self.virtual_lr is None and self.learning_rate == 0:
@@ -210,15 +203,6 @@ class NeuralGrokConfig(TrainingArguments):
             if not _is_real(value) or not 0.0 <= value < 1.0:
                 raise ValueError(f"--{name} must lie in [0, 1), got {value!r}.")
 
-
-def _is_real(value) -> bool:
-    """`value` is a real number and not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value) -> bool:
-    """`value` is an int and not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class _OuterStepCallback(TrainerCallback):

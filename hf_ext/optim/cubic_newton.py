@@ -22,7 +22,6 @@ Pieces:
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from ..utils.checks import is_int as _is_int
+from ..utils.checks import is_real as _is_real
 from ..utils.distributed import is_dtensor as _is_dtensor
 
 __all__ = [
@@ -186,16 +187,6 @@ def cubic_model_value(g: torch.Tensor, hv: torch.Tensor, h: torch.Tensor, M: flo
     """`m(h) = <g,h> + 1/2 <Hh,h> + M/6 ||h||^3` given `hv = H h`."""
     h = h.double()
     return float(g.double() @ h + 0.5 * (hv.double() @ h) + M / 6.0 * h.norm() ** 3)
-
-
-def _is_real(value) -> bool:
-    """`value` is a real number and not a bool (`True` is an int in Python, and would pass for 1)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value) -> bool:
-    """`value` is an int and not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_M(M: float) -> None:

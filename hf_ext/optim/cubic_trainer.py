@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from ..utils.checks import refuse_optimizer_flags
 from .cubic_newton import (
     HESSIAN_MODES,
     MOMENTUM_TYPES,
@@ -65,18 +66,12 @@ class CubicNewtonTrainingArguments(TrainingArguments):
             raise ValueError("--max_grad_norm must be 0 for cubic Newton (the cubic term regularises the step).")
         if self.bf16 or self.fp16:
             raise ValueError("Cubic Newton needs fp32 Hessian-vector products; drop --bf16/--fp16.")
-        optim = getattr(self.optim, "value", self.optim)
-        if optim != TrainingArguments.__dataclass_fields__["optim"].default:
-            raise ValueError(
-                f"--optim {optim} would be ignored: CubicNewtonTrainer always builds CubicNewton (set it with the "
-                "--cubic_* options). Drop --optim, or use transformers' Trainer for the optimizers --optim names."
-            )
-        for name in ("optim_args", "optim_target_modules"):
-            if getattr(self, name):
-                raise ValueError(
-                    f"--{name} {getattr(self, name)!r} would be ignored: CubicNewtonTrainer always builds CubicNewton; "
-                    "configure it with the --cubic_* options instead."
-                )
+        refuse_optimizer_flags(
+            self,
+            "CubicNewtonTrainer always builds CubicNewton (set it with the --cubic_* options)",
+            "Drop --optim, or use transformers' Trainer for the optimizers --optim names.",
+            "Configure CubicNewton with the --cubic_* options instead.",
+        )
         if self.weight_decay:
             raise ValueError(
                 f"--weight_decay {self.weight_decay} would be ignored: CubicNewton has no weight decay. Leave it at 0 "

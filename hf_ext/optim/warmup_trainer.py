@@ -26,7 +26,6 @@ __all__ = [
 ]
 
 OPTIMIZER_CHOICES = ("adamw", "lion", "lion_a", "lion_ar", "rotational_adamw", "rotational_lion", "rotational_sgdm")
-_DEFAULT_OPTIM = TrainingArguments.__dataclass_fields__["optim"].default
 
 logger = logging.getLogger(__name__)
 
@@ -127,21 +126,15 @@ def _option(args: TrainingArguments, name: str):
 
 
 def _refuse_optim(args: TrainingArguments) -> None:
-    optim = getattr(args.optim, "value", args.optim)
-    if optim != _DEFAULT_OPTIM:
-        raise ValueError(
-            f"--optim {optim} would be ignored: WarmupFreeTrainer builds the optimizer named by "
-            f"--normalized_optimizer ({', '.join(OPTIMIZER_CHOICES)}). Drop --optim, or use transformers' Trainer "
-            "for the optimizers --optim names."
-        )
-    # options that only configure the optimizers --optim names (transformers' own), never a normalized optimizer
-    for name in ("optim_args", "optim_target_modules"):
-        if getattr(args, name, None):
-            raise ValueError(
-                f"--{name} {getattr(args, name)!r} would be ignored: it configures transformers' --optim optimizers, "
-                f"and WarmupFreeTrainer builds --normalized_optimizer ({', '.join(OPTIMIZER_CHOICES)}). Drop it and "
-                "set that optimizer's own options (--lion_beta1, --lion_beta2, --rotation_angle, --sgd_momentum, ...)."
-            )
+    from ..utils.checks import refuse_optimizer_flags
+
+    refuse_optimizer_flags(
+        args,
+        f"WarmupFreeTrainer builds the optimizer named by --normalized_optimizer ({', '.join(OPTIMIZER_CHOICES)})",
+        "Drop --optim, or use transformers' Trainer for the optimizers --optim names.",
+        "Drop it and set that optimizer's own options (--lion_beta1, --lion_beta2, --rotation_angle, --sgd_momentum, "
+        "...).",
+    )
 
 
 # Options read only by some normalized optimizers (the others ignore them): name -> the optimizers that read it.

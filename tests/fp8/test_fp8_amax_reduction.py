@@ -46,13 +46,13 @@ def test_reduction_takes_the_max_and_keeps_a_nan(monkeypatch):
     monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
     group = object()
     lin = Fp8Linear(16, 16, amax_reduction_group=group)
-    out = emu._reduce_amax(torch.tensor([3.0, 2.0]), lin)
+    out = emu._reduce_amax(lin, torch.tensor(3.0), torch.tensor(2.0))
     assert out[0] == 7.0 and out[1].isnan()  # max with the other rank; the other rank's NaN wins
-    out = emu._reduce_amax(torch.tensor([float("nan"), 2.0]), lin)
+    out = emu._reduce_amax(lin, torch.tensor(float("nan")), torch.tensor(2.0))
     assert out[0].isnan()
     assert calls[0] == (dist.ReduceOp.MAX, group)
     lin.amax_reduction_group = None  # default: no process group here, so no collective
-    assert torch.equal(emu._reduce_amax(torch.tensor([3.0]), lin), torch.tensor([3.0])) and len(calls) == 2
+    assert emu._reduce_amax(lin, torch.tensor(3.0)) == (torch.tensor(3.0),) and len(calls) == 2
 
 
 def test_emulated_passes_the_group_to_every_linear_and_reduces_training_forwards_and_backwards(monkeypatch):
@@ -63,7 +63,7 @@ def test_emulated_passes_the_group_to_every_linear_and_reduces_training_forwards
     linears = [m for m in model.modules() if isinstance(m, Fp8Linear)]
     assert len(linears) == 2 and all(m.amax_reduction_group is group for m in linears)
     seen = []
-    monkeypatch.setattr(emu, "_reduce_amax", lambda amax, module: seen.append(amax.numel()) or amax)
+    monkeypatch.setattr(emu, "_reduce_amax", lambda module, *amaxes: seen.append(len(amaxes)) or amaxes)
     model(torch.randn(4, 16)).sum().backward()
     assert seen == [2, 2, 1, 1]  # (input, weight) per forward, output gradient per backward
     seen.clear()
