@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from .robots import DEFAULT_AI_USER_AGENTS, RobotsCompliance
-from .store import RobotsTxtStore
+from .store import RobotsTxtStore, _infer_format
 
 
 class RobotsTxtFilter(BaseFilter):
@@ -59,6 +60,8 @@ class RobotsTxtFilter(BaseFilter):
             path = os.fspath(robots)
             if not os.path.exists(path):
                 raise ValueError(f"robots snapshot {path!r} does not exist; pass a folder, .jsonl or .parquet file.")
+            if _infer_format(Path(path)) == "folder" and not os.path.isdir(path):
+                raise ValueError(f"robots snapshot {path!r} is a file but not .jsonl or .parquet; pass a folder or one of those.")
             RobotsCompliance({}, **self._checker_kwargs)  # validate the options before any work
             self._snapshot_path, checker = path, None
         else:

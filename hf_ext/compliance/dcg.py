@@ -91,6 +91,8 @@ def compute_dcg(
     Returns:
         `DCGReport` with `.to_table()` and `.to_json()`.
     """
+    if not isinstance(relative, bool):
+        raise TypeError(f"relative must be True (percent gaps) or False (absolute gaps), got {relative!r}.")
     if tasks is not None:
         tasks = task_list(tasks, "tasks")
     lower_is_better = task_list(lower_is_better, "lower_is_better")

@@ -201,8 +201,15 @@ def active_lora_adapters(model: torch.nn.Module) -> list[str]:
 
 
 def _is_causal_lm(model: torch.nn.Module) -> bool:
+    """A decoder-only language model whose labels default to its `input_ids`: a `*ForCausalLM` class or any class
+    in transformers' causal-LM auto mapping (`GPT2LMHeadModel`, `XLNetLMHeadModel`, ...); encoder-decoders never."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(base).__name__.endswith("ForCausalLM")
+    if getattr(getattr(base, "config", None), "is_encoder_decoder", False):
+        return False
+    name = type(base).__name__
+    return name.endswith("ForCausalLM") or name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 def model_input_names(model: torch.nn.Module) -> set[str]:

@@ -467,3 +467,25 @@ def test_folder_snapshot_keeps_hosts_recorded_with_a_status_or_error_but_no_file
     rc = RobotsCompliance(store, user_agents=["GPTBot"])
     assert not rc.is_compliant("https://c.com/x") and not rc.is_compliant("https://i.com/x")
     assert rc.is_compliant("https://g.com/x") and rc.is_compliant("https://a.com/x")
+
+
+@pytest.mark.parametrize("relative", ["False", 0, None])
+def test_compute_dcg_refuses_a_relative_flag_that_is_not_a_bool(relative):
+    """`relative="False"` is truthy: it gave percent gaps where the caller asked for absolute ones."""
+    with pytest.raises(TypeError, match="relative must be True"):
+        compute_dcg({"a": 0.5}, {"a": 0.4}, relative=relative)
+
+
+@pytest.mark.parametrize("name", ["robots.txt", "robots"])
+def test_robots_filter_refuses_a_snapshot_file_of_unknown_format_at_construction(tmp_path, name):
+    """A snapshot path that is a file but neither .jsonl nor .parquet is refused when the step is built, not by
+    every worker on its first document."""
+    from hf_ext.compliance import RobotsTxtFilter
+
+    bad = tmp_path / name
+    bad.write_text("User-agent: *\nDisallow: /\n")
+    with pytest.raises(ValueError, match="cannot infer the snapshot format|is a file but not .jsonl or .parquet"):
+        RobotsTxtFilter(bad)
+    store = tmp_path / "snap.jsonl"
+    RobotsTxtStore.from_dict({"example.com": "User-agent: *\nDisallow: /\n"}).save(store)
+    RobotsTxtFilter(store)

@@ -173,3 +173,26 @@ def test_stored_padding_does_not_change_scores_on_an_absolute_position_model(met
     short = [dict(train[0], labels=train[0]["labels"][:3]), *train[1:]]
     with pytest.raises(ValueError, match="example 0 has 3 labels for 5 input_ids"):
         scores(short, evals)
+
+
+def test_lm_head_model_classes_take_their_labels_from_input_ids():
+    """`GPT2LMHeadModel` is a causal LM although its class name does not end in `ForCausalLM` (transformers' causal-LM
+    auto mapping lists it): a dataset without `labels` is scored as with `labels = input_ids` (was: refused for
+    having no `labels` column)."""
+    import warnings
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(base.double(), LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    randomize_lora_b(model, std=0.3)
+    gen = torch.Generator().manual_seed(2)
+    rows = [{"input_ids": torch.randint(1, 40, (4 + i % 3,), generator=gen).tolist()} for i in range(7)]
+    labelled = [dict(r, labels=list(r["input_ids"])) for r in rows]
+    for method in ("tracin", "hyperinf"):
+        got = InfluenceEstimator(model, method, dtype=torch.float64).fit(rows[:5]).scores(rows[5:])
+        want = InfluenceEstimator(model, method, dtype=torch.float64).fit(labelled[:5]).scores(labelled[5:])
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=0)
