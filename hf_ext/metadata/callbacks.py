@@ -33,8 +33,8 @@ class MetadataCooldownCallback(TrainerCallback):
     done so far (`state.global_step`), whose metadata value was invalid (trained without metadata). A document met in
     several epochs counts once per epoch; evaluation batches, batches prepared ahead for the next step and the batches
     a resumed run fast-forwards through do not count. The value is stored in `metadata_conditioning.json` and read
-    back from the checkpoint a run resumes from, so a resumed run logs what the uninterrupted one does. It is counted
-    in the main process's collator: under DDP it is this process's share, and with DataLoader workers (no cooldown)
+    back from the checkpoint a run resumes from, so a resumed run logs what the uninterrupted one does. Under data
+    parallelism it is the total over the ranks (summed at each step's end); with DataLoader workers (no cooldown)
     nothing is counted. Both values reach `state.log_history` (and so `trainer_state.json`); the reporting
     integrations (TensorBoard, W&B, ...) run before user callbacks, so they get them under `MetadataTrainer`, which
     adds them before `Trainer.log` and tells the callback which checkpoint it resumes from (with a plain `Trainer` the
@@ -170,7 +170,9 @@ class MetadataCooldownCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._count_at_step_end = self.collator.batches_seen
+        before = self.invalid_total
         self._fold_invalid(state)
+        self.invalid_total = before + _sum_over_ranks(self.invalid_total - before, args)
 
     def on_evaluate(self, args, state, control, **kwargs):
         # Trainer evaluates with the same collator: its batches must not advance the training batch counter, nor
@@ -233,6 +235,21 @@ class MetadataCooldownCallback(TrainerCallback):
             return  # written by MetadataTrainer with the checkpoint, before trainer_state.json
         if state.is_world_process_zero and os.path.isdir(folder):
             self.save_state(folder, state)
+
+
+def _sum_over_ranks(count: int, args) -> int:
+    """`count` summed over the data-parallel ranks (itself in a single process): every rank collates its own
+    micro-batches, or, where accelerate dispatches batches, the main process collates them all and the others count 0.
+    Called by every rank at every optimizer step's end."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return count
+    device = args.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
 
 
 class MetadataTrainer(Trainer):

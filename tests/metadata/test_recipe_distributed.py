@@ -31,3 +31,17 @@ def test_two_ranks_evaluate_and_write_once(tmp_path, repo_root, free_port):
     assert set(results["final"]) == {"url_model_with_context", "url_model_without_context", "baseline"}
     assert [s for s, _ in results["curves"]["with URL context"]] == [2, 4]
     assert os.path.isfile(out / "url_conditioned" / "tokenizer.json")
+
+
+@pytest.mark.distributed
+def test_logged_invalid_count_is_the_total_over_ranks_also_after_resume(tmp_path, run_two_ranks):
+    """Every rank logs, and checkpoint-4 stores, the invalid examples of both ranks' micro-batches: 4 per epoch of 4
+    steps (was: each rank's own share, which the main process wrote into the checkpoint)."""
+    run_two_ranks("tests/metadata/scripts/ddp_invalid_count.py", tmp_path)
+    records = json.loads((tmp_path / "ddp_invalid_count.json").read_text())
+    assert [r["world_size"] for r in records] == [2, 2]
+    for r in records:
+        assert r["full"] == {"4": 4, "8": 8} | {str(s): r["full"][str(s)] for s in (1, 2, 3, 5, 6, 7)}
+        assert r["stored_at_4"] == 4
+        assert r["resumed"] == r["full"]  # steps 1-4 come back with the checkpoint's log history
+    assert records[0]["full"] == records[1]["full"]
