@@ -4,7 +4,7 @@ before the few-shot examples and the question)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .harness import _PACKAGED, DEFAULT_TASKS, _as_lm, _check_run_args, _keeping_train_mode, task_manager
 
@@ -105,6 +105,7 @@ def evaluate_with_prefix(
     max_length: int | None = None,
     include_path: str | Sequence[str] | None = None,
     seed: int = 1234,
+    metadata: Mapping | None = None,
     **kwargs,
 ) -> dict:
     """Like [`evaluate_model`], with `prefix` placed once at the very start of every prompt (lm-eval's task
@@ -114,7 +115,7 @@ def evaluate_with_prefix(
         prefix (`str` or `Callable[[dict], str]`): A string (a Jinja template over the test document's fields, e.g.
             `"URL: {{host}}\\n\\n"`) or a function of the test document. Starting it with the tokenizer's BOS string
             makes lm-eval's `HFLM` encode the prompt as `[BOS] prefix ...` without adding another BOS.
-        Others: as in [`evaluate_model`].
+        Others (`metadata` too, e.g. `{"domains": "filesystem"}`): as in [`evaluate_model`].
 
     Returns:
         `dict`: lm-eval's results.
@@ -126,7 +127,7 @@ def evaluate_with_prefix(
         raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
     with _keeping_train_mode(model):  # HFLM switches a model object to eval mode
         lm = _as_lm(model, tokenizer, batch_size, device, max_length)
-        tm = task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED)
+        tm = task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED, metadata=metadata)
         loaded = list(tm.load(tasks)["tasks"].values())  # fresh Task objects: the settings below touch only these
         for task in loaded:
             if callable(prefix):

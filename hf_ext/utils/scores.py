@@ -37,12 +37,20 @@ def task_scores(
         group_subtasks = results.get("group_subtasks")
         results = results["results"]
         if isinstance(group_subtasks, Mapping):
-            members = {
-                str(sub)
-                for group, subs in group_subtasks.items()
+            # every descendant of an aggregated group: lm-eval aggregates over all its leaf tasks, also those under
+            # a subgroup without aggregated metrics of its own
+            children = {str(group): [str(sub) for sub in (subs or ())] for group, subs in group_subtasks.items()}
+            stack = [
+                sub
+                for group, subs in children.items()
                 if isinstance(results.get(group), Mapping) and any(map(_is_metric_key, results[group]))
-                for sub in (subs or ())
-            }
+                for sub in subs
+            ]
+            while stack:
+                sub = stack.pop()
+                if sub not in members:
+                    members.add(sub)
+                    stack.extend(children.get(sub, ()))
     out = {}
     for task, value in results.items():
         if str(task) in members and str(task) not in keep:

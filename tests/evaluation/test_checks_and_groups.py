@@ -87,6 +87,26 @@ def test_wrapper_cli_puts_the_packaged_tasks_on_the_include_path(argv, included,
     assert seen[0].count("--include_path") <= 1
 
 
+@pytest.mark.parametrize("form", [["--config", "{}"], ["--config={}"], ["-C", "{}"]])
+@pytest.mark.parametrize("own", [True, False])
+def test_wrapper_cli_keeps_the_include_path_of_a_config_file(form, own, tmp_path, monkeypatch):
+    """`run --config cfg.yaml` whose YAML sets `include_path`: the user's folder is used as given (was: the packaged
+    folder appended on the command line, which lm-eval ranks above the YAML, so the user's tasks were not found); a
+    config without one still gets the packaged folder."""
+    import lm_eval.__main__
+
+    from hf_ext.evaluation.__main__ import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: hf\ntasks: my_task\n" + (f"include_path: {tmp_path}\n" if own else ""))
+    seen = []
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: seen.append(list(sys.argv)))
+    monkeypatch.setattr(sys, "argv", ["x"])
+    argv = ["run", *(a.format(cfg) for a in form)]
+    main(list(argv))
+    assert seen[0][1:] == (argv if own else [*argv, "--include_path", task_dir()])
+
+
 def _lm_eval_results(scores: dict) -> dict:
     """lm-eval's output layout (0.4.13): an aggregated group (`both`: name, alias, sample_len, sample_count), a group
     without aggregation (`plain`: a row with its name only) and their tasks; `scores` = `{task: (acc, perplexity)}`."""
@@ -126,6 +146,31 @@ def test_score_readers_count_an_lm_eval_group_once():
     # lm-eval's bookkeeping (name, alias, sample_len) is not a metric: a one-metric task needs no metric=...
     single = {"results": {"x": {"name": "x", "alias": "x", "sample_len": 20, "acc,none": 0.5, "acc_stderr,none": 0.1}}}
     assert task_scores(single) == {"x": 0.5}
+
+
+def test_tasks_under_a_subgroup_without_aggregation_count_inside_their_aggregated_group():
+    """lm-eval aggregates a group over every leaf task below it, also those under a subgroup without aggregated metrics
+    of its own (`top` -> `mid` -> `a`, `b`): `top` is the one benchmark (was: `a`, `b` and `top`, so the leaf tasks
+    counted twice in retention and DCG means)."""
+    from hf_ext.compliance import compute_dcg
+
+    def res(a, b, top):
+        return {
+            "results": {
+                "top": {"alias": "top", "acc,none": top, "acc_stderr,none": 0.01},
+                "mid": {"alias": " - mid"},
+                "a": {"alias": "  - a", "acc,none": a, "acc_stderr,none": 0.01},
+                "b": {"alias": "  - b", "acc,none": b, "acc_stderr,none": 0.01},
+                "c": {"alias": "c", "acc,none": 0.3, "acc_stderr,none": 0.01},
+            },
+            "group_subtasks": {"top": ["mid"], "mid": ["a", "b"], "c": []},
+        }
+
+    orig, paired = res(0.4, 0.6, 0.5), res(0.2, 0.6, 0.4)
+    assert task_scores(orig, "acc") == {"top": 0.5, "c": 0.3}
+    assert task_scores(orig, "acc", keep=["a"]) == {"top": 0.5, "a": 0.4, "c": 0.3}
+    assert accuracy_retention(orig, paired, metric="acc")["per_task"] == pytest.approx({"top": 80.0, "c": 100.0})
+    assert [r["task"] for r in compute_dcg(orig, paired, metric="acc").rows] == ["c", "top"]
 
 
 def test_compliance_gap_on_a_perplexity_group():

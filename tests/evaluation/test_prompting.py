@@ -37,6 +37,23 @@ def test_prefix_goes_once_in_front_of_every_prompt(small_tokenizer):
     assert ppl[0] != pytest.approx(ppl[1], rel=1e-6)  # the prefix is scored as context
 
 
+def test_prefix_runs_honour_the_domains_metadata_as_evaluate_model_does(small_tokenizer):
+    """`metadata={"domains": ...}` limits the test items to those hosts (was: accepted through **kwargs and ignored, so
+    all 97 cloze items of 9 hosts were scored)."""
+    from hf_ext.evaluation import evaluate_model
+
+    model = _llama(small_tokenizer)
+    common = dict(tasks=["hf_ext_cloze"], metadata={"domains": "filesystem"}, bootstrap_iters=0, log_samples=True)
+    ref = evaluate_model(model, small_tokenizer, **common)
+    got = evaluate_with_prefix(model, small_tokenizer, prefix="", **common)
+    hosts = {s["doc"]["host"] for s in got["samples"]["hf_ext_cloze"]}
+    assert hosts == {s["doc"]["host"] for s in ref["samples"]["hf_ext_cloze"]} == {"filesystem.docs.python.org"}
+    assert got["n-samples"]["hf_ext_cloze"] == ref["n-samples"]["hf_ext_cloze"]
+    assert got["results"]["hf_ext_cloze"]["perplexity,none"] == pytest.approx(
+        ref["results"]["hf_ext_cloze"]["perplexity,none"], rel=1e-6
+    )
+
+
 def test_check_eval_tasks_and_shots():
     assert check_eval_tasks(None) is None
     assert check_eval_tasks(" hf_ext_cloze , hf_ext_domain", metric="acc") == ["hf_ext_cloze", "hf_ext_domain"]
