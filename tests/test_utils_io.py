@@ -81,3 +81,45 @@ def test_eval_loss_of_nothing_is_an_error_not_a_perfect_score():
     loss = causal_lm_eval_loss(model, datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}))
     with torch.no_grad():
         assert loss == pytest.approx(model(input_ids=torch.tensor(ids), labels=torch.tensor(ids)).loss.item(), rel=1e-5)
+
+
+def test_eval_loss_takes_ragged_last_blocks_and_an_attention_mask():
+    """`pack_dataset(..., drop_remainder=False)` leaves shorter last blocks: the loss is the token-weighted mean of
+    each block scored alone (was: `torch.tensor` raised on the ragged batch); positions with attention_mask 0 are not
+    scored."""
+    import datasets
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ext.utils import causal_lm_eval_loss
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    ).double()
+    rows = [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12], [13, 14, 15], [16, 17]]
+    with torch.no_grad():
+        sums = [model(input_ids=torch.tensor([r]), labels=torch.tensor([r])).loss.item() * (len(r) - 1) for r in rows]
+    want = sum(sums) / sum(len(r) - 1 for r in rows)
+    for batch_size in (1, 3, 4):
+        got = causal_lm_eval_loss(model, datasets.Dataset.from_dict({"input_ids": rows}), batch_size=batch_size)
+        assert got == pytest.approx(want, rel=1e-6)  # the loss is taken in float32
+    # a row stored right-padded with attention_mask 0 scores as its real tokens alone
+    padded = {"input_ids": [rows[2] + [0, 0, 0]], "attention_mask": [[1, 1, 1, 0, 0, 0]]}
+    assert causal_lm_eval_loss(model, datasets.Dataset.from_dict(padded)) == pytest.approx(sums[2] / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="row 0 has 3 input_ids, 2 attention_mask"):
+        causal_lm_eval_loss(model, datasets.Dataset.from_dict({"input_ids": [[1, 2, 3]], "attention_mask": [[1, 1]]}))
+
+
+@pytest.mark.parametrize("mode", ["a", "ab", "r+", "x"])
+def test_atomic_open_refuses_modes_that_would_not_write_a_whole_new_file(tmp_path, mode):
+    """`atomic_open(path, "a")` replaced the file with the appended text alone (the old content was lost)."""
+    from hf_ext.utils.io import atomic_open
+
+    path = tmp_path / "log.txt"
+    path.write_text("line1\n")
+    with pytest.raises(ValueError, match="mode must be 'w' or 'wb'"):
+        with atomic_open(str(path), mode) as fh:
+            fh.write("line2\n")
+    assert path.read_text() == "line1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["log.txt"]

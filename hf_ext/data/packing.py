@@ -21,7 +21,8 @@ def pack_dataset(
         text_column (`str`, *optional*, defaults to `"text"`): Name of the column holding raw text.
         add_eos (`bool`, *optional*, defaults to `True`): Append EOS after every document.
         num_proc (`int`, *optional*): Worker processes for `Dataset.map`. Documents are packed per map batch of
-            256 documents within each worker's shard, so the blocks (not the tokens) depend on `num_proc`.
+            256 documents within each worker's shard, so the blocks depend on `num_proc`, and with `drop_remainder`
+            also which tokens are dropped (each map batch drops its own remainder); without it the tokens do not.
         drop_remainder (`bool`, *optional*, defaults to `True`): Drop the final partial block of each map batch.
             With `False` that block is kept, shorter than `block_size` (it then needs a padding collator).
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:
     """Token-weighted mean next-token loss of `model` over a packed dataset.
 
-    Uses the `labels` column when present (-100 is ignored), else `input_ids`. The model's train/eval mode is
+    Uses the `labels` column when present (-100 is ignored), else `input_ids`; an `attention_mask` column is passed to
+    the model and its 0 positions are not scored. Blocks of different lengths (`pack_dataset(...,
+    drop_remainder=False)`'s last blocks) are right-padded inside a batch. The model's train/eval mode is
     restored afterwards. An empty dataset, or one with no token to predict, raises a `ValueError` (a loss of 0, i.e.
     perplexity 1, would look like a perfect model).
     """
@@ -27,9 +29,9 @@ def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:
         with torch.no_grad():
             for start in range(0, len(dataset), batch_size):
                 batch = dataset[start : start + batch_size]
-                ids = torch.tensor(batch["input_ids"], device=device)
-                target = torch.tensor(batch[label_key], device=device)[:, 1:]
-                logits = model(input_ids=ids).logits[:, :-1].float()
+                ids, mask, target = _right_padded(batch, label_key, torch)
+                ids, mask, target = ids.to(device), mask.to(device), target[:, 1:].to(device)
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
                 loss = torch.nn.functional.cross_entropy(
                     logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
                 )
@@ -40,3 +42,28 @@ def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:
     if count == 0:
         raise ValueError("The evaluation dataset has no token to predict (every label is -100 or blocks are 1 long).")
     return total / count
+
+
+def _right_padded(batch, label_key: str, torch):
+    """`input_ids`, `attention_mask` and targets of a batch of rows, right-padded to its longest row (padding: mask 0,
+    target -100); causal attention keeps every real position's logits as without padding."""
+    rows = batch["input_ids"]
+    masks = batch.get("attention_mask") or [[1] * len(r) for r in rows]
+    labels = batch[label_key]
+    for i, (r, m, lab) in enumerate(zip(rows, masks, labels)):
+        if not len(r) == len(m) == len(lab):
+            raise ValueError(
+                f"evaluation row {i} has {len(r)} input_ids, {len(m)} attention_mask and {len(lab)} {label_key} values; "
+                "they must be equally long."
+            )
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    target = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (r, m, lab) in enumerate(zip(rows, masks, labels)):
+        n = len(r)
+        ids[i, :n] = torch.as_tensor(r, dtype=torch.long)
+        mask[i, :n] = torch.as_tensor(m, dtype=torch.long)
+        target[i, :n] = torch.as_tensor(lab, dtype=torch.long)
+    target[mask == 0] = -100
+    return ids, mask, target

@@ -51,6 +51,11 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8"):
     Readers never see a half-written file: on failure the temporary file is removed and `path` is left as it was.
     The file gets the permissions of the file it replaces, or those of a plain `open` (not `tempfile`'s 0600).
     """
+    if mode not in ("w", "wt", "wb"):
+        raise ValueError(
+            f"atomic_open writes a whole new file: mode must be 'w' or 'wb', got {mode!r} (to append, read the old "
+            "content and write it again)."
+        )
     if "b" in mode:
         encoding = None
     folder = os.path.dirname(os.path.abspath(path))
