@@ -76,6 +76,13 @@ def test_mislabeled_detection_matches_hyperinf_metrics(load):
     assert out["recall@0.5"] > 0.5  # informative scores beat inspecting at random
 
 
+@pytest.mark.parametrize("fractions", [[0.2, 0.2], [1 / 3, 0.3333331]])
+def test_mislabeled_detection_refuses_fractions_that_share_a_key(load, fractions):
+    """Two shares printed alike gave one `recall@` entry, the second silently replacing the first."""
+    with pytest.raises(ValueError, match="same recall@ key twice"):
+        load("mislabeled_detection").compute(predictions=[0.9, 0.1, 0.5], references=[1, 0, 0], fractions=fractions)
+
+
 def test_canary_extraction_matches_memorization_functions(load, small_tokenizer):
     from hf_ext.federated.memorization import score_continuation, summarize_records
 

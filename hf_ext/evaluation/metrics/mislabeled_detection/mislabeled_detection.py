@@ -57,6 +57,12 @@ class MislabeledDetection(evaluate.Metric):
         fractions = list(fractions)
         if any(isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f <= 1 for f in fractions):
             raise ValueError(f"fractions must be inspected shares in [0, 1], such as [0.1, 0.2], got {fractions!r}.")
+        keys = [f"recall@{f:g}" for f in fractions]
+        if len(set(keys)) != len(keys):
+            raise ValueError(
+                f"fractions {fractions!r} name the same recall@ key twice ({keys}); give each share once, and shares "
+                "that differ in their first 6 significant digits."
+            )
         out = {"roc_auc": roc_auc(predictions, references)}
         for f in fractions:
             out[f"recall@{f:g}"] = recall_at_fraction(predictions, references, float(f))
