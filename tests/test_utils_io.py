@@ -123,3 +123,31 @@ def test_atomic_open_refuses_modes_that_would_not_write_a_whole_new_file(tmp_pat
             fh.write("line2\n")
     assert path.read_text() == "line1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["log.txt"]
+
+
+def test_results_are_written_as_strict_json_with_non_finite_numbers_named():
+    """A diverged loss (NaN) or the epsilon of a run without noise (inf) made `json.dump` write the bare tokens NaN and
+    Infinity, which strict readers (jq, JavaScript, serde) refuse."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from hf_ext.utils import atomic_write_results, strict_json
+
+    obj = {"loss": float("nan"), "eps": [float("inf"), -float("inf"), 1.5], "n": np.int64(3), "t": torch.tensor(2.0),
+           "x": np.float32("nan"), "nested": ({"ok": True, "none": None},)}  # fmt: skip
+    assert strict_json(obj) == {"loss": "NaN", "eps": ["Infinity", "-Infinity", 1.5], "n": 3, "t": 2.0, "x": "NaN",
+                                "nested": [{"ok": True, "none": None}]}  # fmt: skip
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "results.json")
+        atomic_write_results(path, obj)
+        text = open(path).read()
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    loaded = json.loads(text, parse_constant=refuse)
+    assert float(loaded["loss"]) != float(loaded["loss"]) and float(loaded["eps"][0]) == float("inf")

@@ -347,7 +347,7 @@ def run(args: ComplianceArguments) -> dict:
         compute_retention_stats,
         load_example_robots,
     )
-    from ..utils.io import atomic_write_json, atomic_write_text
+    from ..utils.io import atomic_write_results, atomic_write_text
 
     report = _validate(args)
     from ._common import clear_previous_results
@@ -397,7 +397,7 @@ def run(args: ComplianceArguments) -> dict:
     result["host_status_classes"] = status_counts
     result.update(settings)
     # Results first, each file written atomically; the optional plot and dataset come after.
-    atomic_write_json(os.path.join(args.output_dir, "retention_stats.json"), result)
+    atomic_write_results(os.path.join(args.output_dir, "retention_stats.json"), result)
     markdown = _settings_markdown(settings) + "\n\n" + stats.to_table() + "\n"
     atomic_write_text(os.path.join(args.output_dir, "retention_stats.md"), markdown)
     _plot(stats, os.path.join(args.output_dir, "retention_by_domain.png"))
@@ -408,7 +408,7 @@ def run(args: ComplianceArguments) -> dict:
         print("\nData compliance gap (positive = the compliant model is worse):")
         print(report.to_table())
         result["dcg"] = report.to_dict()
-        atomic_write_json(os.path.join(args.output_dir, "dcg.json"), result["dcg"])
+        atomic_write_results(os.path.join(args.output_dir, "dcg.json"), result["dcg"])
     if args.train_models:
         result["dcg_trained"] = train_and_measure_dcg(annotated, tokenizer, args)
     print(f"saved statistics to {args.output_dir}")
@@ -449,7 +449,7 @@ def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments) -> di
 
     from ..compliance import compute_dcg
     from ..data import load_corpus, pack_dataset
-    from ..utils.io import atomic_write_json, atomic_write_text
+    from ..utils.io import atomic_write_results, atomic_write_text
 
     if args.dataset_name or args.train_file:
         raise ValueError("--train_models uses the embedded corpus and its held-out split; drop --dataset_name/--train_file.")
@@ -521,7 +521,7 @@ def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments) -> di
     print("\nData compliance gap measured by training (held-out loss per domain; positive = compliant is worse):")
     print("\n".join(tables) + "\n")
     # the trained models' gaps are on disk before the optional lm-eval step (which may take long or fail)
-    atomic_write_json(os.path.join(args.output_dir, "dcg_trained.json"), out)
+    atomic_write_results(os.path.join(args.output_dir, "dcg_trained.json"), out)
     atomic_write_text(os.path.join(args.output_dir, "dcg_trained.md"), "\n".join(tables) + "\n")
     if args.eval_tasks:
         from ..evaluation.uses import compliance_gap
@@ -541,7 +541,7 @@ def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments) -> di
                 section += ["", "n/a: the full model scores 0 on the task, so a relative gap is undefined."]
             tables += ["", *section]
             print("\n".join(section) + "\n")
-        atomic_write_json(os.path.join(args.output_dir, "dcg_trained.json"), out)
+        atomic_write_results(os.path.join(args.output_dir, "dcg_trained.json"), out)
         atomic_write_text(os.path.join(args.output_dir, "dcg_trained.md"), "\n".join(tables) + "\n")
     _plot_dcg(out, os.path.join(args.output_dir, "dcg_trained.png"))
     return out

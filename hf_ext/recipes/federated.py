@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 import re
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..federated.simulation import FederatedArguments
 from ..federated.trainer import PrivateTrainingArguments
-from ..utils.io import atomic_open, atomic_savefig, atomic_write_text
+from ..utils.io import atomic_savefig, atomic_write_results, atomic_write_text
 
 BASES = ("full", "lora", "lora_merge")
 MODIFIERS = ("goldfish", "dp", "clientdp", "secagg")
@@ -703,8 +702,7 @@ def write_outputs(results: dict, output_dir: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with atomic_open(os.path.join(output_dir, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=2, default=float)
+    atomic_write_results(os.path.join(output_dir, "results.json"), results)
     runs = results["runs"]
     first = next(iter(runs.values()))["history"][-1]
     reps = sorted(

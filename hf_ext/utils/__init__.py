@@ -7,9 +7,11 @@ from .io import (
     atomic_open,
     atomic_savefig,
     atomic_write_json,
+    atomic_write_results,
     atomic_write_text,
     ensure_writable_dir,
     make_temp_dir,
+    strict_json,
 )
 from .quiet import silence_known_import_noise
 from .resume import last_complete_checkpoint, normalize_resume_argv, resolve_resume_checkpoint
@@ -18,6 +20,7 @@ __all__ = [
     "atomic_open",
     "atomic_savefig",
     "atomic_write_json",
+    "atomic_write_results",
     "atomic_write_text",
     "causal_lm_eval_loss",
     "ensure_writable_dir",
@@ -29,5 +32,6 @@ __all__ = [
     "resolve_resume_checkpoint",
     "shutdown_distributed",
     "silence_known_import_noise",
+    "strict_json",
     "world_size",
 ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
+from collections.abc import Mapping
 
 
 def ensure_writable_dir(path: str, arg_name: str = "--output_dir") -> None:
@@ -84,6 +86,36 @@ def atomic_write_json(path: str, obj, indent: int | None = 2) -> None:
     """Write `obj` as JSON to `path` atomically (temporary file, then rename)."""
     with atomic_open(path, "w") as fh:
         json.dump(obj, fh, indent=indent)
+        fh.write("\n")
+
+
+def strict_json(obj):
+    """`obj` with every non-finite float replaced by the string `"NaN"`, `"Infinity"` or `"-Infinity"` (the encoding
+    of protobuf's JSON mapping; `float()` reads each back), so that strict JSON readers (jq, JavaScript, serde, Go)
+    accept the file. Mappings, lists and tuples are walked; numpy and torch scalars become Python numbers."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
+        return obj
+    if isinstance(obj, float):
+        if math.isfinite(obj):
+            return obj
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, Mapping):
+        return {key: strict_json(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(value) for value in obj]
+    item = getattr(obj, "item", None)  # numpy / torch scalars
+    if callable(item) and getattr(obj, "ndim", 0) == 0:
+        return strict_json(item())
+    return obj
+
+
+def atomic_write_results(path: str, obj, indent: int | None = 2) -> None:
+    """Write a report (results, metrics) as strict JSON to `path` atomically: non-finite numbers (a diverged loss, the
+    epsilon of a run without noise) are written as the strings `"NaN"`, `"Infinity"`, `"-Infinity"` (see
+    `strict_json`). State files that are read back by hf_ext keep `atomic_write_json`, which round-trips them as
+    numbers."""
+    with atomic_open(path, "w") as fh:
+        json.dump(strict_json(obj), fh, indent=indent, allow_nan=False)
         fh.write("\n")
 
 

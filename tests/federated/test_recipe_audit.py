@@ -234,3 +234,17 @@ def test_reported_epsilon_is_recomputed_from_the_saved_dp_steps(monkeypatch, tmp
         assert [c["dp_epsilon"] for c in history["clients"]] == pytest.approx(expected, rel=2e-3)
         assert history["dp_epsilon_max"] == pytest.approx(max(expected), rel=2e-3)
     assert run["dp"]["client_steps"] == [[[4 / n, 1.3, 2]] for n in run["client_sizes"]]
+
+
+def test_results_json_is_strict_json_when_epsilon_is_infinite(tmp_path):
+    """Zero DP noise (allowed) has an infinite epsilon: results.json held the bare token Infinity, which strict JSON
+    readers refuse; it is now the string "Infinity"."""
+    out = tmp_path / "out"
+    main(["--output_dir", str(out), *TINY, "--configs", "lora+dp", "--defense_dp_noise_multiplier", "0"])
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    results = json.loads((out / "results.json").read_text(), parse_constant=refuse)
+    clients = results["runs"]["lora+dp"]["history"][-1]["clients"]
+    assert clients and all(c["dp_epsilon"] == "Infinity" for c in clients)
