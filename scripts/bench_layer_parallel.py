@@ -3,7 +3,8 @@
 Prints one JSON line per (model, mode, batch) with decode tokens/s, then one JSON line per (mode, batch) with the
 ratio converted / source. Modes: "eager" (DynamicCache, no compilation) and "compiled" (StaticCache, forward
 compiled by `generate`). Default: the Llama-3.2-3B shape (28 layers, random weights, bf16) with 7 pairs on a GPU.
-`--tiny` runs a small model on CPU in eager mode.
+`--tiny` changes the defaults to a small model on CPU in eager mode; every flag given explicitly is used as given, and
+each JSON line records the settings the run used (shape, pairs, new tokens, repeats, ...).
 
     python scripts/bench_layer_parallel.py                 # GPU, 3B shape, 7 pairs, batch 1 and 8, eager + compiled
     python scripts/bench_layer_parallel.py --tiny          # CPU, small model, eager
@@ -40,28 +41,56 @@ from transformers import (
 import hf_ext  # noqa: F401  (registers the layer-parallel architecture)
 from hf_ext.models.layer_parallel import convert_to_layer_parallel
 
+# Defaults of the flags that `--tiny` changes: (GPU default, --tiny default). A flag given on the command line always
+# wins; `--tiny` only changes what an omitted flag means.
+SIZE_DEFAULTS = {
+    "num_hidden_layers": (28, 8),
+    "hidden_size": (3072, 64),
+    "intermediate_size": (8192, 128),
+    "num_attention_heads": (24, 4),
+    "num_key_value_heads": (8, 2),
+    "vocab_size": (128256, 512),
+    "num_pairs": (7, 3),
+    "new_tokens": (128, 32),
+    "repeats": (3, 5),
+}
+
 
 @dataclass
 class BenchArguments:
-    tiny: bool = field(default=False, metadata={"help": "Small model on CPU (8 layers, hidden 64), eager mode."})
-    num_hidden_layers: int = field(default=28, metadata={"help": "Layers of the source model (3B shape: 28)."})
-    hidden_size: int = field(default=3072, metadata={"help": "Hidden size (3B shape: 3072)."})
-    intermediate_size: int = field(default=8192, metadata={"help": "MLP width (3B shape: 8192)."})
-    num_attention_heads: int = field(default=24, metadata={"help": "Attention heads (3B shape: 24)."})
-    num_key_value_heads: int = field(default=8, metadata={"help": "KV heads (3B shape: 8)."})
-    vocab_size: int = field(default=128256, metadata={"help": "Vocabulary (3B shape: 128256)."})
-    num_pairs: int = field(default=7, metadata={"help": "Number of pairs; the range ends before the last layer."})
+    tiny: bool = field(
+        default=False,
+        metadata={
+            "help": "Small model on CPU: changes the defaults only (8 layers, hidden 64, MLP 128, 4/2 heads, vocab 512, "
+            "3 pairs, 32 new tokens, 5 repeats, --device cpu, so eager mode); flags given explicitly win."
+        },
+    )
+    num_hidden_layers: int | None = field(
+        default=None, metadata={"help": "Layers of the source model (28; --tiny 8)."}
+    )
+    hidden_size: int | None = field(default=None, metadata={"help": "Hidden size (3072; --tiny 64)."})
+    intermediate_size: int | None = field(default=None, metadata={"help": "MLP width (8192; --tiny 128)."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Attention heads (24; --tiny 4)."})
+    num_key_value_heads: int | None = field(default=None, metadata={"help": "KV heads (8; --tiny 2)."})
+    vocab_size: int | None = field(default=None, metadata={"help": "Vocabulary (128256; --tiny 512)."})
+    num_pairs: int | None = field(
+        default=None, metadata={"help": "Number of pairs (7; --tiny 3); the range ends before the last layer."}
+    )
     lp_start: int | None = field(default=None, metadata={"help": "First paired layer (default: L - 1 - 2 * pairs)."})
     lp_mode: str = field(default="sublayer", metadata={"help": "sublayer or block."})
     batch_sizes: str = field(default="1,8", metadata={"help": "Comma-separated decode batch sizes."})
     modes: str | None = field(
-        default=None, metadata={"help": "Comma-separated: eager, compiled (default: both on GPU, eager with --tiny)."}
+        default=None, metadata={"help": "Comma-separated: eager, compiled (default: both on GPU, eager on CPU)."}
     )
     prompt_length: int = field(default=32, metadata={"help": "Prompt tokens (prefill time is subtracted)."})
-    new_tokens: int = field(default=128, metadata={"help": "Generated tokens per timed run."})
-    repeats: int = field(default=3, metadata={"help": "Timed runs per model and configuration (best and median)."})
+    new_tokens: int | None = field(default=None, metadata={"help": "Generated tokens per timed run (128; --tiny 32)."})
+    repeats: int | None = field(
+        default=None, metadata={"help": "Timed runs per model and configuration, best and median (3; --tiny 5)."}
+    )
     dtype: str | None = field(default=None, metadata={"help": "bfloat16, float16 or float32 (default: bf16 on GPU)."})
-    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)."})
+    device: str | None = field(
+        default=None, metadata={"help": "cuda or cpu (default: cuda when available; cpu with --tiny)."}
+    )
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa or eager."})
     seed: int = field(default=0, metadata={"help": "Seed of the random weights and prompts."})
     tp: int = field(
@@ -77,13 +106,13 @@ class BenchArguments:
 
 
 def _resolve(args: BenchArguments) -> BenchArguments:
-    if args.tiny:
-        args.num_hidden_layers, args.hidden_size, args.intermediate_size = 8, 64, 128
-        args.num_attention_heads, args.num_key_value_heads, args.vocab_size = 4, 2, 512
-        args.num_pairs = 3 if args.num_pairs == 7 else args.num_pairs
-        args.new_tokens = min(args.new_tokens, 32)
-        args.repeats = max(args.repeats, 5)
-        args.device = args.device or "cpu"
+    """Fill the flags left unset (`None`) with their defaults (those of `--tiny` with `--tiny`) and check them all.
+    A flag given explicitly is never changed."""
+    for name, (default, tiny_default) in SIZE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, tiny_default if args.tiny else default)
+    if args.tiny and args.device is None:
+        args.device = "cpu"
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.tp < 1:
         raise ValueError(f"--tp must be >= 1, got {args.tp}.")
@@ -108,7 +137,8 @@ def _resolve(args: BenchArguments) -> BenchArguments:
     # validate everything before building anything
     if args.num_pairs < 1 or args.lp_start + 2 * args.num_pairs > args.num_hidden_layers:
         raise ValueError(
-            f"--num_pairs {args.num_pairs} from --lp_start {args.lp_start} does not fit {args.num_hidden_layers} layers."
+            f"--num_pairs {args.num_pairs} from --lp_start {args.lp_start} does not fit {args.num_hidden_layers} layers; "
+            "give a smaller --num_pairs (or --lp_start)."
         )
     if args.dtype not in ("bfloat16", "float16", "float32"):
         raise ValueError(f"--dtype must be bfloat16, float16 or float32, got {args.dtype!r}.")
@@ -232,17 +262,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rank0 = args.tp == 1 or dist.get_rank() == 0
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     device_name = _device_name(args.device)
-    common = dict(
+    common = dict(  # the settings this run actually used (after --tiny's defaults)
         device=device_name,
         dtype=args.dtype,
         layers=args.num_hidden_layers,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_attention_heads=args.num_attention_heads,
+        num_key_value_heads=args.num_key_value_heads,
+        vocab_size=args.vocab_size,
         pairs=args.num_pairs,
         range=[args.lp_start, end],
         effective_depth=models["layer_parallel"].config.effective_depth,
         tp=args.tp,
         new_tokens=args.new_tokens,
         prompt_length=args.prompt_length,
+        repeats=args.repeats,
+        attn_implementation=args.attn_implementation,
         lp_mode=args.lp_mode,
+        tiny=args.tiny,
     )
     lines = []
     for mode in args.modes.split(","):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..utils.io import atomic_open, atomic_savefig
+from ..utils.io import atomic_savefig, atomic_write_results
 
 
 @dataclass
@@ -57,7 +57,10 @@ class LayerParallelSweepArguments:
     sweep_stride: int = field(default=1, metadata={"help": "Step between start positions in the sweep."})
     max_ppl_increase: float = field(
         default=0.25,
-        metadata={"help": "Perplexity budget: pick the most pairs with ppl <= (1 + this) x source ppl."},
+        metadata={
+            "help": "Perplexity budget: pick the most pairs with ppl <= (1 + this) x source ppl (>= 0; inf: no "
+            "budget, the most pairs; nan is refused)."
+        },
     )
     lp_start: int | None = field(
         default=None, metadata={"help": "Convert this range instead of the one chosen by the sweep (with --lp_end)."}
@@ -142,8 +145,10 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
         raise ValueError(f"--lp_mlp_norm must be one of {list(LP_MLP_NORMS)}, got {sweep_args.lp_mlp_norm!r}.")
     if sweep_args.lp_mlp_norm == "official_tp_split" and sweep_args.lp_mode != "sublayer":
         raise ValueError("--lp_mlp_norm official_tp_split needs --lp_mode sublayer.")
-    if sweep_args.max_ppl_increase < 0:
-        raise ValueError(f"--max_ppl_increase must be >= 0 (0.25 = +25%), got {sweep_args.max_ppl_increase}.")
+    if math.isnan(sweep_args.max_ppl_increase) or sweep_args.max_ppl_increase < 0:
+        raise ValueError(
+            f"--max_ppl_increase must be a number >= 0 (0.25 = +25%; inf: no budget), got {sweep_args.max_ppl_increase}."
+        )
     if sweep_args.sweep_stride < 1:
         raise ValueError(f"--sweep_stride must be >= 1, got {sweep_args.sweep_stride}.")
     if (sweep_args.lp_start is None) != (sweep_args.lp_end is None):
@@ -170,6 +175,9 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
             raise ValueError("--num_attention_heads must be divisible by --num_key_value_heads.")
         if model_args.pretrain_steps < 1:
             raise ValueError(f"--pretrain_steps must be >= 1, got {model_args.pretrain_steps}.")
+        lr = model_args.pretrain_learning_rate
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"--pretrain_learning_rate must be a finite number > 0, got {lr}.")
     elif not os.path.isdir(model_args.model_name_or_path) and hub_offline():
         raise ValueError(
             f"--model_name_or_path={model_args.model_name_or_path!r} is not a local folder and HF_HUB_OFFLINE is set; "
@@ -210,19 +218,18 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
             training_args.resume_from_checkpoint, sweep_args, sweep_args.lp_start, sweep_args.lp_end
         )
     _check_ranges_fit_the_source(model_args, sweep_args)
+    _check_pairing_fits_the_source(model_args, sweep_args)
     _check_attn_implementation(model_args)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
 
 
-def _check_attn_implementation(model_args) -> None:
-    """Build the source on the meta device (no memory, no data) so that transformers' check of
-    `--attn_implementation` (unknown name, kernel package missing) runs before any work."""
+def _source_config(model_args):
+    """The source model's config without building the model: the small Llama's (vocabulary not yet known: 256), or
+    the `config.json` of --model_name_or_path."""
     from transformers import AutoConfig, LlamaConfig
 
-    from ._common import check_meta_build
-
     if model_args.model_name_or_path is None:
-        config = LlamaConfig(
+        return LlamaConfig(
             vocab_size=256,
             hidden_size=model_args.hidden_size,
             intermediate_size=model_args.intermediate_size,
@@ -230,9 +237,41 @@ def _check_attn_implementation(model_args) -> None:
             num_attention_heads=model_args.num_attention_heads,
             num_key_value_heads=model_args.num_key_value_heads,
         )
-    else:
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
-    check_meta_build(config, model_args.attn_implementation, "source")
+    return AutoConfig.from_pretrained(model_args.model_name_or_path)
+
+
+def _check_attn_implementation(model_args) -> None:
+    """Build the source on the meta device (no memory, no data) so that transformers' check of
+    `--attn_implementation` (unknown name, kernel package missing) runs before any work."""
+    from ._common import check_meta_build
+
+    check_meta_build(_source_config(model_args), model_args.attn_implementation, "source")
+
+
+def _check_pairing_fits_the_source(model_args, sweep_args) -> None:
+    """Build the layer-parallel config this run converts with (--lp_mode, --lp_mlp_norm, the given range if any)
+    from the source's config, so that every constraint of `LayerParallelConfig` (e.g. an even MLP width for
+    `official_tp_split`) is checked before the source is trained or loaded."""
+    from ..models.layer_parallel.configuration_layer_parallel import LayerParallelConfig
+
+    config = _source_config(model_args)
+    try:
+        LayerParallelConfig(
+            source_config=config,
+            lp_start=sweep_args.lp_start,
+            lp_end=sweep_args.lp_end,
+            lp_mode=sweep_args.lp_mode,
+            lp_mlp_norm=sweep_args.lp_mlp_norm,
+        )
+    except (TypeError, ValueError) as err:
+        source = (
+            "the small Llama (--hidden_size, --intermediate_size, --num_hidden_layers, ...)"
+            if model_args.model_name_or_path is None
+            else f"the config of --model_name_or_path={model_args.model_name_or_path!r}"
+        )
+        raise ValueError(
+            f"--lp_mode {sweep_args.lp_mode} --lp_mlp_norm {sweep_args.lp_mlp_norm} cannot convert {source}: {err}"
+        ) from err
 
 
 def _check_checkpoint_pairing(checkpoint: str, sweep_args, start: int | None, end: int | None) -> None:
@@ -314,6 +353,34 @@ def _check_ranges_fit_the_source(model_args, sweep_args) -> None:
             pairing_ranges(num_layers, parse_pair_counts(sweep_args.pair_counts), sweep_args.sweep_stride, layer_types)
         except ValueError as err:
             raise ValueError(f"--pair_counts: {err}") from err
+
+
+def _range_record(row: dict | None) -> dict | None:
+    """`{"start", "end", "pairs"}` of a sweep row (`None` stays `None`)."""
+    return None if row is None else {"start": row["start"], "end": row["end"], "pairs": row["pairs"]}
+
+
+def _converted_row(rows: list[dict], start: int, end: int) -> dict:
+    """The sweep row of the range `[start, end)` given by --lp_start/--lp_end, or, when the sweep did not measure
+    that range (other pair counts or stride, or an empty range), a record of the range itself."""
+    for row in rows:
+        if row["pairs"] > 0 and (row["start"], row["end"]) == (start, end):
+            return row
+    return {"start": start, "end": end, "pairs": (end - start) // 2}
+
+
+def _sweep_note(sweep_args, suggestion: dict | None) -> str | None:
+    """The line under sweep.md's table when --lp_start/--lp_end overrides the sweep's choice."""
+    if sweep_args.lp_start is None:
+        return None
+    if suggestion is None:
+        theirs = f"none within +{sweep_args.max_ppl_increase:.0%}"
+    else:
+        theirs = f"[{suggestion['start']}, {suggestion['end']})"
+    return (
+        f"`*`: the converted range [{sweep_args.lp_start}, {sweep_args.lp_end}), given by --lp_start/--lp_end. The "
+        f"sweep's own choice (--max_ppl_increase {sweep_args.max_ppl_increase}): {theirs} (`sweep_suggestion`)."
+    )
 
 
 def _task_eval(sweep_args, tokenizer, batch_size: int):
@@ -486,8 +553,19 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         chosen = choose_range(rows, sweep_args.max_ppl_increase)
         if training_args.resume_from_checkpoint and sweep_args.lp_start is None and chosen is not None:
             _check_checkpoint_pairing(training_args.resume_from_checkpoint, sweep_args, chosen["start"], chosen["end"])
-        paths = save_sweep(rows, training_args.output_dir, chosen, task_metric=sweep_args.eval_metric)
-        print(format_sweep_table(rows, chosen, task_metric=sweep_args.eval_metric))
+        marked, suggestion = chosen, None
+        if sweep_args.lp_start is not None:
+            # The range given by --lp_start/--lp_end is the one converted: sweep.md / sweep.json mark and record it
+            # (its sweep row, if the sweep measured it); the sweep's own choice is kept as `sweep_suggestion`.
+            marked = _converted_row(rows, sweep_args.lp_start, sweep_args.lp_end)
+            suggestion = _range_record(chosen)
+            results["sweep_suggestion"] = suggestion
+        paths = save_sweep(
+            rows, training_args.output_dir, marked, task_metric=sweep_args.eval_metric,
+            note=_sweep_note(sweep_args, suggestion),
+            extra=None if sweep_args.lp_start is None else {"sweep_suggestion": suggestion},
+        )  # fmt: skip
+        print(format_sweep_table(rows, marked, task_metric=sweep_args.eval_metric))
         print(f"sweep written to {paths['md']} and {paths['png']}")
         results["sweep"] = rows
     if not sweep_args.skip_sweep:
@@ -500,8 +578,7 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         print(f"no paired range keeps perplexity within +{sweep_args.max_ppl_increase:.0%}; nothing converted.")
         results["chosen"] = None
         if main:
-            with atomic_open(os.path.join(training_args.output_dir, "results.json"), "w") as fh:
-                json.dump(results, fh, indent=2)
+            atomic_write_results(os.path.join(training_args.output_dir, "results.json"), results)
         return results if main else {"process_index": training_args.process_index, "chosen": None}
     results["chosen"] = {"start": start, "end": end, "pairs": (end - start) // 2}
 
@@ -557,8 +634,7 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
     results["reload_matches"] = math.isclose(results["reloaded_eval"]["loss"], final["loss"], rel_tol=1e-5)
     results["saved_to"] = save_dir
     print(f"saved {type(reloaded).__name__} to {save_dir} (reload matches: {results['reload_matches']})")
-    with atomic_open(os.path.join(training_args.output_dir, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=2)
+    atomic_write_results(os.path.join(training_args.output_dir, "results.json"), results)
     if rows is not None:  # the results are on disk before the optional plot
         _plot_summary(results, os.path.join(training_args.output_dir, "summary.png"))
     barrier()

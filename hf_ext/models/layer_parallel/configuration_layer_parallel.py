@@ -143,6 +143,15 @@ def check_pair_attention_types(pairs: list, layer_types: list[str]) -> None:
             )
 
 
+def _check_lp_merged(value) -> None:
+    """`lp_merged` must be a real `bool`: `"false"` or `0` would otherwise pick the weight layout by truthiness."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"lp_merged must be True or False, got {value!r} ({type(value).__name__}); a saved config.json stores it "
+            "as the JSON boolean true or false."
+        )
+
+
 class _SlotConfigs(tuple):
     """`LayerParallelConfig.per_layer_config`: one config per KV-cache slot, indexed as transformers indexes its own
     per-layer view (an int, a slice, or a layer type such as `"full_attention"`)."""
@@ -199,7 +208,8 @@ class LayerParallelConfig(PreTrainedConfig):
             neurons of both MLPs uses layer a's gain and the second half layer b's gain, as the reference 2-GPU
             tensor-parallel code computes it. Only with `lp_mode="sublayer"`.
         lp_merged (`bool`, *optional*, defaults to `True`):
-            Whether each pair is stored as one wide layer (`True`) or as two branches whose outputs are summed.
+            Whether each pair is stored as one wide layer (`True`) or as two branches whose outputs are summed. Must
+            be a `bool` (a string such as `"false"` or an integer is refused with a `TypeError`).
         lp_weight_layout (`dict`, *optional*):
             Written on save: the source-config fields and pairing that decide the shapes of the saved weights. When a
             saved config is loaded and its `source_config` or pairing no longer matches this record (for example
@@ -285,6 +295,7 @@ class LayerParallelConfig(PreTrainedConfig):
             )
         if self.lp_mode not in LP_MODES:
             raise ValueError(f"lp_mode must be one of {list(LP_MODES)}, got {self.lp_mode!r}.")
+        _check_lp_merged(self.lp_merged)
         if self.lp_mlp_norm not in LP_MLP_NORMS:
             raise ValueError(f"lp_mlp_norm must be one of {list(LP_MLP_NORMS)}, got {self.lp_mlp_norm!r}.")
         if self.lp_mlp_norm == "official_tp_split":
@@ -342,6 +353,8 @@ class LayerParallelConfig(PreTrainedConfig):
         object.__setattr__(self, _WRITE_THROUGH, True)
 
     def __setattr__(self, key, value):
+        if key == "lp_merged":  # also `from_pretrained(..., lp_merged=...)`, which sets it after `__post_init__`
+            _check_lp_merged(value)
         super().__setattr__(key, value)
         # A mirrored attribute set on a built config (`config.tie_word_embeddings = True`, `config.pad_token_id = ...`,
         # `resize_token_embeddings` setting `vocab_size`) goes to the source config too: that is what is saved, and the

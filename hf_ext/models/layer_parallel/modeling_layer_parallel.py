@@ -551,8 +551,20 @@ class LayerParallelPreTrainedModel(PreTrainedModel):
         return (model, info) if wants_info else model
 
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        std = getattr(self.config.source_config, "initializer_range", 0.02)
+        # Every weight follows the source config's `initializer_range`, as in a Llama / Mistral / Qwen2 built from
+        # that config (the base class reads `self.config.initializer_range`, which this config does not have, and
+        # would fall back to 0.02 for the plain Linear and Embedding layers).
+        std = getattr(self.config.source_config, "initializer_range", None) or 0.02
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        else:
+            super()._init_weights(module)
         if isinstance(module, BranchwiseLinear):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
@@ -836,17 +848,35 @@ class LayerParallelForCausalLM(LayerParallelPreTrainedModel, GenerationMixin):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float32, or the widest floating dtype among `tensors` when wider (float64 weights are merged in float64;
+    bf16 / fp16 ones in float32, then cast to the model dtype when loaded)."""
+    dtype = torch.float32
+    for t in tensors:
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 def _fold(weight: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-    """`W @ diag(g)` computed in float32: a projection reading `g * x_hat` becomes one reading `x_hat`."""
-    return weight.float() * gain.float()[None, :]
+    """`W @ diag(g)` computed in float32 (or wider, for float64 weights): a projection reading `g * x_hat` becomes
+    one reading `x_hat`."""
+    dtype = _compute_dtype(weight, gain)
+    return weight.to(dtype) * gain.to(dtype)[None, :]
 
 
 def _cat_bias(*biases: torch.Tensor | None) -> torch.Tensor | None:
-    return None if biases[0] is None else torch.cat([b.float() for b in biases])
+    if biases[0] is None:
+        return None
+    dtype = _compute_dtype(*biases)
+    return torch.cat([b.to(dtype) for b in biases])
 
 
 def _sum_bias(*biases: torch.Tensor | None) -> torch.Tensor | None:
-    return None if biases[0] is None else sum(b.float() for b in biases)
+    if biases[0] is None:
+        return None
+    dtype = _compute_dtype(*biases)
+    return sum(b.to(dtype) for b in biases)
 
 
 def merge_pair_state(
@@ -856,7 +886,8 @@ def merge_pair_state(
 
     The RMSNorm gains are folded into the projections that read them, heads and neurons are concatenated
     (branch a first), output projections are concatenated along their input so the branch sum falls out of the
-    matmul. Computed in float32; cast to the model dtype when loaded.
+    matmul. Computed in float32, or in the weights' own precision when it is wider (float64 stays float64); cast to
+    the model dtype when loaded.
 
     Args:
         state_a, state_b (`dict[str, torch.Tensor]`): `input_layernorm.weight`, `self_attn.q_proj.weight`, ... of
@@ -871,8 +902,9 @@ def merge_pair_state(
     g1 = (state_a["input_layernorm.weight"], state_b["input_layernorm.weight"])
     g2 = (state_a["post_attention_layernorm.weight"], state_b["post_attention_layernorm.weight"])
     states = (state_a, state_b)
-    out["input_layernorm.weight"] = torch.ones_like(g1[0], dtype=torch.float32)
-    out["post_attention_layernorm.weight"] = torch.ones_like(g2[0], dtype=torch.float32)
+    dtype = _compute_dtype(*state_a.values(), *state_b.values())
+    out["input_layernorm.weight"] = torch.ones_like(g1[0], dtype=dtype)
+    out["post_attention_layernorm.weight"] = torch.ones_like(g2[0], dtype=dtype)
     for name in ("q_proj", "k_proj", "v_proj"):
         out[f"self_attn.{name}.weight"] = torch.cat(
             [_fold(s[f"self_attn.{name}.weight"], g) for s, g in zip(states, g1)]
@@ -880,17 +912,17 @@ def merge_pair_state(
         bias = _cat_bias(*(s.get(f"self_attn.{name}.bias") for s in states))
         if bias is not None:
             out[f"self_attn.{name}.bias"] = bias
-    o_weights = [s["self_attn.o_proj.weight"].float() for s in states]
+    o_weights = [s["self_attn.o_proj.weight"].to(dtype) for s in states]
     o_biases = [s.get("self_attn.o_proj.bias") for s in states]
     if mode == "block":
         out["self_attn.o_proj.weight"] = torch.stack(o_weights)
         if o_biases[0] is not None:
-            out["self_attn.o_proj.bias"] = torch.stack([b.float() for b in o_biases])
+            out["self_attn.o_proj.bias"] = torch.stack([b.to(dtype) for b in o_biases])
         out["mlp.gate_weight"] = torch.stack([_fold(s["mlp.gate_proj.weight"], g) for s, g in zip(states, g2)])
         out["mlp.up_weight"] = torch.stack([_fold(s["mlp.up_proj.weight"], g) for s, g in zip(states, g2)])
         if states[0].get("mlp.gate_proj.bias") is not None:
-            out["mlp.gate_bias"] = torch.stack([s["mlp.gate_proj.bias"].float() for s in states])
-            out["mlp.up_bias"] = torch.stack([s["mlp.up_proj.bias"].float() for s in states])
+            out["mlp.gate_bias"] = torch.stack([s["mlp.gate_proj.bias"].to(dtype) for s in states])
+            out["mlp.up_bias"] = torch.stack([s["mlp.up_proj.bias"].to(dtype) for s in states])
         prefix_down = "mlp.down_proj"
     else:
         out["self_attn.o_proj.weight"] = torch.cat(o_weights, dim=1)
@@ -910,7 +942,7 @@ def merge_pair_state(
             if bias is not None:
                 out[f"mlp.{name}.bias"] = bias
         prefix_down = "mlp.down_proj"
-    out[f"{prefix_down}.weight"] = torch.cat([s["mlp.down_proj.weight"].float() for s in states], dim=1)
+    out[f"{prefix_down}.weight"] = torch.cat([s["mlp.down_proj.weight"].to(dtype) for s in states], dim=1)
     down_bias = _sum_bias(*(s.get("mlp.down_proj.bias") for s in states))
     if down_bias is not None:
         out[f"{prefix_down}.bias"] = down_bias

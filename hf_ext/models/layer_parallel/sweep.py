@@ -10,6 +10,7 @@ import torch
 from .configuration_layer_parallel import (
     LP_MLP_NORMS,
     LP_MODES,
+    LayerParallelConfig,
     check_pair_attention_types,
     layer_attention_types,
     resolve_pairs,
@@ -118,6 +119,11 @@ def perplexity_sweep(
     Returns:
         `list[dict]`: rows with `start`, `end`, `pairs`, `effective_depth`, `loss`, `perplexity`, `accuracy` and
         `ppl_ratio` (perplexity / source perplexity), plus what `extra_eval` returned.
+
+    Raises:
+        `ValueError` / `TypeError`: before anything is evaluated, for an unknown `mode` / `mlp_norm`, a combination
+            the source cannot be converted with (`mlp_norm="official_tp_split"` with `mode="block"` or with an odd
+            `intermediate_size`), an invalid range and a `batch_size` that is not a positive integer.
     """
     from tqdm.auto import tqdm
 
@@ -127,11 +133,17 @@ def perplexity_sweep(
         raise ValueError(f"mode must be one of {list(LP_MODES)}, got {mode!r}.")
     if mlp_norm not in LP_MLP_NORMS:
         raise ValueError(f"mlp_norm must be one of {list(LP_MLP_NORMS)}, got {mlp_norm!r}.")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     num_layers = model.config.num_hidden_layers
     layer_types = layer_attention_types(model.config)
     ranges = pairing_ranges(num_layers, layer_types=layer_types) if ranges is None else [tuple(r) for r in ranges]
     for start, end in ranges:  # validate every range before evaluating anything
         check_pair_attention_types(resolve_pairs(num_layers, start, end), layer_types)
+    # Every conversion's config (mode and mlp_norm against each other and against the source, e.g. an odd
+    # intermediate_size with "official_tp_split") is built, and so checked, before anything is evaluated.
+    for start, end in ranges or [(0, 0)]:
+        LayerParallelConfig(source_config=model.config, lp_start=start, lp_end=end, lp_mode=mode, lp_mlp_norm=mlp_norm)
     if extra_eval is not None and not callable(extra_eval):
         raise TypeError(f"extra_eval must be a callable model -> dict or None, got {type(extra_eval)}.")
     base = evaluate_causal_lm(model, eval_dataset, batch_size)
@@ -161,9 +173,17 @@ def choose_range(rows: list[dict], max_ppl_increase: float) -> dict | None:
     """The row with the most pairs whose perplexity stays within `(1 + max_ppl_increase)` x the source's.
 
     Ties (same number of pairs) go to the lowest perplexity. Returns `None` when no paired row fits the budget.
+    `max_ppl_increase` must be a number >= 0 (`float("inf")`: no budget, the most pairs); NaN is refused (every
+    comparison with it is false, so it would silently choose nothing).
     """
-    if max_ppl_increase < 0:
-        raise ValueError(f"max_ppl_increase must be >= 0 (a relative increase, 0.1 = +10%), got {max_ppl_increase}.")
+    try:
+        invalid = math.isnan(max_ppl_increase) or max_ppl_increase < 0
+    except TypeError:
+        invalid = True
+    if invalid:
+        raise ValueError(
+            f"max_ppl_increase must be a number >= 0 (a relative increase, 0.1 = +10%), got {max_ppl_increase!r}."
+        )
     fitting = [r for r in rows if r["pairs"] > 0 and r["ppl_ratio"] <= 1.0 + max_ppl_increase]
     if not fitting:
         return None
@@ -265,16 +285,30 @@ def plot_sweep(
 
 
 def save_sweep(
-    rows: list[dict], output_dir: str, chosen: dict | None = None, task_metric: str = "acc"
+    rows: list[dict],
+    output_dir: str,
+    chosen: dict | None = None,
+    task_metric: str = "acc",
+    note: str | None = None,
+    extra: dict | None = None,
 ) -> dict[str, str]:
     """Write `sweep.json`, `sweep.md` (atomically, before the plot) and `sweep.png` into `output_dir`; returns their
-    paths."""
+    paths.
+
+    `chosen` is recorded as `sweep.json`'s `chosen` and marked `*` in `sweep.md` (when it is one of `rows`); `note`
+    is a line added under the table of `sweep.md`; `extra` holds more keys for `sweep.json` (e.g. the recipe's
+    `sweep_suggestion` when `--lp_start/--lp_end` overrides the sweep's choice).
+    """
     from ...utils.io import atomic_write_json, atomic_write_text
 
+    reserved = {"rows", "chosen"} & set(extra or {})
+    if reserved:
+        raise ValueError(f"extra must not replace {sorted(reserved)} of sweep.json.")
     os.makedirs(output_dir, exist_ok=True)
     paths = {k: os.path.join(output_dir, f"sweep.{k}") for k in ("json", "md", "png")}
-    atomic_write_json(paths["json"], {"rows": rows, "chosen": chosen})
-    atomic_write_text(paths["md"], format_sweep_table(rows, chosen, task_metric) + "\n")
+    atomic_write_json(paths["json"], {"rows": rows, "chosen": chosen, **(extra or {})})
+    table = format_sweep_table(rows, chosen, task_metric)
+    atomic_write_text(paths["md"], table + ("\n\n" + note if note else "") + "\n")
     plot_sweep(rows, paths["png"], task_metric=task_metric)
     return paths
 
