@@ -44,6 +44,7 @@ def layer_pairing_task_sweep(
     """
     from ..models.layer_parallel import convert_to_layer_parallel
     from ..models.layer_parallel.configuration_layer_parallel import (
+        LayerParallelConfig,
         check_pair_attention_types,
         layer_attention_types,
         resolve_pairs,
@@ -64,6 +65,8 @@ def layer_pairing_task_sweep(
             check_pair_attention_types(resolve_pairs(num_layers, start, end), layer_types)
         except ValueError as err:
             raise ValueError(f"ranges: ({start}, {end}): {err}") from err
+        # mode / mlp_norm against each other and the source (e.g. official_tp_split with block or an odd MLP width)
+        LayerParallelConfig(source_config=model.config, lp_start=start, lp_end=end, lp_mode=mode, lp_mlp_norm=mlp_norm)
     rows, base = [], None
     for start, end in [(0, 0), *ranges]:
         lp = model if start == end else convert_to_layer_parallel(model, start, end, mode=mode, mlp_norm=mlp_norm)

@@ -80,3 +80,21 @@ def test_task_sweep_refuses_a_range_mixing_attention_types_before_evaluating(sma
     with pytest.raises(ValueError, match=r"ranges: \(1, 3\).*attention types"):
         layer_pairing_task_sweep(model, small_tokenizer, [(0, 2), (1, 3)], tasks="hf_ext_cloze")
     assert evaluated == []
+
+
+@pytest.mark.parametrize("mode,intermediate", [("block", 32), ("sublayer", 33)])
+def test_task_sweep_refuses_an_impossible_conversion_before_evaluating(small_tokenizer, monkeypatch, mode, intermediate):
+    """`mlp_norm="official_tp_split"` with block pairs or an odd MLP width is refused before the source is evaluated
+    (was: after the source's lm-eval run)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import hf_ext.evaluation.uses as uses
+
+    cfg = LlamaConfig(vocab_size=len(small_tokenizer), hidden_size=16, intermediate_size=intermediate,
+                      num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+    evaluated = []
+    monkeypatch.setattr(uses, "evaluate_model", lambda *a, **k: evaluated.append(1) or {})
+    with pytest.raises(ValueError, match="official_tp_split"):
+        layer_pairing_task_sweep(LlamaForCausalLM(cfg).eval(), small_tokenizer, [(0, 2)], tasks="hf_ext_cloze",
+                                 mode=mode, mlp_norm="official_tp_split")  # fmt: skip
+    assert evaluated == []
