@@ -34,7 +34,9 @@ class Fp8HealthCallback(TrainerCallback):
     - "stop": log and stop training (`control.should_training_stop`);
     - "rollback": log, stop, and ask [`train_with_rollback`] to resume from the last checkpoint saved before the
       first alert of the streak (with `patience` > 1, checkpoints saved while alerting already hold the diverging
-      state) with the learning rate multiplied by `rollback_lr_factor` (at most `max_rollbacks` times).
+      state) with the learning rate multiplied by `rollback_lr_factor` (at most `max_rollbacks` times). No checkpoint
+      is written at the alert step nor while an alert streak runs, whatever the callback order (the save is skipped
+      by `Fp8Trainer` and `train_with_rollback`), so `save_total_limit` can never rotate the rollback target away.
 
     Monitor state (history, baselines, alerts, learning-rate scale, previous amaxes) is saved with every checkpoint
     (in its `trainer_state.json`, and as `fp8_health.json` for reading) and restored from the checkpoint training
@@ -182,6 +184,16 @@ class Fp8HealthCallback(TrainerCallback):
             self.monitor.load_state_dict(state.get("monitor", {}))
         self._monitor_state = state.get("monitor", {})
 
+    def vetoes_save(self) -> bool:
+        """Whether a checkpoint taken now must be skipped: a rollback is pending, or (with `action="rollback"`) an
+        alert streak is running. Such a checkpoint would hold the diverging state, could never be a rollback target,
+        and its rotation (`save_total_limit`) could delete the checkpoint the rollback needs."""
+        return self.rollback_request is not None or (self.action == "rollback" and self._streak > 0)
+
+    def _veto(self, control) -> None:
+        if self.vetoes_save():
+            control.should_save = False
+
     # --------------------------------------------------------------------------------------------------------- hooks
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if model is None:
@@ -229,6 +241,7 @@ class Fp8HealthCallback(TrainerCallback):
             return
         self.monitor.disable()
         if not self.monitor.has_data():
+            self._veto(control)
             return
         stats = self.monitor.collect()
         step = state.global_step
@@ -242,7 +255,17 @@ class Fp8HealthCallback(TrainerCallback):
         self._pending_logs = logs
         control.should_log = True
         self._check(stats, step, args, state, control)
+        self._veto(control)
         state.stateful_callbacks[STATE_KEY] = self.state_dict()  # written with the next checkpoint
+
+    # The save decision: callbacks after this one (DefaultFlowCallback when this one is moved first) set
+    # `should_save` again in their own on_step_end / on_epoch_end, so the veto is repeated at the last events before
+    # Trainer saves (on_log, on_evaluate); `Fp8Trainer` and `train_with_rollback` also skip the save itself.
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._veto(control)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._veto(control)
 
     def take_pending_logs(self) -> dict[str, float]:
         """The values measured at the last monitored step and not logged yet (then none are pending).
@@ -251,6 +274,7 @@ class Fp8HealthCallback(TrainerCallback):
         return logs
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        self._veto(control)
         if not self._pending_logs:
             return
         if logs is not None:
@@ -262,7 +286,7 @@ class Fp8HealthCallback(TrainerCallback):
         self._pending_logs = {}
 
     def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
+        if not state.is_world_process_zero or self.vetoes_save():  # the checkpoint was skipped
             return
         ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(ckpt):
@@ -370,10 +394,43 @@ def train_with_rollback(trainer, callback: Fp8HealthCallback | None = None, resu
         callback = found[0]
     if trainer.args.save_strategy == "no":
         raise ValueError("train_with_rollback: rollback needs checkpoints; set save_strategy='steps' and save_steps.")
-    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    while callback.rollback_request is not None:
-        request, callback.rollback_request = callback.rollback_request, None
-        callback.resume_checkpoint = request["checkpoint"]
-        trainer.optimizer, trainer.lr_scheduler = None, None  # rebuilt, then loaded from the checkpoint
-        result = trainer.train(resume_from_checkpoint=request["checkpoint"])
+    # Whatever the callback order (a later callback may set `should_save` again), no checkpoint is written while the
+    # callback vetoes it: `Fp8Trainer` checks in `_save_checkpoint`; any other Trainer gets the same guard here.
+    guarded = not getattr(trainer, "_fp8_health_save_guard", False)
+    if guarded:
+        trainer._save_checkpoint = _save_guard(trainer, trainer._save_checkpoint, [callback])
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        while callback.rollback_request is not None:
+            request, callback.rollback_request = callback.rollback_request, None
+            callback.resume_checkpoint = request["checkpoint"]
+            trainer.optimizer, trainer.lr_scheduler = None, None  # rebuilt, then loaded from the checkpoint
+            result = trainer.train(resume_from_checkpoint=request["checkpoint"])
+    finally:
+        if guarded:
+            del trainer._save_checkpoint
     return result
+
+
+def skip_vetoed_save(trainer, callbacks) -> bool:
+    """True (and a log line) when one of `callbacks` ([`Fp8HealthCallback`]) vetoes the checkpoint `trainer` is about
+    to write (see [`Fp8HealthCallback.vetoes_save`])."""
+    for cb in callbacks:
+        if isinstance(cb, Fp8HealthCallback) and cb.vetoes_save():
+            why = "a rollback is pending" if cb.rollback_request is not None else "an FP8 alert streak is running"
+            logger.warning(
+                "Fp8HealthCallback: not saving checkpoint-%d (%s: it would hold the diverging state).",
+                trainer.state.global_step,
+                why,
+            )
+            return True
+    return False
+
+
+def _save_guard(trainer, save_checkpoint, callbacks):
+    def guarded(model, trial, *args, **kwargs):
+        if skip_vetoed_save(trainer, callbacks):
+            return None
+        return save_checkpoint(model, trial, *args, **kwargs)
+
+    return guarded

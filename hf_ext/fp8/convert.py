@@ -12,6 +12,7 @@ With `fp8_attention=True`, "te" and "emulated" also run the attention BMMs in FP
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Callable
 
@@ -180,6 +181,26 @@ def convert(
         for name, value in (("emulate", emulate), ("fsdp_float8_all_gather", fsdp_float8_all_gather)):
             if value:
                 raise ValueError(f"convert: {name}=True is a torchao option; drop it or use backend='torchao'.")
+    given = dict(
+        recipe=recipe, scaling=scaling, fp8_format=fp8_format, amax_history_len=amax_history_len,
+        amax_compute_algo=amax_compute_algo, margin=margin,
+    )  # fmt: skip
+    for name, takers in _BACKEND_OPTIONS.items():  # an option of another backend would silently do nothing
+        default = _CONVERT_DEFAULTS[name]
+        value = given[name]
+        if value == default and type(value) is type(default):
+            continue
+        if backend == "emulated" and scaling == "current" and name in ("amax_history_len", "amax_compute_algo"):
+            raise ValueError(
+                f"convert: {name}={value!r} is a delayed-scaling option, but scaling='current' keeps no amax history; "
+                "drop it or use scaling='delayed'."
+            )
+        if backend not in takers:
+            raise ValueError(
+                f"convert: {name}={value!r} is an option of backend {' / '.join(repr(t) for t in takers)}, not of "
+                f"backend={backend!r}, which would ignore it; drop it or use "
+                f"backend={takers[0]!r}."
+            )
     if amax_reduction_group is not None and (backend == "torchao" or scaling != "delayed"):
         raise ValueError(
             "convert: amax_reduction_group is a delayed-scaling option (backend='te', or backend='emulated' with "
@@ -244,6 +265,20 @@ def convert(
     if backend == "te":
         model.hf_ext_fp8["te_recipe"] = te_fp8_recipe
     return model
+
+
+# The backends each scaling option acts on (convert refuses a non-default value of it for any other backend).
+_BACKEND_OPTIONS = {
+    "recipe": ("torchao",),
+    "scaling": ("emulated",),  # Transformer Engine runs delayed scaling (DelayedScaling) only
+    "fp8_format": ("te", "emulated"),
+    "amax_history_len": ("te", "emulated"),
+    "amax_compute_algo": ("te", "emulated"),
+    "margin": ("te", "emulated"),
+}
+_CONVERT_DEFAULTS = {
+    name: param.default for name, param in inspect.signature(convert).parameters.items() if name in _BACKEND_OPTIONS
+}
 
 
 # transformers' tensor-parallel styles under which a torchao Float8Linear computes on its shard what the unsharded one

@@ -116,6 +116,51 @@ def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+#: Training forwards whose scales a module keeps for recomputation (per backward; the oldest are dropped beyond it).
+_MAX_FORWARD_LOG = 256
+
+
+def _fingerprint(x2: torch.Tensor, amax_x: torch.Tensor, amax_w: torch.Tensor) -> torch.Tensor:
+    """Float64 summary of a forward's operands (input amax, sum, sum of |x|; weight amax): the recomputation of a
+    forward by activation checkpointing sees the same operands, another forward (almost surely) different ones."""
+    x = x2.detach()
+    fp = torch.stack([amax_x.double(), x.sum(dtype=torch.float64), x.abs().sum(dtype=torch.float64), amax_w.double()])
+    return torch.nan_to_num(fp, nan=1e300, posinf=1e301, neginf=-1e301)
+
+
+def _log_forward(module: Fp8Linear, fingerprint: torch.Tensor, ref_x: torch.Tensor, ref_w: torch.Tensor) -> None:
+    """Remember a training forward's scale references for its recomputation. The log spans the forwards since the
+    module's last backward (all forwards whose backward, and so recomputation, is still to come)."""
+    if module._fp8_backward_seen:
+        module._fp8_forward_log.clear()
+        module._fp8_backward_seen = False
+        module._fp8_log_use = None
+    log = module._fp8_forward_log
+    log.append((fingerprint, torch.stack([ref_x, ref_w]).detach()))
+    if len(log) > _MAX_FORWARD_LOG:
+        del log[0]
+
+
+def _recomputed_refs(module: Fp8Linear, fingerprint: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scale references of the original forward that activation checkpointing recomputes now: the logged forward
+    with the closest fingerprint (an exact match for a deterministic recomputation), each used once per backward pass
+    (so that two forwards on identical inputs each get their own, the latest first as autograd runs the later
+    forward's backward first); no host synchronisation."""
+    log = module._fp8_forward_log
+    fps = torch.stack([fp for fp, _ in log])
+    refs = torch.stack([r for _, r in log])
+    task = torch._C._current_graph_task_id()
+    if module._fp8_log_use is None or module._fp8_log_use[0] != task or module._fp8_log_use[1].numel() != len(log):
+        module._fp8_log_use = (task, torch.zeros(len(log), dtype=torch.float64, device=fps.device))
+    used = module._fp8_log_use[1]
+    dist = ((fps - fingerprint).abs() / (fingerprint.abs() + 1e-30)).sum(1)
+    dist = torch.where(dist.isnan(), torch.inf, dist).clamp_max(1e200) + used * 1e250
+    idx = len(log) - 1 - dist.flip(0).argmin()  # on a tie (identical inputs) the latest: backward runs last-first
+    used[idx] += 1.0
+    ref = refs[idx]
+    return ref[0], ref[1]
+
+
 class _Fp8LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, module: Fp8Linear):
@@ -125,10 +170,11 @@ class _Fp8LinearFunction(torch.autograd.Function):
         amax_w = weight.detach().abs().amax().float()
         if module.scaling == "delayed":
             hist = module.fp8_amax_history
-            if _in_backward() and module._fp8_forward_refs is not None:
-                # activation-checkpointing recompute inside backward: reuse the original forward's scales and do not
-                # record the same step's amax a second time
-                ref_x, ref_w = module._fp8_forward_refs
+            fingerprint = _fingerprint(x2, amax_x, amax_w) if module.training else None
+            if module.training and _in_backward() and module._fp8_forward_log:
+                # activation-checkpointing recompute inside backward: reuse the scales of the forward it recomputes
+                # (with several forwards before one backward, each its own) and do not record its amax a second time
+                ref_x, ref_w = _recomputed_refs(module, fingerprint)
             else:
                 if module.training:  # recorded: the data-parallel batch's amax, the same on every rank
                     amax_x, amax_w = _reduce_amax(module, amax_x, amax_w)
@@ -139,7 +185,7 @@ class _Fp8LinearFunction(torch.autograd.Function):
                     _record(hist[:, 0], amax_x)
                     _record(hist[:, 1], amax_w)
                     last[0], last[1] = ref_x, ref_w
-                    module._fp8_forward_refs = (ref_x, ref_w)
+                    _log_forward(module, fingerprint, ref_x, ref_w)
         else:
             ref_x, ref_w = amax_x, amax_w
         xq = quantize_dequantize(x2, scale_from_amax(ref_x, fwd_dtype, module.margin), fwd_dtype)
@@ -157,6 +203,7 @@ class _Fp8LinearFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         xq, wq = ctx.saved_tensors
         module: Fp8Linear = ctx.module
+        module._fp8_backward_seen = True  # the next training forward starts a new forward log
         _, grad_dtype = fp8_dtypes(module.fp8_format)
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         amax_g = g2.detach().abs().amax().float()
@@ -224,7 +271,11 @@ class Fp8Linear(nn.Linear):
         self.scaling, self.fp8_format, self.margin = scaling, fp8_format, int(margin)
         self.amax_compute_algo = amax_compute_algo
         self.amax_reduction_group = amax_reduction_group
-        self._fp8_forward_refs = None  # (input, weight) amax references of the last training forward
+        # (fingerprint, (input, weight) amax references) of the training forwards since the last backward: the scales
+        # an activation-checkpointing recompute of each of them reuses
+        self._fp8_forward_log: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._fp8_backward_seen = False
+        self._fp8_log_use = None  # (graph task, times each logged forward was recomputed in it)
         if scaling == "delayed":
             self.fp8_amax_history = nn.Buffer(torch.zeros(amax_history_len, 3, device=device), persistent=True)
             self.fp8_scale_amax = nn.Buffer(torch.zeros(3, device=device), persistent=True)

@@ -10,7 +10,7 @@ from transformers import Trainer
 from transformers.trainer_utils import SchedulerType
 from transformers.utils import logging
 
-from .callback import Fp8HealthCallback
+from .callback import Fp8HealthCallback, skip_vetoed_save
 
 logger = logging.get_logger(__name__)
 
@@ -118,6 +118,17 @@ class Fp8Trainer(Trainer):
                 logs.update(callback.take_pending_logs())
         super().log(logs, *args, **kwargs)
 
+    #: `_save_checkpoint` itself skips a checkpoint an [`Fp8HealthCallback`] vetoes (see `train_with_rollback`).
+    _fp8_health_save_guard = True
+
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        # The last word on saving: Trainer sets `should_save` after the callbacks (save_strategy="best") and a callback
+        # after the health callback may set it again; a checkpoint of the diverging state must never be written (with
+        # save_total_limit its rotation would delete the rollback target).
+        if skip_vetoed_save(self, self.callback_handler.callbacks):
+            return None
+        return super()._save_checkpoint(model, trial, *args, **kwargs)
+
     def get_decay_parameter_names(self, model) -> list[str]:
         own = getattr(model, "decay_parameter_names", None)
         if not callable(own):
@@ -192,6 +203,14 @@ class Fp8Trainer(Trainer):
             return super().create_scheduler(num_training_steps, optimizer)
         original = self.args.lr_scheduler_kwargs
         self.args.lr_scheduler_kwargs = resolve_wsd_kwargs(original, num_training_steps)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        decay = self.args.lr_scheduler_kwargs["num_decay_steps"]
+        if warmup + decay > num_training_steps:
+            logger.warning(
+                f"warmup_stable_decay: warmup ({warmup} steps) + cooldown ({decay} steps) exceed the run's "
+                f"{num_training_steps} steps, so the cooldown starts before the warmup ends and the peak learning "
+                "rate is never reached; lower warmup_steps or num_decay_steps (or train longer)."
+            )
         try:
             return super().create_scheduler(num_training_steps, optimizer)
         finally:

@@ -23,7 +23,7 @@ class ModelArguments:
         metadata={
             "help": "Architecture of a fresh model: fog (FP8-stable FOG recipe, FogConfig.fog), llama, or any "
             "AutoConfig model type. With fog, --intermediate_size is the SwiGLU width and the ungated xIELU MLP gets "
-            "1.5x it (equal parameter count)."
+            "1.5x it (equal parameter count); intermediate_size in --config_overrides is the real MLP width."
         },
     )
     hidden_size: int = field(default=128, metadata={"help": "Hidden size of a fresh model."})
@@ -161,6 +161,14 @@ def check_config_overrides(model_args: ModelArguments) -> None:
         except ValueError as err:
             raise ValueError(f"--model_type {model_args.model_type!r} is not a known architecture ({err}).") from None
     known = set(reference.to_dict())
+    width_twice = "intermediate_size" in overrides and model_args.intermediate_size is not None
+    if model_args.model_type == "fog" and width_twice:
+        raise ValueError(
+            f"--config_overrides intermediate_size={overrides['intermediate_size']} and --intermediate_size "
+            f"{model_args.intermediate_size} both set the MLP width; --intermediate_size is the SwiGLU width (the xIELU "
+            "MLP gets 1.5x it), intermediate_size in --config_overrides the MLP's real width: keep one."
+        )
+    optional = _optional_fields(type(reference))
     for key, value in overrides.items():
         if key not in known:
             close = sorted(k for k in known if key.lower() in k.lower() or k.lower() in key.lower())[:5]
@@ -171,13 +179,15 @@ def check_config_overrides(model_args: ModelArguments) -> None:
         default = getattr(reference, key, None)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"--config_overrides {key}={value} is not a finite number.")
+        if value is None and key in optional:  # e.g. FOG's softmax_scale=null (1/sqrt(head_dim)), input_upscale=null
+            continue
         if isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, int | float):
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             if ok and isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
                 ok = value.is_integer()
-            if ok and value < 0:
+            if ok and value < 0 <= default:  # a field whose default is negative (FOG's xielu_eps) takes negatives
                 raise ValueError(f"--config_overrides {key}={value} must not be negative.")
         elif isinstance(default, str):
             ok = isinstance(value, str)
@@ -188,6 +198,17 @@ def check_config_overrides(model_args: ModelArguments) -> None:
                 f"--config_overrides {key}={value!r} has the wrong type: the config expects "
                 f"{type(default).__name__} (default {default!r})."
             )
+
+
+def _optional_fields(config_cls) -> set[str]:
+    """Fields of a config class annotated as optional (`float | None`): `null` is one of their values."""
+    out = set()
+    for klass in reversed(config_cls.__mro__):
+        for name, annotation in getattr(klass, "__annotations__", {}).items():
+            text = annotation if isinstance(annotation, str) else repr(annotation)
+            if "None" in text or "Optional" in text:
+                out.add(name)
+    return out
 
 
 #: Flags that size a fresh model; a model loaded with --model_name_or_path keeps its own config.
@@ -241,7 +262,45 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     if model_args.model_name_or_path is None:
         check_fresh_model(model_args, data_args.block_size)
     validate_fp8_args(model_args, training_args)
+    if model_args.model_name_or_path is None:
+        check_fresh_model_fp8(model_args, training_args, data_args.block_size)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
+
+
+def check_fresh_model_fp8(model_args: ModelArguments, training_args: TrainingArguments, block_size: int) -> None:
+    """The FP8 conversion of the fresh model, checked on a meta-device build before the tokenizer and data: it needs
+    `nn.Linear` block layers (gpt2's are `Conv1D`) whose sizes are multiples of 16 (the flags cannot pad them)."""
+    accelerate_fp8 = getattr(training_args, "mixed_precision", "no") == "fp8"
+    if model_args.fp8_backend == "none" and not accelerate_fp8:
+        return
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..fp8.convert import fp8_target_modules
+
+    backend = "accelerate's --mixed_precision fp8" if accelerate_fp8 else f"--fp8_backend {model_args.fp8_backend}"
+    no_ids = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config = fresh_config(model_args, vocab_size=256, block_size=block_size, special_ids=no_ids)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
+    names = fp8_target_modules(model)
+    if not names:
+        raise ValueError(
+            f"{backend} runs the block's nn.Linear layers in FP8, but a fresh {model_args.model_type} model has none "
+            "(e.g. gpt2's projections are Conv1D); use --fp8_backend none"
+            f"{' and launch without --mixed_precision fp8' if accelerate_fp8 else ''}, or a --model_type with "
+            "nn.Linear layers (fog, llama, qwen2, ...)."
+        )
+    modules = dict(model.named_modules())
+    bad = [n for n in names if modules[n].in_features % 16 or modules[n].out_features % 16]
+    if bad:
+        shown = ", ".join(f"{n} ({modules[n].in_features}->{modules[n].out_features})" for n in bad[:4])
+        raise ValueError(
+            f"{backend}: FP8 GEMMs need sizes divisible by 16, and these linears of the fresh "
+            f"{model_args.model_type} model are not: {shown}{' ...' if len(bad) > 4 else ''}. Use --hidden_size, "
+            "--intermediate_size (fog: the xIELU width is 1.5x it, rounded to 16) and a head size "
+            "(--hidden_size / --num_attention_heads) divisible by 16, or --fp8_backend none."
+        )
 
 
 FP8_BACKENDS = ("none", "torchao", "te", "emulated")
@@ -334,7 +393,12 @@ def fresh_config(model_args: ModelArguments, vocab_size: int, block_size: int, s
 
         if model_args.num_key_value_heads is not None:
             kwargs["num_key_value_heads"] = model_args.num_key_value_heads
-        kwargs.update(parse_config_overrides(model_args.config_overrides))
+        overrides = parse_config_overrides(model_args.config_overrides)
+        if "intermediate_size" in overrides:  # the config field: the MLP's real width, as given
+            del kwargs["intermediate_size"]
+            kwargs.update(overrides)
+            return FogConfig.fog(**kwargs)
+        kwargs.update(overrides)
         swiglu = kwargs.pop("intermediate_size")
         return FogConfig.fog(swiglu_intermediate_size=swiglu, **kwargs)
     reference = AutoConfig.for_model(model_args.model_type)

@@ -117,13 +117,41 @@ class FogConfig(PreTrainedConfig):
             raise ValueError(
                 f"FogConfig: rope_theta (rope_parameters['rope_theta']) must be a finite number > 0, got {theta!r}."
             )
+        self._validate_rope_parameters()
         pad = self.pad_token_id
         if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < self.vocab_size):
             raise ValueError(
                 f"FogConfig.pad_token_id must be None or a token id in [0, vocab_size={self.vocab_size}), got {pad!r}."
             )
 
+    def _validate_rope_parameters(self) -> None:
+        """transformers' own RoPE validation, as `LlamaConfig` runs it (required keys per `rope_type`, e.g. llama3's
+        `factor`), with its `KeyError` as a `ValueError`; and a `rope_type` transformers has no initialiser for."""
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        rope = self.rope_parameters
+        if not isinstance(rope, dict):
+            raise ValueError(f"FogConfig.rope_parameters must be a dict, got {type(rope).__name__}.")
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+            raise ValueError(
+                f"FogConfig: rope_parameters['rope_type']={rope_type!r} is unknown; choose one of "
+                f"{', '.join(['default', *sorted(ROPE_INIT_FUNCTIONS)])}."
+            )
+        try:
+            self.validate_rope()
+        except KeyError as err:
+            raise ValueError(f"FogConfig.rope_parameters: {err.args[0] if err.args else err}") from None
+
     def _validate_fog_fields(self) -> None:
+        for name in _BOOL_FIELDS:  # checked first: pre_norm="False" is truthy and read as True below
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"FogConfig.{name} must be True or False, got {value!r}.")
+        for name in ("xielu_alpha_p_init", "xielu_alpha_n_init", "xielu_beta", "xielu_eps", "dyt_alpha_init"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+                raise ValueError(f"FogConfig.{name} must be a finite number (float32 range), got {value!r}.")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -240,6 +268,14 @@ class FogConfig(PreTrainedConfig):
         if swiglu_intermediate_size is not None and "intermediate_size" not in kwargs:
             values["intermediate_size"] = swiglu_intermediate_size
         return cls(**values)
+
+
+#: Switches that must be real booleans (a string such as "False" or a None would be read by truthiness).
+_BOOL_FIELDS = (
+    "pre_norm", "post_norm", "freeze_qk_gain", "layerscale", "final_layernorm", "scaled_output_init", "attention_bias",
+    "mlp_bias",
+)  # fmt: skip
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _is_real(value) -> bool:

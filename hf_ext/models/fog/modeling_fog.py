@@ -125,6 +125,27 @@ class FogGatedActivation(nn.Module):
         return h, None
 
 
+def _linear_without_bias(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`linear(x)` with the bias left out of the GEMM: the module that holds the bias (the linear itself, an FP8
+    conversion of it, or the base layer under a peft wrapper) runs without it for this call. A Transformer Engine
+    `te.Linear` (`apply_bias`) skips it through its own switch."""
+    bias = linear.bias
+    owner = next((m for m in linear.modules() if m._parameters.get("bias") is bias), None)
+    if owner is None:
+        raise RuntimeError(f"FogMLP: cannot find the module holding the bias of {type(linear).__name__}.")
+    if hasattr(owner, "apply_bias"):  # transformer_engine.pytorch.Linear
+        applied, owner.apply_bias = owner.apply_bias, False
+        try:
+            return linear(x)
+        finally:
+            owner.apply_bias = applied
+    owner._parameters["bias"] = None
+    try:
+        return linear(x)
+    finally:
+        owner._parameters["bias"] = bias
+
+
 def _global_amax(local: torch.Tensor, group) -> torch.Tensor:
     if group is not None:
         torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MAX, group=group)
@@ -161,7 +182,8 @@ def build_xielu(config: FogConfig) -> XIELUActivation:
 
 
 def _inverse_softplus(value: float) -> float:
-    return math.log(math.expm1(value))
+    """`log(expm1(value))`, computed as `value + log(-expm1(-value))` so that a large value does not overflow."""
+    return value + math.log(-math.expm1(-value))
 
 
 class FogMLP(nn.Module):
@@ -193,9 +215,19 @@ class FogMLP(nn.Module):
             return self.down_proj(self.act_fn(self.up_proj(x)))
         group = _row_parallel_group(self.down_proj) if self.act_fn.smooth is not None else None
         h, scale = self.act_fn(self.gate_proj(x), self.up_proj(x), group)
-        out = self.down_proj(h)
-        # Smooth-SwiGLU: the down-projection (FP8) GEMM saw a per-token rescaled input; undo it on its output.
-        return out if scale is None else out * scale.to(out.dtype)
+        if scale is None:
+            return self.down_proj(h)
+        # Smooth-SwiGLU: the down-projection (FP8) GEMM saw a per-token rescaled input; undo it on its output. Its
+        # bias is added after the rescale (Megatron adds fc2's bias after `scaled_swiglu`'s scale), so Smooth-SwiGLU
+        # equals SwiGLU with biases too.
+        bias = self.down_proj.bias
+        if bias is None:
+            out = self.down_proj(h)
+            return out * scale.to(out.dtype)
+        out = _linear_without_bias(self.down_proj, h)
+        if isinstance(bias, DTensor):  # tensor parallelism: the row-wise layer's bias is replicated
+            bias = bias.to_local()
+        return out * scale.to(out.dtype) + bias.to(out.dtype)
 
 
 class FogRotaryEmbedding(nn.Module):
@@ -692,11 +724,15 @@ class FogForCausalLM(FogPreTrainedModel, GenerationMixin):
         )
 
     @classmethod
-    def from_authors_checkpoint(cls, path: str, **kwargs) -> "FogForCausalLM":
+    def from_authors_checkpoint(cls, path: str, dtype=None, **kwargs) -> "FogForCausalLM":
         """Load a folder saved by the authors' transformers port (`FOGForCausalLM`, model_type "fog").
 
         Args:
             path (`str`): Folder with their `config.json` and `model.safetensors` (or sharded safetensors).
+            dtype (`torch.dtype | str`, *optional*): Dtype the model is built and loaded in, as `from_pretrained`'s
+                `dtype` (`torch.bfloat16`, `"bfloat16"`, ...); `"auto"`: the checkpoint's own (`torch_dtype` / `dtype`
+                of its config.json, else that of its weights). Default: float32 (torch's default dtype).
+                `torch_dtype=` is accepted as an alias.
             kwargs: Overrides applied to the converted [`FogConfig`].
 
         Returns:
@@ -704,19 +740,50 @@ class FogForCausalLM(FogPreTrainedModel, GenerationMixin):
         """
         from safetensors.torch import load_file
 
+        if "torch_dtype" in kwargs:
+            alias = kwargs.pop("torch_dtype")
+            if dtype is not None and alias != dtype:
+                raise ValueError("from_authors_checkpoint: pass dtype or torch_dtype (its alias), not both.")
+            dtype = alias
         if not os.path.isdir(path):
             raise ValueError(f"from_authors_checkpoint: path={path!r} is not a folder; pass the checkpoint folder.")
         with open(os.path.join(path, "config.json")) as fh:
-            config = convert_authors_config(json.load(fh), **kwargs)
+            raw = json.load(fh)
+        config = convert_authors_config(raw, **kwargs)
         files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
         if not files:
             raise ValueError(f"from_authors_checkpoint: no .safetensors file in {path!r}.")
         state: dict[str, torch.Tensor] = {}
         for name in files:
             state.update(load_file(os.path.join(path, name)))
-        model = cls(config)
+        if dtype == "auto":
+            dtype = raw.get("dtype") or raw.get("torch_dtype")
+            if dtype is None:
+                dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.get_default_dtype())
+        dtype = _resolve_dtype(dtype)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # parameters created in it (as from_pretrained(dtype=...) builds the model)
+        try:
+            model = cls(config)
+        finally:
+            torch.set_default_dtype(previous)
+        model.config.dtype = dtype
         load_authors_state_dict(model, state)
         return model
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    """`None` (torch's default dtype), a floating `torch.dtype` or its name ("bfloat16", "torch.float16")."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"from_authors_checkpoint: dtype={dtype!r} is not a torch dtype name (e.g. 'bfloat16').")
+        dtype = resolved
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"from_authors_checkpoint: dtype must be a floating torch dtype or 'auto', got {dtype!r}.")
+    return dtype
 
 
 # --------------------------------------------------------------------------------------------------------------------
