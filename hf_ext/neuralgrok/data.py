@@ -52,6 +52,20 @@ def arithmetic_vocab_size(task: str, p: int) -> int:
     return resolve_task(task).vocab_size(p)
 
 
+#: Largest dataset `build_arithmetic_dataset` builds (rows); `a*c+b*d-e` reaches it at p = 19 (2.2M), so its papers'
+#: p = 7 (12,348 rows) up to p = 17 (1.26M) are built, the binary tasks' p = 97 (9,312) easily.
+MAX_EQUATIONS = 2_000_000
+
+
+def num_arithmetic_equations(task: str, p: int) -> int:
+    """Rows of `build_arithmetic_dataset(task, p)`, computed without building it: `p (p - 1)` for the binary tasks,
+    `p^3 (p - 1)^2` for `a*c+b*d-e` (a, b, e in [0, p), c, d in [1, p))."""
+    spec = resolve_task(task)
+    if spec.name == "a*c+b*d-e":
+        return p**3 * (p - 1) ** 2
+    return p * (p - 1)
+
+
 def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % k for k in range(2, int(n**0.5) + 1))
 
@@ -86,7 +100,9 @@ def build_arithmetic_dataset(task: str = "a+b", p: int = 97):
         task (`str`, *optional*, defaults to `"a+b"`):
             One of `a+b`, `a-b`, `a*b`, `a*a-b` (binary tasks) or `a*c+b*d-e` (five operands, used with `p = 7`).
         p (`int`, *optional*, defaults to 97):
-            The prime modulus. Operands are tokens `0..p-1`, `=` is `p`, operators are `p+1`, `p+2`, `p+3`.
+            The prime modulus. Operands are tokens `0..p-1`, `=` is `p`, operators are `p+1`, `p+2`, `p+3`. A `p`
+            whose task has more than `MAX_EQUATIONS` (2,000,000) rows (`num_arithmetic_equations`) is refused with a
+            `ValueError`, e.g. `a*c+b*d-e` with `p = 97` (8.4e9 rows).
 
     Returns:
         `datasets.Dataset` with columns `input_ids` (the whole equation, answer last) and `labels` (`-100`
@@ -100,6 +116,12 @@ def build_arithmetic_dataset(task: str = "a+b", p: int = 97):
         raise TypeError(f"p must be an int, got {type(p).__name__}.")
     if not _is_prime(p):
         raise ValueError(f"p={p} must be a prime (the papers use 97, or 7 for a*c+b*d-e).")
+    size = num_arithmetic_equations(spec.name, p)
+    if size > MAX_EQUATIONS:
+        raise ValueError(
+            f"task {spec.name!r} with p={p} has {size:,} equations, more than {MAX_EQUATIONS:,} (it would exhaust "
+            f"memory); use a smaller prime p, e.g. 7 for a*c+b*d-e (12,348 equations)."
+        )
     rows = _equations(spec, p)
     labels = np.full_like(rows, -100)
     labels[:, -1] = rows[:, -1]

@@ -281,6 +281,53 @@ def plot(results: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+# Flags only some methods or problems read: name -> (methods that read it or None for all, problems or None for all).
+# --krylov_dim is the Lanczos subspace, used only by the corpus problem (the logistic one solves exactly).
+_FLAG_READERS = {
+    "sgd_lr": (("sgd",), None),
+    "adam_lr": (("adam",), None),
+    "cubic_M": (("cn", "cn_momentum"), None),
+    "momentum_type": (("cn_momentum",), None),
+    "alpha": (("cn_momentum",), None),
+    "beta": (("cn_momentum",), None),
+    "krylov_dim": (("cn", "cn_momentum"), ("corpus",)),
+    "oracle_budget": (None, ("logistic",)),
+    "n_samples": (None, ("logistic",)),
+    "n_features": (None, ("logistic",)),
+    "regularizer": (None, ("logistic",)),
+    "corpus_oracle_budget": (None, ("corpus",)),
+    "corpus_hidden": (None, ("corpus",)),
+    "corpus_vocab": (None, ("corpus",)),
+}
+
+
+def _refuse_unread_flags(args: CubicNewtonRecipeArguments, problems: list[str], methods: list[str]) -> None:
+    """A flag that no selected method/problem reads, set away from its default, is an error naming it."""
+    from ._common import changed_from_default
+
+    unread = []
+    for name in changed_from_default(args, _FLAG_READERS):
+        by_methods, by_problems = _FLAG_READERS[name]
+        if (by_methods is None or set(by_methods) & set(methods)) and (
+            by_problems is None or set(by_problems) & set(problems)
+        ):
+            continue
+        needs = " and ".join(
+            part
+            for part in (
+                f"--methods {'/'.join(by_methods)}" if by_methods else "",
+                f"--problems {'/'.join(by_problems)}" if by_problems else "",
+            )
+            if part
+        )
+        unread.append(f"--{name} (read only with {needs})")
+    if unread:
+        raise ValueError(
+            f"--problems {','.join(problems)} --methods {','.join(methods)} would ignore {'; '.join(unread)}; drop "
+            "them or select a method/problem that uses them."
+        )
+
+
 def validate(args: CubicNewtonRecipeArguments) -> tuple[list[str], list[str], list[int]]:
     import inspect
 
@@ -340,6 +387,7 @@ def validate(args: CubicNewtonRecipeArguments) -> tuple[list[str], list[str], li
                 f"--corpus_vocab must be >= {256 + len(SPECIAL_TOKENS)} (the byte alphabet plus special tokens), "
                 f"got {args.corpus_vocab}."
             )
+    _refuse_unread_flags(args, problems, methods)
     ensure_writable_dir(args.output_dir, "--output_dir")
     return problems, methods, batches
 

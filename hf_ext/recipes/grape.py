@@ -126,6 +126,11 @@ def _parse_pairs(text: str, arg: str) -> dict[str, str]:
         name, value = item.split("=", 1)
         if not name.strip() or not value.strip():
             raise ValueError(f"{arg} item {item!r} needs a non-empty name and value.")
+        if name.strip() in out:
+            raise ValueError(
+                f"{arg} names the target task {name.strip()!r} twice ({out[name.strip()]!r} and {value.strip()!r}); "
+                "give each task a distinct name (or join a task's domains with '+')."
+            )
         out[name.strip()] = value.strip()
     if not out:
         raise ValueError(f"{arg} must name at least one target task.")
@@ -291,7 +296,18 @@ def validate_args(
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
     if args.max_steps is None or args.max_steps <= 0:
         raise ValueError("--max_steps must be a positive number of optimizer steps.")
+    _check_checkpoints(args, eval_args)
     ensure_writable_dir(args.output_dir, "--output_dir")
+
+
+def _check_checkpoints(args: GrapeRecipeConfig, eval_args: GrapeEvalArguments | None) -> None:
+    """A fresh run refuses run folders holding an earlier run's checkpoints; a resume refuses a checkpoint saved
+    beyond --max_steps (both would continue another run)."""
+    from ..utils.resume import check_checkpoint_folders
+
+    comparing = eval_args is not None and eval_args.compare_methods is not None
+    folders = [os.path.join(args.output_dir, m) for m in _methods(eval_args, args)] if comparing else [args.output_dir]
+    check_checkpoint_folders(args.resume_from_checkpoint, folders, args.max_steps)
 
 
 def _load_file(path: str, text_column: str):

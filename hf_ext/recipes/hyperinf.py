@@ -292,12 +292,16 @@ def resolve_resume(training_args) -> str | None:
     """`--resume_from_checkpoint` as a checkpoint folder of the LoRA fine-tuning run (`None`: fresh run).
 
     The fine-tuning run writes its `checkpoint-N` folders directly into `--output_dir`, so a bare flag (or `last`)
-    picks the newest complete one there, as in transformers' example scripts.
+    picks the newest complete one there, as in transformers' example scripts. A fresh run refuses an `--output_dir`
+    that already holds complete checkpoints, and a resume a checkpoint saved beyond `--max_steps`.
     """
     from ..utils import resolve_resume_checkpoint
+    from ..utils.resume import check_checkpoint_folders
 
     value = training_args.resume_from_checkpoint
     path = resolve_resume_checkpoint(value, training_args.output_dir)
+    # a fresh run into a folder holding an earlier run's checkpoints, or a checkpoint beyond --max_steps: refused
+    check_checkpoint_folders(path, [training_args.output_dir], training_args.max_steps)
     training_args.resume_from_checkpoint = path
     return path
 
@@ -324,6 +328,21 @@ def prepare_base(model_args, tokenizer, training_args) -> str:
     else:
         pretrain_base(model_args, tokenizer, training_args, base_dir)
     return base_dir
+
+
+def noisy_count(noise_rate: float, num_train: int, max_train: int, what: str = "flipped labels") -> int:
+    """`round(noise_rate * num_train)`, refused with a `ValueError` naming --noise_rate and --max_train when it is 0 or
+    all of them: the recipe measures how well each method finds the noisy examples and evaluates the model on the clean
+    and on the noisy ones, which needs both (it used to fail with ZeroDivisionError after all the training)."""
+    count = int(round(noise_rate * num_train))
+    if not 0 < count < num_train:
+        raise ValueError(
+            f"--noise_rate {noise_rate} of the {num_train} training examples (--max_train {max_train}, or fewer when "
+            f"the corpus yields fewer) rounds to {count} {what}: the recipe needs at least one noisy and one clean "
+            f"example; pass a --noise_rate strictly between {0.5 / num_train:.3g} and {1 - 0.5 / num_train:.3g} or raise "
+            "--max_train."
+        )
+    return count
 
 
 def build_task(task: TaskArguments, tokenizer, seed: int):
@@ -358,7 +377,7 @@ def build_task(task: TaskArguments, tokenizer, seed: int):
             f"Only {len(train)} training examples remain after {task.num_val} validation and {task.num_test} test "
             "examples; lower --num_val/--num_test/--max_length or add --domains."
         )
-    num_noisy = int(round(task.noise_rate * len(train)))
+    num_noisy = noisy_count(task.noise_rate, len(train), task.max_train)
     noisy = rng.choice(len(train), size=num_noisy, replace=False)
     is_noisy = np.zeros(len(train), dtype=bool)
     is_noisy[noisy] = True
@@ -774,6 +793,7 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
         corrupt_rate=task.noise_rate,
         kinds=tuple(parse_list(task.instruction_kinds)),
     )
+    noisy_count(task.noise_rate, len(train), task.max_train, "corrupted answers")  # before any training
     print(
         f"llm_selection: train {len(train)} ({int(corrupted.sum())} corrupted answers), target {len(target)}, "
         f"test {len(test)}"

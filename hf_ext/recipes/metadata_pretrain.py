@@ -310,12 +310,16 @@ class DocumentLossCallback(TrainerCallback, ExportableState):
     which cannot hold the collator and the documents; the recipe turns that flag off).
     """
 
-    def __init__(self, collator, docs: list[dict], eval_steps: int):
+    def __init__(self, collator, docs: list[dict], eval_steps: int, run: str | None = None):
         self.collator, self.docs, self.eval_steps = collator, docs, eval_steps
+        self.run = run  # url_conditioned or baseline: saved in each checkpoint as the mark of the run it belongs to
         self.curve: list[tuple[int, float]] = []
 
     def state(self) -> dict:
-        return {"args": {"eval_steps": self.eval_steps}, "attributes": {"curve": [list(p) for p in self.curve]}}
+        attributes = {"curve": [list(p) for p in self.curve]}
+        if self.run is not None:
+            attributes["run"] = self.run
+        return {"args": {"eval_steps": self.eval_steps}, "attributes": attributes}
 
     def on_train_begin(self, args, state, control, **kwargs):
         name = type(self).__name__
@@ -345,16 +349,41 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((step for step, loss in curve if loss <= target), None)
 
 
-def _sub_run_resume(value, sub_output_dir: str, conditioned: bool) -> str | None:
-    """The checkpoint one of the two runs resumes from: with `last`, each run's newest complete checkpoint in its own
-    folder (a run that saved none starts afresh); a named checkpoint folder belongs to the conditioned run."""
+SUB_RUNS = ("url_conditioned", "baseline")
+
+
+def checkpoint_run(checkpoint: str) -> str | None:
+    """Which of the recipe's runs (`url_conditioned` or `baseline`) wrote `checkpoint`: the mark the recipe saves in
+    its `trainer_state.json` (the document-loss callback's state), else the name of the run folder that holds it
+    (`<output_dir>/<run>/checkpoint-N`); `None` when neither tells."""
+    import json
+
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as fh:
+            saved = (json.load(fh).get("stateful_callbacks") or {}).get(DocumentLossCallback.__name__)
+        if isinstance(saved, list):
+            saved = saved[0] if saved else None
+        mark = (saved or {}).get("attributes", {}).get("run")
+    except (OSError, ValueError, AttributeError):
+        mark = None
+    if mark in SUB_RUNS:
+        return mark
+    folder = os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))
+    return folder if folder in SUB_RUNS else None
+
+
+def _sub_run_resume(value, sub_output_dir: str, name: str) -> str | None:
+    """The checkpoint the run `name` (`url_conditioned` or `baseline`) resumes from: with `last`, its newest complete
+    checkpoint in its own folder (a run that saved none starts afresh); a named checkpoint folder resumes the run it
+    belongs to (`checkpoint_run`), and the other run continues from its own newest checkpoint, as with `last`."""
     from ..utils.resume import last_complete_checkpoint, resolve_resume_checkpoint, wants_last, wants_resume
 
     if not wants_resume(value):
         return None
     if wants_last(value):
         return last_complete_checkpoint(sub_output_dir)
-    return resolve_resume_checkpoint(value, sub_output_dir) if conditioned else None
+    checkpoint = resolve_resume_checkpoint(value, sub_output_dir)
+    return checkpoint if checkpoint_run(checkpoint) == name else last_complete_checkpoint(sub_output_dir)
 
 
 def _train_one(name, conditioned, model_args, data_args, meta_args, training_args, tokenizer, train, eval_docs):
@@ -407,7 +436,7 @@ def _train_one(name, conditioned, model_args, data_args, meta_args, training_arg
             padding_side="right",
             **common,
         )
-    callbacks = [DocumentLossCallback(eval_collator, eval_docs, meta_args.doc_eval_steps)]
+    callbacks = [DocumentLossCallback(eval_collator, eval_docs, meta_args.doc_eval_steps, run=name)]
     if conditioned and meta_args.cooldown_fraction > 0:
         callbacks.append(MetadataCooldownCallback(collator, meta_args.cooldown_fraction))
     args = training_args.__class__(
@@ -421,9 +450,7 @@ def _train_one(name, conditioned, model_args, data_args, meta_args, training_arg
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    trainer.train(
-        resume_from_checkpoint=_sub_run_resume(training_args.resume_from_checkpoint, args.output_dir, conditioned)
-    )
+    trainer.train(resume_from_checkpoint=_sub_run_resume(training_args.resume_from_checkpoint, args.output_dir, name))
     trainer.save_model(args.output_dir)
     return trainer.model, callbacks[0].curve, trainer.state.log_history
 
@@ -552,24 +579,49 @@ def _plot(results: dict, path: str) -> None:
 RESULT_FILES = ("metadata_results.json", "task_eval.md", "document_loss.png")
 
 
-def _check_resume(training_args) -> None:
-    """`--resume_from_checkpoint` before any work: `last` needs a checkpoint in one of the two run folders."""
-    from ..utils.resume import last_complete_checkpoint, resolve_resume_checkpoint, wants_last, wants_resume
+def _check_resume(training_args, run_baseline: bool = True) -> None:
+    """`--resume_from_checkpoint` before any work: `last` needs a checkpoint in one of the two run folders; a named
+    checkpoint must belong to one of the runs trained; no checkpoint may lie beyond --max_steps; a fresh run refuses
+    run folders that hold an earlier run's checkpoints."""
+    from ..utils.resume import (
+        check_checkpoint_folders,
+        last_complete_checkpoint,
+        resolve_resume_checkpoint,
+        wants_last,
+        wants_resume,
+    )
 
     value = training_args.resume_from_checkpoint
+    names = [n for n in SUB_RUNS if run_baseline or n != "baseline"]
+    runs = [os.path.join(training_args.output_dir, name) for name in names]
     if not wants_resume(value):
+        check_checkpoint_folders(value, runs)
         training_args.resume_from_checkpoint = None
         return
     if wants_last(value):
-        runs = [os.path.join(training_args.output_dir, name) for name in ("url_conditioned", "baseline")]
         if not any(last_complete_checkpoint(r) for r in runs):
             raise ValueError(
                 f"--resume_from_checkpoint asks for the last checkpoint, but neither run folder in --output_dir="
                 f"{training_args.output_dir!r} (url_conditioned/, baseline/) holds a complete checkpoint-N; drop the "
                 "flag to start from scratch."
             )
-    else:
-        resolve_resume_checkpoint(value, training_args.output_dir)
+        check_checkpoint_folders(value, runs, training_args.max_steps)
+        return
+    checkpoint = resolve_resume_checkpoint(value, training_args.output_dir)
+    owner = checkpoint_run(checkpoint)
+    if owner is None:
+        raise ValueError(
+            f"--resume_from_checkpoint={value!r}: cannot tell which run (url_conditioned or baseline) this checkpoint "
+            "belongs to (it is not in a url_conditioned/ or baseline/ folder and carries no run mark); resume from "
+            "<output_dir>/url_conditioned/checkpoint-N or <output_dir>/baseline/checkpoint-N, or pass the bare flag."
+        )
+    if owner not in names:
+        raise ValueError(
+            f"--resume_from_checkpoint={value!r} is a checkpoint of the baseline run, which --run_baseline false does "
+            "not train; drop --run_baseline false or pass a url_conditioned checkpoint."
+        )
+    others = [last_complete_checkpoint(os.path.join(training_args.output_dir, n)) for n in names if n != owner]
+    check_checkpoint_folders(value, runs, training_args.max_steps, checkpoints=[checkpoint, *others])
 
 
 def run(model_args, data_args, meta_args, training_args) -> dict:
@@ -593,7 +645,7 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     from ..utils.io import ensure_writable_dir
 
     validate_args(model_args, data_args, meta_args, training_args)
-    _check_resume(training_args)
+    _check_resume(training_args, meta_args.run_baseline)
     train, eval_ds, domain_vocab = load_documents(data_args, training_args.seed)
     template = _template(meta_args)
     for split_name, split in (("train", train), ("eval", eval_ds)):

@@ -41,7 +41,13 @@ COLORS = {
 @dataclass
 class GrokTaskArguments:
     task: str = field(default="a+b", metadata={"help": "a+b, a-b, a*b, a*a-b or a*c+b*d-e."})
-    p: int = field(default=97, metadata={"help": "Prime modulus (97; 7 for a*c+b*d-e)."})
+    p: int = field(
+        default=97,
+        metadata={
+            "help": "Prime modulus (97; pass 7 for a*c+b*d-e: a --p whose task has more than 2,000,000 equations, "
+            "e.g. 97 for a*c+b*d-e, is refused)."
+        },
+    )
     train_fraction: float = field(default=0.5, metadata={"help": "Fraction of all equations used for training."})
     outer_fraction: float = field(
         default=0.02, metadata={"help": "Fraction of the training split held out as NeuralGrok's outer set (49:1)."}
@@ -142,10 +148,27 @@ def run_dir(output_dir: str, method: str, seed: int) -> str:
 
 
 def _resume_plan(
-    value, output_dir: str, methods: list[str], seeds: list[int], weight_decays: dict[str, float] | None = None
+    value,
+    output_dir: str,
+    methods: list[str],
+    seeds: list[int],
+    weight_decays: dict[str, float] | None = None,
+    max_steps: int | None = None,
 ) -> dict:
     """Checkpoint (or None) for every run, from `--resume_from_checkpoint`; raises ValueError before any work.
-    `weight_decays`: each method's weight decay, checked against a checkpoint named on the command line."""
+    `weight_decays`: each method's weight decay, checked against a checkpoint named on the command line; `max_steps`:
+    a checkpoint saved beyond it (another, longer run's) is refused."""
+    plan = _resume_plan_checkpoints(value, output_dir, methods, seeds, weight_decays)
+    from ..utils.resume import refuse_checkpoint_past_max_steps
+
+    for checkpoint in plan.values():
+        refuse_checkpoint_past_max_steps(checkpoint, max_steps)
+    return plan
+
+
+def _resume_plan_checkpoints(
+    value, output_dir: str, methods: list[str], seeds: list[int], weight_decays: dict[str, float] | None = None
+) -> dict:
     from ..utils.resume import last_complete_checkpoint, resolve_resume_checkpoint
 
     runs = [(m, s) for s in seeds for m in methods]
@@ -155,7 +178,8 @@ def _resume_plan(
             if found is not None:
                 raise ValueError(
                     f"{found} exists: this --output_dir holds checkpoints of an earlier run, which a fresh run would "
-                    "overwrite. Pass --resume_from_checkpoint to continue it, or choose another --output_dir."
+                    "overwrite. Pass --resume_from_checkpoint to continue it, or choose another --output_dir or delete "
+                    "those checkpoint-N folders."
                 )
         return dict.fromkeys(runs)
     if isinstance(value, str) and value.strip().lower() in ("true", "last", "latest", "yes", "1"):
@@ -211,6 +235,48 @@ def _check_checkpoint_method(checkpoint: str, method: str, weight_decay: float |
         )
 
 
+# Flags only some methods read: name -> the methods that read it. --outer_fraction carves D_outer out of the
+# training split of neuralgrok and normalize (trained on D_inner); the amplifier's own options are neuralgrok's;
+# normalize shares the per-tensor norm c and the clip after the transform.
+_TASK_FLAG_READERS = {
+    "strong_weight_decay": (STRONG_WD,),
+    "outer_fraction": INNER_METHODS,
+}
+_TRAINING_FLAG_READERS = {
+    "amplifier_c": ("neuralgrok", "normalize"),
+    "amplifier_clip_norm": ("neuralgrok", "normalize"),
+    "amplifier_hidden_dims": ("neuralgrok",),
+    "outer_every": ("neuralgrok",),
+    "outer_gradient": ("neuralgrok",),
+    "meta_learning_rate": ("neuralgrok",),
+    "meta_weight_decay": ("neuralgrok",),
+    "virtual_lr": ("neuralgrok",),
+    "outer_batch_size": ("neuralgrok",),
+    "outer_max_samples": ("neuralgrok",),
+    "grokfast_alpha": ("grokfast_ema",),
+    "grokfast_lamb": ("grokfast_ema", "grokfast_ma"),
+    "grokfast_window": ("grokfast_ma",),
+    "grokfast_warmup": ("grokfast_ma",),
+}
+
+
+def _refuse_unread_flags(task_args: GrokTaskArguments, training_args, methods: list[str]) -> None:
+    """A flag that none of the selected --methods reads, set away from its default, is an error naming it."""
+    from ._common import changed_from_default
+
+    unread = []
+    for holder, readers in ((task_args, _TASK_FLAG_READERS), (training_args, _TRAINING_FLAG_READERS)):
+        names = [n for n in readers if n in {f.name for f in dataclasses.fields(holder)}]
+        for name in changed_from_default(holder, names):
+            if not set(readers[name]) & set(methods):
+                unread.append(f"--{name} (read only by {', '.join(readers[name])})")
+    if unread:
+        raise ValueError(
+            f"--methods {','.join(methods)} would ignore {'; '.join(unread)}: drop "
+            f"{'it' if len(unread) == 1 else 'them'} or add a method that reads {'it' if len(unread) == 1 else 'them'}."
+        )
+
+
 def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_args) -> tuple:
     """Check every argument before any data is built or anything is written. Returns methods, seeds, resume plan."""
     from ..neuralgrok.data import resolve_task
@@ -252,6 +318,7 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
         raise ValueError("--torch_threads must be >= 1.")
     if not task_args.strong_weight_decay >= 0:
         raise ValueError(f"--strong_weight_decay={task_args.strong_weight_decay} must be >= 0.")
+    _refuse_unread_flags(task_args, training_args, methods)
     if any(m in INNER_METHODS for m in methods) and task_args.outer_fraction <= 0:
         raise ValueError(
             "--outer_fraction must be > 0 when --methods includes neuralgrok or normalize (they train on D_inner)."
@@ -264,8 +331,21 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
     # The task's equations are cheap to build: --p, --train_fraction and --outer_fraction are checked on the real
     # split sizes here, before anything is written (an outer set that rounds to 0 rows would otherwise fail only
     # after the earlier methods have trained).
-    from ..neuralgrok.data import build_arithmetic_dataset, split_arithmetic_dataset
+    from ..neuralgrok.data import (
+        MAX_EQUATIONS,
+        build_arithmetic_dataset,
+        num_arithmetic_equations,
+        split_arithmetic_dataset,
+    )
 
+    if isinstance(task_args.p, int) and task_args.p >= 2:
+        rows = num_arithmetic_equations(task_args.task, task_args.p)
+        if rows > MAX_EQUATIONS:
+            raise ValueError(
+                f"--task {task_args.task} with --p {task_args.p} has {rows:,} equations (more than {MAX_EQUATIONS:,}: "
+                "it would not fit in memory); pass a smaller prime, e.g. --p 7 (the papers' modulus for "
+                "a*c+b*d-e, 12,348 equations)."
+            )
     try:
         dataset = build_arithmetic_dataset(task_args.task, task_args.p)
         split_arithmetic_dataset(dataset, task_args.train_fraction, task_args.outer_fraction)
@@ -276,7 +356,9 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
 
         _check_causal(model_args, arithmetic_vocab_size(task_args.task, task_args.p), dataset[0]["input_ids"])
     decays = {m: task_args.strong_weight_decay if m == STRONG_WD else training_args.weight_decay for m in methods}
-    plan = _resume_plan(training_args.resume_from_checkpoint, training_args.output_dir, methods, seeds, decays)
+    plan = _resume_plan(
+        training_args.resume_from_checkpoint, training_args.output_dir, methods, seeds, decays, training_args.max_steps
+    )
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     return methods, seeds, plan
 
@@ -796,14 +878,17 @@ def write_outputs(results: dict, out: str) -> None:
 
 
 def _split_resume_flag(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Take `--resume_from_checkpoint [VALUE]` out of `argv`: this recipe resolves it per run folder
-    (`<output_dir>/<method>-seed<seed>`), not in `--output_dir` itself."""
+    """Take `--resume_from_checkpoint [VALUE]` (or its dashed alias `--resume-from-checkpoint`) out of `argv`: this
+    recipe resolves it per run folder (`<output_dir>/<method>-seed<seed>`), not in `--output_dir` itself."""
     value, rest, i = None, [], 0
+    spellings = ("--resume_from_checkpoint", "--resume-from-checkpoint")  # the dashed alias is listed in --help
     while i < len(argv):
         tok = argv[i]
-        if tok.startswith("--resume_from_checkpoint="):
+        if tok.startswith(tuple(f"{flag}=" for flag in spellings)):
             value = tok.split("=", 1)[1]
-        elif tok == "--resume_from_checkpoint" and i + 1 < len(argv):
+        elif tok in spellings and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            value = "last"  # bare flag: every run's newest checkpoint
+        elif tok in spellings:
             value = argv[i + 1]
             i += 1
         else:

@@ -115,7 +115,7 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
     if recipe.train_file is not None and not os.path.isfile(recipe.train_file):
         raise ValueError(f"--train_file {recipe.train_file!r} does not exist.")
     _check_arm_options(arms, recipe, args)
-    resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir)  # refused before the folder is made
+    resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)  # before the folder is made
     ensure_writable_dir(args.output_dir, "--output_dir")
     return arms
 
@@ -124,6 +124,56 @@ _FIXED_BY_ARMS = {
     "normalized_optimizer": "--arms (each arm names its optimizer)",
     "warmup_steps": "--warmup_fraction (the *_warmup arms warm up, the others do not)",
 }
+
+
+# Options that only some arms read: name -> the optimizers (arm prefixes) whose arms read it. The Lion family gets
+# its LR ratio, betas, Nesterov, bias and SNR corrections; only LionAR rotates (angle, zero mean, per-neuron norms,
+# update-norm EMA); only AdamW reads --adam_epsilon; no arm uses rotational_sgdm's --sgd_momentum.
+_ARM_OPTION_USERS = {
+    "lion_lr_ratio": ("lion_ar", "lion_a"),
+    "lion_beta1": ("lion_ar", "lion_a"),
+    "lion_beta2": ("lion_ar", "lion_a"),
+    "nesterov": ("lion_ar", "lion_a"),
+    "inverse_bias_correction": ("lion_ar", "lion_a"),
+    "snr_correction": ("lion_ar", "lion_a"),
+    "rotation_angle": ("lion_ar",),
+    "zero_mean": ("lion_ar",),
+    "per_neuron": ("lion_ar",),
+    "update_norm_decay": ("lion_ar",),
+    "adam_epsilon": ("adamw",),
+    "sgd_momentum": (),
+}
+
+
+def _arm_optimizer(arm: str) -> str:
+    return "adamw" if arm.startswith("adamw") else "lion_ar" if arm.startswith("lion_ar") else "lion_a"
+
+
+def _refuse_unread_options(arms: list[str], recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> None:
+    """A flag that none of the selected arms reads, set away from its default, is an error naming it (README: a flag
+    the run would ignore is refused by name)."""
+    from ._common import changed_from_default
+
+    optimizers = {_arm_optimizer(arm) for arm in arms}
+    unread = []
+    for name, users in _ARM_OPTION_USERS.items():
+        holder = recipe if name in WarmupRecipeArguments.__dataclass_fields__ else args
+        if not optimizers & set(users) and changed_from_default(holder, [name]):
+            readers = f"only the {'/'.join(users)} arms read it" if users else "no arm of this recipe reads it"
+            unread.append(f"--{name} ({readers})")
+    # AdamW's betas: the adamw arms, and the LionAR arms' rotation angle when --rotation_angle is not given
+    if "adamw" not in optimizers and not ("lion_ar" in optimizers and args.rotation_angle is None):
+        for name in changed_from_default(args, ["adam_beta1", "adam_beta2"]):
+            unread.append(
+                f"--{name} (read by the adamw arms, and by the lion_ar arms' rotation angle without --rotation_angle)"
+            )
+    if not any(not arm.endswith("no_warmup") for arm in arms) and changed_from_default(recipe, ["warmup_fraction"]):
+        unread.append("--warmup_fraction (only the *_warmup arms warm up)")
+    if unread:
+        raise ValueError(
+            f"--arms {','.join(arms)} would ignore {'; '.join(unread)}: drop "
+            f"{'it' if len(unread) == 1 else 'them'} or add an arm that uses {'it' if len(unread) == 1 else 'them'}."
+        )
 
 
 def _check_arm_options(arms: list[str], recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> None:
@@ -140,6 +190,7 @@ def _check_arm_options(arms: list[str], recipe: WarmupRecipeArguments, args: War
             f"--{name} is set by the recipe per arm and would be ignored (got {getattr(args, name)!r}); "
             f"use {_FIXED_BY_ARMS[name]}."
         )
+    _refuse_unread_options(arms, recipe, args)
     if not 0 < args.learning_rate < math.inf:
         raise ValueError(f"--learning_rate must be a finite number > 0, got {args.learning_rate}.")
     for name in ("adam_beta1", "adam_beta2"):
@@ -163,12 +214,21 @@ def _check_arm_options(arms: list[str], recipe: WarmupRecipeArguments, args: War
             raise ValueError(f"arm {arm}: {err}") from err
 
 
-def resume_checkpoints(value, arms: list[str], output_dir: str) -> dict[str, str | None]:
+def resume_checkpoints(value, arms: list[str], output_dir: str, max_steps: int | None = None) -> dict[str, str | None]:
     """The checkpoint each arm resumes from (`None`: from scratch), from a `--resume_from_checkpoint` value; raises
-    `ValueError` before any work when the value cannot be honoured."""
-    from ..utils.resume import last_complete_checkpoint, resolve_resume_checkpoint, wants_last, wants_resume
+    `ValueError` before any work when the value cannot be honoured: a fresh run into arm folders that hold an earlier
+    run's checkpoints, or a checkpoint saved beyond `max_steps`."""
+    from ..utils.resume import (
+        check_checkpoint_folders,
+        last_complete_checkpoint,
+        resolve_resume_checkpoint,
+        wants_last,
+        wants_resume,
+    )
 
+    folders = [os.path.join(output_dir, arm) for arm in arms]
     if not wants_resume(value):
+        check_checkpoint_folders(value, folders)  # a fresh run into arm folders holding an earlier run's checkpoints
         return dict.fromkeys(arms)
     if wants_last(value):
         found = {arm: last_complete_checkpoint(os.path.join(output_dir, arm)) for arm in arms}
@@ -177,13 +237,16 @@ def resume_checkpoints(value, arms: list[str], output_dir: str) -> dict[str, str
                 f"--resume_from_checkpoint asks for the last checkpoints, but no arm folder in --output_dir="
                 f"{output_dir!r} holds a complete checkpoint-N; drop the flag to start from scratch."
             )
+        check_checkpoint_folders(value, folders, max_steps, checkpoints=list(found.values()))
         return found
     if len(arms) != 1:
         raise ValueError(
             f"--resume_from_checkpoint={value!r} names one checkpoint folder but {len(arms)} arms are trained; pass "
             "--arms with a single arm, or --resume_from_checkpoint last to resume every arm from its own folder."
         )
-    return {arms[0]: resolve_resume_checkpoint(value, os.path.join(output_dir, arms[0]))}
+    checkpoint = resolve_resume_checkpoint(value, os.path.join(output_dir, arms[0]))
+    check_checkpoint_folders(value, folders, max_steps, checkpoints=[checkpoint])
+    return {arms[0]: checkpoint}
 
 
 def warmup_gaps(results: dict) -> dict[str, float]:
@@ -216,7 +279,7 @@ def arm_arguments(arm: str, recipe: WarmupRecipeArguments, args: WarmupTrainingA
     from ..optim.warmup_trainer import _OPTION_USERS
 
     warm = 0 if arm.endswith("no_warmup") else recipe.warmup_fraction
-    optimizer = "adamw" if arm.startswith("adamw") else "lion_ar" if arm.startswith("lion_ar") else "lion_a"
+    optimizer = _arm_optimizer(arm)
     # the arms share one argument set: an arm gets the other optimizers' options at the library defaults (AdamW's
     # betas are already in the Lion arms' rotation angle), so the trainer's "option ignored" warning stays quiet
     fields = WarmupFreeTrainingArguments.__dataclass_fields__
@@ -318,16 +381,22 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
     from ..optim.warmup_trainer import WarmupFreeTrainer
 
     arms = validate(recipe, args)
-    resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir)
-    if args.should_save:
-        from ._common import clear_previous_results
-
-        clear_previous_results(args.output_dir, ("warmup_results.json", "warmup.png"), any(resume.values()))
+    resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)
     tokenizer = build_tokenizer(recipe.vocab_size)
     train_text, eval_text = load_text_datasets(None, None, recipe.train_file, None, "text", seed=args.seed)
     train_ds = pack_dataset(train_text, tokenizer, recipe.block_size, "text")
     eval_ds = pack_dataset(eval_text, tokenizer, recipe.block_size, "text")
+    for split, ds in (("training", train_ds), ("held-out", eval_ds)):
+        if len(ds) == 0:  # checked before anything is written (an empty split used to fail with KeyError 'input_ids')
+            raise ValueError(
+                f"--block_size {recipe.block_size} is longer than the whole {split} split: it packs into 0 blocks of "
+                f"{recipe.block_size} tokens; lower --block_size (e.g. the default 64)."
+            )
     eval_ds = eval_ds.select(range(min(len(eval_ds), recipe.max_eval_blocks)))
+    if args.should_save:
+        from ._common import clear_previous_results
+
+        clear_previous_results(args.output_dir, ("warmup_results.json", "warmup.png"), any(resume.values()))
     probe = {"input_ids": torch.tensor(eval_ds[:4]["input_ids"])}
     config = model_config(recipe, tokenizer)
     results: dict = {}

@@ -7,9 +7,16 @@ Accepted forms on the command line:
 - `--resume_from_checkpoint <folder>`: that checkpoint folder;
 - absent, `false`, `none` or an empty value: start from scratch.
 
+The dashed spelling `--resume-from-checkpoint` (the alias `HfArgumentParser` shows in `--help`) is accepted in every
+form and rewritten to the underscore one.
+
 A checkpoint folder counts as complete when it holds `trainer_state.json`, which `Trainer` writes last; a folder
 left half-written by a killed save is skipped with a warning when picking the newest one, and refused with a clear
 error when named explicitly.
+
+`check_checkpoint_folders` is what the recipes check before any work: a fresh run refuses a run folder that already
+holds complete checkpoints of an earlier run (a later bare `--resume_from_checkpoint` would resume that other run),
+and a resume refuses a checkpoint whose `global_step` is beyond the run's `--max_steps`.
 """
 
 from __future__ import annotations
@@ -27,12 +34,23 @@ _NONE = {"", "false", "none", "no", "0"}
 TRAINER_STATE_NAME = "trainer_state.json"
 
 
+_DASHED = "--resume-from-checkpoint"
+_FLAG = "--resume_from_checkpoint"
+
+
 def normalize_resume_argv(argv: list[str]) -> list[str]:
-    """Give a bare `--resume_from_checkpoint` (last argument, or followed by another flag) the value `last`."""
-    out = list(argv)
+    """Rewrite the dashed spelling `--resume-from-checkpoint[=VALUE]` to `--resume_from_checkpoint[=VALUE]`, then give
+    a bare `--resume_from_checkpoint` (last argument, or followed by another flag) the value `last`."""
+    out = []
+    for tok in argv:
+        if tok == _DASHED:
+            tok = _FLAG
+        elif tok.startswith(_DASHED + "="):
+            tok = _FLAG + tok[len(_DASHED) :]
+        out.append(tok)
     for i, tok in enumerate(out):
-        if tok == "--resume_from_checkpoint" and (i + 1 == len(out) or out[i + 1].startswith("--")):
-            out[i] = "--resume_from_checkpoint=last"
+        if tok == _FLAG and (i + 1 == len(out) or out[i + 1].startswith("--")):
+            out[i] = f"{_FLAG}=last"
     return out
 
 
@@ -109,3 +127,64 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str) -> str 
             "or 'last' for the newest complete one in --output_dir."
         )
     return value
+
+
+def checkpoint_global_step(path: str) -> int | None:
+    """The `global_step` recorded in `path/trainer_state.json` (`None` when it cannot be read)."""
+    try:
+        with open(os.path.join(path, TRAINER_STATE_NAME), encoding="utf-8") as fh:
+            step = json.load(fh).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(step) if isinstance(step, int | float) and not isinstance(step, bool) else None
+
+
+def refuse_leftover_checkpoints(folders) -> None:
+    """For a fresh run: raise `ValueError` when one of the run folders `folders` already holds a complete
+    `checkpoint-N` (an earlier run's; a later bare `--resume_from_checkpoint` would resume that run, not this one)."""
+    for folder in folders:
+        found = last_complete_checkpoint(folder)
+        if found is not None:
+            raise ValueError(
+                f"{found} exists: {folder!r} holds checkpoints of an earlier run, which a fresh run would mix with "
+                "its own (a later --resume_from_checkpoint would continue the earlier run). Resume it with "
+                "--resume_from_checkpoint, or choose another --output_dir or delete those checkpoint-N folders."
+            )
+
+
+def refuse_checkpoint_past_max_steps(checkpoint: str | None, max_steps: int | None) -> None:
+    """For a resume: raise `ValueError` when `checkpoint` was saved at a `global_step` beyond `max_steps` (it belongs
+    to a longer run; resuming it would train past --max_steps or not at all). Skipped when `max_steps` is not a
+    positive step count (epoch-based runs) or the step cannot be read."""
+    if checkpoint is None or max_steps is None or max_steps <= 0:
+        return
+    step = checkpoint_global_step(checkpoint)
+    if step is not None and step > max_steps:
+        raise ValueError(
+            f"--resume_from_checkpoint: {checkpoint} was saved at global_step {step}, beyond this run's --max_steps "
+            f"{max_steps}: it is a checkpoint of another (longer) run. Pass a checkpoint of this run, raise "
+            f"--max_steps to at least {step}, or drop the flag to start from scratch in another --output_dir."
+        )
+
+
+def check_checkpoint_folders(value, folders, max_steps: int | None = None, checkpoints=None) -> None:
+    """The checks every checkpointing recipe runs before any work.
+
+    Args:
+        value: the `--resume_from_checkpoint` value (`None`/`False`/`"false"` for a fresh run).
+        folders: the folders the run's Trainer(s) write their `checkpoint-N` folders into.
+        max_steps: the run's `--max_steps` (each run's, for several runs).
+        checkpoints: the checkpoint folders the run resumes from (default: resolved from `value` and `folders`: the
+            newest complete one in each folder for `last`, or the named folder).
+    """
+    folders = list(folders)
+    if not wants_resume(value):
+        refuse_leftover_checkpoints(folders)
+        return
+    if checkpoints is None:
+        if wants_last(value):
+            checkpoints = [last_complete_checkpoint(folder) for folder in folders]
+        else:
+            checkpoints = [value] if isinstance(value, str) else []
+    for checkpoint in checkpoints:
+        refuse_checkpoint_past_max_steps(checkpoint, max_steps)

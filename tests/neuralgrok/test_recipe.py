@@ -93,7 +93,9 @@ def test_recipe_resume_continues_an_interrupted_run_exactly(tmp_path):
 @pytest.mark.filterwarnings("error:No artists with labels:UserWarning")  # the AGE panel of a short run
 def test_recipe_resume_and_overwrite_errors(tmp_path):
     out = tmp_path / "out"
-    base = TINY + ["--max_steps", "2", "--seeds", "0", "--methods", "none", "--output_dir", str(out)]
+    i = TINY.index("--outer_fraction")
+    tiny = TINY[:i] + TINY[i + 2 :]  # --methods none reads no --outer_fraction (it is refused)
+    base = tiny + ["--max_steps", "2", "--seeds", "0", "--methods", "none", "--output_dir", str(out)]
     with pytest.raises(ValueError, match="no complete checkpoint"):
         main(base + ["--resume_from_checkpoint"])
     assert not out.exists()

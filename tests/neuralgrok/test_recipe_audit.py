@@ -7,9 +7,10 @@ import pytest
 from hf_ext.recipes.neuralgrok import main
 
 TINY = [
-    "--p", "11", "--hidden_size", "32", "--per_device_train_batch_size", "16", "--outer_fraction", "0.2",
+    "--p", "11", "--hidden_size", "32", "--per_device_train_batch_size", "16",
     "--disable_tqdm", "true", "--report_to", "none", "--max_steps", "2", "--seeds", "0", "--methods", "none",
 ]  # fmt: skip
+OUTER = ["--outer_fraction", "0.2"]  # read only by normalize and neuralgrok (--methods none refuses it)
 
 
 @pytest.mark.parametrize(
@@ -73,11 +74,11 @@ def test_a_non_causal_model_type_is_refused_before_writing(tmp_path, monkeypatch
 def test_a_checkpoint_of_another_method_is_refused_before_writing(tmp_path):
     """Was: refused by the trainer only once training started (after the run folder was made), naming
     gradient_transform, which is not a flag of this recipe."""
-    main(TINY[:-2] + ["--methods", "normalize", "--max_steps", "1", "--save_strategy", "steps", "--save_steps", "1",
-                      "--eval_strategy", "no", "--output_dir", str(tmp_path / "first")])  # fmt: skip
+    main(TINY[:-2] + [*OUTER, "--methods", "normalize", "--max_steps", "1", "--save_strategy", "steps",
+                      "--save_steps", "1", "--eval_strategy", "no", "--output_dir", str(tmp_path / "first")])  # fmt: skip
     out = tmp_path / "never"
     with pytest.raises(ValueError, match="checkpoint of a 'normalize' run, but --methods is 'neuralgrok'"):
-        main(TINY[:-2] + ["--methods", "neuralgrok", "--output_dir", str(out), "--resume_from_checkpoint",
+        main(TINY[:-2] + [*OUTER, "--methods", "neuralgrok", "--output_dir", str(out), "--resume_from_checkpoint",
                           str(tmp_path / "first" / "normalize-seed0" / "checkpoint-1")])  # fmt: skip
     assert not out.exists()
 

@@ -305,7 +305,8 @@ def test_warmup_recipe_refuses_bad_inputs_before_any_work(tmp_path, extra, arms,
 
 
 # ------------------------------------------------------------------------------------------------ cubic recipe
-_TINY_CUBIC = ["--batch_sizes", "1", "--oracle_budget", "8", "--corpus_oracle_budget", "8", "--n_samples", "50",
+# (no --corpus_oracle_budget: the logistic-only runs below would refuse it as a flag they never read)
+_TINY_CUBIC = ["--batch_sizes", "1", "--oracle_budget", "8", "--n_samples", "50",
                "--n_features", "14", "--eval_points", "2"]  # fmt: skip
 
 

@@ -1,0 +1,53 @@
+"""hyperinf recipe: a --noise_rate that rounds to no (or every) flipped label, and checkpoints of another run in
+--output_dir, refused before any training."""
+
+import json
+
+import pytest
+
+TINY = ["--pretrain_steps", "2", "--hidden_size", "32", "--num_attention_heads", "2", "--max_train", "40",
+        "--num_val", "10", "--num_test", "10", "--num_train_epochs", "1", "--methods", "tracin", "--num_threads", "1",
+        "--vocab_size", "300", "--disable_tqdm", "true"]  # fmt: skip
+
+
+def _parse(argv):
+    from hf_ext.recipes._common import parse_recipe_args
+    from hf_ext.recipes.hyperinf import HyperInfTrainingArguments, InfluenceArguments, ModelArguments, TaskArguments
+
+    return parse_recipe_args((TaskArguments, ModelArguments, InfluenceArguments, HyperInfTrainingArguments), argv)
+
+
+@pytest.mark.parametrize("rate, count", [(0.01, 0), (0.99, 40)])
+def test_noise_rate_rounding_to_none_or_all_is_refused_before_training(tmp_path, rate, count):
+    """Both used to pretrain and fine-tune, then crash with ZeroDivisionError (an empty flipped or clean subset)."""
+    from hf_ext.recipes.hyperinf import run
+
+    out = tmp_path / "out"
+    parsed = _parse([*TINY, "--noise_rate", str(rate), "--output_dir", str(out)])
+    with pytest.raises(ValueError, match=rf"--noise_rate {rate} of the 40 .*--max_train 40.* rounds to {count} "):
+        run(*parsed)
+    assert not (out / "base").exists()  # nothing was trained
+
+
+def test_noisy_count():
+    from hf_ext.recipes.hyperinf import noisy_count
+
+    assert noisy_count(0.2, 40, 40) == 8
+    assert noisy_count(0.03, 40, 320) == 1
+    with pytest.raises(ValueError, match="--noise_rate 0.01 .*--max_train 320.*rounds to 0 corrupted answers"):
+        noisy_count(0.01, 40, 320, "corrupted answers")
+
+
+def test_fresh_run_over_checkpoints_and_resume_past_max_steps_are_refused(tmp_path):
+    from hf_ext.recipes.hyperinf import validate_args
+
+    out = tmp_path / "out"
+    ckpt = out / "checkpoint-9"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 9}))
+    (out / "base").mkdir()
+    (out / "base" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="checkpoint-9 exists.*earlier run"):
+        validate_args(*_parse([*TINY, "--output_dir", str(out)]))
+    with pytest.raises(ValueError, match="global_step 9.*--max_steps 6"):
+        validate_args(*_parse([*TINY, "--max_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint"]))
