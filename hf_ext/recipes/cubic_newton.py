@@ -14,12 +14,11 @@ product is `b` more.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 
-from ..utils.io import atomic_open, atomic_savefig
+from ..utils.io import atomic_savefig, atomic_write_results
 
 METHODS = ("sgd", "adam", "cn", "cn_momentum")
 
@@ -410,8 +409,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if "corpus" in problems:
         results += run_corpus(args, methods, batches, args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
-    with atomic_open(os.path.join(args.output_dir, "cubic_newton_results.json"), "w") as fh:
-        json.dump(results, fh)
+    atomic_write_results(os.path.join(args.output_dir, "cubic_newton_results.json"), results, None)
     plot(results, os.path.join(args.output_dir, "cubic_newton.png"))
     print(f"[cubic_newton] wrote {os.path.join(args.output_dir, 'cubic_newton.png')}")
     return results

@@ -13,13 +13,12 @@ the Markdown table `target_eval.md` (one row per trained method).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 
 from ..grape.configuration_grape import REWEIGHT_METHODS, GrapeConfig
-from ..utils.io import atomic_open
+from ..utils.io import atomic_write_results
 
 DEFAULT_TARGETS = "io_network=networking+filesystem,language_numeric=language+numeric+datatypes"
 #: lm-eval metrics shown in the Markdown table (every metric is in `target_eval.json`).
@@ -453,8 +452,7 @@ def run(
                     batch_size=args.per_device_eval_batch_size,
                     seed=args.seed,
                 )
-                with atomic_open(os.path.join(folder, "grape_results.json"), "w") as fh:
-                    json.dump(metrics, fh, indent=2)
+                atomic_write_results(os.path.join(folder, "grape_results.json"), metrics, 2)
         _write_comparison(results, list(eval_targets), tasks, args.output_dir)
     if not comparing:
         return results[args.reweight_method]
@@ -521,8 +519,7 @@ def _train_one(
             metrics["target_eval_perplexity"] = {n: math.exp(v) for n, v in metrics["target_eval_loss"].items()}
             metrics["mean_target_eval_loss"] = sum(losses) / len(losses)
             metrics["worst_target_eval_loss"] = max(losses)
-        with atomic_open(os.path.join(args.output_dir, "grape_results.json"), "w") as fh:
-            json.dump(metrics, fh, indent=2)
+        atomic_write_results(os.path.join(args.output_dir, "grape_results.json"), metrics, 2)
         print(f"method: {args.reweight_method}  ({st.domain_updates} domain / {st.task_updates} task updates)")
         print("final domain weights:")
         for name, w in sorted(metrics["domain_weights"].items(), key=lambda kv: -kv[1]):
@@ -630,14 +627,14 @@ def comparison_table(results: dict[str, dict], targets: list[str]) -> str:
 
 def _write_comparison(results: dict[str, dict], targets: list[str], tasks: list[str], output_dir: str) -> None:
     """`target_eval.json` and `target_eval.md` (written first), then `target_eval.png`."""
-    from ..utils.io import atomic_write_json, atomic_write_text
+    from ..utils.io import atomic_write_results, atomic_write_text
 
     table = comparison_table(results, targets)
     note = (
         "Held-out next-token loss on each target's evaluation blocks (lower is better); lm-eval scores as value ± "
         "stderr, `(target)` = the task's test items from that target's domains only, `(all)` = every item."
     )
-    atomic_write_json(
+    atomic_write_results(
         os.path.join(output_dir, "target_eval.json"),
         {"methods": results, "targets": targets, "eval_tasks": tasks, "table_metrics": list(TABLE_METRICS)},
     )

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..utils.io import atomic_open, atomic_savefig
+from ..utils.io import atomic_savefig, atomic_write_results
 
 DEFAULT_DOMAINS = "devtools,networking"
 ALL_METHODS = ("hyperinf", "hyperinf_reference", "datainf", "lissa", "tracin", "exact")
@@ -680,10 +680,8 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
             )
     results["selection"] = selection
     out = training_args.output_dir
-    with atomic_open(os.path.join(out, "hyperinf_results.json"), "w") as fh:
-        json.dump({k: v for k, v in results.items() if k != "scores"}, fh, indent=2)
-    with atomic_open(os.path.join(out, "hyperinf_scores.json"), "w") as fh:
-        json.dump({"is_noisy": is_noisy.tolist(), **results["scores"]}, fh)
+    atomic_write_results(os.path.join(out, "hyperinf_results.json"), {k: v for k, v in results.items() if k != "scores"}, 2)
+    atomic_write_results(os.path.join(out, "hyperinf_scores.json"), {"is_noisy": is_noisy.tolist(), **results["scores"]}, None)
     for path in plot_results(results, out):
         print(f"saved {path}")
     results["is_noisy"] = is_noisy
@@ -774,7 +772,7 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
     from ..hyperinf.gradients import PaddingCollator
     from ..hyperinf.metrics import select_lowest_influence
     from ..hyperinf.selection import build_instruction_task, evaluate_response_loss
-    from ..utils import atomic_write_json, atomic_write_text
+    from ..utils import atomic_write_text
 
     methods = parse_list(inf.methods)
     fractions = parse_fractions(inf.select_fractions)
@@ -873,10 +871,10 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
             )
     results["selection"] = rows
     out = training_args.output_dir
-    atomic_write_json(
+    atomic_write_results(
         os.path.join(out, "llm_selection_results.json"), {k: v for k, v in results.items() if k != "scores"}
     )
-    atomic_write_json(
+    atomic_write_results(
         os.path.join(out, "llm_selection_scores.json"), {"corrupted": corrupted.tolist(), **results["scores"]}
     )
     table = llm_selection_table(results)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from ..utils.io import atomic_open, atomic_savefig, atomic_write_text
+from ..utils.io import atomic_savefig, atomic_write_results, atomic_write_text
 from .pretrain import ModelArguments, build_model, check_fresh_model
 
 logger = logging.getLogger(__name__)
@@ -776,8 +776,7 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
 
     os.makedirs(training_args.output_dir, exist_ok=True)
     tokenizer.save_pretrained(os.path.join(training_args.output_dir, "url_conditioned"))
-    with atomic_open(os.path.join(training_args.output_dir, "metadata_results.json"), "w", encoding="utf-8") as fh:
-        json.dump(results, fh, indent=2)
+    atomic_write_results(os.path.join(training_args.output_dir, "metadata_results.json"), results, 2)
     if "task_eval" in results:
         atomic_write_text(os.path.join(training_args.output_dir, "task_eval.md"),
                           format_task_table(results["task_eval"]) + "\n")  # fmt: skip

@@ -855,7 +855,7 @@ def merge_results(parts: list[dict]) -> dict:
 
 def write_outputs(results: dict, out: str) -> None:
     """Write the PNGs, the Markdown tables and the JSON of `results` into `out` (atomically) and print the tables."""
-    from ..utils.io import atomic_write_json, atomic_write_text
+    from ..utils.io import atomic_write_results, atomic_write_text
 
     target = results["target_accuracy"]
     png = os.path.join(out, "grokking_curves.png")
@@ -864,7 +864,7 @@ def write_outputs(results: dict, out: str) -> None:
     plot_complexity(results, png_complexity, target)
     table = markdown_tables(results)
     atomic_write_text(os.path.join(out, "neuralgrok_results.md"), table)
-    atomic_write_json(os.path.join(out, "neuralgrok_results.json"), results)
+    atomic_write_results(os.path.join(out, "neuralgrok_results.json"), results)
     print()
     print(table)
     if "amplifier" in results:

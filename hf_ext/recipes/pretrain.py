@@ -512,7 +512,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     from ..data import build_tokenizer, load_text_datasets, pack_dataset
     from ..utils.distributed import rank_fingerprints
     from ..utils.evaluation import causal_lm_eval_loss
-    from ..utils.io import atomic_write_json
+    from ..utils.io import atomic_write_json, atomic_write_results
 
     validate_args(model_args, data_args, training_args)
     if training_args.process_index == 0:  # an older run's results must not look current if this run stops early
@@ -587,7 +587,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             metrics["fp8_alerts"] = len(health.alerts)
             metrics["fp8_actions"] = health.actions_taken
             atomic_write_json(os.path.join(training_args.output_dir, "fp8_health.json"), health.state_dict(), None)
-        atomic_write_json(results_path, metrics)
+        atomic_write_results(results_path, metrics)
     trainer.accelerator.wait_for_everyone()
 
     if trainer.is_world_process_zero():
@@ -595,7 +595,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         reloaded_tok = AutoTokenizer.from_pretrained(training_args.output_dir)
         metrics["eval_loss"] = causal_lm_eval_loss(reloaded, eval_ds, training_args.per_device_eval_batch_size)
         metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
-        atomic_write_json(results_path, metrics)
+        atomic_write_results(results_path, metrics)
         print(f"reloaded {type(reloaded).__name__} from {training_args.output_dir}")
         print(f"eval loss {metrics['eval_loss']:.4f}  perplexity {metrics['perplexity']:.2f}")
         if health is not None and health.history:
@@ -612,7 +612,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
                 **enc, max_new_tokens=data_args.max_new_tokens, do_sample=False, pad_token_id=reloaded_tok.pad_token_id
             )
         metrics["sample"] = reloaded_tok.decode(out[0], skip_special_tokens=True)
-        atomic_write_json(results_path, metrics)
+        atomic_write_results(results_path, metrics)
         print(f"sample: {metrics['sample']!r}")
     return metrics
 

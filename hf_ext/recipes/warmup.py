@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..optim.warmup_trainer import WarmupFreeTrainingArguments
-from ..utils.io import atomic_savefig, atomic_write_json
+from ..utils.io import atomic_savefig, atomic_write_results
 
 ARCHITECTURES = ("llama", "gpt2", "openai-gpt")
 ARMS = ("adamw_warmup", "adamw_no_warmup", "lion_ar_warmup", "lion_ar_no_warmup", "lion_a_warmup", "lion_a_no_warmup")
@@ -427,7 +427,7 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
         print(f"[warmup] {arm}: eval loss {eval_loss:.4f}")
     gaps = warmup_gaps(results)
     if args.should_save:
-        atomic_write_json(os.path.join(args.output_dir, "warmup_results.json"), {**results, "warmup_gap": gaps}, 1)
+        atomic_write_results(os.path.join(args.output_dir, "warmup_results.json"), {**results, "warmup_gap": gaps}, 1)
         plot(results, os.path.join(args.output_dir, "warmup.png"))
         summary = {arm: round(res["eval_loss"], 4) for arm, res in results.items()}
         print(f"[warmup] final eval losses: {summary}")

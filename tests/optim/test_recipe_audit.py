@@ -348,8 +348,12 @@ def test_cubic_recipe_reports_a_diverged_run(tmp_path):
     assert res["sgd"]["diverged_at_step"] == 1
     assert res["sgd"]["rows"][-1]["step"] == 1 and res["sgd"]["rows"][-1]["loss"] != res["sgd"]["rows"][0]["loss"]
     assert res["adam"]["diverged_at_step"] is None and res["adam"]["rows"][-1]["step"] == 20
-    saved = json.loads((tmp_path / "cubic_newton_results.json").read_text())
+    def refuse(token):  # strict JSON (jq, JavaScript): the diverged NaN loss is the string "NaN", not a bare token
+        raise ValueError(f"non-standard JSON token {token}")
+
+    saved = json.loads((tmp_path / "cubic_newton_results.json").read_text(), parse_constant=refuse)
     assert [r["diverged_at_step"] for r in saved] == [1, None]
+    assert saved[0]["rows"][-1]["loss"] == "NaN"
 
 
 # ------------------------------------------------------------------------------------------------ trainer arguments
