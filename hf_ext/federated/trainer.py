@@ -88,6 +88,11 @@ class PrivateTrainingArguments(TrainingArguments):
                     "--dp_clip_norm clips each sample's gradient; set --max_grad_norm 0 so that the Trainer does not "
                     "clip the noised batch gradient again."
                 )
+            if self.label_smoothing_factor:
+                raise ValueError(
+                    f"--label_smoothing_factor {self.label_smoothing_factor} would be ignored in training: DP-SGD clips "
+                    "each sample's gradient of the model's own loss (evaluate() would still smooth). Leave it at 0."
+                )
         if not 0 < self.dp_delta < 1:
             raise ValueError(f"--dp_delta must be in (0, 1), got {self.dp_delta}.")
         if self.dp_noise_seed is not None and (
@@ -102,7 +107,8 @@ class PrivateTrainer(Trainer):
     With `args.dp_clip_norm` set, batches are drawn by Poisson sampling ([`PoissonBatchSampler`]: each example joins
     each batch independently with probability `q = per_device_train_batch_size / len(train_dataset)`), which is the
     sampling the accountant assumes; every step is a fresh draw (the sampler is seeded by [`sampling_seed`] and the
-    epoch, which the `Trainer` sets every epoch), so batches are not replayed across epochs. Like the noise, the
+    epoch, which the `Trainer` sets every epoch), so batches are not replayed across epochs, nor by a second `train()`
+    call that does not resume (each such call draws with its own key; a resume continues its checkpoint's key). Like the noise, the
     sampling is secret by default (a seed from the OS randomness, not the public `seed` / `data_seed`): whoever could
     rebuild the batches would know which steps used a record, and the accountant's amplification by subsampling
     would not hold against them. Each optimizer step computes per-sample gradients of the trainable parameters
@@ -115,7 +121,8 @@ class PrivateTrainer(Trainer):
     Gaussian noise as accounted, not the uninterrupted run's. Goldfish (`goldfish_k`) drops tokens in training only;
     `evaluate()` reports the loss over every token, as the Goldfish reference does. A
     [`PrivacyAccountant`] (Google's `dp-accounting`, PLD by default) tracks epsilon at `dp_delta`; it is saved as
-    JSON in every checkpoint and restored by `resume_from_checkpoint`.
+    JSON in every checkpoint (before `trainer_state.json` marks it complete) and restored by `resume_from_checkpoint`;
+    with DP-SGD on, a checkpoint without it is refused.
 
     Args:
         accountant ([`PrivacyAccountant`], *optional*): an accountant to continue (e.g. a client's across rounds).
@@ -129,7 +136,17 @@ class PrivateTrainer(Trainer):
         self.accountant = accountant if accountant is not None else PrivacyAccountant(self.args.dp_accountant)
         self._secret_noise: torch.Generator | None = None
         self._secret_sampling_seed: int | None = None
+        # Each train() call that does not resume draws its own Poisson batches and noise (key 0 for the first); a
+        # resumed call continues the key of the checkpoint it resumes from (stored next to the accountant).
+        self._sampling_call = 0
+        self._next_sampling_call = 0
         if self.args.dp_clip_norm is not None:
+            if self.compute_loss_func is not None or type(self).compute_loss is not Trainer.compute_loss:
+                raise ValueError(
+                    "DP-SGD in PrivateTrainer differentiates each sample's own model loss (`outputs.loss`); a "
+                    "`compute_loss_func` or a `compute_loss` override would be bypassed in training. Remove it, or "
+                    "train without --dp_clip_norm."
+                )
             if self.args.world_size > 1:
                 raise ValueError("DP-SGD in PrivateTrainer runs on one process; launch without multiple processes.")
             if self.train_dataset is None or not hasattr(self.train_dataset, "__len__") or not len(self.train_dataset):
@@ -148,18 +165,30 @@ class PrivateTrainer(Trainer):
             return self.data_collator
         return GoldfishCollator(self.data_collator, self.args.goldfish_k, self.args.goldfish_context_width)
 
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        # A call that does not resume continues training the current weights: its batches and noise must be fresh
+        # draws (the accountant composes its steps with the earlier ones as independent), not a replay of the first
+        # call's. A resumed call takes the key of its checkpoint in `_load_from_checkpoint`.
+        if not resume_from_checkpoint:
+            self._sampling_call = self._next_sampling_call
+        self._next_sampling_call = max(self._next_sampling_call, self._sampling_call) + 1
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def sampling_seed(self) -> int:
         """Seed of the DP-SGD Poisson sampling. By default a secret drawn once per Trainer from the OS randomness: the
         accountant's amplification by subsampling assumes nobody knows which steps used a record, and the training
         seeds are public (configuration, Flower run config). With `dp_noise_seed` set (reproducible runs, no privacy
         against whoever knows it) it is derived from that seed, so runs and resumes are bit-identical."""
         if self.args.dp_noise_seed is not None:
-            return derive_seed("dp-sgd-sampling", self.args.dp_noise_seed) % 2**63
-        if self._secret_sampling_seed is None:
-            import secrets
+            base = derive_seed("dp-sgd-sampling", self.args.dp_noise_seed) % 2**63
+        else:
+            if self._secret_sampling_seed is None:
+                import secrets
 
-            self._secret_sampling_seed = secrets.randbits(63)
-        return self._secret_sampling_seed
+                self._secret_sampling_seed = secrets.randbits(63)
+            base = self._secret_sampling_seed
+        # a later train() call on the same object (key > 0) draws other batches than the first
+        return base if self._sampling_call == 0 else derive_seed("dp-sgd-sampling-call", base, self._sampling_call) % 2**63
 
     def get_train_dataloader(self):
         if self.args.dp_clip_norm is None:
@@ -186,7 +215,11 @@ class PrivateTrainer(Trainer):
         """The generator of this step's DP noise: secret by default, or derived from `(dp_noise_seed, global_step)`."""
         if self.args.dp_noise_seed is not None:
             gen = torch.Generator(device=device)
-            return gen.manual_seed(derive_seed("dp-sgd-noise", self.args.dp_noise_seed, self.state.global_step))
+            if self._sampling_call == 0:
+                seed = derive_seed("dp-sgd-noise", self.args.dp_noise_seed, self.state.global_step)
+            else:  # a later train() call: noise independent of the first call's at the same global step
+                seed = derive_seed("dp-sgd-noise", self.args.dp_noise_seed, self.state.global_step, self._sampling_call)
+            return gen.manual_seed(seed)
         if self._secret_noise is None or self._secret_noise.device != torch.device(device):
             self._secret_noise = secret_noise_generator(device)
         return self._secret_noise
@@ -230,22 +263,39 @@ class PrivateTrainer(Trainer):
             logs = {**logs, "dp_epsilon": eps if math.isfinite(eps) else float("inf")}
         super().log(logs, start_time)
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call=_internal_call)
+        # The accountant is written with a checkpoint's model, before `trainer_state.json` (the file that marks a
+        # checkpoint complete, see hf_ext.utils.resume): a save killed in between leaves a folder resume skips, never a
+        # complete-looking checkpoint without its privacy accounting.
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        if not (_internal_call and self.args.should_save):
+            return
+        if os.path.basename(os.path.normpath(folder)) != f"checkpoint-{self.state.global_step}":
+            return
+        from ..utils.io import atomic_write_json
 
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.args.should_save and os.path.isdir(folder):
-            from ..utils.io import atomic_write_json
-
-            atomic_write_json(os.path.join(folder, ACCOUNTANT_FILE), self.accountant.state_dict())
+        atomic_write_json(
+            os.path.join(folder, ACCOUNTANT_FILE), {**self.accountant.state_dict(), "sampling_call": self._sampling_call}
+        )
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, ACCOUNTANT_FILE)
-        if os.path.isfile(path):
-            with open(path) as fh:
-                self.accountant.load_state_dict(json.load(fh))
+        if not os.path.isfile(path):
+            if self.args.dp_clip_norm is not None:
+                raise ValueError(
+                    f"{resume_from_checkpoint} has no {ACCOUNTANT_FILE}: resuming DP-SGD from it would restart the "
+                    "privacy accounting at 0 steps and under-report epsilon. Resume from a checkpoint PrivateTrainer "
+                    "wrote (it holds the file), or start a fresh run."
+                )
+            return
+        with open(path) as fh:
+            state = json.load(fh)
+        self.accountant.load_state_dict(state)
+        call = state.get("sampling_call", 0)
+        self._sampling_call = call if isinstance(call, int) and not isinstance(call, bool) and call >= 0 else 0
+        self._next_sampling_call = max(self._next_sampling_call, self._sampling_call + 1)
 
 
 class _PoissonDataLoader(DataLoader):

@@ -215,6 +215,17 @@ class _OuterStepCallback(TrainerCallback):
         self.trainer._after_optimizer_step(state.global_step)
 
 
+def _find_transform(optimizer) -> GradientTransformOptimizer | None:
+    """The `GradientTransformOptimizer` in `optimizer`'s chain of wrappers (accelerate's `AcceleratedOptimizer` keeps
+    the wrapped one as `.optimizer`), or `None`."""
+    seen = 0
+    while optimizer is not None and seen < 16:
+        if isinstance(optimizer, GradientTransformOptimizer):
+            return optimizer
+        optimizer, seen = getattr(optimizer, "optimizer", None), seen + 1
+    return None
+
+
 class NeuralGrokTrainer(Trainer):
     r"""
     [`Trainer`] whose optimizer step transforms the gradient first, once per optimizer step (never per
@@ -298,7 +309,9 @@ class NeuralGrokTrainer(Trainer):
 
     # ----------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None):
-        if isinstance(self.optimizer, GradientTransformOptimizer):
+        if _find_transform(self.optimizer) is not None:
+            # already built: this object's optimizer, also behind accelerate's `AcceleratedOptimizer` after a first
+            # `train()` (wrapping it again would transform every gradient twice)
             return self.optimizer
         opt_model = self.model if model is None else model
         if self.args.gradient_transform == "neuralgrok" and any(is_dtensor(p) for p in opt_model.parameters()):
@@ -319,8 +332,9 @@ class NeuralGrokTrainer(Trainer):
                 weight_decay=self.args.weight_decay,
             )
         base = super().create_optimizer(model)
-        if isinstance(base, GradientTransformOptimizer):
-            self.transform_optimizer = base
+        found = _find_transform(base)
+        if found is not None:
+            self.transform_optimizer = found
             return base
         a = self.args
         if a.gradient_transform == "neuralgrok":

@@ -66,6 +66,11 @@ class CubicNewtonTrainingArguments(TrainingArguments):
             raise ValueError("--max_grad_norm must be 0 for cubic Newton (the cubic term regularises the step).")
         if self.bf16 or self.fp16:
             raise ValueError("Cubic Newton needs fp32 Hessian-vector products; drop --bf16/--fp16.")
+        if self.label_smoothing_factor:
+            raise ValueError(
+                f"--label_smoothing_factor {self.label_smoothing_factor} would be ignored in training: each cubic step "
+                "differentiates the model's own loss (`outputs.loss`), while evaluate() would smooth. Leave it at 0."
+            )
         refuse_optimizer_flags(
             self,
             "CubicNewtonTrainer always builds CubicNewton (set it with the --cubic_* options)",
@@ -176,6 +181,12 @@ class CubicNewtonTrainer(SafetensorsOptimizerStateMixin, Trainer):
         super().__init__(model=model, args=args, **kwargs)
         if self.args.world_size > 1:
             raise ValueError("CubicNewtonTrainer runs in a single process (its functional step does not all-reduce).")
+        if self.compute_loss_func is not None or type(self).compute_loss is not Trainer.compute_loss:
+            raise ValueError(
+                "CubicNewtonTrainer builds each step's loss function from the model's own loss (`outputs.loss`); a "
+                "`compute_loss_func` or a `compute_loss` override would be bypassed in training (and used by "
+                "evaluate()). Put the loss into the model's forward instead."
+            )
         self.cubic_history: list = []
         self._stats_window: list = []
         self.add_callback(_CubicStatsCallback(self))
@@ -228,4 +239,7 @@ class CubicNewtonTrainer(SafetensorsOptimizerStateMixin, Trainer):
             st = opt._st
             logs["cubic/oracle_calls"] = float(st["grad_evals"] + st["hess_evals"] + st["hvp_evals"])
             self._stats_window = []
+        # Trainer's `grad_norm` is the norm of `.grad`, which the closure-based cubic step never fills (it was logged
+        # as 0.0 at every step); the cubic/* values are this trainer's own measurements.
+        logs.pop("grad_norm", None)
         super().log(logs, start_time)

@@ -130,3 +130,17 @@ def test_low_precision_model_is_refused_before_anything_is_written(tmp_path, dty
     model.head.to(torch.float32)  # mixed: still refused, naming the low-precision dtype
     with pytest.raises(ValueError, match=str(dtype)):
         CubicNewtonTrainer(model=model, args=_args(tmp_path / "out"), train_dataset=_data(4))
+
+
+def test_losses_the_cubic_step_would_bypass_are_refused_and_no_fake_grad_norm_is_logged(tmp_path):
+    """label_smoothing_factor and compute_loss_func changed evaluate() but not the cubic steps (weights identical);
+    Trainer's `grad_norm` (of `.grad`, never filled by the closure-based step) was logged as 0.0 at every step."""
+    with pytest.raises(ValueError, match="label_smoothing_factor"):
+        _args(tmp_path, label_smoothing_factor=0.1)
+    with pytest.raises(ValueError, match="compute_loss_func"):
+        CubicNewtonTrainer(model=_model(), args=_args(tmp_path), train_dataset=_data(),
+                           compute_loss_func=lambda outputs, labels, num_items_in_batch=None: outputs["loss"])  # fmt: skip
+    trainer = CubicNewtonTrainer(model=_model(), args=_args(tmp_path, save_strategy="no"), train_dataset=_data())
+    trainer.train()
+    rows = [r for r in trainer.state.log_history if "loss" in r]
+    assert len(rows) == 4 and not any("grad_norm" in r for r in rows)
