@@ -29,7 +29,11 @@ class RobotsTxtFilter(BaseFilter):
             Where robots.txt rules come from. A path (folder, `.jsonl`, `.parquet`, on a filesystem every task can
             read) is loaded by each task on first use, so the pickled pipeline stays small.
         user_agents (`Sequence[str]`, *optional*, defaults to `DEFAULT_AI_USER_AGENTS`):
-            Agents to check (ignored when `robots` is already a `RobotsCompliance`).
+            Agents to check. With a ready `RobotsCompliance` the checker's own agents apply: passing other agents (or
+            any other `RobotsCompliance` option, e.g. `status_policy=`) is a `ValueError`, since the step would
+            ignore them; set them on the `RobotsCompliance` instead.
+        **checker_kwargs: Other `RobotsCompliance` options (`host_fallback`, `status_policy`, `backend`,
+            `missing_url`, `max_cached_hosts`) for a checker built from a store, mapping or snapshot path.
         url_key (`str`, *optional*, defaults to `"url"`): Key of `doc.metadata` holding the URL.
         exclusion_writer (`DiskWriter`, *optional*): Writer for the dropped documents.
         batch_size (`int`, *optional*, defaults to 1000): Documents decided per `filter_batch` call.
@@ -40,7 +44,7 @@ class RobotsTxtFilter(BaseFilter):
     def __init__(
         self,
         robots,
-        user_agents: Sequence[str] = DEFAULT_AI_USER_AGENTS,
+        user_agents: Sequence[str] | None = None,
         url_key: str = "url",
         exclusion_writer: DiskWriter | None = None,
         batch_size: int = 1000,
@@ -51,6 +55,18 @@ class RobotsTxtFilter(BaseFilter):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
         self._snapshot_path = None
+        if isinstance(robots, RobotsCompliance):
+            # the checker decides with its own settings: options given beside it would be silently ignored
+            given = sorted(checker_kwargs)
+            if user_agents is not None and tuple(dict.fromkeys(user_agents)) != robots.user_agents:
+                given.insert(0, "user_agents")
+            if given:
+                raise ValueError(
+                    f"RobotsTxtFilter got a ready RobotsCompliance and also {', '.join(given)}, which it would ignore: "
+                    "the checker decides with its own settings. Set them on the RobotsCompliance (e.g. "
+                    "RobotsCompliance(store, status_policy='paper')), or pass the store or snapshot path instead."
+                )
+        user_agents = DEFAULT_AI_USER_AGENTS if user_agents is None else user_agents
         self._checker_kwargs = dict(user_agents=user_agents, **checker_kwargs)
         if isinstance(robots, RobotsCompliance):
             checker = robots

@@ -28,6 +28,7 @@ __all__ = [
     "canonical_path",
     "path_from",
     "product_token",
+    "remove_dot_segments",
     "url_path",
 ]
 
@@ -113,7 +114,8 @@ def authority_end(url: str, start: int) -> int:
 
 
 def url_path(url: str) -> str:
-    """The path, parameters and query of `url` (no fragment), starting with `/`, in canonical form.
+    """The path, parameters and query of `url` (no fragment), starting with `/`, in canonical form, dot segments
+    removed (RFC 3986 section 5.2.4: `/pub/../private` is `/private`).
 
     Works for absolute URLs, `//host/path`, scheme-less `host/path` and bare paths; no path gives `/`.
     """
@@ -137,7 +139,35 @@ def path_from(url: str, path_start: int) -> str:
     path = url[path_start:] if end == -1 else url[path_start:end]
     if path[:1] != "/":
         path = "/" + (path[1:] if path[:1] == "\\" else path)
-    return canonical_path(path)
+    path = canonical_path(path)
+    if "/." in path:  # `/pub/../private` is the `/private` that an HTTP client requests
+        path, q, query = path.partition("?")
+        path = remove_dot_segments(path) + q + query
+    return path
+
+
+_DOT_SEGMENTS = frozenset((".", "%2e"))
+_DOT_DOT_SEGMENTS = frozenset(("..", ".%2e", "%2e.", "%2e%2e"))
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4 on a path that starts with `/` (no query): `.` segments dropped, `..` removes the
+    segment before it (`/pub/../private/a` -> `/private/a`). As in browsers (WHATWG URL), `%2e` spells a dot there
+    (`/pub/%2e%2e/private`). This is the path a crawler requests, so it is the path robots.txt rules are matched
+    against."""
+    segments = path.split("/")[1:]
+    out: list[str] = []
+    last = len(segments) - 1
+    for i, segment in enumerate(segments):
+        low = segment.lower() if "%" in segment else segment
+        if low in _DOT_SEGMENTS or low in _DOT_DOT_SEGMENTS:
+            if low in _DOT_DOT_SEGMENTS and out:
+                out.pop()
+            if i == last:
+                out.append("")  # `/a/b/..` is the folder `/a/`
+        else:
+            out.append(segment)
+    return "/" + "/".join(out)
 
 
 def _decode(body: str | bytes) -> str:

@@ -16,7 +16,16 @@ from dataclasses import dataclass
 
 from protego import Protego
 
-from .rfc9309 import DISALLOW_ALL, RobotsTxt, authority_end, authority_start, path_from, product_token, url_path
+from .rfc9309 import (
+    DISALLOW_ALL,
+    RobotsTxt,
+    authority_end,
+    authority_start,
+    path_from,
+    product_token,
+    remove_dot_segments,
+    url_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +134,27 @@ def absolute_url(url: str) -> str:
     return _slash_ending_host(url, start)
 
 
+def protego_url(url: str) -> str:
+    """`url` as handed to Protego: absolute (see `absolute_url`) and with the dot segments of its path removed, as an
+    HTTP client requests it (`/pub/../private/a`, `/pub/%2e%2e/private/a` -> `/private/a`; RFC 3986 section 5.2.4),
+    so the protego backend decides the path the rfc9309 and google backends decide."""
+    url = absolute_url(url)
+    if "/." not in url and "%2e" not in url and "%2E" not in url:
+        return url
+    end = authority_end(url, authority_start(url))
+    if end == -1:
+        return url
+    stop = len(url)
+    for sep in "?#":
+        pos = url.find(sep, end)
+        if pos != -1 and pos < stop:
+            stop = pos
+    path = url[end:stop]
+    if "/." not in path and "%2e" not in path.lower():
+        return url
+    return url[:end] + remove_dot_segments(path) + url[stop:]
+
+
 def _slash_ending_host(url: str, start: int) -> str:
     """`url` (host at `start`) with a backslash that ends the host written as `/` (`https://a.com\\p` as
     `https://a.com/p`): urllib, and so Protego, would otherwise read `a.com\\p` as the host and `/` as the path."""
@@ -142,8 +172,10 @@ def _with_slashes(url: str, start: int) -> str:
 def normalize_host(host_or_url: str) -> str:
     """Normalise a host name (or the host of a URL) to the key used by the snapshot store.
 
-    Lower case, without userinfo, port or trailing dot; internationalised names are converted to their ASCII
-    (punycode) form, so `bücher.example` and `xn--bcher-kva.example` are the same key.
+    Lower case, without userinfo, port or trailing dot; percent-escapes decoded; internationalised names converted
+    to their ASCII (punycode) form as browsers do (WHATWG URL, UTS 46 non-transitional: `faß.de` is
+    `xn--fa-hia.de`), so `bücher.example` and `xn--bcher-kva.example` are the same key; IPv6 literals in their
+    shortest form (`2001:0db8:0:0::1` is `2001:db8::1`).
 
     Args:
         host_or_url (`str`): A host name, `host:port`, or a full URL (`scheme://host/...`).
@@ -164,13 +196,61 @@ def normalize_host(host_or_url: str) -> str:
         if pos != -1 and pos < end:
             end = pos
     host = _strip_netloc(text[:end])
+    if "%" in host and not _is_ipv6(host.partition("%")[0]):  # WHATWG: a host is percent-decoded first
+        host = _percent_decode_host(host)
     if host and not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            # Labels that IDNA 2003 rejects (empty, too long): keep the Unicode spelling as the key.
-            pass
+        host = _host_to_ascii(host)
+    elif ":" in host and _is_ipv6(host):  # one spelling per address: 2001:0db8:0:0::1 -> 2001:db8::1
+        import ipaddress
+
+        host = ipaddress.IPv6Address(host).compressed
     return host
+
+
+def _percent_decode_host(host: str) -> str:
+    """`ex%61mple.com` -> `example.com` (WHATWG URL host parsing decodes escapes, UTF-8); kept as written when the
+    escapes are not UTF-8."""
+    from urllib.parse import unquote
+
+    try:
+        decoded = unquote(host, errors="strict")
+    except UnicodeDecodeError:
+        return host
+    if any(c in _FORBIDDEN_HOST_CHARS or c <= " " for c in decoded):
+        return host  # `a%2Fb.com`: browsers refuse the host; keep it as written (never a key with a '/')
+    return decoded.rstrip(".").lower()
+
+
+# WHATWG URL "forbidden host code points" (besides controls and space), and '%' (no double decoding)
+_FORBIDDEN_HOST_CHARS = frozenset("#%/:<>?@[\\]^|\x7f")
+
+
+def _host_to_ascii(host: str) -> str:
+    """Domain to ASCII as browsers do it (WHATWG URL: UTS 46 non-transitional processing, no STD3 rules): mapped
+    (case folding, full-width dots such as U+3002 to `.`, compatibility forms), then each non-ASCII label punycoded,
+    so `faß.de` is `xn--fa-hia.de` (not IDNA 2003's `fass.de`, another registered domain). Needs the `idna` package;
+    without it a non-ASCII host is refused rather than converted by the stdlib's IDNA 2003 codec."""
+    try:
+        import idna
+    except ImportError as err:  # pragma: no cover - idna comes with requests, a dependency of datasets
+        raise ValueError(
+            f"host {host!r} is internationalised: converting it as browsers do (UTS 46) needs the idna package "
+            "(pip install idna)."
+        ) from err
+    try:
+        mapped = idna.uts46_remap(host, std3_rules=False, transitional=False)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return host  # a code point UTS 46 disallows: no browser fetches such a host; keep the Unicode spelling
+    labels = []
+    for label in mapped.split("."):
+        if label.isascii():
+            labels.append(label)
+            continue
+        try:
+            labels.append("xn--" + label.encode("punycode").decode("ascii"))
+        except UnicodeError:
+            return mapped
+    return ".".join(labels).rstrip(".")
 
 
 def _rule_signature(parser: Protego, agent: str, memo: dict | None = None):
@@ -208,7 +288,7 @@ class _PublicMatcher:
         self.parser, self.agent = parser, agent
 
     def allowed(self, url: str) -> bool:
-        return self.parser.can_fetch(absolute_url(url), self.agent)
+        return self.parser.can_fetch(protego_url(url), self.agent)
 
 
 def _is_robots_txt(url: str) -> bool:
@@ -227,8 +307,9 @@ class _ProtegoMatcher:
 
     def __init__(self, rule_set):
         can_fetch = rule_set.can_fetch
-        # Protego reads the path with urlparse: a scheme-less URL must be made absolute first.
-        self.allowed = lambda url: can_fetch(absolute_url(url))
+        # Protego reads the path with urlparse: a scheme-less URL must be made absolute first (and its dot segments
+        # removed, as the other backends do).
+        self.allowed = lambda url: can_fetch(protego_url(url))
 
 
 class _GoogleMatcher:
@@ -649,7 +730,7 @@ def protego_disallowed_agents(parser: Protego | None, url: str, user_agents: Seq
     """Reference decision without any cache: ask Protego for every agent (used by tests and the benchmark)."""
     if parser is None:
         return ()
-    url = absolute_url(url)  # Protego reads the path with urlparse: a scheme-less URL would lose its host
+    url = protego_url(url)  # Protego reads the path with urlparse: a scheme-less URL would lose its host
     out = []
     for agent in user_agents:
         try:

@@ -41,6 +41,20 @@ class RobotsRecord:
         return status_class(self.text, self.status, self.error)
 
 
+def _refuse_surrogates(value, what: str, host: str) -> None:
+    """Refuse a `str` that cannot be written as UTF-8 (lone surrogates, e.g. from `bytes.decode(errors=
+    "surrogateescape")`): no snapshot format could save it, so the store would hold what it cannot save."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"{what} of {host!r} holds a lone surrogate ({value[err.start]!r} at position {err.start}), which no "
+                "snapshot format can store as UTF-8; pass the fetched bytes (decoded as UTF-8 with replacement "
+                "characters) or a str decoded with errors='replace'."
+            ) from None
+
+
 def _decode(text) -> str | None:
     if text is None:
         return None
@@ -124,7 +138,10 @@ class RobotsTxtStore(Mapping):
         if error is not None and not isinstance(error, str):
             raise TypeError(f"error of {host!r} must be a str or None, got {type(error).__name__}.")
         fetched_at = _iso_date(fetched_at, host)
-        self._records[key] = RobotsRecord(key, _decode(text), fetched_at or self.fetched_at, status, error or None)
+        text = _decode(text)
+        for what, value in (("robots.txt text", text), ("error", error), ("fetched_at", fetched_at)):
+            _refuse_surrogates(value, what, host)
+        self._records[key] = RobotsRecord(key, text, fetched_at or self.fetched_at, status, error or None)
 
     def update_from_fetch(self, record: RobotsRecord) -> RobotsRecord:
         """Store a new fetch result for `record.host`, with RFC 9309's caching rule for unreachable files.
@@ -132,8 +149,9 @@ class RobotsTxtStore(Mapping):
         A fetch that found the robots.txt *unreachable* (5xx, network error) does not replace an *available* copy
         already in the store: RFC 9309 section 2.4 lets crawlers keep using a cached copy while the file is
         unreachable, instead of falling back to complete disallow. A fetch dated before the stored record's does not
-        replace it either. Every other result replaces the record (a 4xx means the file is gone). Returns the record
-        now stored.
+        replace it either: dates are compared as instants (`2025-01-02T01:00:00+02:00` is before
+        `2025-01-01T23:30:00+00:00`; a date or a time without offset is UTC; strings that are not ISO 8601 compare
+        as text). Every other result replaces the record (a 4xx means the file is gone). Returns the record now stored.
         """
         if not isinstance(record, RobotsRecord):
             raise TypeError(f"record must be a RobotsRecord, got {type(record).__name__}.")
@@ -142,8 +160,9 @@ class RobotsTxtStore(Mapping):
         if record.status_class == "unreachable" and previous is not None and previous.status_class == "available":
             return previous
         new_date = _iso_date(record.fetched_at, record.host)
-        if previous is not None and new_date and previous.fetched_at and new_date < previous.fetched_at:
-            return previous  # an older fetch than the one stored (ISO dates compare as strings)
+        old_date = None if previous is None else previous.fetched_at
+        if new_date and old_date and _fetched_before(new_date, old_date):
+            return previous  # an older fetch than the one stored
         self.add(key, record.text, record.fetched_at, record.status, record.error)
         return self._records[key]
 
@@ -183,7 +202,16 @@ class RobotsTxtStore(Mapping):
         if fmt not in _FORMATS:
             raise ValueError(f"format must be one of {_FORMATS}, got {fmt!r}.")
         if not path.exists():
-            raise ValueError(f"robots.txt snapshot {str(path)!r} does not exist; pass a folder, .jsonl or .parquet.")
+            left = sorted(p.name for p in path.absolute().parent.glob(f".{path.name}.*-*") if p.is_dir())
+            hint = (
+                f" A folder save was interrupted between its renames: {left} beside it hold the old (.old-) and the "
+                "new (.tmp-) snapshot; rename one of them to the snapshot's name."
+                if left
+                else ""
+            )
+            raise ValueError(
+                f"robots.txt snapshot {str(path)!r} does not exist; pass a folder, .jsonl or .parquet.{hint}"
+            )
         if fmt == "folder":
             return cls._load_folder(path)
         if fmt == "jsonl":
@@ -255,13 +283,61 @@ class RobotsTxtStore(Mapping):
         return store
 
     # Writers ------------------------------------------------------------------------------------------------------
+    def _save_folder(self, path: Path) -> None:
+        """Write the whole snapshot into a temporary sibling folder, then swap it in: rename the old folder away,
+        rename the new one to `path`, remove the old one. A reload therefore gives exactly what was saved (no host
+        file of an earlier snapshot survives), and a failed save leaves the old folder untouched. A crash between
+        the two renames leaves no `path`, the complete old snapshot at `.<name>.old-*` and the complete new one at
+        `.<name>.tmp-*` beside it (`load` names them): rename either back to `path`."""
+        import shutil
+
+        from ..utils.io import make_temp_dir
+
+        if path.exists() and not path.is_dir():
+            raise ValueError(
+                f"{str(path)!r} is a file; a folder snapshot needs a folder path (or use .jsonl/.parquet)."
+            )
+        if path.is_dir():
+            with os.scandir(path) as entries:
+                foreign = sorted(e.name for e in entries if not _is_snapshot_entry(e))
+            if foreign:
+                raise ValueError(
+                    f"{str(path)!r} holds files that are not part of a robots.txt snapshot ({foreign[:5]}); saving "
+                    "replaces the whole folder, so choose an empty or new folder (or a snapshot folder)."
+                )
+        parent = path.absolute().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(make_temp_dir(str(parent), f".{path.name}.tmp-"))
+        try:
+            _write_folder(tmp, self)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if not path.is_dir():
+            os.replace(tmp, path)
+            return
+        old = Path(make_temp_dir(str(parent), f".{path.name}.old-"))
+        os.rmdir(old)  # reserve a unique name: the old snapshot is renamed to it
+        try:
+            os.rename(path, old)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(old, path)  # put the old snapshot back
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+
     def save(self, path: str | os.PathLike, format: str | None = None) -> Path:
         """Write the snapshot as a folder, `.jsonl` or `.parquet` (format inferred from the path when not given)."""
         path = Path(path)
         fmt = format or _infer_format(path)
         if fmt not in _FORMATS:
             raise ValueError(f"format must be one of {_FORMATS}, got {fmt!r}.")
-        from ..utils.io import atomic_open, atomic_write_text
+        from ..utils.io import atomic_open
 
         rows = [
             {"host": r.host, "robots_txt": r.text, "fetched_at": r.fetched_at, "status": r.status, "error": r.error}
@@ -269,22 +345,7 @@ class RobotsTxtStore(Mapping):
         ]
         # Every file is written to a temporary name and renamed: an interrupted save never leaves a torn file.
         if fmt == "folder":
-            path.mkdir(parents=True, exist_ok=True)
-            hosts = {}
-            for r in self._records.values():
-                if r.text is not None:
-                    atomic_write_text(str(path / f"{r.host}.txt"), r.text)
-                info = {
-                    k: v
-                    for k, v in (("fetched_at", r.fetched_at), ("status", r.status), ("error", r.error))
-                    if v is not None
-                }
-                if r.text is None:
-                    info["missing"] = True
-                if info:
-                    hosts[r.host] = info
-            meta = json.dumps({"fetched_at": self.fetched_at, "hosts": hosts}, indent=2, sort_keys=True)
-            atomic_write_text(str(path / _META_FILE), meta)
+            self._save_folder(path)
         elif fmt == "jsonl":
             with atomic_open(str(path), "w") as fh:
                 for row in rows:
@@ -307,6 +368,35 @@ class RobotsTxtStore(Mapping):
         return path
 
 
+def _write_folder(folder: Path, store: RobotsTxtStore) -> None:
+    hosts = {}
+    for r in store._records.values():
+        if r.text is not None:
+            with open(folder / f"{r.host}.txt", "w", encoding="utf-8", newline="") as fh:
+                fh.write(r.text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        info = {
+            k: v for k, v in (("fetched_at", r.fetched_at), ("status", r.status), ("error", r.error)) if v is not None
+        }
+        if r.text is None:
+            info["missing"] = True
+        if info:
+            hosts[r.host] = info
+    meta = json.dumps({"fetched_at": store.fetched_at, "hosts": hosts}, indent=2, sort_keys=True)
+    with open(folder / _META_FILE, "w", encoding="utf-8") as fh:
+        fh.write(meta)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _is_snapshot_entry(entry: os.DirEntry) -> bool:
+    """A file a folder snapshot holds: `<host>.txt`, `_snapshot.json`, or a temporary file a save left behind."""
+    name = entry.name
+    ours = name == _META_FILE or name.endswith(".txt") or (name.startswith(".") and name.endswith(".tmp"))
+    return ours and entry.is_file(follow_symlinks=False)
+
+
 def _iso_date(value, host):
     """A fetch date as an ISO string: `str` and `None` as given, a `datetime` / `date` (what pandas and Parquet
     timestamp columns hold) in ISO format; anything else is refused, naming the host."""
@@ -319,6 +409,27 @@ def _iso_date(value, host):
     raise TypeError(
         f"fetched_at of {host!r} must be an ISO date string, a datetime or None, got {type(value).__name__} {value!r}."
     )
+
+
+def _as_utc(value: str):
+    """An ISO date or datetime string as an aware UTC datetime (a date is its midnight, a naive time is UTC), or
+    `None` when it does not parse."""
+    import datetime as dt
+
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+
+
+def _fetched_before(new: str, old: str) -> bool:
+    """Whether fetch date `new` is before `old`: compared as instants (offsets applied; no offset means UTC), or as
+    strings when either does not parse as ISO 8601."""
+    new_dt, old_dt = _as_utc(new), _as_utc(old)
+    if new_dt is None or old_dt is None:
+        return new < old
+    return new_dt < old_dt
 
 
 def _infer_format(path: Path) -> str:

@@ -1,8 +1,10 @@
 """Filter a corpus by robots.txt AI-crawler opt-outs (datasets or datatrove) and report retention and the DCG.
 
 Run as `python scripts/compliance.py`, `accelerate launch scripts/compliance.py` or `hf-ext run compliance`, in one
-process (a multi-process launch is refused up front; filter faster with `--num_proc` or `--engine datatrove`). With no
-arguments it filters the embedded corpus against the example robots.txt snapshot shipped with hf_ext.
+process (a multi-process launch is refused up front; filter faster with `--num_proc`, the `datasets` workers, or, for
+a crawl-scale corpus, `RobotsTxtFilter` in a datatrove pipeline under datatrove's own Local/Slurm executors, see
+docs/compliance.md; `--engine datatrove` here runs that step once, in this process). With no arguments it filters the
+embedded corpus against the example robots.txt snapshot shipped with hf_ext.
 """
 
 from __future__ import annotations
@@ -46,8 +48,21 @@ class ComplianceArguments:
             "paper: only a readable robots.txt opts out."
         },
     )
-    engine: str = field(default="datasets", metadata={"help": "datasets (Dataset.map) or datatrove (filter step)."})
-    num_proc: int | None = field(default=None, metadata={"help": "Worker processes for datasets map/filter."})
+    engine: str = field(
+        default="datasets",
+        metadata={
+            "help": "datasets (Dataset.map, with --num_proc workers) or datatrove (RobotsTxtFilter run once in this "
+            "process: a check that the step decides as Dataset.map does, not a faster path; for scale run the step "
+            "under datatrove's LocalPipelineExecutor/SlurmPipelineExecutor, see docs/compliance.md)."
+        },
+    )
+    num_proc: int | None = field(
+        default=None,
+        metadata={
+            "help": "Worker processes for the datasets annotation (--engine datasets) and the token counts; the "
+            "--engine datatrove step runs in one process."
+        },
+    )
     vocab_size: int = field(default=4096, metadata={"help": "Tokenizer used to count tokens (embedded BPE)."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Count tokens with this tokenizer instead."})
     output_dir: str = field(default="outputs/compliance", metadata={"help": "Where statistics and plots are saved."})
@@ -352,7 +367,8 @@ def run(args: ComplianceArguments) -> dict:
     report = _validate(args)
     from ._common import clear_previous_results
 
-    clear_previous_results(args.output_dir, RESULT_FILES)
+    # Every check (snapshot, checker options, dataset columns) runs before the previous run's results are removed:
+    # a run that fails on its inputs leaves the earlier results in place.
     store = RobotsTxtStore.load(args.robots) if args.robots else load_example_robots()
     agents = [a.strip() for a in args.user_agents.split(",")] if args.user_agents else list(DEFAULT_AI_USER_AGENTS)
     checker = RobotsCompliance(
@@ -367,12 +383,11 @@ def run(args: ComplianceArguments) -> dict:
         raise ValueError(f"--url_column={args.url_column!r} is not a column (columns: {dataset.column_names}).")
     if args.text_column not in dataset.column_names:
         raise ValueError(f"--text_column={args.text_column!r} is not a column (columns: {dataset.column_names}).")
+    if args.domain_column is not None and args.domain_column not in dataset.column_names:
+        raise ValueError(f"--domain_column={args.domain_column!r} is not a column (columns: {dataset.column_names}).")
+    from ..compliance.dataset_ops import _check_inputs
 
-    if args.engine == "datasets":
-        annotated = annotate_compliance(dataset, checker, url_column=args.url_column, num_proc=args.num_proc)
-    else:
-        annotated = _annotate_with_datatrove(dataset, checker, args)
-
+    _check_inputs(dataset, checker, args.url_column, args.num_proc, 1000)  # e.g. a URL column that holds no strings
     if args.tokenizer_name:
         from transformers import AutoTokenizer
 
@@ -381,6 +396,13 @@ def run(args: ComplianceArguments) -> dict:
         from ..data import build_tokenizer
 
         tokenizer = build_tokenizer(args.vocab_size)
+    clear_previous_results(args.output_dir, RESULT_FILES)
+
+    if args.engine == "datasets":
+        annotated = annotate_compliance(dataset, checker, url_column=args.url_column, num_proc=args.num_proc)
+    else:
+        annotated = _annotate_with_datatrove(dataset, checker, args)
+
     domain_column = args.domain_column or ("domain" if "domain" in dataset.column_names else None)
     stats = compute_retention_stats(
         annotated, domain_column=domain_column, url_column=args.url_column, text_column=args.text_column,
@@ -586,7 +608,14 @@ def _annotate_with_datatrove(dataset, checker, args: ComplianceArguments):
     kept = {int(doc.id) for doc in step.run(iter(docs))}
     flags = [i in kept for i in range(len(docs))]
     agents = [list(doc.metadata.get("disallowed_user_agents", [])) for doc in docs]
-    return dataset.add_column("robots_compliant", flags).add_column("disallowed_user_agents", agents)
+    # Columns of an earlier annotation are replaced, as annotate_compliance (--engine datasets) replaces them.
+    import datasets
+
+    names = ("robots_compliant", "disallowed_user_agents")
+    dataset = dataset.remove_columns([n for n in names if n in dataset.column_names])
+    return dataset.add_column("robots_compliant", flags, feature=datasets.Value("bool")).add_column(
+        "disallowed_user_agents", agents, feature=datasets.List(datasets.Value("string"))
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -597,7 +626,9 @@ def main(argv: list[str] | None = None) -> dict:
         "every process would filter the whole dataset and write the same files, and --train_models would train "
         "data-parallel on --train_batch_size blocks per process (not per step), so its DCG would differ from one "
         "process",
-        "to filter faster use --num_proc (datasets workers) or --engine datatrove",
+        "to filter faster use --num_proc (datasets workers), or for a crawl-scale corpus run RobotsTxtFilter in a "
+        "datatrove pipeline under datatrove's LocalPipelineExecutor/SlurmPipelineExecutor (docs/compliance.md; "
+        "--engine datatrove in this script runs the step in one process)",
     )
     (args,) = parse_recipe_args((ComplianceArguments,), argv)
     return finish(run(args))
