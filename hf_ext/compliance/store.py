@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -202,16 +203,7 @@ class RobotsTxtStore(Mapping):
         if fmt not in _FORMATS:
             raise ValueError(f"format must be one of {_FORMATS}, got {fmt!r}.")
         if not path.exists():
-            left = sorted(p.name for p in path.absolute().parent.glob(f".{path.name}.*-*") if p.is_dir())
-            hint = (
-                f" A folder save was interrupted between its renames: {left} beside it hold the old (.old-) and the "
-                "new (.tmp-) snapshot; rename one of them to the snapshot's name."
-                if left
-                else ""
-            )
-            raise ValueError(
-                f"robots.txt snapshot {str(path)!r} does not exist; pass a folder, .jsonl or .parquet.{hint}"
-            )
+            raise ValueError(f"robots.txt snapshot {str(path)!r} does not exist; pass a folder, .jsonl or .parquet.")
         if fmt == "folder":
             return cls._load_folder(path)
         if fmt == "jsonl":
@@ -260,7 +252,11 @@ class RobotsTxtStore(Mapping):
         default_date = meta.get("fetched_at")
         # Keys normalised as the store's, so `A.com` in _snapshot.json applies to `a.com.txt`.
         per_host = {normalize_host(host): info for host, info in meta.get("hosts", {}).items()}
-        files = sorted(path.glob("*.txt"))
+        listed = meta.get("files")
+        if isinstance(listed, list):  # written by `save`: exactly the host files of this snapshot
+            files = [path / name for name in listed if isinstance(name, str) and (path / name).is_file()]
+        else:  # a hand-made folder (or one saved before the manifest): every <host>.txt
+            files = sorted(path.glob("*.txt"))
         if not files and not meta_file.is_file():
             raise ValueError(
                 f"{str(path)!r} holds no <host>.txt files and no {_META_FILE}: it is not a robots.txt snapshot "
@@ -284,52 +280,45 @@ class RobotsTxtStore(Mapping):
 
     # Writers ------------------------------------------------------------------------------------------------------
     def _save_folder(self, path: Path) -> None:
-        """Write the whole snapshot into a temporary sibling folder, then swap it in: rename the old folder away,
-        rename the new one to `path`, remove the old one. A reload therefore gives exactly what was saved (no host
-        file of an earlier snapshot survives), and a failed save leaves the old folder untouched. A crash between
-        the two renames leaves no `path`, the complete old snapshot at `.<name>.old-*` and the complete new one at
-        `.<name>.tmp-*` beside it (`load` names them): rename either back to `path`."""
-        import shutil
-
-        from ..utils.io import make_temp_dir
+        """Write the snapshot into the folder `path` (created if needed; through a symlink to a folder, into its
+        target): every `<host>.txt` (each written atomically), then `_snapshot.json`, whose `files` list names the
+        host files of this snapshot, then the host files the previous `_snapshot.json` listed and this one does not
+        are removed. `load` reads only the listed files, so a reload gives exactly what was saved; files of the user
+        in the folder are never read as hosts nor removed. Every text is encoded before the first write, so a bad
+        record fails before the folder changes; a save killed part-way can leave some `<host>.txt` already new under
+        the old `_snapshot.json` (statuses and dates of the old snapshot)."""
+        from ..utils.io import atomic_open
 
         if path.exists() and not path.is_dir():
-            raise ValueError(
-                f"{str(path)!r} is a file; a folder snapshot needs a folder path (or use .jsonl/.parquet)."
-            )
-        if path.is_dir():
-            with os.scandir(path) as entries:
-                foreign = sorted(e.name for e in entries if not _is_snapshot_entry(e))
-            if foreign:
-                raise ValueError(
-                    f"{str(path)!r} holds files that are not part of a robots.txt snapshot ({foreign[:5]}); saving "
-                    "replaces the whole folder, so choose an empty or new folder (or a snapshot folder)."
-                )
-        parent = path.absolute().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(make_temp_dir(str(parent), f".{path.name}.tmp-"))
+            raise ValueError(f"{str(path)!r} is a file; a folder snapshot needs a folder path (or use .jsonl/.parquet).")
+        payload, hosts = {}, {}
+        for r in self._records.values():
+            if r.text is not None:
+                payload[f"{r.host}.txt"] = r.text.encode("utf-8")
+            info = {k: v for k, v in (("fetched_at", r.fetched_at), ("status", r.status), ("error", r.error)) if v is not None}
+            if r.text is None:
+                info["missing"] = True
+            if info:
+                hosts[r.host] = info
+        meta = {"fetched_at": self.fetched_at, "hosts": hosts, "files": sorted(payload)}
+        meta_text = json.dumps(meta, indent=2, sort_keys=True)
+        previous = []
         try:
-            _write_folder(tmp, self)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if not path.is_dir():
-            os.replace(tmp, path)
-            return
-        old = Path(make_temp_dir(str(parent), f".{path.name}.old-"))
-        os.rmdir(old)  # reserve a unique name: the old snapshot is renamed to it
-        try:
-            os.rename(path, old)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        try:
-            os.rename(tmp, path)
-        except BaseException:
-            os.rename(old, path)  # put the old snapshot back
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+            old_meta = json.loads((path / _META_FILE).read_text(encoding="utf-8"))
+            if isinstance(old_meta, dict) and isinstance(old_meta.get("files"), list):
+                previous = [n for n in old_meta["files"] if isinstance(n, str)]
+        except (OSError, ValueError):
+            pass
+        path.mkdir(parents=True, exist_ok=True)
+        for name, data in payload.items():
+            with atomic_open(str(path / name), "wb") as fh:
+                fh.write(data)
+        with atomic_open(str(path / _META_FILE), "w") as fh:
+            fh.write(meta_text)
+        for name in set(previous) - set(payload):
+            if os.sep not in name and "/" not in name and name.endswith(".txt"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path / name)
 
     def save(self, path: str | os.PathLike, format: str | None = None) -> Path:
         """Write the snapshot as a folder, `.jsonl` or `.parquet` (format inferred from the path when not given)."""
@@ -366,35 +355,6 @@ class RobotsTxtStore(Mapping):
             with atomic_open(str(path), "wb") as fh:
                 pq.write_table(pa.Table.from_pylist(rows, schema=schema), fh)
         return path
-
-
-def _write_folder(folder: Path, store: RobotsTxtStore) -> None:
-    hosts = {}
-    for r in store._records.values():
-        if r.text is not None:
-            with open(folder / f"{r.host}.txt", "w", encoding="utf-8", newline="") as fh:
-                fh.write(r.text)
-                fh.flush()
-                os.fsync(fh.fileno())
-        info = {
-            k: v for k, v in (("fetched_at", r.fetched_at), ("status", r.status), ("error", r.error)) if v is not None
-        }
-        if r.text is None:
-            info["missing"] = True
-        if info:
-            hosts[r.host] = info
-    meta = json.dumps({"fetched_at": store.fetched_at, "hosts": hosts}, indent=2, sort_keys=True)
-    with open(folder / _META_FILE, "w", encoding="utf-8") as fh:
-        fh.write(meta)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _is_snapshot_entry(entry: os.DirEntry) -> bool:
-    """A file a folder snapshot holds: `<host>.txt`, `_snapshot.json`, or a temporary file a save left behind."""
-    name = entry.name
-    ours = name == _META_FILE or name.endswith(".txt") or (name.startswith(".") and name.endswith(".tmp"))
-    return ours and entry.is_file(follow_symlinks=False)
 
 
 def _iso_date(value, host):

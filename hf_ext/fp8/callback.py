@@ -397,6 +397,7 @@ def train_with_rollback(trainer, callback: Fp8HealthCallback | None = None, resu
     # Whatever the callback order (a later callback may set `should_save` again), no checkpoint is written while the
     # callback vetoes it: `Fp8Trainer` checks in `_save_checkpoint`; any other Trainer gets the same guard here.
     guarded = not getattr(trainer, "_fp8_health_save_guard", False)
+    own = vars(trainer).get("_save_checkpoint")  # a patch of the user's on this instance, put back afterwards
     if guarded:
         trainer._save_checkpoint = _save_guard(trainer, trainer._save_checkpoint, [callback])
     try:
@@ -408,7 +409,10 @@ def train_with_rollback(trainer, callback: Fp8HealthCallback | None = None, resu
             result = trainer.train(resume_from_checkpoint=request["checkpoint"])
     finally:
         if guarded:
-            del trainer._save_checkpoint
+            if own is not None:
+                trainer._save_checkpoint = own
+            else:
+                del trainer._save_checkpoint
     return result
 
 

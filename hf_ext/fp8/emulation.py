@@ -8,6 +8,7 @@ tensor, either from the current tensor ("current" scaling) or from a history of 
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral
 
 import torch
@@ -139,6 +140,14 @@ def _log_forward(module: Fp8Linear, fingerprint: torch.Tensor, ref_x: torch.Tens
     log.append((fingerprint, torch.stack([ref_x, ref_w]).detach()))
     if len(log) > _MAX_FORWARD_LOG:
         del log[0]
+        if not getattr(module, "_fp8_log_warned", False):
+            module._fp8_log_warned = True
+            warnings.warn(
+                f"Fp8Linear: more than {_MAX_FORWARD_LOG} training forwards before one backward; with activation "
+                "checkpointing the oldest ones will be recomputed with other forwards' scales (gradients differ from "
+                "a run without checkpointing). Forwards without a backward: run them in eval() mode.",
+                stacklevel=3,
+            )
 
 
 def _recomputed_refs(module: Fp8Linear, fingerprint: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,12 +60,37 @@ def test_failed_folder_save_leaves_the_old_snapshot_untouched(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["snap"]
 
 
-def test_folder_save_refuses_a_folder_with_other_files(tmp_path):
-    """Saving replaces the whole folder, so a folder holding anything but a snapshot is refused, not emptied."""
-    (tmp_path / "notes.md").write_text("mine")
-    with pytest.raises(ValueError, match="not part of a robots.txt snapshot"):
-        RobotsTxtStore.from_dict({"a.example": DISALLOW_ALL}).save(tmp_path, format="folder")
-    assert (tmp_path / "notes.md").read_text() == "mine" and not (tmp_path / "a.example.txt").exists()
+def test_folder_save_keeps_the_users_files_and_writes_through_symlinks_and_dot(tmp_path, monkeypatch):
+    """The save writes into the folder with a manifest (`files` in _snapshot.json) that `load` follows: the user's
+    own files (also `.txt`) are neither read as hosts nor removed, a symlinked folder is updated in its target, `.`
+    works, and a hand-made folder without a manifest reloads exactly what was saved."""
+    folder = tmp_path / "snap"
+    folder.mkdir()
+    (folder / "todo.txt").write_text("mine")
+    (folder / "notes.md").write_text("mine too")
+    store = RobotsTxtStore.from_dict({"a.example": DISALLOW_ALL}, fetched_at="2025-01-01")
+    store.save(folder)
+    assert (folder / "todo.txt").read_text() == "mine" and (folder / "notes.md").read_text() == "mine too"
+    assert _snapshot(RobotsTxtStore.load(folder)) == _snapshot(store)
+    # a hand-made snapshot (no manifest) with a host that the new snapshot drops
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "old.example.txt").write_text(DISALLOW_ALL)
+    store.save(legacy)
+    assert _snapshot(RobotsTxtStore.load(legacy)) == _snapshot(store)
+    # through a symlink: the target is the snapshot that changes
+    target = tmp_path / "2025-01"
+    RobotsTxtStore.from_dict({"x.example": DISALLOW_ALL, "y.example": None}).save(target)
+    (tmp_path / "latest").symlink_to(target, target_is_directory=True)
+    store.save(tmp_path / "latest")
+    assert (tmp_path / "latest").is_symlink()
+    assert _snapshot(RobotsTxtStore.load(target)) == _snapshot(store)
+    # the current directory
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    store.save(".", format="folder")
+    assert _snapshot(RobotsTxtStore.load(here)) == _snapshot(store)
 
 
 def test_add_refuses_text_with_lone_surrogates(tmp_path):

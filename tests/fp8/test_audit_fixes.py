@@ -195,3 +195,24 @@ def test_convert_refuses_history_options_with_current_scaling_and_keeps_the_defa
     # the defaults, passed explicitly (as the pretrain recipe does), are no one else's options
     convert(_fog(), "torchao", recipe="tensorwise", scaling="delayed", fp8_format="hybrid", amax_history_len=1024)
     convert(_fog(), "emulated", recipe="tensorwise")
+
+
+def test_train_with_rollback_puts_back_a_save_checkpoint_patch_of_the_user(tmp_path):
+    """The save guard replaced the instance's `_save_checkpoint` for the call and then deleted the attribute, which
+    also removed a patch the user had put on the instance."""
+    model = torch.nn.Linear(4, 4)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, save_strategy="steps", save_steps=1,
+                             report_to="none", use_cpu=True, disable_tqdm=True)  # fmt: skip
+    callback = Fp8HealthCallback(action="rollback")
+    trainer = Trainer(model=model, args=args, callbacks=[callback])
+    calls = []
+    original = trainer._save_checkpoint
+
+    def patched(model, trial, *a, **k):
+        calls.append(1)
+        return original(model, trial, *a, **k)
+
+    trainer._save_checkpoint = patched
+    with pytest.raises(Exception):  # noqa: B017 - no dataset: the call fails inside train(); the patch must survive
+        train_with_rollback(trainer, callback)
+    assert trainer._save_checkpoint is patched
