@@ -268,12 +268,12 @@ class PrivateTrainer(Trainer):
         # The accountant is written with a checkpoint's model, before `trainer_state.json` (the file that marks a
         # checkpoint complete, see hf_ext.utils.resume): a save killed in between leaves a folder resume skips, never a
         # complete-looking checkpoint without its privacy accounting.
-        folder = output_dir if output_dir is not None else self.args.output_dir
-        if not (_internal_call and self.args.should_save):
-            return
-        if os.path.basename(os.path.normpath(folder)) != f"checkpoint-{self.state.global_step}":
-            return
         from ..utils.io import atomic_write_json
+        from ..utils.resume import checkpoint_being_saved
+
+        folder = checkpoint_being_saved(self, output_dir, _internal_call)
+        if folder is None:
+            return
 
         atomic_write_json(
             os.path.join(folder, ACCOUNTANT_FILE), {**self.accountant.state_dict(), "sampling_call": self._sampling_call}

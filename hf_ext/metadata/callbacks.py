@@ -287,11 +287,10 @@ class MetadataTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call=_internal_call)
-        folder = output_dir if output_dir is not None else self.args.output_dir
-        # Only a checkpoint save (not the final save_model, not push_to_hub's save into output_dir).
-        if not (_internal_call and self.args.should_save):
-            return
-        if os.path.basename(os.path.normpath(folder)) != f"checkpoint-{self.state.global_step}":
+        from ..utils.resume import checkpoint_being_saved
+
+        folder = checkpoint_being_saved(self, output_dir, _internal_call)  # not the final save_model, nor push_to_hub's
+        if folder is None:
             return
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, MetadataCooldownCallback):

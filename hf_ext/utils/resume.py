@@ -188,3 +188,16 @@ def check_checkpoint_folders(value, folders, max_steps: int | None = None, check
             checkpoints = [value] if isinstance(value, str) else []
     for checkpoint in checkpoints:
         refuse_checkpoint_past_max_steps(checkpoint, max_steps)
+
+
+def checkpoint_being_saved(trainer, output_dir: str | None, internal_call: bool) -> str | None:
+    """In a `Trainer.save_model` override: the checkpoint folder this call writes the model of (the `checkpoint-N`
+    of `trainer.state.global_step`, on the process that saves), or `None` for the final `save_model`, a
+    `push_to_hub` save into `output_dir`, and other processes. State written there then lands before
+    `trainer_state.json`, the file that marks the checkpoint complete."""
+    folder = output_dir if output_dir is not None else trainer.args.output_dir
+    if not (internal_call and trainer.args.should_save):
+        return None
+    if os.path.basename(os.path.normpath(folder)) != f"checkpoint-{trainer.state.global_step}":
+        return None
+    return folder
