@@ -175,7 +175,8 @@ def normalize_host(host_or_url: str) -> str:
     Lower case, without userinfo, port or trailing dot; percent-escapes decoded; internationalised names converted
     to their ASCII (punycode) form as browsers do (WHATWG URL, UTS 46 non-transitional: `faß.de` is
     `xn--fa-hia.de`), so `bücher.example` and `xn--bcher-kva.example` are the same key; IPv6 literals in their
-    shortest form (`2001:0db8:0:0::1` is `2001:db8::1`).
+    shortest form (`2001:0db8:0:0::1` is `2001:db8::1`); IPv4 addresses in dotted decimal, whatever their spelling
+    (`0x7f.1`, `0177.0.0.1` and `2130706433` are `127.0.0.1`, as browsers read them).
 
     Args:
         host_or_url (`str`): A host name, `host:port`, or a full URL (`scheme://host/...`).
@@ -200,11 +201,58 @@ def normalize_host(host_or_url: str) -> str:
         host = _percent_decode_host(host)
     if host and not host.isascii():
         host = _host_to_ascii(host)
-    elif ":" in host and _is_ipv6(host):  # one spelling per address: 2001:0db8:0:0::1 -> 2001:db8::1
+    if ":" in host and _is_ipv6(host):  # one spelling per address: 2001:0db8:0:0::1 -> 2001:db8::1
         import ipaddress
 
         host = ipaddress.IPv6Address(host).compressed
+    elif _ends_in_a_number(host):  # 0x7f.1, 2130706433 and 0177.0.0.1 are all 127.0.0.1 to a browser
+        host = _ipv4_dotted(host) or host
     return host
+
+
+def _ipv4_number(part: str) -> int | None:
+    """One part of a WHATWG IPv4 host: decimal, `0x` hex or leading-zero octal; `None` when it is not a number."""
+    radix = 10
+    if part[:2] in ("0x", "0X"):
+        part, radix = part[2:], 16
+    elif len(part) > 1 and part[0] == "0":
+        part, radix = part[1:], 8
+    if not part:
+        return 0
+    digits = "0123456789abcdef"[:radix]
+    if not all(c in digits for c in part.lower()):
+        return None
+    return int(part, radix)
+
+
+def _ends_in_a_number(host: str) -> bool:
+    """WHATWG URL's "ends in a number" check: such a host is an IPv4 address (or no valid host at all)."""
+    parts = host.split(".")
+    if parts[-1] == "" and len(parts) > 1:
+        parts.pop()
+    last = parts[-1]
+    if last and last.isascii() and last.isdigit():
+        return True
+    return bool(last) and _ipv4_number(last) is not None
+
+
+def _ipv4_dotted(host: str) -> str | None:
+    """WHATWG URL's IPv4 parser: the dotted-decimal form of `host`, or `None` when a browser refuses it (kept as
+    written then, like other hosts a browser would refuse)."""
+    parts = host.split(".")
+    if parts[-1] == "" and len(parts) > 1:
+        parts.pop()
+    if len(parts) > 4 or any(not p for p in parts):
+        return None
+    numbers = [_ipv4_number(p) for p in parts]
+    if any(n is None for n in numbers) or any(n > 255 for n in numbers[:-1]):
+        return None
+    if numbers[-1] >= 256 ** (5 - len(numbers)):
+        return None
+    address = numbers[-1]
+    for i, n in enumerate(numbers[:-1]):
+        address += n * 256 ** (3 - i)
+    return ".".join(str((address >> shift) & 255) for shift in (24, 16, 8, 0))
 
 
 def _percent_decode_host(host: str) -> str:

@@ -243,6 +243,38 @@ def test_host_spellings_normalised_as_browsers_do(url, key):
     assert not checker.is_compliant(url)
 
 
+# IPv4 hosts in any spelling a browser reads as one address (expected values: the WHATWG URL parser, as ada-url
+# gives them); hosts a browser refuses (`09`, five parts, a part over 255 before the last) stay as written.
+@pytest.mark.parametrize(
+    "host, key",
+    [
+        ("0x7f.1", "127.0.0.1"),
+        ("0X7F.1", "127.0.0.1"),
+        ("0300.0250.0.1", "192.168.0.1"),
+        ("4294967295", "255.255.255.255"),
+        ("0xffffffff", "255.255.255.255"),
+        ("1.256", "1.0.1.0"),
+        ("1.2.3", "1.2.0.3"),
+        ("0x", "0.0.0.0"),
+        ("1.0x", "1.0.0.0"),
+        ("%30x7f.1", "127.0.0.1"),
+        ("\uff11\uff12\uff17.0.0.1", "127.0.0.1"),
+        ("09", "09"),
+        ("1.2.3.4.5", "1.2.3.4.5"),
+        ("1.2.65536", "1.2.65536"),
+        ("4294967296", "4294967296"),
+        ("example.1", "example.1"),
+        ("1e", "1e"),
+        ("00x1", "00x1"),
+    ],
+)
+def test_ipv4_hosts_have_one_key_whatever_their_spelling(host, key):
+    assert normalize_host(f"http://{host}/private") == key
+    if key[0].isdigit() and key.count(".") == 3 and all(p.isdigit() for p in key.split(".")):
+        checker = RobotsCompliance({"127.0.0.1": DISALLOW_ALL, key: DISALLOW_ALL})
+        assert not checker.is_compliant(f"http://{host}/private")
+
+
 # F8 -----------------------------------------------------------------------------------------------------------------
 def test_docs_do_not_promise_a_faster_datatrove_engine():
     """The recipe's --engine datatrove runs one in-process step; the text said it filtered faster."""
