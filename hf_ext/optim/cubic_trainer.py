@@ -49,7 +49,10 @@ class CubicNewtonTrainingArguments(TrainingArguments):
     cubic_krylov_dim: int = field(default=10, metadata={"help": "Lanczos subspace size (HVPs per solve)."})
     cubic_gd_iters: int = field(
         default=500,
-        metadata={"help": "Maximum iterations (HVPs) of the gradient-descent solver; it stops at its tolerance."},
+        metadata={
+            "help": "Maximum iterations (HVPs) of the gradient-descent solver; it stops earlier at its tolerance, "
+            "which near the hard case it may not reach (docs/optim.md)."
+        },
     )
     cubic_M_rule: str = field(default="fixed", metadata={"help": "fixed or adaptive (doubling/halving M)."})
     cubic_max_step_norm: float | None = field(default=None, metadata={"help": "Cap on the step norm (None: none)."})
@@ -145,8 +148,10 @@ class CubicNewtonTrainer(SafetensorsOptimizerStateMixin, Trainer):
     `training_step` does no backward pass: it hands the optimizer a closure that builds `f(flat_params)` for the
     current batch with `torch.func.functional_call` (model in eval mode so dropout masks cannot differ between the
     gradient and its Hessian-vector products); `optimizer.step()` then computes the gradient, the HVPs and the cubic
-    step. Logs add `cubic/model_decrease` and `cubic/step_norm` (means since the last log), `cubic/M` and
-    `cubic/oracle_calls` (cumulative gradient + Hessian + HVP evaluations). Optimizer state (gradient/Hessian
+    step. Logs add `cubic/model_decrease` and `cubic/step_norm` (means since the last log), `cubic/M` (the last step's
+    M, in `--cubic_convention`, as `--cubic_M` is given) and `cubic/oracle_calls` (cumulative gradient + Hessian +
+    HVP evaluations). A batch whose gradient, Hessian or HVPs are not finite (e.g. a NaN feature) makes the step raise
+    a `ValueError` with every `--cubic_solver`, before the weights or the optimizer state change. Optimizer state (gradient/Hessian
     estimates, previous point, counters) is checkpointed as safetensors + JSON.
 
     Requirements (checked at construction): eager attention for HF models, no gradient checkpointing,
