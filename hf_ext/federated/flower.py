@@ -13,14 +13,25 @@ close in flwr 1.42 (unauthenticated keys, no consistency round) is in docs/feder
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+
+try:
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+except ImportError as err:  # Flower is an optional extra
+    if (getattr(err, "name", None) or "flwr").split(".")[0] != "flwr":
+        raise
+    raise ModuleNotFoundError(
+        f"hf_ext's Flower apps need Flower 1.42 ({err}): install the extra with `pip install 'hf_ext[flower]'` "
+        "(or `pip install -e '.[flower]'` from a checkout).",
+        name="flwr",
+    ) from err
 
 from .privacy import PrivacyAccountant
 from .simulation import (
@@ -95,6 +106,7 @@ def make_client_app(
     training_args,
     data_collator: Callable | None = None,
     processing_class=None,
+    refuse_imprecise_secagg: bool = True,
 ) -> ClientApp:
     """A Flower `ClientApp` whose training runs [`train_client`] on the node's partition.
 
@@ -111,9 +123,14 @@ def make_client_app(
         training_args ([`PrivateTrainingArguments`]): local training template.
         data_collator (`Callable`, *optional*): collator for the `Trainer`.
         processing_class (*optional*): tokenizer passed to the `Trainer`.
+        refuse_imprecise_secagg (`bool`, *optional*, defaults to `True`): with secure aggregation, refuse to upload
+            an update whose expected SecAgg+ quantization error exceeds `SECAGG_MAX_RELATIVE_ERROR`
+            ([`check_secagg_range`]); `False` warns (a `UserWarning` and a Flower log line) and uploads.
     """
     if fed_args.secure_aggregation:
-        return _make_secagg_client_app(model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class)
+        return _make_secagg_client_app(
+            model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class, refuse_imprecise_secagg
+        )
     app = ClientApp()
 
     @app.train()
@@ -285,7 +302,9 @@ def secagg_client_mods(fed_args: FederatedArguments) -> list:
     ]
 
 
-def _make_secagg_client_app(model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class):
+def _make_secagg_client_app(
+    model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class, refuse_imprecise=False
+):
     from flwr.client import NumPyClient
 
     class _LoRAClient(NumPyClient):
@@ -313,7 +332,7 @@ def _make_secagg_client_app(model_fn, dataset_fn, fed_args, training_args, data_
             )
             update = prepare_upload(global_state, state, fed_args)
             weight = int(upload_weight(n, fed_args))  # 1 under client-level DP (uniform DP-FedAvg)
-            check_secagg_range(update, weight, fed_args)
+            check_secagg_range(update, weight, fed_args, refuse_imprecise=refuse_imprecise)
             return [update[k].detach().cpu().numpy() for k in keys], weight, reply
 
     cache: dict[str, list[str]] = {}
@@ -329,6 +348,10 @@ def _make_secagg_client_app(model_fn, dataset_fn, fed_args, training_args, data_
     return ClientApp(client_fn=client_fn, mods=secagg_client_mods(fed_args))
 
 
+SECAGG_QUANTIZATION_RANGE = 2**22  # Flower's default `quantization_range`, passed explicitly by make_server_app
+SECAGG_MAX_RELATIVE_ERROR = 1e-2  # the largest expected relative L2 quantization error a client accepts
+
+
 def secagg_max_weight(fed_args: FederatedArguments) -> float:
     """The `max_weight` of Flower's SecAgg+: `fed_args.secagg_max_weight`, or 1 under client-level DP, where every
     client uploads with weight 1 ([`upload_weight`]). SecAgg+ scales each upload by `weight / max_weight` before
@@ -337,9 +360,44 @@ def secagg_max_weight(fed_args: FederatedArguments) -> float:
     return 1.0 if fed_args.client_dp_clip_norm is not None else fed_args.secagg_max_weight
 
 
-def check_secagg_range(update: dict[str, torch.Tensor], num_examples: int, fed_args: FederatedArguments) -> None:
-    """Flower's SecAgg+ clips `(num_examples / max_weight) * update` to `[-clipping_range, clipping_range]` before
-    quantizing; refuse to upload values it would clip silently (that would bias the aggregate)."""
+def secagg_quantization_error(
+    update: dict[str, torch.Tensor], num_examples: int, fed_args: FederatedArguments
+) -> float:
+    """An upper bound on the expected relative L2 error that Flower's SecAgg+ quantization adds to this client's
+    contribution `(num_examples / max_weight) * update`.
+
+    flwr 1.42's `secaggplus_mod` rounds the weight ratio to `round(ratio * 2^22) / 2^22` and each scaled entry
+    stochastically to a step `2 * clipping_range / 2^22`: the rounding error of an entry has a standard deviation of
+    at most half a step, so over `d` entries the error has an RMS norm of at most `sqrt(d) * step / 2`, relative to
+    `ratio * ||update||`; the weight's relative rounding error is added. 0 for an all-zero update (nothing to lose).
+    """
+    ratio = num_examples / secagg_max_weight(fed_args)
+    sq = sum(float((v.double() ** 2).sum()) for v in update.values() if v.numel())
+    if sq == 0.0:
+        return 0.0
+    q_ratio = round(ratio * SECAGG_QUANTIZATION_RANGE)
+    if q_ratio == 0:
+        return math.inf
+    weight_error = abs(q_ratio / SECAGG_QUANTIZATION_RANGE - ratio) / ratio
+    step = 2 * fed_args.secagg_clipping_range / SECAGG_QUANTIZATION_RANGE
+    numel = sum(v.numel() for v in update.values())
+    return math.sqrt(numel) * step / 2 / (ratio * math.sqrt(sq)) + weight_error
+
+
+def check_secagg_range(
+    update: dict[str, torch.Tensor], num_examples: int, fed_args: FederatedArguments, refuse_imprecise: bool = True
+) -> None:
+    """Refuse (`ValueError`) an upload that Flower's SecAgg+ would distort silently.
+
+    - Clipping: SecAgg+ clips `(num_examples / max_weight) * update` to `[-clipping_range, clipping_range]` before
+      quantizing; clipped values would bias the aggregate.
+    - Precision: the expected relative quantization error ([`secagg_quantization_error`]) must not exceed
+      `SECAGG_MAX_RELATIVE_ERROR` (1e-2): with `max_weight` far above the client's number of examples the scaled
+      update shrinks towards one quantization step (max_weight 1e5 for ~300 examples: 12% error, 1e6: 112%).
+      With `refuse_imprecise=False` this is a loud warning (`UserWarning` and a Flower log line) instead.
+
+    The messages name the Flower run-config key first, then the `FederatedArguments` field / recipe flag.
+    """
     max_weight = secagg_max_weight(fed_args)
     ratio = num_examples / max_weight
     bad = [k for k, v in update.items() if v.numel() and not bool(torch.isfinite(v).all())]
@@ -348,13 +406,43 @@ def check_secagg_range(update: dict[str, torch.Tensor], num_examples: int, fed_a
     peak = max((float(v.abs().max()) for v in update.values() if v.numel()), default=0.0)
     if ratio > 1:
         raise ValueError(
-            f"num_examples={num_examples} exceeds the SecAgg+ max_weight {max_weight} (--secagg_max_weight): raise it."
+            f"num_examples={num_examples} exceeds the SecAgg+ max_weight {max_weight}: raise run config "
+            "`secagg-max-weight` (FederatedArguments.secagg_max_weight, --secagg_max_weight)."
         )
     if ratio * peak > fed_args.secagg_clipping_range:
         raise ValueError(
-            f"The weighted update reaches {ratio * peak:.3g}, beyond --secagg_clipping_range="
-            f"{fed_args.secagg_clipping_range} (SecAgg+ would clip it): raise the range or lower the learning rate."
+            f"The weighted update reaches {ratio * peak:.3g}, beyond the SecAgg+ clipping range "
+            f"{fed_args.secagg_clipping_range} (SecAgg+ would clip it): raise run config `secagg-clipping-range` "
+            "(FederatedArguments.secagg_clipping_range, --secagg_clipping_range) or lower the learning rate."
         )
+    error = secagg_quantization_error(update, num_examples, fed_args)
+    if error > SECAGG_MAX_RELATIVE_ERROR:
+        step = 2 * fed_args.secagg_clipping_range / SECAGG_QUANTIZATION_RANGE
+        if fed_args.client_dp_clip_norm is not None:
+            fix = (
+                "under client-level DP max_weight is 1: lower run config `secagg-clipping-range` "
+                "(FederatedArguments.secagg_clipping_range) towards the largest update entry"
+            )
+        else:
+            fix = (
+                f"lower run config `secagg-max-weight` (FederatedArguments.secagg_max_weight, --secagg_max_weight) "
+                f"towards the largest client's number of examples ({num_examples} here), or lower "
+                "`secagg-clipping-range` if the updates allow"
+            )
+        message = (
+            f"SecAgg+ would quantize this update with an expected relative error of up to {error:.3g}, above "
+            f"{SECAGG_MAX_RELATIVE_ERROR:g}: it is scaled by num_examples / max_weight = {num_examples} / {max_weight:g} "
+            f"before rounding to steps of {step:.3g} (2 * clipping range / 2^22); {fix}."
+        )
+        if refuse_imprecise:
+            raise ValueError(message)
+        import warnings
+        from logging import WARNING
+
+        from flwr.common import log
+
+        log(WARNING, "%s", message)
+        warnings.warn(message, stacklevel=2)
 
 
 def aggregate_train_metrics(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
@@ -371,12 +459,135 @@ def aggregate_train_metrics(records: list[RecordDict], weighting_metric_name: st
     return MetricRecord(out)
 
 
+class RoundFailedError(RuntimeError):
+    """A federated round did not aggregate what it had to: fewer clients' updates than required (error replies,
+    missing replies after the timeout, a halted SecAgg+ round) or two replies with the same partition id."""
+
+
+def _reply_partition(msg) -> int | None:
+    """The `partition-id` a reply reports in the clear (in its metrics), if any."""
+    if msg.has_error():
+        return None
+    for record in msg.content.metric_records.values():
+        if "partition-id" in record:
+            return int(record["partition-id"])
+    return None
+
+
+class _RoundMonitor:
+    """Per-round bookkeeping of both server paths: which nodes each exchange was sent to, which replied, which
+    failed (and why), the partition ids they reported; the outcome of each round; the first failure."""
+
+    def __init__(self, num_clients: int, min_round_clients: int | None, timeout: float | None, on_round=None):
+        if min_round_clients is not None and not 1 <= min_round_clients <= num_clients:
+            raise ValueError(f"`min_round_clients` must be in [1, {num_clients}] or None, got {min_round_clients}.")
+        self.num_clients = num_clients
+        self.min_round_clients = min_round_clients
+        self.timeout = timeout
+        self.on_round = on_round
+        self.node_partition: dict[int, int] = {}
+        self.exchanges: list[dict] = []  # of the current round
+        self.failure: RoundFailedError | None = None
+        self.rounds: list[dict] = []
+
+    def start_round(self) -> None:
+        self.exchanges = []
+
+    def record(self, stage: str, sent, replies) -> None:
+        ok, errors = {}, {}
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            if msg.has_error():
+                errors[node] = msg.error.reason
+            else:
+                ok[node] = _reply_partition(msg)
+                if ok[node] is not None:
+                    self.node_partition[node] = ok[node]
+        self.exchanges.append({"stage": stage, "sent": [int(n) for n in sent], "ok": ok, "errors": errors})
+
+    def _name(self, node: int) -> str:
+        pid = self.node_partition.get(node)
+        return f"node {node}" + ("" if pid is None else f" (partition-id {pid})")
+
+    def problems(self) -> list[str]:
+        """What went wrong with which node in this round, once per node, in stage order."""
+        seen, out = set(), []
+        wait = "" if self.timeout is None else f" within the {self.timeout:g} s timeout (run config `round-timeout`)"
+        for ex in self.exchanges:
+            for node in ex["sent"]:
+                if node in seen:
+                    continue
+                if node in ex["errors"]:
+                    reason = str(ex["errors"][node]).rstrip(". ")
+                    out.append(f"{self._name(node)} failed in {ex['stage']}: {reason}")
+                elif node not in ex["ok"]:
+                    out.append(f"{self._name(node)} sent no reply in {ex['stage']}{wait}")
+                else:
+                    continue
+                seen.add(node)
+        return out
+
+    def fail(self, server_round: int, reason: str) -> RoundFailedError:
+        lines = [f"Round {server_round} failed: {reason}."]
+        problems = self.problems()
+        if problems:
+            lines.append("Failed or missing clients: " + "; ".join(problems) + ".")
+        err = RoundFailedError(" ".join(lines))
+        if self.failure is None:
+            self.failure = err
+        return err
+
+    def check(self, server_round: int, replies: list[tuple[int, int | None]]) -> RoundFailedError | None:
+        """The failure of a round whose aggregation would use `replies` (node id, reported partition id), or None."""
+        for node, pid in replies:
+            if pid is not None:
+                self.node_partition[int(node)] = pid
+        partitions = [pid for _, pid in replies]
+        known = [p for p in partitions if p is not None]
+        dups = sorted({p for p in known if known.count(p) > 1})
+        if dups:
+            nodes = "; ".join(
+                f"partition-id {p} from nodes {sorted(int(n) for n, q in replies if q == p)}" for p in dups
+            )
+            return self.fail(
+                server_round,
+                f"partition ids {dups} were reported by more than one node ({nodes}): every SuperNode needs its own "
+                "`--node-config partition-id` (a duplicate trains one partition twice and another never)",
+            )
+        need = self.min_round_clients
+        if need is not None and len(partitions) < need:
+            expected = (
+                f"all {self.num_clients} clients (num-partitions)"
+                if need == self.num_clients
+                else f"at least {need} of {self.num_clients} clients"
+            )
+            missing = sorted(set(range(self.num_clients)) - set(known))
+            return self.fail(
+                server_round,
+                f"aggregated the updates of {len(partitions)} clients (partition ids {sorted(known)}) where {expected} "
+                f"were required; partition ids without an update: {missing}",
+            )
+        return None
+
+    def succeeded(self, server_round: int, partitions: list[int | None], metrics) -> None:
+        entry = {
+            "round": server_round,
+            "num_clients": len(partitions),
+            "partition_ids": sorted(p for p in partitions if p is not None),
+            "metrics": {k: float(v) for k, v in dict(metrics or {}).items()},
+        }
+        self.rounds.append(entry)
+        if self.on_round is not None:
+            self.on_round(entry)
+
+
 class FederatedLoRAStrategy(FedAvg):
     """`FedAvg` (Message API) whose aggregation is [`aggregate_uploads`]: LoRA factor averaging or
     merge-then-average, full FedAvg, and client-level DP. Used without secure aggregation.
 
     Client replies are ordered by their `partition-id` metric before aggregation so that the result matches the
-    in-process simulation exactly.
+    in-process simulation exactly. Two replies with the same partition id raise [`RoundFailedError`]; so does a round
+    with fewer than `min_round_clients` valid replies (error replies, or nodes that did not reply within the timeout).
 
     Args:
         fed_args ([`FederatedArguments`]): protocol options.
@@ -384,10 +595,24 @@ class FederatedLoRAStrategy(FedAvg):
             noise (secret unless `fed_args.client_dp_noise_seed` is set).
         num_clients (`int`, *optional*): the federation size that client-level DP divides by (default
             `min_train_nodes`), fixed whatever the number of replies.
+        min_round_clients (`int`, *optional*): the fewest clients whose updates a round must aggregate; `None`
+            (default) accepts any round with at least one valid reply and skips a round without one.
+        timeout (`float`, *optional*): the reply timeout the strategy is started with (named in the error only).
+        on_round (`Callable[[dict], None]`, *optional*): called with each aggregated round's record (round, number
+            of clients, partition ids, metrics).
         **kwargs: passed to `flwr.serverapp.strategy.FedAvg` (`min_train_nodes`, `min_available_nodes`, ...).
     """
 
-    def __init__(self, fed_args: FederatedArguments, seed: int = 0, num_clients: int | None = None, **kwargs):
+    def __init__(
+        self,
+        fed_args: FederatedArguments,
+        seed: int = 0,
+        num_clients: int | None = None,
+        min_round_clients: int | None = None,
+        timeout: float | None = None,
+        on_round: Callable[[dict], None] | None = None,
+        **kwargs,
+    ):
         if fed_args.secure_aggregation:
             raise ValueError("With secure aggregation use make_server_app (Flower's SecAggPlusWorkflow).")
         kwargs.setdefault("fraction_evaluate", 0.0)
@@ -396,15 +621,26 @@ class FederatedLoRAStrategy(FedAvg):
         self.fed_args = fed_args
         self.seed = seed
         self.num_clients = num_clients if num_clients is not None else self.min_train_nodes
+        self.monitor = _RoundMonitor(self.num_clients, min_round_clients, timeout, on_round)
         self._global: dict[str, torch.Tensor] | None = None
+        self._sent: list[int] = []
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self._global = arrays.to_torch_state_dict()
         config[ROUND_KEY] = server_round
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sent = [m.metadata.dst_node_id for m in messages]
+        return messages
 
     def aggregate_train(self, server_round: int, replies):
+        replies = list(replies)
+        self.monitor.start_round()
+        self.monitor.record("the train message", self._sent, replies)
         valid, _ = self._check_and_log_replies(replies, is_train=True)
+        partitions = [_reply_partition(m) for m in valid]
+        failure = self.monitor.check(server_round, [(m.metadata.src_node_id, p) for m, p in zip(valid, partitions)])
+        if failure is not None:
+            raise failure
         if not valid:
             return None, None
         valid.sort(key=lambda m: int(m.content["metrics"].get("partition-id", m.metadata.src_node_id)))
@@ -415,17 +651,85 @@ class FederatedLoRAStrategy(FedAvg):
             self._global, uploads, weights, self.fed_args, server_round, self.seed, num_clients=self.num_clients
         )
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        self.monitor.succeeded(server_round, partitions, metrics)
         return ArrayRecord(new_state), metrics
 
 
-def make_secagg_strategy(fed_args: FederatedArguments, initial: dict[str, torch.Tensor], num_clients: int, seed: int):
+class _RecordingGrid:
+    """A view of a `Grid` that reports every `send_and_receive` exchange to a [`_RoundMonitor`]."""
+
+    def __init__(self, grid, monitor: _RoundMonitor):
+        self._grid, self._monitor, self.stage = grid, monitor, "?"
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self._monitor.record(self.stage, [m.metadata.dst_node_id for m in messages], replies)
+        return replies
+
+
+def _checked_secagg_workflow(monitor: _RoundMonitor, **kwargs):
+    """Flower's `SecAggPlusWorkflow` whose halted rounds are not silent: with `monitor.min_round_clients` set a halt
+    is a round failure (recorded, raised by the ServerApp after the workflow), else a warning. Once a round has
+    failed, the remaining rounds send nothing."""
+    from logging import INFO, WARNING
+
+    from flwr.common import log
+    from flwr.server.workflow import SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
+    from flwr.server.workflow.constant import Key as WorkflowKey
+    from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+
+    class CheckedSecAggPlusWorkflow(SecAggPlusWorkflow):
+        def __call__(self, grid, context) -> None:
+            if monitor.failure is not None:
+                return
+            server_round = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
+            monitor.start_round()
+            view = _RecordingGrid(grid, monitor)
+            state = WorkflowState()
+            steps = (
+                ("the SecAgg+ setup stage", self.setup_stage),
+                ("the SecAgg+ share-keys stage", self.share_keys_stage),
+                ("the SecAgg+ collect-masked-vectors stage (training)", self.collect_masked_vectors_stage),
+                ("the SecAgg+ unmask stage", self.unmask_stage),
+            )
+            log(INFO, "Secure aggregation commencing.")
+            for stage, step in steps:
+                view.stage = stage
+                if not step(view, context, state):
+                    if monitor.failure is not None:  # the strategy refused the aggregate
+                        return
+                    reason = f"secure aggregation halted in {stage} (too few nodes left for the threshold)"
+                    if monitor.min_round_clients is not None:
+                        monitor.fail(server_round, reason)
+                    else:
+                        log(WARNING, "Round %s: %s; the global state is unchanged.", server_round, reason)
+                    return
+            log(INFO, "Secure aggregation completed.")
+
+    return CheckedSecAggPlusWorkflow(**kwargs)
+
+
+def make_secagg_strategy(
+    fed_args: FederatedArguments,
+    initial: dict[str, torch.Tensor],
+    num_clients: int,
+    seed: int,
+    monitor: _RoundMonitor | None = None,
+):
     """A legacy Flower strategy for `SecAggPlusWorkflow`: it receives only the securely aggregated weighted mean of
     the clients' updates (every `FitRes` carries that same mean), adds client-level DP noise if configured and
-    applies the mean to the global state ([`apply_secure_mean`])."""
+    applies the mean to the global state ([`apply_secure_mean`]). With a `monitor`, a round whose replies repeat a
+    partition id or number fewer than `monitor.min_round_clients` is recorded as failed and not applied."""
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server.strategy import FedAvg as LegacyFedAvg
 
     keys = sorted(initial)
+    monitor = monitor if monitor is not None else _RoundMonitor(num_clients, None, None)
 
     class SecAggLoRAStrategy(LegacyFedAvg):
         def __init__(self):
@@ -446,7 +750,9 @@ def make_secagg_strategy(fed_args: FederatedArguments, initial: dict[str, torch.
             return super().configure_fit(server_round, parameters, client_manager)
 
         def aggregate_fit(self, server_round, results, failures):
-            if not results:
+            partitions = [int(r.metrics["partition-id"]) if "partition-id" in r.metrics else None for _, r in results]
+            replies = [(proxy.node_id, p) for (proxy, _), p in zip(results, partitions)]
+            if monitor.check(server_round, replies) is not None or not results:
                 return None, {}
             mean_arrays = parameters_to_ndarrays(results[0][1].parameters)
             mean = {k: torch.from_numpy(np.asarray(a, dtype=np.float64)) for k, a in zip(keys, mean_arrays)}
@@ -457,6 +763,7 @@ def make_secagg_strategy(fed_args: FederatedArguments, initial: dict[str, torch.
             eps = [float(r.metrics["dp_epsilon"]) for _, r in results if "dp_epsilon" in r.metrics]
             if eps:
                 metrics["dp_epsilon_max"] = max(eps)
+            monitor.succeeded(server_round, partitions, metrics)
             return ndarrays_to_parameters([new[k].numpy() for k in keys]), metrics
 
     return SecAggLoRAStrategy()
@@ -469,6 +776,8 @@ def make_server_app(
     seed: int = 0,
     on_finish: Callable[[dict[str, torch.Tensor], object], None] | None = None,
     timeout: float | None = None,
+    min_round_clients: int | None = None,
+    on_round: Callable[[dict], None] | None = None,
 ) -> ServerApp:
     """A Flower `ServerApp` running FedAvg over LoRA adapters (or full weights) for `fed_args.num_rounds` rounds.
 
@@ -476,18 +785,37 @@ def make_server_app(
     with every sampled client as a share holder and the Shamir threshold of `fed_args.threshold(num_clients)`
     (an honest majority), so up to `num_clients - threshold` clients may drop out of a round.
 
+    Two replies with the same `partition-id` always fail the run ([`RoundFailedError`]). With `min_round_clients`
+    set, so does any round that aggregates fewer clients' updates (error replies, nodes without a reply within
+    `timeout`, a halted SecAgg+ round): the ServerApp raises naming the round and the failed or missing nodes, and
+    `on_finish` is not called. Without it (default) a round without any update leaves the global state unchanged.
+
     Args:
         model_fn (`Callable[[], PreTrainedModel]`): builds the base model (same as the clients').
         fed_args ([`FederatedArguments`]): protocol options.
         num_clients (`int`): nodes sampled per round (all of them, as in the paper).
         seed (`int`, *optional*, defaults to 0): the training seed (adapter initialisation and server noise).
         on_finish (`Callable`, *optional*): called with the final global state and the Flower result / history.
-        timeout (`float`, *optional*): seconds to wait for replies in each stage (None: wait for all).
+        timeout (`float`, *optional*): seconds to wait for the replies of each exchange, passed to Flower
+            (`FedAvg.start(timeout=...)`: one exchange per round; `SecAggPlusWorkflow(timeout=...)`: each of the
+            four SecAgg+ stages). None: 24 h per round without secure aggregation, no limit with it.
+        min_round_clients (`int`, *optional*): the fewest clients whose updates every round must aggregate
+            (`num_clients` to require all of them).
+        on_round (`Callable[[dict], None]`, *optional*): called with the record of each aggregated round
+            (`round`, `num_clients`, `partition_ids`, `metrics`).
     """
     if num_clients < 1:
         raise ValueError(f"`num_clients` must be >= 1, got {num_clients}.")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"`timeout` must be > 0 seconds or None, got {timeout}.")
     if fed_args.secure_aggregation:
+        if num_clients < 2:
+            raise ValueError(
+                f"Secure aggregation needs at least 2 clients (SecAgg+ hides each update in a sum), got {num_clients}: "
+                "add clients or turn secure aggregation off."
+            )
         threshold = fed_args.threshold(num_clients)
+    _RoundMonitor(num_clients, min_round_clients, timeout)  # validates min_round_clients
     app = ServerApp()
 
     @app.main()
@@ -498,6 +826,9 @@ def make_server_app(
                 fed_args,
                 seed=seed,
                 num_clients=num_clients,
+                min_round_clients=min_round_clients,
+                timeout=timeout,
+                on_round=on_round,
                 min_train_nodes=num_clients,
                 min_available_nodes=num_clients,
             )
@@ -505,24 +836,29 @@ def make_server_app(
                 grid=grid,
                 initial_arrays=ArrayRecord(initial),
                 num_rounds=fed_args.num_rounds,
-                timeout=timeout or 24 * 3600,
+                timeout=timeout if timeout is not None else 24 * 3600,
             )
             if on_finish is not None:
                 on_finish(result.arrays.to_torch_state_dict(), result)
             return
         from flwr.server import LegacyContext, ServerConfig
-        from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+        from flwr.server.workflow import DefaultWorkflow
 
-        strategy = make_secagg_strategy(fed_args, initial, num_clients, seed)
+        monitor = _RoundMonitor(num_clients, min_round_clients, timeout, on_round)
+        strategy = make_secagg_strategy(fed_args, initial, num_clients, seed, monitor=monitor)
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=fed_args.num_rounds), strategy=strategy)
-        secagg = SecAggPlusWorkflow(
+        secagg = _checked_secagg_workflow(
+            monitor,
             num_shares=1.0,  # every sampled client holds a share of every other client's secrets
             reconstruction_threshold=threshold,
             max_weight=secagg_max_weight(fed_args),  # 1 under client-level DP (weight-1 uploads)
             clipping_range=fed_args.secagg_clipping_range,
+            quantization_range=SECAGG_QUANTIZATION_RANGE,
             timeout=timeout,
         )
         DefaultWorkflow(fit_workflow=secagg)(grid, legacy)
+        if monitor.failure is not None:
+            raise monitor.failure
         if on_finish is not None:
             on_finish({k: v.clone() for k, v in strategy.global_state.items()}, legacy.history)
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from ..utils.io import give_default_permissions
 from .simulation import FederatedArguments
 
 # run-config key -> (type, default)
@@ -43,6 +42,10 @@ RUN_CONFIG_DEFAULTS: dict[str, tuple[type, Any]] = {
     "hidden-size": (int, 32),
     "output-path": (str, ""),
     "work-dir": (str, ""),
+    # seconds the ServerApp waits for the replies of each exchange (one per plain round, each of the 4 SecAgg+ stages)
+    "round-timeout": (float, 600.0),
+    # false: a round must aggregate every partition's update, else the run fails and nothing is written
+    "accept-partial-rounds": (bool, False),
 }
 
 
@@ -60,6 +63,29 @@ def parse_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
             raise TypeError(f"run-config `{key}` must be {typ.__name__}, got {value!r}.")
         out[key] = value
     return out
+
+
+def check_run_config(cfg: Mapping[str, Any]) -> None:
+    """Refuse (`ValueError`) run-config values the apps cannot run with, naming the run-config keys to change."""
+    n = cfg["num-partitions"]
+    if n < 1:
+        raise ValueError(f"run-config `num-partitions` must be >= 1, got {n}.")
+    if not cfg["round-timeout"] > 0:
+        raise ValueError(f"run-config `round-timeout` must be > 0 seconds, got {cfg['round-timeout']}.")
+    if cfg["secure-aggregation"]:
+        c = cfg["secagg-max-colluders"]
+        if n < 2:
+            raise ValueError(
+                f"run-config `secure-aggregation=true` needs `num-partitions` >= 2 (SecAgg+ hides each update in the "
+                f"sum of at least 2 clients), got num-partitions={n}: start more SuperNodes and raise `num-partitions`, "
+                "or set `secure-aggregation=false`."
+            )
+        if c < 0 or (n + c) // 2 + 1 > n:
+            raise ValueError(
+                f"run-config `secagg-max-colluders={c}` is not possible with `num-partitions={n}`: the SecAgg+ "
+                f"threshold (n + c) // 2 + 1 = {(n + c) // 2 + 1} would exceed the {n} clients. Set "
+                f"`secagg-max-colluders` to a value in [0, {n - 1}] or raise `num-partitions`."
+            )
 
 
 @dataclass
@@ -125,6 +151,7 @@ def task_from_run_config(run_config: Mapping[str, Any]) -> FlowerTask:
     from .trainer import PrivateTrainingArguments
 
     cfg = parse_run_config(run_config)
+    check_run_config(cfg)
     dp = cfg["dp-clip-norm"] > 0
     if cfg["dp-noise-multiplier"] > 0 and not dp:
         raise ValueError("run-config `dp-noise-multiplier` > 0 needs `dp-clip-norm` > 0 (else DP would be off).")
@@ -162,27 +189,67 @@ def task_from_run_config(run_config: Mapping[str, Any]) -> FlowerTask:
 
 
 def save_global_state(state: Mapping[str, torch.Tensor], path: str, metadata: Mapping[str, Any]) -> None:
-    """Write the final global state (safetensors) and metadata (`<path>.json`) atomically."""
-    from safetensors.torch import save_file
+    """Write the final global state (safetensors) to `path` and its metadata (strict JSON) to `<path>.json`, each
+    atomically: an old `<path>.json` is removed first, the weights are written, the JSON last (with the weights'
+    SHA-256), so a present JSON always describes the weights next to it."""
+    import hashlib
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
-    give_default_permissions(tmp, like=path)
-    with open(tmp + ".json", "w") as fh:
-        json.dump(dict(metadata), fh, indent=2, default=str)
-    os.replace(tmp + ".json", path + ".json")
-    os.replace(tmp, path)
+    from safetensors.torch import save
+
+    from ..utils.io import atomic_open, atomic_write_results
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+    if os.path.exists(path + ".json"):
+        os.remove(path + ".json")
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+    meta = {
+        **dict(metadata),
+        "weights_file": os.path.basename(path),
+        "weights_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    atomic_write_results(path + ".json", meta)
+
+
+def result_metadata(task: FlowerTask, rounds: list[dict]) -> dict[str, Any]:
+    """The structured `<output-path>.json` of a finished run: the run config, every round's number of clients,
+    partition ids and metrics, the largest client epsilon (float, or None without DP-SGD) and the secure-aggregation
+    settings."""
+    from .flower import SECAGG_MAX_RELATIVE_ERROR, SECAGG_QUANTIZATION_RANGE, secagg_max_weight
+
+    fed, n = task.fed_args, task.num_clients
+    eps = [r["metrics"]["dp_epsilon_max"] for r in rounds if "dp_epsilon_max" in r["metrics"]]
+    secagg = {"enabled": bool(fed.secure_aggregation)}
+    if fed.secure_aggregation:
+        secagg.update(
+            threshold=fed.threshold(n),
+            max_colluders=fed.secure_aggregation_max_colluders,
+            max_weight=float(secagg_max_weight(fed)),
+            clipping_range=float(fed.secagg_clipping_range),
+            quantization_range=SECAGG_QUANTIZATION_RANGE,
+            max_relative_quantization_error=SECAGG_MAX_RELATIVE_ERROR,
+        )
+    return {
+        "run_config": dict(task.config),
+        "num_rounds": len(rounds),
+        "expected_clients_per_round": n,
+        "all_rounds_complete": all(r["num_clients"] == n for r in rounds),
+        "rounds": rounds,
+        "dp_epsilon_max": float(max(eps)) if eps else None,
+        "secure_aggregation": secagg,
+    }
 
 
 def run_config_server_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = task_from_run_config):
     """A `ServerApp` that builds its task from the run's config and writes the final global state to the
-    run config's `output-path` (if set)."""
+    run config's `output-path` (if set), with [`result_metadata`] in `<output-path>.json`.
+
+    Every round must aggregate the update of each of the `num-partitions` clients (unless `accept-partial-rounds`):
+    a failed, timed-out (`round-timeout`) or halted round, or two nodes with the same partition id, make the ServerApp
+    raise [`RoundFailedError`] naming the round and the clients, and nothing is written to `output-path`."""
     from flwr.serverapp import Grid, ServerApp
 
-    from .flower import make_server_app
+    from .flower import RoundFailedError, make_server_app
 
     app = ServerApp()
 
@@ -190,24 +257,58 @@ def run_config_server_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = t
     def main(grid: Grid, context) -> None:
         task = task_fn(context.run_config)
         out: dict[str, Any] = {}
+        rounds: list[dict] = []
 
         def finish(state, result):
             out["state"] = state
             out["result"] = result
 
-        inner = make_server_app(task.model_fn, task.fed_args, task.num_clients, seed=task.seed, on_finish=finish)
-        inner(grid, context)
-        if task.config["output-path"]:
-            save_global_state(
-                out["state"], task.config["output-path"], {"run_config": task.config, "result": str(out["result"])}
+        inner = make_server_app(
+            task.model_fn,
+            task.fed_args,
+            task.num_clients,
+            seed=task.seed,
+            on_finish=finish,
+            timeout=task.config["round-timeout"],
+            min_round_clients=1 if task.config["accept-partial-rounds"] else task.num_clients,
+            on_round=rounds.append,
+        )
+        path = task.config["output-path"]
+        try:
+            inner(grid, context)
+        except RoundFailedError as err:
+            if path:
+                raise RoundFailedError(f"{err} Nothing was written to output-path {path!r}.") from err
+            raise
+        if len(rounds) != task.config["num-server-rounds"] or "state" not in out:  # defensive: never a stale result
+            raise RoundFailedError(
+                f"The run aggregated {len(rounds)} of {task.config['num-server-rounds']} rounds; nothing was written."
             )
+        if path:
+            save_global_state(out["state"], path, result_metadata(task, rounds))
 
     return app
 
 
+def check_node_config(node_config: Mapping[str, Any], task: FlowerTask) -> None:
+    """Refuse (`ValueError`) a SuperNode whose `--node-config num-partitions` (the partitioning its `partition-id`
+    refers to) differs from the run config's `num-partitions`."""
+    if "num-partitions" not in node_config:
+        return
+    value = node_config["num-partitions"]
+    if isinstance(value, bool) or not isinstance(value, int) or value != task.num_clients:
+        raise ValueError(
+            f"This SuperNode's node config says num-partitions={value!r} but the run config says "
+            f"num-partitions={task.num_clients}: its partition-id refers to another split of the data. Restart the "
+            'SuperNode with a matching `--node-config "partition-id=<i> num-partitions=<n>"` or submit the run '
+            "with `--run-config num-partitions=<n>`."
+        )
+
+
 def run_config_client_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = task_from_run_config):
     """A `ClientApp` that builds its task (and, with secure aggregation, Flower's `secaggplus_mod`) from the run's
-    config on the first message of each run and delegates every message to it."""
+    config on the first message of each run and delegates every message to it. A node whose node-config
+    `num-partitions` disagrees with the run config refuses every message ([`check_node_config`])."""
     from flwr.clientapp import ClientApp
 
     from .flower import make_client_app
@@ -219,8 +320,13 @@ def run_config_client_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = t
         if key not in cache:
             task = task_fn(context.run_config)
             cache.clear()
-            cache[key] = make_client_app(task.model_fn, task.dataset_fn, task.fed_args, task.training_args)
-        return cache[key]
+            app = make_client_app(
+                task.model_fn, task.dataset_fn, task.fed_args, task.training_args, refuse_imprecise_secagg=True
+            )
+            cache[key] = (task, app)
+        task, app = cache[key]
+        check_node_config(context.node_config, task)
+        return app
 
     app = ClientApp()
 

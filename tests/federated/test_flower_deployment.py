@@ -44,16 +44,69 @@ def _wait_port(port: int, procs, timeout: float = 60.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
-def _stop(procs) -> None:
-    for p in procs:  # each process leads its own group, so its flwr-serverapp / flwr-clientapp children stop too
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
+def _children_map() -> dict[int, list[int]]:
+    """parent pid -> child pids, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            p.wait(timeout=15)
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])  # the command may contain spaces and parentheses
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def _descendants(pids) -> set[int]:
+    children, out, todo = _children_map(), set(), list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _signal(pids, sig) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _stop(procs) -> None:
+    """Stop every process the test started and all their descendants. The SuperLink starts `flower-superexec` /
+    `flwr-serverapp` (and a SuperNode its `flwr-clientapp`s) in process groups of their own, so killing a process
+    group can leave them orphaned: the descendants are collected from /proc before anything is signalled (an orphan
+    is re-parented and cannot be found afterwards) and each is signalled by pid."""
+    running = [p for p in procs if p.poll() is None]
+    tree = _descendants([p.pid for p in running])
+    _signal([p.pid for p in running] + sorted(tree), signal.SIGTERM)
+    deadline = time.time() + 15
+    for p in running:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=5)
+            pass
+    while time.time() < deadline and any(_alive(pid) for pid in tree):
+        time.sleep(0.2)
+    tree |= _descendants([p.pid for p in running if p.poll() is None])  # anything started during the shutdown
+    _signal([p.pid for p in running if p.poll() is None] + sorted(pid for pid in tree if _alive(pid)), signal.SIGKILL)
+    for p in running:
+        p.wait(timeout=5)
 
 
 def _toml_value(v):

@@ -195,7 +195,8 @@ def test_flower_client_accountant_persists_across_rounds(tmp_path, small_tokeniz
     """Each Flower node keeps its accountant in `context.state`: after 2 rounds of 2 DP-SGD steps it has composed 4
     steps at its own q, and the server's round-2 `dp_epsilon_max` (SecAgg+ path) is the largest client's epsilon."""
     vocab, datasets, fed, args, qs = _dp_setup(tmp_path, small_tokenizer)
-    fed = dataclasses.replace(fed, secure_aggregation=True)
+    # max_weight near the clients' example counts: far above them, SecAgg+ quantization would swamp the update
+    fed = dataclasses.replace(fed, secure_aggregation=True, secagg_max_weight=16.0)
     delta = args.dp_delta
     grid, history = _run_flower_in_process(vocab, datasets, fed, args)
     ref = [_reference_epsilon(q, 1.0, 4, delta) for q in qs]
@@ -375,6 +376,8 @@ RUN_CONFIG = {
     "block-size": 24,
     "vocab-size": 300,
     "hidden-size": 16,
+    "round-timeout": 120.0,
+    "accept-partial-rounds": True,
 }
 
 
@@ -399,6 +402,7 @@ def test_run_config_reaches_every_protocol_option(tmp_path):
         0.0,
     )
     assert task.num_clients == 3 and task.seed == 11 and len(task.tokenizer) <= 300
+    assert (task.config["round-timeout"], task.config["accept-partial-rounds"]) == (120.0, True)
     assert task_from_run_config({"work-dir": str(tmp_path / "w")}).training_args.dp_noise_seed is None  # -1: secret
     model = task.model_fn()
     assert model.config.hidden_size == 16
