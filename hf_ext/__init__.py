@@ -1,8 +1,10 @@
 """hf_ext: HuggingFace-native tools for ten EPFL research systems.
 
-`import hf_ext` registers the package's model types with transformers' Auto classes (models are imported lazily,
-on first use) and keeps third-party import noise out of the user's terminal. Method packages (`hf_ext.grape`,
-`hf_ext.optim`, ...) are imported on demand.
+`import hf_ext` registers the architectures under `hf_ext.models` (`fog`, `layer_parallel`) with transformers' Auto
+classes (their model code is imported lazily, on first use) and keeps third-party import noise out of the user's
+terminal. Method packages (`hf_ext.grape`, `hf_ext.optim`, ...) are imported on demand, and a model type that belongs
+to a method package is registered when that package is imported: NeuralGrok's `grok_decoder` needs
+`import hf_ext.neuralgrok` before `AutoConfig`/`AutoModelForCausalLM` can load it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""`hf-ext` command line: list recipes and run them."""
+"""`hf-ext` command line: list recipes and run them.
+
+Exit codes: 0 success; 2 a usage error (unknown command, recipe, method or flag, a bad value); for
+`hf-ext reproduce`, 1 when an asserted claim does not hold and 3 when the method asserts no claim ("reported only").
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("method", nargs="?", help="method name (see --list)")
     rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the method's, >= 3)")
     rep.add_argument("--jobs", type=int, default=1, help="seeds run at the same time, one process each (default 1)")
-    rep.add_argument("--fast", action="store_true", help="smaller budget: checks that it runs; verdicts indicative")
+    rep.add_argument("--fast", action="store_true", help="smaller budget: a smoke check that it runs, not evidence")
     rep.add_argument("--output_dir", default=None, help="keep the runs and write reproduction.json/.md here")
     rep.add_argument("--list", action="store_true", help="list the methods")
     if not argv:
@@ -41,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             if argv[1] not in available_recipes():
                 parser.error(str(err))
+            unused = _unused_arguments(err)
+            if unused is not None:  # a mistyped or unknown flag is a usage error (exit 2), not a crash (exit 1)
+                flags = [a for a in unused if a.startswith("-")] or unused
+                parser.error(
+                    f"unrecognized argument(s) for `hf-ext run {argv[1]}`: {' '.join(flags)} "
+                    f"(see `hf-ext run {argv[1]} --help`)"
+                )
             raise
         return 0
     args = parser.parse_args(argv)
@@ -59,6 +70,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: how transformers' `HfArgumentParser.parse_args_into_dataclasses` reports arguments no dataclass field takes
+_UNUSED_PREFIX = "Some specified arguments are not used by the HfArgumentParser: "
+
+
+def _unused_arguments(err: ValueError) -> list[str] | None:
+    """The arguments a recipe's `HfArgumentParser` did not recognise, or `None` if `err` is another error."""
+    import ast
+
+    text = str(err)
+    if not text.startswith(_UNUSED_PREFIX):
+        return None
+    try:
+        unused = ast.literal_eval(text[len(_UNUSED_PREFIX) :])
+    except (ValueError, SyntaxError):
+        return [text[len(_UNUSED_PREFIX) :]]
+    return [str(a) for a in unused] if isinstance(unused, list | tuple) else [str(unused)]
+
+
 def _reproduce(parser: argparse.ArgumentParser, args) -> int:
     from .reproduce import available_methods, reproduce
 
@@ -74,7 +103,7 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    if args.output_dir:
+    if args.output_dir is not None:  # "" is refused (it used to mean a temporary folder, deleted afterwards)
         from .utils.io import ensure_writable_dir
 
         try:
@@ -83,7 +112,7 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
             parser.error(str(err))
     report = reproduce(args.method, seeds=args.seeds, fast=args.fast, output_dir=args.output_dir, jobs=args.jobs)
     print(report.to_markdown())
-    return 0 if report.holds else 1
+    return report.exit_code  # 0 holds, 1 does not hold, 3 reported only (no asserted claim); 2 is a usage error
 
 
 if __name__ == "__main__":

@@ -409,7 +409,7 @@ def test_mean_spread_is_mean_sample_sd_then_min_max():
     values = [1.0, 2.0, 6.0]
     sd = math.sqrt(sum((v - 3.0) ** 2 for v in values) / (len(values) - 1))  # sample sd, n - 1
     assert mean_spread(values) == f"3.000 ± {sd:.3f} (1.000..6.000)"
-    assert mean_spread([2.5]) == "2.500 ± 0.000 (2.500..2.500)"
+    assert mean_spread([2.5]) == "2.500 (one seed: no spread)"  # a sample sd needs two values
 
 
 def test_mean_spread_of_a_nan_does_not_crash_the_report():

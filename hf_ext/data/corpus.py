@@ -166,12 +166,41 @@ def _corpus_cache_file() -> Path:
     return cache_dir() / "corpus" / f"stdlib-docs-{tag}.jsonl"
 
 
+#: key of the cache file's last line, written after every record: `{"records": N, "sha256": <of the record lines>}`
+_TRAILER_KEY = "__hf_ext_corpus_cache__"
+
+
+def _record_lines(records: list[dict]) -> list[str]:
+    return [json.dumps(rec, ensure_ascii=False) + "\n" for rec in records]
+
+
+def _trailer(lines: list[str]) -> str:
+    digest = hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+    return json.dumps({_TRAILER_KEY: {"records": len(lines), "sha256": digest}}) + "\n"
+
+
 def _read_cache(path: Path) -> list[dict] | None:
-    """Records from the corpus cache file, or `None` (with a warning) if the file is empty, truncated or corrupt."""
+    """Records from the corpus cache file, or `None` (with a warning) if the file is empty, truncated or corrupt.
+
+    The file ends with a trailer line holding the record count and a SHA-256 of the record lines, written last: a
+    file cut anywhere (even at a line boundary) or edited fails the check. A cache written before the trailer
+    existed is rebuilt once."""
     needed = {"text", "url", "domain", "source", "split"}
     try:
         with path.open(encoding="utf-8") as fh:
-            records = [json.loads(line) for line in fh if line.strip()]
+            lines = [line for line in fh if line.strip()]
+        if not lines:
+            raise ValueError("empty")
+        trailer = json.loads(lines[-1])
+        meta = trailer.get(_TRAILER_KEY) if isinstance(trailer, dict) else None
+        if not isinstance(meta, dict):
+            raise ValueError("no record count at its end (truncated, or written by an older hf_ext)")
+        lines = lines[:-1]
+        if meta.get("records") != len(lines):
+            raise ValueError(f"{len(lines)} records where its trailer records {meta.get('records')!r} (truncated)")
+        if json.loads(_trailer(lines)) != trailer:
+            raise ValueError("its records do not match the trailer's checksum (corrupt or edited)")
+        records = [json.loads(line) for line in lines]
         if not records or any(not isinstance(r, dict) or not needed <= set(r) for r in records):
             raise ValueError("empty, or records without the text/url/domain/source/split fields")
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -191,9 +220,10 @@ def _load_records() -> list[dict]:
         raise RuntimeError("The embedded corpus came out empty: the Python standard library sources were not found.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
+    lines = _record_lines(records)
     with tmp.open("w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        fh.writelines(lines)
+        fh.write(_trailer(lines))  # last: a file cut short has no (or a wrong) trailer
     os.replace(tmp, path)
     return records
 
@@ -205,7 +235,7 @@ def load_corpus(split: str | None = "train", domains: list[str] | None = None):
         split (`str`, *optional*, defaults to `"train"`):
             `"train"`, `"test"` (the held-out ~5%), or `None` for a `DatasetDict` with both.
         domains (`list[str]`, *optional*):
-            Keep only these domains (see `corpus_domains()`).
+            Keep only these domains (see `corpus_domains()`); an empty list is refused (it would select nothing).
 
     Returns:
         A dataset with columns `text`, `url`, `domain` and `source`, in a fixed order.
@@ -218,6 +248,8 @@ def load_corpus(split: str | None = "train", domains: list[str] | None = None):
     if isinstance(domains, str):
         raise TypeError(f"domains must be a list of domain names, got the string {domains!r}; pass [{domains!r}].")
     if domains is not None:
+        if not domains:
+            raise ValueError(f"domains is empty, which would select no document; pass None for all, or names from {known}.")
         unknown = sorted(set(domains) - set(known))
         if unknown:
             raise ValueError(f"domains contains unknown names {unknown}; choose from {known}.")

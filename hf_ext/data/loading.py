@@ -13,6 +13,16 @@ def hub_offline() -> bool:
     return False
 
 
+def check_dataset_config(dataset_name: str | None, dataset_config_name: str | None) -> None:
+    """Refuse `--dataset_config_name` without `--dataset_name` (it would be silently ignored: the embedded corpus or
+    `--train_file` would be used instead); raise `ValueError` naming the flag. Shared by the recipes' checks."""
+    if dataset_config_name and not dataset_name:
+        raise ValueError(
+            f"--dataset_config_name={dataset_config_name!r} selects a config of --dataset_name, which is not set; "
+            "drop it or pass --dataset_name."
+        )
+
+
 def load_text_datasets(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
@@ -36,6 +46,7 @@ def load_text_datasets(
 
     if dataset_name and train_file:
         raise ValueError("Pass either --dataset_name or --train_file, not both.")
+    check_dataset_config(dataset_name, dataset_config_name)
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}.")
     for arg, path in (("--train_file", train_file), ("--validation_file", validation_file)):

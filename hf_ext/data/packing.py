@@ -30,7 +30,7 @@ def pack_dataset(
         `datasets.Dataset` with `input_ids`, `attention_mask` and `labels` (a copy of `input_ids`), of length
         `block_size` (see `drop_remainder`); other columns are removed.
     """
-    if not isinstance(block_size, int) or block_size <= 0:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:  # True is an int
         raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
     if text_column not in dataset.column_names:
         raise ValueError(

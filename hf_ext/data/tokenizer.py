@@ -39,7 +39,11 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
     """Train (or load from cache) a byte-level BPE tokenizer on the embedded corpus.
 
     The tokenizer adds no special tokens on its own: `bos_token` (`<|bos|>`), `eos_token` (`<|eos|>`) and
-    `pad_token` (`<|pad|>`) are defined for collators and packing to insert explicitly. Any UTF-8 text round-trips.
+    `pad_token` (`<|pad|>`) are defined for collators and packing to insert explicitly (by id). Any UTF-8 text
+    round-trips, including text that spells a special token: the tokenizer is built with transformers'
+    `split_special_tokens=True` (saved in its `tokenizer_config.json`, so `AutoTokenizer` reloads keep it), so a
+    literal `"<|eos|>"` in a document is encoded as ordinary byte-level tokens, never as the EOS id (no false
+    document boundary when packing, and `decode(..., skip_special_tokens=True)` keeps it).
 
     Args:
         vocab_size (`int`, *optional*, defaults to 4096):
@@ -68,6 +72,7 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
             eos_token=EOS_TOKEN,
             pad_token=PAD_TOKEN,
             model_max_length=1 << 20,
+            split_special_tokens=True,  # text never becomes a special token; collators insert those by id
         )
 
     if texts is not None:
@@ -80,7 +85,8 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
     target = cache_dir() / "tokenizers" / f"bpe-{vocab_size}-{key}"
     if cache and (target / "tokenizer.json").is_file():
         try:
-            return AutoTokenizer.from_pretrained(str(target))
+            # a cache written before split_special_tokens was set has the same vocabulary: set it on load
+            return AutoTokenizer.from_pretrained(str(target), split_special_tokens=True)
         except Exception as err:  # truncated or corrupt cache: rebuild it rather than fail every later run
             logger.warning("The cached tokenizer %s is unusable (%s); rebuilding it.", target, err)
             shutil.rmtree(target, ignore_errors=True)
@@ -92,7 +98,32 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
             tok.save_pretrained(str(tmp))
             if not (target / "tokenizer.json").is_file():
                 shutil.rmtree(target, ignore_errors=True)
-                os.replace(tmp, target)
+                try:
+                    os.replace(tmp, target)
+                except OSError as err:
+                    # another process published `target` between our rmtree and our rename (ENOTEMPTY/EEXIST):
+                    # use its tokenizer if it is complete, and drop ours (removed in `finally`)
+                    published = _load_published(target)
+                    if published is None:
+                        raise
+                    if published.get_vocab() != tok.get_vocab():
+                        logger.warning("%s, published by another process, differs from this build; using this one.",
+                                       target)  # fmt: skip
+                        return tok
+                    logger.info("Another process published %s first (%s); using its tokenizer.", target, err)
+                    return published
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return tok
+
+
+def _load_published(target: Path):
+    """The tokenizer another process published at `target`, or `None` if the folder is missing or incomplete."""
+    from transformers import AutoTokenizer
+
+    if not (target / "tokenizer.json").is_file():
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(target), split_special_tokens=True)
+    except Exception:  # half-written or foreign: let the caller's error stand
+        return None

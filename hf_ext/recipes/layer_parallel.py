@@ -126,10 +126,11 @@ def parse_pair_counts(text: str | None) -> list[int] | None:
 
 def validate_args(model_args, data_args, sweep_args, training_args) -> None:
     """Check every argument before any data is loaded or anything is written."""
-    from ..data.loading import hub_offline
+    from ..data.loading import check_dataset_config, hub_offline
     from ..models.layer_parallel.configuration_layer_parallel import LP_MLP_NORMS, LP_MODES
     from ..utils.io import ensure_writable_dir
 
+    check_dataset_config(data_args.dataset_name, data_args.dataset_config_name)  # else silently ignored
     if data_args.block_size <= 0:
         raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
     if data_args.max_eval_blocks <= 0:

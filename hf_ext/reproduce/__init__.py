@@ -6,7 +6,13 @@ that produces one seed's results with the package's own recipes and functions. T
 exactly as the command does, so what the docs report is what the tests assert.
 
 A verdict is `holds` when the claim's direction holds on the mean over seeds with the stated slack, `does not hold`
-otherwise; the table always shows mean and spread so a reader can judge the margin.
+otherwise; the table always shows mean and spread so a reader can judge the margin (with one seed there is no spread,
+and the table says so).
+
+The report's overall verdict (`Report.holds`, `Report.verdict`, the line under the table and the command's exit code):
+every asserted claim holds (`True`, exit 0); an asserted claim does not hold (`False`, exit 1); or the method asserts
+no claim at all, so the run reports numbers but can neither pass nor fail (`None`, "reported only", exit 3). Exit 2 is
+a usage error. A `--fast` run is a smoke check that the reproduction runs, not evidence for or against a claim.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 
 @dataclasses.dataclass
@@ -44,6 +50,23 @@ class Reproduction:
     claims: Sequence[Claim]
     default_seeds: int = 3
     setting: str = ""
+    #: the phrases of `setting` that state the full budget, and what `--fast` runs instead (e.g. {"200 steps":
+    #: "40 steps"}): a fast run's report states the budget it actually ran
+    fast_budget: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def setting_for(self, fast: bool) -> str:
+        """The setting line of a report: with `fast`, the budget phrases replaced by the fast budget."""
+        if not fast:
+            return self.setting
+        # a phrase the setting no longer has (edited without its fast_budget): say so rather than state a wrong budget;
+        # tests/test_data_cli_audit_fixes.py checks that every registered phrase is present
+        complete = bool(self.fast_budget) and all(k in self.setting for k in self.fast_budget)
+        text = self.setting
+        for full, cut in self.fast_budget.items():
+            text = text.replace(full, cut)
+        if not complete:
+            text = f"{text} (--fast: a smaller budget than the full reproduction's stated here)".lstrip()
+        return text
 
 
 @dataclasses.dataclass
@@ -69,9 +92,38 @@ class Report:
     per_seed: list[dict]
 
     @property
-    def holds(self) -> bool:
-        """Every asserted claim holds (claims reported with `asserted=False` are shown, not required)."""
-        return all(r.verdict == "holds" for r in self.rows if r.asserted)
+    def holds(self) -> bool | None:
+        """`True` when every asserted claim holds, `False` when one does not (claims reported with `asserted=False`
+        are shown, not required), and `None` when no claim is asserted: nothing was tested, so nothing "holds"."""
+        asserted = [r for r in self.rows if r.asserted]
+        if not asserted:
+            return None
+        return all(r.verdict == "holds" for r in asserted)
+
+    @property
+    def verdict(self) -> str:
+        """The overall verdict in words: "holds", "does not hold" or "reported only" (no asserted claim)."""
+        return {True: "holds", False: "does not hold", None: "reported only"}[self.holds]
+
+    @property
+    def exit_code(self) -> int:
+        """`hf-ext reproduce`'s exit code: 0 holds, 1 does not hold, 3 reported only (2 is a usage error)."""
+        return {True: 0, False: 1, None: 3}[self.holds]
+
+    def verdict_line(self) -> str:
+        asserted = [r for r in self.rows if r.asserted]
+        if self.holds is None:
+            text = (f"Verdict: reported only. This reproduction asserts no claim (all {len(self.rows)} are reported, "
+                    "not asserted), so it neither holds nor fails.")  # fmt: skip
+        elif self.holds:
+            text = f"Verdict: holds (every asserted claim: {len(asserted)} of {len(self.rows)} claims)."
+        else:
+            failed = sum(r.verdict != "holds" for r in asserted)
+            text = f"Verdict: does not hold ({failed} of {len(asserted)} asserted claims do not hold)."
+        if self.fast:
+            text += (" This was a --fast run: a smoke check that the reproduction runs, not evidence for or against "
+                     "the claims.")  # fmt: skip
+        return text
 
     def to_markdown(self) -> str:
         lines = [
@@ -88,6 +140,7 @@ class Report:
             f"{'' if r.asserted else ' (reported, not asserted)'} |"
             for r in self.rows
         ]
+        lines += ["", self.verdict_line()]
         return "\n".join(lines) + "\n"
 
 
@@ -97,13 +150,14 @@ def _cell(text: str) -> str:
 
 
 def mean_spread(values: Sequence[float], fmt: str = "{:.3f}") -> str:
-    """'mean ± sample std (min..max)' of a list of numbers."""
+    """'mean ± sample std (min..max)' of a list of numbers; 'mean (one seed: no spread)' of a single number (a sample
+    standard deviation is undefined for one value, and "± 0" would claim a spread that was not measured)."""
     values = [float(v) for v in values]
     mean = statistics.fmean(values)
-    if len(values) < 2:
-        spread = 0.0
-    else:  # statistics.stdev raises an AttributeError on a NaN or inf: that ended the run with no report
-        spread = statistics.stdev(values) if all(math.isfinite(v) for v in values) else math.nan
+    if len(values) == 1:
+        return f"{fmt.format(mean)} (one seed: no spread)"
+    # statistics.stdev raises an AttributeError on a NaN or inf: that ended the run with no report
+    spread = statistics.stdev(values) if all(math.isfinite(v) for v in values) else math.nan
     spread_text = fmt.format(spread).lstrip("+")  # a spread has no sign, even with a signed format
     return f"{fmt.format(mean)} ± {spread_text} ({fmt.format(min(values))}..{fmt.format(max(values))})"
 
@@ -138,7 +192,7 @@ def reproduce(
         seeds: how many seeds (0, 1, ... N-1) or which seeds; default: the method's own default (>= 3).
         fast: a smaller budget, for checking that the reproduction runs; verdicts are then only indicative.
         output_dir: where runs keep their files (and where `reproduction.json` / `reproduction.md` are written);
-            a temporary folder that is removed afterwards if not given.
+            a temporary folder that is removed afterwards if `None`. An empty string is refused (`ValueError`).
         jobs: how many seeds run at the same time, each in its own process (default 1: one after the other, in this
             process). Every seed is seeded on its own, so the results do not depend on `jobs`; timings measured
             inside a run do (the processes share the machine).
@@ -157,17 +211,17 @@ def reproduce(
         raise ValueError(f"seeds must be distinct (each seed has its own run folder), got {seed_list}.")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"--jobs must be a positive number of parallel processes, got {jobs!r}.")
-    if output_dir:
+    if output_dir is not None:
         from ..utils.io import ensure_writable_dir
 
-        ensure_writable_dir(output_dir, "--output_dir")
+        ensure_writable_dir(output_dir, "--output_dir")  # "" is refused, not taken as "no folder"
         from ..recipes._common import clear_previous_results
 
         # an earlier report (perhaps "holds") must not look current if this run fails before writing its own
         clear_previous_results(output_dir, ("reproduction.json", "reproduction.md"))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"hf_ext-reproduce-{method}-") as scratch:
-        root = output_dir or scratch
+        root = scratch if output_dir is None else output_dir
         workdirs = [os.path.join(root, f"seed{seed}") for seed in seed_list]
         for workdir in workdirs:
             os.makedirs(workdir, exist_ok=True)
@@ -179,7 +233,7 @@ def reproduce(
         report = Report(
             method=method,
             title=spec.title,
-            setting=spec.setting,
+            setting=spec.setting_for(fast),
             seeds=seed_list,
             fast=fast,
             rows=rows,
@@ -188,10 +242,10 @@ def reproduce(
             machine=machine_description(),
             per_seed=per_seed,
         )
-        if output_dir:
+        if output_dir is not None:
             from ..utils.io import atomic_write_json, atomic_write_text
 
-            atomic_write_json(os.path.join(output_dir, "reproduction.json"), _jsonable(dataclasses.asdict(report)))
+            atomic_write_json(os.path.join(output_dir, "reproduction.json"), _jsonable({**dataclasses.asdict(report), "verdict": report.verdict}))
             atomic_write_text(os.path.join(output_dir, "reproduction.md"), report.to_markdown())
     return report
 
@@ -221,8 +275,9 @@ def rejudge(output_dir: str) -> Report:
         raise ValueError(f"{path}: unknown method {method!r}; choose one of {sorted(REPRODUCTIONS)}.")
     spec = REPRODUCTIONS[method]
     fields = {f.name for f in dataclasses.fields(Report)} - {"rows", "title", "setting"}
-    report = Report(**{k: saved[k] for k in fields}, title=spec.title, setting=spec.setting, rows=_judge(spec, per_seed))
-    atomic_write_json(path, _jsonable(dataclasses.asdict(report)))
+    setting = spec.setting_for(bool(saved["fast"]))
+    report = Report(**{k: saved[k] for k in fields}, title=spec.title, setting=setting, rows=_judge(spec, per_seed))
+    atomic_write_json(path, _jsonable({**dataclasses.asdict(report), "verdict": report.verdict}))
     atomic_write_text(os.path.join(output_dir, "reproduction.md"), report.to_markdown())
     return report
 

@@ -1,6 +1,8 @@
 """The reproductions, one per method: what each seed runs (the package's recipes) and how each claim is judged.
 
-Budgets are CPU-sized (minutes per seed on 2 cores); `fast` cuts them further to check that a reproduction runs.
+Budgets are CPU-sized (minutes per seed on 2 cores); `fast` cuts them further to check that a reproduction runs (a
+smoke check, not evidence). Each `Reproduction.fast_budget` maps the budget phrases of its `setting` to what `fast`
+runs instead, so that a fast report's setting line states the budget actually run.
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ def _guidance_steers(runs: list[dict]) -> tuple[str, bool]:
 METADATA = Reproduction(
     method="metadata",
     title="URL conditioning speeds up pretraining; guidance steers generation",
-    setting="Synthetic corpus where each URL host decides most of a document's words; 2-layer model, hidden 64.",
+    setting="Synthetic corpus where each URL host decides most of a document's words; 2-layer model, hidden 64, "
+    "300 steps, 16 guidance samples.",
+    fast_budget={"300 steps": "60 steps", "16 guidance samples": "8 guidance samples"},
     run=_metadata_run,
     claims=[
         Claim(
@@ -128,6 +132,7 @@ GRAPE_CORPUS = Reproduction(
     title="GRAPE vs uniform mixing on the embedded corpus (documentation domains, two target tasks)",
     setting="Embedded corpus (9 documentation domains), the recipe's two default target tasks, 2-layer model, "
     "200 steps.",
+    fast_budget={"200 steps": "40 steps"},
     run=_grape_run,
     claims=[
         Claim("lower mean target loss than uniform mixing at equal steps",
@@ -223,6 +228,7 @@ GRAPE = Reproduction(
     title="GRAPE moves weight to the slow-improving target and its source",
     setting="Four synthetic source domains (random Markov chains; b is the high-entropy one), target t_easy served "
     "by a and t_hard by b; 2-layer Llama, hidden 64, 300 steps, reweighting every 10 steps.",
+    fast_budget={"300 steps": "60 steps"},
     run=_grape_synthetic_run,
     claims=[
         Claim("task weight moves to the harder (slower-improving) target",
@@ -286,7 +292,8 @@ FOG = Reproduction(
     method="fog",
     title="FOG keeps activation outliers down in FP8 and trains like its high-precision self",
     setting="4 layers, hidden 64, every block GEMM and the attention BMMs in emulated FP8 (delayed scaling), lr 1e-2 "
-    "constant, on the embedded corpus; the baseline is transformers' Llama at the same size.",
+    "constant, 100 steps on the embedded corpus; the baseline is transformers' Llama at the same size.",
+    fast_budget={"100 steps": "30 steps"},
     run=_fog_run,
     claims=[
         Claim("qkv-input kurtosis stays below the Llama baseline's under FP8",
@@ -340,6 +347,7 @@ COMPLIANCE = Reproduction(
     setting="Embedded corpus filtered by the example robots.txt snapshot (the 'language' domain loses all its "
     "documents, 'concurrency' none); 2-layer Llama, hidden 64, 300 steps each from scratch, 150 continual steps; "
     "held-out loss per domain.",
+    fast_budget={"300 steps each": "40 steps each", "150 continual steps": "20 continual steps"},
     run=_compliance_run,
     claims=[
         Claim("DCG near 0 where little was removed, clearly positive on the domain that lost most",
@@ -383,7 +391,9 @@ HYPERINF = Reproduction(
     method="hyperinf",
     title="HyperINF approximates the exact influence better than DataInf and LiSSA as the LoRA layer widens",
     setting="LoRA rank 4 on one d x d projection of a small token classifier (20% flipped labels), per-example "
-    "gradients once, every method scored against the exact damped GFIM solve (hf_ext.hyperinf.reproduce).",
+    "gradients once, every method scored against the exact damped GFIM solve (hf_ext.hyperinf.reproduce); widths 64, "
+    "256 and 1024.",
+    fast_budget={"widths 64, 256 and 1024": "widths 64 and 256"},
     run=_hyperinf_run,
     claims=[
         Claim("HyperINF has the highest rank correlation with the exact influence at the largest width",
@@ -476,6 +486,7 @@ LAYER_PARALLEL = Reproduction(
     title="Pairing more layers costs more; late pairs cost less than early ones",
     setting="6-layer Llama (hidden 48, GQA 4/2) trained 1200 steps on the embedded corpus, then every paired range "
     "converted exactly (`convert_to_layer_parallel`) and evaluated on 64 held-out blocks.",
+    fast_budget={"1200 steps": "200 steps"},
     run=_lp_run,
     claims=[
         Claim("perplexity rises with the number of paired layers",
@@ -523,6 +534,7 @@ WARMUP = Reproduction(
     setting="4-layer Llama, hidden 128, on the embedded corpus, batch 32 x 128 tokens; AdamW lr 3e-3, 300 steps, 5% "
     "warmup in the warmup arms (transformers' WSD schedule, linear decay over the last half); LionAR (betas 0.98, "
     "Nesterov, inverse bias correction) rotating 0.02 rad per step, Lion lr 0.3x AdamW's for the other tensors.",
+    fast_budget={"300 steps": "20 steps"},
     run=_warmup_run,
     claims=[
         Claim("AdamW's warmup gap is clearly positive (mean - sd > 0), LionAR's near zero (|mean| <= half AdamW's)",
@@ -577,8 +589,10 @@ CUBIC_NEWTON = Reproduction(
     method="cubic_newton",
     title="Momentum lowers the gradient-norm plateau of stochastic cubic Newton at batch 1",
     setting="Non-convex logistic regression on seeded a9a-like data (n 2000, d 20), batch 1, 600 oracle calls, exact "
-    "cubic subproblem, dense Hessian; tail = mean gradient norm over the last 5 of 20 evaluations.",
+    "cubic subproblem, dense Hessian; tail = mean full gradient norm over the last 5 of 21 evaluations (`eval_points=20`: step 0, then every 15 of the 300 steps; the tail is steps 240-300).",
     run=_cubic_run,
+    fast_budget={"600 oracle calls": "200 oracle calls", "every 15 of the 300 steps; the tail is steps 240-300":
+                 "every 5 of the 100 steps; the tail is steps 80-100"},  # fmt: skip
     # 10 seeds: lower on every seed held for seeds 0-4 but not for 5-9 (4/5); over seeds 0-19 it is 18/20, so the
     # claim is the paired effect (sign test over the seeds, and the mean below 0.7x), not "every seed"
     default_seeds=10,
@@ -644,6 +658,8 @@ def neuralgrok_merged(runs: list[dict]) -> dict:
 
 
 def _ng_steps(res: dict) -> str:
+    if res["seeds"] == 1:  # a sample standard deviation of one value is undefined: no "± 0"
+        return f"{res['steps_to_target_mean']:.0f} (one seed: no spread; {res['reached']}/1 reached)"
     return f"{res['steps_to_target_mean']:.0f} ± {res['steps_to_target_std']:.0f} ({res['reached']}/{res['seeds']} reached)"
 
 
@@ -709,6 +725,8 @@ def _ng_strong_wd(runs: list[dict]) -> tuple[str, bool]:
     m = neuralgrok_merged(runs)["methods"]
     base, wd = m["none"], m["none_strong_wd"]
     acc = f"{wd['test_accuracy_at_window_mean']:.3f} ± {wd['test_accuracy_at_window_std']:.3f}"
+    if wd["seeds"] == 1:
+        acc = f"{wd['test_accuracy_at_window_mean']:.3f} (one seed: no spread)"
     text = (f"final weight norm {wd['final_weight_norm_mean']:.1f} vs {base['final_weight_norm_mean']:.1f}; test "
             f"accuracy at step {wd['complexity_window']} {acc}; reached 95% on {wd['reached']}/{wd['seeds']}")  # fmt: skip
     ok = (wd["final_weight_norm_mean"] < 0.5 * base["final_weight_norm_mean"] and wd["reached"] == 0
@@ -753,6 +771,7 @@ NEURALGROK = Reproduction(
     "Grokfast-EMA, NeuralGrok (T=4, c=1; the outer step's gradient recomputed as in the reference, and taken from "
     "the next real step with outer_gradient=next_step) and the baseline with 10x weight decay; 1200 steps each, test "
     "accuracy on 1024 held-out equations every 20 steps.",
+    fast_budget={"width 128, batch 512": "width 32, batch 64", "1200 steps each": "40 steps each"},
     run=_neuralgrok_run,
     claims=[
         Claim("NeuralGrok reaches 95% test accuracy on every seed, in < 0.8x the baseline's steps",
@@ -855,6 +874,8 @@ FEDERATED = Reproduction(
     setting="The federated recipe's defaults: tiny Llama pretrained on the embedded corpus, 3 non-IID clients, "
     "FedAvg, 4 rounds x 40 local steps, LoRA on attention and MLP projections, 30% of canaries repeated 10x and 70% "
     "once; DP-SGD on LoRA; and the centralized counterpart (one client, the same 480 optimizer steps).",
+    fast_budget={"4 rounds x 40 local steps": "1 round x 4 local steps",
+                 "the same 480 optimizer steps": "the same 12 optimizer steps"},  # fmt: skip
     run=_federated_run,
     claims=[
         Claim("full fine-tuning memorizes the 10x canaries measurably (greedy extraction), more than LoRA",

@@ -94,6 +94,11 @@ def rank_fingerprints(model) -> list[list[float]]:
 
     Data-parallel ranks must end a run with identical weights; equal fingerprints on all ranks are a cheap check
     that a run really synchronised. In a single process the list has one entry.
+
+    A DTensor parameter (FSDP2's `fully_shard`, tensor parallelism) is fingerprinted as its full tensor
+    (`full_tensor()`, a collective: every rank must call this function, as for the gather below), so every rank
+    fingerprints the same whole model and the result equals the unsharded model's fingerprint; a rank's local shard
+    alone would differ from rank to rank by design.
     """
     import torch
     import torch.distributed as dist
@@ -101,7 +106,10 @@ def rank_fingerprints(model) -> list[list[float]]:
     with torch.no_grad():
         total = torch.zeros(2, dtype=torch.float64)
         for p in model.parameters():
-            d = p.detach().to("cpu", torch.float64)
+            t = p.detach()
+            if is_dtensor(t):
+                t = t.full_tensor()  # a plain tensor: the whole parameter, the same on every rank of its mesh
+            d = t.to("cpu", torch.float64)
             total[0] += d.sum()
             total[1] += (d * d).sum()
     if not (dist.is_available() and dist.is_initialized()):

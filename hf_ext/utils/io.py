@@ -52,6 +52,8 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8"):
 
     Readers never see a half-written file: on failure the temporary file is removed and `path` is left as it was.
     The file gets the permissions of the file it replaces, or those of a plain `open` (not `tempfile`'s 0600).
+    If `path` is a symbolic link, the link itself is replaced by a regular file (the rename does not follow it): the
+    file it pointed to is left unchanged. Resolve the link first (`os.path.realpath`) to write through it.
     """
     if mode not in ("w", "wt", "wb"):
         raise ValueError(
