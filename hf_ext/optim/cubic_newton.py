@@ -516,9 +516,12 @@ class CubicNewton(Optimizer):
             `make_flat_loss`). `add_param_group` after construction is refused.
         M (`float`, *optional*, defaults to 1.0): cubic regularisation constant.
         lr (`float`, *optional*, defaults to 1.0): step multiplier.
-        momentum (`str`, *optional*, defaults to `"extrapolated"`): one of `none`, `ema`, `extrapolated`,
-            `hessian_corrected`. The default is the extrapolated (implicit gradient transport) estimator, our reading
-            of the paper's "special version of momentum" (see docs/optim.md); plain `ema` is biased at batch 1.
+        momentum (`str`, *optional*, defaults to `"hessian_corrected"`): one of `none`, `ema`, `extrapolated`,
+            `hessian_corrected`. The default is the Hessian-corrected estimator: on deterministic problems it
+            converged in every audited start with a dense Hessian where `extrapolated` (implicit gradient transport,
+            the factor `(1-a)/a` = 9 at the default `a`) diverged in 40 of 48, and at batch 1 it lowered the
+            gradient-norm plateau most (docs/optim.md). `extrapolated` is our reading of the paper's "special version
+            of momentum" and what the reproduction runs; plain `ema` is biased at batch 1.
         alpha (`float`, *optional*, defaults to 0.1): gradient momentum weight (floor of the schedule).
         beta (`float`, *optional*, defaults to 0.1): Hessian momentum weight (floor of the schedule).
         alpha_power (`float`, *optional*, defaults to 0.0): `a_t = max(alpha, t^-alpha_power)` (0: constant after
@@ -547,7 +550,7 @@ class CubicNewton(Optimizer):
         params,
         M: float = 1.0,
         lr: float = 1.0,
-        momentum: str = "extrapolated",
+        momentum: str = "hessian_corrected",
         alpha: float = 0.1,
         beta: float = 0.1,
         alpha_power: float = 0.0,

@@ -31,12 +31,19 @@ class CubicNewtonTrainingArguments(TrainingArguments):
     max_grad_norm: float = field(default=0.0, metadata={"help": "Must stay 0: the cubic term regularises the step."})
     cubic_M: float = field(default=10.0, metadata={"help": "Cubic regularisation constant M (M/6 convention)."})
     cubic_momentum: str = field(
-        default="extrapolated", metadata={"help": f"Gradient momentum: one of {MOMENTUM_TYPES}."}
+        default="hessian_corrected",
+        metadata={
+            "help": f"Gradient momentum: one of {MOMENTUM_TYPES} (hessian_corrected costs one more HVP per step with "
+            "a fresh or window Hessian; docs/optim.md)."
+        },
     )
     cubic_alpha: float = field(default=0.1, metadata={"help": "Gradient momentum weight alpha (schedule floor)."})
     cubic_beta: float = field(default=0.1, metadata={"help": "Hessian momentum weight beta (schedule floor)."})
     cubic_alpha_power: float = field(default=0.0, metadata={"help": "alpha_t = max(alpha, t^-power); 0: constant."})
     cubic_beta_power: float = field(default=0.0, metadata={"help": "beta_t = max(beta, t^-power); 0: constant."})
+    cubic_max_extrapolation: float = field(
+        default=10.0, metadata={"help": "Cap on the factor (1-alpha)/alpha of --cubic_momentum extrapolated."}
+    )
     cubic_hessian: str = field(
         default="fresh",
         metadata={
@@ -120,6 +127,7 @@ class CubicNewtonTrainingArguments(TrainingArguments):
             beta=self.cubic_beta,
             alpha_power=self.cubic_alpha_power,
             beta_power=self.cubic_beta_power,
+            max_extrapolation=self.cubic_max_extrapolation,
             hessian=self.cubic_hessian,
             hessian_window=self.cubic_hessian_window,
             solver=self.cubic_solver,

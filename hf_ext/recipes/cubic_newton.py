@@ -44,8 +44,11 @@ class CubicNewtonRecipeArguments:
     adam_lr: float = field(default=0.01, metadata={"help": "Adam learning rate."})
     cubic_M: float = field(default=10.0, metadata={"help": "Cubic regularisation constant M."})
     momentum_type: str = field(
-        default="extrapolated",
-        metadata={"help": "cn_momentum variant: extrapolated (the default of CubicNewton), hessian_corrected or ema."},
+        default="hessian_corrected",
+        metadata={
+            "help": "cn_momentum variant: hessian_corrected (the default of CubicNewton), extrapolated (what `hf-ext "
+            "reproduce cubic_newton` runs) or ema."
+        },
     )
     alpha: float = field(default=0.05, metadata={"help": "Gradient momentum weight of cn_momentum."})
     beta: float = field(default=0.05, metadata={"help": "Hessian momentum weight of cn_momentum."})

@@ -263,3 +263,40 @@ def test_trainer_logs_M_in_its_convention(tmp_path):
     tr.train()
     logged = [r["cubic/M"] for r in tr.state.log_history if "cubic/M" in r]
     assert logged == [10.0, 10.0]
+
+
+# The default momentum ------------------------------------------------------------------------------------------------
+def _deterministic_problems():
+    d = 5
+    gen = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    H = Q @ torch.diag(torch.linspace(-1, 3, d, dtype=torch.float64)) @ Q.T
+    b = torch.randn(d, generator=gen, dtype=torch.float64)
+    eye = torch.eye(d, dtype=torch.float64)
+    return {
+        "convex": lambda x: 0.5 * x @ (H + 2 * eye) @ x + b @ x + 0.25 * (x**4).sum(),
+        "indefinite": lambda x: 0.5 * x @ H @ x + b @ x + 0.25 * (x**4).sum(),
+    }
+
+
+@pytest.mark.parametrize("M", [1.0, 10.0])
+@pytest.mark.parametrize("problem", ["convex", "indefinite"])
+def test_default_momentum_converges_on_deterministic_problems(problem, M):
+    """Was: the default `extrapolated` momentum (factor (1-a)/a = 9 at a = 0.1, under the cap of 10) extrapolated
+    9x a Newton-sized step and diverged on these smooth problems (f: -1.05, 224, 7.9e7, ... 1e208), silently. The
+    default is now `hessian_corrected`, which converges (linearly, ~(1-a) per step)."""
+    f = _deterministic_problems()[problem]
+    p = torch.nn.Parameter(torch.full((5,), 0.5, dtype=torch.float64))
+    opt = CubicNewton([p], M=M)
+    assert opt.param_groups[0]["momentum"] == "hessian_corrected"
+    for _ in range(300):
+        opt.step(lambda: f)
+    assert float(torch.func.grad(f)(p.detach()).norm()) < 1e-8
+
+
+def test_trainer_passes_the_extrapolation_cap():
+    from hf_ext.optim import CubicNewtonTrainingArguments
+
+    args = CubicNewtonTrainingArguments(output_dir="unused", cubic_momentum="extrapolated", cubic_max_extrapolation=1.0)
+    assert args.cubic_newton_kwargs()["max_extrapolation"] == 1.0
+    assert CubicNewtonTrainingArguments(output_dir="unused").cubic_momentum == "hessian_corrected"

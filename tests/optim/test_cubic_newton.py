@@ -228,7 +228,7 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
         (dict(hessian="fresh", solver="lanczos", krylov_dim=0), "krylov_dim"),
         (dict(hessian="fresh", krylov_dim=2.5), "krylov_dim"),
         (dict(hessian="fresh", solver="gd", gd_iters=-1), "gd_iters"),
-        (dict(M_rule="adaptive"), "M_rule.*momentum"),  # the default momentum is "extrapolated"
+        (dict(M_rule="adaptive"), "M_rule.*momentum"),  # the default momentum is "hessian_corrected"
         (dict(M_rule="adaptive", momentum="ema"), "M_rule.*momentum"),
         (dict(M_rule="adaptive", momentum="hessian_corrected"), "M_rule.*momentum"),
         # NaN passed the old `val < 0` checks (alpha_power=nan acted as 0, max_extrapolation=nan as no cap), inf is

@@ -352,7 +352,7 @@ def _weight(base, power, t):
 def _ref_cubic_newton(pairs, x0, kw):
     """The documented CubicNewton rules (docstring / docs/optim.md) in numpy float64; returns the iterates."""
     M, lr = kw.get("M", 1.0), kw.get("lr", 1.0)
-    mom, hess_mode = kw.get("momentum", "extrapolated"), kw.get("hessian", "dense")
+    mom, hess_mode = kw.get("momentum", "hessian_corrected"), kw.get("hessian", "dense")
     alpha, beta = kw.get("alpha", 0.1), kw.get("beta", 0.1)
     ap, bp, cap, K = (
         kw.get("alpha_power", 0.0),

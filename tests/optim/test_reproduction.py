@@ -28,14 +28,13 @@ def test_warmup_gap_is_large_for_adamw_and_near_zero_for_lion_ar(tmp_path):
 
 @pytest.mark.slow
 def test_momentum_reaches_lower_gradient_norm_at_batch_one():
-    """Batch-1 stochastic cubic Newton: the default momentum (extrapolated gradient + Hessian EMA) lowers the
+    """Batch-1 stochastic cubic Newton: the extrapolated momentum (our reading of the paper's; + Hessian EMA) lowers the
     gradient-norm plateau below plain stochastic cubic Newton on at least 4 of 5 seeds, and its median below 0.7x
     plain's; Adam with the same oracle budget is
     reported side by side (not asserted: it is about as good here, see docs/optim.md)."""
     from hf_ext.optim import CubicNewton
     from hf_ext.recipes.cubic_newton import _run, logistic_nonconvex_loss, make_a9a_like
 
-    assert CubicNewton([torch.nn.Parameter(torch.zeros(2))]).param_groups[0]["momentum"] == "extrapolated"
     n, d, steps, seeds = 2000, 20, 300, range(5)
     A, y = make_a9a_like(n, d, seed=0)
     make = logistic_nonconvex_loss(A, y, 0.01)
