@@ -124,8 +124,8 @@ def make_client_app(
         data_collator (`Callable`, *optional*): collator for the `Trainer`.
         processing_class (*optional*): tokenizer passed to the `Trainer`.
         refuse_imprecise_secagg (`bool`, *optional*, defaults to `True`): with secure aggregation, refuse to upload
-            an update whose expected SecAgg+ quantization error exceeds `SECAGG_MAX_RELATIVE_ERROR`
-            ([`check_secagg_range`]); `False` warns (a `UserWarning` and a Flower log line) and uploads.
+            an update whose expected SecAgg+ quantization error exceeds `SECAGG_MAX_RELATIVE_ERROR` (0.5; above
+            `SECAGG_WARN_RELATIVE_ERROR`, 1e-2, it warns) ([`check_secagg_range`]); `False` only warns.
     """
     if fed_args.secure_aggregation:
         return _make_secagg_client_app(
@@ -349,7 +349,10 @@ def _make_secagg_client_app(
 
 
 SECAGG_QUANTIZATION_RANGE = 2**22  # Flower's default `quantization_range`, passed explicitly by make_server_app
-SECAGG_MAX_RELATIVE_ERROR = 1e-2  # the largest expected relative L2 quantization error a client accepts
+# expected relative L2 quantization error of a client's contribution: above the first a client warns, above the
+# second it refuses (the rounding noise, unbiased, is then of the order of the update itself: the update is lost)
+SECAGG_WARN_RELATIVE_ERROR = 1e-2
+SECAGG_MAX_RELATIVE_ERROR = 0.5
 
 
 def secagg_max_weight(fed_args: FederatedArguments) -> float:
@@ -391,10 +394,13 @@ def check_secagg_range(
 
     - Clipping: SecAgg+ clips `(num_examples / max_weight) * update` to `[-clipping_range, clipping_range]` before
       quantizing; clipped values would bias the aggregate.
-    - Precision: the expected relative quantization error ([`secagg_quantization_error`]) must not exceed
-      `SECAGG_MAX_RELATIVE_ERROR` (1e-2): with `max_weight` far above the client's number of examples the scaled
-      update shrinks towards one quantization step (max_weight 1e5 for ~300 examples: 12% error, 1e6: 112%).
-      With `refuse_imprecise=False` this is a loud warning (`UserWarning` and a Flower log line) instead.
+    - Precision: with `max_weight` far above the client's number of examples the scaled update shrinks towards one
+      quantization step (max_weight 1e5 for ~300 examples: 12% error, 1e6: 112%). Above an expected relative error
+      ([`secagg_quantization_error`], an upper bound) of `SECAGG_WARN_RELATIVE_ERROR` (1e-2) the client warns loudly
+      (`UserWarning` and a Flower log line); above `SECAGG_MAX_RELATIVE_ERROR` (0.5: the unbiased rounding noise is
+      of the order of the update itself) it refuses, unless `refuse_imprecise=False` (then it warns). A small update
+      (a low learning rate, few local steps, a converged round) raises the relative error too, so the refusal is
+      kept for errors that leave little of the update; between the two a run proceeds with a warning.
 
     The messages name the Flower run-config key first, then the `FederatedArguments` field / recipe flag.
     """
@@ -416,7 +422,7 @@ def check_secagg_range(
             "(FederatedArguments.secagg_clipping_range, --secagg_clipping_range) or lower the learning rate."
         )
     error = secagg_quantization_error(update, num_examples, fed_args)
-    if error > SECAGG_MAX_RELATIVE_ERROR:
+    if error > SECAGG_WARN_RELATIVE_ERROR:
         step = 2 * fed_args.secagg_clipping_range / SECAGG_QUANTIZATION_RANGE
         if fed_args.client_dp_clip_norm is not None:
             fix = (
@@ -431,11 +437,13 @@ def check_secagg_range(
             )
         message = (
             f"SecAgg+ would quantize this update with an expected relative error of up to {error:.3g}, above "
-            f"{SECAGG_MAX_RELATIVE_ERROR:g}: it is scaled by num_examples / max_weight = {num_examples} / {max_weight:g} "
+            f"{SECAGG_WARN_RELATIVE_ERROR:g}: it is scaled by num_examples / max_weight = {num_examples} / {max_weight:g} "
             f"before rounding to steps of {step:.3g} (2 * clipping range / 2^22); {fix}."
         )
-        if refuse_imprecise:
-            raise ValueError(message)
+        if refuse_imprecise and error > SECAGG_MAX_RELATIVE_ERROR:
+            raise ValueError(
+                f"{message} Refused: above {SECAGG_MAX_RELATIVE_ERROR:g} the rounding noise is of the order of the update."
+            )
         import warnings
         from logging import WARNING
 

@@ -215,7 +215,12 @@ def result_metadata(task: FlowerTask, rounds: list[dict]) -> dict[str, Any]:
     """The structured `<output-path>.json` of a finished run: the run config, every round's number of clients,
     partition ids and metrics, the largest client epsilon (float, or None without DP-SGD) and the secure-aggregation
     settings."""
-    from .flower import SECAGG_MAX_RELATIVE_ERROR, SECAGG_QUANTIZATION_RANGE, secagg_max_weight
+    from .flower import (
+        SECAGG_MAX_RELATIVE_ERROR,
+        SECAGG_QUANTIZATION_RANGE,
+        SECAGG_WARN_RELATIVE_ERROR,
+        secagg_max_weight,
+    )
 
     fed, n = task.fed_args, task.num_clients
     eps = [r["metrics"]["dp_epsilon_max"] for r in rounds if "dp_epsilon_max" in r["metrics"]]
@@ -227,6 +232,7 @@ def result_metadata(task: FlowerTask, rounds: list[dict]) -> dict[str, Any]:
             max_weight=float(secagg_max_weight(fed)),
             clipping_range=float(fed.secagg_clipping_range),
             quantization_range=SECAGG_QUANTIZATION_RANGE,
+            warn_relative_quantization_error=SECAGG_WARN_RELATIVE_ERROR,
             max_relative_quantization_error=SECAGG_MAX_RELATIVE_ERROR,
         )
     return {
