@@ -1,4 +1,4 @@
-"""Fixes from the data/CLI audit (/work/audit/datacli): reproduce verdicts and reporting, CLI usage errors, the
+"""Fixes from the data/CLI audit: reproduce verdicts and reporting, CLI usage errors, the
 tokenizer's special tokens and cache publishing, the corpus cache's truncation check, FSDP2 fingerprints, the
 import-noise filter, and smaller argument checks."""
 

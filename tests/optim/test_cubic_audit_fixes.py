@@ -1,4 +1,4 @@
-"""Regressions for the cubic Newton audit (/work/audit/cubic): non-finite samples with every solver, a failed step
+"""Regressions for the cubic Newton audit: non-finite samples with every solver, a failed step
 leaving the optimizer untouched, low-precision parameters, `last_stats.M` in the user's convention, and the GD solver
 at an exact saddle."""
 
