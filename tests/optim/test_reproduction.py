@@ -32,7 +32,6 @@ def test_momentum_reaches_lower_gradient_norm_at_batch_one():
     gradient-norm plateau below plain stochastic cubic Newton on at least 4 of 5 seeds, and its median below 0.7x
     plain's; Adam with the same oracle budget is
     reported side by side (not asserted: it is about as good here, see docs/optim.md)."""
-    from hf_ext.optim import CubicNewton
     from hf_ext.recipes.cubic_newton import _run, logistic_nonconvex_loss, make_a9a_like
 
     n, d, steps, seeds = 2000, 20, 300, range(5)
