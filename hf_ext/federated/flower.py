@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -78,18 +79,88 @@ def _mean_train_loss(weights, metrics) -> dict[str, float]:
     return {"train_loss": sum(w * float(m["train_loss"]) for w, m in zip(weights, metrics)) / sum(weights)}
 
 
-def _local_round(model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class, context, state, r):
-    """Rebuild the model, train on this node's partition from `state`, persist the accountant in `context.state`."""
+NODE_STATE_FOLDER = "hf_ext-node-state"
+PRIVACY_STATE_FILE = "privacy.json"
+GUARD_STATE_FILE = "secagg-guard.json"
+
+
+class PrivacyHistoryUnknownError(RuntimeError):
+    """A DP-SGD client was asked to train a round > 1 of a run without any record of its earlier rounds (neither in
+    `context.state` nor in its durable node state): starting a fresh accountant would under-report its epsilon."""
+
+
+def node_state_path(state_dir: str, run_id: int, partition_id: int, name: str) -> str:
+    """The file `name` of the durable, node-local state of partition `partition_id` in Flower run `run_id`:
+    `<state_dir>/hf_ext-node-state/run-<run_id>/partition-<partition_id>/<name>`."""
+    return os.path.join(state_dir, NODE_STATE_FOLDER, f"run-{int(run_id)}", f"partition-{int(partition_id)}", name)
+
+
+def _read_node_state(path: str, run_id: int, partition_id: int, what: str, key: str) -> dict:
+    """The record at `path` (written by [`_write_node_state`]), checked to belong to this run and partition; a record
+    that cannot be read is an error (its history is unknown), never an empty one."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise PrivacyHistoryUnknownError(
+            f"The persisted {what} {path!r} cannot be read ({err}); refusing to continue without it."
+        ) from err
+    if not isinstance(record, dict) or key not in record:
+        raise PrivacyHistoryUnknownError(f"The persisted {what} {path!r} has no {key!r}; refusing to continue.")
+    if (record.get("run_id"), record.get("partition_id")) != (int(run_id), int(partition_id)):
+        raise PrivacyHistoryUnknownError(
+            f"The persisted {what} {path!r} does not belong to run {run_id}, partition-id {partition_id}; refusing."
+        )
+    return record
+
+
+def _write_node_state(path: str, run_id: int, partition_id: int, record: dict) -> None:
+    """Write `record` (with its run id and partition id) to `path` atomically (temporary file, fsync, rename)."""
+    from ..utils.io import atomic_write_json
+
+    atomic_write_json(path, {"run_id": int(run_id), "partition_id": int(partition_id), **record})
+
+
+def _restore_accountant(context: Context, pid: int, r: int, training_args, state_dir: str | None) -> PrivacyAccountant:
+    """This partition's accountant for round `r`: from `context.state` (same SuperNode process), else from its durable
+    node state (a restarted SuperNode); under DP-SGD a round > 1 with neither is refused
+    ([`PrivacyHistoryUnknownError`]): the node cannot know how much privacy its partition has already spent."""
+    accountant = PrivacyAccountant(training_args.dp_accountant)
+    if "privacy" in context.state:
+        accountant.load_state_dict(json.loads(context.state["privacy"]["accountant"]))
+        return accountant
+    if state_dir is None or getattr(training_args, "dp_clip_norm", None) is None:
+        return accountant
+    path = node_state_path(state_dir, context.run_id, pid, PRIVACY_STATE_FILE)
+    if os.path.exists(path):
+        saved = _read_node_state(path, context.run_id, pid, "privacy accountant", "accountant")
+        accountant.load_state_dict(saved["accountant"])
+    elif r > 1:
+        raise PrivacyHistoryUnknownError(
+            f"Asked to train round {r} of run {context.run_id} with DP-SGD, but this node (partition-id {pid}) has no "
+            f"record of its privacy accountant: not in its Flower context.state (a restarted SuperNode) and not at "
+            f"{path!r} (the run config's `work-dir` is node-local; was it removed, or is this another machine?). Its "
+            "privacy history is unknown, so it refuses to train rather than report an epsilon that starts from zero."
+        )
+    return accountant
+
+
+def _local_round(
+    model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class, context, state, r, state_dir=None
+):
+    """Rebuild the model, train on this node's partition from `state`, persist the accountant in `context.state`
+    and, under DP-SGD, durably in `state_dir` (before the reply leaves the node)."""
     pid = _partition(context)
     model = model_fn()
     if fed_args.use_lora:
         model = apply_lora(model, fed_args, seed=training_args.seed)
-    accountant = PrivacyAccountant(training_args.dp_accountant)
-    if "privacy" in context.state:
-        accountant.load_state_dict(json.loads(context.state["privacy"]["accountant"]))
+    accountant = _restore_accountant(context, pid, r, training_args, state_dir)
     new_state, n, metrics = train_client(
         model, state, dataset_fn(pid), training_args, fed_args, pid, r, data_collator, processing_class, accountant
     )
+    if state_dir is not None and getattr(training_args, "dp_clip_norm", None) is not None:
+        path = node_state_path(state_dir, context.run_id, pid, PRIVACY_STATE_FILE)
+        _write_node_state(path, context.run_id, pid, {"last_round": int(r), "accountant": accountant.state_dict()})
     context.state["privacy"] = ConfigRecord({"accountant": accountant.to_json()})
     reply = {"num-examples": n, "partition-id": pid}
     if reports_train_loss(fed_args, training_args):
@@ -107,6 +178,7 @@ def make_client_app(
     data_collator: Callable | None = None,
     processing_class=None,
     refuse_imprecise_secagg: bool = True,
+    state_dir: str | None = None,
 ) -> ClientApp:
     """A Flower `ClientApp` whose training runs [`train_client`] on the node's partition.
 
@@ -114,7 +186,11 @@ def make_client_app(
     `model_fn()` (and the seeded adapter), the received global state is loaded, the client trains with the `Trainer`
     (Goldfish / DP-SGD from `training_args`) and replies with its state; with secure aggregation it replies with its
     update through Flower's `secaggplus_mod`, which masks it, behind hf_ext's guard mods ([`secagg_client_mods`]).
-    The client's privacy accountant and its last SecAgg+ round persist in `context.state` across rounds.
+    The client's privacy accountant and its last SecAgg+ round persist in `context.state` across rounds and, because a
+    restarted SuperNode starts with an empty `context.state`, durably in node-local files under `state_dir`
+    ([`node_state_path`]: keyed by run id and partition id, written atomically after each round's training and before
+    the reply, or at SecAgg+ setup before any share leaves). A restarted node resumes from them; under DP-SGD a
+    node asked to train a round > 1 without either record refuses ([`PrivacyHistoryUnknownError`]).
 
     Args:
         model_fn (`Callable[[], PreTrainedModel]`): builds the (deterministic) base model.
@@ -126,10 +202,23 @@ def make_client_app(
         refuse_imprecise_secagg (`bool`, *optional*, defaults to `True`): with secure aggregation, refuse to upload
             an update whose expected SecAgg+ quantization error exceeds `SECAGG_MAX_RELATIVE_ERROR` (0.5; above
             `SECAGG_WARN_RELATIVE_ERROR`, 1e-2, it warns) ([`check_secagg_range`]); `False` only warns.
+        state_dir (`str`, *optional*): the node-local folder of the durable per-run state (defaults to
+            `training_args.output_dir`; the Flower App passes its run config's `work-dir`).
     """
+    if state_dir is None:
+        state_dir = getattr(training_args, "output_dir", None)
+        if not state_dir:
+            raise ValueError("make_client_app needs a `state_dir` (or `training_args.output_dir`) for its node state.")
     if fed_args.secure_aggregation:
         return _make_secagg_client_app(
-            model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class, refuse_imprecise_secagg
+            model_fn,
+            dataset_fn,
+            fed_args,
+            training_args,
+            data_collator,
+            processing_class,
+            refuse_imprecise_secagg,
+            state_dir=state_dir,
         )
     app = ClientApp()
 
@@ -147,6 +236,7 @@ def make_client_app(
             context,
             global_state,
             round_index,
+            state_dir=state_dir,
         )
         content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(reply)})
         return Message(content, reply_to=msg)
@@ -243,13 +333,16 @@ def _round_id(msg) -> int:
         ) from None
 
 
-def make_secagg_round_guard_mod(max_colluders: int = 0):
+def make_secagg_round_guard_mod(max_colluders: int = 0, state_dir: str | None = None):
     """A Flower client mod, placed before `secaggplus_mod`, enforcing per-node round bookkeeping and the colluder bound.
 
     The node keeps the last round it served in `context.state` (record `GUARD_STATE_KEY`). A SecAgg+ setup message is
     refused unless its round id is above that and its threshold passes [`check_setup_request`]; the round is then
     recorded before anything is shared, and every later stage must carry the same round id. `context.state` lives in
-    the SuperNode's memory for one run: a new run (or a restarted SuperNode) starts without a record.
+    the SuperNode's memory for one run: a new run starts without a record, and so would a restarted SuperNode, which
+    a server could then ask to serve a round again. With `state_dir` the record is also written atomically to the
+    node-local file [`node_state_path`]`(state_dir, run_id, partition_id, GUARD_STATE_FILE)` before the setup is
+    passed on, and read back when `context.state` lacks it, so a restarted node still refuses a served round.
 
     The run config is chosen by whoever submits the run (the server side), so a node operator sets its own bound with
     `flower-supernode --node-config "secagg-max-colluders=<c>"`; the larger of that and `max_colluders` applies.
@@ -257,6 +350,7 @@ def make_secagg_round_guard_mod(max_colluders: int = 0):
     Args:
         max_colluders (`int`, *optional*, defaults to 0): how many nodes may collude with the server
             (`FederatedArguments.secure_aggregation_max_colluders`).
+        state_dir (`str`, *optional*): the node-local folder of the durable record (None: `context.state` only).
     """
     from .secure_aggregation import _check_colluders
 
@@ -272,6 +366,19 @@ def make_secagg_round_guard_mod(max_colluders: int = 0):
             stage = configs.get(Key.STAGE)
             round_id = _round_id(msg)
             record = ctxt.state.config_records.get(GUARD_STATE_KEY)
+            path = None
+            if state_dir is not None:
+                pid = _partition(ctxt)
+                path = node_state_path(state_dir, ctxt.run_id, pid, GUARD_STATE_FILE)
+                if record is None and os.path.exists(path):
+                    saved = _read_node_state(path, ctxt.run_id, pid, "SecAgg+ round record", "last_round")
+                    saved_round, writer = int(saved["last_round"]), saved.get("node_id")
+                    # a record of this very round written by another node id is what a second node configured with
+                    # the same partition-id and work-dir leaves (the ServerApp refuses the duplicate partition ids);
+                    # a restarted node with a stable id (SuperNode authentication) or any older round is refused
+                    if not (saved_round == round_id and writer is not None and int(writer) != int(ctxt.node_id)):
+                        record = ConfigRecord({"last-round": saved_round})
+                        ctxt.state.config_records[GUARD_STATE_KEY] = record
             last = None if record is None else int(record["last-round"])
             if stage == Stage.SETUP:
                 node_bound = ctxt.node_config.get(NODE_MAX_COLLUDERS_KEY, 0)
@@ -280,6 +387,8 @@ def make_secagg_round_guard_mod(max_colluders: int = 0):
                         f"node config {NODE_MAX_COLLUDERS_KEY!r} must be an integer >= 0, got {node_bound!r}."
                     )
                 check_setup_request(configs, round_id, last, max(max_colluders, node_bound))
+                if path is not None:  # durably first: a restart must not forget a round whose shares may have left
+                    _write_node_state(path, ctxt.run_id, pid, {"last_round": round_id, "node_id": int(ctxt.node_id)})
                 ctxt.state.config_records[GUARD_STATE_KEY] = ConfigRecord({"last-round": round_id})
             elif last != round_id:
                 raise ValueError(
@@ -290,20 +399,27 @@ def make_secagg_round_guard_mod(max_colluders: int = 0):
     return secagg_round_guard_mod
 
 
-def secagg_client_mods(fed_args: FederatedArguments) -> list:
-    """The client mods of a SecAgg+ `ClientApp`, in order: the round guard (bookkeeping, colluder bound), the unmask
-    guard, then Flower's `secaggplus_mod`."""
+def secagg_client_mods(fed_args: FederatedArguments, state_dir: str | None = None) -> list:
+    """The client mods of a SecAgg+ `ClientApp`, in order: the round guard (bookkeeping, colluder bound; its record
+    kept durably under `state_dir` if given), the unmask guard, then Flower's `secaggplus_mod`."""
     from flwr.client.mod import secaggplus_mod
 
     return [
-        make_secagg_round_guard_mod(fed_args.secure_aggregation_max_colluders),
+        make_secagg_round_guard_mod(fed_args.secure_aggregation_max_colluders, state_dir=state_dir),
         secagg_unmask_guard_mod,
         secaggplus_mod,
     ]
 
 
 def _make_secagg_client_app(
-    model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class, refuse_imprecise=False
+    model_fn,
+    dataset_fn,
+    fed_args,
+    training_args,
+    data_collator,
+    processing_class,
+    refuse_imprecise=False,
+    state_dir=None,
 ):
     from flwr.client import NumPyClient
 
@@ -329,6 +445,7 @@ def _make_secagg_client_app(
                 self._context,
                 global_state,
                 int(config[ROUND_KEY]),
+                state_dir=state_dir,
             )
             update = prepare_upload(global_state, state, fed_args)
             weight = int(upload_weight(n, fed_args))  # 1 under client-level DP (uniform DP-FedAvg)
@@ -345,7 +462,7 @@ def _make_secagg_client_app(
     def client_fn(context: Context):
         return _LoRAClient(context).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=secagg_client_mods(fed_args))
+    return ClientApp(client_fn=client_fn, mods=secagg_client_mods(fed_args, state_dir=state_dir))
 
 
 SECAGG_QUANTIZATION_RANGE = 2**22  # Flower's default `quantization_range`, passed explicitly by make_server_app

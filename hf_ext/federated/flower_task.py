@@ -41,6 +41,8 @@ RUN_CONFIG_DEFAULTS: dict[str, tuple[type, Any]] = {
     "vocab-size": (int, 512),
     "hidden-size": (int, 32),
     "output-path": (str, ""),
+    # node-local folder (default <tmp>/hf_ext_flower): the Trainer's output_dir and each node's durable per-run state
+    # (DP accountant, SecAgg+ round record) that a restarted SuperNode resumes from; keep it on persistent storage
     "work-dir": (str, ""),
     # seconds the ServerApp waits for the replies of each exchange (one per plain round, each of the 4 SecAgg+ stages)
     "round-timeout": (float, 600.0),
