@@ -178,10 +178,21 @@ class RobotsTxtStore(Mapping):
 
     @classmethod
     def from_dict(cls, robots: Mapping[str, object], fetched_at: str | None = None) -> RobotsTxtStore:
-        """Build from `{host: text}` (texts may be `str`, `bytes` or `None`) or `{host: RobotsRecord}`."""
+        """Build from `{host: text}` (texts may be `str`, `bytes` or `None`) or `{host: RobotsRecord}`.
+
+        Two keys that name one host (`a.com` and `A.COM:8080`, `127.0.0.1` and `0x7f.1`; see `normalize_host`) are a
+        `ValueError` naming both, as in `load`: which text applies would depend on the mapping's order."""
         if not isinstance(robots, Mapping):
             raise TypeError(f"robots must be a mapping host -> robots.txt text, got {type(robots).__name__}.")
         store = cls(fetched_at=fetched_at)
+        seen: dict[str, object] = {}
+        for host in robots:
+            key = normalize_host(host) if isinstance(host, str) else host
+            if isinstance(key, str) and key in seen:
+                raise ValueError(
+                    f"hosts {seen[key]!r} and {host!r} are the same host {key!r}: give its robots.txt once."
+                )
+            seen[key] = host
         for host, text in robots.items():
             if isinstance(text, RobotsRecord):
                 store.add(host, text.text, text.fetched_at, text.status, text.error)

@@ -275,6 +275,19 @@ def test_ipv4_hosts_have_one_key_whatever_their_spelling(host, key):
         assert not checker.is_compliant(f"http://{host}/private")
 
 
+@pytest.mark.parametrize(
+    "first, second", [("127.0.0.1", "0x7f.1"), ("127.0.0.1", "2130706433"), ("a.com", "A.COM:8080")]
+)
+def test_a_mapping_that_names_one_host_twice_is_refused(first, second):
+    """Was: `from_dict` kept the later spelling's text (a Disallow for 127.0.0.1 lost to an Allow for 0x7f.1), while
+    `load` refused the same records."""
+    robots = {first: DISALLOW_ALL, second: "User-agent: *\nAllow: /\n"}
+    with pytest.raises(ValueError, match="same host"):
+        RobotsTxtStore.from_dict(robots)
+    with pytest.raises(ValueError, match="same host"):
+        RobotsCompliance(robots)
+
+
 # F8 -----------------------------------------------------------------------------------------------------------------
 def test_docs_do_not_promise_a_faster_datatrove_engine():
     """The recipe's --engine datatrove runs one in-process step; the text said it filtered faster."""
