@@ -167,62 +167,77 @@ def _special_ids(tok):
 
 
 def test_text_that_spells_a_special_token_stays_text(tmp_path):
-    """Was: a literal "<|eos|>" became the EOS id (false document boundary when packing, deleted by decode)."""
+    """Was: a literal "<|eos|>" in a document became the EOS id (false document boundary when packing, deleted by
+    decode). Documents are encoded with split_special_tokens=True where hf_ext tokenizes data; the tokenizer itself
+    keeps transformers' default, so a prompt that spells a special token still encodes to it (metadata eval)."""
     from datasets import Dataset
     from transformers import AutoTokenizer
 
     from hf_ext.data import build_tokenizer, pack_dataset
 
     tok = build_tokenizer(300, texts=["hello world, some text <|eos|> more"] * 20)
-    assert tok.split_special_tokens
-    for t in (tok, None):
-        if t is None:
-            tok.save_pretrained(str(tmp_path / "tok"))
-            t = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))  # the setting is saved with the tokenizer
-            assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())["split_special_tokens"]
-        ids = t(SPELLED, add_special_tokens=False)["input_ids"]
+    tok.save_pretrained(str(tmp_path / "tok"))
+    for t in (tok, AutoTokenizer.from_pretrained(str(tmp_path / "tok"))):
+        assert not t.split_special_tokens  # prompts: a spelled special token is that token
+        assert t("<|bos|>x", add_special_tokens=False)["input_ids"][0] == t.bos_token_id
+        ids = t(SPELLED, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         assert not set(ids) & _special_ids(t)
         assert t.decode(ids, skip_special_tokens=True) == SPELLED
-        assert t(SPELLED)["input_ids"] == ids
-    blocks = pack_dataset(Dataset.from_dict({"text": [SPELLED, "second"]}), tok, block_size=8, drop_remainder=False)
-    flat = [i for b in blocks["input_ids"] for i in b]
-    assert flat.count(tok.eos_token_id) == 2 and not {tok.bos_token_id, tok.pad_token_id} & set(flat)
+        blocks = pack_dataset(Dataset.from_dict({"text": [SPELLED, "second"]}), t, block_size=8, drop_remainder=False)
+        flat = [i for b in blocks["input_ids"] for i in b]
+        assert flat.count(t.eos_token_id) == 2 and not {t.bos_token_id, t.pad_token_id} & set(flat)
+        assert t.decode(flat).count("<|eos|>") == 3  # the document's own spelling plus the two separators
     # the real special tokens are still single ids that collators insert explicitly
     assert len({tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}) == 3
     assert tok.convert_ids_to_tokens(tok.eos_token_id) == "<|eos|>"
 
 
-def test_cached_tokenizers_split_special_tokens_and_corpus_ids_do_not_change(tmp_path, monkeypatch, small_tokenizer):
-    """A tokenizer cached before the fix (no split_special_tokens in its config) gets it on load; the embedded corpus
-    spells no special token, so its token ids (and packed blocks) are the same with and without the setting."""
+def test_compliance_token_counts_treat_a_spelled_special_token_as_text():
+    from datasets import Dataset
+
+    from hf_ext.compliance import compute_retention_stats
+    from hf_ext.data import build_tokenizer
+
+    tok = build_tokenizer(300, texts=["hello world, some text more"] * 20)
+    ds = Dataset.from_dict({"url": ["https://a.com/x"], "text": [SPELLED], "robots_compliant": [False]})
+    stats = compute_retention_stats(ds, agents_column=None, tokenizer=tok)
+    expected = len(tok(SPELLED, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    assert stats.overall["tokens"] == stats.overall["tokens_removed"] == expected
+    assert expected > len(tok(SPELLED, add_special_tokens=False)["input_ids"])  # the spelling is several tokens
+
+
+def test_cached_tokenizers_load_with_the_default_and_corpus_ids_do_not_change(tmp_path, monkeypatch, small_tokenizer):
+    """A tokenizer cached by the version that saved split_special_tokens=True in its config loads with transformers'
+    default (prompts that spell a special token encode to it); the embedded corpus spells no special token, so its
+    packed blocks are the same with either setting."""
     from transformers import AutoTokenizer
 
     from hf_ext.data import build_tokenizer, corpus, load_corpus, pack_dataset
     from hf_ext.data import tokenizer as T
 
-    assert small_tokenizer.split_special_tokens  # the session's cached one
+    assert not small_tokenizer.split_special_tokens  # the session's cached one
     test_split = load_corpus("test")
     assert not any(
         s in text for text in [*load_corpus("train")["text"], *test_split["text"]] for s in T.SPECIAL_TOKENS
     )
-    old = AutoTokenizer.from_pretrained(small_tokenizer.name_or_path, split_special_tokens=False)
-    assert not old.split_special_tokens and old.get_vocab() == small_tokenizer.get_vocab()
     a = pack_dataset(test_split, small_tokenizer, block_size=64)["input_ids"]
-    b = pack_dataset(test_split, old, block_size=64)["input_ids"]
-    assert [list(x) for x in a] == [list(x) for x in b]
+    plain = small_tokenizer(list(test_split["text"]), add_special_tokens=False)["input_ids"]
+    stream = [i for ids in plain for i in [*ids, small_tokenizer.eos_token_id]]
+    assert [list(x) for x in a] == [stream[i : i + 64] for i in range(0, len(stream) // 64 * 64, 64)]
 
-    # an old-style cache entry: saved without split_special_tokens
+    # a cache entry written by the earlier version: split_special_tokens=True saved in its config
     monkeypatch.setenv("HF_EXT_CACHE", str(tmp_path))
     monkeypatch.setattr(corpus, "load_corpus", lambda split: {"text": ["alpha beta gamma <|pad|> delta"] * 30})
     fresh = build_tokenizer(300)
     folder = next((tmp_path / "tokenizers").iterdir())
     config = json.loads((folder / "tokenizer_config.json").read_text())
-    assert config["split_special_tokens"] is True
-    config.pop("split_special_tokens")
+    assert not config.get("split_special_tokens", False)
+    config["split_special_tokens"] = True
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert AutoTokenizer.from_pretrained(str(folder)).split_special_tokens  # what a plain load of it would give
     cached = build_tokenizer(300)
-    assert cached.split_special_tokens and cached.get_vocab() == fresh.get_vocab()
-    assert not set(cached(SPELLED, add_special_tokens=False)["input_ids"]) & _special_ids(cached)
+    assert not cached.split_special_tokens and cached.get_vocab() == fresh.get_vocab()
+    assert cached("<|pad|>", add_special_tokens=False)["input_ids"] == [cached.pad_token_id]
 
 
 # ------------------------------------------------------------------------------------------ F7: cache publish race
@@ -248,7 +263,7 @@ def test_tokenizer_cache_publish_race_uses_the_published_folder(tmp_path, monkey
 
     monkeypatch.setattr(T.shutil, "rmtree", rmtree)
     tok = T.build_tokenizer(300)
-    assert state["published"] == 1 and tok.split_special_tokens
+    assert state["published"] == 1 and not tok.split_special_tokens
     entries = sorted(p.name for p in (tmp_path / "cache" / "tokenizers").iterdir())
     assert len(entries) == 1 and entries[0].startswith("bpe-300-")  # ours was dropped, no .tmp- folder left
     published = tmp_path / "cache" / "tokenizers" / entries[0]

@@ -94,7 +94,8 @@ def compute_retention_stats(
         domain_column (`str`, *optional*): Column naming each document's domain; default: the URL's host.
         url_column (`str`, *optional*, defaults to `"url"`): URL column (used when `domain_column` is not given).
         text_column (`str`, *optional*, defaults to `"text"`): Text whose tokens are counted.
-        tokenizer (`PreTrainedTokenizerBase`, *optional*): Count tokens with this tokenizer (no special tokens).
+        tokenizer (`PreTrainedTokenizerBase`, *optional*): Count tokens with this tokenizer (no special tokens
+            added; text that spells one is counted as text).
         token_column (`str`, *optional*): Use this column of precomputed token counts instead.
         batch_size (`int`, *optional*, defaults to 1000): Rows per batch when counting tokens.
         num_proc (`int`, *optional*): Worker processes for token counting.
@@ -137,7 +138,9 @@ def compute_retention_stats(
             texts = [t or "" for t in batch[text_column]]
             if tokenizer is None:
                 return {"_n_tokens": [len(t.split()) for t in texts]}
-            return {"_n_tokens": [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]}
+            # documents, not prompts: a spelled "<|eos|>" in a page is counted as the text it is
+            ids = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            return {"_n_tokens": [len(x) for x in ids]}
 
         counts_ds = dataset.select_columns([text_column]).map(
             count, batched=True, batch_size=batch_size, num_proc=num_proc, remove_columns=[text_column],

@@ -14,6 +14,9 @@ def pack_dataset(
 ):
     """Tokenize `dataset[text_column]`, join documents with EOS and cut the stream into `block_size` blocks.
 
+    Documents are encoded with `split_special_tokens=True`: text that spells a special token (a literal `"<|eos|>"`)
+    stays ordinary text, so only the EOS appended by `add_eos` separates documents.
+
     Args:
         dataset (`datasets.Dataset`): Dataset with a text column.
         tokenizer (`PreTrainedTokenizerBase`): Tokenizer; its `eos_token_id` separates documents when `add_eos`.
@@ -49,7 +52,8 @@ def pack_dataset(
                 f"text_column={text_column!r} holds a {type(bad).__name__} value ({bad!r:.60}) where text is expected "
                 "(an empty CSV cell or a JSON null?); drop those rows or fill them with strings first."
             )
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # a document that spells "<|eos|>" stays text: only the EOS appended below marks a boundary
+        ids = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         stream: list[int] = []
         for seq in ids:
             stream.extend(seq)

@@ -40,10 +40,11 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
 
     The tokenizer adds no special tokens on its own: `bos_token` (`<|bos|>`), `eos_token` (`<|eos|>`) and
     `pad_token` (`<|pad|>`) are defined for collators and packing to insert explicitly (by id). Any UTF-8 text
-    round-trips, including text that spells a special token: the tokenizer is built with transformers'
-    `split_special_tokens=True` (saved in its `tokenizer_config.json`, so `AutoTokenizer` reloads keep it), so a
-    literal `"<|eos|>"` in a document is encoded as ordinary byte-level tokens, never as the EOS id (no false
-    document boundary when packing, and `decode(..., skip_special_tokens=True)` keeps it).
+    round-trips. Like every transformers tokenizer, it reads a spelled special token in a *prompt* as that token
+    (`tok("<|bos|>x")` starts with the BOS id), so prompt strings built for evaluation encode as in training;
+    *documents* are encoded with `split_special_tokens=True` where hf_ext tokenizes data (`pack_dataset`, the
+    metadata encoder, compliance token counts), so a literal `"<|eos|>"` inside a document stays ordinary
+    byte-level text there, never a false document boundary.
 
     Args:
         vocab_size (`int`, *optional*, defaults to 4096):
@@ -72,7 +73,6 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
             eos_token=EOS_TOKEN,
             pad_token=PAD_TOKEN,
             model_max_length=1 << 20,
-            split_special_tokens=True,  # text never becomes a special token; collators insert those by id
         )
 
     if texts is not None:
@@ -85,8 +85,9 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
     target = cache_dir() / "tokenizers" / f"bpe-{vocab_size}-{key}"
     if cache and (target / "tokenizer.json").is_file():
         try:
-            # a cache written before split_special_tokens was set has the same vocabulary: set it on load
-            return AutoTokenizer.from_pretrained(str(target), split_special_tokens=True)
+            # caches written by an earlier version saved split_special_tokens=True in their config: prompts that
+            # spell a special token must encode to it, so load them with the transformers default
+            return AutoTokenizer.from_pretrained(str(target), split_special_tokens=False)
         except Exception as err:  # truncated or corrupt cache: rebuild it rather than fail every later run
             logger.warning("The cached tokenizer %s is unusable (%s); rebuilding it.", target, err)
             shutil.rmtree(target, ignore_errors=True)
@@ -124,6 +125,6 @@ def _load_published(target: Path):
     if not (target / "tokenizer.json").is_file():
         return None
     try:
-        return AutoTokenizer.from_pretrained(str(target), split_special_tokens=True)
+        return AutoTokenizer.from_pretrained(str(target), split_special_tokens=False)
     except Exception:  # half-written or foreign: let the caller's error stand
         return None

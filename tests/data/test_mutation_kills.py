@@ -82,8 +82,10 @@ def test_fresh_tokenizer_special_tokens_vocab_and_round_trip():
     assert len(set(ids)) == 3 and all(0 <= i < vocab for i in ids)
     for special, idx in zip(("<|bos|>", "<|eos|>", "<|pad|>"), ids):
         assert tok.convert_tokens_to_ids(special) == idx
-        # the spelling in a document is text, not the control token (collators and packing insert the id)
-        assert idx not in tok(special, add_special_tokens=False)["input_ids"]
+        # a prompt that spells it is that token (transformers' default); documents are packed with
+        # split_special_tokens=True, where the spelling stays text (collators and packing insert the id)
+        assert tok(special, add_special_tokens=False)["input_ids"] == [idx]
+        assert idx not in tok(special, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     for text in ("abc", "Zürich — 東京 ✓\n\tq{}", " leading space"):
         assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     assert tok("abc")["input_ids"] == tok("abc", add_special_tokens=False)["input_ids"]  # no BOS/EOS added on its own
