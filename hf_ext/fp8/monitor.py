@@ -342,7 +342,7 @@ class KurtosisMonitor:
         if not self._acc:
             return {}
         keys = sorted(self._acc)
-        stacked = self._reduce_across_ranks(torch.stack([self._acc[k] for k in keys]))
+        stacked = self._reduce_across_ranks(torch.stack([self._acc[k] for k in keys]), keys)
         table = stacked.cpu().tolist()  # the only host sync
         for i, key in enumerate(keys):
             self._prev_amax_t[key] = stacked[i, 2].to(torch.float32).detach().clone()
@@ -366,16 +366,21 @@ class KurtosisMonitor:
                 out[f"{site}/{stat}/avg"] = max(vals) if stat == "max_abs" else sum(vals) / len(vals)
         return out
 
-    def _reduce_across_ranks(self, table: torch.Tensor) -> torch.Tensor:
+    def _reduce_across_ranks(self, table: torch.Tensor, keys=()) -> torch.Tensor:
         """Under `torch.distributed` (DDP / FSDP data parallelism), pool the per-(site, layer) sums of every rank
-        (max for the amax column), so that every rank sees the same statistics and acts on them together."""
+        (max for the amax column), so that every rank sees the same statistics and acts on them together. The ranks
+        must hold the same sorted `keys` (checked by their count and a CRC-32 of their names: equal counts of
+        different rows would otherwise be summed row by row)."""
+        import zlib
+
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(self.process_group) == 1:
             return table
-        rows = torch.tensor([float(table.shape[0]), -float(table.shape[0])], dtype=torch.float64, device=table.device)
+        n, crc = float(table.shape[0]), float(zlib.crc32(repr(list(keys)).encode()))  # both exact in float64
+        rows = torch.tensor([n, -n, crc, -crc], dtype=torch.float64, device=table.device)
         dist.all_reduce(rows, op=dist.ReduceOp.MAX, group=self.process_group)
-        if rows[0] != -rows[1]:
+        if rows[0] != -rows[1] or rows[2] != -rows[3]:
             raise RuntimeError(
                 "KurtosisMonitor: ranks measured different (site, layer) sets this step; every rank must run the same "
                 "monitored forwards (enable/disable the monitor on all ranks at the same steps)."
