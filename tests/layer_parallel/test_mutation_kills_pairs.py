@@ -112,3 +112,23 @@ def test_tensor_parallel_refuses_block_pairs_with_an_mlp_down_bias():
         vocab_size=32, hidden_size=32, intermediate_size=32, num_hidden_layers=4, num_attention_heads=4, mlp_bias=True
     )
     _tp_refusal(convert_to_layer_parallel(LlamaForCausalLM(cfg), 0, 2, mode="block"), 2, "mlp_bias")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("merge", [True, False])
+def test_left_padded_rows_match_the_same_rows_alone(attn_implementation, merge):
+    """A batch with a left-padded row must give that row the logits it has alone: the 2-D `attention_mask` reaches the
+    paired blocks' masks (the padded keys are never attended). Dropping the mask only showed in the continuous-batching
+    test; here the padded row's logits moved by O(1)."""
+    src = _dropout_llama(attn_implementation).eval()
+    lp = convert_to_layer_parallel(src, 0, 2, merge=merge)
+    gen = torch.Generator().manual_seed(5)
+    long, short = torch.randint(1, 64, (1, 10), generator=gen), torch.randint(1, 64, (1, 6), generator=gen)
+    pad = 4
+    ids = torch.cat([long, torch.cat([torch.zeros(1, pad, dtype=torch.long), short], 1)])
+    mask = torch.ones_like(ids)
+    mask[1, :pad] = 0
+    batched = lp(ids, attention_mask=mask).logits
+    torch.testing.assert_close(batched[0], lp(long).logits[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[1, pad:], lp(short).logits[0], atol=1e-5, rtol=1e-5)
