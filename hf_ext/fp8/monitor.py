@@ -366,7 +366,7 @@ class KurtosisMonitor:
                 out[f"{site}/{stat}/avg"] = max(vals) if stat == "max_abs" else sum(vals) / len(vals)
         return out
 
-    def _reduce_across_ranks(self, table: torch.Tensor, keys=()) -> torch.Tensor:
+    def _reduce_across_ranks(self, table: torch.Tensor, keys: list) -> torch.Tensor:
         """Under `torch.distributed` (DDP / FSDP data parallelism), pool the per-(site, layer) sums of every rank
         (max for the amax column), so that every rank sees the same statistics and acts on them together. The ranks
         must hold the same sorted `keys` (checked by their count and a CRC-32 of their names: equal counts of
