@@ -13,6 +13,8 @@ from transformers import TrainerControl
 
 from hf_ext.fp8 import Fp8HealthCallback, KurtosisMonitor
 
+from .test_mutation_kills import _combine
+
 
 class _Fixed(torch.nn.Module):
     """A module whose output is a preset tensor: the monitored site's values are chosen by the test."""
@@ -90,13 +92,6 @@ def test_max_abs_summary_over_layers_is_the_max_not_the_mean():
     rms = [float(((t.double() ** 2).mean(1).sqrt()).mean()) for t in (blocks[0].mlp.up_proj.value,
                                                                      blocks[1].mlp.up_proj.value)]  # fmt: skip
     assert stats["mlp_intermediate/rms/avg"] == pytest.approx(sum(rms) / 2, rel=1e-12)
-
-
-def _combine(tensor, other, op):
-    if op == torch.distributed.ReduceOp.MAX:
-        torch.maximum(tensor, other, out=tensor)
-    else:
-        tensor.add_(other)
 
 
 def test_tensor_parallel_shards_are_measured_as_the_whole_tensor(monkeypatch):
