@@ -14,6 +14,46 @@ from pathlib import Path
 from .robots import STATUS_CLASSES, normalize_host, status_class
 
 _META_FILE = "_snapshot.json"
+_STAGED_SUFFIX = ".staged"
+_STAGED_META_FILE = _META_FILE + _STAGED_SUFFIX
+
+
+def _staged(folder: Path, name: str) -> Path:
+    """Where a folder save stages the host file `name` before its manifest commits it (hidden, never a `*.txt`)."""
+    return folder / f".{name}{_STAGED_SUFFIX}"
+
+
+def _listed_files(meta_path: Path) -> list[str] | None:
+    """The host file names a manifest lists (`None` if it is missing, unreadable or has no list)."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), list):
+        return None
+    return [n for n in meta["files"] if isinstance(n, str) and os.sep not in n and "/" not in n and n.endswith(".txt")]
+
+
+def _finish_staged_save(folder: Path) -> None:
+    """Complete a folder save whose staged manifest exists: rename its staged host files into place, remove the host
+    files only the manifest in force lists, then rename the staged manifest onto it. Every step can be redone after a
+    kill."""
+    from ..utils.io import give_default_permissions
+
+    staged_meta = folder / _STAGED_META_FILE
+    new = _listed_files(staged_meta) if staged_meta.is_file() else None
+    if new is None:
+        return
+    for name in new:
+        staged = _staged(folder, name)
+        if staged.is_file():
+            give_default_permissions(str(staged), like=str(folder / name))
+            os.replace(staged, folder / name)
+    # removed while the staged manifest still names the snapshot in force, so a kill here is redone by the next save
+    for name in set(_listed_files(folder / _META_FILE) or []) - set(new):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(folder / name)
+    os.replace(staged_meta, folder / _META_FILE)
 _FORMATS = ("folder", "jsonl", "parquet")
 
 
@@ -251,6 +291,9 @@ class RobotsTxtStore(Mapping):
             raise ValueError(f"{str(path)!r} is not a folder of <host>.txt files.")
         meta = {}
         meta_file = path / _META_FILE
+        staged_meta = path / _STAGED_META_FILE
+        if staged_meta.is_file():  # a save that wrote everything but did not finish its renames: its snapshot
+            meta_file = staged_meta
         if meta_file.is_file():
             try:
                 meta = json.loads(meta_file.read_text(encoding="utf-8"))
@@ -265,17 +308,24 @@ class RobotsTxtStore(Mapping):
         per_host = {normalize_host(host): info for host, info in meta.get("hosts", {}).items()}
         listed = meta.get("files")
         if isinstance(listed, list):  # written by `save`: exactly the host files of this snapshot
-            files = [path / name for name in listed if isinstance(name, str) and (path / name).is_file()]
+            files = []
+            for name in listed:
+                if not isinstance(name, str):
+                    continue
+                file = path / name
+                if meta_file == staged_meta and _staged(path, name).is_file():  # not renamed yet
+                    file = _staged(path, name)
+                if file.is_file():
+                    files.append((Path(name).stem, file))
         else:  # a hand-made folder (or one saved before the manifest): every <host>.txt
-            files = sorted(path.glob("*.txt"))
+            files = [(file.stem, file) for file in sorted(path.glob("*.txt"))]
         if not files and not meta_file.is_file():
             raise ValueError(
                 f"{str(path)!r} holds no <host>.txt files and no {_META_FILE}: it is not a robots.txt snapshot "
                 "folder; pass a folder written by RobotsTxtStore.save, a .jsonl or a .parquet file."
             )
         store, seen = cls(fetched_at=default_date), {}
-        for file in files:
-            host = file.stem
+        for host, file in files:
             info = per_host.get(normalize_host(host), {})
             store._add_loaded(
                 seen, str(file), host, file.read_bytes(), info.get("fetched_at", default_date), info.get("status"),
@@ -292,12 +342,15 @@ class RobotsTxtStore(Mapping):
     # Writers ------------------------------------------------------------------------------------------------------
     def _save_folder(self, path: Path) -> None:
         """Write the snapshot into the folder `path` (created if needed; through a symlink to a folder, into its
-        target): every `<host>.txt` (each written atomically), then `_snapshot.json`, whose `files` list names the
-        host files of this snapshot, then the host files the previous `_snapshot.json` listed and this one does not
-        are removed. `load` reads only the listed files, so a reload gives exactly what was saved; files of the user
-        in the folder are never read as hosts nor removed. Every text is encoded before the first write, so a bad
-        record fails before the folder changes; a save killed part-way can leave some `<host>.txt` already new under
-        the old `_snapshot.json` (statuses and dates of the old snapshot)."""
+        target), all or nothing. Every `<host>.txt` is first staged as `.<host>.txt.staged`, then the new manifest as
+        `_snapshot.json.staged`, whose `files` list names the host files of this snapshot: once that file exists the
+        save is complete. The staged files are then renamed onto their names, the host files the previous manifest
+        listed and this one does not are removed, and the staged manifest is renamed onto `_snapshot.json`. A save
+        killed before the staged manifest exists leaves the old snapshot in force (its staged files are discarded by
+        the next save); one killed after it is read by `load` as the new snapshot (the staged manifest and any file
+        still staged win) and finished by the next save. `load` reads only the listed files, so a reload gives exactly
+        what was saved; files of the user in the folder are never read as hosts nor removed. Every text is encoded
+        before the first write, so a bad record fails before the folder changes."""
         from ..utils.io import atomic_open
 
         if path.exists() and not path.is_dir():
@@ -313,23 +366,17 @@ class RobotsTxtStore(Mapping):
                 hosts[r.host] = info
         meta = {"fetched_at": self.fetched_at, "hosts": hosts, "files": sorted(payload)}
         meta_text = json.dumps(meta, indent=2, sort_keys=True)
-        previous = []
-        try:
-            old_meta = json.loads((path / _META_FILE).read_text(encoding="utf-8"))
-            if isinstance(old_meta, dict) and isinstance(old_meta.get("files"), list):
-                previous = [n for n in old_meta["files"] if isinstance(n, str)]
-        except (OSError, ValueError):
-            pass
         path.mkdir(parents=True, exist_ok=True)
+        _finish_staged_save(path)  # an earlier save killed after its commit point: complete it first
+        for stale in path.glob(f".*.txt{_STAGED_SUFFIX}"):  # one killed before it: its staged files are void
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stale)
         for name, data in payload.items():
-            with atomic_open(str(path / name), "wb") as fh:
+            with atomic_open(str(_staged(path, name)), "wb") as fh:
                 fh.write(data)
-        with atomic_open(str(path / _META_FILE), "w") as fh:
+        with atomic_open(str(path / _STAGED_META_FILE), "w") as fh:  # the commit point
             fh.write(meta_text)
-        for name in set(previous) - set(payload):
-            if os.sep not in name and "/" not in name and name.endswith(".txt"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path / name)
+        _finish_staged_save(path)
 
     def save(self, path: str | os.PathLike, format: str | None = None) -> Path:
         """Write the snapshot as a folder, `.jsonl` or `.parquet` (format inferred from the path when not given)."""
