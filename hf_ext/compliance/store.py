@@ -54,6 +54,8 @@ def _finish_staged_save(folder: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(folder / name)
     os.replace(staged_meta, folder / _META_FILE)
+
+
 _FORMATS = ("folder", "jsonl", "parquet")
 
 

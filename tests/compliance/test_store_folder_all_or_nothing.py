@@ -35,6 +35,23 @@ def _new():
     return s
 
 
+def _kill_at(monkeypatch, kill_at, ops=("replace", "remove")):
+    """Make the `kill_at`-th call of the given `os` file operations raise, as a process killed there would stop."""
+    calls = {"n": 0}
+
+    def wrap(real):
+        def op(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == kill_at:
+                raise _Killed
+            return real(*a, **k)
+
+        return op
+
+    for name in ops:
+        monkeypatch.setattr(os, name, wrap(getattr(os, name)))
+
+
 def _count_steps(tmp_path, monkeypatch):
     folder = tmp_path / "count"
     _old().save(folder)
@@ -65,17 +82,7 @@ def test_a_folder_save_killed_at_any_step_reloads_as_the_old_or_the_new_snapshot
         folder = tmp_path / f"k{kill_at}"
         _old().save(folder)
         (folder / "notes.txt.bak").write_text("the user's own file")
-        calls = {"n": 0}
-        real_replace, real_remove = os.replace, os.remove
-
-        def step(real, *a, **k):
-            calls["n"] += 1
-            if calls["n"] == kill_at:
-                raise _Killed
-            return real(*a, **k)
-
-        monkeypatch.setattr(os, "replace", lambda *a, **k: step(real_replace, *a, **k))
-        monkeypatch.setattr(os, "remove", lambda *a, **k: step(real_remove, *a, **k))
+        _kill_at(monkeypatch, kill_at)
         with pytest.raises(_Killed):
             _new().save(folder)
         monkeypatch.undo()
@@ -98,16 +105,7 @@ def test_a_killed_save_followed_by_a_save_of_another_snapshot_gives_that_snapsho
     for kill_at in range(1, steps + 1):
         folder = tmp_path / f"t{kill_at}"
         _old().save(folder)
-        calls = {"n": 0}
-        real_replace = os.replace
-
-        def replace(*a, **k):
-            calls["n"] += 1
-            if calls["n"] == kill_at:
-                raise _Killed
-            return real_replace(*a, **k)
-
-        monkeypatch.setattr(os, "replace", replace)
+        _kill_at(monkeypatch, kill_at, ops=("replace",))
         try:
             _new().save(folder)
         except _Killed:
