@@ -165,8 +165,12 @@ class MetadataCollator:
             return False
         return self.cooldown_start_batch is None or self.batches_seen < self.cooldown_start_batch
 
-    def metadata_for(self, examples: list[dict], active: bool = True) -> list[str | None]:
-        """The metadata string of each example (`None` where dropped or when conditioning is off)."""
+    def metadata_for(self, examples: list[dict], active: bool | None = None) -> list[str | None]:
+        """The metadata string of each example: `None` where the template gives none or `metadata_dropout` drops it,
+        and for every example when conditioning is off (`active`, defaults to `conditioning_active`: `False` with
+        `conditioning=False` or once the cooldown has started). Does not advance the batch counter."""
+        if active is None:
+            active = self.conditioning_active
         out: list[str | None] = []
         for example in examples:
             if self.text_column not in example:
