@@ -35,7 +35,8 @@ def resolve_wsd_kwargs(kwargs: dict | None, num_training_steps: int) -> dict:
     """`lr_scheduler_kwargs` for transformers' `warmup_stable_decay` with a fractional `num_decay_steps` resolved.
 
     transformers' `get_wsd_schedule` needs `num_decay_steps` as a step count; like `warmup_steps`, a float in (0, 1)
-    here means that fraction of `num_training_steps` (the FOG reference cools down over the last 20%: 0.2).
+    here means that fraction of `num_training_steps` (the FOG reference cools down over the last 20%: 0.2), rounded
+    to the nearest step and at least 1 (transformers rounds a warmup fraction up instead).
 
     Args:
         kwargs (`dict`, *optional*): The user's `lr_scheduler_kwargs`.
