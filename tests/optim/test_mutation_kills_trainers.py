@@ -25,6 +25,8 @@ from hf_ext.optim.serialization import (
 )
 from hf_ext.optim.warmup_trainer import build_normalized_optimizer, wsd_schedule_arguments
 
+from .test_cubic_trainer import TinyLM, _data
+
 
 class Tiny(nn.Module):
     """Embedding -> Linear -> LayerNorm -> head, with a loss; every kind of parameter the grouping rules tell apart."""
@@ -398,26 +400,17 @@ def test_resume_hands_the_last_measured_row_to_the_next_log():
 # ------------------------------------------------------------------------------ cubic Newton trainer
 
 
-class _DropLM(nn.Module):
-    def __init__(self, vocab=12, dim=5, dropout=0.0):
+class _DropLM(TinyLM):
+    """The cubic tests' model with dropout after the embedding (so train and eval mode give different losses)."""
+
+    def __init__(self, dropout=0.0):
         super().__init__()
-        self.emb = nn.Embedding(vocab, dim)
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(dim, vocab)
 
     def forward(self, input_ids, labels=None):
         logits = self.head(self.drop(torch.tanh(self.emb(input_ids))))
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         return {"loss": loss, "logits": logits}
-
-
-def _cubic_data(n=8):
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, 12, (6,), generator=g)
-        out.append({"input_ids": ids, "labels": (ids * 5 + 1) % 12})
-    return out
 
 
 def _cubic_args(out, **kw):
@@ -461,7 +454,7 @@ def test_cubic_arguments_reach_the_optimizer(tmp_path):
         cubic_convention="M/3",
         cubic_momentum="extrapolated",
     )
-    trainer = CubicNewtonTrainer(model=_cubic_model(), args=args, train_dataset=_cubic_data())
+    trainer = CubicNewtonTrainer(model=_cubic_model(), args=args, train_dataset=_data())
     opt = trainer.create_optimizer()
     want = dict(alpha_power=0.5, beta_power=0.25, max_extrapolation=3.0, hessian="window", hessian_window=5,
                 solver="gd", gd_iters=17, max_step_norm=0.5, cubic_convention="M/3", momentum="extrapolated", M=5.0)
@@ -476,7 +469,7 @@ def test_cubic_logged_values_are_means_over_the_logging_window(tmp_path):
 
     args = _cubic_args(tmp_path, cubic_momentum="none", cubic_M_rule="adaptive", cubic_M=0.01, eval_strategy="steps",
                        eval_steps=1, per_device_eval_batch_size=8)
-    data = _cubic_data()
+    data = _data()
     trainer = CubicNewtonTrainer(model=_cubic_model(), args=args, train_dataset=data, eval_dataset=data[:4])
     trainer.train()
     hist = trainer.cubic_history
@@ -501,7 +494,7 @@ def test_cubic_step_uses_the_model_in_eval_mode(tmp_path):
     from hf_ext.optim import CubicNewton, CubicNewtonTrainer
     from hf_ext.optim.cubic_newton import make_flat_loss
 
-    data = _cubic_data(4)
+    data = _data(4)
     args = _cubic_args(tmp_path, max_steps=1, logging_steps=1, cubic_momentum="none")
     trainer = CubicNewtonTrainer(model=_cubic_model(dropout=0.5), args=args, train_dataset=data)
     trainer.train()
@@ -520,7 +513,7 @@ def test_cubic_window_hessian_resumes_exactly(tmp_path):
 
     kw = dict(cubic_hessian="window", cubic_hessian_window=2, cubic_momentum="ema", cubic_alpha=0.5, cubic_beta=0.5,
               save_strategy="steps", save_steps=2)
-    data = _cubic_data()
+    data = _data()
     full = CubicNewtonTrainer(model=_cubic_model(), args=_cubic_args(tmp_path / "full", **kw), train_dataset=data)
     full.train()
     resumed = CubicNewtonTrainer(model=_cubic_model(), args=_cubic_args(tmp_path / "res", **kw), train_dataset=data)
