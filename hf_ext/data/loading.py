@@ -37,7 +37,9 @@ def load_text_datasets(
     With neither `dataset_name` nor `train_file`, the embedded corpus (`hf_ext.data.load_corpus`) is used.
     `validation_file`, when given, is the validation data whatever the training data is (each file is read with the
     `datasets` builder of its own extension); otherwise the corpus' held-out split, the dataset's `validation` (or
-    `test`) split, or a `validation_fraction` split of the training data.
+    `test`) split, or a `validation_fraction` split of the training data drawn with `seed`. The recipes pass their
+    `--validation_split_seed` (default 0) here, not the training `--seed`, so runs that differ only in `--seed` are
+    evaluated on the same documents.
     Errors name the argument at fault and are raised before any download or training.
     """
     from datasets import load_dataset
@@ -49,6 +51,10 @@ def load_text_datasets(
     check_dataset_config(dataset_name, dataset_config_name)
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(
+            f"The validation split seed (--validation_split_seed) must be an integer in [0, 2**32), got {seed!r}."
+        )
     for arg, path in (("--train_file", train_file), ("--validation_file", validation_file)):
         if path is not None:
             if not os.path.isfile(path):

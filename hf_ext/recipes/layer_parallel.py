@@ -41,6 +41,14 @@ class LayerParallelDataArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of --dataset_name."})
     train_file: str | None = field(default=None, metadata={"help": "Local .txt/.json/.jsonl/.csv/.parquet file."})
     validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
+    validation_split_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the held-out split drawn from --train_file (or from a dataset without a validation "
+            "split). It does not follow --seed, so runs that differ only in --seed train and evaluate on the same "
+            "documents."
+        },
+    )
     text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
     block_size: int = field(default=64, metadata={"help": "Tokens per block (> 0)."})
     vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
@@ -507,7 +515,7 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         data_args.train_file,
         data_args.validation_file,
         data_args.text_column,
-        seed=training_args.seed,
+        seed=data_args.validation_split_seed,
     )
     train_ds = pack_dataset(train_text, tokenizer, data_args.block_size, data_args.text_column)
     eval_ds = pack_dataset(eval_text, tokenizer, data_args.block_size, data_args.text_column)

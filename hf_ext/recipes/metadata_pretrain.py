@@ -43,6 +43,14 @@ class MetadataDataArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of --dataset_name."})
     train_file: str | None = field(default=None, metadata={"help": "Local .json/.jsonl/.csv/.parquet file."})
     validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
+    validation_split_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the held-out split drawn from --train_file (or from a dataset without a validation "
+            "split). It does not follow --seed, so runs that differ only in --seed train and evaluate on the same "
+            "documents."
+        },
+    )
     text_column: str = field(default="text", metadata={"help": "Column holding the document text."})
     block_size: int = field(default=128, metadata={"help": "Tokens per packed training row (> 0)."})
     vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
@@ -274,7 +282,7 @@ def load_documents(data_args: MetadataDataArguments, seed: int):
         data_args.train_file,
         data_args.validation_file,
         data_args.text_column,
-        seed=seed,
+        seed=data_args.validation_split_seed,
     )
     return train, valid, None
 

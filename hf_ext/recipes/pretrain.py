@@ -92,6 +92,14 @@ class DataArguments:
             "the dataset's validation/test split, or 5% of --train_file)."
         },
     )
+    validation_split_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the held-out split drawn from --train_file (or from a dataset without a validation "
+            "split). It does not follow --seed, so runs that differ only in --seed train and evaluate on the same "
+            "documents."
+        },
+    )
     text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
     block_size: int = field(default=128, metadata={"help": "Tokens per training block (> 0)."})
     vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
@@ -533,7 +541,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         data_args.train_file,
         data_args.validation_file,
         data_args.text_column,
-        seed=training_args.seed,
+        seed=data_args.validation_split_seed,
     )
     with training_args.main_process_first(desc="pack datasets"):
         train_ds = pack_dataset(train_text, tokenizer, data_args.block_size, data_args.text_column)

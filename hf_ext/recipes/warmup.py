@@ -64,6 +64,13 @@ class WarmupRecipeArguments:
     max_eval_blocks: int = field(default=128, metadata={"help": "Evaluate on at most this many held-out blocks."})
     metrics_every: int = field(default=5, metadata={"help": "Measure update metrics every N steps."})
     train_file: str | None = field(default=None, metadata={"help": "Local text/json file instead of the corpus."})
+    validation_split_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the held-out split drawn from --train_file. It does not follow --seed, so runs that "
+            "differ only in --seed are evaluated on the same documents."
+        },
+    )
 
 
 @dataclass
@@ -383,7 +390,9 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
     arms = validate(recipe, args)
     resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)
     tokenizer = build_tokenizer(recipe.vocab_size)
-    train_text, eval_text = load_text_datasets(None, None, recipe.train_file, None, "text", seed=args.seed)
+    train_text, eval_text = load_text_datasets(
+        None, None, recipe.train_file, None, "text", seed=recipe.validation_split_seed
+    )
     train_ds = pack_dataset(train_text, tokenizer, recipe.block_size, "text")
     eval_ds = pack_dataset(eval_text, tokenizer, recipe.block_size, "text")
     for split, ds in (("training", train_ds), ("held-out", eval_ds)):
