@@ -33,8 +33,9 @@ setup-dev: $(VENV)/.installed-dev
 demo: setup
 	$(PY) scripts/pretrain.py --max_steps 600 --output_dir outputs/demo
 
+# --timeout: a test that hangs fails after 15 minutes with its stack (pytest-timeout) instead of stalling the run.
 test: setup-dev
-	$(PY) -m pytest -m "not slow and not gpu" -q
+	$(PY) -m pytest -m "not slow and not gpu" -q --timeout 900
 
 test-slow: setup-dev
 	$(PY) -m pytest -m "slow" -q
