@@ -207,7 +207,12 @@ class InfluenceEngine:
             raise ValueError(
                 f"method='exact' with exact_curvature={config.exact_curvature!r} would invert a {biggest} x {biggest} "
                 f"matrix, above max_exact_dim={config.max_exact_dim}. Use method='hyperinf' (or raise "
-                "`max_exact_dim`, or exact_curvature='gfim')."
+                "`max_exact_dim`"
+                + (
+                    ", or exact_curvature='gfim', which inverts one factor's side only)."
+                    if config.exact_curvature != "gfim"
+                    else ")."
+                )
             )
         self.layers: dict[str, LayerState] = {}
         self.num_train = 0
