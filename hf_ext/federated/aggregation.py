@@ -28,7 +28,11 @@ def _check_weights(weights: Sequence[float], n: int) -> torch.Tensor:
 
 
 def check_compatible_states(states: Sequence[Mapping[str, torch.Tensor]], argument: str = "client_states") -> None:
-    """Raise a `ValueError` unless all state dicts have the same keys, shapes and floating dtypes.
+    """Raise a `ValueError` unless all state dicts have the same keys, shapes and dtypes.
+
+    A tensor whose dtype differs from the first state's is refused: an integer tensor where the others are floating
+    would otherwise be copied from the first state and the others' values dropped, and mixed floating precisions mean
+    the clients did not train the same configuration.
 
     Args:
         states (`Sequence[Mapping[str, torch.Tensor]]`): the state dicts to compare (e.g. one per client).
@@ -53,6 +57,12 @@ def check_compatible_states(states: Sequence[Mapping[str, torch.Tensor]], argume
                     f"`{argument}[{i}][{key!r}]` has shape {tuple(sd[key].shape)} but `{argument}[0]` has "
                     f"{tuple(ref[key].shape)}: clients use different LoRA ranks or models. Use one configuration for "
                     "all clients."
+                )
+            if sd[key].dtype != ref[key].dtype:
+                raise ValueError(
+                    f"`{argument}[{i}][{key!r}]` has dtype {sd[key].dtype} but `{argument}[0]` has {ref[key].dtype}: "
+                    "every client must send its adapter in the dtype of the global state (load the models with the "
+                    "same `dtype`)."
                 )
 
 
