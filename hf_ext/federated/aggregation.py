@@ -269,8 +269,8 @@ def add_server_noise(
         clip_norm (`float`): the per-client clip norm `C`.
         noise_multiplier (`float`): `sigma`, the noise std in units of the sensitivity.
         num_clients (`int`): the fixed number of clients of the federation (the denominator of the mean).
-        generator (`torch.Generator`, *optional*): the noise source; pass a secret one (e.g.
-            [`secret_noise_generator`]): noise regenerable from a known seed gives no privacy.
+        generator (`torch.Generator`, *optional*): the noise source; defaults to a fresh [`secret_noise_generator`]
+            (never torch's global RNG): noise regenerable from a known seed gives no privacy.
 
     Returns:
         `tuple[dict[str, torch.Tensor], float]`: the noised mean update and the noise std.
@@ -283,6 +283,10 @@ def add_server_noise(
     std = noise_multiplier * clip_norm / n
     if std == 0:
         return dict(mean_update), 0.0
+    if generator is None:
+        from .privacy import secret_noise_generator
+
+        generator = secret_noise_generator()
     out = dict(mean_update)
     for k in sorted(mean_update):  # sorted: the noise does not depend on the dict's insertion order
         v = mean_update[k]
@@ -353,7 +357,8 @@ def aggregate_round(
         lora_scaling (`float`, *optional*): `lora_alpha / r`, required for `"merge_then_average"`.
         client_clip_norm (`float`, *optional*): enables client-level clipping and noise when set.
         client_noise_multiplier (`float`, *optional*, defaults to 0): noise multiplier for client-level DP.
-        generator (`torch.Generator`, *optional*): noise source (keep it secret).
+        generator (`torch.Generator`, *optional*): noise source (keep it secret); defaults to a fresh
+            [`secret_noise_generator`].
         num_clients (`int`, *optional*): client-level DP only: the fixed number of clients of the federation, the
             denominator of the mean whatever the clients present; defaults to `len(client_states)` (all present).
 

@@ -230,11 +230,17 @@ def noisy_sum(
     noise_multiplier: float,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Sum clipped per-sample gradients and add `N(0, (noise_multiplier * max_norm)^2)` to every coordinate."""
+    """Sum clipped per-sample gradients and add `N(0, (noise_multiplier * max_norm)^2)` to every coordinate.
+
+    Without `generator` the noise comes from a fresh [`secret_noise_generator`] (never from torch's global RNG, which
+    anyone who knows the run's seed could replay).
+    """
     noise_multiplier = _check_sigma(noise_multiplier)
     if noise_multiplier > 0 and not (max_norm > 0 and math.isfinite(max_norm)):
         raise ValueError(f"`max_norm` (the sensitivity) must be a finite number > 0 to add noise, got {max_norm}.")
     std = noise_multiplier * max_norm
+    if std > 0 and generator is None and clipped:
+        generator = secret_noise_generator(next(iter(clipped.values())).device)
     out = {}
     for n, g in clipped.items():
         s = g.sum(dim=0)
