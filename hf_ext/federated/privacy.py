@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import secrets
 from collections.abc import Mapping
 
@@ -293,16 +294,18 @@ class PoissonBatchSampler:
     generator seeded by `(seed, epoch)`, and every iteration moves to the next epoch unless [`set_epoch`] chose one
     (the `Trainer` calls it at every epoch), so epochs never replay each other. Given `(seed, epoch)` the draw is
     reproducible, so a resumed run (the `Trainer` sets the epoch, then skips the batches already trained) sees the
-    same batches as an uninterrupted one. Use a different `seed` for each client and round.
+    same batches as an uninterrupted one. Use a different `seed` for each client and round, and keep it secret: from
+    a known seed anyone rebuilds the batches, which voids the accountant's amplification by subsampling.
 
     Args:
         num_samples (`int`): dataset size `N`.
         sample_rate (`float`): inclusion probability `q` in (0, 1].
         num_batches (`int`, *optional*): batches per epoch.
-        seed (`int`, *optional*, defaults to 0): seed of the draws.
+        seed (`int`, *optional*): seed of the draws; defaults to 63 secret bits from the OS randomness (`secrets`),
+            fresh for every sampler. Pass one for reproducible draws (tests, bit-identical resumes).
     """
 
-    def __init__(self, num_samples: int, sample_rate: float, num_batches: int | None = None, seed: int = 0):
+    def __init__(self, num_samples: int, sample_rate: float, num_batches: int | None = None, seed: int | None = None):
         if num_samples < 1:
             raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
         if not 0 < sample_rate <= 1:
@@ -310,7 +313,9 @@ class PoissonBatchSampler:
         self.num_samples = int(num_samples)
         self.sample_rate = float(sample_rate)
         self.num_batches = int(num_batches) if num_batches else max(1, round(1 / self.sample_rate))
-        self.seed = int(seed)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"`seed` must be an integer or None (a secret seed), got {seed!r}.")
+        self.seed = secrets.randbits(63) if seed is None else int(seed)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
