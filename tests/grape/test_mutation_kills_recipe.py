@@ -9,14 +9,7 @@ import pytest
 
 from hf_ext.recipes.grape import main
 
-DOMAINS = ["text", "numeric", "networking", "filesystem"]
-TINY = [
-    "--hidden_size", "32", "--intermediate_size", "64", "--num_attention_heads", "2", "--vocab_size", "512",
-    "--block_size", "32", "--per_device_train_batch_size", "4", "--reweight_batch_size", "4",
-    "--reweight_mini_batch_size", "2", "--reweight_domains_every", "1", "--reweight_tasks_every", "1",
-    "--source_domains", ",".join(DOMAINS), "--disable_tqdm", "true", "--use_cpu", "true", "--max_steps", "1",
-    "--report_to", "none",
-]  # fmt: skip
+from .test_recipe_audit import TINY
 
 
 def test_doremi_trains_after_uniform_and_uses_its_model_as_reference(tmp_path, monkeypatch):
