@@ -19,9 +19,22 @@ import re
 _PERCENT = re.compile(r"%%|%\(\w+\)[a-z]|%")
 
 
+def validation_split_seed_field():
+    """The `--validation_split_seed` dataclass field of the recipes that hold out part of a `--train_file`."""
+    return dataclasses.field(
+        default=0,
+        metadata={
+            "help": "Seed of the held-out split drawn from the training data when no validation data is given "
+            "(e.g. a --train_file without --validation_file). It does not follow --seed, so runs that differ only "
+            "in --seed train and evaluate on the same documents."
+        },
+    )
+
+
 def _escape_percent(text: str) -> str:
     """Double every `%` that is not already `%%` or an argparse `%(name)s` field."""
     return _PERCENT.sub(lambda m: "%%" if m.group(0) == "%" else m.group(0), text)
+
 
 # Fields that, where a recipe has them, must be >= 1 (None means "not set" and is allowed).
 _POSITIVE_INT = (

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..utils.io import atomic_savefig, atomic_write_results
+from ._common import validation_split_seed_field
 
 
 @dataclass
@@ -41,14 +42,7 @@ class LayerParallelDataArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of --dataset_name."})
     train_file: str | None = field(default=None, metadata={"help": "Local .txt/.json/.jsonl/.csv/.parquet file."})
     validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
-    validation_split_seed: int = field(
-        default=0,
-        metadata={
-            "help": "Seed of the held-out split drawn from --train_file (or from a dataset without a validation "
-            "split). It does not follow --seed, so runs that differ only in --seed train and evaluate on the same "
-            "documents."
-        },
-    )
+    validation_split_seed: int = validation_split_seed_field()
     text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
     block_size: int = field(default=64, metadata={"help": "Tokens per block (> 0)."})
     vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})

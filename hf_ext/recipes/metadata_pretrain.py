@@ -18,6 +18,7 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
 from ..utils.io import atomic_savefig, atomic_write_results, atomic_write_text
+from ._common import validation_split_seed_field
 from .pretrain import ModelArguments, build_model, check_fresh_model
 
 logger = logging.getLogger(__name__)
@@ -43,14 +44,7 @@ class MetadataDataArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of --dataset_name."})
     train_file: str | None = field(default=None, metadata={"help": "Local .json/.jsonl/.csv/.parquet file."})
     validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
-    validation_split_seed: int = field(
-        default=0,
-        metadata={
-            "help": "Seed of the held-out split drawn from --train_file (or from a dataset without a validation "
-            "split). It does not follow --seed, so runs that differ only in --seed train and evaluate on the same "
-            "documents."
-        },
-    )
+    validation_split_seed: int = validation_split_seed_field()
     text_column: str = field(default="text", metadata={"help": "Column holding the document text."})
     block_size: int = field(default=128, metadata={"help": "Tokens per packed training row (> 0)."})
     vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ._common import validation_split_seed_field
+
 
 @dataclass
 class ModelArguments:
@@ -92,14 +94,7 @@ class DataArguments:
             "the dataset's validation/test split, or 5% of --train_file)."
         },
     )
-    validation_split_seed: int = field(
-        default=0,
-        metadata={
-            "help": "Seed of the held-out split drawn from --train_file (or from a dataset without a validation "
-            "split). It does not follow --seed, so runs that differ only in --seed train and evaluate on the same "
-            "documents."
-        },
-    )
+    validation_split_seed: int = validation_split_seed_field()
     text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
     block_size: int = field(default=128, metadata={"help": "Tokens per training block (> 0)."})
     vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ..optim.warmup_trainer import WarmupFreeTrainingArguments
 from ..utils.io import atomic_savefig, atomic_write_results
+from ._common import validation_split_seed_field
 
 ARCHITECTURES = ("llama", "gpt2", "openai-gpt")
 ARMS = ("adamw_warmup", "adamw_no_warmup", "lion_ar_warmup", "lion_ar_no_warmup", "lion_a_warmup", "lion_a_no_warmup")
@@ -64,13 +65,7 @@ class WarmupRecipeArguments:
     max_eval_blocks: int = field(default=128, metadata={"help": "Evaluate on at most this many held-out blocks."})
     metrics_every: int = field(default=5, metadata={"help": "Measure update metrics every N steps."})
     train_file: str | None = field(default=None, metadata={"help": "Local text/json file instead of the corpus."})
-    validation_split_seed: int = field(
-        default=0,
-        metadata={
-            "help": "Seed of the held-out split drawn from --train_file. It does not follow --seed, so runs that "
-            "differ only in --seed are evaluated on the same documents."
-        },
-    )
+    validation_split_seed: int = validation_split_seed_field()
 
 
 @dataclass
