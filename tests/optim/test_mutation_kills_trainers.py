@@ -26,6 +26,7 @@ from hf_ext.optim.serialization import (
 from hf_ext.optim.warmup_trainer import build_normalized_optimizer, wsd_schedule_arguments
 
 from .test_cubic_trainer import TinyLM, _data
+from .test_cubic_trainer import _args as _cubic_trainer_args
 
 
 class Tiny(nn.Module):
@@ -414,23 +415,10 @@ class _DropLM(TinyLM):
 
 
 def _cubic_args(out, **kw):
-    from hf_ext.optim import CubicNewtonTrainingArguments
-
-    base = dict(
-        output_dir=str(out),
-        per_device_train_batch_size=4,
-        max_steps=4,
-        use_cpu=True,
-        report_to="none",
-        logging_steps=2,
-        save_strategy="no",
-        seed=0,
-        cubic_M=5.0,
-        cubic_krylov_dim=4,
-        disable_tqdm=True,
-    )
+    """test_cubic_trainer's arguments, logging every 2 steps, not saving, with the default momentum and alpha."""
+    base = dict(logging_steps=2, save_strategy="no", cubic_momentum="hessian_corrected", cubic_alpha=0.1)
     base.update(kw)
-    return CubicNewtonTrainingArguments(**base)
+    return _cubic_trainer_args(out, **base)
 
 
 def _cubic_model(dropout=0.0):
