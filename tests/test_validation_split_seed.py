@@ -76,3 +76,16 @@ def test_a_bad_split_seed_is_refused_by_name(tmp_path):
     for bad in (-1, 2**32, 1.5, True):
         with pytest.raises(ValueError, match="--validation_split_seed"):
             load_text_datasets(train_file=data, seed=bad)
+
+
+@pytest.mark.parametrize("name", ["pretrain", "layer_parallel", "metadata_pretrain", "warmup"])
+def test_a_bad_split_seed_flag_is_refused_before_any_work(name, tmp_path, monkeypatch):
+    loads = []
+    monkeypatch.setattr(hf_ext.data, "load_text_datasets", lambda *a, **k: loads.append(a))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="--validation_split_seed must be"):
+        _main(name)(["--output_dir", str(out), "--train_file", _train_file(tmp_path), "--validation_split_seed", "-1"])
+    assert loads == []  # refused while parsing, before the data is loaded
+    assert (out / "results.json").read_text() == "{}"

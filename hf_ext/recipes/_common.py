@@ -117,6 +117,10 @@ def validate_parsed(parsed, resume: str = "resolve") -> None:
                     f"--num_attention_heads ({obj.num_attention_heads}) must be divisible by --num_key_value_heads "
                     f"({kv})."
                 )
+        if "validation_split_seed" in names and not 0 <= obj.validation_split_seed < 2**32:
+            raise ValueError(
+                f"--validation_split_seed must be an integer in [0, 2**32), got {obj.validation_split_seed!r}."
+            )
         if "train_file" in names and getattr(obj, "train_file", None):
             check_text_file(obj.train_file, "--train_file")
         if "validation_file" in names and getattr(obj, "validation_file", None):
