@@ -1,0 +1,50 @@
+"""`pip install hf_ext` (a wheel, not the editable install the tests run from) ships every file of the package.
+
+The embedded corpus is built from Python's own sources, but the lm-eval task YAMLs and their JSONL data, the
+`evaluate` metric cards and the example robots.txt snapshot are data files: a wheel without them imports fine and
+fails only when a user runs the evaluation or the compliance example. The wheel is built from a copy of the tracked
+files (nothing is written into the checkout) and compared with `git ls-files hf_ext`.
+"""
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+
+def _tracked(root: Path, *paths: str) -> list[str]:
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs a git checkout to list the package's tracked files")
+    out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", *paths], capture_output=True, check=True)
+    return [name for name in out.stdout.decode().split("\0") if name]
+
+
+def test_the_wheel_ships_every_tracked_file_of_the_package_and_the_command(tmp_path, repo_root):
+    root = Path(repo_root)
+    package_files = _tracked(root, "hf_ext")
+    assert any(f.endswith(".jsonl") for f in package_files) and any(f.endswith(".yaml") for f in package_files)
+    source = tmp_path / "source"
+    for rel in [*package_files, "pyproject.toml", "README.md"]:
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, source / rel)
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = dist.glob("hf_ext-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        scripts = archive.read(entry_points).decode()
+    missing = sorted(f for f in package_files if f not in names)
+    assert not missing, f"files of the package left out of the wheel (add their suffix to package-data): {missing}"
+    extra = sorted(n for n in names if n.startswith("hf_ext/") and n not in package_files)
+    assert not extra, f"files in the wheel that are not tracked sources: {extra}"
+    assert "hf-ext = hf_ext.cli:main" in scripts
