@@ -204,6 +204,7 @@ class _Fp8LinearFunction(torch.autograd.Function):
             out = out + bias.float()
         ctx.save_for_backward(xq, wq)
         ctx.module = module
+        ctx.training = module.training  # a backward of an eval-mode forward (influence, attribution) records nothing
         ctx.has_bias = bias is not None
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
         return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
@@ -212,17 +213,19 @@ class _Fp8LinearFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         xq, wq = ctx.saved_tensors
         module: Fp8Linear = ctx.module
-        module._fp8_backward_seen = True  # the next training forward starts a new forward log
+        if ctx.training:
+            module._fp8_backward_seen = True  # the next training forward starts a new forward log
         _, grad_dtype = fp8_dtypes(module.fp8_format)
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         amax_g = g2.detach().abs().amax().float()
         if module.scaling == "delayed":
-            if module.training:
+            if ctx.training:
                 (amax_g,) = _reduce_amax(module, amax_g)
             hist = module.fp8_amax_history
             ref_g = _history_amax(hist[:, 2], amax_g, module.amax_compute_algo, module.fp8_scale_amax[2])
-            _record(hist[:, 2], amax_g)
-            module.fp8_scale_amax[2] = ref_g
+            if ctx.training:  # as in the forward: only training steps move the persistent scaling state
+                _record(hist[:, 2], amax_g)
+                module.fp8_scale_amax[2] = ref_g
         else:
             ref_g = amax_g
         gq = quantize_dequantize(g2, scale_from_amax(ref_g, grad_dtype, module.margin), grad_dtype)
@@ -239,9 +242,11 @@ class Fp8Linear(nn.Linear):
     `scaling="delayed"`, the persistent buffers `fp8_amax_history` (shape `(amax_history_len, 3)`: input, weight,
     grad_output) and `fp8_scale_amax` (shape `(3,)`: the amax each operand's current scale came from, kept when the
     history's amax is zero or not finite, as Transformer Engine keeps its scale) are saved in the model state dict and
-    so in every Trainer checkpoint. Under data parallelism (DDP, FSDP2) the recorded amaxes are maxed over
-    `amax_reduction_group` first, as Transformer Engine reduces them: every rank holds the same history and scales,
-    those of one process on the whole batch, so a checkpoint written by rank 0 is every rank's state.
+    so in every Trainer checkpoint. Only training-mode forwards and their backwards record amaxes: an `eval()` forward,
+    and the backward of one (influence functions), use the scales the history gives and leave it unchanged. Under
+    data parallelism (DDP, FSDP2) the recorded amaxes are maxed over `amax_reduction_group` first, as Transformer
+    Engine reduces them: every rank holds the same history and scales, those of one process on the whole batch, so a
+    checkpoint written by rank 0 is every rank's state.
 
     Args:
         in_features, out_features, bias: As `nn.Linear`.
