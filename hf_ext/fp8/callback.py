@@ -228,6 +228,9 @@ class Fp8HealthCallback(TrainerCallback):
                     group["initial_lr"] *= factor
             if lr_scheduler is not None and hasattr(lr_scheduler, "base_lrs"):
                 lr_scheduler.base_lrs = [lr * factor for lr in lr_scheduler.base_lrs]
+            if lr_scheduler is not None and hasattr(lr_scheduler, "_last_lr"):
+                # what Trainer logs as the first resumed step's learning rate (restored from the checkpoint unscaled)
+                lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
             msg = f"Fp8HealthCallback: learning rate scaled by {factor:g} (total scale {self.lr_scale:g})."
             logger.warning(msg)
             self.actions_taken.append(msg)
@@ -400,14 +403,29 @@ def train_with_rollback(trainer, callback: Fp8HealthCallback | None = None, resu
     own = vars(trainer).get("_save_checkpoint")  # a patch of the user's on this instance, put back afterwards
     if guarded:
         trainer._save_checkpoint = _save_guard(trainer, trainer._save_checkpoint, [callback])
+    # an optimizer / scheduler the user passed (`optimizers=(...)`) is the one every rollback resumes with; the Trainer
+    # builds its own (from `args`, `optimizer_cls_and_kwargs`) only where none was given. Either way its state is then
+    # loaded from the checkpoint.
+    given_optimizer, given_scheduler = trainer.optimizer, trainer.lr_scheduler
+    # Trainer pops `model` (and `params`) from the kwargs of `optimizer_cls_and_kwargs` when it builds the optimizer:
+    # each train() gets its own copy, so a rollback builds the same optimizer again (LionAR needs `model`)
+    cls_and_kwargs = getattr(trainer, "optimizer_cls_and_kwargs", None)
+
+    def train(checkpoint):
+        if cls_and_kwargs is not None:
+            trainer.optimizer_cls_and_kwargs = (cls_and_kwargs[0], dict(cls_and_kwargs[1]))
+        return trainer.train(resume_from_checkpoint=checkpoint)
+
     try:
-        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        result = train(resume_from_checkpoint)
         while callback.rollback_request is not None:
             request, callback.rollback_request = callback.rollback_request, None
             callback.resume_checkpoint = request["checkpoint"]
-            trainer.optimizer, trainer.lr_scheduler = None, None  # rebuilt, then loaded from the checkpoint
-            result = trainer.train(resume_from_checkpoint=request["checkpoint"])
+            trainer.optimizer, trainer.lr_scheduler = given_optimizer, given_scheduler
+            result = train(request["checkpoint"])
     finally:
+        if cls_and_kwargs is not None:
+            trainer.optimizer_cls_and_kwargs = cls_and_kwargs
         if guarded:
             if own is not None:
                 trainer._save_checkpoint = own
