@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 import torch
 
+from ..utils.vmap import prepared_for_vmap
+
 ACCOUNTANTS = ("pld", "rdp")
 
 
@@ -152,9 +154,12 @@ def per_sample_gradients(
 
     Uses `torch.func.vmap(grad(...))` over `functional_call`, so the cost is one batched forward/backward. Each
     sample's loss is the mean next-token cross-entropy over its labels that are not -100. With `attention_mask`
-    (padded batches, left or right padding) padded keys are masked and a target whose input position is padding
-    (the first real token under left padding) is not counted, so each row's gradient equals that of the same
-    sequence without its padding. Build models with `attn_implementation="eager"` for speed under `vmap`.
+    (padded batches, left or right padding) each row's gradient is that of the same sequence without its padding:
+    left-padded rows are moved to the right first (their tokens then sit at positions 0, 1, ..., as alone), padded
+    keys are masked, and a target that is padding or is predicted from padding is not counted. For the vmapped call
+    a transformers model runs with eager attention (sdpa's mask creation branches on the data, which `vmap` refuses)
+    and without the input-embedding hooks of `enable_input_require_grads` (gradient checkpointing); both are
+    restored afterwards.
 
     Returns:
         `tuple[dict[str, torch.Tensor], torch.Tensor]`: gradients with a leading batch dimension, and the per-sample
@@ -175,9 +180,21 @@ def per_sample_gradients(
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("The model has no trainable parameter (nothing requires grad).")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base.training and getattr(base, "is_activation_checkpointing", False):
+        raise ValueError(
+            "Per-sample gradients (torch.func) do not support activation checkpointing's saved-tensor hooks; call "
+            "`model.activation_checkpointing_disable()` (or put the model in eval mode) first."
+        )
     buffers = {n: b.detach() for n, b in model.named_buffers()}
     # without padding the causal default is exact; with padding, each sample gets its own 2D mask row
-    mask = None if attention_mask is None or bool(attention_mask.bool().all()) else attention_mask
+    mask = None if attention_mask is None or bool(attention_mask.bool().all()) else attention_mask.long()
+    attend = None
+    if mask is not None:
+        input_ids, labels, mask = _real_tokens_first(input_ids, labels, mask)
+        # a row without any real token attends to everything (eager attention turns a fully masked row into NaN in
+        # float64); it has no target, so its gradient is zero all the same
+        attend = torch.where(mask.any(dim=1, keepdim=True), mask, torch.ones_like(mask))
 
     def loss_fn(p, ids, lab, m, m2):
         kwargs = {"input_ids": ids[None]}
@@ -186,8 +203,9 @@ def per_sample_gradients(
         out = functional_call(model, (p, buffers), args=(), kwargs=kwargs, strict=False)
         logits = out.logits[0, :-1].float()
         target = lab[1:]
-        if m2 is not None:  # a target predicted from a padding position (left padding) is not part of the sample
-            target = torch.where(m2[:-1].bool(), target, torch.full_like(target, -100))
+        if m2 is not None:  # a padding target, or one predicted from padding, is not part of the sample
+            real = m2[:-1].bool() & m2[1:].bool()
+            target = torch.where(real, target, torch.full_like(target, -100))
         loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
         mean = loss / (target != -100).sum().clamp(min=1)
         return mean, mean.detach()
@@ -197,10 +215,22 @@ def per_sample_gradients(
         return grads, loss
 
     in_mask = None if mask is None else 0
-    grads, losses = vmap(g, in_dims=(None, 0, 0, in_mask, in_mask), randomness="different")(
-        params, input_ids, labels, mask, mask
-    )
+    with prepared_for_vmap(model):
+        grads, losses = vmap(g, in_dims=(None, 0, 0, in_mask, in_mask), randomness="different")(
+            params, input_ids, labels, attend, mask
+        )
     return grads, losses
+
+
+def _real_tokens_first(
+    input_ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows rotated so that their leading padding moves to the end (left padding becomes right padding; other rows
+    are unchanged): the tokens of a row then sit at positions 0, 1, ... as in the sequence alone."""
+    length = mask.shape[1]
+    lead = torch.where(mask.any(dim=1), mask.bool().int().argmax(dim=1), torch.zeros_like(mask[:, 0]))
+    index = (torch.arange(length, device=mask.device)[None, :] + lead[:, None]) % length
+    return input_ids.gather(1, index), labels.gather(1, index), mask.gather(1, index)
 
 
 def clip_per_sample(

@@ -93,6 +93,13 @@ class PrivateTrainingArguments(TrainingArguments):
                     f"--label_smoothing_factor {self.label_smoothing_factor} would be ignored in training: DP-SGD clips "
                     "each sample's gradient of the model's own loss (evaluate() would still smooth). Leave it at 0."
                 )
+            if self.activation_checkpointing:  # transformers mirrors its old name, --gradient_checkpointing, here
+                raise ValueError(
+                    "--activation_checkpointing (--gradient_checkpointing) does not work with DP-SGD: per-sample "
+                    "gradients come from torch.func (vmap over grad), which does not support activation "
+                    "checkpointing's saved-tensor hooks. Leave it off, and lower --per_device_train_batch_size if "
+                    "memory is short."
+                )
         if not 0 < self.dp_delta < 1:
             raise ValueError(f"--dp_delta must be in (0, 1), got {self.dp_delta}.")
         if self.dp_noise_seed is not None and (

@@ -11,10 +11,11 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+
+from ..utils.vmap import prepared_for_vmap
 
 _A_PARTS = ("lora_A", "lora_embedding_A")
 _B_PARTS = ("lora_B", "lora_embedding_B")
@@ -218,39 +219,6 @@ def model_input_names(model: torch.nn.Module) -> set[str]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     params = inspect.signature(base.forward).parameters
     return {name for name in _MODEL_INPUTS if name in params}
-
-
-# local functions registered as input-embedding forward hooks by transformers' `enable_input_require_grads` and by
-# peft's fallback for models without it
-_REQUIRE_GRADS_HOOK_NAMES = ("make_inputs_require_grads", "make_inputs_require_grad")
-
-
-def _hide_input_require_grads_hooks(model: torch.nn.Module) -> list[tuple[dict, list]]:
-    """Remove the forward hooks of `enable_input_require_grads` from their modules' hook dicts.
-
-    A hook is recognised by its handle, kept by the `PreTrainedModel` (`_require_grads_hooks`), or by its function's
-    name: a second `enable_input_require_grads` call (e.g. `peft.prepare_model_for_kbit_training`, then `Trainer` with
-    gradient checkpointing) registers another hook and drops the handle of the first.
-    Returns, per modified hook dict, the dict and its entries before the removal, to be restored by the caller.
-    """
-    handle_ids = set()
-    for module in model.modules():
-        handles = list(getattr(module, "_require_grads_hooks", None) or [])
-        handles.append(getattr(module, "_require_grads_hook", None))
-        handle_ids.update(getattr(handle, "id", None) for handle in handles if handle is not None)
-    hidden: list[tuple[dict, list]] = []
-    for module in model.modules():
-        hooks = module._forward_hooks
-        remove = [
-            key
-            for key, hook in hooks.items()
-            if key in handle_ids or getattr(hook, "__name__", None) in _REQUIRE_GRADS_HOOK_NAMES
-        ]
-        if remove:
-            hidden.append((hooks, list(hooks.items())))
-            for key in remove:
-                del hooks[key]
-    return hidden
 
 
 class PaddingCollator:
@@ -490,40 +458,9 @@ class PerExampleGradients:
     def _base_model(self) -> torch.nn.Module:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    @contextmanager
-    def _prepared_for_vmap(self) -> Iterator[None]:
-        """Make the forward runnable under `torch.func` for one vmapped call, and restore the model afterwards.
-
-        * A transformers model is switched to eager attention (sdpa mask creation branches on the data). Only the
-          vmapped calls run in eager mode: the per-example backward passes (`"loop"`, padded batches) keep the model's
-          own attention (transformers' eager attention yields NaN on fully masked rows in float64).
-        * The input-embedding forward hooks of `enable_input_require_grads` (registered by `Trainer` with
-          `gradient_checkpointing=True` and by `peft.prepare_model_for_kbit_training`) are taken out: they call
-          `output.requires_grad_()`, which `torch.func` transforms refuse. They only matter for a backward pass through
-          frozen embeddings and are put back in their original order, their handles still valid, also on error.
-        """
-        restore_attn = self._use_eager_attention()
-        try:
-            hidden = _hide_input_require_grads_hooks(self.model)
-            try:
-                yield
-            finally:
-                for hooks, saved in hidden:
-                    hooks.clear()
-                    hooks.update(saved)
-        finally:
-            if restore_attn is not None:
-                self._base_model().set_attn_implementation(restore_attn)
-
-    def _use_eager_attention(self) -> str | None:
-        """Switch a transformers model to eager attention for vmap (sdpa mask creation branches on the data).
-
-        Returns the implementation to restore afterwards, or `None` when nothing was changed.
-        """
-        base = self._base_model()
-        config = getattr(base, "config", None)
-        current = getattr(config, "_attn_implementation", None)
-        if current in (None, "eager") or not hasattr(base, "set_attn_implementation"):
-            return None
-        base.set_attn_implementation("eager")
-        return current
+    def _prepared_for_vmap(self):
+        """`hf_ext.utils.vmap.prepared_for_vmap` for this model: eager attention and no input-require-grads hooks for
+        one vmapped call. Only the vmapped calls run in eager mode: the per-example backward passes (`"loop"`, padded
+        batches) keep the model's own attention (transformers' eager attention yields NaN on fully masked rows in
+        float64)."""
+        return prepared_for_vmap(self.model)
