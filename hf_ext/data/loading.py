@@ -23,6 +23,30 @@ def check_dataset_config(dataset_name: str | None, dataset_config_name: str | No
         )
 
 
+def is_saved_dataset_folder(path: str | None) -> bool:
+    """True for a folder written by `datasets`' `save_to_disk` (a `Dataset`'s `state.json` or a `DatasetDict`'s
+    `dataset_dict.json`), which `load_from_disk` reads and `load_dataset` refuses."""
+    return bool(path) and os.path.isdir(path) and any(
+        os.path.isfile(os.path.join(path, name)) for name in ("dataset_dict.json", "state.json")
+    )
+
+
+def load_dataset_or_folder(dataset_name: str, dataset_config_name: str | None = None, flag: str = "--dataset_name"):
+    """`datasets.load_dataset(dataset_name, dataset_config_name)`, or `load_from_disk` for a `save_to_disk` folder
+    (e.g. the compliance recipe's `compliant_dataset/`): a `DatasetDict`, or the `Dataset` such a folder holds."""
+    if is_saved_dataset_folder(dataset_name):
+        from datasets import load_from_disk
+
+        if dataset_config_name:
+            raise ValueError(
+                f"{flag}={dataset_name!r} is a save_to_disk folder, which has no configs; drop --dataset_config_name."
+            )
+        return load_from_disk(dataset_name)
+    from datasets import load_dataset
+
+    return load_dataset(dataset_name, dataset_config_name)
+
+
 def load_text_datasets(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
@@ -35,6 +59,8 @@ def load_text_datasets(
     """Return `(train, validation)` `datasets.Dataset`s holding `text_column`.
 
     With neither `dataset_name` nor `train_file`, the embedded corpus (`hf_ext.data.load_corpus`) is used.
+    `dataset_name` is a Hub dataset, a local folder of data files, or a `save_to_disk` folder (`DatasetDict`, or one
+    `Dataset`: the training data).
     `validation_file`, when given, is the validation data whatever the training data is (each file is read with the
     `datasets` builder of its own extension); otherwise the corpus' held-out split, the dataset's `validation` (or
     `test`) split, or a `validation_fraction` split of the training data drawn with `seed`. The recipes pass their
@@ -78,14 +104,22 @@ def load_text_datasets(
                 "--train_file with a local file."
             )
         try:
-            raw = load_dataset(dataset_name, dataset_config_name)
+            raw = load_dataset_or_folder(dataset_name, dataset_config_name)
         except (ConnectionError, OSError) as err:
             raise ValueError(
                 f"Could not load --dataset_name={dataset_name!r} ({err.__class__.__name__}: {err}). Without Hub "
                 "access, drop --dataset_name to use the embedded offline corpus or pass --train_file."
             ) from err
-        train = raw["train"]
-        valid = raw["validation"] if "validation" in raw else (raw["test"] if "test" in raw else None)
+        if not hasattr(raw, "keys"):  # a save_to_disk folder of one Dataset: the training data
+            train, valid = raw, None
+        elif "train" not in raw:
+            raise ValueError(
+                f"--dataset_name={dataset_name!r} has no 'train' split (splits: {list(raw.keys())}); pass a dataset "
+                "with one, or --train_file."
+            )
+        else:
+            train = raw["train"]
+            valid = raw["validation"] if "validation" in raw else (raw["test"] if "test" in raw else None)
     if validation_file is not None:  # the user's validation data wins over the corpus' or the dataset's own split
         valid = load_dataset(_file_builder(validation_file), data_files={"validation": validation_file})["validation"]
     if text_column not in train.column_names:

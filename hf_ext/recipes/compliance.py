@@ -259,15 +259,17 @@ def _load_dataset(args: ComplianceArguments):
     import datasets
 
     from ..data import load_corpus
+    from ..data.loading import is_saved_dataset_folder, load_dataset_or_folder
 
     if args.train_file:
         ext = os.path.splitext(args.train_file)[1].lstrip(".")
         ext = {"jsonl": "json"}.get(ext, ext)
         return datasets.load_dataset(ext, data_files={args.split: args.train_file}, split=args.split)
     if args.dataset_name:
-        if os.path.isdir(args.dataset_name):
-            loaded = datasets.load_from_disk(args.dataset_name)
+        if is_saved_dataset_folder(args.dataset_name):
+            loaded = load_dataset_or_folder(args.dataset_name, args.dataset_config_name)
             return loaded[args.split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        # a Hub dataset or a local folder of data files
         return datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.split)
     return load_corpus(args.split)
 

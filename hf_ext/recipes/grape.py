@@ -324,11 +324,18 @@ def _load_file(path: str, text_column: str):
 
 def _load_sources(data_args: GrapeDataArguments, args: GrapeRecipeConfig):
     """The sources of `--train_file` or `--dataset_name`, unfiltered."""
-    from datasets import load_dataset
+    from ..data.loading import load_dataset_or_folder
 
     if data_args.train_file:
         return _load_file(data_args.train_file, args.text_column)
-    return load_dataset(data_args.dataset_name, data_args.dataset_config_name)["train"]
+    loaded = load_dataset_or_folder(data_args.dataset_name, data_args.dataset_config_name)
+    if not hasattr(loaded, "keys"):  # a save_to_disk folder of one Dataset
+        return loaded
+    if "train" not in loaded:
+        raise ValueError(
+            f"--dataset_name={data_args.dataset_name!r} has no 'train' split (splits: {list(loaded.keys())})."
+        )
+    return loaded["train"]
 
 
 def build_data(data_args: GrapeDataArguments, args: GrapeRecipeConfig):
