@@ -87,6 +87,13 @@ class _GrapeCallback(TrainerCallback):
             self.trainer.save_mixture(args.output_dir)
 
 
+def _vocab_size(model) -> int | None:
+    """Rows of `model`'s output embedding (its logits' width), or `None` when it has none."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return None if weight is None else int(weight.shape[0])
+
+
 class GrapeTrainer(Trainer):
     """Trainer for multi-source, multi-target data-mixture optimisation (GRAPE) and its baselines.
 
@@ -265,6 +272,15 @@ class GrapeTrainer(Trainer):
                 from transformers import AutoModelForCausalLM
 
                 reference_model = AutoModelForCausalLM.from_pretrained(args.reference_model_name_or_path)
+            ours, theirs = _vocab_size(self.model), _vocab_size(reference_model)
+            if ours is not None and theirs is not None and ours != theirs:
+                source = args.reference_model_name_or_path or "reference_model"
+                raise ValueError(
+                    f"The DoReMi reference model ({source}) has a vocabulary of {theirs} tokens, the model trained here "
+                    f"{ours}: the excess loss compares the two models' losses on the same token ids, so both need the "
+                    "same tokenizer. Train the reference with this run's tokenizer (reweight_method=uniform) and pass "
+                    "it as --reference_model_name_or_path."
+                )
             self.reference_model = reference_model.to(self.args.device).eval()
             self.reference_model.requires_grad_(False)
         self._mixture_sampler: MixtureSampler | None = None
