@@ -236,6 +236,20 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
             f"--model_name_or_path={base!r} is not a local folder and HF_HUB_OFFLINE is set; pass a local checkpoint "
             "or drop the argument to pretrain a tiny base model on the embedded corpus."
         )
+    if task.task == "classification" and base and os.path.isfile(os.path.join(base, "config.json")):
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+        try:
+            config = AutoConfig.from_pretrained(base)
+        except (ValueError, OSError):  # not a config transformers can read: loading the base reports it
+            config = None
+        if config is not None and type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+            raise ValueError(
+                f"--model_name_or_path={base!r} is a {config.model_type!r} model, which has no sequence-classification "
+                "class (AutoModelForSequenceClassification) for --task classification; use --task llm_selection "
+                "with it, or a base of a type that has one (e.g. llama)."
+            )
     strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
     if strategy != "no":
         raise ValueError(
