@@ -263,6 +263,16 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
             "(base/config.json) from the interrupted run; resume with the same --output_dir, pass the base with "
             "--model_name_or_path, or drop the flag to start from scratch."
         )
+    saved_base = os.path.join(training_args.output_dir, "base")
+    if resume and not base and os.path.isfile(os.path.join(saved_base, "config.json")):
+        with open(os.path.join(saved_base, "config.json")) as fh:
+            saved_vocab = json.load(fh).get("vocab_size")
+        if saved_vocab is not None and saved_vocab != task.vocab_size:
+            raise ValueError(
+                f"--vocab_size {task.vocab_size}: the base model of the interrupted run ({saved_base}) was pretrained "
+                f"with a {saved_vocab}-token tokenizer, which the resumed run keeps; resume with --vocab_size "
+                f"{saved_vocab}, or start afresh in another --output_dir."
+            )
     ensure_writable_dir(training_args.output_dir, "--output_dir")
 
 
@@ -332,6 +342,14 @@ def load_tokenizer(base: str | None, vocab_size: int):
     from ..data import build_tokenizer
 
     return build_tokenizer(vocab_size)
+
+
+def run_tokenizer(base: str | None, vocab_size: int, training_args):
+    """The tokenizer of this run: the given base's; when resuming without one, that of the base the interrupted run
+    pretrained (`<output_dir>/base`, the token ids its checkpoints were trained on); else the embedded BPE."""
+    if base is None and training_args.resume_from_checkpoint:
+        base = os.path.join(training_args.output_dir, "base")
+    return load_tokenizer(base, vocab_size)
 
 
 def prepare_base(model_args, tokenizer, training_args) -> str:
@@ -582,7 +600,7 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     methods = parse_list(inf.methods)
     set_seed(training_args.seed)
     base = model_args.model_name_or_path
-    tokenizer = load_tokenizer(base, task.vocab_size)
+    tokenizer = run_tokenizer(base, task.vocab_size, training_args)
     train, val, test, is_noisy, domains = build_task(task, tokenizer, training_args.seed)
     print(
         f"task: {len(domains)} domains, train {len(train)} ({int(is_noisy.sum())} flipped), val {len(val)}, "
@@ -792,7 +810,7 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
     fractions = parse_fractions(inf.select_fractions)
     set_seed(training_args.seed)
     base = model_args.model_name_or_path
-    tokenizer = load_tokenizer(base, task.vocab_size)
+    tokenizer = run_tokenizer(base, task.vocab_size, training_args)
     train, target, test, corrupted = build_instruction_task(
         tokenizer,
         parse_list(task.domains),
