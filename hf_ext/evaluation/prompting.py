@@ -106,6 +106,7 @@ def evaluate_with_prefix(
     include_path: str | Sequence[str] | None = None,
     seed: int = 1234,
     metadata: Mapping | None = None,
+    encode_prefix_apart: bool = False,
     **kwargs,
 ) -> dict:
     """Like [`evaluate_model`], with `prefix` placed once at the very start of every prompt (lm-eval's task
@@ -115,6 +116,10 @@ def evaluate_with_prefix(
         prefix (`str` or `Callable[[dict], str]`): A string (a Jinja template over the test document's fields, e.g.
             `"URL: {{host}}\\n\\n"`) or a function of the test document. Starting it with the tokenizer's BOS string
             makes lm-eval's `HFLM` encode the prompt as `[BOS] prefix ...` without adding another BOS.
+        encode_prefix_apart (`bool`, *optional*, defaults to `False`): Tokenize the prefix and the rest of the prompt
+            separately, as metadata-conditioned training encodes a document's metadata prefix and its text (MeCo's
+            `URL: host\\n\\n` then the document: a byte-level BPE may merge the prefix's last characters with the
+            next ones when the whole prompt is encoded at once). Needs lm-eval's `HFLM` (a model object or folder).
         Others (`metadata` too, e.g. `{"domains": "filesystem"}`): as in [`evaluate_model`].
 
     Returns:
@@ -127,14 +132,18 @@ def evaluate_with_prefix(
         raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
     with _keeping_train_mode(model):  # HFLM switches a model object to eval mode
         lm = _as_lm(model, tokenizer, batch_size, device, max_length)
+        prefixes: set[str] = set()
+        if encode_prefix_apart:
+            _encode_prefixes_apart(lm, prefixes)
         tm = task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED, metadata=metadata)
         loaded = list(tm.load(tasks)["tasks"].values())  # fresh Task objects: the settings below touch only these
         for task in loaded:
             if callable(prefix):
-                task.set_config("process_docs", _with_prefix_field(task.config.process_docs, prefix))
+                task.set_config("process_docs", _with_prefix_field(task.config.process_docs, prefix, prefixes))
                 task.set_config("description", PREFIX_FIELD)
             else:
                 task.set_config("description", prefix)
+                prefixes.add(prefix)
         kwargs.setdefault("bootstrap_iters", 1000)
         kwargs.setdefault("log_samples", False)
         results = lm_eval.simple_evaluate(
@@ -152,12 +161,56 @@ def evaluate_with_prefix(
     return dict(results) if results is not None else {}
 
 
-def _with_prefix_field(process_docs, prefix: Callable[[dict], str]):
-    """The task's `process_docs` followed by a column holding each document's prefix (read by `description`)."""
+def _with_prefix_field(process_docs, prefix: Callable[[dict], str], seen: set[str] | None = None):
+    """The task's `process_docs` followed by a column holding each document's prefix (read by `description`); the
+    prefixes are also added to `seen`."""
 
     def process(dataset):
         if process_docs is not None:
             dataset = process_docs(dataset)
-        return dataset.add_column(PREFIX_FIELD, [str(prefix(dict(doc))) for doc in dataset])
+        column = [str(prefix(dict(doc))) for doc in dataset]
+        if seen is not None:
+            seen.update(column)
+        return dataset.add_column(PREFIX_FIELD, column)
 
     return process
+
+
+def _encode_prefixes_apart(lm, prefixes: set[str]) -> None:
+    """Make lm-eval's `HFLM` `lm` encode a string that starts with one of `prefixes` (the longest that matches, filled
+    in while the tasks load) as the prefix's tokens followed by the rest's own tokens."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    if not isinstance(lm, HFLM):
+        raise TypeError(
+            f"encode_prefix_apart needs lm-eval's HFLM (a model object or a folder), got {type(lm).__name__}."
+        )
+    tokenizer, encode, batch_encode = lm.tokenizer, lm.tok_encode, lm.tok_batch_encode
+
+    def split(string: str) -> str | None:
+        return max((p for p in prefixes if p and string.startswith(p)), key=len, default=None)
+
+    def tok_encode(string, add_special_tokens=None, left_truncate_len=None, **kwargs):
+        prefix = split(string)
+        if prefix is None:
+            return encode(string, add_special_tokens=add_special_tokens, left_truncate_len=left_truncate_len, **kwargs)
+        ids = encode(prefix, add_special_tokens=add_special_tokens, **kwargs)
+        ids = ids + tokenizer.encode(string[len(prefix) :], add_special_tokens=False)
+        return ids[-left_truncate_len:] if left_truncate_len else ids
+
+    def tok_batch_encode(strings, padding_side="left", left_truncate_len=None, truncation=False):
+        if not any(split(s) for s in strings):
+            return batch_encode(strings, padding_side, left_truncate_len, truncation)
+        rows = [tok_encode(s, left_truncate_len=left_truncate_len) for s in strings]
+        width = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            cols = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+            ids[i, cols] = torch.tensor(row, dtype=torch.long)
+            mask[i, cols] = 1
+        return ids, mask
+
+    lm.tok_encode, lm.tok_batch_encode = tok_encode, tok_batch_encode

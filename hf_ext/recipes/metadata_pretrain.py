@@ -519,7 +519,7 @@ def evaluate_tasks_with_and_without_url(models: dict, tokenizer, template, meta_
             for k in shots:
                 res = evaluate_with_prefix(
                     model, tokenizer, tasks, prefix=prefixes[(name, url)], num_fewshot=k, limit=meta_args.eval_limit,
-                    batch_size=meta_args.eval_batch_size,
+                    batch_size=meta_args.eval_batch_size, encode_prefix_apart=True,
                 )  # fmt: skip
                 rows += [{**r, "num_fewshot": k, "url": url} for r in results_rows(res, name=name)]
     metric = meta_args.eval_metric
