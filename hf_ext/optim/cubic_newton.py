@@ -673,7 +673,9 @@ class CubicNewton(Optimizer):
         if self.param_groups:
             raise ValueError(
                 "CubicNewton takes a single parameter group: M, the momenta and the flat parameter vector are global "
-                "and fixed at construction. Build a new CubicNewton over all parameters instead of add_param_group."
+                "and fixed at construction. Build a new CubicNewton over all parameters instead of add_param_group. "
+                "(A transformers Trainer given optimizer_cls_and_kwargs=(CubicNewton, ...) passes its weight-decay "
+                "groups: train with hf_ext.optim.CubicNewtonTrainer instead.)"
             )
         params = param_group["params"]
         params = [params] if isinstance(params, torch.Tensor) else list(params)
@@ -791,7 +793,8 @@ class CubicNewton(Optimizer):
         if closure is None:
             raise ValueError(
                 "CubicNewton.step needs a closure returning f(flat_params) for the current sample "
-                "(or call set_closure() first)."
+                "(or call set_closure() first). A transformers Trainer calls step() without one: train with "
+                "hf_ext.optim.CubicNewtonTrainer, which builds the closure from each batch."
             )
         fns = closure()
         f_grad, f_hess = fns if isinstance(fns, tuple) else (fns, fns)
