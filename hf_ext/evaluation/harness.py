@@ -46,7 +46,8 @@ def save_for_lm_eval(model, tokenizer, save_directory: str | os.PathLike) -> str
     from transformers import PreTrainedModel
 
     if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model)}.")
+        hint = " For a peft model, pass model.merge_and_unload()." if hasattr(model, "merge_and_unload") else ""
+        raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model)}.{hint}")
     if tokenizer is None or not hasattr(tokenizer, "save_pretrained"):
         raise ValueError("tokenizer is required (lm-eval loads it from the same folder); pass the model's tokenizer.")
     save_directory = os.fspath(save_directory)
@@ -108,8 +109,14 @@ def _check_model(model, tokenizer) -> None:
             )
         return
     if not isinstance(model, PreTrainedModel):
+        hint = (
+            " For a peft model, pass model.merge_and_unload() (or a folder it was saved to)."
+            if hasattr(model, "merge_and_unload")
+            else ""
+        )
         raise TypeError(
-            f"model must be a transformers PreTrainedModel, a save_pretrained folder or an lm-eval LM, got {type(model)}."
+            f"model must be a transformers PreTrainedModel, a save_pretrained folder or an lm-eval LM, got "
+            f"{type(model)}.{hint}"
         )
     if tokenizer is None:
         raise ValueError("tokenizer is required with a model object (lm-eval cannot infer it); pass tokenizer=...")
