@@ -22,7 +22,7 @@ from .te_attention import (
     te_attention_forward,
     te_attention_plan,
 )
-from .trainer import Fp8Trainer, resolve_wsd_kwargs
+from .trainer import Fp8Trainer, load_fp8_state, resolve_wsd_kwargs
 
 __all__ = [
     "SITES",
@@ -41,6 +41,7 @@ __all__ = [
     "fp8_target_filter",
     "fp8_target_modules",
     "kurtosis",
+    "load_fp8_state",
     "plot_kurtosis",
     "quantize_dequantize",
     "register_fp8_attention",

@@ -31,6 +31,38 @@ def _peft_fp8_buffers(model) -> dict:
     return {k: v for k, v in model.state_dict().items() if k in buffers and k.rpartition(".")[2].startswith("fp8_")}
 
 
+def load_fp8_state(model, folder: str) -> bool:
+    """Restore the frozen layers' FP8 scaling state of a peft model from `folder/fp8_state.safetensors`, the file
+    `Fp8Trainer` writes beside a saved adapter (its base layers' delayed-scaling amax histories are not part of the
+    adapter). For inference with an adapter reloaded by `PeftModel.from_pretrained` on a converted base: the model
+    then scales its operands as the trained one did (without it, the histories start empty). Checkpoints are
+    restored by `Fp8Trainer.train(resume_from_checkpoint=...)` itself.
+
+    Returns:
+        `bool`: `True` when a state was loaded, `False` for a model without such buffers or a folder without the file.
+
+    Raises:
+        `ValueError` when the file holds the state of other layers than the model's.
+    """
+    own = _peft_fp8_buffers(model)
+    path = os.path.join(folder, FP8_STATE_FILE)
+    if not own or not os.path.isfile(path):
+        return False
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(path)
+    if set(saved) != set(own):
+        raise ValueError(
+            f"{path} holds the FP8 state of other layers ({len(saved)} buffers, {len(own)} expected); use the model "
+            "(conversion and adapters) that wrote it."
+        )
+    with torch.no_grad():
+        for name, value in saved.items():
+            own[name].copy_(value.to(own[name].device))
+    return True
+
+
 def resolve_wsd_kwargs(kwargs: dict | None, num_training_steps: int) -> dict:
     """`lr_scheduler_kwargs` for transformers' `warmup_stable_decay` with a fractional `num_decay_steps` resolved.
 
@@ -177,24 +209,9 @@ class Fp8Trainer(Trainer):
     def _load_fp8_state(self, checkpoint: str, model, consequence: str) -> None:
         """Restore a peft model's frozen-layer FP8 state from `checkpoint`'s `fp8_state.safetensors` (a no-op for other
         models); warn with `consequence` when the checkpoint has none."""
-        path = os.path.join(checkpoint, FP8_STATE_FILE)
         target = self.accelerator.unwrap_model(model if model is not None else self.model, keep_torch_compile=False)
-        own = _peft_fp8_buffers(target)
-        if not own:
-            return
-        if not os.path.isfile(path):
+        if _peft_fp8_buffers(target) and not load_fp8_state(target, checkpoint):
             logger.warning(f"{checkpoint} has no {FP8_STATE_FILE}: {consequence}.")
-            return
-        from safetensors.torch import load_file
-
-        saved = load_file(path)
-        if set(saved) != set(own):
-            raise ValueError(
-                f"{path} holds the FP8 state of other layers ({len(saved)} buffers, {len(own)} expected); resume with "
-                "the model (conversion and adapters) that wrote this checkpoint."
-            )
-        for name, value in saved.items():
-            own[name].copy_(value.to(own[name].device))
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if (
