@@ -421,6 +421,13 @@ class NeuralGrokTrainer(Trainer):
         self._run_outer_step(g_hat=g_hat)
         self._outer_due = False
 
+    def _base_learning_rate(self) -> float:
+        """The schedule's base learning rate: the `initial_lr` the lr scheduler recorded in the optimizer's first param
+        group (an optimizer passed as `optimizers=` keeps its own lr there), else `args.learning_rate`."""
+        groups = getattr(self.optimizer, "param_groups", None) or []
+        initial = groups[0].get("initial_lr") if groups else None
+        return float(initial) if isinstance(initial, int | float) and initial > 0 else self.args.learning_rate
+
     def _run_outer_step(self, batches: list[dict] | None = None, g_hat: list | None = None) -> None:
         if self._outer_batches is None:
             self._outer_batches = self._build_outer_batches()
@@ -428,7 +435,7 @@ class NeuralGrokTrainer(Trainer):
         if lr is None:
             lr = self.transform_optimizer.last_lr if self.transform_optimizer is not None else self.args.learning_rate
             if not lr > 0:  # the first step of a warm-up from 0 (outer_every=1): the reference's fixed base lr
-                lr = self.args.learning_rate
+                lr = self._base_learning_rate()
         reducer = None
         if self.accelerator.num_processes > 1:
 
