@@ -39,6 +39,9 @@ class WarmupFreeTrainingArguments(TrainingArguments):
     is given. The optimizer is `normalized_optimizer` (`--optim` is refused unless left at its default). The schedule
     is `lr_scheduler_type`, by default transformers' `warmup_stable_decay` with linear decay to 0 over the last
     `cooldown_fraction` of the steps (the trapezoid of the warmup paper); any other `lr_scheduler_type` is honoured.
+    These options are read by `WarmupFreeTrainer` only: another Trainer given these arguments builds its own
+    optimizer (AdamW) and cannot resolve the trapezoid's cooldown; there, pass
+    `optimizer_cls_and_kwargs=normalized_optimizer(name, args)` and `lr_scheduler_kwargs` with `num_decay_steps`.
     """
 
     normalized_optimizer: str = field(
