@@ -4,7 +4,13 @@ from ...utils import register_auto_model_lazily
 from .configuration_layer_parallel import LayerParallelConfig
 
 _MODELING = f"{__name__}.modeling_layer_parallel"
-_LAZY = ("LayerParallelForCausalLM", "LayerParallelModel", "LayerParallelPreTrainedModel", "convert_to_layer_parallel")
+_LAZY = (
+    "LayerParallelForCausalLM",
+    "LayerParallelModel",
+    "LayerParallelPreTrainedModel",
+    "convert_to_layer_parallel",
+    "merge_peft_adapters",
+)
 
 
 def _register() -> None:

@@ -151,14 +151,15 @@ class LayerParallelBranchPair(GradientCheckpointingLayer):
 
     @staticmethod
     def _split_norm_mlp(mlp: nn.Module, norm_a: torch.Tensor, norm_b: torch.Tensor) -> torch.Tensor:
-        """MLP whose first half of neurons reads `norm_a` and second half `norm_b` (reference TP split)."""
-        half = mlp.gate_proj.out_features // 2
+        """MLP whose first half of neurons reads `norm_a` and second half `norm_b` (reference TP split).
 
-        def proj(lin: nn.Linear) -> torch.Tensor:
-            bias = lin.bias
-            first = nn.functional.linear(norm_a, lin.weight[:half], None if bias is None else bias[:half])
-            second = nn.functional.linear(norm_b, lin.weight[half:], None if bias is None else bias[half:])
-            return torch.cat([first, second], dim=-1)
+        The projections are called as modules (on both inputs, keeping each half), not through their weights, so
+        whatever wraps them (a peft LoRA layer, another Linear implementation) takes part as in the source layer."""
+
+        def proj(lin: nn.Module) -> torch.Tensor:
+            first, second = lin(norm_a), lin(norm_b)
+            half = first.shape[-1] // 2
+            return torch.cat([first[..., :half], second[..., half:]], dim=-1)
 
         return mlp.down_proj(mlp.act_fn(proj(mlp.gate_proj)) * proj(mlp.up_proj))
 
@@ -396,6 +397,40 @@ _BLOCK_PAIR_TP_RULES = {
 }
 
 
+def _peft_layer_names(model: nn.Module) -> list[str]:
+    """Names of the peft adapter layers (LoRA linears, parameter wrappers) inside `model`."""
+    return [name for name, m in model.named_modules() if type(m).__module__.partition(".")[0] == "peft"]
+
+
+def merge_peft_adapters(peft_model, merge: bool = True):
+    """`peft_model.merge_and_unload()` (with `merge=False`: `unload()`) for a layer-paired model, completed.
+
+    Block pairs adapted as the docs show (`target_parameters` on the MLP's `gate_weight` / `up_weight` and
+    `down_proj` in `target_modules`) nest the down projection's LoRA layer inside the MLP's parameter wrapper; peft
+    replaces the wrapper by its MLP first and then no longer reaches the nested layer, which stays: unmerged, still
+    applied, and saved as adapter weights (`from_pretrained` then initialises `down_proj.weight` at random). This
+    merges (or drops) such leftovers as well, so the returned model holds no adapter layer.
+
+    Args:
+        peft_model (`peft.PeftModel`): A peft model of a `LayerParallelForCausalLM` (any peft model works).
+        merge (`bool`, *optional*, defaults to `True`): Merge the adapters into the weights; `False` drops them.
+
+    Returns:
+        The base model without adapter layers.
+    """
+    if not hasattr(peft_model, "merge_and_unload"):
+        raise TypeError(f"`peft_model` must be a peft model, got {type(peft_model).__name__}.")
+    model = peft_model.merge_and_unload() if merge else peft_model.unload()
+    while leftover := _peft_layer_names(model):
+        name = leftover[0]
+        layer = model.get_submodule(name)
+        if merge and hasattr(layer, "merge"):
+            layer.merge()
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, layer.get_base_layer())
+    return model
+
+
 class LayerParallelPreTrainedModel(PreTrainedModel):
     config: LayerParallelConfig
     config_class = LayerParallelConfig
@@ -426,6 +461,19 @@ class LayerParallelPreTrainedModel(PreTrainedModel):
         ),
         "attentions": OutputRecorder(target_class=_all_source_classes("Attention"), index=1),
     }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, refused while peft adapter layers remain inside the model: their weights
+        would be saved under adapter names and `from_pretrained` would initialise the wrapped weights at random."""
+        leftover = _peft_layer_names(self)
+        if leftover:
+            raise ValueError(
+                f"The model still holds peft adapter layers ({', '.join(leftover[:3])}{', ...' if len(leftover) > 3 else ''}),"
+                " e.g. left by `merge_and_unload()` on block pairs. Merge them with "
+                "`hf_ext.models.layer_parallel.merge_peft_adapters(peft_model)`, or save the adapter with the peft "
+                "model's own `save_pretrained`."
+            )
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def set_attn_implementation(self, attn_implementation: str | dict, *args, **kwargs):
         """transformers' `set_attn_implementation`. The source layers are this model's own modules and read
@@ -1087,4 +1135,5 @@ __all__ = [
     "LayerParallelPreTrainedModel",
     "convert_to_layer_parallel",
     "merge_pair_state",
+    "merge_peft_adapters",
 ]
