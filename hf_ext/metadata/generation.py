@@ -17,7 +17,10 @@ def _padding_invariant_positions(model) -> bool:
     config = getattr(model, "config", None)
     if hasattr(config, "get_text_config"):
         config = config.get_text_config()
-    return any(getattr(config, name, None) is not None for name in ("rope_parameters", "rope_theta", "rotary_dim"))
+    # a converted model (layer pairing) keeps its source's position settings in `source_config`
+    configs = [config, getattr(config, "source_config", None)]
+    names = ("rope_parameters", "rope_theta", "rotary_dim")
+    return any(getattr(c, name, None) is not None for c in configs if c is not None for name in names)
 
 
 def _generation_setting(name: str, generate_kwargs: dict, gen_config, model):
