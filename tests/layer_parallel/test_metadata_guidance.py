@@ -33,3 +33,4 @@ def test_guidance_batches_a_layer_paired_model_as_its_source():
         batch_sizes[name] = calls
     assert batch_sizes["paired"] == batch_sizes["source"] == [len(PROMPTS)]
     assert torch.equal(outputs["paired"], outputs["source"])  # empty pairing: the source's logits, the same samples
+

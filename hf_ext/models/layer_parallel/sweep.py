@@ -64,7 +64,8 @@ def pairing_ranges(
 
 @torch.no_grad()
 def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]:
-    """Token-weighted next-token loss, perplexity and top-1 accuracy on a packed dataset (`input_ids`, `labels`).
+    """Token-weighted next-token loss, perplexity and top-1 accuracy on a packed dataset (`input_ids`, `labels`), in
+    eval mode; every module gets its own train/eval mode back afterwards.
 
     Args:
         model: A causal LM returning `.logits`.
@@ -73,21 +74,26 @@ def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]
     """
     if len(dataset) == 0:
         raise ValueError("The evaluation dataset is empty; lower --block_size or give more text.")
+    modes = [(m, m.training) for m in model.modules()]  # each module's own train/eval mode, given back afterwards
     model.eval()
     device = next(model.parameters()).device
     total, correct, count = 0.0, 0, 0
-    for start in range(0, len(dataset), batch_size):
-        batch = dataset[start : start + batch_size]
-        ids = torch.as_tensor(batch["input_ids"], device=device)
-        labels = torch.as_tensor(batch["labels"], device=device)
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        target = labels[:, 1:]
-        valid = target != -100
-        total += torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
-        ).item()
-        correct += int(((logits.argmax(-1) == target) & valid).sum())
-        count += int(valid.sum())
+    try:
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset[start : start + batch_size]
+            ids = torch.as_tensor(batch["input_ids"], device=device)
+            labels = torch.as_tensor(batch["labels"], device=device)
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+            target = labels[:, 1:]
+            valid = target != -100
+            total += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+            ).item()
+            correct += int(((logits.argmax(-1) == target) & valid).sum())
+            count += int(valid.sum())
+    finally:
+        for module, training in modes:
+            module.training = training
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(count, 1)}
 
