@@ -56,7 +56,9 @@ def load_state(path_prefix: str, device: torch.device | str | None = None) -> An
     for ext in (".safetensors", ".json"):
         if not os.path.isfile(path_prefix + ext):
             raise ValueError(f"Missing state file {path_prefix + ext}; was the checkpoint written by this trainer?")
-    tensors = load_file(f"{path_prefix}.safetensors", device=str(device) if device is not None else "cpu")
+    # safetensors takes "cpu" or "cuda:N" but refuses "cpu:0" (what `args.device` is on a CPU rank under torchrun)
+    device = torch.device(device if device is not None else "cpu")
+    tensors = load_file(f"{path_prefix}.safetensors", device="cpu" if device.type == "cpu" else str(device))
     with open(f"{path_prefix}.json", encoding="utf-8") as fh:
         tree = json.load(fh)
     return _from_tree(tree, tensors)
