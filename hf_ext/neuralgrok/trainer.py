@@ -284,6 +284,15 @@ class NeuralGrokTrainer(Trainer):
             )
         callbacks = list(kwargs.pop("callbacks", None) or [])
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
+        if args.gradient_transform == "neuralgrok" and self.is_fsdp_enabled:
+            # transformers builds the optimizer before FSDP2 shards the model, so the DTensor check in
+            # `create_optimizer` cannot see it: refuse here, before any step (as GrapeTrainer does)
+            raise ValueError(
+                "gradient_transform='neuralgrok' does not run under FSDP (the outer step evaluates the model at "
+                "virtual parameters through torch.func.functional_call, which FSDP's own all-gather bypasses). Train "
+                "with DDP or one process, or use gradient_transform='normalize', 'grokfast_ema', 'grokfast_ma' or "
+                "'none' under FSDP."
+            )
         self.outer_dataset = outer_dataset
         self.amplifier = amplifier
         self.meta_optimizer = None
