@@ -63,6 +63,36 @@ def load_fp8_state(model, folder: str) -> bool:
     return True
 
 
+def _checkpoint_world_size(checkpoint: str) -> int | None:
+    """Processes that wrote `checkpoint`, from Trainer's RNG state files (`rng_state.pth` for one process,
+    `rng_state_<rank>.pth` for several); `None` when it has none."""
+    try:
+        names = os.listdir(checkpoint)
+    except OSError:
+        return None
+    if "rng_state.pth" in names:
+        return 1
+    ranks = [n for n in names if n.startswith("rng_state_") and n.endswith(".pth")]
+    return len(ranks) or None
+
+
+def _warn_if_other_world_size(checkpoint: str, model, world_size: int) -> None:
+    """Warn when a model with delayed-scaling FP8 layers resumes a checkpoint written by another number of processes:
+    the histories' output-gradient column scales with the world size (each rank records its own backward)."""
+    from .emulation import Fp8Linear
+
+    if not any(isinstance(m, Fp8Linear) and m.scaling == "delayed" for m in model.modules()):
+        return
+    saved = _checkpoint_world_size(checkpoint)
+    if saved is not None and saved != world_size:
+        logger.warning(
+            f"{checkpoint} was written by {saved} process(es) and is resumed on {world_size}: the delayed-scaling "
+            "FP8 histories record each rank's output-gradient amax, which scales with the number of data-parallel "
+            f"ranks, so the gradient scales are off by about {max(saved, world_size) / min(saved, world_size):g}x "
+            "until the amax history window refills. Resume on the same number of processes to continue exactly."
+        )
+
+
 def resolve_wsd_kwargs(kwargs: dict | None, num_training_steps: int) -> dict:
     """`lr_scheduler_kwargs` for transformers' `warmup_stable_decay` with a fractional `num_decay_steps` resolved.
 
@@ -192,6 +222,9 @@ class Fp8Trainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        _warn_if_other_world_size(
+            resume_from_checkpoint, model if model is not None else self.model, self.args.world_size
+        )
         self._load_fp8_state(
             resume_from_checkpoint,
             model,
