@@ -135,6 +135,8 @@ def evaluate_with_prefix(
         prefixes: set[str] = set()
         if encode_prefix_apart:
             _encode_prefixes_apart(lm, prefixes)
+            if isinstance(prefix, str):  # rendered per document as lm-eval renders a description, and collected
+                prefix = _rendered(prefix)
         tm = task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED, metadata=metadata)
         loaded = list(tm.load(tasks)["tasks"].values())  # fresh Task objects: the settings below touch only these
         for task in loaded:
@@ -143,7 +145,6 @@ def evaluate_with_prefix(
                 task.set_config("description", PREFIX_FIELD)
             else:
                 task.set_config("description", prefix)
-                prefixes.add(prefix)
         kwargs.setdefault("bootstrap_iters", 1000)
         kwargs.setdefault("log_samples", False)
         results = lm_eval.simple_evaluate(
@@ -159,6 +160,13 @@ def evaluate_with_prefix(
             **kwargs,
         )
     return dict(results) if results is not None else {}
+
+
+def _rendered(template: str) -> Callable[[dict], str]:
+    """`template` rendered for each document as lm-eval renders a task `description` (Jinja over its fields)."""
+    from lm_eval.utils import apply_template
+
+    return lambda doc: apply_template(template, doc)
 
 
 def _with_prefix_field(process_docs, prefix: Callable[[dict], str], seen: set[str] | None = None):

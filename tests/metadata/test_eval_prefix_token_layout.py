@@ -96,3 +96,15 @@ def test_batch_encoding_for_generation_tasks_keeps_the_prefix_apart_and_pads_lef
         assert m == [0] * (len(row) - len(want)) + [1] * len(want)  # left padding
         assert row[len(row) - len(want) :] == want
     assert lm.tok_encode(texts[1]) == expected[1]
+
+
+def test_a_template_string_prefix_is_rendered_and_encoded_apart_too(tokenizer):
+    """A string prefix is a Jinja template over the document (e.g. MeCo's `URL: {{host}}`); with
+    `encode_prefix_apart` each rendered prefix is encoded apart, exactly as the same prefix given as a function."""
+    from lm_eval.utils import apply_template
+
+    template = tokenizer.bos_token + "URL: {{host}}\n\n"
+    as_string = _captured_prompts(tokenizer, template, apart=True)
+    as_function = _captured_prompts(tokenizer, lambda doc: apply_template(template, doc), apart=True)
+    whole = _captured_prompts(tokenizer, template, apart=False)
+    assert as_string == as_function and as_string != whole
