@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
+
+from ..utils.evaluation import keeping_train_mode
 
 #: The packaged offline tasks (lm-eval tag `hf_ext` runs both).
 DEFAULT_TASKS = ("hf_ext_domain", "hf_ext_cloze")
@@ -138,19 +139,6 @@ def _check_run_args(tasks, num_fewshot, limit) -> list[str]:
     return tasks
 
 
-@contextmanager
-def _keeping_train_mode(model):
-    """lm-eval's `HFLM` puts a model object in eval mode for good; give every module its own mode back afterwards."""
-    import torch
-
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 def _as_lm(model, tokenizer, batch_size: int, device: str | None, max_length: int | None):
     """Wrap a model object or a folder in lm-eval's `HFLM` (the `--model hf` backend)."""
     try:
@@ -220,7 +208,7 @@ def evaluate_model(
     tasks = _check_run_args(tasks, num_fewshot, limit)
     kwargs.setdefault("bootstrap_iters", 1000)
     kwargs.setdefault("log_samples", False)
-    with _keeping_train_mode(model):
+    with keeping_train_mode(model):  # HFLM puts a model object in eval mode for good
         results = lm_eval.simple_evaluate(
             model=_as_lm(model, tokenizer, batch_size, device, max_length),
             tasks=tasks,

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from .harness import _PACKAGED, DEFAULT_TASKS, _as_lm, _check_run_args, _keeping_train_mode, task_manager
+from ..utils.evaluation import keeping_train_mode
+from .harness import _PACKAGED, DEFAULT_TASKS, _as_lm, _check_run_args, task_manager
 
 #: Document field that carries a per-document prefix (see [`evaluate_with_prefix`]).
 PREFIX_FIELD = "hf_ext_prompt_prefix"
@@ -130,7 +131,7 @@ def evaluate_with_prefix(
     tasks = _check_run_args(tasks, num_fewshot, limit)
     if not (isinstance(prefix, str) or callable(prefix)):
         raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
-    with _keeping_train_mode(model):  # HFLM switches a model object to eval mode
+    with keeping_train_mode(model):  # HFLM switches a model object to eval mode
         lm = _as_lm(model, tokenizer, batch_size, device, max_length)
         prefixes: set[str] = set()
         if encode_prefix_apart:

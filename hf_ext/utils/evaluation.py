@@ -1,6 +1,22 @@
-"""Evaluation shared by recipes: next-token loss of a causal LM on packed blocks."""
+"""Evaluation shared by recipes: next-token loss of a causal LM on packed blocks, and keeping a model's train mode."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+
+
+@contextmanager
+def keeping_train_mode(model):
+    """Give every module of `model` its own train/eval mode back on exit (evaluation puts a model in eval mode; a
+    model with mixed modes gets each module's back). A no-op for an object that is not a `torch.nn.Module`."""
+    import torch
+
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:

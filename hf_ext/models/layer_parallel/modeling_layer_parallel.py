@@ -1054,7 +1054,7 @@ def convert_to_layer_parallel(
     """
     if isinstance(model, LayerParallelForCausalLM):
         raise TypeError("`model` is already a LayerParallelForCausalLM; convert the original source model instead.")
-    if isinstance(model, nn.Module) and any(type(m).__module__.partition(".")[0] == "peft" for m in model.modules()):
+    if isinstance(model, nn.Module) and _peft_layer_names(model):
         raise TypeError(
             f"`model` carries peft adapters ({type(model).__name__} with adapter layers), which cannot be paired "
             "as they are. Merge them first: `convert_to_layer_parallel(model.merge_and_unload(), ...)`; or convert "

@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from ...utils.evaluation import keeping_train_mode
 from .configuration_layer_parallel import (
     LP_MLP_NORMS,
     LP_MODES,
@@ -74,11 +75,10 @@ def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]
     """
     if len(dataset) == 0:
         raise ValueError("The evaluation dataset is empty; lower --block_size or give more text.")
-    modes = [(m, m.training) for m in model.modules()]  # each module's own train/eval mode, given back afterwards
-    model.eval()
     device = next(model.parameters()).device
     total, correct, count = 0.0, 0, 0
-    try:
+    with keeping_train_mode(model):
+        model.eval()
         for start in range(0, len(dataset), batch_size):
             batch = dataset[start : start + batch_size]
             ids = torch.as_tensor(batch["input_ids"], device=device)
@@ -91,9 +91,6 @@ def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]
             ).item()
             correct += int(((logits.argmax(-1) == target) & valid).sum())
             count += int(valid.sum())
-    finally:
-        for module, training in modes:
-            module.training = training
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(count, 1)}
 
