@@ -12,7 +12,14 @@ from .convert import (
     te_recipe,
     torchao_config,
 )
-from .emulation import Fp8Linear, fp8_attention_forward, fp8_bmm, quantize_dequantize, register_fp8_attention
+from .emulation import (
+    Fp8Linear,
+    fp8_attention_forward,
+    fp8_auxiliary_pass,
+    fp8_bmm,
+    quantize_dequantize,
+    register_fp8_attention,
+)
 from .monitor import SITES, KurtosisMonitor, find_decoder_layers, kurtosis
 from .plotting import plot_kurtosis
 from .te_attention import (
@@ -36,6 +43,7 @@ __all__ = [
     "convert",
     "find_decoder_layers",
     "fp8_attention_forward",
+    "fp8_auxiliary_pass",
     "fp8_bmm",
     "fp8_converted_modules",
     "fp8_target_filter",

@@ -8,6 +8,7 @@ tensor, either from the current tensor ("current" scaling) or from a history of 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from numbers import Integral
 
@@ -112,6 +113,32 @@ def _record(history: torch.Tensor, amax: torch.Tensor) -> None:
     history[0] = amax
 
 
+_AUXILIARY_DEPTH = 0  # > 0 inside `fp8_auxiliary_pass` (process-wide: CUDA backward runs on autograd's own threads)
+
+
+@contextlib.contextmanager
+def fp8_auxiliary_pass():
+    """Context manager for auxiliary passes of a training run that are not training steps, such as GRAPE's
+    per-domain reweighting gradients: inside it, training-mode forwards of delayed-scaling [`Fp8Linear`] modules and
+    their backwards behave as `eval()` ones do for the scaling state: they quantise with the scales the amax history
+    gives and record nothing (no history entry, no amax reduction across ranks, no activation-checkpointing log), so
+    the persistent FP8 state after a step is that of the training step alone. Backwards must run inside the context
+    too (`torch.autograd.grad` / `.backward()` within the `with` block). Current scaling keeps no state and is
+    unaffected; the torchao and Transformer Engine backends are not affected either (torchao's dynamic scaling keeps no
+    history; Transformer Engine records as it does)."""
+    global _AUXILIARY_DEPTH
+    _AUXILIARY_DEPTH += 1
+    try:
+        yield
+    finally:
+        _AUXILIARY_DEPTH -= 1
+
+
+def _recording(module: nn.Module) -> bool:
+    """Whether a forward of `module` now is a training forward that records into its scaling state."""
+    return module.training and _AUXILIARY_DEPTH == 0
+
+
 def _in_backward() -> bool:
     """Whether autograd is executing a backward pass now (where activation checkpointing recomputes forwards)."""
     return torch._C._current_graph_task_id() != -1
@@ -179,18 +206,19 @@ class _Fp8LinearFunction(torch.autograd.Function):
         amax_w = weight.detach().abs().amax().float()
         if module.scaling == "delayed":
             hist = module.fp8_amax_history
-            fingerprint = _fingerprint(x2, amax_x, amax_w) if module.training else None
-            if module.training and _in_backward() and module._fp8_forward_log:
+            recording = _recording(module)
+            fingerprint = _fingerprint(x2, amax_x, amax_w) if recording else None
+            if recording and _in_backward() and module._fp8_forward_log:
                 # activation-checkpointing recompute inside backward: reuse the scales of the forward it recomputes
                 # (with several forwards before one backward, each its own) and do not record its amax a second time
                 ref_x, ref_w = _recomputed_refs(module, fingerprint)
             else:
-                if module.training:  # recorded: the data-parallel batch's amax, the same on every rank
+                if recording:  # recorded: the data-parallel batch's amax, the same on every rank
                     amax_x, amax_w = _reduce_amax(module, amax_x, amax_w)
                 last = module.fp8_scale_amax
                 ref_x = _history_amax(hist[:, 0], amax_x, module.amax_compute_algo, last[0])
                 ref_w = _history_amax(hist[:, 1], amax_w, module.amax_compute_algo, last[1])
-                if module.training:
+                if recording:
                     _record(hist[:, 0], amax_x)
                     _record(hist[:, 1], amax_w)
                     last[0], last[1] = ref_x, ref_w
@@ -204,7 +232,8 @@ class _Fp8LinearFunction(torch.autograd.Function):
             out = out + bias.float()
         ctx.save_for_backward(xq, wq)
         ctx.module = module
-        ctx.training = module.training  # a backward of an eval-mode forward (influence, attribution) records nothing
+        # a backward of an eval-mode (influence, attribution) or auxiliary forward records nothing
+        ctx.training = _recording(module)
         ctx.has_bias = bias is not None
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
         return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
@@ -243,7 +272,8 @@ class Fp8Linear(nn.Linear):
     grad_output) and `fp8_scale_amax` (shape `(3,)`: the amax each operand's current scale came from, kept when the
     history's amax is zero or not finite, as Transformer Engine keeps its scale) are saved in the model state dict and
     so in every Trainer checkpoint. Only training-mode forwards and their backwards record amaxes: an `eval()` forward,
-    and the backward of one (influence functions), use the scales the history gives and leave it unchanged. Under
+    and the backward of one (influence functions), use the scales the history gives and leave it unchanged, as do
+    training-mode passes inside [`fp8_auxiliary_pass`] (e.g. GRAPE's reweighting gradients). Under
     data parallelism (DDP, FSDP2) the recorded amaxes are maxed over `amax_reduction_group` first, as Transformer
     Engine reduces them: every rank holds the same history and scales, those of one process on the whole batch, so a
     checkpoint written by rank 0 is every rank's state.

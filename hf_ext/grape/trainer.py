@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ..fp8.emulation import fp8_auxiliary_pass
 from .configuration_grape import GrapeConfig
 from .data import (
     MODEL_COLUMNS,
@@ -657,10 +658,13 @@ class GrapeTrainer(Trainer):
         logs: dict[str, float] = {}
         was_training = self.model.training
         self.model.train()
-        if do_tasks:
-            self._task_step(logs)
-        if do_domains:
-            self._domain_step(logs)
+        # the reweighting passes are not training steps: emulated delayed-scaling FP8 layers quantise them with the
+        # current scales and record nothing, so the FP8 state evolves with the training steps alone (as without GRAPE)
+        with fp8_auxiliary_pass():
+            if do_tasks:
+                self._task_step(logs)
+            if do_domains:
+                self._domain_step(logs)
         self.model.train(was_training)
         st = self.mixture_state
         for name, w, a in zip(st.domain_names, st.domain_weights, st.average_domain_weights()):
