@@ -26,6 +26,9 @@ def accuracy_retention(
 
     Returns:
         `dict`: `per_task` (`{task: retention}`), `mean_retention`, `min_retention`.
+
+    Raises:
+        `ValueError`: tasks differ, a score is negative (no ratio), or a denominator score is zero.
     """
     lower_is_better = task_list(lower_is_better, "lower_is_better")
     orig = task_scores(original, metric, "original")
@@ -37,6 +40,13 @@ def accuracy_retention(
     unknown = sorted(set(lower_is_better) - set(orig))
     if unknown:
         raise ValueError(f"lower_is_better names tasks that are not compared: {unknown}.")
+    negative = [task for task in sorted(orig) if orig[task] < 0 or pair[task] < 0]
+    if negative:
+        task = negative[0]
+        raise ValueError(
+            f"retention is a ratio of non-negative scores, but task {task!r} scores original={orig[task]!r}, "
+            f"paired={pair[task]!r}; leave metrics that can be negative (e.g. mcc) out of the comparison."
+        )
     per_task = {}
     for task in sorted(orig):
         num, den = (orig[task], pair[task]) if task in lower_is_better else (pair[task], orig[task])

@@ -39,8 +39,8 @@ def layer_pairing_task_sweep(
     Returns:
         `list[dict]`: one row per model (source first, `pairs=0`) with `start`, `end`, `pairs`, `effective_depth`,
         `<task>` (the task metric), `retention` (mean over tasks, percent of the source's score; see
-        `layer_pairing_retention`; NaN when the source scores 0 on a task) and, with `eval_dataset`, `perplexity`
-        and `ppl_ratio`.
+        `layer_pairing_retention`; NaN when the source scores 0 on a task or a score is negative) and, with
+        `eval_dataset`, `perplexity` and `ppl_ratio`.
     """
     from ..models.layer_parallel import convert_to_layer_parallel
     from ..models.layer_parallel.configuration_layer_parallel import (
@@ -81,10 +81,11 @@ def layer_pairing_task_sweep(
         }
         if base is None:
             base = scores
-        zero = [t for t in base if base[t] == 0]
+        # no ratio: the source scores 0 on a task, or a score is negative (a metric such as mcc)
+        undefined = [t for t in base if base[t] == 0 or base[t] < 0 or scores[t] < 0]
         row["retention"] = (
             math.nan
-            if zero
+            if undefined
             else accuracy_retention(base, scores, lower_is_better=_lower(metric, base))["mean_retention"]
         )
         if eval_dataset is not None:

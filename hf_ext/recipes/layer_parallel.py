@@ -404,8 +404,9 @@ def _task_eval(sweep_args, tokenizer, batch_size: int):
 
 def _add_retention(rows: list[dict], metric: str) -> None:
     """Add `task_retention` (`{task: percent of the source's score kept}`) and `retention` (their mean) to every row
-    (the source row: 100). A task the source scores 0 on has no retention (`None`, left out of the mean); `retention`
-    is `None` when no task has one. Lower-is-better metrics (perplexities) use source / paired."""
+    (the source row: 100). A task the source scores 0 on, or with a negative score (a metric such as mcc), has no
+    retention (`None`, left out of the mean); `retention` is `None` when no task has one. Lower-is-better metrics
+    (perplexities) use source / paired."""
     base = rows[0]["task_scores"]
     lower = metric in ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
     for row in rows:
@@ -413,7 +414,7 @@ def _add_retention(rows: list[dict], metric: str) -> None:
         for task, ref in base.items():
             value = row["task_scores"][task]
             num, den = (ref, value) if lower else (value, ref)
-            per_task[task] = 100.0 * num / den if den > 0 else None
+            per_task[task] = 100.0 * num / den if den > 0 and num >= 0 else None
         defined = [v for v in per_task.values() if v is not None]
         row["task_retention"] = per_task
         row["retention"] = sum(defined) / len(defined) if defined else None
