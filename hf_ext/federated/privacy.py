@@ -8,11 +8,12 @@ import json
 import math
 import numbers
 import secrets
+import warnings
 from collections.abc import Mapping
 
 import torch
 
-from ..utils.vmap import prepared_for_vmap
+from ..utils.vmap import is_func_transform_error, prepared_for_vmap
 
 ACCOUNTANTS = ("pld", "rdp")
 
@@ -159,7 +160,8 @@ def per_sample_gradients(
     keys are masked, and a target that is padding or is predicted from padding is not counted. For the vmapped call
     a transformers model runs with eager attention (sdpa's mask creation branches on the data, which `vmap` refuses)
     and without the input-embedding hooks of `enable_input_require_grads` (gradient checkpointing); both are
-    restored afterwards.
+    restored afterwards. A forward torch.func cannot transform (e.g. a peft LoRA with `target_parameters`, whose
+    parametrization sets the weight in place) falls back to one backward pass per sample, with a `UserWarning`.
 
     Returns:
         `tuple[dict[str, torch.Tensor], torch.Tensor]`: gradients with a leading batch dimension, and the per-sample
@@ -216,10 +218,30 @@ def per_sample_gradients(
 
     in_mask = None if mask is None else 0
     with prepared_for_vmap(model):
-        grads, losses = vmap(g, in_dims=(None, 0, 0, in_mask, in_mask), randomness="different")(
-            params, input_ids, labels, attend, mask
-        )
-    return grads, losses
+        try:
+            return vmap(g, in_dims=(None, 0, 0, in_mask, in_mask), randomness="different")(
+                params, input_ids, labels, attend, mask
+            )
+        except RuntimeError as err:
+            if not is_func_transform_error(err):
+                raise
+            warnings.warn(
+                f"{type(base).__name__}'s forward cannot run under torch.func ({str(err).splitlines()[0][:120]}); "
+                "computing per-sample gradients with one backward pass per sample instead.",
+                UserWarning,
+                stacklevel=2,
+            )
+        # the same loss per sample, one autograd backward each (e.g. peft `target_parameters` LoRA)
+        names, live = list(params), [p for p in model.parameters() if p.requires_grad]
+        rows = []
+        for i in range(input_ids.shape[0]):
+            m, m2 = (None, None) if mask is None else (attend[i], mask[i])
+            with torch.enable_grad():
+                loss, value = loss_fn(dict(zip(names, live, strict=True)), input_ids[i], labels[i], m, m2)
+                row = torch.autograd.grad(loss, live, allow_unused=True)
+            rows.append(([torch.zeros_like(p) if r is None else r for r, p in zip(row, live, strict=True)], value))
+        grads = {n: torch.stack([r[0][k] for r in rows]) for k, n in enumerate(names)}
+        return grads, torch.stack([r[1] for r in rows])
 
 
 def _real_tokens_first(

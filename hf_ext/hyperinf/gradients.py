@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..utils.vmap import prepared_for_vmap
+from ..utils.vmap import is_func_transform_error, prepared_for_vmap
 
 _A_PARTS = ("lora_A", "lora_embedding_A")
 _B_PARTS = ("lora_B", "lora_embedding_B")
@@ -366,9 +366,10 @@ class PerExampleGradients:
                 with torch.no_grad(), self._prepared_for_vmap():
                     grads = torch.func.vmap(torch.func.grad(self._loss), in_dims=(None, 0))(params, batch)
             except RuntimeError as err:
-                if "vmap" not in str(err):
+                if not is_func_transform_error(err):
                     raise
-                # e.g. vision-language models check the image-token count with `.item()` inside their forward
+                # e.g. vision-language models check the image-token count with `.item()` inside their forward;
+                # peft's `target_parameters` LoRA (parametrizations) changes a tensor in place under torch.func.grad
                 warnings.warn(
                     f"{type(self._base_model()).__name__}'s forward cannot run under torch.func.vmap "
                     f"({str(err).splitlines()[0][:120]}); using one backward pass per example instead (pass "

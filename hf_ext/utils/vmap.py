@@ -7,6 +7,17 @@ from contextlib import contextmanager
 
 import torch
 
+#: Messages of the errors torch.func raises for a forward it cannot transform: data-dependent control flow under
+#: vmap (`.item()`), or an in-place change of a captured tensor under grad (peft's `target_parameters` LoRA, whose
+#: parametrizations set the weight in place). Callers fall back to one backward pass per example on these.
+FUNC_TRANSFORM_ERRORS = ("vmap", "During a grad (vjp, jvp, grad, etc) transform")
+
+
+def is_func_transform_error(err: BaseException) -> bool:
+    """Whether `err` is torch.func refusing to transform the forward (see `FUNC_TRANSFORM_ERRORS`)."""
+    return isinstance(err, RuntimeError) and any(marker in str(err) for marker in FUNC_TRANSFORM_ERRORS)
+
+
 # local functions registered as input-embedding forward hooks by transformers' `enable_input_require_grads` and by
 # peft's fallback for models without it
 _REQUIRE_GRADS_HOOK_NAMES = ("make_inputs_require_grads", "make_inputs_require_grad")
