@@ -266,9 +266,10 @@ def generate_with_metadata_guidance(
             ),
         }
         ours["guidance_scale"] = float(guidance_scale)
+    if guidance_scale == 1:
+        # plain conditional generation, whatever a passed config or the model's own (generation_config.json) says
+        ours["guidance_scale"] = None
     if gen_config is not None:
-        if guidance_scale == 1:
-            ours["guidance_scale"] = None  # plain conditional generation, whatever the passed config says
         for key, value in ours.items():
             setattr(gen_config, key, value)
         extra["generation_config"] = gen_config

@@ -300,3 +300,38 @@ def test_guidance_with_absolute_positions_and_prompts_of_different_lengths(ctx_t
             return_dict_in_generate=True,
         )  # fmt: skip
     assert "no rotary position embeddings" in caplog.text
+
+
+def test_guidance_scale_one_ignores_guidance_in_the_models_own_generation_config(ctx_tokenizer):
+    """A model whose generation_config carries a guidance_scale (as loaded from a generation_config.json): with
+    guidance_scale=1 the call is still plain conditional generation (before, transformers applied the stored scale
+    with the last prompt token as the unconditional branch)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ext.metadata import CONTEXT_BEGIN, CONTEXT_END, build_guidance_inputs, generate_with_metadata_guidance
+
+    tok = ctx_tokenizer
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=2)
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)  # peaked next-token distributions, so that guidance changes the argmax
+    prompts, meta = ["the river flows"], ["https://a.org/x"]
+    inputs = build_guidance_inputs(tok, prompts, meta)
+    blocked = sorted({tok.bos_token_id, *tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])})
+    cond, steps = inputs["input_ids"][0].tolist(), []
+    for _ in range(6):  # greedy decoding by hand, conditional only
+        with torch.no_grad():
+            logits = model(torch.tensor([cond])).logits[0, -1]
+        logits[blocked] = -float("inf")
+        steps.append(int(logits.argmax()))
+        cond.append(steps[-1])
+    model.generation_config.guidance_scale = 3.0
+    out = generate_with_metadata_guidance(
+        model, tok, prompts, meta, guidance_scale=1.0, max_new_tokens=6, do_sample=False, return_text=False
+    )
+    assert out[0, inputs["input_ids"].shape[1] :].tolist() == steps
+    assert model.generation_config.guidance_scale == 3.0  # the model's config is not modified
