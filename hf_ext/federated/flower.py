@@ -34,12 +34,14 @@ except ImportError as err:  # Flower is an optional extra
         name="flwr",
     ) from err
 
+from .aggregation import client_update
 from .privacy import PrivacyAccountant
 from .simulation import (
     FederatedArguments,
     aggregate_uploads,
     apply_lora,
     apply_secure_mean,
+    check_client_learning_rates,
     exchange_keys,
     get_exchange_state,
     prepare_upload,
@@ -151,6 +153,13 @@ def _local_round(
     """Rebuild the model, train on this node's partition from `state`, persist the accountant in `context.state`
     and, under DP-SGD, durably in `state_dir` (before the reply leaves the node)."""
     pid = _partition(context)
+    if "num-partitions" in context.node_config:
+        check_client_learning_rates(fed_args, int(context.node_config["num-partitions"]))
+    lrs = fed_args.learning_rates()
+    if lrs is not None and not 0 <= pid < len(lrs):
+        raise ValueError(
+            f"--client_learning_rates has {len(lrs)} values but this node trains partition {pid}; give one per client."
+        )
     model = model_fn()
     if fed_args.use_lora:
         model = apply_lora(model, fed_args, seed=training_args.seed)
@@ -162,7 +171,9 @@ def _local_round(
         path = node_state_path(state_dir, context.run_id, pid, PRIVACY_STATE_FILE)
         _write_node_state(path, context.run_id, pid, {"last_round": int(r), "accountant": accountant.state_dict()})
     context.state["privacy"] = ConfigRecord({"accountant": accountant.to_json()})
-    reply = {"num-examples": n, "partition-id": pid}
+    # the aggregation weight: the number of examples, or 1 under client-level DP (uniform DP-FedAvg: the server needs
+    # no count, so none leaves the node in the clear)
+    reply = {"num-examples": int(upload_weight(n, fed_args)), "partition-id": pid}
     if reports_train_loss(fed_args, training_args):
         reply["train_loss"] = metrics["train_loss"]
     if "dp_epsilon" in metrics:
@@ -450,7 +461,9 @@ def _make_secagg_client_app(
             update = prepare_upload(global_state, state, fed_args)
             weight = int(upload_weight(n, fed_args))  # 1 under client-level DP (uniform DP-FedAvg)
             check_secagg_range(update, weight, fed_args, refuse_imprecise=refuse_imprecise)
-            return [update[k].detach().cpu().numpy() for k in keys], weight, reply
+            # the update's own keys (in merge_then_average mode the dense B @ A per module, not the exchanged
+            # tensors), in the order the server reads them back (`secagg_upload_keys`)
+            return [update[k].detach().cpu().numpy() for k in sorted(update)], weight, reply
 
     cache: dict[str, list[str]] = {}
 
@@ -549,7 +562,7 @@ def check_secagg_range(
         else:
             fix = (
                 f"lower run config `secagg-max-weight` (FederatedArguments.secagg_max_weight, --secagg_max_weight) "
-                f"towards the largest client's number of examples ({num_examples} here), or lower "
+                f"towards the largest client's number of examples (this client has {num_examples}), or lower "
                 "`secagg-clipping-range` if the updates allow"
             )
         message = (
@@ -839,6 +852,13 @@ def _checked_secagg_workflow(monitor: _RoundMonitor, **kwargs):
     return CheckedSecAggPlusWorkflow(**kwargs)
 
 
+def secagg_upload_keys(initial: dict[str, torch.Tensor], fed_args: FederatedArguments) -> list[str]:
+    """The names of the arrays a SecAgg+ client uploads, in upload order: the keys of its update
+    ([`client_update`]), i.e. the exchanged tensors, or in `"merge_then_average"` mode the adapted modules (dense
+    `B @ A` updates) and the other exchanged tensors."""
+    return sorted(client_update(initial, initial, fed_args.mode, fed_args.lora_scaling))
+
+
 def make_secagg_strategy(
     fed_args: FederatedArguments,
     initial: dict[str, torch.Tensor],
@@ -854,6 +874,7 @@ def make_secagg_strategy(
     from flwr.server.strategy import FedAvg as LegacyFedAvg
 
     keys = sorted(initial)
+    upload_keys = secagg_upload_keys(initial, fed_args)
     monitor = monitor if monitor is not None else _RoundMonitor(num_clients, None, None)
 
     class SecAggLoRAStrategy(LegacyFedAvg):
@@ -880,7 +901,13 @@ def make_secagg_strategy(
             if monitor.check(server_round, replies) is not None or not results:
                 return None, {}
             mean_arrays = parameters_to_ndarrays(results[0][1].parameters)
-            mean = {k: torch.from_numpy(np.asarray(a, dtype=np.float64)) for k, a in zip(keys, mean_arrays)}
+            if len(mean_arrays) != len(upload_keys):
+                raise ValueError(
+                    f"The securely aggregated update has {len(mean_arrays)} arrays but this server expects "
+                    f"{len(upload_keys)}: the adapter configuration or aggregation mode differs between server and "
+                    "clients."
+                )
+            mean = {k: torch.from_numpy(np.asarray(a, dtype=np.float64)) for k, a in zip(upload_keys, mean_arrays)}
             weights = [float(res.num_examples) for _, res in results]
             new = apply_secure_mean(self.global_state, mean, weights, fed_args, server_round, num_clients=num_clients)
             self.global_state = new
@@ -941,6 +968,7 @@ def make_server_app(
             )
         threshold = fed_args.threshold(num_clients)
     _RoundMonitor(num_clients, min_round_clients, timeout)  # validates min_round_clients
+    check_client_learning_rates(fed_args, num_clients)
     app = ServerApp()
 
     @app.main()

@@ -210,6 +210,15 @@ def apply_lora(model, fed_args: FederatedArguments, seed: int = 0):
         return get_peft_model(model, config)
 
 
+def check_client_learning_rates(fed_args: FederatedArguments, num_clients: int) -> None:
+    """`--client_learning_rates`, when given, has one value per client of the federation (`num_clients`)."""
+    lrs = fed_args.learning_rates()
+    if lrs is not None and len(lrs) != num_clients:
+        raise ValueError(
+            f"--client_learning_rates has {len(lrs)} values for {num_clients} clients; give one per client."
+        )
+
+
 def exchange_keys(model, mode: str) -> list[str]:
     """Names of the tensors exchanged each round: trainable parameters, plus the adapted modules' base weights in
     `"merge_then_average"` mode."""
@@ -523,11 +532,7 @@ class FederatedSimulation:
         for i, ds in enumerate(client_datasets):
             if ds is None or len(ds) == 0:
                 raise ValueError(f"Client {i} has no data (`client_datasets[{i}]` is empty); drop it or give it data.")
-        lrs = fed_args.learning_rates()
-        if lrs is not None and len(lrs) != len(client_datasets):
-            raise ValueError(
-                f"--client_learning_rates has {len(lrs)} values for {len(client_datasets)} clients; give one per client."
-            )
+        check_client_learning_rates(fed_args, len(client_datasets))
         if fed_args.secure_aggregation and len(client_datasets) < 2:
             raise ValueError("Secure aggregation needs at least 2 clients.")
         self.fed_args = fed_args

@@ -165,6 +165,12 @@ class PrivateTrainer(Trainer):
         n = len(self.train_dataset)
         return min(1.0, self.args.per_device_train_batch_size * self.args.world_size / max(n, 1))
 
+    @property
+    def expected_batch_size(self) -> int:
+        """The expected Poisson batch size `q N` DP-SGD divides the noisy gradient sum by: the batch size, or the
+        dataset size when the dataset is smaller (then `q = 1`: every example is in every batch)."""
+        return min(self.args.per_device_train_batch_size * self.args.world_size, len(self.train_dataset))
+
     def _train_collator(self):
         """The training collator: the user's, behind Goldfish's token dropping when `goldfish_k` is set. Evaluation
         keeps the user's collator: as in the Goldfish reference, the reported validation loss counts every token."""
@@ -251,7 +257,7 @@ class PrivateTrainer(Trainer):
             inputs["labels"],
             self.args.dp_clip_norm,
             self.args.dp_noise_multiplier,
-            expected_batch_size=self.args.per_device_train_batch_size,
+            expected_batch_size=self.expected_batch_size,
             attention_mask=inputs.get("attention_mask"),
             generator=self.noise_generator(inputs["input_ids"].device),
         )

@@ -148,3 +148,46 @@ def test_example_app_declares_every_run_config_key_with_our_defaults():
     assert set(declared) == set(RUN_CONFIG_DEFAULTS)
     parse_run_config(declared)  # every declared value has the type the task reads
     assert declared["dp-noise-seed"] == RUN_CONFIG_DEFAULTS["dp-noise-seed"][1] == -1  # secret noise by default
+
+
+def test_flower_secaggplus_in_merge_then_average_mode_equals_plain_fedavg(
+    small_tokenizer, client_datasets, training_args
+):
+    """SecAgg+ clients in merge_then_average mode upload their dense B @ A updates (not the exchanged tensors); the
+    server reads the mean under those names. Before, every client failed with a KeyError after training."""
+
+    def model_fn():
+        return tiny_llama(len(small_tokenizer))
+
+    plain = FederatedArguments(num_rounds=1, local_steps=1, aggregation="merge_then_average")
+    secure = FederatedArguments(num_rounds=1, local_steps=1, aggregation="merge_then_average", secure_aggregation=True)
+    ref = _run_flower(model_fn, client_datasets[:2], plain, training_args)
+    got = _run_flower(model_fn, client_datasets[:2], secure, training_args)
+    start = FederatedSimulation(model_fn(), client_datasets[:2], plain, training_args).global_state
+    assert set(got) == set(ref)
+    assert max(float((ref[k] - start[k]).abs().max()) for k in ref) > 1e-4  # the base weights moved
+    for k, v in ref.items():
+        torch.testing.assert_close(got[k], v, atol=2e-5, rtol=0)
+
+
+def test_under_client_level_dp_replies_carry_weight_one_not_the_example_count(
+    small_tokenizer, client_datasets, training_args
+):
+    """docs/federated.md: a reply's `num-examples` is the aggregation weight, 1 under client-level DP (uniform
+    DP-FedAvg), so the server sees no example count in the clear; without it, the count."""
+
+    def model_fn():
+        return tiny_llama(len(small_tokenizer))
+
+    counts = {}
+    for name, fed in [
+        ("plain", FederatedArguments(num_rounds=1, local_steps=1)),
+        ("client_dp", FederatedArguments(num_rounds=1, local_steps=1, client_dp_clip_norm=1.0,
+                                         client_dp_noise_multiplier=0.5, client_dp_noise_seed=0)),
+    ]:  # fmt: skip
+        grids = []
+        _run_flower(model_fn, client_datasets[:2], fed, training_args, grid_out=grids)
+        metrics = [m.content["metrics"] for m in grids[0].received if not m.has_error()]
+        counts[name] = [int(m["num-examples"]) for m in sorted(metrics, key=lambda m: int(m["partition-id"]))]
+    assert counts["plain"] == [len(d) for d in client_datasets[:2]] and max(counts["plain"]) > 1
+    assert counts["client_dp"] == [1, 1]

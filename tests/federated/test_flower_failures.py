@@ -292,3 +292,31 @@ def test_deployment_stop_kills_descendants_in_other_process_groups(tmp_path):
             parent.wait()
         if grandchild is not None and _alive(grandchild):
             os.kill(grandchild, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("rates", ["0.01,0.02", "0.01,0.02,0.03,0.04"])
+def test_flower_apps_refuse_client_learning_rates_not_one_per_client(tmp_path, rates):
+    """As the simulation does: before, the client of partition 2 failed with a bare IndexError (and with the default
+    min_round_clients the run finished without it), and a fourth rate was ignored."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ext.federated import PrivateTrainingArguments, make_client_app, make_server_app
+    from hf_ext.federated.flower import _local_round
+
+    def model_fn():
+        return LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
+
+    fed = FederatedArguments(num_rounds=1, local_steps=1, client_learning_rates=rates)
+    with pytest.raises(ValueError, match="client_learning_rates has .* values for 3 clients"):
+        make_server_app(model_fn, fed, 3)
+    args = PrivateTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    make_client_app(model_fn, lambda i: None, fed, args)  # built before the run knows the federation size
+    context = Context(run_id=1, node_id=3, node_config={"partition-id": 2, "num-partitions": 3}, state=RecordDict(),
+                      run_config={})  # fmt: skip
+    with pytest.raises(ValueError, match="client_learning_rates has .* values for 3 clients"):
+        _local_round(model_fn, lambda i: None, fed, args, None, None, context, {}, 1)
+    if rates.count(",") == 1:  # a node config without num-partitions: the partition id itself is checked
+        context = Context(run_id=1, node_id=3, node_config={"partition-id": 2}, state=RecordDict(), run_config={})
+        with pytest.raises(ValueError, match="this node trains partition 2"):
+            _local_round(model_fn, lambda i: None, fed, args, None, None, context, {}, 1)

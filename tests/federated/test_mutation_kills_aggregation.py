@@ -195,6 +195,28 @@ def test_dp_trainer_caps_the_sampling_rate_at_one_and_refuses_an_empty_dataset(t
         PrivateTrainer(model=tiny_llama(64), args=_args(tmp_path), train_dataset=_data(n=0))
 
 
+def test_dp_sgd_on_a_dataset_smaller_than_the_batch_divides_by_its_size(tmp_path):
+    """q = 1 when N < B: every example is in every batch, and the expected batch size q N is N (as in Opacus), so the
+    step is the mean of the clipped per-sample gradients. Before, the sum was divided by B (a step N/B too small)."""
+    from hf_ext.federated import PrivateTrainer, per_sample_gradients
+
+    from .conftest import tiny_llama
+
+    model = tiny_llama(64)
+    data = _data(n=3)
+    args = _args(tmp_path, max_steps=1, dp_noise_multiplier=0.0, dp_clip_norm=1e9, optim="sgd", learning_rate=1.0,
+                 lr_scheduler_type="constant", weight_decay=0.0)  # fmt: skip
+    trainer = PrivateTrainer(model=model, args=args, train_dataset=data)
+    assert trainer.sample_rate == 1.0 and trainer.expected_batch_size == 3
+    ids = torch.tensor(data["input_ids"])
+    grads, _ = per_sample_gradients(model, ids, ids.clone())
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer.train()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(start[name] - p.detach(), grads[name].mean(0), rtol=1e-4, atol=1e-7)
+
+
 def test_a_fresh_call_after_a_resume_draws_batches_of_its_own(tmp_path):
     """After resuming a checkpoint of a trainer's second call, a further call that does not resume must not replay
     that second call's Poisson batches (it takes the next key)."""
