@@ -170,25 +170,46 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out)
 
 
+def _decode_bytes(body: bytes) -> str:
+    """A robots.txt body as text: without one (partial) UTF-8 byte order mark, decoded as UTF-8 with each undecodable
+    byte replaced by U+FFFD (so that `_cut_utf8` can still measure the text in the bytes the server sent)."""
+    # A UTF-8 byte order mark, or any leading part of one, is skipped (as the reference parser does); only one.
+    for n in (3, 2, 1):
+        if body[:n] == b"\xef\xbb\xbf"[:n]:
+            body = body[n:]
+            break
+    return body.decode("utf-8", errors="replace")
+
+
 def _decode(body: str | bytes) -> str:
     if isinstance(body, bytes | bytearray):
-        body = bytes(body)[:MAX_ROBOTS_BYTES]
-        # A UTF-8 byte order mark, or any leading part of one, is skipped (as the reference parser does).
-        for n in (3, 2, 1):
-            if body[:n] == b"\xef\xbb\xbf"[:n]:
-                body = body[n:]
-                break
-        return body.decode("utf-8", errors="replace")
-    if len(body) > MAX_ROBOTS_BYTES // 4 and len(body.encode("utf-8", "surrogatepass")) > MAX_ROBOTS_BYTES:
-        body = body.encode("utf-8", "surrogatepass")[:MAX_ROBOTS_BYTES].decode("utf-8", errors="ignore")
-    return body.removeprefix("\ufeff")
+        return _decode_bytes(bytes(body)[:MAX_ROBOTS_BYTES])
+    return _cut_utf8(body, MAX_ROBOTS_BYTES).removeprefix("\ufeff")
+
+
+def _cut_utf8(text: str, limit: int) -> str:
+    """`text` cut after `limit` bytes of UTF-8, counting each U+FFFD as one byte.
+
+    Limits on a robots.txt apply to the bytes the server sent. A text decoded from them with replacement characters
+    (`_decode_bytes`, a store's texts) has one U+FFFD per undecodable byte, which UTF-8 would write as three:
+    counting it as the byte it stands for keeps a Latin-1 file of 400 KiB within the 500 KiB limit.
+    """
+    if len(text) * 4 <= limit:  # cheap: 4 bytes per character at most
+        return text
+    measured = text.replace("\ufffd", "\x00") if "\ufffd" in text else text  # one byte each, one character each
+    raw = measured.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return text
+    head = raw[:limit]
+    try:
+        kept = len(head.decode("utf-8", "surrogatepass"))
+    except UnicodeDecodeError as err:  # the limit falls inside a character: it is not kept
+        kept = len(head[: err.start].decode("utf-8", "surrogatepass"))
+    return text[:kept]
 
 
 def _cut(line: str) -> str:
-    if len(line) * 4 <= MAX_LINE_BYTES:  # cheap: 4 bytes per character at most
-        return line
-    raw = line.encode("utf-8", "surrogatepass")
-    return raw[:MAX_LINE_BYTES].decode("utf-8", errors="ignore") if len(raw) > MAX_LINE_BYTES else line
+    return _cut_utf8(line, MAX_LINE_BYTES)
 
 
 def _key_value(line: str) -> tuple[str, str] | None:

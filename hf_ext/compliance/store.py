@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 
+from .rfc9309 import MAX_ROBOTS_BYTES, _decode_bytes
 from .robots import STATUS_CLASSES, normalize_host, status_class
 
 _META_FILE = "_snapshot.json"
@@ -99,18 +100,20 @@ def _refuse_surrogates(value, what: str, host: str) -> None:
 
 
 def _decode(text) -> str | None:
+    """The text a store keeps for `text`, read by the parser as it reads `text` itself: bytes decoded as the parser
+    decodes them (one byte order mark skipped, UTF-8 with one U+FFFD per undecodable byte, which the parser's 500 KiB
+    and line limits count as the one byte it replaced; see `_cut_utf8`), a str with one leading U+FEFF removed. A
+    second byte order mark is content to the parser (it spoils the first line, as in Google's parser), so a text that
+    still starts with one keeps the mark the parser skips in front of it."""
     if text is None:
         return None
     if isinstance(text, bytes | bytearray):
-        text = bytes(text)
-        for n in (3, 2, 1):  # a UTF-8 byte order mark, or any leading part of one, is not content
-            if text[:n] == b"\xef\xbb\xbf"[:n]:
-                text = text[n:]
-                break
-        text = text.decode("utf-8", errors="replace")
-    if not isinstance(text, str):
+        text = _decode_bytes(bytes(text))
+    elif isinstance(text, str):
+        text = text.removeprefix("\ufeff")
+    else:
         raise TypeError(f"robots.txt text must be str, bytes or None, got {type(text).__name__}.")
-    return text.removeprefix("\ufeff")
+    return "\ufeff" + text if text.startswith("\ufeff") else text
 
 
 class RobotsTxtStore(Mapping):
@@ -473,7 +476,7 @@ def record_from_response(
     records `error` (unreachable as well).
     """
     ok = status is not None and 200 <= status < 300 and body is not None
-    text = _decode(body[: 500 * 1024]) if ok else None
+    text = _decode(body[:MAX_ROBOTS_BYTES]) if ok else None
     if status is None and error is None and body is None:
         error = "no response"
     return RobotsRecord(normalize_host(host), text, fetched_at, status, error)
