@@ -95,8 +95,22 @@ def _has_no_authority(text: str) -> bool:
     return not _is_ipv6(re.split(r"[/?#\\]", text, maxsplit=1)[0])
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+# WHATWG URL parsing removes every ASCII tab and newline from the input, wherever they are (`a.c\tom` is `a.com`)
+_TAB_NEWLINE = str.maketrans("", "", "\t\n\r")
+
+
+def _without_tab_newline(url: str) -> str:
+    """`url` without ASCII tabs and newlines (WHATWG URL: `https://a.c\tom/p` is `https://a.com/p`)."""
+    return url.translate(_TAB_NEWLINE) if "\t" in url or "\n" in url or "\r" in url else url
+
+
 def _strip_netloc(netloc: str) -> str:
-    """Host part of a netloc: no userinfo, no port, no brackets, no trailing dot, lower case."""
+    """Host part of a netloc: no userinfo, no port, no brackets, no trailing dot, ASCII letters in lower case.
+
+    Only ASCII is lower-cased here: the UTS 46 mapping of a non-ASCII host (`_host_to_ascii`) maps the case of every
+    letter itself, and Python's `str.lower` would apply the final-sigma rule (`"ΑΣ-Χ".lower()` is `"ας-χ"`, another
+    domain than the `ασ-χ` browsers read)."""
     host = netloc.rpartition("@")[2]
     if host.startswith("["):  # IPv6 literal
         end = host.find("]")
@@ -106,7 +120,7 @@ def _strip_netloc(netloc: str) -> str:
         if host.count(":") > 1 and _is_ipv6(host):  # a bare IPv6 literal (a store key): no port to strip
             return host.lower()
         host = host[:colon]
-    return host.rstrip(".").lower()
+    return host.rstrip(".").translate(_ASCII_LOWER)
 
 
 def _is_ipv6(text: str) -> bool:
@@ -186,7 +200,7 @@ def normalize_host(host_or_url: str) -> str:
     """
     if not isinstance(host_or_url, str):
         raise TypeError(f"host_or_url must be a str, got {type(host_or_url).__name__}.")
-    text = host_or_url.strip()
+    text = _without_tab_newline(host_or_url).strip()
     start = authority_start(text)
     if start == 0 and _has_no_authority(text):
         return ""
@@ -266,7 +280,7 @@ def _percent_decode_host(host: str) -> str:
         return host
     if any(c in _FORBIDDEN_HOST_CHARS or c <= " " for c in decoded):
         return host  # `a%2Fb.com`: browsers refuse the host; keep it as written (never a key with a '/')
-    return decoded.rstrip(".").lower()
+    return decoded.rstrip(".").translate(_ASCII_LOWER)  # non-ASCII letters: the UTS 46 mapping
 
 
 # WHATWG URL "forbidden host code points" (besides controls and space), and '%' (no double decoding)
@@ -288,7 +302,7 @@ def _host_to_ascii(host: str) -> str:
     try:
         mapped = idna.uts46_remap(host, std3_rules=False, transitional=False)
     except (idna.IDNAError, UnicodeError, ValueError):
-        return host  # a code point UTS 46 disallows: no browser fetches such a host; keep the Unicode spelling
+        return host.lower()  # a code point UTS 46 disallows: no browser fetches such a host; keep the Unicode spelling
     labels = []
     for label in mapped.split("."):
         if label.isascii():
@@ -652,7 +666,7 @@ class RobotsCompliance:
         """The cached `DomainPolicy` that decides `url` (its `status_class` says why a host allows or disallows)."""
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, got {type(url).__name__}.")
-        url = url.strip()
+        url = _without_tab_newline(url).strip()
         return self._policy_for_prefix(url, self._path_start(url)) if url else _ALLOW_ALL
 
     def _match_groups(self, url: str, groups, path: str | None = None) -> tuple[str, ...]:
@@ -700,8 +714,9 @@ class RobotsCompliance:
             return () if self.missing_url == "keep" else ("<missing-url>",)
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, got {type(url).__name__}.")
-        if url[0] <= " " or url[-1] <= " ":  # surrounding whitespace would sit in the cached URL prefix
-            url = url.strip()
+        # surrounding whitespace would sit in the cached URL prefix; tabs and newlines are not part of a URL (WHATWG)
+        if url[0] <= " " or url[-1] <= " " or "\t" in url or "\n" in url or "\r" in url:
+            url = _without_tab_newline(url).strip()
             if not url:
                 return () if self.missing_url == "keep" else ("<missing-url>",)
         return self._disallowed(url)
@@ -733,8 +748,9 @@ class RobotsCompliance:
             if not url:
                 append(missing)
                 continue
-            if url[0] <= " " or url[-1] <= " ":  # surrounding whitespace would sit in the cached URL prefix
-                url = url.strip()
+            # surrounding whitespace would sit in the cached URL prefix; tabs and newlines are not part of a URL
+            if url[0] <= " " or url[-1] <= " " or "\t" in url or "\n" in url or "\r" in url:
+                url = _without_tab_newline(url).strip()
                 if not url:
                     append(missing)
                     continue

@@ -71,3 +71,33 @@ def test_two_byte_order_marks_are_read_alike_by_the_parser_and_the_store(tmp_pat
         assert store["fr.example"].text.startswith("User-agent"), bom
         assert RobotsCompliance(store, user_agents=["GPTBot"]).disallowed_agents(url) == ("GPTBot",), bom
 
+
+# 2. host keys as WHATWG URL reads them: UTS 46 case mapping (no final sigma), tabs and newlines removed -------------
+
+
+def test_upper_case_greek_sigma_is_mapped_as_browsers_map_it():
+    from hf_ext.compliance.robots import normalize_host
+
+    # node: new URL("https://ΑΣ-Χ.gr/").host == "xn----ylb8cr.gr" (ασ-χ.gr); Python's "ΑΣ-Χ".lower() is "ας-χ"
+    for spelling in ("https://ΑΣ-Χ.gr/page", "ΑΣ-Χ.GR", "ασ-χ.gr", "https://%CE%91%CE%A3-%CE%A7.gr/"):
+        assert normalize_host(spelling) == "xn----ylb8cr.gr", spelling
+    assert normalize_host("ας-χ.gr") == "xn----ylb5cva.gr"  # a final sigma written as such is another domain
+    checker = RobotsCompliance(
+        {"ασ-χ.gr": "User-agent: GPTBot\nDisallow: /\n", "ας-χ.gr": "User-agent: *\nAllow: /\n"},
+        user_agents=["GPTBot"],
+    )
+    assert checker.disallowed_agents("https://ΑΣ-Χ.gr/page") == ("GPTBot",)
+    assert RobotsTxtStore.from_dict({"ΑΣ-Χ.gr": None}).__contains__("ασ-χ.gr")
+
+
+def test_tabs_and_newlines_in_a_url_are_removed_as_browsers_do():
+    from hf_ext.compliance.robots import normalize_host
+
+    assert normalize_host("https://a.c\tom/p") == "a.com"
+    assert normalize_host("https://a.\nco\rm/p") == "a.com"
+    checker = RobotsCompliance({"a.com": "User-agent: *\nDisallow: /pa\n"}, user_agents=["GPTBot"])
+    for url in ("https://a.c\tom/pa", "https://a.com/p\ta", "ht\ntps://a.com/pa", "https://a.c\r\nom/pa"):
+        assert checker.disallowed_agents(url) == ("GPTBot",), url
+        assert checker.policy_for_url(url).host == "a.com", url
+    urls = ["https://a.c\tom/pa", "https://a.com/p\nx", "https://a.c\tom/x"]
+    assert checker.disallowed_agents_batch(urls) == [("GPTBot",), (), ()]
