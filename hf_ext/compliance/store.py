@@ -482,6 +482,18 @@ def record_from_response(
     return RobotsRecord(normalize_host(host), text, fetched_at, status, error)
 
 
+def _short_read(body: bytes, content_length: str | None) -> str | None:
+    """Why `body` is not the whole robots.txt (fewer bytes than its `Content-Length` header announced, and fewer than
+    the 500 KiB that are read), or `None`."""
+    try:
+        expected = int(content_length) if content_length is not None else None
+    except ValueError:
+        return None
+    if expected is None or len(body) >= min(expected, MAX_ROBOTS_BYTES):
+        return None
+    return f"IncompleteRead: the connection closed after {len(body)} of {expected} bytes"
+
+
 def fetch_robots_txt(
     hosts: Iterable[str],
     user_agent: str,
@@ -502,7 +514,12 @@ def fetch_robots_txt(
         scheme (`str`, *optional*, defaults to `"https"`): URL scheme.
         store (`RobotsTxtStore`, *optional*): Add to this store instead of a new one (a refetch that finds a host
             unreachable keeps the copy already stored, see `RobotsTxtStore.update_from_fetch`).
+
+    A fetch without a complete HTTP answer is recorded with an `error` (RFC 9309 section 2.3.1.4: unreachable): a
+    network error or timeout, an answer that is not HTTP, or a body the connection cut short of its
+    `Content-Length` (before the 500 KiB that are read). IPv6 hosts are fetched at `scheme://[address]/robots.txt`.
     """
+    import http.client
     import urllib.error
     import urllib.request
     from datetime import datetime
@@ -518,14 +535,21 @@ def fetch_robots_txt(
     for i, host in enumerate(hosts):
         if i and delay_s:
             time.sleep(delay_s)
-        request = urllib.request.Request(f"{scheme}://{host}/robots.txt", headers={"User-Agent": user_agent})
+        authority = f"[{host}]" if ":" in host else host  # an IPv6 literal (normalised without its brackets)
+        request = urllib.request.Request(f"{scheme}://{authority}/robots.txt", headers={"User-Agent": user_agent})
         now = datetime.now(UTC).isoformat(timespec="seconds")
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                record = record_from_response(host, response.status, response.read(500 * 1024), now)
+                body = response.read(MAX_ROBOTS_BYTES)
+                short = _short_read(body, response.headers.get("Content-Length"))
+                if short:  # the connection closed early: a part of the file is not the file
+                    record = record_from_response(host, None, None, now, error=short)
+                else:
+                    record = record_from_response(host, response.status, body, now)
         except urllib.error.HTTPError as err:
             record = record_from_response(host, err.code, None, now)
-        except (urllib.error.URLError, OSError) as err:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            # no HTTP answer (network error, timeout, a server that does not speak HTTP): RFC 9309 2.3.1.4 unreachable
             record = record_from_response(host, None, None, now, error=f"{type(err).__name__}: {err}")
         store.update_from_fetch(record)
     return store

@@ -1,5 +1,7 @@
 """Regression tests for the defects of compliance audit 7 (each test fails on the code before its fix)."""
 
+import pytest
+
 from hf_ext.compliance import RobotsCompliance, RobotsTxtStore
 from hf_ext.compliance.rfc9309 import MAX_ROBOTS_BYTES, RobotsTxt
 
@@ -101,3 +103,99 @@ def test_tabs_and_newlines_in_a_url_are_removed_as_browsers_do():
         assert checker.policy_for_url(url).host == "a.com", url
     urls = ["https://a.c\tom/pa", "https://a.com/p\nx", "https://a.c\tom/x"]
     assert checker.disallowed_agents_batch(urls) == [("GPTBot",), (), ()]
+
+
+# 3. fetch_robots_txt: IPv6 URL in brackets, a non-HTTP answer and a body cut short are fetch errors -----------------
+
+
+@pytest.fixture
+def one_reply_server(monkeypatch):
+    """`serve(reply)`: a server on 127.0.0.1 (free port) that answers each request with the raw bytes `reply` and
+    closes; `urllib.request.urlopen` is redirected to it (fetch_robots_txt always asks the default port) and the
+    URLs it was asked for are returned in a list."""
+    import socket
+    import threading
+    import urllib.request
+
+    servers, asked = [], []
+    real_urlopen = urllib.request.urlopen
+
+    def serve(reply: bytes) -> list:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(4)
+        sock.settimeout(5)
+        servers.append(sock)
+
+        def loop():
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.settimeout(5)
+                    conn.recv(65536)
+                    conn.sendall(reply)
+
+        threading.Thread(target=loop, daemon=True).start()
+        port = sock.getsockname()[1]
+
+        def redirected(request, timeout=None):
+            asked.append(request.full_url)
+            local = urllib.request.Request(f"http://127.0.0.1:{port}/robots.txt", headers=dict(request.header_items()))
+            return real_urlopen(local, timeout=timeout)
+
+        monkeypatch.setattr(urllib.request, "urlopen", redirected)
+        return asked
+
+    yield serve
+    for sock in servers:
+        sock.close()
+
+
+_ROBOTS = b"User-agent: *\nDisallow: /secret\n"
+_OK = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(_ROBOTS) + _ROBOTS
+
+
+def test_fetch_robots_txt_writes_an_ipv6_host_in_brackets(one_reply_server):
+    from hf_ext.compliance import fetch_robots_txt
+
+    asked = one_reply_server(_OK)
+    store = fetch_robots_txt(
+        ["[::1]", "http://[2001:DB8::1]:8080/x"], "test/1.0", delay_s=0, timeout_s=3, scheme="http"
+    )
+    assert asked == ["http://[::1]/robots.txt", "http://[2001:db8::1]/robots.txt"]
+    for host in ("::1", "2001:db8::1"):
+        assert store[host].status_class == "available" and store[host].text == _ROBOTS.decode(), host
+
+
+def test_fetch_robots_txt_records_a_non_http_answer_as_unreachable_and_goes_on(one_reply_server):
+    from hf_ext.compliance import fetch_robots_txt
+
+    one_reply_server(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+    store = fetch_robots_txt(["a.com", "b.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")
+    assert sorted(store) == ["a.com", "b.com"]
+    for host in ("a.com", "b.com"):
+        assert store[host].status_class == "unreachable" and "BadStatusLine" in store[host].error, store[host]
+    assert RobotsCompliance(store, user_agents=["GPTBot"]).disallowed_agents("http://a.com/page") == ("GPTBot",)
+
+
+def test_fetch_robots_txt_records_a_body_cut_short_as_a_failed_fetch(one_reply_server):
+    from hf_ext.compliance import fetch_robots_txt
+
+    one_reply_server(b"HTTP/1.0 200 OK\r\nContent-Length: 1000\r\n\r\nUser-agent: *\n")
+    store = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")
+    record = store["a.com"]
+    assert record.text is None and record.status_class == "unreachable" and "14 of 1000 bytes" in record.error
+    # a refetch cut short keeps the complete copy already stored (RFC 9309 section 2.4)
+    old = RobotsTxtStore.from_dict({"a.com": "User-agent: *\nDisallow: /old\n"})
+    fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http", store=old)
+    assert old["a.com"].text == "User-agent: *\nDisallow: /old\n"
+    # a complete body, and one longer than the 500 KiB read (its Content-Length is more than what is read), are kept
+    one_reply_server(_OK)
+    assert fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")["a.com"].status == 200
+    big = b"User-agent: *\nDisallow: /x\n" + b"#" * MAX_ROBOTS_BYTES
+    one_reply_server(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+    record = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")["a.com"]
+    assert record.status == 200 and record.error is None and len(record.text) == MAX_ROBOTS_BYTES
