@@ -310,7 +310,14 @@ class RobotsTxtStore(Mapping):
                 raise ValueError(f"{meta_file} must hold an object with 'fetched_at' and a 'hosts' object.")
         default_date = meta.get("fetched_at")
         # Keys normalised as the store's, so `A.com` in _snapshot.json applies to `a.com.txt`.
-        per_host = {normalize_host(host): info for host, info in meta.get("hosts", {}).items()}
+        per_host = {}
+        for host, info in meta.get("hosts", {}).items():
+            if not isinstance(info, dict):
+                raise ValueError(
+                    f"{meta_file}: hosts[{host!r}] must hold an object with 'fetched_at', 'status', 'error' or "
+                    f"'missing', got {type(info).__name__} {info!r}."
+                )
+            per_host[normalize_host(host)] = info
         listed = meta.get("files")
         if isinstance(listed, list):  # written by `save`: exactly the host files of this snapshot
             files = []
@@ -320,8 +327,12 @@ class RobotsTxtStore(Mapping):
                 file = path / name
                 if meta_file == staged_meta and _staged(path, name).is_file():  # not renamed yet
                     file = _staged(path, name)
-                if file.is_file():
-                    files.append((Path(name).stem, file))
+                if not file.is_file():  # `save` lists only files it has written: the folder is damaged
+                    raise ValueError(
+                        f"{meta_file} lists the host file {name!r}, but {str(file)!r} is missing: the snapshot folder "
+                        "is incomplete (e.g. an interrupted copy); copy it again, or save the snapshot anew."
+                    )
+                files.append((Path(name).stem, file))
         else:  # a hand-made folder (or one saved before the manifest): every <host>.txt
             files = [(file.stem, file) for file in sorted(path.glob("*.txt"))]
         if not files and not meta_file.is_file():

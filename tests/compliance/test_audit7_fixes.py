@@ -199,3 +199,24 @@ def test_fetch_robots_txt_records_a_body_cut_short_as_a_failed_fetch(one_reply_s
     one_reply_server(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
     record = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")["a.com"]
     assert record.status == 200 and record.error is None and len(record.text) == MAX_ROBOTS_BYTES
+
+
+# 4. a snapshot folder that lacks a host file its manifest lists, or has a bad `hosts` entry, is a ValueError ---------
+
+
+def test_a_snapshot_folder_missing_a_listed_host_file_is_refused(tmp_path):
+    import json
+
+    folder = tmp_path / "snap"
+    robots = {"a.com": "User-agent: *\nDisallow: /\n", "b.com": "User-agent: GPTBot\nDisallow: /\n"}
+    RobotsTxtStore.from_dict(robots, fetched_at="2025-01-15").save(folder)
+    assert sorted(RobotsTxtStore.load(folder)) == ["a.com", "b.com"]
+    (folder / "b.com.txt").unlink()  # an interrupted copy to a cluster filesystem
+    with pytest.raises(ValueError, match=r"lists the host file 'b\.com\.txt'.*missing"):
+        RobotsTxtStore.load(folder)
+    meta = json.loads((folder / "_snapshot.json").read_text())
+    meta["hosts"]["a.com"] = "oops"
+    meta["files"] = ["a.com.txt"]
+    (folder / "_snapshot.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"hosts\['a\.com'\] must hold an object"):
+        RobotsTxtStore.load(folder)
