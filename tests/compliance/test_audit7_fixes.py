@@ -220,3 +220,51 @@ def test_a_snapshot_folder_missing_a_listed_host_file_is_refused(tmp_path):
     (folder / "_snapshot.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"hosts\['a\.com'\] must hold an object"):
         RobotsTxtStore.load(folder)
+
+
+# 5. after a resumed LocalPipelineExecutor run, stats.json is re-merged from stats/ with the command the docs give -----
+
+
+def test_the_documented_merge_stats_command_gives_all_tasks_totals_after_a_resumed_local_run(tmp_path, monkeypatch):
+    import json
+    import re
+    import shlex
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("datatrove")
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.tools import merge_stats
+
+    from hf_ext.compliance import RobotsTxtFilter
+
+    shards = tmp_path / "in"
+    shards.mkdir()
+    for k in range(2):  # task k drops 3 + k documents of a.com
+        rows = [{"id": f"{k}-{i}", "text": "x", "url": f"https://a.com/{i}"} for i in range(3 + k)]
+        rows.append({"id": f"{k}-b", "text": "x", "url": "https://b.com/"})
+        (shards / f"part-{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    logs = tmp_path / "logs" / "compliance"
+
+    def run():
+        step = RobotsTxtFilter({"a.com": "User-agent: *\nDisallow: /\n"}, user_agents=["GPTBot"])
+        LocalPipelineExecutor([JsonlReader(str(shards)), step], tasks=2, workers=1, logging_dir=str(logs)).run()
+
+    def dropped():
+        stats = json.loads((logs / "stats.json").read_text())
+        value = next(s for s in stats if "robots" in s["name"])["stats"]["dropped_robots_txt"]
+        return value["total"] if isinstance(value, dict) else value
+
+    run()
+    assert dropped() == 7
+    (logs / "completions" / "00001").unlink()  # task 1 was preempted: the rerun runs it alone
+    run()
+    assert dropped() == 4  # what datatrove's LocalPipelineExecutor writes: the resumed task only
+    doc = (Path(__file__).parents[2] / "docs" / "compliance.md").read_text(encoding="utf-8")
+    command = re.search(r"^merge_stats .*$", doc, re.MULTILINE)
+    assert command is not None, "docs/compliance.md must say how to re-merge the stats after a resumed local run"
+    argv = shlex.split(command.group().replace("logs/compliance", str(logs)))
+    monkeypatch.setattr(sys, "argv", argv)
+    merge_stats.main()
+    assert dropped() == 7
