@@ -63,7 +63,7 @@ def compute_dcg(
     compliant: Mapping,
     relative: bool = True,
     metric: str | None = None,
-    lower_is_better: Collection[str] = (),
+    lower_is_better: Collection[str] | None = None,
     tasks: Collection[str] | None = None,
     undefined: str = "raise",
 ) -> DCGReport:
@@ -82,7 +82,9 @@ def compute_dcg(
         relative (`bool`, *optional*, defaults to `True`): Percent gap; `False` for absolute differences.
         metric (`str`, *optional*): Metric to read from nested results (`"acc"` also matches lm-eval's
             `"acc,none"`); needed when a task reports several metrics.
-        lower_is_better (`Collection[str]`, *optional*): Tasks whose metric decreases with quality.
+        lower_is_better (`Collection[str]`, *optional*): Tasks whose metric decreases with quality. Default: every
+            task when `metric` is one of `LOWER_IS_BETTER_METRICS` (`"word_perplexity"`, also as lm-eval's
+            `"word_perplexity,none"`), none otherwise; a collection given (also `()`) is used as is.
         tasks (`Collection[str]`, *optional*): Tasks to report; default: all tasks (both sides must have the same).
         undefined (`str`, *optional*, defaults to `"raise"`): What a relative gap does for a task where the
             non-compliant score is 0 (e.g. a small model's accuracy): `"raise"` a `ValueError`, or `"nan"`: that
@@ -95,7 +97,8 @@ def compute_dcg(
         raise TypeError(f"relative must be True (percent gaps) or False (absolute gaps), got {relative!r}.")
     if tasks is not None:
         tasks = task_list(tasks, "tasks")
-    lower_is_better = task_list(lower_is_better, "lower_is_better")
+    if lower_is_better is not None:
+        lower_is_better = task_list(lower_is_better, "lower_is_better")
     keep = () if tasks is None else set(tasks)
     full = task_scores(non_compliant, metric, "non_compliant", keep)
     comp = task_scores(compliant, metric, "compliant", keep)
@@ -111,6 +114,9 @@ def compute_dcg(
         missing = [t for t in tasks if t not in full or t not in comp]
         if missing or not tasks:
             raise ValueError(f"tasks {missing or tasks} are missing from one of the result sets.")
+    if lower_is_better is None:  # a perplexity-like metric: a higher score of the compliant model is worse
+        lower = isinstance(metric, str) and metric.partition(",")[0] in LOWER_IS_BETTER_METRICS
+        lower_is_better = list(tasks) if lower else []
     unknown = [t for t in lower_is_better if t not in tasks]
     if unknown:
         raise ValueError(f"lower_is_better names tasks that are not compared: {unknown}.")

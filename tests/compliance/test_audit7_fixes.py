@@ -268,3 +268,29 @@ def test_the_documented_merge_stats_command_gives_all_tasks_totals_after_a_resum
     monkeypatch.setattr(sys, "argv", argv)
     merge_stats.main()
     assert dropped() == 7
+
+
+# 6. compute_dcg flips the sign for a lower-is-better metric by itself; an explicit lower_is_better wins --------------
+
+
+def test_compute_dcg_flips_the_sign_of_a_perplexity_metric_by_default():
+    from hf_ext.compliance import compute_dcg
+    from hf_ext.evaluation.uses import compliance_gap
+
+    full = {"results": {"wikitext": {"word_perplexity,none": 20.0}, "lambada": {"word_perplexity,none": 10.0}}}
+    comp = {"results": {"wikitext": {"word_perplexity,none": 22.0}, "lambada": {"word_perplexity,none": 11.0}}}
+    for metric in ("word_perplexity", "word_perplexity,none"):
+        report = compute_dcg(full, comp, metric=metric)  # the compliant model is worse: a positive gap
+        assert [r["gap"] for r in report.rows] == [10.0, 10.0] and report.mean_gap == 10.0, metric
+    assert compute_dcg(full, comp, metric="word_perplexity", relative=False).rows[1]["gap"] == 2.0
+    # an explicit argument wins, `()` included; callers that already pass the tasks do not flip twice
+    assert compute_dcg(full, comp, metric="word_perplexity", lower_is_better=()).mean_gap == -10.0
+    assert [r["gap"] for r in compute_dcg(full, comp, metric="word_perplexity", lower_is_better=["lambada"]).rows] == [
+        10.0,
+        -10.0,
+    ]
+    assert compute_dcg(full, comp, metric="word_perplexity", lower_is_better=["lambada", "wikitext"]).mean_gap == 10.0
+    assert compliance_gap(full, comp, tokenizer=None, metric="word_perplexity").mean_gap == 10.0
+    acc_full = {"results": {"arc": {"acc,none": 0.5}}}
+    acc_comp = {"results": {"arc": {"acc,none": 0.4}}}
+    assert compute_dcg(acc_full, acc_comp, metric="acc").mean_gap == pytest.approx(20.0)
