@@ -3,7 +3,6 @@ the training steps, so the FP8 state evolves as in a run without reweighting (an
 process's on the whole batch)."""
 
 import pytest
-import torch
 from grape_synthetic import quick_grape_args, synthetic_mixture, tiny_llama
 
 from hf_ext.fp8 import Fp8Linear, convert
