@@ -60,5 +60,69 @@ def test_resume_refuses_a_checkpoint_beyond_max_steps(tmp_path):
         check_checkpoint_folders(str(ckpt), [str(tmp_path)], max_steps=6)
     with pytest.raises(ValueError, match="global_step 9.*--max_steps 6"):
         check_checkpoint_folders("last", [str(tmp_path)], max_steps=6)
-    check_checkpoint_folders(str(ckpt), [str(tmp_path)], max_steps=9)  # a finished run of the same length
+    # a finished run of the same length: resuming would train a step past --max_steps (see the test below)
+    with pytest.raises(ValueError, match="global_step 9 = --max_steps.*one step more"):
+        check_checkpoint_folders(str(ckpt), [str(tmp_path)], max_steps=9, finished=True)
+    check_checkpoint_folders(str(ckpt), [str(tmp_path)], max_steps=9)  # one run of several (see docs)
+    check_checkpoint_folders(str(ckpt), [str(tmp_path)], max_steps=10)
     check_checkpoint_folders(str(ckpt), [str(tmp_path)], max_steps=-1)  # epoch-based: not compared
+
+
+def test_transformers_trains_a_step_past_max_steps_when_resumed_from_the_last_checkpoint(tmp_path):
+    """Why a checkpoint at --max_steps is refused: transformers' Trainer resumed from it runs one more optimizer step
+    (global_step max_steps + 1) before it checks max_steps. If this test fails, transformers stopped doing so and the
+    refusal can be relaxed to checkpoints beyond --max_steps."""
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, x, labels=None):
+            return {"loss": ((x * self.w).sum(-1) - labels).pow(2).mean()}
+
+    data = Dataset.from_dict({"x": [[1.0, 2.0, 3.0]] * 32, "labels": [1.0] * 32})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, save_steps=4,
+                             save_strategy="steps", report_to="none", use_cpu=True, learning_rate=1e-3,
+                             lr_scheduler_type="constant", logging_steps=1, disable_tqdm=True)  # fmt: skip
+    Trainer(model=Tiny(), args=args, train_dataset=data).train()
+    resumed = Trainer(model=Tiny(), args=args, train_dataset=data)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
+    assert resumed.state.global_step == 5
+
+
+def test_pretrain_refuses_leftover_checkpoints_and_a_checkpoint_at_max_steps_before_any_work(tmp_path, monkeypatch):
+    """pretrain skipped the checkpoint-folder checks the other recipes run: a fresh run mixed its checkpoints with an
+    earlier run's, and a resume from checkpoint-4 with --max_steps 2 trained to step 5."""
+    from hf_ext.recipes import pretrain
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the refusal")
+
+    monkeypatch.setattr(pretrain, "build_tokenizer", no_work, raising=False)
+    monkeypatch.setattr("hf_ext.data.build_tokenizer", no_work)
+    monkeypatch.setattr("hf_ext.data.load_text_datasets", no_work)
+    out = tmp_path / "run"
+    ckpt = _checkpoint(out / "checkpoint-4", 4)
+    base = ["--output_dir", str(out), "--model_type", "llama", "--fp8_backend", "none"]
+    with pytest.raises(ValueError, match="checkpoints of an earlier run"):
+        pretrain.main([*base, "--max_steps", "8"])
+    with pytest.raises(ValueError, match="beyond this run's --max_steps 2"):
+        pretrain.main([*base, "--max_steps", "2", "--resume_from_checkpoint", str(ckpt)])
+    with pytest.raises(ValueError, match="= --max_steps"):
+        pretrain.main([*base, "--max_steps", "4", "--resume_from_checkpoint"])
+
+
+def test_layer_parallel_finetune_refuses_a_checkpoint_at_or_past_max_steps(tmp_path):
+    from hf_ext.recipes import layer_parallel
+
+    out = tmp_path / "run"
+    ckpt = _checkpoint(out / "checkpoint-4", 4)
+    base = ["--output_dir", str(out), "--finetune", "true", "--resume_from_checkpoint", str(ckpt)]
+    with pytest.raises(ValueError, match="beyond this run's --max_steps 2"):
+        layer_parallel.main([*base, "--max_steps", "2"])
+    with pytest.raises(ValueError, match="= --max_steps"):
+        layer_parallel.main([*base, "--max_steps", "4"])

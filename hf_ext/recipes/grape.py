@@ -306,7 +306,7 @@ def _check_checkpoints(args: GrapeRecipeConfig, eval_args: GrapeEvalArguments | 
 
     comparing = eval_args is not None and eval_args.compare_methods is not None
     folders = [os.path.join(args.output_dir, m) for m in _methods(eval_args, args)] if comparing else [args.output_dir]
-    check_checkpoint_folders(args.resume_from_checkpoint, folders, args.max_steps)
+    check_checkpoint_folders(args.resume_from_checkpoint, folders, args.max_steps, finished=not comparing)
 
 
 def _load_file(path: str, text_column: str):

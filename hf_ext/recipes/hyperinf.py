@@ -325,7 +325,7 @@ def resolve_resume(training_args) -> str | None:
     value = training_args.resume_from_checkpoint
     path = resolve_resume_checkpoint(value, training_args.output_dir)
     # a fresh run into a folder holding an earlier run's checkpoints, or a checkpoint beyond --max_steps: refused
-    check_checkpoint_folders(path, [training_args.output_dir], training_args.max_steps)
+    check_checkpoint_folders(path, [training_args.output_dir], training_args.max_steps, finished=True)
     training_args.resume_from_checkpoint = path
     return path
 

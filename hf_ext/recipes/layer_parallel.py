@@ -217,6 +217,9 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
                 "--resume_from_checkpoint to continue it, or choose another --output_dir."
             )
     if training_args.resume_from_checkpoint:
+        from ..utils.resume import refuse_checkpoint_past_max_steps
+
+        refuse_checkpoint_past_max_steps(training_args.resume_from_checkpoint, training_args.max_steps, finished=True)
         _check_checkpoint_pairing(
             training_args.resume_from_checkpoint, sweep_args, sweep_args.lp_start, sweep_args.lp_end
         )

@@ -268,6 +268,12 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     if model_args.model_name_or_path is None:
         check_fresh_model_fp8(model_args, training_args, data_args.block_size)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
+    from ..utils.resume import check_checkpoint_folders
+
+    # a fresh run into a folder of an earlier run's checkpoints, or a resume from a checkpoint at or past --max_steps
+    check_checkpoint_folders(
+        training_args.resume_from_checkpoint, [training_args.output_dir], training_args.max_steps, finished=True
+    )
 
 
 def check_fresh_model_fp8(model_args: ModelArguments, training_args: TrainingArguments, block_size: int) -> None:

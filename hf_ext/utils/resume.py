@@ -152,10 +152,14 @@ def refuse_leftover_checkpoints(folders) -> None:
             )
 
 
-def refuse_checkpoint_past_max_steps(checkpoint: str | None, max_steps: int | None) -> None:
+def refuse_checkpoint_past_max_steps(checkpoint: str | None, max_steps: int | None, finished: bool = False) -> None:
     """For a resume: raise `ValueError` when `checkpoint` was saved at a `global_step` beyond `max_steps` (it belongs
-    to a longer run; resuming it would train past --max_steps or not at all). Skipped when `max_steps` is not a
-    positive step count (epoch-based runs) or the step cannot be read."""
+    to a longer run; resuming it would train past --max_steps or not at all), or, with `finished`, at `max_steps`.
+
+    A checkpoint at `max_steps` is of a run that has trained all its steps, and transformers' `Trainer` resumed from
+    it trains one step more before it checks `max_steps` (a step past the schedule, another loss in the curve, moved
+    optimizer and FP8 scaling state): a single-run recipe refuses it (`finished=True`). Skipped when `max_steps` is
+    not a positive step count (epoch-based runs) or the step cannot be read."""
     if checkpoint is None or max_steps is None or max_steps <= 0:
         return
     step = checkpoint_global_step(checkpoint)
@@ -165,9 +169,18 @@ def refuse_checkpoint_past_max_steps(checkpoint: str | None, max_steps: int | No
             f"{max_steps}: it is a checkpoint of another (longer) run. Pass a checkpoint of this run, raise "
             f"--max_steps to at least {step}, or drop the flag to start from scratch in another --output_dir."
         )
+    if finished and step is not None and step == max_steps:
+        raise ValueError(
+            f"--resume_from_checkpoint: {checkpoint} was saved at global_step {step} = --max_steps: its run has "
+            "trained all its steps, and resuming it would train one step more (transformers' Trainer steps before it "
+            "checks --max_steps). Its weights are in that folder (load them with from_pretrained); raise --max_steps "
+            "to train on, or pass an earlier checkpoint to redo the last steps."
+        )
 
 
-def check_checkpoint_folders(value, folders, max_steps: int | None = None, checkpoints=None) -> None:
+def check_checkpoint_folders(
+    value, folders, max_steps: int | None = None, checkpoints=None, finished: bool = False
+) -> None:
     """The checks every checkpointing recipe runs before any work.
 
     Args:
@@ -176,6 +189,8 @@ def check_checkpoint_folders(value, folders, max_steps: int | None = None, check
         max_steps: the run's `--max_steps` (each run's, for several runs).
         checkpoints: the checkpoint folders the run resumes from (default: resolved from `value` and `folders`: the
             newest complete one in each folder for `last`, or the named folder).
+        finished: also refuse a checkpoint at `max_steps` (see [`refuse_checkpoint_past_max_steps`]); for a recipe
+            that trains one run.
     """
     folders = list(folders)
     if not wants_resume(value):
@@ -187,7 +202,7 @@ def check_checkpoint_folders(value, folders, max_steps: int | None = None, check
         else:
             checkpoints = [value] if isinstance(value, str) else []
     for checkpoint in checkpoints:
-        refuse_checkpoint_past_max_steps(checkpoint, max_steps)
+        refuse_checkpoint_past_max_steps(checkpoint, max_steps, finished=finished)
 
 
 def checkpoint_being_saved(trainer, output_dir: str | None, internal_call: bool) -> str | None:

@@ -51,3 +51,16 @@ def test_fresh_run_over_checkpoints_and_resume_past_max_steps_are_refused(tmp_pa
         validate_args(*_parse([*TINY, "--output_dir", str(out)]))
     with pytest.raises(ValueError, match="global_step 9.*--max_steps 6"):
         validate_args(*_parse([*TINY, "--max_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint"]))
+
+
+def test_resume_of_a_finished_run_is_refused(tmp_path):
+    from hf_ext.recipes.hyperinf import validate_args
+
+    out = tmp_path / "out"
+    ckpt = out / "checkpoint-6"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 6}))
+    (out / "base").mkdir()
+    (out / "base" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="global_step 6 = --max_steps"):
+        validate_args(*_parse([*TINY, "--max_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint"]))

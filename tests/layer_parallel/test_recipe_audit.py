@@ -61,7 +61,7 @@ def test_resume_is_refused_early_when_it_cannot_apply(source, full, tmp_path, re
     out = tmp_path / "never"
     with pytest.raises(ValueError, match="--finetune"):  # was: accepted and silently ignored
         main(_args(recipe_tiny, source, "--finetune", "false", "--output_dir", str(out), "--resume_from_checkpoint", ckpt))
-    base = [*recipe_tiny, "--model_name_or_path", source, "--max_steps", "2", "--output_dir", str(out),
+    base = [*recipe_tiny, "--model_name_or_path", source, "--max_steps", "3", "--output_dir", str(out),
             "--resume_from_checkpoint", ckpt]  # fmt: skip
     with pytest.raises(ValueError, match="lp_start=0 there, 1 here"):  # was: RuntimeError loading the state dict
         main([*base, "--skip_sweep", "--lp_start", "1", "--lp_end", "3"])
