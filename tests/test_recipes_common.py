@@ -221,3 +221,56 @@ def test_corrupt_corpus_and_tokenizer_caches_rebuild_themselves(tmp_path, monkey
         again = build_tokenizer(300)
     assert again.get_vocab() == tok.get_vocab() and "tokenizer" in caplog.text
     assert json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+
+
+def test_recipes_log_a_diverged_step_loss_as_nan(tmp_path):
+    """transformers' default `logging_nan_inf_filter=True` replaces a NaN step loss by the mean of the losses since the
+    last log (0.0 when logging every step): the loss curve and train_loss of a diverged run looked finite. Recipes
+    default it to False; passing it restores transformers' behaviour."""
+    import json
+
+    from transformers import TrainingArguments
+
+    from hf_ext.recipes._common import parse_recipe_args
+    from hf_ext.recipes.pretrain import main
+
+    (args,) = parse_recipe_args((TrainingArguments,), ["--output_dir", str(tmp_path / "a")])
+    assert args.logging_nan_inf_filter is False
+    argv = ["--output_dir", str(tmp_path / "a"), "--logging_nan_inf_filter", "true"]
+    (args,) = parse_recipe_args((TrainingArguments,), argv)
+    assert args.logging_nan_inf_filter is True
+    out = tmp_path / "nan"
+    main(["--model_type", "llama", "--fp8_backend", "none", "--hidden_size", "32", "--intermediate_size", "64",
+          "--num_hidden_layers", "1", "--num_attention_heads", "2", "--num_key_value_heads", "2", "--block_size", "32",
+          "--per_device_train_batch_size", "4", "--max_eval_blocks", "2", "--max_new_tokens", "2", "--max_steps", "3",
+          "--logging_steps", "1", "--learning_rate", "1e30", "--warmup_steps", "0", "--max_grad_norm", "0",
+          "--output_dir", str(out)])  # fmt: skip
+    results = json.loads((out / "pretrain_results.json").read_text())
+    assert results["loss_curve"][-1] == [3, "NaN"] and results["train_loss"] == "NaN"
+
+
+def test_flags_the_run_would_ignore_are_refused(tmp_path):
+    """--save_steps / --eval_steps with their strategy at 'no' (the recipes' default, unlike transformers') and
+    --validation_split_seed where no split is drawn were accepted and silently ignored."""
+    from hf_ext.recipes._common import parse_recipe_args
+    from hf_ext.recipes.pretrain import DataArguments, ModelArguments, PretrainTrainingArguments
+
+    types = (ModelArguments, DataArguments, PretrainTrainingArguments)
+    base = ["--output_dir", str(tmp_path / "out")]
+    train = tmp_path / "train.txt"
+    train.write_text("some text\n" * 20)
+    valid = tmp_path / "valid.txt"
+    valid.write_text("other text\n" * 5)
+    for extra, match in [
+        (["--save_steps", "1"], "--save_steps 1 is ignored: --save_strategy is 'no'"),
+        (["--eval_steps", "5"], "--eval_steps 5 is ignored: --eval_strategy is 'no'"),
+        (["--save_total_limit", "1"], "--save_total_limit 1 is ignored: --save_strategy is 'no'"),
+        (["--validation_split_seed", "7"], "--validation_split_seed 7 is ignored: the embedded corpus"),
+        (["--validation_split_seed", "7", "--train_file", str(train), "--validation_file", str(valid)],
+         "--validation_split_seed 7 is ignored: --validation_file"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            parse_recipe_args(types, [*base, *extra])
+    parse_recipe_args(types, [*base, "--save_strategy", "steps", "--save_steps", "1"])
+    parse_recipe_args(types, [*base, "--validation_split_seed", "7", "--train_file", str(train)])
+    assert not (tmp_path / "out").exists()

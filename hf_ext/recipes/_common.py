@@ -78,6 +78,11 @@ def parse_recipe_args(types, argv: list[str] | None = None, resume: str = "resol
     for action in parser._actions:
         if isinstance(action.help, str):
             action.help = _escape_percent(action.help)
+    if any(action.dest == "logging_nan_inf_filter" for action in parser._actions):
+        # a diverged step's loss is logged as NaN / inf (transformers' default replaces it by the mean of the losses
+        # since the last log, so a loss curve and train_loss hide the divergence); --logging_nan_inf_filter true
+        # restores that
+        parser.set_defaults(logging_nan_inf_filter=False)
     parsed = parser.parse_args_into_dataclasses(args=argv)
     validate_parsed(parsed, resume=resume)
     return parsed
@@ -121,6 +126,19 @@ def validate_parsed(parsed, resume: str = "resolve") -> None:
             raise ValueError(
                 f"--validation_split_seed must be an integer in [0, 2**32), got {obj.validation_split_seed!r}."
             )
+        if "validation_split_seed" in names and obj.validation_split_seed != 0:
+            own_data = getattr(obj, "train_file", None) or getattr(obj, "dataset_name", None)
+            if not own_data or getattr(obj, "validation_file", None):
+                raise ValueError(
+                    f"--validation_split_seed {obj.validation_split_seed} is ignored: "
+                    + (
+                        "--validation_file is the validation data"
+                        if own_data
+                        else "the embedded corpus has a fixed held-out split"
+                    )
+                    + ". It seeds the split held out of --train_file (or a --dataset_name without a validation "
+                    "split); drop it."
+                )
         if "train_file" in names and getattr(obj, "train_file", None):
             check_text_file(obj.train_file, "--train_file")
         if "validation_file" in names and getattr(obj, "validation_file", None):
@@ -133,9 +151,27 @@ def validate_parsed(parsed, resume: str = "resolve") -> None:
             validate_training_arguments(obj, resume=resume)
 
 
+def _strategy(value) -> str:
+    return str(getattr(value, "value", value))
+
+
 def validate_training_arguments(args, resume: str = "resolve") -> None:
-    """Training length and `--resume_from_checkpoint`, checked before any work."""
+    """Training length, step flags without their strategy and `--resume_from_checkpoint`, checked before any work."""
     from ..utils.resume import resolve_resume_checkpoint, wants_resume
+
+    defaults = {f.name: f.default for f in dataclasses.fields(args)}
+    for steps, strategy in (
+        ("save_steps", "save_strategy"),
+        ("save_total_limit", "save_strategy"),
+        ("eval_steps", "eval_strategy"),
+    ):
+        value = getattr(args, steps)
+        if _strategy(getattr(args, strategy)) == "no" and value != defaults.get(steps):
+            shown = int(value) if isinstance(value, float) and value.is_integer() else value
+            raise ValueError(
+                f"--{steps} {shown} is ignored: --{strategy} is 'no' (this recipe's default). Pass "
+                f"--{strategy} steps with it, or drop it."
+            )
 
     if not math.isfinite(args.learning_rate) or args.learning_rate < 0:
         raise ValueError(f"--learning_rate must be a finite number >= 0, got {args.learning_rate}.")
