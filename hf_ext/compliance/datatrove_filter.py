@@ -78,6 +78,13 @@ class RobotsTxtFilter(BaseFilter):
                 raise ValueError(f"robots snapshot {path!r} does not exist; pass a folder, .jsonl or .parquet file.")
             if _infer_format(Path(path)) == "folder" and not os.path.isdir(path):
                 raise ValueError(f"robots snapshot {path!r} is a file but not .jsonl or .parquet; pass a folder or one of those.")
+            if os.path.isdir(path) and not (
+                os.path.isfile(os.path.join(path, "_snapshot.json")) or any(Path(path).glob("*.txt"))
+            ):  # checked here, not in every task at its first document
+                raise ValueError(
+                    f"robots snapshot folder {path!r} holds no <host>.txt files and no _snapshot.json; pass a folder "
+                    "written by RobotsTxtStore.save, a .jsonl or a .parquet file."
+                )
             RobotsCompliance({}, **self._checker_kwargs)  # validate the options before any work
             self._snapshot_path, checker = path, None
         else:

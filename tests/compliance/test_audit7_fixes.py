@@ -294,3 +294,14 @@ def test_compute_dcg_flips_the_sign_of_a_perplexity_metric_by_default():
     acc_full = {"results": {"arc": {"acc,none": 0.5}}}
     acc_comp = {"results": {"arc": {"acc,none": 0.4}}}
     assert compute_dcg(acc_full, acc_comp, metric="acc").mean_gap == pytest.approx(20.0)
+
+
+def test_datatrove_filter_refuses_an_empty_snapshot_folder_at_construction(tmp_path):
+    """It used to construct and then fail in every task at its first document."""
+    pytest.importorskip("datatrove")
+    from hf_ext.compliance import RobotsTxtFilter
+
+    with pytest.raises(ValueError, match="holds no <host>.txt files and no _snapshot.json"):
+        RobotsTxtFilter(str(tmp_path))
+    (tmp_path / "a.com.txt").write_text("User-agent: *\nDisallow: /\n")
+    RobotsTxtFilter(str(tmp_path))
