@@ -274,3 +274,16 @@ def test_flags_the_run_would_ignore_are_refused(tmp_path):
     parse_recipe_args(types, [*base, "--save_strategy", "steps", "--save_steps", "1"])
     parse_recipe_args(types, [*base, "--validation_split_seed", "7", "--train_file", str(train)])
     assert not (tmp_path / "out").exists()
+
+
+def test_clear_previous_results_removes_the_temp_files_of_killed_atomic_writes(tmp_path):
+    """A kill during an atomic write (results JSON, PNG) left its hidden `.<name>.<random>.tmp` beside the results;
+    they are removed with the results, and also when resuming; other hidden files stay."""
+    from hf_ext.recipes._common import clear_previous_results
+
+    stale = [tmp_path / ".kurtosis.png.k2j_4x.tmp", tmp_path / ".pretrain_results.json.abc.tmp"]
+    keep = [tmp_path / ".other.json.abc.tmp", tmp_path / "kurtosis.png.tmp"]
+    for path in [*stale, *keep]:
+        path.write_text("x")
+    clear_previous_results(str(tmp_path), ["kurtosis.png", "pretrain_results.json"], resuming=True)
+    assert [p.exists() for p in stale] == [False, False] and all(p.exists() for p in keep)

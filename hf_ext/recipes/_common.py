@@ -327,8 +327,16 @@ def clear_previous_results(output_dir: str, names, resuming: bool = False) -> li
     writes fewer files (another mode, a step skipped), leaves the older run's files beside its own, each looking
     current. Only the recipe's own report files named in `names` (paths relative to `output_dir`) are removed: never
     checkpoints, saved models or other files. A resumed run continues the run that wrote them, so nothing is removed
-    (`resuming`). Call on the main process only. Returns the removed names.
+    (`resuming`), except the temporary files a killed atomic write of one of them left (`.<name>.*.tmp`, never read),
+    which go in both cases. Call on the main process only. Returns the removed names.
     """
+    import glob
+
+    for name in names:
+        folder, base = os.path.split(os.path.join(output_dir, name))
+        for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(base)}.*.tmp")):
+            if os.path.isfile(stale):
+                os.remove(stale)
     if resuming:
         return []
     removed = []
