@@ -126,3 +126,46 @@ def test_layer_parallel_finetune_refuses_a_checkpoint_at_or_past_max_steps(tmp_p
         layer_parallel.main([*base, "--max_steps", "2"])
     with pytest.raises(ValueError, match="= --max_steps"):
         layer_parallel.main([*base, "--max_steps", "4"])
+
+
+def test_a_finished_run_is_restored_without_a_step_past_max_steps(tmp_path):
+    """`train_or_restore_finished` (recipes that resume several runs, some finished): from a checkpoint at max_steps
+    the run is restored as a resume restores it and left before the step transformers would train past max_steps;
+    from an earlier checkpoint it trains as `train()` does."""
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from hf_ext.utils.resume import train_or_restore_finished
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, x, labels=None):
+            return {"loss": ((x * self.w).sum(-1) - labels).pow(2).mean()}
+
+    class Ends(TrainerCallback):
+        ended = 0
+
+        def on_train_end(self, args, state, control, **kwargs):
+            Ends.ended += 1
+
+    data = Dataset.from_dict({"x": [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]] * 16, "labels": [1.0, 0.0] * 16})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, save_steps=2,
+                             save_strategy="steps", report_to="none", use_cpu=True, learning_rate=1e-2,
+                             lr_scheduler_type="constant", logging_steps=1, disable_tqdm=True, seed=0)  # fmt: skip
+    full = Trainer(model=Tiny(), args=args, train_dataset=data)
+    full.train()
+    logged = [h for h in full.state.log_history if "loss" in h]
+    for checkpoint in ("checkpoint-4", "checkpoint-2"):
+        trainer = Trainer(model=Tiny(), args=args, train_dataset=data, callbacks=[Ends()])
+        before = Ends.ended
+        train_or_restore_finished(trainer, str(tmp_path / checkpoint))
+        assert trainer.state.global_step == 4 and Ends.ended == before + 1
+        assert torch.equal(trainer.model.w, full.model.w)
+        assert [h for h in trainer.state.log_history if "loss" in h] == logged
+        state, ref = trainer.optimizer.state_dict()["state"], full.optimizer.state_dict()["state"]
+        assert all(torch.equal(state[0][k], ref[0][k]) for k in ("exp_avg", "exp_avg_sq"))
+        assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]

@@ -18,6 +18,7 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
 from ..utils.io import atomic_savefig, atomic_write_results, atomic_write_text
+from ..utils.resume import train_or_restore_finished
 from ._common import validation_split_seed_field
 from .pretrain import ModelArguments, build_model, check_fresh_model
 
@@ -452,7 +453,8 @@ def _train_one(name, conditioned, model_args, data_args, meta_args, training_arg
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=_sub_run_resume(training_args.resume_from_checkpoint, args.output_dir, name))
+    # a finished run is restored, not trained a step past --max_steps
+    train_or_restore_finished(trainer, _sub_run_resume(training_args.resume_from_checkpoint, args.output_dir, name))
     trainer.save_model(args.output_dir)
     return trainer.model, callbacks[0].curve, trainer.state.log_history
 

@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from ..neuralgrok.trainer import GRADIENT_TRANSFORMS, NeuralGrokConfig
+from ..utils.resume import train_or_restore_finished
 
 # Recipe methods: every gradient transform, plus the baseline with strong weight decay (`--strong_weight_decay`).
 STRONG_WD = "none_strong_wd"
@@ -774,7 +775,7 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
             start_step = 0
             if checkpoint is not None:
                 print(f"[{method} seed {seed}] resuming from {checkpoint}", flush=True)
-            trainer.train(resume_from_checkpoint=checkpoint)
+            train_or_restore_finished(trainer, checkpoint)  # a finished run: restored, no step past max_steps
             if checkpoint is not None:
                 start_step = trainer._initial_global_step
             curves = _curves(trainer.state.log_history)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ..optim.warmup_trainer import WarmupFreeTrainingArguments
 from ..utils.io import atomic_savefig, atomic_write_results
+from ..utils.resume import train_or_restore_finished
 from ._common import validation_split_seed_field
 
 ARCHITECTURES = ("llama", "gpt2", "openai-gpt")
@@ -417,7 +418,8 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
             data_collator=default_data_collator,
             callbacks=[metrics_cb],
         )
-        trainer.train(resume_from_checkpoint=resume[arm])
+        # a finished arm is restored, not trained a step past --max_steps
+        train_or_restore_finished(trainer, resume[arm])
         eval_loss = trainer.evaluate()["eval_loss"]
         results[arm] = {
             "eval_loss": eval_loss,

@@ -216,3 +216,41 @@ def checkpoint_being_saved(trainer, output_dir: str | None, internal_call: bool)
     if os.path.basename(os.path.normpath(folder)) != f"checkpoint-{trainer.state.global_step}":
         return None
     return folder
+
+
+class _RunFinished(Exception):
+    """Raised by `_StopAtMaxSteps` to leave `Trainer.train` before a step past `max_steps`."""
+
+
+def _stop_at_max_steps_callback():
+    from transformers import TrainerCallback
+
+    class _StopAtMaxSteps(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                raise _RunFinished
+
+    return _StopAtMaxSteps()
+
+
+def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
+    """`trainer.train(resume_from_checkpoint=...)`, except for a checkpoint of a finished run (saved at
+    `max_steps`): transformers' `Trainer` would train one step past `max_steps` from it; here the run is restored as a
+    resume restores it (weights, optimizer, scheduler, `TrainerState`, callback and custom states, RNG) and left before
+    that step, then its callbacks get `on_train_end`, as at the end of the uninterrupted run. For recipes that train
+    several runs and resume the finished ones with the interrupted one. Returns `train()`'s output, or `None` for a
+    restored finished run."""
+    step = checkpoint_global_step(resume_from_checkpoint) if resume_from_checkpoint else None
+    max_steps = trainer.args.max_steps
+    if step is None or max_steps is None or max_steps <= 0 or step < max_steps:
+        return trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    guard = _stop_at_max_steps_callback()
+    trainer.add_callback(guard)
+    try:
+        return trainer.train(resume_from_checkpoint=resume_from_checkpoint)  # an epoch boundary: no step is run
+    except _RunFinished:
+        trainer.is_in_train = False
+        trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+        return None
+    finally:
+        trainer.remove_callback(guard)

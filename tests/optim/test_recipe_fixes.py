@@ -141,3 +141,28 @@ def test_cubic_accepts_flags_a_selected_method_reads(tmp_path):
             "5", "--alpha", "0.9", "--momentum_type", "ema", "--output_dir", str(tmp_path)]  # fmt: skip
     (args,) = parse_recipe_args((CubicNewtonRecipeArguments,), argv)
     assert validate(args)[1] == ["sgd", "adam", "cn_momentum"]
+
+
+def test_warmup_resume_restores_a_finished_arm_without_a_step_past_max_steps(tmp_path):
+    """Interrupted after the first arm finished (its newest checkpoint at --max_steps) and during the second: the rerun
+    with --resume_from_checkpoint equals the uninterrupted run, writes no checkpoint-7 for the finished arm (before,
+    transformers trained a 7th step, the arm's loss curve got a 7th entry, and a second resume was refused because of
+    that checkpoint), and can be resumed again."""
+    import shutil
+
+    from hf_ext.recipes.warmup import main
+
+    argv = ["--arms", "adamw_warmup,lion_ar_no_warmup", "--hidden_size", "32", "--intermediate_size", "64",
+            "--num_attention_heads", "2", "--vocab_size", "512", "--block_size", "16", "--max_eval_blocks", "4",
+            "--per_device_train_batch_size", "2", "--metrics_every", "2", "--disable_tqdm", "true", "--max_steps", "6",
+            "--save_strategy", "steps", "--save_steps", "3", "--logging_steps", "1", "--seed", "3"]  # fmt: skip
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    full = main([*argv, "--output_dir", str(ref)])
+    shutil.copytree(ref / "adamw_warmup", out / "adamw_warmup")  # finished: checkpoint-3, checkpoint-6
+    shutil.copytree(ref / "lion_ar_no_warmup" / "checkpoint-3", out / "lion_ar_no_warmup" / "checkpoint-3")
+    for _ in range(2):  # the second rerun: as after a second interruption
+        resumed = main([*argv, "--output_dir", str(out), "--resume_from_checkpoint"])
+        assert sorted(p.name for p in (out / "adamw_warmup").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+        for arm in ("adamw_warmup", "lion_ar_no_warmup"):
+            for key in ("eval_loss", "train_loss", "update_metrics"):
+                assert resumed[arm][key] == full[arm][key], (arm, key)
