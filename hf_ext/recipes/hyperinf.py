@@ -273,7 +273,38 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
                 f"with a {saved_vocab}-token tokenizer, which the resumed run keeps; resume with --vocab_size "
                 f"{saved_vocab}, or start afresh in another --output_dir."
             )
+    if resume:
+        _check_run_data(task, training_args)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
+
+
+#: The arguments that define a run's data and its label noise / corruption (with --seed): a resumed fine-tuning must
+#: see the data of the run it continues.
+RUN_DATA_FILE = "hyperinf_run_data.json"
+_RUN_DATA_FLAGS = ("task", "max_length", "num_val", "num_test", "max_train", "noise_rate", "vocab_size")
+
+
+def _run_data(task: TaskArguments, training_args) -> dict:
+    return {"seed": training_args.seed, **{name: getattr(task, name) for name in _RUN_DATA_FLAGS}}
+
+
+def _check_run_data(task: TaskArguments, training_args) -> None:
+    """On resume: the interrupted run's data-defining arguments (written by its start) must be this run's."""
+    path = os.path.join(training_args.output_dir, RUN_DATA_FILE)
+    if not os.path.isfile(path):  # a run started before this file existed: nothing to compare with
+        return
+    with open(path, encoding="utf-8") as fh:
+        saved = json.load(fh)
+    now = _run_data(task, training_args)
+    changed = [
+        f"--{k} {now[k]!r} (the interrupted run used {saved[k]!r})" for k in now if k in saved and saved[k] != now[k]
+    ]
+    if changed:
+        raise ValueError(
+            "--resume_from_checkpoint continues a run on other data: " + "; ".join(changed) + ". Its checkpoints were "
+            "trained on the data (split, label noise, corruption) those arguments define; resume with the interrupted "
+            "run's values, or start afresh in another --output_dir."
+        )
 
 
 def _refuse_inapplicable_flags(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments) -> None:
@@ -593,6 +624,10 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     from ._common import clear_previous_results
 
     clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
+    if not training_args.resume_from_checkpoint:  # what a resume of this run must keep (see _check_run_data)
+        from ..utils.io import atomic_write_json
+
+        atomic_write_json(os.path.join(training_args.output_dir, RUN_DATA_FILE), _run_data(task, training_args))
     if inf.num_threads is not None:
         torch.set_num_threads(inf.num_threads)
     if task.task == "llm_selection":

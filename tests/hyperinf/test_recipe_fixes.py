@@ -64,3 +64,24 @@ def test_resume_of_a_finished_run_is_refused(tmp_path):
     (out / "base" / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="global_step 6 = --max_steps"):
         validate_args(*_parse([*TINY, "--max_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint"]))
+
+
+def test_resume_with_other_data_defining_arguments_is_refused(tmp_path):
+    """A resume with another --seed used to continue the fine-tuning on another label-noise draw (rc 0, flipped
+    examples [7, 8, 19, ...] became [0, 8, 11, ...]): the results matched neither seed."""
+    from hf_ext.recipes.hyperinf import RUN_DATA_FILE, validate_args
+
+    out = tmp_path / "out"
+    ckpt = out / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (out / "base").mkdir()
+    (out / "base" / "config.json").write_text("{}")
+    parsed = _parse([*TINY, "--seed", "3", "--output_dir", str(out)])
+    saved = {"seed": 3, "task": parsed[0].task, "noise_rate": parsed[0].noise_rate}
+    (out / RUN_DATA_FILE).write_text(json.dumps(saved))
+    validate_args(*_parse([*TINY, "--seed", "3", "--max_steps", "6", "--output_dir", str(out),
+                           "--resume_from_checkpoint"]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"--seed 4 \(the interrupted run used 3\)"):
+        validate_args(*_parse([*TINY, "--seed", "4", "--max_steps", "6", "--output_dir", str(out),
+                               "--resume_from_checkpoint"]))  # fmt: skip
