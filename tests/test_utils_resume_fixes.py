@@ -6,6 +6,21 @@ import json
 import pytest
 
 
+def _tiny():
+    """A one-parameter-vector regression model for transformers' Trainer."""
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, x, labels=None):
+            return {"loss": ((x * self.w).sum(-1) - labels).pow(2).mean()}
+
+    return Tiny()
+
+
 def _checkpoint(folder, step):
     folder.mkdir(parents=True)
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
@@ -72,24 +87,15 @@ def test_transformers_trains_a_step_past_max_steps_when_resumed_from_the_last_ch
     """Why a checkpoint at --max_steps is refused: transformers' Trainer resumed from it runs one more optimizer step
     (global_step max_steps + 1) before it checks max_steps. If this test fails, transformers stopped doing so and the
     refusal can be relaxed to checkpoints beyond --max_steps."""
-    import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
-
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(3))
-
-        def forward(self, x, labels=None):
-            return {"loss": ((x * self.w).sum(-1) - labels).pow(2).mean()}
 
     data = Dataset.from_dict({"x": [[1.0, 2.0, 3.0]] * 32, "labels": [1.0] * 32})
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, save_steps=4,
                              save_strategy="steps", report_to="none", use_cpu=True, learning_rate=1e-3,
                              lr_scheduler_type="constant", logging_steps=1, disable_tqdm=True)  # fmt: skip
-    Trainer(model=Tiny(), args=args, train_dataset=data).train()
-    resumed = Trainer(model=Tiny(), args=args, train_dataset=data)
+    Trainer(model=_tiny(), args=args, train_dataset=data).train()
+    resumed = Trainer(model=_tiny(), args=args, train_dataset=data)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
     assert resumed.state.global_step == 5
 
@@ -138,14 +144,6 @@ def test_a_finished_run_is_restored_without_a_step_past_max_steps(tmp_path):
 
     from hf_ext.utils.resume import train_or_restore_finished
 
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(3))
-
-        def forward(self, x, labels=None):
-            return {"loss": ((x * self.w).sum(-1) - labels).pow(2).mean()}
-
     class Ends(TrainerCallback):
         ended = 0
 
@@ -156,11 +154,11 @@ def test_a_finished_run_is_restored_without_a_step_past_max_steps(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, save_steps=2,
                              save_strategy="steps", report_to="none", use_cpu=True, learning_rate=1e-2,
                              lr_scheduler_type="constant", logging_steps=1, disable_tqdm=True, seed=0)  # fmt: skip
-    full = Trainer(model=Tiny(), args=args, train_dataset=data)
+    full = Trainer(model=_tiny(), args=args, train_dataset=data)
     full.train()
     logged = [h for h in full.state.log_history if "loss" in h]
     for checkpoint in ("checkpoint-4", "checkpoint-2"):
-        trainer = Trainer(model=Tiny(), args=args, train_dataset=data, callbacks=[Ends()])
+        trainer = Trainer(model=_tiny(), args=args, train_dataset=data, callbacks=[Ends()])
         before = Ends.ended
         train_or_restore_finished(trainer, str(tmp_path / checkpoint))
         assert trainer.state.global_step == 4 and Ends.ended == before + 1

@@ -10,6 +10,17 @@ TINY = ["--pretrain_steps", "2", "--hidden_size", "32", "--num_attention_heads",
         "--vocab_size", "300", "--disable_tqdm", "true"]  # fmt: skip
 
 
+def _interrupted_run(tmp_path, step: int):
+    """An --output_dir as an interrupted run leaves it: the pretrained base and a checkpoint at `step`."""
+    out = tmp_path / "out"
+    ckpt = out / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (out / "base").mkdir()
+    (out / "base" / "config.json").write_text("{}")
+    return out
+
+
 def _parse(argv):
     from hf_ext.recipes._common import parse_recipe_args
     from hf_ext.recipes.hyperinf import HyperInfTrainingArguments, InfluenceArguments, ModelArguments, TaskArguments
@@ -41,12 +52,7 @@ def test_noisy_count():
 def test_fresh_run_over_checkpoints_and_resume_past_max_steps_are_refused(tmp_path):
     from hf_ext.recipes.hyperinf import validate_args
 
-    out = tmp_path / "out"
-    ckpt = out / "checkpoint-9"
-    ckpt.mkdir(parents=True)
-    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 9}))
-    (out / "base").mkdir()
-    (out / "base" / "config.json").write_text("{}")
+    out = _interrupted_run(tmp_path, 9)
     with pytest.raises(ValueError, match="checkpoint-9 exists.*earlier run"):
         validate_args(*_parse([*TINY, "--output_dir", str(out)]))
     with pytest.raises(ValueError, match="global_step 9.*--max_steps 6"):
@@ -56,12 +62,7 @@ def test_fresh_run_over_checkpoints_and_resume_past_max_steps_are_refused(tmp_pa
 def test_resume_of_a_finished_run_is_refused(tmp_path):
     from hf_ext.recipes.hyperinf import validate_args
 
-    out = tmp_path / "out"
-    ckpt = out / "checkpoint-6"
-    ckpt.mkdir(parents=True)
-    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 6}))
-    (out / "base").mkdir()
-    (out / "base" / "config.json").write_text("{}")
+    out = _interrupted_run(tmp_path, 6)
     with pytest.raises(ValueError, match="global_step 6 = --max_steps"):
         validate_args(*_parse([*TINY, "--max_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint"]))
 
@@ -71,12 +72,7 @@ def test_resume_with_other_data_defining_arguments_is_refused(tmp_path):
     examples [7, 8, 19, ...] became [0, 8, 11, ...]): the results matched neither seed."""
     from hf_ext.recipes.hyperinf import RUN_DATA_FILE, validate_args
 
-    out = tmp_path / "out"
-    ckpt = out / "checkpoint-2"
-    ckpt.mkdir(parents=True)
-    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
-    (out / "base").mkdir()
-    (out / "base" / "config.json").write_text("{}")
+    out = _interrupted_run(tmp_path, 2)
     parsed = _parse([*TINY, "--seed", "3", "--output_dir", str(out)])
     saved = {"seed": 3, "task": parsed[0].task, "noise_rate": parsed[0].noise_rate}
     (out / RUN_DATA_FILE).write_text(json.dumps(saved))
