@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from transformers import TrainingArguments
 
@@ -278,14 +278,13 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
     ensure_writable_dir(training_args.output_dir, "--output_dir")
 
 
-#: The arguments that define a run's data and its label noise / corruption (with --seed): a resumed fine-tuning must
-#: see the data of the run it continues.
+#: The file of the arguments that define a run's data and its label noise / corruption (--seed and every
+#: `TaskArguments` flag): a resumed fine-tuning must see the data of the run it continues.
 RUN_DATA_FILE = "hyperinf_run_data.json"
-_RUN_DATA_FLAGS = ("task", "max_length", "num_val", "num_test", "max_train", "noise_rate", "vocab_size")
 
 
 def _run_data(task: TaskArguments, training_args) -> dict:
-    return {"seed": training_args.seed, **{name: getattr(task, name) for name in _RUN_DATA_FLAGS}}
+    return {"seed": training_args.seed, **asdict(task)}
 
 
 def _check_run_data(task: TaskArguments, training_args) -> None:

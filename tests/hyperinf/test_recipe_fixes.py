@@ -81,3 +81,8 @@ def test_resume_with_other_data_defining_arguments_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"--seed 4 \(the interrupted run used 3\)"):
         validate_args(*_parse([*TINY, "--seed", "4", "--max_steps", "6", "--output_dir", str(out),
                                "--resume_from_checkpoint"]))  # fmt: skip
+    saved["domains"] = "devtools,networking"  # every task flag is recorded
+    (out / RUN_DATA_FILE).write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"--domains 'devtools,filesystem' \(the interrupted run used"):
+        validate_args(*_parse([*TINY, "--seed", "3", "--domains", "devtools,filesystem", "--max_steps", "6",
+                               "--output_dir", str(out), "--resume_from_checkpoint"]))  # fmt: skip
