@@ -167,3 +167,23 @@ def test_a_finished_run_is_restored_without_a_step_past_max_steps(tmp_path):
         state, ref = trainer.optimizer.state_dict()["state"], full.optimizer.state_dict()["state"]
         assert all(torch.equal(state[0][k], ref[0][k]) for k in ("exp_avg", "exp_avg_sq"))
         assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_a_restored_finished_run_loads_its_best_checkpoint_as_the_uninterrupted_run_did(tmp_path):
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from hf_ext.utils.resume import train_or_restore_finished
+
+    data = Dataset.from_dict({"x": [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]] * 16, "labels": [1.0, 0.0] * 16})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, save_steps=1,
+                             save_strategy="steps", eval_strategy="steps", eval_steps=1, load_best_model_at_end=True,
+                             report_to="none", use_cpu=True, learning_rate=0.6, lr_scheduler_type="constant",
+                             logging_steps=1, disable_tqdm=True, seed=0)  # fmt: skip
+    full = Trainer(model=_tiny(), args=args, train_dataset=data, eval_dataset=data)
+    full.train()
+    assert full.state.best_model_checkpoint != str(tmp_path / "checkpoint-4")  # the best is not the last
+    trainer = Trainer(model=_tiny(), args=args, train_dataset=data, eval_dataset=data)
+    train_or_restore_finished(trainer, str(tmp_path / "checkpoint-4"))
+    assert trainer.state.global_step == 4 and torch.equal(trainer.model.w, full.model.w)

@@ -237,8 +237,9 @@ def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
     """`trainer.train(resume_from_checkpoint=...)`, except for a checkpoint of a finished run (saved at
     `max_steps`): transformers' `Trainer` would train one step past `max_steps` from it; here the run is restored as a
     resume restores it (weights, optimizer, scheduler, `TrainerState`, callback and custom states, RNG) and left before
-    that step, then its callbacks get `on_train_end`, as at the end of the uninterrupted run. For recipes that train
-    several runs and resume the finished ones with the interrupted one. Returns `train()`'s output, or `None` for a
+    that step; then, as at the end of the uninterrupted run, the best checkpoint is loaded (`load_best_model_at_end`)
+    and the callbacks get `on_train_end`. For recipes that train several runs and resume the finished ones with the
+    interrupted one. Returns `train()`'s output, or `None` for a
     restored finished run."""
     step = checkpoint_global_step(resume_from_checkpoint) if resume_from_checkpoint else None
     max_steps = trainer.args.max_steps
@@ -249,6 +250,10 @@ def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
     try:
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint)  # an epoch boundary: no step is run
     except _RunFinished:
+        # what the end of the uninterrupted run did after its last step (transformers' `_finalize_training`), but
+        # its speed/loss summary log: the best checkpoint's weights, the callbacks' `on_train_end`
+        if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
+            trainer._load_best_model()
         trainer.is_in_train = False
         trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
         return None
