@@ -187,3 +187,30 @@ def test_a_restored_finished_run_loads_its_best_checkpoint_as_the_uninterrupted_
     trainer = Trainer(model=_tiny(), args=args, train_dataset=data, eval_dataset=data)
     train_or_restore_finished(trainer, str(tmp_path / "checkpoint-4"))
     assert trainer.state.global_step == 4 and torch.equal(trainer.model.w, full.model.w)
+
+
+def test_a_run_a_callback_stopped_is_restored_not_trained_on(tmp_path):
+    """NeuralGrok's --stop_at_target: a run stopped at step 2 of 6 keeps checkpoint-2 with should_training_stop in
+    its saved TrainerControl; a resume used to clear the stop (on_train_begin) and train on to step 6."""
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from hf_ext.utils.resume import checkpoint_stopped, train_or_restore_finished
+
+    class StopAt2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    data = Dataset.from_dict({"x": [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]] * 16, "labels": [1.0, 0.0] * 16})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=2, save_steps=2,
+                             save_strategy="steps", report_to="none", use_cpu=True, learning_rate=1e-2,
+                             logging_steps=1, disable_tqdm=True, seed=0)  # fmt: skip
+    full = Trainer(model=_tiny(), args=args, train_dataset=data, callbacks=[StopAt2()])
+    full.train()
+    assert full.state.global_step == 2 and checkpoint_stopped(str(tmp_path / "checkpoint-2"))
+    trainer = Trainer(model=_tiny(), args=args, train_dataset=data, callbacks=[StopAt2()])
+    train_or_restore_finished(trainer, str(tmp_path / "checkpoint-2"))
+    assert trainer.state.global_step == 2 and torch.equal(trainer.model.w, full.model.w)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]

@@ -219,33 +219,45 @@ def checkpoint_being_saved(trainer, output_dir: str | None, internal_call: bool)
 
 
 class _RunFinished(Exception):
-    """Raised by `_StopAtMaxSteps` to leave `Trainer.train` before a step past `max_steps`."""
+    """Raised by `_StopBeforeTheNextStep` to leave `Trainer.train` before a step the finished run never took."""
 
 
-def _stop_at_max_steps_callback():
+def _stop_before_next_step_callback():
     from transformers import TrainerCallback
 
-    class _StopAtMaxSteps(TrainerCallback):
+    class _StopBeforeTheNextStep(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            if state.max_steps > 0 and state.global_step >= state.max_steps:
-                raise _RunFinished
+            raise _RunFinished  # added for a finished run only: every step would be one too many
 
-    return _StopAtMaxSteps()
+    return _StopBeforeTheNextStep()
+
+
+def checkpoint_stopped(path: str) -> bool:
+    """Whether the run stopped at the step of checkpoint `path` before `max_steps` (a callback set
+    `should_training_stop`, e.g. NeuralGrok's `--stop_at_target`), as its `trainer_state.json` records."""
+    try:
+        with open(os.path.join(path, TRAINER_STATE_NAME), encoding="utf-8") as fh:
+            control = json.load(fh).get("stateful_callbacks", {}).get("TrainerControl", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    args = control.get("args", {}) if isinstance(control, dict) else {}
+    return isinstance(args, dict) and args.get("should_training_stop") is True
 
 
 def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
-    """`trainer.train(resume_from_checkpoint=...)`, except for a checkpoint of a finished run (saved at
-    `max_steps`): transformers' `Trainer` would train one step past `max_steps` from it; here the run is restored as a
-    resume restores it (weights, optimizer, scheduler, `TrainerState`, callback and custom states, RNG) and left before
-    that step; then, as at the end of the uninterrupted run, the best checkpoint is loaded (`load_best_model_at_end`)
-    and the callbacks get `on_train_end`. For recipes that train several runs and resume the finished ones with the
-    interrupted one. Returns `train()`'s output, or `None` for a
-    restored finished run."""
+    """`trainer.train(resume_from_checkpoint=...)`, except for a checkpoint of a finished run: saved at `max_steps`,
+    or where a callback stopped the run ([`checkpoint_stopped`]). transformers' `Trainer` would train on from it (one
+    step past `max_steps`; after a stop, to `max_steps`, as `on_train_begin` clears the stop). Here the run is restored
+    as a resume restores it (weights, optimizer, scheduler, `TrainerState`, callback and custom states, RNG) and left
+    before that step; then, as at the end of the uninterrupted run, the best checkpoint is loaded
+    (`load_best_model_at_end`) and the callbacks get `on_train_end`. For recipes that train several runs and resume
+    the finished ones with the interrupted one. Returns `train()`'s output, or `None` for a restored finished run."""
     step = checkpoint_global_step(resume_from_checkpoint) if resume_from_checkpoint else None
     max_steps = trainer.args.max_steps
-    if step is None or max_steps is None or max_steps <= 0 or step < max_steps:
+    at_max_steps = step is not None and max_steps is not None and max_steps > 0 and step >= max_steps
+    if not (at_max_steps or (step is not None and checkpoint_stopped(resume_from_checkpoint))):
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    guard = _stop_at_max_steps_callback()
+    guard = _stop_before_next_step_callback()
     trainer.add_callback(guard)
     try:
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint)  # an epoch boundary: no step is run
