@@ -267,8 +267,9 @@ def generate_with_metadata_guidance(
         }
         ours["guidance_scale"] = float(guidance_scale)
     if guidance_scale == 1:
-        # plain conditional generation, whatever a passed config or the model's own (generation_config.json) says
-        ours["guidance_scale"] = None
+        # plain conditional generation, whatever a passed config or the model's own (generation_config.json) says:
+        # 1 (transformers adds no guidance processor for it), not None, which generate() fills from the model's own
+        ours["guidance_scale"] = 1.0
     if gen_config is not None:
         for key, value in ours.items():
             setattr(gen_config, key, value)

@@ -334,4 +334,14 @@ def test_guidance_scale_one_ignores_guidance_in_the_models_own_generation_config
         model, tok, prompts, meta, guidance_scale=1.0, max_new_tokens=6, do_sample=False, return_text=False
     )
     assert out[0, inputs["input_ids"].shape[1] :].tolist() == steps
+    from transformers import GenerationConfig
+
+    for passed in (
+        GenerationConfig(max_new_tokens=6, do_sample=False),
+        GenerationConfig(max_new_tokens=6, guidance_scale=2.0),
+    ):
+        out = generate_with_metadata_guidance(
+            model, tok, prompts, meta, guidance_scale=1.0, generation_config=passed, return_text=False
+        )
+        assert out[0, inputs["input_ids"].shape[1] :].tolist() == steps  # generate() filled None from the model's 3.0
     assert model.generation_config.guidance_scale == 3.0  # the model's config is not modified
