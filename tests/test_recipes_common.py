@@ -265,6 +265,8 @@ def test_flags_the_run_would_ignore_are_refused(tmp_path):
         (["--save_steps", "1"], "--save_steps 1 is ignored: --save_strategy is 'no'"),
         (["--eval_steps", "5"], "--eval_steps 5 is ignored: --eval_strategy is 'no'"),
         (["--save_total_limit", "1"], "--save_total_limit 1 is ignored: --save_strategy is 'no'"),
+        (["--save_strategy", "epoch", "--save_steps", "100"], "--save_steps 100 is ignored: --save_strategy is 'epoch'"),
+        (["--eval_strategy", "epoch", "--eval_steps", "7"], "--eval_steps 7 is ignored: --eval_strategy is 'epoch'"),
         (["--validation_split_seed", "7"], "--validation_split_seed 7 is ignored: the embedded corpus"),
         (["--validation_split_seed", "7", "--train_file", str(train), "--validation_file", str(valid)],
          "--validation_split_seed 7 is ignored: --validation_file"),

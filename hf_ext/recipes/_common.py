@@ -160,17 +160,19 @@ def validate_training_arguments(args, resume: str = "resolve") -> None:
     from ..utils.resume import resolve_resume_checkpoint, wants_resume
 
     defaults = {f.name: f.default for f in dataclasses.fields(args)}
-    for steps, strategy in (
-        ("save_steps", "save_strategy"),
-        ("save_total_limit", "save_strategy"),
-        ("eval_steps", "eval_strategy"),
+    # (flag, its strategy, the strategies under which transformers reads it)
+    for steps, strategy, read_by in (
+        ("save_steps", "save_strategy", ("steps",)),
+        ("save_total_limit", "save_strategy", ("steps", "epoch", "best")),
+        ("eval_steps", "eval_strategy", ("steps",)),
     ):
-        value = getattr(args, steps)
-        if _strategy(getattr(args, strategy)) == "no" and value != defaults.get(steps):
+        value, current = getattr(args, steps), _strategy(getattr(args, strategy))
+        if current not in read_by and value != defaults.get(steps):
             shown = int(value) if isinstance(value, float) and value.is_integer() else value
+            default = " (this recipe's default)" if current == defaults.get(strategy) else ""
             raise ValueError(
-                f"--{steps} {shown} is ignored: --{strategy} is 'no' (this recipe's default). Pass "
-                f"--{strategy} steps with it, or drop it."
+                f"--{steps} {shown} is ignored: --{strategy} is '{current}'{default}. Pass --{strategy} steps with it, "
+                "or drop it."
             )
 
     if not math.isfinite(args.learning_rate) or args.learning_rate < 0:
