@@ -15,6 +15,7 @@ whose `allowed(path)` is a single regular-expression match.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Sequence
 
@@ -172,13 +173,23 @@ def remove_dot_segments(path: str) -> str:
 
 def _decode_bytes(body: bytes) -> str:
     """A robots.txt body as text: without one (partial) UTF-8 byte order mark, decoded as UTF-8 with each undecodable
-    byte replaced by U+FFFD (so that `_cut_utf8` can still measure the text in the bytes the server sent)."""
+    byte replaced by one U+FFFD (so that `_cut_utf8` can still measure the text in the bytes the server sent)."""
     # A UTF-8 byte order mark, or any leading part of one, is skipped (as the reference parser does); only one.
     for n in (3, 2, 1):
         if body[:n] == b"\xef\xbb\xbf"[:n]:
             body = body[n:]
             break
-    return body.decode("utf-8", errors="replace")
+    return body.decode("utf-8", errors=_PER_BYTE_REPLACE)
+
+
+def _replace_each_byte(err: UnicodeDecodeError) -> tuple[str, int]:
+    """One U+FFFD per undecodable byte (the stdlib's "replace" writes one per maximal invalid sequence, e.g. a
+    2-byte GBK character that starts like UTF-8), so that a text's U+FFFD count is its count of invalid bytes."""
+    return "\ufffd" * (err.end - err.start), err.end
+
+
+_PER_BYTE_REPLACE = "hf_ext.robots_replace_each_byte"
+codecs.register_error(_PER_BYTE_REPLACE, _replace_each_byte)
 
 
 def _decode(body: str | bytes) -> str:

@@ -305,3 +305,25 @@ def test_datatrove_filter_refuses_an_empty_snapshot_folder_at_construction(tmp_p
         RobotsTxtFilter(str(tmp_path))
     (tmp_path / "a.com.txt").write_text("User-agent: *\nDisallow: /\n")
     RobotsTxtFilter(str(tmp_path))
+
+
+@pytest.mark.parametrize("encoding", ["gbk", "shift_jis"])
+@pytest.mark.parametrize("past_limit", [False, True])
+def test_multibyte_legacy_encodings_are_cut_at_the_same_byte_on_every_path(tmp_path, encoding, past_limit):
+    """UTF-8 "replace" decoding writes one U+FFFD per invalid *sequence* (two GBK bytes can be one), so the store's
+    text was read past 500 KiB of sent bytes; the decoder now writes one per invalid byte."""
+    from hf_ext.compliance import RobotsCompliance, RobotsTxtStore
+    from hf_ext.compliance.rfc9309 import MAX_ROBOTS_BYTES, RobotsTxt
+
+    comment = "# 本网站禁止未经授权的爬虫抓取内容。\n" if encoding == "gbk" else "# このサイトのクローラーに関する規則です。\n"
+    line = comment.encode(encoding)
+    group = b"User-agent: GPTBot\nDisallow: /\n"
+    n = (MAX_ROBOTS_BYTES + (200 if past_limit else -2000)) // len(line) + 1
+    body = line * n + group
+    assert (len(body) - len(group) > MAX_ROBOTS_BYTES) == past_limit
+    url = "https://cn.example/page"
+    expected = () if past_limit else ("GPTBot",)
+    assert RobotsTxt.parse(body).allowed(url, "GPTBot") == past_limit
+    (tmp_path / "cn.example.txt").write_bytes(body)
+    for store in (RobotsTxtStore.from_dict({"cn.example": body}), RobotsTxtStore.load(str(tmp_path))):
+        assert RobotsCompliance(store, user_agents=["GPTBot"]).disallowed_agents(url) == expected
