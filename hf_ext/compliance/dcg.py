@@ -58,6 +58,20 @@ class DCGReport:
 LOWER_IS_BETTER_METRICS = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
 
 
+def _only_metric(results: Mapping, task: str) -> str | None:
+    """The name (without lm-eval's filter suffix) of the one metric `task_scores` reads for `task` when no `metric`
+    is given, or `None` (a bare score, or several metrics)."""
+    lm_eval_output = isinstance(results.get("results"), Mapping)
+    value = (results["results"] if lm_eval_output else results).get(task)
+    if not isinstance(value, Mapping):
+        return None
+    if lm_eval_output:
+        names = [k for k in value if "," in str(k) and "_stderr," not in str(k)]
+    else:
+        names = [k for k in value if "_stderr" not in str(k) and not isinstance(value[k], str)]
+    return str(names[0]).partition(",")[0] if len(names) == 1 else None
+
+
 def compute_dcg(
     non_compliant: Mapping,
     compliant: Mapping,
@@ -115,8 +129,11 @@ def compute_dcg(
         if missing or not tasks:
             raise ValueError(f"tasks {missing or tasks} are missing from one of the result sets.")
     if lower_is_better is None:  # a perplexity-like metric: a higher score of the compliant model is worse
-        lower = isinstance(metric, str) and metric.partition(",")[0] in LOWER_IS_BETTER_METRICS
-        lower_is_better = list(tasks) if lower else []
+        if metric is not None:
+            lower = isinstance(metric, str) and metric.partition(",")[0] in LOWER_IS_BETTER_METRICS
+            lower_is_better = list(tasks) if lower else []
+        else:  # each task's only metric, as read
+            lower_is_better = [t for t in tasks if _only_metric(non_compliant, t) in LOWER_IS_BETTER_METRICS]
     unknown = [t for t in lower_is_better if t not in tasks]
     if unknown:
         raise ValueError(f"lower_is_better names tasks that are not compared: {unknown}.")

@@ -327,3 +327,16 @@ def test_multibyte_legacy_encodings_are_cut_at_the_same_byte_on_every_path(tmp_p
     (tmp_path / "cn.example.txt").write_bytes(body)
     for store in (RobotsTxtStore.from_dict({"cn.example": body}), RobotsTxtStore.load(str(tmp_path))):
         assert RobotsCompliance(store, user_agents=["GPTBot"]).disallowed_agents(url) == expected
+
+
+def test_compute_dcg_flips_the_sign_of_the_perplexity_it_reads_without_a_metric_argument():
+    from hf_ext.compliance import compute_dcg
+
+    full = {"wikitext": {"alias": "wikitext", "word_perplexity,none": 20.0, "word_perplexity_stderr,none": "N/A"},
+            "arc": {"alias": "arc", "acc,none": 0.5, "acc_stderr,none": 0.01}}  # fmt: skip
+    comp = {"wikitext": {"alias": "wikitext", "word_perplexity,none": 25.0, "word_perplexity_stderr,none": "N/A"},
+            "arc": {"alias": "arc", "acc,none": 0.4, "acc_stderr,none": 0.01}}  # fmt: skip
+    for results in ((full, comp), ({"results": full}, {"results": comp})):
+        report = compute_dcg(*results)
+        gaps = {row["task"]: row["gap"] for row in report.rows}
+        assert gaps["wikitext"] == pytest.approx(25.0) and gaps["arc"] == pytest.approx(20.0)
