@@ -158,9 +158,9 @@ def test_a_resumed_run_keeps_the_earlier_results_until_it_writes_its_own(tmp_pat
         raise RuntimeError("stopped")
 
     monkeypatch.setattr(hf_ext.data, "build_tokenizer", stop)
-    with pytest.raises(RuntimeError, match="stopped"):
+    with pytest.raises(RuntimeError, match="stopped"):  # a longer run continues it (checkpoint-1 is its last step)
         _pretrain(out, "--save_strategy", "steps", "--save_steps", "1", "--max_eval_blocks", "1",
-                  "--resume_from_checkpoint")  # fmt: skip
+                  "--resume_from_checkpoint", "--max_steps", "2")  # fmt: skip
     assert results.is_file()
     shutil.rmtree(out / "checkpoint-1")
     with pytest.raises(RuntimeError, match="stopped"):
