@@ -72,3 +72,53 @@ def test_bare_resume_flag_continues_exactly(name, tmp_path):
         # steps of its own train() call only)
         a, b = (json.loads((folder / RESULTS[name]).read_text())["train_loss"] for folder in (full, resumed))
         assert b == pytest.approx(a, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(RESULTS))
+def test_a_run_stopped_after_its_last_checkpoint_is_restored_not_trained_past_max_steps(name, tmp_path):
+    """A run killed after its checkpoint at --max_steps, before its model and results were written, is rerun with
+    the bare flag: the run is restored from that checkpoint and finished as the uninterrupted run finished (same final
+    weights, whole-run train loss). It used to be refused ("= --max_steps"); transformers' Trainer alone would train a
+    step past --max_steps from it."""
+    main = importlib.import_module(f"hf_ext.recipes.{name}").main
+    args, _ = CASES[name]
+    common = [*args, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "3", "--seed", "3",
+              "--logging_steps", "1"]  # fmt: skip
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    main([*common, "--output_dir", str(full)])
+    shutil.copytree(full / "checkpoint-3", stopped / "checkpoint-3")
+    main([*common, "--output_dir", str(stopped), "--resume_from_checkpoint"])
+    assert not (stopped / "checkpoint-4").exists()
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(stopped / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ra, rb = (json.loads((folder / RESULTS[name]).read_text()) for folder in (full, stopped))
+    assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-6)
+    if name == "pretrain":
+        assert rb["eval_loss"] == ra["eval_loss"] and rb["sample"] == ra["sample"]
+        assert rb["loss_curve"] == ra["loss_curve"]
+    else:
+        assert rb["domain_weights"] == ra["domain_weights"] and rb["task_weights"] == ra["task_weights"]
+        assert rb["target_eval_loss"] == ra["target_eval_loss"]
+
+
+def test_an_fp8_rollback_run_stopped_after_its_last_checkpoint_is_restored(tmp_path):
+    """The same with --fp8_monitor_action rollback (`train_with_rollback`): restored with its FP8 scaling state and
+    health monitor, no step past --max_steps."""
+    from hf_ext.recipes.pretrain import main
+
+    common = [*PRETRAIN[:PRETRAIN.index("--fp8_backend")], "--fp8_backend", "emulated", "--fp8_monitor_steps", "1",
+              "--fp8_monitor_action", "rollback", "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
+              "--seed", "3", "--logging_steps", "1", "--vocab_size", "512", "--disable_tqdm", "true"]  # fmt: skip
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    main([*common, "--output_dir", str(full)])
+    shutil.copytree(full / "checkpoint-2", stopped / "checkpoint-2")
+    main([*common, "--output_dir", str(stopped), "--resume_from_checkpoint"])
+    assert not (stopped / "checkpoint-3").exists()
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(stopped / "model.safetensors"))
+    assert a.keys() == b.keys() and any("fp8_amax_history" in k for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ha, hb = (json.loads((folder / "fp8_health.json").read_text()) for folder in (full, stopped))
+    assert hb == ha

@@ -100,9 +100,10 @@ def test_transformers_trains_a_step_past_max_steps_when_resumed_from_the_last_ch
     assert resumed.state.global_step == 5
 
 
-def test_pretrain_refuses_leftover_checkpoints_and_a_checkpoint_at_max_steps_before_any_work(tmp_path, monkeypatch):
+def test_pretrain_refuses_leftover_checkpoints_and_a_checkpoint_past_max_steps_before_any_work(tmp_path, monkeypatch):
     """pretrain skipped the checkpoint-folder checks the other recipes run: a fresh run mixed its checkpoints with an
-    earlier run's, and a resume from checkpoint-4 with --max_steps 2 trained to step 5."""
+    earlier run's, and a resume from checkpoint-4 with --max_steps 2 trained to step 5. (A checkpoint at --max_steps
+    is restored: tests/test_recipes_resume.py.)"""
     from hf_ext.recipes import pretrain
 
     def no_work(*args, **kwargs):
@@ -118,11 +119,9 @@ def test_pretrain_refuses_leftover_checkpoints_and_a_checkpoint_at_max_steps_bef
         pretrain.main([*base, "--max_steps", "8"])
     with pytest.raises(ValueError, match="beyond this run's --max_steps 2"):
         pretrain.main([*base, "--max_steps", "2", "--resume_from_checkpoint", str(ckpt)])
-    with pytest.raises(ValueError, match="= --max_steps"):
-        pretrain.main([*base, "--max_steps", "4", "--resume_from_checkpoint"])
 
 
-def test_layer_parallel_finetune_refuses_a_checkpoint_at_or_past_max_steps(tmp_path):
+def test_layer_parallel_finetune_refuses_a_checkpoint_past_max_steps(tmp_path):
     from hf_ext.recipes import layer_parallel
 
     out = tmp_path / "run"
@@ -130,8 +129,6 @@ def test_layer_parallel_finetune_refuses_a_checkpoint_at_or_past_max_steps(tmp_p
     base = ["--output_dir", str(out), "--finetune", "true", "--resume_from_checkpoint", str(ckpt)]
     with pytest.raises(ValueError, match="beyond this run's --max_steps 2"):
         layer_parallel.main([*base, "--max_steps", "2"])
-    with pytest.raises(ValueError, match="= --max_steps"):
-        layer_parallel.main([*base, "--max_steps", "4"])
 
 
 def test_a_finished_run_is_restored_without_a_step_past_max_steps(tmp_path):
@@ -167,6 +164,14 @@ def test_a_finished_run_is_restored_without_a_step_past_max_steps(tmp_path):
         state, ref = trainer.optimizer.state_dict()["state"], full.optimizer.state_dict()["state"]
         assert all(torch.equal(state[0][k], ref[0][k]) for k in ("exp_avg", "exp_avg_sq"))
         assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # `True`, as `train()` takes it: the last checkpoint in output_dir (checkpoint-4, finished: restored)
+    trainer = Trainer(model=_tiny(), args=args, train_dataset=data)
+    assert train_or_restore_finished(trainer, True) is None
+    assert trainer.state.global_step == 4 and torch.equal(trainer.model.w, full.model.w)
+    assert not (tmp_path / "checkpoint-5").exists()
+    empty = TrainingArguments(**{**args.to_dict(), "output_dir": str(tmp_path / "empty")})
+    with pytest.raises(ValueError, match="No valid checkpoint found"):
+        train_or_restore_finished(Trainer(model=_tiny(), args=empty, train_dataset=data), True)
 
 
 def test_a_restored_finished_run_loads_its_best_checkpoint_as_the_uninterrupted_run_did(tmp_path):

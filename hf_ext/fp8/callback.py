@@ -385,10 +385,12 @@ def train_with_rollback(trainer, callback: Fp8HealthCallback | None = None, resu
     Args:
         trainer (`transformers.Trainer`): Trainer whose callbacks include the [`Fp8HealthCallback`].
         callback ([`Fp8HealthCallback`], *optional*): Found among the trainer's callbacks when omitted.
-        resume_from_checkpoint (`str | bool`, *optional*): Passed to the first `train()` call.
+        resume_from_checkpoint (`str | bool`, *optional*): Passed to the first `train()` call. A checkpoint saved at
+            `max_steps` (of a run stopped after its last checkpoint) is restored without a step past `max_steps`
+            ([`hf_ext.utils.resume.train_or_restore_finished`]).
 
     Returns:
-        The `TrainOutput` of the last `train()` call.
+        The `TrainOutput` of the last `train()` call (`None` for a restored finished run).
     """
     if callback is None:
         found = [c for c in trainer.callback_handler.callbacks if isinstance(c, Fp8HealthCallback)]
@@ -411,10 +413,12 @@ def train_with_rollback(trainer, callback: Fp8HealthCallback | None = None, resu
     # each train() gets its own copy, so a rollback builds the same optimizer again (LionAR needs `model`)
     cls_and_kwargs = getattr(trainer, "optimizer_cls_and_kwargs", None)
 
+    from ..utils.resume import train_or_restore_finished
+
     def train(checkpoint):
         if cls_and_kwargs is not None:
             trainer.optimizer_cls_and_kwargs = (cls_and_kwargs[0], dict(cls_and_kwargs[1]))
-        return trainer.train(resume_from_checkpoint=checkpoint)
+        return train_or_restore_finished(trainer, checkpoint)
 
     try:
         result = train(resume_from_checkpoint)

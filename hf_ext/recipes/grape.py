@@ -306,7 +306,7 @@ def _check_checkpoints(args: GrapeRecipeConfig, eval_args: GrapeEvalArguments | 
 
     comparing = eval_args is not None and eval_args.compare_methods is not None
     folders = [os.path.join(args.output_dir, m) for m in _methods(eval_args, args)] if comparing else [args.output_dir]
-    check_checkpoint_folders(args.resume_from_checkpoint, folders, args.max_steps, finished=not comparing)
+    check_checkpoint_folders(args.resume_from_checkpoint, folders, args.max_steps)
 
 
 def _load_file(path: str, text_column: str):
@@ -502,19 +502,22 @@ def _train_one(
         target_datasets=reweight_targets or None,
         processing_class=tokenizer,
     )
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    from ..utils.resume import train_or_restore_finished
+
+    # a checkpoint at --max_steps (a run stopped after its last checkpoint) is restored, not trained a step past
+    result = train_or_restore_finished(trainer, args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
     st = trainer.mixture_state
     from ._common import whole_run_train_loss
 
     metrics = {
         "method": args.reweight_method,
-        "train_loss": whole_run_train_loss(trainer, result.training_loss),
+        "train_loss": whole_run_train_loss(trainer, result.training_loss if result else 0.0),
         "domain_weights": dict(zip(st.domain_names, st.domain_weights.tolist())),
         "average_domain_weights": dict(zip(st.domain_names, st.average_domain_weights().tolist())),
         "task_weights": dict(zip(st.task_names, st.task_weights.tolist())),
         "reweight_seconds": trainer.reweight_seconds,
-        "train_seconds": result.metrics.get("train_runtime"),
+        "train_seconds": result.metrics.get("train_runtime") if result else None,
     }
     if trainer.is_world_process_zero():
         metrics["target_eval_loss"] = {

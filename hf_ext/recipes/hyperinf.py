@@ -354,8 +354,9 @@ def resolve_resume(training_args) -> str | None:
 
     value = training_args.resume_from_checkpoint
     path = resolve_resume_checkpoint(value, training_args.output_dir)
-    # a fresh run into a folder holding an earlier run's checkpoints, or a checkpoint beyond --max_steps: refused
-    check_checkpoint_folders(path, [training_args.output_dir], training_args.max_steps, finished=True)
+    # a fresh run into a folder holding an earlier run's checkpoints, or a checkpoint beyond --max_steps: refused (one
+    # at --max_steps is of this run, finished: it is restored, see `train_or_restore_finished`)
+    check_checkpoint_folders(path, [training_args.output_dir], training_args.max_steps)
     training_args.resume_from_checkpoint = path
     return path
 
@@ -535,7 +536,10 @@ def fine_tune(
         train_dataset=train.select_columns(["input_ids", "labels"]),
         data_collator=data_collator,
     )
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint if run_name == "full" else None)
+    from ..utils.resume import train_or_restore_finished
+
+    # a checkpoint at --max_steps (a run stopped after its last checkpoint) is restored, not trained a step past
+    train_or_restore_finished(trainer, resume_from_checkpoint if run_name == "full" else None)
     return model
 
 

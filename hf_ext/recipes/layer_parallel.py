@@ -219,7 +219,8 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
     if training_args.resume_from_checkpoint:
         from ..utils.resume import refuse_checkpoint_past_max_steps
 
-        refuse_checkpoint_past_max_steps(training_args.resume_from_checkpoint, training_args.max_steps, finished=True)
+        # past --max_steps: another run's; at --max_steps: this run's, finished, restored (`train_or_restore_finished`)
+        refuse_checkpoint_past_max_steps(training_args.resume_from_checkpoint, training_args.max_steps)
         _check_checkpoint_pairing(
             training_args.resume_from_checkpoint, sweep_args, sweep_args.lp_start, sweep_args.lp_end
         )
@@ -613,7 +614,10 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
             data_collator=default_data_collator,
             processing_class=tokenizer,
         )
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        from ..utils.resume import train_or_restore_finished
+
+        # a checkpoint at --max_steps (a run stopped after its last checkpoint) is restored, not trained a step past
+        train_result = train_or_restore_finished(trainer, training_args.resume_from_checkpoint)
         from ._common import resumed_at_step, whole_run_train_loss
 
         lp = trainer.model
@@ -622,7 +626,9 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
         if evals:  # --eval_strategy steps/epoch
             results["finetune_eval_loss_curve"] = evals
-        results["finetune_train_loss"] = whole_run_train_loss(trainer, train_result.training_loss)
+        results["finetune_train_loss"] = whole_run_train_loss(
+            trainer, train_result.training_loss if train_result else 0.0
+        )
         if training_args.resume_from_checkpoint:
             results["finetune_resumed_at_step"] = resumed_at_step(trainer)
         if main:

@@ -270,10 +270,9 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     from ..utils.resume import check_checkpoint_folders
 
-    # a fresh run into a folder of an earlier run's checkpoints, or a resume from a checkpoint at or past --max_steps
-    check_checkpoint_folders(
-        training_args.resume_from_checkpoint, [training_args.output_dir], training_args.max_steps, finished=True
-    )
+    # a fresh run into a folder of an earlier run's checkpoints, or a resume from a checkpoint past --max_steps (one
+    # at --max_steps is of this run, finished: it is restored, see `train_or_restore_finished`)
+    check_checkpoint_folders(training_args.resume_from_checkpoint, [training_args.output_dir], training_args.max_steps)
 
 
 def check_fresh_model_fp8(model_args: ModelArguments, training_args: TrainingArguments, block_size: int) -> None:
@@ -577,12 +576,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
 
         train_result = train_with_rollback(trainer, callbacks[0], training_args.resume_from_checkpoint)
     else:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        from ..utils.resume import train_or_restore_finished
+
+        # a checkpoint at --max_steps (a run stopped after its last checkpoint) is restored, not trained a step past
+        train_result = train_or_restore_finished(trainer, training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     from ._common import whole_run_train_loss
 
     metrics = {
-        "train_loss": whole_run_train_loss(trainer, train_result.training_loss),
+        "train_loss": whole_run_train_loss(trainer, train_result.training_loss if train_result else 0.0),
         "loss_curve": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
         "fp8_backend": "accelerate-ao" if "fp8_recipe_kwargs" in trainer_kwargs else model_args.fp8_backend,
         "world_size": training_args.world_size,

@@ -250,9 +250,20 @@ def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
     step past `max_steps`; after a stop, to `max_steps`, as `on_train_begin` clears the stop). Here the run is restored
     as a resume restores it (weights, optimizer, scheduler, `TrainerState`, callback and custom states, RNG) and left
     before that step; then, as at the end of the uninterrupted run, the best checkpoint is loaded
-    (`load_best_model_at_end`) and the callbacks get `on_train_end`. For recipes that train several runs and resume
-    the finished ones with the interrupted one. Returns `train()`'s output, or `None` for a restored finished run."""
-    step = checkpoint_global_step(resume_from_checkpoint) if resume_from_checkpoint else None
+    (`load_best_model_at_end`) and the callbacks get `on_train_end`. The recipes resume every run through it: a run
+    stopped after its last checkpoint (before its results were written) is rerun with `--resume_from_checkpoint`, and a
+    recipe of several runs resumes the finished ones with the interrupted one. `resume_from_checkpoint=True` means the
+    last checkpoint in `args.output_dir`, as for `train()`. Returns `train()`'s output, or `None` for a restored
+    finished run."""
+    if resume_from_checkpoint is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume_from_checkpoint = get_last_checkpoint(trainer.args.output_dir)
+        if resume_from_checkpoint is None:
+            raise ValueError(f"No valid checkpoint found in output directory ({trainer.args.output_dir})")
+    if isinstance(resume_from_checkpoint, os.PathLike):
+        resume_from_checkpoint = os.fspath(resume_from_checkpoint)
+    step = checkpoint_global_step(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None
     max_steps = trainer.args.max_steps
     at_max_steps = step is not None and max_steps is not None and max_steps > 0 and step >= max_steps
     if not (at_max_steps or (step is not None and checkpoint_stopped(resume_from_checkpoint))):

@@ -59,12 +59,28 @@ def test_fresh_run_over_checkpoints_and_resume_past_max_steps_are_refused(tmp_pa
         validate_args(*_parse([*TINY, "--max_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint"]))
 
 
-def test_resume_of_a_finished_run_is_refused(tmp_path):
-    from hf_ext.recipes.hyperinf import validate_args
+def test_a_run_stopped_after_its_last_checkpoint_is_restored_not_trained_past_max_steps(tmp_path):
+    """A run killed after its checkpoint at --max_steps, before its scores were written, rerun with the bare flag:
+    the fine-tuning is restored from that checkpoint (no step past --max_steps, which transformers' Trainer alone
+    would take) and the scores equal the uninterrupted run's. It used to be refused ("= --max_steps")."""
+    import shutil
 
-    out = _interrupted_run(tmp_path, 6)
-    with pytest.raises(ValueError, match="global_step 6 = --max_steps"):
-        validate_args(*_parse([*TINY, "--max_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint"]))
+    import numpy as np
+
+    from hf_ext.recipes.hyperinf import RUN_DATA_FILE, main
+
+    args = [*TINY, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "3"]
+    full_dir, stopped = tmp_path / "full", tmp_path / "stopped"
+    full = main([*args, "--output_dir", str(full_dir)])
+    for name in ("base", "checkpoint-3"):
+        shutil.copytree(full_dir / name, stopped / name)
+    shutil.copy(full_dir / RUN_DATA_FILE, stopped / RUN_DATA_FILE)
+    restored = main([*args, "--output_dir", str(stopped), "--resume_from_checkpoint"])
+    assert not (stopped / "checkpoint-4").exists()
+    state = json.loads((stopped / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert restored["fine_tune"] == full["fine_tune"]
+    np.testing.assert_array_equal(restored["scores"]["tracin"], full["scores"]["tracin"])
 
 
 def test_resume_with_other_data_defining_arguments_is_refused(tmp_path):

@@ -56,6 +56,23 @@ def test_resume_from_a_moved_checkpoint_records_the_whole_runs_train_loss(source
     assert resumed["finetuned_eval"] == full["finetuned_eval"]
 
 
+def test_a_run_stopped_after_its_last_checkpoint_is_restored_not_trained_past_max_steps(
+    source, full, tmp_path, recipe_tiny
+):
+    """A fine-tuning killed after its checkpoint at --max_steps, before the model and results were written: resumed
+    from it, the run is restored (no 5th step, which transformers' Trainer alone would take) and finishes as the
+    uninterrupted run did. It used to be refused ("= --max_steps")."""
+    full, checkpoint = full
+    out = tmp_path / "stopped"
+    shutil.copytree(checkpoint.parent / "checkpoint-4", out / "checkpoint-4")
+    restored = main(_args(recipe_tiny, source, "--max_steps", "4", "--output_dir", str(out),
+                          "--resume_from_checkpoint"))  # fmt: skip
+    assert not (out / "checkpoint-5").exists()
+    assert restored["finetune_loss_curve"] == full["finetune_loss_curve"]
+    assert restored["finetune_train_loss"] == pytest.approx(full["finetune_train_loss"], rel=1e-6)
+    assert restored["finetuned_eval"] == full["finetuned_eval"] and restored["reloaded_eval"] == full["reloaded_eval"]
+
+
 def test_resume_is_refused_early_when_it_cannot_apply(source, full, tmp_path, recipe_tiny):
     ckpt = str(full[1])
     out = tmp_path / "never"
