@@ -158,26 +158,58 @@ def make_flat_loss(
     return f, flat
 
 
+HVP_MODES = ("auto", "forward_over_reverse", "double_backward")
+
+
+def _forward_over_reverse(f, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.func.jvp(torch.func.grad(f), (x.detach(),), (v.detach().to(x.dtype),))[1]
+
+
+def _double_backward(f, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        xx = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(xx), xx, create_graph=True)
+        (hv,) = torch.autograd.grad(g, xx, v.detach().to(x.dtype))
+    return hv.detach()
+
+
+_FORWARD_AD_FALLBACK_WARNING = (
+    "hessian_vector_product: torch's forward-mode AD failed on this function ({err}); using double backward for its "
+    "Hessian-vector products (the same H v; mode / hvp_mode / --cubic_hvp_mode 'double_backward' skips the attempt)."
+)
+
+
+def _hvp_auto(f, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Forward-over-reverse, or double backward where torch's forward-mode AD fails on an operation of `f`; returns
+    `(H v, whether it fell back)`. An error of `f` itself is raised again by the double backward."""
+    try:
+        return _forward_over_reverse(f, x, v), False
+    except (RuntimeError, NotImplementedError) as err:
+        warnings.warn(_FORWARD_AD_FALLBACK_WARNING.format(err=str(err).splitlines()[0][:160]), stacklevel=3)
+        return _double_backward(f, x, v), True
+
+
 def hessian_vector_product(
-    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor, mode: str = "forward_over_reverse"
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor, mode: str = "auto"
 ) -> torch.Tensor:
     """`H(x) v` for a scalar function `f` of a flat vector.
 
     Args:
-        mode (`str`): `"forward_over_reverse"` (`torch.func.jvp(torch.func.grad(f))`) or `"double_backward"`
-            (`autograd.grad` of the gradient).
+        mode (`str`): `"forward_over_reverse"` (`torch.func.jvp(torch.func.grad(f))`), `"double_backward"`
+            (`autograd.grad` of the gradient), or `"auto"` (default): forward-over-reverse, and double backward (with a
+            warning) where torch's forward-mode AD fails on an operation of `f`, as it does on `F.mse_loss` (a
+            regression head's loss: "ZeroTensors are immutable" in torch 2.13) or `F.huber_loss` (no forward-mode
+            derivative).
     """
     if x.shape != v.shape:
         raise ValueError(f"x and v must have the same shape, got {tuple(x.shape)} and {tuple(v.shape)}.")
+    if mode == "auto":
+        return _hvp_auto(f, x, v)[0]
     if mode == "forward_over_reverse":
-        return torch.func.jvp(torch.func.grad(f), (x.detach(),), (v.detach().to(x.dtype),))[1]
+        return _forward_over_reverse(f, x, v)
     if mode == "double_backward":
-        with torch.enable_grad():
-            xx = x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(f(xx), xx, create_graph=True)
-            (hv,) = torch.autograd.grad(g, xx, v.detach().to(x.dtype))
-        return hv.detach()
-    raise ValueError(f"`mode` must be 'forward_over_reverse' or 'double_backward', got {mode!r}.")
+        return _double_backward(f, x, v)
+    raise ValueError(f"`mode` must be one of {HVP_MODES}, got {mode!r}.")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -542,7 +574,10 @@ class CubicNewton(Optimizer):
         cubic_convention (`str`, *optional*, defaults to `"M/6"`): `"M/6"` or `"M/3"` (cubic term `M/3 ||h||^3`;
             the solvers get `2 M` in their `M/6` convention). `M`, `M_min`, `M_max`, `param_groups[0]["M"]` and
             `last_stats.M` are all in this convention.
-        hvp_mode (`str`, *optional*, defaults to `"forward_over_reverse"`): or `"double_backward"`.
+        hvp_mode (`str`, *optional*, defaults to `"auto"`): how Hessian-vector products are taken (see
+            [`hessian_vector_product`]): `"auto"` (forward-over-reverse, or double backward from the first HVP on
+            where torch's forward-mode AD fails on the loss, e.g. `F.mse_loss`), `"forward_over_reverse"` or
+            `"double_backward"`.
         dense_max_dim (`int`, *optional*, defaults to 4096): refuse `hessian="dense"` above this dimension.
     """
 
@@ -567,7 +602,7 @@ class CubicNewton(Optimizer):
         M_max: float = 1e8,
         max_step_norm: float | None = None,
         cubic_convention: str = "M/6",
-        hvp_mode: str = "forward_over_reverse",
+        hvp_mode: str = "auto",
         dense_max_dim: int = 4096,
     ):
         _check_M(M)
@@ -611,8 +646,8 @@ class CubicNewton(Optimizer):
             raise ValueError(f"Need 0 < M_min <= M <= M_max, got M_min={M_min}, M={M}, M_max={M_max}.")
         if cubic_convention not in ("M/6", "M/3"):
             raise ValueError(f"`cubic_convention` must be 'M/6' or 'M/3', got {cubic_convention!r}.")
-        if hvp_mode not in ("forward_over_reverse", "double_backward"):
-            raise ValueError(f"`hvp_mode` must be 'forward_over_reverse' or 'double_backward', got {hvp_mode!r}.")
+        if hvp_mode not in HVP_MODES:
+            raise ValueError(f"`hvp_mode` must be one of {HVP_MODES}, got {hvp_mode!r}.")
         if not _is_int(hessian_window) or hessian_window < 1:
             raise ValueError(f"`hessian_window` must be a positive int, got {hessian_window!r}.")
         if max_step_norm is not None and (not _is_real(max_step_norm) or not 0 < max_step_norm < math.inf):
@@ -644,6 +679,7 @@ class CubicNewton(Optimizer):
         )
         super().__init__(params, defaults)
         _warn_if_data_parallel()
+        self._hvp_double_backward = False  # hvp_mode "auto": forward-mode AD failed on the loss, double backward
         self._flat = FlatParameters(self.param_groups[0]["params"])
         dtype = self._flat.params[0].dtype
         if dtype not in (torch.float32, torch.float64):
@@ -827,6 +863,11 @@ class CubicNewton(Optimizer):
 
         def hvp_at(fn, point, v):
             counts["hvp"] += 1
+            if mode == "auto" and self._hvp_double_backward:  # forward-mode AD failed on this loss before
+                return refuse_non_finite(_double_backward(fn, point, v))
+            if mode == "auto":
+                hv, self._hvp_double_backward = _hvp_auto(fn, point, v)
+                return refuse_non_finite(hv)
             return refuse_non_finite(hessian_vector_product(fn, point, v, mode))
 
         # Hessian estimate as a matrix or an HVP operator

@@ -64,6 +64,14 @@ class CubicNewtonTrainingArguments(TrainingArguments):
     cubic_M_rule: str = field(default="fixed", metadata={"help": "fixed or adaptive (doubling/halving M)."})
     cubic_max_step_norm: float | None = field(default=None, metadata={"help": "Cap on the step norm (None: none)."})
     cubic_convention: str = field(default="M/6", metadata={"help": "Cubic term convention: M/6 or M/3."})
+    cubic_hvp_mode: str = field(
+        default="auto",
+        metadata={
+            "help": "Hessian-vector products: auto (forward-over-reverse, or double backward where torch's "
+            "forward-mode AD fails on the loss, e.g. a regression head's MSE), forward_over_reverse or "
+            "double_backward."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -136,6 +144,7 @@ class CubicNewtonTrainingArguments(TrainingArguments):
             M_rule=self.cubic_M_rule,
             max_step_norm=self.cubic_max_step_norm,
             cubic_convention=self.cubic_convention,
+            hvp_mode=self.cubic_hvp_mode,
         )
 
 

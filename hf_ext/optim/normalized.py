@@ -237,12 +237,14 @@ def equilibrium_angle(
         `float`: AdamW `sqrt(2*lr*wd*(1-b1)/(1+b1))`, SGDM `sqrt(2*lr*wd/(1+momentum))`,
         Lion `sqrt(pi/2) * sqrt(2*lr*wd) * sqrt((1-b1)^2 + b1^2 (1-b2)/(1+b2))`.
     """
-    if not (0 < lr < math.inf and 0 < weight_decay < math.inf):
+    if not (_positive_finite(lr) and _positive_finite(weight_decay)):
         raise ValueError(
-            f"equilibrium_angle needs finite lr > 0 and weight_decay > 0 (got lr={lr}, weight_decay={weight_decay}); "
-            "pass an explicit `angle` instead."
+            f"equilibrium_angle needs finite lr > 0 and weight_decay > 0 (got lr={lr!r}, weight_decay="
+            f"{weight_decay!r}); pass an explicit `angle` instead."
         )
-    b1, b2 = betas
+    b1, b2 = _check_betas(betas, " of equilibrium_angle")
+    if kind == "sgdm":
+        _check_unit_interval("momentum", momentum, " of equilibrium_angle")
     if kind == "adamw":
         return math.sqrt(2 * lr * weight_decay * (1 - b1) / (1 + b1))
     if kind == "sgdm":
@@ -268,24 +270,35 @@ def _check_betas(betas, where: str = "") -> tuple[float, float]:
     return b1, b2
 
 
+def _is_number(value) -> bool:
+    """A real number (int or float), not a `bool` (`True` would act as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _positive_finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+    return _is_number(value) and 0 < value < math.inf
 
 
 def _check_weight_decay(weight_decay: float, where: str = "") -> None:
-    if not isinstance(weight_decay, (int, float)) or not 0 <= weight_decay < math.inf:
+    if not _is_number(weight_decay) or not 0 <= weight_decay < math.inf:
         raise ValueError(f"`weight_decay`{where} must be a finite number >= 0, got {weight_decay!r}.")
 
 
 def _check_common(lr: float, weight_decay: float, where: str = "") -> None:
-    if not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+    if not _positive_finite(lr):
         raise ValueError(f"`lr`{where} must be a positive finite number, got {lr!r}.")
     _check_weight_decay(weight_decay, where)
 
 
 def _check_angle(angle, where: str = "") -> None:
-    if angle is not None and not (isinstance(angle, (int, float)) and 0 < angle < math.pi / 2):
+    if angle is not None and not (_is_number(angle) and 0 < angle < math.pi / 2):
         raise ValueError(f"`angle`{where} must be in (0, pi/2) radians, got {angle!r}.")
+
+
+def _check_unit_interval(name: str, value, where: str = "") -> None:
+    """`value` a number in [0, 1) (a decay or EMA coefficient)."""
+    if not (_is_number(value) and 0.0 <= value < 1.0):
+        raise ValueError(f"`{name}`{where} must be a number in [0, 1), got {value!r}.")
 
 
 def _check_group(group: dict, owner: str, rotational: bool = False) -> None:
@@ -300,8 +313,7 @@ def _check_group(group: dict, owner: str, rotational: bool = False) -> None:
     if not rotational:
         return
     _check_angle(group.get("angle"), where)
-    if not 0.0 <= group.get("update_norm_decay", 0.0) < 1.0:
-        raise ValueError(f"`update_norm_decay`{where} must lie in [0, 1), got {group['update_norm_decay']}.")
+    _check_unit_interval("update_norm_decay", group.get("update_norm_decay", 0.0), where)
     if (
         group.get("angle") is None
         and group["weight_decay"] == 0
@@ -412,9 +424,16 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if _is_dtensor(t) else t
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype reductions of a tensor of `dtype` are accumulated and kept in: float32 for float16 / bfloat16 (a float16
+    sum of more than 65504 ones, or of squares, overflows to inf; a bfloat16 one keeps 8 significant bits)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _total(x: torch.Tensor) -> float:
-    """`float(x.sum())` over the whole tensor, also when `x` is a sharded DTensor (then the sum is all-reduced)."""
-    s = x.sum()
+    """`float(x.sum())` over the whole tensor (in float32 for a half-precision `x`), also when `x` is a sharded DTensor
+    (then the sum is all-reduced)."""
+    s = x.sum(dtype=_acc_dtype(x.dtype))
     return float(s.full_tensor() if _is_dtensor(s) else s)
 
 
@@ -565,11 +584,12 @@ def _ensure_rotational_state(p: torch.Tensor, state: dict, group: dict, neuron_d
 def _init_rotational_sharded(p, state, neuron_dim, per_neuron, zero_mean, shards: _NeuronShards) -> None:
     """`_init_rotational` on the local shard of a DTensor, with the per-neuron sums all-reduced."""
     w = _neuron_view(_local(p.detach()), neuron_dim, per_neuron)
-    norm = shards.sum_(w.pow(2).sum(dim=1, keepdim=True)).sqrt_()
+    acc = _acc_dtype(w.dtype)
+    norm = shards.sum_(w.pow(2).sum(dim=1, keepdim=True, dtype=acc)).sqrt_()
     if zero_mean and shards.per_neuron_numel > 1:
-        w.sub_(shards.sum_(w.sum(dim=1, keepdim=True)).div_(shards.per_neuron_numel))
-        w.mul_(norm / shards.sum_(w.pow(2).sum(dim=1, keepdim=True)).sqrt_().clamp_min(1e-30))
-    state["norm"] = shards.wrap(norm.clone(), 0)
+        w.sub_(shards.sum_(w.sum(dim=1, keepdim=True, dtype=acc)).div_(shards.per_neuron_numel))
+        w.mul_(norm / shards.sum_(w.pow(2).sum(dim=1, keepdim=True, dtype=acc)).sqrt_().clamp_min(1e-30))
+    state["norm"] = shards.wrap(norm.to(w.dtype), 0)
 
 
 def _rotate(
@@ -613,12 +633,15 @@ def _rotate(
         if zero_mean and w.shape[rd] > 1:
             uu.sub_(uu.mean(dim=rd, keepdim=True))
     elif zero_mean and shards.per_neuron_numel > 1:
-        uu.sub_(shards.sum_(uu.sum(dim=rd, keepdim=True)).div_(shards.per_neuron_numel))
+        uu.sub_(shards.sum_(uu.sum(dim=rd, keepdim=True, dtype=_acc_dtype(uu.dtype))).div_(shards.per_neuron_numel))
     red_shape = (1, w.shape[1]) if rd == 0 else (w.shape[0], 1)
-    norm = _local(state["norm"]).reshape(red_shape).to(w.dtype)
+    # the per-neuron sums and coefficients in float32 for half-precision weights (a float16 ||u||^2 of a neuron of
+    # more than 65504 entries overflows: the rotation was skipped)
+    acc = _acc_dtype(w.dtype)
+    norm = _local(state["norm"]).reshape(red_shape).to(acc)
     # row reductions: ||w||^2, <w, u>, ||u||^2 (vector_norm is fast along rows, slow along columns on CPU)
     buf = None if scratch is None else scratch[: w.numel()].view(w.shape)
-    ww, wu, u2 = _dot(w, w, rd, buf), _dot(w, uu, rd, buf), _dot(uu, uu, rd, buf)
+    ww, wu, u2 = _dot(w, w, rd, buf, acc), _dot(w, uu, rd, buf, acc), _dot(uu, uu, rd, buf, acc)
     if shards is not None:
         ww, wu, u2 = shards.sum_(torch.stack([ww, wu, u2])).unbind(0)
     ww = ww.reshape(red_shape).clamp_min(1e-30)
@@ -635,7 +658,9 @@ def _rotate(
         ema = state.get("update_norm_ema")
         ema = torch.zeros_like(un) if ema is None else _local(ema).reshape(red_shape).to(un.dtype)
         ema = ema * update_norm_decay + (1 - update_norm_decay) * un.pow(2)
-        state["update_norm_ema"] = ema if shards is None else shards.wrap(ema, 1 - rd)
+        # kept in the weight's dtype, as every state tensor (torch's `load_state_dict` casts them to it)
+        kept = ema.to(w.dtype)
+        state["update_norm_ema"] = kept if shards is None else shards.wrap(kept, 1 - rd)
         ref = (ema / (1 - update_norm_decay**t)).sqrt()
         theta = angle * un / ref.clamp_min(1e-30)
         cos, sin = torch.cos(theta), torch.sin(theta) * sign
@@ -648,13 +673,16 @@ def _rotate(
     w.mul_(a).addcmul_(uu, b)
 
 
-def _dot(x: torch.Tensor, y: torch.Tensor, dim: int, buf: torch.Tensor | None) -> torch.Tensor:
-    """Row (dim=1) or column (dim=0) dot products of two 2D tensors, optionally through a scratch buffer."""
-    if x is y and dim == x.dim() - 1:
-        return torch.linalg.vector_norm(x, dim=dim).square_()  # fast along rows; slow along columns on CPU
+def _dot(x: torch.Tensor, y: torch.Tensor, dim: int, buf: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor:
+    """Row (dim=1) or column (dim=0) dot products of two 2D tensors, optionally through a scratch buffer, summed and
+    returned in `acc` (float32 for half-precision tensors)."""
+    if x is y and dim == x.dim() - 1:  # fast along rows; slow along columns on CPU
+        return torch.linalg.vector_norm(x, dim=dim, dtype=None if acc == x.dtype else acc).square_()
     if buf is None:
-        return torch.linalg.vecdot(x, y, dim=dim)
-    return torch.mul(x, y, out=buf).sum(dim)
+        if acc == x.dtype:
+            return torch.linalg.vecdot(x, y, dim=dim)
+        return torch.mul(x, y).sum(dim, dtype=acc)
+    return torch.mul(x, y, out=buf).sum(dim, dtype=acc)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -740,8 +768,7 @@ class LionA(Optimizer):
     ):
         _check_common(lr, weight_decay)
         betas = _check_betas(betas)
-        if not 0.0 <= snr_beta < 1.0:
-            raise ValueError(f"`snr_beta` must lie in [0, 1), got {snr_beta}.")
+        _check_unit_interval("snr_beta", snr_beta)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -840,10 +867,8 @@ class LionAR(Optimizer):
         _check_angle(angle)
         if angle is None and weight_decay == 0:
             raise ValueError("LionAR needs `weight_decay > 0` (it sets the equilibrium angle) or an explicit `angle`.")
-        if not 0.0 <= update_norm_decay < 1.0:
-            raise ValueError(f"`update_norm_decay` must lie in [0, 1), got {update_norm_decay}.")
-        if not 0.0 <= snr_beta < 1.0:
-            raise ValueError(f"`snr_beta` must lie in [0, 1), got {snr_beta}.")
+        _check_unit_interval("update_norm_decay", update_norm_decay)
+        _check_unit_interval("snr_beta", snr_beta)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -991,8 +1016,7 @@ class RotationalWrapper(Optimizer):
         _check_angle(angle)
         if angle is None and weight_decay == 0:
             raise ValueError("RotationalWrapper needs `weight_decay > 0` or an explicit `angle`.")
-        if not 0.0 <= update_norm_decay < 1.0:
-            raise ValueError(f"`update_norm_decay` must lie in [0, 1), got {update_norm_decay}.")
+        _check_unit_interval("update_norm_decay", update_norm_decay)
         if inner == "sgdm":
             inner_kwargs.setdefault("momentum", 0.9)
             if not _positive_finite(inner_kwargs["momentum"]):
@@ -1002,6 +1026,10 @@ class RotationalWrapper(Optimizer):
                 )
         if "betas" in inner_kwargs:
             inner_kwargs["betas"] = _check_betas(inner_kwargs["betas"])
+        if "dampening" in inner_kwargs and not (
+            _is_number(inner_kwargs["dampening"]) and 0.0 <= inner_kwargs["dampening"] <= 1.0
+        ):
+            raise ValueError(f"`dampening` must be a number in [0, 1], got {inner_kwargs['dampening']!r}.")
         for key in ("amsgrad", "maximize", "differentiable", "capturable"):
             if inner_kwargs.get(key):
                 raise ValueError(f"RotationalWrapper does not support `{key}=True` for the inner optimizer.")

@@ -11,6 +11,7 @@ from hf_ext.optim import (
     CubicNewtonTrainer,
     CubicNewtonTrainingArguments,
     LionA,
+    LionAR,
     RotationalWrapper,
     WarmupFreeTrainer,
     WarmupFreeTrainingArguments,
@@ -170,3 +171,48 @@ def test_cubic_newton_trainer_refuses_optimizer_cls_and_kwargs(tmp_path):
             train_dataset=_data(),
             optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}),
         )
+
+
+def _params():
+    return [torch.nn.Parameter(torch.randn(3, 4, generator=torch.Generator().manual_seed(0)))]
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        # a bool is an int: True acted as lr 1.0, weight decay 1.0, a 1-radian rotation per step
+        (lambda: LionAR(_params(), lr=True), "`lr` must"),
+        (lambda: LionA(_params(), weight_decay=True), "`weight_decay` must"),
+        (lambda: LionAR(_params(), angle=True), "`angle` must"),
+        (lambda: RotationalWrapper(_params(), lr=True, weight_decay=0.1), "`lr` must"),
+        # were a bare TypeError comparing float and str
+        (lambda: LionA(_params(), snr_beta="0.9"), "`snr_beta` must be a number in"),
+        (
+            lambda: LionAR(_params(), weight_decay=0.1, update_norm_decay="0.5"),
+            "`update_norm_decay` must be a number in",
+        ),
+        (lambda: RotationalWrapper(_params(), weight_decay=0.1, update_norm_decay=True), "`update_norm_decay` must"),
+        # NaN dampening turned the SGD momentum buffer into NaN
+        (lambda: RotationalWrapper(_params(), inner="sgdm", weight_decay=0.1, dampening=NAN), "`dampening` must"),
+    ],
+)
+def test_normalized_optimizers_refuse_bools_strings_and_nan_by_name(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(kind="adamw", betas=(NAN, 0.9)), "`betas` of equilibrium_angle"),  # returned nan
+        (dict(kind="lion", betas=(1.2, 0.9)), "`betas` of equilibrium_angle"),  # returned a number
+        (dict(kind="sgdm", momentum=-1.0), "`momentum` of equilibrium_angle"),  # ZeroDivisionError
+        (dict(kind="adamw", lr=True), "lr > 0"),
+    ],
+)
+def test_equilibrium_angle_refuses_bad_coefficients(kwargs, match):
+    from hf_ext.optim import equilibrium_angle
+
+    args = {"lr": 1e-3, "weight_decay": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        equilibrium_angle(**args)
