@@ -120,6 +120,30 @@ def _check_row_lengths(dataset, what: str) -> None:
             )
 
 
+def _check_labelled_rows(dataset, what: str) -> None:
+    """Refuse target rows without a labelled next-token position (every `labels` entry after the first -100 or
+    masked, or a one-token row): such a row has no loss (the causal shift drops the first token), so a reweighting
+    sample made of them has a NaN loss and a zero gradient, which GRAPE reads as a task that does not improve (its
+    weight rose at every update; `grape_ema` failed on a NaN score)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    table = dataset.with_format("arrow")
+    labels = pc.list_slice(table["labels"].combine_chunks(), 1)
+    mask = pc.list_slice(table["attention_mask"].combine_chunks(), 1)
+    counted = pc.and_(pc.not_equal(pc.list_flatten(labels), -100), pc.equal(pc.list_flatten(mask), 1))
+    labelled = np.zeros(len(dataset), dtype=bool)
+    labelled[pc.unique(pc.filter(pc.list_parent_indices(labels), pc.fill_null(counted, False))).to_numpy()] = True
+    if not labelled.all():
+        bad = np.flatnonzero(~labelled)
+        raise ValueError(
+            f"{what} has {bad.size} of {len(dataset)} rows without a labelled next token (the first at row "
+            f"{int(bad[0])}): their labels are -100 (or masked) after the first token, or they hold one token, so they "
+            "have no loss to reweight by; drop them (e.g. dataset.filter(lambda r: any(l != -100 for l in "
+            "r['labels'][1:])) or fix the labels."
+        )
+
+
 def pad_target_features(features: list[dict], pad_token_id: int) -> dict:
     """Collate target-task examples of any lengths into one right-padded causal-LM batch.
 
@@ -171,6 +195,7 @@ def prepare_target(name: str, dataset, tokenizer, block_size: int, text_column: 
         check_no_empty_rows(dataset, f"target_datasets[{name!r}]")
         _check_row_lengths(dataset, f"target_datasets[{name!r}]")
         ds = ensure_lm_columns(dataset)
+        _check_labelled_rows(ds, f"target_datasets[{name!r}]")
     else:
         if text_column not in dataset.column_names:
             raise ValueError(

@@ -60,6 +60,28 @@ def test_target_with_empty_rows_is_refused_by_name(tmp_path, small):
         GrapeTrainer(model=tiny_llama(), args=quick_grape_args(tmp_path), train_dataset=train, target_datasets=bad)
 
 
+@pytest.mark.parametrize(
+    "bad, first",
+    [
+        ({"input_ids": [[5, 6, 7, 8]] * 4, "labels": [[-100] * 4] * 4}, 0),  # every label masked
+        ({"input_ids": [[5]] * 4}, 0),  # one token: nothing left after the causal shift
+        ({"input_ids": [[5, 6, 7]] * 3, "labels": [[5, 6, 7], [5, 6, 7], [5, -100, -100]]}, 2),  # one such row
+        ({"input_ids": [[5, 6, 7]] * 2, "attention_mask": [[1, 1, 1], [1, 0, 0]]}, 1),  # masked after the first
+    ],
+)
+@pytest.mark.parametrize("method", ["grape", "grape_ema"])
+def test_target_rows_without_a_labelled_next_token_are_refused_by_name(tmp_path, small, bad, first, method):
+    """Such a row has no loss: a reweighting sample of them gave a NaN loss and a zero gradient, which `grape` read
+    as a task that does not improve (its weight rose at every update: 0.43, 0.52, 0.59, 0.73 over 4 updates) and
+    `grape_ema` failed on at the first update (a NaN improvement score not naming the task)."""
+    train, targets = small
+    args = quick_grape_args(tmp_path, reweight_method=method)
+    with pytest.raises(ValueError, match=rf"target_datasets\['t_c'\] has \d+ of \d+ rows without a labelled next token "
+                       rf"\(the first at row {first}\)"):  # fmt: skip
+        GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train,
+                     target_datasets={**targets, "t_c": Dataset.from_dict(bad)})  # fmt: skip
+
+
 def test_train_dataset_with_empty_rows_is_refused_by_name(tmp_path, small):
     """Used to fail at the first step inside the data collator ("expected sequence of length 3 ... (got 0)")."""
     _, targets = small
