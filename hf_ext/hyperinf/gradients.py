@@ -225,8 +225,9 @@ class PaddingCollator:
     """Right-pads a list of examples to one batch of tensors.
 
     `input_ids`/`token_type_ids`/`position_ids` are padded with `pad_token_id` (0 for the last two), `attention_mask`
-    with 0 and token-level `labels` with -100. Scalar labels (classification) are stacked. When a causal LM example has
-    no `labels`, they are `input_ids` with padding masked out.
+    with 0 and token-level `labels` with -100. Scalar labels (classification) and floating-point label vectors (one
+    per example: multi-label classification's multi-hot targets, multi-output regression) are stacked. When a causal
+    LM example has no `labels`, they are `input_ids` with padding masked out.
 
     Args:
         input_names (`Sequence[str]`): columns to keep.
@@ -250,7 +251,7 @@ class PaddingCollator:
                 continue
             values = [ex[key] for ex in examples]
             first = torch.as_tensor(values[0])
-            if first.ndim == 0 or key in _STACKED_INPUTS:
+            if first.ndim == 0 or key in _STACKED_INPUTS or (key == "labels" and _label_vector(values[0])):
                 tensors = [torch.as_tensor(v) for v in values]
                 if any(t.shape != first.shape for t in tensors):
                     raise ValueError(
@@ -278,6 +279,15 @@ class PaddingCollator:
                 labels[batch["attention_mask"] == 0] = -100
             batch["labels"] = labels
         return batch
+
+
+def _label_vector(labels) -> bool:
+    """Whether `labels` are one floating-point target vector of the example (multi-hot targets of multi-label
+    classification, several regression outputs), not token labels (integer ids, -100 for tokens that do not count)."""
+    if labels is None or isinstance(labels, int | float):
+        return False
+    tensor = torch.as_tensor(labels)
+    return tensor.ndim == 1 and tensor.is_floating_point()
 
 
 # Columns with one entry per input token: cut with `input_ids` when an example's stored padding is removed.
@@ -432,13 +442,22 @@ class PerExampleGradients:
         with absolute positions (GPT-2, BERT), where left padding would shift every position. Token `labels` (other
         than an encoder-decoder's) must have one entry per input token."""
         n = len(example["input_ids"])
+        if n == 0:
+            raise ValueError(
+                f"example {index} has an empty input_ids: it has no token to score (e.g. a blank text line); drop it "
+                "(dataset.filter(lambda r: len(r['input_ids']) > 0))."
+            )
         labels = example.get("labels")
-        if not self.encoder_decoder and labels is not None and not isinstance(labels, int | float):
+        vector = _label_vector(labels)
+        if not self.encoder_decoder and labels is not None and not vector and not isinstance(labels, int | float):
             if torch.as_tensor(labels).ndim == 1 and len(labels) != n:
                 raise ValueError(
                     f"example {index} has {len(labels)} labels for {n} input_ids; token labels need one entry per "
-                    "input token (-100 for tokens that do not count), as the model's own loss does."
+                    "input token (-100 for tokens that do not count), as the model's own loss does (a multi-label "
+                    "or multi-output target is a floating-point vector)."
                 )
+        if self.causal_lm:
+            self._check_labelled_next_token(example, index)
         mask = example.get("attention_mask")
         if mask is None:
             return example
@@ -451,10 +470,31 @@ class PerExampleGradients:
         lo, hi = int(real[0]), int(real[-1]) + 1
         out = dict(example)
         for key, value in example.items():
+            if key == "labels" and vector:
+                continue
             if key in _TOKEN_LEVEL and value is not None and not isinstance(value, int | float):
                 if torch.as_tensor(value).ndim == 1 and len(value) == n:
                     out[key] = value[lo:hi]
         return out
+
+    @staticmethod
+    def _check_labelled_next_token(example: Mapping, index: int) -> None:
+        """A causal LM's loss on an example is the mean over its labelled next tokens (`labels[1:]` not -100, where
+        the attention mask is 1): an example without one (one token, labels all -100) has a NaN loss and a zero
+        gradient, which would score it 0 as a training example and shrink the mean of an evaluation set."""
+        labels = example.get("labels")
+        labels = torch.as_tensor(example["input_ids"] if labels is None else labels)
+        if labels.ndim != 1:
+            return
+        counted = labels[1:] != -100
+        mask = example.get("attention_mask")
+        if mask is not None and torch.as_tensor(mask).ndim == 1 and len(mask) == len(labels):
+            counted &= torch.as_tensor(mask)[1:].bool()
+        if not bool(counted.any()):
+            raise ValueError(
+                f"example {index} has no labelled next token (one token, or labels -100 after the first token): the "
+                "model's loss on it is undefined (NaN), so it has no influence to compute; drop it."
+            )
 
     def _base_model(self) -> torch.nn.Module:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model

@@ -35,6 +35,10 @@ GradientSource = Callable[[], GradientBatches]
 
 
 # Float options of `InfluenceConfig` -> whether `None` is allowed.
+#: LiSSA: relative growth of a step `r_t - r_{t-1}` over the previous one read as divergence (float rounding stays far
+#: below it; a series growing more slowly than this over the iterations is off by less than a percent).
+_LISSA_GROWTH_TOLERANCE = 1e-3
+
 _NUMBER_FIELDS = {
     "damping_scale": False,
     "damping": True,
@@ -390,6 +394,11 @@ class InfluenceEngine:
             for name, layer in self.layers.items()
         }
         running = {name: v[name].clone() for name in self.shapes}
+        # r_t - r_{t-1} = M^t v with M = I - (F + lambda I) / s symmetric: its norm never grows while the series
+        # converges (|eigenvalues of M| <= 1); a growing step means s is below half the top eigenvalue (diverging,
+        # possibly still finite after the last iteration)
+        steps = {name: float(v[name].double().norm()) for name in self.shapes}
+        growing = dict.fromkeys(self.shapes, False)
         for _ in range(cfg.lissa_iterations):
             products = {name: torch.zeros_like(v[name]) for name in self.shapes}
             for batch in self._train_batches():
@@ -399,10 +408,15 @@ class InfluenceEngine:
                     products[name].add_(torch.einsum("b,brd->rd", dots, g))
             for name, layer in self.layers.items():
                 product = products[name] / self.num_train + layer.damping * running[name]
-                running[name] = v[name] + running[name] - product / scales[name]
+                updated = v[name] + running[name] - product / scales[name]
+                step = float((updated - running[name]).double().norm())
+                # above the rounding floor of the sum (a converged series' steps fluctuate there)
+                floor = 1e3 * torch.finfo(updated.dtype).eps * float(updated.double().norm())
+                growing[name] |= step > max(steps[name] * (1 + _LISSA_GROWTH_TOLERANCE), floor)
+                steps[name], running[name] = step, updated
         for name, layer in self.layers.items():
             layer.info["lissa_scale"] = scales[name]
-            if not torch.isfinite(running[name]).all():
+            if growing[name] or not torch.isfinite(running[name]).all():
                 raise ValueError(
                     f"LiSSA diverged for layer {name!r} with lissa_scale={scales[name]:.3g}: the scale must exceed "
                     "half the largest eigenvalue of the damped Fisher. Leave `lissa_scale=None` (per layer, the "
