@@ -4,6 +4,7 @@ the `h` tokens ending at the target, so repeated passages always drop the same t
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,9 +27,10 @@ def goldfish_table() -> torch.Tensor:
 
 
 def _check(k: int, context_width: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+    # numbers.Integral: a numpy integer is an integer too (not a bool)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 2:
         raise ValueError(f"Goldfish `k` must be an integer >= 2 (drop 1/k of the tokens), got {k!r}.")
-    if isinstance(context_width, bool) or not isinstance(context_width, int) or context_width < 1:
+    if isinstance(context_width, bool) or not isinstance(context_width, numbers.Integral) or context_width < 1:
         raise ValueError(f"Goldfish `context_width` must be an integer >= 1, got {context_width!r}.")
 
 
@@ -48,6 +50,7 @@ def goldfish_drop_mask(targets: torch.Tensor, k: int, context_width: int = 13) -
         `torch.Tensor`: a bool tensor like `targets`, `True` where the target is dropped.
     """
     _check(k, context_width)
+    k, context_width = int(k), int(context_width)
     if targets.dim() != 2:
         raise ValueError(f"`targets` must have shape (batch, length), got {tuple(targets.shape)}.")
     mask = torch.zeros(targets.shape, dtype=torch.bool, device=targets.device)
@@ -66,11 +69,14 @@ def apply_goldfish(
     context_width: int = 13,
     input_ids: torch.Tensor | None = None,
     ignore_index: int = -100,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return a copy of HF causal-LM `labels` with the Goldfish-dropped targets set to `ignore_index`.
 
     HF models shift labels inside the loss, so the target sequence is `labels[:, 1:]`; windows are hashed over the
-    token ids (`input_ids[:, 1:]` when given, else the labels with ignored positions hashed as `ignore_index`).
+    token ids (`input_ids[:, 1:]` when given, else the labels with ignored positions hashed as `ignore_index`). With
+    an `attention_mask`, each row's windows are hashed over its real tokens only, so a sequence drops the same tokens
+    however it is padded (left padding used to put pad ids into the windows of its first targets).
 
     Args:
         labels (`torch.Tensor`): `(batch, length)` labels, `ignore_index` where no loss is taken.
@@ -78,14 +84,30 @@ def apply_goldfish(
         context_width (`int`, *optional*, defaults to 13): hashed window width `h`.
         input_ids (`torch.Tensor`, *optional*): token ids aligned with `labels`.
         ignore_index (`int`, *optional*, defaults to -100): label value ignored by the loss.
+        attention_mask (`torch.Tensor`, *optional*): 1 on real tokens, 0 on padding (left or right), aligned with
+            `labels`.
     """
     _check(k, context_width)
     if input_ids is not None and input_ids.shape != labels.shape:
         raise ValueError(f"`input_ids` {tuple(input_ids.shape)} and `labels` {tuple(labels.shape)} differ in shape.")
+    if attention_mask is not None and attention_mask.shape != labels.shape:
+        raise ValueError(
+            f"`attention_mask` {tuple(attention_mask.shape)} and `labels` {tuple(labels.shape)} differ in shape."
+        )
     source = input_ids if input_ids is not None else labels
     out = labels.clone()
-    drop = goldfish_drop_mask(source[:, 1:], k, context_width)
-    out[:, 1:][drop] = ignore_index
+    if attention_mask is None or bool(attention_mask.all()):
+        drop = goldfish_drop_mask(source[:, 1:], k, context_width)
+        out[:, 1:][drop] = ignore_index
+        return out
+    real = attention_mask.bool()
+    for row in range(labels.shape[0]):
+        positions = real[row].nonzero().flatten()
+        if positions.numel() < 2:
+            continue
+        # the row's real tokens as one unpadded sequence; target j of it sits at positions[j] (j >= 1)
+        drop = goldfish_drop_mask(source[row, positions][1:].unsqueeze(0), k, context_width)[0]
+        out[row, positions[1:][drop]] = ignore_index
     return out
 
 
@@ -112,5 +134,8 @@ class GoldfishCollator:
         batch = self.base_collator(features)
         if "labels" not in batch or "input_ids" not in batch:
             raise ValueError("GoldfishCollator needs `input_ids` and `labels` from the base collator.")
-        batch["labels"] = apply_goldfish(batch["labels"], self.k, self.context_width, batch["input_ids"])
+        mask = batch.get("attention_mask")
+        batch["labels"] = apply_goldfish(
+            batch["labels"], self.k, self.context_width, batch["input_ids"], attention_mask=mask
+        )
         return batch

@@ -260,21 +260,43 @@ def clip_per_sample(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Clip every sample's gradient (over all parameters together) to L2 norm `max_norm`.
 
+    The norms are taken in float64 and the scaling in at least float32; a clipped gradient whose norm, as stored in
+    its dtype, still exceeds `max_norm` by rounding (up to 0.3% for bfloat16 gradients, 1.5e-7 relative in float32)
+    is scaled down again until it does not: the sensitivity the noise and the accountant assume is then a bound.
+
     Returns:
-        `tuple[dict[str, torch.Tensor], torch.Tensor]`: the clipped per-sample gradients and the original norms.
+        `tuple[dict[str, torch.Tensor], torch.Tensor]`: the clipped per-sample gradients and the original norms
+        (float32).
     """
     if not (max_norm > 0 and math.isfinite(max_norm)):
         raise ValueError(f"`max_norm` must be a finite number > 0, got {max_norm}.")
     if not grads:
         raise ValueError("`grads` is empty.")
-    first = next(iter(grads.values()))
-    norms = torch.zeros(first.shape[0], dtype=torch.float32, device=first.device)
-    for g in grads.values():
-        norms = norms + g.reshape(g.shape[0], -1).float().pow(2).sum(dim=1)
-    norms = norms.sqrt()
-    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    clipped = {n: g * factor.view(-1, *([1] * (g.dim() - 1))).to(g.dtype) for n, g in grads.items()}
-    return clipped, norms
+
+    def row_norms(tensors) -> torch.Tensor:  # exact squares of the stored values, summed in float64
+        first = next(iter(tensors.values()))
+        total = torch.zeros(first.shape[0], dtype=torch.float64, device=first.device)
+        for g in tensors.values():
+            total += g.reshape(g.shape[0], -1).double().pow(2).sum(dim=1)
+        return total.sqrt()
+
+    def scaled(tensors, factor: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for n, g in tensors.items():
+            compute = torch.promote_types(g.dtype, torch.float32)
+            out[n] = (g.to(compute) * factor.view(-1, *([1] * (g.dim() - 1))).to(compute)).to(g.dtype)
+        return out
+
+    norms = row_norms(grads)
+    clipped = scaled(grads, (max_norm / (norms + 1e-6)).clamp(max=1.0))
+    margin = 2 * max(torch.finfo(g.dtype).eps for g in grads.values())
+    for _ in range(8):
+        after = row_norms(clipped)
+        over = after > max_norm
+        if not bool(over.any()):
+            break
+        clipped = scaled(clipped, torch.where(over, max_norm / after * (1 - margin), torch.ones_like(after)))
+    return clipped, norms.float()
 
 
 def noisy_sum(

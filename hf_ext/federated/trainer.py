@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 
+from ..utils.checks import is_int
 from .goldfish import GoldfishCollator
 from .privacy import (
     ACCOUNTANTS,
@@ -58,10 +59,15 @@ class PrivateTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.goldfish_k is not None and (isinstance(self.goldfish_k, bool) or self.goldfish_k < 2):
-            raise ValueError(f"--goldfish_k must be an integer >= 2 (drop 1/k of the tokens), got {self.goldfish_k}.")
-        if self.goldfish_context_width < 1:
-            raise ValueError(f"--goldfish_context_width must be >= 1, got {self.goldfish_context_width}.")
+        if self.goldfish_k is not None:
+            if not is_int(self.goldfish_k) or self.goldfish_k < 2:
+                raise ValueError(
+                    f"--goldfish_k must be an integer >= 2 (drop 1/k of the tokens), got {self.goldfish_k!r}."
+                )
+            self.goldfish_k = int(self.goldfish_k)  # a numpy integer as the Python int the collator takes
+        if not is_int(self.goldfish_context_width) or self.goldfish_context_width < 1:
+            raise ValueError(f"--goldfish_context_width must be an integer >= 1, got {self.goldfish_context_width!r}.")
+        self.goldfish_context_width = int(self.goldfish_context_width)
         if not (isinstance(self.dp_noise_multiplier, int | float) and math.isfinite(self.dp_noise_multiplier)):
             raise ValueError(f"--dp_noise_multiplier must be a finite number >= 0, got {self.dp_noise_multiplier}.")
         if self.dp_noise_multiplier < 0:
