@@ -66,6 +66,10 @@ class MetadataCollator:
         seed (`int`, *optional*, defaults to 42): Seed of the per-document dropout draw.
         block_size (`int`, *optional*): Pack into rows of this many tokens; `None` pads one document per row.
         max_length (`int`, *optional*): In padding mode, cut each sequence (prefix included) to this length.
+        max_document_tokens (`int`, *optional*): In padding mode, cut each document (its tokens after the prefix, EOS
+            included) to this many tokens before `max_length` applies: collators whose prefixes differ in length
+            (with and without metadata, the plain-text baseline) then score the same document tokens, where
+            `max_length` alone would leave a longer prefix fewer of them.
         padding_side (`str`, *optional*): `"left"` or `"right"`; default: the tokenizer's.
         pad_to_multiple_of (`int`, *optional*): In padding mode, pad the length to a multiple of this.
         repeat_context (`bool`, *optional*, defaults to `True`): In packing mode, repeat the context on rows a
@@ -95,6 +99,7 @@ class MetadataCollator:
     seed: int = 42
     block_size: int | None = None
     max_length: int | None = None
+    max_document_tokens: int | None = None
     padding_side: str | None = None
     pad_to_multiple_of: int | None = None
     repeat_context: bool = True
@@ -127,12 +132,14 @@ class MetadataCollator:
         dropout = self.metadata_dropout
         if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"metadata_dropout must be a number in [0, 1], got {dropout!r}.")
-        for name in ("block_size", "max_length", "pad_to_multiple_of"):
+        for name in ("block_size", "max_length", "max_document_tokens", "pad_to_multiple_of"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
         if self.block_size is not None and self.max_length is not None:
             raise ValueError("pass block_size (packing) or max_length (padding), not both.")
+        if self.block_size is not None and self.max_document_tokens is not None:
+            raise ValueError("max_document_tokens applies to padding mode only (packing loses no document token).")
         if self.block_size is not None and self.pad_to_multiple_of is not None:
             raise ValueError(
                 "pad_to_multiple_of applies to padding mode only (packed rows are exactly block_size tokens); drop it "
@@ -281,6 +288,8 @@ class MetadataCollator:
         seqs = []
         for doc in docs:
             ids = doc.input_ids
+            if self.max_document_tokens is not None:
+                ids = ids[: doc.prefix_length + self.max_document_tokens]
             if self.max_length is not None:
                 if doc.prefix_length >= self.max_length:
                     raise ValueError(

@@ -182,9 +182,23 @@ def metadata_template(
             raise ValueError(
                 "kind='format' reads the columns its fmt fields name; drop column (or use kind='column')."
             )
-        fields = [f for _, f, _, _ in string.Formatter().parse(fmt) if f]
-        if not fields or any(not f.isidentifier() for f in fields):
-            raise ValueError(f"fmt={fmt!r} must name columns with plain fields like '{{url}}'.")
+        try:
+            parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(fmt) if f is not None]
+        except ValueError as err:  # unbalanced braces
+            raise ValueError(f"fmt={fmt!r} is not a valid format string: {err}.") from None
+        fields = [f for f, _, _ in parsed]
+        # every field a column name (no positional `{}`, attribute or index), a known conversion, no nested field in
+        # the format spec: any of these would fail on every row, and every document would train without metadata
+        if (
+            not fields
+            or any(not f.isidentifier() for f in fields)
+            or any(conv not in (None, "r", "s", "a") for _, _, conv in parsed)
+            or any("{" in (spec or "") for _, spec, _ in parsed)
+        ):
+            raise ValueError(
+                f"fmt={fmt!r} must name columns with plain fields like '{{url}}' (optionally '!r'/'!s'/'!a' and a "
+                "format spec without nested fields)."
+            )
         return MetadataTemplate(kind, tuple(dict.fromkeys(fields)), fmt, max_chars)
     if fmt is not None:
         raise ValueError("fmt is only used with kind='format'.")

@@ -389,7 +389,50 @@ def _sub_run_resume(value, sub_output_dir: str, name: str) -> str | None:
     return checkpoint if checkpoint_run(checkpoint) == name else last_complete_checkpoint(sub_output_dir)
 
 
-def _train_one(name, conditioned, model_args, data_args, meta_args, training_args, tokenizer, train, eval_docs):
+def eval_document_tokens(tokenizer, template, data_args, meta_args, eval_docs: list[dict]) -> int:
+    """How many tokens of each held-out document every evaluation scores: the row (`--block_size`) less the longest
+    metadata prefix among them (BOS, context markers, metadata). With a common cut, the URL model with its URL, with
+    the empty context and the plain-text baseline are compared on the same document tokens; a cut of the whole row
+    gave a long URL's document up to ~30 fewer (late, lower-loss) tokens than the others."""
+    from ..metadata import MetadataCollator
+
+    probe = MetadataCollator(
+        tokenizer,
+        template,
+        text_column=data_args.text_column,
+        layout=meta_args.layout,
+        metadata_dropout=0.0,
+        max_length=data_args.block_size,
+        max_metadata_tokens=meta_args.max_metadata_tokens,
+    )
+    longest = max((doc.prefix_length for doc in probe.encode(eval_docs)), default=1)
+    return max(1, data_args.block_size - longest)
+
+
+def _check_template_applies(template, train, meta_args, rows: int = 64) -> None:
+    """Refuse, before any write, a template that fails on every one of the first `rows` training documents (e.g. a
+    `--template_format` whose spec does not suit the column's values): each document would train without metadata,
+    and the "URL-conditioned" model would be a second baseline."""
+    from ..metadata import InvalidMetadataError
+
+    first_error = None
+    for row in train.select(range(min(rows, len(train)))):
+        try:
+            template(row)
+            return
+        except InvalidMetadataError as err:
+            first_error = first_error or err
+    if first_error is not None:
+        raise ValueError(
+            f"--template {meta_args.template} fails on every one of the first {min(rows, len(train))} training "
+            f"documents ({first_error}); every document would train without metadata. Fix --template_format / "
+            "--template_column, or check the metadata column."
+        )
+
+
+def _train_one(
+    name, conditioned, model_args, data_args, meta_args, training_args, tokenizer, train, eval_docs, doc_tokens=None
+):
     from transformers import set_seed
 
     from ..metadata import MetadataCollator, MetadataCooldownCallback, MetadataTrainer
@@ -417,6 +460,7 @@ def _train_one(name, conditioned, model_args, data_args, meta_args, training_arg
             layout=meta_args.layout,
             metadata_dropout=0.0,
             max_length=data_args.block_size,
+            max_document_tokens=doc_tokens,
             padding_side="right",
             **common,
         )
@@ -436,6 +480,7 @@ def _train_one(name, conditioned, model_args, data_args, meta_args, training_arg
             layout="meco",
             metadata_dropout=1.0,
             max_length=data_args.block_size,
+            max_document_tokens=doc_tokens,
             padding_side="right",
             **common,
         )
@@ -659,6 +704,7 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
                 f"the {split_name} data lacks column(s) {missing} (columns: {split.column_names}); pick the template "
                 "with --template/--template_column or the text with --text_column."
             )
+    _check_template_applies(template, train, meta_args)
     if data_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
         if tokenizer.pad_token is None:
@@ -682,8 +728,20 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     eval_docs = [dict(r) for r in eval_ds.select(range(min(len(eval_ds), data_args.max_eval_docs)))]
     main = is_main_process()  # training is data-parallel on every rank; the rest is the main process's
     results: dict = {"curves": {}, "final": {}, "world_size": world_size()}
+    # every evaluation scores the same tokens of each held-out document (see `eval_document_tokens`)
+    doc_tokens = eval_document_tokens(tokenizer, template, data_args, meta_args, eval_docs)
+    results["eval_document_tokens"] = doc_tokens
     url_model, curve, _ = _train_one(
-        "url_conditioned", True, model_args, data_args, meta_args, training_args, tokenizer, train, eval_docs
+        "url_conditioned",
+        True,
+        model_args,
+        data_args,
+        meta_args,
+        training_args,
+        tokenizer,
+        train,
+        eval_docs,
+        doc_tokens=doc_tokens,
     )
     results["curves"]["with URL context"] = curve
     if meta_args.cooldown_fraction > 0:
@@ -694,6 +752,7 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         text_column=data_args.text_column,
         max_metadata_tokens=meta_args.max_metadata_tokens,
         max_length=data_args.block_size,
+        max_document_tokens=doc_tokens,
         padding_side="right",
     )
     with_ctx = MetadataCollator(tokenizer, template, layout=meta_args.layout, metadata_dropout=0.0, **common)
@@ -703,7 +762,16 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         results["final"]["url_model_without_context"] = document_loss(url_model, without_ctx, eval_docs)
     if meta_args.run_baseline:
         base_model, base_curve, _ = _train_one(
-            "baseline", False, model_args, data_args, meta_args, training_args, tokenizer, train, eval_docs
+            "baseline",
+            False,
+            model_args,
+            data_args,
+            meta_args,
+            training_args,
+            tokenizer,
+            train,
+            eval_docs,
+            doc_tokens=doc_tokens,
         )
         results["curves"]["baseline (no metadata)"] = base_curve
         if main:
