@@ -114,6 +114,7 @@ def _record(history: torch.Tensor, amax: torch.Tensor) -> None:
 
 
 _AUXILIARY_DEPTH = 0  # > 0 inside `fp8_auxiliary_pass` (process-wide: CUDA backward runs on autograd's own threads)
+_AUXILIARY_EPOCH = 0  # outermost `fp8_auxiliary_pass` entries so far: a module's auxiliary log is of the latest one
 
 
 @contextlib.contextmanager
@@ -123,10 +124,14 @@ def fp8_auxiliary_pass():
     their backwards behave as `eval()` ones do for the scaling state: they quantise with the scales the amax history
     gives and record nothing (no history entry, no amax reduction across ranks, no activation-checkpointing log), so
     the persistent FP8 state after a step is that of the training step alone. Backwards must run inside the context
-    too (`torch.autograd.grad` / `.backward()` within the `with` block). Current scaling keeps no state and is
-    unaffected; the torchao and Transformer Engine backends are not affected either (torchao's dynamic scaling keeps no
-    history; Transformer Engine records as it does)."""
-    global _AUXILIARY_DEPTH
+    too (`torch.autograd.grad` / `.backward()` within the `with` block); a backward run after the block is handled as
+    well where it matters, under activation checkpointing (whose recomputation of the forward runs in the backward):
+    the recomputation of an auxiliary forward is recognised by its operands and quantised as inside the block. Current
+    scaling keeps no state and is unaffected; the torchao and Transformer Engine backends are not affected either
+    (torchao's dynamic scaling keeps no history; Transformer Engine records as it does)."""
+    global _AUXILIARY_DEPTH, _AUXILIARY_EPOCH
+    if _AUXILIARY_DEPTH == 0:
+        _AUXILIARY_EPOCH += 1
     _AUXILIARY_DEPTH += 1
     try:
         yield
@@ -137,6 +142,44 @@ def fp8_auxiliary_pass():
 def _recording(module: nn.Module) -> bool:
     """Whether a forward of `module` now is a training forward that records into its scaling state."""
     return module.training and _AUXILIARY_DEPTH == 0
+
+
+def _matches(fingerprints: list[torch.Tensor], fingerprint: torch.Tensor) -> torch.Tensor:
+    """Which of `fingerprints` equal `fingerprint` exactly (a bool vector)."""
+    return torch.stack(fingerprints).eq(fingerprint).all(dim=1)
+
+
+def _log_auxiliary(module: Fp8Linear, fingerprint: torch.Tensor, in_backward: bool) -> None:
+    """Keep the fingerprints of the auxiliary forwards of the latest `fp8_auxiliary_pass` whose recomputation is still
+    to come; a recomputation inside the context consumes its entry."""
+    log = module._fp8_aux_log
+    if in_backward:
+        if log:
+            match = _matches(log, fingerprint)
+            if bool(match.any()):
+                del log[int(match.nonzero()[0, 0])]
+        return
+    if module._fp8_aux_epoch != _AUXILIARY_EPOCH:
+        log.clear()
+        module._fp8_aux_epoch = _AUXILIARY_EPOCH
+    log.append(fingerprint.detach())
+    if len(log) > _MAX_FORWARD_LOG:
+        del log[0]
+
+
+def _recomputes_auxiliary(module: Fp8Linear, fingerprint: torch.Tensor) -> bool:
+    """Whether a recomputation outside `fp8_auxiliary_pass` (activation checkpointing in a backward run after the
+    block) is of an auxiliary forward: its operands equal a logged auxiliary forward's, and no training forward's
+    (a training forward on the very same inputs takes precedence). The entry is consumed."""
+    log = module._fp8_aux_log
+    match = _matches(log, fingerprint)
+    if not bool(match.any()):
+        return False
+    training = module._fp8_forward_log
+    if training and bool(_matches([fp for fp, _ in training], fingerprint).any()):
+        return False
+    del log[int(match.nonzero()[0, 0])]
+    return True
 
 
 def _in_backward() -> bool:
@@ -204,11 +247,20 @@ class _Fp8LinearFunction(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         amax_x = x2.detach().abs().amax().float()
         amax_w = weight.detach().abs().amax().float()
+        recording = _recording(module)
         if module.scaling == "delayed":
             hist = module.fp8_amax_history
-            recording = _recording(module)
-            fingerprint = _fingerprint(x2, amax_x, amax_w) if recording else None
-            if recording and _in_backward() and module._fp8_forward_log:
+            auxiliary = module.training and _AUXILIARY_DEPTH > 0
+            in_backward = _in_backward()
+            fingerprint = _fingerprint(x2, amax_x, amax_w) if recording or auxiliary else None
+            if recording and in_backward and module._fp8_aux_log and _recomputes_auxiliary(module, fingerprint):
+                # the recomputation of an auxiliary forward whose backward runs after the context: as inside it
+                recording = False
+            if auxiliary:
+                _log_auxiliary(module, fingerprint, in_backward)
+                # its own backward (without checkpointing) drops the entry: no recomputation will come
+                ctx.aux_fingerprint = None if in_backward else module._fp8_aux_log[-1]
+            if recording and in_backward and module._fp8_forward_log:
                 # activation-checkpointing recompute inside backward: reuse the scales of the forward it recomputes
                 # (with several forwards before one backward, each its own) and do not record its amax a second time
                 ref_x, ref_w = _recomputed_refs(module, fingerprint)
@@ -233,7 +285,7 @@ class _Fp8LinearFunction(torch.autograd.Function):
         ctx.save_for_backward(xq, wq)
         ctx.module = module
         # a backward of an eval-mode (influence, attribution) or auxiliary forward records nothing
-        ctx.training = _recording(module)
+        ctx.training = recording
         ctx.has_bias = bias is not None
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
         return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
@@ -242,6 +294,9 @@ class _Fp8LinearFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         xq, wq = ctx.saved_tensors
         module: Fp8Linear = ctx.module
+        entry = getattr(ctx, "aux_fingerprint", None)
+        if entry is not None:
+            module._fp8_aux_log[:] = [fp for fp in module._fp8_aux_log if fp is not entry]
         if ctx.training:
             module._fp8_backward_seen = True  # the next training forward starts a new forward log
         _, grad_dtype = fp8_dtypes(module.fp8_format)
@@ -319,6 +374,9 @@ class Fp8Linear(nn.Linear):
         # an activation-checkpointing recompute of each of them reuses
         self._fp8_forward_log: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._fp8_backward_seen = False
+        # fingerprints of the auxiliary (`fp8_auxiliary_pass`) forwards whose checkpointed recomputation is to come
+        self._fp8_aux_log: list[torch.Tensor] = []
+        self._fp8_aux_epoch = -1
         self._fp8_log_use = None  # (graph task, times each logged forward was recomputed in it)
         if scaling == "delayed":
             self.fp8_amax_history = nn.Buffer(torch.zeros(amax_history_len, 3, device=device), persistent=True)

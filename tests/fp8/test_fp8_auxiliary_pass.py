@@ -136,3 +136,42 @@ def test_the_context_nests_and_is_left_on_an_exception():
     before = layer.fp8_amax_history.clone()
     layer(torch.randn(2, 16)).sum().backward()  # outside again: a training step records
     assert not torch.equal(layer.fp8_amax_history, before)
+
+
+@pytest.mark.parametrize("ckpt", [None, True, False])
+def test_a_backward_run_after_the_context_is_still_an_auxiliary_one(ckpt):
+    """Forward inside the block, `.backward()` after it: under activation checkpointing the recomputation runs in the
+    backward, outside the block, and used to be taken for a training forward (other scales; reentrant: its amaxes
+    recorded into the history). It is now recognised by its operands."""
+    model = _trained()
+    state = _state(model)
+    torch.manual_seed(2)
+    x, g = torch.randn(6, 16) * 3, torch.randn(6, 8)
+    model.eval()
+    reference = _grads(model, x, g)
+    model.train()
+    with fp8_auxiliary_pass():
+        out = model(x.clone().requires_grad_(ckpt is not None), ckpt)
+    out.backward(g)
+    for p, r in zip(model.parameters(), reference, strict=True):
+        assert torch.equal(p.grad, r)
+    for k, v in _state(model).items():
+        assert torch.equal(v, state[k]), k
+    assert not model.a._fp8_aux_log and not model.b._fp8_aux_log  # consumed
+
+
+@pytest.mark.parametrize("ckpt", [True, False])
+def test_a_training_step_on_the_inputs_of_an_earlier_auxiliary_forward_still_records(ckpt):
+    """A training forward whose operands equal an auxiliary forward's that never ran a backward (a logged entry left
+    over) is still a training forward: the run equals a twin without the auxiliary forward."""
+    model, twin = _trained(), _trained()
+    torch.manual_seed(4)
+    x = torch.randn(4, 16) * 5
+    with fp8_auxiliary_pass():
+        model(x.clone().requires_grad_(True), ckpt)  # no backward
+    for m in (model, twin):
+        m(x.clone().requires_grad_(True), ckpt).pow(2).sum().backward()
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
