@@ -9,6 +9,7 @@ memorization means a character-level BLEU >= 0.75. Rates are reported per replic
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -28,6 +29,10 @@ class Canary:
     text: str
     replication: int
     clients: tuple[int, ...] = ()
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def make_canaries(
@@ -57,8 +62,12 @@ def make_canaries(
     if num_canaries <= 0:
         raise ValueError(f"`num_canaries` must be > 0, got {num_canaries}.")
     counts = replication_counts or {10: 0.3, 1: 0.7}
-    if any(int(r) < 1 for r in counts) or any(f < 0 for f in counts.values()) or sum(counts.values()) <= 0:
-        raise ValueError(f"`replication_counts` must map counts >= 1 to non-negative fractions, got {counts}.")
+    if (
+        any(not _finite_number(r) or r != int(r) or int(r) < 1 for r in counts)
+        or any(not _finite_number(f) or f < 0 for f in counts.values())
+        or sum(counts.values()) <= 0
+    ):
+        raise ValueError(f"`replication_counts` must map integer counts >= 1 to finite non-negative fractions, got {counts}.")
     if num_words < 1:
         raise ValueError(f"`num_words` must be >= 1, got {num_words}.")
     words = list(vocabulary) if vocabulary is not None else _DEFAULT_WORDS

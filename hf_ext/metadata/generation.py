@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import numbers
 from collections.abc import Sequence
 
 from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder
@@ -159,7 +160,7 @@ def generate_with_metadata_guidance(
         raise ValueError(f"got {len(prompts)} prompts but {len(metadata)} metadata strings; pass one per prompt.")
     if (
         isinstance(guidance_scale, bool)
-        or not isinstance(guidance_scale, int | float)
+        or not isinstance(guidance_scale, numbers.Real)  # numpy scalars too
         or not math.isfinite(guidance_scale)
         or guidance_scale <= 0
     ):

@@ -192,3 +192,12 @@ def test_canary_exposure_is_the_loss_gap_and_grows_with_training(small_tokenizer
     assert canary_exposure(model, small_tokenizer, members, references) > before + 1.0
     with pytest.raises(ValueError, match="non-empty"):
         canary_exposure(model, small_tokenizer, [], references)
+
+
+@pytest.mark.parametrize(
+    "counts", [{1: float("nan")}, {10: 0.5, 1: float("inf")}, {2.5: 1.0}, {True: 1.0}, {0: 1.0}, {1: -0.5}]
+)
+def test_make_canaries_refuses_bad_replication_counts_by_name(counts):
+    """`{1: nan}` used to fail with a bare "cannot convert float NaN to integer"; `{2.5: 1.0}` was cut to 2."""
+    with pytest.raises(ValueError, match="`replication_counts` must map integer counts >= 1"):
+        make_canaries(4, counts, num_words=5)

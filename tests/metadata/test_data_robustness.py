@@ -307,3 +307,15 @@ def test_recipe_rejects_nan_guidance_scale(tmp_path):
     with pytest.raises(ValueError, match="--guidance_scale"):
         main(["--guidance_scale", "nan", "--output_dir", str(tmp_path / "never"), "--max_steps", "2"])
     assert not (tmp_path / "never").exists()
+
+
+def test_a_numpy_guidance_scale_is_a_number(ctx_tokenizer):
+    """`np.float32(1.5)` (e.g. from a sweep's `np.linspace`) used to be refused as if its value were invalid."""
+    import numpy as np
+    import torch
+
+    model = tiny_llama(len(ctx_tokenizer)).eval()
+    kw = dict(max_new_tokens=2, do_sample=False, return_text=False)
+    a = generate_with_metadata_guidance(model, ctx_tokenizer, ["a"], ["x"], guidance_scale=np.float32(1.5), **kw)
+    b = generate_with_metadata_guidance(model, ctx_tokenizer, ["a"], ["x"], guidance_scale=1.5, **kw)
+    assert torch.equal(a, b)
