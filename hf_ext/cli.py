@@ -1,7 +1,9 @@
 """`hf-ext` command line: list recipes and run them.
 
-Exit codes: 0 success; 2 a usage error (unknown command, recipe, method or flag, a bad value); for
-`hf-ext reproduce`, 1 when an asserted claim does not hold and 3 when the method asserts no claim ("reported only").
+Exit codes: 0 success; 2 a usage error (unknown command, recipe, method or flag; for `hf-ext reproduce`, a bad
+value); for `hf-ext reproduce`, 1 when an asserted claim does not hold, 3 when the method asserts no claim ("reported
+only") and 4 when the run failed before a verdict (an exception, printed). `hf-ext run <recipe>` with a bad flag value
+exits 1 with the recipe's `ValueError`, which names the flag.
 """
 
 from __future__ import annotations
@@ -110,7 +112,15 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
             ensure_writable_dir(args.output_dir, "--output_dir")
         except ValueError as err:
             parser.error(str(err))
-    report = reproduce(args.method, seeds=args.seeds, fast=args.fast, output_dir=args.output_dir, jobs=args.jobs)
+    try:
+        report = reproduce(args.method, seeds=args.seeds, fast=args.fast, output_dir=args.output_dir, jobs=args.jobs)
+    except Exception:  # noqa: BLE001 (a crash must not read as a verdict: exit 1 means "a claim does not hold")
+        import traceback
+
+        traceback.print_exc()
+        print(f"hf-ext reproduce {args.method}: the run failed before a verdict (exit 4); no report was written.",
+              file=sys.stderr)  # fmt: skip
+        return 4
     print(report.to_markdown())
     return report.exit_code  # 0 holds, 1 does not hold, 3 reported only (no asserted claim); 2 is a usage error
 

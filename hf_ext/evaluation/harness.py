@@ -206,6 +206,11 @@ def evaluate_model(
     import lm_eval
 
     tasks = _check_run_args(tasks, num_fewshot, limit)
+    if not (
+        (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1)
+        or (isinstance(batch_size, str) and batch_size.startswith("auto"))
+    ):
+        raise ValueError(f"batch_size must be a positive int (or lm-eval's 'auto'), got {batch_size!r}.")
     kwargs.setdefault("bootstrap_iters", 1000)
     kwargs.setdefault("log_samples", False)
     with keeping_train_mode(model):  # HFLM puts a model object in eval mode for good

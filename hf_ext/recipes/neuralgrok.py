@@ -8,6 +8,7 @@ Run as `python scripts/neuralgrok.py`, `accelerate launch scripts/neuralgrok.py`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -455,9 +456,11 @@ def _complexity(curves: dict, window: int | None = None) -> dict:
 
 
 def _mean_std(values: list) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None]
+    values = [float(v) for v in values if v is not None]
     if not values:
         return None, None
+    if not all(math.isfinite(v) for v in values):  # a diverged seed: statistics.stdev raises on NaN / inf
+        return statistics.fmean(values), math.nan
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 

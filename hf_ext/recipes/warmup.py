@@ -272,6 +272,8 @@ def warmup_claim_holds(adamw_gaps, lion_ar_gaps) -> bool:
         raise ValueError(
             f"need the gaps of the same >= 2 seeds for both optimizers, got {len(adamw)} and {len(lion)}."
         )
+    if not all(math.isfinite(g) for g in adamw + lion):  # a diverged seed (NaN / inf loss): the claim is not shown
+        return False  # (statistics.stdev raises on a NaN or inf, which ended the reproduction with no report)
     mean = statistics.fmean(adamw)
     return mean - statistics.stdev(adamw) > 0 and abs(statistics.fmean(lion)) <= 0.5 * mean
 

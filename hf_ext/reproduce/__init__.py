@@ -159,7 +159,10 @@ def mean_spread(values: Sequence[float], fmt: str = "{:.3f}") -> str:
     # statistics.stdev raises an AttributeError on a NaN or inf: that ended the run with no report
     spread = statistics.stdev(values) if all(math.isfinite(v) for v in values) else math.nan
     spread_text = fmt.format(spread).lstrip("+")  # a spread has no sign, even with a signed format
-    return f"{fmt.format(mean)} ± {spread_text} ({fmt.format(min(values))}..{fmt.format(max(values))})"
+    # min / max skip a NaN that is not first: the range of a set with a NaN seed is NaN, whatever the order
+    finite_range = all(not math.isnan(v) for v in values)
+    low, high = (min(values), max(values)) if finite_range else (math.nan, math.nan)
+    return f"{fmt.format(mean)} ± {spread_text} ({fmt.format(low)}..{fmt.format(high)})"
 
 
 def machine_description() -> str:
