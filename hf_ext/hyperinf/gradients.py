@@ -456,8 +456,13 @@ class PerExampleGradients:
                     "input token (-100 for tokens that do not count), as the model's own loss does (a multi-label "
                     "or multi-output target is a floating-point vector)."
                 )
-        if self.causal_lm:
-            self._check_labelled_next_token(example, index)
+        trimmed = self._trimmed(example, index, n, vector)
+        if self.causal_lm:  # on the row as it is differentiated (stored padding cut)
+            self._check_labelled_next_token(trimmed, index)
+        return trimmed
+
+    def _trimmed(self, example: Mapping, index: int, n: int, vector: bool) -> Mapping:
+        """`example` with the leading and trailing positions of `attention_mask` 0 cut from its token columns."""
         mask = example.get("attention_mask")
         if mask is None:
             return example

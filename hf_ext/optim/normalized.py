@@ -424,6 +424,9 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if _is_dtensor(t) else t
 
 
+_FLOAT16_MAX = torch.finfo(torch.float16).max
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype reductions of a tensor of `dtype` are accumulated and kept in: float32 for float16 / bfloat16 (a float16
     sum of more than 65504 ones, or of squares, overflows to inf; a bfloat16 one keeps 8 significant bits)."""
@@ -659,6 +662,13 @@ def _rotate(
         ema = torch.zeros_like(un) if ema is None else _local(ema).reshape(red_shape).to(un.dtype)
         ema = ema * update_norm_decay + (1 - update_norm_decay) * un.pow(2)
         # kept in the weight's dtype, as every state tensor (torch's `load_state_dict` casts them to it)
+        if w.dtype == torch.float16 and not bool(torch.isfinite(ema).all() and ema.max() <= _FLOAT16_MAX):
+            raise ValueError(
+                "update_norm_decay > 0 on float16 weights: the running mean of a neuron's squared update norm "
+                f"exceeds float16's range ({_FLOAT16_MAX}; neurons of more than ~65504 entries under a sign update), "
+                "so the rotation would stop silently. Keep the weights in bfloat16 or float32 (master weights), or "
+                "set update_norm_decay=0."
+            )
         kept = ema.to(w.dtype)
         state["update_norm_ema"] = kept if shards is None else shards.wrap(kept, 1 - rd)
         ref = (ema / (1 - update_norm_decay**t)).sqrt()

@@ -85,6 +85,9 @@ def _causal(n, seed):
         ({"input_ids": [7], "labels": [7]}, "example 4 has no labelled next token"),  # NaN loss, zero gradient
         ({"input_ids": [7, 8, 9], "labels": [7, -100, -100]}, "example 4 has no labelled next token"),
         ({"input_ids": [7, 8, 9], "attention_mask": [1, 0, 0]}, "example 4 has no labelled next token"),
+        # stored left padding: one real token, or one whose only label is the first real token (not a target)
+        ({"input_ids": [0, 0, 7], "attention_mask": [0, 0, 1]}, "example 4 has no labelled next token"),
+        ({"input_ids": [0, 7, 8], "labels": [-100, 7, -100], "attention_mask": [0, 1, 1]}, "example 4 has no labelled"),
     ],
 )
 @pytest.mark.parametrize("role", ["train", "eval"])

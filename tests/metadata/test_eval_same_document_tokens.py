@@ -99,3 +99,19 @@ def test_the_recipe_refuses_a_template_failing_on_every_document_before_writing(
         metadata_pretrain.main(["--template", "format", "--template_format", "{url:d}", "--max_steps", "2",
                                 "--output_dir", str(out), "--vocab_size", "512"])  # fmt: skip
     assert not out.exists()
+
+
+def test_the_template_check_accepts_data_where_some_rows_fail():
+    """Only a template failing on every one of the first rows is refused: one invalid URL among valid ones trains
+    that document without metadata, as the collator documents."""
+    from datasets import Dataset
+
+    from hf_ext.recipes.metadata_pretrain import _check_template_applies
+
+    template = metadata_template("format", fmt="{score:d}")
+    args = type("Args", (), {"template": "format"})
+    rows = Dataset.from_list([{"score": "x", "text": "a"}, {"score": "y", "text": "b"}])
+    with pytest.raises(ValueError, match="fails on every one of the first 2"):
+        _check_template_applies(template, rows, args)
+    mixed = Dataset.from_list([{"score": None, "text": "a"}, {"score": 3, "text": "b"}])  # "" fails :d, 3 works
+    _check_template_applies(template, mixed, args)

@@ -62,3 +62,20 @@ def test_rotational_float16_step_turns_by_the_angle_beyond_65504_elements_per_ne
     # and the float16 step is the float32 one, rounded
     p32 = _step(MAKERS[name](per_neuron), p0.float(), g.float())
     torch.testing.assert_close(p1.float(), p32, rtol=2e-3, atol=2e-5)
+
+
+def test_a_float16_update_norm_ema_that_would_overflow_is_refused_not_silently_frozen():
+    """With update_norm_decay > 0 the EMA of a neuron's ||u||^2 (about its entry count under a sign update) is kept
+    in the weight's dtype: past 65504 it was stored as inf and every later angle was 0 (from step ~29 at decay 0.9)."""
+    gen = torch.Generator().manual_seed(5)
+    p = nn.Parameter((torch.randn(2, 70000, generator=gen) * 0.02).half())
+    opt = LionAR([p], lr=1e-3, angle=0.05, update_norm_decay=0.9)
+    with pytest.raises(ValueError, match="update_norm_decay > 0 on float16 weights"):
+        for _ in range(40):
+            p.grad = torch.randn(p.shape, generator=gen).half()
+            opt.step()
+    small = nn.Parameter((torch.randn(4, 64, generator=gen) * 0.02).half())  # far from the range: unaffected
+    opt = LionAR([small], lr=1e-3, angle=0.05, update_norm_decay=0.9)
+    for _ in range(5):
+        small.grad = torch.randn(small.shape, generator=gen).half()
+        opt.step()

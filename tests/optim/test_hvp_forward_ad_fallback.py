@@ -107,3 +107,12 @@ def test_cubic_newton_trainer_trains_a_regression_head_and_passes_cubic_hvp_mode
         torch.testing.assert_close(value, finals["double_backward"][key], rtol=0, atol=0, msg=key)
     with pytest.raises(ValueError, match="hvp_mode"):
         CubicNewtonTrainingArguments(output_dir=str(tmp_path / "x"), cubic_hvp_mode="forward", use_cpu=True)
+
+
+def test_cubic_newton_defaults_to_auto_and_steps_on_an_mse_loss():
+    net, (x, y) = _net(), _data()
+    opt = CubicNewton(net.parameters(), M=5.0, hessian="fresh", solver="lanczos", krylov_dim=4)  # default hvp_mode
+    assert opt.param_groups[0]["hvp_mode"] == "auto"
+    f, _ = make_flat_loss(net, {"input": x}, loss_fn=lambda out, b: F.mse_loss(out, y))
+    with pytest.warns(UserWarning, match="forward-mode AD failed"):
+        opt.step(lambda: f)
