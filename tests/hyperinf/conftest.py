@@ -11,3 +11,25 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def _reference_lora_gradients(model, examples):
+    """One float64 backward per example, alone; lora_B transposed as the estimator tracks it."""
+    from hf_ext.hyperinf import tracked_lora_parameters
+
+    tracked, params = tracked_lora_parameters(model), dict(model.named_parameters())
+    out = {m.name: [] for m in tracked}
+    for example in examples:
+        model.zero_grad()
+        model(**{key: torch.tensor([value]) for key, value in example.items()}).loss.backward()
+        for m in tracked:
+            grad = params[m.name].grad.detach()
+            out[m.name].append((grad.T if m.kind == "lora_B" else grad).reshape(m.shape))
+    model.zero_grad()
+    return {name: torch.stack(values) for name, values in out.items()}
+
+
+@pytest.fixture
+def reference_lora_gradients():
+    """The per-example backward reference of the tracked LoRA gradients (a function of `(model, examples)`)."""
+    return _reference_lora_gradients

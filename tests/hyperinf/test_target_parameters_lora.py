@@ -9,21 +9,7 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hf_ext.hyperinf import InfluenceEstimator, influence_from_gradients, tracked_lora_parameters
-
-
-def _reference_gradients(model, dataset):
-    """One float64 backward per example; lora_B transposed as the estimator tracks it."""
-    tracked, params = tracked_lora_parameters(model), dict(model.named_parameters())
-    out = {m.name: [] for m in tracked}
-    for example in dataset:
-        model.zero_grad()
-        model(**{key: torch.tensor([value]) for key, value in example.items()}).loss.backward()
-        for m in tracked:
-            grad = params[m.name].grad.detach()
-            out[m.name].append((grad.T if m.kind == "lora_B" else grad).reshape(m.shape))
-    model.zero_grad()
-    return {name: torch.stack(values) for name, values in out.items()}
+from hf_ext.hyperinf import InfluenceEstimator, influence_from_gradients
 
 
 def _model():
@@ -48,7 +34,7 @@ def _data(n, seed):
     return Dataset.from_dict({"input_ids": ids, "labels": ids})
 
 
-def test_default_vmap_falls_back_to_the_loop_and_matches_per_example_backwards():
+def test_default_vmap_falls_back_to_the_loop_and_matches_per_example_backwards(reference_lora_gradients):
     model, train, val = _model(), _data(5, 0), _data(2, 1)
     assert any("o_proj" in n and "lora_A" in n for n, _ in model.named_parameters())
     with pytest.warns(UserWarning, match="cannot run under torch.func"):
@@ -57,6 +43,6 @@ def test_default_vmap_falls_back_to_the_loop_and_matches_per_example_backwards()
     loop = InfluenceEstimator(model, "hyperinf", batch_size=3, dtype=torch.float64, per_example_gradients="loop")
     np.testing.assert_array_equal(est.scores(val), loop.fit(train).scores(val))
     expected = influence_from_gradients(
-        _reference_gradients(model, train), _reference_gradients(model, val), method="hyperinf", dtype=torch.float64
+        reference_lora_gradients(model, train), reference_lora_gradients(model, val), method="hyperinf", dtype=torch.float64
     ).numpy()
     np.testing.assert_allclose(est.scores(val), expected, rtol=1e-6, atol=1e-8 * np.abs(expected).max())

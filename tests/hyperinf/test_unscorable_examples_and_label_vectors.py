@@ -9,21 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-from hf_ext.hyperinf import InfluenceEstimator, influence_from_gradients, tracked_lora_parameters
-
-
-def _reference_gradients(model, examples):
-    """One float64 backward per example, alone (lora_B transposed as the estimator tracks it)."""
-    tracked, params = tracked_lora_parameters(model), dict(model.named_parameters())
-    out = {m.name: [] for m in tracked}
-    for example in examples:
-        model.zero_grad()
-        model(**{key: torch.tensor([value]) for key, value in example.items()}).loss.backward()
-        for m in tracked:
-            grad = params[m.name].grad.detach()
-            out[m.name].append((grad.T if m.kind == "lora_B" else grad).reshape(m.shape))
-    model.zero_grad()
-    return {name: torch.stack(values) for name, values in out.items()}
+from hf_ext.hyperinf import InfluenceEstimator, influence_from_gradients
 
 
 def _multi_label_model():
@@ -50,13 +36,13 @@ def _multi_label_examples(lengths, seed):
 
 
 @pytest.mark.parametrize("method", ["tracin", "hyperinf"])
-def test_multi_label_classification_is_scored_as_its_own_loss_defines(method):
+def test_multi_label_classification_is_scored_as_its_own_loss_defines(method, reference_lora_gradients):
     """Examples of 5-9 tokens with 3 multi-hot labels each (was: "example 0 has 3 labels for 5 input_ids")."""
     model = _multi_label_model()
     train, val = _multi_label_examples([5, 7, 6, 9, 3], 2), _multi_label_examples([5, 8], 3)
     got = InfluenceEstimator(model, method, batch_size=2, dtype=torch.float64).fit(train).scores(val)
     expected = influence_from_gradients(
-        _reference_gradients(model, train), _reference_gradients(model, val), method=method, dtype=torch.float64
+        reference_lora_gradients(model, train), reference_lora_gradients(model, val), method=method, dtype=torch.float64
     ).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9 * np.abs(expected).max())
     # stored padding is cut from the token columns only, never from the label vector (3 labels, 3 real tokens here)
