@@ -33,3 +33,19 @@ def _reference_lora_gradients(model, examples):
 def reference_lora_gradients():
     """The per-example backward reference of the tracked LoRA gradients (a function of `(model, examples)`)."""
     return _reference_lora_gradients
+
+
+def _randomize_lora_b(model, seed=1, std=0.2):
+    """peft starts LoRA B at zero (every lora_A gradient is then zero): give the adapter a trained-like state."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(std * torch.randn(param.shape, generator=gen, dtype=param.dtype))
+    return model
+
+
+@pytest.fixture
+def randomize_lora_b():
+    """A function `(model, seed=1, std=0.2)` setting every LoRA B factor to Gaussian values (returns the model)."""
+    return _randomize_lora_b

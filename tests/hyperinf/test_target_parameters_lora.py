@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from hf_ext.hyperinf import InfluenceEstimator, influence_from_gradients
 
 
-def _model():
+def _model(randomize_lora_b):
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=48, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -20,12 +20,7 @@ def _model():
     )  # fmt: skip
     lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], target_parameters=["o_proj.weight"])
     model = get_peft_model(LlamaForCausalLM(config).double(), lora)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(0.2 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
-    return model.eval()
+    return randomize_lora_b(model).eval()
 
 
 def _data(n, seed):
@@ -34,8 +29,10 @@ def _data(n, seed):
     return Dataset.from_dict({"input_ids": ids, "labels": ids})
 
 
-def test_default_vmap_falls_back_to_the_loop_and_matches_per_example_backwards(reference_lora_gradients):
-    model, train, val = _model(), _data(5, 0), _data(2, 1)
+def test_default_vmap_falls_back_to_the_loop_and_matches_per_example_backwards(
+    reference_lora_gradients, randomize_lora_b
+):
+    model, train, val = _model(randomize_lora_b), _data(5, 0), _data(2, 1)
     assert any("o_proj" in n and "lora_A" in n for n, _ in model.named_parameters())
     with pytest.warns(UserWarning, match="cannot run under torch.func"):
         est = InfluenceEstimator(model, "hyperinf", batch_size=3, dtype=torch.float64).fit(train)
@@ -43,6 +40,9 @@ def test_default_vmap_falls_back_to_the_loop_and_matches_per_example_backwards(r
     loop = InfluenceEstimator(model, "hyperinf", batch_size=3, dtype=torch.float64, per_example_gradients="loop")
     np.testing.assert_array_equal(est.scores(val), loop.fit(train).scores(val))
     expected = influence_from_gradients(
-        reference_lora_gradients(model, train), reference_lora_gradients(model, val), method="hyperinf", dtype=torch.float64
+        reference_lora_gradients(model, train),
+        reference_lora_gradients(model, val),
+        method="hyperinf",
+        dtype=torch.float64,
     ).numpy()
     np.testing.assert_allclose(est.scores(val), expected, rtol=1e-6, atol=1e-8 * np.abs(expected).max())

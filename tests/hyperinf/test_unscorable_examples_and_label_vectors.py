@@ -12,18 +12,13 @@ from transformers import BertConfig, BertForSequenceClassification, LlamaConfig,
 from hf_ext.hyperinf import InfluenceEstimator, influence_from_gradients
 
 
-def _multi_label_model():
+def _multi_label_model(randomize_lora_b):
     torch.manual_seed(0)
     config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                         max_position_embeddings=64, num_labels=3, problem_type="multi_label_classification")  # fmt: skip
     lora = LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["query", "value"])
     model = get_peft_model(BertForSequenceClassification(config).double(), lora)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(0.2 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
-    return model.eval()
+    return randomize_lora_b(model).eval()
 
 
 def _multi_label_examples(lengths, seed):
@@ -36,9 +31,9 @@ def _multi_label_examples(lengths, seed):
 
 
 @pytest.mark.parametrize("method", ["tracin", "hyperinf"])
-def test_multi_label_classification_is_scored_as_its_own_loss_defines(method, reference_lora_gradients):
+def test_multi_label_classification_is_scored_as_its_own_loss_defines(method, reference_lora_gradients, randomize_lora_b):
     """Examples of 5-9 tokens with 3 multi-hot labels each (was: "example 0 has 3 labels for 5 input_ids")."""
-    model = _multi_label_model()
+    model = _multi_label_model(randomize_lora_b)
     train, val = _multi_label_examples([5, 7, 6, 9, 3], 2), _multi_label_examples([5, 8], 3)
     got = InfluenceEstimator(model, method, batch_size=2, dtype=torch.float64).fit(train).scores(val)
     expected = influence_from_gradients(
