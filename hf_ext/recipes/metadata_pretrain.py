@@ -731,18 +731,8 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     # every evaluation scores the same tokens of each held-out document (see `eval_document_tokens`)
     doc_tokens = eval_document_tokens(tokenizer, template, data_args, meta_args, eval_docs)
     results["eval_document_tokens"] = doc_tokens
-    url_model, curve, _ = _train_one(
-        "url_conditioned",
-        True,
-        model_args,
-        data_args,
-        meta_args,
-        training_args,
-        tokenizer,
-        train,
-        eval_docs,
-        doc_tokens=doc_tokens,
-    )
+    shared = (model_args, data_args, meta_args, training_args, tokenizer, train, eval_docs)  # both runs'
+    url_model, curve, _ = _train_one("url_conditioned", True, *shared, doc_tokens=doc_tokens)
     results["curves"]["with URL context"] = curve
     if meta_args.cooldown_fraction > 0:
         results["cooldown_start_step"] = training_args.max_steps - int(
@@ -761,18 +751,7 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         results["final"]["url_model_with_context"] = document_loss(url_model, with_ctx, eval_docs)
         results["final"]["url_model_without_context"] = document_loss(url_model, without_ctx, eval_docs)
     if meta_args.run_baseline:
-        base_model, base_curve, _ = _train_one(
-            "baseline",
-            False,
-            model_args,
-            data_args,
-            meta_args,
-            training_args,
-            tokenizer,
-            train,
-            eval_docs,
-            doc_tokens=doc_tokens,
-        )
+        base_model, base_curve, _ = _train_one("baseline", False, *shared, doc_tokens=doc_tokens)
         results["curves"]["baseline (no metadata)"] = base_curve
         if main:
             plain = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0, **common)
