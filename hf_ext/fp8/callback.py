@@ -202,6 +202,12 @@ class Fp8HealthCallback(TrainerCallback):
             if self.monitor is not None:
                 self.monitor.remove()
             self.monitor = KurtosisMonitor(_unwrap(model), sites=self.sites)
+        if self.alert_sites is not None and set(self.alert_sites) - set(self.monitor.sites):
+            raise ValueError(
+                f"Fp8HealthCallback: alert_sites {sorted(set(self.alert_sites) - set(self.monitor.sites))} exist in "
+                f"none of the model's blocks (monitored: {self.monitor.sites}); they could never raise an alert. "
+                "Remove them from alert_sites."
+            )
         self._saved_lr_scale = 1.0
         # Trainer has loaded `state` from the checkpoint it resumes from (if any): our state travels inside it.
         stored = (state.stateful_callbacks or {}).get(STATE_KEY) if state.global_step > 0 else None

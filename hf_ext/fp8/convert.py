@@ -175,6 +175,12 @@ def convert(
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}.")
     if backend not in BACKENDS:
         raise ValueError(f"convert: backend={backend!r} is not supported; choose one of {', '.join(BACKENDS)}.")
+    for name, value in (
+        ("include_lm_head", include_lm_head), ("fp8_attention", fp8_attention), ("pad_inner_dim", pad_inner_dim),
+        ("emulate", emulate), ("fsdp_float8_all_gather", fsdp_float8_all_gather),
+    ):  # fmt: skip
+        if not isinstance(value, bool):  # a string "False" would read as True
+            raise ValueError(f"convert: {name} must be True or False, got {value!r}.")
     if recipe not in TORCHAO_RECIPES:  # checked for every backend: a typo must not pass silently
         raise ValueError(f"convert: recipe={recipe!r} is not a torchao recipe; choose one of {TORCHAO_RECIPES}.")
     if backend != "torchao":  # torchao-only switches asked of another backend would silently do nothing

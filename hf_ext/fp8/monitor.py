@@ -131,6 +131,7 @@ class KurtosisMonitor:
         self._explicit_layers = layers
         self.layers = layers if layers is not None else find_decoder_layers(model)
         self.requested_sites = list(sites) if sites is not None else list(SITES)
+        self._sites_given = sites is not None
         self.process_group = process_group
         self.enabled = False
         self._handles: list = []
@@ -155,6 +156,12 @@ class KurtosisMonitor:
                     self.site_modules.setdefault(site, [None] * len(self.layers))[li] = chosen
         if not self.site_modules:
             raise ValueError("KurtosisMonitor: none of the requested sites exist in this model's blocks.")
+        absent = [s for s in self.requested_sites if s not in self.site_modules]
+        if self._sites_given and absent:  # by default the monitor takes the sites the model has
+            raise ValueError(
+                f"KurtosisMonitor: sites {absent} exist in none of this model's blocks (it has {self.sites}); remove "
+                "them from sites (a fused QKV projection is the `qkv` site, not `q`/`k`) or leave sites unset."
+            )
 
     def _current_targets(self) -> dict[tuple, nn.Module]:
         """The modules that carry each site now: `{(layer, site, path, where): module}`; raises if one is gone."""

@@ -154,6 +154,17 @@ def test_conversion_bad_input():
         convert(odd, "torchao", pad_inner_dim=True)
 
 
+@pytest.mark.parametrize("switch", ["include_lm_head", "fp8_attention", "pad_inner_dim", "emulate"])
+def test_conversion_switches_must_be_booleans(switch):
+    """A string "False" (from YAML or a command line) used to read as True: the head or attention went FP8."""
+    model = tiny_fog()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=f"{switch} must be True or False"):
+        convert(model, "emulated" if switch != "emulate" else "torchao", **{switch: "False"})
+    assert not fp8_converted_modules(model) and model.config._attn_implementation != "fp8_emulated"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("backend", ["torchao", "emulated"])
 def test_conversion_of_a_sharded_model_is_a_clear_error(backend):
     """A model loaded with tensor parallelism (or wrapped by FSDP2) holds DTensor weights; converting it would build

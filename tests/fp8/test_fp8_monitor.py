@@ -64,6 +64,21 @@ def test_monitor_sites_and_values_equal_direct_computation():
         KurtosisMonitor(model, sites=["attention_probs"])
 
 
+def test_requested_sites_the_model_lacks_are_refused():
+    """GPT-2 fuses Q, K and V (`c_attn`): asking for `q` / `k` used to drop them silently, so an alert on `q` could
+    never fire. By default the monitor still takes the sites the model has."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=64, n_positions=32))
+    assert "qkv" in KurtosisMonitor(gpt2).sites and "q" not in KurtosisMonitor(gpt2).sites
+    with pytest.raises(ValueError, match=r"sites \['q', 'k'\] exist in none"):
+        KurtosisMonitor(gpt2, sites=["q", "k", "qkv"])
+    assert KurtosisMonitor(gpt2, sites=["qkv"]).sites == ["qkv"]
+    callback = Fp8HealthCallback(alert_sites=["q"])  # sites unset: all the model has, which lacks `q`
+    with pytest.raises(ValueError, match=r"alert_sites \['q'\] exist in none"):
+        callback.on_train_begin(None, type("S", (), {"global_step": 0, "stateful_callbacks": {}})(), None, model=gpt2)
+
+
 def test_monitor_handles_blocks_that_lack_a_site():
     """A site present in some blocks only (a layer-paired model's merged block pair has no gate / up projection) is
     measured where it exists. Before, the per-site layouts were stored only for the blocks that had them, so block
