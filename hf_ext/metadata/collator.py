@@ -8,6 +8,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..utils.checks import is_int
 from .encoding import LAYOUTS, EncodedDocument, MetadataEncoder
 from .templates import InvalidMetadataError, MetadataTemplate
 
@@ -134,8 +135,10 @@ class MetadataCollator:
             raise ValueError(f"metadata_dropout must be a number in [0, 1], got {dropout!r}.")
         for name in ("block_size", "max_length", "max_document_tokens", "pad_to_multiple_of"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
+        if not is_int(self.seed):  # hashed as text: 1.5 and True would silently be other seeds than 1
+            raise ValueError(f"seed must be an int, got {self.seed!r}.")
         if self.block_size is not None and self.max_length is not None:
             raise ValueError("pass block_size (packing) or max_length (padding), not both.")
         if self.block_size is not None and self.max_document_tokens is not None:

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ..utils.checks import is_int
+
 TEMPLATE_KINDS = ("url", "url_host", "url_path", "topic_format", "quality_score", "column", "format")
 _DEFAULT_COLUMNS = {
     "url": ("url",),
@@ -173,7 +175,7 @@ def metadata_template(
     """
     if kind not in TEMPLATE_KINDS:
         raise ValueError(f"kind must be one of {TEMPLATE_KINDS}, got {kind!r}.")
-    if max_chars is not None and (not isinstance(max_chars, int) or max_chars < 1):
+    if max_chars is not None and (not is_int(max_chars) or max_chars < 1):
         raise ValueError(f"max_chars must be a positive int or None, got {max_chars!r}.")
     if kind == "format":
         if not isinstance(fmt, str) or not fmt:

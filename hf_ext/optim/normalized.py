@@ -301,6 +301,9 @@ def _check_unit_interval(name: str, value, where: str = "") -> None:
         raise ValueError(f"`{name}`{where} must be a number in [0, 1), got {value!r}.")
 
 
+_SWITCHES = ("nesterov", "inverse_bias_correction", "snr_correction", "zero_mean", "per_neuron")
+
+
 def _check_group(group: dict, owner: str, rotational: bool = False) -> None:
     """Validate a param group (defaults merged in) like the constructor arguments, before it is added.
 
@@ -308,6 +311,9 @@ def _check_group(group: dict, owner: str, rotational: bool = False) -> None:
     """
     where = f" of a {owner} param group"
     _check_common(group["lr"], group["weight_decay"], where)
+    for key in _SWITCHES:  # read by truthiness in the step: a string "false" would switch them on
+        if key in group and not isinstance(group[key], bool):
+            raise ValueError(f"`{key}`{where} must be True or False, got {group[key]!r}.")
     if "betas" in group:
         _check_betas(group["betas"], where)
     if not rotational:

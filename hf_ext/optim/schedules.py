@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..utils.checks import is_int, is_real
+
 __all__ = ["TrapezoidSchedule", "get_trapezoid_schedule"]
 
 
@@ -21,11 +23,11 @@ class TrapezoidSchedule:
     """
 
     def __init__(self, num_training_steps: int, warmup_steps: int = 0, cooldown_fraction: float = 0.5):
-        if not isinstance(num_training_steps, int) or num_training_steps <= 0:
+        if not is_int(num_training_steps) or num_training_steps <= 0:
             raise ValueError(f"`num_training_steps` must be a positive int, got {num_training_steps!r}.")
-        if not isinstance(warmup_steps, int) or warmup_steps < 0:
+        if not is_int(warmup_steps) or warmup_steps < 0:
             raise ValueError(f"`warmup_steps` must be a non-negative int, got {warmup_steps!r}.")
-        if not 0.0 <= cooldown_fraction <= 1.0:
+        if not is_real(cooldown_fraction) or not 0.0 <= cooldown_fraction <= 1.0:
             raise ValueError(f"`cooldown_fraction` must lie in [0, 1], got {cooldown_fraction}.")
         cooldown = round(cooldown_fraction * num_training_steps)
         if warmup_steps + cooldown > num_training_steps:

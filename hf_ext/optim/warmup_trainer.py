@@ -148,6 +148,13 @@ _OPTION_USERS = {
     "lion_beta1": ("lion", "lion_a", "lion_ar", "rotational_lion"),
     "lion_beta2": ("lion", "lion_a", "lion_ar", "rotational_lion"),
     "sgd_momentum": ("rotational_sgdm",),
+    "nesterov": ("lion", "lion_a", "lion_ar", "rotational_lion"),
+    "inverse_bias_correction": ("lion_a", "lion_ar"),
+    "snr_correction": ("lion_a", "lion_ar"),
+    "rotation_angle": ("lion_ar", "rotational_adamw", "rotational_lion", "rotational_sgdm"),
+    "zero_mean": ("lion_ar", "rotational_adamw", "rotational_lion", "rotational_sgdm"),
+    "per_neuron": ("lion_ar", "rotational_adamw", "rotational_lion", "rotational_sgdm"),
+    "update_norm_decay": ("lion_ar", "rotational_adamw", "rotational_lion", "rotational_sgdm"),
 }
 
 
@@ -193,7 +200,8 @@ def make_normalized_optimizer(
     """Build a normalized optimizer by name over the parameter groups derived from `model`.
 
     Rotational tensors (decayed, 2+ dims, not embeddings), `Conv1D` layouts and plain tensors come from
-    `rotational_param_groups`. `"adamw"` is the AdamW baseline over the Trainer's decay set (embeddings decayed).
+    `rotational_param_groups`. `"adamw"` is the AdamW baseline: weight decay on the 2+-dimensional tensors of the
+    Trainer's decay set (embeddings included), none on 1-D parameters (biases, norm gains, FOG's xIELU alphas).
 
     Args:
         model (`nn.Module`): the model whose parameters are optimized.

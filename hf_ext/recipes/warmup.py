@@ -303,8 +303,8 @@ def arm_arguments(arm: str, recipe: WarmupRecipeArguments, args: WarmupTrainingA
         normalized_optimizer=optimizer,
         learning_rate=args.learning_rate * ratio,
         weight_decay=args.weight_decay / ratio,
-        rotation_angle=angle,
         **others,
+        **({} if "rotation_angle" in others else {"rotation_angle": angle}),  # lion_a does not rotate
         **common,
     )
 

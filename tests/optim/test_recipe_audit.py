@@ -379,3 +379,66 @@ def test_cubic_trainer_arguments_check_the_optimizer_options(tmp_path, kw, match
 def test_warmup_free_arguments_check_the_rotation_options(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         WarmupFreeTrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none", **kw)
+
+
+@pytest.mark.parametrize(
+    "optimizer, option, value",
+    [
+        ("lion_a", "rotation_angle", 0.05),
+        ("rotational_adamw", "snr_correction", True),
+        ("adamw", "update_norm_decay", 0.5),
+        ("lion", "snr_correction", True),
+        ("lion_a", "zero_mean", False),
+        ("lion_a", "per_neuron", False),
+        ("adamw", "nesterov", False),
+        ("rotational_sgdm", "inverse_bias_correction", False),
+    ],
+)
+def test_every_option_the_chosen_optimizer_ignores_is_warned_about(caplog, optimizer, option, value):
+    """Only the betas, eps and momentum used to be checked: `--snr_correction true` with rotational_adamw trained
+    without it, silently."""
+    import logging
+
+    from hf_ext.optim import WarmupFreeTrainingArguments
+    from hf_ext.optim.warmup_trainer import check_normalized_optimizer_arguments
+
+    args = WarmupFreeTrainingArguments(output_dir="o", normalized_optimizer=optimizer, weight_decay=0.1,
+                                       **{option: value})  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="hf_ext.optim.warmup_trainer"):
+        check_normalized_optimizer_arguments(args)
+    assert any(f"--{option}={value} is ignored" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        ("LionA", {"inverse_bias_correction": "false"}),
+        ("LionA", {"nesterov": 1}),
+        ("LionAR", {"zero_mean": "false", "angle": 0.1}),
+        ("RotationalWrapper", {"per_neuron": "false", "angle": 0.1}),
+    ],
+)
+def test_normalized_optimizer_switches_must_be_booleans(cls, kwargs):
+    """The switches are read by truthiness in the step: "false" used to act as True (bit-identical runs)."""
+    import hf_ext.optim
+
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    with pytest.raises(ValueError, match=f"`{next(iter(kwargs))}`.* must be True or False"):
+        getattr(hf_ext.optim, cls)([p], **kwargs)
+
+
+def test_counts_and_seeds_refuse_bools_and_fractions():
+    from hf_ext.metadata import MetadataCollator, metadata_template
+    from hf_ext.optim import TrapezoidSchedule
+
+    with pytest.raises(ValueError, match="num_training_steps"):
+        TrapezoidSchedule(True)
+    with pytest.raises(ValueError, match="cooldown_fraction"):
+        TrapezoidSchedule(10, cooldown_fraction="0.5")
+    with pytest.raises(ValueError, match="max_chars"):
+        metadata_template("url", max_chars=True)
+    template = metadata_template("url")
+    with pytest.raises(ValueError, match="block_size"):
+        MetadataCollator(tokenizer=None, template=template, block_size=True)
+    with pytest.raises(ValueError, match="seed"):
+        MetadataCollator(tokenizer=None, template=template, block_size=8, seed=1.5)
