@@ -99,7 +99,9 @@ def layer_pairing_task_sweep(
 def _lower(metric: str, scores: dict) -> list[str]:
     from ..compliance.dcg import LOWER_IS_BETTER_METRICS
 
-    return list(scores) if metric in LOWER_IS_BETTER_METRICS else []
+    # also as lm-eval's key (`word_perplexity,none`), as `compute_dcg` reads it
+    lower = isinstance(metric, str) and metric.partition(",")[0] in LOWER_IS_BETTER_METRICS
+    return list(scores) if lower else []
 
 
 def format_task_sweep_table(rows: Sequence[dict], metric: str = "acc") -> str:

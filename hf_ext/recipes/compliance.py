@@ -75,7 +75,8 @@ class ComplianceArguments:
         default=None,
         metadata={
             "help": "Metric to read from nested --dcg_non_compliant/--dcg_compliant files; for perplexity, "
-            "word_perplexity, byte_perplexity and bits_per_byte the gaps' sign is flipped (lower is better)."
+            "word_perplexity, byte_perplexity and bits_per_byte (also as lm-eval's key, e.g. word_perplexity,none; "
+            "without this flag: each task whose only metric is one of them) the gaps' sign is flipped (lower is better)."
         },
     )
     dcg_absolute: bool = field(
@@ -221,17 +222,10 @@ def _refuse_inapplicable_flags(args: ComplianceArguments) -> None:
         )
 
 
-def _result_tasks(results, metric):
-    from ..utils.scores import task_scores
-
-    return list(task_scores(results, metric, "non_compliant", ()))
-
-
 def _dcg_from_files(args: ComplianceArguments):
     """The DCG report of `--dcg_non_compliant` vs `--dcg_compliant`, computed before any work or write so that a
     malformed or mismatched file fails first, naming the flag."""
     from ..compliance import compute_dcg
-    from ..compliance.dcg import LOWER_IS_BETTER_METRICS
 
     results = {}
     for name in ("dcg_non_compliant", "dcg_compliant"):
@@ -242,12 +236,10 @@ def _dcg_from_files(args: ComplianceArguments):
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"--{name}={path!r} is not a JSON results file ({err}).") from None
     try:
-        lower = args.dcg_metric in LOWER_IS_BETTER_METRICS  # then a higher score of the compliant model is worse
+        # compute_dcg flips the sign of a perplexity-like metric itself: --dcg_metric as a bare name or as lm-eval's
+        # key (`word_perplexity,none`), and without --dcg_metric each task whose only metric is one
         full, comp = results["dcg_non_compliant"], results["dcg_compliant"]
-        return compute_dcg(
-            full, comp, relative=not args.dcg_absolute, metric=args.dcg_metric,
-            lower_is_better=_result_tasks(full, args.dcg_metric) if lower else (),
-        )  # fmt: skip
+        return compute_dcg(full, comp, relative=not args.dcg_absolute, metric=args.dcg_metric)
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(
             f"--dcg_non_compliant={args.dcg_non_compliant!r} and --dcg_compliant={args.dcg_compliant!r} do not give a "

@@ -46,11 +46,12 @@ def test_dcg_report_from_files(tmp_path):
     assert (out / "my_notes.txt").read_text() == "kept"
 
 
-@pytest.mark.parametrize("metric", ["word_perplexity", "bits_per_byte"])
+@pytest.mark.parametrize("metric", ["word_perplexity", "bits_per_byte", "word_perplexity,none"])
 def test_dcg_report_on_a_lower_is_better_metric_is_positive_when_compliance_costs(tmp_path, metric):
     """A perplexity-like --dcg_metric flips the gaps' sign, as `compute_dcg(lower_is_better=...)` and the evaluation
-    helpers do: the compliant model at 25 against 20 costs 25% (was reported as -25%)."""
-    lm_eval = lambda v: {"results": {"wikitext": {f"{metric},none": v}}}  # noqa: E731
+    helpers do: the compliant model at 25 against 20 costs 25% (was reported as -25%, and for lm-eval's own key
+    `word_perplexity,none` still was until 2026-12-04)."""
+    lm_eval = lambda v: {"results": {"wikitext": {f"{metric.partition(',')[0]},none": v}}}  # noqa: E731
     (tmp_path / "full.json").write_text(json.dumps(lm_eval(20.0)))
     (tmp_path / "comp.json").write_text(json.dumps(lm_eval(25.0)))
     docs = tmp_path / "docs.jsonl"
@@ -60,6 +61,35 @@ def test_dcg_report_on_a_lower_is_better_metric_is_positive_when_compliance_cost
     main(argv)
     rows = json.loads((tmp_path / "o" / "dcg.json").read_text())["rows"]
     assert {r["task"]: r["gap"] for r in rows} == pytest.approx({"wikitext": 25.0})
+
+
+@pytest.mark.parametrize(
+    "metric, full, comp",
+    [
+        ("word_perplexity,none", {"results": {"wikitext": {"word_perplexity,none": 20.0}}},
+         {"results": {"wikitext": {"word_perplexity,none": 22.0}}}),
+        (None, {"results": {"wikitext": {"alias": "wikitext", "word_perplexity,none": 20.0,
+                                         "word_perplexity_stderr,none": "N/A"}}},
+         {"results": {"wikitext": {"alias": "wikitext", "word_perplexity,none": 22.0,
+                                   "word_perplexity_stderr,none": "N/A"}}}),
+        (None, {"wikitext": {"perplexity": 20.0}}, {"wikitext": {"perplexity": 22.0}}),
+    ],
+)  # fmt: skip
+def test_dcg_report_flips_a_perplexity_read_by_its_lm_eval_key_or_without_dcg_metric(tmp_path, metric, full, comp):
+    """The recipe passed `lower_is_better=()` unless --dcg_metric was a bare perplexity name, which turned off
+    compute_dcg's own detection: lm-eval's `word_perplexity,none` and a file whose only metric is a perplexity gave
+    -10% where compute_dcg on the same files gives +10% (the compliant model is worse)."""
+    from hf_ext.compliance import compute_dcg
+    from hf_ext.recipes.compliance import ComplianceArguments, _dcg_from_files
+
+    (tmp_path / "full.json").write_text(json.dumps(full))
+    (tmp_path / "comp.json").write_text(json.dumps(comp))
+    args = ComplianceArguments(
+        dcg_non_compliant=str(tmp_path / "full.json"), dcg_compliant=str(tmp_path / "comp.json"), dcg_metric=metric,
+        output_dir=str(tmp_path / "o"),
+    )  # fmt: skip
+    assert _dcg_from_files(args).mean_gap == pytest.approx(10.0)
+    assert compute_dcg(full, comp, metric=metric).mean_gap == pytest.approx(10.0)
 
 
 @pytest.mark.parametrize(

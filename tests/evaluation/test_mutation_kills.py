@@ -225,9 +225,14 @@ def test_task_sweep_retention_and_ppl_ratio_by_hand(small_tokenizer, monkeypatch
     assert [r["ppl_ratio"] for r in rows] == pytest.approx([1.0, 1.5, 1.2])
 
 
-@pytest.mark.parametrize("metric", ["word_perplexity", "byte_perplexity", "bits_per_byte", "perplexity"])
+@pytest.mark.parametrize(
+    "metric", ["word_perplexity", "byte_perplexity", "bits_per_byte", "perplexity", "word_perplexity,none"]
+)
 def test_compliance_gap_counts_every_perplexity_type_as_lower_is_better(metric):
-    full, comp = _lm_results({"w": 10.0}, metric), _lm_results({"w": 12.0}, metric)
+    """Also under lm-eval's own key (`word_perplexity,none`, e.g. the compliance recipe's --eval_metric), which kept
+    the sign until 2026-12-04: -20%."""
+    name = metric.partition(",")[0]
+    full, comp = _lm_results({"w": 10.0}, name), _lm_results({"w": 12.0}, name)
     report = compliance_gap(full, comp, metric=metric)
     assert report.rows[0]["gap"] == pytest.approx(20.0)  # the compliant model is 20% worse: a positive gap
 
