@@ -99,7 +99,8 @@ def compute_dcg(
         lower_is_better (`Collection[str]`, *optional*): Tasks whose metric decreases with quality. Default: every
             task when `metric` is one of `LOWER_IS_BETTER_METRICS` (`"word_perplexity"`, also as lm-eval's
             `"word_perplexity,none"`), none otherwise; a collection given (also `()`) is used as is.
-        tasks (`Collection[str]`, *optional*): Tasks to report; default: all tasks (both sides must have the same).
+        tasks (`Collection[str]`, *optional*): Tasks to report, the only ones read (another task of the results
+            may lack `metric`); default: all tasks (both sides must have the same).
         undefined (`str`, *optional*, defaults to `"raise"`): What a relative gap does for a task where the
             non-compliant score is 0 (e.g. a small model's accuracy): `"raise"` a `ValueError`, or `"nan"`: that
             task's gap is NaN (shown as `n/a`, `None` in `to_dict`) and left out of the mean.
@@ -114,8 +115,10 @@ def compute_dcg(
     if lower_is_better is not None:
         lower_is_better = task_list(lower_is_better, "lower_is_better")
     keep = () if tasks is None else set(tasks)
-    full = task_scores(non_compliant, metric, "non_compliant", keep)
-    comp = task_scores(compliant, metric, "compliant", keep)
+    # only the tasks asked for are read: another task of the results may lack `metric` (e.g. a perplexity task
+    # beside an accuracy one in one lm-eval run)
+    full = task_scores(non_compliant, metric, "non_compliant", keep, tasks)
+    comp = task_scores(compliant, metric, "compliant", keep, tasks)
     if tasks is None:
         if set(full) != set(comp):
             raise ValueError(

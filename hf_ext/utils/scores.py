@@ -13,7 +13,11 @@ def _is_metric_key(key) -> bool:
 
 
 def task_scores(
-    results: Mapping, metric: str | None = None, arg: str = "results", keep: Collection[str] = ()
+    results: Mapping,
+    metric: str | None = None,
+    arg: str = "results",
+    keep: Collection[str] = (),
+    tasks: Collection[str] | None = None,
 ) -> dict[str, float]:
     """Per-task scores from `{task: score}`, `{task: {metric: score}}` or an lm-eval results dict.
 
@@ -28,6 +32,9 @@ def task_scores(
             task reports several metrics.
         arg (`str`, *optional*): Argument name used in error messages.
         keep (`Collection[str]`, *optional*): Subtasks of lm-eval groups to report anyway (asked for by name).
+        tasks (`Collection[str]`, *optional*): Read only these tasks (the others are not looked at, so a task that
+            lacks `metric` does not matter unless named); default: every task. Named tasks the results lack are
+            simply not in the output (the caller names them).
     """
     if not isinstance(results, Mapping):
         raise TypeError(f"{arg} must be a mapping task -> score (or an lm-eval results dict), got {type(results)}.")
@@ -53,7 +60,7 @@ def task_scores(
                     stack.extend(children.get(sub, ()))
     out = {}
     for task, value in results.items():
-        if str(task) in members and str(task) not in keep:
+        if (str(task) in members and str(task) not in keep) or (tasks is not None and str(task) not in tasks):
             continue
         if isinstance(value, Mapping):
             if lm_eval_output:
@@ -64,13 +71,18 @@ def task_scores(
                 names = [k for k in value if "_stderr" not in str(k) and not isinstance(value[k], str)]
             if metric is not None:
                 names = [k for k in names if k == metric or str(k).split(",")[0] == metric]
+                if not names:
+                    raise ValueError(
+                        f"{arg}[{task!r}] has no metric {metric!r} (it has {sorted(map(str, value))}); pass a metric it "
+                        "reports as metric=, or compare without this task (tasks=[...])."
+                    )
             if len(names) != 1:
                 raise ValueError(f"{arg}[{task!r}] has metrics {sorted(map(str, value))}; pass metric=<name>.")
             value = value[names[0]]
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ValueError(f"{arg}[{task!r}] must be a finite number, got {value!r}.")
         out[str(task)] = float(value)
-    if not out:
+    if not out and tasks is None:
         raise ValueError(f"{arg} holds no task scores.")
     return out
 

@@ -145,6 +145,25 @@ def test_dcg_reads_lm_eval_and_evaluate_results():
         compute_dcg(lm_eval, lm_eval_c)  # acc and acc_norm: ambiguous
 
 
+def test_dcg_reads_only_the_requested_tasks():
+    """`tasks=` limits what is read: a task of the same lm-eval run that lacks `metric` (wikitext beside arc_easy) used
+    to raise "pass metric=<name>" although metric was passed and the task was not asked for."""
+    full = {"results": {"arc_easy": {"alias": "arc_easy", "acc,none": 0.60, "acc_norm,none": 0.55},
+                        "wikitext": {"alias": "wikitext", "word_perplexity,none": 20.0, "bits_per_byte,none": 0.6}}}
+    comp = {"results": {"arc_easy": {"alias": "arc_easy", "acc,none": 0.57, "acc_norm,none": 0.50},
+                        "wikitext": {"alias": "wikitext", "word_perplexity,none": 22.0, "bits_per_byte,none": 0.7}}}  # fmt: skip
+    report = compute_dcg(full, comp, metric="acc", tasks=["arc_easy"])
+    assert [r["task"] for r in report.rows] == ["arc_easy"] and report.mean_gap == pytest.approx(5.0)
+    assert compute_dcg({"a": 0.5, "b": "n/a"}, {"a": 0.4, "b": None}, tasks="a").mean_gap == pytest.approx(20.0)
+    # a requested task without the metric is named, with what it has and the way out
+    with pytest.raises(ValueError, match=r"non_compliant\['wikitext'\] has no metric 'acc' \(it has .*tasks=\[\.\.\.\]"):
+        compute_dcg(full, comp, metric="acc", tasks=["arc_easy", "wikitext"])
+    with pytest.raises(ValueError, match=r"tasks \['piqa'\] are missing"):
+        compute_dcg(full, comp, metric="acc", tasks=["arc_easy", "piqa"])
+    with pytest.raises(ValueError, match=r"tasks \['piqa'\] are missing"):
+        compute_dcg(full, comp, metric="acc", tasks=["piqa"])
+
+
 def test_dcg_undefined_relative_gap_can_be_reported_as_nan():
     report = compute_dcg({"a": 0.0, "b": 0.5}, {"a": 0.1, "b": 0.4}, undefined="nan")
     gaps = {r["task"]: r["gap"] for r in report.rows}
