@@ -38,6 +38,15 @@ def test_atomic_rewrite_keeps_the_replaced_files_mode(tmp_path, umask_022):
     assert _mode(path) == 0o664
 
 
+def test_atomic_write_takes_a_file_name_of_the_full_255_bytes(tmp_path):
+    """The temporary file was `.<name>.<random>.tmp`, 14 bytes longer than the name: a name of 242 bytes or more
+    failed with ENAMETOOLONG (e.g. a robots.txt snapshot folder's file of a long host)."""
+    for name in ("x" * 251 + ".txt", "ü" * 125 + ".txt", "short.txt"):  # 255, 254 bytes (2 per character), short
+        atomic_write_text(str(tmp_path / name), "content")
+        assert (tmp_path / name).read_text() == "content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x" * 251 + ".txt", "ü" * 125 + ".txt", "short.txt"])
+
+
 def test_temp_dirs_renamed_into_place_are_readable(tmp_path, umask_022):
     folder = make_temp_dir(str(tmp_path), ".x-")
     assert _mode(folder) == 0o755

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -22,6 +23,17 @@ _STAGED_META_FILE = _META_FILE + _STAGED_SUFFIX
 def _staged(folder: Path, name: str) -> Path:
     """Where a folder save stages the host file `name` before its manifest commits it (hidden, never a `*.txt`)."""
     return folder / f".{name}{_STAGED_SUFFIX}"
+
+
+def _host_file(host: str) -> str:
+    """The name of `host`'s file in a folder snapshot: `<host>.txt`, or, for a host whose staged file
+    (`.<host>.txt.staged`) would pass the 255-byte limit of a file name (244 characters or more; DNS allows 253),
+    its first 200 bytes, `~` and a hash of the host, `.txt`; the manifest maps such a name back to its host."""
+    name = f"{host}.txt"
+    if len(_staged(Path(), name).name.encode("utf-8")) <= 255:
+        return name
+    short = host.encode("utf-8")[:200].decode("utf-8", "ignore")
+    return f"{short}~{hashlib.sha256(host.encode('utf-8')).hexdigest()[:16]}.txt"
 
 
 def _listed_files(meta_path: Path) -> list[str] | None:
@@ -120,7 +132,8 @@ class RobotsTxtStore(Mapping):
     """Host -> `RobotsRecord` mapping with readers and writers for three on-disk layouts.
 
     * folder: one `<host>.txt` file per host plus an optional `_snapshot.json` with `{"fetched_at": ...,
-      "hosts": {host: {"fetched_at": ..., "status": ..., "error": ..., "missing": true}}}`;
+      "hosts": {host: {"fetched_at": ..., "status": ..., "error": ..., "missing": true}}}` (`save` also writes
+      `"files"`, the host files, and `"file"` for a host too long for a file name, the shortened name it used);
     * `.jsonl`: one object per line with `host`, `robots_txt`, `fetched_at`, `status`, `error`;
     * `.parquet`: the same columns.
 
@@ -310,7 +323,7 @@ class RobotsTxtStore(Mapping):
                 raise ValueError(f"{meta_file} must hold an object with 'fetched_at' and a 'hosts' object.")
         default_date = meta.get("fetched_at")
         # Keys normalised as the store's, so `A.com` in _snapshot.json applies to `a.com.txt`.
-        per_host = {}
+        per_host, named = {}, {}
         for host, info in meta.get("hosts", {}).items():
             if not isinstance(info, dict):
                 raise ValueError(
@@ -318,6 +331,8 @@ class RobotsTxtStore(Mapping):
                     f"'missing', got {type(info).__name__} {info!r}."
                 )
             per_host[normalize_host(host)] = info
+            if isinstance(info.get("file"), str):  # a host too long for `<host>.txt` (see `_host_file`)
+                named[info["file"]] = host
         listed = meta.get("files")
         if isinstance(listed, list):  # written by `save`: exactly the host files of this snapshot
             files = []
@@ -332,7 +347,7 @@ class RobotsTxtStore(Mapping):
                         f"{meta_file} lists the host file {name!r}, but {str(file)!r} is missing: the snapshot folder "
                         "is incomplete (e.g. an interrupted copy); copy it again, or save the snapshot anew."
                     )
-                files.append((Path(name).stem, file))
+                files.append((named.get(name, Path(name).stem), file))
         else:  # a hand-made folder (or one saved before the manifest): every <host>.txt
             files = [(file.stem, file) for file in sorted(path.glob("*.txt"))]
         if not files and not meta_file.is_file():
@@ -358,9 +373,9 @@ class RobotsTxtStore(Mapping):
     # Writers ------------------------------------------------------------------------------------------------------
     def _save_folder(self, path: Path) -> None:
         """Write the snapshot into the folder `path` (created if needed; through a symlink to a folder, into its
-        target), all or nothing. Every `<host>.txt` is first staged as `.<host>.txt.staged`, then the new manifest as
-        `_snapshot.json.staged`, whose `files` list names the host files of this snapshot: once that file exists the
-        save is complete. The staged files are then renamed onto their names, the host files the previous manifest
+        target), all or nothing. Every `<host>.txt` (see `_host_file` for a host too long for that name) is first
+        staged as `.<host>.txt.staged`, then the new manifest as `_snapshot.json.staged`, whose `files` list names the
+        host files of this snapshot: once that file exists the save is complete. The staged files are then renamed onto their names, the host files the previous manifest
         listed and this one does not are removed, and the staged manifest is renamed onto `_snapshot.json`. A save
         killed before the staged manifest exists leaves the old snapshot in force (its staged files are discarded by
         the next save); one killed after it is read by `load` as the new snapshot (the staged manifest and any file
@@ -373,11 +388,14 @@ class RobotsTxtStore(Mapping):
             raise ValueError(f"{str(path)!r} is a file; a folder snapshot needs a folder path (or use .jsonl/.parquet).")
         payload, hosts = {}, {}
         for r in self._records.values():
+            name = _host_file(r.host)
             if r.text is not None:
-                payload[f"{r.host}.txt"] = r.text.encode("utf-8")
+                payload[name] = r.text.encode("utf-8")
             info = {k: v for k, v in (("fetched_at", r.fetched_at), ("status", r.status), ("error", r.error)) if v is not None}
             if r.text is None:
                 info["missing"] = True
+            elif name != f"{r.host}.txt":
+                info["file"] = name
             if info:
                 hosts[r.host] = info
         meta = {"fetched_at": self.fetched_at, "hosts": hosts, "files": sorted(payload)}

@@ -64,7 +64,11 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8"):
         encoding = None
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    # `.<name>.<random>.tmp`, with a long name shortened (`.<first 50 characters>~.<random>.tmp`): a file name may
+    # have 255 bytes, and the temporary one must fit as well
+    name = os.path.basename(path)
+    prefix = f".{name}." if len(name.encode("utf-8", "surrogateescape")) <= 200 else f".{name[:50]}~."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, mode, encoding=encoding) as fh:
             yield fh

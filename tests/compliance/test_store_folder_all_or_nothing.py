@@ -114,3 +114,52 @@ def test_a_killed_save_followed_by_a_save_of_another_snapshot_gives_that_snapsho
         third.save(folder)
         assert _as_dict(RobotsTxtStore.load(folder)) == _as_dict(third), kill_at
         assert sorted(p.name for p in folder.iterdir()) == ["_snapshot.json", "only.com.txt"], kill_at
+
+
+def _host(length):
+    """A valid DNS name of `length` characters (labels of at most 63)."""
+    label = "a" * 63
+    return ".".join([label, label, label, "b" * (length - 3 * 64 - 4)]) + ".com"
+
+
+@pytest.mark.parametrize("length", [235, 244, 253])
+def test_a_host_of_any_dns_length_saves_and_reloads_in_a_folder(tmp_path, monkeypatch, length):
+    """DNS allows 253 characters; from 230 on the staged file's temporary name, from 244 the staged file and from 252
+    `<host>.txt` itself passed the 255-byte file-name limit: the save failed with ENAMETOOLONG after staging other
+    hosts. A host whose staged file would not fit is saved under a shortened name that `_snapshot.json` maps back."""
+    from hf_ext.compliance import RobotsCompliance
+
+    host = _host(length)
+    assert len(host) == length
+    new = _new()
+    new.add(host, "User-agent: GPTBot\nDisallow: /private\n", "2025-06-05", 200)
+    folder = tmp_path / "snap"
+    _old().save(folder)
+    new.save(folder)
+    assert _as_dict(RobotsTxtStore.load(folder)) == _as_dict(new)
+    assert all(len(p.name.encode()) <= 255 for p in folder.iterdir())
+    assert not [p.name for p in folder.iterdir() if p.name.endswith((".staged", ".tmp"))]
+    checker = RobotsCompliance(RobotsTxtStore.load(folder), user_agents=["GPTBot"])
+    assert checker.disallowed_agents(f"https://{host}/private/x") == ("GPTBot",)
+    assert checker.disallowed_agents(f"https://{host}/public") == ()
+    # a save over it that is killed at any step still gives the old or the new snapshot, and the next save finishes
+    newer = RobotsTxtStore(fetched_at="2026-01-01")
+    newer.add(host, "User-agent: *\nDisallow: /\n", "2026-01-01", 200)
+    newer.add(_host(length - 1), "User-agent: CCBot\nDisallow: /\n", "2026-01-01", 200)
+    kill_at, killed = 0, True
+    while killed:  # every rename and removal of the save, then one past the last (the save completes)
+        kill_at += 1
+        folder = tmp_path / f"k{kill_at}"
+        new.save(folder)
+        _kill_at(monkeypatch, kill_at)
+        try:
+            newer.save(folder)
+            killed = False
+        except _Killed:
+            pass
+        monkeypatch.undo()
+        assert _as_dict(RobotsTxtStore.load(folder)) in (_as_dict(new), _as_dict(newer)), kill_at
+        newer.save(folder)
+        assert _as_dict(RobotsTxtStore.load(folder)) == _as_dict(newer), kill_at
+        assert len(list(folder.iterdir())) == 3, kill_at  # the two host files and _snapshot.json
+    assert kill_at >= 8  # 3 atomic writes, 2 renames, 3 removals, the manifest's rename
