@@ -201,6 +201,30 @@ robots_text = st.lists(line, max_size=14).map("\n".join)
 urls = st.builds(lambda p, q: f"https://example.com/{p}" + (f"?{q}" if q else ""), path_text, path_text)
 
 
+def test_the_documented_paper_pipeline_settings_reproduce_its_exact_host_lookup():
+    """docs/compliance.md said `status_policy="paper"` plus `backend="protego"` reproduced the paper pipeline's
+    decisions one for one; that pipeline looks a URL's host up as is (Protego on the exact host's record), so the
+    default `host_fallback="www"` drops pages it keeps. The docs now name `host_fallback="exact"` as well."""
+    import re
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    robots = {"example.com": "User-agent: GPTBot\nDisallow: /\n", "www.other.org": "User-agent: *\nDisallow: /\n"}
+    urls = ["https://www.example.com/article", "https://other.org/page", "https://example.com/article"]
+
+    def reference(url):
+        text = robots.get(urlparse(url).hostname)
+        return () if text is None else protego_disallowed_agents(Protego.parse(text), url, DEFAULT_AI_USER_AGENTS)
+
+    documented = RobotsCompliance(robots, backend="protego", status_policy="paper", host_fallback="exact")
+    assert [documented.disallowed_agents(u) for u in urls] == [reference(u) for u in urls]
+    default = RobotsCompliance(robots, backend="protego", status_policy="paper")
+    assert [bool(default.disallowed_agents(u)) for u in urls] == [True, True, True]  # the reference keeps two
+    docs = re.sub(r"\s+", " ", (Path(__file__).parents[2] / "docs" / "compliance.md").read_text(encoding="utf-8"))
+    assert "reproduce that pipeline's decisions one for one" not in docs and "decision for decision" not in docs
+    assert 'add `backend="protego"` and `host_fallback="exact"`' in docs
+
+
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(robots=robots_text, url_list=st.lists(urls, min_size=1, max_size=6))
 def test_fuzz_cached_decisions_equal_protego_per_agent(robots, url_list):
