@@ -192,10 +192,22 @@ _PER_BYTE_REPLACE = "hf_ext.robots_replace_each_byte"
 codecs.register_error(_PER_BYTE_REPLACE, _replace_each_byte)
 
 
+def _without_cut_line(head: str | bytes, rest: str | bytes) -> str | bytes:
+    """`head`, the first 500 KiB of a longer robots.txt (`rest`: what follows the limit, empty when nothing was cut),
+    without its last line when the limit falls inside that line: the part of a line before the limit is not what the
+    site wrote (`Disallow: /private/archive` cut to `Disallow: /` would disallow the whole site)."""
+    breaks = ("\n", "\r") if isinstance(head, str) else (b"\n", b"\r")
+    if not rest or head[-1:] in breaks or rest[:1] in breaks:
+        return head
+    return head[: max(head.rfind(breaks[0]), head.rfind(breaks[1])) + 1]
+
+
 def _decode(body: str | bytes) -> str:
     if isinstance(body, bytes | bytearray):
-        return _decode_bytes(bytes(body)[:MAX_ROBOTS_BYTES])
-    return _cut_utf8(body, MAX_ROBOTS_BYTES).removeprefix("\ufeff")
+        body = bytes(body)
+        return _decode_bytes(_without_cut_line(body[:MAX_ROBOTS_BYTES], body[MAX_ROBOTS_BYTES : MAX_ROBOTS_BYTES + 1]))
+    head = _cut_utf8(body, MAX_ROBOTS_BYTES)
+    return _without_cut_line(head, body[len(head) : len(head) + 1]).removeprefix("\ufeff")
 
 
 def _cut_utf8(text: str, limit: int) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 
-from .rfc9309 import MAX_ROBOTS_BYTES, _decode_bytes
+from .rfc9309 import MAX_ROBOTS_BYTES, _decode_bytes, _without_cut_line
 from .robots import STATUS_CLASSES, normalize_host, status_class
 
 _META_FILE = "_snapshot.json"
@@ -499,13 +499,15 @@ def record_from_response(
 ) -> RobotsRecord:
     """Turn one fetch result into a record.
 
-    2xx: the body (first 500 KiB) is the robots.txt. Any other status is recorded with no body; what it means is
-    decided when the snapshot is used (`RobotsCompliance(status_policy=...)`): under RFC 9309, 3xx/4xx are
-    *unavailable* (allow everything) and 5xx *unreachable* (disallow everything). A fetch without an HTTP answer
-    records `error` (unreachable as well).
+    2xx: the body (its first 500 KiB, without a last line the limit cuts: pass one byte more to tell) is the
+    robots.txt. Any other status is recorded with no body; what it means is decided when the snapshot is used
+    (`RobotsCompliance(status_policy=...)`): under RFC 9309, 3xx/4xx are *unavailable* (allow everything) and 5xx
+    *unreachable* (disallow everything). A fetch without an HTTP answer records `error` (unreachable as well).
     """
     ok = status is not None and 200 <= status < 300 and body is not None
-    text = _decode(body[:MAX_ROBOTS_BYTES]) if ok else None
+    if ok:  # the first 500 KiB, as the parser reads a longer body
+        body = _without_cut_line(body[:MAX_ROBOTS_BYTES], body[MAX_ROBOTS_BYTES : MAX_ROBOTS_BYTES + 1])
+    text = _decode(body) if ok else None
     if status is None and error is None and body is None:
         error = "no response"
     return RobotsRecord(normalize_host(host), text, fetched_at, status, error)
@@ -569,7 +571,7 @@ def fetch_robots_txt(
         now = datetime.now(UTC).isoformat(timespec="seconds")
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                body = response.read(MAX_ROBOTS_BYTES)
+                body = response.read(MAX_ROBOTS_BYTES + 1)  # one byte more: whether the limit cuts a line
                 short = _short_read(body, response.headers.get("Content-Length"))
                 if short:  # the connection closed early: a part of the file is not the file
                     record = record_from_response(host, None, None, now, error=short)

@@ -198,7 +198,57 @@ def test_fetch_robots_txt_records_a_body_cut_short_as_a_failed_fetch(one_reply_s
     big = b"User-agent: *\nDisallow: /x\n" + b"#" * MAX_ROBOTS_BYTES
     one_reply_server(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
     record = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")["a.com"]
-    assert record.status == 200 and record.error is None and len(record.text) == MAX_ROBOTS_BYTES
+    # (the comment line the limit cuts is not stored, since 2026-12-04)
+    assert record.status == 200 and record.error is None and record.text == "User-agent: *\nDisallow: /x\n"
+
+
+def _cut_at_limit(last_rule: bytes, kept: int) -> bytes:
+    """A robots.txt longer than 500 KiB whose limit falls after `kept` bytes of its last line, `last_rule`."""
+    head = b"User-agent: *\nDisallow: /tmp/\n"
+    filler = b"#" + b"x" * (MAX_ROBOTS_BYTES - len(head) - kept - 2) + b"\n"  # one long comment line
+    body = head + filler + last_rule + b"\nAllow: /\n"
+    assert body[:MAX_ROBOTS_BYTES].endswith(last_rule[:kept]) and len(body) > MAX_ROBOTS_BYTES
+    return body
+
+
+@pytest.mark.parametrize("kept", [len("Disallow: /"), len("Disallow: /pr"), len("Disallow: /private/archive") - 1])
+def test_a_line_the_500_kib_limit_cuts_is_not_read_as_a_rule(one_reply_server, tmp_path, kept):
+    """RFC 9309 2.5 lets a parser stop at 500 KiB; the part of `Disallow: /private/archive` before the limit
+    (`Disallow: /`, `Disallow: /pr`) was read as a rule, so the whole site (or /products, /press ...) was disallowed
+    for every agent. The cut line is dropped by the parser, by `record_from_response` and by `fetch_robots_txt`."""
+    from hf_ext.compliance import RobotsCompliance, fetch_robots_txt
+    from hf_ext.compliance.store import record_from_response
+
+    body = _cut_at_limit(b"Disallow: /private/archive", kept)
+    for parsed in (body, body.decode()):
+        robots = RobotsTxt.parse(parsed)
+        assert robots.allowed("https://a.com/products", "GPTBot") and robots.allowed("https://a.com/blog", "GPTBot")
+        assert not robots.allowed("https://a.com/tmp/x", "GPTBot")  # the lines before the cut still count
+    assert RobotsCompliance({"a.com": body}).disallowed_agents("https://a.com/products") == ()
+    record = record_from_response("a.com", 200, body, "2025-01-01")
+    assert record.text.endswith("x\n") and "Disallow: /p" not in record.text
+    one_reply_server(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    fetched = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")["a.com"]
+    assert fetched.text == record.text
+    saved = RobotsTxtStore.from_dict({"a.com": body}).save(tmp_path / "s.jsonl")  # stored whole, cut when parsed
+    for robots in ({"a.com": fetched.text}, RobotsTxtStore.load(saved)):
+        assert RobotsCompliance(robots).disallowed_agents("https://a.com/products") == ()
+
+
+def test_a_whole_line_that_ends_at_the_500_kib_limit_is_kept(one_reply_server):
+    """A line whose line break is the first byte past the limit is complete: it stays a rule, also when fetched (the
+    fetcher reads one byte past the limit to tell)."""
+    from hf_ext.compliance import fetch_robots_txt
+    from hf_ext.compliance.store import record_from_response
+
+    body = _cut_at_limit(b"Disallow: /private", len("Disallow: /private"))
+    assert body[MAX_ROBOTS_BYTES : MAX_ROBOTS_BYTES + 1] == b"\n"
+    for parsed in (body, body.decode()):
+        assert not RobotsTxt.parse(parsed).allowed("https://a.com/private/x", "GPTBot")
+    assert record_from_response("a.com", 200, body, "2025-01-01").text.endswith("Disallow: /private")
+    one_reply_server(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    fetched = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")["a.com"]
+    assert fetched.text.endswith("Disallow: /private")
 
 
 # 4. a snapshot folder that lacks a host file its manifest lists, or has a bad `hosts` entry, is a ValueError ---------

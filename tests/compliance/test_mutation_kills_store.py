@@ -91,9 +91,10 @@ def test_tokenizer_counts_exclude_the_special_tokens_a_tokenizer_adds():
 def test_only_the_first_500_kib_of_a_fetched_body_is_stored():
     from hf_ext.compliance.store import record_from_response
 
-    body = b"User-agent: *\nDisallow: /a\n" + b"#" * (600 * 1024)
+    body = b"User-agent: *\nDisallow: /a\n" + (b"#" * 99 + b"\n") * 6000  # 600,027 bytes in lines of 100
     record = record_from_response("a.com", 200, body, "2025-01-01")
-    assert len(record.text.encode()) == 500 * 1024 and record.text.startswith("User-agent: *")
+    kept = 27 + 100 * ((500 * 1024 - 27) // 100)  # whole lines: the one the limit cuts is dropped (since 2026-12-04)
+    assert len(record.text.encode()) == kept and body.startswith(record.text.encode())
 
 
 @pytest.mark.parametrize("status", [300, 301, 404])
