@@ -30,13 +30,24 @@ def _check_finite(scores: np.ndarray) -> None:
         )
 
 
+def _check_fractions(fractions, name: str) -> np.ndarray:
+    """`fractions` as float64, refused (naming `name`) when a value is NaN or outside [0, 1]."""
+    values = np.asarray(fractions, dtype=np.float64)
+    bad = np.flatnonzero(~((values >= 0.0) & (values <= 1.0)))  # NaN fails both comparisons
+    if bad.size:
+        value = float(values.reshape(-1)[bad[0]])
+        where = f" (index {int(bad[0])})" if values.ndim else ""
+        raise ValueError(f"`{name}` must be in [0, 1], got {value!r}{where}.")
+    return values
+
+
 def detection_curve(scores, is_noisy, fractions=None) -> tuple[np.ndarray, np.ndarray]:
     """Share of noisy examples found when inspecting the highest-influence fraction of the training set.
 
     Args:
         scores (`array-like`): influence per training example (positive = harmful).
         is_noisy (`array-like` of `bool`): which examples are mislabeled.
-        fractions (`array-like`, *optional*): inspected fractions; default 0, 0.01, ..., 1.
+        fractions (`array-like`, *optional*): inspected fractions, each in [0, 1]; default 0, 0.01, ..., 1.
 
     Returns:
         `tuple[np.ndarray, np.ndarray]`: the fractions and the recall (found noisy / all noisy) at each.
@@ -47,7 +58,7 @@ def detection_curve(scores, is_noisy, fractions=None) -> tuple[np.ndarray, np.nd
     recall = fraction).
     """
     scores, is_noisy = _check_scores_labels(scores, is_noisy)
-    fractions = np.linspace(0.0, 1.0, 101) if fractions is None else np.asarray(fractions, dtype=np.float64)
+    fractions = np.linspace(0.0, 1.0, 101) if fractions is None else _check_fractions(fractions, "fractions")
     if not is_noisy.any():
         raise ValueError("`is_noisy` marks no example as noisy; recall is undefined.")
     # groups of tied scores, highest first; found noisy examples at each group boundary, linear within a group
@@ -65,8 +76,7 @@ def recall_at_fraction(scores, is_noisy, fraction: float = 0.2) -> float:
 
     Ties are ranked fairly (the expected recall over a random order of tied scores, see `detection_curve`).
     """
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"`fraction` must be in [0, 1], got {fraction!r}.")
+    _check_fractions(fraction, "fraction")
     return float(detection_curve(scores, is_noisy, [fraction])[1][0])
 
 
@@ -89,7 +99,8 @@ def select_lowest_influence(scores, fraction: float, groups=None) -> np.ndarray:
         fraction (`float`): share to keep, in (0, 1].
         groups (`array-like`, *optional*): a group id per example (e.g. the training label). When given, the lowest
             `fraction` is kept *within each group*, so selection cannot shift the group proportions: influence on the
-            mean validation loss otherwise tends to drop the class under-represented in the validation set.
+            mean validation loss otherwise tends to drop the class under-represented in the validation set. A NaN
+            id (a missing label) is refused: it equals no id, not even another NaN, so its example could not be kept.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if not 0.0 < fraction <= 1.0:
@@ -103,6 +114,13 @@ def select_lowest_influence(scores, fraction: float, groups=None) -> np.ndarray:
     groups = np.asarray(groups).reshape(-1)
     if groups.shape != scores.shape:
         raise ValueError(f"`groups` ({groups.shape[0]}) and `scores` ({scores.shape[0]}) differ in length.")
+    missing = np.flatnonzero(groups != groups)  # NaN ids (float or object arrays)
+    if missing.size:
+        raise ValueError(
+            f"`groups` holds {missing.size} NaN id(s) (first at index {int(missing[0])}), which match no group, so "
+            "those examples would never be kept; give each example a group id (e.g. fill missing labels with an id "
+            "of their own)."
+        )
     kept = []
     for group in np.unique(groups):
         members = np.flatnonzero(groups == group)

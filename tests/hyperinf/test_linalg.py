@@ -388,3 +388,26 @@ def test_select_lowest_influence_per_group_keeps_proportions():
     np.testing.assert_array_equal(select_lowest_influence(scores, 0.5, groups), [0, 1, 4, 5])
     with pytest.raises(ValueError, match="groups"):
         select_lowest_influence(scores, 0.5, groups[:3])
+
+
+def test_select_lowest_influence_rejects_nan_group_ids():
+    """Audit gh10 finding 4: a NaN group id matched no group, so its examples were never kept, even at fraction 1.0."""
+    scores = np.array([0.4, 0.1, 0.3, 0.2])
+    for groups in ([np.nan, np.nan, 0, 0], np.array([np.nan, "a", "b", "b"], dtype=object)):
+        with pytest.raises(ValueError, match=r"`groups` holds . NaN id.*index 0"):
+            select_lowest_influence(scores, 1.0, groups=groups)
+    np.testing.assert_array_equal(select_lowest_influence(scores, 1.0, groups=[1.0, 1.0, 0.0, 0.0]), [0, 1, 2, 3])
+
+
+def test_detection_curve_rejects_nan_and_out_of_range_fractions():
+    """Audit gh10 finding 4: `detection_curve` turned NaN / out-of-range fractions into a made-up recall, where
+    `recall_at_fraction` refuses the same values."""
+    scores = np.array([0.4, 0.1, 0.3, 0.2])
+    noisy = np.array([1, 0, 0, 0], dtype=bool)
+    for fractions in ([np.nan], [0.5, -0.5], [2.0]):
+        with pytest.raises(ValueError, match=r"`fractions` must be in \[0, 1\]"):
+            detection_curve(scores, noisy, fractions)
+    for fraction in (np.nan, -0.5, 2.0):
+        with pytest.raises(ValueError, match=r"`fraction` must be in \[0, 1\]"):
+            recall_at_fraction(scores, noisy, fraction)
+    np.testing.assert_array_equal(detection_curve(scores, noisy, [0.0, 0.25, 1.0])[1], [0.0, 1.0, 1.0])
