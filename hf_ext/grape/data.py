@@ -6,11 +6,20 @@ MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
 
 
 def ensure_lm_columns(dataset, add_labels: bool = True):
-    """Add `labels` (a copy of `input_ids`; not with `add_labels=False`, for a collator that builds them, as
+    """Add `labels` (a copy of `input_ids`, -100 where a given `attention_mask` is 0, so padding stored in the rows is
+    never a target, as in target batches; not with `add_labels=False`, for a collator that builds them, as
     `DataCollatorForLanguageModeling` does) and `attention_mask` (all ones) to a tokenized dataset lacking them."""
     ds = dataset
     if add_labels and "labels" not in ds.column_names:
-        ds = ds.add_column("labels", ds["input_ids"])
+        if "attention_mask" in ds.column_names:
+            _check_row_lengths(ds, "the tokenized dataset")
+            labels = [
+                [token if keep else -100 for token, keep in zip(ids, mask)]
+                for ids, mask in zip(ds["input_ids"], ds["attention_mask"])
+            ]
+        else:
+            labels = ds["input_ids"]
+        ds = ds.add_column("labels", labels)
     if "attention_mask" not in ds.column_names:
         ds = ds.add_column("attention_mask", [[1] * len(x) for x in ds["input_ids"]])
     return ds

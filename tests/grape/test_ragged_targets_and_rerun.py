@@ -211,3 +211,32 @@ def test_ragged_tokenized_sources_with_a_collator_that_cannot_pad_are_refused_at
             target_datasets=targets,
             data_collator=default_data_collator,
         )
+
+
+def test_padding_stored_in_tokenized_source_rows_is_never_a_label(data, tmp_path):
+    """Audit gh10 finding 2: source rows stored padded (an `attention_mask` with 0s, no `labels`, as
+    `tokenizer(..., padding="max_length")` gives) got `labels = input_ids`, so the training loss and the per-domain
+    reweighting gradients counted the pad tokens; target rows in the same form were masked."""
+    train, targets = data
+    rows, masks = [], []
+    for i, ids in enumerate(train["input_ids"]):
+        n = 6 + i % 11
+        rows.append(ids[:n] + [0] * (len(ids) - n))
+        masks.append([1] * n + [0] * (len(ids) - n))
+    padded = Dataset.from_dict({"input_ids": rows, "attention_mask": masks, "domain": train["domain"]})
+    trainer = GrapeTrainer(
+        model=tiny_llama(seed=1), args=quick_grape_args(tmp_path), train_dataset=padded, target_datasets=targets
+    )
+    domain_batches = [trainer._domain_batch(k, trainer._rng("domain", k), 4) for k in range(3)]
+    for batch in [next(iter(trainer.get_train_dataloader())), *domain_batches]:
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        assert (mask == 0).any(), "the batch must hold padding"
+        assert (labels[mask == 0] == -100).all()
+        assert torch.equal(labels[mask == 1], ids[mask == 1])
+    short = padded.map(
+        lambda r, i: {"attention_mask": r["attention_mask"][: -1 if i == 3 else None]}, with_indices=True
+    )
+    with pytest.raises(ValueError, match="attention_mask length differs from their input_ids length .*row 3"):
+        GrapeTrainer(
+            model=tiny_llama(seed=1), args=quick_grape_args(tmp_path), train_dataset=short, target_datasets=targets
+        )
