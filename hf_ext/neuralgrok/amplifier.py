@@ -240,7 +240,7 @@ class NeuralAmplifier(nn.Module):
         """Transform one gradient tensor; the result has the same shape and dtype and l2 norm `c`."""
         p = self.probabilities(grad, pieces)
         weighted = p * grad.to(p.dtype)
-        norm = torch.linalg.vector_norm(weighted).clamp_min(self.eps)
+        norm = _norm_floor(weighted, self.eps)
         return (self.c * weighted / norm).to(grad.dtype)
 
     def transform_many(self, grads: Sequence[torch.Tensor], pieces="auto") -> list[torch.Tensor]:
@@ -287,7 +287,7 @@ class NeuralAmplifier(nn.Module):
         with torch.no_grad():  # the shift only guards exp() against overflow; the result does not depend on it
             peaks = torch.stack([part.amax() for part in scores.detach().split(sizes)])
         weighted = torch.exp(scores - peaks.repeat_interleave(lengths, output_size=total)) * flat
-        norms = torch.stack([torch.linalg.vector_norm(part) for part in weighted.split(sizes)]).clamp_min(self.eps)
+        norms = torch.stack([_norm_floor(part, self.eps) for part in weighted.split(sizes)])
         out = weighted * (self.c / norms).repeat_interleave(lengths, output_size=total)
         return [part.view_as(g).to(g.dtype) for part, g in zip(out.split(sizes), grads)]
 
@@ -327,11 +327,27 @@ class NeuralAmplifier(nn.Module):
                 weighted = torch.exp(scores - peak) * flat
             else:  # the ablation: softmax over a width-1 axis, p == 1
                 weighted = flat
-            sq = weighted.pow(2).sum()
-            for group in groups:
-                dist.all_reduce(sq, group=group)
-            norm = sq.sqrt().clamp_min(self.eps)
+            norm = _norm_floor(weighted, self.eps, groups)
             local.copy_((self.c * weighted / norm).view_as(local).to(local.dtype))
+
+
+def _norm_floor(x: torch.Tensor, eps: float, groups: Sequence = ()) -> torch.Tensor:
+    """`max(||x||, eps)`, the l2 norm taken on `x / max|x|`: in float32 the squares of entries below ~1e-19 underflow,
+    so the plain norm of a small, non-zero tensor came out 0 or far too small and `eps` became the divisor (a "norm c"
+    update 1e6-1e8 times too large). An all-zero `x` keeps norm 0, hence `eps`. The scale is a constant for autograd
+    (the norm's gradient is unchanged). With `groups`, `x` is a local shard: its maximum and sum of squares are
+    all-reduced over them, giving the norm of the whole tensor."""
+    peak = x.detach().abs().amax() if x.numel() else x.detach().new_zeros(())
+    if groups:
+        import torch.distributed as dist
+
+        for group in groups:
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
+    scale = torch.where(peak > 0, peak, torch.ones_like(peak))
+    sq = torch.linalg.vector_norm(x / scale).square()
+    for group in groups:
+        dist.all_reduce(sq, group=group)
+    return (scale * sq.sqrt()).clamp_min(eps)
 
 
 def _shard_groups(t: torch.Tensor) -> list:

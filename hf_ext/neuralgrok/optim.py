@@ -14,7 +14,7 @@ from collections import deque
 import torch
 from torch.optim import Optimizer
 
-from .amplifier import NeuralAmplifier, _positive_finite
+from .amplifier import NeuralAmplifier, _norm_floor, _positive_finite
 from .metrics import absolute_entropy
 
 
@@ -228,7 +228,7 @@ class GradNormOptimizer(GradientTransformOptimizer):
 
     def transform_gradients(self, params: list[torch.Tensor]) -> None:
         for p in params:
-            norm = torch.linalg.vector_norm(p.grad.float()).clamp_min(self.eps)
+            norm = _norm_floor(p.grad.float(), self.eps)
             p.grad.mul_((self.c / norm).to(p.grad.dtype))
 
     def post_transform(self, params: list[torch.Tensor]) -> None:

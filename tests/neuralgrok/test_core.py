@@ -108,6 +108,50 @@ def test_zero_gradient_stays_zero():
     assert torch.equal(out, torch.zeros(4, 3))
 
 
+@pytest.mark.parametrize("scale", [1e-19, 1e-25])
+def test_tiny_gradients_are_rescaled_to_norm_c_like_a_float64_reference(scale):
+    """Audit gh10 finding 1: ||p * g|| (and GradNormOptimizer's ||g||) was taken in float32, the squares of tiny
+    entries underflowed and the eps floor 1e-30 divided: the "norm c" tensor came out 1e6-1e8 times too large."""
+    import copy
+
+    torch.manual_seed(0)
+    amp = NeuralAmplifier((32, 32), c=1.0).eval()
+    amp64 = copy.deepcopy(amp).double()
+
+    def reference(g):  # c * p*g / ||p*g||, all in float64
+        w = torch.softmax(amp64.net(g.double().reshape(-1, 1)).view(-1), 0) * g.double().view(-1)
+        return (w / w.norm()).view_as(g)
+
+    grads = [torch.randn(n) * scale for n in (50, 5000, 3000, 100000)]  # direct MLP and piecewise-linear form
+    with torch.no_grad():
+        for g in grads:  # forward: one tensor alone
+            torch.testing.assert_close(amp(g).double(), reference(g), rtol=1e-5, atol=1e-6)
+        for g, out in zip(grads[1:], amp.transform_many(grads[1:])):  # the batched group path of transform_
+            torch.testing.assert_close(out.double(), reference(g), rtol=1e-5, atol=1e-6)
+        assert torch.equal(amp.transform_many([torch.zeros(100), torch.zeros(200)])[1], torch.zeros(200))
+    for g in grads:  # the normalisation control: norm c in the direction of g
+        p = torch.nn.Parameter(torch.zeros_like(g))
+        p.grad = g.clone()
+        GradNormOptimizer(torch.optim.SGD([p], lr=1.0), c=1.0, clip_norm=None, track_entropy=False).step()
+        torch.testing.assert_close(-p.detach().double(), g.double() / g.double().norm(), rtol=1e-5, atol=1e-6)
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.zeros(3)
+    GradNormOptimizer(torch.optim.SGD([p], lr=1.0), clip_norm=None, track_entropy=False).step()
+    assert torch.equal(p.detach(), torch.zeros(3))
+
+
+def test_a_tiny_gradient_tensor_does_not_take_the_whole_global_clip():
+    """Audit gh10 finding 1, NeuralGrokOptimizer: one tensor with |g| ~ 1e-25 came out of the transform with norm
+    ~1e7 instead of c = 1, so the global clip shrank every other tensor's update to ~1e-7 (expected: 1/sqrt(2) each)."""
+    torch.manual_seed(0)
+    amp = NeuralAmplifier((32, 32), c=1.0).eval()
+    big, tiny = torch.nn.Parameter(torch.zeros(4000)), torch.nn.Parameter(torch.zeros(4000))
+    big.grad, tiny.grad = torch.randn(4000) * 1e-2, torch.randn(4000) * 1e-25
+    NeuralGrokOptimizer(torch.optim.SGD([big, tiny], lr=1.0), amp, clip_norm=1.0, track_entropy=False).step()
+    assert big.detach().norm().item() == pytest.approx(0.5**0.5, rel=1e-5)
+    assert tiny.detach().norm().item() == pytest.approx(0.5**0.5, rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

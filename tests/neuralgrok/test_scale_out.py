@@ -20,5 +20,7 @@ def test_gradient_transforms_under_fsdp2_and_ddp_match_one_process(tmp_path, run
             assert res["fsdp2"] < 1e-5, (name, res)
             assert res["ddp"] < 1e-5, (name, res)
             assert res["fsdp2_metrics_rel"] < 1e-5, (name, res)  # age_raw / age_transformed over all shards
+        for name, error in r["tiny_sharded_norm_error"].items():  # |g| ~ 1e-25: norm c, not the eps floor's 1e7
+            assert error < 1e-5, (name, error)
         assert r["outer_ddp"]["moved"] > 1e-3 and r["outer_ddp"]["ddp"] < 1e-5, r["outer_ddp"]
         assert r["outer_fsdp2_error"] and "FSDP2" in r["outer_fsdp2_error"]

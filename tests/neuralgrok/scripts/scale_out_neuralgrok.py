@@ -122,6 +122,20 @@ def main(out_dir):
         r["ddp"] = max_diff(full(model), ref_state)
         result[name] = r
 
+    # |g| ~ 1e-25 on sharded gradients: every transformed tensor still has norm c (its squares underflowed in float32)
+    result["tiny_sharded_norm_error"] = {}
+    for name, transform in [
+        ("neuralgrok", lambda params: amplifier().transform_(params)),
+        ("normalize", lambda params: GradNormOptimizer(torch.optim.SGD(params, lr=1.0)).transform_gradients(params)),
+    ]:
+        model = fresh()
+        fully_shard(model, mesh=mesh)
+        (1e-25 * nn.functional.mse_loss(model(batches(rank)[0][0]), batches(rank)[0][1])).backward()
+        params = list(model.parameters())
+        transform(params)
+        norms = [float(p.grad.full_tensor().norm()) for p in params]
+        result["tiny_sharded_norm_error"][name] = max(abs(n - 1.0) for n in norms)
+
     # outer step: one process on the concatenated batch vs each rank on its own half with the trainer's reducers
     def mean_over_ranks(t):
         t = t.clone()
