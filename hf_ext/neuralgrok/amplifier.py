@@ -413,8 +413,11 @@ def amplifier_outer_step(
         amplifier ([`NeuralAmplifier`]): the amplifier to train.
         meta_optimizer (`torch.optim.Optimizer`): optimizer over `amplifier.parameters()` only.
         model (`nn.Module`): the (unwrapped) model; its forward returns an output with a `loss` (or pass `loss_fn`).
-        inner_batches: the micro-batches of the last inner step (their mean loss gives `g_hat`); may be empty when
-            `g_hat` is given.
+        inner_batches: the micro-batches of the last inner step; may be empty when `g_hat` is given. `g_hat` is the
+            gradient of their loss averaged over all their labelled tokens, as the real step's with gradient
+            accumulation (the Trainer's `num_items_in_batch`): each micro-batch's mean loss weighted by its labelled
+            next-token count, `labels[..., 1:] != -100` (`labels != -100` for one label per example; equal weights
+            without `labels`, e.g. for a `loss_fn` of other inputs).
         outer_batches: batches of the outer set D_outer; `L_outer` is their example-weighted mean loss.
         virtual_lr (`float`): step size of the virtual SGD step (the reference uses the base learning rate).
         loss_fn (`Callable`, *optional*): `loss_fn(model, batch) -> scalar`; defaults to `model(**batch).loss`
@@ -477,7 +480,9 @@ def amplifier_outer_step(
         # 1. g_hat at the current parameters, on the last inner batch (no .grad and no buffer is touched).
         try:
             with torch.enable_grad():
-                inner_loss = sum(loss_fn(model, batch) for batch in inner_batches) / len(inner_batches)
+                weights = _inner_loss_weights(inner_batches)
+                total = sum(weights)
+                inner_loss = sum(w / total * loss_fn(model, b) for w, b in zip(weights, inner_batches) if w)
                 g_hat = torch.autograd.grad(inner_loss, params, allow_unused=True)
         finally:
             if restore_buffers:  # the outer forwards continue from what step 1 left, on clones; the real ones go back
@@ -517,6 +522,21 @@ def amplifier_outer_step(
     meta_optimizer.step()
     amplifier.eval()
     return float(outer_loss.detach())
+
+
+def _inner_loss_weights(batches: Sequence[Mapping[str, torch.Tensor]]) -> list[float]:
+    """Weight of each inner micro-batch's mean loss in `g_hat`: its labelled next-token count (the terms of a causal
+    LM's mean loss, what the Trainer's `num_items_in_batch` counts), so that micro-batches of different sizes give the
+    gradient of one batch of all their examples (a micro-batch without a labelled token, whose mean loss is NaN, gets
+    0). Equal weights when a batch has no `labels` tensor or none has a labelled token."""
+    counts = []
+    for batch in batches:
+        labels = batch.get("labels")
+        if not isinstance(labels, torch.Tensor):
+            return [1.0] * len(batches)
+        counted = labels[..., 1:] if labels.dim() > 1 else labels
+        counts.append(float((counted != -100).sum()))
+    return counts if sum(counts) > 0 else [1.0] * len(batches)
 
 
 def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:

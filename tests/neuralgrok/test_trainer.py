@@ -103,6 +103,35 @@ def test_one_transform_per_optimizer_step_under_gradient_accumulation(splits, tm
         assert trainer.num_outer_steps == 1
 
 
+def test_recompute_outer_step_under_accumulation_with_a_short_micro_batch_equals_one_batch(splits, tmp_path):
+    """Audit gh10 finding 3: with gradient accumulation, outer_gradient="recompute" took g_hat of the mean of the
+    micro-batches' mean losses, while the real step (num_items_in_batch) weights every labelled token alike: with a
+    short last micro-batch ([4, 4, 1]) the amplifier left GA 3 x batch 4 and GA 1 x batch 12 on the same examples."""
+
+    def run(batch_size, accumulation):
+        model = make_model().double()
+        args = make_args(
+            tmp_path / f"ga{accumulation}", max_steps=2, per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, outer_every=1, warmup_steps=0, lr_scheduler_type="constant",
+            logging_steps=100, adam_epsilon=1e-3, track_entropy=False,
+        )  # fmt: skip
+        trainer = NeuralGrokTrainer(
+            model=model, args=args, train_dataset=splits["inner"].select(range(21)), outer_dataset=splits["outer"]
+        )
+        trainer.amplifier.double()
+        # SGD meta step: Adam would turn rounding-level amplifier gradients into full-size steps
+        trainer.meta_optimizer = torch.optim.SGD(trainer.amplifier.parameters(), lr=1.0)
+        trainer.train()
+        flat = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in (model, trainer.amplifier)]
+        return (*flat, trainer.last_outer_loss)
+
+    model_ga, amp_ga, outer_ga = run(4, 3)  # second step: micro-batches of 4, 4 and 1 examples
+    model_one, amp_one, outer_one = run(12, 1)
+    torch.testing.assert_close(model_ga, model_one, rtol=0, atol=1e-12)  # the real steps agree (token-weighted)
+    torch.testing.assert_close(amp_ga, amp_one, rtol=0, atol=1e-12)
+    assert outer_ga == pytest.approx(outer_one, rel=1e-12, abs=0)
+
+
 def test_grokfast_ema_sees_the_accumulated_gradient(splits, tmp_path):
     """With GA the EMA starts at the full-batch gradient of step 1 (not at a micro-batch gradient)."""
     args = make_args(
