@@ -28,7 +28,16 @@ def ensure_lm_columns(dataset, add_labels: bool = True):
 def _add_lm_fields(example: dict) -> dict:
     out = {}
     if "labels" not in example:
-        out["labels"] = list(example["input_ids"])
+        mask = example.get("attention_mask")
+        if mask is None:
+            out["labels"] = list(example["input_ids"])
+        elif len(mask) != len(example["input_ids"]):
+            raise ValueError(
+                f"a streamed row's attention_mask has {len(mask)} entries for {len(example['input_ids'])} input_ids; "
+                "a causal-LM row needs one mask entry per input token."
+            )
+        else:  # padding stored in the row is never a target (as in ensure_lm_columns)
+            out["labels"] = [token if keep else -100 for token, keep in zip(example["input_ids"], mask)]
     if "attention_mask" not in example:
         out["attention_mask"] = [1] * len(example["input_ids"])
     return out

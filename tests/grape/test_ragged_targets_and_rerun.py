@@ -240,3 +240,22 @@ def test_padding_stored_in_tokenized_source_rows_is_never_a_label(data, tmp_path
         GrapeTrainer(
             model=tiny_llama(seed=1), args=quick_grape_args(tmp_path), train_dataset=short, target_datasets=targets
         )
+
+
+def test_padding_stored_in_streamed_source_rows_is_never_a_label(data, tmp_path):
+    """The streaming path (one IterableDataset per domain) labelled stored padding as well."""
+    train, targets = data
+    streams = {}
+    for d in sorted(set(train["domain"])):
+        part = train.filter(lambda r, d=d: r["domain"] == d)
+        rows = [ids[: 6 + i % 5] + [0] * (len(ids) - 6 - i % 5) for i, ids in enumerate(part["input_ids"])]
+        masks = [[int(t < 6 + i % 5) for t in range(len(ids))] for i, ids in enumerate(part["input_ids"])]
+        streams[d] = Dataset.from_dict({"input_ids": rows, "attention_mask": masks}).to_iterable_dataset()
+    trainer = GrapeTrainer(
+        model=tiny_llama(seed=1), args=quick_grape_args(tmp_path), train_dataset=streams, target_datasets=targets
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    assert (mask == 0).any(), "the batch must hold padding"
+    assert (labels[mask == 0] == -100).all() and torch.equal(labels[mask == 1], ids[mask == 1])
+
