@@ -305,7 +305,9 @@ def test_saved_lp_merged_still_loads_and_a_bad_keyword_is_refused(tmp_path, merg
     assert json.loads((tmp_path / "config.json").read_text())["lp_merged"] is merge
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert reloaded.config.lp_merged is merge and reloaded.config.num_hidden_layers == (3 if merge else 4)
-    assert AutoConfig.from_pretrained(tmp_path, lp_merged=not merge).lp_merged is (not merge)
+    assert AutoConfig.from_pretrained(tmp_path, lp_merged=merge).lp_merged is merge
+    with pytest.raises(ValueError, match=f"lp_merged: saved {merge} -> now {not merge}"):  # the weights don't fit
+        AutoConfig.from_pretrained(tmp_path, lp_merged=not merge)
     with pytest.raises(TypeError, match="lp_merged must be True or False"):
         AutoConfig.from_pretrained(tmp_path, lp_merged="false")
     saved = json.loads((tmp_path / "config.json").read_text())

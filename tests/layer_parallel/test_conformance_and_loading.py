@@ -134,6 +134,72 @@ def test_mirror_write_through_is_not_serialized(tmp_path):
     assert "_lp_mirrors_write_through" not in (tmp_path / "config.json").read_text()
 
 
+@pytest.mark.parametrize(
+    "folder, keywords, match",
+    [
+        ("merged", dict(lp_merged=False), r"lp_merged: saved True -> now False"),
+        ("merged", dict(lp_start=3, lp_end=5), r"lp_pairs: saved \[\[1, 2\]\] -> now \[\[3, 4\]\]"),
+        ("merged", dict(lp_pairs=[[0, 1]]), r"lp_pairs: saved \[\[1, 2\]\] -> now \[\[0, 1\]\]"),
+        ("merged", dict(lp_mode="block"), r"lp_mode: saved 'sublayer' -> now 'block'"),
+        ("merged", dict(lp_mlp_norm="official_tp_split"), r"lp_mlp_norm: saved 'per_layer' -> now 'official_tp"),
+        ("merged", dict(hidden_size=48), r"source.hidden_size: saved 32 -> now 48"),
+        ("merged", dict(source_config={"num_hidden_layers": 7}), r"source.num_hidden_layers: saved 5 -> now 7"),
+        ("block", dict(lp_mlp_norm="official_tp_split"), r"official_tp_split' only exists for lp_mode='sublayer'"),
+    ],
+)
+def test_from_pretrained_keywords_that_contradict_the_saved_weights_fail_before_loading(
+    source, tmp_path, folder, keywords, match
+):
+    """A `from_pretrained` keyword for the pairing or a weight shape is a constructor argument, validated and checked
+    against the saved `lp_weight_layout`. Before, transformers set it after `__post_init__`: `lp_merged=False` on a
+    merged folder built an unmerged model with random branches (and the merged slot count, so forward raised an
+    IndexError); `lp_start`/`lp_end` or `lp_mlp_norm` were accepted without effect and the saved folder then failed to
+    load."""
+    mode = "block" if folder == "block" else "sublayer"
+    convert_to_layer_parallel(source, 1, 3, mode=mode).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        AutoModelForCausalLM.from_pretrained(tmp_path, **keywords)
+
+
+def test_from_pretrained_keywords_that_keep_the_layout_still_apply(source, tmp_path, ids):
+    lp = convert_to_layer_parallel(source, 1, 3, merge=False).eval()
+    lp.save_pretrained(tmp_path)
+    rope = {"rope_parameters": {"rope_type": "default", "rope_theta": 20000.0}}
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        tmp_path, lp_merged=False, lp_start=1, lp_end=3, pad_token_id=5, source_config=rope
+    ).eval()
+    assert reloaded.config.lp_pairs == [[1, 2]] and reloaded.config.num_hidden_layers == 5
+    assert (reloaded.config.pad_token_id, reloaded.config.source_config.pad_token_id) == (5, 5)
+    assert reloaded.config.source_config.rope_parameters["rope_theta"] == 20000.0
+    with torch.no_grad():
+        assert not torch.equal(reloaded(ids).logits, lp(ids).logits)  # the new RoPE base is used
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("lp_merged", False),
+        ("lp_start", 0),
+        ("lp_end", 5),
+        ("lp_pairs", [[3, 4]]),
+        ("lp_mode", "block"),
+        ("lp_mlp_norm", "official_tp_split"),
+        ("source_config", LlamaConfig(**_source_dict())),
+    ],
+)
+def test_structural_fields_cannot_be_changed_on_a_built_config(source, tmp_path, ids, key, value):
+    """Before, `model.config.lp_mode = "block"` was accepted but ignored by the built model, and the saved folder then
+    reloaded as a block-mode model (other logits); `lp_start` / `lp_mlp_norm` made the saved folder unloadable."""
+    lp = convert_to_layer_parallel(source, 1, 3).eval()
+    setattr(lp.config, key, getattr(lp.config, key))  # the same value is no change
+    with pytest.raises(ValueError, match=rf"{key} cannot be changed on a built LayerParallelConfig"):
+        setattr(lp.config, key, value)
+    lp.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, lp(ids).logits, rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Conformance
 # --------------------------------------------------------------------------------------------------------------------

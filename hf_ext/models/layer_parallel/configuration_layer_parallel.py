@@ -32,6 +32,10 @@ _MIRRORED_SOURCE_ATTRIBUTES = (
 _DERIVED_ATTRIBUTES = _MIRRORED_SOURCE_ATTRIBUTES + ("num_hidden_layers", "layer_types")
 # Set once `__post_init__` has built the mirrors; from then on setting a mirrored attribute also sets the source's.
 _WRITE_THROUGH = "_lp_mirrors_write_through"
+# Fields that decide the pairing, the cache slots and the weight layout: validated and derived in `__post_init__`
+# only, so they cannot be changed on a built config (`__setattr__`); `from_pretrained` keywords for them (and for the
+# mirrored attributes) go to the constructor instead (`from_dict`).
+_STRUCTURAL_ATTRIBUTES = ("source_config", "lp_start", "lp_end", "lp_pairs", "lp_mode", "lp_mlp_norm", "lp_merged")
 # Source-config fields that decide the shapes and the number of the saved weights (see `weight_layout`).
 _LAYOUT_SOURCE_FIELDS = (
     "num_hidden_layers",
@@ -347,14 +351,49 @@ class LayerParallelConfig(PreTrainedConfig):
             raise ValueError(
                 f"This layer-parallel config was edited after its weights were saved ({details}). The saved weights "
                 "only fit the recorded layout, so the changed layers would be initialised at random. Restore the "
-                "original values, or convert the source model again with `convert_to_layer_parallel`. To build a new, "
-                "untrained architecture on purpose, drop `lp_weight_layout` from the config."
+                "original values (or drop the `from_pretrained` keyword that changes them), or convert the source "
+                "model again with `convert_to_layer_parallel`. To build a new, untrained architecture on purpose, drop "
+                "`lp_weight_layout` from the config."
             )
         object.__setattr__(self, _WRITE_THROUGH, True)
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        # transformers sets `from_pretrained` keywords with `setattr` after `__post_init__`, which would skip the
+        # validation, the derived cache slots and the check against the saved `lp_weight_layout`. The structural and
+        # mirrored keywords are constructor arguments instead: `from_pretrained(path, lp_merged=False)` on a folder
+        # saved merged then fails with the layout `ValueError` naming `lp_merged`, before any weight is initialised.
+        config_dict = dict(config_dict)
+        given = {key: kwargs.pop(key) for key in _STRUCTURAL_ATTRIBUTES + _MIRRORED_SOURCE_ATTRIBUTES if key in kwargs}
+        if "source_config" in given:
+            saved, new = config_dict.get("source_config"), given["source_config"]
+            if isinstance(saved, dict) and isinstance(new, dict):  # a partial dict updates the saved source config
+                given["source_config"] = {**saved, **new}
+            for key in _MIRRORED_SOURCE_ATTRIBUTES:  # the saved mirrors repeat the source config being replaced
+                config_dict.pop(key, None)
+        if "lp_pairs" in given:  # a new pairing replaces the saved one, whichever way it was given
+            config_dict.pop("lp_start", None)
+            config_dict.pop("lp_end", None)
+        if "lp_start" in given or "lp_end" in given:
+            config_dict.pop("lp_pairs", None)
+        config_dict.update(given)
+        return super().from_dict(config_dict, **kwargs)
+
     def __setattr__(self, key, value):
-        if key == "lp_merged":  # also `from_pretrained(..., lp_merged=...)`, which sets it after `__post_init__`
+        if key == "lp_merged":
             _check_lp_merged(value)
+        if key in _STRUCTURAL_ATTRIBUTES and self.__dict__.get(_WRITE_THROUGH):
+            current = self.__dict__.get(key)
+            if value is not current and value != current:
+                # The pairing decides the cache slots, layer types and weight layout (derived and checked once, in
+                # `__post_init__`) and the modules of a model built from this config: a later change would be
+                # ignored by that model and saved as a different one.
+                raise ValueError(
+                    f"{key} cannot be changed on a built LayerParallelConfig (it is {current!r}, got {value!r}): the "
+                    "cache slots, the weight layout and the modules of a model built from it follow from it. Build a "
+                    f"new config, LayerParallelConfig(source_config=..., {key}=...), or convert the source model "
+                    "again with `convert_to_layer_parallel`."
+                )
         super().__setattr__(key, value)
         # A mirrored attribute set on a built config (`config.tie_word_embeddings = True`, `config.pad_token_id = ...`,
         # `resize_token_embeddings` setting `vocab_size`) goes to the source config too: that is what is saved, and the
