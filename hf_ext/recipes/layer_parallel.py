@@ -126,6 +126,53 @@ def parse_pair_counts(text: str | None) -> list[int] | None:
         raise ValueError(f"--pair_counts must be comma-separated integers like '1,2,3', got {text!r}.") from err
 
 
+#: Flags that shape or train the small Llama built when --model_name_or_path is not given.
+SMALL_LLAMA_FLAGS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "pretrain_steps", "pretrain_learning_rate",
+)  # fmt: skip
+#: Flags that only the lm-eval scores of --eval_tasks read.
+EVAL_FLAGS = ("eval_metric", "eval_fewshot", "eval_limit")
+#: Flags that only the sweep reads (--skip_sweep skips it).
+SWEEP_FLAGS = ("pair_counts", "sweep_stride", "max_ppl_increase")
+#: Training flags that only the fine-tuning reads (--finetune false skips it).
+FINETUNE_FLAGS = ("max_steps", "learning_rate", "warmup_steps", "lr_scheduler_type", "weight_decay", "logging_steps")
+
+
+def check_ignored_flags(model_args, data_args, sweep_args, training_args) -> None:
+    """Refuse, by name, a flag set on the command line that this run would ignore."""
+    from ._common import changed_from_default
+
+    if model_args.model_name_or_path:
+        for name in changed_from_default(model_args, SMALL_LLAMA_FLAGS):
+            raise ValueError(
+                f"--{name} shapes or trains the small Llama built without --model_name_or_path, but "
+                f"--model_name_or_path={model_args.model_name_or_path!r} is loaded with its own config and weights, so "
+                f"it would be ignored; drop --{name} (or --model_name_or_path to train the small Llama)."
+            )
+        if changed_from_default(data_args, ["vocab_size"]):
+            raise ValueError(
+                "--vocab_size sizes the tokenizer built for the small Llama, but the tokenizer of "
+                f"--model_name_or_path={model_args.model_name_or_path!r} is loaded, so it would be ignored; drop "
+                "--vocab_size."
+            )
+    if sweep_args.eval_tasks is None:
+        for name in changed_from_default(sweep_args, EVAL_FLAGS):
+            raise ValueError(
+                f"--{name} only applies to the lm-eval scores of --eval_tasks; add --eval_tasks or drop it."
+            )
+    if sweep_args.skip_sweep:
+        for name in changed_from_default(sweep_args, SWEEP_FLAGS):
+            raise ValueError(f"--{name} configures the sweep, which --skip_sweep skips; drop it or --skip_sweep.")
+    if not sweep_args.finetune:
+        for name in changed_from_default(training_args, FINETUNE_FLAGS):
+            value = getattr(training_args, name)
+            raise ValueError(
+                f"--{name} {getattr(value, 'value', value)} applies to the fine-tuning, but --finetune is false (it "
+                f"would be ignored); drop --{name} or --finetune false."
+            )
+
+
 def validate_args(model_args, data_args, sweep_args, training_args) -> None:
     """Check every argument before any data is loaded or anything is written."""
     from ..data.loading import check_dataset_config, hub_offline
@@ -206,6 +253,7 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
             "--resume_from_checkpoint continues the fine-tuning, but --finetune is false (nothing would resume); drop "
             "--resume_from_checkpoint or --finetune false."
         )
+    check_ignored_flags(model_args, data_args, sweep_args, training_args)
     if sweep_args.finetune and not training_args.resume_from_checkpoint:
         from ..utils.resume import last_complete_checkpoint
 

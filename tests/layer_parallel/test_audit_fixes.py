@@ -34,7 +34,7 @@ TINY = [
     "--num_hidden_layers", "4", "--hidden_size", "32", "--intermediate_size", "64", "--num_attention_heads", "2",
     "--num_key_value_heads", "1", "--block_size", "32", "--max_eval_blocks", "4", "--vocab_size", "512",
     "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--disable_tqdm", "true",
-    "--report_to", "none", "--use_cpu", "true", "--pretrain_steps", "2", "--max_steps", "1",
+    "--report_to", "none", "--use_cpu", "true", "--pretrain_steps", "2",
 ]  # fmt: skip
 
 

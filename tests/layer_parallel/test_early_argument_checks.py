@@ -19,11 +19,14 @@ def test_convert_refuses_a_range_and_pairs_together(source, kwargs):
         convert_to_layer_parallel(source, **kwargs)
 
 
+LOADED = [  # a run converting --model_name_or_path (which refuses the small Llama's flags)
+    "--block_size", "32", "--max_eval_blocks", "8", "--per_device_train_batch_size", "4",
+    "--per_device_eval_batch_size", "8", "--disable_tqdm", "true", "--report_to", "none", "--use_cpu", "true",
+    "--max_steps", "1",
+]  # fmt: skip
 TINY = [
     "--num_hidden_layers", "4", "--hidden_size", "32", "--intermediate_size", "64", "--num_attention_heads", "2",
-    "--num_key_value_heads", "1", "--block_size", "32", "--max_eval_blocks", "8", "--vocab_size", "512",
-    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--disable_tqdm", "true",
-    "--report_to", "none", "--use_cpu", "true", "--pretrain_steps", "2", "--max_steps", "1",
+    "--num_key_value_heads", "1", "--vocab_size", "512", "--pretrain_steps", "2", *LOADED,
 ]  # fmt: skip
 
 
@@ -79,7 +82,7 @@ def test_recipe_checks_the_given_source_before_loading_it(tmp_path, saved_source
 
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=match):
-        main([*TINY, "--model_name_or_path", str(saved_sources / model), "--output_dir", str(out), *extra])
+        main([*LOADED, "--model_name_or_path", str(saved_sources / model), "--output_dir", str(out), *extra])
     assert not out.exists()
 
 

@@ -19,22 +19,22 @@ def source(tmp_path_factory, recipe_tiny):
 
 
 @pytest.fixture(scope="module")
-def full(source, tmp_path_factory, recipe_tiny):
+def full(source, tmp_path_factory, recipe_loaded):
     """4 fine-tuning steps with checkpoints every 2."""
     out = tmp_path_factory.mktemp("lp_audit_full")
-    results = main(_args(recipe_tiny, source, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--output_dir",
+    results = main(_args(recipe_loaded, source, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--output_dir",
                          str(out)))  # fmt: skip
     return results, out / "checkpoint-2"
 
 
-def _args(recipe_tiny, source, *extra):
-    return [*recipe_tiny, "--model_name_or_path", source, "--skip_sweep", "--lp_start", "0", "--lp_end", "4",
+def _args(recipe_loaded, source, *extra):
+    return [*recipe_loaded, "--model_name_or_path", source, "--skip_sweep", "--lp_start", "0", "--lp_end", "4",
             "--learning_rate", "1e-2", "--logging_steps", "1", *extra]  # fmt: skip
 
 
-def test_eval_strategy_steps_evaluates_during_finetuning(source, tmp_path, recipe_tiny):
+def test_eval_strategy_steps_evaluates_during_finetuning(source, tmp_path, recipe_loaded):
     out = tmp_path / "out"
-    res = main(_args(recipe_tiny, source, "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "1", "--output_dir",
+    res = main(_args(recipe_loaded, source, "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "1", "--output_dir",
                      str(out)))  # fmt: skip
     curve = res["finetune_eval_loss_curve"]
     assert [step for step, _ in curve] == [1, 2]
@@ -43,11 +43,11 @@ def test_eval_strategy_steps_evaluates_during_finetuning(source, tmp_path, recip
     assert json.loads((out / "results.json").read_text())["finetune_eval_loss_curve"] == [list(p) for p in curve]
 
 
-def test_resume_from_a_moved_checkpoint_records_the_whole_runs_train_loss(source, full, tmp_path, recipe_tiny):
+def test_resume_from_a_moved_checkpoint_records_the_whole_runs_train_loss(source, full, tmp_path, recipe_loaded):
     full, checkpoint = full
     moved = tmp_path / "elsewhere" / "checkpoint-2"
     shutil.copytree(checkpoint, moved)
-    resumed = main(_args(recipe_tiny, source, "--max_steps", "4", "--output_dir", str(tmp_path / "resumed"),
+    resumed = main(_args(recipe_loaded, source, "--max_steps", "4", "--output_dir", str(tmp_path / "resumed"),
                          "--resume_from_checkpoint", str(moved)))  # fmt: skip
     assert resumed["finetune_loss_curve"] == full["finetune_loss_curve"]
     # was: the mean over steps 3-4 only (Trainer's training_loss of the resumed process)
@@ -57,7 +57,7 @@ def test_resume_from_a_moved_checkpoint_records_the_whole_runs_train_loss(source
 
 
 def test_a_run_stopped_after_its_last_checkpoint_is_restored_not_trained_past_max_steps(
-    source, full, tmp_path, recipe_tiny
+    source, full, tmp_path, recipe_loaded
 ):
     """A fine-tuning killed after its checkpoint at --max_steps, before the model and results were written: resumed
     from it, the run is restored (no 5th step, which transformers' Trainer alone would take) and finishes as the
@@ -65,7 +65,7 @@ def test_a_run_stopped_after_its_last_checkpoint_is_restored_not_trained_past_ma
     full, checkpoint = full
     out = tmp_path / "stopped"
     shutil.copytree(checkpoint.parent / "checkpoint-4", out / "checkpoint-4")
-    restored = main(_args(recipe_tiny, source, "--max_steps", "4", "--output_dir", str(out),
+    restored = main(_args(recipe_loaded, source, "--max_steps", "4", "--output_dir", str(out),
                           "--resume_from_checkpoint"))  # fmt: skip
     assert not (out / "checkpoint-5").exists()
     assert restored["finetune_loss_curve"] == full["finetune_loss_curve"]
@@ -73,12 +73,12 @@ def test_a_run_stopped_after_its_last_checkpoint_is_restored_not_trained_past_ma
     assert restored["finetuned_eval"] == full["finetuned_eval"] and restored["reloaded_eval"] == full["reloaded_eval"]
 
 
-def test_resume_is_refused_early_when_it_cannot_apply(source, full, tmp_path, recipe_tiny):
+def test_resume_is_refused_early_when_it_cannot_apply(source, full, tmp_path, recipe_loaded):
     ckpt = str(full[1])
     out = tmp_path / "never"
     with pytest.raises(ValueError, match="--finetune"):  # was: accepted and silently ignored
-        main(_args(recipe_tiny, source, "--finetune", "false", "--output_dir", str(out), "--resume_from_checkpoint", ckpt))
-    base = [*recipe_tiny, "--model_name_or_path", source, "--max_steps", "3", "--output_dir", str(out),
+        main(_args(recipe_loaded, source, "--finetune", "false", "--output_dir", str(out), "--resume_from_checkpoint", ckpt))
+    base = [*recipe_loaded, "--model_name_or_path", source, "--max_steps", "3", "--output_dir", str(out),
             "--resume_from_checkpoint", ckpt]  # fmt: skip
     with pytest.raises(ValueError, match="lp_start=0 there, 1 here"):  # was: RuntimeError loading the state dict
         main([*base, "--skip_sweep", "--lp_start", "1", "--lp_end", "3"])
@@ -91,13 +91,13 @@ def test_resume_is_refused_early_when_it_cannot_apply(source, full, tmp_path, re
     assert not (out / "sweep.json").exists()
 
 
-def test_fresh_finetuning_in_a_folder_with_checkpoints_is_refused(source, full, recipe_tiny):
+def test_fresh_finetuning_in_a_folder_with_checkpoints_is_refused(source, full, recipe_loaded):
     """Was accepted: the new run's checkpoints mixed with the earlier run's, and a later bare --resume_from_checkpoint
     continued from the earlier run's newest checkpoint (checkpoint-6 of a 6-step run, for a 4-step run)."""
     out = full[1].parent
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(ValueError, match="checkpoint-4 exists.*--resume_from_checkpoint"):
-        main(_args(recipe_tiny, source, "--max_steps", "2", "--output_dir", str(out)))
+        main(_args(recipe_loaded, source, "--max_steps", "2", "--output_dir", str(out)))
     assert sorted(p.name for p in out.iterdir()) == before
 
 
@@ -123,16 +123,59 @@ def test_finetuning_flags_are_refused_without_finetuning(tmp_path, flag, recipe_
     assert not out.exists()
 
 
-def test_a_fresh_rerun_into_the_same_folder_leaves_no_result_file_of_the_earlier_run(source, tmp_path, recipe_tiny):
+def test_a_fresh_rerun_into_the_same_folder_leaves_no_result_file_of_the_earlier_run(source, tmp_path, recipe_loaded):
     """Was: a rerun with --skip_sweep (or one interrupted before its end) left the earlier run's sweep.* / results.json
     beside its own files, each looking current."""
     out = tmp_path / "out"
-    first = [*recipe_tiny, "--model_name_or_path", source, "--finetune", "false", "--output_dir", str(out)]
+    first = [*recipe_loaded, "--model_name_or_path", source, "--finetune", "false", "--output_dir", str(out)]
     main(first)
     assert {"sweep.json", "sweep.md", "sweep.png", "results.json"} <= {p.name for p in out.iterdir()}
     (out / "my_notes.txt").write_text("kept")
-    main(_args(recipe_tiny, source, "--finetune", "false", "--output_dir", str(out)))
+    main([*first, "--skip_sweep", "--lp_start", "0", "--lp_end", "4"])
     names = {p.name for p in out.iterdir()}
     assert not names & {"sweep.json", "sweep.md", "sweep.png", "summary.png"}
     assert "sweep" not in json.loads((out / "results.json").read_text())
     assert (out / "my_notes.txt").read_text() == "kept"  # only the recipe's own report files are removed
+
+
+@pytest.mark.parametrize(
+    "extra, flag",
+    [
+        (["--MODEL", "--hidden_size", "48", "--num_attention_heads", "5"], "--hidden_size"),
+        (["--MODEL", "--num_key_value_heads", "1"], "--num_key_value_heads"),
+        (["--MODEL", "--pretrain_steps", "0"], "--pretrain_steps"),
+        (["--MODEL", "--pretrain_learning_rate", "-1"], "--pretrain_learning_rate"),
+        (["--MODEL", "--vocab_size", "100"], "--vocab_size"),
+        (["--eval_limit", "0"], "--eval_limit"),
+        (["--eval_fewshot", "-3"], "--eval_fewshot"),
+        (["--eval_metric", "bogus"], "--eval_metric"),
+        (["--skip_sweep", "--lp_start", "0", "--lp_end", "2", "--pair_counts", "99"], "--pair_counts"),
+        (["--skip_sweep", "--lp_start", "0", "--lp_end", "2", "--sweep_stride", "7"], "--sweep_stride"),
+        (["--skip_sweep", "--lp_start", "0", "--lp_end", "2", "--max_ppl_increase", "3"], "--max_ppl_increase"),
+        (["--finetune", "false", "--learning_rate", "1"], "--learning_rate"),
+        (["--finetune", "false", "--max_steps", "7"], "--max_steps"),
+        (["--finetune", "false", "--warmup_steps", "3"], "--warmup_steps"),
+        (["--finetune", "false", "--lr_scheduler_type", "linear"], "--lr_scheduler_type linear"),
+        (["--finetune", "false", "--weight_decay", "0.1"], "--weight_decay"),
+        (["--finetune", "false", "--logging_steps", "1"], "--logging_steps"),
+    ],
+)
+def test_flags_the_run_would_ignore_are_refused_by_name(tmp_path, monkeypatch, recipe_loaded, extra, flag):
+    """Were accepted and ignored (README: a flag the run would ignore is refused by name when set to anything but its
+    default): the small Llama's flags with --model_name_or_path (even an invalid shape), lm-eval flags without
+    --eval_tasks, sweep flags with --skip_sweep, fine-tuning flags with --finetune false."""
+    from transformers import LlamaConfig
+
+    from hf_ext.recipes import layer_parallel as recipe
+
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("the run went on to train the small Llama")
+
+    monkeypatch.setattr(recipe, "_pretrain_small_llama", no_pretraining)
+    model = tmp_path / "model"  # a config is enough: the refusal comes before any model is loaded
+    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2).save_pretrained(model)
+    extra = [a for e in extra for a in (["--model_name_or_path", str(model)] if e == "--MODEL" else [e])]
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=f"^{flag} "):
+        main([*recipe_loaded, "--output_dir", str(out), *extra])
+    assert not out.exists()

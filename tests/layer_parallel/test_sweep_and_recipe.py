@@ -128,14 +128,14 @@ def test_recipe_end_to_end_tiny(tiny_run):
     assert not torch.equal(tuned["model.layers.0.mlp.up_proj.weight"], converted["model.layers.0.mlp.up_proj.weight"])
 
 
-def test_recipe_finetune_resume_matches_uninterrupted(tiny_run, tmp_path, recipe_tiny):
+def test_recipe_finetune_resume_matches_uninterrupted(tiny_run, tmp_path, recipe_loaded):
     """Fine-tuning resumed from a Trainer checkpoint ends with the same weights as an uninterrupted run."""
     from safetensors.torch import load_file
 
     from hf_ext.recipes.layer_parallel import main
 
     source = str(tiny_run[0] / "source")
-    args = [*recipe_tiny, "--model_name_or_path", source, "--skip_sweep", "--lp_start", "2", "--lp_end", "4",
+    args = [*recipe_loaded, "--model_name_or_path", source, "--skip_sweep", "--lp_start", "2", "--lp_end", "4",
             "--max_steps", "4", "--learning_rate", "1e-2"]  # fmt: skip
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     main([*args, "--output_dir", str(full), "--save_strategy", "steps", "--save_steps", "2"])
