@@ -105,6 +105,17 @@ class BenchArguments:
     )
 
 
+def _batch_sizes(text: str) -> list[int]:
+    """`--batch_sizes` '1,8' -> [1, 8]; every entry must be a positive integer."""
+    try:
+        sizes = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--batch_sizes must be comma-separated positive integers like '1,8', got {text!r}.")
+    return sizes
+
+
 def _resolve(args: BenchArguments) -> BenchArguments:
     """Fill the flags left unset (`None`) with their defaults (those of `--tiny` with `--tiny`) and check them all.
     A flag given explicitly is never changed."""
@@ -135,6 +146,9 @@ def _resolve(args: BenchArguments) -> BenchArguments:
     if args.lp_start is None:
         args.lp_start = max(0, args.num_hidden_layers - 1 - 2 * args.num_pairs)
     # validate everything before building anything
+    if args.lp_start < 0:
+        raise ValueError(f"--lp_start must be >= 0 (the first paired layer), got {args.lp_start}.")
+    _batch_sizes(args.batch_sizes)
     if args.num_pairs < 1 or args.lp_start + 2 * args.num_pairs > args.num_hidden_layers:
         raise ValueError(
             f"--num_pairs {args.num_pairs} from --lp_start {args.lp_start} does not fit {args.num_hidden_layers} layers; "
@@ -284,7 +298,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     lines = []
     for mode in args.modes.split(","):
-        for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        for batch in _batch_sizes(args.batch_sizes):
             gen = torch.Generator().manual_seed(args.seed + batch)  # the same prompt on every rank
             prompt = torch.randint(3, args.vocab_size, (batch, args.prompt_length), generator=gen).to(args.device)
             rates = decode_rates(models, prompt, args, mode)

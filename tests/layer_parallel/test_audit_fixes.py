@@ -92,6 +92,23 @@ def test_bench_tiny_changes_defaults_only_and_explicit_flags_win(repo_root):
         _bench_args(bench, ["--tiny", "--num_hidden_layers", "4"])
 
 
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--batch_sizes", "0"], "--batch_sizes must be comma-separated positive integers"),
+        (["--batch_sizes", "1,-2"], "--batch_sizes must be comma-separated positive integers"),
+        (["--batch_sizes", "1,x"], "--batch_sizes must be comma-separated positive integers"),
+        (["--lp_start", "-1"], "--lp_start must be >= 0"),
+    ],
+)
+def test_bench_refuses_bad_batch_sizes_and_lp_start_before_building(repo_root, argv, match):
+    """Were accepted by the argument check: `--batch_sizes 0` failed inside `generate`, `1,-2` after measuring batch 1,
+    and `--lp_start -1` in the converter (after the source model was built), without naming the flag."""
+    bench = _load_bench(repo_root)
+    with pytest.raises(ValueError, match=match):
+        _bench_args(bench, ["--tiny", *argv])
+
+
 def test_bench_lines_record_the_settings_used(repo_root, capsys):
     bench = _load_bench(repo_root)
     argv = ["--tiny", "--repeats", "1", "--new_tokens", "3", "--batch_sizes", "1", "--prompt_length", "4",
