@@ -584,7 +584,8 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
     bs = training_args.per_device_eval_batch_size
     main = is_main_process()
     results: dict = {
-        "source": source_dir, "num_layers": num_layers, "lp_mode": sweep_args.lp_mode, "world_size": world_size()
+        "source": source_dir, "num_layers": num_layers, "lp_mode": sweep_args.lp_mode,
+        "lp_mlp_norm": sweep_args.lp_mlp_norm, "world_size": world_size(),
     }  # fmt: skip
 
     rows, chosen = None, None

@@ -377,3 +377,15 @@ def test_set_attn_implementation_reaches_the_source_layers_without_warning(sourc
         with pytest.raises(ImportError):
             lp.set_attn_implementation("flash_attention_2")
         assert (lp.config._attn_implementation, attention.config._attn_implementation) == ("sdpa", "sdpa")
+
+
+def test_docs_list_every_mirrored_field_whose_nested_edit_is_overridden(repo_root):
+    """The docs listed sizes, heads, vocabulary and tying only; the override applies to every mirrored field."""
+    from hf_ext.models.layer_parallel.configuration_layer_parallel import _MIRRORED_SOURCE_ATTRIBUTES
+
+    with open(f"{repo_root}/docs/layer_parallel.md", encoding="utf-8") as fh:
+        text = " ".join(fh.read().split())
+    start = text.index("The source fields the config also keeps at its top level")
+    sentence = text[start : text.index("not reported.", start)]
+    assert "edit of only the nested copy is overridden" in sentence
+    assert [key for key in _MIRRORED_SOURCE_ATTRIBUTES if f"`{key}`" not in sentence] == []

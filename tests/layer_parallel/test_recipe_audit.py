@@ -134,7 +134,9 @@ def test_a_fresh_rerun_into_the_same_folder_leaves_no_result_file_of_the_earlier
     main([*first, "--skip_sweep", "--lp_start", "0", "--lp_end", "4"])
     names = {p.name for p in out.iterdir()}
     assert not names & {"sweep.json", "sweep.md", "sweep.png", "summary.png"}
-    assert "sweep" not in json.loads((out / "results.json").read_text())
+    saved = json.loads((out / "results.json").read_text())
+    assert "sweep" not in saved
+    assert (saved["lp_mode"], saved["lp_mlp_norm"]) == ("sublayer", "per_layer")  # lp_mlp_norm was not recorded
     assert (out / "my_notes.txt").read_text() == "kept"  # only the recipe's own report files are removed
 
 
