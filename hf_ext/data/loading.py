@@ -55,6 +55,7 @@ def load_text_datasets(
     text_column: str = "text",
     validation_fraction: float = 0.05,
     seed: int = 0,
+    text_column_flag: str | None = "--text_column",
 ):
     """Return `(train, validation)` `datasets.Dataset`s holding `text_column`.
 
@@ -66,10 +67,10 @@ def load_text_datasets(
     `test`) split, or a `validation_fraction` split of the training data drawn with `seed`. The recipes pass their
     `--validation_split_seed` (default 0) here, not the training `--seed`, so runs that differ only in `--seed` are
     evaluated on the same documents.
-    Errors name the argument at fault and are raised before any download or training.
+    A `.txt` file is read by `load_data_file`: one document per blank-line-separated paragraph, line breaks kept.
+    Errors name the argument at fault and are raised before any download or training; `text_column_flag` is the flag
+    that names the text column (`None` for a recipe without one: the data then needs a `text_column` column).
     """
-    from datasets import load_dataset
-
     from .corpus import load_corpus
 
     if dataset_name and train_file:
@@ -93,7 +94,7 @@ def load_text_datasets(
         train, valid = load_corpus("train"), load_corpus("test")
     elif train_file is not None:
         # one builder per file: the two files may have different formats (e.g. .jsonl training, .txt validation)
-        train = load_dataset(_file_builder(train_file), data_files={"train": train_file})["train"]
+        train = load_data_file(train_file, "train")
         valid = None
     else:
         is_local = os.path.isdir(dataset_name)
@@ -121,26 +122,49 @@ def load_text_datasets(
             train = raw["train"]
             valid = raw["validation"] if "validation" in raw else (raw["test"] if "test" in raw else None)
     if validation_file is not None:  # the user's validation data wins over the corpus' or the dataset's own split
-        valid = load_dataset(_file_builder(validation_file), data_files={"validation": validation_file})["validation"]
+        valid = load_data_file(validation_file, "validation")
     if text_column not in train.column_names:
-        raise ValueError(
-            f"The training data has no column {text_column!r} (columns: {train.column_names}); "
-            "name the text column with --text_column."
+        fix = (
+            f"name the text column with {text_column_flag}"
+            if text_column_flag
+            else f"this recipe reads the text from a column named {text_column!r}: rename the file's text column"
         )
+        raise ValueError(f"The training data has no column {text_column!r} (columns: {train.column_names}); {fix}.")
     if valid is not None and text_column not in valid.column_names:
         raise ValueError(
             f"The validation data has no column {text_column!r} (columns: {valid.column_names}); give it the same "
-            "text column as the training data (--text_column)."
+            f"text column as the training data{f' ({text_column_flag})' if text_column_flag else ''}."
         )
     if valid is None:
         if len(train) < 2:
+            txt = train_file is not None and _file_builder(train_file) == "text"
             raise ValueError(
                 f"The training data has {len(train)} document(s): too few to hold out a validation split; pass more "
-                "documents or a separate --validation_file."
+                f"documents{' (a .txt file separates them by blank lines)' if txt else ''} or a separate "
+                "--validation_file."
             )
         parts = train.train_test_split(test_size=validation_fraction, seed=seed)
         train, valid = parts["train"], parts["test"]
     return train, valid
+
+
+def load_data_file(path: str, split: str = "train"):
+    """One local data file as a `datasets.Dataset`, read by the `datasets` builder of its extension.
+
+    A `.txt` file holds one document per paragraph: its text is split at blank lines (the `text` builder's
+    `sample_by="paragraph"`), and the line breaks inside a document are kept. (Read line by line, every line used to
+    be a document: the line breaks were lost, an EOS was packed after each line and the held-out split drew single
+    lines out of the training documents.) A document's leading and trailing line breaks (more than one blank line
+    between documents, the file's last newline) are removed, and paragraphs holding only whitespace are dropped.
+    """
+    from datasets import load_dataset
+
+    builder = _file_builder(path)
+    if builder != "text":
+        return load_dataset(builder, data_files={split: path})[split]
+    ds = load_dataset("text", data_files={split: path}, sample_by="paragraph")[split]
+    ds = ds.map(lambda text: {"text": text.strip("\n")}, input_columns="text")
+    return ds.filter(lambda text: bool(text.strip()), input_columns="text")
 
 
 def _file_builder(path: str) -> str | None:

@@ -310,13 +310,13 @@ def _check_checkpoints(args: GrapeRecipeConfig, eval_args: GrapeEvalArguments | 
 
 
 def _load_file(path: str, text_column: str):
-    from datasets import load_dataset
+    from ..data.loading import _file_builder, load_data_file
 
-    ext = path.rsplit(".", 1)[-1].lower()
-    builder = {"txt": "text", "json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
+    builder = _file_builder(path)
     if builder is None:
+        ext = path.rsplit(".", 1)[-1].lower()
         raise ValueError(f"{path!r}: unsupported extension {ext!r}; use .txt, .json, .jsonl, .csv or .parquet.")
-    ds = load_dataset(builder, data_files={"train": path})["train"]
+    ds = load_data_file(path)
     if builder == "text" and text_column != "text":
         ds = ds.rename_column("text", text_column)
     return ds

@@ -14,14 +14,14 @@ def _jsonl(path, texts, key="text"):
 
 def test_validation_file_is_used_whatever_the_training_data(tmp_path):
     valid = tmp_path / "valid.txt"
-    valid.write_text("my own validation line\nanother one\n")
+    valid.write_text("my own validation line\nanother one\n\nsecond document\n")
     # embedded corpus for training, the user's file for validation (it used to be ignored silently)
     train, val = load_text_datasets(validation_file=str(valid))
-    assert val["text"] == ["my own validation line", "another one"] and len(train) > 100
+    assert val["text"] == ["my own validation line\nanother one", "second document"] and len(train) > 100
     # the two files may have different formats: each is read with the builder of its own extension
     train_file = _jsonl(tmp_path / "train.jsonl", [f"doc {i}" for i in range(10)])
     train, val = load_text_datasets(train_file=train_file, validation_file=str(valid))
-    assert train["text"] == [f"doc {i}" for i in range(10)] and val["text"] == ["my own validation line", "another one"]
+    assert train["text"] == [f"doc {i}" for i in range(10)] and len(val) == 2
 
 
 def test_bad_validation_and_tiny_training_files_name_the_flag(tmp_path):
@@ -39,3 +39,23 @@ def test_bad_validation_and_tiny_training_files_name_the_flag(tmp_path):
         load_text_datasets(train_file=str(one))
     train, val = load_text_datasets(train_file=str(one), validation_file=str(one))
     assert len(train) == len(val) == 1
+
+
+def test_a_txt_file_holds_one_document_per_paragraph_with_its_line_breaks(tmp_path):
+    """A .txt file used to be read one line per document: its line breaks were dropped, an EOS was packed after every
+    line, blank lines became bare EOS documents and the held-out split drew single lines out of training documents."""
+    from hf_ext.data import build_tokenizer, pack_dataset
+    from hf_ext.recipes.grape import _load_file
+
+    docs = [f"Document {i}, first line.\nDocument {i}, second line.\nDocument {i}, third line." for i in range(40)]
+    path = tmp_path / "docs.txt"
+    # three newlines between two documents, trailing blank and whitespace-only lines: no document, no stray newline
+    path.write_text("\n\n".join(docs[:20]) + "\n\n\n" + "\n\n".join(docs[20:]) + "\n\n\n   \n")
+    train, val = load_text_datasets(train_file=str(path))
+    assert len(train) + len(val) == 40 and len(val) == 2
+    assert sorted([*train["text"], *val["text"]]) == sorted(docs)  # whole documents, line breaks kept
+    tok = build_tokenizer(300)
+    packed = pack_dataset(val, tok, block_size=8, drop_remainder=False)
+    stream = [i for block in packed["input_ids"] for i in block]
+    assert stream.count(tok.eos_token_id) == 2 and "\n" in tok.decode(stream)
+    assert _load_file(str(path), "body")["body"] == docs  # grape's sources and targets, in file order

@@ -72,7 +72,7 @@ def test_file_extensions_are_case_insensitive(tmp_path):
     valid = tmp_path / "VALID.TXT"
     valid.write_text("line one\nline two\n")
     train, val = load_text_datasets(train_file=upper, validation_file=str(valid))
-    assert train["text"] == [f"doc {i}" for i in range(4)] and val["text"] == ["line one", "line two"]
+    assert train["text"] == [f"doc {i}" for i in range(4)] and val["text"] == ["line one\nline two"]  # a paragraph
 
 
 def test_cache_false_neither_reads_nor_trusts_the_cache(tmp_path, monkeypatch):

@@ -304,6 +304,21 @@ def test_warmup_recipe_refuses_bad_inputs_before_any_work(tmp_path, extra, arms,
     assert not out.exists()
 
 
+def test_warmup_recipe_names_no_text_column_flag_it_lacks(tmp_path):
+    """warmup reads the `text` column and has no --text_column; its error told the user to pass that flag, which the
+    recipe then refused as unknown."""
+    import json
+
+    from hf_ext.recipes.warmup import main
+
+    data = tmp_path / "content.jsonl"
+    data.write_text("".join(json.dumps({"content": f"document {i}"}) + "\n" for i in range(20)))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="no column 'text'") as err:
+        main(_tiny_warmup(out, "--train_file", str(data)))
+    assert "--text_column" not in str(err.value) and "rename the file's text column" in str(err.value)
+
+
 # ------------------------------------------------------------------------------------------------ cubic recipe
 # (no --corpus_oracle_budget: the logistic-only runs below would refuse it as a flag they never read)
 _TINY_CUBIC = ["--batch_sizes", "1", "--oracle_budget", "8", "--n_samples", "50",
