@@ -67,14 +67,23 @@ def domain_rows(dataset, domain_column: str) -> tuple[list[str], list[list[int]]
     """Sorted domain names of `dataset[domain_column]` and, for each, the rows holding it.
 
     Raises:
-        ValueError: when the column is missing (the message names the available columns).
+        ValueError: when the column is missing (the message names the available columns) or holds a null (it used to
+            become a domain named "None").
     """
     if domain_column not in dataset.column_names:
         raise ValueError(
             f"the training dataset has no domain column {domain_column!r} (columns: {dataset.column_names}); add one "
             "naming each example's source domain, or pass --domain_column with the right name."
         )
-    values = [str(v) for v in dataset[domain_column]]
+    raw = dataset[domain_column]
+    nulls = [row for row, value in enumerate(raw) if value is None]
+    if nulls:
+        raise ValueError(
+            f"the training dataset's domain column {domain_column!r} (--domain_column) is null in {len(nulls)} of "
+            f"{len(raw)} rows, the first at row {nulls[0]} (an empty CSV cell or a JSON null?); give every row its "
+            "source domain, or drop those rows."
+        )
+    values = [str(v) for v in raw]
     names = sorted(set(values))
     index = {n: i for i, n in enumerate(names)}
     rows: list[list[int]] = [[] for _ in names]

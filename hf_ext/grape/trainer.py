@@ -204,7 +204,7 @@ class GrapeTrainer(Trainer):
         if streaming:
             early_domains = sorted(train_dataset)
         else:
-            early_domains = sorted({str(v) for v in train_dataset[args.domain_column]})
+            early_domains = domain_rows(train_dataset, args.domain_column)[0]  # refuses a null domain
         if domain_weights is not None:
             init_domains = self._weights_from(domain_weights, early_domains, "domain_weights")
         elif args.mixture_file:

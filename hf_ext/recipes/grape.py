@@ -285,7 +285,9 @@ def validate_args(
                     f"--source_domains needs the domain column {args.domain_column!r}, which the sources lack "
                     f"(columns: {sources.column_names}); pass --domain_column."
                 )
-            available = sorted({str(v) for v in sources[args.domain_column]})
+            from ..grape.data import domain_rows
+
+            available = domain_rows(sources, args.domain_column)[0]  # refuses a null domain
         else:
             available = sorted(corpus_domains())
         unknown = sorted({d.strip() for d in wanted} - set(available))
@@ -295,8 +297,33 @@ def validate_args(
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
     if args.max_steps is None or args.max_steps <= 0:
         raise ValueError("--max_steps must be a positive number of optimizer steps.")
+    if args.mixture_file:
+        _check_mixture_file(data_args, args)
     _check_checkpoints(args, eval_args)
     ensure_writable_dir(args.output_dir, "--output_dir")
+
+
+def _check_mixture_file(data_args: GrapeDataArguments, args: GrapeRecipeConfig) -> None:
+    """Read --mixture_file and check its domains against the sources now: it used to be read only when the trainer of
+    a method that uses it was built, after the tokenizer and the data (with --compare_methods after the uniform
+    baseline had trained)."""
+    from ..data import corpus_domains
+    from ..grape import GrapeTrainer, load_mixture
+
+    if data_args.source_domains:
+        domains = sorted({d.strip() for d in data_args.source_domains.split(",")})
+    elif data_args.train_file or data_args.dataset_name:
+        from ..grape.data import domain_rows
+
+        domains = domain_rows(_load_sources(data_args, args), args.domain_column)[0]
+    else:
+        domains = sorted(corpus_domains())
+    where = f"--mixture_file {args.mixture_file!r} (mixture_key={args.mixture_key!r})"
+    try:
+        weights = load_mixture(args.mixture_file, args.mixture_key)
+    except ValueError as err:
+        raise ValueError(f"--mixture_file: {err}") from None
+    GrapeTrainer._weights_from(weights, domains, where)
 
 
 def _check_checkpoints(args: GrapeRecipeConfig, eval_args: GrapeEvalArguments | None) -> None:
@@ -390,7 +417,7 @@ def run(
     from transformers import AutoTokenizer, set_seed
 
     from ..data import build_tokenizer
-    from ..grape.data import prepare_target
+    from ..grape.data import domain_rows, prepare_target
 
     validate_args(data_args, model_args, args, eval_args)
     if args.process_index == 0:
@@ -406,6 +433,7 @@ def run(
         with args.main_process_first(desc="build tokenizer"):
             tokenizer = build_tokenizer(data_args.vocab_size)
     sources, raw_targets = build_data(data_args, args)
+    domain_rows(sources, args.domain_column)  # the domain column (present, no null) checked before any other work
 
     # Split each target into blocks used for reweighting and blocks kept for evaluation.
     reweight_targets, eval_targets = {}, {}

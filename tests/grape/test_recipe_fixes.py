@@ -1,5 +1,5 @@
-"""GRAPE recipe: duplicate target-task names, and checkpoints of another run in --output_dir (fresh rerun / resume
-past --max_steps), all refused before any work."""
+"""GRAPE recipe: duplicate target-task names, checkpoints of another run in --output_dir (fresh rerun / resume
+past --max_steps), a bad --mixture_file and null domains, all refused before any work."""
 
 import json
 
@@ -88,3 +88,57 @@ def test_resume_of_a_finished_run_is_accepted(tmp_path):
     _checkpoint(out / "checkpoint-6", 6)
     validate_args(*_parse([*TINY, "--max_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint"]))
     validate_args(*_parse([*TINY, "--max_steps", "7", "--output_dir", str(out), "--resume_from_checkpoint"]))
+
+
+def _no_tokenizer(*args, **kwargs):
+    raise AssertionError("the tokenizer was built before the bad argument was found")
+
+
+@pytest.mark.parametrize(
+    "mixture, match",
+    [
+        (None, "--mixture_file: mixture file .* does not exist"),
+        ({"web": 0.5, "code": 0.5}, "--mixture_file .* must name exactly"),
+    ],
+)
+def test_a_bad_mixture_file_is_refused_before_any_work_also_when_comparing(tmp_path, monkeypatch, mixture, match):
+    """With --compare_methods the file was read only when the trainer of its first method was built: after the
+    uniform baseline had trained and been saved."""
+    import hf_ext.data
+    from hf_ext.recipes.grape import main
+
+    monkeypatch.setattr(hf_ext.data, "build_tokenizer", _no_tokenizer)
+    path = tmp_path / "mix.json"
+    if mixture is not None:
+        path.write_text(json.dumps(mixture))
+    out = tmp_path / "out"
+    for methods in (["--compare_methods", "uniform,fixed"], ["--compare_methods", "uniform,grape"], []):
+        with pytest.raises(ValueError, match=match):
+            main([*TINY, "--max_steps", "2", *methods, "--mixture_file", str(path), "--output_dir", str(out)]
+                 + ([] if methods else ["--reweight_method", "fixed"]))  # fmt: skip
+        assert not out.exists()
+
+
+def test_a_null_domain_is_refused_naming_the_flag_and_the_row(tmp_path, monkeypatch):
+    """A JSON null (or an empty CSV cell) in the domain column used to become a source domain named "None", which was
+    reweighted and exported in mixture.json."""
+    import hf_ext.data
+    from hf_ext.grape.data import domain_rows
+    from hf_ext.recipes.grape import main
+
+    rows = [{"text": f"text {i} " * 40, "domain": [None, "web", "code"][i % 3 if i != 2 else 0]} for i in range(9)]
+    with pytest.raises(ValueError, match=r"domain column 'domain' \(--domain_column\) is null in 4 of 9 rows, the first "
+                       "at row 0"):  # fmt: skip
+        from datasets import Dataset
+
+        domain_rows(Dataset.from_list(rows), "domain")
+    sources = tmp_path / "sources.jsonl"
+    sources.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "t.txt").write_text("target text " * 200 + "\n")
+    monkeypatch.setattr(hf_ext.data, "build_tokenizer", _no_tokenizer)
+    argv = [*TINY, "--max_steps", "2", "--train_file", str(sources), "--target_files", f"t={tmp_path / 't.txt'}"]
+    (tmp_path / "mix.json").write_text(json.dumps({"web": 0.5, "code": 0.5}))
+    mix = ["--reweight_method", "fixed", "--mixture_file", str(tmp_path / "mix.json")]
+    for extra in (["--source_domains", "web,code"], mix):
+        with pytest.raises(ValueError, match=r"--domain_column\) is null in 4 of 9 rows"):
+            main([*argv, *extra, "--output_dir", str(tmp_path / "out")])
