@@ -214,7 +214,11 @@ def test_a_rerun_that_stops_early_leaves_no_older_results(tmp_path, monkeypatch)
     for name in ("pretrain_results.json", "fp8_health.json", "kurtosis.png"):
         (out / name).write_text("from an older run")
     (out / "notes.txt").write_text("not a result file")
-    _stop_after_validation(monkeypatch)
+
+    def stop(*args, **kwargs):  # after the arguments, the tokenizer and the data: the run is about to train
+        raise _PastValidation("the run stopped when its model was built")
+
+    monkeypatch.setattr("hf_ext.recipes.pretrain.build_model", stop)
     with pytest.raises(_PastValidation):
         main(TINY + ["--output_dir", str(out)])
     assert sorted(os.listdir(out)) == ["notes.txt"]

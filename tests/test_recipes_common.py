@@ -77,6 +77,11 @@ BAD_VALUES = [
     ("--max_steps", ["-3", "--num_train_epochs", "0"]),
     ("--model_name_or_path", ["./no/such/model"]),
     ("--tokenizer_name", ["./no/such/tokenizer"]),
+    # refused late (by `set_seed`, the schedule or the optimizer) and without the flag's name before
+    ("--seed", ["-1"]),
+    ("--warmup_steps", ["nan"]),
+    ("--adam_epsilon", ["-1"]),
+    ("--adam_beta1", ["2"]),
 ]
 
 
@@ -270,9 +275,17 @@ def test_flags_the_run_would_ignore_are_refused(tmp_path):
         (["--validation_split_seed", "7"], "--validation_split_seed 7 is ignored: the embedded corpus"),
         (["--validation_split_seed", "7", "--train_file", str(train), "--validation_file", str(valid)],
          "--validation_split_seed 7 is ignored: --validation_file"),
+        # accepted and ignored before: the length of the run is --max_steps, no recipe predicts, the Trainer reads
+        # --eval_strategy, and a negative --logging_steps never logs (an empty loss curve)
+        (["--num_train_epochs", "7"], "--num_train_epochs 7 is ignored: --max_steps 400"),
+        (["--do_predict", "true"], "--do_predict is ignored"),
+        (["--do_eval", "true"], "--do_eval is ignored.*--eval_strategy"),
+        (["--logging_steps", "-3"], "--logging_steps must be a positive number"),
     ]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             parse_recipe_args(types, [*base, *extra])
+    parse_recipe_args(types, [*base, "--max_steps", "-1", "--num_train_epochs", "2"])
+    parse_recipe_args(types, [*base, "--eval_strategy", "steps", "--eval_steps", "5"])  # sets do_eval itself
     parse_recipe_args(types, [*base, "--save_strategy", "steps", "--save_steps", "1"])
     parse_recipe_args(types, [*base, "--validation_split_seed", "7", "--train_file", str(train)])
     assert not (tmp_path / "out").exists()

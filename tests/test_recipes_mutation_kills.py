@@ -146,8 +146,9 @@ def test_eval_loss_is_the_token_mean_over_the_first_max_eval_blocks_held_out_blo
 
 def test_a_resumed_run_keeps_the_earlier_results_until_it_writes_its_own(tmp_path, monkeypatch):
     """A fresh run removes an earlier run's report files before it starts; a resumed run continues that run and
-    removes nothing (here it is stopped right after the argument checks)."""
-    import hf_ext.data
+    removes nothing (here it is stopped when its model is built, after the arguments, the tokenizer and the data are
+    checked)."""
+    import hf_ext.recipes.pretrain
 
     out = tmp_path / "run"
     _pretrain(out, "--save_strategy", "steps", "--save_steps", "1", "--max_eval_blocks", "1")
@@ -157,7 +158,7 @@ def test_a_resumed_run_keeps_the_earlier_results_until_it_writes_its_own(tmp_pat
     def stop(*args, **kwargs):
         raise RuntimeError("stopped")
 
-    monkeypatch.setattr(hf_ext.data, "build_tokenizer", stop)
+    monkeypatch.setattr(hf_ext.recipes.pretrain, "build_model", stop)
     with pytest.raises(RuntimeError, match="stopped"):  # a longer run continues it (checkpoint-1 is its last step)
         _pretrain(out, "--save_strategy", "steps", "--save_steps", "1", "--max_eval_blocks", "1",
                   "--resume_from_checkpoint", "--max_steps", "2")  # fmt: skip

@@ -80,3 +80,59 @@ def test_warmup(tmp_path, monkeypatch, resume):
         recipe.main(argv + (["--resume_from_checkpoint", "last"] if resume else []))
     kept = {"warmup_results.json", "warmup.png"} if resume else set()
     assert {p.name for p in out.iterdir() if p.is_file()} == kept | {"mine.txt"}
+
+
+_TINY_PRETRAIN = ["--model_type", "llama", "--fp8_backend", "none", "--hidden_size", "32", "--intermediate_size", "64",
+                  "--num_hidden_layers", "1", "--num_attention_heads", "2", "--block_size", "32", "--max_steps", "2",
+                  "--max_eval_blocks", "2", "--max_new_tokens", "2"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--vocab_size", "100"], "--vocab_size"),
+        (["--text_column", "body"], "--text_column"),  # found when the data is loaded
+        (["--seed", "-1"], "--seed"),
+        (["--adam_epsilon", "-1"], "--adam_epsilon"),
+        (["--adam_beta1", "2"], "--adam_beta1"),
+        (["--warmup_steps", "nan"], "--warmup_steps"),
+        (["--lr_scheduler_kwargs", '{"num_decay_steps": 5.0}'], "--lr_scheduler_kwargs"),
+    ],
+)
+def test_pretrain_refused_for_a_bad_value_leaves_the_earlier_results(tmp_path, extra, match):
+    """Each of these values was found only after the earlier run's results had been removed (by `set_seed`, the
+    tokenizer, the data or the optimizer), so a rerun that never trained deleted them."""
+    from hf_ext.recipes.pretrain import main
+
+    out = tmp_path / "out"
+    _plant(out, ["pretrain_results.json", "fp8_health.json"])
+    with pytest.raises(ValueError, match=match):
+        main([*_TINY_PRETRAIN, *extra, "--output_dir", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["fp8_health.json", "pretrain_results.json"]
+
+
+def test_layer_parallel_refused_for_a_missing_text_column_leaves_the_earlier_results(tmp_path):
+    from hf_ext.recipes.layer_parallel import RESULT_FILES, main
+
+    out = tmp_path / "out"
+    _plant(out, [RESULT_FILES[0]])
+    with pytest.raises(ValueError, match="--text_column"):
+        main(["--text_column", "body", "--output_dir", str(out)])
+    assert [p.name for p in out.iterdir()] == [RESULT_FILES[0]]
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--vocab_size", "100"], "--vocab_size"),
+        (["--block_size", "100000"], "--block_size"),  # found when the targets are packed
+    ],
+)
+def test_grape_refused_for_a_bad_value_leaves_the_earlier_results(tmp_path, extra, match):
+    from hf_ext.recipes.grape import main
+
+    out = tmp_path / "out"
+    _plant(out, ["grape_results.json", "mixture.json"])
+    with pytest.raises(ValueError, match=match):
+        main(["--max_steps", "2", "--hidden_size", "16", "--num_attention_heads", "2", *extra, "--output_dir", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["grape_results.json", "mixture.json"]

@@ -55,7 +55,9 @@ _POSITIVE_INT = (
     "eval_batch_size",
     "batch_size",
 )
-_NON_NEGATIVE = ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "guidance_scale")
+_NON_NEGATIVE = (
+    "learning_rate", "weight_decay", "warmup_ratio", "warmup_steps", "max_grad_norm", "guidance_scale", "adam_epsilon",
+)  # fmt: skip
 _TEXT_SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".parquet")
 
 
@@ -122,6 +124,8 @@ def validate_parsed(parsed, resume: str = "resolve") -> None:
                     f"--num_attention_heads ({obj.num_attention_heads}) must be divisible by --num_key_value_heads "
                     f"({kv})."
                 )
+        if "seed" in names and not 0 <= obj.seed < 2**32:  # `set_seed` refused it late, naming no flag
+            raise ValueError(f"--seed must be an integer in [0, 2**32), got {obj.seed!r}.")
         if "validation_split_seed" in names and not 0 <= obj.validation_split_seed < 2**32:
             raise ValueError(
                 f"--validation_split_seed must be an integer in [0, 2**32), got {obj.validation_split_seed!r}."
@@ -177,6 +181,18 @@ def validate_training_arguments(args, resume: str = "resolve") -> None:
 
     if not math.isfinite(args.learning_rate) or args.learning_rate < 0:
         raise ValueError(f"--learning_rate must be a finite number >= 0, got {args.learning_rate}.")
+    # checked here, not first by the optimizer, which fails after the data is loaded and names no flag
+    for name in ("adam_beta1", "adam_beta2"):
+        value = getattr(args, name)
+        if not 0.0 <= value < 1.0:  # also refuses NaN
+            raise ValueError(f"--{name} must be in [0, 1), got {value}.")
+    if _strategy(args.logging_strategy) == "steps" and not (
+        math.isfinite(args.logging_steps) and args.logging_steps > 0
+    ):
+        raise ValueError(
+            f"--logging_steps must be a positive number of steps (or a fraction in (0, 1) of the run), got "
+            f"{args.logging_steps}: with it the run would never log its loss."
+        )
     if args.max_steps == 0 or args.max_steps < -1:
         raise ValueError(
             f"--max_steps must be a positive number of optimizer steps (or -1 to train for --num_train_epochs), "
@@ -187,6 +203,19 @@ def validate_training_arguments(args, resume: str = "resolve") -> None:
             f"--num_train_epochs must be > 0 when --max_steps is not set, got {args.num_train_epochs}; "
             "set one of them to a positive value."
         )
+    if args.max_steps > 0 and changed_from_default(args, ["num_train_epochs"]):
+        raise ValueError(
+            f"--num_train_epochs {args.num_train_epochs:g} is ignored: --max_steps {args.max_steps} sets the length of "
+            "the run. Drop it, or pass --max_steps -1 with it to train for that many epochs."
+        )
+    if args.do_predict:
+        raise ValueError("--do_predict is ignored: the recipes never run Trainer.predict; drop it.")
+    if args.do_eval and _strategy(args.eval_strategy) == "no":
+        raise ValueError(
+            "--do_eval is ignored: the Trainer evaluates during training by --eval_strategy, not --do_eval (a recipe "
+            "that reports a held-out evaluation after training does so whatever the flag). Drop it, or pass "
+            "--eval_strategy steps --eval_steps N where the recipe accepts it."
+        )
     if resume == "refuse":
         if wants_resume(args.resume_from_checkpoint):
             raise ValueError(
@@ -196,6 +225,17 @@ def validate_training_arguments(args, resume: str = "resolve") -> None:
         args.resume_from_checkpoint = None
     elif resume == "resolve":
         args.resume_from_checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+
+
+def check_vocab_size(vocab_size: int, loaded: str | None) -> None:
+    """`--vocab_size` of the tokenizer built on the fly (not used with a loaded one): what `build_tokenizer` accepts."""
+    from ..data.tokenizer import SPECIAL_TOKENS
+
+    if not loaded and vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(
+            f"--vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (the byte alphabet plus special tokens), got "
+            f"{vocab_size}."
+        )
 
 
 def check_text_file(path: str, flag: str) -> None:

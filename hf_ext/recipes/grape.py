@@ -295,6 +295,9 @@ def validate_args(
             raise ValueError(f"--source_domains has unknown domains {unknown}; the sources have {available}.")
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
+    from ._common import check_vocab_size
+
+    check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
     if args.max_steps is None or args.max_steps <= 0:
         raise ValueError("--max_steps must be a positive number of optimizer steps.")
     if args.mixture_file:
@@ -420,10 +423,6 @@ def run(
     from ..grape.data import domain_rows, prepare_target
 
     validate_args(data_args, model_args, args, eval_args)
-    if args.process_index == 0:
-        from ._common import clear_previous_results
-
-        clear_previous_results(args.output_dir, _result_files(args), bool(args.resume_from_checkpoint))
     set_seed(args.seed)
     if data_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
@@ -445,6 +444,12 @@ def run(
             n_eval = min(max(1, round(len(blocks) * data_args.eval_fraction)), len(blocks) - 1)
             split = blocks.train_test_split(test_size=n_eval, seed=args.seed, shuffle=True)
             reweight_targets[name], eval_targets[name] = split["train"], split["test"]
+    # after the tokenizer and the data (a bad data file or --block_size fails there): a run refused for a bad
+    # argument leaves the earlier run's results alone
+    if args.process_index == 0:
+        from ._common import clear_previous_results
+
+        clear_previous_results(args.output_dir, _result_files(args), bool(args.resume_from_checkpoint))
 
     comparing = eval_args is not None and eval_args.compare_methods is not None
     tasks = _eval_task_list(eval_args)

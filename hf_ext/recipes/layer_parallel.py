@@ -545,10 +545,6 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
     from ..utils.distributed import barrier, broadcast_object, is_main_process, world_size
 
     validate_args(model_args, data_args, sweep_args, training_args)
-    if is_main_process():
-        from ._common import clear_previous_results
-
-        clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
     set_seed(training_args.seed)
     if model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
@@ -570,6 +566,12 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         eval_ds = eval_ds.select(range(data_args.max_eval_blocks))
     if len(train_ds) == 0 or len(eval_ds) == 0:
         raise ValueError(f"No block of {data_args.block_size} tokens could be formed; lower --block_size.")
+    # after the tokenizer and the data (a bad --vocab_size or --text_column fails there): a run refused for a bad
+    # argument leaves the earlier run's results alone
+    if is_main_process():
+        from ._common import clear_previous_results
+
+        clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
 
     if model_args.model_name_or_path:
         source = AutoModelForCausalLM.from_pretrained(

@@ -290,6 +290,8 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
     if bad:
         raise ValueError(f"--methods has unknown entries {bad}; choose from {list(METHODS)}.")
     seeds = _parse_list(task_args.seeds, "seeds", int)
+    if not all(0 <= s < 2**32 for s in seeds):
+        raise ValueError(f"--seeds={task_args.seeds!r}: every seed must be an integer in [0, 2**32).")
     if not 0.0 < task_args.target_accuracy <= 1.0:
         raise ValueError(f"--target_accuracy={task_args.target_accuracy} must be in (0, 1].")
     if model_args.hidden_size % model_args.num_attention_heads:

@@ -248,8 +248,10 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     """Check arguments before any data is loaded or anything is written."""
     from ..data.loading import hub_offline
     from ..utils.io import ensure_writable_dir
+    from ._common import check_vocab_size
 
     check_ignored_model_flags(model_args, data_args)
+    check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
     if data_args.block_size <= 0:
         raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
     if data_args.dataset_name and hub_offline() and not os.path.isdir(data_args.dataset_name):
@@ -265,6 +267,7 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     if model_args.model_name_or_path is None:
         check_fresh_model(model_args, data_args.block_size)
     validate_fp8_args(model_args, training_args)
+    check_wsd_kwargs(training_args)
     if model_args.model_name_or_path is None:
         check_fresh_model_fp8(model_args, training_args, data_args.block_size)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
@@ -273,6 +276,22 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     # a fresh run into a folder of an earlier run's checkpoints, or a resume from a checkpoint past --max_steps (one
     # at --max_steps is of this run, finished: it is restored, see `train_or_restore_finished`)
     check_checkpoint_folders(training_args.resume_from_checkpoint, [training_args.output_dir], training_args.max_steps)
+
+
+def check_wsd_kwargs(training_args: TrainingArguments) -> None:
+    """`--lr_scheduler_kwargs` of the warmup_stable_decay schedule, resolved against --max_steps as `Fp8Trainer` will
+    (it used to fail only when training started)."""
+    from transformers.trainer_utils import SchedulerType
+
+    from ..fp8.trainer import resolve_wsd_kwargs
+
+    if training_args.max_steps > 0 and (
+        SchedulerType(training_args.lr_scheduler_type) == SchedulerType.WARMUP_STABLE_DECAY
+    ):
+        try:
+            resolve_wsd_kwargs(training_args.lr_scheduler_kwargs, training_args.max_steps)
+        except ValueError as err:
+            raise ValueError(f"--lr_scheduler_kwargs: {err}") from None
 
 
 def check_fresh_model_fp8(model_args: ModelArguments, training_args: TrainingArguments, block_size: int) -> None:
@@ -523,10 +542,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     from ..utils.io import atomic_write_json, atomic_write_results
 
     validate_args(model_args, data_args, training_args)
-    if training_args.process_index == 0:  # an older run's results must not look current if this run stops early
-        from ._common import clear_previous_results
-
-        clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
     set_seed(training_args.seed)
     if data_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
@@ -555,6 +570,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             f"No evaluation block of {data_args.block_size} tokens could be formed from the {len(eval_text)} "
             "validation document(s); lower --block_size or pass a longer --validation_file."
         )
+    # after the tokenizer and the data (a --text_column the data lacks fails there): a run refused for a bad
+    # argument leaves the earlier run's results alone
+    if training_args.process_index == 0:  # an older run's results must not look current if this run stops early
+        from ._common import clear_previous_results
+
+        clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
 
     model = build_model(model_args, tokenizer, data_args.block_size)
     trainer_cls, trainer_kwargs, callbacks = setup_fp8(model, model_args, training_args)

@@ -142,3 +142,10 @@ def test_a_null_domain_is_refused_naming_the_flag_and_the_row(tmp_path, monkeypa
     for extra in (["--source_domains", "web,code"], mix):
         with pytest.raises(ValueError, match=r"--domain_column\) is null in 4 of 9 rows"):
             main([*argv, *extra, "--output_dir", str(tmp_path / "out")])
+    monkeypatch.undo()  # without either flag the sources are read after the tokenizer: still before any result goes
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "grape_results.json").write_text("from an earlier run")
+    with pytest.raises(ValueError, match=r"--domain_column\) is null in 4 of 9 rows"):
+        main([*argv, "--output_dir", str(out)])
+    assert (out / "grape_results.json").read_text() == "from an earlier run"

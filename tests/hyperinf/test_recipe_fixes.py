@@ -8,6 +8,9 @@ import pytest
 TINY = ["--pretrain_steps", "2", "--hidden_size", "32", "--num_attention_heads", "2", "--max_train", "40",
         "--num_val", "10", "--num_test", "10", "--num_train_epochs", "1", "--methods", "tracin", "--num_threads", "1",
         "--vocab_size", "300", "--disable_tqdm", "true"]  # fmt: skip
+# with --max_steps, which sets the run's length (--num_train_epochs would be ignored, and is refused)
+_EPOCHS = TINY.index("--num_train_epochs")
+TINY_STEPS = TINY[:_EPOCHS] + TINY[_EPOCHS + 2 :]
 
 
 def _interrupted_run(tmp_path, step: int):
@@ -56,7 +59,7 @@ def test_fresh_run_over_checkpoints_and_resume_past_max_steps_are_refused(tmp_pa
     with pytest.raises(ValueError, match="checkpoint-9 exists.*earlier run"):
         validate_args(*_parse([*TINY, "--output_dir", str(out)]))
     with pytest.raises(ValueError, match="global_step 9.*--max_steps 6"):
-        validate_args(*_parse([*TINY, "--max_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint"]))
+        validate_args(*_parse([*TINY_STEPS, "--max_steps", "6", "--output_dir", str(out), "--resume_from_checkpoint"]))
 
 
 def test_a_run_stopped_after_its_last_checkpoint_is_restored_not_trained_past_max_steps(tmp_path):
@@ -69,7 +72,7 @@ def test_a_run_stopped_after_its_last_checkpoint_is_restored_not_trained_past_ma
 
     from hf_ext.recipes.hyperinf import RUN_DATA_FILE, main
 
-    args = [*TINY, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "3"]
+    args = [*TINY_STEPS, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "3"]
     full_dir, stopped = tmp_path / "full", tmp_path / "stopped"
     full = main([*args, "--output_dir", str(full_dir)])
     for name in ("base", "checkpoint-3"):
@@ -92,13 +95,13 @@ def test_resume_with_other_data_defining_arguments_is_refused(tmp_path):
     parsed = _parse([*TINY, "--seed", "3", "--output_dir", str(out)])
     saved = {"seed": 3, "task": parsed[0].task, "noise_rate": parsed[0].noise_rate}
     (out / RUN_DATA_FILE).write_text(json.dumps(saved))
-    validate_args(*_parse([*TINY, "--seed", "3", "--max_steps", "6", "--output_dir", str(out),
+    validate_args(*_parse([*TINY_STEPS, "--seed", "3", "--max_steps", "6", "--output_dir", str(out),
                            "--resume_from_checkpoint"]))  # fmt: skip
     with pytest.raises(ValueError, match=r"--seed 4 \(the interrupted run used 3\)"):
-        validate_args(*_parse([*TINY, "--seed", "4", "--max_steps", "6", "--output_dir", str(out),
+        validate_args(*_parse([*TINY_STEPS, "--seed", "4", "--max_steps", "6", "--output_dir", str(out),
                                "--resume_from_checkpoint"]))  # fmt: skip
     saved["domains"] = "devtools,networking"  # every task flag is recorded
     (out / RUN_DATA_FILE).write_text(json.dumps(saved))
     with pytest.raises(ValueError, match=r"--domains 'devtools,filesystem' \(the interrupted run used"):
-        validate_args(*_parse([*TINY, "--seed", "3", "--domains", "devtools,filesystem", "--max_steps", "6",
+        validate_args(*_parse([*TINY_STEPS, "--seed", "3", "--domains", "devtools,filesystem", "--max_steps", "6",
                                "--output_dir", str(out), "--resume_from_checkpoint"]))  # fmt: skip
