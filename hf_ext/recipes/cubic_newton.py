@@ -348,6 +348,9 @@ def validate(args: CubicNewtonRecipeArguments) -> tuple[list[str], list[str], li
         raise ValueError(f"--batch_sizes must be comma-separated ints, got {args.batch_sizes!r}.") from err
     if not batches or min(batches) < 1:
         raise ValueError(f"--batch_sizes must be positive ints, got {args.batch_sizes!r}.")
+    for name, items in (("problems", problems), ("methods", methods), ("batch_sizes", batches)):
+        if len(set(items)) != len(items):  # each repeat would be run (and plotted) again
+            raise ValueError(f"--{name}={getattr(args, name)!r} repeats an entry; list each once.")
     if args.momentum_type not in MOMENTUM_TYPES or args.momentum_type == "none":
         raise ValueError(f"--momentum_type must be one of {MOMENTUM_TYPES[1:]}, got {args.momentum_type!r}.")
     if args.oracle_budget <= 0 or args.corpus_oracle_budget <= 0:

@@ -339,6 +339,10 @@ _TINY_CUBIC = ["--batch_sizes", "1", "--oracle_budget", "8", "--n_samples", "50"
         (["--corpus_hidden", "0", "--problems", "corpus", "--methods", "sgd"], "--corpus_hidden"),
         (["--corpus_vocab", "0", "--problems", "logistic,corpus", "--methods", "sgd"], "--corpus_vocab"),
         (["--batch_sizes", "1,64", "--oracle_budget", "100"], "--oracle_budget .*one step"),  # a cubic step: 128
+        # each repeat ran (and was plotted) again
+        (["--methods", "sgd,sgd"], "--methods='sgd,sgd' repeats an entry"),
+        (["--batch_sizes", "1,1"], "--batch_sizes='1,1' repeats an entry"),
+        (["--problems", "logistic,logistic"], "--problems='logistic,logistic' repeats an entry"),
     ],
 )
 def test_cubic_recipe_refuses_bad_inputs_before_any_work(tmp_path, extra, match):
