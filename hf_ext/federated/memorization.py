@@ -12,11 +12,12 @@ import math
 import numbers
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor
+from transformers import GenerationConfig, LogitsProcessor
 
 PAPER_PREFIX_LENGTHS = (10, 50, 100, 200, 500)
 
@@ -227,6 +228,34 @@ def split_index(num_tokens: int, min_prefix: int, window: int, rng: random.Rando
     return rng.randint(min_prefix, num_tokens - window)
 
 
+@contextmanager
+def _greedy_generation_config(model, max_new_tokens: int, pad_token_id: int | None) -> Iterator[None]:
+    """Within the block `model.generate` decodes greedily with exactly `max_new_tokens` new tokens, from a clean
+    `GenerationConfig` (the lengths and the pad / end-of-sequence token ids only) instead of the model's own.
+
+    `generate` fills every option that a `generation_config` argument leaves unset from the model's own
+    generation_config, so passing a clean one is not enough: the model's (a PEFT model's base model's, which its
+    `generate` uses) is replaced for the duration of the block, then put back.
+    """
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    shipped = getattr(owner, "generation_config", None)
+    if not isinstance(shipped, GenerationConfig):  # not a transformers model: nothing to replace
+        yield
+        return
+    owner.generation_config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        pad_token_id=pad_token_id,
+        eos_token_id=shipped.eos_token_id,
+    )
+    try:
+        yield
+    finally:
+        owner.generation_config = shipped
+
+
 @torch.no_grad()
 def measure_memorization(
     model,
@@ -243,7 +272,10 @@ def measure_memorization(
     """Prompt the model with canary prefixes and report exact / approximate extraction rates per replication count.
 
     For each canary one split index `s` is drawn (see [`split_index`]); for each prefix length `L` the prompt is
-    `tokens[s-L:s]` and the greedy continuation (with the frequency penalty) is scored against `tokens[s:]`.
+    `tokens[s-L:s]` and the greedy continuation (with the frequency penalty) is scored against `tokens[s:]`. The
+    decoding is greedy whatever the model's own `generation_config` holds (a checkpoint's `repetition_penalty`,
+    `no_repeat_ngram_size`, `suppress_tokens`, sampling settings, ...): the model generates from a clean
+    `GenerationConfig` (the lengths and the pad / end-of-sequence token ids only) during the call.
 
     Args:
         model: a causal LM (`PreTrainedModel` or PEFT model) with `generate`.
@@ -288,30 +320,31 @@ def measure_memorization(
         probes.append((c, ids, s))
     records = []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for length in lengths:
-        for start in range(0, len(probes), batch_size):
-            chunk = probes[start : start + batch_size]
-            prompts = torch.tensor([ids[s - length : s] for _, ids, s in chunk], device=device)
-            processors = []
-            if frequency_penalty:
-                from transformers import LogitsProcessorList
+    with _greedy_generation_config(model, max_new, pad_id):
+        for length in lengths:
+            for start in range(0, len(probes), batch_size):
+                chunk = probes[start : start + batch_size]
+                prompts = torch.tensor([ids[s - length : s] for _, ids, s in chunk], device=device)
+                processors = []
+                if frequency_penalty:
+                    from transformers import LogitsProcessorList
 
-                processors = LogitsProcessorList([FrequencyPenaltyLogitsProcessor(frequency_penalty, length)])
-            out = model.generate(
-                input_ids=prompts,
-                attention_mask=torch.ones_like(prompts),
-                max_new_tokens=max_new,
-                min_new_tokens=max_new,
-                do_sample=False,
-                logits_processor=processors or None,
-                pad_token_id=pad_id,
-            )
-            for (c, ids, s), row in zip(chunk, out[:, length:].tolist()):
-                truth = tokenizer.decode(ids[s:], skip_special_tokens=True)
-                gen = tokenizer.decode(row, skip_special_tokens=True)
-                rec = score_continuation(tokenizer, truth, gen, window, bleu_threshold)
-                rec.update(canary_id=c.canary_id, replication=c.replication, prefix_length=length)
-                records.append(rec)
+                    processors = LogitsProcessorList([FrequencyPenaltyLogitsProcessor(frequency_penalty, length)])
+                out = model.generate(
+                    input_ids=prompts,
+                    attention_mask=torch.ones_like(prompts),
+                    max_new_tokens=max_new,
+                    min_new_tokens=max_new,
+                    do_sample=False,
+                    logits_processor=processors or None,
+                    pad_token_id=pad_id,
+                )
+                for (c, ids, s), row in zip(chunk, out[:, length:].tolist()):
+                    truth = tokenizer.decode(ids[s:], skip_special_tokens=True)
+                    gen = tokenizer.decode(row, skip_special_tokens=True)
+                    rec = score_continuation(tokenizer, truth, gen, window, bleu_threshold)
+                    rec.update(canary_id=c.canary_id, replication=c.replication, prefix_length=length)
+                    records.append(rec)
     if was_training:
         model.train()
     return summarize_records(records, lengths) | {"num_skipped": skipped, "records": records}

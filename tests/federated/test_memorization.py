@@ -201,3 +201,33 @@ def test_make_canaries_refuses_bad_replication_counts_by_name(counts):
     """`{1: nan}` used to fail with a bare "cannot convert float NaN to integer"; `{2.5: 1.0}` was cut to 2."""
     with pytest.raises(ValueError, match="`replication_counts` must map integer counts >= 1"):
         make_canaries(4, counts, num_words=5)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_measure_memorization_decodes_greedily_whatever_the_models_generation_config(small_tokenizer, lora):
+    """fl9 #3: `generate` applied the model's own generation_config (a checkpoint's repetition_penalty,
+    no_repeat_ngram_size, ...), so the "greedy" extraction was not greedy. The canary here is the model's own greedy
+    continuation: extracted exactly with a default generation_config, and it must stay so with one that ships decoding
+    settings (which are restored afterwards)."""
+    from hf_ext.federated import Canary, FederatedArguments, apply_lora
+
+    from .conftest import tiny_llama
+
+    model = tiny_llama(len(small_tokenizer), seed=3)
+    prompt = torch.tensor([small_tokenizer("the old man said", add_special_tokens=False)["input_ids"][:5]])
+    greedy = model.generate(
+        input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=False, pad_token_id=0
+    )
+    canaries = [Canary("c0", small_tokenizer.decode(greedy[0]), 1)]
+    if lora:
+        model = apply_lora(model, FederatedArguments(lora_r=2, lora_alpha=4.0))
+
+    def measure(m):
+        return measure_memorization(m, small_tokenizer, canaries, (5,), window=20, frequency_penalty=0.0)["records"]
+
+    plain = measure(model)
+    assert plain[0]["exact"] and plain[0]["matching_tokens"] == 20
+    base = model.get_base_model() if lora else model
+    base.generation_config.repetition_penalty, base.generation_config.no_repeat_ngram_size = 1.5, 3
+    assert measure(model) == plain
+    assert base.generation_config.repetition_penalty == 1.5 and base.generation_config.no_repeat_ngram_size == 3
