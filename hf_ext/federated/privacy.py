@@ -138,7 +138,12 @@ class PrivacyAccountant:
         accountant = state.get("accountant", self.accountant)
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"Saved accountant {accountant!r} is not one of {ACCOUNTANTS}.")
-        self.accountant = accountant
+        if accountant != self.accountant:
+            raise ValueError(
+                f"The saved privacy accountant is {accountant!r} but this run's dp_accountant is {self.accountant!r}: "
+                f"resume with dp_accountant={accountant!r} (--dp_accountant {accountant}), the accountant the saved "
+                "run reported its epsilon with, or start a fresh run."
+            )
         self.history = [(float(q), float(s), int(n)) for q, s, n in state["history"]]
 
     def to_json(self) -> str:

@@ -747,12 +747,14 @@ class FederatedSimulation:
             raise ValueError(
                 f"Saved round has {len(meta['accountants'])} clients, this simulation {self.num_clients}."
             )
+        accountants = [PrivacyAccountant(a.accountant, a.pld_discretization) for a in self.accountants]
+        for acc, st in zip(accountants, meta["accountants"]):
+            acc.load_state_dict(st)  # refuses a saved accountant other than the configured dp_accountant
         self.global_state = {k: state[k] for k in self.keys}
         set_exchange_state(self.model, self.global_state)
         self.round = int(meta["round"])
         self.history = meta["history"]
-        for acc, st in zip(self.accountants, meta["accountants"]):
-            acc.load_state_dict(st)
+        self.accountants = accountants
         if self.fed_args.secure_aggregation and "secagg_client_states" in meta:
             self.secagg_client_states = {
                 c: SecAggClientState.from_dict(d) for c, d in enumerate(meta["secagg_client_states"])

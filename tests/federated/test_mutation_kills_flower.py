@@ -201,7 +201,7 @@ def test_flower_client_accountant_persists_across_rounds(tmp_path, small_tokeniz
     grid, history = _run_flower_in_process(vocab, datasets, fed, args)
     ref = [_reference_epsilon(q, 1.0, 4, delta) for q in qs]
     for node, e in zip(grid.node_ids, ref):
-        acc = PrivacyAccountant()
+        acc = PrivacyAccountant(args.dp_accountant)
         acc.load_state_dict(json.loads(grid.contexts[node].state["privacy"]["accountant"]))
         assert acc.steps == 4 and acc.get_epsilon(delta) == pytest.approx(e, rel=1e-3)
     rounds = dict(history.metrics_distributed_fit["dp_epsilon_max"])

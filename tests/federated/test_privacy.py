@@ -198,9 +198,15 @@ def test_accountant_composition_and_state():
     acc.step(0.01, 1.0, 900)
     e1000 = acc.get_epsilon(1e-5)
     assert 0 < e100 < e1000 and acc.steps == 1000
-    restored = PrivacyAccountant()
+    restored = PrivacyAccountant("rdp")
     restored.load_state_dict(json_roundtrip(acc.state_dict()))
     assert restored.accountant == "rdp" and restored.get_epsilon(1e-5) == e1000
+    # fl9 #4: a saved state of another accountant used to replace the configured one silently (the run then reported
+    # the saved accountant's epsilon, not the one it asked for)
+    configured = PrivacyAccountant("pld")
+    with pytest.raises(ValueError, match="saved privacy accountant is 'rdp' but this run's dp_accountant is 'pld'"):
+        configured.load_state_dict(json_roundtrip(acc.state_dict()))
+    assert configured.accountant == "pld" and configured.history == []
     no_noise = PrivacyAccountant()
     no_noise.step(0.1, 0.0, 1)
     assert math.isinf(no_noise.get_epsilon(1e-5))

@@ -102,6 +102,35 @@ def test_resume_matches_uninterrupted(tmp_path, small_tokenizer, client_datasets
         resumed.load_state(str(tmp_path))
 
 
+def test_load_state_refuses_a_round_saved_with_another_dp_accountant(
+    tmp_path, small_tokenizer, client_datasets, training_args
+):
+    """fl9 #4: a round saved with dp_accountant 'pld' and resumed with 'rdp' used to switch the resumed run to 'pld'
+    silently (its epsilon was then not the one the run asked for); it is refused, and the simulation is left as it was."""
+    fed = FederatedArguments(num_rounds=1, local_steps=1)
+    args = dataclasses.replace(training_args, dp_clip_norm=1.0, dp_noise_multiplier=0.5, max_grad_norm=0.0)
+    saved = FederatedSimulation(tiny_llama(len(small_tokenizer)), client_datasets[:2], fed, args)
+    saved.accountants[0].step(0.5, 0.5, 3)
+    saved.global_state = {k: v + 1 for k, v in saved.global_state.items()}
+    saved.round = 1
+    saved.save_state(str(tmp_path / "round-1"))
+    resumed = FederatedSimulation(
+        tiny_llama(len(small_tokenizer)),
+        client_datasets[:2],
+        fed,
+        dataclasses.replace(args, dp_accountant="rdp"),
+    )
+    start = {k: v.clone() for k, v in resumed.global_state.items()}
+    with pytest.raises(ValueError, match="accountant is 'pld' but this run's dp_accountant is 'rdp'"):
+        resumed.load_state(str(tmp_path / "round-1"))
+    assert (
+        resumed.round == 0
+        and [a.accountant for a in resumed.accountants] == ["rdp", "rdp"]
+        and resumed.accountants[0].history == []
+    )
+    assert all(torch.equal(v, start[k]) for k, v in resumed.global_state.items())
+
+
 def test_invalid_configurations(small_tokenizer, client_datasets, training_args):
     model = tiny_llama(len(small_tokenizer))
     with pytest.raises(ValueError, match="Client 1 has no data"):
