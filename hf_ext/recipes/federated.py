@@ -271,11 +271,26 @@ def check_ignored_flags(configs, data_args, fed_args, cmp_args, training_args, m
                 f"--client_learning_rates has {len(lrs)} values for --num_clients {data_args.num_clients}; give one "
                 "per client."
             )
+        refuse_per_base_rates(changed_from_default(cmp_args, PER_BASE_RATES))
     if "dp" in present and training_args.gradient_accumulation_steps != 1:
         raise ValueError(
             "'+dp' runs add DP-SGD noise once per optimizer step: set --gradient_accumulation_steps 1 and raise "
             "--per_device_train_batch_size instead."
         )
+
+
+PER_BASE_RATES = ["full_learning_rate", "lora_learning_rate"]
+
+
+def refuse_per_base_rates(names) -> None:
+    """With `--client_learning_rates`, refuse the per-base rate flags among `names` (given on the command line or set
+    to a non-default value): the per-client rates replace them in every run."""
+    for name in PER_BASE_RATES:
+        if name in names:
+            raise ValueError(
+                f"--{name} would be ignored: --client_learning_rates sets each client's rate in every run, full "
+                "fine-tuning and LoRA alike. Drop one of the two flags."
+            )
 
 
 def check_data(data_args) -> None:
@@ -787,13 +802,16 @@ def main(argv: list[str] | None = None) -> dict:
 def refuse_flags_set_per_run(argv: list[str]) -> None:
     """Refuse a flag the recipe sets for every run (`SET_PER_RUN`) by name, before parsing: the arguments'
     own checks would otherwise answer first with a fix for another flag (e.g. `--dp_clip_norm` asks for
-    `--max_grad_norm 0`), which then leads to this refusal."""
-    for token in argv:
-        name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
+    `--max_grad_norm 0`), which then leads to this refusal. Likewise `--full_learning_rate` / `--lora_learning_rate`
+    next to `--client_learning_rates`, also at their default values (which the parsed arguments cannot tell apart)."""
+    names = [token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")]
+    for name in names:
         if name in SET_PER_RUN:
             raise ValueError(
                 f"--{name} is set by the recipe for every run and would be ignored; use {SET_PER_RUN[name]}."
             )
+    if "client_learning_rates" in names:
+        refuse_per_base_rates(names)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,19 @@ TINY = tiny_recipe_args()
         (["--configs", "full,lora+dp", "--gradient_accumulation_steps", "2"], "--gradient_accumulation_steps 1"),
         (["--configs", "full,lora", "--client_learning_rates", "0.1,0.2,0.3"], "3 values for --num_clients 2"),
         (["--setting", "both", "--configs", "lora", "--client_learning_rates", "0.1,0.2"], "--setting both"),
+        # fl9 #2: the per-client rates replaced the per-base rates of every run silently
+        (
+            ["--configs", "full,lora", "--client_learning_rates", "1e-4,1e-4", "--full_learning_rate", "5e-4"],
+            "--full_learning_rate would be ignored: --client_learning_rates",
+        ),
+        (
+            ["--configs", "lora", "--client_learning_rates", "1e-4,1e-4", "--lora_learning_rate", "5e-2"],
+            "--lora_learning_rate would be ignored: --client_learning_rates",
+        ),
+        (  # also at its default value
+            ["--configs", "lora", "--client_learning_rates", "1e-4,1e-4", "--lora-learning-rate=1e-2"],
+            "--lora_learning_rate would be ignored: --client_learning_rates",
+        ),
         (["--configs", "full,lora", "--lora_target_modules", "no_such_proj"], "--lora_target_modules names"),
         (["--num_clients", "40"], "--num_clients 40 exceeds"),
         (["--split_column", "nope"], "--split_column 'nope'"),
@@ -63,6 +76,29 @@ def test_ignored_or_late_failing_flags_are_refused_before_output_dir_exists(tmp_
     with pytest.raises(ValueError, match=match):
         main(["--output_dir", str(out), *TINY, *argv])
     assert not os.path.exists(out)
+
+
+def test_validate_refuses_a_per_base_rate_next_to_client_learning_rates(tmp_path):
+    """fl9 #2 through `validate` (parsed arguments, as the API passes them; `main` refuses the flags from the command
+    line first): a non-default --full_learning_rate next to --client_learning_rates would be ignored."""
+    from hf_ext.recipes import federated as recipe
+    from hf_ext.recipes._common import parse_recipe_args
+
+    argv = ["--configs", "full", "--client_learning_rates", "1e-4,1e-4", "--full_learning_rate", "5e-4"]
+    args = parse_recipe_args(
+        (
+            recipe.ModelArguments,
+            recipe.DataArguments,
+            recipe.RecipeFederatedArguments,
+            recipe.ComparisonArguments,
+            recipe.FederatedTrainingArguments,
+        ),
+        ["--output_dir", str(tmp_path / "out"), *TINY, *argv],
+        resume="refuse",
+    )
+    with pytest.raises(ValueError, match="--full_learning_rate would be ignored: --client_learning_rates"):
+        recipe.validate(*args)
+    assert not (tmp_path / "out").exists()
 
 
 def test_tiny_model_flags_are_refused_with_a_pretrained_model(tmp_path):
