@@ -36,6 +36,12 @@ except ImportError as err:  # Flower is an optional extra
 
 from .aggregation import client_update
 from .privacy import PrivacyAccountant
+from .secure_aggregation import (
+    SECAGG_MAX_RELATIVE_ERROR,  # noqa: F401  (re-exported: the result metadata and callers read it from here)
+    SECAGG_WARN_RELATIVE_ERROR,
+    check_rounding_error,
+    rounding_error_bound,
+)
 from .simulation import (
     FederatedArguments,
     aggregate_uploads,
@@ -479,10 +485,8 @@ def _make_secagg_client_app(
 
 
 SECAGG_QUANTIZATION_RANGE = 2**22  # Flower's default `quantization_range`, passed explicitly by make_server_app
-# expected relative L2 quantization error of a client's contribution: above the first a client warns, above the
-# second it refuses (the rounding noise, unbiased, is then of the order of the update itself: the update is lost)
-SECAGG_WARN_RELATIVE_ERROR = 1e-2
-SECAGG_MAX_RELATIVE_ERROR = 0.5
+# above SECAGG_WARN_RELATIVE_ERROR (1e-2) of expected relative L2 quantization error a client warns, above
+# SECAGG_MAX_RELATIVE_ERROR (0.5) it refuses: the rule of the in-process secure aggregation too (.secure_aggregation)
 
 
 def secagg_max_weight(fed_args: FederatedArguments) -> float:
@@ -505,16 +509,14 @@ def secagg_quantization_error(
     `ratio * ||update||`; the weight's relative rounding error is added. 0 for an all-zero update (nothing to lose).
     """
     ratio = num_examples / secagg_max_weight(fed_args)
-    sq = sum(float((v.double() ** 2).sum()) for v in update.values() if v.numel())
-    if sq == 0.0:
+    step = 2 * fed_args.secagg_clipping_range / SECAGG_QUANTIZATION_RANGE
+    error = rounding_error_bound(update, ratio, step)
+    if error == 0.0:
         return 0.0
     q_ratio = round(ratio * SECAGG_QUANTIZATION_RANGE)
     if q_ratio == 0:
         return math.inf
-    weight_error = abs(q_ratio / SECAGG_QUANTIZATION_RANGE - ratio) / ratio
-    step = 2 * fed_args.secagg_clipping_range / SECAGG_QUANTIZATION_RANGE
-    numel = sum(v.numel() for v in update.values())
-    return math.sqrt(numel) * step / 2 / (ratio * math.sqrt(sq)) + weight_error
+    return error + abs(q_ratio / SECAGG_QUANTIZATION_RANGE - ratio) / ratio
 
 
 def check_secagg_range(
@@ -552,7 +554,7 @@ def check_secagg_range(
             "(FederatedArguments.secagg_clipping_range, --secagg_clipping_range) or lower the learning rate."
         )
     error = secagg_quantization_error(update, num_examples, fed_args)
-    if error > SECAGG_WARN_RELATIVE_ERROR:
+    if error > SECAGG_WARN_RELATIVE_ERROR:  # the message only; check_rounding_error decides
         step = 2 * fed_args.secagg_clipping_range / SECAGG_QUANTIZATION_RANGE
         if fed_args.client_dp_clip_norm is not None:
             fix = (
@@ -570,17 +572,11 @@ def check_secagg_range(
             f"{SECAGG_WARN_RELATIVE_ERROR:g}: it is scaled by num_examples / max_weight = {num_examples} / {max_weight:g} "
             f"before rounding to steps of {step:.3g} (2 * clipping range / 2^22); {fix}."
         )
-        if refuse_imprecise and error > SECAGG_MAX_RELATIVE_ERROR:
-            raise ValueError(
-                f"{message} Refused: above {SECAGG_MAX_RELATIVE_ERROR:g} the rounding noise is of the order of the update."
-            )
-        import warnings
         from logging import WARNING
 
         from flwr.common import log
 
-        log(WARNING, "%s", message)
-        warnings.warn(message, stacklevel=2)
+        check_rounding_error(error, message, refuse_imprecise, log=lambda text: log(WARNING, "%s", text))
 
 
 def aggregate_train_metrics(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:

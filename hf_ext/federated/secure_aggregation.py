@@ -39,8 +39,10 @@ There is no default or shared secret: every mask key is drawn fresh per round fr
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -49,6 +51,7 @@ import torch
 
 MODULUS_BITS = 62
 MODULUS = 1 << MODULUS_BITS
+MAX_FRAC_BITS = 40  # fixed-point fractional bits [`encode`] accepts
 _PRIME = (1 << 521) - 1  # Mersenne prime: the Shamir field, larger than any 256-bit secret
 
 
@@ -62,8 +65,8 @@ def encode(x: torch.Tensor, frac_bits: int = 24, num_summands: int = 1) -> torch
     `num_summands` is how many encoded vectors will be added together: each is bounded by `2**61 / num_summands` so
     that their sum still decodes exactly (a larger value would wrap around the modulus silently).
     """
-    if not 0 <= frac_bits <= 40:
-        raise ValueError(f"`frac_bits` must be in [0, 40], got {frac_bits}.")
+    if not 0 <= frac_bits <= MAX_FRAC_BITS:
+        raise ValueError(f"`frac_bits` must be in [0, {MAX_FRAC_BITS}], got {frac_bits}.")
     if num_summands < 1:
         raise ValueError(f"`num_summands` must be >= 1, got {num_summands}.")
     scaled = torch.round(x.detach().to(torch.float64) * float(1 << frac_bits))
@@ -795,3 +798,38 @@ def secure_aggregate(
 def quantization_error_bound(num_clients: int, total_weight: float, frac_bits: int = 24) -> float:
     """Worst-case absolute error of the securely aggregated weighted mean vs. the plain one (rounding per client)."""
     return num_clients * 0.5 / float(1 << frac_bits) / total_weight
+
+
+# the relative L2 rounding error of a client's quantized upload above which the client warns, and above which it refuses
+# (the rounding noise is then of the order of the update itself: the update is lost); the rule of both the in-process
+# simulation (fixed point with `frac_bits`) and the Flower SecAgg+ path (`check_secagg_range`)
+SECAGG_WARN_RELATIVE_ERROR = 1e-2
+SECAGG_MAX_RELATIVE_ERROR = 0.5
+
+
+def rounding_error_bound(update: Mapping[str, torch.Tensor], scale: float, step: float) -> float:
+    """An upper bound on the relative L2 error of rounding `scale * update` entrywise to multiples of `step`: each
+    entry's error (rounding to nearest, or unbiased stochastic rounding in RMS) is at most half a step, so over `d`
+    entries the error norm is at most `sqrt(d) * step / 2`, relative to `scale * ||update||`. 0 for an all-zero update
+    (nothing to lose), inf for a zero `scale` (all of it is lost)."""
+    sq = sum(float((v.double() ** 2).sum()) for v in update.values() if v.numel())
+    if sq == 0.0:
+        return 0.0
+    size = scale * math.sqrt(sq)
+    numel = sum(v.numel() for v in update.values())
+    return math.sqrt(numel) * step / 2 / size if size > 0 else math.inf
+
+
+def check_rounding_error(error: float, message: str, refuse: bool = True, log=None) -> None:
+    """Act on a client's relative rounding error `error` ([`rounding_error_bound`]): above `SECAGG_WARN_RELATIVE_ERROR`
+    warn with `message` (a `UserWarning`, and `log(message)` when given); above `SECAGG_MAX_RELATIVE_ERROR` refuse
+    (`ValueError`) instead, unless `refuse=False`. `message` names the setting to change."""
+    if not error > SECAGG_WARN_RELATIVE_ERROR:
+        return
+    if refuse and error > SECAGG_MAX_RELATIVE_ERROR:
+        raise ValueError(
+            f"{message} Refused: above {SECAGG_MAX_RELATIVE_ERROR:g} the rounding noise is of the order of the update."
+        )
+    if log is not None:
+        log(message)
+    warnings.warn(message, stacklevel=3)

@@ -23,10 +23,14 @@ from .aggregation import (
 )
 from .privacy import PrivacyAccountant, derive_seed, secret_noise_generator
 from .secure_aggregation import (
+    MAX_FRAC_BITS,
+    SECAGG_WARN_RELATIVE_ERROR,
     IdentityDirectory,
     SecAggClientState,
     ServerView,
+    check_rounding_error,
     default_threshold,
+    rounding_error_bound,
     secure_aggregate,
 )
 
@@ -104,7 +108,12 @@ class FederatedArguments:
         },
     )
     secure_aggregation_frac_bits: int = field(
-        default=24, metadata={"help": "Fixed-point fractional bits used to encode uploads for secure aggregation."}
+        default=24,
+        metadata={
+            "help": "Fixed-point fractional bits (0-40) used to encode uploads for secure aggregation: a client whose "
+            "weighted update would be rounded with a relative error above 1e-2 warns, above 0.5 (the update is lost) "
+            "the round is refused."
+        },
     )
     secagg_clipping_range: float = field(
         default=8.0,
@@ -147,6 +156,11 @@ class FederatedArguments:
         c = self.secure_aggregation_max_colluders
         if isinstance(c, bool) or not isinstance(c, int) or c < 0:
             raise ValueError(f"--secure_aggregation_max_colluders must be an integer >= 0, got {c!r}.")
+        bits = self.secure_aggregation_frac_bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= MAX_FRAC_BITS:
+            raise ValueError(
+                f"--secure_aggregation_frac_bits must be an integer in [0, {MAX_FRAC_BITS}] (default 24), got {bits!r}."
+            )
 
     def threshold(self, num_clients: int) -> int:
         """The Shamir threshold for `num_clients` participants, validated: `2t > n + max_colluders` and `t <= n`."""
@@ -417,6 +431,24 @@ def prepare_upload(
     )
 
 
+def check_fixed_point_precision(
+    update: dict[str, torch.Tensor], weight: float, fed_args: FederatedArguments, client_index: int
+) -> None:
+    """Refuse (`ValueError`) an upload that the in-process secure aggregation would round away, and warn about a
+    coarse one, by the rule of the Flower SecAgg+ path (`check_secagg_range`): the client's upload `weight * update` is
+    rounded to steps of `2^-secure_aggregation_frac_bits`, and its relative error ([`rounding_error_bound`]) is checked
+    with [`check_rounding_error`]."""
+    bits = fed_args.secure_aggregation_frac_bits
+    error = rounding_error_bound(update, weight, 2.0**-bits)
+    check_rounding_error(
+        error,
+        f"Secure aggregation would round client {client_index}'s upload (its update times its weight {weight:g}) to "
+        f"steps of 2^-{bits} (--secure_aggregation_frac_bits {bits}) with a relative error of up to {error:.3g}, above "
+        f"{SECAGG_WARN_RELATIVE_ERROR:g}: raise --secure_aggregation_frac_bits (default 24).",
+        log=logger.warning,
+    )
+
+
 def server_noise_generator(fed_args: FederatedArguments, round_index: int) -> torch.Generator:
     """The generator of a round's client-level DP noise: secret ([`secret_noise_generator`]) unless
     `fed_args.client_dp_noise_seed` is set (reproducible, no privacy against whoever knows that seed)."""
@@ -581,6 +613,8 @@ class FederatedSimulation:
             weights.append(upload_weight(n, self.fed_args))
             client_metrics.append(metrics)
         if self.fed_args.secure_aggregation:
+            for c, upload, weight in zip(participants, uploads, weights):
+                check_fixed_point_precision(upload, weight, self.fed_args, c)
             mean, _, self.last_server_view = secure_aggregate(
                 dict(enumerate(uploads)),
                 dict(enumerate(weights)),

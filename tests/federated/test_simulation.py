@@ -180,6 +180,38 @@ def test_mismatched_adapter_is_rejected_by_the_client(small_tokenizer):
         set_exchange_state(qv, state8)
 
 
+def test_secure_aggregation_refuses_frac_bits_that_lose_the_update(small_tokenizer, client_datasets, training_args):
+    """fl9 #1: with few fixed-point bits the in-process secure aggregation rounded the weighted updates away, silently
+    (0 or 4 bits under client-level DP: the round's update was exactly 0). The range is checked when the arguments are
+    built, and each upload's rounding error by the Flower SecAgg+ rule: above 0.5 refused, above 1e-2 a warning."""
+    import warnings
+
+    from hf_ext.federated.simulation import check_fixed_point_precision
+
+    for bits in (-1, 41, 2.5, True):
+        with pytest.raises(ValueError, match=r"--secure_aggregation_frac_bits must be an integer in \[0, 40\]"):
+            FederatedArguments(secure_aggregation_frac_bits=bits)
+    fed = FederatedArguments(
+        num_rounds=1,
+        local_steps=1,
+        secure_aggregation=True,
+        secure_aggregation_frac_bits=0,
+        client_dp_clip_norm=1.0,
+        client_dp_noise_seed=0,
+    )
+    sim = FederatedSimulation(tiny_llama(len(small_tokenizer)), client_datasets[:2], fed, training_args)
+    start = {k: v.clone() for k, v in sim.global_state.items()}
+    with pytest.raises(ValueError, match=r"client 0's upload .*--secure_aggregation_frac_bits 0\).* Refused"):
+        sim.run()
+    assert sim.round == 0 and all(torch.equal(v, start[k]) for k, v in sim.global_state.items())
+    update = {"w": torch.full((1000,), 1e-3)}  # relative rounding error bound 500 * 2^-bits at weight 1
+    with pytest.warns(UserWarning, match="raise --secure_aggregation_frac_bits"):
+        check_fixed_point_precision(update, 1.0, dataclasses.replace(fed, secure_aggregation_frac_bits=12), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_fixed_point_precision(update, 1.0, dataclasses.replace(fed, secure_aggregation_frac_bits=24), 0)
+
+
 def test_secure_aggregation_round_equals_plain_and_hides_each_update(small_tokenizer, client_datasets, training_args):
     """Three clients, one round with SecAgg (key agreement, AES-CTR masks, Shamir-shared self masks): the global
     adapter equals plain FedAvg up to fixed-point rounding, and the server's view hides every single update."""
