@@ -7,6 +7,7 @@ the in-process [`FederatedSimulation`], so a deployment can be checked against i
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..data.tokenizer import SPECIAL_TOKENS
 from .simulation import FederatedArguments
 
 # run-config key -> (type, default)
@@ -51,6 +53,37 @@ RUN_CONFIG_DEFAULTS: dict[str, tuple[type, Any]] = {
 }
 
 
+# numeric run-config key -> (the values it accepts, in words; the check of a finite value)
+RUN_CONFIG_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "num-server-rounds": (">= 1", lambda v: v >= 1),
+    "num-partitions": (">= 1", lambda v: v >= 1),
+    "local-steps": (
+        ">= 1 (optimizer steps per client and round; the App has no epoch-based fallback)",
+        lambda v: v >= 1,
+    ),
+    "batch-size": (">= 1", lambda v: v >= 1),
+    "learning-rate": ("finite and > 0", lambda v: v > 0),
+    "lora-r": (">= 1", lambda v: v >= 1),
+    "lora-alpha": ("finite and > 0", lambda v: v > 0),
+    "secagg-max-weight": ("finite and > 0", lambda v: v > 0),
+    "secagg-clipping-range": ("finite and > 0", lambda v: v > 0),
+    "secagg-max-colluders": (">= 0", lambda v: v >= 0),
+    "dp-clip-norm": ("finite and >= 0 (0: DP-SGD off)", lambda v: v >= 0),
+    "dp-noise-multiplier": ("finite and >= 0", lambda v: v >= 0),
+    "dp-delta": ("in (0, 1)", lambda v: 0 < v < 1),
+    "dp-noise-seed": (">= 0, or -1 for secret noise", lambda v: v >= -1),
+    "seed": (">= 0", lambda v: v >= 0),
+    "docs-per-client": (">= 1", lambda v: v >= 1),
+    "block-size": (">= 2 (a block needs a next-token target)", lambda v: v >= 2),
+    "vocab-size": (
+        f">= {256 + len(SPECIAL_TOKENS)} (the byte alphabet plus special tokens)",
+        lambda v: v >= 256 + len(SPECIAL_TOKENS),
+    ),
+    "hidden-size": ("a positive multiple of 4 (the tiny Llama's attention heads)", lambda v: v >= 4 and v % 4 == 0),
+    "round-timeout": ("a finite number of seconds > 0", lambda v: v > 0),
+}
+
+
 def parse_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate a Flower run config against [`RUN_CONFIG_DEFAULTS`] (unknown keys and wrong types are errors)."""
     unknown = set(run_config) - set(RUN_CONFIG_DEFAULTS)
@@ -68,12 +101,13 @@ def parse_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_run_config(cfg: Mapping[str, Any]) -> None:
-    """Refuse (`ValueError`) run-config values the apps cannot run with, naming the run-config keys to change."""
+    """Refuse (`ValueError`) run-config values the apps cannot run with, naming the run-config keys to change: every
+    numeric key outside its range ([`RUN_CONFIG_RANGES`]: NaN and infinite values too), then the combinations."""
+    for key, (accepted, ok) in RUN_CONFIG_RANGES.items():
+        value = cfg[key]
+        if not (math.isfinite(value) and ok(value)):
+            raise ValueError(f"run-config `{key}` must be {accepted}, got {value!r}.")
     n = cfg["num-partitions"]
-    if n < 1:
-        raise ValueError(f"run-config `num-partitions` must be >= 1, got {n}.")
-    if not cfg["round-timeout"] > 0:
-        raise ValueError(f"run-config `round-timeout` must be > 0 seconds, got {cfg['round-timeout']}.")
     if cfg["secure-aggregation"]:
         c = cfg["secagg-max-colluders"]
         if n < 2:

@@ -127,6 +127,40 @@ def test_secagg_with_one_partition_names_the_run_config_keys():
         task_from_run_config({"num-partitions": 3, "secagg-max-colluders": 3})
 
 
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("local-steps", 0),  # fl9 #5: <= 0 trained one epoch per round silently (the App has no epoch key)
+        ("local-steps", -5),
+        ("dp-clip-norm", -1.0),  # with dp-noise-multiplier 0 it turned DP-SGD off silently
+        ("learning-rate", float("nan")),
+        ("learning-rate", -1.0),
+        ("batch-size", 0),
+        ("docs-per-client", 0),
+        ("secagg-max-weight", float("inf")),
+        ("dp-noise-multiplier", float("nan")),
+        ("dp-noise-seed", -5),
+        ("hidden-size", 30),
+        ("num-server-rounds", 0),
+        ("round-timeout", float("inf")),
+    ],
+)
+def test_numeric_run_config_values_out_of_range_are_refused_naming_the_key(key, value):
+    """fl9 #5: numeric run-config values outside their range were accepted when the task was built and then trained
+    something else than asked or failed later inside the clients; they are refused up front, naming the key."""
+    with pytest.raises(ValueError, match=f"run-config `{key}` must be"):
+        task_from_run_config({key: value})
+
+
+def test_every_numeric_run_config_key_has_a_range():
+    from hf_ext.federated.flower_task import RUN_CONFIG_DEFAULTS, RUN_CONFIG_RANGES, check_run_config, parse_run_config
+
+    assert set(RUN_CONFIG_RANGES) == {k for k, (typ, _) in RUN_CONFIG_DEFAULTS.items() if typ in (int, float)}
+    check_run_config(parse_run_config({}))  # the defaults are in range
+    with pytest.raises(TypeError, match="run-config `local-steps` must be int"):  # fractional counts: by type
+        task_from_run_config({"local-steps": 2.5})
+
+
 @pytest.mark.parametrize("secure", [False, True])
 def test_round_timeout_reaches_flower_and_a_silent_node_fails_the_round(tmp_path, secure):
     """D2: the run config's `round-timeout` is the timeout of every exchange (Flower's FedAvg.start / SecAggPlusWorkflow
