@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
+from ..utils.checks import is_int, is_real
+
 from .aggregation import (
     AGGREGATION_MODES,
     add_server_noise,
@@ -128,8 +130,18 @@ class FederatedArguments:
     )
 
     def __post_init__(self):
+        for name in ("num_rounds", "local_steps", "lora_r"):  # counts: 2.5 rounds or steps would run as 2 or 3
+            value = getattr(self, name)
+            if not is_int(value):
+                raise ValueError(f"--{name} must be an integer, got {value!r}.")
+        if self.secure_aggregation_threshold is not None and not is_int(self.secure_aggregation_threshold):
+            raise ValueError(
+                f"--secure_aggregation_threshold must be an integer, got {self.secure_aggregation_threshold!r}."
+            )
         if self.num_rounds < 1:
             raise ValueError(f"--num_rounds must be >= 1, got {self.num_rounds}.")
+        if not (is_real(self.lora_dropout) and 0.0 <= self.lora_dropout < 1.0):
+            raise ValueError(f"--lora_dropout must be a number in [0, 1), got {self.lora_dropout!r}.")
         if self.local_steps <= 0 and not self.local_epochs > 0:
             raise ValueError("Set --local_steps > 0 or --local_epochs > 0 (local work per round).")
         if self.aggregation not in ("factors", "merge_then_average"):
@@ -151,8 +163,10 @@ class FederatedArguments:
             self.learning_rates()
         if self.secure_aggregation_threshold is not None and self.secure_aggregation_threshold < 2:
             raise ValueError(f"--secure_aggregation_threshold must be >= 2, got {self.secure_aggregation_threshold}.")
-        if not self.secagg_clipping_range > 0 or not self.secagg_max_weight > 0:
-            raise ValueError("--secagg_clipping_range and --secagg_max_weight must be > 0.")
+        for name in ("secagg_clipping_range", "secagg_max_weight"):
+            value = getattr(self, name)
+            if not (is_real(value) and 0 < value < math.inf):
+                raise ValueError(f"--{name} must be a finite number > 0, got {value!r}.")
         c = self.secure_aggregation_max_colluders
         if isinstance(c, bool) or not isinstance(c, int) or c < 0:
             raise ValueError(f"--secure_aggregation_max_colluders must be an integer >= 0, got {c!r}.")
@@ -196,11 +210,16 @@ class FederatedArguments:
         if not self.client_learning_rates:
             return None
         try:
-            return [float(x) for x in self.client_learning_rates.split(",")]
+            rates = [float(x) for x in self.client_learning_rates.split(",")]
         except ValueError as err:
             raise ValueError(
                 f"--client_learning_rates must be comma-separated floats, got {self.client_learning_rates!r}."
             ) from err
+        if not all(0 < r < math.inf for r in rates):  # NaN fails too
+            raise ValueError(
+                f"--client_learning_rates must all be finite and > 0, got {self.client_learning_rates!r}."
+            )
+        return rates
 
     def target_modules(self) -> str | list[str]:
         t = self.lora_target_modules.strip()

@@ -382,3 +382,26 @@ def test_save_state_killed_between_its_renames_recovers_the_previous_round(
     for k, v in good.items():
         torch.testing.assert_close(restored.global_state[k], v, atol=0, rtol=0)
     assert sorted(os.listdir(tmp_path)) == ["state"]
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("num_rounds", 2.5),
+        ("local_steps", 2.5),
+        ("lora_r", 4.0),
+        ("secure_aggregation_threshold", 2.5),
+        ("lora_dropout", 1.5),
+        ("lora_dropout", float("nan")),
+        ("client_learning_rates", "1e-3,nan"),
+        ("client_learning_rates", "1e-3,-1e-3"),
+        ("client_learning_rates", "1e-3,inf"),
+        ("secagg_clipping_range", float("inf")),
+        ("secagg_max_weight", float("nan")),
+    ],
+)
+def test_federated_arguments_refuse_fractional_counts_and_non_finite_rates(field, value):
+    """API-only values that used to pass: 2.5 rounds ran as 2 or 3, an infinite client learning rate trained, an
+    infinite SecAgg+ range quantized every update to nothing, a dropout of 1.5 failed later inside PEFT."""
+    with pytest.raises(ValueError, match=f"--{field}"):
+        FederatedArguments(**{field: value})
