@@ -200,6 +200,25 @@ def test_structural_fields_cannot_be_changed_on_a_built_config(source, tmp_path,
         torch.testing.assert_close(reloaded(ids).logits, lp(ids).logits, rtol=0, atol=0)
 
 
+def test_a_source_config_copy_that_keeps_the_structure_can_be_put_back(source):
+    """transformers' `_config_zero_init` (its `test_can_load_ignoring_mismatched_shapes`, weight-init helpers) deep-copies
+    the config and sets each sub-config back with another `initializer_range`: refusing that broke the common test."""
+    import copy
+
+    lp = convert_to_layer_parallel(source, 1, 3)
+    changed = copy.deepcopy(lp.config.source_config)
+    changed.initializer_range = 1e-10
+    lp.config.source_config = changed
+    assert lp.config.source_config.initializer_range == 1e-10
+    assert lp.config.weight_layout() == convert_to_layer_parallel(source, 1, 3).config.weight_layout()
+    wider = copy.deepcopy(changed)
+    wider.num_key_value_heads = 4  # the weight layout changes: still refused
+    with pytest.raises(
+        ValueError, match=r"(?s)source_config cannot be changed .* LayerParallelConfig\(source_config=\.\.\.\)"
+    ):
+        lp.config.source_config = wider
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Conformance
 # --------------------------------------------------------------------------------------------------------------------

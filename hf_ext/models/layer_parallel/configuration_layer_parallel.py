@@ -51,6 +51,16 @@ _LAYOUT_SOURCE_FIELDS = (
 )
 
 
+def _same_structure(key: str, current, value) -> bool:
+    """Whether replacing `source_config` by `value` keeps everything the layer-parallel config derives from it (the
+    weight layout, the mirrored attributes, the layer types): e.g. transformers' tests and weight-init helpers put
+    back a copy with another `initializer_range`. Any other structural field must keep its value."""
+    if key != "source_config" or type(value) is not type(current) or not isinstance(current, PreTrainedConfig):
+        return False
+    fields = _LAYOUT_SOURCE_FIELDS + _MIRRORED_SOURCE_ATTRIBUTES + ("layer_types",)
+    return all(getattr(value, f, None) == getattr(current, f, None) for f in fields)
+
+
 def resolve_pairs(
     num_layers: int, start: int | None = None, end: int | None = None, pairs: list | tuple | None = None
 ) -> list[list[int]]:
@@ -384,15 +394,15 @@ class LayerParallelConfig(PreTrainedConfig):
             _check_lp_merged(value)
         if key in _STRUCTURAL_ATTRIBUTES and self.__dict__.get(_WRITE_THROUGH):
             current = self.__dict__.get(key)
-            if value is not current and value != current:
+            if value is not current and value != current and not _same_structure(key, current, value):
                 # The pairing decides the cache slots, layer types and weight layout (derived and checked once, in
                 # `__post_init__`) and the modules of a model built from this config: a later change would be
                 # ignored by that model and saved as a different one.
                 raise ValueError(
                     f"{key} cannot be changed on a built LayerParallelConfig (it is {current!r}, got {value!r}): the "
                     "cache slots, the weight layout and the modules of a model built from it follow from it. Build a "
-                    f"new config, LayerParallelConfig(source_config=..., {key}=...), or convert the source model "
-                    "again with `convert_to_layer_parallel`."
+                    f"new config, LayerParallelConfig({'source_config=...' if key == 'source_config' else f'source_config=..., {key}=...'}), "
+                    "or convert the source model again with `convert_to_layer_parallel`."
                 )
         super().__setattr__(key, value)
         # A mirrored attribute set on a built config (`config.tie_word_embeddings = True`, `config.pad_token_id = ...`,
