@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 
 def hub_offline() -> bool:
@@ -56,6 +57,7 @@ def load_text_datasets(
     validation_fraction: float = 0.05,
     seed: int = 0,
     text_column_flag: str | None = "--text_column",
+    validation_file_flag: str | None = "--validation_file",
 ):
     """Return `(train, validation)` `datasets.Dataset`s holding `text_column`.
 
@@ -69,7 +71,8 @@ def load_text_datasets(
     evaluated on the same documents.
     A `.txt` file is read by `load_data_file`: one document per blank-line-separated paragraph, line breaks kept.
     Errors name the argument at fault and are raised before any download or training; `text_column_flag` is the flag
-    that names the text column (`None` for a recipe without one: the data then needs a `text_column` column).
+    that names the text column (`None` for a recipe without one: the data then needs a `text_column` column), and
+    `validation_file_flag` the one for separate validation data (`None`: the recipe has none to suggest).
     """
     from .corpus import load_corpus
 
@@ -138,33 +141,42 @@ def load_text_datasets(
     if valid is None:
         if len(train) < 2:
             txt = train_file is not None and _file_builder(train_file) == "text"
+            or_file = f" or a separate {validation_file_flag}" if validation_file_flag else ""
             raise ValueError(
                 f"The training data has {len(train)} document(s): too few to hold out a validation split; pass more "
-                f"documents{' (a .txt file separates them by blank lines)' if txt else ''} or a separate "
-                "--validation_file."
+                f"documents{' (a .txt file separates them by blank lines)' if txt else ''}{or_file}."
             )
         parts = train.train_test_split(test_size=validation_fraction, seed=seed)
         train, valid = parts["train"], parts["test"]
     return train, valid
 
 
+# the end of a line, then one or more lines that are empty or hold only spaces / tabs: a document boundary
+_BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
+
+
 def load_data_file(path: str, split: str = "train"):
     """One local data file as a `datasets.Dataset`, read by the `datasets` builder of its extension.
 
-    A `.txt` file holds one document per paragraph: its text is split at blank lines (the `text` builder's
-    `sample_by="paragraph"`), and the line breaks inside a document are kept. (Read line by line, every line used to
-    be a document: the line breaks were lost, an EOS was packed after each line and the held-out split drew single
-    lines out of the training documents.) A document's leading and trailing line breaks (more than one blank line
-    between documents, the file's last newline) are removed, and paragraphs holding only whitespace are dropped.
+    A `.txt` file holds one document per paragraph: its text (read whole by the `text` builder, `sample_by="document"`,
+    line endings normalised) is split at blank lines, lines that are empty or hold only spaces or tabs, and the line
+    breaks inside a document are kept. (Read line by line, every line used to be a document: the line breaks were
+    lost, an EOS was packed after each line and the held-out split drew single lines out of the training documents.)
+    A document's leading and trailing line breaks (the file's last newline) are removed, and documents holding only
+    whitespace are dropped.
     """
     from datasets import load_dataset
 
     builder = _file_builder(path)
     if builder != "text":
         return load_dataset(builder, data_files={split: path})[split]
-    ds = load_dataset("text", data_files={split: path}, sample_by="paragraph")[split]
-    ds = ds.map(lambda text: {"text": text.strip("\n")}, input_columns="text")
-    return ds.filter(lambda text: bool(text.strip()), input_columns="text")
+    ds = load_dataset("text", data_files={split: path}, sample_by="document")[split]
+
+    def paragraphs(batch):
+        docs = (doc.strip("\n") for text in batch["text"] for doc in _BLANK_LINES.split(text))
+        return {"text": [doc for doc in docs if doc.strip()]}
+
+    return ds.map(paragraphs, batched=True)
 
 
 def _file_builder(path: str) -> str | None:

@@ -14,7 +14,6 @@ import torch
 from transformers.utils import logging
 
 from ..utils.checks import is_int, is_real
-
 from .aggregation import (
     AGGREGATION_MODES,
     add_server_noise,

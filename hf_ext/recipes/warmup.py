@@ -389,7 +389,8 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
     resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)
     tokenizer = build_tokenizer(recipe.vocab_size)
     train_text, eval_text = load_text_datasets(
-        None, None, recipe.train_file, None, "text", seed=recipe.validation_split_seed, text_column_flag=None
+        None, None, recipe.train_file, None, "text", seed=recipe.validation_split_seed, text_column_flag=None,
+        validation_file_flag=None,
     )
     train_ds = pack_dataset(train_text, tokenizer, recipe.block_size, "text")
     eval_ds = pack_dataset(eval_text, tokenizer, recipe.block_size, "text")

@@ -59,3 +59,6 @@ def test_a_txt_file_holds_one_document_per_paragraph_with_its_line_breaks(tmp_pa
     stream = [i for block in packed["input_ids"] for i in block]
     assert stream.count(tok.eos_token_id) == 2 and "\n" in tok.decode(stream)
     assert _load_file(str(path), "body")["body"] == docs  # grape's sources and targets, in file order
+    # a line of spaces or tabs (an editor's trailing whitespace) separates documents like an empty one; CRLF too
+    path.write_bytes(b"doc1 line a\r\ndoc1 line b\r\n   \r\ndoc2\n\t\n\n  indented doc3\n")
+    assert _load_file(str(path), "text")["text"] == ["doc1 line a\ndoc1 line b", "doc2", "  indented doc3"]

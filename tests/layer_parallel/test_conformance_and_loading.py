@@ -211,6 +211,8 @@ def test_a_source_config_copy_that_keeps_the_structure_can_be_put_back(source):
     lp.config.source_config = changed
     assert lp.config.source_config.initializer_range == 1e-10
     assert lp.config.weight_layout() == convert_to_layer_parallel(source, 1, 3).config.weight_layout()
+    lp.config.update(lp.config.to_dict())  # a no-op update (its source_config is a dict) is no change either
+    assert isinstance(lp.config.source_config, type(changed)) and lp.config.source_config.initializer_range == 1e-10
     wider = copy.deepcopy(changed)
     wider.num_key_value_heads = 4  # the weight layout changes: still refused
     with pytest.raises(

@@ -317,6 +317,11 @@ def test_warmup_recipe_names_no_text_column_flag_it_lacks(tmp_path):
     with pytest.raises(ValueError, match="no column 'text'") as err:
         main(_tiny_warmup(out, "--train_file", str(data)))
     assert "--text_column" not in str(err.value) and "rename the file's text column" in str(err.value)
+    lines = tmp_path / "lines.txt"  # one document per line: a single paragraph, so no held-out split
+    lines.write_text("".join(f"document {i}\n" for i in range(20)))
+    with pytest.raises(ValueError, match="too few to hold out") as err:
+        main(_tiny_warmup(out, "--train_file", str(lines)))
+    assert "--validation_file" not in str(err.value) and "separates them by blank lines" in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------------ cubic recipe

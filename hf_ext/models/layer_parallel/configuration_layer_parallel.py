@@ -394,6 +394,13 @@ class LayerParallelConfig(PreTrainedConfig):
             _check_lp_merged(value)
         if key in _STRUCTURAL_ATTRIBUTES and self.__dict__.get(_WRITE_THROUGH):
             current = self.__dict__.get(key)
+            if key == "source_config" and isinstance(value, dict) and isinstance(current, PreTrainedConfig):
+
+                def plain(d):  # a sub-config in its parent's `to_dict()` has no transformers_version
+                    return {k: v for k, v in d.items() if k != "transformers_version"}
+
+                if plain(value) == plain(current.to_dict()):  # `config.update(config.to_dict())`: nothing changes
+                    return
             if value is not current and value != current and not _same_structure(key, current, value):
                 # The pairing decides the cache slots, layer types and weight layout (derived and checked once, in
                 # `__post_init__`) and the modules of a model built from this config: a later change would be
