@@ -204,7 +204,7 @@ def test_fetch_robots_txt_records_a_body_cut_short_as_a_failed_fetch(one_reply_s
 
 def _cut_at_limit(last_rule: bytes, kept: int) -> bytes:
     """A robots.txt longer than 500 KiB whose limit falls after `kept` bytes of its last line, `last_rule`."""
-    head = b"User-agent: *\nDisallow: /tmp/\n"
+    head = b"User-agent: *\nDisallow: /drafts/\n"
     filler = b"#" + b"x" * (MAX_ROBOTS_BYTES - len(head) - kept - 2) + b"\n"  # one long comment line
     body = head + filler + last_rule + b"\nAllow: /\n"
     assert body[:MAX_ROBOTS_BYTES].endswith(last_rule[:kept]) and len(body) > MAX_ROBOTS_BYTES
@@ -223,7 +223,7 @@ def test_a_line_the_500_kib_limit_cuts_is_not_read_as_a_rule(one_reply_server, t
     for parsed in (body, body.decode()):
         robots = RobotsTxt.parse(parsed)
         assert robots.allowed("https://a.com/products", "GPTBot") and robots.allowed("https://a.com/blog", "GPTBot")
-        assert not robots.allowed("https://a.com/tmp/x", "GPTBot")  # the lines before the cut still count
+        assert not robots.allowed("https://a.com/drafts/x", "GPTBot")  # the lines before the cut still count
     assert RobotsCompliance({"a.com": body}).disallowed_agents("https://a.com/products") == ()
     record = record_from_response("a.com", 200, body, "2025-01-01")
     assert record.text.endswith("x\n") and "Disallow: /p" not in record.text
