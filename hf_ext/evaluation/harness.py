@@ -134,7 +134,9 @@ def _check_run_args(tasks, num_fewshot, limit) -> list[str]:
         isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0
     ):
         raise ValueError(f"num_fewshot must be a non-negative int or None, got {num_fewshot!r}.")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0):
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit < math.inf
+    ):  # NaN and inf failed inside lm-eval without naming `limit`
         raise ValueError(f"limit must be a positive int (items) or float (share), got {limit!r}.")
     return tasks
 

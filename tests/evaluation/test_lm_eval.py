@@ -146,6 +146,9 @@ def test_bad_input(fog, small_tokenizer, tmp_path):
         evaluate_model(fog, small_tokenizer, tasks=[])
     with pytest.raises(ValueError, match="num_fewshot"):
         evaluate_model(fog, small_tokenizer, num_fewshot=-1)
+    for limit in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="limit must be a positive"):
+            evaluate_model(fog, small_tokenizer, limit=limit)
     with pytest.raises(ValueError, match="not a folder"):
         evaluate_model(str(tmp_path / "missing"))
     with pytest.raises(TypeError, match="PreTrainedModel"):
