@@ -778,6 +778,16 @@ def write_outputs(results: dict, output_dir: str) -> None:
     plt.close(fig)
 
 
+#: The recipe's argument dataclasses, in the order `run` / `validate` take them.
+ARGUMENT_CLASSES = (
+    ModelArguments,
+    DataArguments,
+    RecipeFederatedArguments,
+    ComparisonArguments,
+    FederatedTrainingArguments,
+)
+
+
 def main(argv: list[str] | None = None) -> dict:
     from ._common import finish, parse_recipe_args, refuse_multiple_processes
 
@@ -791,11 +801,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     argv = list(sys.argv[1:] if argv is None else argv)
     refuse_flags_set_per_run(argv)
-    args = parse_recipe_args(
-        (ModelArguments, DataArguments, RecipeFederatedArguments, ComparisonArguments, FederatedTrainingArguments),
-        argv,
-        resume="refuse",
-    )
+    args = parse_recipe_args(ARGUMENT_CLASSES, argv, resume="refuse")
     return finish(run(*args))
 
 

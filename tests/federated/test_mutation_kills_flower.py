@@ -536,13 +536,7 @@ def _recording_recipe(monkeypatch, tmp_path, argv):
     from hf_ext.recipes._common import parse_recipe_args
 
     args = parse_recipe_args(
-        (
-            recipe.ModelArguments,
-            recipe.DataArguments,
-            recipe.RecipeFederatedArguments,
-            recipe.ComparisonArguments,
-            recipe.FederatedTrainingArguments,
-        ),
+        recipe.ARGUMENT_CLASSES,
         ["--output_dir", str(tmp_path / "out"), *TINY, *argv],
         resume="refuse",
     )

@@ -86,13 +86,7 @@ def test_validate_refuses_a_per_base_rate_next_to_client_learning_rates(tmp_path
 
     argv = ["--configs", "full", "--client_learning_rates", "1e-4,1e-4", "--full_learning_rate", "5e-4"]
     args = parse_recipe_args(
-        (
-            recipe.ModelArguments,
-            recipe.DataArguments,
-            recipe.RecipeFederatedArguments,
-            recipe.ComparisonArguments,
-            recipe.FederatedTrainingArguments,
-        ),
+        recipe.ARGUMENT_CLASSES,
         ["--output_dir", str(tmp_path / "out"), *TINY, *argv],
         resume="refuse",
     )
