@@ -391,6 +391,7 @@ def amplifier_outer_step(
     grad_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None,
     g_hat: Sequence[torch.Tensor | None] | None = None,
     g_hat_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    weight_by_tokens: bool = True,
 ) -> float:
     r"""
     One Learn-Amplifier step: update `amplifier` so that a virtual SGD step with its transformed gradients lowers the
@@ -414,10 +415,7 @@ def amplifier_outer_step(
         meta_optimizer (`torch.optim.Optimizer`): optimizer over `amplifier.parameters()` only.
         model (`nn.Module`): the (unwrapped) model; its forward returns an output with a `loss` (or pass `loss_fn`).
         inner_batches: the micro-batches of the last inner step; may be empty when `g_hat` is given. `g_hat` is the
-            gradient of their loss averaged over all their labelled tokens, as the real step's with gradient
-            accumulation (the Trainer's `num_items_in_batch`): each micro-batch's mean loss weighted by its labelled
-            next-token count, `labels[..., 1:] != -100` (`labels != -100` for one label per example; equal weights
-            without `labels`, e.g. for a `loss_fn` of other inputs).
+            gradient of their loss weighted as the real step weighted it (see `weight_by_tokens`).
         outer_batches: batches of the outer set D_outer; `L_outer` is their example-weighted mean loss.
         virtual_lr (`float`): step size of the virtual SGD step (the reference uses the base learning rate).
         loss_fn (`Callable`, *optional*): `loss_fn(model, batch) -> scalar`; defaults to `model(**batch).loss`
@@ -435,6 +433,13 @@ def amplifier_outer_step(
         g_hat_reducer (`Callable`, *optional*): applied to each gradient computed in step 1 (e.g. a mean over
             data-parallel ranks, so that every rank transforms the gradient of the whole global batch, as one process
             on that batch does); not applied to a given `g_hat`.
+        weight_by_tokens (`bool`, *optional*, defaults to `True`): how step 1 weights the micro-batches' mean
+            losses. `True`: by labelled next-token count, `labels[..., 1:] != -100` (`labels != -100` for one label
+            per example; equal weights without `labels`, e.g. for a `loss_fn` of other inputs), which averages over all
+            their labelled tokens as the Trainer's real step does under gradient accumulation when it passes
+            `num_items_in_batch`. `False`: equal weights, as the real step when the Trainer passes none (a model
+            without loss kwargs: each micro-batch's mean loss divided by the accumulation steps).
+            [`NeuralGrokTrainer`] passes what its last step got.
 
     Returns:
         `float`: the outer loss (before the meta step).
@@ -480,7 +485,7 @@ def amplifier_outer_step(
         # 1. g_hat at the current parameters, on the last inner batch (no .grad and no buffer is touched).
         try:
             with torch.enable_grad():
-                weights = _inner_loss_weights(inner_batches)
+                weights = _inner_loss_weights(inner_batches) if weight_by_tokens else [1.0] * len(inner_batches)
                 total = sum(weights)
                 inner_loss = sum(w / total * loss_fn(model, b) for w, b in zip(weights, inner_batches) if w)
                 g_hat = torch.autograd.grad(inner_loss, params, allow_unused=True)

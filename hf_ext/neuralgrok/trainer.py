@@ -310,6 +310,7 @@ class NeuralGrokTrainer(Trainer):
         self.num_outer_steps = 0
         self.last_outer_loss: float | None = None
         self._pending_batches: list[dict] = []
+        self._pending_weight_by_tokens = True  # whether the pending batches' step got a `num_items_in_batch`
         self._outer_due = False  # outer_gradient="next_step": an outer step waits for the next step's gradient
         self._outer_batches: list[dict] | None = None
         self._acc_sum = 0.0
@@ -379,6 +380,9 @@ class NeuralGrokTrainer(Trainer):
         if self.amplifier is not None and self.args.outer_gradient == "recompute":
             # Keep the micro-batches of this optimizer step for the outer step (gradient at the new parameters).
             self._pending_batches.append({k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)})
+            # The real step weights its micro-batches by labelled tokens only when the Trainer counted them
+            # (`num_items_in_batch`; None for a model without loss kwargs: equal weights): g_hat does the same.
+            self._pending_weight_by_tokens = num_items_in_batch is not None
         return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -419,7 +423,7 @@ class NeuralGrokTrainer(Trainer):
             self._outer_due = True  # run by the next optimizer step, on its gradient (`before_transform`)
             return
         if batches:
-            self._run_outer_step(batches=batches)
+            self._run_outer_step(batches=batches, weight_by_tokens=self._pending_weight_by_tokens)
 
     def _outer_step_on_current_gradient(self, params: list[torch.Tensor]) -> None:
         """`before_transform` hook (outer_gradient="next_step"): the outer step on this step's raw gradient."""
@@ -437,7 +441,9 @@ class NeuralGrokTrainer(Trainer):
         initial = groups[0].get("initial_lr") if groups else None
         return float(initial) if isinstance(initial, int | float) and initial > 0 else self.args.learning_rate
 
-    def _run_outer_step(self, batches: list[dict] | None = None, g_hat: list | None = None) -> None:
+    def _run_outer_step(
+        self, batches: list[dict] | None = None, g_hat: list | None = None, weight_by_tokens: bool = True
+    ) -> None:
         if self._outer_batches is None:
             self._outer_batches = self._build_outer_batches()
         lr = self.args.virtual_lr
@@ -467,6 +473,7 @@ class NeuralGrokTrainer(Trainer):
                 # recompute: every rank's g_hat from its own batch, averaged -> the global batch's gradient, as in
                 # one process (next_step's g_hat is the already all-reduced gradient of the real step)
                 g_hat_reducer=reducer if g_hat is None else None,
+                weight_by_tokens=weight_by_tokens,
             )
         finally:
             self._in_outer_step = False

@@ -132,6 +132,54 @@ def test_recompute_outer_step_under_accumulation_with_a_short_micro_batch_equals
     assert outer_ga == pytest.approx(outer_one, rel=1e-12, abs=0)
 
 
+class _NoLossKwargsDecoder(GrokDecoderForCausalLM):
+    accepts_loss_kwargs = False  # as a model whose forward takes no **kwargs / num_items_in_batch
+
+
+def test_recompute_outer_step_weights_micro_batches_equally_without_num_items_in_batch(splits, tmp_path):
+    """Audit rv10b finding 1: for a model without loss kwargs the Trainer passes no num_items_in_batch and the real step
+    divides each micro-batch's mean loss by the accumulation steps (equal weights), but g_hat weighted the micro-batches
+    [4, 4, 1] by labelled tokens anyway. g_hat must be the gradient of the mean of the three micro-batch means."""
+    torch.manual_seed(0)
+    model = _NoLossKwargsDecoder(GrokDecoderConfig(vocab_size=P + 2, hidden_size=32, num_attention_heads=4)).double()
+    args = make_args(
+        tmp_path, max_steps=2, per_device_train_batch_size=4, gradient_accumulation_steps=3, outer_every=1,
+        warmup_steps=0, lr_scheduler_type="constant", logging_steps=100, track_entropy=False,
+    )  # fmt: skip
+    trainer = NeuralGrokTrainer(
+        model=model, args=args, train_dataset=splits["inner"].select(range(21)), outer_dataset=splits["outer"]
+    )
+    trainer.amplifier.double()
+    assert trainer.model_accepts_loss_kwargs is False
+    steps, g_hats = [], []
+    original_step, original_transform = trainer.training_step, trainer.amplifier.transform_many
+
+    def recording_step(model, inputs, num_items_in_batch=None):
+        steps.append(({k: v.clone() for k, v in inputs.items()}, num_items_in_batch))
+        return original_step(model, inputs, num_items_in_batch)
+
+    def recording_transform(grads, *a, **k):
+        if trainer._in_outer_step:
+            g_hats.append([g.detach().clone() for g in grads])
+        return original_transform(grads, *a, **k)
+
+    trainer.training_step = recording_step
+    trainer.amplifier.transform_many = recording_transform
+    trainer.train()
+    last = steps[3:]  # the second optimizer step: micro-batches of 4, 4 and 1 examples
+    assert [len(b["input_ids"]) for b, _ in last] == [4, 4, 1]
+    assert all(n is None for _, n in steps)  # the real step weights its micro-batch means equally
+    # reference: the gradient of the mean of the micro-batch mean losses at the final parameters, where the last
+    # outer step ran (it never changes the model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    loss = sum(model(**batch).loss for batch, _ in last) / 3
+    expected = torch.autograd.grad(loss, params)
+    assert len(g_hats) == 2
+    for got, want in zip(g_hats[-1], expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_grokfast_ema_sees_the_accumulated_gradient(splits, tmp_path):
     """With GA the EMA starts at the full-batch gradient of step 1 (not at a micro-batch gradient)."""
     args = make_args(
