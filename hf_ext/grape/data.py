@@ -6,40 +6,54 @@ MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
 
 
 def ensure_lm_columns(dataset, add_labels: bool = True):
-    """Add `labels` (a copy of `input_ids`, -100 where a given `attention_mask` is 0, so padding stored in the rows is
-    never a target, as in target batches; not with `add_labels=False`, for a collator that builds them, as
-    `DataCollatorForLanguageModeling` does) and `attention_mask` (all ones) to a tokenized dataset lacking them."""
+    """Add `labels` (a copy of `input_ids`; not with `add_labels=False`, for a collator that builds them, as
+    `DataCollatorForLanguageModeling` does) and `attention_mask` (all ones) to a tokenized dataset lacking them. Where
+    an `attention_mask` is given, `labels` (given or added) are -100 wherever it is 0, so padding stored in the rows
+    is never a target, as in target batches. Rows whose `labels` or `attention_mask` length differs from their
+    `input_ids` are refused."""
     ds = dataset
-    if add_labels and "labels" not in ds.column_names:
-        if "attention_mask" in ds.column_names:
-            _check_row_lengths(ds, "the tokenized dataset")
-            labels = [
-                [token if keep else -100 for token, keep in zip(ids, mask)]
-                for ids, mask in zip(ds["input_ids"], ds["attention_mask"])
-            ]
-        else:
-            labels = ds["input_ids"]
-        ds = ds.add_column("labels", labels)
+    has_labels = "labels" in ds.column_names
+    if has_labels or "attention_mask" in ds.column_names:
+        _check_row_lengths(ds, "the tokenized dataset")
+    if "attention_mask" in ds.column_names and (add_labels or has_labels) and (not has_labels or _has_padding(ds)):
+        labels = [
+            [token if keep else -100 for token, keep in zip(row, mask)]
+            for row, mask in zip(ds["labels" if has_labels else "input_ids"], ds["attention_mask"])
+        ]
+        ds = (ds.remove_columns("labels") if has_labels else ds).add_column("labels", labels)
+    elif add_labels and not has_labels:
+        ds = ds.add_column("labels", ds["input_ids"])
     if "attention_mask" not in ds.column_names:
         ds = ds.add_column("attention_mask", [[1] * len(x) for x in ds["input_ids"]])
     return ds
 
 
+def _has_padding(dataset) -> bool:
+    """Whether any `attention_mask` entry of `dataset` is 0 (given `labels` then need -100 there)."""
+    import pyarrow.compute as pc
+
+    mask = pc.list_flatten(dataset.with_format("arrow")["attention_mask"].combine_chunks())
+    return bool(pc.any(pc.equal(mask, 0)).as_py())
+
+
 def _add_lm_fields(example: dict) -> dict:
     out = {}
-    if "labels" not in example:
-        mask = example.get("attention_mask")
-        if mask is None:
-            out["labels"] = list(example["input_ids"])
-        elif len(mask) != len(example["input_ids"]):
+    ids = example["input_ids"]
+    mask = example.get("attention_mask")
+    for column in ("attention_mask", "labels"):
+        row = example.get(column)
+        if row is not None and len(row) != len(ids):
             raise ValueError(
-                f"a streamed row's attention_mask has {len(mask)} entries for {len(example['input_ids'])} input_ids; "
-                "a causal-LM row needs one mask entry per input token."
+                f"a streamed row's {column} has {len(row)} entries for {len(ids)} input_ids; a causal-LM row needs "
+                f"one {column} entry per input token (use -100 in labels for tokens that should not count)."
             )
-        else:  # padding stored in the row is never a target (as in ensure_lm_columns)
-            out["labels"] = [token if keep else -100 for token, keep in zip(example["input_ids"], mask)]
+    labels = example.get("labels")
+    if mask is not None:  # padding stored in the row is never a target (as in ensure_lm_columns), given labels or not
+        out["labels"] = [token if keep else -100 for token, keep in zip(ids if labels is None else labels, mask)]
+    elif "labels" not in example:
+        out["labels"] = list(ids)
     if "attention_mask" not in example:
-        out["attention_mask"] = [1] * len(example["input_ids"])
+        out["attention_mask"] = [1] * len(ids)
     return out
 
 

@@ -259,3 +259,65 @@ def test_padding_stored_in_streamed_source_rows_is_never_a_label(data, tmp_path)
     assert (mask == 0).any(), "the batch must hold padding"
     assert (labels[mask == 0] == -100).all() and torch.equal(labels[mask == 1], ids[mask == 1])
 
+
+def _padded_labelled_sources(train):
+    """Source rows as `tokenizer(..., padding="max_length")` + `labels = input_ids` give them (the pads labelled), with
+    -100 on the first two tokens of every row (given labels stay as given on the real tokens)."""
+    rows, masks, labels = [], [], []
+    for i, ids in enumerate(train["input_ids"]):
+        n = 6 + i % 11
+        rows.append(ids[:n] + [0] * (len(ids) - n))
+        masks.append([1] * n + [0] * (len(ids) - n))
+        labels.append([-100, -100] + rows[-1][2:])
+    return {"input_ids": rows, "attention_mask": masks, "labels": labels}
+
+
+def test_padding_stored_in_labelled_source_rows_is_never_a_label(data, tmp_path):
+    """Audit rv10b finding 2: source rows that already carry labels (labels = input_ids after padding="max_length")
+    still trained on their padding and skipped the row-length check, while target rows in that form were masked."""
+    train, targets = data
+    padded = Dataset.from_dict({**_padded_labelled_sources(train), "domain": train["domain"]})
+    trainer = GrapeTrainer(
+        model=tiny_llama(seed=1), args=quick_grape_args(tmp_path), train_dataset=padded, target_datasets=targets
+    )
+    domain_batches = [trainer._domain_batch(k, trainer._rng("domain", k), 4) for k in range(3)]
+    for batch in [next(iter(trainer.get_train_dataloader())), *domain_batches]:
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        assert (mask == 0).any(), "the batch must hold padding"
+        assert (labels[mask == 0] == -100).all()
+        assert (labels[:, :2] == -100).all()
+        assert torch.equal(labels[:, 2:][mask[:, 2:] == 1], ids[:, 2:][mask[:, 2:] == 1])
+    for column in ("labels", "attention_mask"):
+        short = padded.map(lambda r, i, c=column: {c: r[c][: -1 if i == 3 else None]}, with_indices=True)
+        with pytest.raises(ValueError, match=f"{column} length differs from their input_ids length .*row 3"):
+            GrapeTrainer(
+                model=tiny_llama(seed=1), args=quick_grape_args(tmp_path), train_dataset=short, target_datasets=targets
+            )
+
+
+def test_padding_stored_in_streamed_labelled_source_rows_is_never_a_label(data, tmp_path):
+    """The streaming path of finding 2: streamed rows with labels kept their labelled padding, unchecked lengths."""
+    train, targets = data
+
+    def streams(cut_labels=False):
+        out = {}
+        for d in sorted(set(train["domain"])):
+            columns = _padded_labelled_sources(train.filter(lambda r, d=d: r["domain"] == d))
+            if cut_labels:
+                columns["labels"] = [row[:-1] for row in columns["labels"]]
+            out[d] = Dataset.from_dict(columns).to_iterable_dataset()
+        return out
+
+    trainer = GrapeTrainer(
+        model=tiny_llama(seed=1), args=quick_grape_args(tmp_path), train_dataset=streams(), target_datasets=targets
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    assert (mask == 0).any(), "the batch must hold padding"
+    assert (labels[mask == 0] == -100).all() and (labels[:, :2] == -100).all()
+    assert torch.equal(labels[:, 2:][mask[:, 2:] == 1], ids[:, 2:][mask[:, 2:] == 1])
+    trainer = GrapeTrainer(
+        model=tiny_llama(seed=1), args=quick_grape_args(tmp_path), train_dataset=streams(True), target_datasets=targets
+    )
+    with pytest.raises(ValueError, match="streamed row's labels has 15 entries for 16 input_ids"):
+        next(iter(trainer.get_train_dataloader()))
