@@ -34,8 +34,11 @@ demo: setup
 	$(PY) scripts/pretrain.py --max_steps 600 --output_dir outputs/demo
 
 # --timeout: a test that hangs fails after 15 minutes with its stack (pytest-timeout) instead of stalling the run.
+# -n: pytest-xdist workers (one per core on the 2-core CI machine); --dist loadscope keeps each test module on one
+# worker, so a module's expensive fixtures (a recipe run shared by its tests) are built once.
+TEST_WORKERS ?= 2
 test: setup-dev
-	$(PY) -m pytest -m "not slow and not gpu" -q --timeout 900
+	$(PY) -m pytest -m "not slow and not gpu" -q --timeout 900 -n $(TEST_WORKERS) --dist loadscope
 
 test-slow: setup-dev
 	$(PY) -m pytest -m "slow" -q
