@@ -138,7 +138,26 @@ def _check_run_args(tasks, num_fewshot, limit) -> list[str]:
         isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit < math.inf
     ):  # NaN and inf failed inside lm-eval without naming `limit`
         raise ValueError(f"limit must be a positive int (items) or float (share), got {limit!r}.")
+    check_fewshot_pool(tasks, [num_fewshot])
     return tasks
+
+
+def check_fewshot_pool(tasks: Sequence[str], shots: Sequence[int | None], flag: str = "num_fewshot") -> None:
+    """Refuse a shot count larger than a packaged task's few-shot pool (`ValueError` naming `flag`, the task and its
+    pool size): lm-eval would only fail when it builds that count's prompts, after the evaluations before it.
+
+    The pool is the task's `fewshot_docs()` as lm-eval loads it from the packaged folder (a tag counts for each of its
+    tasks). Other tasks (lm-eval's own, an include path's) are not checked: their pool means loading their data.
+    """
+    most = max((k for k in shots if k), default=0)
+    packaged = [t for t in ([tasks] if isinstance(tasks, str) else tasks) if t in _PACKAGED]
+    if not most or not packaged:
+        return
+    for name, task in task_manager(include_defaults=False).load(packaged)["tasks"].items():
+        docs = task.fewshot_docs() if hasattr(task, "fewshot_docs") else None
+        if docs is not None and most > len(docs):
+            shown = f"{flag} {most}" if flag.startswith("--") else f"{flag}={most}"
+            raise ValueError(f"{name} has {len(docs)} few-shot items; {shown} needs at most {len(docs)}.")
 
 
 def _as_lm(model, tokenizer, batch_size: int, device: str | None, max_length: int | None):

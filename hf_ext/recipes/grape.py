@@ -180,9 +180,11 @@ def _validate_eval_args(eval_args: GrapeEvalArguments, args: GrapeRecipeConfig) 
     if eval_args.eval_num_fewshot < 0:
         raise ValueError(f"--eval_num_fewshot must be >= 0, got {eval_args.eval_num_fewshot}.")
     if eval_args.eval_tasks is not None:  # lm-eval installed, names known (the recipe reports every table metric)
+        from ..evaluation.harness import check_fewshot_pool
         from ..evaluation.prompting import check_eval_tasks
 
-        check_eval_tasks(eval_args.eval_tasks, "--eval_tasks")
+        names = check_eval_tasks(eval_args.eval_tasks, "--eval_tasks")
+        check_fewshot_pool(names, [eval_args.eval_num_fewshot], "--eval_num_fewshot")
 
 
 def _refuse_inapplicable_flags(

@@ -207,6 +207,7 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
         raise ValueError("--skip_sweep needs an explicit range: add --lp_start and --lp_end.")
     parse_pair_counts(sweep_args.pair_counts)
     if sweep_args.eval_tasks is not None:
+        from ..evaluation.harness import check_fewshot_pool
         from ..evaluation.prompting import check_eval_tasks
 
         if sweep_args.skip_sweep:
@@ -215,7 +216,8 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
             raise ValueError(f"--eval_fewshot must be >= 0, got {sweep_args.eval_fewshot}.")
         if sweep_args.eval_limit is not None and sweep_args.eval_limit < 1:
             raise ValueError(f"--eval_limit must be >= 1 (items per task), got {sweep_args.eval_limit}.")
-        check_eval_tasks(sweep_args.eval_tasks, "--eval_tasks", metric=sweep_args.eval_metric)
+        names = check_eval_tasks(sweep_args.eval_tasks, "--eval_tasks", metric=sweep_args.eval_metric)
+        check_fewshot_pool(names, [sweep_args.eval_fewshot], "--eval_fewshot")
     if model_args.model_name_or_path is None:
         if model_args.num_hidden_layers < 2:
             raise ValueError(f"--num_hidden_layers must be >= 2 to pair layers, got {model_args.num_hidden_layers}.")

@@ -236,15 +236,17 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         check_fresh_model(model_args, data_args.block_size)
     template = _template(meta_args)
     if meta_args.eval_tasks is not None:
+        from ..evaluation.harness import check_fewshot_pool
         from ..evaluation.prompting import check_eval_tasks, parse_shots
 
-        parse_shots(meta_args.eval_fewshot, "--eval_fewshot")
+        shots = parse_shots(meta_args.eval_fewshot, "--eval_fewshot")
         if meta_args.eval_limit is not None and meta_args.eval_limit < 1:
             raise ValueError(f"--eval_limit must be >= 1 (items per task), got {meta_args.eval_limit}.")
         if meta_args.eval_url is not None and not meta_args.eval_url.strip():
             raise ValueError("--eval_url must be a URL such as https://en.wikipedia.org/ (or left unset).")
-        check_eval_tasks(meta_args.eval_tasks, "--eval_tasks", metric=meta_args.eval_metric,
-                         require_fields=() if meta_args.eval_url else template.columns)  # fmt: skip
+        names = check_eval_tasks(meta_args.eval_tasks, "--eval_tasks", metric=meta_args.eval_metric,
+                                 require_fields=() if meta_args.eval_url else template.columns)  # fmt: skip
+        check_fewshot_pool(names, shots, "--eval_fewshot")
     if training_args.remove_unused_columns:
         logger.warning("remove_unused_columns=True would drop the metadata columns; the recipe sets it to False.")
         training_args.remove_unused_columns = False

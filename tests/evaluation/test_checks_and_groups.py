@@ -34,6 +34,7 @@ def test_evaluate_models_checks_every_model_and_shot_count_before_the_first_run(
         ({"ok": model, "junk": object()}, 0, TypeError, r"models\['junk'\].*PreTrainedModel"),
         ({"ok": model}, [0, -1], ValueError, "num_fewshot"),
         ({"ok": model}, [], ValueError, "num_fewshot"),
+        ({"ok": model}, [0, 33], ValueError, "hf_ext_cloze has 32 few-shot items; num_fewshot=33 needs at most 32"),
     ]
     for models, shots, err, match in bad_calls:
         with pytest.raises(err, match=match):
@@ -57,6 +58,29 @@ def test_evaluate_with_prefix_checks_shots_and_limit_before_any_work(model, smal
                          ({"limit": 0}, "limit"), ({"limit": -2}, "limit")):  # fmt: skip
         with pytest.raises(ValueError, match=name):
             prompting.evaluate_with_prefix(model, small_tokenizer, tasks="hf_ext_cloze", prefix="x", **kwargs)
+
+
+def test_a_shot_count_above_a_packaged_tasks_few_shot_pool_is_refused_before_any_work(model, small_tokenizer,
+                                                                                       monkeypatch):  # fmt: skip
+    """Was accepted, then lm-eval's sampler raised "Sample larger than population" while building the prompts, after
+    the evaluations before it had run (their rows lost), without naming `num_fewshot`."""
+    import hf_ext.evaluation.harness as harness
+    import hf_ext.evaluation.prompting as prompting
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was wrapped for lm-eval before the shot count was checked")
+
+    monkeypatch.setattr(harness, "_as_lm", no_work)
+    monkeypatch.setattr(prompting, "_as_lm", no_work)
+    pool = r"^hf_ext_cloze has 32 few-shot items; num_fewshot=33 needs at most 32\.$"
+    with pytest.raises(ValueError, match=pool):  # the tag counts for each of its tasks (hf_ext_domain has 36)
+        harness.evaluate_model(model, small_tokenizer, tasks="hf_ext", num_fewshot=33)
+    with pytest.raises(ValueError, match="^hf_ext_cloze_url has 32 few-shot items; num_fewshot=33"):
+        prompting.evaluate_with_prefix(model, small_tokenizer, tasks="hf_ext_cloze_url", prefix="x", num_fewshot=33)
+    with pytest.raises(ValueError, match="^hf_ext_domain has 36 few-shot items; --eval_fewshot 37 needs at most 36"):
+        harness.check_fewshot_pool(["hf_ext_domain"], [0, 37], "--eval_fewshot")
+    harness.check_fewshot_pool(["hf_ext_domain", "hf_ext_cloze"], [None, 0, 32])  # the whole pool may be drawn
+    harness.check_fewshot_pool(["arc_easy", "/some/task/folder"], [10**6])  # not packaged: left to lm-eval
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,10 @@ def test_bad_eval_arguments_fail_before_any_output(tmp_path):
         (["--eval_tasks", "hf_ext_domian"], "unknown lm-eval task\\(s\\) \\['hf_ext_domian'\\]"),
         (["--eval_tasks", "hf_ext_domain,hf_ext_domain"], "names a task twice"),
         (["--eval_tasks", "hf_ext_domain", "--eval_limit", "0"], "--eval_limit"),
+        (
+            ["--eval_tasks", "hf_ext_domain", "--eval_num_fewshot", "37"],
+            "hf_ext_domain has 36 few-shot items; --eval_num_fewshot 37 needs at most 36",
+        ),
         (["--compare_methods", "grape,regmix"], "--compare_methods has unknown methods \\['regmix'\\]"),
         (["--compare_methods", "grape,doremi"], "doremi needs a reference model"),
     ]

@@ -56,6 +56,10 @@ def test_sweep_reports_task_accuracy_and_retention_per_range(tmp_path):
         (["--eval_tasks", "hf_ext_domian"], "unknown lm-eval task"),
         (["--eval_tasks", "hf_ext_cloze", "--eval_metric", "acc_norm"], "not 'acc_norm'; pick the metric"),
         (["--eval_tasks", "hf_ext_cloze", "--eval_limit", "0"], "--eval_limit must be >= 1"),
+        (
+            ["--eval_tasks", "hf_ext_domain,hf_ext_cloze", "--eval_fewshot", "33"],
+            "hf_ext_cloze has 32 few-shot items; --eval_fewshot 33 needs at most 32",  # was: failed after the sweep
+        ),
         (["--eval_tasks", "hf_ext_cloze", "--skip_sweep", "--lp_start", "0", "--lp_end", "2"], "evaluates the ranges"),
     ],
 )

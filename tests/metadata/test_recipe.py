@@ -200,6 +200,10 @@ def test_recipe_eval_tasks_with_and_without_url_at_0_and_5_shots(tmp_path):
         (["--eval_tasks", "hf_ext_clozee"], "unknown lm-eval task"),
         (["--eval_tasks", "hf_ext_domain"], r"have no \['url'\] field"),
         (["--eval_tasks", "hf_ext_cloze", "--eval_fewshot", "0,five"], "--eval_fewshot must be comma-separated"),
+        (
+            ["--eval_tasks", "hf_ext_cloze", "--eval_fewshot", "0,33"],  # was: lm-eval failed after training
+            "hf_ext_cloze has 32 few-shot items; --eval_fewshot 33 needs at most 32",
+        ),
         (["--eval_tasks", "hf_ext_cloze", "--eval_metric", "acc_norm"], "not 'acc_norm'; pick the metric"),
     ],
 )
