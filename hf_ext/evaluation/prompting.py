@@ -61,14 +61,9 @@ def check_eval_tasks(
             loaded = tm.load(names)["tasks"]
         except Exception as err:  # lm-eval raises many kinds (missing data, no network)
             raise ValueError(f"{flag}: lm-eval could not load {names}: {err}") from err
+        if metric is not None:
+            check_reported_metric(loaded, metric, flag, "pick the metric with --eval_metric")
         for name, task in loaded.items():
-            if metric is not None:
-                reported = [m["metric"] for m in task.config.metric_list or [] if isinstance(m.get("metric"), str)]
-                if reported and metric not in reported:
-                    raise ValueError(
-                        f"{flag}: task {name!r} reports {reported}, not {metric!r}; pick the metric with "
-                        "--eval_metric."
-                    )
             if require_fields:
                 docs = task.test_docs() if task.has_test_docs() else task.validation_docs()
                 first = docs[0] if docs is not None and len(docs) else {}
@@ -79,6 +74,16 @@ def check_eval_tasks(
                         "which the conditioned prompts need; use tasks that carry it (hf_ext_cloze does)."
                     )
     return names
+
+
+def check_reported_metric(loaded: Mapping, metric: str, flag: str, fix: str) -> None:
+    """Refuse `metric` when a loaded lm-eval task (`TaskManager.load(...)["tasks"]`) lists its metrics and `metric`
+    (`"acc"`, or lm-eval's key `"acc,none"`) is not one of them: a `ValueError` naming `flag`, the task and `fix`."""
+    name_only = metric.partition(",")[0]
+    for name, task in loaded.items():
+        reported = [m["metric"] for m in task.config.metric_list or [] if isinstance(m.get("metric"), str)]
+        if reported and name_only not in reported:
+            raise ValueError(f"{flag}: task {name!r} reports {reported}, not {metric!r}; {fix}.")
 
 
 def parse_shots(text: str | int | None, flag: str = "--eval_fewshot") -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .harness import DEFAULT_TASKS, evaluate_model
+from .harness import _PACKAGED, DEFAULT_TASKS, _check_run_args, evaluate_model, task_manager
 from .scores import accuracy_retention, task_scores
 
 
@@ -67,6 +67,14 @@ def layer_pairing_task_sweep(
             raise ValueError(f"ranges: ({start}, {end}): {err}") from err
         # mode / mlp_norm against each other and the source (e.g. official_tp_split with block or an odd MLP width)
         LayerParallelConfig(source_config=model.config, lp_start=start, lp_end=end, lp_mode=mode, lp_mlp_norm=mlp_norm)
+    # and `metric` against the packaged tasks (it was first read after the source model's whole evaluation); other
+    # tasks are left to the score reader: loading them here would mean their data, and some need the model's arguments
+    packaged = [t for t in _check_run_args(tasks, num_fewshot, kwargs.get("limit")) if t in _PACKAGED]
+    if packaged and isinstance(metric, str):
+        from .prompting import check_reported_metric
+
+        loaded = task_manager(include_defaults=False).load(packaged)["tasks"]
+        check_reported_metric(loaded, metric, "metric", "pass one of those as metric=")
     rows, base = [], None
     for start, end in [(0, 0), *ranges]:
         lp = model if start == end else convert_to_layer_parallel(model, start, end, mode=mode, mlp_norm=mlp_norm)

@@ -98,3 +98,18 @@ def test_task_sweep_refuses_an_impossible_conversion_before_evaluating(small_tok
         layer_pairing_task_sweep(LlamaForCausalLM(cfg).eval(), small_tokenizer, [(0, 2)], tasks="hf_ext_cloze",
                                  mode=mode, mlp_norm="official_tp_split")  # fmt: skip
     assert evaluated == []
+
+
+def test_task_sweep_refuses_a_metric_a_task_does_not_report_before_evaluating(small_tokenizer, monkeypatch):
+    """hf_ext_domain has no perplexity: refused before the first evaluation (was: after the source model's whole
+    lm-eval run, by the score reader)."""
+    import hf_ext.evaluation.uses as uses
+
+    evaluated = []
+    monkeypatch.setattr(uses, "evaluate_model", lambda *a, **k: evaluated.append(1) or {})
+    model = _llama(small_tokenizer, 0)
+    with pytest.raises(ValueError, match=r"^metric: task 'hf_ext_domain' reports \['acc', 'acc_norm'\], not 'perp"):
+        layer_pairing_task_sweep(model, small_tokenizer, [(0, 2)], metric="perplexity")
+    with pytest.raises(ValueError, match="not 'acc_norm,none'"):  # lm-eval's key form is read as its name
+        layer_pairing_task_sweep(model, small_tokenizer, [(0, 2)], tasks=["hf_ext_cloze"], metric="acc_norm,none")
+    assert evaluated == []
