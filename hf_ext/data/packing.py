@@ -63,7 +63,7 @@ def pack_dataset(
         blocks = [stream[i : i + block_size] for i in range(0, n, block_size)]
         return {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": [list(b) for b in blocks]}
 
-    return dataset.map(
+    packed = dataset.map(
         tokenize_and_group,
         batched=True,
         batch_size=256,
@@ -71,3 +71,11 @@ def pack_dataset(
         remove_columns=dataset.column_names,
         desc=f"Packing into blocks of {block_size}",
     )
+    if packed.num_rows == 0:  # no block formed: `map` hands back the input's columns (none for an empty input)
+        import datasets
+
+        # the types `map` stores for the blocks it forms
+        dtypes = {"input_ids": "int32", "attention_mask": "int8", "labels": "int64"}
+        features = datasets.Features({name: datasets.List(datasets.Value(dt)) for name, dt in dtypes.items()})
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    return packed

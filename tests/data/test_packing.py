@@ -32,3 +32,14 @@ def test_non_text_values_are_named(tokenizer):
     docs = Dataset.from_dict({"body": ["hello world", None]})
     with pytest.raises(ValueError, match="text_column='body'"):
         pack_dataset(docs, tokenizer, block_size=4, text_column="body")
+
+
+def test_no_block_formed_gives_the_block_columns_empty(tokenizer):
+    """Documents shorter than one block (or no documents): an empty dataset with the blocks' columns and types, as
+    the docstring says (was: the input's columns, `text` and `url`, so `packed["input_ids"]` was a KeyError)."""
+    formed = pack_dataset(Dataset.from_dict({"text": ["word " * 100], "url": ["u"]}), tokenizer, block_size=16)
+    assert len(formed) > 0
+    for docs in (Dataset.from_dict({"text": ["a short doc"] * 3, "url": ["u"] * 3}), Dataset.from_dict({"text": []})):
+        packed = pack_dataset(docs, tokenizer, block_size=64)
+        assert len(packed) == 0 and packed["input_ids"] == [] and packed["labels"] == []
+        assert packed.features == formed.features  # input_ids int32, attention_mask int8, labels int64
