@@ -171,6 +171,12 @@ def check_ignored_flags(model_args, data_args, sweep_args, training_args) -> Non
                 f"--{name} {getattr(value, 'value', value)} applies to the fine-tuning, but --finetune is false (it "
                 f"would be ignored); drop --{name} or --finetune false."
             )
+        if model_args.model_name_or_path and changed_from_default(training_args, ["per_device_train_batch_size"]):
+            raise ValueError(
+                f"--per_device_train_batch_size {training_args.per_device_train_batch_size} applies to the fine-tuning "
+                "and the small Llama's pretraining, but --finetune is false and --model_name_or_path is loaded (it "
+                "would be ignored); drop --per_device_train_batch_size or --finetune false."
+            )
 
 
 def validate_args(model_args, data_args, sweep_args, training_args) -> None:

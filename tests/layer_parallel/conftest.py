@@ -31,10 +31,12 @@ def ids():
 @pytest.fixture(scope="session")
 def recipe_loaded():
     """Arguments of a tiny `layer_parallel` recipe run that converts a saved `--model_name_or_path`, on CPU: those of
-    `recipe_tiny` without the small Llama's shape and vocabulary (refused with `--model_name_or_path`)."""
+    `recipe_tiny` without the small Llama's shape and vocabulary (refused with `--model_name_or_path`) and without
+    `--per_device_train_batch_size` (refused with `--model_name_or_path --finetune false`, which trains nothing; a
+    run that fine-tunes adds it)."""
     return [
-        "--block_size", "32", "--max_eval_blocks", "8", "--per_device_train_batch_size", "4",
-        "--per_device_eval_batch_size", "8", "--disable_tqdm", "true", "--report_to", "none", "--use_cpu", "true",
+        "--block_size", "32", "--max_eval_blocks", "8", "--per_device_eval_batch_size", "8", "--disable_tqdm", "true",
+        "--report_to", "none", "--use_cpu", "true",
     ]  # fmt: skip
 
 
@@ -43,5 +45,5 @@ def recipe_tiny(recipe_loaded):
     """Arguments of a tiny `layer_parallel` recipe run: a 4-layer GQA Llama on the embedded corpus, on CPU."""
     return [
         "--num_hidden_layers", "4", "--hidden_size", "32", "--intermediate_size", "64", "--num_attention_heads", "2",
-        "--num_key_value_heads", "1", "--vocab_size", "512", *recipe_loaded,
+        "--num_key_value_heads", "1", "--vocab_size", "512", "--per_device_train_batch_size", "4", *recipe_loaded,
     ]  # fmt: skip

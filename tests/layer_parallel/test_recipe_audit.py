@@ -29,7 +29,7 @@ def full(source, tmp_path_factory, recipe_loaded):
 
 def _args(recipe_loaded, source, *extra):
     return [*recipe_loaded, "--model_name_or_path", source, "--skip_sweep", "--lp_start", "0", "--lp_end", "4",
-            "--learning_rate", "1e-2", "--logging_steps", "1", *extra]  # fmt: skip
+            "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--logging_steps", "1", *extra]  # fmt: skip
 
 
 def test_eval_strategy_steps_evaluates_during_finetuning(source, tmp_path, recipe_loaded):
@@ -78,8 +78,8 @@ def test_resume_is_refused_early_when_it_cannot_apply(source, full, tmp_path, re
     out = tmp_path / "never"
     with pytest.raises(ValueError, match="--finetune"):  # was: accepted and silently ignored
         main(_args(recipe_loaded, source, "--finetune", "false", "--output_dir", str(out), "--resume_from_checkpoint", ckpt))
-    base = [*recipe_loaded, "--model_name_or_path", source, "--max_steps", "3", "--output_dir", str(out),
-            "--resume_from_checkpoint", ckpt]  # fmt: skip
+    base = [*recipe_loaded, "--model_name_or_path", source, "--per_device_train_batch_size", "4", "--max_steps", "3",
+            "--output_dir", str(out), "--resume_from_checkpoint", ckpt]  # fmt: skip
     with pytest.raises(ValueError, match="lp_start=0 there, 1 here"):  # was: RuntimeError loading the state dict
         main([*base, "--skip_sweep", "--lp_start", "1", "--lp_end", "3"])
     with pytest.raises(ValueError, match="lp_mode='sublayer' there, 'block' here"):
@@ -160,6 +160,7 @@ def test_a_fresh_rerun_into_the_same_folder_leaves_no_result_file_of_the_earlier
         (["--finetune", "false", "--lr_scheduler_type", "linear"], "--lr_scheduler_type linear"),
         (["--finetune", "false", "--weight_decay", "0.1"], "--weight_decay"),
         (["--finetune", "false", "--logging_steps", "1"], "--logging_steps"),
+        (["--MODEL", "--finetune", "false", "--per_device_train_batch_size", "3"], "--per_device_train_batch_size"),
     ],
 )
 def test_flags_the_run_would_ignore_are_refused_by_name(tmp_path, monkeypatch, recipe_loaded, extra, flag):

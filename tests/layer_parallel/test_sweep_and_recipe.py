@@ -136,7 +136,7 @@ def test_recipe_finetune_resume_matches_uninterrupted(tiny_run, tmp_path, recipe
 
     source = str(tiny_run[0] / "source")
     args = [*recipe_loaded, "--model_name_or_path", source, "--skip_sweep", "--lp_start", "2", "--lp_end", "4",
-            "--max_steps", "4", "--learning_rate", "1e-2"]  # fmt: skip
+            "--per_device_train_batch_size", "4", "--max_steps", "4", "--learning_rate", "1e-2"]  # fmt: skip
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     main([*args, "--output_dir", str(full), "--save_strategy", "steps", "--save_steps", "2"])
     assert (full / "checkpoint-2").is_dir()
