@@ -213,17 +213,25 @@ def test_ragged_tokenized_sources_with_a_collator_that_cannot_pad_are_refused_at
         )
 
 
+def _padded_sources(train, labelled: bool = False) -> dict:
+    """Source rows as `tokenizer(..., padding="max_length")` gives them (0-padded, an `attention_mask` with 0s);
+    `labelled`: plus `labels = input_ids` (the pads labelled) with -100 on the first two tokens of every row (given
+    labels stay as given on the real tokens)."""
+    rows, masks, labels = [], [], []
+    for i, ids in enumerate(train["input_ids"]):
+        n = 6 + i % 11
+        rows.append(ids[:n] + [0] * (len(ids) - n))
+        masks.append([1] * n + [0] * (len(ids) - n))
+        labels.append([-100, -100] + rows[-1][2:])
+    return {"input_ids": rows, "attention_mask": masks, **({"labels": labels} if labelled else {})}
+
+
 def test_padding_stored_in_tokenized_source_rows_is_never_a_label(data, tmp_path):
     """Audit gh10 finding 2: source rows stored padded (an `attention_mask` with 0s, no `labels`, as
     `tokenizer(..., padding="max_length")` gives) got `labels = input_ids`, so the training loss and the per-domain
     reweighting gradients counted the pad tokens; target rows in the same form were masked."""
     train, targets = data
-    rows, masks = [], []
-    for i, ids in enumerate(train["input_ids"]):
-        n = 6 + i % 11
-        rows.append(ids[:n] + [0] * (len(ids) - n))
-        masks.append([1] * n + [0] * (len(ids) - n))
-    padded = Dataset.from_dict({"input_ids": rows, "attention_mask": masks, "domain": train["domain"]})
+    padded = Dataset.from_dict({**_padded_sources(train), "domain": train["domain"]})
     trainer = GrapeTrainer(
         model=tiny_llama(seed=1), args=quick_grape_args(tmp_path), train_dataset=padded, target_datasets=targets
     )
@@ -260,23 +268,11 @@ def test_padding_stored_in_streamed_source_rows_is_never_a_label(data, tmp_path)
     assert (labels[mask == 0] == -100).all() and torch.equal(labels[mask == 1], ids[mask == 1])
 
 
-def _padded_labelled_sources(train):
-    """Source rows as `tokenizer(..., padding="max_length")` + `labels = input_ids` give them (the pads labelled), with
-    -100 on the first two tokens of every row (given labels stay as given on the real tokens)."""
-    rows, masks, labels = [], [], []
-    for i, ids in enumerate(train["input_ids"]):
-        n = 6 + i % 11
-        rows.append(ids[:n] + [0] * (len(ids) - n))
-        masks.append([1] * n + [0] * (len(ids) - n))
-        labels.append([-100, -100] + rows[-1][2:])
-    return {"input_ids": rows, "attention_mask": masks, "labels": labels}
-
-
 def test_padding_stored_in_labelled_source_rows_is_never_a_label(data, tmp_path):
     """Audit rv10b finding 2: source rows that already carry labels (labels = input_ids after padding="max_length")
     still trained on their padding and skipped the row-length check, while target rows in that form were masked."""
     train, targets = data
-    padded = Dataset.from_dict({**_padded_labelled_sources(train), "domain": train["domain"]})
+    padded = Dataset.from_dict({**_padded_sources(train, labelled=True), "domain": train["domain"]})
     trainer = GrapeTrainer(
         model=tiny_llama(seed=1), args=quick_grape_args(tmp_path), train_dataset=padded, target_datasets=targets
     )
@@ -302,7 +298,7 @@ def test_padding_stored_in_streamed_labelled_source_rows_is_never_a_label(data, 
     def streams(cut_labels=False):
         out = {}
         for d in sorted(set(train["domain"])):
-            columns = _padded_labelled_sources(train.filter(lambda r, d=d: r["domain"] == d))
+            columns = _padded_sources(train.filter(lambda r, d=d: r["domain"] == d), labelled=True)
             if cut_labels:
                 columns["labels"] = [row[:-1] for row in columns["labels"]]
             out[d] = Dataset.from_dict(columns).to_iterable_dataset()
