@@ -161,8 +161,11 @@ class GrokDecoderForCausalLM(PreTrainedModel):
 def _register_auto_classes() -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from ..utils.auto_registration import declare_causal_lm
+
     AutoConfig.register(GrokDecoderConfig.model_type, GrokDecoderConfig, exist_ok=True)
     AutoModelForCausalLM.register(GrokDecoderConfig, GrokDecoderForCausalLM, exist_ok=True)
+    declare_causal_lm(GrokDecoderConfig.model_type, GrokDecoderForCausalLM.__name__)
 
 
 _register_auto_classes()

@@ -67,3 +67,20 @@ def register_auto_model_lazily(config_class, module: str, classes: dict[str, str
             extra = _LazyClassDict(extra)
             mapping._extra_content = extra
         extra[config_class] = _LazyClassRef(module, cls_name)
+    if "AutoModelForCausalLM" in classes:
+        declare_causal_lm(config_class.model_type, classes["AutoModelForCausalLM"])
+
+
+def declare_causal_lm(model_type: str, class_name: str) -> None:
+    """List `class_name` among transformers' causal-LM model names (`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`), as its own
+    causal LMs are.
+
+    `AutoModelForCausalLM.register` does not do that, and transformers reads the list by class name: `Trainer` shifts
+    the labels for label smoothing (`label_smoothing_factor`) only for a model on it (a model off it is trained to
+    predict the current token instead of the next), and the text-generation pipeline accepts only models on it. Only
+    the name is added: the Auto mapping joins the list with transformers' own config names, which never hold
+    `model_type`, so its lookups keep resolving the registered class. An entry transformers already has is kept.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault(model_type, class_name)
