@@ -181,6 +181,11 @@ def _stop_after_validation(monkeypatch):
         (["--fp8_scaling", "current"], "--fp8_scaling current sets the emulated backend's scaling"),
         (["--fp8_monitor_steps", "0", "--fp8_monitor_action", "stop"], "--fp8_monitor_steps 0 turns the monitor off"),
         (["--dataset_config_name", "wikitext-2-raw-v1"], "--dataset_config_name=.* --dataset_name, which is not set"),
+        (
+            ["--fp8_backend", "emulated", "--fp8_monitor_action", "rollback", "--save_strategy", "steps",
+             "--save_only_model", "true"],
+            "--save_only_model true checkpoints hold only the weights",
+        ),  # fmt: skip
     ],
 )
 def test_flags_the_run_would_ignore_are_refused_before_work(tmp_path, monkeypatch, args, match):

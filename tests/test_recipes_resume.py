@@ -122,3 +122,29 @@ def test_an_fp8_rollback_run_stopped_after_its_last_checkpoint_is_restored(tmp_p
         assert torch.equal(a[key], b[key]), key
     ha, hb = (json.loads((folder / "fp8_health.json").read_text()) for folder in (full, stopped))
     assert hb == ha
+
+
+@pytest.mark.parametrize("name", sorted(RESULTS))
+def test_a_checkpoint_saved_with_save_only_model_is_refused_before_any_work(name, tmp_path, monkeypatch):
+    """`--save_only_model true` writes checkpoints without the optimizer, scheduler and RNG states; a resume from one
+    used to run to completion with a fresh optimizer and a restarted LR schedule (other final weights, no warning).
+    Now it is refused before any work, naming the flag and what to do instead (a full checkpoint, or a new run from
+    the weights)."""
+    module = importlib.import_module(f"hf_ext.recipes.{name}")
+    args, _ = CASES[name]
+    common = [*args, "--save_strategy", "steps", "--save_steps", "2", "--seed", "3", "--logging_steps", "1",
+              "--save_only_model", "true"]  # fmt: skip
+    out = tmp_path / "run"
+    module.main([*common, "--max_steps", "2", "--output_dir", str(out)])  # saving only the weights is allowed
+    ckpt = out / "checkpoint-2"
+    assert (ckpt / "model.safetensors").is_file() and not (ckpt / "optimizer.pt").exists()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the refusal")
+
+    monkeypatch.setattr("hf_ext.data.build_tokenizer", no_work)
+    monkeypatch.setattr(module, "build_tokenizer", no_work, raising=False)
+    for value in ([], [str(ckpt)]):  # the bare flag (the newest checkpoint) and the named folder
+        with pytest.raises(ValueError, match=r"save_only_model=True: it holds only the model weights.*--model_name"):
+            module.main([*common, "--max_steps", "4", "--output_dir", str(out), "--resume_from_checkpoint", *value])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]

@@ -219,3 +219,30 @@ def test_a_run_a_callback_stopped_is_restored_not_trained_on(tmp_path):
     train_or_restore_finished(trainer, str(tmp_path / "checkpoint-2"))
     assert trainer.state.global_step == 2 and torch.equal(trainer.model.w, full.model.w)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_a_checkpoint_saved_with_save_only_model_is_told_apart_and_refused_for_a_resume(tmp_path):
+    """transformers' Trainer writes no optimizer, scheduler or RNG state under `save_only_model=True`, and resumed from
+    such a checkpoint silently restarts the optimizer and the LR schedule: the recipes' checks refuse it (named or
+    newest), and take a full checkpoint (or a fake one without weights, as in these tests) as before."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from hf_ext.utils.resume import check_checkpoint_folders, resolve_resume_checkpoint, saved_only_model
+
+    data = Dataset.from_dict({"x": [[1.0, 2.0, 3.0]] * 8, "labels": [1.0] * 8})
+    for only in (False, True):
+        args = TrainingArguments(output_dir=str(tmp_path / str(only)), max_steps=2, per_device_train_batch_size=2,
+                                 save_strategy="steps", save_steps=2, save_only_model=only, report_to="none",
+                                 use_cpu=True, disable_tqdm=True)  # fmt: skip
+        Trainer(model=_tiny(), args=args, train_dataset=data).train()
+    full, weights_only = tmp_path / "False" / "checkpoint-2", tmp_path / "True" / "checkpoint-2"
+    assert not saved_only_model(str(full)) and saved_only_model(str(weights_only))
+    assert not saved_only_model(str(_checkpoint(tmp_path / "fake" / "checkpoint-2", 2)))
+    assert resolve_resume_checkpoint("last", str(full.parent)) == str(full)
+    check_checkpoint_folders(str(full), [str(full.parent)], max_steps=4)
+    for value in ("last", str(weights_only)):
+        with pytest.raises(ValueError, match="save_only_model=True: it holds only the model weights"):
+            resolve_resume_checkpoint(value, str(weights_only.parent))
+        with pytest.raises(ValueError, match="save_only_model=True"):
+            check_checkpoint_folders(value, [str(weights_only.parent)], max_steps=4)

@@ -299,6 +299,9 @@ class PrivateTrainer(Trainer):
         )
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from ..utils.resume import refuse_weights_only_checkpoint
+
+        refuse_weights_only_checkpoint(resume_from_checkpoint, "resume_from_checkpoint")  # before anything is restored
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, ACCOUNTANT_FILE)
         if not os.path.isfile(path):

@@ -405,6 +405,11 @@ def train_with_rollback(trainer, callback: Fp8HealthCallback | None = None, resu
         callback = found[0]
     if trainer.args.save_strategy == "no":
         raise ValueError("train_with_rollback: rollback needs checkpoints; set save_strategy='steps' and save_steps.")
+    if trainer.args.save_only_model:
+        raise ValueError(
+            "train_with_rollback: rollback resumes from a checkpoint, and save_only_model=True checkpoints hold only the "
+            "weights (no optimizer, scheduler or RNG state to resume); set save_only_model=False."
+        )
     # Whatever the callback order (a later callback may set `should_save` again), no checkpoint is written while the
     # callback vetoes it: `Fp8Trainer` checks in `_save_checkpoint`; any other Trainer gets the same guard here.
     guarded = not getattr(trainer, "_fp8_health_save_guard", False)

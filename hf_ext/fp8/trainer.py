@@ -221,6 +221,9 @@ class Fp8Trainer(Trainer):
                 fh.write(save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from ..utils.resume import refuse_weights_only_checkpoint
+
+        refuse_weights_only_checkpoint(resume_from_checkpoint, "resume_from_checkpoint")  # before anything is restored
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         _warn_if_other_world_size(
             resume_from_checkpoint, model if model is not None else self.model, self.args.world_size

@@ -380,6 +380,9 @@ class GrapeTrainer(Trainer):
             self.mixture_state.save(output_dir if output_dir is not None else self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from ..utils.resume import refuse_weights_only_checkpoint
+
+        refuse_weights_only_checkpoint(resume_from_checkpoint, "resume_from_checkpoint")  # before anything is restored
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.load_mixture_state(resume_from_checkpoint)
 

@@ -271,6 +271,12 @@ class MetadataTrainer(Trainer):
             callback._resume_checkpoint = None
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from ..utils.resume import refuse_weights_only_checkpoint
+
+        refuse_weights_only_checkpoint(resume_from_checkpoint, "resume_from_checkpoint")  # before anything is restored
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     def _load_optimizer_and_scheduler(self, checkpoint):
         # called with the checkpoint train() resumes from (after resolving `True`), before on_train_begin
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -535,6 +535,12 @@ class NeuralGrokTrainer(Trainer):
             )
         atomic_write_json(os.path.join(output_dir, TRAINER_STATE_NAME), info)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from ..utils.resume import refuse_weights_only_checkpoint
+
+        refuse_weights_only_checkpoint(resume_from_checkpoint, "resume_from_checkpoint")  # before anything is restored
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
@@ -542,8 +548,10 @@ class NeuralGrokTrainer(Trainer):
         info_path = os.path.join(checkpoint, TRAINER_STATE_NAME)
         if not os.path.isfile(info_path):
             raise ValueError(
-                f"{checkpoint} has no {TRAINER_STATE_NAME}: it was not written by NeuralGrokTrainer, so the gradient "
-                "transform state cannot be restored. Resume from a NeuralGrokTrainer checkpoint."
+                f"{checkpoint} has no {TRAINER_STATE_NAME} (written with the optimizer state): it was not written by "
+                "NeuralGrokTrainer, or was saved with save_only_model=True (weights only), so the gradient transform "
+                "state cannot be restored. Resume from a full NeuralGrokTrainer checkpoint (save_only_model=False), or "
+                "start a new run from these weights."
             )
         with open(info_path, encoding="utf-8") as fh:
             info = json.load(fh)

@@ -112,6 +112,14 @@ class SafetensorsOptimizerStateMixin:
         if self.args.should_save:
             save_optimizer_state(self.optimizer, output_dir, self.lr_scheduler)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from ..utils.resume import refuse_weights_only_checkpoint
+
+        # a checkpoint saved with save_only_model=True has no optimizer state to read back: refused before anything
+        # is restored, rather than resumed with a fresh optimizer and a restarted schedule
+        refuse_weights_only_checkpoint(resume_from_checkpoint, "resume_from_checkpoint")
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         if checkpoint is not None and has_optimizer_state(checkpoint):
             load_optimizer_state(self.optimizer, checkpoint, self.lr_scheduler)

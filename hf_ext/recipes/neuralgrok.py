@@ -159,11 +159,12 @@ def _resume_plan(
 ) -> dict:
     """Checkpoint (or None) for every run, from `--resume_from_checkpoint`; raises ValueError before any work.
     `weight_decays`: each method's weight decay, checked against a checkpoint named on the command line; `max_steps`:
-    a checkpoint saved beyond it (another, longer run's) is refused."""
+    a checkpoint saved beyond it (another, longer run's) is refused, and so is one saved with --save_only_model."""
     plan = _resume_plan_checkpoints(value, output_dir, methods, seeds, weight_decays)
-    from ..utils.resume import refuse_checkpoint_past_max_steps
+    from ..utils.resume import refuse_checkpoint_past_max_steps, refuse_weights_only_checkpoint
 
     for checkpoint in plan.values():
+        refuse_weights_only_checkpoint(checkpoint)
         refuse_checkpoint_past_max_steps(checkpoint, max_steps)
     return plan
 

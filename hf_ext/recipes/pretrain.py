@@ -379,6 +379,11 @@ def validate_fp8_args(model_args: ModelArguments, training_args: TrainingArgumen
         )
     if model_args.fp8_monitor_action == "rollback" and training_args.save_strategy in ("no", None):
         raise ValueError("--fp8_monitor_action rollback needs checkpoints: add --save_strategy steps --save_steps N.")
+    if model_args.fp8_monitor_action == "rollback" and training_args.save_only_model:
+        raise ValueError(
+            "--fp8_monitor_action rollback resumes from a checkpoint, and --save_only_model true checkpoints hold only "
+            "the weights (no optimizer, scheduler or RNG state to resume); drop --save_only_model."
+        )
     if model_args.fp8_backend == "te":
         import torch
 

@@ -17,6 +17,10 @@ error when named explicitly.
 `check_checkpoint_folders` is what the recipes check before any work: a fresh run refuses a run folder that already
 holds complete checkpoints of an earlier run (a later bare `--resume_from_checkpoint` would resume that other run),
 and a resume refuses a checkpoint whose `global_step` is beyond the run's `--max_steps`.
+
+A checkpoint written with `save_only_model=True` holds the weights but not the optimizer, LR scheduler and RNG states
+(transformers' `Trainer` skips them): resuming from it would go on with a fresh optimizer and a restarted learning-rate
+schedule, so a resume from it is refused ([`refuse_weights_only_checkpoint`]; the recipes and hf_ext's Trainers).
 """
 
 from __future__ import annotations
@@ -69,6 +73,47 @@ def checkpoint_problem(path: str) -> str | None:
     return None
 
 
+# what transformers' Trainer writes into a checkpoint besides the weights unless `save_only_model=True`: the optimizer
+# (`optimizer.pt`/`.bin`, FSDP's `optimizer_0/`, hf_ext's `optimizer_state.*`), the LR scheduler (`scheduler.pt`,
+# hf_ext's `scheduler_state.json`), DeepSpeed's `global_stepN/`, and the RNG states (`rng_state.pth`, one per process)
+_RESUME_STATE_PREFIXES = ("optimizer", "scheduler", "global_step", "rng_state")
+# the weights `save_model` writes (a full model, sharded or not, or a PEFT adapter)
+_WEIGHTS_NAMES = {
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+}
+
+
+def saved_only_model(path: str) -> bool:
+    """Whether the checkpoint folder `path` was written with `save_only_model=True`: it holds the model's weights but
+    none of the optimizer, LR scheduler and RNG states `Trainer` writes with every other checkpoint."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return any(name in _WEIGHTS_NAMES for name in names) and not any(
+        name.startswith(_RESUME_STATE_PREFIXES) for name in names
+    )
+
+
+def refuse_weights_only_checkpoint(checkpoint: str | None, flag: str = "--resume_from_checkpoint") -> None:
+    """For a resume: raise `ValueError` when `checkpoint` was saved with `save_only_model=True` ([`saved_only_model`]):
+    transformers' `Trainer` would silently go on from it with a fresh optimizer and a restarted learning-rate schedule
+    (and fresh RNG streams), not continue the run. `flag` names the argument in the message."""
+    if checkpoint is None or not saved_only_model(checkpoint):
+        return
+    raise ValueError(
+        f"{flag}: {checkpoint} was saved with save_only_model=True: it holds only the model weights, not the "
+        "optimizer, learning-rate scheduler and RNG states a resume continues from (training would restart the "
+        "optimizer and the LR schedule). Resume from a full checkpoint (one saved with save_only_model=False), or start "
+        f"a new run from these weights (--model_name_or_path {checkpoint}, or from_pretrained) without {flag}."
+    )
+
+
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """Newest complete `checkpoint-N` in `output_dir`; incomplete ones are skipped with a warning."""
     if not os.path.isdir(output_dir):
@@ -115,6 +160,7 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str) -> str 
                 f"--resume_from_checkpoint asks for the last checkpoint, but --output_dir={output_dir!r} holds no "
                 "complete checkpoint-N folder; drop the flag to start from scratch or pass a checkpoint folder."
             )
+        refuse_weights_only_checkpoint(path)
         return path
     if isinstance(value, str) and value.strip().lower() in _NONE:
         return None
@@ -126,6 +172,7 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str) -> str 
             f"--resume_from_checkpoint={value!r} cannot be used: {problem}. Pass a complete checkpoint-N folder, "
             "or 'last' for the newest complete one in --output_dir."
         )
+    refuse_weights_only_checkpoint(value)
     return value
 
 
@@ -181,7 +228,8 @@ def refuse_checkpoint_past_max_steps(checkpoint: str | None, max_steps: int | No
 def check_checkpoint_folders(
     value, folders, max_steps: int | None = None, checkpoints=None, finished: bool = False
 ) -> None:
-    """The checks every checkpointing recipe runs before any work.
+    """The checks every checkpointing recipe runs before any work (for a resume: no checkpoint saved with
+    `save_only_model=True`, see [`refuse_weights_only_checkpoint`], and none beyond `max_steps`).
 
     Args:
         value: the `--resume_from_checkpoint` value (`None`/`False`/`"false"` for a fresh run).
@@ -202,6 +250,7 @@ def check_checkpoint_folders(
         else:
             checkpoints = [value] if isinstance(value, str) else []
     for checkpoint in checkpoints:
+        refuse_weights_only_checkpoint(checkpoint)
         refuse_checkpoint_past_max_steps(checkpoint, max_steps, finished=finished)
 
 

@@ -205,6 +205,17 @@ def test_kurtosis_logs_reach_log_history_and_under_fp8trainer_every_callback(tmp
         assert {step for step, has in seen_before if has} == monitored
 
 
+def test_rollback_refuses_checkpoints_saved_with_save_only_model(tmp_path, train_ds):
+    """A rollback resumes from a checkpoint: with save_only_model=True it would go on with a fresh optimizer and a
+    restarted LR schedule (a plain Trainer) or fail mid-run; refused before training."""
+    cb = Fp8HealthCallback(every_n_steps=2, baseline_steps=1, action="rollback")
+    args = _args(tmp_path, save_strategy="steps", save_steps=4, save_only_model=True)
+    trainer = _trainer(tiny_fog(vocab_size=512), args, train_ds, cb)
+    with pytest.raises(ValueError, match="save_only_model=True checkpoints hold only the weights"):
+        train_with_rollback(trainer, cb)
+    assert trainer.state.global_step == 0 and not list(tmp_path.glob("checkpoint-*"))
+
+
 def test_rollback_resumes_from_last_good_checkpoint_with_lower_lr(tmp_path, train_ds, caplog):
     model = tiny_fog(vocab_size=512)
     cb = Fp8HealthCallback(every_n_steps=2, baseline_steps=1, action="rollback", relative_threshold=5.0)

@@ -112,6 +112,36 @@ def test_reweighting_steps_keep_the_scheduled_training_loss_log(synthetic, grape
     assert [h["step"] for h in history if "grape/domain_updates" in h] == [2, 3, 4, 6]
 
 
+def test_resume_from_a_checkpoint_saved_with_save_only_model_is_refused_before_anything_is_restored(
+    synthetic, grape_helpers, tmp_path
+):
+    """`save_only_model=True` checkpoints hold the weights and the mixture state but no optimizer, scheduler or RNG
+    state: a resume used to restore the mixture and go on with a fresh AdamW and a restarted LR schedule. It is
+    refused now, before the weights or the mixture state change."""
+    train, targets = synthetic
+    out = tmp_path / "weights_only"
+    GrapeTrainer(
+        model=grape_helpers["tiny_llama"](),
+        args=make_args(out, max_steps=2, save_strategy="steps", save_steps=2, save_only_model=True),
+        train_dataset=train,
+        target_datasets=targets,
+    ).train()
+    ckpt = out / "checkpoint-2"
+    assert (ckpt / "grape_state.json").is_file() and not (ckpt / "optimizer.pt").exists()
+    resumed = GrapeTrainer(
+        model=grape_helpers["tiny_llama"](seed=1),
+        args=make_args(tmp_path / "resumed", max_steps=4),
+        train_dataset=train,
+        target_datasets=targets,
+    )
+    before = {k: v.clone() for k, v in resumed.model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"save_only_model=True: it holds only the model weights.*from_pretrained"):
+        resumed.train(resume_from_checkpoint=str(ckpt))
+    assert resumed.state.global_step == 0 and resumed.mixture_state.domain_updates == 0
+    for key, value in resumed.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_a_save_killed_while_writing_the_mixture_state_leaves_a_checkpoint_that_resume_skips(
     synthetic, grape_helpers, tmp_path, monkeypatch
 ):

@@ -355,6 +355,20 @@ def test_resume_with_other_outer_gradient_is_rejected(splits, tmp_path):
         other.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
 
 
+def test_resume_from_a_checkpoint_saved_with_save_only_model_is_refused_as_such(splits, tmp_path):
+    """NeuralGrokTrainer refused a `save_only_model=True` checkpoint with a false reason ("not written by
+    NeuralGrokTrainer"), after loading its weights; the refusal now says what the checkpoint is and what to do."""
+    run = make_args(tmp_path / "run", save_strategy="steps", save_steps=2, max_steps=2, save_only_model=True)
+    make_trainer(run, splits).train()
+    other = make_trainer(make_args(tmp_path / "other", max_steps=4), splits, model=make_model(seed=5))
+    before = {k: v.clone() for k, v in other.model.state_dict().items()}
+    with pytest.raises(ValueError, match="saved with save_only_model=True: it holds only the model weights") as err:
+        other.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    assert "not written by" not in str(err.value)
+    for key, value in other.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_evaluation_accuracy_and_grokking_callback(splits, tmp_path):
     args = make_args(tmp_path, "none", max_steps=10, eval_strategy="steps", eval_steps=2)
     callback = GrokkingCallback(target=1e-6, stop_on_target=True)
