@@ -143,6 +143,7 @@ class Fp8HealthCallback(TrainerCallback):
         self.rollbacks = 0
         self.rollback_request: dict | None = None
         self.resume_checkpoint: str | None = None
+        self._rolling_back = False  # set by `train_with_rollback` for the train() call of a rollback
         self._streak = 0
         self._streak_start: int | None = None  # step of the first alert of the current streak
         self._pending_logs: dict[str, float] = {}
@@ -168,13 +169,13 @@ class Fp8HealthCallback(TrainerCallback):
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the state [`state_dict`] returned (the checkpoint's, on resume), replacing the current one; only the
+        rollback count and the learning-rate scale never go back (a rollback resumes from a checkpoint saved before
+        it, see [`train_with_rollback`])."""
         self.history = list(state.get("history", []))
         self.baseline_obs = {k: list(v) for k, v in state.get("baseline_obs", {}).items()}
-        # after an in-process rollback keep this run's own record (it includes the rollback itself)
-        if not self.alerts:
-            self.alerts = list(state.get("alerts", []))
-        if not self.actions_taken:
-            self.actions_taken = list(state.get("actions_taken", []))
+        self.alerts = list(state.get("alerts", []))
+        self.actions_taken = list(state.get("actions_taken", []))
         self._streak = int(state.get("streak", 0))
         self._streak_start = state.get("streak_start")
         self._saved_lr_scale = float(state.get("lr_scale", 1.0))
@@ -209,6 +210,11 @@ class Fp8HealthCallback(TrainerCallback):
                 "Remove them from alert_sites."
             )
         self._saved_lr_scale = 1.0
+        # A rollback (`train_with_rollback`) keeps this run's own alerts and actions, which include the rollback itself;
+        # any other resume (also on this object, e.g. after an interrupt) restores the checkpoint's, as a fresh trainer
+        # would.
+        rolling_back, self._rolling_back = self._rolling_back, False
+        own = (self.alerts, self.actions_taken)
         # Trainer has loaded `state` from the checkpoint it resumes from (if any): our state travels inside it.
         stored = (state.stateful_callbacks or {}).get(STATE_KEY) if state.global_step > 0 else None
         if stored is not None:
@@ -225,6 +231,8 @@ class Fp8HealthCallback(TrainerCallback):
                     self.load_state_dict(json.load(fh))
                 logger.info("Fp8HealthCallback: restored monitor state from %s", ckpt)
         self.resume_checkpoint = None
+        if rolling_back:
+            self.alerts, self.actions_taken = own
         state.stateful_callbacks[STATE_KEY] = self.state_dict()
         factor = self.lr_scale / self._saved_lr_scale
         if factor != 1.0 and optimizer is not None:
@@ -436,9 +444,11 @@ def train_with_rollback(trainer, callback: Fp8HealthCallback | None = None, resu
         while callback.rollback_request is not None:
             request, callback.rollback_request = callback.rollback_request, None
             callback.resume_checkpoint = request["checkpoint"]
+            callback._rolling_back = True
             trainer.optimizer, trainer.lr_scheduler = given_optimizer, given_scheduler
             result = train(request["checkpoint"])
     finally:
+        callback._rolling_back = False  # a rollback's train() that failed before on_train_begin
         if cls_and_kwargs is not None:
             trainer.optimizer_cls_and_kwargs = cls_and_kwargs
         if guarded:
