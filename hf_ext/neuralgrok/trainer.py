@@ -481,6 +481,13 @@ class NeuralGrokTrainer(Trainer):
         self.num_outer_steps += 1
 
     # ---------------------------------------------------------------- logging
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        # `train_accuracy` is the mean over the micro-batches since the last log: a new call starts with none (an
+        # interrupted call's would leak into the first log), and a resumed one takes its checkpoint's (see
+        # `_load_optimizer_and_scheduler`), as transformers does for the logged loss.
+        self._acc_sum, self._acc_count = 0.0, 0
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             if self._acc_count:
@@ -521,6 +528,8 @@ class NeuralGrokTrainer(Trainer):
             "num_outer_steps": self.num_outer_steps,
             "outer_gradient": self.args.outer_gradient,
             "outer_step_due": self._outer_due,
+            # the micro-batch accuracies since the last log, for the first `train_accuracy` after a resume
+            "train_accuracy_window": [self._acc_sum, self._acc_count],
         }
         if self.amplifier is not None:
             save_file(
@@ -560,6 +569,7 @@ class NeuralGrokTrainer(Trainer):
                 f"Checkpoint used gradient_transform={info.get('gradient_transform')!r} but args say "
                 f"{self.args.gradient_transform!r}; resume with the same gradient_transform."
             )
+        self._acc_sum, self._acc_count = info.get("train_accuracy_window", [0.0, 0])  # none in older checkpoints
         prefix = os.path.join(checkpoint, TRANSFORM_STATE_PREFIX)
         if self.transform_optimizer is not None and state_exists(prefix):
             self.transform_optimizer.load_extra_state_dict(load_state(prefix, device=self.args.device))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import os
+from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -13,12 +15,15 @@ from .cubic_newton import (
     MOMENTUM_TYPES,
     SOLVERS,
     CubicNewton,
+    CubicStepStats,
     check_second_order_support,
     make_flat_loss,
 )
 from .serialization import SafetensorsOptimizerStateMixin
 
 __all__ = ["CubicNewtonTrainer", "CubicNewtonTrainingArguments"]
+
+STATS_WINDOW_NAME = "cubic_stats_window.json"  # the steps since the last log, in a checkpoint
 
 
 @dataclass
@@ -225,8 +230,26 @@ class CubicNewtonTrainer(SafetensorsOptimizerStateMixin, Trainer):
             self.optimizer = CubicNewton(params, **self.args.cubic_newton_kwargs())
         return self.optimizer
 
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        # the cubic/* log values are means over the steps since the last log: a new call starts with none (an
+        # interrupted call's would leak into the first log), and a resumed one takes its checkpoint's
+        self._stats_window = []
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            from ..utils.io import atomic_write_json
+
+            window = [asdict(stats) for stats in self._stats_window]
+            atomic_write_json(os.path.join(output_dir, STATS_WINDOW_NAME), window, None)
+
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, STATS_WINDOW_NAME) if checkpoint is not None else None
+        if path is not None and os.path.isfile(path):  # none in older checkpoints: the first log covers fewer steps
+            with open(path, encoding="utf-8") as fh:
+                self._stats_window = [CubicStepStats(**stats) for stats in json.load(fh)]
         opt = self._cubic_optimizer()
         if checkpoint is not None and opt is not None:
             module = self.accelerator.unwrap_model(self.model)

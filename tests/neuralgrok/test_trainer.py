@@ -369,6 +369,39 @@ def test_resume_from_a_checkpoint_saved_with_save_only_model_is_refused_as_such(
         assert torch.equal(value, before[key]), key
 
 
+def test_first_train_accuracy_after_a_resume_equals_the_uninterrupted_runs(splits, tmp_path):
+    """`train_accuracy` is the mean over the micro-batches since the last log. Those running sums were not reset by a
+    new train() call (an interrupted call's micro-batches leaked into the first log of a resume on the same trainer)
+    nor saved with a checkpoint (a checkpoint between two logs lost its micro-batches)."""
+    from transformers import TrainerCallback
+
+    class Interrupt(TrainerCallback):
+        def __init__(self, at):
+            self.at = at
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.at == state.global_step:
+                self.at = None
+                raise KeyboardInterrupt
+
+    def accuracies(trainer):
+        return {r["step"]: r["train_accuracy"] for r in trainer.state.log_history if "train_accuracy" in r}
+
+    kw = dict(max_steps=6, logging_steps=2, save_strategy="steps", save_steps=3)  # checkpoint-3 between two logs
+    full = make_trainer(make_args(tmp_path / "full", **kw), splits)
+    full.train()
+    expected = accuracies(full)
+    assert sorted(expected) == [2, 4, 6]
+    same = make_trainer(make_args(tmp_path / "same", **kw), splits, callbacks=[Interrupt(5)])
+    with pytest.raises(KeyboardInterrupt):
+        same.train()  # step 5 is waiting for the log of step 6
+    same.train(resume_from_checkpoint=True)  # checkpoint-3
+    fresh = make_trainer(make_args(tmp_path / "fresh", **kw), splits, model=make_model(seed=5))
+    fresh.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    assert accuracies(same) == expected
+    assert accuracies(fresh) == expected
+
+
 def test_evaluation_accuracy_and_grokking_callback(splits, tmp_path):
     args = make_args(tmp_path, "none", max_steps=10, eval_strategy="steps", eval_steps=2)
     callback = GrokkingCallback(target=1e-6, stop_on_target=True)
