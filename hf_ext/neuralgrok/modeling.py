@@ -29,6 +29,8 @@ class GrokDecoderConfig(PreTrainedConfig):
         overwrite_residual_with_norm (`bool`, *optional*, defaults to `True`):
             Keep the reference quirk `x = ln_1(x); x = x + attn(x)` (the residual stream is replaced by its
             normalised value before attention). `False` gives standard pre-LN blocks.
+        tie_word_embeddings (`bool`, *optional*, defaults to `False`):
+            Share one matrix between the token embeddings and the head. The reference decoder is untied.
     """
 
     model_type = "grok_decoder"
@@ -86,6 +88,7 @@ class GrokDecoderForCausalLM(PreTrainedModel):
     base_model_prefix = "decoder"
     main_input_name = "input_ids"
     _no_split_modules = ["GrokDecoderBlock"]
+    _tied_weights_keys = {"head.weight": "token_embeddings.weight"}
 
     def __init__(self, config: GrokDecoderConfig):
         super().__init__(config)
@@ -109,6 +112,9 @@ class GrokDecoderForCausalLM(PreTrainedModel):
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.head = new_embeddings
 
     def forward(
         self,

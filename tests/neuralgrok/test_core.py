@@ -594,6 +594,39 @@ def test_decoder_is_causal_and_trains_on_answer_only(splits, tmp_path):
         GrokDecoderConfig(hidden_size=30, num_attention_heads=4).validate_architecture()
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_decoder_resizes_both_embeddings_and_honours_tie_word_embeddings(tie, tmp_path):
+    """`resize_token_embeddings` resizes the embeddings, the head and `config.vocab_size` (it used to crash on the
+    head after resizing the embeddings), and `tie_word_embeddings=True` shares one matrix (it used to be ignored)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = GrokDecoderForCausalLM(GrokDecoderConfig(vocab_size=13, hidden_size=32, tie_word_embeddings=tie)).eval()
+    untied_params = GrokDecoderForCausalLM(GrokDecoderConfig(vocab_size=13, hidden_size=32)).num_parameters()
+    shared = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert shared is tie
+    assert model.num_parameters() == untied_params - (13 * 32 if tie else 0)
+    old_embeddings = model.get_input_embeddings().weight.detach().clone()
+    old_head = model.get_output_embeddings().weight.detach().clone()
+
+    model.resize_token_embeddings(15, pad_to_multiple_of=8)
+    assert model.config.vocab_size == 16
+    assert model.get_input_embeddings().weight.shape == (16, 32)
+    assert model.get_output_embeddings().weight.shape == (16, 32)
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) is tie
+    torch.testing.assert_close(model.get_input_embeddings().weight[:13], old_embeddings, rtol=0, atol=0)
+    torch.testing.assert_close(model.get_output_embeddings().weight[:13], old_head, rtol=0, atol=0)
+    input_ids = torch.tensor([[1, 15, 3, 14]])
+    logits = model(input_ids=input_ids).logits
+    assert logits.shape == (1, 4, 16)
+
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.vocab_size == 16 and reloaded.config.tie_word_embeddings is tie
+    assert (reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight) is tie
+    torch.testing.assert_close(reloaded(input_ids=input_ids).logits, logits, rtol=0, atol=0)
+
+
 def test_gradient_statistics_are_computed_when_read_and_describe_the_last_step(monkeypatch):
     """AGE and norms are computed once per read of `last_metrics` (a log), from copies of the last step's gradients:
     not once per step, and never from a stale or later state (the next backward or the clip must not leak in)."""
