@@ -1,7 +1,7 @@
 """LoRA (peft) on FOG: adapters train, save, reload onto a reloaded base and merge back, as on transformers' models."""
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 import hf_ext  # noqa: F401  (registers FOG with the Auto classes)
@@ -30,3 +30,19 @@ def test_lora_adapters_save_reload_and_merge(tmp_path):
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
     torch.testing.assert_close(reloaded.eval()(ids).logits, adapted, atol=1e-5, rtol=0)
     torch.testing.assert_close(reloaded.merge_and_unload()(ids).logits, adapted, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_auto_peft_model_finds_the_saved_base_with_the_causal_lm_task_type(tmp_path):
+    """docs/fog.md: adapters attached to a reloaded FOG with `task_type="CAUSAL_LM"` load with
+    `AutoPeftModelForCausalLM` alone (without a task type peft refuses to import hf_ext's modeling module)."""
+    torch.manual_seed(0)
+    FogForCausalLM(FogConfig.fog(**TINY)).save_pretrained(tmp_path / "base")
+    torch.manual_seed(1)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), lora).eval()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(1))
+    auto = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter").eval()
+    assert isinstance(auto.get_base_model(), FogForCausalLM)
+    torch.testing.assert_close(auto(ids).logits, peft_model(ids).logits, atol=1e-5, rtol=0)

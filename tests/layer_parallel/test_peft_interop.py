@@ -2,6 +2,8 @@
 Llama; a LoRA-adapted Llama is refused with the fix (merge first), and the merged one converts exactly."""
 
 import json
+import os
+import re
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 import hf_ext  # noqa: F401  (registers the layer-parallel Auto classes)
-from hf_ext.models.layer_parallel import convert_to_layer_parallel
+from hf_ext.models.layer_parallel import LayerParallelForCausalLM, convert_to_layer_parallel
 
 TARGETS = ["q_proj", "v_proj", "o_proj", "down_proj"]
 
@@ -42,6 +44,39 @@ def test_adapters_of_a_model_converted_from_a_saved_llama_save_and_reload(source
     on_reload.save_pretrained(tmp_path / "adapter2")
     auto = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter2").eval()
     torch.testing.assert_close(auto(ids).logits, on_reload.eval()(ids).logits, atol=1e-5, rtol=0)
+
+
+def documented_autopeft_example(repo_root: str) -> tuple[str, str]:
+    """docs/layer_parallel.md's `AutoPeftModelForCausalLM` example, split at its `# ... train ...` line."""
+    with open(os.path.join(repo_root, "docs", "layer_parallel.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    blocks = [
+        b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "AutoPeftModelForCausalLM.from_pretrained" in b
+    ]
+    assert len(blocks) == 1, "docs/layer_parallel.md should show one AutoPeftModelForCausalLM example"
+    before, after = re.split(r"^# \.\.\. train.*$", blocks[0], flags=re.M)
+    return before, after
+
+
+@torch.no_grad()
+def test_the_documented_autopeft_example_runs_as_written(source, ids, repo_root, tmp_path, monkeypatch):
+    """The docs' example, run as written on a converted model `lp`: `AutoPeftModelForCausalLM` finds the saved
+    converted base and gives the adapted logits. The docs used to say that saving and reloading was enough, with a
+    `LoraConfig` without `task_type`: peft then refused to import hf_ext's modeling module."""
+    before, after = documented_autopeft_example(repo_root)
+    monkeypatch.chdir(tmp_path)  # the example writes "llama-lp" and "llama-lp-lora" in the working directory
+    namespace = {"lp": convert_to_layer_parallel(source, 0, 4)}
+    exec(before, namespace)
+    torch.manual_seed(3)
+    for name, param in namespace["peft_model"].named_parameters():
+        if "lora_B" in name:  # stands in for training: peft starts lora_B at zero, an adapter that changes nothing
+            param.normal_()
+    expected = namespace["peft_model"].eval()(ids).logits
+    assert (expected - namespace["lp"].eval()(ids).logits).abs().max() > 1e-3
+    exec(after, namespace)
+    model = namespace["model"].eval()
+    assert isinstance(model.get_base_model(), LayerParallelForCausalLM)
+    torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=0)
 
 
 def test_a_lora_adapted_llama_is_refused_with_the_fix_and_converts_once_merged(source, ids):
