@@ -137,6 +137,8 @@ def test_secagg_with_one_partition_names_the_run_config_keys():
         ("learning-rate", -1.0),
         ("batch-size", 0),
         ("docs-per-client", 0),
+        ("block-size", 1),  # a block of 1 token has no next-token target
+        ("dp-delta", 1.0),  # (0, 1): delta 1 promises nothing
         ("secagg-max-weight", float("inf")),
         ("dp-noise-multiplier", float("nan")),
         ("dp-noise-seed", -5),

@@ -90,3 +90,19 @@ def test_secagg_quantization_error_is_the_documented_half_step_bound():
     for seed in (0, 1, 2):
         measured = _flower_relative_error(update, ratio, fed.secagg_clipping_range, seed)
         assert measured <= bound <= 1.5 * measured, (seed, measured, bound)
+
+
+def test_secagg_quantization_error_adds_the_weight_ratio_rounding_error():
+    """SecAgg+ rounds the weight ratio to `round(ratio * 2^22) / 2^22` too: ratio 1.5 / 2^22 becomes 2 / 2^22, a
+    relative error of 1/3, which secagg_quantization_error must add to the (here tiny, 16 / 3e5) update term; without
+    it a client whose weight is a third off would upload without a warning."""
+    from hf_ext.federated.flower import check_secagg_range
+
+    fed = FederatedArguments(secagg_max_weight=2**22 / 1.5)
+    update = {"w": torch.full((4,), 1e5)}
+    ratio, step = 1.5 / 2**22, 2 * fed.secagg_clipping_range / 2**22
+    update_term = math.sqrt(4) * step / 2 / (ratio * 2e5)
+    assert update_term < 1e-4
+    assert secagg_quantization_error(update, 1, fed) == pytest.approx(update_term + 1 / 3, rel=1e-9)
+    with pytest.warns(UserWarning, match="expected relative error of up to 0.333"):
+        check_secagg_range(update, 1, fed)

@@ -191,6 +191,8 @@ def test_secure_aggregation_refuses_frac_bits_that_lose_the_update(small_tokeniz
     for bits in (-1, 41, 2.5, True):
         with pytest.raises(ValueError, match=r"--secure_aggregation_frac_bits must be an integer in \[0, 40\]"):
             FederatedArguments(secure_aggregation_frac_bits=bits)
+    for bits in (0, 40):  # both ends of [0, 40] build
+        assert FederatedArguments(secure_aggregation_frac_bits=bits).secure_aggregation_frac_bits == bits
     fed = FederatedArguments(
         num_rounds=1,
         local_steps=1,
@@ -207,6 +209,11 @@ def test_secure_aggregation_refuses_frac_bits_that_lose_the_update(small_tokeniz
     update = {"w": torch.full((1000,), 1e-3)}  # relative rounding error bound 500 * 2^-bits at weight 1
     with pytest.warns(UserWarning, match="raise --secure_aggregation_frac_bits"):
         check_fixed_point_precision(update, 1.0, dataclasses.replace(fed, secure_aggregation_frac_bits=12), 0)
+    # the half-step bound 500 * 2^-bits between the thresholds: 9 bits (0.977 > 0.5) refused, 10 bits (0.488) warned
+    with pytest.raises(ValueError, match="Refused"):
+        check_fixed_point_precision(update, 1.0, dataclasses.replace(fed, secure_aggregation_frac_bits=9), 0)
+    with pytest.warns(UserWarning, match="raise --secure_aggregation_frac_bits"):
+        check_fixed_point_precision(update, 1.0, dataclasses.replace(fed, secure_aggregation_frac_bits=10), 0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_fixed_point_precision(update, 1.0, dataclasses.replace(fed, secure_aggregation_frac_bits=24), 0)
@@ -393,7 +400,9 @@ def test_save_state_killed_between_its_renames_recovers_the_previous_round(
         ("secure_aggregation_threshold", 2.5),
         ("lora_dropout", 1.5),
         ("lora_dropout", float("nan")),
+        ("lora_dropout", 1.0),  # [0, 1): a dropout of 1 drops every LoRA input
         ("client_learning_rates", "1e-3,nan"),
+        ("client_learning_rates", "1e-3,0"),  # a rate of 0 would silently freeze that client
         ("client_learning_rates", "1e-3,-1e-3"),
         ("client_learning_rates", "1e-3,inf"),
         ("secagg_clipping_range", float("inf")),
