@@ -57,6 +57,7 @@ def test_prefix_runs_honour_the_domains_metadata_as_evaluate_model_does(small_to
 def test_check_eval_tasks_and_shots():
     assert check_eval_tasks(None) is None
     assert check_eval_tasks(" hf_ext_cloze , hf_ext_domain", metric="acc") == ["hf_ext_cloze", "hf_ext_domain"]
+    assert check_eval_tasks("hf_ext_domain", metric="acc,none") == ["hf_ext_domain"]  # lm-eval's key form too
     with pytest.raises(ValueError, match="--tasks must be comma-separated"):
         check_eval_tasks("hf_ext_cloze,", flag="--tasks")
     with pytest.raises(ValueError, match="names a task twice"):

@@ -154,13 +154,17 @@ def test_conversion_bad_input():
         convert(odd, "torchao", pad_inner_dim=True)
 
 
-@pytest.mark.parametrize("switch", ["include_lm_head", "fp8_attention", "pad_inner_dim", "emulate"])
+@pytest.mark.parametrize(
+    "switch", ["include_lm_head", "fp8_attention", "pad_inner_dim", "emulate", "fsdp_float8_all_gather"]
+)
 def test_conversion_switches_must_be_booleans(switch):
-    """A string "False" (from YAML or a command line) used to read as True: the head or attention went FP8."""
+    """A string "False" (from YAML or a command line) used to read as True: the head or attention went FP8 (or,
+    torchao tensorwise, the FSDP2 all-gather). The torchao-only switches are tried with torchao, where they apply."""
     model = tiny_fog()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match=f"{switch} must be True or False"):
-        convert(model, "emulated" if switch != "emulate" else "torchao", **{switch: "False"})
+        torchao_only = switch in ("emulate", "fsdp_float8_all_gather")
+        convert(model, "torchao" if torchao_only else "emulated", recipe="tensorwise", **{switch: "False"})
     assert not fp8_converted_modules(model) and model.config._attn_implementation != "fp8_emulated"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

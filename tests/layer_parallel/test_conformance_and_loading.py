@@ -164,12 +164,14 @@ def test_from_pretrained_keywords_that_contradict_the_saved_weights_fail_before_
 def test_from_pretrained_keywords_that_keep_the_layout_still_apply(source, tmp_path, ids):
     lp = convert_to_layer_parallel(source, 1, 3, merge=False).eval()
     lp.save_pretrained(tmp_path)
-    rope = {"rope_parameters": {"rope_type": "default", "rope_theta": 20000.0}}
+    # rms_norm_eps is mirrored at the top level of the saved config: the new source config's value must win
+    rope = {"rope_parameters": {"rope_type": "default", "rope_theta": 20000.0}, "rms_norm_eps": 1e-3}
     reloaded = AutoModelForCausalLM.from_pretrained(
         tmp_path, lp_merged=False, lp_start=1, lp_end=3, pad_token_id=5, source_config=rope
     ).eval()
     assert reloaded.config.lp_pairs == [[1, 2]] and reloaded.config.num_hidden_layers == 5
     assert (reloaded.config.pad_token_id, reloaded.config.source_config.pad_token_id) == (5, 5)
+    assert reloaded.config.rms_norm_eps == reloaded.config.source_config.rms_norm_eps == 1e-3
     assert reloaded.config.source_config.rope_parameters["rope_theta"] == 20000.0
     with torch.no_grad():
         assert not torch.equal(reloaded(ids).logits, lp(ids).logits)  # the new RoPE base is used
@@ -213,12 +215,13 @@ def test_a_source_config_copy_that_keeps_the_structure_can_be_put_back(source):
     assert lp.config.weight_layout() == convert_to_layer_parallel(source, 1, 3).config.weight_layout()
     lp.config.update(lp.config.to_dict())  # a no-op update (its source_config is a dict) is no change either
     assert isinstance(lp.config.source_config, type(changed)) and lp.config.source_config.initializer_range == 1e-10
-    wider = copy.deepcopy(changed)
-    wider.num_key_value_heads = 4  # the weight layout changes: still refused
-    with pytest.raises(
-        ValueError, match=r"(?s)source_config cannot be changed .* LayerParallelConfig\(source_config=\.\.\.\)"
-    ):
-        lp.config.source_config = wider
+    for field, value in (("num_key_value_heads", 4), ("attention_bias", True), ("mlp_bias", True)):
+        wider = copy.deepcopy(changed)
+        setattr(wider, field, value)  # the weight layout changes (mirrored or layout-only field): still refused
+        with pytest.raises(
+            ValueError, match=r"(?s)source_config cannot be changed .* LayerParallelConfig\(source_config=\.\.\.\)"
+        ):
+            lp.config.source_config = wider
 
 
 # --------------------------------------------------------------------------------------------------------------------

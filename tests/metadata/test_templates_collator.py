@@ -223,6 +223,9 @@ def test_collator_errors(ctx_tokenizer, small_tokenizer, corpus):
         MetadataCollator(ctx_tokenizer, metadata_template("url"), text_column="content")(examples(corpus, 2))
     with pytest.raises(ValueError, match="metadata_dropout"):
         MetadataCollator(ctx_tokenizer, metadata_template("url"), metadata_dropout=1.5)
+    for seed in (1.5, True):  # hashed as text: "1.5" / "True" would silently draw other dropouts than seed 1
+        with pytest.raises(ValueError, match="seed must be an int"):
+            MetadataCollator(ctx_tokenizer, metadata_template("url"), seed=seed)
     with pytest.raises(ValueError, match="not both"):
         MetadataCollator(ctx_tokenizer, metadata_template("url"), block_size=64, max_length=64)
     with pytest.raises(TypeError, match="MetadataTemplate"):
