@@ -35,7 +35,7 @@ def test_bad_validation_and_tiny_training_files_name_the_flag(tmp_path):
         load_text_datasets(train_file=train_file, validation_file=str(bad_ext))
     one = tmp_path / "one.txt"
     one.write_text("a single line\n")
-    with pytest.raises(ValueError, match="--validation_file"):
+    with pytest.raises(ValueError, match=r"\(a \.txt file separates them by blank lines\).*--validation_file"):
         load_text_datasets(train_file=str(one))
     train, val = load_text_datasets(train_file=str(one), validation_file=str(one))
     assert len(train) == len(val) == 1
@@ -62,3 +62,6 @@ def test_a_txt_file_holds_one_document_per_paragraph_with_its_line_breaks(tmp_pa
     # a line of spaces or tabs (an editor's trailing whitespace) separates documents like an empty one; CRLF too
     path.write_bytes(b"doc1 line a\r\ndoc1 line b\r\n   \r\ndoc2\n\t\n\n  indented doc3\n")
     assert _load_file(str(path), "text")["text"] == ["doc1 line a\ndoc1 line b", "doc2", "  indented doc3"]
+    # whitespace with no line break after it, at the file's start or end, is a document of its own: it is dropped
+    path.write_text("   \n\nfirst doc\nline two\n\n\t \n\nsecond\n\n   ")
+    assert _load_file(str(path), "text")["text"] == ["first doc\nline two", "second"]
