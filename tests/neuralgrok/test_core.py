@@ -313,6 +313,56 @@ def test_outer_step_with_a_given_gradient_equals_recomputing_it(splits):
         amplifier_outer_step(amp, torch.optim.Adam(amp.parameters()), model, [], [outer], 1e-3, g_hat=[None])
 
 
+def _outer_step_result(model, inner, outer, g_hat=None, loss_fn=None):
+    torch.manual_seed(1)
+    amp = NeuralAmplifier((16, 16))
+    meta = torch.optim.Adam(amp.parameters(), lr=1e-2)
+    loss = amplifier_outer_step(amp, meta, model, inner, [outer], virtual_lr=1e-3, g_hat=g_hat, loss_fn=loss_fn)
+    return loss, [p.detach().clone() for p in amp.parameters()]
+
+
+def test_an_inner_micro_batch_without_a_labelled_token_gets_weight_zero(splits):
+    """Its mean loss is NaN (0 / 0): it is left out of g_hat, not multiplied by its weight 0 (0 * NaN = NaN, and the
+    gradient of a masked mean over no token is NaN too)."""
+    model = tiny_model()
+    inner, outer = batch_of(splits["inner"], 8), batch_of(splits["outer"])
+    masked = {"input_ids": inner["input_ids"][:2], "labels": torch.full_like(inner["labels"][:2], -100)}
+
+    def mean_over_own_tokens(m, batch):  # the usual masked mean: sum(nll * mask) / sum(mask), 0 / 0 here
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        logp = m(input_ids=batch["input_ids"]).logits[:, :-1].log_softmax(-1)
+        nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (nll * mask).sum() / mask.sum()
+
+    loss, amp = _outer_step_result(model, [inner, masked], outer, loss_fn=mean_over_own_tokens)
+    ref_loss, ref_amp = _outer_step_result(model, [inner], outer, loss_fn=mean_over_own_tokens)
+    assert math.isfinite(loss) and loss == pytest.approx(ref_loss, rel=1e-6)
+    for a, b in zip(amp, ref_amp):
+        torch.testing.assert_close(a, b)
+
+
+def test_ragged_inner_micro_batches_give_the_gradient_of_one_batch_of_their_next_token_targets(splits):
+    """Right-padded causal-LM micro-batches with labels = input_ids: each weighs by its labelled next-token targets
+    (`labels[..., 1:]`, what `num_items_in_batch` counts), not by all its labelled positions. A (3 tokens) and B (two
+    rows of 2) both hold 2 targets: g_hat is the one-batch gradient with num_items_in_batch=4, A:B = 2:2, not 3:4."""
+    model = tiny_model()
+    ids = splits["inner"][:3]["input_ids"].tolist()
+    a_ids = torch.tensor([ids[0][:3] + [0]])
+    b_ids = torch.tensor([ids[1][:2] + [0, 0], ids[2][:2] + [0, 0]])
+    a = {"input_ids": a_ids, "labels": torch.tensor([ids[0][:3] + [-100]])}
+    b = {"input_ids": b_ids, "labels": torch.tensor([ids[1][:2] + [-100, -100], ids[2][:2] + [-100, -100]])}
+    params = [p for p in model.parameters() if p.requires_grad]
+    one_batch = sum(model(**m, num_items_in_batch=4).loss for m in (a, b))
+    g_ref = torch.autograd.grad(one_batch, params)
+    outer = batch_of(splits["outer"])
+    loss, amp = _outer_step_result(model, [a, b], outer)
+    ref_loss, ref_amp = _outer_step_result(model, [], outer, g_hat=g_ref)
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    for x, y in zip(amp, ref_amp):
+        torch.testing.assert_close(x, y)
+
+
 def test_outer_step_rejects_empty_inputs(splits):
     model, amp = tiny_model(), NeuralAmplifier((4,))
     meta = torch.optim.Adam(amp.parameters())
