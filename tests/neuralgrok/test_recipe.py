@@ -116,6 +116,7 @@ def test_recipe_resume_and_overwrite_errors(tmp_path):
         (["--methods", "none,none"], "methods"),
         (["--seeds", "a,b"], "seeds"),
         (["--seeds", "-1"], "--seeds"),  # was numpy's "expected non-negative integer", after the output folder was made
+        (["--seeds", "4294967296"], r"--seeds.*\[0, 2\*\*32\)"),  # numpy's seeds stop at 2**32 - 1
         (["--task", "a/b"], "task"),
         (["--max_steps", "0"], "max_steps"),
         (["--hidden_size", "30"], "hidden_size"),
