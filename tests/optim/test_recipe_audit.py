@@ -433,6 +433,38 @@ def test_every_option_the_chosen_optimizer_ignores_is_warned_about(caplog, optim
     assert any(f"--{option}={value} is ignored" in r.getMessage() for r in caplog.records)
 
 
+def test_no_option_the_chosen_optimizer_reads_is_warned_about(caplog):
+    """For every optimizer and option: a warning "is ignored" exactly when the optimizer's keywords do not change
+    with the option. `_OPTION_USERS` lacking a user (lion for --nesterov, rotational_sgdm for --update_norm_decay)
+    gave a false warning, and the warmup recipe reset that option to its default for that arm."""
+    import logging
+
+    from hf_ext.optim.warmup_trainer import (
+        OPTIMIZER_CHOICES,
+        _options_from_args,
+        build_normalized_optimizer,
+        check_normalized_optimizer_arguments,
+    )
+
+    values = dict(adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6, lion_beta1=0.9, lion_beta2=0.95,
+                  sgd_momentum=0.5, nesterov=False, inverse_bias_correction=False, snr_correction=True,
+                  rotation_angle=0.05, zero_mean=False, per_neuron=False, update_norm_decay=0.5)  # fmt: skip
+    for optimizer in OPTIMIZER_CHOICES:
+        default = _options_from_args(optimizer, WarmupFreeTrainingArguments(
+            output_dir="o", normalized_optimizer=optimizer, weight_decay=0.1))  # fmt: skip
+        for option, value in values.items():
+            args = WarmupFreeTrainingArguments(output_dir="o", normalized_optimizer=optimizer, weight_decay=0.1,
+                                               **{option: value})  # fmt: skip
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="hf_ext.optim.warmup_trainer"):
+                check_normalized_optimizer_arguments(args)
+            warned = any(f"--{option}={value} is ignored" in r.getMessage() for r in caplog.records)
+            read = _options_from_args(optimizer, args) != default
+            assert warned != read, (optimizer, option, "warned" if warned else "not warned", "read" if read else "")
+    args = WarmupFreeTrainingArguments(output_dir="o", normalized_optimizer="lion", nesterov=False)
+    assert build_normalized_optimizer(nn.Linear(2, 2), args).param_groups[0]["nesterov"] is False
+
+
 @pytest.mark.parametrize(
     "cls, kwargs",
     [
