@@ -82,6 +82,10 @@ BAD_VALUES = [
     ("--warmup_steps", ["nan"]),
     ("--adam_epsilon", ["-1"]),
     ("--adam_beta1", ["2"]),
+    # the bounds themselves: numpy's seeds stop at 2**32 - 1, a beta of 1 never forgets, 0 would log never
+    ("--seed", ["4294967296"]),
+    ("--adam_beta2", ["1.0"]),
+    ("--logging_steps", ["0"]),
 ]
 
 
@@ -101,6 +105,31 @@ def test_bad_values_fail_before_any_work(name, tmp_path):
         with pytest.raises(ValueError, match="--hidden_size"):
             recipe_main(name)(["--hidden_size", "30", "--num_attention_heads", "4", "--output_dir", str(tmp_path / "h")])
     assert tried >= 1 or name in ("compliance", "cubic_newton"), f"{name}: no shared flag was checked"
+
+
+def test_vocab_size_of_the_byte_alphabet_plus_special_tokens_is_the_smallest_accepted():
+    """256 bytes + 3 special tokens: 259 is what `build_tokenizer` accepts, 258 is refused naming the flag."""
+    from hf_ext.data import build_tokenizer
+    from hf_ext.recipes._common import check_vocab_size
+
+    check_vocab_size(259, None)
+    assert len(build_tokenizer(259)) <= 259
+    with pytest.raises(ValueError, match="--vocab_size must be >= 259"):
+        check_vocab_size(258, None)
+    check_vocab_size(100, "some/loaded-tokenizer")  # not used with a loaded tokenizer
+
+
+def test_logging_steps_of_zero_set_after_parsing_is_refused(tmp_path):
+    """transformers refuses `--logging_steps 0` only while building the arguments; a value set afterwards (by code
+    that edits the parsed arguments) reaches the recipes' own check."""
+    from transformers import TrainingArguments
+
+    from hf_ext.recipes._common import validate_training_arguments
+
+    args = TrainingArguments(output_dir=str(tmp_path / "o"), report_to="none", max_steps=4)
+    args.logging_steps = 0
+    with pytest.raises(ValueError, match="--logging_steps must be a positive number"):
+        validate_training_arguments(args)
 
 
 @pytest.mark.parametrize("name", ["pretrain", "grape", "layer_parallel", "warmup", "hyperinf", "neuralgrok"])
