@@ -50,6 +50,7 @@ def test_uniform_baseline_of_a_comparison_ignores_the_mixture_file(tmp_path, mon
         (["--compare_methods", "grape,uniform", "--reweight_method", "doge"], "--reweight_method doge is not used"),
         (["--eval_strategy", "steps", "--eval_steps", "1"], "--eval_strategy steps needs an eval_dataset"),
         (["--target_files", "t=TGT", "--target_domains", "x=networking"], "--target_domains builds targets from the"),
+        (["--tokenizer_name", "TOK"], "--vocab_size sizes the tokenizer built on the fly, but the tokenizer of"),
     ],
 )
 def test_flags_that_cannot_apply_are_refused_before_any_output(tmp_path, args, match):
@@ -61,6 +62,11 @@ def test_flags_that_cannot_apply_are_refused_before_any_output(tmp_path, args, m
     (tmp_path / "t.txt").write_text("target text " * 200 + "\n")
     args = [a.replace("MIX", str(tmp_path / "mix.json")).replace("REF", str(tmp_path / "ref")) for a in args]
     args = [a.replace("TGT", str(tmp_path / "t.txt")) for a in args]
+    if "TOK" in args:  # a loaded tokenizer: TINY's --vocab_size 512 would be ignored
+        from hf_ext.data import build_tokenizer
+
+        build_tokenizer(300).save_pretrained(str(tmp_path / "tok"))
+        args = [a.replace("TOK", str(tmp_path / "tok")) for a in args]
     out = tmp_path / "never"
     with pytest.raises(ValueError, match=match):
         main(TINY + ["--output_dir", str(out)] + args)
