@@ -103,3 +103,20 @@ def test_valid_edge_values_stay_valid(tmp_path, small):
         target_datasets=targets,
         domain_weights={"a": 0, "b": 1, "c": 1},
     )
+
+
+def test_a_null_domain_in_raw_text_is_refused_before_packing(tmp_path, small, monkeypatch):
+    """The domain names are read (and a null refused) before the raw text is tokenized and packed by domain: a null
+    used to become a domain named "None" until the packed rows were checked."""
+    import hf_ext.grape.trainer as trainer_module
+    from hf_ext.data import build_tokenizer
+
+    def no_packing(*args, **kwargs):
+        raise AssertionError("packed before the domain column was checked")
+
+    monkeypatch.setattr(trainer_module, "pack_by_domain", no_packing)
+    _, targets = small
+    raw = Dataset.from_dict({"text": ["one two", "three", "four five", "six"], "domain": ["a", None, "b", "a"]})
+    with pytest.raises(ValueError, match=r"domain column 'domain' .* is null in 1 of 4 rows, the first at row 1"):
+        GrapeTrainer(model=tiny_llama(), args=quick_grape_args(tmp_path), train_dataset=raw, target_datasets=targets,
+                     processing_class=build_tokenizer(300))  # fmt: skip
