@@ -297,15 +297,11 @@ def validate_args(
             raise ValueError(f"--source_domains has unknown domains {unknown}; the sources have {available}.")
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
-    from ._common import changed_from_default, check_vocab_size
+    from ._common import check_vocab_size
+    from .pretrain import check_ignored_model_flags
 
-    loaded = data_args.tokenizer_name or model_args.model_name_or_path
-    if loaded and changed_from_default(data_args, ["vocab_size"]):
-        raise ValueError(
-            f"--vocab_size sizes the tokenizer built on the fly, but the tokenizer of {loaded!r} is loaded, so it "
-            "would be ignored; drop --vocab_size (or --tokenizer_name/--model_name_or_path)."
-        )
-    check_vocab_size(data_args.vocab_size, loaded)
+    check_ignored_model_flags(model_args, data_args)  # fresh-model sizes and --vocab_size a loaded model/tokenizer ignores
+    check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
     if args.max_steps is None or args.max_steps <= 0:
         raise ValueError("--max_steps must be a positive number of optimizer steps.")
     if args.mixture_file:

@@ -221,11 +221,12 @@ FRESH_MODEL_FLAGS = (
 
 
 def check_ignored_model_flags(model_args: ModelArguments, data_args) -> None:
-    """Refuse, by name, a model or tokenizer flag set on the command line that the run would ignore."""
+    """Refuse, by name, a model or tokenizer flag set on the command line that the run would ignore (`model_args`: any
+    recipe's model arguments; the fresh-model flags it has are checked)."""
     from ._common import changed_from_default
 
     if model_args.model_name_or_path:
-        for name in changed_from_default(model_args, FRESH_MODEL_FLAGS):
+        for name in changed_from_default(model_args, [f for f in FRESH_MODEL_FLAGS if hasattr(model_args, f)]):
             raise ValueError(
                 f"--{name} sizes a fresh model, but --model_name_or_path={model_args.model_name_or_path!r} is loaded "
                 f"with its own config, so it would be ignored; drop --{name} (or --model_name_or_path to train a fresh "

@@ -51,6 +51,7 @@ def test_uniform_baseline_of_a_comparison_ignores_the_mixture_file(tmp_path, mon
         (["--eval_strategy", "steps", "--eval_steps", "1"], "--eval_strategy steps needs an eval_dataset"),
         (["--target_files", "t=TGT", "--target_domains", "x=networking"], "--target_domains builds targets from the"),
         (["--tokenizer_name", "TOK"], "--vocab_size sizes the tokenizer built on the fly, but the tokenizer of"),
+        (["--model_name_or_path", "REF"], "--hidden_size sizes a fresh model, but --model_name_or_path=.* is loaded"),
     ],
 )
 def test_flags_that_cannot_apply_are_refused_before_any_output(tmp_path, args, match):
