@@ -89,3 +89,21 @@ def run_two_ranks(repo_root, free_port):
         return res
 
     return run
+
+
+@pytest.fixture
+def interrupt_after_step():
+    """`interrupt_after_step(n)`: a `TrainerCallback` that raises `KeyboardInterrupt` once, at the end of optimizer
+    step `n` (a run stopped by Ctrl-C, e.g. in a notebook), so a test can resume the same trainer object."""
+    from transformers import TrainerCallback
+
+    class InterruptAfterStep(TrainerCallback):
+        def __init__(self, step: int):
+            self.step = step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.step == state.global_step:
+                self.step = None
+                raise KeyboardInterrupt
+
+    return InterruptAfterStep

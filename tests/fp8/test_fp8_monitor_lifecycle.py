@@ -76,26 +76,19 @@ def test_resume_from_a_checkpoint_moved_elsewhere_restores_the_callback(tmp_path
     assert [h["step"] for h in resumed.history] == [2, 4, 6]
 
 
-def test_resuming_the_same_trainer_after_an_interrupt_restores_the_checkpoints_alerts(tmp_path, train_ds):
+def test_resuming_the_same_trainer_after_an_interrupt_restores_the_checkpoints_alerts(
+    tmp_path, train_ds, interrupt_after_step
+):
     """A run interrupted after its checkpoint (Ctrl-C in a notebook) and resumed on the same trainer object kept the
     alerts recorded after the checkpoint and recorded them again: alerts (and the next fp8_health.json) held
     duplicates. They are restored exactly from the checkpoint resumed from, as for a fresh trainer."""
-
-    class Interrupt(Fp8HealthCallback.__mro__[1]):  # TrainerCallback
-        def __init__(self, at):
-            self.at = at
-
-        def on_step_end(self, args, state, control, **kw):
-            if self.at == state.global_step:
-                self.at = None
-                raise KeyboardInterrupt
 
     def run(out, interrupt_at=None):
         # absolute_threshold 2: every monitored step alerts (kurtosis ~3); "warn" only logs
         cb = Fp8HealthCallback(every_n_steps=1, baseline_steps=1, absolute_threshold=2.0, alert_sites=["qkv_input"])
         trainer = _trainer(out, train_ds, cb)
         trainer.args.save_steps = 3
-        trainer.add_callback(Interrupt(interrupt_at))
+        trainer.add_callback(interrupt_after_step(interrupt_at))
         return trainer, cb
 
     full, full_cb = run(tmp_path / "full")

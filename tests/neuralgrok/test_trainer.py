@@ -369,21 +369,10 @@ def test_resume_from_a_checkpoint_saved_with_save_only_model_is_refused_as_such(
         assert torch.equal(value, before[key]), key
 
 
-def test_first_train_accuracy_after_a_resume_equals_the_uninterrupted_runs(splits, tmp_path):
+def test_first_train_accuracy_after_a_resume_equals_the_uninterrupted_runs(splits, tmp_path, interrupt_after_step):
     """`train_accuracy` is the mean over the micro-batches since the last log. Those running sums were not reset by a
     new train() call (an interrupted call's micro-batches leaked into the first log of a resume on the same trainer)
     nor saved with a checkpoint (a checkpoint between two logs lost its micro-batches)."""
-    from transformers import TrainerCallback
-
-    class Interrupt(TrainerCallback):
-        def __init__(self, at):
-            self.at = at
-
-        def on_step_end(self, args, state, control, **kw):
-            if self.at == state.global_step:
-                self.at = None
-                raise KeyboardInterrupt
-
     def accuracies(trainer):
         return {r["step"]: r["train_accuracy"] for r in trainer.state.log_history if "train_accuracy" in r}
 
@@ -392,7 +381,7 @@ def test_first_train_accuracy_after_a_resume_equals_the_uninterrupted_runs(split
     full.train()
     expected = accuracies(full)
     assert sorted(expected) == [2, 4, 6]
-    same = make_trainer(make_args(tmp_path / "same", **kw), splits, callbacks=[Interrupt(5)])
+    same = make_trainer(make_args(tmp_path / "same", **kw), splits, callbacks=[interrupt_after_step(5)])
     with pytest.raises(KeyboardInterrupt):
         same.train()  # step 5 is waiting for the log of step 6
     same.train(resume_from_checkpoint=True)  # checkpoint-3

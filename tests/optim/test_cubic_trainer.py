@@ -146,21 +146,10 @@ def test_losses_the_cubic_step_would_bypass_are_refused_and_no_fake_grad_norm_is
     assert len(rows) == 4 and not any("grad_norm" in r for r in rows)
 
 
-def test_first_log_after_a_resume_equals_the_uninterrupted_runs(tmp_path):
+def test_first_log_after_a_resume_equals_the_uninterrupted_runs(tmp_path, interrupt_after_step):
     """The cubic/* values are means over the steps since the last log. That window was not reset by a new train()
     call (an interrupted call's steps leaked into the first log of a resume on the same trainer) nor saved with a
     checkpoint (a checkpoint between two logs lost its steps): the first log after a resume differed."""
-    from transformers import TrainerCallback
-
-    class Interrupt(TrainerCallback):
-        def __init__(self, at):
-            self.at = at
-
-        def on_step_end(self, args, state, control, **kw):
-            if self.at == state.global_step:
-                self.at = None
-                raise KeyboardInterrupt
-
     def cubic_logs(trainer):
         return [{k: v for k, v in r.items() if k.startswith("cubic/") or k == "step"} for r in trainer.state.log_history
                 if "cubic/step_norm" in r]  # fmt: skip
@@ -172,7 +161,7 @@ def test_first_log_after_a_resume_equals_the_uninterrupted_runs(tmp_path):
     expected = cubic_logs(full)
     assert [r["step"] for r in expected] == [2, 4, 6]
     same = CubicNewtonTrainer(model=_model(), args=_args(tmp_path / "same", **kw), train_dataset=data)
-    same.add_callback(Interrupt(5))  # after the log of step 4: step 5 is waiting for the log of step 6
+    same.add_callback(interrupt_after_step(5))  # after the log of step 4: step 5 is waiting for the log of step 6
     with pytest.raises(KeyboardInterrupt):
         same.train()
     same.train(resume_from_checkpoint=True)  # checkpoint-3
