@@ -707,3 +707,24 @@ def test_gradient_statistics_are_computed_when_read_and_describe_the_last_step(m
     assert opt.last_metrics == metrics and len(calls) == 2
     GradientTransformOptimizer(torch.optim.SGD(layer.parameters(), lr=0.1), track_entropy=False).step()
     assert len(calls) == 2
+
+
+def test_lora_on_the_attention_module_trains_and_on_out_proj_alone_does_not():
+    """docs/neuralgrok.md: `nn.MultiheadAttention` uses its `out_proj` weight without calling the module, so a LoRA on
+    `out_proj` (what peft's "all-linear" picks) gets no gradient, and one on the whole `attn` module does."""
+    from peft import LoraConfig, get_peft_model
+
+    def lora_grads(target_modules):
+        torch.manual_seed(0)
+        model = GrokDecoderForCausalLM(GrokDecoderConfig(vocab_size=50, hidden_size=32, max_position_embeddings=16))
+        peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=target_modules, init_lora_weights=False))
+        ids = torch.randint(0, 50, (2, 8))
+        peft_model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad is not None and bool(p.grad.abs().sum() > 0) for n, p in peft_model.named_parameters()
+                if "lora_" in n}  # fmt: skip
+
+    linear = lora_grads("all-linear")
+    assert any(".mlp." in n for n in linear) and all(v for n, v in linear.items() if ".mlp." in n)
+    assert any("out_proj" in n for n in linear) and not any(v for n, v in linear.items() if "out_proj" in n)
+    attn = lora_grads(["attn"])
+    assert attn and all(attn.values())
