@@ -244,10 +244,14 @@ def test_save_load_round_trip_registered_path(tmp_path):
         assert torch.equal(model(ids).logits, again(ids).logits)
 
 
-def test_save_load_round_trip_trust_remote_code_without_hf_ext(tmp_path, repo_root):
+def test_save_load_round_trip_trust_remote_code_without_hf_ext(tmp_path, repo_root, monkeypatch):
     from hf_ext.models.fog import FogForCausalLM
 
     model = build(fog(qk_norm="dyt"))
+    # the registration is class state: undone after the test, so that later saves in this process (any test module
+    # the same pytest worker runs next) write no remote code
+    for cls in (FogConfig, FogForCausalLM):
+        monkeypatch.setattr(cls, "_auto_class", cls.__dict__.get("_auto_class"), raising=False)
     FogConfig.register_for_auto_class()
     FogForCausalLM.register_for_auto_class("AutoModelForCausalLM")
     folder = tmp_path / "remote"
