@@ -48,9 +48,9 @@ def test_console_script_and_import_is_fast_and_silent(repo_root):
 
     env = {**os.environ}
 
-    def cpu_of(code: str) -> tuple[float, subprocess.CompletedProcess]:
+    def cpu_of(code: str, runs: int = 2) -> tuple[float, subprocess.CompletedProcess]:
         best, res = float("inf"), None
-        for _ in range(2):  # the faster of two runs: the first may pay for cold file caches
+        for _ in range(runs):  # the fastest run: the first may pay for cold file caches
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=repo_root)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -62,14 +62,19 @@ def test_console_script_and_import_is_fast_and_silent(repo_root):
     heavy = ["peft", "datasets", "flwr", "matplotlib", "lm_eval", "accelerate", "scipy", "sklearn", "dp_accounting",
              "datatrove", "torchao", "protego", "evaluate", "trl", "pandas", "transformers.modeling_utils"]
     probe = f"import sys, hf_ext; print(sorted(m for m in {heavy!r} if m in sys.modules))"
-    _, res = cpu_of(probe)
+    _, res = cpu_of(probe, runs=1)
     assert res.stdout.strip() == "[]", f"import hf_ext loads {res.stdout.strip()}"
-    cpu, res = cpu_of("import hf_ext")
-    assert res.stdout == "" and res.stderr == "", res.stderr
     # what it may cost beyond the imports it needs (torch and transformers' configuration module, for the Auto
-    # registrations), measured on the same machine so that a slow CI host does not fail it
-    base, _ = cpu_of("import torch, transformers.configuration_utils")
-    assert cpu < base + 1.0, f"import hf_ext used {cpu:.2f} s of CPU; its dependencies alone {base:.2f} s"
+    # registrations), measured on the same machine so that a slow CI host does not fail it. The two are timed in
+    # turns (best of three each) and compared by ratio: CPU time itself grows when another job shares the cores
+    # (a second pytest-xdist worker), and it grows for both alike. Today the package adds about 20 %.
+    cpu = base = float("inf")
+    for _ in range(3):
+        t, res = cpu_of("import hf_ext", runs=1)
+        assert res.stdout == "" and res.stderr == "", res.stderr
+        cpu = min(cpu, t)
+        base = min(base, cpu_of("import torch, transformers.configuration_utils", runs=1)[0])
+    assert cpu < 1.3 * base + 0.4, f"import hf_ext used {cpu:.2f} s of CPU; its dependencies alone {base:.2f} s"
     exe = os.path.join(os.path.dirname(sys.executable), "hf-ext")
     res = subprocess.run([exe, "list"], capture_output=True, text=True, env=env)
     assert res.returncode == 0 and "pretrain" in res.stdout
