@@ -548,11 +548,15 @@ def check_secagg_range(
             "`secagg-max-weight` (FederatedArguments.secagg_max_weight, --secagg_max_weight)."
         )
     if ratio * peak > fed_args.secagg_clipping_range:
-        raise ValueError(
-            f"The weighted update reaches {ratio * peak:.3g}, beyond the SecAgg+ clipping range "
-            f"{fed_args.secagg_clipping_range} (SecAgg+ would clip it): raise run config `secagg-clipping-range` "
-            "(FederatedArguments.secagg_clipping_range, --secagg_clipping_range) or lower the learning rate."
+        fix = (
+            f"beyond the SecAgg+ clipping range {fed_args.secagg_clipping_range} (SecAgg+ would clip it): raise run "
+            "config `secagg-clipping-range` (FederatedArguments.secagg_clipping_range, --secagg_clipping_range) or "
+            "lower the learning rate."
         )
+        # the size goes to this node's log only: a client's exception text reaches the server, and the update's
+        # largest entry is what secure aggregation hides
+        _node_log(f"The weighted update reaches {ratio * peak:.3g}, {fix}")
+        raise ValueError(f"The weighted update reaches {fix} (Its size is in this node's log, not sent.)")
     error = secagg_quantization_error(update, num_examples, fed_args)
     if error > SECAGG_WARN_RELATIVE_ERROR:  # the message only; check_rounding_error decides
         step = 2 * fed_args.secagg_clipping_range / SECAGG_QUANTIZATION_RANGE
@@ -567,16 +571,29 @@ def check_secagg_range(
                 f"towards the largest client's number of examples (this client has {num_examples}), or lower "
                 "`secagg-clipping-range` if the updates allow"
             )
+        how = (
+            f"it is scaled by num_examples / max_weight = {num_examples} / {max_weight:g} before rounding to steps of "
+            f"{step:.3g} (2 * clipping range / 2^22); {fix}."
+        )
         message = (
             f"SecAgg+ would quantize this update with an expected relative error of up to {error:.3g}, above "
-            f"{SECAGG_WARN_RELATIVE_ERROR:g}: it is scaled by num_examples / max_weight = {num_examples} / {max_weight:g} "
-            f"before rounding to steps of {step:.3g} (2 * clipping range / 2^22); {fix}."
+            f"{SECAGG_WARN_RELATIVE_ERROR:g}: {how}"
         )
-        from logging import WARNING
+        # refused: the error (a function of the update's norm) stays in this node's log, out of the text sent
+        refusal = (
+            f"SecAgg+ would quantize this update with an expected relative error above {SECAGG_MAX_RELATIVE_ERROR:g} "
+            f"(the value is in this node's log, not sent): {how}"
+        )
+        check_rounding_error(error, message, refuse_imprecise, log=_node_log, refusal=refusal)
 
-        from flwr.common import log
 
-        check_rounding_error(error, message, refuse_imprecise, log=lambda text: log(WARNING, "%s", text))
+def _node_log(text: str) -> None:
+    """A warning in this node's Flower log (stays on the node)."""
+    from logging import WARNING
+
+    from flwr.common import log
+
+    log(WARNING, "%s", text)
 
 
 def aggregate_train_metrics(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:

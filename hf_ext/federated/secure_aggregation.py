@@ -820,15 +820,23 @@ def rounding_error_bound(update: Mapping[str, torch.Tensor], scale: float, step:
     return math.sqrt(numel) * step / 2 / size if size > 0 else math.inf
 
 
-def check_rounding_error(error: float, message: str, refuse: bool = True, log=None) -> None:
+def check_rounding_error(
+    error: float, message: str, refuse: bool = True, log=None, refusal: str | None = None
+) -> None:
     """Act on a client's relative rounding error `error` ([`rounding_error_bound`]): above `SECAGG_WARN_RELATIVE_ERROR`
     warn with `message` (a `UserWarning`, and `log(message)` when given); above `SECAGG_MAX_RELATIVE_ERROR` refuse
-    (`ValueError`) instead, unless `refuse=False`. `message` names the setting to change."""
+    (`ValueError`) instead, unless `refuse=False`. `message` names the setting to change.
+
+    `refusal`, when given, is the text of the refusal instead of `message`, which then goes to `log` only: a Flower
+    client's exception text is sent to the server, and `message` holds numbers computed from the update."""
     if not error > SECAGG_WARN_RELATIVE_ERROR:
         return
     if refuse and error > SECAGG_MAX_RELATIVE_ERROR:
+        if refusal is not None and log is not None:
+            log(message)
         raise ValueError(
-            f"{message} Refused: above {SECAGG_MAX_RELATIVE_ERROR:g} the rounding noise is of the order of the update."
+            f"{message if refusal is None else refusal} Refused: above {SECAGG_MAX_RELATIVE_ERROR:g} the rounding "
+            "noise is of the order of the update."
         )
     if log is not None:
         log(message)

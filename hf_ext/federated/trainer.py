@@ -27,7 +27,7 @@ ACCOUNTANT_FILE = "privacy_accountant.json"
 
 @dataclass
 class PrivateTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus Goldfish loss and record-level DP-SGD options."""
+    """`TrainingArguments` plus Goldfish loss and example-level DP-SGD options (a train-dataset row is the unit)."""
 
     goldfish_k: int | None = field(
         default=None, metadata={"help": "Goldfish loss: drop about 1/k of the target tokens (>= 2); None disables."}

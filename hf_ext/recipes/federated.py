@@ -750,7 +750,7 @@ def write_outputs(results: dict, output_dir: str) -> None:
     )
     deltas = sorted({run["dp"]["delta"] for run in runs.values() if "dp" in run})
     if deltas:
-        table += f"Epsilon at delta {', '.join(f'{d:g}' for d in deltas)} (--dp_delta), record-level DP-SGD.\n"
+        table += f"Epsilon at delta {', '.join(f'{d:g}' for d in deltas)} (--dp_delta), example-level DP-SGD: one block; a canary in k blocks has only group privacy.\n"
     atomic_write_text(os.path.join(output_dir, "memorization_table.md"), table)
     print(table)
 

@@ -241,6 +241,32 @@ def test_flower_range_check_refuses_non_finite_updates():
             check_secagg_range({"w": torch.tensor([0.0, bad])}, 1, fed)
 
 
+def test_a_flower_clients_refusal_text_tells_the_server_nothing_about_its_update(caplog):
+    """Audit finding (pass 12): a SuperNode sends a ClientApp's exception text to the server, and the range and
+    precision refusals printed the update's largest entry and its relative rounding error (a function of its L2
+    norm); a server choosing `secagg-clipping-range=1e-6` or `secagg-max-weight=1e9` read every client's norm. Two
+    updates of different sizes, refused for the same reason, now give the same text; the numbers stay in the node's
+    log (a warning)."""
+    import logging
+
+    from hf_ext.federated.flower import check_secagg_range
+
+    def refusal(update, fed):
+        with pytest.raises(ValueError) as err:
+            check_secagg_range(update, 10, fed)
+        return str(err.value)
+
+    small, large = {"w": torch.tensor([0.0, 0.3, -0.2])}, {"w": torch.tensor([0.0, 0.7, -0.5])}
+    clipping = FederatedArguments(secagg_clipping_range=1e-6, secagg_max_weight=100.0)
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        texts = {refusal(small, clipping), refusal(large, clipping)}
+    assert len(texts) == 1 and "secagg-clipping-range" in texts.pop()
+    assert "0.07" in caplog.text  # 10 / 100 * 0.7: the size is logged on the node
+    precision = FederatedArguments(secagg_max_weight=1e9)
+    texts = {refusal(small, precision), refusal(large, precision)}
+    assert len(texts) == 1 and "secagg-max-weight" in texts.pop()
+
+
 def test_flower_unmask_guard_refuses_requests_that_reveal_both_secrets():
     """Review finding: flwr 1.42's client mod answers an unmask request listing a node as both active and dead with
     both kinds of shares (the server then unmasks that upload). The guard mod in front of it refuses."""
