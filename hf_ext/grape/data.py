@@ -30,9 +30,12 @@ def ensure_lm_columns(dataset, add_labels: bool = True):
 
 def _has_padding(dataset) -> bool:
     """Whether any `attention_mask` entry of `dataset` is 0 (given `labels` then need -100 there)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     mask = pc.list_flatten(dataset.with_format("arrow")["attention_mask"].combine_chunks())
+    if pa.types.is_boolean(mask.type):  # True / False masks (pyarrow has no bool == int comparison)
+        return bool(pc.any(pc.invert(mask)).as_py())
     return bool(pc.any(pc.equal(mask, 0)).as_py())
 
 

@@ -213,15 +213,15 @@ def test_ragged_tokenized_sources_with_a_collator_that_cannot_pad_are_refused_at
         )
 
 
-def _padded_sources(train, labelled: bool = False) -> dict:
+def _padded_sources(train, labelled: bool = False, mask_type=int) -> dict:
     """Source rows as `tokenizer(..., padding="max_length")` gives them (0-padded, an `attention_mask` with 0s);
     `labelled`: plus `labels = input_ids` (the pads labelled) with -100 on the first two tokens of every row (given
-    labels stay as given on the real tokens)."""
+    labels stay as given on the real tokens). `mask_type=bool` stores the mask as True / False."""
     rows, masks, labels = [], [], []
     for i, ids in enumerate(train["input_ids"]):
         n = 6 + i % 11
         rows.append(ids[:n] + [0] * (len(ids) - n))
-        masks.append([1] * n + [0] * (len(ids) - n))
+        masks.append([mask_type(1)] * n + [mask_type(0)] * (len(ids) - n))
         labels.append([-100, -100] + rows[-1][2:])
     return {"input_ids": rows, "attention_mask": masks, **({"labels": labels} if labelled else {})}
 
@@ -268,11 +268,13 @@ def test_padding_stored_in_streamed_source_rows_is_never_a_label(data, tmp_path)
     assert (labels[mask == 0] == -100).all() and torch.equal(labels[mask == 1], ids[mask == 1])
 
 
-def test_padding_stored_in_labelled_source_rows_is_never_a_label(data, tmp_path):
+@pytest.mark.parametrize("mask_type", [int, bool])
+def test_padding_stored_in_labelled_source_rows_is_never_a_label(mask_type, data, tmp_path):
     """Audit rv10b finding 2: source rows that already carry labels (labels = input_ids after padding="max_length")
-    still trained on their padding and skipped the row-length check, while target rows in that form were masked."""
+    still trained on their padding and skipped the row-length check, while target rows in that form were masked.
+    Audit rv12 finding 5: the fix crashed at construction on a boolean `attention_mask` (pyarrow compared it to 0)."""
     train, targets = data
-    padded = Dataset.from_dict({**_padded_sources(train, labelled=True), "domain": train["domain"]})
+    padded = Dataset.from_dict({**_padded_sources(train, labelled=True, mask_type=mask_type), "domain": train["domain"]})
     trainer = GrapeTrainer(
         model=tiny_llama(seed=1), args=quick_grape_args(tmp_path), train_dataset=padded, target_datasets=targets
     )
