@@ -313,8 +313,12 @@ class NeuralGrokTrainer(Trainer):
         self._pending_weight_by_tokens = True  # whether the pending batches' step got a `num_items_in_batch`
         self._outer_due = False  # outer_gradient="next_step": an outer step waits for the next step's gradient
         self._outer_batches: list[dict] | None = None
-        self._acc_sum = 0.0
-        self._acc_count = 0
+        # `train_accuracy`: rows answered right and rows, of this rank's micro-batches not yet summed over the ranks
+        # (`_acc_correct`, `_acc_rows`) and of the global batches already summed (`_acc_window`, the same on every
+        # rank); both since the last log
+        self._acc_correct, self._acc_rows = 0, 0
+        self._acc_window = [0, 0]
+        self._at_logging_step = False
         self._in_outer_step = False
 
     # ----------------------------------------------------------------- optimizer
@@ -393,8 +397,10 @@ class NeuralGrokTrainer(Trainer):
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
             if logits is not None and logits.dim() == 3 and logits.shape[:2] == labels.shape:
                 with torch.no_grad():
-                    self._acc_sum += float(answer_accuracy_from_logits(logits.detach(), labels))
-                self._acc_count += 1
+                    accuracy = float(answer_accuracy_from_logits(logits.detach(), labels))
+                # counts, not the micro-batch's ratio: rows weigh the same in batches of any size and on any rank
+                self._acc_correct += round(accuracy * labels.shape[0])
+                self._acc_rows += labels.shape[0]
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------- outer step
@@ -482,17 +488,41 @@ class NeuralGrokTrainer(Trainer):
 
     # ---------------------------------------------------------------- logging
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        # `train_accuracy` is the mean over the micro-batches since the last log: a new call starts with none (an
-        # interrupted call's would leak into the first log), and a resumed one takes its checkpoint's (see
-        # `_load_optimizer_and_scheduler`), as transformers does for the logged loss.
-        self._acc_sum, self._acc_count = 0.0, 0
+        # `train_accuracy` is the accuracy on the rows of the training batches since the last log: a new call starts
+        # with none (an interrupted call's would leak into the first log), and a resumed one takes its checkpoint's
+        # (see `_load_optimizer_and_scheduler`), as transformers does for the logged loss.
+        self._acc_correct, self._acc_rows = 0, 0
+        self._acc_window = [0, 0]
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _sum_train_accuracy_over_ranks(self) -> None:
+        """Add this rank's `train_accuracy` counts, summed over the ranks, to `_acc_window`: the global batches'
+        counts, the same on every rank (as Trainer all-gathers the logged loss). A collective under DDP: every rank
+        calls it, at a logging step and at a checkpoint's save, never per micro-batch."""
+        counts = [self._acc_correct, self._acc_rows]
+        if self.accelerator.num_processes > 1:
+            total = torch.tensor(counts, dtype=torch.int64, device=self.args.device)
+            counts = self.accelerator.reduce(total, reduction="sum").tolist()
+        self._acc_window = [self._acc_window[0] + int(counts[0]), self._acc_window[1] + int(counts[1])]
+        self._acc_correct, self._acc_rows = 0, 0
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        # every rank runs Trainer's logging step (it all-gathers the loss there): the only place `log` may sum the
+        # accuracy counts over the ranks; a `log` call elsewhere (e.g. on one rank) must not start a collective
+        self._at_logging_step = True
+        try:
+            return super()._maybe_log_save_evaluate(*args, **kwargs)
+        finally:
+            self._at_logging_step = False
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
-            if self._acc_count:
-                logs["train_accuracy"] = round(self._acc_sum / self._acc_count, 4)
-                self._acc_sum, self._acc_count = 0.0, 0
+            if self._at_logging_step or self.accelerator.num_processes == 1:
+                self._sum_train_accuracy_over_ranks()
+            correct, rows = self._acc_window
+            if rows:
+                logs["train_accuracy"] = round(correct / rows, 4)
+                self._acc_window = [0, 0]
             if self.transform_optimizer is not None:
                 logs.update({k: round(v, 6) for k, v in self.transform_optimizer.last_metrics.items()})
             if self.args.track_entropy:
@@ -516,6 +546,7 @@ class NeuralGrokTrainer(Trainer):
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
+        self._sum_train_accuracy_over_ranks()  # on every rank (Trainer saves a checkpoint on all of them)
         if not self.args.should_save:
             return
         from safetensors.torch import save_file
@@ -528,8 +559,9 @@ class NeuralGrokTrainer(Trainer):
             "num_outer_steps": self.num_outer_steps,
             "outer_gradient": self.args.outer_gradient,
             "outer_step_due": self._outer_due,
-            # the micro-batch accuracies since the last log, for the first `train_accuracy` after a resume
-            "train_accuracy_window": [self._acc_sum, self._acc_count],
+            # rows answered right and rows since the last log, over all ranks, for the first `train_accuracy` after
+            # a resume
+            "train_accuracy_counts": list(self._acc_window),
         }
         if self.amplifier is not None:
             save_file(
@@ -569,7 +601,10 @@ class NeuralGrokTrainer(Trainer):
                 f"Checkpoint used gradient_transform={info.get('gradient_transform')!r} but args say "
                 f"{self.args.gradient_transform!r}; resume with the same gradient_transform."
             )
-        self._acc_sum, self._acc_count = info.get("train_accuracy_window", [0.0, 0])  # none in older checkpoints
+        # the same on every rank (summed over the ranks before the save); none in older checkpoints (their
+        # `train_accuracy_window` summed micro-batch ratios, which the row counts cannot be recovered from)
+        self._acc_window = [int(v) for v in info.get("train_accuracy_counts", [0, 0])]
+        self._acc_correct, self._acc_rows = 0, 0
         prefix = os.path.join(checkpoint, TRANSFORM_STATE_PREFIX)
         if self.transform_optimizer is not None and state_exists(prefix):
             self.transform_optimizer.load_extra_state_dict(load_state(prefix, device=self.args.device))

@@ -4,7 +4,8 @@ unchecked.
 - `NeuralAmplifier.transform_many` shifts the scores of each tensor by their maximum before `exp`: the transform is a
   softmax, invariant to a constant added to the scores, and must stay finite and equal to the per-tensor MLP path
   when the scores are large;
-- `NeuralGrokTrainer` logs `train_accuracy` as the mean over the steps since the previous log, not since the start.
+- `NeuralGrokTrainer` logs `train_accuracy` as the accuracy on the rows of the steps since the previous log, not since
+  the start.
 """
 
 import pytest
@@ -48,7 +49,7 @@ def test_transform_many_is_invariant_to_a_constant_in_the_scores():
 
 
 class _StepAccuracyTrainer(NeuralGrokTrainer):
-    """Records, per training step, the answer accuracy of the step's batch (one micro-batch per step)."""
+    """Records, per training step, the answer accuracy and the rows of the step's batch (one micro-batch per step)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -58,7 +59,8 @@ class _StepAccuracyTrainer(NeuralGrokTrainer):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
             with torch.no_grad():
-                self.step_accuracies.append(float(answer_accuracy_from_logits(outputs["logits"], inputs["labels"])))
+                accuracy = float(answer_accuracy_from_logits(outputs["logits"], inputs["labels"]))
+                self.step_accuracies.append((accuracy, inputs["labels"].shape[0]))
         return (loss, outputs) if return_outputs else loss
 
 
@@ -72,9 +74,10 @@ class _LoggedAccuracy(TrainerCallback):
 
 
 def test_logged_train_accuracy_is_the_mean_over_its_logging_window(tmp_path):
-    """Each logged `train_accuracy` is the mean accuracy of the training batches since the previous log (the
+    """Each logged `train_accuracy` is the accuracy on the rows of the training batches since the previous log (the
     accumulators are reset at every log). Without the reset it became the running mean since the start of training
-    (0.105 logged at step 12 of this run, where that window's mean was 0.031)."""
+    (0.105 logged at step 12 of this run, where that window's mean was 0.031). Every row weighs the same: the partial
+    batch at an epoch's end counts its rows, not as a whole batch (the mean of the batches' ratios)."""
     splits = split_arithmetic_dataset(build_arithmetic_dataset("a+b", P), 0.5, 0.2, seed=0)
     torch.manual_seed(0)
     model = GrokDecoderForCausalLM(GrokDecoderConfig(vocab_size=P + 2, hidden_size=32, num_attention_heads=4))
@@ -94,12 +97,17 @@ def test_logged_train_accuracy_is_the_mean_over_its_logging_window(tmp_path):
     rec = _LoggedAccuracy()
     trainer = _StepAccuracyTrainer(model=model, args=args, train_dataset=splits["train"], callbacks=[rec])
     trainer.train()
-    acc = trainer.step_accuracies
-    assert len(acc) == 12
+    assert len(trainer.step_accuracies) == 12
+    correct = [accuracy * rows for accuracy, rows in trainer.step_accuracies]
+    rows = [n for _, n in trainer.step_accuracies]
+    assert len(set(rows)) > 1  # partial batches at the epochs' ends
     assert [step for step, _ in rec.logged] == [4, 8, 12]
-    windows = [sum(acc[i : i + 4]) / 4 for i in (0, 4, 8)]
+    windows = [sum(correct[i : i + 4]) / sum(rows[i : i + 4]) for i in (0, 4, 8)]
     for (_, logged), expected in zip(rec.logged, windows):
         assert logged == pytest.approx(expected, abs=1e-4)
     # the windows differ from the running means, so a cumulative accumulator is told apart
-    running = [sum(acc[: i + 4]) / (i + 4) for i in (0, 4, 8)]
+    running = [sum(correct[: i + 4]) / sum(rows[: i + 4]) for i in (0, 4, 8)]
     assert max(abs(w - r) for w, r in zip(windows, running)) > 1e-3
+    # and from the means of the batches' ratios, so a per-batch accumulator is told apart
+    ratios = [sum(a for a, _ in trainer.step_accuracies[i : i + 4]) / 4 for i in (0, 4, 8)]
+    assert max(abs(w - r) for w, r in zip(windows, ratios)) > 1e-3

@@ -480,6 +480,38 @@ def test_trainer_rejects_missing_outer_set_and_wrong_args(splits, tmp_path):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("outer_gradient", ["recompute", "next_step"])
-def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, outer_gradient):
+def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, outer_gradient):
+    """2 ranks keep the amplifier and the model identical. They log the `train_accuracy` of the global batch, as
+    Trainer logs its loss: 2 ranks x 4 rows log what one process at 8 rows logs, and checkpoint the same window (each
+    rank logged its own rows' accuracy, 0.25 and 0.0 where the global batch had 0.125, and the checkpoint held rank
+    0's). A 2-rank resume from a checkpoint between two logs logs what the uninterrupted run did."""
+    import importlib.util
+    import json
+
     proc = run_two_ranks("tests/neuralgrok/scripts/ddp_neuralgrok.py", tmp_path, outer_gradient, timeout=300)
     assert proc.stdout.count(": OK") == 2
+
+    def accuracies(history):
+        return {e["step"]: e["train_accuracy"] for e in history if "train_accuracy" in e}
+
+    def logged(path):
+        return accuracies(json.loads(path.read_text()))
+
+    def window(folder):
+        return json.loads((folder / "checkpoint-3" / "neuralgrok_state.json").read_text())["train_accuracy_counts"]
+
+    path = os.path.join(repo_root, "tests", "neuralgrok", "scripts", "ddp_neuralgrok.py")
+    spec = importlib.util.spec_from_file_location("ddp_neuralgrok", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    one = script.make_trainer(str(tmp_path / "one"), outer_gradient, batch_size=8)  # one process, both ranks' rows
+    one.train()
+    expected = accuracies(one.state.log_history)
+    assert sorted(expected) == [2, 4]
+    for rank in (0, 1):
+        assert logged(tmp_path / f"log_rank{rank}.json") == expected, rank
+    assert window(tmp_path) == window(tmp_path / "one")
+    if outer_gradient != "recompute":
+        return
+    for rank in (0, 1):
+        assert logged(tmp_path / "resumed" / f"log_rank{rank}.json") == expected, rank
