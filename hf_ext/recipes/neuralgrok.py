@@ -721,11 +721,16 @@ RESULT_FILES = ("neuralgrok_results.json", "neuralgrok_results.md", "grokking_cu
 
 
 def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_args: GrokTrainingArguments) -> dict:
-    """Train every method on every seed; return and write steps and time to target, cost, complexity, stability."""
-    methods, seeds, plan = validate_args(task_args, model_args, training_args)
-    from ._common import clear_previous_results
+    """Train every method on every seed; return and write steps and time to target, cost, complexity, stability.
 
-    clear_previous_results(training_args.output_dir, RESULT_FILES, any(plan.values()))
+    Under a multi-process launch (DDP) every rank trains and returns the results; the result files and the printed
+    tables are the main process's."""
+    methods, seeds, plan = validate_args(task_args, model_args, training_args)
+    main = training_args.process_index == 0
+    if main:  # an older run's results must not look current if this run stops early
+        from ._common import clear_previous_results
+
+        clear_previous_results(training_args.output_dir, RESULT_FILES, any(plan.values()))
     import torch
     from transformers import set_seed
 
@@ -779,7 +784,7 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
             )
             checkpoint = plan[(method, seed)]
             start_step = 0
-            if checkpoint is not None:
+            if checkpoint is not None and main:
                 print(f"[{method} seed {seed}] resuming from {checkpoint}", flush=True)
             train_or_restore_finished(trainer, checkpoint)  # a finished run: restored, no step past max_steps
             if checkpoint is not None:
@@ -806,12 +811,13 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
             }
             runs[method].append(record)
             spt = record["seconds_per_step"]
-            print(
-                f"[{method} seed {seed}] steps to {target:.0%} test accuracy: {callback.steps_to_target} "
-                f"(ran {trainer.state.global_step} steps, mean {spt if spt is None else round(spt, 4)} s/step, "
-                f"{record['seconds_to_target']} s of training to target)",
-                flush=True,
-            )
+            if main:
+                print(
+                    f"[{method} seed {seed}] steps to {target:.0%} test accuracy: {callback.steps_to_target} "
+                    f"(ran {trainer.state.global_step} steps, mean {spt if spt is None else round(spt, 4)} s/step, "
+                    f"{record['seconds_to_target']} s of training to target)",
+                    flush=True,
+                )
             if transform == "neuralgrok":
                 n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
                 results["amplifier"] = {
@@ -822,7 +828,8 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
                 }
     results["methods"] = summarize(runs)
     results["amplifier_share"] = amplifier_share(results["methods"])
-    write_outputs(results, training_args.output_dir)
+    if main:  # one writer: every rank's files would be the same run's, with that rank's own timings
+        write_outputs(results, training_args.output_dir)
     return results
 
 

@@ -484,7 +484,9 @@ def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, 
     """2 ranks keep the amplifier and the model identical. They log the `train_accuracy` of the global batch, as
     Trainer logs its loss: 2 ranks x 4 rows log what one process at 8 rows logs, and checkpoint the same window (each
     rank logged its own rows' accuracy, 0.25 and 0.0 where the global batch had 0.125, and the checkpoint held rank
-    0's). A 2-rank resume from a checkpoint between two logs logs what the uninterrupted run did."""
+    0's). A 2-rank resume from a checkpoint between two logs logs what the uninterrupted run did. The neuralgrok recipe
+    on 2 ranks clears and writes its results and prints its tables on rank 0 only (every rank did, and the results
+    file held the curves and timings of the rank that renamed its file last)."""
     import importlib.util
     import json
 
@@ -515,3 +517,10 @@ def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, 
         return
     for rank in (0, 1):
         assert logged(tmp_path / "resumed" / f"log_rank{rank}.json") == expected, rank
+    calls = [json.loads((tmp_path / f"recipe_calls_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert calls[0]["write_outputs"] == calls[0]["clear_previous_results"] == 1
+    assert calls[1]["write_outputs"] == calls[1]["clear_previous_results"] == 0
+    results = json.loads((tmp_path / "recipe" / "neuralgrok_results.json").read_text())
+    curve = results["methods"]["neuralgrok"]["runs"][0]["curves"]["train_accuracy"]
+    assert curve == calls[0]["train_accuracy"] == calls[1]["train_accuracy"]
+    assert proc.stdout.count("curves: ") == 1  # the tables and the paths of the plots, printed once

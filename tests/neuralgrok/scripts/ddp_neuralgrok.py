@@ -2,7 +2,9 @@
 
 Every rank writes OUT_DIR/log_rank<rank>.json (its `log_history`; the test compares the logged `train_accuracy` with
 one process at twice the batch, `make_trainer(..., batch_size=8)`). With `recompute` the script also resumes the run
-from its checkpoint-3 on 2 ranks (OUT_DIR/resumed/log_rank<rank>.json).
+from its checkpoint-3 on 2 ranks (OUT_DIR/resumed/log_rank<rank>.json) and runs the neuralgrok recipe on 2 ranks,
+recording on every rank which of the recipe's writers it called (OUT_DIR/recipe_calls_rank<rank>.json; the recipe's
+files in OUT_DIR/recipe). The recipe tears the process group down: it runs last.
 
 Usage: ddp_neuralgrok.py OUT_DIR [recompute|next_step] (the outer step's gradient, `NeuralGrokConfig.outer_gradient`)."""
 
@@ -39,6 +41,32 @@ def make_trainer(out_dir: str, outer_gradient: str = "recompute", batch_size: in
     return NeuralGrokTrainer(model=model, args=args, train_dataset=splits["inner"], outer_dataset=splits["outer"])
 
 
+def run_recipe(out_dir: str, rank: int) -> None:
+    """The neuralgrok recipe on these 2 ranks, recording which of its writers this rank called."""
+    import hf_ext.recipes._common as common
+    import hf_ext.recipes.neuralgrok as recipe
+
+    calls = {"write_outputs": 0, "clear_previous_results": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    recipe.write_outputs = counted("write_outputs", recipe.write_outputs)
+    common.clear_previous_results = counted("clear_previous_results", common.clear_previous_results)
+    results = recipe.main([
+        "--use_cpu", "--output_dir", os.path.join(out_dir, "recipe"), "--p", "11", "--methods", "neuralgrok",
+        "--seeds", "0", "--max_steps", "4", "--eval_steps", "2", "--logging_steps", "1",
+        "--per_device_train_batch_size", "4", "--hidden_size", "32", "--outer_fraction", "0.2", "--outer_every", "2",
+        "--max_eval_samples", "16", "--disable_tqdm", "True",
+    ])  # fmt: skip
+    calls["train_accuracy"] = results["methods"]["neuralgrok"]["runs"][0]["curves"]["train_accuracy"]
+    atomic_write_json(os.path.join(out_dir, f"recipe_calls_rank{rank}.json"), calls)
+
+
 def main(out_dir: str, outer_gradient: str = "recompute") -> None:
     assert os.environ.get("WORLD_SIZE") == "2", "expected two ranks (torchrun --nproc_per_node 2)"
     trainer = make_trainer(out_dir, outer_gradient)
@@ -55,6 +83,7 @@ def main(out_dir: str, outer_gradient: str = "recompute") -> None:
         resumed = make_trainer(os.path.join(out_dir, "resumed"), outer_gradient)
         resumed.train(resume_from_checkpoint=os.path.join(out_dir, "checkpoint-3"))
         atomic_write_json(os.path.join(out_dir, "resumed", f"log_rank{rank}.json"), resumed.state.log_history)
+        run_recipe(out_dir, rank)
     print(f"rank {rank}: OK", flush=True)
     shutdown_distributed()
 
