@@ -272,7 +272,10 @@ class RuleMatcher:
     """The merged rules of the groups that apply to one agent, compiled into one regular expression.
 
     Rules are tried longest first (RFC 9309: the most specific match wins; `Allow` wins ties), so the first matching
-    alternative decides.
+    alternative decides. Each alternative ends with an empty capturing group that names its rule, so the regex engine
+    reaches a group only in the alternative that matched, and a match costs time linear in the number of rules. (A
+    group opened at the start of every alternative made each alternative tried clear the marks of all the groups
+    before it: time quadratic in the number of rules, about 27 ms per URL with 5,000 rules.)
 
     Args:
         rules (`Sequence[tuple[bool, str]]`): `(is_allow, canonical pattern)` pairs.
@@ -300,7 +303,7 @@ class RuleMatcher:
         self._allow = tuple(a for a, _ in ordered)
         self._wildcards = max((p.count("*") for _, p in ordered), default=0)
         if ordered and self._wildcards <= 8:
-            self._regex = re.compile("|".join(f"({_pattern_regex(p)})" for _, p in ordered), re.DOTALL)
+            self._regex = re.compile("|".join(f"{_pattern_regex(p)}()" for _, p in ordered), re.DOTALL)
         else:
             self._regex = None
 
