@@ -261,11 +261,22 @@ def _kind(key: str) -> str | None:
 
 
 def _pattern_regex(pattern: str) -> str:
+    r"""A regular expression for a rule pattern (`*` any run of characters, a final `$` the end of the path) that
+    matches in time linear in the path's length (times the pattern's length at most), whatever the pattern.
+
+    The literal parts between the `*` are found each at its first occurrence after the previous one, in an atomic
+    group (`(?>.*?part)`) that is never re-entered when a later part fails: a pattern `/*a*a*b` costs one scan of the
+    path, not one try per way of placing the `a`s (a backtracking `.*` costs about L**k steps for k wildcards on a
+    path of L characters). The first occurrence is always the right choice: if the parts can be placed at all, they
+    can be placed with each one at its first occurrence after the previous one, which leaves the most room for the
+    rest. With `$`, the last part must end the path: `.*part\Z`, tried only after the parts before it are placed."""
     anchored = pattern.endswith("$")
     body = pattern[:-1] if anchored else pattern
-    body = re.sub(r"\*+", "*", body)
-    out = ".*".join(re.escape(part) for part in body.split("*"))
-    return out + (r"\Z" if anchored else "")
+    first, *rest = (re.escape(part) for part in re.sub(r"\*+", "*", body).split("*"))
+    end = ""
+    if anchored:
+        end = (".*" + rest.pop() if rest else "") + r"\Z"
+    return first + "".join(f"(?>.*?{part})" for part in rest if part) + end
 
 
 class RuleMatcher:
@@ -281,7 +292,7 @@ class RuleMatcher:
         rules (`Sequence[tuple[bool, str]]`): `(is_allow, canonical pattern)` pairs.
     """
 
-    __slots__ = ("rules", "signature", "_regex", "_allow", "_wildcards", "disallows_everything")
+    __slots__ = ("rules", "signature", "_regex", "_allow", "disallows_everything")
 
     def __init__(self, rules: Sequence[tuple[bool, str]]):
         expanded = set()
@@ -301,11 +312,9 @@ class RuleMatcher:
             not a for a, _ in ordered
         )
         self._allow = tuple(a for a, _ in ordered)
-        self._wildcards = max((p.count("*") for _, p in ordered), default=0)
-        if ordered and self._wildcards <= 8:
-            self._regex = re.compile("|".join(f"{_pattern_regex(p)}()" for _, p in ordered), re.DOTALL)
-        else:
-            self._regex = None
+        self._regex = (
+            re.compile("|".join(f"{_pattern_regex(p)}()" for _, p in ordered), re.DOTALL) if ordered else None
+        )
 
     @property
     def can_disallow(self) -> bool:
@@ -315,30 +324,8 @@ class RuleMatcher:
         """Decision for a canonical path (see `url_path`)."""
         if path == "/robots.txt":  # RFC 9309 section 2.2.2: implicitly allowed
             return True
-        if self._regex is not None:
-            m = self._regex.match(path)
-            return True if m is None else self._allow[m.lastindex - 1]
-        for is_allow, pattern in self.rules:  # many wildcards: linear-time matcher instead of backtracking
-            if _matches(path, pattern):
-                return is_allow
-        return True
-
-
-def _matches(path: str, pattern: str) -> bool:
-    """Wildcard match of a pattern against the start of `path` with a set of positions (no backtracking)."""
-    positions = [0]
-    n = len(path)
-    last = len(pattern) - 1
-    for i, c in enumerate(pattern):
-        if c == "$" and i == last:
-            return positions[-1] == n
-        if c == "*":
-            positions = list(range(positions[0], n + 1))
-        else:
-            positions = [p + 1 for p in positions if p < n and path[p] == c]
-            if not positions:
-                return False
-    return True
+        m = None if self._regex is None else self._regex.match(path)
+        return True if m is None else self._allow[m.lastindex - 1]
 
 
 ALLOW_ALL = RuleMatcher(())

@@ -65,7 +65,7 @@ def test_a_rule_inside_the_limit_agrees_with_googles_parser():
         assert RobotsTxt.parse(inside).allowed(url, "FooBot") == _google_allowed(inside, "FooBot", url), path
 
 
-# Wildcard matching with many '*' (the linear-time matcher, used past 8 wildcards) ------------------------------------
+# Wildcard matching with many '*' (matched without backtracking, whatever their number) -----------------------------
 def _brute_force(pattern: str, path: str) -> bool:
     """Does `pattern` (RFC 9309 `*` and final `$`) match a prefix of `path`? Plain recursion, no regex."""
     anchored = pattern.endswith("$")
@@ -88,7 +88,7 @@ def test_patterns_with_many_wildcards_match_like_brute_force_and_google():
     for _ in range(300):
         parts = ["".join(rng.choice("ab/") for _ in range(rng.randint(0, 2))) for _ in range(rng.randint(10, 12))]
         pattern = "/" + "*".join(parts) + ("$" if rng.random() < 0.5 else "")
-        assert pattern.count("*") > 8  # past the regex path
+        assert pattern.count("*") > 8  # more than the 8 that once went to a backtracking regex
         robots = f"User-agent: FooBot\nDisallow: {pattern}\n"
         parsed = RobotsTxt.parse(robots)
         for _ in range(6):
@@ -166,6 +166,22 @@ def test_decisions_over_random_rule_sets_equal_a_brute_force_longest_match(seed)
             assert url_path("http://a.org" + raw) == _canonical(raw)
             expected = _reference_allowed(rules, _canonical(raw))
             assert parsed.allowed("http://a.org" + raw, "FooBot") == expected, (lines, raw)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("end", ["", "$"])
+def test_a_rule_with_eight_wildcards_decides_a_long_path_in_linear_time(end):
+    """`/*a*a*a*a*a*a*a*b` on a path of 60 `a`s: a backtracking `.*` tries every way of placing the `a`s (hours); a
+    linear-time matcher scans the path once. The robots.txt is the site's content, so no pattern may hang a run."""
+    robots = f"User-agent: *\nDisallow: /*a*a*a*a*a*a*a*b{end}\n"
+    assert robots.count("*") - 1 == 8
+    parsed = RobotsTxt.parse(robots)
+    parsed.matcher("FooBot")  # compiled outside the timed part
+    t0 = time.process_time()
+    decisions = [parsed.allowed("https://x.example/" + "a" * 60 + tail, "FooBot") for tail in ("", "c", "b", "ba")]
+    seconds = time.process_time() - t0
+    assert decisions == [True, True, False, end == "$"]
+    assert seconds < 0.5, seconds
 
 
 def _per_url_cpu_seconds(n_rules: int, n_urls: int) -> float:
