@@ -20,9 +20,12 @@ class RobotsTxtFilter(BaseFilter):
     Dropped documents get `metadata["disallowed_user_agents"]` (the agents that are disallowed) and the drop
     reason `"robots_txt"`, both visible to an `exclusion_writer` and in datatrove's stats
     (`dropped_robots_txt`; `dropped_unreachable_robots_txt` counts those dropped only because their host's robots.txt
-    was unreachable, RFC 9309's complete disallow). Decisions are those of `RobotsCompliance`, so this step and
-    `filter_compliant` on a `datasets.Dataset` drop exactly the same documents. Under a `LocalPipelineExecutor` or
-    `SlurmPipelineExecutor` each task builds its own host cache and datatrove merges the per-task stats.
+    was unreachable, RFC 9309's complete disallow). A kept document carries no opt-out from an earlier run (e.g. a
+    `removed/` output re-filtered against a newer snapshot): a `disallowed_user_agents` it holds becomes `[]`, as
+    `annotate_compliance` gives, and a `filter_reason` of `"robots_txt"` is removed. Decisions are those of
+    `RobotsCompliance`, so this step and `filter_compliant` on a `datasets.Dataset` drop exactly the same documents.
+    Under a `LocalPipelineExecutor` or `SlurmPipelineExecutor` each task builds its own host cache and datatrove
+    merges the per-task stats.
 
     Args:
         robots (`RobotsCompliance`, `RobotsTxtStore`, a snapshot path or a `{host: text}` mapping):
@@ -110,6 +113,12 @@ class RobotsTxtFilter(BaseFilter):
 
     def _result(self, doc: Document, agents: tuple[str, ...]) -> bool | tuple[bool, str]:
         if not agents:
+            # no stale opt-out on a kept document (e.g. one of a previous run's `removed/` output, re-filtered with a
+            # newer snapshot): its `disallowed_user_agents` are replaced, as `annotate_compliance` replaces the column
+            if "disallowed_user_agents" in doc.metadata:
+                doc.metadata["disallowed_user_agents"] = []
+            if doc.metadata.get("filter_reason") == "robots_txt":
+                del doc.metadata["filter_reason"]
             return True
         doc.metadata["disallowed_user_agents"] = list(agents)
         for agent in agents:

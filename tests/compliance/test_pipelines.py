@@ -274,3 +274,35 @@ def test_datatrove_step_from_a_path_ships_the_path_not_the_snapshot(tmp_path, ex
         RobotsTxtFilter(str(tmp_path / "missing.parquet"))
     with pytest.raises(ValueError, match="status_policy"):
         RobotsTxtFilter(str(tmp_path / "snap.jsonl"), status_policy="lenient")
+
+
+def test_datatrove_kept_documents_lose_a_previous_runs_opt_out_metadata():
+    """Re-filtering a `removed/` output against a newer snapshot (the opt-out was lifted): the recovered documents
+    carried `disallowed_user_agents: ['GPTBot']` and `filter_reason: 'robots_txt'` into the compliant output."""
+    import datasets
+    from datatrove.data import Document
+
+    from hf_ext.compliance import RobotsTxtStore
+
+    july = RobotsTxtStore.from_dict(
+        {"news.example": "User-agent: GPTBot\nDisallow: /private/\n"}, fetched_at="2025-07-01"
+    )
+    urls = ["https://news.example/a/0", "https://news.example/private/1", "https://news.example/a/2"]
+    stale = {"disallowed_user_agents": ["GPTBot"], "filter_reason": "robots_txt"}
+    docs = [Document(text="t", id=str(i), metadata={"url": u, **stale}) for i, u in enumerate(urls)]
+    docs.append(Document(text="t", id="3", metadata={"url": urls[0], "filter_reason": "gopher_rep"}))
+    docs.append(Document(text="t", id="4", metadata={"url": urls[2]}))
+    for batch_size in (1, 10):  # filter and filter_batch
+        fresh = [Document(text=d.text, id=d.id, metadata=dict(d.metadata)) for d in docs]
+        kept = {d.id: d.metadata for d in RobotsTxtFilter(july, batch_size=batch_size).run(iter(fresh))}
+        assert sorted(kept) == ["0", "2", "3", "4"]
+        ann = annotate_compliance(
+            datasets.Dataset.from_list([{"url": u, **stale} for u in urls]), RobotsCompliance(july)
+        )
+        for i in ("0", "2"):  # as the datasets path gives for the same rows
+            assert kept[i] == {"url": urls[int(i)], "disallowed_user_agents": ann[int(i)]["disallowed_user_agents"]}
+            assert kept[i]["disallowed_user_agents"] == [] and ann[int(i)]["robots_compliant"]
+        assert kept["3"] == {"url": urls[0], "filter_reason": "gopher_rep"}  # another step's reason is not ours
+        assert kept["4"] == {"url": urls[2]}  # nothing added to a document without the field
+        dropped = next(d for d in fresh if d.id == "1")
+        assert dropped.metadata["disallowed_user_agents"] == ["GPTBot"]
