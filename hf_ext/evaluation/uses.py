@@ -132,7 +132,7 @@ def compliance_gap(
     non_compliant,
     compliant,
     tokenizer=None,
-    tasks: str | Sequence[str] = DEFAULT_TASKS,
+    tasks: str | Sequence[str] | None = None,
     metric: str = "acc",
     relative: bool = True,
     num_fewshot: int | None = 0,
@@ -145,7 +145,10 @@ def compliance_gap(
         non_compliant, compliant: Models (objects, `save_pretrained` folders or lm-eval `LM`s), or lm-eval results
             dicts already computed.
         tokenizer: Shared tokenizer for model objects.
-        tasks, num_fewshot, kwargs: As in [`evaluate_model`].
+        tasks: lm-eval tasks: those a model is evaluated on (default the packaged `hf_ext_domain` and
+            `hf_ext_cloze`) and, with results dicts, the tasks compared, as in `compute_dcg(..., tasks=...)` (default
+            every task of the results).
+        num_fewshot, kwargs: As in [`evaluate_model`].
         metric (`str`, *optional*, defaults to `"acc"`): Task metric compared.
         relative (`bool`, *optional*, defaults to `True`): Percent gap (see `hf_ext.compliance.compute_dcg`).
         undefined (`str`, *optional*, defaults to `"raise"`): `"nan"` reports a task the full model scores 0 on as
@@ -155,16 +158,22 @@ def compliance_gap(
         `hf_ext.compliance.DCGReport` (`.to_table()`, `.to_json()`), plus the two results under `.results`.
     """
     from ..compliance import compute_dcg
+    from ..utils.scores import task_list
 
-    results = []
-    for m in (non_compliant, compliant):
-        if isinstance(m, dict) and "results" in m:
-            results.append(m)
-        else:
-            results.append(evaluate_model(m, tokenizer, tasks=tasks, num_fewshot=num_fewshot, **kwargs))
-    lower = _lower(metric, task_scores(results[0], metric))
+    given = [isinstance(m, dict) and "results" in m for m in (non_compliant, compliant)]
+    run_tasks = DEFAULT_TASKS if tasks is None else tasks
+    # with results dicts only the tasks asked for are compared (a model's results hold just the tasks it ran on)
+    compared = None if tasks is None or not any(given) else task_list(tasks, "tasks")
+
+    def results_of(model_or_results, is_results):
+        if is_results:
+            return model_or_results
+        return evaluate_model(model_or_results, tokenizer, tasks=run_tasks, num_fewshot=num_fewshot, **kwargs)
+
+    full, comp = results_of(non_compliant, given[0]), results_of(compliant, given[1])
+    lower = _lower(metric, task_scores(full, metric, "non_compliant", set(compared or ()), compared))
     report = compute_dcg(
-        results[0], results[1], relative=relative, metric=metric, lower_is_better=lower, undefined=undefined
+        full, comp, relative=relative, metric=metric, lower_is_better=lower, tasks=compared, undefined=undefined
     )
-    report.results = {"non_compliant": results[0], "compliant": results[1]}
+    report.results = {"non_compliant": full, "compliant": comp}
     return report

@@ -113,3 +113,26 @@ def test_task_sweep_refuses_a_metric_a_task_does_not_report_before_evaluating(sm
     with pytest.raises(ValueError, match="not 'acc_norm,none'"):  # lm-eval's key form is read as its name
         layer_pairing_task_sweep(model, small_tokenizer, [(0, 2)], tasks=["hf_ext_cloze"], metric="acc_norm,none")
     assert evaluated == []
+
+
+def _run(scores, **extra):
+    results = {t: {"alias": t, "acc,none": a, "acc_stderr,none": 0.01} for t, a in scores.items()}
+    return {"results": {**results, **extra}, "group_subtasks": {t: [] for t in [*scores, *extra]}}
+
+
+def test_compliance_gap_of_results_dicts_compares_only_the_tasks_asked_for():
+    """With lm-eval result dicts, `tasks=` was ignored: every task of the runs was averaged in (mean 2.5, not the
+    arc_easy gap 5.0), and a perplexity task of the same run raised 'has no metric acc'."""
+    from hf_ext.compliance import compute_dcg
+
+    full, comp = _run({"arc_easy": 0.60, "piqa": 0.70}), _run({"arc_easy": 0.57, "piqa": 0.70})
+    for tasks in (["arc_easy"], "arc_easy"):
+        report = compliance_gap(full, comp, tasks=tasks, metric="acc")
+        assert [r["task"] for r in report.rows] == ["arc_easy"] and report.mean_gap == pytest.approx(5.0)
+    assert compliance_gap(full, comp, metric="acc").mean_gap == pytest.approx(2.5)  # no tasks=: all of them
+    ppl = {"wikitext": {"alias": "wikitext", "word_perplexity,none": 20.0}}
+    full, comp = _run({"arc_easy": 0.60}, **ppl), _run({"arc_easy": 0.57}, **ppl)
+    report = compliance_gap(full, comp, tasks=["arc_easy"], metric="acc")
+    assert report.to_dict() == compute_dcg(full, comp, metric="acc", tasks=["arc_easy"]).to_dict()
+    assert report.results == {"non_compliant": full, "compliant": comp}
+
