@@ -149,7 +149,9 @@ def compliance_gap(
             `hf_ext_cloze`) and, with results dicts, the tasks compared, as in `compute_dcg(..., tasks=...)` (default
             every task of the results).
         num_fewshot, kwargs: As in [`evaluate_model`].
-        metric (`str`, *optional*, defaults to `"acc"`): Task metric compared.
+        metric (`str`, *optional*, defaults to `"acc"`): Task metric compared. Checked before any evaluation against
+            the packaged tasks (lm-eval's own are checked on the first model's results, before the second model is
+            evaluated).
         relative (`bool`, *optional*, defaults to `True`): Percent gap (see `hf_ext.compliance.compute_dcg`).
         undefined (`str`, *optional*, defaults to `"raise"`): `"nan"` reports a task the full model scores 0 on as
             n/a instead of raising (see `compute_dcg`).
@@ -162,6 +164,15 @@ def compliance_gap(
 
     given = [isinstance(m, dict) and "results" in m for m in (non_compliant, compliant)]
     run_tasks = DEFAULT_TASKS if tasks is None else tasks
+    if not all(given):
+        # the metric against the packaged tasks before the first (costly) evaluation, as layer_pairing_task_sweep
+        # does; other tasks are checked on the first results, before the second model is evaluated
+        packaged = [t for t in _check_run_args(run_tasks, num_fewshot, kwargs.get("limit")) if t in _PACKAGED]
+        if packaged and isinstance(metric, str):
+            from .prompting import check_reported_metric
+
+            loaded = task_manager(include_defaults=False).load(packaged)["tasks"]
+            check_reported_metric(loaded, metric, "metric", "pass one of those as metric=")
     # with results dicts only the tasks asked for are compared (a model's results hold just the tasks it ran on)
     compared = None if tasks is None or not any(given) else task_list(tasks, "tasks")
 
@@ -170,8 +181,10 @@ def compliance_gap(
             return model_or_results
         return evaluate_model(model_or_results, tokenizer, tasks=run_tasks, num_fewshot=num_fewshot, **kwargs)
 
-    full, comp = results_of(non_compliant, given[0]), results_of(compliant, given[1])
+    full = results_of(non_compliant, given[0])
+    # `metric` read on the first results, before the second model is evaluated (also for lm-eval's own tasks)
     lower = _lower(metric, task_scores(full, metric, "non_compliant", set(compared or ()), compared))
+    comp = results_of(compliant, given[1])
     report = compute_dcg(
         full, comp, relative=relative, metric=metric, lower_is_better=lower, tasks=compared, undefined=undefined
     )

@@ -146,14 +146,13 @@ def _validate(args: ComplianceArguments):
         if args.dataset_name or args.train_file:
             raise ValueError("--train_models uses the embedded corpus and its held-out split; drop --dataset_name/--train_file.")
         if args.eval_tasks is not None:
-            if not all(t.strip() for t in args.eval_tasks.split(",")):
-                raise ValueError(f"--eval_tasks must be comma-separated task names, got {args.eval_tasks!r}.")
+            from ..evaluation.prompting import check_eval_tasks
+
             if args.eval_limit is not None and args.eval_limit < 1:
                 raise ValueError(f"--eval_limit must be >= 1, got {args.eval_limit}.")
-            try:
-                import lm_eval  # noqa: F401
-            except ImportError as err:
-                raise ValueError("--eval_tasks needs lm-evaluation-harness: pip install 'hf_ext[eval]'.") from err
+            # the names, and --eval_metric against each task, before the models are trained (were first read after
+            # training and both lm-eval runs, with the loss-based results already written)
+            check_eval_tasks(args.eval_tasks, "--eval_tasks", metric=args.eval_metric)
     elif args.eval_tasks is not None:
         raise ValueError("--eval_tasks evaluates the models trained by --train_models; add --train_models.")
     from ..data.tokenizer import SPECIAL_TOKENS

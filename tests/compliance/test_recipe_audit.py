@@ -115,3 +115,27 @@ def test_flags_that_cannot_apply_are_refused_before_any_output(tmp_path, args, m
     with pytest.raises(ValueError, match=match):
         main([*args, "--output_dir", str(out)])
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--eval_tasks", "hf_ext_domain", "--eval_metric", "perplexity"],
+         r"--eval_tasks: task 'hf_ext_domain' reports \['acc', 'acc_norm'\], not 'perplexity'; .*--eval_metric"),
+        (["--eval_tasks", "hf_ext_domian"], r"--eval_tasks: unknown lm-eval task\(s\) \['hf_ext_domian'\]"),
+    ],
+)  # fmt: skip
+def test_eval_tasks_and_metric_are_checked_before_the_models_are_trained(tmp_path, monkeypatch, extra, match):
+    """Both failed only after the two models were trained, dcg_trained.{json,md} written and (for the metric) both
+    lm-eval runs done: a ValueError from the score reader, and a KeyError for the misspelt task."""
+    pytest.importorskip("lm_eval")
+    import hf_ext.recipes.compliance as recipe
+
+    trained = []
+    monkeypatch.setattr(recipe, "train_and_measure_dcg", lambda *a, **k: trained.append(1) or {})
+    out = tmp_path / "never"
+    tiny = ["--train_models", "--train_steps", "2", "--continual_steps", "0", "--model_hidden_size", "16",
+            "--model_layers", "1", "--train_block_size", "32", "--train_batch_size", "2", "--vocab_size", "300"]  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        main([*tiny, *extra, "--eval_limit", "2", "--output_dir", str(out)])
+    assert not out.exists() and trained == []

@@ -136,3 +136,24 @@ def test_compliance_gap_of_results_dicts_compares_only_the_tasks_asked_for():
     assert report.to_dict() == compute_dcg(full, comp, metric="acc", tasks=["arc_easy"]).to_dict()
     assert report.results == {"non_compliant": full, "compliant": comp}
 
+
+def test_compliance_gap_refuses_a_metric_a_task_does_not_report_before_evaluating(small_tokenizer, monkeypatch):
+    """hf_ext_domain has no perplexity: refused before either model is evaluated (was: after both lm-eval runs, by
+    the score reader). For lm-eval's own tasks the metric is read on the first model's results, before the second
+    model is evaluated."""
+    import hf_ext.evaluation.uses as uses
+
+    evaluated = []
+    no_ppl = _run({"arc_easy": 0.5})
+    monkeypatch.setattr(uses, "evaluate_model", lambda *a, **k: evaluated.append(1) or no_ppl)
+    full, comp = _llama(small_tokenizer, 1), _llama(small_tokenizer, 2)
+    with pytest.raises(ValueError, match=r"^metric: task 'hf_ext_domain' reports \['acc', 'acc_norm'\], not 'perp"):
+        compliance_gap(full, comp, small_tokenizer, tasks=["hf_ext_domain"], metric="perplexity")
+    with pytest.raises(ValueError, match=r"^metric: task 'hf_ext_domain'"):  # the default tasks
+        compliance_gap(full, comp, small_tokenizer, metric="word_perplexity")
+    with pytest.raises(ValueError, match=r"^metric: task 'hf_ext_domain'"):  # a model beside a results dict
+        compliance_gap(no_ppl, comp, small_tokenizer, tasks=["hf_ext_domain"], metric="perplexity")
+    assert evaluated == []
+    with pytest.raises(ValueError, match=r"non_compliant\['arc_easy'\] has no metric 'perplexity'"):
+        compliance_gap(full, comp, small_tokenizer, tasks=["arc_easy"], metric="perplexity")
+    assert evaluated == [1]  # the compliant model was not evaluated
