@@ -214,6 +214,9 @@ def _refuse_inapplicable_flags(args: ComplianceArguments) -> None:
         )
     if args.dataset_config_name and not args.dataset_name:
         raise ValueError("--dataset_config_name is a config of --dataset_name; pass --dataset_name or drop it.")
+    from .pretrain import check_ignored_model_flags
+
+    check_ignored_model_flags(args, args)  # --vocab_size beside --tokenizer_name (whose tokenizer is loaded)
     if args.train_models and args.split != "train":
         raise ValueError(
             f"--train_models trains on the embedded corpus' train split and scores on its held-out test split; "

@@ -333,6 +333,14 @@ def _refuse_inapplicable_flags(task: TaskArguments, model_args: ModelArguments, 
                 f"{', '.join('--' + n for n in ignored)} describe the tiny base model pretrained here and are not "
                 "used with --model_name_or_path; drop them or drop --model_name_or_path."
             )
+        # as `load_tokenizer` decides: a base folder that holds a tokenizer is tokenized with it
+        base = model_args.model_name_or_path
+        if os.path.exists(os.path.join(base, "tokenizer_config.json")) and changed_from_default(task, ("vocab_size",)):
+            raise ValueError(
+                f"--vocab_size sizes the tokenizer built on the fly, but the tokenizer of --model_name_or_path={base!r} "
+                "is loaded, so it would be ignored; drop --vocab_size (it applies to a base folder without a "
+                "tokenizer)."
+            )
 
 
 def parse_fractions(text: str) -> list[float]:

@@ -222,21 +222,25 @@ FRESH_MODEL_FLAGS = (
 
 def check_ignored_model_flags(model_args: ModelArguments, data_args) -> None:
     """Refuse, by name, a model or tokenizer flag set on the command line that the run would ignore (`model_args`: any
-    recipe's model arguments; the fresh-model flags it has are checked)."""
+    recipe's model arguments; the fresh-model flags it has are checked; a recipe without --model_name_or_path passes
+    its one arguments dataclass as both)."""
     from ._common import changed_from_default
 
-    if model_args.model_name_or_path:
+    base = getattr(model_args, "model_name_or_path", None)
+    if base:
         for name in changed_from_default(model_args, [f for f in FRESH_MODEL_FLAGS if hasattr(model_args, f)]):
             raise ValueError(
-                f"--{name} sizes a fresh model, but --model_name_or_path={model_args.model_name_or_path!r} is loaded "
-                f"with its own config, so it would be ignored; drop --{name} (or --model_name_or_path to train a fresh "
-                "model)."
+                f"--{name} sizes a fresh model, but --model_name_or_path={base!r} is loaded with its own config, so it "
+                f"would be ignored; drop --{name} (or --model_name_or_path to train a fresh model)."
             )
-    loaded = data_args.tokenizer_name or model_args.model_name_or_path
+    loaded = data_args.tokenizer_name or base
     if loaded and changed_from_default(data_args, ["vocab_size"]):
+        loaders = "/".join(
+            f"--{n}" for n, a in (("tokenizer_name", data_args), ("model_name_or_path", model_args)) if hasattr(a, n)
+        )
         raise ValueError(
             f"--vocab_size sizes the tokenizer built on the fly, but the tokenizer of {loaded!r} is loaded, so it "
-            "would be ignored; drop --vocab_size (or --tokenizer_name/--model_name_or_path)."
+            f"would be ignored; drop --vocab_size (or {loaders})."
         )
     if data_args.dataset_config_name and not data_args.dataset_name:
         raise ValueError(

@@ -139,3 +139,14 @@ def test_eval_tasks_and_metric_are_checked_before_the_models_are_trained(tmp_pat
     with pytest.raises(ValueError, match=match):
         main([*tiny, *extra, "--eval_limit", "2", "--output_dir", str(out)])
     assert not out.exists() and trained == []
+
+
+def test_vocab_size_beside_tokenizer_name_is_refused(tmp_path, small_tokenizer):
+    """The tokenizer of --tokenizer_name counts the tokens (and sizes the --train_models models): --vocab_size was
+    silently ignored (outputs identical for 4096 and 9999), as pretrain, grape, ... refuse it."""
+    small_tokenizer.save_pretrained(tmp_path / "tok")
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=r"--vocab_size sizes the tokenizer built on the fly, but the tokenizer of "
+                       r"'.*tok' is loaded, so it would be ignored; drop --vocab_size \(or --tokenizer_name\)\.$"):
+        main(["--tokenizer_name", str(tmp_path / "tok"), "--vocab_size", "9999", "--output_dir", str(out)])
+    assert not out.exists()

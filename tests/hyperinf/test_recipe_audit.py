@@ -68,3 +68,31 @@ def test_a_method_named_twice_is_refused_before_any_output(tmp_path):
     with pytest.raises(ValueError, match=r"--methods names \['tracin'\] more than once"):
         main(TINY + ["--output_dir", str(out), "--methods", "tracin,datainf,tracin"])
     assert not out.exists()
+
+
+
+def test_vocab_size_beside_a_base_folder_with_a_tokenizer_is_refused(tmp_path, small_tokenizer):
+    """The base folder's tokenizer is used (`load_tokenizer`), so --vocab_size was silently ignored while the sibling
+    tiny-base flags were refused. A base folder without a tokenizer is still tokenized with the --vocab_size BPE."""
+    from transformers import HfArgumentParser
+
+    from hf_ext.recipes import hyperinf
+
+    with_tok, without_tok = tmp_path / "with_tok", tmp_path / "without_tok"
+    for base in (with_tok, without_tok):
+        base.mkdir()
+        (base / "config.json").write_text("{}")
+    small_tokenizer.save_pretrained(with_tok)
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=r"--vocab_size sizes the tokenizer built on the fly, but the tokenizer of "
+                       r"--model_name_or_path='.*with_tok' is loaded, so it would be ignored; drop --vocab_size"):
+        main(["--model_name_or_path", str(with_tok), "--vocab_size", "9999", "--output_dir", str(out)])
+    assert not out.exists()
+    parser = HfArgumentParser(
+        (hyperinf.TaskArguments, hyperinf.ModelArguments, hyperinf.InfluenceArguments, hyperinf.HyperInfTrainingArguments)
+    )
+    args = parser.parse_args_into_dataclasses(
+        ["--model_name_or_path", str(without_tok), "--vocab_size", "300", "--output_dir", str(tmp_path / "ok")]
+    )
+    hyperinf.validate_args(*args)  # accepted: the --vocab_size BPE tokenizes this base's data
+    assert len(hyperinf.load_tokenizer(str(without_tok), args[0].vocab_size)) == 300
