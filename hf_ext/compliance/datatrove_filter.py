@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,26 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from .robots import DEFAULT_AI_USER_AGENTS, RobotsCompliance
-from .store import RobotsTxtStore, _infer_format
+from .store import _META_FILE, _STAGED_META_FILE, RobotsTxtStore, _infer_format
+
+
+def _snapshot_fingerprint(path: str) -> str:
+    """What identifies the snapshot at `path`, cheaply (no file is read): the size and modification time of a `.jsonl`
+    or `.parquet` file, or of a folder's manifest (`_snapshot.json`, or the `_snapshot.json.staged` of a save killed
+    after its commit, which `load` reads instead), which every `RobotsTxtStore.save` writes anew; for a folder
+    without a manifest, a digest of the names, sizes and modification times of its `<host>.txt` files."""
+    folder = Path(path)
+    if folder.is_dir():
+        manifest = next((folder / n for n in (_STAGED_META_FILE, _META_FILE) if (folder / n).is_file()), None)
+        if manifest is None:
+            listing = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.glob("*.txt"))
+            return "files " + hashlib.sha256(repr(listing).encode("utf-8")).hexdigest()[:16]
+        path = str(manifest)
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    return f"{stat.st_size} bytes, modified {stat.st_mtime_ns} ns"
 
 
 class RobotsTxtFilter(BaseFilter):
@@ -30,7 +50,9 @@ class RobotsTxtFilter(BaseFilter):
     Args:
         robots (`RobotsCompliance`, `RobotsTxtStore`, a snapshot path or a `{host: text}` mapping):
             Where robots.txt rules come from. A path (folder, `.jsonl`, `.parquet`, on a filesystem every task can
-            read) is loaded by each task on first use, so the pickled pipeline stays small.
+            read) is loaded by each task on first use, so the pickled pipeline stays small; a task that finds a
+            snapshot saved over the one the step was built with fails with a `ValueError` (see
+            `_snapshot_fingerprint`), so the tasks of one built pipeline never mix two snapshots.
         user_agents (`Sequence[str]`, *optional*, defaults to `DEFAULT_AI_USER_AGENTS`):
             Agents to check. With a ready `RobotsCompliance` the checker's own agents apply: passing other agents (or
             any other `RobotsCompliance` option, e.g. `status_policy=`) is a `ValueError`, since the step would
@@ -90,6 +112,9 @@ class RobotsTxtFilter(BaseFilter):
                 )
             RobotsCompliance({}, **self._checker_kwargs)  # validate the options before any work
             self._snapshot_path, checker = path, None
+            # each task loads the path when it starts (a Slurm array task hours later, a requeued job): it must find
+            # the snapshot this step was built with, not one saved over it since
+            self._snapshot_fingerprint = _snapshot_fingerprint(path)
         else:
             checker = RobotsCompliance(robots, **self._checker_kwargs)
         super().__init__(exclusion_writer=exclusion_writer, batch_size=batch_size)
@@ -100,8 +125,22 @@ class RobotsTxtFilter(BaseFilter):
     def checker(self) -> RobotsCompliance:
         """The `RobotsCompliance` behind the step (built from the snapshot path on first use)."""
         if self._checker is None:
-            self._checker = RobotsCompliance(RobotsTxtStore.load(self._snapshot_path), **self._checker_kwargs)
+            self._check_snapshot_unchanged()
+            store = RobotsTxtStore.load(self._snapshot_path)
+            self._check_snapshot_unchanged()  # and not saved anew while it was read
+            self._checker = RobotsCompliance(store, **self._checker_kwargs)
         return self._checker
+
+    def _check_snapshot_unchanged(self) -> None:
+        now = _snapshot_fingerprint(self._snapshot_path)
+        if now != self._snapshot_fingerprint:
+            raise ValueError(
+                f"robots snapshot {self._snapshot_path!r} changed since this RobotsTxtFilter was built (then: "
+                f"{self._snapshot_fingerprint}; now: {now}): this task would decide its documents by other rules "
+                "than the tasks before it, mixing two snapshots in one output. Run every task again with one snapshot "
+                "(new output and logging folders); save a refreshed snapshot to a new path, not over the one a run "
+                "uses."
+            )
 
     def _url(self, doc: Document) -> str | None:
         if self.url_key not in doc.metadata:

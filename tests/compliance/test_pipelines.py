@@ -306,3 +306,46 @@ def test_datatrove_kept_documents_lose_a_previous_runs_opt_out_metadata():
         assert kept["4"] == {"url": urls[2]}  # nothing added to a document without the field
         dropped = next(d for d in fresh if d.id == "1")
         assert dropped.metadata["disallowed_user_agents"] == ["GPTBot"]
+
+
+
+def test_datatrove_tasks_refuse_a_snapshot_saved_anew_since_the_step_was_built(tmp_path):
+    """A preempted run resumed (or a Slurm array whose tasks start hours apart) with the snapshot re-saved in place in
+    between: tasks 0-1 were decided by the January snapshot and tasks 2-3 by the March one, without a word."""
+    import pickle
+
+    from datatrove.data import Document
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from hf_ext.compliance import RobotsTxtStore
+
+    january = RobotsTxtStore.from_dict({"news.example": "User-agent: GPTBot\nDisallow: /\n"}, fetched_at="2025-01-15")
+    march = RobotsTxtStore.from_dict({"news.example": "User-agent: GPTBot\nDisallow: /s9/\n"}, fetched_at="2025-03-01")
+    (tmp_path / "in").mkdir()
+    for shard in range(4):
+        rows = [{"id": f"{shard}-{i}", "text": "t", "url": f"https://news.example/s{shard}/{i}"} for i in range(3)]
+        (tmp_path / "in" / f"{shard}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    snap = tmp_path / "snapshot"
+    january.save(snap)
+    step = RobotsTxtFilter(str(snap))
+    pipeline = [JsonlReader(str(tmp_path / "in")), step, JsonlWriter(str(tmp_path / "kept"), compression=None)]
+
+    def executor(**kw):
+        return LocalPipelineExecutor(pipeline, tasks=4, logging_dir=str(tmp_path / "logs"), **kw)
+
+    executor(local_tasks=2).run()  # tasks 0 and 1, then the job is preempted
+    march.save(snap)  # the folder is saved anew in place (same manifest size: only its modification time differs)
+    with pytest.raises(ValueError, match=r"robots snapshot '.*snapshot' changed since this RobotsTxtFilter was built"):
+        executor().run()  # the resume: tasks 2 and 3
+    assert not list((tmp_path / "kept").glob("*.jsonl"))  # January dropped everything; March decided nothing
+    doc = Document(text="t", id="0", metadata={"url": "https://news.example/a"})
+    for name in ("snapshot", "snapshot.jsonl", "snapshot.parquet"):
+        january.save(tmp_path / name)
+        shipped = pickle.dumps(RobotsTxtFilter(str(tmp_path / name)))  # as a Slurm executor ships the pipeline
+        assert list(pickle.loads(shipped).run(iter([doc]))) == []  # unchanged: January, loaded by the task
+        march.save(tmp_path / name)
+        with pytest.raises(ValueError, match=rf"robots snapshot '.*{name}' changed since"):
+            list(pickle.loads(shipped).run(iter([doc])))
+        assert [d.id for d in RobotsTxtFilter(str(tmp_path / name)).run(iter([doc]))] == ["0"]  # built anew: March
