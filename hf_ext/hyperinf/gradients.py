@@ -315,10 +315,11 @@ class PerExampleGradients:
 
     Each example's loss is the model's own `outputs.loss` on that example alone (for causal LMs: mean over its
     tokens), computed in `eval()` mode so that dropout (also LoRA dropout) is off. With `method="vmap"` one batch is
-    one `torch.func.vmap(torch.func.grad(...))` call over `torch.func.functional_call` (for the duration of that call,
-    transformers models are switched to eager attention, since sdpa mask creation branches on the data, and the
-    input-embedding hooks of `enable_input_require_grads` are taken out); `method="loop"` runs one backward pass per
-    example (slower; for models whose forward cannot be vmapped).
+    one `torch.func.vmap(torch.func.grad_and_value(...))` call over `torch.func.functional_call` (for the duration of
+    that call, transformers models are switched to eager attention, since sdpa mask creation branches on the data, and
+    the input-embedding hooks of `enable_input_require_grads` are taken out); `method="loop"` runs one backward pass
+    per example (slower; for models whose forward cannot be vmapped). An example whose loss is NaN with a finite
+    gradient (no counted label) is a `ValueError` naming its index.
 
     Args:
         model (`torch.nn.Module`): the peft LoRA model.
@@ -361,7 +362,8 @@ class PerExampleGradients:
         inputs = {key: value.unsqueeze(0) for key, value in example.items()}
         return torch.func.functional_call(self.model, params, args=(), kwargs=inputs).loss
 
-    def _batch_grads(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _batch_grads(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The rank-first per-example gradients of `batch` and the per-example losses they come from."""
         params = {m.name: self._params[m.name].detach() for m in self.tracked}
         mask = batch.get("attention_mask")
         use_vmap = self.method == "vmap" and (mask is None or bool(mask.all()))
@@ -374,7 +376,9 @@ class PerExampleGradients:
             # autograd graph through the per-example gradients; torch.func.grad itself ignores an outer no_grad
             try:
                 with torch.no_grad(), self._prepared_for_vmap():
-                    grads = torch.func.vmap(torch.func.grad(self._loss), in_dims=(None, 0))(params, batch)
+                    grads, losses = torch.func.vmap(torch.func.grad_and_value(self._loss), in_dims=(None, 0))(
+                        params, batch
+                    )
             except RuntimeError as err:
                 if not is_func_transform_error(err):
                     raise
@@ -390,14 +394,17 @@ class PerExampleGradients:
                 self.method = "loop"
         if grads is None:
             per_example: list[dict[str, torch.Tensor]] = []
+            row_losses: list[torch.Tensor] = []
             size = next(iter(batch.values())).shape[0]
             for row in range(size):
                 leaf = {name: p.clone().requires_grad_(True) for name, p in params.items()}
                 loss = self._loss(leaf, {key: value[row] for key, value in batch.items()})
                 values = torch.autograd.grad(loss, list(leaf.values()), allow_unused=True)
                 per_example.append({n: torch.zeros_like(leaf[n]) if g is None else g for n, g in zip(leaf, values)})
+                row_losses.append(loss.detach())
             grads = {name: torch.stack([ex[name] for ex in per_example]) for name in params}
-        return {m.name: to_rank_first(grads[m.name].to(self.dtype), m) for m in self.tracked}
+            losses = torch.stack(row_losses)
+        return {m.name: to_rank_first(grads[m.name].to(self.dtype), m) for m in self.tracked}, losses.detach()
 
     def iterate(self, dataset, progress: bool = False, desc: str = "gradients") -> Iterator[dict[str, torch.Tensor]]:
         """Yield `{name: (B, r, d) tensor}` for consecutive batches of `dataset`, in dataset order.
@@ -427,7 +434,8 @@ class PerExampleGradients:
                         chunk = rows[chunk_start : chunk_start + self.batch_size]
                         batch = self.data_collator([examples[row] for row in chunk])
                         batch = {key: value.to(device) for key, value in batch.items()}
-                        grads = self._batch_grads(batch)
+                        grads, losses = self._batch_grads(batch)
+                        self._check_losses(losses, grads, [start + row for row in chunk])
                         index = torch.tensor(chunk)
                         for name, value in grads.items():
                             out[name][index] = value.to(out[name].device)
@@ -481,6 +489,21 @@ class PerExampleGradients:
                 if torch.as_tensor(value).ndim == 1 and len(value) == n:
                     out[key] = value[lo:hi]
         return out
+
+    @staticmethod
+    def _check_losses(losses: torch.Tensor, grads: Mapping[str, torch.Tensor], indices: Sequence[int]) -> None:
+        """Every head's loss on an example without a counted label (a classification label -100, token labels all
+        -100, an encoder-decoder target of -100 only) is NaN with a zero gradient, which would score it 0 as a
+        training example and shrink the mean of an evaluation set. A NaN loss with a NaN gradient (non-finite weights,
+        overflow) is left to the influence engine's own check."""
+        finite_grads = torch.stack([torch.isfinite(g.flatten(1)).all(1) for g in grads.values()]).all(0)
+        bad = (~torch.isfinite(losses.flatten()) & finite_grads.to(losses.device)).nonzero().flatten()
+        if bad.numel():
+            raise ValueError(
+                f"example {indices[int(bad[0])]} has no loss: the model's loss on it is NaN (no counted label, e.g. a "
+                "classification label -100, or token labels that are all -100 where the attention mask is 1), so it "
+                "has no influence to compute; drop it or give it a label."
+            )
 
     @staticmethod
     def _check_labelled_next_token(example: Mapping, index: int) -> None:

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from hf_ext.hyperinf import InfluenceEstimator, influence_from_gradients
 
@@ -80,6 +86,54 @@ def test_an_example_without_a_loss_is_refused_by_index(bad, match, role):
             estimator.fit([*_causal(4, 1), bad])
         else:  # was: counted in the mean, every score shrunk by 4/5
             estimator.fit(_causal(4, 1)).scores([*_causal(4, 2), bad])
+
+
+def _bert(head, num_labels):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                        max_position_embeddings=64, num_labels=num_labels)  # fmt: skip
+    task = "TOKEN_CLS" if head is BertForTokenClassification else "SEQ_CLS"
+    lora = LoraConfig(task_type=task, r=2, lora_alpha=4, target_modules=["query", "value"])
+    return get_peft_model(head(config).double(), lora).eval()
+
+
+def _labelled(n, seed, token_level):
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randint(1, 64, (n, 5), generator=gen).tolist()
+    return [{"input_ids": row, "labels": [i % 3] * 5 if token_level else i % 3} for i, row in enumerate(rows)]
+
+
+@pytest.mark.parametrize(
+    "head, bad",
+    [
+        (BertForSequenceClassification, {"input_ids": [5, 6, 7], "labels": -100}),
+        (BertForTokenClassification, {"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}),
+        # the only counted label sits on stored padding, cut before the forward
+        (BertForTokenClassification, {"input_ids": [5, 6, 0], "attention_mask": [1, 1, 0], "labels": [-100, -100, 2]}),
+    ],
+)
+@pytest.mark.parametrize("per_example", ["vmap", "loop"])
+@pytest.mark.parametrize("role", ["train", "eval"])
+def test_a_classification_example_without_a_counted_label_is_refused_by_index(head, bad, per_example, role):
+    """Its loss is NaN and its gradient zero on every head, not only a causal LM's: it used to be scored 0 as a training
+    example, or to shrink every score by 4/5 as the fifth evaluation example."""
+    model = _bert(head, 3)
+    token_level = head is BertForTokenClassification
+    estimator = InfluenceEstimator(model, "tracin", dtype=torch.float64, per_example_gradients=per_example)
+    with pytest.raises(ValueError, match="example 4 has no loss"):
+        if role == "train":
+            estimator.fit([*_labelled(4, 1, token_level), bad])
+        else:
+            estimator.fit(_labelled(4, 1, token_level)).scores([*_labelled(4, 2, token_level), bad])
+
+
+def test_a_regression_target_of_minus_100_is_a_loss_like_any_other():
+    """The check is on the loss, not on the label value: a regression head's mean squared error on -100.0 is finite."""
+    model = _bert(BertForSequenceClassification, 1)
+    rows = [{"input_ids": ex["input_ids"], "labels": float(i) - 2.0} for i, ex in enumerate(_labelled(5, 1, False))]
+    rows[2]["labels"] = -100.0
+    scores = InfluenceEstimator(model, "tracin", dtype=torch.float64).fit(rows).scores(rows[:2])
+    assert np.isfinite(scores).all() and scores[2] != 0
 
 
 def test_lissa_with_a_diverging_scale_is_refused_even_while_still_finite():
