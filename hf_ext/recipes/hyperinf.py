@@ -223,6 +223,7 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
         )
     if inf.schulz_iterations < 0:
         raise ValueError(f"--schulz_iterations must be >= 0 (e.g. the default 100), got {inf.schulz_iterations}.")
+    _refuse_unread_method_flags(inf, methods)
     if not (inf.damping_scale > 0 and math.isfinite(inf.damping_scale)):
         raise ValueError(
             f"--damping_scale must be a positive finite number (e.g. the default 0.1): hyperinf, datainf, lissa and "
@@ -566,6 +567,32 @@ def evaluate(model, dataset, batch_size: int = 64) -> dict:
             total += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
             correct += int((logits.argmax(-1) == labels).sum())
     return {"loss": total / len(dataset), "accuracy": correct / len(dataset)}
+
+
+#: The influence-method flags and the --methods that read them (see `estimator_options`; hyperinf_reference fixes
+#: its own Schulz settings, tracin inverts no curvature, so it has no damping).
+_METHOD_FLAG_READERS = {
+    "schulz_iterations": ("hyperinf",),
+    "schulz_init": ("hyperinf",),
+    "lissa_iterations": ("lissa",),
+    "damping_scale": ("hyperinf", "hyperinf_reference", "datainf", "lissa", "exact"),
+}
+
+
+def _refuse_unread_method_flags(inf: InfluenceArguments, methods: list[str]) -> None:
+    """A method flag that none of the selected --methods reads, set away from its default, is an error naming it."""
+    from ._common import changed_from_default
+
+    unread = [
+        f"--{name} (read only by {', '.join(_METHOD_FLAG_READERS[name])})"
+        for name in changed_from_default(inf, _METHOD_FLAG_READERS)
+        if not set(_METHOD_FLAG_READERS[name]) & set(methods)
+    ]
+    if unread:
+        raise ValueError(
+            f"--methods {','.join(methods)} would ignore {'; '.join(unread)}: drop "
+            f"{'it' if len(unread) == 1 else 'them'} or add a method that reads {'it' if len(unread) == 1 else 'them'}."
+        )
 
 
 def estimator_options(method: str, inf: InfluenceArguments) -> tuple[str, dict]:

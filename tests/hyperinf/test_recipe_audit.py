@@ -70,6 +70,40 @@ def test_a_method_named_twice_is_refused_before_any_output(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--methods", "tracin,datainf", "--schulz_iterations", "3", "--schulz_init", "identity",
+          "--lissa_iterations", "2"],
+         r"--methods tracin,datainf would ignore --schulz_iterations \(read only by hyperinf\); --schulz_init \(read "
+         r"only by hyperinf\); --lissa_iterations \(read only by lissa\): drop them"),  # fmt: skip
+        # hyperinf_reference fixes its own settings (identity init, 30 iterations): was run with 30 whatever the flag
+        (["--methods", "hyperinf_reference", "--schulz_iterations", "3"], r"would ignore --schulz_iterations \(read"),
+        (["--methods", "tracin", "--damping_scale", "0.2"], r"would ignore --damping_scale \(read only by hyperinf, "),
+    ],
+)
+def test_method_flags_no_selected_method_reads_are_refused_before_any_output(tmp_path, args, match):
+    """Each of these ran the whole recipe before and ignored the flag (docs: a flag the run would ignore is refused)."""
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=match):
+        main(TINY + ["--output_dir", str(out)] + args)
+    assert not out.exists()
+
+
+def test_method_flags_are_accepted_where_a_selected_method_reads_them(tmp_path):
+    from hf_ext.recipes._common import parse_recipe_args
+    from hf_ext.recipes.hyperinf import (
+        HyperInfTrainingArguments,
+        InfluenceArguments,
+        ModelArguments,
+        TaskArguments,
+        validate_args,
+    )
+
+    argv = TINY + ["--output_dir", str(tmp_path / "out"), "--methods", "hyperinf,lissa,tracin", "--schulz_iterations",
+                   "3", "--schulz_init", "identity", "--lissa_iterations", "2", "--damping_scale", "0.2"]  # fmt: skip
+    validate_args(*parse_recipe_args((TaskArguments, ModelArguments, InfluenceArguments, HyperInfTrainingArguments), argv))
+
 
 def test_vocab_size_beside_a_base_folder_with_a_tokenizer_is_refused(tmp_path, small_tokenizer):
     """The base folder's tokenizer is used (`load_tokenizer`), so --vocab_size was silently ignored while the sibling
