@@ -896,7 +896,15 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
         corrupt_rate=task.noise_rate,
         kinds=tuple(parse_list(task.instruction_kinds)),
     )
-    noisy_count(task.noise_rate, len(train), task.max_train, "corrupted answers")  # before any training
+    chosen = noisy_count(task.noise_rate, len(train), task.max_train, "corrupted answers")  # before any training
+    if not corrupted.any():  # the answers are shuffled within each kind: a kind chosen fewer than twice corrupts none
+        raise ValueError(
+            f"--noise_rate {task.noise_rate} chooses {chosen} of the {len(train)} training examples (--max_train "
+            f"{task.max_train}) but corrupts no answer: answers are shuffled only among the chosen examples of one "
+            "--instruction_kinds kind (a kind chosen fewer than twice keeps its answers, and a topic answer that "
+            "would land on its own domain stays clean), and the recipe measures how well each method finds the "
+            "corrupted examples; raise --noise_rate or --max_train."
+        )
     print(
         f"llm_selection: train {len(train)} ({int(corrupted.sum())} corrupted answers), target {len(target)}, "
         f"test {len(test)}"

@@ -43,6 +43,21 @@ def test_noise_rate_rounding_to_none_or_all_is_refused_before_training(tmp_path,
     assert not (out / "base").exists()  # nothing was trained
 
 
+def test_llm_selection_noise_rate_that_corrupts_no_answer_is_refused_before_training(tmp_path):
+    """round(0.04 * 24) = 1 example is chosen, and one example has nobody to swap answers with: nothing was corrupted,
+    and the run failed in roc_auc, naming no flag, after pretraining and both fine-tunes (base/, runs/clean_oracle)."""
+    from hf_ext.recipes.hyperinf import run
+
+    out = tmp_path / "out"
+    argv = ["--task", "llm_selection", "--pretrain_steps", "2", "--hidden_size", "32", "--max_train", "24",
+            "--num_val", "4", "--num_test", "8", "--prompt_tokens", "8", "--answer_tokens", "3", "--num_train_epochs",
+            "1", "--methods", "tracin", "--select_fractions", "0.5", "--disable_tqdm", "true", "--num_threads", "1",
+            "--noise_rate", "0.04", "--output_dir", str(out)]  # fmt: skip
+    with pytest.raises(ValueError, match=r"--noise_rate 0.04 chooses 1 of the 24 .*corrupts no answer.*--max_train"):
+        run(*_parse(argv))
+    assert not (out / "base").exists() and not (out / "runs").exists()  # nothing was trained
+
+
 def test_noisy_count():
     from hf_ext.recipes.hyperinf import noisy_count
 
