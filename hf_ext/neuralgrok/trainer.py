@@ -421,6 +421,15 @@ class NeuralGrokTrainer(Trainer):
             batches.append({k: v.to(self.args.device) for k, v in batch.items() if isinstance(v, torch.Tensor)})
         return batches
 
+    def _inner_training_loop(self, *args, **kwargs):
+        # Every run of the loop (each `train()` call, and each retry of `auto_find_batch_size` after an out-of-memory
+        # error) starts with no step in progress: an interrupted one (Ctrl-C, an error in a forward, backward or
+        # optimizer step) left its micro-batches, which the first recompute outer step would take into g_hat, and a
+        # next_step outer step pending. A resume restores the latter (`_load_optimizer_and_scheduler`).
+        self._pending_batches, self._pending_weight_by_tokens = [], True
+        self._outer_due = False
+        return super()._inner_training_loop(*args, **kwargs)
+
     def _after_optimizer_step(self, global_step: int) -> None:
         batches, self._pending_batches = self._pending_batches, []
         if self.amplifier is None or global_step % self.args.outer_every != 0:

@@ -355,6 +355,78 @@ def test_resume_with_other_outer_gradient_is_rejected(splits, tmp_path):
         other.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
 
 
+# the forward of step 3's first micro-batch; of step 4's second (its first has had its backward)
+@pytest.mark.parametrize("forward", [5, 8])
+def test_resume_after_an_interrupt_inside_a_forward_equals_the_uninterrupted_run(splits, tmp_path, forward):
+    """Audit rv12 finding 1: training_step keeps each micro-batch for the recompute outer step before its forward, and
+    a new train() call kept what an interrupted one (Ctrl-C or an error inside a forward or backward) had left. A resume
+    on the same trainer then took the stale micro-batch(es) into the first outer step's g_hat too: its amplifier ended
+    2e-3 off the uninterrupted run's, while a fresh trainer resumed from the same checkpoint was exact."""
+    kw = dict(max_steps=4, per_device_train_batch_size=4, gradient_accumulation_steps=2, outer_every=1,
+              save_strategy="steps", save_steps=2)  # fmt: skip
+    full = make_trainer(make_args(tmp_path / "full", **kw), splits)
+    full.train()
+    expected = _train_state(full)
+    same = make_trainer(make_args(tmp_path / "same", **kw), splits)
+    forwards = {"n": 0}
+
+    def interrupt(module, inputs):  # 2 micro-batches per step
+        if not same._in_outer_step:
+            forwards["n"] += 1
+            if forwards["n"] == forward:
+                raise KeyboardInterrupt
+
+    hook = same.model.register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        same.train()
+    hook.remove()
+    same.train(resume_from_checkpoint=True)  # checkpoint-2
+    fresh = make_trainer(make_args(tmp_path / "fresh", **kw), splits, model=make_model(seed=5))
+    fresh.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    for resumed in (same, fresh):
+        got = _train_state(resumed)
+        assert got.keys() == expected.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], msg=key)
+        assert resumed.num_outer_steps == full.num_outer_steps == 4
+
+
+def test_a_new_train_call_starts_without_the_last_calls_pending_next_step_outer_step(splits, tmp_path):
+    """outer_gradient="next_step": the outer step due after the last step of a call (which never comes) was run by the
+    first step of the next train() call on the same trainer, a new run from step 0, as no fresh trainer's run does."""
+    trainer = make_trainer(make_args(tmp_path, outer_gradient="next_step", outer_every=2, max_steps=2), splits)
+    trainer.train()
+    assert trainer.num_outer_steps == 0 and trainer._outer_due
+    trainer.train()
+    assert trainer.num_outer_steps == 0
+
+
+def test_auto_find_batch_size_retry_starts_without_the_failed_attempts_micro_batches(splits, tmp_path):
+    """`auto_find_batch_size` reruns the training loop with a smaller batch after an out-of-memory error, within the
+    same train() call: the failed attempt's micro-batches (8 rows each) went into the first outer step's g_hat too."""
+    args = make_args(tmp_path, max_steps=2, gradient_accumulation_steps=2, outer_every=1, auto_find_batch_size=True)
+    trainer = make_trainer(args, splits)
+    forwards, outer_batches = {"n": 0}, []
+
+    def out_of_memory(module, inputs):  # in the first step's second micro-batch
+        if not trainer._in_outer_step:
+            forwards["n"] += 1
+            if forwards["n"] == 2:
+                raise RuntimeError("CUDA out of memory. (simulated)")
+
+    original = trainer._run_outer_step
+
+    def recording(batches=None, **kw):
+        outer_batches.append([len(b["input_ids"]) for b in batches])
+        return original(batches=batches, **kw)
+
+    trainer.model.register_forward_pre_hook(out_of_memory)
+    trainer._run_outer_step = recording
+    trainer.train()
+    size = trainer._train_batch_size
+    assert size < 8 and outer_batches == [[size, size], [size, size]]
+
+
 def test_resume_from_a_checkpoint_saved_with_save_only_model_is_refused_as_such(splits, tmp_path):
     """NeuralGrokTrainer refused a `save_only_model=True` checkpoint with a false reason ("not written by
     NeuralGrokTrainer"), after loading its weights; the refusal now says what the checkpoint is and what to do."""
