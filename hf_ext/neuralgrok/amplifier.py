@@ -439,7 +439,9 @@ def amplifier_outer_step(
             their labelled tokens as the Trainer's real step does under gradient accumulation when it passes
             `num_items_in_batch`. `False`: equal weights, as the real step when the Trainer passes none (a model
             without loss kwargs: each micro-batch's mean loss divided by the accumulation steps).
-            [`NeuralGrokTrainer`] passes what its last step got.
+            [`NeuralGrokTrainer`] passes `False` and a `loss_fn` that is its own `compute_loss` with the step's
+            `num_items_in_batch`, scaled so that their mean is the real step's loss (label smoothing or a
+            `compute_loss_func` included).
 
     Returns:
         `float`: the outer loss (before the meta step).

@@ -233,11 +233,12 @@ class NeuralGrokTrainer(Trainer):
 
     With `args.gradient_transform="neuralgrok"`, every `args.outer_every` steps and after the real update, the
     amplifier takes one Adam step on the outer loss (see [`amplifier_outer_step`]): the gradient of the last inner
-    batch at the new parameters is transformed, a virtual SGD step is taken through `torch.func.functional_call`,
-    and the loss on `outer_dataset` is backpropagated into the amplifier only. Recomputing that gradient is a full
-    forward and backward of the model every T steps; with `args.outer_gradient="next_step"` the outer step instead runs
-    inside the next optimizer step, before its transform, on the gradient that step has just computed (the same
-    parameters, the next batch), which removes that cost (see docs/neuralgrok.md, "Cost").
+    batch's loss (as the step computed it, `compute_loss`) at the new parameters is transformed, a virtual SGD step is
+    taken through `torch.func.functional_call`, and the loss on `outer_dataset` is backpropagated into the amplifier
+    only. Recomputing that gradient is a full forward and backward of the model every T steps; with
+    `args.outer_gradient="next_step"` the outer step instead runs inside the next optimizer step, before its transform,
+    on the gradient that step has just computed (the same parameters, the next batch), which removes that cost (see
+    docs/neuralgrok.md, "Cost").
 
     The amplifier, its meta-optimizer, the filter buffers and counters (and a pending `next_step` outer step) are
     written into every checkpoint as safetensors + JSON and restored by `train(resume_from_checkpoint=...)`.
@@ -310,7 +311,7 @@ class NeuralGrokTrainer(Trainer):
         self.num_outer_steps = 0
         self.last_outer_loss: float | None = None
         self._pending_batches: list[dict] = []
-        self._pending_weight_by_tokens = True  # whether the pending batches' step got a `num_items_in_batch`
+        self._pending_num_items = None  # the `num_items_in_batch` the pending batches' step got (None: none)
         self._outer_due = False  # outer_gradient="next_step": an outer step waits for the next step's gradient
         self._outer_batches: list[dict] | None = None
         # `train_accuracy`: rows answered right and rows, of this rank's micro-batches not yet summed over the ranks
@@ -384,9 +385,9 @@ class NeuralGrokTrainer(Trainer):
         if self.amplifier is not None and self.args.outer_gradient == "recompute":
             # Keep the micro-batches of this optimizer step for the outer step (gradient at the new parameters).
             self._pending_batches.append({k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)})
-            # The real step weights its micro-batches by labelled tokens only when the Trainer counted them
-            # (`num_items_in_batch`; None for a model without loss kwargs: equal weights): g_hat does the same.
-            self._pending_weight_by_tokens = num_items_in_batch is not None
+            # g_hat's loss is normalised as the real step's: by the step's `num_items_in_batch` (labelled tokens, the
+            # same for all its micro-batches; None for a model without loss kwargs: each micro-batch's mean).
+            self._pending_num_items = num_items_in_batch
         return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -426,7 +427,7 @@ class NeuralGrokTrainer(Trainer):
         # error) starts with no step in progress: an interrupted one (Ctrl-C, an error in a forward, backward or
         # optimizer step) left its micro-batches, which the first recompute outer step would take into g_hat, and a
         # next_step outer step pending. A resume restores the latter (`_load_optimizer_and_scheduler`).
-        self._pending_batches, self._pending_weight_by_tokens = [], True
+        self._pending_batches, self._pending_num_items = [], None
         self._outer_due = False
         return super()._inner_training_loop(*args, **kwargs)
 
@@ -438,7 +439,7 @@ class NeuralGrokTrainer(Trainer):
             self._outer_due = True  # run by the next optimizer step, on its gradient (`before_transform`)
             return
         if batches:
-            self._run_outer_step(batches=batches, weight_by_tokens=self._pending_weight_by_tokens)
+            self._run_outer_step(batches=batches, num_items_in_batch=self._pending_num_items)
 
     def _outer_step_on_current_gradient(self, params: list[torch.Tensor]) -> None:
         """`before_transform` hook (outer_gradient="next_step"): the outer step on this step's raw gradient."""
@@ -456,9 +457,7 @@ class NeuralGrokTrainer(Trainer):
         initial = groups[0].get("initial_lr") if groups else None
         return float(initial) if isinstance(initial, int | float) and initial > 0 else self.args.learning_rate
 
-    def _run_outer_step(
-        self, batches: list[dict] | None = None, g_hat: list | None = None, weight_by_tokens: bool = True
-    ) -> None:
+    def _run_outer_step(self, batches: list[dict] | None = None, g_hat: list | None = None, num_items_in_batch=None):
         if self._outer_batches is None:
             self._outer_batches = self._build_outer_batches()
         lr = self.args.virtual_lr
@@ -471,6 +470,20 @@ class NeuralGrokTrainer(Trainer):
 
             def reducer(grad):
                 return self.accelerator.reduce(grad, reduction="mean")
+
+        # recompute: g_hat is the gradient of the real step's own loss, `compute_loss` (the model's loss, label
+        # smoothing or `compute_loss_func`, normalised by the step's `num_items_in_batch`), its micro-batches' losses
+        # summed as `training_step`'s backward sums them (divided by the accumulation steps where Trainer divides
+        # them: their mean below)
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:  # as `Trainer.training_step` decides it
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+                self.compute_loss_func is not None
+            )
+        factor = len(batches) if batches and scaled else 1
+
+        def loss_fn(m, batch):
+            return factor * self.compute_loss(m, dict(batch), num_items_in_batch=num_items_in_batch)
 
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
@@ -488,7 +501,8 @@ class NeuralGrokTrainer(Trainer):
                 # recompute: every rank's g_hat from its own batch, averaged -> the global batch's gradient, as in
                 # one process (next_step's g_hat is the already all-reduced gradient of the real step)
                 g_hat_reducer=reducer if g_hat is None else None,
-                weight_by_tokens=weight_by_tokens,
+                loss_fn=loss_fn,
+                weight_by_tokens=False,  # the mean of the micro-batches' `loss_fn`: the real step's loss
             )
         finally:
             self._in_outer_step = False

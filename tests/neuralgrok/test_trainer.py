@@ -180,6 +180,85 @@ def test_recompute_outer_step_weights_micro_batches_equally_without_num_items_in
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+def _brier_loss(outputs, labels, num_items_in_batch=None):
+    """A `compute_loss_func` other than cross-entropy: (1 - p(answer))^2 per labelled next token, over the step's."""
+    probs = outputs["logits"][:, :-1].softmax(-1)
+    labels = labels[:, 1:]
+    mask = labels != -100
+    per_token = (1 - probs[mask].gather(-1, labels[mask][:, None]).squeeze(-1)) ** 2
+    return per_token.sum() / (mask.sum() if num_items_in_batch is None else num_items_in_batch)
+
+
+def _smoothed_token_losses(logits, labels, eps):
+    """Label-smoothed cross-entropy of every labelled next token, written out: (1 - eps) NLL + eps mean_v(-log p_v)."""
+    log_probs = logits[:, :-1].log_softmax(-1)
+    labels = labels[:, 1:]
+    mask = labels != -100
+    log_probs, labels = log_probs[mask], labels[mask]
+    return -(1 - eps) * log_probs.gather(-1, labels[:, None]).squeeze(-1) - eps * log_probs.mean(-1)
+
+
+@pytest.mark.parametrize("loss", ["label_smoothing", "label_smoothing_without_loss_kwargs", "compute_loss_func"])
+def test_recompute_outer_step_takes_the_gradient_of_the_real_steps_own_loss(splits, tmp_path, loss):
+    """Audit rv12 finding 2: the real step minimises Trainer.compute_loss (LabelSmoother, a compute_loss_func), but the
+    recompute outer step took g_hat from the model's own loss, `model(**batch).loss` (plain cross-entropy): 0.18 off on
+    a gradient of size 0.65 with label smoothing 0.3. g_hat must be the gradient of the step's own loss, normalised as
+    the real step normalises it under gradient accumulation (micro-batches [4, 4, 1]): by all the step's labelled tokens
+    with `num_items_in_batch`, each micro-batch's mean divided by the accumulation steps without it."""
+    eps = 0.3
+    torch.manual_seed(0)
+    model = GrokDecoderForCausalLM(GrokDecoderConfig(vocab_size=P + 2, hidden_size=32, num_attention_heads=4)).double()
+    if loss == "label_smoothing_without_loss_kwargs":
+        # on the instance: Trainer shifts the labels for the label smoothing by the class name, a causal LM's
+        model.accepts_loss_kwargs = False
+    kw = dict(label_smoothing_factor=eps) if loss.startswith("label_smoothing") else {}
+    args = make_args(
+        tmp_path, max_steps=2, per_device_train_batch_size=4, gradient_accumulation_steps=3, outer_every=1,
+        warmup_steps=0, lr_scheduler_type="constant", logging_steps=100, track_entropy=False, **kw,
+    )  # fmt: skip
+    trainer = NeuralGrokTrainer(
+        model=model, args=args, train_dataset=splits["inner"].select(range(21)), outer_dataset=splits["outer"],
+        compute_loss_func=_brier_loss if loss == "compute_loss_func" else None,
+    )  # fmt: skip
+    trainer.amplifier.double()
+    steps, g_hats = [], []
+    original_step, original_transform = trainer.training_step, trainer.amplifier.transform_many
+
+    def recording_step(model, inputs, num_items_in_batch=None):
+        steps.append(({k: v.clone() for k, v in inputs.items()}, num_items_in_batch))
+        return original_step(model, inputs, num_items_in_batch)
+
+    def recording_transform(grads, *a, **k):
+        if trainer._in_outer_step:
+            g_hats.append([g.detach().clone() for g in grads])
+        return original_transform(grads, *a, **k)
+
+    trainer.training_step = recording_step
+    trainer.amplifier.transform_many = recording_transform
+    trainer.train()
+    last = [batch for batch, _ in steps[3:]]  # the second optimizer step: micro-batches of 4, 4 and 1 examples
+    assert [len(b["input_ids"]) for b in last] == [4, 4, 1]
+    assert all((n is None) == (loss == "label_smoothing_without_loss_kwargs") for _, n in steps)
+    # reference, written out independently of Trainer: the step's loss at the final parameters, where the last outer
+    # step ran (it never changes the model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    logits = [model(input_ids=b["input_ids"]).logits for b in last]
+    if loss == "compute_loss_func":
+        objective = sum(_brier_loss({"logits": x}, b["labels"], num_items_in_batch=1) for x, b in zip(logits, last))
+        objective = objective / sum(int((b["labels"][:, 1:] != -100).sum()) for b in last)
+    else:
+        per_batch = [_smoothed_token_losses(x, b["labels"], eps) for x, b in zip(logits, last)]
+        if loss == "label_smoothing":  # every labelled token of the step alike (num_items_in_batch)
+            objective = torch.cat(per_batch).mean()
+        else:  # the mean of the micro-batches' means (no num_items_in_batch)
+            objective = sum(t.mean() for t in per_batch) / 3
+    expected = torch.autograd.grad(objective, params)
+    assert len(g_hats) == 2
+    for got, want in zip(g_hats[-1], expected):  # LabelSmoother sums its smoothing term in float32
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-8)
+
+
 def test_grokfast_ema_sees_the_accumulated_gradient(splits, tmp_path):
     """With GA the EMA starts at the full-batch gradient of step 1 (not at a micro-batch gradient)."""
     args = make_args(
