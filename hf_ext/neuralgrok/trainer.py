@@ -429,6 +429,11 @@ class NeuralGrokTrainer(Trainer):
         # next_step outer step pending. A resume restores the latter (`_load_optimizer_and_scheduler`).
         self._pending_batches, self._pending_num_items = [], None
         self._outer_due = False
+        # `train_accuracy` is the accuracy on the rows of the training batches since the last log: a run starts with
+        # none (an interrupted call's or a failed attempt's would leak into the first log), and a resumed one takes
+        # its checkpoint's (`_load_optimizer_and_scheduler`), as transformers does for the logged loss.
+        self._acc_correct, self._acc_rows = 0, 0
+        self._acc_window = [0, 0]
         return super()._inner_training_loop(*args, **kwargs)
 
     def _after_optimizer_step(self, global_step: int) -> None:
@@ -510,14 +515,6 @@ class NeuralGrokTrainer(Trainer):
         self.num_outer_steps += 1
 
     # ---------------------------------------------------------------- logging
-    def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        # `train_accuracy` is the accuracy on the rows of the training batches since the last log: a new call starts
-        # with none (an interrupted call's would leak into the first log), and a resumed one takes its checkpoint's
-        # (see `_load_optimizer_and_scheduler`), as transformers does for the logged loss.
-        self._acc_correct, self._acc_rows = 0, 0
-        self._acc_window = [0, 0]
-        return super().train(resume_from_checkpoint, *args, **kwargs)
-
     def _sum_train_accuracy_over_ranks(self) -> None:
         """Add this rank's `train_accuracy` counts, summed over the ranks, to `_acc_window`: the global batches'
         counts, the same on every rank (as Trainer all-gathers the logged loss). A collective under DDP: every rank

@@ -482,7 +482,8 @@ def test_a_new_train_call_starts_without_the_last_calls_pending_next_step_outer_
 
 def test_auto_find_batch_size_retry_starts_without_the_failed_attempts_micro_batches(splits, tmp_path):
     """`auto_find_batch_size` reruns the training loop with a smaller batch after an out-of-memory error, within the
-    same train() call: the failed attempt's micro-batches (8 rows each) went into the first outer step's g_hat too."""
+    same train() call: the failed attempt's micro-batches (8 rows each) went into the first outer step's g_hat too,
+    and its first micro-batch's rows into the first logged train_accuracy."""
     args = make_args(tmp_path, max_steps=2, gradient_accumulation_steps=2, outer_every=1, auto_find_batch_size=True)
     trainer = make_trainer(args, splits)
     forwards, outer_batches = {"n": 0}, []
@@ -499,11 +500,20 @@ def test_auto_find_batch_size_retry_starts_without_the_failed_attempts_micro_bat
         outer_batches.append([len(b["input_ids"]) for b in batches])
         return original(batches=batches, **kw)
 
+    summed = trainer._sum_train_accuracy_over_ranks
+    rows_at_log = []
+
+    def counting():  # the rows behind the logged train_accuracy (the failed attempt's first micro-batch must not count)
+        rows_at_log.append(trainer._acc_rows)
+        summed()
+
     trainer.model.register_forward_pre_hook(out_of_memory)
     trainer._run_outer_step = recording
+    trainer._sum_train_accuracy_over_ranks = counting
     trainer.train()
     size = trainer._train_batch_size
     assert size < 8 and outer_batches == [[size, size], [size, size]]
+    assert rows_at_log[0] == 2 * 2 * size  # logging_steps 2, two micro-batches per step
 
 
 def test_resume_from_a_checkpoint_saved_with_save_only_model_is_refused_as_such(splits, tmp_path):
