@@ -413,3 +413,30 @@ def test_docs_list_every_mirrored_field_whose_nested_edit_is_overridden(repo_roo
     sentence = text[start : text.index("not reported.", start)]
     assert "edit of only the nested copy is overridden" in sentence
     assert [key for key in _MIRRORED_SOURCE_ATTRIBUTES if f"`{key}`" not in sentence] == []
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_a_source_loaded_with_cpu_and_disk_offload_converts_as_the_in_memory_one(source, ids, tmp_path, merge):
+    """Audit lp12 finding 1: a source opened with accelerate's big-model loading (`device_map="auto"` beyond the
+    memory budget, `offload_folder`) has placeholder (meta) tensors in its state_dict; the conversion built the whole
+    model and then failed to copy out of them. The weights are now read back through accelerate; a model whose weights
+    were never loaded is refused."""
+    source.save_pretrained(tmp_path / "src")
+    offloaded = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "src",
+        device_map="auto",
+        max_memory={"cpu": "60KB"},
+        offload_folder=str(tmp_path / "offload"),
+        attn_implementation="eager",
+    )
+    assert "disk" in set(offloaded.hf_device_map.values())
+    assert any(v.is_meta for v in offloaded.state_dict().values())
+    lp = convert_to_layer_parallel(offloaded, pairs=[[1, 2]], merge=merge)
+    expected = convert_to_layer_parallel(source, pairs=[[1, 2]], merge=merge)
+    assert {p.device.type for p in lp.parameters()} == {"cpu"}
+    with torch.no_grad():
+        torch.testing.assert_close(lp(ids).logits, expected(ids).logits, rtol=0, atol=0)
+    with torch.device("meta"):
+        empty = type(source)(source.config)
+    with pytest.raises(ValueError, match="weights on the meta device"):
+        convert_to_layer_parallel(empty, pairs=[[1, 2]])

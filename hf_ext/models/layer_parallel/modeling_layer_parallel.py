@@ -1025,7 +1025,10 @@ def convert_to_layer_parallel(
     """Convert a pretrained Llama, Mistral or Qwen2 causal LM into a [`LayerParallelForCausalLM`].
 
     Layers `start, start + 1, ..., end - 1` are paired two by two; every other layer stays sequential. The source
-    model is left untouched; the new model lives on the same device with the same dtype and attention kernel.
+    model is left untouched; the new model lives on the same device with the same dtype and attention kernel. A source
+    loaded with CPU or disk offload (`from_pretrained(..., device_map="auto")` beyond the accelerators' memory) is
+    read back through accelerate (`get_state_dict_offloaded_model`) and converted whole on the CPU: save the result
+    and reload it with a `device_map` to offload it again.
 
     Args:
         model (`PreTrainedModel`): A `LlamaForCausalLM`, `MistralForCausalLM` or `Qwen2ForCausalLM` (any model whose
@@ -1096,6 +1099,19 @@ def convert_to_layer_parallel(
     # records it as the adapters' base and reads it back as this model's config (which a source folder is not).
 
     source_state = model.state_dict()
+    device = next(model.parameters()).device
+    if any(v.is_meta for v in source_state.values()):
+        if not getattr(model, "hf_device_map", None):
+            raise ValueError(
+                "`model` has weights on the meta device, without data (built under `init_empty_weights` or "
+                "`torch.device('meta')`?): load its weights first, e.g. with `from_pretrained`."
+            )
+        # offloaded to CPU or disk by accelerate's big-model loading (`device_map="auto"`, `offload_folder`): its
+        # state_dict holds placeholders; accelerate reads the weights back one module at a time, onto the CPU
+        from accelerate.utils.modeling import get_state_dict_offloaded_model
+
+        source_state = get_state_dict_offloaded_model(model)
+        device = torch.device("cpu")
     new_state: dict[str, torch.Tensor] = {
         "model.embed_tokens.weight": source_state["model.embed_tokens.weight"],
         "model.norm.weight": source_state["model.norm.weight"],
@@ -1117,7 +1133,7 @@ def convert_to_layer_parallel(
     param = next(model.parameters())
     from transformers.initialization import no_init_weights
 
-    with no_init_weights(), torch.device(param.device), _default_dtype(param.dtype):
+    with no_init_weights(), torch.device(device), _default_dtype(param.dtype):
         lp_model = LayerParallelForCausalLM(config)
     missing, unexpected = lp_model.load_state_dict(new_state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
