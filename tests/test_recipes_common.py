@@ -104,6 +104,11 @@ def test_bad_values_fail_before_any_work(name, tmp_path):
     if "--hidden_size " in text and "--num_attention_heads " in text:
         with pytest.raises(ValueError, match="--hidden_size"):
             recipe_main(name)(["--hidden_size", "30", "--num_attention_heads", "4", "--output_dir", str(tmp_path / "h")])
+        if name != "neuralgrok":  # its default GrokDecoder has no rotary embeddings: an odd head dimension is fine
+            # audit lp12: the config refused it later (after the output folder was made), naming no flag
+            with pytest.raises(ValueError, match="--hidden_size / --num_attention_heads = 36 / 4 = 9"):
+                recipe_main(name)(["--hidden_size", "36", "--num_attention_heads", "4", "--output_dir", str(tmp_path / "r")])
+            assert not (tmp_path / "r").exists()
     assert tried >= 1 or name in ("compliance", "cubic_newton"), f"{name}: no shared flag was checked"
 
 

@@ -37,6 +37,7 @@ def _escape_percent(text: str) -> str:
 
 
 # Fields that, where a recipe has them, must be >= 1 (None means "not set" and is allowed).
+_ROTARY_MODEL_TYPES = ("llama", "fog", "mistral", "qwen2")  # fresh models whose head dimension must be even
 _POSITIVE_INT = (
     "per_device_train_batch_size",
     "per_device_eval_batch_size",
@@ -117,6 +118,15 @@ def validate_parsed(parsed, resume: str = "resolve") -> None:
                 raise ValueError(
                     f"--hidden_size ({obj.hidden_size}) must be divisible by --num_attention_heads "
                     f"({obj.num_attention_heads}); change one of them."
+                )
+            head_dim = obj.hidden_size // obj.num_attention_heads
+            # the recipes' fresh models (Llama, FOG, Mistral, Qwen2) rotate each head's dimensions in pairs; the
+            # config refused an odd head dimension later, naming neither flag
+            if head_dim % 2 and getattr(obj, "model_type", "llama") in _ROTARY_MODEL_TYPES:
+                raise ValueError(
+                    f"--hidden_size / --num_attention_heads = {obj.hidden_size} / {obj.num_attention_heads} = "
+                    f"{head_dim} is the head dimension, which rotary position embeddings need even: change one of "
+                    f"them (e.g. --hidden_size {(head_dim + 1) * obj.num_attention_heads})."
                 )
             kv = getattr(obj, "num_key_value_heads", None)
             if kv and obj.num_attention_heads % kv:
