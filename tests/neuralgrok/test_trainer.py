@@ -136,21 +136,8 @@ class _NoLossKwargsDecoder(GrokDecoderForCausalLM):
     accepts_loss_kwargs = False  # as a model whose forward takes no **kwargs / num_items_in_batch
 
 
-def test_recompute_outer_step_weights_micro_batches_equally_without_num_items_in_batch(splits, tmp_path):
-    """Audit rv10b finding 1: for a model without loss kwargs the Trainer passes no num_items_in_batch and the real step
-    divides each micro-batch's mean loss by the accumulation steps (equal weights), but g_hat weighted the micro-batches
-    [4, 4, 1] by labelled tokens anyway. g_hat must be the gradient of the mean of the three micro-batch means."""
-    torch.manual_seed(0)
-    model = _NoLossKwargsDecoder(GrokDecoderConfig(vocab_size=P + 2, hidden_size=32, num_attention_heads=4)).double()
-    args = make_args(
-        tmp_path, max_steps=2, per_device_train_batch_size=4, gradient_accumulation_steps=3, outer_every=1,
-        warmup_steps=0, lr_scheduler_type="constant", logging_steps=100, track_entropy=False,
-    )  # fmt: skip
-    trainer = NeuralGrokTrainer(
-        model=model, args=args, train_dataset=splits["inner"].select(range(21)), outer_dataset=splits["outer"]
-    )
-    trainer.amplifier.double()
-    assert trainer.model_accepts_loss_kwargs is False
+def _train_recording_steps_and_g_hats(trainer):
+    """Train, recording every micro-batch with its `num_items_in_batch` and every g_hat the outer step transforms."""
     steps, g_hats = [], []
     original_step, original_transform = trainer.training_step, trainer.amplifier.transform_many
 
@@ -166,6 +153,25 @@ def test_recompute_outer_step_weights_micro_batches_equally_without_num_items_in
     trainer.training_step = recording_step
     trainer.amplifier.transform_many = recording_transform
     trainer.train()
+    return steps, g_hats
+
+
+def test_recompute_outer_step_weights_micro_batches_equally_without_num_items_in_batch(splits, tmp_path):
+    """Audit rv10b finding 1: for a model without loss kwargs the Trainer passes no num_items_in_batch and the real step
+    divides each micro-batch's mean loss by the accumulation steps (equal weights), but g_hat weighted the micro-batches
+    [4, 4, 1] by labelled tokens anyway. g_hat must be the gradient of the mean of the three micro-batch means."""
+    torch.manual_seed(0)
+    model = _NoLossKwargsDecoder(GrokDecoderConfig(vocab_size=P + 2, hidden_size=32, num_attention_heads=4)).double()
+    args = make_args(
+        tmp_path, max_steps=2, per_device_train_batch_size=4, gradient_accumulation_steps=3, outer_every=1,
+        warmup_steps=0, lr_scheduler_type="constant", logging_steps=100, track_entropy=False,
+    )  # fmt: skip
+    trainer = NeuralGrokTrainer(
+        model=model, args=args, train_dataset=splits["inner"].select(range(21)), outer_dataset=splits["outer"]
+    )
+    trainer.amplifier.double()
+    assert trainer.model_accepts_loss_kwargs is False
+    steps, g_hats = _train_recording_steps_and_g_hats(trainer)
     last = steps[3:]  # the second optimizer step: micro-batches of 4, 4 and 1 examples
     assert [len(b["input_ids"]) for b, _ in last] == [4, 4, 1]
     assert all(n is None for _, n in steps)  # the real step weights its micro-batch means equally
@@ -221,21 +227,7 @@ def test_recompute_outer_step_takes_the_gradient_of_the_real_steps_own_loss(spli
         compute_loss_func=_brier_loss if loss == "compute_loss_func" else None,
     )  # fmt: skip
     trainer.amplifier.double()
-    steps, g_hats = [], []
-    original_step, original_transform = trainer.training_step, trainer.amplifier.transform_many
-
-    def recording_step(model, inputs, num_items_in_batch=None):
-        steps.append(({k: v.clone() for k, v in inputs.items()}, num_items_in_batch))
-        return original_step(model, inputs, num_items_in_batch)
-
-    def recording_transform(grads, *a, **k):
-        if trainer._in_outer_step:
-            g_hats.append([g.detach().clone() for g in grads])
-        return original_transform(grads, *a, **k)
-
-    trainer.training_step = recording_step
-    trainer.amplifier.transform_many = recording_transform
-    trainer.train()
+    steps, g_hats = _train_recording_steps_and_g_hats(trainer)
     last = [batch for batch, _ in steps[3:]]  # the second optimizer step: micro-batches of 4, 4 and 1 examples
     assert [len(b["input_ids"]) for b in last] == [4, 4, 1]
     assert all((n is None) == (loss == "label_smoothing_without_loss_kwargs") for _, n in steps)
