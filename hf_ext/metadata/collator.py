@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..utils.checks import is_int
+from ..utils.checks import is_bool, is_int
 from .encoding import LAYOUTS, EncodedDocument, MetadataEncoder
 from .templates import InvalidMetadataError, MetadataTemplate
 
@@ -137,6 +137,13 @@ class MetadataCollator:
             value = getattr(self, name)
             if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
+        for name in ("repeat_context", "add_eos", "conditioning"):
+            if not is_bool(getattr(self, name)):  # a string such as "false" would be truthy and silently mean True
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        for name in ("return_position_ids", "document_attention"):
+            value = getattr(self, name)
+            if value is not None and not is_bool(value):
+                raise TypeError(f"{name} must be True, False or None (the default for the batch shape), got {value!r}.")
         if not is_int(self.seed):  # hashed as text: 1.5 and True would silently be other seeds than 1
             raise ValueError(f"seed must be an int, got {self.seed!r}.")
         if self.block_size is not None and self.max_length is not None:

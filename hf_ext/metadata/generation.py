@@ -8,6 +8,7 @@ import math
 import numbers
 from collections.abc import Sequence
 
+from ..utils.checks import is_bool
 from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,9 @@ def generate_with_metadata_guidance(
         or guidance_scale <= 0
     ):
         raise ValueError(f"guidance_scale must be a finite positive number (1 = no guidance), got {guidance_scale!r}.")
+    for name, value in (("return_text", return_text), ("suppress_context_tokens", suppress_context_tokens)):
+        if not is_bool(value):  # a string such as "false" would be truthy and silently mean True
+            raise TypeError(f"{name} must be True or False, got {value!r}.")
     built = ("input_ids", "attention_mask", "negative_prompt_ids", "negative_prompt_attention_mask", "guidance_scale")
     for key in built:
         if key in generate_kwargs:

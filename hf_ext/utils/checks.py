@@ -15,6 +15,13 @@ def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def is_bool(value) -> bool:
+    """`value` is a bool (numpy's `bool_` too); `"false"`, `0` and `None` are not (a string would be truthy)."""
+    import numpy
+
+    return isinstance(value, bool | numpy.bool_)
+
+
 def refuse_optimizer_flags(args, builds: str, optim_fix: str, option_fix: str) -> None:
     """Refuse transformers' optimizer flags that a trainer building its own optimizer would ignore.
 

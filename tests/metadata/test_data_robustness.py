@@ -319,3 +319,29 @@ def test_a_numpy_guidance_scale_is_a_number(ctx_tokenizer):
     a = generate_with_metadata_guidance(model, ctx_tokenizer, ["a"], ["x"], guidance_scale=np.float32(1.5), **kw)
     b = generate_with_metadata_guidance(model, ctx_tokenizer, ["a"], ["x"], guidance_scale=1.5, **kw)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["conditioning", "add_eos", "repeat_context", "document_attention", "return_position_ids"])
+@pytest.mark.parametrize("bad", ["false", 0, 1.0])
+def test_collator_on_off_options_refuse_non_bools_by_name(ctx_tokenizer, name, bad):
+    """`conditioning="false"` was truthy: the collator silently conditioned every document (and so on for each
+    on/off option); each is refused by name."""
+    template = metadata_template("url")
+    with pytest.raises(TypeError, match=name):
+        MetadataCollator(ctx_tokenizer, template, block_size=32, **{name: bad})
+
+
+def test_collator_on_off_options_take_numpy_bools(ctx_tokenizer):
+    import numpy as np
+
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url"), block_size=32, conditioning=np.bool_(False))
+    batch = collator([{"text": "hello world", "url": "https://a.example.org/x"}])
+    assert not collator.conditioning_active and batch["input_ids"].shape == (1, 32)
+
+
+@pytest.mark.parametrize("name", ["return_text", "suppress_context_tokens"])
+def test_guidance_on_off_options_refuse_non_bools_by_name(ctx_tokenizer, name):
+    """`return_text="false"` was truthy and returned text; refused by name before generating."""
+    model = tiny_llama(len(ctx_tokenizer)).eval()
+    with pytest.raises(TypeError, match=name):
+        generate_with_metadata_guidance(model, ctx_tokenizer, ["a"], ["x"], max_new_tokens=1, **{name: "false"})
