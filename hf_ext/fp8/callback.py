@@ -82,22 +82,30 @@ class Fp8HealthCallback(TrainerCallback):
         log_per_layer: bool = False,
         log_stats: tuple[str, ...] = ("kurtosis",),
     ):
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"Fp8HealthCallback: every_n_steps must be a positive int, got {every_n_steps!r}.")
-        if baseline_steps < 1:
-            raise ValueError(f"Fp8HealthCallback: baseline_steps must be >= 1, got {baseline_steps}.")
+        from ..utils.checks import is_bool, is_int, is_real
+
+        for name, value, low in (
+            ("every_n_steps", every_n_steps, 1), ("baseline_steps", baseline_steps, 1), ("patience", patience, 1),
+            ("max_rollbacks", max_rollbacks, 0),
+        ):  # fmt: skip
+            if not is_int(value) or value < low:  # 2.5 steps would silently mean 3, patience=inf never stop
+                raise ValueError(f"Fp8HealthCallback: {name} must be an int >= {low}, got {value!r}.")
+        for name, value in (
+            ("relative_threshold", relative_threshold), ("absolute_threshold", absolute_threshold),
+            ("rollback_lr_factor", rollback_lr_factor),
+        ):  # fmt: skip
+            if not is_real(value) or math.isnan(value):  # inf is allowed for a threshold: that test never alerts
+                raise ValueError(f"Fp8HealthCallback: {name} must be a number, got {value!r}.")
+        if not is_bool(log_per_layer):
+            raise ValueError(f"Fp8HealthCallback: log_per_layer must be True or False, got {log_per_layer!r}.")
         if not relative_threshold > 1:
             raise ValueError(f"Fp8HealthCallback: relative_threshold must be > 1, got {relative_threshold}.")
         if not absolute_threshold > 0:
             raise ValueError(f"Fp8HealthCallback: absolute_threshold must be > 0, got {absolute_threshold}.")
-        if patience < 1:
-            raise ValueError(f"Fp8HealthCallback: patience must be >= 1, got {patience}.")
         if action not in ACTIONS:
             raise ValueError(f"Fp8HealthCallback: action={action!r}; choose one of {ACTIONS}.")
         if not 0 < rollback_lr_factor < 1:
             raise ValueError(f"Fp8HealthCallback: rollback_lr_factor must be in (0, 1), got {rollback_lr_factor}.")
-        if max_rollbacks < 0:
-            raise ValueError(f"Fp8HealthCallback: max_rollbacks must be >= 0, got {max_rollbacks}.")
         from .monitor import SITES, STATS
 
         if set(log_stats) - set(STATS):

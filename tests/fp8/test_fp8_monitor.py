@@ -328,3 +328,27 @@ def test_sparse_post_activation_is_judged_relative_to_its_baseline():
 
     with pytest.raises(ValueError, match="absolute_exempt_sites"):
         Fp8HealthCallback(absolute_exempt_sites=("nowhere",))
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(patience=float("inf")), "patience"),  # with action="stop" it never stopped
+        (dict(baseline_steps=2.5), "baseline_steps"),  # silently needed 3 steps
+        (dict(max_rollbacks=0.5), "max_rollbacks"),  # allowed one rollback
+        (dict(baseline_steps="3"), "baseline_steps"),  # was a bare TypeError from a comparison
+        (dict(relative_threshold="10"), "relative_threshold"),
+        (dict(absolute_threshold=float("nan")), "absolute_threshold"),
+        (dict(rollback_lr_factor="0.5"), "rollback_lr_factor"),
+        (dict(every_n_steps=True), "every_n_steps"),
+        (dict(log_per_layer="no"), "log_per_layer"),
+    ],
+)
+def test_callback_counts_and_thresholds_of_the_wrong_type_are_refused_by_name(kwargs, name):
+    with pytest.raises(ValueError, match=f"Fp8HealthCallback: {name} must be"):
+        Fp8HealthCallback(action="stop", **kwargs)
+
+
+def test_an_infinite_threshold_is_allowed_and_never_alerts():
+    cb = Fp8HealthCallback(absolute_threshold=float("inf"), relative_threshold=float("inf"))
+    assert cb.absolute_threshold == float("inf")

@@ -148,6 +148,17 @@ class FogConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"FogConfig.{name} must be True or False, got {value!r}.")
+        for name in ("bos_token_id", "eos_token_id"):  # transformers reads them as token ids (or a list for EOS)
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
+            if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+                allowed = "a token id, a list of token ids" if name == "eos_token_id" else "a token id"
+                raise ValueError(f"FogConfig.{name} must be None or {allowed} (a non-negative int), got {value!r}.")
+        if self.rope_parameters is not None and not isinstance(self.rope_parameters, dict):
+            raise ValueError(
+                f"FogConfig.rope_parameters must be a dict (e.g. {{'rope_type': 'default', 'rope_theta': 10000.0}}) or "
+                f"None, got {type(self.rope_parameters).__name__}."
+            )
         for name in ("xielu_alpha_p_init", "xielu_alpha_n_init", "xielu_beta", "xielu_eps", "dyt_alpha_init"):
             value = getattr(self, name)
             if not _is_real(value) or not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
@@ -273,7 +284,7 @@ class FogConfig(PreTrainedConfig):
 #: Switches that must be real booleans (a string such as "False" or a None would be read by truthiness).
 _BOOL_FIELDS = (
     "pre_norm", "post_norm", "freeze_qk_gain", "layerscale", "final_layernorm", "scaled_output_init", "attention_bias",
-    "mlp_bias",
+    "mlp_bias", "tie_word_embeddings", "use_cache",
 )  # fmt: skip
 _FLOAT32_MAX = 3.4028234663852886e38
 
