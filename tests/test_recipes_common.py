@@ -112,6 +112,30 @@ def test_bad_values_fail_before_any_work(name, tmp_path):
     assert tried >= 1 or name in ("compliance", "cubic_newton"), f"{name}: no shared flag was checked"
 
 
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "openai-gpt"])
+def test_odd_head_dimension_is_refused_only_for_a_rotary_warmup_architecture(architecture, small_tokenizer, tmp_path):
+    """audit rv13: warmup picks its model with --architecture, not --model_type, and the check took every such recipe
+    for a rotary Llama: GPT-2 and GPT-1 (learned positions) with a head dimension of 9 were refused, although they
+    build and run. Llama (rotary) is still refused, naming both flags."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hf_ext.recipes._common import parse_recipe_args
+    from hf_ext.recipes.warmup import WarmupRecipeArguments, WarmupTrainingArguments, model_config
+
+    argv = ["--architecture", architecture, "--hidden_size", "36", "--num_attention_heads", "4"]
+    argv += ["--intermediate_size", "144", "--output_dir", str(tmp_path / "w")]
+    types = (WarmupRecipeArguments, WarmupTrainingArguments)
+    if architecture == "llama":
+        with pytest.raises(ValueError, match="--hidden_size / --num_attention_heads = 36 / 4 = 9 .* rotary"):
+            parse_recipe_args(types, argv, resume="keep")
+        return
+    recipe, _ = parse_recipe_args(types, argv, resume="keep")
+    model = AutoModelForCausalLM.from_config(model_config(recipe, small_tokenizer))
+    assert model.config.n_embd // model.config.n_head == 9
+    assert model(torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, len(small_tokenizer))
+
+
 def test_vocab_size_of_the_byte_alphabet_plus_special_tokens_is_the_smallest_accepted():
     """256 bytes + 3 special tokens: 259 is what `build_tokenizer` accepts, 258 is refused naming the flag."""
     from hf_ext.data import build_tokenizer

@@ -36,8 +36,8 @@ def _escape_percent(text: str) -> str:
     return _PERCENT.sub(lambda m: "%%" if m.group(0) == "%" else m.group(0), text)
 
 
-# Fields that, where a recipe has them, must be >= 1 (None means "not set" and is allowed).
 _ROTARY_MODEL_TYPES = ("llama", "fog", "mistral", "qwen2")  # fresh models whose head dimension must be even
+# Fields that, where a recipe has them, must be >= 1 (None means "not set" and is allowed).
 _POSITIVE_INT = (
     "per_device_train_batch_size",
     "per_device_eval_batch_size",
@@ -95,6 +95,17 @@ def _flag(name: str) -> str:
     return f"--{name}"
 
 
+def _fresh_model_type(obj) -> str:
+    """The architecture of the fresh model a recipe builds from the dataclass `obj`: its `--model_type` (pretrain,
+    metadata_pretrain, neuralgrok) or `--architecture` (warmup: llama, gpt2 or openai-gpt); a recipe with neither
+    flag (federated, grape, hyperinf, layer_parallel) builds a Llama."""
+    for name in ("model_type", "architecture"):
+        value = getattr(obj, name, None)
+        if isinstance(value, str):
+            return value
+    return "llama"
+
+
 def validate_parsed(parsed, resume: str = "resolve") -> None:
     """Check the arguments shared by the recipes; raise `ValueError` naming the flag and the fix."""
     from transformers import TrainingArguments
@@ -122,7 +133,7 @@ def validate_parsed(parsed, resume: str = "resolve") -> None:
             head_dim = obj.hidden_size // obj.num_attention_heads
             # the recipes' fresh models (Llama, FOG, Mistral, Qwen2) rotate each head's dimensions in pairs; the
             # config refused an odd head dimension later, naming neither flag
-            if head_dim % 2 and getattr(obj, "model_type", "llama") in _ROTARY_MODEL_TYPES:
+            if head_dim % 2 and _fresh_model_type(obj) in _ROTARY_MODEL_TYPES:
                 raise ValueError(
                     f"--hidden_size / --num_attention_heads = {obj.hidden_size} / {obj.num_attention_heads} = "
                     f"{head_dim} is the head dimension, which rotary position embeddings need even: change one of "
