@@ -170,12 +170,14 @@ def _check_labelled_rows(dataset, what: str) -> None:
     sample made of them has a NaN loss and a zero gradient, which GRAPE reads as a task that does not improve (its
     weight rose at every update; `grape_ema` failed on a NaN score)."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     table = dataset.with_format("arrow")
     labels = pc.list_slice(table["labels"].combine_chunks(), 1)
-    mask = pc.list_slice(table["attention_mask"].combine_chunks(), 1)
-    counted = pc.and_(pc.not_equal(pc.list_flatten(labels), -100), pc.equal(pc.list_flatten(mask), 1))
+    mask = pc.list_flatten(pc.list_slice(table["attention_mask"].combine_chunks(), 1))
+    real = mask if pa.types.is_boolean(mask.type) else pc.equal(mask, 1)  # True / False masks: no bool == int kernel
+    counted = pc.and_(pc.not_equal(pc.list_flatten(labels), -100), real)
     labelled = np.zeros(len(dataset), dtype=bool)
     labelled[pc.unique(pc.filter(pc.list_parent_indices(labels), pc.fill_null(counted, False))).to_numpy()] = True
     if not labelled.all():

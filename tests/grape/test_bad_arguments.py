@@ -67,6 +67,8 @@ def test_target_with_empty_rows_is_refused_by_name(tmp_path, small):
         ({"input_ids": [[5]] * 4}, 0),  # one token: nothing left after the causal shift
         ({"input_ids": [[5, 6, 7]] * 3, "labels": [[5, 6, 7], [5, 6, 7], [5, -100, -100]]}, 2),  # one such row
         ({"input_ids": [[5, 6, 7]] * 2, "attention_mask": [[1, 1, 1], [1, 0, 0]]}, 1),  # masked after the first
+        # the same as a True / False mask (audit rv13: pyarrow has no bool == int kernel, construction crashed)
+        ({"input_ids": [[5, 6, 7]] * 2, "attention_mask": [[True] * 3, [True, False, False]]}, 1),
     ],
 )
 @pytest.mark.parametrize("method", ["grape", "grape_ema"])

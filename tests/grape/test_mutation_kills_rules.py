@@ -162,6 +162,20 @@ def test_prepare_target_refuses_empty_and_mismatched_rows():
         prepare_target("t", bad_mask, None, 8)
 
 
+@pytest.mark.parametrize("mask_type", [int, bool])
+def test_prepare_target_reads_a_boolean_attention_mask_as_its_1_0_form(mask_type):
+    """audit rv13: tokenized target rows with a True / False attention_mask crashed the labelled-rows check
+    (ArrowNotImplementedError: pyarrow has no bool == int comparison); the same rows with 1 / 0 were accepted."""
+    ids = [[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]]
+    mask = [[mask_type(1)] * 4 + [mask_type(0)] * 2, [mask_type(1)] * 6]
+    out = prepare_target("qa", Dataset.from_dict({"input_ids": ids, "attention_mask": mask}), None, 8)
+    assert out["labels"] == [[5, 6, 7, 8, -100, -100], [9, 10, 11, 12, 13, 14]]
+    masked = [[mask_type(1)] * 3, [mask_type(1)] + [mask_type(0)] * 2]  # row 1: nothing real after the first token
+    with pytest.raises(ValueError, match=r"target_datasets\['qa'\] has 1 of 2 rows without a labelled next token "
+                       r"\(the first at row 1\)"):  # fmt: skip
+        prepare_target("qa", Dataset.from_dict({"input_ids": [[5, 6, 7]] * 2, "attention_mask": masked}), None, 8)
+
+
 def test_pack_by_domain_refuses_a_domain_too_short_for_one_block(small_tokenizer):
     from hf_ext.grape.data import pack_by_domain
 
