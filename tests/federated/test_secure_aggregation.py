@@ -244,12 +244,14 @@ def test_flower_range_check_refuses_non_finite_updates():
 def test_a_flower_clients_refusal_text_tells_the_server_nothing_about_its_update(caplog):
     """Audit finding (pass 12): a SuperNode sends a ClientApp's exception text to the server, and the range and
     precision refusals printed the update's largest entry and its relative rounding error (a function of its L2
-    norm); a server choosing `secagg-clipping-range=1e-6` or `secagg-max-weight=1e9` read every client's norm. Two
-    updates of different sizes, refused for the same reason, now give the same text; the numbers stay in the node's
-    log (a warning)."""
+    norm); a server choosing `secagg-clipping-range=1e-6` or a `secagg-max-weight` that leaves the rounding error
+    finite but too large (3e6 for 10 examples) read every client's norm. Two updates of different sizes, refused for
+    the same reason, now give the same text; the numbers stay in the node's log (a warning)."""
     import logging
+    import math
 
-    from hf_ext.federated.flower import check_secagg_range
+    from hf_ext.federated.flower import check_secagg_range, secagg_quantization_error
+    from hf_ext.federated.secure_aggregation import SECAGG_MAX_RELATIVE_ERROR
 
     def refusal(update, fed):
         with pytest.raises(ValueError) as err:
@@ -262,9 +264,17 @@ def test_a_flower_clients_refusal_text_tells_the_server_nothing_about_its_update
         texts = {refusal(small, clipping), refusal(large, clipping)}
     assert len(texts) == 1 and "secagg-clipping-range" in texts.pop()
     assert "0.07" in caplog.text  # 10 / 100 * 0.7: the size is logged on the node
-    precision = FederatedArguments(secagg_max_weight=1e9)
-    texts = {refusal(small, precision), refusal(large, precision)}
+    # audit rv13: at secagg-max-weight=1e9 the weight 10 / 1e9 rounds to 0, the error is inf for every update and the
+    # leaking text was the same for both; at 3e6 the errors are finite and differ (2.75, 1.15), so a text that still
+    # carried the error would differ
+    precision = FederatedArguments(secagg_max_weight=3e6)
+    errors = [secagg_quantization_error(u, 10, precision) for u in (small, large)]
+    assert all(math.isfinite(e) and e > SECAGG_MAX_RELATIVE_ERROR for e in errors) and errors[0] != errors[1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        texts = {refusal(small, precision), refusal(large, precision)}
     assert len(texts) == 1 and "secagg-max-weight" in texts.pop()
+    assert all(f"{e:.3g}" in caplog.text for e in errors)  # the errors are logged on the node
 
 
 def test_flower_unmask_guard_refuses_requests_that_reveal_both_secrets():
