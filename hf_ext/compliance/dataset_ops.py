@@ -111,8 +111,14 @@ def filter_compliant(
     url_column: str = "url",
     batch_size: int = 1000,
     num_proc: int | None = None,
+    column: str | None = "robots_compliant",
+    agents_column: str | None = "disallowed_user_agents",
 ):
     """Drop every document whose URL is disallowed for any checked user agent.
+
+    A kept row carries no opt-out from an earlier run (e.g. an `annotate_compliance` output re-filtered against a
+    newer snapshot that lifted the opt-out): where the dataset has them, its `column` becomes `True` and its
+    `agents_column` `[]`, what `annotate_compliance` gives for the row, as `RobotsTxtFilter` does for a kept document.
 
     Args:
         dataset (`datasets.Dataset`, `IterableDataset` or `DatasetDict`): Documents with a URL column.
@@ -120,11 +126,20 @@ def filter_compliant(
         url_column (`str`, *optional*, defaults to `"url"`): Column holding each document's URL.
         batch_size (`int`, *optional*, defaults to 1000): Rows per `filter` batch.
         num_proc (`int`, *optional*): Worker processes for `Dataset.filter`.
+        column (`str`, *optional*, defaults to `"robots_compliant"`): An earlier `annotate_compliance` boolean
+            column, set to `True` on the kept rows where the dataset has it (`None`: left as it is).
+        agents_column (`str`, *optional*, defaults to `"disallowed_user_agents"`): An earlier `annotate_compliance`
+            list of disallowing agents, set to `[]` on the kept rows where the dataset has it (`None`: left as it is).
 
     Returns:
         The compliant documents, in their original order.
     """
     _check_inputs(dataset, checker, url_column, num_proc, batch_size)
+    for name, value in (("column", column), ("agents_column", agents_column)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"{name} must be a non-empty column name or None, got {value!r}.")
+    if column is not None and column == agents_column:
+        raise ValueError(f"column and agents_column are both {column!r}; pass two names (or None for one).")
 
     def keep(batch):
         return checker.is_compliant_batch(batch[url_column])
@@ -134,4 +149,34 @@ def filter_compliant(
 
     if not isinstance(dataset, datasets.IterableDataset):
         kwargs.update(num_proc=num_proc, desc="robots.txt filter")
-    return dataset.filter(keep, **kwargs)
+    kept = dataset.filter(keep, **kwargs)
+    if isinstance(kept, datasets.DatasetDict):
+        return datasets.DatasetDict(
+            {name: _clear_opt_out(split, column, agents_column, kwargs) for name, split in kept.items()}
+        )
+    return _clear_opt_out(kept, column, agents_column, kwargs)
+
+
+def _clear_opt_out(split, column: str | None, agents_column: str | None, kwargs: dict):
+    """Set `column` to `True` and `agents_column` to `[]` on every row of `split` that has them, with the features
+    `annotate_compliance` gives them (an `IterableDataset` of unknown columns is checked row by row)."""
+    import datasets
+
+    types = {column: datasets.Value("bool"), agents_column: datasets.List(datasets.Value("string"))}
+    types.pop(None, None)
+    if split.column_names is not None:
+        types = {name: feature for name, feature in types.items() if name in split.column_names}
+    if not types or (isinstance(split, datasets.Dataset) and len(split) == 0):
+        return split
+
+    def clear(batch):
+        rows = len(next(iter(batch.values())))
+        out = {column: [True] * rows} if column in types and column in batch else {}
+        if agents_column in types and agents_column in batch:
+            out[agents_column] = [[] for _ in range(rows)]
+        return out
+
+    features = None if split.features is None else datasets.Features({**split.features, **types})
+    if "desc" in kwargs:
+        kwargs = {**kwargs, "desc": "robots.txt filter: clear earlier opt-out columns"}
+    return split.map(clear, features=features, **kwargs)

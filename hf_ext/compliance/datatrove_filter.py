@@ -42,8 +42,9 @@ class RobotsTxtFilter(BaseFilter):
     (`dropped_robots_txt`; `dropped_unreachable_robots_txt` counts those dropped only because their host's robots.txt
     was unreachable, RFC 9309's complete disallow). A kept document carries no opt-out from an earlier run (e.g. a
     `removed/` output re-filtered against a newer snapshot): a `disallowed_user_agents` it holds becomes `[]`, as
-    `annotate_compliance` gives, and a `filter_reason` of `"robots_txt"` is removed. Decisions are those of
-    `RobotsCompliance`, so this step and `filter_compliant` on a `datasets.Dataset` drop exactly the same documents.
+    `annotate_compliance` and `filter_compliant` give, and a `filter_reason` of `"robots_txt"` is removed. Decisions
+    are those of `RobotsCompliance`, so this step and `filter_compliant` on a `datasets.Dataset` drop exactly the same
+    documents.
     Under a `LocalPipelineExecutor` or `SlurmPipelineExecutor` each task builds its own host cache and datatrove
     merges the per-task stats.
 

@@ -349,3 +349,40 @@ def test_datatrove_tasks_refuse_a_snapshot_saved_anew_since_the_step_was_built(t
         with pytest.raises(ValueError, match=rf"robots snapshot '.*{name}' changed since"):
             list(pickle.loads(shipped).run(iter([doc])))
         assert [d.id for d in RobotsTxtFilter(str(tmp_path / name)).run(iter([doc]))] == ["0"]  # built anew: March
+
+
+def test_filter_compliant_kept_rows_lose_a_previous_runs_opt_out_columns():
+    """audit rv13: an `annotate_compliance` output re-filtered against a newer snapshot (the opt-out was lifted) kept
+    `robots_compliant: False, disallowed_user_agents: ['GPTBot']` on the recovered rows, where `RobotsTxtFilter`
+    gives `[]`: a later filter by the column dropped them again. Kept rows now read as `annotate_compliance` gives."""
+    import datasets
+    from datatrove.data import Document
+
+    january = RobotsCompliance({"news.example": "User-agent: GPTBot\nDisallow: /\n"})
+    july = RobotsCompliance({"news.example": "User-agent: GPTBot\nDisallow: /private/\n"})
+    urls = ["https://news.example/a/0", "https://news.example/private/1", "https://news.example/a/2"]
+    stale = annotate_compliance(datasets.Dataset.from_dict({"url": urls, "text": ["t"] * 3}), january)
+    assert stale["robots_compliant"] == [False] * 3
+    fresh = annotate_compliance(stale.select([0, 2]), july)
+
+    kept = filter_compliant(stale, july)
+    assert kept.to_list() == fresh.to_list()
+    assert kept["robots_compliant"] == [True, True] and kept["disallowed_user_agents"] == [[], []]
+    assert kept.features == fresh.features
+    docs = [Document(text="t", id=str(i), metadata={"url": u, "disallowed_user_agents": ["GPTBot"]}) for i, u in
+            enumerate(urls)]  # fmt: skip
+    steps = list(RobotsTxtFilter(july).run(iter(docs)))  # the datatrove step keeps the same rows, cleared the same way
+    assert [d.metadata["disallowed_user_agents"] for d in steps] == kept["disallowed_user_agents"]
+    streamed = list(filter_compliant(stale.to_iterable_dataset(), july, batch_size=1))
+    assert streamed == fresh.to_list()
+    split = filter_compliant(datasets.DatasetDict({"train": stale, "test": stale.select([])}), july)
+    assert split["train"].to_list() == fresh.to_list() and len(split["test"]) == 0
+
+    left = filter_compliant(stale, july, column=None, agents_column=None)  # opt out of the reset
+    assert left["robots_compliant"] == [False, False] and left["disallowed_user_agents"] == [["GPTBot"]] * 2
+    plain = filter_compliant(stale.remove_columns(["robots_compliant", "disallowed_user_agents"]), july)
+    assert plain.column_names == ["url", "text"]  # nothing added to a dataset without the columns
+    with pytest.raises(ValueError, match="agents_column must be a non-empty column name"):
+        filter_compliant(stale, july, agents_column="")
+    with pytest.raises(ValueError, match="column and agents_column are both"):
+        filter_compliant(stale, july, agents_column="robots_compliant")
