@@ -440,3 +440,77 @@ def test_a_source_loaded_with_cpu_and_disk_offload_converts_as_the_in_memory_one
         empty = type(source)(source.config)
     with pytest.raises(ValueError, match="weights on the meta device"):
         convert_to_layer_parallel(empty, pairs=[[1, 2]])
+
+
+def _tied_source(kind: str):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cls, config_cls = {"llama": (AutoModelForCausalLM, LlamaConfig), "qwen2": (Qwen2ForCausalLM, Qwen2Config)}[kind]
+    config = config_cls(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, attn_implementation="eager",
+    )  # fmt: skip
+    return (AutoModelForCausalLM.from_config(config) if cls is AutoModelForCausalLM else cls(config)).eval()
+
+
+def _is_tied(model) -> bool:
+    return model.lm_head.weight is model.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("merge", [True, False])
+def test_a_tied_source_converts_to_a_tied_model(kind, merge, ids, tmp_path):
+    """audit rv13: the conversion builds its model under `no_init_weights`, which skips the tying, so a source with
+    `tie_word_embeddings=True` (Qwen2-0.5B-style) gave a converted model whose lm_head was a second Parameter:
+    fine-tuning it trained two matrices (parameter count of the fresh model + vocab x hidden)."""
+    source = _tied_source(kind)
+    assert _is_tied(source)
+    lp = convert_to_layer_parallel(source, pairs=[[1, 2]], merge=merge)
+    assert lp.config.tie_word_embeddings and _is_tied(lp)
+    fresh = LayerParallelForCausalLM(lp.config)
+    assert sum(p.numel() for p in lp.parameters()) == sum(p.numel() for p in fresh.parameters())
+    same = convert_to_layer_parallel(source, start=1, end=1, merge=merge)  # no pair: the source's computation
+    with torch.no_grad():
+        torch.testing.assert_close(same(ids).logits, source(ids).logits, rtol=0, atol=0)
+
+    lp.train()
+    lp(input_ids=ids, labels=ids).loss.backward()
+    torch.optim.SGD(lp.parameters(), lr=1.0).step()
+    assert _is_tied(lp) and torch.equal(lp.lm_head.weight, lp.model.embed_tokens.weight)
+
+    lp.eval().save_pretrained(tmp_path / "lp")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "lp", attn_implementation="eager").eval()
+    assert _is_tied(reloaded)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, lp(ids).logits, rtol=0, atol=0)
+
+
+def test_a_tied_source_offloaded_to_disk_converts_to_a_tied_model(ids, tmp_path):
+    """The offloaded path (weights read back through accelerate) ties the same way."""
+    source = _tied_source("qwen2")
+    source.save_pretrained(tmp_path / "src")
+    offloaded = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "src", device_map="auto", max_memory={"cpu": "30KB"}, offload_folder=str(tmp_path / "offload"),
+        attn_implementation="eager",
+    )  # fmt: skip
+    assert "disk" in set(offloaded.hf_device_map.values())
+    lp = convert_to_layer_parallel(offloaded, pairs=[[1, 2]])
+    assert _is_tied(lp)
+    with torch.no_grad():
+        expected = convert_to_layer_parallel(source, pairs=[[1, 2]])(ids).logits
+        torch.testing.assert_close(lp(ids).logits, expected, rtol=0, atol=0)
+
+
+def test_a_source_whose_config_says_tied_but_whose_head_differs_is_refused_by_name(ids):
+    """Such a source (a checkpoint whose config is wrong; transformers loads it untied) would have its lm_head
+    replaced by the embeddings when tied: refused, naming the setting; with the config corrected it converts untied."""
+    source = _tied_source("llama")
+    source.lm_head.weight = torch.nn.Parameter(source.lm_head.weight.detach() + 0.5)
+    with pytest.raises(ValueError, match="tie_word_embeddings = False"):
+        convert_to_layer_parallel(source, pairs=[[1, 2]])
+    source.config.tie_word_embeddings = False
+    lp = convert_to_layer_parallel(source, start=1, end=1)
+    assert not lp.config.tie_word_embeddings and not _is_tied(lp)
+    with torch.no_grad():
+        torch.testing.assert_close(lp(ids).logits, source(ids).logits, rtol=0, atol=0)

@@ -1028,7 +1028,8 @@ def convert_to_layer_parallel(
     model is left untouched; the new model lives on the same device with the same dtype and attention kernel. A source
     loaded with CPU or disk offload (`from_pretrained(..., device_map="auto")` beyond the accelerators' memory) is
     read back through accelerate (`get_state_dict_offloaded_model`) and converted whole on the CPU: save the result
-    and reload it with a `device_map` to offload it again.
+    and reload it with a `device_map` to offload it again. Tied embeddings (`tie_word_embeddings=True`) stay tied:
+    the converted `lm_head.weight` is its `model.embed_tokens.weight`.
 
     Args:
         model (`PreTrainedModel`): A `LlamaForCausalLM`, `MistralForCausalLM` or `Qwen2ForCausalLM` (any model whose
@@ -1112,11 +1113,22 @@ def convert_to_layer_parallel(
 
         source_state = get_state_dict_offloaded_model(model)
         device = torch.device("cpu")
+    embed = source_state["model.embed_tokens.weight"]
+    head = source_state.get("lm_head.weight", embed)
+    if config.tie_word_embeddings and head is not embed and not torch.equal(head, embed):
+        # transformers loads such a checkpoint untied (its config is wrong); tying the converted model would change
+        # the source's logits
+        raise ValueError(
+            "`model.config.tie_word_embeddings` is True but the model's lm_head weight differs from its input "
+            "embeddings (the source is untied): set `model.config.tie_word_embeddings = False` before converting to "
+            "keep both matrices, or tie the source first (`model.tie_weights()`)."
+        )
     new_state: dict[str, torch.Tensor] = {
-        "model.embed_tokens.weight": source_state["model.embed_tokens.weight"],
+        "model.embed_tokens.weight": embed,
         "model.norm.weight": source_state["model.norm.weight"],
-        "lm_head.weight": source_state.get("lm_head.weight", source_state["model.embed_tokens.weight"]),
     }
+    if not config.tie_word_embeddings:
+        new_state["lm_head.weight"] = head
     for block, (kind, idx) in enumerate(config.build_blocks()):
         prefix = f"model.layers.{block}."
         if kind == "layer":
@@ -1135,6 +1147,10 @@ def convert_to_layer_parallel(
 
     with no_init_weights(), torch.device(device), _default_dtype(param.dtype):
         lp_model = LayerParallelForCausalLM(config)
+    if config.tie_word_embeddings:
+        # `no_init_weights` skips the tying a fresh model gets: without it lm_head stayed a separate Parameter, so
+        # fine-tuning the converted model trained two matrices where the source and a fresh model train one
+        lp_model.tie_weights()
     missing, unexpected = lp_model.load_state_dict(new_state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
