@@ -370,7 +370,9 @@ def test_gradient_momentum_cosine_uses_adams_first_moment():
         state.global_step += 1
     want = float(grads[1] @ grads[0] / (grads[1].norm() * grads[0].norm()))
     assert math.isnan(cb.history[0]["update/grad_momentum_cos"])
-    assert cb.history[1]["update/grad_momentum_cos"] == pytest.approx(want, rel=1e-9)
+    # the moment is (1 - b1) g1 rounded to float32, so the cosine agrees with the float64 one to float32 rounding
+    # (1e-9 relative held by chance on one build and not on another); any other momentum is off by far more
+    assert cb.history[1]["update/grad_momentum_cos"] == pytest.approx(want, rel=1e-6)
 
 
 def test_probe_batch_leaves_the_model_in_training_mode():
