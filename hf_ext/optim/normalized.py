@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from ..utils.checks import is_int
 from ..utils.distributed import is_dtensor as _is_dtensor
 
 __all__ = [
@@ -157,7 +158,7 @@ def _resolve_params(
     - dict param groups without `rotational`/`neuron_dim` keys holding 2+-dim tensors (e.g. the decay / no-decay
       groups transformers' Trainer builds for `optimizer_cls_and_kwargs`): refused unless `neuron_dim` is given.
     """
-    if neuron_dim is not None and neuron_dim not in (0, 1):
+    if neuron_dim is not None and not (is_int(neuron_dim) and neuron_dim in (0, 1)):
         raise ValueError(f"`neuron_dim` must be 0 (rows are neurons), 1 (columns) or None, got {neuron_dim!r}.")
     if isinstance(params, nn.Module):
         if model is not None and model is not params:
@@ -176,6 +177,8 @@ def _resolve_params(
     ]
     if not needs_layout:
         return groups
+    for g in groups:  # before `rotational` / `neuron_dim` are read below
+        _check_layout(g, f" of a {owner} param group")
     if model is not None:
         layout = _model_layout(model)
         out = []
@@ -304,10 +307,30 @@ def _check_unit_interval(name: str, value, where: str = "") -> None:
 _SWITCHES = ("nesterov", "inverse_bias_correction", "snr_correction", "zero_mean", "per_neuron")
 
 
+def _check_layout(group: dict, where: str) -> None:
+    """A group's `rotational` flag must be a bool (or None: decided by the weight decay) and its `neuron_dim` 0 or 1:
+    the step reads them with `bool()` / `int()`, so `"false"` would mean rotational and 2, -1, `"1"` or `True` a
+    silently chosen layout."""
+    flag = group.get("rotational")
+    if flag is not None and not isinstance(flag, bool):
+        raise ValueError(
+            f"`rotational`{where} must be True or False, got {flag!r} (a string such as 'false' would count as True)."
+        )
+    if "neuron_dim" in group and not (is_int(group["neuron_dim"]) and group["neuron_dim"] in (0, 1)):
+        raise ValueError(
+            f"`neuron_dim`{where} must be 0 (rows are neurons, nn.Linear) or 1 (columns, transformers' Conv1D), got "
+            f"{group['neuron_dim']!r}."
+        )
+
+
 def _check_group(group: dict, owner: str, rotational: bool = False) -> None:
     """Validate a param group (defaults merged in) like the constructor arguments, before it is added.
 
-    `rotational` optimizers also need an `angle` or a positive weight decay for the rotational tensors of the group.
+    Every hyperparameter the group holds is checked (`lr`, `weight_decay`, `betas`, the on/off switches, `snr_beta`,
+    and the inner optimizer's `eps` and `dampening`), so that a bad value fails here and not inside `step()` after
+    part of the step was applied (or as NaN weights). `rotational` optimizers also check `angle`,
+    `update_norm_decay`, the layout keys `rotational` / `neuron_dim`, and need an `angle` or a positive weight decay
+    for the rotational tensors of the group.
     """
     where = f" of a {owner} param group"
     _check_common(group["lr"], group["weight_decay"], where)
@@ -316,19 +339,37 @@ def _check_group(group: dict, owner: str, rotational: bool = False) -> None:
             raise ValueError(f"`{key}`{where} must be True or False, got {group[key]!r}.")
     if "betas" in group:
         _check_betas(group["betas"], where)
+    if "snr_beta" in group:
+        _check_unit_interval("snr_beta", group["snr_beta"], where)
+    if "eps" in group and not (_is_number(group["eps"]) and 0.0 <= group["eps"] < math.inf):
+        raise ValueError(f"`eps`{where} must be a finite number >= 0, got {group['eps']!r}.")
+    if "dampening" in group and not (_is_number(group["dampening"]) and 0.0 <= group["dampening"] <= 1.0):
+        raise ValueError(f"`dampening`{where} must be a number in [0, 1], got {group['dampening']!r}.")
     if not rotational:
         return
+    _check_layout(group, where)
     _check_angle(group.get("angle"), where)
     _check_unit_interval("update_norm_decay", group.get("update_norm_decay", 0.0), where)
-    if (
-        group.get("angle") is None
-        and group["weight_decay"] == 0
-        and any(_is_rotational(p, group) for p in group["params"])
-    ):
+    rot = [p for p in group["params"] if _is_rotational(p, group)]
+    if group.get("angle") is None and group["weight_decay"] == 0 and rot:
         raise ValueError(
             f"A {owner} param group with rotational tensors needs `weight_decay > 0` (it sets the equilibrium "
             "angle) or an explicit `angle`."
         )
+    if group.get("neuron_dim") == 1 and group.get("per_neuron", True):
+        for p in rot:
+            if p.dim() != 2:
+                raise ValueError(
+                    f"`neuron_dim=1`{where} (columns are neurons) is only supported for 2D weights, got a rotational "
+                    f"tensor of shape {tuple(p.shape)}; give it its own group with `neuron_dim=0` (rows) or "
+                    "`rotational=False`."
+                )
+
+
+def _parse_betas(group: dict, where: str = "") -> None:
+    """Store a group's `betas` as the pair of floats `_check_betas` reads (a config may give strings or a list)."""
+    if "betas" in group:
+        group["betas"] = _check_betas(group["betas"], where)
 
 
 def _resolve_added_group(param_group: dict, weight_decay: float, neuron_dim: int | None, owner: str) -> dict:
@@ -732,6 +773,7 @@ class Lion(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group (also used by the constructor); its values are validated like the constructor's."""
         _check_group({**self.defaults, **param_group}, type(self).__name__)
+        _parse_betas(param_group)
         super().add_param_group(param_group)
 
     @torch.no_grad()
@@ -799,6 +841,7 @@ class LionA(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group (also used by the constructor); its values are validated like the constructor's."""
         _check_group({**self.defaults, **param_group}, type(self).__name__)
+        _parse_betas(param_group)
         super().add_param_group(param_group)
 
     @torch.no_grad()
@@ -913,6 +956,7 @@ class LionAR(Optimizer):
             param_group, self.defaults["weight_decay"], getattr(self, "_default_neuron_dim", None), "LionAR"
         )
         _check_group({**self.defaults, **group}, "LionAR", rotational=True)
+        _parse_betas(group)
         super().add_param_group(group)
         self.param_groups[-1].setdefault("base_lr", self.param_groups[-1]["lr"])
 
@@ -1046,6 +1090,8 @@ class RotationalWrapper(Optimizer):
             _is_number(inner_kwargs["dampening"]) and 0.0 <= inner_kwargs["dampening"] <= 1.0
         ):
             raise ValueError(f"`dampening` must be a number in [0, 1], got {inner_kwargs['dampening']!r}.")
+        if "eps" in inner_kwargs and not (_is_number(inner_kwargs["eps"]) and 0.0 <= inner_kwargs["eps"] < math.inf):
+            raise ValueError(f"`eps` must be a finite number >= 0, got {inner_kwargs['eps']!r}.")
         for key in ("amsgrad", "maximize", "differentiable", "capturable"):
             if inner_kwargs.get(key):
                 raise ValueError(f"RotationalWrapper does not support `{key}=True` for the inner optimizer.")
@@ -1053,7 +1099,6 @@ class RotationalWrapper(Optimizer):
         self._default_neuron_dim = neuron_dim
         self._ready = False  # torch's Optimizer.__init__ adds the groups through `add_param_group`
         self.inner_name = inner
-        self.inner = _INNER[inner](groups, lr=lr, weight_decay=weight_decay, **inner_kwargs)
         defaults = dict(
             lr=lr,
             weight_decay=weight_decay,
@@ -1062,6 +1107,12 @@ class RotationalWrapper(Optimizer):
             per_neuron=per_neuron,
             update_norm_decay=update_norm_decay,
         )
+        # every group checked (with the values it will get) before the inner optimizer sees it: torch's optimizers
+        # check only their constructor arguments, and a bad group value would otherwise fail inside `step()`
+        for g in groups:
+            self._check_new_group({**inner_kwargs, **defaults, **g})
+            _parse_betas(g)
+        self.inner = _INNER[inner](groups, lr=lr, weight_decay=weight_decay, **inner_kwargs)
         super().__init__([dict(g) for g in self.inner.param_groups], defaults)
         self._buffers: dict = {}
         for own, shared in zip(self.param_groups, self.inner.param_groups):
@@ -1081,28 +1132,32 @@ class RotationalWrapper(Optimizer):
         (`angle`, `zero_mean`, ..., `base_lr` = its `lr`), with the checks and layout rule of the constructor.
         """
         if not getattr(self, "_ready", False):  # Optimizer.__init__: the group is already in the inner optimizer
-            _check_group({**self.defaults, **param_group}, "RotationalWrapper", rotational=True)
+            self._check_new_group({**self.defaults, **param_group})
             super().add_param_group(param_group)
             return
         group = _resolve_added_group(
             param_group, self.defaults["weight_decay"], getattr(self, "_default_neuron_dim", None), "RotationalWrapper"
         )
-        merged = {**self.inner.defaults, **self.defaults, **group}
-        _check_group(merged, "RotationalWrapper", rotational=True)
-        if merged.get("eps", 0.0) < 0:
-            raise ValueError(f"`eps` of a RotationalWrapper param group must be >= 0, got {merged['eps']}.")
-        if self.inner_name == "sgdm" and not _positive_finite(merged["momentum"]):
-            raise ValueError(
-                "`momentum` of a RotationalWrapper param group must be a finite number > 0 for inner='sgdm'."
-            )
-        for key in ("amsgrad", "maximize", "differentiable", "capturable"):
-            if merged.get(key):
-                raise ValueError(f"RotationalWrapper does not support `{key}=True` for the inner optimizer.")
+        self._check_new_group({**self.inner.defaults, **self.defaults, **group})
+        _parse_betas(group)
         self.inner.add_param_group(group)  # appends to the shared list, filling the inner defaults
         shared = self.inner.param_groups[-1]
         for key, value in self.defaults.items():
             shared.setdefault(key, value)
         shared.setdefault("base_lr", shared["lr"])
+
+    def _check_new_group(self, merged: dict) -> None:
+        """The checks of a param group (with the defaults it gets merged in), at construction and in
+        `add_param_group`: the Lion-family group checks plus the inner optimizer's `momentum` and unsupported flags."""
+        _check_group(merged, "RotationalWrapper", rotational=True)
+        if self.inner_name == "sgdm" and not _positive_finite(merged.get("momentum")):
+            raise ValueError(
+                "`momentum` of a RotationalWrapper param group must be a finite number > 0 for inner='sgdm' (SGD with "
+                f"momentum), got {merged.get('momentum')!r}."
+            )
+        for key in ("amsgrad", "maximize", "differentiable", "capturable"):
+            if merged.get(key):
+                raise ValueError(f"RotationalWrapper does not support `{key}=True` for the inner optimizer.")
 
     def _is_rotational(self, p: torch.Tensor, group: dict) -> bool:
         return _is_rotational(p, group)
