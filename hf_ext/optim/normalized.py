@@ -596,6 +596,38 @@ def _init_rotational(
         state["update_norm_ema"] = ema if shards is None else shards.wrap(ema, int(per_neuron and neuron_dim == 1))
 
 
+def _needs_init(state: dict) -> bool:
+    """Whether the rotational state of a tensor is still to be initialised (see `_ensure_rotational_state`)."""
+    return "norm" not in state or state.get("norm_pending", False)
+
+
+def _is_template_step(p: torch.Tensor, group: dict) -> bool:
+    """A step with lr 0 and an all-zero gradient (the load template of `torch.distributed.checkpoint`); the
+    whole-gradient check is all-reduced for a DTensor and taken only at lr 0, so it is the same on every rank."""
+    return bool(group["lr"] == 0) and _total(p.grad.abs()) == 0
+
+
+def _refuse_zero_neurons(p: torch.Tensor, state: dict, group: dict, neuron_dim: int) -> None:
+    """Raise when the rotational tensor `p`, about to be initialised, has a neuron of norm 0 with a nonzero gradient
+    (a rotation keeps each neuron's norm, so it would never train). The steps call it for every rotational tensor
+    before any tensor is updated, so a refused step changes no weight and no state."""
+    if not _needs_init(state) or _is_template_step(p, group):
+        return
+    w_norms: dict = {}
+    g_norms: dict = {}
+    _init_rotational(p, w_norms, neuron_dim, group["per_neuron"], False)
+    _init_rotational(p.grad, g_norms, neuron_dim, group["per_neuron"], False)
+    stuck = int(_total(((w_norms["norm"] == 0) & (g_norms["norm"] > 0)).to(torch.float32)))
+    if stuck:
+        raise ValueError(
+            f"A rotational parameter of shape {tuple(p.shape)} has {stuck} neuron(s) of norm 0 with a nonzero "
+            "gradient (e.g. LoRA's B, initialised at zero): a rotation keeps each neuron's norm, so they would "
+            "never train. Put such parameters in a plain group (`rotational=False`); "
+            "`rotational_param_groups(model, weight_decay)` (what passing the model does) does so for peft's "
+            "LoRA B factors."
+        )
+
+
 def _ensure_rotational_state(p: torch.Tensor, state: dict, group: dict, neuron_dim: int) -> None:
     """Initialise the rotational state of `p` ([`_init_rotational`]) on its first step, unless that step is the load
     template of `torch.distributed.checkpoint` (DCP's `set_state_dict` / `get_state_dict` step a fresh optimizer with
@@ -606,27 +638,12 @@ def _ensure_rotational_state(p: torch.Tensor, state: dict, group: dict, neuron_d
     gradient (a warmup starting at 0, a LoRA A under a zero B) leaves the weights where they are either way, so the
     deferred initialisation gives the same result as an immediate one. Every initialised state has `norm_pending`
     (DCP loads only the keys of its template, so the key must be in every checkpoint); a state without it counts as
-    initialised."""
-    if "norm" in state and not state.get("norm_pending", False):
+    initialised. Zero neurons with a nonzero gradient were refused before the step changed anything
+    ([`_refuse_zero_neurons`])."""
+    if not _needs_init(state):
         return
-    lr = group["lr"]
-    # whole-gradient check (all-reduced for a DTensor), taken only at lr 0, the same on every rank
-    template = bool(lr == 0) and _total(p.grad.abs()) == 0
+    template = _is_template_step(p, group)
     zero_mean = group["zero_mean"] and not template
-    if not template:  # checked before the weights change: neuron norms of the weight and of its gradient
-        w_norms: dict = {}
-        g_norms: dict = {}
-        _init_rotational(p, w_norms, neuron_dim, group["per_neuron"], False)
-        _init_rotational(p.grad, g_norms, neuron_dim, group["per_neuron"], False)
-        stuck = int(_total(((w_norms["norm"] == 0) & (g_norms["norm"] > 0)).to(torch.float32)))
-        if stuck:
-            raise ValueError(
-                f"A rotational parameter of shape {tuple(p.shape)} has {stuck} neuron(s) of norm 0 with a nonzero "
-                "gradient (e.g. LoRA's B, initialised at zero): a rotation keeps each neuron's norm, so they would "
-                "never train. Put such parameters in a plain group (`rotational=False`); "
-                "`rotational_param_groups(model, weight_decay)` (what passing the model does) does so for peft's "
-                "LoRA B factors."
-            )
     _init_rotational(p, state, neuron_dim, group["per_neuron"], zero_mean, group["update_norm_decay"])
     state["norm_pending"] = template
 
@@ -979,6 +996,10 @@ class LionAR(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         _refuse_sparse_gradients(self.param_groups, type(self).__name__)
+        for group in self.param_groups:  # before any tensor or state changes, as for sparse gradients
+            for p in group["params"]:
+                if p.grad is not None and self._is_rotational(p, group):
+                    _refuse_zero_neurons(p, self.state.get(p, {}), group, self._neuron_dim(p, group))
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -1309,8 +1330,15 @@ class RotationalWrapper(Optimizer):
                 else:
                     plain = True
             if rot:
-                rotational.append((group, rot))
+                # before anything changes: the angle (a value it cannot use, e.g. an sgdm momentum >= 1 without an
+                # `angle`, fails here) and the zero-neuron refusal
+                angle = self.group_angle(group) * (group["lr"] / group["base_lr"])
+                rotational.append((group, rot, angle))
                 hidden += [(p, p.grad) for p in rot]
+        for group, rot, _ in rotational:
+            nd = int(group.get("neuron_dim", 0))
+            for p in rot:
+                _refuse_zero_neurons(p, self.state.get(p, {}), group, nd)
         if plain:
             for p, _ in hidden:
                 p.grad = None
@@ -1319,11 +1347,10 @@ class RotationalWrapper(Optimizer):
             finally:
                 for p, g in hidden:
                     p.grad = g
-        for group, rot in rotational:
+        for group, rot, angle in rotational:
             fused = self._uses_fused_direction(group, rot)
             if not fused:
                 self._update_moments(group, rot)
-            angle = self.group_angle(group) * (group["lr"] / group["base_lr"])
             nd = int(group.get("neuron_dim", 0))
             numel = max(_local(p).numel() for p in rot)
             for p in rot:

@@ -743,3 +743,30 @@ def test_a_zero_neuron_without_gradient_stays_zero_and_is_not_refused():
         w.grad = g
         opt.step()
     assert float(w[2].abs().max()) == 0 and float(w[0].norm()) > 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: LionAR(ps, lr=1e-3, weight_decay=1.0),
+        lambda ps: RotationalWrapper(ps, inner="adamw", lr=1e-3, weight_decay=1.0),
+        lambda ps: RotationalWrapper(ps, inner="sgdm", lr=1e-3, weight_decay=1.0),
+    ],
+)
+def test_a_zero_neuron_is_refused_before_any_tensor_changes(make):
+    """The refusal used to come per tensor inside the update loop: the rotational weight before the zero-initialised
+    one had already been centred and rotated (and the plain tensors stepped), and both counted a step, so the fix
+    the message names (rebuild with the tensor in a plain group) started from moved weights."""
+    torch.manual_seed(0)
+    a = nn.Parameter(torch.randn(3, 4))  # an ordinary weight, first
+    bias = nn.Parameter(torch.randn(4))  # plain: the inner optimizer's step (RotationalWrapper)
+    z = nn.Parameter(torch.zeros(3, 4))  # zero-initialised, e.g. a LoRA B in a flat parameter list
+    opt = make([a, bias, z])
+    before = [t.detach().clone() for t in (a, bias, z)]
+    a.grad, bias.grad, z.grad = torch.randn(3, 4), torch.randn(4), torch.randn(3, 4)
+    with pytest.raises(ValueError, match="neuron\\(s\\) of norm 0 with a nonzero gradient"):
+        opt.step()
+    assert all(torch.equal(t, b) for t, b in zip((a, bias, z), before))
+    assert all(not s for s in opt.state.values())
+    if isinstance(opt, RotationalWrapper):
+        assert all(not s for s in opt.inner.state.values())

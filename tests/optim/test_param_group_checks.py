@@ -150,3 +150,22 @@ def test_add_param_group_stores_parsed_betas(cls):
     opt = _added(cls, {"params": [_weight()], "neuron_dim": 0, "betas": ("0.8", "0.9")})
     assert opt.param_groups[-1]["betas"] == (0.8, 0.9)
 
+
+def test_an_angle_the_sgdm_wrapper_cannot_compute_fails_before_any_tensor_changes():
+    """momentum 1.0 is a valid SGD momentum, but the equilibrium angle needs one < 1: without an explicit `angle` the
+    step refuses it before the plain tensors' inner step and the first group's rotation."""
+    first, other = _weight(1), _weight(2)
+    bias = nn.Parameter(torch.randn(6))
+    opt = RotationalWrapper(
+        [{"params": [first, bias], "neuron_dim": 0}, {"params": [other], "neuron_dim": 0, "momentum": 1.0}],
+        inner="sgdm",
+        lr=1e-2,
+        weight_decay=0.1,
+    )
+    before = [t.detach().clone() for t in (first, bias, other)]
+    for t in (first, bias, other):
+        t.grad = torch.randn_like(t)
+    with pytest.raises(ValueError, match="momentum"):
+        opt.step()
+    assert all(torch.equal(t, b) for t, b in zip((first, bias, other), before))
+    assert all(not s for s in opt.state.values())
