@@ -561,6 +561,25 @@ def _rows(p: torch.Tensor) -> torch.Tensor:
     return p.view(p.shape[0], math.prod(p.shape[1:]))
 
 
+def _has_neuron_view(t: torch.Tensor, neuron_dim: int, per_neuron: bool) -> bool:
+    """Whether `_neuron_view(t, ...)` can share `t`'s storage: always for column neurons (a transpose), else only for a
+    row-major tensor (not, e.g., a conv weight in `torch.channels_last` memory format, whose rows are strided)."""
+    return (per_neuron and neuron_dim == 1) or t.is_contiguous()
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """`t` fills its memory without gaps or overlaps in some dimension order (row-major, channels_last, a transpose):
+    then `torch.empty_like(t)` has the same strides."""
+    if t.numel() == 0:
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _neuron_view(p: torch.Tensor, neuron_dim: int, per_neuron: bool) -> torch.Tensor:
     """A 2D view of `p` with one neuron per row (shares storage with `p`)."""
     if not per_neuron:
@@ -582,11 +601,16 @@ def _init_rotational(
     if shards is not None:
         _init_rotational_sharded(p, state, neuron_dim, per_neuron, zero_mean, shards)
     else:
-        w = _neuron_view(p.data, neuron_dim, per_neuron)
+        data = p.data
+        # a weight without a neuron view (channels_last) is centred in a row-major copy that is written back
+        work = data if _has_neuron_view(data, neuron_dim, per_neuron) else data.contiguous()
+        w = _neuron_view(work, neuron_dim, per_neuron)
         norm = w.norm(dim=1, keepdim=True)
         if zero_mean and w.shape[1] > 1:
             w.sub_(w.mean(dim=1, keepdim=True))
             w.mul_(norm / w.norm(dim=1, keepdim=True).clamp_min(1e-30))
+            if work is not data:
+                data.copy_(work)
         state["norm"] = norm.clone()
     if update_norm_decay > 0 and "update_norm_ema" not in state:
         # the shape `_rotate` stores: (neurons, 1), or (1, neurons) for column neurons
@@ -650,12 +674,16 @@ def _ensure_rotational_state(p: torch.Tensor, state: dict, group: dict, neuron_d
 
 def _init_rotational_sharded(p, state, neuron_dim, per_neuron, zero_mean, shards: _NeuronShards) -> None:
     """`_init_rotational` on the local shard of a DTensor, with the per-neuron sums all-reduced."""
-    w = _neuron_view(_local(p.detach()), neuron_dim, per_neuron)
+    data = _local(p.detach())
+    work = data if _has_neuron_view(data, neuron_dim, per_neuron) else data.contiguous()
+    w = _neuron_view(work, neuron_dim, per_neuron)
     acc = _acc_dtype(w.dtype)
     norm = shards.sum_(w.pow(2).sum(dim=1, keepdim=True, dtype=acc)).sqrt_()
     if zero_mean and shards.per_neuron_numel > 1:
         w.sub_(shards.sum_(w.sum(dim=1, keepdim=True, dtype=acc)).div_(shards.per_neuron_numel))
         w.mul_(norm / shards.sum_(w.pow(2).sum(dim=1, keepdim=True, dtype=acc)).sqrt_().clamp_min(1e-30))
+        if work is not data:
+            data.copy_(work)
     state["norm"] = shards.wrap(norm.to(w.dtype), 0)
 
 
@@ -686,6 +714,13 @@ def _rotate(
     shards = _neuron_shards(p, neuron_dim, per_neuron)
     if shards is not None:
         p, u = _local(p), _local(u)
+    target = None
+    if not _has_neuron_view(p, neuron_dim, per_neuron):
+        # e.g. a channels_last conv weight: rotate a row-major copy (the arithmetic of a contiguous weight, so the
+        # result is the same) and write it back at the end
+        target, p = p, p.contiguous()
+    if not _has_neuron_view(u, neuron_dim, per_neuron):
+        u = u.contiguous()  # `u` is consumed anyway
     if not per_neuron:
         w, uu, rd = p.view(1, p.numel()), u.view(1, u.numel()), 1
     elif neuron_dim == 1:
@@ -745,6 +780,8 @@ def _rotate(
     b = torch.where(moving, (norm * sin).div_(unorm.clamp_min(1e-30)).neg_(), torch.zeros_like(unorm))
     a = torch.where(moving, scale * cos - b * c, scale)
     w.mul_(a).addcmul_(uu, b)
+    if target is not None:
+        target.copy_(p)
 
 
 def _dot(x: torch.Tensor, y: torch.Tensor, dim: int, buf: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor:
@@ -1044,6 +1081,17 @@ def _is_rotational(p: torch.Tensor, group: dict) -> bool:
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _same_memory_layout(p: torch.Tensor, state: dict) -> bool:
+    """Whether (the local shards of) `p`, its gradient and its AdamW moments are dense with the same strides: torch's
+    fused AdamW kernel walks their memory in storage order, so a channels_last weight with a row-major gradient or
+    moment (set by hand, or loaded from a contiguous run's checkpoint) would pair up the wrong elements."""
+    local = _local(p)
+    if not _is_dense(local):
+        return False
+    others = [p.grad] + [state[k] for k in ("exp_avg", "exp_avg_sq") if isinstance(state.get(k), torch.Tensor)]
+    return all(t is None or _local(t).stride() == local.stride() for t in others)
+
+
 class RotationalWrapper(Optimizer):
     r"""Rotational (angle-controlled) version of AdamW, Lion or SGD with momentum.
 
@@ -1252,6 +1300,7 @@ class RotationalWrapper(Optimizer):
             p.device.type in ("cpu", "cuda")
             and p.dtype in _FUSED_DTYPES
             and (p.grad is None or (p.grad.dtype == p.dtype and not p.grad.is_sparse))
+            and _same_memory_layout(p, self.state.get(p, {}))
             for p in params
         )
 
@@ -1355,7 +1404,10 @@ class RotationalWrapper(Optimizer):
             numel = max(_local(p).numel() for p in rot)
             for p in rot:
                 local = _local(p)  # a DTensor's direction and rotation are computed on its local shard
-                u = self._scratch(local, numel, 0)[: local.numel()].view(local.shape)
+                if local.is_contiguous():
+                    u = self._scratch(local, numel, 0)[: local.numel()].view(local.shape)
+                else:  # the strides of the weight (channels_last), which its gradient and moments share
+                    u = torch.empty_like(local)
                 scale = self._fused_adamw_direction(group, p, u) if fused else self._direction(group, p, u)
                 state = self.state[p]
                 _ensure_rotational_state(p, state, group, nd)
