@@ -13,6 +13,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
+from ..utils.checks import is_real
 from .normalized import Lion, LionA, LionAR, RotationalWrapper, rotational_param_groups
 from .serialization import SafetensorsOptimizerStateMixin
 
@@ -91,25 +92,33 @@ class WarmupFreeTrainingArguments(TrainingArguments):
                 f"--normalized_optimizer must be one of {OPTIMIZER_CHOICES}, got {self.normalized_optimizer!r}."
             )
         _refuse_optim(self)
+        # numbers, not bools: `True` is an int in Python and would silently act as 1 (a whole-run cooldown, lr 1.0)
         for name in ("lion_beta1", "lion_beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"--{name} must lie in [0, 1), got {getattr(self, name)}.")
-        if not 0.0 <= self.cooldown_fraction <= 1.0:
-            raise ValueError(f"--cooldown_fraction must lie in [0, 1], got {self.cooldown_fraction}.")
-        if self.rotation_angle is not None and not 0.0 < self.rotation_angle < math.pi / 2:
+            if not (is_real(getattr(self, name)) and 0.0 <= getattr(self, name) < 1.0):
+                raise ValueError(f"--{name} must be a number in [0, 1), got {getattr(self, name)!r}.")
+        if not (is_real(self.cooldown_fraction) and 0.0 <= self.cooldown_fraction <= 1.0):
             raise ValueError(
-                f"--rotation_angle must lie in (0, pi/2) radians, got {self.rotation_angle}; leave it unset for the "
-                "equilibrium angle of --learning_rate and --weight_decay."
+                f"--cooldown_fraction must be a number in [0, 1] (the fraction of the steps in the linear decay), got "
+                f"{self.cooldown_fraction!r}."
             )
-        if self.update_norm_decay is not None and not 0.0 <= self.update_norm_decay < 1.0:
-            raise ValueError(f"--update_norm_decay must lie in [0, 1), got {self.update_norm_decay}.")
-        if not isinstance(self.learning_rate, (int, float)) or not 0.0 < self.learning_rate < math.inf:
+        if self.rotation_angle is not None and not (
+            is_real(self.rotation_angle) and 0.0 < self.rotation_angle < math.pi / 2
+        ):
+            raise ValueError(
+                f"--rotation_angle must be a number in (0, pi/2) radians, got {self.rotation_angle!r}; leave it unset "
+                "for the equilibrium angle of --learning_rate and --weight_decay."
+            )
+        if self.update_norm_decay is not None and not (
+            is_real(self.update_norm_decay) and 0.0 <= self.update_norm_decay < 1.0
+        ):
+            raise ValueError(f"--update_norm_decay must be a number in [0, 1), got {self.update_norm_decay!r}.")
+        if not (is_real(self.learning_rate) and 0.0 < self.learning_rate < math.inf):
             raise ValueError(
                 f"--learning_rate must be a finite number > 0 for the normalized optimizers, got {self.learning_rate!r}."
             )
-        if not isinstance(self.weight_decay, (int, float)) or not 0.0 <= self.weight_decay < math.inf:
+        if not (is_real(self.weight_decay) and 0.0 <= self.weight_decay < math.inf):
             raise ValueError(f"--weight_decay must be a finite number >= 0, got {self.weight_decay!r}.")
-        if not isinstance(self.sgd_momentum, (int, float)) or not 0.0 < self.sgd_momentum < math.inf:
+        if not (is_real(self.sgd_momentum) and 0.0 < self.sgd_momentum < math.inf):
             raise ValueError(
                 f"--sgd_momentum must be a finite number > 0 (SGD with momentum; 0.9 by default), got "
                 f"{self.sgd_momentum!r}."
