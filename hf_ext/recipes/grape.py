@@ -210,6 +210,24 @@ def _refuse_inapplicable_flags(
             "--reference_model_name_or_path is DoReMi's reference model and is not used by "
             f"{', '.join(methods)}; drop it or train doremi."
         )
+    # A single doremi / fixed run needs its reference model / weights (--compare_methods checks its own list): the
+    # trainer refused them only after the tokenizer and the data, when the earlier run's results were already cleared.
+    if not comparing and methods == ["doremi"] and not args.reference_model_name_or_path:
+        raise ValueError(
+            "--reweight_method doremi needs a reference model: pass --reference_model_name_or_path (a model trained "
+            "first with --reweight_method uniform on the same tokenizer), or compare with --compare_methods "
+            "uniform,doremi (the uniform model becomes the reference)."
+        )
+    if not comparing and methods == ["fixed"] and not args.mixture_file:
+        raise ValueError(
+            "--reweight_method fixed needs --mixture_file (the weights to hold fixed, e.g. the mixture.json of a "
+            "grape run)."
+        )
+    if args.reference_model_name_or_path:
+        from ._common import check_model_reference
+
+        # a missing folder failed late with a bare hub OSError naming no flag
+        check_model_reference(args.reference_model_name_or_path, "--reference_model_name_or_path")
     strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
     if strategy != "no":
         raise ValueError(

@@ -87,3 +87,29 @@ def test_a_fresh_rerun_into_the_same_folder_leaves_no_result_file_of_the_earlier
     assert json.loads((out / "grape_results.json").read_text())["method"] == result["method"] == "uniform"
     assert (out / "uniform" / "config.json").is_file()  # a saved model is never removed, only report files
     assert (out / "my_notes.txt").read_text() == "kept"
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--reweight_method", "doremi"], "--reweight_method doremi needs a reference model: pass "
+                                          "--reference_model_name_or_path"),
+        (["--reweight_method", "fixed"], "--reweight_method fixed needs --mixture_file"),
+        (["--reweight_method", "doremi", "--reference_model_name_or_path", "NOWHERE"],
+         "--reference_model_name_or_path=.*nowhere.* is not a model folder"),
+    ],
+)  # fmt: skip
+def test_a_run_refused_for_its_reference_or_mixture_leaves_the_earlier_results(tmp_path, args, match):
+    """Audit 2026-12-04: these were refused only by GrapeTrainer, after the tokenizer and the data work, when the
+    earlier run's grape_results.json, mixture.json and mixture_weights.png had already been deleted (a missing
+    reference folder failed with a bare hub OSError naming no flag)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {"grape_results.json": "{}", "mixture.json": "{}", "mixture_weights.png": "png"}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    args = [a.replace("NOWHERE", str(tmp_path / "nowhere")) for a in args]
+    with pytest.raises((ValueError, OSError)) as refused:
+        main(TINY + ["--output_dir", str(out)] + args)
+    assert {p.name: p.read_text() for p in out.iterdir()} == earlier
+    assert refused.type is ValueError and refused.match(match)
