@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .state import MixtureState
+from .state import MixtureState, check_weight_vector
 
 _CHUNK = 8192
 _SEQ_KEY = "__grape_seq__"
@@ -61,6 +61,7 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
         self.num_samples = int(num_samples or total)
         self.state = state
+        self._check_schedule()
         self.seed = int(seed)
         self.epoch = 0
         #: Global position (over the run) of the next index this sampler hands out.
@@ -75,6 +76,13 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _check_schedule(self) -> None:
+        """Refuse schedule weights a CDF cannot be built from (NaN, negative, all zero, wrong length) by name: they
+        used to draw the first domain only, or never a domain with a negative weight."""
+        k = len(self.state.domain_names)
+        for i, (start, w) in enumerate(self.state.schedule):
+            check_weight_vector(w, k, f"the mixture state's schedule entry {i} (from sampler position {start})")
+
     def _cdf(self, position: int) -> np.ndarray:
         schedule = self.state.schedule
         # The schedule changes by appending an entry *or* by replacing the last one in place (two updates at the same
@@ -83,6 +91,7 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
         key = (getattr(self.state, "schedule_version", None), len(schedule), schedule[-1][0], schedule[-1][1])
         cached = self._cache_key
         if cached is None or key[:3] != cached[:3] or key[3] is not cached[3]:
+            self._check_schedule()
             self._starts = [int(s) for s, _ in schedule]
             self._cdfs = []
             for _, w in schedule:
@@ -148,6 +157,7 @@ class StreamingMixture(torch.utils.data.IterableDataset):
         missing = [n for n in state.domain_names if n not in domain_streams]
         if missing:
             raise ValueError(f"domain_streams lacks the domains {missing}; it has {sorted(domain_streams)}.")
+        check_weight_vector(state.domain_weights, len(state.domain_names), "the mixture state's domain_weights")
         self.domain_streams = domain_streams
         self.state = state
         self.seed = int(seed)

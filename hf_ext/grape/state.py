@@ -9,9 +9,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..utils.io import atomic_open
@@ -23,6 +25,51 @@ _SCHEDULE_VERSIONS = itertools.count()
 STATE_TENSORS = "grape_state.safetensors"
 STATE_JSON = "grape_state.json"
 MIXTURE_FORMAT = "hf_ext.grape.mixture"
+
+
+def is_weight_number(value) -> bool:
+    """Whether `value` is a real number usable as a weight: an int or float (also a numpy or 0-d torch number), not a
+    bool (`True` would be read as 1) and not a string (`"0.5"` would be parsed)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0:
+        dtype = value.dtype
+        if isinstance(value, torch.Tensor):
+            return dtype != torch.bool and not dtype.is_complex
+        return dtype.kind in "iuf"
+    return False
+
+
+def check_weight_vector(weights, n: int, arg: str) -> torch.Tensor:
+    """`weights` as a float64 vector of `n` entries (not normalised), refused with a `ValueError` naming `arg` unless
+    they are numbers (no bools or strings), finite and non-negative with a positive sum (an empty vector for `n=0`).
+
+    A NaN, negative or all-zero weight vector used to be taken as is: the sampler then drew the first domain only (NaN,
+    all zero) or never drew a domain with a negative weight, and the NaN was exported.
+    """
+    if isinstance(weights, torch.Tensor):
+        if weights.dtype == torch.bool or weights.dtype.is_complex:
+            raise ValueError(f"{arg} must hold real numbers, got a {weights.dtype} tensor.")
+        w = weights.detach().to("cpu", torch.float64).clone()
+    elif isinstance(weights, np.ndarray):
+        if weights.dtype.kind not in "iuf":
+            raise ValueError(f"{arg} must hold real numbers, got an array of dtype {weights.dtype}.")
+        w = torch.from_numpy(weights.astype(np.float64)).clone()
+    else:
+        if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__"):
+            raise ValueError(f"{arg} must be a sequence of {n} numbers (one per name), got {weights!r}.")
+        values = list(weights)
+        bad = [v for v in values if not is_weight_number(v)]
+        if bad:
+            raise ValueError(f"{arg} must hold numbers (not bools or strings), got {bad[0]!r} in {values}.")
+        w = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if w.shape != (n,):
+        raise ValueError(f"{arg} has shape {tuple(w.shape)} but there are {n} names; give one weight per name.")
+    if n and (not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0):
+        raise ValueError(f"{arg} must hold finite non-negative weights with a positive sum, got {w.tolist()}.")
+    return w
 
 
 @dataclass
@@ -56,18 +103,13 @@ class MixtureState:
     trajectory: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.domain_weights = torch.as_tensor(self.domain_weights, dtype=torch.float64).clone()
-        self.task_weights = torch.as_tensor(self.task_weights, dtype=torch.float64).clone()
-        if self.domain_weights.shape != (len(self.domain_names),):
-            raise ValueError(
-                f"domain_weights has shape {tuple(self.domain_weights.shape)} but there are "
-                f"{len(self.domain_names)} domain names."
-            )
-        if self.task_weights.shape != (len(self.task_names),):
-            raise ValueError(
-                f"task_weights has shape {tuple(self.task_weights.shape)} but there are {len(self.task_names)} tasks."
-            )
         k, n = len(self.domain_names), len(self.task_names)
+        self.domain_weights = check_weight_vector(
+            self.domain_weights, k, f"domain_weights (domains {self.domain_names})"
+        )
+        self.task_weights = check_weight_vector(self.task_weights, n, f"task_weights (tasks {self.task_names})")
+        for i, (start, w) in enumerate(self.schedule):
+            check_weight_vector(w, k, f"schedule entry {i} (from sampler position {start})")
         if self.domain_weight_sum is None:
             self.domain_weight_sum = torch.zeros(k, dtype=torch.float64)
         if self.task_weight_sum is None:
@@ -83,7 +125,9 @@ class MixtureState:
     # ----------------------------------------------------------------------------------------------------------------
     def set_domain_weights(self, weights: torch.Tensor, position: int) -> None:
         """Record new domain weights that apply to sampler positions `>= position`."""
-        self.domain_weights = torch.as_tensor(weights, dtype=torch.float64).clone()
+        self.domain_weights = check_weight_vector(
+            weights, len(self.domain_names), f"set_domain_weights: weights (domains {self.domain_names})"
+        )
         self.domain_weight_sum += self.domain_weights
         self.domain_updates += 1
         position = max(int(position), self.schedule[-1][0])
@@ -94,7 +138,9 @@ class MixtureState:
         self.schedule_version = next(_SCHEDULE_VERSIONS)
 
     def set_task_weights(self, weights: torch.Tensor) -> None:
-        self.task_weights = torch.as_tensor(weights, dtype=torch.float64).clone()
+        self.task_weights = check_weight_vector(
+            weights, len(self.task_names), f"set_task_weights: weights (tasks {self.task_names})"
+        )
         self.task_weight_sum += self.task_weights
         self.task_updates += 1
 
@@ -243,10 +289,14 @@ def load_mixture(path: str, which: str = "final") -> dict[str, float]:
         weights = data
     if not isinstance(weights, dict) or not weights:
         raise ValueError(f"mixture file {path!r} must map domain names to weights.")
-    try:
-        values = {str(k): float(v) for k, v in weights.items()}
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"mixture file {path!r} has a non-numeric weight ({err}).") from err
+    bad = {str(k): v for k, v in weights.items() if not is_weight_number(v)}
+    if bad:
+        name, value = next(iter(bad.items()))
+        raise ValueError(
+            f"mixture file {path!r} has a non-numeric weight: domain {name!r} is {value!r} (JSON true/false and "
+            'strings such as "0.5" are not weights); write each weight as a JSON number.'
+        )
+    values = {str(k): float(v) for k, v in weights.items()}
     total = sum(values.values())
     if any(v < 0 or not math.isfinite(v) for v in values.values()) or total <= 0:
         raise ValueError(f"mixture file {path!r} must hold finite non-negative weights with a positive sum.")

@@ -41,7 +41,7 @@ from .rules import (
     task_objective,
 )
 from .sampler import MixtureSampler, StreamingMixture
-from .state import MixtureState, export_mixture, load_mixture
+from .state import MixtureState, export_mixture, is_weight_number, load_mixture
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +191,14 @@ class GrapeTrainer(Trainer):
             )
         if method == "fixed" and domain_weights is None and not args.mixture_file:
             raise ValueError("reweight_method='fixed' needs --mixture_file (a mixture JSON) or domain_weights=...")
+        if method == "uniform" and (domain_weights is not None or args.mixture_file):
+            flag = "domain_weights" if domain_weights is not None else "--mixture_file"
+            given = "domain_weights=..." if domain_weights is not None else f"--mixture_file {args.mixture_file!r}"
+            raise ValueError(
+                f"reweight_method='uniform' trains on uniform domain weights, but {given} gives initial weights: the "
+                "run would train on those and export them as 'uniform'. Use reweight_method='fixed' to train on given "
+                f"weights, or drop {flag}."
+            )
         gc_kwargs = args.activation_checkpointing_kwargs if args.activation_checkpointing else None
         reentrant = _reentrant_checkpointing(gc_kwargs, model)
         if needs_targets and reentrant:
@@ -309,10 +317,12 @@ class GrapeTrainer(Trainer):
         unknown, missing = sorted(set(weights) - set(names)), sorted(set(names) - set(weights))
         if unknown or missing:
             raise ValueError(f"{arg} must name exactly {names}; unknown {unknown}, missing {missing}.")
-        try:
-            w = torch.tensor([float(weights[n]) for n in names], dtype=torch.float64)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{arg} must map each name to a number ({err}), got {weights}.") from None
+        bad = [n for n in names if not is_weight_number(weights[n])]
+        if bad:  # float(True) and float("0.5") used to be taken as weights
+            raise ValueError(
+                f"{arg} must map each name to a number (not a bool or a string): {bad[0]!r} is {weights[bad[0]]!r}."
+            )
+        w = torch.tensor([float(weights[n]) for n in names], dtype=torch.float64)
         if (w < 0).any() or not torch.isfinite(w).all() or w.sum() <= 0:
             raise ValueError(f"{arg} must hold finite non-negative weights with a positive sum, got {weights}.")
         return w / w.sum()
