@@ -164,11 +164,9 @@ def _check_row_lengths(dataset, what: str) -> None:
             )
 
 
-def _check_labelled_rows(dataset, what: str) -> None:
-    """Refuse target rows without a labelled next-token position (every `labels` entry after the first -100 or
-    masked, or a one-token row): such a row has no loss (the causal shift drops the first token), so a reweighting
-    sample made of them has a NaN loss and a zero gradient, which GRAPE reads as a task that does not improve (its
-    weight rose at every update; `grape_ema` failed on a NaN score)."""
+def _labelled_rows(dataset):
+    """Boolean numpy array: whether each row has a labelled next-token position (a `labels` entry other than -100 with
+    `attention_mask` 1, after the first token, which the causal shift drops)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -176,10 +174,22 @@ def _check_labelled_rows(dataset, what: str) -> None:
     table = dataset.with_format("arrow")
     labels = pc.list_slice(table["labels"].combine_chunks(), 1)
     mask = pc.list_flatten(pc.list_slice(table["attention_mask"].combine_chunks(), 1))
-    real = mask if pa.types.is_boolean(mask.type) else pc.equal(mask, 1)  # True / False masks: no bool == int kernel
-    counted = pc.and_(pc.not_equal(pc.list_flatten(labels), -100), real)
+    if not pa.types.is_boolean(mask.type):  # True / False masks (pyarrow has no bool == int comparison)
+        mask = pc.equal(mask, 1)
+    counted = pc.and_(pc.not_equal(pc.list_flatten(labels), -100), mask)
     labelled = np.zeros(len(dataset), dtype=bool)
     labelled[pc.unique(pc.filter(pc.list_parent_indices(labels), pc.fill_null(counted, False))).to_numpy()] = True
+    return labelled
+
+
+def _check_labelled_rows(dataset, what: str) -> None:
+    """Refuse target rows without a labelled next-token position (every `labels` entry after the first -100 or
+    masked, or a one-token row): such a row has no loss (the causal shift drops the first token), so a reweighting
+    sample made of them has a NaN loss and a zero gradient, which GRAPE reads as a task that does not improve (its
+    weight rose at every update; `grape_ema` failed on a NaN score)."""
+    import numpy as np
+
+    labelled = _labelled_rows(dataset)
     if not labelled.all():
         bad = np.flatnonzero(~labelled)
         raise ValueError(
@@ -188,6 +198,48 @@ def _check_labelled_rows(dataset, what: str) -> None:
             "have no loss to reweight by; drop them (e.g. dataset.filter(lambda r: any(l != -100 for l in "
             "r['labels'][1:])) or fix the labels."
         )
+
+
+def check_labelled_domains(dataset, names: list[str], rows: list[list[int]]) -> None:
+    """Refuse source domains none of whose rows (`rows[k]` of `dataset`, which has `labels` and `attention_mask`) has a
+    labelled next token. Such a domain has no training loss; at each update its minibatch loss was NaN and its
+    gradient zero, so GRAPE and DoGE scored it 0 (DoReMi an excess loss of 0) and kept sampling it, logging NaN."""
+    labelled = _labelled_rows(dataset)
+    empty = [name for name, ix in zip(names, rows) if not labelled[ix].any()]
+    if empty:
+        raise ValueError(
+            f"train_dataset: the source domains {empty} have no labelled token: in every one of their rows the labels "
+            "are -100 (or masked) after the first token, or the row holds one token, so the domain has no loss to "
+            "train on or reweight by. Fix their labels (e.g. labels = input_ids for plain text), or drop the domain "
+            "from train_dataset."
+        )
+
+
+def check_token_ids(dataset, vocab_size: int, what: str) -> None:
+    """Refuse `input_ids` (and `labels` other than -100) outside `[0, vocab_size)`: the model's embedding (and loss)
+    cannot index them. A target tokenized with another tokenizer used to pass construction and fail with a bare
+    `IndexError` (on CUDA a device-side assert) at the first task update, `reweight_tasks_every` steps later."""
+    import pyarrow.compute as pc
+
+    table = dataset.with_format("arrow")
+    for column in ("input_ids", "labels"):
+        if column not in dataset.column_names:
+            continue
+        values = pc.list_flatten(table[column].combine_chunks())
+        if column == "labels":
+            values = pc.filter(values, pc.not_equal(values, -100))
+        if len(values) == 0:
+            continue
+        low, high = (v.as_py() for v in pc.min_max(values).values())
+        if low is None:
+            continue
+        bad = high if high >= vocab_size else (low if low < 0 else None)
+        if bad is not None:
+            raise ValueError(
+                f"{what} has the token id {bad} in its {column}, but the model's vocabulary has {vocab_size} tokens "
+                f"(ids 0..{vocab_size - 1}): was it tokenized with another tokenizer? Tokenize it with the model's "
+                "tokenizer (or pass it as raw text with processing_class=<that tokenizer>)."
+            )
 
 
 def pad_target_features(features: list[dict], pad_token_id: int) -> dict:

@@ -23,7 +23,9 @@ from ..fp8.emulation import fp8_auxiliary_pass
 from .configuration_grape import GrapeConfig
 from .data import (
     MODEL_COLUMNS,
+    check_labelled_domains,
     check_no_empty_rows,
+    check_token_ids,
     domain_rows,
     ensure_lm_columns,
     ensure_lm_stream,
@@ -93,6 +95,24 @@ def _vocab_size(model) -> int | None:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = getattr(head, "weight", None)
     return None if weight is None else int(weight.shape[0])
+
+
+def _token_id_limit(model) -> int | None:
+    """How many token ids `model` can take: the rows of its input embedding (and of its output embedding, which the
+    labels index), or `None` when it exposes neither."""
+    sizes = []
+    try:
+        embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except NotImplementedError:
+        embedding = None
+    weight = getattr(embedding, "weight", None)
+    if weight is not None:
+        sizes.append(int(weight.shape[0]))
+    head = _vocab_size(model)
+    if head is not None:
+        sizes.append(head)
+    sizes = [n for n in sizes if n > 0]  # a parameter partitioned away (DeepSpeed ZeRO-3) has no rows here
+    return min(sizes) if sizes else None
 
 
 class GrapeTrainer(Trainer):
@@ -246,6 +266,8 @@ class GrapeTrainer(Trainer):
             builds_labels = isinstance(kwargs.get("data_collator"), DataCollatorForLanguageModeling)
             train_dataset = ensure_lm_columns(train_dataset, add_labels=not builds_labels)
             domain_names, self._domain_indices = domain_rows(train_dataset, args.domain_column)
+            if "labels" in train_dataset.column_names:  # else the collator builds them from every input_ids row
+                check_labelled_domains(train_dataset, domain_names, self._domain_indices)
             source = train_dataset.remove_columns([args.domain_column])
             self._domain_source = source.select_columns([c for c in MODEL_COLUMNS if c in source.column_names])
         self.target_datasets = {}
@@ -269,6 +291,10 @@ class GrapeTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=source, **kwargs)
         if not streaming:
             self._check_source_collation()
+        limit = _token_id_limit(self.model)
+        if limit is not None:
+            for name, ds in self.target_datasets.items():
+                check_token_ids(ds, limit, f"target_datasets[{name!r}]")
         if method not in ("uniform", "fixed") and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
                 f"reweight_method={method!r} takes per-domain gradients of the full model, which needs DDP (or one "

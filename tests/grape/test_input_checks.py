@@ -1,5 +1,6 @@
-"""Bad inputs refused by name (audit 2026-12-04): invalid weights given to the building blocks, initial weights for
-`uniform`, and bool / string weights."""
+"""Bad inputs refused by name at construction (audit 2026-12-04): target token ids outside the model's vocabulary, a
+source domain without a labelled token, invalid weights given to the building blocks, initial weights for `uniform`,
+and bool / string weights."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 
 from hf_ext.grape import GrapeConfig, GrapeTrainer, MixtureSampler, MixtureState, StreamingMixture, load_mixture
 
@@ -29,6 +31,66 @@ def _args(out, **overrides) -> GrapeConfig:
     )
     kw.update(overrides)
     return GrapeConfig(**kw)
+
+
+# ---- 3: target token ids beyond the model's vocabulary --------------------------------------------------------------
+def test_target_token_ids_beyond_the_vocabulary_are_refused_naming_the_task(synthetic, grape_helpers, tmp_path):
+    """Was: constructed without complaint, trained `reweight_tasks_every` steps, then a bare `IndexError: index out
+    of range in self` at the first task update (on CUDA a device-side assert)."""
+    train, targets = synthetic
+    vocab = grape_helpers["VOCAB"]
+    bad = Dataset.from_dict({"input_ids": [[5, 7, vocab + 100, 3]] * 8})
+    with pytest.raises(ValueError, match=rf"target_datasets\['qa'\] has the token id {vocab + 100} in its input_ids.*"
+                       rf"vocabulary has {vocab} tokens"):  # fmt: skip
+        GrapeTrainer(
+            model=grape_helpers["tiny_llama"](),
+            args=_args(tmp_path),
+            train_dataset=train,
+            target_datasets={"t_a": targets["t_a"], "qa": bad},
+        )
+    labels = Dataset.from_dict({"input_ids": [[5, 7, 9, 3]] * 8, "labels": [[-100, 7, vocab, 3]] * 8})
+    with pytest.raises(ValueError, match=rf"target_datasets\['qa'\] has the token id {vocab} in its labels"):
+        GrapeTrainer(
+            model=grape_helpers["tiny_llama"](),
+            args=_args(tmp_path),
+            train_dataset=train,
+            target_datasets={"t_a": targets["t_a"], "qa": labels},
+        )
+    # ids up to vocab - 1 (and -100 labels) are fine
+    ok = Dataset.from_dict({"input_ids": [[5, 7, vocab - 1, 3]] * 8, "labels": [[-100, 7, vocab - 1, 3]] * 8})
+    GrapeTrainer(
+        model=grape_helpers["tiny_llama"](),
+        args=_args(tmp_path),
+        train_dataset=train,
+        target_datasets={"t_a": targets["t_a"], "qa": ok},
+    )
+
+
+# ---- 4: a source domain without any labelled token ------------------------------------------------------------------
+def test_a_source_domain_without_a_labelled_token_is_refused_naming_it(synthetic, grape_helpers, tmp_path):
+    """Was: accepted; at each update its minibatch loss was NaN and its gradient zero, GRAPE scored it 0 and kept
+    sampling it (weight 0.31 after 2 updates), logging a NaN loss and EMA."""
+    train, targets = synthetic
+    ids, domains = train["input_ids"], train["domain"]
+
+    def with_labels(unlabelled):
+        labels = [[-100] * len(r) if unlabelled(i, d) else r for i, (r, d) in enumerate(zip(ids, domains))]
+        return Dataset.from_dict({"input_ids": ids, "labels": labels, "domain": domains})
+
+    with pytest.raises(ValueError, match=r"source domains \['c'\] have no labelled token"):
+        GrapeTrainer(
+            model=grape_helpers["tiny_llama"](),
+            args=_args(tmp_path),
+            train_dataset=with_labels(lambda i, d: d == "c"),
+            target_datasets=targets,
+        )
+    # a domain with some labelled rows (e.g. prompt-only rows among others) is accepted
+    GrapeTrainer(
+        model=grape_helpers["tiny_llama"](),
+        args=_args(tmp_path),
+        train_dataset=with_labels(lambda i, d: d == "c" and i % 2 == 0),
+        target_datasets=targets,
+    )
 
 
 # ---- 5: the building blocks validate weights ------------------------------------------------------------------------
@@ -155,3 +217,25 @@ def test_numpy_and_torch_numbers_are_weights(tmp_path):
     assert load_mixture(str(path)) == {"a": 0.25, "b": 0.75}
     w = GrapeTrainer._weights_from({"a": np.float32(1.0), "b": torch.tensor(3.0)}, ["a", "b"], "domain_weights")
     assert w.tolist() == [0.25, 0.75]
+
+
+def test_the_labelled_row_checks_read_a_boolean_attention_mask(synthetic, grape_helpers, tmp_path):
+    """A True / False `attention_mask` made the labelled-row check of a tokenized target fail with pyarrow's
+    ArrowNotImplementedError (no bool == int kernel); the check is shared with the source-domain check."""
+    train, targets = synthetic
+    ids = targets["t_a"]["input_ids"]
+    ok = Dataset.from_dict({"input_ids": ids, "attention_mask": [[True] * (len(r) - 2) + [False] * 2 for r in ids]})
+    GrapeTrainer(
+        model=grape_helpers["tiny_llama"](),
+        args=_args(tmp_path),
+        train_dataset=train,
+        target_datasets={"t_a": ok, "t_b": targets["t_b"]},
+    )
+    masked = Dataset.from_dict({"input_ids": ids, "attention_mask": [[True] + [False] * (len(r) - 1) for r in ids]})
+    with pytest.raises(ValueError, match=r"target_datasets\['t_a'\] has 24 of 24 rows without a labelled next token"):
+        GrapeTrainer(
+            model=grape_helpers["tiny_llama"](),
+            args=_args(tmp_path),
+            train_dataset=train,
+            target_datasets={"t_a": masked, "t_b": targets["t_b"]},
+        )
