@@ -38,6 +38,12 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
             yet drawn.
         num_samples (`int`, *optional*): Indices per epoch; defaults to the total number of rows.
         seed (`int`, *optional*, defaults to 0): Base seed; use the same value on every rank.
+
+    Attributes:
+        restart_schedule_on_iter (`bool`): When set, the next `__iter__` first calls
+            `state.start_segment(epoch * num_samples)`, so that pass draws with the state's current weights from its
+            first position on (set by `GrapeTrainer` for a resume with `ignore_data_skip=True`, which restarts the
+            epoch from its first batch); cleared once done.
     """
 
     def __init__(
@@ -64,6 +70,7 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
         self._check_schedule()
         self.seed = int(seed)
         self.epoch = 0
+        self.restart_schedule_on_iter = False
         #: Global position (over the run) of the next index this sampler hands out.
         self.position = 0
         self._cache_key: tuple | None = None
@@ -116,6 +123,9 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         base = self.epoch * self.num_samples
+        if self.restart_schedule_on_iter:
+            self.restart_schedule_on_iter = False
+            self.state.start_segment(base)
         chunk_id, uniforms = -1, None
         for i in range(self.num_samples):
             if i // _CHUNK != chunk_id:

@@ -137,6 +137,23 @@ class MixtureState:
             self.schedule.append((position, self.domain_weights.clone()))
         self.schedule_version = next(_SCHEDULE_VERSIONS)
 
+    def start_segment(self, position: int) -> None:
+        """Draw sampler positions `>= position` with the current domain weights from now on.
+
+        Schedule entries that start after `position` are dropped (those positions are drawn again) and the current
+        weights are recorded at `position`. `GrapeTrainer` calls this when a resumed run restarts its epoch from the
+        first batch instead of skipping the batches already trained on (`ignore_data_skip=True`): without it, the
+        re-drawn positions followed the schedule of the interrupted run (its initial weights) and an update after the
+        resume only replaced the schedule's last entry, reaching no sequence before the checkpoint's position.
+        """
+        position = int(position)
+        last_start, last_weights = self.schedule[-1]
+        if last_start <= position and torch.equal(last_weights, self.domain_weights):
+            return  # positions >= `position` are drawn with the current weights already
+        kept = [(start, w) for start, w in self.schedule if start < position]
+        self.schedule = [*kept, (position, self.domain_weights.clone())]
+        self.schedule_version = next(_SCHEDULE_VERSIONS)
+
     def set_task_weights(self, weights: torch.Tensor) -> None:
         self.task_weights = check_weight_vector(
             weights, len(self.task_names), f"set_task_weights: weights (tasks {self.task_names})"

@@ -362,10 +362,15 @@ class GrapeTrainer(Trainer):
         current weights (the new run's sampler starts at position 0), the update counts and time averages restart,
         and the trajectory restarts with a step-0 record; `mixture.json` then describes the new run. With `model_init`
         (the model is re-created, e.g. in `hyperparameter_search`) the new run starts from the initial weights
-        instead. `resume_from_checkpoint` restores the checkpoint's state as always.
+        instead. `resume_from_checkpoint` restores the checkpoint's state as always; with `ignore_data_skip=True` (the
+        resumed epoch restarts from its first batch) the re-drawn positions use the checkpoint's current domain
+        weights, as a new segment of the sampler's weight schedule, so updates after the resume apply at once.
         """
         if resume_from_checkpoint is False:
             resume_from_checkpoint = None
+        # `ignore_data_skip=True` restarts the resumed epoch from its first batch: its sampler then starts a new
+        # schedule segment holding the checkpoint's current weights (see `_get_train_sampler`)
+        self._restart_schedule_on_resume = resume_from_checkpoint is not None and bool(self.args.ignore_data_skip)
         if self._mixture_run_started and resume_from_checkpoint is None:
             self._start_new_mixture_run(from_initial=self.model_init is not None)
         return super().train(
@@ -402,6 +407,11 @@ class GrapeTrainer(Trainer):
         self._mixture_sampler = MixtureSampler(
             self._domain_indices, self.mixture_state, num_samples=self.args.samples_per_epoch, seed=self.args.seed
         )
+        # A resume with `ignore_data_skip=True` draws the resumed epoch again from its first position. Those positions
+        # are re-drawn with the checkpoint's current weights (a new schedule segment from there), not with the
+        # weights the interrupted run had there (its initial ones), and later updates apply at once. The segment is
+        # started when the sampler is first iterated, after the checkpoint's state is restored.
+        self._mixture_sampler.restart_schedule_on_iter = getattr(self, "_restart_schedule_on_resume", False)
         return self._mixture_sampler
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
