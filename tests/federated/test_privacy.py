@@ -13,6 +13,7 @@ from hf_ext.federated import (
     PrivateTrainer,
     PrivateTrainingArguments,
     clip_per_sample,
+    dp_gradient,
     noisy_sum,
     per_sample_gradients,
 )
@@ -216,6 +217,54 @@ def test_accountant_composition_and_state():
         PrivacyAccountant("moments")
 
 
+def test_fractional_step_counts_are_refused_not_truncated():
+    """A float step count (e.g. epochs * N / B) truncated to an integer would under-report epsilon: 1.9 steps
+    recorded as 1 gives eps 3.53 at (q 0.5, sigma 1, delta 1e-5), where the 2 steps it stands for give 4.85."""
+    acc = PrivacyAccountant()
+    for bad in (1.5, 1.9, 0.5, -1, True):
+        with pytest.raises(ValueError, match="num_steps"):
+            acc.step(0.5, 1.0, bad)
+    assert acc.history == [] and acc.steps == 0
+    acc.step(0.5, 1.0, 2.0)  # an integral float is an integer count
+    assert acc.history == [(0.5, 1.0, 2)] and acc.steps == 2
+
+
+@pytest.mark.parametrize("bad", [0.5, 0.10001, 0.0, -1.0, float("nan")])
+def test_pld_discretization_outside_0_to_0_1_is_refused(bad):
+    """0.5 would be accepted by dp-accounting and report eps 10.37 where 1e-3 gives 1.83 (q 0.01, sigma 1, 1000
+    steps): a valid but uselessly pessimistic bound; -1 would fail deep inside dp-accounting."""
+    with pytest.raises(ValueError, match="pld_discretization"):
+        PrivacyAccountant(pld_discretization=bad)
+    assert PrivacyAccountant(pld_discretization=0.1).pld_discretization == 0.1  # the bound itself is allowed
+
+
+def _dp_accounting_pld_epsilon(history, delta, discretization=1e-3):
+    """Epsilon of Poisson-subsampled Gaussian steps composed by dp-accounting directly (not via PrivacyAccountant)."""
+    import dp_accounting
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
+    acc = PLDAccountant(value_discretization_interval=discretization)
+    for q, sigma, n in history:
+        acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), n)
+    return acc.get_epsilon(delta)
+
+
+def test_loading_a_state_replaces_the_history_of_a_non_empty_accountant():
+    """`load_state_dict` restores the saved steps; it must not add them to the steps the accountant already holds
+    (a continued accountant restored from a checkpoint would count the saved steps twice)."""
+    saved = PrivacyAccountant()
+    saved.step(0.01, 1.0, 500)
+    state = json_roundtrip(saved.state_dict())
+    acc = PrivacyAccountant()
+    acc.step(0.25, 2.0, 7)  # steps the saved state does not hold
+    acc.load_state_dict(state)
+    assert acc.history == [(0.01, 1.0, 500)] and acc.steps == 500
+    expected = _dp_accounting_pld_epsilon([(0.01, 1.0, 500)], 1e-5)
+    assert acc.get_epsilon(1e-5) == pytest.approx(expected, rel=1e-9)
+    saved.load_state_dict(state)  # restoring an accountant's own state leaves it unchanged
+    assert saved.history == [(0.01, 1.0, 500)] and saved.get_epsilon(1e-5) == pytest.approx(expected, rel=1e-9)
+
+
 def json_roundtrip(obj):
     import json
 
@@ -307,7 +356,41 @@ def test_dp_settings_that_would_silently_disable_dp_are_refused(tmp_path, kwargs
         noisy_sum({"w": torch.zeros(2, 3)}, 1.0, float("nan"))
 
 
-def _dp_trainer(model, ds, out, max_steps=4, save_steps=2, **kw):
+@pytest.mark.parametrize("sigma", [-1.0, -1e-3])
+def test_public_dp_functions_refuse_a_negative_noise_multiplier(sigma):
+    """A negative multiplier makes the noise std negative, so no noise at all would be added: `noisy_sum` and
+    `dp_gradient` would release the exact gradient sum. PrivateTrainingArguments checks its own flag; these public
+    functions and the accountant have only their own check."""
+    clipped = {"w": torch.ones(4, 3)}
+    with pytest.raises(ValueError, match="noise_multiplier"):
+        noisy_sum(clipped, 1.0, sigma)
+    model = torch.nn.Linear(2, 2)
+    empty = torch.zeros(0, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match="noise_multiplier"):
+        dp_gradient(model, empty, empty, 1.0, sigma, expected_batch_size=4)
+    acc = PrivacyAccountant()
+    with pytest.raises(ValueError, match="noise_multiplier"):
+        acc.step(0.1, sigma)
+    assert acc.history == []
+
+
+@pytest.mark.parametrize("max_norm", [0.0, -1.0, float("inf"), float("nan")])
+def test_noise_with_a_sensitivity_that_is_not_finite_and_positive_is_refused(max_norm):
+    """The noise std is sigma * max_norm: with max_norm 0 (or negative) no noise would be added and nothing said.
+    `dp_gradient` on an empty Poisson batch skips `clip_per_sample` (which checks max_norm), so `noisy_sum`'s check
+    is its only guard: without it the result is a silent zero gradient."""
+    clipped = {"w": torch.ones(4, 3)}
+    with pytest.raises(ValueError, match="max_norm"):
+        noisy_sum(clipped, max_norm, 1.0)
+    model = torch.nn.Linear(2, 2)
+    empty = torch.zeros(0, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match="max_norm"):
+        dp_gradient(model, empty, empty, max_norm, 1.0, expected_batch_size=4)
+    # without noise there is nothing to calibrate: the exact sum, with any max_norm
+    torch.testing.assert_close(noisy_sum(clipped, max_norm, 0.0)["w"], torch.full((3,), 4.0))
+
+
+def _dp_trainer(model, ds, out, max_steps=4, save_steps=2, accountant=None, **kw):
     args = PrivateTrainingArguments(
         output_dir=out,
         per_device_train_batch_size=4,
@@ -327,7 +410,9 @@ def _dp_trainer(model, ds, out, max_steps=4, save_steps=2, **kw):
     )
     from transformers import default_data_collator
 
-    return PrivateTrainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator)
+    return PrivateTrainer(
+        model=model, args=args, train_dataset=ds, data_collator=default_data_collator, accountant=accountant
+    )
 
 
 @pytest.mark.parametrize("max_steps, resume_at", [(4, 2), (11, 7)])  # resumed in the first / a later epoch
@@ -359,6 +444,37 @@ def test_dp_trainer_resume_matches_uninterrupted_run(tmp_path, small_tokenizer, 
     for n, p in resumed.model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.detach(), after[n], atol=1e-6, rtol=1e-5)
+
+
+def test_dp_trainer_resumed_with_a_continued_accountant_counts_steps_once(tmp_path, small_tokenizer, client_datasets):
+    """`PrivateTrainer(accountant=...)` continues a client's accountant across rounds. Resumed from a checkpoint of
+    the current round, its accountant (holding the earlier rounds) must become the checkpoint's, which already
+    includes the earlier rounds: adding the saved steps to it counted the earlier rounds twice."""
+    from hf_ext.federated import FederatedArguments, apply_lora
+
+    ds = client_datasets[0].select(range(12))  # q = 4/12
+    earlier = [(0.05, 1.0, 100)]  # an earlier round of this client
+
+    def continued():
+        acc = PrivacyAccountant()
+        for q, sigma, n in earlier:
+            acc.step(q, sigma, n)
+        return acc
+
+    def fresh():
+        return apply_lora(tiny_llama(len(small_tokenizer), hidden=16), FederatedArguments(lora_r=2), seed=0)
+
+    full = _dp_trainer(fresh(), ds, str(tmp_path / "a"), max_steps=4, save_steps=2, accountant=continued())
+    full.train()
+    q = full.sample_rate
+    assert q == pytest.approx(4 / 12)
+    expected_history = earlier + [(q, 0.8, 4)]
+    assert full.accountant.history == expected_history
+    resumed = _dp_trainer(fresh(), ds, str(tmp_path / "b"), max_steps=4, save_steps=2, accountant=continued())
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    assert resumed.accountant.history == expected_history and resumed.accountant.steps == 104
+    expected = _dp_accounting_pld_epsilon(expected_history, resumed.args.dp_delta)
+    assert resumed.privacy_spent()["epsilon"] == pytest.approx(expected, rel=1e-9)
 
 
 def _dp_sgd_args(output_dir, **kw) -> PrivateTrainingArguments:
