@@ -76,6 +76,22 @@ def test_summary_per_replication_and_prefix_length():
     assert s["per_replication"][10]["exact_mean"] == 0.5 and s["per_replication"][10]["exact_worst"] == 1.0
     assert s["per_replication"][1]["approximate_mean"] == 0.5
     assert s["overall"]["exact"][10] == 0.5
+    # one distinct canary per replication count, two overall, each probed at two prefix lengths
+    assert s["per_replication"][10]["num_canaries"] == s["per_replication"][1]["num_canaries"] == 1
+    assert s["overall"]["num_canaries"] == 2
+
+
+def test_summary_counts_distinct_canaries_not_probes():
+    """Paper defaults probe every canary at five prefix lengths: `num_canaries` is the number of canaries (2 here),
+    not the number of (canary, prefix length) records (10)."""
+    lengths = (10, 50, 100, 200, 500)
+    records = [
+        {"canary_id": f"canary-{c}", "replication": 10, "prefix_length": L, "exact": False, "approximate": False}
+        for c in range(2)
+        for L in lengths
+    ]
+    s = summarize_records(records, lengths)
+    assert s["per_replication"][10]["num_canaries"] == 2 and s["overall"]["num_canaries"] == 2
 
 
 def test_summary_leaves_out_cells_without_probes():
@@ -150,6 +166,37 @@ def test_measure_memorization_pipeline(small_tokenizer):
         measure_memorization(model, small_tokenizer, [])
     with pytest.raises(ValueError, match="prefix_lengths"):
         measure_memorization(model, small_tokenizer, canaries, prefix_lengths=(0,))
+
+
+@pytest.mark.parametrize("threshold", [0.0, -0.5, 1.5, float("nan")])
+def test_measure_memorization_refuses_a_bleu_threshold_outside_0_1(small_tokenizer, threshold):
+    """With bleu_threshold 0 every probe counts as approximately memorized (an untrained model reported a 100%
+    rate); above 1 none can; NaN compares false with everything."""
+    canaries = make_canaries(2, {1: 1.0}, num_words=60, seed=0)
+    model = _OracleLM([], filler=small_tokenizer.convert_tokens_to_ids("Z"))
+    with pytest.raises(ValueError, match="bleu_threshold"):
+        measure_memorization(model, small_tokenizer, canaries, prefix_lengths=(5,), bleu_threshold=threshold)
+    # the bound itself is valid: an oracle that memorized nothing is approximately extracted at rate 0
+    res = measure_memorization(
+        model, small_tokenizer, canaries, prefix_lengths=(5,), bleu_threshold=1.0, frequency_penalty=0.0
+    )
+    assert res["overall"]["approximate"] == {5: 0.0}
+
+
+@pytest.mark.parametrize(
+    "num_canaries,expected",
+    [
+        # nearest integer of num_canaries * fraction per level (largest count first), the rest at the smallest count
+        (2, [10, 1]),  # 0.6 -> 1 ten-fold canary, 1.4 -> 1 single one
+        (9, [10, 10, 10] + [1] * 6),  # 2.7 -> 3, 6.3 -> 6
+        (10, [10, 10, 10] + [1] * 7),  # exact: 3 and 7
+    ],
+)
+def test_make_canaries_rounds_each_levels_count_to_the_nearest_integer(num_canaries, expected):
+    """With the paper's mix (30% x10, 70% x1) the level counts are rounded, not floored: flooring gave no ten-fold
+    canary at all out of 2 (0.6 -> 0) and 2 instead of 3 out of 9."""
+    assert [c.replication for c in make_canaries(num_canaries, num_words=3)] == expected
+    assert [c.replication for c in make_canaries(num_canaries, {10: 0.3, 1: 0.7}, num_words=3)] == expected
 
 
 def test_assign_canaries():

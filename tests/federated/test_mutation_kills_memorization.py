@@ -168,6 +168,22 @@ def test_single_client_assignment_gives_one_client_every_copy():
     assert sum(len(x) for x in per_client) == sum(c.replication for c in canaries) == 4 * 10 + 4 * 3
 
 
+def test_single_client_assignment_never_picks_a_client_without_data():
+    """The holder of a canary is drawn in proportion to `client_sizes`: a client of size 0 never gets a copy (drawn
+    uniformly, two clients with no data received 100 of the 200 copies of 20 ten-fold canaries)."""
+    from hf_ext.federated import assign_canaries, make_canaries
+
+    canaries = make_canaries(20, {10: 1.0}, num_words=5)
+    per_client = assign_canaries(canaries, [0, 100, 0], "single_client")
+    assert [len(x) for x in per_client] == [0, 200, 0]
+    assert all(c.clients == (1,) for c in canaries)
+    canaries = make_canaries(30, {3: 1.0}, num_words=5, seed=3)
+    per_client = assign_canaries(canaries, [0, 7, 0, 2], "single_client", seed=5)
+    assert len(per_client[0]) == len(per_client[2]) == 0
+    assert len(per_client[1]) + len(per_client[3]) == 90
+    assert all(c.clients in ((1,), (3,)) for c in canaries)
+
+
 def test_measurement_restores_the_models_training_mode():
     base = 0x4E00
     text = "".join(chr(base + i) for i in range(13))
