@@ -67,6 +67,29 @@ def test_collator_and_invalid_k():
         goldfish_drop_mask(torch.zeros(1, 20, dtype=torch.long), 1)
 
 
+def test_defaults_are_k_4_and_a_13_token_window():
+    """Documented defaults: GoldfishCollator drops 1/4 of the targets (k = 4) keyed by 13-token windows, and
+    `goldfish_drop_mask` hashes 13 tokens; both are checked against the reference rule, not only the attributes."""
+    from transformers import default_data_collator
+
+    from .test_mutation_kills_memorization import _reference_drop
+
+    collator = GoldfishCollator(default_data_collator)
+    assert (collator.k, collator.context_width) == (4, 13)
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, 4096, (2, 120), generator=g)
+    batch = collator([{"input_ids": row.tolist(), "labels": row.tolist()} for row in ids])
+    expected = ids.clone()
+    expected[:, 1:][_reference_drop(ids[:, 1:], 4, 13)] = -100
+    assert torch.equal(batch["labels"], expected)
+    assert (batch["labels"] == -100).any()
+    targets = torch.randint(1, 4096, (2, 150), generator=g)
+    assert torch.equal(goldfish_drop_mask(targets, 4), _reference_drop(targets, 4, 13))
+    # the data above tell the defaults apart from their neighbours
+    assert not torch.equal(_reference_drop(ids[:, 1:], 3, 13), _reference_drop(ids[:, 1:], 4, 13))
+    assert not torch.equal(_reference_drop(targets, 4, 12), _reference_drop(targets, 4, 13))
+
+
 @pytest.mark.parametrize("dp", [False, True])
 def test_private_trainer_drops_goldfish_tokens_in_training_only(tmp_path, dp):
     """Goldfish drops target tokens from the training loss; `evaluate()` reports the loss over every token, as the
