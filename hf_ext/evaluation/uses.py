@@ -31,8 +31,10 @@ def layer_pairing_task_sweep(
         tasks: lm-eval tasks; default the packaged `hf_ext_domain` and `hf_ext_cloze`.
         metric (`str`, *optional*, defaults to `"acc"`): Task metric reported and used for the retention.
         num_fewshot (`int`, *optional*, defaults to 0): Shots per prompt.
-        eval_dataset (*optional*): Packed dataset (`input_ids`, `labels`); adds token-level `perplexity` and
-            `ppl_ratio` columns computed as in the perplexity sweep (`evaluate_causal_lm`).
+        eval_dataset (*optional*): Packed `datasets.Dataset` (`input_ids`, `labels`); adds token-level `perplexity`
+            and `ppl_ratio` columns computed as in the perplexity sweep (`evaluate_causal_lm`). Checked before any
+            evaluation: a dataset without these columns, an empty one and one with no token to predict (1-token
+            blocks, every label -100) are refused.
         mode, mlp_norm (`str`): As in `convert_to_layer_parallel`.
         kwargs: Passed to [`evaluate_model`] (`limit`, `batch_size`, ...).
 
@@ -49,8 +51,10 @@ def layer_pairing_task_sweep(
         layer_attention_types,
         resolve_pairs,
     )
-    from ..models.layer_parallel.sweep import evaluate_causal_lm, pairing_ranges
+    from ..models.layer_parallel.sweep import check_eval_dataset, evaluate_causal_lm, pairing_ranges
 
+    if eval_dataset is not None:  # columns, emptiness, a token to predict: before the source's lm-eval run
+        check_eval_dataset(eval_dataset)
     ranges = [tuple(int(x) for x in r) for r in ranges]
     if not ranges:
         raise ValueError("ranges is empty; pass e.g. pairing_ranges(num_layers, [1]).")

@@ -197,6 +197,7 @@ def _lm_results(scores: dict, metric: str, group: dict | None = None) -> dict:
 def test_task_sweep_retention_and_ppl_ratio_by_hand(small_tokenizer, monkeypatch):
     """`layer_pairing_task_sweep` with scripted lm-eval results: an explicitly asked group member is kept, a
     word-perplexity task is lower-is-better, `ppl_ratio` = paired / source perplexity."""
+    from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import hf_ext.evaluation.uses as uses
@@ -215,8 +216,14 @@ def test_task_sweep_retention_and_ppl_ratio_by_hand(small_tokenizer, monkeypatch
         uses, "evaluate_model", lambda *a, **k: _lm_results(next(calls), "word_perplexity", {"g": ["g_a", "g_b"]})
     )
     monkeypatch.setattr(sweep, "evaluate_causal_lm", lambda *a, **k: {"perplexity": next(ppl)})
+    blocks = Dataset.from_dict({"input_ids": [[1, 2, 3]], "labels": [[1, 2, 3]]})  # checked up front, then scripted
     rows = layer_pairing_task_sweep(
-        model, small_tokenizer, [(0, 2), (2, 4)], tasks=["g", "g_a", "t"], metric="word_perplexity", eval_dataset=[]
+        model,
+        small_tokenizer,
+        [(0, 2), (2, 4)],
+        tasks=["g", "g_a", "t"],
+        metric="word_perplexity",
+        eval_dataset=blocks,
     )
     for row, scores in zip(rows, table):
         assert {k: row[k] for k in scores} == scores

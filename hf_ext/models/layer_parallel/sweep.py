@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 
 import torch
 
@@ -63,6 +64,49 @@ def pairing_ranges(
     return ranges
 
 
+def check_eval_dataset(dataset, arg: str = "eval_dataset") -> None:
+    """Refuse a dataset [`evaluate_causal_lm`] cannot measure, before any evaluation: not a `datasets.Dataset` (or an
+    object with a length whose slices `dataset[i:j]` are dicts of columns), without an `input_ids` or a `labels`
+    column, empty, or with no token to predict (every label after a block's first position is -100, e.g. 1-token
+    blocks), which would read as loss 0, perplexity 1: a perfect model.
+
+    Raises:
+        `TypeError` / `ValueError` naming `arg` and the fix.
+    """
+    kind = (
+        f"{arg} must be a datasets.Dataset with input_ids and labels columns (e.g. hf_ext.data.pack_dataset's "
+        f"output), got {type(dataset).__name__}"
+    )
+    try:
+        size = len(dataset)
+    except TypeError as err:
+        raise TypeError(f"{kind}.") from err
+    columns = getattr(dataset, "column_names", None)
+    if not isinstance(columns, list):  # a duck-typed dataset: its slices must be dicts of columns
+        try:
+            first = dataset[0:1] if size else {}
+        except (TypeError, KeyError, IndexError) as err:  # e.g. a dict of columns: no slices
+            raise TypeError(f"{kind}.") from err
+        if not isinstance(first, Mapping):
+            raise TypeError(f"{kind} (its slices are {type(first).__name__}s, not dicts of columns).")
+        columns = list(first)
+    missing = [c for c in ("input_ids", "labels") if c not in columns]
+    if size and missing:
+        raise ValueError(
+            f"{arg} has no {' and no '.join(missing)} column (it has {columns}); pass packed blocks, e.g. "
+            "hf_ext.data.pack_dataset(dataset, tokenizer, block_size=...)."
+        )
+    if size == 0:
+        raise ValueError(f"{arg} is empty; lower --block_size or give more text.")
+    for start in range(0, size, 256):
+        if any(label != -100 for row in dataset[start : start + 256]["labels"] for label in row[1:]):
+            return
+    raise ValueError(
+        f"{arg} has no token to predict (every label is -100 or blocks are 1 long), so its perplexity would read "
+        "1.0, a perfect model; use blocks of at least 2 tokens with labels (e.g. a larger block_size)."
+    )
+
+
 @torch.no_grad()
 def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]:
     """Token-weighted next-token loss, perplexity and top-1 accuracy on a packed dataset (`input_ids`, `labels`), in
@@ -70,11 +114,19 @@ def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]
 
     Args:
         model: A causal LM returning `.logits`.
-        dataset: `datasets.Dataset` (or list of dicts) with equal-length `input_ids` and `labels` (-100 = ignored).
+        dataset: `datasets.Dataset` (or an object whose slices `dataset[i:j]` are dicts of columns) with
+            equal-length `input_ids` and `labels` (-100 = ignored).
         batch_size (`int`, *optional*, defaults to 16): Blocks per forward pass.
+
+    Raises:
+        `TypeError` / `ValueError`: before the first forward pass, for a dataset that is not a `datasets.Dataset`
+            (nor sliced into dicts of columns), lacks `input_ids` or `labels`, is empty or has no token to predict
+            (a loss of 0, perplexity 1, would look like a perfect model; see [`check_eval_dataset`]), and for a
+            `batch_size` that is not a positive integer.
     """
-    if len(dataset) == 0:
-        raise ValueError("The evaluation dataset is empty; lower --block_size or give more text.")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    check_eval_dataset(dataset, "dataset")
     device = next(model.parameters()).device
     total, correct, count = 0.0, 0, 0
     with keeping_train_mode(model):
@@ -91,8 +143,10 @@ def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]
             ).item()
             correct += int(((logits.argmax(-1) == target) & valid).sum())
             count += int(valid.sum())
-    loss = total / max(count, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(count, 1)}
+    if count == 0:  # as causal_lm_eval_loss: a loss of 0 (perplexity 1) would read as a perfect model
+        raise ValueError("The evaluation dataset has no token to predict (every label is -100 or blocks are 1 long).")
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / count}
 
 
 def perplexity_sweep(
@@ -126,7 +180,8 @@ def perplexity_sweep(
     Raises:
         `ValueError` / `TypeError`: before anything is evaluated, for an unknown `mode` / `mlp_norm`, a combination
             the source cannot be converted with (`mlp_norm="official_tp_split"` with `mode="block"` or with an odd
-            `intermediate_size`), an invalid range and a `batch_size` that is not a positive integer.
+            `intermediate_size`), an invalid range, a `batch_size` that is not a positive integer and an
+            `eval_dataset` that cannot be measured (see [`check_eval_dataset`]).
     """
     from tqdm.auto import tqdm
 
@@ -149,6 +204,7 @@ def perplexity_sweep(
         LayerParallelConfig(source_config=model.config, lp_start=start, lp_end=end, lp_mode=mode, lp_mlp_norm=mlp_norm)
     if extra_eval is not None and not callable(extra_eval):
         raise TypeError(f"extra_eval must be a callable model -> dict or None, got {type(extra_eval)}.")
+    check_eval_dataset(eval_dataset)
     base = evaluate_causal_lm(model, eval_dataset, batch_size)
     rows = [dict(start=0, end=0, pairs=0, effective_depth=num_layers, **base, ppl_ratio=1.0)]
     if extra_eval is not None:
@@ -317,6 +373,7 @@ def save_sweep(
 
 
 __all__ = [
+    "check_eval_dataset",
     "choose_range",
     "evaluate_causal_lm",
     "format_sweep_table",
