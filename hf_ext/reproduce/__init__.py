@@ -192,7 +192,9 @@ def reproduce(
 
     Args:
         method: a name from `available_methods()`.
-        seeds: how many seeds (0, 1, ... N-1) or which seeds; default: the method's own default (>= 3).
+        seeds: how many seeds (a positive int: 0, 1, ... N-1) or which seeds (a list of distinct ints in
+            [0, 2**32)); default: the method's own default (>= 3). Checked in full before the first run: a string,
+            a bool, a float or a bad seed in the list is refused (`TypeError` / `ValueError`).
         fast: a smaller budget, for checking that the reproduction runs; verdicts are then only indicative.
         output_dir: where runs keep their files (and where `reproduction.json` / `reproduction.md` are written);
             a temporary folder that is removed afterwards if `None`. An empty string is refused (`ValueError`).
@@ -205,13 +207,7 @@ def reproduce(
     if method not in REPRODUCTIONS:
         raise ValueError(f"Unknown method {method!r}; choose one of {sorted(REPRODUCTIONS)}.")
     spec = REPRODUCTIONS[method]
-    if seeds is None:
-        seeds = spec.default_seeds
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list or (isinstance(seeds, int) and seeds < 1):
-        raise ValueError(f"--seeds must be a positive number of seeds, got {seeds!r}.")
-    if len(set(seed_list)) != len(seed_list):
-        raise ValueError(f"seeds must be distinct (each seed has its own run folder), got {seed_list}.")
+    seed_list = _seed_list(spec.default_seeds if seeds is None else seeds)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"--jobs must be a positive number of parallel processes, got {jobs!r}.")
     if output_dir is not None:
@@ -251,6 +247,35 @@ def reproduce(
             atomic_write_json(os.path.join(output_dir, "reproduction.json"), _jsonable({**dataclasses.asdict(report), "verdict": report.verdict}))
             atomic_write_text(os.path.join(output_dir, "reproduction.md"), report.to_markdown())
     return report
+
+
+def _seed_list(seeds) -> list[int]:
+    """The seeds to run: `range(seeds)` for a count, or the given seeds; every one checked before the first run (a
+    bad seed must not cost the full runs of the seeds before it)."""
+    from ..utils.checks import is_int
+
+    if is_int(seeds):
+        if seeds < 1:
+            raise ValueError(f"seeds (--seeds) must be a positive number of seeds, got {seeds!r}.")
+        return list(range(int(seeds)))
+    if hasattr(seeds, "tolist") and getattr(seeds, "ndim", None) == 1:  # a numpy array of seeds
+        seeds = seeds.tolist()
+    # a string is no list of seeds ("12" ran seeds 1 and 2), nor is a bool a count (True ran one seed)
+    if isinstance(seeds, str | bytes) or not isinstance(seeds, Sequence):
+        raise TypeError(
+            f"seeds (--seeds) must be a positive int (how many seeds: 0 .. N-1) or a list of int seeds, got "
+            f"{seeds!r}."
+        )
+    bad = [s for s in seeds if not is_int(s) or not 0 <= s < 2**32]  # 0.9 was truncated to 0, True became 1
+    if bad or not seeds:
+        raise ValueError(
+            f"seeds must be a non-empty list of integer seeds in [0, 2**32), got {list(seeds)!r}"
+            + (f" ({', '.join(map(repr, bad))} is not such a seed)." if bad else ".")
+        )
+    seed_list = [int(s) for s in seeds]
+    if len(set(seed_list)) != len(seed_list):
+        raise ValueError(f"seeds must be distinct (each seed has its own run folder), got {seed_list}.")
+    return seed_list
 
 
 def _judge(spec: Reproduction, per_seed: list[dict]) -> list[Row]:
