@@ -2,8 +2,9 @@
 
 Exit codes: 0 success; 2 a usage error (unknown command, recipe, method or flag; for `hf-ext reproduce`, a bad
 value); for `hf-ext reproduce`, 1 when an asserted claim does not hold, 3 when the method asserts no claim ("reported
-only") and 4 when the run failed before a verdict (an exception, printed). `hf-ext run <recipe>` with a bad flag value
-exits 1 with the recipe's `ValueError`, which names the flag.
+only") and 4 when the run failed (an exception, printed, then which report files `--output_dir` holds: none when it
+failed before a verdict). `hf-ext run <recipe>` with a bad flag value exits 1 with the recipe's `ValueError`, which
+names the flag.
 """
 
 from __future__ import annotations
@@ -118,11 +119,27 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
         import traceback
 
         traceback.print_exc()
-        print(f"hf-ext reproduce {args.method}: the run failed before a verdict (exit 4); no report was written.",
-              file=sys.stderr)  # fmt: skip
+        print(f"hf-ext reproduce {args.method}: {_failed_run_files(args.output_dir)}", file=sys.stderr)
         return 4
     print(report.to_markdown())
     return report.exit_code  # 0 holds, 1 does not hold, 3 reported only (no asserted claim); 2 is a usage error
+
+
+def _failed_run_files(output_dir: str | None) -> str:
+    """What a failed `hf-ext reproduce` left: no report, or which report files exist in `output_dir` (the `.json` is
+    written before the `.md`, so a failed `.md` write leaves a complete `reproduction.json` with the verdict)."""
+    from .reproduce import REPORT_FILES, report_files
+
+    present = report_files(output_dir)
+    if not present:
+        return "the run failed before a verdict (exit 4); no report was written."
+    missing = [name for name in REPORT_FILES if name not in present]
+    text = f"the run failed (exit 4); {output_dir} holds {' and '.join(present)}"
+    if missing:
+        text += f", not {' and '.join(missing)}"
+    if "reproduction.json" in present and missing:
+        text += " (hf_ext.reproduce.rejudge(output_dir) writes it from the per-seed results in reproduction.json)"
+    return text + "."
 
 
 if __name__ == "__main__":

@@ -242,11 +242,35 @@ def reproduce(
             per_seed=per_seed,
         )
         if output_dir is not None:
-            from ..utils.io import atomic_write_json, atomic_write_text
-
-            atomic_write_json(os.path.join(output_dir, "reproduction.json"), _jsonable({**dataclasses.asdict(report), "verdict": report.verdict}))
-            atomic_write_text(os.path.join(output_dir, "reproduction.md"), report.to_markdown())
+            _write_report(output_dir, report)
     return report
+
+
+#: the report files `reproduce(output_dir=...)` and `rejudge` write, in the order they are written
+REPORT_FILES = ("reproduction.json", "reproduction.md")
+
+
+def _write_report(output_dir: str, report: Report) -> None:
+    """Write `reproduction.json`, then `reproduction.md`, each atomically. An older `reproduction.md` is removed
+    first: if a write fails (disk full, a killed process), no `.md` of another judgement is left beside the `.json`
+    (a `.json` without its `.md` is complete: `rejudge(output_dir)` writes the `.md` from it)."""
+    from ..utils import io
+
+    md = os.path.join(output_dir, "reproduction.md")
+    if os.path.isfile(md) or os.path.islink(md):
+        os.remove(md)
+    io.atomic_write_json(
+        os.path.join(output_dir, "reproduction.json"),
+        _jsonable({**dataclasses.asdict(report), "verdict": report.verdict}),
+    )
+    io.atomic_write_text(md, report.to_markdown())
+
+
+def report_files(output_dir: str | None) -> list[str]:
+    """Which of the report files (`REPORT_FILES`) exist in `output_dir` (none without a folder)."""
+    if output_dir is None:
+        return []
+    return [name for name in REPORT_FILES if os.path.isfile(os.path.join(output_dir, name))]
 
 
 def _seed_list(seeds) -> list[int]:
@@ -263,8 +287,7 @@ def _seed_list(seeds) -> list[int]:
     # a string is no list of seeds ("12" ran seeds 1 and 2), nor is a bool a count (True ran one seed)
     if isinstance(seeds, str | bytes) or not isinstance(seeds, Sequence):
         raise TypeError(
-            f"seeds (--seeds) must be a positive int (how many seeds: 0 .. N-1) or a list of int seeds, got "
-            f"{seeds!r}."
+            f"seeds (--seeds) must be a positive int (how many seeds: 0 .. N-1) or a list of int seeds, got {seeds!r}."
         )
     bad = [s for s in seeds if not is_int(s) or not 0 <= s < 2**32]  # 0.9 was truncated to 0, True became 1
     if bad or not seeds:
@@ -288,8 +311,11 @@ def _judge(spec: Reproduction, per_seed: list[dict]) -> list[Row]:
 
 def rejudge(output_dir: str) -> Report:
     """Judge a finished reproduction again, from the per-seed results in `output_dir/reproduction.json`, with the
-    claims as registered now (e.g. after a claim was added); rewrites `reproduction.json` and `reproduction.md`."""
-    from ..utils.io import atomic_write_json, atomic_write_text
+    claims as registered now (e.g. after a claim was added); rewrites `reproduction.json` and `reproduction.md`.
+
+    The old `reproduction.md` is removed before the new `reproduction.json` replaces the old one, so a failed write
+    never leaves the two files with different verdicts: at worst the `.json` (old or new) is left without a `.md`,
+    and calling `rejudge` again writes it."""
     from .methods import REPRODUCTIONS
 
     path = os.path.join(output_dir, "reproduction.json")
@@ -305,8 +331,7 @@ def rejudge(output_dir: str) -> Report:
     fields = {f.name for f in dataclasses.fields(Report)} - {"rows", "title", "setting"}
     setting = spec.setting_for(bool(saved["fast"]))
     report = Report(**{k: saved[k] for k in fields}, title=spec.title, setting=setting, rows=_judge(spec, per_seed))
-    atomic_write_json(path, _jsonable({**dataclasses.asdict(report), "verdict": report.verdict}))
-    atomic_write_text(os.path.join(output_dir, "reproduction.md"), report.to_markdown())
+    _write_report(output_dir, report)
     return report
 
 
