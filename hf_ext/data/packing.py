@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..utils.checks import is_bool
+
 
 def pack_dataset(
     dataset,
@@ -22,12 +24,14 @@ def pack_dataset(
         tokenizer (`PreTrainedTokenizerBase`): Tokenizer; its `eos_token_id` separates documents when `add_eos`.
         block_size (`int`, *optional*, defaults to 256): Tokens per block (> 0).
         text_column (`str`, *optional*, defaults to `"text"`): Name of the column holding raw text.
-        add_eos (`bool`, *optional*, defaults to `True`): Append EOS after every document.
+        add_eos (`bool`, *optional*, defaults to `True`): Append EOS after every document (a bool: `"false"` is
+            refused, not read as true).
         num_proc (`int`, *optional*): Worker processes for `Dataset.map`. Documents are packed per map batch of
             256 documents within each worker's shard, so the blocks depend on `num_proc`, and with `drop_remainder`
             also which tokens are dropped (each map batch drops its own remainder); without it the tokens do not.
         drop_remainder (`bool`, *optional*, defaults to `True`): Drop the final partial block of each map batch.
-            With `False` that block is kept, shorter than `block_size` (it then needs a padding collator).
+            With `False` that block is kept, shorter than `block_size` (it then needs a padding collator). A bool:
+            `"false"` is refused, not read as true.
 
     Returns:
         `datasets.Dataset` with `input_ids`, `attention_mask` and `labels` (a copy of `input_ids`), of length
@@ -35,6 +39,9 @@ def pack_dataset(
     """
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:  # True is an int
         raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
+    for name, value in (("add_eos", add_eos), ("drop_remainder", drop_remainder)):
+        if not is_bool(value):  # a string such as "false" would be truthy and silently mean True
+            raise TypeError(f"{name} must be True or False, got {value!r}.")
     if text_column not in dataset.column_names:
         raise ValueError(
             f"text_column={text_column!r} is not a column of the dataset (columns: {dataset.column_names}); "

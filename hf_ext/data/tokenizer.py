@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..utils.checks import is_bool
 from ..utils.io import make_temp_dir
 from .utils import cache_dir
 
@@ -51,7 +52,7 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
             Target vocabulary size including the 256 byte symbols and the 3 special tokens.
         cache (`bool`, *optional*, defaults to `True`):
             Reuse a tokenizer trained earlier with the same settings on the same corpus (same corpus version and
-            Python version; under `$HF_EXT_CACHE` or `~/.cache/hf_ext`).
+            Python version; under `$HF_EXT_CACHE` or `~/.cache/hf_ext`). A bool: `"no"` is refused, not read as true.
         texts (`Iterable[str]`, *optional*):
             Train on these texts instead of the embedded corpus (never cached).
 
@@ -65,6 +66,8 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
             f"vocab_size must be an int >= {256 + len(SPECIAL_TOKENS)} (the byte alphabet plus special tokens), "
             f"got {vocab_size!r}."
         )
+    if not is_bool(cache):  # a string such as "no" would be truthy and silently mean True
+        raise TypeError(f"cache must be True or False, got {cache!r}.")
 
     def wrap(tk):
         return PreTrainedTokenizerFast(
