@@ -36,6 +36,28 @@ def _train_tokenizer(texts, vocab_size: int):
     return tk
 
 
+def _check_texts(texts) -> list[str]:
+    """`texts` as a list of documents, refused by name when it cannot be one."""
+    if isinstance(texts, str | bytes):
+        raise TypeError(
+            f"texts must be a collection of documents (strings), got a single {type(texts).__name__} "
+            f"({texts[:40]!r}); pass [text]."
+        )
+    try:
+        docs = list(texts)
+    except TypeError as err:
+        raise TypeError(f"texts must be an iterable of strings, got {type(texts).__name__}.") from err
+    if not docs:
+        raise ValueError("texts is empty: there is nothing to train the tokenizer on; pass documents or texts=None.")
+    bad = next((i for i, doc in enumerate(docs) if not isinstance(doc, str)), None)
+    if bad is not None:
+        raise TypeError(
+            f"texts must hold only strings; texts[{bad}] is {docs[bad]!r:.40} of type {type(docs[bad]).__name__}: "
+            "drop or convert those items."
+        )
+    return docs
+
+
 def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
     """Train (or load from cache) a byte-level BPE tokenizer on the embedded corpus.
 
@@ -54,7 +76,9 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
             Reuse a tokenizer trained earlier with the same settings on the same corpus (same corpus version and
             Python version; under `$HF_EXT_CACHE` or `~/.cache/hf_ext`). A bool: `"no"` is refused, not read as true.
         texts (`Iterable[str]`, *optional*):
-            Train on these texts instead of the embedded corpus (never cached).
+            Train on these texts (one document each) instead of the embedded corpus (never cached). A bare string
+            (which would train on each of its characters as a document, learning no merge), an empty collection and
+            items that are not strings are refused.
 
     Returns:
         `transformers.PreTrainedTokenizerFast` that saves and reloads through `AutoTokenizer`.
@@ -79,7 +103,7 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
         )
 
     if texts is not None:
-        return wrap(_train_tokenizer(list(texts), vocab_size))
+        return wrap(_train_tokenizer(_check_texts(texts), vocab_size))
 
     from . import corpus
 

@@ -1,6 +1,9 @@
-"""On/off options of the data helpers: `pack_dataset(add_eos="false")` still put EOS between documents,
-`drop_remainder="false"` still dropped the last partial block and `build_tokenizer(cache="no")` still wrote the
-cache: any truthy value meant True."""
+"""On/off options of the data helpers and `build_tokenizer(texts=...)`.
+
+`pack_dataset(add_eos="false")` still put EOS between documents, `drop_remainder="false"` still dropped the last
+partial block and `build_tokenizer(cache="no")` still wrote the cache: any truthy value meant True. A bare string as
+`texts` was trained on as one document per character (no merge learned), `texts=[]` gave an untrained tokenizer and
+`[None, "a"]` failed with "'NoneType' object is not iterable", naming no argument."""
 
 import datasets
 import numpy as np
@@ -37,3 +40,28 @@ def test_build_tokenizer_refuses_a_non_bool_cache_before_writing(tmp_path, monke
     with pytest.raises(TypeError, match=f"cache must be True or False, got {bad!r}"):
         build_tokenizer(300, cache=bad)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        ("The quick brown fox", TypeError, r"texts must be a collection of documents .*single str.*pass \[text\]"),
+        (b"The quick brown fox", TypeError, r"texts must be a collection of documents .*single bytes"),
+        ([], ValueError, "texts is empty"),
+        (iter([]), ValueError, "texts is empty"),
+        ([None, "a"], TypeError, r"texts\[0\] is None of type NoneType"),
+        (["a", 2], TypeError, r"texts\[1\] is 2 of type int"),
+        (5, TypeError, "texts must be an iterable of strings, got int"),
+    ],
+)
+def test_build_tokenizer_refuses_texts_it_cannot_train_on(bad, error, match):
+    with pytest.raises(error, match=match):
+        build_tokenizer(300, texts=bad)
+
+
+def test_build_tokenizer_trains_on_a_list_or_a_generator_of_texts():
+    text = "The quick brown fox jumps over the lazy dog. " * 50
+    from_list = build_tokenizer(300, texts=[text])
+    from_gen = build_tokenizer(300, texts=(t for t in [text]))
+    assert from_list.get_vocab() == from_gen.get_vocab() and len(from_list) > 259  # merges were learned
+    assert len(from_list("The quick brown fox")["input_ids"]) < len("The quick brown fox")
