@@ -158,7 +158,7 @@ def compliance_gap(
             evaluated).
         relative (`bool`, *optional*, defaults to `True`): Percent gap (see `hf_ext.compliance.compute_dcg`).
         undefined (`str`, *optional*, defaults to `"raise"`): `"nan"` reports a task the full model scores 0 on as
-            n/a instead of raising (see `compute_dcg`).
+            n/a instead of raising (see `compute_dcg`). `relative` and `undefined` are checked before any evaluation.
 
     Returns:
         `hf_ext.compliance.DCGReport` (`.to_table()`, `.to_json()`), plus the two results under `.results`.
@@ -166,6 +166,11 @@ def compliance_gap(
     from ..compliance import compute_dcg
     from ..utils.scores import task_list
 
+    # as compute_dcg checks them, but before the two (costly) evaluations rather than after
+    if not isinstance(relative, bool):
+        raise TypeError(f"relative must be True (percent gaps) or False (absolute gaps), got {relative!r}.")
+    if not isinstance(undefined, str) or undefined not in ("raise", "nan"):
+        raise ValueError(f"undefined must be 'raise' or 'nan', got {undefined!r}.")
     given = [isinstance(m, dict) and "results" in m for m in (non_compliant, compliant)]
     run_tasks = DEFAULT_TASKS if tasks is None else tasks
     if not all(given):

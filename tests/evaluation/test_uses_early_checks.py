@@ -2,7 +2,8 @@
 
 `layer_pairing_task_sweep(eval_dataset=...)` read the dataset only after the source model's full lm-eval run (a
 dataset without `input_ids` then failed with a bare KeyError), and its perplexity column read 1.0 on data with no
-token to predict."""
+token to predict. `compliance_gap(model, model, relative="false" or undefined="skip")` was refused by `compute_dcg`
+after both models' evaluations."""
 
 import pytest
 import torch
@@ -47,3 +48,20 @@ def test_task_sweep_checks_eval_dataset_before_any_evaluation(small_tokenizer, n
             _llama(small_tokenizer), small_tokenizer, [(2, 4)], tasks=["hf_ext_cloze"], metric="acc", limit=2,
             eval_dataset=bad,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        ({"relative": "false"}, TypeError, "relative must be True .* or False"),
+        ({"relative": 1}, TypeError, "relative must be True .* or False"),
+        ({"undefined": "skip"}, ValueError, "undefined must be 'raise' or 'nan', got 'skip'"),
+        ({"undefined": None}, ValueError, "undefined must be 'raise' or 'nan', got None"),
+    ],
+)
+def test_compliance_gap_checks_relative_and_undefined_before_any_evaluation(
+    small_tokenizer, no_evaluation, bad, error, match
+):
+    full, comp = _llama(small_tokenizer, 1), _llama(small_tokenizer, 2)
+    with pytest.raises(error, match=match):
+        uses.compliance_gap(full, comp, small_tokenizer, tasks=["hf_ext_cloze"], metric="acc", limit=2, **bad)
