@@ -142,6 +142,20 @@ def _check_run_args(tasks, num_fewshot, limit) -> list[str]:
     return tasks
 
 
+def _check_lm_args(batch_size, max_length) -> None:
+    """Refuse a `batch_size` or `max_length` lm-eval's `HFLM` would take and fail on later (a bare `AssertionError`
+    after the model was wrapped) or run with silently (`batch_size=0` and `True` ran), naming the argument."""
+    if not (
+        (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1)
+        or (isinstance(batch_size, str) and batch_size.startswith("auto"))
+    ):
+        raise ValueError(f"batch_size must be a positive int (or lm-eval's 'auto'), got {batch_size!r}.")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(
+            f"max_length must be a positive int (tokens of context) or None (the model config's), got {max_length!r}."
+        )
+
+
 def check_fewshot_pool(tasks: Sequence[str], shots: Sequence[int | None], flag: str = "num_fewshot") -> None:
     """Refuse a shot count larger than a packaged task's few-shot pool (`ValueError` naming `flag`, the task and its
     pool size): lm-eval would only fail when it builds that count's prompts, after the evaluations before it.
@@ -212,9 +226,10 @@ def evaluate_model(
         num_fewshot (`int`, *optional*): Few-shot examples per prompt (drawn from each task's `fewshot_split`).
         limit (`int` or `float`, *optional*): Evaluate only this many test items per task, or this share of them
             for a float below 1 (lm-eval reads `1.0` and larger floats as a count: `limit=1.0` is one item).
-        batch_size (`int`, *optional*, defaults to 8): lm-eval batch size.
+        batch_size (`int`, *optional*, defaults to 8): lm-eval batch size (a positive int, or lm-eval's `"auto"`).
         device (`str`, *optional*): Defaults to the model's device (for folders: `"cuda"` if available, else `"cpu"`).
-        max_length (`int`, *optional*): Context length lm-eval truncates to; default from the model config.
+        max_length (`int`, *optional*): Context length lm-eval truncates to (a positive int); default from the model
+            config.
         include_path (`str` or list, *optional*): Extra task folders besides the packaged one.
         seed (`int`, *optional*, defaults to 1234): Seeds lm-eval's python, numpy, torch and few-shot samplers.
         metadata (`Mapping`, *optional*): Passed to every task, as lm-eval's `--metadata`; the packaged tasks read
@@ -227,11 +242,7 @@ def evaluate_model(
     import lm_eval
 
     tasks = _check_run_args(tasks, num_fewshot, limit)
-    if not (
-        (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1)
-        or (isinstance(batch_size, str) and batch_size.startswith("auto"))
-    ):
-        raise ValueError(f"batch_size must be a positive int (or lm-eval's 'auto'), got {batch_size!r}.")
+    _check_lm_args(batch_size, max_length)
     kwargs.setdefault("bootstrap_iters", 1000)
     kwargs.setdefault("log_samples", False)
     with keeping_train_mode(model):  # HFLM puts a model object in eval mode for good

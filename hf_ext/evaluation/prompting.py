@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from ..utils.evaluation import keeping_train_mode
-from .harness import _PACKAGED, DEFAULT_TASKS, _as_lm, _check_run_args, task_manager
+from .harness import _PACKAGED, DEFAULT_TASKS, _as_lm, _check_lm_args, _check_run_args, task_manager
 
 #: Document field that carries a per-document prefix (see [`evaluate_with_prefix`]).
 PREFIX_FIELD = "hf_ext_prompt_prefix"
@@ -126,7 +126,9 @@ def evaluate_with_prefix(
             separately, as metadata-conditioned training encodes a document's metadata prefix and its text (MeCo's
             `URL: host\\n\\n` then the document: a byte-level BPE may merge the prefix's last characters with the
             next ones when the whole prompt is encoded at once). Needs lm-eval's `HFLM` (a model object or folder).
-        Others (`metadata` too, e.g. `{"domains": "filesystem"}`): as in [`evaluate_model`].
+        Others (`metadata` too, e.g. `{"domains": "filesystem"}`): as in [`evaluate_model`], and checked as there
+            (`batch_size` a positive int or `"auto"`, `max_length` a positive int or `None`) before the model is
+            wrapped.
 
     Returns:
         `dict`: lm-eval's results.
@@ -134,6 +136,7 @@ def evaluate_with_prefix(
     import lm_eval
 
     tasks = _check_run_args(tasks, num_fewshot, limit)
+    _check_lm_args(batch_size, max_length)  # as evaluate_model: 0, -3 and True ran, a bad max_length failed in lm-eval
     if not (isinstance(prefix, str) or callable(prefix)):
         raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
     with keeping_train_mode(model):  # HFLM switches a model object to eval mode

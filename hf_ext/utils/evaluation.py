@@ -26,15 +26,27 @@ def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:
     the model and its 0 positions are not scored. Blocks of different lengths (`pack_dataset(...,
     drop_remainder=False)`'s last blocks) are right-padded inside a batch. The model's train/eval mode is
     restored afterwards. An empty dataset, or one with no token to predict, raises a `ValueError` (a loss of 0, i.e.
-    perplexity 1, would look like a perfect model).
+    perplexity 1, would look like a perfect model), and so do a dataset without an `input_ids` column and a
+    `batch_size` that is not a positive int, before any forward pass (a `TypeError` for an object that is not a
+    `datasets.Dataset`).
     """
     import torch
 
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    from .checks import is_int
+
+    if not is_int(batch_size) or batch_size < 1:  # True ran as 1; "4" failed naming no argument
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    columns = getattr(dataset, "column_names", None)
+    if not isinstance(columns, list):
+        raise TypeError(f"dataset must be a datasets.Dataset with an input_ids column, got {type(dataset).__name__}.")
     if len(dataset) == 0:
         raise ValueError(
             "The evaluation dataset is empty: no block could be formed; lower the block size or give more text."
+        )
+    if "input_ids" not in columns:  # it was a bare KeyError
+        raise ValueError(
+            f"dataset has no input_ids column (columns: {columns}); pass tokenized blocks, e.g. "
+            "hf_ext.data.pack_dataset(dataset, tokenizer, block_size=...)."
         )
     was_training = model.training
     device = next(model.parameters()).device
