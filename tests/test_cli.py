@@ -22,6 +22,21 @@ def test_list_shows_every_recipe_with_a_line(capsys):
         assert os.path.isfile(os.path.join(scripts, f"{name}.py")), f"scripts/{name}.py is missing"
 
 
+def test_every_recipe_line_is_a_whole_sentence():
+    """`hf-ext list` shows the first line of each recipe's module docstring: that line must be the whole first
+    sentence (neuralgrok's and federated's stopped mid-sentence, at "vs" and at "with defenses,")."""
+    import ast
+    from pathlib import Path
+
+    import hf_ext.recipes
+
+    folder = Path(hf_ext.recipes.__file__).parent
+    for name, line in available_recipes().items():
+        doc = ast.get_docstring(ast.parse((folder / f"{name}.py").read_text(encoding="utf-8")))
+        first_paragraph = doc.strip().split("\n\n")[0]
+        assert line == first_paragraph and line.endswith("."), f"{name}: the list line {line!r} is cut"
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])

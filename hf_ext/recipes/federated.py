@@ -1,5 +1,7 @@
-"""Federated LoRA vs full fine-tuning with canaries: memorization (exact / approximate extraction) vs rounds, with defenses,
-in the federated setting, a centralized one (one client holding all the data, same optimizer steps) or both.
+"""Canary memorization in federated LoRA vs full fine-tuning: exact/approximate extraction vs rounds, with defenses.
+
+Federated LoRA vs full fine-tuning with canaries: memorization (exact / approximate extraction) vs rounds, with
+defenses, in the federated setting, a centralized one (one client holding all the data, same optimizer steps) or both.
 
 Run as `python scripts/federated.py`, `accelerate launch scripts/federated.py` or `hf-ext run federated`, in one
 process (a multi-process launch is refused up front; the Flower deployment spreads clients over machines).

@@ -1,6 +1,8 @@
-"""Grokking on modular arithmetic: Adam baseline (also with strong weight decay) vs the normalisation-only control vs
-Grokfast vs NeuralGrok. Steps, mean step time and training time to 95% test accuracy; gradient entropy, weight norm
-and stability after grokking; curves as PNG, tables as Markdown and JSON.
+"""Grokking on modular arithmetic: NeuralGrok and Grokfast against Adam baselines and a normalisation-only control.
+
+Adam baseline (also with strong weight decay) vs the normalisation-only control vs Grokfast vs NeuralGrok. Steps,
+mean step time and training time to 95% test accuracy; gradient entropy, weight norm and stability after grokking;
+curves as PNG, tables as Markdown and JSON.
 
 Run as `python scripts/neuralgrok.py`, `accelerate launch scripts/neuralgrok.py` or `hf-ext run neuralgrok`.
 """
