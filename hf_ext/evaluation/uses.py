@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .harness import _PACKAGED, DEFAULT_TASKS, _check_run_args, evaluate_model, task_manager
 from .scores import accuracy_retention, task_scores
@@ -151,7 +151,9 @@ def compliance_gap(
         tokenizer: Shared tokenizer for model objects.
         tasks: lm-eval tasks: those a model is evaluated on (default the packaged `hf_ext_domain` and
             `hf_ext_cloze`) and, with results dicts, the tasks compared, as in `compute_dcg(..., tasks=...)` (default
-            every task of the results).
+            every task of the results). There an lm-eval tag (e.g. the packaged `hf_ext`) and a group reported
+            without scores of its own stand for their tasks, as when the models are evaluated; a group with
+            aggregated scores is compared as one task.
         num_fewshot, kwargs: As in [`evaluate_model`].
         metric (`str`, *optional*, defaults to `"acc"`): Task metric compared. Checked before any evaluation against
             the packaged tasks (lm-eval's own are checked on the first model's results, before the second model is
@@ -182,8 +184,12 @@ def compliance_gap(
 
             loaded = task_manager(include_defaults=False).load(packaged)["tasks"]
             check_reported_metric(loaded, metric, "metric", "pass one of those as metric=")
-    # with results dicts only the tasks asked for are compared (a model's results hold just the tasks it ran on)
-    compared = None if tasks is None or not any(given) else task_list(tasks, "tasks")
+    # with results dicts only the tasks asked for are compared (a model's results hold just the tasks it ran on); a tag
+    # or a group without scores of its own stands for its tasks, as lm-eval expands it when a model is evaluated
+    compared = None
+    if tasks is not None and any(given):
+        given_results = [m for m, is_results in zip((non_compliant, compliant), given) if is_results]
+        compared = _expand_task_names(task_list(tasks, "tasks"), given_results, kwargs.get("include_path"))
 
     def results_of(model_or_results, is_results):
         if is_results:
@@ -199,3 +205,53 @@ def compliance_gap(
     )
     report.results = {"non_compliant": full, "compliant": comp}
     return report
+
+
+def _expand_task_names(names: list[str], results: Sequence[Mapping], include_path=None) -> list[str]:
+    """`names` with each one the results dicts do not score replaced by its tasks: a group listed in a results dict's
+    `group_subtasks` (lm-eval reports a group without aggregated metrics as a row without scores) by its subtasks, an
+    lm-eval tag (which has no row at all) by its tasks from lm-eval's task index, as lm-eval expands both when it
+    evaluates a model. Other names are kept (the caller reports them as missing); repeats are dropped."""
+    from ..utils.scores import _is_metric_key
+
+    rows = [r["results"] if isinstance(r["results"], Mapping) else {} for r in results]
+    scored = [
+        {str(t) for t, row in rr.items() if isinstance(row, Mapping) and any(map(_is_metric_key, row))} for rr in rows
+    ]
+    subtasks: dict[str, list[str]] = {}
+    for r in results:
+        groups = r.get("group_subtasks")
+        for group, subs in groups.items() if isinstance(groups, Mapping) else ():
+            subtasks.setdefault(str(group), [str(sub) for sub in subs or ()])
+    indexes: dict[bool, Mapping] = {}  # built only for a name the results do not score
+
+    def index(include_defaults: bool) -> Mapping:
+        if include_defaults not in indexes:
+            try:
+                indexes[include_defaults] = task_manager(include_path, include_defaults=include_defaults).task_index
+            except ImportError:  # results dicts need no lm-eval; without it a tag cannot be looked up
+                indexes[include_defaults] = {}
+        return indexes[include_defaults]
+
+    def tag_members(name: str) -> list[str]:
+        entry = index(False).get(name)  # the packaged tasks (and include_path) only: fast
+        if entry is None and not name.startswith("hf_ext"):  # lm-eval's own: indexing them takes seconds
+            entry = index(True).get(name)
+        return sorted(entry.tags) if entry is not None and entry.kind.name == "TAG" else []
+
+    out: list[str] = []
+
+    def add(name: str, parents: frozenset) -> None:
+        members = []
+        if name not in parents and not all(name in s for s in scored):
+            members = subtasks.get(name) or tag_members(name)
+        if not members:
+            if name not in out:
+                out.append(name)
+            return
+        for member in members:
+            add(member, parents | {name})
+
+    for name in names:
+        add(name, frozenset())
+    return out
