@@ -228,6 +228,7 @@ class LayerParallelConfig(PreTrainedConfig):
             Written on save: the source-config fields and pairing that decide the shapes of the saved weights. When a
             saved config is loaded and its `source_config` or pairing no longer matches this record (for example
             `source_config.num_hidden_layers` was edited), loading fails instead of initialising layers at random.
+            Anything but a dict or `None` raises a `TypeError`.
 
     Example:
 
@@ -273,6 +274,12 @@ class LayerParallelConfig(PreTrainedConfig):
         overrides = {key: kwargs.pop(key) for key in _MIRRORED_SOURCE_ATTRIBUTES if key in kwargs}
         for key in _DERIVED_ATTRIBUTES:
             kwargs.pop(key, None)
+        if self.lp_weight_layout is not None and not isinstance(self.lp_weight_layout, dict):
+            raise TypeError(
+                f"lp_weight_layout must be a dict (the record of the weight layout that `save_pretrained` writes) or "
+                f"None, got {self.lp_weight_layout!r} ({type(self.lp_weight_layout).__name__}). Restore the value "
+                "`save_pretrained` wrote in config.json, or drop `lp_weight_layout` to load without the check."
+            )
         src = self.source_config
         if src is None:
             raise ValueError(
