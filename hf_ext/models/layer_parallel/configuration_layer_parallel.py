@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+from transformers.configuration_utils import SubConfigSpec, remap_legacy_layer_types
 
 SUPPORTED_SOURCE_MODEL_TYPES = ("llama", "mistral", "qwen2")
 LP_MODES = ("sublayer", "block")
@@ -28,8 +28,10 @@ _MIRRORED_SOURCE_ATTRIBUTES = (
     "pad_token_id",
     "use_cache",
 )
-# Attributes derived in `__post_init__` (never read back from a saved file).
-_DERIVED_ATTRIBUTES = _MIRRORED_SOURCE_ATTRIBUTES + ("num_hidden_layers", "layer_types")
+# Attributes derived in `__post_init__` from the source config and the pairing: the cache slots and their attention
+# types. Not settings: a value given to the constructor, as a `from_pretrained` / `AutoConfig` keyword or set on a
+# built config must equal the derived one (a saved file repeats them), anything else is refused by name.
+_DERIVED_SLOT_ATTRIBUTES = ("num_hidden_layers", "layer_types")
 # Set once `__post_init__` has built the mirrors; from then on setting a mirrored attribute also sets the source's.
 _WRITE_THROUGH = "_lp_mirrors_write_through"
 # Fields that decide the pairing, the cache slots and the weight layout: validated and derived in `__post_init__`
@@ -200,7 +202,9 @@ class LayerParallelConfig(PreTrainedConfig):
     With `lp_merged=True` each pair is stored as one wide layer: the RMSNorm gains are folded into the projections
     and the heads / MLP neurons of both layers are concatenated (exact; grouped-query attention is preserved). A
     merged pair uses one KV-cache slot with twice the KV heads; an unmerged pair uses two slots. Cache slots are
-    numbered contiguously, so `num_hidden_layers` of this config is the number of cache slots.
+    numbered contiguously, so `num_hidden_layers` of this config is the number of cache slots and `layer_types` their
+    attention types. Both are derived from `source_config` and the pairing: another value (as an argument, a
+    `from_pretrained` keyword or set on a built config) raises a `ValueError`.
 
     Args:
         source_config (`dict` or `PreTrainedConfig`):
@@ -270,10 +274,10 @@ class LayerParallelConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         # A mirrored attribute given here (`LayerParallelConfig(source_config=..., pad_token_id=7)`, or a kwarg of
         # `from_pretrained`) is a setting of the source model: it goes to the (copied) source config below, which the
-        # mirrors are then read from. The derived counts (cache slots, their layer types) are always recomputed.
+        # mirrors are then read from. The derived counts (cache slots, their layer types) are always recomputed;
+        # a value given for them must be the recomputed one.
         overrides = {key: kwargs.pop(key) for key in _MIRRORED_SOURCE_ATTRIBUTES if key in kwargs}
-        for key in _DERIVED_ATTRIBUTES:
-            kwargs.pop(key, None)
+        derived_given = {key: kwargs.pop(key) for key in _DERIVED_SLOT_ATTRIBUTES if key in kwargs}
         if self.lp_weight_layout is not None and not isinstance(self.lp_weight_layout, dict):
             raise TypeError(
                 f"lp_weight_layout must be a dict (the record of the weight layout that `save_pretrained` writes) or "
@@ -347,12 +351,7 @@ class LayerParallelConfig(PreTrainedConfig):
         for key in _MIRRORED_SOURCE_ATTRIBUTES:
             if hasattr(src, key) or key in ("head_dim", "num_key_value_heads", "sliding_window"):
                 setattr(self, key, _mirror_value(src, key))
-        slot_types = []
-        for kind, layers in self.build_blocks():
-            if kind == "pair" and not self.lp_merged:
-                slot_types += [source_types[layers[0]], source_types[layers[1]]]
-            else:
-                slot_types.append(source_types[layers[0]])
+        slot_types = self._slot_layer_types()
         self.layer_types = slot_types
         self.num_hidden_layers = len(slot_types)
         saved_layout, self.lp_weight_layout = self.lp_weight_layout, self.weight_layout()
@@ -372,7 +371,41 @@ class LayerParallelConfig(PreTrainedConfig):
                 "model again with `convert_to_layer_parallel`. To build a new, untrained architecture on purpose, drop "
                 "`lp_weight_layout` from the config."
             )
+        for key, value in derived_given.items():
+            if value is not None and not self._is_derived_value(key, value):
+                raise self._derived_error(key, value)
         object.__setattr__(self, _WRITE_THROUGH, True)
+
+    def _slot_layer_types(self) -> list[str]:
+        """Attention type of each KV-cache slot: one slot per sequential layer and per merged pair, two per unmerged
+        pair (`layer_types`; their number is `num_hidden_layers`)."""
+        source_types = self.source_layer_types()
+        slot_types = []
+        for kind, layers in self.build_blocks():
+            if kind == "pair" and not self.lp_merged:
+                slot_types += [source_types[layers[0]], source_types[layers[1]]]
+            else:
+                slot_types.append(source_types[layers[0]])
+        return slot_types
+
+    def _is_derived_value(self, key: str, value) -> bool:
+        """Whether `value` is the value this config derived for `num_hidden_layers` / `layer_types`."""
+        current = self.__dict__.get(key)
+        if key == "layer_types":
+            return isinstance(value, list | tuple) and remap_legacy_layer_types(list(value)) == current
+        return isinstance(value, int) and not isinstance(value, bool) and value == current
+
+    def _derived_error(self, key: str, value) -> ValueError:
+        src = self.source_config
+        return ValueError(
+            f"{key} of a LayerParallelConfig is derived, not set: source_config ({src.num_hidden_layers} layers) with "
+            f"lp_pairs={self.lp_pairs} (lp_merged={self.lp_merged}) gives {self.num_hidden_layers} cache slots with "
+            f"layer_types={self.layer_types}, got {key}={value!r}. A model with another depth is another model: pass "
+            "source_config={'num_hidden_layers': ...} (the source depth) and lp_pairs=[[i, i + 1], ...] (the pairing) "
+            "to build a new config, or convert the source model again with `convert_to_layer_parallel`. A model loaded "
+            "with `from_pretrained` keeps the layers of its saved weights: drop the keyword. A dict from `to_dict()` "
+            "whose source config or pairing was changed: drop num_hidden_layers and layer_types from it."
+        )
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -382,6 +415,15 @@ class LayerParallelConfig(PreTrainedConfig):
         # saved merged then fails with the layout `ValueError` naming `lp_merged`, before any weight is initialised.
         config_dict = dict(config_dict)
         given = {key: kwargs.pop(key) for key in _STRUCTURAL_ATTRIBUTES + _MIRRORED_SOURCE_ATTRIBUTES if key in kwargs}
+        if given or config_dict.get("lp_weight_layout") is None:
+            # The saved cache slots describe the saved structure, which these keywords may change, or which was edited
+            # on purpose (a file without the layout record builds a new architecture): they are derived again. A file
+            # with the record keeps them, so that a hand-edited `num_hidden_layers` is refused like a keyword.
+            for key in _DERIVED_SLOT_ATTRIBUTES:
+                config_dict.pop(key, None)
+        # the derived fields too: checked against the derived values by the constructor (transformers would set them
+        # after it, leaving a config that disagrees with the model)
+        given.update({key: kwargs.pop(key) for key in _DERIVED_SLOT_ATTRIBUTES if key in kwargs})
         if "source_config" in given:
             saved, new = config_dict.get("source_config"), given["source_config"]
             if isinstance(saved, dict) and isinstance(new, dict):  # a partial dict updates the saved source config
@@ -399,6 +441,12 @@ class LayerParallelConfig(PreTrainedConfig):
     def __setattr__(self, key, value):
         if key == "lp_merged":
             _check_lp_merged(value)
+        if (
+            key in _DERIVED_SLOT_ATTRIBUTES
+            and self.__dict__.get(_WRITE_THROUGH)
+            and not self._is_derived_value(key, value)
+        ):
+            raise self._derived_error(key, value)
         if key in _STRUCTURAL_ATTRIBUTES and self.__dict__.get(_WRITE_THROUGH):
             current = self.__dict__.get(key)
             if key == "source_config" and isinstance(value, dict) and isinstance(current, PreTrainedConfig):
@@ -447,6 +495,9 @@ class LayerParallelConfig(PreTrainedConfig):
         output.pop(_WRITE_THROUGH, None)
         if isinstance(self.source_config, PreTrainedConfig) and self.lp_pairs is not None:
             output["lp_weight_layout"] = self.weight_layout()  # record the layout as it is now, not at construction
+            # the cache slots too, as a reload derives them (a mirrored `sliding_window` set since may change the types)
+            output["layer_types"] = self._slot_layer_types()
+            output["num_hidden_layers"] = len(output["layer_types"])
             # The saved mirrors repeat the source config as it is now (it may have been edited directly), so that a
             # reload, which reads a differing top-level value as a setting of the source, sees no conflict.
             for key in _MIRRORED_SOURCE_ATTRIBUTES:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import Shard, distribute_tensor
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.distributed.tensor_parallel import ALL_PARALLEL_STYLES, TensorParallelLayer
@@ -816,6 +816,23 @@ class LayerParallelForCausalLM(LayerParallelPreTrainedModel, GenerationMixin):
                 "cache slot per source layer), which continuous batching supports."
             )
         return super().init_continuous_batching(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        """transformers' `generate`, except self-speculative early exit (`assistant_early_exit`), which is refused: it
+        drafts with the first layers by setting `config.num_hidden_layers`, but this model's depth follows from
+        `source_config` and `lp_pairs` (the config refuses another value), so it would draft with the whole model."""
+        configs = [kwargs.get("generation_config"), self.generation_config]
+        configs += [a for a in args if isinstance(a, GenerationConfig)]
+        if kwargs.get("assistant_early_exit") is not None or any(
+            getattr(c, "assistant_early_exit", None) is not None for c in configs
+        ):
+            raise ValueError(
+                "assistant_early_exit (self-speculative decoding with the first layers) is not supported by "
+                "layer-parallel models: their depth is derived from `source_config` and `lp_pairs`, so "
+                "`config.num_hidden_layers` cannot be lowered to draft with fewer layers. Drop it, or pass a smaller "
+                "model as `assistant_model`."
+            )
+        return super().generate(*args, **kwargs)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
