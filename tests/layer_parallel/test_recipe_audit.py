@@ -56,6 +56,39 @@ def test_resume_from_a_moved_checkpoint_records_the_whole_runs_train_loss(source
     assert resumed["finetuned_eval"] == full["finetuned_eval"]
 
 
+def test_a_resume_between_two_logs_changes_only_the_first_curve_entry_after_it_as_documented(
+    source, full, tmp_path, recipe_loaded, repo_root
+):
+    """Audit lc13 #3: the docs said `finetune_loss_curve` is "the same for a resumed run". With a checkpoint saved
+    between two logs (step 3, logs every 2 steps) the weights end the same, but the step-4 entry is Trainer's mean
+    since the resume (step 4 alone), not over steps 3-4; the docs now say so. `full` logged every step (the same
+    training: logging and saving draw no random numbers), which gives each step's loss."""
+    per_step = dict(full[0]["finetune_loss_curve"])
+    every2 = ["--max_steps", "4", "--logging_steps", "2", "--save_strategy", "steps", "--save_steps", "3"]
+    first = main(_args(recipe_loaded, source, *every2, "--output_dir", str(tmp_path / "first")))
+    moved = tmp_path / "elsewhere" / "checkpoint-3"
+    shutil.copytree(tmp_path / "first" / "checkpoint-3", moved)
+    resumed = main(_args(recipe_loaded, source, *every2, "--output_dir", str(tmp_path / "resumed"),
+                         "--resume_from_checkpoint", str(moved)))  # fmt: skip
+    assert resumed["finetuned_eval"] == first["finetuned_eval"] == full[0]["finetuned_eval"]  # same weights
+    (s2, before), (s4, uninterrupted) = first["finetune_loss_curve"]
+    assert (s2, s4) == (2, 4)
+    assert before == pytest.approx((per_step[1] + per_step[2]) / 2, rel=1e-5)
+    assert uninterrupted == pytest.approx((per_step[3] + per_step[4]) / 2, rel=1e-5)
+    assert resumed["finetune_resumed_at_step"] == 3
+    assert resumed["finetune_loss_curve"][0] == (2, before)  # restored from the checkpoint's log history
+    after = dict(resumed["finetune_loss_curve"])[4]
+    assert after == pytest.approx(per_step[4], rel=1e-5) and after != pytest.approx(uninterrupted, rel=1e-3)
+    assert resumed["finetune_train_loss"] is None and first["finetune_train_loss"] is not None
+    with open(f"{repo_root}/docs/layer_parallel.md", encoding="utf-8") as fh:
+        text = " ".join(fh.read().split())
+    assert "(the logged losses, the same for a resumed run)" not in text
+    assert (
+        "the same for a resumed run if its checkpoint was saved at a multiple of `--logging_steps`, otherwise the first "
+        "entry after the resume averages only the steps since the resume" in text
+    )
+
+
 def test_a_run_stopped_after_its_last_checkpoint_is_restored_not_trained_past_max_steps(
     source, full, tmp_path, recipe_loaded
 ):
