@@ -64,7 +64,6 @@ def test_neuralgrok(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("resume", [False, True])
 def test_warmup(tmp_path, monkeypatch, resume):
-    import hf_ext.optim.warmup_trainer as trainer
     import hf_ext.recipes.warmup as recipe
 
     out = tmp_path / "out"
@@ -73,7 +72,7 @@ def test_warmup(tmp_path, monkeypatch, resume):
         ckpt = out / "adamw_no_warmup" / "checkpoint-2"
         ckpt.mkdir(parents=True)
         (ckpt / "trainer_state.json").write_text('{"global_step": 2}')
-    monkeypatch.setattr(trainer, "WarmupFreeTrainer", _interrupt)
+    monkeypatch.setattr(recipe, "_ArmTrainer", _interrupt)  # the recipe's WarmupFreeTrainer (records the arm)
     argv = ["--arms", "adamw_no_warmup", "--max_steps", "3", "--hidden_size", "32", "--intermediate_size", "64",
             "--vocab_size", "512", "--block_size", "32", "--use_cpu", "true", "--output_dir", str(out)]  # fmt: skip
     with pytest.raises(_Interrupted):

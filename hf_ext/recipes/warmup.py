@@ -11,22 +11,31 @@ warmup gap = eval loss without warmup minus eval loss with warmup) and `warmup.p
 `--resume_from_checkpoint` (bare, `true`/`last`, or a folder): with `last` every arm continues from the newest complete
 `checkpoint-N` in its own folder (arms without one start from scratch; at least one arm must have one); a checkpoint
 folder can only be named when a single arm is trained. Save checkpoints with `--save_strategy steps --save_steps N`.
+Every checkpoint records its arm (`warmup_arm.json`: arm, optimizer, warmup fraction); a resume refuses, before any
+work, a checkpoint of another arm (or optimizer) and one trained with another `--warmup_fraction`. A checkpoint written
+before hf_ext recorded the arm is resumed with a warning (it cannot be checked).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
 
-from ..optim.warmup_trainer import WarmupFreeTrainingArguments
-from ..utils.io import atomic_savefig, atomic_write_results
+from ..optim.warmup_trainer import WarmupFreeTrainer, WarmupFreeTrainingArguments
+from ..utils.io import atomic_savefig, atomic_write_json, atomic_write_results
 from ..utils.resume import train_or_restore_finished
 from ._common import validation_split_seed_field
 
+logger = logging.getLogger(__name__)
+
 ARCHITECTURES = ("llama", "gpt2", "openai-gpt")
 ARMS = ("adamw_warmup", "adamw_no_warmup", "lion_ar_warmup", "lion_ar_no_warmup", "lion_a_warmup", "lion_a_no_warmup")
+#: Written into every checkpoint of an arm: `{"arm", "optimizer", "warmup_fraction"}`, checked by a resume.
+ARM_RECORD_NAME = "warmup_arm.json"
 
 
 @dataclass
@@ -118,7 +127,10 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
     if recipe.train_file is not None and not os.path.isfile(recipe.train_file):
         raise ValueError(f"--train_file {recipe.train_file!r} does not exist.")
     _check_arm_options(arms, recipe, args)
-    resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)  # before the folder is made
+    # before the folder is made
+    resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)
+    for arm, checkpoint in resume.items():
+        check_checkpoint_arm(checkpoint, arm, recipe)
     ensure_writable_dir(args.output_dir, "--output_dir")
     return arms
 
@@ -252,6 +264,76 @@ def resume_checkpoints(value, arms: list[str], output_dir: str, max_steps: int |
     return {arms[0]: checkpoint}
 
 
+def arm_record(arm: str, recipe: WarmupRecipeArguments) -> dict:
+    """What a checkpoint of `arm` records about the run that wrote it (`ARM_RECORD_NAME`)."""
+    fraction = 0.0 if arm.endswith("no_warmup") else float(recipe.warmup_fraction)
+    return {"arm": arm, "optimizer": _arm_optimizer(arm), "warmup_fraction": fraction}
+
+
+def check_checkpoint_arm(checkpoint: str | None, arm: str, recipe: WarmupRecipeArguments) -> None:
+    """Refuse, before any work, to resume `arm` from a checkpoint another arm wrote (it would continue that arm's run,
+    with its warmup or its optimizer, and report it as `arm`; another optimizer's state used to fail late with torch's
+    "parameter group that doesn't match") or one trained with another `--warmup_fraction` (the schedule would change
+    mid-run). A checkpoint without the record (written before hf_ext recorded it) is resumed with a warning."""
+    if checkpoint is None:
+        return
+    path = os.path.join(checkpoint, ARM_RECORD_NAME)
+    if not os.path.isfile(path):
+        logger.warning(
+            "--resume_from_checkpoint: %s records no warmup arm (no %s: written before hf_ext recorded it), so it "
+            "is resumed as arm %s unchecked; make sure it is a checkpoint of that arm.",
+            checkpoint,
+            ARM_RECORD_NAME,
+            arm,
+        )
+        return
+    try:
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        saved_arm, saved_fraction = saved["arm"], float(saved["warmup_fraction"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"--resume_from_checkpoint: {path} cannot be read ({err!r}); resume from an earlier checkpoint of arm "
+            f"{arm}."
+        ) from None
+    fraction = arm_record(arm, recipe)["warmup_fraction"]
+    if saved_arm != arm:
+        saved_optimizer, optimizer = saved.get("optimizer") or _arm_optimizer(str(saved_arm)), _arm_optimizer(arm)
+        differs = (
+            f"optimizer {saved_optimizer}, not {optimizer}"
+            if saved_optimizer != optimizer
+            else f"warmup fraction {saved_fraction}, not {fraction}"
+        )
+        raise ValueError(
+            f"--resume_from_checkpoint: {checkpoint} is a checkpoint of arm {saved_arm!r} ({differs}), but it would "
+            f"resume arm {arm!r}: the run would continue {saved_arm} and report it as {arm}. Pass --arms {saved_arm} "
+            f"to continue that arm, or a checkpoint of arm {arm}."
+        )
+    if saved_fraction != fraction:
+        raise ValueError(
+            f"--resume_from_checkpoint: {checkpoint} is a checkpoint of arm {arm} trained with --warmup_fraction "
+            f"{saved_fraction}, but this run has --warmup_fraction {fraction} (the schedule would change mid-run); "
+            f"pass --warmup_fraction {saved_fraction} to continue it, or a checkpoint of a run with {fraction}."
+        )
+
+
+class _ArmTrainer(WarmupFreeTrainer):
+    """`WarmupFreeTrainer` that writes the arm's record into each checkpoint, before `trainer_state.json` (the file
+    that marks a checkpoint complete), so a complete checkpoint always has it."""
+
+    def __init__(self, *args, arm_record: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.arm_record = arm_record
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        from ..utils.resume import checkpoint_being_saved
+
+        super().save_model(output_dir, _internal_call=_internal_call)
+        folder = checkpoint_being_saved(self, output_dir, _internal_call)
+        if folder is not None:
+            atomic_write_json(os.path.join(folder, ARM_RECORD_NAME), self.arm_record)
+
+
 def warmup_gaps(results: dict) -> dict[str, float]:
     """Per optimizer: eval loss without warmup minus eval loss with warmup (arms present in `results`)."""
     gaps = {}
@@ -383,7 +465,6 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
 
     from ..data import build_tokenizer, load_text_datasets, pack_dataset
     from ..optim.metrics import UpdateMetricsCallback
-    from ..optim.warmup_trainer import WarmupFreeTrainer
 
     arms = validate(recipe, args)
     resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)
@@ -413,13 +494,14 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
         set_seed(args.seed)
         model = AutoModelForCausalLM.from_config(config)
         metrics_cb = UpdateMetricsCallback(probe_batch=probe, every_n_steps=recipe.metrics_every, plot_path=None)
-        trainer = WarmupFreeTrainer(
+        trainer = _ArmTrainer(
             model=model,
             args=arm_args,
             train_dataset=train_ds,
             eval_dataset=eval_ds,
             data_collator=default_data_collator,
             callbacks=[metrics_cb],
+            arm_record=arm_record(arm, recipe),
         )
         # a finished arm is restored, not trained a step past --max_steps
         train_or_restore_finished(trainer, resume[arm])
