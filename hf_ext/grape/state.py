@@ -1,6 +1,7 @@
 """Mixture state (weights, running averages, EMA losses, update counts, sampler schedule) and its files.
 
-Checkpoints hold `grape_state.safetensors` (tensors) and `grape_state.json` (names, counts, schedule, trajectory).
+Checkpoints hold `grape_state.safetensors` (tensors) and `grape_state.json` (names, counts, schedule, trajectory and
+the `reweight_method` of the run that wrote them, which a resume checks: `saved_reweight_method`).
 The final mixture is exported as a small JSON file that `load_mixture` reads back for a fixed-weight run.
 """
 
@@ -182,8 +183,9 @@ class MixtureState:
         return self.task_weight_sum / self.task_updates
 
     # ----------------------------------------------------------------------------------------------------------------
-    def save(self, directory: str) -> None:
-        """Write `grape_state.safetensors` and `grape_state.json` into `directory`."""
+    def save(self, directory: str, reweight_method: str | None = None) -> None:
+        """Write `grape_state.safetensors` and `grape_state.json` into `directory` (the JSON also records
+        `reweight_method`, the method of the run, when given: a resume refuses a checkpoint of another method)."""
         from safetensors.torch import save_file
 
         os.makedirs(directory, exist_ok=True)
@@ -207,6 +209,8 @@ class MixtureState:
             "schedule_positions": [int(p) for p, _ in self.schedule],
             "trajectory": self.trajectory,
         }
+        if reweight_method is not None:
+            meta["reweight_method"] = reweight_method
         with atomic_open(os.path.join(directory, STATE_JSON), "w") as fh:
             json.dump(meta, fh, indent=1)
 
@@ -269,6 +273,18 @@ class MixtureState:
             "domain_updates": self.domain_updates,
             "task_updates": self.task_updates,
         }
+
+
+def saved_reweight_method(directory: str) -> str | None:
+    """The `reweight_method` recorded in the mixture state of the checkpoint folder `directory`, or `None` when it
+    records none (a state written before hf_ext recorded it) or holds no readable `grape_state.json` (then
+    `MixtureState.load` says what is wrong)."""
+    try:
+        with open(os.path.join(directory, STATE_JSON), encoding="utf-8") as fh:
+            method = json.load(fh).get("reweight_method")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return method if isinstance(method, str) else None
 
 
 def export_mixture(state: MixtureState, path: str, method: str, global_step: int | None = None) -> dict:

@@ -43,7 +43,7 @@ from .rules import (
     task_objective,
 )
 from .sampler import MixtureSampler, StreamingMixture
-from .state import MixtureState, export_mixture, is_weight_number, load_mixture
+from .state import MixtureState, export_mixture, is_weight_number, load_mixture, saved_reweight_method
 
 logger = logging.getLogger(__name__)
 
@@ -423,12 +423,21 @@ class GrapeTrainer(Trainer):
         """
         super().save_model(output_dir, _internal_call=_internal_call)
         if _internal_call and self.args.should_save:
-            self.mixture_state.save(output_dir if output_dir is not None else self.args.output_dir)
+            folder = output_dir if output_dir is not None else self.args.output_dir
+            self.mixture_state.save(folder, reweight_method=self.args.reweight_method)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from ..utils.resume import refuse_weights_only_checkpoint
 
         refuse_weights_only_checkpoint(resume_from_checkpoint, "resume_from_checkpoint")  # before anything is restored
+        # a checkpoint of another method would go on as a hybrid (its weights, this method's rule) labelled as this one
+        saved = saved_reweight_method(resume_from_checkpoint)
+        if saved is not None and saved != self.args.reweight_method:
+            raise ValueError(
+                f"resume_from_checkpoint={resume_from_checkpoint!r} is a checkpoint of a {saved!r} run, but "
+                f"reweight_method is {self.args.reweight_method!r}; resume it with reweight_method={saved!r}, or pass "
+                f"a checkpoint of a {self.args.reweight_method} run."
+            )
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.load_mixture_state(resume_from_checkpoint)
 

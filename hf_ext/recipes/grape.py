@@ -13,12 +13,15 @@ the Markdown table `target_eval.md` (one row per trained method).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
 
 from ..grape.configuration_grape import REWEIGHT_METHODS, GrapeConfig
 from ..utils.io import atomic_write_results
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TARGETS = "io_network=networking+filesystem,language_numeric=language+numeric+datatypes"
 #: lm-eval metrics shown in the Markdown table (every metric is in `target_eval.json`).
@@ -353,12 +356,41 @@ def _check_mixture_file(data_args: GrapeDataArguments, args: GrapeRecipeConfig) 
 
 def _check_checkpoints(args: GrapeRecipeConfig, eval_args: GrapeEvalArguments | None) -> None:
     """A fresh run refuses run folders holding an earlier run's checkpoints; a resume refuses a checkpoint saved
-    beyond --max_steps (both would continue another run)."""
-    from ..utils.resume import check_checkpoint_folders
+    beyond --max_steps, and one of another --reweight_method (all would continue another run)."""
+    from ..utils.resume import check_checkpoint_folders, resolve_resume_checkpoint, wants_resume
 
     comparing = eval_args is not None and eval_args.compare_methods is not None
     folders = [os.path.join(args.output_dir, m) for m in _methods(eval_args, args)] if comparing else [args.output_dir]
     check_checkpoint_folders(args.resume_from_checkpoint, folders, args.max_steps)
+    if not comparing and wants_resume(args.resume_from_checkpoint):  # --compare_methods refuses the flag
+        check_checkpoint_method(resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir), args)
+
+
+def check_checkpoint_method(checkpoint: str, args: GrapeRecipeConfig) -> None:
+    """A checkpoint to resume must hold a mixture state of a run of the same `--reweight_method`: another method's
+    weights continued with this method's rule would be reported as this method. A state written before hf_ext
+    recorded the method is resumed with a warning (it cannot be checked)."""
+    from ..grape.state import STATE_JSON, STATE_TENSORS, saved_reweight_method
+
+    if not all(os.path.isfile(os.path.join(checkpoint, name)) for name in (STATE_JSON, STATE_TENSORS)):
+        raise ValueError(
+            f"--resume_from_checkpoint={checkpoint!r} holds no mixture state ({STATE_TENSORS} + {STATE_JSON}): it "
+            "was not written by this recipe; pass a checkpoint-N folder of one of its runs."
+        )
+    saved, method = saved_reweight_method(checkpoint), args.reweight_method
+    if saved is None:
+        logger.warning(
+            "--resume_from_checkpoint=%r records no mixture method (written before hf_ext recorded it): it is "
+            "resumed as --reweight_method %s unchecked; make sure it is a checkpoint of a %s run.",
+            checkpoint,
+            method,
+            method,
+        )
+    elif saved != method:
+        raise ValueError(
+            f"--resume_from_checkpoint={checkpoint!r} is a checkpoint of a {saved!r} run, but --reweight_method is "
+            f"{method!r}; pass --reweight_method {saved} to continue it, or a checkpoint of a {method} run."
+        )
 
 
 def _load_file(path: str, text_column: str):

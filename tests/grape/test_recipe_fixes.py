@@ -24,6 +24,9 @@ def _parse(argv):
 def _checkpoint(folder, step):
     folder.mkdir(parents=True)
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    # a checkpoint of this recipe holds a mixture state (of a grape run, the default --reweight_method)
+    (folder / "grape_state.json").write_text(json.dumps({"reweight_method": "grape"}))
+    (folder / "grape_state.safetensors").write_bytes(b"")
 
 
 @pytest.mark.parametrize(

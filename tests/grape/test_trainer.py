@@ -153,11 +153,11 @@ def test_a_save_killed_while_writing_the_mixture_state_leaves_a_checkpoint_that_
     train, targets = synthetic
     save, calls = MixtureState.save, []
 
-    def dies_on_the_second_checkpoint(self, directory):
+    def dies_on_the_second_checkpoint(self, directory, **kwargs):
         calls.append(directory)
         if len(calls) == 2:
             raise KeyboardInterrupt("killed while writing the mixture state")
-        save(self, directory)
+        save(self, directory, **kwargs)
 
     monkeypatch.setattr(MixtureState, "save", dies_on_the_second_checkpoint)
     out = tmp_path / "killed"
