@@ -452,10 +452,20 @@ def build_data(data_args: GrapeDataArguments, args: GrapeRecipeConfig):
 
 
 def _result_files(args: GrapeRecipeConfig) -> list[str]:
-    """The report files a run may write into --output_dir (one method, or one sub-folder per compared method)."""
-    own = ["grape_results.json", args.export_mixture_file, *([args.plot_file] if args.plot_file else [])]
+    """The report files a run may write into --output_dir (one method, or one sub-folder per compared method), and
+    those an earlier run wrote under the default names: a rerun with `--plot_file ""` or another
+    `--export_mixture_file` used to leave the earlier `mixture_weights.png` / `mixture.json` looking current. The
+    `--mixture_file` this run reads is never among them (a `fixed` run into the folder of the run that wrote it)."""
+    defaults = GrapeRecipeConfig.__dataclass_fields__
+    names = [args.export_mixture_file, defaults["export_mixture_file"].default, args.plot_file]
+    names.append(defaults["plot_file"].default)
+    own = ["grape_results.json", *dict.fromkeys(n for n in names if n)]
     per_method = [os.path.join(method, name) for method in REWEIGHT_METHODS for name in own]
-    return [*own, "target_eval.json", "target_eval.md", "target_eval.png", *per_method]
+    files = [*own, "target_eval.json", "target_eval.md", "target_eval.png", *per_method]
+    if args.mixture_file:
+        keep = os.path.realpath(args.mixture_file)
+        files = [f for f in files if os.path.realpath(os.path.join(args.output_dir, f)) != keep]
+    return files
 
 
 def run(

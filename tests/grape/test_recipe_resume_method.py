@@ -1,8 +1,10 @@
 """GRAPE: a checkpoint records its `reweight_method` (in `grape_state.json`), and a resume refuses a checkpoint of
-another method before any work.
+another method before any work; a rerun clears the earlier run's plot and mixture under their default names too.
 
 Before, `--resume_from_checkpoint <a doge run's checkpoint>` ran with the default --reweight_method grape and reported
-`method: grape` for a doge/grape hybrid."""
+`method: grape` for a doge/grape hybrid; a rerun with `--plot_file ""` kept the earlier `mixture_weights.png`, one
+with `--export_mixture_file mix_new.json` kept the earlier `mixture.json` (the file fed to `--reweight_method fixed`),
+and a `fixed` run into the folder of the run whose `mixture.json` it reads deleted that file before reading it."""
 
 from __future__ import annotations
 
@@ -108,3 +110,19 @@ def test_grape_trainer_refuses_a_checkpoint_of_another_method(tmp_path, doge_run
     with pytest.raises(ValueError, match="is a checkpoint of a 'doge' run, but reweight_method is 'grape'"):
         trainer.train(resume_from_checkpoint=str(checkpoint))
     assert all(p.equal(before[n]) for n, p in model.named_parameters())  # nothing restored
+
+
+def test_a_rerun_clears_the_default_plot_and_mixture_and_keeps_its_mixture_file(tmp_path):
+    from hf_ext.recipes.grape import main
+
+    out = tmp_path / "out"
+    run = [*TINY, "--max_steps", "2", "--output_dir", str(out)]
+    main(run)
+    assert (out / "mixture_weights.png").is_file() and (out / "mixture.json").is_file()
+    main([*run, "--plot_file", ""])  # documented "empty to skip": the earlier plot used to stay
+    assert not (out / "mixture_weights.png").exists() and (out / "mixture.json").is_file()
+    # a fixed run into the folder of the run whose mixture it reads: the input is not cleared before it is read
+    res = main([*run, "--reweight_method", "fixed", "--mixture_file", str(out / "mixture.json"), "--plot_file", ""])
+    assert res["method"] == "fixed" and (out / "mixture.json").is_file()
+    main([*run, "--export_mixture_file", "mix_new.json"])  # the earlier mixture.json used to stay
+    assert sorted(p.name for p in out.glob("mix*")) == ["mix_new.json", "mixture_weights.png"]
