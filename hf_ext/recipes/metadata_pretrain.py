@@ -8,6 +8,7 @@ and a plain-text baseline, then evaluates the document loss with and without con
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -25,11 +26,26 @@ from .pretrain import ModelArguments, build_model, check_fresh_model
 logger = logging.getLogger(__name__)
 
 
+def _no_fp8_field(default):
+    """A field of pretrain's FP8 flags, hidden from `--help`: this recipe trains without FP8 and refuses the flag set
+    to anything but `default` (`check_ignored_flags`), so `--help` does not offer it."""
+    return field(default=default, metadata={"help": argparse.SUPPRESS})
+
+
 @dataclass
 class MetadataModelArguments(ModelArguments):
     hidden_size: int = field(default=64, metadata={"help": "Hidden size of a fresh model."})
     intermediate_size: int = field(default=192, metadata={"help": "MLP width of a fresh model."})
     num_hidden_layers: int = field(default=2, metadata={"help": "Layers of a fresh model."})
+    # pretrain's FP8 flags, inherited with its ModelArguments: not flags of this recipe (both models train without
+    # FP8). Hidden from --help (it listed them with pretrain's help and "(default: torchao)"), refused when set to
+    # anything but these defaults, which say what the recipe does: no FP8 backend, no FP8 monitor.
+    fp8_backend: str = _no_fp8_field("none")
+    fp8_recipe: str = _no_fp8_field("tensorwise")
+    fp8_scaling: str = _no_fp8_field("delayed")
+    fp8_attention: bool = _no_fp8_field(False)
+    fp8_monitor_steps: int = _no_fp8_field(0)
+    fp8_monitor_action: str = _no_fp8_field("warn")
 
 
 @dataclass
@@ -134,7 +150,8 @@ def _template(meta_args: MetadataArguments):
     return metadata_template(meta_args.template, column=column, fmt=meta_args.template_format)
 
 
-#: pretrain's FP8 flags, inherited with its ModelArguments: this recipe trains both models without FP8.
+#: pretrain's FP8 flags, inherited with its ModelArguments: this recipe trains both models without FP8 (hidden from
+#: --help, refused when set to anything but MetadataModelArguments' defaults).
 FP8_FLAGS = ("fp8_backend", "fp8_recipe", "fp8_scaling", "fp8_attention", "fp8_monitor_steps", "fp8_monitor_action")
 #: Flags that only the lm-eval comparison (--eval_tasks) reads.
 EVAL_FLAGS = ("eval_fewshot", "eval_limit", "eval_metric", "eval_batch_size", "eval_url")
