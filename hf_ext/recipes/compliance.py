@@ -363,8 +363,9 @@ def run(args: ComplianceArguments) -> dict:
     report = _validate(args)
     from ._common import clear_previous_results
 
-    # Every check (snapshot, checker options, dataset columns) runs before the previous run's results are removed:
-    # a run that fails on its inputs leaves the earlier results in place.
+    # Every check (snapshot, checker options, dataset columns, the --train_models blocks) runs before the previous
+    # run's results are removed, just before this run writes its first file: a run that fails on its inputs leaves the
+    # earlier results in place.
     store = RobotsTxtStore.load(args.robots) if args.robots else load_example_robots()
     agents = [a.strip() for a in args.user_agents.split(",")] if args.user_agents else list(DEFAULT_AI_USER_AGENTS)
     checker = RobotsCompliance(
@@ -392,7 +393,6 @@ def run(args: ComplianceArguments) -> dict:
         from ..data import build_tokenizer
 
         tokenizer = build_tokenizer(args.vocab_size)
-    clear_previous_results(args.output_dir, RESULT_FILES)
 
     if args.engine == "datasets":
         annotated = annotate_compliance(dataset, checker, url_column=args.url_column, num_proc=args.num_proc)
@@ -405,6 +405,9 @@ def run(args: ComplianceArguments) -> dict:
         tokenizer=tokenizer, num_proc=args.num_proc,
     )
     settings = _run_settings(store, agents, args)
+    # the training blocks of --train_models (too few for a --train_block_size is refused here, before any write)
+    dcg_data = _dcg_data(annotated, tokenizer, args) if args.train_models else None
+    clear_previous_results(args.output_dir, RESULT_FILES)
     dates = settings["robots_snapshot"]["fetched_at"]
     status_counts = store.status_counts()
     print(f"robots.txt snapshot: {len(store)} hosts, fetched {', '.join(dates) or 'at unknown dates'}")
@@ -428,7 +431,7 @@ def run(args: ComplianceArguments) -> dict:
         result["dcg"] = report.to_dict()
         atomic_write_results(os.path.join(args.output_dir, "dcg.json"), result["dcg"])
     if args.train_models:
-        result["dcg_trained"] = train_and_measure_dcg(annotated, tokenizer, args)
+        result["dcg_trained"] = train_and_measure_dcg(annotated, tokenizer, args, dcg_data)
     print(f"saved statistics to {args.output_dir}")
     return result
 
@@ -453,21 +456,10 @@ def _domain_losses(model, eval_sets: dict) -> dict[str, float]:
     return {name: causal_lm_eval_loss(model, ds, 32) for name, ds in eval_sets.items()}
 
 
-def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments) -> dict:
-    """The paper's two DCG settings at small scale; returns per-domain held-out losses and both DCG reports.
-
-    Scores are held-out next-token losses per domain of the embedded corpus' test split (lower is better, so a
-    positive DCG means the compliant model is worse). Both from-scratch models see the same number of tokens
-    (`train_steps x train_batch_size x train_block_size`): the smaller compliant set is repeated more often.
-    """
-    import copy
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, set_seed
-
-    from ..compliance import compute_dcg
+def _dcg_data(annotated, tokenizer, args: ComplianceArguments) -> tuple[dict, dict]:
+    """The packed training blocks (`compliant`, `non_compliant`, `full`) and held-out evaluation sets (`ALL` and one
+    per domain) of `train_and_measure_dcg`; refuses a split too small for one batch, naming the flags."""
     from ..data import load_corpus, pack_dataset
-    from ..utils.io import atomic_write_results, atomic_write_text
 
     if args.dataset_name or args.train_file:
         raise ValueError("--train_models uses the embedded corpus and its held-out split; drop --dataset_name/--train_file.")
@@ -480,7 +472,11 @@ def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments) -> di
     blocks = {k: pack_dataset(v.select_columns([text]), tokenizer, args.train_block_size, text) for k, v in parts.items()}
     for name, ds in blocks.items():
         if len(ds) < args.train_batch_size:
-            raise ValueError(f"The {name} data forms only {len(ds)} blocks; lower --train_block_size/--train_batch_size.")
+            raise ValueError(
+                f"The {name} data forms only {len(ds)} blocks of --train_block_size {args.train_block_size} tokens, "
+                f"fewer than one batch (--train_batch_size {args.train_batch_size}); lower --train_block_size or "
+                "--train_batch_size."
+            )
     held_out = load_corpus("test")
     eval_sets = {"ALL": pack_dataset(held_out.select_columns([text]), tokenizer, args.train_block_size, text)}
     for domain in sorted(set(held_out["domain"])):
@@ -488,6 +484,26 @@ def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments) -> di
         packed = pack_dataset(docs, tokenizer, args.train_block_size, text)
         if len(packed):
             eval_sets[domain] = packed
+    return blocks, eval_sets
+
+
+def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments, data: tuple | None = None) -> dict:
+    """The paper's two DCG settings at small scale; returns per-domain held-out losses and both DCG reports.
+
+    Scores are held-out next-token losses per domain of the embedded corpus' test split (lower is better, so a
+    positive DCG means the compliant model is worse). Both from-scratch models see the same number of tokens
+    (`train_steps x train_batch_size x train_block_size`): the smaller compliant set is repeated more often. `data` is
+    what `_dcg_data` returns for these arguments (built here when not given).
+    """
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, set_seed
+
+    from ..compliance import compute_dcg
+    from ..utils.io import atomic_write_results, atomic_write_text
+
+    blocks, eval_sets = data if data is not None else _dcg_data(annotated, tokenizer, args)
 
     def fresh():
         set_seed(args.seed)

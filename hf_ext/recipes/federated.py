@@ -413,6 +413,10 @@ def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
             raise ValueError(f"{flag} must be >= 0 (a noise multiplier; 0 adds no noise), got {value}.")
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
+    from ._common import check_vocab_size
+
+    # as `run` decides: the tokenizer of --tokenizer_name / --model_name_or_path is loaded, else the BPE is built
+    check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
     check_data(data_args)
     if any(base != "full" for _, base, _ in configs):
         check_lora_targets(model_args, data_args, fed_args)
@@ -533,8 +537,6 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
 
     validate(model_args, data_args, fed_args, cmp_args, training_args)
     configs = parse_configs(cmp_args.configs)
-    # the recipe cannot resume: an earlier run's results in this folder are never those of this run
-    clear_previous_results(training_args.output_dir, RESULT_FILES)
     if cmp_args.torch_threads:
         import torch
 
@@ -577,6 +579,9 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
         eval_docs = eval_docs.filter(lambda text: text not in canary_docs, input_columns="text")
     eval_ds = pack_dataset(eval_docs, tokenizer, data_args.block_size)
     eval_ds = eval_ds.select(range(min(len(eval_ds), data_args.max_eval_blocks)))
+    # the recipe cannot resume: an earlier run's results in this folder are never those of this run. Removed once the
+    # tokenizer and the data are built, so a run refused on them leaves the earlier results alone
+    clear_previous_results(training_args.output_dir, RESULT_FILES)
 
     base = build_tiny_model(model_args, tokenizer)
     if model_args.model_name_or_path is None and model_args.pretrain_steps > 0 and public:

@@ -276,6 +276,11 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
             )
     if resume:
         _check_run_data(task, training_args)
+    from ._common import check_vocab_size
+
+    # as `run_tokenizer` decides: a base folder holding a tokenizer is tokenized with it, else the BPE of --vocab_size
+    # is built (which refused a too small size only after the earlier run's results had been removed)
+    check_vocab_size(task.vocab_size, _tokenizer_folder(base, training_args))
     ensure_writable_dir(training_args.output_dir, "--output_dir")
 
 
@@ -370,6 +375,15 @@ def resolve_resume(training_args) -> str | None:
     return path
 
 
+def _tokenizer_folder(base: str | None, training_args) -> str | None:
+    """The folder whose tokenizer `run_tokenizer` loads (`None`: the embedded BPE of `--vocab_size` is built)."""
+    if base is None and training_args.resume_from_checkpoint:
+        base = os.path.join(training_args.output_dir, "base")
+    if base and os.path.exists(os.path.join(base, "tokenizer_config.json")):
+        return base
+    return None
+
+
 def load_tokenizer(base: str | None, vocab_size: int):
     """The base model's tokenizer when `base` is a folder that has one, else the embedded BPE of `vocab_size`."""
     if base and os.path.exists(os.path.join(base, "tokenizer_config.json")):
@@ -446,8 +460,10 @@ def build_task(task: TaskArguments, tokenizer, seed: int):
     )
     if len(train) < 20:
         raise ValueError(
-            f"Only {len(train)} training examples remain after {task.num_val} validation and {task.num_test} test "
-            "examples; lower --num_val/--num_test/--max_length or add --domains."
+            f"Only {len(train)} training examples remain, the recipe needs at least 20: {len(rows)} documents of "
+            f"--domains have at least --max_length {task.max_length} tokens, --num_val {task.num_val} and --num_test "
+            f"{task.num_test} of them are held out, and --max_train is {task.max_train}. Lower --num_val, --num_test "
+            "or --max_length, raise --max_train, or add --domains."
         )
     num_noisy = noisy_count(task.noise_rate, len(train), task.max_train)
     noisy = rng.choice(len(train), size=num_noisy, replace=False)
@@ -649,6 +665,19 @@ RESULT_FILES = (
 )  # fmt: skip
 
 
+def start_run_files(task: TaskArguments, training_args) -> None:
+    """Once the tokenizer and the data are built (where a too small --vocab_size, or a --max_length / --num_val /
+    --max_train that leaves too few examples, is refused): remove an earlier run's report files and record this run's
+    data-defining arguments. A run refused for a bad value leaves both as the earlier run left them."""
+    from ._common import clear_previous_results
+
+    clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
+    if not training_args.resume_from_checkpoint:  # what a resume of this run must keep (see _check_run_data)
+        from ..utils.io import atomic_write_json
+
+        atomic_write_json(os.path.join(training_args.output_dir, RUN_DATA_FILE), _run_data(task, training_args))
+
+
 def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments, training_args) -> dict:
     """Fine-tune, score with every method, evaluate detection and data selection. Returns the results dict."""
     import numpy as np
@@ -659,22 +688,18 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     from ..hyperinf.metrics import select_lowest_influence
 
     validate_args(task, model_args, inf, training_args)
-    from ._common import clear_previous_results
-
-    clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
-    if not training_args.resume_from_checkpoint:  # what a resume of this run must keep (see _check_run_data)
-        from ..utils.io import atomic_write_json
-
-        atomic_write_json(os.path.join(training_args.output_dir, RUN_DATA_FILE), _run_data(task, training_args))
     if inf.num_threads is not None:
         torch.set_num_threads(inf.num_threads)
-    if task.task == "llm_selection":
-        return run_llm_selection(task, model_args, inf, training_args)
-    methods = parse_list(inf.methods)
     set_seed(training_args.seed)
     base = model_args.model_name_or_path
     tokenizer = run_tokenizer(base, task.vocab_size, training_args)
+    if task.task == "llm_selection":
+        data = build_selection_task(task, tokenizer, training_args.seed)
+        start_run_files(task, training_args)
+        return run_llm_selection(task, model_args, inf, training_args, tokenizer, data)
+    methods = parse_list(inf.methods)
     train, val, test, is_noisy, domains = build_task(task, tokenizer, training_args.seed)
+    start_run_files(task, training_args)
     print(
         f"task: {len(domains)} domains, train {len(train)} ({int(is_noisy.sum())} flipped), val {len(val)}, "
         f"test {len(test)}, {task.max_length} tokens each"
@@ -860,34 +885,15 @@ def plot_llm_selection(results: dict, path: str) -> None:
     plt.close(fig)
 
 
-def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments, training_args) -> dict:
-    """LoRA causal LM on instruction data with corrupted answers; fine-tune on each method's top-k% selection.
+def build_selection_task(task: TaskArguments, tokenizer, seed: int):
+    """The instruction data of `--task llm_selection`: `(train, target, test, corrupted)`, checked (at least one
+    corrupted and one clean training example) before any training."""
+    from ..hyperinf.selection import build_instruction_task
 
-    Every method scores the training examples by their influence on the mean response loss of the clean target set
-    (`--num_val` examples); the most helpful share (`--select_fractions`, within each instruction kind and document
-    domain unless `--select_per_class false`) and a random
-    share of the same size are used to retrain the same LoRA initialisation, evaluated on held-out clean test examples
-    (`--num_test`) and on the target set.
-    """
-    import numpy as np
-    import torch
-    from transformers import set_seed
-
-    from ..hyperinf import InfluenceEstimator, PeakMemory, recall_at_fraction, roc_auc
-    from ..hyperinf.gradients import PaddingCollator
-    from ..hyperinf.metrics import select_lowest_influence
-    from ..hyperinf.selection import build_instruction_task, evaluate_response_loss
-    from ..utils import atomic_write_text
-
-    methods = parse_list(inf.methods)
-    fractions = parse_fractions(inf.select_fractions)
-    set_seed(training_args.seed)
-    base = model_args.model_name_or_path
-    tokenizer = run_tokenizer(base, task.vocab_size, training_args)
     train, target, test, corrupted = build_instruction_task(
         tokenizer,
         parse_list(task.domains),
-        seed=training_args.seed,
+        seed=seed,
         prompt_tokens=task.prompt_tokens,
         answer_tokens=task.answer_tokens,
         num_target=task.num_val,
@@ -896,7 +902,7 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
         corrupt_rate=task.noise_rate,
         kinds=tuple(parse_list(task.instruction_kinds)),
     )
-    chosen = noisy_count(task.noise_rate, len(train), task.max_train, "corrupted answers")  # before any training
+    chosen = noisy_count(task.noise_rate, len(train), task.max_train, "corrupted answers")
     if not corrupted.any():  # the answers are shuffled within each kind: a kind chosen fewer than twice corrupts none
         raise ValueError(
             f"--noise_rate {task.noise_rate} chooses {chosen} of the {len(train)} training examples (--max_train "
@@ -905,6 +911,34 @@ def run_llm_selection(task: TaskArguments, model_args: ModelArguments, inf: Infl
             "would land on its own domain stays clean), and the recipe measures how well each method finds the "
             "corrupted examples; raise --noise_rate or --max_train."
         )
+    return train, target, test, corrupted
+
+
+def run_llm_selection(
+    task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments, training_args, tokenizer, data
+) -> dict:
+    """LoRA causal LM on instruction data with corrupted answers; fine-tune on each method's top-k% selection.
+
+    Every method scores the training examples by their influence on the mean response loss of the clean target set
+    (`--num_val` examples); the most helpful share (`--select_fractions`, within each instruction kind and document
+    domain unless `--select_per_class false`) and a random
+    share of the same size are used to retrain the same LoRA initialisation, evaluated on held-out clean test examples
+    (`--num_test`) and on the target set. `tokenizer` is the run's (`run_tokenizer`), `data` what
+    `build_selection_task` returns.
+    """
+    import numpy as np
+    import torch
+
+    from ..hyperinf import InfluenceEstimator, PeakMemory, recall_at_fraction, roc_auc
+    from ..hyperinf.gradients import PaddingCollator
+    from ..hyperinf.metrics import select_lowest_influence
+    from ..hyperinf.selection import evaluate_response_loss
+    from ..utils import atomic_write_text
+
+    methods = parse_list(inf.methods)
+    fractions = parse_fractions(inf.select_fractions)
+    base = model_args.model_name_or_path
+    train, target, test, corrupted = data
     print(
         f"llm_selection: train {len(train)} ({int(corrupted.sum())} corrupted answers), target {len(target)}, "
         f"test {len(test)}"
