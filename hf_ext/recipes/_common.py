@@ -345,15 +345,23 @@ def finish(result=None):
 
 
 def whole_run_train_loss(trainer, this_call_mean: float) -> float | None:
-    """Mean training loss over every optimizer step of the run, `1..global_step`, also after a resume.
+    """Mean training loss over every optimizer step of the run, `1..global_step`, also after a resume, and the same
+    on every rank of a data-parallel run (call it on every rank: it may all-reduce).
 
     `Trainer.train()` returns the mean over the steps of that call only, so a resumed run would report the mean of
     its last part. The steps before the resume are taken from the restored `log_history` (each logged loss is the
     mean since the previous log). Returns `None` when those logs stop short of the resume step (a checkpoint saved
     between two logs): the losses of its last steps were never recorded.
+
+    On several ranks each logged loss is the mean over the ranks (transformers gathers it), but the steps after the
+    last log (when `--logging_steps` does not divide the run) enter `training_loss` with this rank's own losses; that
+    remainder is averaged over the ranks here, so the result equals one process at the same global batch.
     """
     first = resumed_at_step(trainer)
     last = int(trainer.state.global_step)
+    args = getattr(trainer, "args", None)
+    if getattr(args, "world_size", 1) > 1 and last > first:
+        this_call_mean = _ranks_mean_of_this_call(trainer, this_call_mean, first, last)
     if first <= 0:
         return this_call_mean
     total, previous = 0.0, 0
@@ -364,6 +372,23 @@ def whole_run_train_loss(trainer, this_call_mean: float) -> float | None:
     if previous != first:
         return None
     return (total + this_call_mean * (last - first)) / max(last, 1)
+
+
+def _ranks_mean_of_this_call(trainer, this_call_mean: float, first: int, last: int) -> float:
+    """The mean loss of steps `first+1..last` with the unlogged tail averaged over the ranks (see
+    `whole_run_train_loss`). Every rank takes the same branch: the log history and the step counts are shared."""
+    logged, previous = 0.0, first
+    for entry in trainer.state.log_history:
+        if "loss" in entry and "step" in entry and first < entry["step"] <= last:
+            logged += entry["loss"] * (entry["step"] - previous)  # the gathered sum since the previous log
+            previous = entry["step"]
+    if previous == last:  # logged at the last step: nothing rank-local in the mean
+        return this_call_mean
+    import torch
+
+    tail = torch.tensor(this_call_mean * (last - first) - logged, dtype=torch.float64, device=trainer.args.device)
+    tail = trainer.accelerator.reduce(tail, reduction="mean").item()
+    return (logged + tail) / (last - first)
 
 
 def resumed_at_step(trainer) -> int:
