@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -226,6 +227,17 @@ def _find_transform(optimizer) -> GradientTransformOptimizer | None:
     return None
 
 
+@contextlib.contextmanager
+def _keep_last_batch(args):
+    """`args.dataloader_drop_last` off while an evaluation dataloader is built (see `NeuralGrokTrainer`)."""
+    drop = args.dataloader_drop_last
+    args.dataloader_drop_last = False
+    try:
+        yield
+    finally:
+        args.dataloader_drop_last = drop
+
+
 class NeuralGrokTrainer(Trainer):
     r"""
     [`Trainer`] whose optimizer step transforms the gradient first, once per optimizer step (never per
@@ -248,6 +260,11 @@ class NeuralGrokTrainer(Trainer):
 
     Logged on top of the usual metrics: `train_accuracy` (labelled tokens of the training batches), `age_raw`,
     `age_transformed`, `grad_norm_raw`, `grad_norm_transformed`, `awe`, `weight_norm`, `outer_loss`.
+
+    `args.dataloader_drop_last` drops the last partial batch of each training epoch only: an evaluation always covers
+    every example of the eval set (transformers' `Trainer` drops the last partial eval batch too, which left a test
+    accuracy over a subset that changes with the batch size, or no evaluation at all when the set is smaller than one
+    eval batch).
 
     Args:
         model: any model whose forward returns a `loss` from `labels` (e.g. [`GrokDecoderForCausalLM`] or a
@@ -379,6 +396,15 @@ class NeuralGrokTrainer(Trainer):
         self.optimizer = wrapped
         self.transform_optimizer = wrapped
         return wrapped
+
+    # ------------------------------------------------------------------- data
+    def get_eval_dataloader(self, eval_dataset=None):
+        with _keep_last_batch(self.args):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with _keep_last_batch(self.args):
+            return super().get_test_dataloader(test_dataset)
 
     # ------------------------------------------------------------- inner step
     def training_step(self, model, inputs, num_items_in_batch=None):

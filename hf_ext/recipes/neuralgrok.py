@@ -355,9 +355,21 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
             )
     try:
         dataset = build_arithmetic_dataset(task_args.task, task_args.p)
-        split_arithmetic_dataset(dataset, task_args.train_fraction, task_args.outer_fraction)
+        splits = split_arithmetic_dataset(dataset, task_args.train_fraction, task_args.outer_fraction)
     except (TypeError, ValueError) as err:
         raise type(err)(f"--p / --train_fraction / --outer_fraction: {err}") from err
+    if training_args.dataloader_drop_last:
+        global_batch = training_args.per_device_train_batch_size * training_args.world_size
+        for method in methods:
+            rows = len(splits["inner" if method in INNER_METHODS else "train"])
+            if rows < global_batch:
+                raise ValueError(
+                    f"--dataloader_drop_last true drops each epoch's last partial batch, but --methods {method} trains "
+                    f"on {rows} rows, fewer than one batch (--per_device_train_batch_size "
+                    f"{training_args.per_device_train_batch_size} x {training_args.world_size} process(es) = "
+                    f"{global_batch}): no step would train. Lower --per_device_train_batch_size or drop "
+                    "--dataloader_drop_last."
+                )
     if model_args.model_type != "grok_decoder":
         from ..neuralgrok.data import arithmetic_vocab_size
 
@@ -395,6 +407,24 @@ def _check_causal(model_args: GrokModelArguments, vocab_size: int, example) -> N
             f"--model_type={model_args.model_type!r} is not causal here (its predictions depend on later tokens, so "
             "it would read the answer off the input); use grok_decoder or a decoder type such as llama, gpt2 or qwen2."
         )
+
+
+def epoch_end_note(rows: int, per_device_batch: int, world_size: int, drop_last: bool) -> str | None:
+    """What a data-parallel run does at the end of each epoch where one process at the same global batch would not
+    (`None` when they agree): accelerate's `even_batches` fills the last step's batch of every rank with rows from the
+    start of the epoch's order."""
+    global_batch = per_device_batch * world_size
+    rest = rows % global_batch
+    if world_size <= 1 or drop_last or rest == 0:
+        return None
+    return (
+        f"note: {rows} training rows are not a multiple of the global batch ({per_device_batch} x {world_size} ranks = "
+        f"{global_batch}). On {world_size} ranks the last step of each epoch trains on its last {rest} rows plus "
+        f"{global_batch - rest} rows repeated from the start of the epoch's order (accelerate's even_batches fills "
+        f"every rank's batch), where one process at batch {global_batch} trains on those {rest} alone: from the end of "
+        "the first epoch on the run differs from one process. Pass --dataloader_drop_last true (to the one-process "
+        "run too) to drop each epoch's last partial batch in both."
+    )
 
 
 def build_model(model_args: GrokModelArguments, vocab_size: int, seq_len: int):
@@ -755,6 +785,7 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
         "strong_weight_decay": task_args.strong_weight_decay,
     }
     runs: dict[str, list[dict]] = {method: [] for method in methods}
+    noted: set[int] = set()
     # Seed-major order: every method is done on a seed before the next seed starts (similar machine load per seed).
     for seed in seeds:
         splits = split_arithmetic_dataset(dataset, task_args.train_fraction, task_args.outer_fraction, seed)
@@ -774,10 +805,17 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
                 resume_from_checkpoint=None,
             )
             callback = GrokkingCallback(target, stop_on_target=task_args.stop_at_target)
+            train = splits["inner"] if method in INNER_METHODS else splits["train"]
+            note = epoch_end_note(
+                len(train), args.per_device_train_batch_size, args.world_size, args.dataloader_drop_last
+            )
+            if main and note and len(train) not in noted:
+                noted.add(len(train))
+                print(f"[{method}] {note}", flush=True)
             trainer = NeuralGrokTrainer(
                 model=model,
                 args=args,
-                train_dataset=splits["inner"] if method in INNER_METHODS else splits["train"],
+                train_dataset=train,
                 eval_dataset=test,
                 outer_dataset=splits["outer"] if transform == "neuralgrok" else None,
                 compute_metrics=arithmetic_accuracy,
