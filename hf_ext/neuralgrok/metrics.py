@@ -61,13 +61,17 @@ def weight_norm(model: torch.nn.Module) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
-def answer_accuracy_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Fraction of rows whose labelled positions are all predicted correctly (next-token convention)."""
+def _answer_correct_rows(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row (bool): are all its labelled positions predicted correctly (next-token convention)."""
     pred = logits[:, :-1].argmax(-1)
     target = labels[:, 1:]
     mask = target != -100
-    correct = ((pred == target) | ~mask).all(-1)
-    return correct.float().mean()
+    return ((pred == target) | ~mask).all(-1)
+
+
+def answer_accuracy_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose labelled positions are all predicted correctly (next-token convention)."""
+    return _answer_correct_rows(logits, labels).float().mean()
 
 
 def preprocess_logits_for_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

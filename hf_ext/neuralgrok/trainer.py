@@ -19,7 +19,7 @@ from ..utils.checks import refuse_optimizer_flags
 from ..utils.distributed import is_dtensor
 from ..utils.io import atomic_write_json
 from .amplifier import NeuralAmplifier, amplifier_outer_step
-from .metrics import absolute_weight_entropy, answer_accuracy_from_logits, weight_norm
+from .metrics import _answer_correct_rows, absolute_weight_entropy, weight_norm
 from .optim import GradFilterOptimizer, GradientTransformOptimizer, GradNormOptimizer, NeuralGrokOptimizer
 from .state import load_state, save_state, state_exists
 
@@ -423,10 +423,10 @@ class NeuralGrokTrainer(Trainer):
         if track:
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
             if logits is not None and logits.dim() == 3 and logits.shape[:2] == labels.shape:
+                # counts, not the micro-batch's ratio: rows weigh the same in batches of any size and on any rank;
+                # counted as integers (a float32 ratio times the rows is not always the count: 29/100 gives 28.99...)
                 with torch.no_grad():
-                    accuracy = float(answer_accuracy_from_logits(logits.detach(), labels))
-                # counts, not the micro-batch's ratio: rows weigh the same in batches of any size and on any rank
-                self._acc_correct += round(accuracy * labels.shape[0])
+                    self._acc_correct += int(_answer_correct_rows(logits.detach(), labels).sum())
                 self._acc_rows += labels.shape[0]
         return (loss, outputs) if return_outputs else loss
 

@@ -631,6 +631,35 @@ def test_trainer_rejects_missing_outer_set_and_wrong_args(splits, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_train_accuracy_counts_correct_rows_exactly_when_the_ratio_is_not_exact_in_float32(splits, tmp_path):
+    """29 of 100 rows right counts 29: the count is taken as integers, not from the float32 ratio times the rows
+    (float32(0.29) * 100 = 28.9999992, which `int()` turned into 28 and a logged `train_accuracy` of 0.28)."""
+
+    class FirstRowsRight(torch.nn.Module):
+        """Predicts the labelled answer on the first `k` rows and a wrong token on the others."""
+
+        def __init__(self, k):
+            super().__init__()
+            self.k = k
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, input_ids, labels=None, **kwargs):
+            rows, length = input_ids.shape
+            logits = torch.zeros(rows, length, P + 2) + 0 * self.w
+            answer = labels[:, -1]
+            logits[torch.arange(rows), -2, answer] = 1.0
+            logits[torch.arange(self.k, rows), -2, (answer[self.k :] + 1) % (P + 2)] = 2.0
+            return {"loss": self.w * 0, "logits": logits}
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.full((100, 5), -100)
+    labels[:, -1] = torch.randint(0, P, (100,), generator=gen)
+    batch = {"input_ids": torch.randint(0, P, (100, 5), generator=gen), "labels": labels}
+    trainer = make_trainer(make_args(tmp_path, transform="none"), splits)
+    trainer.compute_loss(FirstRowsRight(29).train(), batch)
+    assert (trainer._acc_correct, trainer._acc_rows) == (29, 100)
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("outer_gradient", ["recompute", "next_step"])
 def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, outer_gradient):
