@@ -390,6 +390,26 @@ def test_neuralgrok_optimizer_transforms_then_clips():
     assert {"age_raw", "age_transformed", "grad_norm_raw"} <= set(opt.last_metrics)
 
 
+def test_neuralgrok_optimizer_transforms_with_the_amplifier_in_eval_mode_and_restores_its_mode():
+    """The real update uses the method's transform, dropout off, even for an amplifier in train mode (a fresh
+    `NeuralAmplifier(dropout=...)` is one): with dropout applied there it was random, 0.35 off the eval-mode transform
+    here and different between two identical steps. The amplifier's train/eval flag is left as it was."""
+    torch.manual_seed(0)
+    amp = NeuralAmplifier((32, 32), dropout=0.5)
+    g = torch.randn(200)
+    with torch.no_grad():
+        expected = amp.eval()(g.clone())
+    for training in (True, False):
+        amp.train(training)
+        for _ in range(2):
+            p = torch.nn.Parameter(torch.zeros(200))
+            opt = NeuralGrokOptimizer(torch.optim.SGD([p], lr=1.0), amp, clip_norm=None, track_entropy=False)
+            p.grad = g.clone()
+            opt.step()
+            torch.testing.assert_close(-p.detach(), expected, rtol=1e-6, atol=1e-7)
+            assert amp.training is training
+
+
 def _two_layer_with_grads(seed=0):
     torch.manual_seed(seed)
     layer = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
