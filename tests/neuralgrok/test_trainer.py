@@ -663,8 +663,10 @@ def test_train_accuracy_counts_correct_rows_exactly_when_the_ratio_is_not_exact_
 @pytest.mark.distributed
 @pytest.mark.parametrize("outer_gradient", ["recompute", "next_step"])
 def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, outer_gradient):
-    """2 ranks keep the amplifier and the model identical. They log the `train_accuracy` of the global batch, as
-    Trainer logs its loss: 2 ranks x 4 rows log what one process at 8 rows logs, and checkpoint the same window (each
+    """2 ranks keep the amplifier and the model identical, and train the amplifier one process at 8 rows trains, bit
+    for bit (each rank's outer step transforms the global batch's gradient; without its all-reduce they were up to
+    8.9e-05 off). They log the `train_accuracy` of the global batch, as Trainer logs its loss: 2 ranks x 4 rows log
+    what one process at 8 rows logs, and checkpoint the same window (each
     rank logged its own rows' accuracy, 0.25 and 0.0 where the global batch had 0.125, and the checkpoint held rank
     0's). A 2-rank resume from a checkpoint between two logs logs what the uninterrupted run did. The neuralgrok recipe
     on 2 ranks clears and writes its results and prints its tables on rank 0 only (every rank did, and the results
@@ -695,6 +697,14 @@ def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, 
     for rank in (0, 1):
         assert logged(tmp_path / f"log_rank{rank}.json") == expected, rank
     assert window(tmp_path) == window(tmp_path / "one")
+    # every rank's outer step transforms the gradient of the whole global batch, as one process on it does: without
+    # the all-reduce of that gradient (each rank transforming its own micro-batch's) the ranks still agreed with each
+    # other, but their amplifier was up to 8.9e-05 off the one-process run's (which the 2 ranks match bit for bit)
+    two = torch.load(tmp_path / "amplifier_rank0.pt", weights_only=True)
+    reference = one.amplifier.state_dict()
+    assert sorted(two) == sorted(reference)
+    off = {name: float((two[name] - tensor.detach().cpu()).abs().max()) for name, tensor in reference.items()}
+    assert all(torch.equal(two[name], tensor.detach().cpu()) for name, tensor in reference.items()), off
     if outer_gradient != "recompute":
         return
     for rank in (0, 1):

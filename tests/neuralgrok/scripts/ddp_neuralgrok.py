@@ -1,10 +1,11 @@
 """Run on 2 gloo ranks: NeuralGrok keeps the amplifier and the model identical on every rank.
 
 Every rank writes OUT_DIR/log_rank<rank>.json (its `log_history`; the test compares the logged `train_accuracy` with
-one process at twice the batch, `make_trainer(..., batch_size=8)`). With `recompute` the script also resumes the run
-from its checkpoint-3 on 2 ranks (OUT_DIR/resumed/log_rank<rank>.json) and runs the neuralgrok recipe on 2 ranks,
-recording on every rank which of the recipe's writers it called (OUT_DIR/recipe_calls_rank<rank>.json; the recipe's
-files in OUT_DIR/recipe). The recipe tears the process group down: it runs last.
+one process at twice the batch, `make_trainer(..., batch_size=8)`); rank 0 writes OUT_DIR/amplifier_rank0.pt (the
+trained amplifier's `state_dict`; the test compares it with that one-process run's). With `recompute` the script also
+resumes the run from its checkpoint-3 on 2 ranks (OUT_DIR/resumed/log_rank<rank>.json) and runs the neuralgrok recipe
+on 2 ranks, recording on every rank which of the recipe's writers it called (OUT_DIR/recipe_calls_rank<rank>.json; the
+recipe's files in OUT_DIR/recipe). The recipe tears the process group down: it runs last.
 
 Usage: ddp_neuralgrok.py OUT_DIR [recompute|next_step] (the outer step's gradient, `NeuralGrokConfig.outer_gradient`)."""
 
@@ -79,6 +80,9 @@ def main(out_dir: str, outer_gradient: str = "recompute") -> None:
         dist.all_gather(gathered, tensor.detach().contiguous())
         assert torch.equal(gathered[0], gathered[1]), f"{name} differs across ranks"
     atomic_write_json(os.path.join(out_dir, f"log_rank{rank}.json"), trainer.state.log_history)
+    if rank == 0:
+        torch.save({k: v.detach().cpu() for k, v in trainer.amplifier.state_dict().items()},
+                   os.path.join(out_dir, "amplifier_rank0.pt"))  # fmt: skip
     if outer_gradient == "recompute":
         resumed = make_trainer(os.path.join(out_dir, "resumed"), outer_gradient)
         resumed.train(resume_from_checkpoint=os.path.join(out_dir, "checkpoint-3"))
