@@ -36,7 +36,7 @@ _TINY_HYPERINF = ["--pretrain_steps", "0", "--hidden_size", "16", "--num_attenti
         (["--max_train", "1"], r"Only 1 training examples remain.*--max_train is 1\..*raise --max_train"),
         (["--max_length", "5000"], r"Only 0 training examples remain.*--max_length 5000"),
         (["--num_val", "100000"], r"Only 0 training examples remain.*--num_val 100000"),
-        (["--task", "llm_selection", "--max_train", "1"], r"Only 1 training documents remain"),
+        (["--task", "llm_selection", "--max_train", "1"], r"Only 1 training documents remain.*--max_train=1\).*raise --max_train"),
     ],
 )
 def test_hyperinf(tmp_path, extra, match):

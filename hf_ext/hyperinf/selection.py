@@ -91,8 +91,9 @@ def build_instruction_task(
     train = rows[num_target + num_test :][:max_train]
     if len(train) < 20 or not target or not test:
         raise ValueError(
-            f"Only {len(train)} training documents remain after {num_target} target and {num_test} test documents; "
-            "lower --num_val/--num_test or use more --domains."
+            f"Only {len(train)} training documents remain after {num_target} target and {num_test} test documents "
+            f"(at least 20 are needed; --max_train={max_train}); raise --max_train, lower --num_val/--num_test or use "
+            "more --domains."
         )
     # corruption: the answers of the chosen examples are shuffled among themselves (within each kind), so every answer
     # still occurs once; a `topic` example that would keep its own domain is left clean
