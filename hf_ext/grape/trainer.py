@@ -43,7 +43,14 @@ from .rules import (
     task_objective,
 )
 from .sampler import MixtureSampler, StreamingMixture
-from .state import MixtureState, export_mixture, is_weight_number, load_mixture, saved_reweight_method
+from .state import (
+    MixtureState,
+    check_weight_vector,
+    export_mixture,
+    is_weight_number,
+    load_mixture,
+    saved_reweight_method,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -348,9 +355,7 @@ class GrapeTrainer(Trainer):
             raise ValueError(
                 f"{arg} must map each name to a number (not a bool or a string): {bad[0]!r} is {weights[bad[0]]!r}."
             )
-        w = torch.tensor([float(weights[n]) for n in names], dtype=torch.float64)
-        if (w < 0).any() or not torch.isfinite(w).all() or w.sum() <= 0:
-            raise ValueError(f"{arg} must hold finite non-negative weights with a positive sum, got {weights}.")
+        w = check_weight_vector([weights[n] for n in names], len(names), f"{arg} (in the order {names})")
         return w / w.sum()
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
