@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import numbers
 import os
 from dataclasses import dataclass, field
@@ -329,8 +328,6 @@ def load_mixture(path: str, which: str = "final") -> dict[str, float]:
             f"mixture file {path!r} has a non-numeric weight: domain {name!r} is {value!r} (JSON true/false and "
             'strings such as "0.5" are not weights); write each weight as a JSON number.'
         )
-    values = {str(k): float(v) for k, v in weights.items()}
-    total = sum(values.values())
-    if any(v < 0 or not math.isfinite(v) for v in values.values()) or total <= 0:
-        raise ValueError(f"mixture file {path!r} must hold finite non-negative weights with a positive sum.")
-    return {k: v / total for k, v in values.items()}
+    names = [str(k) for k in weights]
+    w = check_weight_vector(list(weights.values()), len(names), f"mixture file {path!r} (domains {names})")
+    return {name: float(v) for name, v in zip(names, w / w.sum())}
