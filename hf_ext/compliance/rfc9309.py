@@ -6,7 +6,9 @@ user-agent lines to the next user-agent line that follows a rule (other lines do
 case-insensitively by prefix, with the reference parser's accepted typos and a missing colon; a (partial) UTF-8 byte
 order mark is skipped; lines are cut after 8 * 2083 bytes. Paths are compared in one canonical percent-encoded form on
 both sides (non-ASCII octets encoded, hex digits upper case, unreserved characters decoded), so raw and encoded
-spellings of a path match each other (RFC 9309 section 2.2.2). Where this differs from the reference parser, see
+spellings of a path match each other (RFC 9309 section 2.2.2). A file that is not valid UTF-8 keeps the value of each
+byte that is not: it is decoded with `errors="surrogateescape"` (byte 0xE9 is U+DCE9) and such a byte in a rule is
+encoded as that byte (`%E9`), as Google's parser reads the bytes. Where this differs from the reference parser, see
 docs/compliance.md ("Conformance").
 
 `RobotsTxt.parse(text)` builds the rule groups once; `RobotsTxt.matcher(agent)` returns a compiled `RuleMatcher`
@@ -15,7 +17,6 @@ whose `allowed(path)` is a single regular-expression match.
 
 from __future__ import annotations
 
-import codecs
 import re
 from collections.abc import Sequence
 
@@ -72,7 +73,11 @@ def _pct_upper(m: re.Match) -> str:
 
 def canonical_path(path: str) -> str:
     """Percent-encode non-ASCII octets (UTF-8) and characters invalid in URIs, upper-case the hex digits of existing
-    escapes and decode escapes of unreserved characters (RFC 3986 section 6.2.2, as RFC 9309 section 2.2.2 asks)."""
+    escapes and decode escapes of unreserved characters (RFC 3986 section 6.2.2, as RFC 9309 section 2.2.2 asks).
+
+    A byte that was not UTF-8 in the robots.txt (decoded with `errors="surrogateescape"`: byte 0xE9 is U+DCE9) is
+    encoded as that one byte (`%E9`), as Google's parser encodes the bytes of a rule: `Disallow: /caf\xe9/` in a
+    Latin-1 file matches the site's `/caf%E9/` links."""
     if _NEEDS_WORK.search(path) is None:
         return path
     if "%" in path:
@@ -81,6 +86,9 @@ def canonical_path(path: str) -> str:
     for char in path:
         if char.isascii() and char not in _ENCODE_ASCII:
             out.append(char)
+        elif "\udc80" <= char <= "\udcff":  # a byte that was not UTF-8: its own value
+            b = ord(char) - 0xDC00
+            out.append("%" + _HEX[b >> 4] + _HEX[b & 15])
         else:
             out.extend("%" + _HEX[b >> 4] + _HEX[b & 15] for b in char.encode("utf-8", "surrogatepass"))
     return "".join(out)
@@ -171,25 +179,31 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out)
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _decode_bytes(body: bytes) -> str:
-    """A robots.txt body as text: without one (partial) UTF-8 byte order mark, decoded as UTF-8 with each undecodable
-    byte replaced by one U+FFFD (so that `_cut_utf8` can still measure the text in the bytes the server sent)."""
+    """A robots.txt body as text: without one (partial) UTF-8 byte order mark, decoded as UTF-8 with each byte that is
+    not UTF-8 kept as its surrogate escape (`errors="surrogateescape"`: byte 0xE9 is U+DCE9), so that a rule keeps
+    the byte's value (`canonical_path` encodes it as `%E9`) and `_cut_utf8` measures the text in the bytes the server
+    sent. `_encode_bytes` gives the bytes back."""
     # A UTF-8 byte order mark, or any leading part of one, is skipped (as the reference parser does); only one.
     for n in (3, 2, 1):
-        if body[:n] == b"\xef\xbb\xbf"[:n]:
+        if body[:n] == _BOM[:n]:
             body = body[n:]
             break
-    return body.decode("utf-8", errors=_PER_BYTE_REPLACE)
+    return body.decode("utf-8", errors="surrogateescape")
 
 
-def _replace_each_byte(err: UnicodeDecodeError) -> tuple[str, int]:
-    """One U+FFFD per undecodable byte (the stdlib's "replace" writes one per maximal invalid sequence, e.g. a
-    2-byte GBK character that starts like UTF-8), so that a text's U+FFFD count is its count of invalid bytes."""
-    return "\ufffd" * (err.end - err.start), err.end
-
-
-_PER_BYTE_REPLACE = "hf_ext.robots_replace_each_byte"
-codecs.register_error(_PER_BYTE_REPLACE, _replace_each_byte)
+def _encode_bytes(text: str) -> bytes:
+    """The bytes that `_decode_bytes` (and Google's parser) read as the text the parser reads from `text`: its UTF-8,
+    each surrogate escape written as the byte it stands for, and a byte order mark in front where the bytes would
+    otherwise start like one (the reader would skip that part). A text that starts with U+FEFF (a store's text keeps
+    the mark the parser skips in front of a second one) is written as it is."""
+    raw = text.encode("utf-8", "surrogateescape")
+    if raw[:1] == _BOM[:1] and not text.startswith("\ufeff"):
+        raw = _BOM + raw
+    return raw
 
 
 def _without_cut_line(head: str | bytes, rest: str | bytes) -> str | bytes:
@@ -210,16 +224,20 @@ def _decode(body: str | bytes) -> str:
     return _without_cut_line(head, body[len(head) : len(head) + 1]).removeprefix("\ufeff")
 
 
-def _cut_utf8(text: str, limit: int) -> str:
-    """`text` cut after `limit` bytes of UTF-8, counting each U+FFFD as one byte.
+_ONE_BYTE = re.compile("[\udc80-\udcff\ufffd]")
 
-    Limits on a robots.txt apply to the bytes the server sent. A text decoded from them with replacement characters
-    (`_decode_bytes`, a store's texts) has one U+FFFD per undecodable byte, which UTF-8 would write as three:
-    counting it as the byte it stands for keeps a Latin-1 file of 400 KiB within the 500 KiB limit.
+
+def _cut_utf8(text: str, limit: int) -> str:
+    """`text` cut after `limit` bytes of UTF-8, counting each surrogate escape (and each U+FFFD) as one byte.
+
+    Limits on a robots.txt apply to the bytes the server sent. A text decoded from them (`_decode_bytes`, a store's
+    texts) has one surrogate escape per byte that is not UTF-8: counting it as the byte it stands for keeps a Latin-1
+    file of 400 KiB within the 500 KiB limit. Snapshots written before 2026-12-04 hold one U+FFFD per such byte, which
+    UTF-8 would write as three; it counts as the one byte it replaced, so those snapshots are cut where they were.
     """
     if len(text) * 4 <= limit:  # cheap: 4 bytes per character at most
         return text
-    measured = text.replace("\ufffd", "\x00") if "\ufffd" in text else text  # one byte each, one character each
+    measured = _ONE_BYTE.sub("\x00", text) if not text.isascii() else text  # one byte each, one character each
     raw = measured.encode("utf-8", "surrogatepass")
     if len(raw) <= limit:
         return text

@@ -19,6 +19,7 @@ from protego import Protego
 from .rfc9309 import (
     DISALLOW_ALL,
     RobotsTxt,
+    _encode_bytes,
     authority_end,
     authority_start,
     path_from,
@@ -358,6 +359,9 @@ def _is_robots_txt(url: str) -> bool:
     return url_path(url) == "/robots.txt" if "/robots.txt" in url else False
 
 
+# A byte that was not UTF-8 in a robots.txt, as the store keeps it (errors="surrogateescape")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
 # A group whose rules disallow every URL (but /robots.txt): no matching needed.
 _DISALLOW_ALL = DISALLOW_ALL
 
@@ -375,19 +379,37 @@ class _ProtegoMatcher:
 
 
 class _GoogleMatcher:
-    """Google's parser (`fast-robotstxt`): it parses the text on every call, so it is exact but slow."""
+    """Google's parser (`fast-robotstxt`): it parses the file on every call, so it is exact but slow.
 
-    __slots__ = ("text", "agent", "matcher")
+    It is given the file's bytes (`_encode_bytes`: a byte that is not UTF-8 is that byte again, which the parser
+    encodes as `%XX` in a rule), through the package's C entry point `robots_allowed_by_robots`; its Python method
+    `is_allowed` takes a str and encodes it as UTF-8, which cannot write such a byte. A release without that entry
+    point is given the text with U+FFFD for such bytes."""
+
+    __slots__ = ("body", "agent", "matcher", "_call")
 
     def __init__(self, text: str, agent: str):
         from robotstxt import RobotsMatcher
 
-        self.text, self.agent, self.matcher = text, agent, RobotsMatcher()
+        self.body, self.agent, self.matcher = _encode_bytes(text), agent.encode("utf-8"), RobotsMatcher()
+        try:
+            from robotstxt.robots import _lib
+
+            self._call = _lib.robots_allowed_by_robots
+        except (ImportError, AttributeError):  # pragma: no cover - another binding release
+            self._call = None
 
     def allowed(self, url: str) -> bool:
         if _is_robots_txt(url):
             return True
-        return self.matcher.is_allowed(self.text, self.agent, google_url(url))
+        url = google_url(url)
+        if self._call is None:  # pragma: no cover - another binding release
+            text = self.body.decode("utf-8", "replace")
+            return self.matcher.is_allowed(text, self.agent.decode("utf-8"), url)
+        raw = url.encode("utf-8", "surrogatepass")
+        return bool(
+            self._call(self.matcher._ptr, self.body, len(self.body), self.agent, len(self.agent), raw, len(raw))
+        )
 
 
 def google_url(url: str) -> str:
@@ -470,7 +492,8 @@ class RobotsCompliance:
         backend (`str`, *optional*, defaults to `"rfc9309"`):
             `"rfc9309"` (hf_ext's parser, the fastest and closest to RFC 9309), `"protego"` (Protego, as the
             data-compliance paper's pipeline; note its prefix agent matching) or `"google"` (Google's C++ parser
-            from the `fast-robotstxt` package; exact reference behaviour, but it re-parses the file on every call).
+            from the `fast-robotstxt` package, given the file's bytes; exact reference behaviour, but it re-parses the
+            file on every call).
         status_policy (`str`, *optional*, defaults to `"rfc9309"`):
             `"rfc9309"`: unreachable hosts (5xx, network errors) disallow everything, unavailable ones (4xx)
             allow everything. `"paper"`: every host without a readable robots.txt allows everything.
@@ -605,7 +628,9 @@ class RobotsCompliance:
                     token = "*" if agent == "*" else product_token(agent)
                     by_token.setdefault(token, []).append(agent)
                 return text, tuple((_GoogleMatcher(text, t), tuple(a)) for t, a in by_token.items())
-            parser = Protego.parse(text)
+            # Protego cannot read a surrogate escape (a byte that is not UTF-8): it gets U+FFFD for it, as before
+            # 2026-12-04 (when every backend did)
+            parser = Protego.parse(_ESCAPED_BYTE.sub("\ufffd", text) if not text.isascii() else text)
         except Exception as err:  # a robots.txt that cannot be parsed opts nothing out
             self.parse_failures[key] = f"{type(err).__name__}: {err}"
             logger.warning("robots.txt of %s could not be parsed (%s); treating it as allowing everything.", key, err)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 
-from .rfc9309 import MAX_ROBOTS_BYTES, _decode_bytes, _without_cut_line
+from .rfc9309 import MAX_ROBOTS_BYTES, _decode_bytes, _encode_bytes, _without_cut_line
 from .robots import STATUS_CLASSES, normalize_host, status_class
 
 _META_FILE = "_snapshot.json"
@@ -106,26 +106,59 @@ def _refuse_surrogates(value, what: str, host: str) -> None:
         except UnicodeEncodeError as err:
             raise ValueError(
                 f"{what} of {host!r} holds a lone surrogate ({value[err.start]!r} at position {err.start}), which no "
-                "snapshot format can store as UTF-8; pass the fetched bytes (decoded as UTF-8 with replacement "
-                "characters) or a str decoded with errors='replace'."
+                "snapshot format can store as UTF-8; pass a str decoded with errors='replace'."
             ) from None
 
 
-def _decode(text) -> str | None:
+def _decode(text, host: str = "") -> str | None:
     """The text a store keeps for `text`, read by the parser as it reads `text` itself: bytes decoded as the parser
-    decodes them (one byte order mark skipped, UTF-8 with one U+FFFD per undecodable byte, which the parser's 500 KiB
-    and line limits count as the one byte it replaced; see `_cut_utf8`), a str with one leading U+FEFF removed. A
-    second byte order mark is content to the parser (it spoils the first line, as in Google's parser), so a text that
-    still starts with one keeps the mark the parser skips in front of it."""
+    decodes them (one byte order mark skipped, UTF-8 with each byte that is not UTF-8 kept as its surrogate escape,
+    `errors="surrogateescape"`: byte 0xE9 is U+DCE9, which a rule matches as `%E9` and the parser's 500 KiB and line
+    limits count as one byte; see `_cut_utf8`), a str with one leading U+FEFF removed (a str holding surrogate escapes,
+    e.g. `body.decode("utf-8", "surrogateescape")`, in the form decoding its bytes gives). A second byte order mark is
+    content to the parser (it spoils the first line, as in Google's parser), so a text that still starts with one
+    keeps the mark the parser skips in front of it."""
     if text is None:
         return None
     if isinstance(text, bytes | bytearray):
         text = _decode_bytes(bytes(text))
     elif isinstance(text, str):
-        text = text.removeprefix("\ufeff")
+        text = _escaped_bytes_form(text, host).removeprefix("\ufeff")
     else:
         raise TypeError(f"robots.txt text must be str, bytes or None, got {type(text).__name__}.")
     return "\ufeff" + text if text.startswith("\ufeff") else text
+
+
+def _escaped_bytes_form(text: str, host: str) -> str:
+    """`text` as decoding its bytes with surrogateescape gives it (surrogate escapes of bytes that form valid UTF-8
+    become those characters); a lone surrogate that is not the escape of a byte (U+DC80..U+DCFF) is refused: it
+    stands for no byte a server sent, and no snapshot format could store it."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"robots.txt text of {host!r} holds a lone surrogate ({text[err.start]!r} at position {err.start}) that "
+            "is not the escape of a byte (errors='surrogateescape' writes byte 0x80..0xFF as U+DC80..U+DCFF); pass "
+            "the fetched bytes, or the text decoded with errors='surrogateescape'."
+        ) from None
+
+
+def _is_utf8(text: str | None) -> bool:
+    """Whether a stored text is valid UTF-8 (holds no surrogate escape of a byte that is not)."""
+    if text is None or text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class RobotsTxtStore(Mapping):
@@ -136,6 +169,11 @@ class RobotsTxtStore(Mapping):
       `"files"`, the host files, and `"file"` for a host too long for a file name, the shortened name it used);
     * `.jsonl`: one object per line with `host`, `robots_txt`, `fetched_at`, `status`, `error`;
     * `.parquet`: the same columns.
+
+    A robots.txt that is not valid UTF-8 (e.g. Latin-1) keeps the value of every byte: its text holds each such byte as
+    its surrogate escape (`errors="surrogateescape"`), a folder writes the bytes as served, JSONL the escape `\\udcXX`
+    (which `json.loads` reads back) and Parquet a binary `robots_txt` column (the bytes of every text) instead of a
+    string one. Snapshots written before 2026-12-04 hold U+FFFD for such a byte and are read as they are.
 
     Keys are normalised with `normalize_host`, so `WWW.Example.com:443` and `www.example.com` are one entry.
     Records whose `text` is `None` document a host known to have no robots.txt.
@@ -197,8 +235,8 @@ class RobotsTxtStore(Mapping):
         if error is not None and not isinstance(error, str):
             raise TypeError(f"error of {host!r} must be a str or None, got {type(error).__name__}.")
         fetched_at = _iso_date(fetched_at, host)
-        text = _decode(text)
-        for what, value in (("robots.txt text", text), ("error", error), ("fetched_at", fetched_at)):
+        text = _decode(text, host)
+        for what, value in (("error", error), ("fetched_at", fetched_at)):
             _refuse_surrogates(value, what, host)
         self._records[key] = RobotsRecord(key, text, fetched_at or self.fetched_at, status, error or None)
 
@@ -389,8 +427,8 @@ class RobotsTxtStore(Mapping):
         payload, hosts = {}, {}
         for r in self._records.values():
             name = _host_file(r.host)
-            if r.text is not None:
-                payload[name] = r.text.encode("utf-8")
+            if r.text is not None:  # the bytes as served: a byte that is not UTF-8 is written as that byte
+                payload[name] = _encode_bytes(r.text)
             info = {k: v for k, v in (("fetched_at", r.fetched_at), ("status", r.status), ("error", r.error)) if v is not None}
             if r.text is None:
                 info["missing"] = True
@@ -430,15 +468,25 @@ class RobotsTxtStore(Mapping):
         elif fmt == "jsonl":
             with atomic_open(str(path), "w") as fh:
                 for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    # a text that is not UTF-8: its bytes that are not as JSON escapes `\udcXX` (json.loads reads
+                    # back the surrogate escapes), as UTF-8 cannot write them
+                    fh.write(json.dumps(row, ensure_ascii=not _is_utf8(row["robots_txt"])) + "\n")
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
+            # a Parquet string must be UTF-8: when a text is not, the column holds every text's bytes as served
+            if not all(_is_utf8(row["robots_txt"]) for row in rows):
+                for row in rows:
+                    if row["robots_txt"] is not None:
+                        row["robots_txt"] = _encode_bytes(row["robots_txt"])
+                text_type = pa.binary()
+            else:
+                text_type = pa.string()
             schema = pa.schema(
                 [
                     ("host", pa.string()),
-                    ("robots_txt", pa.string()),
+                    ("robots_txt", text_type),
                     ("fetched_at", pa.string()),
                     ("status", pa.int64()),
                     ("error", pa.string()),
