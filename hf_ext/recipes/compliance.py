@@ -94,10 +94,12 @@ class ComplianceArguments:
     )
     train_steps: int = field(default=300, metadata={"help": "Optimizer steps of each from-scratch model."})
     continual_steps: int = field(default=150, metadata={"help": "Optimizer steps of continual pretraining."})
-    train_block_size: int = field(default=64, metadata={"help": "Tokens per training block."})
+    train_block_size: int = field(default=64, metadata={"help": "Tokens per training block (>= 2)."})
     train_batch_size: int = field(default=16, metadata={"help": "Blocks per optimizer step."})
     train_learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate (cosine decay)."})
-    model_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the trained Llama models."})
+    model_hidden_size: int = field(
+        default=64, metadata={"help": "Hidden size of the trained Llama models (4 heads: a multiple of 8)."}
+    )
     model_layers: int = field(default=2, metadata={"help": "Layers of the trained Llama models."})
     seed: int = field(default=0, metadata={"help": "Seed of model initialisation and data order (--train_models)."})
     eval_tasks: str | None = field(
@@ -112,6 +114,10 @@ class ComplianceArguments:
         default="acc", metadata={"help": "lm-eval metric the task DCG compares (acc, word_perplexity, ...)."}
     )
     eval_limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many items per task."})
+
+
+#: Attention heads of the --train_models Llama models (their head size, hidden size / heads, must be even for RoPE).
+_NUM_HEADS = 4
 
 
 def _validate(args: ComplianceArguments):
@@ -139,8 +145,18 @@ def _validate(args: ComplianceArguments):
                 raise ValueError(f"--{name} must be >= 1 with --train_models, got {getattr(args, name)}.")
         if args.continual_steps < 0:
             raise ValueError(f"--continual_steps must be >= 0 (0 skips continual pretraining), got {args.continual_steps}.")
-        if args.model_hidden_size % 4:
-            raise ValueError(f"--model_hidden_size must be a multiple of 4 (4 attention heads), got {args.model_hidden_size}.")
+        if args.train_block_size < 2:
+            raise ValueError(
+                f"--train_block_size must be >= 2 with --train_models (a model learns to predict each token of a "
+                f"block from the ones before it; a block of 1 token has nothing to predict), got {args.train_block_size}."
+            )
+        if args.model_hidden_size % (2 * _NUM_HEADS):
+            raise ValueError(
+                f"--model_hidden_size must be a multiple of {2 * _NUM_HEADS} with --train_models: the models have "
+                f"{_NUM_HEADS} attention heads of --model_hidden_size / {_NUM_HEADS} dimensions each, which the rotary "
+                f"position embedding needs even; got {args.model_hidden_size} (e.g. use "
+                f"{max(2 * _NUM_HEADS, args.model_hidden_size - args.model_hidden_size % (2 * _NUM_HEADS))})."
+            )
         if not (args.train_learning_rate > 0 and args.train_learning_rate < float("inf")):
             raise ValueError(f"--train_learning_rate must be a positive finite number, got {args.train_learning_rate}.")
         if args.dataset_name or args.train_file:
@@ -341,12 +357,46 @@ def _settings_markdown(settings: dict) -> str:
     )
 
 
-# The report files a run writes into --output_dir (a rerun removes an earlier run's before it starts; the saved
-# compliant dataset is replaced atomically by --save_filtered and otherwise left alone).
+# The report files a run writes into --output_dir (a rerun removes an earlier run's before it starts; an earlier
+# run's saved compliant dataset is moved aside then, see `_set_aside_previous_dataset`).
 RESULT_FILES = (
     "retention_stats.json", "retention_stats.md", "retention_by_domain.png", "dcg.json", "dcg_trained.json",
     "dcg_trained.md", "dcg_trained.png",
 )  # fmt: skip
+
+
+DATASET_DIR = "compliant_dataset"
+PREVIOUS_DATASET_DIR = "compliant_dataset.previous"
+
+
+def _remove_path(path: str) -> None:
+    """Remove a folder (a link to one: the link only) or a file at `path`, if any."""
+    import shutil
+
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _set_aside_previous_dataset(output_dir: str) -> str | None:
+    """Move an earlier run's `compliant_dataset/` to `compliant_dataset.previous/` (replacing an older one there), as
+    the earlier run's report files are removed: left in place it would look like the dataset this run's
+    `retention_stats.json` describes (another snapshot or agent list). It is data, not a report, so it is kept under a
+    name that says it is not current rather than removed (a run with --save_filtered removes it once its own dataset
+    is saved: that option replaces the dataset). Returns the new path, or `None` when there was none."""
+    path = os.path.join(output_dir, DATASET_DIR)
+    if not os.path.lexists(path):
+        return None
+    previous = os.path.join(output_dir, PREVIOUS_DATASET_DIR)
+    _remove_path(previous)
+    os.replace(path, previous)
+    print(
+        f"moved the compliant dataset of an earlier run to {previous} (it is not this run's; "
+        "--save_filtered writes this run's)",
+        flush=True,
+    )
+    return previous
 
 
 def run(args: ComplianceArguments) -> dict:
@@ -408,6 +458,7 @@ def run(args: ComplianceArguments) -> dict:
     # the training blocks of --train_models (too few for a --train_block_size is refused here, before any write)
     dcg_data = _dcg_data(annotated, tokenizer, args) if args.train_models else None
     clear_previous_results(args.output_dir, RESULT_FILES)
+    _set_aside_previous_dataset(args.output_dir)
     dates = settings["robots_snapshot"]["fetched_at"]
     status_counts = store.status_counts()
     print(f"robots.txt snapshot: {len(store)} hosts, fetched {', '.join(dates) or 'at unknown dates'}")
@@ -424,7 +475,9 @@ def run(args: ComplianceArguments) -> dict:
     _plot(stats, os.path.join(args.output_dir, "retention_by_domain.png"))
     if args.save_filtered:
         kept = annotated.filter(lambda ok: ok, input_columns="robots_compliant")
-        _save_dataset_atomically(kept, os.path.join(args.output_dir, "compliant_dataset"))
+        _save_dataset_atomically(kept, os.path.join(args.output_dir, DATASET_DIR))
+        # replaced, as --save_filtered asks (as it replaced the dataset before 2026-12-04): no earlier one is kept
+        _remove_path(os.path.join(args.output_dir, PREVIOUS_DATASET_DIR))
     if report is not None:
         print("\nData compliance gap (positive = the compliant model is worse):")
         print(report.to_table())
@@ -509,7 +562,7 @@ def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments, data:
         set_seed(args.seed)
         config = LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=args.model_hidden_size, intermediate_size=3 * args.model_hidden_size,
-            num_hidden_layers=args.model_layers, num_attention_heads=4, num_key_value_heads=4,
+            num_hidden_layers=args.model_layers, num_attention_heads=_NUM_HEADS, num_key_value_heads=_NUM_HEADS,
             max_position_embeddings=4 * args.train_block_size, tie_word_embeddings=True,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         )  # fmt: skip
