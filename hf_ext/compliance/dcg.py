@@ -72,6 +72,18 @@ def _only_metric(results: Mapping, task: str) -> str | None:
     return str(names[0]).partition(",")[0] if len(names) == 1 else None
 
 
+def _same_metric(a: str | None, b: str | None) -> bool:
+    """Whether two metric keys read for one task name the same metric: equal lm-eval keys (`"exact_match,strict-match"`
+    is not `"exact_match,flexible-extract"`), or equal names where one side has no filter (`{task: {"acc": ...}}`
+    beside lm-eval's `"acc,none"`). A bare score (`None`) names no metric and pairs with any."""
+    if a is None or b is None:
+        return True
+    a, b = str(a), str(b)
+    if "," in a and "," in b:
+        return a == b
+    return a.partition(",")[0] == b.partition(",")[0]
+
+
 def compute_dcg(
     non_compliant: Mapping,
     compliant: Mapping,
@@ -95,12 +107,14 @@ def compute_dcg(
         compliant (`Mapping`): Scores of the compliant model, same format.
         relative (`bool`, *optional*, defaults to `True`): Percent gap; `False` for absolute differences.
         metric (`str`, *optional*): Metric to read from nested results (`"acc"` also matches lm-eval's
-            `"acc,none"`); needed when a task reports several metrics.
+            `"acc,none"`); needed when a task reports several metrics. Both sides must report a task under the same
+            key: two different metrics (without `metric`, each side's only one) or lm-eval filters
+            (`"exact_match,strict-match"` and `"exact_match,flexible-extract"`) are a `ValueError` naming the task.
         lower_is_better (`Collection[str]`, *optional*): Tasks whose metric decreases with quality. Default: every
             task when `metric` is one of `LOWER_IS_BETTER_METRICS` (`"word_perplexity"`, also as lm-eval's
             `"word_perplexity,none"`), none otherwise; a collection given (also `()`) is used as is.
         tasks (`Collection[str]`, *optional*): Tasks to report, the only ones read (another task of the results
-            may lack `metric`); default: all tasks (both sides must have the same).
+            may lack `metric`), each named once; default: all tasks (both sides must have the same).
         undefined (`str`, *optional*, defaults to `"raise"`): What a relative gap does for a task where the
             non-compliant score is 0 (e.g. a small model's accuracy): `"raise"` a `ValueError`, or `"nan"`: that
             task's gap is NaN (shown as `n/a`, `None` in `to_dict`) and left out of the mean.
@@ -114,11 +128,27 @@ def compute_dcg(
         tasks = task_list(tasks, "tasks")
     if lower_is_better is not None:
         lower_is_better = task_list(lower_is_better, "lower_is_better")
+    if tasks is not None:
+        repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+        if repeated:
+            raise ValueError(
+                f"tasks names {repeated} more than once; each task counts once in the mean gap, name it once."
+            )
     keep = () if tasks is None else set(tasks)
     # only the tasks asked for are read: another task of the results may lack `metric` (e.g. a perplexity task
     # beside an accuracy one in one lm-eval run)
-    full = task_scores(non_compliant, metric, "non_compliant", keep, tasks)
-    comp = task_scores(compliant, metric, "compliant", keep, tasks)
+    full_keys: dict = {}
+    comp_keys: dict = {}
+    full = task_scores(non_compliant, metric, "non_compliant", keep, tasks, full_keys)
+    comp = task_scores(compliant, metric, "compliant", keep, tasks, comp_keys)
+    for task in sorted(set(full_keys) & set(comp_keys)):
+        if not _same_metric(full_keys[task], comp_keys[task]):
+            raise ValueError(
+                f"task {task!r} reports metric {full_keys[task]!r} in non_compliant but {comp_keys[task]!r} in "
+                "compliant: a gap between two different metrics (or lm-eval filters) means nothing; compare results "
+                "of one metric and filter (metric= naming a key both report, e.g. metric='exact_match,strict-match'), "
+                "or leave this task out (tasks=[...])."
+            )
     if tasks is None:
         if set(full) != set(comp):
             raise ValueError(

@@ -18,6 +18,7 @@ def task_scores(
     arg: str = "results",
     keep: Collection[str] = (),
     tasks: Collection[str] | None = None,
+    keys: dict | None = None,
 ) -> dict[str, float]:
     """Per-task scores from `{task: score}`, `{task: {metric: score}}` or an lm-eval results dict.
 
@@ -35,6 +36,8 @@ def task_scores(
         tasks (`Collection[str]`, *optional*): Read only these tasks (the others are not looked at, so a task that
             lacks `metric` does not matter unless named); default: every task. Named tasks the results lack are
             simply not in the output (the caller names them).
+        keys (`dict`, *optional*): Filled with the metric key read per task (e.g. `"acc,none"`; `None` for a bare
+            score), so that a caller comparing two result sets can check that they report the same metric.
     """
     if not isinstance(results, Mapping):
         raise TypeError(f"{arg} must be a mapping task -> score (or an lm-eval results dict), got {type(results)}.")
@@ -78,10 +81,14 @@ def task_scores(
                     )
             if len(names) != 1:
                 raise ValueError(f"{arg}[{task!r}] has metrics {sorted(map(str, value))}; pass metric=<name>.")
-            value = value[names[0]]
+            key, value = names[0], value[names[0]]
+        else:
+            key = None
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ValueError(f"{arg}[{task!r}] must be a finite number, got {value!r}.")
         out[str(task)] = float(value)
+        if keys is not None:
+            keys[str(task)] = key
     if not out and tasks is None:
         raise ValueError(f"{arg} holds no task scores.")
     return out
