@@ -38,6 +38,24 @@ def _check_inputs(dataset, checker, url_column: str, num_proc: int | None, batch
             )
 
 
+def _check_column_names(url_column: str, column: str | None, agents_column: str | None, column_optional: bool) -> None:
+    """The names of the compliance columns: non-empty, not the same, and not `url_column` (the URLs would be
+    replaced by the compliance values). `column` may be `None` only where `column_optional`."""
+    for name, value in (("column", column), ("agents_column", agents_column)):
+        optional = column_optional or name == "agents_column"
+        if (value is None and not optional) or (value is not None and (not isinstance(value, str) or not value)):
+            allowed = "a non-empty column name or None" if optional else "a non-empty column name"
+            raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+        if value is not None and value == url_column:
+            default = "robots_compliant" if name == "column" else "disallowed_user_agents"
+            raise ValueError(
+                f"{name}={value!r} is the url_column: its URLs would be replaced by compliance values; pass another "
+                f"name for {name} (default {default!r})."
+            )
+    if column is not None and column == agents_column:
+        raise ValueError(f"column and agents_column are both {column!r}; pass two names (or None for one).")
+
+
 def annotate_compliance(
     dataset,
     checker: RobotsCompliance,
@@ -56,6 +74,7 @@ def annotate_compliance(
         column (`str`, *optional*, defaults to `"robots_compliant"`): Name of the added boolean column.
         agents_column (`str`, *optional*, defaults to `"disallowed_user_agents"`):
             Name of the added list-of-strings column with the agents that are disallowed (`None`: not added).
+            `column` and `agents_column` must be two non-empty names other than `url_column`.
         batch_size (`int`, *optional*, defaults to 1000): Rows per `map` batch.
         num_proc (`int`, *optional*): Worker processes for `Dataset.map` (each builds its own host cache).
 
@@ -63,8 +82,7 @@ def annotate_compliance(
         The dataset with the new column(s); row order and other columns unchanged.
     """
     _check_inputs(dataset, checker, url_column, num_proc, batch_size)
-    if not isinstance(column, str) or not column:
-        raise ValueError("column must be a non-empty column name.")
+    _check_column_names(url_column, column, agents_column, column_optional=False)
 
     def annotate(batch):
         agents = checker.disallowed_agents_batch(batch[url_column])
@@ -130,16 +148,13 @@ def filter_compliant(
             column, set to `True` on the kept rows where the dataset has it (`None`: left as it is).
         agents_column (`str`, *optional*, defaults to `"disallowed_user_agents"`): An earlier `annotate_compliance`
             list of disallowing agents, set to `[]` on the kept rows where the dataset has it (`None`: left as it is).
+            `column` and `agents_column` must be two names other than `url_column` (or `None`).
 
     Returns:
         The compliant documents, in their original order.
     """
     _check_inputs(dataset, checker, url_column, num_proc, batch_size)
-    for name, value in (("column", column), ("agents_column", agents_column)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ValueError(f"{name} must be a non-empty column name or None, got {value!r}.")
-    if column is not None and column == agents_column:
-        raise ValueError(f"column and agents_column are both {column!r}; pass two names (or None for one).")
+    _check_column_names(url_column, column, agents_column, column_optional=True)
 
     def keep(batch):
         return checker.is_compliant_batch(batch[url_column])
