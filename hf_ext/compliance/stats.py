@@ -72,6 +72,52 @@ def _row(domain: str, docs: int, docs_removed: int, tokens: int, tokens_removed:
     }
 
 
+_INT_DTYPES = frozenset(f"{u}int{b}" for u in ("", "u") for b in (8, 16, 32, 64))
+
+
+def _check_column_types(dataset, compliant_column: str, token_column: str | None, agents_column: str | None) -> None:
+    """The columns read as they are must hold what they are read as: a bool `compliant_column` (a list or string
+    column would be read by truthiness: every document kept), non-negative integer `token_column` counts, and a
+    list-of-strings `agents_column` (a string column would be counted per character)."""
+    import datasets
+
+    features = dataset.features
+    feature = features[compliant_column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype == "bool"):
+        raise TypeError(
+            f"compliant_column={compliant_column!r} holds {feature!r}, not bool; pass the boolean column that "
+            "annotate_compliance adds (robots_compliant), or cast it, e.g. dataset.cast_column(name, "
+            "datasets.Value('bool'))."
+        )
+    if token_column is not None:
+        feature = features[token_column]
+        if not (isinstance(feature, datasets.Value) and feature.dtype in _INT_DTYPES):
+            raise TypeError(
+                f"token_column={token_column!r} holds {feature!r}, not integer token counts; pass a column of "
+                "non-negative ints (or tokenizer= to count them)."
+            )
+        if len(dataset) and not feature.dtype.startswith("u"):
+            import pyarrow.compute as pc
+
+            lowest = pc.min(dataset.with_format("arrow")[token_column]).as_py()  # the rows of `dataset` only
+            if lowest is not None and lowest < 0:
+                raise ValueError(
+                    f"token_column={token_column!r} holds a negative token count ({lowest}); counts must be >= 0."
+                )
+    if agents_column and agents_column in dataset.column_names:
+        feature = features[agents_column]
+        inner = getattr(feature, "feature", None)
+        if not (
+            isinstance(feature, datasets.List | datasets.LargeList)
+            and isinstance(inner, datasets.Value)
+            and inner.dtype in ("string", "large_string", "null")
+        ):
+            raise TypeError(
+                f"agents_column={agents_column!r} holds {feature!r}, not lists of agent names; pass the list-of-"
+                "strings column annotate_compliance adds (disallowed_user_agents), or agents_column=None."
+            )
+
+
 def compute_retention_stats(
     dataset,
     compliant_column: str = "robots_compliant",
@@ -88,15 +134,16 @@ def compute_retention_stats(
 
     Args:
         dataset (`datasets.Dataset`): Output of `annotate_compliance` (all documents, with the compliance column).
-        compliant_column (`str`, *optional*, defaults to `"robots_compliant"`): Boolean column (True = kept).
+        compliant_column (`str`, *optional*, defaults to `"robots_compliant"`): Boolean column (True = kept); another
+            type is a `TypeError`.
         agents_column (`str`, *optional*, defaults to `"disallowed_user_agents"`):
-            Column with the disallowing agents, for per-agent counts (`None` or absent: skipped).
+            Column with the disallowing agents (lists of strings), for per-agent counts (`None` or absent: skipped).
         domain_column (`str`, *optional*): Column naming each document's domain; default: the URL's host.
         url_column (`str`, *optional*, defaults to `"url"`): URL column (used when `domain_column` is not given).
         text_column (`str`, *optional*, defaults to `"text"`): Text whose tokens are counted.
         tokenizer (`PreTrainedTokenizerBase`, *optional*): Count tokens with this tokenizer (no special tokens
             added; text that spells one is counted as text).
-        token_column (`str`, *optional*): Use this column of precomputed token counts instead.
+        token_column (`str`, *optional*): Use this column of precomputed token counts (non-negative ints) instead.
         batch_size (`int`, *optional*, defaults to 1000): Rows per batch when counting tokens.
         num_proc (`int`, *optional*): Worker processes for token counting.
 
@@ -123,6 +170,7 @@ def compute_retention_stats(
             raise ValueError(f"{arg}={name!r} is not a column of the dataset{hint}; columns: {columns}.")
     if tokenizer is not None and token_column is not None:
         raise ValueError("pass either tokenizer or token_column, not both.")
+    _check_column_types(dataset, compliant_column, token_column, agents_column)
 
     if token_column is not None:
         unit = f"column:{token_column}"
