@@ -381,35 +381,29 @@ class _ProtegoMatcher:
 class _GoogleMatcher:
     """Google's parser (`fast-robotstxt`): it parses the file on every call, so it is exact but slow.
 
-    It is given the file's bytes (`_encode_bytes`: a byte that is not UTF-8 is that byte again, which the parser
-    encodes as `%XX` in a rule), through the package's C entry point `robots_allowed_by_robots`; its Python method
-    `is_allowed` takes a str and encodes it as UTF-8, which cannot write such a byte. A release without that entry
-    point is given the text with U+FFFD for such bytes."""
+    The package's `is_allowed` takes a str and encodes it as UTF-8, which cannot write a byte that is not UTF-8; such a
+    byte (kept by the store as its surrogate escape) is handed over as its `%XX` escape, which is how the parser itself
+    writes a non-ASCII byte of a rule before matching (`Disallow: /caf\\xe9/` and `Disallow: /caf%E9/` decide alike)."""
 
-    __slots__ = ("body", "agent", "matcher", "_call")
+    __slots__ = ("text", "agent", "matcher")
 
     def __init__(self, text: str, agent: str):
         from robotstxt import RobotsMatcher
 
-        self.body, self.agent, self.matcher = _encode_bytes(text), agent.encode("utf-8"), RobotsMatcher()
-        try:
-            from robotstxt.robots import _lib
-
-            self._call = _lib.robots_allowed_by_robots
-        except (ImportError, AttributeError):  # pragma: no cover - another binding release
-            self._call = None
+        if not text.isascii():
+            # the bytes the parser would read (a byte order mark in front where they would start like one), then each
+            # byte that is not UTF-8 as its escape
+            text = _ESCAPED_BYTE.sub(_byte_escape, _encode_bytes(text).decode("utf-8", "surrogateescape"))
+        self.text, self.agent, self.matcher = text, agent, RobotsMatcher()
 
     def allowed(self, url: str) -> bool:
         if _is_robots_txt(url):
             return True
-        url = google_url(url)
-        if self._call is None:  # pragma: no cover - another binding release
-            text = self.body.decode("utf-8", "replace")
-            return self.matcher.is_allowed(text, self.agent.decode("utf-8"), url)
-        raw = url.encode("utf-8", "surrogatepass")
-        return bool(
-            self._call(self.matcher._ptr, self.body, len(self.body), self.agent, len(self.agent), raw, len(raw))
-        )
+        return self.matcher.is_allowed(self.text, self.agent, google_url(url))
+
+
+def _byte_escape(match: re.Match) -> str:
+    return f"%{ord(match.group()) - 0xDC00:02X}"
 
 
 def google_url(url: str) -> str:
