@@ -11,13 +11,40 @@ import numpy as np
 
 def _check_scores_labels(scores, is_noisy) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    is_noisy = np.asarray(is_noisy).astype(bool).reshape(-1)
+    is_noisy = _check_is_noisy(is_noisy)
     if scores.shape != is_noisy.shape:
         raise ValueError(f"`scores` ({scores.shape[0]}) and `is_noisy` ({is_noisy.shape[0]}) differ in length.")
     if scores.size == 0:
         raise ValueError("`scores` is empty.")
     _check_finite(scores)
     return scores, is_noisy
+
+
+def _check_is_noisy(is_noisy) -> np.ndarray:
+    """`is_noisy` as a flat bool array, refused (naming it) unless it is boolean or numeric 0/1 without NaN: a cast
+    with `astype(bool)` read {-1, 1} labels, or class ids passed by mistake, as all noisy, and NaN as noisy."""
+    values = np.asarray(is_noisy).reshape(-1)
+    if values.dtype == bool:
+        return values
+    if values.dtype.kind not in "iuf":
+        raise TypeError(
+            f"`is_noisy` must be boolean or 0/1 (1 = noisy), got an array of dtype {values.dtype}; pass a boolean "
+            "mask of the noisy examples."
+        )
+    missing = np.flatnonzero(np.isnan(values)) if values.dtype.kind == "f" else np.empty(0, dtype=int)
+    if missing.size:
+        raise ValueError(
+            f"`is_noisy` holds {missing.size} NaN value(s) (first at index {int(missing[0])}); mark every example "
+            "noisy (True / 1) or clean (False / 0)."
+        )
+    other = np.flatnonzero((values != 0) & (values != 1))
+    if other.size:
+        raise ValueError(
+            f"`is_noisy` must be boolean or 0/1 (1 = noisy), got {values[other[0]].item()!r} at index {int(other[0])} "
+            f"(values {np.unique(values)[:6].tolist()}); pass a boolean mask of the noisy examples, e.g. "
+            "`labels != clean_labels` (not the labels themselves, nor -1/+1 labels)."
+        )
+    return values.astype(bool)
 
 
 def _check_finite(scores: np.ndarray) -> None:
@@ -46,7 +73,8 @@ def detection_curve(scores, is_noisy, fractions=None) -> tuple[np.ndarray, np.nd
 
     Args:
         scores (`array-like`): influence per training example (positive = harmful).
-        is_noisy (`array-like` of `bool`): which examples are mislabeled.
+        is_noisy (`array-like` of `bool`): which examples are mislabeled (boolean, or numbers 0/1; other values, NaN
+            included, are refused).
         fractions (`array-like`, *optional*): inspected fractions, each in [0, 1]; default 0, 0.01, ..., 1.
 
     Returns:
