@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..utils.checks import is_int as _is_int
 from ..utils.checks import is_real as _is_real
 from .linalg import (
     SchulzConvergenceWarning,
     SchulzDivergenceError,
+    lissa_step,
     schulz_divergence_message,
     schulz_inverse,
     schulz_warning_message,
@@ -35,10 +37,6 @@ GradientSource = Callable[[], GradientBatches]
 
 
 # Float options of `InfluenceConfig` -> whether `None` is allowed.
-#: LiSSA: relative growth of a step `r_t - r_{t-1}` over the previous one read as divergence (float rounding stays far
-#: below it; a series growing more slowly than this over the iterations is off by less than a percent).
-_LISSA_GROWTH_TOLERANCE = 1e-3
-
 _NUMBER_FIELDS = {
     "damping_scale": False,
     "damping": True,
@@ -157,6 +155,11 @@ class InfluenceConfig:
             raise ValueError(f"`lissa_iterations` must be a positive int, got {self.lissa_iterations!r}.")
         if self.lissa_scale is not None and not 0 < self.lissa_scale < math.inf:
             raise ValueError(f"`lissa_scale` must be a finite positive number or None, got {self.lissa_scale!r}.")
+        if not _is_int(self.max_exact_dim) or self.max_exact_dim < 1:
+            raise ValueError(
+                f"`max_exact_dim` must be a positive int (the largest matrix side method='exact' may invert, default "
+                f"4096), got {self.max_exact_dim!r}."
+            )
         if self.exact_curvature not in ("gfim", "fim"):
             raise ValueError(f"`exact_curvature` must be 'gfim' or 'fim', got {self.exact_curvature!r}.")
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
@@ -394,9 +397,7 @@ class InfluenceEngine:
             for name, layer in self.layers.items()
         }
         running = {name: v[name].clone() for name in self.shapes}
-        # r_t - r_{t-1} = M^t v with M = I - (F + lambda I) / s symmetric: its norm never grows while the series
-        # converges (|eigenvalues of M| <= 1); a growing step means s is below half the top eigenvalue (diverging,
-        # possibly still finite after the last iteration)
+        # a growing step r_t - r_{t-1} means s is below half the top eigenvalue (see `lissa_step`)
         steps = {name: float(v[name].double().norm()) for name in self.shapes}
         growing = dict.fromkeys(self.shapes, False)
         for _ in range(cfg.lissa_iterations):
@@ -409,11 +410,9 @@ class InfluenceEngine:
             for name, layer in self.layers.items():
                 product = products[name] / self.num_train + layer.damping * running[name]
                 updated = v[name] + running[name] - product / scales[name]
-                step = float((updated - running[name]).double().norm())
-                # above the rounding floor of the sum (a converged series' steps fluctuate there)
-                floor = 1e3 * torch.finfo(updated.dtype).eps * float(updated.double().norm())
-                growing[name] |= step > max(steps[name] * (1 + _LISSA_GROWTH_TOLERANCE), floor)
-                steps[name], running[name] = step, updated
+                steps[name], grows = lissa_step(steps[name], running[name], updated)
+                growing[name] |= grows
+                running[name] = updated
         for name, layer in self.layers.items():
             layer.info["lissa_scale"] = scales[name]
             if growing[name] or not torch.isfinite(running[name]).all():

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..utils.checks import is_int as _is_int
+from ..utils.checks import is_real as _is_real
+
 SCHULZ_INITS = ("identity", "transpose", "frobenius")
 #: Initial scale of the reference implementation: X_0 = 5e-5 * I.
 REFERENCE_SCHULZ_ALPHA = 5e-5
@@ -270,6 +273,34 @@ def exact_fim_hvp(v: torch.Tensor, fim_matrix: torch.Tensor, damping: float) -> 
     return torch.cholesky_solve(v.reshape(-1, 1).to(damped.dtype), factor).reshape(v.shape)
 
 
+def _check_vector(v, name: str = "v") -> None:
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(v).__name__}.")
+    if not v.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got {v.dtype}.")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"`{name}` holds NaN or inf; every entry of the result would be NaN.")
+
+
+def _positive_finite(value, name: str, hint: str) -> float:
+    """`value` (a number or a 0-dim tensor) as a float, refused naming `name` unless it is finite and positive."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype != torch.bool:
+        value = value.item()
+    if not _is_real(value):
+        raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"`{name}` must be a finite positive number ({hint}), got {value!r}.")
+    return float(value)
+
+
+def _check_damping(damping) -> float:
+    """DataInf divides by the damping, and both solvers need it to make the curvature invertible: a zero, negative or
+    NaN damping returned inf, a wrong finite value or NaN."""
+    return _positive_finite(
+        damping, "damping", "e.g. 0.1 * the mean squared gradient entry, see `damping_from_gradients`"
+    )
+
+
 def datainf_hvp(v: torch.Tensor, grads: torch.Tensor, damping: float) -> torch.Tensor:
     """DataInf's closed form (Kwon et al., 2024) for `(F + lambda I)^-1 vec(v)`.
 
@@ -278,9 +309,21 @@ def datainf_hvp(v: torch.Tensor, grads: torch.Tensor, damping: float) -> torch.T
 
     Args:
         v (`torch.Tensor`): the vector, shaped like one gradient.
-        grads (`torch.Tensor`): `(n, *v.shape)` per-example gradients.
-        damping (`float`): `lambda > 0`.
+        grads (`torch.Tensor`): `(n, *v.shape)` per-example gradients, `n > 0`.
+        damping (`float`): `lambda > 0`, finite.
+
+    Raises:
+        `ValueError`/`TypeError`: naming the argument, for a damping that is not finite and positive, `grads` not of
+            shape `(n, *v.shape)` (the exact shape, not only the same number of entries), or NaN/inf entries.
     """
+    _check_vector(v)
+    _check_vector(grads, "grads")
+    damping = _check_damping(damping)
+    if grads.ndim != v.ndim + 1 or tuple(grads.shape[1:]) != tuple(v.shape) or grads.shape[0] == 0:
+        raise ValueError(
+            f"`grads` must have shape (n, *v.shape) = (n, {', '.join(map(str, v.shape))}) with n > 0 (one gradient "
+            f"shaped like `v` per example), got {tuple(grads.shape)} for `v` of shape {tuple(v.shape)}."
+        )
     n = grads.shape[0]
     flat = grads.reshape(n, -1)
     vf = v.reshape(-1)
@@ -303,16 +346,60 @@ def lissa_hvp(
     Args:
         v (`torch.Tensor`): the vector.
         matvec (`Callable[[torch.Tensor], torch.Tensor]`): `x -> A x` for a symmetric PSD `A` (shape-preserving).
-        damping (`float`): `lambda >= 0`.
-        scale (`float`): `s > 0`, an upper bound of the largest eigenvalue of `A + lambda I` (e.g. its trace).
-        num_iterations (`int`, *optional*, defaults to 10): recursion depth `T` (10 in the reference).
+        damping (`float`): `lambda > 0`, finite.
+        scale (`float`): `s > 0`, finite, an upper bound of the largest eigenvalue of `A + lambda I` (e.g. its trace
+            plus `lambda`).
+        num_iterations (`int`, *optional*, defaults to 10): recursion depth `T >= 1` (10 in the reference).
+
+    Raises:
+        `ValueError`/`TypeError`: naming the argument, for a damping or scale that is not finite and positive, a
+            `num_iterations` that is not a positive int, or a `matvec` whose result is not shaped like `v`; and when
+            the series diverges (`scale` below half the largest eigenvalue of `A + lambda I`: a step `r_t - r_{t-1}`
+            grows, also while the sum is still finite), which `InfluenceEngine` detects in the same way.
     """
-    if not scale > 0:
-        raise ValueError(f"`scale` must be positive, got {scale!r}.")
-    running = v.clone()
+    _check_vector(v)
+    damping = _check_damping(damping)
+    scale = _positive_finite(
+        scale, "scale", "an upper bound of the largest eigenvalue of A + damping I, e.g. its trace"
+    )
+    if not _is_int(num_iterations) or num_iterations < 1:
+        raise ValueError(f"`num_iterations` must be a positive int (e.g. the default 10), got {num_iterations!r}.")
+    running, previous, diverged = v.clone(), float(v.double().norm()), False
     for _ in range(num_iterations):
-        running = v + running - (matvec(running) + damping * running) / scale
+        product = matvec(running)
+        if not isinstance(product, torch.Tensor) or tuple(product.shape) != tuple(v.shape):
+            got = tuple(product.shape) if isinstance(product, torch.Tensor) else type(product).__name__
+            raise ValueError(f"`matvec` must return a tensor shaped like `v` {tuple(v.shape)}, got {got}.")
+        updated = v + running - (product + damping * running) / scale
+        previous, diverged = lissa_step(previous, running, updated)
+        running = updated
+        if diverged:
+            break
+    if diverged or not bool(torch.isfinite(running).all()):
+        raise ValueError(
+            f"LiSSA diverged with scale={scale:.3g}: the scale must exceed half the largest eigenvalue of "
+            "A + damping I; pass an upper bound of it (e.g. the trace of A plus the damping)."
+        )
     return running / scale
+
+
+#: LiSSA: relative growth of a step `r_t - r_{t-1}` over the previous one read as divergence (float rounding stays far
+#: below it; a series growing more slowly than this over the iterations is off by less than a percent).
+LISSA_GROWTH_TOLERANCE = 1e-3
+
+
+def lissa_step(previous: float, running: torch.Tensor, updated: torch.Tensor) -> tuple[float, bool]:
+    """The norm of the LiSSA step `updated - running` and whether it grew past the previous step's norm `previous`
+    (start with `||v||`, the first step being `r_0 = v`): the divergence check of `lissa_hvp` and `InfluenceEngine`.
+
+    `r_t - r_{t-1} = M^t v` with `M = I - (A + lambda I) / s` symmetric: its norm never grows while the series
+    converges (`|eigenvalues of M| <= 1`); a growing step means `s` is below half the top eigenvalue (diverging,
+    possibly still finite after the last iteration). Growth within `LISSA_GROWTH_TOLERANCE`, or below the rounding
+    floor of the sum (where a converged series' steps fluctuate), does not count.
+    """
+    step = float((updated - running).double().norm())
+    floor = 1e3 * torch.finfo(updated.dtype).eps * float(updated.double().norm())
+    return step, step > max(previous * (1 + LISSA_GROWTH_TOLERANCE), floor)
 
 
 def lissa_hvp_reference(
