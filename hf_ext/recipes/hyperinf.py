@@ -20,14 +20,19 @@ Run as `python scripts/hyperinf.py` or `hf-ext run hyperinf` (one process; a mul
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 from transformers import TrainingArguments
 
 from ..utils.io import atomic_savefig, atomic_write_results
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DOMAINS = "devtools,networking"
 ALL_METHODS = ("hyperinf", "hyperinf_reference", "datainf", "lissa", "tracin", "exact")
@@ -205,6 +210,13 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
         raise ValueError("--lora_r must be positive and --pretrain_steps non-negative.")
     if not parse_list(model_args.target_modules):
         raise ValueError("--target_modules must name at least one module, e.g. q_proj,v_proj.")
+    for name, example in (("lora_alpha", "16"), ("pretrain_learning_rate", "0.003")):
+        value = getattr(model_args, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(
+                f"--{name} must be a positive finite number (e.g. the default {example}), got {value}"
+                + (": the LoRA scaling is alpha/r (alpha/sqrt(r) with --use_rslora)." if name == "lora_alpha" else ".")
+            )
     methods = parse_list(inf.methods)
     bad = sorted(set(methods) - set(ALL_METHODS))
     if not methods or bad:
@@ -275,39 +287,139 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
                 f"{saved_vocab}, or start afresh in another --output_dir."
             )
     if resume:
-        _check_run_data(task, training_args)
+        _check_run_data(task, model_args, training_args)
     from ._common import check_vocab_size
 
     # as `run_tokenizer` decides: a base folder holding a tokenizer is tokenized with it, else the BPE of --vocab_size
     # is built (which refused a too small size only after the earlier run's results had been removed)
     check_vocab_size(task.vocab_size, _tokenizer_folder(base, training_args))
+    _check_target_modules(task, model_args, training_args)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
 
 
-#: The file of the arguments that define a run's data and its label noise / corruption (--seed and every
-#: `TaskArguments` flag): a resumed fine-tuning must see the data of the run it continues.
+def _check_target_modules(task: TaskArguments, model_args: ModelArguments, training_args) -> None:
+    """Refuse, before any work, a --target_modules that selects no module LoRA can adapt, a module it cannot adapt, or
+    names a module the base does not have: the adapter is built on the base model's skeleton on the meta device (no
+    weights, no memory) with the run's `LoraConfig`. A typo used to fail in peft only after the earlier run's results
+    had been removed and the base pretrained again (or, beside a valid name, to be ignored). The check is skipped
+    where the base's config cannot be read here (the run's own loading then reports it)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.pytorch_utils import Conv1D
+
+    base = model_args.model_name_or_path
+    if base is None and training_args.resume_from_checkpoint:
+        base = os.path.join(training_args.output_dir, "base")  # the interrupted run's, reused
+    try:
+        config = _tiny_llama_config(model_args, task.vocab_size) if base is None else AutoConfig.from_pretrained(base)
+    except (ValueError, OSError):
+        return
+    classification = task.task == "classification"
+    auto = AutoModelForSequenceClassification if classification else AutoModelForCausalLM
+    # the run's own build of the model warns (e.g. peft's fan_in_fan_out note) where needed: not twice
+    with torch.device("meta"), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            skeleton = auto.from_config(config)
+        except (ValueError, TypeError, RuntimeError, NotImplementedError):
+            return
+        layers = (torch.nn.Linear, torch.nn.Embedding, Conv1D)
+        names = dict.fromkeys(n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, layers))
+        if classification:  # peft trains the classification head in full (modules_to_save), never with LoRA
+            names = {n: None for n in names if n not in ("classifier", "score")}
+        value, which = model_args.target_modules, "the tiny Llama pretrained here" if base is None else repr(base)
+        if model_args.model_name_or_path is None and base is not None:
+            which = f"the tiny Llama of the interrupted run, {base!r}"
+        try:
+            adapted = get_peft_model(skeleton, _lora_config(model_args, "SEQ_CLS" if classification else "CAUSAL_LM"))
+        except ValueError as err:
+            text = " ".join(str(err).split())
+            unsupported = re.match(r"Target module (\w+)\(", text)  # peft prints the whole module after it
+            if unsupported:
+                problem = f"selects a {unsupported[1]} module of the base model ({which}), which LoRA cannot adapt"
+            else:
+                problem = f"selects no module LoRA can adapt in the base model ({which}; peft: {text[:200]})"
+        except (TypeError, RuntimeError, NotImplementedError):
+            return
+        else:
+            targeted = getattr(adapted.base_model, "targeted_module_names", None) or []
+            unmatched = [t for t in parse_list(value) if not any(k == t or k.endswith("." + t) for k in targeted)]
+            if not targeted or not unmatched:
+                return
+            problem = f"names {', '.join(unmatched)}, which match{'es' if len(unmatched) == 1 else ''} no module of "
+            problem += f"the base model ({which}) LoRA adapts"
+    raise ValueError(
+        f"--target_modules {value!r} {problem}. Its linear and embedding layers are named "
+        f"{', '.join(list(names)[:12])}; pass comma-separated names among them, e.g. q_proj,v_proj."
+    )
+
+
+#: The file of the arguments that define a run: its data and label noise / corruption (--seed and every
+#: `TaskArguments` flag) and its model (every `ModelArguments` flag: the base, the tiny base's size and pretraining, the
+#: LoRA adapter). A resumed fine-tuning must see the data, and continue the model, of the run it continues.
 RUN_DATA_FILE = "hyperinf_run_data.json"
 
 
-def _run_data(task: TaskArguments, training_args) -> dict:
-    return {"seed": training_args.seed, **asdict(task)}
+def _model_record(model_args: ModelArguments) -> dict:
+    """The model-defining arguments as recorded (`--target_modules` as the sorted set of names: peft reads a set)."""
+    return {**asdict(model_args), "target_modules": ",".join(sorted(set(parse_list(model_args.target_modules))))}
 
 
-def _check_run_data(task: TaskArguments, training_args) -> None:
-    """On resume: the interrupted run's data-defining arguments (written by its start) must be this run's."""
+def _run_data(task: TaskArguments, model_args: ModelArguments, training_args) -> dict:
+    return {"seed": training_args.seed, **asdict(task), **_model_record(model_args)}
+
+
+def _check_run_data(task: TaskArguments, model_args: ModelArguments, training_args) -> None:
+    """On resume: the interrupted run's data- and model-defining arguments (written by its start) must be this run's.
+
+    A record written before hf_ext recorded the model arguments (or no record at all) is resumed with a warning: what
+    it lacks cannot be checked."""
     path = os.path.join(training_args.output_dir, RUN_DATA_FILE)
     if not os.path.isfile(path):  # a run started before this file existed: nothing to compare with
+        logger.warning(
+            "--resume_from_checkpoint: %s has no %s (the interrupted run started before hf_ext recorded it), so "
+            "--seed, the task flags and the model flags are resumed unchecked; make sure they are the interrupted "
+            "run's.",
+            training_args.output_dir,
+            RUN_DATA_FILE,
+        )
         return
     with open(path, encoding="utf-8") as fh:
         saved = json.load(fh)
-    now = _run_data(task, training_args)
-    changed = [
-        f"--{k} {now[k]!r} (the interrupted run used {saved[k]!r})" for k in now if k in saved and saved[k] != now[k]
-    ]
-    if changed:
+    model = _model_record(model_args)
+    unrecorded = [k for k in model if k not in saved]
+    if unrecorded:
+        logger.warning(
+            "--resume_from_checkpoint: %s records no %s (written before hf_ext recorded the model flags), so they are "
+            "resumed unchecked; make sure they are the interrupted run's (another LoRA scaling or adapter would "
+            "continue a different model).",
+            path,
+            ", ".join("--" + k for k in unrecorded),
+        )
+    now = _run_data(task, model_args, training_args)
+    changed = {
+        k: f"--{k} {now[k]!r} (the interrupted run used {saved[k]!r})"
+        for k in now
+        if k in saved and saved[k] != now[k]
+    }
+    data = [text for k, text in changed.items() if k not in model]
+    models = [text for k, text in changed.items() if k in model]
+    reasons = []
+    if data:
+        reasons.append(
+            "on other data: " + "; ".join(data) + " (its checkpoints were trained on the data, split, label noise and "
+            "corruption, those arguments define)"
+        )
+    if models:
+        reasons.append(
+            "with another model: " + "; ".join(models) + " (its checkpoints hold the LoRA adapter of the base model "
+            "and adapter those arguments build; the rest of the fine-tuning would train another model, e.g. at "
+            "another LoRA scaling, and report it as this run)"
+        )
+    if reasons:
         raise ValueError(
-            "--resume_from_checkpoint continues a run on other data: " + "; ".join(changed) + ". Its checkpoints were "
-            "trained on the data (split, label noise, corruption) those arguments define; resume with the interrupted "
+            "--resume_from_checkpoint continues a run " + ", and ".join(reasons) + ". Resume with the interrupted "
             "run's values, or start afresh in another --output_dir."
         )
 
@@ -476,25 +588,32 @@ def build_task(task: TaskArguments, tokenizer, seed: int):
     return Dataset.from_list(train), Dataset.from_list(val), Dataset.from_list(test), is_noisy, domains
 
 
-def pretrain_base(model_args: ModelArguments, tokenizer, training_args, out_dir: str):
-    """A tiny Llama from config, pretrained as a causal LM on the corpus, saved to `out_dir`."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, default_data_collator
+def _tiny_llama_config(model_args: ModelArguments, vocab_size: int, tokenizer=None):
+    """The config of the tiny Llama the recipe pretrains (`tokenizer`: its special-token ids, if given)."""
+    from transformers import LlamaConfig
 
-    from ..data import load_corpus, pack_dataset
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return LlamaConfig(
+        vocab_size=vocab_size,
         hidden_size=model_args.hidden_size,
         intermediate_size=2 * model_args.hidden_size,
         num_hidden_layers=model_args.num_hidden_layers,
         num_attention_heads=model_args.num_attention_heads,
         num_key_value_heads=model_args.num_attention_heads,
         max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=getattr(tokenizer, "bos_token_id", None),
+        eos_token_id=getattr(tokenizer, "eos_token_id", None),
+        pad_token_id=getattr(tokenizer, "pad_token_id", None),
         tie_word_embeddings=True,
     )
+
+
+def pretrain_base(model_args: ModelArguments, tokenizer, training_args, out_dir: str):
+    """A tiny Llama from config, pretrained as a causal LM on the corpus, saved to `out_dir`."""
+    from transformers import LlamaForCausalLM, Trainer, default_data_collator
+
+    from ..data import load_corpus, pack_dataset
+
+    config = _tiny_llama_config(model_args, len(tokenizer), tokenizer)
     model = LlamaForCausalLM(config)
     if model_args.pretrain_steps > 0:
         blocks = pack_dataset(load_corpus("train"), tokenizer, 64, "text")
@@ -522,22 +641,28 @@ def pretrain_base(model_args: ModelArguments, tokenizer, training_args, out_dir:
 def lora_classifier(base_dir: str, num_labels: int, model_args: ModelArguments, seed: int, pad_token_id: int):
     """A sequence classifier from the pretrained base, wrapped with a fresh LoRA adapter (fixed seed)."""
     import torch
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=num_labels)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+    return get_peft_model(model, _lora_config(model_args, "SEQ_CLS"))
+
+
+def _lora_config(model_args: ModelArguments, task_type: str):
+    """The LoRA adapter of the recipe's runs (`task_type`: peft's `SEQ_CLS` or `CAUSAL_LM`)."""
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        task_type=TaskType[task_type],
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         use_rslora=model_args.use_rslora,
         lora_dropout=0.0,
         target_modules=parse_list(model_args.target_modules),
     )
-    return get_peft_model(model, config)
 
 
 def fine_tune(
@@ -665,17 +790,18 @@ RESULT_FILES = (
 )  # fmt: skip
 
 
-def start_run_files(task: TaskArguments, training_args) -> None:
+def start_run_files(task: TaskArguments, model_args: ModelArguments, training_args) -> None:
     """Once the tokenizer and the data are built (where a too small --vocab_size, or a --max_length / --num_val /
     --max_train that leaves too few examples, is refused): remove an earlier run's report files and record this run's
-    data-defining arguments. A run refused for a bad value leaves both as the earlier run left them."""
+    data- and model-defining arguments. A run refused for a bad value leaves both as the earlier run left them."""
     from ._common import clear_previous_results
 
     clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
     if not training_args.resume_from_checkpoint:  # what a resume of this run must keep (see _check_run_data)
         from ..utils.io import atomic_write_json
 
-        atomic_write_json(os.path.join(training_args.output_dir, RUN_DATA_FILE), _run_data(task, training_args))
+        record = _run_data(task, model_args, training_args)
+        atomic_write_json(os.path.join(training_args.output_dir, RUN_DATA_FILE), record)
 
 
 def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments, training_args) -> dict:
@@ -695,11 +821,11 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     tokenizer = run_tokenizer(base, task.vocab_size, training_args)
     if task.task == "llm_selection":
         data = build_selection_task(task, tokenizer, training_args.seed)
-        start_run_files(task, training_args)
+        start_run_files(task, model_args, training_args)
         return run_llm_selection(task, model_args, inf, training_args, tokenizer, data)
     methods = parse_list(inf.methods)
     train, val, test, is_noisy, domains = build_task(task, tokenizer, training_args.seed)
-    start_run_files(task, training_args)
+    start_run_files(task, model_args, training_args)
     print(
         f"task: {len(domains)} domains, train {len(train)} ({int(is_noisy.sum())} flipped), val {len(val)}, "
         f"test {len(test)}, {task.max_length} tokens each"
@@ -821,20 +947,12 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
 def lora_causal_lm(base_dir: str, model_args: ModelArguments, seed: int):
     """The pretrained causal LM wrapped with a fresh LoRA adapter (fixed seed)."""
     import torch
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        use_rslora=model_args.use_rslora,
-        lora_dropout=0.0,
-        target_modules=parse_list(model_args.target_modules),
-    )
-    return get_peft_model(model, config)
+    return get_peft_model(model, _lora_config(model_args, "CAUSAL_LM"))
 
 
 def llm_selection_table(results: dict) -> str:
