@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import os
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length
 
+from ..utils.checks import is_real
 from .collator import MetadataCollator
 
 STATE_FILE = "metadata_conditioning.json"
@@ -43,7 +45,15 @@ class MetadataCooldownCallback(TrainerCallback):
     that marks a checkpoint complete), so a save killed half-way never leaves a complete-looking checkpoint without
     it; a plain `Trainer` has no hook there, and the callback then writes it in `on_save`, after `trainer_state.json`.
 
-    Evaluation batches built with the same collator during training do not move the switch. The switch is driven
+    Evaluation with the training collator: under `MetadataTrainer`, `evaluate` and `predict` build their batches in
+    the collator's `evaluating(conditioning_at(state.global_step))` mode, so every evaluation batch has the
+    conditioning of the phase the model is in (what the evaluation row logs as `metadata_conditioning`) and none
+    reads or moves the training batch counter. A plain `Trainer` has no hook before evaluation: its evaluation
+    batches take their conditioning from the training counter (which already counts the batch prepared for the next
+    step, so an evaluation near the switch is partly or wholly built without metadata); the callback then puts the
+    counter back, so the switch itself stays exact, and warns. Use `MetadataTrainer`, a separate collator for
+    evaluation, or wrap the call in `collator.evaluating(callback.conditioning_at(trainer.state.global_step))`.
+    The switch is driven
     from the main process, so the callback needs `dataloader_num_workers=0` (the default): worker processes hold
     their own copy of the collator, which the callback cannot reach, and `train()` refuses to start with workers
     rather than silently training every step with metadata. (The collator itself refuses to apply a cooldown inside
@@ -57,14 +67,10 @@ class MetadataCooldownCallback(TrainerCallback):
     def __init__(self, collator: MetadataCollator, cooldown_fraction: float = 0.1):
         if not isinstance(collator, MetadataCollator):
             raise TypeError(f"collator must be a MetadataCollator, got {type(collator).__name__}.")
-        if (
-            isinstance(cooldown_fraction, bool)
-            or not isinstance(cooldown_fraction, int | float)
-            or not 0.0 <= cooldown_fraction < 1.0
-        ):
+        if not is_real(cooldown_fraction) or not 0.0 <= cooldown_fraction < 1.0:  # numpy scalars too; NaN refused
             raise ValueError(f"cooldown_fraction must be in [0, 1), got {cooldown_fraction!r}.")
         self.collator = collator
-        self.cooldown_fraction = cooldown_fraction
+        self.cooldown_fraction = float(cooldown_fraction)  # stored in metadata_conditioning.json
         self.switch_step: int | None = None
         self._grad_accum = 1
         self._count_at_step_end: int | None = None
@@ -159,6 +165,7 @@ class MetadataCooldownCallback(TrainerCallback):
         )
         self._skipped_by_collation = self._batches_collated_while_skipping(args, state, kwargs.get("train_dataloader"))
         self._sync(args, state)
+        self._count_at_step_end = self.collator.batches_seen  # an evaluation on start puts the counter back here
         # the batches a resumed run fast-forwards through the collator (below this index) were counted before
         self._count_from = state.global_step * self._grad_accum
         self.invalid_total = self._restored_invalid(args, state)
@@ -175,9 +182,11 @@ class MetadataCooldownCallback(TrainerCallback):
         self.invalid_total = before + _sum_over_ranks(self.invalid_total - before, args)
 
     def on_evaluate(self, args, state, control, **kwargs):
-        # Trainer evaluates with the same collator: its batches must not advance the training batch counter, nor
-        # count as invalid training examples (they were built after the step's end, so at or above its count).
+        # Under MetadataTrainer the evaluation batches were built in the collator's evaluation mode and touched
+        # nothing. A plain Trainer evaluates with the training collator as is: its batches advanced the training batch
+        # counter and were entered as training batches (at or above the step end's count); undo both.
         if self._count_at_step_end is not None:
+            self._warn_if_counter_conditioned(state)
             self.collator.batches_seen = self._count_at_step_end
         pending = self.collator.invalid_by_batch
         if pending:
@@ -186,6 +195,28 @@ class MetadataCooldownCallback(TrainerCallback):
                 del pending[index]
 
     on_predict = on_evaluate
+
+    def _warn_if_counter_conditioned(self, state) -> None:
+        """Warn when batches built by the training counter since the step's end (a plain Trainer's evaluation) got
+        another conditioning than the step the model is at."""
+        start, end = self._count_at_step_end, self.collator.batches_seen
+        switch = self.collator.cooldown_start_batch
+        if end <= start or switch is None or not self.collator.conditioning:
+            return
+        expected = self.conditioning_at(state.global_step)
+        wrong = end - max(start, switch) if expected else min(end, switch) - start
+        if wrong <= 0:
+            return
+        logger.warning(
+            "%d of %d evaluation batches were built %s metadata at step %d, where the model trains %s it: the "
+            "evaluation was collated by the training MetadataCollator outside its evaluation mode (a plain Trainer), "
+            "so its batches took their conditioning from the training batch counter, which runs ahead of the step "
+            "(the training switch itself is unaffected). Use MetadataTrainer (it evaluates in "
+            "collator.evaluating(...)), a separate collator for evaluation, or wrap the call in "
+            "`with collator.evaluating(callback.conditioning_at(trainer.state.global_step)):`.",
+            wrong, end - start, "without" if expected else "with", state.global_step,
+            "with" if expected else "without",
+        )  # fmt: skip
 
     def conditioning_at(self, step: int) -> bool:
         """Whether optimizer step `step` (1-based) trains with metadata."""
@@ -260,6 +291,8 @@ class MetadataTrainer(Trainer):
     writes the callback's state while the model is saved, so a save killed half-way leaves a folder that resume skips,
     never one that looks complete without its metadata state. It also adds the callback's logged values
     (`metadata_conditioning`, `metadata_invalid`) before `Trainer.log`, so every reporting integration gets them.
+    `evaluate` and `predict` collate in each callback's collator's `evaluating` mode: evaluation batches built by the
+    training collator get the conditioning of the step the model is at and leave the cooldown's batch counter alone.
     Otherwise identical to `Trainer`.
     """
 
@@ -270,6 +303,24 @@ class MetadataTrainer(Trainer):
         for callback in self._metadata_callbacks():
             callback._resume_checkpoint = None
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def _collating_for_evaluation(self):
+        """Each cooldown callback's collator in evaluation mode, with the conditioning of the step the model is at."""
+        with contextlib.ExitStack() as stack:
+            for callback in self._metadata_callbacks():
+                stack.enter_context(callback.collator.evaluating(callback.conditioning_at(self.state.global_step)))
+            yield
+
+    def evaluate(self, *args, **kwargs):
+        # Evaluation batches built by the training collator get the conditioning of the current step and leave the
+        # training batch counter (which already counts the batch prepared for the next step) alone.
+        with self._collating_for_evaluation():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._collating_for_evaluation():
+            return super().predict(*args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from ..utils.resume import refuse_weights_only_checkpoint

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..utils.checks import is_bool, is_int
+from ..utils.checks import is_bool, is_int, is_real
 from .encoding import LAYOUTS, EncodedDocument, MetadataEncoder
 from .templates import InvalidMetadataError, MetadataTemplate
 
@@ -22,12 +24,32 @@ MAX_INVALID_WARNINGS = 10
 OVERLONG_METADATA_CHARS = 50
 
 
+def check_dropout(value, name: str = "metadata_dropout") -> float:
+    """`value` as a float if it is a real number in [0, 1] (numpy scalars too); else a `ValueError` naming `name`
+    (NaN, bools and strings included)."""
+    if not is_real(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")
+    return float(value)
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """`value` as an int if it is an integer (numpy's too); else a `ValueError` naming `name`. The seed is hashed as
+    text, so 1.0 or True would silently be other seeds than 1."""
+    if not is_int(value):
+        raise ValueError(f"{name} must be an int, got {value!r}.")
+    return int(value)
+
+
 def keeps_metadata(text: str, metadata: str, seed: int, metadata_dropout: float) -> bool:
     """Whether a document keeps its metadata: a fixed per-document draw (hash of seed, metadata and text).
 
     As in the paper's pipeline, which draws once per document when tokenizing, a document is dropped in every epoch
     or in none; the draw needs no RNG state, so resumed and multi-worker runs see the same documents dropped.
+    `seed` must be an int and `metadata_dropout` a number in [0, 1] (`ValueError` otherwise, as in
+    `MetadataCollator`).
     """
+    seed = check_seed(seed)
+    metadata_dropout = check_dropout(metadata_dropout)
     if metadata_dropout <= 0.0:
         return True
     if metadata_dropout >= 1.0:
@@ -60,8 +82,9 @@ class MetadataCollator:
         template (`MetadataTemplate`): Builds each example's metadata string.
         text_column (`str`, *optional*, defaults to `"text"`): Key of the document text.
         layout (`str`, *optional*, defaults to `"context"`): `"context"` (`<|context_begin|>..<|context_end|>`) or
-            `"meco"` (`"URL: host\\n\\n"`).
-        metadata_dropout (`float`, *optional*, defaults to 0.1): Share of documents trained without metadata (the
+            `"meco"` (`"URL: {metadata}\\n\\n"`; MeCo's host with `metadata_template("url_host")`).
+        metadata_dropout (`float`, *optional*, defaults to 0.1): A real number in [0, 1] (numpy scalars too): the
+            share of documents trained without metadata (the
             empty context pair in the `"context"` layout, plain text in `"meco"`), which teaches the unconditional
             model used by classifier-free guidance.
         seed (`int`, *optional*, defaults to 42): Seed of the per-document dropout draw.
@@ -112,7 +135,7 @@ class MetadataCollator:
     #: Batches collated so far and the batch index from which conditioning is off (set by the cooldown callback).
     batches_seen: int = field(default=0, repr=False)
     cooldown_start_batch: int | None = field(default=None, repr=False)
-    #: Documents whose metadata value was unusable (unparseable URL, NaN/non-numeric score) and that were trained
+    #: Documents whose metadata value was unusable (unparseable URL, infinite/non-numeric score) and that were trained
     #: without metadata instead, in every collation (training and evaluation batches, each epoch again). Counted per
     #: process (each DataLoader worker counts its own). The logged `metadata_invalid` counts training batches only.
     invalid_metadata: int = field(default=0, repr=False)
@@ -122,6 +145,8 @@ class MetadataCollator:
     #: Documents whose metadata prefix filled a whole row (`block_size` / `max_length`) and was re-encoded from its
     #: first `OVERLONG_METADATA_CHARS` characters. Counted per process.
     overlong_metadata: int = field(default=0, repr=False)
+    #: Inside `evaluating(...)`: whether evaluation batches are built with metadata (`None`: training batches).
+    _eval_conditioning: bool | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.template, MetadataTemplate):
@@ -130,9 +155,7 @@ class MetadataCollator:
             )
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}.")
-        dropout = self.metadata_dropout
-        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"metadata_dropout must be a number in [0, 1], got {dropout!r}.")
+        self.metadata_dropout = check_dropout(self.metadata_dropout)  # numpy scalars too, stored as float (JSON)
         for name in ("block_size", "max_length", "max_document_tokens", "pad_to_multiple_of"):
             value = getattr(self, name)
             if value is not None and (not is_int(value) or value < 1):
@@ -144,8 +167,7 @@ class MetadataCollator:
             value = getattr(self, name)
             if value is not None and not is_bool(value):
                 raise TypeError(f"{name} must be True, False or None (the default for the batch shape), got {value!r}.")
-        if not is_int(self.seed):  # hashed as text: 1.5 and True would silently be other seeds than 1
-            raise ValueError(f"seed must be an int, got {self.seed!r}.")
+        self.seed = check_seed(self.seed)  # hashed as text: 1.5 and True would silently be other seeds than 1
         if self.block_size is not None and self.max_length is not None:
             raise ValueError("pass block_size (packing) or max_length (padding), not both.")
         if self.block_size is not None and self.max_document_tokens is not None:
@@ -177,10 +199,36 @@ class MetadataCollator:
     # ----------------------------------------------------------------------------------------------------------------
     @property
     def conditioning_active(self) -> bool:
-        """Whether the next batch is built with metadata (False once the cooldown has started)."""
+        """Whether the next batch is built with metadata (False once the cooldown has started; inside
+        `evaluating(conditioning)`, that `conditioning`)."""
         if not self.conditioning:
             return False
+        if self._eval_conditioning is not None:
+            return self._eval_conditioning
         return self.cooldown_start_batch is None or self.batches_seen < self.cooldown_start_batch
+
+    @contextmanager
+    def evaluating(self, conditioning: bool) -> Iterator[MetadataCollator]:
+        """Collate evaluation batches: inside the block batches neither read nor advance the training batch counter
+        (`batches_seen`) that places the cooldown switch, nor count as training batches for `metadata_invalid`.
+
+        Args:
+            conditioning (`bool`): Whether the evaluation batches are built with metadata: the phase the model is in,
+                `MetadataCooldownCallback.conditioning_at(state.global_step)` (`MetadataTrainer.evaluate` and
+                `predict` pass it). With `conditioning=False` on the collator there is never metadata.
+
+        The training counter cannot tell an evaluation batch from a training batch by itself: it counts the batch
+        the data loader prepared ahead for the next step, so evaluation batches built from it would take the
+        conditioning of later steps (and, across the switch, part of an evaluation would lose its metadata).
+        """
+        if not is_bool(conditioning):
+            raise TypeError(f"conditioning must be True or False, got {conditioning!r}.")
+        previous = self._eval_conditioning
+        self._eval_conditioning = bool(conditioning)
+        try:
+            yield self
+        finally:
+            self._eval_conditioning = previous
 
     def metadata_for(self, examples: list[dict], active: bool | None = None) -> list[str | None]:
         """The metadata string of each example: `None` where the template gives none or `metadata_dropout` drops it,
@@ -226,7 +274,9 @@ class MetadataCollator:
             )
 
     def encode(self, examples: list[dict]) -> list[EncodedDocument]:
-        """Encode the examples (advances the batch counter used by the cooldown)."""
+        """Encode the examples (advances the batch counter used by the cooldown, except inside `evaluating`)."""
+        if self._eval_conditioning is not None:  # an evaluation batch: the training counter is neither read nor moved
+            return self._encode(examples, self.conditioning_active, None)
         if self.cooldown_start_batch is not None:
             from torch.utils.data import get_worker_info
 
@@ -239,9 +289,14 @@ class MetadataCollator:
         active = self.conditioning_active
         index = self.batches_seen
         self.batches_seen += 1
+        return self._encode(examples, active, index)
+
+    def _encode(self, examples: list[dict], active: bool, index: int | None) -> list[EncodedDocument]:
+        """Encode a batch built with metadata or not (`active`); `index`: its training batch index (`None` for an
+        evaluation batch, whose invalid metadata is not entered in `invalid_by_batch`)."""
         invalid_before = self.invalid_metadata
         metadata = self.metadata_for(examples, active)
-        if self.invalid_by_batch is not None and self.invalid_metadata > invalid_before:
+        if index is not None and self.invalid_by_batch is not None and self.invalid_metadata > invalid_before:
             self.invalid_by_batch[index] = self.invalid_metadata - invalid_before
         texts = [e[self.text_column] or "" for e in examples]
         docs = self._encoder.encode_batch(texts, metadata)
