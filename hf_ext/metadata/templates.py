@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import string
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -22,11 +24,27 @@ _DEFAULT_COLUMNS = {
 
 
 class InvalidMetadataError(ValueError):
-    """A metadata value that cannot be turned into a metadata string (unparseable URL, NaN or non-numeric score).
+    """A metadata value that cannot be turned into a metadata string (unparseable URL, infinite or non-numeric score).
 
     `MetadataCollator` treats such a document as having no metadata (it is counted and logged), so one bad row does
     not stop a run; calling a template directly raises it.
     """
+
+
+def is_missing(value) -> bool:
+    """Whether a metadata value is missing: `None`, a NaN (`float("nan")`, `numpy.nan`, a numpy float NaN), or
+    pandas' `NA` / `NaT` (how pandas stores a missing cell, even one written as `None`: rows from
+    `df.to_dict("records")` carry `nan`, as does `json.loads` of `NaN`) or numpy's `NaT`. pandas is not imported here:
+    its missing markers can only exist where it is."""
+    if value is None:
+        return True
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return math.isnan(value)
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and (value is pandas.NA or value is pandas.NaT):
+        return True
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.datetime64 | numpy.timedelta64) and bool(numpy.isnat(value))
 
 
 #: What `urlsplit` reads as the path after a "scheme" that is really a host with a port (`site.com:8080/x`).
@@ -79,7 +97,8 @@ def url_path(url: str) -> str:
 
 
 def _score(value, column: str) -> int:
-    """An integer quality score from a number or numeric string; NaN, inf and non-numeric values are invalid."""
+    """An integer quality score from a number or numeric string; inf and non-numeric values (a `"nan"` string too)
+    are invalid."""
     if isinstance(value, bool):
         raise InvalidMetadataError(f"quality score column {column!r} holds a bool ({value!r}), not a number.")
     try:
@@ -104,9 +123,10 @@ class MetadataTemplate:
         fmt (`str`, *optional*): The format string for `kind="format"`.
         max_chars (`int`, *optional*): Cut the metadata string to this many characters (long URLs eat context).
 
-    A missing value (`None`) gives `""` (no metadata). A value that cannot be used (a URL `urlsplit` rejects, a NaN,
-    infinite or non-numeric quality score, a format string that fails on the row) raises `InvalidMetadataError`;
-    `MetadataCollator` then trains that document without metadata and counts it.
+    A missing value (`None`, a NaN, pandas' `NA` / `NaT`: see `is_missing`) gives `""` (no metadata) in every kind;
+    `"format"` renders a missing field as `""`, and gives `""` when all its fields are missing. A value that cannot
+    be used (a URL `urlsplit` rejects, an infinite or non-numeric quality score, a format string that fails on the
+    row) raises `InvalidMetadataError`; `MetadataCollator` then trains that document without metadata and counts it.
     """
 
     kind: str
@@ -124,14 +144,17 @@ class MetadataTemplate:
                     "the template's column with metadata_template(..., column=...)."
                 )
             values.append(example[column])
+        missing = [is_missing(v) for v in values]
         if self.kind == "format":
+            if all(missing):  # a row without metadata, not the format's literal text (" | ")
+                return ""
             try:
-                text = self.fmt.format(**{c: ("" if v is None else v) for c, v in zip(self.columns, values)})
+                text = self.fmt.format(**{c: ("" if m else v) for c, v, m in zip(self.columns, values, missing)})
             except (ValueError, TypeError, KeyError, IndexError) as err:
                 raise InvalidMetadataError(
                     f"fmt={self.fmt!r} cannot format {dict(zip(self.columns, values))}: {err}"
                 ) from err
-        elif any(v is None for v in values):
+        elif any(missing):
             text = ""
         elif self.kind == "url":
             text = str(values[0])

@@ -81,12 +81,13 @@ def test_invalid_metadata_is_missing_counted_and_logged(ctx_tokenizer, caplog):
             True,
         ]  # the bad and the missing URL give the empty context; the good one keeps it
 
-    scores = [float("nan"), float("inf"), "-inf", "high", [3], 3.6, "2", None]
+    # a NaN float is pandas' missing cell: no metadata like None (not invalid); the string "nan" is not a number
+    scores = ["nan", float("inf"), "-inf", "high", [3], 3.6, "2", None, float("nan")]
     template = metadata_template("quality_score")
     for bad in scores[:5]:
         with pytest.raises(InvalidMetadataError, match="int_score"):
             template({"int_score": bad})
-    assert [template({"int_score": v}) for v in scores[5:]] == ["4", "2", ""]
+    assert [template({"int_score": v}) for v in scores[5:]] == ["4", "2", "", ""]
     collator = MetadataCollator(tok, template, metadata_dropout=0.0, max_length=32)
     batch = collator([{"text": f"doc {i}", "int_score": v} for i, v in enumerate(scores)])
     assert collator.invalid_metadata == 5 and batch["input_ids"].shape[0] == len(scores)

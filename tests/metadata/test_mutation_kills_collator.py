@@ -204,9 +204,10 @@ def test_url_edge_cases():
 
 def test_quality_scores_reject_bools_and_infinities():
     score = metadata_template("quality_score")
-    for bad in (True, False, float("inf"), float("-inf"), "inf", float("nan")):
+    for bad in (True, False, float("inf"), float("-inf"), "inf", "nan"):
         with pytest.raises(InvalidMetadataError):
             score({"int_score": bad})
+    assert score({"int_score": float("nan")}) == ""  # pandas' missing cell: no metadata, like None
 
 
 def test_format_template_renders_missing_values_as_empty_and_columns_must_match_the_kind():
