@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..utils.checks import is_bool, is_int
+
 CONTEXT_BEGIN = "<|context_begin|>"
 CONTEXT_END = "<|context_end|>"
 LAYOUTS = ("context", "meco")
@@ -57,7 +59,10 @@ class MetadataEncoder:
         max_metadata_tokens (`int`, *optional*): Keep at most this many metadata tokens. In the `"context"` layout
             the metadata between the markers is cut; in the `"meco"` layout the prefix text (`"URL: {metadata}\\n\\n"`)
             is cut to this many tokens while its closing separator (the text after `{metadata}`, `"\\n\\n"`) is
-            always kept, so the document still starts after the separator.
+            always kept, so the document still starts after the separator. A cut never ends inside a character: where
+            the tokenizer splits a multi-byte character over tokens (byte-level BPE), it keeps one to three tokens
+            fewer, so the cut prefix decodes to whole characters and re-encodes to the same ids (as the recipe's
+            lm-eval prompts do).
     """
 
     def __init__(
@@ -74,6 +79,8 @@ class MetadataEncoder:
             raise ValueError(
                 "the tokenizer needs a bos_token (the layout starts with [BOS]); set tokenizer.bos_token."
             )
+        if not is_bool(add_eos):  # a string such as "false" would be truthy and silently mean True
+            raise TypeError(f"add_eos must be True or False, got {add_eos!r}.")
         if add_eos and tokenizer.eos_token_id is None:
             raise ValueError("add_eos=True needs a tokenizer with an eos_token; set one or pass add_eos=False.")
         if layout == "context":
@@ -87,11 +94,7 @@ class MetadataEncoder:
             self.context_end_id = vocab[CONTEXT_END]
         if "{metadata}" not in meco_prefix:
             raise ValueError("meco_prefix must contain '{metadata}', e.g. 'URL: {metadata}\\n\\n'.")
-        if max_metadata_tokens is not None and (
-            isinstance(max_metadata_tokens, bool)
-            or not isinstance(max_metadata_tokens, int)
-            or max_metadata_tokens < 1
-        ):
+        if max_metadata_tokens is not None and (not is_int(max_metadata_tokens) or max_metadata_tokens < 1):
             raise ValueError(f"max_metadata_tokens must be a positive int or None, got {max_metadata_tokens!r}.")
         self.tokenizer = tokenizer
         self.layout = layout
@@ -132,6 +135,25 @@ class MetadataEncoder:
                 "context markers; use a tokenizer that supports split_special_tokens (any fast tokenizer does)."
             )
 
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _cut(self, ids: list[int], limit: int, text: str) -> list[int]:
+        """The first `limit` of `ids` (the tokens of `text`), fewer where the cut would end inside a character.
+
+        A byte-level BPE can split one multi-byte UTF-8 character (`東`, `ü`) over several tokens; a cut between them
+        would leave a partial character, which decodes to U+FFFD, so the decoded prefix (what an lm-eval prompt
+        carries) would re-encode to other ids than the model was trained on. The cut steps back to the last whole
+        character instead: the first `k <= limit` tokens whose decoded text has no more U+FFFD than `text` itself.
+        """
+        if len(ids) <= limit:
+            return ids
+        cut = ids[:limit]
+        allowed = text.count("\ufffd")
+        while cut and self._decode(cut).count("\ufffd") > allowed:
+            cut = cut[:-1]
+        return cut
+
     def prefix_ids(self, metadata: list[str | None]) -> list[list[int]]:
         """BOS + context tokens for each metadata string (`None` = dropped/unconditional)."""
         bos = self.tokenizer.bos_token_id
@@ -142,7 +164,7 @@ class MetadataEncoder:
             for m in metadata:
                 meta = next(encoded) if m else []
                 if self.max_metadata_tokens is not None:
-                    meta = meta[: self.max_metadata_tokens]
+                    meta = self._cut(meta, self.max_metadata_tokens, m)
                 out.append([bos, self.context_begin_id, *meta, self.context_end_id])
             return out
         present = [m for m in metadata if m]
@@ -153,13 +175,17 @@ class MetadataEncoder:
             meta = next(encoded) if m else []
             if limit is not None and len(meta) > limit:
                 # Cut the prefix text before the separator, then close it: the document never runs on from the URL.
-                head = self._tokens([self._meco_head + m])[0]
-                meta = head[: limit - len(self._meco_tail_ids)] + self._meco_tail_ids
+                head_text = self._meco_head + m
+                head = self._tokens([head_text])[0]
+                meta = self._cut(head, limit - len(self._meco_tail_ids), head_text) + self._meco_tail_ids
             out.append([bos, *meta])
         return out
 
     def encode_batch(self, texts: list[str], metadata: list[str | None]) -> list[EncodedDocument]:
         """Encode documents with their metadata (`None` or `""` = no metadata)."""
+        for name, value in (("texts", texts), ("metadata", metadata)):
+            if isinstance(value, str):  # a str is a sequence: each character would become a document
+                raise TypeError(f"{name} must be a list (one entry per document), got a str; wrap it: [{name}].")
         if len(texts) != len(metadata):
             raise ValueError(f"got {len(texts)} texts but {len(metadata)} metadata strings.")
         prefixes = self.prefix_ids(metadata)

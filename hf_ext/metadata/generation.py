@@ -66,23 +66,46 @@ def _left_pad(seqs: list[list[int]], pad_id: int):
     return ids, mask
 
 
+def _prompt_lists(prompts, metadata) -> tuple[list[str], list[str | None]]:
+    """`prompts` and `metadata` as lists of equal length: a str prompt is one prompt, a str (or `None`) metadata is
+    the metadata of every prompt; `TypeError` / `ValueError` for anything else."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a str or a non-empty sequence of str.")
+    if isinstance(metadata, str) or metadata is None:
+        metadata = [metadata] * len(prompts)
+    metadata = list(metadata)
+    if not all(m is None or isinstance(m, str) for m in metadata):
+        bad = next(m for m in metadata if not (m is None or isinstance(m, str)))
+        raise TypeError(
+            f"metadata must be a str or a sequence of str/None (one per prompt), got a {type(bad).__name__}."
+        )
+    if len(metadata) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(metadata)} metadata strings; pass one per prompt.")
+    return prompts, metadata
+
+
 def build_guidance_inputs(
     tokenizer,
-    prompts: Sequence[str],
-    metadata: Sequence[str | None],
+    prompts: str | Sequence[str],
+    metadata: str | Sequence[str | None] | None,
     layout: str = "context",
     max_metadata_tokens: int | None = None,
 ) -> dict:
     """Conditional and unconditional (empty-context) prompts, left-padded, as tensors.
+
+    `prompts` and `metadata` are read as by `generate_with_metadata_guidance`: a str prompt is a batch of one, a str
+    (or `None`) metadata applies to every prompt, otherwise one metadata entry (str or `None`) per prompt.
 
     Returns a dict with `input_ids`, `attention_mask` (`[BOS] <|context_begin|>{metadata}<|context_end|>{prompt}`)
     and `negative_prompt_ids`, `negative_prompt_attention_mask` (`[BOS] <|context_begin|><|context_end|>{prompt}`,
     the unconditional form seen in training through metadata dropout). `max_metadata_tokens` cuts the metadata as
     `MetadataCollator(max_metadata_tokens=...)` did in training, so the prefix is the one the model was trained on.
     """
+    prompts, metadata = _prompt_lists(prompts, metadata)
     encoder = MetadataEncoder(tokenizer, layout=layout, add_eos=False, max_metadata_tokens=max_metadata_tokens)
     pad = _prompt_pad_id(tokenizer)
-    cond = encoder.encode_batch(list(prompts), list(metadata))
+    cond = encoder.encode_batch(prompts, metadata)
     uncond = encoder.encode_batch(list(prompts), [None] * len(prompts))
     ids, mask = _left_pad([d.input_ids for d in cond], pad)
     neg_ids, neg_mask = _left_pad([d.input_ids for d in uncond], pad)
@@ -145,20 +168,7 @@ def generate_with_metadata_guidance(
     """
     import torch
 
-    single = isinstance(prompts, str)
-    prompts = [prompts] if single else list(prompts)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise TypeError("prompts must be a str or a non-empty sequence of str.")
-    if isinstance(metadata, str) or metadata is None:
-        metadata = [metadata] * len(prompts)
-    metadata = list(metadata)
-    if not all(m is None or isinstance(m, str) for m in metadata):
-        bad = next(m for m in metadata if not (m is None or isinstance(m, str)))
-        raise TypeError(
-            f"metadata must be a str or a sequence of str/None (one per prompt), got a {type(bad).__name__}."
-        )
-    if len(metadata) != len(prompts):
-        raise ValueError(f"got {len(prompts)} prompts but {len(metadata)} metadata strings; pass one per prompt.")
+    prompts, metadata = _prompt_lists(prompts, metadata)
     if (
         isinstance(guidance_scale, bool)
         or not isinstance(guidance_scale, numbers.Real)  # numpy scalars too
