@@ -78,6 +78,7 @@ def parse_recipe_args(types, argv: list[str] | None = None, resume: str = "resol
 
     argv = normalize_resume_argv(list(sys.argv[1:] if argv is None else argv))
     parser = HfArgumentParser(types)
+    _accept_none_for_optional_numbers(parser, types)
     for action in parser._actions:
         if isinstance(action.help, str):
             action.help = _escape_percent(action.help)
@@ -89,6 +90,49 @@ def parse_recipe_args(types, argv: list[str] | None = None, resume: str = "resol
     parsed = parser.parse_args_into_dataclasses(args=argv)
     validate_parsed(parsed, resume=resume)
     return parsed
+
+
+def _optional_number_fields(dataclass_types) -> set[str]:
+    """Names of the `int | None` / `float | None` fields of `dataclass_types` (a dataclass or several), read from the
+    annotations (HfArgumentParser overwrites each `Field.type` with the bare type once it has built a parser)."""
+    import types
+    import typing
+
+    if dataclasses.is_dataclass(dataclass_types):
+        dataclass_types = [dataclass_types]
+    names = set()
+    for dtype in dataclass_types:
+        hints = typing.get_type_hints(dtype)
+        for f in dataclasses.fields(dtype):
+            hint = hints.get(f.name)
+            args = typing.get_args(hint)
+            if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+                if next(a for a in args if a is not type(None)) in (int, float):
+                    names.add(f.name)
+    return names
+
+
+def _none_or(convert):
+    """An argparse `type` that reads `none` (any case) as `None` and anything else with `convert` (`int`, `float`)."""
+
+    def parse(text: str):
+        if text.strip().lower() == "none":
+            return None
+        return convert(text)
+
+    parse.__name__ = convert.__name__  # argparse's error then still says "invalid int value: 'x'"
+    return parse
+
+
+def _accept_none_for_optional_numbers(parser, dataclass_types) -> None:
+    """Let `--flag none` (or `None`) set an `int | None` / `float | None` field to `None` (e.g. metadata_pretrain's
+    `--max_metadata_tokens None`: no limit). HfArgumentParser gives such a field `type=int` (or `float`), so the
+    documented `None` was refused as an invalid int and the field's `None` meaning could not be reached from the
+    command line whenever its default was a number."""
+    optional = _optional_number_fields(dataclass_types)
+    for action in parser._actions:
+        if action.dest in optional and action.type in (int, float):
+            action.type = _none_or(action.type)
 
 
 def _flag(name: str) -> str:

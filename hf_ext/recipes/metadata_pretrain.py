@@ -72,20 +72,37 @@ class MetadataDataArguments:
 
 @dataclass
 class MetadataArguments:
-    template: str = field(
-        default="url",
-        metadata={"help": "Metadata template: url, url_host, url_path, topic_format, quality_score, column, format."},
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Metadata template: url, url_host, url_path, topic_format, quality_score, column, format. "
+            "Default: url (the full URL, the paper's) with --layout context, url_host (the host, as MeCo) with "
+            "--layout meco."
+        },
     )
     template_column: str | None = field(
         default=None, metadata={"help": "Column(s) the template reads (comma-separated); default per template."}
     )
     template_format: str | None = field(default=None, metadata={"help": "Format string for --template format."})
-    layout: str = field(default="context", metadata={"help": "context (special tokens) or meco ('URL: host')."})
+    layout: str = field(
+        default="context",
+        metadata={
+            "help": "context (the template's metadata between the <|context_begin|>/<|context_end|> special tokens) "
+            "or meco (plain text 'URL: {metadata}' and a blank line; --template defaults to url_host there, so the "
+            "prefix is MeCo's 'URL: en.wikipedia.org')."
+        },
+    )
     metadata_dropout: float = field(default=0.1, metadata={"help": "Share of documents trained without metadata."})
     cooldown_fraction: float = field(
         default=0.1, metadata={"help": "Final share of steps trained without metadata (MeCo: 0.1; 0 disables)."}
     )
-    max_metadata_tokens: int | None = field(default=32, metadata={"help": "Keep at most this many metadata tokens."})
+    max_metadata_tokens: int | None = field(
+        default=32,
+        metadata={
+            "help": "Keep at most this many metadata tokens; None: no limit (metadata too long for a row then falls "
+            "back to its first 50 characters)."
+        },
+    )
     document_attention: bool = field(
         default=True,
         metadata={
@@ -121,6 +138,10 @@ class MetadataArguments:
             "inference on benchmarks, e.g. https://en.wikipedia.org/); default: such tasks are refused."
         },
     )
+
+    def __post_init__(self):
+        if self.template is None:  # not given: the layout's own metadata (MeCo conditions on the URL's host)
+            self.template = "url_host" if self.layout == "meco" else "url"
 
 
 @dataclass
