@@ -394,18 +394,27 @@ def whole_run_train_loss(trainer, this_call_mean: float) -> float | None:
 
     `Trainer.train()` returns the mean over the steps of that call only, so a resumed run would report the mean of
     its last part. The steps before the resume are taken from the restored `log_history` (each logged loss is the
-    mean since the previous log). Returns `None` when those logs stop short of the resume step (a checkpoint saved
-    between two logs): the losses of its last steps were never recorded.
+    mean since the previous log). For a checkpoint saved between two logs, the losses of its steps after the last
+    log come from the loss window hf_ext's Trainers save with it (`hf_ext.utils.resume.LossWindowResumeMixin`; the
+    first log after the resume covers them); without it (a plain `Trainer`, an older checkpoint) they were never
+    recorded and `None` is returned.
 
     On several ranks each logged loss is the mean over the ranks (transformers gathers it), but the steps after the
     last log (when `--logging_steps` does not divide the run) enter `training_loss` with this rank's own losses; that
     remainder is averaged over the ranks here, so the result equals one process at the same global batch.
     """
+    from ..utils.resume import restored_loss_window
+
     first = resumed_at_step(trainer)
     last = int(trainer.state.global_step)
+    window = restored_loss_window(trainer) if first > 0 else None
+    # `start`: where the first log of this call starts its mean; `carried`: the restored loss sum of steps start+1..first
+    start, carried = window if window is not None else (first, 0.0)
+    if not math.isfinite(carried):
+        return carried  # a non-finite loss before the checkpoint: so is the run's mean
     args = getattr(trainer, "args", None)
     if getattr(args, "world_size", 1) > 1 and last > first:
-        this_call_mean = _ranks_mean_of_this_call(trainer, this_call_mean, first, last)
+        this_call_mean = _ranks_mean_of_this_call(trainer, this_call_mean, first, last, start, carried)
     if first <= 0:
         return this_call_mean
     total, previous = 0.0, 0
@@ -413,15 +422,20 @@ def whole_run_train_loss(trainer, this_call_mean: float) -> float | None:
         if "loss" in entry and "step" in entry and entry["step"] <= first:
             total += entry["loss"] * (entry["step"] - previous)
             previous = entry["step"]
-    if previous != first:
+    if previous != start:
         return None
-    return (total + this_call_mean * (last - first)) / max(last, 1)
+    return (total + carried + this_call_mean * (last - first)) / max(last, 1)
 
 
-def _ranks_mean_of_this_call(trainer, this_call_mean: float, first: int, last: int) -> float:
+def _ranks_mean_of_this_call(
+    trainer, this_call_mean: float, first: int, last: int, start: int | None = None, carried: float = 0.0
+) -> float:
     """The mean loss of steps `first+1..last` with the unlogged tail averaged over the ranks (see
-    `whole_run_train_loss`). Every rank takes the same branch: the log history and the step counts are shared."""
-    logged, previous = 0.0, first
+    `whole_run_train_loss`). Every rank takes the same branch: the log history and the step counts are shared. With
+    a restored loss window the first log of the call covers steps `start+1..`, `carried` being the (ranks' mean) sum
+    of the losses of steps `start+1..first`."""
+    start = first if start is None else start
+    logged, previous = 0.0, start
     for entry in trainer.state.log_history:
         if "loss" in entry and "step" in entry and first < entry["step"] <= last:
             logged += entry["loss"] * (entry["step"] - previous)  # the gathered sum since the previous log
@@ -430,9 +444,10 @@ def _ranks_mean_of_this_call(trainer, this_call_mean: float, first: int, last: i
         return this_call_mean
     import torch
 
-    tail = torch.tensor(this_call_mean * (last - first) - logged, dtype=torch.float64, device=trainer.args.device)
+    tail = this_call_mean * (last - first) + carried - logged  # this rank's losses after the last log
+    tail = torch.tensor(tail, dtype=torch.float64, device=trainer.args.device)
     tail = trainer.accelerator.reduce(tail, reduction="mean").item()
-    return (logged + tail) / (last - first)
+    return (logged + tail - carried) / (last - first)
 
 
 def resumed_at_step(trainer) -> int:

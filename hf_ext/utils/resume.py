@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 
@@ -331,3 +332,227 @@ def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
         return None
     finally:
         trainer.remove_callback(guard)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The training-loss window across a resume
+#
+# transformers' `Trainer` logs `loss` as the mean over the steps since the previous log: the losses are summed in
+# `_tr_loss` (on the device, this process's own) and `_globalstep_last_logged` marks where the window started. A
+# checkpoint does not record them, and `train(resume_from_checkpoint=...)` restarts the window at the checkpoint's
+# step, so after a resume from a checkpoint saved between two logs the first logged `loss` averages only the steps
+# since the resume. `LossWindowResumeMixin` saves the window with every checkpoint (one file per process) and
+# restores it, so the resumed run logs the uninterrupted run's losses.
+
+#: the file a checkpoint holds per process (`process_index`) with that process's part of the loss window
+LOSS_WINDOW_NAME = "loss_window_{}.json"
+_LOSS_WINDOW_FORMAT = 1
+_NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _float_to_json(value: float):
+    value = float(value)
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def _refuse_constant(token: str):
+    raise ValueError(f"bare {token} is not strict JSON (non-finite numbers are written as strings)")
+
+
+def write_loss_window(folder: str, process_index: int, window: dict) -> str:
+    """Write one process's loss window (see [`LossWindowResumeMixin`]) into checkpoint `folder` atomically, as strict
+    JSON (non-finite losses as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`). Returns the file's path."""
+    from .io import atomic_open
+
+    record = {
+        "format": _LOSS_WINDOW_FORMAT,
+        "global_step": int(window["global_step"]),
+        "last_logged_step": int(window["last_logged_step"]),
+        "tr_loss": _float_to_json(window["tr_loss"]),
+        "tr_loss_mean": _float_to_json(window["tr_loss_mean"]),
+        "process_index": int(process_index),
+        "world_size": int(window["world_size"]),
+    }
+    path = os.path.join(folder, LOSS_WINDOW_NAME.format(int(process_index)))
+    with atomic_open(path, "w") as fh:
+        json.dump(record, fh, indent=2, allow_nan=False)
+        fh.write("\n")
+    return path
+
+
+def _window_problem(path: str):
+    """(record, None) for a valid loss-window file, or (None, what is wrong with it)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.loads(fh.read(), parse_constant=_refuse_constant)
+    except (OSError, ValueError) as err:
+        return None, f"it cannot be read ({err})"
+    if not isinstance(record, dict):
+        return None, "it does not hold a JSON object"
+    for key in ("global_step", "last_logged_step", "process_index", "world_size"):
+        value = record.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return None, f"{key!r} is {value!r}, not a non-negative integer"
+    if record["world_size"] < 1 or record["process_index"] >= record["world_size"]:
+        return None, f"process_index {record['process_index']} does not fit world_size {record['world_size']}"
+    if record["last_logged_step"] > record["global_step"]:
+        return None, f"last_logged_step {record['last_logged_step']} is after global_step {record['global_step']}"
+    for key in ("tr_loss", "tr_loss_mean"):
+        value = record.get(key)
+        if isinstance(value, str) and value in _NON_FINITE:
+            record[key] = _NON_FINITE[value]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            record[key] = float(value)
+        else:
+            return None, f"{key!r} is {value!r}, not a number (or 'NaN', 'Infinity', '-Infinity')"
+    return record, None
+
+
+def read_loss_window(checkpoint: str, process_index: int = 0, world_size: int = 1) -> dict | None:
+    """The loss window saved in `checkpoint` for process `process_index` of `world_size`, as restored by
+    [`LossWindowResumeMixin`]: a dict with `global_step`, `last_logged_step` (where the window started), `tr_loss`
+    (the sum of the losses since then this process restores into `Trainer._tr_loss`) and `tr_loss_mean` (that sum
+    averaged over the processes, as the logged loss averages it). `None` for a checkpoint without loss-window files
+    (written before hf_ext saved them, or by another Trainer): the resume then restarts the window, as transformers
+    does.
+
+    When the checkpoint was saved by another number of processes, every process restores the mean over the saving
+    processes (the sum each process saved is of its own batches). Raises `ValueError` naming the file for a malformed
+    file or one that does not belong to the checkpoint's step."""
+    own = os.path.join(checkpoint, LOSS_WINDOW_NAME.format(int(process_index)))
+    first = os.path.join(checkpoint, LOSS_WINDOW_NAME.format(0))
+    path = own if os.path.isfile(own) else first
+    if not os.path.isfile(path):
+        return None
+    record, problem = _window_problem(path)
+    step = checkpoint_global_step(checkpoint)
+    if problem is None and step is not None and record["global_step"] != step:
+        problem = f"it was saved at global_step {record['global_step']}, the checkpoint at {step}"
+    if problem is not None:
+        raise ValueError(
+            f"--resume_from_checkpoint: {path} cannot be used: {problem}. It holds the training losses summed since "
+            "the last log; delete the checkpoint's loss_window_*.json files to resume without them (the first loss "
+            "logged after the resume then averages only the steps since the resume), or resume from another "
+            "checkpoint."
+        )
+    if path != own or record["world_size"] != world_size:
+        record["tr_loss"] = record["tr_loss_mean"]
+    return record
+
+
+def restored_loss_window(trainer) -> tuple[int, float] | None:
+    """For a `train()` call of a [`LossWindowResumeMixin`] Trainer that resumed with a saved loss window: the step
+    the window started at (the last log before the checkpoint) and the sum of the losses of the steps from there to
+    the checkpoint, averaged over the processes. `None` for a fresh run, a resume without a saved window, and other
+    Trainers. `train()`'s `training_loss` stays the mean over the steps of that call (the restored sum is not in it)."""
+    return getattr(trainer, "_hf_ext_restored_loss_window", None)
+
+
+def _restore_loss_window_callback(trainer, window: dict):
+    from transformers import TrainerCallback
+
+    class _RestoreLossWindow(TrainerCallback):
+        """Puts the checkpoint's loss window back right after `Trainer._inner_training_loop` has reset it (it calls
+        `on_train_begin` next), on each attempt of `auto_find_batch_size` too."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if int(state.global_step) != window["global_step"]:
+                logger.warning(
+                    "Not restoring the loss window: the checkpoint's is of step %d, the run resumes at step %d.",
+                    window["global_step"],
+                    state.global_step,
+                )
+                return
+            import torch
+
+            with torch.no_grad():
+                trainer._tr_loss.fill_(window["tr_loss"])  # the tensor Trainer made: its device and dtype
+            trainer._globalstep_last_logged = window["last_logged_step"]
+            # `train()` reports the mean over its own steps: the restored sum of earlier steps is taken out again
+            # when it is drained into `_total_loss_scalar` at the next log
+            carried = window["tr_loss_mean"]
+            trainer._total_loss_scalar = -carried if math.isfinite(carried) else 0.0
+            trainer._hf_ext_restored_loss_window = (window["last_logged_step"], carried)
+
+    return _RestoreLossWindow()
+
+
+class LossWindowResumeMixin:
+    """Mixin for a `transformers.Trainer` (subclass) whose resumed runs log the uninterrupted run's training losses.
+
+    `Trainer` logs `loss` as the mean over the steps since the previous log, and a resume restarts that window at the
+    checkpoint's step: after a checkpoint saved between two logs (`save_steps` not a multiple of `logging_steps`) the
+    first loss logged after the resume would average only the steps since the resume. With this mixin every
+    checkpoint holds each process's open window (`loss_window_<process_index>.json`: the losses summed since the
+    last log, the step of that log, and their mean over the processes), written before Trainer writes the
+    checkpoint's `trainer_state.json`, and `train(resume_from_checkpoint=...)` restores it, so the logged losses equal
+    the uninterrupted run's. A checkpoint without these files (saved before hf_ext wrote them) resumes as
+    transformers does. `train()`'s `training_loss` stays the mean over the steps of that call; see
+    [`restored_loss_window`] for the whole run's.
+
+    Put it before `Trainer` in the bases: `class MyTrainer(LossWindowResumeMixin, Trainer)`, or
+    [`with_loss_window`]`(Trainer)`.
+    """
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        self._hf_ext_restored_loss_window = None
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)  # None: Trainer raises its own error
+        if isinstance(checkpoint, os.PathLike):
+            checkpoint = os.fspath(checkpoint)
+        window = None
+        if isinstance(checkpoint, str) and checkpoint:
+            # read (and checked) before any work; applied when the training loop starts
+            window = read_loss_window(checkpoint, self.args.process_index, self.args.world_size)
+        if window is None:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        callback = _restore_loss_window_callback(self, window)
+        self.add_callback(callback)
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self.remove_callback(callback)
+
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        from transformers.trainer_pt_utils import nested_gather
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        tr_loss = getattr(self, "_tr_loss", None)
+        if tr_loss is not None:  # saved within a training loop (the only place Trainer saves checkpoints)
+            # every process takes part: the mean over the processes is the gather the logged loss uses
+            mean = nested_gather(tr_loss.detach(), self.args.parallel_mode).mean().item()
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            os.makedirs(folder, exist_ok=True)
+            window = {
+                "global_step": self.state.global_step,
+                "last_logged_step": self._globalstep_last_logged,
+                "tr_loss": tr_loss.item(),
+                "tr_loss_mean": mean,
+                "world_size": self.args.world_size,
+            }
+            write_loss_window(folder, self.args.process_index, window)  # before trainer_state.json marks it complete
+        return super()._save_checkpoint(model, trial, *args, **kwargs)
+
+
+_WITH_LOSS_WINDOW: dict = {}
+
+
+def with_loss_window(trainer_cls):
+    """`trainer_cls` (a `transformers.Trainer` subclass, e.g. `Trainer` itself) with [`LossWindowResumeMixin`]: a
+    subclass of the same name, made once per class; `trainer_cls` itself if it already has the mixin."""
+    if issubclass(trainer_cls, LossWindowResumeMixin):
+        return trainer_cls
+    if trainer_cls not in _WITH_LOSS_WINDOW:
+        _WITH_LOSS_WINDOW[trainer_cls] = type(
+            trainer_cls.__name__,
+            (LossWindowResumeMixin, trainer_cls),
+            {"__module__": __name__, "__doc__": trainer_cls.__doc__, "__qualname__": trainer_cls.__qualname__},
+        )
+    return _WITH_LOSS_WINDOW[trainer_cls]
