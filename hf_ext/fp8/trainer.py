@@ -10,6 +10,7 @@ from transformers import Trainer
 from transformers.trainer_utils import SchedulerType
 from transformers.utils import logging
 
+from ..utils.resume import LossWindowResumeMixin
 from .callback import Fp8HealthCallback, skip_vetoed_save
 
 logger = logging.get_logger(__name__)
@@ -133,7 +134,7 @@ def resolve_wsd_kwargs(kwargs: dict | None, num_training_steps: int) -> dict:
     return out
 
 
-class Fp8Trainer(Trainer):
+class Fp8Trainer(LossWindowResumeMixin, Trainer):
     """`Trainer` for FP8 pretraining (`accelerate launch --mixed_precision fp8`, or a model converted with
     [`convert`]).
 

@@ -20,6 +20,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..fp8.emulation import fp8_auxiliary_pass
+from ..utils.resume import LossWindowResumeMixin
 from .configuration_grape import GrapeConfig
 from .data import (
     MODEL_COLUMNS,
@@ -122,7 +123,7 @@ def _token_id_limit(model) -> int | None:
     return min(sizes) if sizes else None
 
 
-class GrapeTrainer(Trainer):
+class GrapeTrainer(LossWindowResumeMixin, Trainer):
     """Trainer for multi-source, multi-target data-mixture optimisation (GRAPE) and its baselines.
 
     Args:

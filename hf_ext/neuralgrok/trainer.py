@@ -18,6 +18,7 @@ from ..utils.checks import is_real as _is_real
 from ..utils.checks import refuse_optimizer_flags
 from ..utils.distributed import is_dtensor
 from ..utils.io import atomic_write_json
+from ..utils.resume import LossWindowResumeMixin
 from .amplifier import NeuralAmplifier, amplifier_outer_step
 from .metrics import _answer_correct_rows, absolute_weight_entropy, weight_norm
 from .optim import GradFilterOptimizer, GradientTransformOptimizer, GradNormOptimizer, NeuralGrokOptimizer
@@ -238,7 +239,7 @@ def _keep_last_batch(args):
         args.dataloader_drop_last = drop
 
 
-class NeuralGrokTrainer(Trainer):
+class NeuralGrokTrainer(LossWindowResumeMixin, Trainer):
     r"""
     [`Trainer`] whose optimizer step transforms the gradient first, once per optimizer step (never per
     micro-batch): NeuralGrok's learned amplifier (then a global clip), a Grokfast EMA/MA filter, or nothing.
@@ -457,7 +458,7 @@ class NeuralGrokTrainer(Trainer):
         self._outer_due = False
         # `train_accuracy` is the accuracy on the rows of the training batches since the last log: a run starts with
         # none (an interrupted call's or a failed attempt's would leak into the first log), and a resumed one takes
-        # its checkpoint's (`_load_optimizer_and_scheduler`), as transformers does for the logged loss.
+        # its checkpoint's (`_load_optimizer_and_scheduler`), as `LossWindowResumeMixin` does for the logged loss.
         self._acc_correct, self._acc_rows = 0, 0
         self._acc_window = [0, 0]
         return super()._inner_training_loop(*args, **kwargs)

@@ -10,6 +10,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..utils.checks import refuse_optimizer_flags
+from ..utils.resume import LossWindowResumeMixin
 from .cubic_newton import (
     HESSIAN_MODES,
     MOMENTUM_TYPES,
@@ -164,7 +165,7 @@ class _CubicStatsCallback(TrainerCallback):
             self.trainer._stats_window.append(opt.last_stats)
 
 
-class CubicNewtonTrainer(SafetensorsOptimizerStateMixin, Trainer):
+class CubicNewtonTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, Trainer):
     """A `Trainer` whose optimizer is `CubicNewton`.
 
     `training_step` does no backward pass: it hands the optimizer a closure that builds `f(flat_params)` for the

@@ -14,6 +14,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
 from ..utils.checks import is_real
+from ..utils.resume import LossWindowResumeMixin
 from .normalized import Lion, LionA, LionAR, RotationalWrapper, rotational_param_groups
 from .serialization import SafetensorsOptimizerStateMixin
 
@@ -327,7 +328,7 @@ def wsd_schedule_arguments(args: TrainingArguments, num_training_steps: int) -> 
     return warmup, kwargs
 
 
-class WarmupFreeTrainer(SafetensorsOptimizerStateMixin, Trainer):
+class WarmupFreeTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, Trainer):
     """A `Trainer` whose optimizer is the normalized optimizer named by `args.normalized_optimizer` (parameter groups
     derived from the model) and whose schedule is `args.lr_scheduler_type`; for `warmup_stable_decay` missing
     `num_decay_steps` are filled from `cooldown_fraction` (default 0.5) and the decay defaults to linear, which is the

@@ -678,9 +678,11 @@ def fine_tune(
 
     from transformers import Trainer
 
+    from ..utils.resume import with_loss_window
+
     out = training_args.output_dir if run_name == "full" else os.path.join(training_args.output_dir, "runs", run_name)
     args = replace(training_args, output_dir=out, report_to="none", resume_from_checkpoint=None)
-    trainer = Trainer(
+    trainer = with_loss_window(Trainer)(  # a resumed run logs the uninterrupted run's losses
         model=model,
         args=args,
         train_dataset=train.select_columns(["input_ids", "labels"]),

@@ -665,7 +665,10 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         n_train = sum(p.numel() for n, p in lp.named_parameters() if n in set(trainable))
         print(f"fine-tuning {len(trainable)} tensors ({n_train} parameters) of the paired layers; the rest is frozen")
         lp.train()
-        trainer = Trainer(
+        from ..utils.resume import with_loss_window
+
+        # its loss window is saved with each checkpoint: a resumed run logs the uninterrupted run's loss curve
+        trainer = with_loss_window(Trainer)(
             model=lp,
             args=training_args,
             train_dataset=train_ds,
