@@ -242,3 +242,18 @@ def test_whole_run_loss_on_two_ranks_counts_the_restored_window_once():
         accelerator=_Ranks([1.0]),
     )
     assert whole_run_train_loss(trainer, (9.0 - 5.0 + 3.0) / 2) == pytest.approx((2 * 6.0 + 5.0 + 4.0 + 2.0) / 5)
+
+
+@pytest.mark.distributed
+def test_two_ranks_resume_between_two_logs_logs_the_uninterrupted_losses(tmp_path, run_two_ranks):
+    run_two_ranks("tests/scripts/loss_window_two_ranks.py", tmp_path)
+    result = json.loads((tmp_path / "loss_window_two_ranks.json").read_text())
+    assert result["world_size"] == 2
+    first, second = result["windows"]  # each rank saved its own sum of step 3's loss and the same mean of both
+    assert [step for step, _ in result["full"]] == [2, 4, 6]
+    for (step, want), (got_step, got) in zip(result["full"], result["resumed"], strict=True):
+        assert got_step == step and got == pytest.approx(want, rel=1e-7, abs=0), step
+    losses = [loss for rank in result["train_loss"] for loss in rank.values()]
+    assert None not in losses and losses == pytest.approx([losses[0]] * 4, rel=1e-6)
+    assert (first["process_index"], second["process_index"]) == (0, 1) and first["tr_loss"] != second["tr_loss"]
+    assert first["tr_loss_mean"] == second["tr_loss_mean"] == pytest.approx((first["tr_loss"] + second["tr_loss"]) / 2)
