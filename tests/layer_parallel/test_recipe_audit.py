@@ -56,13 +56,14 @@ def test_resume_from_a_moved_checkpoint_records_the_whole_runs_train_loss(source
     assert resumed["finetuned_eval"] == full["finetuned_eval"]
 
 
-def test_a_resume_between_two_logs_changes_only_the_first_curve_entry_after_it_as_documented(
+def test_a_resume_between_two_logs_reports_the_uninterrupted_curve_and_train_loss(
     source, full, tmp_path, recipe_loaded, repo_root
 ):
-    """Audit lc13 #3: the docs said `finetune_loss_curve` is "the same for a resumed run". With a checkpoint saved
-    between two logs (step 3, logs every 2 steps) the weights end the same, but the step-4 entry is Trainer's mean
-    since the resume (step 4 alone), not over steps 3-4; the docs now say so. `full` logged every step (the same
-    training: logging and saving draw no random numbers), which gives each step's loss."""
+    """Audit lc13 #3 / cn14 #3: with a checkpoint saved between two logs (step 3, logs every 2 steps) the weights end
+    the same, but the step-4 entry was Trainer's mean since the resume (step 4 alone), not over steps 3-4, and
+    `finetune_train_loss` was null. The fine-tuning Trainer now saves and restores its loss window
+    (`LossWindowResumeMixin`): the resumed run reports the uninterrupted run's curve and train loss. `full` logged
+    every step (the same training: logging and saving draw no random numbers), which gives each step's loss."""
     per_step = dict(full[0]["finetune_loss_curve"])
     every2 = ["--max_steps", "4", "--logging_steps", "2", "--save_strategy", "steps", "--save_steps", "3"]
     first = main(_args(recipe_loaded, source, *every2, "--output_dir", str(tmp_path / "first")))
@@ -76,17 +77,12 @@ def test_a_resume_between_two_logs_changes_only_the_first_curve_entry_after_it_a
     assert before == pytest.approx((per_step[1] + per_step[2]) / 2, rel=1e-5)
     assert uninterrupted == pytest.approx((per_step[3] + per_step[4]) / 2, rel=1e-5)
     assert resumed["finetune_resumed_at_step"] == 3
-    assert resumed["finetune_loss_curve"][0] == (2, before)  # restored from the checkpoint's log history
-    after = dict(resumed["finetune_loss_curve"])[4]
-    assert after == pytest.approx(per_step[4], rel=1e-5) and after != pytest.approx(uninterrupted, rel=1e-3)
-    assert resumed["finetune_train_loss"] is None and first["finetune_train_loss"] is not None
+    assert [tuple(entry) for entry in resumed["finetune_loss_curve"]] == [(2, before), (4, uninterrupted)]
+    assert resumed["finetune_train_loss"] == pytest.approx(first["finetune_train_loss"], rel=1e-6)
     with open(f"{repo_root}/docs/layer_parallel.md", encoding="utf-8") as fh:
         text = " ".join(fh.read().split())
-    assert "(the logged losses, the same for a resumed run)" not in text
-    assert (
-        "the same for a resumed run if its checkpoint was saved at a multiple of `--logging_steps`, otherwise the first "
-        "entry after the resume averages only the steps since the resume" in text
-    )
+    assert "otherwise the first entry after the resume averages only the steps since the resume" not in text
+    assert "the same for a resumed run, also from a checkpoint saved between two logs" in text
 
 
 def test_a_run_stopped_after_its_last_checkpoint_is_restored_not_trained_past_max_steps(
