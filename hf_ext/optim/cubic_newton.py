@@ -229,6 +229,12 @@ def _check_M(M: float) -> None:
         raise ValueError(f"The cubic regularisation constant `M` must be a positive finite number, got {M!r}.")
 
 
+def _check_tol(tol: float, name: str = "tol") -> None:
+    # NaN would end no loop (`x <= nan` is False) and a negative value none either: both ran to `max_iter` silently
+    if not _is_real(tol) or not 0 <= tol < math.inf:
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {tol!r}.")
+
+
 def solve_cubic_exact(
     g: torch.Tensor, H: torch.Tensor, M: float, tol: float = 1e-15, max_iter: int = 400
 ) -> torch.Tensor:
@@ -247,13 +253,16 @@ def solve_cubic_exact(
         g (`torch.Tensor`): gradient, shape `(d,)`.
         H (`torch.Tensor`): symmetric Hessian, shape `(d, d)`.
         M (`float`): cubic regularisation constant (`M/6` convention).
-        tol (`float`): relative accuracy of the root `s`.
-        max_iter (`int`): bisection steps (each costs O(d)).
+        tol (`float`): relative accuracy of the root `s` (a finite number >= 0; 0 runs all `max_iter` steps).
+        max_iter (`int`): bisection steps, a positive int (each costs O(d)).
 
     Returns:
         `torch.Tensor`: the step `h` (dtype of `g`).
     """
     _check_M(M)
+    if not _is_int(max_iter) or max_iter < 1:
+        raise ValueError(f"`max_iter` must be a positive int (bisection steps), got {max_iter!r}.")
+    _check_tol(tol)
     if g.dim() != 1 or H.shape != (g.numel(), g.numel()):
         raise ValueError(f"Need g of shape (d,) and H of shape (d, d), got {tuple(g.shape)} and {tuple(H.shape)}.")
     gd, Hd = g.double(), H.double()
@@ -346,6 +355,7 @@ def solve_cubic_lanczos(
     _check_M(M)
     if not _is_int(krylov_dim) or krylov_dim < 1:
         raise ValueError(f"`krylov_dim` must be a positive int, got {krylov_dim!r}.")
+    _check_tol(tol)
     gn = float(g.double().norm())
     start = g if gn > 0 else torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device)
     V, T, calls = _lanczos(hvp, start, krylov_dim, tol)
@@ -401,8 +411,14 @@ def solve_cubic_gd(
     _check_M(M)
     if not _is_int(max_iter) or max_iter < 0:
         raise ValueError(f"`max_iter` must be a non-negative int, got {max_iter!r}.")
-    if not 0 < step_scale <= 1:
-        raise ValueError(f"`step_scale` must lie in (0, 1], got {step_scale}.")
+    if not _is_real(step_scale) or not 0 < step_scale <= 1:
+        raise ValueError(f"`step_scale` must lie in (0, 1], got {step_scale!r}.")
+    _check_tol(tol)
+    _check_tol(perturbation, "perturbation")
+    if lipschitz is not None and (not _is_real(lipschitz) or not 0 < lipschitz < math.inf):
+        raise ValueError(
+            f"`lipschitz` must be a finite number > 0 (a bound on ||H||), or None to estimate it, got {lipschitz!r}."
+        )
     gd = g.double()
     gn = float(gd.norm())
     if not math.isfinite(gn):
