@@ -85,6 +85,14 @@ class FlatParameters:
 
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Views of `flat` shaped like the parameters (differentiable)."""
+        if flat.dim() != 1 or flat.numel() != self.dim:
+            raise ValueError(
+                f"FlatParameters.split got a vector of shape {tuple(flat.shape)}, but its {len(self.params)} parameter "
+                f"tensors hold {self.dim} entries. A CubicNewton closure's loss function (e.g. from make_flat_loss) "
+                "must take the optimizer's own parameters, flattened in the optimizer's order: build the optimizer "
+                "over the same parameters as the loss function, e.g. CubicNewton(model.parameters()) with "
+                "make_flat_loss(model, batch)."
+            )
         return [c.view(s) for c, s in zip(torch.split(flat, self.numels), self.shapes)]
 
     def to_dict(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -139,7 +147,8 @@ def make_flat_loss(
             `outputs["loss"]`.
 
     Returns:
-        `(f, flat)`: the loss function and the `FlatParameters` describing the vector.
+        `(f, flat)`: the loss function and the `FlatParameters` describing the vector; `f.flat` is `flat` too, so
+        that `CubicNewton.step` can check that `f` takes the optimizer's parameters, in its order.
     """
     check_second_order_support(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -155,6 +164,7 @@ def make_flat_loss(
             raise ValueError("The model returned no loss; include `labels` in the batch or pass `loss_fn`.")
         return loss
 
+    f.flat = flat
     return f, flat
 
 
@@ -537,7 +547,8 @@ class CubicNewton(Optimizer):
 
     Each `step(closure)` calls `closure()` once; it must return the loss function of the *flat* parameter vector on
     the current sample, `f(x) -> scalar` (e.g. from `make_flat_loss`), or a pair `(f_grad, f_hess)` of functions on two
-    independent samples. With `t` the step counter (from 1), `a_t`, `b_t` the momentum weights (1 at `t = 1`):
+    independent samples. `x` is the optimizer's parameters flattened in the order given: a `make_flat_loss` function
+    over other tensors, or over the same in another order, is refused with a `ValueError`. With `t` the step counter (from 1), `a_t`, `b_t` the momentum weights (1 at `t = 1`):
 
     - gradient estimate (`momentum`):
       `none`: `g_t = grad f(x_t)`;
@@ -815,6 +826,38 @@ class CubicNewton(Optimizer):
         self._window = [(make_loss(s), x, s) for x, s in pending]
         return len(self._window)
 
+    def _check_layout(self, fn: Callable) -> None:
+        """Refuse a loss function from `make_flat_loss` (it carries its `FlatParameters` as `fn.flat`) whose flat
+        vector is not this optimizer's: other tensors, or the same in another order, would put the gradient and the
+        Hessian of one parameter on the coordinates of another. A function without `flat` is not checked here (a
+        `FlatParameters` of another size refuses the optimizer's vector in `split`)."""
+        layout = getattr(fn, "flat", None)
+        if not isinstance(layout, FlatParameters):
+            return
+        mine = self._flat.params
+        if len(layout.params) == len(mine) and all(a is b for a, b in zip(layout.params, mine)):
+            return
+        ids = {id(p) for p in mine}
+        same_set = len(layout.params) == len(mine) and all(id(p) in ids for p in layout.params)
+        names = layout.names or [f"tensor {i}" for i in range(len(layout.params))]
+        where = next(
+            (i for i, (a, b) in enumerate(zip(layout.params, mine)) if a is not b), min(len(layout.params), len(mine))
+        )
+        at = names[where] if where < len(names) else "(none: the optimizer holds more)"
+        what = (
+            "the same tensors in another order"
+            if same_set
+            else f"other tensors ({len(layout.params)} tensors, {layout.dim} entries, against the optimizer's "
+            f"{len(mine)} tensors, {self._flat.dim} entries)"
+        )
+        raise ValueError(
+            f"CubicNewton.step: the closure's loss function (make_flat_loss) differentiates {what}; the first "
+            f"difference is at position {where} ({at}). Its gradient and Hessian would be applied to the wrong "
+            "parameters. make_flat_loss(model, batch) takes the model's trainable parameters in named_parameters() "
+            "order: build the optimizer over exactly those, CubicNewton([p for p in model.parameters() if "
+            "p.requires_grad], ...) (or CubicNewton(model.parameters(), ...))."
+        )
+
     @staticmethod
     def _weight(base: float, power: float, t: int) -> float:
         if t == 1:
@@ -852,6 +895,8 @@ class CubicNewton(Optimizer):
         f_grad, f_hess = fns if isinstance(fns, tuple) else (fns, fns)
         if not callable(f_grad) or not callable(f_hess):
             raise TypeError("The closure must return f(x) or a pair (f_grad, f_hess) of functions of the flat vector.")
+        for fn in (f_grad, f_hess):
+            self._check_layout(fn)
         # Everything below is computed into locals; the optimizer state is written only once the step is known to be
         # finite (the commit at the end), so a step that raises leaves the optimizer exactly as it was.
         group = self.param_groups[0]
