@@ -247,6 +247,8 @@ class CubicNewtonTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, 
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and self._cubic_optimizer() is not None:
+            self._refuse_changed_options(checkpoint)
         path = os.path.join(checkpoint, STATS_WINDOW_NAME) if checkpoint is not None else None
         if path is not None and os.path.isfile(path):  # none in older checkpoints: the first log covers fewer steps
             with open(path, encoding="utf-8") as fh:
@@ -261,6 +263,31 @@ class CubicNewtonTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, 
                 return make_flat_loss(module, batch)[0]
 
             opt.rebuild_window(make_loss)
+
+    def _refuse_changed_options(self, checkpoint: str) -> None:
+        """Refuse a resume whose `--cubic_*` options differ from the checkpoint's: torch's `load_state_dict` restores
+        the whole param group, where CubicNewton keeps its configuration, so the run would silently go on with the
+        checkpoint's options while its arguments (and every later checkpoint's `training_args.bin`) name the new ones.
+        Not compared: `lr` (the lr scheduler sets it every step) and, under `--cubic_M_rule adaptive`, `M` (the rule
+        changes it every step)."""
+        group = self._cubic_optimizer().param_groups[0]
+        expected = self.args.cubic_newton_kwargs()
+        adaptive = "adaptive" in (group.get("M_rule"), expected["M_rule"])
+        changed = []
+        for key, new in expected.items():
+            if key == "lr" or (key == "M" and adaptive):
+                continue
+            saved = group.get(key)
+            if saved != new:
+                flag = f"--{key}" if key.startswith("cubic_") else f"--cubic_{key}"
+                changed.append(f"{flag} {saved!r} in the checkpoint, {new!r} now")
+        if changed:
+            raise ValueError(
+                f"resume_from_checkpoint={checkpoint!r} was trained with other CubicNewton options: "
+                f"{'; '.join(changed)}. A resume restores the checkpoint's optimizer configuration, so the new values "
+                "would be silently ignored. Resume with the checkpoint's values, or start a new run (from the "
+                "checkpoint's weights, without resume_from_checkpoint) to use the new ones."
+            )
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         model.eval()
