@@ -14,6 +14,7 @@ from collections import deque
 import torch
 from torch.optim import Optimizer
 
+from ..utils.checks import is_bool, is_real
 from .amplifier import NeuralAmplifier, _norm_floor, _positive_finite
 from .metrics import absolute_entropy
 
@@ -45,6 +46,8 @@ class GradientTransformOptimizer(Optimizer):
     def __init__(self, inner: Optimizer, track_entropy: bool = True):
         if not isinstance(inner, Optimizer):
             raise TypeError(f"inner must be a torch.optim.Optimizer, got {type(inner).__name__}.")
+        if not is_bool(track_entropy):
+            raise ValueError(f"track_entropy={track_entropy!r} must be a bool (True or False).")
         if isinstance(inner, GradientTransformOptimizer):
             raise TypeError("inner is already a gradient-transform wrapper; wrap the base optimizer only once.")
         self.inner = inner
@@ -266,8 +269,13 @@ class GradFilterOptimizer(GradientTransformOptimizer):
     ):
         if mode not in ("ema", "ma"):
             raise ValueError(f"mode={mode!r} must be 'ema' or 'ma'.")
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"alpha={alpha} must be in [0, 1).")
+        if not is_real(alpha) or not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha={alpha!r} must be a number in [0, 1).")
+        if not is_bool(warmup):
+            raise ValueError(
+                f"warmup={warmup!r} must be a bool (True: the MA filter waits for a full window); a string such as "
+                "'false' would count as True."
+            )
         if isinstance(lamb, bool) or not isinstance(lamb, numbers.Real) or not math.isfinite(lamb):
             raise ValueError(f"lamb={lamb!r} must be a finite number (the amplification of the slow component).")
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:

@@ -13,6 +13,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
+from ..utils.checks import is_bool as _is_bool
 from ..utils.checks import is_int as _is_int
 from ..utils.checks import is_real as _is_real
 from ..utils.checks import refuse_optimizer_flags
@@ -33,6 +34,8 @@ AMPLIFIER_NAME = "neuralgrok_amplifier.safetensors"
 META_OPTIMIZER_PREFIX = "neuralgrok_meta_optimizer"
 TRANSFORM_STATE_PREFIX = "gradient_transform_state"
 TRAINER_STATE_NAME = "neuralgrok_state.json"
+# `NeuralGrokConfig`'s own bool fields, type-checked in `__post_init__`
+SWITCHES = ("grokfast_warmup", "coupled_weight_decay", "track_entropy", "track_train_accuracy")
 
 
 @dataclass
@@ -141,29 +144,40 @@ class NeuralGrokConfig(TrainingArguments):
             isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in self.amplifier_hidden_dims
         ):
             raise ValueError(f"amplifier_hidden_dims={self.amplifier_hidden_dims} must be positive ints, e.g. 32 32.")
-        if not 0 < self.amplifier_c < math.inf:
-            raise ValueError(f"amplifier_c={self.amplifier_c} must be a finite number > 0.")
-        if not self.amplifier_clip_norm >= 0:  # inf: no clipping; NaN would turn every update into NaN
-            raise ValueError(f"amplifier_clip_norm={self.amplifier_clip_norm} must be >= 0 (0 disables it).")
-        if not 0 < self.meta_learning_rate < math.inf:
-            raise ValueError(f"meta_learning_rate={self.meta_learning_rate} must be a finite number > 0.")
-        if not 0 <= self.meta_weight_decay < math.inf:
+        # numbers must be numbers (`True` passed `0 < True < inf` and acted as 1; a string failed only in torch) and
+        # switches bools (the string "false" is truthy)
+        if not _is_real(self.amplifier_c) or not 0 < self.amplifier_c < math.inf:
+            raise ValueError(f"amplifier_c={self.amplifier_c!r} must be a finite number > 0.")
+        # inf: no clipping; NaN would turn every update into NaN
+        if not _is_real(self.amplifier_clip_norm) or not self.amplifier_clip_norm >= 0:
+            raise ValueError(f"amplifier_clip_norm={self.amplifier_clip_norm!r} must be a number >= 0 (0 disables it).")
+        if not _is_real(self.meta_learning_rate) or not 0 < self.meta_learning_rate < math.inf:
+            raise ValueError(f"meta_learning_rate={self.meta_learning_rate!r} must be a finite number > 0.")
+        if not _is_real(self.meta_weight_decay) or not 0 <= self.meta_weight_decay < math.inf:
             raise ValueError(
-                f"meta_weight_decay={self.meta_weight_decay} (the amplifier's Adam weight decay) must be a finite "
+                f"meta_weight_decay={self.meta_weight_decay!r} (the amplifier's Adam weight decay) must be a finite "
                 "number >= 0."
             )
-        if self.virtual_lr is not None and not 0 < self.virtual_lr < math.inf:
+        if self.virtual_lr is not None and (not _is_real(self.virtual_lr) or not 0 < self.virtual_lr < math.inf):
             raise ValueError(
-                f"virtual_lr={self.virtual_lr} must be a finite number > 0, or None for the base learning rate."
+                f"virtual_lr={self.virtual_lr!r} must be a finite number > 0, or None for the base learning rate."
             )
         for name in ("outer_batch_size", "outer_max_samples"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 raise ValueError(f"{name}={value!r} must be a positive int or None.")
-        if self.grokfast_lamb is not None and not math.isfinite(self.grokfast_lamb):
-            raise ValueError(f"grokfast_lamb={self.grokfast_lamb} must be a finite number (or None for the default).")
-        if not 0.0 <= self.grokfast_alpha < 1.0:
-            raise ValueError(f"grokfast_alpha={self.grokfast_alpha} must be in [0, 1).")
+        if self.grokfast_lamb is not None and (not _is_real(self.grokfast_lamb) or not math.isfinite(self.grokfast_lamb)):
+            raise ValueError(
+                f"grokfast_lamb={self.grokfast_lamb!r} must be a finite number (or None for the default)."
+            )
+        if not _is_real(self.grokfast_alpha) or not 0.0 <= self.grokfast_alpha < 1.0:
+            raise ValueError(f"grokfast_alpha={self.grokfast_alpha!r} must be a number in [0, 1).")
+        for name in SWITCHES:
+            value = getattr(self, name)
+            if not _is_bool(value):
+                raise ValueError(
+                    f"{name}={value!r} must be a bool (True or False); a string such as 'false' would count as True."
+                )
         if not _is_int(self.grokfast_window) or self.grokfast_window < 1:
             raise ValueError(f"grokfast_window={self.grokfast_window!r} must be a positive int (the MA window size).")
         self._check_base_optimizer_arguments()
