@@ -221,6 +221,46 @@ class NeuralGrokConfig(TrainingArguments):
 
 
 
+def resume_option_mismatches(info: dict, meta_state: dict | None, args, amplifier_c: float | None = None) -> list:
+    """Options of `args` that a resume from a `NeuralGrokTrainer` checkpoint would not apply, as
+    `(option, checkpoint's value, args' value)` triples (empty: none differ). The one comparison behind
+    `NeuralGrokTrainer`'s resume and the neuralgrok recipe's check of `--resume_from_checkpoint`.
+
+    - `weight_decay` (the base optimizer's, as `info` records it): its param groups bring the checkpoint's back;
+    - `meta_learning_rate`, `meta_weight_decay`, `adam_beta1`/`adam_beta2` against the meta-Adam's restored param
+      group (`meta_state`, the saved `state_dict()`; `gradient_transform="neuralgrok"`);
+    - `amplifier_c` (neuralgrok, normalize) against `info`'s record: an attribute, not in any state dict, so a resume
+      used to take the new value silently. `amplifier_c` overrides `args.amplifier_c` (a trainer given its own
+      amplifier uses that amplifier's `c`).
+
+    Values a checkpoint does not record (older checkpoints) are not compared.
+
+    Args:
+        info (`dict`): the checkpoint's `neuralgrok_state.json`.
+        meta_state (`dict`, *optional*): the checkpoint's meta-optimizer state (`neuralgrok_meta_optimizer.*`).
+        args ([`NeuralGrokConfig`]): the arguments of the resumed run.
+    """
+    out = []
+
+    def compare(name, saved, new):
+        if saved is not None and float(saved) != float(new):
+            out.append((name, saved, new))
+
+    compare("weight_decay", info.get("weight_decay"), args.weight_decay)
+    if args.gradient_transform in CLIPPING_TRANSFORMS:
+        compare("amplifier_c", info.get("amplifier_c"), args.amplifier_c if amplifier_c is None else amplifier_c)
+    groups = (meta_state or {}).get("param_groups") or []
+    if args.gradient_transform == "neuralgrok" and groups:
+        group = groups[0]
+        compare("meta_learning_rate", group.get("lr"), args.meta_learning_rate)
+        compare("meta_weight_decay", group.get("weight_decay"), args.meta_weight_decay)
+        betas = group.get("betas")
+        if betas is not None:
+            compare("adam_beta1", betas[0], args.adam_beta1)
+            compare("adam_beta2", betas[1], args.adam_beta2)
+    return out
+
+
 class _OuterStepCallback(TrainerCallback):
     """Runs the amplifier update after the optimizer step of every T-th step (and drops stored batches)."""
 
@@ -268,7 +308,10 @@ class NeuralGrokTrainer(LossWindowResumeMixin, Trainer):
     docs/neuralgrok.md, "Cost").
 
     The amplifier, its meta-optimizer, the filter buffers and counters (and a pending `next_step` outer step) are
-    written into every checkpoint as safetensors + JSON and restored by `train(resume_from_checkpoint=...)`.
+    written into every checkpoint as safetensors + JSON and restored by `train(resume_from_checkpoint=...)`. A resume
+    with options that the checkpoint would override or records otherwise (`weight_decay`, `meta_learning_rate`,
+    `meta_weight_decay`, `adam_beta1`/`adam_beta2`, `amplifier_c`: [`resume_option_mismatches`]) is refused before
+    anything is restored.
 
     With `"normalize"` every gradient tensor is rescaled to norm `amplifier_c` and clipped like NeuralGrok: the
     control with the amplifier's output fixed to uniform.
@@ -616,7 +659,8 @@ class NeuralGrokTrainer(LossWindowResumeMixin, Trainer):
             save_state(self.transform_optimizer.extra_state_dict(), os.path.join(output_dir, TRANSFORM_STATE_PREFIX))
         info = {
             "gradient_transform": self.args.gradient_transform,
-            "weight_decay": float(self.args.weight_decay),  # restored with the optimizer's param groups on resume
+            # restored with the optimizer's param groups on resume: compared with the resumed run's
+            "weight_decay": float(self.args.weight_decay),
             "num_outer_steps": self.num_outer_steps,
             "outer_gradient": self.args.outer_gradient,
             "outer_step_due": self._outer_due,
@@ -635,6 +679,8 @@ class NeuralGrokTrainer(LossWindowResumeMixin, Trainer):
                 amplifier_c=self.amplifier.c,
                 last_outer_loss=self.last_outer_loss,
             )
+        elif self.args.gradient_transform == "normalize":
+            info["amplifier_c"] = float(self.args.amplifier_c)  # compared on resume (an attribute of the wrapper)
         atomic_write_json(os.path.join(output_dir, TRAINER_STATE_NAME), info)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -644,9 +690,8 @@ class NeuralGrokTrainer(LossWindowResumeMixin, Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
-            return
+            return super()._load_optimizer_and_scheduler(checkpoint)
         info_path = os.path.join(checkpoint, TRAINER_STATE_NAME)
         if not os.path.isfile(info_path):
             raise ValueError(
@@ -662,6 +707,20 @@ class NeuralGrokTrainer(LossWindowResumeMixin, Trainer):
                 f"Checkpoint used gradient_transform={info.get('gradient_transform')!r} but args say "
                 f"{self.args.gradient_transform!r}; resume with the same gradient_transform."
             )
+        meta_state = None
+        if self.amplifier is not None:
+            meta_state = load_state(os.path.join(checkpoint, META_OPTIMIZER_PREFIX), device=self.args.device)
+        # before anything is restored: the optimizers' param groups would bring the checkpoint's values back
+        changed = resume_option_mismatches(info, meta_state, self.args, self.amplifier.c if self.amplifier else None)
+        if changed:
+            listed = "; ".join(f"{name}={saved!r} in the checkpoint, {new!r} now" for name, saved, new in changed)
+            raise ValueError(
+                f"resume_from_checkpoint={checkpoint!r} was trained with other options: {listed}. A resume restores "
+                "the checkpoint's optimizer param groups and its amplifier (trained with its amplifier_c), so the "
+                "run would not be the one its arguments name. Resume with the checkpoint's values, or start a new run (from the "
+                "checkpoint's weights, without resume_from_checkpoint) to use the new ones."
+            )
+        super()._load_optimizer_and_scheduler(checkpoint)
         # the same on every rank (summed over the ranks before the save); none in older checkpoints (their
         # `train_accuracy_window` summed micro-batch ratios, which the row counts cannot be recovered from)
         self._acc_window = [int(v) for v in info.get("train_accuracy_counts", [0, 0])]
@@ -674,9 +733,7 @@ class NeuralGrokTrainer(LossWindowResumeMixin, Trainer):
 
             self.amplifier.load_state_dict(load_file(os.path.join(checkpoint, AMPLIFIER_NAME), device="cpu"))
             self.amplifier.to(self.args.device)
-            self.meta_optimizer.load_state_dict(
-                load_state(os.path.join(checkpoint, META_OPTIMIZER_PREFIX), device=self.args.device)
-            )
+            self.meta_optimizer.load_state_dict(meta_state)
             self.num_outer_steps = int(info.get("num_outer_steps", 0))
             self.last_outer_loss = info.get("last_outer_loss")
             saved_mode = info.get("outer_gradient", "recompute")

@@ -156,24 +156,25 @@ def _resume_plan(
     output_dir: str,
     methods: list[str],
     seeds: list[int],
-    weight_decays: dict[str, float] | None = None,
+    method_args: dict | None = None,
     max_steps: int | None = None,
 ) -> dict:
     """Checkpoint (or None) for every run, from `--resume_from_checkpoint`; raises ValueError before any work.
-    `weight_decays`: each method's weight decay, checked against a checkpoint named on the command line; `max_steps`:
-    a checkpoint saved beyond it (another, longer run's) is refused, and so is one saved with --save_only_model."""
-    plan = _resume_plan_checkpoints(value, output_dir, methods, seeds, weight_decays)
+    `method_args`: each method's training arguments (`method_training_args`), which every checkpoint of the plan is
+    checked against (`_check_checkpoint_method`); `max_steps`: a checkpoint saved beyond it (another, longer run's)
+    is refused, and so is one saved with --save_only_model."""
+    plan = _resume_plan_checkpoints(value, output_dir, methods, seeds)
     from ..utils.resume import refuse_checkpoint_past_max_steps, refuse_weights_only_checkpoint
 
-    for checkpoint in plan.values():
+    for (method, _), checkpoint in plan.items():
         refuse_weights_only_checkpoint(checkpoint)
         refuse_checkpoint_past_max_steps(checkpoint, max_steps)
+        if checkpoint is not None and method_args is not None:
+            _check_checkpoint_method(checkpoint, method, method_args[method])
     return plan
 
 
-def _resume_plan_checkpoints(
-    value, output_dir: str, methods: list[str], seeds: list[int], weight_decays: dict[str, float] | None = None
-) -> dict:
+def _resume_plan_checkpoints(value, output_dir: str, methods: list[str], seeds: list[int]) -> dict:
     from ..utils.resume import last_complete_checkpoint, resolve_resume_checkpoint
 
     runs = [(m, s) for s in seeds for m in methods]
@@ -201,23 +202,38 @@ def _resume_plan_checkpoints(
         )
     checkpoint = resolve_resume_checkpoint(value, run_dir(output_dir, *runs[0]))
     method = runs[0][0]
-    _check_checkpoint_method(checkpoint, method, (weight_decays or {}).get(method))
+    _check_checkpoint_method(checkpoint, method)  # its options: with every planned checkpoint in `_resume_plan`
     return {runs[0]: checkpoint}
 
 
-def _check_checkpoint_method(checkpoint: str, method: str, weight_decay: float | None = None) -> None:
-    """A checkpoint named on the command line must come from a NeuralGrokTrainer run of the same gradient transform
-    and, when the checkpoint records it, the same weight decay (the optimizer's param groups bring the checkpoint's
-    value back on resume, so `none` and `none_strong_wd` checkpoints must not be swapped)."""
+def method_training_args(training_args, task_args, method: str, seed: int | None = None):
+    """The `NeuralGrokConfig` that the run of `method` (and `seed`: its seed and output folder) trains with."""
+    changes = dict(
+        gradient_transform="none" if method == STRONG_WD else method,
+        weight_decay=task_args.strong_weight_decay if method == STRONG_WD else training_args.weight_decay,
+        resume_from_checkpoint=None,
+    )
+    if seed is not None:
+        changes.update(seed=seed, output_dir=run_dir(training_args.output_dir, method, seed))
+    return dataclasses.replace(training_args, **changes)
+
+
+def _check_checkpoint_method(checkpoint: str, method: str, args=None) -> None:
+    """A checkpoint to resume must come from a NeuralGrokTrainer run of the same gradient transform and, where the
+    checkpoint records them, the same options that a resume would not apply (`resume_option_mismatches`: the weight
+    decay and the meta-Adam's options, which the optimizers' param groups bring back, so `none` and `none_strong_wd`
+    checkpoints must not be swapped; `amplifier_c`). `args`: the method's training arguments (None: the transform
+    only)."""
     import json
 
-    from ..neuralgrok.trainer import TRAINER_STATE_NAME
+    from ..neuralgrok.state import load_state, state_exists
+    from ..neuralgrok.trainer import META_OPTIMIZER_PREFIX, TRAINER_STATE_NAME, resume_option_mismatches
 
     path = os.path.join(checkpoint, TRAINER_STATE_NAME)
     try:
         with open(path, encoding="utf-8") as fh:
             info = json.load(fh)
-        saved, saved_decay = info.get("gradient_transform"), info.get("weight_decay")
+        saved = info.get("gradient_transform")
     except (OSError, ValueError) as err:
         raise ValueError(
             f"--resume_from_checkpoint={checkpoint!r} has no readable {TRAINER_STATE_NAME} ({err}): it was not "
@@ -230,14 +246,31 @@ def _check_checkpoint_method(checkpoint: str, method: str, weight_decay: float |
             f"{method!r}; pass --methods {saved} (or none_strong_wd for a none checkpoint of that baseline), or a "
             f"checkpoint of a {method} run."
         )
-    if weight_decay is not None and saved_decay is not None and float(saved_decay) != float(weight_decay):
-        other = "none_strong_wd" if method == "none" else ("none" if method == STRONG_WD else None)
-        hint = f"pass --methods {other} if it is a checkpoint of that baseline, or " if other else ""
-        raise ValueError(
-            f"--resume_from_checkpoint={checkpoint!r} was trained with weight decay {saved_decay}, but --methods "
-            f"{method} trains with {weight_decay} (a resume would silently keep the checkpoint's); {hint}pass the "
-            "weight decay of that run (--weight_decay / --strong_weight_decay)."
-        )
+    if args is None:
+        return
+    prefix = os.path.join(checkpoint, META_OPTIMIZER_PREFIX)
+    meta_state = load_state(prefix) if transform == "neuralgrok" and state_exists(prefix) else None
+    changed = resume_option_mismatches(info, meta_state, args)
+    if not changed:
+        return
+    decay_flag = "--strong_weight_decay" if method == STRONG_WD else "--weight_decay"
+    listed = "; ".join(
+        f"weight decay {old}, but --methods {method} trains with {new} ({decay_flag})"
+        if name == "weight_decay"
+        else f"--{name} {old}, but this command gives {new}"
+        for name, old, new in changed
+    )
+    other = "none_strong_wd" if method == "none" else ("none" if method == STRONG_WD else None)
+    hint = (
+        f"pass --methods {other} if it is a checkpoint of that baseline, or "
+        if other and any(name == "weight_decay" for name, _, _ in changed)
+        else ""
+    )
+    raise ValueError(
+        f"--resume_from_checkpoint={checkpoint!r} was trained with {listed} (a resume restores the optimizers' "
+        "param groups and the amplifier from the checkpoint, so it would not train with the values this command "
+        f"names); {hint}pass the values of that run."
+    )
 
 
 # Flags only some methods read: name -> the methods that read it. --outer_fraction carves D_outer out of the
@@ -374,9 +407,13 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
         from ..neuralgrok.data import arithmetic_vocab_size
 
         _check_causal(model_args, arithmetic_vocab_size(task_args.task, task_args.p), dataset[0]["input_ids"])
-    decays = {m: task_args.strong_weight_decay if m == STRONG_WD else training_args.weight_decay for m in methods}
     plan = _resume_plan(
-        training_args.resume_from_checkpoint, training_args.output_dir, methods, seeds, decays, training_args.max_steps
+        training_args.resume_from_checkpoint,
+        training_args.output_dir,
+        methods,
+        seeds,
+        {m: method_training_args(training_args, task_args, m) for m in methods},
+        training_args.max_steps,
     )
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     return methods, seeds, plan
@@ -795,15 +832,8 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
         for method in methods:
             set_seed(seed)
             model = build_model(model_args, vocab, seq_len)
-            transform = "none" if method == STRONG_WD else method
-            args = dataclasses.replace(
-                training_args,
-                gradient_transform=transform,
-                weight_decay=task_args.strong_weight_decay if method == STRONG_WD else training_args.weight_decay,
-                seed=seed,
-                output_dir=run_dir(training_args.output_dir, method, seed),
-                resume_from_checkpoint=None,
-            )
+            args = method_training_args(training_args, task_args, method, seed)
+            transform = args.gradient_transform
             callback = GrokkingCallback(target, stop_on_target=task_args.stop_at_target)
             train = splits["inner"] if method in INNER_METHODS else splits["train"]
             note = epoch_end_note(

@@ -1,0 +1,111 @@
+"""NeuralGrokTrainer resumed with other options than its checkpoint's: the meta-Adam's lr / weight decay (and the base
+optimizer's weight decay) came back from the checkpoint's param groups, while `amplifier_c`, an attribute recorded in
+neuralgrok_state.json, silently took the new value. Now refused by name before anything is restored (one comparison,
+`resume_option_mismatches`, which the neuralgrok recipe uses too)."""
+
+import json
+
+import pytest
+import torch
+
+from hf_ext.neuralgrok import (
+    GrokDecoderConfig,
+    GrokDecoderForCausalLM,
+    NeuralGrokConfig,
+    NeuralGrokTrainer,
+    build_arithmetic_dataset,
+    split_arithmetic_dataset,
+)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return split_arithmetic_dataset(build_arithmetic_dataset("a+b", 11), 0.5, 0.2, seed=0)
+
+
+def _trainer(splits, out, **kw):
+    torch.manual_seed(0)
+    model = GrokDecoderForCausalLM(
+        GrokDecoderConfig(vocab_size=13, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    )
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        max_steps=4,
+        outer_every=2,
+        amplifier_hidden_dims=[4],
+        use_cpu=True,
+        disable_tqdm=True,
+        report_to="none",
+        save_strategy="steps",
+        save_steps=2,
+    )
+    base.update(kw)
+    args = NeuralGrokConfig(**base)
+    outer = splits["outer"] if args.gradient_transform == "neuralgrok" else None
+    return NeuralGrokTrainer(model=model, args=args, train_dataset=splits["inner"], outer_dataset=outer)
+
+
+OLD = dict(meta_learning_rate=1e-4, meta_weight_decay=1e-3, amplifier_c=1.0)
+
+
+def test_other_meta_optimizer_options_and_amplifier_c_are_refused_before_anything_is_restored(splits, tmp_path):
+    _trainer(splits, tmp_path / "a", **OLD).train()
+    resumed = _trainer(splits, tmp_path / "b", meta_learning_rate=5e-2, meta_weight_decay=0.0, amplifier_c=0.2)
+    amplifier = {k: v.clone() for k, v in resumed.amplifier.state_dict().items()}
+    with pytest.raises(ValueError) as err:
+        resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    message = str(err.value)
+    for part in (
+        "meta_learning_rate=0.0001 in the checkpoint, 0.05 now",
+        "meta_weight_decay=0.001 in the checkpoint, 0.0 now",
+        "amplifier_c=1.0 in the checkpoint, 0.2 now",
+    ):
+        assert part in message
+    assert resumed.meta_optimizer.param_groups[0]["lr"] == 5e-2  # the meta-Adam was not restored
+    assert all(torch.equal(v, amplifier[k]) for k, v in resumed.amplifier.state_dict().items())
+    assert resumed.state.global_step == 2 and resumed.num_outer_steps == 0
+
+
+@pytest.mark.parametrize(
+    "kw, part",
+    [
+        (dict(weight_decay=0.1), "weight_decay=0.001 in the checkpoint, 0.1 now"),
+        (dict(adam_beta2=0.9), "adam_beta2=0.98 in the checkpoint, 0.9 now"),
+    ],
+)
+def test_base_weight_decay_and_betas_are_compared_too(splits, tmp_path, kw, part):
+    _trainer(splits, tmp_path / "a", max_steps=2).train()
+    with pytest.raises(ValueError, match=part):
+        _trainer(splits, tmp_path / "b", **kw).train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+
+
+def test_normalize_records_and_compares_amplifier_c(splits, tmp_path):
+    _trainer(splits, tmp_path / "a", gradient_transform="normalize", amplifier_c=2.0, max_steps=2).train()
+    info = json.loads((tmp_path / "a" / "checkpoint-2" / "neuralgrok_state.json").read_text())
+    assert info["amplifier_c"] == 2.0
+    with pytest.raises(ValueError, match="amplifier_c=2.0 in the checkpoint, 1.0 now"):
+        _trainer(splits, tmp_path / "b", gradient_transform="normalize", max_steps=4).train(
+            resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2")
+        )
+
+
+def test_the_same_options_resume_and_match_the_uninterrupted_run(splits, tmp_path):
+    full = _trainer(splits, tmp_path / "a", **OLD)
+    full.train()
+    resumed = _trainer(splits, tmp_path / "b", **OLD)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(full.amplifier.parameters(), resumed.amplifier.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_resume_option_mismatches_skips_what_a_checkpoint_does_not_record(tmp_path):
+    from hf_ext.neuralgrok.trainer import resume_option_mismatches
+
+    args = NeuralGrokConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert resume_option_mismatches({}, None, args) == []
+    groups = [{"lr": 1e-4, "weight_decay": 1e-3, "betas": [0.9, 0.98]}]
+    assert resume_option_mismatches({"weight_decay": 1e-3, "amplifier_c": 1.0}, {"param_groups": groups}, args) == []
+    assert resume_option_mismatches({"amplifier_c": 1.0}, None, args, amplifier_c=3.0) == [("amplifier_c", 1.0, 3.0)]
