@@ -332,25 +332,163 @@ def run_config_server_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = t
     return app
 
 
+# The run config is written by the server side (whoever submits the run with `flwr run`): under the malicious-server
+# threat model it chooses every privacy setting of the run. These node-config keys (`flower-supernode --node-config
+# "key=value ..."`) let a node operator pin the settings it needs; a run config outside them is refused on the node.
+# key -> (type, default, meaning)
+NODE_PRIVACY_KEYS: dict[str, tuple[type, Any, str]] = {
+    "dp-allow-server-noise-seed": (
+        bool,
+        False,
+        "accept a run-config `dp-noise-seed` >= 0 (reproducible DP-SGD noise and sampling: whoever knows the seed, "
+        "the server first, can regenerate and subtract the noise); tests only",
+    ),
+    "dp-min-noise-multiplier": (
+        float,
+        0.0,
+        "the smallest run-config `dp-noise-multiplier` the node trains with; > 0 also requires DP-SGD "
+        "(`dp-clip-norm` > 0)",
+    ),
+    "dp-max-epsilon": (
+        float,
+        math.inf,
+        "the largest epsilon (at delta `dp-max-delta`) the node accepts for the whole run, computed before training "
+        "from the run config's batch size, local steps, rounds and noise multiplier and the node's data size; also "
+        "requires DP-SGD",
+    ),
+    "dp-max-delta": (
+        float,
+        1e-5,
+        "the delta at which `dp-max-epsilon` is checked; a run-config `dp-delta` above it is refused when it is set",
+    ),
+    "secagg-required": (
+        bool,
+        False,
+        "refuse a run config with `secure-aggregation=false` (the node would upload its trained state in the clear)",
+    ),
+}
+
+
+def _node_value(node_config: Mapping[str, Any], key: str) -> Any:
+    """The node-config value of a [`NODE_PRIVACY_KEYS`] key (its default when absent), type-checked."""
+    typ, default, _ = NODE_PRIVACY_KEYS[key]
+    if key not in node_config:
+        return default
+    value = node_config[key]
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f'node-config `{key}` must be true or false, got {value!r} (`--node-config "{key}=true"`).')
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"node-config `{key}` must be a number, got {value!r}.")
+    value = float(value)
+    if key == "dp-max-delta" and not 0 < value < 1:
+        raise ValueError(f"node-config `dp-max-delta` must be in (0, 1), got {value!r}.")
+    if key == "dp-max-epsilon" and not value > 0:
+        raise ValueError(f"node-config `dp-max-epsilon` must be > 0, got {value!r}.")
+    if key == "dp-min-noise-multiplier" and not 0 <= value < math.inf:
+        raise ValueError(f"node-config `dp-min-noise-multiplier` must be a finite number >= 0, got {value!r}.")
+    return value
+
+
+def planned_epsilon(task: FlowerTask, partition_id: int, delta: float) -> float:
+    """The epsilon at `delta` that DP-SGD reaches on partition `partition_id` over the whole run the run config
+    describes (`num-server-rounds` x `local-steps` steps at the Poisson rate `batch-size / partition size`), by the
+    accountant the clients report with; `inf` without DP-SGD noise."""
+    from .privacy import PrivacyAccountant
+
+    cfg = task.config
+    if not cfg["dp-clip-norm"] > 0:
+        return math.inf
+    size = len(task.dataset_fn(partition_id))
+    q = min(1.0, cfg["batch-size"] / max(size, 1))
+    accountant = PrivacyAccountant(task.training_args.dp_accountant)
+    accountant.step(q, cfg["dp-noise-multiplier"], cfg["num-server-rounds"] * cfg["local-steps"])
+    return accountant.get_epsilon(delta)
+
+
+def check_node_privacy(node_config: Mapping[str, Any], task: FlowerTask) -> None:
+    """Refuse (`ValueError`), on the node, a run config that breaks the node's own privacy requirements
+    ([`NODE_PRIVACY_KEYS`]), naming the run-config key and the node-config key to change.
+
+    The server side writes the run config and so chooses the DP-SGD noise, its seed and secure aggregation; a node
+    that does not trust it pins them here. By default (no such key in the node config) only a server-chosen
+    `dp-noise-seed` is refused."""
+    cfg = task.config
+    unknown_seed = cfg["dp-noise-seed"] >= 0
+    if unknown_seed and not _node_value(node_config, "dp-allow-server-noise-seed"):
+        raise ValueError(
+            f"The run config sets `dp-noise-seed={cfg['dp-noise-seed']}`: the DP-SGD noise and batch sampling of this "
+            "node would be a function of a seed the server knows, which could regenerate and subtract the noise. "
+            "This node refuses it. Submit the run without `dp-noise-seed` (default -1: secret noise), or, for a "
+            'test, start the SuperNode with `--node-config "dp-allow-server-noise-seed=true"`.'
+        )
+    if _node_value(node_config, "secagg-required") and not cfg["secure-aggregation"]:
+        raise ValueError(
+            "The run config sets `secure-aggregation=false`, and this node's node config `secagg-required=true` "
+            "refuses to upload its trained state in the clear. Submit the run with `--run-config "
+            "secure-aggregation=true`, or drop `secagg-required` from the node's `--node-config`."
+        )
+    dp_on = cfg["dp-clip-norm"] > 0
+    min_sigma = _node_value(node_config, "dp-min-noise-multiplier")
+    max_eps = _node_value(node_config, "dp-max-epsilon")
+    max_delta = _node_value(node_config, "dp-max-delta")
+    wants_dp = [k for k, v in (("dp-min-noise-multiplier", min_sigma > 0), ("dp-max-epsilon", max_eps < math.inf)) if v]
+    if wants_dp and not dp_on:
+        raise ValueError(
+            f"The run config turns DP-SGD off (`dp-clip-norm={cfg['dp-clip-norm']}`), and this node's node config "
+            f"`{wants_dp[0]}` requires it. Submit the run with `--run-config \"dp-clip-norm=<C> "
+            "dp-noise-multiplier=<sigma>\"`, or drop the key from the node's `--node-config`."
+        )
+    if cfg["dp-noise-multiplier"] < min_sigma:
+        raise ValueError(
+            f"The run config sets `dp-noise-multiplier={cfg['dp-noise-multiplier']}`, below this node's node config "
+            f"`dp-min-noise-multiplier={min_sigma}`. Submit the run with a `dp-noise-multiplier` >= {min_sigma}, or "
+            "lower `dp-min-noise-multiplier` in the node's `--node-config`."
+        )
+    if "dp-max-delta" in node_config and dp_on and cfg["dp-delta"] > max_delta:
+        raise ValueError(
+            f"The run config sets `dp-delta={cfg['dp-delta']}`, above this node's node config "
+            f"`dp-max-delta={max_delta}`. Submit the run with a `dp-delta` <= {max_delta}, or raise `dp-max-delta` in "
+            "the node's `--node-config`."
+        )
+    if max_eps < math.inf:
+        if "partition-id" not in node_config:
+            raise ValueError("The node config has no 'partition-id': start the SuperNode with --node-config.")
+        eps = planned_epsilon(task, int(node_config["partition-id"]), max_delta)
+        if not eps <= max_eps:
+            raise ValueError(
+                f"The run config's DP-SGD would spend epsilon {eps:.4g} at delta {max_delta:g} on this node "
+                f"(`dp-noise-multiplier={cfg['dp-noise-multiplier']}`, `batch-size={cfg['batch-size']}`, "
+                f"`local-steps={cfg['local-steps']}`, `num-server-rounds={cfg['num-server-rounds']}`), above its node "
+                f"config `dp-max-epsilon={max_eps:g}`. Submit the run with a larger `dp-noise-multiplier` or fewer "
+                "`num-server-rounds` / `local-steps` / a smaller `batch-size`, or raise `dp-max-epsilon` in the "
+                "node's `--node-config`."
+            )
+
+
 def check_node_config(node_config: Mapping[str, Any], task: FlowerTask) -> None:
     """Refuse (`ValueError`) a SuperNode whose `--node-config num-partitions` (the partitioning its `partition-id`
-    refers to) differs from the run config's `num-partitions`."""
-    if "num-partitions" not in node_config:
-        return
-    value = node_config["num-partitions"]
-    if isinstance(value, bool) or not isinstance(value, int) or value != task.num_clients:
-        raise ValueError(
-            f"This SuperNode's node config says num-partitions={value!r} but the run config says "
-            f"num-partitions={task.num_clients}: its partition-id refers to another split of the data. Restart the "
-            'SuperNode with a matching `--node-config "partition-id=<i> num-partitions=<n>"` or submit the run '
-            "with `--run-config num-partitions=<n>`."
-        )
+    refers to) differs from the run config's `num-partitions`, or a run config that breaks the node's privacy
+    requirements ([`check_node_privacy`], [`NODE_PRIVACY_KEYS`])."""
+    if "num-partitions" in node_config:
+        value = node_config["num-partitions"]
+        if isinstance(value, bool) or not isinstance(value, int) or value != task.num_clients:
+            raise ValueError(
+                f"This SuperNode's node config says num-partitions={value!r} but the run config says "
+                f"num-partitions={task.num_clients}: its partition-id refers to another split of the data. Restart "
+                'the SuperNode with a matching `--node-config "partition-id=<i> num-partitions=<n>"` or submit the '
+                "run with `--run-config num-partitions=<n>`."
+            )
+    check_node_privacy(node_config, task)
 
 
 def run_config_client_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = task_from_run_config):
     """A `ClientApp` that builds its task (and, with secure aggregation, Flower's `secaggplus_mod`) from the run's
     config on the first message of each run and delegates every message to it. A node whose node-config
-    `num-partitions` disagrees with the run config refuses every message ([`check_node_config`])."""
+    `num-partitions` disagrees with the run config, or whose node config's privacy requirements the run config breaks
+    ([`NODE_PRIVACY_KEYS`]: a server-chosen `dp-noise-seed` is refused unless `dp-allow-server-noise-seed=true`),
+    refuses every message ([`check_node_config`]) before it trains or uploads anything."""
     from flwr.clientapp import ClientApp
 
     from .flower import make_client_app
@@ -365,9 +503,12 @@ def run_config_client_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = t
             app = make_client_app(
                 task.model_fn, task.dataset_fn, task.fed_args, task.training_args, refuse_imprecise_secagg=True
             )
-            cache[key] = (task, app)
-        task, app = cache[key]
-        check_node_config(context.node_config, task)
+            cache[key] = (task, app, set())
+        task, app, accepted = cache[key]
+        node_key = json.dumps(dict(context.node_config), sort_keys=True, default=str)
+        if node_key not in accepted:  # checked once per run and node config (the epsilon bound costs an accounting)
+            check_node_config(context.node_config, task)
+            accepted.add(node_key)
         return app
 
     app = ClientApp()

@@ -19,6 +19,7 @@ class InProcessGrid(Grid):
 
     `fail_nodes` lists node ids whose training messages are answered with an error (a client that drops out). With
     `errors_as_replies`, an exception raised by the `ClientApp` becomes an error reply, as a SuperNode sends it.
+    `node_config` adds keys to every node's node config (e.g. `{"dp-allow-server-noise-seed": True}`).
     """
 
     def __init__(
@@ -28,6 +29,7 @@ class InProcessGrid(Grid):
         fail_nodes: Iterable[int] = (),
         run_config: dict | None = None,
         errors_as_replies: bool = False,
+        node_config: dict | None = None,
     ):
         self.client_app = client_app
         self.errors_as_replies = errors_as_replies
@@ -38,7 +40,7 @@ class InProcessGrid(Grid):
             n: Context(
                 run_id=1,
                 node_id=n,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_config={"partition-id": i, "num-partitions": num_nodes, **(node_config or {})},
                 state=RecordDict(),
                 run_config=dict(run_config or {}),
             )

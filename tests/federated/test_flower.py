@@ -113,7 +113,10 @@ def test_run_config_apps_equal_in_process_simulation(tmp_path):
         "output-path": str(out),
         "work-dir": str(tmp_path / "work"),
     }
-    grid = InProcessGrid(run_config_client_app(), 2, run_config=run_config)
+    # the nodes opt into the server-chosen noise seed (refused by default: the server could subtract the noise)
+    grid = InProcessGrid(
+        run_config_client_app(), 2, run_config=run_config, node_config={"dp-allow-server-noise-seed": True}
+    )
     run_config_server_app()(
         grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
     )

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 APP_DIR = Path(__file__).resolve().parents[2] / "examples" / "flower_app"
-# "dp-noise-seed": reproducible DP noise (opt-in, voids the guarantee) so that the deployment equals the simulation
+# "dp-noise-seed": reproducible DP noise (opt-in, voids the guarantee) so that the deployment equals the simulation;
+# the SuperNodes accept a server-chosen seed only with `--node-config "dp-allow-server-noise-seed=true"`
 RUN_CONFIG = {
     "num-server-rounds": 2,
     "dp-clip-norm": 1.0,
@@ -181,7 +182,7 @@ def test_flower_deployment_secaggplus_dp_equals_in_process(tmp_path):
                 "--port",
                 str(_free_port()),
                 "--node-config",
-                f"partition-id={pid} num-partitions=2",
+                f"partition-id={pid} num-partitions=2 dp-allow-server-noise-seed=true",
             )
         overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
         submit = subprocess.run(

@@ -250,7 +250,11 @@ def test_a_small_update_with_secagg_warns_but_runs(tmp_path):
 def test_result_metadata_is_structured_json_describing_the_weights(tmp_path):
     """The `.json` next to the weights used to be `str(result)`; now rounds, clients, epsilon (float) and the
     SecAgg+ settings, and the SHA-256 of the weights file it describes."""
-    _, out = _run(tmp_path, {"dp-clip-norm": 1.0, "dp-noise-multiplier": 0.5, "dp-noise-seed": 0})
+    _, out = _run(
+        tmp_path,
+        {"dp-clip-norm": 1.0, "dp-noise-multiplier": 0.5, "dp-noise-seed": 0},
+        node_config={"dp-allow-server-noise-seed": True},  # the nodes opt into the server-chosen noise seed
+    )
     meta = json.loads(open(str(out) + ".json").read())
     assert meta["weights_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert meta["num_rounds"] == 1 and meta["all_rounds_complete"] is True

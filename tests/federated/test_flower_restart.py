@@ -67,6 +67,7 @@ def _config(tmp_path, secure, **extra):
 
 
 def _run(rc, run_id=1, **grid_kwargs):
+    grid_kwargs.setdefault("node_config", {"dp-allow-server-noise-seed": True})  # _config's dp-noise-seed=0
     grid = RestartGrid(run_config_client_app(), 2, run_config=rc, errors_as_replies=True, **grid_kwargs)
     for context in grid.contexts.values():
         context.run_id = run_id
