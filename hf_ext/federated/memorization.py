@@ -228,10 +228,24 @@ def split_index(num_tokens: int, min_prefix: int, window: int, rng: random.Rando
     return rng.randint(min_prefix, num_tokens - window)
 
 
+def _stop_token_ids(model, tokenizer) -> set[int]:
+    """The end-of-sequence ids greedy decoding stops at, as the reference's vLLM does: the tokenizer's and those of
+    the model's own `generation_config`."""
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    ids = getattr(getattr(owner, "generation_config", None), "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return {int(i) for i in ids}
+
+
 @contextmanager
-def _greedy_generation_config(model, max_new_tokens: int, pad_token_id: int | None) -> Iterator[None]:
-    """Within the block `model.generate` decodes greedily with exactly `max_new_tokens` new tokens, from a clean
-    `GenerationConfig` (the lengths and the pad / end-of-sequence token ids only) instead of the model's own.
+def _greedy_generation_config(
+    model, max_new_tokens: int, pad_token_id: int | None, eos_token_ids: list[int] | None = None
+) -> Iterator[None]:
+    """Within the block `model.generate` decodes greedily with at most `max_new_tokens` new tokens, stopping at the
+    end-of-sequence token, from a clean `GenerationConfig` (the length and the pad / end-of-sequence token ids only)
+    instead of the model's own.
 
     `generate` fills every option that a `generation_config` argument leaves unset from the model's own
     generation_config, so passing a clean one is not enough: the model's (a PEFT model's base model's, which its
@@ -246,9 +260,8 @@ def _greedy_generation_config(model, max_new_tokens: int, pad_token_id: int | No
         do_sample=False,
         num_beams=1,
         max_new_tokens=max_new_tokens,
-        min_new_tokens=max_new_tokens,
         pad_token_id=pad_token_id,
-        eos_token_id=shipped.eos_token_id,
+        eos_token_id=eos_token_ids or shipped.eos_token_id,
     )
     try:
         yield
@@ -272,8 +285,11 @@ def measure_memorization(
     """Prompt the model with canary prefixes and report exact / approximate extraction rates per replication count.
 
     For each canary one split index `s` is drawn (see [`split_index`]); for each prefix length `L` the prompt is
-    `tokens[s-L:s]` and the greedy continuation (with the frequency penalty) is scored against `tokens[s:]`. The
-    decoding is greedy whatever the model's own `generation_config` holds (a checkpoint's `repetition_penalty`,
+    `tokens[s-L:s]` and the greedy continuation (with the frequency penalty) is scored against `tokens[s:]`. As in the
+    reference (vLLM, temperature 0, stop on eos), decoding stops at the first end-of-sequence token (the tokenizer's
+    or the model's `generation_config`'s): a continuation that ends early is scored as it is, shorter than the window,
+    so it is never an exact match (the target always has at least `window` tokens). Batched probes give the same
+    records as probes one at a time. The decoding is greedy whatever the model's own `generation_config` holds (a checkpoint's `repetition_penalty`,
     `no_repeat_ngram_size`, `suppress_tokens`, sampling settings, ...): the model generates from a clean
     `GenerationConfig` (the lengths and the pad / end-of-sequence token ids only) during the call.
 
@@ -285,7 +301,8 @@ def measure_memorization(
         window (`int`, *optional*, defaults to 50): tokens compared.
         bleu_threshold (`float`, *optional*, defaults to 0.75): approximate-memorization threshold.
         frequency_penalty (`float`, *optional*, defaults to 1.0): additive frequency penalty (0 = pure greedy).
-        max_new_tokens (`int`, *optional*): tokens generated, defaults to `window + 10` (slack for re-tokenization).
+        max_new_tokens (`int`, *optional*): most tokens generated (fewer when the model ends the text), defaults to
+            `window + 10` (slack for re-tokenization).
         batch_size (`int`, *optional*, defaults to 16): prompts per `generate` call (same length, no padding).
         seed (`int`, *optional*, defaults to 42): seed of the split-index draw.
 
@@ -320,7 +337,8 @@ def measure_memorization(
         probes.append((c, ids, s))
     records = []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with _greedy_generation_config(model, max_new, pad_id):
+    stop = _stop_token_ids(model, tokenizer)
+    with _greedy_generation_config(model, max_new, pad_id, sorted(stop)):
         for length in lengths:
             for start in range(0, len(probes), batch_size):
                 chunk = probes[start : start + batch_size]
@@ -334,12 +352,13 @@ def measure_memorization(
                     input_ids=prompts,
                     attention_mask=torch.ones_like(prompts),
                     max_new_tokens=max_new,
-                    min_new_tokens=max_new,
                     do_sample=False,
                     logits_processor=processors or None,
                     pad_token_id=pad_id,
                 )
                 for (c, ids, s), row in zip(chunk, out[:, length:].tolist()):
+                    # greedy decoding ends at the first end-of-sequence token (the batch pads rows that ended)
+                    row = row[: next((i for i, t in enumerate(row) if t in stop), len(row))]
                     truth = tokenizer.decode(ids[s:], skip_special_tokens=True)
                     gen = tokenizer.decode(row, skip_special_tokens=True)
                     rec = score_continuation(tokenizer, truth, gen, window, bleu_threshold)
