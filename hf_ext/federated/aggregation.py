@@ -27,6 +27,36 @@ def _check_weights(weights: Sequence[float], n: int) -> torch.Tensor:
     return w / w.sum()
 
 
+def check_finite_states(
+    states: Sequence[Mapping[str, torch.Tensor]],
+    argument: str = "client_states",
+    client_names: Sequence[str] | None = None,
+) -> None:
+    """Raise a `ValueError` naming the client and the tensor when a floating tensor of a state holds NaN or inf.
+
+    One diverged, faulty or malicious client would otherwise make the averaged global state non-finite without any
+    error (the secure-aggregation paths refuse such an upload when encoding it).
+
+    Args:
+        states (`Sequence[Mapping[str, torch.Tensor]]`): the state dicts to check (one per client).
+        argument (`str`, *optional*, defaults to `"client_states"`): the argument name used in error messages.
+        client_names (`Sequence[str]`, *optional*): how to name each client in the message (e.g. its partition id);
+            defaults to `argument[i]`.
+    """
+    if client_names is not None and len(client_names) != len(states):
+        raise ValueError(f"`client_names` has {len(client_names)} entries for {len(states)} client states.")
+    for i, sd in enumerate(states):
+        for key, t in sd.items():
+            if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                who = client_names[i] if client_names is not None else f"`{argument}[{i}]`"
+                raise ValueError(
+                    f"{who} sent a non-finite tensor {key!r} ({bad} of {t.numel()} entries are NaN or inf): its "
+                    "training diverged or the upload is corrupt, and averaging it would make the global state "
+                    "non-finite. Drop that client from the round, or lower its learning rate and retrain."
+                )
+
+
 def check_compatible_states(states: Sequence[Mapping[str, torch.Tensor]], argument: str = "client_states") -> None:
     """Raise a `ValueError` unless all state dicts have the same keys, shapes and dtypes.
 
@@ -81,6 +111,7 @@ def fedavg(client_states: Sequence[Mapping[str, torch.Tensor]], weights: Sequenc
         is done in float64 in client order, so the result does not depend on how clients are transported.
     """
     check_compatible_states(client_states)
+    check_finite_states(client_states)
     p = _check_weights(weights, len(client_states))
     out: dict[str, torch.Tensor] = {}
     for key, ref in client_states[0].items():
@@ -161,10 +192,18 @@ def state_norm(state: Mapping[str, torch.Tensor]) -> float:
 
 
 def clip_update(update: Mapping[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
-    """Scale a client update so that its global L2 norm is at most `max_norm` (unchanged when already within)."""
-    if not max_norm > 0:
-        raise ValueError(f"`max_norm` must be > 0, got {max_norm}.")
+    """Scale a client update so that its global L2 norm is at most `max_norm` (unchanged when already within).
+
+    An update with a non-finite norm (a NaN or inf entry) is refused (`ValueError`): scaling it cannot bound it
+    (an inf entry times 0 is NaN, and `min(1, C / nan)` would keep it unscaled)."""
+    if not (max_norm > 0 and math.isfinite(max_norm)):
+        raise ValueError(f"`max_norm` must be a finite number > 0, got {max_norm}.")
     norm = state_norm(update)
+    if not math.isfinite(norm):
+        raise ValueError(
+            f"The update to clip has a non-finite L2 norm ({norm}): an entry is NaN or inf, and clipping cannot bound "
+            "it. Refuse that client's update (its training diverged or its upload is corrupt)."
+        )
     factor = min(1.0, max_norm / (norm + 1e-12))
     return {k: v * factor if torch.is_floating_point(v) else v for k, v in update.items()}
 
@@ -333,6 +372,7 @@ def aggregate_round(
     client_noise_multiplier: float = 0.0,
     generator: torch.Generator | None = None,
     num_clients: int | None = None,
+    client_names: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """One server step, from the round's global state and the clients' returned states.
 
@@ -361,9 +401,14 @@ def aggregate_round(
             [`secret_noise_generator`].
         num_clients (`int`, *optional*): client-level DP only: the fixed number of clients of the federation, the
             denominator of the mean whatever the clients present; defaults to `len(client_states)` (all present).
+        client_names (`Sequence[str]`, *optional*): one name per client for error messages (e.g. its partition id).
 
     Returns:
         `dict[str, torch.Tensor]`: the next global state with the keys and dtypes of `global_state`.
+
+    Raises:
+        `ValueError`: among others, when a client's state holds a NaN or inf entry (naming the client and the tensor):
+            it would make the global state non-finite.
     """
     _check_mode(mode)
     if client_clip_norm is not None and not client_clip_norm > 0:
@@ -371,6 +416,7 @@ def aggregate_round(
     if mode == "merge_then_average" and lora_scaling is None:
         raise ValueError("`lora_scaling` (lora_alpha / r) is required for mode='merge_then_average'.")
     check_compatible_states([global_state, *client_states], "client_states")
+    check_finite_states(client_states, "client_states", client_names)
     p = _check_weights(weights, len(client_states)).tolist()
     updates = [client_update(global_state, sd, mode, lora_scaling, client_clip_norm) for sd in client_states]
     if client_clip_norm is None:

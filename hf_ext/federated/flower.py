@@ -798,8 +798,19 @@ class FederatedLoRAStrategy(FedAvg):
         contents = [m.content for m in valid]
         uploads = [c["arrays"].to_torch_state_dict() for c in contents]
         weights = [float(c["metrics"][self.weighted_by_key]) for c in contents]
+        names = [
+            f"The client of partition-id {_reply_partition(m)} (node {m.metadata.src_node_id}, round {server_round})"
+            for m in valid
+        ]
         new_state = aggregate_uploads(
-            self._global, uploads, weights, self.fed_args, server_round, self.seed, num_clients=self.num_clients
+            self._global,
+            uploads,
+            weights,
+            self.fed_args,
+            server_round,
+            self.seed,
+            num_clients=self.num_clients,
+            client_names=names,
         )
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         self.monitor.succeeded(server_round, partitions, metrics)

@@ -5,6 +5,7 @@ the `h` tokens ending at the target, so repeated passages always drop the same t
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,9 @@ def apply_goldfish(
         ignore_index (`int`, *optional*, defaults to -100): label value ignored by the loss.
         attention_mask (`torch.Tensor`, *optional*): 1 on real tokens, 0 on padding (left or right), aligned with
             `labels`.
+
+    A row with fewer than `context_width` targets has none dropped (its first `h - 1` targets never are): the call
+    then warns once (a `UserWarning`, not one per row).
     """
     _check(k, context_width)
     if input_ids is not None and input_ids.shape != labels.shape:
@@ -97,10 +101,15 @@ def apply_goldfish(
     source = input_ids if input_ids is not None else labels
     out = labels.clone()
     if attention_mask is None or bool(attention_mask.all()):
+        if labels.shape[0] and 1 <= labels.shape[1] - 1 < context_width:
+            _warn_short_rows(context_width)
         drop = goldfish_drop_mask(source[:, 1:], k, context_width)
         out[:, 1:][drop] = ignore_index
         return out
     real = attention_mask.bool()
+    targets = real.sum(dim=1) - 1
+    if bool(((targets >= 1) & (targets < context_width)).any()):
+        _warn_short_rows(context_width)
     for row in range(labels.shape[0]):
         positions = real[row].nonzero().flatten()
         if positions.numel() < 2:
@@ -109,6 +118,18 @@ def apply_goldfish(
         drop = goldfish_drop_mask(source[row, positions][1:].unsqueeze(0), k, context_width)[0]
         out[row, positions[1:][drop]] = ignore_index
     return out
+
+
+def _warn_short_rows(context_width: int) -> None:
+    """One warning per call, never per row, with a text that depends on `h` only, so that Python's default warning
+    filter shows it once per process: rows with fewer than `h` targets have no Goldfish drop at all."""
+    warnings.warn(
+        f"Goldfish: a row has fewer targets than the hashed window h = {context_width}, and the first h - 1 targets "
+        "of a row are never dropped: none of its tokens is dropped, it is trained on as with the plain loss. Use a "
+        "context width below the sequence length (goldfish_context_width; recipe --defense_goldfish_context_width).",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 @dataclass

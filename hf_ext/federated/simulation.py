@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from ..utils.checks import is_int, is_real
+from ..utils.checks import is_bool, is_int, is_real
 from .aggregation import (
     AGGREGATION_MODES,
     add_server_noise,
@@ -129,6 +129,11 @@ class FederatedArguments:
     )
 
     def __post_init__(self):
+        for name in ("use_lora", "secure_aggregation"):  # a string "false" would be truthy and switch it on
+            value = getattr(self, name)
+            if not is_bool(value):
+                raise TypeError(f"--{name} must be a bool (True or False), got {value!r}.")
+            setattr(self, name, bool(value))  # a numpy bool as the Python bool
         for name in ("num_rounds", "local_steps", "lora_r"):  # counts: 2.5 rounds or steps would run as 2 or 3
             value = getattr(self, name)
             if not is_int(value):
@@ -145,8 +150,11 @@ class FederatedArguments:
             raise ValueError("Set --local_steps > 0 or --local_epochs > 0 (local work per round).")
         if self.aggregation not in ("factors", "merge_then_average"):
             raise ValueError(f"--aggregation must be 'factors' or 'merge_then_average', got {self.aggregation!r}.")
-        if self.use_lora and (self.lora_r < 1 or not self.lora_alpha > 0):
-            raise ValueError(f"--lora_r must be >= 1 and --lora_alpha > 0, got {self.lora_r}, {self.lora_alpha}.")
+        if self.use_lora and (self.lora_r < 1 or not (is_real(self.lora_alpha) and 0 < self.lora_alpha < math.inf)):
+            raise ValueError(
+                f"--lora_r must be >= 1 and --lora_alpha a finite number > 0 (the LoRA scaling is lora_alpha / r), got "
+                f"{self.lora_r!r}, {self.lora_alpha!r}."
+            )
         if self.client_dp_clip_norm is not None and not (
             self.client_dp_clip_norm > 0 and math.isfinite(self.client_dp_clip_norm)
         ):
@@ -488,12 +496,14 @@ def aggregate_uploads(
     round_index: int,
     seed: int = 0,
     num_clients: int | None = None,
+    client_names: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The server step without secure aggregation (shared by the simulation and the Flower `ServerApp`).
 
     `seed` (the public training seed) does not influence the client-level DP noise, which comes from
     [`server_noise_generator`]. `num_clients` is the fixed federation size that client-level DP divides by
-    (default: the number of uploads)."""
+    (default: the number of uploads). An upload with a NaN or inf entry is refused (`ValueError`) naming the
+    client (`client_names[i]`, default `client_states[i]`) and the tensor."""
     del seed  # the noise must not be a function of the public seed
     generator = server_noise_generator(fed_args, round_index) if fed_args.client_dp_clip_norm is not None else None
     return aggregate_round(
@@ -506,6 +516,7 @@ def aggregate_uploads(
         fed_args.client_dp_noise_multiplier,
         generator,
         num_clients=num_clients,
+        client_names=client_names,
     )
 
 
@@ -649,7 +660,13 @@ class FederatedSimulation:
             )
         else:
             self.global_state = aggregate_uploads(
-                self.global_state, uploads, weights, self.fed_args, r, num_clients=self.num_clients
+                self.global_state,
+                uploads,
+                weights,
+                self.fed_args,
+                r,
+                num_clients=self.num_clients,
+                client_names=[f"client {c}" for c in participants],
             )
         set_exchange_state(self.model, self.global_state)
         self.round = r
