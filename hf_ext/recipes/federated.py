@@ -279,6 +279,21 @@ def check_ignored_flags(configs, data_args, fed_args, cmp_args, training_args, m
             "'+dp' runs add DP-SGD noise once per optimizer step: set --gradient_accumulation_steps 1 and raise "
             "--per_device_train_batch_size instead."
         )
+    if "dp" in present:  # what PrivateTrainingArguments refuses with DP-SGD on, checked before any run starts
+        if training_args.label_smoothing_factor:
+            raise ValueError(
+                f"--label_smoothing_factor {training_args.label_smoothing_factor} would be ignored by the '+dp' runs: "
+                "DP-SGD clips each sample's gradient of the model's own loss, without smoothing. Leave it at 0 or drop "
+                "'+dp' from --configs."
+            )
+        if getattr(training_args, "activation_checkpointing", False) or getattr(
+            training_args, "gradient_checkpointing", False
+        ):
+            raise ValueError(
+                "--gradient_checkpointing (--activation_checkpointing) does not work with the '+dp' runs: DP-SGD's "
+                "per-sample gradients (torch.func vmap over grad) do not support activation checkpointing. Drop the "
+                "flag (lower --per_device_train_batch_size if memory is short) or drop '+dp' from --configs."
+            )
 
 
 PER_BASE_RATES = ["full_learning_rate", "lora_learning_rate"]
@@ -399,6 +414,14 @@ def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
         raise ValueError(
             f"--defense_goldfish_context_width must be >= 1, got {cmp_args.defense_goldfish_context_width}."
         )
+    if any("goldfish" in mods for _, _, mods in configs) and (
+        cmp_args.defense_goldfish_context_width >= data_args.block_size
+    ):
+        raise ValueError(
+            f"--defense_goldfish_context_width {cmp_args.defense_goldfish_context_width} is >= --block_size "
+            f"{data_args.block_size}: Goldfish never drops the first h - 1 targets of a block, so it would drop "
+            "nothing and the '+goldfish' runs would be plain training. Use a width below --block_size (default 13)."
+        )
     for flag, value, positive in (
         ("--defense_dp_clip_norm", cmp_args.defense_dp_clip_norm, True),
         ("--defense_dp_noise_multiplier", cmp_args.defense_dp_noise_multiplier, False),
@@ -482,6 +505,22 @@ def cut_to_tokens(text: str, tokenizer, max_tokens: int) -> str:
         else:
             hi = mid - 1
     return " ".join(words[:lo])
+
+
+def check_canary_lengths(canaries, tokenizer, prefix_lengths, data_args) -> None:
+    """Refuse canaries (after the cut to --block_size) shorter than the longest prefix plus the window, before
+    anything is trained or removed: `measure_memorization` would skip each of them and the run would report no
+    memorization at all."""
+    need = max(prefix_lengths) + data_args.window
+    lengths = [len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in canaries]
+    short = [n for n in lengths if n < need]
+    if short:
+        raise ValueError(
+            f"{len(short)} of {len(canaries)} canaries have fewer than {need} tokens (the longest --prefix_lengths "
+            f"{max(prefix_lengths)} plus --window {data_args.window}; shortest {min(short)} tokens): memorization "
+            f"could not be measured on them. Raise --canary_words so that every canary has at least {need} tokens, "
+            "or lower --prefix_lengths / --window."
+        )
 
 
 def tiny_llama_config(model_args, vocab_size: int, tokenizer=None):
@@ -568,6 +607,7 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
     # cut the exposure baseline the same way)
     canaries = [dataclasses.replace(c, text=cut_to_tokens(c.text, tokenizer, data_args.block_size)) for c in canaries]
     references = [cut_to_tokens(t, tokenizer, data_args.block_size) for t in references]
+    check_canary_lengths(canaries, tokenizer, prefix_lengths, data_args)
     copies = assign_canaries(canaries, [len(p) for p in private], data_args.canary_assignment, training_args.seed)
     clients = [
         build_client_dataset(p, [c.text for c in cs], tokenizer, data_args.block_size, seed=training_args.seed)
@@ -730,8 +770,11 @@ def write_outputs(results: dict, output_dir: str) -> None:
     reps = sorted(
         {int(k.split("_")[1][:-1]) for k in first if k.startswith("exact_") and "worst" not in k}, reverse=True
     )
-    cols = [f"{m}_{r}x" for r in reps for m in ("exact", "approx", "bleu", "exposure") if f"{m}_{r}x" in first]
-    gains = [f"exposure_{r}x" for r in reps if f"exposure_{r}x" in first]
+    # runs without memorization records (every canary skipped by measure_memorization) still have their exposure
+    exposed = sorted({int(k.split("_")[1][:-1]) for k in first if k.startswith("exposure_")}, reverse=True)
+    counts = sorted(set(reps) | set(exposed), reverse=True)
+    cols = [f"{m}_{r}x" for r in counts for m in ("exact", "approx", "bleu", "exposure") if f"{m}_{r}x" in first]
+    gains = [f"exposure_{r}x" for r in counts if f"exposure_{r}x" in first]
     lines = [
         "| run | setting | clients | steps | rounds | eval loss | "
         + " | ".join(cols + [f"{c} gain" for c in gains])
@@ -762,13 +805,14 @@ def write_outputs(results: dict, output_dir: str) -> None:
     print(table)
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4))
-    top = reps[0]
+    top = counts[0] if counts else None  # the most replicated canaries; None: only the loss panel has curves
     for name, run in runs.items():
         h = run["history"]
         rounds = [x["round"] for x in h]
         style = {"marker": "o", "label": name, "linestyle": "--" if run.get("setting") == "centralized" else "-"}
-        axes[0].plot(rounds, [x.get(f"exact_{top}x", 0.0) for x in h], **style)
-        axes[1].plot(rounds, [x.get(f"approx_{top}x", 0.0) for x in h], **style)
+        if reps:
+            axes[0].plot(rounds, [x.get(f"exact_{top}x", 0.0) for x in h], **style)
+            axes[1].plot(rounds, [x.get(f"approx_{top}x", 0.0) for x in h], **style)
         if f"exposure_{top}x" in h[0]:
             axes[2].plot(rounds, [x[f"exposure_{top}x"] - h[0][f"exposure_{top}x"] for x in h], **style)
         axes[3].plot(rounds, [x["eval_loss"] for x in h], **style)
