@@ -219,6 +219,7 @@ def task_from_run_config(run_config: Mapping[str, Any]) -> FlowerTask:
         dp_noise_multiplier=cfg["dp-noise-multiplier"],
         dp_delta=cfg["dp-delta"],
         # -1 (default): secret DP noise; a seed >= 0 makes the noise reproducible by anyone who knows the run config
+        # (the ClientApp refuses it unless the node config opts in: check_node_privacy)
         dp_noise_seed=cfg["dp-noise-seed"] if cfg["dp-noise-seed"] >= 0 else None,
     )
     return FlowerTask(cfg, fed_args, training_args, build_tokenizer(cfg["vocab-size"]))
