@@ -414,10 +414,11 @@ def check_node_privacy(node_config: Mapping[str, Any], task: FlowerTask) -> None
 
     The server side writes the run config and so chooses the DP-SGD noise, its seed and secure aggregation; a node
     that does not trust it pins them here. By default (no such key in the node config) only a server-chosen
-    `dp-noise-seed` is refused."""
+    `dp-noise-seed` is refused (with DP-SGD on; without it the seed is unused)."""
     cfg = task.config
-    unknown_seed = cfg["dp-noise-seed"] >= 0
-    if unknown_seed and not _node_value(node_config, "dp-allow-server-noise-seed"):
+    dp_on = cfg["dp-clip-norm"] > 0
+    # the seed drives the DP-SGD noise and Poisson sampling only: without DP-SGD it is unused
+    if dp_on and cfg["dp-noise-seed"] >= 0 and not _node_value(node_config, "dp-allow-server-noise-seed"):
         raise ValueError(
             f"The run config sets `dp-noise-seed={cfg['dp-noise-seed']}`: the DP-SGD noise and batch sampling of this "
             "node would be a function of a seed the server knows, which could regenerate and subtract the noise. "
@@ -430,7 +431,6 @@ def check_node_privacy(node_config: Mapping[str, Any], task: FlowerTask) -> None
             "refuses to upload its trained state in the clear. Submit the run with `--run-config "
             "secure-aggregation=true`, or drop `secagg-required` from the node's `--node-config`."
         )
-    dp_on = cfg["dp-clip-norm"] > 0
     min_sigma = _node_value(node_config, "dp-min-noise-multiplier")
     max_eps = _node_value(node_config, "dp-max-epsilon")
     max_delta = _node_value(node_config, "dp-max-delta")

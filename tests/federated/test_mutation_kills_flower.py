@@ -437,7 +437,7 @@ def test_run_config_client_app_rebuilds_its_task_for_a_new_run_config(monkeypatc
     from flwr.app import Message
 
     import hf_ext.federated.flower as flower
-    from hf_ext.federated.flower_task import run_config_client_app
+    from hf_ext.federated.flower_task import parse_run_config, run_config_client_app
 
     built = []
 
@@ -447,7 +447,9 @@ def test_run_config_client_app_rebuilds_its_task_for_a_new_run_config(monkeypatc
 
     def task_fn(run_config):
         fed = FederatedArguments(num_rounds=run_config["num-server-rounds"])
-        return SimpleNamespace(model_fn=None, dataset_fn=None, fed_args=fed, training_args=None)
+        return SimpleNamespace(
+            model_fn=None, dataset_fn=None, fed_args=fed, training_args=None, config=parse_run_config(run_config)
+        )
 
     monkeypatch.setattr(flower, "make_client_app", fake_make_client_app)
     app = run_config_client_app(task_fn)
