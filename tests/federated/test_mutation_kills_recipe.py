@@ -70,8 +70,14 @@ def test_local_epochs_is_accepted_with_local_steps_zero(captured_runs, tmp_path)
 
 def test_boundary_values_the_help_allows_are_accepted(captured_runs, tmp_path):
     """--block_size equal to the longest prefix plus the window, and --bleu_threshold 1 (exact character match), are
-    inside the documented ranges."""
-    argv = tiny_recipe_args(block_size=32, prefix_lengths=5, window=27, bleu_threshold=1.0)
+    inside the documented ranges. (The recipe then refuses the canaries, cut to whole words within one block, as
+    shorter than prefix + window: that check runs once they are tokenized, test_recipe_refusals_before_clearing.py.)"""
+    from hf_ext.recipes import federated as rec
+    from hf_ext.recipes._common import parse_recipe_args
+
+    argv = ["--output_dir", str(tmp_path / "v"), "--configs", "full", *tiny_recipe_args(prefix_lengths=5, window=27)]
+    rec.validate(*parse_recipe_args(rec.ARGUMENT_CLASSES, argv, resume="refuse"))  # --block_size 32 = 5 + 27
+    argv = tiny_recipe_args(block_size=32, prefix_lengths=5, window=20, bleu_threshold=1.0)
     main(["--output_dir", str(tmp_path / "out"), *argv, "--configs", "full"])
     assert len(captured_runs) == 1
 
