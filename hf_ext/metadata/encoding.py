@@ -138,21 +138,30 @@ class MetadataEncoder:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def _cut(self, ids: list[int], limit: int, text: str) -> list[int]:
-        """The first `limit` of `ids` (the tokens of `text`), fewer where the cut would end inside a character.
+    def _cut(self, ids: list[int], limit: int) -> list[int]:
+        """The first `limit` of `ids` (the tokens of a metadata text), fewer where the cut would end inside a character.
 
         A byte-level BPE can split one multi-byte UTF-8 character (`東`, `ü`) over several tokens; a cut between them
         would leave a partial character, which decodes to U+FFFD, so the decoded prefix (what an lm-eval prompt
         carries) would re-encode to other ids than the model was trained on. The cut steps back to the last whole
-        character instead: the first `k <= limit` tokens whose decoded text has no more U+FFFD than `text` itself.
+        character instead: the first `k <= limit` tokens whose decoded text is a prefix of the decoded whole and that
+        do not end in a U+FFFD continued by one at the start of the rest (a character split by the cut; this also
+        catches a split of a U+FFFD that `text` itself holds).
         """
         if len(ids) <= limit:
             return ids
-        cut = ids[:limit]
-        allowed = text.count("\ufffd")
-        while cut and self._decode(cut).count("\ufffd") > allowed:
-            cut = cut[:-1]
-        return cut
+        whole = self._decode(ids)
+
+        def splits_a_character(k: int) -> bool:
+            head = self._decode(ids[:k])
+            if not whole.startswith(head):
+                return True
+            return head.endswith("\ufffd") and self._decode(ids[k:]).startswith("\ufffd")
+
+        k = limit
+        while k > 0 and splits_a_character(k):
+            k -= 1
+        return ids[:k]
 
     def prefix_ids(self, metadata: list[str | None]) -> list[list[int]]:
         """BOS + context tokens for each metadata string (`None` = dropped/unconditional)."""
@@ -164,7 +173,7 @@ class MetadataEncoder:
             for m in metadata:
                 meta = next(encoded) if m else []
                 if self.max_metadata_tokens is not None:
-                    meta = self._cut(meta, self.max_metadata_tokens, m)
+                    meta = self._cut(meta, self.max_metadata_tokens)
                 out.append([bos, self.context_begin_id, *meta, self.context_end_id])
             return out
         present = [m for m in metadata if m]
@@ -177,7 +186,7 @@ class MetadataEncoder:
                 # Cut the prefix text before the separator, then close it: the document never runs on from the URL.
                 head_text = self._meco_head + m
                 head = self._tokens([head_text])[0]
-                meta = self._cut(head, limit - len(self._meco_tail_ids), head_text) + self._meco_tail_ids
+                meta = self._cut(head, limit - len(self._meco_tail_ids)) + self._meco_tail_ids
             out.append([bos, *meta])
         return out
 
