@@ -346,19 +346,29 @@ def lissa_hvp(
     Args:
         v (`torch.Tensor`): the vector.
         matvec (`Callable[[torch.Tensor], torch.Tensor]`): `x -> A x` for a symmetric PSD `A` (shape-preserving).
-        damping (`float`): `lambda > 0`, finite.
+        damping (`float`): `lambda >= 0`, finite (positive where `A` may be singular; 0 is exact for a definite `A`).
         scale (`float`): `s > 0`, finite, an upper bound of the largest eigenvalue of `A + lambda I` (e.g. its trace
             plus `lambda`).
         num_iterations (`int`, *optional*, defaults to 10): recursion depth `T >= 1` (10 in the reference).
 
     Raises:
-        `ValueError`/`TypeError`: naming the argument, for a damping or scale that is not finite and positive, a
+        `ValueError`/`TypeError`: naming the argument, for a damping that is not finite and non-negative, a scale that
+            is not finite and positive, a
             `num_iterations` that is not a positive int, or a `matvec` whose result is not shaped like `v`; and when
             the series diverges (`scale` below half the largest eigenvalue of `A + lambda I`: a step `r_t - r_{t-1}`
             grows, also while the sum is still finite), which `InfluenceEngine` detects in the same way.
     """
     _check_vector(v)
-    damping = _check_damping(damping)
+    if isinstance(damping, torch.Tensor) and damping.ndim == 0 and damping.dtype != torch.bool:
+        damping = damping.item()
+    if not _is_real(damping):
+        raise TypeError(f"`damping` must be a number, got {damping!r}.")
+    if not (damping >= 0 and math.isfinite(damping)):  # LiSSA does not divide by it: 0 is exact for a definite A
+        raise ValueError(
+            f"`damping` must be a finite non-negative number (positive where A may be singular, e.g. 0.1 * the mean "
+            f"squared gradient entry, see `damping_from_gradients`), got {damping!r}."
+        )
+    damping = float(damping)
     scale = _positive_finite(
         scale, "scale", "an upper bound of the largest eigenvalue of A + damping I, e.g. its trace"
     )

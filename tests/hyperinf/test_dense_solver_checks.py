@@ -44,11 +44,22 @@ def test_datainf_hvp_refuses_gradients_not_shaped_like_v():
     assert datainf_hvp(v, g, 0.1).shape == v.shape
 
 
-@pytest.mark.parametrize("damping", [0.0, -0.5, math.nan])
-def test_lissa_hvp_refuses_a_damping_that_is_not_finite_and_positive(damping):
+@pytest.mark.parametrize("damping", [-0.5, math.nan, math.inf])
+def test_lissa_hvp_refuses_a_damping_that_is_not_finite_and_non_negative(damping):
     _, v, _, matvec = _problem()
-    with pytest.raises(ValueError, match=r"`damping` must be a finite positive number"):
+    with pytest.raises(ValueError, match=r"`damping` must be a finite non-negative number"):
         lissa_hvp(v, matvec, damping, 10.0)
+
+
+def test_lissa_hvp_with_zero_damping_solves_a_definite_system():
+    """LiSSA does not divide by the damping: 0 is valid and exact for a positive-definite A (it was documented so)."""
+    torch.manual_seed(0)
+    b = torch.randn(5, 5, dtype=torch.float64)
+    a = b @ b.T + torch.eye(5, dtype=torch.float64)
+    v = torch.randn(5, dtype=torch.float64)
+    scale = float(torch.linalg.eigvalsh(a).max()) * 1.01
+    got = lissa_hvp(v, lambda x: a @ x, 0.0, scale, num_iterations=5000)
+    torch.testing.assert_close(got, torch.linalg.solve(a, v), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("scale", [math.inf, math.nan, -1.0, 0.0])
