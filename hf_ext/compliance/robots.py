@@ -383,7 +383,9 @@ class _GoogleMatcher:
 
     The package's `is_allowed` takes a str and encodes it as UTF-8, which cannot write a byte that is not UTF-8; such a
     byte (kept by the store as its surrogate escape) is handed over as its `%XX` escape, which is how the parser itself
-    writes a non-ASCII byte of a rule before matching (`Disallow: /caf\\xe9/` and `Disallow: /caf%E9/` decide alike)."""
+    writes a non-ASCII byte of a rule before matching (`Disallow: /caf\\xe9/` and `Disallow: /caf%E9/` decide alike).
+    The parser cuts a line at 16,664 characters before escaping it, so a line with more than about 5,500 such bytes is
+    cut earlier here than on the raw bytes (the `rfc9309` backend decides it as the parser does on the raw bytes)."""
 
     __slots__ = ("text", "agent", "matcher")
 
