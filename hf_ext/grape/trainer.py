@@ -12,6 +12,7 @@ rank computes the same weights (rank 0's result is also broadcast).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 
@@ -85,6 +86,15 @@ class _GrapeCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer._mixture_run_started = True
         self.trainer._record_trajectory(initial=True)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # The Trainer's own `set_epoch` on the loader does not reach the sampler under every wrapping: a resume inside
+        # an epoch on 2+ ranks iterates SkipBatchSampler(BatchSamplerShard(BatchSampler(sampler))), where the sampler
+        # kept epoch 0 and replayed epoch 0's draws. The epoch begins before its loader is iterated; `state.epoch` is
+        # the epoch index here (a whole number at an epoch's start, the checkpoint's fraction inside it on resume).
+        sampler = self.trainer._mixture_sampler
+        if sampler is not None:
+            sampler.set_epoch(math.floor(state.epoch or 0))
 
     def on_step_end(self, args, state, control, **kwargs):
         # The reweighting logs its metrics with `Trainer.log`, whose `on_log` clears `control.should_log`: keep the

@@ -26,3 +26,28 @@ def test_two_ranks_end_with_identical_weights(tmp_path, run_two_ranks):
     # ... every average is the mean over ranks (and the same on both), and the ranks computed the same weights
     assert averaging["max_mean_error"] < 1e-6
     assert averaging["max_pre_broadcast_diff"] < 1e-12
+
+
+@pytest.mark.distributed
+def test_two_rank_resume_inside_epoch_one_equals_uninterrupted_run(tmp_path, run_two_ranks):
+    # Under DDP the resumed epoch's loader is SkipBatchSampler(BatchSamplerShard(BatchSampler(MixtureSampler))), which
+    # accelerate's set_epoch does not reach: the MixtureSampler stayed at epoch 0 and replayed epoch 0's draws, and the
+    # updates of that epoch were recorded at stale schedule positions.
+    run_two_ranks("tests/grape/scripts/ddp_grape_resume.py", tmp_path, 0)
+    run_two_ranks("tests/grape/scripts/ddp_grape_resume.py", tmp_path, 1)
+    full = json.loads((tmp_path / "uninterrupted.json").read_text())
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    for rank in (0, 1):
+        a, b = full["ranks"][rank], resumed["ranks"][rank]
+        assert [s["step"] for s in a["steps"]] == [s["step"] for s in b["steps"]] == [5, 6, 7, 8]
+        assert [s["sampler_epoch"] for s in a["steps"]] == [1, 1, 2, 2]  # steps 5-6 are inside epoch 1
+        for x, y in zip(a["steps"], b["steps"]):
+            assert (y["sampler_epoch"], y["sampler_position"]) == (x["sampler_epoch"], x["sampler_position"])
+            assert y["batch"] == x["batch"], f"rank {rank} step {x['step']}: other sequences than the full run"
+        assert b["schedule"] == a["schedule"]  # every update at the same sampler position with the same weights
+        for key in ("domain_weights", "task_weights", "average_domain_weights"):
+            assert b[key] == pytest.approx(a[key], abs=1e-6), key
+    assert full["ranks"][0]["steps"][0]["batch"] != full["ranks"][1]["steps"][0]["batch"]  # each rank its own rows
+    fp0, fp1 = resumed["model_fingerprints"]
+    assert fp0 == fp1  # the ranks' models agree and equal the uninterrupted run's
+    assert fp0 == pytest.approx(full["model_fingerprints"][0], rel=1e-6)
