@@ -227,3 +227,57 @@ def test_a_rerun_that_stops_early_leaves_no_older_results(tmp_path, monkeypatch)
     with pytest.raises(_PastValidation):
         main(TINY + ["--output_dir", str(out)])
     assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+FSDP2_SHARDED = [
+    "--fsdp", "full_shard auto_wrap", "--fsdp_config",
+    json.dumps({"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["FogDecoderLayer"],
+                "state_dict_type": "SHARDED_STATE_DICT"}),
+]  # fmt: skip
+FOG_TINY = [
+    "--model_type", "fog", "--fp8_backend", "none", "--hidden_size", "32", "--intermediate_size", "64",
+    "--num_hidden_layers", "2", "--num_attention_heads", "2", "--block_size", "32", "--vocab_size", "512",
+    "--per_device_train_batch_size", "2", "--max_eval_blocks", "4", "--max_new_tokens", "2", "--logging_steps", "1",
+    "--seed", "3", "--disable_tqdm", "true", "--report_to", "none",
+]  # fmt: skip
+
+
+@pytest.mark.distributed
+def test_fsdp2_sharded_state_dict_run_saves_and_reports_its_own_model(tmp_path, run_two_ranks):
+    """The shipped FSDP2 configs (`fsdp_state_dict_type: SHARDED_STATE_DICT`): transformers' save_model wrote nothing,
+    so the reload crashed ("Unrecognized model") or silently evaluated an earlier run's model left in --output_dir."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_ext.utils import rank_fingerprints
+
+    out = tmp_path / "fsdp"
+    run_two_ranks(
+        "tests/scripts/pretrain_fsdp2_cpu.py", "--use_cpu", "true", *FOG_TINY, *FSDP2_SHARDED, "--max_steps", "4",
+        "--save_strategy", "steps", "--save_steps", "2", "--output_dir", out,
+    )  # fmt: skip
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    checkpoint = sorted(os.listdir(out / "checkpoint-2"))
+    assert "pytorch_model_fsdp_0" in checkpoint and "model.safetensors" not in checkpoint  # sharded, as configured
+    saved = json.loads((out / "pretrain_results.json").read_text())
+    assert saved["world_size"] == 2 and "eval_loss" in saved
+    # the folder holds the trained model: the trained (sharded) model's full-tensor fingerprint is the saved one's
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert rank_fingerprints(reloaded)[0] == pytest.approx(saved["rank_fingerprints"][0], rel=1e-6)
+
+
+def test_a_run_whose_save_writes_no_model_is_not_reported_with_an_earlier_one(tmp_path, monkeypatch):
+    """When save_model wrote nothing (FSDP with a sharded state dict in transformers' Trainer), the recipe reloaded
+    the earlier run's model left in --output_dir and wrote its eval loss, perplexity and sample as this run's."""
+    from hf_ext.fp8 import Fp8Trainer
+
+    out = tmp_path / "run"
+    main([*FOG_TINY, "--max_steps", "1", "--output_dir", str(out)])  # an earlier run's model in the folder
+    earlier = (out / "model.safetensors").read_bytes()
+    monkeypatch.setattr(Fp8Trainer, "save_model", lambda self, *args, **kwargs: None)
+    with pytest.raises(RuntimeError, match=r"not saved to .*model\.safetensors are an earlier run's"):
+        main([*FOG_TINY, "--max_steps", "2", "--output_dir", str(out)])
+    assert (out / "model.safetensors").read_bytes() == earlier  # the earlier model stays: never deleted
+    assert not (out / "pretrain_results.json").exists()  # and no results of this run's look like they had one
+    with pytest.raises(RuntimeError, match="save_model wrote no weights"):
+        main([*FOG_TINY, "--max_steps", "1", "--output_dir", str(tmp_path / "fresh")])

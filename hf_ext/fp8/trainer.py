@@ -191,7 +191,11 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
         # save_total_limit its rotation would delete the rollback target).
         if skip_vetoed_save(self, self.callback_handler.callbacks):
             return None
-        return super()._save_checkpoint(model, trial, *args, **kwargs)
+        self._fp8_saving_checkpoint = True  # its model is saved as the FSDP plugin says (sharded: by the optimizer save)
+        try:
+            return super()._save_checkpoint(model, trial, *args, **kwargs)
+        finally:
+            self._fp8_saving_checkpoint = False
 
     def get_decay_parameter_names(self, model) -> list[str]:
         own = getattr(model, "decay_parameter_names", None)
@@ -205,10 +209,24 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
         return [n for n, p in model.named_parameters() if id(p) in chosen]
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """`Trainer.save_model`; for a peft model, whose saved adapter leaves out the base layers' FP8 scaling state
-        (the delayed-scaling amax histories), that state is written beside it (`fp8_state.safetensors`), before
-        `trainer_state.json` in a checkpoint, and `train(resume_from_checkpoint=)` restores it."""
-        super().save_model(output_dir, _internal_call=_internal_call)
+        """`Trainer.save_model`, which writes a whole model also under FSDP with a sharded state dict; for a peft model,
+        whose saved adapter leaves out the base layers' FP8 scaling state (the delayed-scaling amax histories), that
+        state is written beside it (`fp8_state.safetensors`), before `trainer_state.json` in a checkpoint, and
+        `train(resume_from_checkpoint=)` restores it.
+
+        Under FSDP with `fsdp_state_dict_type: SHARDED_STATE_DICT` (the shipped FSDP2 accelerate configs),
+        transformers' `save_model` writes nothing; here the final save (and `push_to_hub`'s) gathers the full state
+        dict on every rank and the main process writes it with `save_pretrained`, config and tokenizer, so the folder
+        loads with `from_pretrained`. Checkpoints stay sharded as configured. Call it on every process.
+        """
+        if self._fsdp_sharded_state_dict() and not getattr(self, "_fp8_saving_checkpoint", False):
+            folder = output_dir if output_dir is not None else self.args.output_dir
+            state_dict = self.accelerator.get_state_dict(self.model)  # a collective: every rank gathers
+            self._save(folder, state_dict=state_dict)
+            if self.args.push_to_hub and not _internal_call:
+                self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+        else:
+            super().save_model(output_dir, _internal_call=_internal_call)
         if not self.args.should_save:
             return
         state = _peft_fp8_buffers(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
@@ -220,6 +238,13 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
             folder = output_dir if output_dir is not None else self.args.output_dir
             with atomic_open(os.path.join(folder, FP8_STATE_FILE), "wb") as fh:
                 fh.write(save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
+
+    def _fsdp_sharded_state_dict(self) -> bool:
+        """FSDP with a state dict type other than FULL_STATE_DICT: transformers' `save_model` then saves no model."""
+        if not getattr(self, "is_fsdp_enabled", False):
+            return False
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        return plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from ..utils.resume import refuse_weights_only_checkpoint

@@ -513,3 +513,40 @@ def check_meta_build(config, attn_implementation: str | None, what: str) -> None
                 f"--attn_implementation {attn_implementation!r} cannot be used with the {what} model here: {err}"
             ) from None
         raise ValueError(f"The {what} model cannot be built from these flags: {err}") from None
+
+
+#: Files holding a saved model's weights (`save_pretrained`: whole, sharded with an index, or a peft adapter).
+_WEIGHT_FILE = re.compile(r"^(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
+
+
+def weight_files(folder: str) -> dict[str, tuple]:
+    """The model weight files in `folder` with their identity `(inode, size, mtime in ns)`; empty when none (or no
+    folder). Taken before and after a save, it tells whether the save wrote a model there
+    ([`refuse_model_not_written`])."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return {}
+    out = {}
+    for name in names:
+        if _WEIGHT_FILE.match(name):
+            st = os.stat(os.path.join(folder, name))
+            out[name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def model_not_written(folder: str, before: dict[str, tuple]) -> str | None:
+    """Why `folder` does not hold a model this run just saved (no weight file, or only ones unchanged since `before`,
+    i.e. an earlier run's), or `None` when a save wrote one. Call on the process that saved."""
+    after = weight_files(folder)
+    if any(before.get(name) != identity for name, identity in after.items()) and os.path.isfile(
+        os.path.join(folder, "config.json")
+    ):
+        return None
+    earlier = f" (its {', '.join(sorted(after))} are an earlier run's, unchanged by this one)" if after else ""
+    return (
+        f"The trained model was not saved to {folder}{earlier}: save_model wrote no weights there, so reloading the "
+        "folder would evaluate another model than this run's. Under FSDP use a Trainer whose save_model gathers the "
+        "full state dict (hf_ext's Fp8Trainer does) or fsdp_state_dict_type: FULL_STATE_DICT in the accelerate "
+        "config."
+    )

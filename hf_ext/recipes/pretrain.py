@@ -611,8 +611,17 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
 
         # a checkpoint at --max_steps (a run stopped after its last checkpoint) is restored, not trained a step past
         train_result = train_or_restore_finished(trainer, training_args.resume_from_checkpoint)
+    from ..utils.distributed import broadcast_object
+    from ._common import model_not_written, weight_files, whole_run_train_loss
+
+    is_main = trainer.is_world_process_zero()
+    before = weight_files(training_args.output_dir) if is_main else {}
     trainer.save_model(training_args.output_dir)
-    from ._common import whole_run_train_loss
+    # the folder is reloaded and evaluated below: never a model this run did not just write there (an earlier run's
+    # model left in --output_dir was reported as this run's when a save wrote nothing)
+    problem = broadcast_object(model_not_written(training_args.output_dir, before) if is_main else None)
+    if problem:
+        raise RuntimeError(problem)
 
     metrics = {
         "train_loss": whole_run_train_loss(trainer, train_result.training_loss if train_result else 0.0),
