@@ -254,6 +254,8 @@ def test_fsdp2_sharded_state_dict_run_saves_and_reports_its_own_model(tmp_path, 
     run_two_ranks(
         "tests/scripts/pretrain_fsdp2_cpu.py", "--use_cpu", "true", *FOG_TINY, *FSDP2_SHARDED, "--max_steps", "4",
         "--save_strategy", "steps", "--save_steps", "2", "--output_dir", out,
+        # 5 evaluation blocks at eval batch 2: the 2-rank evaluate() counted accelerate's padded repeat of a block
+        "--max_eval_blocks", "5", "--per_device_eval_batch_size", "2", "--eval_strategy", "steps", "--eval_steps", "4",
     )  # fmt: skip
     for name in ("model.safetensors", "config.json", "tokenizer.json"):
         assert (out / name).is_file(), name
@@ -264,6 +266,10 @@ def test_fsdp2_sharded_state_dict_run_saves_and_reports_its_own_model(tmp_path, 
     # the folder holds the trained model: the trained (sharded) model's full-tensor fingerprint is the saved one's
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert rank_fingerprints(reloaded)[0] == pytest.approx(saved["rank_fingerprints"][0], rel=1e-6)
+    # the step-4 evaluation during training is the final weights' loss the recipe computes once per block
+    logged = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    (step, eval_loss), = [(h["step"], h["eval_loss"]) for h in logged if "eval_loss" in h]
+    assert step == 4 and eval_loss == pytest.approx(saved["eval_loss"], abs=1e-5)
 
 
 def test_a_run_whose_save_writes_no_model_is_not_reported_with_an_earlier_one(tmp_path, monkeypatch):

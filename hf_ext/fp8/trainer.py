@@ -275,6 +275,14 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
         if _peft_fp8_buffers(target) and not load_fp8_state(target, checkpoint):
             logger.warning(f"{checkpoint} has no {FP8_STATE_FILE}: {consequence}.")
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # a multi-process evaluate() counts every evaluation row once (accelerate's padded repeats entered eval_loss)
+        from ..utils.evaluation import eval_rows_once_prediction_step
+
+        return eval_rows_once_prediction_step(
+            self, super().prediction_step, model, inputs, prediction_loss_only, ignore_keys
+        )
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if (
             self.lr_scheduler is not None

@@ -457,6 +457,14 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.load_mixture_state(resume_from_checkpoint)
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # a multi-process evaluate() counts every evaluation row once (accelerate's padded repeats entered eval_loss)
+        from ..utils.evaluation import eval_rows_once_prediction_step
+
+        return eval_rows_once_prediction_step(
+            self, super().prediction_step, model, inputs, prediction_loss_only, ignore_keys
+        )
+
     def load_mixture_state(self, checkpoint: str) -> None:
         """Restore the mixture state saved in `checkpoint` (done automatically by `train(resume_from_checkpoint=)`)."""
         loaded = MixtureState.load(checkpoint)

@@ -346,6 +346,14 @@ class WarmupFreeTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, T
             _refuse_optim(self.args)
             check_normalized_optimizer_arguments(self.args)
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # a multi-process evaluate() counts every evaluation row once (accelerate's padded repeats entered eval_loss)
+        from ..utils.evaluation import eval_rows_once_prediction_step
+
+        return eval_rows_once_prediction_step(
+            self, super().prediction_step, model, inputs, prediction_loss_only, ignore_keys
+        )
+
     def create_optimizer(self, model=None):
         if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
             self.optimizer = build_normalized_optimizer(self.model if model is None else model, self.args)

@@ -665,10 +665,14 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         n_train = sum(p.numel() for n, p in lp.named_parameters() if n in set(trainable))
         print(f"fine-tuning {len(trainable)} tensors ({n_train} parameters) of the paired layers; the rest is frozen")
         lp.train()
+        from ..utils.evaluation import EvalRowsOnceMixin
         from ..utils.resume import with_loss_window
 
+        class FinetuneTrainer(EvalRowsOnceMixin, Trainer):
+            """--eval_strategy: a multi-process evaluate() counts every evaluation block once, as one process does."""
+
         # its loss window is saved with each checkpoint: a resumed run logs the uninterrupted run's loss curve
-        trainer = with_loss_window(Trainer)(
+        trainer = with_loss_window(FinetuneTrainer)(
             model=lp,
             args=training_args,
             train_dataset=train_ds,

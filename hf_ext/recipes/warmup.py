@@ -465,9 +465,6 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
 
     from ..data import build_tokenizer, load_text_datasets, pack_dataset
     from ..optim.metrics import UpdateMetricsCallback
-    from ..utils.distributed import broadcast_object
-    from ..utils.evaluation import causal_lm_eval_loss
-
     arms = validate(recipe, args)
     resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)
     tokenizer = build_tokenizer(recipe.vocab_size)
@@ -507,15 +504,9 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
         )
         # a finished arm is restored, not trained a step past --max_steps
         train_or_restore_finished(trainer, resume[arm])
-        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # sharded weights: every rank takes part
-            eval_loss = trainer.evaluate()["eval_loss"]
-        else:
-            # on the main process, over every held-out block once: a distributed evaluate() pads the last rank's
-            # share with repeated blocks, which entered the mean (2 ranks differed from one process on odd counts)
-            eval_loss = None
-            if trainer.is_world_process_zero():
-                eval_loss = causal_lm_eval_loss(trainer.model, eval_ds, args.per_device_eval_batch_size)
-            eval_loss = broadcast_object(eval_loss)
+        # every held-out block once, whatever the number of processes (DDP, FSDP): WarmupFreeTrainer's evaluate()
+        # drops the repeats accelerate pads the last rank's share with (hf_ext.utils.evaluation.EvalRowsOnceMixin)
+        eval_loss = trainer.evaluate()["eval_loss"]
         results[arm] = {
             "eval_loss": eval_loss,
             "optimizer": arm_args.normalized_optimizer,

@@ -2,7 +2,7 @@
 
 from .auto_registration import register_auto_model_lazily
 from .distributed import rank_fingerprints, shutdown_distributed, world_size
-from .evaluation import causal_lm_eval_loss
+from .evaluation import EvalRowsOnceMixin, causal_lm_eval_loss
 from .io import (
     atomic_open,
     atomic_savefig,
@@ -17,6 +17,7 @@ from .quiet import silence_known_import_noise
 from .resume import last_complete_checkpoint, normalize_resume_argv, resolve_resume_checkpoint
 
 __all__ = [
+    "EvalRowsOnceMixin",
     "atomic_open",
     "atomic_savefig",
     "atomic_write_json",

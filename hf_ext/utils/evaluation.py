@@ -1,4 +1,5 @@
-"""Evaluation shared by recipes: next-token loss of a causal LM on packed blocks, and keeping a model's train mode."""
+"""Evaluation shared by recipes: next-token loss of a causal LM on packed blocks, keeping a model's train mode, and a
+multi-process `Trainer.evaluate()` whose loss counts every evaluation row once ([`EvalRowsOnceMixin`])."""
 
 from __future__ import annotations
 
@@ -95,3 +96,70 @@ def _right_padded(batch, label_key: str, torch):
         target[i, :n] = torch.as_tensor(lab, dtype=torch.long)
     target[mask == 0] = -100
     return ids, mask, target
+
+
+def _rows_kept_by_gather(trainer, inputs):
+    """On the last evaluation batch of a multi-process run: a bool mask of this rank's rows that
+    `accelerator.gather_for_metrics` keeps (the rest are the repeats accelerate pads the last batch with so that every
+    rank gets a full batch); `None` on every rank where every row counts (one process, an earlier batch, no
+    padding). A collective on the last batch: every rank calls it."""
+    import torch
+    from transformers.trainer_pt_utils import find_batch_size
+
+    accelerator = trainer.accelerator
+    if accelerator.num_processes < 2 or not accelerator.gradient_state.end_of_dataloader:
+        return None
+    rows = find_batch_size(inputs)
+    if rows is None:
+        return None
+    # this batch's global positions (ranks' batches are equally long here: accelerate evens them out), gathered as the
+    # Trainer gathers the losses; the positions that survive are the real rows
+    positions = torch.arange(rows, device=trainer.args.device) + accelerator.process_index * rows
+    kept = accelerator.gather_for_metrics(positions)
+    if kept.numel() == rows * accelerator.num_processes:
+        return None
+    # the same decision on every rank (a rank whose rows are all real takes the same path as the others)
+    return torch.isin(positions, kept.to(positions.device)).cpu()
+
+
+def eval_rows_once_prediction_step(trainer, prediction_step, model, inputs, prediction_loss_only, ignore_keys=None):
+    """`Trainer.prediction_step` whose loss, on the last batch of a multi-process evaluation, is the mean loss of this
+    rank's real rows only. `prediction_step` is the Trainer's own (`super().prediction_step`).
+
+    transformers repeats each batch's loss `eval_batch_size` times and `gather_for_metrics` keeps the first entries of
+    the last gathered batch, as many as it has real rows; accelerate fills the last batch of the ranks with repeated
+    rows, whose losses stayed in the mean on the real rows' entries, so `eval_loss` depended on the number of
+    processes. With the loss of the real rows (the model's own loss, `compute_loss` over those rows alone, not scaled
+    by the other ranks' token counts), the kept entries are exactly the one-process evaluation's: every rank evaluates
+    the batches one process does (the evaluation sampler is sequential) and each row counts once. A rank without real
+    rows still runs its forward pass (FSDP and DeepSpeed ZeRO-3 gather weights in it); the gather drops its loss.
+    Logits and labels (for `compute_metrics`) come from the whole batch, which the gather truncates itself.
+    """
+    import torch
+
+    keep = _rows_kept_by_gather(trainer, inputs)
+    labels_in = all(inputs.get(name) is not None for name in trainer.label_names) if trainer.label_names else False
+    if keep is None or not labels_in:
+        return prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+    rows = len(keep)
+    real = inputs
+    if bool(keep.any()):
+        real = {k: v[keep.to(v.device)] if hasattr(v, "shape") and v.ndim and v.shape[0] == rows else v
+                for k, v in inputs.items()}  # fmt: skip
+    real = trainer._prepare_inputs(real)
+    with torch.no_grad(), trainer.compute_loss_context_manager():
+        loss = trainer.compute_loss(model, real).detach().mean()
+    logits = labels = None
+    if not prediction_loss_only:
+        _, logits, labels = prediction_step(model, inputs, False, ignore_keys=ignore_keys)
+    return loss, logits, labels
+
+
+class EvalRowsOnceMixin:
+    """`Trainer` mixin: a multi-process `evaluate()` (DDP, FSDP) reports the one-process `eval_loss`, counting every
+    evaluation row once (see [`eval_rows_once_prediction_step`]). Put it before `Trainer` in the bases."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        return eval_rows_once_prediction_step(
+            self, super().prediction_step, model, inputs, prediction_loss_only, ignore_keys
+        )

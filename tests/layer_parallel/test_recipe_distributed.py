@@ -19,7 +19,8 @@ def test_two_ranks_sweep_once_and_save_one_model(tmp_path, repo_root, free_port,
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
         os.path.join(repo_root, "scripts", "layer_parallel.py"), *recipe_tiny, "--output_dir", str(out),
         "--pretrain_steps", "8", "--max_steps", "4", "--pair_counts", "1,2", "--max_ppl_increase", "100",
-        "--logging_steps", "1",
+        "--logging_steps", "1", "--max_eval_blocks", "5", "--per_device_eval_batch_size", "2", "--eval_strategy",
+        "steps", "--eval_steps", "4",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root, "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
@@ -31,3 +32,7 @@ def test_two_ranks_sweep_once_and_save_one_model(tmp_path, repo_root, free_port,
     assert results["chosen"]["pairs"] == 2 and results["reload_matches"]
     assert len(results["finetune_loss_curve"]) == 4  # 4 data-parallel steps
     assert (out / "layer_parallel_model" / "config.json").exists() and (out / "sweep.md").exists()
+    # 5 evaluation blocks at eval batch 2: the fine-tuning's evaluate() on 2 ranks counted accelerate's padded repeat
+    # of a block (6e-3 off); its last point is the final weights' loss, which the main process evaluates once per block
+    (step, curve_loss), = results["finetune_eval_loss_curve"]
+    assert step == 4 and curve_loss == pytest.approx(results["finetuned_eval"]["loss"], abs=1e-5)
