@@ -140,6 +140,8 @@ class MetadataArguments:
     )
 
     def __post_init__(self):
+        # whether --template was left to its layout default (a resume without a run record warns about that default)
+        self.template_defaulted = self.template is None
         if self.template is None:  # not given: the layout's own metadata (MeCo conditions on the URL's host)
             self.template = "url_host" if self.layout == "meco" else "url"
 
@@ -713,6 +715,88 @@ def _check_resume(training_args, run_baseline: bool = True) -> None:
     check_checkpoint_folders(value, runs, training_args.max_steps, checkpoints=[checkpoint, *others])
 
 
+#: The file of the arguments that shape a run's training data and its evaluation/guidance prompts (written in
+#: --output_dir by a fresh run, compared on resume by `_check_run_data`).
+RUN_DATA_FILE = "metadata_run_data.json"
+#: MetadataArguments that shape the metadata of every training row, evaluation row and prompt (the template as
+#: resolved: `--layout meco` without `--template` means url_host since 2026-12-04, url before).
+RUN_META_FLAGS = (
+    "template", "template_column", "template_format", "layout", "max_metadata_tokens", "metadata_dropout",
+    "cooldown_fraction", "document_attention",
+)  # fmt: skip
+#: MetadataDataArguments that pick the documents, the tokenizer, the rows and the held-out documents of the curve.
+RUN_DATA_FLAGS = (
+    "dataset", "dataset_name", "dataset_config_name", "train_file", "validation_file", "validation_split_seed",
+    "text_column", "block_size", "vocab_size", "tokenizer_name", "max_eval_docs", "synthetic_docs",
+)  # fmt: skip
+
+
+def _run_data(data_args, meta_args, training_args) -> dict:
+    """The resolved arguments a resume must keep: the metadata flags, the data flags, and --seed (metadata dropout
+    draws, the synthetic corpus and its split)."""
+    return {
+        **{name: getattr(meta_args, name) for name in RUN_META_FLAGS},
+        **{name: getattr(data_args, name) for name in RUN_DATA_FLAGS},
+        "seed": training_args.seed,
+    }
+
+
+def _flag_value(value) -> str:
+    """`value` as it is written on the command line."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _check_run_data(data_args, meta_args, training_args) -> None:
+    """On resume, before any work: the interrupted run's recorded data- and metadata-shaping arguments (written by its
+    fresh start, see `RUN_DATA_FILE`) must be this run's; a difference is refused by flag name. A run without the
+    record (started before hf_ext wrote it) resumes with a warning."""
+    path = os.path.join(training_args.output_dir, RUN_DATA_FILE)
+    if not os.path.isfile(path):
+        note = ""
+        if meta_args.layout == "meco" and getattr(meta_args, "template_defaulted", False):
+            note = (
+                " In particular --layout meco without --template now trains on the url_host template (the URL's host); "
+                "runs started before 2026-12-04 used url (the full URL): pass --template url to continue such a run."
+            )
+        logger.warning(
+            "--resume_from_checkpoint: %s has no %s (the interrupted run started before hf_ext recorded it), so "
+            "--template, --layout, --max_metadata_tokens and the other metadata and data flags are resumed unchecked; "
+            "make sure they are the interrupted run's (the resolved template here: %s).%s",
+            training_args.output_dir,
+            RUN_DATA_FILE,
+            meta_args.template,
+            note,
+        )
+        return
+    try:
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"--resume_from_checkpoint: {path} (the interrupted run's data and metadata flags) cannot be read ({err}); "
+            "restore it, or start afresh in another --output_dir."
+        ) from err
+    now = _run_data(data_args, meta_args, training_args)
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        diffs = "; ".join(
+            f"--{k} {_flag_value(now[k])} (the interrupted run used {_flag_value(saved[k])})" for k in changed
+        )
+        fix = " ".join(f"--{k} {_flag_value(saved[k])}" for k in changed)
+        raise ValueError(
+            f"--resume_from_checkpoint: this run differs from the interrupted run in {training_args.output_dir!r}: "
+            f"{diffs}. Its checkpoints were trained on the data and metadata those flags shape; the remaining steps, "
+            f"the evaluation and the guided generation would use other ones. Resume with {fix}, or start afresh in "
+            "another --output_dir."
+        )
+
+
 def run(model_args, data_args, meta_args, training_args) -> dict:
     """Train the URL-conditioned model (and the baseline), evaluate, generate; results also in `metadata_results.json`.
 
@@ -735,6 +819,8 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
 
     validate_args(model_args, data_args, meta_args, training_args)
     _check_resume(training_args, meta_args.run_baseline)
+    if training_args.resume_from_checkpoint:  # the data and metadata of the run it continues
+        _check_run_data(data_args, meta_args, training_args)
     train, eval_ds, domain_vocab = load_documents(data_args, training_args.seed)
     template = _template(meta_args)
     for split_name, split in (("train", train), ("eval", eval_ds)):
@@ -764,6 +850,12 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         from ._common import clear_previous_results
 
         clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
+        if not training_args.resume_from_checkpoint:  # what a resume of this run must keep (see _check_run_data)
+            from ..utils.io import atomic_write_json
+
+            atomic_write_json(
+                os.path.join(training_args.output_dir, RUN_DATA_FILE), _run_data(data_args, meta_args, training_args)
+            )
 
     eval_docs = [dict(r) for r in eval_ds.select(range(min(len(eval_ds), data_args.max_eval_docs)))]
     main = is_main_process()  # training is data-parallel on every rank; the rest is the main process's

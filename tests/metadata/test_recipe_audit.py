@@ -144,7 +144,8 @@ def test_a_rerun_that_stops_early_leaves_no_older_results(tmp_path, monkeypatch)
     monkeypatch.setattr(metadata_pretrain, "_train_one", killed)
     with pytest.raises(KeyboardInterrupt):
         metadata_pretrain.main([*TINY, "--max_steps", "4", "--output_dir", str(out)])
-    assert sorted(os.listdir(out)) == ["notes.txt"]
+    # the older results are gone; the fresh run recorded its arguments (what a resume of it must keep)
+    assert sorted(os.listdir(out)) == ["metadata_run_data.json", "notes.txt"]
 
 
 @pytest.mark.parametrize(
