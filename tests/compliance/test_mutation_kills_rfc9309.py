@@ -5,6 +5,7 @@ import pytest
 
 from hf_ext.compliance.conformance import CASES, ENGINES, Case, conformance_table, run_conformance
 from hf_ext.compliance.rfc9309 import MAX_LINE_BYTES, MAX_ROBOTS_BYTES, RobotsTxt, remove_dot_segments
+from hf_ext.compliance.robots import RobotsCompliance
 
 U = "http://example.com"
 
@@ -135,3 +136,31 @@ def test_protego_engine_decodes_a_bytes_body_as_utf8():
 def test_run_conformance_refuses_an_unknown_engine():
     with pytest.raises(ValueError, match="unknown engines"):
         run_conformance(["hf_ext", "nosuch"], cases=CASES[:1])
+
+
+_INDEX_ALLOW = "User-agent: *\nDisallow: /private/\nAllow: /private/index.html\n"
+_INDEX_ALLOW_CASES = [
+    ("/private/", True),  # the reference parser's added `Allow: /private/$`
+    ("/private/index.html", True),
+    ("/private/secret.html", False),
+    ("/private/x/y", False),
+    ("/private", True),  # not under the disallowed folder
+]
+
+
+@pytest.mark.parametrize("path, expected", _INDEX_ALLOW_CASES)
+def test_index_html_allow_opens_the_folder_itself_only(path, expected):
+    """`Allow: /d/index.html` also allows `/d/` -- exactly `/d/` (Google's parser adds `/d/$`). Without the `$` the
+    added Allow `/d/` ties with `Disallow: /d/` and wins the tie: every page of the opted-out folder was allowed."""
+    assert RobotsTxt.parse(_INDEX_ALLOW).allowed(f"{U}{path}", "CCBot") is expected
+    assert _google(_INDEX_ALLOW, "CCBot", f"{U}{path}") is expected
+
+
+def test_index_html_allow_keeps_the_rest_of_the_folder_out_on_the_default_backend():
+    """The same robots.txt through `RobotsCompliance` (default `rfc9309` backend): only the folder's own page and its
+    index stay in, every other page under it is non-compliant."""
+    checker = RobotsCompliance({"example.com": _INDEX_ALLOW}, user_agents=["CCBot"])
+    assert checker.backend == "rfc9309"
+    urls = [f"{U}{path}" for path, _ in _INDEX_ALLOW_CASES]
+    assert checker.is_compliant_batch(urls) == [expected for _, expected in _INDEX_ALLOW_CASES]
+    assert checker.disallowed_agents(f"{U}/private/secret.html") == ("CCBot",)
