@@ -309,3 +309,52 @@ def test_grape_ema_domain_step_aims_at_the_log_loss_target_gradient(synthetic, g
     expected = _softmax([math.log(a) + args.domain_step_size * d for a, d in zip(st.domain_weights.tolist(), dots)])
     trainer._domain_step({})
     torch.testing.assert_close(st.domain_weights, _f64(expected), rtol=1e-5, atol=1e-7)
+
+
+_EMPTY_STREAM_CHILD = """
+import torch
+from datasets import Dataset
+from hf_ext.grape import MixtureState, StreamingMixture
+
+empties = {
+    "list": lambda: [],
+    # a domain whose every row a filter removed: an iterable dataset that yields nothing
+    "filtered_iterable_dataset": lambda: Dataset.from_dict({"x": [1, 2, 3]}).to_iterable_dataset().filter(
+        lambda row: False
+    ),
+}
+for kind, empty in empties.items():
+    state = MixtureState(["a", "b"], [], torch.tensor([0.5, 0.5]), torch.zeros(0))
+    streams = {"a": Dataset.from_dict({"x": [1, 2]}).to_iterable_dataset(), "b": empty()}
+    it = iter(StreamingMixture(streams, state, seed=0))
+    try:
+        for _ in range(200):  # P(no draw of 'b' in 200 fair draws) = 2**-200
+            next(it)
+        print(kind, "no error", flush=True)
+    except ValueError as err:
+        print(kind, "ValueError:", err, flush=True)
+"""
+
+
+def test_streaming_mixture_refuses_an_empty_domain_stream(repo_root):
+    """An empty domain stream (a list, or a dataset a filter emptied) is refused by name at the first draw of that
+    domain; without the check the interleaving restarts the empty stream forever and the training hangs at 100% CPU
+    with no error. Run in a child process with a timeout: the regression loops in a `datasets` worker thread that
+    nothing can stop, and a hung process is a failure here, not a stuck test session."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", _EMPTY_STREAM_CHILD], capture_output=True, text=True, timeout=120, env=env
+        )
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(
+            f"StreamingMixture with an empty domain stream did not raise within {err.timeout:.0f} s (it hangs)."
+        )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.splitlines() == [
+        f"{kind} ValueError: the stream of domain 'b' is empty." for kind in ("list", "filtered_iterable_dataset")
+    ]
