@@ -94,6 +94,37 @@ def test_solve_cubic_lanczos_at_zero_gradient_finds_negative_curvature():
     assert abs(float(x[0])) == pytest.approx(4.0, abs=1e-6)
 
 
+def test_solve_cubic_lanczos_keeps_its_basis_orthogonal_on_an_ill_conditioned_problem():
+    """Lanczos with full re-orthogonalisation: on d = 400 with eigenvalues spread over 1e-3..1e3 (and one at -2), plain
+    Lanczos loses orthogonality as soon as a Ritz value converges (max|V V^T - I| about 0.9 at k = 120), the reduced
+    problem is wrong and the step misses the minimiser. With it, the basis stays orthonormal to rounding and the
+    Krylov step at k = 120 reaches the dense exact solver's model value."""
+    from hf_ext.optim.cubic_newton import _lanczos
+
+    gen = torch.Generator().manual_seed(0)
+    d, M = 400, 1.0
+    Q, _ = torch.linalg.qr(torch.randn(d, d, dtype=D64, generator=gen))
+    lam = torch.cat([torch.tensor([-2.0, 1e3, 5e2], dtype=D64), torch.logspace(-3, 1, d - 3, dtype=D64)])
+    H = Q @ torch.diag(lam) @ Q.T
+    g = torch.randn(d, dtype=D64, generator=gen)
+
+    def hvp(v):
+        return H @ v
+
+    h_exact = solve_cubic_exact(g, H, M)
+    exact = cubic_model_value(g, H @ h_exact, h_exact, M)
+    h, calls = solve_cubic_lanczos(g, hvp, M, krylov_dim=120)
+    assert calls == 120
+    assert cubic_model_value(g, H @ h, h, M) == pytest.approx(exact, rel=1e-8)
+    assert float((h - h_exact).norm()) < 1e-6 * float(h_exact.norm())
+    for k in (20, 120):
+        V, T, calls = _lanczos(hvp, g, k, 1e-10)
+        assert V.shape == (k, d) and calls == k
+        loss_of_orthogonality = float((V @ V.T - torch.eye(k, dtype=D64)).abs().max())
+        assert loss_of_orthogonality < 1e-10, (k, loss_of_orthogonality)
+        torch.testing.assert_close(T, V @ H @ V.T, rtol=0, atol=1e-8)  # the tridiagonal is H's projection
+
+
 def test_rebuild_window_without_recorded_samples_returns_zero_and_the_next_step_warns():
     """A `hessian="window"` state whose steps were taken with `step(closure)` holds no samples. `rebuild_window`
     must then rebuild nothing (return 0, never call `make_loss`) and leave the next step to warn and refill the
