@@ -89,3 +89,26 @@ def test_per_prompt_path_pads_finished_continuations_with_the_callers_pad_token_
     assert out.shape[1] > width + 1  # the other prompt ran on: row 0 is right-padded
     assert int(out[0, width]) == first
     assert out[0, width + 1 :].tolist() == [pad] * (out.shape[1] - width - 1)
+
+
+def test_keyword_settings_override_a_passed_generation_config(ctx_tokenizer):
+    """Settings resolve as `generate()` resolves them: keyword arguments, then a passed `generation_config`, then the
+    model's own. With `GenerationConfig(num_beams=2)` overridden by `num_beams=1`, generate() runs greedy, so guidance
+    must run (and give the kwargs-only result) instead of refusing beam search; the other way round
+    (`GenerationConfig(num_beams=1)`, `num_beams=2` passed) must be refused, not run beam search under guidance.
+    Read the config first, the guard saw the wrong value both times."""
+    tok = ctx_tokenizer
+    model = tiny_llama(len(tok), seed=0).eval()
+    prompts, meta = ["the", "a b"], ["a.org", "b.org"]
+    common = dict(guidance_scale=2.0, do_sample=False, return_text=False)
+    ref = generate_with_metadata_guidance(model, tok, prompts, meta, max_new_tokens=3, num_beams=1, **common)
+    out = generate_with_metadata_guidance(
+        model, tok, prompts, meta, generation_config=GenerationConfig(num_beams=2, max_new_tokens=3), num_beams=1,
+        **common,
+    )  # fmt: skip
+    assert torch.equal(out, ref)
+    with pytest.raises(ValueError, match="num_beams > 1"):
+        generate_with_metadata_guidance(
+            model, tok, prompts, meta, generation_config=GenerationConfig(num_beams=1, max_new_tokens=3), num_beams=2,
+            **common,
+        )  # fmt: skip
