@@ -52,6 +52,20 @@ def test_cubic_newton_max_step_norm_caps_only_steps_longer_than_the_cap():
     torch.testing.assert_close(loose, free, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("fraction", [0.7, 0.99])
+def test_cubic_newton_max_step_norm_binds_just_below_the_free_step(fraction):
+    """A cap a little below the free step's length is binding too: the step is shortened to exactly the cap. A
+    comparison against a multiple of the cap (`n > 2 * cap`) left every step between the cap and twice the cap
+    unchanged, so the documented bound on the step length did not hold (0.86 for a cap of 0.6)."""
+    free, _ = _quadratic_step(None)
+    free_norm = float(free.norm())
+    cap = fraction * free_norm
+    capped, opt = _quadratic_step(cap)
+    assert opt.last_stats.step_norm == pytest.approx(cap, rel=1e-12)
+    assert float(capped.norm()) == pytest.approx(cap, rel=1e-12)
+    torch.testing.assert_close(capped, free * fraction, rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize("d", [5, 20])
 def test_solve_cubic_gd_finds_the_minimiser_in_the_exact_hard_case(d):
     """Exact hard case: `g` has no component on the eigenvector of the most negative eigenvalue (-8). Gradient
