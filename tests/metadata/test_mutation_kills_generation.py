@@ -112,3 +112,43 @@ def test_keyword_settings_override_a_passed_generation_config(ctx_tokenizer):
             model, tok, prompts, meta, generation_config=GenerationConfig(num_beams=1, max_new_tokens=3), num_beams=2,
             **common,
         )  # fmt: skip
+
+
+def test_per_prompt_path_is_taken_when_only_the_unconditional_prompts_are_padded(ctx_tokenizer):
+    """GPT-2 (learned absolute positions): what decides the per-prompt path is padding of the *unconditional* prompts,
+    which transformers runs without position_ids. Here the metadata makes the conditional prompts equally long while
+    the unconditional ones (empty context) differ: the guided texts must still equal a manual CFG loop on the
+    unpadded prompts. Keyed on the conditional mask, the batch was generated as one and the short prompt's
+    unconditional branch was read from shifted positions (silently different text)."""
+    from transformers import GPT2Config
+
+    from hf_ext.metadata import CONTEXT_BEGIN, CONTEXT_END
+
+    from .test_generation import manual_cfg_greedy
+
+    tok = ctx_tokenizer
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=256, initializer_range=0.3,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(cfg).eval()
+    prompts, scale, steps = ["a", "alpha beta gamma"], 3.0, 8
+    for k in range(1, 60):  # metadata that makes both conditional prompts the same length
+        meta = ["https://" + "x" * k + ".org", "https://a.org"]
+        inputs = build_guidance_inputs(tok, prompts, meta)
+        if not (inputs["attention_mask"] == 0).any():
+            break
+    assert not (inputs["attention_mask"] == 0).any()  # conditional prompts: no padding
+    assert (inputs["negative_prompt_attention_mask"] == 0).any()  # unconditional prompts: padded
+    texts = generate_with_metadata_guidance(
+        model, tok, prompts, meta, guidance_scale=scale, max_new_tokens=steps, do_sample=False
+    )
+    blocked = [tok.bos_token_id, *tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])]
+    for i, text in enumerate(texts):
+        cond = inputs["input_ids"][i][inputs["attention_mask"][i] == 1].tolist()
+        uncond = inputs["negative_prompt_ids"][i][inputs["negative_prompt_attention_mask"][i] == 1].tolist()
+        tokens = manual_cfg_greedy(model, cond, uncond, scale, steps, blocked)
+        if tok.eos_token_id in tokens:
+            tokens = tokens[: tokens.index(tok.eos_token_id) + 1]
+        assert text == tok.decode(tokens, skip_special_tokens=True), i
