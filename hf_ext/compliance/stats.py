@@ -78,12 +78,17 @@ _INT_DTYPES = frozenset(f"{u}int{b}" for u in ("", "u") for b in (8, 16, 32, 64)
 def _check_column_types(dataset, compliant_column: str, token_column: str | None, agents_column: str | None) -> None:
     """The columns read as they are must hold what they are read as: a bool `compliant_column` (a list or string
     column would be read by truthiness: every document kept), non-negative integer `token_column` counts, and a
-    list-of-strings `agents_column` (a string column would be counted per character)."""
+    list-of-strings `agents_column` (a string column would be counted per character). An empty dataset may hold null-
+    typed columns (`Dataset.from_dict` of empty lists): it has nothing to misread, so they pass."""
     import datasets
 
     features = dataset.features
+
+    def null(feature) -> bool:
+        return len(dataset) == 0 and isinstance(feature, datasets.Value) and feature.dtype == "null"
+
     feature = features[compliant_column]
-    if not (isinstance(feature, datasets.Value) and feature.dtype == "bool"):
+    if not (isinstance(feature, datasets.Value) and feature.dtype == "bool") and not null(feature):
         raise TypeError(
             f"compliant_column={compliant_column!r} holds {feature!r}, not bool; pass the boolean column that "
             "annotate_compliance adds (robots_compliant), or cast it, e.g. dataset.cast_column(name, "
@@ -91,7 +96,7 @@ def _check_column_types(dataset, compliant_column: str, token_column: str | None
         )
     if token_column is not None:
         feature = features[token_column]
-        if not (isinstance(feature, datasets.Value) and feature.dtype in _INT_DTYPES):
+        if not (isinstance(feature, datasets.Value) and feature.dtype in _INT_DTYPES) and not null(feature):
             raise TypeError(
                 f"token_column={token_column!r} holds {feature!r}, not integer token counts; pass a column of "
                 "non-negative ints (or tokenizer= to count them)."
@@ -107,7 +112,7 @@ def _check_column_types(dataset, compliant_column: str, token_column: str | None
     if agents_column and agents_column in dataset.column_names:
         feature = features[agents_column]
         inner = getattr(feature, "feature", None)
-        if not (
+        if not null(feature) and not (
             isinstance(feature, datasets.List | datasets.LargeList)
             and isinstance(inner, datasets.Value)
             and inner.dtype in ("string", "large_string", "null")

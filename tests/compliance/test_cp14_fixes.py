@@ -304,3 +304,19 @@ def test_a_rerun_does_not_leave_the_earlier_compliant_dataset_looking_current(tm
     kept = result["overall"]["docs"] - result["overall"]["docs_removed"]
     assert len(datasets.load_from_disk(os.path.join(out, "compliant_dataset"))) == kept != first
     assert not os.path.exists(os.path.join(out, "compliant_dataset.previous"))
+
+
+def test_retention_stats_of_an_empty_dataset_with_null_typed_columns():
+    """`Dataset.from_dict` of empty lists types every column null: nothing to misread, so the type checks let it pass
+    (they refused it, where the stats of an empty dataset were computed before); rows of a null column are refused."""
+    from datasets import Dataset
+
+    empty = Dataset.from_dict({"url": [], "robots_compliant": [], "num_tokens": [], "disallowed_user_agents": []})
+    stats = compute_retention_stats(empty, token_column="num_tokens")
+    assert stats.overall["docs"] == 0 and stats.per_domain == []
+    with pytest.raises(TypeError, match="compliant_column"):
+        compute_retention_stats(
+            Dataset.from_dict({"url": ["https://a.com/"], "robots_compliant": [None], "num_tokens": [3]}),
+            token_column="num_tokens",
+            agents_column=None,
+        )
