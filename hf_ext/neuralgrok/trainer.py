@@ -221,7 +221,36 @@ class NeuralGrokConfig(TrainingArguments):
 
 
 
-def resume_option_mismatches(info: dict, meta_state: dict | None, args, amplifier_c: float | None = None) -> list:
+def transform_options(args, transform=None) -> dict:
+    """The options of the gradient transform that live only on its wrapper (attributes, in no state dict): the
+    amplifier's clip norm (neuralgrok, normalize), the outer period T (neuralgrok) and the Grokfast filter's alpha,
+    lambda, window and warmup. Read from `transform` (the run's wrapper) where given, else as `args` builds it; recorded
+    in each checkpoint's `neuralgrok_state.json` and compared on resume ([`resume_option_mismatches`])."""
+    kind = args.gradient_transform
+    out = {}
+    if kind in CLIPPING_TRANSFORMS:
+        clip = getattr(transform, "clip_norm", None) if transform is not None else (args.amplifier_clip_norm or None)
+        out["amplifier_clip_norm"] = float(clip or 0.0)
+    if kind == "neuralgrok":
+        out["outer_every"] = int(args.outer_every)
+    if kind in ("grokfast_ema", "grokfast_ma"):
+        if transform is not None and hasattr(transform, "lamb"):
+            alpha, lamb, window, warmup = transform.alpha, transform.lamb, transform.window, transform.warmup
+        else:
+            default_lamb = 2.0 if kind == "grokfast_ema" else 5.0
+            lamb = args.grokfast_lamb if args.grokfast_lamb is not None else default_lamb
+            alpha, window, warmup = args.grokfast_alpha, args.grokfast_window, args.grokfast_warmup
+        out["grokfast_lamb"] = float(lamb)
+        if kind == "grokfast_ema":
+            out["grokfast_alpha"] = float(alpha)
+        else:
+            out.update(grokfast_window=int(window), grokfast_warmup=bool(warmup))
+    return out
+
+
+def resume_option_mismatches(
+    info: dict, meta_state: dict | None, args, amplifier_c: float | None = None, options: dict | None = None
+) -> list:
     """Options of `args` that a resume from a `NeuralGrokTrainer` checkpoint would not apply, as
     `(option, checkpoint's value, args' value)` triples (empty: none differ). The one comparison behind
     `NeuralGrokTrainer`'s resume and the neuralgrok recipe's check of `--resume_from_checkpoint`.
@@ -231,7 +260,10 @@ def resume_option_mismatches(info: dict, meta_state: dict | None, args, amplifie
       group (`meta_state`, the saved `state_dict()`; `gradient_transform="neuralgrok"`);
     - `amplifier_c` (neuralgrok, normalize) against `info`'s record: an attribute, not in any state dict, so a resume
       used to take the new value silently. `amplifier_c` overrides `args.amplifier_c` (a trainer given its own
-      amplifier uses that amplifier's `c`).
+      amplifier uses that amplifier's `c`);
+    - the wrapper's other options ([`transform_options`]: `amplifier_clip_norm`, `outer_every`, `grokfast_alpha`,
+      `grokfast_lamb`, `grokfast_window`, `grokfast_warmup`) against `info`'s record, likewise; `options` (the run's
+      own, from its wrapper) overrides the values `args` gives.
 
     Values a checkpoint does not record (older checkpoints) are not compared.
 
@@ -247,6 +279,8 @@ def resume_option_mismatches(info: dict, meta_state: dict | None, args, amplifie
             out.append((name, saved, new))
 
     compare("weight_decay", info.get("weight_decay"), args.weight_decay)
+    for name, value in (transform_options(args) if options is None else options).items():
+        compare(name, info.get(name), value)
     if args.gradient_transform in CLIPPING_TRANSFORMS:
         compare("amplifier_c", info.get("amplifier_c"), args.amplifier_c if amplifier_c is None else amplifier_c)
     groups = (meta_state or {}).get("param_groups") or []
@@ -667,6 +701,8 @@ class NeuralGrokTrainer(LossWindowResumeMixin, Trainer):
             # rows answered right and rows since the last log, over all ranks, for the first `train_accuracy` after
             # a resume
             "train_accuracy_counts": list(self._acc_window),
+            # options on the transform's wrapper only: compared on resume
+            **transform_options(self.args, self.transform_optimizer),
         }
         if self.amplifier is not None:
             save_file(
@@ -711,7 +747,13 @@ class NeuralGrokTrainer(LossWindowResumeMixin, Trainer):
         if self.amplifier is not None:
             meta_state = load_state(os.path.join(checkpoint, META_OPTIMIZER_PREFIX), device=self.args.device)
         # before anything is restored: the optimizers' param groups would bring the checkpoint's values back
-        changed = resume_option_mismatches(info, meta_state, self.args, self.amplifier.c if self.amplifier else None)
+        changed = resume_option_mismatches(
+            info,
+            meta_state,
+            self.args,
+            self.amplifier.c if self.amplifier else None,
+            transform_options(self.args, self.transform_optimizer),
+        )
         if changed:
             listed = "; ".join(f"{name}={saved!r} in the checkpoint, {new!r} now" for name, saved, new in changed)
             raise ValueError(

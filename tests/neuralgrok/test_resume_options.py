@@ -109,3 +109,33 @@ def test_resume_option_mismatches_skips_what_a_checkpoint_does_not_record(tmp_pa
     groups = [{"lr": 1e-4, "weight_decay": 1e-3, "betas": [0.9, 0.98]}]
     assert resume_option_mismatches({"weight_decay": 1e-3, "amplifier_c": 1.0}, {"param_groups": groups}, args) == []
     assert resume_option_mismatches({"amplifier_c": 1.0}, None, args, amplifier_c=3.0) == [("amplifier_c", 1.0, 3.0)]
+
+
+@pytest.mark.parametrize(
+    "transform, first, second, part",
+    [
+        ("neuralgrok", dict(amplifier_clip_norm=1.0), dict(amplifier_clip_norm=0.5), "amplifier_clip_norm=1.0 in the"),
+        ("neuralgrok", dict(outer_every=2), dict(outer_every=1), "outer_every=2 in the checkpoint, 1 now"),
+        ("normalize", dict(amplifier_clip_norm=0.0), dict(amplifier_clip_norm=2.0), "amplifier_clip_norm=0.0 in the"),
+        ("grokfast_ema", dict(grokfast_alpha=0.98), dict(grokfast_alpha=0.9), "grokfast_alpha=0.98 in the"),
+        ("grokfast_ema", {}, dict(grokfast_lamb=3.0), "grokfast_lamb=2.0 in the checkpoint, 3.0 now"),
+        ("grokfast_ma", dict(grokfast_window=4), dict(grokfast_window=3), "grokfast_window=4 in the checkpoint, 3"),
+        ("grokfast_ma", {}, dict(grokfast_warmup=False), "grokfast_warmup=True in the checkpoint, False now"),
+    ],
+)
+def test_options_on_the_transform_wrapper_are_recorded_and_compared(splits, tmp_path, transform, first, second, part):
+    """The clip norm, the outer period and the Grokfast filter's settings are attributes of the wrapper (in no state
+    dict): a resume took the new values silently, mid-run."""
+    _trainer(splits, tmp_path / "a", max_steps=2, gradient_transform=transform, **first).train()
+    with open(tmp_path / "a" / "checkpoint-2" / "neuralgrok_state.json") as fh:
+        info = json.load(fh)
+    name = part.split("=")[0]
+    assert name in info
+    with pytest.raises(ValueError, match=part):
+        _trainer(splits, tmp_path / "b", gradient_transform=transform, **second).train(
+            resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2")
+        )
+    # the same options resume
+    _trainer(splits, tmp_path / "c", max_steps=4, gradient_transform=transform, **first).train(
+        resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2")
+    )
