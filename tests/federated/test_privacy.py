@@ -536,7 +536,9 @@ def test_dp_trainer_draws_a_fresh_poisson_batch_every_step(tmp_path, small_token
     n, bs, steps = 20, 4, 200
     q = bs / n
     rows = _random_rows(n)
-    trainer = _recording_run(tmp_path, small_tokenizer, rows, bs, steps, learning_rate=1e-4, seed=5)
+    # A fixed sampling seed: the checks below are statistical, and with the default secret seed one run in a few
+    # hundred drew a mean batch size > 3 sigma from n * q (CI failed on 4.495 vs 4.0 +- 0.4). The bounds are ~5 sigma.
+    trainer = _recording_run(tmp_path, small_tokenizer, rows, bs, steps, learning_rate=1e-4, seed=5, dp_noise_seed=17)
     seen = trainer.seen
     assert len(seen) == steps and trainer.accountant.steps == steps
     per_epoch = round(1 / q)
@@ -546,8 +548,8 @@ def test_dp_trainer_draws_a_fresh_poisson_batch_every_step(tmp_path, small_token
     same_next_epoch = float((incl[per_epoch:] == incl[:-per_epoch]).double().mean())
     assert same_next_epoch < 0.8  # independent: 1 - 2q(1-q) = 0.68; a replay gives 1.0
     freq = incl.mean(0)
-    assert float((freq - q).abs().max()) < 0.1  # about q for every example (std 0.028)
-    assert float(incl.sum(1).mean()) == pytest.approx(n * q, rel=0.1)
+    assert float((freq - q).abs().max()) < 0.15  # about q for every example (std 0.028)
+    assert float(incl.sum(1).mean()) == pytest.approx(n * q, abs=0.65)  # std of the mean over 200 steps: 0.126
     assert float(incl.sum(1).var()) > 1.0  # Poisson: variable batch sizes (binomial variance 3.2)
 
 

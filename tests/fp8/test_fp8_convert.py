@@ -203,6 +203,7 @@ def test_te_backend_missing_or_cpu_is_a_clear_error():
 
 @pytest.mark.gpu
 def test_te_backend_converts_every_block_linear_on_gpu():
+    pytest.importorskip("transformer_engine.pytorch", reason="the te backend needs Transformer Engine")
     model = tiny_fog().cuda().to(torch.bfloat16)
     convert(model, "te")
     assert len(fp8_converted_modules(model)) == 12
@@ -310,6 +311,7 @@ def test_te_fp8_only_where_gemm_rows_allow():
 
 @pytest.mark.gpu
 def test_te_backend_generates_and_evaluates_with_odd_shapes_on_gpu():
+    pytest.importorskip("transformer_engine.pytorch", reason="the te backend needs Transformer Engine")
     model = tiny_fog().cuda().to(torch.bfloat16)
     convert(model, "te")
     model.eval()
