@@ -43,3 +43,37 @@ def test_gpu_check_wheels_folder_without_wheels_is_a_clear_error(tmp_path, repo_
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 2
     assert "holds no .whl files" in res.stderr and "gpu_wheels.sh" in res.stderr
+
+
+def test_gpu_check_stages_runs_only_the_named_stage_with_its_limit(tmp_path, repo_root):
+    """`--stages bench_layer_parallel --limit bench_layer_parallel=300`: one stage, its limit, a summary of it alone
+    (logs of an earlier full run in the same folder are not reported as this run's)."""
+    out = tmp_path / "gpu_check"
+    out.mkdir()
+    (out / "bench_fp8.log").write_text('{"model": "summary", "stale": true}\n')  # an earlier run's log
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
+    res = subprocess.run(
+        ["bash", os.path.join(repo_root, "scripts", "gpu_check.sh"), "--tiny", "--out", str(out),
+         "--stages", "bench_layer_parallel", "--limit", "bench_layer_parallel=300"],
+        capture_output=True, text=True, timeout=900, env=env, cwd=str(tmp_path),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(summary["stages"]) == {"bench_layer_parallel"} and summary["ok"] is True
+    assert summary["stages"]["bench_layer_parallel"]["limit_s"] == 300
+    assert summary["stages"]["bench_layer_parallel"]["rows"]
+
+
+def test_gpu_check_rejects_bad_stages_and_limits(repo_root):
+    script = os.path.join(repo_root, "scripts", "gpu_check.sh")
+    for args, message in (
+        (["--stages", "bench_fp9"], "unknown stage 'bench_fp9'"),
+        (["--stages", ","], "unknown stage ''"),
+        (["--limit", "bench_fp8=0"], "--limit 'bench_fp8=0'"),
+        (["--limit", "bench_fp8=ten"], "--limit 'bench_fp8=ten'"),
+        (["--limit", "tests=60"], "--limit 'tests=60'"),
+        (["--limit", "bench_fp8"], "--limit 'bench_fp8'"),
+    ):
+        res = subprocess.run(["bash", script, *args], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr)
+        assert "bad array subscript" not in res.stderr
