@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 
 from ..utils.checks import is_int
+from ..utils.evaluation import EvalRowsOnceMixin
 from ..utils.resume import LossWindowResumeMixin
 from .goldfish import GoldfishCollator
 from .privacy import (
@@ -115,7 +116,7 @@ class PrivateTrainingArguments(TrainingArguments):
             raise TypeError(f"--dp_noise_seed must be an integer or None (secret noise), got {self.dp_noise_seed!r}.")
 
 
-class PrivateTrainer(LossWindowResumeMixin, Trainer):
+class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     """A `Trainer` with Goldfish loss (via [`GoldfishCollator`]) and DP-SGD (per-sample clipping + Gaussian noise).
 
     With `args.dp_clip_norm` set, batches are drawn by Poisson sampling ([`PoissonBatchSampler`]: each example joins

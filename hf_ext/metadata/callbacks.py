@@ -11,6 +11,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length
 
 from ..utils.checks import is_real
+from ..utils.evaluation import EvalRowsOnceMixin
 from ..utils.resume import LossWindowResumeMixin
 from .collator import MetadataCollator
 
@@ -284,7 +285,7 @@ def _sum_over_ranks(count: int, args) -> int:
     return int(total.item())
 
 
-class MetadataTrainer(LossWindowResumeMixin, Trainer):
+class MetadataTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     """`Trainer` that writes each `MetadataCooldownCallback`'s `metadata_conditioning.json` as part of a checkpoint.
 
     Trainer writes a checkpoint's model first and its `trainer_state.json` last (the file that marks the checkpoint

@@ -18,6 +18,7 @@ from ..utils.checks import is_int as _is_int
 from ..utils.checks import is_real as _is_real
 from ..utils.checks import refuse_optimizer_flags
 from ..utils.distributed import is_dtensor
+from ..utils.evaluation import EvalRowsOnceMixin
 from ..utils.io import atomic_write_json
 from ..utils.resume import LossWindowResumeMixin
 from .amplifier import NeuralAmplifier, amplifier_outer_step
@@ -327,7 +328,7 @@ def _keep_last_batch(args):
         args.dataloader_drop_last = drop
 
 
-class NeuralGrokTrainer(LossWindowResumeMixin, Trainer):
+class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     r"""
     [`Trainer`] whose optimizer step transforms the gradient first, once per optimizer step (never per
     micro-batch): NeuralGrok's learned amplifier (then a global clip), a Grokfast EMA/MA filter, or nothing.

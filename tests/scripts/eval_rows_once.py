@@ -13,7 +13,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from grape_synthetic import markov_sequences, quick_grape_args, synthetic_mixture, tiny_llama  # noqa: E402
 
 ROWS, EVAL_BATCH = 5, 2
-CASES = ("plain_trainer", "mixin_trainer", "mixin_trainer_with_metrics", "fp8_trainer", "grape_trainer", "warmup_trainer")
+CASES = (
+    "plain_trainer",
+    "mixin_trainer",
+    "mixin_trainer_with_metrics",
+    "fp8_trainer",
+    "grape_trainer",
+    "warmup_trainer",
+    "neuralgrok_trainer",
+    "metadata_trainer",
+    "private_trainer",
+)
 
 
 def _eval_dataset():
@@ -49,6 +59,18 @@ def _trainer(case: str, out: str):
         return WarmupFreeTrainer(args=WarmupFreeTrainingArguments(weight_decay=0.1, **common), **kwargs)
     if case == "fp8_trainer":
         return Fp8Trainer(args=TrainingArguments(**common), **kwargs)
+    if case == "neuralgrok_trainer":  # the amplifier on: the evaluation rows double as its outer set
+        from hf_ext.neuralgrok import NeuralGrokConfig, NeuralGrokTrainer
+
+        return NeuralGrokTrainer(args=NeuralGrokConfig(**common), outer_dataset=eval_ds, **kwargs)
+    if case == "metadata_trainer":
+        from hf_ext.metadata import MetadataTrainer
+
+        return MetadataTrainer(args=TrainingArguments(**common), **kwargs)
+    if case == "private_trainer":
+        from hf_ext.federated import PrivateTrainer, PrivateTrainingArguments
+
+        return PrivateTrainer(args=PrivateTrainingArguments(**common), **kwargs)
     if case == "mixin_trainer_with_metrics":  # logits and labels gathered for compute_metrics
         return MixinTrainer(args=TrainingArguments(**common), compute_metrics=lambda p: {"rows": len(p.label_ids)},
                             **kwargs)  # fmt: skip
