@@ -233,8 +233,8 @@ class FogConfig(PreTrainedConfig):
         Args:
             swiglu_intermediate_size (`int`, *optional*):
                 MLP width a SwiGLU model of the same size would use. An ungated MLP (xIELU, GeLU) then gets 1.5x this
-                width (rounded to a multiple of 16) so that both recipes have the same parameter count. Ignored when
-                `intermediate_size` is passed.
+                width (rounded to a multiple of 16) so that both recipes have the same parameter count. A positive
+                integer (a `ValueError` otherwise); ignored when `intermediate_size` is passed.
             kwargs: Any other [`FogConfig`] field.
         """
         values = dict(
@@ -249,6 +249,7 @@ class FogConfig(PreTrainedConfig):
             hidden_act="xielu",
         )
         values.update(kwargs)
+        _check_swiglu_width("fog", swiglu_intermediate_size)
         if swiglu_intermediate_size is not None and "intermediate_size" not in kwargs:
             gated = values["hidden_act"] in GATED_ACTIVATIONS
             values["intermediate_size"] = (
@@ -261,7 +262,8 @@ class FogConfig(PreTrainedConfig):
         """The Llama-3-style baseline built from the same class: pre-norm RMSNorm, SwiGLU, final norm, 1/sqrt(d) scale.
 
         Args:
-            swiglu_intermediate_size (`int`, *optional*): SwiGLU MLP width (same as `intermediate_size`).
+            swiglu_intermediate_size (`int`, *optional*): SwiGLU MLP width (same as `intermediate_size`), a positive
+                integer.
             kwargs: Any other [`FogConfig`] field.
         """
         values = dict(
@@ -276,6 +278,7 @@ class FogConfig(PreTrainedConfig):
             hidden_act="swiglu",
         )
         values.update(kwargs)
+        _check_swiglu_width("llama_baseline", swiglu_intermediate_size)
         if swiglu_intermediate_size is not None and "intermediate_size" not in kwargs:
             values["intermediate_size"] = swiglu_intermediate_size
         return cls(**values)
@@ -291,6 +294,16 @@ _FLOAT32_MAX = 3.4028234663852886e38
 
 def _is_real(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_swiglu_width(recipe: str, value) -> None:
+    """`swiglu_intermediate_size` is checked itself, before `fog` turns it into a 1.5x ungated width (a float, a bool
+    or a string would otherwise be rounded, or fail there with an error naming neither it nor the fix)."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise ValueError(
+            f"FogConfig.{recipe}: swiglu_intermediate_size must be a positive integer (the SwiGLU MLP width) or None, "
+            f"got {value!r}."
+        )
 
 
 def _ungated_width(swiglu_width: int) -> int:
