@@ -43,7 +43,8 @@ def load_fp8_state(model, folder: str) -> bool:
         `bool`: `True` when a state was loaded, `False` for a model without such buffers or a folder without the file.
 
     Raises:
-        `ValueError` when the file holds the state of other layers than the model's.
+        `ValueError` when the file holds the state of other layers than the model's, or a buffer of another shape
+        (e.g. written with another `amax_history_len`); nothing is loaded then.
     """
     own = _peft_fp8_buffers(model)
     path = os.path.join(folder, FP8_STATE_FILE)
@@ -58,10 +59,28 @@ def load_fp8_state(model, folder: str) -> bool:
             f"{path} holds the FP8 state of other layers ({len(saved)} buffers, {len(own)} expected); use the model "
             "(conversion and adapters) that wrote it."
         )
+    for name, value in saved.items():  # Tensor.copy_ would broadcast a shorter history into every row
+        if value.shape != own[name].shape:
+            saved_len, own_len = _history_len(name, value.shape), _history_len(name, own[name].shape)
+            history = (
+                f" (amax_history_len={saved_len} in the file, {own_len} in the model; convert the model with "
+                f"amax_history_len={saved_len})"
+                if saved_len is not None and own_len is not None
+                else ""
+            )
+            raise ValueError(
+                f"{path}: buffer {name} has shape {tuple(value.shape)} in the file but {tuple(own[name].shape)} in the "
+                f"model{history}; nothing was loaded. Use the model (conversion and adapters) that wrote it."
+            )
     with torch.no_grad():
         for name, value in saved.items():
             own[name].copy_(value.to(own[name].device))
     return True
+
+
+def _history_len(name: str, shape) -> int | None:
+    """The `amax_history_len` of a delayed-scaling `fp8_amax_history` buffer (its rows), else `None`."""
+    return shape[0] if name.endswith("fp8_amax_history") and len(shape) == 2 else None
 
 
 def _checkpoint_world_size(checkpoint: str) -> int | None:
