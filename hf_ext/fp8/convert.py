@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sys
+import weakref
 from collections.abc import Callable
 
 from torch import nn
@@ -26,15 +28,65 @@ TORCHAO_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
 
 
 def _output_embedding_names(model: nn.Module) -> set[str]:
+    """Names of the output-embedding (LM head) modules of `model`: the module `get_output_embeddings()` returns and
+    any linear, or peft layer wrapping one, named `lm_head` / `embed_out` / `output`. Every linear inside one of them
+    is the head too (peft's `modules_to_save` copies, a LoRA layer's `base_layer`); a container that only shares the
+    name (BERT's `layer.0.output`, which holds a block linear) is not listed."""
     names = set()
     get_out = getattr(model, "get_output_embeddings", None)
     head = get_out() if callable(get_out) else None
+    peft_layers = _peft_layer_types()
     for name, module in model.named_modules():
         if head is not None and module is head:
             names.add(name)
-        elif name.split(".")[-1] in ("lm_head", "embed_out", "output"):
+        elif name.split(".")[-1] in ("lm_head", "embed_out", "output") and isinstance(
+            module, (nn.Linear,) + peft_layers
+        ):
             names.add(name)
     return names
+
+
+def _peft_layer_types() -> tuple[type, ...]:
+    """peft's tuner layer and auxiliary wrapper classes; none in a process that never imported peft (no peft layer can
+    exist there)."""
+    if "peft" not in sys.modules:
+        return ()
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    return BaseTunerLayer, AuxiliaryTrainingWrapper
+
+
+def _peft_adapter_names(model: nn.Module) -> set[str]:
+    """Names of the peft sub-modules that are adapters, not the model's own layers: every attribute a peft tuner layer
+    lists in `adapter_layer_names` (LoRA's `lora_A` / `lora_B` / `lora_embedding_*`, DoRA's magnitude, IA3, ...) and
+    every wrapper of `modules_to_save` / `trainable_token_indices` (its original module and its trainable copies). A
+    LoRA layer's `base_layer` is the wrapped layer itself and is not listed."""
+    if not _peft_layer_types():
+        return set()
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    names = set()
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            names.add(name)
+        elif isinstance(module, BaseTunerLayer):
+            names.update(prefix + attr for attr in getattr(module, "adapter_layer_names", ()))
+    return names
+
+
+def _under(fqn: str, names: set[str]) -> bool:
+    """Whether `fqn` is one of `names` or a sub-module of one, or one of them seen under a wrapper prefix ("module.",
+    "base_model.model."); sub-modules seen under a prefix are recognised by identity in `fp8_target_filter`."""
+    return any(fqn == n or fqn.startswith(f"{n}.") or fqn.endswith(f".{n}") for n in names)
+
+
+def _check_switches(caller: str, **switches) -> None:
+    for name, value in switches.items():
+        if not isinstance(value, bool):  # a string "False" would read as True
+            raise ValueError(f"{caller}: {name} must be True or False, got {value!r}.")
 
 
 def _compile_skip_modules(skip_modules) -> list[re.Pattern]:
@@ -59,16 +111,21 @@ def _compile_skip_modules(skip_modules) -> list[re.Pattern]:
 def fp8_target_filter(
     model: nn.Module, include_lm_head: bool = False, skip_modules: list[str] | None = None
 ) -> Callable[[nn.Module, str], bool]:
-    """A `(module, fqn) -> bool` filter selecting every `nn.Linear` except the LM head (unless `include_lm_head`) and
-    names matching a regex of `skip_modules`. Usable as torchao's `module_filter_fn` and accelerate's
-    `AORecipeKwargs(module_filter_func=...)` (accelerate's default would also skip the first block linear)."""
-    head_names = set() if include_lm_head else _output_embedding_names(model)
+    """A `(module, fqn) -> bool` filter selecting every `nn.Linear` except the LM head and any linear inside it (unless
+    `include_lm_head`), peft's adapter sub-modules (`lora_A`, `lora_B`, the `modules_to_save` copies, ...; a LoRA
+    layer's `base_layer` is selected) and names matching a regex of `skip_modules`. Usable as torchao's
+    `module_filter_fn` and accelerate's `AORecipeKwargs(module_filter_func=...)` (accelerate's default would also skip
+    the first block linear)."""
+    _check_switches("fp8_target_filter", include_lm_head=include_lm_head)
     patterns = _compile_skip_modules(skip_modules)
+    kept_out = _peft_adapter_names(model) | (set() if include_lm_head else _output_embedding_names(model))
+    # by identity too: a caller (DDP, accelerate) may name the modules from another root than `model`
+    kept_out_modules = weakref.WeakSet(m for n in kept_out for m in model.get_submodule(n).modules())
 
     def _filter(module: nn.Module, fqn: str) -> bool:
         if not isinstance(module, nn.Linear):
             return False
-        if fqn in head_names or any(fqn.endswith(f".{h}") or fqn == h for h in head_names):
+        if module in kept_out_modules or _under(fqn, kept_out):
             return False
         return not any(p.search(fqn) for p in patterns)
 
@@ -134,7 +191,10 @@ def convert(
     """Run every block linear (QKV, O, MLP up/gate/down) of `model` in FP8, for the forward and both backward GEMMs.
 
     The LM head stays in high precision unless `include_lm_head=True`; embeddings are lookups, not GEMMs, and are
-    never converted. Conversion is in place; parameter names (and so `save_pretrained` files) are unchanged.
+    never converted. Conversion is in place; parameter names (and so `save_pretrained` files) are unchanged. The
+    documented order with peft is `convert` first, then `get_peft_model`; a model already wrapped by peft converts
+    the same block linears (a LoRA layer's `base_layer`), while peft's adapters (`lora_A` / `lora_B`, ...) and the
+    modules of `modules_to_save` (both copies, e.g. of the LM head) stay in high precision.
 
     Args:
         model (`nn.Module`): Typically a `PreTrainedModel` in FP32 or BF16.
@@ -175,12 +235,10 @@ def convert(
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}.")
     if backend not in BACKENDS:
         raise ValueError(f"convert: backend={backend!r} is not supported; choose one of {', '.join(BACKENDS)}.")
-    for name, value in (
-        ("include_lm_head", include_lm_head), ("fp8_attention", fp8_attention), ("pad_inner_dim", pad_inner_dim),
-        ("emulate", emulate), ("fsdp_float8_all_gather", fsdp_float8_all_gather),
-    ):  # fmt: skip
-        if not isinstance(value, bool):  # a string "False" would read as True
-            raise ValueError(f"convert: {name} must be True or False, got {value!r}.")
+    _check_switches(
+        "convert", include_lm_head=include_lm_head, fp8_attention=fp8_attention, pad_inner_dim=pad_inner_dim,
+        emulate=emulate, fsdp_float8_all_gather=fsdp_float8_all_gather,
+    )  # fmt: skip
     if recipe not in TORCHAO_RECIPES:  # checked for every backend: a typo must not pass silently
         raise ValueError(f"convert: recipe={recipe!r} is not a torchao recipe; choose one of {TORCHAO_RECIPES}.")
     if backend != "torchao":  # torchao-only switches asked of another backend would silently do nothing
@@ -525,6 +583,7 @@ def ao_recipe_kwargs(
 
     if recipe not in TORCHAO_RECIPES:
         raise ValueError(f"ao_recipe_kwargs: recipe={recipe!r}; choose one of {TORCHAO_RECIPES}.")
+    _check_switches("ao_recipe_kwargs", include_lm_head=include_lm_head, pad_inner_dim=pad_inner_dim)
     names = fp8_target_modules(model, include_lm_head, skip_modules)
     _check_dims(model, names, pad_inner_dim, "torchao")
     return AORecipeKwargs(
