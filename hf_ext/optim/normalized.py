@@ -706,10 +706,14 @@ def _rotate(
     `u` is consumed (its mean and radial part are removed in place). With `update_norm_decay > 0` the angle is
     scaled by `||u|| / sqrt(EMA(||u||^2))` per neuron, `u_scale` being a scalar factor of `u` that was left out of it.
     A negative `u_scale` means `u` holds the negated direction (the rotation then turns the other way).
+    With `angle <= 0` the weights stay as they are; with `update_norm_decay > 0` the EMA is still updated (the
+    reference updates it on every step, and its bias correction `1 - decay**step` counts every step).
     The new weight is `cos(theta) r w/||w|| - sin(theta) r u_perp/||u_perp||` with `u_perp = u - (<w,u>/||w||^2) w`
     orthogonal to the *current* `w` (so its norm is the recorded `r`), written as one `a w + b u` pass with per-neuron
     `a`, `b` from three row reductions (no separate projection or renormalisation pass).
     """
+    if angle <= 0 and not update_norm_decay > 0:
+        return
     # A DTensor (FSDP2, tensor parallelism) is rotated on its local shard, the per-neuron sums all-reduced.
     shards = _neuron_shards(p, neuron_dim, per_neuron)
     if shards is not None:
@@ -770,6 +774,8 @@ def _rotate(
             )
         kept = ema.to(w.dtype)
         state["update_norm_ema"] = kept if shards is None else shards.wrap(kept, 1 - rd)
+        if angle <= 0:  # a step at lr 0: the EMA (whose bias correction counts every step) moved, the weights stay
+            return
         ref = (ema / (1 - update_norm_decay**t)).sqrt()
         theta = angle * un / ref.clamp_min(1e-30)
         cos, sin = torch.cos(theta), torch.sin(theta) * sign
@@ -1052,8 +1058,8 @@ class LionAR(Optimizer):
                 _ensure_rotational_state(p, state, group, nd)
                 scale = _step_scale(state, group, p.grad)
                 angle = self.group_angle(group) * (group["lr"] / group["base_lr"]) * scale
-                if angle <= 0:
-                    continue
+                if angle <= 0 and not group["update_norm_decay"] > 0:
+                    continue  # (with the EMA, `_rotate` still updates it: the step counts in its bias correction)
                 _rotate(
                     p,
                     torch.sign(c),
@@ -1411,7 +1417,8 @@ class RotationalWrapper(Optimizer):
                 scale = self._fused_adamw_direction(group, p, u) if fused else self._direction(group, p, u)
                 state = self.state[p]
                 _ensure_rotational_state(p, state, group, nd)
-                if angle > 0:
+                # with the update-norm EMA, a step at lr 0 still updates it (the reference counts every step)
+                if angle > 0 or group["update_norm_decay"] > 0:
                     _rotate(
                         p,
                         u,
