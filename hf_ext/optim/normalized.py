@@ -85,8 +85,9 @@ def rotational_param_groups(
         model (`nn.Module`): the model.
         weight_decay (`float`): weight decay of the rotational groups (it sets the equilibrium angle); plain groups
             get 0.
-        decay_parameter_names (`Iterable[str]`, *optional*): names that receive weight decay; defaults to the
-            `Trainer.get_decay_parameter_names` rule.
+        decay_parameter_names (`Iterable[str]`, *optional*): names that receive weight decay (an iterable of
+            `str`, not one string); defaults to the `Trainer.get_decay_parameter_names` rule.
+        rotational_embeddings (`bool`, *optional*, defaults to `False`): make embedding matrices rotational too.
 
     Returns:
         `list[dict]`: non-empty optimizer param groups with keys `params`, `weight_decay`, `rotational`, `neuron_dim`.
@@ -94,11 +95,28 @@ def rotational_param_groups(
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     _check_weight_decay(weight_decay)
+    if not isinstance(rotational_embeddings, bool):
+        raise ValueError(
+            f"`rotational_embeddings` must be True or False, got {rotational_embeddings!r} (a string such as 'false' "
+            "would count as True and make the embeddings rotational)."
+        )
     if decay_parameter_names is None:
         from transformers.trainer_pt_utils import get_parameter_names
 
         decay_parameter_names = get_parameter_names(model, [nn.LayerNorm], _NORM_NAME_PATTERNS)
+    elif isinstance(decay_parameter_names, (str, bytes)) or not isinstance(decay_parameter_names, Iterable):
+        raise ValueError(
+            "`decay_parameter_names` must be an iterable of parameter names (e.g. a list of str), got "
+            f"{decay_parameter_names!r}: a single string would be read character by character, so no tensor would "
+            "be rotational; pass [name] for one name."
+        )
     decay = set(decay_parameter_names)
+    bad = sorted(repr(n) for n in decay if not isinstance(n, str))
+    if bad:
+        raise ValueError(
+            f"`decay_parameter_names` must hold parameter names (str), got {', '.join(bad)}; pass the names of "
+            "`model.named_parameters()`."
+        )
     transposed = transposed_parameter_ids(model)
     embeddings = (
         set() if rotational_embeddings else {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
