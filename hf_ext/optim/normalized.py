@@ -178,6 +178,10 @@ def _resolve_params(
     """
     if neuron_dim is not None and not (is_int(neuron_dim) and neuron_dim in (0, 1)):
         raise ValueError(f"`neuron_dim` must be 0 (rows are neurons), 1 (columns) or None, got {neuron_dim!r}.")
+    for module in (params, model):
+        if isinstance(module, nn.Module):
+            named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+            _refuse_complex([p for _, p in named], owner, [n for n, _ in named])
     if isinstance(params, nn.Module):
         if model is not None and model is not params:
             raise ValueError("Pass the model either as `params` or as `model=`, not two different modules.")
@@ -405,6 +409,32 @@ def _resolve_added_group(param_group: dict, weight_decay: float, neuron_dim: int
             )
     (group,) = _resolve_params([group], weight_decay, None, neuron_dim, owner, needs_layout=True)
     return group
+
+
+def _list_params(param_group: dict) -> None:
+    """Turn a group's `params` given as a generator into a list (as torch's `add_param_group` does), so that it can
+    be checked before torch reads it."""
+    params = param_group.get("params")
+    if params is not None and not isinstance(params, (torch.Tensor, set, list, tuple)):
+        param_group["params"] = list(params)
+
+
+def _refuse_complex(params, owner: str, names: list[str] | None = None) -> None:
+    """Raise a `ValueError` naming the first complex tensor of `params` (a tensor or a list/tuple of them; anything
+    else is left to torch's checks): the sign and norm updates of these optimizers are defined for real tensors
+    only, and a complex one used to fail inside `step()` after the tensors before it were updated."""
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    if not isinstance(params, (list, tuple)):
+        return
+    for i, p in enumerate(params):
+        if isinstance(p, torch.Tensor) and p.is_complex():
+            what = f"parameter {names[i]!r}" if names else f"tensor {i} of a param group"
+            raise ValueError(
+                f"{owner} does not support complex parameters: {what} (shape {tuple(p.shape)}, dtype {p.dtype}) is "
+                "complex. Optimize it with a torch optimizer that supports complex tensors (e.g. torch.optim.AdamW), "
+                "or store it as a real tensor (`torch.view_as_real`) and give this optimizer that."
+            )
 
 
 def _refuse_sparse_gradients(param_groups: list[dict], owner: str) -> None:
@@ -846,10 +876,12 @@ class Lion(Optimizer):
         _check_common(lr, weight_decay)
         betas = _check_betas(betas)
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, nesterov=nesterov)
-        super().__init__(_resolve_params(params, weight_decay), defaults)
+        super().__init__(_resolve_params(params, weight_decay, owner=type(self).__name__), defaults)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group (also used by the constructor); its values are validated like the constructor's."""
+        _list_params(param_group)
+        _refuse_complex(param_group.get("params"), type(self).__name__)
         _check_group({**self.defaults, **param_group}, type(self).__name__)
         _parse_betas(param_group)
         super().add_param_group(param_group)
@@ -914,10 +946,12 @@ class LionA(Optimizer):
             snr_correction=snr_correction,
             snr_beta=snr_beta,
         )
-        super().__init__(_resolve_params(params, weight_decay), defaults)
+        super().__init__(_resolve_params(params, weight_decay, owner=type(self).__name__), defaults)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group (also used by the constructor); its values are validated like the constructor's."""
+        _list_params(param_group)
+        _refuse_complex(param_group.get("params"), type(self).__name__)
         _check_group({**self.defaults, **param_group}, type(self).__name__)
         _parse_betas(param_group)
         super().add_param_group(param_group)
@@ -1030,6 +1064,9 @@ class LionAR(Optimizer):
         `rotational=False`) unless the optimizer was given `neuron_dim=`; `base_lr` (the reference of the schedule
         factor `lr_t / lr_0`) is the group's `lr` when it is added.
         """
+        if isinstance(param_group, dict):
+            _list_params(param_group)
+            _refuse_complex(param_group.get("params"), "LionAR")
         group = _resolve_added_group(
             param_group, self.defaults["weight_decay"], getattr(self, "_default_neuron_dim", None), "LionAR"
         )
@@ -1228,6 +1265,9 @@ class RotationalWrapper(Optimizer):
             self._check_new_group({**self.defaults, **param_group})
             super().add_param_group(param_group)
             return
+        if isinstance(param_group, dict):
+            _list_params(param_group)
+            _refuse_complex(param_group.get("params"), "RotationalWrapper")
         group = _resolve_added_group(
             param_group, self.defaults["weight_decay"], getattr(self, "_default_neuron_dim", None), "RotationalWrapper"
         )
@@ -1242,6 +1282,7 @@ class RotationalWrapper(Optimizer):
     def _check_new_group(self, merged: dict) -> None:
         """The checks of a param group (with the defaults it gets merged in), at construction and in
         `add_param_group`: the Lion-family group checks plus the inner optimizer's `momentum` and unsupported flags."""
+        _refuse_complex(merged.get("params"), "RotationalWrapper")
         _check_group(merged, "RotationalWrapper", rotational=True)
         if self.inner_name == "sgdm" and not _positive_finite(merged.get("momentum")):
             raise ValueError(
