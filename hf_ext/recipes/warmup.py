@@ -213,9 +213,10 @@ def _check_arm_options(arms: list[str], recipe: WarmupRecipeArguments, args: War
             raise ValueError(f"--{name} must lie in [0, 1), got {getattr(args, name)}.")
     if not 0.0 <= args.adam_epsilon < math.inf:
         raise ValueError(f"--adam_epsilon must be a finite number >= 0, got {args.adam_epsilon}.")
-    if any(a.startswith("lion") for a in arms) and args.rotation_angle is None and not args.weight_decay > 0:
+    # only LionAR rotates (LionA controls the update's l2 size and needs no angle, so it runs with --weight_decay 0)
+    if any(a.startswith("lion_ar") for a in arms) and args.rotation_angle is None and not args.weight_decay > 0:
         raise ValueError(
-            "The lion_ar/lion_a arms rotate at the AdamW equilibrium angle of --learning_rate and --weight_decay, "
+            "The lion_ar arms rotate at the AdamW equilibrium angle of --learning_rate and --weight_decay, "
             f"which needs --weight_decay > 0 (got {args.weight_decay}); raise it or pass --rotation_angle."
         )
     probe = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))  # a stand-in to build each optimizer
@@ -376,7 +377,7 @@ def arm_arguments(arm: str, recipe: WarmupRecipeArguments, args: WarmupTrainingA
         return dataclasses.replace(args, normalized_optimizer="adamw", **others, **common)
     ratio = recipe.lion_lr_ratio
     angle = args.rotation_angle  # default: the AdamW baseline's equilibrium angle at the same lr/wd
-    if angle is None:
+    if angle is None and "rotation_angle" not in others:  # lion_a does not rotate (it runs with --weight_decay 0 too)
         angle = equilibrium_angle("adamw", args.learning_rate, args.weight_decay, (args.adam_beta1, args.adam_beta2))
     # betas, Nesterov and inverse bias correction: --lion_beta1/--lion_beta2/--nesterov/--inverse_bias_correction,
     # whose defaults are the paper's warmup-free recipe (0.98, 0.98, on, on)
