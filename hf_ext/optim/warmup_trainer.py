@@ -4,8 +4,10 @@ factory (`normalized_optimizer`) for the stock `transformers.Trainer`."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -328,6 +330,153 @@ def wsd_schedule_arguments(args: TrainingArguments, num_training_steps: int) -> 
     return warmup, kwargs
 
 
+RUN_RECORD_NAME = "warmup_free_run.json"
+
+# the flag that sets each optimizer option (a param-group key) of `_options_from_args`
+_OPTION_FLAGS = {
+    "eps": "--adam_epsilon",
+    "momentum": "--sgd_momentum",
+    "angle": "--rotation_angle",
+}
+
+
+def schedule_record(args: TrainingArguments, num_training_steps: int) -> dict:
+    """The LR schedule `WarmupFreeTrainer` builds for `args` over `num_training_steps`, as JSON-able values: its type,
+    warmup steps, step count and keyword arguments (for `warmup_stable_decay` with `num_decay_steps` filled from
+    `--cooldown_fraction`; no step count for the constant schedules). Two runs with equal records have the same
+    schedule."""
+    name = SchedulerType(args.lr_scheduler_type).value
+    if name == SchedulerType.WARMUP_STABLE_DECAY.value:
+        warmup, kwargs = wsd_schedule_arguments(args, num_training_steps)
+    else:
+        warmup, kwargs = int(args.get_warmup_steps(num_training_steps)), dict(args.lr_scheduler_kwargs or {})
+    # the constant schedules do not depend on the step count (a resume may extend --max_steps)
+    constant = name in ("constant", "constant_with_warmup", "reduce_lr_on_plateau")
+    record = {
+        "lr_scheduler_type": name,
+        "num_warmup_steps": warmup,
+        "num_training_steps": None if constant else int(num_training_steps),
+        "scheduler_kwargs": kwargs,
+    }
+    return json.loads(json.dumps(record, default=repr))  # as it reads back from the checkpoint
+
+
+_SCHEDULE_FLAGS = {
+    "lr_scheduler_type": "--lr_scheduler_type",
+    "num_warmup_steps": "--warmup_steps/--warmup_ratio (warmup steps)",
+    "num_training_steps": "--max_steps/--num_train_epochs (training steps)",
+}
+
+
+def changed_resume_options(
+    args: TrainingArguments,
+    groups: list[dict] | None,
+    base_lrs: list[float] | None,
+    saved_record: dict | None,
+    record: dict | None,
+) -> list[str]:
+    """What a resume from a checkpoint would silently change or ignore: each difference between the checkpoint's
+    optimizer param `groups` (restored whole by torch's `load_state_dict`), its scheduler's `base_lrs` and its run
+    record (`RUN_RECORD_NAME`: optimizer name and schedule) and what `args` ask for, as `"--flag <checkpoint's> in
+    the checkpoint, <new> now"` strings. `None` skips that part (not in the checkpoint, or not built from `args`).
+    Not compared: a group's `lr` (the scheduler sets it every step)."""
+    name = _option(args, "normalized_optimizer")
+    changed: list[str] = []
+
+    def differ(flag: str, saved, new) -> None:
+        changed.append(f"{flag} {saved!r} in the checkpoint, {new!r} now")
+
+    if saved_record is not None and record is not None:
+        saved_name = saved_record.get("normalized_optimizer")
+        if saved_name is not None and saved_name != name:
+            differ("--normalized_optimizer", saved_name, name)
+            groups = None  # the other optimizer's group keys are not comparable
+        saved_sched, sched = saved_record.get("schedule"), record.get("schedule")
+        if saved_sched is not None and sched is not None:
+            for key, flag in _SCHEDULE_FLAGS.items():
+                if saved_sched.get(key) != sched.get(key):
+                    differ(flag, saved_sched.get(key), sched.get(key))
+            old_kw, new_kw = saved_sched.get("scheduler_kwargs") or {}, sched.get("scheduler_kwargs") or {}
+            for key in sorted(set(old_kw) | set(new_kw)):
+                if old_kw.get(key) != new_kw.get(key):
+                    flag = (
+                        "--cooldown_fraction (num_decay_steps)"
+                        if key == "num_decay_steps" and "num_decay_steps" not in (args.lr_scheduler_kwargs or {})
+                        else f"--lr_scheduler_kwargs {key}"
+                    )
+                    differ(flag, old_kw.get(key), new_kw.get(key))
+    options = _options_from_args(name, args)
+    saved_lrs = set(base_lrs or []) | {g["base_lr"] for g in groups or [] if "base_lr" in g}
+    if saved_lrs and saved_lrs != {options["lr"]}:
+        differ("--learning_rate", sorted(saved_lrs)[0] if len(saved_lrs) == 1 else sorted(saved_lrs), options["lr"])
+    if groups is None:
+        return changed
+    beta_flags = ("--adam_beta1", "--adam_beta2") if name in ("adamw", "rotational_adamw") else None
+    beta_flags = beta_flags or ("--lion_beta1", "--lion_beta2")
+    for key, new in options.items():
+        if key == "lr":
+            continue
+        # weight decay: on the rotational (decayed) groups only; the plain groups have 0
+        relevant = [g for g in groups if g.get("rotational")] if key == "weight_decay" else groups
+        saved_values = []
+        for g in relevant:
+            if g.get(key) not in saved_values:
+                saved_values.append(g.get(key))
+        for saved in saved_values:
+            if key == "betas" and isinstance(saved, (tuple, list)) and len(saved) == 2:
+                for flag, old, value in zip(beta_flags, saved, new):
+                    if old != value:
+                        differ(flag, old, value)
+            elif saved != new:
+                differ(_OPTION_FLAGS.get(key, f"--{key}"), saved, new)
+    return list(dict.fromkeys(changed))
+
+
+def refuse_changed_resume_options(changed: list[str], checkpoint: str) -> None:
+    """Raise the `ValueError` for `changed_resume_options`'s list (nothing when it is empty)."""
+    if changed:
+        raise ValueError(
+            f"resume_from_checkpoint={checkpoint!r} was trained with other optimizer or schedule options: "
+            f"{'; '.join(changed)}. A resume restores the checkpoint's optimizer configuration (torch's "
+            "load_state_dict restores every param-group value and the scheduler's base learning rates) while the "
+            "schedule would be rebuilt from the new arguments, so the run would silently mix both. Resume with the "
+            "checkpoint's values, or start a new run (from the checkpoint's weights, without "
+            "resume_from_checkpoint) to use the new ones."
+        )
+
+
+def check_checkpoint_options(checkpoint: str | None, args: TrainingArguments, num_training_steps: int) -> None:
+    """Refuse, before any work, to resume `WarmupFreeTrainer` with `args` from `checkpoint` when its optimizer or
+    schedule options differ (`changed_resume_options`), read from the checkpoint's files (`optimizer_state.json`,
+    `scheduler_state.json`, `RUN_RECORD_NAME`; parts a checkpoint lacks are not compared). The trainer checks the
+    same after loading; a recipe calls this before the first arm trains."""
+    from .serialization import OPTIMIZER_JSON, SCHEDULER_JSON, state_from_json_and_tensors
+
+    if checkpoint is None:
+        return
+
+    def read(name: str):
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as fh:
+            return state_from_json_and_tensors(json.load(fh), {}) if name == SCHEDULER_JSON else json.load(fh)
+
+    optimizer = read(OPTIMIZER_JSON)
+    groups = None
+    if isinstance(optimizer, dict) and "param_groups" in optimizer.get("__dict__", {}):
+        groups = state_from_json_and_tensors(optimizer["__dict__"]["param_groups"], {})  # no tensors in the groups
+    scheduler = read(SCHEDULER_JSON)
+    base_lrs = scheduler.get("base_lrs") if isinstance(scheduler, dict) else None
+    record = {
+        "normalized_optimizer": _option(args, "normalized_optimizer"),
+        "schedule": schedule_record(args, num_training_steps),
+    }
+    refuse_changed_resume_options(
+        changed_resume_options(args, groups, base_lrs, read(RUN_RECORD_NAME), record), checkpoint
+    )
+
+
 class WarmupFreeTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, Trainer):
     """A `Trainer` whose optimizer is the normalized optimizer named by `args.normalized_optimizer` (parameter groups
     derived from the model) and whose schedule is `args.lr_scheduler_type`; for `warmup_stable_decay` missing
@@ -357,10 +506,53 @@ class WarmupFreeTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, T
     def create_optimizer(self, model=None):
         if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
             self.optimizer = build_normalized_optimizer(self.model if model is None else model, self.args)
+            self._built_normalized_optimizer = True
             return self.optimizer
         return super().create_optimizer(model)
 
+    def _run_record(self) -> dict:
+        """What each checkpoint records about this run (`RUN_RECORD_NAME`): the normalized optimizer the trainer
+        built and the schedule it built (absent when they were given to the constructor)."""
+        record = {}
+        if getattr(self, "_built_normalized_optimizer", False):
+            record["normalized_optimizer"] = _option(self.args, "normalized_optimizer")
+        if getattr(self, "_schedule_record", None) is not None:
+            record["schedule"] = self._schedule_record
+        return record
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        record = self._run_record()
+        if record and self.args.should_save:
+            from ..utils.io import atomic_write_json
+
+            atomic_write_json(os.path.join(output_dir, RUN_RECORD_NAME), record)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        # torch's load_state_dict restored the checkpoint's param groups (betas, nesterov, angle, base_lr, ...) and
+        # the scheduler its base_lrs, while the schedule's shape was rebuilt from the new arguments: a difference
+        # is refused before any step, naming each flag
+        path = os.path.join(checkpoint, RUN_RECORD_NAME)
+        saved_record = None
+        if os.path.isfile(path):  # none in older checkpoints: the optimizer's group values are still compared
+            with open(path, encoding="utf-8") as fh:
+                saved_record = json.load(fh)
+        built = getattr(self, "_built_normalized_optimizer", False)
+        changed = changed_resume_options(
+            self.args,
+            self.optimizer.param_groups if built else None,
+            getattr(self.lr_scheduler, "base_lrs", None) if built else None,
+            saved_record,
+            self._run_record(),
+        )
+        refuse_changed_resume_options(changed, checkpoint)
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            self._schedule_record = schedule_record(self.args, num_training_steps)
         if (
             self.lr_scheduler is None
             and SchedulerType(self.args.lr_scheduler_type) == SchedulerType.WARMUP_STABLE_DECAY

@@ -12,8 +12,9 @@ warmup gap = eval loss without warmup minus eval loss with warmup) and `warmup.p
 `checkpoint-N` in its own folder (arms without one start from scratch; at least one arm must have one); a checkpoint
 folder can only be named when a single arm is trained. Save checkpoints with `--save_strategy steps --save_steps N`.
 Every checkpoint records its arm (`warmup_arm.json`: arm, optimizer, warmup fraction); a resume refuses, before any
-work, a checkpoint of another arm (or optimizer) and one trained with another `--warmup_fraction`. A checkpoint written
-before hf_ext recorded the arm is resumed with a warning (it cannot be checked).
+work, a checkpoint of another arm (or optimizer), one trained with another `--warmup_fraction`, and one trained with
+other optimizer or schedule options (`--lion_beta1`, `--nesterov`, `--cooldown_fraction`, ...: see `WarmupFreeTrainer`).
+A checkpoint written before hf_ext recorded the arm is resumed with a warning (it cannot be checked).
 """
 
 from __future__ import annotations
@@ -129,8 +130,14 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
     _check_arm_options(arms, recipe, args)
     # before the folder is made
     resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)
+    from ..optim.warmup_trainer import check_checkpoint_options
+
     for arm, checkpoint in resume.items():
         check_checkpoint_arm(checkpoint, arm, recipe)
+        try:  # the arm's optimizer and schedule options (betas, nesterov, angle, --cooldown_fraction, ...)
+            check_checkpoint_options(checkpoint, arm_arguments(arm, recipe, args), args.max_steps)
+        except ValueError as err:
+            raise ValueError(f"arm {arm}: {err}") from None
     ensure_writable_dir(args.output_dir, "--output_dir")
     return arms
 
