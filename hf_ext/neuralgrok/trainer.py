@@ -249,6 +249,30 @@ def transform_options(args, transform=None) -> dict:
     return out
 
 
+BASE_OPTIMIZER_OPTIONS = ("adam_beta1", "adam_beta2", "adam_epsilon")
+
+
+def base_optimizer_options(args, optimizer) -> dict:
+    """The Adam options (`adam_beta1`, `adam_beta2`, `adam_epsilon`) that the base optimizer's first param group took
+    from `args` (its `betas` / `eps` equal to them), as `{flag: value}`; recorded in each checkpoint's
+    `neuralgrok_state.json`, for every gradient transform, and compared on resume ([`resume_option_mismatches`]): the
+    param groups bring the checkpoint's values back, so a resume with other flags would silently train with the old
+    ones. An optimizer without them (SGD, Adafactor's pair of `eps`, a default it did not take from the flags) records
+    nothing, so a resume is not refused over flags that optimizer never read."""
+    groups = getattr(optimizer, "param_groups", None) or []
+    if not groups:
+        return {}
+    group, out = groups[0], {}
+    betas = group.get("betas")
+    if isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_is_real(b) for b in betas):
+        if (float(betas[0]), float(betas[1])) == (float(args.adam_beta1), float(args.adam_beta2)):
+            out.update(adam_beta1=float(betas[0]), adam_beta2=float(betas[1]))
+    eps = group.get("eps")
+    if _is_real(eps) and float(eps) == float(args.adam_epsilon):
+        out["adam_epsilon"] = float(eps)
+    return out
+
+
 def resume_option_mismatches(
     info: dict, meta_state: dict | None, args, amplifier_c: float | None = None, options: dict | None = None
 ) -> list:
@@ -256,7 +280,8 @@ def resume_option_mismatches(
     `(option, checkpoint's value, args' value)` triples (empty: none differ). The one comparison behind
     `NeuralGrokTrainer`'s resume and the neuralgrok recipe's check of `--resume_from_checkpoint`.
 
-    - `weight_decay` (the base optimizer's, as `info` records it): its param groups bring the checkpoint's back;
+    - `weight_decay` and `adam_beta1`/`adam_beta2`/`adam_epsilon` (the base optimizer's, as `info` records them,
+      [`base_optimizer_options`]; every gradient transform): its param groups bring the checkpoint's back;
     - `meta_learning_rate`, `meta_weight_decay`, `adam_beta1`/`adam_beta2` against the meta-Adam's restored param
       group (`meta_state`, the saved `state_dict()`; `gradient_transform="neuralgrok"`);
     - `amplifier_c` (neuralgrok, normalize) against `info`'s record: an attribute, not in any state dict, so a resume
@@ -276,10 +301,12 @@ def resume_option_mismatches(
     out = []
 
     def compare(name, saved, new):
-        if saved is not None and float(saved) != float(new):
+        if saved is not None and float(saved) != float(new) and name not in {n for n, _, _ in out}:
             out.append((name, saved, new))
 
     compare("weight_decay", info.get("weight_decay"), args.weight_decay)
+    for name in BASE_OPTIMIZER_OPTIONS:
+        compare(name, info.get(name), getattr(args, name))
     for name, value in (transform_options(args) if options is None else options).items():
         compare(name, info.get(name), value)
     if args.gradient_transform in CLIPPING_TRANSFORMS:
@@ -345,7 +372,8 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     The amplifier, its meta-optimizer, the filter buffers and counters (and a pending `next_step` outer step) are
     written into every checkpoint as safetensors + JSON and restored by `train(resume_from_checkpoint=...)`. A resume
     with options that the checkpoint would override or records otherwise (`weight_decay`, `meta_learning_rate`,
-    `meta_weight_decay`, `adam_beta1`/`adam_beta2`, `amplifier_c`: [`resume_option_mismatches`]) is refused before
+    `meta_weight_decay`, `adam_beta1`/`adam_beta2`/`adam_epsilon`, `amplifier_c`: [`resume_option_mismatches`]) is
+    refused before
     anything is restored.
 
     With `"normalize"` every gradient tensor is rescaled to norm `amplifier_c` and clipped like NeuralGrok: the
@@ -696,6 +724,8 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             "gradient_transform": self.args.gradient_transform,
             # restored with the optimizer's param groups on resume: compared with the resumed run's
             "weight_decay": float(self.args.weight_decay),
+            # the base optimizer's betas / eps where they came from the flags: likewise
+            **base_optimizer_options(self.args, self.optimizer),
             "num_outer_steps": self.num_outer_steps,
             "outer_gradient": self.args.outer_gradient,
             "outer_step_due": self._outer_due,

@@ -221,9 +221,9 @@ def method_training_args(training_args, task_args, method: str, seed: int | None
 def _check_checkpoint_method(checkpoint: str, method: str, args=None) -> None:
     """A checkpoint to resume must come from a NeuralGrokTrainer run of the same gradient transform and, where the
     checkpoint records them, the same options that a resume would not apply (`resume_option_mismatches`: the weight
-    decay and the meta-Adam's options, which the optimizers' param groups bring back, so `none` and `none_strong_wd`
-    checkpoints must not be swapped; `amplifier_c`). `args`: the method's training arguments (None: the transform
-    only)."""
+    decay, the base optimizer's betas / epsilon and the meta-Adam's options, which the optimizers' param groups bring
+    back, so `none` and `none_strong_wd` checkpoints must not be swapped; `amplifier_c`). `args`: the method's training
+    arguments (None: the transform only)."""
     import json
 
     from ..neuralgrok.state import load_state, state_exists

@@ -28,6 +28,8 @@ def _snapshot(root):
     [
         (["--meta_learning_rate", "0.05"], r"--meta_learning_rate 0.0001, but this command gives 0.05"),
         (["--amplifier_c", "0.5"], r"--amplifier_c 1.0, but this command gives 0.5"),
+        (["--adam_epsilon", "0.001"], r"--adam_epsilon 1e-08, but this command gives 0.001"),
+        (["--adam_beta2", "0.9"], r"--adam_beta2 0.98, but this command gives 0.9"),
         (["--weight_decay", "0.01"], r"weight decay 0.001, but --methods neuralgrok trains with 0.01 \(--weight_decay"),
     ],
 )

@@ -80,6 +80,42 @@ def test_base_weight_decay_and_betas_are_compared_too(splits, tmp_path, kw, part
         _trainer(splits, tmp_path / "b", **kw).train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
 
 
+@pytest.mark.parametrize("transform", ["none", "normalize", "grokfast_ema", "grokfast_ma", "neuralgrok"])
+@pytest.mark.parametrize(
+    "kw, part",
+    [
+        (dict(adam_beta1=0.8), "adam_beta1=0.9 in the checkpoint, 0.8 now"),
+        (dict(adam_beta2=0.9), "adam_beta2=0.98 in the checkpoint, 0.9 now"),
+        (dict(adam_epsilon=1e-3), "adam_epsilon=1e-08 in the checkpoint, 0.001 now"),
+    ],
+)
+def test_base_optimizer_betas_and_epsilon_are_compared_for_every_transform(splits, tmp_path, transform, kw, part):
+    """The base Adam's `betas` / `eps` come back with its param groups on resume: for `none`, `normalize` and the
+    Grokfast filters (no meta-Adam) other betas, and for every transform another `--adam_epsilon`, were ignored
+    silently."""
+    _trainer(splits, tmp_path / "a", max_steps=2, gradient_transform=transform).train()
+    info = json.loads((tmp_path / "a" / "checkpoint-2" / "neuralgrok_state.json").read_text())
+    assert (info["adam_beta1"], info["adam_beta2"], info["adam_epsilon"]) == (0.9, 0.98, 1e-8)
+    resumed = _trainer(splits, tmp_path / "b", gradient_transform=transform, **kw)
+    with pytest.raises(ValueError, match=part) as err:
+        resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    assert str(err.value).count(part.split("=")[0] + "=") == 1  # named once (also where the meta-Adam has it)
+    group = resumed.optimizer.param_groups[0]  # refused before the checkpoint's param groups were loaded
+    a = resumed.args
+    assert (tuple(group["betas"]), group["eps"]) == ((a.adam_beta1, a.adam_beta2), a.adam_epsilon)
+
+
+def test_an_optimizer_that_does_not_read_the_adam_flags_records_none_of_them(tmp_path):
+    from hf_ext.neuralgrok.trainer import base_optimizer_options
+
+    args = NeuralGrokConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", adam_epsilon=1e-6)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert base_optimizer_options(args, torch.optim.SGD(params, lr=0.1)) == {}
+    assert base_optimizer_options(args, torch.optim.Adagrad(params)) == {}  # eps 1e-10, not the flag's
+    adam = torch.optim.AdamW(params, betas=(0.9, 0.98), eps=1e-6)
+    assert base_optimizer_options(args, adam) == {"adam_beta1": 0.9, "adam_beta2": 0.98, "adam_epsilon": 1e-6}
+
+
 def test_normalize_records_and_compares_amplifier_c(splits, tmp_path):
     _trainer(splits, tmp_path / "a", gradient_transform="normalize", amplifier_c=2.0, max_steps=2).train()
     info = json.loads((tmp_path / "a" / "checkpoint-2" / "neuralgrok_state.json").read_text())
