@@ -55,8 +55,9 @@ class DataArguments:
         default=128,
         metadata={
             "help": "Tokens per training block. Each canary copy is one block: canaries (and their exposure baseline) "
-            "are cut to the whole words that fit, so that probes compare only text trained on. Must be at least the "
-            "longest --prefix_lengths plus --window."
+            "are cut to the whole words that fit, so that probes compare only text trained on. Must exceed the "
+            "longest --prefix_lengths plus --window by enough that every cut canary keeps that many tokens (the run "
+            "names the size needed)."
         },
     )
     num_canaries: int = field(default=10, metadata={"help": "Distinct canaries injected into the clients' data."})
@@ -386,8 +387,11 @@ def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
         raise ValueError(
             f"--block_size {data_args.block_size} is shorter than the longest prefix plus the window ({longest} + "
             f"{data_args.window}): a canary is trained on as one block of --block_size tokens, so every probe would "
-            f"compare text never trained on. Raise --block_size to at least {longest + data_args.window} or lower "
-            "--prefix_lengths / --window."
+            f"compare text never trained on. Raise --block_size above {longest + data_args.window} or lower "
+            "--prefix_lengths / --window. Canaries are cut to the whole words within one block, which usually "
+            f"leaves a few tokens less than --block_size, so a block of exactly {longest + data_args.window} is "
+            "refused too: once the tokenizer is built (before anything is trained or written) the run names the "
+            "--block_size that fits every canary."
         )
     if data_args.num_clients < 1:
         raise ValueError(f"--num_clients must be >= 1, got {data_args.num_clients}.")
@@ -507,20 +511,65 @@ def cut_to_tokens(text: str, tokenizer, max_tokens: int) -> str:
     return " ".join(words[:lo])
 
 
-def check_canary_lengths(canaries, tokenizer, prefix_lengths, data_args) -> None:
+def _block_size_that_fits(text: str, tokenizer, need: int) -> int | None:
+    """The smallest --block_size whose whole-word cut of `text` ([`cut_to_tokens`]) keeps at least `need` tokens
+    (`None`: `text` itself has fewer)."""
+
+    def count(t: str) -> int:
+        return len(tokenizer(t, add_special_tokens=False)["input_ids"])
+
+    total = count(text)
+    if total < need:
+        return None
+    words = text.split()
+    lo, hi = 1, len(words)  # the fewest words whose prefix has `need` tokens
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(" ".join(words[:mid])) >= need:
+            hi = mid
+        else:
+            lo = mid + 1
+    block = count(" ".join(words[:lo]))
+    while block < total and count(cut_to_tokens(text, tokenizer, block)) < need:  # token counts need not grow by word
+        block += 1
+    return block
+
+
+def check_canary_lengths(canaries, tokenizer, prefix_lengths, data_args, uncut=None) -> None:
     """Refuse canaries (after the cut to --block_size) shorter than the longest prefix plus the window, before
     anything is trained or removed: `measure_memorization` would skip each of them and the run would report no
-    memorization at all."""
+    memorization at all. `uncut`: the canaries' texts before the cut; where the cut to one block is what made a canary
+    too short, the error names the --block_size that fits (raising --canary_words cannot help there: a longer canary
+    is cut to the same block again)."""
     need = max(prefix_lengths) + data_args.window
     lengths = [len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in canaries]
-    short = [n for n in lengths if n < need]
-    if short:
+    short = [i for i, n in enumerate(lengths) if n < need]
+    if not short:
+        return
+    head = (
+        f"{len(short)} of {len(canaries)} canaries have fewer than {need} tokens (the longest --prefix_lengths "
+        f"{max(prefix_lengths)} plus --window {data_args.window}; shortest {min(lengths[i] for i in short)} tokens): "
+        "memorization could not be measured on them."
+    )
+    blocks = [_block_size_that_fits(uncut[i], tokenizer, need) for i in short] if uncut is not None else []
+    cut_short = [b for b in blocks if b is not None]
+    if cut_short and len(cut_short) == len(short):
         raise ValueError(
-            f"{len(short)} of {len(canaries)} canaries have fewer than {need} tokens (the longest --prefix_lengths "
-            f"{max(prefix_lengths)} plus --window {data_args.window}; shortest {min(short)} tokens): memorization "
-            f"could not be measured on them. Raise --canary_words so that every canary has at least {need} tokens, "
-            "or lower --prefix_lengths / --window."
+            f"{head} Each canary copy is trained on as one block, so canaries are cut to the whole words within "
+            f"--block_size {data_args.block_size} tokens, which leaves fewer than {need}: raise --block_size to "
+            f"{max(cut_short)} (--canary_words cannot help, a longer canary is cut to the same block), or lower "
+            "--prefix_lengths / --window."
         )
+    also = (
+        f" (and then --block_size to at least {max(cut_short)}: {len(cut_short)} of them are long enough but cut "
+        f"to the whole words within --block_size {data_args.block_size} tokens)"
+        if cut_short
+        else ""
+    )
+    raise ValueError(
+        f"{head} Raise --canary_words so that every canary has at least {need} tokens{also}, or lower "
+        "--prefix_lengths / --window."
+    )
 
 
 def tiny_llama_config(model_args, vocab_size: int, tokenizer=None):
@@ -605,9 +654,10 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
     references = reference_texts(data_args, corpus_words(train["text"]), training_args.seed)
     # a canary copy is trained on as one block of --block_size tokens: probe and score only what was trained on (and
     # cut the exposure baseline the same way)
+    uncut = [c.text for c in canaries]
     canaries = [dataclasses.replace(c, text=cut_to_tokens(c.text, tokenizer, data_args.block_size)) for c in canaries]
     references = [cut_to_tokens(t, tokenizer, data_args.block_size) for t in references]
-    check_canary_lengths(canaries, tokenizer, prefix_lengths, data_args)
+    check_canary_lengths(canaries, tokenizer, prefix_lengths, data_args, uncut)
     copies = assign_canaries(canaries, [len(p) for p in private], data_args.canary_assignment, training_args.seed)
     clients = [
         build_client_dataset(p, [c.text for c in cs], tokenizer, data_args.block_size, seed=training_args.seed)

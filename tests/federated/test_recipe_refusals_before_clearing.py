@@ -43,6 +43,54 @@ def test_short_canaries_are_refused_before_anything_runs(tmp_path):
     assert sorted(os.listdir(out)) == ["results.json"]  # was: every run trained, then an IndexError
 
 
+def _follow_the_advice(tmp_path, flags, expect):
+    """Run the recipe, and while it refuses the canaries' length do what its message says; the advice seen, in order.
+    `expect`: the kinds of advice that must come, in order."""
+    import re
+
+    seen = []
+    for step in range(len(expect) + 1):
+        argv = ["--output_dir", str(tmp_path / f"out{step}"), "--configs", "full", *tiny_recipe_args(**flags)]
+        try:
+            main(argv)
+            return seen
+        except ValueError as err:
+            message = str(err)
+        assert step < len(expect), f"still refused after following {seen}: {message}"
+        if m := re.search(r"Raise --block_size above (\d+)", message):
+            seen.append("validate: --block_size")
+            flags["block_size"] = int(m.group(1)) + 1
+        elif m := re.search(r"raise --block_size to (\d+)", message):
+            seen.append("cut: --block_size")
+            assert "Raise --canary_words" not in message  # it could not help: a longer canary is cut again
+            flags["block_size"] = int(m.group(1))
+        elif "Raise --canary_words" in message:
+            seen.append("--canary_words")
+            flags["canary_words"] = 2 * flags["canary_words"]
+        else:
+            raise AssertionError(f"no advice to follow in: {message}")
+        assert seen[-1] == expect[step], (seen, message)
+
+
+@pytest.mark.parametrize(
+    "flags, expect",
+    [
+        # the longest prefix plus the window is 32: validate names the bound, the cut to whole words then the size
+        (dict(block_size=31, prefix_lengths=5, window=27), ["validate: --block_size", "cut: --block_size"]),
+        # a block of exactly prefix + window (validate's old advice): no --canary_words helps, --block_size does
+        (dict(block_size=32, prefix_lengths=5, window=27, canary_words=200), ["cut: --block_size"]),
+        # canaries of 3 and 6 words are too short before any cut (--canary_words); of 12, the cut to 64 tokens is
+        (dict(block_size=64, prefix_lengths=40, window=20, canary_words=3), ["--canary_words"] * 2 + ["cut: --block_size"]),
+    ],
+)
+def test_following_the_canary_length_advice_makes_the_run_pass(tmp_path, flags, expect):
+    """Canaries are cut to the whole words within one --block_size block: where that cut made them too short the
+    refusal advised --canary_words (a longer canary is cut to the same block again: no value passed), and validate
+    advised a --block_size of exactly prefix + window, which that cut always refused (audit rv15, finding 2)."""
+    flags = {"canary_words": 50, **flags}
+    assert _follow_the_advice(tmp_path, flags, expect) == expect
+
+
 def test_goldfish_window_not_below_the_block_size_is_refused(tmp_path):
     out = _earlier_results(tmp_path)
     argv = ["--output_dir", str(out), "--configs", "lora+goldfish", *tiny_recipe_args()]  # --block_size 32
