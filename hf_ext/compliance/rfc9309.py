@@ -224,16 +224,21 @@ def _decode(body: str | bytes) -> str:
     return _without_cut_line(head, body[len(head) : len(head) + 1]).removeprefix("\ufeff")
 
 
-_ONE_BYTE = re.compile("[\udc80-\udcff\ufffd]")
+_ONE_BYTE = re.compile("[\udc80-\udcff]")
 
 
 def _cut_utf8(text: str, limit: int) -> str:
-    """`text` cut after `limit` bytes of UTF-8, counting each surrogate escape (and each U+FFFD) as one byte.
+    """`text` cut after `limit` bytes of UTF-8, counting each surrogate escape as one byte.
 
     Limits on a robots.txt apply to the bytes the server sent. A text decoded from them (`_decode_bytes`, a store's
     texts) has one surrogate escape per byte that is not UTF-8: counting it as the byte it stands for keeps a Latin-1
-    file of 400 KiB within the 500 KiB limit. Snapshots written before 2026-12-04 hold one U+FFFD per such byte, which
-    UTF-8 would write as three; it counts as the one byte it replaced, so those snapshots are cut where they were.
+    file of 400 KiB within the 500 KiB limit. Every other character counts as its UTF-8 bytes, U+FFFD too: in a text
+    decoded with surrogate escapes it is a real U+FFFD the server sent as the three bytes `EF BF BD`, and Google's
+    parser counts those three. A snapshot written before 2026-12-04 holds one U+FFFD per byte that was not UTF-8,
+    which nothing in the snapshot tells apart from a real one (no format marks which decoding wrote it): those count
+    three bytes too (before 2026-12-04 every U+FFFD counted one), so a line of such a snapshot with more than about
+    5,500 of them, or a file near 500 KiB with many, is cut earlier than the server's bytes were; fetch the robots.txt
+    again to measure it as sent.
     """
     if len(text) * 4 <= limit:  # cheap: 4 bytes per character at most
         return text

@@ -173,7 +173,8 @@ class RobotsTxtStore(Mapping):
     A robots.txt that is not valid UTF-8 (e.g. Latin-1) keeps the value of every byte: its text holds each such byte as
     its surrogate escape (`errors="surrogateescape"`), a folder writes the bytes as served, JSONL the escape `\\udcXX`
     (which `json.loads` reads back) and Parquet a binary `robots_txt` column (the bytes of every text) instead of a
-    string one. Snapshots written before 2026-12-04 hold U+FFFD for such a byte and are read as they are.
+    string one. Snapshots written before 2026-12-04 hold U+FFFD for such a byte and are read as they are (its U+FFFD
+    count as the three bytes of a real one toward the parser's limits, see `rfc9309._cut_utf8`).
 
     Keys are normalised with `normalize_host`, so `WWW.Example.com:443` and `www.example.com` are one entry.
     Records whose `text` is `None` document a host known to have no robots.txt.
