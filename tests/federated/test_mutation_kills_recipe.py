@@ -69,9 +69,10 @@ def test_local_epochs_is_accepted_with_local_steps_zero(captured_runs, tmp_path)
 
 
 def test_boundary_values_the_help_allows_are_accepted(captured_runs, tmp_path):
-    """--block_size equal to the longest prefix plus the window, and --bleu_threshold 1 (exact character match), are
-    inside the documented ranges. (The recipe then refuses the canaries, cut to whole words within one block, as
-    shorter than prefix + window: that check runs once they are tokenized, test_recipe_refusals_before_clearing.py.)"""
+    """--block_size equal to the longest prefix plus the window, and --bleu_threshold 1 (exact character match), pass
+    validate. (The recipe then refuses the canaries, cut to whole words within one block, as shorter than prefix +
+    window, naming the --block_size that fits: that check runs once they are tokenized,
+    test_recipe_refusals_before_clearing.py.)"""
     from hf_ext.recipes import federated as rec
     from hf_ext.recipes._common import parse_recipe_args
 
