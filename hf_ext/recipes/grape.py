@@ -226,6 +226,7 @@ def _refuse_inapplicable_flags(
             "--reweight_method fixed needs --mixture_file (the weights to hold fixed, e.g. the mixture.json of a "
             "grape run)."
         )
+    _refuse_unsupported_training_setup(args, methods)
     if args.reference_model_name_or_path:
         from ._common import check_model_reference
 
@@ -249,6 +250,36 @@ def _refuse_inapplicable_flags(
         if eval_args.eval_limit is not None or eval_args.eval_num_fewshot != 0:
             flag = "--eval_limit" if eval_args.eval_limit is not None else "--eval_num_fewshot"
             raise ValueError(f"{flag} applies to the lm-eval scoring of --eval_tasks; pass --eval_tasks or drop it.")
+
+
+def _refuse_unsupported_training_setup(args: GrapeRecipeConfig, methods: list[str]) -> None:
+    """GrapeTrainer's refusals of reentrant activation checkpointing (grape*, doge) and of FSDP / DeepSpeed (every
+    method that takes gradients), made before the earlier run's results are cleared: the trainer makes them only once
+    it is built, after the tokenizer and the data."""
+    from ..grape.rules import GRAPE_VARIANTS
+    from ..grape.trainer import _reentrant_checkpointing
+
+    gradient_methods = [m for m in methods if m in (*GRAPE_VARIANTS, "doge")]
+    kwargs = args.activation_checkpointing_kwargs if args.activation_checkpointing else None
+    reentrant = _reentrant_checkpointing(kwargs, None)
+    if gradient_methods and reentrant:
+        raise ValueError(
+            f"reweight_method={gradient_methods[0]!r} takes per-domain and per-task gradients with torch.autograd.grad, "
+            f"which reentrant activation checkpointing does not support ({reentrant}); set "
+            "gradient_checkpointing_kwargs={'use_reentrant': False} (transformers 5's default, also when the key is "
+            "left out) or turn gradient checkpointing off."
+        )
+    sharding = [m for m in methods if m not in ("uniform", "fixed")]
+    flag = None
+    if args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
+        flag = "--fsdp"
+    elif args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true"):
+        flag = "--deepspeed"
+    if sharding and flag:
+        raise ValueError(
+            f"reweight_method={sharding[0]!r} takes per-domain gradients of the full model, which needs DDP (or one "
+            f"process); FSDP and DeepSpeed ({flag}) are supported only with reweight_method=uniform or fixed."
+        )
 
 
 def validate_args(

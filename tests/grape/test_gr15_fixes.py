@@ -1,0 +1,81 @@
+"""GRAPE fixes of audit pass 15: refusals made before any work (reentrant checkpointing / FSDP in the recipe, a plot
+format matplotlib cannot write, output names that collide, flags the chosen method never reads, two domain-weight
+sources) and DoGE's fixed task weights read from a mixture file."""
+
+import pytest
+
+TINY = ["--vocab_size", "300", "--per_device_train_batch_size", "4", "--hidden_size", "32", "--intermediate_size",
+        "64", "--num_attention_heads", "2", "--reweight_domains_every", "2", "--reweight_tasks_every", "2",
+        "--max_steps", "2", "--report_to", "none"]  # fmt: skip
+EARLIER = ("grape_results.json", "mixture.json", "mixture_weights.png")
+
+
+def _parse(argv):
+    from hf_ext.recipes._common import parse_recipe_args
+    from hf_ext.recipes.grape import (
+        GrapeDataArguments,
+        GrapeEvalArguments,
+        GrapeModelArguments,
+        GrapeRecipeConfig,
+    )
+
+    return parse_recipe_args((GrapeDataArguments, GrapeModelArguments, GrapeRecipeConfig, GrapeEvalArguments), argv)
+
+
+def _earlier_run(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in EARLIER:
+        (folder / name).write_text("{}")
+
+
+# ---- #2: reentrant activation checkpointing / FSDP refused before the earlier results are cleared ------------------
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--gradient_checkpointing", "true", "--gradient_checkpointing_kwargs", '{"use_reentrant": true}'],
+        ["--activation_checkpointing", "true", "--activation_checkpointing_kwargs", '{"use_reentrant": true}'],
+        ["--reweight_method", "doge", "--gradient_checkpointing", "true", "--gradient_checkpointing_kwargs",
+         '{"use_reentrant": "true"}'],
+    ],  # fmt: skip
+)
+def test_reentrant_checkpointing_refused_before_earlier_results_are_cleared(tmp_path, extra):
+    from hf_ext.recipes.grape import main
+
+    out = tmp_path / "out"
+    _earlier_run(out)
+    with pytest.raises(ValueError, match="reentrant activation checkpointing.*use_reentrant"):
+        main([*TINY, "--output_dir", str(out), *extra])
+    assert sorted(p.name for p in out.iterdir()) == sorted(EARLIER)
+
+
+def test_non_reentrant_checkpointing_and_uniform_with_reentrant_pass_validation(tmp_path):
+    from hf_ext.recipes.grape import validate_args
+
+    validate_args(*_parse([*TINY, "--output_dir", str(tmp_path / "a"), "--gradient_checkpointing", "true"]))
+    validate_args(
+        *_parse(
+            [*TINY, "--output_dir", str(tmp_path / "b"), "--reweight_method", "uniform", "--gradient_checkpointing",
+             "true", "--gradient_checkpointing_kwargs", '{"use_reentrant": true}']  # fmt: skip
+        )
+    )
+
+
+@pytest.mark.parametrize("method", ["grape", "doremi"])
+def test_fsdp_with_a_gradient_method_refused_before_earlier_results_are_cleared(tmp_path, method):
+    from hf_ext.recipes.grape import main
+
+    out = tmp_path / "out"
+    _earlier_run(out)
+    extra = ["--reference_model_name_or_path", str(tmp_path)] if method == "doremi" else []
+    with pytest.raises(ValueError, match=f"reweight_method='{method}'.*FSDP and DeepSpeed \\(--fsdp\\)"):
+        main([*TINY, "--output_dir", str(out), "--reweight_method", method, "--fsdp", "full_shard", *extra])
+    assert sorted(p.name for p in out.iterdir()) == sorted(EARLIER)
+
+
+def test_accelerate_fsdp_environment_refused_with_grape(tmp_path, monkeypatch):
+    from hf_ext.recipes.grape import validate_args
+
+    parsed = _parse([*TINY, "--output_dir", str(tmp_path / "o")])
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="FSDP and DeepSpeed \\(--fsdp\\)"):
+        validate_args(*parsed)
