@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -92,7 +93,10 @@ class GrapeConfig(TrainingArguments):
     )
     plot_file: str | None = field(
         default="mixture_weights.png",
-        metadata={"help": "PNG of the weight trajectories (relative to output_dir); empty to skip."},
+        metadata={
+            "help": "Figure of the weight trajectories (relative to output_dir; format from the extension: png, pdf, "
+            "svg, ... as matplotlib writes them); empty to skip."
+        },
     )
 
     def __post_init__(self):
@@ -152,3 +156,21 @@ class GrapeConfig(TrainingArguments):
             raise ValueError(f"samples_per_epoch must be a positive int (or None), got {self.samples_per_epoch!r}.")
         if not self.export_mixture_file:
             raise ValueError("export_mixture_file must be a file name, e.g. mixture.json.")
+        if self.plot_file:
+            check_plot_format(self.plot_file, "plot_file")
+
+
+def check_plot_format(path: str, arg: str) -> None:
+    """Refuse a figure file whose extension matplotlib cannot write (no extension = png): the plot is saved at the end
+    of training, where `Format 'txt' is not supported` used to lose the run's final model and results."""
+    ext = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    if ext == "png":
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    if ext not in supported:
+        raise ValueError(
+            f"{arg}={path!r}: matplotlib cannot write {ext!r} figures; use one of the extensions {sorted(supported)} "
+            "(e.g. mixture_weights.png), or an empty value to skip the plot."
+        )

@@ -79,3 +79,29 @@ def test_accelerate_fsdp_environment_refused_with_grape(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ValueError, match="FSDP and DeepSpeed \\(--fsdp\\)"):
         validate_args(*parsed)
+
+
+# ---- #1: a plot_file extension matplotlib cannot write is refused at construction --------------------------------
+@pytest.mark.parametrize("name", ["weights.txt", "weights.csv", "weights.json", "weights.pgn"])
+def test_plot_file_with_an_unwritable_format_is_refused_naming_the_flag(tmp_path, name):
+    from hf_ext.grape import GrapeConfig
+
+    with pytest.raises(ValueError, match=f"plot_file='{name}'.*matplotlib cannot write"):
+        GrapeConfig(output_dir=str(tmp_path), plot_file=name)
+
+
+@pytest.mark.parametrize("name", ["w.png", "w.PDF", "w.svg", "weights", "", None])
+def test_plot_file_with_a_writable_format_is_accepted(tmp_path, name):
+    from hf_ext.grape import GrapeConfig
+
+    GrapeConfig(output_dir=str(tmp_path), plot_file=name)
+
+
+def test_recipe_refuses_a_txt_plot_before_earlier_results_are_cleared(tmp_path):
+    from hf_ext.recipes.grape import main
+
+    out = tmp_path / "out"
+    _earlier_run(out)
+    with pytest.raises(ValueError, match="plot_file='weights.txt'"):
+        main([*TINY, "--output_dir", str(out), "--plot_file", "weights.txt"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(EARLIER)
