@@ -158,6 +158,11 @@ class GrapeConfig(TrainingArguments):
             raise ValueError("export_mixture_file must be a file name, e.g. mixture.json.")
         if self.plot_file:
             check_plot_format(self.plot_file, "plot_file")
+            if os.path.normpath(self.plot_file) == os.path.normpath(self.export_mixture_file):
+                raise ValueError(
+                    f"plot_file and export_mixture_file both name {self.plot_file!r}: the plot would overwrite the "
+                    "exported mixture; give them different names (e.g. mixture_weights.png and mixture.json)."
+                )
 
 
 def check_plot_format(path: str, arg: str) -> None:

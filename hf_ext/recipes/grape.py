@@ -227,6 +227,7 @@ def _refuse_inapplicable_flags(
             "grape run)."
         )
     _refuse_unsupported_training_setup(args, methods)
+    _refuse_colliding_output_names(args)
     if args.reference_model_name_or_path:
         from ._common import check_model_reference
 
@@ -250,6 +251,30 @@ def _refuse_inapplicable_flags(
         if eval_args.eval_limit is not None or eval_args.eval_num_fewshot != 0:
             flag = "--eval_limit" if eval_args.eval_limit is not None else "--eval_num_fewshot"
             raise ValueError(f"{flag} applies to the lm-eval scoring of --eval_tasks; pass --eval_tasks or drop it.")
+
+
+#: Files the recipe or `save_model` writes into --output_dir (or a compared method's folder) besides the mixture and
+#: the plot; `*.safetensors` / `*.bin` shards and their index files too (see `_refuse_colliding_output_names`).
+OWN_OUTPUT_FILES = (
+    "grape_results.json", "target_eval.json", "target_eval.md", "target_eval.png", "config.json",
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+    "merges.txt", "added_tokens.json", "chat_template.jinja", "training_args.bin",
+)  # fmt: skip
+
+
+def _refuse_colliding_output_names(args: GrapeRecipeConfig) -> None:
+    """--export_mixture_file / --plot_file naming another output of the run (the results, the comparison, the saved
+    model or tokenizer) were accepted: that file then overwrote the exported mixture, or the mixture the file."""
+    for flag, name in (("--export_mixture_file", args.export_mixture_file), ("--plot_file", args.plot_file)):
+        if not name:
+            continue
+        base = os.path.normpath(name)
+        if base in OWN_OUTPUT_FILES or base.endswith((".safetensors", ".safetensors.index.json", ".bin")):
+            raise ValueError(
+                f"{flag} {name!r} names a file the recipe writes itself into --output_dir (results, comparison, saved "
+                "model or tokenizer), which would overwrite it or be overwritten; pick another name (defaults: "
+                "mixture.json, mixture_weights.png)."
+            )
 
 
 def _refuse_unsupported_training_setup(args: GrapeRecipeConfig, methods: list[str]) -> None:

@@ -105,3 +105,35 @@ def test_recipe_refuses_a_txt_plot_before_earlier_results_are_cleared(tmp_path):
     with pytest.raises(ValueError, match="plot_file='weights.txt'"):
         main([*TINY, "--output_dir", str(out), "--plot_file", "weights.txt"])
     assert sorted(p.name for p in out.iterdir()) == sorted(EARLIER)
+
+
+# ---- #5: output names that collide with each other or with the recipe's own files ------------------------------
+def test_config_refuses_the_same_name_for_the_mixture_and_the_plot(tmp_path):
+    from hf_ext.grape import GrapeConfig
+
+    with pytest.raises(ValueError, match="plot_file and export_mixture_file both name 'w.png'"):
+        GrapeConfig(output_dir=str(tmp_path), plot_file="w.png", export_mixture_file="./w.png")
+
+
+@pytest.mark.parametrize(
+    "flag, name",
+    [
+        ("--export_mixture_file", "grape_results.json"),
+        ("--export_mixture_file", "config.json"),
+        ("--export_mixture_file", "model.safetensors"),
+        ("--export_mixture_file", "target_eval.json"),
+        ("--plot_file", "target_eval.png"),
+    ],
+)
+def test_recipe_refuses_output_names_of_its_own_files(tmp_path, flag, name):
+    from hf_ext.recipes.grape import validate_args
+
+    with pytest.raises(ValueError, match=f"{flag} '{name}' names a file the recipe writes itself"):
+        validate_args(*_parse([*TINY, "--output_dir", str(tmp_path / "o"), flag, name]))
+
+
+def test_recipe_accepts_other_output_names(tmp_path):
+    from hf_ext.recipes.grape import validate_args
+
+    argv = ["--export_mixture_file", "weights/mix.json", "--plot_file", "weights/mix.svg"]
+    validate_args(*_parse([*TINY, "--output_dir", str(tmp_path / "o"), *argv]))
