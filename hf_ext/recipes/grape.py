@@ -228,6 +228,7 @@ def _refuse_inapplicable_flags(
         )
     _refuse_unsupported_training_setup(args, methods)
     _refuse_colliding_output_names(args)
+    _refuse_unread_flags(data_args, args, methods)
     if args.reference_model_name_or_path:
         from ._common import check_model_reference
 
@@ -260,6 +261,40 @@ OWN_OUTPUT_FILES = (
     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
     "merges.txt", "added_tokens.json", "chat_template.jinja", "training_args.bin",
 )  # fmt: skip
+
+
+#: The reweighting flags read by some methods only, and the methods that read them.
+_FLAG_READERS = {
+    "domain_step_size": ("grape", "grape_ema", "grape_gap", "doge"),
+    "domain_smoothing": ("grape", "grape_ema", "grape_gap", "doge"),
+    "step_size_convention": ("grape", "grape_ema", "grape_gap", "doge"),
+    "task_step_size": ("grape", "grape_ema", "grape_gap"),
+    "task_smoothing": ("grape", "grape_ema", "grape_gap"),
+    "ema_beta": ("grape_ema",),
+    "doremi_eta": ("doremi",),
+    "doremi_smoothing": ("doremi",),
+}
+
+
+def _refuse_unread_flags(data_args: GrapeDataArguments, args: GrapeRecipeConfig, methods: list[str]) -> None:
+    """A step-size / smoothing / EMA / DoReMi flag set away from its default that none of the run's methods reads
+    (e.g. `--reweight_method uniform --domain_step_size 3`, or doge's never-updated tasks with `--task_step_size`) was
+    accepted without a word; so was `--eval_fraction` with no target tasks to split."""
+    from ._common import changed_from_default
+
+    for name in changed_from_default(args, _FLAG_READERS):
+        readers = _FLAG_READERS[name]
+        if not set(readers) & set(methods):
+            raise ValueError(
+                f"--{name} is read only by --reweight_method {'/'.join(readers)} and has no effect on "
+                f"{', '.join(methods)}; drop it (or train one of those methods)."
+            )
+    no_targets = (data_args.train_file or data_args.dataset_name) and not data_args.target_files
+    if no_targets and changed_from_default(data_args, ["eval_fraction"]):
+        raise ValueError(
+            "--eval_fraction splits the target tasks' blocks, but this run has none (own sources without "
+            "--target_files); drop it or pass --target_files."
+        )
 
 
 def _refuse_colliding_output_names(args: GrapeRecipeConfig) -> None:

@@ -2,6 +2,8 @@
 format matplotlib cannot write, output names that collide, flags the chosen method never reads, two domain-weight
 sources) and DoGE's fixed task weights read from a mixture file."""
 
+import json
+
 import pytest
 
 TINY = ["--vocab_size", "300", "--per_device_train_batch_size", "4", "--hidden_size", "32", "--intermediate_size",
@@ -137,3 +139,53 @@ def test_recipe_accepts_other_output_names(tmp_path):
 
     argv = ["--export_mixture_file", "weights/mix.json", "--plot_file", "weights/mix.svg"]
     validate_args(*_parse([*TINY, "--output_dir", str(tmp_path / "o"), *argv]))
+
+
+# ---- #4: step-size / smoothing / EMA / DoReMi flags the chosen methods never read ------------------------------
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--reweight_method", "uniform", "--domain_step_size", "3"], "--domain_step_size"),
+        (["--reweight_method", "uniform", "--task_step_size", "3"], "--task_step_size"),
+        (["--doremi_eta", "0.1"], "--doremi_eta"),
+        (["--doremi_smoothing", "0.01"], "--doremi_smoothing"),
+        (["--reweight_method", "doge", "--task_step_size", "1"], "--task_step_size"),
+        (["--reweight_method", "doge", "--task_smoothing", "0.2"], "--task_smoothing"),
+        (["--ema_beta", "0.5"], "--ema_beta"),
+        (["--reweight_method", "grape_gap", "--step_size_convention", "lr_scaled", "--compare_methods", "uniform"],
+         None),
+    ],  # fmt: skip
+)
+def test_flags_no_method_of_the_run_reads_are_refused(tmp_path, argv, flag):
+    from hf_ext.recipes.grape import validate_args
+
+    if flag is None:  # --compare_methods without grape*: the convention is read by none of them
+        argv, flag = ["--step_size_convention", "lr_scaled", "--compare_methods", "uniform"], "--step_size_convention"
+    with pytest.raises(ValueError, match=f"{flag} is read only by --reweight_method .* has no effect on"):
+        validate_args(*_parse([*TINY, "--output_dir", str(tmp_path / "o"), *argv]))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--domain_step_size", "3", "--task_step_size", "3", "--task_smoothing", "0.01"],
+        ["--reweight_method", "grape_ema", "--ema_beta", "0.5"],
+        ["--reweight_method", "doge", "--domain_step_size", "3", "--domain_smoothing", "0.1"],
+        ["--compare_methods", "grape,uniform", "--task_step_size", "3"],
+    ],
+)
+def test_flags_a_method_of_the_run_reads_are_accepted(tmp_path, argv):
+    from hf_ext.recipes.grape import validate_args
+
+    validate_args(*_parse([*TINY, "--output_dir", str(tmp_path / "o"), *argv]))
+
+
+def test_eval_fraction_without_targets_is_refused(tmp_path):
+    from hf_ext.recipes.grape import validate_args
+
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(json.dumps({"text": f"row {i}", "domain": "ab"[i % 2]}) + "\n" for i in range(8)))
+    argv = ["--train_file", str(src), "--reweight_method", "uniform", "--output_dir", str(tmp_path / "o")]
+    validate_args(*_parse([*TINY, *argv]))
+    with pytest.raises(ValueError, match="--eval_fraction splits the target tasks' blocks, but this run has none"):
+        validate_args(*_parse([*TINY, *argv, "--eval_fraction", "0.9"]))
