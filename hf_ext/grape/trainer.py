@@ -148,8 +148,9 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         reference_model (`PreTrainedModel`, *optional*): DoReMi's reference model (else loaded from
             `args.reference_model_name_or_path`).
         domain_weights (`dict[str, float]`, *optional*): Initial (or, for `fixed`, constant) domain weights; default
-            from `args.mixture_file`, else uniform.
-        task_weights (`dict[str, float]`, *optional*): Initial task weights; default uniform.
+            from `args.mixture_file`, else uniform. Refused together with `args.mixture_file`.
+        task_weights (`dict[str, float]`, *optional*): Initial task weights (for `doge`, the fixed ones); default
+            uniform. A mixture file's `tasks` are not read: `args.mixture_file` gives domain weights only.
         **kwargs: Passed to `transformers.Trainer` (`data_collator`, `processing_class`, `callbacks`, ...).
     """
 
@@ -229,6 +230,12 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
             )
         if method == "fixed" and domain_weights is None and not args.mixture_file:
             raise ValueError("reweight_method='fixed' needs --mixture_file (a mixture JSON) or domain_weights=...")
+        if domain_weights is not None and args.mixture_file:
+            raise ValueError(
+                f"domain_weights=... and mixture_file={args.mixture_file!r} both give the domain weights; the file was "
+                "dropped without a word while the run's arguments still named it. Pass one of them: drop "
+                "domain_weights or set mixture_file=None."
+            )
         if method == "uniform" and (domain_weights is not None or args.mixture_file):
             flag = "domain_weights" if domain_weights is not None else "--mixture_file"
             given = "domain_weights=..." if domain_weights is not None else f"--mixture_file {args.mixture_file!r}"

@@ -189,3 +189,47 @@ def test_eval_fraction_without_targets_is_refused(tmp_path):
     validate_args(*_parse([*TINY, *argv]))
     with pytest.raises(ValueError, match="--eval_fraction splits the target tasks' blocks, but this run has none"):
         validate_args(*_parse([*TINY, *argv, "--eval_fraction", "0.9"]))
+
+
+# ---- #7 / #6: two domain-weight sources; DoGE's fixed task weights ---------------------------------------------
+@pytest.mark.parametrize("method", ["fixed", "grape", "doge"])
+def test_domain_weights_with_a_mixture_file_is_refused_naming_both(tmp_path, method):
+    from grape_synthetic import quick_grape_args, synthetic_mixture, tiny_llama
+
+    from hf_ext.grape import GrapeTrainer
+
+    train, targets = synthetic_mixture(n_per_domain=4, length=16, n_target=4)
+    mix = tmp_path / "mix.json"
+    mix.write_text(json.dumps({"a": 0.8, "b": 0.1, "c": 0.1}))
+    args = quick_grape_args(tmp_path / "o", reweight_method=method, mixture_file=str(mix))
+    with pytest.raises(ValueError, match="domain_weights=... and mixture_file=.*mix.json' both give the domain weights"):
+        GrapeTrainer(
+            model=tiny_llama(),
+            args=args,
+            train_dataset=train,
+            target_datasets=targets,
+            domain_weights={"a": 0.1, "b": 0.1, "c": 0.8},
+        )
+
+
+def test_doge_holds_task_weights_of_task_weights_and_never_reads_a_files_tasks(tmp_path):
+    """docs/grape.md (Baselines): doge's fixed task weights are uniform or `task_weights=`; a mixture file gives domain
+    weights only (its `tasks` are not read)."""
+    from grape_synthetic import quick_grape_args, synthetic_mixture, tiny_llama
+
+    from hf_ext.grape import GrapeTrainer
+
+    train, targets = synthetic_mixture(n_per_domain=4, length=16, n_target=4)
+    names = sorted(targets)
+    mix = tmp_path / "mix.json"
+    mix.write_text(json.dumps({"a": 0.8, "b": 0.1, "c": 0.1}))
+    args = quick_grape_args(tmp_path / "o", reweight_method="doge", mixture_file=str(mix))
+    trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
+    assert trainer.mixture_state.task_weights.tolist() == pytest.approx([1 / len(names)] * len(names))
+    assert trainer.mixture_state.domain_weights.tolist() == pytest.approx([0.8, 0.1, 0.1])
+    chosen = {n: (0.9 if i == 0 else 0.1 / (len(names) - 1)) for i, n in enumerate(names)}
+    args = quick_grape_args(tmp_path / "p", reweight_method="doge")
+    trainer = GrapeTrainer(
+        model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets, task_weights=chosen
+    )
+    assert trainer.mixture_state.task_weights.tolist() == pytest.approx([chosen[n] for n in names])
