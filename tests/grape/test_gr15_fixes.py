@@ -233,3 +233,30 @@ def test_doge_holds_task_weights_of_task_weights_and_never_reads_a_files_tasks(t
         model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets, task_weights=chosen
     )
     assert trainer.mixture_state.task_weights.tolist() == pytest.approx([chosen[n] for n in names])
+
+
+# ---- #3 (documented deviation): g_alpha / g_tgt batches are of reweight_mini_batch_size sequences ----------------
+def test_mixture_and_target_gradients_use_batches_of_the_mini_batch_size_as_documented(tmp_path):
+    """docs/grape.md ('How many sequences g_alpha and g_tgt average') and the GrapeConfig docstring: n = reweight_batch
+    // mini batches of `reweight_mini_batch_size` sequences, not of the per-device train batch as in the GRAPE code."""
+    from grape_synthetic import quick_grape_args, synthetic_mixture, tiny_llama
+
+    from hf_ext.grape import GrapeConfig, GrapeTrainer
+
+    assert "(16 sequences for the mixture" not in GrapeConfig.__doc__  # the reference default: 2 train batches
+    train, targets = synthetic_mixture(n_per_domain=8, length=16, n_target=8)
+    args = quick_grape_args(
+        tmp_path, per_device_train_batch_size=6, reweight_batch_size=6, reweight_mini_batch_size=2
+    )
+    trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
+    sizes = []
+    draw = trainer._mixture_batch
+
+    def record(weights, rng, size, kind):
+        sizes.append((kind, size))
+        return draw(weights, rng, size, kind)
+
+    trainer._mixture_batch = record
+    trainer._averaged_gradient(trainer.mixture_state.domain_weights, "domain")
+    trainer._averaged_gradient(trainer.mixture_state.task_weights, "task")
+    assert sizes == [("domain", 2)] * 3 + [("task", 2)] * 3
