@@ -402,6 +402,24 @@ def _peft_layer_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if type(m).__module__.partition(".")[0] == "peft"]
 
 
+def _replaced_linear_names(model: nn.Module) -> list[tuple[str, str]]:
+    """`(name, class name)` of the decoder projections and LM head of a causal LM that are not plain `nn.Linear`:
+    FP8 training linears (torchao `Float8Linear`, `hf_ext.fp8`'s emulated `Fp8Linear`), quantized or otherwise
+    replaced linears. Their weights and state do not fit the plain `nn.Linear` layers of a converted model."""
+    found = []
+    for prefix, root in (("model.layers", getattr(getattr(model, "model", None), "layers", None)),
+                         ("lm_head", getattr(model, "lm_head", None))):  # fmt: skip
+        if not isinstance(root, nn.Module):
+            continue
+        for name, module in root.named_modules():
+            full = f"{prefix}.{name}" if name else prefix
+            leaf = full.rpartition(".")[2]
+            projection = leaf.endswith("_proj") or leaf == "lm_head"
+            if type(module) is not nn.Linear and (isinstance(module, nn.Linear) or projection):
+                found.append((full, type(module).__name__))
+    return found
+
+
 def merge_peft_adapters(peft_model, merge: bool = True):
     """`peft_model.merge_and_unload()` (with `merge=False`: `unload()`) for a layer-paired model, completed.
 
@@ -1050,7 +1068,8 @@ def convert_to_layer_parallel(
 
     Args:
         model (`PreTrainedModel`): A `LlamaForCausalLM`, `MistralForCausalLM` or `Qwen2ForCausalLM` (any model whose
-            `config.model_type` is `llama`, `mistral` or `qwen2`).
+            `config.model_type` is `llama`, `mistral` or `qwen2`), in high precision: decoder projections and LM head
+            must be plain `nn.Linear` (pair first, then apply FP8 with `hf_ext.fp8.convert`).
         start (`int`, *optional*): First paired layer (inclusive).
         end (`int`, *optional*): End of the paired range (exclusive); `end - start` must be even. `start == end`
             gives a model that computes exactly what the source computes.
@@ -1094,6 +1113,18 @@ def convert_to_layer_parallel(
         raise TypeError(
             f"`model` must be a causal LM with `.model.layers` and `.lm_head` (e.g. LlamaForCausalLM), got "
             f"{type(model).__name__}."
+        )
+    replaced = _replaced_linear_names(model)
+    if replaced:
+        # copied into the plain nn.Linear layers of the new model, an FP8 linear's weight would silently compute in
+        # high precision (torchao's Float8Linear) or leave its scaling buffers over (hf_ext's emulated Fp8Linear)
+        name, kind = replaced[0]
+        raise TypeError(
+            f"`model` holds linear layers that are not plain nn.Linear ({name} is {kind}"
+            f"{f', and {len(replaced) - 1} more' if len(replaced) > 1 else ''}): FP8 or quantized linears cannot be "
+            "paired, their FP8 execution or quantization would be lost. Pair first, then apply FP8 to the converted "
+            "model: `hf_ext.fp8.convert(convert_to_layer_parallel(model, ...))` with `model` in high precision "
+            "(e.g. reloaded with `from_pretrained`, which gives plain nn.Linear layers)."
         )
     if not isinstance(merge, bool):
         raise TypeError(f"`merge` must be True or False, got {merge!r}.")
