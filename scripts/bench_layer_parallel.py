@@ -40,6 +40,7 @@ from transformers import (
 
 import hf_ext  # noqa: F401  (registers the layer-parallel architecture)
 from hf_ext.models.layer_parallel import convert_to_layer_parallel
+from hf_ext.models.layer_parallel.configuration_layer_parallel import LP_MODES
 
 # Defaults of the flags that `--tiny` changes: (GPU default, --tiny default). A flag given on the command line always
 # wins; `--tiny` only changes what an omitted flag means.
@@ -74,10 +75,14 @@ class BenchArguments:
     num_key_value_heads: int | None = field(default=None, metadata={"help": "KV heads (8; --tiny 2)."})
     vocab_size: int | None = field(default=None, metadata={"help": "Vocabulary (128256; --tiny 512)."})
     num_pairs: int | None = field(
-        default=None, metadata={"help": "Number of pairs (7; --tiny 3); the range ends before the last layer."}
+        default=None,
+        metadata={
+            "help": "Number of pairs (7; --tiny 3). Without --lp_start the range ends before the last layer, which "
+            "needs 2 * pairs + 1 layers."
+        },
     )
     lp_start: int | None = field(default=None, metadata={"help": "First paired layer (default: L - 1 - 2 * pairs)."})
-    lp_mode: str = field(default="sublayer", metadata={"help": "sublayer or block."})
+    lp_mode: str = field(default="sublayer", metadata={"help": f"{' or '.join(LP_MODES)}."})
     batch_sizes: str = field(default="1,8", metadata={"help": "Comma-separated decode batch sizes."})
     modes: str | None = field(
         default=None, metadata={"help": "Comma-separated: eager, compiled (default: both on GPU, eager on CPU)."}
@@ -143,9 +148,15 @@ def _resolve(args: BenchArguments) -> BenchArguments:
         args.modes = "eager" if args.device == "cpu" or args.tp > 1 else "eager,compiled"
     if args.dtype is None:
         args.dtype = "float32" if args.device == "cpu" else "bfloat16"
-    if args.lp_start is None:
-        args.lp_start = max(0, args.num_hidden_layers - 1 - 2 * args.num_pairs)
     # validate everything before building anything
+    if args.lp_start is None:
+        args.lp_start = args.num_hidden_layers - 1 - 2 * args.num_pairs
+        if args.num_pairs >= 1 and args.lp_start < 0:
+            raise ValueError(
+                f"--num_pairs {args.num_pairs} from the default --lp_start does not fit {args.num_hidden_layers} "
+                f"layers: the default range ends before the last layer, which needs {2 * args.num_pairs + 1} layers; "
+                "give a smaller --num_pairs, a larger --num_hidden_layers, or an explicit --lp_start (e.g. 0)."
+            )
     if args.lp_start < 0:
         raise ValueError(f"--lp_start must be >= 0 (the first paired layer), got {args.lp_start}.")
     _batch_sizes(args.batch_sizes)
@@ -163,7 +174,44 @@ def _resolve(args: BenchArguments) -> BenchArguments:
         raise ValueError("--device cuda was requested but no CUDA device is visible; use --tiny or --device cpu.")
     if args.new_tokens < 2 or args.repeats < 1 or args.prompt_length < 1:
         raise ValueError("--new_tokens must be >= 2, --repeats >= 1 and --prompt_length >= 1.")
+    if args.lp_mode not in LP_MODES:
+        raise ValueError(f"--lp_mode must be one of {list(LP_MODES)}, got {args.lp_mode!r}.")
+    for name in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    heads, kv_heads = args.num_attention_heads, args.num_key_value_heads
+    if kv_heads < 1 or heads % kv_heads:
+        raise ValueError(
+            f"--num_key_value_heads ({kv_heads}) must divide --num_attention_heads ({heads}): each KV head serves a "
+            f"whole group of query heads (e.g. --num_key_value_heads {heads} or 1)."
+        )
+    # the attention kernel, checked by transformers on a model without weights (the meta device costs nothing)
+    try:
+        with torch.device("meta"):
+            LlamaForCausalLM._from_config(_llama_config(args), attn_implementation=args.attn_implementation)
+    except (ValueError, ImportError) as err:
+        raise ValueError(
+            f"--attn_implementation {args.attn_implementation!r} cannot be used: {err} Use e.g. sdpa or eager."
+        ) from err
     return args
+
+
+def _llama_config(args: BenchArguments) -> LlamaConfig:
+    """The source model's config: the Llama-3.2 shape family with the sizes of `args`, random weights."""
+    return LlamaConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        num_key_value_heads=args.num_key_value_heads,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
 
 
 def _device_name(device: str) -> str:
@@ -247,20 +295,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = _resolve(args)
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype)
-    config = LlamaConfig(
-        vocab_size=args.vocab_size,
-        hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.num_hidden_layers,
-        num_attention_heads=args.num_attention_heads,
-        num_key_value_heads=args.num_key_value_heads,
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    config = _llama_config(args)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     with torch.device("cpu" if args.tp > 1 else args.device):

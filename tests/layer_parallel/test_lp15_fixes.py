@@ -4,12 +4,18 @@ F1 `convert_to_layer_parallel` refuses a source whose decoder projections (or LM
    an `hf_ext.fp8.convert`-ed source (torchao `Float8Linear`) was paired into plain linears that dropped FP8 silently,
    the emulated `Fp8Linear` failed with a 50-key "Weight layout mismatch" dump. The documented order (pair, then FP8)
    works.
+F2 `scripts/bench_layer_parallel.py` checks `--lp_mode`, `--attn_implementation` and the head ratio before building a
+   model, naming the flag, and refuses a `--num_pairs` whose default range cannot end before the last layer (its start
+   was clamped to 0, so the range covered the last layer, unlike the help said).
 """
+
+import importlib.util
+import sys
 
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import HfArgumentParser, LlamaConfig, LlamaForCausalLM
 
 import hf_ext  # noqa: F401  (registers the layer-parallel architecture)
 from hf_ext.fp8 import convert as fp8_convert
@@ -78,3 +84,55 @@ def test_other_replaced_linears_are_refused_by_name():
     with pytest.raises(TypeError, match=r"lm_head is NotALinear\)"):
         convert_to_layer_parallel(model, 0, 2)
     convert_to_layer_parallel(_llama(), 0, 2)  # plain linears: accepted
+
+
+# F2 ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench(repo_root):
+    spec = importlib.util.spec_from_file_location(
+        "bench_layer_parallel", f"{repo_root}/scripts/bench_layer_parallel.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--lp_mode", "blocks"], r"--lp_mode must be one of \['sublayer', 'block'\], got 'blocks'"),
+        (["--attn_implementation", "sdpa_typo"], r"--attn_implementation 'sdpa_typo' cannot be used"),
+        (["--num_key_value_heads", "3"], r"--num_key_value_heads \(3\) must divide --num_attention_heads \(4\)"),
+        (["--num_key_value_heads", "0"], r"--num_key_value_heads \(0\) must divide --num_attention_heads \(4\)"),
+        (["--num_pairs", "4"], r"--num_pairs 4 from the default --lp_start does not fit 8 layers: .* 9 layers"),
+    ],
+)
+def test_bench_checks_flags_before_building_a_model(bench, monkeypatch, argv, match):
+    built, from_config = [], bench.LlamaForCausalLM._from_config
+
+    def watched(*args, **kwargs):  # a model with weights (not on the meta device) is a build
+        built.append(torch.empty(0).device)
+        return from_config(*args, **kwargs)
+
+    monkeypatch.setattr(bench.LlamaForCausalLM, "_from_config", watched)
+    with pytest.raises(ValueError, match=match):
+        bench.main(["--tiny", "--repeats", "1", "--new_tokens", "2", "--batch_sizes", "1", *argv])
+    assert all(device.type == "meta" for device in built)  # only the weightless check of --attn_implementation
+
+
+def test_bench_default_range_ends_before_the_last_layer_and_explicit_start_may_cover_it(bench):
+    def resolve(argv):
+        (args,) = HfArgumentParser(bench.BenchArguments).parse_args_into_dataclasses(args=argv)
+        return bench._resolve(args)
+
+    args = resolve(["--tiny", "--num_pairs", "3"])
+    assert (args.lp_start, args.lp_start + 2 * args.num_pairs) == (1, 7)  # layer 7, the last, stays unpaired
+    args = resolve(["--tiny", "--num_pairs", "4", "--lp_start", "0"])  # given explicitly: the whole model
+    assert (args.lp_start, args.lp_start + 2 * args.num_pairs) == (0, 8)
+    assert resolve(["--tiny", "--attn_implementation", "eager"]).attn_implementation == "eager"
+    assert (
+        "which needs 2 * pairs + 1 layers" in bench.BenchArguments.__dataclass_fields__["num_pairs"].metadata["help"]
+    )
