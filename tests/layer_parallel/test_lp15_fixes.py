@@ -7,8 +7,12 @@ F1 `convert_to_layer_parallel` refuses a source whose decoder projections (or LM
 F2 `scripts/bench_layer_parallel.py` checks `--lp_mode`, `--attn_implementation` and the head ratio before building a
    model, naming the flag, and refuses a `--num_pairs` whose default range cannot end before the last layer (its start
    was clamped to 0, so the range covered the last layer, unlike the help said).
+F3 `config.source_config = copy` on a built config is accepted only when the copy computes the same function (all of
+   `to_dict()` equal but `initializer_range` and bookkeeping fields); another `hidden_act` or `rope_parameters` was
+   accepted, the model kept the old function and saved as another one.
 """
 
+import copy
 import importlib.util
 import sys
 
@@ -136,3 +140,37 @@ def test_bench_default_range_ends_before_the_last_layer_and_explicit_start_may_c
     assert (
         "which needs 2 * pairs + 1 layers" in bench.BenchArguments.__dataclass_fields__["num_pairs"].metadata["help"]
     )
+
+
+# F3 ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("hidden_act", "gelu"),
+        ("rope_parameters", {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}),
+        ("rms_norm_eps", 1e-3),
+        ("attention_dropout", 0.5),
+    ],
+)
+def test_a_source_config_copy_that_changes_the_function_is_refused(field, value):
+    lp = convert_to_layer_parallel(_llama(), 0, 2)
+    before = copy.deepcopy(lp.config.source_config.to_dict())
+    changed = copy.deepcopy(lp.config.source_config)
+    setattr(changed, field, value)
+    with pytest.raises(ValueError, match=r"(?s)source_config cannot be changed .* LayerParallelConfig\("):
+        lp.config.source_config = changed
+    assert lp.config.source_config.to_dict() == before
+
+
+def test_a_source_config_copy_that_keeps_the_function_is_accepted():
+    """transformers' `_config_zero_init` (common tests) puts back a copy with another `initializer_range`; bookkeeping
+    and output switches do not change what the model computes either."""
+    lp = convert_to_layer_parallel(_llama(), 0, 2)
+    changed = copy.deepcopy(lp.config.source_config)
+    changed.initializer_range = 1e-10
+    changed._name_or_path = "somewhere/else"
+    changed.output_hidden_states = True
+    lp.config.source_config = changed
+    assert lp.config.source_config is changed

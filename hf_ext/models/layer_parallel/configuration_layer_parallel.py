@@ -53,14 +53,32 @@ _LAYOUT_SOURCE_FIELDS = (
 )
 
 
-def _same_structure(key: str, current, value) -> bool:
-    """Whether replacing `source_config` by `value` keeps everything the layer-parallel config derives from it (the
-    weight layout, the mirrored attributes, the layer types): e.g. transformers' tests and weight-init helpers put
-    back a copy with another `initializer_range`. Any other structural field must keep its value."""
+# Source-config fields that a copy put back on a built config may change: they do not change what a built model
+# computes (weight initialisation, bookkeeping, output switches, which the top-level config decides).
+_FUNCTION_NEUTRAL_SOURCE_FIELDS = (
+    "initializer_range",  # transformers' `_config_zero_init` (common tests, weight-init helpers)
+    "_name_or_path",
+    "transformers_version",
+    "architectures",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+)
+
+
+def _same_function(key: str, current, value) -> bool:
+    """Whether `value` may replace the `source_config` `current` of a built config: a config of the same class whose
+    `to_dict()` equals the current one except for `_FUNCTION_NEUTRAL_SOURCE_FIELDS` (transformers' tests and
+    weight-init helpers put back a copy with another `initializer_range`). Another activation, RoPE, dropout, norm
+    epsilon or weight layout would be saved while a model built from the config kept computing the old function.
+    Any other structural field must keep its value."""
     if key != "source_config" or type(value) is not type(current) or not isinstance(current, PreTrainedConfig):
         return False
-    fields = _LAYOUT_SOURCE_FIELDS + _MIRRORED_SOURCE_ATTRIBUTES + ("layer_types",)
-    return all(getattr(value, f, None) == getattr(current, f, None) for f in fields)
+
+    def function_fields(config):
+        return {k: v for k, v in config.to_dict().items() if k not in _FUNCTION_NEUTRAL_SOURCE_FIELDS}
+
+    return function_fields(value) == function_fields(current)
 
 
 def resolve_pairs(
@@ -456,7 +474,7 @@ class LayerParallelConfig(PreTrainedConfig):
 
                 if plain(value) == plain(current.to_dict()):  # `config.update(config.to_dict())`: nothing changes
                     return
-            if value is not current and value != current and not _same_structure(key, current, value):
+            if value is not current and value != current and not _same_function(key, current, value):
                 # The pairing decides the cache slots, layer types and weight layout (derived and checked once, in
                 # `__post_init__`) and the modules of a model built from this config: a later change would be
                 # ignored by that model and saved as a different one.
