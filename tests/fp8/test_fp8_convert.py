@@ -307,6 +307,12 @@ def test_te_fp8_only_where_gemm_rows_allow():
     assert not te_fp8_shape_ok(3)  # a 3-sequence generate() decode step: 3 GEMM rows
     assert _token_rows((torch.zeros(3, 1, dtype=torch.long),), {}) == 3
     assert _token_rows((), {"inputs_embeds": torch.zeros(2, 5, 16)}) == 10
+    # GEMM rows are tokens (batch x sequence), not sequences: a (4, 6) batch has 24 rows, FP8-capable, 4 would not be
+    assert _token_rows((torch.zeros(4, 6, dtype=torch.long),), {}) == 24
+    assert _token_rows((), {"input_ids": torch.zeros(2, 3, dtype=torch.long)}) == 6
+    # the rule is a multiple of 8 rows (TE's FP8 GEMM), not of 16
+    assert te_fp8_shape_ok(24) and te_fp8_shape_ok(8)
+    assert not te_fp8_shape_ok(12) and not te_fp8_shape_ok(4)
 
 
 @pytest.mark.gpu
