@@ -95,6 +95,20 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
     from .reproduce import available_methods, reproduce
 
     methods = available_methods()
+    if not args.method and not args.list:
+        run_options = [
+            flag
+            for flag, given in (
+                ("--seeds", args.seeds is not None), ("--jobs", args.jobs != 1), ("--fast", args.fast),
+                ("--output_dir", args.output_dir is not None),
+            )
+            if given
+        ]  # fmt: skip
+        if run_options:  # a forgotten method name must not read as a successful run (exit 0, no report)
+            parser.error(
+                f"{', '.join(run_options)} given without a method: name one, e.g. `hf-ext reproduce grape ...` "
+                "(`hf-ext reproduce --list` lists them)"
+            )
     if args.list or not args.method:
         width = max(len(n) for n in methods)
         for name, title in methods.items():

@@ -470,6 +470,9 @@ class _ThreadPool:
     def __exit__(self, *exc):
         self._pool.shutdown(wait=True)
 
+    def shutdown(self, wait=True, cancel_futures=False):
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
 
 @pytest.fixture
 def thread_pool(monkeypatch):
@@ -545,3 +548,48 @@ def test_a_claim_judges_the_same_after_the_json_round_trip_of_rejudge(method, in
     claim = REPRODUCTIONS[method].claims[index]
     runs = [copy.deepcopy(r) for r in HOLDING[method]]
     assert claim.judge(json.loads(json.dumps(runs))) == claim.judge(runs)
+
+
+def test_jobs_a_failed_seed_cancels_the_queued_seeds(monkeypatch, tmp_path, thread_pool):
+    """ev15: with --jobs, a seed that failed at once let every queued seed run in full before the failure came out
+    (the pool's exit waited for all of them); now the queued seeds are cancelled and the failure raises."""
+    finished = []
+
+    def run(seed, fast, workdir):
+        if seed == 0:
+            raise RuntimeError("seed 0 failed at once")
+        time.sleep(0.3)
+        finished.append(seed)
+        return {"seed": seed, "gap": 1.0}
+
+    _toy(monkeypatch, "toy_fail", [Claim("c", "-", lambda runs: ("x", True))], run)
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="seed 0 failed at once"):
+        reproduce("toy_fail", seeds=8, jobs=2, output_dir=str(tmp_path))
+    assert len(finished) <= 2, finished  # only the seeds already running when seed 0 failed
+    assert time.perf_counter() - start < 1.5
+    assert not (tmp_path / "reproduction.json").exists()
+
+
+@pytest.mark.parametrize("fast", ["false", "no", "0", 1, None])
+def test_fast_must_be_a_bool(monkeypatch, tmp_path, fast):
+    """ev15: reproduce(fast="false") ran the smoke-check budget (a truthy string) and reported it as a --fast run."""
+    seen = []
+    _toy(monkeypatch, "toy_fast", [Claim("c", "-", lambda runs: ("x", True))], seen=seen)
+    with pytest.raises(TypeError, match="fast must be True or False"):
+        reproduce("toy_fast", seeds=1, fast=fast, output_dir=str(tmp_path))
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    "argv", [["--seeds", "3"], ["--seeds", "0"], ["--jobs", "-1"], ["--fast"], ["--output_dir", "x", "--seeds", "2"]]
+)
+def test_cli_reproduce_run_options_without_a_method_are_a_usage_error(capsys, argv):
+    """ev15: `hf-ext reproduce --seeds 3 --fast` (method forgotten) printed the method list and exited 0."""
+    from hf_ext.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", *argv])
+    assert exc.value.code == 2
+    assert "without a method" in capsys.readouterr().err
+    assert main(["reproduce", "--list"]) == 0 and main(["reproduce"]) == 0  # the list itself still works

@@ -210,6 +210,8 @@ def reproduce(
     seed_list = _seed_list(spec.default_seeds if seeds is None else seeds)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"--jobs must be a positive number of parallel processes, got {jobs!r}.")
+    if not isinstance(fast, bool):  # "false" is truthy: it ran the smoke-check budget and reported it as such
+        raise TypeError(f"fast must be True or False, got {fast!r}.")
     if output_dir is not None:
         from ..utils.io import ensure_writable_dir
 
@@ -339,12 +341,18 @@ def _run_in_processes(run: Callable, seeds: list[int], fast: bool, workdirs: lis
     """Run the seeds in up to `jobs` fresh ("spawn") processes; results come back in seed order. `run` must be a
     module-level function (it is sent to the workers by name)."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads or a CUDA context
-    with ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=ctx)
+    try:
         futures = [pool.submit(run, s, fast, w) for s, w in zip(seeds, workdirs)]
+        for done in as_completed(futures):
+            done.result()  # the first failure raises now: the seeds not started yet are cancelled below
         return [f.result() for f in futures]
+    finally:
+        # on a failure, the queued seeds are cancelled (the running ones finish: a worker cannot be interrupted)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _jsonable(obj):
