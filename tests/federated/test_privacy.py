@@ -659,7 +659,7 @@ def test_dp_sgd_noise_is_not_regenerable_from_the_public_seed(tmp_path, small_to
     a, a_again, b = release(rows, 8.0), release(rows, 8.0), release(neighbour, 8.0)
     assert not torch.equal(a, a_again)  # fresh secret noise, even with every seed equal
     residual = (a - b) - clean  # zero if the attacker could cancel the noise
-    assert float(residual.std()) == pytest.approx(2**0.5 * noise_scale, rel=0.1)
+    assert float(residual.std()) == pytest.approx(2**0.5 * noise_scale, rel=0.12)  # secret noise: 5.6 s.e.
     # the explicit opt-in is reproducible, and then the noise cancels: the test can tell the difference
     a, b = release(rows, 8.0, dp_noise_seed=1), release(neighbour, 8.0, dp_noise_seed=1)
     torch.testing.assert_close(a - b, clean, atol=1e-5, rtol=0)

@@ -67,7 +67,7 @@ def test_sum_is_exact_and_no_single_upload_is_revealed():
     for u in ids:
         y = view.masked[u]["a"]
         assert abs(_corr(decode(y), ups[u]["a"])) < _chance(ups[u]["a"].numel())  # the upload alone looks uniform
-        assert float(y.double().mean()) / MODULUS == pytest.approx(0.5, abs=0.02)
+        assert float(y.double().mean()) / MODULUS == pytest.approx(0.5, abs=0.025)  # 5.5 s.e. at n=4000
         # even after removing u's self mask (whose shares it does get) the pairwise masks still hide x_u
         residual = decode(_strip_self_mask(view, u))[: ups[u]["a"].numel()] / weights[u]  # "a" sorts first
         assert abs(_corr(residual, ups[u]["a"])) < _chance(ups[u]["a"].numel())
