@@ -22,15 +22,13 @@ class GrapeConfig(TrainingArguments):
     1e-3, no domain smoothing, EMA beta 0.9, reweighting every 100 steps, minibatches of 8) and its dataclass default
     for the reweighting batch (`reweight_batch_size=16`, `reweight_mini_batch_size=8`).
 
-    Deviation from the reference in what those two numbers mean for the mixture and target gradients (`g_alpha`,
-    `g_tgt`): the GRAPE code averages `reweight_batch_size // reweight_mini_batch_size` clipped gradients, each over a
-    batch of the per-device *training* batch size (its dataclass default: 2 batches of the train batch; ClimbLab,
-    32 // 8 with 16 per device: 4 x 16 = 64 sequences). Here each of those gradients is over
-    `reweight_mini_batch_size` sequences, `reweight_batch_size` in all (default 2 x 8 = 16). Each batch gradient is
-    clipped to `max_grad_norm` before the mean, so smaller batches give a noisier, larger-norm estimate and larger dot
-    products: the same `task_step_size` / `domain_step_size` move the weights further than in the reference (two tasks'
-    weights moved about 30% further per update, measured with 16 sequences per device and 16 / 8). The two coincide when
-    `per_device_train_batch_size == reweight_mini_batch_size`.
+    As in the GRAPE code (`tgt_reweight_step` / `domain_reweight_step`), the mixture and target gradients (`g_alpha`,
+    `g_tgt`) are each the mean of `reweight_batch_size // reweight_mini_batch_size` gradients, each over a batch of
+    `per_device_train_batch_size` sequences drawn from the training (target) mixture and clipped to `max_grad_norm`
+    before the mean (defaults with 16 sequences per device: 2 x 16 = 32 sequences; the ClimbLab config, 32 // 8 with 16
+    per device: 4 x 16 = 64). Each per-domain gradient `g_k` and per-task gradient `h_n` is over one minibatch of
+    `reweight_mini_batch_size` sequences. (Before 2026-12-04 `g_alpha` / `g_tgt` used batches of
+    `reweight_mini_batch_size` sequences instead, which moved the weights further per update at the same step sizes.)
     """
 
     domain_column: str = field(
@@ -57,14 +55,17 @@ class GrapeConfig(TrainingArguments):
     reweight_batch_size: int = field(
         default=16,
         metadata={
-            "help": "Sequences used for the training-mixture and target-mixture gradients at each update, in batches of "
-            "--reweight_mini_batch_size (the GRAPE code uses reweight_batch_size // reweight_mini_batch_size batches "
-            "of the per-device train batch instead; see docs/grape.md)."
+            "help": "Sets how many gradients the training-mixture and target-mixture gradients average at each update: "
+            "reweight_batch_size // reweight_mini_batch_size, each over a batch of --per_device_train_batch_size "
+            "sequences (as the GRAPE code; see docs/grape.md)."
         },
     )
     reweight_mini_batch_size: int = field(
         default=8,
-        metadata={"help": "Sequences per forward/backward at an update; also the per-domain and per-task minibatch."},
+        metadata={
+            "help": "Sequences in each per-domain and per-task minibatch at an update; also the divisor of "
+            "--reweight_batch_size."
+        },
     )
     domain_step_size: float = field(
         default=1.5,

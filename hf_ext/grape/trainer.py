@@ -625,12 +625,14 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         return tensor
 
     def _averaged_gradient(self, weights: torch.Tensor, kind: str, transform=None) -> torch.Tensor:
-        """Mean of clipped gradients over `reweight_batch_size` sequences from a mixture, averaged over ranks."""
+        """Mean of `reweight_batch_size // reweight_mini_batch_size` clipped gradients, each over a batch of
+        `per_device_train_batch_size` sequences drawn from a mixture (as the GRAPE code's `tgt_reweight_step` /
+        `domain_reweight_step`, which draw them from its training / target loaders), averaged over ranks."""
         rng = self._rng("mixture" if kind == "domain" else "target")
         n_batches = self.args.reweight_batch_size // self.args.reweight_mini_batch_size
         total = None
         for _ in range(n_batches):
-            batch = self._mixture_batch(weights, rng, self.args.reweight_mini_batch_size, kind)
+            batch = self._mixture_batch(weights, rng, self.args.per_device_train_batch_size, kind)
             g, _ = self._flat_grad(batch, transform)
             total = g if total is None else total.add_(g)
         return self._mean_over_ranks(total / n_batches)

@@ -235,28 +235,45 @@ def test_doge_holds_task_weights_of_task_weights_and_never_reads_a_files_tasks(t
     assert trainer.mixture_state.task_weights.tolist() == pytest.approx([chosen[n] for n in names])
 
 
-# ---- #3 (documented deviation): g_alpha / g_tgt batches are of reweight_mini_batch_size sequences ----------------
-def test_mixture_and_target_gradients_use_batches_of_the_mini_batch_size_as_documented(tmp_path):
-    """docs/grape.md ('How many sequences g_alpha and g_tgt average') and the GrapeConfig docstring: n = reweight_batch
-    // mini batches of `reweight_mini_batch_size` sequences, not of the per-device train batch as in the GRAPE code."""
+# ---- #3: g_alpha / g_tgt average reweight_batch // mini gradients over batches of the per-device train batch --------
+def test_mixture_and_target_gradients_use_batches_of_the_per_device_train_batch_size(tmp_path):
+    """As the GRAPE code (tgt_reweight_step / domain_reweight_step): reweight_batch_size // reweight_mini_batch_size
+    gradients, each over a batch of `per_device_train_batch_size` sequences drawn from the training (target) mixture;
+    the per-domain and per-task minibatches stay at `reweight_mini_batch_size`. Until 2026-12-04 the mixture and
+    target batches had `reweight_mini_batch_size` sequences."""
     from grape_synthetic import quick_grape_args, synthetic_mixture, tiny_llama
 
     from hf_ext.grape import GrapeConfig, GrapeTrainer
 
     assert "(16 sequences for the mixture" not in GrapeConfig.__doc__  # the reference default: 2 train batches
     train, targets = synthetic_mixture(n_per_domain=8, length=16, n_target=8)
-    args = quick_grape_args(
-        tmp_path, per_device_train_batch_size=6, reweight_batch_size=6, reweight_mini_batch_size=2
-    )
-    trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
-    sizes = []
-    draw = trainer._mixture_batch
+    for method in ("grape", "doge"):
+        args = quick_grape_args(
+            tmp_path, reweight_method=method, per_device_train_batch_size=5, reweight_batch_size=6,
+            reweight_mini_batch_size=2,
+        )  # fmt: skip
+        trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
+        sizes = []
+        mixture, per_domain, per_task = trainer._mixture_batch, trainer._domain_batch, trainer._task_batch
 
-    def record(weights, rng, size, kind):
-        sizes.append((kind, size))
-        return draw(weights, rng, size, kind)
+        def record_mixture(weights, rng, size, kind, draw=mixture, sizes=sizes):
+            sizes.append((kind + " mixture", size))
+            return draw(weights, rng, size, kind)
 
-    trainer._mixture_batch = record
-    trainer._averaged_gradient(trainer.mixture_state.domain_weights, "domain")
-    trainer._averaged_gradient(trainer.mixture_state.task_weights, "task")
-    assert sizes == [("domain", 2)] * 3 + [("task", 2)] * 3
+        def record_domain(k, rng, size, draw=per_domain, sizes=sizes):
+            sizes.append(("domain k", size))
+            return draw(k, rng, size)
+
+        def record_task(n, rng, size, draw=per_task, sizes=sizes):
+            sizes.append(("task n", size))
+            return draw(n, rng, size)
+
+        trainer._mixture_batch, trainer._domain_batch, trainer._task_batch = record_mixture, record_domain, record_task
+        if method == "grape":
+            trainer._task_step({})
+            # g_alpha: 6 // 2 = 3 batches of 5 (the train batch); h_n: one minibatch of 2 per task
+            assert sizes == [("domain mixture", 5)] * 3 + [("task n", 2)] * 2
+            sizes.clear()
+        trainer._domain_step({})
+        # g_tgt: 3 batches of 5 from the task mixture; g_k: one minibatch of 2 per domain
+        assert sizes == [("task mixture", 5)] * 3 + [("domain k", 2)] * 3, method

@@ -166,13 +166,15 @@ def test_grape_ema_divides_the_improvement_by_the_running_task_loss(synthetic, g
         domain_weights={"a": 0.6, "b": 0.3, "c": 0.1},
     )
     st, args, model = trainer.mixture_state, trainer.args, trainer.model
+    assert (args.per_device_train_batch_size, args.reweight_batch_size, args.reweight_mini_batch_size) == (4, 4, 2)
     ema = [None, None]
     for step in (0, 1):  # two updates at different steps: different minibatches, so the EMA mixes two losses
         trainer.state.global_step = step
         rng = trainer._rng("mixture")
         g_mix = torch.stack(
             [
-                _clipped_grad(model, trainer._mixture_batch(st.domain_weights, rng, 2, "domain"), 1.0)[0]
+                # 4 // 2 gradients, each over a batch of per_device_train_batch_size (4) sequences, as the GRAPE code
+                _clipped_grad(model, trainer._mixture_batch(st.domain_weights, rng, 4, "domain"), 1.0)[0]
                 for _ in range(2)
             ]
         ).mean(0)

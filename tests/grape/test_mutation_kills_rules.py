@@ -301,8 +301,9 @@ def test_grape_ema_domain_step_aims_at_the_log_loss_target_gradient(synthetic, g
     trainer = _trainer(synthetic, grape_helpers, tmp_path, reweight_method="grape_ema")
     st, args, model = trainer.mixture_state, trainer.args, trainer.model
     rng = trainer._rng("target")
-    g_tgt = torch.stack(
-        [_clipped_grad(model, trainer._mixture_batch(st.task_weights, rng, 2, "task"), True, 1.0) for _ in range(2)]
+    assert (args.per_device_train_batch_size, args.reweight_batch_size, args.reweight_mini_batch_size) == (4, 4, 2)
+    g_tgt = torch.stack(  # 4 // 2 gradients, each over a per-device train batch (4 sequences), as the GRAPE code
+        [_clipped_grad(model, trainer._mixture_batch(st.task_weights, rng, 4, "task"), True, 1.0) for _ in range(2)]
     ).mean(0)
     rng = trainer._rng("domain")
     dots = [float(_clipped_grad(model, trainer._domain_batch(k, rng, 2), False, 1.0) @ g_tgt) for k in range(3)]

@@ -26,10 +26,10 @@ def _mean_grad(trainer, weights, purpose: str, kind: str, log: bool) -> torch.Te
     rng = trainer._rng(purpose)
     n = args.reweight_batch_size // args.reweight_mini_batch_size
     grads = [
-        _clipped_grad(trainer.model, trainer._mixture_batch(weights, rng, args.reweight_mini_batch_size, kind), log,
+        _clipped_grad(trainer.model, trainer._mixture_batch(weights, rng, args.per_device_train_batch_size, kind), log,
                       args.max_grad_norm)
         for _ in range(n)
-    ]  # fmt: skip
+    ]  # fmt: skip  # as the GRAPE code: reweight_batch // mini batches of the per-device *train* batch size
     return torch.stack(grads).mean(0)
 
 
