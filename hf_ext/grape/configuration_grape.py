@@ -28,7 +28,8 @@ class GrapeConfig(TrainingArguments):
     before the mean (defaults with 16 sequences per device: 2 x 16 = 32 sequences; the ClimbLab config, 32 // 8 with 16
     per device: 4 x 16 = 64). Each per-domain gradient `g_k` and per-task gradient `h_n` is over one minibatch of
     `reweight_mini_batch_size` sequences. (Before 2026-12-04 `g_alpha` / `g_tgt` used batches of
-    `reweight_mini_batch_size` sequences instead, which moved the weights further per update at the same step sizes.)
+    `reweight_mini_batch_size` sequences instead: a noisier estimate, which changed how far the same step sizes move
+    the weights; see docs/grape.md.)
     """
 
     domain_column: str = field(

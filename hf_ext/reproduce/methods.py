@@ -235,9 +235,10 @@ GRAPE = Reproduction(
               "rate-of-improvement task weights (method)", _grape_task_weight_to_hard),
         Claim("domain weight moves to that target's source", "mirror-descent domain weights (method)",
               _grape_domain_weight_to_source),
-        # Held on seeds 0-2 only: over seeds 0-19 GRAPE is worse than uniform on the mean target loss on 12 of 20
-        # (-0.18 +- 0.38), since on those seeds it starves t_easy's source (t_easy 2-3 nats vs uniform's 1.1);
-        # the worst target is lower on 16 of 20 (+0.29 +- 0.36). Reported, not asserted (docs/reproductions.md).
+        # Over seeds 0-19 GRAPE is worse than uniform on the mean target loss on 14 of 20 (-0.21 +- 0.34; 2026-12-04,
+        # with g_alpha / g_tgt over per-device train batches as the GRAPE code; before: 12 of 20, and it held on
+        # seeds 0-2), since it starves t_easy's source (t_easy up to 3.6 nats vs uniform's 1.1-1.2); the worst target
+        # is lower on 16 of 20 (+0.34 +- 0.41). Reported, not asserted (docs/reproductions.md).
         Claim("lower mean target loss than uniform mixing at equal steps",
               "outperforms baselines on 6 reasoning tasks (abstract; no numbers found)", _grape_beats_uniform,
               asserted=False),

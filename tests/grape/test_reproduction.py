@@ -3,7 +3,7 @@
 Four source domains come from distinct random Markov chains; domain `b` is a higher-entropy (harder) chain. Target
 task `t_easy` is served by source `a`, target `t_hard` by source `b`; `c` and `d` serve no target. GRAPE should move
 task weight to the harder (slower-improving) target and domain weight to its source. A lower average target loss than
-uniform mixing is not asserted: it held on seeds 0-2 but on only 8 of seeds 0-19 (docs/reproductions.md).
+uniform mixing is not asserted: it holds on only 6 of seeds 0-19, not on this test's seed 0 (docs/reproductions.md).
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def test_grape_prefers_hard_target_and_its_source(tmp_path, grape_helpers):
     assert alpha["b"] == max(alpha.values())
     # Unrelated sources lose weight.
     assert alpha["c"] < 0.25 and alpha["d"] < 0.25
-    # Not asserted: a lower average target loss than uniform. It holds on this seed but on only 8 of seeds 0-19, where
-    # GRAPE often starves t_easy's source (`hf-ext reproduce grape --seeds 20`, docs/reproductions.md).
+    # Not asserted: a lower average target loss than uniform. It fails on this seed and on 14 of seeds 0-19, where
+    # GRAPE starves t_easy's source (`hf-ext reproduce grape --seeds 20`, docs/reproductions.md).
     print("uniform - GRAPE mean target loss:", uniform["mean_target_loss"] - grape["mean_target_loss"])
     # DoGE (the GRAPE repository's baseline: same domain step, task weights fixed at uniform) moves too: the sources
     # that serve a target gain weight, the unrelated ones lose it; it does not single out the hard target's source
@@ -115,5 +115,6 @@ def test_grape_prefers_hard_target_and_its_source(tmp_path, grape_helpers):
     assert a_doge["a"] + a_doge["b"] > 0.6 and a_doge["c"] < 0.25 and a_doge["d"] < 0.25
     assert alpha["b"] > a_doge["b"]
     assert doge["mean_target_loss"] < uniform["mean_target_loss"]
-    # GRAPE is group-robust: its worst (hard) target ends lower than under DoGE (DoGE's mean can be lower).
+    # GRAPE puts the lagging target first: its hard target ends lower than under DoGE (on 9 of seeds 0-9, margin
+    # 0.081 +- 0.061; docs/grape.md). Its mean, and on this seed its worst target (t_easy), can be higher than DoGE's.
     assert grape["target_loss"]["t_hard"] < doge["target_loss"]["t_hard"]
