@@ -59,6 +59,16 @@ logger = logging.getLogger(__name__)
 _PURPOSE = {"mixture": 1, "task": 2, "target": 3, "domain": 4}
 
 
+def _reentrant_checkpointing_message(method: str, reentrant: str) -> str:
+    """The refusal of a gradient-based `method` under reentrant activation checkpointing (trainer and recipe)."""
+    return (
+        f"reweight_method={method!r} takes per-domain and per-task gradients with torch.autograd.grad, which "
+        f"reentrant activation checkpointing does not support ({reentrant}); set "
+        "gradient_checkpointing_kwargs={'use_reentrant': False} (transformers 5's default, also when the key is "
+        "left out) or turn gradient checkpointing off."
+    )
+
+
 def _reentrant_checkpointing(checkpointing_kwargs: dict | None, model) -> str | None:
     """Where reentrant activation checkpointing is set (the training arguments or `model`), or `None`."""
 
@@ -247,12 +257,7 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         gc_kwargs = args.activation_checkpointing_kwargs if args.activation_checkpointing else None
         reentrant = _reentrant_checkpointing(gc_kwargs, model)
         if needs_targets and reentrant:
-            raise ValueError(
-                f"reweight_method={method!r} takes per-domain and per-task gradients with torch.autograd.grad, which "
-                f"reentrant activation checkpointing does not support ({reentrant}); set "
-                "gradient_checkpointing_kwargs={'use_reentrant': False} (transformers 5's default, also when the key is "
-                "left out) or turn gradient checkpointing off."
-            )
+            raise ValueError(_reentrant_checkpointing_message(method, reentrant))
         # Weights are checked against the domain / task names before any packing (the names do not depend on it).
         if streaming:
             early_domains = sorted(train_dataset)

@@ -317,18 +317,13 @@ def _refuse_unsupported_training_setup(args: GrapeRecipeConfig, methods: list[st
     method that takes gradients), made before the earlier run's results are cleared: the trainer makes them only once
     it is built, after the tokenizer and the data."""
     from ..grape.rules import GRAPE_VARIANTS
-    from ..grape.trainer import _reentrant_checkpointing
+    from ..grape.trainer import _reentrant_checkpointing, _reentrant_checkpointing_message
 
     gradient_methods = [m for m in methods if m in (*GRAPE_VARIANTS, "doge")]
     kwargs = args.activation_checkpointing_kwargs if args.activation_checkpointing else None
     reentrant = _reentrant_checkpointing(kwargs, None)
     if gradient_methods and reentrant:
-        raise ValueError(
-            f"reweight_method={gradient_methods[0]!r} takes per-domain and per-task gradients with torch.autograd.grad, "
-            f"which reentrant activation checkpointing does not support ({reentrant}); set "
-            "gradient_checkpointing_kwargs={'use_reentrant': False} (transformers 5's default, also when the key is "
-            "left out) or turn gradient checkpointing off."
-        )
+        raise ValueError(_reentrant_checkpointing_message(gradient_methods[0], reentrant))
     sharding = [m for m in methods if m not in ("uniform", "fixed")]
     flag = None
     if args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
