@@ -25,17 +25,6 @@ LATIN1 = b"User-agent: *\nDisallow: /caf\xe9/\n"  # a French site's robots.txt s
 LATIN1_URL = "https://example.fr/caf%E9/menu.html"  # the site's own link (Latin-1 percent-encoded)
 
 
-def _google_raw(body: bytes, agent: str, url: str) -> bool:
-    """Google's parser on the raw bytes (the package's C entry point; its Python method takes a str)."""
-    robots = pytest.importorskip("robotstxt.robots")
-    matcher = robots._lib.robots_matcher_create()
-    try:
-        a, u = agent.encode(), url.encode()
-        return bool(robots._lib.robots_allowed_by_robots(matcher, body, len(body), a, len(a), u, len(u)))
-    finally:
-        robots._lib.robots_matcher_free(matcher)
-
-
 def test_a_latin1_rule_disallows_the_latin1_escaped_url_with_the_default_backend():
     assert canonical_path(LATIN1.decode("utf-8", "surrogateescape").split("Disallow: ")[1].strip()) == "/caf%E9/"
     assert RobotsTxt.parse(LATIN1).allowed(LATIN1_URL, "GPTBot") is False
@@ -45,15 +34,15 @@ def test_a_latin1_rule_disallows_the_latin1_escaped_url_with_the_default_backend
     assert checker.is_compliant("https://example.fr/cafe/menu.html") is True
 
 
-def test_a_latin1_rule_decides_as_googles_parser_on_the_bytes_with_the_google_backend():
-    assert _google_raw(LATIN1, "GPTBot", LATIN1_URL) is False
+def test_a_latin1_rule_decides_as_googles_parser_on_the_bytes_with_the_google_backend(google_raw):
+    assert google_raw(LATIN1, "GPTBot", LATIN1_URL) is False
     checker = RobotsCompliance({"example.fr": LATIN1}, user_agents=["GPTBot"], backend="google")
     assert checker.is_compliant(LATIN1_URL) is False
     assert checker.is_compliant("https://example.fr/cafe/menu.html") is True
 
 
 @pytest.mark.parametrize("encoding", ["latin-1", "cp1252", "gbk", "shift_jis", "euc-kr", "koi8-r"])
-def test_legacy_encodings_decide_as_googles_parser_through_every_store_format(tmp_path, encoding):
+def test_legacy_encodings_decide_as_googles_parser_through_every_store_format(tmp_path, encoding, google_raw):
     words = ["café", "naïve", "über", "日本", "中文", "ça", "€uro", "мир", "한국"]
     rules, used = [], []
     for i, word in enumerate(words):
@@ -72,7 +61,7 @@ def test_legacy_encodings_decide_as_googles_parser_through_every_store_format(tm
             assert stores[name]["x.example"].text == store["x.example"].text, name
         for raw in [*used, "café".encode(), b"private"]:
             for url in (f"https://x.example/{quote(raw)}/", f"https://x.example/{quote(raw)}/p"):
-                expected = _google_raw(body, "GPTBot", url)
+                expected = google_raw(body, "GPTBot", url)
                 assert RobotsTxt.parse(body).allowed(url, "GPTBot") is expected, (body, url)
                 for name, s in stores.items():
                     for backend in ("rfc9309", "google"):

@@ -12,17 +12,6 @@ from hf_ext.compliance.rfc9309 import MAX_LINE_BYTES, MAX_ROBOTS_BYTES, RobotsTx
 FFFD = "\ufffd".encode()  # b"\xef\xbf\xbd"
 
 
-def _google_raw(body: bytes, agent: str, url: str) -> bool:
-    """Google's parser on the raw bytes (the package's C entry point; its Python method takes a str)."""
-    robots = pytest.importorskip("robotstxt.robots")
-    matcher = robots._lib.robots_matcher_create()
-    try:
-        a, u = agent.encode(), url.encode()
-        return bool(robots._lib.robots_allowed_by_robots(matcher, body, len(body), a, len(a), u, len(u)))
-    finally:
-        robots._lib.robots_matcher_free(matcher)
-
-
 def _decisions(body: bytes, url: str, tmp_path, backends=("rfc9309", "google")) -> dict:
     """hf_ext's decision for `url` (allowed?) from `body` through the parser (bytes and text), every store path and
     `backends`."""
@@ -41,19 +30,19 @@ def _decisions(body: bytes, url: str, tmp_path, backends=("rfc9309", "google")) 
 
 
 @pytest.mark.parametrize("n", [5000, 5548, 5549, 5550, 5551, 5552, 5553, 5554, 5555, 5556, 6000])
-def test_the_line_limit_counts_a_real_replacement_character_as_its_three_bytes(tmp_path, n):
+def test_the_line_limit_counts_a_real_replacement_character_as_its_three_bytes(tmp_path, n, google_raw):
     """`Disallow: /` + n x U+FFFD + `$`: where the line passes the limit the parser cuts the `$` off, and the URL one
     character longer than the rule is disallowed."""
     body = b"User-agent: *\nDisallow: /" + FFFD * n + b"$\n"
     url = "https://example.com/" + "%EF%BF%BD" * n + "x"
-    expected = _google_raw(body, "bot", url)
+    expected = google_raw(body, "bot", url)
     assert expected is (len(b"Disallow: /") + 3 * n + 1 <= MAX_LINE_BYTES)  # the case is near the limit, both ways
     for name, allowed in _decisions(body, url, tmp_path).items():
         assert allowed is expected, name
 
 
 @pytest.mark.parametrize("past_limit", [False, True])
-def test_the_500_kib_limit_counts_a_real_replacement_character_as_its_three_bytes(tmp_path, past_limit):
+def test_the_500_kib_limit_counts_a_real_replacement_character_as_its_three_bytes(tmp_path, past_limit, google_raw):
     """Comment lines of U+FFFD, then a group that disallows everything: it lies after 500 KiB of sent bytes (ignored,
     the page allowed) or just before (read). Google's parser reads whatever it is given (the limit is its fetcher's):
     it is given the first 500 KiB of the bytes, as a fetcher applying the limit would. (The `google` backend hands a
@@ -64,7 +53,7 @@ def test_the_500_kib_limit_counts_a_real_replacement_character_as_its_three_byte
     body = line * n + group
     assert (len(body) > MAX_ROBOTS_BYTES) is past_limit
     url = "https://example.com/page"
-    expected = _google_raw(body[:MAX_ROBOTS_BYTES], "bot", url)
+    expected = google_raw(body[:MAX_ROBOTS_BYTES], "bot", url)
     assert expected is past_limit
     for name, allowed in _decisions(body, url, tmp_path, backends=("rfc9309",)).items():
         assert allowed is expected, name
