@@ -1,5 +1,9 @@
-"""Shared fixtures: a small GQA Llama (5 layers, 4 heads, 2 KV heads, eager attention) and a batch of token ids.
-A test module may define its own `source` / `ids`, which then take precedence."""
+"""Shared fixtures: a small GQA Llama (5 layers, 4 heads, 2 KV heads, eager attention), a batch of token ids, and
+`scripts/bench_layer_parallel.py` loaded as a module. A test module may define its own `source` / `ids`, which then
+take precedence."""
+
+import importlib.util
+import sys
 
 import pytest
 import torch
@@ -47,3 +51,13 @@ def recipe_tiny(recipe_loaded):
         "--num_hidden_layers", "4", "--hidden_size", "32", "--intermediate_size", "64", "--num_attention_heads", "2",
         "--num_key_value_heads", "1", "--vocab_size", "512", "--per_device_train_batch_size", "4", *recipe_loaded,
     ]  # fmt: skip
+
+
+@pytest.fixture
+def bench(repo_root):
+    """`scripts/bench_layer_parallel.py` as a freshly loaded module (the scripts folder is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_layer_parallel", f"{repo_root}/scripts/bench_layer_parallel.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -16,10 +16,8 @@ F8 the docs say how `layer_pairing_task_sweep` and the recipe's retention treat 
 F9 `LayerParallelConfig.lp_merged` must be a bool ("false" built a merged model, 0 an unmerged one).
 """
 
-import importlib.util
 import json
 import math
-import sys
 
 import pytest
 import torch
@@ -56,16 +54,6 @@ def _packed(n=4, length=8, vocab=64):
 # F1 ---------------------------------------------------------------------------------------------------------------
 
 
-def _load_bench(repo_root):
-    spec = importlib.util.spec_from_file_location(
-        "bench_layer_parallel", f"{repo_root}/scripts/bench_layer_parallel.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def _bench_args(bench, argv):
     from transformers import HfArgumentParser
 
@@ -73,8 +61,7 @@ def _bench_args(bench, argv):
     return bench._resolve(args)
 
 
-def test_bench_tiny_changes_defaults_only_and_explicit_flags_win(repo_root):
-    bench = _load_bench(repo_root)
+def test_bench_tiny_changes_defaults_only_and_explicit_flags_win(bench):
     tiny = _bench_args(bench, ["--tiny"])
     assert (tiny.num_hidden_layers, tiny.hidden_size, tiny.intermediate_size) == (8, 64, 128)
     assert (tiny.num_attention_heads, tiny.num_key_value_heads, tiny.vocab_size) == (4, 2, 512)
@@ -101,16 +88,14 @@ def test_bench_tiny_changes_defaults_only_and_explicit_flags_win(repo_root):
         (["--lp_start", "-1"], "--lp_start must be >= 0"),
     ],
 )
-def test_bench_refuses_bad_batch_sizes_and_lp_start_before_building(repo_root, argv, match):
+def test_bench_refuses_bad_batch_sizes_and_lp_start_before_building(argv, match, bench):
     """Were accepted by the argument check: `--batch_sizes 0` failed inside `generate`, `1,-2` after measuring batch 1,
     and `--lp_start -1` in the converter (after the source model was built), without naming the flag."""
-    bench = _load_bench(repo_root)
     with pytest.raises(ValueError, match=match):
         _bench_args(bench, ["--tiny", *argv])
 
 
-def test_bench_lines_record_the_settings_used(repo_root, capsys):
-    bench = _load_bench(repo_root)
+def test_bench_lines_record_the_settings_used(capsys, bench):
     argv = ["--tiny", "--repeats", "1", "--new_tokens", "3", "--batch_sizes", "1", "--prompt_length", "4",
             "--num_hidden_layers", "4", "--hidden_size", "32", "--num_pairs", "1"]  # fmt: skip
     lines = bench.main(argv)

@@ -13,8 +13,6 @@ F3 `config.source_config = copy` on a built config is accepted only when the cop
 """
 
 import copy
-import importlib.util
-import sys
 
 import pytest
 import torch
@@ -91,17 +89,6 @@ def test_other_replaced_linears_are_refused_by_name():
 
 
 # F2 ---------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def bench(repo_root):
-    spec = importlib.util.spec_from_file_location(
-        "bench_layer_parallel", f"{repo_root}/scripts/bench_layer_parallel.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import pytest
 import torch
@@ -150,21 +149,8 @@ def test_recipe_finetune_resume_matches_uninterrupted(tiny_run, tmp_path, recipe
     assert not torch.equal(a["model.layers.2.mlp.up_proj.weight"], source_lp["model.layers.2.mlp.up_proj.weight"])
 
 
-def _load_bench(repo_root):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_layer_parallel", f"{repo_root}/scripts/bench_layer_parallel.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_script_runs_and_reports_ratios(repo_root, capsys):
+def test_bench_script_runs_and_reports_ratios(capsys, bench):
     """Smoke run of the benchmark (no timing claim here): one line per model and a ratio line per configuration."""
-    bench = _load_bench(repo_root)
     lines = bench.main(
         ["--tiny", "--new_tokens", "4", "--repeats", "1", "--batch_sizes", "1,2", "--prompt_length", "4"]
     )
@@ -182,8 +168,7 @@ def test_bench_script_runs_and_reports_ratios(repo_root, capsys):
 
 
 @pytest.mark.gpu
-def test_bench_compiled_static_cache_on_gpu(repo_root):
-    bench = _load_bench(repo_root)
+def test_bench_compiled_static_cache_on_gpu(bench):
     lines = bench.main(
         ["--num_hidden_layers", "8", "--hidden_size", "256", "--intermediate_size", "512", "--num_attention_heads", "4",
          "--num_key_value_heads", "2", "--vocab_size", "1024", "--num_pairs", "3", "--new_tokens", "16", "--repeats", "1"]
