@@ -161,3 +161,8 @@ def test_a_source_config_copy_that_keeps_the_function_is_accepted():
     changed.output_hidden_states = True
     lp.config.source_config = changed
     assert lp.config.source_config is changed
+    for field, value in (("dtype", torch.bfloat16), ("use_cache", False)):  # rv15b: dtype was refused by the guard
+        changed = copy.deepcopy(lp.config.source_config)
+        setattr(changed, field, value)
+        lp.config.source_config = changed
+        assert getattr(lp.config.source_config, field) == value

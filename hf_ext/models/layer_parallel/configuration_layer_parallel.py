@@ -62,6 +62,9 @@ _FUNCTION_NEUTRAL_SOURCE_FIELDS = (
     "architectures",
     "output_attentions",
     "output_hidden_states",
+    "dtype",  # the weights' dtype: `model.to(...)` changes it, the function stays (rv15b)
+    "torch_dtype",
+    "use_cache",  # decided by the top-level config and each call
     "return_dict",
 )
 
