@@ -3,7 +3,7 @@
 Four source domains come from distinct random Markov chains; domain `b` is a higher-entropy (harder) chain. Target
 task `t_easy` is served by source `a`, target `t_hard` by source `b`; `c` and `d` serve no target. GRAPE should move
 task weight to the harder (slower-improving) target and domain weight to its source. A lower average target loss than
-uniform mixing is not asserted: it holds on only 6 of seeds 0-19, not on this test's seed 0 (docs/reproductions.md).
+uniform mixing is not asserted: it holds on only 6 of seeds 0-19 (docs/reproductions.md). Seeds 0, 1 and 2 are run.
 """
 
 from __future__ import annotations
@@ -87,34 +87,46 @@ def run(method, out, train, targets, held_out, tiny_llama, steps=300, domain_ste
     }
 
 
+SEEDS = (0, 1, 2)
+
+
 @pytest.mark.slow
 def test_grape_prefers_hard_target_and_its_source(tmp_path, grape_helpers):
+    """Over seeds 0, 1, 2: the weight claims on every seed, GRAPE's edge over DoGE on the hard target on the mean and on
+    at least 2 of 3 seeds (it holds on 9 of seeds 0-9, not on seed 2: docs/grape.md)."""
     train, targets, held_out = build_data(grape_helpers["markov_sequences"])
-    grape = run("grape", tmp_path / "grape", train, targets, held_out, grape_helpers["tiny_llama"])
-    uniform = run("uniform", tmp_path / "uniform", train, targets, held_out, grape_helpers["tiny_llama"])
-    doge = run("doge", tmp_path / "doge", train, targets, held_out, grape_helpers["tiny_llama"])
-    print(json.dumps({"grape": grape, "uniform": uniform, "doge": doge}, indent=1))
+    hard_margins = []
+    for seed in SEEDS:
+        runs = {
+            method: run(method, tmp_path / f"{method}{seed}", train, targets, held_out, grape_helpers["tiny_llama"],
+                        seed=seed)
+            for method in ("grape", "uniform", "doge")
+        }  # fmt: skip
+        grape, uniform, doge = runs["grape"], runs["uniform"], runs["doge"]
+        print(json.dumps({"seed": seed, **runs}, indent=1))
 
-    z, alpha = grape["average_task_weights"], grape["average_domain_weights"]
-    # Task weight moves to the harder target ...
-    assert z["t_hard"] > z["t_easy"]
-    assert grape["task_weights"]["t_hard"] > 0.5
-    # ... and domain weight to its source, above uniform and above every other domain.
-    assert alpha["b"] > 0.25
-    assert alpha["b"] == max(alpha.values())
-    # Unrelated sources lose weight.
-    assert alpha["c"] < 0.25 and alpha["d"] < 0.25
-    # Not asserted: a lower average target loss than uniform. It fails on this seed and on 14 of seeds 0-19, where
-    # GRAPE starves t_easy's source (`hf-ext reproduce grape --seeds 20`, docs/reproductions.md).
-    print("uniform - GRAPE mean target loss:", uniform["mean_target_loss"] - grape["mean_target_loss"])
-    # DoGE (the GRAPE repository's baseline: same domain step, task weights fixed at uniform) moves too: the sources
-    # that serve a target gain weight, the unrelated ones lose it; it does not single out the hard target's source
-    # as strongly as GRAPE, which also shifts the task weights.
-    a_doge = doge["average_domain_weights"]
-    assert doge["task_weights"] == {"t_easy": 0.5, "t_hard": 0.5}
-    assert a_doge["a"] + a_doge["b"] > 0.6 and a_doge["c"] < 0.25 and a_doge["d"] < 0.25
-    assert alpha["b"] > a_doge["b"]
-    assert doge["mean_target_loss"] < uniform["mean_target_loss"]
-    # GRAPE puts the lagging target first: its hard target ends lower than under DoGE (on 9 of seeds 0-9, margin
-    # 0.081 +- 0.061; docs/grape.md). Its mean, and on this seed its worst target (t_easy), can be higher than DoGE's.
-    assert grape["target_loss"]["t_hard"] < doge["target_loss"]["t_hard"]
+        z, alpha = grape["average_task_weights"], grape["average_domain_weights"]
+        # Task weight moves to the harder target ...
+        assert z["t_hard"] > z["t_easy"], seed
+        assert grape["task_weights"]["t_hard"] > 0.5, seed
+        # ... and domain weight to its source, above uniform and above every other domain.
+        assert alpha["b"] > 0.25 and alpha["b"] == max(alpha.values()), (seed, alpha)
+        # Unrelated sources lose weight.
+        assert alpha["c"] < 0.25 and alpha["d"] < 0.25, (seed, alpha)
+        # Not asserted: a lower average target loss than uniform. It fails on 14 of seeds 0-19, where GRAPE starves
+        # t_easy's source (`hf-ext reproduce grape --seeds 20`, docs/reproductions.md).
+        print("seed", seed, "uniform - GRAPE mean target loss:", uniform["mean_target_loss"] - grape["mean_target_loss"])
+        # DoGE (the GRAPE repository's baseline: same domain step, task weights fixed at uniform) moves too: the
+        # sources that serve a target gain weight, the unrelated ones lose it; it does not single out the hard target's
+        # source as strongly as GRAPE, which also shifts the task weights.
+        a_doge = doge["average_domain_weights"]
+        assert doge["task_weights"] == {"t_easy": 0.5, "t_hard": 0.5}
+        assert a_doge["a"] + a_doge["b"] > 0.6 and a_doge["c"] < 0.25 and a_doge["d"] < 0.25, (seed, a_doge)
+        assert alpha["b"] > a_doge["b"], seed
+        assert doge["mean_target_loss"] < uniform["mean_target_loss"], seed
+        hard_margins.append(doge["target_loss"]["t_hard"] - grape["target_loss"]["t_hard"])
+    # GRAPE puts the lagging target first: its hard target ends lower than under DoGE on the mean and on most seeds
+    # (seeds 0-9: 9 of 10, margin 0.081 +- 0.061; docs/grape.md). Its mean, and its worst target, can be higher.
+    print("DoGE - GRAPE t_hard loss per seed:", hard_margins)
+    assert sum(hard_margins) / len(hard_margins) > 0
+    assert sum(m > 0 for m in hard_margins) >= 2
