@@ -5,23 +5,12 @@ sources) and DoGE's fixed task weights read from a mixture file."""
 import json
 
 import pytest
+from grape_synthetic import parse_grape_recipe as _parse
 
 TINY = ["--vocab_size", "300", "--per_device_train_batch_size", "4", "--hidden_size", "32", "--intermediate_size",
         "64", "--num_attention_heads", "2", "--reweight_domains_every", "2", "--reweight_tasks_every", "2",
         "--max_steps", "2", "--report_to", "none"]  # fmt: skip
 EARLIER = ("grape_results.json", "mixture.json", "mixture_weights.png")
-
-
-def _parse(argv):
-    from hf_ext.recipes._common import parse_recipe_args
-    from hf_ext.recipes.grape import (
-        GrapeDataArguments,
-        GrapeEvalArguments,
-        GrapeModelArguments,
-        GrapeRecipeConfig,
-    )
-
-    return parse_recipe_args((GrapeDataArguments, GrapeModelArguments, GrapeRecipeConfig, GrapeEvalArguments), argv)
 
 
 def _earlier_run(folder):

@@ -4,21 +4,10 @@ past --max_steps), a bad --mixture_file and null domains, all refused before any
 import json
 
 import pytest
+from grape_synthetic import parse_grape_recipe as _parse
 
 TINY = ["--vocab_size", "300", "--per_device_train_batch_size", "4", "--hidden_size", "32", "--intermediate_size",
         "64", "--num_attention_heads", "2", "--reweight_domains_every", "2", "--reweight_tasks_every", "2"]  # fmt: skip
-
-
-def _parse(argv):
-    from hf_ext.recipes._common import parse_recipe_args
-    from hf_ext.recipes.grape import (
-        GrapeDataArguments,
-        GrapeEvalArguments,
-        GrapeModelArguments,
-        GrapeRecipeConfig,
-    )
-
-    return parse_recipe_args((GrapeDataArguments, GrapeModelArguments, GrapeRecipeConfig, GrapeEvalArguments), argv)
 
 
 def _checkpoint(folder, step):

@@ -65,3 +65,11 @@ def quick_grape_args(tmp_path, **overrides):
     )
     kw.update(overrides)
     return GrapeConfig(**kw)
+
+
+def parse_grape_recipe(argv):
+    """The GRAPE recipe's argument dataclasses parsed from `argv`, as `hf_ext.recipes.grape.main` parses them."""
+    from hf_ext.recipes._common import parse_recipe_args
+    from hf_ext.recipes.grape import GrapeDataArguments, GrapeEvalArguments, GrapeModelArguments, GrapeRecipeConfig
+
+    return parse_recipe_args((GrapeDataArguments, GrapeModelArguments, GrapeRecipeConfig, GrapeEvalArguments), argv)
