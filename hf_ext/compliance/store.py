@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -197,8 +198,18 @@ class RobotsTxtStore(Mapping):
     def __init__(self, records: Iterable[RobotsRecord] = (), fetched_at: str | None = None):
         self._records: dict[str, RobotsRecord] = {}
         self.fetched_at = _iso_date(fetched_at, "the snapshot")
-        for record in records:
-            self.add(record.host, record.text, record.fetched_at, record.status, record.error)
+        if isinstance(records, (str, bytes, RobotsRecord)):
+            raise TypeError(
+                f"records must be an iterable of RobotsRecord, got a single {type(records).__name__}; wrap it in a list."
+            )
+        seen: dict = {}
+        for i, record in enumerate(records):
+            if not isinstance(record, RobotsRecord):
+                raise TypeError(f"records[{i}] must be a RobotsRecord, got {type(record).__name__}.")
+            # two records of one host would leave whichever comes last, whatever its date: refused as in `load`
+            self._add_loaded(
+                seen, f"records[{i}]", record.host, record.text, record.fetched_at, record.status, record.error
+            )
 
     # Mapping API --------------------------------------------------------------------------------------------------
     def __getitem__(self, host: str) -> RobotsRecord:
@@ -606,11 +617,29 @@ def fetch_robots_txt(
 
     if not isinstance(user_agent, str) or not user_agent.strip():
         raise ValueError("user_agent must name your crawler, e.g. 'my-corpus-builder/1.0 (+https://example.org)'.")
+    for name, value in (("delay_s", delay_s), ("timeout_s", timeout_s)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number of seconds, got {value!r}.")
     if delay_s < 0 or timeout_s <= 0:
         raise ValueError("delay_s must be >= 0 and timeout_s > 0.")
     if scheme not in ("http", "https"):
         raise ValueError(f"scheme must be 'http' or 'https', got {scheme!r}.")
-    hosts = [normalize_host(h) for h in hosts]
+    if store is not None and not isinstance(store, RobotsTxtStore):
+        raise TypeError(f"store must be a RobotsTxtStore or None, got {type(store).__name__}.")
+    if isinstance(hosts, (str, bytes)):
+        raise TypeError(f"hosts must be an iterable of host names, got a single {type(hosts).__name__}; pass [{hosts!r}].")
+    names = list(hosts)
+    hosts = []
+    for i, name in enumerate(names):  # every entry checked before the first request: nothing fetched is then lost
+        if not isinstance(name, str):
+            raise TypeError(f"hosts[{i}] must be a str, got {type(name).__name__}.")
+        host = normalize_host(name)
+        if not host:
+            raise ValueError(
+                f"hosts[{i}] = {name!r} has no host name; remove it (e.g. the empty entry a file's final newline "
+                "leaves after split('\\n')) or pass e.g. 'example.com'."
+            )
+        hosts.append(host)
     store = store if store is not None else RobotsTxtStore()
     for i, host in enumerate(hosts):
         if i and delay_s:
