@@ -122,8 +122,14 @@ def fp8_target_filter(
     # by identity too: a caller (DDP, accelerate) may name the modules from another root than `model`
     kept_out_modules = weakref.WeakSet(m for n in kept_out for m in model.get_submodule(n).modules())
 
+    tuner_layers = _peft_layer_types()[:1]  # peft's BaseTunerLayer, or () without peft
+
     def _filter(module: nn.Module, fqn: str) -> bool:
         if not isinstance(module, nn.Linear):
+            return False
+        if tuner_layers and isinstance(module, tuner_layers):
+            # a peft adapter layer that is itself an nn.Linear (VBLoRA, RandLoRA, ...): its `base_layer` is the
+            # model's linear and is selected; replacing the adapter layer would drop the adapter
             return False
         if module in kept_out_modules or _under(fqn, kept_out):
             return False

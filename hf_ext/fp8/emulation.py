@@ -288,7 +288,9 @@ class _Fp8LinearFunction(torch.autograd.Function):
         ctx.training = recording
         ctx.has_bias = bias is not None
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
-        return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+        # 2-D: the caller reshapes, so the module's output is not a view made inside this Function and may be
+        # updated in place as nn.Linear's (peft's AdaLoRA adds to it with +=)
+        return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -409,7 +411,8 @@ class Fp8Linear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Fp8LinearFunction.apply(x, self.weight, self.bias, self)
+        out = _Fp8LinearFunction.apply(x, self.weight, self.bias, self)
+        return out.reshape(*x.shape[:-1], self.weight.shape[0])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, fp8={self.fp8_format}, scaling={self.scaling}"

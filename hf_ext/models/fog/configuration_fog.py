@@ -10,6 +10,7 @@ Llama-style baseline is the same class with other values (`FogConfig.llama_basel
 from __future__ import annotations
 
 import math
+import numbers
 
 from transformers import PreTrainedConfig
 
@@ -249,7 +250,7 @@ class FogConfig(PreTrainedConfig):
             hidden_act="xielu",
         )
         values.update(kwargs)
-        _check_swiglu_width("fog", swiglu_intermediate_size)
+        swiglu_intermediate_size = _check_swiglu_width("fog", swiglu_intermediate_size)
         if swiglu_intermediate_size is not None and "intermediate_size" not in kwargs:
             gated = values["hidden_act"] in GATED_ACTIVATIONS
             values["intermediate_size"] = (
@@ -278,7 +279,7 @@ class FogConfig(PreTrainedConfig):
             hidden_act="swiglu",
         )
         values.update(kwargs)
-        _check_swiglu_width("llama_baseline", swiglu_intermediate_size)
+        swiglu_intermediate_size = _check_swiglu_width("llama_baseline", swiglu_intermediate_size)
         if swiglu_intermediate_size is not None and "intermediate_size" not in kwargs:
             values["intermediate_size"] = swiglu_intermediate_size
         return cls(**values)
@@ -296,14 +297,18 @@ def _is_real(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_swiglu_width(recipe: str, value) -> None:
+def _check_swiglu_width(recipe: str, value) -> int | None:
     """`swiglu_intermediate_size` is checked itself, before `fog` turns it into a 1.5x ungated width (a float, a bool
-    or a string would otherwise be rounded, or fail there with an error naming neither it nor the fix)."""
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+    or a string would otherwise be rounded, or fail there with an error naming neither it nor the fix). Any integer
+    type (e.g. numpy's) is accepted and returned as a Python int, so that the config stays JSON-serialisable."""
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
         raise ValueError(
             f"FogConfig.{recipe}: swiglu_intermediate_size must be a positive integer (the SwiGLU MLP width) or None, "
             f"got {value!r}."
         )
+    return int(value)
 
 
 def _ungated_width(swiglu_width: int) -> int:
