@@ -259,15 +259,61 @@ def fim(grads: torch.Tensor) -> torch.Tensor:
     return flat.T @ flat / flat.shape[0]
 
 
+def _check_dense_solve(v, matrix, name: str, damping) -> float:
+    """The checks of `exact_gfim_hvp`/`exact_fim_hvp`: `v` a finite rank-first `(r, d)` matrix, `matrix` (`name`:
+    `gfim_matrix` or `fim_matrix`) a finite `(d, d)` GFIM or `(r d, r d)` FIM, `damping` finite and positive (returned
+    as a float)."""
+    _check_vector(v)
+    if v.ndim != 2 or v.numel() == 0:
+        raise ValueError(
+            f"`v` must be a non-empty rank-first `(r, d)` matrix (one gradient in the layout of the gradients the "
+            f"curvature was built from), got shape {tuple(v.shape)}."
+        )
+    _check_square(matrix, name)
+    size, what = (v.shape[-1], "d x d with d = v.shape[-1]") if name == "gfim_matrix" else (v.numel(), "r d x r d")
+    if matrix.shape[0] != size:
+        raise ValueError(
+            f"`{name}` must be {what}, i.e. ({size}, {size}) for `v` of shape {tuple(v.shape)}, got "
+            f"{tuple(matrix.shape)} (is `v` transposed, or from another layer?)."
+        )
+    if not bool(torch.isfinite(matrix).all()):
+        raise ValueError(f"`{name}` holds NaN or inf; every entry of the result would be NaN.")
+    return _check_damping(damping)
+
+
 def exact_gfim_hvp(v: torch.Tensor, gfim_matrix: torch.Tensor, damping: float) -> torch.Tensor:
-    """`v (G + lambda I)^-1` by a Cholesky solve (the "exact" counterpart of HyperINF)."""
+    """`v (G + lambda I)^-1` by a Cholesky solve (the "exact" counterpart of HyperINF).
+
+    Args:
+        v (`torch.Tensor`): the `(r, d)` vector, in the rank-first layout.
+        gfim_matrix (`torch.Tensor`): the `(d, d)` GFIM `G` (see `gfim`), `d = v.shape[-1]`.
+        damping (`float`): `lambda > 0`, finite.
+
+    Raises:
+        `ValueError`/`TypeError`: naming the argument, for a `v` that is not a finite 2-D floating-point tensor, a
+            `gfim_matrix` that is not a finite `(d, d)` matrix, or a damping that is not finite and positive.
+    """
+    damping = _check_dense_solve(v, gfim_matrix, "gfim_matrix", damping)
     damped = gfim_matrix + damping * torch.eye(gfim_matrix.shape[0], dtype=gfim_matrix.dtype, device=v.device)
     factor = torch.linalg.cholesky(damped)
     return torch.cholesky_solve(v.T.to(damped.dtype), factor).T
 
 
 def exact_fim_hvp(v: torch.Tensor, fim_matrix: torch.Tensor, damping: float) -> torch.Tensor:
-    """`(F + lambda I)^-1 vec(v)` reshaped like `v`, by a Cholesky solve (the reference's `accurate` method)."""
+    """`(F + lambda I)^-1 vec(v)` reshaped like `v`, by a Cholesky solve (the reference's `accurate` method).
+
+    Args:
+        v (`torch.Tensor`): the `(r, d)` vector, in the layout of the gradients `F` was built from (a transposed `v`
+            has as many entries: only the caller can tell it apart).
+        fim_matrix (`torch.Tensor`): the `(r d, r d)` empirical Fisher `F` (see `fim`).
+        damping (`float`): `lambda > 0`, finite.
+
+    Raises:
+        `ValueError`/`TypeError`: naming the argument, for a `v` that is not a finite 2-D floating-point tensor, a
+            `fim_matrix` that is not a finite `(v.numel(), v.numel())` matrix, or a damping that is not finite and
+            positive.
+    """
+    damping = _check_dense_solve(v, fim_matrix, "fim_matrix", damping)
     damped = fim_matrix + damping * torch.eye(fim_matrix.shape[0], dtype=fim_matrix.dtype, device=v.device)
     factor = torch.linalg.cholesky(damped)
     return torch.cholesky_solve(v.reshape(-1, 1).to(damped.dtype), factor).reshape(v.shape)
