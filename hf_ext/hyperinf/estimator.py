@@ -34,7 +34,9 @@ class InfluenceEstimator:
             head's output projection: `score.weight`, `classifier.weight`, RoBERTa's `out_proj.weight`; what the
             reference tracks), `"all"` every parameter (hidden `dense` layer and biases too), `"none"` none.
         adapter_name (`str`, *optional*): the adapter to attribute; defaults to the active one. It must be active
-            (the forward pass must use it): call `model.set_adapter(adapter_name)` first.
+            (the forward pass must use it): call `model.set_adapter(adapter_name)` first. With several active
+            adapters it must be given (a `ValueError` otherwise); the other active adapters' parameters are then held
+            fixed, as the base model's.
         data_collator (`Callable`, *optional*): list of examples -> batch of tensors; default pads on the right
             (`labels` with -100) and derives causal-LM `labels` from `input_ids` when the column is missing.
         device (`str` or `torch.device`, *optional*): where the curvature state lives; defaults to the model's device.

@@ -121,7 +121,9 @@ def tracked_lora_parameters(
 
     These are the LoRA matrices of `adapter_name` (whether or not they currently require grad, so a model loaded for
     inference works too) and, depending on `modules_to_save`, parameters of the adapter's `modules_to_save` copies
-    (for sequence classification, the trained head):
+    (for sequence classification, the trained head). `adapter_name` defaults to the model's active adapter; when
+    several adapters are active (`model.base_model.set_adapter([...])`) it must be given, and the parameters of the
+    other active adapters are then held fixed, as the base model's (they still enter the forward).
 
     * `"output"` (default, as the reference): only the weight of each copy's output projection, i.e. its last
       linear layer (`score.weight`, `classifier.weight`, or `out_proj.weight` of RoBERTa's two-layer head); no bias,
@@ -132,7 +134,8 @@ def tracked_lora_parameters(
     Raises:
         `TypeError`: `model` is not a `torch.nn.Module`.
         `ValueError`: `model` has no LoRA layers for the adapter, the adapter is not active (the forward would not use
-            it: `model.set_adapter(adapter_name)` first), or `modules_to_save` is not a known mode.
+            it: `model.set_adapter(adapter_name)` first), several adapters are active and `adapter_name` is not
+            given, or `modules_to_save` is not a known mode.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module (a peft LoRA model), got {type(model).__name__}.")
@@ -145,6 +148,14 @@ def tracked_lora_parameters(
         raise ValueError(
             f"`model` ({type(model).__name__}) has no LoRA layers. Wrap it first, e.g. "
             "`peft.get_peft_model(model, peft.LoraConfig(target_modules=[...]))`, and fine-tune the adapter."
+        )
+    active = active_lora_adapters(model)
+    if adapter_name is None and len(active) > 1:
+        raise ValueError(
+            f"`model` has several active adapters {active} and `adapter_name` is not given: influence is computed "
+            "through the parameters of one adapter, and tracking only the first would leave the others out without a "
+            f"word. Pass `adapter_name` (e.g. `adapter_name={active[0]!r}`; the other active adapters' parameters are "
+            "then fixed, as the base model's), or activate one adapter first with `model.set_adapter(name)`."
         )
     adapter = adapter_name or default_adapter_name(model)
     candidates: list[tuple[str, str, tuple[int, ...], str | None]] = []
@@ -179,7 +190,6 @@ def tracked_lora_parameters(
         raise ValueError(
             f"`model` has LoRA layers but none for adapter {adapter!r}; pass `adapter_name` with one of its adapters."
         )
-    active = active_lora_adapters(model)
     if active and adapter not in active:
         raise ValueError(
             f"`adapter_name`={adapter!r} is not an active adapter of `model` (active: {active}): the forward pass does "
