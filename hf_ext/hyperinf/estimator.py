@@ -38,7 +38,7 @@ class InfluenceEstimator:
             adapters it must be given (a `ValueError` otherwise); the other active adapters' parameters are then held
             fixed, as the base model's.
         data_collator (`Callable`, *optional*): list of examples -> batch of tensors; default pads on the right
-            (`labels` with -100) and derives causal-LM `labels` from `input_ids` when the column is missing.
+            (`labels` with -100) and gives a causal-LM example without `labels` its own `input_ids` as labels.
         device (`str` or `torch.device`, *optional*): where the curvature state lives; defaults to the model's device.
         progress (`bool`, *optional*, defaults to `False`): show tqdm bars for the passes over the data.
         **options: `InfluenceConfig` fields (`damping_scale`, `damping`, `schulz_iterations`, `schulz_init`,

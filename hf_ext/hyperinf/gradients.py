@@ -236,8 +236,13 @@ class PaddingCollator:
 
     `input_ids`/`token_type_ids`/`position_ids` are padded with `pad_token_id` (0 for the last two), `attention_mask`
     with 0 and token-level `labels` with -100. Scalar labels (classification) and floating-point label vectors (one
-    per example: multi-label classification's multi-hot targets, multi-output regression) are stacked. When a causal
-    LM example has no `labels`, they are `input_ids` with padding masked out.
+    per example: multi-label classification's multi-hot targets, multi-output regression) are stacked. With
+    `causal_lm_labels`, a causal LM example without `labels` (absent or `None`) gets its own: its `input_ids`, -100
+    where its `attention_mask` is 0 (and on the padding), so an example's labels never depend on the batch it is in.
+    An example without `attention_mask` (when some others of the batch have one) gets the model's default, ones over
+    its tokens. The examples of a batch must have the same model inputs otherwise (a column present, and not `None`,
+    in every example or in none: `uniform_inputs`); a batch mixing them is a `ValueError` naming the example and the
+    column.
 
     Args:
         input_names (`Sequence[str]`): columns to keep.
@@ -250,14 +255,29 @@ class PaddingCollator:
         self.pad_token_id = pad_token_id
         self.causal_lm_labels = causal_lm_labels
 
+    @property
+    def uniform_inputs(self) -> tuple[str, ...]:
+        """The columns that every example of a batch must have or none must: those of `input_names` that are not
+        completed per example (`attention_mask`, and a causal LM's `labels`)."""
+        filled = {"attention_mask"} | ({"labels"} if self.causal_lm_labels else set())
+        return tuple(key for key in self.input_names if key not in filled)
+
     def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        check_same_inputs(examples, self.uniform_inputs)
+        if "attention_mask" in self.input_names and any(ex.get("attention_mask") is not None for ex in examples):
+            examples = [
+                ex if ex.get("attention_mask") is not None else {**ex, "attention_mask": [1] * len(ex["input_ids"])}
+                for ex in examples
+            ]
+        if self.causal_lm_labels:
+            examples = [ex if ex.get("labels") is not None else with_causal_lm_labels(ex) for ex in examples]
         lengths = [len(ex["input_ids"]) for ex in examples]
         longest = max(lengths)
         needs_padding = min(lengths) != longest
         pad_id = 0 if self.pad_token_id is None else self.pad_token_id
         batch: dict[str, torch.Tensor] = {}
         for key in self.input_names:
-            if key not in examples[0]:
+            if examples[0].get(key) is None:
                 continue
             values = [ex[key] for ex in examples]
             first = torch.as_tensor(values[0])
@@ -281,14 +301,55 @@ class PaddingCollator:
             for row, length in enumerate(lengths):
                 mask[row, :length] = 1
             batch["attention_mask"] = mask
-        if self.causal_lm_labels and "labels" not in batch:
-            labels = batch["input_ids"].clone()
-            for row, length in enumerate(lengths):
-                labels[row, length:] = -100
-            if "attention_mask" in batch:
-                labels[batch["attention_mask"] == 0] = -100
-            batch["labels"] = labels
         return batch
+
+
+def with_causal_lm_labels(example: Mapping) -> dict:
+    """`example` with the labels a causal LM takes when none are given: its own `input_ids`, -100 where its own
+    `attention_mask` is 0."""
+    labels = torch.as_tensor(example["input_ids"]).clone()
+    mask = example.get("attention_mask")
+    if mask is not None:
+        mask = torch.as_tensor(mask)
+        if mask.shape == labels.shape:
+            labels[mask == 0] = -100
+    return {**example, "labels": labels}
+
+
+def present_inputs(example: Mapping, input_names: Sequence[str]) -> frozenset[str]:
+    """The columns of `input_names` that `example` has (and that are not `None`)."""
+    return frozenset(key for key in input_names if example.get(key) is not None)
+
+
+def check_same_inputs(
+    examples: Sequence[Mapping],
+    input_names: Sequence[str],
+    indices: Sequence[int] | None = None,
+    reference: tuple[int, frozenset[str]] | None = None,
+) -> None:
+    """Refuse examples that do not have the same model inputs (`input_names` present and not `None`) as the first
+    (or as `reference`, an `(index, columns)` pair): a batch built from them would take its columns from one example,
+    dropping another's column (e.g. its -100 label masks) or failing on it. `indices` name the examples (default:
+    their positions in the batch)."""
+
+    def where(pos: int) -> str:
+        return f"example {indices[pos]}" if indices is not None else f"example {pos} of the batch"
+
+    if reference is None:
+        ref_name, ref_keys = where(0), present_inputs(examples[0], input_names)
+    else:
+        ref_name, ref_keys = f"example {reference[0]}", reference[1]
+    for pos, example in enumerate(examples):
+        keys = present_inputs(example, input_names)
+        if keys == ref_keys:
+            continue
+        key = min(keys ^ ref_keys)
+        has, lacks = (where(pos), ref_name) if key in keys else (ref_name, where(pos))
+        raise ValueError(
+            f"{has} has a `{key}` column and {lacks} has none (or `None`): the examples must have the same model "
+            f"inputs, since a batch of examples with and without `{key}` would drop it or fail, and the scores would "
+            f"depend on `batch_size`. Give every example a `{key}`, or none."
+        )
 
 
 def _label_vector(labels) -> bool:
@@ -430,11 +491,13 @@ class PerExampleGradients:
         was_training = self.model.training
         self.model.eval()
         window = 16 * self.batch_size
+        reference = None
         try:
             for start in tqdm(range(0, len(dataset), window), desc=desc, disable=not progress, leave=False):
                 examples = [
                     self._as_alone(dataset[i], i) for i in range(start, min(start + window, len(dataset)))
                 ]
+                reference = self._check_same_inputs(examples, start, reference)
                 groups: dict[int, list[int]] = {}
                 for row, example in enumerate(examples):
                     groups.setdefault(len(example["input_ids"]), []).append(row)
@@ -453,6 +516,21 @@ class PerExampleGradients:
                     yield {name: value[sub : sub + self.batch_size].to(device) for name, value in out.items()}
         finally:
             self.model.train(was_training)
+
+    def _check_same_inputs(
+        self, examples: Sequence[Mapping], start: int, reference: tuple[int, frozenset[str]] | None
+    ) -> tuple[int, frozenset[str]] | None:
+        """With the default collator, every example of the dataset must have the model inputs of its first example
+        (`PaddingCollator.uniform_inputs`: `attention_mask` and a causal LM's `labels` apart, which an example without
+        them gets on its own), so that whether a dataset is accepted, and its scores, do not depend on how its
+        examples fall into batches. Returns the reference `(index, columns)`."""
+        if not isinstance(self.data_collator, PaddingCollator):
+            return reference
+        names = self.data_collator.uniform_inputs
+        if reference is None:
+            reference = (start, present_inputs(examples[0], names))
+        check_same_inputs(examples, names, indices=range(start, start + len(examples)), reference=reference)
+        return reference
 
     def _as_alone(self, example: Mapping, index: int) -> Mapping:
         """`example` without the padding it was stored with: leading and trailing positions whose `attention_mask` is
