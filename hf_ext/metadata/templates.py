@@ -32,12 +32,15 @@ class InvalidMetadataError(ValueError):
 
 
 def is_missing(value) -> bool:
-    """Whether a metadata value is missing: `None`, a NaN (`float("nan")`, `numpy.nan`, a numpy float NaN), or
-    pandas' `NA` / `NaT` (how pandas stores a missing cell, even one written as `None`: rows from
+    """Whether a metadata value is missing: `None`, a blank string (`""`, or only whitespace such as `"   "` or
+    `"\n"`: how CSV/JSON exports often write an absent value), a NaN (`float("nan")`, `numpy.nan`, a numpy float NaN),
+    or pandas' `NA` / `NaT` (how pandas stores a missing cell, even one written as `None`: rows from
     `df.to_dict("records")` carry `nan`, as does `json.loads` of `NaN`) or numpy's `NaT`. pandas is not imported here:
     its missing markers can only exist where it is."""
     if value is None:
         return True
+    if isinstance(value, str):
+        return not value.strip()
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         return math.isnan(value)
     pandas = sys.modules.get("pandas")
@@ -123,10 +126,11 @@ class MetadataTemplate:
         fmt (`str`, *optional*): The format string for `kind="format"`.
         max_chars (`int`, *optional*): Cut the metadata string to this many characters (long URLs eat context).
 
-    A missing value (`None`, a NaN, pandas' `NA` / `NaT`: see `is_missing`) gives `""` (no metadata) in every kind;
-    `"format"` renders a missing field as `""`, and gives `""` when all its fields are missing. A value that cannot
-    be used (a URL `urlsplit` rejects, an infinite or non-numeric quality score, a format string that fails on the
-    row) raises `InvalidMetadataError`; `MetadataCollator` then trains that document without metadata and counts it.
+    A missing value (`None`, a blank string, a NaN, pandas' `NA` / `NaT`: see `is_missing`) gives `""` (no metadata)
+    in every kind; `"format"` renders a missing field as `""`, and gives `""` when all its fields are missing. The URL
+    kinds strip whitespace around the URL (`" https://a.org/x\\n"` is `https://a.org/x`). A value that cannot be
+    used (a URL `urlsplit` rejects, an infinite or non-numeric quality score, a format string that fails on the row)
+    raises `InvalidMetadataError`; `MetadataCollator` then trains that document without metadata and counts it.
     """
 
     kind: str
@@ -156,12 +160,9 @@ class MetadataTemplate:
                 ) from err
         elif any(missing):
             text = ""
-        elif self.kind == "url":
-            text = str(values[0])
-        elif self.kind == "url_host":
-            text = url_host(str(values[0]))
-        elif self.kind == "url_path":
-            text = url_path(str(values[0]))
+        elif self.kind in ("url", "url_host", "url_path"):
+            url = str(values[0]).strip()  # "a.com/x\n" from a line-based export is the URL a.com/x
+            text = url if self.kind == "url" else url_host(url) if self.kind == "url_host" else url_path(url)
         elif self.kind == "topic_format":
             text = ", ".join(str(v) for v in values)
         elif self.kind == "quality_score":
