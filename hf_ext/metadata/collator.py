@@ -80,7 +80,8 @@ class MetadataCollator:
         tokenizer (`PreTrainedTokenizerBase`): With `bos_token` and `pad_token` (and the context tokens for the
             `"context"` layout, see `add_context_tokens`).
         template (`MetadataTemplate`): Builds each example's metadata string.
-        text_column (`str`, *optional*, defaults to `"text"`): Key of the document text.
+        text_column (`str`, *optional*, defaults to `"text"`): Key of the document text: a `str` or `None` (read as
+            `""`) per example; anything else (a list of paragraphs, bytes) raises a `TypeError` naming it.
         layout (`str`, *optional*, defaults to `"context"`): `"context"` (`<|context_begin|>..<|context_end|>`) or
             `"meco"` (`"URL: {metadata}\\n\\n"`; MeCo's host with `metadata_template("url_host")`).
         metadata_dropout (`float`, *optional*, defaults to 0.1): A real number in [0, 1] (numpy scalars too): the
@@ -102,7 +103,10 @@ class MetadataCollator:
             with `document_attention`, and when padding on the left, so that models with absolute positions (GPT-2)
             see each left-padded document at positions `0..n-1`, as alone; `False` for a model whose `forward` takes
             no `position_ids`).
-        add_eos (`bool`, *optional*, defaults to `True`): End each document with EOS (loss-bearing).
+        add_eos (`bool`, *optional*, defaults to `True`): End each document with EOS (loss-bearing). With `False`, a
+            document with no token (an empty or `None` text) is left out of its batch (counted in `empty_documents`,
+            warned once; a batch of only such documents raises a `ValueError`): it would be a prefix with nothing to
+            train on.
         max_metadata_tokens (`int`, *optional*): Keep at most this many metadata tokens.
         document_attention (`bool`, *optional*): In packing mode, keep each document's tokens from attending to the
             other documents of its row (and their contexts), as MeCo trains. Default: `True` when packing. The batch
@@ -145,6 +149,9 @@ class MetadataCollator:
     #: Documents whose metadata prefix filled a whole row (`block_size` / `max_length`) and was re-encoded from its
     #: first `OVERLONG_METADATA_CHARS` characters. Counted per process.
     overlong_metadata: int = field(default=0, repr=False)
+    #: Documents left out of their batch because they have no token to train on (an empty or `None` text with
+    #: `add_eos=False`). Counted per process.
+    empty_documents: int = field(default=0, repr=False)
     #: Inside `evaluating(...)`: whether evaluation batches are built with metadata (`None`: training batches).
     _eval_conditioning: bool | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -238,25 +245,38 @@ class MetadataCollator:
             active = self.conditioning_active
         out: list[str | None] = []
         for example in examples:
-            if self.text_column not in example:
-                raise ValueError(
-                    f"text_column={self.text_column!r} is missing from the example (keys: {sorted(example)}); pass "
-                    "the column holding the document text, and with a Trainer set remove_unused_columns=False."
-                )
+            text = self._text(example)
             try:
                 meta = self.template(example)
             except InvalidMetadataError as err:
                 meta = None
                 self._invalid(err)
-            if (
-                not active
-                or not meta
-                or not keeps_metadata(example[self.text_column] or "", meta, self.seed, self.metadata_dropout)
-            ):
+            if not active or not meta or not keeps_metadata(text, meta, self.seed, self.metadata_dropout):
                 out.append(None)
             else:
                 out.append(meta)
         return out
+
+    def _text(self, example: dict) -> str:
+        """The document text of `example` (`None` read as `""`); a `ValueError` / `TypeError` naming `text_column`
+        when the column is absent or holds anything but a str or `None`."""
+        if self.text_column not in example:
+            raise ValueError(
+                f"text_column={self.text_column!r} is missing from the example (keys: {sorted(example)}); pass "
+                "the column holding the document text, and with a Trainer set remove_unused_columns=False."
+            )
+        text = example[self.text_column]
+        if text is None:
+            return ""
+        if not isinstance(text, str):
+            # a list of str would be read by the tokenizer as one pre-split text, its items run together
+            raise TypeError(
+                f"text_column={self.text_column!r} must hold a str (or None) per example, got a "
+                f"{type(text).__name__}: {text!r:.80}; join a list of paragraphs into one str first (e.g. "
+                f"dataset.map(lambda row: {{{self.text_column!r}: '\\n'.join(row[{self.text_column!r}])}})) or pass "
+                "the column holding the document text."
+            )
+        return text
 
     def _invalid(self, err: InvalidMetadataError) -> None:
         self.invalid_metadata += 1
@@ -274,7 +294,8 @@ class MetadataCollator:
             )
 
     def encode(self, examples: list[dict]) -> list[EncodedDocument]:
-        """Encode the examples (advances the batch counter used by the cooldown, except inside `evaluating`)."""
+        """Encode the examples (advances the batch counter used by the cooldown, except inside `evaluating`); with
+        `add_eos=False` documents with no token are left out."""
         if self._eval_conditioning is not None:  # an evaluation batch: the training counter is neither read nor moved
             return self._encode(examples, self.conditioning_active, None)
         if self.cooldown_start_batch is not None:
@@ -293,13 +314,20 @@ class MetadataCollator:
 
     def _encode(self, examples: list[dict], active: bool, index: int | None) -> list[EncodedDocument]:
         """Encode a batch built with metadata or not (`active`); `index`: its training batch index (`None` for an
-        evaluation batch, whose invalid metadata is not entered in `invalid_by_batch`)."""
+        evaluation batch, whose invalid metadata is not entered in `invalid_by_batch`). Documents with no token to
+        train on are left out (`_drop_empty`)."""
+        texts = [self._text(e) for e in examples]
+        if not self.add_eos:  # with EOS every document has a token to train on
+            kept = self._drop_empty([i for i, t in enumerate(texts) if t], len(texts))
+            examples, texts = [examples[i] for i in kept], [texts[i] for i in kept]
         invalid_before = self.invalid_metadata
         metadata = self.metadata_for(examples, active)
         if index is not None and self.invalid_by_batch is not None and self.invalid_metadata > invalid_before:
             self.invalid_by_batch[index] = self.invalid_metadata - invalid_before
-        texts = [e[self.text_column] or "" for e in examples]
         docs = self._encoder.encode_batch(texts, metadata)
+        if any(len(d.input_ids) == d.prefix_length for d in docs):  # a text the tokenizer reads as no token at all
+            kept = self._drop_empty([i for i, d in enumerate(docs) if len(d.input_ids) > d.prefix_length], len(docs))
+            docs, texts, metadata = [docs[i] for i in kept], [texts[i] for i in kept], [metadata[i] for i in kept]
         limit = self.block_size if self.block_size is not None else self.max_length
         overlong = [] if limit is None else [i for i, d in enumerate(docs) if d.prefix_length >= limit and metadata[i]]
         if overlong:
@@ -318,6 +346,29 @@ class MetadataCollator:
                 )  # fmt: skip
             self.overlong_metadata += len(overlong)
         return docs
+
+    def _drop_empty(self, kept: list[int], total: int) -> list[int]:
+        """`kept` (the indices of a batch's documents that have tokens to train on); count and warn (once) about the
+        others, and raise a `ValueError` when no document of the batch has one."""
+        if len(kept) == total:
+            return kept
+        if not kept:
+            raise ValueError(
+                f"every document of this batch ({total}) is empty: text_column={self.text_column!r} holds '' or None "
+                "(or text the tokenizer reads as no token), and with add_eos=False such a document is a metadata "
+                "prefix with no token to train on (a batch of them gives the loss NaN). Filter empty documents out "
+                f"first (dataset.filter(lambda row: bool(row[{self.text_column!r}]))), or pass add_eos=True (the EOS "
+                "is then the document)."
+            )
+        if self.empty_documents == 0:
+            logger.warning(
+                "a document with no tokens (text_column=%r holds '' or None) and add_eos=False would be a metadata "
+                "prefix with nothing to train on: such documents are left out of their batch (counted in "
+                "MetadataCollator.empty_documents; filter them from the dataset, or pass add_eos=True).",
+                self.text_column,
+            )
+        self.empty_documents += total - len(kept)
+        return kept
 
     def __call__(self, examples: list[dict]) -> dict:
         import torch

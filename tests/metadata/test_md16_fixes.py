@@ -1,16 +1,73 @@
 """Fixes of the md16 metadata audit.
 
+3. An empty document with `add_eos=False` became a metadata prefix with no document (a padded batch of them gave the
+   loss NaN; packing spent row space on an orphan context).
 4. Blank metadata strings (`""`, `"   "`, `"\\n"`) were not missing: they trained as a shared non-empty context.
+5. A list-of-str text was read by the tokenizer as one pre-split text, its items run together.
 """
 
+import logging
 
 import pytest
 import torch
 
 from hf_ext.metadata import (
+    CONTEXT_BEGIN,
+    CONTEXT_END,
     MetadataCollator,
     metadata_template,
 )
+
+from .conftest import tiny_llama
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. empty documents
+
+
+def _decode_rows(tok, batch):
+    return [tok.decode(row) for row in batch["input_ids"]]
+
+
+def test_padded_batch_leaves_out_empty_documents(ctx_tokenizer, caplog):
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"), metadata_dropout=0.0, add_eos=False)
+    rows = [{"text": "", "url": "http://a.com/x"}, {"text": "hi there", "url": "http://b.com"},
+            {"text": None, "url": "http://c.com"}]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="hf_ext.metadata.collator"):
+        batch = collator(rows)
+        collator(rows)
+    assert _decode_rows(ctx_tokenizer, batch) == [f"<|bos|>{CONTEXT_BEGIN}b.com{CONTEXT_END}hi there"]
+    assert collator.empty_documents == 4
+    assert len([r for r in caplog.records if "no tokens" in r.getMessage()]) == 1  # warned once
+    model = tiny_llama(len(ctx_tokenizer)).float()
+    assert torch.isfinite(model(**batch).loss)
+
+
+def test_packed_rows_have_no_orphan_context(ctx_tokenizer):
+    collator = MetadataCollator(
+        ctx_tokenizer, metadata_template("url_host"), metadata_dropout=0.0, add_eos=False, block_size=16
+    )
+    batch = collator([{"text": "", "url": "http://a.com/x"}, {"text": "hi there", "url": "http://b.com"}])
+    tokens = ctx_tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    assert tokens.count(CONTEXT_BEGIN) == 1 and "a" not in tokens[: tokens.index(CONTEXT_END)]
+    assert collator.empty_documents == 1
+
+
+@pytest.mark.parametrize("block_size", [None, 16])
+def test_a_batch_of_empty_documents_is_refused_naming_text_column(ctx_tokenizer, block_size):
+    collator = MetadataCollator(
+        ctx_tokenizer, metadata_template("url_host"), text_column="body", metadata_dropout=0.0, add_eos=False,
+        block_size=block_size,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="every document of this batch \\(2\\) is empty: text_column='body'"):
+        collator([{"body": "", "url": "http://a.com/x"}, {"body": None, "url": "http://bb.org/y"}])
+
+
+def test_with_eos_an_empty_document_is_its_eos(ctx_tokenizer):
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"), metadata_dropout=0.0)
+    batch = collator([{"text": "", "url": "http://a.com/x"}])
+    assert _decode_rows(ctx_tokenizer, batch) == [f"<|bos|>{CONTEXT_BEGIN}a.com{CONTEXT_END}<|eos|>"]
+    assert collator.empty_documents == 0
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 4. blank metadata values
@@ -45,3 +102,14 @@ def test_urls_are_stripped_and_a_format_of_blank_fields_is_empty():
     assert fmt({"source": "wiki", "url": "  "}) == "wiki | "
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# 5. text type
+
+
+@pytest.mark.parametrize("text", [["First paragraph.", "Second paragraph."], ("a", "b"), b"bytes", 3])
+def test_text_that_is_not_a_str_is_refused_naming_text_column(ctx_tokenizer, text):
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"), text_column="body", metadata_dropout=0.0)
+    with pytest.raises(TypeError, match="text_column='body' must hold a str \\(or None\\) per example, got a"):
+        collator([{"body": text, "url": "http://a.com"}])
+    with pytest.raises(TypeError, match="text_column='body'"):
+        collator.metadata_for([{"body": text, "url": "http://a.com"}])
