@@ -6,7 +6,8 @@ import copy
 import logging
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 from ..utils.checks import is_bool
 from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder
@@ -66,15 +67,39 @@ def _left_pad(seqs: list[list[int]], pad_id: int):
     return ids, mask
 
 
+def _ordered(value, name: str, expected: str, fix: str = "") -> list:
+    """`value` (a list, tuple or other ordered, sized container: a `datasets` column, a numpy array) as a list; a
+    `TypeError` naming `name` for a mapping (its keys would be read), a set (no order) or a one-shot iterator."""
+    if isinstance(value, Mapping):
+        raise TypeError(
+            f"{name} must be {expected}, got a {type(value).__name__} (its keys would be read as the {name}){fix}."
+        )
+    if isinstance(value, AbstractSet | bytes | bytearray) or not (
+        isinstance(value, Sequence) or (hasattr(value, "__len__") and hasattr(value, "__getitem__"))
+    ):
+        raise TypeError(
+            f"{name} must be {expected}, got a {type(value).__name__} (an ordered container with one entry per "
+            f"prompt is needed: pass a list){fix}."
+        )
+    return list(value)
+
+
 def _prompt_lists(prompts, metadata) -> tuple[list[str], list[str | None]]:
     """`prompts` and `metadata` as lists of equal length: a str prompt is one prompt, a str (or `None`) metadata is
-    the metadata of every prompt; `TypeError` / `ValueError` for anything else."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    the metadata of every prompt, otherwise a list or tuple (an ordered container) with one entry per prompt;
+    `TypeError` / `ValueError` for anything else (a dict, e.g. a dataset row, a set, a generator)."""
+    prompts = [prompts] if isinstance(prompts, str) else _ordered(prompts, "prompts", "a str or a list/tuple of str")
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise TypeError("prompts must be a str or a non-empty sequence of str.")
     if isinstance(metadata, str) or metadata is None:
         metadata = [metadata] * len(prompts)
-    metadata = list(metadata)
+    metadata = _ordered(
+        metadata,
+        "metadata",
+        "a str, None, or a list/tuple of str/None (one per prompt)",
+        "; a dataset row goes through the template the model was trained with first: "
+        "metadata=metadata_template(...)(row), or [template(row) for row in rows]",
+    )
     if not all(m is None or isinstance(m, str) for m in metadata):
         bad = next(m for m in metadata if not (m is None or isinstance(m, str)))
         raise TypeError(
@@ -142,7 +167,8 @@ def generate_with_metadata_guidance(
         tokenizer (`PreTrainedTokenizerBase`): Its tokenizer (with the context tokens for `layout="context"`).
         prompts (`str` or `Sequence[str]`): Prompt text(s); a batch is generated in one call.
         metadata (`str` or `Sequence[str | None]`): Metadata string per prompt (e.g. a URL or `"Science, Tutorial"`),
-            or one string for all prompts.
+            a list or tuple in prompt order, or one string for all prompts. A dict (a dataset row: build its string
+            with the training template, `metadata_template(...)(row)`), a set or a generator raise a `TypeError`.
         guidance_scale (`float`, *optional*, defaults to 1.5): `g`, a finite number > 0; 1 disables guidance.
         layout (`str`, *optional*, defaults to `"context"`): Layout used in training (`"context"` or `"meco"`).
         return_text (`bool`, *optional*, defaults to `True`): Return decoded continuations (list of `str`, one per

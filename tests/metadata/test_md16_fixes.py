@@ -1,5 +1,7 @@
 """Fixes of the md16 metadata audit.
 
+2. A dict (a dataset row) passed as guidance `metadata` was read as its keys: the model was conditioned on the
+   literal column name (`"url"`); a set was accepted in arbitrary order.
 3. An empty document with `add_eos=False` became a metadata prefix with no document (a padded batch of them gave the
    loss NaN; packing spent row space on an orphan context).
 4. Blank metadata strings (`""`, `"   "`, `"\\n"`) were not missing: they trained as a shared non-empty context.
@@ -8,17 +10,54 @@
 
 import logging
 
+import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 
 from hf_ext.metadata import (
     CONTEXT_BEGIN,
     CONTEXT_END,
     MetadataCollator,
+    build_guidance_inputs,
+    generate_with_metadata_guidance,
     metadata_template,
 )
 
 from .conftest import tiny_llama
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. guidance metadata
+
+
+@pytest.mark.parametrize(
+    "metadata, kind",
+    [({"url": "https://en.wikipedia.org/wiki/Bern"}, "dict"), ({"a.org", "b.org"}, "set"), ((m for m in ["a"]), "gen")],
+)
+def test_guidance_metadata_must_be_an_ordered_list(ctx_tokenizer, metadata, kind):
+    prompts = "The city of" if kind != "set" else ["a", "b"]
+    with pytest.raises(TypeError) as err:
+        build_guidance_inputs(ctx_tokenizer, prompts, metadata)
+    message = str(err.value)
+    assert message.startswith("metadata must be a str, None, or a list/tuple") and "metadata_template(...)(row)" in message
+
+
+def test_generation_refuses_a_row_as_metadata_before_generating(ctx_tokenizer):
+    model = tiny_llama(len(ctx_tokenizer)).eval()
+    with pytest.raises(TypeError, match="got a dict \\(its keys would be read as the metadata\\)"):
+        generate_with_metadata_guidance(
+            model, ctx_tokenizer, "The city of", {"url": "a.org"}, guidance_scale=2.0, max_new_tokens=2
+        )
+
+
+def test_guidance_metadata_in_ordered_containers_is_accepted(ctx_tokenizer):
+    expected = build_guidance_inputs(ctx_tokenizer, ["a", "b"], ["x.org", None])["input_ids"]
+    column = Dataset.from_list([{"url": "x.org"}, {"url": None}])["url"]
+    for metadata in (("x.org", None), column, np.array(["x.org", None], dtype=object)):
+        assert torch.equal(build_guidance_inputs(ctx_tokenizer, ["a", "b"], metadata)["input_ids"], expected)
+    with pytest.raises(TypeError, match="prompts must be a str or a list/tuple of str, got a dict"):
+        build_guidance_inputs(ctx_tokenizer, {"text": "a"}, None)
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 3. empty documents
