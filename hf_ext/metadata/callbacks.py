@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 
 from transformers import Trainer, TrainerCallback
@@ -31,7 +32,10 @@ class MetadataCooldownCallback(TrainerCallback):
     fast-forwards through the collator (iterable datasets: accelerate's `skip_first_batches` collates and discards
     them; map-style datasets skip indices without collating), so a resumed run switches at the same micro-batch as an
     uninterrupted one. The switch point is logged as
-    `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint.
+    `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint, with
+    `cooldown_fraction` and the collator's `metadata_dropout` and `seed`. On resume these are compared with the live
+    values before the first step: a difference (or a `max_steps` that moves the switch across the steps the checkpoint
+    trained) raises a `ValueError` naming each option with both values; a file without them resumes with a warning.
 
     `metadata_invalid` is logged too: the number of training examples, in the micro-batches of the optimizer steps
     done so far (`state.global_step`), whose metadata value was invalid (trained without metadata). A document met in
@@ -101,22 +105,41 @@ class MetadataCooldownCallback(TrainerCallback):
             if index >= self._count_from:
                 self.invalid_total += n
 
-    def _restored_invalid(self, args, state) -> int:
-        """`metadata_invalid` at `state.global_step`, read from the checkpoint resumed from (0 for a fresh run)."""
+    def _saved_state(self, args, state) -> tuple[str, dict] | None:
+        """`(path, contents)` of the `metadata_conditioning.json` of the checkpoint resumed from at `state.global_step`
+        (`None` for a fresh run, or when no readable file of that step is found)."""
         if not state.global_step:
-            return 0
+            return None
         candidates = [self._resume_checkpoint, getattr(args, "resume_from_checkpoint", None)]
         candidates.append(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
         for folder in candidates:
             if not isinstance(folder, str):
                 continue
+            path = os.path.join(folder, STATE_FILE)
             try:
-                with open(os.path.join(folder, STATE_FILE)) as f:
+                with open(path) as f:
                     saved = json.load(f)
             except (OSError, ValueError):
                 continue
-            if saved.get("global_step") == state.global_step and isinstance(saved.get("metadata_invalid"), int):
-                return saved["metadata_invalid"]
+            if isinstance(saved, dict) and saved.get("global_step") == state.global_step:
+                return path, saved
+        return None
+
+    def _restored_invalid(self, saved: tuple[str, dict] | None, state) -> int:
+        """`metadata_invalid` at `state.global_step`, from the checkpoint's state file (0 for a fresh run)."""
+        if not state.global_step:
+            return 0
+        if saved is None:
+            logger.warning(
+                "resuming at step %d without the checkpoint's %s (not found): the logged metadata_invalid counts from "
+                "0 again, and cooldown_fraction, metadata_dropout and seed are resumed unchecked; make sure they are "
+                "the interrupted run's.",
+                state.global_step,
+                STATE_FILE,
+            )
+            return 0
+        if isinstance(saved[1].get("metadata_invalid"), int):
+            return saved[1]["metadata_invalid"]
         logger.warning(
             "resuming at step %d without a %s that holds metadata_invalid (a checkpoint written before it was "
             "stored, or not found): the logged metadata_invalid counts from 0 again.",
@@ -124,6 +147,72 @@ class MetadataCooldownCallback(TrainerCallback):
             STATE_FILE,
         )
         return 0
+
+    def _check_resumed_options(self, saved: tuple[str, dict], state) -> None:
+        """Refuse a resume whose cooldown or dropout options differ from the ones the checkpoint's state file records.
+
+        Compared: `cooldown_fraction`, the collator's `metadata_dropout` and `seed` (numbers equal up to float32
+        rounding: `0` and `0.0`, `numpy.float32(0.1)` and `0.1` are the same value), and the switch step where a
+        changed `max_steps` moves it across the steps already trained (a later switch would turn metadata back on
+        after the checkpoint's cooldown; an earlier one would have cooled down steps the checkpoint trained with
+        metadata). A `max_steps` change that leaves every trained step on the same side of the switch is a resume as
+        any other. A file without some of these values is resumed unchecked for them, with a warning (without the file,
+        `_restored_invalid` warns).
+        """
+        path, record = saved
+        live = {
+            "cooldown_fraction": self.cooldown_fraction,
+            "metadata_dropout": self.collator.metadata_dropout,
+            "seed": self.collator.seed,
+        }
+        unchecked = [name for name in live if not _is_number(record.get(name))]
+        if unchecked:
+            logger.warning(
+                "%s records no %s (written before hf_ext recorded it): resumed unchecked; make sure the value is the "
+                "interrupted run's.",
+                path,
+                " / ".join(unchecked),
+            )
+        changed = []  # (option, checkpoint's value, value now, description)
+        for name, new in live.items():
+            old = record.get(name)
+            if name in unchecked:
+                continue
+            same = old == new if name == "seed" else math.isclose(old, new, rel_tol=1e-6, abs_tol=0.0)
+            if not same:
+                changed.append((name, old, f"{name}={old!r} in the checkpoint, {new!r} now"))
+        old_switch = record.get("switch_step")
+        if (
+            not changed
+            and not unchecked
+            and self.cooldown_fraction > 0
+            and _is_number(old_switch)
+            and old_switch != self.switch_step
+            and min(old_switch, self.switch_step) < state.global_step
+        ):
+            # the same fraction of another max_steps: the switch moves across the steps the checkpoint has trained
+            old_max = _saved_max_steps(os.path.dirname(path))
+            changed.append(
+                (
+                    "max_steps",
+                    old_max if old_max is not None else "the interrupted run's",
+                    f"max_steps={old_max if old_max is not None else '?'} in the checkpoint, {state.max_steps} now, "
+                    f"which moves the cooldown's start (switch_step) from after step {old_switch} to after step "
+                    f"{self.switch_step}, across the {state.global_step} steps the checkpoint has trained",
+                )
+            )
+        if not changed:
+            return
+        listed = "; ".join(text for _, _, text in changed)
+        fix = ", ".join(f"{name}={old!r}" if name != "max_steps" else f"max_steps={old}" for name, old, _ in changed)
+        raise ValueError(
+            f"resume_from_checkpoint={os.path.dirname(path)!r} was trained with other metadata options: {listed} "
+            f"(recorded in its {STATE_FILE}). The remaining steps would keep metadata on other documents "
+            "(metadata_dropout, seed) or switch it off at another step (cooldown_fraction, max_steps) than the run "
+            f"the checkpoint belongs to. Resume with the checkpoint's values ({fix}; metadata_dropout and seed are "
+            "MetadataCollator's, cooldown_fraction MetadataCooldownCallback's), or start a new run (from the "
+            "checkpoint's weights, without resume_from_checkpoint) to use the new ones."
+        )
 
     @staticmethod
     def _batches_collated_while_skipping(args, state, train_dataloader) -> int:
@@ -159,8 +248,11 @@ class MetadataCooldownCallback(TrainerCallback):
                 "copies, so the switch would never reach them. Set dataloader_num_workers=0 (tokenization then runs "
                 "in the main process) or cooldown_fraction=0."
             )
-        self._grad_accum = args.gradient_accumulation_steps
         self.switch_step = state.max_steps - int(round(self.cooldown_fraction * state.max_steps))
+        saved = self._saved_state(args, state)
+        if saved is not None:  # a resume: refuse other options than the checkpoint's before the collator is touched
+            self._check_resumed_options(saved, state)
+        self._grad_accum = args.gradient_accumulation_steps
         # cooldown_fraction=0 never switches: leave the collator without a switch point (it may then run in workers).
         self.collator.cooldown_start_batch = (
             self.switch_step * self._grad_accum if self.cooldown_fraction > 0 else None
@@ -170,7 +262,7 @@ class MetadataCooldownCallback(TrainerCallback):
         self._count_at_step_end = self.collator.batches_seen  # an evaluation on start puts the counter back here
         # the batches a resumed run fast-forwards through the collator (below this index) were counted before
         self._count_from = state.global_step * self._grad_accum
-        self.invalid_total = self._restored_invalid(args, state)
+        self.invalid_total = self._restored_invalid(saved, state)
         self._resume_checkpoint = None
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -268,6 +360,20 @@ class MetadataCooldownCallback(TrainerCallback):
             return  # written by MetadataTrainer with the checkpoint, before trainer_state.json
         if state.is_world_process_zero and os.path.isdir(folder):
             self.save_state(folder, state)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _saved_max_steps(checkpoint: str) -> int | None:
+    """`max_steps` in `checkpoint/trainer_state.json` (`None` when it cannot be read)."""
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+            value = json.load(f).get("max_steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _sum_over_ranks(count: int, args) -> int:

@@ -1,5 +1,8 @@
 """Fixes of the md16 metadata audit.
 
+1. A resume with another `cooldown_fraction`, `metadata_dropout` or `seed` than the checkpoint's
+   `metadata_conditioning.json` records (or a `max_steps` that moves the cooldown's start across the steps already
+   trained) was accepted silently: the remaining steps trained with another dropout pattern and switch step.
 2. A dict (a dataset row) passed as guidance `metadata` was read as its keys: the model was conditioned on the
    literal column name (`"url"`); a set was accepted in arbitrary order.
 3. An empty document with `add_eos=False` became a metadata prefix with no document (a padded batch of them gave the
@@ -8,23 +11,160 @@
 5. A list-of-str text was read by the tokenizer as one pre-split text, its items run together.
 """
 
+import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from transformers import Trainer, TrainingArguments
 
 from hf_ext.metadata import (
     CONTEXT_BEGIN,
     CONTEXT_END,
     MetadataCollator,
+    MetadataCooldownCallback,
+    MetadataTrainer,
     build_guidance_inputs,
     generate_with_metadata_guidance,
     metadata_template,
 )
 
 from .conftest import tiny_llama
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. resume options
+
+
+def _docs():
+    return Dataset.from_list([{"text": f"document {i} " * 3, "url": f"http://h{i % 5}.com/x"} for i in range(48)])
+
+
+def _trainer(tok, out, *, dropout=0.1, seed=42, fraction=0.5, max_steps=6, cls=MetadataTrainer):
+    collator = MetadataCollator(tok, metadata_template("url_host"), metadata_dropout=dropout, seed=seed, max_length=32)
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4, learning_rate=1e-3,
+        remove_unused_columns=False, report_to="none", logging_steps=1, save_strategy="steps", save_steps=2,
+        use_cpu=True, seed=0, disable_tqdm=True,
+    )  # fmt: skip
+    callback = MetadataCooldownCallback(collator, fraction)
+    trainer = cls(
+        model=tiny_llama(len(tok)), args=args, train_dataset=_docs(), data_collator=collator, callbacks=[callback]
+    )
+    return trainer, callback
+
+
+def _conditioning(trainer, after: int) -> list[int]:
+    return [h["metadata_conditioning"] for h in trainer.state.log_history if "loss" in h and h["step"] > after]
+
+
+@pytest.fixture(scope="module")
+def interrupted(ctx_tokenizer, tmp_path_factory):
+    """A 6-step run (dropout 0.1, seed 42, cooldown 0.5: steps 1-3 with metadata), checkpoints 2, 4 and 6."""
+    out = tmp_path_factory.mktemp("md16_resume") / "run"
+    trainer, _ = _trainer(ctx_tokenizer, out)
+    trainer.train()
+    return out, _conditioning(trainer, 0)
+
+
+def test_checkpoint_records_the_compared_options(interrupted):
+    out, conditioning = interrupted
+    record = json.loads((out / "checkpoint-2" / "metadata_conditioning.json").read_text())
+    assert record["cooldown_fraction"] == 0.5 and record["switch_step"] == 3
+    assert record["metadata_dropout"] == 0.1 and record["seed"] == 42
+    assert conditioning == [1, 1, 1, 0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (dict(fraction=0.2), ["cooldown_fraction=0.5 in the checkpoint, 0.2 now"]),
+        (dict(dropout=0.3), ["metadata_dropout=0.1 in the checkpoint, 0.3 now"]),
+        (dict(seed=7), ["seed=42 in the checkpoint, 7 now"]),
+        (
+            dict(fraction=0.0, dropout=0.9, seed=1),
+            [
+                "cooldown_fraction=0.5 in the checkpoint, 0.0 now",
+                "metadata_dropout=0.1 in the checkpoint, 0.9 now",
+                "seed=42 in the checkpoint, 1 now",
+            ],
+        ),
+    ],
+)
+def test_resume_with_other_metadata_options_is_refused_by_name(ctx_tokenizer, interrupted, tmp_path, change, expected):
+    out, _ = interrupted
+    trainer, callback = _trainer(ctx_tokenizer, tmp_path / "new", **change)
+    with pytest.raises(ValueError) as err:
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    message = str(err.value)
+    for part in expected:
+        assert part in message, message
+    assert "checkpoint-2" in message and "Resume with the checkpoint's values" in message
+    assert "start a new run" in message
+    assert callback.collator.cooldown_start_batch is None and callback.collator.batches_seen == 0  # nothing changed
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())  # nothing written
+
+
+def test_a_plain_trainer_resuming_from_its_last_checkpoint_is_refused_too(ctx_tokenizer, interrupted, tmp_path):
+    out, _ = interrupted
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "checkpoint-6")
+    trainer, _ = _trainer(ctx_tokenizer, copy, seed=43, cls=Trainer)
+    with pytest.raises(ValueError, match=r"seed=42 in the checkpoint, 43 now"):
+        trainer.train(resume_from_checkpoint=True)  # the Trainer picks checkpoint-4; args.resume_from_checkpoint unset
+
+
+def test_resume_with_the_same_options_in_other_spellings_continues(ctx_tokenizer, interrupted, tmp_path, caplog):
+    """numpy float32 dropout, an int seed of numpy's, an int cooldown spelled as float: the same run."""
+    out, conditioning = interrupted
+    trainer, _ = _trainer(ctx_tokenizer, tmp_path / "new", dropout=np.float32(0.1), seed=np.int64(42), fraction=0.5)
+    with caplog.at_level(logging.WARNING, logger="hf_ext.metadata.callbacks"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert not [r for r in caplog.records if "unchecked" in r.getMessage()]
+    assert trainer.state.global_step == 6
+    assert _conditioning(trainer, 2) == conditioning[2:]
+
+
+def test_zero_dropout_resumes_whether_written_0_or_0_0(ctx_tokenizer, tmp_path):
+    first, _ = _trainer(ctx_tokenizer, tmp_path / "a", dropout=0, fraction=0, max_steps=2)
+    first.train()
+    again, _ = _trainer(ctx_tokenizer, tmp_path / "b", dropout=0.0, fraction=0.0, max_steps=4)
+    again.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))  # and a longer run: no cooldown to move
+    assert again.state.global_step == 4
+
+
+def test_a_longer_run_is_refused_only_where_the_switch_moves_across_trained_steps(ctx_tokenizer, interrupted, tmp_path):
+    out, _ = interrupted
+    # checkpoint-2 is before both switches (after step 3 at max_steps 6, after step 4 at 8): a resume as any other
+    longer, callback = _trainer(ctx_tokenizer, tmp_path / "longer", max_steps=8)
+    longer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert callback.switch_step == 4 and _conditioning(longer, 2) == [1, 1, 0, 0, 0, 0]
+    # checkpoint-4 trained step 4 without metadata; at max_steps 10 the switch would come after step 5
+    crossing, _ = _trainer(ctx_tokenizer, tmp_path / "crossing", max_steps=10)
+    with pytest.raises(ValueError) as err:
+        crossing.train(resume_from_checkpoint=str(out / "checkpoint-4"))
+    message = str(err.value)
+    assert "max_steps=6 in the checkpoint, 10 now" in message
+    assert "from after step 3 to after step 5" in message and "Resume with the checkpoint's values (max_steps=6" in message
+
+
+def test_a_checkpoint_without_the_recorded_options_resumes_with_a_warning(ctx_tokenizer, interrupted, tmp_path, caplog):
+    out, _ = interrupted
+    checkpoint = tmp_path / "checkpoint-2"
+    shutil.copytree(out / "checkpoint-2", checkpoint)
+    record = json.loads((checkpoint / "metadata_conditioning.json").read_text())
+    for name in ("cooldown_fraction", "metadata_dropout", "seed"):
+        del record[name]
+    (checkpoint / "metadata_conditioning.json").write_text(json.dumps(record))
+    trainer, _ = _trainer(ctx_tokenizer, tmp_path / "new", seed=7)
+    with caplog.at_level(logging.WARNING, logger="hf_ext.metadata.callbacks"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert any("cooldown_fraction / metadata_dropout / seed" in r.getMessage() for r in caplog.records)
+    assert trainer.state.global_step == 6
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 2. guidance metadata
