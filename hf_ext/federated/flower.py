@@ -133,16 +133,26 @@ def _restore_accountant(context: Context, pid: int, r: int, training_args, state
     """This partition's accountant for round `r`: from `context.state` (same SuperNode process), else from its durable
     node state (a restarted SuperNode); under DP-SGD a round > 1 with neither is refused
     ([`PrivacyHistoryUnknownError`]): the node cannot know how much privacy its partition has already spent."""
+    return _restore_privacy(context, pid, r, training_args, state_dir)[0]
+
+
+def _restore_privacy(
+    context: Context, pid: int, r: int, training_args, state_dir: str | None
+) -> tuple[PrivacyAccountant, int | None]:
+    """[`_restore_accountant`] and the last round this node trained in this run (`None`: none on record)."""
     accountant = PrivacyAccountant(training_args.dp_accountant)
     if "privacy" in context.state:
-        accountant.load_state_dict(json.loads(context.state["privacy"]["accountant"]))
-        return accountant
+        record = context.state["privacy"]
+        accountant.load_state_dict(json.loads(record["accountant"]))
+        return accountant, (int(record["last-round"]) if "last-round" in record else None)
     if state_dir is None or getattr(training_args, "dp_clip_norm", None) is None:
-        return accountant
+        return accountant, None
     path = node_state_path(state_dir, context.run_id, pid, PRIVACY_STATE_FILE)
+    last = None
     if os.path.exists(path):
         saved = _read_node_state(path, context.run_id, pid, "privacy accountant", "accountant")
         accountant.load_state_dict(saved["accountant"])
+        last = int(saved["last_round"]) if "last_round" in saved else None
     elif r > 1:
         raise PrivacyHistoryUnknownError(
             f"Asked to train round {r} of run {context.run_id} with DP-SGD, but this node (partition-id {pid}) has no "
@@ -150,7 +160,70 @@ def _restore_accountant(context: Context, pid: int, r: int, training_args, state
             f"{path!r} (the run config's `work-dir` is node-local; was it removed, or is this another machine?). Its "
             "privacy history is unknown, so it refuses to train rather than report an epsilon that starts from zero."
         )
-    return accountant
+    return accountant, last
+
+
+NODE_MAX_EPSILON_KEY = "dp-max-epsilon"
+NODE_MAX_DELTA_KEY = "dp-max-delta"
+
+
+def _node_epsilon_bound(context: Context) -> tuple[float, float] | None:
+    """`(dp-max-epsilon, dp-max-delta)` of this node's node config, type-checked; `None` without `dp-max-epsilon`."""
+    from .flower_task import _node_value
+
+    if NODE_MAX_EPSILON_KEY not in context.node_config:
+        return None
+    return _node_value(context.node_config, NODE_MAX_EPSILON_KEY), _node_value(context.node_config, NODE_MAX_DELTA_KEY)
+
+
+def planned_round_steps(training_args, fed_args: FederatedArguments, num_examples: int) -> tuple[float, int]:
+    """`(sample_rate, steps)` of one client round of DP-SGD on `num_examples` examples, as [`PrivateTrainer`] runs it:
+    `fed_args.local_steps` steps, or `ceil(local_epochs x batches per epoch)` with `round(1 / q)` Poisson batches per
+    epoch, at the Poisson rate `q = batch size / num_examples` (at most 1)."""
+    q = min(1.0, training_args.per_device_train_batch_size / max(int(num_examples), 1))
+    if fed_args.local_steps > 0:
+        return q, int(fed_args.local_steps)
+    return q, math.ceil(fed_args.local_epochs * max(1, round(1 / q)))
+
+
+def check_round_request(r: int, last_round: int | None, num_rounds: int, pid: int, run_id: int) -> None:
+    """Refuse (`ValueError`) to train round `r` unless `1 <= r <= num_rounds` (the run's rounds, run config
+    `num-server-rounds`) and `r` is above `last_round`, the last round this node trained in this run: every training
+    releases an update computed from the node's data, so a server sending a round again or beyond the run would get
+    more releases than the node agreed to (and, under DP-SGD, spend epsilon past what the run config planned)."""
+    if not 1 <= r <= num_rounds:
+        raise ValueError(
+            f"Asked to train round {r} of run {run_id}, but the run has rounds 1..{num_rounds} (run config "
+            "`num-server-rounds`, FederatedArguments.num_rounds); this node (partition-id "
+            f"{pid}) refuses to train outside them. Submit a new run with more `num-server-rounds` instead."
+        )
+    if last_round is not None and r <= last_round:
+        raise ValueError(
+            f"Asked to train round {r} of run {run_id}, but this node (partition-id {pid}) already trained round "
+            f"{last_round}; it refuses to train a round again (each training releases another update of its data)."
+        )
+
+
+def check_round_epsilon(
+    accountant: PrivacyAccountant, sample_rate: float, noise_multiplier: float, steps: int, bound, r: int, pid: int
+) -> float:
+    """Refuse (`ValueError`) to train round `r` when the node's epsilon at its node config's `dp-max-delta` after the
+    round's planned `steps` (at `sample_rate`, `noise_multiplier`) would exceed its `dp-max-epsilon` (`bound`:
+    [`_node_epsilon_bound`]). Returns that epsilon; `accountant` is left unchanged."""
+    max_eps, max_delta = bound
+    after = PrivacyAccountant(accountant.accountant, accountant.pld_discretization)
+    after.load_state_dict(accountant.state_dict())
+    after.step(sample_rate, noise_multiplier, steps)
+    eps = after.get_epsilon(max_delta)
+    if not eps <= max_eps:
+        raise ValueError(
+            f"Training round {r} ({steps} DP-SGD steps at sampling rate {sample_rate:.4g}, noise multiplier "
+            f"{noise_multiplier:g}) would bring this node's epsilon (partition-id {pid}) to {eps:.4g} at delta "
+            f"{max_delta:g}, above its node config `{NODE_MAX_EPSILON_KEY}={max_eps:g}`; it refuses to train. Submit "
+            f"a run within the bound (fewer `num-server-rounds` / `local-steps`, a larger `dp-noise-multiplier`), or "
+            f"raise `{NODE_MAX_EPSILON_KEY}` in the node's `--node-config`."
+        )
+    return eps
 
 
 def _local_round(
@@ -166,17 +239,37 @@ def _local_round(
         raise ValueError(
             f"--client_learning_rates has {len(lrs)} values but this node trains partition {pid}; give one per client."
         )
+    dp_on = getattr(training_args, "dp_clip_norm", None) is not None
+    bound = _node_epsilon_bound(context)
+    if bound is not None and not dp_on:
+        raise ValueError(
+            f"This node's node config sets `{NODE_MAX_EPSILON_KEY}`, which requires DP-SGD, but the run trains "
+            "without it (run config `dp-clip-norm`, PrivateTrainingArguments.dp_clip_norm); it refuses to train. "
+            f"Submit the run with DP-SGD, or drop `{NODE_MAX_EPSILON_KEY}` from the node's `--node-config`."
+        )
+    accountant, last_round = _restore_privacy(context, pid, r, training_args, state_dir)
+    check_round_request(r, last_round, fed_args.num_rounds, pid, context.run_id)
+    dataset = dataset_fn(pid)
+    if bound is not None:  # before training: a refused round trains nothing and releases nothing
+        q, steps = planned_round_steps(training_args, fed_args, len(dataset))
+        check_round_epsilon(accountant, q, training_args.dp_noise_multiplier, steps, bound, r, pid)
     model = model_fn()
     if fed_args.use_lora:
         model = apply_lora(model, fed_args, seed=training_args.seed)
-    accountant = _restore_accountant(context, pid, r, training_args, state_dir)
     new_state, n, metrics = train_client(
-        model, state, dataset_fn(pid), training_args, fed_args, pid, r, data_collator, processing_class, accountant
+        model, state, dataset, training_args, fed_args, pid, r, data_collator, processing_class, accountant
     )
-    if state_dir is not None and getattr(training_args, "dp_clip_norm", None) is not None:
+    if bound is not None and not accountant.get_epsilon(bound[1]) <= bound[0]:
+        # the steps the Trainer ran differ from the plan: the update stays on the node (nothing is spent or recorded)
+        raise ValueError(
+            f"Round {r} ran {accountant.steps} DP-SGD steps in all and this node's epsilon (partition-id {pid}) "
+            f"reached {accountant.get_epsilon(bound[1]):.4g} at delta {bound[1]:g}, above its node config "
+            f"`{NODE_MAX_EPSILON_KEY}={bound[0]:g}`; it refuses to upload this round's update."
+        )
+    if state_dir is not None and dp_on:
         path = node_state_path(state_dir, context.run_id, pid, PRIVACY_STATE_FILE)
         _write_node_state(path, context.run_id, pid, {"last_round": int(r), "accountant": accountant.state_dict()})
-    context.state["privacy"] = ConfigRecord({"accountant": accountant.to_json()})
+    context.state["privacy"] = ConfigRecord({"accountant": accountant.to_json(), "last-round": int(r)})
     # the aggregation weight: the number of examples, or 1 under client-level DP (uniform DP-FedAvg: the server needs
     # no count, so none leaves the node in the clear)
     reply = {"num-examples": int(upload_weight(n, fed_args)), "partition-id": pid}

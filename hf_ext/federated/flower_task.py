@@ -354,8 +354,8 @@ NODE_PRIVACY_KEYS: dict[str, tuple[type, Any, str]] = {
         float,
         math.inf,
         "the largest epsilon (at delta `dp-max-delta`) the node accepts for the whole run, computed before training "
-        "from the run config's batch size, local steps, rounds and noise multiplier and the node's data size; also "
-        "requires DP-SGD",
+        "from the run config's batch size, local steps, rounds and noise multiplier and the node's data size, and "
+        "checked again before every round against the node's own accountant; also requires DP-SGD",
     ),
     "dp-max-delta": (
         float,
