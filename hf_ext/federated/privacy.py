@@ -269,6 +269,15 @@ def clip_per_sample(
     its dtype, still exceeds `max_norm` by rounding (up to 0.3% for bfloat16 gradients, 1.5e-7 relative in float32)
     is scaled down again until it does not: the sensitivity the noise and the accountant assume is then a bound.
 
+    A sample whose gradient norm is not finite (an inf or NaN entry: the loss or its gradient overflowed) is refused
+    with a `FloatingPointError` naming its index in the batch, as the client-level `clip_update` refuses such an update:
+    clipping cannot bound it (inf times the clip factor 0 is NaN), and the noised step would be NaN. The record is not
+    dropped silently either, which would change what the step computes without a trace. Like any training error, the
+    refusal stops the run where it happens (in a Flower node, its text reaches the server).
+
+    Raises:
+        `FloatingPointError`: a sample's gradient norm is inf or NaN.
+
     Returns:
         `tuple[dict[str, torch.Tensor], torch.Tensor]`: the clipped per-sample gradients and the original norms
         (float32).
@@ -293,6 +302,15 @@ def clip_per_sample(
         return out
 
     norms = row_norms(grads)
+    bad = (~torch.isfinite(norms)).nonzero().flatten().tolist()
+    if bad:
+        raise FloatingPointError(
+            f"The per-sample gradient of sample {bad[0]} of this batch (of {norms.shape[0]}"
+            + (f"; {len(bad)} samples in all: {bad[:8]}" if len(bad) > 1 else "")
+            + f") has a non-finite L2 norm ({float(norms[bad[0]])}): its loss or gradient overflowed (a learning rate "
+            "too high, fp16/bf16 overflow, an inf/NaN weight or input), and clipping cannot bound it to the clip norm. "
+            "Fix the cause (lower --learning_rate, train in float32, check the inputs) instead of clipping."
+        )
     clipped = scaled(grads, (max_norm / (norms + 1e-6)).clamp(max=1.0))
     margin = 2 * max(torch.finfo(g.dtype).eps for g in grads.values())
     for _ in range(8):

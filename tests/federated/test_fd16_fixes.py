@@ -5,6 +5,8 @@ refuses a generation shorter than its window, and bools / fractions / infinities
 import dataclasses
 import json
 
+import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from hf_ext.federated.flower import (
@@ -141,3 +143,18 @@ def test_planned_round_steps_match_the_trainer_in_epoch_mode(tmp_path):
     train_client(model, state, data, task.training_args, fed, 0, 1, accountant=accountant)
     assert accountant.history == [(q, 1.0, steps)] and steps > 1
 
+
+def test_per_sample_clipping_refuses_a_non_finite_gradient_naming_the_sample():
+    """Measured before the fix (audit repro_4): norms [0.5, inf, nan] clipped to [0.5, nan, nan] and the noised batch
+    sum was NaN. Now `clip_per_sample` (and so `dp_gradient`) refuses, as the client-level `clip_update` does."""
+    from hf_ext.federated.privacy import clip_per_sample
+
+    grads = {"w": torch.tensor([[0.3, 0.4], [float("inf"), 1.0], [0.0, 0.0]]), "b": torch.zeros(3, 1)}
+    with pytest.raises(FloatingPointError, match=r"sample 1 of this batch \(of 3\) has a non-finite L2 norm \(inf\)"):
+        clip_per_sample(grads, 1.0)
+    grads["w"][2, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"sample 1 .*2 samples in all: \[1, 2\].*overflowed"):
+        clip_per_sample(grads, 1.0)
+    grads["w"][1:] = 5.0
+    clipped, norms = clip_per_sample(grads, 1.0)  # finite gradients are clipped as before
+    assert bool(torch.isfinite(clipped["w"]).all()) and float(clipped["w"].norm(dim=1).max()) <= 1.0
