@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessor
 
+from ..utils.checks import is_int
+
 PAPER_PREFIX_LENGTHS = (10, 50, 100, 200, 500)
 
 
@@ -302,7 +304,7 @@ def measure_memorization(
         bleu_threshold (`float`, *optional*, defaults to 0.75): approximate-memorization threshold.
         frequency_penalty (`float`, *optional*, defaults to 1.0): additive frequency penalty (0 = pure greedy).
         max_new_tokens (`int`, *optional*): most tokens generated (fewer when the model ends the text), defaults to
-            `window + 10` (slack for re-tokenization).
+            `window + 10` (slack for re-tokenization); at least `window` (a shorter generation can never match).
         batch_size (`int`, *optional*, defaults to 16): prompts per `generate` call (same length, no padding).
         seed (`int`, *optional*, defaults to 42): seed of the split-index draw.
 
@@ -317,11 +319,19 @@ def measure_memorization(
     lengths = sorted({int(x) for x in prefix_lengths})
     if not lengths or lengths[0] < 1:
         raise ValueError(f"`prefix_lengths` must be positive integers, got {list(prefix_lengths)}.")
-    if window < 1:
-        raise ValueError(f"`window` must be >= 1, got {window}.")
+    if not is_int(window) or window < 1:
+        raise ValueError(f"`window` must be an integer >= 1, got {window!r}.")
     if not 0 < bleu_threshold <= 1:
         raise ValueError(f"`bleu_threshold` must be in (0, 1], got {bleu_threshold}.")
-    max_new = max_new_tokens or window + 10
+    if max_new_tokens is not None and not (is_int(max_new_tokens) and max_new_tokens >= 1):
+        raise ValueError(f"`max_new_tokens` must be an integer >= 1 or None (window + 10), got {max_new_tokens!r}.")
+    if max_new_tokens is not None and max_new_tokens < window:
+        raise ValueError(
+            f"`max_new_tokens={max_new_tokens}` is below `window={window}`: a generation shorter than the window can "
+            f"never match it, so every probe would score as not extracted. Pass `max_new_tokens` >= {window} (default "
+            "None: window + 10) or a smaller `window`."
+        )
+    max_new = int(window) + 10 if max_new_tokens is None else int(max_new_tokens)
     rng = random.Random(seed)
     device = next(model.parameters()).device
     was_training = model.training

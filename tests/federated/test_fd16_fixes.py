@@ -158,3 +158,18 @@ def test_per_sample_clipping_refuses_a_non_finite_gradient_naming_the_sample():
     grads["w"][1:] = 5.0
     clipped, norms = clip_per_sample(grads, 1.0)  # finite gradients are clipped as before
     assert bool(torch.isfinite(clipped["w"]).all()) and float(clipped["w"].norm(dim=1).max()) <= 1.0
+
+
+def test_measure_memorization_refuses_max_new_tokens_below_the_window():
+    """Measured before the fix (audit repro_2): an oracle model that always generates the canary's continuation
+    scored exact rate 1.0 with the default and max_new_tokens=60, and 0.0 with max_new_tokens=20 < window=50."""
+    from hf_ext.federated.memorization import Canary, measure_memorization
+
+    canaries = [Canary("c0", "some canary text", 1)]
+    with pytest.raises(ValueError, match=r"`max_new_tokens=20` is below `window=50`.*>= 50"):
+        measure_memorization(None, None, canaries, prefix_lengths=[10], window=50, max_new_tokens=20)
+    for bad in (True, 0, 60.0, "60"):
+        with pytest.raises(ValueError, match="`max_new_tokens` must be an integer >= 1 or None"):
+            measure_memorization(None, None, canaries, prefix_lengths=[10], window=50, max_new_tokens=bad)
+    with pytest.raises(ValueError, match="`window` must be an integer >= 1"):
+        measure_memorization(None, None, canaries, prefix_lengths=[10], window=50.5)
