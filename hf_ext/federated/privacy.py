@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
+from ..utils.checks import is_int, is_real
 from ..utils.vmap import is_func_transform_error, prepared_for_vmap
 
 ACCOUNTANTS = ("pld", "rdp")
@@ -37,10 +38,9 @@ def secret_noise_generator(device: torch.device | str | None = None) -> torch.Ge
 
 
 def _check_sigma(noise_multiplier: float, name: str = "noise_multiplier") -> float:
-    try:
-        sigma = float(noise_multiplier)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"`{name}` must be a number, got {noise_multiplier!r}.") from err
+    if not is_real(noise_multiplier):  # a bool would pass float() as 0 or 1
+        raise TypeError(f"`{name}` must be a number, got {noise_multiplier!r}.")
+    sigma = float(noise_multiplier)
     if not math.isfinite(sigma) or sigma < 0:
         raise ValueError(f"`{name}` must be a finite number >= 0, got {noise_multiplier}.")
     return sigma
@@ -79,8 +79,8 @@ class PrivacyAccountant:
         """Record `num_steps` steps with Poisson sampling rate `sample_rate` and noise multiplier `noise_multiplier`."""
         if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 0:
             raise ValueError(f"`num_steps` must be an integer >= 0, got {num_steps}.")
-        if not 0 <= sample_rate <= 1:
-            raise ValueError(f"`sample_rate` must be in [0, 1], got {sample_rate}.")
+        if not (is_real(sample_rate) and 0 <= sample_rate <= 1):  # a bool is not a rate (True would be q = 1)
+            raise ValueError(f"`sample_rate` must be a number in [0, 1], got {sample_rate!r}.")
         sigma = _check_sigma(noise_multiplier)
         if num_steps == 0:
             return
@@ -403,13 +403,15 @@ class PoissonBatchSampler:
     """
 
     def __init__(self, num_samples: int, sample_rate: float, num_batches: int | None = None, seed: int | None = None):
-        if num_samples < 1:
-            raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
-        if not 0 < sample_rate <= 1:
-            raise ValueError(f"`sample_rate` must be in (0, 1], got {sample_rate}.")
+        if not (is_int(num_samples) and num_samples >= 1):  # 10.7 would sample from 10 examples
+            raise ValueError(f"`num_samples` (the dataset size) must be an integer >= 1, got {num_samples!r}.")
+        if not (is_real(sample_rate) and 0 < sample_rate <= 1):
+            raise ValueError(f"`sample_rate` must be a number in (0, 1], got {sample_rate!r}.")
+        if num_batches is not None and not (is_int(num_batches) and num_batches >= 1):
+            raise ValueError(f"`num_batches` must be an integer >= 1 or None (round(1 / sample_rate)), got {num_batches!r}.")
         self.num_samples = int(num_samples)
         self.sample_rate = float(sample_rate)
-        self.num_batches = int(num_batches) if num_batches else max(1, round(1 / self.sample_rate))
+        self.num_batches = int(num_batches) if num_batches is not None else max(1, round(1 / self.sample_rate))
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise TypeError(f"`seed` must be an integer or None (a secret seed), got {seed!r}.")
         self.seed = secrets.randbits(63) if seed is None else int(seed)

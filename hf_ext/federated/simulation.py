@@ -146,8 +146,13 @@ class FederatedArguments:
             raise ValueError(f"--num_rounds must be >= 1, got {self.num_rounds}.")
         if not (is_real(self.lora_dropout) and 0.0 <= self.lora_dropout < 1.0):
             raise ValueError(f"--lora_dropout must be a number in [0, 1), got {self.lora_dropout!r}.")
-        if self.local_steps <= 0 and not self.local_epochs > 0:
-            raise ValueError("Set --local_steps > 0 or --local_epochs > 0 (local work per round).")
+        if not is_real(self.local_epochs) or math.isnan(self.local_epochs):
+            raise ValueError(f"--local_epochs must be a number, got {self.local_epochs!r}.")
+        if self.local_steps <= 0 and not 0 < self.local_epochs < math.inf:
+            raise ValueError(
+                f"Set --local_steps > 0 or a finite --local_epochs > 0 (local work per round), got --local_steps "
+                f"{self.local_steps} and --local_epochs {self.local_epochs!r}."
+            )
         if self.aggregation not in ("factors", "merge_then_average"):
             raise ValueError(f"--aggregation must be 'factors' or 'merge_then_average', got {self.aggregation!r}.")
         if self.use_lora and (self.lora_r < 1 or not (is_real(self.lora_alpha) and 0 < self.lora_alpha < math.inf)):
@@ -156,11 +161,15 @@ class FederatedArguments:
                 f"{self.lora_r!r}, {self.lora_alpha!r}."
             )
         if self.client_dp_clip_norm is not None and not (
-            self.client_dp_clip_norm > 0 and math.isfinite(self.client_dp_clip_norm)
+            is_real(self.client_dp_clip_norm) and 0 < self.client_dp_clip_norm < math.inf
         ):
-            raise ValueError(f"--client_dp_clip_norm must be > 0, got {self.client_dp_clip_norm}.")
-        if not (math.isfinite(self.client_dp_noise_multiplier) and self.client_dp_noise_multiplier >= 0):
-            raise ValueError(f"--client_dp_noise_multiplier must be >= 0, got {self.client_dp_noise_multiplier}.")
+            raise ValueError(
+                f"--client_dp_clip_norm must be a finite number > 0 or None (off), got {self.client_dp_clip_norm!r}."
+            )
+        if not (is_real(self.client_dp_noise_multiplier) and 0 <= self.client_dp_noise_multiplier < math.inf):
+            raise ValueError(
+                f"--client_dp_noise_multiplier must be a finite number >= 0, got {self.client_dp_noise_multiplier!r}."
+            )
         if self.client_dp_noise_multiplier > 0 and self.client_dp_clip_norm is None:
             raise ValueError("--client_dp_noise_multiplier needs --client_dp_clip_norm (the sensitivity).")
         seed = self.client_dp_noise_seed

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 
-from ..utils.checks import is_int
+from ..utils.checks import is_int, is_real
 from ..utils.evaluation import EvalRowsOnceMixin
 from ..utils.resume import LossWindowResumeMixin
 from .goldfish import GoldfishCollator
@@ -70,8 +70,8 @@ class PrivateTrainingArguments(TrainingArguments):
         if not is_int(self.goldfish_context_width) or self.goldfish_context_width < 1:
             raise ValueError(f"--goldfish_context_width must be an integer >= 1, got {self.goldfish_context_width!r}.")
         self.goldfish_context_width = int(self.goldfish_context_width)
-        if not (isinstance(self.dp_noise_multiplier, int | float) and math.isfinite(self.dp_noise_multiplier)):
-            raise ValueError(f"--dp_noise_multiplier must be a finite number >= 0, got {self.dp_noise_multiplier}.")
+        if not (is_real(self.dp_noise_multiplier) and math.isfinite(self.dp_noise_multiplier)):
+            raise ValueError(f"--dp_noise_multiplier must be a finite number >= 0, got {self.dp_noise_multiplier!r}.")
         if self.dp_noise_multiplier < 0:
             raise ValueError(f"--dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}.")
         if self.dp_noise_multiplier > 0 and self.dp_clip_norm is None:
@@ -82,8 +82,10 @@ class PrivateTrainingArguments(TrainingArguments):
         if self.dp_accountant not in ACCOUNTANTS:
             raise ValueError(f"--dp_accountant must be one of {ACCOUNTANTS}, got {self.dp_accountant!r}.")
         if self.dp_clip_norm is not None:
-            if not (isinstance(self.dp_clip_norm, int | float) and math.isfinite(self.dp_clip_norm)):
-                raise ValueError(f"--dp_clip_norm must be a finite number > 0, got {self.dp_clip_norm}.")
+            if not (is_real(self.dp_clip_norm) and math.isfinite(self.dp_clip_norm)):
+                raise ValueError(
+                    f"--dp_clip_norm must be a finite number > 0 or None (DP-SGD off), got {self.dp_clip_norm!r}."
+                )
             if not self.dp_clip_norm > 0:
                 raise ValueError(f"--dp_clip_norm must be > 0, got {self.dp_clip_norm}.")
             if self.gradient_accumulation_steps != 1:

@@ -4,6 +4,7 @@ refuses a generation shorter than its window, and bools / fractions / infinities
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from hf_ext.federated.flower import (
     node_state_path,
 )
 from hf_ext.federated.flower_task import planned_epsilon, run_config_client_app, task_from_run_config
+from hf_ext.federated.privacy import PoissonBatchSampler, PrivacyAccountant
+from hf_ext.federated.simulation import FederatedArguments
 
 from .flower_harness import InProcessGrid
 
@@ -173,3 +176,46 @@ def test_measure_memorization_refuses_max_new_tokens_below_the_window():
             measure_memorization(None, None, canaries, prefix_lengths=[10], window=50, max_new_tokens=bad)
     with pytest.raises(ValueError, match="`window` must be an integer >= 1"):
         measure_memorization(None, None, canaries, prefix_lengths=[10], window=50.5)
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: FederatedArguments(client_dp_clip_norm=True), "--client_dp_clip_norm must be a finite number > 0"),
+        (
+            lambda: FederatedArguments(client_dp_clip_norm=1.0, client_dp_noise_multiplier=True),
+            "--client_dp_noise_multiplier must be a finite number >= 0",
+        ),
+        (lambda: FederatedArguments(local_steps=0, local_epochs=math.inf), "a finite --local_epochs > 0"),
+        (lambda: FederatedArguments(local_epochs=True), "--local_epochs must be a number"),
+        (lambda: _private_args(dp_clip_norm=True), "--dp_clip_norm must be a finite number > 0"),
+        (lambda: _private_args(dp_clip_norm=1.0, dp_noise_multiplier=True), "--dp_noise_multiplier must be a finite"),
+        (lambda: PoissonBatchSampler(10.7, 0.5, seed=0), r"`num_samples` \(the dataset size\) must be an integer"),
+        (lambda: PoissonBatchSampler(True, 0.5, seed=0), "`num_samples`"),
+        (lambda: PoissonBatchSampler(10, True, seed=0), "`sample_rate` must be a number in"),
+        (lambda: PoissonBatchSampler(10, 0.5, num_batches=2.5, seed=0), "`num_batches` must be an integer >= 1"),
+        (lambda: PrivacyAccountant().step(True, 1.0, 3), "`sample_rate` must be a number in"),
+        (lambda: PrivacyAccountant().step(0.5, True, 3), "`noise_multiplier` must be a number"),
+    ],
+)
+def test_bools_fractions_and_infinities_are_refused_as_numbers(tmp_path, build, match):
+    """Measured before the fix (audit repro_5): each of these was accepted (True as 1, 10.7 examples as 10, infinite
+    epochs failing later inside the Trainer)."""
+    with pytest.raises((ValueError, TypeError), match=match):
+        build()
+
+
+def test_finite_numbers_are_still_accepted():
+    assert FederatedArguments(client_dp_clip_norm=1, local_steps=0, local_epochs=2).local_epochs == 2
+    args = _private_args(dp_clip_norm=1, dp_noise_multiplier=1)
+    assert (args.dp_clip_norm, args.dp_noise_multiplier) == (1, 1)
+    assert len(PoissonBatchSampler(10, 0.5, seed=0)) == 2
+    accountant = PrivacyAccountant()
+    accountant.step(1, 1.0, 3)
+    assert accountant.history == [(1.0, 1.0, 3)]
+
+
+def _private_args(**kwargs):
+    from hf_ext.federated import PrivateTrainingArguments
+
+    return PrivateTrainingArguments(output_dir="unused", max_grad_norm=0, report_to="none", **kwargs)
