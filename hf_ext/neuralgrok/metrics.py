@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
+from ..utils.checks import is_real
 from ..utils.distributed import is_dtensor
 
 
@@ -129,12 +131,20 @@ def stability_after_target(
       `max(spike_factor * running minimum since the target step, spike_floor)`;
     - `max_train_loss_after_target`.
 
+    `drop_margin` and `spike_floor` must be finite numbers >= 0, `spike_factor` a finite number > 0.
+
     Returns a dict with these keys and `reached` (all values `None` when the target is never reached).
     """
     if len(eval_steps) != len(test_accuracy) or len(train_steps) != len(train_loss):
         raise ValueError("steps and values must have the same length (eval_steps/test_accuracy, train_steps/loss).")
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target={target} must be in (0, 1].")
+    # a negative margin counted every evaluation as a drop, a NaN factor never counted a spike
+    bounds = {"drop_margin": (drop_margin, 0.0, True), "spike_factor": (spike_factor, 0.0, False)}
+    bounds["spike_floor"] = (spike_floor, 0.0, True)
+    for name, (value, low, inclusive) in bounds.items():
+        if not is_real(value) or not math.isfinite(value) or not (value >= low if inclusive else value > low):
+            raise ValueError(f"{name}={value!r} must be a finite number {'>=' if inclusive else '>'} {low:g}.")
     first = steps_to_accuracy(eval_steps, test_accuracy, target)
     out = {
         "reached": first is not None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
@@ -26,6 +28,8 @@ class GrokDecoderConfig(PreTrainedConfig):
             Number of learned positions (at least the sequence length of the task).
         mlp_ratio (`int`, *optional*, defaults to 4):
             MLP width as a multiple of `hidden_size`.
+
+        The sizes and counts above must be positive ints (checked when the config and the model are built).
         overwrite_residual_with_norm (`bool`, *optional*, defaults to `True`):
             Keep the reference quirk `x = ln_1(x); x = x + attn(x)` (the residual stream is replaced by its
             normalised value before attention). `False` gives standard pre-LN blocks.
@@ -44,7 +48,24 @@ class GrokDecoderConfig(PreTrainedConfig):
     overwrite_residual_with_norm: bool = True
     tie_word_embeddings: bool = False
 
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.validate_architecture()  # transformers runs it only when the config is saved
+
     def validate_architecture(self):
+        # counts must be positive ints (not bools): 0 or -1 layers built a model with no blocks, mlp_ratio=0
+        # zero-width MLPs, and both trained without complaint
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "max_position_embeddings",
+            "mlp_ratio",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"GrokDecoderConfig.{name}={value!r} must be a positive int.")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} must be divisible by num_attention_heads={self.num_attention_heads}."
@@ -91,6 +112,7 @@ class GrokDecoderForCausalLM(PreTrainedModel):
     _tied_weights_keys = {"head.weight": "token_embeddings.weight"}
 
     def __init__(self, config: GrokDecoderConfig):
+        config.validate_architecture()  # also a config changed after it was built
         super().__init__(config)
         self.token_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)

@@ -356,8 +356,11 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
         raise ValueError(f"--max_eval_samples={task_args.max_eval_samples} must be a positive int (or unset).")
     if task_args.torch_threads is not None and task_args.torch_threads < 1:
         raise ValueError("--torch_threads must be >= 1.")
-    if not task_args.strong_weight_decay >= 0:
-        raise ValueError(f"--strong_weight_decay={task_args.strong_weight_decay} must be >= 0.")
+    if not 0 <= task_args.strong_weight_decay < math.inf:  # inf reached NeuralGrokConfig, refused as --weight_decay
+        raise ValueError(
+            f"--strong_weight_decay={task_args.strong_weight_decay} must be a finite number >= 0 (the none_strong_wd "
+            "baseline's weight decay)."
+        )
     _refuse_unread_flags(task_args, training_args, methods)
     if any(m in INNER_METHODS for m in methods) and task_args.outer_fraction <= 0:
         raise ValueError(
