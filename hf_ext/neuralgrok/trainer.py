@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import time
@@ -25,6 +26,8 @@ from .amplifier import NeuralAmplifier, amplifier_outer_step
 from .metrics import _answer_correct_rows, absolute_weight_entropy, weight_norm
 from .optim import GradFilterOptimizer, GradientTransformOptimizer, GradNormOptimizer, NeuralGrokOptimizer
 from .state import load_state, save_state, state_exists
+
+logger = logging.getLogger(__name__)
 
 GRADIENT_TRANSFORMS = ("none", "neuralgrok", "normalize", "grokfast_ema", "grokfast_ma")
 # Where the outer step's gradient g_hat comes from (see `NeuralGrokConfig.outer_gradient`).
@@ -329,6 +332,10 @@ class _OuterStepCallback(TrainerCallback):
     def __init__(self, trainer: NeuralGrokTrainer):
         self.trainer = trainer
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # after a resume has loaded the checkpoint, before the first step
+        self.trainer._broadcast_amplifier()
+
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._after_optimizer_step(state.global_step)
 
@@ -342,6 +349,46 @@ def _find_transform(optimizer) -> GradientTransformOptimizer | None:
             return optimizer
         optimizer, seen = getattr(optimizer, "optimizer", None), seen + 1
     return None
+
+
+def _transform_kind(transform: GradientTransformOptimizer) -> str:
+    """The `gradient_transform` a wrapper implements (a subclass counts as its built-in base; a custom transform on
+    `GradientTransformOptimizer` as `"none"`, no built-in transform)."""
+    if isinstance(transform, NeuralGrokOptimizer):
+        return "neuralgrok"
+    if isinstance(transform, GradNormOptimizer):
+        return "normalize"
+    if isinstance(transform, GradFilterOptimizer):
+        return f"grokfast_{transform.mode}"
+    return "none"
+
+
+def _given_transform(optimizers, args, amplifier) -> GradientTransformOptimizer | None:
+    """The gradient-transform wrapper in the optimizer passed as `optimizers=(optimizer, scheduler)`, or `None`;
+    refuses one that `args.gradient_transform` or `amplifier=` contradict (the trainer would train, log or checkpoint
+    another transform than the one the optimizer applies)."""
+    optimizer = optimizers[0] if isinstance(optimizers, (tuple, list)) and optimizers else None
+    given = _find_transform(optimizer)
+    if given is None:
+        return None
+    kind = _transform_kind(given)
+    if kind != args.gradient_transform:
+        raise ValueError(
+            f"optimizers= holds a {type(given).__name__} (gradient_transform={kind!r}) but "
+            f"args.gradient_transform={args.gradient_transform!r}: set gradient_transform={kind!r}, or pass the plain "
+            "base optimizer (the trainer wraps it in the transform args name)."
+        )
+    if isinstance(given, NeuralGrokOptimizer) and amplifier is not None and amplifier is not given.amplifier:
+        raise ValueError(
+            "amplifier= is not the amplifier of the NeuralGrokOptimizer passed as optimizers= (that one transforms "
+            "the gradients, and the trainer trains and checkpoints it): drop amplifier=, or pass the same object."
+        )
+    if given.before_transform is not None:
+        raise ValueError(
+            f"the {type(given).__name__} passed as optimizers= already has a before_transform hook (another "
+            "NeuralGrokTrainer's next_step outer step?): pass a fresh wrapper, or the plain base optimizer."
+        )
+    return given
 
 
 @contextlib.contextmanager
@@ -393,9 +440,11 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         args ([`NeuralGrokConfig`]): training arguments.
         outer_dataset (`datasets.Dataset`, *optional*): D_outer, required for `gradient_transform="neuralgrok"`.
             Train on D_inner (`train_dataset`) and keep D_outer out of it.
-        amplifier ([`NeuralAmplifier`], *optional*): a ready amplifier; default: built from `args` with seed
-            `args.seed`.
-        **kwargs: forwarded to [`Trainer`].
+        amplifier ([`NeuralAmplifier`], *optional*): a ready amplifier; default: the amplifier of a
+            [`NeuralGrokOptimizer`] passed as `optimizers=`, else built from `args` with seed `args.seed`. Under
+            several processes rank 0's is broadcast to every rank at the start of `train()`.
+        **kwargs: forwarded to [`Trainer`]. A gradient-transform wrapper passed as `optimizers=(wrapper, scheduler)`
+            is the run's transform (logged, checkpointed); it must be of the kind `args.gradient_transform` names.
     """
 
     def __init__(self, model=None, args: NeuralGrokConfig | None = None, outer_dataset=None, amplifier=None, **kwargs):
@@ -403,6 +452,9 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             args = NeuralGrokConfig(output_dir="trainer_output")
         if not isinstance(args, NeuralGrokConfig):
             raise TypeError(f"args must be a NeuralGrokConfig, got {type(args).__name__}.")
+        given = _given_transform(kwargs.get("optimizers"), args, amplifier)
+        if isinstance(given, NeuralGrokOptimizer):
+            amplifier = given.amplifier  # the amplifier that transforms the gradients is the one the outer step trains
         if args.gradient_transform == "neuralgrok":
             if outer_dataset is None:
                 raise ValueError(
@@ -445,12 +497,18 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             )
             # First in line, so that callbacks timing a step (GrokkingCallback) include the outer step.
             self.callback_handler.callbacks.insert(0, _OuterStepCallback(self))
+        # a wrapper passed as `optimizers=` is the run's transform (logged, checkpointed; next_step's hook set)
         self.transform_optimizer: GradientTransformOptimizer | None = None
+        if given is not None:
+            self._adopt_transform(given)
         self.num_outer_steps = 0
         self.last_outer_loss: float | None = None
         self._pending_batches: list[dict] = []
         self._pending_num_items = None  # the `num_items_in_batch` the pending batches' step got (None: none)
         self._outer_due = False  # outer_gradient="next_step": an outer step waits for the next step's gradient
+        # lr of the last completed real step (`virtual_lr=None`): the next_step outer step runs inside the following
+        # step's `optimizer.step()`, whose `last_lr` is already that step's
+        self._last_step_lr: float | None = None
         self._outer_batches: list[dict] | None = None
         # `train_accuracy`: rows answered right and rows, of this rank's micro-batches not yet summed over the ranks
         # (`_acc_correct`, `_acc_rows`) and of the global batches already summed (`_acc_window`, the same on every
@@ -461,10 +519,20 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         self._in_outer_step = False
 
     # ----------------------------------------------------------------- optimizer
+    def _adopt_transform(self, transform: GradientTransformOptimizer) -> None:
+        """Make `transform` (built by `create_optimizer`, or passed ready as `optimizers=`) the run's wrapper."""
+        self.transform_optimizer = transform
+        if self.amplifier is not None and self.args.outer_gradient == "next_step":
+            transform.before_transform = self._outer_step_on_current_gradient
+
     def create_optimizer(self, model=None):
-        if _find_transform(self.optimizer) is not None:
+        found = _find_transform(self.optimizer)
+        if found is not None:
             # already built: this object's optimizer, also behind accelerate's `AcceleratedOptimizer` after a first
-            # `train()` (wrapping it again would transform every gradient twice)
+            # `train()` (wrapping it again would transform every gradient twice), or a wrapper passed as `optimizers=`
+            # (adopted in `__init__`)
+            if found is not self.transform_optimizer:
+                self._adopt_transform(found)
             return self.optimizer
         opt_model = self.model if model is None else model
         if self.args.gradient_transform == "neuralgrok" and any(is_dtensor(p) for p in opt_model.parameters()):
@@ -487,15 +555,13 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         base = super().create_optimizer(model)
         found = _find_transform(base)
         if found is not None:
-            self.transform_optimizer = found
+            self._adopt_transform(found)
             return base
         a = self.args
         if a.gradient_transform == "neuralgrok":
             wrapped = NeuralGrokOptimizer(
                 base, self.amplifier, clip_norm=a.amplifier_clip_norm or None, track_entropy=a.track_entropy
             )
-            if a.outer_gradient == "next_step":
-                wrapped.before_transform = self._outer_step_on_current_gradient
         elif a.gradient_transform == "normalize":
             wrapped = GradNormOptimizer(
                 base, c=a.amplifier_c, clip_norm=a.amplifier_clip_norm or None, track_entropy=a.track_entropy
@@ -515,7 +581,7 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         else:
             wrapped = GradientTransformOptimizer(base, track_entropy=a.track_entropy)
         self.optimizer = wrapped
-        self.transform_optimizer = wrapped
+        self._adopt_transform(wrapped)
         return wrapped
 
     # ------------------------------------------------------------------- data
@@ -576,6 +642,7 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         # next_step outer step pending. A resume restores the latter (`_load_optimizer_and_scheduler`).
         self._pending_batches, self._pending_num_items = [], None
         self._outer_due = False
+        self._last_step_lr = None
         # `train_accuracy` is the accuracy on the rows of the training batches since the last log: a run starts with
         # none (an interrupted call's or a failed attempt's would leak into the first log), and a resumed one takes
         # its checkpoint's (`_load_optimizer_and_scheduler`), as `LossWindowResumeMixin` does for the logged loss.
@@ -583,10 +650,29 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         self._acc_window = [0, 0]
         return super()._inner_training_loop(*args, **kwargs)
 
+    def _broadcast_amplifier(self) -> None:
+        """Under several processes, copy rank 0's amplifier (parameters and buffers) to every rank, as DDP does for
+        the model when it wraps it: an amplifier built differently per rank (e.g. after a rank-dependent seed) would
+        transform the same all-reduced gradient differently on each rank and the replicas would drift apart. Run at
+        the start of every `train()`, after a resume has loaded the checkpoint (rank 0's amplifier), before any step.
+        The meta-optimizer's state needs no copy: empty at the start, loaded from the same checkpoint on resume, and
+        updated from all-reduced gradients."""
+        if self.amplifier is None or self.accelerator.num_processes <= 1:
+            return
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            return
+        with torch.no_grad():
+            for tensor in self.amplifier.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
     def _after_optimizer_step(self, global_step: int) -> None:
         batches, self._pending_batches = self._pending_batches, []
         if self.amplifier is None or global_step % self.args.outer_every != 0:
             return
+        # `virtual_lr=None`: the lr of this step, the last real one before the outer step (in both modes)
+        self._last_step_lr = self.transform_optimizer.last_lr if self.transform_optimizer is not None else None
         if self.args.outer_gradient == "next_step":
             self._outer_due = True  # run by the next optimizer step, on its gradient (`before_transform`)
             return
@@ -614,7 +700,11 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             self._outer_batches = self._build_outer_batches()
         lr = self.args.virtual_lr
         if lr is None:
-            lr = self.transform_optimizer.last_lr if self.transform_optimizer is not None else self.args.learning_rate
+            lr = self._last_step_lr
+            if lr is None:  # a next_step outer step pending in a checkpoint older than this record
+                lr = self.transform_optimizer.last_lr if self.transform_optimizer is not None else None
+            if lr is None:
+                lr = self.args.learning_rate
             if not lr > 0:  # the first step of a warm-up from 0 (outer_every=1): the reference's fixed base lr
                 lr = self._base_learning_rate()
         reducer = None
@@ -729,6 +819,8 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             "num_outer_steps": self.num_outer_steps,
             "outer_gradient": self.args.outer_gradient,
             "outer_step_due": self._outer_due,
+            # the lr of the step before that pending outer step (its virtual step size with `virtual_lr=None`)
+            "outer_step_lr": self._last_step_lr if self._outer_due else None,
             # rows answered right and rows since the last log, over all ranks, for the first `train_accuracy` after
             # a resume
             "train_accuracy_counts": list(self._acc_window),
@@ -747,8 +839,15 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
                 last_outer_loss=self.last_outer_loss,
             )
         elif self.args.gradient_transform == "normalize":
-            info["amplifier_c"] = float(self.args.amplifier_c)  # compared on resume (an attribute of the wrapper)
+            # compared on resume (an attribute of the wrapper: a GradNormOptimizer passed as `optimizers=` has its own)
+            info["amplifier_c"] = float(self._amplifier_c())
         atomic_write_json(os.path.join(output_dir, TRAINER_STATE_NAME), info)
+
+    def _amplifier_c(self) -> float:
+        """The `c` the run's transform uses: its amplifier's, a normalize wrapper's, else `args.amplifier_c`."""
+        if self.amplifier is not None:
+            return self.amplifier.c
+        return float(getattr(self.transform_optimizer, "c", self.args.amplifier_c))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from ..utils.resume import refuse_weights_only_checkpoint
@@ -782,7 +881,7 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             info,
             meta_state,
             self.args,
-            self.amplifier.c if self.amplifier else None,
+            self._amplifier_c(),
             transform_options(self.args, self.transform_optimizer),
         )
         if changed:
@@ -816,6 +915,8 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
                     "with the same outer_gradient."
                 )
             self._outer_due = bool(info.get("outer_step_due", False))
+            saved_lr = info.get("outer_step_lr")
+            self._last_step_lr = float(saved_lr) if self._outer_due and saved_lr is not None else None
 
 
 class GrokkingCallback(TrainerCallback, ExportableState):
@@ -837,16 +938,27 @@ class GrokkingCallback(TrainerCallback, ExportableState):
 
     Args:
         target (`float`, *optional*, defaults to 0.95): accuracy to reach.
-        metric_key (`str`, *optional*, defaults to `"eval_accuracy"`): metric name as logged by `evaluate()`.
+        metric_key (`str`, *optional*, defaults to `"eval_accuracy"`): metric name as logged by `evaluate()`; a
+            name without the `eval_` prefix (`"accuracy"`, the key `compute_metrics` returns) also finds the prefixed
+            one, as transformers' `metric_for_best_model` does. The first evaluation whose metrics have neither logs a
+            warning.
         stop_on_target (`bool`, *optional*, defaults to `False`): stop training once the target is reached.
     """
 
     def __init__(self, target: float = 0.95, metric_key: str = "eval_accuracy", stop_on_target: bool = False):
-        if not 0.0 < target <= 1.0:
-            raise ValueError(f"target={target} must be in (0, 1].")
+        if not _is_real(target) or not 0.0 < target <= 1.0:
+            raise ValueError(f"target={target!r} must be a number in (0, 1] (the accuracy to reach).")
+        if not isinstance(metric_key, str) or not metric_key:
+            raise ValueError(f"metric_key={metric_key!r} must be a metric name, e.g. 'eval_accuracy'.")
+        if not _is_bool(stop_on_target):
+            raise ValueError(
+                f"stop_on_target={stop_on_target!r} must be a bool (True or False); a string such as 'false' would "
+                "count as True."
+            )
         self.target = target
         self.metric_key = metric_key
         self.stop_on_target = stop_on_target
+        self._warned_missing = False
         self.steps_to_target: int | None = None
         self.seconds_to_target: float | None = None
         self.wall_seconds_to_target: float | None = None
@@ -877,8 +989,25 @@ class GrokkingCallback(TrainerCallback, ExportableState):
             self.step_cpu_seconds.append(time.process_time() - self._c0)
             self._t0 = self._c0 = None
 
+    def _metric(self, metrics: dict):
+        """The tracked metric's value in `metrics`: `metric_key` itself, else with the `eval_` prefix; None if
+        neither is there (warned once)."""
+        for key in (self.metric_key, f"eval_{self.metric_key}"):
+            if key in metrics:
+                return metrics[key]
+            if key.startswith("eval_"):
+                break
+        if not self._warned_missing:
+            self._warned_missing = True
+            logger.warning(
+                f"GrokkingCallback: the evaluation's metrics have no {self.metric_key!r} (keys: {sorted(metrics)}), "
+                "so steps_to_target cannot be recorded; pass metric_key= one of them (e.g. 'eval_accuracy', with "
+                "compute_metrics=arithmetic_accuracy)."
+            )
+        return None
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        value = (metrics or {}).get(self.metric_key)
+        value = self._metric(metrics or {})
         if value is not None and self.steps_to_target is None and value >= self.target:
             self.steps_to_target = state.global_step
             self.seconds_to_target = float(sum(self.step_seconds))
