@@ -704,7 +704,13 @@ def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, 
     reference = one.amplifier.state_dict()
     assert sorted(two) == sorted(reference)
     off = {name: float((two[name] - tensor.detach().cpu()).abs().max()) for name, tensor in reference.items()}
-    assert all(torch.equal(two[name], tensor.detach().cpu()) for name, tensor in reference.items()), off
+    if outer_gradient == "recompute":
+        assert all(torch.equal(two[name], tensor.detach().cpu()) for name, tensor in reference.items()), off
+    else:
+        # next_step's g_hat is the real step's gradient: the 2 ranks' all-reduced mean and the 8-row gradient differ
+        # in the last bits (1e-7), which the amplifier shows at some virtual lrs (1.9e-09 on one bias with the lr of
+        # the last real step, 0 with the following step's lr used before ng16); far below the 8.9e-05 above
+        assert max(off.values()) < 1e-6, off
     if outer_gradient != "recompute":
         return
     for rank in (0, 1):
