@@ -255,25 +255,48 @@ def transform_options(args, transform=None) -> dict:
 BASE_OPTIMIZER_OPTIONS = ("adam_beta1", "adam_beta2", "adam_epsilon")
 
 
-def base_optimizer_options(args, optimizer) -> dict:
+def base_optimizer_options(args, optimizer, read_flags=None) -> dict:
     """The Adam options (`adam_beta1`, `adam_beta2`, `adam_epsilon`) that the base optimizer's first param group took
     from `args` (its `betas` / `eps` equal to them), as `{flag: value}`; recorded in each checkpoint's
     `neuralgrok_state.json`, for every gradient transform, and compared on resume ([`resume_option_mismatches`]): the
     param groups bring the checkpoint's values back, so a resume with other flags would silently train with the old
     ones. An optimizer without them (SGD, Adafactor's pair of `eps`, a default it did not take from the flags) records
-    nothing, so a resume is not refused over flags that optimizer never read."""
+    nothing, so a resume is not refused over flags that optimizer never read.
+
+    `read_flags` (the flags the optimizer was built from, when known; `NeuralGrokTrainer` knows it for the optimizers
+    it builds, and for one passed to it, which read none) limits the record to them: RMSprop's own default `eps`
+    (1e-8) equals `--adam_epsilon`'s, but transformers builds RMSprop from `--learning_rate` alone."""
     groups = getattr(optimizer, "param_groups", None) or []
     if not groups:
         return {}
+    read = set(BASE_OPTIMIZER_OPTIONS if read_flags is None else read_flags)
     group, out = groups[0], {}
     betas = group.get("betas")
-    if isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_is_real(b) for b in betas):
-        if (float(betas[0]), float(betas[1])) == (float(args.adam_beta1), float(args.adam_beta2)):
+    if {"adam_beta1", "adam_beta2"} <= read and isinstance(betas, (tuple, list)) and len(betas) == 2:
+        if all(_is_real(b) for b in betas) and (float(betas[0]), float(betas[1])) == (
+            float(args.adam_beta1),
+            float(args.adam_beta2),
+        ):
             out.update(adam_beta1=float(betas[0]), adam_beta2=float(betas[1]))
     eps = group.get("eps")
-    if _is_real(eps) and float(eps) == float(args.adam_epsilon):
+    if "adam_epsilon" in read and _is_real(eps) and float(eps) == float(args.adam_epsilon):
         out["adam_epsilon"] = float(eps)
     return out
+
+
+def _adam_flags_read(args, model) -> set[str]:
+    """The Adam flags transformers' `Trainer` reads when it builds the optimizer `args.optim` names (the `betas` /
+    `eps` of its optimizer kwargs)."""
+    try:
+        _, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    except (ImportError, ValueError):  # an optimizer whose package is missing fails in create_optimizer itself
+        return set(BASE_OPTIMIZER_OPTIONS)
+    read = set()
+    if "betas" in kwargs:
+        read |= {"adam_beta1", "adam_beta2"}
+    if "eps" in kwargs:
+        read.add("adam_epsilon")
+    return read
 
 
 def resume_option_mismatches(
@@ -533,6 +556,8 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             # (adopted in `__init__`)
             if found is not self.transform_optimizer:
                 self._adopt_transform(found)
+            if not hasattr(self, "_adam_flags_read"):
+                self._adam_flags_read = set()  # a wrapper passed as optimizers=: its base read no flag of args
             return self.optimizer
         opt_model = self.model if model is None else model
         if self.args.gradient_transform == "neuralgrok" and any(is_dtensor(p) for p in opt_model.parameters()):
@@ -542,6 +567,12 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
                 "torch.func.functional_call, which FSDP2's own all-gather bypasses. Train with DDP or one process, or "
                 "use gradient_transform='normalize', 'grokfast_ema', 'grokfast_ma' or 'none' under FSDP2."
             )
+        if self.optimizer is not None or self.optimizer_cls_and_kwargs is not None:
+            self._adam_flags_read = set()  # the caller's optimizer: built from no flag of args
+        elif self.args.coupled_weight_decay:
+            self._adam_flags_read = set(BASE_OPTIMIZER_OPTIONS)
+        else:
+            self._adam_flags_read = _adam_flags_read(self.args, opt_model)
         if self.args.coupled_weight_decay and self.optimizer is None and self.optimizer_cls_and_kwargs is None:
             # The reference code: torch.optim.Adam, L2 term added to the (transformed) gradient, on every parameter.
             opt_model = self.model if model is None else model
@@ -815,7 +846,7 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             # restored with the optimizer's param groups on resume: compared with the resumed run's
             "weight_decay": float(self.args.weight_decay),
             # the base optimizer's betas / eps where they came from the flags: likewise
-            **base_optimizer_options(self.args, self.optimizer),
+            **base_optimizer_options(self.args, self.optimizer, getattr(self, "_adam_flags_read", None)),
             "num_outer_steps": self.num_outer_steps,
             "outer_gradient": self.args.outer_gradient,
             "outer_step_due": self._outer_due,

@@ -175,3 +175,30 @@ def test_options_on_the_transform_wrapper_are_recorded_and_compared(splits, tmp_
     _trainer(splits, tmp_path / "c", max_steps=4, gradient_transform=transform, **first).train(
         resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2")
     )
+
+
+def test_an_optimizer_built_without_the_adam_flags_records_none_even_when_its_default_equals_one(splits, tmp_path):
+    """rv16: transformers builds RMSprop from --learning_rate alone, and RMSprop's own eps default (1e-8) equals
+    --adam_epsilon's: the value matched, so adam_epsilon was recorded and a resume with another --adam_epsilon (a flag
+    the run never read) was refused. Now the flags transformers' Trainer builds the optimizer from are recorded, and
+    an optimizer passed by the caller records none."""
+    kw = dict(gradient_transform="none", optim="rmsprop", coupled_weight_decay=False)
+    _trainer(splits, tmp_path / "a", **kw).train()
+    info = json.loads((tmp_path / "a" / "checkpoint-2" / "neuralgrok_state.json").read_text())
+    assert not {"adam_beta1", "adam_beta2", "adam_epsilon"} & set(info)
+    _trainer(splits, tmp_path / "b", adam_epsilon=1e-6, **kw).train(
+        resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2")
+    )
+    # an AdamW built by transformers from the flags still records (and so compares) all three
+    _trainer(splits, tmp_path / "c", gradient_transform="none", optim="adamw_torch", coupled_weight_decay=False).train()
+    info = json.loads((tmp_path / "c" / "checkpoint-2" / "neuralgrok_state.json").read_text())
+    assert (info["adam_beta1"], info["adam_beta2"], info["adam_epsilon"]) == (0.9, 0.98, 1e-8)  # NeuralGrokConfig
+
+
+def test_an_optimizer_passed_by_the_caller_records_no_adam_flag(splits, tmp_path):
+    trainer = _trainer(splits, tmp_path / "a", gradient_transform="none", coupled_weight_decay=False)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    trainer.optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8)  # values equal to the flags'
+    trainer.train()
+    info = json.loads((tmp_path / "a" / "checkpoint-2" / "neuralgrok_state.json").read_text())
+    assert not {"adam_beta1", "adam_beta2", "adam_epsilon"} & set(info)
