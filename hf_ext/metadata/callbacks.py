@@ -26,8 +26,10 @@ class MetadataCooldownCallback(TrainerCallback):
 
     MeCo trains 90% of the steps with URL context and the final 10% on plain text, so the model also works
     without metadata. The callback tells the collator the batch index at which conditioning stops
-    (`switch_step * gradient_accumulation_steps`); the collator counts the batches it builds, so the switch lands
-    on exactly the first batch of optimizer step `switch_step + 1` even though data loaders prepare batches ahead.
+    (`switch_step * gradient_accumulation_steps`, times the number of ranks where accelerate dispatches batches: an
+    `IterableDataset` on several ranks by default, whose main process collates every rank's micro-batch); the collator
+    counts the batches it builds, so the switch lands on exactly the first batch of optimizer step `switch_step + 1`
+    even though data loaders prepare batches ahead.
     On resume the counter is set from `state.global_step`, less the batches of the resumed epoch that the Trainer
     fast-forwards through the collator (iterable datasets: accelerate's `skip_first_batches` collates and discards
     them; map-style datasets skip indices without collating), so a resumed run switches at the same micro-batch as an
@@ -79,6 +81,8 @@ class MetadataCooldownCallback(TrainerCallback):
         self.cooldown_fraction = float(cooldown_fraction)  # stored in metadata_conditioning.json
         self.switch_step: int | None = None
         self._grad_accum = 1
+        # Batches the collator builds per micro-step (one micro-batch on every rank): see _collations_per_micro_step.
+        self._per_micro_step = 1
         self._count_at_step_end: int | None = None
         self._skipped_by_collation = 0
         self._saved: tuple[str, int] | None = None  # (checkpoint folder, step) save_state last wrote
@@ -87,8 +91,12 @@ class MetadataCooldownCallback(TrainerCallback):
         self._count_from = 0  # batch index from which collated batches are counted (skipped on resume: below)
         self._resume_checkpoint: str | None = None  # set by MetadataTrainer when train() resumes
 
+    def _batches_for(self, steps: int) -> int:
+        """Training batches the collator builds for `steps` optimizer steps."""
+        return steps * self._grad_accum * self._per_micro_step
+
     def _sync(self, args, state) -> None:
-        self.collator.batches_seen = state.global_step * self._grad_accum - self._skipped_by_collation
+        self.collator.batches_seen = self._batches_for(state.global_step) - self._skipped_by_collation
         # Batches entered before a (re)sync were not training batches of the steps to come (evaluation on start, a
         # previous train() call): the training batches of the steps done are all counted by now. With DataLoader
         # workers the batches are built in the workers' copies, which would only grow their own dicts: keep none.
@@ -99,7 +107,7 @@ class MetadataCooldownCallback(TrainerCallback):
         pending = self.collator.invalid_by_batch
         if not pending:
             return
-        limit = state.global_step * self._grad_accum
+        limit = self._batches_for(state.global_step)
         for index in [i for i in pending if i < limit]:
             n = pending.pop(index)
             if index >= self._count_from:
@@ -215,12 +223,13 @@ class MetadataCooldownCallback(TrainerCallback):
         )
 
     @staticmethod
-    def _batches_collated_while_skipping(args, state, train_dataloader) -> int:
+    def _batches_collated_while_skipping(args, state, train_dataloader, per_micro_step: int = 1) -> int:
         """Batches of the resumed epoch the Trainer fast-forwards through the collator (0 for a fresh run).
 
         The Trainer skips `(global_step % update_steps_per_epoch) * gradient_accumulation_steps` batches of the
         resumed epoch with accelerate's `skip_first_batches`: for a map-style dataset it skips sampler indices (the
-        collator never sees them); for an `IterableDataset` it collates the batches and drops them.
+        collator never sees them); for an `IterableDataset` it collates the batches and drops them, each of them
+        `per_micro_step` collations (see `_collations_per_micro_step`).
         """
         import torch
 
@@ -234,7 +243,7 @@ class MetadataCooldownCallback(TrainerCallback):
             per_epoch = max(batches // ga + int(batches % ga > 0), 1)
         else:
             per_epoch = state.max_steps
-        return (state.global_step % per_epoch) * ga
+        return (state.global_step % per_epoch) * ga * per_micro_step
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.max_steps is None or state.max_steps <= 0:
@@ -253,15 +262,19 @@ class MetadataCooldownCallback(TrainerCallback):
         if saved is not None:  # a resume: refuse other options than the checkpoint's before the collator is touched
             self._check_resumed_options(saved, state)
         self._grad_accum = args.gradient_accumulation_steps
+        train_dataloader = kwargs.get("train_dataloader")
+        self._per_micro_step = _collations_per_micro_step(train_dataloader)
         # cooldown_fraction=0 never switches: leave the collator without a switch point (it may then run in workers).
         self.collator.cooldown_start_batch = (
-            self.switch_step * self._grad_accum if self.cooldown_fraction > 0 else None
+            self._batches_for(self.switch_step) if self.cooldown_fraction > 0 else None
         )
-        self._skipped_by_collation = self._batches_collated_while_skipping(args, state, kwargs.get("train_dataloader"))
+        self._skipped_by_collation = self._batches_collated_while_skipping(
+            args, state, train_dataloader, self._per_micro_step
+        )
         self._sync(args, state)
         self._count_at_step_end = self.collator.batches_seen  # an evaluation on start puts the counter back here
         # the batches a resumed run fast-forwards through the collator (below this index) were counted before
-        self._count_from = state.global_step * self._grad_accum
+        self._count_from = self._batches_for(state.global_step)
         self.invalid_total = self._restored_invalid(saved, state)
         self._resume_checkpoint = None
 
@@ -360,6 +373,26 @@ class MetadataCooldownCallback(TrainerCallback):
             return  # written by MetadataTrainer with the checkpoint, before trainer_state.json
         if state.is_world_process_zero and os.path.isdir(folder):
             self.save_state(folder, state)
+
+
+def _collations_per_micro_step(train_dataloader) -> int:
+    """How many batches the main process's collator builds per micro-step (one micro-batch on every rank).
+
+    1 for a loader where each rank collates its own micro-batch (accelerate's `DataLoaderShard`: map-style datasets by
+    default, and any dataset with `accelerator_config={"dispatch_batches": False}`) and in one process. Where
+    accelerate dispatches batches (`DataLoaderDispatcher`: the default for an `IterableDataset`, or
+    `dispatch_batches=True`), only the main process iterates the loader: it collates `num_processes` micro-batches per
+    micro-step and sends each rank its slice (the other ranks' collators build none), or, with `split_batches=True`,
+    one batch that it splits. The callback counts in these units on every rank, so the switch lands on the same
+    micro-step in every configuration.
+    """
+    try:
+        from accelerate.data_loader import DataLoaderDispatcher
+    except ImportError:  # pragma: no cover - accelerate is a dependency of Trainer
+        return 1
+    if not isinstance(train_dataloader, DataLoaderDispatcher) or train_dataloader.split_batches:
+        return 1
+    return max(int(train_dataloader.state.num_processes), 1)
 
 
 def _is_number(value) -> bool:

@@ -45,3 +45,38 @@ def test_logged_invalid_count_is_the_total_over_ranks_also_after_resume(tmp_path
         assert r["stored_at_4"] == 4
         assert r["resumed"] == r["full"]  # steps 1-4 come back with the checkpoint's log history
     assert records[0]["full"] == records[1]["full"]
+
+
+@pytest.mark.distributed
+def test_iterable_dataset_on_two_ranks_switches_and_counts_as_one_process(tmp_path, run_two_ranks, ctx_tokenizer):
+    """An IterableDataset on 2 ranks: accelerate dispatches batches (the main process's collator builds both ranks'
+    micro-batches). Every rank trains steps 1..switch_step with metadata and the rest without, as one process does,
+    and logs the one-process metadata_invalid, with dispatch (also resumed from checkpoint-4, before the switch),
+    without it and with split_batches. Was: the cooldown started after step 3 of 6 (rank 0's collator ran twice as
+    fast as the counter), metadata_invalid was half the count."""
+    import importlib.util
+
+    script = os.path.join(os.path.dirname(__file__), "scripts", "ddp_iterable_cooldown.py")
+    spec = importlib.util.spec_from_file_location("ddp_iterable_cooldown", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    reference = module.run(str(tmp_path / "one"), ctx_tokenizer)  # one process
+    assert reference["switch_step"] == 6
+    steps = range(1, module.MAX_STEPS + 1)
+    assert reference["micro_batches"] == [[s, s <= 6] for s in steps for _ in range(module.GRAD_ACCUM)]
+    assert reference["logged"][str(module.MAX_STEPS)] == [0, 16]  # every 4th of 64 documents
+
+    run_two_ranks("tests/metadata/scripts/ddp_iterable_cooldown.py", tmp_path)
+    records = json.loads((tmp_path / "ddp_iterable_cooldown.json").read_text())
+    assert [r["world_size"] for r in records] == [2, 2]
+    for r in records:
+        assert r["dispatch"]["loader"] == r["split"]["loader"] == "DataLoaderDispatcher"
+        assert r["no_dispatch"]["loader"] == "DataLoaderShard"
+        for run in ("dispatch", "no_dispatch", "split"):
+            assert r[run]["micro_batches"] == reference["micro_batches"], run
+            assert r[run]["logged"] == reference["logged"], run
+        assert r["stored_at_4"]["metadata_invalid"] == 8
+        assert r["stored_at_4"]["conditioning_next_step"] is True
+        # the resumed run trains steps 5-8 as the uninterrupted one (steps 1-4 come back with the log history)
+        assert r["resumed"]["micro_batches"] == [m for m in reference["micro_batches"] if m[0] > 4]
+        assert r["resumed"]["logged"] == reference["logged"]
