@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 
+from ..utils.checks import is_real
 from .rfc9309 import MAX_ROBOTS_BYTES, _decode_bytes, _encode_bytes, _without_cut_line
 from .robots import STATUS_CLASSES, normalize_host, status_class
 
@@ -618,8 +619,9 @@ def fetch_robots_txt(
     if not isinstance(user_agent, str) or not user_agent.strip():
         raise ValueError("user_agent must name your crawler, e.g. 'my-corpus-builder/1.0 (+https://example.org)'.")
     for name, value in (("delay_s", delay_s), ("timeout_s", timeout_s)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not is_real(value) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number of seconds, got {value!r}.")
+    delay_s, timeout_s = float(delay_s), float(timeout_s)  # numpy numbers too (urllib wants a float timeout)
     if delay_s < 0 or timeout_s <= 0:
         raise ValueError("delay_s must be >= 0 and timeout_s > 0.")
     if scheme not in ("http", "https"):

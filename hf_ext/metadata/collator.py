@@ -317,7 +317,9 @@ class MetadataCollator:
         evaluation batch, whose invalid metadata is not entered in `invalid_by_batch`). Documents with no token to
         train on are left out (`_drop_empty`)."""
         texts = [self._text(e) for e in examples]
+        all_empty = False  # a batch of only empty texts is kept whole (counted once, here)
         if not self.add_eos:  # with EOS every document has a token to train on
+            all_empty = not any(texts)
             kept = self._drop_empty([i for i, t in enumerate(texts) if t], len(texts))
             examples, texts = [examples[i] for i in kept], [texts[i] for i in kept]
         invalid_before = self.invalid_metadata
@@ -325,7 +327,7 @@ class MetadataCollator:
         if index is not None and self.invalid_by_batch is not None and self.invalid_metadata > invalid_before:
             self.invalid_by_batch[index] = self.invalid_metadata - invalid_before
         docs = self._encoder.encode_batch(texts, metadata)
-        if any(len(d.input_ids) == d.prefix_length for d in docs):  # a text the tokenizer reads as no token at all
+        if not all_empty and any(len(d.input_ids) == d.prefix_length for d in docs):  # text read as no token at all
             kept = self._drop_empty([i for i, d in enumerate(docs) if len(d.input_ids) > d.prefix_length], len(docs))
             docs, texts, metadata = [docs[i] for i in kept], [texts[i] for i in kept], [metadata[i] for i in kept]
         limit = self.block_size if self.block_size is not None else self.max_length
@@ -349,26 +351,21 @@ class MetadataCollator:
 
     def _drop_empty(self, kept: list[int], total: int) -> list[int]:
         """`kept` (the indices of a batch's documents that have tokens to train on); count and warn (once) about the
-        others, and raise a `ValueError` when no document of the batch has one."""
+        others. A batch with no such document keeps them all (a batch needs a row): every label is then -100, which
+        transformers' `Trainer` weighs 0 (its loss is summed over the step's label tokens, `num_items_in_batch`)."""
         if len(kept) == total:
             return kept
-        if not kept:
-            raise ValueError(
-                f"every document of this batch ({total}) is empty: text_column={self.text_column!r} holds '' or None "
-                "(or text the tokenizer reads as no token), and with add_eos=False such a document is a metadata "
-                "prefix with no token to train on (a batch of them gives the loss NaN). Filter empty documents out "
-                f"first (dataset.filter(lambda row: bool(row[{self.text_column!r}]))), or pass add_eos=True (the EOS "
-                "is then the document)."
-            )
         if self.empty_documents == 0:
             logger.warning(
                 "a document with no tokens (text_column=%r holds '' or None) and add_eos=False would be a metadata "
-                "prefix with nothing to train on: such documents are left out of their batch (counted in "
-                "MetadataCollator.empty_documents; filter them from the dataset, or pass add_eos=True).",
+                "prefix with nothing to train on: such documents are left out of their batch, and a batch of only "
+                "such documents keeps them with every label -100 (no token trained; transformers' Trainer weighs it "
+                "0, but a bare model(**batch) loss is NaN) (counted in MetadataCollator.empty_documents; filter them "
+                "from the dataset, or pass add_eos=True).",
                 self.text_column,
             )
         self.empty_documents += total - len(kept)
-        return kept
+        return kept if kept else list(range(total))
 
     def __call__(self, examples: list[dict]) -> dict:
         import torch

@@ -4,6 +4,7 @@ host as `load` / `from_dict` do (the later one in the list used to win, whatever
 
 import urllib.request
 
+import numpy as np
 import pytest
 
 from hf_ext.compliance import RobotsTxtStore, fetch_robots_txt
@@ -81,7 +82,10 @@ def test_fetch_robots_txt_still_fetches_valid_hosts(monkeypatch):
         return Reply(b"User-agent: GPTBot\nDisallow: /\n")
 
     monkeypatch.setattr(urllib.request, "urlopen", serve)
-    store = fetch_robots_txt(("A.Example", "https://b.example/page"), user_agent="test/1.0", delay_s=0, timeout_s=2)
+    # numpy numbers are numbers (rv16b: np.int64 was refused by the first version of these checks)
+    store = fetch_robots_txt(
+        ("A.Example", "https://b.example/page"), user_agent="test/1.0", delay_s=np.int64(0), timeout_s=np.float32(2)
+    )
     assert asked == ["https://a.example/robots.txt", "https://b.example/robots.txt"]
     assert sorted(store) == ["a.example", "b.example"]
 

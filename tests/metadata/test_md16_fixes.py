@@ -13,7 +13,9 @@
 
 import json
 import logging
+import math
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -232,13 +234,36 @@ def test_packed_rows_have_no_orphan_context(ctx_tokenizer):
 
 
 @pytest.mark.parametrize("block_size", [None, 16])
-def test_a_batch_of_empty_documents_is_refused_naming_text_column(ctx_tokenizer, block_size):
+def test_a_batch_of_only_empty_documents_keeps_them_with_no_label(ctx_tokenizer, block_size):
+    """rv16b: refusing such a batch stopped a batch-size-1 run at its first empty document, which trained before
+    (the Trainer weighs a micro-batch without label tokens 0)."""
     collator = MetadataCollator(
         ctx_tokenizer, metadata_template("url_host"), text_column="body", metadata_dropout=0.0, add_eos=False,
         block_size=block_size,
     )  # fmt: skip
-    with pytest.raises(ValueError, match="every document of this batch \\(2\\) is empty: text_column='body'"):
-        collator([{"body": "", "url": "http://a.com/x"}, {"body": None, "url": "http://bb.org/y"}])
+    batch = collator([{"body": "", "url": "http://a.com/x"}, {"body": None, "url": "http://bb.org/y"}])
+    assert (batch["labels"] == -100).all()
+    assert collator.empty_documents == 2
+
+
+def test_a_batch_size_one_run_trains_through_an_empty_document(ctx_tokenizer):
+    from hf_ext.metadata import MetadataTrainer
+
+    rows = [{"text": f"document {i} words " * 3, "url": f"http://h{i % 3}.com/x"} for i in range(8)]
+    rows[3]["text"] = ""
+    torch.manual_seed(0)
+    model = tiny_llama(len(ctx_tokenizer)).float()
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"), add_eos=False, max_length=32)
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), max_steps=4, per_device_train_batch_size=1, gradient_accumulation_steps=2,
+        remove_unused_columns=False, report_to="none", logging_steps=1, use_cpu=True, save_strategy="no",
+        disable_tqdm=True, seed=0, data_seed=0,
+    )  # fmt: skip
+    trainer = MetadataTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collator)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    assert collator.empty_documents == 1
 
 
 def test_with_eos_an_empty_document_is_its_eos(ctx_tokenizer):
