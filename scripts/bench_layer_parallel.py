@@ -2,7 +2,10 @@
 
 Prints one JSON line per (model, mode, batch) with decode tokens/s, then one JSON line per (mode, batch) with the
 ratio converted / source. Modes: "eager" (DynamicCache, no compilation) and "compiled" (StaticCache, forward
-compiled by `generate`). Default: the Llama-3.2-3B shape (28 layers, random weights, bf16) with 7 pairs on a GPU.
+compiled by `generate`). With `--control` (the default on CPU) a third model is timed in the same alternation: the
+source converted with *zero* pairs (the layer-parallel class at the source's depth, identical logits), whose ratio to
+the source (`control_decode_ratio`, and per-repeat ranges `*_range`) is the run's noise floor: a paired ratio inside
+the control's spread is not a measured speed-up. Default: the Llama-3.2-3B shape (28 layers, random weights, bf16) with 7 pairs on a GPU.
 `--tiny` changes the defaults to a small model on CPU in eager mode; every flag given explicitly is used as given, and
 each JSON line records the settings the run used (shape, pairs, new tokens, repeats, ...).
 
@@ -41,6 +44,9 @@ from transformers import (
 import hf_ext  # noqa: F401  (registers the layer-parallel architecture)
 from hf_ext.models.layer_parallel import convert_to_layer_parallel
 from hf_ext.models.layer_parallel.configuration_layer_parallel import LP_MODES
+
+#: name of the zero-pair control model in the JSON lines (`--control`)
+CONTROL = "layer_parallel_0pairs"
 
 # Defaults of the flags that `--tiny` changes: (GPU default, --tiny default). A flag given on the command line always
 # wins; `--tiny` only changes what an omitted flag means.
@@ -108,6 +114,14 @@ class BenchArguments:
     work_dir: str | None = field(
         default=None, metadata={"help": "With --tp: folder for the two saved checkpoints (default: a temporary one)."}
     )
+    control: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Also time the source converted with zero pairs (same depth and logits, no speed-up expected): "
+            "its ratio to the source is the noise floor of the run. Default: on with --device cpu, off on GPU "
+            "(the GPU check's time budget); not available with --tp. Give --control true or false."
+        },
+    )
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -144,6 +158,10 @@ def _resolve(args: BenchArguments) -> BenchArguments:
                 raise ValueError(f"--{name} ({getattr(args, name)}) must be divisible by --tp {args.tp}.")
         if args.device == "cuda":
             args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if args.control is None:
+        args.control = args.device == "cpu" and args.tp == 1
+    if args.control and args.tp > 1:
+        raise ValueError("--control is not available with --tp: give --control false (or run without --tp).")
     if args.modes is None:
         args.modes = "eager" if args.device == "cpu" or args.tp > 1 else "eager,compiled"
     if args.dtype is None:
@@ -275,7 +293,7 @@ def decode_rates(models: dict, prompt, args: BenchArguments, mode: str) -> dict[
     """Decode throughput of each model: batch x (new_tokens - 1) / (time(new_tokens) - time(prefill + 1 token)).
 
     The models are timed in alternation (source, converted, source, ...) so that drifts of a shared machine hit both
-    alike; `best` (fastest run) and `median` over `--repeats` runs are returned.
+    alike; `best` (fastest run), `median` and `runs` (every run, in order) over `--repeats` runs are returned.
     """
     for model in models.values():  # warm-up (and compilation)
         for _ in range(2):
@@ -287,7 +305,13 @@ def decode_rates(models: dict, prompt, args: BenchArguments, mode: str) -> dict[
             prefill = _generate_time(model, prompt, 1, mode, args.device)
             full = _generate_time(model, prompt, args.new_tokens, mode, args.device)
             rates[name].append(prompt.shape[0] * (args.new_tokens - 1) / max(full - prefill, 1e-9))
-    return {name: {"best": max(r), "median": statistics.median(r)} for name, r in rates.items()}
+    return {name: {"best": max(r), "median": statistics.median(r), "runs": r} for name, r in rates.items()}
+
+
+def _paired_range(runs: list[float], source_runs: list[float]) -> list[float]:
+    """[min, max] of the per-repeat ratios (each run against the source run timed next to it)."""
+    ratios = [a / b for a, b in zip(runs, source_runs)]
+    return [round(min(ratios), 3), round(max(ratios), 3)]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -304,6 +328,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     end = args.lp_start + 2 * args.num_pairs
     converted = convert_to_layer_parallel(source, args.lp_start, end, mode=args.lp_mode)
     models = {"source": source, "layer_parallel": converted}
+    if args.control:  # zero pairs: the layer-parallel model class at the source's depth, the source's function
+        models[CONTROL] = convert_to_layer_parallel(source, args.lp_start, args.lp_start, mode=args.lp_mode)
     started_group = args.tp > 1 and not dist.is_initialized()
     if args.tp > 1:
         models = _load_tensor_parallel(source, converted, args, dtype)
@@ -346,6 +372,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     decode_tokens_per_s_median=round(rate["median"], 2),
                     **common,
                 )
+                if name == CONTROL:
+                    line.update(pairs=0, range=[args.lp_start, args.lp_start],
+                                effective_depth=models[CONTROL].config.effective_depth)  # fmt: skip
                 if rank0:
                     print(json.dumps(line), flush=True)
                 lines.append(line)
@@ -356,7 +385,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 decode_ratio=round(rates["layer_parallel"]["best"] / rates["source"]["best"], 3),
                 decode_ratio_median=round(rates["layer_parallel"]["median"] / rates["source"]["median"], 3),
                 **common,
+                decode_ratio_range=_paired_range(rates["layer_parallel"]["runs"], rates["source"]["runs"]),
             )
+            if CONTROL in rates:
+                ratio.update(
+                    control_decode_ratio=round(rates[CONTROL]["best"] / rates["source"]["best"], 3),
+                    control_decode_ratio_median=round(rates[CONTROL]["median"] / rates["source"]["median"], 3),
+                    control_decode_ratio_range=_paired_range(rates[CONTROL]["runs"], rates["source"]["runs"]),
+                )
             if rank0:
                 print(json.dumps(ratio), flush=True)
             lines.append(ratio)

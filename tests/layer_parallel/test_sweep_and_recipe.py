@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import HfArgumentParser, LlamaConfig, LlamaForCausalLM
 
 from hf_ext.models.layer_parallel.sweep import (
     choose_range,
@@ -157,6 +157,15 @@ def test_bench_script_runs_and_reports_ratios(capsys, bench):
     ratios = [line for line in lines if "decode_ratio" in line]
     assert [(r["mode"], r["batch"]) for r in ratios] == [("eager", 1), ("eager", 2)]
     assert all(r["decode_ratio"] > 0 and r["effective_depth"] == 5 and r["device"].startswith("CPU") for r in ratios)
+    # the zero-pair control (on by default on CPU): same depth as the source, its ratio is the run's noise floor
+    control = [line for line in lines if line.get("model") == bench.CONTROL]
+    assert [(c["batch"], c["pairs"], c["effective_depth"], c["layers"]) for c in control] == [(1, 0, 8, 8), (2, 0, 8, 8)]
+    assert [line.get("model") for line in lines if "model" in line][:3] == ["source", "layer_parallel", bench.CONTROL]
+    for r in ratios:
+        assert r["control_decode_ratio"] > 0 and r["control_decode_ratio_median"] > 0
+        for key in ("decode_ratio_range", "control_decode_ratio_range"):
+            low, high = r[key]
+            assert 0 < low <= high
     printed = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert printed == lines
     with pytest.raises(ValueError, match="--num_pairs"):
@@ -165,6 +174,24 @@ def test_bench_script_runs_and_reports_ratios(capsys, bench):
         bench.main(["--tiny", "--modes", "turbo"])
     with pytest.raises(ValueError, match="--tp 2 needs 2 processes"):
         bench.main(["--tiny", "--tp", "2"])  # not launched with torchrun
+
+
+def test_bench_control_defaults_on_cpu_only_and_is_refused_with_tp(bench, monkeypatch):
+    """The GPU defaults keep the two models the GPU check times; on CPU the zero-pair control is timed too."""
+
+    def resolve(argv):
+        (args,) = HfArgumentParser(bench.BenchArguments).parse_args_into_dataclasses(args=argv)
+        return bench._resolve(args)
+
+    assert resolve(["--tiny"]).control is True
+    assert resolve(["--tiny", "--control", "false"]).control is False
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    assert resolve([]).control is False  # GPU default: source and paired model only
+    assert resolve(["--control", "true"]).control is True
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--control is not available with --tp"):
+        resolve(["--tiny", "--tp", "2", "--control", "true"])
+    assert resolve(["--tiny", "--tp", "2"]).control is False
 
 
 @pytest.mark.gpu
