@@ -360,47 +360,113 @@ COMPLIANCE = Reproduction(
 )
 
 # --------------------------------------------------------------------------------------------------- hyperinf
+HYPERINF_METHODS = ("hyperinf", "datainf", "lissa", "tracin")
+
+
 def _hyperinf_run(seed: int, fast: bool, workdir: str) -> dict:
+    """Spearman correlation of each method with two exact references.
+
+    At rank 4 HyperINF approximates the damped GFIM (`I_r (x) G`) and DataInf/LiSSA the per-layer empirical Fisher
+    (the full `rd x rd` FIM): two different targets, so each method is scored against both (`rho`: exact GFIM solve,
+    `rho_fim`: exact FIM solve). At rank 1 the two matrices coincide: `rho_rank1` scores every method against the one
+    exact influence they all approximate, the comparison the asserted claims use.
+    """
     from ..hyperinf.reproduce import accuracy_sweep
 
     widths = (64, 256) if fast else (64, 256, 1024)
-    records = accuracy_sweep(seeds=(seed,), widths=widths, ranks=(), methods=("hyperinf", "datainf", "lissa", "tracin"),
-                             verbose=False)  # fmt: skip
+    # rank 1 up to width 512, not 1024: a float64 Schulz inversion at d = 1024 would add half the run's time (the
+    # ordering at 1024 is the same, docs/hyperinf.md)
+    rank1_widths = (64, 256) if fast else (64, 512)
+    records = accuracy_sweep(seeds=(seed,), widths=widths, ranks=(), methods=HYPERINF_METHODS, verbose=False)
+    rank1 = accuracy_sweep(seeds=(seed,), widths=rank1_widths, width_rank=1, ranks=(), methods=HYPERINF_METHODS,
+                           verbose=False)  # fmt: skip
+
+    def fim(r) -> float:  # the FIM reference exists where r * d <= 4096 (every width here)
+        return float("nan") if r.spearman_fim is None else r.spearman_fim
+
     return {
         "widths": list(widths),
         "rho": {f"{r.method}@{r.width}": r.spearman_gfim for r in records},
-        "cpu_seconds": {f"{r.method}@{r.width}": r.cpu_seconds for r in records},
+        "rho_fim": {f"{r.method}@{r.width}": fim(r) for r in records},
+        "rank1_widths": list(rank1_widths),
+        "rho_rank1": {f"{r.method}@{r.width}": r.spearman_gfim for r in rank1},  # GFIM = FIM at rank 1
+        "cpu_seconds": {f"{r.method}@{r.width}": r.cpu_seconds for r in records}
+        | {f"{r.method}@{r.width}/rank1": r.cpu_seconds for r in rank1},
     }
 
 
+def _best_of(rho: dict[str, list[float]]) -> bool:
+    """HyperINF's seed mean above every other method's by more than 0.05 (NaN: False)."""
+    return all(_mean(rho["hyperinf"]) > _mean(v) + 0.05 for m, v in rho.items() if m != "hyperinf")
+
+
+def _rho_text(rho: dict[str, list[float]]) -> str:
+    return "; ".join(f"{m} {mean_spread(v)}" for m, v in rho.items())
+
+
 def _hyperinf_best_at_width(runs: list[dict]) -> tuple[str, bool]:
-    wide = runs[0]["widths"][-1]
-    rho = {m: [r["rho"][f"{m}@{wide}"] for r in runs] for m in ("hyperinf", "datainf", "lissa", "tracin")}
-    ok = all(_mean(rho["hyperinf"]) > _mean(v) + 0.05 for m, v in rho.items() if m != "hyperinf")  # NaN: False
-    text = "; ".join(f"{m} {mean_spread(v)}" for m, v in rho.items())
-    return f"Spearman with exact GFIM influence at width {wide}: {text}", ok
+    """Rank 1, where GFIM = FIM: every method against the same exact influence, at the largest width."""
+    wide = runs[0]["rank1_widths"][-1]
+    rho = {m: [r["rho_rank1"][f"{m}@{wide}"] for r in runs] for m in HYPERINF_METHODS}
+    return f"rank 1, width {wide}, Spearman with the exact influence (GFIM = FIM): {_rho_text(rho)}", _best_of(rho)
 
 
 def _baselines_degrade(runs: list[dict]) -> tuple[str, bool]:
+    """Rank 1 (one common target): DataInf's and LiSSA's correlation falls by more than 0.05 on the seed mean."""
+    narrow, wide = runs[0]["rank1_widths"][0], runs[0]["rank1_widths"][-1]
+    drops = {m: [r["rho_rank1"][f"{m}@{narrow}"] - r["rho_rank1"][f"{m}@{wide}"] for r in runs]
+             for m in ("datainf", "lissa")}  # fmt: skip
+    text = f"rank 1, drop from width {narrow} to {wide}: {_rho_text(drops)}"
+    return text, all(_mean(v) > 0.05 for v in drops.values())
+
+
+def _hyperinf_best_on_fim_rank4(runs: list[dict]) -> tuple[str, bool]:
+    """Rank 4 (GFIM != FIM): the agreement with both references at the largest width; judged on the FIM, the target
+    of DataInf and LiSSA (against the GFIM, HyperINF's own target, it is 1.000 by construction once converged)."""
+    wide = runs[0]["widths"][-1]
+    fim = {m: [r["rho_fim"][f"{m}@{wide}"] for r in runs] for m in HYPERINF_METHODS}
+    gfim = {m: [r["rho"][f"{m}@{wide}"] for r in runs] for m in HYPERINF_METHODS}
+    text = (
+        f"rank 4, width {wide}, Spearman with the exact FIM influence (DataInf's and LiSSA's target): "
+        f"{_rho_text(fim)} | with the exact GFIM influence (HyperINF's target): {_rho_text(gfim)}"
+    )
+    return text, _best_of(fim)
+
+
+def _baselines_degrade_own_target(runs: list[dict]) -> tuple[str, bool]:
+    """Rank 4: DataInf's and LiSSA's correlation with their own target (the exact FIM) falls by more than 0.05."""
     narrow, wide = runs[0]["widths"][0], runs[0]["widths"][-1]
-    drops = {m: [r["rho"][f"{m}@{narrow}"] - r["rho"][f"{m}@{wide}"] for r in runs] for m in ("datainf", "lissa")}
-    text = "; ".join(f"{m} {mean_spread(v)}" for m, v in drops.items())
-    return f"drop from width {narrow} to {wide}: {text}", all(_mean(v) > 0 for v in drops.values())
+    drops = {m: [r["rho_fim"][f"{m}@{narrow}"] - r["rho_fim"][f"{m}@{wide}"] for r in runs]
+             for m in ("datainf", "lissa")}  # fmt: skip
+    text = f"rank 4, drop of the Spearman with the exact FIM influence from width {narrow} to {wide}: {_rho_text(drops)}"
+    return text, all(_mean(v) > 0.05 for v in drops.values())
 
 
 HYPERINF = Reproduction(
     method="hyperinf",
-    title="HyperINF approximates the exact influence better than DataInf and LiSSA as the LoRA layer widens",
-    setting="LoRA rank 4 on one d x d projection of a small token classifier (20% flipped labels), per-example "
-    "gradients once, every method scored against the exact damped GFIM solve (hf_ext.hyperinf.reproduce); widths 64, "
-    "256 and 1024.",
-    fast_budget={"widths 64, 256 and 1024": "widths 64 and 256"},
+    title="HyperINF against DataInf and LiSSA as the LoRA layer widens: better on a common exact target (rank 1), "
+    "not under the per-layer Fisher at rank 4",
+    setting="One d x d projection of a small token classifier with a LoRA adapter (20% flipped labels), per-example "
+    "gradients once (hf_ext.hyperinf.reproduce). Rank 1 (widths 64 and 512), where the GFIM HyperINF inverts equals "
+    "the per-layer Fisher (FIM) DataInf and LiSSA approximate: every method scored against that one exact influence. "
+    "Rank 4 (widths 64, 256 and 1024), where they differ: every method scored against both exact solves (damped GFIM "
+    "and damped FIM).",
+    fast_budget={"widths 64 and 512": "widths 64 and 256", "widths 64, 256 and 1024": "widths 64 and 256"},
     run=_hyperinf_run,
     claims=[
-        Claim("HyperINF has the highest rank correlation with the exact influence at the largest width",
+        Claim("at rank 1 (GFIM = FIM, one exact target), HyperINF has the highest rank correlation with the exact "
+              "influence at the largest width",
               "better approximation than DataInf/LiSSA as dimension grows (abstract)", _hyperinf_best_at_width),
-        Claim("DataInf's and LiSSA's correlation falls as the layer widens",
+        Claim("at rank 1, DataInf's and LiSSA's correlation with the exact influence falls as the layer widens",
               "the baselines' approximation error grows with dimension (paper)", _baselines_degrade),
+        Claim("at rank 4, HyperINF also agrees best with the exact per-layer Fisher influence (the baselines' target) "
+              "at the largest width",
+              "control, not a claim of the paper (it reports no comparison with the FIM at rank > 1)",
+              _hyperinf_best_on_fim_rank4, asserted=False),
+        Claim("at rank 4, DataInf's and LiSSA's correlation with their own target (exact FIM) falls as the layer "
+              "widens",
+              "the baselines' approximation error grows with dimension (paper)", _baselines_degrade_own_target,
+              asserted=False),
     ],  # fmt: skip
 )
 
