@@ -15,66 +15,10 @@ import os
 
 import pytest
 import torch
+from grape_reference import expected_domain_step, expected_task_step
 from grape_synthetic import quick_grape_args
 
 from hf_ext.grape import GrapeTrainer, MixtureState
-
-
-def _flat_grad(model, batch, log: bool, max_norm) -> torch.Tensor:
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss = model(**batch).loss
-    grads = torch.autograd.grad(torch.log(loss) if log else loss, params, allow_unused=True)
-    flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
-    if max_norm:  # 0 / None: no clipping, as the Trainer
-        flat = flat * min(1.0, max_norm / (float(flat.norm()) + 1e-6))
-    return flat
-
-
-def _mean_grad(trainer, weights, purpose: str, kind: str, log: bool) -> torch.Tensor:
-    args = trainer.args
-    rng = trainer._rng(purpose)
-    n = args.reweight_batch_size // args.reweight_mini_batch_size
-    return torch.stack(
-        [
-            _flat_grad(trainer.model, trainer._mixture_batch(weights, rng, args.per_device_train_batch_size, kind), log,
-                       args.max_grad_norm)
-            for _ in range(n)
-        ]
-    ).mean(0)  # fmt: skip
-
-
-def _expected_task_step(trainer):
-    """The task weights after one GRAPE task step (log-loss task gradients), recomputed here."""
-    st, args = trainer.mixture_state, trainer.args
-    g_mix = _mean_grad(trainer, st.domain_weights, "mixture", "domain", log=False)
-    rng = trainer._rng("task")
-    dots = torch.tensor(
-        [
-            float(_flat_grad(trainer.model, trainer._task_batch(n, rng, args.reweight_mini_batch_size), True,
-                             args.max_grad_norm) @ g_mix)
-            for n in range(len(st.task_names))
-        ],
-        dtype=torch.float64,
-    )  # fmt: skip
-    z = torch.softmax(torch.log(st.task_weights) - args.task_step_size * dots, 0)
-    return (1 - args.task_smoothing) * z + args.task_smoothing / z.numel(), dots
-
-
-def _expected_domain_step(trainer):
-    """The domain weights after one GRAPE domain step (log-loss target gradient), recomputed here, and the norms of
-    the domain gradients."""
-    st, args = trainer.mixture_state, trainer.args
-    g_tgt = _mean_grad(trainer, st.task_weights, "target", "task", log=True)
-    rng = trainer._rng("domain")
-    grads = [
-        _flat_grad(
-            trainer.model, trainer._domain_batch(k, rng, args.reweight_mini_batch_size), False, args.max_grad_norm
-        )
-        for k in range(len(st.domain_names))
-    ]
-    dots = torch.tensor([float(g @ g_tgt) for g in grads], dtype=torch.float64)
-    norms = [float(g.norm()) for g in grads]
-    return torch.softmax(torch.log(st.domain_weights) + args.domain_step_size * dots, 0), dots, norms
 
 
 @pytest.mark.parametrize("max_grad_norm", [0.0, 1e6])
@@ -87,12 +31,12 @@ def test_scores_are_dot_products_without_clipping(max_grad_norm, synthetic, grap
         target_datasets=targets,
         domain_weights={"a": 0.6, "b": 0.3, "c": 0.1},
     )
-    expected_z, task_dots = _expected_task_step(trainer)
+    expected_z, task_dots = expected_task_step(trainer, log_task=True)
     trainer._task_step({})
     torch.testing.assert_close(trainer.last_local_stats["task"][:2], task_dots, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(trainer.mixture_state.task_weights, expected_z, rtol=1e-5, atol=1e-7)
 
-    expected, dots, norms = _expected_domain_step(trainer)  # with the updated task weights
+    expected, dots, norms = expected_domain_step(trainer, log_target=True)  # with the updated task weights
     # the unclipped gradients are not of unit norm, so a dot product and a cosine differ here
     assert min(abs(x - 1.0) for x in norms) > 0.05, norms
     trainer._domain_step({})

@@ -8,62 +8,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from grape_reference import expected_domain_step, expected_task_step
 from grape_synthetic import quick_grape_args as _args
 
 from hf_ext.grape import GrapeConfig, GrapeTrainer
 
 
-def _clipped_grad(model, batch, log: bool, max_norm: float) -> torch.Tensor:
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss = model(**batch).loss
-    grads = torch.autograd.grad(torch.log(loss) if log else loss, params, allow_unused=True)
-    flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
-    return flat * min(1.0, max_norm / (float(flat.norm()) + 1e-6))
+def _expected_domain_weights(trainer, log_target: bool):
+    weights, dots, _ = expected_domain_step(trainer, log_target)
+    return weights, dots
 
 
-def _mean_grad(trainer, weights, purpose: str, kind: str, log: bool) -> torch.Tensor:
-    args = trainer.args
-    rng = trainer._rng(purpose)
-    n = args.reweight_batch_size // args.reweight_mini_batch_size
-    grads = [
-        _clipped_grad(trainer.model, trainer._mixture_batch(weights, rng, args.per_device_train_batch_size, kind), log,
-                      args.max_grad_norm)
-        for _ in range(n)
-    ]  # fmt: skip  # as the GRAPE code: reweight_batch // mini batches of the per-device *train* batch size
-    return torch.stack(grads).mean(0)
-
-
-def _expected_domain_weights(trainer, log_target: bool) -> torch.Tensor:
-    st, args = trainer.mixture_state, trainer.args
-    g_tgt = _mean_grad(trainer, st.task_weights, "target", "task", log=log_target)
-    rng = trainer._rng("domain")
-    dots = torch.tensor(
-        [
-            float(_clipped_grad(trainer.model, trainer._domain_batch(k, rng, args.reweight_mini_batch_size), False,
-                                args.max_grad_norm) @ g_tgt)
-            for k in range(len(st.domain_names))
-        ],
-        dtype=torch.float64,
-    )  # fmt: skip
-    # aligned domains gain weight: log alpha_k + mu_train * <g_k, g_tgt>
-    return torch.softmax(torch.log(st.domain_weights) + args.domain_step_size * dots, 0), dots
-
-
-def _expected_task_weights(trainer, log_task: bool) -> torch.Tensor:
-    st, args = trainer.mixture_state, trainer.args
-    g_mix = _mean_grad(trainer, st.domain_weights, "mixture", "domain", log=False)
-    rng = trainer._rng("task")
-    dots = torch.tensor(
-        [
-            float(_clipped_grad(trainer.model, trainer._task_batch(n, rng, args.reweight_mini_batch_size), log_task,
-                                args.max_grad_norm) @ g_mix)
-            for n in range(len(st.task_names))
-        ],
-        dtype=torch.float64,
-    )  # fmt: skip
-    # fast-improving tasks lose weight: log z_n - mu_tgt * <h_n, g_alpha>, then smoothing
-    z = torch.softmax(torch.log(st.task_weights) - args.task_step_size * dots, 0)
-    return (1 - args.task_smoothing) * z + args.task_smoothing / z.numel(), dots
+def _expected_task_weights(trainer, log_task: bool):
+    return expected_task_step(trainer, log_task)
 
 
 @pytest.mark.parametrize("method,log", [("grape", True), ("grape_gap", False)])
