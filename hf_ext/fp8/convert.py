@@ -585,6 +585,7 @@ def ao_recipe_kwargs(
     include_lm_head: bool = False,
     skip_modules: list[str] | None = None,
     pad_inner_dim: bool = False,
+    emulate: bool | None = None,
 ):
     """accelerate `AORecipeKwargs` that converts every block linear (only the LM head stays out), for
     `Accelerator(mixed_precision="fp8", kwargs_handlers=[...])` or [`Fp8Trainer`]. accelerate's default filter would
@@ -593,17 +594,21 @@ def ao_recipe_kwargs(
     Args:
         model (`nn.Module`): The model that will be prepared (used to find its LM head).
         recipe (`str`): torchao recipe name.
-        include_lm_head, skip_modules, pad_inner_dim: As in [`convert`].
+        include_lm_head, skip_modules, pad_inner_dim, emulate: As in [`convert`] (`emulate=None`: torchao's emulated
+            GEMM when no CUDA device is available).
     """
     from accelerate.utils import AORecipeKwargs
 
     if recipe not in TORCHAO_RECIPES:
         raise ValueError(f"ao_recipe_kwargs: recipe={recipe!r}; choose one of {TORCHAO_RECIPES}.")
     _check_switches("ao_recipe_kwargs", include_lm_head=include_lm_head, pad_inner_dim=pad_inner_dim)
+    if emulate is None:
+        emulate = not torch.cuda.is_available()  # as convert: torch's CPU _scaled_mm is a reference kernel
+    _check_switches("ao_recipe_kwargs", emulate=emulate)
     names = fp8_target_modules(model, include_lm_head, skip_modules)
     _check_dims(model, names, pad_inner_dim, "torchao")
     return AORecipeKwargs(
-        config=torchao_config(recipe, pad_inner_dim, fsdp_float8_all_gather=recipe == "tensorwise"),
+        config=torchao_config(recipe, pad_inner_dim, emulate, fsdp_float8_all_gather=recipe == "tensorwise"),
         module_filter_func=fp8_target_filter(model, include_lm_head, skip_modules),
         pad_inner_dim=pad_inner_dim,
     )

@@ -53,3 +53,15 @@ def test_emulation_matches_scaled_mm_on_cpu():
         out[emulate] = (y.detach(), model[0].weight.grad.clone())
     torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_accelerate_recipe_kwargs_follow_the_same_default(monkeypatch, cuda):
+    from hf_ext.fp8 import ao_recipe_kwargs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    model = _model()
+    assert ao_recipe_kwargs(model).config.emulate is (not cuda)
+    assert ao_recipe_kwargs(model, emulate=cuda).config.emulate is cuda
+    with pytest.raises(ValueError, match="emulate must be True or False"):
+        ao_recipe_kwargs(model, emulate="no")
