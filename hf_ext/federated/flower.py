@@ -35,7 +35,7 @@ except ImportError as err:  # Flower is an optional extra
     ) from err
 
 from .aggregation import client_update
-from .privacy import PrivacyAccountant
+from .privacy import PrivacyAccountant, poisson_batches_per_epoch, poisson_sample_rate
 from .secure_aggregation import (
     SECAGG_MAX_RELATIVE_ERROR,  # noqa: F401  (re-exported: the result metadata and callers read it from here)
     SECAGG_WARN_RELATIVE_ERROR,
@@ -180,10 +180,10 @@ def planned_round_steps(training_args, fed_args: FederatedArguments, num_example
     """`(sample_rate, steps)` of one client round of DP-SGD on `num_examples` examples, as [`PrivateTrainer`] runs it:
     `fed_args.local_steps` steps, or `ceil(local_epochs x batches per epoch)` with `round(1 / q)` Poisson batches per
     epoch, at the Poisson rate `q = batch size / num_examples` (at most 1)."""
-    q = min(1.0, training_args.per_device_train_batch_size / max(int(num_examples), 1))
+    q = poisson_sample_rate(training_args.per_device_train_batch_size, num_examples)
     if fed_args.local_steps > 0:
         return q, int(fed_args.local_steps)
-    return q, math.ceil(fed_args.local_epochs * max(1, round(1 / q)))
+    return q, math.ceil(fed_args.local_epochs * poisson_batches_per_epoch(q))
 
 
 def check_round_request(r: int, last_round: int | None, num_rounds: int, pid: int, run_id: int) -> None:

@@ -396,13 +396,12 @@ def planned_epsilon(task: FlowerTask, partition_id: int, delta: float) -> float:
     """The epsilon at `delta` that DP-SGD reaches on partition `partition_id` over the whole run the run config
     describes (`num-server-rounds` x `local-steps` steps at the Poisson rate `batch-size / partition size`), by the
     accountant the clients report with; `inf` without DP-SGD noise."""
-    from .privacy import PrivacyAccountant
+    from .privacy import PrivacyAccountant, poisson_sample_rate
 
     cfg = task.config
     if not cfg["dp-clip-norm"] > 0:
         return math.inf
-    size = len(task.dataset_fn(partition_id))
-    q = min(1.0, cfg["batch-size"] / max(size, 1))
+    q = poisson_sample_rate(cfg["batch-size"], len(task.dataset_fn(partition_id)))
     accountant = PrivacyAccountant(task.training_args.dp_accountant)
     accountant.step(q, cfg["dp-noise-multiplier"], cfg["num-server-rounds"] * cfg["local-steps"])
     return accountant.get_epsilon(delta)

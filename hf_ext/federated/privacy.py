@@ -382,6 +382,18 @@ def dp_gradient(
     return {n: g / b for n, g in summed.items()}, losses
 
 
+def poisson_sample_rate(expected_batch_size: int, num_examples: int) -> float:
+    """DP-SGD's Poisson sampling rate `q = expected batch size / dataset size`, at most 1 (a dataset smaller than the
+    batch puts every example in every batch)."""
+    return min(1.0, expected_batch_size / max(int(num_examples), 1))
+
+
+def poisson_batches_per_epoch(sample_rate: float) -> int:
+    """Batches in one epoch of Poisson sampling at `sample_rate`: `round(1 / q)`, at least 1 (each example is then
+    expected once per epoch)."""
+    return max(1, round(1 / sample_rate))
+
+
 class PoissonBatchSampler:
     """Batches in which every example is included independently with probability `sample_rate` (Poisson sampling),
     the sampling that the subsampled-Gaussian accountants assume (as Opacus's `UniformWithReplacementSampler`).
@@ -411,7 +423,7 @@ class PoissonBatchSampler:
             raise ValueError(f"`num_batches` must be an integer >= 1 or None (round(1 / sample_rate)), got {num_batches!r}.")
         self.num_samples = int(num_samples)
         self.sample_rate = float(sample_rate)
-        self.num_batches = int(num_batches) if num_batches is not None else max(1, round(1 / self.sample_rate))
+        self.num_batches = int(num_batches) if num_batches is not None else poisson_batches_per_epoch(self.sample_rate)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise TypeError(f"`seed` must be an integer or None (a secret seed), got {seed!r}.")
         self.seed = secrets.randbits(63) if seed is None else int(seed)

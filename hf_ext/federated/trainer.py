@@ -21,6 +21,7 @@ from .privacy import (
     PrivacyAccountant,
     derive_seed,
     dp_gradient,
+    poisson_sample_rate,
     secret_noise_generator,
 )
 
@@ -172,8 +173,7 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     @property
     def sample_rate(self) -> float:
         """Poisson sampling rate `q = expected batch size / dataset size`."""
-        n = len(self.train_dataset)
-        return min(1.0, self.args.per_device_train_batch_size * self.args.world_size / max(n, 1))
+        return poisson_sample_rate(self.args.per_device_train_batch_size * self.args.world_size, len(self.train_dataset))
 
     @property
     def expected_batch_size(self) -> int:
