@@ -532,6 +532,8 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         # lr of the last completed real step (`virtual_lr=None`): the next_step outer step runs inside the following
         # step's `optimizer.step()`, whose `last_lr` is already that step's
         self._last_step_lr: float | None = None
+        # the Adam flags the base optimizer was built from (recorded in checkpoints); set in `create_optimizer`
+        self._adam_flags_read: set[str] | None = None
         self._outer_batches: list[dict] | None = None
         # `train_accuracy`: rows answered right and rows, of this rank's micro-batches not yet summed over the ranks
         # (`_acc_correct`, `_acc_rows`) and of the global batches already summed (`_acc_window`, the same on every
@@ -556,7 +558,7 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             # (adopted in `__init__`)
             if found is not self.transform_optimizer:
                 self._adopt_transform(found)
-            if not hasattr(self, "_adam_flags_read"):
+            if self._adam_flags_read is None:
                 self._adam_flags_read = set()  # a wrapper passed as optimizers=: its base read no flag of args
             return self.optimizer
         opt_model = self.model if model is None else model
@@ -846,7 +848,7 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             # restored with the optimizer's param groups on resume: compared with the resumed run's
             "weight_decay": float(self.args.weight_decay),
             # the base optimizer's betas / eps where they came from the flags: likewise
-            **base_optimizer_options(self.args, self.optimizer, getattr(self, "_adam_flags_read", None)),
+            **base_optimizer_options(self.args, self.optimizer, self._adam_flags_read),
             "num_outer_steps": self.num_outer_steps,
             "outer_gradient": self.args.outer_gradient,
             "outer_step_due": self._outer_due,
