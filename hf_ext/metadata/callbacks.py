@@ -13,7 +13,7 @@ from transformers.trainer_utils import has_length
 
 from ..utils.checks import is_real
 from ..utils.evaluation import EvalRowsOnceMixin
-from ..utils.resume import LossWindowResumeMixin
+from ..utils.resume import LossWindowResumeMixin, checkpoint_max_steps
 from .collator import MetadataCollator
 
 STATE_FILE = "metadata_conditioning.json"
@@ -199,7 +199,7 @@ class MetadataCooldownCallback(TrainerCallback):
             and min(old_switch, self.switch_step) < state.global_step
         ):
             # the same fraction of another max_steps: the switch moves across the steps the checkpoint has trained
-            old_max = _saved_max_steps(os.path.dirname(path))
+            old_max = checkpoint_max_steps(os.path.dirname(path))
             changed.append(
                 (
                     "max_steps",
@@ -397,16 +397,6 @@ def _collations_per_micro_step(train_dataloader) -> int:
 
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _saved_max_steps(checkpoint: str) -> int | None:
-    """`max_steps` in `checkpoint/trainer_state.json` (`None` when it cannot be read)."""
-    try:
-        with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-            value = json.load(f).get("max_steps")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _sum_over_ranks(count: int, args) -> int:

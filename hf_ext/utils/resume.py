@@ -177,14 +177,25 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str) -> str 
     return value
 
 
-def checkpoint_global_step(path: str) -> int | None:
-    """The `global_step` recorded in `path/trainer_state.json` (`None` when it cannot be read)."""
+def _trainer_state_value(path: str, key: str):
+    """`key` of `path/trainer_state.json` (`None` when the file or the key cannot be read)."""
     try:
         with open(os.path.join(path, TRAINER_STATE_NAME), encoding="utf-8") as fh:
-            step = json.load(fh).get("global_step")
+            return json.load(fh).get(key)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def checkpoint_global_step(path: str) -> int | None:
+    """The `global_step` recorded in `path/trainer_state.json` (`None` when it cannot be read)."""
+    step = _trainer_state_value(path, "global_step")
     return int(step) if isinstance(step, int | float) and not isinstance(step, bool) else None
+
+
+def checkpoint_max_steps(path: str) -> int | None:
+    """The `max_steps` recorded in `path/trainer_state.json` (`None` when it cannot be read or is not > 0)."""
+    value = _trainer_state_value(path, "max_steps")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def refuse_leftover_checkpoints(folders) -> None:
