@@ -92,6 +92,18 @@ def rotational_param_groups(
     Returns:
         `list[dict]`: non-empty optimizer param groups with keys `params`, `weight_decay`, `rotational`, `neuron_dim`.
     """
+    return _param_groups(model, weight_decay, decay_parameter_names, rotational_embeddings)
+
+
+def _param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    decay_parameter_names: Iterable[str] | None = None,
+    rotational_embeddings: bool = False,
+    include_frozen: bool = False,
+) -> list[dict]:
+    """`rotational_param_groups`; with `include_frozen`, tensors with `requires_grad=False` are placed too, where they
+    would go if they were trainable."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     _check_weight_decay(weight_decay)
@@ -123,7 +135,7 @@ def rotational_param_groups(
     )
     rot, rot_t, plain = [], [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not (p.requires_grad or include_frozen):
             continue
         if name in decay and p.dim() >= 2 and id(p) not in embeddings and not _ZERO_INIT_NAME.search(name):
             (rot_t if id(p) in transposed else rot).append(p)
@@ -138,9 +150,12 @@ def rotational_param_groups(
 
 
 def _model_layout(model: nn.Module) -> dict[int, tuple[bool, int]]:
-    """`id(param) -> (rotational, neuron_dim)` for every trainable parameter of `model` (`rotational_param_groups`)."""
+    """`id(param) -> (rotational, neuron_dim)` for every parameter of `model` (`rotational_param_groups`); a frozen
+    one (`requires_grad=False`) gets the layout it would have if it were trainable."""
     return {
-        id(p): (g["rotational"], g["neuron_dim"]) for g in rotational_param_groups(model, 1.0) for p in g["params"]
+        id(p): (g["rotational"], g["neuron_dim"])
+        for g in _param_groups(model, 1.0, include_frozen=True)
+        for p in g["params"]
     }
 
 
@@ -170,7 +185,9 @@ def _resolve_params(
     - an `nn.Module`: `rotational_param_groups(params, weight_decay)`;
     - any params with `model=`: each tensor's status and neuron layout come from the model (split into sub-groups);
       a group whose explicit `weight_decay` disagrees with `weight_decay` for rotational tensors is refused (the
-      weight decay sets their rotation angle), unless the group gives its own `angle`;
+      weight decay sets their rotation angle), unless the group gives its own `angle`; a frozen tensor of the model
+      (`requires_grad=False`) is kept, with the layout it would have if trainable, and skipped by `step()` like any
+      tensor without a gradient; a tensor that is not in `model.parameters()` at all is refused;
     - a flat iterable of tensors (e.g. `model.parameters()`): one group, the reference convention (a tensor is
       rotational when the weight decay is non-zero and it has 2+ dims; rows are neurons, or `neuron_dim`);
     - dict param groups without `rotational`/`neuron_dim` keys holding 2+-dim tensors (e.g. the decay / no-decay
@@ -209,8 +226,10 @@ def _resolve_params(
             for p in g["params"]:
                 if id(p) not in layout:
                     raise ValueError(
-                        f"{owner}: a parameter of shape {tuple(p.shape)} is not a trainable parameter of `model`; "
-                        "pass the model these parameters belong to."
+                        f"{owner}: a tensor of shape {tuple(p.shape)} in `params` is not in `model.parameters()` (it "
+                        "belongs to another module, or is a copy); pass the model these parameters belong to as "
+                        "`model=`, or leave `model=` out and give the layout with `neuron_dim=` / "
+                        "`rotational_param_groups`."
                     )
                 rot, nd = layout[id(p)]
                 if "rotational" in g:
@@ -1010,6 +1029,8 @@ class LionAR(Optimizer):
             > 0 normalises by an EMA of the update norm instead (REQ's soft control).
         model (`nn.Module`, *optional*): the model the parameters belong to; each tensor's rotational status and
             neuron layout then come from it (as `rotational_param_groups` decides), whatever groups `params` holds.
+            A frozen tensor of the model (`requires_grad=False`) gets the layout it would have if trainable and is
+            skipped by `step()` like any tensor without a gradient; a tensor not in `model.parameters()` is refused.
         neuron_dim (`int`, *optional*): layout of 2+-dim tensors in dict param groups that carry no `neuron_dim`
             (0: rows are neurons, 1: columns). Without it (and without a model) such groups are refused, because
             transformers' `Conv1D` (GPT-2) stores neurons as columns and a tied embedding cannot be recognised.
@@ -1179,7 +1200,8 @@ class RotationalWrapper(Optimizer):
         per_neuron (`bool`, *optional*, defaults to `True`): one norm per neuron (else per tensor).
         update_norm_decay (`float`, *optional*, defaults to 0.9): EMA coefficient of the update-norm normaliser
             (0 = exact per-step angle).
-        model (`nn.Module`, *optional*): the model the parameters belong to (rotational status and `Conv1D` layout).
+        model (`nn.Module`, *optional*): the model the parameters belong to (rotational status and `Conv1D` layout;
+            frozen tensors of the model are accepted as in `LionAR`).
         neuron_dim (`int`, *optional*): layout of 2+-dim tensors in dict param groups without one (see `LionAR`).
         **inner_kwargs: passed to the inner optimizer (`betas`, `eps`, `momentum`, `nesterov`, `dampening`, ...).
             With `inner="adamw"`, `fused=False` also makes the rotational tensors' direction use separate foreach
