@@ -68,12 +68,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ns = parser.parse_args(argv)
     if ns.rounds < 1 or ns.hidden_size < 64 or ns.layers < 1:
         raise ValueError("--rounds must be >= 1, --hidden_size >= 64 and --layers >= 1.")
+    # a vocabulary of 0 built a model without embedding and head; --threads 0 was silently ignored
+    if ns.vocab_size < 1:
+        raise ValueError(f"--vocab_size must be >= 1, got {ns.vocab_size}.")
+    if ns.threads is not None and ns.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {ns.threads} (leave it out for torch's choice).")
 
     import torch
 
     from hf_ext.optim import LionAR, RotationalWrapper
 
-    if ns.threads:
+    if ns.threads is not None:
         torch.set_num_threads(ns.threads)
     names = [n.strip() for n in ns.optimizers.split(",") if n.strip()]
     known = {
@@ -88,6 +93,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     }
     if not names or set(names) - known:
         raise ValueError(f"--optimizers must list names from {sorted(known)}, got {ns.optimizers!r}.")
+    # one run per name: a repeated name used to print the same measurement twice, as if it were a second sample
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(
+            f"--optimizers lists {', '.join(map(repr, repeated))} more than once ({ns.optimizers!r}); each optimizer "
+            "is timed once per round, so list each name once (use --rounds for more samples)."
+        )
     for base in ("adamw", "adamw_foreach"):
         if base not in names:
             names.insert(0, base)

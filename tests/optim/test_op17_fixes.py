@@ -4,11 +4,15 @@
    ("not a trainable parameter of `model`; pass the model these parameters belong to", although that model was
    passed). A frozen tensor is now kept with the layout it would have if trainable and skipped by `step()` while it
    has no gradient; only a tensor that is not in `model.parameters()` at all is refused, and the message says so.
+2. scripts/bench_optim.py benchmarked `--vocab_size 0` (a model without embedding and head) and printed a repeated
+   optimizer name twice from one measurement; `--threads 0` was silently ignored.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import runpy
 
 import pytest
 import torch
@@ -100,3 +104,35 @@ def test_a_tensor_outside_the_model_is_refused_naming_the_case(kind):
     with pytest.raises(ValueError, match=r"shape \(8, 8\) in `params` is not in `model.parameters\(\)`") as err:
         _build(kind, [*model.parameters(), other.weight], model)
     assert "trainable" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2. scripts/bench_optim.py arguments
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench(repo_root):
+    return runpy.run_path(os.path.join(repo_root, "scripts", "bench_optim.py"))
+
+
+_TINY = ["--hidden_size", "64", "--layers", "1", "--rounds", "1", "--device", "cpu"]
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--vocab_size", "0"), ("--vocab_size", "-3"), ("--threads", "0"), ("--threads", "-2")]
+)
+def test_bench_refuses_sizes_below_one_by_name(bench, flag, value, capsys):
+    threads = torch.get_num_threads()
+    with pytest.raises(ValueError, match=rf"{flag} must be >= 1, got {value}"):
+        bench["main"]([*_TINY, "--optimizers", "lion_ar", flag, value])
+    assert torch.get_num_threads() == threads  # refused before anything was set
+    assert "{" not in capsys.readouterr().out  # and before any row was printed
+
+
+@pytest.mark.parametrize("names", ["rotational_adamw,rotational_adamw", "lion_ar,adamw,lion_ar", "adamw,adamw"])
+def test_bench_refuses_a_repeated_optimizer_by_name(bench, names, capsys):
+    repeated = sorted({n for n in names.split(",") if names.split(",").count(n) > 1})
+    with pytest.raises(ValueError, match=rf"--optimizers lists {repeated[0]!r} more than once"):
+        bench["main"]([*_TINY, "--vocab_size", "128", "--optimizers", names])
+    assert "{" not in capsys.readouterr().out
