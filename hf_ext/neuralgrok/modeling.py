@@ -9,6 +9,8 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
+from ..utils.checks import is_bool
+
 
 class GrokDecoderConfig(PreTrainedConfig):
     r"""
@@ -29,12 +31,15 @@ class GrokDecoderConfig(PreTrainedConfig):
         mlp_ratio (`int`, *optional*, defaults to 4):
             MLP width as a multiple of `hidden_size`.
 
-        The sizes and counts above must be positive ints (checked when the config and the model are built).
+        The sizes and counts above must be positive ints (checked when the config and the model are built); numpy
+        integers are accepted and stored as Python ints, so that the config can be saved.
         overwrite_residual_with_norm (`bool`, *optional*, defaults to `True`):
             Keep the reference quirk `x = ln_1(x); x = x + attn(x)` (the residual stream is replaced by its
             normalised value before attention). `False` gives standard pre-LN blocks.
         tie_word_embeddings (`bool`, *optional*, defaults to `False`):
             Share one matrix between the token embeddings and the head. The reference decoder is untied.
+
+        The two switches must be bools (numpy's too, stored as Python bools); a string such as "false" is refused.
     """
 
     model_type = "grok_decoder"
@@ -66,6 +71,15 @@ class GrokDecoderConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"GrokDecoderConfig.{name}={value!r} must be a positive int.")
+            # any integer type (e.g. numpy's) is stored as a Python int: the config is saved as JSON
+            setattr(self, name, int(value))
+        # switches must be bools: the string "false" is truthy (it kept the residual quirk on), and a numpy bool
+        # (accepted, stored as a Python bool) would make the config unsaveable
+        for name in ("overwrite_residual_with_norm", "tie_word_embeddings"):
+            value = getattr(self, name)
+            if not is_bool(value):
+                raise ValueError(f"GrokDecoderConfig.{name}={value!r} must be a bool (True or False).")
+            setattr(self, name, bool(value))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} must be divisible by num_attention_heads={self.num_attention_heads}."

@@ -140,13 +140,11 @@ class NeuralGrokConfig(TrainingArguments):
             raise ValueError(
                 f"gradient_transform={self.gradient_transform!r} must be one of {list(GRADIENT_TRANSFORMS)}."
             )
-        if isinstance(self.outer_every, bool) or not isinstance(self.outer_every, int) or self.outer_every < 1:
-            raise ValueError(f"outer_every={self.outer_every} must be a positive int (the period T).")
+        if not _is_int(self.outer_every) or self.outer_every < 1:
+            raise ValueError(f"outer_every={self.outer_every!r} must be a positive int (the period T).")
         if self.outer_gradient not in OUTER_GRADIENTS:
             raise ValueError(f"outer_gradient={self.outer_gradient!r} must be one of {list(OUTER_GRADIENTS)}.")
-        if not self.amplifier_hidden_dims or any(
-            isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in self.amplifier_hidden_dims
-        ):
+        if not self.amplifier_hidden_dims or any(not _is_int(h) or h <= 0 for h in self.amplifier_hidden_dims):
             raise ValueError(f"amplifier_hidden_dims={self.amplifier_hidden_dims} must be positive ints, e.g. 32 32.")
         # numbers must be numbers (`True` passed `0 < True < inf` and acted as 1; a string failed only in torch) and
         # switches bools (the string "false" is truthy)
@@ -185,6 +183,7 @@ class NeuralGrokConfig(TrainingArguments):
         if not _is_int(self.grokfast_window) or self.grokfast_window < 1:
             raise ValueError(f"grokfast_window={self.grokfast_window!r} must be a positive int (the MA window size).")
         self._check_base_optimizer_arguments()
+        self._store_python_types()
         if self.gradient_transform in CLIPPING_TRANSFORMS and self.max_grad_norm and self.max_grad_norm > 0:
             raise ValueError(
                 f"max_grad_norm={self.max_grad_norm} would clip the raw gradient before the {self.gradient_transform} "
@@ -192,6 +191,22 @@ class NeuralGrokConfig(TrainingArguments):
                 "Set max_grad_norm=0 and use amplifier_clip_norm (clipping after the transform, as in the paper)."
             )
         super().__post_init__()
+
+    def _store_python_types(self) -> None:
+        """Store this class's checked numbers and switches as Python `int` / `float` / `bool`: numpy values pass the
+        checks, and would make `to_json_string()` (logged by e.g. the TensorBoard callback) fail."""
+        self.outer_every = int(self.outer_every)
+        self.amplifier_hidden_dims = [int(h) for h in self.amplifier_hidden_dims]
+        self.grokfast_window = int(self.grokfast_window)
+        for name in ("outer_batch_size", "outer_max_samples"):
+            if getattr(self, name) is not None:
+                setattr(self, name, int(getattr(self, name)))
+        reals = ("amplifier_c", "amplifier_clip_norm", "meta_learning_rate", "meta_weight_decay", "grokfast_alpha")
+        for name in (*reals, "virtual_lr", "grokfast_lamb"):
+            if getattr(self, name) is not None:  # virtual_lr and grokfast_lamb may be None
+                setattr(self, name, float(getattr(self, name)))
+        for name in SWITCHES:
+            setattr(self, name, bool(getattr(self, name)))
 
     def _check_base_optimizer_arguments(self) -> None:
         """Refuse, by name, base-optimizer options that would be ignored or that torch's Adam (base and meta optimizer)
