@@ -147,12 +147,14 @@ def test_a_structural_keyword_recomputes_the_slots_instead_of_checking_the_saved
 
 
 def test_a_saved_config_repeats_the_slots_a_reload_derives():
-    """A mirrored `sliding_window` set on a built config goes to the source config, whose layer types a reload
-    derives from it: the saved `layer_types` are those, so the reload is not refused."""
+    """A mirrored `sliding_window` set on a built config goes to the source config, which a reload reads: the saved
+    `layer_types` are those a reload derives. A Llama source has no sliding-window attention (lp17 #1: setting it
+    changed the saved layer types but not the in-memory model's), so its slots stay full attention; a change of the
+    attention types is refused (see `test_lp17_fixes.py`)."""
     config = LayerParallelConfig(source_config=_source_config(), lp_pairs=[[2, 3]])
     config.sliding_window = 3
     reloaded = LayerParallelConfig.from_dict(config.to_dict())
-    assert reloaded.layer_types == [SLIDING] * 5 and reloaded.sliding_window == 3
+    assert reloaded.layer_types == [FULL] * 5 and reloaded.sliding_window == 3
 
 
 def test_early_exit_is_refused_by_name(saved):

@@ -162,10 +162,13 @@ def _mirror_value(source, key: str):
 
 def layer_attention_types(config) -> list[str]:
     """Attention type (`"full_attention"` or `"sliding_attention"`) of each layer of a Llama, Mistral or Qwen2
-    config: its `layer_types`, or the same type for every layer from `sliding_window`."""
+    config: its `layer_types`, or the same type for every layer from `sliding_window`. Llama has no sliding-window
+    attention (`LlamaForCausalLM` ignores a `sliding_window` in its config), so a Llama config gives full attention."""
     types = getattr(config, "layer_types", None)
     if types is not None:
         return list(types)
+    if getattr(config, "model_type", None) == "llama":
+        return ["full_attention"] * config.num_hidden_layers
     kind = "sliding_attention" if getattr(config, "sliding_window", None) is not None else "full_attention"
     return [kind] * config.num_hidden_layers
 
@@ -331,9 +334,19 @@ class LayerParallelConfig(PreTrainedConfig):
             raise TypeError(f"source_config must be a dict or a PreTrainedConfig, got {type(src).__name__}.")
         super().__post_init__(**kwargs)  # builds the source sub-config and passes `attn_implementation` down to it
         src = self.source_config
+        saved_types = layer_attention_types(src) if src.model_type in SUPPORTED_SOURCE_MODEL_TYPES else None
         for key, value in overrides.items():
             if _mirror_value(src, key) != value:  # a saved file repeats the mirrors: those are not settings
                 setattr(src, key, value)
+                # A config that records its saved weights' layout describes a built model: a keyword (e.g.
+                # `from_pretrained(path, sliding_window=4)`) must not change its layers' attention types.
+                if self.lp_weight_layout is not None and layer_attention_types(src) != saved_types:
+                    raise ValueError(
+                        f"{key}={value!r} changes the attention types of the saved model's layers from "
+                        f"{sorted(set(saved_types))} to {sorted(set(layer_attention_types(src)))}: the loaded model "
+                        "would compute another function than the saved one. Drop the keyword, or convert a source "
+                        f"model whose config has {key}={value!r} again with `convert_to_layer_parallel`."
+                    )
         if src.model_type not in SUPPORTED_SOURCE_MODEL_TYPES:
             raise ValueError(
                 f"source_config has model_type {src.model_type!r}; layer pairing supports "
@@ -435,6 +448,7 @@ class LayerParallelConfig(PreTrainedConfig):
         # mirrored keywords are constructor arguments instead: `from_pretrained(path, lp_merged=False)` on a folder
         # saved merged then fails with the layout `ValueError` naming `lp_merged`, before any weight is initialised.
         config_dict = dict(config_dict)
+        saved_types = config_dict.get("layer_types") if config_dict.get("lp_weight_layout") is not None else None
         given = {key: kwargs.pop(key) for key in _STRUCTURAL_ATTRIBUTES + _MIRRORED_SOURCE_ATTRIBUTES if key in kwargs}
         if given or config_dict.get("lp_weight_layout") is None:
             # The saved cache slots describe the saved structure, which these keywords may change, or which was edited
@@ -457,7 +471,22 @@ class LayerParallelConfig(PreTrainedConfig):
         if "lp_start" in given or "lp_end" in given:
             config_dict.pop("lp_pairs", None)
         config_dict.update(given)
-        return super().from_dict(config_dict, **kwargs)
+        out = super().from_dict(config_dict, **kwargs)
+        config = out[0] if isinstance(out, tuple) else out
+        if (
+            "source_config" in given
+            and isinstance(saved_types, list)
+            and remap_legacy_layer_types(list(saved_types)) != config.layer_types
+        ):
+            # `from_pretrained(path, source_config={"sliding_window": 4})`: the saved weights' layout still fits, but
+            # the loaded model would use other attention masks than the saved one.
+            raise ValueError(
+                f"The source_config keyword {given['source_config']!r} changes the attention types of the saved "
+                f"model's cache slots from layer_types={saved_types} to {config.layer_types}: the loaded model would "
+                "compute another function than the saved one. Drop the keyword, or convert a source model with that "
+                "setting again with `convert_to_layer_parallel`."
+            )
+        return out
 
     def __setattr__(self, key, value):
         if key == "lp_merged":
@@ -487,6 +516,8 @@ class LayerParallelConfig(PreTrainedConfig):
                     f"new config, LayerParallelConfig({'source_config=...' if key == 'source_config' else f'source_config=..., {key}=...'}), "
                     "or convert the source model again with `convert_to_layer_parallel`."
                 )
+        if key in _MIRRORED_SOURCE_ATTRIBUTES and self.__dict__.get(_WRITE_THROUGH):
+            self._check_slot_types_kept(key, value)
         super().__setattr__(key, value)
         # A mirrored attribute set on a built config (`config.tie_word_embeddings = True`, `config.pad_token_id = ...`,
         # `resize_token_embeddings` setting `vocab_size`) goes to the source config too: that is what is saved, and the
@@ -495,6 +526,46 @@ class LayerParallelConfig(PreTrainedConfig):
             src = self.__dict__.get("source_config")
             if isinstance(src, PreTrainedConfig) and getattr(src, key, None) != value:
                 setattr(src, key, value)
+
+    def _check_slot_types_kept(self, key: str, value) -> None:
+        """Refuse setting the mirrored `key` to `value` on a built config when that changes the attention types of the
+        cache slots (`sliding_window` on a Mistral source): a model built from this config picked its full or
+        sliding-window masks at construction and would keep them, while the saved config (and a reload) would use
+        the new ones."""
+        src = self.__dict__.get("source_config")
+        if not isinstance(src, PreTrainedConfig) or getattr(src, key, None) == value:
+            return
+        trial = copy.copy(src)
+        trial.__dict__[key] = value
+        new_types = layer_attention_types(trial)
+        if new_types != self.source_layer_types():
+            raise ValueError(
+                f"{key}={value!r} cannot be set on a built LayerParallelConfig: it changes the source layers' attention "
+                f"types from {sorted(set(self.source_layer_types()))} to {sorted(set(new_types))}, which a model built "
+                "from this config keeps (it would compute the old attention while a saved and reloaded copy computed "
+                f"the new one). Convert a source model whose config has {key}={value!r} again with "
+                "`convert_to_layer_parallel` instead."
+            )
+
+    def _check_source_types_unedited(self) -> None:
+        """Refuse to save a config whose `source_config` was edited directly (e.g. `config.source_config.sliding_window
+        = 4`) so that its layers' attention types differ from the cache slots the config (and its model) was built
+        with: the saved model would compute another function than the one in memory."""
+        if not self.__dict__.get(_WRITE_THROUGH) or self.lp_pairs is None:
+            return
+        derived = self._slot_layer_types()
+        if derived != self.layer_types:
+            raise ValueError(
+                f"config.source_config was edited after this LayerParallelConfig was built: its attention settings "
+                f"(sliding_window / layer_types) now give the cache slots layer_types={derived}, while the config and "
+                f"a model built from it use layer_types={self.layer_types}. Saving it would give a model that computes "
+                "another function. Restore the source config's value, or convert a source model with the new setting "
+                "again with `convert_to_layer_parallel`."
+            )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        self._check_source_types_unedited()
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def weight_layout(self) -> dict:
         """The fields that decide the number and shapes of this model's weights: the source-config fields of
