@@ -5,7 +5,9 @@ ratio converted / source. Modes: "eager" (DynamicCache, no compilation) and "com
 compiled by `generate`). With `--control` (the default on CPU) a third model is timed in the same alternation: the
 source converted with *zero* pairs (the layer-parallel class at the source's depth, identical logits), whose ratio to
 the source (`control_decode_ratio`, and per-repeat ranges `*_range`) is the run's noise floor: a paired ratio inside
-the control's spread is not a measured speed-up. Default: the Llama-3.2-3B shape (28 layers, random weights, bf16) with 7 pairs on a GPU.
+the control's spread is not a measured speed-up. A repeat whose full generation took no longer than the 1-token
+one (timer noise) measured no decode time: it is left out of the best and median and counted in `invalid_runs`; a
+model with no valid repeat fails the run (use a larger `--new_tokens`). Default: the Llama-3.2-3B shape (28 layers, random weights, bf16) with 7 pairs on a GPU.
 `--tiny` changes the defaults to a small model on CPU in eager mode; every flag given explicitly is used as given, and
 each JSON line records the settings the run used (shape, pairs, new tokens, repeats, ...).
 
@@ -22,6 +24,7 @@ converted one with its own plan, which puts one layer of each merged pair on eac
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -289,11 +292,14 @@ def _load_tensor_parallel(source, converted, args: BenchArguments, dtype: torch.
     return models
 
 
-def decode_rates(models: dict, prompt, args: BenchArguments, mode: str) -> dict[str, dict[str, float]]:
+def decode_rates(models: dict, prompt, args: BenchArguments, mode: str) -> dict[str, dict]:
     """Decode throughput of each model: batch x (new_tokens - 1) / (time(new_tokens) - time(prefill + 1 token)).
 
     The models are timed in alternation (source, converted, source, ...) so that drifts of a shared machine hit both
-    alike; `best` (fastest run), `median` and `runs` (every run, in order) over `--repeats` runs are returned.
+    alike; `best` (fastest run), `median` and `runs` (every run, in order) over `--repeats` runs are returned. A run
+    whose full generation took no longer than the 1-token one (timer noise; likely with few `--new_tokens`) measured
+    no decode time: it is NaN in `runs`, left out of `best` and `median` and counted in `invalid`. A model none of
+    whose runs is valid raises a `RuntimeError` naming `--new_tokens`.
     """
     for model in models.values():  # warm-up (and compilation)
         for _ in range(2):
@@ -304,14 +310,26 @@ def decode_rates(models: dict, prompt, args: BenchArguments, mode: str) -> dict[
         for name, model in models.items():
             prefill = _generate_time(model, prompt, 1, mode, args.device)
             full = _generate_time(model, prompt, args.new_tokens, mode, args.device)
-            rates[name].append(prompt.shape[0] * (args.new_tokens - 1) / max(full - prefill, 1e-9))
-    return {name: {"best": max(r), "median": statistics.median(r), "runs": r} for name, r in rates.items()}
+            decode = full - prefill
+            rates[name].append(prompt.shape[0] * (args.new_tokens - 1) / decode if decode > 0 else math.nan)
+    out = {}
+    for name, runs in rates.items():
+        valid = [r for r in runs if not math.isnan(r)]
+        if not valid:
+            raise RuntimeError(
+                f"Every one of the {len(runs)} timed runs of {name} ({mode}, batch {prompt.shape[0]}) took no longer "
+                f"to generate --new_tokens {args.new_tokens} tokens than to generate 1, so no decode time was measured "
+                "(timer noise on a busy machine). Use a larger --new_tokens (and more --repeats), or a quieter machine."
+            )
+        out[name] = dict(best=max(valid), median=statistics.median(valid), runs=runs, invalid=len(runs) - len(valid))
+    return out
 
 
-def _paired_range(runs: list[float], source_runs: list[float]) -> list[float]:
-    """[min, max] of the per-repeat ratios (each run against the source run timed next to it)."""
-    ratios = [a / b for a, b in zip(runs, source_runs)]
-    return [round(min(ratios), 3), round(max(ratios), 3)]
+def _paired_range(runs: list[float], source_runs: list[float]) -> list[float] | None:
+    """[min, max] of the per-repeat ratios (each run against the source run timed next to it), over the repeats where
+    both runs are valid; `None` when there is none."""
+    ratios = [a / b for a, b in zip(runs, source_runs) if not (math.isnan(a) or math.isnan(b))]
+    return [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -370,6 +388,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     batch=batch,
                     decode_tokens_per_s=round(rate["best"], 2),
                     decode_tokens_per_s_median=round(rate["median"], 2),
+                    invalid_runs=rate["invalid"],
                     **common,
                 )
                 if name == CONTROL:
@@ -386,6 +405,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 decode_ratio_median=round(rates["layer_parallel"]["median"] / rates["source"]["median"], 3),
                 **common,
                 decode_ratio_range=_paired_range(rates["layer_parallel"]["runs"], rates["source"]["runs"]),
+                invalid_runs={name: rate["invalid"] for name, rate in rates.items()},
             )
             if CONTROL in rates:
                 ratio.update(

@@ -150,9 +150,11 @@ def test_recipe_finetune_resume_matches_uninterrupted(tiny_run, tmp_path, recipe
 
 
 def test_bench_script_runs_and_reports_ratios(capsys, bench):
-    """Smoke run of the benchmark (no timing claim here): one line per model and a ratio line per configuration."""
+    """Smoke run of the benchmark (no timing claim here): one line per model and a ratio line per configuration.
+    Real timings on a shared machine: 8 new tokens and 3 repeats, so that not every repeat of a model is an invalid
+    one (the full generation no slower than the 1-token one), which fails the run (`test_bench_invalid_repeats.py`)."""
     lines = bench.main(
-        ["--tiny", "--new_tokens", "4", "--repeats", "1", "--batch_sizes", "1,2", "--prompt_length", "4"]
+        ["--tiny", "--new_tokens", "8", "--repeats", "3", "--batch_sizes", "1,2", "--prompt_length", "4"]
     )
     ratios = [line for line in lines if "decode_ratio" in line]
     assert [(r["mode"], r["batch"]) for r in ratios] == [("eager", 1), ("eager", 2)]
