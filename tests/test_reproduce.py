@@ -108,6 +108,25 @@ def test_seeds_in_parallel_processes_give_the_same_table(monkeypatch, tmp_path, 
             reproduce("toy_jobs", seeds=2, jobs=bad)
 
 
+def test_jobs_no_seed_starts_after_one_failed_in_real_processes(monkeypatch, tmp_path, repo_root):
+    """ev17: all seeds were submitted up front, and ProcessPoolExecutor moves submitted items into its call queue
+    ahead of time, where cancel_futures cannot reach them: after seed 0 failed, queued seeds 2.. still started and ran
+    in full. A real spawned pool (a thread pool queues nothing ahead and cannot show it)."""
+    monkeypatch.syspath_prepend(repo_root)  # the workers import the stub run by name (see the test above)
+    from tests.reproduce_stub_runs import failing_seed_run  # a light module: the workers start in a second
+
+    spec = Reproduction("toy_fail_procs", "-", failing_seed_run, [Claim("c", "-", judge_ok)])
+    monkeypatch.setitem(REPRODUCTIONS, "toy_fail_procs", spec)
+    with pytest.raises(RuntimeError, match="seed 0 failed"):
+        reproduce("toy_fail_procs", seeds=6, jobs=2, output_dir=str(tmp_path))
+    assert (tmp_path / "failed0").is_file()
+    started = sorted(int(p.name[7:]) for p in tmp_path.glob("started*"))
+    finished = sorted(int(p.name[8:]) for p in tmp_path.glob("finished*"))
+    assert started == [0, 1], started  # seeds 2..5 never start: only seed 1 ran beside seed 0
+    assert finished == [1]  # the running seed finishes before the failure raises
+    assert not (tmp_path / "reproduction.json").exists()
+
+
 def test_duplicate_seeds_and_a_file_as_output_dir_are_refused_before_any_run(monkeypatch, tmp_path):
     """Two runs of one seed shared its folder (and counted twice); a file as --output_dir failed with an OSError."""
     ran = []

@@ -200,7 +200,8 @@ def reproduce(
             a temporary folder that is removed afterwards if `None`. An empty string is refused (`ValueError`).
         jobs: how many seeds run at the same time, each in its own process (default 1: one after the other, in this
             process). Every seed is seeded on its own, so the results do not depend on `jobs`; timings measured
-            inside a run do (the processes share the machine).
+            inside a run do (the processes share the machine). When a seed fails, no further seed starts: the
+            seeds already running finish, then the failure raises.
     """
     from .methods import REPRODUCTIONS
 
@@ -339,20 +340,39 @@ def rejudge(output_dir: str) -> Report:
 
 def _run_in_processes(run: Callable, seeds: list[int], fast: bool, workdirs: list[str], jobs: int) -> list[dict]:
     """Run the seeds in up to `jobs` fresh ("spawn") processes; results come back in seed order. `run` must be a
-    module-level function (it is sent to the workers by name)."""
+    module-level function (it is sent to the workers by name).
+
+    At most `jobs` seeds are handed to the pool at a time, the next one only when a seed has finished and none has
+    failed: `ProcessPoolExecutor` moves submitted items into its call queue ahead of time, where `cancel_futures`
+    cannot reach them, so seeds submitted up front still started after a failure. After the first failure no seed
+    starts; the ones already running finish (a worker cannot be interrupted), then the failure raises."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads or a CUDA context
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=ctx)
+    results: list = [None] * len(seeds)
+    waiting = iter(range(len(seeds)))
+    running: dict = {}
+
+    def start_next() -> None:
+        i = next(waiting, None)
+        if i is not None:
+            running[pool.submit(run, seeds[i], fast, workdirs[i])] = i
+
     try:
-        futures = [pool.submit(run, s, fast, w) for s, w in zip(seeds, workdirs)]
-        for done in as_completed(futures):
-            done.result()  # the first failure raises now: the seeds not started yet are cancelled below
-        return [f.result() for f in futures]
+        for _ in range(min(jobs, len(seeds))):
+            start_next()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:  # a failure among them raises before any further seed is submitted
+                future.result()
+            for future in done:
+                results[running.pop(future)] = future.result()
+                start_next()
+        return results
     finally:
-        # on a failure, the queued seeds are cancelled (the running ones finish: a worker cannot be interrupted)
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # on a failure: waits for the seeds still running
 
 
 def _jsonable(obj):
