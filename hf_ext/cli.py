@@ -116,8 +116,8 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
         return 0
     if args.method not in methods:
         parser.error(f"unknown method {args.method!r}; one of: {', '.join(methods)}")
-    if args.seeds is not None and args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.seeds is not None and not 1 <= args.seeds <= 2**32:  # seeds 0 .. N-1 must lie in [0, 2**32)
+        parser.error(f"--seeds must be in [1, 2**32], got {args.seeds}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.output_dir is not None:  # "" is refused (it used to mean a temporary folder, deleted afterwards)

@@ -61,6 +61,21 @@ def test_bad_seeds_are_refused_by_name_before_any_run(toy, bad, error):
     assert toy["ran"] == []
 
 
+@pytest.mark.parametrize("count", [2**32 + 1, 2**40, 2**64])
+def test_a_seed_count_above_2_to_the_32_is_refused_before_building_the_seed_list(toy, tmp_path, count):
+    """ev17: `seeds=2**33` built `list(range(2**33))` (tens of GB) before any check and ended in a MemoryError that
+    named nothing, while the same seeds as a list were refused by name. (Counts beyond what a machine can allocate at
+    once, so that the old code fails at once too.)"""
+    with pytest.raises(ValueError, match=r"seeds must be a non-empty list of integer seeds in \[0, 2\*\*32\)"):
+        reproduce("toy_seeds", seeds=count, output_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"in \[0, 2\*\*32\), got 4294967297 seeds"):
+        reproduce("toy_seeds", seeds=range(2**32 + 1))  # refused by its length, not by going through 2**32 seeds
+    assert toy["ran"] == [] and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exc:  # the CLI: a usage error (exit 2), not a failed run (exit 4)
+        main(["reproduce", "toy_seeds", "--seeds", str(count)])
+    assert exc.value.code == 2 and toy["ran"] == []
+
+
 def test_good_seeds_still_run(toy):
     assert reproduce("toy_seeds", seeds=2).seeds == [0, 1]
     assert reproduce("toy_seeds", seeds=(4, 2**32 - 1)).seeds == [4, 2**32 - 1]

@@ -192,7 +192,7 @@ def reproduce(
 
     Args:
         method: a name from `available_methods()`.
-        seeds: how many seeds (a positive int: 0, 1, ... N-1) or which seeds (a list of distinct ints in
+        seeds: how many seeds (a positive int N <= 2**32: 0, 1, ... N-1) or which seeds (a list of distinct ints in
             [0, 2**32)); default: the method's own default (>= 3). Checked in full before the first run: a string,
             a bool, a float or a bad seed in the list is refused (`TypeError` / `ValueError`).
         fast: a smaller budget, for checking that the reproduction runs; verdicts are then only indicative.
@@ -284,6 +284,11 @@ def _seed_list(seeds) -> list[int]:
     if is_int(seeds):
         if seeds < 1:
             raise ValueError(f"seeds (--seeds) must be a positive number of seeds, got {seeds!r}.")
+        if seeds > 2**32:  # checked before list(range(seeds)): 2**33 seeds took tens of GB, then a MemoryError
+            raise ValueError(
+                f"seeds must be a non-empty list of integer seeds in [0, 2**32), got a count of {seeds!r} (seeds 0 .. "
+                f"{seeds - 1}); a count (--seeds N) runs seeds 0 .. N-1, so N must be at most 2**32."
+            )
         return list(range(int(seeds)))
     if hasattr(seeds, "tolist") and getattr(seeds, "ndim", None) == 1:  # a numpy array of seeds
         seeds = seeds.tolist()
@@ -292,6 +297,8 @@ def _seed_list(seeds) -> list[int]:
         raise TypeError(
             f"seeds (--seeds) must be a positive int (how many seeds: 0 .. N-1) or a list of int seeds, got {seeds!r}."
         )
+    if len(seeds) > 2**32:  # e.g. range(2**33): some seed is out of range; found without going through them all
+        raise ValueError(f"seeds must be a non-empty list of integer seeds in [0, 2**32), got {len(seeds)} seeds.")
     bad = [s for s in seeds if not is_int(s) or not 0 <= s < 2**32]  # 0.9 was truncated to 0, True became 1
     if bad or not seeds:
         raise ValueError(
