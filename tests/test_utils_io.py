@@ -120,6 +120,52 @@ def test_eval_loss_takes_ragged_last_blocks_and_an_attention_mask():
         causal_lm_eval_loss(model, datasets.Dataset.from_dict({"input_ids": [[1, 2, 3]], "attention_mask": [[1, 1]]}))
 
 
+def test_eval_loss_of_left_padded_rows_equals_each_row_alone():
+    """ev17: left-padded rows (a tokenizer with padding_side="left") were scored as given: the first real token was
+    predicted from a pad position that attends to nothing, and positions were shifted by the padding (7.31 against
+    7.21 for the rows alone). Now left, right and no padding give the float64 loss of each row evaluated alone."""
+    import datasets
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ext.utils import causal_lm_eval_loss
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.5)  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    ref = LlamaForCausalLM(cfg).double().eval()
+    ref.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(3, 50, (n,), generator=g).tolist() for n in (12, 7, 4, 2)]
+    total = 0.0
+    with torch.no_grad():  # each row alone, no padding, float64
+        for r in rows:
+            logp = torch.log_softmax(ref(input_ids=torch.tensor([r])).logits[0, :-1], -1)
+            total -= logp.gather(1, torch.tensor(r[1:])[:, None]).sum().item()
+    want = total / sum(len(r) - 1 for r in rows)
+    width = max(map(len, rows))
+
+    def padded(side):
+        def pad(r, fill):
+            return [fill] * (width - len(r)) + r if side == "left" else r + [fill] * (width - len(r))
+
+        return {"input_ids": [pad(r, 0) for r in rows], "attention_mask": [pad([1] * len(r), 0) for r in rows]}
+
+    for side in ("left", "right"):
+        for batch_size in (1, 3, 4):
+            got = causal_lm_eval_loss(model, datasets.Dataset.from_dict(padded(side)), batch_size=batch_size)
+            assert got == pytest.approx(want, rel=1e-5), (side, batch_size)
+    # rows padded on different sides in one batch, with a labels column, and a row that is all padding (no token)
+    mixed = {k: [*padded("left")[k][:2], *padded("right")[k][2:]] for k in ("input_ids", "attention_mask")}
+    mixed = {k: [*v, [0] * width] for k, v in mixed.items()}
+    mixed["labels"] = mixed["input_ids"]
+    assert causal_lm_eval_loss(model, datasets.Dataset.from_dict(mixed)) == pytest.approx(want, rel=1e-5)
+    assert causal_lm_eval_loss(model, datasets.Dataset.from_dict(mixed), batch_size=1) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="no token to predict"):  # nothing but padding
+        causal_lm_eval_loss(model, datasets.Dataset.from_dict({"input_ids": [[0, 0, 5]], "attention_mask": [[0, 0, 1]]}))
+
+
 @pytest.mark.parametrize("mode", ["a", "ab", "r+", "x"])
 def test_atomic_open_refuses_modes_that_would_not_write_a_whole_new_file(tmp_path, mode):
     """`atomic_open(path, "a")` replaced the file with the appended text alone (the old content was lost)."""

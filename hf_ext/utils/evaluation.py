@@ -24,8 +24,9 @@ def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:
     """Token-weighted mean next-token loss of `model` over a packed dataset.
 
     Uses the `labels` column when present (-100 is ignored), else `input_ids`; an `attention_mask` column is passed to
-    the model and its 0 positions are not scored. Blocks of different lengths (`pack_dataset(...,
-    drop_remainder=False)`'s last blocks) are right-padded inside a batch. The model's train/eval mode is
+    the model and its 0 positions are not scored. A row's leading 0 positions (left padding, e.g. a tokenizer with
+    `padding_side="left"`) are dropped, so every row is scored as it would be alone, without padding. Blocks of
+    different lengths (`pack_dataset(..., drop_remainder=False)`'s last blocks) are right-padded inside a batch. The model's train/eval mode is
     restored afterwards. An empty dataset, or one with no token to predict, raises a `ValueError` (a loss of 0, i.e.
     perplexity 1, would look like a perfect model), and so do a dataset without an `input_ids` column and a
     `batch_size` that is not a positive int, before any forward pass (a `TypeError` for an object that is not a
@@ -59,6 +60,8 @@ def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:
             for start in range(0, len(dataset), batch_size):
                 batch = dataset[start : start + batch_size]
                 ids, mask, target = _right_padded(batch, label_key, torch)
+                if ids.size(1) < 2:  # no row with a token to predict (e.g. every position masked out)
+                    continue
                 ids, mask, target = ids.to(device), mask.to(device), target[:, 1:].to(device)
                 logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
                 loss = torch.nn.functional.cross_entropy(
@@ -74,8 +77,9 @@ def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:
 
 
 def _right_padded(batch, label_key: str, torch):
-    """`input_ids`, `attention_mask` and targets of a batch of rows, right-padded to its longest row (padding: mask 0,
-    target -100); causal attention keeps every real position's logits as without padding."""
+    """`input_ids`, `attention_mask` and targets of a batch of rows, each without its leading mask-0 positions and
+    right-padded to the longest (padding: mask 0, target -100); causal attention keeps every real position's logits as
+    without padding."""
     rows = batch["input_ids"]
     masks = batch.get("attention_mask") or [[1] * len(r) for r in rows]
     labels = batch[label_key]
@@ -85,15 +89,18 @@ def _right_padded(batch, label_key: str, torch):
                 f"evaluation row {i} has {len(r)} input_ids, {len(m)} attention_mask and {len(lab)} {label_key} values; "
                 "they must be equally long."
             )
-    width = max(len(r) for r in rows)
+    # a row's leading mask-0 positions (left padding) are dropped: kept, its first real token was scored from a pad
+    # position that attends to nothing, and its positions were shifted by the padding
+    starts = [next((j for j, v in enumerate(m) if v != 0), len(m)) for m in masks]
+    width = max(len(r) - k for r, k in zip(rows, starts))
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
     target = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, (r, m, lab) in enumerate(zip(rows, masks, labels)):
-        n = len(r)
-        ids[i, :n] = torch.as_tensor(r, dtype=torch.long)
-        mask[i, :n] = torch.as_tensor(m, dtype=torch.long)
-        target[i, :n] = torch.as_tensor(lab, dtype=torch.long)
+    for i, (r, m, lab, k) in enumerate(zip(rows, masks, labels, starts)):
+        n = len(r) - k
+        ids[i, :n] = torch.as_tensor(r[k:], dtype=torch.long)
+        mask[i, :n] = torch.as_tensor(m[k:], dtype=torch.long)
+        target[i, :n] = torch.as_tensor(lab[k:], dtype=torch.long)
     target[mask == 0] = -100
     return ids, mask, target
 
