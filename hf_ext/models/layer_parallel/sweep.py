@@ -115,14 +115,17 @@ def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]
     Args:
         model: A causal LM returning `.logits`.
         dataset: `datasets.Dataset` (or an object whose slices `dataset[i:j]` are dicts of columns) with
-            equal-length `input_ids` and `labels` (-100 = ignored).
+            `input_ids` and `labels` (-100 = ignored), as long as each other in every row. Blocks of different
+            lengths (`pack_dataset(..., drop_remainder=False)`'s short last block) are right-padded inside a batch
+            and the padding is not scored: the result is the token-weighted value of the blocks evaluated alone.
         batch_size (`int`, *optional*, defaults to 16): Blocks per forward pass.
 
     Raises:
         `TypeError` / `ValueError`: before the first forward pass, for a dataset that is not a `datasets.Dataset`
             (nor sliced into dicts of columns), lacks `input_ids` or `labels`, is empty or has no token to predict
             (a loss of 0, perplexity 1, would look like a perfect model; see [`check_eval_dataset`]), and for a
-            `batch_size` that is not a positive integer.
+            `batch_size` that is not a positive integer; and for a row whose `input_ids` and `labels` differ in
+            length, when its batch is reached.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -133,8 +136,8 @@ def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]
         model.eval()
         for start in range(0, len(dataset), batch_size):
             batch = dataset[start : start + batch_size]
-            ids = torch.as_tensor(batch["input_ids"], device=device)
-            labels = torch.as_tensor(batch["labels"], device=device)
+            ids, labels = _right_padded_blocks(batch["input_ids"], batch["labels"], start)
+            ids, labels = ids.to(device), labels.to(device)
             logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
             target = labels[:, 1:]
             valid = target != -100
@@ -147,6 +150,28 @@ def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]
         raise ValueError("The evaluation dataset has no token to predict (every label is -100 or blocks are 1 long).")
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / count}
+
+
+def _right_padded_blocks(ids_rows, label_rows, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's `input_ids` and `labels` as tensors; blocks shorter than the batch's longest (`pack_dataset(...,
+    drop_remainder=False)`'s last block) are right-padded (label -100): causal attention keeps every real position's
+    logits as for the block alone, and the padding is not scored."""
+    lengths = [len(row) for row in ids_rows]
+    for i, (n, labels) in enumerate(zip(lengths, label_rows)):
+        if len(labels) != n:
+            raise ValueError(
+                f"dataset row {first + i} has {n} input_ids and {len(labels)} labels; each row needs one label per "
+                "input id (e.g. hf_ext.data.pack_dataset's output)."
+            )
+    width = max(lengths)
+    if all(n == width for n in lengths):
+        return torch.as_tensor(ids_rows), torch.as_tensor(label_rows)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    labels = torch.full((len(lengths), width), -100, dtype=torch.long)
+    for i, (n, row, lab) in enumerate(zip(lengths, ids_rows, label_rows)):
+        ids[i, :n] = torch.as_tensor(row, dtype=torch.long)
+        labels[i, :n] = torch.as_tensor(lab, dtype=torch.long)
+    return ids, labels
 
 
 def perplexity_sweep(
