@@ -58,18 +58,10 @@ class DCGReport:
 LOWER_IS_BETTER_METRICS = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
 
 
-def _only_metric(results: Mapping, task: str) -> str | None:
-    """The name (without lm-eval's filter suffix) of the one metric `task_scores` reads for `task` when no `metric`
-    is given, or `None` (a bare score, or several metrics)."""
-    lm_eval_output = isinstance(results.get("results"), Mapping)
-    value = (results["results"] if lm_eval_output else results).get(task)
-    if not isinstance(value, Mapping):
-        return None
-    if lm_eval_output:
-        names = [k for k in value if "," in str(k) and "_stderr," not in str(k)]
-    else:
-        names = [k for k in value if "_stderr" not in str(k) and not isinstance(value[k], str)]
-    return str(names[0]).partition(",")[0] if len(names) == 1 else None
+def _lower_is_better_key(key: str | None) -> bool:
+    """Whether a metric key read for a task (`"word_perplexity,none"`, `"perplexity"`; `None` for a bare score) names
+    one of `LOWER_IS_BETTER_METRICS`."""
+    return key is not None and str(key).partition(",")[0] in LOWER_IS_BETTER_METRICS
 
 
 def _same_metric(a: str | None, b: str | None) -> bool:
@@ -112,7 +104,10 @@ def compute_dcg(
             (`"exact_match,strict-match"` and `"exact_match,flexible-extract"`) are a `ValueError` naming the task.
         lower_is_better (`Collection[str]`, *optional*): Tasks whose metric decreases with quality. Default: every
             task when `metric` is one of `LOWER_IS_BETTER_METRICS` (`"word_perplexity"`, also as lm-eval's
-            `"word_perplexity,none"`), none otherwise; a collection given (also `()`) is used as is.
+            `"word_perplexity,none"`); without `metric`, every task whose metric key, as read on either side, is one
+            of them (a bare score on one side takes the direction of the other side's key); none otherwise (a task
+            that is a bare score on both sides counts as higher-is-better: pass `lower_is_better` for a bare
+            perplexity). A collection given (also `()`) is used as is.
         tasks (`Collection[str]`, *optional*): Tasks to report, the only ones read (another task of the results
             may lack `metric`), each named once; default: all tasks (both sides must have the same).
         undefined (`str`, *optional*, defaults to `"raise"`): What a relative gap does for a task where the
@@ -165,8 +160,11 @@ def compute_dcg(
         if metric is not None:
             lower = isinstance(metric, str) and metric.partition(",")[0] in LOWER_IS_BETTER_METRICS
             lower_is_better = list(tasks) if lower else []
-        else:  # each task's only metric, as read
-            lower_is_better = [t for t in tasks if _only_metric(non_compliant, t) in LOWER_IS_BETTER_METRICS]
+        else:  # each task's only metric, as read on either side: a bare score (no key) pairs with the other side's
+            # key (`_same_metric`), so that key gives the direction whichever side names it
+            lower_is_better = [
+                t for t in tasks if _lower_is_better_key(full_keys.get(t)) or _lower_is_better_key(comp_keys.get(t))
+            ]
     unknown = [t for t in lower_is_better if t not in tasks]
     if unknown:
         raise ValueError(f"lower_is_better names tasks that are not compared: {unknown}.")
