@@ -327,15 +327,63 @@ def _save_dataset_atomically(dataset, path: str) -> None:
         raise
 
 
+def _fetch_date_range(store) -> dict:
+    """The snapshot's fetch dates as a range: `earliest` and `latest` (the dates as recorded, compared as instants:
+    offsets applied, a date or a time without offset counting as UTC; `None` when no host has an ISO 8601 date),
+    `hosts_without_date` and `hosts_with_unparsed_date` (a date that is not ISO 8601, left out of the range). A
+    fetcher stamps each host to the second, so listing every date would grow with the snapshot (one line of
+    megabytes for millions of hosts)."""
+    from ..compliance.store import _as_utc
+
+    earliest = latest = None
+    without = unparsed = 0
+    for record in store.values():
+        if not record.fetched_at:
+            without += 1
+            continue
+        instant = _as_utc(record.fetched_at)
+        if instant is None:
+            unparsed += 1
+            continue
+        if earliest is None or instant < earliest[0]:
+            earliest = (instant, record.fetched_at)
+        if latest is None or instant > latest[0]:
+            latest = (instant, record.fetched_at)
+    return {
+        "earliest": None if earliest is None else earliest[1],
+        "latest": None if latest is None else latest[1],
+        "hosts_without_date": without,
+        "hosts_with_unparsed_date": unparsed,
+    }
+
+
+def _fetch_dates_text(dates: dict) -> str:
+    """One short phrase for `_fetch_date_range`'s result, e.g. `fetched 2025-01-10T00:00:00+00:00 ..
+    2025-01-10T00:49:59+00:00 (3 hosts without a date)`."""
+    if dates["earliest"] is None:
+        text = "fetched at unknown dates"
+    elif dates["earliest"] == dates["latest"]:
+        text = f"fetched {dates['earliest']}"
+    else:
+        text = f"fetched {dates['earliest']} .. {dates['latest']}"
+    notes = []
+    without, unparsed = dates["hosts_without_date"], dates["hosts_with_unparsed_date"]
+    if dates["earliest"] is not None and without:
+        notes.append(f"{without} host{'s' * (without != 1)} without a date")
+    if unparsed:
+        notes.append(f"{unparsed} host{'s' * (unparsed != 1)} with a date that is not ISO 8601")
+    return text + (f" ({', '.join(notes)})" if notes else "")
+
+
 def _run_settings(store, agents, args: ComplianceArguments) -> dict:
-    """What a retention result depends on besides the corpus: the robots.txt snapshot (with its fetch dates) and the
-    decision settings. Recorded with every result (the snapshot date matters: opt-outs change over time)."""
-    dates = sorted({r.fetched_at for r in store.values() if r.fetched_at})
+    """What a retention result depends on besides the corpus: the robots.txt snapshot (with the range of its fetch
+    dates, `_fetch_date_range`) and the decision settings. Recorded with every result (the snapshot date matters:
+    opt-outs change over time)."""
     return {
         "robots_snapshot": {
             "path": args.robots or "example snapshot (hf_ext.compliance.load_example_robots)",
             "hosts": len(store),
-            "fetched_at": dates,
+            "fetched_at": _fetch_date_range(store),
         },
         "user_agents": list(agents),
         "backend": args.backend,
@@ -348,8 +396,8 @@ def _settings_markdown(settings: dict) -> str:
     snapshot = settings["robots_snapshot"]
     return "\n".join(
         [
-            f"- robots.txt snapshot: {snapshot['path']} ({snapshot['hosts']} hosts), fetched "
-            f"{', '.join(snapshot['fetched_at']) or 'at unknown dates'}",
+            f"- robots.txt snapshot: {snapshot['path']} ({snapshot['hosts']} hosts), "
+            f"{_fetch_dates_text(snapshot['fetched_at'])}",
             f"- checked agents: {', '.join(settings['user_agents'])}",
             f"- backend: {settings['backend']}, status policy: {settings['status_policy']}, "
             f"host fallback: {settings['host_fallback']}",
@@ -461,7 +509,7 @@ def run(args: ComplianceArguments) -> dict:
     _set_aside_previous_dataset(args.output_dir)
     dates = settings["robots_snapshot"]["fetched_at"]
     status_counts = store.status_counts()
-    print(f"robots.txt snapshot: {len(store)} hosts, fetched {', '.join(dates) or 'at unknown dates'}")
+    print(f"robots.txt snapshot: {len(store)} hosts, {_fetch_dates_text(dates)}")
     print("hosts per status class: " + ", ".join(f"{k} {v}" for k, v in status_counts.items()))
     print(f"checked agents: {', '.join(agents)} (backend {args.backend}, status policy {args.status_policy})")
     print(stats.to_table())

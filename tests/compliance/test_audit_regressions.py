@@ -108,7 +108,9 @@ def test_recipe_records_snapshot_date_agents_and_settings(tmp_path):
     argv = ["--robots", str(tmp_path / "snap.jsonl"), "--user_agents", "GPTBot,CCBot", "--backend", "protego"]
     main([*argv, "--status_policy", "paper", "--output_dir", str(tmp_path / "out")])
     saved = json.loads((tmp_path / "out" / "retention_stats.json").read_text())
-    assert saved["robots_snapshot"]["fetched_at"] == ["2024-12-31"]
+    assert saved["robots_snapshot"]["fetched_at"] == {
+        "earliest": "2024-12-31", "latest": "2024-12-31", "hosts_without_date": 0, "hosts_with_unparsed_date": 0,
+    }  # fmt: skip
     assert saved["robots_snapshot"]["path"] == str(tmp_path / "snap.jsonl")
     assert saved["user_agents"] == ["GPTBot", "CCBot"]
     assert (saved["backend"], saved["status_policy"]) == ("protego", "paper")

@@ -38,3 +38,52 @@ def test_compute_dcg_bare_scores_on_both_sides_stay_higher_is_better_unless_name
     full = {"wikitext": 20.0}
     comp = {"results": {"wikitext": {"word_perplexity,none": 25.0}}}
     assert compute_dcg(full, comp, lower_is_better=()).rows[0]["gap"] == pytest.approx(-25.0)
+
+
+def test_recipe_records_the_snapshot_fetch_dates_as_a_short_range(tmp_path, capsys):
+    """3,000 hosts stamped a second apart (what fetch_robots_txt records) gave an 81,000-character first line of stdout
+    and retention_stats.md and a 3,000-entry JSON list; the range is compared as instants (mixed offsets: the text
+    order is not the time order)."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from hf_ext.compliance import RobotsTxtStore
+    from hf_ext.compliance.store import record_from_response
+    from hf_ext.recipes.compliance import main
+
+    store = RobotsTxtStore()
+    t0 = datetime(2025, 1, 10, tzinfo=UTC)
+    n = 3000
+    for i in range(n):
+        when = (t0 + timedelta(seconds=i)).isoformat(timespec="seconds")
+        store.update_from_fetch(record_from_response(f"host{i}.com", 200, b"User-agent: GPTBot\nDisallow: /\n", when))
+    # earliest instant written with +02:00 (sorts after the others as text), latest with -01:00 (sorts first)
+    store.update_from_fetch(record_from_response("early.com", 200, b"", "2025-01-10T01:59:59+02:00"))
+    store.update_from_fetch(record_from_response("late.com", 200, b"", "2025-01-09T23:59:59-01:00"))
+    for i in range(3):
+        store.add(f"nodate{i}.com", "User-agent: *\nAllow: /\n")
+    store.add("odd.com", "", fetched_at="last tuesday")
+    store.save(tmp_path / "snap.jsonl")
+    with open(tmp_path / "docs.jsonl", "w") as fh:
+        for i in range(20):
+            fh.write(json.dumps({"url": f"https://host{i}.com/p", "text": "some words here " * 3}) + "\n")
+    capsys.readouterr()
+    main(["--robots", str(tmp_path / "snap.jsonl"), "--train_file", str(tmp_path / "docs.jsonl"),
+          "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    expected = (
+        "fetched 2025-01-10T01:59:59+02:00 .. 2025-01-09T23:59:59-01:00 (3 hosts without a date, 1 host with a date "
+        "that is not ISO 8601)"
+    )
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"robots.txt snapshot: {n + 6} hosts, {expected}"
+    md_first = (tmp_path / "out" / "retention_stats.md").read_text().splitlines()
+    line = next(x for x in md_first if "robots.txt snapshot" in x)
+    assert line.endswith(expected) and len(line) < 250
+    saved = json.loads((tmp_path / "out" / "retention_stats.json").read_text())["robots_snapshot"]
+    assert saved["fetched_at"] == {
+        "earliest": "2025-01-10T01:59:59+02:00",
+        "latest": "2025-01-09T23:59:59-01:00",
+        "hosts_without_date": 3,
+        "hosts_with_unparsed_date": 1,
+    }
+    assert saved["hosts"] == n + 6
