@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from .robots import RobotsCompliance
 
+#: The agents column `annotate_compliance` adds by default (and `compute_retention_stats` reads by default).
+DEFAULT_AGENTS_COLUMN = "disallowed_user_agents"
+
 
 def _check_inputs(dataset, checker, url_column: str, num_proc: int | None, batch_size: int) -> None:
     import datasets
@@ -73,7 +76,9 @@ def annotate_compliance(
         url_column (`str`, *optional*, defaults to `"url"`): Column holding each document's URL.
         column (`str`, *optional*, defaults to `"robots_compliant"`): Name of the added boolean column.
         agents_column (`str`, *optional*, defaults to `"disallowed_user_agents"`):
-            Name of the added list-of-strings column with the agents that are disallowed (`None`: not added).
+            Name of the added list-of-strings column with the agents that are disallowed (`None`: not added, and a
+            `disallowed_user_agents` column of an earlier annotation is dropped: it would describe the earlier
+            decision beside this one's `column`, and `compute_retention_stats` reads it by default).
             `column` and `agents_column` must be two non-empty names other than `url_column`.
         batch_size (`int`, *optional*, defaults to 1000): Rows per `map` batch.
         num_proc (`int`, *optional*): Worker processes for `Dataset.map` (each builds its own host cache).
@@ -83,6 +88,9 @@ def annotate_compliance(
     """
     _check_inputs(dataset, checker, url_column, num_proc, batch_size)
     _check_column_names(url_column, column, agents_column, column_optional=False)
+    # without an agents column of its own, an earlier annotation's one would be left beside the new decision (kept
+    # rows still naming the old opt-out, removed rows with none), as filter_compliant / RobotsTxtFilter never leave it
+    stale = DEFAULT_AGENTS_COLUMN if agents_column is None and column != DEFAULT_AGENTS_COLUMN else None
 
     def annotate(batch):
         agents = checker.disallowed_agents_batch(batch[url_column])
@@ -107,6 +115,10 @@ def annotate_compliance(
         kwargs.update(num_proc=num_proc, desc="robots.txt compliance")
 
     def annotate_split(split):
+        if stale is not None and split.column_names is not None and stale in split.column_names:
+            split = split.remove_columns([stale])
+        elif stale is not None and split.column_names is None:  # an IterableDataset of unknown columns
+            split = split.map(remove_columns=[stale])  # lazily; a row without the column is left as it is
         # Explicit features: a batch where no agent is disallowed would otherwise infer list<null>.
         features = with_new_columns(split.features)
         if isinstance(split, datasets.Dataset) and len(split) == 0:

@@ -123,6 +123,27 @@ def _check_column_types(dataset, compliant_column: str, token_column: str | None
             )
 
 
+def _check_agents_match(kept: list, agents: list, compliant_column: str, agents_column: str) -> None:
+    """Refuse an agents column that describes another decision than `compliant_column`: a kept row naming a
+    disallowing agent, or a removed row with an empty list (`annotate_compliance` records at least one agent for every
+    removed row; `None`, no record, is accepted). Such a column is left by re-deciding only the boolean (e.g. against a
+    newer snapshot), and its per-agent counts would belong to the earlier decision."""
+    for i, (keep, names) in enumerate(zip(kept, agents)):
+        if names is None or bool(keep) == (len(names) == 0):
+            continue
+        if keep:
+            what = f"kept ({compliant_column}=True) but names {list(names)}"
+        else:
+            what = f"removed ({compliant_column}=False) but names no agent"
+        raise ValueError(
+            f"row {i} is {what} in agents_column={agents_column!r}: the two columns come from different decisions "
+            "(e.g. annotate_compliance(..., agents_column=None) over an earlier annotation before 2026-12-05), so the "
+            "per-agent counts would not match the removed documents. Annotate again with both columns "
+            f"(annotate_compliance(..., agents_column={agents_column!r})), or pass agents_column=None to skip "
+            "per-agent counts."
+        )
+
+
 def compute_retention_stats(
     dataset,
     compliant_column: str = "robots_compliant",
@@ -143,6 +164,8 @@ def compute_retention_stats(
             type is a `TypeError`.
         agents_column (`str`, *optional*, defaults to `"disallowed_user_agents"`):
             Column with the disallowing agents (lists of strings), for per-agent counts (`None` or absent: skipped).
+            It must agree with `compliant_column`: a kept row with an agent, or a removed row with `[]`, is a
+            `ValueError` (the columns of two different decisions); a `None` entry is accepted.
         domain_column (`str`, *optional*): Column naming each document's domain; default: the URL's host.
         url_column (`str`, *optional*, defaults to `"url"`): URL column (used when `domain_column` is not given).
         text_column (`str`, *optional*, defaults to `"text"`): Text whose tokens are counted.
@@ -176,6 +199,10 @@ def compute_retention_stats(
     if tokenizer is not None and token_column is not None:
         raise ValueError("pass either tokenizer or token_column, not both.")
     _check_column_types(dataset, compliant_column, token_column, agents_column)
+    kept = dataset[compliant_column]
+    agents = dataset[agents_column] if agents_column and agents_column in columns else None
+    if agents is not None:
+        _check_agents_match(kept, agents, compliant_column, agents_column)
 
     if token_column is not None:
         unit = f"column:{token_column}"
@@ -201,9 +228,7 @@ def compute_retention_stats(
         )
     # `map` returns an empty dataset unchanged (no `_n_tokens` column): an empty dataset counts no tokens.
     n_tokens = counts_ds["_n_tokens"] if len(counts_ds) else []
-    kept = dataset[compliant_column]
     domains = dataset[domain_column] if domain_column else [normalize_host(u or "") for u in dataset[url_column]]
-    agents = dataset[agents_column] if agents_column and agents_column in columns else None
 
     acc = defaultdict(lambda: [0, 0, 0, 0])
     per_agent: dict[str, int] = defaultdict(int)

@@ -87,3 +87,70 @@ def test_recipe_records_the_snapshot_fetch_dates_as_a_short_range(tmp_path, caps
         "hosts_with_unparsed_date": 1,
     }
     assert saved["hosts"] == n + 6
+
+
+def _two_snapshots():
+    import datasets
+
+    from hf_ext.compliance import RobotsCompliance
+
+    urls = [f"https://a.com/{i}" for i in range(4)] + [f"https://b.com/{i}" for i in range(6)]
+    ds = datasets.Dataset.from_dict({"url": urls, "text": ["w w"] * 10})
+    old = RobotsCompliance({"a.com": "User-agent: GPTBot\nDisallow: /\n"})  # a.com opts out of GPTBot
+    new = RobotsCompliance({"a.com": "", "b.com": "User-agent: CCBot\nDisallow: /\n"})  # lifted; b.com blocks CCBot
+    return ds, old, new
+
+
+@pytest.mark.parametrize("iterable", [False, True])
+def test_annotate_compliance_without_agents_column_drops_an_earlier_annotations_agents(iterable):
+    """Re-deciding only the boolean left kept rows naming the old opt-out (`['GPTBot']`) and removed rows with `[]`,
+    and compute_retention_stats read them: per_agent {} although 6 documents were removed for CCBot."""
+    from hf_ext.compliance import annotate_compliance, compute_retention_stats
+
+    ds, old, new = _two_snapshots()
+    first = annotate_compliance(ds, old)
+    if iterable:
+        first = first.to_iterable_dataset(num_shards=2)
+    again = annotate_compliance(first, new, agents_column=None)
+    rows = list(again)
+    assert all("disallowed_user_agents" not in row for row in rows)
+    assert [row["robots_compliant"] for row in rows] == [True] * 4 + [False] * 6
+    if not iterable:
+        assert again.column_names == ["url", "text", "robots_compliant"]
+        stats = compute_retention_stats(again)
+        assert stats.overall["docs_removed"] == 6 and stats.per_agent == {}
+    # another column name for the new decision: the earlier pair is dropped too (the default agents column would be
+    # read beside the new boolean)
+    other = annotate_compliance(annotate_compliance(ds, old), new, column="compliant_2025", agents_column=None)
+    assert "disallowed_user_agents" not in other.column_names and "robots_compliant" in other.column_names
+    # with an agents column, both are refreshed as before
+    both = annotate_compliance(annotate_compliance(ds, old), new)
+    assert compute_retention_stats(both).per_agent["CCBot"] == 6
+    assert both[0]["disallowed_user_agents"] == []
+
+
+def test_compute_retention_stats_refuses_an_agents_column_of_another_decision():
+    import datasets
+
+    from hf_ext.compliance import annotate_compliance, compute_retention_stats
+
+    ds, old, new = _two_snapshots()
+    first = annotate_compliance(ds, old)
+    new_flags = annotate_compliance(ds, new)["robots_compliant"]
+    stale = first.remove_columns("robots_compliant").add_column(
+        "robots_compliant", new_flags
+    )  # what the old code left
+    with pytest.raises(
+        ValueError, match=r"row 0 is kept \(robots_compliant=True\) but names \['GPTBot'\].*agents_column"
+    ):
+        compute_retention_stats(stale)
+    # a removed row with [] (kept rows clean)
+    removed_empty = stale.map(lambda r: {"disallowed_user_agents": []})
+    with pytest.raises(ValueError, match=r"row 4 is removed \(robots_compliant=False\) but names no agent"):
+        compute_retention_stats(removed_empty)
+    assert compute_retention_stats(stale, agents_column=None).overall["docs_removed"] == 6
+    # None entries (no record) are accepted
+    unknown = stale.cast_column("disallowed_user_agents", datasets.List(datasets.Value("string"))).map(
+        lambda r: {"disallowed_user_agents": None}
+    )
+    assert compute_retention_stats(unknown).per_agent == {}

@@ -272,7 +272,9 @@ def test_compute_retention_stats_refuses_columns_of_the_wrong_type(data, kwargs,
 def test_compute_retention_stats_accepts_the_annotated_types():
     stats = compute_retention_stats(datasets.Dataset.from_dict({**_BASE, "n": [2, 3, 1]}), token_column="n")
     assert (stats.overall["docs_removed"], stats.overall["tokens_removed"], stats.per_agent) == (1, 3, {"GPTBot": 1})
-    empty_agents = {**_BASE, "disallowed_user_agents": [[], [], []]}  # inferred as lists of null
+    # inferred as lists of null; the removed row has no record (None): a [] there contradicts robots_compliant=False
+    # and is refused since 2026-12-05 (test_cd17_fixes)
+    empty_agents = {**_BASE, "disallowed_user_agents": [[], None, []]}
     assert compute_retention_stats(datasets.Dataset.from_dict(empty_agents)).overall["docs_removed"] == 1
 
 
