@@ -143,12 +143,25 @@ def filter_compliant(
     num_proc: int | None = None,
     column: str | None = "robots_compliant",
     agents_column: str | None = "disallowed_user_agents",
+    mode: str = "fine",
+    blocked_domains=None,
 ):
-    """Drop every document whose URL is disallowed for any checked user agent.
+    """Drop every document whose URL is disallowed for any checked user agent (`mode="fine"`), or every document of a
+    blocked domain (`mode="coarse"`).
 
-    A kept row carries no opt-out from an earlier run (e.g. an `annotate_compliance` output re-filtered against a
-    newer snapshot that lifted the opt-out): where the dataset has them, its `column` becomes `True` and its
-    `agents_column` `[]`, what `annotate_compliance` gives for the row, as `RobotsTxtFilter` does for a kept document.
+    Fine mode (the default) decides each URL with `checker` (`RobotsCompliance.is_compliant`): a host that disallows
+    only `/private/` loses only its `/private/...` documents. A kept row carries no opt-out from an earlier run (e.g.
+    an `annotate_compliance` output re-filtered against a newer snapshot that lifted the opt-out): where the dataset
+    has them, its `column` becomes `True` and its `agents_column` `[]`, what `annotate_compliance` gives for the row,
+    as `RobotsTxtFilter` does for a kept document.
+
+    Coarse mode (the data-compliance paper's domain-level filter) drops every document whose host is a blocked domain
+    or a subdomain of one (`is_blocked_domain(url, blocked_domains, match_subdomains=True)`); the list is
+    `blocked_domains`, default `build_blocked_domains(checker)`: the snapshot's hosts whose robots.txt disallows the
+    site root `/` for a checked agent (an unreachable one too under `status_policy="rfc9309"`). A host that disallows
+    only some paths is kept whole; a listed host loses even the paths it allows. An empty or `None` URL follows
+    `checker.missing_url`. `column` / `agents_column` are left as they are (they hold URL-level decisions, which
+    this mode does not make).
 
     Args:
         dataset (`datasets.Dataset`, `IterableDataset` or `DatasetDict`): Documents with a URL column.
@@ -161,15 +174,45 @@ def filter_compliant(
         agents_column (`str`, *optional*, defaults to `"disallowed_user_agents"`): An earlier `annotate_compliance`
             list of disallowing agents, set to `[]` on the kept rows where the dataset has it (`None`: left as it is).
             `column` and `agents_column` must be two names other than `url_column` (or `None`).
+        mode (`str`, *optional*, defaults to `"fine"`): `"fine"` (URL-level, `checker`'s decision per URL) or
+            `"coarse"` (domain-level: every document of a blocked domain and its subdomains).
+        blocked_domains (`BlockedDomains` or `Collection[str]`, *optional*): The coarse mode's list (e.g. a released
+            blocked-domain list, or `build_blocked_domains(checker, registrable_domain=...)`); default:
+            `build_blocked_domains(checker)`. Only with `mode="coarse"`.
 
     Returns:
         The compliant documents, in their original order.
     """
+    if mode not in ("fine", "coarse"):
+        raise ValueError(
+            f"mode must be 'fine' (URL-level: each URL decided by its host's robots.txt) or 'coarse' (domain-level: "
+            f"every document of a blocked domain dropped), got {mode!r}."
+        )
+    if blocked_domains is not None and mode != "coarse":
+        raise ValueError(
+            "blocked_domains is the coarse mode's list, which mode='fine' would ignore; pass mode='coarse' with it, "
+            "or drop blocked_domains."
+        )
     _check_inputs(dataset, checker, url_column, num_proc, batch_size)
     _check_column_names(url_column, column, agents_column, column_optional=True)
 
-    def keep(batch):
-        return checker.is_compliant_batch(batch[url_column])
+    if mode == "coarse":
+        from .domains import BlockedDomains, _host_is_blocked, build_blocked_domains
+        from .robots import normalize_host
+
+        domains = build_blocked_domains(checker) if blocked_domains is None else BlockedDomains(blocked_domains)
+        missing_kept = checker.missing_url == "keep"
+
+        def keep(batch):
+            return [
+                (not _host_is_blocked(normalize_host(url), domains, True)) if url else missing_kept
+                for url in batch[url_column]
+            ]
+
+    else:
+
+        def keep(batch):
+            return checker.is_compliant_batch(batch[url_column])
 
     kwargs = dict(batched=True, batch_size=batch_size)
     import datasets
@@ -177,6 +220,8 @@ def filter_compliant(
     if not isinstance(dataset, datasets.IterableDataset):
         kwargs.update(num_proc=num_proc, desc="robots.txt filter")
     kept = dataset.filter(keep, **kwargs)
+    if mode == "coarse":
+        return kept
     if isinstance(kept, datasets.DatasetDict):
         return datasets.DatasetDict(
             {name: _clear_opt_out(split, column, agents_column, kwargs) for name, split in kept.items()}

@@ -11,7 +11,8 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from .robots import DEFAULT_AI_USER_AGENTS, RobotsCompliance
+from .domains import BlockedDomains, _host_is_blocked, build_blocked_domains
+from .robots import DEFAULT_AI_USER_AGENTS, RobotsCompliance, normalize_host
 from .store import _META_FILE, _STAGED_META_FILE, RobotsTxtStore, _infer_format
 
 
@@ -63,6 +64,14 @@ class RobotsTxtFilter(BaseFilter):
         url_key (`str`, *optional*, defaults to `"url"`): Key of `doc.metadata` holding the URL.
         exclusion_writer (`DiskWriter`, *optional*): Writer for the dropped documents.
         batch_size (`int`, *optional*, defaults to 1000): Documents decided per `filter_batch` call.
+        mode (`str`, *optional*, defaults to `"fine"`): `"fine"` (URL-level, as above) or `"coarse"` (domain-level,
+            as `filter_compliant(mode="coarse")`): every document whose host is a blocked domain or a subdomain of one
+            is dropped with the reason `"robots_txt_domain"` (stat `dropped_robots_txt_domain`); documents are
+            otherwise left as they are (no `disallowed_user_agents`: the list does not say which agents a URL is
+            closed to). The list is `blocked_domains`, or `build_blocked_domains(checker)` built by each task on first
+            use (every host of the snapshot decided once: pass the list for a large snapshot).
+        blocked_domains (`BlockedDomains` or `Collection[str]`, *optional*): The coarse mode's list; only with
+            `mode="coarse"`.
     """
 
     name = "🤖 robots.txt opt-out"
@@ -74,10 +83,23 @@ class RobotsTxtFilter(BaseFilter):
         url_key: str = "url",
         exclusion_writer: DiskWriter | None = None,
         batch_size: int = 1000,
+        mode: str = "fine",
+        blocked_domains=None,
         **checker_kwargs,
     ):
         if not isinstance(url_key, str) or not url_key:
             raise ValueError("url_key must name the metadata field holding the URL, e.g. 'url'.")
+        if mode not in ("fine", "coarse"):
+            raise ValueError(
+                f"mode must be 'fine' (URL-level) or 'coarse' (every document of a blocked domain dropped), got {mode!r}."
+            )
+        if blocked_domains is not None and mode != "coarse":
+            raise ValueError(
+                "blocked_domains is the coarse mode's list, which mode='fine' would ignore; pass mode='coarse' with "
+                "it, or drop blocked_domains."
+            )
+        self.mode = mode
+        self._blocked_domains = None if blocked_domains is None else BlockedDomains(blocked_domains)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
         self._snapshot_path = None
@@ -169,9 +191,30 @@ class RobotsTxtFilter(BaseFilter):
             self.stat_update("dropped_unreachable_robots_txt")
         return False, "robots_txt"
 
+    @property
+    def blocked_domains(self) -> BlockedDomains:
+        """The coarse mode's list (built from the snapshot on first use when none was given)."""
+        if self._blocked_domains is None:
+            self._blocked_domains = build_blocked_domains(self.checker)
+        return self._blocked_domains
+
+    def _coarse_result(self, doc: Document) -> bool | tuple[bool, str]:
+        url = self._url(doc)
+        if not url:
+            return self.checker.missing_url == "keep" or (False, "robots_txt_domain")
+        if _host_is_blocked(normalize_host(url), self.blocked_domains, True):
+            return False, "robots_txt_domain"
+        if doc.metadata.get("filter_reason") == "robots_txt_domain":  # an earlier run's, as in the fine mode
+            del doc.metadata["filter_reason"]
+        return True
+
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        if self.mode == "coarse":
+            return self._coarse_result(doc)
         return self._result(doc, self.checker.disallowed_agents(self._url(doc)))
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
+        if self.mode == "coarse":
+            return [self._coarse_result(doc) for doc in batch]
         decisions = self.checker.disallowed_agents_batch([self._url(doc) for doc in batch])
         return [self._result(doc, agents) for doc, agents in zip(batch, decisions)]

@@ -154,3 +154,161 @@ def test_compute_retention_stats_refuses_an_agents_column_of_another_decision():
         lambda r: {"disallowed_user_agents": None}
     )
     assert compute_retention_stats(unknown).per_agent == {}
+
+
+# 4. coarse (domain-level) mode -----------------------------------------------------------------------------------
+
+_URLS = [
+    "https://x.com/a",  # 0  x.com: Disallow / for GPTBot
+    "https://x.com/b/c",  # 1
+    "https://blog.x.com/post",  # 2  subdomain of a listed domain, no record of its own
+    "https://User:pw@X.COM.:8443/a",  # 3  userinfo, case, trailing dot, port
+    "https://part.com/",  # 4  part.com: only /private/ disallowed
+    "https://part.com/private/doc",  # 5
+    "https://part.com/public",  # 6
+    "https://open.org/x",  # 7
+    "https://down.net/a",  # 8  503: unreachable (RFC 9309: disallows everything)
+    "https://pub.io/public/page",  # 9  pub.io: Disallow / but Allow /public/
+    "https://pub.io/other",  # 10
+    "https://sub.y.com/a",  # 11 sub.y.com: Disallow / for CCBot
+    "https://deep.sub.y.com/a",  # 12
+    "https://y.com/a",  # 13 the parent of a listed host is not listed (without registrable_domain)
+    "https://notx.com/a",  # 14 ends in "x.com" but is not a subdomain of it
+    None,  # 15
+    "https://unknown.biz/",  # 16
+    "http://www.x.com/a",  # 17
+    "https://Bücher.DE/a",  # 18 listed as bücher.de (IDNA)
+    "https://shop.xn--bcher-kva.de/x",  # 19
+]
+_FINE_KEPT = [2, 4, 6, 7, 9, 12, 13, 14, 15, 16, 19]
+_COARSE_KEPT = [4, 5, 6, 7, 13, 14, 15, 16]
+
+
+def _coarse_setup(**checker_kwargs):
+    import datasets
+
+    from hf_ext.compliance import RobotsCompliance, RobotsTxtStore
+
+    store = RobotsTxtStore()
+    store.add("x.com", "User-agent: GPTBot\nDisallow: /\n")
+    store.add("part.com", "User-agent: CCBot\nDisallow: /private/\n")
+    store.add("open.org", "User-agent: *\nAllow: /\n")
+    store.add("down.net", None, status=503)
+    store.add("pub.io", "User-agent: GPTBot\nDisallow: /\nAllow: /public/\n")
+    store.add("sub.y.com", "User-agent: CCBot\nDisallow: /\n")
+    store.add("bücher.de", "User-agent: *\nDisallow: /\n")
+    ds = datasets.Dataset.from_dict({"id": list(range(20)), "url": _URLS})
+    return ds, RobotsCompliance(store, **checker_kwargs)
+
+
+def test_build_blocked_domains_lists_hosts_that_disallow_the_root():
+    from hf_ext.compliance import BlockedDomains, build_blocked_domains
+
+    _, checker = _coarse_setup()
+    listed = build_blocked_domains(checker)
+    assert isinstance(listed, BlockedDomains)
+    assert sorted(listed) == ["down.net", "pub.io", "sub.y.com", "x.com", "xn--bcher-kva.de"]  # not part.com
+    # "paper": only a readable robots.txt opts out
+    assert "down.net" not in build_blocked_domains(_coarse_setup(status_policy="paper")[1])
+    assert "x.com" not in build_blocked_domains(_coarse_setup(user_agents=["CCBot"])[1])  # only GPTBot is refused
+    for backend in ("protego",):
+        assert build_blocked_domains(_coarse_setup(backend=backend)[1]) == listed
+    # subdomain aggregation (the paper's list) with a registrable-domain function
+    two_labels = build_blocked_domains(checker, registrable_domain=lambda h: ".".join(h.split(".")[-2:]))
+    assert "y.com" in two_labels and "sub.y.com" not in two_labels
+    assert build_blocked_domains(checker, registrable_domain=lambda h: "") == listed  # none: the host itself
+    with pytest.raises(TypeError, match=r"registrable_domain\('.*'\) returned int 3"):
+        build_blocked_domains(checker, registrable_domain=lambda h: 3)
+    with pytest.raises(TypeError, match="registrable_domain must be a function"):
+        build_blocked_domains(checker, registrable_domain="tld")
+    with pytest.raises(TypeError, match="checker must be a RobotsCompliance"):
+        build_blocked_domains(checker.store)
+
+
+def test_is_blocked_domain_matches_subdomains_and_normalises_hosts():
+    from hf_ext.compliance import BlockedDomains, is_blocked_domain
+
+    domains = BlockedDomains(["x.com", "Bücher.DE.", "10.0.0.1"])
+    assert is_blocked_domain("https://blog.x.com/p", domains)
+    assert not is_blocked_domain("https://blog.x.com/p", domains, match_subdomains=False)
+    assert not is_blocked_domain("https://x.com/p", ["blog.x.com"])  # a listed subdomain does not block its parent
+    assert is_blocked_domain("https://a:b@WWW.X.COM.:8080/p", domains)
+    assert is_blocked_domain("https://shop.xn--bcher-kva.de/", domains)
+    assert not is_blocked_domain("https://notx.com/", domains)
+    assert is_blocked_domain("http://10.0.0.1/", domains) and not is_blocked_domain("http://1.10.0.0.1/", domains)
+    assert not is_blocked_domain(None, domains) and not is_blocked_domain("", domains)
+    assert is_blocked_domain("https://x.com/", {"X.com"})  # any collection, normalised per call
+    with pytest.raises(TypeError, match="domains must be a collection of domain names"):
+        is_blocked_domain("https://x.com/", "x.com")
+    with pytest.raises(TypeError, match=r"domains\[1\] must be a domain name"):
+        BlockedDomains(["x.com", 3])
+    with pytest.raises(ValueError, match=r"domains\[0\]='' names no host"):
+        BlockedDomains([""])
+    with pytest.raises(TypeError, match="url must be a str or None"):
+        is_blocked_domain(b"https://x.com/", domains)
+    with pytest.raises(TypeError, match="match_subdomains must be True or False"):
+        is_blocked_domain("https://x.com/", domains, match_subdomains="yes")
+    import pickle
+
+    assert pickle.loads(pickle.dumps(domains)) == domains
+
+
+def test_filter_compliant_coarse_and_fine_modes_on_twenty_rows():
+    from hf_ext.compliance import filter_compliant
+
+    ds, checker = _coarse_setup()
+    assert filter_compliant(ds, checker)["id"] == _FINE_KEPT
+    assert filter_compliant(ds, checker, mode="fine")["id"] == _FINE_KEPT
+    assert filter_compliant(ds, checker, mode="coarse")["id"] == _COARSE_KEPT
+    assert filter_compliant(ds, checker, mode="coarse", num_proc=2, batch_size=3)["id"] == _COARSE_KEPT
+    # the partial opt-out: part.com is kept whole by coarse, its /private/ URL dropped by fine
+    assert 5 in _COARSE_KEPT and 5 not in _FINE_KEPT
+    # blog.x.com vs x.com: coarse drops the subdomain of a listed domain, fine decides it by its own (absent) record
+    assert 2 not in _COARSE_KEPT and 2 in _FINE_KEPT
+    # a given list (e.g. a released one) replaces the snapshot's
+    assert filter_compliant(ds, checker, mode="coarse", blocked_domains=["y.com"])["id"] == [
+        i for i in range(20) if i not in (11, 12, 13)
+    ]
+    # a missing URL follows the checker's missing_url
+    _, dropping = _coarse_setup(missing_url="drop")
+    assert 15 not in filter_compliant(ds, dropping, mode="coarse")["id"]
+
+
+def test_filter_compliant_refuses_bad_mode_arguments_by_name():
+    from hf_ext.compliance import filter_compliant
+
+    ds, checker = _coarse_setup()
+    with pytest.raises(ValueError, match="mode must be 'fine'.*or 'coarse'.*got 'tag'"):
+        filter_compliant(ds, checker, mode="tag")
+    with pytest.raises(ValueError, match="blocked_domains is the coarse mode's list"):
+        filter_compliant(ds, checker, blocked_domains=["x.com"])
+    with pytest.raises(TypeError, match="domains must be a collection"):
+        filter_compliant(ds, checker, mode="coarse", blocked_domains="x.com")
+
+
+def test_datatrove_filter_coarse_mode_drops_the_same_documents(tmp_path):
+    pytest.importorskip("datatrove")
+    from datatrove.data import Document
+
+    from hf_ext.compliance import RobotsTxtFilter
+
+    ds, checker = _coarse_setup()
+
+    def docs():
+        return [Document(text="t", id=str(i), metadata={"url": u}) for i, u in enumerate(_URLS)]
+
+    batch = RobotsTxtFilter(checker, mode="coarse", batch_size=4)
+    assert [int(d.id) for d in batch.run(iter(docs()))] == _COARSE_KEPT
+    assert batch.stats["dropped_robots_txt_domain"].total == 20 - len(_COARSE_KEPT)
+    assert [int(d.id) for d in RobotsTxtFilter(checker, mode="coarse", batch_size=1).run(iter(docs()))] == _COARSE_KEPT
+    assert [int(d.id) for d in RobotsTxtFilter(checker).run(iter(docs()))] == _FINE_KEPT
+    # from a snapshot path (built by the task on first use), and with a given list
+    checker.store.save(tmp_path / "snap.jsonl")
+    by_path = RobotsTxtFilter(str(tmp_path / "snap.jsonl"), mode="coarse")
+    assert [int(d.id) for d in by_path.run(iter(docs()))] == _COARSE_KEPT
+    given = RobotsTxtFilter(checker, mode="coarse", blocked_domains=["y.com"])
+    assert [int(d.id) for d in given.run(iter(docs()))] == [i for i in range(20) if i not in (11, 12, 13)]
+    with pytest.raises(ValueError, match="mode must be 'fine'"):
+        RobotsTxtFilter(checker, mode="tag")
+    with pytest.raises(ValueError, match="blocked_domains is the coarse mode's list"):
+        RobotsTxtFilter(checker, blocked_domains=["x.com"])

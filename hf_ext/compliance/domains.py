@@ -1,0 +1,154 @@
+"""Coarse (domain-level) robots.txt compliance: a list of blocked domains, and every document of a listed domain (or of
+one of its subdomains) dropped, as the data-compliance paper's coarse filter does. The fine (URL-level) decision of
+`RobotsCompliance` handles partial opt-outs; see docs/compliance.md for what each mode drops."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from .robots import RobotsCompliance, _ends_in_a_number, _is_ipv6, normalize_host
+
+
+def _is_ip(host: str) -> bool:
+    return _is_ipv6(host) or _ends_in_a_number(host)
+
+
+class BlockedDomains(frozenset):
+    """A set of blocked domains, each normalised as the snapshot store normalises hosts (`normalize_host`: lower case,
+    no port, userinfo or trailing dot, IDNA names in their punycode form), so `"WWW.Bücher.DE."` and
+    `"www.xn--bcher-kva.de"` are one entry. `is_blocked_domain` reads it as it is; any other collection is normalised
+    on every call.
+
+    Args:
+        domains (`Iterable[str]`): Domain names (or URLs, whose host is taken). A single `str`, a non-`str` entry or
+            an entry without a host is a `ValueError`/`TypeError` naming it.
+    """
+
+    def __new__(cls, domains: Iterable[str] = ()):
+        if isinstance(domains, BlockedDomains):
+            return domains
+        if isinstance(domains, str | bytes) or not isinstance(domains, Iterable):
+            raise TypeError(
+                f"domains must be a collection of domain names, e.g. ['x.com', 'news.example.org'], got "
+                f"{type(domains).__name__} {domains!r:.80}."
+            )
+        normalised = []
+        for i, domain in enumerate(domains):
+            if not isinstance(domain, str):
+                raise TypeError(f"domains[{i}] must be a domain name (str), got {type(domain).__name__} {domain!r}.")
+            host = normalize_host(domain)
+            if not host:
+                raise ValueError(f"domains[{i}]={domain!r} names no host; pass domain names such as 'x.com'.")
+            normalised.append(host)
+        return super().__new__(cls, normalised)
+
+    def __reduce__(self):  # pickled for datasets workers / datatrove tasks: entries are normalised already
+        return (_blocked_domains_from_normalised, (list(self),))
+
+
+def _blocked_domains_from_normalised(hosts: list[str]) -> BlockedDomains:
+    return frozenset.__new__(BlockedDomains, hosts)
+
+
+def _root_url(host: str) -> str:
+    return f"http://[{host}]/" if ":" in host else f"http://{host}/"
+
+
+def build_blocked_domains(
+    checker: RobotsCompliance, registrable_domain: Callable[[str], str] | None = None
+) -> BlockedDomains:
+    """The blocked-domain list of a robots.txt snapshot, for the coarse (domain-level) mode.
+
+    A host of the snapshot is listed when its robots.txt disallows the site root `/` for any of the checker's user
+    agents, as the checker decides it (its `backend`; its `status_policy`: under `"rfc9309"` an unreachable robots.txt,
+    5xx or a network error, disallows everything and lists the host, under `"paper"` it does not). A host that
+    disallows only some paths (`Disallow: /private/`) is not listed: the fine mode (`RobotsCompliance`,
+    `filter_compliant(mode="fine")`) drops those URLs. A host whose root is disallowed but that allows some paths
+    (`Disallow: /` with `Allow: /public/`) is listed, so the coarse mode drops its `/public/` documents too.
+
+    The paper's list aggregates subdomains: a domain is listed when any of its subdomains opts out. That needs the
+    registrable domain of each host (the public suffix list: `news.x.co.uk` -> `x.co.uk`), which hf_ext does not ship;
+    pass it as `registrable_domain` (e.g. `lambda h: tldextract.extract(h).top_domain_under_public_suffix`, tldextract
+    >= 5.3). Without
+    it each listed host stands for itself and its own subdomains (`is_blocked_domain(..., match_subdomains=True)`).
+
+    Args:
+        checker (`RobotsCompliance`): The snapshot (`checker.store`) and the decision settings (user agents,
+            backend, status policy). Every host of the store is decided by its own record.
+        registrable_domain (`Callable[[str], str]`, *optional*): Maps a listed host to the domain that is listed
+            instead (its registrable domain). Its result is normalised; `""` or `None` (no registrable domain, e.g.
+            an IP address) lists the host itself; another non-`str` result is a `TypeError` naming the host.
+
+    Returns:
+        `BlockedDomains`: the listed domains (a `frozenset` of normalised host names).
+    """
+    if not isinstance(checker, RobotsCompliance):
+        raise TypeError(
+            f"checker must be a RobotsCompliance, got {type(checker).__name__}; build one with "
+            "RobotsCompliance(RobotsTxtStore.load(path), user_agents=[...])."
+        )
+    if registrable_domain is not None and not callable(registrable_domain):
+        raise TypeError(
+            f"registrable_domain must be a function host -> registrable domain (or None), got "
+            f"{type(registrable_domain).__name__}."
+        )
+    listed = []
+    for host in checker.store:
+        policy = checker.policy(host)
+        if not policy.groups or not checker._match_groups(_root_url(host), policy.groups, path="/"):
+            continue
+        if registrable_domain is not None:
+            domain = registrable_domain(host)
+            if domain is not None and not isinstance(domain, str):
+                raise TypeError(
+                    f"registrable_domain({host!r}) returned {type(domain).__name__} {domain!r}, not a domain name; it "
+                    "must map a host to its registrable domain (e.g. 'news.x.co.uk' -> 'x.co.uk'), or to '' / None "
+                    "for a host without one."
+                )
+            if domain and normalize_host(domain):  # '' / None (an IP address, an unknown suffix): the host itself
+                host = domain
+        listed.append(host)
+    return BlockedDomains(listed)
+
+
+def is_blocked_domain(url: str | None, domains, match_subdomains: bool = True) -> bool:
+    """Whether the host of `url` is a blocked domain (coarse mode).
+
+    The host is normalised as the fine mode normalises it (`normalize_host`: port, userinfo, case, trailing dot,
+    IDNA), so `https://User@X.COM.:8080/a` is on `x.com`.
+
+    Args:
+        url (`str` or `None`): A URL (or a bare host). `None` or a URL without a host is never blocked.
+        domains (`BlockedDomains` or `Collection[str]`): The blocked domains (`build_blocked_domains`); another
+            collection is normalised on every call, so build a `BlockedDomains(domains)` once for many URLs.
+        match_subdomains (`bool`, *optional*, defaults to `True`): Also block every subdomain of a listed domain
+            (`blog.x.com` when `x.com` is listed; never the other way round). `False`: the host only. IP addresses
+            are matched whole.
+
+    Returns:
+        `bool`
+    """
+    if not isinstance(match_subdomains, bool):
+        raise TypeError(f"match_subdomains must be True or False, got {match_subdomains!r}.")
+    domains = BlockedDomains(domains)
+    if url is None:
+        return False
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str or None, got {type(url).__name__} {url!r}.")
+    return _host_is_blocked(normalize_host(url), domains, match_subdomains)
+
+
+def _host_is_blocked(host: str, domains: BlockedDomains, match_subdomains: bool) -> bool:
+    if not host:
+        return False
+    if host in domains:
+        return True
+    if not match_subdomains or _is_ip(host):
+        return False
+    dot = host.find(".")
+    while dot != -1:
+        host = host[dot + 1 :]
+        if host in domains:
+            return True
+        dot = host.find(".")
+    return False
