@@ -182,8 +182,10 @@ class GrapeConfig(TrainingArguments):
 
 
 def check_plot_format(path: str, arg: str) -> None:
-    """Refuse a figure file whose extension matplotlib cannot write (no extension = png): the plot is saved at the end
-    of training, where `Format 'txt' is not supported` used to lose the run's final model and results."""
+    """Refuse a figure file whose extension matplotlib cannot write (no extension = png), and a pgf figure when the TeX
+    system matplotlib's pgf backend needs (`rcParams["pgf.texsystem"]`) is not on PATH: the plot is saved at the end of
+    training, where `Format 'txt' is not supported` (and `'xelatex' not found`) used to lose the run's final model and
+    results."""
     ext = os.path.splitext(path)[1].lstrip(".").lower() or "png"
     if ext == "png":
         return
@@ -195,3 +197,17 @@ def check_plot_format(path: str, arg: str) -> None:
             f"{arg}={path!r}: matplotlib cannot write {ext!r} figures; use one of the extensions {sorted(supported)} "
             "(e.g. mixture_weights.png), or an empty value to skip the plot."
         )
+    if ext == "pgf":
+        # matplotlib's pgf backend measures text with a TeX system: without it the save fails at the end of training
+        import shutil
+
+        import matplotlib
+
+        texsystem = matplotlib.rcParams["pgf.texsystem"]
+        if shutil.which(texsystem) is None:
+            raise ValueError(
+                f"{arg}={path!r}: matplotlib writes pgf figures with a TeX system (rcParams['pgf.texsystem'] = "
+                f"{texsystem!r}), and {texsystem!r} is not on PATH; install it (or set rcParams['pgf.texsystem'] to an "
+                "installed one), or use another extension (e.g. mixture_weights.pdf or .svg), or an empty value to "
+                "skip the plot."
+            )

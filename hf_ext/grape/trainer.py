@@ -115,7 +115,7 @@ class _GrapeCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.trainer.save_mixture(args.output_dir)
+            self.trainer.save_mixture(args.output_dir, plot=self.trainer.plot_at_train_end)
 
 
 def _vocab_size(model) -> int | None:
@@ -357,6 +357,10 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         self.last_unbroadcast_weights: dict[str, torch.Tensor] = {}
         #: Wall-clock seconds spent in reweighting so far.
         self.reweight_seconds = 0.0
+        #: Whether the end of `train()` also writes the figure of `args.plot_file` (the mixture JSON is always written).
+        #: Set it to `False` to save the model and results first and call `save_mixture_plot()` afterwards, so a plot
+        #: that fails cannot stop them from being written (the GRAPE recipe does).
+        self.plot_at_train_end = True
         self.add_callback(_GrapeCallback(self))
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -789,23 +793,31 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         )
 
     # ---- outputs -----------------------------------------------------------------------------------------------------
-    def save_mixture(self, output_dir: str | None = None) -> dict:
-        """Export the mixture JSON (and the PNG of the weight trajectories) into `output_dir`; returns the JSON dict.
+    def save_mixture(self, output_dir: str | None = None, plot: bool = True) -> dict:
+        """Export the mixture JSON (and, with `plot`, the figure of the weight trajectories: `save_mixture_plot`) into
+        `output_dir`; returns the JSON dict. The JSON is written first, so a failing plot never loses it.
 
         Train a fresh model on the result with `GrapeConfig(reweight_method="fixed", mixture_file=<the JSON>)`.
         """
-        from .plotting import plot_mixture_trajectory
-
         output_dir = output_dir or self.args.output_dir
         path = os.path.join(output_dir, self.args.export_mixture_file)
         data = export_mixture(self.mixture_state, path, self.args.reweight_method, int(self.state.global_step))
-        if self.args.plot_file and self.mixture_state.trajectory:
-            st = self.mixture_state
-            plot_mixture_trajectory(
-                st.trajectory,
-                st.domain_names,
-                st.task_names,
-                os.path.join(output_dir, self.args.plot_file),
-                title=f"{self.args.reweight_method} mixture weights",
-            )
+        if plot:
+            self.save_mixture_plot(output_dir)
         return data
+
+    def save_mixture_plot(self, output_dir: str | None = None) -> str | None:
+        """Write the figure of the weight trajectories to `args.plot_file` in `output_dir` (default
+        `args.output_dir`); returns its path, or `None` when `plot_file` is empty or nothing was recorded yet."""
+        from .plotting import plot_mixture_trajectory
+
+        st = self.mixture_state
+        if not (self.args.plot_file and st.trajectory):
+            return None
+        return plot_mixture_trajectory(
+            st.trajectory,
+            st.domain_names,
+            st.task_names,
+            os.path.join(output_dir or self.args.output_dir, self.args.plot_file),
+            title=f"{self.args.reweight_method} mixture weights",
+        )

@@ -687,6 +687,9 @@ def _train_one(
     )
     from ..utils.resume import train_or_restore_finished
 
+    # the weight figure is written last (below), after the model and grape_results.json: a plot that fails at the end
+    # (e.g. a pgf figure whose TeX system went missing) can no longer lose the trained model and the results
+    trainer.plot_at_train_end = False
     # a checkpoint at --max_steps (a run stopped after its last checkpoint) is restored, not trained a step past
     result = train_or_restore_finished(trainer, args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
@@ -713,6 +716,7 @@ def _train_one(
             metrics["mean_target_eval_loss"] = sum(losses) / len(losses)
             metrics["worst_target_eval_loss"] = max(losses)
         atomic_write_results(os.path.join(args.output_dir, "grape_results.json"), metrics, 2)
+        trainer.save_mixture_plot(args.output_dir)
         print(f"method: {args.reweight_method}  ({st.domain_updates} domain / {st.task_updates} task updates)")
         print("final domain weights:")
         for name, w in sorted(metrics["domain_weights"].items(), key=lambda kv: -kv[1]):

@@ -1,0 +1,76 @@
+"""GRAPE fixes of audit pass 17: a pgf plot without its TeX system refused at construction (and the recipe's plot
+written after the model and results), `data_seed` honoured, arguments a run never reads refused, raw-text streams
+refused naming the domain, and the public building blocks' row indices, epoch length, names and pad id checked."""
+
+import os
+
+import pytest
+from grape_synthetic import quick_grape_args, synthetic_mixture, tiny_llama
+
+# ---- #1: plot_file="*.pgf" without the TeX system of rcParams["pgf.texsystem"] ----------------------------------
+
+
+@pytest.mark.parametrize("texsystem", ["xelatex", "lualatex"])
+def test_pgf_plot_refused_when_its_tex_system_is_missing(tmp_path, monkeypatch, texsystem):
+    import matplotlib
+
+    from hf_ext.grape import GrapeConfig
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no TeX system can be found
+    monkeypatch.setitem(matplotlib.rcParams, "pgf.texsystem", texsystem)
+    with pytest.raises(ValueError, match=f"plot_file='w.pgf'.*'{texsystem}' is not on PATH"):
+        GrapeConfig(output_dir=str(tmp_path / "o"), plot_file="w.pgf")
+
+
+def test_pgf_plot_accepted_when_its_tex_system_is_found(tmp_path, monkeypatch):
+    import matplotlib
+
+    from hf_ext.grape import GrapeConfig
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tex = bin_dir / "lualatex"
+    tex.write_text("#!/bin/sh\nexit 0\n")
+    tex.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setitem(matplotlib.rcParams, "pgf.texsystem", "lualatex")
+    GrapeConfig(output_dir=str(tmp_path / "o"), plot_file="w.pgf")
+
+
+def test_recipe_keeps_the_model_and_results_when_the_plot_fails_at_the_end(tmp_path, monkeypatch):
+    """The plot used to be written inside train() (on_train_end), before the recipe saved the model and
+    grape_results.json: a plot failing there lost both. It is now written last."""
+    import hf_ext.grape.plotting as plotting
+    from hf_ext.recipes.grape import main
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(plotting, "plot_mixture_trajectory", broken_plot)
+    out = tmp_path / "out"
+    argv = ["--vocab_size", "300", "--per_device_train_batch_size", "2", "--hidden_size", "32", "--intermediate_size",
+            "64", "--num_attention_heads", "2", "--num_hidden_layers", "1", "--block_size", "32",
+            "--reweight_batch_size", "2", "--reweight_mini_batch_size", "2", "--reweight_domains_every", "1",
+            "--reweight_tasks_every", "1", "--source_domains", "text,numeric", "--max_steps", "1", "--report_to",
+            "none", "--use_cpu", "true", "--disable_tqdm", "true", "--output_dir", str(out)]  # fmt: skip
+    with pytest.raises(RuntimeError, match="plot failed"):
+        main(argv)
+    written = set(os.listdir(out))
+    assert {"model.safetensors", "config.json", "grape_results.json", "mixture.json"} <= written, written
+
+
+def test_trainer_writes_the_plot_at_train_end_unless_told_not_to(tmp_path):
+    from hf_ext.grape import GrapeTrainer
+
+    train, targets = synthetic_mixture(n_per_domain=4, length=16, n_target=4)
+    for plot_at_end in (True, False):
+        out = tmp_path / str(plot_at_end)
+        args = quick_grape_args(out, max_steps=1, reweight_method="uniform")
+        trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train)
+        trainer.plot_at_train_end = plot_at_end
+        trainer.train()
+        assert (out / "mixture.json").is_file()
+        assert (out / "mixture_weights.png").is_file() == plot_at_end
+        assert trainer.save_mixture_plot() == str(out / "mixture_weights.png")
+        assert (out / "mixture_weights.png").is_file()
