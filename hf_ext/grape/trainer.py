@@ -118,6 +118,13 @@ class _GrapeCallback(TrainerCallback):
             self.trainer.save_mixture(args.output_dir, plot=self.trainer.plot_at_train_end)
 
 
+def _data_seed(args) -> int:
+    """Seed of every data draw of the run (training sampler or stream, reweighting minibatches): `args.data_seed` when
+    set, else `args.seed`, as `transformers.Trainer` seeds its samplers (`data_seed` used to be ignored: runs with
+    different data seeds drew the same sequences)."""
+    return args.seed if args.data_seed is None else args.data_seed
+
+
 def _vocab_size(model) -> int | None:
     """Rows of `model`'s output embedding (its logits' width), or `None` when it has none."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -316,7 +323,7 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         #: Set once a `train()` has begun: a later `train()` without resume starts a new mixture run.
         self._mixture_run_started = False
         if streaming:
-            source = StreamingMixture(self._domain_streams, self.mixture_state, seed=args.seed)
+            source = StreamingMixture(self._domain_streams, self.mixture_state, seed=_data_seed(args))
 
         super().__init__(model=model, args=args, train_dataset=source, **kwargs)
         if not streaming:
@@ -437,7 +444,10 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         if self.streaming:
             return None
         self._mixture_sampler = MixtureSampler(
-            self._domain_indices, self.mixture_state, num_samples=self.args.samples_per_epoch, seed=self.args.seed
+            self._domain_indices,
+            self.mixture_state,
+            num_samples=self.args.samples_per_epoch,
+            seed=_data_seed(self.args),
         )
         # A resume with `ignore_data_skip=True` draws the resumed epoch again from its first position. Those positions
         # are re-drawn with the checkpoint's current weights (a new schedule segment from there), not with the
@@ -497,8 +507,9 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
 
     # ---- minibatches -------------------------------------------------------------------------------------------------
     def _rng(self, purpose: str, key: int = 0) -> np.random.Generator:
+        # the reweighting minibatches are data draws: seeded like the sampler (data_seed, else seed)
         seq = np.random.SeedSequence(
-            [self.args.seed, self.args.process_index, self.state.global_step, _PURPOSE[purpose], key]
+            [_data_seed(self.args), self.args.process_index, self.state.global_step, _PURPOSE[purpose], key]
         )
         return np.random.Generator(np.random.PCG64(seq))
 

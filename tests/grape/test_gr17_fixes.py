@@ -74,3 +74,38 @@ def test_trainer_writes_the_plot_at_train_end_unless_told_not_to(tmp_path):
         assert (out / "mixture_weights.png").is_file() == plot_at_end
         assert trainer.save_mixture_plot() == str(out / "mixture_weights.png")
         assert (out / "mixture_weights.png").is_file()
+
+
+# ---- #2: data_seed seeds the data draws (else seed), as in transformers' Trainer ------------------------------------
+def _first_indices(tmp_path, n=32, **overrides):
+    from hf_ext.grape import GrapeTrainer
+
+    train, _ = synthetic_mixture(n_per_domain=16, length=8, n_target=4)
+    args = quick_grape_args(tmp_path, reweight_method="uniform", **overrides)
+    trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train)
+    sampler = trainer._get_train_sampler()
+    minibatch = trainer._rng("domain").integers(10**9, size=4).tolist()
+    return list(sampler)[:n], minibatch
+
+
+def test_data_seed_changes_the_data_order_and_seed_alone_does_not_when_it_is_set(tmp_path):
+    one, mb_one = _first_indices(tmp_path, seed=0, data_seed=1)
+    two, mb_two = _first_indices(tmp_path, seed=0, data_seed=2)
+    assert one != two and mb_one != mb_two  # data_seed used to be ignored: identical streams
+    other_seed, mb_other = _first_indices(tmp_path, seed=7, data_seed=1)
+    assert other_seed == one and mb_other == mb_one  # the model seed no longer moves the data order
+    # without data_seed the data draws follow seed, as before
+    assert _first_indices(tmp_path, seed=1) == (one, mb_one)
+    assert _first_indices(tmp_path, seed=0) != (one, mb_one)
+
+
+def test_streaming_mixture_is_seeded_with_data_seed(tmp_path):
+    from datasets import Dataset
+
+    from hf_ext.grape import GrapeTrainer
+
+    streams = {d: Dataset.from_dict({"input_ids": [[3, 4, 5]] * 4}).to_iterable_dataset() for d in "ab"}
+    for overrides, expected in (({"seed": 0, "data_seed": 5}, 5), ({"seed": 3}, 3)):
+        args = quick_grape_args(tmp_path, reweight_method="uniform", **overrides)
+        trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=streams)
+        assert trainer.train_dataset.seed == expected
