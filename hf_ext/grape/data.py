@@ -39,8 +39,20 @@ def _has_padding(dataset) -> bool:
     return bool(pc.any(pc.equal(mask, 0)).as_py())
 
 
-def _add_lm_fields(example: dict) -> dict:
+def _stream_needs_input_ids(domain: str | None, found: list[str]) -> str:
+    where = f"train_dataset[{domain!r}]" if domain is not None else "a streamed training dataset"
+    return (
+        f"{where} has no input_ids (columns: {found}): the streaming path (a dict of IterableDatasets) takes "
+        "tokenized streams and packs nothing (processing_class is not applied to them); tokenize each stream first, "
+        "e.g. stream.map(lambda batch: tokenizer(batch['text']), batched=True, remove_columns=['text']), or pass a "
+        "map-style datasets.Dataset with a domain column, whose raw text is packed."
+    )
+
+
+def _add_lm_fields(example: dict, domain: str | None = None) -> dict:
     out = {}
+    if "input_ids" not in example:  # a stream whose columns were unknown at construction
+        raise ValueError(_stream_needs_input_ids(domain, sorted(example)))
     ids = example["input_ids"]
     mask = example.get("attention_mask")
     for column in ("attention_mask", "labels"):
@@ -60,9 +72,14 @@ def _add_lm_fields(example: dict) -> dict:
     return out
 
 
-def ensure_lm_stream(stream):
-    """Streaming counterpart of `ensure_lm_columns` (lazy `IterableDataset.map`)."""
-    return stream.map(_add_lm_fields)
+def ensure_lm_stream(stream, domain: str | None = None):
+    """Streaming counterpart of `ensure_lm_columns` (lazy `IterableDataset.map`). A stream whose columns are known
+    (`column_names`) and lack `input_ids` is refused here, naming `domain`; one whose columns are unknown is refused at
+    its first row without `input_ids` (it used to fail inside `datasets` with a bare `KeyError: 'input_ids'`)."""
+    columns = getattr(stream, "column_names", None)
+    if columns is not None and "input_ids" not in columns:
+        raise ValueError(_stream_needs_input_ids(domain, list(columns)))
+    return stream.map(_add_lm_fields, fn_kwargs={"domain": domain})
 
 
 def check_no_empty_rows(dataset, what: str) -> None:

@@ -158,8 +158,8 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         args (`GrapeConfig`): Training and reweighting arguments.
         train_dataset (`datasets.Dataset` or `dict[str, datasets.IterableDataset]`): Source data. A map-style
             dataset needs `args.domain_column`; if it has no `input_ids`, its `args.text_column` is packed per domain
-            with `processing_class`. A dict of per-domain (tokenized) streams selects the streaming path
-            (`StreamingMixture`, needs `max_steps`).
+            with `processing_class`. A dict of per-domain tokenized streams (with `input_ids`; raw text is refused)
+            selects the streaming path (`StreamingMixture`, needs `max_steps`; `samples_per_epoch` is refused).
         target_datasets (`dict[str, datasets.Dataset]`): Target tasks, raw text (`args.text_column`) or tokenized.
             Not used by `doremi`, `uniform` and `fixed`, which may pass `None`.
         reference_model (`PreTrainedModel`, *optional*): DoReMi's reference model (else loaded from
@@ -167,7 +167,8 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         domain_weights (`dict[str, float]`, *optional*): Initial (or, for `fixed`, constant) domain weights; default
             from `args.mixture_file`, else uniform. Refused together with `args.mixture_file`.
         task_weights (`dict[str, float]`, *optional*): Initial task weights (for `doge`, the fixed ones); default
-            uniform. A mixture file's `tasks` are not read: `args.mixture_file` gives domain weights only.
+            uniform. A mixture file's `tasks` are not read: `args.mixture_file` gives domain weights only. Refused
+            with `doremi`, `uniform` and `fixed`, which never read task weights.
         **kwargs: Passed to `transformers.Trainer` (`data_collator`, `processing_class`, `callbacks`, ...).
     """
 
@@ -201,6 +202,12 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
                 raise ValueError("the streaming path (dict of IterableDatasets) needs --max_steps > 0.")
             if args.dataloader_num_workers:
                 raise ValueError("the streaming path needs --dataloader_num_workers 0 so weight updates reach it.")
+            if args.samples_per_epoch is not None:
+                raise ValueError(
+                    f"samples_per_epoch={args.samples_per_epoch} sets the epoch of the map-style sampler, but this run "
+                    "streams (a dict of IterableDatasets: an endless mixture, with max_steps as its length) and never "
+                    "reads it; drop samples_per_epoch (set max_steps), or pass a map-style datasets.Dataset."
+                )
         elif not isinstance(train_dataset, Dataset):
             raise TypeError(
                 "train_dataset must be a datasets.Dataset with a domain column, or a dict of per-domain "
@@ -261,6 +268,12 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
                 "run would train on those and export them as 'uniform'. Use reweight_method='fixed' to train on given "
                 f"weights, or drop {flag}."
             )
+        if task_weights is not None and not needs_targets:
+            raise ValueError(
+                f"task_weights=... are read only by reweight_method grape, grape_ema, grape_gap (initial task weights) "
+                f"and doge (fixed task weights); reweight_method={method!r} never reads them, and the run would export "
+                "them as its task weights. Drop task_weights, or choose one of those methods."
+            )
         gc_kwargs = args.activation_checkpointing_kwargs if args.activation_checkpointing else None
         reentrant = _reentrant_checkpointing(gc_kwargs, model)
         if needs_targets and reentrant:
@@ -287,7 +300,7 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         if streaming:
             domain_names = sorted(train_dataset)
             self._domain_indices = None
-            self._domain_streams = {n: ensure_lm_stream(train_dataset[n]) for n in domain_names}
+            self._domain_streams = {n: ensure_lm_stream(train_dataset[n], n) for n in domain_names}
             self._domain_iters: dict = {}
             source = None
         else:

@@ -109,3 +109,85 @@ def test_streaming_mixture_is_seeded_with_data_seed(tmp_path):
         args = quick_grape_args(tmp_path, reweight_method="uniform", **overrides)
         trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=streams)
         assert trainer.train_dataset.seed == expected
+
+
+# ---- #3: arguments the run never reads ------------------------------------------------------------------------------
+def test_samples_per_epoch_refused_on_the_streaming_path(tmp_path):
+    from datasets import Dataset
+
+    from hf_ext.grape import GrapeTrainer
+
+    streams = {d: Dataset.from_dict({"input_ids": [[3, 4, 5]] * 4}).to_iterable_dataset() for d in "ab"}
+    args = quick_grape_args(tmp_path, reweight_method="uniform", samples_per_epoch=3)
+    with pytest.raises(ValueError, match="samples_per_epoch=3 .* never reads it"):
+        GrapeTrainer(model=tiny_llama(), args=args, train_dataset=streams)
+
+
+@pytest.mark.parametrize("method", ["uniform", "fixed", "doremi"])
+def test_task_weights_refused_with_a_method_that_never_reads_them(tmp_path, method):
+    from hf_ext.grape import GrapeTrainer
+
+    train, targets = synthetic_mixture(n_per_domain=4, length=16, n_target=4)
+    extra = {"domain_weights": {"a": 0.5, "b": 0.3, "c": 0.2}} if method == "fixed" else {}
+    if method == "doremi":
+        extra["reference_model"] = tiny_llama()
+    args = quick_grape_args(tmp_path, reweight_method=method)
+    with pytest.raises(ValueError, match=f"task_weights=... are read only by .* reweight_method='{method}' never"):
+        GrapeTrainer(
+            model=tiny_llama(),
+            args=args,
+            train_dataset=train,
+            target_datasets=targets,
+            task_weights={"t_a": 0.9, "t_b": 0.1},
+            **extra,
+        )
+
+
+@pytest.mark.parametrize("method", ["grape", "grape_gap", "doge"])
+def test_task_weights_accepted_with_a_method_that_reads_them(tmp_path, method):
+    from hf_ext.grape import GrapeTrainer
+
+    train, targets = synthetic_mixture(n_per_domain=4, length=16, n_target=4)
+    trainer = GrapeTrainer(
+        model=tiny_llama(),
+        args=quick_grape_args(tmp_path, reweight_method=method),
+        train_dataset=train,
+        target_datasets=targets,
+        task_weights={"t_a": 0.9, "t_b": 0.1},
+    )
+    assert trainer.mixture_state.task_weights.tolist() == pytest.approx([0.9, 0.1])
+
+
+# ---- #4: raw-text streams ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("with_tokenizer", [False, True])
+def test_raw_text_streams_refused_at_construction_naming_the_domain(tmp_path, with_tokenizer):
+    from datasets import Dataset
+
+    from hf_ext.grape import GrapeTrainer
+
+    streams = {"web": Dataset.from_dict({"input_ids": [[3, 4, 5]] * 4}).to_iterable_dataset()}
+    streams["code"] = Dataset.from_dict({"text": ["some raw text"] * 4}).to_iterable_dataset()
+    extra = {}
+    if with_tokenizer:
+        from hf_ext.data import build_tokenizer
+
+        extra["processing_class"] = build_tokenizer(300)
+    args = quick_grape_args(tmp_path, reweight_method="uniform")
+    with pytest.raises(ValueError, match=r"train_dataset\['code'\] has no input_ids \(columns: \['text'\]\)"):
+        GrapeTrainer(model=tiny_llama(), args=args, train_dataset=streams, **extra)
+
+
+def test_stream_with_unknown_columns_refused_at_its_first_row_naming_the_domain(tmp_path):
+    from datasets import IterableDataset
+
+    from hf_ext.grape import GrapeTrainer
+
+    def raw():
+        yield from ({"text": "some raw text"} for _ in range(4))
+
+    stream = IterableDataset.from_generator(raw)
+    assert stream.column_names is None  # nothing to check at construction
+    args = quick_grape_args(tmp_path, reweight_method="uniform", max_steps=1)
+    trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset={"web": stream})
+    with pytest.raises(ValueError, match=r"train_dataset\['web'\] has no input_ids"):
+        trainer.train()  # used to be a bare KeyError: 'input_ids'
