@@ -270,8 +270,16 @@ def pad_target_features(features: list[dict], pad_token_id: int) -> dict:
     Returns:
         `dict` of `torch.long` tensors `input_ids`, `attention_mask`, `labels`, shape `(len(features), max length)`.
     """
+    import numbers
+
     import torch
 
+    if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, numbers.Integral) or pad_token_id < 0:
+        # -1 was taken (no embedding row has it) and 2.7 became 2 without a word
+        raise ValueError(
+            f"pad_token_id must be a non-negative int (a token id of the vocabulary, e.g. tokenizer.pad_token_id or "
+            f"eos_token_id), got {pad_token_id!r}."
+        )
     length = max(len(f["input_ids"]) for f in features)
     shape = (len(features), length)
     input_ids = torch.full(shape, int(pad_token_id), dtype=torch.long)

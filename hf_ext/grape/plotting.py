@@ -22,6 +22,13 @@ def plot_mixture_trajectory(
     """
     if not trajectory:
         raise ValueError("trajectory is empty; nothing to plot.")
+    for key, names, arg in (("domain_weights", domain_names, "domain_names"), ("task_weights", task_names, "task_names")):
+        for i, record in enumerate(trajectory):
+            if len(record[key]) != len(names):  # zip used to draw fewer curves without a word
+                raise ValueError(
+                    f"{arg} has {len(names)} names ({list(names)}) but trajectory[{i}] has {len(record[key])} {key}; "
+                    f"give one name per weight, in weight order."
+                )
     import matplotlib
 
     matplotlib.use("Agg")

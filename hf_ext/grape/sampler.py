@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import collections
 import itertools
+import numbers
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -28,12 +29,35 @@ _SEQ_KEY = "__grape_seq__"
 _DOMAIN_KEY = "__grape_domain__"
 
 
+def _row_indices(rows, arg: str) -> np.ndarray:
+    """`rows` as an int64 array of dataset row indices, refused by `arg` unless they are non-negative integers: a
+    negative index used to be handed to the dataset, which reads it from the end (another domain's row), and a float
+    or bool was truncated to a row silently."""
+    if isinstance(rows, (str, bytes, dict)) or not hasattr(rows, "__len__"):
+        raise ValueError(f"{arg} must be a sequence of dataset row indices, got {rows!r}.")
+    array = np.asarray(rows)
+    if array.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise ValueError(
+            f"{arg} must be a flat sequence of int dataset row indices (not bools, floats or nested lists), got "
+            f"{rows if len(rows) <= 8 else list(rows[:8]) + ['...']!r}."
+        )
+    if (array < 0).any():
+        raise ValueError(
+            f"{arg} holds the negative row index {int(array[array < 0][0])}; row indices count from 0 (a negative one "
+            "would read a row from the end of the dataset, which may belong to another domain)."
+        )
+    return array.astype(np.int64)
+
+
 class MixtureSampler(torch.utils.data.Sampler[int]):
     """Draw dataset indices from a domain mixture whose weights are read from a `MixtureState`.
 
     Args:
         domain_indices (`Sequence[Sequence[int]]`): For each domain (in `state.domain_names` order), the dataset rows
-            belonging to it. Every domain needs at least one row.
+            belonging to it (non-negative ints; the sampler does not see the dataset, so rows past its end are not
+            checked here). Every domain needs at least one row.
         state (`MixtureState`): Holds the weight schedule; updates made by the trainer take effect for positions not
             yet drawn.
         num_samples (`int`, *optional*): Indices per epoch; defaults to the total number of rows.
@@ -58,13 +82,18 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
                 f"domain_indices has {len(domain_indices)} entries but the state has "
                 f"{len(state.domain_names)} domains ({state.domain_names})."
             )
-        self.domain_indices = [np.asarray(ix, dtype=np.int64) for ix in domain_indices]
+        self.domain_indices = [
+            _row_indices(ix, f"domain_indices[{k}] (domain {name!r})")
+            for k, (name, ix) in enumerate(zip(state.domain_names, domain_indices))
+        ]
         empty = [n for n, ix in zip(state.domain_names, self.domain_indices) if ix.size == 0]
         if empty:
             raise ValueError(f"domains {empty} have no rows; drop them from the mixture or add data.")
         total = sum(int(ix.size) for ix in self.domain_indices)
-        if num_samples is not None and (not isinstance(num_samples, int) or num_samples <= 0):
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+        if num_samples is not None and (
+            isinstance(num_samples, (bool, np.bool_)) or not isinstance(num_samples, numbers.Integral) or num_samples <= 0
+        ):  # True used to be taken as an epoch of 1
+            raise ValueError(f"num_samples must be a positive int (or None for all rows), got {num_samples!r}.")
         self.num_samples = int(num_samples or total)
         self.state = state
         self._check_schedule()

@@ -103,6 +103,11 @@ class MixtureState:
     trajectory: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        for arg in ("domain_names", "task_names"):
+            names = list(getattr(self, arg))
+            repeated = sorted({str(x) for x in names if names.count(x) > 1})
+            if repeated:  # the exported mixture (a dict by name) kept one weight of each and dropped the others
+                raise ValueError(f"{arg} repeats {repeated} ({names}); give each weight its own name.")
         k, n = len(self.domain_names), len(self.task_names)
         self.domain_weights = check_weight_vector(
             self.domain_weights, k, f"domain_weights (domains {self.domain_names})"

@@ -4,7 +4,9 @@ refused naming the domain, and the public building blocks' row indices, epoch le
 
 import os
 
+import numpy as np
 import pytest
+import torch
 from grape_synthetic import quick_grape_args, synthetic_mixture, tiny_llama
 
 # ---- #1: plot_file="*.pgf" without the TeX system of rcParams["pgf.texsystem"] ----------------------------------
@@ -191,3 +193,73 @@ def test_stream_with_unknown_columns_refused_at_its_first_row_naming_the_domain(
     trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset={"web": stream})
     with pytest.raises(ValueError, match=r"train_dataset\['web'\] has no input_ids"):
         trainer.train()  # used to be a bare KeyError: 'input_ids'
+
+
+# ---- #5: public building blocks ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        ([-1], "negative row index -1"),
+        ([0, 1.5], "int dataset row indices"),
+        ([True, False], "int dataset row indices"),
+        ([[0, 1]], "int dataset row indices"),
+        ("01", "sequence of dataset row indices"),
+    ],
+)
+def test_sampler_refuses_bad_row_indices_naming_the_domain(rows, match):
+    from hf_ext.grape import MixtureSampler, MixtureState
+
+    state = MixtureState(["a", "b"], [], [1.0, 0.0], [])
+    with pytest.raises(ValueError, match=rf"domain_indices\[0\] \(domain 'a'\).*{match}"):
+        MixtureSampler([rows, [0, 1, 2, 3]], state, num_samples=5)
+
+
+def test_sampler_num_samples_refuses_bools_and_takes_numpy_ints():
+    from hf_ext.grape import MixtureSampler, MixtureState
+
+    state = MixtureState(["a", "b"], [], [0.5, 0.5], [])
+    for bad in (True, np.bool_(True), 0, 2.0):
+        with pytest.raises(ValueError, match="num_samples must be a positive int"):
+            MixtureSampler([[0], [1]], state, num_samples=bad)
+    assert len(MixtureSampler([[0], [1]], state, num_samples=np.int64(5))) == 5
+    assert len(MixtureSampler([np.array([0, 2]), [1]], state)) == 3
+
+
+@pytest.mark.parametrize("arg", ["domain_names", "task_names"])
+def test_mixture_state_refuses_repeated_names(arg):
+    from hf_ext.grape import MixtureState
+
+    kwargs = {"domain_names": ["a", "b"], "task_names": ["t", "u"], "domain_weights": [0.5, 0.5],
+              "task_weights": [0.5, 0.5]}  # fmt: skip
+    kwargs[arg] = ["a", "a", "b"] if arg == "domain_names" else ["t", "t", "u"]
+    kwargs[arg.replace("names", "weights")] = [0.2, 0.3, 0.5]
+    with pytest.raises(ValueError, match=f"{arg} repeats"):
+        MixtureState(**kwargs)
+
+
+@pytest.mark.parametrize("arg", ["domain_names", "task_names"])
+def test_plot_refuses_a_name_list_that_does_not_match_the_weights(tmp_path, arg):
+    from hf_ext.grape import plot_mixture_trajectory
+
+    trajectory = [{"step": 0, "domain_weights": [0.5, 0.5], "task_weights": [0.5, 0.5]}]
+    names = {"domain_names": ["a", "b"], "task_names": ["t", "u"]}
+    names[arg] = names[arg][:1]
+    with pytest.raises(ValueError, match=rf"{arg} has 1 names .* trajectory\[0\] has 2"):
+        plot_mixture_trajectory(trajectory, names["domain_names"], names["task_names"], str(tmp_path / "p.png"))
+    assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize("pad", [-1, 2.7, True, "0", None])
+def test_pad_target_features_refuses_a_pad_id_that_is_not_a_token_id(pad):
+    from hf_ext.grape import pad_target_features
+
+    with pytest.raises(ValueError, match="pad_token_id must be a non-negative int"):
+        pad_target_features([{"input_ids": [5, 6]}, {"input_ids": [7]}], pad)
+
+
+def test_pad_target_features_takes_numpy_int_pad_ids():
+    from hf_ext.grape import pad_target_features
+
+    batch = pad_target_features([{"input_ids": [5, 6]}, {"input_ids": [7]}], np.int64(3))
+    assert batch["input_ids"].tolist() == [[5, 6], [7, 3]]
+    assert batch["labels"].dtype == torch.long
