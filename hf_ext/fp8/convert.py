@@ -230,7 +230,8 @@ def convert(
             converted on CPU before it is moved to a GPU must not run emulated there.
         fsdp_float8_all_gather (`bool`, defaults to `False`): torchao tensorwise: when the model is then sharded
             with FSDP2 (`fully_shard`, accelerate's FSDP plugin with `fsdp_version=2`), all-gather the sharded
-            weights in FP8 (half the communication of BF16).
+            weights in FP8 (half the communication of BF16). The weights become torchao's all-gather tensors; the
+            model's `state_dict()` (and so `save_pretrained`) holds the plain high-precision weights.
         amax_reduction_group (*optional*): te / emulated delayed scaling: `torch.distributed` group over which the
             amaxes are maxed (all data-parallel ranks then share histories and scales). Default: the whole world when
             `torch.distributed` is initialised with more than one rank at the time of the forward, else none. The te backend enables FP8 per forward only when the
@@ -455,6 +456,54 @@ def _convert_torchao(model, names, recipe, pad_inner_dim, emulate, fsdp_float8_a
         module_filter_fn=lambda mod, fqn: fqn in wanted,
         config=torchao_config(recipe, pad_inner_dim, emulate, fsdp_float8_all_gather),
     )
+    if fsdp_float8_all_gather:
+        # the weights become torchao's FP8 all-gather wrappers, which have no storage of their own: without FSDP2
+        # (which saves its own DTensors) save_pretrained / safetensors would fail on them, so the state dict holds
+        # the high-precision tensors they wrap (loading copies into the wrappers, which stay)
+        model.register_state_dict_post_hook(_plain_fp8_weights_hook)
+
+
+def _fp8_cast_weight_type() -> type | None:
+    """torchao's FP8 all-gather weight wrapper class (`enable_fsdp_float8_all_gather`), `None` without torchao."""
+    try:
+        from torchao.float8.fsdp_utils import WeightWithDynamicFloat8CastTensor
+    except ImportError:  # pragma: no cover - torchao is a runtime dependency
+        return None
+    return WeightWithDynamicFloat8CastTensor
+
+
+def plain_fp8_weights(state_dict: dict) -> dict:
+    """`state_dict` with every torchao FP8 all-gather weight wrapper (`WeightWithDynamicFloat8CastTensor`, what
+    `enable_fsdp_float8_all_gather` makes of an unsharded `Float8Linear` weight) replaced by the high-precision tensor
+    it holds, so that safetensors / `save_pretrained` can write it. Other values are kept; the dict is changed in
+    place and returned."""
+    cast = _fp8_cast_weight_type()
+    if cast is not None:
+        for key, value in state_dict.items():
+            if isinstance(value, cast):
+                state_dict[key] = value._tensor.detach()
+    return state_dict
+
+
+def _plain_fp8_weights_hook(module, state_dict, prefix, local_metadata) -> None:
+    plain_fp8_weights(state_dict)
+
+
+def fsdp2_in_use(fsdp_plugin=None, training_args=None) -> bool:
+    """Whether the run shards the model with FSDP2 (`fully_shard`): the given accelerate `FullyShardedDataParallelPlugin`
+    has `fsdp_version=2`; else `TrainingArguments(fsdp=..., fsdp_config={"version": 2})` (its `fsdp_plugin_args`);
+    else `accelerate launch` with an FSDP config of `fsdp_version: 2` (`ACCELERATE_USE_FSDP=true`, `FSDP_VERSION=2`
+    in the environment)."""
+    import os
+
+    if fsdp_plugin is not None:
+        return int(getattr(fsdp_plugin, "fsdp_version", None) or 1) == 2
+    plugin_args = getattr(training_args, "fsdp_plugin_args", None)
+    if plugin_args:
+        return int(plugin_args.get("fsdp_version", 1)) == 2
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return False
+    return os.environ.get("FSDP_VERSION", "1").strip() == "2"
 
 
 def _convert_emulated(model, names, scaling, fp8_format, history, algo, margin, amax_reduction_group=None) -> None:
@@ -586,6 +635,7 @@ def ao_recipe_kwargs(
     skip_modules: list[str] | None = None,
     pad_inner_dim: bool = False,
     emulate: bool | None = None,
+    fsdp_float8_all_gather: bool | None = None,
 ):
     """accelerate `AORecipeKwargs` that converts every block linear (only the LM head stays out), for
     `Accelerator(mixed_precision="fp8", kwargs_handlers=[...])` or [`Fp8Trainer`]. accelerate's default filter would
@@ -596,6 +646,10 @@ def ao_recipe_kwargs(
         recipe (`str`): torchao recipe name.
         include_lm_head, skip_modules, pad_inner_dim, emulate: As in [`convert`] (`emulate=None`: torchao's emulated
             GEMM when no CUDA device is available).
+        fsdp_float8_all_gather (`bool`, *optional*): All-gather the FSDP2 shards in FP8 (tensorwise only). Default
+            (`None`): on for the tensorwise recipe when the run uses FSDP2 (see [`fsdp2_in_use`]: `accelerate launch`
+            with an FSDP config of `fsdp_version: 2`), off otherwise. Without FSDP2 it only wraps every FP8 weight in
+            torchao's all-gather tensor; [`Fp8Trainer`] still saves plain weights then.
     """
     from accelerate.utils import AORecipeKwargs
 
@@ -605,10 +659,13 @@ def ao_recipe_kwargs(
     if emulate is None:
         emulate = not torch.cuda.is_available()  # as convert: torch's CPU _scaled_mm is a reference kernel
     _check_switches("ao_recipe_kwargs", emulate=emulate)
+    if fsdp_float8_all_gather is None:
+        fsdp_float8_all_gather = recipe == "tensorwise" and fsdp2_in_use()
+    _check_switches("ao_recipe_kwargs", fsdp_float8_all_gather=fsdp_float8_all_gather)
     names = fp8_target_modules(model, include_lm_head, skip_modules)
     _check_dims(model, names, pad_inner_dim, "torchao")
     return AORecipeKwargs(
-        config=torchao_config(recipe, pad_inner_dim, emulate, fsdp_float8_all_gather=recipe == "tensorwise"),
+        config=torchao_config(recipe, pad_inner_dim, emulate, fsdp_float8_all_gather=fsdp_float8_all_gather),
         module_filter_func=fp8_target_filter(model, include_lm_head, skip_modules),
         pad_inner_dim=pad_inner_dim,
     )

@@ -170,6 +170,10 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
 
     Without fp8 mixed precision it trains like `Trainer` with the rules above.
 
+    torchao's FP8 all-gather (`enable_fsdp_float8_all_gather`) is on in the default recipe only when the run uses
+    FSDP2; a model whose weights are still torchao's all-gather wrappers without FSDP2 (an explicit recipe with it on,
+    or `convert(..., fsdp_float8_all_gather=True)`) is saved with the plain high-precision weights.
+
     Args:
         fp8_recipe_kwargs (*optional*): An accelerate recipe handler (`AORecipeKwargs`, `TERecipeKwargs`).
         *args, **kwargs: As `Trainer`.
@@ -184,14 +188,34 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
         out = super()._build_accelerator_args(**kwargs)
         if getattr(self.args, "mixed_precision", "no") != "fp8":
             return out
+        from .convert import ao_recipe_kwargs, fsdp2_in_use
+
+        fsdp2 = fsdp2_in_use(out.get("fsdp_plugin"), self.args)
         handler = self.fp8_recipe_kwargs
         if handler is None:
-            from .convert import ao_recipe_kwargs
-
-            handler = ao_recipe_kwargs(self._fp8_model)
+            handler = ao_recipe_kwargs(self._fp8_model, fsdp_float8_all_gather=fsdp2)
+        elif getattr(getattr(handler, "config", None), "enable_fsdp_float8_all_gather", False) and not fsdp2:
+            logger.warning(
+                "fp8_recipe_kwargs turns torchao's FP8 all-gather (enable_fsdp_float8_all_gather) on, but this run "
+                "does not use FSDP2: it only wraps every FP8 weight (saves write the plain weights). Build it with "
+                "ao_recipe_kwargs(model) (on under FSDP2 only) or fsdp_float8_all_gather=False."
+            )
         out["kwargs_handlers"] = [*(out.get("kwargs_handlers") or []), handler]
         out["mixed_precision"] = "fp8"
         return out
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # torchao's FP8 all-gather weight wrappers (enable_fsdp_float8_all_gather on a model FSDP2 does not shard) have
+        # no storage safetensors can write: save the high-precision tensors they hold
+        from .convert import _fp8_cast_weight_type, plain_fp8_weights
+
+        cast = _fp8_cast_weight_type()
+        if state_dict is None and cast is not None and self.model is not None:
+            if any(isinstance(p, cast) for p in self.model.parameters()):
+                state_dict = self.model.state_dict()
+        if state_dict is not None:
+            state_dict = plain_fp8_weights(state_dict)
+        super()._save(output_dir, state_dict=state_dict)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         # An Fp8HealthCallback's values join the row before Trainer.log: TensorBoard, W&B, ... run before user

@@ -508,6 +508,7 @@ def setup_fp8(model, model_args: ModelArguments, training_args: TrainingArgument
     Returns `(trainer_class, trainer_kwargs, callbacks)`.
     """
     from ..fp8 import Fp8HealthCallback, Fp8Trainer, ao_recipe_kwargs, convert
+    from ..fp8.convert import fsdp2_in_use
 
     # accelerate 1.15 stores `--fp8_backend ao` verbatim, then rejects the lower-case value; accept it here.
     env_backend = os.environ.get("ACCELERATE_FP8_BACKEND")
@@ -516,7 +517,10 @@ def setup_fp8(model, model_args: ModelArguments, training_args: TrainingArgument
     # Fp8Trainer also without FP8: it decays only what the model names (FOG: matrices) and resolves the WSD cooldown.
     trainer_cls, extra = Fp8Trainer, {}
     if getattr(training_args, "mixed_precision", "no") == "fp8":
-        extra = {"fp8_recipe_kwargs": ao_recipe_kwargs(model, model_args.fp8_recipe)}
+        # FP8 all-gather only where FSDP2 shards the model: elsewhere it wraps the weights in a tensor safetensors
+        # cannot save (tensorwise only)
+        all_gather = model_args.fp8_recipe == "tensorwise" and fsdp2_in_use(training_args=training_args)
+        extra = {"fp8_recipe_kwargs": ao_recipe_kwargs(model, model_args.fp8_recipe, fsdp_float8_all_gather=all_gather)}
     elif model_args.fp8_backend != "none":
         if model_args.fp8_backend == "te":
             model.to("cuda")

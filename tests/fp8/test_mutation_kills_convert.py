@@ -123,10 +123,13 @@ def test_torchao_receives_emulate_and_pad_inner_dim():
 
 
 # -------------------------------------------------------------------------------------------- accelerate's handler
-def test_ao_recipe_kwargs_all_gathers_in_fp8_for_tensorwise_only():
-    """docs/fp8.md: `ao_recipe_kwargs` turns FP8 all-gather of FSDP2 shards on (torchao supports it for tensorwise)."""
+def test_ao_recipe_kwargs_all_gathers_in_fp8_for_tensorwise_only(monkeypatch):
+    """docs/fp8.md: under FSDP2 `ao_recipe_kwargs` turns FP8 all-gather of the shards on (torchao supports it for
+    tensorwise)."""
     from hf_ext.fp8 import ao_recipe_kwargs
 
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an fsdp_version: 2 config
+    monkeypatch.setenv("FSDP_VERSION", "2")
     model = _fog()
     handler = ao_recipe_kwargs(model)
     assert handler.config.enable_fsdp_float8_all_gather is True
