@@ -168,18 +168,34 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
       backend's delayed-scaling amax histories, which the adapter checkpoint leaves out) in each checkpoint as
       `fp8_state.safetensors` and restores it on resume, so a resumed run continues as an uninterrupted one.
 
-    Without fp8 mixed precision it trains like `Trainer` with the rules above.
+    Without fp8 mixed precision it trains like `Trainer` with the rules above (an explicit `fp8_recipe_kwargs` is
+    refused then: it would be ignored).
 
     torchao's FP8 all-gather (`enable_fsdp_float8_all_gather`) is on in the default recipe only when the run uses
     FSDP2; a model whose weights are still torchao's all-gather wrappers without FSDP2 (an explicit recipe with it on,
     or `convert(..., fsdp_float8_all_gather=True)`) is saved with the plain high-precision weights.
 
     Args:
-        fp8_recipe_kwargs (*optional*): An accelerate recipe handler (`AORecipeKwargs`, `TERecipeKwargs`).
+        fp8_recipe_kwargs (*optional*): An accelerate recipe handler (`AORecipeKwargs`, `TERecipeKwargs`), used under
+            fp8 mixed precision (`accelerate launch --mixed_precision fp8`, `ACCELERATE_MIXED_PRECISION=fp8`).
         *args, **kwargs: As `Trainer`.
     """
 
     def __init__(self, *args, fp8_recipe_kwargs=None, **kwargs):
+        if fp8_recipe_kwargs is not None:
+            training_args = kwargs["args"] if "args" in kwargs else (args[1] if len(args) > 1 else None)
+            mixed_precision = (
+                getattr(training_args, "mixed_precision", "no")
+                if training_args is not None
+                else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # what Trainer's default arguments read
+            )
+            if mixed_precision != "fp8":
+                raise ValueError(
+                    f"Fp8Trainer: fp8_recipe_kwargs is used only under fp8 mixed precision, but mixed precision is "
+                    f"{mixed_precision!r}, so the run would train in high precision. Launch with `accelerate launch "
+                    "--mixed_precision fp8` (or set ACCELERATE_MIXED_PRECISION=fp8 before building TrainingArguments), "
+                    "or convert the model with hf_ext.fp8.convert(model, ...) and drop fp8_recipe_kwargs."
+                )
         self.fp8_recipe_kwargs = fp8_recipe_kwargs
         self._fp8_model = kwargs.get("model") if "model" in kwargs else (args[0] if args else None)
         super().__init__(*args, **kwargs)

@@ -114,3 +114,24 @@ def test_a_model_converted_with_fp8_all_gather_saves_plain_weights_without_fsdp(
     # loading a plain state dict back into the wrapped weights keeps the wrapper
     model.load_state_dict(loaded)
     assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "WeightWithDynamicFloat8CastTensor"
+
+
+# --------------------------------------------------------- 4. an explicit FP8 recipe without fp8 mixed precision
+@pytest.mark.parametrize("positional", [False, True])
+def test_fp8_recipe_kwargs_without_fp8_mixed_precision_is_refused(tmp_path, monkeypatch, reset_accelerate, positional):
+    """The recipe was dropped silently and the run trained in high precision (0 FP8 modules)."""
+    from transformers import TrainingArguments
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    model = _fog()
+    args = TrainingArguments(str(tmp_path), max_steps=1, use_cpu=True, report_to=[], save_strategy="no")
+    call = (model, args) if positional else ()
+    kw = {} if positional else {"model": model, "args": args}
+    with pytest.raises(ValueError, match=r"fp8_recipe_kwargs .*'no'.*--mixed_precision fp8.*convert\(model"):
+        Fp8Trainer(*call, fp8_recipe_kwargs=ao_recipe_kwargs(model), **kw)
+    with pytest.raises(ValueError, match="fp8_recipe_kwargs"):  # Trainer's default arguments read the same variable
+        Fp8Trainer(model=model, fp8_recipe_kwargs=ao_recipe_kwargs(model))
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    args = TrainingArguments(str(tmp_path), max_steps=1, use_cpu=True, report_to=[], save_strategy="no")
+    trainer = Fp8Trainer(model=model, args=args, fp8_recipe_kwargs=ao_recipe_kwargs(model))
+    assert trainer.accelerator.ao_recipe_handler is trainer.fp8_recipe_kwargs
