@@ -120,6 +120,11 @@ def resolve_wsd_kwargs(kwargs: dict | None, num_training_steps: int) -> dict:
     here means that fraction of `num_training_steps` (the FOG reference cools down over the last 20%: 0.2), rounded
     to the nearest step and at least 1 (transformers rounds a warmup fraction up instead).
 
+    The other keys are checked by name before any work: each must be an argument of transformers'
+    `get_wsd_schedule`; `decay_type` / `warmup_type` one of its curves ("linear", "cosine", "1-sqrt"); `min_lr_ratio`
+    a number in [0, 1] (below 0 the cooldown reaches a learning rate of 0 early, above 1 it rises over the peak);
+    `num_cycles` a finite number.
+
     Args:
         kwargs (`dict`, *optional*): The user's `lr_scheduler_kwargs`.
         num_training_steps (`int`): Total optimizer steps of the run.
@@ -128,6 +133,7 @@ def resolve_wsd_kwargs(kwargs: dict | None, num_training_steps: int) -> dict:
         `dict`: A copy with an integer `num_decay_steps`.
     """
     out = dict(kwargs or {})
+    _check_wsd_options(out)
     if "num_decay_steps" not in out:
         raise ValueError(
             "lr_scheduler_type='warmup_stable_decay' needs num_decay_steps in lr_scheduler_kwargs (steps, or a float "
@@ -151,6 +157,44 @@ def resolve_wsd_kwargs(kwargs: dict | None, num_training_steps: int) -> dict:
             "steps; lower it or raise max_steps."
         )
     return out
+
+
+#: The warmup and decay curves of transformers' `get_wsd_schedule` (it lists them inside the function only).
+WSD_CURVES = ("linear", "cosine", "1-sqrt")
+
+
+def _check_wsd_options(kwargs: dict) -> None:
+    """The WSD `lr_scheduler_kwargs` other than `num_decay_steps`, by name (transformers checks the curve names only
+    when the scheduler is built, and neither the range nor the type of `min_lr_ratio`)."""
+    import inspect
+
+    from transformers.optimization import get_wsd_schedule
+
+    passed_by_trainer = {"optimizer", "num_warmup_steps", "num_training_steps"}
+    known = [n for n in inspect.signature(get_wsd_schedule).parameters if n not in passed_by_trainer]
+    unknown = sorted(k for k in kwargs if k not in known)
+    if unknown:
+        raise ValueError(
+            f"lr_scheduler_kwargs {', '.join(map(repr, unknown))} is not an option of transformers' warmup_stable_decay "
+            f"schedule; use {', '.join(known)}."
+        )
+    for name in ("warmup_type", "decay_type"):
+        if name in kwargs and kwargs[name] not in WSD_CURVES:
+            raise ValueError(
+                f"lr_scheduler_kwargs {name}={kwargs[name]!r} is not a warmup_stable_decay curve; use one of "
+                f"{', '.join(map(repr, WSD_CURVES))}."
+            )
+    for name, low, high in (("min_lr_ratio", 0.0, 1.0), ("num_cycles", -math.inf, math.inf)):
+        if name not in kwargs:
+            continue
+        value = kwargs[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"lr_scheduler_kwargs {name}={value!r} must be a finite number, not {type(value).__name__}.")
+        if not low <= value <= high:
+            raise ValueError(
+                f"lr_scheduler_kwargs {name}={value!r} must be in [0, 1]: the final learning rate as a fraction of the "
+                "peak (below 0 the cooldown reaches 0 early, above 1 it rises over the peak)."
+            )
 
 
 class Fp8Trainer(LossWindowResumeMixin, Trainer):

@@ -135,3 +135,43 @@ def test_fp8_recipe_kwargs_without_fp8_mixed_precision_is_refused(tmp_path, monk
     args = TrainingArguments(str(tmp_path), max_steps=1, use_cpu=True, report_to=[], save_strategy="no")
     trainer = Fp8Trainer(model=model, args=args, fp8_recipe_kwargs=ao_recipe_kwargs(model))
     assert trainer.accelerator.ao_recipe_handler is trainer.fp8_recipe_kwargs
+
+
+# ------------------------------------------------------------------------------- 3. WSD lr_scheduler_kwargs by name
+@pytest.mark.parametrize(
+    "extra, match",
+    [({"min_lr_ratio": -1.0}, r"min_lr_ratio=-1.0 must be in \[0, 1\]"),
+     ({"min_lr_ratio": 3}, r"min_lr_ratio=3 must be in \[0, 1\]"),
+     ({"min_lr_ratio": "0.1"}, "min_lr_ratio='0.1' must be a finite number, not str"),
+     ({"min_lr_ratio": float("nan")}, "min_lr_ratio=nan must be a finite number"),
+     ({"min_lr_ratio": True}, "min_lr_ratio=True must be a finite number"),
+     ({"decay_type": "sqrt"}, r"decay_type='sqrt' is not a warmup_stable_decay curve; use one of 'linear', 'cosine'"),
+     ({"warmup_type": "exp"}, "warmup_type='exp' is not a warmup_stable_decay curve"),
+     ({"num_cycles": "0.5"}, "num_cycles='0.5' must be a finite number"),
+     ({"min_lr": 0.1}, "'min_lr' is not an option of transformers' warmup_stable_decay schedule; use .*min_lr_ratio")],
+)  # fmt: skip
+def test_wsd_kwargs_are_checked_by_name_before_any_work(tmp_path, extra, match):
+    """min_lr_ratio -1 made the 1-sqrt cooldown reach LR 0 a quarter of the way in, 3 raised it to 3x the peak; a
+    string or an unknown curve failed only once training started. The pretrain recipe's check says the same first."""
+    from transformers import TrainingArguments
+
+    from hf_ext.fp8 import resolve_wsd_kwargs
+    from hf_ext.recipes.pretrain import check_wsd_kwargs
+
+    kwargs = {"num_decay_steps": 0.5, "decay_type": "1-sqrt", **extra}
+    with pytest.raises(ValueError, match=match):
+        resolve_wsd_kwargs(kwargs, 16)
+    args = TrainingArguments(
+        str(tmp_path), lr_scheduler_type="warmup_stable_decay", lr_scheduler_kwargs=kwargs, max_steps=16,
+        report_to=[], use_cpu=True,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="--lr_scheduler_kwargs: lr_scheduler_kwargs " + match):
+        check_wsd_kwargs(args)
+
+
+@pytest.mark.parametrize("ratio", [0, 0.0, 0.1, 1.0])
+def test_wsd_kwargs_in_range_are_kept(ratio):
+    from hf_ext.fp8 import resolve_wsd_kwargs
+
+    given = {"num_decay_steps": 0.5, "decay_type": "cosine", "warmup_type": "1-sqrt", "min_lr_ratio": ratio}
+    assert resolve_wsd_kwargs({**given, "num_cycles": 0.5}, 16) == {**given, "num_decay_steps": 8, "num_cycles": 0.5}
