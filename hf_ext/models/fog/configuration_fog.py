@@ -127,7 +127,8 @@ class FogConfig(PreTrainedConfig):
 
     def _validate_rope_parameters(self) -> None:
         """transformers' own RoPE validation, as `LlamaConfig` runs it (required keys per `rope_type`, e.g. llama3's
-        `factor`), with its `KeyError` as a `ValueError`; and a `rope_type` transformers has no initialiser for."""
+        `factor`), with its `KeyError` as a `ValueError`; a `rope_type` transformers has no initialiser for; and the
+        scaling numbers it only warns about (see `_check_rope_numbers`)."""
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
         rope = self.rope_parameters
@@ -139,6 +140,7 @@ class FogConfig(PreTrainedConfig):
                 f"FogConfig: rope_parameters['rope_type']={rope_type!r} is unknown; choose one of "
                 f"{', '.join(['default', *sorted(ROPE_INIT_FUNCTIONS)])}."
             )
+        _check_rope_numbers(rope, rope_type)  # first: transformers divides by original_max_position_embeddings
         try:
             self.validate_rope()
         except KeyError as err:
@@ -295,6 +297,51 @@ _FLOAT32_MAX = 3.4028234663852886e38
 
 def _is_real(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+#: RoPE scaling numbers that must be finite and > 0 (0, a negative value or NaN makes a NaN or inf rotary table).
+_ROPE_POSITIVE = (
+    "factor", "attention_factor", "beta_fast", "beta_slow", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings",
+)  # fmt: skip
+#: RoPE types whose `factor` transformers documents as >= 1 (it only logs a warning for a smaller one).
+_ROPE_FACTOR_AT_LEAST_ONE = ("linear", "dynamic", "yarn", "longrope", "llama3")
+
+
+def _check_rope_numbers(rope: dict, rope_type: str) -> None:
+    """The numbers of `rope_parameters` that transformers' `validate_rope` only warns about (or not at all), refused
+    by key: a NaN, inf, zero or negative scaling number builds a NaN rotary table, which under SDPA silently zeroes
+    every attention output."""
+    for key in _ROPE_POSITIVE:
+        value = rope.get(key)
+        if value is None:
+            continue
+        if not _is_real(value) or not math.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"FogConfig: rope_parameters[{key!r}] must be a finite number > 0, got {value!r} "
+                f"(rope_type={rope_type!r})."
+            )
+    factor = rope.get("factor")
+    if factor is not None and rope_type in _ROPE_FACTOR_AT_LEAST_ONE and factor < 1:
+        raise ValueError(
+            f"FogConfig: rope_parameters['factor'] must be >= 1 for rope_type={rope_type!r} (the context extension "
+            f"ratio), got {factor!r}; use 1.0 for no scaling, or rope_type='default'."
+        )
+    for key in ("mscale", "mscale_all_dim"):
+        value = rope.get(key)
+        if value is not None and (not _is_real(value) or not math.isfinite(value)):
+            raise ValueError(f"FogConfig: rope_parameters[{key!r}] must be a finite number, got {value!r}.")
+    partial = rope.get("partial_rotary_factor")
+    if partial is not None and (not _is_real(partial) or not 0 <= partial <= 1):
+        raise ValueError(f"FogConfig: rope_parameters['partial_rotary_factor'] must be in [0, 1], got {partial!r}.")
+    for key in ("short_factor", "long_factor"):
+        values = rope.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list | tuple) or not all(
+            _is_real(v) and math.isfinite(v) and v > 0 for v in values
+        ):
+            raise ValueError(f"FogConfig: rope_parameters[{key!r}] must be a list of finite numbers > 0, got {values!r}.")
 
 
 def _check_swiglu_width(recipe: str, value) -> int | None:
