@@ -71,13 +71,33 @@ def kurtosis(x: torch.Tensor, per_sample: bool = True) -> torch.Tensor:
 
 
 def find_decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of a model: the longest `nn.ModuleList` of identical module types, else the base
-    model's `layers` list (blocks of several types, e.g. a layer-paired model's layers and pairs)."""
+    """The transformer blocks of a model.
+
+    A transformers model declares its block classes in `_no_split_modules`: the longest `nn.ModuleList` whose modules
+    are all of those classes is the block list (so the 8 experts of a 2-block mixture-of-experts model are not taken
+    for its blocks). Without such a declaration (or no list of those classes): the longest `nn.ModuleList` of
+    identical module types, the outermost (first in `model.modules()` order) on a tie, else the base model's `layers`
+    list (blocks of several types, e.g. a layer-paired model's layers and pairs)."""
+    block_classes = {
+        name
+        for module in model.modules()
+        for name in (getattr(type(module), "_no_split_modules", None) or ())
+        if isinstance(name, str)
+    }
     best: list[nn.Module] = []
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > len(best):
-            if len({type(m) for m in module}) == 1:
+    if block_classes:
+        for module in model.modules():
+            if (
+                isinstance(module, nn.ModuleList)
+                and len(module) > len(best)
+                and {type(m).__name__ for m in module} <= block_classes
+            ):
                 best = list(module)
+    if not best:
+        for module in model.modules():
+            if isinstance(module, nn.ModuleList) and len(module) > len(best):
+                if len({type(m) for m in module}) == 1:
+                    best = list(module)
     if not best:
         layers = getattr(getattr(model, "base_model", model), "layers", None)
         if isinstance(layers, nn.ModuleList):

@@ -91,3 +91,18 @@ def test_a_block_list_as_long_as_an_inner_list_is_the_one_found():
     # a longer inner list wins (the first one found; the rule is "longest"): only the tie is decided above
     longer = _MoEModel(4, 5)
     assert all(a is b for a, b in zip(find_decoder_layers(longer), longer.layers[0].experts))
+
+
+class _DeclaredMoEModel(_MoEModel):
+    _no_split_modules = ["_ExpertBlock"]  # as a transformers model declares its block class
+
+
+def test_a_declared_block_class_wins_over_a_longer_expert_list():
+    # 2 blocks of 8 experts: the longest list is an expert list, but the model names its block class
+    model = _DeclaredMoEModel(2, 8)
+    found = find_decoder_layers(model)
+    assert len(found) == 2 and all(a is b for a, b in zip(found, model.layers))
+    assert all(a is b for a, b in zip(KurtosisMonitor(model, sites=["activation"]).layers, model.layers))
+    # the declaration is read from any module of the model (e.g. a transformers model inside a wrapper)
+    wrapper = nn.Sequential(model)
+    assert all(a is b for a, b in zip(find_decoder_layers(wrapper), model.layers))
