@@ -261,7 +261,14 @@ def _generate_time(model, prompt, new_tokens: int, mode: str, device: str) -> fl
         out = model.generate(prompt, **kwargs)
     _sync(device)
     assert out.shape[1] == prompt.shape[1] + new_tokens
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        # tensor parallelism: the generation took as long as its slowest rank, and every rank must see the same
+        # times, so that they all judge a run valid or invalid alike (a rank raising alone would hang the others)
+        slowest = torch.tensor([elapsed], dtype=torch.float64)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        elapsed = slowest.item()
+    return elapsed
 
 
 def _load_tensor_parallel(source, converted, args: BenchArguments, dtype: torch.dtype) -> dict:

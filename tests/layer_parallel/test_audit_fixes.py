@@ -96,14 +96,15 @@ def test_bench_refuses_bad_batch_sizes_and_lp_start_before_building(argv, match,
 
 
 def test_bench_lines_record_the_settings_used(capsys, bench):
-    argv = ["--tiny", "--repeats", "1", "--new_tokens", "3", "--batch_sizes", "1", "--prompt_length", "4",
+    # enough tokens and repeats that timer noise on a busy machine cannot leave a model without a valid run
+    argv = ["--tiny", "--repeats", "2", "--new_tokens", "8", "--batch_sizes", "1", "--prompt_length", "4",
             "--num_hidden_layers", "4", "--hidden_size", "32", "--num_pairs", "1"]  # fmt: skip
     lines = bench.main(argv)
     assert len(lines) == 4  # source, paired, zero-pair control (on by default on CPU), ratio
     for line in lines:
         control = line.get("model") == bench.CONTROL
         assert (line["repeats"], line["new_tokens"], line["layers"], line["hidden_size"], line["pairs"]) == (
-            1, 3, 4, 32, 0 if control else 1
+            2, 8, 4, 32, 0 if control else 1
         )  # fmt: skip
         assert (line["intermediate_size"], line["num_attention_heads"], line["vocab_size"], line["tiny"]) == (
             128, 4, 512, True

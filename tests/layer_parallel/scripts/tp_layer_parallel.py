@@ -207,7 +207,7 @@ def main(out_dir: str) -> None:
         raise AssertionError("a block-mode pair with an MLP down-projection bias was split by tensor parallelism")
     # The benchmark's --tp path on the same two ranks (a smoke run: CPU timings mean nothing here).
     result["bench"] = load_bench().main(
-        ["--tiny", "--tp", "2", "--new_tokens", "4", "--repeats", "1", "--batch_sizes", "1", "--prompt_length", "4",
+        ["--tiny", "--tp", "2", "--new_tokens", "8", "--repeats", "2", "--batch_sizes", "1", "--prompt_length", "4",
          "--work_dir", os.path.join(out_dir, "bench")]
     )  # fmt: skip
     if rank == 0:
