@@ -21,6 +21,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..fp8.emulation import fp8_auxiliary_pass
+from ..utils.checks import reentrant_checkpointing
 from ..utils.resume import LossWindowResumeMixin
 from .configuration_grape import GrapeConfig
 from .data import (
@@ -67,24 +68,6 @@ def _reentrant_checkpointing_message(method: str, reentrant: str) -> str:
         "gradient_checkpointing_kwargs={'use_reentrant': False} (transformers 5's default, also when the key is "
         "left out) or turn gradient checkpointing off."
     )
-
-
-def _reentrant_checkpointing(checkpointing_kwargs: dict | None, model) -> str | None:
-    """Where reentrant activation checkpointing is set (the training arguments or `model`), or `None`."""
-
-    def is_true(value) -> bool:
-        return value is True or (isinstance(value, str) and value.strip().lower() == "true")
-
-    if isinstance(checkpointing_kwargs, dict) and is_true(checkpointing_kwargs.get("use_reentrant")):
-        return "gradient_checkpointing_kwargs={'use_reentrant': True}"
-    if isinstance(model, torch.nn.Module):
-        for module in model.modules():
-            func = getattr(module, "_gradient_checkpointing_func", None)
-            if getattr(module, "gradient_checkpointing", False) is True and is_true(
-                getattr(func, "keywords", {}).get("use_reentrant")
-            ):
-                return "the model's gradient checkpointing was enabled with use_reentrant=True"
-    return None
 
 
 class _GrapeCallback(TrainerCallback):
@@ -275,7 +258,7 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
                 "them as its task weights. Drop task_weights, or choose one of those methods."
             )
         gc_kwargs = args.activation_checkpointing_kwargs if args.activation_checkpointing else None
-        reentrant = _reentrant_checkpointing(gc_kwargs, model)
+        reentrant = reentrant_checkpointing(gc_kwargs, model)
         if needs_targets and reentrant:
             raise ValueError(_reentrant_checkpointing_message(method, reentrant))
         # Weights are checked against the domain / task names before any packing (the names do not depend on it).

@@ -317,11 +317,12 @@ def _refuse_unsupported_training_setup(args: GrapeRecipeConfig, methods: list[st
     method that takes gradients), made before the earlier run's results are cleared: the trainer makes them only once
     it is built, after the tokenizer and the data."""
     from ..grape.rules import GRAPE_VARIANTS
-    from ..grape.trainer import _reentrant_checkpointing, _reentrant_checkpointing_message
+    from ..grape.trainer import _reentrant_checkpointing_message
+    from ..utils.checks import reentrant_checkpointing
 
     gradient_methods = [m for m in methods if m in (*GRAPE_VARIANTS, "doge")]
     kwargs = args.activation_checkpointing_kwargs if args.activation_checkpointing else None
-    reentrant = _reentrant_checkpointing(kwargs, None)
+    reentrant = reentrant_checkpointing(kwargs, None)
     if gradient_methods and reentrant:
         raise ValueError(_reentrant_checkpointing_message(gradient_methods[0], reentrant))
     sharding = [m for m in methods if m not in ("uniform", "fixed")]

@@ -1,4 +1,4 @@
-"""Type predicates shared by the argument checks of the optimizers, trainers and estimators."""
+"""Type predicates and setting checks shared by the argument checks of the optimizers, trainers and estimators."""
 
 from __future__ import annotations
 
@@ -42,3 +42,24 @@ def refuse_optimizer_flags(args, builds: str, optim_fix: str, option_fix: str) -
                 f"--{name} {value!r} would be ignored: it configures transformers' --optim optimizers, and {builds}. "
                 f"{option_fix}"
             )
+
+
+def reentrant_checkpointing(checkpointing_kwargs: dict | None, model) -> str | None:
+    """Where reentrant activation checkpointing is set (the training arguments' `activation_checkpointing_kwargs` /
+    `gradient_checkpointing_kwargs`, or `model`'s own checkpointing), or `None`. Reentrant checkpoints do not support
+    `torch.autograd.grad`, which GrapeTrainer's per-domain gradients and NeuralGrok's outer step take."""
+    import torch
+
+    def is_true(value) -> bool:
+        return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+    if isinstance(checkpointing_kwargs, dict) and is_true(checkpointing_kwargs.get("use_reentrant")):
+        return "gradient_checkpointing_kwargs={'use_reentrant': True}"
+    if isinstance(model, torch.nn.Module):
+        for module in model.modules():
+            func = getattr(module, "_gradient_checkpointing_func", None)
+            if getattr(module, "gradient_checkpointing", False) is True and is_true(
+                getattr(func, "keywords", {}).get("use_reentrant")
+            ):
+                return "the model's gradient checkpointing was enabled with use_reentrant=True"
+    return None
