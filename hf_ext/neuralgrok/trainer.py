@@ -17,7 +17,7 @@ from transformers.trainer_callback import ExportableState
 from ..utils.checks import is_bool as _is_bool
 from ..utils.checks import is_int as _is_int
 from ..utils.checks import is_real as _is_real
-from ..utils.checks import refuse_optimizer_flags
+from ..utils.checks import reentrant_checkpointing, refuse_optimizer_flags
 from ..utils.distributed import is_dtensor
 from ..utils.evaluation import EvalRowsOnceMixin
 from ..utils.io import atomic_write_json
@@ -144,22 +144,7 @@ class NeuralGrokConfig(TrainingArguments):
             raise ValueError(f"outer_every={self.outer_every!r} must be a positive int (the period T).")
         if self.outer_gradient not in OUTER_GRADIENTS:
             raise ValueError(f"outer_gradient={self.outer_gradient!r} must be one of {list(OUTER_GRADIENTS)}.")
-        if not self.amplifier_hidden_dims or any(not _is_int(h) or h <= 0 for h in self.amplifier_hidden_dims):
-            raise ValueError(f"amplifier_hidden_dims={self.amplifier_hidden_dims} must be positive ints, e.g. 32 32.")
-        # numbers must be numbers (`True` passed `0 < True < inf` and acted as 1; a string failed only in torch) and
-        # switches bools (the string "false" is truthy)
-        if not _is_real(self.amplifier_c) or not 0 < self.amplifier_c < math.inf:
-            raise ValueError(f"amplifier_c={self.amplifier_c!r} must be a finite number > 0.")
-        # inf: no clipping; NaN would turn every update into NaN
-        if not _is_real(self.amplifier_clip_norm) or not self.amplifier_clip_norm >= 0:
-            raise ValueError(f"amplifier_clip_norm={self.amplifier_clip_norm!r} must be a number >= 0 (0 disables it).")
-        if not _is_real(self.meta_learning_rate) or not 0 < self.meta_learning_rate < math.inf:
-            raise ValueError(f"meta_learning_rate={self.meta_learning_rate!r} must be a finite number > 0.")
-        if not _is_real(self.meta_weight_decay) or not 0 <= self.meta_weight_decay < math.inf:
-            raise ValueError(
-                f"meta_weight_decay={self.meta_weight_decay!r} (the amplifier's Adam weight decay) must be a finite "
-                "number >= 0."
-            )
+        self._check_amplifier_arguments()
         if self.virtual_lr is not None and (not _is_real(self.virtual_lr) or not 0 < self.virtual_lr < math.inf):
             raise ValueError(
                 f"virtual_lr={self.virtual_lr!r} must be a finite number > 0, or None for the base learning rate."
@@ -191,6 +176,26 @@ class NeuralGrokConfig(TrainingArguments):
                 "Set max_grad_norm=0 and use amplifier_clip_norm (clipping after the transform, as in the paper)."
             )
         super().__post_init__()
+
+    def _check_amplifier_arguments(self) -> None:
+        """The amplifier's and its meta-Adam's options; also checked when `NeuralGrokTrainer` rebuilds the amplifier
+        for a `train()` with `model_init` (a hyperparameter-search trial sets them on these arguments unchecked)."""
+        if not self.amplifier_hidden_dims or any(not _is_int(h) or h <= 0 for h in self.amplifier_hidden_dims):
+            raise ValueError(f"amplifier_hidden_dims={self.amplifier_hidden_dims} must be positive ints, e.g. 32 32.")
+        # numbers must be numbers (`True` passed `0 < True < inf` and acted as 1; a string failed only in torch) and
+        # switches bools (the string "false" is truthy)
+        if not _is_real(self.amplifier_c) or not 0 < self.amplifier_c < math.inf:
+            raise ValueError(f"amplifier_c={self.amplifier_c!r} must be a finite number > 0.")
+        # inf: no clipping; NaN would turn every update into NaN
+        if not _is_real(self.amplifier_clip_norm) or not self.amplifier_clip_norm >= 0:
+            raise ValueError(f"amplifier_clip_norm={self.amplifier_clip_norm!r} must be a number >= 0 (0 disables it).")
+        if not _is_real(self.meta_learning_rate) or not 0 < self.meta_learning_rate < math.inf:
+            raise ValueError(f"meta_learning_rate={self.meta_learning_rate!r} must be a finite number > 0.")
+        if not _is_real(self.meta_weight_decay) or not 0 <= self.meta_weight_decay < math.inf:
+            raise ValueError(
+                f"meta_weight_decay={self.meta_weight_decay!r} (the amplifier's Adam weight decay) must be a finite "
+                "number >= 0."
+            )
 
     def _store_python_types(self) -> None:
         """Store this class's checked numbers and switches as Python `int` / `float` / `bool`: numpy values pass the
@@ -429,6 +434,24 @@ def _given_transform(optimizers, args, amplifier) -> GradientTransformOptimizer 
     return given
 
 
+def _seeded_amplifier(args) -> NeuralAmplifier:
+    """The amplifier `NeuralGrokTrainer` builds from `args` (seed `args.seed`; the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        return NeuralAmplifier(tuple(int(h) for h in args.amplifier_hidden_dims), c=args.amplifier_c)
+
+
+def reentrant_checkpointing_message(reentrant: str) -> str:
+    """The refusal of `gradient_transform="neuralgrok"` under reentrant activation checkpointing (trainer and recipe)."""
+    return (
+        "gradient_transform='neuralgrok' differentiates through the model in its outer step (the amplifier's update), "
+        f"which reentrant activation checkpointing does not support ({reentrant}): outer_gradient='recompute' fails "
+        "at the first outer step, 'next_step' trains on wrong gradients. Set "
+        "gradient_checkpointing_kwargs={'use_reentrant': False} (transformers 5's default, also when the key is left "
+        "out) or turn gradient checkpointing off."
+    )
+
+
 @contextlib.contextmanager
 def _keep_last_batch(args):
     """`args.dataloader_drop_last` off while an evaluation dataloader is built (see `NeuralGrokTrainer`)."""
@@ -480,7 +503,11 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             Train on D_inner (`train_dataset`) and keep D_outer out of it.
         amplifier ([`NeuralAmplifier`], *optional*): a ready amplifier; default: the amplifier of a
             [`NeuralGrokOptimizer`] passed as `optimizers=`, else built from `args` with seed `args.seed`. Under
-            several processes rank 0's is broadcast to every rank at the start of `train()`.
+            several processes rank 0's is broadcast to every rank at the start of `train()`. With `model_init`
+            (e.g. `hyperparameter_search`), every `train()` re-creates the model and restarts the amplifier with it:
+            rebuilt from the current `args` (a trial's `meta_learning_rate`, `amplifier_hidden_dims`, ... apply), or a
+            given one reset to its state at construction, with a fresh meta-Adam; a resume then loads the
+            checkpoint's.
         **kwargs: forwarded to [`Trainer`]. A gradient-transform wrapper passed as `optimizers=(wrapper, scheduler)`
             is the run's transform (logged, checkpointed); it must be of the kind `args.gradient_transform` names.
     """
@@ -491,6 +518,7 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         if not isinstance(args, NeuralGrokConfig):
             raise TypeError(f"args must be a NeuralGrokConfig, got {type(args).__name__}.")
         given = _given_transform(kwargs.get("optimizers"), args, amplifier)
+        built = False  # the amplifier is built here from `args` (not given)
         if isinstance(given, NeuralGrokOptimizer):
             amplifier = given.amplifier  # the amplifier that transforms the gradients is the one the outer step trains
         if args.gradient_transform == "neuralgrok":
@@ -504,9 +532,8 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             if amplifier is not None and not isinstance(amplifier, NeuralAmplifier):
                 raise TypeError(f"amplifier must be a NeuralAmplifier, got {type(amplifier).__name__}.")
             if amplifier is None:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(args.seed)
-                    amplifier = NeuralAmplifier(tuple(int(h) for h in args.amplifier_hidden_dims), c=args.amplifier_c)
+                amplifier = _seeded_amplifier(args)
+                built = True
         elif amplifier is not None:
             raise ValueError(
                 f"amplifier is only used with gradient_transform='neuralgrok', not {args.gradient_transform!r}."
@@ -522,17 +549,22 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
                 "with DDP or one process, or use gradient_transform='normalize', 'grokfast_ema', 'grokfast_ma' or "
                 "'none' under FSDP."
             )
+        if args.gradient_transform == "neuralgrok":
+            gc_kwargs = args.activation_checkpointing_kwargs if args.activation_checkpointing else None
+            reentrant = reentrant_checkpointing(gc_kwargs, self.model)
+            if reentrant:
+                # refused here, not at the first outer step (after `outer_every` steps and their checkpoints)
+                raise ValueError(reentrant_checkpointing_message(reentrant))
         self.outer_dataset = outer_dataset
+        # a `train()` with `model_init` restarts the amplifier (`_hp_search_setup`): one built here from `args`, one
+        # given (`amplifier=`) from its state now
+        self._initial_amplifier_state = None
+        if amplifier is not None and not built and self.model_init is not None:
+            self._initial_amplifier_state = {k: v.detach().clone() for k, v in amplifier.state_dict().items()}
         self.amplifier = amplifier
         self.meta_optimizer = None
         if amplifier is not None:
-            self.amplifier.to(self.args.device)
-            self.meta_optimizer = torch.optim.Adam(
-                self.amplifier.parameters(),
-                lr=args.meta_learning_rate,
-                betas=(args.adam_beta1, args.adam_beta2),
-                weight_decay=args.meta_weight_decay,
-            )
+            self._build_meta_optimizer()
             # First in line, so that callbacks timing a step (GrokkingCallback) include the outer step.
             self.callback_handler.callbacks.insert(0, _OuterStepCallback(self))
         # a wrapper passed as `optimizers=` is the run's transform (logged, checkpointed; next_step's hook set)
@@ -559,6 +591,37 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         self._in_outer_step = False
 
     # ----------------------------------------------------------------- optimizer
+    def _build_meta_optimizer(self) -> None:
+        """The amplifier's Adam (fresh state), from the current `args`; the amplifier moved to the device first."""
+        a = self.args
+        self.amplifier.to(a.device)
+        self.meta_optimizer = torch.optim.Adam(
+            self.amplifier.parameters(),
+            lr=a.meta_learning_rate,
+            betas=(a.adam_beta1, a.adam_beta2),
+            weight_decay=a.meta_weight_decay,
+        )
+
+    def _hp_search_setup(self, trial) -> None:
+        # Trainer.train() calls this after `model_init` has re-created the model (and the optimizers are dropped), once
+        # a hyperparameter-search trial's values are set on `args`, before a resume is loaded: with `model_init`
+        # every `train()` (each trial) starts the amplifier as a new trainer would, from the current `args` (its seed,
+        # widths, `amplifier_c`, `meta_learning_rate`, `meta_weight_decay`, betas), not from the previous call's
+        # trained amplifier and meta-Adam state. A resume then loads the checkpoint's into them.
+        super()._hp_search_setup(trial)
+        if self.model_init is None or self.amplifier is None:
+            return
+        self.args._check_amplifier_arguments()  # a trial's values are set on `args` unchecked
+        if self._initial_amplifier_state is None:
+            self.amplifier = _seeded_amplifier(self.args)
+        else:  # the caller's amplifier (`amplifier=`): its state when the trainer was built, in place
+            self.amplifier.load_state_dict(self._initial_amplifier_state)
+        self._build_meta_optimizer()
+        self.transform_optimizer = None  # `create_optimizer` wraps the new base optimizer around this amplifier
+        self.num_outer_steps = 0
+        self.last_outer_loss = None
+        self._outer_batches = None  # a trial may change outer_batch_size / outer_max_samples / seed
+
     def _adopt_transform(self, transform: GradientTransformOptimizer) -> None:
         """Make `transform` (built by `create_optimizer`, or passed ready as `optimizers=`) the run's wrapper."""
         self.transform_optimizer = transform
@@ -839,15 +902,26 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
 
     # ------------------------------------------------------------ checkpoints
     def _load_callback_state(self) -> None:
-        # Restore GrokkingCallback in place (the caller keeps its reference); other callbacks follow
-        # `args.restore_callback_states_from_checkpoint` as in Trainer.
-        stored = self.state.stateful_callbacks.get(GrokkingCallback.__name__)
-        if stored is not None:
-            stored = stored if isinstance(stored, list) else [stored]
-            mine = [cb for cb in self.callback_handler.callbacks if isinstance(cb, GrokkingCallback)]
-            for callback, data in zip(mine, stored):
-                callback.load_state(data)
-        super()._load_callback_state()
+        # Restore every GrokkingCallback (and subclass) in place, whatever `restore_callback_states_from_checkpoint`
+        # says: the caller keeps its reference and reads the run's figures from it. Other callbacks follow the flag as
+        # in Trainer, whose restore (with the flag on) would replace each stored callback by a new instance built from
+        # the checkpoint's JSON: the caller's GrokkingCallback would leave the trainer and stop recording. Its
+        # entries are hidden from that restore.
+        stateful = self.state.stateful_callbacks
+        mine: dict[str, list[GrokkingCallback]] = {}
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, GrokkingCallback):
+                mine.setdefault(type(callback).__name__, []).append(callback)
+        for name, callbacks in mine.items():
+            stored = stateful.get(name)
+            if stored is not None:
+                for callback, data in zip(callbacks, stored if isinstance(stored, list) else [stored]):
+                    callback.load_state(data)
+        self.state.stateful_callbacks = {k: v for k, v in stateful.items() if k not in mine}
+        try:
+            super()._load_callback_state()
+        finally:
+            self.state.stateful_callbacks = stateful
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
@@ -983,6 +1057,8 @@ class GrokkingCallback(TrainerCallback, ExportableState):
 
     Its state is saved in every checkpoint (`trainer_state.json`) and [`NeuralGrokTrainer`] restores it in place on
     `resume_from_checkpoint`, so a resumed run reports the same figures as an uninterrupted one (up to timing noise).
+    The caller's object stays the trainer's also with `restore_callback_states_from_checkpoint=True` (transformers'
+    restore, which would put a new instance in its place, is applied to the other callbacks only).
 
     Args:
         target (`float`, *optional*, defaults to 0.95): accuracy to reach.

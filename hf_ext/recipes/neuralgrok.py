@@ -362,6 +362,14 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
             "baseline's weight decay)."
         )
     _refuse_unread_flags(task_args, training_args, methods)
+    if "neuralgrok" in methods:  # NeuralGrokTrainer refuses it too, but only once the earlier methods have trained
+        from ..neuralgrok.trainer import reentrant_checkpointing_message
+        from ..utils.checks import reentrant_checkpointing
+
+        on = training_args.activation_checkpointing
+        reentrant = reentrant_checkpointing(training_args.activation_checkpointing_kwargs if on else None, None)
+        if reentrant:
+            raise ValueError(f"--methods neuralgrok: {reentrant_checkpointing_message(reentrant)}")
     if any(m in INNER_METHODS for m in methods) and task_args.outer_fraction <= 0:
         raise ValueError(
             "--outer_fraction must be > 0 when --methods includes neuralgrok or normalize (they train on D_inner)."
