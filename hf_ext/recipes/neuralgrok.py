@@ -362,6 +362,14 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
             "baseline's weight decay)."
         )
     _refuse_unread_flags(task_args, training_args, methods)
+    if training_args.activation_checkpointing and model_args.model_type == "grok_decoder":
+        # the papers' decoder has no activation checkpointing: transformers refused it only when the first Trainer
+        # was built, after the output folder was prepared
+        raise ValueError(
+            "--gradient_checkpointing / --activation_checkpointing: the grok_decoder model (the papers' decoder) does "
+            "not support activation checkpointing (it is small enough not to need it); drop the flag, or use a "
+            "transformers --model_type that supports it."
+        )
     if "neuralgrok" in methods:  # NeuralGrokTrainer refuses it too, but only once the earlier methods have trained
         from ..neuralgrok.trainer import reentrant_checkpointing_message
         from ..utils.checks import reentrant_checkpointing

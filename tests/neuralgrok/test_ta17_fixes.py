@@ -240,3 +240,17 @@ def test_recipe_refuses_reentrant_checkpointing_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"--methods neuralgrok: .*use_reentrant"):
         main(argv)
     assert not out.exists()
+
+
+def test_recipe_refuses_checkpointing_of_the_grok_decoder_before_writing(tmp_path):
+    from hf_ext.recipes.neuralgrok import main
+
+    out = tmp_path / "never"
+    argv = [
+        "--p", "11", "--hidden_size", "32", "--per_device_train_batch_size", "16", "--report_to", "none",
+        "--max_steps", "2", "--seeds", "0", "--methods", "none", "--gradient_checkpointing", "true",
+        "--output_dir", str(out),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"grok_decoder model .* does not support activation checkpointing"):
+        main(argv)
+    assert not out.exists()
