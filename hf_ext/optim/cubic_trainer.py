@@ -95,6 +95,12 @@ class CubicNewtonTrainingArguments(TrainingArguments):
                 f"--label_smoothing_factor {self.label_smoothing_factor} would be ignored in training: each cubic step "
                 "differentiates the model's own loss (`outputs.loss`), while evaluate() would smooth. Leave it at 0."
             )
+        if self.neftune_noise_alpha is not None:
+            raise ValueError(
+                f"--neftune_noise_alpha {self.neftune_noise_alpha} would be ignored: NEFTune only adds its embedding "
+                "noise in training mode, and each cubic step evaluates the model in eval mode (so that the gradient and "
+                "its Hessian-vector products see the same function). Leave it unset (None)."
+            )
         refuse_optimizer_flags(
             self,
             "CubicNewtonTrainer always builds CubicNewton (set it with the --cubic_* options)",
@@ -209,6 +215,11 @@ class CubicNewtonTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, 
         super().__init__(model=model, args=args, **kwargs)
         if self.args.world_size > 1:
             raise ValueError("CubicNewtonTrainer runs in a single process (its functional step does not all-reduce).")
+        if self.neftune_noise_alpha is not None:  # set on `args` after they were checked
+            raise ValueError(
+                f"CubicNewtonTrainer: neftune_noise_alpha={self.neftune_noise_alpha} would be ignored (NEFTune adds noise "
+                "only in training mode; the cubic step runs the model in eval mode). Set args.neftune_noise_alpha=None."
+            )
         if self.compute_loss_func is not None or type(self).compute_loss is not Trainer.compute_loss:
             raise ValueError(
                 "CubicNewtonTrainer builds each step's loss function from the model's own loss (`outputs.loss`); a "

@@ -146,6 +146,17 @@ def test_losses_the_cubic_step_would_bypass_are_refused_and_no_fake_grad_norm_is
     assert len(rows) == 4 and not any("grad_norm" in r for r in rows)
 
 
+def test_neftune_noise_alpha_is_refused_by_name(tmp_path):
+    """NEFTune adds its embedding noise only in training mode and the cubic step runs the model in eval mode: with
+    neftune_noise_alpha=1e4 the trained weights were bit-identical to a run without it, silently (ta17 F6)."""
+    with pytest.raises(ValueError, match="neftune_noise_alpha 5.0 would be ignored"):
+        _args(tmp_path, neftune_noise_alpha=5.0)
+    args = _args(tmp_path, save_strategy="no")
+    args.neftune_noise_alpha = 5.0  # set after the arguments were checked
+    with pytest.raises(ValueError, match="neftune_noise_alpha=5.0 would be ignored"):
+        CubicNewtonTrainer(model=_model(), args=args, train_dataset=_data())
+
+
 def test_first_log_after_a_resume_equals_the_uninterrupted_runs(tmp_path, interrupt_after_step):
     """The cubic/* values are means over the steps since the last log. That window was not reset by a new train()
     call (an interrupted call's steps leaked into the first log of a resume on the same trainer) nor saved with a
