@@ -107,3 +107,46 @@ def interrupt_after_step():
                 raise KeyboardInterrupt
 
     return InterruptAfterStep
+
+
+@pytest.fixture
+def out_of_memory_once():
+    """`out_of_memory_once(TrainerClass)`: a subclass whose `training_step` raises a simulated CUDA out-of-memory
+    error once, after the batch's forward (as a batch too large for its backward does), at optimizer step
+    `trainer.oom_at + 1`; with `auto_find_batch_size=True` Trainer then reruns its training loop with a smaller batch
+    within the same `train()` call. The rerun starts from the weights, RNG state and a fresh optimizer as the failed
+    attempt did (Trainer itself keeps the failed attempt's), so a test can compare what the trainer and its callbacks
+    record with a run started directly at the smaller batch size."""
+    import copy
+
+    import torch
+
+    def make(trainer_cls):
+        class OutOfMemoryOnce(trainer_cls):
+            oom_at = None
+
+            def train(self, *args, **kwargs):
+                self._attempt_start = None
+                return super().train(*args, **kwargs)
+
+            def _inner_training_loop(self, *args, **kwargs):
+                if self._attempt_start is None:
+                    self._attempt_start = (copy.deepcopy(self.model.state_dict()), torch.get_rng_state())
+                else:
+                    weights, rng = self._attempt_start
+                    self.model.load_state_dict(weights)
+                    torch.set_rng_state(rng)
+                    self.optimizer = self.lr_scheduler = None
+                return super()._inner_training_loop(*args, **kwargs)
+
+            def training_step(self, model, inputs, num_items_in_batch=None):
+                if self.oom_at is not None and self.state.global_step == self.oom_at:
+                    self.oom_at = None
+                    with torch.no_grad():
+                        model(**self._prepare_inputs(inputs))
+                    raise RuntimeError("CUDA out of memory. (simulated)")
+                return super().training_step(model, inputs, num_items_in_batch)
+
+        return OutOfMemoryOnce
+
+    return make

@@ -246,7 +246,18 @@ class CubicNewtonTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, 
         # the cubic/* log values are means over the steps since the last log: a new call starts with none (an
         # interrupted call's would leak into the first log), and a resumed one takes its checkpoint's
         self._stats_window = []
+        # `cubic_history` as this call found it: each attempt of the loop starts from there (`_inner_training_loop`)
+        self._history_at_train_start = len(self.cubic_history)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _inner_training_loop(self, *args, **kwargs):
+        # Each run of the loop (once per `train()` call, and again for each retry of `auto_find_batch_size` after an
+        # out-of-memory error, which restarts at step 0 or at the resumed checkpoint's step) starts with the stats of
+        # this call's start: a failed attempt's steps would otherwise stay in `cubic_history` and in the window of
+        # the first cubic/* log. A resume then loads its checkpoint's window (`_load_optimizer_and_scheduler`).
+        self._stats_window = []
+        del self.cubic_history[getattr(self, "_history_at_train_start", len(self.cubic_history)) :]
+        return super()._inner_training_loop(*args, **kwargs)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)

@@ -157,6 +157,62 @@ def test_neftune_noise_alpha_is_refused_by_name(tmp_path):
         CubicNewtonTrainer(model=_model(), args=args, train_dataset=_data())
 
 
+def _cubic_record(trainer):
+    """The logged rows (without timings) and `cubic_history` of a run."""
+    from dataclasses import asdict
+
+    rows = [
+        {k: v for k, v in r.items() if "runtime" not in k and "per_second" not in k} for r in trainer.state.log_history
+    ]
+    return rows, [asdict(s) for s in trainer.cubic_history]
+
+
+def test_auto_find_batch_size_retry_records_what_a_direct_run_at_its_batch_size_does(tmp_path, out_of_memory_once):
+    """After an out-of-memory error Trainer reruns the loop at step 0 with a smaller batch: the failed attempt's steps
+    stayed in `cubic_history` (7 entries for a 4-step run) and in the window of the first cubic/* log (ta17 F8)."""
+    data = _data(32)
+    kw = dict(max_steps=4, logging_steps=2, save_strategy="no")
+    retried = out_of_memory_once(CubicNewtonTrainer)(
+        model=_model(), args=_args(tmp_path / "retry", auto_find_batch_size=True, **kw), train_dataset=data
+    )
+    retried.oom_at = 3  # steps 1-3 done (logged at 2), the error in step 4
+    retried.train()
+    assert retried._train_batch_size == 3
+    direct = CubicNewtonTrainer(
+        model=_model(), args=_args(tmp_path / "direct", per_device_train_batch_size=3, **kw), train_dataset=data
+    )
+    direct.train()
+    assert len(retried.cubic_history) == 4
+    assert _cubic_record(retried) == _cubic_record(direct)
+    # a second call on the same trainer keeps the first call's history and adds its own steps
+    retried.oom_at = 1
+    retried.train()
+    assert len(retried.cubic_history) == 8 and retried._train_batch_size == 2
+
+
+def test_auto_find_batch_size_retry_of_a_resume_starts_from_the_checkpoint(tmp_path, out_of_memory_once):
+    """A retry of a resumed call reruns from the checkpoint: its window of cubic/* stats (the checkpoint's step 3,
+    between the logs of steps 2 and 4) and no step of the failed attempt in `cubic_history`."""
+    data = _data(32)
+    kw = dict(max_steps=6, logging_steps=2, save_steps=3)
+    CubicNewtonTrainer(
+        model=_model(), args=_args(tmp_path / "full", per_device_train_batch_size=3, **kw), train_dataset=data
+    ).train()
+    ckpt = str(tmp_path / "full" / "checkpoint-3")
+    retried = out_of_memory_once(CubicNewtonTrainer)(
+        model=_model(), args=_args(tmp_path / "retry", auto_find_batch_size=True, **kw), train_dataset=data
+    )
+    retried.oom_at = 4  # the checkpoint's batch size (3) is tried first; step 4 done, the error in step 5
+    retried.train(resume_from_checkpoint=ckpt)
+    assert retried._train_batch_size == 2
+    direct = CubicNewtonTrainer(
+        model=_model(), args=_args(tmp_path / "direct", per_device_train_batch_size=2, **kw), train_dataset=data
+    )
+    direct.train(resume_from_checkpoint=ckpt)
+    assert len(retried.cubic_history) == 3
+    assert _cubic_record(retried) == _cubic_record(direct)
+
+
 def test_first_log_after_a_resume_equals_the_uninterrupted_runs(tmp_path, interrupt_after_step):
     """The cubic/* values are means over the steps since the last log. That window was not reset by a new train()
     call (an interrupted call's steps leaked into the first log of a resume on the same trainer) nor saved with a
