@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -40,7 +41,10 @@ class Fp8HealthCallback(TrainerCallback):
 
     Monitor state (history, baselines, alerts, learning-rate scale, previous amaxes) is saved with every checkpoint
     (in its `trainer_state.json`, and as `fp8_health.json` for reading) and restored from the checkpoint training
-    actually resumes from, wherever that folder is. Under DDP / FSDP the statistics are pooled over ranks before any
+    actually resumes from, wherever that folder is. A retry of `auto_find_batch_size` after an out-of-memory error
+    (Trainer reruns its loop from step 0, or from the resumed checkpoint, with a smaller batch) starts from the state
+    the callback had when that `train()` call began, then restores the checkpoint's as the first attempt did: the
+    failed attempt's records and baseline values are dropped, and the monitor it may have left measuring is stopped. Under DDP / FSDP the statistics are pooled over ranks before any
     decision, so all ranks warn, stop or roll back together.
 
     The thresholds are a project heuristic (the paper gives none): kurtosis is ~3 for Gaussian activations and grows by
@@ -155,6 +159,9 @@ class Fp8HealthCallback(TrainerCallback):
         self._streak = 0
         self._streak_start: int | None = None  # step of the first alert of the current streak
         self._pending_logs: dict[str, float] = {}
+        # the state at the start of the running train() call, until its on_train_end: what a retry of
+        # `auto_find_batch_size` (a new on_train_begin without on_train_end) starts from again
+        self._call_start: dict | None = None
 
     # --------------------------------------------------------------------------------------------------------- state
     @property
@@ -193,6 +200,23 @@ class Fp8HealthCallback(TrainerCallback):
             self.monitor.load_state_dict(state.get("monitor", {}))
         self._monitor_state = state.get("monitor", {})
 
+    _CALL_STATE = (
+        "history", "baseline_obs", "alerts", "actions_taken", "lr_scale", "rollbacks", "rollback_request",
+        "resume_checkpoint", "_rolling_back", "_streak", "_streak_start", "_pending_logs",
+    )  # fmt: skip
+
+    def _capture_call_start(self) -> dict:
+        state = {name: copy.deepcopy(getattr(self, name)) for name in self._CALL_STATE}
+        state["monitor"] = self.monitor.state_dict() if self.monitor is not None else {}
+        return state
+
+    def _restore_call_start(self) -> None:
+        start = self._call_start
+        for name in self._CALL_STATE:
+            setattr(self, name, copy.deepcopy(start[name]))
+        if self.monitor is not None:
+            self.monitor.load_state_dict(start["monitor"])
+
     def vetoes_save(self) -> bool:
         """Whether a checkpoint taken now must be skipped: a rollback is pending, or (with `action="rollback"`) an
         alert streak is running. Such a checkpoint would hold the diverging state, could never be a rollback target,
@@ -207,10 +231,25 @@ class Fp8HealthCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if model is None:
             raise ValueError("Fp8HealthCallback needs the Trainer's model (it is passed to callbacks by Trainer).")
+        # A second on_train_begin before on_train_end in the same train() call is `auto_find_batch_size` rerunning
+        # the loop after an out-of-memory error: start from the state of the call's start again (a failed attempt's
+        # history and baseline values are of steps the retry redoes), then restore as the first attempt did.
+        retry = self._call_start is not None and getattr(args, "auto_find_batch_size", False)
+        if retry:
+            self._restore_call_start()
+            logger.info("Fp8HealthCallback: new training attempt, the failed attempt's records are dropped")
+        else:
+            self._call_start = self._capture_call_start()
         if self.monitor is None or self.monitor.model is not model:
             if self.monitor is not None:
                 self.monitor.remove()
             self.monitor = KurtosisMonitor(_unwrap(model), sites=self.sites)
+            if retry:
+                self.monitor.load_state_dict(self._call_start["monitor"])
+        # an error inside a monitored step (e.g. out of memory) skips its on_step_end: the monitor would still be
+        # measuring, and hold that step's partial forward, when the next run starts
+        self.monitor.disable()
+        self.monitor.reset()
         if self.alert_sites is not None and set(self.alert_sites) - set(self.monitor.sites):
             raise ValueError(
                 f"Fp8HealthCallback: alert_sites {sorted(set(self.alert_sites) - set(self.monitor.sites))} exist in "
@@ -256,6 +295,9 @@ class Fp8HealthCallback(TrainerCallback):
             msg = f"Fp8HealthCallback: learning rate scaled by {factor:g} (total scale {self.lr_scale:g})."
             logger.warning(msg)
             self.actions_taken.append(msg)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._call_start = None
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.monitor is not None and (state.global_step + 1) % self.every_n_steps == 0:
@@ -457,6 +499,7 @@ def train_with_rollback(trainer, callback: Fp8HealthCallback | None = None, resu
             result = train(request["checkpoint"])
     finally:
         callback._rolling_back = False  # a rollback's train() that failed before on_train_begin
+        callback._call_start = None  # or failed later: a next train() is no retry of it
         if cls_and_kwargs is not None:
             trainer.optimizer_cls_and_kwargs = cls_and_kwargs
         if guarded:
