@@ -186,6 +186,14 @@ class MixtureState:
             return self.task_weights.clone()
         return self.task_weight_sum / self.task_updates
 
+    def copy(self) -> MixtureState:
+        """A deep copy (its own tensors, schedule and trajectory) with a schedule version of its own."""
+        import copy
+
+        twin = copy.deepcopy(self)
+        twin.schedule_version = next(_SCHEDULE_VERSIONS)
+        return twin
+
     # ----------------------------------------------------------------------------------------------------------------
     def save(self, directory: str, reweight_method: str | None = None) -> None:
         """Write `grape_state.safetensors` and `grape_state.json` into `directory` (the JSON also records

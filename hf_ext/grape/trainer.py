@@ -408,12 +408,33 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         self._restart_schedule_on_resume = resume_from_checkpoint is not None and bool(self.args.ignore_data_skip)
         if self._mixture_run_started and resume_from_checkpoint is None:
             self._start_new_mixture_run(from_initial=self.model_init is not None)
-        return super().train(
-            resume_from_checkpoint=resume_from_checkpoint,
-            trial=trial,
-            ignore_keys_for_eval=ignore_keys_for_eval,
-            **kwargs,
-        )
+        # taken by the first attempt of the training loop (after a resume has restored the checkpoint's state)
+        self._attempt_start_state = None
+        try:
+            return super().train(
+                resume_from_checkpoint=resume_from_checkpoint,
+                trial=trial,
+                ignore_keys_for_eval=ignore_keys_for_eval,
+                **kwargs,
+            )
+        finally:
+            self._attempt_start_state = None
+
+    def _inner_training_loop(self, *args, **kwargs):
+        # `auto_find_batch_size` runs the loop again from step 0 with a smaller batch after an out-of-memory error.
+        # Every attempt starts from the mixture state the call started with (a resume: the checkpoint's, restored
+        # before the first attempt): the failed attempt's updates, schedule entries (at its sampler positions, in
+        # units of its batch size), trajectory records and counts would otherwise carry over into the retry.
+        if getattr(self, "_attempt_start_state", None) is None:
+            self._attempt_start_state = self.mixture_state.copy()
+            self._attempt_had_domain_iters = bool(getattr(self, "_domain_iters", None))
+        else:
+            # in place: the streaming mixture (and any other holder) keeps a reference to this object
+            self.mixture_state.__dict__.update(self._attempt_start_state.copy().__dict__)
+            self._mixture_sampler = None
+            if self.streaming and not self._attempt_had_domain_iters:
+                self._domain_iters = {}  # the reweighting streams restart, as in a run started at this batch size
+        return super()._inner_training_loop(*args, **kwargs)
 
     def _start_new_mixture_run(self, from_initial: bool) -> None:
         """Reset the per-run mixture bookkeeping (schedule, counts, sums, trajectory), keeping the current weights
@@ -643,12 +664,16 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
     def _averaged_gradient(self, weights: torch.Tensor, kind: str, transform=None) -> torch.Tensor:
         """Mean of `reweight_batch_size // reweight_mini_batch_size` clipped gradients, each over a batch of
         `per_device_train_batch_size` sequences drawn from a mixture (as the GRAPE code's `tgt_reweight_step` /
-        `domain_reweight_step`, which draw them from its training / target loaders), averaged over ranks."""
+        `domain_reweight_step`, which draw them from its training / target loaders), averaged over ranks. After an
+        `auto_find_batch_size` retry that is the smaller batch the training runs with, as in its loader."""
         rng = self._rng("mixture" if kind == "domain" else "target")
         n_batches = self.args.reweight_batch_size // self.args.reweight_mini_batch_size
+        # the per-device training batch in use: `per_device_train_batch_size`, or what auto_find_batch_size lowered
+        # it to (`_train_batch_size` counts every GPU of a single-process DataParallel run)
+        size = max(1, self._train_batch_size // max(1, self.args.n_gpu))
         total = None
         for _ in range(n_batches):
-            batch = self._mixture_batch(weights, rng, self.args.per_device_train_batch_size, kind)
+            batch = self._mixture_batch(weights, rng, size, kind)
             g, _ = self._flat_grad(batch, transform)
             total = g if total is None else total.add_(g)
         return self._mean_over_ranks(total / n_batches)
