@@ -118,6 +118,14 @@ class GrapeConfig(TrainingArguments):
     def __post_init__(self):
         self._validate_mixture_args()
         super().__post_init__()
+        strategy = getattr(self, "train_sampling_strategy", "random")
+        if strategy != "random":
+            raise ValueError(
+                f"train_sampling_strategy={strategy!r} would be ignored: GrapeTrainer draws every training sequence "
+                "from its domain mixture (MixtureSampler, or the streaming mixture), which a length-grouped or "
+                "sequential order would break. Leave train_sampling_strategy at 'random' (the mixture's draw is "
+                "seeded by data_seed, else seed)."
+            )
 
     def _validate_mixture_args(self) -> None:
         if self.reweight_method not in REWEIGHT_METHODS:

@@ -1,9 +1,11 @@
 """GRAPE fixes of audit pass ta17: an `auto_find_batch_size` retry starts from the mixture state its `train()` call
-started with (not the failed attempt's), also after a resume (F2)."""
+started with (not the failed attempt's), also after a resume (F2); a `train_sampling_strategy` the mixture sampler
+would replace is refused by name (F7)."""
 
 import json
 import os
 
+import pytest
 from grape_synthetic import synthetic_mixture, tiny_llama
 
 from hf_ext.grape import GrapeConfig, GrapeTrainer
@@ -97,3 +99,18 @@ def test_auto_find_batch_size_retry_after_resume_starts_from_the_checkpoint_stat
     assert [r["step"] for r in retry["trajectory"]] == [0, 2, 4, 6]
     assert retry["counts"] == (3, 3)
     assert retry == direct
+
+
+# ---- F7: train_sampling_strategy ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["group_by_length", "sequential", "batch_rebalance"])
+def test_train_sampling_strategy_the_mixture_sampler_replaces_is_refused(tmp_path, strategy):
+    """GrapeTrainer always draws from its MixtureSampler: another strategy used to be accepted and ignored (the same
+    batches as 'random')."""
+    with pytest.raises(ValueError, match=f"train_sampling_strategy={strategy!r}.*'random'"):
+        GrapeConfig(output_dir=str(tmp_path), train_sampling_strategy=strategy, report_to="none", use_cpu=True)
+
+
+def test_train_sampling_strategy_random_is_accepted(tmp_path):
+    GrapeConfig(output_dir=str(tmp_path), train_sampling_strategy="random", report_to="none", use_cpu=True)
