@@ -104,6 +104,15 @@ class PrivateTrainingArguments(TrainingArguments):
                     f"--label_smoothing_factor {self.label_smoothing_factor} would be ignored in training: DP-SGD clips "
                     "each sample's gradient of the model's own loss (evaluate() would still smooth). Leave it at 0."
                 )
+            if self.auto_find_batch_size:
+                raise ValueError(
+                    "--auto_find_batch_size does not work with DP-SGD (--dp_clip_norm): after an out-of-memory error "
+                    "the Trainer retries with a smaller batch, which would change the Poisson sampling rate q (and "
+                    "the noise divisor) mid-run on an event that depends on the sampled batch, while the failed "
+                    "attempt's steps stay in the model and in the accounting, so the privacy spent is not the one the "
+                    "run planned. Turn --auto_find_batch_size off and set --per_device_train_batch_size explicitly "
+                    "(the expected Poisson batch; real batches vary around it, so leave memory headroom)."
+                )
             if self.activation_checkpointing:  # transformers mirrors its old name, --gradient_checkpointing, here
                 raise ValueError(
                     "--activation_checkpointing (--gradient_checkpointing) does not work with DP-SGD: per-sample "
@@ -140,7 +149,8 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     `evaluate()` reports the loss over every token, as the Goldfish reference does. A
     [`PrivacyAccountant`] (Google's `dp-accounting`, PLD by default) tracks epsilon at `dp_delta`; it is saved as
     JSON in every checkpoint (before `trainer_state.json` marks it complete) and restored by `resume_from_checkpoint`;
-    with DP-SGD on, a checkpoint without it is refused.
+    with DP-SGD on, a checkpoint without it is refused. With DP-SGD on, `auto_find_batch_size` is refused (an
+    out-of-memory retry would change the sampling rate mid-run).
 
     Args:
         accountant ([`PrivacyAccountant`], *optional*): an accountant to continue (e.g. a client's across rounds).

@@ -295,6 +295,13 @@ def check_ignored_flags(configs, data_args, fed_args, cmp_args, training_args, m
                 "per-sample gradients (torch.func vmap over grad) do not support activation checkpointing. Drop the "
                 "flag (lower --per_device_train_batch_size if memory is short) or drop '+dp' from --configs."
             )
+        if training_args.auto_find_batch_size:
+            raise ValueError(
+                "--auto_find_batch_size does not work with the '+dp' runs: an out-of-memory retry would change "
+                "DP-SGD's Poisson sampling rate mid-run and keep the failed attempt's accounted steps, so the privacy "
+                "spent would not be the planned one. Drop the flag and set --per_device_train_batch_size explicitly, "
+                "or drop '+dp' from --configs."
+            )
 
 
 PER_BASE_RATES = ["full_learning_rate", "lora_learning_rate"]
