@@ -6,10 +6,12 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import seed_worker
 
 from ..utils.checks import is_int, is_real
 from ..utils.evaluation import EvalRowsOnceMixin
@@ -113,6 +115,14 @@ class PrivateTrainingArguments(TrainingArguments):
                     "run planned. Turn --auto_find_batch_size off and set --per_device_train_batch_size explicitly "
                     "(the expected Poisson batch; real batches vary around it, so leave memory headroom)."
                 )
+            strategy = getattr(self, "train_sampling_strategy", "random")
+            if strategy != "random":
+                raise ValueError(
+                    f"--train_sampling_strategy {strategy} would be ignored under DP-SGD (--dp_clip_norm): batches are "
+                    "drawn by Poisson sampling (each example joins each batch independently), the sampling the privacy "
+                    "accountant assumes, and a length-grouped or sequential order would break it. Leave "
+                    "--train_sampling_strategy at 'random'."
+                )
             if self.activation_checkpointing:  # transformers mirrors its old name, --gradient_checkpointing, here
                 raise ValueError(
                     "--activation_checkpointing (--gradient_checkpointing) does not work with DP-SGD: per-sample "
@@ -149,8 +159,10 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     `evaluate()` reports the loss over every token, as the Goldfish reference does. A
     [`PrivacyAccountant`] (Google's `dp-accounting`, PLD by default) tracks epsilon at `dp_delta`; it is saved as
     JSON in every checkpoint (before `trainer_state.json` marks it complete) and restored by `resume_from_checkpoint`;
-    with DP-SGD on, a checkpoint without it is refused. With DP-SGD on, `auto_find_batch_size` is refused (an
-    out-of-memory retry would change the sampling rate mid-run).
+    with DP-SGD on, a checkpoint without it is refused. With DP-SGD on, `auto_find_batch_size` and a
+    `train_sampling_strategy` other than `"random"` are refused (the Poisson sampling replaces the latter; an
+    out-of-memory retry would change the sampling rate mid-run); `dataloader_num_workers` is honoured (the batches are
+    still drawn in the main process, the workers only read and collate them).
 
     Args:
         accountant ([`PrivacyAccountant`], *optional*): an accountant to continue (e.g. a client's across rounds).
@@ -240,8 +252,23 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         else:
             collator = self._get_collator_with_removed_columns(collator, description="Training")
         sampler = PoissonBatchSampler(len(dataset), self.sample_rate, seed=self.sampling_seed())
+        # The batches are drawn in this process (the sampler); workers only read and collate them, seeded as the
+        # Trainer seeds its own loader's workers, so the batches and a resume are the same with or without workers.
+        args = self.args
+        workers = {}
+        if args.dataloader_num_workers > 0:
+            workers = {
+                "prefetch_factor": args.dataloader_prefetch_factor,
+                "persistent_workers": args.dataloader_persistent_workers,
+                "multiprocessing_context": args.dataloader_multiprocessing_context,
+            }
         return _PoissonDataLoader(
-            dataset, batch_sampler=sampler, collate_fn=_EmptyBatchCollator(collator, dataset), num_workers=0
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=_EmptyBatchCollator(collator, dataset),
+            num_workers=args.dataloader_num_workers,
+            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
+            **workers,
         )
 
     def noise_generator(self, device: torch.device) -> torch.Generator:

@@ -302,6 +302,12 @@ def check_ignored_flags(configs, data_args, fed_args, cmp_args, training_args, m
                 "spent would not be the planned one. Drop the flag and set --per_device_train_batch_size explicitly, "
                 "or drop '+dp' from --configs."
             )
+        strategy = getattr(training_args, "train_sampling_strategy", "random")
+        if strategy != "random":
+            raise ValueError(
+                f"--train_sampling_strategy {strategy} would be ignored by the '+dp' runs: DP-SGD draws Poisson "
+                "batches, the sampling its accountant assumes. Leave it at 'random' or drop '+dp' from --configs."
+            )
 
 
 PER_BASE_RATES = ["full_learning_rate", "lora_learning_rate"]
