@@ -265,7 +265,9 @@ def _generate_time(model, prompt, new_tokens: int, mode: str, device: str) -> fl
     if dist.is_initialized() and dist.get_world_size() > 1:
         # tensor parallelism: the generation took as long as its slowest rank, and every rank must see the same
         # times, so that they all judge a run valid or invalid alike (a rank raising alone would hang the others)
-        slowest = torch.tensor([elapsed], dtype=torch.float64)
+        # (on the device the collective backend handles: NCCL reduces CUDA tensors only)
+        on = device if dist.get_backend() == "nccl" else "cpu"
+        slowest = torch.tensor([elapsed], dtype=torch.float64, device=on)
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
         elapsed = slowest.item()
     return elapsed
