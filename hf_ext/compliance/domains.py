@@ -60,7 +60,8 @@ def build_blocked_domains(
     """The blocked-domain list of a robots.txt snapshot, for the coarse (domain-level) mode.
 
     A host of the snapshot is listed when its robots.txt disallows the site root `/` for any of the checker's user
-    agents, as the checker decides it (its `backend`; its `status_policy`: under `"rfc9309"` an unreachable robots.txt,
+    agents (with the checker's `host_fallback="www"`, a listed `www.x.com` also lists `x.com` when the snapshot has no
+    record of `x.com`, as the checker then decides `x.com` by `www.x.com`'s file), as the checker decides it (its `backend`; its `status_policy`: under `"rfc9309"` an unreachable robots.txt,
     5xx or a network error, disallows everything and lists the host, under `"paper"` it does not). A host that
     disallows only some paths (`Disallow: /private/`) is not listed: the fine mode (`RobotsCompliance`,
     `filter_compliant(mode="fine")`) drops those URLs. A host whose root is disallowed but that allows some paths
@@ -108,6 +109,10 @@ def build_blocked_domains(
             if domain and normalize_host(domain):  # '' / None (an IP address, an unknown suffix): the host itself
                 host = domain
         listed.append(host)
+        if checker.host_fallback == "www" and host.startswith("www.") and host[4:] not in checker.store:
+            # the checker decides `x.com` by `www.x.com`'s record when `x.com` has none: so must the list (the
+            # other direction, `www.x.com` under a listed `x.com`, is a subdomain match)
+            listed.append(host[4:])
     return BlockedDomains(listed)
 
 

@@ -312,3 +312,24 @@ def test_datatrove_filter_coarse_mode_drops_the_same_documents(tmp_path):
         RobotsTxtFilter(checker, mode="tag")
     with pytest.raises(ValueError, match="blocked_domains is the coarse mode's list"):
         RobotsTxtFilter(checker, blocked_domains=["x.com"])
+
+
+def test_coarse_mode_drops_what_the_www_fallback_of_fine_mode_drops():
+    # rv17b: the snapshot holds only www.x.com's file (Disallow: / for GPTBot); fine mode decides x.com by it
+    # (host_fallback="www"), so coarse mode must list x.com too, or it would keep documents fine mode drops
+    import datasets
+
+    from hf_ext.compliance import RobotsCompliance, RobotsTxtStore, build_blocked_domains, filter_compliant
+
+    store = RobotsTxtStore()
+    store.add("www.x.com", "User-agent: GPTBot\nDisallow: /\n")
+    store.add("www.z.com", "User-agent: GPTBot\nDisallow: /\n")
+    store.add("z.com", "User-agent: GPTBot\nAllow: /\n")  # z.com has its own file: decided by it
+    urls = ["https://x.com/article", "https://www.x.com/a", "https://z.com/b", "https://www.z.com/c", "https://y.com/d"]
+    ds = datasets.Dataset.from_dict({"url": urls})
+    checker = RobotsCompliance(store, user_agents=["GPTBot"])
+    assert sorted(build_blocked_domains(checker)) == ["www.x.com", "www.z.com", "x.com"]
+    assert filter_compliant(ds, checker)["url"] == ["https://z.com/b", "https://y.com/d"]
+    assert filter_compliant(ds, checker, mode="coarse")["url"] == ["https://z.com/b", "https://y.com/d"]
+    exact = RobotsCompliance(store, user_agents=["GPTBot"], host_fallback="exact")
+    assert sorted(build_blocked_domains(exact)) == ["www.x.com", "www.z.com"]
