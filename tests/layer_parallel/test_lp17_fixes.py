@@ -115,3 +115,24 @@ def test_saving_after_a_direct_source_config_edit_of_the_attention_types_is_refu
         lp.save_pretrained(tmp_path)
     lp.config.source_config.sliding_window = None
     lp.save_pretrained(tmp_path)  # restored: saves
+
+
+def test_a_folder_saved_with_a_llama_sliding_window_names_the_cause_and_loads_once_layer_types_is_dropped(tmp_path):
+    # rv17b: hf_ext before this fix saved layer_types=sliding for a Llama source whose config carries sliding_window
+    # (which LlamaForCausalLM ignores); loading such a folder must say so and how to load it with full attention
+    import json
+
+    source = _source("llama", sliding_window=4)
+    lp = convert_to_layer_parallel(source, pairs=[(1, 2)])
+    lp.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["layer_types"] = [SLIDING] * len(cfg["layer_types"])  # what the older version wrote
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"Llama source .*sliding_window=4.*delete the `layer_types` entry"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    del cfg["layer_types"]
+    path.write_text(json.dumps(cfg))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.layer_types == [FULL] * len(reloaded.config.layer_types)
+    torch.testing.assert_close(_logits(reloaded), _logits(lp))

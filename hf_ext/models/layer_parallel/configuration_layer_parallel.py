@@ -431,6 +431,21 @@ class LayerParallelConfig(PreTrainedConfig):
 
     def _derived_error(self, key: str, value) -> ValueError:
         src = self.source_config
+        if (
+            key == "layer_types"
+            and getattr(src, "model_type", None) == "llama"
+            and isinstance(value, list | tuple)
+            and "sliding_attention" in remap_legacy_layer_types(list(value))
+        ):
+            # saved by an hf_ext that applied a Llama source config's `sliding_window` (LlamaForCausalLM ignores it)
+            return ValueError(
+                f"layer_types={list(value)!r} asks for sliding-window attention in a model converted from a Llama "
+                f"source (source_config.sliding_window={getattr(src, 'sliding_window', None)!r}), which has none: "
+                "LlamaForCausalLM ignores `sliding_window`. Folders saved before hf_ext 2026-12-05 from such a source "
+                "applied the window and so did not compute the source model's function. To load these weights with the "
+                "source's full attention, delete the `layer_types` entry from the folder's config.json (it is derived "
+                "again), or convert the source model again with `convert_to_layer_parallel`."
+            )
         return ValueError(
             f"{key} of a LayerParallelConfig is derived, not set: source_config ({src.num_hidden_layers} layers) with "
             f"lp_pairs={self.lp_pairs} (lp_merged={self.lp_merged}) gives {self.num_hidden_layers} cache slots with "
