@@ -59,10 +59,7 @@ def small_tokenizer():
     return build_tokenizer(512)
 
 
-@pytest.fixture
-def free_port() -> int:
-    """A TCP port the OS reports free on 127.0.0.1, for `torchrun --master_port` (a fixed or counter-based port
-    collides with other runs on the same machine)."""
+def _pick_free_port() -> int:
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -70,21 +67,56 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def run_two_ranks(repo_root, free_port):
-    """`run_two_ranks(script, *args)`: run `script` (a path relative to the repository) under
-    `torchrun --nproc_per_node 2` on a free port, one thread per rank, and assert it exited with 0 (stderr's tail
-    otherwise; `check=False` skips that, for a launch that must fail). Returns the `CompletedProcess`."""
+#: how many ports a launch tries before its port-in-use failure stands
+PORT_TRIES = 3
+
+
+def lost_its_port(res) -> bool:
+    """Whether a finished `torchrun` / `accelerate launch` failed because its `--master_port` was taken: the launcher's
+    TCPStore could not listen on it (torch: `... name: EADDRINUSE, message: address already in use`)."""
+    return res.returncode != 0 and "EADDRINUSE" in (res.stderr or "")
+
+
+def _run_on_free_port(make_cmd, **run_kwargs):
+    """`subprocess.run(make_cmd(port), capture_output=True, text=True, **run_kwargs)` on a port the OS reports free on
+    127.0.0.1. The port is free when chosen, not when the launcher binds it seconds later: in that window another process (under
+    pytest-xdist, the other worker's launcher or its gloo sockets) may take it, and the launch then fails at once with
+    EADDRINUSE before any rank starts. Such a launch is retried on a new port (`PORT_TRIES` in all); any other
+    outcome is returned as it is."""
     import subprocess
+
+    for _ in range(PORT_TRIES):
+        res = subprocess.run(make_cmd(_pick_free_port()), capture_output=True, text=True, **run_kwargs)
+        if not lost_its_port(res):
+            break
+    return res
+
+
+@pytest.fixture
+def run_on_free_port():
+    """`run_on_free_port(make_cmd, **run_kwargs)`: run a launcher command built by `make_cmd(port)` on a free port
+    (a fixed or counter-based port collides with other runs on the same machine), again on a new port if it lost that
+    one before binding it; see `_run_on_free_port`."""
+    return _run_on_free_port
+
+
+@pytest.fixture
+def run_two_ranks(repo_root):
+    """`run_two_ranks(script, *args)`: run `script` (a path relative to the repository) under
+    `torchrun --nproc_per_node 2` on a free port (`run_on_free_port`), one thread per rank, and assert it exited with
+    0 (stderr's tail otherwise; `check=False` skips that, for a launch that must fail). Returns the
+    `CompletedProcess`."""
     import sys
 
     def run(script, *args, timeout=600, check=True):
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
-            os.path.join(repo_root, script), *map(str, args),
-        ]  # fmt: skip
+        def cmd(port):
+            return [
+                sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                os.path.join(repo_root, script), *map(str, args),
+            ]  # fmt: skip
+
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
-        res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=timeout, env=env)
+        res = _run_on_free_port(cmd, cwd=repo_root, timeout=timeout, env=env)
         assert not check or res.returncode == 0, res.stderr[-4000:]
         return res
 

@@ -76,19 +76,21 @@ def test_unwritable_output_dir(tmp_path):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
-def test_two_rank_cpu_run(tmp_path, repo_root, launcher, free_port):
+def test_two_rank_cpu_run(tmp_path, repo_root, launcher, run_on_free_port):
     """The README's two multi-process CPU commands really start 2 ranks, and the ranks end with identical weights."""
     out = tmp_path / "ddp"
-    port = str(free_port)
-    if launcher == "accelerate":
-        head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                os.path.join(repo_root, "scripts", "accelerate", "cpu_2ranks.yaml"), "--main_process_port", port]
-    else:
-        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
-    cmd = [*head, os.path.join(repo_root, "scripts", "pretrain.py"), "--use_cpu", *TINY, "--max_steps", "6",
-           "--max_new_tokens", "2", "--output_dir", str(out)]  # fmt: skip
+
+    def cmd(port):
+        if launcher == "accelerate":
+            head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                    os.path.join(repo_root, "scripts", "accelerate", "cpu_2ranks.yaml"), "--main_process_port", str(port)]
+        else:
+            head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+        return [*head, os.path.join(repo_root, "scripts", "pretrain.py"), "--use_cpu", *TINY, "--max_steps", "6",
+                "--max_new_tokens", "2", "--output_dir", str(out)]  # fmt: skip
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
+    res = run_on_free_port(cmd, cwd=repo_root, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "terminate called" not in res.stderr
     assert "perplexity" in res.stdout

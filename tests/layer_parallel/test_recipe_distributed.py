@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 
 @pytest.mark.distributed
-def test_two_ranks_sweep_once_and_save_one_model(tmp_path, repo_root, free_port, recipe_tiny):
+def test_two_ranks_sweep_once_and_save_one_model(tmp_path, repo_root, run_on_free_port, recipe_tiny):
     """Before the per-rank guards both ranks ran the sweep and saved the model, and rank 1 reloaded the folder while
     rank 0 was still writing it ("Unrecognized model ... config.json")."""
     out = tmp_path / "lp"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
+    args = [
         os.path.join(repo_root, "scripts", "layer_parallel.py"), *recipe_tiny, "--output_dir", str(out),
         "--pretrain_steps", "8", "--max_steps", "4", "--pair_counts", "1,2", "--max_ppl_increase", "100",
         "--logging_steps", "1", "--max_eval_blocks", "5", "--per_device_eval_batch_size", "2", "--eval_strategy",
         "steps", "--eval_steps", "4",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root, "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
+    res = run_on_free_port(
+        lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                      str(port), *args],
+        cwd=repo_root, timeout=600, env=env,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -13,16 +12,19 @@ from .test_recipe import TINY
 
 
 @pytest.mark.distributed
-def test_two_ranks_evaluate_and_write_once(tmp_path, repo_root, free_port):
+def test_two_ranks_evaluate_and_write_once(tmp_path, repo_root, run_on_free_port):
     """Before the per-rank guards every rank evaluated both models, generated and wrote the same files."""
     out = tmp_path / "md"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
+    args = [
         os.path.join(repo_root, "scripts", "metadata_pretrain.py"), *TINY, "--max_steps", "4",
         "--output_dir", str(out), "--use_cpu", "true", "--report_to", "none",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root, "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600, env=env)
+    res = run_on_free_port(
+        lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                      str(port), *args],
+        cwd=repo_root, timeout=600, env=env,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-4000:]
     assert res.stdout.count("held-out document loss") == 1
     assert res.stdout.count("guided generation for") == 1

@@ -1,0 +1,59 @@
+"""The two-rank launch helpers of tests/conftest.py: a launch that lost its free port before binding it runs again on a
+new port. The port is chosen free (bind to port 0, then closed) seconds before `torchrun` binds it; under
+pytest-xdist the other worker's launcher or gloo sockets could take it in between, and the test then failed at once
+with `EADDRINUSE` (fl17; a held port reproduces it: `torchrun --master_port <held>` exits 1 before any rank starts)."""
+
+import socket
+import subprocess
+
+import pytest
+
+
+class _FakeRun:
+    """Stands in for `subprocess.run`: answers each call with the next of `outcomes` (returncode, stderr)."""
+
+    def __init__(self, outcomes):
+        self.outcomes, self.ports = list(outcomes), []
+
+    def __call__(self, cmd, **kwargs):
+        assert kwargs["capture_output"] and kwargs["text"] and kwargs["timeout"] == 5
+        self.ports.append(int(cmd[-1]))
+        code, err = self.outcomes.pop(0)
+        return subprocess.CompletedProcess(cmd, code, "", err)
+
+
+_IN_USE = (1, "torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
+              "address. port: 4242, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use")  # fmt: skip
+
+
+def _launch(run_on_free_port):
+    return run_on_free_port(lambda port: ["torchrun", "--master_port", str(port)], timeout=5)
+
+
+def test_a_launch_that_lost_its_port_runs_again_on_a_new_port(monkeypatch, run_on_free_port):
+    fake = _FakeRun([_IN_USE, (0, "")])
+    monkeypatch.setattr(subprocess, "run", fake)
+    assert _launch(run_on_free_port).returncode == 0
+    assert len(fake.ports) == 2 and fake.ports[0] != fake.ports[1]
+
+
+def test_other_failures_are_not_retried_and_a_port_lost_every_time_fails(monkeypatch, run_on_free_port):
+    fake = _FakeRun([(1, "ValueError: --max_steps must be positive")])
+    monkeypatch.setattr(subprocess, "run", fake)
+    res = _launch(run_on_free_port)
+    assert (res.returncode, len(fake.ports)) == (1, 1) and "--max_steps" in res.stderr  # a refusal stays as it is
+    fake = _FakeRun([_IN_USE] * 3)
+    monkeypatch.setattr(subprocess, "run", fake)
+    res = _launch(run_on_free_port)
+    assert res.returncode == 1 and "EADDRINUSE" in res.stderr and len(fake.ports) == 3
+
+
+def test_torch_names_a_taken_store_port_eaddrinuse():
+    """The text the retry looks for is what torch raises when the launcher's TCPStore cannot listen on its port."""
+    import torch.distributed as dist
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        with pytest.raises(Exception, match="EADDRINUSE"):
+            dist.TCPStore("127.0.0.1", held.getsockname()[1], is_master=True, wait_for_workers=False)
