@@ -125,7 +125,9 @@ def one_reply_server(monkeypatch):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         sock.listen(4)
-        sock.settimeout(5)
+        # generous timeouts (here and the fetches' timeout_s=30): a served request returns at once, and on a loaded
+        # CI machine the server thread may wait seconds for a core (the fetch would record it unreachable)
+        sock.settimeout(60)
         servers.append(sock)
 
         def loop():
@@ -135,7 +137,7 @@ def one_reply_server(monkeypatch):
                 except OSError:
                     return
                 with conn:
-                    conn.settimeout(5)
+                    conn.settimeout(60)
                     conn.recv(65536)
                     conn.sendall(reply)
 
@@ -164,7 +166,7 @@ def test_fetch_robots_txt_writes_an_ipv6_host_in_brackets(one_reply_server):
 
     asked = one_reply_server(_OK)
     store = fetch_robots_txt(
-        ["[::1]", "http://[2001:DB8::1]:8080/x"], "test/1.0", delay_s=0, timeout_s=3, scheme="http"
+        ["[::1]", "http://[2001:DB8::1]:8080/x"], "test/1.0", delay_s=0, timeout_s=30, scheme="http"
     )
     assert asked == ["http://[::1]/robots.txt", "http://[2001:db8::1]/robots.txt"]
     for host in ("::1", "2001:db8::1"):
@@ -175,7 +177,7 @@ def test_fetch_robots_txt_records_a_non_http_answer_as_unreachable_and_goes_on(o
     from hf_ext.compliance import fetch_robots_txt
 
     one_reply_server(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
-    store = fetch_robots_txt(["a.com", "b.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")
+    store = fetch_robots_txt(["a.com", "b.com"], "test/1.0", delay_s=0, timeout_s=30, scheme="http")
     assert sorted(store) == ["a.com", "b.com"]
     for host in ("a.com", "b.com"):
         assert store[host].status_class == "unreachable" and "BadStatusLine" in store[host].error, store[host]
@@ -186,19 +188,19 @@ def test_fetch_robots_txt_records_a_body_cut_short_as_a_failed_fetch(one_reply_s
     from hf_ext.compliance import fetch_robots_txt
 
     one_reply_server(b"HTTP/1.0 200 OK\r\nContent-Length: 1000\r\n\r\nUser-agent: *\n")
-    store = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")
+    store = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=30, scheme="http")
     record = store["a.com"]
     assert record.text is None and record.status_class == "unreachable" and "14 of 1000 bytes" in record.error
     # a refetch cut short keeps the complete copy already stored (RFC 9309 section 2.4)
     old = RobotsTxtStore.from_dict({"a.com": "User-agent: *\nDisallow: /old\n"})
-    fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http", store=old)
+    fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=30, scheme="http", store=old)
     assert old["a.com"].text == "User-agent: *\nDisallow: /old\n"
     # a complete body, and one longer than the 500 KiB read (its Content-Length is more than what is read), are kept
     one_reply_server(_OK)
-    assert fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")["a.com"].status == 200
+    assert fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=30, scheme="http")["a.com"].status == 200
     big = b"User-agent: *\nDisallow: /x\n" + b"#" * MAX_ROBOTS_BYTES
     one_reply_server(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
-    record = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")["a.com"]
+    record = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=30, scheme="http")["a.com"]
     # (the comment line the limit cuts is not stored, since 2026-12-04)
     assert record.status == 200 and record.error is None and record.text == "User-agent: *\nDisallow: /x\n"
 
@@ -229,7 +231,7 @@ def test_a_line_the_500_kib_limit_cuts_is_not_read_as_a_rule(one_reply_server, t
     record = record_from_response("a.com", 200, body, "2025-01-01")
     assert record.text.endswith("x\n") and "Disallow: /p" not in record.text
     one_reply_server(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-    fetched = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")["a.com"]
+    fetched = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=30, scheme="http")["a.com"]
     assert fetched.text == record.text
     saved = RobotsTxtStore.from_dict({"a.com": body}).save(tmp_path / "s.jsonl")  # stored whole, cut when parsed
     for robots in ({"a.com": fetched.text}, RobotsTxtStore.load(saved)):
@@ -248,7 +250,7 @@ def test_a_whole_line_that_ends_at_the_500_kib_limit_is_kept(one_reply_server):
         assert not RobotsTxt.parse(parsed).allowed("https://a.com/private/x", "GPTBot")
     assert record_from_response("a.com", 200, body, "2025-01-01").text.endswith("Disallow: /private")
     one_reply_server(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-    fetched = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=3, scheme="http")["a.com"]
+    fetched = fetch_robots_txt(["a.com"], "test/1.0", delay_s=0, timeout_s=30, scheme="http")["a.com"]
     assert fetched.text.endswith("Disallow: /private")
 
 
