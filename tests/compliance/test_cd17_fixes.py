@@ -78,7 +78,8 @@ def test_recipe_records_the_snapshot_fetch_dates_as_a_short_range(tmp_path, caps
     assert first == f"robots.txt snapshot: {n + 6} hosts, {expected}"
     md_first = (tmp_path / "out" / "retention_stats.md").read_text().splitlines()
     line = next(x for x in md_first if "robots.txt snapshot" in x)
-    assert line.endswith(expected) and len(line) < 250
+    # short whatever the number of hosts (the line also names the snapshot's path, whose length varies)
+    assert line.endswith(expected) and len(line.replace(str(tmp_path / "snap.jsonl"), "")) < 200
     saved = json.loads((tmp_path / "out" / "retention_stats.json").read_text())["robots_snapshot"]
     assert saved["fetched_at"] == {
         "earliest": "2025-01-10T01:59:59+02:00",
