@@ -134,8 +134,9 @@ def tracked_lora_parameters(
     Raises:
         `TypeError`: `model` is not a `torch.nn.Module`.
         `ValueError`: `model` has no LoRA layers for the adapter, the adapter is not active (the forward would not use
-            it: `model.set_adapter(adapter_name)` first), several adapters are active and `adapter_name` is not
-            given, or `modules_to_save` is not a known mode.
+            it: `model.set_adapter(adapter_name)` first), a LoRA layer of the adapter is merged
+            (`model.unmerge_adapter()` first) or disabled (`with model.disable_adapter():`), several adapters are
+            active and `adapter_name` is not given, or `modules_to_save` is not a known mode.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module (a peft LoRA model), got {type(model).__name__}.")
@@ -196,7 +197,45 @@ def tracked_lora_parameters(
             f"not use its LoRA matrices, so their gradients, and every influence score, would be zero. Activate it "
             f"first with `model.set_adapter({adapter!r})`, or pass `adapter_name={active[0]!r}`."
         )
+    check_adapter_in_forward(model, tracked)
     return tracked
+
+
+def check_adapter_in_forward(model: torch.nn.Module, tracked: list[TrackedMatrix]) -> None:
+    """Raise a `ValueError` naming the first LoRA layer holding a tracked matrix whose forward skips its LoRA matrices.
+
+    peft's LoRA layers use only their base layer when an adapter is merged into it (`model.merge_adapter()`: `merged`)
+    or when adapters are disabled (`with model.disable_adapter():`: `disable_adapters`). The function is the same, but
+    the LoRA matrices' gradients are all zero, so TracIn would score through the head alone (or return zeros) and the
+    other methods would fail on all-zero gradients.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, LoraLayer)}
+    seen: set[str] = set()
+    for matrix in tracked:
+        parts = matrix.name.split(".")
+        owner = next(
+            (prefix for i in range(len(parts) - 1, 0, -1) if (prefix := ".".join(parts[:i])) in layers), None
+        )
+        if owner is None or owner in seen:
+            continue
+        seen.add(owner)
+        layer = layers[owner]
+        if getattr(layer, "merged", False):
+            raise ValueError(
+                f"`model`'s LoRA layer {owner!r} has adapter(s) {list(getattr(layer, 'merged_adapters', []))} merged "
+                "into its base weights (`model.merge_adapter()`): its forward no longer uses the LoRA matrices, so "
+                "their gradients are all zero and the influence scores would leave the adapter out. Call "
+                "`model.unmerge_adapter()` first (merge again afterwards if needed)."
+            )
+        if getattr(layer, "disable_adapters", False):
+            raise ValueError(
+                f"`model`'s LoRA layer {owner!r} has its adapters disabled (inside `with model.disable_adapter():`, or "
+                "after `disable_adapter_layers()`): its forward does not use the LoRA matrices, so their gradients "
+                "are all zero and the influence scores would leave the adapter out. Compute influence outside the "
+                "`disable_adapter()` context (or call `model.base_model.enable_adapter_layers()` first)."
+            )
 
 
 def active_lora_adapters(model: torch.nn.Module) -> list[str]:
@@ -487,6 +526,7 @@ class PerExampleGradients:
         """
         from tqdm.auto import tqdm
 
+        check_adapter_in_forward(self.model, self.tracked)
         device = self._device()
         was_training = self.model.training
         self.model.eval()
