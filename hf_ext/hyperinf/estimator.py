@@ -99,6 +99,7 @@ class InfluenceEstimator:
         self.progress = progress
         self.engine = InfluenceEngine(self.config, {m.name: m.shape for m in self.tracked}, device=self.device)
         self.train_dataset = None
+        self._num_train = 0
 
     @property
     def method(self) -> str:
@@ -139,6 +140,8 @@ class InfluenceEstimator:
         Args:
             train_dataset (`datasets.Dataset` or `list[dict]`): tokenized training examples (`input_ids`, and the
                 `labels` the model was fine-tuned on; optional for causal LMs), in the order of the returned scores.
+                It is kept by reference and read again by `scores`, so it must not change in between (a list whose
+                length changed is refused by `scores`; `fit` again after changing it).
 
         Returns:
             `InfluenceEstimator`: `self`.
@@ -146,6 +149,7 @@ class InfluenceEstimator:
         check_dataset(train_dataset, "train_dataset", self.model)
         self.engine.fit(self._source(train_dataset, "fit: train gradients"))
         self.train_dataset = train_dataset
+        self._num_train = len(train_dataset)
         return self
 
     def scores(self, eval_dataset) -> np.ndarray:
@@ -156,12 +160,23 @@ class InfluenceEstimator:
 
         Returns:
             `np.ndarray`: float64 array of shape `(len(train_dataset),)`; positive = harmful.
+
+        Raises:
+            `ValueError`: the training set passed to `fit` changed length since (e.g. a list appended to): the fitted
+                curvature and damping belong to the old set; call `fit` again.
         """
         if self.train_dataset is None:
             raise RuntimeError("Call `fit(train_dataset)` before `scores(eval_dataset)`.")
+        train = self.train_dataset
+        if len(train) != self._num_train:
+            raise ValueError(
+                f"`train_dataset` passed to `fit` had {self._num_train} examples but has {len(train)} now: it changed "
+                "after `fit` (it is kept by reference), so the fitted curvature and damping belong to another set and "
+                "the scores to neither. Call `fit(train_dataset)` again on the current set (or pass `fit` a copy, "
+                "e.g. `list(train_dataset)`, to keep the fitted one)."
+            )
         check_dataset(eval_dataset, "eval_dataset", self.model)
         engine = self.engine
-        train = self.train_dataset
         engine.train_source = self._source(train, f"{self.method}: train gradients")
         values = engine.scores(self._source(eval_dataset, "eval gradients"))
         return values.detach().to("cpu", torch.float64).numpy()

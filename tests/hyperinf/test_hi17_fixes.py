@@ -3,6 +3,7 @@
 1. A merged adapter (`model.merge_adapter()`) or a disabled one (`with model.disable_adapter():`) was accepted: its
    LoRA matrices are out of the forward, so TracIn scored through the head alone (or returned -0.0) and the other
    methods blamed "an untrained adapter?".
+2. `scores()` re-read a list training set that had grown after `fit` and returned one score per current example.
 """
 
 import numpy as np
@@ -65,3 +66,19 @@ def test_disabled_adapter_is_refused_naming_the_layer_and_the_context():
             next(gradients.iterate(train))
     scores = fitted.scores(val)  # outside the context the adapter is back
     assert np.isfinite(scores).all() and np.abs(scores).max() > 0
+
+
+# 2. ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["grown", "shrunk"])
+def test_scores_refuse_a_training_list_whose_length_changed_after_fit(change):
+    model, train, val = _model(), _data(6, 1), _data(2, 2)
+    est = InfluenceEstimator(model, "datainf").fit(train)
+    if change == "grown":
+        train.extend(_data(4, 3))
+    else:
+        del train[-2:]
+    with pytest.raises(ValueError, match=r"`train_dataset`.* had 6 examples but has (10|4) now.*fit\(train_dataset\)"):
+        est.scores(val)
+    assert len(est.fit(train).scores(val)) == len(train)  # fitting again on the current set works
