@@ -408,6 +408,14 @@ def check_dataset(dataset, name: str, model: torch.nn.Module) -> None:
     """Raise a clear error when `dataset` cannot feed the influence computation."""
     if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise TypeError(f"`{name}` must be a datasets.Dataset (or a list of dicts), got {type(dataset).__name__}.")
+    if isinstance(dataset, Mapping):
+        kind = f"a mapping ({type(dataset).__name__} with keys {list(dataset)[:5]})"
+        if type(dataset).__name__.endswith("DatasetDict"):
+            raise TypeError(f"`{name}` must be a datasets.Dataset, got {kind}; pass one split, e.g. `{name}['train']`.")
+        raise TypeError(
+            f"`{name}` must be a datasets.Dataset (or a list of dicts), got {kind}. Columns (one list per column, as "
+            f"a tokenizer returns them) are not examples: convert them with `datasets.Dataset.from_dict(dict({name}))`."
+        )
     if len(dataset) == 0:
         raise ValueError(f"`{name}` is empty; pass at least one tokenized example.")
     first = dataset[0]

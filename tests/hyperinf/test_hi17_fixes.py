@@ -4,13 +4,14 @@
    LoRA matrices are out of the forward, so TracIn scored through the head alone (or returned -0.0) and the other
    methods blamed "an untrained adapter?".
 2. `scores()` re-read a list training set that had grown after `fit` and returned one score per current example.
+3. A dict of columns (a tokenizer's output) failed with a bare `KeyError: 0`.
 """
 
 import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForSequenceClassification
+from transformers import BatchEncoding, LlamaConfig, LlamaForSequenceClassification
 
 from hf_ext.hyperinf import InfluenceEstimator, PerExampleGradients, tracked_lora_parameters
 
@@ -82,3 +83,23 @@ def test_scores_refuse_a_training_list_whose_length_changed_after_fit(change):
     with pytest.raises(ValueError, match=r"`train_dataset`.* had 6 examples but has (10|4) now.*fit\(train_dataset\)"):
         est.scores(val)
     assert len(est.fit(train).scores(val)) == len(train)  # fitting again on the current set works
+
+
+# 3. ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrap", [dict, BatchEncoding])
+def test_a_dict_of_columns_is_refused_with_a_type_error_naming_from_dict(wrap):
+    model, train = _model(), _data(4, 1)
+    columns = wrap({"input_ids": [ex["input_ids"] for ex in train], "labels": [ex["labels"] for ex in train]})
+    est = InfluenceEstimator(model, "tracin")
+    with pytest.raises(TypeError, match=r"`train_dataset` must be a datasets.Dataset.*Dataset\.from_dict"):
+        est.fit(columns)
+    with pytest.raises(TypeError, match=r"`eval_dataset` must be a datasets.Dataset.*Dataset\.from_dict"):
+        est.fit(train).scores(columns)
+    from datasets import Dataset, DatasetDict
+
+    dataset = Dataset.from_dict(dict(columns))  # the suggested conversion works
+    np.testing.assert_allclose(est.fit(dataset).scores(train), est.fit(train).scores(train))
+    with pytest.raises(TypeError, match=r"`train_dataset` must be a datasets.Dataset.*\['train'\]"):
+        est.fit(DatasetDict(train=dataset))
