@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 
 AGGREGATION_MODES = ("factors", "merge_then_average", "full")
 
 _LORA_A = re.compile(r"^(?P<prefix>.*)\.lora_A(?:\.(?P<adapter>[^.]+))?\.weight$")
+# PEFT's embedding LoRA stores its factors as bare parameters: `...embed_tokens.lora_embedding_A[.<adapter>]`
+_LORA_EMBEDDING_A = re.compile(r"^(?P<prefix>.*)\.lora_embedding_A(?:\.(?P<adapter>[^.]+))?$")
+# every PEFT LoRA entry has a `.lora_<name>` component; merge_then_average can merge only the plain factors
+_LORA_COMPONENT = re.compile(r"\.(?P<name>lora_[A-Za-z0-9_]+)(?:\.|$)")
+_MERGEABLE_LORA_KEY = re.compile(r"\.(?:lora_[AB](?:\.[^.]+)?\.weight|lora_embedding_[AB](?:\.[^.]+)?)$")
+_LORA_VARIANTS = {
+    "lora_magnitude_vector": "DoRA (use_dora=True)",
+    "lora_bias": "a LoRA bias (lora_bias=True)",
+}
 
 
 def _check_weights(weights: Sequence[float], n: int) -> torch.Tensor:
@@ -129,35 +138,104 @@ def lora_pairs(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, str]]:
     """Map each LoRA-adapted module prefix to its `(lora_A key, lora_B key)` in a (PEFT) state dict.
 
     Works for keys with or without the adapter name (`...q_proj.lora_A.weight` as returned by
-    `peft.get_peft_model_state_dict`, or `...q_proj.lora_A.default.weight` from `model.state_dict()`).
+    `peft.get_peft_model_state_dict`, or `...q_proj.lora_A.default.weight` from `model.state_dict()`), and for PEFT's
+    embedding LoRA (`...embed_tokens.lora_embedding_A[.default]` / `lora_embedding_B`, see [`lora_embedding_modules`]).
     """
     pairs: dict[str, tuple[str, str]] = {}
     for key in state:
         m = _LORA_A.match(key)
-        if m is None:
-            continue
-        b_key = key.replace(".lora_A", ".lora_B", 1)
+        if m is not None:
+            b_key = key.replace(".lora_A", ".lora_B", 1)
+        else:
+            m = _LORA_EMBEDDING_A.match(key)
+            if m is None:
+                continue
+            b_key = key.replace(".lora_embedding_A", ".lora_embedding_B", 1)
         if b_key not in state:
             raise ValueError(f"LoRA state has {key!r} but no matching {b_key!r}: the adapter state is incomplete.")
         pairs[m.group("prefix")] = (key, b_key)
     return pairs
 
 
-def lora_delta(state: Mapping[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
-    """The dense weight update `scaling * B @ A` of every LoRA module in `state`, keyed by module prefix."""
+def lora_embedding_modules(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The prefixes of the embedding modules adapted with LoRA in a (PEFT) state dict (`lora_embedding_A/B` keys)."""
+    return sorted(m.group("prefix") for key in state if (m := _LORA_EMBEDDING_A.match(key)) is not None)
+
+
+def check_mergeable_lora_state(state: Mapping[str, torch.Tensor], argument: str = "client_state") -> None:
+    """Raise a `ValueError` naming the key when a state holds a LoRA entry that `"merge_then_average"` cannot merge.
+
+    The mode merges `scaling * B @ A` (Linear and Conv1D layers) and PEFT's embedding LoRA; any other LoRA entry
+    (DoRA's `lora_magnitude_vector`, a `lora_bias`, the `lora_B` bias, ...) changes the merged weights in another way,
+    and averaging it as a plain tensor would not give the average of the clients' merged models.
+    """
+    for key in state:
+        m = _LORA_COMPONENT.search(key)
+        if m is None or _MERGEABLE_LORA_KEY.search(key) is not None:
+            continue
+        name = m.group("name")
+        variant = _LORA_VARIANTS.get(name, "a LoRA variant other than plain LoRA")
+        if name in ("lora_A", "lora_B") and key.endswith(".bias"):
+            variant = _LORA_VARIANTS["lora_bias"]
+        raise ValueError(
+            f"`{argument}` has {key!r}, an entry of {variant}: aggregation='merge_then_average' merges only plain "
+            "LoRA factors (`scaling * B @ A` into Linear/Conv1D weights, and embedding LoRA) and cannot merge it. "
+            "Train a plain LoRA adapter (no DoRA, no LoRA bias) or use aggregation='factors'."
+        )
+
+
+def _check_fan_in_fan_out(fan_in_fan_out: Collection[str], pairs: Mapping[str, tuple[str, str]]) -> set[str]:
+    if isinstance(fan_in_fan_out, str):
+        raise TypeError(
+            f"`fan_in_fan_out` must be a collection of module prefixes, got the string {fan_in_fan_out!r}: wrap it "
+            "in a list."
+        )
+    transposed = set(fan_in_fan_out)
+    unknown = sorted(transposed - set(pairs))
+    if unknown:
+        raise ValueError(
+            f"`fan_in_fan_out` names {unknown[:3]}, which are not LoRA modules of the state (its modules: "
+            f"{sorted(pairs)[:3]}...): pass the prefixes of [`fan_in_fan_out_modules`] of the same model."
+        )
+    return transposed
+
+
+def lora_delta(
+    state: Mapping[str, torch.Tensor], scaling: float, fan_in_fan_out: Collection[str] = ()
+) -> dict[str, torch.Tensor]:
+    """The dense weight update of every LoRA module in `state`, keyed by module prefix, as PEFT merges it.
+
+    That is `scaling * B @ A` for a Linear layer, its transpose `scaling * (B @ A).T` for a layer that stores its
+    weight as `(in, out)` (GPT-2's `Conv1D`, PEFT's `fan_in_fan_out`: list those prefixes in `fan_in_fan_out`, e.g.
+    [`fan_in_fan_out_modules`] of the model) and for an embedding LoRA (`lora_embedding_A/B`, always transposed, as
+    PEFT's `Embedding.get_delta_weight`). Entries of other LoRA variants (DoRA, LoRA bias) are refused
+    ([`check_mergeable_lora_state`]). Float64.
+    """
+    from peft.utils import transpose
+
+    check_mergeable_lora_state(state, "state")
     pairs = lora_pairs(state)
     if not pairs:
         raise ValueError("No `lora_A`/`lora_B` weights found in the state dict: is this a LoRA adapter state?")
+    transposed = _check_fan_in_fan_out(fan_in_fan_out, pairs) | set(lora_embedding_modules(state))
     return {
-        prefix: scaling * (state[b].detach().to(torch.float64) @ state[a].detach().to(torch.float64))
+        prefix: transpose(
+            state[b].detach().to("cpu", torch.float64) @ state[a].detach().to("cpu", torch.float64),
+            prefix in transposed,
+        )
+        * scaling
         for prefix, (a, b) in pairs.items()
     }
 
 
 def merge_then_average(
-    client_states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float], scaling: float
+    client_states: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float],
+    scaling: float,
+    fan_in_fan_out: Collection[str] = (),
 ) -> dict[str, torch.Tensor]:
-    """Exact average of the clients' merged LoRA updates: `sum_c p_c * scaling * B_c @ A_c` per module.
+    """Exact average of the clients' merged LoRA updates: `sum_c p_c * scaling * B_c @ A_c` per module (transposed
+    for `fan_in_fan_out` and embedding modules, as PEFT merges them: [`lora_delta`]).
 
     This is what averaging the clients' *merged* models computes (the reference implementation merges each client
     and averages full weights); the result has rank up to `num_clients * r` and is added to the base weights, after
@@ -167,17 +245,19 @@ def merge_then_average(
         client_states (`Sequence[Mapping[str, torch.Tensor]]`): one LoRA adapter state dict per client.
         weights (`Sequence[float]`): non-negative client weights (example counts).
         scaling (`float`): the LoRA scaling `lora_alpha / r`.
+        fan_in_fan_out (`Collection[str]`, *optional*): the prefixes of the modules that store their weight as
+            `(in, out)` (GPT-2 `Conv1D`; [`fan_in_fan_out_modules`] of the model).
 
     Returns:
-        `dict[str, torch.Tensor]`: float64 dense updates keyed by the adapted module prefix.
+        `dict[str, torch.Tensor]`: float64 dense updates keyed by the adapted module prefix, each in the layout of
+        the module's base weight.
     """
     check_compatible_states(client_states)
-    if not math.isfinite(scaling):
-        raise ValueError(f"`scaling` must be finite (lora_alpha / r), got {scaling}.")
+    _check_lora_scaling(scaling, "scaling")
     p = _check_weights(weights, len(client_states))
     out: dict[str, torch.Tensor] = {}
     for pc, sd in zip(p.tolist(), client_states):
-        for prefix, delta in lora_delta(sd, scaling).items():
+        for prefix, delta in lora_delta(sd, scaling, fan_in_fan_out).items():
             out[prefix] = out[prefix] + pc * delta if prefix in out else pc * delta
     return out
 
@@ -208,17 +288,29 @@ def clip_update(update: Mapping[str, torch.Tensor], max_norm: float) -> dict[str
     return {k: v * factor if torch.is_floating_point(v) else v for k, v in update.items()}
 
 
+def _check_lora_scaling(scaling, argument: str = "lora_scaling") -> float:
+    if scaling is None:
+        raise ValueError(f"`{argument}` (lora_alpha / r) is required for mode='merge_then_average'.")
+    if isinstance(scaling, bool) or not isinstance(scaling, int | float) or not (0 < scaling < math.inf):
+        raise ValueError(
+            f"`{argument}` must be a finite real number > 0 (the LoRA scaling lora_alpha / r), got {scaling!r}."
+        )
+    return float(scaling)
+
+
 def client_update(
     global_state: Mapping[str, torch.Tensor],
     client_state: Mapping[str, torch.Tensor],
     mode: str = "factors",
     lora_scaling: float | None = None,
     clip_norm: float | None = None,
+    fan_in_fan_out: Collection[str] = (),
 ) -> dict[str, torch.Tensor]:
     """What a client contributes to the round: its update relative to the round's global state.
 
     - `"factors"` / `"full"`: `x_client - x_global` for every tensor.
-    - `"merge_then_average"`: the dense LoRA update `scaling * B @ A` per adapted module (the adapter starts fresh
+    - `"merge_then_average"`: the dense LoRA update `scaling * B @ A` per adapted module, as PEFT merges it
+      ([`lora_delta`]: transposed for the `fan_in_fan_out` prefixes and embedding LoRA; the adapter starts fresh
       every round, so this is the whole change of the merged weights), keyed by module prefix, plus
       `x_client - x_global` for every other exchanged tensor that is neither a LoRA factor nor an adapted base weight
       (e.g. PEFT `modules_to_save` copies), keyed by its state-dict name.
@@ -228,9 +320,9 @@ def client_update(
     """
     _check_mode(mode)
     if mode == "merge_then_average":
-        if lora_scaling is None:
-            raise ValueError("`lora_scaling` (lora_alpha / r) is required for mode='merge_then_average'.")
-        update = lora_delta(client_state, lora_scaling)
+        _check_lora_scaling(lora_scaling)
+        check_mergeable_lora_state(client_state)
+        update = lora_delta(client_state, lora_scaling, fan_in_fan_out)
         pairs = lora_pairs(client_state)
         skip = {k for pair in pairs.values() for k in pair} | {f"{prefix}.base_layer.weight" for prefix in pairs}
         others = [k for k in client_state if k not in skip and torch.is_floating_point(client_state[k])]
@@ -352,7 +444,13 @@ def apply_mean_update(
             raise ValueError(f"The update has {key!r}, which is not in `global_state`{hint}.")
         g = global_state[key]
         if tuple(u.shape) != tuple(g.shape):
-            raise ValueError(f"Update for {key!r} has shape {tuple(u.shape)}, global state {tuple(g.shape)}.")
+            hint = ""
+            if mode == "merge_then_average" and k not in global_state and tuple(u.shape) == tuple(g.shape)[::-1]:
+                hint = (
+                    f": the module {k!r} stores its weight as (in, out) (e.g. GPT-2's Conv1D, PEFT's fan_in_fan_out); "
+                    "pass its prefix in `fan_in_fan_out` (`fan_in_fan_out_modules(model)`)"
+                )
+            raise ValueError(f"Update for {key!r} has shape {tuple(u.shape)}, global state {tuple(g.shape)}{hint}.")
         out[key] = (g.detach().to("cpu", torch.float64) + u.to(torch.float64)).to(g.dtype)
     return out
 
@@ -373,6 +471,7 @@ def aggregate_round(
     generator: torch.Generator | None = None,
     num_clients: int | None = None,
     client_names: Sequence[str] | None = None,
+    fan_in_fan_out: Collection[str] = (),
 ) -> dict[str, torch.Tensor]:
     """One server step, from the round's global state and the clients' returned states.
 
@@ -382,6 +481,9 @@ def aggregate_round(
         - `"merge_then_average"`: `global_state` holds the base weights of the adapted modules and the fresh adapter
           every client started from; the exact average `sum_c p_c s B_c A_c` is added to the base weights and the
           adapter is reset to its round-start value (what averaging merged models does, as in the reference code).
+          Each module's update is the delta PEFT merges ([`lora_delta`]): modules that store their weight as
+          `(in, out)` (GPT-2 `Conv1D`) must be listed in `fan_in_fan_out`; embedding LoRA is handled from its key
+          names; DoRA, LoRA bias and other variants are refused.
         - `"full"`: every tensor is averaged (full fine-tuning).
 
     With `client_clip_norm` (client-level DP) each client's update is clipped, the updates are summed and divided by
@@ -402,6 +504,9 @@ def aggregate_round(
         num_clients (`int`, *optional*): client-level DP only: the fixed number of clients of the federation, the
             denominator of the mean whatever the clients present; defaults to `len(client_states)` (all present).
         client_names (`Sequence[str]`, *optional*): one name per client for error messages (e.g. its partition id).
+        fan_in_fan_out (`Collection[str]`, *optional*): `"merge_then_average"` only: the prefixes of the adapted
+            modules whose weight is stored as `(in, out)` (GPT-2 `Conv1D`, PEFT's `fan_in_fan_out`), e.g.
+            [`fan_in_fan_out_modules`] of the model.
 
     Returns:
         `dict[str, torch.Tensor]`: the next global state with the keys and dtypes of `global_state`.
@@ -413,12 +518,16 @@ def aggregate_round(
     _check_mode(mode)
     if client_clip_norm is not None and not client_clip_norm > 0:
         raise ValueError(f"`client_clip_norm` must be > 0 or None, got {client_clip_norm}.")
-    if mode == "merge_then_average" and lora_scaling is None:
-        raise ValueError("`lora_scaling` (lora_alpha / r) is required for mode='merge_then_average'.")
+    if mode == "merge_then_average":
+        _check_lora_scaling(lora_scaling)
+        for i, sd in enumerate(client_states):
+            check_mergeable_lora_state(sd, f"client_states[{i}]")
     check_compatible_states([global_state, *client_states], "client_states")
     check_finite_states(client_states, "client_states", client_names)
     p = _check_weights(weights, len(client_states)).tolist()
-    updates = [client_update(global_state, sd, mode, lora_scaling, client_clip_norm) for sd in client_states]
+    updates = [
+        client_update(global_state, sd, mode, lora_scaling, client_clip_norm, fan_in_fan_out) for sd in client_states
+    ]
     if client_clip_norm is None:
         mean = fedavg(updates, p)
     else:

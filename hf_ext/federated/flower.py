@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from .simulation import (
     apply_secure_mean,
     check_client_learning_rates,
     exchange_keys,
+    fan_in_fan_out_modules,
     get_exchange_state,
     prepare_upload,
     train_client,
@@ -60,10 +61,20 @@ ROUND_KEY = "server-round"
 
 def initial_global_state(model_fn: Callable, fed_args: FederatedArguments, seed: int) -> dict[str, torch.Tensor]:
     """The exchanged state every client starts from: `model_fn()` (plus the seeded LoRA adapter)."""
+    return _initial_state_and_layout(model_fn, fed_args, seed)[0]
+
+
+def _initial_state_and_layout(
+    model_fn: Callable, fed_args: FederatedArguments, seed: int
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """[`initial_global_state`] and, in `"merge_then_average"` mode, the model's [`fan_in_fan_out_modules`] (the
+    modules whose merged LoRA delta is transposed, e.g. GPT-2's Conv1D)."""
     model = model_fn()
     if fed_args.use_lora:
         model = apply_lora(model, fed_args, seed=seed)
-    return get_exchange_state(model, exchange_keys(model, fed_args.mode))
+    state = get_exchange_state(model, exchange_keys(model, fed_args.mode))
+    layout = fan_in_fan_out_modules(model, fed_args.lora_scaling) if fed_args.mode == "merge_then_average" else []
+    return state, layout
 
 
 def _partition(context: Context) -> int:
@@ -557,7 +568,7 @@ def _make_secagg_client_app(
                 int(config[ROUND_KEY]),
                 state_dir=state_dir,
             )
-            update = prepare_upload(global_state, state, fed_args)
+            update = prepare_upload(global_state, state, fed_args, initial_layout())
             weight = int(upload_weight(n, fed_args))  # 1 under client-level DP (uniform DP-FedAvg)
             check_secagg_range(update, weight, fed_args, refuse_imprecise=refuse_imprecise)
             # the update's own keys (in merge_then_average mode the dense B @ A per module, not the exchanged
@@ -566,10 +577,18 @@ def _make_secagg_client_app(
 
     cache: dict[str, list[str]] = {}
 
-    def initial_keys():
+    def _fill_cache():
         if "keys" not in cache:
-            cache["keys"] = list(initial_global_state(model_fn, fed_args, training_args.seed))
+            state, layout = _initial_state_and_layout(model_fn, fed_args, training_args.seed)
+            cache["keys"], cache["layout"] = list(state), layout
+
+    def initial_keys():
+        _fill_cache()
         return cache["keys"]
+
+    def initial_layout():
+        _fill_cache()
+        return cache["layout"]
 
     def client_fn(context: Context):
         return _LoRAClient(context).to_client()
@@ -844,6 +863,8 @@ class FederatedLoRAStrategy(FedAvg):
         timeout (`float`, *optional*): the reply timeout the strategy is started with (named in the error only).
         on_round (`Callable[[dict], None]`, *optional*): called with each aggregated round's record (round, number
             of clients, partition ids, metrics).
+        fan_in_fan_out (`Sequence[str]`, *optional*): `"merge_then_average"` mode: the model's
+            [`fan_in_fan_out_modules`] (modules that store their weight as `(in, out)`, e.g. GPT-2's Conv1D).
         **kwargs: passed to `flwr.serverapp.strategy.FedAvg` (`min_train_nodes`, `min_available_nodes`, ...).
     """
 
@@ -855,6 +876,7 @@ class FederatedLoRAStrategy(FedAvg):
         min_round_clients: int | None = None,
         timeout: float | None = None,
         on_round: Callable[[dict], None] | None = None,
+        fan_in_fan_out: Sequence[str] = (),
         **kwargs,
     ):
         if fed_args.secure_aggregation:
@@ -864,6 +886,7 @@ class FederatedLoRAStrategy(FedAvg):
         super().__init__(weighted_by_key="num-examples", **kwargs)
         self.fed_args = fed_args
         self.seed = seed
+        self.fan_in_fan_out = list(fan_in_fan_out)
         self.num_clients = num_clients if num_clients is not None else self.min_train_nodes
         self.monitor = _RoundMonitor(self.num_clients, min_round_clients, timeout, on_round)
         self._global: dict[str, torch.Tensor] | None = None
@@ -904,6 +927,7 @@ class FederatedLoRAStrategy(FedAvg):
             self.seed,
             num_clients=self.num_clients,
             client_names=names,
+            fan_in_fan_out=self.fan_in_fan_out,
         )
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         self.monitor.succeeded(server_round, partitions, metrics)
@@ -1090,10 +1114,11 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        initial = initial_global_state(model_fn, fed_args, seed)
+        initial, layout = _initial_state_and_layout(model_fn, fed_args, seed)
         if not fed_args.secure_aggregation:
             strategy = FederatedLoRAStrategy(
                 fed_args,
+                fan_in_fan_out=layout,
                 seed=seed,
                 num_clients=num_clients,
                 min_round_clients=min_round_clients,

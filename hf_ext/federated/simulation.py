@@ -268,9 +268,50 @@ def check_client_learning_rates(fed_args: FederatedArguments, num_clients: int) 
         )
 
 
+def fan_in_fan_out_modules(model, lora_scaling: float | None = None) -> list[str]:
+    """The prefixes (state-dict names) of the LoRA modules of a PEFT `model` whose base weight is stored as
+    `(in, out)` (GPT-2's `Conv1D`; PEFT's `fan_in_fan_out`), for the `fan_in_fan_out` argument of
+    `aggregate_round` / `client_update` in `"merge_then_average"` mode.
+
+    It also refuses (`ValueError`, naming the module) LoRA layers that mode cannot merge as `scaling * B @ A`: DoRA,
+    LoRA bias, other LoRA variants, LoRA on layers other than Linear/Conv1D/Embedding (e.g. Conv2d), and, with
+    `lora_scaling`, a layer whose scaling differs from it (e.g. rsLoRA's `lora_alpha / sqrt(r)`).
+    """
+    from peft.tuners.lora.layer import Embedding, Linear, LoraLayer
+
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        adapters = list(module.scaling)
+        refuse = None
+        if any(module.use_dora.get(a, False) for a in adapters):
+            refuse = "uses DoRA (use_dora=True)"
+        elif any(module.lora_bias.get(a, False) for a in adapters):
+            refuse = "has a LoRA bias (lora_bias=True)"
+        elif any(module.lora_variant.get(a) is not None for a in adapters):
+            variant = next(module.lora_variant[a] for a in adapters if module.lora_variant.get(a) is not None)
+            refuse = f"uses the LoRA variant {type(variant).__name__}"
+        elif type(module) not in (Linear, Embedding):
+            refuse = f"is a {type(module).__name__} LoRA layer (only Linear, Conv1D and Embedding layers are merged)"
+        elif lora_scaling is not None and any(not math.isclose(module.scaling[a], lora_scaling) for a in adapters):
+            refuse = (
+                f"has the scaling {[module.scaling[a] for a in adapters]}, not lora_alpha / r = {lora_scaling} "
+                "(e.g. use_rslora=True)"
+            )
+        if refuse is not None:
+            raise ValueError(
+                f"aggregation='merge_then_average' cannot merge the LoRA module {name!r}: it {refuse}. Train a plain "
+                "LoRA adapter (`apply_lora`) or use aggregation='factors'."
+            )
+        if type(module) is Linear and module.fan_in_fan_out:
+            out.append(name)
+    return out
+
+
 def exchange_keys(model, mode: str) -> list[str]:
     """Names of the tensors exchanged each round: trainable parameters, plus the adapted modules' base weights in
-    `"merge_then_average"` mode."""
+    `"merge_then_average"` mode (where LoRA layers the mode cannot merge are refused: [`fan_in_fan_out_modules`])."""
     if mode not in AGGREGATION_MODES:
         raise ValueError(f"`mode` must be one of {AGGREGATION_MODES}, got {mode!r}.")
     keys = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -281,6 +322,7 @@ def exchange_keys(model, mode: str) -> list[str]:
         pairs = lora_pairs({k: None for k in keys})
         if not pairs:
             raise ValueError("aggregation='merge_then_average' needs a LoRA (PEFT) model.")
+        fan_in_fan_out_modules(model)
         for prefix in pairs:
             base = f"{prefix}.base_layer.weight"
             if base not in state_keys:
@@ -455,14 +497,23 @@ def train_client(
 
 
 def prepare_upload(
-    global_state: dict[str, torch.Tensor], client_state: dict[str, torch.Tensor], fed_args: FederatedArguments
+    global_state: dict[str, torch.Tensor],
+    client_state: dict[str, torch.Tensor],
+    fed_args: FederatedArguments,
+    fan_in_fan_out: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
     """What a client contributes: its trained state, or, with secure aggregation, its update relative to
-    `global_state` (clipped first when client-level DP is on), which is then masked."""
+    `global_state` (clipped first when client-level DP is on), which is then masked. `fan_in_fan_out`: the
+    model's [`fan_in_fan_out_modules`] (`"merge_then_average"` mode)."""
     if not fed_args.secure_aggregation:
         return client_state
     return client_update(
-        global_state, client_state, fed_args.mode, fed_args.lora_scaling, fed_args.client_dp_clip_norm
+        global_state,
+        client_state,
+        fed_args.mode,
+        fed_args.lora_scaling,
+        fed_args.client_dp_clip_norm,
+        fan_in_fan_out=fan_in_fan_out,
     )
 
 
@@ -506,13 +557,15 @@ def aggregate_uploads(
     seed: int = 0,
     num_clients: int | None = None,
     client_names: Sequence[str] | None = None,
+    fan_in_fan_out: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
     """The server step without secure aggregation (shared by the simulation and the Flower `ServerApp`).
 
     `seed` (the public training seed) does not influence the client-level DP noise, which comes from
     [`server_noise_generator`]. `num_clients` is the fixed federation size that client-level DP divides by
     (default: the number of uploads). An upload with a NaN or inf entry is refused (`ValueError`) naming the
-    client (`client_names[i]`, default `client_states[i]`) and the tensor."""
+    client (`client_names[i]`, default `client_states[i]`) and the tensor. `fan_in_fan_out`: the model's
+    [`fan_in_fan_out_modules`] (`"merge_then_average"` mode)."""
     del seed  # the noise must not be a function of the public seed
     generator = server_noise_generator(fed_args, round_index) if fed_args.client_dp_clip_norm is not None else None
     return aggregate_round(
@@ -526,6 +579,7 @@ def aggregate_uploads(
         generator,
         num_clients=num_clients,
         client_names=client_names,
+        fan_in_fan_out=fan_in_fan_out,
     )
 
 
@@ -613,6 +667,10 @@ class FederatedSimulation:
         self.round_callback = round_callback
         self.model = apply_lora(model, fed_args, seed=training_args.seed) if fed_args.use_lora else model
         self.keys = exchange_keys(self.model, fed_args.mode)
+        # the modules whose merged LoRA delta is transposed (GPT-2 Conv1D), for merge_then_average
+        self.fan_in_fan_out = (
+            fan_in_fan_out_modules(self.model, fed_args.lora_scaling) if fed_args.mode == "merge_then_average" else []
+        )
         self.global_state = get_exchange_state(self.model, self.keys)
         self.accountants = [PrivacyAccountant(training_args.dp_accountant) for _ in client_datasets]
         self.round = 0
@@ -647,7 +705,7 @@ class FederatedSimulation:
                 self.processing_class,
                 self.accountants[c],
             )
-            uploads.append(prepare_upload(self.global_state, state, self.fed_args))
+            uploads.append(prepare_upload(self.global_state, state, self.fed_args, self.fan_in_fan_out))
             weights.append(upload_weight(n, self.fed_args))
             client_metrics.append(metrics)
         if self.fed_args.secure_aggregation:
@@ -676,6 +734,7 @@ class FederatedSimulation:
                 r,
                 num_clients=self.num_clients,
                 client_names=[f"client {c}" for c in participants],
+                fan_in_fan_out=self.fan_in_fan_out,
             )
         set_exchange_state(self.model, self.global_state)
         self.round = r
