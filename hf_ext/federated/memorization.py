@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessor
 
-from ..utils.checks import is_int
+from ..utils.checks import is_int, is_real
 
 PAPER_PREFIX_LENGTHS = (10, 50, 100, 200, 500)
 
@@ -70,7 +70,9 @@ def make_canaries(
         or any(not _finite_number(f) or f < 0 for f in counts.values())
         or sum(counts.values()) <= 0
     ):
-        raise ValueError(f"`replication_counts` must map integer counts >= 1 to finite non-negative fractions, got {counts}.")
+        raise ValueError(
+            f"`replication_counts` must map integer counts >= 1 to finite non-negative fractions, got {counts}."
+        )
     if num_words < 1:
         raise ValueError(f"`num_words` must be >= 1, got {num_words}.")
     words = list(vocabulary) if vocabulary is not None else _DEFAULT_WORDS
@@ -199,6 +201,15 @@ def matching_prefix_tokens(reference_ids: Sequence[int], generated_ids: Sequence
     return n
 
 
+def _check_window_and_threshold(window, bleu_threshold) -> None:
+    if not is_int(window) or window < 1:
+        raise ValueError(f"`window` must be an integer >= 1, got {window!r}.")
+    if not (is_real(bleu_threshold) and 0 < bleu_threshold <= 1):
+        raise ValueError(
+            f"`bleu_threshold` must be a number in (0, 1] (a character-BLEU score), got {bleu_threshold!r}."
+        )
+
+
 def score_continuation(
     tokenizer, reference_text: str, generated_text: str, window: int = 50, bleu_threshold: float = 0.75
 ) -> dict[str, float | bool]:
@@ -207,7 +218,12 @@ def score_continuation(
     Returns:
         `dict`: `matching_tokens`, `exact` (all `window` tokens match), `bleu` (character-level, rounded to 2
         decimals as in the reference) and `approximate` (`bleu >= bleu_threshold`).
+
+    Raises:
+        `ValueError`: when `window` is not an integer >= 1 or `bleu_threshold` is not a number in (0, 1] (as
+            [`measure_memorization`]).
     """
+    _check_window_and_threshold(window, bleu_threshold)
     ref_ids = tokenizer(reference_text, add_special_tokens=False)["input_ids"][:window]
     gen_ids = tokenizer(generated_text, add_special_tokens=False)["input_ids"][:window]
     matching = matching_prefix_tokens(ref_ids, gen_ids, window)
@@ -221,13 +237,15 @@ def score_continuation(
 
 
 def split_index(num_tokens: int, min_prefix: int, window: int, rng: random.Random) -> int | None:
-    """Where the prompt ends: uniform in `[min_prefix, num_tokens - window]`, or `None` when the canary is too short.
+    """Where the prompt ends: uniform in `[min_prefix, num_tokens - window - 1]`, or `None` when the canary is too
+    short (`num_tokens <= min_prefix + window`).
 
-    The reference draws `randint(500, T - 50)` with 500 the largest prefix length and skips notes with `T <= 550`.
+    This is the reference's rule: it draws `np.random.randint(500, T - 50)`, whose upper bound is excluded, with 500
+    the largest prefix length, and skips notes with `T <= 550`.
     """
-    if num_tokens < min_prefix + window:
+    if num_tokens <= min_prefix + window:
         return None
-    return rng.randint(min_prefix, num_tokens - window)
+    return rng.randint(min_prefix, num_tokens - window - 1)
 
 
 def _stop_token_ids(model, tokenizer) -> set[int]:
@@ -316,13 +334,17 @@ def measure_memorization(
     """
     if not canaries:
         raise ValueError("`canaries` is empty: pass at least one canary.")
+    if not isinstance(prefix_lengths, str | bytes):
+        prefix_lengths = list(prefix_lengths)
+    if isinstance(prefix_lengths, str | bytes) or not all(is_int(x) and x >= 1 for x in prefix_lengths):
+        raise ValueError(
+            f"`prefix_lengths` must be positive integers (prompt lengths in tokens), got {prefix_lengths!r}: a "
+            "fractional length would be truncated to another prefix than the one asked for."
+        )
     lengths = sorted({int(x) for x in prefix_lengths})
-    if not lengths or lengths[0] < 1:
+    if not lengths:
         raise ValueError(f"`prefix_lengths` must be positive integers, got {list(prefix_lengths)}.")
-    if not is_int(window) or window < 1:
-        raise ValueError(f"`window` must be an integer >= 1, got {window!r}.")
-    if not 0 < bleu_threshold <= 1:
-        raise ValueError(f"`bleu_threshold` must be in (0, 1], got {bleu_threshold}.")
+    _check_window_and_threshold(window, bleu_threshold)
     if max_new_tokens is not None and not (is_int(max_new_tokens) and max_new_tokens >= 1):
         raise ValueError(f"`max_new_tokens` must be an integer >= 1 or None (window + 10), got {max_new_tokens!r}.")
     if max_new_tokens is not None and max_new_tokens < window:

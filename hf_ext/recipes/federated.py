@@ -549,19 +549,20 @@ def _block_size_that_fits(text: str, tokenizer, need: int) -> int | None:
 
 
 def check_canary_lengths(canaries, tokenizer, prefix_lengths, data_args, uncut=None) -> None:
-    """Refuse canaries (after the cut to --block_size) shorter than the longest prefix plus the window, before
-    anything is trained or removed: `measure_memorization` would skip each of them and the run would report no
-    memorization at all. `uncut`: the canaries' texts before the cut; where the cut to one block is what made a canary
+    """Refuse canaries (after the cut to --block_size) of at most the longest prefix plus the window tokens, before
+    anything is trained or removed: `measure_memorization` would skip each of them ([`split_index`], the reference's
+    rule) and the run would report no memorization at all. `uncut`: the canaries' texts before the cut; where the cut to one block is what made a canary
     too short, the error names the --block_size that fits (raising --canary_words cannot help there: a longer canary
     is cut to the same block again)."""
-    need = max(prefix_lengths) + data_args.window
+    need = max(prefix_lengths) + data_args.window + 1  # split_index skips T <= max prefix + window
     lengths = [len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in canaries]
     short = [i for i, n in enumerate(lengths) if n < need]
     if not short:
         return
     head = (
         f"{len(short)} of {len(canaries)} canaries have fewer than {need} tokens (the longest --prefix_lengths "
-        f"{max(prefix_lengths)} plus --window {data_args.window}; shortest {min(lengths[i] for i in short)} tokens): "
+        f"{max(prefix_lengths)} plus --window {data_args.window} plus one; shortest "
+        f"{min(lengths[i] for i in short)} tokens): "
         "memorization could not be measured on them."
     )
     blocks = [_block_size_that_fits(uncut[i], tokenizer, need) for i in short] if uncut is not None else []

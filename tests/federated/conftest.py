@@ -27,7 +27,7 @@ def tiny_recipe_args(**overrides) -> list[str]:
     """Flags for a tiny run of the federated recipe (one-layer model, two clients, two canaries, no pretraining).
     Keyword arguments override a flag or add one (`local_steps=2` gives `--local_steps 2`); `None` leaves it out."""
     flags = dict(
-        num_rounds=1, local_steps=1, pretrain_steps=0, num_canaries=2, replication="2:1.0", prefix_lengths=5, window=20,
+        num_rounds=1, local_steps=1, pretrain_steps=0, num_canaries=2, replication="2:1.0", prefix_lengths=5, window=19,
         max_eval_blocks=2, num_clients=2, block_size=32, vocab_size=300, torch_threads=1, num_hidden_layers=1,
         hidden_size=16, intermediate_size=32, num_attention_heads=2,
     )  # fmt: skip

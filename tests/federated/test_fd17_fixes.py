@@ -3,8 +3,10 @@ variants refused), split_index draws as the cited reference, and bad memorizatio
 refused by name."""
 
 import copy
+import random
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,7 +146,9 @@ def test_simulation_round_on_gpt2_merges_conv1d_deltas(small_tokenizer, client_d
     g = {k: v.clone() for k, v in sim.global_state.items()}
     sim.run()
     weights = [len(d) for d in datasets]
-    _check_global_is_average_of_merged(copy.deepcopy(sim.model), g, seen, weights, sim.global_state, atol=1e-6, min_moved=1e-3)
+    _check_global_is_average_of_merged(
+        copy.deepcopy(sim.model), g, seen, weights, sim.global_state, atol=1e-6, min_moved=1e-3
+    )
 
 
 def test_merge_then_average_refuses_lora_variants_it_cannot_merge():
@@ -169,3 +173,65 @@ def test_merge_then_average_refuses_lora_variants_it_cannot_merge():
     g2 = {k: v for k, v in g.items() if "magnitude" not in k} | {"m.lora_B.bias": torch.zeros(4)}
     with pytest.raises(ValueError, match="LoRA bias"):
         aggregate_round(g2, [g2, g2], [1, 1], "merge_then_average", 2.0)
+
+
+def test_split_index_draws_as_the_reference_np_randint():
+    """The reference (create_prompts) draws np.random.randint(max(L), T - window), whose upper bound is excluded, and
+    skips T <= max(L) + window."""
+    from hf_ext.federated import split_index
+
+    rng = random.Random(0)
+    assert split_index(550, 500, 50, rng) is None
+    draws = {split_index(560, 500, 50, rng) for _ in range(5000)}
+    ref = {int(x) for x in np.random.default_rng(0).integers(500, 560 - 50, size=5000)}  # high excluded, as randint
+    assert draws == ref == set(range(500, 510))
+    assert split_index(551, 500, 50, rng) == 500
+
+
+def test_recipe_refuses_canaries_that_split_index_would_skip():
+    from types import SimpleNamespace
+
+    from hf_ext.recipes.federated import check_canary_lengths
+
+    def tok(text, add_special_tokens=False):
+        return {"input_ids": list(range(len(text.split())))}
+
+    args = SimpleNamespace(window=5, block_size=64)
+    with pytest.raises(ValueError, match="fewer than 16 tokens"):  # 15 = 10 + 5 would be skipped
+        check_canary_lengths([SimpleNamespace(text="w " * 15)], tok, [2, 10], args)
+    check_canary_lengths([SimpleNamespace(text="w " * 16)], tok, [2, 10], args)
+
+
+def test_bad_memorization_and_aggregation_arguments_are_refused_by_name():
+    from hf_ext.federated import measure_memorization, score_continuation
+
+    class Tok:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+        def decode(self, ids):
+            return "".join(map(chr, ids))
+
+    for window in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="`window` must be an integer >= 1"):
+            score_continuation(Tok(), "alpha beta", "zzz", window=window)
+    for threshold in (2.0, 0.0, -0.5, float("nan"), True):
+        with pytest.raises(ValueError, match=r"`bleu_threshold` must be a number in \(0, 1\]"):
+            score_continuation(Tok(), "alpha beta", "alpha beta", bleu_threshold=threshold)
+    assert score_continuation(Tok(), "alpha beta", "alpha beta", window=10, bleu_threshold=1.0)["approximate"]
+    for lengths in ([5.9], [5, 0], [True], "5"):
+        with pytest.raises(ValueError, match="`prefix_lengths` must be positive integers"):
+            measure_memorization(None, None, [object()], prefix_lengths=lengths, window=5)
+    torch.manual_seed(0)
+    g = {
+        "m.lora_A.weight": torch.randn(2, 5),
+        "m.lora_B.weight": torch.zeros(4, 2),
+        "m.base_layer.weight": torch.randn(4, 5),
+    }
+    cs = [{k: v + 0.1 * torch.randn_like(v) if "lora" in k else v.clone() for k, v in g.items()} for _ in range(2)]
+    for scaling in (0.0, -2.0, True, float("nan"), float("inf"), "2"):
+        with pytest.raises(ValueError, match="`lora_scaling` must be a finite real number > 0"):
+            aggregate_round(g, cs, [1, 1], "merge_then_average", scaling)
+    assert not torch.equal(
+        aggregate_round(g, cs, [1, 1], "merge_then_average", 2)["m.base_layer.weight"], g["m.base_layer.weight"]
+    )

@@ -198,8 +198,10 @@ def test_split_index_leaves_a_full_window_after_the_prompt():
     from hf_ext.federated import split_index
 
     rng = random.Random(0)
-    assert {split_index(60, 10, 50, rng) for _ in range(100)} == {10}  # T = L + window: one valid index
-    assert {split_index(61, 10, 50, rng) for _ in range(200)} == {10, 11}
+    # the reference's np.random.randint(L, T - window) excludes T - window: T = L + window is skipped
+    assert split_index(60, 10, 50, rng) is None
+    assert {split_index(61, 10, 50, rng) for _ in range(100)} == {10}  # T = L + window + 1: one valid index
+    assert {split_index(62, 10, 50, rng) for _ in range(200)} == {10, 11}
 
 
 # ------------------------------------------------------------------------------------------------ secure aggregation

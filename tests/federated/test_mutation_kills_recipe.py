@@ -78,7 +78,9 @@ def test_boundary_values_the_help_allows_are_accepted(captured_runs, tmp_path):
 
     argv = ["--output_dir", str(tmp_path / "v"), "--configs", "full", *tiny_recipe_args(prefix_lengths=5, window=27)]
     rec.validate(*parse_recipe_args(rec.ARGUMENT_CLASSES, argv, resume="refuse"))  # --block_size 32 = 5 + 27
-    argv = tiny_recipe_args(block_size=32, prefix_lengths=5, window=20, bleu_threshold=1.0)
+    # a canary cut to 32 tokens keeps 25 here: prefix 5 + window 19 leaves one split (split_index, as the reference,
+    # skips T <= prefix + window; window 20 was accepted until 2026-12-05)
+    argv = tiny_recipe_args(block_size=32, prefix_lengths=5, window=19, bleu_threshold=1.0)
     main(["--output_dir", str(tmp_path / "out"), *argv, "--configs", "full"])
     assert len(captured_runs) == 1
 

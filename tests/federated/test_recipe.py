@@ -97,7 +97,7 @@ def test_centralized_setting_smoke(tmp_path):
         ["--output_dir", str(out), "--setting", "both", "--configs", "full,lora", "--num_rounds", "1"]
         + ["--local_steps", "2", "--pretrain_steps", "0", "--num_canaries", "2", "--replication", "2:1.0"]
         + ["--prefix_lengths", "5", "--max_eval_blocks", "2", "--num_clients", "2", "--block_size", "32"]
-        + ["--window", "20"]
+        + ["--window", "19"]
         + ["--vocab_size", "300", "--torch_threads", "1", "--num_hidden_layers", "1", *tiny]
     )
     runs = res["runs"]

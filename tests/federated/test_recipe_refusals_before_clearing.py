@@ -38,7 +38,7 @@ def test_dp_incompatible_flags_are_refused_before_anything_runs(tmp_path, extra,
 def test_short_canaries_are_refused_before_anything_runs(tmp_path):
     out = _earlier_results(tmp_path)
     argv = tiny_recipe_args(block_size=64, prefix_lengths=40, window=20)
-    with pytest.raises(ValueError, match="fewer than 60 tokens .* Raise --canary_words"):
+    with pytest.raises(ValueError, match="fewer than 61 tokens .* Raise --canary_words"):
         main(["--output_dir", str(out), "--configs", "lora", "--canary_words", "3", *argv])
     assert sorted(os.listdir(out)) == ["results.json"]  # was: every run trained, then an IndexError
 

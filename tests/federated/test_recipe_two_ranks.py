@@ -14,7 +14,7 @@ import pytest
 TINY_FED = [
     "--configs", "lora", "--num_rounds", "1", "--local_steps", "1", "--pretrain_steps", "0", "--num_canaries", "2",
     "--replication", "2:1.0", "--prefix_lengths", "5", "--max_eval_blocks", "2", "--num_clients", "2",
-    "--block_size", "32", "--window", "20", "--vocab_size", "300", "--torch_threads", "1", "--num_hidden_layers", "1",
+    "--block_size", "32", "--window", "19", "--vocab_size", "300", "--torch_threads", "1", "--num_hidden_layers", "1",
     "--hidden_size", "16", "--intermediate_size", "32", "--num_attention_heads", "2", "--report_to", "none",
 ]  # fmt: skip
 REFUSAL = "The federated recipe runs in one process, but it was launched on 2"
