@@ -99,6 +99,31 @@ def url_path(url: str) -> str:
     return out
 
 
+def _decoded(value, column: str):
+    """`value` with `bytes` / `bytearray` (an Arrow/parquet `binary` column, warcio records) decoded as UTF-8, so a
+    template never reads the bytes' repr (`"b'https://...'"`); `InvalidMetadataError` for bytes that are not UTF-8."""
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InvalidMetadataError(
+                f"metadata column {column!r} holds bytes that are not UTF-8 ({bytes(value)!r:.80}): {err}"
+            ) from err
+    return value
+
+
+def normalize_url(value, column: str = "url") -> str:
+    """The URL a URL template reads from a column value: UTF-8 `bytes` decoded, surrounding whitespace stripped
+    (`" https://a.org/x\\n"` -> `"https://a.org/x"`). `InvalidMetadataError` for a value that is not a str or bytes
+    (a bool, a number, a list: its `str()` is no URL)."""
+    value = _decoded(value, column)
+    if not isinstance(value, str):
+        raise InvalidMetadataError(
+            f"URL column {column!r} holds a {type(value).__name__} ({value!r:.80}), not a str (or UTF-8 bytes)."
+        )
+    return value.strip()  # "a.com/x\n" from a line-based export is the URL a.com/x
+
+
 def _score(value, column: str) -> int:
     """An integer quality score from a number or numeric string; inf and non-numeric values (a `"nan"` string too)
     are invalid."""
@@ -128,9 +153,11 @@ class MetadataTemplate:
 
     A missing value (`None`, a blank string, a NaN, pandas' `NA` / `NaT`: see `is_missing`) gives `""` (no metadata)
     in every kind; `"format"` renders a missing field as `""`, and gives `""` when all its fields are missing. The URL
-    kinds strip whitespace around the URL (`" https://a.org/x\\n"` is `https://a.org/x`). A value that cannot be
-    used (a URL `urlsplit` rejects, an infinite or non-numeric quality score, a format string that fails on the row)
-    raises `InvalidMetadataError`; `MetadataCollator` then trains that document without metadata and counts it.
+    kinds strip whitespace around the URL (`" https://a.org/x\\n"` is `https://a.org/x`, see `normalize_url`). A
+    `bytes` value (an Arrow/parquet `binary` column) is decoded as UTF-8 in every kind. A value that cannot be used (a
+    URL `urlsplit` rejects, a URL value that is not a str or bytes such as `True` or a number, bytes that are not
+    UTF-8, an infinite or non-numeric quality score, a format string that fails on the row) raises
+    `InvalidMetadataError`; `MetadataCollator` then trains that document without metadata and counts it.
     """
 
     kind: str
@@ -147,7 +174,7 @@ class MetadataTemplate:
                     "Trainer set remove_unused_columns=False so metadata columns reach the collator, or choose "
                     "the template's column with metadata_template(..., column=...)."
                 )
-            values.append(example[column])
+            values.append(_decoded(example[column], column))
         missing = [is_missing(v) for v in values]
         if self.kind == "format":
             if all(missing):  # a row without metadata, not the format's literal text (" | ")
@@ -161,7 +188,7 @@ class MetadataTemplate:
         elif any(missing):
             text = ""
         elif self.kind in ("url", "url_host", "url_path"):
-            url = str(values[0]).strip()  # "a.com/x\n" from a line-based export is the URL a.com/x
+            url = normalize_url(values[0], self.columns[0])
             text = url if self.kind == "url" else url_host(url) if self.kind == "url_host" else url_path(url)
         elif self.kind == "topic_format":
             text = ", ".join(str(v) for v in values)
