@@ -68,7 +68,11 @@ class MetadataCooldownCallback(TrainerCallback):
     a worker process.)
 
     Args:
-        collator (`MetadataCollator`): The collator used by the Trainer.
+        collator (`MetadataCollator`): The collator used by the Trainer: its `data_collator`, the same object.
+            `train()` raises a `ValueError` when the train dataloader collates with another `MetadataCollator` (one
+            rebuilt with the same arguments, say), which would train every step with metadata while
+            `metadata_conditioning` logs the cooldown; where the loader's collator is hidden in a wrapper of your
+            own, the first step's end raises it when this collator built none of the step's batches.
         cooldown_fraction (`float`, *optional*, defaults to 0.1): Final share of `max_steps` without metadata.
     """
 
@@ -90,6 +94,9 @@ class MetadataCooldownCallback(TrainerCallback):
         self.invalid_total = 0
         self._count_from = 0  # batch index from which collated batches are counted (skipped on resume: below)
         self._resume_checkpoint: str | None = None  # set by MetadataTrainer when train() resumes
+        self._loader_collator_unknown = True  # the train loader's collate_fn was not found to be self.collator
+        self._check_first_step = False  # check at the next step's end that self.collator built that step's batches
+        self._synced_count = 0  # collator.batches_seen as the last _sync set it
 
     def _batches_for(self, steps: int) -> int:
         """Training batches the collator builds for `steps` optimizer steps."""
@@ -97,6 +104,7 @@ class MetadataCooldownCallback(TrainerCallback):
 
     def _sync(self, args, state) -> None:
         self.collator.batches_seen = self._batches_for(state.global_step) - self._skipped_by_collation
+        self._synced_count = self.collator.batches_seen
         # Batches entered before a (re)sync were not training batches of the steps to come (evaluation on start, a
         # previous train() call): the training batches of the steps done are all counted by now. With DataLoader
         # workers the batches are built in the workers' copies, which would only grow their own dicts: keep none.
@@ -222,6 +230,37 @@ class MetadataCooldownCallback(TrainerCallback):
             "checkpoint's weights, without resume_from_checkpoint) to use the new ones."
         )
 
+    def _check_training_collator(self, train_dataloader) -> None:
+        """Refuse a train dataloader whose `collate_fn` is (or wraps) another `MetadataCollator` than `self.collator`.
+
+        The loader's `collate_fn` is unwrapped through transformers' `RemoveColumnsCollator` (`data_collator`),
+        `functools.partial` (`func`) and `__wrapped__`. Where this ends in something else than a `MetadataCollator`
+        (a user's own wrapper), `_loader_collator_unknown` is set and the first step's end checks the batch counter.
+        """
+        import functools
+
+        self._loader_collator_unknown = True
+        collate = getattr(train_dataloader, "collate_fn", None)
+        seen = set()
+        while collate is not None and id(collate) not in seen:
+            seen.add(id(collate))
+            if collate is self.collator:
+                self._loader_collator_unknown = False
+                return
+            if isinstance(collate, MetadataCollator):
+                raise ValueError(
+                    "MetadataCooldownCallback(collator=...) got another MetadataCollator than the one the Trainer "
+                    "trains with (its data_collator): the cooldown would switch a collator that builds no training "
+                    "batch, every step would train with metadata, and metadata_conditioning would still log the "
+                    "switch. Pass the Trainer's data_collator itself: MetadataCooldownCallback(collator=collator) "
+                    "with Trainer(..., data_collator=collator), the same object (not one rebuilt with the same "
+                    "arguments)."
+                )
+            if isinstance(collate, functools.partial):
+                collate = collate.func
+            else:
+                collate = getattr(collate, "data_collator", None) or getattr(collate, "__wrapped__", None)
+
     @staticmethod
     def _batches_collated_while_skipping(args, state, train_dataloader, per_micro_step: int = 1) -> int:
         """Batches of the resumed epoch the Trainer fast-forwards through the collator (0 for a fresh run).
@@ -263,6 +302,7 @@ class MetadataCooldownCallback(TrainerCallback):
             self._check_resumed_options(saved, state)
         self._grad_accum = args.gradient_accumulation_steps
         train_dataloader = kwargs.get("train_dataloader")
+        self._check_training_collator(train_dataloader)
         self._per_micro_step = _collations_per_micro_step(train_dataloader)
         # cooldown_fraction=0 never switches: leave the collator without a switch point (it may then run in workers).
         self.collator.cooldown_start_batch = (
@@ -273,6 +313,17 @@ class MetadataCooldownCallback(TrainerCallback):
         )
         self._sync(args, state)
         self._count_at_step_end = self.collator.batches_seen  # an evaluation on start puts the counter back here
+        # Where the loader's collator could not be identified, the first step's end checks that this collator built
+        # the step's batches; not with DataLoader workers (their copies collate) nor on a rank whose batches the main
+        # process collates (accelerate's dispatcher), nor with an unknown loader on several ranks.
+        self._check_first_step = (
+            self._loader_collator_unknown
+            and not args.dataloader_num_workers
+            and (
+                getattr(args, "world_size", 1) == 1
+                or (train_dataloader is not None and (self._per_micro_step == 1 or getattr(args, "process_index", 0) == 0))
+            )
+        )
         # the batches a resumed run fast-forwards through the collator (below this index) were counted before
         self._count_from = self._batches_for(state.global_step)
         self.invalid_total = self._restored_invalid(saved, state)
@@ -283,6 +334,17 @@ class MetadataCooldownCallback(TrainerCallback):
         self._skipped_by_collation = 0  # only the resumed epoch is fast-forwarded
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self._check_first_step:
+            self._check_first_step = False
+            if self.collator.batches_seen == self._synced_count:
+                raise ValueError(
+                    "MetadataCooldownCallback(collator=...) is not the collator that builds the training batches: "
+                    f"it built no batch in optimizer step {state.global_step}, so the cooldown (and the "
+                    "metadata_invalid count) would never reach the batches the model trains on while "
+                    "metadata_conditioning logged the switch. Pass the Trainer's data_collator itself: "
+                    "MetadataCooldownCallback(collator=trainer_collator), not another MetadataCollator built with the "
+                    "same arguments."
+                )
         self._count_at_step_end = self.collator.batches_seen
         before = self.invalid_total
         self._fold_invalid(state)
