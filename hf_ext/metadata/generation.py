@@ -229,6 +229,10 @@ def generate_with_metadata_guidance(
                     if value is not None and value > width:
                         per_prompt.pop(total, None)
                         per_prompt[new] = value - width
+                    elif value and total == "min_length":
+                        # min_length <= the padded width is met by every padded prompt of a batched call: no minimum
+                        # (0 also overrides a min_length from the passed or the model's generation config)
+                        per_prompt[total] = 0
             outputs = [
                 generate_with_metadata_guidance(
                     model, tokenizer, [prompt], [meta], guidance_scale, layout=layout, return_text=return_text,

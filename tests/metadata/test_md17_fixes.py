@@ -4,6 +4,8 @@
    other non-str URL values (`True`, numbers) were str()-ed silently.
 2. A `MetadataCooldownCallback` bound to another collator than the Trainer's applied no cooldown while
    `metadata_conditioning` logged it.
+3. The GPT-2 per-prompt guidance path applied a `min_length` <= the padded width to each (shorter) prompt; a batched
+   call, which the path mirrors, has it met by the padded width.
 """
 
 import tempfile
@@ -20,6 +22,8 @@ from hf_ext.metadata import (
     MetadataCollator,
     MetadataCooldownCallback,
     MetadataTrainer,
+    build_guidance_inputs,
+    generate_with_metadata_guidance,
     metadata_template,
 )
 
@@ -136,3 +140,49 @@ def test_the_right_collator_cools_down_also_behind_a_wrapper_of_ones_own(ctx_tok
     trainer.train()
     assert seen == [1, 1, 1, 1, 0, 0, 0, 0]
     assert [h["metadata_conditioning"] for h in trainer.state.log_history if "loss" in h] == seen
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. min_length on the per-prompt (absolute positions) path
+
+
+def _tiny_gpt2(tok):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=256, initializer_range=0.3,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.mark.parametrize("where", ["kwarg", "generation_config", "model"])
+def test_per_prompt_min_length_counts_over_the_padded_width(ctx_tokenizer, where):
+    from transformers import GenerationConfig
+
+    tok, model = ctx_tokenizer, _tiny_gpt2(ctx_tokenizer)
+    prompts, meta = ["a", "alpha beta gamma delta epsilon"], [None, "https://en.wikipedia.org/wiki/Bern"]
+    inputs = build_guidance_inputs(tok, prompts, meta)
+    width = inputs["input_ids"].shape[1]
+    assert inputs["attention_mask"][0].sum() < width - 4  # row 0 is the short prompt
+    kw = dict(guidance_scale=2.0, do_sample=False, return_text=False, max_new_tokens=6)
+    free = generate_with_metadata_guidance(model, tok, prompts, meta, **kw)
+    stop = int(free[0, width])  # row 0's first guided token as EOS: row 0 ends at once when no minimum applies
+    kw["eos_token_id"] = stop
+    plain = generate_with_metadata_guidance(model, tok, prompts, meta, **kw)
+    rest = plain.shape[1] - width - 1
+    assert rest > 0 and plain[0, width:].tolist() == [stop] + [tok.pad_token_id] * rest  # row 1 runs on
+    if where == "kwarg":
+        kw["min_length"] = width
+    elif where == "generation_config":
+        kw["generation_config"] = GenerationConfig(min_length=width)
+    else:
+        model.generation_config.min_length = width
+    # min_length = the padded width: met by every prompt of a batched call, so the same tokens as without it
+    assert torch.equal(generate_with_metadata_guidance(model, tok, prompts, meta, **kw), plain)
+    # above the padded width it counts new tokens from the padded width for every prompt
+    kw.pop("generation_config", None)
+    kw["min_length"] = width + 2
+    longer = generate_with_metadata_guidance(model, tok, prompts, meta, **kw)
+    assert stop not in longer[0, width : width + 2].tolist()
