@@ -11,6 +11,7 @@ from collections.abc import Set as AbstractSet
 
 from ..utils.checks import is_bool
 from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder
+from .templates import is_missing, normalize_url
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ def _ordered(value, name: str, expected: str, fix: str = "") -> list:
 def _prompt_lists(prompts, metadata) -> tuple[list[str], list[str | None]]:
     """`prompts` and `metadata` as lists of equal length: a str prompt is one prompt, a str (or `None`) metadata is
     the metadata of every prompt, otherwise a list or tuple (an ordered container) with one entry per prompt;
-    `TypeError` / `ValueError` for anything else (a dict, e.g. a dataset row, a set, a generator)."""
+    `TypeError` / `ValueError` for anything else (a dict, e.g. a dataset row, a set, a generator). Each metadata
+    string is read as the templates read a value in training: blank (`""`, `"   "`, `"\\n"`) is `None`, and surrounding
+    whitespace is stripped (`normalize_url`)."""
     prompts = [prompts] if isinstance(prompts, str) else _ordered(prompts, "prompts", "a str or a list/tuple of str")
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise TypeError("prompts must be a str or a non-empty sequence of str.")
@@ -107,7 +110,9 @@ def _prompt_lists(prompts, metadata) -> tuple[list[str], list[str | None]]:
         )
     if len(metadata) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(metadata)} metadata strings; pass one per prompt.")
-    return prompts, metadata
+    # as the templates read a value in training: a blank string is no metadata (the unconditional prompt), and
+    # surrounding whitespace is stripped (" https://a.org/x\n" trained as https://a.org/x)
+    return prompts, [None if is_missing(m) else normalize_url(m, "metadata") for m in metadata]
 
 
 def build_guidance_inputs(
@@ -120,7 +125,8 @@ def build_guidance_inputs(
     """Conditional and unconditional (empty-context) prompts, left-padded, as tensors.
 
     `prompts` and `metadata` are read as by `generate_with_metadata_guidance`: a str prompt is a batch of one, a str
-    (or `None`) metadata applies to every prompt, otherwise one metadata entry (str or `None`) per prompt.
+    (or `None`) metadata applies to every prompt, otherwise one metadata entry (str or `None`) per prompt; a blank
+    metadata string is `None` and whitespace around one is stripped, as the templates read a value in training.
 
     Returns a dict with `input_ids`, `attention_mask` (`[BOS] <|context_begin|>{metadata}<|context_end|>{prompt}`)
     and `negative_prompt_ids`, `negative_prompt_attention_mask` (`[BOS] <|context_begin|><|context_end|>{prompt}`,
@@ -167,8 +173,11 @@ def generate_with_metadata_guidance(
         tokenizer (`PreTrainedTokenizerBase`): Its tokenizer (with the context tokens for `layout="context"`).
         prompts (`str` or `Sequence[str]`): Prompt text(s); a batch is generated in one call.
         metadata (`str` or `Sequence[str | None]`): Metadata string per prompt (e.g. a URL or `"Science, Tutorial"`),
-            a list or tuple in prompt order, or one string for all prompts. A dict (a dataset row: build its string
-            with the training template, `metadata_template(...)(row)`), a set or a generator raise a `TypeError`.
+            a list or tuple in prompt order, or one string for all prompts. Read as the templates read a value in
+            training: a blank string (`"   "`) is no metadata (`None`: the empty context) and whitespace around a
+            string is stripped (`" https://a.org/x\\n"` is `https://a.org/x`, as the URL templates train it). A dict
+            (a dataset row: build its string with the training template, `metadata_template(...)(row)`), a set or a
+            generator raise a `TypeError`.
         guidance_scale (`float`, *optional*, defaults to 1.5): `g`, a finite number > 0; 1 disables guidance.
         layout (`str`, *optional*, defaults to `"context"`): Layout used in training (`"context"` or `"meco"`).
         return_text (`bool`, *optional*, defaults to `True`): Return decoded continuations (list of `str`, one per

@@ -115,7 +115,8 @@ def _decoded(value, column: str):
 def normalize_url(value, column: str = "url") -> str:
     """The URL a URL template reads from a column value: UTF-8 `bytes` decoded, surrounding whitespace stripped
     (`" https://a.org/x\\n"` -> `"https://a.org/x"`). `InvalidMetadataError` for a value that is not a str or bytes
-    (a bool, a number, a list: its `str()` is no URL)."""
+    (a bool, a number, a list: its `str()` is no URL). Guided generation reads its metadata strings with it too, so
+    they get the prefix the URL templates trained."""
     value = _decoded(value, column)
     if not isinstance(value, str):
         raise InvalidMetadataError(

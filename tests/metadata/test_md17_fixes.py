@@ -6,6 +6,8 @@
    `metadata_conditioning` logged it.
 3. The GPT-2 per-prompt guidance path applied a `min_length` <= the padded width to each (shorter) prompt; a batched
    call, which the path mirrors, has it met by the padded width.
+4. Guided generation took metadata verbatim: a blank string became a whitespace context never trained (blank values
+   train as the empty context) and a URL with surrounding whitespace got other ids than training gave it.
 """
 
 import tempfile
@@ -186,3 +188,34 @@ def test_per_prompt_min_length_counts_over_the_padded_width(ctx_tokenizer, where
     kw["min_length"] = width + 2
     longer = generate_with_metadata_guidance(model, tok, prompts, meta, **kw)
     assert stop not in longer[0, width : width + 2].tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. generation reads metadata as training did
+
+
+@pytest.mark.parametrize("layout", ["context", "meco"])
+@pytest.mark.parametrize("raw", ["   ", "\n", " https://a.org/x\n", "\thttps://a.org/x  "])
+def test_guidance_prefix_is_the_training_prefix_for_blank_and_padded_metadata(ctx_tokenizer, raw, layout):
+    collator = MetadataCollator(
+        ctx_tokenizer, metadata_template("url"), metadata_dropout=0.0, add_eos=False, layout=layout
+    )
+    trained = collator([{"text": "Hello", "url": raw}])["input_ids"][0].tolist()
+    inputs = build_guidance_inputs(ctx_tokenizer, ["Hello", "Hello"], [raw, "x.org"], layout=layout)
+    cond = inputs["input_ids"][0][inputs["attention_mask"][0] == 1].tolist()
+    assert cond == trained
+    if not raw.strip():  # blank: the empty context, the same as the unconditional prompt
+        uncond = inputs["negative_prompt_ids"][0][inputs["negative_prompt_attention_mask"][0] == 1].tolist()
+        assert cond == uncond
+        assert torch.equal(
+            inputs["input_ids"],
+            build_guidance_inputs(ctx_tokenizer, ["Hello"] * 2, [None, "x.org"], layout=layout)["input_ids"],
+        )
+
+
+def test_guided_generation_conditions_on_the_stripped_metadata(ctx_tokenizer):
+    model = tiny_llama(len(ctx_tokenizer))
+    kw = dict(guidance_scale=2.0, do_sample=False, max_new_tokens=4, return_text=False)
+    padded = generate_with_metadata_guidance(model, ctx_tokenizer, ["Hi", "Hello"], [" https://a.org/x\n", "  "], **kw)
+    clean = generate_with_metadata_guidance(model, ctx_tokenizer, ["Hi", "Hello"], ["https://a.org/x", None], **kw)
+    assert torch.equal(padded, clean)
