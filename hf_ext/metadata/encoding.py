@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from ..utils.checks import is_bool, is_int
 
+logger = logging.getLogger(__name__)
+
 CONTEXT_BEGIN = "<|context_begin|>"
 CONTEXT_END = "<|context_end|>"
 LAYOUTS = ("context", "meco")
+#: How many tokens a `max_metadata_tokens` cut steps back at most to find a prefix that re-encodes to the same ids.
+ROUND_TRIP_STEPS = 32
 
 
 def add_context_tokens(tokenizer, model=None) -> tuple[int, int]:
@@ -61,8 +66,9 @@ class MetadataEncoder:
             is cut to this many tokens while its closing separator (the text after `{metadata}`, `"\\n\\n"`) is
             always kept, so the document still starts after the separator. A cut never ends inside a character: where
             the tokenizer splits a multi-byte character over tokens (byte-level BPE), it keeps one to three tokens
-            fewer, so the cut prefix decodes to whole characters and re-encodes to the same ids (as the recipe's
-            lm-eval prompts do).
+            fewer, so the cut prefix decodes to whole characters. It also steps back out of a cut whose decoded text
+            encodes otherwise (inside a run of spaces, which a byte-level BPE re-encodes as one longer token), so
+            the cut prefix re-encodes to the same ids (as the recipe's lm-eval prompts do); see `_cut`.
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class MetadataEncoder:
         self.meco_prefix = meco_prefix
         self.add_eos = add_eos
         self.max_metadata_tokens = max_metadata_tokens
+        self._warned_round_trip = False
         self._check_no_control_tokens_from_text()
         # The meco prefix's closing separator ("\n\n"), kept whole when the prefix is cut.
         self._meco_head, tail = meco_prefix.format(metadata="\x00").split("\x00", 1)
@@ -138,19 +145,26 @@ class MetadataEncoder:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def _cut(self, ids: list[int], limit: int) -> list[int]:
-        """The first `limit` of `ids` (the tokens of a metadata text), fewer where the cut would end inside a character.
+    def _cut(self, ids: list[int], limit: int, tail: list[int] | None = None) -> list[int]:
+        """The first `limit` of `ids` (the tokens of a metadata text), fewer where the cut would end inside a character
+        or would not re-encode to the same ids.
 
         A byte-level BPE can split one multi-byte UTF-8 character (`東`, `ü`) over several tokens; a cut between them
         would leave a partial character, which decodes to U+FFFD, so the decoded prefix (what an lm-eval prompt
         carries) would re-encode to other ids than the model was trained on. The cut steps back to the last whole
         character instead: the first `k <= limit` tokens whose decoded text is a prefix of the decoded whole and that
         do not end in a U+FFFD continued by one at the start of the rest (a character split by the cut; this also
-        catches a split of a U+FFFD that `text` itself holds).
+        catches a split of a U+FFFD that `text` itself holds). It then steps back further (at most
+        `ROUND_TRIP_STEPS` tokens) until the kept tokens, followed by `tail` (the meco prefix's closing separator),
+        re-encode from their decoded text to the same ids: a cut inside a run of spaces (`"News,   Blog"`: the
+        pre-tokenizer splits the run before its last space) decodes to text that encodes as one longer whitespace
+        token. Where no such cut is found within those steps (a tokenizer whose decoding does not round-trip), the
+        whole-character cut is kept, with a warning.
         """
         if len(ids) <= limit:
             return ids
         whole = self._decode(ids)
+        tail = list(tail or [])
 
         def splits_a_character(k: int) -> bool:
             head = self._decode(ids[:k])
@@ -158,9 +172,24 @@ class MetadataEncoder:
                 return True
             return head.endswith("\ufffd") and self._decode(ids[k:]).startswith("\ufffd")
 
+        def round_trips(k: int) -> bool:
+            kept = ids[:k] + tail
+            return self._tokens([self._decode(kept)])[0] == kept
+
         k = limit
         while k > 0 and splits_a_character(k):
             k -= 1
+        for j in range(k, max(k - ROUND_TRIP_STEPS, 1) - 1, -1):
+            if round_trips(j) and (j == k or not splits_a_character(j)):
+                return ids[:j]
+        if k > 0 and not self._warned_round_trip:
+            self._warned_round_trip = True
+            logger.warning(
+                "max_metadata_tokens=%d: no cut of the metadata %r within %d tokens re-encodes to the same ids "
+                "(the tokenizer's decoding does not round-trip); the cut keeps %d whole-character tokens, and a "
+                "prompt built from its decoded text (lm-eval) may get other ids than training.",
+                limit, whole, ROUND_TRIP_STEPS, k,
+            )  # fmt: skip
         return ids[:k]
 
     def prefix_ids(self, metadata: list[str | None]) -> list[list[int]]:
@@ -186,7 +215,7 @@ class MetadataEncoder:
                 # Cut the prefix text before the separator, then close it: the document never runs on from the URL.
                 head_text = self._meco_head + m
                 head = self._tokens([head_text])[0]
-                meta = self._cut(head, limit - len(self._meco_tail_ids)) + self._meco_tail_ids
+                meta = self._cut(head, limit - len(self._meco_tail_ids), self._meco_tail_ids) + self._meco_tail_ids
             out.append([bos, *meta])
         return out
 

@@ -8,6 +8,8 @@
    call, which the path mirrors, has it met by the padded width.
 4. Guided generation took metadata verbatim: a blank string became a whitespace context never trained (blank values
    train as the empty context) and a URL with surrounding whitespace got other ids than training gave it.
+5. A `max_metadata_tokens` cut inside a run of spaces decoded to text that re-encodes to other ids (the recipe's
+   lm-eval prefix then differed from training).
 """
 
 import tempfile
@@ -219,3 +221,57 @@ def test_guided_generation_conditions_on_the_stripped_metadata(ctx_tokenizer):
     padded = generate_with_metadata_guidance(model, ctx_tokenizer, ["Hi", "Hello"], [" https://a.org/x\n", "  "], **kw)
     clean = generate_with_metadata_guidance(model, ctx_tokenizer, ["Hi", "Hello"], ["https://a.org/x", None], **kw)
     assert torch.equal(padded, clean)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 5. a cut re-encodes to the same ids
+
+
+WHITESPACE_METADATA = ["News,   Blog", "https://a.org/x  y", "a  b   c    d     e", "Zürich  東京   x", "x \t\n  y"]
+
+
+@pytest.mark.parametrize("meta", WHITESPACE_METADATA)
+@pytest.mark.parametrize("layout", ["context", "meco"])
+def test_every_cut_of_metadata_with_whitespace_runs_re_encodes_to_its_ids(ctx_tokenizer, meta, layout):
+    from hf_ext.metadata import MetadataEncoder
+
+    def decode(ids):
+        return ctx_tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    full = MetadataEncoder(ctx_tokenizer, layout=layout).prefix_ids([meta])[0]
+    for limit in range(3 if layout == "meco" else 1, len(full)):
+        encoder = MetadataEncoder(ctx_tokenizer, layout=layout, max_metadata_tokens=limit)
+        ids = encoder.prefix_ids([meta])[0]
+        kept = ids[2:-1] if layout == "context" else ids[1:]
+        assert 0 < len(kept) <= limit, limit
+        assert ctx_tokenizer(decode(kept), add_special_tokens=False)["input_ids"] == kept, (limit, decode(kept))
+        if layout == "context":
+            assert meta.startswith(decode(kept)), limit
+
+
+@pytest.mark.parametrize("meta, limit", [("News,   Blog", 7), ("https://a.org/x  y", 16)])
+def test_the_recipe_lm_eval_prefix_is_the_training_prefix_after_a_cut_in_spaces(ctx_tokenizer, meta, limit):
+    from types import SimpleNamespace
+
+    from hf_ext.metadata import MetadataEncoder
+    from hf_ext.recipes.metadata_pretrain import _prompt_prefixes
+
+    trained = MetadataEncoder(ctx_tokenizer, max_metadata_tokens=limit).prefix_ids([meta])[0]
+    args = SimpleNamespace(layout="context", max_metadata_tokens=limit, eval_url=None)
+    prefix = _prompt_prefixes(ctx_tokenizer, metadata_template("column", column="title"), args)
+    text = prefix[("url_conditioned", True)]({"title": meta})
+    assert ctx_tokenizer.encode(text, add_special_tokens=False) == trained
+
+
+def test_a_tokenizer_that_never_round_trips_keeps_the_whole_character_cut_and_warns_once(ctx_tokenizer, caplog):
+    import logging
+
+    from hf_ext.metadata import MetadataEncoder
+
+    encoder = MetadataEncoder(ctx_tokenizer, max_metadata_tokens=5)
+    full = encoder._tokens(["https://a.org/x"])[0]
+    encoder._tokens = lambda texts: [[0] for _ in texts]  # decoded text never encodes back to the ids
+    with caplog.at_level(logging.WARNING, logger="hf_ext.metadata.encoding"):
+        assert encoder._cut(full, 5) == full[:5]
+        assert encoder._cut(full, 6) == full[:6]
+    assert caplog.text.count("does not round-trip") == 1
