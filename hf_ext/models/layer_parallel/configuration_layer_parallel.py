@@ -434,6 +434,7 @@ class LayerParallelConfig(PreTrainedConfig):
         if (
             key == "layer_types"
             and getattr(src, "model_type", None) == "llama"
+            and getattr(src, "sliding_window", None) is not None
             and isinstance(value, list | tuple)
             and "sliding_attention" in remap_legacy_layer_types(list(value))
         ):
