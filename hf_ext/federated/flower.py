@@ -34,6 +34,7 @@ except ImportError as err:  # Flower is an optional extra
         name="flwr",
     ) from err
 
+from ..utils.checks import is_int
 from .aggregation import client_update
 from .privacy import PrivacyAccountant, poisson_batches_per_epoch, poisson_sample_rate
 from .secure_aggregation import (
@@ -711,8 +712,8 @@ def _node_log(text: str) -> None:
 def aggregate_train_metrics(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
     """The round's training metrics from the clients' replies: the example-weighted mean `train_loss` (when every client
     reports it: not under DP-SGD or secure aggregation, see [`reports_train_loss`]) and
-    `dp_epsilon_max`, the largest client's epsilon (a privacy guarantee is per client: a mean would understate the
-    worst one), as the secure-aggregation path reports them. The weight and `partition-id` are not metrics."""
+    `dp_epsilon_max`, the largest epsilon over the clients (a privacy guarantee is per client: a mean would understate
+    the worst one), as the secure-aggregation path reports them. The weight and `partition-id` are not metrics."""
     metrics = [next(iter(record.metric_records.values())) for record in records]
     weights = [float(m[weighting_metric_name]) for m in metrics]
     out = _mean_train_loss(weights, metrics)
@@ -1097,8 +1098,8 @@ def make_server_app(
         on_round (`Callable[[dict], None]`, *optional*): called with the record of each aggregated round
             (`round`, `num_clients`, `partition_ids`, `metrics`).
     """
-    if num_clients < 1:
-        raise ValueError(f"`num_clients` must be >= 1, got {num_clients}.")
+    if not is_int(num_clients) or num_clients < 1:
+        raise ValueError(f"`num_clients` must be an integer >= 1 (nodes sampled per round), got {num_clients!r}.")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"`timeout` must be > 0 seconds or None, got {timeout}.")
     if fed_args.secure_aggregation:

@@ -49,6 +49,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..utils.checks import is_real
+
 MODULUS_BITS = 62
 MODULUS = 1 << MODULUS_BITS
 MAX_FRAC_BITS = 40  # fixed-point fractional bits [`encode`] accepts
@@ -745,6 +747,14 @@ def secure_aggregate(
         raise ValueError("Secure aggregation needs at least 2 clients.")
     if set(weights) != set(updates):
         raise ValueError("`weights` must have one entry per client in `updates`.")
+    for u in ids:
+        w = weights[u]
+        if not (is_real(w) and 0 <= float(w) < math.inf):
+            raise ValueError(
+                f"`weights` must be finite and non-negative (e.g. example counts), got {w!r} for client {u}: a "
+                "client's weight scales its masked upload, so the server could not see a wrong sign."
+            )
+    _check_same_layout(updates, ids)
     if (identities is None) != (directory is None):
         raise ValueError("Pass both `identities` and `directory` (or neither, to provision fresh ones).")
     if identities is None:
@@ -793,6 +803,29 @@ def secure_aggregate(
         raise ValueError("The uploaders' total weight must be > 0.")
     mean = {k: decode(v, frac_bits) / total for k, v in residues.items()}
     return mean, total, view
+
+
+def _check_same_layout(updates: Mapping[int, Mapping[str, torch.Tensor]], ids: Sequence[int]) -> None:
+    """Raise a `ValueError` naming the client and the tensor when the clients' updates do not share one layout (the
+    same keys, each a tensor of the same shape): masks and shares are per entry of one common vector."""
+    first = ids[0]
+    ref = updates[first]
+    for u in ids:
+        up = updates[u]
+        if not isinstance(up, Mapping) or not all(isinstance(v, torch.Tensor) for v in up.values()):
+            raise TypeError(f"`updates[{u}]` must be a mapping of tensor names to tensors.")
+        if set(up) != set(ref):
+            extra, missing = sorted(set(up) - set(ref)), sorted(set(ref) - set(up))
+            raise ValueError(
+                f"`updates[{u}]` has other tensors than `updates[{first}]` (extra {extra}, missing {missing}): every "
+                "client must upload the same keys."
+            )
+        for k, v in up.items():
+            if tuple(v.shape) != tuple(ref[k].shape):
+                raise ValueError(
+                    f"`updates[{u}][{k!r}]` has shape {tuple(v.shape)}, `updates[{first}][{k!r}]` "
+                    f"{tuple(ref[k].shape)}: every client must upload tensors of the same shapes."
+                )
 
 
 def quantization_error_bound(num_clients: int, total_weight: float, frac_bits: int = 24) -> float:

@@ -155,6 +155,11 @@ class FederatedArguments:
             )
         if self.aggregation not in ("factors", "merge_then_average"):
             raise ValueError(f"--aggregation must be 'factors' or 'merge_then_average', got {self.aggregation!r}.")
+        if self.aggregation == "merge_then_average" and not self.use_lora:
+            raise ValueError(
+                "--aggregation merge_then_average merges LoRA factors, so it needs --use_lora (without LoRA the full "
+                "weights are averaged as they are: drop --aggregation, or keep --use_lora)."
+            )
         if self.use_lora and (self.lora_r < 1 or not (is_real(self.lora_alpha) and 0 < self.lora_alpha < math.inf)):
             raise ValueError(
                 f"--lora_r must be >= 1 and --lora_alpha a finite number > 0 (the LoRA scaling is lora_alpha / r), got "
