@@ -250,8 +250,8 @@ def save_global_state(state: Mapping[str, torch.Tensor], path: str, metadata: Ma
 
 def result_metadata(task: FlowerTask, rounds: list[dict]) -> dict[str, Any]:
     """The structured `<output-path>.json` of a finished run: the run config, every round's number of clients,
-    partition ids and metrics, the largest client epsilon (float, or None without DP-SGD) and the secure-aggregation
-    settings."""
+    partition ids and metrics, the largest epsilon over the clients (float, or None without DP-SGD) and the
+    secure-aggregation settings."""
     from .flower import (
         SECAGG_MAX_RELATIVE_ERROR,
         SECAGG_QUANTIZATION_RANGE,

@@ -842,7 +842,7 @@ def write_outputs(results: dict, output_dir: str) -> None:
     lines = [
         "| run | setting | clients | steps | rounds | eval loss | "
         + " | ".join(cols + [f"{c} gain" for c in gains])
-        + " | eps (DP-SGD, largest client) |",
+        + " | eps (DP-SGD, max over clients) |",
         "|---" * (len(cols) + len(gains) + 7) + "|",
     ]
     for name, run in runs.items():
