@@ -320,7 +320,12 @@ def _adam_flags_read(args, model) -> set[str]:
 
 
 def resume_option_mismatches(
-    info: dict, meta_state: dict | None, args, amplifier_c: float | None = None, options: dict | None = None
+    info: dict,
+    meta_state: dict | None,
+    args,
+    amplifier_c: float | None = None,
+    options: dict | None = None,
+    amplifier_hidden_dims=None,
 ) -> list:
     """Options of `args` that a resume from a `NeuralGrokTrainer` checkpoint would not apply, as
     `(option, checkpoint's value, args' value)` triples (empty: none differ). The one comparison behind
@@ -335,7 +340,12 @@ def resume_option_mismatches(
       amplifier uses that amplifier's `c`);
     - the wrapper's other options ([`transform_options`]: `amplifier_clip_norm`, `outer_every`, `grokfast_alpha`,
       `grokfast_lamb`, `grokfast_window`, `grokfast_warmup`) against `info`'s record, likewise; `options` (the run's
-      own, from its wrapper) overrides the values `args` gives.
+      own, from its wrapper) overrides the values `args` gives;
+    - `amplifier_hidden_dims` (neuralgrok) against `info`'s record, as lists: the amplifier's shape, so that other
+      widths are refused by name before anything is loaded (loading the checkpoint's amplifier into them failed with
+      torch's size mismatch, after the model weights and the base optimizer had been restored).
+      `amplifier_hidden_dims` overrides `args.amplifier_hidden_dims` (a trainer given its own amplifier uses its
+      widths).
 
     Values a checkpoint does not record (older checkpoints) are not compared.
 
@@ -357,6 +367,11 @@ def resume_option_mismatches(
         compare(name, info.get(name), value)
     if args.gradient_transform in CLIPPING_TRANSFORMS:
         compare("amplifier_c", info.get("amplifier_c"), args.amplifier_c if amplifier_c is None else amplifier_c)
+    saved_dims = info.get("amplifier_hidden_dims")
+    if args.gradient_transform == "neuralgrok" and saved_dims is not None:
+        dims = args.amplifier_hidden_dims if amplifier_hidden_dims is None else amplifier_hidden_dims
+        if [int(h) for h in saved_dims] != [int(h) for h in dims]:
+            out.append(("amplifier_hidden_dims", [int(h) for h in saved_dims], [int(h) for h in dims]))
     groups = (meta_state or {}).get("param_groups") or []
     if args.gradient_transform == "neuralgrok" and groups:
         group = groups[0]
@@ -480,9 +495,8 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     The amplifier, its meta-optimizer, the filter buffers and counters (and a pending `next_step` outer step) are
     written into every checkpoint as safetensors + JSON and restored by `train(resume_from_checkpoint=...)`. A resume
     with options that the checkpoint would override or records otherwise (`weight_decay`, `meta_learning_rate`,
-    `meta_weight_decay`, `adam_beta1`/`adam_beta2`/`adam_epsilon`, `amplifier_c`: [`resume_option_mismatches`]) is
-    refused before
-    anything is restored.
+    `meta_weight_decay`, `adam_beta1`/`adam_beta2`/`adam_epsilon`, `amplifier_c`, `amplifier_hidden_dims`:
+    [`resume_option_mismatches`]) is refused before anything is restored (before the model's weights are loaded).
 
     With `"normalize"` every gradient tensor is rescaled to norm `amplifier_c` and clipped like NeuralGrok: the
     control with the amplifier's output fixed to uniform.
@@ -975,11 +989,16 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         from ..utils.resume import refuse_weights_only_checkpoint
 
         refuse_weights_only_checkpoint(resume_from_checkpoint, "resume_from_checkpoint")  # before anything is restored
+        # the checkpoint's options, before its model weights are loaded (Trainer loads them here, before the optimizer
+        # state and the amplifier): a refused resume leaves the model as it was
+        self._checked_resume_info(resume_from_checkpoint)
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        if checkpoint is None:
-            return super()._load_optimizer_and_scheduler(checkpoint)
+    def _checked_resume_info(self, checkpoint: str) -> tuple[dict, dict | None]:
+        """The checkpoint's `neuralgrok_state.json` and meta-optimizer state, once it is checked that a resume would
+        train the run these arguments name: the same gradient transform and `outer_gradient`, no option a resume would
+        not apply ([`resume_option_mismatches`]) and an amplifier of the same shape. Raises `ValueError` naming what
+        differs; loads nothing into the trainer."""
         info_path = os.path.join(checkpoint, TRAINER_STATE_NAME)
         if not os.path.isfile(info_path):
             raise ValueError(
@@ -997,6 +1016,12 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             )
         meta_state = None
         if self.amplifier is not None:
+            saved_mode = info.get("outer_gradient", "recompute")
+            if saved_mode != self.args.outer_gradient:
+                raise ValueError(
+                    f"Checkpoint used outer_gradient={saved_mode!r} but args say {self.args.outer_gradient!r}; resume "
+                    "with the same outer_gradient."
+                )
             meta_state = load_state(os.path.join(checkpoint, META_OPTIMIZER_PREFIX), device=self.args.device)
         # before anything is restored: the optimizers' param groups would bring the checkpoint's values back
         changed = resume_option_mismatches(
@@ -1005,15 +1030,47 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             self.args,
             self._amplifier_c(),
             transform_options(self.args, self.transform_optimizer),
+            list(self.amplifier.hidden_dims) if self.amplifier is not None else None,
         )
         if changed:
             listed = "; ".join(f"{name}={saved!r} in the checkpoint, {new!r} now" for name, saved, new in changed)
             raise ValueError(
                 f"resume_from_checkpoint={checkpoint!r} was trained with other options: {listed}. A resume restores "
-                "the checkpoint's optimizer param groups and its amplifier (trained with its amplifier_c), so the "
-                "run would not be the one its arguments name. Resume with the checkpoint's values, or start a new run (from the "
-                "checkpoint's weights, without resume_from_checkpoint) to use the new ones."
+                "the checkpoint's optimizer param groups and its amplifier (trained with its amplifier_c and of its "
+                "amplifier_hidden_dims), so the run would not be the one its arguments name. Resume with the "
+                "checkpoint's values, or start a new run (from the checkpoint's weights, without "
+                "resume_from_checkpoint) to use the new ones."
             )
+        if self.amplifier is not None:
+            self._check_amplifier_file(checkpoint)
+        return info, meta_state
+
+    def _check_amplifier_file(self, checkpoint: str) -> None:
+        """The checkpoint's amplifier must have this run's parameter names and shapes (an `amplifier=` built with
+        another `dropout`, which shifts the MLP's layer indices, or a checkpoint that records no widths)."""
+        from safetensors import safe_open
+
+        path = os.path.join(checkpoint, AMPLIFIER_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{checkpoint} has no {AMPLIFIER_NAME}: it holds no NeuralGrok amplifier to resume; pass a checkpoint "
+                "of a gradient_transform='neuralgrok' run."
+            )
+        with safe_open(path, framework="pt") as fh:
+            saved = {key: list(fh.get_slice(key).get_shape()) for key in fh.keys()}
+        mine = {key: list(value.shape) for key, value in self.amplifier.state_dict().items()}
+        if saved != mine:
+            raise ValueError(
+                f"resume_from_checkpoint={checkpoint!r}: its amplifier's parameters {saved} differ from this run's "
+                f"{mine} (amplifier_hidden_dims={list(self.amplifier.hidden_dims)}): resume with an amplifier of the "
+                "checkpoint's shape (its amplifier_hidden_dims, and dropout for a given amplifier=)."
+            )
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        # checked again: under DeepSpeed / FSDP, Trainer loads the model here rather than in `_load_from_checkpoint`
+        info, meta_state = self._checked_resume_info(checkpoint)
         super()._load_optimizer_and_scheduler(checkpoint)
         # the same on every rank (summed over the ranks before the save); none in older checkpoints (their
         # `train_accuracy_window` summed micro-batch ratios, which the row counts cannot be recovered from)
@@ -1030,12 +1087,6 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             self.meta_optimizer.load_state_dict(meta_state)
             self.num_outer_steps = int(info.get("num_outer_steps", 0))
             self.last_outer_loss = info.get("last_outer_loss")
-            saved_mode = info.get("outer_gradient", "recompute")
-            if saved_mode != self.args.outer_gradient:
-                raise ValueError(
-                    f"Checkpoint used outer_gradient={saved_mode!r} but args say {self.args.outer_gradient!r}; resume "
-                    "with the same outer_gradient."
-                )
             self._outer_due = bool(info.get("outer_step_due", False))
             saved_lr = info.get("outer_step_lr")
             self._last_step_lr = float(saved_lr) if self._outer_due and saved_lr is not None else None

@@ -222,8 +222,8 @@ def _check_checkpoint_method(checkpoint: str, method: str, args=None) -> None:
     """A checkpoint to resume must come from a NeuralGrokTrainer run of the same gradient transform and, where the
     checkpoint records them, the same options that a resume would not apply (`resume_option_mismatches`: the weight
     decay, the base optimizer's betas / epsilon and the meta-Adam's options, which the optimizers' param groups bring
-    back, so `none` and `none_strong_wd` checkpoints must not be swapped; `amplifier_c`). `args`: the method's training
-    arguments (None: the transform only)."""
+    back, so `none` and `none_strong_wd` checkpoints must not be swapped; `amplifier_c`; the amplifier's
+    `amplifier_hidden_dims`, its shape). `args`: the method's training arguments (None: the transform only)."""
     import json
 
     from ..neuralgrok.state import load_state, state_exists
@@ -254,10 +254,14 @@ def _check_checkpoint_method(checkpoint: str, method: str, args=None) -> None:
     if not changed:
         return
     decay_flag = "--strong_weight_decay" if method == STRONG_WD else "--weight_decay"
+
+    def flag_value(value) -> str:  # as on the command line: a list as its space-separated entries
+        return " ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
     listed = "; ".join(
         f"weight decay {old}, but --methods {method} trains with {new} ({decay_flag})"
         if name == "weight_decay"
-        else f"--{name} {old}, but this command gives {new}"
+        else f"--{name} {flag_value(old)}, but this command gives {flag_value(new)}"
         for name, old, new in changed
     )
     other = "none_strong_wd" if method == "none" else ("none" if method == STRONG_WD else None)

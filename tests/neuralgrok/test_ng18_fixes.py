@@ -1,0 +1,132 @@
+"""Fixes of audit ng18 (NeuralGrok trainer, recipe and cost benchmark).
+
+- F2: a resume with other amplifier widths (`amplifier_hidden_dims`, recorded in every checkpoint) is refused by name
+  before anything is loaded; it failed with torch's size mismatch after the model weights and the base optimizer had
+  been restored, and in the recipe only after the earlier runs of the command had resumed and trained.
+"""
+
+import os
+
+import pytest
+import torch
+
+from hf_ext.neuralgrok import (
+    GrokDecoderConfig,
+    GrokDecoderForCausalLM,
+    NeuralAmplifier,
+    NeuralGrokConfig,
+    NeuralGrokTrainer,
+    build_arithmetic_dataset,
+    split_arithmetic_dataset,
+)
+from hf_ext.recipes.neuralgrok import main as recipe_main
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return split_arithmetic_dataset(build_arithmetic_dataset("a+b", 11), 0.5, 0.2, seed=0)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return GrokDecoderForCausalLM(
+        GrokDecoderConfig(vocab_size=13, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    )
+
+
+def _args(out, **kw):
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        max_steps=2,
+        outer_every=2,
+        amplifier_hidden_dims=[4],
+        use_cpu=True,
+        disable_tqdm=True,
+        report_to="none",
+        save_strategy="steps",
+        save_steps=2,
+    )
+    base.update(kw)
+    return NeuralGrokConfig(**base)
+
+
+def _snapshot(root):
+    return {
+        os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------- F2
+def test_resume_with_other_amplifier_widths_is_refused_by_name_before_anything_is_loaded(splits, tmp_path):
+    NeuralGrokTrainer(
+        model=_model(), args=_args(tmp_path / "a"), train_dataset=splits["inner"], outer_dataset=splits["outer"]
+    ).train()
+    resumed = NeuralGrokTrainer(
+        model=_model(seed=1),
+        args=_args(tmp_path / "b", max_steps=4, amplifier_hidden_dims=[8, 4]),
+        train_dataset=splits["inner"],
+        outer_dataset=splits["outer"],
+    )
+    weights = {k: v.clone() for k, v in resumed.model.state_dict().items()}
+    amplifier = {k: v.clone() for k, v in resumed.amplifier.state_dict().items()}
+    with pytest.raises(ValueError, match=r"amplifier_hidden_dims=\[4\] in the checkpoint, \[8, 4\] now"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    # nothing restored: not the model's weights (Trainer loads them before the optimizers), nor the amplifier
+    assert all(torch.equal(v, weights[k]) for k, v in resumed.model.state_dict().items())
+    assert all(torch.equal(v, amplifier[k]) for k, v in resumed.amplifier.state_dict().items())
+    assert resumed.state.global_step == 0 and not list((tmp_path / "b").glob("checkpoint-*"))
+
+
+def test_a_given_amplifier_of_another_shape_is_refused_before_anything_is_loaded(splits, tmp_path):
+    """An `amplifier=` with dropout has its MLP's layers at other indices: the checkpoint records no option for it,
+    so its parameters are compared with the checkpoint's amplifier file (it failed in torch's load_state_dict)."""
+    NeuralGrokTrainer(
+        model=_model(), args=_args(tmp_path / "a"), train_dataset=splits["inner"], outer_dataset=splits["outer"]
+    ).train()
+    resumed = NeuralGrokTrainer(
+        model=_model(seed=1),
+        args=_args(tmp_path / "b", max_steps=4),
+        train_dataset=splits["inner"],
+        outer_dataset=splits["outer"],
+        amplifier=NeuralAmplifier((4,), dropout=0.1),
+    )
+    weights = {k: v.clone() for k, v in resumed.model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"its amplifier's parameters .* differ from this run's"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    assert all(torch.equal(v, weights[k]) for k, v in resumed.model.state_dict().items())
+
+
+def test_resume_option_mismatches_compares_the_amplifier_widths():
+    from hf_ext.neuralgrok.trainer import resume_option_mismatches
+
+    args = NeuralGrokConfig(output_dir="unused", gradient_transform="neuralgrok", amplifier_hidden_dims=[32, 32])
+    assert resume_option_mismatches({"amplifier_hidden_dims": [32, 32]}, None, args) == []
+    assert resume_option_mismatches({"amplifier_hidden_dims": [16]}, None, args) == [
+        ("amplifier_hidden_dims", [16], [32, 32])
+    ]
+    # a trainer's own amplifier overrides args; a checkpoint without the record is not compared
+    assert resume_option_mismatches({"amplifier_hidden_dims": [16]}, None, args, amplifier_hidden_dims=(16,)) == []
+    assert resume_option_mismatches({}, None, args) == []
+
+
+RECIPE = [
+    "--p", "11", "--hidden_size", "16", "--num_attention_heads", "2", "--seeds", "0", "--methods", "none,neuralgrok",
+    "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "1",
+    "--report_to", "none", "--disable_tqdm", "true", "--outer_fraction", "0.2", "--outer_every", "1",
+    "--amplifier_hidden_dims", "4",
+]  # fmt: skip
+
+
+def test_recipe_resume_with_other_amplifier_widths_is_refused_before_any_run_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    recipe_main(RECIPE + ["--max_steps", "1", "--output_dir", str(out)])
+    before = _snapshot(out)
+    capsys.readouterr()
+    with pytest.raises(ValueError, match=r"--amplifier_hidden_dims 4, but this command gives 8 8"):
+        recipe_main(
+            RECIPE + ["--max_steps", "2", "--output_dir", str(out), "--resume_from_checkpoint"]
+            + ["--amplifier_hidden_dims", "8", "8"]
+        )
+    assert _snapshot(out) == before  # the baseline run did not resume and train first
+    assert "resuming" not in capsys.readouterr().out
