@@ -489,7 +489,11 @@ def amplifier_outer_step(
             with torch.enable_grad():
                 weights = _inner_loss_weights(inner_batches) if weight_by_tokens else [1.0] * len(inner_batches)
                 total = sum(weights)
-                inner_loss = sum(w / total * loss_fn(model, b) for w, b in zip(weights, inner_batches) if w)
+                inner_loss = sum(
+                    w / total * _checked_loss(loss_fn(model, b), "inner", i, b, "loss_fn")
+                    for i, (w, b) in enumerate(zip(weights, inner_batches))
+                    if w
+                )
                 g_hat = torch.autograd.grad(inner_loss, params, allow_unused=True)
         finally:
             if restore_buffers:  # the outer forwards continue from what step 1 left, on clones; the real ones go back
@@ -516,9 +520,10 @@ def amplifier_outer_step(
             virtual[name] = theta - virtual_lr * transformed[name] if name in transformed else theta
         total_examples = 0
         outer_loss = 0.0
-        for batch in outer_batches:
+        for i, batch in enumerate(outer_batches):
             n = _batch_size(batch)
-            outer_loss = outer_loss + n * outer_loss_fn(model, {**virtual, **buffers}, batch)
+            loss = _checked_loss(outer_loss_fn(model, {**virtual, **buffers}, batch), "outer", i, batch, "outer_loss_fn")
+            outer_loss = outer_loss + n * loss
             total_examples += n
         outer_loss = outer_loss / total_examples
         outer_loss.backward()
@@ -529,6 +534,25 @@ def amplifier_outer_step(
     meta_optimizer.step()
     amplifier.eval()
     return float(outer_loss.detach())
+
+
+def _checked_loss(loss, kind: str, index: int, batch: Mapping, fn_name: str) -> torch.Tensor:
+    """`loss` if it is a scalar tensor; else a `ValueError` naming the batch and what it lacks (a model returns no
+    `loss` without `labels`: the product with it failed as an unnamed `TypeError`)."""
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        return loss.reshape(())
+    keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+    hint = (
+        "the model returns a loss only when the batch has `labels`: give the batches labels (an outer set with the "
+        "training set's columns)"
+        if "labels" not in (batch if isinstance(batch, Mapping) else {})
+        else f"pass a {fn_name} that returns the batch's scalar loss"
+    )
+    raise ValueError(
+        f"{kind} batch {index} (keys {keys}) gave no scalar loss ({fn_name} returned "
+        f"{type(loss).__name__ if not isinstance(loss, torch.Tensor) else f'a tensor of shape {tuple(loss.shape)}'}): "
+        f"{hint}."
+    )
 
 
 def _inner_loss_weights(batches: Sequence[Mapping[str, torch.Tensor]]) -> list[float]:

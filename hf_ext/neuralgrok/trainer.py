@@ -514,7 +514,9 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             transformers causal LM built from a config).
         args ([`NeuralGrokConfig`]): training arguments.
         outer_dataset (`datasets.Dataset`, *optional*): D_outer, required for `gradient_transform="neuralgrok"`.
-            Train on D_inner (`train_dataset`) and keep D_outer out of it.
+            Train on D_inner (`train_dataset`) and keep D_outer out of it. Its batches need the labels the outer loss
+            (the model's own) is computed from: rows without them are refused here, unless the data collator adds
+            them.
         amplifier ([`NeuralAmplifier`], *optional*): a ready amplifier; default: the amplifier of a
             [`NeuralGrokOptimizer`] passed as `optimizers=`, else built from `args` with seed `args.seed`. Under
             several processes rank 0's is broadcast to every rank at the start of `train()`. With `model_init`
@@ -570,6 +572,8 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
                 # refused here, not at the first outer step (after `outer_every` steps and their checkpoints)
                 raise ValueError(reentrant_checkpointing_message(reentrant))
         self.outer_dataset = outer_dataset
+        if args.gradient_transform == "neuralgrok":
+            self._check_outer_labels()  # refused here, not at the first outer step (after T steps and checkpoints)
         # a `train()` with `model_init` restarts the amplifier (`_hp_search_setup`): one built here from `args`, one
         # given (`amplifier=`) from its state now
         self._initial_amplifier_state = None
@@ -743,10 +747,53 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------- outer step
-    def _build_outer_batches(self) -> list[dict]:
+    def _outer_rows(self):
+        """`outer_dataset` as the outer batches are built from it (unused columns removed where `args` says so)."""
         dataset = self.outer_dataset
         if self.args.remove_unused_columns and hasattr(dataset, "column_names"):
             dataset = self._remove_unused_columns(dataset, description="outer")
+        return dataset
+
+    def _check_outer_labels(self) -> None:
+        """The outer loss is the model's own `loss`, which needs the labels (`self.label_names`, `["labels"]` for a
+        causal LM) in every outer batch: an outer set whose rows lack them, and whose data collator does not add them,
+        is refused by name. Its first row is collated only when the row lacks a label (a collator that builds them,
+        e.g. `DataCollatorForLanguageModeling`), with every random generator put back as it was."""
+        from collections.abc import Mapping
+
+        required = list(self.label_names or [])
+        if not required:  # a model whose forward takes no labels: its loss comes from other inputs
+            return
+        dataset = self._outer_rows()
+        row = dataset[0]
+        if not isinstance(row, Mapping):
+            return  # rows the collator alone understands
+        missing = [name for name in required if name not in row]
+        if not missing:
+            return
+        import random
+
+        import numpy as np
+
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                batch = self.data_collator([row])
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+        missing = [name for name in required if not isinstance(batch.get(name), torch.Tensor)]
+        if missing:
+            columns = list(getattr(self.outer_dataset, "column_names", None) or row.keys())
+            raise ValueError(
+                f"outer_dataset has no {', '.join(repr(m) for m in missing)} (its columns: {columns}), and the data "
+                "collator does not add them: the outer loss is the model's own loss, which needs them. Give the outer "
+                "set the same columns as the training set (e.g. split_arithmetic_dataset(...)['outer']), or a "
+                "data_collator that builds the labels."
+            )
+
+    def _build_outer_batches(self) -> list[dict]:
+        dataset = self._outer_rows()
         n = len(dataset)
         indices = list(range(n))
         if self.args.outer_max_samples is not None and self.args.outer_max_samples < n:

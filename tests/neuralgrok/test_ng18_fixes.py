@@ -3,6 +3,9 @@
 - F2: a resume with other amplifier widths (`amplifier_hidden_dims`, recorded in every checkpoint) is refused by name
   before anything is loaded; it failed with torch's size mismatch after the model weights and the base optimizer had
   been restored, and in the recipe only after the earlier runs of the command had resumed and trained.
+- F3: an outer set without `labels` (which the outer loss, the model's own, needs) is refused when the trainer is
+  built, by name; `amplifier_outer_step` names an outer batch that gives no loss. Both failed at the first outer step
+  (after `outer_every` steps and their checkpoints) with an unnamed `TypeError`.
 """
 
 import os
@@ -130,3 +133,59 @@ def test_recipe_resume_with_other_amplifier_widths_is_refused_before_any_run_res
         )
     assert _snapshot(out) == before  # the baseline run did not resume and train first
     assert "resuming" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------------------- F3
+def test_an_outer_set_without_labels_is_refused_when_the_trainer_is_built(splits, tmp_path):
+    with pytest.raises(ValueError, match=r"outer_dataset has no 'labels' \(its columns: \['input_ids'\]\)"):
+        NeuralGrokTrainer(
+            model=_model(),
+            args=_args(tmp_path, max_steps=4, save_steps=1),
+            train_dataset=splits["inner"],
+            outer_dataset=splits["outer"].remove_columns("labels"),
+        )
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_an_outer_set_whose_collator_adds_the_labels_is_accepted_and_the_check_draws_no_random_number(splits, tmp_path):
+    """A data collator may build the labels (as DataCollatorForLanguageModeling does): the check collates one row, and
+    puts back the random generators that a collator may draw from."""
+
+    def collator(rows):
+        ids = torch.stack([torch.as_tensor(r["input_ids"]) for r in rows])
+        torch.rand(1)  # a collator that draws random numbers (masking)
+        labels = torch.full_like(ids, -100)
+        labels[:, -1] = ids[:, -1]
+        return {"input_ids": ids, "labels": labels}
+
+    def build(outer):
+        return NeuralGrokTrainer(
+            model=_model(),
+            args=_args(tmp_path, max_steps=2, outer_every=1, save_strategy="no"),
+            train_dataset=splits["inner"],
+            outer_dataset=outer,
+            data_collator=collator,
+        )
+
+    build(splits["outer"])  # rows with labels: nothing collated
+    state = torch.get_rng_state()  # what building a trainer (which seeds the generators) leaves
+    trainer = build(splits["outer"].remove_columns("labels"))
+    assert torch.equal(torch.get_rng_state(), state)
+    trainer.train()
+    assert trainer.num_outer_steps == 2 and trainer.last_outer_loss is not None
+
+
+def test_amplifier_outer_step_names_an_outer_batch_that_gives_no_loss():
+    from hf_ext.neuralgrok import amplifier_outer_step
+
+    model = _model()
+    amplifier = NeuralAmplifier((4,))
+    meta = torch.optim.Adam(amplifier.parameters(), lr=1e-4)
+    ids = torch.tensor([[1, 11, 2, 12, 3], [4, 11, 5, 12, 9]])
+    labels = torch.full_like(ids, -100)
+    labels[:, -1] = ids[:, -1]
+    inner = [{"input_ids": ids, "labels": labels}]
+    with pytest.raises(ValueError, match=r"outer batch 1 \(keys \['input_ids'\]\) gave no scalar loss .* `labels`"):
+        amplifier_outer_step(amplifier, meta, model, inner, [inner[0], {"input_ids": ids}], virtual_lr=1e-3)
+    with pytest.raises(ValueError, match=r"inner batch 0 .* gave no scalar loss"):
+        amplifier_outer_step(amplifier, meta, model, [{"input_ids": ids}], inner, virtual_lr=1e-3)
