@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import product
 
@@ -129,6 +130,20 @@ def build_arithmetic_dataset(task: str = "a+b", p: int = 97):
     return ds.with_format("torch")
 
 
+def min_outer_fraction(train_size: int) -> float:
+    """The smallest `outer_fraction` of 3 significant digits whose outer set of `train_size` training rows is not
+    empty (`int(outer_fraction * train_size) >= 1`, as [`split_arithmetic_dataset`] sizes it): `1 / train_size`
+    rounded *up*, since a value rounded to nearest (0.0476 for 21 rows) can give 0.99 of a row, i.e. none."""
+    if train_size < 1:
+        raise ValueError(f"train_size={train_size} must be >= 1.")
+    exact = 1.0 / train_size
+    step = 10.0 ** (math.floor(math.log10(exact)) - 2)  # 3 significant digits
+    value = round(math.ceil(exact / step) * step, 12)
+    while int(value * train_size) < 1:  # float rounding of the product
+        value = round(value + step, 12)
+    return value
+
+
 def split_arithmetic_dataset(dataset, train_fraction: float = 0.5, outer_fraction: float = 0.02, seed: int = 0):
     """
     Random train/test split, and the NeuralGrok split of train into inner and outer sets.
@@ -162,7 +177,7 @@ def split_arithmetic_dataset(dataset, train_fraction: float = 0.5, outer_fractio
     if outer_fraction > 0 and outer_size == 0:
         raise ValueError(
             f"outer_fraction={outer_fraction} of the {train_size} training rows rounds to an empty outer set; use "
-            f"outer_fraction >= {1 / train_size:.3g} (or 0 for no outer set)."
+            f"outer_fraction >= {min_outer_fraction(train_size)} (or 0 for no outer set)."
         )
     perm = np.random.default_rng(seed).permutation(n)
     return DatasetDict(

@@ -54,7 +54,11 @@ class GrokTaskArguments:
     )
     train_fraction: float = field(default=0.5, metadata={"help": "Fraction of all equations used for training."})
     outer_fraction: float = field(
-        default=0.02, metadata={"help": "Fraction of the training split held out as NeuralGrok's outer set (49:1)."}
+        default=0.02,
+        metadata={
+            "help": "Fraction of the training split held out as NeuralGrok's outer set (49:1); read by neuralgrok and "
+            "normalize (trained on the rest) only: the other methods train on the whole training split."
+        },
     )
     methods: str = field(
         default="none,normalize,grokfast_ema,neuralgrok",
@@ -302,6 +306,14 @@ _TRAINING_FLAG_READERS = {
 }
 
 
+def recipe_outer_fraction(task_args: GrokTaskArguments, methods: list[str]) -> float:
+    """The `outer_fraction` the runs split with: `--outer_fraction` when a method trains on D_inner (neuralgrok,
+    normalize), else 0. The other methods train on the whole training split (the same rows whatever the outer
+    fraction), so an outer set none of them uses is neither carved out nor checked: `--methods none` at a small --p
+    used to be refused for an empty outer set, and --outer_fraction, its suggested fix, as a flag it does not read."""
+    return task_args.outer_fraction if any(m in INNER_METHODS for m in methods) else 0.0
+
+
 def _refuse_unread_flags(task_args: GrokTaskArguments, training_args, methods: list[str]) -> None:
     """A flag that none of the selected --methods reads, set away from its default, is an error naming it."""
     from ._common import changed_from_default
@@ -411,9 +423,21 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
             )
     try:
         dataset = build_arithmetic_dataset(task_args.task, task_args.p)
-        splits = split_arithmetic_dataset(dataset, task_args.train_fraction, task_args.outer_fraction)
+        splits = split_arithmetic_dataset(dataset, task_args.train_fraction, 0.0)
     except (TypeError, ValueError) as err:
-        raise type(err)(f"--p / --train_fraction / --outer_fraction: {err}") from err
+        raise type(err)(f"--p / --train_fraction: {err}") from err
+    outer_fraction = recipe_outer_fraction(task_args, methods)
+    train_rows = len(splits["train"])
+    if outer_fraction > 0 and int(outer_fraction * train_rows) == 0:  # split_arithmetic_dataset's outer size
+        from ..neuralgrok.data import min_outer_fraction
+
+        inner = ", ".join(m for m in methods if m in INNER_METHODS)
+        raise ValueError(
+            f"--outer_fraction {outer_fraction} of the {train_rows} training rows (--p {task_args.p}, --train_fraction "
+            f"{task_args.train_fraction}) rounds to an empty outer set, which --methods {inner} needs (D_outer); pass "
+            f"--outer_fraction {min_outer_fraction(train_rows)} or more, or a larger --p / --train_fraction."
+        )
+    splits = split_arithmetic_dataset(dataset, task_args.train_fraction, outer_fraction)
     if training_args.dataloader_drop_last:
         global_batch = training_args.per_device_train_batch_size * training_args.world_size
         for method in methods:
@@ -848,7 +872,9 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
     noted: set[int] = set()
     # Seed-major order: every method is done on a seed before the next seed starts (similar machine load per seed).
     for seed in seeds:
-        splits = split_arithmetic_dataset(dataset, task_args.train_fraction, task_args.outer_fraction, seed)
+        splits = split_arithmetic_dataset(
+            dataset, task_args.train_fraction, recipe_outer_fraction(task_args, methods), seed
+        )
         test = splits["test"]
         if task_args.max_eval_samples is not None and task_args.max_eval_samples < len(test):
             test = test.select(range(task_args.max_eval_samples))  # the split is already a random permutation

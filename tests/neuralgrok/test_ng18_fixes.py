@@ -1,5 +1,9 @@
 """Fixes of audit ng18 (NeuralGrok trainer, recipe and cost benchmark).
 
+- F1: the recipe carves out (and checks) the outer set only when a method that trains on D_inner (neuralgrok,
+  normalize) is selected: `--p 7 --methods none` was refused for an empty outer set it does not use, and the fix the
+  error suggested (--outer_fraction) as a flag `none` does not read. The smallest working --outer_fraction that the
+  errors suggest is rounded up (0.0476 for 21 training rows still gave an empty outer set).
 - F2: a resume with other amplifier widths (`amplifier_hidden_dims`, recorded in every checkpoint) is refused by name
   before anything is loaded; it failed with torch's size mismatch after the model weights and the base optimizer had
   been restored, and in the recipe only after the earlier runs of the command had resumed and trained.
@@ -9,6 +13,7 @@
 """
 
 import os
+import re
 
 import pytest
 import torch
@@ -189,3 +194,49 @@ def test_amplifier_outer_step_names_an_outer_batch_that_gives_no_loss():
         amplifier_outer_step(amplifier, meta, model, inner, [inner[0], {"input_ids": ids}], virtual_lr=1e-3)
     with pytest.raises(ValueError, match=r"inner batch 0 .* gave no scalar loss"):
         amplifier_outer_step(amplifier, meta, model, [{"input_ids": ids}], inner, virtual_lr=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------------------- F1
+SMALL_P = [
+    "--p", "7", "--hidden_size", "16", "--num_attention_heads", "2", "--max_steps", "1", "--seeds", "0",
+    "--per_device_train_batch_size", "8", "--eval_steps", "1", "--report_to", "none", "--disable_tqdm", "true",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("methods", ["none", "none,grokfast_ema"])
+def test_recipe_runs_methods_without_an_outer_set_at_a_small_modulus(tmp_path, methods):
+    """p = 7: 21 training rows, of which the default --outer_fraction 0.02 is no row; these methods use none."""
+    results = recipe_main(SMALL_P + ["--methods", methods, "--output_dir", str(tmp_path)])
+    assert list(results["methods"]) == methods.split(",")
+    assert all(run["steps_run"] == 1 for res in results["methods"].values() for run in res["runs"])
+
+
+def test_the_baselines_train_on_the_same_rows_whatever_the_outer_fraction():
+    ds = build_arithmetic_dataset("a+b", 11)
+    rows = [[r.tolist() for r in split_arithmetic_dataset(ds, 0.5, f, seed=3)["train"]["input_ids"]] for f in (0, 0.02, 0.3)]
+    assert rows[0] == rows[1] == rows[2]
+
+
+def test_recipe_names_a_working_outer_fraction_when_neuralgrok_needs_one(tmp_path):
+    with pytest.raises(ValueError, match=r"which --methods neuralgrok needs") as err:
+        recipe_main(SMALL_P + ["--methods", "none,neuralgrok", "--output_dir", str(tmp_path / "a")])
+    suggested = re.search(r"pass --outer_fraction (\S+) or more", str(err.value)).group(1)
+    assert suggested == "0.0477"  # 1/21 = 0.04762 rounded up: 0.0476 x 21 rows = 0.9996, no row
+    results = recipe_main(
+        SMALL_P + ["--methods", "none,neuralgrok", "--outer_fraction", suggested, "--output_dir", str(tmp_path / "b")]
+    )
+    assert results["methods"]["neuralgrok"]["runs"][0]["steps_run"] == 1
+
+
+def test_split_suggests_an_outer_fraction_that_gives_an_outer_row():
+    from hf_ext.neuralgrok.data import min_outer_fraction
+
+    ds = build_arithmetic_dataset("a+b", 7)  # 49 rows, 24 training rows at 0.5, 21 at 0.44
+    for train_fraction in (0.44, 0.5):
+        with pytest.raises(ValueError, match="empty outer set") as err:
+            split_arithmetic_dataset(ds, train_fraction, 0.01)
+        suggested = float(re.search(r"outer_fraction >= (\S+) \(or 0", str(err.value)).group(1))
+        assert len(split_arithmetic_dataset(ds, train_fraction, suggested)["outer"]) == 1
+    for rows in range(2, 5000):
+        value = min_outer_fraction(rows)
+        assert int(value * rows) >= 1 and 1 / rows <= value <= 1.01 / rows
