@@ -306,6 +306,14 @@ _TRAINING_FLAG_READERS = {
 }
 
 
+def flag_readers(flag: str) -> tuple[str, ...] | None:
+    """The --methods that read the recipe flag `flag` (its field name, `outer_every` or `--outer-every` alike) when
+    only some do (`--methods` without one of them refuses it, set away from its default); `None` when every method
+    reads it (the model, data, step-budget and base-optimizer flags)."""
+    name = flag.lstrip("-").split("=", 1)[0].replace("-", "_")
+    return _TASK_FLAG_READERS.get(name) or _TRAINING_FLAG_READERS.get(name)
+
+
 def recipe_outer_fraction(task_args: GrokTaskArguments, methods: list[str]) -> float:
     """The `outer_fraction` the runs split with: `--outer_fraction` when a method trains on D_inner (neuralgrok,
     normalize), else 0. The other methods train on the whole training split (the same rows whatever the outer

@@ -10,6 +10,8 @@
 - F3: an outer set without `labels` (which the outer loss, the model's own, needs) is refused when the trainer is
   built, by name; `amplifier_outer_step` names an outer batch that gives no loss. Both failed at the first outer step
   (after `outer_every` steps and their checkpoints) with an unnamed `TypeError`.
+- F4: scripts/bench_neuralgrok.py passes each recipe flag after `--` to the runners whose method reads it: every
+  NeuralGrok option (`--outer_every 8`, the amplifier's widths) was passed to the baseline too, which refused it.
 """
 
 import os
@@ -28,6 +30,13 @@ from hf_ext.neuralgrok import (
     split_arithmetic_dataset,
 )
 from hf_ext.recipes.neuralgrok import main as recipe_main
+
+
+@pytest.fixture(scope="module")
+def bench(repo_root):
+    import runpy
+
+    return runpy.run_path(os.path.join(repo_root, "scripts", "bench_neuralgrok.py"))
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +249,41 @@ def test_split_suggests_an_outer_fraction_that_gives_an_outer_row():
     for rows in range(2, 5000):
         value = min_outer_fraction(rows)
         assert int(value * rows) >= 1 and 1 / rows <= value <= 1.01 / rows
+
+
+# ------------------------------------------------------------------------------------------------------------- F4
+def test_bench_passes_neuralgrok_options_to_the_runners_that_read_them(bench, monkeypatch, capsys):
+    from hf_ext.recipes import neuralgrok as recipe
+
+    calls = {}
+    real = recipe.main
+
+    def recording(argv):
+        calls.setdefault(argv[argv.index("--methods") + 1], []).append(list(argv))
+        return real(argv)
+
+    monkeypatch.setattr(recipe, "main", recording)
+    extra = ["--outer_every", "2", "--amplifier_hidden_dims", "8", "4", "--amplifier_c", "0.5", "--num_hidden_layers", "1"]
+    summary = bench["main"](["--tiny", "--rounds", "1", "--", *extra])
+    assert summary["neuralgrok_cpu_s_per_step"]["mean"] > 0 and summary["recipe_args"][-len(extra) :] == extra
+    none, normalize = calls["none"][0], calls["normalize"][0]
+    assert "--outer_every" not in none and "--amplifier_c" not in none and none[-2:] == ["--num_hidden_layers", "1"]
+    assert "--outer_every" not in normalize and normalize[-4:] == ["--amplifier_c", "0.5", "--num_hidden_layers", "1"]
+    for argv in calls["neuralgrok"]:  # both NeuralGrok runners
+        assert argv[-len(extra) :] == extra
+    assert summary["recipe_args_by_runner"]["neuralgrok_next_step"][-len(extra) :] == extra
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--grokfast_alpha", "0.9"], "--grokfast_alpha after `--`: read by no runner"),
+        (["--outer-gradient", "next_step"], "--outer_gradient after `--` is set by this script"),
+        (["--max_steps=5"], "--max_steps after `--` is set by this script .*use --steps"),
+        (["8", "--outer_every"], "must start with a --flag"),
+    ],
+)
+def test_bench_refuses_recipe_args_no_runner_reads_or_that_it_sets_itself(bench, capsys, extra, match):
+    with pytest.raises(SystemExit):
+        bench["main"](["--tiny", "--rounds", "1", "--", *extra])
+    assert re.search(match, capsys.readouterr().err)
