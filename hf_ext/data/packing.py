@@ -16,11 +16,16 @@ def pack_dataset(
 ):
     """Tokenize `dataset[text_column]`, join documents with EOS and cut the stream into `block_size` blocks.
 
+    Takes a `datasets.Dataset` (packed now), a streaming `datasets.IterableDataset` (`load_dataset(...,
+    streaming=True)`, `Dataset.to_iterable_dataset()`: packed lazily, as it is iterated, by the same batches of 256
+    documents) or a `DatasetDict` / `IterableDatasetDict` (what `load_dataset` returns: each split is packed alone).
+
     Documents are encoded with `split_special_tokens=True`: text that spells a special token (a literal `"<|eos|>"`)
     stays ordinary text, so only the EOS appended by `add_eos` separates documents.
 
     Args:
-        dataset (`datasets.Dataset`): Dataset with a text column.
+        dataset (`datasets.Dataset`, `datasets.IterableDataset`, `datasets.DatasetDict` or
+            `datasets.IterableDatasetDict`): Documents in a text column.
         tokenizer (`PreTrainedTokenizerBase`): Tokenizer; its `eos_token_id` separates documents when `add_eos`.
         block_size (`int`, *optional*, defaults to 256): Tokens per block (> 0).
         text_column (`str`, *optional*, defaults to `"text"`): Name of the column holding raw text.
@@ -29,22 +34,52 @@ def pack_dataset(
         num_proc (`int`, *optional*): Worker processes for `Dataset.map`. Documents are packed per map batch of
             256 documents within each worker's shard, so the blocks depend on `num_proc`, and with `drop_remainder`
             also which tokens are dropped (each map batch drops its own remainder); without it the tokens do not.
+            Not for an `IterableDataset` (packed lazily in the process that iterates it): leave it None there.
         drop_remainder (`bool`, *optional*, defaults to `True`): Drop the final partial block of each map batch.
             With `False` that block is kept, shorter than `block_size` (it then needs a padding collator). A bool:
             `"false"` is refused, not read as true.
 
     Returns:
-        `datasets.Dataset` with `input_ids`, `attention_mask` and `labels` (a copy of `input_ids`), of length
-        `block_size` (see `drop_remainder`); other columns are removed.
+        The input's type (`Dataset`, `IterableDataset`, or a dict of them with the same splits) with `input_ids`,
+        `attention_mask` and `labels` (a copy of `input_ids`), of length `block_size` (see `drop_remainder`); other
+        columns are removed.
     """
+    import datasets
+
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:  # True is an int
         raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
     for name, value in (("add_eos", add_eos), ("drop_remainder", drop_remainder)):
         if not is_bool(value):  # a string such as "false" would be truthy and silently mean True
             raise TypeError(f"{name} must be True or False, got {value!r}.")
-    if text_column not in dataset.column_names:
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        # every split is checked before any is packed: a missing text column is refused naming its split
+        if not dataset:
+            raise ValueError(f"pack_dataset got an empty {type(dataset).__name__} (no split to pack).")
+        for name, split in dataset.items():
+            if not isinstance(split, (datasets.Dataset, datasets.IterableDataset)):
+                raise TypeError(f"Split {name!r} of the {type(dataset).__name__} is a {type(split).__name__}.")
+            if isinstance(split, datasets.IterableDataset) and num_proc is not None:
+                raise ValueError(_ITERABLE_NUM_PROC.format(num_proc=num_proc))
+            columns = _columns(split)
+            if columns is not None and text_column not in columns:
+                raise ValueError(
+                    f"text_column={text_column!r} is not a column of split {name!r} (columns: {columns}); pass the "
+                    "name of the column holding the raw text (e.g. --text_column content)."
+                )
+        args = (tokenizer, block_size, text_column, add_eos, num_proc, drop_remainder)
+        return type(dataset)({name: pack_dataset(split, *args) for name, split in dataset.items()})
+    streaming = isinstance(dataset, datasets.IterableDataset)
+    if not streaming and not isinstance(dataset, datasets.Dataset):
+        raise TypeError(
+            f"pack_dataset takes a datasets.Dataset, IterableDataset, DatasetDict or IterableDatasetDict, got a "
+            f"{type(dataset).__name__}; e.g. datasets.Dataset.from_dict({{{text_column!r}: texts}})."
+        )
+    if streaming and num_proc is not None:
+        raise ValueError(_ITERABLE_NUM_PROC.format(num_proc=num_proc))
+    columns = _columns(dataset)
+    if columns is not None and text_column not in columns:
         raise ValueError(
-            f"text_column={text_column!r} is not a column of the dataset (columns: {dataset.column_names}); "
+            f"text_column={text_column!r} is not a column of the dataset (columns: {columns}); "
             "pass the name of the column holding the raw text (e.g. --text_column content)."
         )
     if add_eos and tokenizer.eos_token_id is None:
@@ -70,6 +105,13 @@ def pack_dataset(
         blocks = [stream[i : i + block_size] for i in range(0, n, block_size)]
         return {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": [list(b) for b in blocks]}
 
+    # the types `Dataset.map` stores for the blocks it forms
+    dtypes = {"input_ids": "int32", "attention_mask": "int8", "labels": "int64"}
+    features = datasets.Features({name: datasets.List(datasets.Value(dt)) for name, dt in dtypes.items()})
+    if streaming:  # lazy: each batch of 256 documents is packed as the stream is iterated
+        return dataset.map(
+            tokenize_and_group, batched=True, batch_size=256, remove_columns=columns or None, features=features
+        )
     packed = dataset.map(
         tokenize_and_group,
         batched=True,
@@ -79,10 +121,21 @@ def pack_dataset(
         desc=f"Packing into blocks of {block_size}",
     )
     if packed.num_rows == 0:  # no block formed: `map` hands back the input's columns (none for an empty input)
-        import datasets
-
-        # the types `map` stores for the blocks it forms
-        dtypes = {"input_ids": "int32", "attention_mask": "int8", "labels": "int64"}
-        features = datasets.Features({name: datasets.List(datasets.Value(dt)) for name, dt in dtypes.items()})
         return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
     return packed
+
+
+_ITERABLE_NUM_PROC = (
+    "num_proc={num_proc} applies to a datasets.Dataset; a streaming IterableDataset is packed lazily, in the process "
+    "that iterates it: leave num_proc None."
+)
+
+
+def _columns(dataset) -> list[str] | None:
+    """The columns of a `Dataset` / `IterableDataset`; those of a stream whose features are unknown (e.g. one built
+    `IterableDataset.from_generator` without `features`) are read from its first row (None for an empty stream)."""
+    columns = dataset.column_names
+    if columns is None:
+        first = next(iter(dataset.take(1)), None)
+        return None if first is None else list(first)
+    return list(columns)
