@@ -11,7 +11,10 @@ Pieces:
 
 * Hessian-vector products with `torch.func` (forward-over-reverse `jvp(grad(f))`, or double backward), on a flat
   parameter vector (`FlatParameters`, `make_flat_loss`). HF models must run eager attention (SDPA/flash kernels have
-  no double backward or forward-mode AD): `check_second_order_support` says so.
+  no double backward or forward-mode AD): `check_second_order_support` says so. Modules that call torch's
+  `scaled_dot_product_attention` themselves (`nn.MultiheadAttention`, `nn.TransformerEncoderLayer`, custom code) run
+  on its math backend inside the loss function and the optimizer step (`second_order_attention`), which is
+  differentiable twice.
 * Sub-problem solvers: `solve_cubic_exact` (eigendecomposition, bisection on the secular equation, hard case),
   `solve_cubic_lanczos` (Krylov subspace from HVPs) and `solve_cubic_gd` (gradient descent from the Cauchy point).
 * `CubicNewton`, a `torch.optim.Optimizer` whose `step(closure)` receives a loss function of the flat parameters for
@@ -29,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.optim import Optimizer
 
 from ..utils.checks import is_int as _is_int
@@ -42,6 +46,7 @@ __all__ = [
     "cubic_model_value",
     "hessian_vector_product",
     "make_flat_loss",
+    "second_order_attention",
     "solve_cubic_exact",
     "solve_cubic_gd",
     "solve_cubic_lanczos",
@@ -106,11 +111,26 @@ class FlatParameters:
             p.copy_(c.to(p.dtype))
 
 
+def second_order_attention():
+    """Context manager (and decorator) restricting `torch.nn.functional.scaled_dot_product_attention` to its math
+    backend.
+
+    The fused SDPA kernels (flash, memory-efficient, cuDNN, and the CPU flash kernel) have no double backward and no
+    forward-mode AD, so a Hessian-vector product through a module that calls SDPA directly (`nn.MultiheadAttention`,
+    as in `GrokDecoderForCausalLM`, `nn.TransformerEncoderLayer`, custom attention code) fails with "derivative for
+    aten::_scaled_dot_product_flash_attention..._backward is not implemented". The math backend computes the same
+    attention from matmul and softmax, which torch differentiates twice. `make_flat_loss`'s function, `CubicNewton.step`
+    and `hessian_vector_product` run under it; code without SDPA is unaffected.
+    """
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def check_second_order_support(model: nn.Module) -> None:
     """Raise a `ValueError` when `model` cannot give exact Hessian-vector products.
 
     HF models must use eager attention (`attn_implementation="eager"`): fused SDPA / flash kernels have no double
-    backward and no forward-mode AD. Gradient checkpointing breaks double backward as well.
+    backward and no forward-mode AD. Gradient checkpointing breaks double backward as well. (Modules that call torch's
+    SDPA themselves need nothing: the loss functions run it on its math backend, see `second_order_attention`.)
     """
     config = getattr(model, "config", None)
     impl = getattr(config, "_attn_implementation", None) if config is not None else None
@@ -156,7 +176,9 @@ def make_flat_loss(
     buffers = dict(model.named_buffers())
 
     def f(x: torch.Tensor) -> torch.Tensor:
-        out = torch.func.functional_call(model, (flat.to_dict(x), buffers), args=(), kwargs=dict(batch))
+        # torch's fused SDPA kernels cannot be differentiated twice; its math backend can (second_order_attention)
+        with second_order_attention():
+            out = torch.func.functional_call(model, (flat.to_dict(x), buffers), args=(), kwargs=dict(batch))
         if loss_fn is not None:
             return loss_fn(out, batch)
         loss = out["loss"] if isinstance(out, Mapping) else getattr(out, "loss", None)
@@ -199,6 +221,7 @@ def _hvp_auto(f, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, bool]:
         return _double_backward(f, x, v), True
 
 
+@second_order_attention()
 def hessian_vector_product(
     f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor, mode: str = "auto"
 ) -> torch.Tensor:
@@ -866,6 +889,7 @@ class CubicNewton(Optimizer):
 
     # -- the step -------------------------------------------------------------------------------------------------
     @torch.no_grad()
+    @second_order_attention()  # also for a closure's own loss function calling torch's SDPA (not via make_flat_loss)
     def step(self, closure: Callable | None = None):
         """One cubic Newton step on the sample whose loss function `closure()` returns (see the class docstring).
 
