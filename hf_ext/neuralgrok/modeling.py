@@ -6,7 +6,7 @@ import numbers
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
 from ..utils.checks import is_bool
@@ -101,6 +101,7 @@ class GrokDecoderBlock(nn.Module):
         )
 
     def forward(self, hidden_states: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
+        # causal_mask: additive float mask, (seq, seq) or (batch * heads, seq, seq) as nn.MultiheadAttention takes it
         normed = self.ln_1(hidden_states)
         attn_out, _ = self.attn(normed, normed, normed, attn_mask=causal_mask, need_weights=False)
         residual = normed if self.overwrite_residual_with_norm else hidden_states
@@ -108,7 +109,7 @@ class GrokDecoderBlock(nn.Module):
         return hidden_states + self.mlp(self.ln_2(hidden_states))
 
 
-class GrokDecoderForCausalLM(PreTrainedModel):
+class GrokDecoderForCausalLM(PreTrainedModel, GenerationMixin):
     """
     Token + learned position embeddings, `num_hidden_layers` [`GrokDecoderBlock`]s, a final LayerNorm and a
     bias-free head. Weights keep PyTorch's default initialisation, as in the reference code.
@@ -116,6 +117,11 @@ class GrokDecoderForCausalLM(PreTrainedModel):
     The forward follows the causal-LM convention of transformers: `labels` are the input ids with `-100` where no
     loss is taken, and the logits at position `i` predict token `i + 1`. With the arithmetic datasets of this package
     only the answer is labelled, so the loss is the cross-entropy of the answer given the equation.
+
+    `generate` works (greedy, sampling, beam search; also through peft with `task_type="CAUSAL_LM"`), but the model
+    has no KV cache: every step runs the whole sequence again, which is what the model's size and its
+    `max_position_embeddings` (prompt plus new tokens) make cheap. A cache passed to `generate`
+    (`past_key_values=...`) and `inputs_embeds` prompts are refused.
     """
 
     config: GrokDecoderConfig
@@ -134,6 +140,32 @@ class GrokDecoderForCausalLM(PreTrainedModel):
         self.ln_f = nn.LayerNorm(config.hidden_size)
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        if self.generation_config is not None:
+            # no KV cache: generate feeds the whole sequence each step (prepare_inputs_for_generation ensures it
+            # for a generation config that says otherwise, e.g. one loaded from an older folder)
+            self.generation_config.use_cache = False
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate must not build a DynamicCache: the forward neither fills nor reads one
+        return False
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
+        """The inputs of one generation step: always the whole sequence so far (the model has no KV cache)."""
+        for name in ("cache", "past_key_values"):
+            if kwargs.pop(name, None) is not None:
+                raise ValueError(
+                    f"GrokDecoderForCausalLM has no KV cache, but generate got `{name}`: drop it (each step runs "
+                    "the whole sequence)."
+                )
+        if kwargs.pop("inputs_embeds", None) is not None:
+            raise ValueError(
+                "GrokDecoderForCausalLM.generate needs `input_ids`: without a KV cache, a prompt given as "
+                "`inputs_embeds` cannot be run again at the later steps. Pass the prompt's token ids instead."
+            )
+        # the generation loop asks for the last token only (next_sequence_length=1) when `use_cache` is set
+        kwargs.pop("next_sequence_length", None)
+        return super().prepare_inputs_for_generation(input_ids, next_sequence_length=None, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         # The papers use PyTorch's default initialisation (N(0, 1) embeddings, Kaiming-uniform linears); the
@@ -154,35 +186,69 @@ class GrokDecoderForCausalLM(PreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutput:
         r"""
         Args:
-            input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): token ids.
-            attention_mask (`torch.Tensor`, *optional*): accepted for API compatibility; the arithmetic sequences
-                have a fixed length and no padding, so it is ignored.
+            input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): token ids (or `inputs_embeds`, not both).
+            attention_mask (`torch.Tensor` of shape `(batch, seq_len)`, *optional*): 1 for real tokens, 0 for
+                padding (left or right). Padded keys are masked and the real tokens of a row get the positions
+                0, 1, ... they would have without the padding, so a padded row gives the logits of the sequence
+                alone (at its real tokens). The arithmetic datasets have no padding and pass none.
             labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*): targets, `-100` where ignored.
             num_items_in_batch (`int`, *optional*): labelled tokens in the whole (accumulated) batch; when given the
                 loss is the sum over this micro-batch divided by it, so gradient accumulation matches one big batch.
+            inputs_embeds (`torch.Tensor` of shape `(batch, seq_len, hidden_size)`, *optional*): token embeddings
+                instead of `input_ids`.
 
         Returns:
             [`~modeling_outputs.CausalLMOutput`] with `loss` (mean over labelled positions) and `logits`.
         """
-        if input_ids.dim() != 2:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if input_ids is not None and input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}.")
-        seq_len = input_ids.shape[1]
+        if inputs_embeds is not None and (
+            inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size
+        ):
+            raise ValueError(
+                f"inputs_embeds must have shape (batch, seq_len, {self.config.hidden_size}), got "
+                f"{tuple(inputs_embeds.shape)}."
+            )
+        batch_size, seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         if seq_len > self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence length {seq_len} exceeds max_position_embeddings={self.config.max_position_embeddings}."
             )
-        positions = torch.arange(seq_len, device=input_ids.device)
-        hidden = self.token_embeddings(input_ids) + self.position_embeddings(positions)[None]
-        causal_mask = torch.full((seq_len, seq_len), float("-inf"), device=input_ids.device, dtype=hidden.dtype)
-        causal_mask = torch.triu(causal_mask, diagonal=1)
+        if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, seq_len):
+            raise ValueError(
+                f"attention_mask must have shape (batch, seq_len) = {(batch_size, seq_len)} (1: token, 0: padding), "
+                f"got {tuple(attention_mask.shape)}."
+            )
+        hidden = self.token_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        device = hidden.device
+        if attention_mask is None:
+            positions = torch.arange(seq_len, device=device)[None]
+            causal_mask = torch.full((seq_len, seq_len), float("-inf"), device=device, dtype=hidden.dtype)
+            causal_mask = torch.triu(causal_mask, diagonal=1)
+        else:
+            # no branch on the mask's values: this also runs under torch.func.vmap (per-sample gradients)
+            real = attention_mask.to(device=device, dtype=torch.bool)
+            positions = (real.long().cumsum(-1) - 1).clamp(min=0)
+            index = torch.arange(seq_len, device=device)
+            causal = index[:, None] >= index[None, :]
+            # a query attends to earlier real tokens, and to itself so that a padding query's row is never empty
+            allowed = causal[None] & (real[:, None, :] | (index[:, None] == index[None, :])[None])
+            causal_mask = torch.zeros(allowed.shape, device=device, dtype=hidden.dtype).masked_fill(
+                ~allowed, float("-inf")
+            )
+            causal_mask = causal_mask.repeat_interleave(self.config.num_attention_heads, dim=0)
+        hidden = hidden + self.position_embeddings(positions)
         for layer in self.layers:
             hidden = layer(hidden, causal_mask)
         logits = self.head(self.ln_f(hidden))
