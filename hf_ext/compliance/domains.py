@@ -50,6 +50,54 @@ def _blocked_domains_from_normalised(hosts: list[str]) -> BlockedDomains:
     return frozenset.__new__(BlockedDomains, hosts)
 
 
+# Without tldextract: the public suffixes `<label>.<country code>` that are common under many country codes
+# (`co.uk`, `gov.uk`, `com.au`, `gov.br`, `gob.mx`, `ac.jp`, ...; taken from the public suffix list's ICANN section),
+# and the country codes whose every second-level name is a public suffix (`*.ck`, `*.np`, ...). It errs on the side
+# of "a suffix": a domain it takes for one is only not listed by `build_blocked_domains`, while a public suffix
+# listed would drop every site under it.
+_GENERIC_SECOND_LEVEL = frozenset(
+    "ac ad asso biz co com coop ed edu firm gob gouv gov govt go gv info int k12 ltd me med mil mod name ne net nhs nic "
+    "nom or org plc police pro sch tm web".split()
+)
+_WILDCARD_COUNTRY_CODES = frozenset("bd ck er fk jm kh mm np pg".split())
+_PSL = None  # tldextract's extractor over its bundled public suffix list (False: tldextract is not installed)
+
+
+def _psl_extractor():
+    global _PSL
+    if _PSL is None:
+        try:
+            import tldextract
+        except ImportError:
+            _PSL = False
+        else:  # the snapshot bundled with tldextract: no download, no cache folder
+            _PSL = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+    return _PSL
+
+
+def _is_public_suffix(host: str) -> bool:
+    """Whether `host` (a normalised host name) is a public suffix, a name under which unrelated organisations
+    register their domains (`com`, `co.uk`, `gov.uk`, `gob.mx`), which no blocked-domain list may hold: with
+    subdomain matching it would drop every site under it.
+
+    With tldextract installed, its bundled public suffix list (ICANN section, as the paper's filter reads it; no
+    download) decides; without it, a built-in rule: a single label (a top-level domain), or `<label>.<country code>`
+    where `<label>` is a generic second-level name (`co`, `com`, `gov`, `ac`, `org`, `net`, `edu`, `gob`, ...; see
+    `_GENERIC_SECOND_LEVEL`) or the country code is one whose every second-level name is a suffix (`*.np`). The rule
+    errs on the side of "a suffix". IP addresses are never public suffixes."""
+    if not host or _is_ip(host):
+        return False
+    if "." not in host:
+        return True
+    extractor = _psl_extractor()
+    if extractor:
+        return extractor(host).suffix == host
+    labels = host.split(".")
+    return len(labels) == 2 and len(labels[1]) == 2 and (
+        labels[0] in _GENERIC_SECOND_LEVEL or labels[1] in _WILDCARD_COUNTRY_CODES
+    )
+
+
 def _root_url(host: str) -> str:
     return f"http://[{host}]/" if ":" in host else f"http://{host}/"
 
@@ -73,12 +121,18 @@ def build_blocked_domains(
     >= 5.3). Without
     it each listed host stands for itself and its own subdomains (`is_blocked_domain(..., match_subdomains=True)`).
 
+    A public suffix (`com`, `co.uk`, `gov.uk`: see `_is_public_suffix`; tldextract's bundled list when it is
+    installed, else a built-in rule for `<generic label>.<country code>`) is never listed, as listed it would drop
+    every site under it: not `gov.uk` for a closed `www.gov.uk` (the www fallback), nor a snapshot host `gov.uk`
+    itself (its own pages are left to the fine mode), and a `registrable_domain` result that is one lists the host.
+
     Args:
         checker (`RobotsCompliance`): The snapshot (`checker.store`) and the decision settings (user agents,
             backend, status policy). Every host of the store is decided by its own record.
         registrable_domain (`Callable[[str], str]`, *optional*): Maps a listed host to the domain that is listed
             instead (its registrable domain). Its result is normalised; `""` or `None` (no registrable domain, e.g.
-            an IP address) lists the host itself; another non-`str` result is a `TypeError` naming the host.
+            an IP address) or a public suffix lists the host itself; another non-`str` result is a `TypeError`
+            naming the host.
 
     Returns:
         `BlockedDomains`: the listed domains (a `frozenset` of normalised host names).
@@ -106,12 +160,21 @@ def build_blocked_domains(
                     "must map a host to its registrable domain (e.g. 'news.x.co.uk' -> 'x.co.uk'), or to '' / None "
                     "for a host without one."
                 )
-            if domain and normalize_host(domain):  # '' / None (an IP address, an unknown suffix): the host itself
+            domain = normalize_host(domain) if domain else ""
+            # '' / None (an IP address, an unknown suffix) or a public suffix (a bad `registrable_domain`): the host
+            if domain and not _is_public_suffix(domain):
                 host = domain
-        listed.append(host)
-        if checker.host_fallback == "www" and host.startswith("www.") and host[4:] not in checker.store:
+        if not _is_public_suffix(host):  # `gov.uk` listed would drop every `*.gov.uk` site: never listed
+            listed.append(host)
+        if (
+            checker.host_fallback == "www"
+            and host.startswith("www.")
+            and host[4:] not in checker.store
+            and not _is_public_suffix(host[4:])
+        ):
             # the checker decides `x.com` by `www.x.com`'s record when `x.com` has none: so must the list (the
-            # other direction, `www.x.com` under a listed `x.com`, is a subdomain match)
+            # other direction, `www.x.com` under a listed `x.com`, is a subdomain match); not `gov.uk` for
+            # `www.gov.uk`, a public suffix (the fine mode decides the pages of `gov.uk` itself)
             listed.append(host[4:])
     return BlockedDomains(listed)
 

@@ -1,0 +1,88 @@
+"""Pass-18 audit (cd18) of the compliance layer, robots.txt side: the coarse list never holds a public suffix, the
+coarse criterion of a closed site, coarse list entries and blank URLs, and `fetch_robots_txt` against local servers
+(content codings, ports, a total deadline)."""
+
+import pytest
+
+from hf_ext.compliance import RobotsCompliance, build_blocked_domains, is_blocked_domain
+
+# --------------------------------------------------------------------------------------------------------------------
+# F1: a public suffix is never listed
+
+
+@pytest.fixture
+def builtin_suffix_rule(monkeypatch):
+    """Decide public suffixes by the built-in rule, whether or not tldextract is installed."""
+    from hf_ext.compliance import domains
+
+    monkeypatch.setattr(domains, "_PSL", False, raising=False)
+
+
+def _gov_uk_checker():
+    return RobotsCompliance(
+        {
+            "www.gov.uk": "User-agent: GPTBot\nDisallow: /\n",  # the portal closes its site to GPTBot
+            "manchester.gov.uk": "User-agent: *\nAllow: /\n",  # another organisation, open
+            "www.x.co.uk": "User-agent: *\nDisallow: /\n",  # an ordinary domain under a suffix
+            "www.y.com": "User-agent: *\nDisallow: /\n",
+        }
+    )
+
+
+def _check_gov_uk(domains, checker):
+    assert "gov.uk" not in domains and "co.uk" not in domains
+    assert {"www.gov.uk", "www.x.co.uk", "x.co.uk", "www.y.com", "y.com"} <= set(domains)
+    for url, dropped in [
+        ("https://www.gov.uk/x", True),
+        ("https://manchester.gov.uk/bins", False),
+        ("https://www.nhs.gov.uk/a", False),
+        ("https://other.co.uk/a", False),
+        ("https://x.co.uk/a", True),
+        ("https://blog.y.com/a", True),
+    ]:
+        assert is_blocked_domain(url, domains) is dropped, url
+    # the fine mode agrees on the sites of other organisations under the suffix
+    assert checker.is_compliant("https://manchester.gov.uk/bins")
+
+
+def test_www_fallback_never_lists_a_public_suffix_builtin_rule(builtin_suffix_rule):
+    checker = _gov_uk_checker()
+    _check_gov_uk(build_blocked_domains(checker), checker)
+
+
+def test_public_suffix_builtin_rule_cases(builtin_suffix_rule):
+    from hf_ext.compliance.domains import _is_public_suffix
+
+    for host in ["com", "uk", "gov.uk", "co.uk", "com.au", "gov.br", "gob.mx", "gov.pl", "ac.jp", "org.np", "x.np"]:
+        assert _is_public_suffix(host), host
+    for host in ["x.com", "x.co.uk", "www.gov.uk", "example.org", "bbc.uk", "127.0.0.1", "2001:db8::1", "nasa.gov"]:
+        assert not _is_public_suffix(host), host
+
+
+def test_snapshot_host_that_is_a_suffix_is_not_listed(builtin_suffix_rule):
+    checker = RobotsCompliance({"gov.uk": "User-agent: *\nDisallow: /\n", "co.uk": None})
+    checker.store.add("co.uk", None, status=503)  # unreachable: disallow everything under RFC 9309
+    assert build_blocked_domains(checker) == frozenset()
+    assert not is_blocked_domain("https://manchester.gov.uk/", build_blocked_domains(checker))
+
+
+def test_registrable_domain_that_returns_a_suffix_lists_the_host(builtin_suffix_rule):
+    checker = RobotsCompliance({"x.co.uk": "User-agent: *\nDisallow: /\n", "news.y.com": "User-agent: *\nDisallow: /\n"})
+    naive = lambda h: h.split(".", 1)[1]  # noqa: E731 - 'x.co.uk' -> 'co.uk': no registrable domain
+    assert sorted(build_blocked_domains(checker, registrable_domain=naive)) == ["x.co.uk", "y.com"]
+    # '' (no registrable domain) for a suffix host: not listed either
+    checker = RobotsCompliance({"gov.uk": "User-agent: *\nDisallow: /\n"})
+    assert build_blocked_domains(checker, registrable_domain=lambda h: "") == frozenset()
+
+
+def test_www_fallback_never_lists_a_public_suffix_with_tldextract(monkeypatch):
+    tldextract = pytest.importorskip("tldextract")
+    from hf_ext.compliance import domains
+
+    monkeypatch.setattr(domains, "_PSL", None, raising=False)  # found again: tldextract's bundled list
+    checker = _gov_uk_checker()
+    _check_gov_uk(build_blocked_domains(checker), checker)
+    ext = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+    listed = build_blocked_domains(checker, registrable_domain=lambda h: ext(h).top_domain_under_public_suffix)
+    assert "gov.uk" not in listed and "www.gov.uk" in listed and "x.co.uk" in listed
+    assert not is_blocked_domain("https://manchester.gov.uk/bins", listed)
