@@ -157,9 +157,9 @@ def filter_compliant(
 
     Coarse mode (the data-compliance paper's domain-level filter) drops every document whose host is a blocked domain
     or a subdomain of one (`is_blocked_domain(url, blocked_domains, match_subdomains=True)`); the list is
-    `blocked_domains`, default `build_blocked_domains(checker)`: the snapshot's hosts whose robots.txt disallows the
-    site root `/` for a checked agent (an unreachable one too under `status_policy="rfc9309"`). A host that disallows
-    only some paths is kept whole; a listed host loses even the paths it allows. An empty or `None` URL follows
+    `blocked_domains`, default `build_blocked_domains(checker)`: the snapshot's hosts whose robots.txt closes the
+    site (every path but perhaps the homepage, e.g. `Disallow: /`) for a checked agent (an unreachable one too under
+    `status_policy="rfc9309"`). A host that disallows only some paths (or only the homepage) is kept whole; a listed host loses even the paths it allows. An empty or `None` URL follows
     `checker.missing_url`. `column` / `agents_column` are left as they are (they hold URL-level decisions, which
     this mode does not make).
 

@@ -98,8 +98,27 @@ def _is_public_suffix(host: str) -> bool:
     )
 
 
+# Paths that stand for "the site" when deciding whether a host closes it: no rule names them, so only a rule that
+# closes (nearly) every path disallows both (`Disallow: /`, `Disallow: /*`), not one that closes the homepage only
+# (`Disallow: /$`) or some paths (`Disallow: /h`: the two start with different characters). The homepage `/` itself
+# is not tested: `Allow: /$` with `Disallow: /` closes everything but it.
+_SITE_PROBES = ("/hfextsiteprobe", "/0hfextsiteprobe")
+
+
 def _root_url(host: str) -> str:
     return f"http://[{host}]/" if ":" in host else f"http://{host}/"
+
+
+def _closes_site(checker: RobotsCompliance, host: str, groups) -> bool:
+    """Whether the rules `groups` of `host` disallow every path of `_SITE_PROBES` for one checked agent."""
+    root = _root_url(host)[:-1]
+    agents = None
+    for path in _SITE_PROBES:
+        hit = set(checker._match_groups(root + path, groups, path=path))
+        agents = hit if agents is None else agents & hit
+        if not agents:
+            return False
+    return True
 
 
 def build_blocked_domains(
@@ -107,13 +126,17 @@ def build_blocked_domains(
 ) -> BlockedDomains:
     """The blocked-domain list of a robots.txt snapshot, for the coarse (domain-level) mode.
 
-    A host of the snapshot is listed when its robots.txt disallows the site root `/` for any of the checker's user
-    agents (with the checker's `host_fallback="www"`, a listed `www.x.com` also lists `x.com` when the snapshot has no
-    record of `x.com`, as the checker then decides `x.com` by `www.x.com`'s file), as the checker decides it (its `backend`; its `status_policy`: under `"rfc9309"` an unreachable robots.txt,
-    5xx or a network error, disallows everything and lists the host, under `"paper"` it does not). A host that
-    disallows only some paths (`Disallow: /private/`) is not listed: the fine mode (`RobotsCompliance`,
-    `filter_compliant(mode="fine")`) drops those URLs. A host whose root is disallowed but that allows some paths
-    (`Disallow: /` with `Allow: /public/`) is listed, so the coarse mode drops its `/public/` documents too.
+    A host of the snapshot is listed when its robots.txt closes its site for any of the checker's user agents: when
+    it disallows, for one agent, generic paths that no rule names (`/hfextsiteprobe` and `/0hfextsiteprobe`,
+    `_SITE_PROBES`), as `Disallow: /` or `Disallow: /*` do (with the checker's `host_fallback="www"`, a listed
+    `www.x.com` also lists `x.com` when the snapshot has no record of `x.com`, as the checker then decides `x.com` by
+    `www.x.com`'s file), as the checker decides it (its `backend`; its `status_policy`: under `"rfc9309"` an
+    unreachable robots.txt, 5xx or a network error, disallows everything and lists the host, under `"paper"` it does
+    not). The homepage alone does not decide: `Disallow: /$` (the homepage closed) is not listed, `Allow: /$` with
+    `Disallow: /` (everything but the homepage closed) is. A host that disallows only some paths
+    (`Disallow: /private/`) is not listed: the fine mode (`RobotsCompliance`, `filter_compliant(mode="fine")`) drops
+    those URLs. A host that closes its site but allows some paths (`Disallow: /` with `Allow: /public/`) is listed,
+    so the coarse mode drops its `/public/` documents too.
 
     The paper's list aggregates subdomains: a domain is listed when any of its subdomains opts out. That needs the
     registrable domain of each host (the public suffix list: `news.x.co.uk` -> `x.co.uk`), which hf_ext does not ship;
@@ -150,7 +173,7 @@ def build_blocked_domains(
     listed = []
     for host in checker.store:
         policy = checker.policy(host)
-        if not policy.groups or not checker._match_groups(_root_url(host), policy.groups, path="/"):
+        if not policy.groups or not _closes_site(checker, host, policy.groups):
             continue
         if registrable_domain is not None:
             domain = registrable_domain(host)

@@ -86,3 +86,35 @@ def test_www_fallback_never_lists_a_public_suffix_with_tldextract(monkeypatch):
     listed = build_blocked_domains(checker, registrable_domain=lambda h: ext(h).top_domain_under_public_suffix)
     assert "gov.uk" not in listed and "www.gov.uk" in listed and "x.co.uk" in listed
     assert not is_blocked_domain("https://manchester.gov.uk/bins", listed)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# F8: the coarse criterion is a closed site, not the URL `/`
+
+
+@pytest.mark.parametrize(
+    "robots, listed",
+    [
+        ("User-agent: *\nDisallow: /$\n", False),  # only the homepage closed
+        ("User-agent: *\nAllow: /$\nDisallow: /\n", True),  # everything but the homepage closed
+        ("User-agent: *\nDisallow: /\n", True),
+        ("User-agent: *\nDisallow: /*\n", True),
+        ("User-agent: *\nDisallow: *\n", True),
+        ("User-agent: *\nDisallow: /\nAllow: /public/\n", True),
+        ("User-agent: *\nDisallow: /private/\n", False),
+        ("User-agent: *\nDisallow: /h\n", False),  # a short prefix rule does not close the site
+        ("User-agent: *\nDisallow: /0\n", False),
+        ("User-agent: *\nDisallow: /robots.txt\n", False),
+        ("User-agent: *\nDisallow: /?\n", False),
+        ("User-agent: *\nDisallow: /*.pdf$\n", False),
+        # one probe closed for GPTBot, the other for CCBot: no agent has the site closed
+        ("User-agent: GPTBot\nDisallow: /h\n\nUser-agent: CCBot\nDisallow: /0\n", False),
+        ("User-agent: GPTBot\nDisallow: /\n", True),
+    ],
+)
+@pytest.mark.parametrize("backend", ["rfc9309", "protego", "google"])
+def test_coarse_list_decides_on_a_closed_site_not_the_homepage(robots, listed, backend):
+    if backend == "google":
+        pytest.importorskip("robotstxt")
+    checker = RobotsCompliance({"site.com": robots}, user_agents=["GPTBot", "CCBot"], backend=backend)
+    assert (build_blocked_domains(checker) == {"site.com"}) is listed
