@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from .robots import RobotsCompliance, _ends_in_a_number, _is_ipv6, normalize_host
+from .robots import _FORBIDDEN_HOST_CHARS, RobotsCompliance, _ends_in_a_number, _is_ipv6, normalize_host
 
 
 def _is_ip(host: str) -> bool:
@@ -20,8 +20,10 @@ class BlockedDomains(frozenset):
     on every call.
 
     Args:
-        domains (`Iterable[str]`): Domain names (or URLs, whose host is taken). A single `str`, a non-`str` entry or
-            an entry without a host is a `ValueError`/`TypeError` naming it.
+        domains (`Iterable[str]`): Domain names (or URLs, whose host is taken). `.x.com` and `*.x.com` are read as
+            `x.com` (whose subdomains are matched anyway). A single `str`, a non-`str` entry, an entry without a host
+            or one that is no domain name (a space, a `*` elsewhere, an empty label: `x y.com`, `x.*.com`, `x..com`)
+            is a `ValueError`/`TypeError` naming it.
     """
 
     def __new__(cls, domains: Iterable[str] = ()):
@@ -36,9 +38,22 @@ class BlockedDomains(frozenset):
         for i, domain in enumerate(domains):
             if not isinstance(domain, str):
                 raise TypeError(f"domains[{i}] must be a domain name (str), got {type(domain).__name__} {domain!r}.")
-            host = normalize_host(domain)
+            text = domain.strip()
+            # `.x.com` / `*.x.com` (no_proxy, cookie and wildcard list syntax): x.com and its subdomains, which is what
+            # subdomain matching does for `x.com`
+            text = text[2:] if text.startswith("*.") else text[1:] if text.startswith(".") else text
+            host = normalize_host(text)
             if not host:
                 raise ValueError(f"domains[{i}]={domain!r} names no host; pass domain names such as 'x.com'.")
+            if not _is_ip(host):
+                bad = next((c for c in host if c <= " " or c == "*" or c in _FORBIDDEN_HOST_CHARS), None)
+                if bad is not None or "" in host.split("."):
+                    why = f"the character {bad!r}" if bad is not None else "an empty label"
+                    raise ValueError(
+                        f"domains[{i}]={domain!r} is not a domain name (it holds {why}), so it would match no host; "
+                        "pass domain names such as 'x.com' (a leading '.' or '*.' is read as the domain, whose "
+                        "subdomains are matched anyway)."
+                    )
             normalised.append(host)
         return super().__new__(cls, normalised)
 
@@ -199,7 +214,8 @@ def build_blocked_domains(
             # other direction, `www.x.com` under a listed `x.com`, is a subdomain match); not `gov.uk` for
             # `www.gov.uk`, a public suffix (the fine mode decides the pages of `gov.uk` itself)
             listed.append(host[4:])
-    return BlockedDomains(listed)
+    # store keys (and normalised results) as they are: a key a URL host can equal is matched as the fine mode would
+    return _blocked_domains_from_normalised(listed)
 
 
 def is_blocked_domain(url: str | None, domains, match_subdomains: bool = True) -> bool:

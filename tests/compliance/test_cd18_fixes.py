@@ -118,3 +118,38 @@ def test_coarse_list_decides_on_a_closed_site_not_the_homepage(robots, listed, b
         pytest.importorskip("robotstxt")
     checker = RobotsCompliance({"site.com": robots}, user_agents=["GPTBot", "CCBot"], backend=backend)
     assert (build_blocked_domains(checker) == {"site.com"}) is listed
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# F6: list entries in wildcard syntax are read as the domain, other non-names are refused
+
+
+@pytest.mark.parametrize("entry", [".x.com", "*.x.com", " *.X.COM. ", ".x.com\n"])
+def test_wildcard_and_leading_dot_entries_mean_the_domain(entry):
+    from hf_ext.compliance import BlockedDomains
+
+    assert BlockedDomains([entry]) == {"x.com"}
+    for url in ("https://x.com/a", "https://sub.x.com/a"):
+        assert is_blocked_domain(url, [entry]), url
+    assert not is_blocked_domain("https://notx.com/a", [entry])
+
+
+@pytest.mark.parametrize("entry", ["x y.com", "x.*.com", "*x.com", "x..com", "..x.com", "*.*.x.com", "x.com*"])
+def test_entries_that_are_no_domain_name_are_refused_by_name(entry):
+    from hf_ext.compliance import BlockedDomains
+
+    with pytest.raises(ValueError, match=r"domains\[1\]=.* is not a domain name"):
+        BlockedDomains(["ok.com", entry])
+    with pytest.raises(ValueError, match="is not a domain name"):
+        is_blocked_domain("https://x.com/", [entry])
+
+
+def test_ip_and_idna_entries_still_accepted():
+    from hf_ext.compliance import BlockedDomains
+
+    assert BlockedDomains(["[2001:DB8::1]", "127.0.0.1", "bücher.de", "a_b.x.com"]) == {
+        "2001:db8::1",
+        "127.0.0.1",
+        "xn--bcher-kva.de",
+        "a_b.x.com",
+    }
