@@ -159,8 +159,9 @@ def filter_compliant(
     or a subdomain of one (`is_blocked_domain(url, blocked_domains, match_subdomains=True)`); the list is
     `blocked_domains`, default `build_blocked_domains(checker)`: the snapshot's hosts whose robots.txt closes the
     site (every path but perhaps the homepage, e.g. `Disallow: /`) for a checked agent (an unreachable one too under
-    `status_policy="rfc9309"`). A host that disallows only some paths (or only the homepage) is kept whole; a listed host loses even the paths it allows. An empty or `None` URL follows
-    `checker.missing_url`. `column` / `agents_column` are left as they are (they hold URL-level decisions, which
+    `status_policy="rfc9309"`). A host that disallows only some paths (or only the homepage) is kept whole; a
+    listed host loses even the paths it allows. An empty, blank (only whitespace) or `None` URL follows
+    `checker.missing_url`, as in the fine mode. `column` / `agents_column` are left as they are (they hold URL-level decisions, which
     this mode does not make).
 
     Args:
@@ -197,17 +198,13 @@ def filter_compliant(
     _check_column_names(url_column, column, agents_column, column_optional=True)
 
     if mode == "coarse":
-        from .domains import BlockedDomains, _host_is_blocked, build_blocked_domains
-        from .robots import normalize_host
+        from .domains import BlockedDomains, _coarse_keeps, build_blocked_domains
 
         domains = build_blocked_domains(checker) if blocked_domains is None else BlockedDomains(blocked_domains)
         missing_kept = checker.missing_url == "keep"
 
         def keep(batch):
-            return [
-                (not _host_is_blocked(normalize_host(url), domains, True)) if url else missing_kept
-                for url in batch[url_column]
-            ]
+            return [_coarse_keeps(url, domains, missing_kept) for url in batch[url_column]]
 
     else:
 

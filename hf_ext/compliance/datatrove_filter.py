@@ -11,8 +11,8 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from .domains import BlockedDomains, _host_is_blocked, build_blocked_domains
-from .robots import DEFAULT_AI_USER_AGENTS, RobotsCompliance, normalize_host
+from .domains import BlockedDomains, _coarse_keeps, build_blocked_domains
+from .robots import DEFAULT_AI_USER_AGENTS, RobotsCompliance
 from .store import _META_FILE, _STAGED_META_FILE, RobotsTxtStore, _infer_format
 
 
@@ -199,10 +199,7 @@ class RobotsTxtFilter(BaseFilter):
         return self._blocked_domains
 
     def _coarse_result(self, doc: Document) -> bool | tuple[bool, str]:
-        url = self._url(doc)
-        if not url:
-            return self.checker.missing_url == "keep" or (False, "robots_txt_domain")
-        if _host_is_blocked(normalize_host(url), self.blocked_domains, True):
+        if not _coarse_keeps(self._url(doc), self.blocked_domains, self.checker.missing_url == "keep"):
             return False, "robots_txt_domain"
         if doc.metadata.get("filter_reason") == "robots_txt_domain":  # an earlier run's, as in the fine mode
             del doc.metadata["filter_reason"]

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from .robots import _FORBIDDEN_HOST_CHARS, RobotsCompliance, _ends_in_a_number, _is_ipv6, normalize_host
+from .robots import (
+    _FORBIDDEN_HOST_CHARS,
+    RobotsCompliance,
+    _ends_in_a_number,
+    _is_ipv6,
+    _without_tab_newline,
+    normalize_host,
+)
 
 
 def _is_ip(host: str) -> bool:
@@ -243,6 +250,23 @@ def is_blocked_domain(url: str | None, domains, match_subdomains: bool = True) -
     if not isinstance(url, str):
         raise TypeError(f"url must be a str or None, got {type(url).__name__} {url!r}.")
     return _host_is_blocked(normalize_host(url), domains, match_subdomains)
+
+
+def _coarse_keeps(url, domains: BlockedDomains, missing_kept: bool) -> bool:
+    """The coarse mode's decision for one document URL: a missing URL (`None`, empty, or only spaces, tabs and
+    newlines, as the fine mode reads it) is kept when the checker's `missing_url` is `"keep"`; any other URL when
+    its host is not a blocked domain nor a subdomain of one."""
+    if url is None:
+        return missing_kept
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str or None, got {type(url).__name__} {url!r:.80}.")
+    # as `RobotsCompliance.disallowed_agents` reads it: stripped when it starts or ends with a space or control
+    if not url or (
+        (url[0] <= " " or url[-1] <= " " or "\t" in url or "\n" in url or "\r" in url)
+        and not _without_tab_newline(url).strip()
+    ):
+        return missing_kept
+    return not _host_is_blocked(normalize_host(url), domains, True)
 
 
 def _host_is_blocked(host: str, domains: BlockedDomains, match_subdomains: bool) -> bool:

@@ -153,3 +153,41 @@ def test_ip_and_idna_entries_still_accepted():
         "xn--bcher-kva.de",
         "a_b.x.com",
     }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# F7: a blank URL is missing in the coarse mode too
+
+BLANK_URLS = [None, "", "  ", "\t\n", " \u3000\r", "https://y.com/a", "https://x.com/a"]
+
+
+@pytest.mark.parametrize("missing_url", ["drop", "keep"])
+def test_coarse_blank_urls_follow_missing_url_as_fine_does(missing_url):
+    datasets = pytest.importorskip("datasets")
+    from hf_ext.compliance import filter_compliant
+
+    checker = RobotsCompliance({"x.com": "User-agent: *\nDisallow: /\n"}, missing_url=missing_url)
+    ds = datasets.Dataset.from_dict({"url": BLANK_URLS})
+    fine = filter_compliant(ds, checker, mode="fine")["url"]
+    coarse = filter_compliant(ds, checker, mode="coarse")["url"]
+    assert list(coarse) == list(fine)
+    expected = ["https://y.com/a"] if missing_url == "drop" else BLANK_URLS[:-1]
+    assert list(coarse) == expected
+
+
+@pytest.mark.parametrize("missing_url", ["drop", "keep"])
+def test_datatrove_coarse_blank_urls_follow_missing_url(missing_url):
+    pytest.importorskip("datatrove")
+    from datatrove.data import Document
+
+    from hf_ext.compliance import RobotsTxtFilter
+
+    checker = RobotsCompliance({"x.com": "User-agent: *\nDisallow: /\n"}, missing_url=missing_url)
+    docs = [Document(text="t", id=str(i), metadata={"url": u}) for i, u in enumerate(BLANK_URLS)]
+    coarse = [RobotsTxtFilter(checker, mode="coarse").filter(d) for d in docs]
+    fine = [RobotsTxtFilter(checker, mode="fine").filter(d) for d in docs]
+    assert [r is True for r in coarse] == [r is True for r in fine]
+    assert [r is True for r in coarse][:5] == [missing_url == "keep"] * 5
+    assert [r is True for r in RobotsTxtFilter(checker, mode="coarse").filter_batch(docs)] == [r is True for r in coarse]
+    with pytest.raises(TypeError, match="url must be a str or None, got int"):
+        RobotsTxtFilter(checker, mode="coarse").filter(Document(text="t", id="n", metadata={"url": 5}))
