@@ -586,6 +586,171 @@ def _short_read(body: bytes, content_length: str | None) -> str | None:
     return f"IncompleteRead: the connection closed after {len(body)} of {expected} bytes"
 
 
+_RAW_CHUNK = 64 * 1024
+# A compressed body is read up to this many bytes (a 500 KiB file stored without compression is a little larger when
+# "compressed"); one longer that still decodes to less than the 500 KiB is refused rather than cut anywhere.
+_MAX_COMPRESSED_BYTES = 2 * MAX_ROBOTS_BYTES + _RAW_CHUNK
+_GZIP_CODINGS = ("gzip", "x-gzip")
+
+
+class _BodyError(Exception):
+    """A 2xx body that is not the robots.txt as sent (an undecodable content coding, a stream cut short)."""
+
+
+def _content_codings(header: str | None) -> list[str]:
+    """The content codings of a `Content-Encoding` header, in the order they were applied (`identity` left out)."""
+    codings = [c.strip().lower() for c in (header or "").split(",")]
+    return [c for c in codings if c and c != "identity"]
+
+
+def _decoded_body(read, coding: str, limit: int, content_length: str | None) -> bytes:
+    """The first `limit` bytes of a body sent with the content coding `coding` (`gzip`, `x-gzip` or `deflate`: zlib
+    format, or raw deflate as some servers send it), read with `read(n)`: at most `limit` bytes are decompressed (a
+    small compressed body can decode to gigabytes) and at most `_MAX_COMPRESSED_BYTES` read. A coding it cannot
+    decode, data that is not in that coding, or a stream cut short is a `_BodyError`."""
+    import zlib
+
+    if coding not in (*_GZIP_CODINGS, "deflate"):
+        raise _BodyError(f"the body has Content-Encoding {coding!r}, which is not decoded (gzip and deflate are)")
+    out, data, raw_total, decoder, members = bytearray(), b"", 0, None, 0
+    while len(out) < limit:
+        if not data:
+            data = read(_RAW_CHUNK)
+            if not data:
+                break
+            raw_total += len(data)
+            if raw_total > _MAX_COMPRESSED_BYTES:
+                raise _BodyError(f"the {coding} body is over {_MAX_COMPRESSED_BYTES} bytes and decodes to less than 500 KiB")
+        if decoder is None:
+            if members and not data.strip(b"\0"):  # zero padding after the last gzip member, as gzip accepts
+                data = b""
+                continue
+            if coding == "deflate":  # zlib format (RFC 9110), else raw deflate
+                zlib_header = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+                wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+            else:
+                wbits = 16 + zlib.MAX_WBITS
+            decoder = zlib.decompressobj(wbits)
+        try:
+            out += decoder.decompress(data, limit - len(out))
+        except zlib.error as err:
+            raise _BodyError(f"the body is not valid {coding} data ({err})") from None
+        data = decoder.unconsumed_tail
+        if decoder.eof:
+            data, decoder, members = decoder.unused_data + data, None, members + 1
+            if coding == "deflate" and data.strip(b"\0"):
+                raise _BodyError("the deflate body has data after its end")
+    if len(out) < limit and raw_total:  # the whole body was read: complete? (an empty body is an empty file)
+        if decoder is not None or not members:
+            raise _BodyError(f"the {coding} stream is cut short after {raw_total} bytes")
+        with contextlib.suppress(TypeError, ValueError):
+            if raw_total < int(content_length):
+                raise _BodyError(f"the connection closed after {raw_total} of {content_length} bytes")
+    return bytes(out)
+
+
+class _Deadline:
+    """A wall-clock limit on one fetch: when it passes, every socket the fetch opened is shut down (a blocked read
+    then returns at once) and `passed` is set, so a fetch is never longer than `seconds`, however slowly a server
+    answers (connecting, redirects, headers and body together; the name lookup is not covered)."""
+
+    def __init__(self, seconds: float):
+        import threading
+
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.passed = False
+        self._done = False
+        self._sockets: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return max(self.end - time.monotonic(), 0.001)
+
+    def watch(self, sock):
+        with self._lock:
+            self._sockets.append(sock)
+            if self.passed:
+                self._shut(sock)
+        return sock
+
+    @staticmethod
+    def _shut(sock) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: also under a TLS wrapper
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.passed = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    def finish(self) -> bool:
+        """Stop the timer; whether the limit passed before the fetch was over."""
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+        return self.passed
+
+
+def _open_url(request, deadline: _Deadline):
+    """`urllib.request.urlopen(request)`, with every connection it makes (redirects too) watched by `deadline`."""
+    import socket
+    import urllib.request
+
+    def watched(http_class):
+        class Connection(http_class):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.timeout = deadline.remaining()
+
+                def create_connection(address, timeout=None, *rest, **kw):
+                    return deadline.watch(socket.create_connection(address, deadline.remaining(), *rest, **kw))
+
+                self._create_connection = create_connection
+
+        return Connection
+
+    class HTTP(urllib.request.HTTPHandler):
+        def do_open(self, http_class, req, **kwargs):
+            return super().do_open(watched(http_class), req, **kwargs)
+
+    class HTTPS(urllib.request.HTTPSHandler):
+        def do_open(self, http_class, req, **kwargs):
+            return super().do_open(watched(http_class), req, **kwargs)
+
+    return urllib.request.build_opener(HTTP, HTTPS).open(request, timeout=deadline.remaining())
+
+
+def _port(name: str, i: int) -> int | None:
+    """The port `hosts[i]` names (`host:8080`, `http://host:8080/x`, `[::1]:8080`), or `None`."""
+    from .rfc9309 import authority_start
+
+    text = name.replace("\t", "").replace("\n", "").replace("\r", "").strip()
+    text = text[authority_start(text) :]
+    for sep in "/?#\\":
+        text = text.partition(sep)[0]
+    host = text.rpartition("@")[2]
+    if host.startswith("["):
+        port = host.partition("]")[2].removeprefix(":")
+    elif host.count(":") == 1:
+        port = host.partition(":")[2]
+    else:  # no port, or a bare IPv6 address
+        return None
+    if not port:
+        return None
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"hosts[{i}] = {name!r} has the port {port!r}, which is not a port number (1 to 65535).")
+    return int(port)
+
+
 def fetch_robots_txt(
     hosts: Iterable[str],
     user_agent: str,
@@ -599,10 +764,14 @@ def fetch_robots_txt(
     Nothing in `hf_ext` calls this on its own: it is for users building their own snapshot.
 
     Args:
-        hosts (`Iterable[str]`): Host names to fetch.
+        hosts (`Iterable[str]`): Host names to fetch (or URLs, whose host is taken). A host with a port
+            (`host:8080`) is fetched on that port and stored under the host (store keys have no port: RFC 9309
+            applies a file to its port, so fetch each host on the port its documents use, and one port per host).
         user_agent (`str`): The `User-Agent` header identifying your crawler (required; be honest).
         delay_s (`float`, *optional*, defaults to 1.0): Pause between requests.
-        timeout_s (`float`, *optional*, defaults to 10.0): Per-request timeout.
+        timeout_s (`float`, *optional*, defaults to 10.0): Limit on each host's whole fetch (connecting, redirects,
+            the answer and its body together, not each socket read: a server that trickles its answer is cut off
+            at `timeout_s` and recorded unreachable; the DNS lookup is not covered).
         scheme (`str`, *optional*, defaults to `"https"`): URL scheme.
         store (`RobotsTxtStore`, *optional*): Add to this store instead of a new one (a refetch that finds a host
             unreachable keeps the copy already stored, see `RobotsTxtStore.update_from_fetch`).
@@ -610,6 +779,12 @@ def fetch_robots_txt(
     A fetch without a complete HTTP answer is recorded with an `error` (RFC 9309 section 2.3.1.4: unreachable): a
     network error or timeout, an answer that is not HTTP, or a body the connection cut short of its
     `Content-Length` (before the 500 KiB that are read). IPv6 hosts are fetched at `scheme://[address]/robots.txt`.
+
+    The request asks for no content coding (`Accept-Encoding: identity`); a body a server sends gzip- or
+    deflate-encoded anyway (pre-compressed static files) is decoded (its first 500 KiB), as Google's crawler does.
+    A body in a coding that is not decoded (`br`, `zstd`), or not valid in its coding, is not a file the rules could
+    be read from: it is recorded with an `error`, as unreachable (RFC 9309 section 2.3.1.4; disallow everything under
+    `status_policy="rfc9309"`, and an available copy already in `store` is kept), never stored as text.
     """
     import http.client
     import urllib.error
@@ -641,27 +816,46 @@ def fetch_robots_txt(
                 f"hosts[{i}] = {name!r} has no host name; remove it (e.g. the empty entry a file's final newline "
                 "leaves after split('\\n')) or pass e.g. 'example.com'."
             )
-        hosts.append(host)
+        hosts.append((host, _port(name, i)))
     store = store if store is not None else RobotsTxtStore()
-    for i, host in enumerate(hosts):
+    for i, (host, port) in enumerate(hosts):
         if i and delay_s:
             time.sleep(delay_s)
         authority = f"[{host}]" if ":" in host else host  # an IPv6 literal (normalised without its brackets)
-        request = urllib.request.Request(f"{scheme}://{authority}/robots.txt", headers={"User-Agent": user_agent})
+        if port is not None:
+            authority += f":{port}"
+        request = urllib.request.Request(
+            f"{scheme}://{authority}/robots.txt", headers={"User-Agent": user_agent, "Accept-Encoding": "identity"}
+        )
         now = datetime.now(UTC).isoformat(timespec="seconds")
+        deadline = _Deadline(timeout_s)
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                body = response.read(MAX_ROBOTS_BYTES + 1)  # one byte more: whether the limit cuts a line
-                short = _short_read(body, response.headers.get("Content-Length"))
+            with _open_url(request, deadline) as response:
+                codings = _content_codings(response.headers.get("Content-Encoding"))
+                length = response.headers.get("Content-Length")
+                if len(codings) > 1:
+                    raise _BodyError(f"the body has the content codings {codings}; one gzip or deflate is decoded")
+                if codings:
+                    body = _decoded_body(response.read, codings[0], MAX_ROBOTS_BYTES + 1, length)
+                    short = None
+                else:
+                    body = response.read(MAX_ROBOTS_BYTES + 1)  # one byte more: whether the limit cuts a line
+                    short = _short_read(body, length)
                 if short:  # the connection closed early: a part of the file is not the file
                     record = record_from_response(host, None, None, now, error=short)
                 else:
                     record = record_from_response(host, response.status, body, now)
         except urllib.error.HTTPError as err:
             record = record_from_response(host, err.code, None, now)
+        except _BodyError as err:
+            record = record_from_response(host, None, None, now, error=f"UndecodableBody: {err}")
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             # no HTTP answer (network error, timeout, a server that does not speak HTTP): RFC 9309 2.3.1.4 unreachable
             record = record_from_response(host, None, None, now, error=f"{type(err).__name__}: {err}")
+        if deadline.finish():  # what the cut-off connection left is not the answer
+            record = record_from_response(
+                host, None, None, now, error=f"TimeoutError: no complete answer within timeout_s={timeout_s:g} s"
+            )
         store.update_from_fetch(record)
     return store
 

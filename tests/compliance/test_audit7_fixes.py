@@ -112,14 +112,16 @@ def test_tabs_and_newlines_in_a_url_are_removed_as_browsers_do():
 @pytest.fixture
 def one_reply_server(monkeypatch):
     """`serve(reply)`: a server on 127.0.0.1 (free port) that answers each request with the raw bytes `reply` and
-    closes; `urllib.request.urlopen` is redirected to it (fetch_robots_txt always asks the default port) and the
-    URLs it was asked for are returned in a list."""
+    closes; every request of fetch_robots_txt (`store._open_url`) is redirected to it and the URLs it was asked for
+    are returned in a list."""
     import socket
     import threading
     import urllib.request
 
+    from hf_ext.compliance import store as store_module
+
     servers, asked = [], []
-    real_urlopen = urllib.request.urlopen
+    real_open_url = store_module._open_url
 
     def serve(reply: bytes) -> list:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -144,12 +146,12 @@ def one_reply_server(monkeypatch):
         threading.Thread(target=loop, daemon=True).start()
         port = sock.getsockname()[1]
 
-        def redirected(request, timeout=None):
+        def redirected(request, deadline):
             asked.append(request.full_url)
             local = urllib.request.Request(f"http://127.0.0.1:{port}/robots.txt", headers=dict(request.header_items()))
-            return real_urlopen(local, timeout=timeout)
+            return real_open_url(local, deadline)
 
-        monkeypatch.setattr(urllib.request, "urlopen", redirected)
+        monkeypatch.setattr(store_module, "_open_url", redirected)
         return asked
 
     yield serve
@@ -168,7 +170,8 @@ def test_fetch_robots_txt_writes_an_ipv6_host_in_brackets(one_reply_server):
     store = fetch_robots_txt(
         ["[::1]", "http://[2001:DB8::1]:8080/x"], "test/1.0", delay_s=0, timeout_s=30, scheme="http"
     )
-    assert asked == ["http://[::1]/robots.txt", "http://[2001:db8::1]/robots.txt"]
+    # (the port a host names is the port asked, since cd18)
+    assert asked == ["http://[::1]/robots.txt", "http://[2001:db8::1]:8080/robots.txt"]
     for host in ("::1", "2001:db8::1"):
         assert store[host].status_class == "available" and store[host].text == _ROBOTS.decode(), host
 

@@ -191,3 +191,205 @@ def test_datatrove_coarse_blank_urls_follow_missing_url(missing_url):
     assert [r is True for r in RobotsTxtFilter(checker, mode="coarse").filter_batch(docs)] == [r is True for r in coarse]
     with pytest.raises(TypeError, match="url must be a str or None, got int"):
         RobotsTxtFilter(checker, mode="coarse").filter(Document(text="t", id="n", metadata={"url": 5}))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# F2, F3, F4: fetch_robots_txt against local servers on 127.0.0.1
+
+
+@pytest.fixture
+def local_server():
+    """`serve(handle) -> port`: an HTTP/1.1 server on 127.0.0.1 (a free port) whose GET handler is
+    `handle(request_handler)`; the request headers it saw are kept in the returned list `seen`."""
+    import http.server
+    import threading
+
+    servers, seen = [], []
+
+    def serve(handle):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                seen.append((self.path, dict(self.headers)))
+                handle(self)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server.server_address[1]
+
+    serve.seen = seen
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _reply(handler, body: bytes, headers=()):
+    handler.send_response(200)
+    for key, value in headers:
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+_DISALLOW_ALL = b"User-agent: *\nDisallow: /\n"
+
+
+def _fetch(port, **kwargs):
+    from hf_ext.compliance import fetch_robots_txt
+
+    kwargs = {"delay_s": 0, "timeout_s": 20, "scheme": "http", **kwargs}
+    return fetch_robots_txt([f"127.0.0.1:{port}"], "test-cd18/1.0", **kwargs)["127.0.0.1"]
+
+
+def _zlib(data: bytes, wbits: int) -> bytes:
+    import zlib
+
+    c = zlib.compressobj(wbits=wbits)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize(
+    "coding, encode",
+    [
+        ("gzip", lambda b: __import__("gzip").compress(b)),
+        ("x-gzip", lambda b: __import__("gzip").compress(b)),
+        ("GZIP", lambda b: __import__("gzip").compress(b[:10]) + __import__("gzip").compress(b[10:])),  # 2 members
+        ("deflate", lambda b: _zlib(b, 15)),  # zlib format (RFC 9110)
+        ("deflate", lambda b: _zlib(b, -15)),  # raw deflate, as some servers send it
+        ("identity, gzip", lambda b: __import__("gzip").compress(b)),
+    ],
+)
+def test_fetch_decodes_an_unrequested_content_coding(local_server, coding, encode):
+    port = local_server(lambda h: _reply(h, encode(_DISALLOW_ALL), [("Content-Encoding", coding)]))
+    record = _fetch(port)
+    assert record.status == 200 and record.error is None and record.text == _DISALLOW_ALL.decode()
+    assert not RobotsCompliance({"127.0.0.1": record.text}).is_compliant("http://127.0.0.1/page")
+    assert local_server.seen[-1][1].get("Accept-Encoding") == "identity"
+
+
+def test_fetch_keeps_a_partial_opt_out_of_a_gzip_body(local_server):
+    import gzip
+
+    body = gzip.compress(b"User-agent: *\nDisallow: /private/\n")
+    port = local_server(lambda h: _reply(h, body, [("Content-Encoding", "gzip")]))
+    checker = RobotsCompliance({"127.0.0.1": _fetch(port).text})
+    assert not checker.is_compliant("http://127.0.0.1/private/a") and checker.is_compliant("http://127.0.0.1/pub")
+
+
+def test_fetch_decodes_at_most_500_kib_of_a_gzip_bomb(local_server):
+    import gzip
+
+    from hf_ext.compliance.rfc9309 import MAX_ROBOTS_BYTES
+
+    body = gzip.compress(b"User-agent: *\nDisallow: /x\n" + b"#" * (64 * 1024 * 1024))  # 64 MiB in ~64 KiB
+    assert len(body) < MAX_ROBOTS_BYTES
+    port = local_server(lambda h: _reply(h, body, [("Content-Encoding", "gzip")]))
+    record = _fetch(port)
+    assert record.status == 200 and record.text == "User-agent: *\nDisallow: /x\n"  # the cut comment line dropped
+
+
+@pytest.mark.parametrize(
+    "coding, body, why",
+    [
+        ("br", b"\x1b\x1a\x00\xf8\xa5", "Content-Encoding 'br'"),
+        ("zstd", b"(\xb5/\xfd\x00", "Content-Encoding 'zstd'"),
+        ("gzip", _DISALLOW_ALL, "not valid gzip"),  # said gzip, sent plain text
+        ("gzip", __import__("gzip").compress(_DISALLOW_ALL)[:-12], "cut short"),
+        ("gzip, gzip", __import__("gzip").compress(__import__("gzip").compress(_DISALLOW_ALL)), "content codings"),
+    ],
+)
+def test_fetch_records_an_undecodable_body_as_unreachable(local_server, coding, body, why):
+    from hf_ext.compliance import RobotsTxtStore, fetch_robots_txt
+
+    port = local_server(lambda h: _reply(h, body, [("Content-Encoding", coding)]))
+    record = _fetch(port)
+    assert record.text is None and record.status_class == "unreachable" and why in record.error, record
+    assert "UndecodableBody" in record.error
+    # under RFC 9309, disallow everything (never the compressed bytes read as rules that allow everything)
+    assert not RobotsCompliance(RobotsTxtStore([record])).is_compliant("http://127.0.0.1/page")
+    # a copy already stored stays
+    old = RobotsTxtStore.from_dict({"127.0.0.1": "User-agent: *\nDisallow: /old\n"})
+    fetch_robots_txt([f"127.0.0.1:{port}"], "test-cd18/1.0", delay_s=0, timeout_s=20, scheme="http", store=old)
+    assert old["127.0.0.1"].text == "User-agent: *\nDisallow: /old\n"
+
+
+def test_fetch_asks_the_port_a_host_names(local_server):
+    port = local_server(lambda h: _reply(h, b"User-agent: *\nDisallow: /on-the-port/\n"))
+    for name in (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}/some/page", f"u@127.0.0.1:{port}"):
+        from hf_ext.compliance import fetch_robots_txt
+
+        store = fetch_robots_txt([name], "test-cd18/1.0", delay_s=0, timeout_s=20, scheme="http")
+        assert sorted(store) == ["127.0.0.1"]  # stored under the host, as documents are looked up
+        assert store["127.0.0.1"].text == "User-agent: *\nDisallow: /on-the-port/\n", name
+        assert not RobotsCompliance(store).is_compliant(f"http://127.0.0.1:{port}/on-the-port/a")
+    assert local_server.seen[-1][1]["Host"] == f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    "name, port",
+    [("x.com", None), ("x.com:", None), ("x.com:8080", 8080), ("https://u:p@x.com:8443/a:b", 8443), ("[::1]:81", 81),
+     ("[::1]", None), ("::1", None), ("2001:db8::1", None), ("http://[2001:db8::1]:8080/x", 8080), ("x.com/a:5", None)],
+)
+def test_port_of_a_host_name(name, port):
+    from hf_ext.compliance.store import _port
+
+    assert _port(name, 0) == port
+
+
+@pytest.mark.parametrize("bad", ["x.com:99999", "x.com:0", "http://x.com:8o80/", "[::1]:-1"])
+def test_fetch_refuses_a_bad_port_by_name_before_any_request(bad, monkeypatch):
+    from hf_ext.compliance import fetch_robots_txt
+    from hf_ext.compliance import store as store_module
+
+    monkeypatch.setattr(store_module, "_open_url", lambda *a: pytest.fail("a request before the checks"))
+    with pytest.raises(ValueError, match=r"hosts\[1\] = .* is not a port number"):
+        fetch_robots_txt(["a.com", bad], "test-cd18/1.0", delay_s=0)
+
+
+def _trickle(handler, headers_first=True):
+    import time
+
+    body = _DISALLOW_ALL + b"#" * 30
+    try:
+        if headers_first:
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.flush()
+            data = body
+        else:  # the status line and headers themselves trickle
+            data = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        for byte in data:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(0.05)
+    except OSError:  # the client gave up
+        pass
+
+
+@pytest.mark.parametrize("headers_first", [True, False], ids=["body", "headers"])
+def test_timeout_s_bounds_the_whole_fetch_of_a_trickling_server(local_server, headers_first):
+    import time
+
+    port = local_server(lambda h: _trickle(h, headers_first))
+    start = time.monotonic()
+    record = _fetch(port, timeout_s=0.5)  # every byte comes well within 0.5 s: only a total limit stops it
+    took = time.monotonic() - start
+    assert took < 1.5, took  # the whole answer takes 3-6 s
+    assert record.status_class == "unreachable" and record.error.startswith("TimeoutError"), record
+    assert "timeout_s=0.5" in record.error
+
+
+def test_a_quick_answer_is_not_cut_by_the_deadline(local_server):
+    port = local_server(lambda h: _reply(h, _DISALLOW_ALL))
+    for _ in range(3):
+        record = _fetch(port, timeout_s=5)
+        assert record.status == 200 and record.text == _DISALLOW_ALL.decode()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hf_ext.compliance import RobotsTxtStore, fetch_robots_txt
+from hf_ext.compliance import store as store_module
 from hf_ext.compliance.store import RobotsRecord
 
 
@@ -16,10 +17,11 @@ def no_network(monkeypatch):
     """Every request the fetcher makes is recorded and refused: the checks must fire before the first one."""
     asked = []
 
-    def refuse(request, timeout=None):
+    def refuse(request, *args, **kwargs):
         asked.append(request.full_url)
         raise AssertionError(f"fetch_robots_txt made a request before checking its arguments: {request.full_url}")
 
+    monkeypatch.setattr(store_module, "_open_url", refuse)
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     return asked
 
@@ -77,11 +79,11 @@ def test_fetch_robots_txt_still_fetches_valid_hosts(monkeypatch):
 
     asked = []
 
-    def serve(request, timeout=None):
+    def serve(request, deadline):
         asked.append(request.full_url)
         return Reply(b"User-agent: GPTBot\nDisallow: /\n")
 
-    monkeypatch.setattr(urllib.request, "urlopen", serve)
+    monkeypatch.setattr(store_module, "_open_url", serve)
     # numpy numbers are numbers (rv16b: np.int64 was refused by the first version of these checks)
     store = fetch_robots_txt(
         ("A.Example", "https://b.example/page"), user_agent="test/1.0", delay_s=np.int64(0), timeout_s=np.float32(2)
