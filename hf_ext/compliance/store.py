@@ -72,6 +72,54 @@ def _finish_staged_save(folder: Path) -> None:
 
 
 _FORMATS = ("folder", "jsonl", "parquet")
+_LOAD_RETRY_S = 60.0
+
+
+def _pin_manifests(folder: Path) -> list:
+    """Both manifests of a folder snapshot, held open (`None` for one that is absent): a save writes each as a new
+    file and renames it into place, and a file held open keeps its inode, so no later manifest can have it."""
+    pinned = []
+    for name in (_META_FILE, _STAGED_META_FILE):
+        try:
+            pinned.append(os.open(folder / name, os.O_RDONLY))
+        except OSError:
+            pinned.append(None)
+    return pinned
+
+
+def _manifests_unchanged(folder: Path, pinned: list) -> bool:
+    """Whether both manifests are still the files `_pin_manifests` opened (no save committed or completed since);
+    closes them."""
+    same = True
+    for name, fd in zip((_META_FILE, _STAGED_META_FILE), pinned):
+        try:
+            now = os.stat(folder / name)
+        except OSError:
+            now = None
+        if fd is None:
+            same = same and now is None
+            continue
+        was = os.fstat(fd)
+        os.close(fd)
+        same = same and now is not None and (now.st_dev, now.st_ino) == (was.st_dev, was.st_ino)
+    return same
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive lock on a snapshot folder for one save (`fcntl.flock` on the folder itself, so no lock file is
+    left in it): two processes saving into one folder take turns. Without `fcntl` (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - POSIX only
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass(frozen=True)
@@ -356,8 +404,34 @@ class RobotsTxtStore(Mapping):
 
     @classmethod
     def _load_folder(cls, path: Path) -> RobotsTxtStore:
+        """Read a folder snapshot; when a save into the folder (another process) changes its manifest while it is
+        read, which can leave files of two snapshots or a file renamed away, read it again (for up to
+        `_LOAD_RETRY_S` seconds): a load gives one saved snapshot, never a mix."""
         if not path.is_dir():
             raise ValueError(f"{str(path)!r} is not a folder of <host>.txt files.")
+        give_up = time.monotonic() + _LOAD_RETRY_S
+        while True:
+            pinned = _pin_manifests(path)
+            try:
+                store = cls._load_folder_once(path)
+            except (OSError, ValueError):
+                if _manifests_unchanged(path, pinned):  # not a save under way: the folder itself is at fault
+                    raise
+            except BaseException:
+                _manifests_unchanged(path, pinned)  # closes them
+                raise
+            else:
+                if _manifests_unchanged(path, pinned):
+                    return store
+            if time.monotonic() > give_up:
+                raise ValueError(
+                    f"the snapshot folder {str(path)!r} was saved into again and again while it was read, for "
+                    f"{_LOAD_RETRY_S} s; load it when no save is running (or save refreshed snapshots to a new path)."
+                )
+            time.sleep(0.02)
+
+    @classmethod
+    def _load_folder_once(cls, path: Path) -> RobotsTxtStore:
         meta = {}
         meta_file = path / _META_FILE
         staged_meta = path / _STAGED_META_FILE
@@ -393,11 +467,14 @@ class RobotsTxtStore(Mapping):
                 file = path / name
                 if meta_file == staged_meta and _staged(path, name).is_file():  # not renamed yet
                     file = _staged(path, name)
-                if not file.is_file():  # `save` lists only files it has written: the folder is damaged
-                    raise ValueError(
-                        f"{meta_file} lists the host file {name!r}, but {str(file)!r} is missing: the snapshot folder "
-                        "is incomplete (e.g. an interrupted copy); copy it again, or save the snapshot anew."
-                    )
+                if not file.is_file():
+                    if file != path / name and (path / name).is_file():  # renamed since, by a save finishing
+                        file = path / name
+                    else:  # `save` lists only files it has written: the folder is damaged
+                        raise ValueError(
+                            f"{meta_file} lists the host file {name!r}, but {str(file)!r} is missing: the snapshot "
+                            "folder is incomplete (e.g. an interrupted copy); copy it again, or save the snapshot anew."
+                        )
                 files.append((named.get(name, Path(name).stem), file))
         else:  # a hand-made folder (or one saved before the manifest): every <host>.txt
             files = [(file.stem, file) for file in sorted(path.glob("*.txt"))]
@@ -409,8 +486,16 @@ class RobotsTxtStore(Mapping):
         store, seen = cls(fetched_at=default_date), {}
         for host, file in files:
             info = per_host.get(normalize_host(host), {})
+            try:
+                data = file.read_bytes()
+            except FileNotFoundError:
+                if not file.name.endswith(_STAGED_SUFFIX):
+                    raise
+                # a save finishing its commit renamed the staged file onto its name since it was listed
+                file = path / file.name[1 : -len(_STAGED_SUFFIX)]
+                data = file.read_bytes()
             store._add_loaded(
-                seen, str(file), host, file.read_bytes(), info.get("fetched_at", default_date), info.get("status"),
+                seen, str(file), host, data, info.get("fetched_at", default_date), info.get("status"),
                 info.get("error"),
             )  # fmt: skip
         for host, info in per_host.items():  # hosts recorded without a robots.txt file
@@ -432,7 +517,10 @@ class RobotsTxtStore(Mapping):
         the next save); one killed after it is read by `load` as the new snapshot (the staged manifest and any file
         still staged win) and finished by the next save. `load` reads only the listed files, so a reload gives exactly
         what was saved; files of the user in the folder are never read as hosts nor removed. Every text is encoded
-        before the first write, so a bad record fails before the folder changes."""
+        before the first write, so a bad record fails before the folder changes. Saves into one folder from several
+        processes take turns (an exclusive `flock` on the folder), and a `load` while a save
+        runs reads the folder again until its manifest stayed the same during the read: it gives the old or the new
+        snapshot, never a mix."""
         from ..utils.io import atomic_open
 
         if path.exists() and not path.is_dir():
@@ -452,16 +540,17 @@ class RobotsTxtStore(Mapping):
         meta = {"fetched_at": self.fetched_at, "hosts": hosts, "files": sorted(payload)}
         meta_text = json.dumps(meta, indent=2, sort_keys=True)
         path.mkdir(parents=True, exist_ok=True)
-        _finish_staged_save(path)  # an earlier save killed after its commit point: complete it first
-        for stale in path.glob(f".*.txt{_STAGED_SUFFIX}"):  # one killed before it: its staged files are void
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(stale)
-        for name, data in payload.items():
-            with atomic_open(str(_staged(path, name)), "wb") as fh:
-                fh.write(data)
-        with atomic_open(str(path / _STAGED_META_FILE), "w") as fh:  # the commit point
-            fh.write(meta_text)
-        _finish_staged_save(path)
+        with _folder_lock(path):  # one save at a time: each renames and removes staged files
+            _finish_staged_save(path)  # an earlier save killed after its commit point: complete it first
+            for stale in path.glob(f".*.txt{_STAGED_SUFFIX}"):  # one killed before it: its staged files are void
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(stale)
+            for name, data in payload.items():
+                with atomic_open(str(_staged(path, name)), "wb") as fh:
+                    fh.write(data)
+            with atomic_open(str(path / _STAGED_META_FILE), "w") as fh:  # the commit point
+                fh.write(meta_text)
+            _finish_staged_save(path)
 
     def save(self, path: str | os.PathLike, format: str | None = None) -> Path:
         """Write the snapshot as a folder, `.jsonl` or `.parquet` (format inferred from the path when not given)."""
@@ -620,7 +709,9 @@ def _decoded_body(read, coding: str, limit: int, content_length: str | None) -> 
                 break
             raw_total += len(data)
             if raw_total > _MAX_COMPRESSED_BYTES:
-                raise _BodyError(f"the {coding} body is over {_MAX_COMPRESSED_BYTES} bytes and decodes to less than 500 KiB")
+                raise _BodyError(
+                    f"the {coding} body is over {_MAX_COMPRESSED_BYTES} bytes and decodes to less than 500 KiB"
+                )
         if decoder is None:
             if members and not data.strip(b"\0"):  # zero padding after the last gzip member, as gzip accepts
                 data = b""

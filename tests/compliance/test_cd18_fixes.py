@@ -393,3 +393,82 @@ def test_a_quick_answer_is_not_cut_by_the_deadline(local_server):
     for _ in range(3):
         record = _fetch(port, timeout_s=5)
         assert record.status == 200 and record.text == _DISALLOW_ALL.decode()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# F5: a folder load during a save gives one snapshot; saves from two processes take turns
+
+_N_HOSTS = 40
+
+
+def _tagged_store(tag: str, extra: bool = False):
+    from hf_ext.compliance import RobotsTxtStore
+
+    hosts = {f"h{i}.com": f"User-agent: *\nDisallow: /{tag}/\n" for i in range(_N_HOSTS)}
+    if extra:  # another host set, some hosts without a file
+        hosts.update({f"only-b{i}.com": None for i in range(3)})
+    return RobotsTxtStore.from_dict(hosts, fetched_at="2025-01-01")
+
+
+def _writer(path, name, iterations, errors):
+    for k in range(iterations):
+        try:
+            _tagged_store(f"{name}{k}", extra=name == "B").save(path)
+        except Exception as err:  # noqa: BLE001 - reported to the test
+            errors.put(f"save {name}{k}: {type(err).__name__}: {err}")
+
+
+def _tags(store):
+    return {r.text.split("Disallow: /")[1].strip().strip("/") for r in store.values() if r.text}
+
+
+def test_folder_load_during_saves_is_never_a_mix_and_saves_take_turns(tmp_path):
+    import multiprocessing as mp
+
+    from hf_ext.compliance import RobotsTxtStore
+
+    path = tmp_path / "snap"
+    _tagged_store("init").save(path)
+    # fork: the writers start at once (a spawned one imports hf_ext again, seconds); spawn where there is no fork
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    errors = ctx.Queue()
+    writers = [ctx.Process(target=_writer, args=(str(path), name, 20, errors)) for name in ("A", "B")]
+    for w in writers:
+        w.start()
+    loads = mixed = 0
+    failures = []
+    while any(w.is_alive() for w in writers) or loads < 5:
+        try:
+            store = RobotsTxtStore.load(path)
+        except Exception as err:  # noqa: BLE001
+            failures.append(f"{type(err).__name__}: {err}")
+            continue
+        loads += 1
+        tags = _tags(store)
+        mixed += len(tags) != 1
+        # one writer's snapshot: its host set too
+        assert len(store) == _N_HOSTS + (3 if next(iter(tags))[0] == "B" else 0), tags
+    for w in writers:
+        w.join(60)
+        assert w.exitcode == 0
+    save_errors = []
+    while not errors.empty():
+        save_errors.append(errors.get())
+    assert save_errors == [] and failures == [] and mixed == 0, (save_errors[:3], failures[:3], mixed, loads)
+    final = RobotsTxtStore.load(path)
+    assert _tags(final) in ({"A19"}, {"B19"})
+    assert not [f for f in path.iterdir() if f.name.endswith((".staged", ".tmp"))]
+
+
+def test_a_damaged_folder_still_fails_at_once(tmp_path):
+    import time
+
+    from hf_ext.compliance import RobotsTxtStore
+
+    path = tmp_path / "snap"
+    _tagged_store("x").save(path)
+    (path / "h3.com.txt").unlink()
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="is missing: the snapshot folder is incomplete"):
+        RobotsTxtStore.load(path)
+    assert time.monotonic() - start < 5  # no retry: no save changed the manifest
