@@ -807,6 +807,11 @@ def _open_url(request, deadline: _Deadline):
 
                 self._create_connection = create_connection
 
+            def connect(self):
+                super().connect()
+                # under TLS the connected socket is replaced by its wrapper (the plain one is detached): watch that too
+                deadline.watch(self.sock)
+
         return Connection
 
     class HTTP(urllib.request.HTTPHandler):

@@ -472,3 +472,76 @@ def test_a_damaged_folder_still_fails_at_once(tmp_path):
     with pytest.raises(ValueError, match="is missing: the snapshot folder is incomplete"):
         RobotsTxtStore.load(path)
     assert time.monotonic() - start < 5  # no retry: no save changed the manifest
+
+
+def _self_signed_cert(folder):
+    """A throwaway certificate for 127.0.0.1 (cert and key PEM paths)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_timeout_s_bounds_the_whole_fetch_over_tls(tmp_path, monkeypatch):
+    # under https the connection's socket is replaced by its TLS wrapper: the deadline must shut that one down
+    import http.server
+    import ssl
+    import threading
+    import time
+
+    cert_path, key_path = _self_signed_cert(tmp_path)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            _trickle(self, headers_first=True)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    trusting = ssl.create_default_context(cafile=str(cert_path))
+    monkeypatch.setattr(ssl, "_create_default_https_context", lambda *a, **k: trusting)
+    try:
+        record = _fetch(server.server_address[1], scheme="https", timeout_s=20)  # reaches the trickle over TLS
+        assert record.status == 200 and record.text.startswith(_DISALLOW_ALL.decode()), record
+        start = time.monotonic()
+        record = _fetch(server.server_address[1], scheme="https", timeout_s=0.5)
+        took = time.monotonic() - start
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert took < 1.5, took  # the whole answer takes ~3 s
+    assert record.status_class == "unreachable" and record.error.startswith("TimeoutError"), record
