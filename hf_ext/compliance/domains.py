@@ -97,7 +97,7 @@ def _psl_extractor():
     return _PSL
 
 
-def _is_public_suffix(host: str) -> bool:
+def _is_public_suffix(host: str, derived: bool = True) -> bool:
     """Whether `host` (a normalised host name) is a public suffix, a name under which unrelated organisations
     register their domains (`com`, `co.uk`, `gov.uk`, `gob.mx`), which no blocked-domain list may hold: with
     subdomain matching it would drop every site under it.
@@ -106,14 +106,20 @@ def _is_public_suffix(host: str) -> bool:
     download) decides; without it, a built-in rule: a single label (a top-level domain), or `<label>.<country code>`
     where `<label>` is a generic second-level name (`co`, `com`, `gov`, `ac`, `org`, `net`, `edu`, `gob`, ...; see
     `_GENERIC_SECOND_LEVEL`) or the country code is one whose every second-level name is a suffix (`*.np`). The rule
-    errs on the side of "a suffix". IP addresses are never public suffixes."""
+    errs on the side of "a suffix", so it decides only names the list derives (`derived`: the www fallback, a
+    `registrable_domain` result), where a miss only leaves the derived name off the list; a snapshot host whose own
+    robots.txt closes its site (`derived=False`) is a suffix only by the public suffix list (the rule would take real
+    domains such as `web.de`, `nic.at` or `localhost` for suffixes and let their pages through). IP addresses are never
+    public suffixes."""
     if not host or _is_ip(host):
         return False
-    if "." not in host:
-        return True
     extractor = _psl_extractor()
     if extractor:
         return extractor(host).suffix == host
+    if not derived:
+        return False
+    if "." not in host:
+        return True
     labels = host.split(".")
     return len(labels) == 2 and len(labels[1]) == 2 and (
         labels[0] in _GENERIC_SECOND_LEVEL or labels[1] in _WILDCARD_COUNTRY_CODES
@@ -166,10 +172,13 @@ def build_blocked_domains(
     >= 5.3). Without
     it each listed host stands for itself and its own subdomains (`is_blocked_domain(..., match_subdomains=True)`).
 
-    A public suffix (`com`, `co.uk`, `gov.uk`: see `_is_public_suffix`; tldextract's bundled list when it is
-    installed, else a built-in rule for `<generic label>.<country code>`) is never listed, as listed it would drop
-    every site under it: not `gov.uk` for a closed `www.gov.uk` (the www fallback), nor a snapshot host `gov.uk`
-    itself (its own pages are left to the fine mode), and a `registrable_domain` result that is one lists the host.
+    A public suffix (`com`, `co.uk`, `gov.uk`: see `_is_public_suffix`) is never listed, as listed it would drop
+    every site under it: not `gov.uk` for a closed `www.gov.uk` (the www fallback), and a `registrable_domain` result
+    that is one lists the host instead. For these derived names tldextract's bundled list decides when it is
+    installed, else a built-in rule for `<generic label>.<country code>` that errs on the side of "a suffix". A
+    snapshot host whose own robots.txt closes its site is left off only when tldextract's list says it is a suffix
+    (its own pages are then left to the fine mode); without tldextract it is always listed, as the built-in rule also
+    matches real domains (`web.de`, `nic.at`).
 
     Args:
         checker (`RobotsCompliance`): The snapshot (`checker.store`) and the decision settings (user agents,
@@ -197,6 +206,7 @@ def build_blocked_domains(
         policy = checker.policy(host)
         if not policy.groups or not _closes_site(checker, host, policy.groups):
             continue
+        derived = False
         if registrable_domain is not None:
             domain = registrable_domain(host)
             if domain is not None and not isinstance(domain, str):
@@ -208,8 +218,10 @@ def build_blocked_domains(
             domain = normalize_host(domain) if domain else ""
             # '' / None (an IP address, an unknown suffix) or a public suffix (a bad `registrable_domain`): the host
             if domain and not _is_public_suffix(domain):
-                host = domain
-        if not _is_public_suffix(host):  # `gov.uk` listed would drop every `*.gov.uk` site: never listed
+                host, derived = domain, True
+        # `gov.uk` listed would drop every `*.gov.uk` site: never listed (a snapshot host by the public suffix list
+        # only: the built-in rule's misses would let a real domain's pages through)
+        if not _is_public_suffix(host, derived):
             listed.append(host)
         if (
             checker.host_fallback == "www"

@@ -826,11 +826,15 @@ def _open_url(request, deadline: _Deadline):
 
 
 def _port(name: str, i: int) -> int | None:
-    """The port `hosts[i]` names (`host:8080`, `http://host:8080/x`, `[::1]:8080`), or `None`."""
+    """The port `hosts[i]` names (`host:8080`, `http://host:8080/x`, `[::1]:8080`), or `None`: also for a URL that
+    names its own scheme's default port (`https://host:443/`, `http://host:80/`), which is the port `scheme` implies
+    (fetching `https://host:443/` with `scheme="http"` would ask an HTTP question on the TLS port)."""
     from .rfc9309 import authority_start
 
     text = name.replace("\t", "").replace("\n", "").replace("\r", "").strip()
-    text = text[authority_start(text) :]
+    start = authority_start(text)
+    default = {"http:": 80, "https:": 443}.get(text[:start].partition("//")[0].lower())
+    text = text[start:]
     for sep in "/?#\\":
         text = text.partition(sep)[0]
     host = text.rpartition("@")[2]
@@ -844,7 +848,7 @@ def _port(name: str, i: int) -> int | None:
         return None
     if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"hosts[{i}] = {name!r} has the port {port!r}, which is not a port number (1 to 65535).")
-    return int(port)
+    return None if int(port) == default else int(port)
 
 
 def fetch_robots_txt(
@@ -862,7 +866,8 @@ def fetch_robots_txt(
     Args:
         hosts (`Iterable[str]`): Host names to fetch (or URLs, whose host is taken). A host with a port
             (`host:8080`) is fetched on that port and stored under the host (store keys have no port: RFC 9309
-            applies a file to its port, so fetch each host on the port its documents use, and one port per host).
+            applies a file to its port, so fetch each host on the port its documents use, and one port per host). A
+            URL's own scheme's default port (`https://host:443/`) is not kept: the fetch uses `scheme`'s.
         user_agent (`str`): The `User-Agent` header identifying your crawler (required; be honest).
         delay_s (`float`, *optional*, defaults to 1.0): Pause between requests.
         timeout_s (`float`, *optional*, defaults to 10.0): Limit on each host's whole fetch (connecting, redirects,

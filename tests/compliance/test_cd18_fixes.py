@@ -59,20 +59,55 @@ def test_public_suffix_builtin_rule_cases(builtin_suffix_rule):
         assert not _is_public_suffix(host), host
 
 
-def test_snapshot_host_that_is_a_suffix_is_not_listed(builtin_suffix_rule):
-    checker = RobotsCompliance({"gov.uk": "User-agent: *\nDisallow: /\n", "co.uk": None})
+class _FakeSuffixList:
+    """Stands for tldextract's extractor over the public suffix list: `suffix` of a host."""
+
+    SUFFIXES = {"uk", "gov.uk", "co.uk", "de", "at", "com"}
+
+    def __call__(self, host):
+        labels = host.split(".")
+        for i in range(len(labels)):
+            if ".".join(labels[i:]) in self.SUFFIXES:
+                return type("Parts", (), {"suffix": ".".join(labels[i:])})()
+        return type("Parts", (), {"suffix": ""})()
+
+
+def test_snapshot_host_that_is_a_suffix_is_not_listed_by_the_public_suffix_list(monkeypatch):
+    from hf_ext.compliance import domains
+
+    monkeypatch.setattr(domains, "_PSL", _FakeSuffixList(), raising=False)
+    checker = RobotsCompliance(
+        {"gov.uk": "User-agent: *\nDisallow: /\n", "co.uk": None, "web.de": "User-agent: *\nDisallow: /\n"}
+    )
     checker.store.add("co.uk", None, status=503)  # unreachable: disallow everything under RFC 9309
-    assert build_blocked_domains(checker) == frozenset()
-    assert not is_blocked_domain("https://manchester.gov.uk/", build_blocked_domains(checker))
+    listed = build_blocked_domains(checker)
+    assert listed == frozenset({"web.de"})
+    assert build_blocked_domains(checker, registrable_domain=lambda h: "") == listed
+    assert not is_blocked_domain("https://manchester.gov.uk/", listed)
+
+
+def test_without_a_suffix_list_a_snapshot_host_that_closes_its_site_is_always_listed(builtin_suffix_rule):
+    # the built-in rule takes web.de, nic.at and localhost for suffixes: it must not let their pages through
+    closed = "User-agent: *\nDisallow: /\n"
+    checker = RobotsCompliance({"web.de": closed, "nic.at": closed, "localhost": closed, "www.web.de": closed})
+    listed = build_blocked_domains(checker)
+    assert {"web.de", "nic.at", "localhost", "www.web.de"} <= set(listed)
+    for url in ["https://web.de/mail", "https://nic.at/", "http://localhost/x"]:
+        assert is_blocked_domain(url, listed), url
+        assert not checker.is_compliant(url), url  # the fine mode agrees
+    # a derived name stays under the rule: a closed www.gov.uk does not list gov.uk
+    assert "gov.uk" not in build_blocked_domains(RobotsCompliance({"www.gov.uk": closed}))
 
 
 def test_registrable_domain_that_returns_a_suffix_lists_the_host(builtin_suffix_rule):
-    checker = RobotsCompliance({"x.co.uk": "User-agent: *\nDisallow: /\n", "news.y.com": "User-agent: *\nDisallow: /\n"})
+    checker = RobotsCompliance(
+        {"x.co.uk": "User-agent: *\nDisallow: /\n", "news.y.com": "User-agent: *\nDisallow: /\n"}
+    )
     naive = lambda h: h.split(".", 1)[1]  # noqa: E731 - 'x.co.uk' -> 'co.uk': no registrable domain
     assert sorted(build_blocked_domains(checker, registrable_domain=naive)) == ["x.co.uk", "y.com"]
-    # '' (no registrable domain) for a suffix host: not listed either
+    # '' (no registrable domain): the snapshot host itself, listed (only a public suffix list leaves gov.uk off)
     checker = RobotsCompliance({"gov.uk": "User-agent: *\nDisallow: /\n"})
-    assert build_blocked_domains(checker, registrable_domain=lambda h: "") == frozenset()
+    assert build_blocked_domains(checker, registrable_domain=lambda h: "") == frozenset({"gov.uk"})
 
 
 def test_www_fallback_never_lists_a_public_suffix_with_tldextract(monkeypatch):
@@ -188,7 +223,9 @@ def test_datatrove_coarse_blank_urls_follow_missing_url(missing_url):
     fine = [RobotsTxtFilter(checker, mode="fine").filter(d) for d in docs]
     assert [r is True for r in coarse] == [r is True for r in fine]
     assert [r is True for r in coarse][:5] == [missing_url == "keep"] * 5
-    assert [r is True for r in RobotsTxtFilter(checker, mode="coarse").filter_batch(docs)] == [r is True for r in coarse]
+    assert [r is True for r in RobotsTxtFilter(checker, mode="coarse").filter_batch(docs)] == [
+        r is True for r in coarse
+    ]
     with pytest.raises(TypeError, match="url must be a str or None, got int"):
         RobotsTxtFilter(checker, mode="coarse").filter(Document(text="t", id="n", metadata={"url": 5}))
 
@@ -335,8 +372,27 @@ def test_fetch_asks_the_port_a_host_names(local_server):
 
 @pytest.mark.parametrize(
     "name, port",
-    [("x.com", None), ("x.com:", None), ("x.com:8080", 8080), ("https://u:p@x.com:8443/a:b", 8443), ("[::1]:81", 81),
-     ("[::1]", None), ("::1", None), ("2001:db8::1", None), ("http://[2001:db8::1]:8080/x", 8080), ("x.com/a:5", None)],
+    [
+        ("x.com", None),
+        ("x.com:", None),
+        ("x.com:8080", 8080),
+        ("https://u:p@x.com:8443/a:b", 8443),
+        ("[::1]:81", 81),
+        ("[::1]", None),
+        ("::1", None),
+        ("2001:db8::1", None),
+        ("http://[2001:db8::1]:8080/x", 8080),
+        ("x.com/a:5", None),
+        # a URL's own scheme's default port is the one `scheme` implies (rv18: https://h:443/ with scheme="http"
+        # asked an HTTP question on the TLS port and recorded the host unreachable)
+        ("https://x.com:443/a", None),
+        ("HTTP://x.com:80", None),
+        ("http:x.com:80/", None),
+        ("http://[::1]:80/", None),
+        ("http://x.com:443/", 443),
+        ("https://x.com:80/", 80),
+        ("x.com:443", 443),
+    ],
 )
 def test_port_of_a_host_name(name, port):
     from hf_ext.compliance.store import _port
@@ -501,9 +557,7 @@ def _self_signed_cert(folder):
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
 
