@@ -748,13 +748,13 @@ def secure_aggregate(
     if set(weights) != set(updates):
         raise ValueError("`weights` must have one entry per client in `updates`.")
     for u in ids:
-        w = weights[u]
-        if not (is_real(w) and 0 <= float(w) < math.inf):
+        if not 0 <= _weight_value(weights[u]) < math.inf:
             raise ValueError(
-                f"`weights` must be finite and non-negative (e.g. example counts), got {w!r} for client {u}: a "
-                "client's weight scales its masked upload, so the server could not see a wrong sign."
+                f"`weights` must be finite and non-negative (e.g. example counts), got {weights[u]!r} for client {u}: "
+                "a client's weight scales its masked upload, so the server could not see a wrong sign."
             )
-    _check_same_layout(updates, ids)
+    # the clients that upload (a client of `drop_before_upload` never does: its update may be a placeholder)
+    _check_same_layout(updates, [u for u in ids if u not in set(drop_before_upload)])
     if (identities is None) != (directory is None):
         raise ValueError("Pass both `identities` and `directory` (or neither, to provision fresh ones).")
     if identities is None:
@@ -805,9 +805,21 @@ def secure_aggregate(
     return mean, total, view
 
 
+def _weight_value(weight) -> float:
+    """A client weight as a float: a real number, numpy scalar or one-element real tensor; NaN for anything else
+    (a string, a bool, a complex number), which the caller refuses."""
+    if isinstance(weight, torch.Tensor):
+        if weight.numel() != 1 or weight.is_complex() or weight.dtype == torch.bool:
+            return math.nan
+        return float(weight)
+    return float(weight) if is_real(weight) else math.nan
+
+
 def _check_same_layout(updates: Mapping[int, Mapping[str, torch.Tensor]], ids: Sequence[int]) -> None:
     """Raise a `ValueError` naming the client and the tensor when the clients' updates do not share one layout (the
     same keys, each a tensor of the same shape): masks and shares are per entry of one common vector."""
+    if not ids:
+        return
     first = ids[0]
     ref = updates[first]
     for u in ids:

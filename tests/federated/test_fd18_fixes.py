@@ -51,3 +51,21 @@ def test_make_server_app_refuses_a_non_integer_num_clients(bad):
 
     with pytest.raises(ValueError, match="`num_clients` must be an integer >= 1"):
         make_server_app(lambda: None, FederatedArguments(), bad)
+
+
+def test_secure_aggregate_keeps_accepting_tensor_weights_and_placeholder_updates_of_dropped_clients():
+    # review of the checks above: a 0-d tensor weight (as a Trainer reports counts) and an empty update for a client
+    # that never uploads (drop_before_upload) worked before and give the uploaders' weighted mean
+    import numpy as np
+
+    ups = _updates()
+    mean, total, _ = secure_aggregate(ups, {0: torch.tensor(0), 1: np.int64(1), 2: torch.tensor(3.0)})
+    assert total == 4
+    torch.testing.assert_close(mean["a"].float(), torch.tensor([1.0, 3.5]), atol=1e-6, rtol=0)
+    ups[0] = {}
+    mean, total, _ = secure_aggregate(ups, {0: 5, 1: 1, 2: 3}, drop_before_upload=[0])
+    assert total == 4
+    torch.testing.assert_close(mean["a"].float(), torch.tensor([1.0, 3.5]), atol=1e-6, rtol=0)
+    for bad in (torch.tensor(-1.0), torch.tensor([1.0, 2.0]), torch.tensor(True)):
+        with pytest.raises(ValueError, match="finite and non-negative"):
+            secure_aggregate(_updates(), {0: bad, 1: 1, 2: 1})
