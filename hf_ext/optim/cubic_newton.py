@@ -221,6 +221,38 @@ def _hvp_auto(f, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, bool]:
         return _double_backward(f, x, v), True
 
 
+def _dense_hessian_reverse(f, x: torch.Tensor) -> torch.Tensor:
+    """`hess f(x)` by reverse over reverse: one batched double backward over the identity's rows (no forward-mode AD,
+    which some operations lack, e.g. the derivative of `silu`'s backward)."""
+    with torch.enable_grad():
+        xx = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(xx), xx, create_graph=True)
+        eye = torch.eye(x.numel(), dtype=g.dtype, device=g.device)
+        (H,) = torch.autograd.grad(g, xx, eye, is_grads_batched=True)
+    return H.detach()
+
+
+def dense_hessian(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str = "auto"
+) -> tuple[torch.Tensor, bool]:
+    """`hess f(x)` as a matrix for a scalar function `f` of a flat vector, with the modes of
+    [`hessian_vector_product`]: `"forward_over_reverse"` (`jacfwd` of `grad`, as the products are taken:
+    `torch.func.hessian` differentiates `jacrev`, whose vmapped backward of `silu` has no forward-mode derivative),
+    `"double_backward"` (reverse over reverse) or `"auto"` (forward over reverse, and reverse over reverse with a
+    warning where forward-mode AD fails on an operation of `f`). Returns `(H, whether "auto" fell back)`."""
+    if mode == "double_backward":
+        return _dense_hessian_reverse(f, x), False
+    if mode == "forward_over_reverse":
+        return torch.func.jacfwd(torch.func.grad(f))(x), False
+    if mode != "auto":
+        raise ValueError(f"`mode` must be one of {HVP_MODES}, got {mode!r}.")
+    try:
+        return torch.func.jacfwd(torch.func.grad(f))(x), False
+    except (RuntimeError, NotImplementedError) as err:
+        warnings.warn(_FORWARD_AD_FALLBACK_WARNING.format(err=str(err).splitlines()[0][:160]), stacklevel=3)
+        return _dense_hessian_reverse(f, x), True
+
+
 @second_order_attention()
 def hessian_vector_product(
     f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor, mode: str = "auto"
@@ -959,11 +991,16 @@ class CubicNewton(Optimizer):
         hess_mode = group["hessian"]
         H = None
         if hess_mode == "dense":
-            H_new = refuse_non_finite(torch.func.hessian(f_hess)(x).reshape(flat.dim, flat.dim))
+            # hvp_mode as for the products: "auto" falls back to reverse over reverse where forward-mode AD fails
+            # (e.g. silu's backward, in every Llama MLP), and keeps to it once it did
+            dense_mode = "double_backward" if (mode == "auto" and self._hvp_double_backward) else mode
+            H_new, fell_back = dense_hessian(f_hess, x, dense_mode)
+            self._hvp_double_backward = self._hvp_double_backward or fell_back
+            H_new = refuse_non_finite(H_new.reshape(flat.dim, flat.dim))
             counts["hess"] += 1
             H_prev = st.get("hessian_estimate")
             H = H_new if (H_prev is None or b >= 1.0) else (1 - b) * H_prev + b * H_new
-            # row-major, as a checkpoint restores it: torch.func.hessian returns a transposed layout, and the
+            # row-major, as a checkpoint restores it: the dense Hessian comes in a transposed layout, and the
             # products with H (solver, HVPs) round differently per layout, so a resumed run would drift by an ulp
             H = H.contiguous()
             new_state["hessian_estimate"] = H.detach().clone()
