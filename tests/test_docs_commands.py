@@ -107,18 +107,41 @@ def test_the_parser_capture_sees_the_real_options(repo_root, name):
     assert "--no_such_flag_anywhere" not in options
 
 
+# scripts that hand what follows `--` to a recipe: those flags are the recipe's
+_PASS_THROUGH = {"bench_neuralgrok": "neuralgrok"}
+
+
+def _split_pass_through(name: str, argv: list[str]) -> tuple[list[str], list[str]]:
+    """`(the script's own arguments, the arguments it hands to its recipe after "--")`."""
+    if name in _PASS_THROUGH and "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
 def test_every_documented_flag_exists(repo_root):
     problems = []
     for where, name, argv in documented_commands(repo_root):
         if not os.path.exists(os.path.join(repo_root, "scripts", f"{name}.py")):
             problems.append(f"{where}: scripts/{name}.py does not exist")
             continue
-        options = _option_names(parser_of(repo_root, name))
-        for token in argv:
-            flag = token.split("=", 1)[0]
-            if flag.startswith("--") and flag not in options:
-                problems.append(f"{where}: {name} has no flag {flag}")
+        own, passed = _split_pass_through(name, argv)
+        for script, tokens in ((name, own), (_PASS_THROUGH.get(name), passed)):
+            if not tokens:
+                continue
+            options = _option_names(parser_of(repo_root, script))
+            for token in tokens:
+                flag = token.split("=", 1)[0]
+                if flag.startswith("--") and flag not in options:
+                    problems.append(f"{where}: {script} has no flag {flag}")
     assert not problems, "\n".join(problems)
+
+
+def test_pass_through_flags_are_checked_against_the_recipe(repo_root):
+    own, passed = _split_pass_through("bench_neuralgrok", ["--steps", "8", "--", "--outer_every", "2"])
+    assert own == ["--steps", "8"] and passed == ["--outer_every", "2"]
+    assert "--outer_every" in _option_names(parser_of(repo_root, "neuralgrok"))
+    assert "--outer_every" not in _option_names(parser_of(repo_root, "bench_neuralgrok"))
 
 
 # the function each recipe's `run` (or `main`) calls first to check its arguments before any work
@@ -165,9 +188,11 @@ def test_documented_commands_without_placeholders_pass_the_scripts_checks(repo_r
         command = f"{where}: {name} {' '.join(argv)}"
         checked += 1
         if name not in _VALIDATORS or _INPUT_PATH_FLAGS & set(argv):  # a bench script, or the docs' example paths
-            parser = parser_of(repo_root, name)
+            own, passed = _split_pass_through(name, argv)
             try:
-                parser.parse_args(normalize_resume_argv(list(argv)) if name in _VALIDATORS else list(argv))
+                parser_of(repo_root, name).parse_args(normalize_resume_argv(list(own)) if name in _VALIDATORS else own)
+                if passed:  # what the script hands to its recipe parses there
+                    parser_of(repo_root, _PASS_THROUGH[name]).parse_args(passed)
             except SystemExit as err:
                 problems.append(f"{command} -> argparse exit {err.code}")
             continue
