@@ -17,6 +17,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..utils.distributed import is_dtensor
+from .normalized import check_neuron_dim
 
 __all__ = [
     "UpdateMetricsCallback",
@@ -115,13 +116,20 @@ def angular_update(old: torch.Tensor, new: torch.Tensor, neuron_dim: int = 0) ->
     Args:
         old, new (`torch.Tensor`): a weight before and after the step, 2+ dims.
         neuron_dim (`int`, *optional*, defaults to 0): 0 when neurons are rows (`nn.Linear`), 1 when they are columns
-            (HF `Conv1D`).
+            (HF `Conv1D`, 2D weights only). Anything else (-1, 2, `"1"`, `True`) raises `ValueError`, as in the
+            normalized optimizers.
 
     Returns:
         `torch.Tensor`: one angle per neuron (float64; every neuron's, on every rank, for sharded DTensors).
     """
+    check_neuron_dim(neuron_dim, " of angular_update")
     if old.shape != new.shape or old.dim() < 2:
         raise ValueError(f"angular_update needs two tensors of the same 2+-dim shape, got {old.shape} / {new.shape}.")
+    if neuron_dim == 1 and old.dim() != 2:
+        raise ValueError(
+            f"angular_update: `neuron_dim=1` (columns are neurons) is only supported for 2D weights, got shape "
+            f"{tuple(old.shape)}; use `neuron_dim=0` (rows) for higher-dimensional tensors."
+        )
     a, b = old.detach().double(), new.detach().double()
     if neuron_dim == 1:
         a, b = a.t(), b.t()

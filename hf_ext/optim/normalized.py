@@ -193,8 +193,8 @@ def _resolve_params(
     - dict param groups without `rotational`/`neuron_dim` keys holding 2+-dim tensors (e.g. the decay / no-decay
       groups transformers' Trainer builds for `optimizer_cls_and_kwargs`): refused unless `neuron_dim` is given.
     """
-    if neuron_dim is not None and not (is_int(neuron_dim) and neuron_dim in (0, 1)):
-        raise ValueError(f"`neuron_dim` must be 0 (rows are neurons), 1 (columns) or None, got {neuron_dim!r}.")
+    if neuron_dim is not None:
+        check_neuron_dim(neuron_dim, or_none=True)
     for module in (params, model):
         if isinstance(module, nn.Module):
             named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -348,6 +348,19 @@ def _check_unit_interval(name: str, value, where: str = "") -> None:
 _SWITCHES = ("nesterov", "inverse_bias_correction", "snr_correction", "zero_mean", "per_neuron")
 
 
+def check_neuron_dim(neuron_dim, where: str = "", or_none: bool = False) -> None:
+    """Refuse a `neuron_dim` other than the int 0 (rows are neurons) or 1 (columns): the optimizers and
+    `angular_update` test `neuron_dim == 1`, so 2, -1, `"1"`, `True` or 1.5 would be a silently chosen layout.
+    `where` follows the argument's name in the message; `or_none` names None as allowed too (the caller handles it).
+    """
+    if not (is_int(neuron_dim) and neuron_dim in (0, 1)):
+        none = " or None" if or_none else ""
+        raise ValueError(
+            f"`neuron_dim`{where} must be 0 (rows are neurons, nn.Linear) or 1 (columns, transformers' Conv1D)"
+            f"{none}, got {neuron_dim!r}."
+        )
+
+
 def _check_layout(group: dict, where: str) -> None:
     """A group's `rotational` flag must be a bool (or None: decided by the weight decay) and its `neuron_dim` 0 or 1:
     the step reads them with `bool()` / `int()`, so `"false"` would mean rotational and 2, -1, `"1"` or `True` a
@@ -357,11 +370,8 @@ def _check_layout(group: dict, where: str) -> None:
         raise ValueError(
             f"`rotational`{where} must be True or False, got {flag!r} (a string such as 'false' would count as True)."
         )
-    if "neuron_dim" in group and not (is_int(group["neuron_dim"]) and group["neuron_dim"] in (0, 1)):
-        raise ValueError(
-            f"`neuron_dim`{where} must be 0 (rows are neurons, nn.Linear) or 1 (columns, transformers' Conv1D), got "
-            f"{group['neuron_dim']!r}."
-        )
+    if "neuron_dim" in group:
+        check_neuron_dim(group["neuron_dim"], where)
 
 
 def _check_group(group: dict, owner: str, rotational: bool = False) -> None:
