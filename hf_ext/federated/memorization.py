@@ -173,8 +173,32 @@ def char_bleu(reference: str, hypothesis: str, max_order: int = 4) -> float:
     """Sentence BLEU over characters with uniform n-gram weights, brevity penalty and no smoothing.
 
     Equals `nltk.translate.bleu_score.sentence_bleu([reference], hypothesis)` on strings (NLTK then works on
-    characters): 0 when any n-gram order has no match.
+    characters): 0 when any n-gram order has no match, and 0 when either text is the empty string.
+
+    Args:
+        reference (`str`): the true continuation.
+        hypothesis (`str`): the generated continuation.
+        max_order (`int`, *optional*, defaults to 4): the longest n-gram, an int >= 1 (with no n-gram order at all
+            the score would be the brevity penalty alone, high for any text of similar length).
+
+    Raises:
+        `TypeError`: `reference` or `hypothesis` is not a `str` (`None`, a list, a dict), or `max_order` is not an int.
+        `ValueError`: `max_order` < 1.
     """
+    for name, text in (("reference", reference), ("hypothesis", hypothesis)):
+        if not isinstance(text, str):
+            raise TypeError(
+                f"char_bleu: `{name}` must be a str, got {type(text).__name__} ({text!r:.80}); decode token ids "
+                "first, and pass '' for a missing text (it scores 0)."
+            )
+    if not is_int(max_order):
+        raise TypeError(f"char_bleu: `max_order` must be an int >= 1 (4 is standard BLEU), got {max_order!r}.")
+    if max_order < 1:
+        raise ValueError(
+            f"char_bleu: `max_order` must be >= 1 (4 is standard BLEU), got {max_order}; with no n-gram order the "
+            "score is the brevity penalty alone."
+        )
+    max_order = int(max_order)
     if not hypothesis or not reference:
         return 0.0
     log_p = 0.0
