@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from ..utils.checks import is_bool, is_int, is_real
+from ..utils.checks import is_bool, is_int, is_real, store_python_scalars
 from .aggregation import (
     AGGREGATION_MODES,
     add_server_noise,
@@ -129,6 +129,7 @@ class FederatedArguments:
     )
 
     def __post_init__(self):
+        store_python_scalars(self)  # numpy numbers and bools as Python ones (then checked): the arguments are saved
         for name in ("use_lora", "secure_aggregation"):  # a string "false" would be truthy and switch it on
             value = getattr(self, name)
             if not is_bool(value):

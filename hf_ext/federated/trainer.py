@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import seed_worker
 
-from ..utils.checks import is_int, is_real
+from ..utils.checks import is_int, is_real, store_python_scalars
 from ..utils.evaluation import EvalRowsOnceMixin
 from ..utils.resume import LossWindowResumeMixin
 from .goldfish import GoldfishCollator
@@ -63,6 +63,7 @@ class PrivateTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        store_python_scalars(self, base=TrainingArguments)  # numpy numbers as Python ones: to_json_string() works
         super().__post_init__()
         if self.goldfish_k is not None:
             if not is_int(self.goldfish_k) or self.goldfish_k < 2:

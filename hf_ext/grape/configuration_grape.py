@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..utils.checks import store_python_scalars
 from .rules import GRAPE_VARIANTS, STEP_SIZE_CONVENTIONS
 
 REWEIGHT_METHODS = (*GRAPE_VARIANTS, "doge", "doremi", "uniform", "fixed")
@@ -116,6 +117,7 @@ class GrapeConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        store_python_scalars(self, base=TrainingArguments)  # numpy numbers as Python ones: to_json_string() works
         self._validate_mixture_args()
         super().__post_init__()
         strategy = getattr(self, "train_sampling_strategy", "random")

@@ -22,6 +22,7 @@ import torch
 
 from ..utils.checks import is_int as _is_int
 from ..utils.checks import is_real as _is_real
+from ..utils.checks import store_python_scalars
 from .linalg import (
     SchulzConvergenceWarning,
     SchulzDivergenceError,
@@ -109,8 +110,13 @@ class InfluenceConfig:
     max_exact_dim: int = 4096
     dtype: torch.dtype = torch.float32
 
+    def __post_init__(self):
+        store_python_scalars(self)  # numpy numbers as the Python ones (`validate` checks them)
+
     def validate(self) -> None:
         from .linalg import SCHULZ_INITS
+
+        store_python_scalars(self)  # also for values set after construction
 
         if self.method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}.")
@@ -137,7 +143,7 @@ class InfluenceConfig:
                 "(the undamped curvature is singular as soon as there are fewer examples than dimensions). Pass a "
                 "positive `damping_scale` (default 0.1) or `damping`, or use method='tracin' (no curvature)."
             )
-        if not isinstance(self.schulz_iterations, int) or self.schulz_iterations < 0:
+        if not _is_int(self.schulz_iterations) or self.schulz_iterations < 0:
             raise ValueError(f"`schulz_iterations` must be a non-negative int, got {self.schulz_iterations!r}.")
         if self.schulz_init not in SCHULZ_INITS:
             raise ValueError(f"`schulz_init` must be one of {SCHULZ_INITS}, got {self.schulz_init!r}.")
@@ -151,7 +157,7 @@ class InfluenceConfig:
             )
         if self.schulz_order not in (2, 3):
             raise ValueError(f"`schulz_order` must be 2 or 3, got {self.schulz_order!r}.")
-        if not isinstance(self.lissa_iterations, int) or self.lissa_iterations < 1:
+        if not _is_int(self.lissa_iterations) or self.lissa_iterations < 1:
             raise ValueError(f"`lissa_iterations` must be a positive int, got {self.lissa_iterations!r}.")
         if self.lissa_scale is not None and not 0 < self.lissa_scale < math.inf:
             raise ValueError(f"`lissa_scale` must be a finite positive number or None, got {self.lissa_scale!r}.")

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ..utils.checks import refuse_optimizer_flags
+from ..utils.checks import refuse_optimizer_flags, store_python_scalars
 from ..utils.resume import LossWindowResumeMixin
 from .cubic_newton import (
     HESSIAN_MODES,
@@ -80,6 +80,7 @@ class CubicNewtonTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        store_python_scalars(self, base=TrainingArguments)  # numpy numbers as Python ones: to_json_string() works
         super().__post_init__()
         if self.gradient_accumulation_steps != 1:
             raise ValueError(

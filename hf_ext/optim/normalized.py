@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from ..utils.checks import is_int
+from ..utils.checks import is_bool, is_int
 from ..utils.distributed import is_dtensor as _is_dtensor
 
 __all__ = [
@@ -107,7 +107,7 @@ def _param_groups(
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     _check_weight_decay(weight_decay)
-    if not isinstance(rotational_embeddings, bool):
+    if not is_bool(rotational_embeddings):
         raise ValueError(
             f"`rotational_embeddings` must be True or False, got {rotational_embeddings!r} (a string such as 'false' "
             "would count as True and make the embeddings rotational)."
@@ -366,7 +366,7 @@ def _check_layout(group: dict, where: str) -> None:
     the step reads them with `bool()` / `int()`, so `"false"` would mean rotational and 2, -1, `"1"` or `True` a
     silently chosen layout."""
     flag = group.get("rotational")
-    if flag is not None and not isinstance(flag, bool):
+    if flag is not None and not is_bool(flag):
         raise ValueError(
             f"`rotational`{where} must be True or False, got {flag!r} (a string such as 'false' would count as True)."
         )
@@ -386,7 +386,7 @@ def _check_group(group: dict, owner: str, rotational: bool = False) -> None:
     where = f" of a {owner} param group"
     _check_common(group["lr"], group["weight_decay"], where)
     for key in _SWITCHES:  # read by truthiness in the step: a string "false" would switch them on
-        if key in group and not isinstance(group[key], bool):
+        if key in group and not is_bool(group[key]):
             raise ValueError(f"`{key}`{where} must be True or False, got {group[key]!r}.")
     if "betas" in group:
         _check_betas(group["betas"], where)
@@ -417,10 +417,14 @@ def _check_group(group: dict, owner: str, rotational: bool = False) -> None:
                 )
 
 
-def _parse_betas(group: dict, where: str = "") -> None:
-    """Store a group's `betas` as the pair of floats `_check_betas` reads (a config may give strings or a list)."""
+def _parse_group_values(group: dict, where: str = "") -> None:
+    """Store a group's `betas` as the pair of floats `_check_betas` reads (a config may give strings or a list), and
+    its checked switches (`is_bool`: numpy's `np.True_` too) as Python bools, as the saved param groups hold them."""
     if "betas" in group:
         group["betas"] = _check_betas(group["betas"], where)
+    for key in (*_SWITCHES, "rotational"):
+        if is_bool(group.get(key)):
+            group[key] = bool(group[key])
 
 
 def _resolve_added_group(param_group: dict, weight_decay: float, neuron_dim: int | None, owner: str) -> dict:
@@ -905,6 +909,7 @@ class Lion(Optimizer):
         _check_common(lr, weight_decay)
         betas = _check_betas(betas)
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, nesterov=nesterov)
+        _parse_group_values(defaults)  # a numpy bool switch as the Python bool every group gets
         super().__init__(_resolve_params(params, weight_decay, owner=type(self).__name__), defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -912,7 +917,7 @@ class Lion(Optimizer):
         _list_params(param_group)
         _refuse_complex(param_group.get("params"), type(self).__name__)
         _check_group({**self.defaults, **param_group}, type(self).__name__)
-        _parse_betas(param_group)
+        _parse_group_values(param_group)
         super().add_param_group(param_group)
 
     @torch.no_grad()
@@ -975,6 +980,7 @@ class LionA(Optimizer):
             snr_correction=snr_correction,
             snr_beta=snr_beta,
         )
+        _parse_group_values(defaults)  # a numpy bool switch as the Python bool every group gets
         super().__init__(_resolve_params(params, weight_decay, owner=type(self).__name__), defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -982,7 +988,7 @@ class LionA(Optimizer):
         _list_params(param_group)
         _refuse_complex(param_group.get("params"), type(self).__name__)
         _check_group({**self.defaults, **param_group}, type(self).__name__)
-        _parse_betas(param_group)
+        _parse_group_values(param_group)
         super().add_param_group(param_group)
 
     @torch.no_grad()
@@ -1084,6 +1090,7 @@ class LionAR(Optimizer):
             per_neuron=per_neuron,
             update_norm_decay=update_norm_decay,
         )
+        _parse_group_values(defaults)  # a numpy bool switch as the Python bool every group gets
         groups = _resolve_params(params, weight_decay, model, neuron_dim, "LionAR", needs_layout=True)
         self._default_neuron_dim = neuron_dim
         super().__init__(groups, defaults)
@@ -1102,7 +1109,7 @@ class LionAR(Optimizer):
             param_group, self.defaults["weight_decay"], getattr(self, "_default_neuron_dim", None), "LionAR"
         )
         _check_group({**self.defaults, **group}, "LionAR", rotational=True)
-        _parse_betas(group)
+        _parse_group_values(group)
         super().add_param_group(group)
         self.param_groups[-1].setdefault("base_lr", self.param_groups[-1]["lr"])
 
@@ -1246,8 +1253,7 @@ class RotationalWrapper(Optimizer):
                     f"`momentum` must be a finite number > 0 for inner='sgdm' (SGD with momentum), got "
                     f"{inner_kwargs['momentum']!r}."
                 )
-        if "betas" in inner_kwargs:
-            inner_kwargs["betas"] = _check_betas(inner_kwargs["betas"])
+        _parse_group_values(inner_kwargs)  # betas as floats, a numpy bool `nesterov` as the Python bool
         if "dampening" in inner_kwargs and not (
             _is_number(inner_kwargs["dampening"]) and 0.0 <= inner_kwargs["dampening"] <= 1.0
         ):
@@ -1269,11 +1275,12 @@ class RotationalWrapper(Optimizer):
             per_neuron=per_neuron,
             update_norm_decay=update_norm_decay,
         )
+        _parse_group_values(defaults)  # a numpy bool switch as the Python bool every group gets
         # every group checked (with the values it will get) before the inner optimizer sees it: torch's optimizers
         # check only their constructor arguments, and a bad group value would otherwise fail inside `step()`
         for g in groups:
             self._check_new_group({**inner_kwargs, **defaults, **g})
-            _parse_betas(g)
+            _parse_group_values(g)
         self.inner = _INNER[inner](groups, lr=lr, weight_decay=weight_decay, **inner_kwargs)
         super().__init__([dict(g) for g in self.inner.param_groups], defaults)
         self._buffers: dict = {}
@@ -1304,7 +1311,7 @@ class RotationalWrapper(Optimizer):
             param_group, self.defaults["weight_decay"], getattr(self, "_default_neuron_dim", None), "RotationalWrapper"
         )
         self._check_new_group({**self.inner.defaults, **self.defaults, **group})
-        _parse_betas(group)
+        _parse_group_values(group)
         self.inner.add_param_group(group)  # appends to the shared list, filling the inner defaults
         shared = self.inner.param_groups[-1]
         for key, value in self.defaults.items():

@@ -15,7 +15,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
-from ..utils.checks import is_real
+from ..utils.checks import is_real, store_python_scalars
 from ..utils.resume import LossWindowResumeMixin
 from .normalized import Lion, LionA, LionAR, RotationalWrapper, rotational_param_groups
 from .serialization import SafetensorsOptimizerStateMixin
@@ -89,6 +89,10 @@ class WarmupFreeTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        # numpy numbers and bools as Python ones (checked below as such): to_json_string() and the optimizer's saved
+        # param groups need them; learning_rate and weight_decay are checked here too
+        store_python_scalars(self, base=TrainingArguments)
+        store_python_scalars(self, ("learning_rate", "weight_decay"))
         super().__post_init__()
         if self.normalized_optimizer not in OPTIMIZER_CHOICES:
             raise ValueError(

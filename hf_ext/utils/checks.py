@@ -22,6 +22,36 @@ def is_bool(value) -> bool:
     return isinstance(value, bool | numpy.bool_)
 
 
+def python_scalar(value):
+    """`value` as the Python `bool` / `int` / `float` it holds when `is_bool` / `is_int` / `is_real` accept it (numpy's
+    `np.bool_`, `np.int64`, `np.float32` too); anything else (None, a str, a list, a tensor) unchanged, for the
+    caller's check to refuse by name. The check-then-convert of `GrokDecoderConfig` and `NeuralGrokConfig`, shared."""
+    if is_bool(value):
+        return bool(value)
+    if is_int(value):
+        return int(value)
+    if is_real(value):
+        return float(value)
+    return value
+
+
+def store_python_scalars(obj, names=None, base=None) -> None:
+    """Replace each attribute `names` of `obj` by `python_scalar` of its value.
+
+    Configs and `TrainingArguments` store what they are given and are saved as JSON (`to_json_string()`, which e.g.
+    the TensorBoard callback logs; `save_pretrained`): a numpy number or bool accepted by the checks would make that
+    fail. `names` defaults to the dataclass fields of `obj` that the dataclass `base` (e.g. `TrainingArguments`) does
+    not have, i.e. a subclass's own options.
+    """
+    import dataclasses
+
+    if names is None:
+        inherited = {f.name for f in dataclasses.fields(base)} if base is not None else set()
+        names = [f.name for f in dataclasses.fields(obj) if f.name not in inherited]
+    for name in names:
+        setattr(obj, name, python_scalar(getattr(obj, name)))
+
+
 def refuse_optimizer_flags(args, builds: str, optim_fix: str, option_fix: str) -> None:
     """Refuse transformers' optimizer flags that a trainer building its own optimizer would ignore.
 

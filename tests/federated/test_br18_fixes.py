@@ -1,11 +1,13 @@
 """Bad-input audit br18, federated: arguments that used to give plausible numbers or raw errors."""
 
+import dataclasses
+import json
 import math
 
 import numpy as np
 import pytest
 
-from hf_ext.federated import char_bleu
+from hf_ext.federated import FederatedArguments, PrivateTrainingArguments, char_bleu
 
 
 @pytest.mark.parametrize("max_order", [0, -1, -4])
@@ -35,3 +37,36 @@ def test_char_bleu_valid_input_unchanged():
     assert char_bleu("", "abc") == 0.0 and char_bleu("abc", "") == 0.0  # documented: empty text scores 0
     assert char_bleu("abcdefgh", "abcd", max_order=np.int64(4)) == pytest.approx(math.exp(1 - 2))
     assert char_bleu("abcde", "abcdx", max_order=1) == pytest.approx(4 / 5)
+
+
+# -- numpy scalars (br18 #3) --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, value, python_type",
+    [
+        ("num_rounds", np.int64(3), int),
+        ("local_steps", np.int64(2), int),
+        ("local_epochs", np.float32(1.0), float),
+        ("lora_r", np.int64(4), int),
+        ("lora_alpha", np.float32(8.0), float),
+        ("lora_dropout", np.float32(0.1), float),
+        ("secure_aggregation_max_colluders", np.int64(0), int),
+        ("secure_aggregation_frac_bits", np.int64(24), int),
+        ("secagg_max_weight", np.float32(100.0), float),
+        ("client_dp_noise_multiplier", np.float32(0.0), float),
+    ],
+)
+def test_federated_arguments_store_python_values(name, value, python_type):
+    """num_rounds=np.int64(3) was stored as numpy (asdict -> json failed); max_colluders/frac_bits were refused."""
+    args = FederatedArguments(**{name: value})
+    assert type(getattr(args, name)) is python_type
+    json.dumps(dataclasses.asdict(args))
+
+
+@pytest.mark.parametrize(
+    "name, value, python_type",
+    [("dp_delta", np.float32(1e-5), float), ("dp_noise_multiplier", np.float32(0.0), float)],
+)
+def test_private_training_arguments_store_python_values(tmp_path, name, value, python_type):
+    args = PrivateTrainingArguments(output_dir=str(tmp_path), report_to="none", **{name: value})
+    assert type(getattr(args, name)) is python_type
+    json.loads(args.to_json_string())

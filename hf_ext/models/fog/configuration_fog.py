@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 
 from transformers import PreTrainedConfig
 
@@ -99,6 +100,7 @@ class FogConfig(PreTrainedConfig):
     xielu_eps: float = -1e-6
 
     def __post_init__(self, **kwargs):
+        self._store_python_scalars()
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         self._validate_fog_fields()
@@ -106,6 +108,17 @@ class FogConfig(PreTrainedConfig):
             self.head_dim = self.hidden_size // self.num_attention_heads
         super().__post_init__(**kwargs)
         self._validate_positions()
+
+    def _store_python_scalars(self) -> None:
+        """Numbers and switches given as numpy scalars (`np.int64(64)`, `np.float32(1e-5)`, `np.True_`) are taken as
+        the Python int / float / bool they hold (then checked as such), so that the config stays JSON-serialisable;
+        the same for the top-level values of `rope_parameters` and the ids of an `eos_token_id` list."""
+        for name in FogConfig.__annotations__:
+            setattr(self, name, _python_scalar(getattr(self, name)))
+        if isinstance(self.eos_token_id, list):
+            self.eos_token_id = [_python_scalar(i) for i in self.eos_token_id]
+        if isinstance(self.rope_parameters, dict):
+            self.rope_parameters = {key: _python_scalar(value) for key, value in self.rope_parameters.items()}
 
     def _validate_positions(self) -> None:
         """Fields transformers leaves unchecked whose bad values fail late (an embedding assertion) or silently (a
@@ -297,6 +310,20 @@ _FLOAT32_MAX = 3.4028234663852886e38
 
 def _is_real(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _python_scalar(value):
+    """`value` as the Python bool / int / float it holds when it is a bool, integer or real number of another type
+    (numpy's), else unchanged for the checks to refuse. `hf_ext.utils.checks.python_scalar`'s rule, repeated here:
+    a model folder imports nothing from hf_ext (its saved code also loads with `trust_remote_code=True`)."""
+    numpy = sys.modules.get("numpy")  # without numpy imported there is no numpy bool to convert
+    if isinstance(value, bool) or (numpy is not None and isinstance(value, numpy.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 #: RoPE scaling numbers that must be finite and > 0 (0, a negative value or NaN makes a NaN or inf rotary table).
