@@ -5,6 +5,12 @@ from __future__ import annotations
 import random
 import string
 
+from ..utils.checks import is_int, is_real
+
+#: Most distinct words (`shared_words + num_domains * words_per_domain`) a corpus may draw: the words are kept in
+#: memory, and past the 26**4 + ... + 26**7 possible 4-7 letter words the draw would never end.
+MAX_DISTINCT_WORDS = 1_000_000
+
 
 def _words(rng: random.Random, n: int, taken: set[str]) -> list[str]:
     out = []
@@ -13,6 +19,16 @@ def _words(rng: random.Random, n: int, taken: set[str]) -> list[str]:
         if w not in taken:
             taken.add(w)
             out.append(w)
+    return out
+
+
+def _letters(i: int) -> str:
+    """`a` ... `z` for 0 ... 25, then `aa`, `ab`, ... (bijective base 26): a distinct host label for every index."""
+    out = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        out = string.ascii_lowercase[r] + out
     return out
 
 
@@ -31,18 +47,50 @@ def synthetic_url_corpus(
     from a list shared by all domains. A model that sees the URL knows the domain from the first token; one that
     does not must infer it from the words so far, so URL conditioning should lower the loss sooner.
 
+    Args:
+        num_docs (`int`, *optional*, defaults to 2000): documents, >= 1.
+        num_domains (`int`, *optional*, defaults to 4): domains, >= 2; hosts are `sitea` ... `sitez`, then `siteaa`,
+            `siteab`, ... (lowercase letters only, valid host names).
+        words_per_domain (`int`, *optional*, defaults to 40): words of each domain's own list, >= 1.
+        shared_words (`int`, *optional*, defaults to 40): words of the list shared by all domains, >= 1.
+        doc_words (`int`, *optional*, defaults to 48): words per document, >= 1.
+        domain_word_prob (`float`, *optional*, defaults to 0.6): probability of a domain word, in [0, 1].
+        seed (`int`, *optional*, defaults to 0): seed of the draw.
+
+    All distinct words (`shared_words + num_domains * words_per_domain`) are at most `MAX_DISTINCT_WORDS`
+    (1,000,000). A count that is not an int (`inf`, 1.5, a string, a bool) or out of range raises `ValueError` naming it.
+
     Returns:
         `(datasets.Dataset with text, url, domain columns, {domain: list of its specific words})`.
     """
     import datasets
 
-    if num_docs < 1 or num_domains < 2 or not 0.0 <= domain_word_prob <= 1.0:
-        raise ValueError("need num_docs >= 1, num_domains >= 2 and domain_word_prob in [0, 1].")
+    for name, value, low in (
+        ("num_docs", num_docs, 1),
+        ("num_domains", num_domains, 2),
+        ("words_per_domain", words_per_domain, 1),
+        ("shared_words", shared_words, 1),
+        ("doc_words", doc_words, 1),
+    ):
+        if not is_int(value) or value < low:
+            raise ValueError(f"synthetic_url_corpus: `{name}` must be an int >= {low}, got {value!r}.")
+    if not is_real(domain_word_prob) or not 0.0 <= domain_word_prob <= 1.0:
+        raise ValueError(
+            f"synthetic_url_corpus: `domain_word_prob` must be a number in [0, 1], got {domain_word_prob!r}."
+        )
+    distinct = shared_words + num_domains * words_per_domain
+    if distinct > MAX_DISTINCT_WORDS:
+        raise ValueError(
+            f"synthetic_url_corpus: shared_words + num_domains * words_per_domain = {distinct} distinct words, more "
+            f"than the {MAX_DISTINCT_WORDS:,} this in-memory toy corpus draws; lower `words_per_domain`, "
+            "`shared_words` or `num_domains`."
+        )
+    num_docs, num_domains, doc_words = int(num_docs), int(num_domains), int(doc_words)
     rng = random.Random(seed)
     taken: set[str] = set()
-    shared = _words(rng, shared_words, taken)
-    domains = [f"site{chr(ord('a') + i)}" for i in range(num_domains)]
-    vocab = {d: _words(rng, words_per_domain, taken) for d in domains}
+    shared = _words(rng, int(shared_words), taken)
+    domains = [f"site{_letters(i)}" for i in range(num_domains)]
+    vocab = {d: _words(rng, int(words_per_domain), taken) for d in domains}
     rows = {"text": [], "url": [], "domain": []}
     for i in range(num_docs):
         d = domains[i % num_domains]
