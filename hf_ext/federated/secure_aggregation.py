@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..utils.checks import is_real
+from ..utils.checks import is_int, is_real
 
 MODULUS_BITS = 62
 MODULUS = 1 << MODULUS_BITS
@@ -65,12 +65,15 @@ def encode(x: torch.Tensor, frac_bits: int = 24, num_summands: int = 1) -> torch
     """Fixed-point encode a float tensor as int64 residues modulo `2**62` (two's-complement style).
 
     `num_summands` is how many encoded vectors will be added together: each is bounded by `2**61 / num_summands` so
-    that their sum still decodes exactly (a larger value would wrap around the modulus silently).
+    that their sum still decodes exactly (a larger value would wrap around the modulus silently). `frac_bits` must be
+    an int in [0, 40] and `num_summands` an int >= 1 (a NaN count used to switch the overflow check off).
     """
-    if not 0 <= frac_bits <= MAX_FRAC_BITS:
-        raise ValueError(f"`frac_bits` must be in [0, {MAX_FRAC_BITS}], got {frac_bits}.")
-    if num_summands < 1:
-        raise ValueError(f"`num_summands` must be >= 1, got {num_summands}.")
+    _check_frac_bits(frac_bits)
+    if not is_int(num_summands) or num_summands < 1:
+        raise ValueError(
+            f"`num_summands` must be an int >= 1 (how many encoded vectors are summed), got {num_summands!r}."
+        )
+    frac_bits, num_summands = int(frac_bits), int(num_summands)
     scaled = torch.round(x.detach().to(torch.float64) * float(1 << frac_bits))
     limit = float(1 << (MODULUS_BITS - 1)) / num_summands
     if scaled.numel() and not bool(torch.isfinite(scaled).all()):
@@ -81,6 +84,11 @@ def encode(x: torch.Tensor, frac_bits: int = 24, num_summands: int = 1) -> torch
             "encoded updates must stay below 2**61): lower `frac_bits` or scale the update down."
         )
     return torch.remainder(scaled.to(torch.int64), MODULUS)
+
+
+def _check_frac_bits(frac_bits) -> None:
+    if not is_int(frac_bits) or not 0 <= frac_bits <= MAX_FRAC_BITS:
+        raise ValueError(f"`frac_bits` must be an int in [0, {MAX_FRAC_BITS}], got {frac_bits!r}.")
 
 
 def decode(residues: torch.Tensor, frac_bits: int = 24) -> torch.Tensor:
@@ -841,8 +849,21 @@ def _check_same_layout(updates: Mapping[int, Mapping[str, torch.Tensor]], ids: S
 
 
 def quantization_error_bound(num_clients: int, total_weight: float, frac_bits: int = 24) -> float:
-    """Worst-case absolute error of the securely aggregated weighted mean vs. the plain one (rounding per client)."""
-    return num_clients * 0.5 / float(1 << frac_bits) / total_weight
+    """Worst-case absolute error of the securely aggregated weighted mean vs. the plain one (rounding per client).
+
+    `num_clients` must be an int >= 1, `total_weight` (the sum of the client weights; a number or a one-element
+    tensor) finite and > 0, and `frac_bits` an int in [0, 40]; anything else raises `ValueError` (a negative count
+    gave a negative bound).
+    """
+    if not is_int(num_clients) or num_clients < 1:
+        raise ValueError(f"`num_clients` must be an int >= 1, got {num_clients!r}.")
+    total = _weight_value(total_weight)  # a one-element tensor too, as the client weights
+    if not 0 < total < math.inf:
+        raise ValueError(
+            f"`total_weight` must be a finite number > 0 (the sum of the client weights), got {total_weight!r}."
+        )
+    _check_frac_bits(frac_bits)
+    return int(num_clients) * 0.5 / float(1 << int(frac_bits)) / total
 
 
 # the relative L2 rounding error of a client's quantized upload above which the client warns, and above which it refuses

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from itertools import product
 
@@ -49,8 +50,19 @@ def resolve_task(task: str) -> ArithmeticTask:
 
 
 def arithmetic_vocab_size(task: str, p: int) -> int:
-    """Vocabulary size a model needs for `task` modulo `p` (`p + 2` for the binary tasks)."""
-    return resolve_task(task).vocab_size(p)
+    """Vocabulary size a model needs for `task` modulo `p` (`p + 2` for the binary tasks); `p` an int >= 2 (a
+    `TypeError` / `ValueError` otherwise)."""
+    spec = resolve_task(task)
+    return spec.vocab_size(_check_modulus(p))
+
+
+def _check_modulus(p) -> int:
+    """`p` as a Python int if it is an int >= 2 (numpy's too), else a `TypeError` / `ValueError` naming it."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Integral):
+        raise TypeError(f"p must be an int (the modulus, e.g. 97), got {p!r}.")
+    if p < 2:
+        raise ValueError(f"p={p} must be >= 2 (the modulus; the papers use the prime 97, or 7 for a*c+b*d-e).")
+    return int(p)
 
 
 #: Largest dataset `build_arithmetic_dataset` builds (rows); `a*c+b*d-e` reaches it at p = 19 (2.2M), so its papers'

@@ -100,7 +100,9 @@ def arithmetic_accuracy(eval_pred) -> dict[str, float]:
 
 
 def steps_to_accuracy(steps: Sequence[int], accuracies: Sequence[float], target: float = 0.95) -> int | None:
-    """First step at which `accuracies` reaches `target` (None if never)."""
+    """First step at which `accuracies` reaches `target` (None if never); `target` is an accuracy in (0, 1]."""
+    if not is_real(target) or not 0.0 < target <= 1.0:
+        raise ValueError(f"target={target!r} must be in (0, 1] (an accuracy; above 1 it is never reached).")
     if len(steps) != len(accuracies):
         raise ValueError("steps and accuracies must have the same length.")
     for step, acc in zip(steps, accuracies):

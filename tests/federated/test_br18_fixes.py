@@ -6,8 +6,16 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from hf_ext.federated import FederatedArguments, PrivateTrainingArguments, char_bleu
+from hf_ext.federated import (
+    FederatedArguments,
+    PrivateTrainingArguments,
+    char_bleu,
+    decode,
+    encode,
+    quantization_error_bound,
+)
 
 
 @pytest.mark.parametrize("max_order", [0, -1, -4])
@@ -70,3 +78,48 @@ def test_private_training_arguments_store_python_values(tmp_path, name, value, p
     args = PrivateTrainingArguments(output_dir=str(tmp_path), report_to="none", **{name: value})
     assert type(getattr(args, name)) is python_type
     json.loads(args.to_json_string())
+
+
+# -- secure-aggregation helpers (br18 #5) -------------------------------------------------------------------------------
+@pytest.mark.parametrize("num_clients", [-1, 0, 2.5, math.nan, True, None])
+def test_quantization_error_bound_refuses_bad_client_count(num_clients):
+    """num_clients=-1 returned a negative bound."""
+    with pytest.raises(ValueError, match="`num_clients` must be an int >= 1"):
+        quantization_error_bound(num_clients, 10.0)
+
+
+@pytest.mark.parametrize("total_weight", [0, -1.0, math.nan, math.inf, None, "10", torch.tensor([1.0, 2.0])])
+def test_quantization_error_bound_refuses_bad_total_weight(total_weight):
+    """total_weight=nan returned nan; 0 divided by zero."""
+    with pytest.raises(ValueError, match="`total_weight` must be a finite number > 0"):
+        quantization_error_bound(3, total_weight)
+
+
+@pytest.mark.parametrize("frac_bits", [-1, 41, 2.0, None])
+def test_quantization_error_bound_refuses_bad_frac_bits(frac_bits):
+    with pytest.raises(ValueError, match="`frac_bits` must be an int in"):
+        quantization_error_bound(3, 10.0, frac_bits)
+
+
+def test_quantization_error_bound_valid():
+    assert quantization_error_bound(np.int64(3), np.float32(4.0), 0) == pytest.approx(3 * 0.5 / 4.0)
+    assert quantization_error_bound(3, torch.tensor(4.0), 0) == pytest.approx(3 * 0.5 / 4.0)  # as weights may be
+
+
+@pytest.mark.parametrize("num_summands", [math.nan, 0, -2, 1.5, None, True])
+def test_encode_refuses_bad_num_summands(num_summands):
+    """num_summands=nan passed the `< 1` check and switched the overflow check off: 1e12 was encoded as 0."""
+    with pytest.raises(ValueError, match="`num_summands` must be an int >= 1"):
+        encode(torch.tensor([1e12], dtype=torch.float64), num_summands=num_summands)
+
+
+@pytest.mark.parametrize("frac_bits", [2.5, None, "24"])
+def test_encode_refuses_non_int_frac_bits(frac_bits):
+    with pytest.raises(ValueError, match="`frac_bits` must be an int in"):
+        encode(torch.tensor([1.0]), frac_bits=frac_bits)
+
+
+def test_encode_overflow_still_refused_and_numpy_counts_accepted():
+    with pytest.raises(ValueError, match="Value too large"):
+        encode(torch.tensor([1e12], dtype=torch.float64), num_summands=np.int64(1))
+    assert decode(encode(torch.tensor([1.5]), frac_bits=np.int64(8), num_summands=np.int64(3)), 8).item() == 1.5
