@@ -181,6 +181,11 @@ class FederatedArguments:
         seed = self.client_dp_noise_seed
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"--client_dp_noise_seed must be an integer or None (secret noise), got {seed!r}.")
+        if self.client_learning_rates is not None and not isinstance(self.client_learning_rates, str):
+            raise ValueError(
+                f"--client_learning_rates must be a string of comma-separated floats (e.g. '0.01,0.02') or None, got "
+                f"{self.client_learning_rates!r}."
+            )
         if self.client_learning_rates:
             self.learning_rates()
         if self.secure_aggregation_threshold is not None and self.secure_aggregation_threshold < 2:

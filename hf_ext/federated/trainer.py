@@ -131,8 +131,8 @@ class PrivateTrainingArguments(TrainingArguments):
                     "checkpointing's saved-tensor hooks. Leave it off, and lower --per_device_train_batch_size if "
                     "memory is short."
                 )
-        if not 0 < self.dp_delta < 1:
-            raise ValueError(f"--dp_delta must be in (0, 1), got {self.dp_delta}.")
+        if not is_real(self.dp_delta) or not 0 < self.dp_delta < 1:
+            raise ValueError(f"--dp_delta must be a number in (0, 1), got {self.dp_delta!r}.")
         if self.dp_noise_seed is not None and (
             isinstance(self.dp_noise_seed, bool) or not isinstance(self.dp_noise_seed, int)
         ):

@@ -54,8 +54,13 @@ def round_to_fp8(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def quantize_dequantize(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`fp8(clamp(x * scale, +-max)) / scale` in FP32: the value an FP8 GEMM sees for operand `x` with scale `scale`.
 
-    The clamp matters: eager casts to E5M2 do not saturate (1e5 -> inf).
+    The clamp matters: eager casts to E5M2 do not saturate (1e5 -> inf). `dtype` is an FP8 dtype of `FP8_MAX`
+    (`torch.float8_e4m3fn` or `torch.float8_e5m2`; a `ValueError` otherwise).
     """
+    if dtype not in FP8_MAX:
+        raise ValueError(
+            f"quantize_dequantize: `dtype` must be one of {', '.join(str(d) for d in FP8_MAX)}, got {dtype!r}."
+        )
     return round_to_fp8(x.float() * scale, dtype) / scale
 
 

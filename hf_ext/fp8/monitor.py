@@ -62,6 +62,11 @@ def kurtosis(x: torch.Tensor, per_sample: bool = True) -> torch.Tensor:
         raise TypeError(f"kurtosis: x must be a torch.Tensor, got {type(x).__name__}.")
     if x.numel() == 0:
         raise ValueError("kurtosis: x is empty.")
+    if per_sample and x.dim() == 0:
+        raise ValueError(
+            "kurtosis: a 0-d x has no sample dimension for per_sample=True; pass per_sample=False, or x with its "
+            "samples along the first dimension."
+        )
     flat = x.detach().reshape(x.shape[0], -1) if per_sample else x.detach().reshape(1, -1)
     x2 = flat.float().square()
     m2 = x2.sum(1, dtype=torch.float64) / flat.shape[1]

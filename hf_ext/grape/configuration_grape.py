@@ -180,8 +180,15 @@ class GrapeConfig(TrainingArguments):
             or self.samples_per_epoch <= 0
         ):
             raise ValueError(f"samples_per_epoch must be a positive int (or None), got {self.samples_per_epoch!r}.")
-        if not self.export_mixture_file:
-            raise ValueError("export_mixture_file must be a file name, e.g. mixture.json.")
+        if not isinstance(self.export_mixture_file, str) or not self.export_mixture_file:
+            raise ValueError(
+                f"export_mixture_file must be a file name, e.g. mixture.json, got {self.export_mixture_file!r}."
+            )
+        if self.plot_file is not None and not isinstance(self.plot_file, str):
+            raise ValueError(
+                f"plot_file must be a file name (e.g. mixture_weights.png), or empty / None to skip the plot, got "
+                f"{self.plot_file!r}."
+            )
         if self.plot_file:
             check_plot_format(self.plot_file, "plot_file")
             if os.path.normpath(self.plot_file) == os.path.normpath(self.export_mixture_file):

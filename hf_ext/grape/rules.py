@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from ..utils.checks import is_real
+
 GRAPE_VARIANTS = ("grape", "grape_ema", "grape_gap")
 STEP_SIZE_CONVENTIONS = ("absolute", "lr_scaled")
 
@@ -41,8 +43,18 @@ def _as_scores(scores, n: int, name: str) -> torch.Tensor:
     return s
 
 
+def _real(value, name: str) -> float:
+    """`value` as a float if it is a real number (numpy's, or a 0-d real tensor, too), else a `TypeError` naming
+    `name` (None or a string used to fail inside a comparison or `math.isfinite`, naming neither)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype != torch.bool and not value.is_complex():
+        return float(value)
+    if not is_real(value):
+        raise TypeError(f"{name} must be a real number, got {value!r}.")
+    return float(value)
+
+
 def _check_smoothing(smoothing: float, name: str = "smoothing") -> None:
-    if not 0.0 <= smoothing < 1.0:
+    if not 0.0 <= _real(smoothing, name) < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {smoothing}.")
 
 
@@ -67,6 +79,7 @@ def exponentiated_step(weights, scores, step_size: float, smoothing: float = 0.0
     """
     w = _as_weights(weights, "weights")
     s = _as_scores(scores, w.numel(), "scores")
+    step_size = _real(step_size, "step_size")
     if not math.isfinite(step_size) or step_size < 0:
         raise ValueError(f"step_size must be a finite non-negative number, got {step_size}.")
     _check_smoothing(smoothing)
@@ -86,12 +99,14 @@ def resolve_step_size(mu: float, convention: str = "absolute", learning_rate: fl
     """
     if convention not in STEP_SIZE_CONVENTIONS:
         raise ValueError(f"convention must be one of {STEP_SIZE_CONVENTIONS}, got {convention!r}.")
-    if not math.isfinite(mu) or mu < 0:
+    if not math.isfinite(_real(mu, "mu")) or mu < 0:
         raise ValueError(f"mu must be a finite non-negative number, got {mu}.")
     if convention == "absolute":
         return float(mu)
-    if learning_rate is None or learning_rate < 0:
-        raise ValueError("convention='lr_scaled' needs the current non-negative learning_rate.")
+    if learning_rate is None or not math.isfinite(_real(learning_rate, "learning_rate")) or learning_rate < 0:
+        raise ValueError(
+            f"convention='lr_scaled' needs the current learning_rate, a finite number >= 0, got {learning_rate!r}."
+        )
     if mu == 0:
         raise ValueError("convention='lr_scaled' divides the learning rate by mu; mu must be > 0.")
     return float(learning_rate) / float(mu)
@@ -134,7 +149,7 @@ def task_objective(loss: torch.Tensor, variant: str = "grape", ema_loss: float |
     if variant == "grape":
         return torch.log(loss)
     if variant == "grape_ema":
-        if ema_loss is None or not ema_loss > 0:
+        if ema_loss is None or not _real(ema_loss, "ema_loss") > 0:
             raise ValueError(f"variant='grape_ema' needs a positive ema_loss, got {ema_loss}.")
         return loss / ema_loss
     return loss
@@ -142,9 +157,10 @@ def task_objective(loss: torch.Tensor, variant: str = "grape", ema_loss: float |
 
 def ema_update(previous: float | None, value: float, beta: float) -> float:
     """Exponential moving average; the first value (``previous`` is None or NaN) initialises it."""
-    if not 0.0 <= beta < 1.0:
+    if not 0.0 <= _real(beta, "beta") < 1.0:
         raise ValueError(f"beta must be in [0, 1), got {beta}.")
-    if previous is None or math.isnan(previous):
+    value = _real(value, "value")
+    if previous is None or math.isnan(_real(previous, "previous")):
         return float(value)
     return float(beta * previous + (1.0 - beta) * value)
 
@@ -174,18 +190,21 @@ def doge_domain_weights(
         domain_grad_norms: `||g_k||` per domain (K,), used to normalise the scores.
         learning_rate (`float`): Current learning rate of the model being trained.
         mu (`float`, *optional*, defaults to 0.01): Inverse step size (Bregman coefficient; DoGE's `config/doge.json`).
-        score_min, score_max (`float`): Clip bounds in units of the learning rate.
+        score_min, score_max (`float`): Finite clip bounds in units of the learning rate.
         smoothing (`float`, *optional*, defaults to 0.0): Smoothing towards uniform.
     """
     w = _as_weights(domain_weights, "domain_weights")
     s = _as_scores(alignment_scores, w.numel(), "alignment_scores")
     norms = _as_scores(domain_grad_norms, w.numel(), "domain_grad_norms")
-    if not mu > 0:
+    if not _real(mu, "mu") > 0:
         raise ValueError(f"mu must be > 0 (it divides the scores), got {mu}.")
+    for name, value in (("score_min", score_min), ("score_max", score_max)):
+        if not math.isfinite(_real(value, name)):
+            raise ValueError(f"{name} must be a finite number (a clip bound in units of the learning rate), got {value}.")
     if score_min > score_max:
         raise ValueError(f"score_min ({score_min}) must not exceed score_max ({score_max}).")
-    if learning_rate < 0:
-        raise ValueError(f"learning_rate must be non-negative, got {learning_rate}.")
+    if not 0 <= _real(learning_rate, "learning_rate") < math.inf:
+        raise ValueError(f"learning_rate must be a finite number >= 0, got {learning_rate}.")
     scores = learning_rate * s / (norms.mean() + 1e-6)
     scores = scores.clamp(min=learning_rate * score_min, max=learning_rate * score_max)
     return exponentiated_step(w, scores, 1.0 / mu, smoothing)
@@ -215,4 +234,6 @@ def doremi_domain_weights(domain_weights, excess_losses, eta: float = 1.0, smoot
         eta (`float`, *optional*, defaults to 1.0): Step size (DoReMi code default).
         smoothing (`float`, *optional*, defaults to 1e-4): Smoothing towards uniform (DoReMi code default).
     """
+    if not 0 <= _real(eta, "eta") < math.inf:
+        raise ValueError(f"eta must be a finite non-negative number (the step size), got {eta}.")
     return exponentiated_step(domain_weights, excess_losses, eta, smoothing)

@@ -155,12 +155,12 @@ def schulz_inverse(
         raise ValueError(f"`init` must be one of {SCHULZ_INITS}, got {init!r}.")
     if order not in (2, 3):
         raise ValueError(f"`order` must be 2 or 3, got {order!r}.")
-    if tol is not None and not 0 < tol < 1:
+    if tol is not None and not (_is_real(tol) and 0 < tol < 1):
         raise ValueError(
             f"`tol` must lie in (0, 1) or be None, got {tol!r} (a residual ||I - A X||_F / sqrt(d) of 1 or more means "
             "no inverse at all)."
         )
-    if alpha is not None and not 0 < alpha < math.inf:
+    if alpha is not None and not (_is_real(alpha) and 0 < alpha < math.inf):
         raise ValueError(f"`alpha` must be a finite positive float or None, got {alpha!r}.")
 
     d = matrix.shape[0]

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from ..utils.checks import is_real
+
 
 def _check_scores_labels(scores, is_noisy) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -131,8 +133,8 @@ def select_lowest_influence(scores, fraction: float, groups=None) -> np.ndarray:
             id (a missing label) is refused: it equals no id, not even another NaN, so its example could not be kept.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r}.")
+    if not is_real(fraction) or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"`fraction` must be a number in (0, 1], got {fraction!r}.")
     if scores.size == 0:
         raise ValueError("`scores` is empty.")
     _check_finite(scores)

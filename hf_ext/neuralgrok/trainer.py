@@ -180,8 +180,12 @@ class NeuralGrokConfig(TrainingArguments):
     def _check_amplifier_arguments(self) -> None:
         """The amplifier's and its meta-Adam's options; also checked when `NeuralGrokTrainer` rebuilds the amplifier
         for a `train()` with `model_init` (a hyperparameter-search trial sets them on these arguments unchecked)."""
-        if not self.amplifier_hidden_dims or any(not _is_int(h) or h <= 0 for h in self.amplifier_hidden_dims):
-            raise ValueError(f"amplifier_hidden_dims={self.amplifier_hidden_dims} must be positive ints, e.g. 32 32.")
+        dims = self.amplifier_hidden_dims
+        if not isinstance(dims, list | tuple) or not dims or any(not _is_int(h) or h <= 0 for h in dims):
+            raise ValueError(
+                f"amplifier_hidden_dims={dims!r} must be a list of positive ints, e.g. [32, 32] (--amplifier_hidden_dims "
+                "32 32)."
+            )
         # numbers must be numbers (`True` passed `0 < True < inf` and acted as 1; a string failed only in torch) and
         # switches bools (the string "false" is truthy)
         if not _is_real(self.amplifier_c) or not 0 < self.amplifier_c < math.inf:

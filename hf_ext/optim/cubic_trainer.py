@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ..utils.checks import refuse_optimizer_flags, store_python_scalars
+from ..utils.checks import is_real, refuse_optimizer_flags, store_python_scalars
 from ..utils.resume import LossWindowResumeMixin
 from .cubic_newton import (
     HESSIAN_MODES,
@@ -119,8 +119,8 @@ class CubicNewtonTrainingArguments(TrainingArguments):
             raise ValueError(f"--cubic_hessian must be one of {HESSIAN_MODES}, got {self.cubic_hessian!r}.")
         if self.cubic_solver not in SOLVERS:
             raise ValueError(f"--cubic_solver must be one of {SOLVERS}, got {self.cubic_solver!r}.")
-        if not self.cubic_M > 0:
-            raise ValueError(f"--cubic_M must be > 0, got {self.cubic_M}.")
+        if not is_real(self.cubic_M) or not self.cubic_M > 0:
+            raise ValueError(f"--cubic_M must be a number > 0, got {self.cubic_M!r}.")
         if self.cubic_M_rule not in ("fixed", "adaptive"):
             raise ValueError(f"--cubic_M_rule must be 'fixed' or 'adaptive', got {self.cubic_M_rule!r}.")
         if self.cubic_M_rule == "adaptive" and self.cubic_momentum != "none":

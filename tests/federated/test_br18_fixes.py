@@ -123,3 +123,18 @@ def test_encode_overflow_still_refused_and_numpy_counts_accepted():
     with pytest.raises(ValueError, match="Value too large"):
         encode(torch.tensor([1e12], dtype=torch.float64), num_summands=np.int64(1))
     assert decode(encode(torch.tensor([1.5]), frac_bits=np.int64(8), num_summands=np.int64(3)), 8).item() == 1.5
+
+
+# -- errors naming the argument (br18 #6) -------------------------------------------------------------------------------
+@pytest.mark.parametrize("rates", [0.01, [0.01, 0.02], 1])
+def test_client_learning_rates_must_be_a_string(rates):
+    """client_learning_rates=0.01 failed with "'float' object has no attribute 'split'"."""
+    with pytest.raises(ValueError, match="--client_learning_rates must be a string"):
+        FederatedArguments(client_learning_rates=rates)
+
+
+@pytest.mark.parametrize("delta", [None, "1e-5", True])
+def test_dp_delta_must_be_a_number(tmp_path, delta):
+    """dp_delta=None failed with "'<' not supported between instances of 'int' and 'NoneType'"."""
+    with pytest.raises(ValueError, match=r"--dp_delta must be a number in \(0, 1\)"):
+        PrivateTrainingArguments(output_dir=str(tmp_path), report_to="none", dp_delta=delta)

@@ -57,3 +57,11 @@ def test_fog_config_numpy_ids_and_rope_values_are_converted():
 def test_fog_config_still_refuses_wrong_kinds_of_numpy_values(name, value):
     with pytest.raises(ValueError, match=f"FogConfig.{name}"):
         FogConfig(**{"hidden_size": 64, **SMALL, name: value})
+
+
+@pytest.mark.parametrize("name", ["hidden_act", "qk_norm"])
+@pytest.mark.parametrize("value", [np.array(["gelu", "gelu"]), ["rms"], None])
+def test_fog_config_names_non_string_choices(name, value):
+    """hidden_act=np.array([...]) failed with "The truth value of an array ... is ambiguous"."""
+    with pytest.raises(ValueError, match=f"FogConfig: unknown {name}="):
+        FogConfig(**{"hidden_size": 64, **SMALL, name: value})

@@ -1,11 +1,11 @@
-"""Bad-input audit br18, neuralgrok: small helpers that returned plausible numbers for bad input."""
+"""Bad-input audit br18, neuralgrok: helpers that returned plausible numbers for bad input; raw errors."""
 
 import math
 
 import numpy as np
 import pytest
 
-from hf_ext.neuralgrok import arithmetic_vocab_size, steps_to_accuracy
+from hf_ext.neuralgrok import NeuralGrokConfig, arithmetic_vocab_size, steps_to_accuracy
 
 
 @pytest.mark.parametrize(
@@ -45,3 +45,11 @@ def test_steps_to_accuracy_refuses_target_outside_unit_interval(target):
 def test_steps_to_accuracy_valid_targets():
     assert steps_to_accuracy([10, 20], [0.5, 1.0], 1.0) == 20
     assert steps_to_accuracy([10, 20], [0.5, 1.0], np.float32(0.4)) == 10
+
+
+# -- errors naming the argument (br18 #6) -------------------------------------------------------------------------------
+@pytest.mark.parametrize("dims", [32, "32 32", None, [], [32, 0], [32.0]])
+def test_amplifier_hidden_dims_must_be_a_list_of_positive_ints(tmp_path, dims):
+    """amplifier_hidden_dims=32 failed with "'int' object is not iterable"."""
+    with pytest.raises(ValueError, match=r"amplifier_hidden_dims=.* must be a list of positive ints"):
+        NeuralGrokConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, amplifier_hidden_dims=dims)

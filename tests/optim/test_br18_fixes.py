@@ -120,3 +120,10 @@ def test_normalized_optimizers_take_numpy_bool_switches(cls):
 def test_normalized_optimizers_still_refuse_non_bool_switches(value):
     with pytest.raises(ValueError, match="`nesterov` of a LionAR param group must be True or False"):
         LionAR([nn.Parameter(torch.randn(4, 6))], lr=1e-2, weight_decay=0.1, neuron_dim=0, nesterov=value)
+
+
+@pytest.mark.parametrize("value", [None, "10", True])
+def test_cubic_M_must_be_a_number(tmp_path, value):
+    """cubic_M=None / '10' failed with "'>' not supported between instances of ..."."""
+    with pytest.raises(ValueError, match="--cubic_M must be a number > 0"):
+        CubicNewtonTrainingArguments(output_dir=str(tmp_path), report_to="none", cubic_M=value)

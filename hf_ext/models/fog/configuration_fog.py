@@ -218,11 +218,11 @@ class FogConfig(PreTrainedConfig):
         head_dim = self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads
         if head_dim % 2:
             raise ValueError(f"FogConfig: head_dim={head_dim} must be even for rotary embeddings.")
-        if self.hidden_act not in FOG_ACTIVATIONS:
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in FOG_ACTIVATIONS:
             raise ValueError(
                 f"FogConfig: unknown hidden_act={self.hidden_act!r}; choose one of {', '.join(FOG_ACTIVATIONS)}."
             )
-        if self.qk_norm not in QK_NORM_TYPES:
+        if not isinstance(self.qk_norm, str) or self.qk_norm not in QK_NORM_TYPES:
             raise ValueError(f"FogConfig: unknown qk_norm={self.qk_norm!r}; choose one of {', '.join(QK_NORM_TYPES)}.")
         if not self.xielu_alpha_n_init > self.xielu_beta:
             raise ValueError(
