@@ -46,3 +46,68 @@ def test_exact_solver_uses_the_symmetric_part_of_a_non_symmetric_H():
     grid = grid.reshape(-1, 2).double()
     values = grid @ g + 0.5 * ((grid @ S) * grid).sum(1) + grid.norm(dim=1) ** 3 / 6.0
     assert value <= float(values.min()) + 1e-12
+
+
+def test_lion_ar_leaves_a_neuron_parallel_to_its_update_in_place():
+    # rows (1,1,1,1) and (2,2,2,2) with a positive gradient everywhere: the sign update is (1,1,1,1) per row, parallel
+    # to the weight, so there is no direction to rotate towards; the neuron must stay as it is (finite, same norm)
+    from hf_ext.optim import LionAR
+
+    model = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0] * 4, [2.0] * 4]))
+    opt = LionAR(model, lr=1e-2, weight_decay=1.0, zero_mean=False)
+    before = model.weight.detach().clone()
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.ones(3, 4)).sum().backward()  # d/dW = 3 everywhere
+        opt.step()
+        torch.testing.assert_close(model.weight.detach(), before, rtol=1e-6, atol=0)
+
+
+def test_lion_a_snr_correction_estimates_from_the_second_step_also_with_a_small_beta2():
+    # With b2 = 0.002 the momentum constant c_t = (1-b)/(1+b) (1+b^t)/(1-b^t) is about 0.996 from t = 2 on, far from 1:
+    # the SNR is estimated (only c = 1, the first step, gives no estimate). A constant gradient is pure signal
+    # (||m_hat||^2 = ||g||^2, no noise), so SNR -> infinity and the factor 1/sqrt(1 + SNR) stops the step.
+    from hf_ext.optim import LionA
+
+    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    opt = LionA([p], lr=0.1, betas=(0.9, 0.002), weight_decay=0.0, snr_correction=True)
+    positions = []
+    for _ in range(3):
+        opt.zero_grad()
+        p.grad = torch.tensor([1.0, 0.5], dtype=torch.float64)
+        opt.step()
+        positions.append(p.detach().clone())
+    assert torch.allclose(positions[0], torch.tensor([-0.1, -0.1], dtype=torch.float64))  # step 1: factor 1
+    # steps 2, 3: factor ~ 0 (the statistics are summed in float32, so the noise estimate is rounding, not 0)
+    assert float((positions[2] - positions[0]).abs().max()) < 0.01 * 2 * 0.1
+    assert opt.state[p]["snr"] > 1e4
+
+
+def test_lion_ar_after_a_zero_lr_zero_gradient_first_step_initialises_like_an_immediate_start():
+    # a first step at lr 0 with all-zero gradients (DCP's load template, a warmup from 0) must leave the run as if it
+    # had not happened: the next real step centres the neurons and records their norms, like a fresh optimizer
+    from hf_ext.optim import LionAR
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)
+    with torch.no_grad():
+        a.weight.add_(0.5)  # rows far from zero mean: centring moves them
+    b.load_state_dict(a.state_dict())
+    opt_a, opt_b = LionAR(a, lr=1e-2, weight_decay=1.0), LionAR(b, lr=1e-2, weight_decay=1.0)
+    for group in opt_a.param_groups:
+        group["lr"] = 0.0
+    for p in a.parameters():
+        p.grad = torch.zeros_like(p)
+    opt_a.step()
+    assert torch.equal(a.weight, b.weight)  # the template step moved nothing
+    for group in opt_a.param_groups:
+        group["lr"] = 1e-2
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    for model, opt in ((a, opt_a), (b, opt_b)):
+        opt.zero_grad()
+        model(x).pow(2).sum().backward()
+        opt.step()
+    assert float(b.weight.detach().mean(dim=1).abs().max()) < 1e-6  # the immediate start centred the neurons
+    torch.testing.assert_close(a.weight, b.weight, rtol=1e-6, atol=1e-7)
