@@ -111,3 +111,22 @@ def test_lion_ar_after_a_zero_lr_zero_gradient_first_step_initialises_like_an_im
         opt.step()
     assert float(b.weight.detach().mean(dim=1).abs().max()) < 1e-6  # the immediate start centred the neurons
     torch.testing.assert_close(a.weight, b.weight, rtol=1e-6, atol=1e-7)
+
+
+def test_lanczos_stops_when_the_krylov_space_is_invariant_also_at_a_large_hessian_scale():
+    # g lies in the span of 2 eigenvectors of H (eigenvalues 1e8, 3e8): span{g, Hg, ...} has dimension 2, so Lanczos
+    # must stop after 2 HVPs; its breakdown test is relative to the Hessian's scale (the residual is rounding of order
+    # 1e-16 * 1e8 there, above an absolute 1e-10)
+    from hf_ext.optim.cubic_newton import solve_cubic_lanczos
+
+    lam = torch.tensor([1e8, 3e8, 2e8, 5e8, 4e8, 6e8], dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    H = q @ torch.diag(lam) @ q.T
+    g_eig = torch.tensor([1e3, 1e3, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    h, calls = solve_cubic_lanczos(q @ g_eig, lambda v: H @ v, 1.0, krylov_dim=6)
+    assert calls == 2
+    # closed form in the eigenbasis: h_i = -g_i / (lam_i + M r / 2) with r = ||h|| (fixed point, contracting here)
+    r = 0.0
+    for _ in range(50):
+        r = float((g_eig / (lam + r / 2.0)).norm())
+    torch.testing.assert_close(h, q @ (-g_eig / (lam + r / 2.0)), rtol=1e-9, atol=1e-20)
