@@ -60,12 +60,7 @@ def pack_dataset(
                 raise TypeError(f"Split {name!r} of the {type(dataset).__name__} is a {type(split).__name__}.")
             if isinstance(split, datasets.IterableDataset) and num_proc is not None:
                 raise ValueError(_ITERABLE_NUM_PROC.format(num_proc=num_proc))
-            columns = _columns(split)
-            if columns is not None and text_column not in columns:
-                raise ValueError(
-                    f"text_column={text_column!r} is not a column of split {name!r} (columns: {columns}); pass the "
-                    "name of the column holding the raw text (e.g. --text_column content)."
-                )
+            _check_text_column(_columns(split), text_column, f"split {name!r}")
         args = (tokenizer, block_size, text_column, add_eos, num_proc, drop_remainder)
         return type(dataset)({name: pack_dataset(split, *args) for name, split in dataset.items()})
     streaming = isinstance(dataset, datasets.IterableDataset)
@@ -77,11 +72,7 @@ def pack_dataset(
     if streaming and num_proc is not None:
         raise ValueError(_ITERABLE_NUM_PROC.format(num_proc=num_proc))
     columns = _columns(dataset)
-    if columns is not None and text_column not in columns:
-        raise ValueError(
-            f"text_column={text_column!r} is not a column of the dataset (columns: {columns}); "
-            "pass the name of the column holding the raw text (e.g. --text_column content)."
-        )
+    _check_text_column(columns, text_column, "the dataset")
     if add_eos and tokenizer.eos_token_id is None:
         raise ValueError("add_eos=True needs a tokenizer with an eos_token; set tokenizer.eos_token or add_eos=False.")
     eos = tokenizer.eos_token_id
@@ -129,6 +120,15 @@ _ITERABLE_NUM_PROC = (
     "num_proc={num_proc} applies to a datasets.Dataset; a streaming IterableDataset is packed lazily, in the process "
     "that iterates it: leave num_proc None."
 )
+
+
+def _check_text_column(columns: list[str] | None, text_column: str, what: str) -> None:
+    """Refuse a `text_column` that is not in `columns` (a dataset's, when known: [`_columns`]), naming `what`."""
+    if columns is not None and text_column not in columns:
+        raise ValueError(
+            f"text_column={text_column!r} is not a column of {what} (columns: {columns}); pass the name of the "
+            "column holding the raw text (e.g. --text_column content)."
+        )
 
 
 def _columns(dataset) -> list[str] | None:

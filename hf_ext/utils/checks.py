@@ -25,7 +25,8 @@ def is_bool(value) -> bool:
 def python_scalar(value):
     """`value` as the Python `bool` / `int` / `float` it holds when `is_bool` / `is_int` / `is_real` accept it (numpy's
     `np.bool_`, `np.int64`, `np.float32` too); anything else (None, a str, a list, a tensor) unchanged, for the
-    caller's check to refuse by name. The check-then-convert of `GrokDecoderConfig` and `NeuralGrokConfig`, shared."""
+    caller's check to refuse by name. (`GrokDecoderConfig` and `NeuralGrokConfig` convert to their declared types
+    themselves, e.g. an int `amplifier_c` to a float.)"""
     if is_bool(value):
         return bool(value)
     if is_int(value):
