@@ -10,10 +10,10 @@ The optimality conditions are `g + (H + M/2 ||h|| I) h = 0` and `H + M/2 ||h|| I
 Pieces:
 
 * Hessian-vector products with `torch.func` (forward-over-reverse `jvp(grad(f))`, or double backward), on a flat
-  parameter vector (`FlatParameters`, `make_flat_loss`). HF models must run eager attention (SDPA/flash kernels have
-  no double backward or forward-mode AD): `check_second_order_support` says so. Modules that call torch's
-  `scaled_dot_product_attention` themselves (`nn.MultiheadAttention`, `nn.TransformerEncoderLayer`, custom code) run
-  on its math backend inside the loss function and the optimizer step (`second_order_attention`), which is
+  parameter vector (`FlatParameters`, `make_flat_loss`). HF models must run eager or sdpa attention (flash, flex
+  and the other fused kernels have no double backward or forward-mode AD): `check_second_order_support` says so. HF's
+  sdpa attention and modules that call torch's `scaled_dot_product_attention` themselves (`nn.MultiheadAttention`,
+  `nn.TransformerEncoderLayer`, custom code) run on its math backend inside the loss function and the optimizer step (`second_order_attention`), which is
   differentiable twice.
 * Sub-problem solvers: `solve_cubic_exact` (eigendecomposition, bisection on the secular equation, hard case),
   `solve_cubic_lanczos` (Krylov subspace from HVPs) and `solve_cubic_gd` (gradient descent from the Cauchy point).
@@ -111,6 +111,9 @@ class FlatParameters:
             p.copy_(c.to(p.dtype))
 
 
+SECOND_ORDER_ATTENTION = ("eager", "sdpa")  # transformers' attention kernels that HVPs can go through
+
+
 def second_order_attention():
     """Context manager (and decorator) restricting `torch.nn.functional.scaled_dot_product_attention` to its math
     backend.
@@ -128,18 +131,20 @@ def second_order_attention():
 def check_second_order_support(model: nn.Module) -> None:
     """Raise a `ValueError` when `model` cannot give exact Hessian-vector products.
 
-    HF models must use eager attention (`attn_implementation="eager"`): fused SDPA / flash kernels have no double
-    backward and no forward-mode AD. Gradient checkpointing breaks double backward as well. (Modules that call torch's
-    SDPA themselves need nothing: the loss functions run it on its math backend, see `second_order_attention`.)
+    HF models must use eager or sdpa attention (`attn_implementation="eager"` / `"sdpa"`): flash, flex and the other
+    fused kernels have no double backward and no forward-mode AD. `sdpa` works because the loss functions, the HVPs
+    and `CubicNewton.step` run torch's SDPA on its math backend (`second_order_attention`), which gives the same
+    products as eager attention; a module calling torch's SDPA itself needs nothing either. Gradient checkpointing
+    breaks double backward as well.
     """
     config = getattr(model, "config", None)
     impl = getattr(config, "_attn_implementation", None) if config is not None else None
-    if impl is not None and impl != "eager":
+    if impl is not None and impl not in SECOND_ORDER_ATTENTION:
         raise ValueError(
-            f"Hessian-vector products need eager attention, but the model uses attn_implementation={impl!r} "
+            f"Hessian-vector products need eager or sdpa attention, but the model uses attn_implementation={impl!r} "
             "(fused attention kernels have no double backward / forward-mode AD). Load it with "
-            "`from_pretrained(..., attn_implementation='eager')` / `from_config(cfg, attn_implementation='eager')` or "
-            "call `model.set_attn_implementation('eager')`."
+            "`from_pretrained(..., attn_implementation='sdpa')` / `from_config(cfg, attn_implementation='sdpa')` or "
+            "call `model.set_attn_implementation('sdpa')` ('eager' works too)."
         )
     name = (
         "is_activation_checkpointing"

@@ -184,8 +184,8 @@ class CubicNewtonTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, 
     a `ValueError` with every `--cubic_solver`, before the weights or the optimizer state change. Optimizer state (gradient/Hessian
     estimates, previous point, counters) is checkpointed as safetensors + JSON.
 
-    Requirements (checked at construction): eager attention for HF models (modules calling torch's SDPA themselves,
-    e.g. `nn.MultiheadAttention`, run it on its math backend in each step's loss function), no gradient checkpointing,
+    Requirements (checked at construction): eager or sdpa attention for HF models (sdpa, and modules calling torch's
+    SDPA themselves, e.g. `nn.MultiheadAttention`, run it on its math backend in each step's loss function), no gradient checkpointing,
     `gradient_accumulation_steps=1`, one process (the functional step does not all-reduce), float32 or float64
     trainable parameters (`--bf16/--fp16` are refused by the arguments, a model already in low precision here).
     """

@@ -108,13 +108,14 @@ def test_hvp_matches_finite_differences_and_full_hessian():
     torch.testing.assert_close(fr, torch.func.hessian(f)(w) @ v, rtol=1e-10, atol=1e-12)
 
 
-def test_hf_model_with_sdpa_is_refused_and_eager_works():
+def test_hf_model_with_fused_attention_is_refused_and_eager_works():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    sdpa = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
-    with pytest.raises(ValueError, match="eager"):
-        check_second_order_support(sdpa)
+    flex = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
+    flex.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="need eager or sdpa attention.*'flex_attention'"):
+        check_second_order_support(flex)
     eager = LlamaForCausalLM._from_config(cfg, attn_implementation="eager").double()
     ids = torch.randint(0, 32, (2, 6))
     f, flat = make_flat_loss(eager, {"input_ids": ids, "labels": ids})
@@ -126,6 +127,33 @@ def test_hf_model_with_sdpa_is_refused_and_eager_works():
     assert float((hv - fd).norm() / fd.norm()) < 1e-3
     db = hessian_vector_product(f, w, v, "double_backward")
     assert float((hv - db).norm() / db.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["forward_over_reverse", "double_backward"])
+def test_hf_model_with_sdpa_gives_the_eager_hvp(mode):
+    # transformers' sdpa attention calls torch's SDPA, which the HVPs run on its math backend: the same products as
+    # eager attention (sdpa models used to be refused), with a padded batch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2)
+    torch.manual_seed(0)
+    eager = LlamaForCausalLM._from_config(cfg, attn_implementation="eager").double()
+    sdpa = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa").double()
+    sdpa.load_state_dict(eager.state_dict())
+    check_second_order_support(sdpa)
+    ids = torch.randint(0, 32, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+    fe, flat_e = make_flat_loss(eager, batch)
+    fs, flat_s = make_flat_loss(sdpa, batch)
+    w = flat_e.flatten()
+    assert torch.equal(w, flat_s.flatten())
+    v = torch.randn(w.shape, dtype=w.dtype, generator=torch.Generator().manual_seed(1))
+    ref = hessian_vector_product(fe, w, v, mode)
+    torch.testing.assert_close(hessian_vector_product(fs, w, v, mode), ref, rtol=1e-12, atol=1e-12)
+    assert float(ref.norm()) > 1.0
 
 
 def test_converges_on_convex_quadratic_with_exact_oracles():

@@ -74,21 +74,27 @@ def test_trains_logs_and_resumes_exactly(tmp_path):
     assert resumed._cubic_optimizer()._st["step"] == 4
 
 
-def test_hf_llama_eager_trains_and_sdpa_is_refused(tmp_path):
+def test_hf_llama_sdpa_trains_as_eager_and_flex_is_refused(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
-    torch.manual_seed(0)
-    with pytest.raises(ValueError, match="eager"):
-        CubicNewtonTrainer(model=LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa"), args=_args(tmp_path))
-    model = LlamaForCausalLM._from_config(cfg, attn_implementation="eager")
+    flex = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
+    flex.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="eager or sdpa"):
+        CubicNewtonTrainer(model=flex, args=_args(tmp_path))
     data = [{"input_ids": d["input_ids"], "labels": d["input_ids"]} for d in _data(8)]
-    trainer = CubicNewtonTrainer(
-        model=model, args=_args(tmp_path, max_steps=2, save_strategy="no"), train_dataset=data
-    )
-    before = [p.detach().clone() for p in model.parameters()]
-    trainer.train()
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    trained = {}
+    for impl in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM._from_config(cfg, attn_implementation=impl)
+        before = [p.detach().clone() for p in model.parameters()]
+        CubicNewtonTrainer(
+            model=model, args=_args(tmp_path / impl, max_steps=2, save_strategy="no"), train_dataset=data
+        ).train()
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        trained[impl] = [p.detach() for p in model.parameters()]
+    for a, b in zip(trained["eager"], trained["sdpa"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
