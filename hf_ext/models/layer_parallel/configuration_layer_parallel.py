@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import numpy
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec, remap_legacy_layer_types
+
+from ...utils.checks import is_bool, is_int, python_scalar
 
 SUPPORTED_SOURCE_MODEL_TYPES = ("llama", "mistral", "qwen2")
 LP_MODES = ("sublayer", "block")
@@ -111,8 +114,9 @@ def resolve_pairs(
             return []
         if start is None or end is None:
             raise ValueError(f"Give both `start` and `end` of the paired range (got start={start}, end={end}).")
-        if not isinstance(start, int) or not isinstance(end, int) or isinstance(start, bool) or isinstance(end, bool):
+        if not is_int(start) or not is_int(end):
             raise TypeError(f"`start` and `end` must be integers, got start={start!r}, end={end!r}.")
+        start, end = int(start), int(end)  # numpy integers too
         if not 0 <= start <= end <= num_layers:
             raise ValueError(
                 f"The paired range [start={start}, end={end}) is out of range for a model with {num_layers} layers; "
@@ -124,15 +128,13 @@ def resolve_pairs(
                 f"two, so use an even length (e.g. end={end - 1} or end={end + 1})."
             )
         return [[i, i + 1] for i in range(start, end, 2)]
+    if isinstance(pairs, numpy.ndarray):
+        pairs = pairs.tolist()
     if not isinstance(pairs, list | tuple):
         raise TypeError(f"`pairs` must be a list of [i, i + 1] pairs, got {type(pairs).__name__}.")
     out: list[list[int]] = []
     for pair in pairs:
-        if (
-            not isinstance(pair, list | tuple)
-            or len(pair) != 2
-            or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair)
-        ):
+        if not isinstance(pair, list | tuple) or len(pair) != 2 or not all(is_int(i) for i in pair):
             raise ValueError(f"Each entry of `pairs` must be two layer indices [i, i + 1], got {pair!r}.")
         a, b = int(pair[0]), int(pair[1])
         if b != a + 1:
@@ -184,8 +186,9 @@ def check_pair_attention_types(pairs: list, layer_types: list[str]) -> None:
 
 
 def _check_lp_merged(value) -> None:
-    """`lp_merged` must be a real `bool`: `"false"` or `0` would otherwise pick the weight layout by truthiness."""
-    if not isinstance(value, bool):
+    """`lp_merged` must be a bool (numpy's too, stored as Python's by the config): `"false"` or `0` would otherwise pick
+    the weight layout by truthiness."""
+    if not is_bool(value):
         raise TypeError(
             f"lp_merged must be True or False, got {value!r} ({type(value).__name__}); a saved config.json stores it "
             "as the JSON boolean true or false."
@@ -507,6 +510,9 @@ class LayerParallelConfig(PreTrainedConfig):
     def __setattr__(self, key, value):
         if key == "lp_merged":
             _check_lp_merged(value)
+            value = bool(value)  # numpy's bool_ as the JSON-serialisable Python bool
+        elif key in ("lp_start", "lp_end"):
+            value = python_scalar(value)  # numpy integers as Python ints (config.json); resolve_pairs checks them
         if (
             key in _DERIVED_SLOT_ATTRIBUTES
             and self.__dict__.get(_WRITE_THROUGH)
