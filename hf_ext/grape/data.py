@@ -259,6 +259,25 @@ def check_token_ids(dataset, vocab_size: int, what: str) -> None:
             )
 
 
+def check_row_lengths(dataset, max_positions: int, what: str) -> None:
+    """Refuse rows of `input_ids` longer than the `max_positions` of the model's learned position table (GPT-2's
+    `n_positions`): its position embedding cannot index them. Such a target used to pass construction and fail with a
+    bare `IndexError` at the first task update, `reweight_tasks_every` steps later."""
+    import pyarrow.compute as pc
+
+    if "input_ids" not in dataset.column_names or len(dataset) == 0:
+        return
+    lengths = pc.list_value_length(dataset.with_format("arrow")["input_ids"].combine_chunks())
+    longest = pc.max(lengths).as_py()
+    if longest is not None and longest > max_positions:
+        row = pc.index(lengths, longest).as_py()
+        raise ValueError(
+            f"{what} has a row of {longest} tokens (row {row}), but the model's position embedding holds "
+            f"{max_positions} positions: truncate or split its rows to at most {max_positions} tokens (or pass it as "
+            f"raw text with processing_class=<tokenizer> and block_size <= {max_positions})."
+        )
+
+
 def pad_target_features(features: list[dict], pad_token_id: int) -> dict:
     """Collate target-task examples of any lengths into one right-padded causal-LM batch.
 

@@ -28,6 +28,7 @@ from .data import (
     MODEL_COLUMNS,
     check_labelled_domains,
     check_no_empty_rows,
+    check_row_lengths,
     check_token_ids,
     domain_rows,
     ensure_lm_columns,
@@ -131,6 +132,27 @@ def _token_id_limit(model) -> int | None:
         sizes.append(head)
     sizes = [n for n in sizes if n > 0]  # a parameter partitioned away (DeepSpeed ZeRO-3) has no rows here
     return min(sizes) if sizes else None
+
+
+_POSITION_TABLE_NAMES = ("wpe", "position_embeddings", "embed_positions")
+
+
+def _position_limit(model) -> int | None:
+    """How many positions `model`'s learned position table holds (GPT-2's `wpe`, `position_embeddings`, OPT's
+    `embed_positions` less its offset), or `None` for a model without one (RoPE, ALiBi: longer rows run)."""
+    from torch import nn
+
+    input_embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    limits = []
+    for name, module in model.named_modules():
+        if (
+            isinstance(module, nn.Embedding)
+            and module is not input_embedding
+            and name.rsplit(".", 1)[-1] in _POSITION_TABLE_NAMES
+            and module.num_embeddings > 0  # partitioned away (DeepSpeed ZeRO-3) has no rows here
+        ):
+            limits.append(module.num_embeddings - int(getattr(module, "offset", 0)))
+    return min(limits) if limits else None
 
 
 class GrapeTrainer(LossWindowResumeMixin, Trainer):
@@ -328,6 +350,10 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         if limit is not None:
             for name, ds in self.target_datasets.items():
                 check_token_ids(ds, limit, f"target_datasets[{name!r}]")
+        positions = _position_limit(self.model)
+        if positions is not None:
+            for name, ds in self.target_datasets.items():
+                check_row_lengths(ds, positions, f"target_datasets[{name!r}]")
         if method not in ("uniform", "fixed") and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
                 f"reweight_method={method!r} takes per-domain gradients of the full model, which needs DDP (or one "
@@ -597,10 +623,13 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
 
     def _target_pad_token_id(self) -> int:
         """Padding id of the target batches: the tokenizer's (or processor's) pad token, else the model config's, else
-        the EOS of either, else 0. Any id in the vocabulary is correct: right padding comes after every real token,
-        has attention mask 0 and label -100, so it changes neither the logits nor the loss of the real tokens."""
+        the EOS of either, else 0, skipping ids outside the model's vocabulary (a small config keeps GPT-2's EOS
+        50256, which the embedding cannot index). Any id in the vocabulary is correct: right padding comes after every
+        real token, has attention mask 0 and label -100, so it changes neither the logits nor the loss of the real
+        tokens."""
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         config = getattr(self.model, "config", None)
+        limit = _token_id_limit(self.model)
         for owner, attr in (
             (tokenizer, "pad_token_id"),
             (config, "pad_token_id"),
@@ -610,7 +639,7 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
             value = getattr(owner, attr, None) if owner is not None else None
             if isinstance(value, (list, tuple)):
                 value = value[0] if value else None
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < (limit or value + 1):
                 return value
         return 0
 
