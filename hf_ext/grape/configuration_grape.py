@@ -180,6 +180,11 @@ class GrapeConfig(TrainingArguments):
             or self.samples_per_epoch <= 0
         ):
             raise ValueError(f"samples_per_epoch must be a positive int (or None), got {self.samples_per_epoch!r}.")
+        # file names as `str` (os.PathLike too): the arguments are saved as JSON
+        if isinstance(self.export_mixture_file, os.PathLike):
+            self.export_mixture_file = os.fspath(self.export_mixture_file)
+        if isinstance(self.plot_file, os.PathLike):
+            self.plot_file = os.fspath(self.plot_file)
         if not isinstance(self.export_mixture_file, str) or not self.export_mixture_file:
             raise ValueError(
                 f"export_mixture_file must be a file name, e.g. mixture.json, got {self.export_mixture_file!r}."

@@ -190,7 +190,8 @@ def doge_domain_weights(
         domain_grad_norms: `||g_k||` per domain (K,), used to normalise the scores.
         learning_rate (`float`): Current learning rate of the model being trained.
         mu (`float`, *optional*, defaults to 0.01): Inverse step size (Bregman coefficient; DoGE's `config/doge.json`).
-        score_min, score_max (`float`): Finite clip bounds in units of the learning rate.
+        score_min, score_max (`float`): Clip bounds in units of the learning rate; `-math.inf` / `math.inf` turn
+            that side of the clip off.
         smoothing (`float`, *optional*, defaults to 0.0): Smoothing towards uniform.
     """
     w = _as_weights(domain_weights, "domain_weights")
@@ -199,14 +200,19 @@ def doge_domain_weights(
     if not _real(mu, "mu") > 0:
         raise ValueError(f"mu must be > 0 (it divides the scores), got {mu}.")
     for name, value in (("score_min", score_min), ("score_max", score_max)):
-        if not math.isfinite(_real(value, name)):
-            raise ValueError(f"{name} must be a finite number (a clip bound in units of the learning rate), got {value}.")
+        if math.isnan(_real(value, name)):
+            raise ValueError(
+                f"{name} must be a number (a clip bound in units of the learning rate; +-inf: no bound), got {value}."
+            )
+    score_min, score_max = float(score_min), float(score_max)
     if score_min > score_max:
         raise ValueError(f"score_min ({score_min}) must not exceed score_max ({score_max}).")
     if not 0 <= _real(learning_rate, "learning_rate") < math.inf:
         raise ValueError(f"learning_rate must be a finite number >= 0, got {learning_rate}.")
+    learning_rate = float(learning_rate)
     scores = learning_rate * s / (norms.mean() + 1e-6)
-    scores = scores.clamp(min=learning_rate * score_min, max=learning_rate * score_max)
+    if learning_rate > 0:  # at 0 every score is 0 (and 0 * inf, an infinite bound, would be NaN)
+        scores = scores.clamp(min=learning_rate * score_min, max=learning_rate * score_max)
     return exponentiated_step(w, scores, 1.0 / mu, smoothing)
 
 

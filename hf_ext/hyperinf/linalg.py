@@ -22,6 +22,7 @@ import torch
 
 from ..utils.checks import is_int as _is_int
 from ..utils.checks import is_real as _is_real
+from ..utils.checks import python_scalar
 
 SCHULZ_INITS = ("identity", "transpose", "frobenius")
 #: Initial scale of the reference implementation: X_0 = 5e-5 * I.
@@ -155,6 +156,7 @@ def schulz_inverse(
         raise ValueError(f"`init` must be one of {SCHULZ_INITS}, got {init!r}.")
     if order not in (2, 3):
         raise ValueError(f"`order` must be 2 or 3, got {order!r}.")
+    tol, alpha = python_scalar(tol), python_scalar(alpha)  # numpy numbers and 0-d tensors too
     if tol is not None and not (_is_real(tol) and 0 < tol < 1):
         raise ValueError(
             f"`tol` must lie in (0, 1) or be None, got {tol!r} (a residual ||I - A X||_F / sqrt(d) of 1 or more means "

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from ..utils.checks import is_real
+from ..utils.checks import is_real, python_scalar
 
 
 def _check_scores_labels(scores, is_noisy) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +133,7 @@ def select_lowest_influence(scores, fraction: float, groups=None) -> np.ndarray:
             id (a missing label) is refused: it equals no id, not even another NaN, so its example could not be kept.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    fraction = python_scalar(fraction)  # numpy numbers and 0-d tensors too
     if not is_real(fraction) or not 0.0 < fraction <= 1.0:
         raise ValueError(f"`fraction` must be a number in (0, 1], got {fraction!r}.")
     if scores.size == 0:

@@ -9,6 +9,8 @@ from itertools import product
 
 import numpy as np
 
+from ..utils.checks import python_scalar
+
 
 @dataclass(frozen=True)
 class ArithmeticTask:
@@ -57,7 +59,9 @@ def arithmetic_vocab_size(task: str, p: int) -> int:
 
 
 def _check_modulus(p) -> int:
-    """`p` as a Python int if it is an int >= 2 (numpy's too), else a `TypeError` / `ValueError` naming it."""
+    """`p` as a Python int if it is an int >= 2 (numpy's, a 0-d integer tensor's too), else a `TypeError` /
+    `ValueError` naming it."""
+    p = python_scalar(p)
     if isinstance(p, bool) or not isinstance(p, numbers.Integral):
         raise TypeError(f"p must be an int (the modulus, e.g. 97), got {p!r}.")
     if p < 2:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..utils.checks import is_real
+from ..utils.checks import is_real, python_scalar
 from ..utils.distributed import is_dtensor
 
 
@@ -101,6 +101,7 @@ def arithmetic_accuracy(eval_pred) -> dict[str, float]:
 
 def steps_to_accuracy(steps: Sequence[int], accuracies: Sequence[float], target: float = 0.95) -> int | None:
     """First step at which `accuracies` reaches `target` (None if never); `target` is an accuracy in (0, 1]."""
+    target = python_scalar(target)  # numpy numbers and 0-d tensors too
     if not is_real(target) or not 0.0 < target <= 1.0:
         raise ValueError(f"target={target!r} must be in (0, 1] (an accuracy; above 1 it is never reached).")
     if len(steps) != len(accuracies):

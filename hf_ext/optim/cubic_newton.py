@@ -661,7 +661,8 @@ class CubicNewton(Optimizer):
         cubic_convention (`str`, *optional*, defaults to `"M/6"`): `"M/6"` or `"M/3"` (cubic term `M/3 ||h||^3`;
             the solvers get `2 M` in their `M/6` convention). `M`, `M_min`, `M_max`, `param_groups[0]["M"]` and
             `last_stats.M` are all in this convention.
-        hvp_mode (`str`, *optional*, defaults to `"auto"`): how Hessian-vector products are taken (see
+        hvp_mode (`str`, *optional*, defaults to `"auto"`): how Hessian-vector products, and the dense Hessian of
+            `hessian="dense"` (`dense_hessian`: `jacfwd(grad)` or batched double backward), are taken (see
             [`hessian_vector_product`]): `"auto"` (forward-over-reverse, or double backward from the first HVP on
             where torch's forward-mode AD fails on the loss, e.g. `F.mse_loss`), `"forward_over_reverse"` or
             `"double_backward"`.

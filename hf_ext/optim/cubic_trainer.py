@@ -73,9 +73,9 @@ class CubicNewtonTrainingArguments(TrainingArguments):
     cubic_hvp_mode: str = field(
         default="auto",
         metadata={
-            "help": "Hessian-vector products: auto (forward-over-reverse, or double backward where torch's "
-            "forward-mode AD fails on the loss, e.g. a regression head's MSE), forward_over_reverse or "
-            "double_backward."
+            "help": "Hessian-vector products (and the dense Hessian of --cubic_hessian dense): auto "
+            "(forward-over-reverse, or double backward where torch's forward-mode AD fails on the loss, e.g. a "
+            "regression head's MSE), forward_over_reverse or double_backward."
         },
     )
 

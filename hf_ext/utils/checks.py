@@ -24,15 +24,20 @@ def is_bool(value) -> bool:
 
 def python_scalar(value):
     """`value` as the Python `bool` / `int` / `float` it holds when `is_bool` / `is_int` / `is_real` accept it (numpy's
-    `np.bool_`, `np.int64`, `np.float32` too); anything else (None, a str, a list, a tensor) unchanged, for the
-    caller's check to refuse by name. (`GrokDecoderConfig` and `NeuralGrokConfig` convert to their declared types
-    themselves, e.g. an int `amplifier_c` to a float.)"""
+    `np.bool_`, `np.int64`, `np.float32` too), or when it is a 0-d real tensor (`torch.tensor(0.25)`, e.g.
+    `1 / torch.linalg.matrix_norm(A)`: its `item()`); anything else (None, a str, a list, a tensor with dimensions)
+    unchanged, for the caller's check to refuse by name. (`GrokDecoderConfig` and `NeuralGrokConfig` convert to their
+    declared types themselves, e.g. an int `amplifier_c` to a float.)"""
     if is_bool(value):
         return bool(value)
     if is_int(value):
         return int(value)
     if is_real(value):
         return float(value)
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex():
+        return value.item()
     return value
 
 
