@@ -572,6 +572,8 @@ def _dcg_data(annotated, tokenizer, args: ComplianceArguments) -> tuple[dict, di
     }
     blocks = {k: pack_dataset(v.select_columns([text]), tokenizer, args.train_block_size, text) for k, v in parts.items()}
     for name, ds in blocks.items():
+        if name == "non_compliant" and not args.continual_steps:
+            continue  # only continual pretraining trains on it: a snapshot that removes (almost) nothing is fine
         if len(ds) < args.train_batch_size:
             raise ValueError(
                 f"The {name} data forms only {len(ds)} blocks of --train_block_size {args.train_block_size} tokens, "
