@@ -48,3 +48,23 @@ def test_the_wheel_ships_every_tracked_file_of_the_package_and_the_command(tmp_p
     extra = sorted(n for n in names if n.startswith("hf_ext/") and n not in package_files)
     assert not extra, f"files in the wheel that are not tracked sources: {extra}"
     assert "hf-ext = hf_ext.cli:main" in scripts
+
+
+def test_model_folders_import_nothing_from_hf_ext(repo_root):
+    """The configuration and modeling files of `hf_ext/models/<name>/` are what `save_pretrained` writes next to the
+    weights and what `trust_remote_code=True` loads without hf_ext (lm-eval's `--model hf`): transformers resolves only
+    imports of sibling files (`from .configuration_x import ...`). An import of `hf_ext.utils` (`from ...utils`) made
+    such a load fail with "No such file ... layer_parallel/..utils.checks.py" (pass 19)."""
+    import ast
+    from pathlib import Path
+
+    files = sorted((Path(repo_root) / "hf_ext" / "models").glob("*/*_*.py"))
+    files = [f for f in files if f.name.startswith(("configuration_", "modeling_"))]
+    assert len(files) >= 4
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1, f"{path.name}:{node.lineno} imports from outside its folder"
+                assert node.level == 1 or not (node.module or "").startswith("hf_ext"), f"{path.name}:{node.lineno}"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("hf_ext") for a in node.names), f"{path.name}:{node.lineno}"

@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import copy
+import numbers
+import sys
 
-import numpy
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec, remap_legacy_layer_types
 
-from ...utils.checks import is_bool, is_int, python_scalar
-
 SUPPORTED_SOURCE_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+# `hf_ext.utils.checks`' rules for ints and bools, repeated here: a model folder imports nothing from hf_ext (its saved
+# code also loads with `trust_remote_code=True`, e.g. in lm-eval's `--model hf` without hf_ext).
+def _is_int(value) -> bool:
+    """An integer (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_bool(value) -> bool:
+    """A bool (numpy's `bool_` too)."""
+    numpy = sys.modules.get("numpy")  # without numpy imported there is no numpy bool
+    return isinstance(value, bool) or (numpy is not None and isinstance(value, numpy.bool_))
+
+
+def _python_int(value):
+    """A numpy integer as the Python int it holds; anything else unchanged, for the checks to refuse."""
+    return int(value) if _is_int(value) else value
+
+
 LP_MODES = ("sublayer", "block")
 LP_MLP_NORMS = ("per_layer", "official_tp_split")
 
@@ -114,7 +133,7 @@ def resolve_pairs(
             return []
         if start is None or end is None:
             raise ValueError(f"Give both `start` and `end` of the paired range (got start={start}, end={end}).")
-        if not is_int(start) or not is_int(end):
+        if not _is_int(start) or not _is_int(end):
             raise TypeError(f"`start` and `end` must be integers, got start={start!r}, end={end!r}.")
         start, end = int(start), int(end)  # numpy integers too
         if not 0 <= start <= end <= num_layers:
@@ -128,13 +147,13 @@ def resolve_pairs(
                 f"two, so use an even length (e.g. end={end - 1} or end={end + 1})."
             )
         return [[i, i + 1] for i in range(start, end, 2)]
-    if isinstance(pairs, numpy.ndarray):
+    if hasattr(pairs, "tolist") and not isinstance(pairs, list | tuple):  # a numpy array of pairs
         pairs = pairs.tolist()
     if not isinstance(pairs, list | tuple):
         raise TypeError(f"`pairs` must be a list of [i, i + 1] pairs, got {type(pairs).__name__}.")
     out: list[list[int]] = []
     for pair in pairs:
-        if not isinstance(pair, list | tuple) or len(pair) != 2 or not all(is_int(i) for i in pair):
+        if not isinstance(pair, list | tuple) or len(pair) != 2 or not all(_is_int(i) for i in pair):
             raise ValueError(f"Each entry of `pairs` must be two layer indices [i, i + 1], got {pair!r}.")
         a, b = int(pair[0]), int(pair[1])
         if b != a + 1:
@@ -188,7 +207,7 @@ def check_pair_attention_types(pairs: list, layer_types: list[str]) -> None:
 def _check_lp_merged(value) -> None:
     """`lp_merged` must be a bool (numpy's too, stored as Python's by the config): `"false"` or `0` would otherwise pick
     the weight layout by truthiness."""
-    if not is_bool(value):
+    if not _is_bool(value):
         raise TypeError(
             f"lp_merged must be True or False, got {value!r} ({type(value).__name__}); a saved config.json stores it "
             "as the JSON boolean true or false."
@@ -512,7 +531,7 @@ class LayerParallelConfig(PreTrainedConfig):
             _check_lp_merged(value)
             value = bool(value)  # numpy's bool_ as the JSON-serialisable Python bool
         elif key in ("lp_start", "lp_end"):
-            value = python_scalar(value)  # numpy integers as Python ints (config.json); resolve_pairs checks them
+            value = _python_int(value)  # numpy integers as Python ints (config.json); resolve_pairs checks them
         if (
             key in _DERIVED_SLOT_ATTRIBUTES
             and self.__dict__.get(_WRITE_THROUGH)

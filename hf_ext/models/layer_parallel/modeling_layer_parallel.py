@@ -27,8 +27,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from ...utils.checks import is_bool
-from .configuration_layer_parallel import SUPPORTED_SOURCE_MODEL_TYPES, LayerParallelConfig
+from .configuration_layer_parallel import SUPPORTED_SOURCE_MODEL_TYPES, LayerParallelConfig, _is_bool
 
 _CLASS_PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
 _MASK_FUNCTIONS = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
@@ -1127,7 +1126,7 @@ def convert_to_layer_parallel(
             "model: `hf_ext.fp8.convert(convert_to_layer_parallel(model, ...))` with `model` in high precision "
             "(e.g. reloaded with `from_pretrained`, which gives plain nn.Linear layers)."
         )
-    if not is_bool(merge):
+    if not _is_bool(merge):
         raise TypeError(f"`merge` must be True or False, got {merge!r}.")
     merge = bool(merge)
     if pairs is not None and (start is not None or end is not None):
