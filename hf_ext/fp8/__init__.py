@@ -5,6 +5,7 @@ from .callback import Fp8HealthCallback, train_with_rollback
 from .convert import (
     ao_recipe_kwargs,
     convert,
+    fp8_branch_targets,
     fp8_converted_modules,
     fp8_target_filter,
     fp8_target_modules,
@@ -47,6 +48,7 @@ __all__ = [
     "fp8_attention_forward",
     "fp8_auxiliary_pass",
     "fp8_bmm",
+    "fp8_branch_targets",
     "fp8_converted_modules",
     "fp8_target_filter",
     "fp8_target_modules",

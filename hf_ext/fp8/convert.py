@@ -141,9 +141,65 @@ def fp8_target_filter(
 
 
 def fp8_target_modules(model: nn.Module, include_lm_head: bool = False, skip_modules: list[str] | None = None):
-    """Names of the linears [`convert`] would put in FP8 (for counting and for error messages)."""
+    """Names of the linears [`convert`] would put in FP8 (for counting and for error messages); the branch-wise weights
+    of layer-paired block pairs, which it first splits into per-branch linears, are listed by [`fp8_branch_targets`]."""
     keep = fp8_target_filter(model, include_lm_head, skip_modules)
     return [name for name, m in model.named_modules() if keep(m, name)]
+
+
+def fp8_branch_targets(
+    model: nn.Module, include_lm_head: bool = False, skip_modules: list[str] | None = None
+) -> list[tuple[str, str, list[tuple[str, int, int]]]]:
+    """The stacked branch-wise weights [`convert`] splits into one `nn.Linear` per branch and puts in FP8: the output
+    projection (`BranchwiseLinear`, group `branches`) and gate / up weights (`BranchwiseGatedMLP`, groups
+    `gate_branches` / `up_branches`) of a layer-paired model's merged `lp_mode="block"` pairs, which are batched
+    einsums, not `nn.Linear`. One `(module name, group, [(linear name, in_features, out_features), ...])` per group
+    with a branch the filter of [`fp8_target_filter`] selects under its future name (`...o_proj.branches.0`,
+    `...mlp.gate_branches.1`, ...; `skip_modules` regexes apply to those names)."""
+    keep = fp8_target_filter(model, include_lm_head, skip_modules)
+    probe = nn.Linear(1, 1, device="meta")  # stands for a per-branch linear that does not exist yet
+    found = []
+    for name, module in model.named_modules():
+        shapes = getattr(module, "branch_linear_shapes", None)
+        if not callable(shapes) or not callable(getattr(module, "split_branches", None)):
+            continue
+        for group, (branches, in_features, out_features) in shapes().items():
+            linears = [(f"{name}.{group}.{b}", in_features, out_features) for b in range(branches)]
+            selected = [linear for linear in linears if keep(probe, linear[0])]
+            if selected:
+                found.append((name, group, selected))
+    return found
+
+
+def _check_branch_targets(model: nn.Module, targets) -> None:
+    """Refuse, before anything changes, branch-wise weights that cannot be split into per-branch linears: sharded by
+    tensor parallelism (one branch per rank, the pair's partial sums) or wrapped by peft adapters."""
+    for name, group, _ in targets:
+        module = model.get_submodule(name)
+        weight_name = module._BRANCH_GROUPS[group][0] if hasattr(module, "_BRANCH_GROUPS") else group
+        if isinstance(getattr(module, weight_name, None), DTensor):
+            from transformers.distributed.parallel_utils import replace_layer_number_by_wildcard
+
+            style = (getattr(model, "tp_plan", None) or {}).get(replace_layer_number_by_wildcard(name))
+            raise ValueError(
+                f"convert: {name}.{weight_name} is split by the tensor-parallel style {style!r} (one branch per "
+                f"rank, whose outputs are partial sums until the pair's all-reduce); FP8 runs on shards of the plain "
+                f"column- / row-wise splits only ({', '.join(_FP8_TP_STYLES)}). Keep it in high precision with "
+                f"skip_modules (e.g. skip_modules=[{group!r}])."
+            )
+        if name.rpartition(".")[2] == "base_layer":
+            groups = [g for n, g, _ in targets if n == name]
+            raise ValueError(
+                f"convert: {name} ({type(module).__name__}) is wrapped by a peft adapter layer, so its branch-wise "
+                f"weights ({', '.join(groups)}) cannot be split into per-branch FP8 linears. Convert first, then "
+                f"`get_peft_model` (the documented order), or keep them in high precision with skip_modules={groups!r}."
+            )
+
+
+def _split_branch_targets(model: nn.Module, targets) -> None:
+    """Split the planned branch-wise weights into per-branch `nn.Linear` modules (same function, same state dict)."""
+    for name, group, _ in targets:
+        model.get_submodule(name).split_branches([group])
 
 
 def fp8_converted_modules(model: nn.Module) -> list[str]:
@@ -160,13 +216,11 @@ def fp8_converted_modules(model: nn.Module) -> list[str]:
     return out
 
 
-def _check_dims(model: nn.Module, names: list[str], pad_inner_dim: bool, backend: str) -> None:
+def _check_dims(model: nn.Module, names: list[str], pad_inner_dim: bool, backend: str, branch_targets=()) -> None:
     modules = dict(model.named_modules())
-    bad = [
-        f"{n} ({modules[n].in_features}->{modules[n].out_features})"
-        for n in names
-        if modules[n].in_features % 16 or modules[n].out_features % 16
-    ]
+    sizes = [(n, modules[n].in_features, modules[n].out_features) for n in names]
+    sizes += [linear for _, _, linears in branch_targets for linear in linears]  # the split's future linears
+    bad = [f"{n} ({fan_in}->{fan_out})" for n, fan_in, fan_out in sizes if fan_in % 16 or fan_out % 16]
     if not bad:
         return
     if backend == "te" or not pad_inner_dim:
@@ -199,7 +253,12 @@ def convert(
     """Run every block linear (QKV, O, MLP up/gate/down) of `model` in FP8, for the forward and both backward GEMMs.
 
     The LM head stays in high precision unless `include_lm_head=True`; embeddings are lookups, not GEMMs, and are
-    never converted. Conversion is in place; parameter names (and so `save_pretrained` files) are unchanged. The
+    never converted. Conversion is in place; parameter names (and so `save_pretrained` files) are unchanged, except in
+    the merged `lp_mode="block"` pairs of a layer-paired model: their output projection (`BranchwiseLinear`) and MLP
+    gate / up weights (`BranchwiseGatedMLP`) are batched einsums over the two branches, which `convert` first splits
+    into one `nn.Linear` per branch (`...o_proj.branches.<b>`, `...mlp.gate_branches.<b>`, `...mlp.up_branches.<b>`,
+    the same function) and then converts like every other linear; their state dict keeps the stacked names and
+    shapes (`...o_proj.weight`, `...mlp.gate_weight`), so `save_pretrained` still writes the plain model's files. The
     documented order with peft is `convert` first, then `get_peft_model`; a model already wrapped by peft converts
     the same block linears (a LoRA layer's `base_layer`), while peft's adapters (`lora_A` / `lora_B`, ...) and the
     modules of `modules_to_save` (both copies, e.g. of the LM head) stay in high precision.
@@ -214,7 +273,8 @@ def convert(
         amax_compute_algo (`str`, defaults to `"max"`): te / emulated: "max" or "most_recent".
         margin (`int`, defaults to 0): te / emulated scaling margin (scale / 2**margin).
         include_lm_head (`bool`, defaults to `False`): Also put the LM head in FP8 (FOG keeps it in BF16).
-        skip_modules (`list[str]`, *optional*): Regexes of module names to keep in high precision.
+        skip_modules (`list[str]`, *optional*): Regexes of module names to keep in high precision (for the branch-wise
+            weights of block pairs: the per-branch names above, e.g. `["gate_branches", "up_branches"]`).
         fp8_attention (`bool`, defaults to `False`): Also run the attention BMMs QK^T and PV in FP8. emulated: the
             model's attention implementation becomes "fp8_emulated" (pure torch). te: it becomes "te_fp8_dpa" (one
             `te.DotProductAttention` per layer, see [`te_attention_forward`]) and the recipe gets `fp8_dpa=True`;
@@ -311,10 +371,20 @@ def convert(
     if fp8_converted_modules(model):
         raise ValueError("convert: model already has FP8 modules; convert a fresh (high-precision) model.")
     names = fp8_target_modules(model, include_lm_head, skip_modules)
-    if not names:
+    branch_targets = fp8_branch_targets(model, include_lm_head, skip_modules)
+    if not names and not branch_targets:
         raise ValueError("convert: no nn.Linear to convert (after include_lm_head / skip_modules).")
     tp_styles = _tensor_parallel_styles(model, names, backend, recipe)
-    _check_dims(model, names, pad_inner_dim, backend)
+    _check_branch_targets(model, branch_targets)
+    _check_dims(model, names, pad_inner_dim, backend, branch_targets)
+    if backend == "te" and branch_targets:  # checked again by _convert_te; here before the split changes anything
+        _import_te()
+        if not torch.cuda.is_available():
+            raise ValueError("convert(backend='te') needs a CUDA device; use backend='torchao' or 'emulated' on CPU.")
+    if branch_targets:
+        # merged block pairs' branch-wise einsums become one nn.Linear per branch, converted like every other linear
+        _split_branch_targets(model, branch_targets)
+        names = fp8_target_modules(model, include_lm_head, skip_modules)
 
     if backend == "torchao":
         if emulate is None:  # no FP8 GEMM kernel worth the name without CUDA (see the docstring)
@@ -650,6 +720,10 @@ def ao_recipe_kwargs(
             (`None`): on for the tensorwise recipe when the run uses FSDP2 (see [`fsdp2_in_use`]: `accelerate launch`
             with an FSDP config of `fsdp_version: 2`), off otherwise. Without FSDP2 it only wraps every FP8 weight in
             torchao's all-gather tensor; [`Fp8Trainer`] still saves plain weights then.
+
+    The branch-wise weights of a layer-paired model's merged "block" pairs (see [`convert`]) are split into
+    per-branch `nn.Linear` modules in `model` here, so that accelerate's conversion reaches them: call it on the model
+    that will be prepared, before its optimizer is built.
     """
     from accelerate.utils import AORecipeKwargs
 
@@ -663,7 +737,11 @@ def ao_recipe_kwargs(
         fsdp_float8_all_gather = recipe == "tensorwise" and fsdp2_in_use()
     _check_switches("ao_recipe_kwargs", fsdp_float8_all_gather=fsdp_float8_all_gather)
     names = fp8_target_modules(model, include_lm_head, skip_modules)
-    _check_dims(model, names, pad_inner_dim, "torchao")
+    branch_targets = fp8_branch_targets(model, include_lm_head, skip_modules)
+    _check_branch_targets(model, branch_targets)
+    _check_dims(model, names, pad_inner_dim, "torchao", branch_targets)
+    # accelerate converts nn.Linear modules only: merged block pairs' branch-wise weights become per-branch linears
+    _split_branch_targets(model, branch_targets)
     return AORecipeKwargs(
         config=torchao_config(recipe, pad_inner_dim, emulate, fsdp_float8_all_gather=fsdp_float8_all_gather),
         module_filter_func=fp8_target_filter(model, include_lm_head, skip_modules),

@@ -13,7 +13,7 @@ import warnings
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import Shard, distribute_tensor
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
@@ -57,11 +57,119 @@ def source_classes(model_type: str) -> tuple[type, type, type]:
     )
 
 
-class BranchwiseLinear(nn.Module):
+def _branch_linears(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.ModuleList:
+    """One `nn.Linear` per branch holding a copy of that branch's slice of a `(branches, out, in)` weight and
+    `(branches, out)` bias (same dtype, device and `requires_grad`)."""
+    branches, out_features, in_features = weight.shape
+    linears = nn.ModuleList()
+    for b in range(branches):
+        linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta", dtype=weight.dtype)
+        linear.weight = nn.Parameter(weight.detach()[b].clone(), requires_grad=weight.requires_grad)
+        if bias is not None:
+            linear.bias = nn.Parameter(bias.detach()[b].clone(), requires_grad=bias.requires_grad)
+        linears.append(linear)
+    return linears
+
+
+def _run_branch_linears(linears: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """`[..., branches, in]` -> `[..., branches, out]`, branch `b` through `linears[b]` (each branch's input made
+    contiguous: GEMM kernels such as Transformer Engine's want a dense `[tokens, in]` matrix)."""
+    per_branch = x.movedim(-2, 0).contiguous()
+    return torch.stack([linear(per_branch[b]) for b, linear in enumerate(linears)], dim=-2)
+
+
+class _SplittableBranches:
+    """Branch-wise modules whose stacked `(branches, out, in)` weights can be split into one `nn.Linear` per branch
+    (`split_branches`), which any `nn.Linear` converter (`hf_ext.fp8.convert`: torchao's `Float8Linear`, the emulated
+    `Fp8Linear`, Transformer Engine) can then replace. The split module computes the same function (to rounding) and
+    its `state_dict` keeps the stacked layout and names (`...o_proj.weight`, `...mlp.gate_weight`), so checkpoints
+    stay those of the plain model and load into either form.
+
+    `_BRANCH_GROUPS` maps each group (the `nn.ModuleList` attribute made by the split) to its stacked weight and bias
+    parameter names."""
+
+    _BRANCH_GROUPS: dict[str, tuple[str, str]] = {}
+
+    def branch_linear_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """`{group: (branches, in_features, out_features)}` of the groups not split yet."""
+        shapes = {}
+        for group, (weight_name, _) in self._BRANCH_GROUPS.items():
+            weight = getattr(self, weight_name)
+            if weight is not None:
+                branches, out_features, in_features = weight.shape
+                shapes[group] = (branches, in_features, out_features)
+        return shapes
+
+    def split_branches(self, groups=None) -> list[str]:
+        """Replace the stacked weights of `groups` (default: all not split yet) by one `nn.Linear` per branch, in
+        `self.<group>[b]`; returns the new linears' names relative to this module. Parameters that held the stacked
+        weights are new objects afterwards (build optimizers after splitting)."""
+        groups = list(self.branch_linear_shapes()) if groups is None else list(groups)
+        names = []
+        for group in groups:
+            weight_name, bias_name = self._BRANCH_GROUPS[group]
+            weight, bias = getattr(self, weight_name), getattr(self, bias_name)
+            if weight is None:
+                raise ValueError(f"{type(self).__name__}: {group!r} is already split into per-branch linears.")
+            if isinstance(weight, DTensor):
+                raise ValueError(
+                    f"{type(self).__name__}: {weight_name} is sharded by tensor parallelism (one branch per rank); "
+                    "only an unsharded module can be split into per-branch linears."
+                )
+            linears = _branch_linears(weight, bias)
+            for stacked in (weight_name, bias_name):
+                if stacked in self._parameters:  # a bias built as `None` is a plain attribute, already None
+                    self._parameters[stacked] = None
+            self.add_module(group, linears)
+            names += [f"{group}.{b}" for b in range(len(linears))]
+        if names and not getattr(self, "_branch_state_hooks", False):
+            self.register_state_dict_post_hook(_stack_branch_state)
+            self.register_load_state_dict_pre_hook(_split_branch_state)
+            self._branch_state_hooks = True
+        return names
+
+
+def _stack_branch_state(module, state_dict, prefix, local_metadata) -> None:
+    """State dict post-hook of a split branch-wise module: the per-branch linears' weights and biases are saved
+    stacked under the module's original names (what the unsplit module and `from_pretrained` expect)."""
+    for group, names in module._BRANCH_GROUPS.items():
+        linears = module._modules.get(group)
+        if linears is None:
+            continue
+        for attr, stacked_name in zip(("weight", "bias"), names):
+            keys = [f"{prefix}{group}.{b}.{attr}" for b in range(len(linears))]
+            if keys[0] not in state_dict:
+                continue
+            values = [state_dict.pop(key) for key in keys]
+            values = [getattr(v, "_tensor", v) for v in values]  # torchao's FP8 all-gather weight wrapper
+            state_dict[prefix + stacked_name] = torch.stack([v.detach() for v in values])
+
+
+def _split_branch_state(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+    """Load-state-dict pre-hook of a split branch-wise module: stacked weights (a plain checkpoint, or this module's
+    own `state_dict`) go to the per-branch linears."""
+    for group, names in module._BRANCH_GROUPS.items():
+        linears = module._modules.get(group)
+        if linears is None:
+            continue
+        for attr, stacked_name in zip(("weight", "bias"), names):
+            stacked = state_dict.get(prefix + stacked_name)
+            if stacked is None or stacked.dim() == 0 or stacked.shape[0] != len(linears):
+                continue  # absent, or of another shape: the per-branch keys report it as missing
+            del state_dict[prefix + stacked_name]
+            for b in range(len(linears)):
+                state_dict[f"{prefix}{group}.{b}.{attr}"] = stacked[b]
+
+
+class BranchwiseLinear(_SplittableBranches, nn.Module):
     """`num_branches` independent linear maps applied to consecutive slices of the last dimension.
 
     Input `[..., num_branches * in_features]`, output `[..., num_branches, out_features]` (one batched matmul).
+    `split_branches()` (done by `hf_ext.fp8.convert`) stores one `nn.Linear` per branch in `branches` instead of the
+    stacked `weight` / `bias`, which then are `None`; the state dict keeps the stacked `weight` / `bias`.
     """
+
+    _BRANCH_GROUPS = {"branches": ("weight", "bias")}
 
     def __init__(self, num_branches: int, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
@@ -70,6 +178,8 @@ class BranchwiseLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_branches, out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:  # split into per-branch linears
+            return _run_branch_linears(self.branches, x.view(*x.shape[:-1], len(self.branches), -1))
         # Branch count and width come from the weight: under tensor parallelism it holds this rank's branches only.
         branches, _, in_features = self.weight.shape
         x = x.view(*x.shape[:-1], branches, in_features)
@@ -80,11 +190,15 @@ class BranchwiseLinear(nn.Module):
         return f"branches={self.num_branches}, in={self.in_features}, out={self.out_features}"
 
 
-class BranchwiseGatedMLP(nn.Module):
+class BranchwiseGatedMLP(_SplittableBranches, nn.Module):
     """Gated MLPs of several branches, each reading its own input; their outputs are summed by one down projection.
 
-    Input `[..., num_branches, hidden]`, output `[..., hidden]`.
+    Input `[..., num_branches, hidden]`, output `[..., hidden]`. `split_branches()` (done by `hf_ext.fp8.convert`)
+    stores one `nn.Linear` per branch in `gate_branches` / `up_branches` instead of the stacked `gate_weight` /
+    `up_weight` (and biases), which then are `None`; the state dict keeps the stacked names.
     """
+
+    _BRANCH_GROUPS = {"gate_branches": ("gate_weight", "gate_bias"), "up_branches": ("up_weight", "up_bias")}
 
     def __init__(
         self, num_branches: int, hidden_size: int, intermediate_size: int, act_fn, gate_up_bias: bool, down_bias
@@ -98,11 +212,16 @@ class BranchwiseGatedMLP(nn.Module):
         self.down_proj = nn.Linear(num_branches * intermediate_size, hidden_size, bias=down_bias)
         self.act_fn = act_fn
 
+    def _project(self, x: torch.Tensor, group: str) -> torch.Tensor:
+        weight_name, bias_name = self._BRANCH_GROUPS[group]
+        weight, bias = getattr(self, weight_name), getattr(self, bias_name)
+        if weight is None:  # split into per-branch linears
+            return _run_branch_linears(getattr(self, group), x)
+        out = torch.einsum("...bd,bid->...bi", x, weight)
+        return out if bias is None else out + bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = torch.einsum("...bd,bid->...bi", x, self.gate_weight)
-        up = torch.einsum("...bd,bid->...bi", x, self.up_weight)
-        if self.gate_bias is not None:
-            gate, up = gate + self.gate_bias, up + self.up_bias
+        gate, up = self._project(x, "gate_branches"), self._project(x, "up_branches")
         inner = self.act_fn(gate) * up
         return self.down_proj(inner.flatten(-2))  # this rank's branches only under tensor parallelism
 
@@ -631,16 +750,12 @@ class LayerParallelPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.weight[module.padding_idx])
         else:
             super()._init_weights(module)
-        if isinstance(module, BranchwiseLinear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, BranchwiseGatedMLP):
-            init.normal_(module.gate_weight, mean=0.0, std=std)
-            init.normal_(module.up_weight, mean=0.0, std=std)
-            if module.gate_bias is not None:
-                init.zeros_(module.gate_bias)
-                init.zeros_(module.up_bias)
+        if isinstance(module, (BranchwiseLinear, BranchwiseGatedMLP)):  # stacked weights (the split ones are linears)
+            for weight_name, bias_name in module._BRANCH_GROUPS.values():
+                if getattr(module, weight_name) is not None:
+                    init.normal_(getattr(module, weight_name), mean=0.0, std=std)
+                if getattr(module, bias_name) is not None:
+                    init.zeros_(getattr(module, bias_name))
 
 
 class LayerParallelModel(LayerParallelPreTrainedModel):

@@ -128,7 +128,14 @@ def layer_parallel_block_check(out_dir: str) -> float:
         assert "block" in str(err) and "tensor parallelism" in str(err), err
     else:
         raise AssertionError("the kurtosis monitor accepted a block pair under TP")
-    skip = ["o_proj", "down_proj"]
+    try:  # the MLP's gate / up weights, split by branch over the ranks, cannot be split into per-branch linears
+        convert(model, "torchao", skip_modules=["o_proj", "down_proj"])
+    except ValueError as err:
+        assert "layer_parallel_block" in str(err) and "gate_branches" in str(err), err
+    else:
+        raise AssertionError("convert accepted a block pair's sharded gate / up weights under TP")
+    assert not fp8_converted_modules(model)
+    skip = ["o_proj", "down_proj", "gate_branches", "up_branches"]
     convert(model, "torchao", skip_modules=skip)
     reference = convert(AutoModelForCausalLM.from_pretrained(path), "torchao", skip_modules=skip)
     assert sorted(fp8_converted_modules(model)) == sorted(fp8_converted_modules(reference))
