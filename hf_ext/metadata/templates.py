@@ -72,25 +72,48 @@ def _split(url: str):
     return parts
 
 
-def url_host(url: str) -> str:
+def _url_value(url, helper: str) -> str:
+    """The URL `helper` reads, as the URL templates read it: a missing value (`None`, blank, NaN, see `is_missing`)
+    is `""` (no metadata), UTF-8 `bytes` are decoded and whitespace is stripped (`normalize_url`); any other non-str
+    value raises `InvalidMetadataError` naming the helper."""
+    if is_missing(url):
+        return ""
+    if not isinstance(url, str | bytes | bytearray):
+        raise InvalidMetadataError(
+            f"{helper}(url) needs a str (or UTF-8 bytes) URL, got a {type(url).__name__} ({url!r:.80})."
+        )
+    if isinstance(url, bytes | bytearray):
+        try:
+            url = bytes(url).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InvalidMetadataError(f"{helper}(url) got bytes that are not UTF-8 ({bytes(url)!r:.80}): {err}") from err
+    return normalize_url(url)
+
+
+def url_host(url: str | bytes | None) -> str:
     """Host of a URL (`https://en.wikipedia.org/wiki/X` -> `en.wikipedia.org`), as MeCo's short URL.
 
     A URL without a scheme is read as host + path (`www.site.com/page` -> `www.site.com`). Raises
     `InvalidMetadataError` for a URL that `urllib.parse.urlsplit` cannot parse or that has no host (`/a/b`,
-    `mailto:x`, `not a url`); an empty string is no metadata.
+    `mailto:x`, `not a url`), and for a value that is not a str or bytes; an empty string is no metadata. The value
+    is read as the `url_host` template reads it: `bytes` decoded as UTF-8, surrounding whitespace stripped, a missing
+    value (`None`, blank, NaN) gives `""`.
     """
+    url = _url_value(url, "url_host")
     host = _split(url).netloc.rpartition("@")[2].lower()
     if url and not host:
         raise InvalidMetadataError(f"URL {url!r} has no host.")
     return host
 
 
-def url_path(url: str) -> str:
+def url_path(url: str | bytes | None) -> str:
     """Path, `?query` and `#fragment` of a URL (the paper's `url_suffix` builder); `InvalidMetadataError` if unparseable.
 
-    A URL without a scheme is read as host + path (`www.site.com/page?q=1` -> `/page?q=1`).
+    A URL without a scheme is read as host + path (`www.site.com/page?q=1` -> `/page?q=1`). The value is read as
+    the `url_path` template reads it (see `url_host`): `bytes` decoded (the result is always a str), whitespace
+    stripped, a missing value gives `""`, a value that is not a str or bytes raises `InvalidMetadataError`.
     """
-    parts = _split(url)
+    parts = _split(_url_value(url, "url_path"))
     out = parts.path
     if parts.query:
         out += f"?{parts.query}"
