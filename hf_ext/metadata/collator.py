@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -370,6 +370,16 @@ class MetadataCollator:
     def __call__(self, examples: list[dict]) -> dict:
         import torch
 
+        if isinstance(examples, Mapping):
+            # a `datasets` slice (`ds[:4]`) is a dict of column lists, and one row is a dict too: both would be read
+            # as rows by position (a raw KeyError: 0). transformers' LM collators (DataCollatorForLanguageModeling,
+            # default_data_collator) take a list of rows as well; only DataCollatorWithPadding, through
+            # tokenizer.pad, reads a column dict, and a Mapping alone cannot tell columns from one row.
+            raise TypeError(
+                f"examples is a {type(examples).__name__} (keys {list(examples)[:5]}), such as a datasets slice "
+                "ds[:n] (a dict of columns) or one row; MetadataCollator collates a list of rows: pass "
+                "[ds[i] for i in range(n)] or ds.select(range(n)) (one row: [row])."
+            )
         if not examples:
             raise ValueError("cannot collate an empty list of examples.")
         if not isinstance(examples[0], dict):

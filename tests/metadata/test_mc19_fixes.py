@@ -10,13 +10,43 @@ tests/test_reproduce_metadata_control.py).
 
 
 import pytest
+import torch
+from datasets import Dataset
 
 from hf_ext.metadata import (
     InvalidMetadataError,
+    MetadataCollator,
     metadata_template,
     url_host,
     url_path,
 )
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. a dict of columns (or one row) is refused by name
+
+
+def _rows(n=4):
+    return [{"text": f"alpha beta {i}", "url": f"https://a{i}.org/x"} for i in range(n)]
+
+
+@pytest.mark.parametrize("what", ["slice", "row"])
+def test_a_column_dict_or_one_row_is_a_named_type_error(ctx_tokenizer, what):
+    ds = Dataset.from_list(_rows())
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url"))
+    examples = ds[:4] if what == "slice" else ds[0]
+    with pytest.raises(TypeError, match=r"list of rows.*\[ds\[i\] for i in range\(n\)\].*ds\.select\(range\(n\)\)"):
+        collator(examples)
+    assert collator.batches_seen == 0  # nothing collated, the cooldown counter untouched
+
+
+def test_the_suggested_inputs_collate(ctx_tokenizer):
+    ds = Dataset.from_list(_rows())
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url"), metadata_dropout=0.0)
+    by_rows = collator([ds[i] for i in range(4)])
+    by_select = collator(ds.select(range(4)))
+    assert torch.equal(by_rows["input_ids"], by_select["input_ids"])
+    assert by_rows["input_ids"].shape[0] == 4
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 3. url_host / url_path read their value as the templates do
