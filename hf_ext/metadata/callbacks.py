@@ -34,7 +34,8 @@ class MetadataCooldownCallback(TrainerCallback):
     fast-forwards through the collator (iterable datasets: accelerate's `skip_first_batches` collates and discards
     them; map-style datasets skip indices without collating), so a resumed run switches at the same micro-batch as an
     uninterrupted one. The switch point is logged as
-    `metadata_conditioning` (1 or 0) and written to `metadata_conditioning.json` in every checkpoint, with
+    `metadata_conditioning` (1 or 0; always 0 when the collator has `conditioning=False`, whose batches never carry
+    metadata, so a no-metadata control run can keep the callback and logs what it trains) and written to `metadata_conditioning.json` in every checkpoint, with
     `cooldown_fraction` and the collator's `metadata_dropout` and `seed`. On resume these are compared with the live
     values before the first step: a difference (or a `max_steps` that moves the switch across the steps the checkpoint
     trained) raises a `ValueError` naming each option with both values; a file without them resumes with a warning.
@@ -388,7 +389,11 @@ class MetadataCooldownCallback(TrainerCallback):
         )  # fmt: skip
 
     def conditioning_at(self, step: int) -> bool:
-        """Whether optimizer step `step` (1-based) trains with metadata."""
+        """Whether optimizer step `step` (1-based) trains with metadata: never with `conditioning=False` on the
+        collator (a no-metadata control run that keeps the callback logs `metadata_conditioning: 0` throughout),
+        otherwise up to and including `switch_step`."""
+        if not self.collator.conditioning:
+            return False
         return self.switch_step is None or step <= self.switch_step
 
     def log_values(self, step: int) -> dict[str, int]:

@@ -8,18 +8,28 @@ tests/test_reproduce_metadata_control.py).
    trained without metadata.
 """
 
+import json
+import os
+import tempfile
 
 import pytest
 import torch
 from datasets import Dataset
+from transformers import Trainer, TrainingArguments
 
 from hf_ext.metadata import (
+    CONTEXT_BEGIN,
+    CONTEXT_END,
     InvalidMetadataError,
     MetadataCollator,
+    MetadataCooldownCallback,
+    MetadataTrainer,
     metadata_template,
     url_host,
     url_path,
 )
+
+from .conftest import tiny_llama
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 2. a dict of columns (or one row) is refused by name
@@ -87,3 +97,46 @@ def test_helpers_still_parse_str_urls():
         url_host("/a/b")
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. conditioning=False logs what it trains
+
+
+@pytest.mark.parametrize("cls", [MetadataTrainer, Trainer])
+def test_conditioning_false_logs_no_conditioning(ctx_tokenizer, cls):
+    tok = ctx_tokenizer
+    begin, end = tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END])
+    collator = MetadataCollator(tok, metadata_template("url"), conditioning=False, metadata_dropout=0.0, max_length=32)
+    model = tiny_llama(len(tok), hidden=32)
+    carried = []
+    forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        ids = kwargs["input_ids"]
+        carried.append(bool(((ids[:, :-1] == begin) & (ids[:, 1:] != end)).any()))
+        return forward(*args, **kwargs)
+
+    model.forward = recording_forward
+    out = tempfile.mkdtemp()
+    args = TrainingArguments(
+        output_dir=out, per_device_train_batch_size=2, max_steps=4, report_to="none", save_strategy="steps",
+        save_steps=2, logging_steps=1, use_cpu=True, disable_tqdm=True, remove_unused_columns=False,
+    )  # fmt: skip
+    callback = MetadataCooldownCallback(collator, cooldown_fraction=0.25)
+    trainer = cls(model=model, args=args, train_dataset=Dataset.from_list(_rows(8)), data_collator=collator,
+                  callbacks=[callback])  # fmt: skip
+    trainer.train()
+    assert carried == [False] * 4  # no batch carries metadata ...
+    logged = [row["metadata_conditioning"] for row in trainer.state.log_history if "loss" in row]
+    assert logged == [0, 0, 0, 0]  # ... and the logs say so (they said [1, 1, 1, 0])
+    assert not any(callback.conditioning_at(step) for step in range(1, 5))
+    with open(os.path.join(out, "checkpoint-2", "metadata_conditioning.json")) as f:
+        assert json.load(f)["conditioning_next_step"] is False
+
+
+def test_conditioning_true_still_logs_the_cooldown(ctx_tokenizer):
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url"), metadata_dropout=0.0)
+    callback = MetadataCooldownCallback(collator, cooldown_fraction=0.25)
+    callback.switch_step = 3
+    assert [callback.log_values(s)["metadata_conditioning"] for s in range(1, 5)] == [1, 1, 1, 0]
+    collator.conditioning = False
+    assert [callback.log_values(s)["metadata_conditioning"] for s in range(1, 5)] == [0, 0, 0, 0]
