@@ -25,8 +25,11 @@ NAN = float("nan")
 
 
 # ----------------------------------------------------------------------------------------------- per-seed fixtures
-def _metadata(steps=140.0, base=3.0, url=2.9, s1=0.30, s3=0.35, max_steps=300):
-    return {"max_steps": max_steps, "steps_to_match": steps, "final": {"baseline": base, "url_model_with_context": url},
+def _metadata(steps=140.0, base=3.0, url=2.9, s1=0.30, s3=0.35, max_steps=300, with_url="same"):
+    """`steps`: the URL model's steps to the baseline's final loss in the empty context (what the claim is judged
+    on); `with_url`: the same with its URL at evaluation (default: `steps`)."""
+    return {"max_steps": max_steps, "steps_to_match": steps if with_url == "same" else with_url,
+            "steps_to_match_without_context": steps, "final": {"baseline": base, "url_model_with_context": url},
             "share_scale_1": s1, "share_guided": s3}  # fmt: skip
 
 
@@ -250,6 +253,26 @@ def test_steps_fraction_counts_a_seed_that_never_reached_the_baseline_and_reads_
     # one seed at 0.1, two never reach the baseline's loss within the budget: not a reproduction of "fewer steps"
     assert M._steps_fraction([_metadata(30.0), _metadata(None), _metadata(None)])[1] is False
     assert M._steps_fraction([_metadata(150.0)] * 3)[0].startswith("0.50 ± 0.00 (0.50..0.50)")
+
+
+def test_steps_fraction_is_judged_without_the_url_and_reports_both():
+    """mc19 finding 1: the speed-up was judged on the URL model scored with its URL (test-time information: the host
+    decides most words of the synthetic corpus). It is judged on the empty-context curve; the with-URL number is
+    reported beside it."""
+    # the auditor's runs: 140 steps with the URL (0.47), 180 / 200 / 200 without (0.64): holds on the empty context
+    runs = [_metadata(180.0, with_url=140.0), _metadata(200.0, with_url=140.0), _metadata(200.0, with_url=140.0)]
+    text, ok = M._steps_fraction(runs)
+    assert ok is True
+    assert text.startswith("0.64 ± 0.04 (0.60..0.67) of the baseline's steps without the URL at evaluation")
+    assert "(with its URL at evaluation: 0.47 ± 0.00 (0.47..0.47))" in text
+    # fast with the URL, but not without it: the claim does not hold (it held on the old with-URL judgement)
+    runs = [_metadata(270.0, with_url=140.0)] * 3
+    assert M._steps_fraction(runs)[1] is False
+    assert M._steps_fraction(runs)[0].startswith("0.90 ± 0.00")
+    # per-seed results recorded before the empty-context curve existed (rejudge of an old reproduction.json)
+    old = [{k: v for k, v in _metadata(140.0).items() if k != "steps_to_match_without_context"}] * 3
+    text, ok = M._steps_fraction(old)
+    assert ok is False and text.startswith("without the URL: not measured") and "0.47 ± 0.00" in text
 
 
 def test_context_and_guidance_judged_on_the_mean_gain():

@@ -348,20 +348,28 @@ def document_loss(model, collator, docs: list[dict], batch_size: int = 16) -> fl
 class DocumentLossCallback(TrainerCallback, ExportableState):
     """Evaluates the document loss every `eval_steps` optimizer steps (for curves and steps-to-match).
 
-    The curve is checkpoint state: as an `ExportableState` it is saved in each checkpoint's `trainer_state.json`
+    With `empty_collator` (the URL-conditioned run: the same documents in the empty-context form) it also records
+    `empty_curve`, the loss without metadata at the same steps: what a benchmark without URLs sees, and what the
+    speed-up is judged on (with its URL the model is handed test-time information the baseline never gets).
+
+    The curves are checkpoint state: as an `ExportableState` they are saved in each checkpoint's `trainer_state.json`
     (`stateful_callbacks`), and on `resume_from_checkpoint` the callback takes the points up to the checkpoint's step
-    back from there, so a resumed run ends with the same curve as an uninterrupted one. It restores itself in place
+    back from there, so a resumed run ends with the same curves as an uninterrupted one. It restores itself in place
     in `on_train_begin` (the Trainer's `restore_callback_states_from_checkpoint` would rebuild it from JSON arguments,
     which cannot hold the collator and the documents; the recipe turns that flag off).
     """
 
-    def __init__(self, collator, docs: list[dict], eval_steps: int, run: str | None = None):
+    def __init__(self, collator, docs: list[dict], eval_steps: int, run: str | None = None, empty_collator=None):
         self.collator, self.docs, self.eval_steps = collator, docs, eval_steps
         self.run = run  # url_conditioned or baseline: saved in each checkpoint as the mark of the run it belongs to
+        self.empty_collator = empty_collator
         self.curve: list[tuple[int, float]] = []
+        self.empty_curve: list[tuple[int, float]] = []
 
     def state(self) -> dict:
         attributes = {"curve": [list(p) for p in self.curve]}
+        if self.empty_collator is not None:
+            attributes["empty_curve"] = [list(p) for p in self.empty_curve]
         if self.run is not None:
             attributes["run"] = self.run
         return {"args": {"eval_steps": self.eval_steps}, "attributes": attributes}
@@ -370,7 +378,7 @@ class DocumentLossCallback(TrainerCallback, ExportableState):
         name = type(self).__name__
         saved = state.stateful_callbacks.get(name) if state.stateful_callbacks is not None else None
         if state.global_step == 0:  # a fresh run
-            self.curve = []
+            self.curve, self.empty_curve = [], []
             return
         if isinstance(saved, list):  # several callbacks of this class: the recipe has one
             saved = saved[0] if saved else None
@@ -378,15 +386,28 @@ class DocumentLossCallback(TrainerCallback, ExportableState):
             logger.warning(
                 "the checkpoint at step %d holds no document-loss curve; the curve starts after it.", state.global_step
             )
-            self.curve = []
+            self.curve, self.empty_curve = [], []
             state.stateful_callbacks[name] = self.state()  # the Trainer updates this entry at every save
             return
-        points = saved.get("attributes", {}).get("curve", [])
-        self.curve = [(int(step), float(loss)) for step, loss in points if step <= state.global_step]
+
+        def restored(points):
+            return [(int(step), float(loss)) for step, loss in points if step <= state.global_step]
+
+        attributes = saved.get("attributes", {})
+        self.curve = restored(attributes.get("curve", []))
+        self.empty_curve = restored(attributes.get("empty_curve", []))
+        if self.empty_collator is not None and "empty_curve" not in attributes:
+            logger.warning(
+                "the checkpoint at step %d holds no empty-context document-loss curve (written before hf_ext recorded "
+                "it); that curve starts after it, and its steps-to-match is not reported.",
+                state.global_step,
+            )
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.eval_steps == 0 or state.global_step == state.max_steps:
             self.curve.append((state.global_step, document_loss(model, self.collator, self.docs)))
+            if self.empty_collator is not None:
+                self.empty_curve.append((state.global_step, document_loss(model, self.empty_collator, self.docs)))
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -506,6 +527,17 @@ def _train_one(
             padding_side="right",
             **common,
         )
+        # the same documents in the empty-context form: the URL model as a benchmark without URLs sees it
+        empty_collator = MetadataCollator(
+            tokenizer,
+            template,
+            layout=meta_args.layout,
+            metadata_dropout=1.0,
+            max_length=data_args.block_size,
+            max_document_tokens=doc_tokens,
+            padding_side="right",
+            **common,
+        )
     else:  # plain text: [BOS] document [EOS]
         collator = MetadataCollator(
             tokenizer,
@@ -526,7 +558,10 @@ def _train_one(
             padding_side="right",
             **common,
         )
-    callbacks = [DocumentLossCallback(eval_collator, eval_docs, meta_args.doc_eval_steps, run=name)]
+        empty_collator = None  # the baseline never sees metadata: its curve is already the empty-context one
+    callbacks = [
+        DocumentLossCallback(eval_collator, eval_docs, meta_args.doc_eval_steps, run=name, empty_collator=empty_collator)
+    ]
     if conditioned and meta_args.cooldown_fraction > 0:
         callbacks.append(MetadataCooldownCallback(collator, meta_args.cooldown_fraction))
     args = training_args.__class__(
@@ -543,7 +578,7 @@ def _train_one(
     # a finished run is restored, not trained a step past --max_steps
     train_or_restore_finished(trainer, _sub_run_resume(training_args.resume_from_checkpoint, args.output_dir, name))
     trainer.save_model(args.output_dir)
-    return trainer.model, callbacks[0].curve, trainer.state.log_history
+    return trainer.model, callbacks[0].curve, trainer.state.log_history, callbacks[0].empty_curve
 
 
 def _domain_token_share(tokenizer, texts: list[str], words: list[str]) -> float:
@@ -864,8 +899,9 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     doc_tokens = eval_document_tokens(tokenizer, template, data_args, meta_args, eval_docs)
     results["eval_document_tokens"] = doc_tokens
     shared = (model_args, data_args, meta_args, training_args, tokenizer, train, eval_docs)  # both runs'
-    url_model, curve, _ = _train_one("url_conditioned", True, *shared, doc_tokens=doc_tokens)
+    url_model, curve, _, empty_curve = _train_one("url_conditioned", True, *shared, doc_tokens=doc_tokens)
     results["curves"]["with URL context"] = curve
+    results["curves"]["URL model, empty context"] = empty_curve
     if meta_args.cooldown_fraction > 0:
         results["cooldown_start_step"] = training_args.max_steps - int(
             round(meta_args.cooldown_fraction * training_args.max_steps)
@@ -883,14 +919,19 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         results["final"]["url_model_with_context"] = document_loss(url_model, with_ctx, eval_docs)
         results["final"]["url_model_without_context"] = document_loss(url_model, without_ctx, eval_docs)
     if meta_args.run_baseline:
-        base_model, base_curve, _ = _train_one("baseline", False, *shared, doc_tokens=doc_tokens)
+        base_model, base_curve, _, _ = _train_one("baseline", False, *shared, doc_tokens=doc_tokens)
         results["curves"]["baseline (no metadata)"] = base_curve
         if main:
             plain = MetadataCollator(tokenizer, template, layout="meco", metadata_dropout=1.0, **common)
             results["final"]["baseline"] = document_loss(base_model, plain, eval_docs)
         target = base_curve[-1][1]
+        # url_conditioned: scored with its URL (test-time information the baseline never gets);
+        # url_conditioned_without_context: scored in the empty context, as a benchmark without URLs sees the model
+        # (None where the empty-context curve lacks points, e.g. resumed from a checkpoint written without it)
+        empty_complete = [step for step, _ in empty_curve] == [step for step, _ in curve]
         results["steps_to_baseline_final_loss"] = {
             "url_conditioned": steps_to_reach(curve, target),
+            "url_conditioned_without_context": steps_to_reach(empty_curve, target) if empty_complete else None,
             "baseline": base_curve[-1][0],
         }
 

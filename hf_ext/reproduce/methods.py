@@ -46,18 +46,34 @@ def _metadata_run(seed: int, fast: bool, workdir: str) -> dict:
     ]  # fmt: skip
     res = _quiet_recipe("metadata_pretrain", argv)
     share = res.get("domain_token_share", {})
+    to_match = res["steps_to_baseline_final_loss"]
     return {
         "max_steps": steps,
-        "steps_to_match": res["steps_to_baseline_final_loss"]["url_conditioned"],
+        # the URL model scored with its URL: test-time information the baseline never gets
+        "steps_to_match": to_match["url_conditioned"],
+        # scored in the empty context, as a benchmark without URLs sees it: what the speed-up claim is judged on
+        "steps_to_match_without_context": to_match["url_conditioned_without_context"],
         "final": res["final"],
         "share_scale_1": share.get("scale_1"),
         "share_guided": share.get("scale_3"),
     }
 
 
+def _fractions(runs: list[dict], key: str) -> list[float]:
+    """Steps to the baseline's final loss as a fraction of its steps; a seed that never reached it counts as 2."""
+    return [(r[key] or r["max_steps"] * 2) / r["max_steps"] for r in runs]
+
+
 def _steps_fraction(runs: list[dict]) -> tuple[str, bool]:
-    fractions = [(r["steps_to_match"] or r["max_steps"] * 2) / r["max_steps"] for r in runs]
-    return f"{mean_spread(fractions, '{:.2f}')} of the baseline's steps", _mean(fractions) <= 0.8
+    """The speed-up, judged on the URL model scored WITHOUT its URL (the empty context): the paper's speed-up is in
+    downstream benchmarks, whose prompts carry no URL, and in the synthetic corpus the host decides most words, so the
+    with-URL number also counts test-time information. Both are reported; only the empty-context one is judged."""
+    with_url = f"with its URL at evaluation: {mean_spread(_fractions(runs, 'steps_to_match'), '{:.2f}')}"
+    if any("steps_to_match_without_context" not in r for r in runs):  # results recorded before it was measured
+        return f"without the URL: not measured (rerun the reproduction); {with_url}", False
+    fractions = _fractions(runs, "steps_to_match_without_context")
+    text = f"{mean_spread(fractions, '{:.2f}')} of the baseline's steps without the URL at evaluation ({with_url})"
+    return text, _mean(fractions) <= 0.8
 
 
 def _context_helps(runs: list[dict]) -> tuple[str, bool]:
@@ -82,8 +98,9 @@ METADATA = Reproduction(
     run=_metadata_run,
     claims=[
         Claim(
-            "URL-conditioned model reaches the baseline's final loss in fewer steps",
-            "60B instead of 100B tokens (0.6x) [3rd-party summary]",
+            "URL-conditioned model, evaluated without its URL, reaches the baseline's final loss in fewer steps",
+            "the baseline's downstream performance (benchmarks without URLs) with 60B instead of 100B tokens (0.6x) "
+            "[3rd-party summary]",
             _steps_fraction,
         ),
         Claim("with URL context, held-out loss is below the baseline's", "qualitative (abstract)", _context_helps),

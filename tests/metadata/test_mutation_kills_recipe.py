@@ -78,7 +78,7 @@ def test_final_losses_are_measured_under_their_conditions(monkeypatch, tmp_path)
     collators, scales = [], []
 
     def fake_train_one(name, conditioned, *a, **k):
-        return types.SimpleNamespace(eval=lambda: None), [(2, 1.0)], []
+        return types.SimpleNamespace(eval=lambda: None), [(2, 1.0)], [], [(2, 1.5)]
 
     def fake_loss(model, collator, docs):
         collators.append((collator, docs))

@@ -100,6 +100,11 @@ def test_resumed_recipe_keeps_the_whole_document_loss_curve(tmp_path):
     assert [loss for _, loss in resumed_curve] == pytest.approx([loss for _, loss in curve], rel=1e-4)
     saved = json.loads((tmp_path / "resumed" / "metadata_results.json").read_text())
     assert [step for step, _ in saved["curves"]["with URL context"]] == [2, 4, 6, 8]
+    # the empty-context curve (what the reproduction's speed-up is judged on) is checkpoint state too
+    empty, resumed_empty = full["curves"]["URL model, empty context"], resumed["curves"]["URL model, empty context"]
+    assert [step for step, _ in resumed_empty] == [step for step, _ in empty] == [2, 4, 6, 8]
+    assert resumed_empty[:2] == empty[:2]
+    assert [loss for _, loss in resumed_empty] == pytest.approx([loss for _, loss in empty], rel=1e-4)
 
 
 @pytest.mark.slow
