@@ -7,16 +7,14 @@ lm-eval encoded the decoded prefix and the prompt as one string, and the byte-le
 """
 
 import copy
-import json
-import os
 import types
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hf_ext.evaluation import task_dir
 from hf_ext.evaluation.prompting import evaluate_with_prefix
+from hf_ext.evaluation.tasks.utils import load_cloze
 from hf_ext.metadata import MetadataEncoder, add_context_tokens, metadata_template
 from hf_ext.recipes.metadata_pretrain import MetadataArguments, _prompt_prefixes
 
@@ -45,9 +43,9 @@ def _captured_prompts(tokenizer, prefix, apart: bool, limit: int = 4, batch_size
 
 
 def _training_ids(tokenizer, layout: str, limit: int = 4) -> list[list[int]]:
-    """What training feeds the model for the first cloze documents with their URL (without the final EOS)."""
-    with open(os.path.join(task_dir(), "data", "hf_ext_cloze_test.jsonl")) as fh:
-        docs = [json.loads(line) for line in fh][:limit]
+    """What training feeds the model for the first cloze documents lm-eval scores (the test split in the order the task
+    serves it, a fixed shuffle of the file's), with their URL (without the final EOS)."""
+    docs = load_cloze()["test"].to_list()[:limit]
     encoder = MetadataEncoder(tokenizer, layout=layout, max_metadata_tokens=32)
     template = metadata_template("url")
     return [encoder.encode_batch([d["context"]], [template(d)])[0].input_ids[:-1] for d in docs]
