@@ -120,6 +120,13 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
         parser.error(f"--seeds must be in [1, 2**32], got {args.seeds}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    from .reproduce.methods import REPRODUCTIONS
+
+    spec = REPRODUCTIONS[args.method]
+    try:  # too few seeds for a verdict is a usage error (exit 2), not a failed claim (exit 1)
+        spec.check_seed_count(spec.default_seeds if args.seeds is None else args.seeds, args.fast)
+    except ValueError as err:
+        parser.error(str(err))
     if args.output_dir is not None:  # "" is refused (it used to mean a temporary folder, deleted afterwards)
         from .utils.io import ensure_writable_dir
 

@@ -12,7 +12,9 @@ and the table says so).
 The report's overall verdict (`Report.holds`, `Report.verdict`, the line under the table and the command's exit code):
 every asserted claim holds (`True`, exit 0); an asserted claim does not hold (`False`, exit 1); or the method asserts
 no claim at all, so the run reports numbers but can neither pass nor fail (`None`, "reported only", exit 3). Exit 2 is
-a usage error. A `--fast` run is a smoke check that the reproduction runs, not evidence for or against a claim.
+a usage error, as is a full run over fewer seeds than the method's judge needs for any verdict (`Reproduction.min_seeds`,
+e.g. a sign test over seeds). A `--fast` run is a smoke check that the reproduction runs, not evidence for or against
+a claim.
 """
 
 from __future__ import annotations
@@ -53,6 +55,19 @@ class Reproduction:
     #: the phrases of `setting` that state the full budget, and what `--fast` runs instead (e.g. {"200 steps":
     #: "40 steps"}): a fast run's report states the budget it actually ran
     fast_budget: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: fewer seeds than this cannot give a verdict (e.g. a sign test over seeds cannot reach p < 0.05 with 4), so a
+    #: full run with fewer is refused before any work, naming why; a `--fast` smoke run takes any number
+    min_seeds: int = 1
+    #: why `min_seeds` (the end of the refusal's sentence)
+    min_seeds_reason: str = ""
+
+    def check_seed_count(self, count: int, fast: bool) -> None:
+        """Refuse a full run over fewer than `min_seeds` seeds (a `ValueError` naming `--seeds`)."""
+        if not fast and count < self.min_seeds:
+            raise ValueError(
+                f"{self.method}: --seeds {count} cannot give a verdict: {self.min_seeds_reason}; run at least "
+                f"{self.min_seeds} seeds (the default is {self.default_seeds}), or --fast for a smoke check."
+            )
 
     def setting_for(self, fast: bool) -> str:
         """The setting line of a report: with `fast`, the budget phrases replaced by the fast budget."""
@@ -213,6 +228,7 @@ def reproduce(
         raise ValueError(f"--jobs must be a positive number of parallel processes, got {jobs!r}.")
     if not isinstance(fast, bool):  # "false" is truthy: it ran the smoke-check budget and reported it as such
         raise TypeError(f"fast must be True or False, got {fast!r}.")
+    spec.check_seed_count(len(seed_list), fast)
     if output_dir is not None:
         from ..utils.io import ensure_writable_dir
 

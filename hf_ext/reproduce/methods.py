@@ -620,6 +620,9 @@ WARMUP = Reproduction(
     "Nesterov, inverse bias correction) rotating 0.02 rad per step, Lion lr 0.3x AdamW's for the other tensors.",
     fast_budget={"300 steps": "20 steps"},
     run=_warmup_run,
+    min_seeds=2,
+    min_seeds_reason="AdamW's warmup gap must be clearly positive, mean minus the sample standard deviation over "
+    "seeds, which one seed does not have",
     claims=[
         Claim("AdamW's warmup gap is clearly positive (mean - sd > 0), LionAR's near zero (|mean| <= half AdamW's)",
               "normalized updates remove the need for warmup that AdamW has (abstract)", _adamw_needs_warmup),
@@ -681,6 +684,10 @@ CUBIC_NEWTON = Reproduction(
     # 10 seeds: lower on every seed held for seeds 0-4 but not for 5-9 (4/5); over seeds 0-19 it is 18/20, so the
     # claim is the paired effect (sign test over the seeds, and the mean below 0.7x), not "every seed"
     default_seeds=10,
+    # the one-sided sign test's smallest p over n seeds is 2**-n: 0.125 at 3, 0.0625 at 4 seeds
+    min_seeds=5,
+    min_seeds_reason="its claim is judged by a sign test over the seeds (p < 0.05), whose smallest p over n seeds is "
+    "2**-n (0.125 at 3, 0.0625 at 4 seeds)",
     claims=[
         Claim("momentum lowers the gradient-norm plateau at batch 1 (paired over seeds: sign test p < 0.05, mean "
               "below 0.7x)",
