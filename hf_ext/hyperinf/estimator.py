@@ -112,8 +112,15 @@ class InfluenceEstimator:
 
     @property
     def layer_info(self) -> dict[str, dict]:
-        """Per tracked matrix: damping, and for HyperINF the Schulz scale, iterations, final residual, convergence."""
+        """Per tracked matrix: damping, and for HyperINF the Schulz scale, iterations, final residual, convergence;
+        `{"skipped": True}` for a matrix left out (zero gradient for every training example, see `skipped_layers`)."""
         return {name: dict(layer.info) for name, layer in self.engine.layers.items()}
+
+    @property
+    def skipped_layers(self) -> list[str]:
+        """Tracked matrices the last `fit` left out: their gradient is zero for every training example (a module whose
+        output does not reach the loss), so they add exactly 0 to every score; `fit` warns naming them."""
+        return self.engine.skipped_layers
 
     @property
     def timings(self) -> dict[str, float]:

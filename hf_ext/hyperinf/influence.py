@@ -228,9 +228,16 @@ class InfluenceEngine:
                 )
             )
         self.layers: dict[str, LayerState] = {}
+        self.active: list[str] = []  # the layers `fit` found a non-zero gradient for (the others add 0 to scores)
         self.num_train = 0
         self.train_source: GradientSource | None = None
         self.timings: dict[str, float] = {}
+
+    @property
+    def skipped_layers(self) -> list[str]:
+        """The tracked matrices the last `fit` left out: their gradient is zero for every training example, so they
+        add exactly 0 to every score whatever their curvature (a module whose output does not reach the loss)."""
+        return [name for name in self.layers if name not in self.active]
 
     # ------------------------------------------------------------------ fit
     def _check_batch(self, batch: Mapping[str, torch.Tensor]) -> int:
@@ -255,7 +262,13 @@ class InfluenceEngine:
         return sizes.pop()
 
     def fit(self, train_source: GradientSource) -> InfluenceEngine:
-        """One pass over the training gradients: damping statistics and, where needed, the curvature to invert."""
+        """One pass over the training gradients: damping statistics and, where needed, the curvature to invert.
+
+        A tracked matrix whose gradient is zero for every training example adds exactly 0 to every score (`<hvp_l,
+        g_{l,k}> = 0` for all `k`) and is left out with a `UserWarning` naming it (`skipped_layers`); its curvature
+        and damping are not computed, and the other layers' are as without it. A `ValueError` when every tracked
+        matrix is zero (an adapter off the loss path, or untrained).
+        """
         cfg = self.config
         start = time.perf_counter()
         layers = {name: LayerState(shape=shape) for name, shape in self.shapes.items()}
@@ -265,10 +278,13 @@ class InfluenceEngine:
                 layer.curvature = torch.zeros(dim, dim, dtype=cfg.dtype, device=self.device)
         use_fim = cfg.method == "exact" and cfg.exact_curvature == "fim"
         n = 0
+        nonzero = dict.fromkeys(layers, False)
         for batch in train_source():
             n += self._check_batch(batch)
             for name, layer in layers.items():
                 g = batch[name].to(device=self.device, dtype=cfg.dtype)
+                if not nonzero[name]:
+                    nonzero[name] = bool(g.any())
                 sq = g.square().flatten(1).sum(dim=1)
                 layer.sum_sq_norm += float(sq.sum())
                 layer.sum_mean_sq += float(sq.sum()) / (layer.shape[0] * layer.shape[1])
@@ -280,7 +296,33 @@ class InfluenceEngine:
                         layer.curvature.add_(torch.einsum("bri,brj->ij", g, g))
         if n == 0:
             raise ValueError("The training set is empty: pass at least one example to `fit`.")
+        skipped = [name for name in layers if not nonzero[name]]
+        if len(skipped) == len(layers):
+            raise ValueError(
+                f"The gradients of every tracked matrix ({len(layers)}) are zero for every training example, so every "
+                f"influence score would be 0{'' if cfg.method == 'tracin' else ' and the damped curvature is 0'}: the "
+                "adapter does not reach the loss (inactive or disabled?) or is untrained (peft initialises LoRA B to "
+                "zero)."
+            )
+        if skipped:
+            shown = ", ".join(repr(name) for name in skipped[:6]) + (
+                f" and {len(skipped) - 6} more" if len(skipped) > 6 else ""
+            )
+            warnings.warn(
+                f"{len(skipped)} of the {len(layers)} tracked matrices get a zero gradient from every training "
+                f"example and are left out of the scores (each would add exactly 0 to every score): {shown}. Their "
+                "module's output does not reach the loss (e.g. a LoRA on LLaVA's last vision layer, unused with "
+                "vision_feature_layer=-2; narrow `target_modules` to silence this) or, for a lora_A matrix, its "
+                "lora_B is still zero (an untrained module?). The list is in `skipped_layers` (`layer_info[name]"
+                "['skipped']`).",
+                UserWarning,
+                stacklevel=3,
+            )
         for name, layer in layers.items():
+            if not nonzero[name]:
+                layer.info["skipped"] = True  # no solver: `inverse_hvp` and `scores_from_hvp` leave it out
+                layer.curvature = None
+                continue
             mean_sq = layer.sum_mean_sq / n
             layer.damping = cfg.damping if cfg.damping is not None else cfg.damping_scale * mean_sq
             layer.info["damping"] = layer.damping
@@ -290,7 +332,8 @@ class InfluenceEngine:
             ):
                 raise ValueError(
                     f"method={cfg.method!r} needs a positive damping, but layer {name!r} got {layer.damping}: its "
-                    "gradients are all zero (an untrained adapter? peft initialises LoRA B to zero)."
+                    f"gradients are not all zero, but their squares underflow in dtype={cfg.dtype}; pass "
+                    "dtype=torch.float64 or a fixed `damping`."
                 )
             if layer.curvature is not None:
                 layer.curvature.div_(n)
@@ -336,6 +379,7 @@ class InfluenceEngine:
                         ) from err
                 layer.curvature = None
         self.layers = layers
+        self.active = [name for name in layers if nonzero[name]]
         self.num_train = n
         self.train_source = train_source
         self.timings["fit_s"] = time.perf_counter() - start
@@ -369,57 +413,56 @@ class InfluenceEngine:
         cfg = self.config
         if not self.layers:
             raise RuntimeError("Call `fit(train)` before computing influence.")
+        active = {name: self.layers[name] for name in self.active}
         if cfg.method == "tracin":
-            return {name: v[name].clone() for name in self.shapes}
+            return {name: v[name].clone() for name in active}
         if cfg.method == "hyperinf":
             out = {}
-            for name in self.shapes:
+            for name in active:
                 solver = self.layers[name].solver
                 out[name] = (v[name].to(solver.dtype) @ solver).to(v[name].dtype)
             return out
         if cfg.method == "exact":
             out = {}
-            for name, layer in self.layers.items():
+            for name, layer in active.items():
                 if cfg.exact_curvature == "gfim":
                     out[name] = torch.cholesky_solve(v[name].T.contiguous(), layer.solver).T
                 else:
                     out[name] = torch.cholesky_solve(v[name].reshape(-1, 1), layer.solver).reshape(layer.shape)
             return out
         if cfg.method == "datainf":
-            acc = {name: torch.zeros_like(v[name]) for name in self.shapes}
+            acc = {name: torch.zeros_like(v[name]) for name in active}
             for batch in self._train_batches():
-                for name, layer in self.layers.items():
+                for name, layer in active.items():
                     g = batch[name]
                     coeff = torch.einsum("brd,rd->b", g, v[name]) / (layer.damping + g.square().sum(dim=(1, 2)))
                     acc[name].add_(torch.einsum("b,brd->rd", coeff, g))
-            return {
-                name: (v[name] - acc[name] / self.num_train) / layer.damping for name, layer in self.layers.items()
-            }
+            return {name: (v[name] - acc[name] / self.num_train) / layer.damping for name, layer in active.items()}
         # LiSSA: r <- v + r - (F r + lambda r) / s, result r / s; one pass over the training set per iteration.
         scales = {
             name: cfg.lissa_scale
             if cfg.lissa_scale is not None
             else layer.sum_sq_norm / self.num_train + layer.damping
-            for name, layer in self.layers.items()
+            for name, layer in active.items()
         }
-        running = {name: v[name].clone() for name in self.shapes}
+        running = {name: v[name].clone() for name in active}
         # a growing step r_t - r_{t-1} means s is below half the top eigenvalue (see `lissa_step`)
-        steps = {name: float(v[name].double().norm()) for name in self.shapes}
-        growing = dict.fromkeys(self.shapes, False)
+        steps = {name: float(v[name].double().norm()) for name in active}
+        growing = dict.fromkeys(active, False)
         for _ in range(cfg.lissa_iterations):
-            products = {name: torch.zeros_like(v[name]) for name in self.shapes}
+            products = {name: torch.zeros_like(v[name]) for name in active}
             for batch in self._train_batches():
-                for name in self.shapes:
+                for name in active:
                     g = batch[name]
                     dots = torch.einsum("brd,rd->b", g, running[name])
                     products[name].add_(torch.einsum("b,brd->rd", dots, g))
-            for name, layer in self.layers.items():
+            for name, layer in active.items():
                 product = products[name] / self.num_train + layer.damping * running[name]
                 updated = v[name] + running[name] - product / scales[name]
                 steps[name], grows = lissa_step(steps[name], running[name], updated)
                 growing[name] |= grows
                 running[name] = updated
-        for name, layer in self.layers.items():
+        for name, layer in active.items():
             layer.info["lissa_scale"] = scales[name]
             if growing[name] or not torch.isfinite(running[name]).all():
                 raise ValueError(
@@ -427,14 +470,15 @@ class InfluenceEngine:
                     "half the largest eigenvalue of the damped Fisher. Leave `lissa_scale=None` (per layer, the "
                     "trace bound) or raise it."
                 )
-        return {name: running[name] / scales[name] for name in self.shapes}
+        return {name: running[name] / scales[name] for name in active}
 
     def scores_from_hvp(self, hvp: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """`I(z_k) = -sum_l <hvp_l, g_{l,k}>` for every training example, in order."""
+        """`I(z_k) = -sum_l <hvp_l, g_{l,k}>` for every training example, in order (over the layers of `hvp`: those
+        `fit` found a non-zero gradient for; a layer whose training gradients are all zero adds exactly 0)."""
         chunks = []
         for batch in self._train_batches():
             total = None
-            for name in self.shapes:
+            for name in hvp:
                 part = torch.einsum("brd,rd->b", batch[name], hvp[name])
                 total = part if total is None else total + part
             chunks.append(-total)

@@ -722,6 +722,16 @@ _METHOD_FLAG_READERS = {
 }
 
 
+def schulz_summary(layer_info: dict[str, dict]) -> dict:
+    """The most Schulz iterations and the largest final residual over the layers HyperINF inverted (a layer `fit` left
+    out, `{"skipped": True}`: its gradient is zero for every training example, has neither)."""
+    inverted = [info for info in layer_info.values() if not info.get("skipped")]
+    return {
+        "schulz_max_iterations_used": max(info["schulz_iterations"] for info in inverted),
+        "schulz_max_residual": max(info["schulz_residual"] for info in inverted),
+    }
+
+
 def _refuse_unread_method_flags(inf: InfluenceArguments, methods: list[str]) -> None:
     """A method flag that none of the selected --methods reads, set away from its default, is an error naming it."""
     from ._common import changed_from_default
@@ -887,9 +897,10 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
             "curve_fractions": fractions.tolist(),
             "curve_recall": recall.tolist(),
         }
+        if estimator.skipped_layers:  # zero gradient for every training example: they add 0 to every score
+            res["skipped_layers"] = estimator.skipped_layers
         if name == "hyperinf":
-            res["schulz_max_iterations_used"] = max(v["schulz_iterations"] for v in info.values())
-            res["schulz_max_residual"] = max(v["schulz_residual"] for v in info.values())
+            res.update(schulz_summary(info))
         results["methods"][method] = res
         results["scores"][method] = scores.tolist()
         print(

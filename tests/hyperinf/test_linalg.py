@@ -303,7 +303,7 @@ def test_influence_from_gradients_bad_input():
         influence_from_gradients(g, {"a": torch.zeros(0, 2, 2)})
     with pytest.raises(ValueError, match="same tracked"):
         influence_from_gradients(g, {"b": g["a"]})
-    with pytest.raises(ValueError, match="positive damping"):
+    with pytest.raises(ValueError, match="every tracked matrix .* zero for every training example"):
         influence_from_gradients({"a": torch.zeros(3, 2, 2)}, g)
 
 

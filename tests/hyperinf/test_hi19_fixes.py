@@ -1,0 +1,164 @@
+"""Audit hi19: the influence engine and the recipe.
+
+F1. A tracked matrix whose gradient is zero for every training example (a LoRA on a module whose output does not
+    reach the loss, e.g. LLaVA's last vision layer with `vision_feature_layer=-2`) made every method but TracIn refuse
+    the whole model ("an untrained adapter?"). It adds exactly 0 to every score: it is left out with a warning.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from hf_ext.hyperinf import InfluenceConfig, InfluenceEngine, InfluenceEstimator, influence_from_gradients
+
+# F1 -------------------------------------------------------------------------------------------------------------------
+
+_CURVATURE_METHODS = [
+    ("hyperinf", {}),
+    ("exact", {"exact_curvature": "gfim"}),
+    ("exact", {"exact_curvature": "fim"}),
+    ("datainf", {}),
+    ("lissa", {}),
+    ("tracin", {}),
+]
+
+
+def _gradients(n, seed, dead=True):
+    gen = torch.Generator().manual_seed(seed)
+    grads = {"a": torch.randn(n, 2, 5, generator=gen, dtype=torch.float64),
+             "b": 0.3 * torch.randn(n, 3, 4, generator=gen, dtype=torch.float64)}  # fmt: skip
+    if dead:
+        grads["dead"] = torch.zeros(n, 2, 6, dtype=torch.float64)
+    return grads
+
+
+def _brute_force(train, val, method, exact_curvature="gfim", damping_scale=0.1):
+    """float64, explicit inverses, per layer of `train` (the dead layer not among them)."""
+    n = next(iter(train.values())).shape[0]
+    total = torch.zeros(n, dtype=torch.float64)
+    for name, g in train.items():
+        v = val[name].mean(dim=0)
+        lam = damping_scale * g.square().mean(dim=(1, 2)).mean()
+        if method == "tracin":
+            hvp = v
+        elif method == "datainf":
+            flat, vf = g.flatten(1), v.flatten()
+            terms = [vf - (gk @ vf) / (lam + gk @ gk) * gk for gk in flat]
+            hvp = (torch.stack(terms).mean(dim=0) / lam).reshape(v.shape)
+        elif method == "exact" and exact_curvature == "fim":
+            flat = g.flatten(1)
+            fim = flat.T @ flat / n + lam * torch.eye(flat.shape[1], dtype=torch.float64)
+            hvp = (torch.linalg.inv(fim) @ v.flatten()).reshape(v.shape)
+        else:  # hyperinf and exact on the GFIM
+            gfim = torch.einsum("kri,krj->ij", g, g) / n + lam * torch.eye(g.shape[2], dtype=torch.float64)
+            hvp = v @ torch.linalg.inv(gfim)
+        total -= torch.einsum("krd,rd->k", g, hvp)
+    return total
+
+
+@pytest.mark.parametrize("method, options", _CURVATURE_METHODS)
+def test_a_layer_with_zero_gradients_is_left_out_and_the_scores_are_those_without_it(method, options):
+    train, val = _gradients(12, 0), _gradients(3, 1)
+    val["dead"] = torch.randn(3, 2, 6, dtype=torch.float64)  # its validation gradient does not matter either
+    shapes = {name: tuple(t.shape[1:]) for name, t in train.items()}
+    engine = InfluenceEngine(InfluenceConfig(method=method, dtype=torch.float64, **options), shapes)
+    with pytest.warns(UserWarning, match=r"1 of the 3 tracked matrices get a zero gradient.*left out.*: 'dead'\."):
+        engine.fit(lambda: iter([{k: t[:5] for k, t in train.items()}, {k: t[5:] for k, t in train.items()}]))
+    got = engine.scores(lambda: iter([val]))
+    assert engine.skipped_layers == ["dead"] and engine.active == ["a", "b"]
+    assert engine.layers["dead"].info == {"skipped": True} and engine.layers["dead"].solver is None
+    live = {k: t for k, t in train.items() if k != "dead"}
+    live_val = {k: t for k, t in val.items() if k != "dead"}
+    if method != "tracin":  # the per-layer damping rule of the other layers is unchanged
+        for name, g in live.items():
+            want = 0.1 * float(g.square().mean(dim=(1, 2)).mean())
+            assert engine.layers[name].info["damping"] == pytest.approx(want, rel=1e-12)
+    without = influence_from_gradients(live, live_val, method, dtype=torch.float64, **options)
+    torch.testing.assert_close(got, without, rtol=1e-12, atol=1e-12 * float(without.abs().max()))
+    if method != "lissa":  # LiSSA is a truncated series; it equals the engine without the layer (above)
+        want = _brute_force(live, live_val, method, options.get("exact_curvature", "gfim"))
+        tol = 1e-6 if method == "hyperinf" else 1e-10  # Schulz stops at its tolerance (1e-6)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("method", ["hyperinf", "datainf", "exact", "lissa", "tracin"])
+def test_every_layer_zero_is_refused(method):
+    train = {name: torch.zeros(4, 2, 3) for name in ("a", "b")}
+    with pytest.raises(ValueError, match=r"every tracked matrix \(2\) are zero for every training example"):
+        influence_from_gradients(train, {name: torch.randn(1, 2, 3) for name in train}, method)
+
+
+def test_gradients_that_underflow_are_not_called_zero():
+    """Non-zero gradients whose squares underflow in float32 give a zero damping: refused naming the dtype."""
+    train = {"a": torch.full((4, 2, 3), 1e-30), "b": torch.randn(4, 2, 3)}
+    with pytest.raises(ValueError, match=r"layer 'a' got 0\.0.*underflow in dtype=torch\.float32.*float64"):
+        influence_from_gradients(train, {name: torch.randn(1, 2, 3) for name in train}, "datainf")
+
+
+def _llava_feature_layer_minus_two():
+    """LLaVA with its default vision_feature_layer=-2: the last CLIP layer's output is never used, and
+    target_modules q_proj/v_proj also adapt it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=16, patch_size=8)  # fmt: skip
+    text = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       num_key_value_heads=2, pad_token_id=0, max_position_embeddings=64)  # fmt: skip
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=63, image_seq_length=4)
+    assert config.vision_feature_layer == -2
+    model = get_peft_model(LlavaForConditionalGeneration(config).double(),
+                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # a trained adapter (the dead layer's B would stay 0; it does not matter)
+                param.copy_(0.2 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
+    rows = []
+    for _ in range(9):
+        words = torch.randint(2, 60, (5,), generator=gen).tolist()
+        rows.append({"input_ids": [63] * 4 + words, "labels": [-100] * 4 + words,
+                     "pixel_values": torch.randn(3, 16, 16, generator=gen).tolist()})  # fmt: skip
+    return model, rows[:7], rows[7:]
+
+
+def _backward_gradients(model, examples):
+    """One float64 backward per example; a matrix off the loss path gets no `.grad` (zero)."""
+    from hf_ext.hyperinf import tracked_lora_parameters
+
+    tracked, params = tracked_lora_parameters(model), dict(model.named_parameters())
+    out = {m.name: [] for m in tracked}
+    for example in examples:
+        model.zero_grad(set_to_none=True)
+        model(**{key: torch.tensor([value]) for key, value in example.items()}).loss.backward()
+        for m in tracked:
+            grad = params[m.name].grad
+            grad = torch.zeros_like(params[m.name]) if grad is None else grad.detach()
+            out[m.name].append((grad.T if m.kind == "lora_B" else grad).reshape(m.shape))
+    model.zero_grad(set_to_none=True)
+    return {name: torch.stack(values) for name, values in out.items()}
+
+
+def test_llava_with_an_unused_vision_layer_is_scored_by_every_method():
+    model, train, val = _llava_feature_layer_minus_two()
+    model.eval()
+    ref_train, ref_val = _backward_gradients(model, train), _backward_gradients(model, val)
+    dead = sorted(name for name, g in ref_train.items() if not g.any())
+    assert dead and all("vision_tower.encoder.layers.1." in name for name in dead)
+    assert len(dead) == 4  # lora_A and lora_B of q_proj and v_proj
+    live = {name: g for name, g in ref_train.items() if name not in dead}
+    live_val = {name: g for name, g in ref_val.items() if name not in dead}
+    for method in ("hyperinf", "datainf", "exact", "lissa"):
+        est = InfluenceEstimator(model, method, per_example_gradients="loop", dtype=torch.float64)
+        with pytest.warns(UserWarning, match=r"4 of the \d+ tracked matrices .*vision_tower\.encoder\.layers\.1\."):
+            got = est.fit(train).scores(val)
+        assert sorted(est.skipped_layers) == dead
+        assert all(est.layer_info[name] == {"skipped": True} for name in dead)
+        want = influence_from_gradients(live, live_val, method, dtype=torch.float64).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9 * np.abs(want).max())
+        if method == "hyperinf":
+            from hf_ext.recipes.hyperinf import schulz_summary
+
+            summary = schulz_summary(est.layer_info)  # the recipe's per-method record skips the left-out layers
+            assert summary["schulz_max_iterations_used"] > 0 and summary["schulz_max_residual"] < 1e-6
