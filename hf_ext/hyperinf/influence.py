@@ -1,7 +1,8 @@
 """Streaming influence engine over batches of rank-first gradients: HyperINF and its baselines behind one interface.
 
 The engine never holds an `n x P` gradient matrix. It consumes *gradient sources*: zero-argument callables that
-return a fresh iterator of `{name: (B, r, d) tensor}` batches (per-example gradients of the training set). Per layer
+return a fresh iterator of `{name: (B, r, d) tensor}` batches (per-example gradients of the training set) on every
+call, or lists/tuples of such batches (an iterator, read once only, is refused). Per layer
 it keeps only `d x d` (HyperINF, exact-GFIM), `rd x rd` (exact-FIM, small models only) or `r x d` (DataInf, LiSSA,
 TracIn) state.
 
@@ -35,6 +36,39 @@ from .linalg import (
 METHODS = ("hyperinf", "datainf", "lissa", "tracin", "exact")
 GradientBatches = Iterable[Mapping[str, torch.Tensor]]
 GradientSource = Callable[[], GradientBatches]
+
+_SOURCE_CONTRACT = (
+    "a zero-argument callable returning a fresh iterator of {name: (B, r, d) tensor} batches on every call (the "
+    "training gradients are read again by `scores`: DataInf twice, LiSSA `lissa_iterations + 1` times), or a list or "
+    "tuple of such batches"
+)
+
+
+def as_gradient_source(source, argument: str) -> GradientSource:
+    """`source` as a gradient source: a callable is kept, a list or tuple of batches is read afresh on every call; an
+    iterator or generator (read once only) and anything else are a `TypeError` naming `argument` and the contract."""
+    if callable(source):
+        return source
+    if isinstance(source, (list, tuple)):
+        return lambda: iter(source)
+    if isinstance(source, Iterator):
+        raise TypeError(
+            f"`{argument}` must be a gradient source: {_SOURCE_CONTRACT}. Got a {type(source).__name__}, an iterator "
+            "that can be read once only; pass a list of the batches, or a function that makes a new iterator, e.g. "
+            "`lambda: make_batches()`."
+        )
+    raise TypeError(f"`{argument}` must be a gradient source: {_SOURCE_CONTRACT}. Got a {type(source).__name__}.")
+
+
+def _open_source(source: GradientSource, argument: str) -> Iterator[Mapping[str, torch.Tensor]]:
+    batches = source()
+    try:
+        return iter(batches)
+    except TypeError:
+        raise TypeError(
+            f"`{argument}` returned a {type(batches).__name__}, not an iterable of gradient batches; a gradient "
+            f"source is {_SOURCE_CONTRACT}."
+        ) from None
 
 
 # Float options of `InfluenceConfig` -> whether `None` is allowed.
@@ -241,12 +275,18 @@ class InfluenceEngine:
 
     # ------------------------------------------------------------------ fit
     def _check_batch(self, batch: Mapping[str, torch.Tensor]) -> int:
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                f"A gradient batch must be a mapping {{name: (B, r, d) tensor}}, got a {type(batch).__name__}."
+            )
         missing = set(self.shapes) - set(batch)
         if missing:
             raise ValueError(f"A gradient batch lacks tracked matrices {sorted(missing)[:3]}.")
         sizes = set()
         for name, shape in self.shapes.items():
             grads = batch[name]
+            if not isinstance(grads, torch.Tensor):
+                raise TypeError(f"Gradients of {name!r} must be a torch.Tensor, got a {type(grads).__name__}.")
             if grads.ndim != 3 or tuple(grads.shape[1:]) != tuple(shape):
                 raise ValueError(
                     f"Gradients of {name!r} must have shape (B, {shape[0]}, {shape[1]}), got {tuple(grads.shape)}."
@@ -264,12 +304,18 @@ class InfluenceEngine:
     def fit(self, train_source: GradientSource) -> InfluenceEngine:
         """One pass over the training gradients: damping statistics and, where needed, the curvature to invert.
 
+        `train_source` is a zero-argument callable returning a fresh iterator of `{name: (B, r, d) tensor}` batches on
+        every call, or a list or tuple of batches: `scores` reads the training gradients again, in the same order,
+        and refuses a pass that yields another number of examples than `fit` counted (e.g. a callable returning the
+        same, exhausted, generator again). An iterator is refused (it can be read once only).
+
         A tracked matrix whose gradient is zero for every training example adds exactly 0 to every score (`<hvp_l,
         g_{l,k}> = 0` for all `k`) and is left out with a `UserWarning` naming it (`skipped_layers`); its curvature
         and damping are not computed, and the other layers' are as without it. A `ValueError` when every tracked
         matrix is zero (an adapter off the loss path, or untrained).
         """
         cfg = self.config
+        train_source = as_gradient_source(train_source, "train_source")
         start = time.perf_counter()
         layers = {name: LayerState(shape=shape) for name, shape in self.shapes.items()}
         for layer in layers.values():
@@ -279,7 +325,7 @@ class InfluenceEngine:
         use_fim = cfg.method == "exact" and cfg.exact_curvature == "fim"
         n = 0
         nonzero = dict.fromkeys(layers, False)
-        for batch in train_source():
+        for batch in _open_source(train_source, "train_source"):
             n += self._check_batch(batch)
             for name, layer in layers.items():
                 g = batch[name].to(device=self.device, dtype=cfg.dtype)
@@ -387,13 +433,15 @@ class InfluenceEngine:
 
     # ---------------------------------------------------------------- score
     def mean_gradient(self, source: GradientSource) -> dict[str, torch.Tensor]:
-        """`v_l`: the mean of the per-example gradients of `source` (the validation set)."""
+        """`v_l`: the mean of the per-example gradients of `source` (the validation set; a gradient source or a list
+        of batches, as for `fit`)."""
+        source = as_gradient_source(source, "eval_source")
         sums = {
             name: torch.zeros(shape, dtype=self.config.dtype, device=self.device)
             for name, shape in self.shapes.items()
         }
         m = 0
-        for batch in source():
+        for batch in _open_source(source, "eval_source"):
             m += self._check_batch(batch)
             for name in sums:
                 sums[name].add_(batch[name].to(device=self.device, dtype=self.config.dtype).sum(dim=0))
@@ -404,9 +452,20 @@ class InfluenceEngine:
     def _train_batches(self) -> Iterator[Mapping[str, torch.Tensor]]:
         if self.train_source is None:
             raise RuntimeError("Call `fit(train)` before computing influence.")
-        for batch in self.train_source():
-            self._check_batch(batch)
+        count = 0
+        for batch in _open_source(as_gradient_source(self.train_source, "train_source"), "train_source"):
+            count += self._check_batch(batch)
+            if count > self.num_train:
+                break
             yield {name: batch[name].to(device=self.device, dtype=self.config.dtype) for name in self.shapes}
+        if count != self.num_train:
+            raise ValueError(
+                f"The training gradient source yielded {'at least ' if count > self.num_train else ''}{count} "
+                f"examples in this pass but {self.num_train} in `fit`: it must return a fresh iterator over the same "
+                "training examples, in the same order, on every call (a function that returns one generator again "
+                "gives an exhausted one after `fit`). Pass a list of the batches or a function that makes them anew, "
+                "and call `fit` again if the training set changed."
+            )
 
     def inverse_hvp(self, v: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per layer, the method's approximation of `(curvature + lambda I)^-1` applied to `v_l`."""
@@ -485,7 +544,8 @@ class InfluenceEngine:
         return torch.cat(chunks)
 
     def scores(self, eval_source: GradientSource) -> torch.Tensor:
-        """Influence of every training example on the mean loss of the examples of `eval_source`."""
+        """Influence of every training example on the mean loss of the examples of `eval_source` (a gradient source or
+        a list of batches, as for `fit`); the training source of `fit` is read again (see `fit`)."""
         start = time.perf_counter()
         v = self.mean_gradient(eval_source)
         out = self.scores_from_hvp(self.inverse_hvp(v))

@@ -3,6 +3,9 @@
 F1. A tracked matrix whose gradient is zero for every training example (a LoRA on a module whose output does not
     reach the loss, e.g. LLaVA's last vision layer with `vision_feature_layer=-2`) made every method but TracIn refuse
     the whole model ("an untrained adapter?"). It adds exactly 0 to every score: it is left out with a warning.
+F2. `InfluenceEngine` ("fed by any iterator of gradient batches") failed on a list or an iterator with "'list' object
+    is not callable"; a one-shot source passed `fit`, then `scores` ended in a bare `torch.cat` error; a later pass
+    yielding another number of training examples than `fit` counted was not noticed.
 """
 
 import numpy as np
@@ -162,3 +165,72 @@ def test_llava_with_an_unused_vision_layer_is_scored_by_every_method():
 
             summary = schulz_summary(est.layer_info)  # the recipe's per-method record skips the left-out layers
             assert summary["schulz_max_iterations_used"] > 0 and summary["schulz_max_residual"] < 1e-6
+
+
+# F2 -------------------------------------------------------------------------------------------------------------------
+
+
+def _batches(n, seed, size=4):
+    gen = torch.Generator().manual_seed(seed)
+    grads = torch.randn(n, 2, 8, generator=gen, dtype=torch.float64)
+    return [{"l": grads[i : i + size]} for i in range(0, n, size)], {"l": grads}
+
+
+def _engine(method="datainf"):
+    return InfluenceEngine(InfluenceConfig(method=method, dtype=torch.float64), {"l": (2, 8)})
+
+
+@pytest.mark.parametrize("method", ["datainf", "hyperinf", "lissa"])
+@pytest.mark.parametrize("container", [list, tuple])
+def test_a_list_or_tuple_of_batches_is_a_source(method, container):
+    train, train_all = _batches(12, 0)
+    val, val_all = _batches(3, 1)
+    got = _engine(method).fit(container(train)).scores(container(val))
+    want = influence_from_gradients(train_all, val_all, method, dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def test_an_iterator_is_refused_naming_the_contract():
+    train, _ = _batches(12, 0)
+    val, _ = _batches(3, 1)
+    with pytest.raises(TypeError, match=r"`train_source` must be a gradient source: a zero-argument callable.*"
+                                         r"list_iterator, an iterator that can be read once only"):
+        _engine().fit(iter(train))
+    with pytest.raises(TypeError, match=r"`train_source` .*generator, an iterator"):
+        _engine().fit(batch for batch in train)
+    engine = _engine().fit(train)
+    with pytest.raises(TypeError, match=r"`eval_source` must be a gradient source.*list_iterator"):
+        engine.scores(iter(val))
+    with pytest.raises(TypeError, match=r"`train_source` must be a gradient source.*Got a dict"):
+        _engine().fit(train[0])
+    with pytest.raises(TypeError, match=r"`train_source` returned a int, not an iterable"):
+        _engine().fit(lambda: 3)
+    with pytest.raises(TypeError, match=r"A gradient batch must be a mapping.*got a Tensor"):
+        _engine().fit([train[0]["l"]])
+
+
+@pytest.mark.parametrize("method", ["tracin", "hyperinf", "datainf", "lissa", "exact"])
+def test_a_one_shot_source_is_refused_in_scores(method):
+    train, _ = _batches(12, 0)
+    val, _ = _batches(3, 1)
+    once = iter(train)
+    engine = _engine(method).fit(lambda: once)  # fit reads it; every later pass finds it exhausted
+    with pytest.raises(ValueError, match=r"yielded 0 examples in this pass but 12 in `fit`.*fresh iterator"):
+        engine.scores(val)
+
+
+@pytest.mark.parametrize("later", [8, 16])
+@pytest.mark.parametrize("method", ["tracin", "datainf"])
+def test_a_later_pass_with_another_number_of_examples_is_refused(method, later):
+    first, _ = _batches(12, 0)
+    other, _ = _batches(later, 2)
+    calls = []
+
+    def source():
+        calls.append(1)
+        return iter(first if len(calls) == 1 else other)
+
+    engine = _engine(method).fit(source)
+    match = ("at least 16" if later > 12 else "8") + r" examples in this pass but 12 in `fit`"
+    with pytest.raises(ValueError, match=match):
+        engine.scores(_batches(3, 1)[0])
