@@ -125,7 +125,9 @@ class InfluenceConfig:
             generalized Fisher, the exact counterpart of HyperINF) or `"fim"` (the full `rd x rd` empirical Fisher,
             the reference's `accurate` method).
         max_exact_dim (`int`, *optional*, defaults to 4096): refuse `"exact"` when a matrix to invert would be larger.
-        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the accumulated statistics.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the per-example gradients and of the
+            accumulated statistics. `"exact"` needs float32 or float64 (torch's Cholesky has no half-precision
+            kernels; a half `dtype` is refused at construction).
     """
 
     method: str = "hyperinf"
@@ -204,6 +206,14 @@ class InfluenceConfig:
             raise ValueError(f"`exact_curvature` must be 'gfim' or 'fim', got {self.exact_curvature!r}.")
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
             raise TypeError(f"`dtype` must be a floating torch.dtype, got {self.dtype!r}.")
+        if self.method == "exact" and self.dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"method='exact' needs `dtype` torch.float32 or torch.float64, got {self.dtype}: it factors the damped "
+                "curvature with a Cholesky decomposition, which torch implements in those dtypes only (it used to fail "
+                "after the whole gradient pass). Pass dtype=torch.float32 (the default; the per-example gradients of a "
+                "half-precision model are cast to it) or torch.float64, or use method='hyperinf' (it inverts in "
+                "`schulz_dtype`, float64 by default)."
+            )
         if self.schulz_dtype is not None and (
             not isinstance(self.schulz_dtype, torch.dtype) or not self.schulz_dtype.is_floating_point
         ):

@@ -6,7 +6,11 @@ F1. A tracked matrix whose gradient is zero for every training example (a LoRA o
 F2. `InfluenceEngine` ("fed by any iterator of gradient batches") failed on a list or an iterator with "'list' object
     is not callable"; a one-shot source passed `fit`, then `scores` ended in a bare `torch.cat` error; a later pass
     yielding another number of training examples than `fit` counted was not noticed.
+F4. method="exact" with a half `dtype` passed validation, then failed with a raw Cholesky NotImplementedError after
+    the whole gradient pass.
 """
+
+import warnings
 
 import numpy as np
 import pytest
@@ -234,3 +238,33 @@ def test_a_later_pass_with_another_number_of_examples_is_refused(method, later):
     match = ("at least 16" if later > 12 else "8") + r" examples in this pass but 12 in `fit`"
     with pytest.raises(ValueError, match=match):
         engine.scores(_batches(3, 1)[0])
+
+
+# F4 -------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("curvature", ["gfim", "fim"])
+def test_exact_with_a_half_dtype_is_refused_at_construction(dtype, curvature):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules=["q_proj"]))
+    match = rf"method='exact' needs `dtype` torch\.float32 or torch\.float64, got {dtype}: .*Cholesky"
+    with pytest.raises(ValueError, match=match):
+        InfluenceConfig(method="exact", dtype=dtype, exact_curvature=curvature).validate()
+    grads = {"l": torch.randn(6, 2, 4)}
+    with pytest.raises(ValueError, match=match):
+        influence_from_gradients(grads, grads, "exact", dtype=dtype, exact_curvature=curvature)
+    with pytest.raises(ValueError, match=match):  # before any gradient pass
+        InfluenceEstimator(model, "exact", dtype=dtype, exact_curvature=curvature)
+
+
+@pytest.mark.parametrize("method", ["hyperinf", "datainf", "lissa", "tracin"])
+def test_the_other_methods_still_take_a_half_dtype(method):
+    grads = {"l": torch.randn(6, 2, 4)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # hyperinf: Schulz stalls in half precision (schulz_dtype=None)
+        scores = influence_from_gradients(grads, grads, method, dtype=torch.bfloat16, schulz_dtype=None)
+    assert scores.dtype == torch.bfloat16 and torch.isfinite(scores).all()
