@@ -29,6 +29,21 @@ INSTRUCTIONS = {
 ANSWER_MARK = "\nAnswer:"
 
 
+def end_token_id(tokenizer) -> int:
+    """The token id that ends every example: the tokenizer's `eos_token_id`, else its `sep_token_id` (BERT-family
+    tokenizers have no eos token and end a sequence with `[SEP]`). A `ValueError` when it has neither (every example
+    would end in `None`, which failed only when a collator made tensors of it)."""
+    for attribute in ("eos_token_id", "sep_token_id"):
+        value = getattr(tokenizer, attribute, None)
+        if value is not None:
+            return int(value)
+    raise ValueError(
+        f"The tokenizer ({type(tokenizer).__name__}) has neither an eos token nor a sep token to end each example "
+        "with (eos_token_id and sep_token_id are None); set one (e.g. `tokenizer.eos_token = ...`, a token of its "
+        "vocabulary) or use a base model whose tokenizer defines one."
+    )
+
+
 def build_instruction_task(
     tokenizer,
     domains: list[str] | None = None,
@@ -47,7 +62,8 @@ def build_instruction_task(
     `train` also has `corrupted` (bool). Documents with fewer than `prompt_tokens + answer_tokens` tokens are skipped.
 
     Args:
-        tokenizer: a tokenizer with an `eos_token_id` (e.g. `hf_ext.data.build_tokenizer(512)`).
+        tokenizer: a tokenizer with an `eos_token_id` (e.g. `hf_ext.data.build_tokenizer(512)`) or, without one, a
+            `sep_token_id` (BERT family), which ends every answer (`end_token_id`; neither is a `ValueError`).
         domains (`list[str]`, *optional*): corpus domains to use (default: all).
         seed (`int`): seed of the document split, the kinds and the corruption.
         prompt_tokens (`int`): document tokens in the prompt.
@@ -67,12 +83,12 @@ def build_instruction_task(
         raise ValueError(f"`kinds` must be a non-empty selection of {list(INSTRUCTIONS)}, got {kinds!r}.")
     if not 0.0 <= corrupt_rate < 1.0:
         raise ValueError(f"`corrupt_rate` must be in [0, 1), got {corrupt_rate}.")
+    eos = end_token_id(tokenizer)
     corpus = concatenate_datasets([load_corpus("train", domains=domains), load_corpus("test", domains=domains)])
     encoded = tokenizer(list(corpus["text"]), add_special_tokens=False)["input_ids"]
     instruction_ids = {k: tokenizer(v, add_special_tokens=False)["input_ids"] for k, v in INSTRUCTIONS.items()}
     mark_ids = tokenizer(ANSWER_MARK, add_special_tokens=False)["input_ids"]
     domain_ids = {d: tokenizer(" " + d, add_special_tokens=False)["input_ids"] for d in sorted(set(corpus["domain"]))}
-    eos = tokenizer.eos_token_id
     rng = np.random.default_rng(seed)
     docs = [(ids, dom) for ids, dom in zip(encoded, corpus["domain"]) if len(ids) >= prompt_tokens + answer_tokens]
     docs = [docs[i] for i in rng.permutation(len(docs))]

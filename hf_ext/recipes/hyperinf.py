@@ -502,8 +502,8 @@ def load_tokenizer(base: str | None, vocab_size: int):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(base)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer.pad_token is None:  # BERT-family tokenizers have a pad token (and no eos token)
+            tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.sep_token
         return tokenizer
     from ..data import build_tokenizer
 
@@ -553,14 +553,21 @@ def build_task(task: TaskArguments, tokenizer, seed: int):
     from datasets import Dataset, concatenate_datasets
 
     from ..data import load_corpus
+    from ..hyperinf.selection import end_token_id
 
+    # the tokenizer's eos token ends every example; a BERT-family tokenizer (no eos token) frames it as
+    # [CLS] ... [SEP] (the token its classifier pools first); neither an eos nor a sep token is refused here, before
+    # start_run_files (every example ended in None and the Trainer's collator failed after the earlier results were gone)
+    end = end_token_id(tokenizer)
+    start = [tokenizer.cls_token_id] if tokenizer.eos_token_id is None and tokenizer.cls_token_id is not None else []
+    body = task.max_length - len(start) - 1
     domains = parse_list(task.domains)
     corpus = concatenate_datasets([load_corpus("train", domains=domains), load_corpus("test", domains=domains)])
     encoded = tokenizer(list(corpus["text"]), add_special_tokens=False)["input_ids"]
     rows = [
-        {"input_ids": ids[: task.max_length - 1] + [tokenizer.eos_token_id], "labels": domains.index(domain)}
+        {"input_ids": start + ids[:body] + [end], "labels": domains.index(domain)}
         for ids, domain in zip(encoded, corpus["domain"])
-        if len(ids) >= task.max_length - 1
+        if len(ids) >= body
     ]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(rows))
@@ -837,6 +844,11 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
         return run_llm_selection(task, model_args, inf, training_args, tokenizer, data)
     methods = parse_list(inf.methods)
     train, val, test, is_noisy, domains = build_task(task, tokenizer, training_args.seed)
+    # a given base is loaded and wrapped (its own fixed seed) before the earlier run's files are touched: a checkpoint
+    # that cannot be loaded or adapted fails with them in place (the tiny base is pretrained after start_run_files)
+    classifier = None
+    if base:
+        classifier = lora_classifier(base, len(domains), model_args, training_args.seed, tokenizer.pad_token_id)
     start_run_files(task, model_args, training_args)
     print(
         f"task: {len(domains)} domains, train {len(train)} ({int(is_noisy.sum())} flipped), val {len(val)}, "
@@ -844,8 +856,10 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     )
 
     base_dir = base or prepare_base(model_args, tokenizer, training_args)
+    if classifier is None:
+        classifier = lora_classifier(base_dir, len(domains), model_args, training_args.seed, tokenizer.pad_token_id)
     model = fine_tune(
-        lora_classifier(base_dir, len(domains), model_args, training_args.seed, tokenizer.pad_token_id),
+        classifier,
         train,
         training_args,
         "full",

@@ -6,6 +6,9 @@ F1. A tracked matrix whose gradient is zero for every training example (a LoRA o
 F2. `InfluenceEngine` ("fed by any iterator of gradient batches") failed on a list or an iterator with "'list' object
     is not callable"; a one-shot source passed `fit`, then `scores` ended in a bare `torch.cat` error; a later pass
     yielding another number of training examples than `fit` counted was not noticed.
+F3. The recipe with a BERT-family --model_name_or_path (tokenizer without an eos token) ended every example in None
+    and failed in the Trainer's collator ("Could not infer dtype of NoneType") after the earlier run's report files
+    had been removed (`build_instruction_task` did the same for --task llm_selection).
 F4. method="exact" with a half `dtype` passed validation, then failed with a raw Cholesky NotImplementedError after
     the whole gradient pass.
 """
@@ -268,3 +271,117 @@ def test_the_other_methods_still_take_a_half_dtype(method):
         warnings.simplefilter("ignore")  # hyperinf: Schulz stalls in half precision (schulz_dtype=None)
         scores = influence_from_gradients(grads, grads, method, dtype=torch.bfloat16, schulz_dtype=None)
     assert scores.dtype == torch.bfloat16 and torch.isfinite(scores).all()
+
+
+# F3 -------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wordpiece():
+    """A small WordPiece vocabulary (BERT-style special tokens) trained on the embedded corpus."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from hf_ext.data import load_corpus
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(load_corpus("train")["text"][:2000], trainers.WordPieceTrainer(vocab_size=500,
+                                                                                           special_tokens=specials))
+    return tok
+
+
+def _bert_base(folder, wordpiece, with_sep=True):
+    """A tiny BERT checkpoint beside its tokenizer: a BertTokenizerFast (eos None, sep [SEP]) or, `with_sep=False`, a
+    tokenizer with neither an eos nor a sep token."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, PreTrainedTokenizerFast
+
+    if with_sep:
+        tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]",
+                                      cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")  # fmt: skip
+    else:
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]")
+    assert tokenizer.eos_token_id is None and (tokenizer.sep_token_id is None) != with_sep
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, max_position_embeddings=64)  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return tokenizer
+
+
+_BERT_RUN = ["--target_modules", "query,value", "--methods", "tracin,hyperinf", "--num_train_epochs", "1",
+             "--max_train", "30", "--num_val", "6", "--num_test", "6", "--select_fraction", "1.0", "--max_length", "24",
+             "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true", "--num_threads", "1"]  # fmt: skip
+
+
+def test_recipe_with_a_bert_base_frames_examples_cls_sep_and_runs(tmp_path, wordpiece):
+    import json
+
+    from hf_ext.recipes.hyperinf import DEFAULT_DOMAINS, TaskArguments, build_task, main
+
+    base = tmp_path / "bert"
+    tokenizer = _bert_base(base, wordpiece)
+    task = TaskArguments(domains=DEFAULT_DOMAINS, max_length=24, num_val=6, num_test=6, max_train=30)
+    train, val, test, _, _ = build_task(task, tokenizer, seed=0)
+    for split in (train, val, test):
+        for ids in split["input_ids"]:
+            assert len(ids) == 24 and None not in ids
+            assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "hyperinf_results.json").write_text('{"earlier": "run"}')
+    results = main(["--model_name_or_path", str(base), *_BERT_RUN, "--output_dir", str(out)])
+    assert set(results["methods"]) == {"tracin", "hyperinf"}
+    written = json.loads((out / "hyperinf_results.json").read_text())
+    assert written["methods"]["hyperinf"]["schulz_max_residual"] < 1e-6
+
+
+@pytest.mark.parametrize("task", ["classification", "llm_selection"])
+def test_recipe_refuses_a_tokenizer_without_eos_and_sep_before_touching_earlier_files(tmp_path, wordpiece, task):
+    from hf_ext.recipes.hyperinf import main
+
+    base = tmp_path / "base"
+    _bert_base(base, wordpiece, with_sep=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {name: f"{name} of an earlier run" for name in ("hyperinf_results.json", "hyperinf_run_data.json",
+                                                               "llm_selection_results.json")}  # fmt: skip
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    argv = ["--model_name_or_path", str(base), "--output_dir", str(out), "--task", task, "--use_cpu", "true",
+            "--report_to", "none", "--target_modules", "query,value"]  # fmt: skip
+    with pytest.raises(ValueError, match=r"neither an eos token nor a sep token.*eos_token_id and sep_token_id"):
+        main(argv)
+    assert {p.name: p.read_text() for p in out.iterdir()} == earlier
+
+
+def test_a_base_checkpoint_that_cannot_be_loaded_leaves_earlier_files(tmp_path, wordpiece):
+    """The given base is loaded and adapted before the earlier run's report files are removed."""
+    from hf_ext.recipes.hyperinf import main
+
+    base = tmp_path / "bert"
+    _bert_base(base, wordpiece)
+    (base / "model.safetensors").write_bytes(b"a truncated download")
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {name: f"{name} of an earlier run" for name in ("hyperinf_results.json", "hyperinf_run_data.json")}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    with pytest.raises(Exception, match="(?i)safetensors|header|deserializ"):
+        main(["--model_name_or_path", str(base), *_BERT_RUN, "--output_dir", str(out)])
+    assert {p.name: p.read_text() for p in out.iterdir()} == earlier
+
+
+def test_instruction_task_ends_answers_with_sep_without_an_eos(wordpiece, tmp_path):
+    from hf_ext.hyperinf.selection import build_instruction_task, end_token_id
+
+    tokenizer = _bert_base(tmp_path / "bert", wordpiece)
+    train, target, _, _ = build_instruction_task(tokenizer, seed=0, prompt_tokens=8, answer_tokens=4, num_target=4,
+                                                 num_test=4, max_train=24)  # fmt: skip
+    assert end_token_id(tokenizer) == tokenizer.sep_token_id
+    for split in (train, target):
+        for ids, labels in zip(split["input_ids"], split["labels"]):
+            assert None not in ids and ids[-1] == labels[-1] == tokenizer.sep_token_id
+    bare = _bert_base(tmp_path / "bare", wordpiece, with_sep=False)
+    with pytest.raises(ValueError, match="neither an eos token nor a sep token"):
+        build_instruction_task(bare, seed=0, prompt_tokens=8, answer_tokens=4, num_target=4, num_test=4)
