@@ -22,7 +22,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from .utils import cache_dir
+from .utils import cache_dir, writable_cache_subdir
 
 logger = logging.getLogger(__name__)
 
@@ -215,10 +215,10 @@ def _load_records() -> list[dict]:
         cached = _read_cache(path)
         if cached is not None:
             return cached
+    writable_cache_subdir(path.parent)  # an unwritable cache is named before the corpus is built
     records = build_corpus_records()
     if not records:
         raise RuntimeError("The embedded corpus came out empty: the Python standard library sources were not found.")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     lines = _record_lines(records)
     with tmp.open("w", encoding="utf-8") as fh:

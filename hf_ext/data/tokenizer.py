@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..utils.checks import is_bool
 from ..utils.io import make_temp_dir
-from .utils import cache_dir
+from .utils import cache_dir, writable_cache_subdir
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +118,10 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
         except Exception as err:  # truncated or corrupt cache: rebuild it rather than fail every later run
             logger.warning("The cached tokenizer %s is unusable (%s); rebuilding it.", target, err)
             shutil.rmtree(target, ignore_errors=True)
+    if cache:
+        writable_cache_subdir(target.parent)  # an unwritable cache is named before the tokenizer is trained
     tok = wrap(_train_tokenizer(corpus.load_corpus("train")["text"], vocab_size))
     if cache:
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(make_temp_dir(str(target.parent), ".tmp-"))  # a shared cache stays readable by its group
         try:
             tok.save_pretrained(str(tmp))
