@@ -7,9 +7,18 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from datatrove.data import Document
-from datatrove.pipeline.filters.base_filter import BaseFilter
-from datatrove.pipeline.writers.disk_base import DiskWriter
+try:
+    from datatrove.data import Document
+    from datatrove.pipeline.filters.base_filter import BaseFilter
+    from datatrove.pipeline.writers.disk_base import DiskWriter
+except ImportError as err:  # datatrove is an optional extra
+    if (getattr(err, "name", None) or "datatrove").split(".")[0] not in ("datatrove", "orjson"):
+        raise
+    raise ModuleNotFoundError(
+        f"RobotsTxtFilter needs datatrove ({err}): install the extra with `pip install 'hf_ext[datatrove]'` "
+        "(or `pip install -e '.[datatrove]'` from a checkout).",
+        name="datatrove",
+    ) from err
 
 from .domains import BlockedDomains, _coarse_keeps, build_blocked_domains
 from .robots import DEFAULT_AI_USER_AGENTS, RobotsCompliance

@@ -128,6 +128,13 @@ def _validate(args: ComplianceArguments):
 
     if args.engine not in ("datasets", "datatrove"):
         raise ValueError(f"--engine must be 'datasets' or 'datatrove', got {args.engine!r}.")
+    if args.engine == "datatrove":  # the optional extra, checked before the corpus is loaded
+        try:
+            from ..compliance import datatrove_filter  # noqa: F401
+        except ModuleNotFoundError as err:
+            if err.name != "datatrove":
+                raise
+            raise ValueError(f"--engine datatrove needs datatrove: pip install 'hf_ext[datatrove]' ({err}).") from err
     if args.host_fallback not in HOST_FALLBACKS:
         raise ValueError(f"--host_fallback must be one of {', '.join(HOST_FALLBACKS)}, got {args.host_fallback!r}.")
     if args.backend not in BACKENDS:
