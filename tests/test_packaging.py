@@ -27,7 +27,7 @@ def test_the_wheel_ships_every_tracked_file_of_the_package_and_the_command(tmp_p
     package_files = _tracked(root, "hf_ext")
     assert any(f.endswith(".jsonl") for f in package_files) and any(f.endswith(".yaml") for f in package_files)
     source = tmp_path / "source"
-    for rel in [*package_files, "pyproject.toml", "README.md"]:
+    for rel in [*package_files, "pyproject.toml", "README.md", *_tracked(root, "LICENSE")]:
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, source / rel)
     dist = tmp_path / "dist"
@@ -43,11 +43,45 @@ def test_the_wheel_ships_every_tracked_file_of_the_package_and_the_command(tmp_p
         names = set(archive.namelist())
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         scripts = archive.read(entry_points).decode()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        metadata = archive.read(metadata).decode()
+        licences = {n: archive.read(n).decode() for n in names if n.endswith(".dist-info/licenses/LICENSE")}
     missing = sorted(f for f in package_files if f not in names)
     assert not missing, f"files of the package left out of the wheel (add their suffix to package-data): {missing}"
     extra = sorted(n for n in names if n.startswith("hf_ext/") and n not in package_files)
     assert not extra, f"files in the wheel that are not tracked sources: {extra}"
     assert "hf-ext = hf_ext.cli:main" in scripts
+    # the declared licence ships its text (Apache-2.0 section 4(a)); was: License-Expression only, no file (pk19 F3)
+    assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata.splitlines()
+    assert list(licences.values()) == [(root / "LICENSE").read_text(encoding="utf-8")]
+
+
+def test_the_licence_text_is_the_apache_2_0_text_and_ships_in_the_sdist(tmp_path, repo_root):
+    """pyproject declares Apache-2.0: LICENSE at the root holds that licence's text, and the sdist carries it."""
+    import tarfile
+
+    root = Path(repo_root)
+    assert _tracked(root, "LICENSE") == ["LICENSE"], "no LICENSE file at the repository root"
+    text = (root / "LICENSE").read_text(encoding="utf-8")
+    assert text.strip().startswith("Apache License\n                           Version 2.0, January 2004")
+    assert "END OF TERMS AND CONDITIONS" in text and "http://www.apache.org/licenses/LICENSE-2.0" in text
+    source = tmp_path / "source"
+    for rel in [*_tracked(root, "hf_ext"), "pyproject.toml", "README.md", "LICENSE"]:
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, source / rel)
+    build = subprocess.run(
+        [sys.executable, "-c", "import sys, setuptools.build_meta as b; print(b.build_sdist(sys.argv[1]))", str(tmp_path)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    with tarfile.open(tmp_path / build.stdout.strip().splitlines()[-1]) as sdist:
+        names = {n.split("/", 1)[1]: n for n in sdist.getnames() if "/" in n}
+        assert "LICENSE" in names
+        assert sdist.extractfile(names["LICENSE"]).read().decode() == text
+        assert "License-File: LICENSE" in sdist.extractfile(names["PKG-INFO"]).read().decode().splitlines()
 
 
 def test_model_folders_import_nothing_from_hf_ext(repo_root):
