@@ -117,3 +117,32 @@ def test_a_one_process_recipe_launched_on_several_refuses_through_hf_ext_run_too
     assert f"The {recipe} recipe runs in one process, but it was launched on 2" in msg
     assert f"`hf-ext run {recipe} ...`" in msg and f"`python scripts/{recipe}.py ...`" in msg
     assert not out.exists()
+
+
+@pytest.mark.parametrize("recipe", sorted(available_recipes()))
+def test_a_recipes_usage_line_names_hf_ext_run_and_the_recipe(recipe, capsys):
+    """Was `usage: hf-ext [-h] [--model_name_or_path ...]`: the recipe's parser took the console script's name, so the
+    usage line lacked `run <recipe>` (pk19 F4)."""
+    from hf_ext.recipes._common import CLI_PROG
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", recipe, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: hf-ext run {recipe} [-h]"), out[:200]
+    assert CLI_PROG.get() is None  # reset after the run: a later direct call does not claim to be the CLI
+    with pytest.raises(SystemExit) as exc:
+        main(["run", recipe, "--output_dir"])  # a flag without its value: argparse's own error path
+    assert exc.value.code == 2
+    assert f"hf-ext run {recipe}: error:" in capsys.readouterr().err
+
+
+def test_a_recipe_run_with_python_m_names_the_module_in_its_usage_line(repo_root, tmp_path):
+    """`python -m hf_ext.recipes.<recipe>` (also what torchrun / accelerate launch `-m` run) shows that command."""
+    env = {**os.environ, "PYTHONPATH": repo_root}
+    res = subprocess.run(
+        [sys.executable, "-m", "hf_ext.recipes.cubic_newton", "--help"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("usage: python -m hf_ext.recipes.cubic_newton [-h]"), res.stdout[:200]

@@ -17,8 +17,9 @@ import shlex
 import pytest
 
 DOC_FILES = ("README.md", "docs/*.md", "model_cards/*.md", "hf_ext/evaluation/metrics/*/README.md")  # + metric cards
-# `scripts/<name>.py` or `hf-ext run <name>`, then its arguments up to a comment, a pipe, `;`, `&&` or a redirect.
-_COMMAND = re.compile(r"(?:scripts/(\w+)\.py|hf-ext run (\w+))([^#|;&>]*)")
+# `scripts/<name>.py`, `hf-ext run <name>` or `-m hf_ext.recipes.<name>` (the wheel-install form), then its arguments
+# up to a comment, a pipe, `;`, `&&` or a redirect.
+_COMMAND = re.compile(r"(?:scripts/(\w+)\.py|hf-ext run (\w+)|-m hf_ext\.recipes\.(\w+))([^#|;&>]*)")
 # commands that read an example path or an earlier command's checkpoint: parsed, but the recipe's checks would refuse
 # the missing input (as they should)
 _INPUT_PATH_FLAGS = {
@@ -55,11 +56,18 @@ def documented_commands(root: str) -> list[tuple[str, str, list[str]]]:
         for lineno, line in _code_lines(text):
             for m in _COMMAND.finditer(line):
                 argv = []
-                for token in shlex.split(m.group(3).split("(")[0]):  # prose after "(" is not part of the command
+                for token in shlex.split(m.group(4).split("(")[0]):  # prose after "(" is not part of the command
                     argv.append(token)
                 if argv and argv != ["..."]:
-                    found.append((f"{rel}:{lineno}", m.group(1) or m.group(2), argv))
+                    found.append((f"{rel}:{lineno}", m.group(1) or m.group(2) or m.group(3), argv))
     return found
+
+
+def _line(root: str, where: str) -> str:
+    """The text of the doc line `where` (`path:lineno`)."""
+    path, lineno = where.rsplit(":", 1)
+    with open(os.path.join(root, path), encoding="utf-8") as handle:
+        return handle.read().splitlines()[int(lineno) - 1]
 
 
 class _Captured(Exception):
@@ -98,6 +106,9 @@ def test_the_docs_show_commands_of_every_recipe(repo_root):
     names = {name for _, name, _ in documented_commands(repo_root)}
     # the extraction works: flags of the main recipes and benches are checked below (a broken regex finds nothing)
     assert {"pretrain", "grape", "neuralgrok", "layer_parallel", "federated", "hyperinf", "bench_fp8"} <= names
+    # the module form a wheel install runs (`torchrun -m hf_ext.recipes.pretrain ...`) is extracted and checked too
+    assert any(where.startswith("README.md") and name == "pretrain" and argv[0] == "--use_cpu"
+               for where, name, argv in documented_commands(repo_root) if "hf_ext.recipes" in _line(repo_root, where))
 
 
 @pytest.mark.parametrize("name", ["pretrain", "grape", "bench_fp8", "run_transformers_conformance"])

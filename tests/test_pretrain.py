@@ -75,22 +75,25 @@ def test_unwritable_output_dir(tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun", "accelerate -m", "torchrun -m"])
 def test_two_rank_cpu_run(tmp_path, repo_root, launcher, run_on_free_port):
-    """The README's two multi-process CPU commands really start 2 ranks, and the ranks end with identical weights."""
+    """The README's multi-process CPU commands really start 2 ranks, and the ranks end with identical weights. The
+    `-m hf_ext.recipes.pretrain` forms are what a wheel install (no `scripts/`) runs: launched outside the checkout."""
     out = tmp_path / "ddp"
+    module_form = launcher.endswith("-m")
+    target = ["-m", "hf_ext.recipes.pretrain"] if module_form else [os.path.join(repo_root, "scripts", "pretrain.py")]
 
     def cmd(port):
-        if launcher == "accelerate":
+        if launcher.startswith("accelerate"):
             head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                     os.path.join(repo_root, "scripts", "accelerate", "cpu_2ranks.yaml"), "--main_process_port", str(port)]
         else:
             head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-        return [*head, os.path.join(repo_root, "scripts", "pretrain.py"), "--use_cpu", *TINY, "--max_steps", "6",
+        return [*head, *target, "--use_cpu", *TINY, "--max_steps", "6",
                 "--max_new_tokens", "2", "--output_dir", str(out)]  # fmt: skip
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = run_on_free_port(cmd, cwd=repo_root, timeout=600, env=env)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"PYTHONPATH": repo_root} if module_form else {})}
+    res = run_on_free_port(cmd, cwd=tmp_path if module_form else repo_root, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "terminate called" not in res.stderr
     assert "perplexity" in res.stdout

@@ -1,4 +1,5 @@
-"""Recipes: the logic behind `scripts/<name>.py` and `hf-ext run <name>`, one module per recipe.
+"""Recipes: the logic behind `hf-ext run <name>`, `python -m hf_ext.recipes.<name>` and `scripts/<name>.py`, one
+module per recipe.
 
 A recipe module has a one-line module docstring (shown by `hf-ext list`) and `main(argv: list[str] | None = None)`.
 """
@@ -27,4 +28,10 @@ def run_recipe(name: str, argv: list[str] | None = None):
     if name not in recipes:
         raise ValueError(f"Unknown recipe {name!r}; choose one of {sorted(recipes)} (see `hf-ext list`).")
     module = importlib.import_module(f".{name}", __name__)
-    return module.main(argv)
+    from ._common import CLI_PROG
+
+    token = CLI_PROG.set(f"hf-ext run {name}")  # the usage line (`--help`, argument errors) names the real command
+    try:
+        return module.main(argv)
+    finally:
+        CLI_PROG.reset(token)

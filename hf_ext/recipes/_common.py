@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import os
 import re
+import sys
 
 _PERCENT = re.compile(r"%%|%\(\w+\)[a-z]|%")
 
@@ -29,6 +31,24 @@ def validation_split_seed_field():
             "in --seed train and evaluate on the same documents."
         },
     )
+
+
+#: The command `hf-ext run <recipe>` sets while the recipe runs: the prog of its usage line (`--help`, errors).
+CLI_PROG: contextvars.ContextVar[str | None] = contextvars.ContextVar("hf_ext_recipe_cli_prog", default=None)
+
+
+def _recipe_prog() -> str | None:
+    """The command a recipe's usage line names: `hf-ext run <recipe>` under the CLI, `python -m hf_ext.recipes.<r>`
+    when the module was run with `-m` (also by torchrun / accelerate launch), otherwise argparse's default (the
+    script's file name). argparse's default was the console script's name, `hf-ext`, without `run <recipe>`."""
+    prog = CLI_PROG.get()
+    if prog is not None:
+        return prog
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None) or ""
+    if name.startswith(f"{__package__}.") and not name.rpartition(".")[2].startswith("_"):
+        return f"python -m {name}"
+    return None
 
 
 def _escape_percent(text: str) -> str:
@@ -70,14 +90,13 @@ def parse_recipe_args(types, argv: list[str] | None = None, resume: str = "resol
             `--output_dir`, resolved now), `"keep"` (the recipe resolves it itself, e.g. per sub-run folder; `last`
             and folders are passed on as given) or `"refuse"` (the recipe cannot resume: the flag is an error).
     """
-    import sys
-
     from transformers import HfArgumentParser
 
     from ..utils.resume import normalize_resume_argv
 
     argv = normalize_resume_argv(list(sys.argv[1:] if argv is None else argv))
-    parser = HfArgumentParser(types)
+    prog = _recipe_prog()
+    parser = HfArgumentParser(types, **({} if prog is None else {"prog": prog}))
     _accept_none_for_optional_numbers(parser, types)
     for action in parser._actions:
         if isinstance(action.help, str):
