@@ -129,16 +129,27 @@ class _SplittableBranches:
         return names
 
 
+def _branch_param(linear: nn.Module, attr: str) -> tuple[str, torch.Tensor | None] | None:
+    """Where a per-branch linear holds its `attr` ("weight" / "bias"): `(key suffix, parameter)`, following peft's
+    `base_layer` when an adapter wraps the linear (`("base_layer.weight", ...)`); `None` when it holds none."""
+    path = ""
+    while attr not in linear._parameters and isinstance(getattr(linear, "base_layer", None), nn.Module):
+        linear, path = linear.base_layer, path + "base_layer."
+    return (path + attr, linear._parameters[attr]) if attr in linear._parameters else None
+
+
 def _stack_branch_state(module, state_dict, prefix, local_metadata) -> None:
     """State dict post-hook of a split branch-wise module: the per-branch linears' weights and biases are saved
-    stacked under the module's original names (what the unsplit module and `from_pretrained` expect)."""
+    stacked under the module's original names (what the unsplit module and `from_pretrained` expect). A group whose
+    branches are not all plain linears (a peft adapter wraps one: its weight is `<group>.<b>.base_layer.weight`)
+    keeps its per-branch keys, which load back into the same wrapped layout."""
     for group, names in module._BRANCH_GROUPS.items():
         linears = module._modules.get(group)
         if linears is None:
             continue
         for attr, stacked_name in zip(("weight", "bias"), names):
             keys = [f"{prefix}{group}.{b}.{attr}" for b in range(len(linears))]
-            if keys[0] not in state_dict:
+            if not all(key in state_dict for key in keys):
                 continue
             values = [state_dict.pop(key) for key in keys]
             values = [getattr(v, "_tensor", v) for v in values]  # torchao's FP8 all-gather weight wrapper
@@ -147,18 +158,22 @@ def _stack_branch_state(module, state_dict, prefix, local_metadata) -> None:
 
 def _split_branch_state(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
     """Load-state-dict pre-hook of a split branch-wise module: stacked weights (a plain checkpoint, or this module's
-    own `state_dict`) go to the per-branch linears."""
+    own `state_dict`) go to the per-branch linears, to `<group>.<b>.base_layer.<attr>` where a peft adapter wraps a
+    branch."""
     for group, names in module._BRANCH_GROUPS.items():
         linears = module._modules.get(group)
         if linears is None:
             continue
         for attr, stacked_name in zip(("weight", "bias"), names):
+            found = [_branch_param(linear, attr) for linear in linears]
+            if any(f is None or f[1] is None for f in found):
+                continue  # the branches hold no such parameter (no bias)
             stacked = state_dict.get(prefix + stacked_name)
             if stacked is None or stacked.dim() == 0 or stacked.shape[0] != len(linears):
                 continue  # absent, or of another shape: the per-branch keys report it as missing
             del state_dict[prefix + stacked_name]
-            for b in range(len(linears)):
-                state_dict[f"{prefix}{group}.{b}.{attr}"] = stacked[b]
+            for b, (suffix, _) in enumerate(found):
+                state_dict[f"{prefix}{group}.{b}.{suffix}"] = stacked[b]
 
 
 class BranchwiseLinear(_SplittableBranches, nn.Module):
