@@ -6,7 +6,12 @@ F1 LoRA on one per-branch linear of a converted model (docs/layer_parallel.md's 
    wrapped the group was left half per-branch silently. A group is now stacked only when all its branches are plain
    linears, otherwise its per-branch keys are kept; the load hook puts stacked weights into wrapped branches'
    `base_layer`.
+F3 FSDP2: a full state dict loaded into a converted paired model (DCP `set_model_state_dict(full_state_dict=True)`,
+   accelerate's FULL_STATE_DICT resume) failed with "mixed torch.Tensor and DTensor": the load hook now distributes
+   the per-branch slices like the target parameters (2 gloo ranks, tests/layer_parallel/scripts/fsdp2_split_load.py).
 """
+
+import json
 
 import pytest
 import torch
@@ -86,3 +91,12 @@ def test_a_stacked_state_dict_loads_into_a_wrapped_branch():
     assert all("lora_" in k for k in result.missing_keys), result.missing_keys
     base = model.base_model.model.model.layers[1].mlp.gate_branches[1].base_layer.weight
     torch.testing.assert_close(base, stacked["model.layers.1.mlp.gate_weight"][1], rtol=0, atol=0)
+
+
+@pytest.mark.distributed
+def test_fsdp2_full_state_dict_loads_into_a_converted_paired_model(tmp_path, run_two_ranks):
+    run_two_ranks("tests/layer_parallel/scripts/fsdp2_split_load.py", tmp_path)
+    result = json.loads((tmp_path / "fsdp2_split_load.json").read_text())
+    assert result["world_size"] == 2
+    assert set(result["max_diff"]) == {"full", "full_broadcast_from_rank0", "sharded"}
+    assert max(result["max_diff"].values()) == 0.0, result

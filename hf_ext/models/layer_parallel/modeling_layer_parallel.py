@@ -156,10 +156,20 @@ def _stack_branch_state(module, state_dict, prefix, local_metadata) -> None:
             state_dict[prefix + stacked_name] = torch.stack([v.detach() for v in values])
 
 
+def _stacked_value_everywhere(stacked, targets) -> bool:
+    """Whether any rank holds the stacked value, for per-branch parameters that are DTensors (FSDP2) while this rank's
+    value is a plain tensor or absent. A full state dict loaded with `broadcast_from_rank0` (accelerate's FSDP2
+    FULL_STATE_DICT resume) holds it on rank 0 only: every rank must then take part in distributing it."""
+    present = torch.tensor([0 if stacked is None else 1], device=targets[0].to_local().device)
+    dist.all_reduce(present, op=dist.ReduceOp.MAX)
+    return bool(present.item())
+
+
 def _split_branch_state(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
     """Load-state-dict pre-hook of a split branch-wise module: stacked weights (a plain checkpoint, or this module's
     own `state_dict`) go to the per-branch linears, to `<group>.<b>.base_layer.<attr>` where a peft adapter wraps a
-    branch."""
+    branch. Per-branch parameters that are DTensors (FSDP2) get DTensor slices of the same mesh and placements: a full
+    (unsharded) state dict is distributed, also when only rank 0 holds it (`broadcast_from_rank0`)."""
     for group, names in module._BRANCH_GROUPS.items():
         linears = module._modules.get(group)
         if linears is None:
@@ -168,12 +178,34 @@ def _split_branch_state(module, state_dict, prefix, local_metadata, strict, miss
             found = [_branch_param(linear, attr) for linear in linears]
             if any(f is None or f[1] is None for f in found):
                 continue  # the branches hold no such parameter (no bias)
+            targets = [param for _, param in found]
             stacked = state_dict.get(prefix + stacked_name)
-            if stacked is None or stacked.dim() == 0 or stacked.shape[0] != len(linears):
-                continue  # absent, or of another shape: the per-branch keys report it as missing
-            del state_dict[prefix + stacked_name]
-            for b, (suffix, _) in enumerate(found):
-                state_dict[f"{prefix}{group}.{b}.{suffix}"] = stacked[b]
+            if stacked is not None and (stacked.dim() == 0 or stacked.shape[0] != len(linears)):
+                stacked = None  # of another shape: the per-branch keys report it as missing
+            distributed = (
+                isinstance(targets[0], DTensor)
+                and not isinstance(stacked, DTensor)
+                and dist.is_available()
+                and dist.is_initialized()
+            )
+            if distributed and not _stacked_value_everywhere(stacked, targets):
+                continue
+            if stacked is None and not distributed:
+                continue
+            state_dict.pop(prefix + stacked_name, None)
+            for b, (suffix, target) in enumerate(found):
+                if stacked is None:  # another rank holds it: receive this rank's shard
+                    value = torch.empty(target.shape, dtype=target.dtype, device=target.to_local().device)
+                else:
+                    value = stacked[b]
+                if isinstance(target, DTensor) and not isinstance(value, DTensor):
+                    local = target.to_local()
+                    value = distribute_tensor(
+                        value.detach().to(device=local.device, dtype=target.dtype),
+                        target.device_mesh,
+                        target.placements,
+                    )
+                state_dict[f"{prefix}{group}.{b}.{suffix}"] = value
 
 
 class BranchwiseLinear(_SplittableBranches, nn.Module):
