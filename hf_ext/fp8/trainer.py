@@ -3,6 +3,7 @@ warmup-stable-decay schedule whose cooldown length can be given as a fraction of
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 
@@ -197,6 +198,33 @@ def _check_wsd_options(kwargs: dict) -> None:
             )
 
 
+def _check_optimizer_keeps_branch_weights(model, optimizer) -> None:
+    """Refuse, before the model changes, a given optimizer that holds stacked branch-wise weights of a layer-paired
+    model's merged block pairs: the default fp8 recipe ([`ao_recipe_kwargs`]) splits them into new per-branch
+    parameters, so the optimizer would keep stepping the old ones and those weights would silently stop training."""
+    if model is None or optimizer is None:
+        return
+    from .convert import fp8_branch_targets
+
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    replaced = []
+    for name, group, _ in fp8_branch_targets(model):
+        module = model.get_submodule(name)
+        for attr in module._BRANCH_GROUPS[group]:
+            param = getattr(module, attr, None)
+            if param is not None and id(param) in held:
+                replaced.append(f"{name}.{attr}" if name else attr)
+    if replaced:
+        raise ValueError(
+            f"Fp8Trainer: the optimizer passed as `optimizers` holds {len(replaced)} branch-wise weight(s) of the "
+            f"model's merged block pairs ({', '.join(replaced[:3])}{', ...' if len(replaced) > 3 else ''}), which fp8 "
+            "mixed precision splits into new per-branch FP8 linears, so they would silently stop training. Build "
+            "the optimizer after the split (`fp8_recipe_kwargs=ao_recipe_kwargs(model)`, or "
+            "`hf_ext.fp8.convert(model)`, first), or let the trainer build it (drop `optimizers`, or pass "
+            "`optimizer_cls_and_kwargs`)."
+        )
+
+
 class Fp8Trainer(LossWindowResumeMixin, Trainer):
     """`Trainer` for FP8 pretraining (`accelerate launch --mixed_precision fp8`, or a model converted with
     [`convert`]).
@@ -226,13 +254,19 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
     """
 
     def __init__(self, *args, fp8_recipe_kwargs=None, **kwargs):
-        if fp8_recipe_kwargs is not None:
-            training_args = kwargs["args"] if "args" in kwargs else (args[1] if len(args) > 1 else None)
-            mixed_precision = (
-                getattr(training_args, "mixed_precision", "no")
-                if training_args is not None
-                else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # what Trainer's default arguments read
+        training_args = kwargs["args"] if "args" in kwargs else (args[1] if len(args) > 1 else None)
+        mixed_precision = (
+            getattr(training_args, "mixed_precision", "no")
+            if training_args is not None
+            else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # what Trainer's default arguments read
+        )
+        self._fp8_model = kwargs.get("model") if "model" in kwargs else (args[0] if args else None)
+        if mixed_precision == "fp8" and fp8_recipe_kwargs is None:
+            optimizers = (
+                inspect.signature(Trainer.__init__).bind_partial(self, *args, **kwargs).arguments.get("optimizers")
             )
+            _check_optimizer_keeps_branch_weights(self._fp8_model, (optimizers or (None, None))[0])
+        if fp8_recipe_kwargs is not None:
             if mixed_precision != "fp8":
                 raise ValueError(
                     f"Fp8Trainer: fp8_recipe_kwargs is used only under fp8 mixed precision, but mixed precision is "
@@ -241,7 +275,6 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
                     "or convert the model with hf_ext.fp8.convert(model, ...) and drop fp8_recipe_kwargs."
                 )
         self.fp8_recipe_kwargs = fp8_recipe_kwargs
-        self._fp8_model = kwargs.get("model") if "model" in kwargs else (args[0] if args else None)
         super().__init__(*args, **kwargs)
 
     def _build_accelerator_args(self, **kwargs):
@@ -294,7 +327,9 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
         # save_total_limit its rotation would delete the rollback target).
         if skip_vetoed_save(self, self.callback_handler.callbacks):
             return None
-        self._fp8_saving_checkpoint = True  # its model is saved as the FSDP plugin says (sharded: by the optimizer save)
+        self._fp8_saving_checkpoint = (
+            True  # its model is saved as the FSDP plugin says (sharded: by the optimizer save)
+        )
         try:
             return super()._save_checkpoint(model, trial, *args, **kwargs)
         finally:
