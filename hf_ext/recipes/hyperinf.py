@@ -351,8 +351,22 @@ def _check_target_modules(task: TaskArguments, model_args: ModelArguments, train
             problem += f"the base model ({which}) LoRA adapts"
     raise ValueError(
         f"--target_modules {value!r} {problem}. Its linear and embedding layers are named "
-        f"{', '.join(list(names)[:12])}; pass comma-separated names among them, e.g. q_proj,v_proj."
+        f"{', '.join(list(names)[:12])}; pass comma-separated names among them, e.g. {_example_targets(names)}."
     )
+
+
+#: Attention query / value projections of common architectures, in pairs (the LoRA paper's choice), for the example
+#: of the message above: Llama-likes, BERT-likes, DistilBERT, GPT-2 (its fused c_attn alone).
+_EXAMPLE_TARGETS = (("q_proj", "v_proj"), ("query", "value"), ("q_lin", "v_lin"), ("c_attn",))
+
+
+def _example_targets(names) -> str:
+    """An example --target_modules among `names` (the base's layer names): its query/value projections where it has
+    them (q_proj,v_proj was suggested to a BERT base, which has none), else its first two names."""
+    for pair in _EXAMPLE_TARGETS:
+        if all(n in names for n in pair):
+            return ",".join(pair)
+    return ",".join(list(names)[:2])
 
 
 #: The file of the arguments that define a run: its data and label noise / corruption (--seed and every

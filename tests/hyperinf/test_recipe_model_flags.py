@@ -72,10 +72,27 @@ def test_target_modules_are_checked_against_a_given_base_folder(tmp_path):
     base = tmp_path / "gpt2"
     GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=300).save_pretrained(base)
     common = ["--model_name_or_path", str(base), "--max_train", "40", "--methods", "tracin", "--vocab_size", "300"]
-    with pytest.raises(ValueError, match=r"--target_modules 'q_proj,v_proj' selects no module .*named .*c_attn"):
+    with pytest.raises(ValueError, match=r"--target_modules 'q_proj,v_proj' selects no module .*named .*c_attn.*"
+                       r"e\.g\. c_attn\.$"):  # fmt: skip
         validate_args(*_parse([*common, "--output_dir", str(tmp_path / "out")]))
     assert not (tmp_path / "out").exists()
     validate_args(*_parse([*common, "--target_modules", "c_attn", "--output_dir", str(tmp_path / "out")]))
+
+
+def test_the_target_modules_example_is_one_the_base_has(tmp_path):
+    """The refusal's example was always q_proj,v_proj, which a BERT base (query / value) does not have."""
+    from transformers import BertConfig
+
+    from hf_ext.recipes.hyperinf import validate_args
+
+    base = tmp_path / "bert"
+    BertConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=300
+    ).save_pretrained(base)
+    common = ["--model_name_or_path", str(base), "--max_train", "40", "--methods", "tracin", "--vocab_size", "300"]
+    with pytest.raises(ValueError, match=r"selects no module .*named .*query.*e\.g\. query,value\.$"):
+        validate_args(*_parse([*common, "--output_dir", str(tmp_path / "out")]))
+    validate_args(*_parse([*common, "--target_modules", "query,value", "--output_dir", str(tmp_path / "out")]))
 
 
 def test_a_fresh_run_records_the_model_flags(tmp_path):
