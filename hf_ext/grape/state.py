@@ -195,9 +195,10 @@ class MixtureState:
         return twin
 
     # ----------------------------------------------------------------------------------------------------------------
-    def save(self, directory: str, reweight_method: str | None = None) -> None:
+    def save(self, directory: str, reweight_method: str | None = None, options: dict | None = None) -> None:
         """Write `grape_state.safetensors` and `grape_state.json` into `directory` (the JSON also records
-        `reweight_method`, the method of the run, when given: a resume refuses a checkpoint of another method)."""
+        `reweight_method`, the method of the run, when given: a resume refuses a checkpoint of another method; and
+        `options`, the run's settings that shape the mixture trajectory, which a resume must not change)."""
         from safetensors.torch import save_file
 
         os.makedirs(directory, exist_ok=True)
@@ -223,6 +224,8 @@ class MixtureState:
         }
         if reweight_method is not None:
             meta["reweight_method"] = reweight_method
+        if options is not None:
+            meta["options"] = options
         with atomic_open(os.path.join(directory, STATE_JSON), "w") as fh:
             json.dump(meta, fh, indent=1)
 
@@ -285,6 +288,17 @@ class MixtureState:
             "domain_updates": self.domain_updates,
             "task_updates": self.task_updates,
         }
+
+
+def saved_options(directory: str) -> dict | None:
+    """The trajectory `options` recorded in the mixture state of the checkpoint folder `directory`, or `None` (a state
+    written before hf_ext recorded them, or no readable `grape_state.json`)."""
+    try:
+        with open(os.path.join(directory, STATE_JSON), encoding="utf-8") as fh:
+            options = json.load(fh).get("options")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return options if isinstance(options, dict) else None
 
 
 def saved_reweight_method(directory: str) -> str | None:

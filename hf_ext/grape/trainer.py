@@ -53,6 +53,7 @@ from .state import (
     export_mixture,
     is_weight_number,
     load_mixture,
+    saved_options,
     saved_reweight_method,
 )
 
@@ -133,6 +134,13 @@ def _token_id_limit(model) -> int | None:
     sizes = [n for n in sizes if n > 0]  # a parameter partitioned away (DeepSpeed ZeRO-3) has no rows here
     return min(sizes) if sizes else None
 
+
+#: `GrapeConfig` settings that shape the mixture trajectory (with the data seed): a resume must keep them.
+_TRAJECTORY_OPTIONS = (
+    "reweight_domains_every", "reweight_tasks_every", "reweight_batch_size", "reweight_mini_batch_size",
+    "domain_step_size", "task_step_size", "step_size_convention", "task_smoothing", "domain_smoothing", "ema_beta",
+    "doremi_eta", "doremi_smoothing", "samples_per_epoch", "block_size",
+)  # fmt: skip
 
 _POSITION_TABLE_NAMES = ("wpe", "position_embeddings", "embed_positions")
 
@@ -509,7 +517,9 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         super().save_model(output_dir, _internal_call=_internal_call)
         if _internal_call and self.args.should_save:
             folder = output_dir if output_dir is not None else self.args.output_dir
-            self.mixture_state.save(folder, reweight_method=self.args.reweight_method)
+            self.mixture_state.save(
+                folder, reweight_method=self.args.reweight_method, options=self._trajectory_options()
+            )
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from ..utils.resume import refuse_weights_only_checkpoint
@@ -523,8 +533,31 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
                 f"reweight_method is {self.args.reweight_method!r}; resume it with reweight_method={saved!r}, or pass "
                 f"a checkpoint of a {self.args.reweight_method} run."
             )
+        saved_opts = saved_options(resume_from_checkpoint)
+        if saved_opts is not None:
+            current = self._trajectory_options()
+            changed = [
+                f"{k}={saved_opts[k]!r} -> {current[k]!r}"
+                for k in current
+                if k in saved_opts and saved_opts[k] != current[k]
+            ]
+            if changed:
+                raise ValueError(
+                    f"resume_from_checkpoint={resume_from_checkpoint!r} was written by a run with other mixture "
+                    f"settings: {', '.join(changed)}. The resumed run would not continue that run's mixture trajectory "
+                    "(its sampler schedule, reweighting draws and updates); resume with the checkpoint's values, or "
+                    "start a new run without resume_from_checkpoint."
+                )
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.load_mixture_state(resume_from_checkpoint)
+
+    def _trajectory_options(self) -> dict:
+        """The settings that shape the mixture trajectory (the sampler schedule, the reweighting draws and updates),
+        recorded with each checkpoint's mixture state; a resume refuses other values (`_load_from_checkpoint`)."""
+        a = self.args
+        options = {name: getattr(a, name) for name in _TRAJECTORY_OPTIONS}
+        options["data_seed"] = _data_seed(a)
+        return options
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # a multi-process evaluate() counts every evaluation row once (accelerate's padded repeats entered eval_loss)

@@ -5,6 +5,10 @@ Models without a position table (Llama's RoPE) take long rows as before. And rag
 inside the vocabulary: a small GPT-2 config keeps EOS 50256 (no pad token), which the padding used and the embedding
 could not index (IndexError at the first task update)."""
 
+import json
+import os
+import re
+
 import pytest
 import torch
 from datasets import Dataset
@@ -80,3 +84,55 @@ def test_ragged_targets_pad_inside_the_vocabulary(tmp_path):
     assert trainer._target_pad_token_id() == 0
     trainer.train()
     assert trainer.state.global_step == 2
+
+
+# ---- resume with other mixture settings ------------------------------------------------------------------------
+
+
+def _checkpointed_run(tmp_path, **overrides):
+    train, targets = synthetic_mixture()
+    args = quick_grape_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, reweight_domains_every=2,
+                            reweight_tasks_every=2, **overrides)  # fmt: skip
+    GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets).train()
+    return train, targets, str(tmp_path / "checkpoint-2")
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (dict(reweight_domains_every=3), "reweight_domains_every=2 -> 3"),
+        (dict(domain_step_size=0.5), "domain_step_size=1.5 -> 0.5"),
+        (dict(data_seed=7), "data_seed=0 -> 7"),
+        (dict(samples_per_epoch=40), "samples_per_epoch=None -> 40"),
+    ],
+)
+def test_resume_with_other_mixture_settings_is_refused(tmp_path, change, named):
+    """A resume took any GRAPE settings and went on from the checkpoint's mixture state with a different sampler
+    schedule, reweighting draws or updates, as if it continued the run; now it names what changed."""
+    train, targets, ckpt = _checkpointed_run(tmp_path)
+    settings = {"reweight_domains_every": 2, "reweight_tasks_every": 2, **change}
+    args = quick_grape_args(tmp_path, max_steps=4, save_strategy="no", **settings)
+    trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
+    with pytest.raises(ValueError, match=r"was written by a run with other mixture settings: " + re.escape(named)):
+        trainer.train(resume_from_checkpoint=ckpt)
+
+
+def test_resume_with_the_same_settings_and_of_an_older_checkpoint(tmp_path):
+    train, targets, ckpt = _checkpointed_run(tmp_path)
+    args = quick_grape_args(tmp_path / "again", max_steps=4, save_strategy="no", reweight_domains_every=2,
+                            reweight_tasks_every=2)  # fmt: skip
+    GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets).train(
+        resume_from_checkpoint=ckpt
+    )
+    # a checkpoint written before the settings were recorded resumes as before, unchecked
+    state = os.path.join(ckpt, "grape_state.json")
+    meta = json.loads(open(state).read())
+    assert meta["options"]["reweight_domains_every"] == 2
+    del meta["options"]
+    with open(state, "w") as fh:
+        json.dump(meta, fh)
+    args = quick_grape_args(tmp_path / "old", max_steps=4, save_strategy="no", reweight_domains_every=3,
+                            reweight_tasks_every=2)  # fmt: skip
+    GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets).train(
+        resume_from_checkpoint=ckpt
+    )
