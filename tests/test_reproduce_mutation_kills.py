@@ -441,6 +441,14 @@ def test_momentum_must_lower_the_plateau_by_a_sign_test_and_the_stated_margin():
     assert M.REPRODUCTIONS["cubic_newton"].default_seeds == 10  # 5 seeds hid a losing seed (seeds 5-9: 4/5)
 
 
+@pytest.mark.parametrize("ratio, expected", [(0.75, False), (0.71, False), (0.7, False), (0.69, True), (0.65, True)])
+def test_momentum_plateau_margin_is_0_7x_at_its_edge(ratio, expected):
+    """mu19 (r3): lower on 5/5 seeds (p = 1/32) decides on the margin alone: the claim states < 0.7x the plateau
+    without momentum, so 0.75x and 0.71x (and 0.7x itself) fail and 0.69x passes."""
+    runs = [{"cn": 1.0, "cn_momentum": ratio, "adam": 0.1}] * 5
+    assert M._momentum_lowers_plateau(runs)[1] is expected
+
+
 # ------------------------------------------------------------------------------------------ neuralgrok
 def test_neuralgrok_claims_with_the_stated_ratios(merged_is_first_run):
     assert M._ng_faster_than_baseline([_ng()])[1] is True
@@ -668,3 +676,13 @@ def test_cli_reproduce_run_options_without_a_method_are_a_usage_error(capsys, ar
     assert exc.value.code == 2
     assert "without a method" in capsys.readouterr().err
     assert main(["reproduce", "--list"]) == 0 and main(["reproduce"]) == 0  # the list itself still works
+
+
+@pytest.mark.parametrize("fmt", ["{:+.2f}", "{:.2f}"])
+def test_mean_spread_shows_the_spread_without_a_sign_in_a_signed_format(fmt):
+    """mu19 (r4): a spread has no sign; a signed format ("{:+.2f}", DCG and layer-pairing judges) signs the mean and
+    the range only."""
+    text = mean_spread([1.0, 2.0], fmt)
+    sign = "+" if "+" in fmt else ""
+    assert text == f"{sign}1.50 ± 0.71 ({sign}1.00..{sign}2.00)"
+    assert mean_spread([-1.0, -2.0], "{:+.2f}") == "-1.50 ± 0.71 (-2.00..-1.00)"
