@@ -517,27 +517,16 @@ def _train_one(
             document_attention=meta_args.document_attention,
             **common,
         )
-        eval_collator = MetadataCollator(
-            tokenizer,
-            template,
+        evaluation = dict(
             layout=meta_args.layout,
-            metadata_dropout=0.0,
             max_length=data_args.block_size,
             max_document_tokens=doc_tokens,
             padding_side="right",
             **common,
         )
+        eval_collator = MetadataCollator(tokenizer, template, metadata_dropout=0.0, **evaluation)
         # the same documents in the empty-context form: the URL model as a benchmark without URLs sees it
-        empty_collator = MetadataCollator(
-            tokenizer,
-            template,
-            layout=meta_args.layout,
-            metadata_dropout=1.0,
-            max_length=data_args.block_size,
-            max_document_tokens=doc_tokens,
-            padding_side="right",
-            **common,
-        )
+        empty_collator = MetadataCollator(tokenizer, template, metadata_dropout=1.0, **evaluation)
     else:  # plain text: [BOS] document [EOS]
         collator = MetadataCollator(
             tokenizer,
@@ -560,7 +549,9 @@ def _train_one(
         )
         empty_collator = None  # the baseline never sees metadata: its curve is already the empty-context one
     callbacks = [
-        DocumentLossCallback(eval_collator, eval_docs, meta_args.doc_eval_steps, run=name, empty_collator=empty_collator)
+        DocumentLossCallback(
+            eval_collator, eval_docs, meta_args.doc_eval_steps, run=name, empty_collator=empty_collator
+        )
     ]
     if conditioned and meta_args.cooldown_fraction > 0:
         callbacks.append(MetadataCooldownCallback(collator, meta_args.cooldown_fraction))
