@@ -672,6 +672,20 @@ def lora_classifier(base_dir: str, num_labels: int, model_args: ModelArguments, 
     return get_peft_model(model, _lora_config(model_args, "SEQ_CLS"))
 
 
+def _check_token_ids_fit(model, base: str, splits) -> None:
+    """Refuse, before the earlier run's files are touched, token ids beyond the rows of `model`'s input embedding: a
+    base folder without a tokenizer gets the embedded BPE of --vocab_size, whose ids a smaller base cannot embed (the
+    fine-tuning used to fail with a bare IndexError after the earlier results had been removed)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    largest = max(max((max(ids) for ids in split["input_ids"] if len(ids)), default=-1) for split in splits)
+    if largest >= rows:
+        raise ValueError(
+            f"The task's token ids reach {largest}, but the base model {base!r} embeds {rows} tokens: the base folder "
+            "has no tokenizer, so the embedded tokenizer of --vocab_size was used. Save the base's tokenizer in the "
+            f"folder (tokenizer.save_pretrained), or pass --vocab_size {rows} or less."
+        )
+
+
 def _lora_config(model_args: ModelArguments, task_type: str):
     """The LoRA adapter of the recipe's runs (`task_type`: peft's `SEQ_CLS` or `CAUSAL_LM`)."""
     from peft import LoraConfig, TaskType
@@ -863,6 +877,7 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     classifier = None
     if base:
         classifier = lora_classifier(base, len(domains), model_args, training_args.seed, tokenizer.pad_token_id)
+        _check_token_ids_fit(classifier, base, (train, val, test))
     start_run_files(task, model_args, training_args)
     print(
         f"task: {len(domains)} domains, train {len(train)} ({int(is_noisy.sum())} flipped), val {len(val)}, "
@@ -977,8 +992,12 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
             )
     results["selection"] = selection
     out = training_args.output_dir
-    atomic_write_results(os.path.join(out, "hyperinf_results.json"), {k: v for k, v in results.items() if k != "scores"}, 2)
-    atomic_write_results(os.path.join(out, "hyperinf_scores.json"), {"is_noisy": is_noisy.tolist(), **results["scores"]}, None)
+    atomic_write_results(
+        os.path.join(out, "hyperinf_results.json"), {k: v for k, v in results.items() if k != "scores"}, 2
+    )
+    atomic_write_results(
+        os.path.join(out, "hyperinf_scores.json"), {"is_noisy": is_noisy.tolist(), **results["scores"]}, None
+    )
     for path in plot_results(results, out):
         print(f"saved {path}")
     results["is_noisy"] = is_noisy

@@ -209,3 +209,27 @@ def test_a_real_interrupted_run_resumed_with_another_lora_alpha_is_refused_befor
     with pytest.raises(ValueError, match=r"with another model: --lora_alpha 64.0 \(the interrupted run used 16.0\)"):
         main([*args, "--lora_alpha", "64", "--output_dir", str(stopped), "--resume_from_checkpoint"])
     assert sorted(p.name for p in stopped.iterdir()) == before
+
+
+def test_a_base_smaller_than_the_embedded_tokenizer_is_refused_before_the_earlier_results(tmp_path):
+    """A base folder without a tokenizer gets the embedded BPE of --vocab_size; a base embedding fewer tokens failed
+    the fine-tuning with a bare IndexError, after the earlier run's results had been removed (hi19f note)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ext.recipes.hyperinf import main
+
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(base)  # fmt: skip
+    out = tmp_path / "out"
+    _plant(out, _EARLIER)
+    given = ["--max_train", "40", "--num_val", "10", "--num_test", "10", "--num_train_epochs", "1", "--methods",
+             "tracin", "--num_threads", "1", "--vocab_size", "300", "--disable_tqdm", "true"]  # fmt: skip
+    common = [*given, "--model_name_or_path", str(base), "--output_dir", str(out)]
+    with pytest.raises(
+        ValueError, match=r"token ids reach \d+, but the base model .* embeds 64 tokens.*--vocab_size 64"
+    ):
+        main(common)
+    _unchanged(out, _EARLIER)
