@@ -48,6 +48,6 @@ def writable_cache_subdir(path: Path) -> Path:
         raise PermissionError(
             f"Cannot write the hf_ext cache folder {path} ({reason}); it lies under {where} {root}"
             f"{'' if where.startswith('$') else ' (HF_EXT_CACHE is unset)'}. Set HF_EXT_CACHE to a writable folder "
-            "(created if missing), e.g. HF_EXT_CACHE=/tmp/hf_ext_cache."
+            "(created if missing), e.g. HF_EXT_CACHE=\"$PWD/.hf_ext_cache\"."
         ) from err
     return path
