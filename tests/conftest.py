@@ -67,6 +67,36 @@ def _pick_free_port() -> int:
         return sock.getsockname()[1]
 
 
+def launch_failure_excerpt(stderr: str, tail: int = 3000, per_rank: int = 2500) -> str:
+    """What a failed `torchrun` printed that explains it, for an assertion message: each rank's last traceback (the
+    lines torch prefixes with `[rankN]:`, the last `per_rank` characters of each), any C++ abort line (`terminate
+    called ...`, `what(): ...`), then the last `tail` characters of stderr. A plain tail is not enough: a rank that
+    died first (SIGABRT after an exception) printed its reason before the other rank's connection-reset traceback and
+    the launcher's summary filled the tail."""
+    import re
+
+    stderr = stderr or ""
+    by_rank: dict[str, list[str]] = {}
+    aborts = []
+    for line in stderr.splitlines():
+        match = re.match(r"\[rank(\d+)\]:", line)
+        if match:
+            lines = by_rank.setdefault(match.group(1), [])
+            if line[match.end() :].lstrip().startswith("Traceback"):
+                lines.clear()  # keep each rank's last traceback
+            lines.append(line)
+        if "terminate called" in line or "what():" in line:
+            aborts.append(line)
+    parts = [
+        f"--- rank {rank}, last traceback ---\n" + "\n".join(lines)[-per_rank:]
+        for rank, lines in sorted(by_rank.items())
+    ]
+    if aborts:
+        parts.append("--- aborts ---\n" + "\n".join(aborts[:10]))
+    parts.append("--- stderr tail ---\n" + stderr[-tail:])
+    return "\n".join(parts)
+
+
 #: how many ports a launch tries before its port-in-use failure stands
 PORT_TRIES = 3
 
@@ -90,6 +120,12 @@ def _run_on_free_port(make_cmd, **run_kwargs):
         if not lost_its_port(res):
             break
     return res
+
+
+@pytest.fixture
+def launch_failure():
+    """`launch_failure(stderr)`: the assertion message for a failed launch (`launch_failure_excerpt`)."""
+    return launch_failure_excerpt
 
 
 @pytest.fixture
@@ -117,7 +153,7 @@ def run_two_ranks(repo_root):
 
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
         res = _run_on_free_port(cmd, cwd=repo_root, timeout=timeout, env=env)
-        assert not check or res.returncode == 0, res.stderr[-4000:]
+        assert not check or res.returncode == 0, launch_failure_excerpt(res.stderr)
         return res
 
     return run

@@ -57,3 +57,26 @@ def test_torch_names_a_taken_store_port_eaddrinuse():
         held.listen(1)
         with pytest.raises(Exception, match="EADDRINUSE"):
             dist.TCPStore("127.0.0.1", held.getsockname()[1], is_master=True, wait_for_workers=False)
+
+
+_RANK0_FAILS = """
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+if dist.get_rank() == 0:
+    raise ValueError("rank zero failed here")
+dist.all_reduce(torch.ones(3))  # rank 1 waits for a peer that is gone
+"""
+
+
+def test_failure_excerpt_names_the_rank_that_failed_first(tmp_path, run_two_ranks, launch_failure):
+    """A rank that fails alone leaves its peer inside a collective; the peer's connection-reset traceback and the
+    launcher's report come last on stderr. The assertion message still shows the first rank's own error, also when
+    more than the tail's worth of output follows it (the stderr tail alone showed only rank 1's side)."""
+    script = tmp_path / "rank0_fails.py"
+    script.write_text(_RANK0_FAILS)
+    res = run_two_ranks(str(script), check=False, timeout=300)
+    assert res.returncode != 0
+    padded = res.stderr + "\n" + "launcher noise\n" * 1000
+    excerpt = launch_failure(padded)
+    assert "ValueError: rank zero failed here" in excerpt
+    assert "ValueError: rank zero failed here" not in padded[-4000:]

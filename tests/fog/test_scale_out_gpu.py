@@ -18,7 +18,7 @@ TINY = [
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
-def test_recipe_under_accelerate_fsdp2_fp8_on_two_gpus(tmp_path, repo_root):
+def test_recipe_under_accelerate_fsdp2_fp8_on_two_gpus(tmp_path, repo_root, launch_failure):
     out = tmp_path / "fsdp2"
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
@@ -26,7 +26,7 @@ def test_recipe_under_accelerate_fsdp2_fp8_on_two_gpus(tmp_path, repo_root):
         "--num_processes", "2", os.path.join(repo_root, "scripts", "pretrain.py"), *TINY, "--output_dir", str(out),
     ]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=repo_root)
-    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.returncode == 0, launch_failure(res.stderr)
     results = json.loads((out / "pretrain_results.json").read_text())
     assert results["fp8_backend"] == "accelerate-ao"
     assert 0 < results["eval_loss"] < 10

@@ -10,7 +10,7 @@ import pytest
 
 
 @pytest.mark.distributed
-def test_two_ranks_sweep_once_and_save_one_model(tmp_path, repo_root, run_on_free_port, recipe_tiny):
+def test_two_ranks_sweep_once_and_save_one_model(tmp_path, repo_root, run_on_free_port, launch_failure, recipe_tiny):
     """Before the per-rank guards both ranks ran the sweep and saved the model, and rank 1 reloaded the folder while
     rank 0 was still writing it ("Unrecognized model ... config.json")."""
     out = tmp_path / "lp"
@@ -26,7 +26,7 @@ def test_two_ranks_sweep_once_and_save_one_model(tmp_path, repo_root, run_on_fre
                       str(port), *args],
         cwd=repo_root, timeout=600, env=env,
     )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.returncode == 0, launch_failure(res.stderr)
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2
     assert res.stdout.count("sweep written to") == 1  # the sweep ran on one rank only
@@ -36,5 +36,5 @@ def test_two_ranks_sweep_once_and_save_one_model(tmp_path, repo_root, run_on_fre
     assert (out / "layer_parallel_model" / "config.json").exists() and (out / "sweep.md").exists()
     # 5 evaluation blocks at eval batch 2: the fine-tuning's evaluate() on 2 ranks counted accelerate's padded repeat
     # of a block (6e-3 off); its last point is the final weights' loss, which the main process evaluates once per block
-    (step, curve_loss), = results["finetune_eval_loss_curve"]
+    ((step, curve_loss),) = results["finetune_eval_loss_curve"]
     assert step == 4 and curve_loss == pytest.approx(results["finetuned_eval"]["loss"], abs=1e-5)

@@ -12,7 +12,7 @@ from .test_recipe import TINY
 
 
 @pytest.mark.distributed
-def test_two_ranks_evaluate_and_write_once(tmp_path, repo_root, run_on_free_port):
+def test_two_ranks_evaluate_and_write_once(tmp_path, repo_root, run_on_free_port, launch_failure):
     """Before the per-rank guards every rank evaluated both models, generated and wrote the same files."""
     out = tmp_path / "md"
     args = [
@@ -25,7 +25,7 @@ def test_two_ranks_evaluate_and_write_once(tmp_path, repo_root, run_on_free_port
                       str(port), *args],
         cwd=repo_root, timeout=600, env=env,
     )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.returncode == 0, launch_failure(res.stderr)
     assert res.stdout.count("held-out document loss") == 1
     assert res.stdout.count("guided generation for") == 1
     results = json.loads((out / "metadata_results.json").read_text())

@@ -186,6 +186,9 @@ def main(out_dir: str) -> None:
             reloaded = AutoModelForCausalLM.from_pretrained(os.path.join(out_dir, f"{name}_saved_under_tp")).eval()
             with torch.no_grad():
                 torch.testing.assert_close(reloaded(ids).logits, refs[name]["logits"], atol=2e-5, rtol=2e-5)
+        # The ranks stay in step: rank 1 starts the next model's collectives only after rank 0's single-process check
+        # (a rank failing alone then leaves its peer at this barrier, not inside a half-issued DTensor collective).
+        dist.barrier()
         result[name] = {
             "all_reduces_per_forward": counter.count,
             "dtensor_collectives_per_forward": dtensor_comms.get_total_counts(),
