@@ -9,7 +9,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 from pathlib import Path
 
@@ -211,6 +211,12 @@ def _is_utf8(text: str | None) -> bool:
     return True
 
 
+# What `update_from_fetch` records for a 304 Not Modified when the store holds no robots.txt it could confirm.
+_NOT_MODIFIED_WITHOUT_COPY = (
+    "NotModified: the server answered 304 Not Modified, but no copy of robots.txt is stored for it to confirm"
+)
+
+
 class RobotsTxtStore(Mapping):
     """Host -> `RobotsRecord` mapping with readers and writers for three on-disk layouts.
 
@@ -310,15 +316,30 @@ class RobotsTxtStore(Mapping):
         replace it either: dates are compared as instants (`2025-01-02T01:00:00+02:00` is before
         `2025-01-01T23:30:00+00:00`; a date or a time without offset is UTC; strings that are not ISO 8601 compare
         as text). Every other result replaces the record (a 4xx means the file is gone). Returns the record now stored.
+
+        A 304 Not Modified (status 304, no `error`) is HTTP caching's "the copy you hold is current" (RFC 9309 section
+        2.4 allows standard HTTP caching, RFC 9111): an *available* copy in the store is kept, dated `record.fetched_at`
+        (the copy as seen at that fetch; an older or undated 304 leaves the record as it is). A 304 without such a copy
+        (no record, or one without a robots.txt text) gave no file, although it says there is one: it is recorded with
+        the `error` `_NOT_MODIFIED_WITHOUT_COPY` and no status, *unreachable* as a fetch without a usable answer is
+        (RFC 9309 section 2.3.1.4), never *unavailable* (allow everything), which is for a file that does not exist.
         """
         if not isinstance(record, RobotsRecord):
             raise TypeError(f"record must be a RobotsRecord, got {type(record).__name__}.")
         key = normalize_host(record.host)
         previous = self._records.get(key)
-        if record.status_class == "unreachable" and previous is not None and previous.status_class == "available":
-            return previous
         new_date = _iso_date(record.fetched_at, record.host)
         old_date = None if previous is None else previous.fetched_at
+        if record.status == 304 and not record.error:
+            if previous is not None and previous.status_class == "available":
+                if not new_date or (old_date and _fetched_before(new_date, old_date)):
+                    return previous
+                _refuse_surrogates(new_date, "fetched_at", record.host)
+                self._records[key] = replace(previous, fetched_at=new_date)
+                return self._records[key]
+            record = RobotsRecord(record.host, None, record.fetched_at, None, _NOT_MODIFIED_WITHOUT_COPY)
+        if record.status_class == "unreachable" and previous is not None and previous.status_class == "available":
+            return previous
         if new_date and old_date and _fetched_before(new_date, old_date):
             return previous  # an older fetch than the one stored
         self.add(key, record.text, record.fetched_at, record.status, record.error)
@@ -652,7 +673,9 @@ def record_from_response(
     2xx: the body (its first 500 KiB, without a last line the limit cuts: pass one byte more to tell) is the
     robots.txt. Any other status is recorded with no body; what it means is decided when the snapshot is used
     (`RobotsCompliance(status_policy=...)`): under RFC 9309, 3xx/4xx are *unavailable* (allow everything) and 5xx
-    *unreachable* (disallow everything). A fetch without an HTTP answer records `error` (unreachable as well).
+    *unreachable* (disallow everything). A fetch without an HTTP answer records `error` (unreachable as well). A 304
+    Not Modified is recorded with status 304 for `RobotsTxtStore.update_from_fetch`, which keeps the stored copy it
+    confirms (or records an error when there is none).
     """
     ok = status is not None and 200 <= status < 300 and body is not None
     if ok:  # the first 500 KiB, as the parser reads a longer body
@@ -875,7 +898,9 @@ def fetch_robots_txt(
             at `timeout_s` and recorded unreachable; the DNS lookup is not covered).
         scheme (`str`, *optional*, defaults to `"https"`): URL scheme.
         store (`RobotsTxtStore`, *optional*): Add to this store instead of a new one (a refetch that finds a host
-            unreachable keeps the copy already stored, see `RobotsTxtStore.update_from_fetch`).
+            unreachable keeps the copy already stored, and one answered 304 Not Modified keeps it with the new date;
+            see `RobotsTxtStore.update_from_fetch`). The requests are not conditional (no `If-Modified-Since` or
+            `If-None-Match`), so a 304 comes only from a server or cache that answers one unasked.
 
     A fetch without a complete HTTP answer is recorded with an `error` (RFC 9309 section 2.3.1.4: unreachable): a
     network error or timeout, an answer that is not HTTP, or a body the connection cut short of its

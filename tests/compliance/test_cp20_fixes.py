@@ -1,0 +1,127 @@
+"""Pass-20 audit (cp20) of robots.txt fetching: a 304 Not Modified keeps the stored robots.txt it confirms (it used to
+replace it with an "unavailable" record, which allows everything), and a 304 with no stored copy is an error record
+(unreachable), through `RobotsTxtStore.update_from_fetch` and through `fetch_robots_txt(store=...)`."""
+
+import http.server
+import threading
+
+import pytest
+
+from hf_ext.compliance import RobotsCompliance, RobotsTxtStore, fetch_robots_txt
+from hf_ext.compliance.store import record_from_response
+
+_GPTBOT_OUT = "User-agent: GPTBot\nDisallow: /\n"
+
+
+@pytest.fixture
+def local_server():
+    """`serve(handle) -> port`: an HTTP/1.1 server on 127.0.0.1 (a free port) whose GET handler is
+    `handle(request_handler)`; the headers of each request it saw are kept in `serve.seen`. Stopped after the test."""
+    servers, seen = [], []
+
+    def serve(handle):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                seen.append(dict(self.headers))
+                handle(self)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server.server_address[1]
+
+    serve.seen = seen
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _not_modified(handler):
+    handler.send_response(304)
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+
+
+def _disallowed(store, url="https://news.example/article"):
+    return RobotsCompliance(store, user_agents=["GPTBot"]).disallowed_agents(url)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# F1: 304 Not Modified
+
+
+def test_a_304_keeps_the_stored_robots_txt_with_the_new_date():
+    store = RobotsTxtStore()
+    store.update_from_fetch(
+        record_from_response("news.example", 200, _GPTBOT_OUT.encode(), "2025-01-01T00:00:00+00:00")
+    )
+    assert _disallowed(store) == ("GPTBot",)
+    kept = store.update_from_fetch(record_from_response("news.example", 304, None, "2025-01-02T00:00:00+00:00"))
+    assert kept is store["news.example"]
+    assert (kept.text, kept.status, kept.error) == (_GPTBOT_OUT, 200, None)
+    assert kept.status_class == "available"
+    assert kept.fetched_at == "2025-01-02T00:00:00+00:00"  # the copy as seen at the 304's fetch
+    assert _disallowed(store) == ("GPTBot",)
+
+
+def test_an_older_or_undated_304_leaves_the_stored_record_as_it_is():
+    store = RobotsTxtStore()
+    store.add("news.example", _GPTBOT_OUT, fetched_at="2025-01-05", status=200)
+    before = store["news.example"]
+    assert store.update_from_fetch(record_from_response("news.example", 304, None, "2025-01-02")) is before
+    assert store.update_from_fetch(record_from_response("news.example", 304, None, None)) is before
+    assert store["news.example"] is before
+
+
+@pytest.mark.parametrize(
+    "previous",
+    [
+        None,
+        ("404", None, 404, None),
+        ("missing", None, None, None),
+        ("503", None, 503, None),
+        ("timeout", None, None, "TimeoutError: no answer"),
+    ],
+    ids=lambda p: "none" if p is None else p[0],
+)
+def test_a_304_without_a_stored_copy_is_recorded_unreachable_with_its_reason(previous):
+    store = RobotsTxtStore()
+    if previous is not None:
+        _, text, status, error = previous
+        store.add("news.example", text, fetched_at="2025-01-01", status=status, error=error)
+    record = store.update_from_fetch(record_from_response("news.example", 304, None, "2025-01-02"))
+    assert record is store["news.example"]
+    assert record.text is None and record.status is None and record.fetched_at == "2025-01-02"
+    assert record.error.startswith("NotModified:") and "304 Not Modified" in record.error
+    assert record.status_class == "unreachable"  # not "unavailable": a 304 says a file exists
+    assert _disallowed(store) == ("GPTBot",)  # RFC 9309 2.3.1.4: complete disallow
+
+
+def test_fetch_robots_txt_answered_304_keeps_the_stored_copy(local_server):
+    port = local_server(_not_modified)
+    store = RobotsTxtStore()
+    store.add("127.0.0.1", _GPTBOT_OUT, fetched_at="2025-01-01", status=200)
+    fetch_robots_txt([f"127.0.0.1:{port}"], "test-cp20/1.0", delay_s=0, timeout_s=10, scheme="http", store=store)
+    record = store["127.0.0.1"]
+    assert (record.text, record.status, record.error) == (_GPTBOT_OUT, 200, None)
+    assert record.fetched_at > "2025-01-01"  # dated by this fetch
+    assert _disallowed(store, "http://127.0.0.1/a") == ("GPTBot",)
+    # the request is not conditional: the fetcher keeps no validators
+    assert len(local_server.seen) == 1
+    assert not {h.lower() for h in local_server.seen[0]} & {"if-modified-since", "if-none-match"}
+
+
+def test_fetch_robots_txt_answered_304_without_a_stored_copy_is_unreachable(local_server):
+    port = local_server(_not_modified)
+    store = fetch_robots_txt([f"127.0.0.1:{port}"], "test-cp20/1.0", delay_s=0, timeout_s=10, scheme="http")
+    record = store["127.0.0.1"]
+    assert record.text is None and record.status is None and record.error.startswith("NotModified:")
+    assert record.status_class == "unreachable"
+    assert _disallowed(store, "http://127.0.0.1/a") == ("GPTBot",)
