@@ -815,8 +815,16 @@ class _Deadline:
 
 
 def _open_url(request, deadline: _Deadline):
-    """`urllib.request.urlopen(request)`, with every connection it makes (redirects too) watched by `deadline`."""
+    """`urllib.request.urlopen(request)`, with every connection it makes (redirects too) watched by `deadline`.
+
+    Only HTTP and HTTPS are opened: the opener has no FTP, file or data handler (`build_opener` adds them), and a
+    redirect to any other scheme (`ftp://`, `file://`, `data:`) is not followed but raises `HTTPError` with the
+    redirect's status, as a redirect loop or too many redirects do: the robots.txt is then *unavailable* (RFC 9309
+    section 2.3.1.2), never read from another protocol on a connection the deadline does not watch.
+    """
     import socket
+    import urllib.error
+    import urllib.parse
     import urllib.request
 
     def watched(http_class):
@@ -845,7 +853,19 @@ def _open_url(request, deadline: _Deadline):
         def do_open(self, http_class, req, **kwargs):
             return super().do_open(watched(http_class), req, **kwargs)
 
-    return urllib.request.build_opener(HTTP, HTTPS).open(request, timeout=deadline.remaining())
+    class Redirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+            if scheme not in ("http", "https"):
+                why = f"{msg} - a redirect to a {scheme}: URL is not followed (only http and https are)"
+                raise urllib.error.HTTPError(newurl, code, why, headers, fp)
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    opener = urllib.request.OpenerDirector()
+    handlers = (urllib.request.ProxyHandler, urllib.request.UnknownHandler, HTTP, HTTPS, Redirect)
+    for handler in (*handlers, urllib.request.HTTPDefaultErrorHandler, urllib.request.HTTPErrorProcessor):
+        opener.add_handler(handler())
+    return opener.open(request, timeout=deadline.remaining())
 
 
 def _port(name: str, i: int) -> int | None:
@@ -901,6 +921,10 @@ def fetch_robots_txt(
             unreachable keeps the copy already stored, and one answered 304 Not Modified keeps it with the new date;
             see `RobotsTxtStore.update_from_fetch`). The requests are not conditional (no `If-Modified-Since` or
             `If-None-Match`), so a 304 comes only from a server or cache that answers one unasked.
+
+    Redirects are followed between `http` and `https` only. A redirect to another scheme (`ftp://`, `file://`,
+    `data:`) is not followed, like a redirect loop or more than 10 redirects: the record keeps the redirect's status
+    and no text, *unavailable* (RFC 9309 section 2.3.1.2).
 
     A fetch without a complete HTTP answer is recorded with an `error` (RFC 9309 section 2.3.1.4: unreachable): a
     network error or timeout, an answer that is not HTTP, or a body the connection cut short of its
