@@ -39,13 +39,17 @@ def _from_tree(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save_state(obj: Any, path_prefix: str) -> None:
-    """Write `obj` (nested dicts/lists/tuples of tensors and JSON scalars) to `<prefix>.safetensors` + `<prefix>.json`."""
-    from safetensors.torch import save_file
+    """Write `obj` (nested dicts/lists/tuples of tensors and JSON scalars) to `<prefix>.safetensors` + `<prefix>.json`,
+    each atomically (temporary file, then rename): a save that fails half-way leaves no half-written file."""
+    from safetensors.torch import save
+
+    from ..utils.io import atomic_open
 
     tensors: dict[str, torch.Tensor] = {}
     tree = _to_tree(obj, "root", tensors)
-    save_file(tensors, f"{path_prefix}.safetensors")
-    with open(f"{path_prefix}.json", "w", encoding="utf-8") as fh:
+    with atomic_open(f"{path_prefix}.safetensors", "wb") as fh:
+        fh.write(save(tensors))
+    with atomic_open(f"{path_prefix}.json", "w") as fh:
         json.dump(tree, fh)
 
 

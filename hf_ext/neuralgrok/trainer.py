@@ -20,7 +20,7 @@ from ..utils.checks import is_real as _is_real
 from ..utils.checks import reentrant_checkpointing, refuse_optimizer_flags
 from ..utils.distributed import is_dtensor
 from ..utils.evaluation import EvalRowsOnceMixin
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_open, atomic_write_json
 from ..utils.resume import LossWindowResumeMixin
 from .amplifier import NeuralAmplifier, amplifier_outer_step
 from .metrics import _answer_correct_rows, absolute_weight_entropy, weight_norm
@@ -993,7 +993,7 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         self._sum_train_accuracy_over_ranks()  # on every rank (Trainer saves a checkpoint on all of them)
         if not self.args.should_save:
             return
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         if self.transform_optimizer is not None:
             save_state(self.transform_optimizer.extra_state_dict(), os.path.join(output_dir, TRANSFORM_STATE_PREFIX))
@@ -1015,10 +1015,8 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             **transform_options(self.args, self.transform_optimizer),
         }
         if self.amplifier is not None:
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in self.amplifier.state_dict().items()},
-                os.path.join(output_dir, AMPLIFIER_NAME),
-            )
+            with atomic_open(os.path.join(output_dir, AMPLIFIER_NAME), "wb") as fh:
+                fh.write(save({k: v.detach().cpu().contiguous() for k, v in self.amplifier.state_dict().items()}))
             save_state(self.meta_optimizer.state_dict(), os.path.join(output_dir, META_OPTIMIZER_PREFIX))
             info.update(
                 amplifier_hidden_dims=list(self.amplifier.hidden_dims),

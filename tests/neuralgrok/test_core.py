@@ -507,6 +507,24 @@ def test_grad_filter_state_dict_round_trip(mode):
     assert opt_c.num_transforms == 6
 
 
+def test_state_files_are_written_atomically(tmp_path, monkeypatch):
+    """`save_state` (the Grokfast buffers, the meta-optimizer) writes each file under a temporary name and renames it:
+    a save that fails half-way leaves no truncated JSON that a resume would take for a written state."""
+    import json
+
+    from hf_ext.neuralgrok.state import save_state, state_exists
+
+    def broken_dump(obj, fh, **kwargs):
+        fh.write('{"__dict__": [')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(json, "dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        save_state({"a": torch.zeros(2), "n": 4}, str(tmp_path / "state"))
+    assert not state_exists(str(tmp_path / "state"))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.safetensors"]  # no state.json, no temporary file
+
+
 def test_wrapper_rejects_bad_inner_and_modes():
     lin = torch.nn.Linear(2, 2)
     with pytest.raises(TypeError, match="inner"):
