@@ -15,6 +15,7 @@ import torch
 from torch.optim import Optimizer
 
 from ..utils.checks import is_bool, is_real
+from ..utils.distributed import is_dtensor
 from .amplifier import NeuralAmplifier, _norm_floor, _positive_finite
 from .metrics import absolute_entropy
 
@@ -126,8 +127,13 @@ class GradientTransformOptimizer(Optimizer):
         self.inner.zero_grad(set_to_none=set_to_none)
 
     # ------------------------------------------------------------------ state
-    def extra_state_dict(self) -> dict:
-        """State of the transform itself (filter buffers, counters); tensors and JSON-able values only."""
+    def extra_state_dict(self, full_tensors: bool = True) -> dict:
+        """State of the transform itself (filter buffers, counters); tensors and JSON-able values only.
+
+        With `full_tensors=True` (what NeuralGrokTrainer's checkpoints hold) a buffer sharded like its parameter
+        (a DTensor under FSDP2) is gathered into the whole tensor, the same on every rank: a collective, so every
+        rank must call this method. With `full_tensors=False` buffers are returned as they are (DTensor shards, as a
+        torch optimizer's own `state_dict()` holds them); no communication."""
         return {"num_transforms": self.num_transforms}
 
     def load_extra_state_dict(self, state: dict) -> None:
@@ -135,7 +141,8 @@ class GradientTransformOptimizer(Optimizer):
 
     def state_dict(self) -> dict:
         out = self.inner.state_dict()
-        out["gradient_transform"] = self.extra_state_dict()
+        # no collective here: callers may ask one rank only, and torch.distributed.checkpoint keeps its own layout
+        out["gradient_transform"] = self.extra_state_dict(full_tensors=False)
         return out
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -312,24 +319,61 @@ class GradFilterOptimizer(GradientTransformOptimizer):
                 if not self.warmup or len(queue) == self.window:
                     grad.add_(torch.stack(tuple(queue)).mean(0), alpha=self.lamb)
 
-    def extra_state_dict(self) -> dict:
-        out = super().extra_state_dict()
+    def extra_state_dict(self, full_tensors: bool = True) -> dict:
+        out = super().extra_state_dict(full_tensors)
+
+        def whole(t: torch.Tensor) -> torch.Tensor:
+            # every rank gathers the same buffers in the same (index) order: the collectives pair up
+            return t.full_tensor() if full_tensors and is_dtensor(t) else t
+
         out["mode"] = self.mode
         if self.mode == "ema":
-            out["ema"] = {str(i): t for i, t in self._ema.items()}
+            out["ema"] = {str(i): whole(self._ema[i]) for i in sorted(self._ema)}
         else:
-            out["queues"] = {str(i): torch.stack(tuple(q)) for i, q in self._queues.items() if len(q)}
+            out["queues"] = {
+                str(i): torch.stack([whole(t) for t in self._queues[i]])
+                for i in sorted(self._queues)
+                if self._queues[i]
+            }
         return out
 
     def load_extra_state_dict(self, state: dict) -> None:
+        """Restore [`extra_state_dict`]'s output. Whole tensors are re-sharded like their parameter (a DTensor under
+        FSDP2: each rank keeps its own slice), so a checkpoint of one world size resumes under another, or in one
+        process."""
         super().load_extra_state_dict(state)
         if state.get("mode", self.mode) != self.mode:
             raise ValueError(f"Checkpoint was saved with Grokfast mode={state['mode']!r}, but mode={self.mode!r}.")
         params = self._indexed_params()
+
+        def like(index: str, t: torch.Tensor) -> torch.Tensor:
+            i = int(index)
+            if not 0 <= i < len(params):
+                raise ValueError(
+                    f"The Grokfast state holds a buffer for parameter {i}, but the optimizer has {len(params)} "
+                    "parameters: it was saved for another model. Resume with the model of the checkpoint."
+                )
+            p = params[i]
+            if is_dtensor(t) and not (
+                is_dtensor(p) and t.device_mesh == p.device_mesh and tuple(t.placements) == tuple(p.placements)
+            ):
+                t = t.full_tensor()  # a shard of another layout: the whole tensor first (a collective)
+            if tuple(t.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"The Grokfast state of parameter {i} has shape {tuple(t.shape)}, but the parameter has shape "
+                    f"{tuple(p.shape)}: it was saved for another model. Resume with the model of the checkpoint."
+                )
+            if is_dtensor(p) and not is_dtensor(t):
+                from torch.distributed.tensor import distribute_tensor
+
+                # every rank holds the whole tensor (read from the same file): each keeps its slice, no communication
+                return distribute_tensor(t.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+            return t.to(p.device).clone()
+
         if self.mode == "ema":
-            self._ema = {int(i): t.to(params[int(i)].device).clone() for i, t in state.get("ema", {}).items()}
+            self._ema = {int(i): like(i, t) for i, t in state.get("ema", {}).items()}
         else:
-            self._queues = {}
-            for i, stacked in state.get("queues", {}).items():
-                dev = params[int(i)].device
-                self._queues[int(i)] = deque((t.to(dev).clone() for t in stacked.unbind(0)), maxlen=self.window)
+            self._queues = {
+                int(i): deque((like(i, t) for t in stacked.unbind(0)), maxlen=self.window)
+                for i, stacked in state.get("queues", {}).items()
+            }

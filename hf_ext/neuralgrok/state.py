@@ -8,9 +8,16 @@ from typing import Any
 
 import torch
 
+from ..utils.distributed import is_dtensor
+
 
 def _to_tree(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
+        if is_dtensor(obj):
+            raise TypeError(
+                f"The tensor at {prefix!r} is a DTensor (a shard, e.g. under FSDP2): gather it into the whole tensor "
+                "with full_tensor() on every rank before saving, or only this rank's shard would be written."
+            )
         tensors[prefix] = obj.detach().cpu().contiguous().clone()
         return {"__tensor__": prefix}
     if isinstance(obj, dict):

@@ -991,12 +991,20 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         self._sum_train_accuracy_over_ranks()  # on every rank (Trainer saves a checkpoint on all of them)
+        # on every rank as well under FSDP2: the Grokfast buffers are shards of their parameters (DTensors), gathered
+        # here into whole tensors (a collective), so that rank 0 writes the whole state, which any world size reads
+        transform_state = None
+        if self.transform_optimizer is not None and (
+            self.args.should_save
+            or any(is_dtensor(p) for group in self.transform_optimizer.param_groups for p in group["params"])
+        ):
+            transform_state = self.transform_optimizer.extra_state_dict()
         if not self.args.should_save:
             return
         from safetensors.torch import save
 
-        if self.transform_optimizer is not None:
-            save_state(self.transform_optimizer.extra_state_dict(), os.path.join(output_dir, TRANSFORM_STATE_PREFIX))
+        if transform_state is not None:
+            save_state(transform_state, os.path.join(output_dir, TRANSFORM_STATE_PREFIX))
         info = {
             "gradient_transform": self.args.gradient_transform,
             # restored with the optimizer's param groups on resume: compared with the resumed run's

@@ -507,6 +507,27 @@ def test_grad_filter_state_dict_round_trip(mode):
     assert opt_c.num_transforms == 6
 
 
+@pytest.mark.parametrize("mode", ["ema", "ma"])
+def test_grad_filter_state_of_another_model_is_refused_naming_the_shape(mode):
+    """The Grokfast buffers are whole tensors in a checkpoint, re-shaped (re-sharded under FSDP2) like their
+    parameter on load: a buffer of another shape, or for a parameter the optimizer lacks, is refused by name (it was
+    loaded and failed at the next step's in-place update, or as a bare IndexError)."""
+    lin = torch.nn.Linear(4, 3)
+    opt = GradFilterOptimizer(torch.optim.SGD(lin.parameters(), lr=1.0), mode=mode, window=2)
+    lin(torch.ones(1, 4)).sum().backward()
+    opt.step()
+    state = opt.extra_state_dict()
+    assert all(type(t) is torch.Tensor for t in state["ema" if mode == "ema" else "queues"].values())
+    other = torch.nn.Linear(4, 5)
+    with pytest.raises(ValueError, match=r"parameter 0 has shape \(.*3, 4\), but the parameter has shape \(5, 4\)"):
+        GradFilterOptimizer(torch.optim.SGD(other.parameters(), lr=1.0), mode=mode, window=2).load_extra_state_dict(
+            state
+        )
+    one = torch.nn.Parameter(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="buffer for parameter 1, but the optimizer has 1 parameters"):
+        GradFilterOptimizer(torch.optim.SGD([one], lr=1.0), mode=mode, window=2).load_extra_state_dict(state)
+
+
 def test_state_files_are_written_atomically(tmp_path, monkeypatch):
     """`save_state` (the Grokfast buffers, the meta-optimizer) writes each file under a temporary name and renames it:
     a save that fails half-way leaves no truncated JSON that a resume would take for a written state."""

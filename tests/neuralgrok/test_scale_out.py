@@ -1,6 +1,7 @@
 """NeuralGrok under FSDP2 (`fully_shard`) and DDP on 2 gloo ranks: the gradient transforms (the amplifier's per-tensor
 softmax and norm, the normalisation control, Grokfast) and the logged AGE match one process on the whole batch; the
-outer step under DDP transforms the global batch's gradient as one process does; FSDP2 is refused by the outer step."""
+outer step under DDP transforms the global batch's gradient as one process does; FSDP2 is refused by the outer step.
+NeuralGrokTrainer with Grokfast under FSDP2 checkpoints the whole filter state and resumes exactly."""
 
 from __future__ import annotations
 
@@ -24,3 +25,51 @@ def test_gradient_transforms_under_fsdp2_and_ddp_match_one_process(tmp_path, run
             assert error < 1e-5, (name, error)
         assert r["outer_ddp"]["moved"] > 1e-3 and r["outer_ddp"]["ddp"] < 1e-5, r["outer_ddp"]
         assert r["outer_fsdp2_error"] and "FSDP2" in r["outer_fsdp2_error"]
+
+
+@pytest.mark.distributed
+def test_grokfast_under_fsdp2_checkpoints_and_resumes_exactly(tmp_path, run_two_ranks):
+    """The Grokfast buffers are shards of their parameters (DTensors) under FSDP2: rank 0 handed them to safetensors
+    at the first checkpoint ("Attempted to access the data pointer on an invalid python storage") while rank 1 waited
+    in the next collective, and rank 0's shards alone would not have been the state. Now every rank gathers the whole
+    buffers, rank 0 writes them, and each rank re-shards them on resume: the resumed run is the uninterrupted one."""
+    from hf_ext.neuralgrok import NeuralGrokConfig, NeuralGrokTrainer
+
+    proc = run_two_ranks("tests/neuralgrok/scripts/fsdp2_grokfast_resume.py", tmp_path, timeout=300)
+    assert "terminate called" not in proc.stderr
+    ranks = json.loads((tmp_path / "fsdp2_grokfast_resume.json").read_text())
+    assert len(ranks) == 2
+    for r in ranks:
+        for mode, res in r.items():
+            assert res["fsdp"] and res["param_type"] == res["buffer_type"] == "DTensor", (mode, res)
+            assert res["moved"] > 1e-3 and res["buffer_norm"] > 1e-2, (mode, res)  # not a vacuous comparison
+            assert res["saved_types"] == ["Tensor"] and res["saved_vs_step_2"] == 0.0, (mode, res)
+            assert res["saved_num_transforms"] == 2, (mode, res)
+            assert res["one_process_types"] == ["Tensor"] and res["one_process_vs_step_2"] == 0.0, (mode, res)
+            assert len(res["losses"]) == 2 and res["resumed_losses"] == res["losses"], (mode, res)
+            assert res["resume_param_diff"] == 0.0 and res["resume_state_diff"] == 0.0, (mode, res)
+            assert res["resume_num_transforms"] == 4 and res["resumed_buffers_sharded"], (mode, res)
+    assert ranks[0] == ranks[1]
+
+    # the whole trainer in one process: transformers refuses the FSDP checkpoint's model files, before any step
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=16, tie_word_embeddings=False,
+    )  # fmt: skip
+    ids = torch.randint(0, 64, (16, 8), generator=torch.Generator().manual_seed(0)).tolist()
+    args = NeuralGrokConfig(
+        output_dir=str(tmp_path / "one"), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-2,
+        warmup_steps=0, gradient_transform="grokfast_ema", grokfast_window=3, grokfast_warmup=False,
+        track_entropy=False, track_train_accuracy=False, use_cpu=True, report_to="none", disable_tqdm=True,
+        save_strategy="no",
+    )  # fmt: skip
+    trainer = NeuralGrokTrainer(
+        model=LlamaForCausalLM(cfg), args=args, train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids})
+    )
+    with pytest.raises(ValueError, match="only supported when using PyTorch FSDP"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "grokfast_ema" / "run" / "checkpoint-2"))
+    assert trainer.state.global_step == 0
