@@ -3,11 +3,18 @@
 
 Without secure aggregation the apps use Flower's Message API (`flwr.serverapp.strategy.FedAvg` subclass). With
 `fed_args.secure_aggregation` they use Flower's own SecAgg+ protocol: the server runs `SecAggPlusWorkflow` inside
-Flower's `DefaultWorkflow` and the clients run `secaggplus_mod`, so of the clients' updates the server only ever sees
-their weighted mean (each reply's weight, partition id and epsilon travel in the clear; the training loss is not sent
-under DP-SGD or secure aggregation, see [`reports_train_loss`]). hf_ext's client mods in front of it ([`secagg_client_mods`]) refuse requests a malicious server
-could exploit (re-run rounds, thresholds below the colluder bound, inconsistent unmask requests); what they cannot
-close in flwr 1.42 (unauthenticated keys, no consistency round) is in docs/federated.md.
+Flower's `DefaultWorkflow` and the clients run `secaggplus_mod`, so the server receives the clients' updates masked
+and unmasks only their weighted mean (each reply's weight, partition id and epsilon travel in the clear; the training
+loss is not sent under DP-SGD or secure aggregation, see [`reports_train_loss`]). The mean hides one update only
+among updates the server does not know: a malicious server that sends every node but a victim a global state making
+their updates zero (an all-zero LoRA adapter) or known reads the victim's update off the mean (model inconsistency,
+Pasquini et al., CCS 2022). Flower's SecAgg+ messages have no field through which nodes could sign and compare the
+state they received, so this stays open here; DP-SGD on the nodes bounds what the update reveals, and a deployment
+can have each node check the digest of the arrays it received (`global_state_digest`) against one published out of
+band (docs/federated.md). hf_ext's client mods in front of `secaggplus_mod` ([`secagg_client_mods`]) refuse requests
+a malicious server could exploit (re-run rounds, thresholds below the colluder bound, inconsistent unmask requests);
+what they cannot close in flwr 1.42 (unauthenticated keys, no consistency round, model inconsistency) is in
+docs/federated.md.
 """
 
 from __future__ import annotations

@@ -1,13 +1,23 @@
 """Secure aggregation with the SecAgg protocol of Bonawitz et al. (CCS 2017), as Flower's SecAgg+ implements it for
 deployments, built here on the `cryptography` library for the in-process simulation.
 
-The server learns the weighted sum of the clients' updates and nothing else about any single update:
+The server learns the weighted sum of the uploaded updates, and within one round nothing that singles out one update
+beyond it: each upload alone is hidden by masks, keys are authenticated, every client is bound to the global state it
+received (so the server cannot make the other clients' updates zero or known by sending them another model) and any
+survivor list needs `t` signatures. What the sums themselves reveal is not hidden: a client whose every co-survivor
+colludes with the server (the sum minus their inputs is its update), the difference of two rounds over different
+subsets of clients, or what a global state crafted and sent to every client makes the updates reveal; only noise added
+on the client (DP-SGD) bounds those. The rounds:
 
 1. **Advertise keys.** Every client draws two X25519 key pairs: `c` (to encrypt the secret shares it sends to peers)
-   and `s` (to agree on pairwise masks). It signs both public keys, bound to the round id and its client id, with its
-   long-term Ed25519 identity key and sends them to the server, which broadcasts them. Every client checks every
-   signature against an [`IdentityDirectory`] provisioned out of band and aborts the round on any mismatch, so the
-   server cannot substitute keys of its own (man in the middle of the pairwise key agreement).
+   and `s` (to agree on pairwise masks). It signs both public keys and the SHA-256 digest of the global state it
+   received this round ([`global_state_digest`]), bound to the round id and its client id, with its long-term Ed25519
+   identity key and sends them to the server, which broadcasts them. Every client checks every signature against an
+   [`IdentityDirectory`] provisioned out of band and aborts the round on any mismatch, so the server cannot substitute
+   keys of its own (man in the middle of the pairwise key agreement), and aborts it when a peer signed another
+   global-state digest than its own (model inconsistency, Pasquini et al., CCS 2022: a server that sends every client
+   but a victim a state that makes their updates zero, e.g. an all-zero LoRA adapter, would otherwise read the
+   victim's update off the sum). Both checks run before any share leaves the client.
 2. **Share keys.** Every client draws a fresh 256-bit self-mask seed `b` and splits `b` and its mask private key
    `s_sk` into Shamir shares (threshold `t`). The share for peer `v` is encrypted with AES-GCM under a key agreed
    with `v` (X25519 + HKDF-SHA256) and routed through the server, which cannot read it.
@@ -217,17 +227,65 @@ class SecAggAbort(ValueError):
 
 
 class AdvertisedKeys(NamedTuple):
-    """What a client advertises in a round: its two X25519 public keys and its Ed25519 signature over them, bound to
-    the round id and its client id."""
+    """What a client advertises in a round: its two X25519 public keys, its Ed25519 signature over them and over the
+    digest of the global state it received ([`global_state_digest`]), bound to the round id and its client id, and
+    that digest."""
 
     c_pk: bytes
     s_pk: bytes
     signature: bytes
+    state_digest: bytes
 
 
-def _advert_message(round_index: int, node_id: int, c_pk: bytes, s_pk: bytes) -> bytes:
-    # both keys have a fixed length (32 bytes), so the concatenation is unambiguous
-    return f"hf_ext-secagg|advertise|round={int(round_index)}|client={int(node_id)}|".encode() + c_pk + s_pk
+def _advert_message(round_index: int, node_id: int, c_pk: bytes, s_pk: bytes, state_digest: bytes) -> bytes:
+    # both keys and the digest have a fixed length (32 bytes each), so the concatenation is unambiguous
+    return (
+        f"hf_ext-secagg|advertise|round={int(round_index)}|client={int(node_id)}|".encode()
+        + c_pk
+        + s_pk
+        + state_digest
+    )
+
+
+DIGEST_BYTES = 32  # SHA-256
+
+
+def global_state_digest(state: Mapping[str, torch.Tensor]) -> bytes:
+    """The SHA-256 digest (32 bytes) of a global model state `{name: tensor}`, as a secure-aggregation client binds it
+    into its signed advertisement.
+
+    The hash covers, in sorted name order, each name, dtype, shape and the tensor's bytes (little-endian, whatever
+    the device or the machine's byte order), so two states have the same digest exactly when they hold the same
+    names, dtypes, shapes and bit patterns. An empty mapping is a valid state (nothing was received).
+    """
+    import hashlib
+    import sys
+
+    if not isinstance(state, Mapping):
+        raise TypeError(f"`global_state` must be a mapping of tensor names to tensors, got {type(state).__name__}.")
+    for name, tensor in state.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise TypeError(
+                f"`global_state` must map tensor names (str) to tensors; entry {name!r} is "
+                f"{type(name).__name__} -> {type(tensor).__name__}."
+            )
+        if tensor.layout != torch.strided or tensor.device.type == "meta":
+            raise ValueError(f"`global_state[{name!r}]` must be a dense tensor with data to hash.")
+    h = hashlib.sha256(b"hf_ext-secagg|global-state|v1|")
+    h.update(len(state).to_bytes(8, "big"))
+    for name in sorted(state):
+        tensor = state[name]
+        for part in (name.encode(), str(tensor.dtype).encode()):
+            h.update(len(part).to_bytes(8, "big") + part)
+        h.update(tensor.dim().to_bytes(8, "big") + b"".join(int(d).to_bytes(8, "big") for d in tensor.shape))
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        if flat.is_complex():
+            flat = torch.view_as_real(flat).reshape(-1)  # real and imaginary parts, each in the byte order below
+        raw = flat.view(torch.uint8)
+        if sys.byteorder == "big" and flat.element_size() > 1:
+            raw = raw.reshape(-1, flat.element_size()).flip(1).reshape(-1)
+        h.update(raw.numpy().tobytes())
+    return h.digest()
 
 
 def _survivors_message(round_index: int, survivors: Sequence[int]) -> bytes:
@@ -308,18 +366,22 @@ class IdentityDirectory:
         return identity_public_bytes(self._keys[int(client_id)])
 
     def verify(self, client_id: int, round_index: int, keys: AdvertisedKeys) -> None:
-        """Raise [`SecAggAbort`] unless `keys` were signed by `client_id`'s identity for this round."""
+        """Raise [`SecAggAbort`] unless `keys` (public keys and global-state digest) were signed by `client_id`'s
+        identity for this round."""
         from cryptography.exceptions import InvalidSignature
 
         cid = int(client_id)
         if cid not in self._keys:
             raise SecAggAbort(f"Client {cid} is not in the identity directory; aborting the round.")
         try:
-            self._keys[cid].verify(bytes(keys.signature), _advert_message(round_index, cid, keys.c_pk, keys.s_pk))
+            self._keys[cid].verify(
+                bytes(keys.signature), _advert_message(round_index, cid, keys.c_pk, keys.s_pk, keys.state_digest)
+            )
         except InvalidSignature:
             raise SecAggAbort(
                 f"The public keys advertised for client {cid} in round {round_index} are not signed by its identity "
-                "key (forged, substituted or replayed by the server); aborting the round."
+                "key together with the global-state digest sent with them (forged, substituted, altered or replayed "
+                "by the server); aborting the round."
             ) from None
 
     def verify_message(self, client_id: int, message: bytes, signature: bytes) -> bool:
@@ -428,6 +490,12 @@ class SecAggClient:
             refuses a round whose threshold `t` has `2t <= n + max_colluders`.
         state ([`SecAggClientState`], *optional*): the client's persistent state (last round served). Pass the same
             object every round; a fresh one (the default) remembers nothing.
+        global_state (`Mapping[str, torch.Tensor]`): the global model state this client received from the server this
+            round, the one its update is computed from (`{}` when the update does not derive from a server-sent
+            state); required. Its digest ([`global_state_digest`]) is signed into the advertisement, and the client
+            aborts the round ([`SecAggAbort`]) before sharing anything when a peer signed another digest: without it a
+            malicious server could send every other client a state that makes its update zero or known (e.g. an
+            all-zero LoRA adapter) and read this client's update off the sum (model inconsistency).
     """
 
     def __init__(
@@ -440,6 +508,7 @@ class SecAggClient:
         directory: IdentityDirectory | None = None,
         max_colluders: int = 0,
         state: SecAggClientState | None = None,
+        global_state: Mapping[str, torch.Tensor] | None = None,
     ):
         if int(node_id) < 0:
             raise ValueError(f"`node_id` must be >= 0, got {node_id}.")
@@ -457,6 +526,13 @@ class SecAggClient:
             )
         if not isinstance(directory, IdentityDirectory):
             raise TypeError(f"`directory` must be an IdentityDirectory, got {type(directory).__name__}.")
+        if global_state is None:
+            raise ValueError(
+                "SecAggClient needs `global_state`: the global model state this client received this round (`{}` if "
+                "its update does not derive from one). Its digest is signed and compared with every peer's, so a "
+                "malicious server cannot send the other clients a model that makes their updates zero or known and "
+                "read this client's update off the sum."
+            )
         _check_colluders(max_colluders)
         self.node_id = int(node_id)
         if self.node_id not in directory or directory.public_bytes(self.node_id) != identity_public_bytes(identity):
@@ -471,6 +547,7 @@ class SecAggClient:
         self.state.check(self.round_index, self.node_id)
         self._identity = identity
         self._directory = directory
+        self.state_digest = global_state_digest(global_state)
         self._c_sk, self.c_pk = _new_keypair()
         self._s_sk, self.s_pk = _new_keypair()
         self._b = os.urandom(32)
@@ -482,29 +559,41 @@ class SecAggClient:
         self._stage = "advertise"
 
     def advertise_keys(self) -> AdvertisedKeys:
-        """Round 0: the two public keys `(c_pk, s_pk)` and the identity's signature over them, this round and id."""
-        sig = self._identity.sign(_advert_message(self.round_index, self.node_id, self.c_pk, self.s_pk))
-        return AdvertisedKeys(self.c_pk, self.s_pk, sig)
+        """Round 0: the two public keys `(c_pk, s_pk)`, the identity's signature over them, the digest of the global
+        state this client received, this round and id, and that digest."""
+        msg = _advert_message(self.round_index, self.node_id, self.c_pk, self.s_pk, self.state_digest)
+        return AdvertisedKeys(self.c_pk, self.s_pk, self._identity.sign(msg), self.state_digest)
 
     def share_keys(self, public_keys: Mapping[int, AdvertisedKeys], threshold: int) -> dict[int, bytes]:
         """Round 1: encrypted Shamir shares of `b` and `s_sk` for every peer in `public_keys` (which includes us).
 
-        Before sharing anything it verifies every advertisement against the identity directory, checks the
-        colluder bound `2 * threshold > len(public_keys) + max_colluders` and records this round as served; any
-        failure raises [`SecAggAbort`] (a `ValueError`) and nothing secret leaves the client.
+        Before sharing anything it verifies every advertisement against the identity directory, checks that every
+        peer signed the digest of the same global state as this client received, checks the colluder bound
+        `2 * threshold > len(public_keys) + max_colluders` and records this round as served; any failure raises
+        [`SecAggAbort`] (a `ValueError`) and nothing secret leaves the client.
         """
         if self._stage != "advertise":
             raise RuntimeError(f"Client {self.node_id}: share_keys called twice or out of order; aborting.")
         keys = {}
         for k, v in public_keys.items():
-            if len(v) != 3:
-                raise SecAggAbort(f"Client {self.node_id}: the keys of client {k} carry no signature; aborting.")
-            keys[int(k)] = AdvertisedKeys(bytes(v[0]), bytes(v[1]), bytes(v[2]))
+            if len(v) != 4:
+                raise SecAggAbort(
+                    f"Client {self.node_id}: the keys of client {k} carry no signature and global-state digest; "
+                    "aborting."
+                )
+            adv = AdvertisedKeys(bytes(v[0]), bytes(v[1]), bytes(v[2]), bytes(v[3]))
+            if (len(adv.c_pk), len(adv.s_pk), len(adv.state_digest)) != (32, 32, DIGEST_BYTES):
+                raise SecAggAbort(
+                    f"Client {self.node_id}: the advertisement of client {k} has fields of {len(adv.c_pk)}, "
+                    f"{len(adv.s_pk)} and {len(adv.state_digest)} bytes (keys and digest are 32 bytes each); aborting."
+                )
+            keys[int(k)] = adv
         own = keys.get(self.node_id)
         if own is None or (own.c_pk, own.s_pk) != (self.c_pk, self.s_pk):
             raise SecAggAbort(f"Client {self.node_id}: the broadcast does not hold our own public keys; aborting.")
         for v, adv in keys.items():
             self._directory.verify(v, self.round_index, adv)
+        self._check_same_global_state(keys)
         flat = [pk for adv in keys.values() for pk in (adv.c_pk, adv.s_pk)]
         if len(set(flat)) != len(flat):
             raise SecAggAbort(f"Client {self.node_id}: repeated public keys in the broadcast; aborting.")
@@ -527,6 +616,23 @@ class SecAggClient:
             out[v] = self._encrypt(v, adv.c_pk, b_shares[_point(v)], s_shares[_point(v)])
         self._stage = "shared"
         return out
+
+    def _check_same_global_state(self, keys: Mapping[int, AdvertisedKeys]) -> None:
+        """Abort unless every (authenticated) advertisement carries the digest of the global state we received."""
+        others: dict[bytes, list[int]] = {}
+        for v, adv in sorted(keys.items()):
+            if adv.state_digest != self.state_digest:
+                others.setdefault(adv.state_digest, []).append(v)
+        if not others:
+            return
+        theirs = "; ".join(f"clients {ids} signed {d.hex()[:16]}" for d, ids in others.items())
+        raise SecAggAbort(
+            f"Client {self.node_id}: inconsistent global state in round {self.round_index}: we received the state "
+            f"with digest {self.state_digest.hex()[:16]} (SHA-256, first 8 bytes), but {theirs}. The server sent "
+            "different models to different clients (model inconsistency: with the other clients' updates made "
+            "zero or known, the sum would reveal one client's update); aborting the round before any share or masked "
+            "input leaves."
+        )
 
     def _share_key(self, v: int, c_pk: bytes) -> bytes:
         lo, hi = sorted((self.node_id, v))
@@ -724,6 +830,7 @@ def secure_aggregate(
     identities: Mapping[int, object] | None = None,
     directory: IdentityDirectory | None = None,
     client_states: dict[int, SecAggClientState] | None = None,
+    global_states: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], float, ServerView]:
     """Run one round of the protocol in process between honest clients and an honest server relaying messages.
 
@@ -745,6 +852,11 @@ def secure_aggregate(
         client_states (`dict[int, SecAggClientState]`, *optional*): the clients' persistent states, updated in place
             (missing clients are added; a client refuses a round id it has already served); default: fresh states
             that remember nothing.
+        global_states (`Mapping[int, Mapping[str, torch.Tensor]]`, *optional*): `{node_id: state}`, the global model
+            state each client received from the server this round (what its update was computed from). Each client
+            signs its digest and the round aborts with [`SecAggAbort`], before any share or masked input leaves a
+            client, if two clients received different states (model inconsistency). Default: the updates do not
+            derive from a server-sent state (every client binds the empty state `{}`).
 
     Returns:
         `tuple[dict[str, torch.Tensor], float, ServerView]`: the weighted mean of the uploaded updates (float64), the
@@ -770,6 +882,14 @@ def secure_aggregate(
     missing = [u for u in ids if u not in identities]
     if missing:
         raise ValueError(f"`identities` has no key for clients {missing}: give every client its identity key.")
+    if global_states is None:
+        global_states = {u: {} for u in ids}
+    elif not isinstance(global_states, Mapping) or {int(u) for u in global_states} != set(ids):
+        got = sorted(global_states) if isinstance(global_states, Mapping) else type(global_states).__name__
+        raise ValueError(
+            f"`global_states` must map every client in `updates` ({ids}) to the global state it received, got {got}."
+        )
+    global_states = {int(u): g for u, g in global_states.items()}
     states: dict[int, SecAggClientState] = {} if client_states is None else client_states
     if not isinstance(states, dict):
         raise TypeError("`client_states` must be a dict {client_id: SecAggClientState} (it is updated in place).")
@@ -785,6 +905,7 @@ def secure_aggregate(
             directory=directory,
             max_colluders=max_colluders,
             state=states[u],
+            global_state=global_states[u],
         )
         for u in ids
     }

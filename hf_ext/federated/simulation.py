@@ -732,6 +732,8 @@ class FederatedSimulation:
                 identities=self._secagg_identities,
                 directory=self.secagg_directory,
                 client_states=self.secagg_client_states,
+                # what each client trained from: every client signs its digest, so inconsistent states abort
+                global_states={c: self.global_state for c in participants},
             )
             self.global_state = apply_secure_mean(
                 self.global_state, mean, weights, self.fed_args, r, num_clients=self.num_clients

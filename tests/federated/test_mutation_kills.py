@@ -241,7 +241,7 @@ def test_unmask_sum_skips_masks_a_survivor_never_made_with_a_dropped_client():
     ids, t, rnd = [0, 1, 2, 3, 4], 3, 1
     ups = _secagg_updates(ids, size=50)
     identities, directory = IdentityDirectory.provision(ids)
-    clients = {u: SecAggClient(u, rnd, identity=identities[u], directory=directory) for u in ids}
+    clients = {u: SecAggClient(u, rnd, identity=identities[u], directory=directory, global_state={}) for u in ids}
     view = ServerView(threshold=t)
     view.public_keys = {u: c.advertise_keys() for u, c in clients.items()}
     view.ciphertexts = {u: c.share_keys(view.public_keys, t) for u, c in clients.items()}

@@ -28,7 +28,10 @@ def _update(seed, size=32):
 
 def _round(ids, round_index, identities, directory, threshold, **kwargs):
     """Honest clients of one round, run up to their uploads: (clients, advertised keys, ciphertexts)."""
-    clients = {u: SecAggClient(u, round_index, identity=identities[u], directory=directory, **kwargs) for u in ids}
+    clients = {
+        u: SecAggClient(u, round_index, identity=identities[u], directory=directory, global_state={}, **kwargs)
+        for u in ids
+    }
     keys = {u: c.advertise_keys() for u, c in clients.items()}
     cts = {u: c.share_keys(keys, threshold) for u, c in clients.items()}
     for u in ids:
@@ -112,8 +115,8 @@ def test_a_client_refuses_a_threshold_that_is_not_a_strict_majority_of_the_broad
     """The client itself counts every advertised client (itself included) when checking `2t > n + c`."""
     ids = [0, 1, 2, 3]
     identities, directory = IdentityDirectory.provision(ids)
-    c0 = SecAggClient(0, 1, identity=identities[0], directory=directory)
-    peers = {u: SecAggClient(u, 1, identity=identities[u], directory=directory) for u in ids[1:]}
+    c0 = SecAggClient(0, 1, identity=identities[0], directory=directory, global_state={})
+    peers = {u: SecAggClient(u, 1, identity=identities[u], directory=directory, global_state={}) for u in ids[1:]}
     keys = {0: c0.advertise_keys(), **{u: c.advertise_keys() for u, c in peers.items()}}
     with pytest.raises(SecAggAbort, match="threshold=2 with 4 clients"):
         c0.share_keys(keys, 2)
@@ -139,7 +142,7 @@ def test_share_keys_refuses_a_broadcast_without_our_own_keys():
     keeps no share of its own secrets) is refused before any share leaves."""
     ids = [0, 1, 2, 3]
     identities, directory = IdentityDirectory.provision(ids)
-    cl = {u: SecAggClient(u, 2, identity=identities[u], directory=directory) for u in ids}
+    cl = {u: SecAggClient(u, 2, identity=identities[u], directory=directory, global_state={}) for u in ids}
     keys = {u: c.advertise_keys() for u, c in cl.items()}
     without_us = {u: k for u, k in keys.items() if u != 0}
     with pytest.raises(SecAggAbort, match="own public keys"):
@@ -152,10 +155,11 @@ def test_share_keys_refuses_a_peer_advertising_another_clients_keys():
     in the broadcast."""
     ids, rnd = [0, 1, 2], 3
     identities, directory = IdentityDirectory.provision(ids)
-    cl = {u: SecAggClient(u, rnd, identity=identities[u], directory=directory) for u in ids}
+    cl = {u: SecAggClient(u, rnd, identity=identities[u], directory=directory, global_state={}) for u in ids}
     keys = {u: c.advertise_keys() for u, c in cl.items()}
+    d = keys[1].state_digest
     copied = AdvertisedKeys(
-        keys[1].c_pk, keys[1].s_pk, identities[2].sign(_advert_message(rnd, 2, keys[1].c_pk, keys[1].s_pk))
+        keys[1].c_pk, keys[1].s_pk, identities[2].sign(_advert_message(rnd, 2, keys[1].c_pk, keys[1].s_pk, d)), d
     )
     directory.verify(2, rnd, copied)  # a validly signed advertisement of client 2
     with pytest.raises(SecAggAbort, match="repeated public keys"):
@@ -171,7 +175,7 @@ def test_masked_input_refuses_too_few_peers_and_integer_updates():
     update is refused rather than encoded."""
     ids, t = [0, 1, 2, 3, 4], 3
     identities, directory = IdentityDirectory.provision(ids)
-    cl = {u: SecAggClient(u, 1, identity=identities[u], directory=directory) for u in ids}
+    cl = {u: SecAggClient(u, 1, identity=identities[u], directory=directory, global_state={}) for u in ids}
     keys = {u: c.advertise_keys() for u, c in cl.items()}
     cts = {u: c.share_keys(keys, t) for u, c in cl.items()}
     with pytest.raises(ValueError, match="fewer live peers"):

@@ -66,18 +66,18 @@ def _unmask_one(victim, y, b, s_sk, peer_s_pks, round_index):
 def test_substituted_forged_or_replayed_keys_abort_the_round_before_any_share_leaves():
     ids, rnd, t = [0, 1, 2, 3, 4], 5, 3
     identities, directory = IdentityDirectory.provision(ids)  # provisioned out of band: the server cannot edit it
-    victim = SecAggClient(0, rnd, identity=identities[0], directory=directory)
-    honest = {v: SecAggClient(v, rnd, identity=identities[v], directory=directory) for v in ids[1:]}
+    victim = SecAggClient(0, rnd, identity=identities[0], directory=directory, global_state={})
+    honest = {v: SecAggClient(v, rnd, identity=identities[v], directory=directory, global_state={}) for v in ids[1:]}
     genuine = {0: victim.advertise_keys(), **{v: c.advertise_keys() for v, c in honest.items()}}
 
     # (i) the review's attack: the server plays every peer with key pairs (and identities) of its own
     server_ids, server_dir = IdentityDirectory.provision(ids[1:])
-    fakes = {v: SecAggClient(v, rnd, identity=server_ids[v], directory=server_dir) for v in ids[1:]}
+    fakes = {v: SecAggClient(v, rnd, identity=server_ids[v], directory=server_dir, global_state={}) for v in ids[1:]}
     forged = {0: genuine[0], **{v: f.advertise_keys() for v, f in fakes.items()}}
     with pytest.raises(SecAggAbort, match="not signed by its identity key"):
         victim.share_keys(forged, t)
     # (ii) a genuine advertisement of peer 1 from an earlier round, replayed into this one
-    old = SecAggClient(1, rnd - 1, identity=identities[1], directory=directory).advertise_keys()
+    old = SecAggClient(1, rnd - 1, identity=identities[1], directory=directory, global_state={}).advertise_keys()
     with pytest.raises(SecAggAbort, match="client 1 in round 5"):
         victim.share_keys({**genuine, 1: old}, t)
     # (iii) peer 2's genuine advertisement presented as peer 1's (and 1's as 2's)
@@ -86,11 +86,13 @@ def test_substituted_forged_or_replayed_keys_abort_the_round_before_any_share_le
     # (iv) keys without a signature, (v) a client the directory does not know (a sybil of the server)
     with pytest.raises(SecAggAbort, match="no signature"):
         victim.share_keys({**genuine, 1: genuine[1][:2]}, t)
-    sybil = SecAggClient(9, rnd, identity=server_ids[1], directory=IdentityDirectory({9: server_ids[1].public_key()}))
+    sybil = SecAggClient(
+        9, rnd, identity=server_ids[1], directory=IdentityDirectory({9: server_ids[1].public_key()}), global_state={}
+    )
     with pytest.raises(SecAggAbort, match="not in the identity directory"):
         victim.share_keys({**genuine, 9: sybil.advertise_keys()}, t)
     # (vi) a signature made with the right key but over other public keys (the server swaps in its own mask key)
-    mixed = AdvertisedKeys(genuine[1].c_pk, forged[1].s_pk, genuine[1].signature)
+    mixed = AdvertisedKeys(genuine[1].c_pk, forged[1].s_pk, genuine[1].signature, genuine[1].state_digest)
     with pytest.raises(SecAggAbort, match="not signed"):
         victim.share_keys({**genuine, 1: mixed}, t)
 
@@ -115,9 +117,9 @@ def test_an_identity_directory_is_required_and_must_match():
         SecAggClient(0, 1)  # no unauthenticated mode: it would be open to key substitution
     identities, directory = IdentityDirectory.provision([0, 1])
     with pytest.raises(ValueError, match="not the key the directory holds for client 0"):
-        SecAggClient(0, 1, identity=identities[1], directory=directory)
+        SecAggClient(0, 1, identity=identities[1], directory=directory, global_state={})
     with pytest.raises(TypeError, match="Ed25519PrivateKey"):
-        SecAggClient(0, 1, identity=identities[0].public_key(), directory=directory)
+        SecAggClient(0, 1, identity=identities[0].public_key(), directory=directory, global_state={})
     restored = IdentityDirectory.from_json(directory.to_json())  # how it is distributed to clients
     assert restored.client_ids == [0, 1] and restored.public_bytes(1) == directory.public_bytes(1)
     with pytest.raises(ValueError, match="identity directory JSON"):
@@ -137,7 +139,10 @@ def _split_view_attack(n, colluders, lied_to, threshold, max_colluders, rnd=1):
     ids = list(range(n))
     identities, directory = IdentityDirectory.provision(ids)
     cl = {
-        u: SecAggClient(u, rnd, identity=identities[u], directory=directory, max_colluders=max_colluders) for u in ids
+        u: SecAggClient(
+            u, rnd, identity=identities[u], directory=directory, max_colluders=max_colluders, global_state={}
+        )
+        for u in ids
     }
     keys = {u: c.advertise_keys() for u, c in cl.items()}
     cts = {u: c.share_keys(keys, threshold) for u, c in cl.items()}
@@ -233,7 +238,7 @@ def _withheld_shares_attack(n, t, masking_peers, shown, rnd=1):
     0 masked with look dropped to enough other clients. Returns the max error of 0's recovered update, or None."""
     ids = list(range(n))
     identities, directory = IdentityDirectory.provision(ids)
-    cl = {u: SecAggClient(u, rnd, identity=identities[u], directory=directory) for u in ids}
+    cl = {u: SecAggClient(u, rnd, identity=identities[u], directory=directory, global_state={}) for u in ids}
     keys = {u: c.advertise_keys() for u, c in cl.items()}
     cts = {u: c.share_keys(keys, t) for u, c in cl.items()}
     ups = {u: _update(200 + u) for u in ids}
@@ -304,8 +309,10 @@ def test_rerunning_a_served_round_on_another_subset_is_refused():
     # two concurrent sessions of one client for the same round: only the first may share keys
     identities, directory = IdentityDirectory.provision([0, 1])
     st = SecAggClientState()
-    a, b = (SecAggClient(0, 9, identity=identities[0], directory=directory, state=st) for _ in range(2))
-    peer = SecAggClient(1, 9, identity=identities[1], directory=directory)
+    a, b = (
+        SecAggClient(0, 9, identity=identities[0], directory=directory, state=st, global_state={}) for _ in range(2)
+    )
+    peer = SecAggClient(1, 9, identity=identities[1], directory=directory, global_state={})
     a.share_keys({0: a.advertise_keys(), 1: peer.advertise_keys()}, 2)
     with pytest.raises(SecAggAbort, match="already served round 9"):
         b.share_keys({0: b.advertise_keys(), 1: peer.advertise_keys()}, 2)

@@ -129,7 +129,10 @@ def test_dropouts_below_the_threshold_are_survived(stage):
 def _clients(ids, round_index=0, directory_ids=None, **kwargs):
     """Honest clients with identities provisioned out of band (the directory may list more clients than `ids`)."""
     identities, directory = IdentityDirectory.provision(directory_ids or ids)
-    clients = {u: SecAggClient(u, round_index, identity=identities[u], directory=directory, **kwargs) for u in ids}
+    clients = {
+        u: SecAggClient(u, round_index, identity=identities[u], directory=directory, global_state={}, **kwargs)
+        for u in ids
+    }
     return clients, identities, directory
 
 
