@@ -39,6 +39,101 @@ logger = logging.get_logger(__name__)
 
 STATE_FILE = "global_state.safetensors"
 META_FILE = "federated_state.json"
+# how `save_state` writes the history: JSON with tagged tuples, non-str-keyed dicts, numpy values and tensors, so that
+# `load_state` restores it with its types (states saved before it have no tag and plain JSON)
+HISTORY_ENCODING = "hf_ext-typed-json-v1"
+_TYPE_TAG = "__hf_ext_type__"
+_HISTORY_TYPES = (
+    "None, bool, int, float, str, list, tuple, dict (keys of these types too), numpy scalars and arrays and torch "
+    "tensors of bool, integer or float dtype"
+)
+
+
+def encode_history(value: Any, where: str = "history") -> Any:
+    """`value` (a [`FederatedSimulation`] history, or any part of it) as JSON-ready data from which
+    [`decode_history`] rebuilds an equal value of the same types: dict keys keep their types (an int key stays an
+    int), tuples stay tuples, numpy scalars and arrays keep their dtype, tensors their dtype and shape (restored on
+    CPU), and floats are exact (NaN and infinities included).
+
+    Raises `TypeError` naming the place (`where`, e.g. `history[2]['mem'][10]`) of a value of another type: it could
+    not be restored as it was (e.g. a set, a custom object, a `str` subclass)."""
+    kind = type(value)
+    if value is None or kind in (bool, int, float, str):
+        return value
+    if kind is list:
+        return [encode_history(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if kind is tuple:
+        return {_TYPE_TAG: "tuple", "items": [encode_history(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if kind is dict:
+        if all(type(k) is str for k in value) and _TYPE_TAG not in value:
+            return {k: encode_history(v, f"{where}[{k!r}]") for k, v in value.items()}
+        return {
+            _TYPE_TAG: "dict",
+            "items": [
+                [encode_history(k, f"{where} key {k!r}"), encode_history(v, f"{where}[{k!r}]")]
+                for k, v in value.items()
+            ],
+        }
+    if isinstance(value, torch.Tensor) and kind is torch.Tensor:
+        if value.is_complex() or value.layout != torch.strided or value.device.type == "meta":
+            raise TypeError(f"{where} is a {value.dtype} {value.layout} tensor: {_history_type_hint()}")
+        return {
+            _TYPE_TAG: "tensor",
+            "dtype": str(value.dtype).removeprefix("torch."),
+            "shape": list(value.shape),
+            "items": value.detach().cpu().reshape(-1).tolist(),
+        }
+    import numpy as np
+
+    if isinstance(value, np.generic | np.ndarray) and value.dtype.kind in "biuf" and value.dtype.itemsize <= 8:
+        if isinstance(value, np.ndarray):
+            if kind is not np.ndarray:
+                raise TypeError(f"{where} is a {kind.__qualname__}: {_history_type_hint()}")
+            return {
+                _TYPE_TAG: "ndarray",
+                "dtype": value.dtype.name,
+                "shape": list(value.shape),
+                "items": value.reshape(-1).tolist(),
+            }
+        return {_TYPE_TAG: "numpy", "dtype": value.dtype.name, "value": value.item()}
+    raise TypeError(f"{where} is a {kind.__module__}.{kind.__qualname__}: {_history_type_hint()}")
+
+
+def _history_type_hint() -> str:
+    return (
+        f"a round's history is saved as typed JSON, which restores exactly {_HISTORY_TYPES}; return those from "
+        "`round_callback` (e.g. `float(x)`, `sorted(a_set)`)."
+    )
+
+
+def decode_history(value: Any) -> Any:
+    """Inverse of [`encode_history`] (after a JSON round trip)."""
+    if isinstance(value, list):
+        return [decode_history(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if _TYPE_TAG not in value:
+        return {k: decode_history(v) for k, v in value.items()}
+    tag = value[_TYPE_TAG]
+    if tag == "tuple":
+        return tuple(decode_history(v) for v in value["items"])
+    if tag == "dict":
+        return {decode_history(k): decode_history(v) for k, v in value["items"]}
+    if tag == "tensor":
+        dtype = getattr(torch, value["dtype"])
+        return torch.tensor(value["items"], dtype=dtype).reshape(value["shape"])
+    if tag in ("numpy", "ndarray"):
+        import numpy as np
+
+        if tag == "numpy":
+            return np.dtype(value["dtype"]).type(value["value"])
+        return np.array(value["items"], dtype=value["dtype"]).reshape(value["shape"])
+    raise ValueError(f"Unknown {_TYPE_TAG} {tag!r} in a saved history (written by a newer hf_ext?).")
+
+
+def _json_constant(name: str) -> float:
+    # NaN / Infinity as the math module's objects: a history holding `math.nan` then compares equal after loading
+    return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[name]
 
 
 @dataclass
@@ -643,7 +738,8 @@ class FederatedSimulation:
         data_collator (`Callable`, *optional*): collator for the clients' Trainers.
         processing_class (*optional*): the tokenizer, passed to the Trainers.
         round_callback (`Callable`, *optional*): `fn(round_index, simulation) -> dict | None`, called after every
-            round (and before the first with index 0); returned metrics are stored in `history`.
+            round (and before the first with index 0); returned metrics are stored in `history`. With `save_dir`
+            (or [`save_state`]) its values must be of the types [`encode_history`] restores exactly.
     """
 
     def __init__(
@@ -782,6 +878,8 @@ class FederatedSimulation:
             ensure_writable_dir(save_dir, "save_dir")
         if self.round == 0 and self.round_callback is not None and not self.history:
             self.history.append({"round": 0, **(self.round_callback(0, self) or {})})
+            if save_dir is not None:
+                encode_history(self.history)  # a value save_state could not restore is refused before training
         while self.round < target:
             record = self.run_round()
             if self.round_callback is not None:
@@ -793,6 +891,10 @@ class FederatedSimulation:
 
     def save_state(self, path: str) -> None:
         """Save the global exchanged state (safetensors) and round, history and accountants (JSON) in folder `path`.
+
+        The history is written with [`encode_history`], so [`load_state`] restores it with its types (int dict keys,
+        tuples, numpy values, tensors): a resumed run's `history` equals the uninterrupted run's. A history value of
+        another type is refused (`TypeError` naming where it is).
 
         The pair is written atomically: both files go to a temporary sibling folder, which then replaces `path`
         (the previous folder is moved aside and removed only afterwards), so a crash never leaves a mismatched or
@@ -808,7 +910,8 @@ class FederatedSimulation:
 
         meta = {
             "round": self.round,
-            "history": self.history,
+            "history_encoding": HISTORY_ENCODING,
+            "history": encode_history(self.history),
             "accountants": [a.state_dict() for a in self.accountants],
             "mode": self.fed_args.mode,
         }
@@ -867,7 +970,10 @@ class FederatedSimulation:
         shutil.rmtree(os.path.dirname(saved[0]), ignore_errors=True)
 
     def load_state(self, path: str) -> None:
-        """Restore a state saved by [`save_state`]; [`run`] then continues with the next round."""
+        """Restore a state saved by [`save_state`]; [`run`] then continues with the next round.
+
+        The history comes back with the types it had when saved. A state saved by hf_ext before the typed history
+        encoding is loaded with its plain-JSON history (str keys, lists), with a warning."""
         from safetensors.torch import load_file
 
         if not os.path.lexists(path):
@@ -880,7 +986,7 @@ class FederatedSimulation:
             )
         try:
             with open(meta_path) as fh:
-                meta = json.load(fh)
+                meta = json.load(fh, parse_constant=_json_constant)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(
                 f"{meta_path!r} is not valid JSON ({err}): the saved round is incomplete or corrupted; load the "
@@ -900,10 +1006,26 @@ class FederatedSimulation:
         accountants = [PrivacyAccountant(a.accountant, a.pld_discretization) for a in self.accountants]
         for acc, st in zip(accountants, meta["accountants"]):
             acc.load_state_dict(st)  # refuses a saved accountant other than the configured dp_accountant
+        encoding = meta.get("history_encoding")
+        if encoding == HISTORY_ENCODING:
+            history = decode_history(meta["history"])
+        elif encoding is None:
+            history = meta["history"]
+            logger.warning(
+                "%s was saved by an older hf_ext, which wrote the history as plain JSON: it is restored as JSON "
+                "stored it (dict keys as strings, tuples as lists), while the rounds run from here keep their own "
+                "types. Rounds saved from now on restore the history with its types.",
+                meta_path,
+            )
+        else:
+            raise ValueError(
+                f"{meta_path!r} stores its history as {encoding!r}, which this hf_ext cannot read (it reads "
+                f"{HISTORY_ENCODING!r}): load it with the hf_ext version that saved it."
+            )
         self.global_state = {k: state[k] for k in self.keys}
         set_exchange_state(self.model, self.global_state)
         self.round = int(meta["round"])
-        self.history = meta["history"]
+        self.history = history
         self.accountants = accountants
         if self.fed_args.secure_aggregation and "secagg_client_states" in meta:
             self.secagg_client_states = {

@@ -4,10 +4,17 @@ F1: model inconsistency (Pasquini et al., CCS 2022): a malicious server sends ev
 LoRA adapter, so their updates are exactly 0 and the securely aggregated sum is the victim's update. In the in-process
 protocol every client now signs the digest of the global state it received into its advertisement and aborts the
 round, before any share or masked input leaves it, when a peer signed another digest.
+
+F2: `FederatedSimulation.load_state` restored the history through plain JSON (int dict keys became str, tuples lists),
+so a resumed run's `history[1]["mem"][10]` raised KeyError and later rounds mixed key types; the history is now saved
+with its types and restored equal to the uninterrupted run's.
 """
 
 import dataclasses
+import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,14 +25,20 @@ from hf_ext.federated import (
     SecAggAbort,
     SecAggClient,
     apply_lora,
+    assign_canaries,
+    build_client_dataset,
     decode,
     encode,
     global_state_digest,
+    make_canaries,
+    measure_memorization,
     prepare_upload,
     secure_aggregate,
+    split_by_column,
     train_client,
 )
 from hf_ext.federated.secure_aggregation import MODULUS, AdvertisedKeys
+from hf_ext.federated.simulation import META_FILE, decode_history, encode_history
 
 from .conftest import tiny_llama
 
@@ -201,3 +214,146 @@ def test_a_client_must_say_what_it_received():
         c.share_keys({0: c.advertise_keys(), 1: shifted}, 2)
     with pytest.raises(SecAggAbort, match="no signature and global-state digest"):
         c.share_keys({0: c.advertise_keys(), 1: tuple(peer.advertise_keys()[:3])}, 2)
+
+
+# ------------------------------------------------------------------------------- F2: typed history on resume
+
+
+def _assert_same(a, b, where="history"):
+    """`a == b` with the same type at every level: dict keys (in order), values, tuple vs list, numpy dtypes."""
+    assert type(a) is type(b), f"{where}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, dict):
+        assert list(a) == list(b), f"{where}: keys {list(a)} vs {list(b)}"
+        for (ka, va), (kb, vb) in zip(a.items(), b.items()):
+            _assert_same(ka, kb, f"{where} key {ka!r}")
+            _assert_same(va, vb, f"{where}[{ka!r}]")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b), where
+    elif isinstance(a, float) and math.isnan(a):
+        assert math.isnan(b), where
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+        if isinstance(a, float):
+            assert math.copysign(1.0, a) == math.copysign(1.0, b), where
+
+
+@pytest.fixture(scope="module")
+def canary_clients(corpus, small_tokenizer):
+    canaries = make_canaries(4, {2: 0.5, 1: 0.5}, num_words=10, seed=0)
+    parts = split_by_column(corpus, "domain", 2)
+    copies = assign_canaries(canaries, [len(p) for p in parts], "proportional")
+    clients = [
+        build_client_dataset(p.select(range(4)), [c.text for c in cs], small_tokenizer, 32)
+        for p, cs in zip(parts, copies)
+    ]
+    return canaries, clients
+
+
+def test_resumed_history_equals_the_uninterrupted_one_with_its_types(
+    tmp_path, small_tokenizer, canary_clients, training_args
+):
+    """The docs' quick start: the round callback returns `measure_memorization(...)["per_replication"]` (int keys:
+    replication counts, then prefix lengths); also a tuple and numpy values. Run 3 rounds saving each, load round 1
+    into a fresh simulation and continue: the history equals the uninterrupted run's, with == and type by type."""
+    from transformers import default_data_collator
+
+    canaries, clients = canary_clients
+    fed = FederatedArguments(num_rounds=3, local_steps=1)
+
+    def on_round(r, sim):
+        mem = measure_memorization(sim.model, small_tokenizer, canaries, (4, 8), window=8, seed=1)
+        return {
+            "mem": mem["per_replication"],
+            "prefix_lengths": (4, 8),
+            "num_probes": np.int64(len(mem["records"])),
+            "loss_f32": np.float32(r / 3),
+        }
+
+    def make():
+        return FederatedSimulation(
+            tiny_llama(len(small_tokenizer)),
+            clients,
+            fed,
+            training_args,
+            data_collator=default_data_collator,
+            round_callback=on_round,
+        )
+
+    full = make()
+    full.run(save_dir=str(tmp_path / "rounds"))
+    assert set(full.history[1]["mem"]) == {1, 2} and set(full.history[1]["mem"][2]["exact"]) == {4, 8}
+    resumed = make()
+    resumed.load_state(str(tmp_path / "rounds" / "round-1"))
+    _assert_same(resumed.history, full.history[:2])  # what load_state restores
+    assert resumed.history[1]["mem"][2]["exact"][8] == full.history[1]["mem"][2]["exact"][8]  # KeyError before
+    resumed.run()
+    assert resumed.history == full.history
+    _assert_same(resumed.history, full.history)
+    # the file is JSON, readable as such: plain str-keyed objects stay plain, the rest is tagged
+    meta = json.loads((tmp_path / "rounds" / "round-1" / META_FILE).read_text())
+    assert meta["history_encoding"] == "hf_ext-typed-json-v1" and meta["history"][1]["round"] == 1
+
+
+def test_history_encoding_round_trips_types_and_refuses_what_it_cannot_restore():
+    history = [
+        {
+            "round": 0,
+            "mem": {10: {"exact": {10: 0.5, 20: -0.0}}, 1: {"exact": {}}},
+            "t": (1, (2.5, "x"), [None, True]),
+            "odd_keys": {(1, 2): "tuple", None: 1, 2.5: math.inf, False: "bool", "__hf_ext_type__": "a str key"},
+            "nan": math.nan,
+            "np": [np.float16(0.1), np.int8(-3), np.uint64(2**63), np.bool_(False), np.arange(6.0).reshape(2, 3)],
+            "tensors": [torch.tensor([1.5, -2.0], dtype=torch.bfloat16), torch.tensor(3), torch.zeros(0, 2)],
+        }
+    ]
+    text = json.dumps(encode_history(history))
+    back = decode_history(json.loads(text, parse_constant=lambda c: {"NaN": math.nan}.get(c, float(c))))
+    _assert_same(back, history)
+    for bad, where in (
+        ({1, 2}, r"history\[0\]\['m'\] is a builtins.set"),
+        ([np.complex64(1)], r"history\[0\]\['m'\]\[0\] is a numpy.complex64"),
+        ({3: object()}, r"history\[0\]\['m'\]\[3\] is a builtins.object"),
+    ):
+        with pytest.raises(TypeError, match=where + ".*restores exactly"):
+            encode_history([{"m": bad}])
+
+
+def test_a_callback_value_that_cannot_be_restored_is_refused_before_training(
+    tmp_path, small_tokenizer, client_datasets, training_args
+):
+    fed = FederatedArguments(num_rounds=1, local_steps=1)
+    sim = FederatedSimulation(
+        tiny_llama(len(small_tokenizer)),
+        client_datasets[:2],
+        fed,
+        training_args,
+        round_callback=lambda r, s: {"s": {r}},
+    )
+    with pytest.raises(TypeError, match=r"history\[0\]\['s'\] is a builtins.set"):
+        sim.run(save_dir=str(tmp_path / "rounds"))
+    assert sim.round == 0  # nothing trained
+
+
+def test_a_state_saved_before_the_typed_history_still_loads(tmp_path, small_tokenizer, client_datasets, training_args):
+    fed = FederatedArguments(num_rounds=1, local_steps=1)
+    sim = FederatedSimulation(tiny_llama(len(small_tokenizer)), client_datasets[:2], fed, training_args)
+    sim.history = [{"round": 0, "mem": {10: 0.5}}]
+    sim.save_state(str(tmp_path / "round-0"))
+    meta_path = tmp_path / "round-0" / META_FILE
+    meta = json.loads(meta_path.read_text())
+    del meta["history_encoding"]  # what the older code wrote: the plain JSON of the history
+    meta["history"] = [{"round": 0, "mem": {"10": 0.5}}]
+    meta_path.write_text(json.dumps(meta))
+    fresh = FederatedSimulation(tiny_llama(len(small_tokenizer)), client_datasets[:2], fed, training_args)
+    fresh.load_state(str(tmp_path / "round-0"))
+    assert fresh.history == [{"round": 0, "mem": {"10": 0.5}}]
+    meta["history_encoding"] = "something-else"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="stores its history as 'something-else'"):
+        fresh.load_state(str(tmp_path / "round-0"))
