@@ -672,18 +672,55 @@ def lora_classifier(base_dir: str, num_labels: int, model_args: ModelArguments, 
     return get_peft_model(model, _lora_config(model_args, "SEQ_CLS"))
 
 
-def _check_token_ids_fit(model, base: str, splits) -> None:
-    """Refuse, before the earlier run's files are touched, token ids beyond the rows of `model`'s input embedding: a
-    base folder without a tokenizer gets the embedded BPE of --vocab_size, whose ids a smaller base cannot embed (the
-    fine-tuning used to fail with a bare IndexError after the earlier results had been removed)."""
-    rows = model.get_input_embeddings().weight.shape[0]
+def _check_token_ids_fit(rows: int, base: str, splits, task: TaskArguments, training_args) -> None:
+    """Refuse, before the earlier run's files are touched, token ids beyond the `rows` of the given base's input
+    embedding: a base folder without a tokenizer gets the embedded BPE of --vocab_size, whose ids a smaller base cannot
+    embed, and a tokenizer saved beside a smaller embedding does the same (the fine-tuning used to fail with a bare
+    IndexError after the earlier results had been removed). The fix named is one that can work: --vocab_size only
+    where `rows` reaches the smallest size the embedded tokenizer accepts."""
+    from ..data.tokenizer import SPECIAL_TOKENS
+
     largest = max(max((max(ids) for ids in split["input_ids"] if len(ids)), default=-1) for split in splits)
-    if largest >= rows:
+    if largest < rows:
+        return
+    problem = f"The task's token ids reach {largest}, but the base model {base!r} embeds {rows} tokens"
+    if _tokenizer_folder(base, training_args) is not None:
         raise ValueError(
-            f"The task's token ids reach {largest}, but the base model {base!r} embeds {rows} tokens: the base folder "
-            "has no tokenizer, so the embedded tokenizer of --vocab_size was used. Save the base's tokenizer in the "
-            f"folder (tokenizer.save_pretrained), or pass --vocab_size {rows} or less."
+            f"{problem}: the tokenizer saved in that folder has more tokens than the model's embedding. Save the "
+            "tokenizer the model was trained with in the folder, or resize the model's embedding to the tokenizer "
+            "(model.resize_token_embeddings(len(tokenizer)), then model.save_pretrained)."
         )
+    problem += (
+        f": the base folder has no tokenizer, so the embedded tokenizer of --vocab_size {task.vocab_size} was used"
+    )
+    smallest = 256 + len(SPECIAL_TOKENS)
+    if rows >= smallest:
+        raise ValueError(
+            f"{problem}. Save the base's tokenizer in the folder (tokenizer.save_pretrained({base!r})), or pass "
+            f"--vocab_size {rows} or less."
+        )
+    raise ValueError(
+        f"{problem}. No --vocab_size fits: the embedded tokenizer has at least {smallest} tokens (the byte alphabet "
+        f"plus special tokens) and the base embeds {rows}. Save the tokenizer the base was trained with in the folder "
+        f"(tokenizer.save_pretrained({base!r})), or use a base that embeds at least {smallest} tokens."
+    )
+
+
+def _causal_lm_embedding_rows(base: str) -> int | None:
+    """The input-embedding rows of the causal LM `base` (`--task llm_selection`), from its skeleton on the meta device
+    (no weights); `None` where its config cannot be built here (the run's own loading then reports it)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(base)
+        with torch.device("meta"), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except (ValueError, OSError, TypeError, RuntimeError, NotImplementedError):
+        return None
+    embedding = skeleton.get_input_embeddings()
+    return None if embedding is None else embedding.weight.shape[0]
 
 
 def _lora_config(model_args: ModelArguments, task_type: str):
@@ -868,6 +905,9 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     tokenizer = run_tokenizer(base, task.vocab_size, training_args)
     if task.task == "llm_selection":
         data = build_selection_task(task, tokenizer, training_args.seed)
+        rows = _causal_lm_embedding_rows(base) if base else None
+        if rows is not None:  # as for classification below: before the earlier run's files are touched
+            _check_token_ids_fit(rows, base, data[:3], task, training_args)
         start_run_files(task, model_args, training_args)
         return run_llm_selection(task, model_args, inf, training_args, tokenizer, data)
     methods = parse_list(inf.methods)
@@ -877,7 +917,8 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
     classifier = None
     if base:
         classifier = lora_classifier(base, len(domains), model_args, training_args.seed, tokenizer.pad_token_id)
-        _check_token_ids_fit(classifier, base, (train, val, test))
+        rows = classifier.get_input_embeddings().weight.shape[0]
+        _check_token_ids_fit(rows, base, (train, val, test), task, training_args)
     start_run_files(task, model_args, training_args)
     print(
         f"task: {len(domains)} domains, train {len(train)} ({int(is_noisy.sum())} flipped), val {len(val)}, "

@@ -211,25 +211,84 @@ def test_a_real_interrupted_run_resumed_with_another_lora_alpha_is_refused_befor
     assert sorted(p.name for p in stopped.iterdir()) == before
 
 
-def test_a_base_smaller_than_the_embedded_tokenizer_is_refused_before_the_earlier_results(tmp_path):
-    """A base folder without a tokenizer gets the embedded BPE of --vocab_size; a base embedding fewer tokens failed
-    the fine-tuning with a bare IndexError, after the earlier run's results had been removed (hi19f note)."""
+_LLM_EARLIER = [
+    "llm_selection_results.json",
+    "llm_selection_scores.json",
+    "llm_selection.md",
+    "hyperinf_run_data.json",
+]
+_GIVEN = ["--max_train", "40", "--num_val", "10", "--num_test", "10", "--num_train_epochs", "1", "--methods",
+          "tracin", "--num_threads", "1", "--disable_tqdm", "true"]  # fmt: skip
+
+
+def _small_base(path, rows: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=rows, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(path)  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("task", ["classification", "llm_selection"])
+def test_a_base_smaller_than_the_embedded_tokenizer_is_refused_before_the_earlier_results(tmp_path, task):
+    """A base folder without a tokenizer gets the embedded BPE of --vocab_size; a base embedding fewer tokens failed
+    the fine-tuning with a bare IndexError, after the earlier run's results had been removed (hi19f note). rv20:
+    `--task llm_selection` was not checked (the earlier results were removed, then the IndexError), and a base of 64
+    rows was advised `--vocab_size 64 or less`, which is refused (the embedded tokenizer needs >= 259): no
+    --vocab_size can fit it, so the message names the base's own tokenizer instead."""
     from hf_ext.recipes.hyperinf import main
 
-    base = tmp_path / "base"
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2)).save_pretrained(base)  # fmt: skip
+    base = _small_base(tmp_path / "base", 64)
+    out = tmp_path / "out"
+    earlier = _EARLIER if task == "classification" else _LLM_EARLIER
+    _plant(out, earlier)
+    common = [*_GIVEN, "--task", task, "--vocab_size", "300", "--model_name_or_path", str(base), "--output_dir",
+              str(out)]  # fmt: skip
+    with pytest.raises(ValueError) as refused:
+        main(common)
+    text = str(refused.value)
+    assert re.match(r"The task's token ids reach \d+, but the base model .* embeds 64 tokens: the base folder has no "
+                    r"tokenizer, so the embedded tokenizer of --vocab_size 300 was used\. No --vocab_size fits: the "
+                    r"embedded tokenizer has at least 259 tokens", text), text  # fmt: skip
+    assert f"tokenizer.save_pretrained({str(base)!r})" in text
+    assert "--vocab_size 64" not in text
+    _unchanged(out, earlier)
+
+
+@pytest.mark.parametrize("task", ["classification", "llm_selection"])
+def test_a_base_of_enough_rows_is_advised_a_vocab_size_that_fits(tmp_path, task):
+    """A base embedding 270 tokens (>= the embedded tokenizer's smallest size, 259) is advised --vocab_size 270 or
+    less, and that advice passes the check (the run is refused by --vocab_size 300 only)."""
+    from hf_ext.recipes.hyperinf import main
+
+    base = _small_base(tmp_path / "base", 270)
+    out = tmp_path / "out"
+    earlier = _EARLIER if task == "classification" else _LLM_EARLIER
+    _plant(out, earlier)
+    common = [*_GIVEN, "--task", task, "--model_name_or_path", str(base), "--output_dir", str(out)]
+    with pytest.raises(ValueError, match=r"embeds 270 tokens: .* or pass --vocab_size 270 or less\.$"):
+        main([*common, "--vocab_size", "300"])
+    _unchanged(out, earlier)
+    if task == "classification":  # following the advice runs (one task is enough: the check is shared)
+        results = main([*common, "--vocab_size", "270"])
+        assert results["selection"]
+
+
+def test_a_base_whose_own_tokenizer_outgrows_its_embedding_is_refused_with_that_reason(tmp_path):
+    """A base folder holding a tokenizer larger than its embedding is tokenized with it (--vocab_size does not apply):
+    the refusal says so, not that the folder has no tokenizer."""
+    from hf_ext.data import build_tokenizer
+    from hf_ext.recipes.hyperinf import main
+
+    base = _small_base(tmp_path / "base", 270)
+    build_tokenizer(300).save_pretrained(base)
     out = tmp_path / "out"
     _plant(out, _EARLIER)
-    given = ["--max_train", "40", "--num_val", "10", "--num_test", "10", "--num_train_epochs", "1", "--methods",
-             "tracin", "--num_threads", "1", "--vocab_size", "300", "--disable_tqdm", "true"]  # fmt: skip
-    common = [*given, "--model_name_or_path", str(base), "--output_dir", str(out)]
-    with pytest.raises(
-        ValueError, match=r"token ids reach \d+, but the base model .* embeds 64 tokens.*--vocab_size 64"
-    ):
-        main(common)
+    with pytest.raises(ValueError) as refused:
+        main([*_GIVEN, "--model_name_or_path", str(base), "--output_dir", str(out)])
+    text = str(refused.value)
+    assert "embeds 270 tokens: the tokenizer saved in that folder has more tokens than the model's embedding" in text
+    assert "no tokenizer" not in text and "--vocab_size" not in text
     _unchanged(out, _EARLIER)
