@@ -190,7 +190,9 @@ def _check_wsd_options(kwargs: dict) -> None:
             continue
         value = kwargs[name]
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ValueError(f"lr_scheduler_kwargs {name}={value!r} must be a finite number, not {type(value).__name__}.")
+            raise ValueError(
+                f"lr_scheduler_kwargs {name}={value!r} must be a finite number, not {type(value).__name__}."
+            )
         if not low <= value <= high:
             raise ValueError(
                 f"lr_scheduler_kwargs {name}={value!r} must be in [0, 1]: the final learning rate as a fraction of the "
@@ -222,6 +224,46 @@ def _check_optimizer_keeps_branch_weights(model, optimizer) -> None:
             "the optimizer after the split (`fp8_recipe_kwargs=ao_recipe_kwargs(model)`, or "
             "`hf_ext.fp8.convert(model)`, first), or let the trainer build it (drop `optimizers`, or pass "
             "`optimizer_cls_and_kwargs`)."
+        )
+
+
+def _check_optimizer_trains_split_branches(model, optimizer) -> None:
+    """Refuse a given optimizer built before a layer-paired model's merged block pairs were split into per-branch
+    linears by the user (`ao_recipe_kwargs(model)` or `hf_ext.fp8.convert(model)` after the optimizer): it holds the
+    stacked branch-wise weights the split replaced and misses the trainable per-branch parameters that replaced them,
+    so those weights would silently not train. Only parameters the optimizer cannot know about are checked: an
+    optimizer that never held a group's stacked weights (a deliberate subset, as `Trainer` allows), or that holds the
+    new per-branch parameters, passes; frozen parameters are not required."""
+    if model is None or optimizer is None:
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    stale, missing = [], []
+    for name, module in model.named_modules():
+        replaced = getattr(module, "replaced_stacked_parameters", None)
+        if not callable(replaced):
+            continue
+        prefix = f"{name}." if name else ""
+        for group, stacked in replaced().items():
+            kept = [f"{prefix}{attr}" for attr, p in stacked.items() if id(p) in held]
+            if not kept:
+                continue  # the optimizer never trained these weights: a choice, not a stale copy
+            new = [
+                (f"{prefix}{group}.{n}", p)
+                for n, p in module.get_submodule(group).named_parameters()
+                if p.requires_grad and id(p) not in held
+            ]
+            if new:
+                stale += kept
+                missing += [n for n, _ in new]
+    if missing:
+        raise ValueError(
+            f"Fp8Trainer: the optimizer passed as `optimizers` was built before the model's merged block pairs were "
+            f"split into per-branch linears (by `ao_recipe_kwargs(model)` or `hf_ext.fp8.convert(model)`): it holds "
+            f"the replaced stacked weight(s) ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}) and not the "
+            f"{len(missing)} trainable parameter(s) that replaced them ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}), so those weights would silently not train. Build the optimizer "
+            "after the split (after `ao_recipe_kwargs(model)` / `convert(model)`), or let the trainer build it (drop "
+            "`optimizers`, or pass `optimizer_cls_and_kwargs`)."
         )
 
 
@@ -261,11 +303,17 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
             else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # what Trainer's default arguments read
         )
         self._fp8_model = kwargs.get("model") if "model" in kwargs else (args[0] if args else None)
-        if mixed_precision == "fp8" and fp8_recipe_kwargs is None:
+        try:
             optimizers = (
                 inspect.signature(Trainer.__init__).bind_partial(self, *args, **kwargs).arguments.get("optimizers")
             )
-            _check_optimizer_keeps_branch_weights(self._fp8_model, (optimizers or (None, None))[0])
+        except TypeError:  # arguments Trainer does not take: its own __init__ below reports them
+            optimizers = None
+        optimizer = (optimizers or (None, None))[0]
+        # a split the user made (ao_recipe_kwargs / convert) after building the optimizer, in every path
+        _check_optimizer_trains_split_branches(self._fp8_model, optimizer)
+        if mixed_precision == "fp8" and fp8_recipe_kwargs is None:  # the split this trainer is about to make
+            _check_optimizer_keeps_branch_weights(self._fp8_model, optimizer)
         if fp8_recipe_kwargs is not None:
             if mixed_precision != "fp8":
                 raise ValueError(

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import importlib
 import warnings
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -78,6 +79,12 @@ def _run_branch_linears(linears: nn.ModuleList, x: torch.Tensor) -> torch.Tensor
     return torch.stack([linear(per_branch[b]) for b, linear in enumerate(linears)], dim=-2)
 
 
+#: The stacked parameters that each module's `split_branches` replaced, `{module: {group: {name: weakref}}}`: weak, so a
+#: replaced parameter stays only while something else holds it (an optimizer built before the split), which
+#: `replaced_stacked_parameters` reports. Kept beside the modules, not on them, so the model still pickles.
+_REPLACED_BY_SPLIT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class _SplittableBranches:
     """Branch-wise modules whose stacked `(branches, out, in)` weights can be split into one `nn.Linear` per branch
     (`split_branches`), which any `nn.Linear` converter (`hf_ext.fp8.convert`: torchao's `Float8Linear`, the emulated
@@ -117,6 +124,12 @@ class _SplittableBranches:
                     "only an unsharded module can be split into per-branch linears."
                 )
             linears = _branch_linears(weight, bias)
+            replaced = {
+                attr: weakref.ref(p)
+                for attr, p in ((weight_name, weight), (bias_name, bias))
+                if isinstance(p, nn.Parameter)
+            }
+            _REPLACED_BY_SPLIT.setdefault(self, {})[group] = replaced
             for stacked in (weight_name, bias_name):
                 if stacked in self._parameters:  # a bias built as `None` is a plain attribute, already None
                     self._parameters[stacked] = None
@@ -127,6 +140,17 @@ class _SplittableBranches:
             self.register_load_state_dict_pre_hook(_split_branch_state)
             self._branch_state_hooks = True
         return names
+
+    def replaced_stacked_parameters(self) -> dict[str, dict[str, nn.Parameter]]:
+        """`{group: {stacked parameter name: parameter}}` of the stacked weights and biases `split_branches` replaced
+        that are still alive: something built before the split holds them (e.g. an optimizer, which would step them
+        instead of the per-branch linears' new parameters)."""
+        out = {}
+        for group, refs in _REPLACED_BY_SPLIT.get(self, {}).items():
+            alive = {attr: p for attr, p in ((attr, ref()) for attr, ref in refs.items()) if p is not None}
+            if alive:
+                out[group] = alive
+        return out
 
 
 def _branch_param(linear: nn.Module, attr: str) -> tuple[str, torch.Tensor | None] | None:
