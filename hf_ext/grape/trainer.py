@@ -142,6 +142,34 @@ _TRAJECTORY_OPTIONS = (
     "doremi_eta", "doremi_smoothing", "samples_per_epoch", "block_size",
 )  # fmt: skip
 
+#: Recorded beside the options to name a change, not compared: which argument gave the data seed ("seed" when
+#: `data_seed` is unset, else "data_seed"; absent in checkpoints written before it was recorded).
+_DATA_SEED_FROM = "data_seed_from"
+
+
+def _data_seed_change(saved: dict, current: dict) -> tuple[str, str]:
+    """The data seed's change between a checkpoint's `saved` options and the `current` ones, named by the arguments
+    the user set (`seed` when `data_seed` is unset: it seeds the data draws then), and the fix that keeps the
+    checkpoint's data order: `(change, fix)`."""
+    old, new = saved["data_seed"], current["data_seed"]
+    was, now = saved.get(_DATA_SEED_FROM), current[_DATA_SEED_FROM]
+    draws = "the data order and the reweighting draws"
+    if was == now == "seed":
+        change = f"seed={old!r} -> {new!r} (data_seed is unset in both runs, so seed seeds {draws})"
+    elif was == now == "data_seed":
+        change = f"data_seed={old!r} -> {new!r}"
+    elif was == "seed":
+        change = f"data_seed=None -> {new!r} (the checkpoint's run left it unset, so seed={old!r} seeded {draws})"
+    elif was == "data_seed":
+        change = f"data_seed={old!r} -> None (unset, so seed={new!r} seeds {draws})"
+    else:  # a checkpoint that recorded the data seed only
+        change = f"data seed (data_seed when set, else seed)={old!r} -> {new!r} (this run's {now}={new!r})"
+    fix = f"data_seed={old!r}, which keeps the checkpoint's data order whatever seed is"
+    if now == "seed":
+        fix += f", or seed={old!r}"
+    return change, fix
+
+
 _POSITION_TABLE_NAMES = ("wpe", "position_embeddings", "embed_positions")
 
 
@@ -536,27 +564,34 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         saved_opts = saved_options(resume_from_checkpoint)
         if saved_opts is not None:
             current = self._trajectory_options()
-            changed = [
-                f"{k}={saved_opts[k]!r} -> {current[k]!r}"
-                for k in current
-                if k in saved_opts and saved_opts[k] != current[k]
-            ]
+            changed, fix = [], ""
+            for k in current:
+                if k == _DATA_SEED_FROM or k not in saved_opts or saved_opts[k] == current[k]:
+                    continue
+                if k == "data_seed":  # named by what the user set: seed, when data_seed is unset
+                    change, seed_fix = _data_seed_change(saved_opts, current)
+                    changed.append(change)
+                    fix = f" (for the data seed: {seed_fix})"
+                else:
+                    changed.append(f"{k}={saved_opts[k]!r} -> {current[k]!r}")
             if changed:
                 raise ValueError(
                     f"resume_from_checkpoint={resume_from_checkpoint!r} was written by a run with other mixture "
                     f"settings: {', '.join(changed)}. The resumed run would not continue that run's mixture trajectory "
-                    "(its sampler schedule, reweighting draws and updates); resume with the checkpoint's values, or "
-                    "start a new run without resume_from_checkpoint."
+                    f"(its sampler schedule, reweighting draws and updates); resume with the checkpoint's values{fix}, "
+                    "or start a new run without resume_from_checkpoint."
                 )
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.load_mixture_state(resume_from_checkpoint)
 
     def _trajectory_options(self) -> dict:
         """The settings that shape the mixture trajectory (the sampler schedule, the reweighting draws and updates),
-        recorded with each checkpoint's mixture state; a resume refuses other values (`_load_from_checkpoint`)."""
+        recorded with each checkpoint's mixture state; a resume refuses other values (`_load_from_checkpoint`). Also
+        records which argument gave the data seed (`data_seed_from`, not compared), to name a change by it."""
         a = self.args
         options = {name: getattr(a, name) for name in _TRAJECTORY_OPTIONS}
         options["data_seed"] = _data_seed(a)
+        options[_DATA_SEED_FROM] = "seed" if a.data_seed is None else "data_seed"
         return options
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -102,7 +102,7 @@ def _checkpointed_run(tmp_path, **overrides):
     [
         (dict(reweight_domains_every=3), "reweight_domains_every=2 -> 3"),
         (dict(domain_step_size=0.5), "domain_step_size=1.5 -> 0.5"),
-        (dict(data_seed=7), "data_seed=0 -> 7"),
+        (dict(data_seed=7), "data_seed=None -> 7 (the checkpoint's run left it unset, so seed=0 seeded"),
         (dict(samples_per_epoch=40), "samples_per_epoch=None -> 40"),
     ],
 )
