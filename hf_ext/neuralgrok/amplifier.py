@@ -62,11 +62,19 @@ class NeuralAmplifier(nn.Module):
         chunk_size: int = 262144,
     ):
         super().__init__()
+        if isinstance(hidden_dims, str | bytes) or not isinstance(hidden_dims, Sequence):
+            # checked before tuple(): an int or None failed there with "'int' object is not iterable"
+            hint = f"; one hidden layer of width {hidden_dims}: ({hidden_dims},)" if _is_int(hidden_dims) else ""
+            raise TypeError(
+                f"hidden_dims={hidden_dims!r} must be a sequence of positive ints, the MLP's hidden widths, e.g. "
+                f"(32, 32){hint}."
+            )
         hidden_dims = tuple(hidden_dims)
-        if not hidden_dims or any(not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in hidden_dims):
+        if not hidden_dims or any(not _is_int(h) or h <= 0 for h in hidden_dims):
             raise ValueError(
                 f"hidden_dims={hidden_dims!r} must be a non-empty sequence of positive ints, e.g. (32, 32)."
             )
+        hidden_dims = tuple(int(h) for h in hidden_dims)  # numpy ints as Python ints
         if not _positive_finite(c):
             raise ValueError(f"c={c!r} must be a finite number > 0 (the norm of each transformed gradient tensor).")
         if softmax_dim not in (0, -1):
@@ -78,8 +86,9 @@ class NeuralAmplifier(nn.Module):
                 f"eps={eps!r} must be a finite number > 0 (the floor of ||p * g||; with 0 an all-zero gradient tensor "
                 "becomes 0/0 = NaN), e.g. the default 1e-30."
             )
-        if not _positive_finite(chunk_size) or chunk_size < 1:
-            raise ValueError(f"chunk_size={chunk_size!r} must be a positive number of entries.")
+        if not _positive_finite(chunk_size) or chunk_size < 1 or chunk_size != int(chunk_size):
+            # a fraction was truncated silently (2.5 -> 2); a whole float such as 1e6 is accepted
+            raise ValueError(f"chunk_size={chunk_size!r} must be a whole positive number of entries, e.g. 262144.")
         self.hidden_dims = hidden_dims
         self.c = float(c)
         self.softmax_dim = softmax_dim
@@ -362,6 +371,11 @@ def _shard_groups(t: torch.Tensor) -> list:
                 "Replicate placements, as FSDP2 and tensor parallelism give)."
             )
     return groups
+
+
+def _is_int(value) -> bool:
+    """`value` is an integer (numpy's too) and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _positive_finite(value) -> bool:

@@ -9,7 +9,7 @@ from itertools import product
 
 import numpy as np
 
-from ..utils.checks import python_scalar
+from ..utils.checks import is_int, is_real, python_scalar
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,9 @@ def build_arithmetic_dataset(task: str = "a+b", p: int = 97):
         task (`str`, *optional*, defaults to `"a+b"`):
             One of `a+b`, `a-b`, `a*b`, `a*a-b` (binary tasks) or `a*c+b*d-e` (five operands, used with `p = 7`).
         p (`int`, *optional*, defaults to 97):
-            The prime modulus. Operands are tokens `0..p-1`, `=` is `p`, operators are `p+1`, `p+2`, `p+3`. A `p`
-            whose task has more than `MAX_EQUATIONS` (2,000,000) rows (`num_arithmetic_equations`) is refused with a
-            `ValueError`, e.g. `a*c+b*d-e` with `p = 97` (8.4e9 rows).
+            The prime modulus (a numpy integer is accepted too). Operands are tokens `0..p-1`, `=` is `p`, operators
+            are `p+1`, `p+2`, `p+3`. A `p` whose task has more than `MAX_EQUATIONS` (2,000,000) rows
+            (`num_arithmetic_equations`) is refused with a `ValueError`, e.g. `a*c+b*d-e` with `p = 97` (8.4e9 rows).
 
     Returns:
         `datasets.Dataset` with columns `input_ids` (the whole equation, answer last) and `labels` (`-100`
@@ -129,8 +129,7 @@ def build_arithmetic_dataset(task: str = "a+b", p: int = 97):
     from datasets import Dataset
 
     spec = resolve_task(task)
-    if isinstance(p, bool) or not isinstance(p, int):
-        raise TypeError(f"p must be an int, got {type(p).__name__}.")
+    p = _check_modulus(p)
     if not _is_prime(p):
         raise ValueError(f"p={p} must be a prime (the papers use 97, or 7 for a*c+b*d-e).")
     size = num_arithmetic_equations(spec.name, p)
@@ -170,16 +169,29 @@ def split_arithmetic_dataset(dataset, train_fraction: float = 0.5, outer_fractio
 
     Args:
         dataset (`datasets.Dataset`): from [`build_arithmetic_dataset`].
-        train_fraction (`float`, *optional*, defaults to 0.5): fraction of all equations used for training.
+        train_fraction (`float`, *optional*, defaults to 0.5): fraction of all equations used for training, in (0, 1).
         outer_fraction (`float`, *optional*, defaults to 0.02): fraction of the *training* split held out as the
-            outer set D_outer (0.02 gives the papers' inner:outer = 49:1, i.e. 1% of all data).
-        seed (`int`, *optional*, defaults to 0): seed of the permutation.
+            outer set D_outer, in [0, 1) (0.02 gives the papers' inner:outer = 49:1, i.e. 1% of all data).
+        seed (`int`, *optional*, defaults to 0): seed of the permutation, >= 0.
 
     Returns:
         `datasets.DatasetDict` with splits `train`, `inner`, `outer` and `test`.
+
+    Raises:
+        `TypeError` naming the argument for a fraction that is not a number or a seed that is not an int (numpy's
+        numbers are accepted, bools are not); `ValueError` for a value out of range or an empty split.
     """
     from datasets import DatasetDict
 
+    train_fraction, outer_fraction = python_scalar(train_fraction), python_scalar(outer_fraction)
+    seed = python_scalar(seed)
+    for name, value in (("train_fraction", train_fraction), ("outer_fraction", outer_fraction)):
+        if not is_real(value):
+            raise TypeError(f"{name} must be a number (a fraction such as 0.5), got {value!r}.")
+    if not is_int(seed):
+        raise TypeError(f"seed must be an int (the permutation's seed, e.g. 0), got {seed!r}.")
+    if seed < 0:
+        raise ValueError(f"seed={seed} must be >= 0 (numpy's default_rng takes non-negative seeds).")
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction={train_fraction} must be in (0, 1).")
     if not 0.0 <= outer_fraction < 1.0:
