@@ -2,6 +2,7 @@
 
 from .amplifier import NeuralAmplifier, amplifier_outer_step
 from .data import (
+    ARITHMETIC_LAYOUTS,
     ARITHMETIC_TASKS,
     ArithmeticTask,
     arithmetic_vocab_size,
@@ -23,6 +24,7 @@ from .optim import GradFilterOptimizer, GradientTransformOptimizer, GradNormOpti
 from .trainer import GrokkingCallback, NeuralGrokConfig, NeuralGrokTrainer
 
 __all__ = [
+    "ARITHMETIC_LAYOUTS",
     "ARITHMETIC_TASKS",
     "ArithmeticTask",
     "GradFilterOptimizer",

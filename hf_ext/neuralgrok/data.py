@@ -1,4 +1,10 @@
-"""Modular-arithmetic tasks of the grokking papers as `datasets.Dataset`s, with the reference token layout and splits."""
+"""Modular-arithmetic tasks of the grokking papers as `datasets.Dataset`s, in two token layouts, and their splits.
+
+Layouts (`layout=`): `"reference"` is the official NeuralGrok code's (Blackzxy/NeuralOptGrok, `src/dataset.py` of branch
+`neuralgrad`, the same in `neural_grok.py` of `main`): the operands first, then the operators, then `=` and the answer,
+e.g. `[a, b, op, =, r]`. `"interleaved"` (the default for now) puts the operators between the operands,
+`[a, op, b, =, r]`; every number measured with hf_ext so far was measured with it, so the default changes only after
+the reproduction has been re-run with `"reference"`."""
 
 from __future__ import annotations
 
@@ -26,16 +32,33 @@ class ArithmeticTask:
 
 
 ARITHMETIC_TASKS: dict[str, ArithmeticTask] = {
-    "a+b": ArithmeticTask("a+b", 1, "(a + b) mod p, a in [0, p), b in [1, p); layout [a, +, b, =, r]"),
-    "a-b": ArithmeticTask("a-b", 1, "(a - b) mod p, a in [0, p), b in [1, p); layout [a, -, b, =, r]"),
-    "a*b": ArithmeticTask("a*b", 1, "(a * b) mod p, a in [0, p), b in [1, p); layout [a, *, b, =, r]"),
-    "a*a-b": ArithmeticTask("a*a-b", 2, "(a^2 - b) mod p, a in [0, p), b in [1, p); layout [a, *, a, -, b, =, r]"),
+    "a+b": ArithmeticTask(
+        "a+b", 1, "(a + b) mod p, a in [0, p), b in [1, p); reference [a, b, +, =, r], interleaved [a, +, b, =, r]"
+    ),
+    "a-b": ArithmeticTask(
+        "a-b", 1, "(a - b) mod p, a in [0, p), b in [1, p); reference [a, b, -, =, r], interleaved [a, -, b, =, r]"
+    ),
+    "a*b": ArithmeticTask(
+        "a*b", 1, "(a * b) mod p, a in [0, p), b in [1, p); reference [a, b, *, =, r], interleaved [a, *, b, =, r]"
+    ),
+    "a*a-b": ArithmeticTask(
+        "a*a-b",
+        2,
+        "(a^2 - b) mod p, a in [0, p), b in [1, p); reference [a, b, *, -, =, r], interleaved [a, *, a, -, b, =, r]",
+    ),
     "a*c+b*d-e": ArithmeticTask(
         "a*c+b*d-e",
         3,
-        "(a*c + b*d - e) mod p, a, b, e in [0, p), c, d in [1, p); layout [a, op1, b, op2, c, op1, d, op3, e, =, r]",
+        "(a*c + b*d - e) mod p, a, b, e in [0, p), c, d in [1, p); reference [a, b, c, d, e, op1, op2, op3, =, r], "
+        "interleaved [a, op1, b, op2, c, op1, d, op3, e, =, r]",
     ),
 }
+
+#: Token layouts of `build_arithmetic_dataset`: "reference" (the official NeuralGrok code's: operands, operators, `=`,
+#: answer) and "interleaved" (operators between the operands; the layout every number in the docs was measured with).
+ARITHMETIC_LAYOUTS = ("interleaved", "reference")
+#: The default layout, kept until the reproduction has been re-run with "reference".
+DEFAULT_LAYOUT = "interleaved"
 
 # Names used by the reference scripts.
 _ALIASES = {"axb": "a*b", "axa-b": "a*a-b", "a^2-b": "a*a-b", "axc+bxd-e": "a*c+b*d-e", "ac+bd-e": "a*c+b*d-e"}
@@ -83,53 +106,81 @@ def num_arithmetic_equations(task: str, p: int) -> int:
     return p * (p - 1)
 
 
+def check_layout(layout) -> str:
+    """`layout` if it is one of `ARITHMETIC_LAYOUTS`, else a `TypeError` / `ValueError` naming it and the choices."""
+    if not isinstance(layout, str):
+        raise TypeError(f"layout must be a string, one of {ARITHMETIC_LAYOUTS}, got {type(layout).__name__}.")
+    if layout not in ARITHMETIC_LAYOUTS:
+        raise ValueError(
+            f"layout={layout!r} is not a token layout; choose one of {ARITHMETIC_LAYOUTS} (reference: the official "
+            "NeuralGrok code's [a, b, op, =, r]; interleaved, the default: [a, op, b, =, r])."
+        )
+    return layout
+
+
 def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % k for k in range(2, int(n**0.5) + 1))
 
 
-def _equations(task: ArithmeticTask, p: int) -> np.ndarray:
+def _equations(task: ArithmeticTask, p: int, layout: str) -> np.ndarray:
+    """One row per equation, the answer last; rows in the reference code's order (`torch.cartesian_prod` of the
+    operand ranges, the first operand slowest)."""
     eq, op1, op2, op3 = p, p + 1, p + 2, p + 3
+    reference = layout == "reference"
     if task.name in ("a+b", "a-b", "a*b", "a*a-b"):
         a, b = np.meshgrid(np.arange(p), np.arange(1, p), indexing="ij")
         a, b = a.ravel(), b.ravel()
         ones = np.ones_like(a)
-        if task.name == "a+b":
-            cols = [a, op1 * ones, b, eq * ones, (a + b) % p]
-        elif task.name == "a-b":
-            cols = [a, op1 * ones, b, eq * ones, (a - b) % p]
-        elif task.name == "a*b":
-            cols = [a, op1 * ones, b, eq * ones, (a * b) % p]
+        if task.name == "a*a-b":
+            r = (a * a - b) % p
+            if reference:
+                cols = [a, b, op1 * ones, op2 * ones, eq * ones, r]
+            else:
+                cols = [a, op1 * ones, a, op2 * ones, b, eq * ones, r]
         else:
-            cols = [a, op1 * ones, a, op2 * ones, b, eq * ones, (a * a - b) % p]
+            r = {"a+b": a + b, "a-b": a - b, "a*b": a * b}[task.name] % p
+            cols = [a, b, op1 * ones, eq * ones, r] if reference else [a, op1 * ones, b, eq * ones, r]
         return np.stack(cols, axis=1)
     grid = np.array(list(product(range(p), range(p), range(1, p), range(1, p), range(p))), dtype=np.int64)
     a, b, c, d, e = grid.T
     ones = np.ones_like(a)
-    cols = [a, op1 * ones, b, op2 * ones, c, op1 * ones, d, op3 * ones, e, eq * ones, (a * c + b * d - e) % p]
+    r = (a * c + b * d - e) % p
+    if reference:
+        cols = [a, b, c, d, e, op1 * ones, op2 * ones, op3 * ones, eq * ones, r]
+    else:
+        cols = [a, op1 * ones, b, op2 * ones, c, op1 * ones, d, op3 * ones, e, eq * ones, r]
     return np.stack(cols, axis=1)
 
 
-def build_arithmetic_dataset(task: str = "a+b", p: int = 97):
+def build_arithmetic_dataset(task: str = "a+b", p: int = 97, layout: str = DEFAULT_LAYOUT):
     """
-    All equations of `task` modulo `p`, one row each, in the token layout of the reference code.
+    All equations of `task` modulo `p`, one row each, in the token layout `layout`.
 
     Args:
         task (`str`, *optional*, defaults to `"a+b"`):
             One of `a+b`, `a-b`, `a*b`, `a*a-b` (binary tasks) or `a*c+b*d-e` (five operands, used with `p = 7`).
         p (`int`, *optional*, defaults to 97):
             The prime modulus (a numpy integer is accepted too). Operands are tokens `0..p-1`, `=` is `p`, operators
-            are `p+1`, `p+2`, `p+3`. A `p` whose task has more than `MAX_EQUATIONS` (2,000,000) rows
+            are `p+1`, `p+2`, `p+3`, in both layouts. A `p` whose task has more than `MAX_EQUATIONS` (2,000,000) rows
             (`num_arithmetic_equations`) is refused with a `ValueError`, e.g. `a*c+b*d-e` with `p = 97` (8.4e9 rows).
+        layout (`str`, *optional*, defaults to `"interleaved"`):
+            `"reference"`: the official NeuralGrok code's rows, operands first, then the operators, `=` and the answer:
+            `[a, b, op, =, r]`, `[a, b, op1, op2, =, r]` for `a*a-b` (6 tokens), `[a, b, c, d, e, op1, op2, op3, =, r]`
+            for `a*c+b*d-e` (10 tokens). `"interleaved"` (the default, kept until the reproduction is re-run with
+            `"reference"`: every number in docs/neuralgrok.md was measured with it): `[a, op, b, =, r]`,
+            `[a, op1, a, op2, b, =, r]` (7 tokens), `[a, op1, b, op2, c, op1, d, op3, e, =, r]` (11 tokens).
 
     Returns:
-        `datasets.Dataset` with columns `input_ids` (the whole equation, answer last) and `labels` (`-100`
-        everywhere except the answer), so any causal LM trains on the answer only. 9312 rows for a binary task with
-        `p = 97`; 12348 rows for `a*c+b*d-e` with `p = 7`.
+        `datasets.Dataset` with columns `input_ids` (the whole equation, answer last in both layouts) and `labels`
+        (`-100` everywhere except the answer), so any causal LM trains and is scored on the answer only. 9312 rows
+        for a binary task with `p = 97`; 12348 rows for `a*c+b*d-e` with `p = 7`; the same rows in the same order in
+        both layouts.
     """
     from datasets import Dataset
 
     spec = resolve_task(task)
     p = _check_modulus(p)
+    layout = check_layout(layout)
     if not _is_prime(p):
         raise ValueError(f"p={p} must be a prime (the papers use 97, or 7 for a*c+b*d-e).")
     size = num_arithmetic_equations(spec.name, p)
@@ -138,7 +189,7 @@ def build_arithmetic_dataset(task: str = "a+b", p: int = 97):
             f"task {spec.name!r} with p={p} has {size:,} equations, more than {MAX_EQUATIONS:,} (it would exhaust "
             f"memory); use a smaller prime p, e.g. 7 for a*c+b*d-e (12,348 equations)."
         )
-    rows = _equations(spec, p)
+    rows = _equations(spec, p, layout)
     labels = np.full_like(rows, -100)
     labels[:, -1] = rows[:, -1]
     ds = Dataset.from_dict({"input_ids": rows.tolist(), "labels": labels.tolist()})

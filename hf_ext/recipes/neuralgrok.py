@@ -45,6 +45,14 @@ COLORS = {
 @dataclass
 class GrokTaskArguments:
     task: str = field(default="a+b", metadata={"help": "a+b, a-b, a*b, a*a-b or a*c+b*d-e."})
+    layout: str = field(
+        default="interleaved",
+        metadata={
+            "help": "Token layout of the equations: reference (the official NeuralGrok code's, operands then "
+            "operators: [a, b, op, =, r]) or interleaved ([a, op, b, =, r]; the default, with which every number in "
+            "docs/neuralgrok.md was measured, until the reproduction is re-run with reference)."
+        },
+    )
     p: int = field(
         default=97,
         metadata={
@@ -341,10 +349,14 @@ def _refuse_unread_flags(task_args: GrokTaskArguments, training_args, methods: l
 
 def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_args) -> tuple:
     """Check every argument before any data is built or anything is written. Returns methods, seeds, resume plan."""
-    from ..neuralgrok.data import resolve_task
+    from ..neuralgrok.data import check_layout, resolve_task
     from ..utils.io import ensure_writable_dir
 
     resolve_task(task_args.task)
+    try:
+        check_layout(task_args.layout)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"--{err}") from err
     methods = _parse_list(task_args.methods, "methods")
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -430,7 +442,7 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
                 "a*c+b*d-e, 12,348 equations)."
             )
     try:
-        dataset = build_arithmetic_dataset(task_args.task, task_args.p)
+        dataset = build_arithmetic_dataset(task_args.task, task_args.p, task_args.layout)
         splits = split_arithmetic_dataset(dataset, task_args.train_fraction, 0.0)
     except (TypeError, ValueError) as err:
         raise type(err)(f"--p / --train_fraction: {err}") from err
@@ -697,7 +709,8 @@ def markdown_tables(results: dict) -> str:
     target = results["target_accuracy"]
     window = next(iter(results["methods"].values()))["complexity_window"]
     lines = [
-        f"## {results['task']} mod {results['p']}, seeds {results['seeds']}, target {target:.0%} test accuracy",
+        f"## {results['task']} mod {results['p']} ({results.get('layout', 'interleaved')} token layout), seeds "
+        f"{results['seeds']}, target {target:.0%} test accuracy",
         "",
         "Mean ± standard deviation over seeds. A seed that never reaches the target counts as its step budget "
         f"(max {results['max_steps']}) in the steps mean and with its whole training time in the training-time means "
@@ -864,13 +877,14 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
 
     if task_args.torch_threads is not None:
         torch.set_num_threads(task_args.torch_threads)
-    dataset = build_arithmetic_dataset(task_args.task, task_args.p)
+    dataset = build_arithmetic_dataset(task_args.task, task_args.p, task_args.layout)
     vocab = arithmetic_vocab_size(task_args.task, task_args.p)
     seq_len = len(dataset[0]["input_ids"])
     target = task_args.target_accuracy
     results: dict = {
         "task": task_args.task,
         "p": task_args.p,
+        "layout": task_args.layout,
         "seeds": seeds,
         "target_accuracy": target,
         "max_steps": training_args.max_steps,
@@ -967,7 +981,9 @@ def merge_results(parts: list[dict]) -> dict:
     """
     if not parts:
         raise ValueError("merge_results needs at least one results dict.")
-    keys = ("task", "p", "target_accuracy", "strong_weight_decay")
+    keys = ("task", "p", "layout", "target_accuracy", "strong_weight_decay")
+    # results written before --layout existed hold no "layout": they were all built with the interleaved one
+    parts = [part if "layout" in part else {**part, "layout": "interleaved"} for part in parts]
     first = parts[0]
     for other in parts[1:]:
         if any(other[k] != first[k] for k in keys):

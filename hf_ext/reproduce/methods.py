@@ -706,7 +706,10 @@ NEURALGROK_METHODS = ("none", "none_strong_wd", "normalize", "grokfast_ema", "ne
 #: gradient instead of recomputing it (`--outer_gradient next_step`); recorded under this name
 NEURALGROK_VARIANTS = {"neuralgrok_next_step": ("neuralgrok", ["--outer_gradient", "next_step"])}
 NEURALGROK_STEPS = 1200
+#: `--layout interleaved` pinned: every recorded run of this reproduction used that token layout ([a, op, b, =, r]);
+#: the official code's ("reference", [a, b, op, =, r]) becomes the setting once the reproduction is re-run with it
 NEURALGROK_ARGV = [
+    "--layout", "interleaved",
     "--eval_steps", "20", "--max_eval_samples", "1024", "--logging_steps", "20", "--torch_threads", "1",
     "--disable_tqdm", "true", "--report_to", "none",
 ]  # fmt: skip
@@ -858,9 +861,10 @@ def _ng_lower_age(runs: list[dict]) -> tuple[str, bool]:
 NEURALGROK = Reproduction(
     method="neuralgrok",
     title="NeuralGrok: a learned gradient amplifier speeds up grokking",
-    setting="The recipe's defaults: a+b mod 97, 50% train split, 2-layer decoder (width 128, batch 512), coupled Adam "
-    "lr 3e-3 wd 1e-3; baseline, normalisation-only control (same scale and clipping, amplifier fixed to uniform), "
-    "Grokfast-EMA, NeuralGrok (T=4, c=1; the outer step's gradient recomputed as in the reference, and taken from "
+    setting="The recipe's defaults: a+b mod 97 in the interleaved token layout [a, op, b, =, r] (the official "
+    "code's is [a, b, op, =, r], --layout reference; not yet re-run with it), 50% train split, 2-layer decoder "
+    "(width 128, batch 512), coupled Adam lr 3e-3 wd 1e-3; baseline, normalisation-only control (same scale and "
+    "clipping, amplifier fixed to uniform), Grokfast-EMA, NeuralGrok (T=4, c=1; the outer step's gradient recomputed as in the reference, and taken from "
     "the next real step with outer_gradient=next_step) and the baseline with 10x weight decay; 1200 steps each, test "
     "accuracy on 1024 held-out equations every 20 steps.",
     fast_budget={"width 128, batch 512": "width 32, batch 64", "1200 steps each": "40 steps each"},

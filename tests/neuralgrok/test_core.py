@@ -626,7 +626,9 @@ def test_stability_after_target_counts_drops_and_spikes():
 
 
 def test_arithmetic_dataset_layout_and_sizes():
-    ds = build_arithmetic_dataset("a+b", 97)
+    """The interleaved layout (the default, with which the documented numbers were measured); the official code's
+    layout="reference" is checked against the official construction in test_ng20_fixes.py."""
+    ds = build_arithmetic_dataset("a+b", 97, layout="interleaved")
     assert len(ds) == 97 * 96
     row = ds[0]
     ids, labels = row["input_ids"].tolist(), row["labels"].tolist()
@@ -634,16 +636,18 @@ def test_arithmetic_dataset_layout_and_sizes():
     assert (op, eq) == (98, 97) and 0 <= a < 97 and 1 <= b < 97 and r == (a + b) % 97
     assert labels == [-100, -100, -100, -100, r]
     assert arithmetic_vocab_size("a+b", 97) == 99
-    sub = build_arithmetic_dataset("a-b", 7)[:]["input_ids"]
+    sub = build_arithmetic_dataset("a-b", 7, layout="interleaved")[:]["input_ids"]
     assert torch.equal(sub[:, 4], (sub[:, 0] - sub[:, 2]) % 7)
-    mul = build_arithmetic_dataset("axb", 7)[:]["input_ids"]  # reference alias
+    mul = build_arithmetic_dataset("axb", 7, layout="interleaved")[:]["input_ids"]  # reference alias
     assert torch.equal(mul[:, 4], (mul[:, 0] * mul[:, 2]) % 7)
-    sq = build_arithmetic_dataset("a*a-b", 7)[:]["input_ids"]
+    sq = build_arithmetic_dataset("a*a-b", 7, layout="interleaved")[:]["input_ids"]
     assert sq.shape[1] == 7 and torch.equal(sq[:, 6], (sq[:, 0] ** 2 - sq[:, 4]) % 7)
+    assert torch.equal(sq[:, 2], sq[:, 0]) and set(sq[:, 1].tolist()) == {8}  # [a, op1, a, op2, b, =, r]
     assert set(sq[:, 3].tolist()) == {9} and arithmetic_vocab_size("a*a-b", 7) == 10
-    five = build_arithmetic_dataset("a*c+b*d-e", 7)
+    five = build_arithmetic_dataset("a*c+b*d-e", 7, layout="interleaved")
     assert len(five) == 12348 and arithmetic_vocab_size("a*c+b*d-e", 7) == 11
     x = five[:]["input_ids"]
+    assert x.shape[1] == 11 and [set(x[:, i].tolist()) for i in (1, 3, 5, 7, 9)] == [{8}, {9}, {8}, {10}, {7}]
     a, b, c, d, e = x[:, 0], x[:, 2], x[:, 4], x[:, 6], x[:, 8]
     assert torch.equal(x[:, 10], (a * c + b * d - e) % 7)
     assert c.min() == 1 and d.min() == 1 and a.min() == 0
