@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import numbers
 import sys
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec, remap_legacy_layer_types
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 SUPPORTED_SOURCE_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -89,6 +94,32 @@ _FUNCTION_NEUTRAL_SOURCE_FIELDS = (
     "use_cache",  # decided by the top-level config and each call
     "return_dict",
 )
+
+
+# Keywords the source config classes accept besides their fields (transformers' legacy RoPE spellings).
+_LEGACY_SOURCE_KEYWORDS = ("rope_scaling", "rope_theta")
+
+
+def _source_only_keys(model_type, keys) -> list[str]:
+    """The keys among `keys` that are settings of a `model_type` source config only (`rope_parameters`,
+    `attention_dropout`, `hidden_act`, `attention_bias`, ...): fields of its config class that are neither fields of
+    `LayerParallelConfig` nor its mirrored or derived attributes. Given at the top level they belong to the source
+    config (`source_config={key: ...}`); kept there they would be inert."""
+    if model_type not in SUPPORTED_SOURCE_MODEL_TYPES:
+        return []
+    source_class = CONFIG_MAPPING[model_type]
+    source_fields = (
+        {f.name for f in dataclasses.fields(source_class)} if dataclasses.is_dataclass(source_class) else set()
+    )
+    source_fields.update(_LEGACY_SOURCE_KEYWORDS)
+    top_fields = {f.name for f in dataclasses.fields(LayerParallelConfig)}
+    top_fields.update(_MIRRORED_SOURCE_ATTRIBUTES + _DERIVED_SLOT_ATTRIBUTES + _STRUCTURAL_ATTRIBUTES)
+    return [key for key in keys if key in source_fields and key not in top_fields]
+
+
+def _source_model_type(source):
+    """`model_type` of a source config given as a dict or a config object (`None` when it has none)."""
+    return source.get("model_type") if isinstance(source, dict) else getattr(source, "model_type", None)
 
 
 def _same_function(key: str, current, value) -> bool:
@@ -324,6 +355,12 @@ class LayerParallelConfig(PreTrainedConfig):
         # a value given for them must be the recomputed one.
         overrides = {key: kwargs.pop(key) for key in _MIRRORED_SOURCE_ATTRIBUTES if key in kwargs}
         derived_given = {key: kwargs.pop(key) for key in _DERIVED_SLOT_ATTRIBUTES if key in kwargs}
+        # Any other setting of the source model (`rope_parameters`, `attention_dropout`, `hidden_act`, ...) given at
+        # the top level goes into the source config before it is built, as `source_config={key: ...}` would: kept at
+        # the top level it would be saved but ignored by the model, which reads the source config.
+        source_settings = {
+            key: kwargs.pop(key) for key in _source_only_keys(_source_model_type(self.source_config), list(kwargs))
+        }
         if self.lp_weight_layout is not None and not isinstance(self.lp_weight_layout, dict):
             raise TypeError(
                 f"lp_weight_layout must be a dict (the record of the weight layout that `save_pretrained` writes) or "
@@ -347,7 +384,12 @@ class LayerParallelConfig(PreTrainedConfig):
                     f"source_config has model_type {src_type!r}; layer pairing supports "
                     f"{list(SUPPORTED_SOURCE_MODEL_TYPES)}."
                 )
-            self.source_config = {k: v for k, v in src.items() if k != "transformers_version"}
+            self.source_config = {k: v for k, v in src.items() if k != "transformers_version"} | source_settings
+        elif isinstance(src, PreTrainedConfig) and source_settings:
+            # rebuilt from its dict with the settings, so that the source config class checks and completes them
+            # (e.g. `rope_parameters` without `rope_theta`) as it does for `source_config={key: ...}`
+            self.source_config = {k: v for k, v in src.to_dict().items() if k != "transformers_version"}
+            self.source_config.update(source_settings)
         elif isinstance(src, PreTrainedConfig):
             # A copy: the source model's own config must not change with this one (attention kernel, edits of
             # mirrored attributes, which write through to `source_config`).
@@ -488,6 +530,33 @@ class LayerParallelConfig(PreTrainedConfig):
         config_dict = dict(config_dict)
         saved_types = config_dict.get("layer_types") if config_dict.get("lp_weight_layout") is not None else None
         given = {key: kwargs.pop(key) for key in _STRUCTURAL_ATTRIBUTES + _MIRRORED_SOURCE_ATTRIBUTES if key in kwargs}
+        source_type = _source_model_type(given.get("source_config")) or _source_model_type(
+            config_dict.get("source_config")
+        )
+        if config_dict.get("lp_weight_layout") is not None:
+            # A saved file with a top-level copy of a source setting (written by hf_ext before 2026-12-05, which kept
+            # `LayerParallelConfig(..., rope_parameters=...)` there): the saved model ignored it, so the loaded one
+            # does too, rather than compute another function than the saved one.
+            saved_source = config_dict.get("source_config")
+            for key in _source_only_keys(source_type, list(config_dict)):
+                value = config_dict.pop(key)
+                if not isinstance(saved_source, dict) or saved_source.get(key) != value:
+                    logger.warning(
+                        f"config.json has {key}={value!r} at its top level, where earlier hf_ext versions stored but "
+                        f"never applied it: the saved model computes source_config's {key}, and so does the loaded "
+                        f"one. To apply it, load with `from_pretrained(path, {key}=...)` (or source_config={{{key!r}: "
+                        "...}), and delete the top-level entry from config.json."
+                    )
+        # A keyword that is a setting of the source model (`from_pretrained(path, rope_parameters=...)`, as for the
+        # source model's own folder) updates the source config, exactly as `source_config={key: ...}` does; left in
+        # `kwargs` it would reach the model's constructor, which takes no such argument.
+        source_settings = {key: kwargs.pop(key) for key in _source_only_keys(source_type, list(kwargs))}
+        if source_settings:
+            base = given.get("source_config", config_dict.get("source_config"))
+            if isinstance(base, dict):
+                given["source_config"] = {**base, **source_settings}
+            else:  # a config object: the constructor routes them into its copy
+                given.update(source_settings)
         if given or config_dict.get("lp_weight_layout") is None:
             # The saved cache slots describe the saved structure, which these keywords may change, or which was edited
             # on purpose (a file without the layout record builds a new architecture): they are derived again. A file
@@ -512,14 +581,19 @@ class LayerParallelConfig(PreTrainedConfig):
         out = super().from_dict(config_dict, **kwargs)
         config = out[0] if isinstance(out, tuple) else out
         if (
-            "source_config" in given
+            ("source_config" in given or source_settings)
             and isinstance(saved_types, list)
             and remap_legacy_layer_types(list(saved_types)) != config.layer_types
         ):
             # `from_pretrained(path, source_config={"sliding_window": 4})`: the saved weights' layout still fits, but
             # the loaded model would use other attention masks than the saved one.
+            keywords = (
+                ", ".join(f"{key}={value!r}" for key, value in source_settings.items())
+                if source_settings
+                else f"source_config={given['source_config']!r}"
+            )
             raise ValueError(
-                f"The source_config keyword {given['source_config']!r} changes the attention types of the saved "
+                f"The keyword {keywords} changes the attention types of the saved "
                 f"model's cache slots from layer_types={saved_types} to {config.layer_types}: the loaded model would "
                 "compute another function than the saved one. Drop the keyword, or convert a source model with that "
                 "setting again with `convert_to_layer_parallel`."
@@ -557,6 +631,18 @@ class LayerParallelConfig(PreTrainedConfig):
                     f"new config, LayerParallelConfig({'source_config=...' if key == 'source_config' else f'source_config=..., {key}=...'}), "
                     "or convert the source model again with `convert_to_layer_parallel`."
                 )
+        if self.__dict__.get(_WRITE_THROUGH) and _source_only_keys(
+            _source_model_type(self.__dict__.get("source_config")), [key]
+        ):
+            # A setting of the source model (`config.rope_parameters = ...`) on a built config: kept at the top level
+            # it would be saved but never read; a model built from this config keeps the rotary embedding, dropout
+            # and activation of its source config.
+            raise ValueError(
+                f"{key} is a setting of the source model, not of a built LayerParallelConfig: set at the top level it "
+                f"would be saved but ignored. Build a new config with LayerParallelConfig(source_config=..., "
+                f"{key}=...) (or source_config={{{key!r}: ...}}), load with `from_pretrained(path, {key}=...)`, or "
+                "convert a source model with that setting again with `convert_to_layer_parallel`."
+            )
         if key in _MIRRORED_SOURCE_ATTRIBUTES and self.__dict__.get(_WRITE_THROUGH):
             self._check_slot_types_kept(key, value)
         super().__setattr__(key, value)
