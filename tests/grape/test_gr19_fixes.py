@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 from datasets import Dataset
-from grape_synthetic import quick_grape_args, synthetic_mixture, tiny_llama
+from grape_synthetic import checkpointed_run, quick_grape_args, synthetic_mixture, tiny_llama
 
 from hf_ext.grape import GrapeTrainer
 
@@ -89,14 +89,6 @@ def test_ragged_targets_pad_inside_the_vocabulary(tmp_path):
 # ---- resume with other mixture settings ------------------------------------------------------------------------
 
 
-def _checkpointed_run(tmp_path, **overrides):
-    train, targets = synthetic_mixture()
-    args = quick_grape_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, reweight_domains_every=2,
-                            reweight_tasks_every=2, **overrides)  # fmt: skip
-    GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets).train()
-    return train, targets, str(tmp_path / "checkpoint-2")
-
-
 @pytest.mark.parametrize(
     "change, named",
     [
@@ -109,7 +101,7 @@ def _checkpointed_run(tmp_path, **overrides):
 def test_resume_with_other_mixture_settings_is_refused(tmp_path, change, named):
     """A resume took any GRAPE settings and went on from the checkpoint's mixture state with a different sampler
     schedule, reweighting draws or updates, as if it continued the run; now it names what changed."""
-    train, targets, ckpt = _checkpointed_run(tmp_path)
+    train, targets, ckpt = checkpointed_run(tmp_path)
     settings = {"reweight_domains_every": 2, "reweight_tasks_every": 2, **change}
     args = quick_grape_args(tmp_path, max_steps=4, save_strategy="no", **settings)
     trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
@@ -118,7 +110,7 @@ def test_resume_with_other_mixture_settings_is_refused(tmp_path, change, named):
 
 
 def test_resume_with_the_same_settings_and_of_an_older_checkpoint(tmp_path):
-    train, targets, ckpt = _checkpointed_run(tmp_path)
+    train, targets, ckpt = checkpointed_run(tmp_path)
     args = quick_grape_args(tmp_path / "again", max_steps=4, save_strategy="no", reweight_domains_every=2,
                             reweight_tasks_every=2)  # fmt: skip
     GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets).train(

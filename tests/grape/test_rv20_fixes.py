@@ -8,17 +8,9 @@ import os
 import re
 
 import pytest
-from grape_synthetic import quick_grape_args, synthetic_mixture, tiny_llama
+from grape_synthetic import checkpointed_run, quick_grape_args, tiny_llama
 
 from hf_ext.grape import GrapeTrainer
-
-
-def _checkpointed_run(tmp_path, **overrides):
-    train, targets = synthetic_mixture()
-    args = quick_grape_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, reweight_domains_every=2,
-                            reweight_tasks_every=2, **overrides)  # fmt: skip
-    GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets).train()
-    return train, targets, str(tmp_path / "checkpoint-2")
 
 
 def _resume(tmp_path, train, targets, ckpt, **overrides):
@@ -30,7 +22,7 @@ def _resume(tmp_path, train, targets, ckpt, **overrides):
 
 
 def test_a_resume_that_changes_only_seed_names_seed_and_the_fix(tmp_path):
-    train, targets, ckpt = _checkpointed_run(tmp_path / "run")  # seed 0, data_seed unset
+    train, targets, ckpt = checkpointed_run(tmp_path / "run")  # seed 0, data_seed unset
     with pytest.raises(ValueError) as refused:
         _resume(tmp_path / "seed7", train, targets, ckpt, seed=7)
     text = str(refused.value)
@@ -57,7 +49,7 @@ def test_a_resume_that_changes_only_seed_names_seed_and_the_fix(tmp_path):
 
 
 def test_a_resume_that_drops_or_changes_data_seed_names_data_seed(tmp_path):
-    train, targets, ckpt = _checkpointed_run(tmp_path / "run", data_seed=3)
+    train, targets, ckpt = checkpointed_run(tmp_path / "run", data_seed=3)
     with pytest.raises(ValueError, match=re.escape("data_seed=3 -> 4. The resumed run")):
         _resume(tmp_path / "four", train, targets, ckpt, data_seed=4)
     with pytest.raises(ValueError, match=re.escape("data_seed=3 -> None (unset, so seed=0 seeds the data order")):

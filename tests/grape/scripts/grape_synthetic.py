@@ -6,7 +6,7 @@ from hf_ext.grape.synthetic import markov_sequences
 
 VOCAB = 64
 
-__all__ = ["VOCAB", "markov_sequences", "quick_grape_args", "synthetic_mixture", "tiny_llama"]
+__all__ = ["VOCAB", "checkpointed_run", "markov_sequences", "quick_grape_args", "synthetic_mixture", "tiny_llama"]
 
 
 def synthetic_mixture(n_per_domain: int = 48, length: int = 16, n_target: int = 24):
@@ -65,6 +65,18 @@ def quick_grape_args(tmp_path, **overrides):
     )
     kw.update(overrides)
     return GrapeConfig(**kw)
+
+
+def checkpointed_run(tmp_path, **overrides):
+    """A 4-step GrapeTrainer run with domain and task reweighting every 2 steps that saves `checkpoint-2`; returns
+    `(train, targets, checkpoint folder)` for tests that resume it with other settings."""
+    from hf_ext.grape import GrapeTrainer
+
+    train, targets = synthetic_mixture()
+    args = quick_grape_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, reweight_domains_every=2,
+                            reweight_tasks_every=2, **overrides)  # fmt: skip
+    GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets).train()
+    return train, targets, str(tmp_path / "checkpoint-2")
 
 
 def parse_grape_recipe(argv):
