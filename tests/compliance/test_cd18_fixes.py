@@ -234,39 +234,6 @@ def test_datatrove_coarse_blank_urls_follow_missing_url(missing_url):
 # F2, F3, F4: fetch_robots_txt against local servers on 127.0.0.1
 
 
-@pytest.fixture
-def local_server():
-    """`serve(handle) -> port`: an HTTP/1.1 server on 127.0.0.1 (a free port) whose GET handler is
-    `handle(request_handler)`; the request headers it saw are kept in the returned list `seen`."""
-    import http.server
-    import threading
-
-    servers, seen = [], []
-
-    def serve(handle):
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                seen.append((self.path, dict(self.headers)))
-                handle(self)
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server.server_address[1]
-
-    serve.seen = seen
-    yield serve
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
 def _reply(handler, body: bytes, headers=()):
     handler.send_response(200)
     for key, value in headers:
