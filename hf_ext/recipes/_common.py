@@ -516,6 +516,79 @@ def clear_previous_results(output_dir: str, names, resuming: bool = False) -> li
     return removed
 
 
+def _record_flag_value(value) -> str:
+    """A recorded flag value as it is written on the command line (a list as its space-separated entries)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return " ".join(_record_flag_value(v) for v in value)
+    return str(value)
+
+
+def write_run_record(folder: str, name: str, record: dict) -> None:
+    """Write `record` (flag name -> resolved value: what a resume of the run training in `folder` must keep) as
+    `folder/name`, atomically. Call on the main process only, when the run starts afresh; [`check_run_record`] reads
+    it back."""
+    from ..utils.io import atomic_write_json
+
+    os.makedirs(folder, exist_ok=True)
+    atomic_write_json(os.path.join(folder, name), record)
+
+
+def check_run_record(folder: str, name: str, now: dict, shapes: str) -> None:
+    """On resume, before any work: the interrupted run's record (`folder/name`, written by [`write_run_record`] when it
+    started) must hold `now`'s values. A difference raises `ValueError` naming each flag, the interrupted run's value
+    and the flags that continue it; an unreadable record is an error too. A run started before hf_ext wrote the record
+    (no file), or a flag the record lacks, is resumed with a warning: it cannot be checked. `shapes`: what those flags
+    shape, for the message (e.g. "the equations, their split and the model")."""
+    import json
+    import logging
+
+    log = logging.getLogger(__name__)
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        log.warning(
+            "--resume_from_checkpoint: %s has no %s (the interrupted run started before hf_ext recorded it), so %s "
+            "are resumed unchecked: make sure they are the interrupted run's.",
+            folder,
+            name,
+            ", ".join("--" + k for k in now),
+        )
+        return
+    try:
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"--resume_from_checkpoint: {path} (the flags of the interrupted run) cannot be read ({err}); restore it, "
+            "or start afresh in another --output_dir."
+        ) from err
+    unrecorded = [k for k in now if k not in saved]
+    if unrecorded:
+        log.warning(
+            "--resume_from_checkpoint: %s records no %s (written before hf_ext recorded them), so they are resumed "
+            "unchecked: make sure they are the interrupted run's.",
+            path,
+            ", ".join("--" + k for k in unrecorded),
+        )
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        diffs = "; ".join(
+            f"--{k} {_record_flag_value(now[k])} (the interrupted run used {_record_flag_value(saved[k])})"
+            for k in changed
+        )
+        fix = " ".join(f"--{k} {_record_flag_value(saved[k])}" for k in changed)
+        raise ValueError(
+            f"--resume_from_checkpoint: this run differs from the interrupted run in {folder!r}: {diffs}. Its "
+            f"checkpoints were trained with {shapes} those flags define; the remaining steps would continue it with "
+            f"other ones and report the mix as one run. Resume with {fix}, or start afresh in another --output_dir."
+        )
+
+
 def check_meta_build(config, attn_implementation: str | None, what: str) -> None:
     """Build a model of `config` on the meta device (no memory, no data), so that transformers' own checks of the
     config and of `--attn_implementation` (unknown kernel, kernel package not installed) run before any work.

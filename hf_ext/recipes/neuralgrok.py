@@ -163,6 +163,30 @@ def run_dir(output_dir: str, method: str, seed: int) -> str:
     return os.path.join(output_dir, f"{method}-seed{seed}")
 
 
+#: Written into each (method, seed) run folder when the run starts afresh: the flags that define its equations, their
+#: split and evaluation, and its model (`_run_record`), compared on resume by `check_run_record`.
+RUN_RECORD_NAME = "neuralgrok_run.json"
+
+
+def _run_record(task_args, model_args, method: str, seed: int) -> dict:
+    """The resolved flags a resume of the (method, seed) run must keep: another --layout, --task of the same vocabulary
+    or --num_attention_heads of the same width would load the checkpoint and go on training silently on other
+    equations, or another model."""
+    record = {
+        "task": task_args.task,
+        "p": task_args.p,
+        "layout": task_args.layout,
+        "train_fraction": task_args.train_fraction,
+        "seeds": seed,
+        "max_eval_samples": task_args.max_eval_samples,
+        "target_accuracy": task_args.target_accuracy,
+        **{f.name: getattr(model_args, f.name) for f in dataclasses.fields(model_args)},
+    }
+    if method in INNER_METHODS:  # the others train on the whole training split, whatever the outer fraction
+        record["outer_fraction"] = task_args.outer_fraction
+    return record
+
+
 def _resume_plan(
     value,
     output_dir: str,
@@ -482,6 +506,16 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
         {m: method_training_args(training_args, task_args, m) for m in methods},
         training_args.max_steps,
     )
+    from ._common import check_run_record
+
+    for (method, seed), checkpoint in plan.items():
+        if checkpoint is not None:  # the folder of the run that wrote it (a named checkpoint may be another run's)
+            check_run_record(
+                os.path.dirname(os.path.abspath(checkpoint)),
+                RUN_RECORD_NAME,
+                _run_record(task_args, model_args, method, seed),
+                "the equations, split, evaluation and model",
+            )
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     return methods, seeds, plan
 
@@ -924,6 +958,10 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
                 callbacks=[callback],
             )
             checkpoint = plan[(method, seed)]
+            if checkpoint is None and main:  # what a resume of this run must keep (checked in validate_args)
+                from ._common import write_run_record
+
+                write_run_record(args.output_dir, RUN_RECORD_NAME, _run_record(task_args, model_args, method, seed))
             start_step = 0
             if checkpoint is not None and main:
                 print(f"[{method} seed {seed}] resuming from {checkpoint}", flush=True)
