@@ -231,7 +231,7 @@ def test_a_rerun_that_stops_early_leaves_no_older_results(tmp_path, monkeypatch)
     monkeypatch.setattr("hf_ext.recipes.pretrain.build_model", stop)
     with pytest.raises(_PastValidation):
         main(TINY + ["--output_dir", str(out)])
-    assert sorted(os.listdir(out)) == ["notes.txt"]
+    assert sorted(os.listdir(out)) == ["notes.txt", "pretrain_run.json"]  # the record of this run's flags: current
 
 
 FSDP2_SHARDED = [

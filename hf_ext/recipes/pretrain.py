@@ -281,6 +281,36 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     # a fresh run into a folder of an earlier run's checkpoints, or a resume from a checkpoint past --max_steps (one
     # at --max_steps is of this run, finished: it is restored, see `train_or_restore_finished`)
     check_checkpoint_folders(training_args.resume_from_checkpoint, [training_args.output_dir], training_args.max_steps)
+    if training_args.resume_from_checkpoint:  # the data and model of the run that wrote it (its folder's record)
+        from ._common import check_run_record
+
+        check_run_record(
+            os.path.dirname(os.path.abspath(training_args.resume_from_checkpoint)),
+            RUN_RECORD_NAME,
+            _run_record(model_args, data_args),
+            "the data and model",
+        )
+
+
+#: Written into --output_dir when a run starts afresh: the flags that define its data and model, compared on resume.
+RUN_RECORD_NAME = "pretrain_run.json"
+_RECORD_MODEL_FLAGS = (
+    "model_name_or_path", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "config_overrides",
+)  # fmt: skip
+_RECORD_DATA_FLAGS = (
+    "dataset_name", "dataset_config_name", "train_file", "validation_file", "validation_split_seed", "text_column",
+    "block_size", "vocab_size", "tokenizer_name", "max_eval_blocks",
+)  # fmt: skip
+
+
+def _run_record(model_args, data_args) -> dict:
+    """The flags a resume must keep: another --block_size or --num_attention_heads of the same width (or other data)
+    would load the checkpoint and go on training silently on other blocks, or as another model."""
+    return {
+        **{name: getattr(model_args, name) for name in _RECORD_MODEL_FLAGS},
+        **{name: getattr(data_args, name) for name in _RECORD_DATA_FLAGS},
+    }
 
 
 def check_wsd_kwargs(training_args: TrainingArguments) -> None:
@@ -590,6 +620,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         from ._common import clear_previous_results
 
         clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
+        # what a resume of this run must keep (checked in `validate_args`)
+        if not training_args.resume_from_checkpoint:
+            from ._common import write_run_record
+
+            write_run_record(training_args.output_dir, RUN_RECORD_NAME, _run_record(model_args, data_args))
 
     model = build_model(model_args, tokenizer, data_args.block_size)
     trainer_cls, trainer_kwargs, callbacks = setup_fp8(model, model_args, training_args)

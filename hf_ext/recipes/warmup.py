@@ -37,6 +37,13 @@ ARCHITECTURES = ("llama", "gpt2", "openai-gpt")
 ARMS = ("adamw_warmup", "adamw_no_warmup", "lion_ar_warmup", "lion_ar_no_warmup", "lion_a_warmup", "lion_a_no_warmup")
 #: Written into every checkpoint of an arm: `{"arm", "optimizer", "warmup_fraction"}`, checked by a resume.
 ARM_RECORD_NAME = "warmup_arm.json"
+#: Written into each arm's folder when the arm starts afresh: the flags that define its data and model
+#: (`RUN_RECORD_FLAGS`), compared on resume (`check_run_record`).
+RUN_RECORD_NAME = "warmup_run.json"
+RUN_RECORD_FLAGS = (
+    "architecture", "hidden_act", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "vocab_size", "block_size", "max_eval_blocks", "train_file", "validation_split_seed",
+)  # fmt: skip
 
 
 @dataclass
@@ -131,9 +138,17 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
     # before the folder is made
     resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)
     from ..optim.warmup_trainer import check_checkpoint_options
+    from ._common import check_run_record
 
     for arm, checkpoint in resume.items():
         check_checkpoint_arm(checkpoint, arm, recipe)
+        if checkpoint is not None:  # the data and model of the run that wrote it (its own folder's record)
+            check_run_record(
+                os.path.dirname(os.path.abspath(checkpoint)),
+                RUN_RECORD_NAME,
+                {name: getattr(recipe, name) for name in RUN_RECORD_FLAGS},
+                "the data and model",
+            )
         try:  # the arm's optimizer and schedule options (betas, nesterov, angle, --cooldown_fraction, ...)
             check_checkpoint_options(checkpoint, arm_arguments(arm, recipe, args), args.max_steps)
         except ValueError as err:
@@ -510,6 +525,12 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
             callbacks=[metrics_cb],
             arm_record=arm_record(arm, recipe),
         )
+        if resume[arm] is None and args.should_save:  # what a resume of this arm must keep (checked in `validate`)
+            from ._common import write_run_record
+
+            write_run_record(
+                arm_args.output_dir, RUN_RECORD_NAME, {name: getattr(recipe, name) for name in RUN_RECORD_FLAGS}
+            )
         # a finished arm is restored, not trained a step past --max_steps
         train_or_restore_finished(trainer, resume[arm])
         # every held-out block once, whatever the number of processes (DDP, FSDP): WarmupFreeTrainer's evaluate()
