@@ -255,8 +255,9 @@ def global_state_digest(state: Mapping[str, torch.Tensor]) -> bytes:
     into its signed advertisement.
 
     The hash covers, in sorted name order, each name, dtype, shape and the tensor's bytes (little-endian, whatever
-    the device or the machine's byte order), so two states have the same digest exactly when they hold the same
-    names, dtypes, shapes and bit patterns. An empty mapping is a valid state (nothing was received).
+    the device or the machine's byte order; a conjugate or negative view is hashed by its values), so two states have
+    the same digest exactly when they hold the same names, dtypes, shapes and bit patterns. An empty mapping is a
+    valid state (nothing was received).
     """
     import hashlib
     import sys
@@ -278,7 +279,11 @@ def global_state_digest(state: Mapping[str, torch.Tensor]) -> bytes:
         for part in (name.encode(), str(tensor.dtype).encode()):
             h.update(len(part).to_bytes(8, "big") + part)
         h.update(tensor.dim().to_bytes(8, "big") + b"".join(int(d).to_bytes(8, "big") for d in tensor.shape))
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        # a lazy conjugate (`.conj()`) or negative view (e.g. `.conj().imag`) holds the other bits in memory: hash
+        # the values it stands for
+        flat = tensor.detach().cpu().resolve_conj().resolve_neg().reshape(-1)
+        if flat.numel() and flat.stride(0) != 1:  # a one-element slice (`w[:1, 0]`) is "contiguous" with any stride
+            flat = flat.clone(memory_format=torch.contiguous_format)
         if flat.is_complex():
             flat = torch.view_as_real(flat).reshape(-1)  # real and imaginary parts, each in the byte order below
         raw = flat.view(torch.uint8)
