@@ -7,11 +7,12 @@ Flower's `DefaultWorkflow` and the clients run `secaggplus_mod`, so the server r
 and unmasks only their weighted mean (each reply's weight, partition id and epsilon travel in the clear; the training
 loss is not sent under DP-SGD or secure aggregation, see [`reports_train_loss`]). The mean hides one update only
 among updates the server does not know: a malicious server that sends every node but a victim a global state making
-their updates zero (an all-zero LoRA adapter) or known reads the victim's update off the mean (model inconsistency,
-Pasquini et al., CCS 2022). Flower's SecAgg+ messages have no field through which nodes could sign and compare the
-state they received, so this stays open here; DP-SGD on the nodes bounds what the update reveals, and a deployment
-can have each node check the digest of the arrays it received (`global_state_digest`) against one published out of
-band (docs/federated.md). hf_ext's client mods in front of `secaggplus_mod` ([`secagg_client_mods`]) refuse requests
+their updates zero (an all-zero LoRA adapter) or known, or training instructions that do (a run config with learning
+rate 0), reads the victim's update off the mean (model inconsistency, Pasquini et al., CCS 2022). Flower's SecAgg+
+messages have no field through which nodes could sign and compare the state and instructions they received, so this
+stays open here (the in-process protocol binds both); DP-SGD on the nodes bounds what the update reveals, and a
+deployment can have each node check the digest of the arrays and run config it received
+(`global_state_digest(arrays, config)`) against one published out of band (docs/federated.md). hf_ext's client mods in front of `secaggplus_mod` ([`secagg_client_mods`]) refuse requests
 a malicious server could exploit (re-run rounds, thresholds below the colluder bound, inconsistent unmask requests);
 what they cannot close in flwr 1.42 (unauthenticated keys, no consistency round, model inconsistency) is in
 docs/federated.md.

@@ -3,21 +3,24 @@ deployments, built here on the `cryptography` library for the in-process simulat
 
 The server learns the weighted sum of the uploaded updates, and within one round nothing that singles out one update
 beyond it: each upload alone is hidden by masks, keys are authenticated, every client is bound to the global state it
-received (so the server cannot make the other clients' updates zero or known by sending them another model) and any
-survivor list needs `t` signatures. What the sums themselves reveal is not hidden: a client whose every co-survivor
-colludes with the server (the sum minus their inputs is its update), the difference of two rounds over different
-subsets of clients, or what a global state crafted and sent to every client makes the updates reveal; only noise added
-on the client (DP-SGD) bounds those. The rounds:
+received and, when it passes them, to the round's training instructions (so the server cannot make the other clients'
+updates zero or known by sending them another model or, e.g., `learning_rate=0`) and any survivor list needs `t`
+signatures. What the sums themselves reveal is not hidden: a client whose every co-survivor colludes with the server
+(the sum minus their inputs is its update), the difference of two rounds over different subsets of clients, or what a
+global state or instructions crafted and sent to every client make the updates reveal; only noise added on the client
+(DP-SGD) bounds those. The rounds:
 
 1. **Advertise keys.** Every client draws two X25519 key pairs: `c` (to encrypt the secret shares it sends to peers)
    and `s` (to agree on pairwise masks). It signs both public keys and the SHA-256 digest of the global state it
-   received this round ([`global_state_digest`]), bound to the round id and its client id, with its long-term Ed25519
-   identity key and sends them to the server, which broadcasts them. Every client checks every signature against an
+   received this round and of the training instructions that came with it (`round_config`: learning rate, local steps,
+   ...; [`global_state_digest`]), bound to the round id and its client id, with its long-term Ed25519 identity key
+   and sends them to the server, which broadcasts them. Every client checks every signature against an
    [`IdentityDirectory`] provisioned out of band and aborts the round on any mismatch, so the server cannot substitute
    keys of its own (man in the middle of the pairwise key agreement), and aborts it when a peer signed another
    global-state digest than its own (model inconsistency, Pasquini et al., CCS 2022: a server that sends every client
-   but a victim a state that makes their updates zero, e.g. an all-zero LoRA adapter, would otherwise read the
-   victim's update off the sum). Both checks run before any share leaves the client.
+   but a victim a state that makes their updates zero, e.g. an all-zero LoRA adapter, or instructions that do, e.g.
+   `learning_rate=0` or zero local steps, would otherwise read the victim's update off the sum). Both checks run
+   before any share leaves the client.
 2. **Share keys.** Every client draws a fresh 256-bit self-mask seed `b` and splits `b` and its mask private key
    `s_sk` into Shamir shares (threshold `t`). The share for peer `v` is encrypted with AES-GCM under a key agreed
    with `v` (X25519 + HKDF-SHA256) and routed through the server, which cannot read it.
@@ -228,8 +231,8 @@ class SecAggAbort(ValueError):
 
 class AdvertisedKeys(NamedTuple):
     """What a client advertises in a round: its two X25519 public keys, its Ed25519 signature over them and over the
-    digest of the global state it received ([`global_state_digest`]), bound to the round id and its client id, and
-    that digest."""
+    digest of the global state (and round config) it received ([`global_state_digest`]), bound to the round id and its
+    client id, and that digest."""
 
     c_pk: bytes
     s_pk: bytes
@@ -250,18 +253,41 @@ def _advert_message(round_index: int, node_id: int, c_pk: bytes, s_pk: bytes, st
 DIGEST_BYTES = 32  # SHA-256
 
 
-def global_state_digest(state: Mapping[str, torch.Tensor]) -> bytes:
-    """The SHA-256 digest (32 bytes) of a global model state `{name: tensor}`, as a secure-aggregation client binds it
-    into its signed advertisement.
+def global_state_digest(state: Mapping[str, torch.Tensor], config: Mapping[str, object] | None = None) -> bytes:
+    """The SHA-256 digest (32 bytes) of a global model state `{name: tensor}` and, when given, of the round's training
+    instructions `config`, as a secure-aggregation client binds them into its signed advertisement.
 
     The hash covers, in sorted name order, each name, dtype, shape and the tensor's bytes (little-endian, whatever
     the device or the machine's byte order; a conjugate or negative view is hashed by its values), so two states have
     the same digest exactly when they hold the same names, dtypes, shapes and bit patterns. An empty mapping is a
     valid state (nothing was received).
+
+    `config` (`{name: value}`, str names; values `int`, `float`, `bool`, `str` or `None`, exactly those built-in
+    types) binds what the client was told to train with (learning rate, local steps or epochs, ...): a server that
+    sends every client but a victim `learning_rate=0` or zero local steps makes their updates zero as surely as a
+    zeroed model. Its encoding is canonical and unambiguous: entries in sorted name order (insertion order does not
+    matter), each value tagged with its type, so `1`, `1.0` and `True` differ (a server that sends one client `1` and
+    another `1.0` sent different instructions), and floats are hashed by their IEEE-754 binary64 bits (`-0.0` differs
+    from `0.0`). Anything else (numpy scalars, lists, nested mappings) is refused (`TypeError`): convert it first
+    (`.item()`, or a canonical string such as sorted-key JSON). `config=None` binds the model state only and gives the
+    digest of earlier versions; any given config, even `{}`, gives another digest, so a client that binds its config
+    and one that does not never agree.
     """
     import hashlib
-    import sys
 
+    _check_global_state(state)
+    if config is None:
+        h = hashlib.sha256(b"hf_ext-secagg|global-state|v1|")
+        _hash_state(h, state)
+        return h.digest()
+    encoded = _encode_round_config(config)
+    h = hashlib.sha256(b"hf_ext-secagg|global-state+round-config|v1|")
+    _hash_state(h, state)
+    h.update(encoded)
+    return h.digest()
+
+
+def _check_global_state(state) -> None:
     if not isinstance(state, Mapping):
         raise TypeError(f"`global_state` must be a mapping of tensor names to tensors, got {type(state).__name__}.")
     for name, tensor in state.items():
@@ -272,7 +298,11 @@ def global_state_digest(state: Mapping[str, torch.Tensor]) -> bytes:
             )
         if tensor.layout != torch.strided or tensor.device.type == "meta":
             raise ValueError(f"`global_state[{name!r}]` must be a dense tensor with data to hash.")
-    h = hashlib.sha256(b"hf_ext-secagg|global-state|v1|")
+
+
+def _hash_state(h, state: Mapping[str, torch.Tensor]) -> None:
+    import sys
+
     h.update(len(state).to_bytes(8, "big"))
     for name in sorted(state):
         tensor = state[name]
@@ -290,7 +320,44 @@ def global_state_digest(state: Mapping[str, torch.Tensor]) -> bytes:
         if sys.byteorder == "big" and flat.element_size() > 1:
             raw = raw.reshape(-1, flat.element_size()).flip(1).reshape(-1)
         h.update(raw.numpy().tobytes())
-    return h.digest()
+
+
+def _encode_round_config(config) -> bytes:
+    """The canonical bytes of a round config (see [`global_state_digest`]): the entry count, then per entry in sorted
+    name order the length-prefixed UTF-8 name, a type tag and the length-prefixed value."""
+    import struct
+
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            f"`round_config` must be a mapping of setting names (str) to int, float, bool, str or None values, got "
+            f"{type(config).__name__}."
+        )
+    entries = []
+    for name, value in config.items():
+        if type(name) is not str:
+            raise TypeError(f"`round_config` names must be str, got {name!r} ({type(name).__name__}).")
+        if value is None:
+            tag, raw = b"n", b""
+        elif type(value) is bool:
+            tag, raw = b"b", b"\x01" if value else b"\x00"
+        elif type(value) is int:
+            tag, raw = b"i", value.to_bytes((value.bit_length() + 8) // 8, "big", signed=True)
+        elif type(value) is float:
+            tag, raw = b"f", struct.pack(">d", value)
+        elif type(value) is str:
+            tag, raw = b"s", value.encode("utf-8", "surrogatepass")
+        else:
+            raise TypeError(
+                f"`round_config[{name!r}]` is {type(value).__module__}.{type(value).__qualname__} ({value!r}); a round "
+                "config holds only int, float, bool, str or None values (exactly those types, so its digest is "
+                "canonical): convert numpy scalars with `.item()` and encode lists or mappings as a string (e.g. "
+                "sorted-key JSON)."
+            )
+        entries.append((name.encode("utf-8", "surrogatepass"), tag, raw))
+    out = [len(entries).to_bytes(8, "big")]
+    for key, tag, raw in sorted(entries):
+        out.append(len(key).to_bytes(8, "big") + key + tag + len(raw).to_bytes(8, "big") + raw)
+    return b"".join(out)
 
 
 def _survivors_message(round_index: int, survivors: Sequence[int]) -> bytes:
@@ -501,6 +568,15 @@ class SecAggClient:
             aborts the round ([`SecAggAbort`]) before sharing anything when a peer signed another digest: without it a
             malicious server could send every other client a state that makes its update zero or known (e.g. an
             all-zero LoRA adapter) and read this client's update off the sum (model inconsistency).
+        round_config (`Mapping[str, int | float | bool | str | None]`, *optional*): the training instructions this
+            client received for this round (learning rate, local steps or epochs, ...), signed into the same digest
+            ([`global_state_digest`]`(global_state, round_config)`), so the round also aborts when the server sent
+            another client other instructions: without it a server could send every other client the true model but
+            `learning_rate=0` or zero local steps (their updates are zero) and read this client's update off the sum.
+            Default `None`: the model state only is bound (as in earlier versions), which suffices only when the
+            instructions do not come from the server (fixed in the client software); a client that receives its
+            instructions from the server must pass them. Every client of a round must bind the same kind (all with a
+            config or all without), else their digests differ and the round aborts.
     """
 
     def __init__(
@@ -514,6 +590,7 @@ class SecAggClient:
         max_colluders: int = 0,
         state: SecAggClientState | None = None,
         global_state: Mapping[str, torch.Tensor] | None = None,
+        round_config: Mapping[str, object] | None = None,
     ):
         if int(node_id) < 0:
             raise ValueError(f"`node_id` must be >= 0, got {node_id}.")
@@ -552,7 +629,8 @@ class SecAggClient:
         self.state.check(self.round_index, self.node_id)
         self._identity = identity
         self._directory = directory
-        self.state_digest = global_state_digest(global_state)
+        self.binds_round_config = round_config is not None
+        self.state_digest = global_state_digest(global_state, round_config)
         self._c_sk, self.c_pk = _new_keypair()
         self._s_sk, self.s_pk = _new_keypair()
         self._b = os.urandom(32)
@@ -623,7 +701,8 @@ class SecAggClient:
         return out
 
     def _check_same_global_state(self, keys: Mapping[int, AdvertisedKeys]) -> None:
-        """Abort unless every (authenticated) advertisement carries the digest of the global state we received."""
+        """Abort unless every (authenticated) advertisement carries the digest of the global state (and round config)
+        we received."""
         others: dict[bytes, list[int]] = {}
         for v, adv in sorted(keys.items()):
             if adv.state_digest != self.state_digest:
@@ -633,10 +712,10 @@ class SecAggClient:
         theirs = "; ".join(f"clients {ids} signed {d.hex()[:16]}" for d, ids in others.items())
         raise SecAggAbort(
             f"Client {self.node_id}: inconsistent global state in round {self.round_index}: we received the state "
-            f"with digest {self.state_digest.hex()[:16]} (SHA-256, first 8 bytes), but {theirs}. The server sent "
-            "different models to different clients (model inconsistency: with the other clients' updates made "
-            "zero or known, the sum would reveal one client's update); aborting the round before any share or masked "
-            "input leaves."
+            f"{'and round config ' if self.binds_round_config else ''}with digest {self.state_digest.hex()[:16]} "
+            f"(SHA-256, first 8 bytes), but {theirs}. The server sent different models or training instructions to "
+            "different clients (model inconsistency: with the other clients' updates made zero or known, the sum would "
+            "reveal one client's update); aborting the round before any share or masked input leaves."
         )
 
     def _share_key(self, v: int, c_pk: bytes) -> bytes:
@@ -836,6 +915,7 @@ def secure_aggregate(
     directory: IdentityDirectory | None = None,
     client_states: dict[int, SecAggClientState] | None = None,
     global_states: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
+    round_configs: Mapping[int, Mapping[str, object]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], float, ServerView]:
     """Run one round of the protocol in process between honest clients and an honest server relaying messages.
 
@@ -862,6 +942,11 @@ def secure_aggregate(
             signs its digest and the round aborts with [`SecAggAbort`], before any share or masked input leaves a
             client, if two clients received different states (model inconsistency). Default: the updates do not
             derive from a server-sent state (every client binds the empty state `{}`).
+        round_configs (`Mapping[int, Mapping[str, int | float | bool | str | None]]`, *optional*): `{node_id:
+            config}`, the training instructions each client received this round (learning rate, local steps, ...),
+            bound into the same digest as its global state (see [`SecAggClient`]), so the round also aborts when the
+            server sent different clients different instructions (e.g. `learning_rate=0` to all but one). Default:
+            no config is bound (the model state only, as in earlier versions).
 
     Returns:
         `tuple[dict[str, torch.Tensor], float, ServerView]`: the weighted mean of the uploaded updates (float64), the
@@ -895,6 +980,15 @@ def secure_aggregate(
             f"`global_states` must map every client in `updates` ({ids}) to the global state it received, got {got}."
         )
     global_states = {int(u): g for u, g in global_states.items()}
+    if round_configs is None:
+        round_configs = {u: None for u in ids}
+    elif not isinstance(round_configs, Mapping) or {int(u) for u in round_configs} != set(ids):
+        got = sorted(round_configs) if isinstance(round_configs, Mapping) else type(round_configs).__name__
+        raise ValueError(
+            f"`round_configs` must map every client in `updates` ({ids}) to the training config it received, got "
+            f"{got}."
+        )
+    round_configs = {int(u): c for u, c in round_configs.items()}
     states: dict[int, SecAggClientState] = {} if client_states is None else client_states
     if not isinstance(states, dict):
         raise TypeError("`client_states` must be a dict {client_id: SecAggClientState} (it is updated in place).")
@@ -911,6 +1005,7 @@ def secure_aggregate(
             max_colluders=max_colluders,
             state=states[u],
             global_state=global_states[u],
+            round_config=round_configs[u],
         )
         for u in ids
     }

@@ -558,6 +558,48 @@ def client_training_args(training_args, fed_args: FederatedArguments, client_ind
     return dataclasses.replace(training_args, **changes)
 
 
+# settings kept out of a round's bound training config ([`round_training_config`]): noise seeds, secrets of the opt-in
+# reproducible DP noise; their digest goes to the server and every peer, and a low-entropy seed could be searched for
+_UNBOUND_SETTINGS = ("federated.client_dp_noise_seed", "training.dp_noise_seed")
+
+
+def round_training_config(training_args, fed_args: FederatedArguments, round_index: int) -> dict[str, Any]:
+    """The training instructions of round `round_index`, the same for every client, as a flat `{name: value}` mapping of
+    `int`, `float`, `bool`, `str` and `None` values: what each client binds with the global state it received into its
+    secure-aggregation advertisement (`SecAggClient(round_config=...)`, [`global_state_digest`]), so a server cannot
+    send some clients instructions that make their updates zero (`learning_rate=0`, zero local steps, a warmup that
+    never leaves 0, ...) unnoticed.
+
+    It holds `"round"`, every [`FederatedArguments`] field as `"federated.<name>"` and every field of the
+    `training_args` template (`TrainingArguments.to_dict()`, tokens masked) as `"training.<name>"`: everything
+    [`client_training_args`] derives a client's arguments from besides the client's index (its own seed, output
+    folder and learning rate of `--client_learning_rates` follow from these and the index). List and mapping values are
+    bound as sorted-key JSON text; the opt-in DP noise seeds (`dp_noise_seed`, `client_dp_noise_seed`) are left out,
+    since the digest is seen by the server and every peer.
+    """
+    if not isinstance(fed_args, FederatedArguments):
+        raise TypeError(f"`fed_args` must be a FederatedArguments instance, got {type(fed_args).__name__}.")
+    if not is_int(round_index):
+        raise ValueError(f"`round_index` must be an integer, got {round_index!r}.")
+    config: dict[str, Any] = {"round": int(round_index)}
+    settings = [("federated", f.name, getattr(fed_args, f.name)) for f in dataclasses.fields(fed_args)]
+    settings += [("training", name, value) for name, value in training_args.to_dict().items()]
+    for group, name, value in settings:
+        key = f"{group}.{name}"
+        if key in _UNBOUND_SETTINGS:
+            continue
+        if value is not None and type(value) not in (bool, int, float, str):
+            try:
+                value = json.dumps(value, sort_keys=True, separators=(",", ":"))
+            except (TypeError, ValueError) as err:
+                raise TypeError(
+                    f"Cannot bind the {group} setting {name!r} = {value!r} into the round config (not a scalar, and "
+                    f"not JSON: {err}); give it as an int, float, bool, str, None, or a list / dict of those."
+                ) from None
+        config[key] = value
+    return config
+
+
 def train_client(
     model,
     global_state: dict[str, torch.Tensor],
@@ -798,6 +840,8 @@ class FederatedSimulation:
         """Train every client once from the current global state and aggregate. Returns the round's record."""
         r = self.round + 1
         participants = list(range(self.num_clients))
+        # the round's training instructions, from which every client derives its local training arguments
+        round_config = round_training_config(self.training_args, self.fed_args, r)
         uploads, weights, client_metrics = [], [], []
         for c in participants:
             state, n, metrics = train_client(
@@ -828,8 +872,10 @@ class FederatedSimulation:
                 identities=self._secagg_identities,
                 directory=self.secagg_directory,
                 client_states=self.secagg_client_states,
-                # what each client trained from: every client signs its digest, so inconsistent states abort
+                # what each client trained from and with: every client signs their digest, so inconsistent states or
+                # training instructions abort the round
                 global_states={c: self.global_state for c in participants},
+                round_configs={c: round_config for c in participants},
             )
             self.global_state = apply_secure_mean(
                 self.global_state, mean, weights, self.fed_args, r, num_clients=self.num_clients

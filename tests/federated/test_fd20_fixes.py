@@ -33,6 +33,7 @@ from hf_ext.federated import (
     make_canaries,
     measure_memorization,
     prepare_upload,
+    round_training_config,
     secure_aggregate,
     split_by_column,
     train_client,
@@ -159,7 +160,8 @@ def test_the_simulation_binds_the_state_every_client_trained_from(small_tokenize
     start = {k: v.clone() for k, v in sim.global_state.items()}
     sim.run()
     digests = {c: adv.state_digest for c, adv in sim.last_server_view.public_keys.items()}
-    assert digests == {c: global_state_digest(start) for c in range(3)}
+    # with the round's training config (pass 21: the instructions are bound too)
+    assert digests == {c: global_state_digest(start, round_training_config(training_args, fed, 1)) for c in range(3)}
     assert any(not torch.equal(sim.global_state[k], start[k]) for k in start)
 
 
