@@ -103,6 +103,12 @@ class _GrapeCallback(TrainerCallback):
             self.trainer.save_mixture(args.output_dir, plot=self.trainer.plot_at_train_end)
 
 
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """`t` in float32, or in its own dtype where that is wider (a float64 model's reweighting stays in float64): the
+    gradient dot products and excess losses of a bf16/fp16 model are upcast, never those of a float64 one cut down."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _data_seed(args) -> int:
     """Seed of every data draw of the run (training sampler or stream, reweighting minibatches): `args.data_seed` when
     set, else `args.seed`, as `transformers.Trainer` seeds its samplers (`data_seed` used to be ignored: runs with
@@ -729,11 +735,11 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         """Clipped flattened gradient of `transform(loss)` on `batch` (and the loss value)."""
         params = self._params()
         with self.compute_loss_context_manager():
-            loss = self.model(**batch).loss.float()
+            loss = _at_least_float32(self.model(**batch).loss)
         objective = loss if transform is None else transform(loss)
         grads = torch.autograd.grad(objective, params, allow_unused=True)
         flat = torch.cat(
-            [(g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(grads, params)]
+            [_at_least_float32(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
         )
         max_norm = self.args.max_grad_norm
         if max_norm is not None and max_norm > 0:
@@ -862,8 +868,8 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             labels = batch["labels"][:, 1:]
             inputs = {k: v for k, v in batch.items() if k != "labels"}
-            proxy = self.model(**inputs).logits[:, :-1].float()
-            ref = self.reference_model(**inputs).logits[:, :-1].float()
+            proxy = _at_least_float32(self.model(**inputs).logits[:, :-1])
+            ref = _at_least_float32(self.reference_model(**inputs).logits[:, :-1])
         mask = labels != -100
         safe = labels.clamp(min=0)
         lp = torch.nn.functional.cross_entropy(proxy.transpose(1, 2), safe, reduction="none")
