@@ -346,6 +346,12 @@ def load_mixture(path: str, which: str = "final") -> dict[str, float]:
         weights = data["domains" if which == "final" else "average_domains"]
     else:
         weights = data
+        if which == "average" and isinstance(data, dict):
+            raise ValueError(
+                f"mixture file {path!r} is a plain {{domain: weight}} map: it holds one set of weights and no time "
+                "average, so which='average' (mixture_key / --mixture_key average) cannot be read from it; pass "
+                "'final' to use its weights, or a mixture file written by GrapeTrainer / export_mixture."
+            )
     if not isinstance(weights, dict) or not weights:
         raise ValueError(f"mixture file {path!r} must map domain names to weights.")
     bad = {str(k): v for k, v in weights.items() if not is_weight_number(v)}

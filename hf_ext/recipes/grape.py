@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ..grape.configuration_grape import REWEIGHT_METHODS, GrapeConfig
 from ..utils.io import atomic_write_results
@@ -415,7 +415,35 @@ def validate_args(
     if args.mixture_file:
         _check_mixture_file(data_args, args)
     _check_checkpoints(args, eval_args)
+    if args.resume_from_checkpoint and not (eval_args is not None and eval_args.compare_methods is not None):
+        from ..utils.resume import resolve_resume_checkpoint
+        from ._common import check_run_record
+
+        checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        check_run_record(  # the data and model of the run that wrote it (its folder's record)
+            os.path.dirname(os.path.abspath(checkpoint)),
+            RUN_RECORD_NAME,
+            _run_record(data_args, model_args, args),
+            "the sources, targets, blocks and model",
+        )
     ensure_writable_dir(args.output_dir, "--output_dir")
+
+
+#: Written into --output_dir when a (single-method) run starts afresh: the flags that define its sources, targets,
+#: blocks and model, compared on resume (the mixture state's own checks cover the domain and task names, the method and
+#: the data seed).
+RUN_RECORD_NAME = "grape_run.json"
+_RECORD_CONFIG_FLAGS = ("block_size", "text_column", "domain_column")
+
+
+def _run_record(data_args: GrapeDataArguments, model_args: GrapeModelArguments, args: GrapeRecipeConfig) -> dict:
+    """The flags a resume must keep: another --block_size, --eval_fraction or --num_attention_heads of the same width
+    would load the checkpoint and go on training silently on other blocks, or as another model."""
+    return {
+        **{f.name: getattr(data_args, f.name) for f in fields(data_args)},
+        **{f.name: getattr(model_args, f.name) for f in fields(model_args)},
+        **{name: getattr(args, name) for name in _RECORD_CONFIG_FLAGS},
+    }
 
 
 def _check_mixture_file(data_args: GrapeDataArguments, args: GrapeRecipeConfig) -> None:
@@ -603,6 +631,10 @@ def run(
         clear_previous_results(args.output_dir, _result_files(args), bool(args.resume_from_checkpoint))
 
     comparing = eval_args is not None and eval_args.compare_methods is not None
+    if args.process_index == 0 and not comparing and not args.resume_from_checkpoint:
+        from ._common import write_run_record  # what a resume of this run must keep (checked in `validate_args`)
+
+        write_run_record(args.output_dir, RUN_RECORD_NAME, _run_record(data_args, model_args, args))
     tasks = _eval_task_list(eval_args)
     results = {}
     for method in _methods(eval_args, args):
