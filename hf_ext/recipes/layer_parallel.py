@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
@@ -280,10 +280,34 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
         _check_checkpoint_pairing(
             training_args.resume_from_checkpoint, sweep_args, sweep_args.lp_start, sweep_args.lp_end
         )
+        from ._common import check_run_record
+
+        check_run_record(  # the source model and data of the run that wrote it (its folder's record)
+            os.path.dirname(os.path.abspath(training_args.resume_from_checkpoint)),
+            RUN_RECORD_NAME,
+            _run_record(model_args, data_args, training_args),
+            "the source model and data",
+        )
     _check_ranges_fit_the_source(model_args, sweep_args)
     _check_pairing_fits_the_source(model_args, sweep_args)
     _check_attn_implementation(model_args)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
+
+
+#: Written into --output_dir when a fine-tuning run starts afresh: the flags that define the source model (trained
+#: afresh on every run unless loaded) and the data, compared on resume; the pairing is checked from the checkpoint's
+#: config (`_check_checkpoint_pairing`).
+RUN_RECORD_NAME = "layer_parallel_run.json"
+
+
+def _run_record(model_args, data_args, training_args) -> dict:
+    """The flags a resume must keep: another --block_size, --train_file or source model (its size, --pretrain_steps,
+    --seed) would continue the checkpoint's fine-tuning on other blocks, or pick its pairs on another source model."""
+    return {
+        **{f.name: getattr(model_args, f.name) for f in fields(model_args) if f.name != "attn_implementation"},
+        **{f.name: getattr(data_args, f.name) for f in fields(data_args)},
+        "seed": training_args.seed,
+    }
 
 
 def _source_config(model_args):
@@ -580,6 +604,12 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         from ._common import clear_previous_results
 
         clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
+        if sweep_args.finetune and not training_args.resume_from_checkpoint:
+            from ._common import write_run_record  # what a resume of this run must keep (checked in validation)
+
+            write_run_record(
+                training_args.output_dir, RUN_RECORD_NAME, _run_record(model_args, data_args, training_args)
+            )
 
     if model_args.model_name_or_path:
         source = AutoModelForCausalLM.from_pretrained(

@@ -211,3 +211,23 @@ def test_flags_the_run_would_ignore_are_refused_by_name(tmp_path, monkeypatch, r
     with pytest.raises(ValueError, match=f"^{flag} "):
         main([*recipe_loaded, "--output_dir", str(out), *extra])
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--block_size", "16"], r"--block_size 16 \(the interrupted run used 32\).*Resume with --block_size 32"),
+        (["--max_eval_blocks", "4"], r"--max_eval_blocks 4 \(the interrupted run used 8\)"),
+        (["--seed", "5"], r"--seed 5 \(the interrupted run used 42\)"),
+    ],
+)
+def test_a_resume_with_other_data_or_source_is_refused_before_writing(source, full, tmp_path, recipe_loaded, argv, match):
+    """The fine-tuning run's folder records the flags that define its source model and data (layer_parallel_run.json);
+    a resume with other values is refused by flag name before any work. Another --block_size used to continue the
+    checkpoint's fine-tuning on other blocks silently."""
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=match):
+        main(_args(recipe_loaded, source, "--max_steps", "4", *argv, "--output_dir", str(out),
+                   "--resume_from_checkpoint", str(full[1])))  # fmt: skip
+    assert not out.exists()
+    assert json.loads((full[1].parent / "layer_parallel_run.json").read_text())["block_size"] == 32
