@@ -137,7 +137,14 @@ class FederatedTrainingArguments(PrivateTrainingArguments):
     warmup_steps: float = field(default=0, metadata={"help": "Warmup steps per client round."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     logging_steps: int = field(default=1000, metadata={"help": "Log every N steps."})
-    save_strategy: str = field(default="no", metadata={"help": "Client Trainers do not checkpoint."})
+    save_strategy: str = field(
+        default="no",
+        metadata={
+            "help": "Not used (refused unless 'no', as are --save_steps, --save_total_limit, --eval_strategy and "
+            "--eval_steps): the recipe cannot resume, so its Trainers do not checkpoint, and it evaluates after every "
+            "round itself."
+        },
+    )
     report_to: str = field(default="none", metadata={"help": "Logging integrations."})
     disable_tqdm: bool = field(default=True, metadata={"help": "Hide the per-client progress bars."})
 
@@ -201,6 +208,28 @@ SET_PER_RUN = {
     "secagg_clipping_range": "the Flower apps (the recipe's in-process secure aggregation does not clip)",
     "secagg_max_weight": "the Flower apps (the recipe's in-process secure aggregation does not use it)",
 }
+# Trainer flags the recipe does not honour, refused by name before any work (a strategy unless it is "no"; the others
+# whatever their value). The recipe evaluates the model itself after every round, and it cannot resume, so none of its
+# Trainers (the pretrain stage, each client's round: `client_training_args` forces both strategies to "no") evaluates
+# or checkpoints: the pretrain stage failed in transformers for want of an eval_dataset after the earlier results had
+# been removed, and the client runs ignored these flags.
+_EVALUATES_ITSELF = (
+    "the recipe evaluates the model itself after every round (eval_loss on --max_eval_blocks held-out blocks, next to "
+    "the memorization probes); its Trainers (the pretrain stage and each client's round) have no eval_dataset. Drop "
+    "the flag (--max_eval_blocks sizes the evaluation)."
+)
+_NO_CHECKPOINTS = (
+    "the recipe cannot resume (--resume_from_checkpoint is refused) and each client's Trainer trains one round from "
+    "the server's model, so a checkpoint would never be read: its Trainers do not checkpoint. Drop the flag."
+)
+NOT_HONOURED = {
+    "eval_strategy": _EVALUATES_ITSELF,
+    "eval_steps": _EVALUATES_ITSELF,
+    "save_strategy": _NO_CHECKPOINTS,
+    "save_steps": _NO_CHECKPOINTS,
+    "save_total_limit": _NO_CHECKPOINTS,
+}
+_STRATEGIES = ("eval_strategy", "save_strategy")  # refused unless "no" (the recipe's value)
 # Flags that only act on runs with one of these --configs defenses (or a LoRA base).
 NEEDS = {
     "secure_aggregation_threshold": "secagg",
@@ -241,6 +270,7 @@ def check_ignored_flags(configs, data_args, fed_args, cmp_args, training_args, m
             "--vocab_size sizes the tokenizer built on the fly and is ignored with --tokenizer_name or "
             "--model_name_or_path; drop it."
         )
+    refuse_not_honoured(training_args)
     for args in (fed_args, training_args):
         names = [f.name for f in dataclasses.fields(args) if f.name in SET_PER_RUN]
         for name in changed_from_default(args, names):
@@ -308,6 +338,20 @@ def check_ignored_flags(configs, data_args, fed_args, cmp_args, training_args, m
                 f"--train_sampling_strategy {strategy} would be ignored by the '+dp' runs: DP-SGD draws Poisson "
                 "batches, the sampling its accountant assumes. Leave it at 'random' or drop '+dp' from --configs."
             )
+
+
+def refuse_not_honoured(training_args) -> None:
+    """Refuse the Trainer flags of `NOT_HONOURED` that are set (a strategy other than "no", another flag changed
+    from its default), naming the flag."""
+    from ._common import changed_from_default
+
+    for name in _STRATEGIES:
+        value = str(getattr(getattr(training_args, name), "value", getattr(training_args, name)))
+        if value != "no":
+            raise ValueError(f"--{name} {value} would be ignored: {NOT_HONOURED[name]}")
+    others = [name for name in NOT_HONOURED if name not in _STRATEGIES]
+    for name in changed_from_default(training_args, others):
+        raise ValueError(f"--{name} {getattr(training_args, name)} would be ignored: {NOT_HONOURED[name]}")
 
 
 PER_BASE_RATES = ["full_learning_rate", "lora_learning_rate"]
@@ -921,16 +965,32 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def refuse_flags_set_per_run(argv: list[str]) -> None:
-    """Refuse a flag the recipe sets for every run (`SET_PER_RUN`) by name, before parsing: the arguments'
-    own checks would otherwise answer first with a fix for another flag (e.g. `--dp_clip_norm` asks for
-    `--max_grad_norm 0`), which then leads to this refusal. Likewise `--full_learning_rate` / `--lora_learning_rate`
-    next to `--client_learning_rates`, also at their default values (which the parsed arguments cannot tell apart)."""
+    """Refuse a flag the recipe sets for every run (`SET_PER_RUN`), or a Trainer flag it does not honour
+    (`NOT_HONOURED`), by name, before parsing: the arguments' own checks would otherwise answer first with a fix for
+    another flag (e.g. `--dp_clip_norm` asks for `--max_grad_norm 0`), which then leads to this refusal. Likewise
+    `--full_learning_rate` / `--lora_learning_rate` next to `--client_learning_rates`, also at their default values
+    (which the parsed arguments cannot tell apart)."""
     names = [token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")]
     for name in names:
         if name in SET_PER_RUN:
             raise ValueError(
                 f"--{name} is set by the recipe for every run and would be ignored; use {SET_PER_RUN[name]}."
             )
+    # before parsing too: `--eval_steps 5` alone would otherwise be answered first by the shared check ("pass
+    # --eval_strategy steps with it"), which then leads to this refusal
+    for i, token in enumerate(argv):
+        if not token.startswith("--"):
+            continue
+        name, eq, value = token[2:].partition("=")
+        name = name.replace("-", "_")
+        if name not in NOT_HONOURED:
+            continue
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else ""
+        if name in _STRATEGIES and value == "no":
+            continue
+        shown = f"--{name} {value}" if value else f"--{name}"
+        raise ValueError(f"{shown} would be ignored: {NOT_HONOURED[name]}")
     if "client_learning_rates" in names:
         refuse_per_base_rates(names)
 
