@@ -263,6 +263,32 @@ def validate_training_arguments(args, resume: str = "resolve") -> None:
                 "or drop it."
             )
 
+    # transformers reads a value below 1 as a fraction of the run (ceil(max_steps * value): at least one step for a
+    # fraction in (0, 1)); 0, a negative or a non-finite value never saved / evaluated during training, silently
+    for steps, strategy, what in (
+        ("save_steps", "save_strategy", "save a checkpoint"),
+        ("eval_steps", "eval_strategy", "evaluate"),
+    ):
+        value = getattr(args, steps)
+        if _strategy(getattr(args, strategy)) == "steps" and value is not None:
+            if not (math.isfinite(value) and value > 0):
+                shown = int(value) if math.isfinite(value) and float(value).is_integer() else value
+                raise ValueError(
+                    f"--{steps} must be a positive number of steps (or a fraction in (0, 1) of the run), got {shown}: "
+                    f"with --{strategy} steps the run would never {what} during training. Pass e.g. --{steps} 500 "
+                    f"(or --{steps} 0.25 for every quarter of the run), or --{strategy} no."
+                )
+    if args.save_total_limit is not None and args.save_total_limit < 1:
+        raise ValueError(
+            f"--save_total_limit must be >= 1 (the number of checkpoints kept), got {args.save_total_limit}: "
+            "transformers would read it as no limit. Drop the flag to keep every checkpoint."
+        )
+    if args.dataloader_num_workers < 0:
+        # torch's DataLoader refused it only once the data and the model were built, naming no flag
+        raise ValueError(
+            f"--dataloader_num_workers must be >= 0 (0 loads the batches in the main process), got "
+            f"{args.dataloader_num_workers}."
+        )
     if not math.isfinite(args.learning_rate) or args.learning_rate < 0:
         raise ValueError(f"--learning_rate must be a finite number >= 0, got {args.learning_rate}.")
     # checked here, not first by the optimizer, which fails after the data is loaded and names no flag
