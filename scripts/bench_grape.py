@@ -28,18 +28,69 @@ def device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads, {os.cpu_count()} cores"
 
 
+HEADS = 4  # attention heads of the tiny Llama
+
+
+def int_at_least(minimum: int):
+    """An argparse `type`: an integer >= `minimum` (argparse names the flag in its error, before any work)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def hidden_size(text: str) -> int:
+    """An argparse `type`: the tiny Llama's width, split over its 4 attention heads of an even (rotary) dimension."""
+    value = int_at_least(1)(text)
+    if value % (2 * HEADS):
+        raise argparse.ArgumentTypeError(
+            f"must be a multiple of {2 * HEADS} ({HEADS} attention heads, each of an even dimension for the rotary "
+            f"embeddings), got {value}; e.g. {max(2 * HEADS, value - value % (2 * HEADS))}"
+        )
+    return value
+
+
+def period_list(text: str) -> list[int]:
+    """An argparse `type`: comma-separated reweighting periods, each an integer >= 1."""
+    try:
+        values = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated integers >= 1 like '50,100', got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1 like '50,100', got {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="Optimizer steps per run.")
-    parser.add_argument("--periods", type=str, default="100", help="Comma-separated reweighting periods.")
-    parser.add_argument("--batch_size", type=int, default=16, help="Per-device training batch size.")
-    parser.add_argument("--block_size", type=int, default=64, help="Tokens per block.")
-    parser.add_argument("--hidden_size", type=int, default=64, help="Hidden size of the tiny Llama.")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    parser.add_argument("--steps", type=int_at_least(1), default=200, help="Optimizer steps per run.")
+    parser.add_argument(
+        "--periods", type=period_list, default="100", help="Comma-separated reweighting periods, each in [1, --steps]."
+    )
+    parser.add_argument("--batch_size", type=int_at_least(1), default=16, help="Per-device training batch size.")
+    parser.add_argument("--block_size", type=int_at_least(1), default=64, help="Tokens per block.")
+    parser.add_argument(
+        "--hidden_size",
+        type=hidden_size,
+        default=64,
+        help=f"Hidden size of the tiny Llama (a multiple of {2 * HEADS}).",
+    )
+    parser.add_argument(
+        "--threads", type=int_at_least(1), default=None, help="torch CPU threads (default: torch's choice)."
+    )
     ns = parser.parse_args(argv)
-    periods = [int(p) for p in ns.periods.split(",") if p.strip()]
-    if ns.steps <= 0 or not periods or any(p <= 0 or p > ns.steps for p in periods):
-        raise ValueError("--steps must be positive and every period in --periods must be in [1, steps].")
+    if max(ns.periods) > ns.steps:
+        parser.error(f"argument --periods: every period must be in [1, --steps {ns.steps}], got {max(ns.periods)}")
+    periods = ns.periods
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -48,7 +99,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from hf_ext.grape import GrapeConfig, GrapeTrainer
     from hf_ext.recipes.grape import DEFAULT_TARGETS, _parse_pairs
 
-    if ns.threads:
+    if ns.threads is not None:
         torch.set_num_threads(ns.threads)
     tokenizer = build_tokenizer(4096)
     sources = load_corpus("train")
@@ -66,8 +117,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             hidden_size=ns.hidden_size,
             intermediate_size=3 * ns.hidden_size,
             num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
+            num_attention_heads=HEADS,
+            num_key_value_heads=HEADS,
             max_position_embeddings=max(128, ns.block_size),
             tie_word_embeddings=True,
         )
