@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import time
@@ -154,6 +155,17 @@ class HfExt:
         return self.checker.disallowed_agents_batch(urls)
 
 
+def output_file(text: str) -> str:
+    """An argparse `type`: a file path whose folder exists and is writable (checked before the benchmark, which used
+    to fail on a missing folder only once every method had run)."""
+    folder = os.path.dirname(os.path.abspath(text)) if text else ""
+    if not text or os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"must be a file path, got {text!r}")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: its folder {folder!r} does not exist or is not writable")
+    return text
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_urls", type=int, default=1_000_000, help="Synthetic URLs (default 1M).")
@@ -163,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--google_sample", type=int, default=20_000, help="URLs also decided by Google's parser (0: skip)."
     )
-    parser.add_argument("--output", default=None, help="Also write the JSON lines to this file.")
+    parser.add_argument("--output", type=output_file, default=None, help="Also write the JSON lines to this file.")
     args = parser.parse_args(argv)
     if args.num_urls < 1 or args.num_hosts < 1 or args.chunks < 1 or args.google_sample < 0:
         parser.error("--num_urls, --num_hosts and --chunks must be positive and --google_sample >= 0.")

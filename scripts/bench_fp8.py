@@ -43,11 +43,21 @@ def parse_args(argv=None):
         args.seq_len, args.batch_size, args.warmup_steps = 64, 4, 1
         args.steps = min(args.steps, 3)
         args.no_compile = True
-    for name in ("hidden_size", "num_hidden_layers", "seq_len", "batch_size", "steps"):
+    for name in (
+        "hidden_size", "swiglu_intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "vocab_size", "seq_len", "batch_size", "steps",
+    ):  # fmt: skip
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}.")
+    if args.warmup_steps < 0:  # was taken as 0 warm-up steps, silently
+        raise ValueError(f"--warmup_steps must be >= 0, got {args.warmup_steps}.")
     if args.hidden_size % 16 or args.swiglu_intermediate_size % 16:
         raise ValueError("--hidden_size and --swiglu_intermediate_size must be multiples of 16 for FP8 GEMMs.")
+    if args.hidden_size % args.num_attention_heads or args.num_attention_heads % args.num_key_value_heads:
+        raise ValueError(
+            f"--num_attention_heads {args.num_attention_heads} must divide --hidden_size {args.hidden_size}, and "
+            f"--num_key_value_heads {args.num_key_value_heads} must divide --num_attention_heads."
+        )
     for m in args.models.split(","):
         if m not in ("llama", "fog"):
             raise ValueError(f"--models: unknown model {m!r}; use llama and/or fog.")

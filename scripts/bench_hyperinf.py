@@ -17,35 +17,73 @@ import os
 import platform
 
 
-def parse_ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError as err:
-        raise SystemExit(f"{flag} must be comma-separated integers, got {text!r}") from err
-    if not values or any(v <= 0 for v in values):
-        raise SystemExit(f"{flag} must list positive integers, got {text!r}")
-    return values
+def int_at_least(minimum: int):
+    """An argparse `type`: an integer >= `minimum` (argparse names the flag in its error, before any work)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def int_list(minimum: int):
+    """An argparse `type`: comma-separated integers, each >= `minimum`, at least one."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            values = []
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"must be comma-separated integers >= {minimum}, got {text!r}")
+        return values
+
+    return parse
+
+
+def output_file(text: str) -> str:
+    """An argparse `type`: a file path whose folder exists and is writable (checked before the sweep, which used to
+    fail on a missing folder only once every seed had run)."""
+    folder = os.path.dirname(os.path.abspath(text)) if text else ""
+    if not text or os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"must be a file path, got {text!r}")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: its folder {folder!r} does not exist or is not writable")
+    return text
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--seeds", default="0,1,2", help="Comma-separated seeds (at least 3 for the documented table)."
+        "--seeds",
+        type=int_list(0),
+        default="0,1,2",
+        help="Comma-separated seeds (at least 3 for the documented table).",
     )
-    parser.add_argument("--widths", default="64,128,256,512,1024", help="Layer widths d of the width sweep.")
-    parser.add_argument("--width_rank", type=int, default=4, help="LoRA rank of the width sweep.")
-    parser.add_argument("--ranks", default="1,4,16", help="LoRA ranks of the rank sweep.")
-    parser.add_argument("--rank_width", type=int, default=256, help="Layer width of the rank sweep.")
-    parser.add_argument("--max_fim_dim", type=int, default=4096, help="Largest r*d for the exact-FIM reference.")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads.")
-    parser.add_argument("--output", default=None, help="Write records and summary to this JSON file (atomically).")
+    parser.add_argument(
+        "--widths", type=int_list(1), default="64,128,256,512,1024", help="Layer widths d of the width sweep."
+    )
+    parser.add_argument("--width_rank", type=int_at_least(1), default=4, help="LoRA rank of the width sweep.")
+    parser.add_argument("--ranks", type=int_list(1), default="1,4,16", help="LoRA ranks of the rank sweep.")
+    parser.add_argument("--rank_width", type=int_at_least(1), default=256, help="Layer width of the rank sweep.")
+    parser.add_argument(
+        "--max_fim_dim",
+        type=int_at_least(0),
+        default=4096,
+        help="Largest r*d for the exact-FIM reference (0: no exact-FIM reference).",
+    )
+    parser.add_argument("--threads", type=int_at_least(1), default=1, help="torch CPU threads.")
+    parser.add_argument(
+        "--output", type=output_file, default=None, help="Write records and summary to this JSON file (atomically)."
+    )
     ns = parser.parse_args(argv)
-    seeds = [int(s) for s in ns.seeds.split(",") if s.strip()]
-    widths, ranks = parse_ints(ns.widths, "--widths"), parse_ints(ns.ranks, "--ranks")
-    if not seeds:
-        raise SystemExit("--seeds must list at least one seed")
-    if ns.width_rank <= 0 or ns.rank_width <= 0 or ns.threads <= 0:
-        raise SystemExit("--width_rank, --rank_width and --threads must be positive")
+    seeds, widths, ranks = ns.seeds, ns.widths, ns.ranks
 
     import torch
 

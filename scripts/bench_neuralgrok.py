@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--rounds={args.rounds} must be >= 1.")
     if args.steps < 4:
         parser.error(f"--steps={args.steps} must be >= 4 so that the run contains an outer step.")
+    if args.threads < 1:  # was refused by the recipe as `--torch_threads`, a flag this script's user never gave
+        parser.error(f"--threads={args.threads} must be >= 1.")
     try:
         split_recipe_args(extra)  # the caller's own: a leading value must not join the flags --tiny puts before them
         if args.tiny:

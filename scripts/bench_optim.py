@@ -73,6 +73,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError(f"--vocab_size must be >= 1, got {ns.vocab_size}.")
     if ns.threads is not None and ns.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {ns.threads} (leave it out for torch's choice).")
+    # the model has hidden_size // 64 heads (at least one); transformers refused an uneven split (or, for Llama, an odd
+    # head dimension, which the rotary embeddings cannot rotate) only while building the model, naming no flag
+    heads = max(ns.hidden_size // 64, 1)
+    if ns.hidden_size % heads or (ns.arch == "llama" and (ns.hidden_size // heads) % 2):
+        raise ValueError(
+            f"--hidden_size {ns.hidden_size} does not split over the model's {heads} attention heads (hidden_size // "
+            f"64) into equal{' and even' if ns.arch == 'llama' else ''} head dimensions; use a multiple of 64 (e.g. "
+            f"--hidden_size {64 * heads})."
+        )
 
     import torch
 
