@@ -104,3 +104,28 @@ def test_a_fraction_of_the_run_checkpoints_as_transformers_reads_it(tmp_path):
     main([*_TINY_PRETRAIN, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "0.5",
           "--output_dir", str(out)])  # fmt: skip
     assert sorted(d for d in os.listdir(out) if d.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-4"]
+
+
+# Note (b): an existing folder as --train_file was refused with "does not exist".
+@pytest.mark.parametrize("name, flag", [("pretrain", "--train_file"), ("pretrain", "--validation_file"),
+                                        ("warmup", "--train_file"), ("grape", "--train_file")])  # fmt: skip
+def test_a_folder_as_train_file_is_called_a_folder(name, flag, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    out = tmp_path / "o"
+    with pytest.raises(ValueError) as refused:
+        _main(name)([flag, str(folder), "--output_dir", str(out)])
+    text = str(refused.value)
+    assert text.startswith(f"{flag}={str(folder)!r} is a folder, not a file; pass one local .txt/"), text
+    assert "does not exist" not in text
+    # the recipes with --dataset_name say where a folder of data files goes; warmup has no such flag
+    assert ("given with --dataset_name" in text) == _has(name, "--dataset_name"), text
+    assert not out.exists()
+
+
+def test_a_missing_file_is_still_missing(tmp_path):
+    from hf_ext.recipes._common import check_text_file
+
+    with pytest.raises(ValueError, match="does not exist; pass a local"):
+        check_text_file(str(tmp_path / "nope.txt"), "--train_file")
+

@@ -227,10 +227,12 @@ def validate_parsed(parsed, resume: str = "resolve") -> None:
                     + ". It seeds the split held out of --train_file (or a --dataset_name without a validation "
                     "split); drop it."
                 )
+        # a folder of data files (or a `save_to_disk` dataset) is read by --dataset_name, where the recipe has it
+        folders = "dataset_name" if "dataset_name" in names else None
         if "train_file" in names and getattr(obj, "train_file", None):
-            check_text_file(obj.train_file, "--train_file")
+            check_text_file(obj.train_file, "--train_file", folders)
         if "validation_file" in names and getattr(obj, "validation_file", None):
-            check_text_file(obj.validation_file, "--validation_file")
+            check_text_file(obj.validation_file, "--validation_file", folders)
         if "model_name_or_path" in names and getattr(obj, "model_name_or_path", None):
             check_model_reference(obj.model_name_or_path, "--model_name_or_path")
         if "tokenizer_name" in names and getattr(obj, "tokenizer_name", None):
@@ -348,8 +350,18 @@ def check_vocab_size(vocab_size: int, loaded: str | None) -> None:
         )
 
 
-def check_text_file(path: str, flag: str) -> None:
-    """`path` must be an existing, non-empty text/JSON/CSV/Parquet file."""
+def check_text_file(path: str, flag: str, folder_flag: str | None = None) -> None:
+    """`path` must be an existing, non-empty text/JSON/CSV/Parquet file. `folder_flag`: the recipe's flag that reads a
+    folder of data files (`dataset_name`), named when `path` is a folder."""
+    if os.path.isdir(path):  # was refused as "does not exist"
+        where = (
+            f" (a folder of data files, or a dataset saved with save_to_disk, is given with --{folder_flag})"
+            if folder_flag
+            else ""
+        )
+        raise ValueError(
+            f"{flag}={path!r} is a folder, not a file; pass one local .txt/.json/.jsonl/.csv/.parquet file{where}."
+        )
     if not os.path.isfile(path):
         raise ValueError(f"{flag}={path!r} does not exist; pass a local .txt/.json/.jsonl/.csv/.parquet file.")
     suffix = os.path.splitext(path)[1].lower()
