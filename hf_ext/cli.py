@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if argv[0] == "run":
+        if len(argv) >= 2 and argv[1] in ("-h", "--help"):  # was a usage error (exit 2): needs a recipe name first
+            _print_run_help(available_recipes())
+            return 0
         if len(argv) < 2 or argv[1].startswith("-"):
             names = ", ".join(sorted(available_recipes()))
             parser.error(f"`hf-ext run` needs a recipe name first; one of: {names}")
@@ -71,6 +74,20 @@ def main(argv: list[str] | None = None) -> int:
         for name, desc in recipes.items():
             print(f"{name.ljust(width)}  {desc}")
     return 0
+
+
+def _print_run_help(recipes: dict[str, str]) -> None:
+    """`hf-ext run --help`: the usage and the recipes, one line each."""
+    width = max(len(n) for n in recipes)
+    lines = [
+        "usage: hf-ext run <recipe> [recipe args...]",
+        "",
+        "Run a recipe with its own flags; `hf-ext run <recipe> --help` lists them.",
+        "",
+        "recipes:",
+        *(f"  {name.ljust(width)}  {desc}" for name, desc in recipes.items()),
+    ]
+    print("\n".join(lines))
 
 
 #: how transformers' `HfArgumentParser.parse_args_into_dataclasses` reports arguments no dataclass field takes

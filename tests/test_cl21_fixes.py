@@ -129,3 +129,24 @@ def test_a_missing_file_is_still_missing(tmp_path):
     with pytest.raises(ValueError, match="does not exist; pass a local"):
         check_text_file(str(tmp_path / "nope.txt"), "--train_file")
 
+
+# Note (c): `hf-ext run --help` exited 2 with "needs a recipe name first".
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_run_help_prints_the_usage_and_the_recipes(flag, capsys):
+    from hf_ext.cli import main
+
+    assert main(["run", flag]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: hf-ext run <recipe> [recipe args...]")
+    assert "`hf-ext run <recipe> --help` lists them" in out
+    listed = [line.split()[0] for line in out.split("recipes:\n", 1)[1].splitlines() if line.strip()]
+    assert listed == RECIPES
+
+
+def test_run_without_a_recipe_is_still_a_usage_error(capsys):
+    from hf_ext.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--output_dir", "x"])
+    assert exc.value.code == 2
+    assert "needs a recipe name first" in capsys.readouterr().err
