@@ -2,7 +2,9 @@
 script really accepts, and, where the command has no placeholders, parses and passes the recipe's own checks.
 
 A user copies these lines; a renamed or removed flag would otherwise only show as an argparse error on their side.
-Every repository file and test the docs cite exists too.
+Every documented `hf-ext reproduce <method> [flags]` command goes through the real CLI up to the reproduction (not
+run): the method is registered, the flags parse and the seeds respect the method's minimum. Every repository file and
+test the docs cite exists too.
 """
 
 from __future__ import annotations
@@ -107,8 +109,11 @@ def test_the_docs_show_commands_of_every_recipe(repo_root):
     # the extraction works: flags of the main recipes and benches are checked below (a broken regex finds nothing)
     assert {"pretrain", "grape", "neuralgrok", "layer_parallel", "federated", "hyperinf", "bench_fp8"} <= names
     # the module form a wheel install runs (`torchrun -m hf_ext.recipes.pretrain ...`) is extracted and checked too
-    assert any(where.startswith("README.md") and name == "pretrain" and argv[0] == "--use_cpu"
-               for where, name, argv in documented_commands(repo_root) if "hf_ext.recipes" in _line(repo_root, where))
+    assert any(
+        where.startswith("README.md") and name == "pretrain" and argv[0] == "--use_cpu"
+        for where, name, argv in documented_commands(repo_root)
+        if "hf_ext.recipes" in _line(repo_root, where)
+    )
 
 
 @pytest.mark.parametrize("name", ["pretrain", "grape", "bench_fp8", "run_transformers_conformance"])
@@ -262,3 +267,91 @@ def test_every_file_and_test_the_docs_cite_exists(repo_root):
                     problems.append(f"{where}: {target} has no test {test}")
     assert cited_tests >= 10  # the docs cite tests as evidence throughout
     assert not problems, "\n".join(problems)
+
+
+# `hf-ext reproduce <method> [flags]` up to a comment, a pipe, `;`, `&&`, a redirect, the end of a code span or prose
+# in parentheses; a template (`<method>`, `[--seeds N]`, `DIR`) is skipped by _REPRODUCE_PLACEHOLDER.
+_REPRODUCE = re.compile(r"hf-ext reproduce\b([^#|;&>`(]*)")
+_REPRODUCE_PLACEHOLDER = re.compile(r"\$|<|\.\.\.|\[|^[A-Z]+$")
+
+
+def documented_reproduce_commands(root: str) -> list[tuple[str, list[str]]]:
+    """(where, argv after `hf-ext reproduce`) for every documented `hf-ext reproduce` command with arguments and no
+    placeholder."""
+    found = []
+    for path in _doc_paths(root):
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        rel = os.path.relpath(path, root)
+        for lineno, line in _code_lines(text):
+            for m in _REPRODUCE.finditer(line):
+                argv = shlex.split(m.group(1))
+                if argv and not any(_REPRODUCE_PLACEHOLDER.search(token) for token in argv):
+                    found.append((f"{rel}:{lineno}", argv))
+    return found
+
+
+class _Reproduced(BaseException):  # not an Exception: the CLI reports those as a failed run (exit 4)
+    pass
+
+
+@pytest.fixture
+def reproduce_cli(tmp_path, monkeypatch, capsys):
+    """`check(argv)`: run `hf-ext reproduce <argv>` through the real CLI up to the call of the reproduction (not run):
+    the method is registered, the flags parse, the seeds are at least the method's minimum and `--output_dir` is
+    writable. Returns `None`, or the problem."""
+    import hf_ext.reproduce
+    from hf_ext.cli import main
+
+    def stop(method, **kwargs):
+        raise _Reproduced(method, kwargs)
+
+    monkeypatch.setattr(hf_ext.reproduce, "reproduce", stop)
+    monkeypatch.chdir(tmp_path)  # a relative --output_dir of the docs is created here
+
+    def check(argv: list[str]) -> str | None:
+        try:
+            code = main(["reproduce", *argv])
+        except _Reproduced as reached:
+            method, kwargs = reached.args
+            if method != argv[0]:
+                return f"reproduced {method!r}, not {argv[0]!r}"
+            if "--seeds" in argv and kwargs["seeds"] != int(argv[argv.index("--seeds") + 1]):
+                return f"--seeds reached the run as {kwargs['seeds']}"
+            return None
+        except SystemExit as err:
+            return f"usage error (exit {err.code}): {capsys.readouterr().err.strip().splitlines()[-1]}"
+        if argv != ["--list"]:
+            return f"returned {code} without reaching the reproduction"
+        return None
+
+    return check
+
+
+def test_every_documented_reproduce_command_parses_against_the_real_cli(repo_root, reproduce_cli):
+    """Every `hf-ext reproduce <method> [--seeds N] [--jobs J] [--fast] [--output_dir D]` line of the docs names a
+    registered method, valid flags and at least the method's minimum seeds (checked by the CLI, not run)."""
+    from hf_ext.reproduce import available_methods
+
+    commands = documented_reproduce_commands(repo_root)
+    problems = [f"{where}: hf-ext reproduce {' '.join(argv)} -> {p}" for where, argv in commands
+                if (p := reproduce_cli(argv))]  # fmt: skip
+    assert not problems, "\n".join(problems)
+    assert len(commands) >= 25  # the extraction works (about 30 such lines)
+    # each registered method has its documented command in docs/reproductions.md
+    listed = {argv[0] for where, argv in commands if where.startswith("docs/reproductions.md")}
+    assert set(available_methods()) <= listed, sorted(set(available_methods()) - listed)
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["cubic_newton", "--seeds", "3"], "usage error \\(exit 2\\): .*--seeds 3 cannot give a verdict"),
+        (["no_such_method"], "usage error \\(exit 2\\): .*unknown method 'no_such_method'"),
+        (["grape", "--sedes", "3"], "usage error \\(exit 2\\): .*unrecognized arguments: --sedes 3"),
+        (["grape", "--jobs", "0"], "usage error \\(exit 2\\): .*--jobs must be >= 1"),
+    ],
+)
+def test_the_reproduce_check_catches_a_bad_documented_command(reproduce_cli, argv, problem):
+    assert re.search(problem, reproduce_cli(argv) or "")
+    assert reproduce_cli(["grape", "--seeds", "3", "--jobs", "2"]) is None
