@@ -43,12 +43,16 @@ class TrackedMatrix:
         kind (`str`): `"lora_A"`, `"lora_B"` or `"other"` (a `modules_to_save` or DoRA parameter).
         param_shape (`tuple[int, ...]`): the parameter's shape.
         shape (`tuple[int, int]`): the rank-first `(r, d)` shape of one example's gradient.
+        adapter (`str`, *optional*): the adapter the parameter belongs to (set by `tracked_lora_parameters`); when
+            given, `check_adapter_in_forward` (run by every `PerExampleGradients.iterate`) refuses a LoRA layer that
+            does not apply it (another adapter made active after the estimator was created or fitted).
     """
 
     name: str
     kind: str
     param_shape: tuple[int, ...]
     shape: tuple[int, int]
+    adapter: str | None = None
 
     @property
     def numel(self) -> int:
@@ -186,7 +190,7 @@ def tracked_lora_parameters(
             modules_to_save == "none" or (modules_to_save == "output" and name not in keep_saved)
         ):
             continue
-        tracked.append(TrackedMatrix(name, kind, shape, _rank_first_shape(kind, shape)))
+        tracked.append(TrackedMatrix(name, kind, shape, _rank_first_shape(kind, shape), adapter))
     if not any(m.kind in ("lora_A", "lora_B") for m in tracked):
         raise ValueError(
             f"`model` has LoRA layers but none for adapter {adapter!r}; pass `adapter_name` with one of its adapters."
@@ -207,7 +211,9 @@ def check_adapter_in_forward(model: torch.nn.Module, tracked: list[TrackedMatrix
     peft's LoRA layers use only their base layer when an adapter is merged into it (`model.merge_adapter()`: `merged`)
     or when adapters are disabled (`with model.disable_adapter():`: `disable_adapters`). The function is the same, but
     the LoRA matrices' gradients are all zero, so TracIn would score through the head alone (or return zeros) and the
-    other methods would fail on all-zero gradients.
+    other methods would fail on all-zero gradients. Likewise a layer whose active adapters do not include the tracked
+    matrix's `adapter` (`model.set_adapter("other")` after the estimator was created or fitted): every gradient, and
+    so every score of a fitted estimator, would be zero.
     """
     from peft.tuners.lora import LoraLayer
 
@@ -235,6 +241,24 @@ def check_adapter_in_forward(model: torch.nn.Module, tracked: list[TrackedMatrix
                 "after `disable_adapter_layers()`): its forward does not use the LoRA matrices, so their gradients "
                 "are all zero and the influence scores would leave the adapter out. Compute influence outside the "
                 "`disable_adapter()` context (or call `model.base_model.enable_adapter_layers()` first)."
+            )
+        adapter = matrix.adapter
+        applied = getattr(layer, "active_adapters", None) or []
+        applied = [applied] if isinstance(applied, str) else list(applied)
+        if adapter is not None and adapter not in applied:
+            other = repr(applied[0]) if len(applied) == 1 else str(applied)
+            raise ValueError(
+                f"`model`'s LoRA layer {owner!r} applies adapter(s) {applied}, not {adapter!r}, the adapter whose LoRA "
+                "matrices are tracked (the estimator's `adapter_name`, the one it was created for and fitted on): the "
+                "forward pass does not use them, so their gradients, and every influence score, would be zero (was "
+                "another adapter made active with `model.set_adapter(...)` after the estimator was created?). Call "
+                f"`model.set_adapter({adapter!r})` to score the adapter it was fitted on"
+                + (
+                    f", or, to attribute {other}, create a new `InfluenceEstimator(model, adapter_name=...)` for it "
+                    "and `fit` it again."
+                    if applied
+                    else "."
+                )
             )
 
 

@@ -558,6 +558,16 @@ class InfluenceEngine:
         a list of batches, as for `fit`); the training source of `fit` is read again (see `fit`)."""
         start = time.perf_counter()
         v = self.mean_gradient(eval_source)
+        if self.active and not any(bool(v[name].any()) for name in self.active):
+            warnings.warn(
+                f"The mean evaluation gradient is exactly zero on every fitted matrix ({len(self.active)}), so every "
+                "influence score is 0: the evaluation loss is flat in the tracked parameters at this dtype, e.g. a "
+                "classifier so confident on every evaluation example that its probabilities round to 1 (a legitimate "
+                "answer: no training example moves that loss). If it should not be, check that the forward pass "
+                "uses the tracked adapter.",
+                UserWarning,
+                stacklevel=3,
+            )
         out = self.scores_from_hvp(self.inverse_hvp(v))
         self.timings["scores_s"] = time.perf_counter() - start
         return out
