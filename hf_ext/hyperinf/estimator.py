@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from .gradients import PerExampleGradients, check_dataset, tracked_lora_parameters
+from .gradients import PerExampleGradients, check_adapter_in_forward, check_dataset, tracked_lora_parameters
 from .influence import METHODS, InfluenceConfig, InfluenceEngine
 
 
@@ -100,6 +101,7 @@ class InfluenceEstimator:
         self.engine = InfluenceEngine(self.config, {m.name: m.shape for m in self.tracked}, device=self.device)
         self.train_dataset = None
         self._num_train = 0
+        self._fit_fingerprint: dict[str, str | None] = {}
 
     @property
     def method(self) -> str:
@@ -148,16 +150,55 @@ class InfluenceEstimator:
             train_dataset (`datasets.Dataset` or `list[dict]`): tokenized training examples (`input_ids`, and the
                 `labels` the model was fine-tuned on; optional for causal LMs), in the order of the returned scores.
                 It is kept by reference and read again by `scores`, so it must not change in between (a list whose
-                length changed is refused by `scores`; `fit` again after changing it).
+                length changed is refused by `scores`; `fit` again after changing it). The model's tracked and
+                trainable parameters must not change either until `scores` (`scores` refuses them; see there).
 
         Returns:
             `InfluenceEstimator`: `self`.
         """
         check_dataset(train_dataset, "train_dataset", self.model)
+        tracked = {m.name for m in self.tracked}
+        names = [name for name, param in self.model.named_parameters() if name in tracked or param.requires_grad]
+        fingerprint = self._fingerprint(names)
         self.engine.fit(self._source(train_dataset, "fit: train gradients"))
         self.train_dataset = train_dataset
         self._num_train = len(train_dataset)
+        self._fit_fingerprint = fingerprint
         return self
+
+    def _fingerprint(self, names: list[str]) -> dict[str, str | None]:
+        """Per parameter of `names`: a digest of its shape, dtype and bytes, `None` for a name the model no longer
+        has. `fit` takes it of the tracked and trainable parameters only (LoRA matrices, `modules_to_save` copies):
+        one hash over each, small next to a pass of per-example gradients."""
+        params = dict(self.model.named_parameters())
+        out: dict[str, str | None] = {}
+        for name in names:
+            param = params.get(name)
+            if param is None:
+                out[name] = None
+                continue
+            data = param.detach()
+            digest = hashlib.blake2b(f"{tuple(data.shape)}|{data.dtype}".encode(), digest_size=16)
+            digest.update(data.contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
+            out[name] = digest.hexdigest()
+        return out
+
+    def _check_model_unchanged(self) -> None:
+        """Refuse `scores` when the model no longer is the one `fit` saw: the adapter `fit` tracked is no longer
+        active, or a tracked or trainable parameter changed value, shape or dtype (further fine-tuning, a checkpoint
+        loaded into the same model): the scores would mix the fitted curvature and damping with new gradients."""
+        check_adapter_in_forward(self.model, self.tracked)
+        now = self._fingerprint(list(self._fit_fingerprint))
+        changed = [name for name, digest in self._fit_fingerprint.items() if now.get(name) != digest]
+        if changed:
+            more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+            raise ValueError(
+                f"`model`'s parameters changed since `fit` ({changed[0]!r}{more}: value, shape or dtype, e.g. further "
+                "fine-tuning or another checkpoint loaded into the same model): the fitted curvature and damping "
+                "belong to the weights `fit` saw, while `scores` takes the gradients from the current ones, so the "
+                "scores would mix the two and match neither. Call `fit(train_dataset)` again on the current model "
+                "(or restore the weights `fit` saw)."
+            )
 
     def scores(self, eval_dataset) -> np.ndarray:
         """Influence of each training example on the mean loss over `eval_dataset`.
@@ -170,7 +211,10 @@ class InfluenceEstimator:
 
         Raises:
             `ValueError`: the training set passed to `fit` changed length since (e.g. a list appended to): the fitted
-                curvature and damping belong to the old set; call `fit` again.
+                curvature and damping belong to the old set; call `fit` again. Likewise when the model changed since
+                `fit`: a tracked or trainable parameter (LoRA matrices, `modules_to_save` copies) has other values,
+                shape or dtype (more fine-tuning, a checkpoint loaded into the model; `fit` again), or the fitted
+                adapter is no longer active (`model.set_adapter` back to it, or a new estimator for the other).
         """
         if self.train_dataset is None:
             raise RuntimeError("Call `fit(train_dataset)` before `scores(eval_dataset)`.")
@@ -182,6 +226,7 @@ class InfluenceEstimator:
                 "the scores to neither. Call `fit(train_dataset)` again on the current set (or pass `fit` a copy, "
                 "e.g. `list(train_dataset)`, to keep the fitted one)."
             )
+        self._check_model_unchanged()
         check_dataset(eval_dataset, "eval_dataset", self.model)
         engine = self.engine
         engine.train_source = self._source(train, f"{self.method}: train gradients")

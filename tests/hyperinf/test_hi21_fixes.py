@@ -5,6 +5,9 @@ F1. `fit` with adapter "default" active, then `model.set_adapter("other")`, then
     layers). Every gradient pass now refuses a LoRA layer that does not apply the tracked adapter, naming both and the
     fix. An all-zero mean evaluation gradient is not refused (a saturated classifier gives one legitimately, see
     `test_a_saturated_evaluation_set_scores_zero_with_a_warning`) but warned about.
+F2. Changing the model after `fit` (more fine-tuning, a checkpoint loaded into it) mixed the fitted curvature and
+    damping with gradients of the new weights (up to 61.6x off a fresh fit), silently. `fit` records a digest of the
+    tracked and trainable parameters; `scores` refuses when it changed.
 """
 
 import warnings
@@ -112,3 +115,70 @@ def test_zero_evaluation_gradients_warn_in_the_engine_too():
     with pytest.warns(UserWarning, match=r"exactly zero on every fitted matrix \(1\)"):
         scores = influence_from_gradients(train, {"a": torch.zeros(3, 2, 5, dtype=torch.float64)})
     assert (scores == 0).all()
+
+
+# F2 -------------------------------------------------------------------------------------------------------------------
+
+_CHANGED = r"parameters changed since `fit` \({}.*Call `fit\(train_dataset\)` again"
+
+
+@pytest.mark.parametrize("method", ["hyperinf", "datainf", "tracin"])
+def test_scores_refuse_lora_weights_changed_after_fit(method):
+    model, train, val, other = _model(), _data(8, 1), _data(3, 2), _data(4, 5)
+    est = InfluenceEstimator(model, method).fit(train)
+    want, want_other = est.scores(val), est.scores(other)
+    # ordinary use is unaffected: several evaluation sets, repeated calls, same numbers
+    np.testing.assert_array_equal(est.scores(val), want)
+    np.testing.assert_array_equal(est.scores(other), want_other)
+    lora = {name: p for name, p in model.named_parameters() if "lora_" in name}
+    saved = {name: p.detach().clone() for name, p in lora.items()}
+    with torch.no_grad():
+        for param in lora.values():
+            param.mul_(3.0)
+    with pytest.raises(ValueError, match=_CHANGED.format(rf"'{_Q_PROJ}.lora_A.default.weight' and 3 more")):
+        est.scores(val)
+    fresh = InfluenceEstimator(model, method).fit(train).scores(val)
+    assert np.abs(fresh - want).max() > 1e-3 * np.abs(want).max()  # the change matters
+    np.testing.assert_array_equal(est.fit(train).scores(val), fresh)  # fit again: the current model's scores
+    with torch.no_grad():  # the original weights back: `est` was refitted on the x3 ones, so it refuses them
+        for name, param in lora.items():
+            param.copy_(saved[name])
+    with pytest.raises(ValueError, match=_CHANGED.format("")):
+        est.scores(val)
+    np.testing.assert_array_equal(est.fit(train).scores(val), want)
+
+
+def test_scores_refuse_a_changed_trainable_head_parameter_that_is_not_tracked():
+    """The head bias of `modules_to_save` is trainable but not tracked (modules_to_save="output"): it changes every
+    gradient all the same."""
+    torch.manual_seed(0)
+    base = LlamaForSequenceClassification(LlamaConfig(**_CONFIG)).double()
+    base.score.bias = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False, modules_to_save=["score"])
+    model, train, val = get_peft_model(base, lora), _data(8, 1), _data(3, 2)
+    est = InfluenceEstimator(model, "hyperinf").fit(train)
+    bias = dict(model.named_parameters())["base_model.model.score.modules_to_save.default.bias"]
+    assert bias.requires_grad and bias.shape == (2,)
+    assert "base_model.model.score.modules_to_save.default.bias" not in {m.name for m in est.tracked}
+    est.scores(val)
+    with torch.no_grad():
+        bias.add_(torch.tensor([2.0, -2.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match=_CHANGED.format(r"'base_model.model.score.modules_to_save.default.bias'")):
+        est.scores(val)
+
+
+def test_a_frozen_reloaded_adapter_and_a_merge_round_trip_are_not_changes():
+    """Frozen tracked parameters are fingerprinted too; merging and unmerging changes only the (frozen, untracked)
+    base weights, so the fitted estimator still scores."""
+    model, train, val = _model(), _data(8, 1), _data(3, 2)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    est = InfluenceEstimator(model, "hyperinf").fit(train)
+    want = est.scores(val)
+    model.merge_adapter()
+    model.unmerge_adapter()
+    np.testing.assert_allclose(est.scores(val), want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    with torch.no_grad():
+        dict(model.named_parameters())[f"{_Q_PROJ}.lora_B.default.weight"].add_(0.5)
+    with pytest.raises(ValueError, match=_CHANGED.format(rf"'{_Q_PROJ}.lora_B.default.weight':")):
+        est.scores(val)
