@@ -26,27 +26,35 @@ def test_accuracy_sweep_small():
 
 @pytest.mark.slow
 def test_hyperinf_tracks_exact_influence_best_as_width_grows():
-    """Three seeds, widths 64..1024 at rank 4 and ranks 1/4/16 at width 256 (`scripts/bench_hyperinf.py` runs the
-    same sweep and prints the table of docs/hyperinf.md).
+    """Three seeds: the sweep of `scripts/bench_hyperinf.py` (widths 64..1024 at rank 4, ranks 1/4/16 at width 256; the
+    table of docs/hyperinf.md) and widths 64, 512 and 1024 at rank 1.
 
-    Asserted per seed: at widths 512 and 1024 HyperINF's Spearman correlation with the exact GFIM-inverse influence is
-    >= 0.999 and exceeds DataInf's, LiSSA's and TracIn's (the no-curvature control) by at least 0.1; at rank 1, where
-    the GFIM is the FIM, the same holds against the exact FIM solve. On the seed means, DataInf's and LiSSA's
-    correlation drops by at least 0.1 from width 64 to width 1024 (the baselines' degradation the paper reports)."""
+    Every method is judged against its own target only. At rank > 1 the GFIM HyperINF inverts and the per-layer Fisher
+    (FIM) DataInf and LiSSA approximate are different matrices, and against their own target the baselines barely
+    degrade with width (docs/reproductions.md, hyperinf entry): at rank 4 only HyperINF's agreement with the exact GFIM
+    solve is asserted, >= 0.999 at widths 512 and 1024 on every seed (its Schulz iteration converged). The comparison
+    with the baselines is asserted at rank 1, where the GFIM is the FIM, one exact target for every method: per seed,
+    at widths 256, 512 and 1024 HyperINF's Spearman correlation with it is >= 0.999 and exceeds DataInf's, LiSSA's and
+    TracIn's (the no-curvature control) by at least 0.1; on the seed means, DataInf's and LiSSA's falls by at least
+    0.1 from width 64 to width 1024 (the baselines' degradation the paper reports)."""
     seeds = (0, 1, 2)
     records = accuracy_sweep(seeds=seeds)
-    by = {(r.seed, r.width, r.rank, r.method): r for r in records}
     print("\n" + markdown_table(summarize(records)))
+    rank_one = accuracy_sweep(
+        seeds=seeds, widths=(64, 512, 1024), width_rank=1, ranks=(), methods=("hyperinf", "datainf", "lissa", "tracin")
+    )
+    print("\n" + markdown_table(summarize(rank_one)))
+    by = {(r.seed, r.width, r.rank, r.method): r for r in records + rank_one}
     for seed in seeds:
         for width in (512, 1024):
-            hyper = by[(seed, width, 4, "hyperinf")].spearman_gfim
-            others = {m: by[(seed, width, 4, m)].spearman_gfim for m in ("datainf", "lissa", "tracin")}
+            assert by[(seed, width, 4, "hyperinf")].spearman_gfim >= 0.999, (seed, width)
+        for width in (256, 512, 1024):
+            assert by[(seed, width, 1, "hyperinf")].spearman_gfim >= 0.999, (seed, width)
+            hyper = by[(seed, width, 1, "hyperinf")].spearman_fim  # GFIM = FIM: DataInf's and LiSSA's own target
+            others = {m: by[(seed, width, 1, m)].spearman_fim for m in ("datainf", "lissa", "tracin")}
             assert hyper >= 0.999, (seed, width, hyper)
             assert hyper >= max(others.values()) + 0.1, (seed, width, hyper, others)
-        hyper_fim = by[(seed, 256, 1, "hyperinf")].spearman_fim
-        assert hyper_fim >= 0.999
-        assert hyper_fim >= max(by[(seed, 256, 1, m)].spearman_fim for m in ("datainf", "lissa")) + 0.1
     for method in ("datainf", "lissa"):
-        narrow = np.mean([by[(s, 64, 4, method)].spearman_gfim for s in seeds])
-        wide = np.mean([by[(s, 1024, 4, method)].spearman_gfim for s in seeds])
+        narrow = np.mean([by[(s, 64, 1, method)].spearman_fim for s in seeds])
+        wide = np.mean([by[(s, 1024, 1, method)].spearman_fim for s in seeds])
         assert narrow >= wide + 0.1, (method, narrow, wide)
