@@ -66,7 +66,9 @@ class MetadataCooldownCallback(TrainerCallback):
     from the main process, so the callback needs `dataloader_num_workers=0` (the default): worker processes hold
     their own copy of the collator, which the callback cannot reach, and `train()` refuses to start with workers
     rather than silently training every step with metadata. (The collator itself refuses to apply a cooldown inside
-    a worker process.)
+    a worker process.) `train()` also refuses, before the first step, a model whose input embeddings have no row
+    for the collator's BOS, EOS, pad or context tokens (`MetadataCollator.check_model`: a model left at its old size
+    after `add_context_tokens(tokenizer)` without the model), which would fail there with a raw `IndexError`.
 
     Args:
         collator (`MetadataCollator`): The collator used by the Trainer: its `data_collator`, the same object.
@@ -297,6 +299,8 @@ class MetadataCooldownCallback(TrainerCallback):
                 "copies, so the switch would never reach them. Set dataloader_num_workers=0 (tokenization then runs "
                 "in the main process) or cooldown_fraction=0."
             )
+        if kwargs.get("model") is not None:  # before the first forward, which would fail with a raw IndexError
+            self.collator.check_model(kwargs["model"])
         self.switch_step = state.max_steps - int(round(self.cooldown_fraction * state.max_steps))
         saved = self._saved_state(args, state)
         if saved is not None:  # a resume: refuse other options than the checkpoint's before the collator is touched
@@ -491,13 +495,18 @@ class MetadataTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     (`metadata_conditioning`, `metadata_invalid`) before `Trainer.log`, so every reporting integration gets them.
     `evaluate` and `predict` collate in each callback's collator's `evaluating` mode: evaluation batches built by the
     training collator get the conditioning of the step the model is at and leave the cooldown's batch counter alone.
-    Otherwise identical to `Trainer`.
+    With a `MetadataCollator` as `data_collator`, `train` first checks that the model can embed its tokens
+    (`MetadataCollator.check_model`). Otherwise identical to `Trainer`.
     """
 
     def _metadata_callbacks(self) -> list[MetadataCooldownCallback]:
         return [cb for cb in self.callback_handler.callbacks if isinstance(cb, MetadataCooldownCallback)]
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        # a model left at its old size after add_context_tokens(tokenizer) would fail in the first forward with a raw
+        # IndexError: refuse it before any work (model_init builds the model inside train(); the callback checks it)
+        if isinstance(self.data_collator, MetadataCollator) and self.model is not None:
+            self.data_collator.check_model(self.model)
         for callback in self._metadata_callbacks():
             callback._resume_checkpoint = None
         return super().train(resume_from_checkpoint, *args, **kwargs)

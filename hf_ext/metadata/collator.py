@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..utils.checks import is_bool, is_int, is_real
-from .encoding import LAYOUTS, EncodedDocument, MetadataEncoder
+from .encoding import LAYOUTS, EncodedDocument, MetadataEncoder, check_model_embeds
 from .templates import InvalidMetadataError, MetadataTemplate
 
 logger = logging.getLogger(__name__)
@@ -202,6 +202,18 @@ class MetadataCollator:
         self._encoder = MetadataEncoder(
             self.tokenizer, self.layout, add_eos=self.add_eos, max_metadata_tokens=self.max_metadata_tokens
         )
+
+    def check_model(self, model) -> None:
+        """Raise a `ValueError` if `model`'s input embeddings have no row for a token this collator puts into every
+        batch (BOS, the context markers of the `"context"` layout, EOS with `add_eos`, the pad), naming the fix
+        `add_context_tokens(tokenizer, model)`; a training forward would otherwise fail with a raw `IndexError`.
+        `MetadataCooldownCallback` and `MetadataTrainer` call it when training begins."""
+        ids = [self.tokenizer.bos_token_id, self.tokenizer.pad_token_id]
+        if self.add_eos:
+            ids.append(self.tokenizer.eos_token_id)
+        if self.layout == "context":
+            ids += [self._encoder.context_begin_id, self._encoder.context_end_id]
+        check_model_embeds(model, self.tokenizer, ids, "MetadataCollator's batches hold")
 
     # ----------------------------------------------------------------------------------------------------------------
     @property

@@ -35,6 +35,40 @@ def add_context_tokens(tokenizer, model=None) -> tuple[int, int]:
     return tokenizer.convert_tokens_to_ids(CONTEXT_BEGIN), tokenizer.convert_tokens_to_ids(CONTEXT_END)
 
 
+def _embedding_rows(model) -> int | None:
+    """The number of rows of `model`'s input embeddings, `None` where it cannot be read."""
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    rows = getattr(embeddings, "num_embeddings", None)
+    return rows if isinstance(rows, int) else None
+
+
+def check_model_embeds(model, tokenizer, ids, what: str) -> None:
+    """Raise a `ValueError` if `model`'s input embeddings have no row for one of the token `ids` (`None` entries are
+    skipped), naming the tokens, `what` carries them and the fix: `add_context_tokens(tokenizer, model)`.
+
+    A model left at its old size after `add_context_tokens(tokenizer)` (without `model`) would otherwise fail in the
+    embedding lookup with a raw `IndexError: index out of range in self`. Nothing is checked for a model whose input
+    embeddings cannot be read."""
+    rows = _embedding_rows(model)
+    if rows is None:
+        return
+    missing = sorted({int(i) for i in ids if i is not None and int(i) >= rows})
+    if not missing:
+        return
+    tokens = tokenizer.convert_ids_to_tokens(missing[:4])
+    shown = ", ".join(f"{t} ({i})" for t, i in zip(tokens, missing)) + (", ..." if len(missing) > 4 else "")
+    raise ValueError(
+        f"{what} token ids the model cannot embed: {shown}, but {type(model).__name__}'s input embeddings have "
+        f"{rows} rows (ids 0..{rows - 1}). The tokenizer has {len(tokenizer)} tokens: call "
+        "add_context_tokens(tokenizer, model), which adds the context tokens and resizes the model's embeddings to "
+        "the tokenizer (add_context_tokens(tokenizer) alone leaves the model as it was), or use the model that was "
+        "trained with this tokenizer."
+    )
+
+
 @dataclass
 class EncodedDocument:
     """Token ids of one document with its prefix; `prefix_length` tokens (BOS + context) carry no loss."""

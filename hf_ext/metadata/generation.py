@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
 from ..utils.checks import is_bool
-from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder
+from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder, check_model_embeds
 from .templates import is_missing, normalize_url
 
 logger = logging.getLogger(__name__)
@@ -220,6 +220,10 @@ def generate_with_metadata_guidance(
             raise ValueError(f"{key} is built from prompts and metadata; do not pass it in generate_kwargs.")
 
     inputs = build_guidance_inputs(tokenizer, prompts, metadata, layout, max_metadata_tokens=max_metadata_tokens)
+    # a model left at its old size after add_context_tokens(tokenizer) fails in the embedding lookup with a raw
+    # IndexError otherwise
+    used = torch.cat([inputs["input_ids"].flatten(), inputs["negative_prompt_ids"].flatten()]).unique().tolist()
+    check_model_embeds(model, tokenizer, used, "the guidance prompts hold")
     neg_padded = bool((inputs["negative_prompt_attention_mask"] == 0).any())
     if guidance_scale != 1 and neg_padded and not _padding_invariant_positions(model):
         # transformers runs the unconditional branch without position_ids: with left padding its learned absolute

@@ -1,0 +1,77 @@
+"""Fixes of the md21 metadata audit.
+
+1. A model left at its old size after `add_context_tokens(tokenizer)` (without `model`) failed in guided generation
+   and in the first training forward with a raw `IndexError: index out of range in self`.
+"""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainingArguments
+
+from hf_ext.metadata import (
+    MetadataCollator,
+    MetadataCooldownCallback,
+    MetadataTrainer,
+    add_context_tokens,
+    generate_with_metadata_guidance,
+    metadata_template,
+)
+
+from .conftest import tiny_llama
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. a model whose embeddings do not cover the context tokens
+
+
+def _unresized(tok):
+    """A tiny Llama sized for the tokenizer before its two context tokens were added."""
+    return tiny_llama(len(tok) - 2, hidden=32).eval()
+
+
+def test_guidance_refuses_a_model_without_rows_for_the_context_tokens(ctx_tokenizer):
+    tok = ctx_tokenizer
+    model = _unresized(tok)
+    with pytest.raises(ValueError, match=r"add_context_tokens\(tokenizer, model\)") as err:
+        generate_with_metadata_guidance(model, tok, ["The"], ["a.org"], guidance_scale=2.0, max_new_tokens=2)
+    assert "<|context_begin|>" in str(err.value) and f"{len(tok) - 2} rows" in str(err.value)
+    with pytest.raises(ValueError, match=r"add_context_tokens\(tokenizer, model\)"):  # no guidance: the same check
+        generate_with_metadata_guidance(model, tok, "The", None, guidance_scale=1.0, max_new_tokens=2)
+    add_context_tokens(tok, model)  # the fix named by the error
+    out = generate_with_metadata_guidance(model, tok, ["The"], ["a.org"], guidance_scale=2.0, max_new_tokens=2)
+    assert len(out) == 1
+
+
+def test_collator_check_model_names_the_fix(ctx_tokenizer):
+    tok = ctx_tokenizer
+    collator = MetadataCollator(tok, metadata_template("url"), max_length=16)
+    with pytest.raises(ValueError, match=r"MetadataCollator's batches.*add_context_tokens\(tokenizer, model\)"):
+        collator.check_model(_unresized(tok))
+    collator.check_model(tiny_llama(len(tok), hidden=32))  # a model with every row passes
+    # the meco layout puts no context token into a batch: a model without those two rows can train with it
+    MetadataCollator(tok, metadata_template("url_host"), layout="meco", max_length=16).check_model(_unresized(tok))
+
+
+def _trainer(tok, tmp_path, cls, with_callback):
+    rows = [{"text": f"doc {i} words here", "url": f"https://site{i % 3}.com/p{i}"} for i in range(8)]
+    collator = MetadataCollator(tok, metadata_template("url"), metadata_dropout=0.0, max_length=32)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=2, report_to="none",
+        save_strategy="no", use_cpu=True, disable_tqdm=True, remove_unused_columns=False,
+    )  # fmt: skip
+    callbacks = [MetadataCooldownCallback(collator, cooldown_fraction=0.5)] if with_callback else []
+    return cls(
+        model=_unresized(tok).train(), args=args, train_dataset=Dataset.from_list(rows), data_collator=collator,
+        callbacks=callbacks,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("cls, with_callback", [(Trainer, True), (MetadataTrainer, True), (MetadataTrainer, False)])
+def test_training_refuses_a_model_without_rows_for_the_context_tokens(ctx_tokenizer, tmp_path, cls, with_callback):
+    """Before, the first forward failed with `IndexError: index out of range in self`."""
+    trainer = _trainer(ctx_tokenizer, tmp_path, cls, with_callback)
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"<\|context_begin\|>.*add_context_tokens\(tokenizer, model\)"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in weights.items())  # nothing trained
