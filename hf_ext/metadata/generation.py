@@ -52,8 +52,17 @@ def _stack_prompt_outputs(outputs: list, prompt_lengths: list[int], prompt_pad: 
 
 
 def _prompt_pad_id(tokenizer) -> int:
-    """The id that left-pads the guidance prompts: the tokenizer's pad, else its EOS."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    """The id that left-pads the guidance prompts: the tokenizer's pad, else its EOS; a `ValueError` naming
+    `tokenizer` where it has neither."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    raise ValueError(
+        f"the tokenizer ({type(tokenizer).__name__}) has neither a pad_token nor an eos_token, so the guidance prompts "
+        "cannot be left-padded to one length; set tokenizer.pad_token first (the padding is masked, so a token the "
+        "model already has will do, e.g. tokenizer.pad_token = tokenizer.bos_token)."
+    )
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int):

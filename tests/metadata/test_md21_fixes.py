@@ -2,6 +2,7 @@
 
 1. A model left at its old size after `add_context_tokens(tokenizer)` (without `model`) failed in guided generation
    and in the first training forward with a raw `IndexError: index out of range in self`.
+2. A tokenizer with neither pad nor EOS made `build_guidance_inputs` fail with a raw `TypeError` in `torch.full`.
 """
 
 import pytest
@@ -9,11 +10,13 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
+from hf_ext.data import build_tokenizer
 from hf_ext.metadata import (
     MetadataCollator,
     MetadataCooldownCallback,
     MetadataTrainer,
     add_context_tokens,
+    build_guidance_inputs,
     generate_with_metadata_guidance,
     metadata_template,
 )
@@ -75,3 +78,21 @@ def test_training_refuses_a_model_without_rows_for_the_context_tokens(ctx_tokeni
         trainer.train()
     assert trainer.state.global_step == 0
     assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in weights.items())  # nothing trained
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. a tokenizer with neither pad nor EOS
+
+
+@pytest.mark.parametrize("prompts", [["a", "a much longer prompt"], ["one prompt"]])
+def test_guidance_inputs_without_pad_or_eos_name_the_fix(prompts):
+    tok = build_tokenizer(512)
+    add_context_tokens(tok)
+    tok.pad_token = None
+    tok.eos_token = None
+    assert tok.bos_token_id is not None and tok.pad_token_id is None and tok.eos_token_id is None
+    with pytest.raises(ValueError, match=r"tokenizer.*neither a pad_token nor an eos_token.*tokenizer\.pad_token"):
+        build_guidance_inputs(tok, prompts, "x.org")
+    tok.pad_token = tok.bos_token  # the fix the error names
+    inputs = build_guidance_inputs(tok, prompts, "x.org")
+    assert inputs["input_ids"].shape[0] == len(prompts)
