@@ -219,7 +219,7 @@ def generate_with_metadata_guidance(
         or not math.isfinite(guidance_scale)
         or guidance_scale <= 0
     ):
-        raise ValueError(f"guidance_scale must be a finite positive number (1 = no guidance), got {guidance_scale!r}.")
+        raise ValueError(f"guidance_scale must be a finite number > 0 (1 = no guidance), got {guidance_scale!r}.")
     for name, value in (("return_text", return_text), ("suppress_context_tokens", suppress_context_tokens)):
         if not is_bool(value):  # a string such as "false" would be truthy and silently mean True
             raise TypeError(f"{name} must be True or False, got {value!r}.")

@@ -76,8 +76,9 @@ _POSITIVE_INT = (
     "eval_batch_size",
     "batch_size",
 )
+# (a recipe's --guidance_scale is > 0, not >= 0: metadata_pretrain checks it with its own message)
 _NON_NEGATIVE = (
-    "learning_rate", "weight_decay", "warmup_ratio", "warmup_steps", "max_grad_norm", "guidance_scale", "adam_epsilon",
+    "learning_rate", "weight_decay", "warmup_ratio", "warmup_steps", "max_grad_norm", "adam_epsilon",
 )  # fmt: skip
 _TEXT_SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".parquet")
 

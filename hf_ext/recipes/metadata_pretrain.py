@@ -112,7 +112,10 @@ class MetadataArguments:
     )
     run_baseline: bool = field(default=True, metadata={"help": "Also train the plain-text baseline for comparison."})
     doc_eval_steps: int = field(default=20, metadata={"help": "Evaluate the document loss every N steps (curves)."})
-    guidance_scale: float = field(default=1.5, metadata={"help": "Guidance scale of the generation example."})
+    guidance_scale: float = field(
+        default=1.5,
+        metadata={"help": "Guidance scale of the generation example: a finite number > 0 (1 = no guidance)."},
+    )
     guidance_prompt: str = field(default="The", metadata={"help": "Prompt of the generation example."})
     guidance_max_new_tokens: int = field(default=24, metadata={"help": "Tokens generated per example."})
     guidance_samples: int = field(default=16, metadata={"help": "Sampled continuations per setting (synthetic)."})
@@ -231,8 +234,9 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
     if not 0.0 <= meta_args.cooldown_fraction < 1.0:
         raise ValueError(f"--cooldown_fraction must be in [0, 1), got {meta_args.cooldown_fraction}.")
     if not math.isfinite(meta_args.guidance_scale) or meta_args.guidance_scale <= 0:
+        # the one check of this flag (not in the recipes' shared non-negative flags, whose ">= 0" admits 0)
         raise ValueError(
-            f"--guidance_scale must be a finite positive number (1 = no guidance), got {meta_args.guidance_scale}."
+            f"--guidance_scale must be a finite number > 0 (1 = no guidance), got {meta_args.guidance_scale}."
         )
     if meta_args.doc_eval_steps <= 0:
         raise ValueError("--doc_eval_steps must be positive.")

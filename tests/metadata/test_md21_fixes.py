@@ -3,6 +3,8 @@
 1. A model left at its old size after `add_context_tokens(tokenizer)` (without `model`) failed in guided generation
    and in the first training forward with a raw `IndexError: index out of range in self`.
 2. A tokenizer with neither pad nor EOS made `build_guidance_inputs` fail with a raw `TypeError` in `torch.full`.
+4. The recipe's `--guidance_scale` errors contradicted each other: -1, nan and inf said "a finite number >= 0" (the
+   shared non-negative check), 0 then "a finite positive number".
 """
 
 import pytest
@@ -96,3 +98,25 @@ def test_guidance_inputs_without_pad_or_eos_name_the_fix(prompts):
     tok.pad_token = tok.bos_token  # the fix the error names
     inputs = build_guidance_inputs(tok, prompts, "x.org")
     assert inputs["input_ids"].shape[0] == len(prompts)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. one message for every invalid recipe --guidance_scale
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "0", "-inf"])
+def test_recipe_guidance_scale_errors_name_one_range(tmp_path, value):
+    from hf_ext.recipes.metadata_pretrain import main
+
+    out = tmp_path / "never"
+    with pytest.raises(ValueError) as err:
+        main([f"--guidance_scale={value}", "--output_dir", str(out), "--max_steps", "2"])  # "=": -inf is no option
+    assert str(err.value).startswith("--guidance_scale must be a finite number > 0 (1 = no guidance), got "), err.value
+    assert not out.exists()
+
+
+def test_library_guidance_scale_error_names_the_same_range(ctx_tokenizer):
+    model = tiny_llama(len(ctx_tokenizer), hidden=32).eval()
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"^guidance_scale must be a finite number > 0 \(1 = no guidance\)"):
+            generate_with_metadata_guidance(model, ctx_tokenizer, ["a"], ["x"], guidance_scale=bad, max_new_tokens=1)
