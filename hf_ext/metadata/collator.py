@@ -73,7 +73,8 @@ class MetadataCollator:
     * padding (`block_size=None`): one row per document, padded on `padding_side`, documents cut to `max_length`;
     * packing (`block_size=N`): the batch's documents are concatenated into rows of exactly N tokens, each
       document with its own context; a document that continues into the next row gets its context again at the
-      start of that row (`repeat_context=True`). By default each document attends only to itself
+      start of that row (`repeat_context=True`; in the `"context"` layout without BOS, as the reference pipeline's
+      `--add-metadata-per-sequence` repeats it). By default each document attends only to itself
       (`document_attention`). The last row is padded, so no document token is lost.
 
     Args:
@@ -98,7 +99,9 @@ class MetadataCollator:
         padding_side (`str`, *optional*): `"left"` or `"right"`; default: the tokenizer's.
         pad_to_multiple_of (`int`, *optional*): In padding mode, pad the length to a multiple of this.
         repeat_context (`bool`, *optional*, defaults to `True`): In packing mode, repeat the context on rows a
-            document continues into.
+            document continues into, masked from the loss: in the `"context"` layout the context block without BOS
+            (`<|context_begin|>{metadata}<|context_end|>`, the empty pair for a dropped document), in the `"meco"`
+            layout the whole prefix (`[BOS] URL: {metadata}\\n\\n`, `[BOS]` for a plain document).
         return_position_ids (`bool`, *optional*): Also return `position_ids` (default: `True` when packing, required
             with `document_attention`, and when padding on the left, so that models with absolute positions (GPT-2)
             see each left-padded document at positions `0..n-1`, as alone; `False` for a model whose `forward` takes
@@ -479,9 +482,18 @@ class MetadataCollator:
                     f"block_size={size} leaves no room for the document after a {len(prefix)}-token prefix; raise "
                     "block_size or set max_metadata_tokens."
                 )
+            # The prefix a continued row repeats. "context": the context block without BOS, as the reference
+            # pipeline's --add-metadata-per-sequence repeats [CB] metadata [CE], so a continuation is not taken for a
+            # document's start. "meco" (no such reference) keeps repeating its whole prefix, BOS included.
+            if not self.repeat_context:
+                repeated = []
+            elif self.layout == "context":
+                repeated = prefix[1:]
+            else:
+                repeated = prefix
             start, first = 0, True
             while first or start < len(body):
-                header = prefix if (first or self.repeat_context) else []
+                header = prefix if first else repeated
                 space = size - len(row_ids)
                 if space < len(header) + 1:  # the prefix and one document token must share a row
                     flush()

@@ -3,6 +3,8 @@
 1. A model left at its old size after `add_context_tokens(tokenizer)` (without `model`) failed in guided generation
    and in the first training forward with a raw `IndexError: index out of range in self`.
 2. A tokenizer with neither pad nor EOS made `build_guidance_inputs` fail with a raw `TypeError` in `torch.full`.
+3. In the "context" layout a packed row that continues a document repeated `[BOS] <|context_begin|>...<|context_end|>`;
+   the reference pipeline (`--add-metadata-per-sequence`) repeats the context block only, without BOS.
 4. The recipe's `--guidance_scale` errors contradicted each other: -1, nan and inf said "a finite number >= 0" (the
    shared non-negative check), 0 then "a finite positive number".
 """
@@ -16,6 +18,7 @@ from hf_ext.data import build_tokenizer
 from hf_ext.metadata import (
     MetadataCollator,
     MetadataCooldownCallback,
+    MetadataEncoder,
     MetadataTrainer,
     add_context_tokens,
     build_guidance_inputs,
@@ -98,6 +101,42 @@ def test_guidance_inputs_without_pad_or_eos_name_the_fix(prompts):
     tok.pad_token = tok.bos_token  # the fix the error names
     inputs = build_guidance_inputs(tok, prompts, "x.org")
     assert inputs["input_ids"].shape[0] == len(prompts)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. continued packed rows: the context again, without BOS
+
+
+@pytest.mark.parametrize("document_attention", [True, False])
+@pytest.mark.parametrize("layout, dropout", [("context", 0.0), ("context", 1.0), ("meco", 0.0), ("meco", 1.0)])
+def test_a_continued_row_repeats_the_context_block_without_bos(ctx_tokenizer, layout, dropout, document_attention):
+    """In the "context" layout [CB] metadata [CE] (the empty pair when dropped) starts a continued row, as in the
+    reference pipeline; the "meco" layout keeps its whole prefix ([BOS] URL: ...; [BOS] for plain text), as before."""
+    tok = ctx_tokenizer
+    row = {"text": " ".join(f"w{i}" for i in range(40)), "url": "https://a.org/x"}
+    collator = MetadataCollator(
+        tok, metadata_template("url_host"), layout=layout, metadata_dropout=dropout, block_size=16,
+        document_attention=document_attention,
+    )  # fmt: skip
+    doc = MetadataEncoder(tok, layout=layout).encode_batch([row["text"]], ["a.org" if dropout == 0 else None])[0]
+    prefix, body = doc.input_ids[: doc.prefix_length], doc.input_ids[doc.prefix_length :]
+    batch = collator([row])
+    ids, labels = batch["input_ids"].tolist(), batch["labels"].tolist()
+    assert len(ids) >= 3
+    assert ids[0][: len(prefix)] == prefix and prefix[0] == tok.bos_token_id  # the document's start: BOS
+    if layout == "context":
+        header = prefix[1:]
+        assert header[0] == tok.convert_tokens_to_ids("<|context_begin|>")
+        assert all(tok.bos_token_id not in r for r in ids[1:])
+    else:
+        header = prefix
+    for r in range(1, len(ids)):
+        assert ids[r][: len(header)] == header, r
+        assert labels[r][: len(header)] == [-100] * len(header) and labels[r][len(header)] != -100, r
+        if document_attention:  # the continued chunk is its own segment: positions restart at its header
+            assert batch["position_ids"][r, 0] == 0
+    supervised = [t for row_labels in labels for t in row_labels if t != -100]
+    assert supervised == body  # no document token lost
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -87,7 +87,8 @@ def test_conditioning_off_gives_every_document_the_unconditional_form(ctx_tokeni
 @pytest.mark.parametrize("mode", ["max_length", "block_size"])
 def test_a_prefix_that_fills_the_whole_row_is_refused(ctx_tokenizer, mode):
     """A document without metadata has the 3-token prefix [BOS, begin, end]: a 3-token row leaves no room for any
-    document token and must raise; a 4-token row holds one document token per row."""
+    document token and must raise; a 4-token row holds one document token in its first row and two in each continued
+    row (which repeats [begin, end] without BOS)."""
     tok = ctx_tokenizer
     rows = [{"text": "a b c", "url": None}]
     with _deadline(20):
@@ -100,36 +101,41 @@ def test_a_prefix_that_fills_the_whole_row_is_refused(ctx_tokenizer, mode):
     if mode == "max_length":
         assert supervised == body[:1]  # cut to one document token
     else:
-        assert supervised == body  # one document token per row, nothing lost
-        assert batch["input_ids"].shape == (len(body), 4)
+        assert supervised == body  # nothing lost
+        assert batch["input_ids"].shape == (1 + math.ceil((len(body) - 1) / 2), 4)
 
 
 @pytest.mark.parametrize("document_attention", [True, False])
 def test_packed_rows_are_filled_before_a_new_row_starts(ctx_tokenizer, document_attention):
-    """One long document packed into rows of 16 with its context repeated: every row but the last is full (prefix +
-    16 - prefix body tokens), the number of rows is ceil(body / (16 - prefix)), and only the last row has padding,
-    which is masked out (attention 0 and label -100)."""
+    """One long document packed into rows of `size` with its context repeated: the first row is its prefix and
+    `size - prefix` body tokens, each continued row the prefix without BOS and `size - prefix + 1` body tokens; every
+    row but the last is full, and only the last row has padding, which is masked out (attention 0 and label -100)."""
     tok = ctx_tokenizer
     row = {"text": " ".join(f"w{i}" for i in range(60)), "url": "https://a.org/"}
     doc = MetadataEncoder(tok).encode_batch([row["text"]], ["a.org"])[0]
     prefix, body = doc.input_ids[: doc.prefix_length], doc.input_ids[doc.prefix_length :]
-    size = next(n for n in range(16, 24) if len(body) % (n - len(prefix)))  # the last row is partial
-    per_row = size - len(prefix)
-    n_rows = math.ceil(len(body) / per_row)
+    assert prefix[0] == tok.bos_token_id
+    size = next(n for n in range(16, 24) if (len(body) - (n - len(prefix))) % (n - len(prefix) + 1))  # last partial
+    heads = [prefix] + [prefix[1:]] * len(body)  # the first row's header, then the continued rows'
     batch = MetadataCollator(
         tok, metadata_template("url_host"), metadata_dropout=0.0, block_size=size, document_attention=document_attention
     )([row])
     ids, labels = batch["input_ids"].tolist(), batch["labels"].tolist()
+    n_rows = 1 + math.ceil((len(body) - (size - len(prefix))) / (size - len(prefix) + 1))
     assert len(ids) == n_rows
+    start = 0
     for r in range(n_rows):
-        chunk = body[r * per_row : (r + 1) * per_row]
-        n_pad = size - len(prefix) - len(chunk)
-        assert ids[r] == prefix + chunk + [tok.pad_token_id] * n_pad, r
-        assert labels[r] == [-100] * len(prefix) + chunk + [-100] * n_pad, r
+        head = heads[r]
+        chunk = body[start : start + size - len(head)]
+        start += len(chunk)
+        n_pad = size - len(head) - len(chunk)
+        assert ids[r] == head + chunk + [tok.pad_token_id] * n_pad, r
+        assert labels[r] == [-100] * len(head) + chunk + [-100] * n_pad, r
         if r < n_rows - 1:
             assert n_pad == 0
+    assert start == len(body)
     if not document_attention:
-        n_last = len(prefix) + len(body) - (n_rows - 1) * per_row
+        n_last = size - n_pad
         mask = batch["attention_mask"].tolist()
         assert mask[:-1] == [[1] * size] * (n_rows - 1)
         assert mask[-1] == [1] * n_last + [0] * (size - n_last)

@@ -167,19 +167,29 @@ def test_packing_gives_every_chunk_its_context_and_loses_no_token(ctx_tokenizer,
             first = next(k for k, v in enumerate(seg_labels) if v != -100)
             assert all(v == -100 for v in seg_labels[:first]) and all(v != -100 for v in seg_labels[first:])
             segments.append((seg_ids[:first], seg_ids[first:]))
-    # every segment (first chunk or continuation) starts with its document's full prefix
+    # a document's first segment starts with its full prefix; a continuation with the context block alone (less BOS,
+    # as the reference pipeline's --add-metadata-per-sequence repeats it) in the "context" layout, with the whole
+    # prefix in the "meco" layout
     doc_iter = iter(encoded)
     doc = next(doc_iter)
     body = []
+    continued = 0
     for prefix, chunk in segments:
         if len(body) == len(doc.input_ids) - doc.prefix_length:
             recovered.append(body)
             doc, body = next(doc_iter), []
-        assert prefix == doc.input_ids[: doc.prefix_length]
+        if body and layout == "context":
+            assert prefix == doc.input_ids[1 : doc.prefix_length] and tok.bos_token_id not in prefix
+            continued += 1
+        elif body:
+            assert prefix == doc.input_ids[: doc.prefix_length]
+            continued += 1
+        else:
+            assert prefix == doc.input_ids[: doc.prefix_length] and prefix[0] == tok.bos_token_id
         body = body + chunk
     recovered.append(body)
     assert recovered == [d.input_ids[d.prefix_length :] for d in encoded]
-    assert sum(len(p) > 0 for p, _ in segments) > len(rows)  # some documents were continued with a repeated context
+    assert continued > 0  # some documents were continued with a repeated context
 
 
 def test_packing_without_repeated_context(ctx_tokenizer, corpus):
