@@ -33,14 +33,15 @@ def test_reproduction_tables_were_printed_by_the_registered_reproduction(repo_ro
 
 def test_metadata_speed_up_is_quoted_without_the_url_and_with_it(repo_root):
     """mc19 finding 1: the speed-up is judged on the URL model scored in the empty context (0.64 of the baseline's
-    steps in the 2026-12-05 run), with the with-URL number (0.47, test-time information) beside it, not instead."""
+    steps in the 2026-12-05 run after the md21 fixes), with the with-URL number (0.51, test-time information) beside
+    it, not instead."""
     section = _section(_text(repo_root, "docs/reproductions.md"), "metadata")
     row = section.split("| URL-conditioned model, evaluated without its URL")[1].split(" holds |")[0]
     assert "0.64 ± 0.04 (0.60..0.67) of the baseline's steps without the URL at evaluation" in row
-    assert "(with its URL at evaluation: 0.47 ± 0.00 (0.47..0.47))" in row
+    assert "(with its URL at evaluation: 0.51 ± 0.04 (0.47..0.53))" in row
     assert "0.47 ± 0.00 (0.47..0.47) of the baseline's steps |" not in section  # the old with-URL-only cell
     metadata = _text(repo_root, "docs/metadata.md")
-    assert "0.64 ± 0.04 of the baseline's 300 steps against 0.47 ± 0.00 with its URL" in metadata
+    assert "0.64 ± 0.04 of the baseline's 300 steps against 0.51 ± 0.04 with its URL" in metadata
 
 
 def test_hyperinf_reproduction_reports_both_references(repo_root):
