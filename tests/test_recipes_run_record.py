@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from hf_ext.recipes import pretrain, warmup
+from hf_ext.recipes._common import check_run_record, write_run_record
 
 PRETRAIN = [
     "--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers", "1", "--num_attention_heads", "4",
@@ -81,3 +82,38 @@ def test_the_same_flags_resume(runs):
     assert (runs / "pretrain" / "checkpoint-2").is_dir() and result["perplexity"] > 0
     result = warmup.main(WARMUP + ["--output_dir", str(runs / "warmup"), "--resume_from_checkpoint", "last"])
     assert result["adamw_warmup"]["resumed_from"].endswith("checkpoint-1")
+
+
+def test_a_checkpoint_resumed_into_another_folder_records_the_run_there(runs, tmp_path):
+    """rv21b F4: a resume wrote no record, so after resuming a run's checkpoint into another --output_dir a later resume
+    of that folder with another --block_size was accepted (with a warning that the run predated the record)."""
+    other = tmp_path / "other"
+    pretrain.main(PRETRAIN + ["--output_dir", str(other), "--resume_from_checkpoint",
+                              str(runs / "pretrain" / "checkpoint-1")])  # fmt: skip
+    assert (other / "pretrain_run.json").is_file()
+    with pytest.raises(ValueError, match=r"--block_size 16 \(the interrupted run used 32\)"):
+        pretrain.main(
+            PRETRAIN + ["--block_size", "16", "--output_dir", str(other), "--resume_from_checkpoint", "true"]
+        )
+
+
+def test_a_resume_of_a_run_without_a_record_records_nothing(tmp_path):
+    write_run_record(str(tmp_path / "new"), "r.json", {"block_size": 32}, resumed_from=str(tmp_path / "old" / "ckpt"))
+    assert not (tmp_path / "new" / "r.json").exists()  # nothing was checked: nothing is recorded
+
+
+def test_local_paths_are_compared_resolved(tmp_path, monkeypatch):
+    """rv21b F5: the same --train_file given as a relative and as an absolute path was refused, and the same relative
+    string naming another file (from another working directory) was accepted."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "data.txt").write_text("text")
+    monkeypatch.chdir(first)
+    write_run_record(str(tmp_path / "run"), "r.json", {"train_file": "data.txt", "text_column": "text"})
+    check_run_record(
+        str(tmp_path / "run"), "r.json", {"train_file": str(first / "data.txt"), "text_column": "text"}, "x"
+    )
+    monkeypatch.chdir(second)
+    with pytest.raises(ValueError, match=r"--train_file .*b/data.txt \(the interrupted run used .*a/data.txt\)"):
+        check_run_record(str(tmp_path / "run"), "r.json", {"train_file": "data.txt", "text_column": "text"}, "x")

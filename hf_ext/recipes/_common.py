@@ -566,14 +566,37 @@ def _record_flag_value(value) -> str:
     return str(value)
 
 
-def write_run_record(folder: str, name: str, record: dict) -> None:
+def _is_path_flag(name: str) -> bool:
+    """Flags whose value may name a local file or folder (compared as resolved paths in a run record)."""
+    return name.endswith(("_file", "_name_or_path")) or name in ("dataset_name", "tokenizer_name")
+
+
+def _resolved_record(record: dict) -> dict:
+    """`record` with every path flag that names an existing local file or folder as its resolved absolute path, so the
+    same file given as a relative or an absolute path (or from another working directory) is the same value, and the
+    same relative string naming another file is not."""
+    return {
+        k: os.path.realpath(v) if _is_path_flag(k) and isinstance(v, str) and v and os.path.exists(v) else v
+        for k, v in record.items()
+    }
+
+
+def write_run_record(folder: str, name: str, record: dict, resumed_from: str | None = None) -> None:
     """Write `record` (flag name -> resolved value: what a resume of the run training in `folder` must keep) as
-    `folder/name`, atomically. Call on the main process only, when the run starts afresh; [`check_run_record`] reads
-    it back."""
+    `folder/name`, atomically; local paths are recorded resolved. Call on the main process only: when the run starts
+    afresh, and on a resume (`resumed_from`: the checkpoint), where it writes only a folder without a record whose
+    checkpoint's own run has one (a checkpoint resumed into another folder, already checked against its run's record by
+    [`check_run_record`]), so later resumes of this folder are checked too; a resume of a run started before the record
+    existed records nothing it could not check."""
     from ..utils.io import atomic_write_json
 
+    path = os.path.join(folder, name)
+    if resumed_from is not None:
+        origin = os.path.join(os.path.dirname(os.path.abspath(resumed_from)), name)
+        if os.path.isfile(path) or not os.path.isfile(origin):
+            return
     os.makedirs(folder, exist_ok=True)
-    atomic_write_json(os.path.join(folder, name), record)
+    atomic_write_json(path, _resolved_record(record))
 
 
 def check_run_record(folder: str, name: str, now: dict, shapes: str) -> None:
@@ -606,6 +629,7 @@ def check_run_record(folder: str, name: str, now: dict, shapes: str) -> None:
             f"--resume_from_checkpoint: {path} (the flags of the interrupted run) cannot be read ({err}); restore it, "
             "or start afresh in another --output_dir."
         ) from err
+    now = _resolved_record(now)
     unrecorded = [k for k in now if k not in saved]
     if unrecorded:
         log.warning(

@@ -436,6 +436,15 @@ RUN_RECORD_NAME = "grape_run.json"
 _RECORD_CONFIG_FLAGS = ("block_size", "text_column", "domain_column")
 
 
+def _resumed_checkpoint(args: GrapeRecipeConfig) -> str | None:
+    """The checkpoint folder `--resume_from_checkpoint` names (`last`/bare resolved in --output_dir), or None."""
+    from ..utils.resume import resolve_resume_checkpoint, wants_resume
+
+    if not wants_resume(args.resume_from_checkpoint):
+        return None
+    return resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+
+
 def _run_record(data_args: GrapeDataArguments, model_args: GrapeModelArguments, args: GrapeRecipeConfig) -> dict:
     """The flags a resume must keep: another --block_size, --eval_fraction or --num_attention_heads of the same width
     would load the checkpoint and go on training silently on other blocks, or as another model."""
@@ -443,6 +452,7 @@ def _run_record(data_args: GrapeDataArguments, model_args: GrapeModelArguments, 
         **{f.name: getattr(data_args, f.name) for f in fields(data_args)},
         **{f.name: getattr(model_args, f.name) for f in fields(model_args)},
         **{name: getattr(args, name) for name in _RECORD_CONFIG_FLAGS},
+        "seed": args.seed,  # splits each target into reweighting and evaluation blocks (whatever --data_seed is)
     }
 
 
@@ -631,10 +641,11 @@ def run(
         clear_previous_results(args.output_dir, _result_files(args), bool(args.resume_from_checkpoint))
 
     comparing = eval_args is not None and eval_args.compare_methods is not None
-    if args.process_index == 0 and not comparing and not args.resume_from_checkpoint:
+    if args.process_index == 0 and not comparing:
         from ._common import write_run_record  # what a resume of this run must keep (checked in `validate_args`)
 
-        write_run_record(args.output_dir, RUN_RECORD_NAME, _run_record(data_args, model_args, args))
+        record = _run_record(data_args, model_args, args)
+        write_run_record(args.output_dir, RUN_RECORD_NAME, record, resumed_from=_resumed_checkpoint(args))
     tasks = _eval_task_list(eval_args)
     results = {}
     for method in _methods(eval_args, args):

@@ -604,12 +604,12 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         from ._common import clear_previous_results
 
         clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
-        if sweep_args.finetune and not training_args.resume_from_checkpoint:
+        if sweep_args.finetune:
             from ._common import write_run_record  # what a resume of this run must keep (checked in validation)
 
-            write_run_record(
-                training_args.output_dir, RUN_RECORD_NAME, _run_record(model_args, data_args, training_args)
-            )
+            record = _run_record(model_args, data_args, training_args)
+            resumed = training_args.resume_from_checkpoint or None
+            write_run_record(training_args.output_dir, RUN_RECORD_NAME, record, resumed_from=resumed)
 
     if model_args.model_name_or_path:
         source = AutoModelForCausalLM.from_pretrained(

@@ -761,10 +761,14 @@ RUN_DATA_FLAGS = (
 )  # fmt: skip
 
 
-def _run_data(data_args, meta_args, training_args) -> dict:
-    """The resolved arguments a resume must keep: the metadata flags, the data flags, and --seed (metadata dropout
-    draws, the synthetic corpus and its split)."""
+def _run_data(data_args, meta_args, training_args, model_args=None) -> dict:
+    """The resolved arguments a resume must keep: the metadata flags, the data flags, --seed (metadata dropout
+    draws, the synthetic corpus and its split) and the model flags (those of the pretrain recipe's record: another
+    --num_attention_heads of the same width used to load the checkpoint and train on as another model)."""
+    from .pretrain import _RECORD_MODEL_FLAGS
+
     return {
+        **({name: getattr(model_args, name) for name in _RECORD_MODEL_FLAGS} if model_args is not None else {}),
         **{name: getattr(meta_args, name) for name in RUN_META_FLAGS},
         **{name: getattr(data_args, name) for name in RUN_DATA_FLAGS},
         "seed": training_args.seed,
@@ -780,7 +784,7 @@ def _flag_value(value) -> str:
     return str(value)
 
 
-def _check_run_data(data_args, meta_args, training_args) -> None:
+def _check_run_data(data_args, meta_args, training_args, model_args=None) -> None:
     """On resume, before any work: the interrupted run's recorded data- and metadata-shaping arguments (written by its
     fresh start, see `RUN_DATA_FILE`) must be this run's; a difference is refused by flag name. A run without the
     record (started before hf_ext wrote it) resumes with a warning."""
@@ -812,7 +816,7 @@ def _check_run_data(data_args, meta_args, training_args) -> None:
             f"--resume_from_checkpoint: {path} (the interrupted run's data and metadata flags) cannot be read ({err}); "
             "restore it, or start afresh in another --output_dir."
         ) from err
-    now = _run_data(data_args, meta_args, training_args)
+    now = _run_data(data_args, meta_args, training_args, model_args)
     changed = [k for k in now if k in saved and saved[k] != now[k]]
     if changed:
         diffs = "; ".join(
@@ -850,7 +854,7 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     validate_args(model_args, data_args, meta_args, training_args)
     _check_resume(training_args, meta_args.run_baseline)
     if training_args.resume_from_checkpoint:  # the data and metadata of the run it continues
-        _check_run_data(data_args, meta_args, training_args)
+        _check_run_data(data_args, meta_args, training_args, model_args)
     train, eval_ds, domain_vocab = load_documents(data_args, training_args.seed)
     template = _template(meta_args)
     for split_name, split in (("train", train), ("eval", eval_ds)):
@@ -884,7 +888,8 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
             from ..utils.io import atomic_write_json
 
             atomic_write_json(
-                os.path.join(training_args.output_dir, RUN_DATA_FILE), _run_data(data_args, meta_args, training_args)
+                os.path.join(training_args.output_dir, RUN_DATA_FILE),
+                _run_data(data_args, meta_args, training_args, model_args),
             )
 
     eval_docs = [dict(r) for r in eval_ds.select(range(min(len(eval_ds), data_args.max_eval_docs)))]

@@ -958,10 +958,11 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
                 callbacks=[callback],
             )
             checkpoint = plan[(method, seed)]
-            if checkpoint is None and main:  # what a resume of this run must keep (checked in validate_args)
+            if main:  # what a resume of this run must keep (checked in validate_args)
                 from ._common import write_run_record
 
-                write_run_record(args.output_dir, RUN_RECORD_NAME, _run_record(task_args, model_args, method, seed))
+                record = _run_record(task_args, model_args, method, seed)
+                write_run_record(args.output_dir, RUN_RECORD_NAME, record, resumed_from=checkpoint)
             start_step = 0
             if checkpoint is not None and main:
                 print(f"[{method} seed {seed}] resuming from {checkpoint}", flush=True)

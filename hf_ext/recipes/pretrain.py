@@ -620,11 +620,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         from ._common import clear_previous_results
 
         clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
-        # what a resume of this run must keep (checked in `validate_args`)
-        if not training_args.resume_from_checkpoint:
-            from ._common import write_run_record
+        from ._common import write_run_record  # what a resume of this run must keep (checked in `validate_args`)
 
-            write_run_record(training_args.output_dir, RUN_RECORD_NAME, _run_record(model_args, data_args))
+        write_run_record(
+            training_args.output_dir,
+            RUN_RECORD_NAME,
+            _run_record(model_args, data_args),
+            resumed_from=training_args.resume_from_checkpoint or None,
+        )
 
     model = build_model(model_args, tokenizer, data_args.block_size)
     trainer_cls, trainer_kwargs, callbacks = setup_fp8(model, model_args, training_args)

@@ -525,12 +525,11 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
             callbacks=[metrics_cb],
             arm_record=arm_record(arm, recipe),
         )
-        if resume[arm] is None and args.should_save:  # what a resume of this arm must keep (checked in `validate`)
+        if args.should_save:  # what a resume of this arm must keep (checked in `validate`)
             from ._common import write_run_record
 
-            write_run_record(
-                arm_args.output_dir, RUN_RECORD_NAME, {name: getattr(recipe, name) for name in RUN_RECORD_FLAGS}
-            )
+            record = {name: getattr(recipe, name) for name in RUN_RECORD_FLAGS}
+            write_run_record(arm_args.output_dir, RUN_RECORD_NAME, record, resumed_from=resume[arm])
         # a finished arm is restored, not trained a step past --max_steps
         train_or_restore_finished(trainer, resume[arm])
         # every held-out block once, whatever the number of processes (DDP, FSDP): WarmupFreeTrainer's evaluate()

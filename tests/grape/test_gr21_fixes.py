@@ -60,6 +60,8 @@ def interrupted(tmp_path_factory):
         (["--block_size", "16"], r"--block_size 16 \(the interrupted run used 32\).*Resume with --block_size 32"),
         (["--num_attention_heads", "4"], r"--num_attention_heads 4 \(the interrupted run used 2\)"),
         (["--eval_fraction", "0.3"], r"--eval_fraction 0.3 \(the interrupted run used 0.5\)"),
+        # --seed splits each target into reweighting and evaluation blocks, whatever --data_seed is (rv21b F2)
+        (["--seed", "4", "--data_seed", "3"], r"--seed 4 \(the interrupted run used 3\)"),
     ],
 )
 def test_a_resume_with_other_data_or_model_is_refused_before_writing(interrupted, argv, match):

@@ -51,6 +51,8 @@ def test_fresh_run_records_the_resolved_options(interrupted):
         (["--template", "url", "--max_metadata_tokens", "16"], "--max_metadata_tokens", "16", "32"),
         (["--template", "url", "--max_metadata_tokens", "none"], "--max_metadata_tokens", "none", "32"),
         (["--template", "url", "--metadata_dropout", "0.2"], "--metadata_dropout", "0.2", "0.1"),
+        # the model flags too (rv21b F3: another head count of the same width loaded and trained on as another model)
+        (["--template", "url", "--num_attention_heads", "2"], "--num_attention_heads", "2", "4"),
     ],
 )
 def test_resume_with_other_metadata_is_refused_before_any_work(interrupted, change, flag, now, before):
