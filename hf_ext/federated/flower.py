@@ -57,6 +57,7 @@ from .simulation import (
     apply_lora,
     apply_secure_mean,
     check_client_learning_rates,
+    check_no_per_client_settings,
     exchange_keys,
     fan_in_fan_out_modules,
     get_exchange_state,
@@ -252,6 +253,7 @@ def _local_round(
     """Rebuild the model, train on this node's partition from `state`, persist the accountant in `context.state`
     and, under DP-SGD, durably in `state_dir` (before the reply leaves the node)."""
     pid = _partition(context)
+    check_no_per_client_settings(fed_args)  # before anything else: no entry a server picked for this index is used
     if "num-partitions" in context.node_config:
         check_client_learning_rates(fed_args, int(context.node_config["num-partitions"]))
     lrs = fed_args.learning_rates()
@@ -340,6 +342,7 @@ def make_client_app(
         if not state_dir:
             raise ValueError("make_client_app needs a `state_dir` (or `training_args.output_dir`) for its node state.")
     if fed_args.secure_aggregation:
+        check_no_per_client_settings(fed_args)
         return _make_secagg_client_app(
             model_fn,
             dataset_fn,

@@ -161,7 +161,12 @@ class FederatedArguments:
         default="all-linear", metadata={"help": "Comma-separated LoRA target modules, or 'all-linear'."}
     )
     client_learning_rates: str | None = field(
-        default=None, metadata={"help": "Comma-separated learning rate per client (default: --learning_rate)."}
+        default=None,
+        metadata={
+            "help": "Comma-separated learning rate per client (default: --learning_rate). Refused with "
+            "--secure_aggregation: a server could set every client but one to a negligible rate and read that "
+            "client's update off the sum."
+        },
     )
     client_dp_clip_norm: float | None = field(
         default=None, metadata={"help": "Client-level DP: clip each client's update to this L2 norm; None disables."}
@@ -283,6 +288,7 @@ class FederatedArguments:
             )
         if self.client_learning_rates:
             self.learning_rates()
+        check_no_per_client_settings(self)
         if self.secure_aggregation_threshold is not None and self.secure_aggregation_threshold < 2:
             raise ValueError(f"--secure_aggregation_threshold must be >= 2, got {self.secure_aggregation_threshold}.")
         for name in ("secagg_clipping_range", "secagg_max_weight"):
@@ -365,8 +371,36 @@ def apply_lora(model, fed_args: FederatedArguments, seed: int = 0):
         return get_peft_model(model, config)
 
 
+# FederatedArguments fields from which each client takes its own entry by its index. Every client receives (and, with
+# secure aggregation, binds into its signed digest) the same value, so the digest cannot tell an honest setting from
+# one a server chose to single a client out: refused with secure aggregation ([`check_no_per_client_settings`]).
+PER_CLIENT_SETTINGS = ("client_learning_rates",)
+
+
+def check_no_per_client_settings(fed_args) -> None:
+    """Refuse (`ValueError`) a per-client setting ([`PER_CLIENT_SETTINGS`]: each client picks its own entry by its
+    index) together with secure aggregation. Clients legitimately train with different values of such a setting, so
+    the round-config digest every client signs ([`round_training_config`]) is the same for an honest list and for one
+    that gives every client but a victim a negligible learning rate (`"1e-30,5e-3,1e-30"`): the others' updates
+    vanish and the secure sum is the victim's update. No bound on the values closes this (a bounded ratio still lets
+    the server scale the others' updates down), so the combination is refused."""
+    if not fed_args.secure_aggregation:
+        return
+    for name in PER_CLIENT_SETTINGS:
+        if getattr(fed_args, name):
+            raise ValueError(
+                f"--{name} cannot be used with --secure_aggregation: each client picks its own entry by its index, "
+                "and every client receives the same list, so the digest of the round config the clients sign cannot "
+                "tell an honest list from one a server chose to set every client but one to a negligible value "
+                "(e.g. '1e-30,5e-3,1e-30'), whose secure sum is then that client's update. Drop "
+                f"--{name} (every client uses the shared setting) or turn secure aggregation off."
+            )
+
+
 def check_client_learning_rates(fed_args: FederatedArguments, num_clients: int) -> None:
-    """`--client_learning_rates`, when given, has one value per client of the federation (`num_clients`)."""
+    """`--client_learning_rates`, when given, has one value per client of the federation (`num_clients`), and is not
+    combined with secure aggregation ([`check_no_per_client_settings`])."""
+    check_no_per_client_settings(fed_args)
     lrs = fed_args.learning_rates()
     if lrs is not None and len(lrs) != num_clients:
         raise ValueError(
@@ -533,7 +567,12 @@ def build_client_dataset(text_dataset, canary_texts: Sequence[str], tokenizer, b
 
 
 def client_training_args(training_args, fed_args: FederatedArguments, client_index: int, round_index: int):
-    """The per-client, per-round `TrainingArguments`: its own output folder, seed, step budget and learning rate."""
+    """The per-client, per-round `TrainingArguments`: its own output folder, seed, step budget and learning rate.
+
+    With secure aggregation a per-client setting ([`PER_CLIENT_SETTINGS`], e.g. `client_learning_rates`) is refused
+    here too ([`check_no_per_client_settings`]), also when set on the arguments after their checks ran: the client
+    never trains with an entry a server picked for its index."""
+    check_no_per_client_settings(fed_args)
     lrs = fed_args.learning_rates()
     changes: dict[str, Any] = {
         "output_dir": os.path.join(training_args.output_dir, f"client-{client_index}"),
@@ -573,14 +612,20 @@ def round_training_config(training_args, fed_args: FederatedArguments, round_ind
     It holds `"round"`, every [`FederatedArguments`] field as `"federated.<name>"` and every field of the
     `training_args` template (`TrainingArguments.to_dict()`, tokens masked) as `"training.<name>"`: everything
     [`client_training_args`] derives a client's arguments from besides the client's index (its own seed, output
-    folder and learning rate of `--client_learning_rates` follow from these and the index). List and mapping values are
-    bound as sorted-key JSON text; the opt-in DP noise seeds (`dp_noise_seed`, `client_dp_noise_seed`) are left out,
-    since the digest is seen by the server and every peer.
+    folder follow from these and the index). List and mapping values are bound as sorted-key JSON text; the opt-in DP
+    noise seeds (`dp_noise_seed`, `client_dp_noise_seed`) are left out, since the digest is seen by the server and
+    every peer.
+
+    A setting from which each client picks its own entry by its index ([`PER_CLIENT_SETTINGS`]:
+    `--client_learning_rates`) is the same text for every client, so binding it cannot reveal that a server singled
+    a client out with it; secure aggregation refuses such settings ([`check_no_per_client_settings`]), and so does
+    this function when `fed_args.secure_aggregation` is set.
     """
     if not isinstance(fed_args, FederatedArguments):
         raise TypeError(f"`fed_args` must be a FederatedArguments instance, got {type(fed_args).__name__}.")
     if not is_int(round_index):
         raise ValueError(f"`round_index` must be an integer, got {round_index!r}.")
+    check_no_per_client_settings(fed_args)
     config: dict[str, Any] = {"round": int(round_index)}
     settings = [("federated", f.name, getattr(fed_args, f.name)) for f in dataclasses.fields(fed_args)]
     settings += [("training", name, value) for name, value in training_args.to_dict().items()]
