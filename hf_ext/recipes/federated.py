@@ -305,6 +305,15 @@ def check_ignored_flags(configs, data_args, fed_args, cmp_args, training_args, m
                 "per client."
             )
         refuse_per_base_rates(changed_from_default(cmp_args, PER_BASE_RATES))
+        secagg = [name for name, _, mods in configs if "secagg" in mods]
+        if secagg:  # FederatedArguments refuses the pair too, but only when that run starts, after the earlier ones
+            raise ValueError(
+                f"--client_learning_rates cannot be used with the '+secagg' runs of --configs ({', '.join(secagg)}): "
+                "each client picks its own rate by its index from one list that every client receives, so the "
+                "round-config digest the clients sign cannot tell an honest list from one a server chose to give "
+                "every client but one a negligible rate, whose secure sum is then that client's update. Drop "
+                "--client_learning_rates or the '+secagg' runs."
+            )
     if "dp" in present and training_args.gradient_accumulation_steps != 1:
         raise ValueError(
             "'+dp' runs add DP-SGD noise once per optimizer step: set --gradient_accumulation_steps 1 and raise "

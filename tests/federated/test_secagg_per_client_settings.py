@@ -22,8 +22,9 @@ from hf_ext.federated import (
     train_client,
 )
 from hf_ext.federated.simulation import client_training_args
+from hf_ext.recipes.federated import main
 
-from .conftest import tiny_llama
+from .conftest import tiny_llama, tiny_recipe_args
 
 ATTACK = "1e-30,5e-3,1e-30"  # every client but the victim (1) trains with a negligible rate
 REFUSED = "--client_learning_rates cannot be used with --secure_aggregation"
@@ -125,3 +126,24 @@ def test_the_simulation_runs_per_client_rates_without_secure_aggregation(
     sim = FederatedSimulation(tiny_llama(len(small_tokenizer)), client_datasets, fed, training_args)
     sim.run_round()
     assert sim.round == 1
+
+
+def test_recipe_accepts_client_learning_rates_without_secagg_runs(tmp_path):
+    from hf_ext.recipes import federated as recipe
+    from hf_ext.recipes._common import parse_recipe_args
+
+    argv = ["--configs", "lora", "--client_learning_rates", "1e-4,2e-4"]
+    args = parse_recipe_args(
+        recipe.ARGUMENT_CLASSES, ["--output_dir", str(tmp_path / "out"), *tiny_recipe_args(), *argv], resume="refuse"
+    )
+    recipe.validate(*args)  # accepted
+
+
+def test_recipe_refuses_client_learning_rates_next_to_a_secagg_run_before_output_dir_exists(tmp_path):
+    """Old code: accepted, and the '+secagg' run trained every client with its own rate. The FederatedArguments check
+    alone would refuse it only when that run starts, after pretraining and the runs before it."""
+    out = tmp_path / "out"
+    argv = ["--configs", "lora,lora+secagg", "--client_learning_rates", "1e-4,1e-4"]
+    with pytest.raises(ValueError, match="--client_learning_rates cannot be used with the '\\+secagg' runs of --conf"):
+        main(["--output_dir", str(out), *tiny_recipe_args(), *argv])
+    assert not out.exists()
