@@ -32,9 +32,29 @@ def is_saved_dataset_folder(path: str | None) -> bool:
     )
 
 
+def _read_error_types() -> tuple[type[BaseException], ...]:
+    """The errors `datasets` raises for a data file it cannot parse: a `DatasetGenerationError` around the parser's
+    (pandas', pyarrow's, a UnicodeDecodeError), pyarrow's own (a Parquet file without its footer) and `OSError`s (a
+    Parquet file whose metadata does not decode, an unreadable file)."""
+    import pyarrow as pa
+    from datasets.exceptions import DatasetGenerationError
+
+    return (DatasetGenerationError, pa.ArrowException, OSError)
+
+
+def _read_error_cause(err: BaseException) -> str:
+    """The parser's error behind `err` (a `DatasetGenerationError` only says that generating the dataset failed)."""
+    from datasets.exceptions import DatasetGenerationError
+
+    cause = err.__cause__ if isinstance(err, DatasetGenerationError) and err.__cause__ is not None else err
+    text = " ".join(str(cause).split())  # pandas' message ends in a line break
+    return f"{cause.__class__.__name__}: {text}" if text else cause.__class__.__name__
+
+
 def load_dataset_or_folder(dataset_name: str, dataset_config_name: str | None = None, flag: str = "--dataset_name"):
     """`datasets.load_dataset(dataset_name, dataset_config_name)`, or `load_from_disk` for a `save_to_disk` folder
-    (e.g. the compliance recipe's `compliant_dataset/`): a `DatasetDict`, or the `Dataset` such a folder holds."""
+    (e.g. the compliance recipe's `compliant_dataset/`): a `DatasetDict`, or the `Dataset` such a folder holds.
+    A dataset that cannot be reached or read raises a `ValueError` naming `flag`, the cause chained."""
     if is_saved_dataset_folder(dataset_name):
         from datasets import load_from_disk
 
@@ -45,7 +65,19 @@ def load_dataset_or_folder(dataset_name: str, dataset_config_name: str | None = 
         return load_from_disk(dataset_name)
     from datasets import load_dataset
 
-    return load_dataset(dataset_name, dataset_config_name)
+    try:
+        return load_dataset(dataset_name, dataset_config_name)
+    except _read_error_types() as err:
+        if isinstance(err, OSError) and not os.path.isdir(dataset_name):  # the Hub could not be reached
+            raise ValueError(
+                f"Could not load {flag}={dataset_name!r} ({err.__class__.__name__}: {err}). Without Hub access, drop "
+                f"{flag} to use the embedded offline corpus or pass --train_file."
+            ) from err
+        # a local folder (or a Hub dataset) whose data files do not parse
+        raise ValueError(
+            f"{flag}={dataset_name!r} could not be read ({_read_error_cause(err)}); fix or remove the malformed data "
+            "file."
+        ) from err
 
 
 def load_text_datasets(
@@ -97,7 +129,7 @@ def load_text_datasets(
         train, valid = load_corpus("train"), load_corpus("test")
     elif train_file is not None:
         # one builder per file: the two files may have different formats (e.g. .jsonl training, .txt validation)
-        train = load_data_file(train_file, "train")
+        train = load_data_file(train_file, "train", flag="--train_file")
         valid = None
     else:
         is_local = os.path.isdir(dataset_name)
@@ -107,13 +139,7 @@ def load_text_datasets(
                 "--dataset_name to train on the embedded offline corpus, point it at a local dataset folder, or pass "
                 "--train_file with a local file."
             )
-        try:
-            raw = load_dataset_or_folder(dataset_name, dataset_config_name)
-        except (ConnectionError, OSError) as err:
-            raise ValueError(
-                f"Could not load --dataset_name={dataset_name!r} ({err.__class__.__name__}: {err}). Without Hub "
-                "access, drop --dataset_name to use the embedded offline corpus or pass --train_file."
-            ) from err
+        raw = load_dataset_or_folder(dataset_name, dataset_config_name)
         if not hasattr(raw, "keys"):  # a save_to_disk folder of one Dataset: the training data
             train, valid = raw, None
         elif "train" not in raw:
@@ -125,7 +151,7 @@ def load_text_datasets(
             train = raw["train"]
             valid = raw["validation"] if "validation" in raw else (raw["test"] if "test" in raw else None)
     if validation_file is not None:  # the user's validation data wins over the corpus' or the dataset's own split
-        valid = load_data_file(validation_file, "validation")
+        valid = load_data_file(validation_file, "validation", flag="--validation_file")
     if text_column not in train.column_names:
         fix = (
             f"name the text column with {text_column_flag}"
@@ -155,8 +181,9 @@ def load_text_datasets(
 _BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
 
 
-def load_data_file(path: str, split: str = "train"):
-    """One local data file as a `datasets.Dataset`, read by the `datasets` builder of its extension.
+def load_data_file(path: str, split: str = "train", flag: str | None = None):
+    """One local data file as a `datasets.Dataset`, read by the `datasets` builder of its extension (`_file_builder`:
+    `.txt`, `.json`/`.jsonl`, `.csv` or `.parquet`, in any letter case).
 
     A `.txt` file holds one document per paragraph: its text (read whole by the `text` builder, `sample_by="document"`,
     line endings normalised) is split at blank lines, lines that are empty or hold only spaces or tabs, and the line
@@ -164,19 +191,45 @@ def load_data_file(path: str, split: str = "train"):
     lost, an EOS was packed after each line and the held-out split drew single lines out of the training documents.)
     A document's leading and trailing line breaks (the file's last newline) are removed, and documents holding only
     whitespace are dropped.
+    A file that is missing, empty, of another extension or that does not parse (a CSV row with an unquoted comma,
+    a JSON Lines line that is not one object, a truncated Parquet file, bytes that are not UTF-8) raises a
+    `ValueError` naming `flag` (the recipe's flag, e.g. `--train_file`), the path and the parser's message, with the
+    parser's error chained.
     """
     from datasets import load_dataset
 
+    who = f"{flag}={path!r}" if flag else f"The data file {path!r}"
     builder = _file_builder(path)
-    if builder != "text":
-        return load_dataset(builder, data_files={split: path})[split]
-    ds = load_dataset("text", data_files={split: path}, sample_by="document")[split]
+    if builder is None:
+        raise ValueError(f"{who} has an unsupported extension; use .txt, .json, .jsonl, .csv or .parquet.")
+    if not os.path.isfile(path):
+        raise ValueError(f"{who} does not exist; pass a .txt, .json/.jsonl, .csv or .parquet file.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{who} is empty; pass a file with at least one document.")
+    try:
+        if builder != "text":
+            return load_dataset(builder, data_files={split: path})[split]
+        ds = load_dataset("text", data_files={split: path}, sample_by="document")[split]
+    except _read_error_types() as err:
+        raise ValueError(
+            f"{who} could not be read as {_FORMATS[builder]} ({_read_error_cause(err)}); {_READ_FIXES[builder]}."
+        ) from err
 
     def paragraphs(batch):
         docs = (doc.strip("\n") for text in batch["text"] for doc in _BLANK_LINES.split(text))
         return {"text": [doc for doc in docs if doc.strip()]}
 
     return ds.map(paragraphs, batched=True)
+
+
+_FORMATS = {"text": "text", "json": "JSON / JSON Lines", "csv": "CSV", "parquet": "Parquet"}
+_READ_FIXES = {
+    "text": "a .txt file must be UTF-8 text",
+    "json": "a .jsonl file holds one JSON object per line, a .json file one object per line or a list of objects",
+    "csv": "a CSV file needs a header row and the same number of cells in every row: quote text cells that hold "
+    'commas, quotes or line breaks ("a, b")',
+    "parquet": "pass a complete Parquet file (e.g. written by pandas' to_parquet or datasets' Dataset.to_parquet)",
+}
 
 
 def _file_builder(path: str) -> str | None:

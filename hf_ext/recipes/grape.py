@@ -518,15 +518,13 @@ def check_checkpoint_method(checkpoint: str, args: GrapeRecipeConfig) -> None:
         )
 
 
-def _load_file(path: str, text_column: str):
+def _load_file(path: str, text_column: str, flag: str | None = None):
+    """`path` through the shared `load_data_file` (an unsupported extension, or a file that does not parse, is a
+    `ValueError` naming `flag` and the path); a `.txt` file's documents land in `text_column`."""
     from ..data.loading import _file_builder, load_data_file
 
-    builder = _file_builder(path)
-    if builder is None:
-        ext = path.rsplit(".", 1)[-1].lower()
-        raise ValueError(f"{path!r}: unsupported extension {ext!r}; use .txt, .json, .jsonl, .csv or .parquet.")
-    ds = load_data_file(path)
-    if builder == "text" and text_column != "text":
+    ds = load_data_file(path, flag=flag)
+    if _file_builder(path) == "text" and text_column != "text":
         ds = ds.rename_column("text", text_column)
     return ds
 
@@ -536,7 +534,7 @@ def _load_sources(data_args: GrapeDataArguments, args: GrapeRecipeConfig):
     from ..data.loading import load_dataset_or_folder
 
     if data_args.train_file:
-        return _load_file(data_args.train_file, args.text_column)
+        return _load_file(data_args.train_file, args.text_column, "--train_file")
     loaded = load_dataset_or_folder(data_args.dataset_name, data_args.dataset_config_name)
     if not hasattr(loaded, "keys"):  # a save_to_disk folder of one Dataset
         return loaded
@@ -562,7 +560,7 @@ def build_data(data_args: GrapeDataArguments, args: GrapeRecipeConfig):
         sources = sources.filter(lambda r: str(r[args.domain_column]) in keep)
     if data_args.target_files:
         targets = {
-            name: _load_file(path, args.text_column)
+            name: _load_file(path, args.text_column, "--target_files")
             for name, path in _parse_pairs(data_args.target_files, "--target_files").items()
         }
     elif data_args.train_file or data_args.dataset_name:
