@@ -32,6 +32,47 @@ def is_saved_dataset_folder(path: str | None) -> bool:
     )
 
 
+# a Hub dataset id: `name` or `owner/name` (letters, digits, `_`, `-`, `.`)
+_HUB_ID = re.compile(r"(?:[\w.-]+/)?[\w.-]+")
+
+
+def looks_like_local_path(name: str) -> bool:
+    """True for a `--dataset_name` that can only be a filesystem path, never a Hub id: absolute, starting with `.` or
+    `~` (`./data`, `../data`, `~/data`: a Hub name cannot start with `.` or `~`), holding the OS path separator
+    where it is not `/`, or anything else that is not `name` / `owner/name` (`a/b/c`)."""
+    return (
+        os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or any(sep and sep != "/" and sep in name for sep in (os.sep, os.altsep))
+        or _HUB_ID.fullmatch(name) is None
+    )
+
+
+def check_dataset_name(dataset_name: str | None, offline_fix: str, flag: str = "--dataset_name") -> None:
+    """Refuse a `--dataset_name` that cannot load, before any work: a file (a data file is a `--train_file`), a local
+    path that is not an existing folder (a typo in a path used to be reported as a Hub name), or, with
+    `HF_HUB_OFFLINE` set, a Hub name; `offline_fix` says what the recipe takes instead. Shared by the recipes."""
+    if not dataset_name or os.path.isdir(dataset_name):
+        return
+    if os.path.isfile(dataset_name):
+        raise ValueError(
+            f"{flag}={dataset_name!r} is a file, not a dataset folder; pass a data file with --train_file "
+            f"({flag} takes a Hub dataset, a folder of data files or a save_to_disk folder)."
+        )
+    if looks_like_local_path(dataset_name):
+        raise ValueError(
+            f"{flag}={dataset_name!r} is a local path (not a Hub dataset id, `name` or `owner/name`) that does not "
+            "exist as a folder; check the path"
+            + (" (a '~' is not expanded here: write the path out)" if dataset_name.startswith("~") else "")
+            + "."
+        )
+    if hub_offline():
+        raise ValueError(
+            f"{flag}={dataset_name!r} needs the Hugging Face Hub (there is no local folder of that name), but "
+            f"HF_HUB_OFFLINE is set. {offline_fix}"
+        )
+
+
 def _read_error_types() -> tuple[type[BaseException], ...]:
     """The errors `datasets` raises for a data file it cannot parse: a `DatasetGenerationError` around the parser's
     (pandas', pyarrow's, a UnicodeDecodeError), pyarrow's own (a Parquet file without its footer) and `OSError`s (a
@@ -111,6 +152,11 @@ def load_text_datasets(
     if dataset_name and train_file:
         raise ValueError("Pass either --dataset_name or --train_file, not both.")
     check_dataset_config(dataset_name, dataset_config_name)
+    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)):
+        raise TypeError(
+            f"validation_fraction must be a number in (0, 1), got {validation_fraction!r} "
+            f"({type(validation_fraction).__name__}); pass e.g. 0.05."
+        )
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}.")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
@@ -132,13 +178,11 @@ def load_text_datasets(
         train = load_data_file(train_file, "train", flag="--train_file")
         valid = None
     else:
-        is_local = os.path.isdir(dataset_name)
-        if hub_offline() and not is_local:
-            raise ValueError(
-                f"--dataset_name={dataset_name!r} needs the Hugging Face Hub, but HF_HUB_OFFLINE is set. Drop "
-                "--dataset_name to train on the embedded offline corpus, point it at a local dataset folder, or pass "
-                "--train_file with a local file."
-            )
+        check_dataset_name(
+            dataset_name,
+            "Drop --dataset_name to train on the embedded offline corpus, point it at a local dataset folder, or pass "
+            "--train_file with a local file.",
+        )
         raw = load_dataset_or_folder(dataset_name, dataset_config_name)
         if not hasattr(raw, "keys"):  # a save_to_disk folder of one Dataset: the training data
             train, valid = raw, None

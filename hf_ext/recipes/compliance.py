@@ -123,7 +123,7 @@ _NUM_HEADS = 4
 def _validate(args: ComplianceArguments):
     """Check the arguments before any work or write; returns the DCG report of the `--dcg_*` files (or `None`)."""
     from ..compliance.robots import BACKENDS, HOST_FALLBACKS, STATUS_POLICIES
-    from ..data.loading import hub_offline
+    from ..data.loading import check_dataset_name
     from ..utils.io import ensure_writable_dir
 
     if args.engine not in ("datasets", "datatrove"):
@@ -190,11 +190,8 @@ def _validate(args: ComplianceArguments):
             raise ValueError(f"--{name} must be non-empty.")
     if args.robots is not None and not os.path.exists(args.robots):
         raise ValueError(f"--robots={args.robots!r} does not exist; pass a snapshot folder, .jsonl or .parquet.")
-    if args.dataset_name and hub_offline() and not os.path.isdir(args.dataset_name):
-        raise ValueError(
-            f"--dataset_name={args.dataset_name!r} needs the Hugging Face Hub, but HF_HUB_OFFLINE is set; use a local "
-            "folder or --train_file."
-        )
+    # a path that is not a folder, or a Hub name offline
+    check_dataset_name(args.dataset_name, "Use a local folder or --train_file.")
     if args.train_file is not None and not os.path.isfile(args.train_file):
         raise ValueError(f"--train_file={args.train_file!r} is not a file.")
     if (args.dcg_non_compliant is None) != (args.dcg_compliant is None):

@@ -346,7 +346,7 @@ def validate_args(
 ) -> None:
     """Check arguments before anything is loaded or written."""
     from ..data import corpus_domains
-    from ..data.loading import hub_offline
+    from ..data.loading import check_dataset_name
     from ..utils.io import ensure_writable_dir
 
     if eval_args is not None:
@@ -357,11 +357,9 @@ def validate_args(
         raise ValueError("Pass either --train_file or --dataset_name, not both.")
     if data_args.train_file and not os.path.isfile(data_args.train_file):
         raise ValueError(f"--train_file={data_args.train_file!r} does not exist.")
-    if data_args.dataset_name and hub_offline() and not os.path.isdir(data_args.dataset_name):
-        raise ValueError(
-            f"--dataset_name={data_args.dataset_name!r} needs the Hub but HF_HUB_OFFLINE is set; use a local folder, "
-            "--train_file, or no argument for the embedded corpus."
-        )
+    check_dataset_name(  # a path that is no folder, or a Hub name offline
+        data_args.dataset_name, "Use a local folder, --train_file, or no argument for the embedded corpus."
+    )
     if not 0.0 < data_args.eval_fraction < 1.0:
         raise ValueError(f"--eval_fraction must be in (0, 1), got {data_args.eval_fraction}.")
     if data_args.target_files:

@@ -181,7 +181,7 @@ def check_ignored_flags(model_args, data_args, sweep_args, training_args) -> Non
 
 def validate_args(model_args, data_args, sweep_args, training_args) -> None:
     """Check every argument before any data is loaded or anything is written."""
-    from ..data.loading import check_dataset_config, hub_offline
+    from ..data.loading import check_dataset_config, check_dataset_name, hub_offline
     from ..models.layer_parallel.configuration_layer_parallel import LP_MLP_NORMS, LP_MODES
     from ..utils.io import ensure_writable_dir
 
@@ -190,11 +190,10 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
         raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
     if data_args.max_eval_blocks <= 0:
         raise ValueError(f"--max_eval_blocks must be positive, got {data_args.max_eval_blocks}.")
-    if data_args.dataset_name and hub_offline() and not os.path.isdir(data_args.dataset_name):
-        raise ValueError(
-            f"--dataset_name={data_args.dataset_name!r} needs the Hugging Face Hub, but HF_HUB_OFFLINE is set. Drop "
-            "--dataset_name to use the embedded corpus, or pass --train_file/--validation_file."
-        )
+    check_dataset_name(  # a path that is no folder, or a Hub name offline
+        data_args.dataset_name,
+        "Drop --dataset_name to use the embedded corpus, or pass --train_file/--validation_file.",
+    )
     if sweep_args.lp_mode not in LP_MODES:
         raise ValueError(f"--lp_mode must be one of {list(LP_MODES)}, got {sweep_args.lp_mode!r}.")
     if sweep_args.lp_mlp_norm not in LP_MLP_NORMS:

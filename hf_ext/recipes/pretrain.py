@@ -251,7 +251,7 @@ def check_ignored_model_flags(model_args: ModelArguments, data_args) -> None:
 
 def validate_args(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
     """Check arguments before any data is loaded or anything is written."""
-    from ..data.loading import hub_offline
+    from ..data.loading import check_dataset_name
     from ..utils.io import ensure_writable_dir
     from ._common import check_vocab_size
 
@@ -259,11 +259,10 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
     if data_args.block_size <= 0:
         raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
-    if data_args.dataset_name and hub_offline() and not os.path.isdir(data_args.dataset_name):
-        raise ValueError(
-            f"--dataset_name={data_args.dataset_name!r} needs the Hugging Face Hub, but HF_HUB_OFFLINE is set. Drop "
-            "--dataset_name to train on the embedded offline corpus, or pass --train_file with a local file."
-        )
+    check_dataset_name(  # a path that is no folder, or a Hub name offline
+        data_args.dataset_name,
+        "Drop --dataset_name to train on the embedded offline corpus, or pass --train_file with a local file.",
+    )
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
     if not data_args.prompt:

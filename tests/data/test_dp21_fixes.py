@@ -2,11 +2,15 @@
 JSON Lines line that is not an object, a truncated Parquet file, bytes that are not UTF-8) ended in `datasets`'
 `DatasetGenerationError` ("An error occurred while generating the dataset") or pyarrow's error, naming neither the
 flag nor the file; it is now a `ValueError` naming both and the parser's message, the parser's error chained (an empty
-`.jsonl` used to end in a bare `StopIteration`)."""
+`.jsonl` used to end in a bare `StopIteration`). A `--dataset_name` that is a local path but no folder (a typo in
+`./data`) was reported as "needs the Hugging Face Hub" with HF_HUB_OFFLINE set (and, online, went to the Hub); it is
+now "does not exist as a folder", in `load_text_datasets` and in the recipes' argument checks. A string
+`validation_fraction` gave a raw `TypeError: '<' not supported`; it names the argument."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -105,3 +109,78 @@ def test_a_folder_of_malformed_data_files_names_dataset_name(tmp_path):
     (folder / "train.csv").write_text(_MALFORMED[0][1])
     with pytest.raises(ValueError, match=r"^--dataset_name='.*data' could not be read \(ParserError: .*Expected 1"):
         load_text_datasets(dataset_name=str(folder))
+
+
+@pytest.mark.parametrize("offline", [True, False])
+@pytest.mark.parametrize("relative", ["./no_such_dir", "../no_such_dir", "~/no_such_dir_hf_ext", "a/b/c", "ab\\cd"])
+def test_a_local_path_that_is_no_folder_is_not_called_a_hub_name(tmp_path, monkeypatch, offline, relative):
+    """Offline it was "needs the Hugging Face Hub"; online it went to the Hub (an HFValidationError at best)."""
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    with pytest.raises(
+        ValueError, match=r"is a local path .* that does not exist as a folder; check the path"
+    ) as info:
+        load_text_datasets(dataset_name=relative)
+    assert "Hugging Face Hub" not in str(info.value)
+    absolute = str(tmp_path / "nope_dir")
+    with pytest.raises(ValueError, match=rf"^--dataset_name={absolute!r} is a local path"):
+        load_text_datasets(dataset_name=absolute)
+
+
+def test_a_file_as_dataset_name_points_to_train_file(tmp_path, monkeypatch):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in _DOCS))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"^--dataset_name='data.jsonl' is a file, not a dataset folder; pass .*--train_file"
+    ):
+        load_text_datasets(dataset_name="data.jsonl")
+
+
+def test_a_hub_name_offline_still_needs_the_hub(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        ValueError, match=r"'someone/some_dataset' needs the Hugging Face Hub.*embedded offline corpus"
+    ):
+        load_text_datasets(dataset_name="someone/some_dataset")
+
+
+@pytest.mark.parametrize("value", ["0.5", None, [0.5]])
+def test_a_validation_fraction_that_is_no_number_is_named(tmp_path, value):
+    with pytest.raises(
+        TypeError, match=r"^validation_fraction must be a number in \(0, 1\), got " + re.escape(repr(value))
+    ):
+        load_text_datasets(validation_fraction=value)
+    assert len(load_text_datasets(validation_fraction=0.5)[1]) > 0  # a number still works
+
+
+_LP = [
+    "--num_hidden_layers", "4", "--hidden_size", "32", "--intermediate_size", "64", "--num_attention_heads", "2",
+    "--num_key_value_heads", "1", "--block_size", "32", "--vocab_size", "512", "--pretrain_steps", "5",
+    "--skip_sweep", "true", "--lp_start", "2", "--lp_end", "4", "--use_cpu", "true", "--report_to", "none",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", ["pretrain", "layer_parallel", "grape", "compliance"])
+def test_the_recipes_refuse_a_local_path_that_is_no_folder_before_any_output(tmp_path, recipe):
+    import importlib
+
+    main = importlib.import_module(f"hf_ext.recipes.{recipe}").main
+    argv = {"layer_parallel": _LP, "grape": ["--use_cpu", "true", "--report_to", "none"]}.get(recipe, [])
+    out = tmp_path / "never"
+    missing = str(tmp_path / "corpus_typo")
+    with pytest.raises(
+        ValueError, match=rf"^--dataset_name={missing!r} is a local path .* does not exist as a folder"
+    ):
+        main([*argv, "--dataset_name", missing, "--output_dir", str(out)])
+    assert not out.exists()
