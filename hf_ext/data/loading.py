@@ -92,10 +92,18 @@ def _read_error_cause(err: BaseException) -> str:
     return f"{cause.__class__.__name__}: {text}" if text else cause.__class__.__name__
 
 
-def load_dataset_or_folder(dataset_name: str, dataset_config_name: str | None = None, flag: str = "--dataset_name"):
-    """`datasets.load_dataset(dataset_name, dataset_config_name)`, or `load_from_disk` for a `save_to_disk` folder
-    (e.g. the compliance recipe's `compliant_dataset/`): a `DatasetDict`, or the `Dataset` such a folder holds.
-    A dataset that cannot be reached or read raises a `ValueError` naming `flag`, the cause chained."""
+def load_dataset_or_folder(
+    dataset_name: str,
+    dataset_config_name: str | None = None,
+    flag: str = "--dataset_name",
+    split: str | None = None,
+    split_flag: str = "--split",
+):
+    """`datasets.load_dataset(dataset_name, dataset_config_name, split=split)`, or `load_from_disk` for a
+    `save_to_disk` folder (e.g. the compliance recipe's `compliant_dataset/`): a `DatasetDict` (its `split` when one is
+    given), or the `Dataset` such a folder holds (whatever `split`).
+    A dataset that cannot be reached or read, or has no such `split`, raises a `ValueError` naming `flag` (and
+    `split_flag`), the cause chained."""
     if is_saved_dataset_folder(dataset_name):
         from datasets import load_from_disk
 
@@ -103,11 +111,19 @@ def load_dataset_or_folder(dataset_name: str, dataset_config_name: str | None = 
             raise ValueError(
                 f"{flag}={dataset_name!r} is a save_to_disk folder, which has no configs; drop --dataset_config_name."
             )
-        return load_from_disk(dataset_name)
+        loaded = load_from_disk(dataset_name)
+        if split is None or not hasattr(loaded, "keys"):
+            return loaded
+        if split not in loaded:
+            raise ValueError(
+                f"{split_flag}={split!r} is not a split of {flag}={dataset_name!r} (splits: {list(loaded.keys())}); "
+                "pass one of them."
+            )
+        return loaded[split]
     from datasets import load_dataset
 
     try:
-        return load_dataset(dataset_name, dataset_config_name)
+        return load_dataset(dataset_name, dataset_config_name, split=split)
     except _read_error_types() as err:
         if isinstance(err, OSError) and not os.path.isdir(dataset_name):  # the Hub could not be reached
             raise ValueError(
@@ -119,6 +135,10 @@ def load_dataset_or_folder(dataset_name: str, dataset_config_name: str | None = 
             f"{flag}={dataset_name!r} could not be read ({_read_error_cause(err)}); fix or remove the malformed data "
             "file."
         ) from err
+    except ValueError as err:
+        if split is None or not str(err).startswith("Unknown split"):
+            raise
+        raise ValueError(f"{split_flag}={split!r} is not a split of {flag}={dataset_name!r}: {err}") from err
 
 
 def load_text_datasets(

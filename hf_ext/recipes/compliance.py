@@ -26,7 +26,9 @@ class ComplianceArguments:
         default=None, metadata={"help": "Hub dataset or local dataset folder; default: the embedded offline corpus."}
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of --dataset_name."})
-    train_file: str | None = field(default=None, metadata={"help": "Local .json/.jsonl/.csv/.parquet file."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "Local .json/.jsonl/.csv/.parquet file with a URL column (not .txt)."}
+    )
     split: str = field(default="train", metadata={"help": "Split to filter."})
     url_column: str = field(default="url", metadata={"help": "Column holding each document's URL."})
     text_column: str = field(default="text", metadata={"help": "Column holding the text (for token counts)."})
@@ -194,6 +196,19 @@ def _validate(args: ComplianceArguments):
     check_dataset_name(args.dataset_name, "Use a local folder or --train_file.")
     if args.train_file is not None and not os.path.isfile(args.train_file):
         raise ValueError(f"--train_file={args.train_file!r} is not a file.")
+    if args.train_file is not None:
+        from ..data.loading import _file_builder
+
+        builder = _file_builder(args.train_file)  # the extension in any letter case (DOCS.JSONL is JSON Lines)
+        if builder in (None, "text"):
+            # a .txt file is only paragraphs of text: it cannot hold the URL that each document is checked by (it
+            # used to reach datasets as a builder named 'txt' and end in "Couldn't reach 'txt' on the Hub")
+            raise ValueError(
+                f"--train_file={args.train_file!r} "
+                + ("is a .txt file, which holds no URLs" if builder else "has an unsupported extension")
+                + f"; the compliance recipe checks each document's URL (--url_column {args.url_column!r}): pass a "
+                ".json/.jsonl, .csv or .parquet file with that column."
+            )
     if (args.dcg_non_compliant is None) != (args.dcg_compliant is None):
         raise ValueError("--dcg_non_compliant and --dcg_compliant must be given together.")
     for name in ("dcg_non_compliant", "dcg_compliant"):
@@ -270,21 +285,17 @@ def _dcg_from_files(args: ComplianceArguments):
 
 
 def _load_dataset(args: ComplianceArguments):
-    import datasets
-
+    """The `--split` of `--dataset_name` (a Hub dataset, a folder of data files or a `save_to_disk` folder; one saved
+    `Dataset` is the data whatever `--split`), the `--train_file`, or the embedded corpus' split. Through the shared
+    loaders of `hf_ext.data.loading`: the file's extension in any letter case, and a file or dataset that does not
+    load raises a `ValueError` naming the flag."""
     from ..data import load_corpus
-    from ..data.loading import is_saved_dataset_folder, load_dataset_or_folder
+    from ..data.loading import load_data_file, load_dataset_or_folder
 
     if args.train_file:
-        ext = os.path.splitext(args.train_file)[1].lstrip(".")
-        ext = {"jsonl": "json"}.get(ext, ext)
-        return datasets.load_dataset(ext, data_files={args.split: args.train_file}, split=args.split)
+        return load_data_file(args.train_file, args.split, flag="--train_file")
     if args.dataset_name:
-        if is_saved_dataset_folder(args.dataset_name):
-            loaded = load_dataset_or_folder(args.dataset_name, args.dataset_config_name)
-            return loaded[args.split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        # a Hub dataset or a local folder of data files
-        return datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.split)
+        return load_dataset_or_folder(args.dataset_name, args.dataset_config_name, split=args.split)
     return load_corpus(args.split)
 
 
