@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import time
@@ -29,6 +28,7 @@ from protego import Protego
 
 from hf_ext.compliance import DEFAULT_AI_USER_AGENTS, RobotsCompliance, RobotsTxt, RobotsTxtStore, normalize_host
 from hf_ext.compliance.robots import status_class
+from hf_ext.utils.argtypes import output_file
 
 TEMPLATES = {
     # share of hosts, (HTTP status, robots.txt body)
@@ -153,17 +153,6 @@ class HfExt:
 
     def __call__(self, urls):
         return self.checker.disallowed_agents_batch(urls)
-
-
-def output_file(text: str) -> str:
-    """An argparse `type`: a file path whose folder exists and is writable (checked before the benchmark, which used
-    to fail on a missing folder only once every method had run)."""
-    folder = os.path.dirname(os.path.abspath(text)) if text else ""
-    if not text or os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"must be a file path, got {text!r}")
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"{text!r}: its folder {folder!r} does not exist or is not writable")
-    return text
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

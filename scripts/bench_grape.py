@@ -19,6 +19,8 @@ import platform
 import tempfile
 import time
 
+from hf_ext.utils.argtypes import int_at_least
+
 
 def device_name() -> str:
     import torch
@@ -29,21 +31,6 @@ def device_name() -> str:
 
 
 HEADS = 4  # attention heads of the tiny Llama
-
-
-def int_at_least(minimum: int):
-    """An argparse `type`: an integer >= `minimum` (argparse names the flag in its error, before any work)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def hidden_size(text: str) -> int:

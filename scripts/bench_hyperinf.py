@@ -16,20 +16,7 @@ import argparse
 import os
 import platform
 
-
-def int_at_least(minimum: int):
-    """An argparse `type`: an integer >= `minimum` (argparse names the flag in its error, before any work)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
+from hf_ext.utils.argtypes import int_at_least, output_file
 
 
 def int_list(minimum: int):
@@ -45,17 +32,6 @@ def int_list(minimum: int):
         return values
 
     return parse
-
-
-def output_file(text: str) -> str:
-    """An argparse `type`: a file path whose folder exists and is writable (checked before the sweep, which used to
-    fail on a missing folder only once every seed had run)."""
-    folder = os.path.dirname(os.path.abspath(text)) if text else ""
-    if not text or os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"must be a file path, got {text!r}")
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"{text!r}: its folder {folder!r} does not exist or is not writable")
-    return text
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
