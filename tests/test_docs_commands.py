@@ -48,20 +48,26 @@ def _code_lines(text: str):
         yield outside[: m.start()].count("\n") + 1, m.group(1)
 
 
-def documented_commands(root: str) -> list[tuple[str, str, list[str]]]:
-    """(where, script name, argv) for every documented command with at least one argument."""
-    found = []
+def _doc_code_lines(root: str):
+    """(path relative to `root`, line number, command line) of every code line of every documented file."""
     for path in _doc_paths(root):
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
         rel = os.path.relpath(path, root)
         for lineno, line in _code_lines(text):
-            for m in _COMMAND.finditer(line):
-                argv = []
-                for token in shlex.split(m.group(4).split("(")[0]):  # prose after "(" is not part of the command
-                    argv.append(token)
-                if argv and argv != ["..."]:
-                    found.append((f"{rel}:{lineno}", m.group(1) or m.group(2) or m.group(3), argv))
+            yield rel, lineno, line
+
+
+def documented_commands(root: str) -> list[tuple[str, str, list[str]]]:
+    """(where, script name, argv) for every documented command with at least one argument."""
+    found = []
+    for rel, lineno, line in _doc_code_lines(root):
+        for m in _COMMAND.finditer(line):
+            argv = []
+            for token in shlex.split(m.group(4).split("(")[0]):  # prose after "(" is not part of the command
+                argv.append(token)
+            if argv and argv != ["..."]:
+                found.append((f"{rel}:{lineno}", m.group(1) or m.group(2) or m.group(3), argv))
     return found
 
 
@@ -279,15 +285,11 @@ def documented_reproduce_commands(root: str) -> list[tuple[str, list[str]]]:
     """(where, argv after `hf-ext reproduce`) for every documented `hf-ext reproduce` command with arguments and no
     placeholder."""
     found = []
-    for path in _doc_paths(root):
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        rel = os.path.relpath(path, root)
-        for lineno, line in _code_lines(text):
-            for m in _REPRODUCE.finditer(line):
-                argv = shlex.split(m.group(1))
-                if argv and not any(_REPRODUCE_PLACEHOLDER.search(token) for token in argv):
-                    found.append((f"{rel}:{lineno}", argv))
+    for rel, lineno, line in _doc_code_lines(root):
+        for m in _REPRODUCE.finditer(line):
+            argv = shlex.split(m.group(1))
+            if argv and not any(_REPRODUCE_PLACEHOLDER.search(token) for token in argv):
+                found.append((f"{rel}:{lineno}", argv))
     return found
 
 
