@@ -469,6 +469,10 @@ class RobotsCompliance:
     grouped by the rules that apply to them, so a URL costs one dictionary lookup on hosts that restrict no checked
     agent and one compiled match per distinct rule group otherwise. See docs/compliance.md for the conformance table.
 
+    The cached host policies follow the store: after a change of it (`store.add`, `store.update_from_fetch`, e.g. a
+    refreshed snapshot) the next decision drops them and decides by the store as it is now, as a checker unpickled in
+    a `num_proc` worker or a datatrove task (whose caches start empty) does.
+
     Args:
         robots (`RobotsTxtStore` or `Mapping[str, str | bytes | None | RobotsRecord]`):
             robots.txt texts per host (`None` = the host has no robots.txt).
@@ -567,10 +571,14 @@ class RobotsCompliance:
         for name in ("_policies", "_by_text"):
             state[name] = OrderedDict()
         state["_by_prefix"], state["_prefixes_of"] = {}, {}
+        state["_cache_version"] = None  # the empty caches follow whatever store version the copy holds
         return state
 
     def clear_cache(self) -> None:
-        """Drop every cached host policy (e.g. after changing the store)."""
+        """Drop every cached host policy and parsed text. A change of the store through `add` or `update_from_fetch`
+        does this on the next decision (the store's version changed), so it is needed only after changing records
+        some other way."""
+        self._cache_version = self.store._version
         self._policies: OrderedDict[str, DomainPolicy] = OrderedDict()
         self._by_prefix: dict[str, DomainPolicy] = {}
         self._prefixes_of: dict[str, list[str]] = {}
@@ -645,6 +653,8 @@ class RobotsCompliance:
 
     def policy(self, host: str) -> DomainPolicy:
         """The cached `DomainPolicy` of a (normalised) host, built on first use."""
+        if self._cache_version != self.store._version:
+            self.clear_cache()
         policies = self._policies
         policy = policies.get(host)
         if policy is None:
@@ -688,6 +698,8 @@ class RobotsCompliance:
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, got {type(url).__name__}.")
         url = _without_tab_newline(url).strip()
+        if self._cache_version != self.store._version:
+            self.clear_cache()
         return self._policy_for_prefix(url, self._path_start(url)) if url else _ALLOW_ALL
 
     def _match_groups(self, url: str, groups, path: str | None = None) -> tuple[str, ...]:
@@ -740,6 +752,8 @@ class RobotsCompliance:
             url = _without_tab_newline(url).strip()
             if not url:
                 return () if self.missing_url == "keep" else ("<missing-url>",)
+        if self._cache_version != self.store._version:  # the store changed: its old policies are stale
+            self.clear_cache()
         return self._disallowed(url)
 
     def is_compliant(self, url: str | None) -> bool:
@@ -751,6 +765,8 @@ class RobotsCompliance:
         if isinstance(urls, str):
             raise TypeError("urls must be an iterable of URLs, not a single str; use disallowed_agents(url).")
         missing = () if self.missing_url == "keep" else ("<missing-url>",)
+        if self._cache_version != self.store._version:  # the store changed: its old policies are stale
+            self.clear_cache()
         # The loop below is `disallowed_agents` inlined: it runs once per document of a corpus.
         by_prefix_get = None if self.max_cached_hosts is not None else self._by_prefix.get
         slow_lookup = self._policy_for_prefix

@@ -234,6 +234,9 @@ class RobotsTxtStore(Mapping):
 
     Keys are normalised with `normalize_host`, so `WWW.Example.com:443` and `www.example.com` are one entry.
     Records whose `text` is `None` document a host known to have no robots.txt.
+
+    Every change of a record (`add`, `update_from_fetch`) bumps the store's version, so a `RobotsCompliance` built on
+    the store drops the host policies it cached from the old records on its next decision.
     """
 
     def _add_loaded(self, seen: dict, where: str, host, *fields) -> None:
@@ -252,6 +255,8 @@ class RobotsTxtStore(Mapping):
 
     def __init__(self, records: Iterable[RobotsRecord] = (), fetched_at: str | None = None):
         self._records: dict[str, RobotsRecord] = {}
+        # bumped on every change of `_records`: `RobotsCompliance` drops its cached policies when it changed
+        self._version = 0
         self.fetched_at = _iso_date(fetched_at, "the snapshot")
         if isinstance(records, (str, bytes, RobotsRecord)):
             raise TypeError(
@@ -306,6 +311,7 @@ class RobotsTxtStore(Mapping):
         for what, value in (("error", error), ("fetched_at", fetched_at)):
             _refuse_surrogates(value, what, host)
         self._records[key] = RobotsRecord(key, text, fetched_at or self.fetched_at, status, error or None)
+        self._version += 1
 
     def update_from_fetch(self, record: RobotsRecord) -> RobotsRecord:
         """Store a new fetch result for `record.host`, with RFC 9309's caching rule for unreachable files.
@@ -336,6 +342,7 @@ class RobotsTxtStore(Mapping):
                     return previous
                 _refuse_surrogates(new_date, "fetched_at", record.host)
                 self._records[key] = replace(previous, fetched_at=new_date)
+                self._version += 1
                 return self._records[key]
             record = RobotsRecord(record.host, None, record.fetched_at, None, _NOT_MODIFIED_WITHOUT_COPY)
         if record.status_class == "unreachable" and previous is not None and previous.status_class == "available":

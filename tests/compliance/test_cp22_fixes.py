@@ -1,0 +1,71 @@
+"""Pass-22 audit (cp22) of compliance at scale.
+
+F1: a `RobotsCompliance` kept the host policies it cached after its store changed in place (`update_from_fetch`,
+`add`): it decided by the old rules in this process, while `num_proc` workers and datatrove tasks (whose unpickled
+checker starts with empty caches) decided by the new ones, so `filter_compliant(num_proc=None)` and `(num_proc=2)`
+kept different rows. The store now has a version bumped on every change, and the checker drops its caches when the
+version it built them from is not the store's.
+"""
+
+import pickle
+
+import datasets
+
+from hf_ext.compliance import RobotsCompliance, RobotsRecord, RobotsTxtStore, filter_compliant
+from hf_ext.compliance.store import record_from_response
+
+_GPTBOT_OUT = "User-agent: GPTBot\nDisallow: /\n"
+_ALLOW_ALL = "User-agent: *\nAllow: /\n"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# F1: the checker follows its store
+def _refreshed(store):
+    # newer fetches: h1 lifts its GPTBot opt-out, h2 opts out
+    store.update_from_fetch(RobotsRecord("h1.com", _ALLOW_ALL, "2025-02-01", 200))
+    store.update_from_fetch(RobotsRecord("h2.com", _GPTBOT_OUT, "2025-02-01", 200))
+
+
+def test_filter_compliant_follows_a_store_refreshed_in_place_with_and_without_num_proc():
+    datasets.disable_progress_bars()
+    ds = datasets.Dataset.from_dict({"url": [f"https://h{i % 4}.com/p{i}" for i in range(40)]})
+    store = RobotsTxtStore.from_dict({"h1.com": _GPTBOT_OUT}, fetched_at="2025-01-01")
+    chk = RobotsCompliance(store)
+    before = filter_compliant(ds, chk)["url"]
+    assert not any("//h1." in u for u in before)  # caches h1's old policy
+    _refreshed(store)
+    expected = filter_compliant(ds, RobotsCompliance(store))["url"]
+    assert any("//h1." in u for u in expected) and not any("//h2." in u for u in expected)
+    assert filter_compliant(ds, chk)["url"] == expected
+    assert filter_compliant(ds, chk, num_proc=2)["url"] == expected
+
+
+def test_every_decision_path_follows_add_and_update_from_fetch():
+    store = RobotsTxtStore.from_dict({"h1.com": _GPTBOT_OUT, "www.h3.com": _GPTBOT_OUT}, fetched_at="2025-01-01")
+    chk = RobotsCompliance(store, user_agents=["GPTBot"])
+    urls = ["https://h1.com/x", "https://h2.com/x", "https://h3.com/x"]
+    assert chk.disallowed_agents_batch(urls) == [("GPTBot",), (), ("GPTBot",)]
+    assert chk.policy_for_url("https://h2.com/x").status_class == "missing"
+    assert chk.policy("h3.com").robots_key == "www.h3.com"
+    _refreshed(store)
+    store.add("h3.com", _ALLOW_ALL)  # now found before the www. record
+    assert [chk.is_compliant(u) for u in urls] == [True, False, True]
+    assert chk.disallowed_agents_batch(urls) == [(), ("GPTBot",), ()]
+    assert chk.policy_for_url("https://h2.com/x").status_class == "available"
+    assert chk.policy("h3.com").robots_key == "h3.com"
+    # a pickled copy (a datatrove task, a num_proc worker) decides as the original, and follows its own store
+    copy = pickle.loads(pickle.dumps(chk))
+    assert copy.disallowed_agents_batch(urls) == chk.disallowed_agents_batch(urls)
+    copy.store.add("h2.com", None)
+    assert copy.is_compliant("https://h2.com/x") and not chk.is_compliant("https://h2.com/x")
+
+
+def test_a_304_that_redates_the_copy_bumps_the_store_version():
+    store = RobotsTxtStore()
+    store.add("a.com", _GPTBOT_OUT, fetched_at="2025-01-01", status=200)
+    version = store._version
+    store.update_from_fetch(record_from_response("a.com", 304, None, "2025-01-02"))
+    assert store["a.com"].fetched_at == "2025-01-02" and store._version > version
+    version = store._version
+    store.update_from_fetch(record_from_response("a.com", 304, None, "2024-12-01"))  # older: nothing changes
+    assert store._version == version
