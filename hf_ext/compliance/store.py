@@ -321,7 +321,10 @@ class RobotsTxtStore(Mapping):
         unreachable, instead of falling back to complete disallow. A fetch dated before the stored record's does not
         replace it either: dates are compared as instants (`2025-01-02T01:00:00+02:00` is before
         `2025-01-01T23:30:00+00:00`; a date or a time without offset is UTC; strings that are not ISO 8601 compare
-        as text). Every other result replaces the record (a 4xx means the file is gone). Returns the record now stored.
+        as text). A fetch without a date (`fetched_at` `None`) is not known to be newer than a dated record, so it
+        leaves one as it is, as an undated 304 does (it replaces an undated record, and a host with no record gets it,
+        dated with the store's `fetched_at` as every undated record `add` stores). Every other result replaces the
+        record (a 4xx means the file is gone). Returns the record now stored.
 
         A 304 Not Modified (status 304, no `error`) is HTTP caching's "the copy you hold is current" (RFC 9309 section
         2.4 allows standard HTTP caching, RFC 9111): an *available* copy in the store is kept, dated `record.fetched_at`
@@ -338,7 +341,7 @@ class RobotsTxtStore(Mapping):
         old_date = None if previous is None else previous.fetched_at
         if record.status == 304 and not record.error:
             if previous is not None and previous.status_class == "available":
-                if not new_date or (old_date and _fetched_before(new_date, old_date)):
+                if not new_date or _not_newer(new_date, old_date):
                     return previous
                 _refuse_surrogates(new_date, "fetched_at", record.host)
                 self._records[key] = replace(previous, fetched_at=new_date)
@@ -347,8 +350,8 @@ class RobotsTxtStore(Mapping):
             record = RobotsRecord(record.host, None, record.fetched_at, None, _NOT_MODIFIED_WITHOUT_COPY)
         if record.status_class == "unreachable" and previous is not None and previous.status_class == "available":
             return previous
-        if new_date and old_date and _fetched_before(new_date, old_date):
-            return previous  # an older fetch than the one stored
+        if previous is not None and _not_newer(new_date, old_date):
+            return previous  # an older fetch than the one stored, or an undated one over a dated record
         self.add(key, record.text, record.fetched_at, record.status, record.error)
         return self._records[key]
 
@@ -651,6 +654,12 @@ def _as_utc(value: str):
     except ValueError:
         return None
     return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+
+
+def _not_newer(new: str | None, old: str | None) -> bool:
+    """Whether a fetch dated `new` leaves a stored record dated `old` as it is: the record is dated and the fetch is
+    dated before it, or has no date (an undated fetch is not known to be newer than a dated record)."""
+    return bool(old) and (not new or _fetched_before(new, old))
 
 
 def _fetched_before(new: str, old: str) -> bool:

@@ -5,11 +5,16 @@ F1: a `RobotsCompliance` kept the host policies it cached after its store change
 checker starts with empty caches) decided by the new ones, so `filter_compliant(num_proc=None)` and `(num_proc=2)`
 kept different rows. The store now has a version bumped on every change, and the checker drops its caches when the
 version it built them from is not the store's.
+
+F3: an undated `update_from_fetch` replaced a newer dated record (and took the store's older default date, so a later
+fetch older than the replaced record replaced it in turn), while an undated 304 left the record as it is. An undated
+fetch now leaves a dated record as it is on both paths.
 """
 
 import pickle
 
 import datasets
+import pytest
 
 from hf_ext.compliance import RobotsCompliance, RobotsRecord, RobotsTxtStore, filter_compliant
 from hf_ext.compliance.store import record_from_response
@@ -69,3 +74,37 @@ def test_a_304_that_redates_the_copy_bumps_the_store_version():
     version = store._version
     store.update_from_fetch(record_from_response("a.com", 304, None, "2024-12-01"))  # older: nothing changes
     assert store._version == version
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# F3: an undated fetch leaves a dated record as it is
+@pytest.mark.parametrize(
+    "undated",
+    [
+        RobotsRecord("a.com", _ALLOW_ALL, None, 200),
+        RobotsRecord("a.com", None, None, 404),
+        RobotsRecord("a.com", None, None, 304),
+    ],
+    ids=["200", "404", "304"],
+)
+def test_an_undated_fetch_leaves_a_dated_record_as_it_is(undated):
+    store = RobotsTxtStore(fetched_at="2025-01-01")
+    store.add("a.com", _GPTBOT_OUT, fetched_at="2025-03-01", status=200)
+    before = store["a.com"]
+    assert store.update_from_fetch(undated) is before
+    assert store["a.com"] is before
+    # a later fetch older than the stored record does not replace it either
+    assert (
+        store.update_from_fetch(RobotsRecord("a.com", "User-agent: CCBot\nDisallow: /\n", "2025-02-01", 200)) is before
+    )
+    assert not RobotsCompliance(store, user_agents=["GPTBot"]).is_compliant("https://a.com/x")
+
+
+def test_an_undated_fetch_replaces_an_undated_record_and_adds_a_new_host():
+    store = RobotsTxtStore()
+    store.add("a.com", _GPTBOT_OUT)
+    new = store.update_from_fetch(RobotsRecord("a.com", _ALLOW_ALL, None, 200))
+    assert store["a.com"] is new and new.text == _ALLOW_ALL and new.fetched_at is None
+    dated = RobotsTxtStore(fetched_at="2025-01-01")
+    added = dated.update_from_fetch(RobotsRecord("b.com", _ALLOW_ALL, None, 200))
+    assert dated["b.com"] is added and added.fetched_at == "2025-01-01"  # the store's date, as `add` gives
