@@ -9,9 +9,14 @@ version it built them from is not the store's.
 F3: an undated `update_from_fetch` replaced a newer dated record (and took the store's older default date, so a later
 fetch older than the replaced record replaced it in turn), while an undated 304 left the record as it is. An undated
 fetch now leaves a dated record as it is on both paths.
+
+F2: docs/compliance.md said robots.txt bytes are "decoded as UTF-8 with replacement characters"; the store keeps each
+byte that is not UTF-8 as its surrogate escape, which matches the URL's escape of that byte.
 """
 
 import pickle
+import re
+from pathlib import Path
 
 import datasets
 import pytest
@@ -108,3 +113,20 @@ def test_an_undated_fetch_replaces_an_undated_record_and_adds_a_new_host():
     dated = RobotsTxtStore(fetched_at="2025-01-01")
     added = dated.update_from_fetch(RobotsRecord("b.com", _ALLOW_ALL, None, 200))
     assert dated["b.com"] is added and added.fetched_at == "2025-01-01"  # the store's date, as `add` gives
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# F2: the docs say how bytes that are not UTF-8 are decoded, and it is what the store does
+def test_docs_no_robots_txt_bullet_describes_the_surrogate_escape_decoding():
+    doc = (Path(__file__).parents[2] / "docs" / "compliance.md").read_text(encoding="utf-8")
+    bullet = re.search(r"^\* No robots\.txt .*?(?=^\* )", doc, re.MULTILINE | re.DOTALL)
+    assert bullet is not None, "docs/compliance.md lost its 'No robots.txt' bullet"
+    text = " ".join(bullet.group().split())
+    assert "replacement characters" not in text
+    assert "surrogate escape" in text and "`/caf%E9/x` and not `/caf%EF%BF%BD/x`" in text
+    store = RobotsTxtStore()
+    store.add("a.com", b"User-agent: *\nDisallow: /caf\xe9/\n")
+    assert "\udce9" in store["a.com"].text and "\ufffd" not in store["a.com"].text
+    chk = RobotsCompliance(store, user_agents=["GPTBot"])
+    assert not chk.is_compliant("https://a.com/caf%E9/x")
+    assert chk.is_compliant("https://a.com/caf%EF%BF%BD/x")
