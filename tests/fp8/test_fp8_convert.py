@@ -325,3 +325,24 @@ def test_te_backend_generates_and_evaluates_with_odd_shapes_on_gpu():
         model(torch.randint(0, 128, (3, 7), device="cuda"))  # 21 rows: runs in BF16, no TE assertion
         out = model.generate(torch.randint(0, 128, (3, 8), device="cuda"), max_new_tokens=4, do_sample=False)
     assert out.shape == (3, 12)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_resize_after_convert_replaces_an_untied_fp8_head_as_docs_say(tie):
+    """docs/fp8.md: resize the vocabulary before converting; resizing after `convert(include_lm_head=True)` gives an
+    untied model a high-precision head (no longer listed), a tied head stays converted."""
+    import pathlib
+
+    from hf_ext.fp8 import convert, fp8_converted_modules
+    from hf_ext.models.fog import FogConfig, FogForCausalLM
+
+    docs = pathlib.Path(__file__).resolve().parents[2] / "docs" / "fp8.md"
+    assert "Resize the vocabulary before converting" in docs.read_text(encoding="utf-8")
+    torch.manual_seed(0)
+    cfg = FogConfig.fog(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, tie_word_embeddings=tie)  # fmt: skip
+    model = FogForCausalLM(cfg)
+    convert(model, "emulated", include_lm_head=True)
+    assert "lm_head" in fp8_converted_modules(model)
+    model.resize_token_embeddings(80, mean_resizing=False)
+    assert ("lm_head" in fp8_converted_modules(model)) is tie
