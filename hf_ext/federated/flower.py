@@ -13,7 +13,9 @@ messages have no field through which nodes could sign and compare the state and 
 stays open here (the in-process protocol binds both); DP-SGD on the nodes bounds what the update reveals, and a
 deployment can have each node check the digest of the arrays and run config it received
 (`global_state_digest(arrays, config)`) against one published out of band (docs/federated.md). hf_ext's client mods in front of `secaggplus_mod` ([`secagg_client_mods`]) refuse requests
-a malicious server could exploit (re-run rounds, thresholds below the colluder bound, inconsistent unmask requests);
+a malicious server could exploit (re-run rounds, thresholds below the colluder bound, a SecAgg+ setup with other
+`max_weight` / `clipping_range` / quantization or modulus ranges than the node's own configuration implies, which
+would let the server scale every update but a victim's to ~0 whatever the digests, inconsistent unmask requests);
 what they cannot close in flwr 1.42 (unauthenticated keys, no consistency round, model inconsistency) is in
 docs/federated.md.
 """
@@ -456,6 +458,51 @@ def check_setup_request(configs, round_id: int, last_round: int | None, max_coll
         raise ValueError(f"SecAgg+ setup refused: {err} (server argument: --secure_aggregation_threshold)") from None
 
 
+SECAGG_SETUP_SOURCES = {  # SecAgg+ setup key -> where a node's own value comes from (named in a refusal)
+    "max_weight": "run config `secagg-max-weight` (FederatedArguments.secagg_max_weight; 1 under client-level DP)",
+    "clipping_range": "run config `secagg-clipping-range` (FederatedArguments.secagg_clipping_range)",
+    "target_range": "hf_ext's SECAGG_QUANTIZATION_RANGE (2^22), fixed",
+    "mod_range": "hf_ext's SECAGG_MODULUS_RANGE (2^32), fixed",
+}
+
+
+def secagg_setup_parameters(fed_args: FederatedArguments) -> dict[str, float | int]:
+    """The numeric SecAgg+ setup parameters that `fed_args` fixes, keyed as in Flower's setup message
+    (`secaggplus_constants.Key`): `max_weight` ([`secagg_max_weight`]), `clipping_range`
+    (`fed_args.secagg_clipping_range`), `target_range` (`SECAGG_QUANTIZATION_RANGE`) and `mod_range`
+    (`SECAGG_MODULUS_RANGE`). [`make_server_app`] configures `SecAggPlusWorkflow` with them and every node's round
+    guard refuses a setup that differs ([`check_setup_parameters`])."""
+    from flwr.common.secure_aggregation.secaggplus_constants import Key
+
+    return {
+        Key.MAX_WEIGHT: float(secagg_max_weight(fed_args)),
+        Key.CLIPPING_RANGE: float(fed_args.secagg_clipping_range),
+        Key.TARGET_RANGE: SECAGG_QUANTIZATION_RANGE,
+        Key.MOD_RANGE: SECAGG_MODULUS_RANGE,
+    }
+
+
+def check_setup_parameters(configs, expected: dict[str, float | int]) -> None:
+    """Refuse (`ValueError`) a SecAgg+ setup whose numeric parameters differ from `expected`, the ones this node's own
+    configuration implies ([`secagg_setup_parameters`]).
+
+    flwr 1.42's `secaggplus_mod` uses whatever the server's setup message says: a server that sends every node but a
+    victim `max_weight=1e12` (their weights round to 0 at 2^22 levels) or a tiny `clipping_range` (their updates are
+    clipped to almost nothing) receives the victim's update as the "mean". The arrays and the run config every node
+    receives stay the same, so a digest check of those does not see it; this check does.
+    """
+    for key, want in expected.items():
+        got = configs.get(key)
+        real = isinstance(got, (int, float)) and not isinstance(got, bool)
+        if not real or got != want:  # Python compares int and float exactly
+            raise ValueError(
+                f"SecAgg+ setup refused: the server sent {key}={got!r}, but this node's configuration implies "
+                f"{key}={want!r} (from {SECAGG_SETUP_SOURCES.get(key, 'this node')}). A server sending nodes different "
+                "SecAgg+ settings can scale every update but one to ~0 and read that one off the mean; every node and "
+                "the server must run with the same setting."
+            )
+
+
 def _round_id(msg) -> int:
     try:
         return int(msg.metadata.group_id)
@@ -466,12 +513,16 @@ def _round_id(msg) -> int:
         ) from None
 
 
-def make_secagg_round_guard_mod(max_colluders: int = 0, state_dir: str | None = None):
-    """A Flower client mod, placed before `secaggplus_mod`, enforcing per-node round bookkeeping and the colluder bound.
+def make_secagg_round_guard_mod(
+    max_colluders: int = 0, state_dir: str | None = None, *, setup_parameters: dict[str, float | int]
+):
+    """A Flower client mod, placed before `secaggplus_mod`, enforcing per-node round bookkeeping, the colluder bound
+    and the node's own SecAgg+ setup parameters.
 
     The node keeps the last round it served in `context.state` (record `GUARD_STATE_KEY`). A SecAgg+ setup message is
-    refused unless its round id is above that and its threshold passes [`check_setup_request`]; the round is then
-    recorded before anything is shared, and every later stage must carry the same round id. `context.state` lives in
+    refused unless its round id is above that, its threshold passes [`check_setup_request`] and its `max_weight`,
+    `clipping_range`, `target_range` and `mod_range` equal `setup_parameters` ([`check_setup_parameters`]); the round
+    is then recorded before anything is shared, and every later stage must carry the same round id. `context.state` lives in
     the SuperNode's memory for one run: a new run starts without a record, and so would a restarted SuperNode, which
     a server could then ask to serve a round again. With `state_dir` the record is also written atomically to the
     node-local file [`node_state_path`]`(state_dir, run_id, partition_id, GUARD_STATE_FILE)` before the setup is
@@ -484,10 +535,21 @@ def make_secagg_round_guard_mod(max_colluders: int = 0, state_dir: str | None = 
         max_colluders (`int`, *optional*, defaults to 0): how many nodes may collude with the server
             (`FederatedArguments.secure_aggregation_max_colluders`).
         state_dir (`str`, *optional*): the node-local folder of the durable record (None: `context.state` only).
+        setup_parameters (`dict`): the setup parameters this node's configuration implies,
+            [`secagg_setup_parameters`]`(fed_args)`.
     """
+    from flwr.common.secure_aggregation.secaggplus_constants import Key
+
     from .secure_aggregation import _check_colluders
 
     _check_colluders(max_colluders)
+    required = {Key.MAX_WEIGHT, Key.CLIPPING_RANGE, Key.TARGET_RANGE, Key.MOD_RANGE}
+    if not isinstance(setup_parameters, dict) or set(setup_parameters) != required:
+        raise ValueError(
+            f"`setup_parameters` must be a dict with exactly the keys {sorted(required)} "
+            f"(secagg_setup_parameters(fed_args)), got {setup_parameters!r}."
+        )
+    setup_parameters = dict(setup_parameters)
 
     def secagg_round_guard_mod(msg, ctxt, call_next):
         from flwr.app import ConfigRecord
@@ -520,6 +582,7 @@ def make_secagg_round_guard_mod(max_colluders: int = 0, state_dir: str | None = 
                         f"node config {NODE_MAX_COLLUDERS_KEY!r} must be an integer >= 0, got {node_bound!r}."
                     )
                 check_setup_request(configs, round_id, last, max(max_colluders, node_bound))
+                check_setup_parameters(configs, setup_parameters)
                 if path is not None:  # durably first: a restart must not forget a round whose shares may have left
                     _write_node_state(path, ctxt.run_id, pid, {"last_round": round_id, "node_id": int(ctxt.node_id)})
                 ctxt.state.config_records[GUARD_STATE_KEY] = ConfigRecord({"last-round": round_id})
@@ -533,12 +596,17 @@ def make_secagg_round_guard_mod(max_colluders: int = 0, state_dir: str | None = 
 
 
 def secagg_client_mods(fed_args: FederatedArguments, state_dir: str | None = None) -> list:
-    """The client mods of a SecAgg+ `ClientApp`, in order: the round guard (bookkeeping, colluder bound; its record
-    kept durably under `state_dir` if given), the unmask guard, then Flower's `secaggplus_mod`."""
+    """The client mods of a SecAgg+ `ClientApp`, in order: the round guard (bookkeeping, colluder bound, the setup
+    parameters `fed_args` implies; its record kept durably under `state_dir` if given), the unmask guard, then
+    Flower's `secaggplus_mod`."""
     from flwr.client.mod import secaggplus_mod
 
     return [
-        make_secagg_round_guard_mod(fed_args.secure_aggregation_max_colluders, state_dir=state_dir),
+        make_secagg_round_guard_mod(
+            fed_args.secure_aggregation_max_colluders,
+            state_dir=state_dir,
+            setup_parameters=secagg_setup_parameters(fed_args),
+        ),
         secagg_unmask_guard_mod,
         secaggplus_mod,
     ]
@@ -609,6 +677,7 @@ def _make_secagg_client_app(
 
 
 SECAGG_QUANTIZATION_RANGE = 2**22  # Flower's default `quantization_range`, passed explicitly by make_server_app
+SECAGG_MODULUS_RANGE = 2**32  # Flower's default `modulus_range`, passed explicitly by make_server_app
 # above SECAGG_WARN_RELATIVE_ERROR (1e-2) of expected relative L2 quantization error a client warns, above
 # SECAGG_MAX_RELATIVE_ERROR (0.5) it refuses: the rule of the in-process secure aggregation too (.secure_aggregation)
 
@@ -1148,19 +1217,22 @@ def make_server_app(
             if on_finish is not None:
                 on_finish(result.arrays.to_torch_state_dict(), result)
             return
+        from flwr.common.secure_aggregation.secaggplus_constants import Key
         from flwr.server import LegacyContext, ServerConfig
         from flwr.server.workflow import DefaultWorkflow
 
         monitor = _RoundMonitor(num_clients, min_round_clients, timeout, on_round)
         strategy = make_secagg_strategy(fed_args, initial, num_clients, seed, monitor=monitor)
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=fed_args.num_rounds), strategy=strategy)
+        setup = secagg_setup_parameters(fed_args)  # what every node's round guard expects
         secagg = _checked_secagg_workflow(
             monitor,
             num_shares=1.0,  # every sampled client holds a share of every other client's secrets
             reconstruction_threshold=threshold,
-            max_weight=secagg_max_weight(fed_args),  # 1 under client-level DP (weight-1 uploads)
-            clipping_range=fed_args.secagg_clipping_range,
-            quantization_range=SECAGG_QUANTIZATION_RANGE,
+            max_weight=setup[Key.MAX_WEIGHT],  # 1 under client-level DP (weight-1 uploads)
+            clipping_range=setup[Key.CLIPPING_RANGE],
+            quantization_range=setup[Key.TARGET_RANGE],
+            modulus_range=setup[Key.MOD_RANGE],
             timeout=timeout,
         )
         DefaultWorkflow(fit_workflow=secagg)(grid, legacy)

@@ -335,19 +335,22 @@ def test_flower_round_guard_enforces_colluder_bound_and_round_order():
     from flwr.app import Context, RecordDict
     from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 
-    from hf_ext.federated.flower import make_secagg_round_guard_mod
+    from hf_ext.federated.flower import make_secagg_round_guard_mod, secagg_setup_parameters
+
+    params = secagg_setup_parameters(FederatedArguments(secure_aggregation=True))
 
     def ctx(**node_config):
         return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
 
     def setup(rnd, shares, t):
         return _guard_message(
-            Stage.SETUP, rnd, **{Key.SAMPLE_NUMBER: shares, Key.SHARE_NUMBER: shares, Key.THRESHOLD: t}
+            Stage.SETUP, rnd, **{Key.SAMPLE_NUMBER: shares, Key.SHARE_NUMBER: shares, Key.THRESHOLD: t, **params}
         )
 
     passed = []
     nxt = lambda m, c: passed.append(m)  # noqa: E731
-    guard0, guard1 = make_secagg_round_guard_mod(0), make_secagg_round_guard_mod(1)
+    guard0 = make_secagg_round_guard_mod(0, setup_parameters=params)
+    guard1 = make_secagg_round_guard_mod(1, setup_parameters=params)
     guard0(setup(1, 3, 2), ctx(), nxt)  # honest majority, no colluders
     with pytest.raises(ValueError, match="threshold=2 with 3 clients and max_colluders=1"):
         guard1(setup(1, 3, 2), ctx(), nxt)
