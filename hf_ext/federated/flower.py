@@ -335,7 +335,8 @@ def make_client_app(
         processing_class (*optional*): tokenizer passed to the `Trainer`.
         refuse_imprecise_secagg (`bool`, *optional*, defaults to `True`): with secure aggregation, refuse to upload
             an update whose expected SecAgg+ quantization error exceeds `SECAGG_MAX_RELATIVE_ERROR` (0.5; above
-            `SECAGG_WARN_RELATIVE_ERROR`, 1e-2, it warns) ([`check_secagg_range`]); `False` only warns.
+            `SECAGG_WARN_RELATIVE_ERROR`, 1e-2, it warns) ([`check_secagg_range`]); `False` only warns (a weight
+            that SecAgg+ would round to 0 is refused either way).
         state_dir (`str`, *optional*): the node-local folder of the durable per-run state (defaults to
             `training_args.output_dir`; the Flower App passes its run config's `work-dir`).
     """
@@ -726,6 +727,9 @@ def check_secagg_range(
       of the order of the update itself) it refuses, unless `refuse_imprecise=False` (then it warns). A small update
       (a low learning rate, few local steps, a converged round) raises the relative error too, so the refusal is
       kept for errors that leave little of the update; between the two a run proceeds with a warning.
+    - Zero weight: a weight ratio `num_examples / max_weight` below half a step of 2^22 levels rounds to 0, so the
+      upload would count for nothing (and if every node's did, the server's mean would divide by 0): always refused,
+      whatever `refuse_imprecise`.
 
     The messages name the Flower run-config key first, then the `FederatedArguments` field / recipe flag.
     """
@@ -739,6 +743,14 @@ def check_secagg_range(
         raise ValueError(
             f"num_examples={num_examples} exceeds the SecAgg+ max_weight {max_weight}: raise run config "
             "`secagg-max-weight` (FederatedArguments.secagg_max_weight, --secagg_max_weight)."
+        )
+    if round(ratio * SECAGG_QUANTIZATION_RANGE) == 0:  # whatever the update, and also with refuse_imprecise=False
+        raise ValueError(
+            f"The SecAgg+ weight num_examples / max_weight = {num_examples} / {max_weight:g} rounds to 0 at "
+            f"SecAgg+'s 2^22 levels: this upload would count for nothing in the mean (and if every node's weight "
+            "rounded to 0 the server would divide by 0). Lower run config `secagg-max-weight` "
+            "(FederatedArguments.secagg_max_weight, --secagg_max_weight) towards the largest client's number of "
+            "examples."
         )
     if ratio * peak > fed_args.secagg_clipping_range:
         fix = (
@@ -1130,6 +1142,16 @@ def make_secagg_strategy(
                     "clients."
                 )
             mean = {k: torch.from_numpy(np.asarray(a, dtype=np.float64)) for k, a in zip(upload_keys, mean_arrays)}
+            bad = [k for k, v in mean.items() if not bool(torch.isfinite(v).all())]
+            if bad:  # flwr divides the unmasked sum by the sum of the quantized weights, 0 if every one rounded to 0
+                monitor.fail(
+                    server_round,
+                    f"the securely aggregated mean is not finite (NaN/inf in {bad[:3]}): SecAgg+ divides the sum by the "
+                    "sum of the uploads' quantized weights, which is 0 when every node's num_examples / max_weight "
+                    "rounds to 0; lower run config `secagg-max-weight` (FederatedArguments.secagg_max_weight). The "
+                    "global state is not updated",
+                )
+                return None, {}
             weights = [float(res.num_examples) for _, res in results]
             new = apply_secure_mean(self.global_state, mean, weights, fed_args, server_round, num_clients=num_clients)
             self.global_state = new

@@ -5,7 +5,9 @@ F1: in the Flower SecAgg+ path a malicious server sent every node but a victim i
 arrays and run config for all, so a digest check of those passed and the "mean" the server unmasked was the victim's
 update. hf_ext's round guard checked only the round id and the threshold. Every node now refuses a setup whose
 `max_weight`, `clipping_range`, `target_range` or `mod_range` differ from what its own configuration implies
-(`secagg_setup_parameters`).
+(`secagg_setup_parameters`). A weight that rounds to 0 is refused by the node whatever `refuse_imprecise`, and a
+server whose unmasked mean is not finite (every weight rounded to 0: a division by 0 in flwr) fails the round
+instead of applying a NaN state.
 """
 
 import re
@@ -186,3 +188,42 @@ def test_per_node_max_weight_attack_is_refused_by_the_other_nodes():
     assert all(torch.equal(out[k], start[k]) for k in keys)  # nothing aggregated, nothing learned
     with pytest.raises(RoundFailedError, match="setup stage"):
         run(secagg_client_mods(fed), min_round_clients=3)
+
+
+def test_node_refuses_an_upload_whose_secagg_weight_rounds_to_zero_even_when_imprecision_is_allowed():
+    from hf_ext.federated.flower import check_secagg_range
+
+    fed = FederatedArguments(secure_aggregation=True, secagg_max_weight=1e12)
+    update = {"w": torch.full((4,), 0.01)}
+    for upd in (update, {"w": torch.zeros(4)}):  # an all-zero update too: its weight would still leave the mean
+        for refuse in (True, False):
+            with pytest.raises(ValueError, match=r"num_examples / max_weight = 10 / 1e\+12 rounds to 0"):
+                check_secagg_range(upd, 10, fed, refuse_imprecise=refuse)
+    # weight 10 keeps one level up to max_weight 10 * 2^23 = 8.39e7 and rounds to 0 above it
+    check_secagg_range({"w": torch.zeros(4)}, 10, FederatedArguments(secure_aggregation=True, secagg_max_weight=8e7))
+    with pytest.raises(ValueError, match="rounds to 0"):
+        check_secagg_range(update, 10, FederatedArguments(secure_aggregation=True, secagg_max_weight=9e7), False)
+
+
+def test_server_fails_the_round_instead_of_applying_a_nan_mean_when_every_weight_rounds_to_zero():
+    """Clients that do not run hf_ext's upload check (here fixed-update clients behind hf_ext's guards) with a
+    `secagg_max_weight` so large that every weight rounds to 0: flwr divides the unmasked sum by 0. The server used to
+    apply the resulting NaN state; it now fails the round and keeps the global state."""
+    from flwr.app import Context, RecordDict
+    from flwr.client import ClientApp
+
+    from hf_ext.federated import make_server_app
+    from hf_ext.federated.flower import RoundFailedError, secagg_client_mods
+
+    from .flower_harness import InProcessGrid
+
+    fed = FederatedArguments(num_rounds=1, local_steps=1, lora_r=2, secure_aggregation=True, secagg_max_weight=1e12)
+    model_fn, start, keys, _, FixedClient = _fixed_update_federation(fed)
+    app = ClientApp(
+        client_fn=lambda c: FixedClient(int(c.node_config["partition-id"])).to_client(), mods=secagg_client_mods(fed)
+    )
+    out = {}
+    server = make_server_app(model_fn, fed, 3, on_finish=lambda s, r: out.update(s))
+    with np.errstate(divide="ignore", invalid="ignore"), pytest.raises(RoundFailedError, match="not finite"):
+        server(InProcessGrid(app, 3), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    assert not out
