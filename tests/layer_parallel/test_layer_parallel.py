@@ -322,3 +322,17 @@ def test_cuda_bf16_merged_pairs_and_compiled_static_generation(sources, ids):
     merged.generation_config.eos_token_id = None
     out = merged.generate(x[:, :6], max_new_tokens=8, do_sample=False, cache_implementation="static")
     assert out.shape == (2, 14)
+
+
+def test_convert_without_a_range_or_pairs_is_refused():
+    """lp22: `convert_to_layer_parallel(model)` returned the source model unpaired, silently; `start == end` and
+    `pairs=[]` still give the unpaired control on purpose."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    src = LlamaForCausalLM(
+        LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
+    )
+    with pytest.raises(ValueError, match="Name the layers to pair: `start` and `end`"):
+        convert_to_layer_parallel(src)
+    assert convert_to_layer_parallel(src, 2, 2).config.num_hidden_layers == 4
+    assert convert_to_layer_parallel(src, pairs=[]).config.num_hidden_layers == 4

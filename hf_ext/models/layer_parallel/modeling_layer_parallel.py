@@ -1256,7 +1256,8 @@ def convert_to_layer_parallel(
         model (`PreTrainedModel`): A `LlamaForCausalLM`, `MistralForCausalLM` or `Qwen2ForCausalLM` (any model whose
             `config.model_type` is `llama`, `mistral` or `qwen2`), in high precision: decoder projections and LM head
             must be plain `nn.Linear` (pair first, then apply FP8 with `hf_ext.fp8.convert`).
-        start (`int`, *optional*): First paired layer (inclusive).
+        start (`int`, *optional*): First paired layer (inclusive). Give `start` and `end`, or `pairs`: a call
+            with neither is an error (it would return the source model unpaired).
         end (`int`, *optional*): End of the paired range (exclusive); `end - start` must be even. `start == end`
             gives a model that computes exactly what the source computes.
         mode (`str`, *optional*, defaults to `"sublayer"`): `"sublayer"` (both attentions read x, then both MLPs
@@ -1315,6 +1316,13 @@ def convert_to_layer_parallel(
     if not _is_bool(merge):
         raise TypeError(f"`merge` must be True or False, got {merge!r}.")
     merge = bool(merge)
+    if pairs is None and start is None and end is None:
+        # without a range the result would be the source model unpaired, silently: name the choice instead
+        raise ValueError(
+            "Name the layers to pair: `start` and `end` (e.g. `convert_to_layer_parallel(model, start=4, end=8)` pairs "
+            "(4, 5) and (6, 7); `perplexity_sweep` / `choose_range` of `hf_ext.models.layer_parallel.sweep` find a "
+            "range) or `pairs`. `start == end` (or `pairs=[]`) converts without pairing, to compare against."
+        )
     if pairs is not None and (start is not None or end is not None):
         raise ValueError(
             f"Give either `pairs` or the range `start`/`end`, not both (got start={start}, end={end}, pairs={pairs})."
