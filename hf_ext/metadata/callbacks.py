@@ -176,7 +176,9 @@ class MetadataCooldownCallback(TrainerCallback):
         after the checkpoint's cooldown; an earlier one would have cooled down steps the checkpoint trained with
         metadata). A `max_steps` change that leaves every trained step on the same side of the switch is a resume as
         any other. A file without some of these values is resumed unchecked for them, with a warning (without the file,
-        `_restored_invalid` warns).
+        `_restored_invalid` warns). The collator's data-defining settings ([`collator_record`]: `conditioning`, the
+        template, `layout`, the row shape, ...) are compared as recorded, exactly; a file written before they were
+        recorded has none and is not compared on them.
         """
         path, record = saved
         live = {
@@ -200,6 +202,15 @@ class MetadataCooldownCallback(TrainerCallback):
             same = old == new if name == "seed" else math.isclose(old, new, rel_tol=1e-6, abs_tol=0.0)
             if not same:
                 changed.append((name, old, f"{name}={old!r} in the checkpoint, {new!r} now"))
+        saved_collator = record.get("collator")
+        if isinstance(saved_collator, dict):  # files before 2026-12-05 hold no collator settings: not compared
+            now = collator_record(self.collator)
+            for name, value in now.items():
+                if name in saved_collator and saved_collator[name] != value:
+                    changed.append(
+                        (f"MetadataCollator.{name}", saved_collator[name],
+                         f"MetadataCollator {name}={saved_collator[name]!r} in the checkpoint, {value!r} now")
+                    )  # fmt: skip
         old_switch = record.get("switch_step")
         if (
             not changed
@@ -231,6 +242,12 @@ class MetadataCooldownCallback(TrainerCallback):
             f"the checkpoint belongs to. Resume with the checkpoint's values ({fix}; metadata_dropout and seed are "
             "MetadataCollator's, cooldown_fraction MetadataCooldownCallback's), or start a new run (from the "
             "checkpoint's weights, without resume_from_checkpoint) to use the new ones."
+            + (
+                " The MetadataCollator settings define what the remaining steps train on (with or without metadata, "
+                "which template, which layout and rows)."
+                if any(name.startswith("MetadataCollator.") for name, _, _ in changed)
+                else ""
+            )
         )
 
     def _check_training_collator(self, train_dataloader) -> None:
@@ -434,6 +451,7 @@ class MetadataCooldownCallback(TrainerCallback):
                 "metadata_dropout": self.collator.metadata_dropout,
                 "seed": self.collator.seed,
                 "metadata_invalid": self.invalid_total,
+                "collator": collator_record(self.collator),
             },
         )
         self._saved = (os.path.abspath(checkpoint_dir), state.global_step)
@@ -464,6 +482,25 @@ def _collations_per_micro_step(train_dataloader) -> int:
     if not isinstance(train_dataloader, DataLoaderDispatcher) or train_dataloader.split_batches:
         return 1
     return max(int(train_dataloader.state.num_processes), 1)
+
+
+#: the `MetadataCollator` settings a checkpoint's `metadata_conditioning.json` records and a resume must keep: they
+#: decide what the remaining steps train on (metadata or none, its template and layout, the rows' shape)
+COLLATOR_RECORD_FIELDS = (
+    "conditioning", "layout", "text_column", "block_size", "max_length", "max_document_tokens", "repeat_context",
+    "add_eos", "max_metadata_tokens", "document_attention",
+)  # fmt: skip
+
+
+def collator_record(collator: MetadataCollator) -> dict:
+    """The JSON record of `collator`'s data-defining settings ([`COLLATOR_RECORD_FIELDS`] and its template)."""
+    import dataclasses
+
+    record = {name: getattr(collator, name) for name in COLLATOR_RECORD_FIELDS}
+    template = dataclasses.asdict(collator.template)
+    template["columns"] = list(template["columns"])
+    record["template"] = template
+    return json.loads(json.dumps(record))  # as read back from the file (tuples as lists)
 
 
 def _is_number(value) -> bool:

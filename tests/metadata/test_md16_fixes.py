@@ -317,3 +317,60 @@ def test_text_that_is_not_a_str_is_refused_naming_text_column(ctx_tokenizer, tex
         collator([{"body": text, "url": "http://a.com"}])
     with pytest.raises(TypeError, match="text_column='body'"):
         collator.metadata_for([{"body": text, "url": "http://a.com"}])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# md22: the collator's data-defining settings are recorded and compared on resume (a no-metadata control resumed from
+# a conditioned run's checkpoint trained on silently)
+
+
+def _collator_trainer(tok, out, **collator_kwargs):
+    kwargs = dict(metadata_dropout=0.1, seed=42, max_length=32) | collator_kwargs
+    template = kwargs.pop("template", metadata_template("url_host"))
+    collator = MetadataCollator(tok, template, **kwargs)
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=6, per_device_train_batch_size=4, learning_rate=1e-3,
+        remove_unused_columns=False, report_to="none", logging_steps=1, save_strategy="steps", save_steps=2,
+        use_cpu=True, seed=0, disable_tqdm=True,
+    )  # fmt: skip
+    callback = MetadataCooldownCallback(collator, 0.5)
+    return MetadataTrainer(
+        model=tiny_llama(len(tok)), args=args, train_dataset=_docs(), data_collator=collator, callbacks=[callback]
+    )
+
+
+def test_checkpoint_records_the_collator_settings(interrupted):
+    out, _ = interrupted
+    record = json.loads((out / "checkpoint-2" / "metadata_conditioning.json").read_text())["collator"]
+    assert record["conditioning"] is True and record["layout"] == "context" and record["max_length"] == 32
+    assert record["template"]["kind"] == "url_host" and record["template"]["columns"] == ["url"]
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (dict(conditioning=False), "MetadataCollator conditioning=True in the checkpoint, False now"),
+        (dict(template=metadata_template("url")), "MetadataCollator template="),
+        (dict(max_length=24), "MetadataCollator max_length=32 in the checkpoint, 24 now"),
+        (dict(layout="meco"), "MetadataCollator layout='context' in the checkpoint, 'meco' now"),
+    ],
+)
+def test_resume_with_other_collator_settings_is_refused(ctx_tokenizer, interrupted, tmp_path, change, expected):
+    out, _ = interrupted
+    trainer = _collator_trainer(ctx_tokenizer, tmp_path / "new", **change)
+    with pytest.raises(ValueError, match="The MetadataCollator settings define what the remaining steps") as err:
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert expected in str(err.value), str(err.value)
+    assert trainer.state.global_step == 2  # restored, not trained
+
+
+def test_a_checkpoint_without_collator_settings_still_resumes(ctx_tokenizer, interrupted, tmp_path):
+    out, conditioning = interrupted
+    copy = tmp_path / "old"
+    shutil.copytree(out / "checkpoint-2", copy)
+    record = json.loads((copy / "metadata_conditioning.json").read_text())
+    del record["collator"]  # as written before the settings were recorded
+    (copy / "metadata_conditioning.json").write_text(json.dumps(record))
+    trainer = _collator_trainer(ctx_tokenizer, tmp_path / "new")
+    trainer.train(resume_from_checkpoint=str(copy))
+    assert trainer.state.global_step == 6 and _conditioning(trainer, 2) == conditioning[2:]

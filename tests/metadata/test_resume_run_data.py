@@ -75,10 +75,20 @@ def test_resume_with_the_same_options_continues(interrupted, tmp_path, caplog):
     assert (out / "url_conditioned" / "checkpoint-4").is_dir()
 
 
+def _as_written_before_records(out):
+    """A run started before hf_ext recorded its options: no run record, and checkpoints whose
+    metadata_conditioning.json holds no collator settings (recorded since 2026-12-05)."""
+    os.remove(out / RUN_DATA_FILE)
+    for path in out.rglob("metadata_conditioning.json"):
+        record = json.loads(path.read_text())
+        record.pop("collator", None)
+        path.write_text(json.dumps(record))
+
+
 def test_resume_without_a_record_warns_about_the_meco_default(interrupted, tmp_path, caplog):
     out = tmp_path / "old"
     shutil.copytree(interrupted, out)
-    os.remove(out / RUN_DATA_FILE)  # a run started before hf_ext recorded its options
+    _as_written_before_records(out)
     with caplog.at_level(logging.WARNING, logger="hf_ext.recipes.metadata_pretrain"):
         main([*_common(out), "--resume_from_checkpoint"])
     warning = next(r.getMessage() for r in caplog.records if RUN_DATA_FILE in r.getMessage())
@@ -90,7 +100,7 @@ def test_resume_without_a_record_warns_about_the_meco_default(interrupted, tmp_p
 def test_resume_without_a_record_and_explicit_template_has_no_meco_note(interrupted, tmp_path, caplog):
     out = tmp_path / "old_explicit"
     shutil.copytree(interrupted, out)
-    os.remove(out / RUN_DATA_FILE)
+    _as_written_before_records(out)
     with caplog.at_level(logging.WARNING, logger="hf_ext.recipes.metadata_pretrain"):
         main([*_common(out), "--template", "url", "--resume_from_checkpoint"])
     warning = next(r.getMessage() for r in caplog.records if RUN_DATA_FILE in r.getMessage())
@@ -103,3 +113,13 @@ def test_unreadable_record_is_refused(interrupted, tmp_path):
     (out / RUN_DATA_FILE).write_text("[1, 2")
     with pytest.raises(ValueError, match="cannot be read"):
         main([*_common(out), "--template", "url", "--resume_from_checkpoint"])
+
+
+def test_resume_without_a_run_record_still_refuses_a_template_its_checkpoint_records(interrupted, tmp_path):
+    """The recipe's record gone but the checkpoint's metadata_conditioning.json (2026-12-05 on) names the template:
+    the trainer-level check refuses the recipe's new default (url_host) for a url-conditioned checkpoint."""
+    out = tmp_path / "no_run_record"
+    shutil.copytree(interrupted, out)
+    os.remove(out / RUN_DATA_FILE)
+    with pytest.raises(ValueError, match=r"MetadataCollator template=\{'kind': 'url',"):
+        main([*_common(out), "--resume_from_checkpoint"])
