@@ -418,7 +418,8 @@ def amplifier_outer_step(
 
     1. `g_hat = grad L(theta; inner_batches)` (constants),
     2. `theta' = theta.detach() - virtual_lr * G_phi(g_hat)` for every trainable tensor (differentiable in phi),
-    3. `L_outer = mean loss of the model at theta'` over all `outer_batches`, through `torch.func.functional_call`,
+    3. `L_outer = mean loss of the model at theta'` over all labelled tokens of `outer_batches` (each batch's mean
+       loss weighted by its labelled-token count), through `torch.func.functional_call`,
     4. backpropagate into phi only and take a `meta_optimizer` step.
 
     Step 2 evaluates the amplifier through its exact piecewise-linear form when it pays ([`NeuralAmplifier.fast_pieces`],
@@ -430,7 +431,10 @@ def amplifier_outer_step(
         model (`nn.Module`): the (unwrapped) model; its forward returns an output with a `loss` (or pass `loss_fn`).
         inner_batches: the micro-batches of the last inner step; may be empty when `g_hat` is given. `g_hat` is the
             gradient of their loss weighted as the real step weighted it (see `weight_by_tokens`).
-        outer_batches: batches of the outer set D_outer; `L_outer` is their example-weighted mean loss.
+        outer_batches: batches of the outer set D_outer; `L_outer` is the mean of their mean losses weighted by
+            their labelled next-token counts (`labels[..., 1:] != -100`, as `weight_by_tokens` counts them), i.e. the
+            mean loss over all labelled tokens of the outer set, the same however the set is batched; weighted by
+            their rows when a batch has no `labels` tensor. A batch without a labelled token is skipped.
         virtual_lr (`float`): step size of the virtual SGD step (the reference uses the base learning rate).
         loss_fn (`Callable`, *optional*): `loss_fn(model, batch) -> scalar`; defaults to `model(**batch).loss`
             evaluated with the cloned buffers (`functional_call(model, buffers, kwargs=batch).loss`). A given
@@ -532,14 +536,19 @@ def amplifier_outer_step(
         for name, param in zip(names, params):
             theta = param.detach()
             virtual[name] = theta - virtual_lr * transformed[name] if name in transformed else theta
-        total_examples = 0
+        # Each batch's mean loss weighted by its labelled next-token count (its rows without labels): the token mean
+        # over the whole outer set, whatever outer_batch_size cuts it into (it was weighted by rows, so rows with
+        # different label counts gave another loss, and amplifier, for every batching).
+        weights = _outer_loss_weights(outer_batches)
         outer_loss = 0.0
-        for i, batch in enumerate(outer_batches):
-            n = _batch_size(batch)
-            loss = _checked_loss(outer_loss_fn(model, {**virtual, **buffers}, batch), "outer", i, batch, "outer_loss_fn")
-            outer_loss = outer_loss + n * loss
-            total_examples += n
-        outer_loss = outer_loss / total_examples
+        for i, (weight, batch) in enumerate(zip(weights, outer_batches)):
+            if not weight:  # no labelled token: its mean loss is NaN and it has no term in the token mean
+                continue
+            loss = _checked_loss(
+                outer_loss_fn(model, {**virtual, **buffers}, batch), "outer", i, batch, "outer_loss_fn"
+            )
+            outer_loss = outer_loss + weight * loss
+        outer_loss = outer_loss / sum(weights)
         outer_loss.backward()
     if grad_reducer is not None:
         for phi in amplifier.parameters():
@@ -569,19 +578,37 @@ def _checked_loss(loss, kind: str, index: int, batch: Mapping, fn_name: str) -> 
     )
 
 
-def _inner_loss_weights(batches: Sequence[Mapping[str, torch.Tensor]]) -> list[float]:
-    """Weight of each inner micro-batch's mean loss in `g_hat`: its labelled next-token count (the terms of a causal
-    LM's mean loss, what the Trainer's `num_items_in_batch` counts), so that micro-batches of different sizes give the
-    gradient of one batch of all their examples (a micro-batch without a labelled token, whose mean loss is NaN, gets
-    0). Equal weights when a batch has no `labels` tensor or none has a labelled token."""
+def _label_counts(batches: Sequence[Mapping[str, torch.Tensor]]) -> list[float] | None:
+    """Labelled next-token count of each batch, `labels[..., 1:] != -100` (`labels != -100` for one label per
+    example): the terms of a causal LM's mean loss, what the Trainer's `num_items_in_batch` counts. `None` when a batch
+    has no `labels` tensor or none has a labelled token."""
     counts = []
     for batch in batches:
         labels = batch.get("labels")
         if not isinstance(labels, torch.Tensor):
-            return [1.0] * len(batches)
+            return None
         counted = labels[..., 1:] if labels.dim() > 1 else labels
         counts.append(float((counted != -100).sum()))
-    return counts if sum(counts) > 0 else [1.0] * len(batches)
+    return counts if sum(counts) > 0 else None
+
+
+def _inner_loss_weights(batches: Sequence[Mapping[str, torch.Tensor]]) -> list[float]:
+    """Weight of each inner micro-batch's mean loss in `g_hat`: its labelled next-token count ([`_label_counts`]), so
+    that micro-batches of different sizes give the gradient of one batch of all their examples (a micro-batch without a
+    labelled token, whose mean loss is NaN, gets 0). Equal weights when a batch has no `labels` tensor or none has a
+    labelled token."""
+    counts = _label_counts(batches)
+    return counts if counts is not None else [1.0] * len(batches)
+
+
+def _outer_loss_weights(batches: Sequence[Mapping[str, torch.Tensor]]) -> list[float]:
+    """Weight of each outer batch's mean loss in `L_outer`: its labelled next-token count ([`_label_counts`]), so that
+    `L_outer` is the mean over all labelled tokens of the outer set however it is batched (a batch without a labelled
+    token gets 0). The number of rows when a batch has no `labels` tensor or none has a labelled token (one term per
+    example, e.g. for an `outer_loss_fn` of other inputs). One label per row, as in the arithmetic data, gives the
+    same weights both ways."""
+    counts = _label_counts(batches)
+    return counts if counts is not None else [float(_batch_size(batch)) for batch in batches]
 
 
 def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:

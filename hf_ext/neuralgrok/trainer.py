@@ -95,7 +95,11 @@ class NeuralGrokConfig(TrainingArguments):
         },
     )
     outer_batch_size: int | None = field(
-        default=None, metadata={"help": "Batch size for the outer loss; default: per_device_train_batch_size."}
+        default=None,
+        metadata={
+            "help": "Batch size for the outer loss; default: per_device_train_batch_size. Memory only: the outer loss "
+            "is the mean over all labelled tokens of the outer set, however it is batched."
+        },
     )
     outer_max_samples: int | None = field(
         default=None,

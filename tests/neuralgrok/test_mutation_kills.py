@@ -3,7 +3,7 @@
 - the trainer's first two steps and its outer step against a hand-written NeuralGrok loop (transform, clip, coupled
   Adam; outer step on the T-th step's batch at the parameters after the real update; meta-Adam with its own betas and
   weight decay);
-- the outer step's reductions: mean over inner micro-batches, example-weighted mean over outer batches, fresh
+- the outer step's reductions: mean over inner micro-batches, token-weighted mean over outer batches, fresh
   amplifier gradients at every call;
 - the answer-accuracy metrics against a per-row loop;
 - the wrappers' state_dict round trip keeps the learning-rate scheduler attached to the inner optimizer.
