@@ -670,7 +670,8 @@ def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, 
     rank logged its own rows' accuracy, 0.25 and 0.0 where the global batch had 0.125, and the checkpoint held rank
     0's). A 2-rank resume from a checkpoint between two logs logs what the uninterrupted run did. The neuralgrok recipe
     on 2 ranks clears and writes its results and prints its tables on rank 0 only (every rank did, and the results
-    file held the curves and timings of the rank that renamed its file last)."""
+    file held the curves and timings of the rank that renamed its file last). With rows of 1 to 3 labelled tokens
+    (float64), 2 ranks x 4 rows train the amplifier one process at 8 rows trains (outer batches of 4 and of 8 rows)."""
     import importlib.util
     import json
 
@@ -715,6 +716,17 @@ def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, 
         return
     for rank in (0, 1):
         assert logged(tmp_path / "resumed" / f"log_rank{rank}.json") == expected, rank
+    # rows with 1 to 3 labelled tokens (float64): the ranks' and micro-batches' token counts differ, and the outer set
+    # is cut into batches of 4 rows on 2 ranks, of 8 in one process. The outer loss, the token mean of the whole outer
+    # set, does not depend on that: the amplifiers agree (they were 1e-4 apart while each outer batch was weighted by
+    # its rows)
+    two = torch.load(tmp_path / "amplifier_unequal_rank0.pt", weights_only=True)
+    one = script.make_trainer(str(tmp_path / "one_unequal"), outer_gradient, batch_size=8, unequal_labels=True)
+    one.train()
+    for name, tensor in one.amplifier.state_dict().items():
+        torch.testing.assert_close(
+            two[name], tensor.detach().cpu(), rtol=0, atol=1e-12, msg=lambda text, name=name: f"{name}: {text}"
+        )
     calls = [json.loads((tmp_path / f"recipe_calls_rank{rank}.json").read_text()) for rank in (0, 1)]
     assert calls[0]["write_outputs"] == calls[0]["clear_previous_results"] == 1
     assert calls[1]["write_outputs"] == calls[1]["clear_previous_results"] == 0

@@ -3,9 +3,11 @@
 Every rank writes OUT_DIR/log_rank<rank>.json (its `log_history`; the test compares the logged `train_accuracy` with
 one process at twice the batch, `make_trainer(..., batch_size=8)`); rank 0 writes OUT_DIR/amplifier_rank0.pt (the
 trained amplifier's `state_dict`; the test compares it with that one-process run's). With `recompute` the script also
-resumes the run from its checkpoint-3 on 2 ranks (OUT_DIR/resumed/log_rank<rank>.json) and runs the neuralgrok recipe
-on 2 ranks, recording on every rank which of the recipe's writers it called (OUT_DIR/recipe_calls_rank<rank>.json; the
-recipe's files in OUT_DIR/recipe). The recipe tears the process group down: it runs last.
+resumes the run from its checkpoint-3 on 2 ranks (OUT_DIR/resumed/log_rank<rank>.json), trains the float64 run with 1 to
+3 labelled tokens per row (`make_trainer(..., unequal_labels=True)`; rank 0 writes its amplifier to
+OUT_DIR/amplifier_unequal_rank0.pt) and runs the neuralgrok recipe on 2 ranks, recording on every rank which of the
+recipe's writers it called (OUT_DIR/recipe_calls_rank<rank>.json; the recipe's files in OUT_DIR/recipe). The recipe
+tears the process group down: it runs last.
 
 Usage: ddp_neuralgrok.py OUT_DIR [recompute|next_step] (the outer step's gradient, `NeuralGrokConfig.outer_gradient`)."""
 
@@ -18,6 +20,7 @@ import torch.distributed as dist
 from hf_ext.neuralgrok import (
     GrokDecoderConfig,
     GrokDecoderForCausalLM,
+    NeuralAmplifier,
     NeuralGrokConfig,
     NeuralGrokTrainer,
     build_arithmetic_dataset,
@@ -27,19 +30,38 @@ from hf_ext.utils import shutdown_distributed
 from hf_ext.utils.io import atomic_write_json
 
 
-def make_trainer(out_dir: str, outer_gradient: str = "recompute", batch_size: int = 4) -> NeuralGrokTrainer:
-    """This script's run, `batch_size` rows per rank: logs every 2 steps, a checkpoint at step 3 (between two logs)."""
+def make_trainer(
+    out_dir: str, outer_gradient: str = "recompute", batch_size: int = 4, unequal_labels: bool = False
+) -> NeuralGrokTrainer:
+    """This script's run, `batch_size` rows per rank: logs every 2 steps, a checkpoint at step 3 (between two logs).
+    `unequal_labels`: rows with 1 to 3 labelled next tokens (`idx % 3 + 1`, so the ranks, and the outer batches of 4 and
+    of 8 rows, hold different counts), model and amplifier in float64, no checkpoint."""
     torch.set_num_threads(1)
     splits = split_arithmetic_dataset(build_arithmetic_dataset("a+b", 11), 0.5, 0.2, seed=0)
+    if unequal_labels:
+
+        def more_labels(row, idx):
+            ids, k = list(row["input_ids"]), idx % 3 + 1
+            return {"labels": [-100] * (len(ids) - k) + ids[len(ids) - k :]}
+
+        splits = {name: ds.map(more_labels, with_indices=True) for name, ds in splits.items()}
     torch.manual_seed(0)
     model = GrokDecoderForCausalLM(GrokDecoderConfig(vocab_size=13, hidden_size=32))
+    amplifier = NeuralAmplifier((8,)).double() if unequal_labels else None
     args = NeuralGrokConfig(
         output_dir=out_dir, max_steps=4 if outer_gradient == "recompute" else 5,
         per_device_train_batch_size=batch_size, outer_every=2, outer_gradient=outer_gradient,
-        amplifier_hidden_dims=[8], meta_learning_rate=1e-2, logging_steps=2, save_strategy="steps", save_steps=3,
+        amplifier_hidden_dims=[8], meta_learning_rate=1e-2, logging_steps=2,
+        save_strategy="no" if unequal_labels else "steps", save_steps=3,
         use_cpu=True, disable_tqdm=True, seed=0, report_to="none",
     )  # fmt: skip
-    return NeuralGrokTrainer(model=model, args=args, train_dataset=splits["inner"], outer_dataset=splits["outer"])
+    return NeuralGrokTrainer(
+        model=model.double() if unequal_labels else model,
+        args=args,
+        train_dataset=splits["inner"],
+        outer_dataset=splits["outer"],
+        amplifier=amplifier,
+    )
 
 
 def run_recipe(out_dir: str, rank: int) -> None:
@@ -87,6 +109,11 @@ def main(out_dir: str, outer_gradient: str = "recompute") -> None:
         resumed = make_trainer(os.path.join(out_dir, "resumed"), outer_gradient)
         resumed.train(resume_from_checkpoint=os.path.join(out_dir, "checkpoint-3"))
         atomic_write_json(os.path.join(out_dir, "resumed", f"log_rank{rank}.json"), resumed.state.log_history)
+        unequal = make_trainer(os.path.join(out_dir, "unequal"), outer_gradient, unequal_labels=True)
+        unequal.train()
+        if rank == 0:
+            torch.save({k: v.detach().cpu() for k, v in unequal.amplifier.state_dict().items()},
+                       os.path.join(out_dir, "amplifier_unequal_rank0.pt"))  # fmt: skip
         run_recipe(out_dir, rank)
     print(f"rank {rank}: OK", flush=True)
     shutdown_distributed()
