@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+# fmt: off
 PRETRAIN = [
     "--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "2",
     "--block_size", "32", "--per_device_train_batch_size", "4", "--max_eval_blocks", "4", "--max_new_tokens", "2",
@@ -30,7 +31,8 @@ METADATA = [
     "--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4",
     "--block_size", "64", "--per_device_train_batch_size", "4", "--max_eval_docs", "2", "--doc_eval_steps", "2",
     "--logging_steps", "2", "--guidance_max_new_tokens", "2", "--disable_tqdm", "true", "--vocab_size", "512",
-]  # fmt: skip
+]
+# fmt: on
 
 CASES = {
     # recipe: (arguments, [(checkpoint folder relative to output_dir, final weights relative to output_dir)])
@@ -148,3 +150,32 @@ def test_a_checkpoint_saved_with_save_only_model_is_refused_before_any_work(name
         with pytest.raises(ValueError, match=r"save_only_model=True: it holds only the model weights.*--model_name"):
             module.main([*common, "--max_steps", "4", "--output_dir", str(out), "--resume_from_checkpoint", *value])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_pretrain_resumed_with_a_larger_max_steps_trains_on_or_is_refused(tmp_path):
+    """A finished pretrain run resumed with a larger --max_steps used to be restored at its last step (the flag
+    transformers sets at max_steps was taken for a stop by a callback): nothing trained, rc 0, the old results
+    rewritten. With a constant schedule it now trains on to the new --max_steps, as a run launched with it does; with
+    the default schedule (warmup_stable_decay, a fraction of the run decays) it is refused before any step."""
+    from hf_ext.recipes.pretrain import main
+
+    common = [*PRETRAIN, "--save_strategy", "steps", "--save_steps", "2", "--seed", "3", "--logging_steps", "1"]
+    constant = [*common, "--lr_scheduler_type", "constant", "--lr_scheduler_kwargs", "{}", "--warmup_steps", "0"]
+    full, extended, default = tmp_path / "full", tmp_path / "extended", tmp_path / "default"
+    main([*constant, "--max_steps", "4", "--output_dir", str(full)])
+    main([*constant, "--max_steps", "2", "--output_dir", str(extended)])
+    main([*constant, "--max_steps", "4", "--output_dir", str(extended), "--resume_from_checkpoint"])
+    assert (extended / "checkpoint-4").is_dir()
+    ra, rb = (json.loads((folder / "pretrain_results.json").read_text()) for folder in (full, extended))
+    assert [step for step, _ in rb["loss_curve"]] == [1, 2, 3, 4]
+    assert [loss for _, loss in rb["loss_curve"]] == pytest.approx([loss for _, loss in ra["loss_curve"]], rel=1e-5)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(extended / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+    main([*common, "--max_steps", "2", "--output_dir", str(default)])
+    results = (default / "pretrain_results.json").read_text()
+    with pytest.raises(ValueError, match=r"^--max_steps 4: .*checkpoint-2 .*max_steps 2.*Resume with --max_steps 2"):
+        main([*common, "--max_steps", "4", "--output_dir", str(default), "--resume_from_checkpoint"])
+    assert sorted(p.name for p in default.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (default / "pretrain_results.json").read_text() == results

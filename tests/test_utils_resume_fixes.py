@@ -246,3 +246,140 @@ def test_a_checkpoint_saved_with_save_only_model_is_told_apart_and_refused_for_a
             resolve_resume_checkpoint(value, str(weights_only.parent))
         with pytest.raises(ValueError, match="save_only_model=True"):
             check_checkpoint_folders(value, [str(weights_only.parent)], max_steps=4)
+
+
+def _extension_args(folder, max_steps, **overrides):
+    from transformers import TrainingArguments
+
+    kwargs = dict(output_dir=str(folder), max_steps=max_steps, per_device_train_batch_size=2, save_steps=2,
+                  save_strategy="steps", report_to="none", use_cpu=True, learning_rate=1e-2, logging_steps=1,
+                  disable_tqdm=True, seed=0)  # fmt: skip
+    return TrainingArguments(**{**kwargs, **overrides})
+
+
+_EXTENSION_DATA = {"x": [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]] * 16, "labels": [1.0, 0.0] * 16}
+
+
+def _lrs(trainer, after=0):
+    return {
+        h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h and h["step"] > after
+    }
+
+
+@pytest.mark.parametrize(
+    "schedule, checkpoint",
+    [
+        # the last checkpoint of a finished run: transformers sets should_training_stop at the last step, and it
+        # counted as a stop by a callback, so the run was restored at step 4 and trained nothing
+        ({"lr_scheduler_type": "constant"}, 4),
+        # warmup_stable_decay with absolute warmup and decay steps, resumed before the decay started
+        (
+            {
+                "lr_scheduler_type": "warmup_stable_decay",
+                "warmup_steps": 1,
+                "lr_scheduler_kwargs": {"num_decay_steps": 2, "decay_type": "linear"},
+            },
+            2,
+        ),
+    ],  # fmt: skip
+)
+def test_a_resume_with_a_larger_max_steps_trains_on_as_the_longer_run_would(tmp_path, schedule, checkpoint):
+    """A schedule whose earlier steps do not depend on max_steps extends: the resume trains to the new max_steps, with
+    the learning rates (and weights) of a run launched with the new max_steps from the start."""
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer
+
+    from hf_ext.utils.resume import checkpoint_stopped, train_or_restore_finished
+
+    data = Dataset.from_dict(_EXTENSION_DATA)
+    short = tmp_path / "short"
+    Trainer(model=_tiny(), args=_extension_args(short, 4, **schedule), train_dataset=data).train()
+    assert not checkpoint_stopped(str(short / "checkpoint-4"))  # the flag transformers sets at max_steps
+    longer = Trainer(model=_tiny(), args=_extension_args(tmp_path / "long", 8, **schedule), train_dataset=data)
+    longer.train()
+    resumed = Trainer(model=_tiny(), args=_extension_args(short, 8, **schedule), train_dataset=data)
+    train_or_restore_finished(resumed, str(short / f"checkpoint-{checkpoint}"))
+    assert resumed.state.global_step == 8 and (short / "checkpoint-8").is_dir()
+    assert _lrs(resumed, checkpoint) == pytest.approx(_lrs(longer, checkpoint), rel=1e-12)
+    assert len(_lrs(resumed, checkpoint)) == 8 - checkpoint
+    torch.testing.assert_close(resumed.model.w, longer.model.w, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "schedule, checkpoint, first",
+    [
+        ({"lr_scheduler_type": "linear"}, 3, 2),  # the decay depends on max_steps from the first step on
+        ({"lr_scheduler_type": "linear"}, 6, 2),  # the last checkpoint of the finished run
+        ({"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 0.5}, 4, 2),  # a warmup fraction moves
+        # warmup_stable_decay resumed after its decay started
+        ({"lr_scheduler_type": "warmup_stable_decay", "lr_scheduler_kwargs": {"num_decay_steps": 2}}, 6, 6),
+    ],
+)
+def test_a_resume_that_would_mix_two_schedules_is_refused_before_any_step(tmp_path, schedule, checkpoint, first):
+    """A resume with another max_steps used to go on silently with the old schedule up to the checkpoint and the new
+    one after it (a linear decay's learning rate went up at the resume); now it is refused before any step, naming
+    --max_steps, the first step whose rate differs, both rates and the fixes."""
+    from datasets import Dataset
+    from transformers import Trainer
+
+    from hf_ext.utils.resume import train_or_restore_finished
+
+    data = Dataset.from_dict(_EXTENSION_DATA)
+    Trainer(model=_tiny(), args=_extension_args(tmp_path, 6, save_steps=1, **schedule), train_dataset=data).train()
+    trainer = Trainer(model=_tiny(), args=_extension_args(tmp_path, 10, **schedule), train_dataset=data)
+    before = dict(vars(trainer))
+    pattern = (
+        rf"--max_steps 10: .*checkpoint-{checkpoint} \(global_step {checkpoint}\) is of a run with max_steps 6.*"
+        rf"learning rate of step {first} is .* in the checkpoint's run and .* with --max_steps 10.*"
+        r"Resume with --max_steps 6.*warmup_stable_decay with an absolute num_decay_steps.*start a new run"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        train_or_restore_finished(trainer, str(tmp_path / f"checkpoint-{checkpoint}"))
+    assert trainer.state.global_step == 0 and trainer.lr_scheduler is None and vars(trainer).keys() == before.keys()
+    assert not any(int(p.name.split("-")[1]) > 6 for p in tmp_path.glob("checkpoint-*"))
+
+
+def test_a_finished_run_is_not_restored_under_another_schedule(tmp_path):
+    """checkpoint-4 of an 8-step linear run, resumed with --max_steps 4, was restored as a finished 4-step run although
+    its steps followed the 8-step schedule; now refused. With the same schedule (constant) it is restored."""
+    from datasets import Dataset
+    from transformers import Trainer
+
+    from hf_ext.utils.resume import train_or_restore_finished
+
+    data = Dataset.from_dict(_EXTENSION_DATA)
+    for name in ("linear", "constant"):
+        folder = tmp_path / name
+        args = _extension_args(folder, 8, lr_scheduler_type=name)
+        Trainer(model=_tiny(), args=args, train_dataset=data).train()
+        trainer = Trainer(model=_tiny(), args=_extension_args(folder, 4, lr_scheduler_type=name), train_dataset=data)
+        if name == "linear":
+            with pytest.raises(ValueError, match="--max_steps 4: .*max_steps 8.*learning rate of step 2"):
+                train_or_restore_finished(trainer, str(folder / "checkpoint-4"))
+            assert trainer.state.global_step == 0
+        else:
+            assert train_or_restore_finished(trainer, str(folder / "checkpoint-4")) is None
+            assert trainer.state.global_step == 4
+
+
+def test_an_epoch_based_finished_run_is_still_restored(tmp_path):
+    """--max_steps -1 (hyperinf's default): the last checkpoint of a finished run records the flag transformers sets
+    at the last step, which no longer counts as a stop by a callback; the run's end is the step count the checkpoint
+    records, so it is restored as before, with no step past it (1.5 epochs of 4 steps end mid-epoch, at step 6,
+    where transformers' Trainer resumed would train step 7)."""
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer
+
+    from hf_ext.utils.resume import checkpoint_stopped, train_or_restore_finished
+
+    data = Dataset.from_dict({"x": [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]] * 4, "labels": [1.0, 0.0] * 4})
+    args = _extension_args(tmp_path, -1, num_train_epochs=1.5, lr_scheduler_type="linear")
+    full = Trainer(model=_tiny(), args=args, train_dataset=data)
+    full.train()
+    assert full.state.global_step == 6 and not checkpoint_stopped(str(tmp_path / "checkpoint-6"))
+    trainer = Trainer(model=_tiny(), args=args, train_dataset=data)
+    assert train_or_restore_finished(trainer, str(tmp_path / "checkpoint-6")) is None
+    assert trainer.state.global_step == 6 and not (tmp_path / "checkpoint-7").exists()
+    assert torch.equal(trainer.model.w, full.model.w)

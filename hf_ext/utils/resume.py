@@ -294,15 +294,108 @@ def _stop_before_next_step_callback():
 
 
 def checkpoint_stopped(path: str) -> bool:
-    """Whether the run stopped at the step of checkpoint `path` before `max_steps` (a callback set
-    `should_training_stop`, e.g. NeuralGrok's `--stop_at_target`), as its `trainer_state.json` records."""
+    """Whether a callback stopped the run at the step of checkpoint `path` before its `max_steps` (it set
+    `should_training_stop`, e.g. NeuralGrok's `--stop_at_target`), as its `trainer_state.json` records.
+
+    transformers' `DefaultFlowCallback` sets the same flag at every run's last step (`global_step >= max_steps`),
+    before that step's checkpoint is saved: a checkpoint counts as stopped only when its `global_step` is below the
+    `max_steps` recorded with it, so the last checkpoint of a run that trained all its steps is not (a resume with a
+    larger `--max_steps` trains on from it). A flagged checkpoint that records no step count counts as stopped."""
     try:
         with open(os.path.join(path, TRAINER_STATE_NAME), encoding="utf-8") as fh:
-            control = json.load(fh).get("stateful_callbacks", {}).get("TrainerControl", {})
+            state = json.load(fh)
+        control = state.get("stateful_callbacks", {}).get("TrainerControl", {})
     except (OSError, ValueError, AttributeError):
         return False
     args = control.get("args", {}) if isinstance(control, dict) else {}
-    return isinstance(args, dict) and args.get("should_training_stop") is True
+    if not (isinstance(args, dict) and args.get("should_training_stop") is True):
+        return False
+    step, max_steps = checkpoint_global_step(path), checkpoint_max_steps(path)
+    return step is None or max_steps is None or step < max_steps
+
+
+#: relative tolerance of [`refuse_changed_schedule`]'s comparison of two learning rates
+SCHEDULE_RTOL = 1e-9
+
+
+def _schedule_lrs(trainer, num_training_steps: int, last_step: int) -> list[float] | None:
+    """The learning rates of scheduler steps `0..last_step` of the schedule `trainer.create_scheduler` builds for
+    `num_training_steps` (on a one-parameter stand-in optimizer with `args.learning_rate`; the trainer's own method,
+    so a Trainer that overrides it keeps its rules). Scheduler step `k` holds the rate of training step `k + 1`.
+    `None` for `ReduceLROnPlateau`, which follows the metrics, not the step count. The trainer is left as it was
+    (`create_scheduler` sets `lr_scheduler`, and may set more)."""
+    import torch
+    from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+
+    lr = float(trainer.args.learning_rate)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    saved = dict(vars(trainer))
+    try:
+        trainer.lr_scheduler = None
+        scheduler = trainer.create_scheduler(num_training_steps, optimizer=optimizer)
+    finally:
+        vars(trainer).clear()
+        vars(trainer).update(saved)
+    if isinstance(scheduler, ReduceLROnPlateau):
+        return None
+    if isinstance(scheduler, LambdaLR):  # transformers' schedules: the rate of each step without stepping
+        base = scheduler.base_lrs[0]
+        return [base * float(scheduler.lr_lambdas[0](k)) for k in range(last_step + 1)]
+    lrs = [float(optimizer.param_groups[0]["lr"])]
+    for _ in range(last_step):
+        optimizer.step()  # no gradient: nothing changes; keeps torch from warning about the order of the calls
+        scheduler.step()
+        lrs.append(float(optimizer.param_groups[0]["lr"]))
+    return lrs
+
+
+def refuse_changed_schedule(trainer, checkpoint: str, last_step: int | None = None) -> None:
+    """For a resume of `trainer` from `checkpoint` with another `--max_steps` than the checkpoint's run: raise
+    `ValueError` before any step unless the learning-rate schedule `trainer` builds for its `args.max_steps` equals the
+    one it builds for the checkpoint's recorded `max_steps` at every scheduler step `0..last_step` (default: the
+    checkpoint's `global_step`, inclusive: its optimizer already holds the rate of the next step).
+
+    A resume restores the checkpoint's scheduler position and rebuilds the schedule from the new flags, so where the
+    two differ the run would follow the old schedule up to the checkpoint and the new one after it (a linear or
+    cosine decay jumps back up; a warmup given as a fraction of the run moves), which neither run launched at once
+    would do. A constant schedule, or `warmup_stable_decay` with absolute warmup and decay steps whose decay had not
+    started, extends as the longer run would have been trained. Skipped where no comparison applies: the same
+    `max_steps`, an epoch-based run (`max_steps <= 0`), a checkpoint that records no step counts, a scheduler given to
+    the Trainer, and `ReduceLROnPlateau`."""
+    old = checkpoint_max_steps(checkpoint)
+    new = trainer.args.max_steps
+    step = checkpoint_global_step(checkpoint)
+    if old is None or step is None or new is None or new <= 0 or old == new or trainer.lr_scheduler is not None:
+        return
+    last_step = step if last_step is None else last_step
+    if last_step < 0:
+        return
+    fixes = (
+        f"Resume with --max_steps {old}; or use a schedule whose earlier steps do not depend on --max_steps (e.g. "
+        "--lr_scheduler_type warmup_stable_decay with an absolute num_decay_steps in --lr_scheduler_kwargs and an "
+        "absolute --warmup_steps, or a constant schedule) for a run to be extended; or start a new run from the "
+        f"checkpoint's weights (--model_name_or_path {checkpoint}, or from_pretrained, without "
+        "--resume_from_checkpoint)."
+    )
+    try:
+        before = _schedule_lrs(trainer, old, last_step)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"--max_steps {new}: {checkpoint} is of a run with max_steps {old}, whose learning-rate schedule cannot be "
+            f"rebuilt from the current schedule flags to check that the resume continues it ({err}). {fixes}"
+        ) from None
+    after = _schedule_lrs(trainer, new, last_step)
+    if before is None or after is None:
+        return
+    scale = max(abs(float(trainer.args.learning_rate)), max(map(abs, before + after), default=0.0))
+    for k, (a, b) in enumerate(zip(before, after, strict=True)):
+        if not math.isclose(a, b, rel_tol=SCHEDULE_RTOL, abs_tol=SCHEDULE_RTOL * scale):
+            raise ValueError(
+                f"--max_steps {new}: {checkpoint} (global_step {step}) is of a run with max_steps {old}, and the "
+                f"learning-rate schedule depends on max_steps: the learning rate of step {k + 1} is {a:.6g} in the "
+                f"checkpoint's run and {b:.6g} with --max_steps {new}. The resumed run would follow the old schedule "
+                f"up to step {step} and the new one after it, which neither run would do. {fixes}"
+            )
 
 
 def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
@@ -315,7 +408,12 @@ def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
     stopped after its last checkpoint (before its results were written) is rerun with `--resume_from_checkpoint`, and a
     recipe of several runs resumes the finished ones with the interrupted one. `resume_from_checkpoint=True` means the
     last checkpoint in `args.output_dir`, as for `train()`. Returns `train()`'s output, or `None` for a restored
-    finished run."""
+    finished run.
+
+    A checkpoint of a run whose `max_steps` differs from `args.max_steps` is resumed only where the learning-rate
+    schedule of the new `max_steps` is the one that run followed ([`refuse_changed_schedule`], checked before any
+    step): then the last checkpoint of a finished run, resumed with a larger `max_steps`, trains on to it, as
+    `Trainer` does. (For an epoch-based run, `args.max_steps <= 0`, the checkpoint's own step count is its end.)"""
     if resume_from_checkpoint is True:
         from transformers.trainer_utils import get_last_checkpoint
 
@@ -326,8 +424,16 @@ def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
         resume_from_checkpoint = os.fspath(resume_from_checkpoint)
     step = checkpoint_global_step(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None
     max_steps = trainer.args.max_steps
+    if step is not None and (max_steps is None or max_steps <= 0):
+        # an epoch-based run: the step count transformers derived from the epochs, as the checkpoint records it
+        max_steps = checkpoint_max_steps(resume_from_checkpoint)
     at_max_steps = step is not None and max_steps is not None and max_steps > 0 and step >= max_steps
-    if not (at_max_steps or (step is not None and checkpoint_stopped(resume_from_checkpoint))):
+    finished = at_max_steps or (step is not None and checkpoint_stopped(resume_from_checkpoint))
+    if step is not None:
+        # another --max_steps than the checkpoint's run: only where the new schedule is the one the run followed (up
+        # to the rate of its next step; for a finished run, of the steps it trained)
+        refuse_changed_schedule(trainer, resume_from_checkpoint, step - 1 if finished else step)
+    if not finished:
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     guard = _stop_before_next_step_callback()
     trainer.add_callback(guard)
