@@ -360,3 +360,24 @@ def test_clear_previous_results_removes_the_temp_files_of_killed_atomic_writes(t
         path.write_text("x")
     clear_previous_results(str(tmp_path), ["kurtosis.png", "pretrain_results.json"], resuming=True)
     assert [p.exists() for p in stale] == [False, False] and all(p.exists() for p in keep)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_lr_scheduler_kwargs_must_be_a_json_object_of_the_schedule_options(name, tmp_path):
+    """Every recipe with --lr_scheduler_kwargs: a value that is no JSON object, or an option the schedule does not take,
+    is refused before any work, naming the flag (it failed when the schedule was built, after the data was loaded:
+    "argument after ** must be a mapping, not str", "unexpected keyword argument")."""
+    if "--lr_scheduler_kwargs " not in help_text(name):
+        pytest.skip(f"{name} has no --lr_scheduler_kwargs")
+    for i, (value, match) in enumerate(
+        [
+            ("not json", r"^--lr_scheduler_kwargs must be a JSON object.*got 'not json'"),
+            ("[1, 2]", r"^--lr_scheduler_kwargs must be a JSON object.*got '\[1, 2\]'"),
+            ("{bad", r"^--lr_scheduler_kwargs must be a JSON object.*got '\{bad' \(Expecting property name"),
+            ('{"no_such_option": 1}', r"^--lr_scheduler_kwargs 'no_such_option' is not an option of --lr_sch"),
+        ]
+    ):
+        out = tmp_path / f"o{i}"
+        with pytest.raises(ValueError, match=match):
+            recipe_main(name)(["--lr_scheduler_kwargs", value, "--output_dir", str(out)])
+        assert not out.exists(), f"{name} {value}: output written before the arguments were checked"

@@ -96,6 +96,7 @@ def parse_recipe_args(types, argv: list[str] | None = None, resume: str = "resol
     from ..utils.resume import normalize_resume_argv
 
     argv = normalize_resume_argv(list(sys.argv[1:] if argv is None else argv))
+    check_lr_scheduler_kwargs_json(argv)
     prog = _recipe_prog()
     parser = HfArgumentParser(types, **({} if prog is None else {"prog": prog}))
     _accept_none_for_optional_numbers(parser, types)
@@ -238,8 +239,86 @@ def validate_parsed(parsed, resume: str = "resolve") -> None:
             check_model_reference(obj.model_name_or_path, "--model_name_or_path")
         if "tokenizer_name" in names and getattr(obj, "tokenizer_name", None):
             check_model_reference(obj.tokenizer_name, "--tokenizer_name", _TOKENIZER_FILES, "tokenizer")
+        if {"lr_scheduler_type", "lr_scheduler_kwargs"} <= names:
+            check_lr_scheduler_kwargs(obj.lr_scheduler_type, obj.lr_scheduler_kwargs)
         if isinstance(obj, TrainingArguments):
             validate_training_arguments(obj, resume=resume)
+
+
+_LR_SCHEDULER_KWARGS = "--lr_scheduler_kwargs"
+
+
+def _not_a_json_object(value, why: str = "") -> ValueError:
+    return ValueError(
+        f"{_LR_SCHEDULER_KWARGS} must be a JSON object of the schedule's options, e.g. "
+        f"'{{\"num_decay_steps\": 0.2}}' (or '{{}}' for none); got {value!r}{why}."
+    )
+
+
+def check_lr_scheduler_kwargs_json(argv: list[str]) -> None:
+    """A `--lr_scheduler_kwargs` value that starts with `{` but is no JSON: transformers' `TrainingArguments` parses it
+    while the arguments are parsed and failed with the bare `json` message, naming no flag."""
+    import json
+
+    for i, token in enumerate(argv):
+        if token == _LR_SCHEDULER_KWARGS and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif token.startswith(_LR_SCHEDULER_KWARGS + "="):
+            value = token.split("=", 1)[1]
+        else:
+            continue
+        if value.lstrip().startswith("{"):
+            try:
+                json.loads(value)
+            except ValueError as err:
+                raise _not_a_json_object(value, f" ({err})") from None
+
+
+def lr_scheduler_options(lr_scheduler_type) -> set[str] | None:
+    """The `--lr_scheduler_kwargs` names transformers' `get_scheduler` passes on to the schedule `lr_scheduler_type`
+    (what the Trainers here build too): the schedule function's own keyword arguments, without those `get_scheduler`
+    fills itself (the optimizer, the warmup and training step counts). An empty set for the constant schedules, which
+    `get_scheduler` builds without them; `None` (any name) for a schedule that takes `**kwargs`."""
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+    from transformers.trainer_utils import SchedulerType
+
+    name = SchedulerType(lr_scheduler_type)
+    if name in (SchedulerType.CONSTANT, SchedulerType.CONSTANT_WITH_WARMUP):
+        return set()
+    params = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[name]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    filled = {"optimizer", "num_warmup_steps", "num_training_steps"}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {n for n, p in params.items() if n not in filled and p.kind in kinds}
+
+
+def check_lr_scheduler_kwargs(lr_scheduler_type, lr_scheduler_kwargs) -> None:
+    """`--lr_scheduler_kwargs` against `--lr_scheduler_type`, before any work: a JSON object (transformers keeps any
+    value that does not start with `{` as a string, which failed when the schedule was built) whose names are options
+    of the schedule ([`lr_scheduler_options`]; another schedule's option failed there with a bare `TypeError`, and
+    the constant schedules ignored them)."""
+    from transformers.trainer_utils import SchedulerType
+
+    if lr_scheduler_kwargs is None:
+        return
+    if not isinstance(lr_scheduler_kwargs, dict):
+        raise _not_a_json_object(lr_scheduler_kwargs)
+    try:
+        allowed = lr_scheduler_options(lr_scheduler_type)
+    except (ValueError, KeyError):  # not a transformers schedule: its own check names it
+        return
+    unknown = sorted(set(lr_scheduler_kwargs) - allowed) if allowed is not None else []
+    if unknown:
+        name = SchedulerType(lr_scheduler_type).value
+        takes = f"it takes {', '.join(sorted(allowed))}" if allowed else "it takes none: drop --lr_scheduler_kwargs"
+        raise ValueError(
+            f"{_LR_SCHEDULER_KWARGS} {', '.join(map(repr, unknown))} "
+            f"{'is not an option' if len(unknown) == 1 else 'are not options'} of --lr_scheduler_type {name} "
+            f"({takes}). Pass only its options in {_LR_SCHEDULER_KWARGS}, or choose the schedule they belong to."
+        )
 
 
 def _strategy(value) -> str:
