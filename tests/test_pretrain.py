@@ -292,3 +292,55 @@ def test_a_run_whose_save_writes_no_model_is_not_reported_with_an_earlier_one(tm
     assert not (out / "pretrain_results.json").exists()  # and no results of this run's look like they had one
     with pytest.raises(RuntimeError, match="save_model wrote no weights"):
         main([*FOG_TINY, "--max_steps", "1", "--output_dir", str(tmp_path / "fresh")])
+
+
+def test_the_default_wsd_kwargs_apply_to_warmup_stable_decay_only():
+    """The default --lr_scheduler_kwargs held the WSD options for every schedule; now they fill in for
+    warmup_stable_decay only, and given kwargs are kept as given."""
+    from hf_ext.recipes.pretrain import WSD_DEFAULT_KWARGS, PretrainTrainingArguments
+
+    assert PretrainTrainingArguments(output_dir="o").lr_scheduler_kwargs == WSD_DEFAULT_KWARGS
+    assert PretrainTrainingArguments(output_dir="o", lr_scheduler_type="cosine").lr_scheduler_kwargs is None
+    given = PretrainTrainingArguments(output_dir="o", lr_scheduler_kwargs='{"num_decay_steps": 3}')
+    assert given.lr_scheduler_kwargs == {"num_decay_steps": 3}
+
+
+def test_another_schedule_trains_with_its_own_options(tmp_path):
+    """`--lr_scheduler_type cosine` failed after the tokenizer and the data were built ("unexpected keyword argument
+    'num_decay_steps'", the default WSD options) and left pretrain_run.json behind. Now it trains: the logged learning
+    rates are the cosine schedule's."""
+    import math
+
+    out = tmp_path / "run"
+    metrics = main([*TINY, "--fp8_backend", "none", "--lr_scheduler_type", "cosine", "--warmup_steps", "0",
+                    "--max_steps", "4", "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "4",
+                    "--output_dir", str(out)])  # fmt: skip
+    assert [step for step, _ in metrics["loss_curve"]] == [1, 2, 3, 4]
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    lrs = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
+    assert lrs == pytest.approx([3e-3 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)], rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"num_decay_steps": 0.2}'],
+         r"--lr_scheduler_kwargs 'num_decay_steps' is not an option of --lr_scheduler_type cosine \(it takes "
+         r"last_epoch, num_cycles\)"),
+        (["--lr_scheduler_type", "constant", "--lr_scheduler_kwargs", '{"num_decay_steps": 2, "decay_type": "linear"}'],
+         r"'decay_type', 'num_decay_steps' are not options of --lr_scheduler_type constant \(it takes none: drop "),
+        (["--lr_scheduler_kwargs", "not json"],
+         r"^--lr_scheduler_kwargs must be a JSON object of the schedule's options, e\.g\. "
+         r"'\{\"num_decay_steps\": 0\.2\}' \(or '\{\}' for none\); got 'not json'\.$"),
+        (["--lr_scheduler_kwargs", '{"num_decay_steps": 0.2,}'],
+         r"^--lr_scheduler_kwargs must be a JSON object.*got '\{\"num_decay_steps\": 0\.2,\}' \(Expecting property"),
+    ],
+)  # fmt: skip
+def test_lr_scheduler_kwargs_are_checked_against_the_schedule_before_work(tmp_path, monkeypatch, args, match):
+    """Another schedule's options failed with a raw TypeError once training started; a value that is no JSON object
+    with Python's "dictionary update sequence element #0 has length 1" (or, starting with "{", the bare json error)."""
+    _stop_after_validation(monkeypatch)
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=match):
+        main(TINY + args + ["--output_dir", str(out)])
+    assert not out.exists()

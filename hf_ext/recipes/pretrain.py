@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.trainer_utils import SchedulerType
 
 from ._common import validation_split_seed_field
 
@@ -104,6 +105,11 @@ class DataArguments:
     max_new_tokens: int = field(default=40, metadata={"help": "Tokens generated for the sample continuation."})
 
 
+#: `--lr_scheduler_kwargs` when `--lr_scheduler_type` is `warmup_stable_decay` (the default) and none are given: the FOG
+#: reference's 1-sqrt cooldown over the last 20% of the run to 0
+WSD_DEFAULT_KWARGS = {"num_decay_steps": 0.2, "decay_type": "1-sqrt", "min_lr_ratio": 0.0}
+
+
 @dataclass
 class PretrainTrainingArguments(TrainingArguments):
     output_dir: str = field(default="outputs/pretrain", metadata={"help": "Where the model and tokenizer are saved."})
@@ -117,16 +123,28 @@ class PretrainTrainingArguments(TrainingArguments):
         metadata={"help": "Learning-rate schedule (transformers' names); default WSD as the FOG reference pretrains."},
     )
     lr_scheduler_kwargs: dict | str | None = field(
-        default_factory=lambda: {"num_decay_steps": 0.2, "decay_type": "1-sqrt", "min_lr_ratio": 0.0},
+        default=None,
         metadata={
-            "help": "JSON kwargs of the schedule. For warmup_stable_decay a float num_decay_steps in (0, 1) is a "
-            "fraction of the run (reference: 1-sqrt cooldown over the last 20%)."
+            "help": "JSON object of the schedule's options, passed as given. Default: for warmup_stable_decay "
+            '\'{"num_decay_steps": 0.2, "decay_type": "1-sqrt", "min_lr_ratio": 0.0}\' (the reference: a 1-sqrt '
+            "cooldown over the last 20% of the run; a float num_decay_steps in (0, 1) is a fraction of the run), "
+            "for the other schedules none."
         },
     )
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
     logging_steps: int = field(default=25, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpointing strategy during training."})
     eval_strategy: str = field(default="no", metadata={"help": "Evaluation strategy during training."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        # the reference's WSD options apply to warmup_stable_decay only (they were passed to every schedule, and
+        # `--lr_scheduler_type cosine` failed once the data was loaded)
+        if (
+            self.lr_scheduler_kwargs is None
+            and SchedulerType(self.lr_scheduler_type) == SchedulerType.WARMUP_STABLE_DECAY
+        ):
+            self.lr_scheduler_kwargs = dict(WSD_DEFAULT_KWARGS)
 
 
 def parse_config_overrides(text: str | None) -> dict:
@@ -313,19 +331,23 @@ def _run_record(model_args, data_args) -> dict:
 
 
 def check_wsd_kwargs(training_args: TrainingArguments) -> None:
-    """`--lr_scheduler_kwargs` of the warmup_stable_decay schedule, resolved against --max_steps as `Fp8Trainer` will
-    (it used to fail only when training started)."""
-    from transformers.trainer_utils import SchedulerType
-
+    """`--lr_scheduler_kwargs`: for the warmup_stable_decay schedule resolved against --max_steps as `Fp8Trainer`
+    will (it used to fail only when training started), and for every schedule a JSON object of its options (see
+    [`check_lr_scheduler_kwargs`])."""
     from ..fp8.trainer import resolve_wsd_kwargs
+    from ._common import check_lr_scheduler_kwargs
 
-    if training_args.max_steps > 0 and (
-        SchedulerType(training_args.lr_scheduler_type) == SchedulerType.WARMUP_STABLE_DECAY
+    kwargs = training_args.lr_scheduler_kwargs
+    if (
+        training_args.max_steps > 0
+        and SchedulerType(training_args.lr_scheduler_type) == SchedulerType.WARMUP_STABLE_DECAY
+        and (kwargs is None or isinstance(kwargs, dict))
     ):
         try:
-            resolve_wsd_kwargs(training_args.lr_scheduler_kwargs, training_args.max_steps)
+            resolve_wsd_kwargs(kwargs, training_args.max_steps)
         except ValueError as err:
             raise ValueError(f"--lr_scheduler_kwargs: {err}") from None
+    check_lr_scheduler_kwargs(training_args.lr_scheduler_type, kwargs)
 
 
 def check_fresh_model_fp8(model_args: ModelArguments, training_args: TrainingArguments, block_size: int) -> None:
@@ -549,7 +571,9 @@ def setup_fp8(model, model_args: ModelArguments, training_args: TrainingArgument
         # FP8 all-gather only where FSDP2 shards the model: elsewhere it wraps the weights in a tensor safetensors
         # cannot save (tensorwise only)
         all_gather = model_args.fp8_recipe == "tensorwise" and fsdp2_in_use(training_args=training_args)
-        extra = {"fp8_recipe_kwargs": ao_recipe_kwargs(model, model_args.fp8_recipe, fsdp_float8_all_gather=all_gather)}
+        extra = {
+            "fp8_recipe_kwargs": ao_recipe_kwargs(model, model_args.fp8_recipe, fsdp_float8_all_gather=all_gather)
+        }
     elif model_args.fp8_backend != "none":
         if model_args.fp8_backend == "te":
             model.to("cuda")
@@ -712,7 +736,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
 def main(argv: list[str] | None = None) -> dict:
     from ._common import finish, parse_recipe_args
 
-    model_args, data_args, training_args = parse_recipe_args((ModelArguments, DataArguments, PretrainTrainingArguments), argv)
+    model_args, data_args, training_args = parse_recipe_args(
+        (ModelArguments, DataArguments, PretrainTrainingArguments), argv
+    )
     return finish(run(model_args, data_args, training_args))
 
 
