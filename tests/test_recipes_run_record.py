@@ -3,6 +3,7 @@
 written. Before, another --block_size, --train_file or --num_attention_heads of the same width loaded the checkpoint
 and went on training silently on other blocks, or as another model, and reported the mix as one run."""
 
+import json
 import os
 import shutil
 
@@ -117,3 +118,55 @@ def test_local_paths_are_compared_resolved(tmp_path, monkeypatch):
     monkeypatch.chdir(second)
     with pytest.raises(ValueError, match=r"--train_file .*b/data.txt \(the interrupted run used .*a/data.txt\)"):
         check_run_record(str(tmp_path / "run"), "r.json", {"train_file": "data.txt", "text_column": "text"}, "x")
+
+
+def test_a_checkpoint_resumed_into_a_folder_of_an_earlier_record_replaces_it(runs, tmp_path):
+    """rv22 F1: a folder already holding an earlier run's record (its checkpoints removed) kept it when another run's
+    checkpoint was resumed into it, so later resumes of that folder were checked against the earlier run's flags: the
+    flags that trained its checkpoints were refused and the earlier run's accepted."""
+    other = tmp_path / "other"
+    other.mkdir()
+    stale = {**_load_record(runs / "pretrain"), "block_size": 16}
+    (other / "pretrain_run.json").write_text(json.dumps(stale))
+    pretrain.main(PRETRAIN + ["--output_dir", str(other), "--resume_from_checkpoint",
+                              str(runs / "pretrain" / "checkpoint-1")])  # fmt: skip
+    assert _load_record(other) == _load_record(runs / "pretrain")  # the resumed run's record, block_size 32
+    # later resumes of the folder (its checkpoint-2 was trained on 32-token blocks) are checked against that run
+    with pytest.raises(ValueError, match=r"--block_size 16 \(the interrupted run used 32\)"):
+        pretrain.main(
+            PRETRAIN + ["--block_size", "16", "--output_dir", str(other), "--resume_from_checkpoint", "true"]
+        )
+    pretrain.main(PRETRAIN + ["--output_dir", str(other), "--resume_from_checkpoint", "true"])  # its own flags
+
+
+def test_a_resume_from_a_run_without_a_record_removes_another_runs_record_there(tmp_path, caplog):
+    """rv22 F1: the record of an earlier run in the target folder would check later resumes against that run's flags;
+    the resumed run has none to put in its place, so it goes (with a warning, as for a run without a record)."""
+    target = tmp_path / "new"
+    target.mkdir()
+    (target / "r.json").write_text(json.dumps({"block_size": 16}))
+    with caplog.at_level("WARNING", logger="hf_ext.recipes._common"):
+        write_run_record(str(target), "r.json", {"block_size": 32}, resumed_from=str(tmp_path / "old" / "ckpt"))
+    assert not (target / "r.json").exists()
+    assert "removed" in caplog.text and "unchecked" in caplog.text
+
+
+def test_a_checkpoint_resumed_into_a_folder_of_another_runs_checkpoints_is_refused(runs, tmp_path):
+    """rv22 F1: a checkpoint of run A resumed into a folder holding run B's checkpoints mixed the two runs there (a
+    later resume of the folder continued the newest of either, checked against one run's record)."""
+    other = tmp_path / "other"
+    shutil.copytree(runs / "pretrain" / "checkpoint-1", other / "checkpoint-1")  # an earlier run's checkpoint
+    record = {**_load_record(runs / "pretrain"), "block_size": 16}
+    (other / "pretrain_run.json").write_text(json.dumps(record))
+    before = _snapshot(other)
+    with pytest.raises(ValueError, match=r"which holds checkpoints of another run \(.*checkpoint-1\)"):
+        pretrain.main(PRETRAIN + ["--output_dir", str(other), "--resume_from_checkpoint",
+                                  str(runs / "pretrain" / "checkpoint-1")])  # fmt: skip
+    assert _snapshot(other) == before
+    # a resume within the checkpoint's own folder is that run's: nothing to refuse
+    write_run_record(str(other), "pretrain_run.json", record, resumed_from=str(other / "checkpoint-1"))
+    assert _load_record(other)["block_size"] == 16
+
+
+def _load_record(folder):
+    return json.loads((folder / "pretrain_run.json").read_text())

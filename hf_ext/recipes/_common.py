@@ -660,22 +660,99 @@ def _resolved_record(record: dict) -> dict:
     }
 
 
-def write_run_record(folder: str, name: str, record: dict, resumed_from: str | None = None) -> None:
-    """Write `record` (flag name -> resolved value: what a resume of the run training in `folder` must keep) as
-    `folder/name`, atomically; local paths are recorded resolved. Call on the main process only: when the run starts
-    afresh, and on a resume (`resumed_from`: the checkpoint), where it writes only a folder without a record whose
-    checkpoint's own run has one (a checkpoint resumed into another folder, already checked against its run's record by
-    [`check_run_record`]), so later resumes of this folder are checked too; a resume of a run started before the record
-    existed records nothing it could not check."""
+def _read_run_record(path: str) -> dict:
+    """The run record `path` (a JSON object); an unreadable one raises `ValueError` naming it."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"--resume_from_checkpoint: {path} (the flags of the interrupted run) cannot be read ({err}); restore it, "
+            "or start afresh in another --output_dir."
+        ) from err
+    return saved
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_checkpoints_of_another_run(checkpoint: str, run_folder: str, folder: str, checkpoint_folders=None) -> None:
+    """A resume of `checkpoint`, a checkpoint of the run in `run_folder`, into the output folder `folder` of another
+    path: raise `ValueError` when one of this run's checkpoint folders (`checkpoint_folders`, default `[folder]`)
+    already holds a complete `checkpoint-N`. Those are another run's (the run `folder`'s record is of): the resumed run
+    would save its checkpoints beside them, and a later `--resume_from_checkpoint` of `folder` would pick the newest of
+    either run, checked against one run's record. Nothing to check for a resume within `run_folder` itself."""
+    if _same_folder(run_folder, folder):
+        return
+    from ..utils.resume import last_complete_checkpoint
+
+    for sub in checkpoint_folders if checkpoint_folders is not None else [folder]:
+        found = last_complete_checkpoint(sub)
+        if found is not None:
+            raise ValueError(
+                f"--resume_from_checkpoint: {checkpoint} (a checkpoint of the run in {run_folder!r}) is resumed into "
+                f"--output_dir {folder!r}, which holds checkpoints of another run ({found}): this run's would be "
+                "saved beside them, and a later --resume_from_checkpoint of that folder would continue the newest of "
+                "either run. Resume into an --output_dir without checkpoint-N folders (another one, or delete them), "
+                f"or into {run_folder!r} itself."
+            )
+
+
+def write_run_record(
+    folder: str,
+    name: str,
+    record: dict,
+    resumed_from: str | None = None,
+    run_folder: str | None = None,
+    checkpoint_folders=None,
+) -> None:
+    """Record what a resume of the run training in `folder` must keep, as `folder/name` (written atomically; local
+    paths recorded resolved). Call on the main process only.
+
+    A fresh run (`resumed_from` None) writes `record` (flag name -> value). A resume within the checkpoint's own run
+    folder keeps that folder's record as it is (a run started before the record existed records nothing it could not
+    check). A resume of `resumed_from`, a checkpoint of the run in another folder (`run_folder`, default the
+    checkpoint's parent folder; already checked against that run's record by [`check_run_record`]), makes `folder`
+    that run's: refused when `folder` holds checkpoints of another run (`checkpoint_folders`, see
+    [`refuse_checkpoints_of_another_run`]); then `folder/name` becomes the checked record (its values resolved), so
+    later resumes of `folder` are checked against the run its checkpoints continue; where that run has no record, an
+    earlier run's record in `folder` is removed (with a warning), as it would check later resumes against another
+    run's flags."""
+    import logging
+
     from ..utils.io import atomic_write_json
 
     path = os.path.join(folder, name)
-    if resumed_from is not None:
-        origin = os.path.join(os.path.dirname(os.path.abspath(resumed_from)), name)
-        if os.path.isfile(path) or not os.path.isfile(origin):
-            return
-    os.makedirs(folder, exist_ok=True)
-    atomic_write_json(path, _resolved_record(record))
+    if resumed_from is None:
+        os.makedirs(folder, exist_ok=True)
+        atomic_write_json(path, _resolved_record(record))
+        return
+    if run_folder is None:
+        run_folder = os.path.dirname(os.path.abspath(resumed_from))
+    if _same_folder(run_folder, folder):
+        return
+    refuse_checkpoints_of_another_run(resumed_from, run_folder, folder, checkpoint_folders)
+    origin = os.path.join(run_folder, name)
+    if os.path.isfile(origin):
+        os.makedirs(folder, exist_ok=True)
+        atomic_write_json(path, _resolved_record(_read_run_record(origin)))
+    elif os.path.isfile(path) or os.path.islink(path):
+        os.remove(path)
+        logging.getLogger(__name__).warning(
+            "--resume_from_checkpoint: removed %s, an earlier run's record: this run continues %s, whose run folder "
+            "%s has no %s (the run started before hf_ext recorded it), so later resumes of %s are unchecked too: make "
+            "sure their flags are the interrupted run's.",
+            path,
+            resumed_from,
+            run_folder,
+            name,
+            folder,
+        )
 
 
 def check_run_record(folder: str, name: str, now: dict, shapes: str) -> None:
@@ -684,7 +761,6 @@ def check_run_record(folder: str, name: str, now: dict, shapes: str) -> None:
     and the flags that continue it; an unreadable record is an error too. A run started before hf_ext wrote the record
     (no file), or a flag the record lacks, is resumed with a warning: it cannot be checked. `shapes`: what those flags
     shape, for the message (e.g. "the equations, their split and the model")."""
-    import json
     import logging
 
     log = logging.getLogger(__name__)
@@ -698,16 +774,7 @@ def check_run_record(folder: str, name: str, now: dict, shapes: str) -> None:
             ", ".join("--" + k for k in now),
         )
         return
-    try:
-        with open(path, encoding="utf-8") as fh:
-            saved = json.load(fh)
-        if not isinstance(saved, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"--resume_from_checkpoint: {path} (the flags of the interrupted run) cannot be read ({err}); restore it, "
-            "or start afresh in another --output_dir."
-        ) from err
+    saved = _read_run_record(path)
     now = _resolved_record(now)
     unrecorded = [k for k in now if k not in saved]
     if unrecorded:

@@ -406,7 +406,8 @@ def validate_args(
     from ._common import check_vocab_size
     from .pretrain import check_ignored_model_flags
 
-    check_ignored_model_flags(model_args, data_args)  # fresh-model sizes and --vocab_size a loaded model/tokenizer ignores
+    # fresh-model sizes and --vocab_size a loaded model/tokenizer ignores
+    check_ignored_model_flags(model_args, data_args)
     check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
     if args.max_steps is None or args.max_steps <= 0:
         raise ValueError("--max_steps must be a positive number of optimizer steps.")
@@ -415,15 +416,18 @@ def validate_args(
     _check_checkpoints(args, eval_args)
     if args.resume_from_checkpoint and not (eval_args is not None and eval_args.compare_methods is not None):
         from ..utils.resume import resolve_resume_checkpoint
-        from ._common import check_run_record
+        from ._common import check_run_record, refuse_checkpoints_of_another_run
 
         checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        run_folder = os.path.dirname(os.path.abspath(checkpoint))
         check_run_record(  # the data and model of the run that wrote it (its folder's record)
-            os.path.dirname(os.path.abspath(checkpoint)),
+            run_folder,
             RUN_RECORD_NAME,
             _run_record(data_args, model_args, args),
             "the sources, targets, blocks and model",
         )
+        # a checkpoint of another folder's run: not beside the checkpoints of yet another run (`write_run_record`)
+        refuse_checkpoints_of_another_run(checkpoint, run_folder, args.output_dir)
     ensure_writable_dir(args.output_dir, "--output_dir")
 
 
