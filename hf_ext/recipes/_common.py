@@ -650,12 +650,38 @@ def _is_path_flag(name: str) -> bool:
     return name.endswith(("_file", "_name_or_path")) or name in ("dataset_name", "tokenizer_name")
 
 
+#: Flags whose value is a `name=path,name=path` list of local files (grape's --target_files): each path is compared
+#: resolved, the names as given.
+_PATH_LIST_FLAGS = ("target_files",)
+
+
+def _resolved_path(value):
+    """`value` as its resolved absolute path when it names an existing local file or folder, else unchanged."""
+    return os.path.realpath(value) if isinstance(value, str) and value and os.path.exists(value) else value
+
+
+def _resolved_path_list(value):
+    """A `name=path,...` list with every path resolved ([`_resolved_path`]) and its names and paths stripped, as the
+    recipes parse it (empty items dropped); a value that is no such list is returned unchanged."""
+    if not isinstance(value, str):
+        return value
+    items = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, path = item.partition("=")
+        if not sep:
+            return value
+        items.append(f"{name.strip()}={_resolved_path(path.strip())}")
+    return ",".join(items)
+
+
 def _resolved_record(record: dict) -> dict:
-    """`record` with every path flag that names an existing local file or folder as its resolved absolute path, so the
-    same file given as a relative or an absolute path (or from another working directory) is the same value, and the
-    same relative string naming another file is not."""
+    """`record` with every path flag that names an existing local file or folder as its resolved absolute path (each
+    path of a `name=path` list flag too), so the same file given as a relative or an absolute path (or from another
+    working directory) is the same value, and the same relative string naming another file is not."""
     return {
-        k: os.path.realpath(v) if _is_path_flag(k) and isinstance(v, str) and v and os.path.exists(v) else v
+        k: _resolved_path_list(v) if k in _PATH_LIST_FLAGS else _resolved_path(v) if _is_path_flag(k) else v
         for k, v in record.items()
     }
 
@@ -760,7 +786,8 @@ def check_run_record(folder: str, name: str, now: dict, shapes: str) -> None:
     started) must hold `now`'s values. A difference raises `ValueError` naming each flag, the interrupted run's value
     and the flags that continue it; an unreadable record is an error too. A run started before hf_ext wrote the record
     (no file), or a flag the record lacks, is resumed with a warning: it cannot be checked. `shapes`: what those flags
-    shape, for the message (e.g. "the equations, their split and the model")."""
+    shape, for the message (e.g. "the equations, their split and the model"). Local paths are compared resolved, on
+    both sides (a record written before they were recorded resolved holds them as given)."""
     import logging
 
     log = logging.getLogger(__name__)
@@ -774,7 +801,7 @@ def check_run_record(folder: str, name: str, now: dict, shapes: str) -> None:
             ", ".join("--" + k for k in now),
         )
         return
-    saved = _read_run_record(path)
+    saved = _resolved_record(_read_run_record(path))
     now = _resolved_record(now)
     unrecorded = [k for k in now if k not in saved]
     if unrecorded:

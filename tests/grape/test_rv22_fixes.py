@@ -2,7 +2,9 @@
 
 F1: a checkpoint of one run resumed into an --output_dir holding the checkpoints of another run trained beside them
 (a later resume of that folder continued the newest of either run, checked against one run's record); it is refused
-before any work.
+before any work. F2: --target_files (a `name=path,...` list) was compared as raw text, so the same target file given
+relative in the fresh run and absolute on the resume was refused (and the same relative string naming another file,
+from another working directory, accepted); each path is now compared resolved, the names as given.
 """
 
 import json
@@ -11,7 +13,8 @@ import shutil
 
 import pytest
 
-from hf_ext.recipes.grape import main
+from hf_ext.recipes._common import check_run_record, write_run_record
+from hf_ext.recipes.grape import RUN_RECORD_NAME, main
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 RECIPE = ["--hidden_size", "32", "--intermediate_size", "64", "--num_attention_heads", "2", "--vocab_size", "512",
@@ -46,6 +49,39 @@ def interrupted(tmp_path_factory):
 
 def _snapshot(root):
     return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files}
+
+
+def test_the_same_target_file_given_absolute_resumes(interrupted, monkeypatch):
+    root, run = interrupted
+    monkeypatch.chdir(root)
+    record = json.loads((run / RUN_RECORD_NAME).read_text())
+    assert record["target_files"] == f"t={os.path.realpath(root / 'tgt.txt')}"  # recorded resolved, name kept
+    main([*RECIPE, "--target_files", f"t={root / 'tgt.txt'}", "--output_dir", str(run), "--resume_from_checkpoint",
+          "true"])  # fmt: skip
+    assert (run / "checkpoint-2").is_dir()
+
+
+def test_target_files_are_compared_resolved(tmp_path, monkeypatch):
+    """Each path of the list resolved; the names and the paths that name no file compared as given."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "t.txt").write_text("text")
+    monkeypatch.chdir(first)
+    write_run_record(str(tmp_path / "run"), "r.json", {"target_files": " t = t.txt ,u=gone.txt,"})
+    assert json.loads((tmp_path / "run" / "r.json").read_text())["target_files"] == (
+        f"t={os.path.realpath(first / 't.txt')},u=gone.txt"
+    )
+    check_run_record(str(tmp_path / "run"), "r.json", {"target_files": f"t={first / 't.txt'},u=gone.txt"}, "x")
+    with pytest.raises(ValueError, match=r"--target_files s=.*a/t.txt,u=gone.txt \(the interrupted run used t="):
+        check_run_record(str(tmp_path / "run"), "r.json", {"target_files": "s=t.txt,u=gone.txt"}, "x")
+    monkeypatch.chdir(second)  # the same relative string names another file here
+    with pytest.raises(ValueError, match=r"--target_files t=.*b/t.txt,u=gone.txt \(the interrupted run used t=.*a/t"):
+        check_run_record(str(tmp_path / "run"), "r.json", {"target_files": "t=t.txt,u=gone.txt"}, "x")
+    # a record written before the paths were recorded resolved: its relative paths are resolved where it is checked
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "r.json").write_text(json.dumps({"target_files": "t=t.txt"}))
+    check_run_record(str(tmp_path / "old"), "r.json", {"target_files": f"t={second / 't.txt'}"}, "x")
 
 
 def test_a_checkpoint_resumed_into_a_folder_of_another_runs_checkpoints_is_refused_before_writing(
