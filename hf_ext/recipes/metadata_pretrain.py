@@ -746,7 +746,7 @@ def _check_resume(training_args, run_baseline: bool = True) -> None:
 
 
 #: The file of the arguments that shape a run's training data and its evaluation/guidance prompts (written in
-#: --output_dir by a fresh run, compared on resume by `_check_run_data`).
+#: --output_dir by a fresh run with `write_run_record`, local paths resolved; compared on resume by `_check_run_data`).
 RUN_DATA_FILE = "metadata_run_data.json"
 #: MetadataArguments that shape the metadata of every training row, evaluation row and prompt (the template as
 #: resolved: `--layout meco` without `--template` means url_host since 2026-12-04, url before).
@@ -775,21 +775,38 @@ def _run_data(data_args, meta_args, training_args, model_args=None) -> dict:
     }
 
 
-def _flag_value(value) -> str:
-    """`value` as it is written on the command line."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
+def _checkpoint_run_folder(checkpoint: str) -> str:
+    """The folder of the run that saved `checkpoint`, where its `RUN_DATA_FILE` is: the parent of its
+    `url_conditioned/` or `baseline/` folder (`<output_dir>/<run>/checkpoint-N`), else the folder that holds it."""
+    parent = os.path.dirname(os.path.abspath(checkpoint))
+    return os.path.dirname(parent) if os.path.basename(parent) in SUB_RUNS else parent
+
+
+def _resumed_run(training_args) -> tuple[str | None, str]:
+    """On resume: the checkpoint `--resume_from_checkpoint` names (`None` for `last`: each run's newest in
+    --output_dir) and the folder of the run it continues (--output_dir for `last`)."""
+    from ..utils.resume import resolve_resume_checkpoint, wants_last
+
+    if wants_last(training_args.resume_from_checkpoint):
+        return None, training_args.output_dir
+    checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    return checkpoint, _checkpoint_run_folder(checkpoint)
 
 
 def _check_run_data(data_args, meta_args, training_args, model_args=None) -> None:
-    """On resume, before any work: the interrupted run's recorded data- and metadata-shaping arguments (written by its
-    fresh start, see `RUN_DATA_FILE`) must be this run's; a difference is refused by flag name. A run without the
-    record (started before hf_ext wrote it) resumes with a warning."""
-    path = os.path.join(training_args.output_dir, RUN_DATA_FILE)
-    if not os.path.isfile(path):
+    """On resume, before any work: the recorded data- and metadata-shaping arguments of the run the checkpoint
+    continues (`RUN_DATA_FILE` in its run folder: --output_dir, or the folder a named checkpoint comes from) must be
+    this run's; a difference is refused by flag name (`check_run_record`). A run without the record (started before
+    hf_ext wrote it) resumes with a warning. A checkpoint of another folder's run is refused where --output_dir holds
+    checkpoints of yet another run (`refuse_checkpoints_of_another_run`)."""
+    from ._common import check_run_record, refuse_checkpoints_of_another_run
+
+    checkpoint, folder = _resumed_run(training_args)
+    if os.path.isfile(os.path.join(folder, RUN_DATA_FILE)):
+        check_run_record(
+            folder, RUN_DATA_FILE, _run_data(data_args, meta_args, training_args, model_args), "the data and metadata"
+        )
+    else:
         note = ""
         if meta_args.layout == "meco" and getattr(meta_args, "template_defaulted", False):
             note = (
@@ -800,34 +817,14 @@ def _check_run_data(data_args, meta_args, training_args, model_args=None) -> Non
             "--resume_from_checkpoint: %s has no %s (the interrupted run started before hf_ext recorded it), so "
             "--template, --layout, --max_metadata_tokens and the other metadata and data flags are resumed unchecked; "
             "make sure they are the interrupted run's (the resolved template here: %s).%s",
-            training_args.output_dir,
+            folder,
             RUN_DATA_FILE,
             meta_args.template,
             note,
         )
-        return
-    try:
-        with open(path, encoding="utf-8") as fh:
-            saved = json.load(fh)
-        if not isinstance(saved, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"--resume_from_checkpoint: {path} (the interrupted run's data and metadata flags) cannot be read ({err}); "
-            "restore it, or start afresh in another --output_dir."
-        ) from err
-    now = _run_data(data_args, meta_args, training_args, model_args)
-    changed = [k for k in now if k in saved and saved[k] != now[k]]
-    if changed:
-        diffs = "; ".join(
-            f"--{k} {_flag_value(now[k])} (the interrupted run used {_flag_value(saved[k])})" for k in changed
-        )
-        fix = " ".join(f"--{k} {_flag_value(saved[k])}" for k in changed)
-        raise ValueError(
-            f"--resume_from_checkpoint: this run differs from the interrupted run in {training_args.output_dir!r}: "
-            f"{diffs}. Its checkpoints were trained on the data and metadata those flags shape; the remaining steps, "
-            f"the evaluation and the guided generation would use other ones. Resume with {fix}, or start afresh in "
-            "another --output_dir."
+    if checkpoint is not None:
+        refuse_checkpoints_of_another_run(
+            checkpoint, folder, training_args.output_dir, [os.path.join(training_args.output_dir, n) for n in SUB_RUNS]
         )
 
 
@@ -884,12 +881,19 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         from ._common import clear_previous_results
 
         clear_previous_results(training_args.output_dir, RESULT_FILES, bool(training_args.resume_from_checkpoint))
-        if not training_args.resume_from_checkpoint:  # what a resume of this run must keep (see _check_run_data)
-            from ..utils.io import atomic_write_json
+        # what a resume of this run must keep (see _check_run_data): a fresh run's record; a named checkpoint of
+        # another folder's run makes this folder that run's (its record copied, see `write_run_record`)
+        resumed, run_folder = _resumed_run(training_args) if training_args.resume_from_checkpoint else (None, None)
+        if not training_args.resume_from_checkpoint or resumed is not None:
+            from ._common import write_run_record
 
-            atomic_write_json(
-                os.path.join(training_args.output_dir, RUN_DATA_FILE),
+            write_run_record(
+                training_args.output_dir,
+                RUN_DATA_FILE,
                 _run_data(data_args, meta_args, training_args, model_args),
+                resumed_from=resumed,
+                run_folder=run_folder,
+                checkpoint_folders=[os.path.join(training_args.output_dir, n) for n in SUB_RUNS],
             )
 
     eval_docs = [dict(r) for r in eval_ds.select(range(min(len(eval_ds), data_args.max_eval_docs)))]
