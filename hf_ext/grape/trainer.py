@@ -109,6 +109,16 @@ def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def _causal_lm_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean next-token cross-entropy of `logits` for `labels` as transformers' causal LM loss (`ForCausalLMLoss`)
+    computes it (the label at t + 1 scored at t, -100 ignored, the mean over the scored tokens), in the logits' own
+    dtype: transformers casts them to float32 first, which cuts a float64 model's loss and gradient down."""
+    shifted = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:].to(logits.device)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100
+    )
+
+
 def _data_seed(args) -> int:
     """Seed of every data draw of the run (training sampler or stream, reweighting minibatches): `args.data_seed` when
     set, else `args.seed`, as `transformers.Trainer` seeds its samplers (`data_seed` used to be ignored: runs with
@@ -735,7 +745,7 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         """Clipped flattened gradient of `transform(loss)` on `batch` (and the loss value)."""
         params = self._params()
         with self.compute_loss_context_manager():
-            loss = _at_least_float32(self.model(**batch).loss)
+            loss = self._reweighting_loss(self.model(**batch), batch.get("labels"))
         objective = loss if transform is None else transform(loss)
         grads = torch.autograd.grad(objective, params, allow_unused=True)
         flat = torch.cat(
@@ -745,6 +755,31 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         if max_norm is not None and max_norm > 0:
             flat.mul_((max_norm / (flat.norm() + 1e-6)).clamp(max=1.0))
         return flat, float(loss.detach())
+
+    def _reweighting_loss(self, outputs, labels: torch.Tensor | None) -> torch.Tensor:
+        """The loss of a reweighting pass: the model's `loss` in at least float32 ([`_at_least_float32`]); for logits
+        wider than float32 (a float64 model) the next-token cross-entropy computed on them in their dtype
+        ([`_causal_lm_cross_entropy`]), as transformers computes the model's loss in float32 whatever the logits. A
+        model whose loss is not that cross-entropy (an auxiliary loss, label smoothing: the two differ by more than
+        float32 rounding) keeps its own loss, with a warning."""
+        logits = getattr(outputs, "logits", None)
+        wide = logits is not None and torch.promote_types(logits.dtype, torch.float32) != torch.float32
+        if not wide or labels is None:
+            return _at_least_float32(outputs.loss)
+        own = _causal_lm_cross_entropy(logits, labels)
+        model_loss = float(outputs.loss.detach())
+        if abs(model_loss - float(own.detach())) <= 1e-4 * max(1.0, abs(model_loss)):
+            return own
+        if not getattr(self, "_warned_model_loss", False):
+            self._warned_model_loss = True
+            logger.warning(
+                "GRAPE reweighting: the %s model's loss (%.6g) is not the next-token cross-entropy of its logits "
+                "(%.6g), so its reweighting uses the model's loss as the model computes it (transformers: in float32).",
+                logits.dtype,
+                model_loss,
+                float(own.detach()),
+            )
+        return _at_least_float32(outputs.loss)
 
     def _mean_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist

@@ -148,9 +148,20 @@ def test_loaded_schedule_replays_the_stream_and_averages_are_time_means(tmp_path
 
 
 # ---- trainer: updates recomputed from the model ----------------------------------------------------------------------------
+def _next_token_loss(model, batch) -> torch.Tensor:
+    """The mean next-token loss written out (log-softmax of the logits in their dtype, at least float32): transformers'
+    own `.loss` is computed in float32 whatever the logits, so it is no float64 reference (rv22)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -(picked * mask).sum() / mask.sum()
+
+
 def _clipped_grad(model, batch, max_norm: float) -> tuple[torch.Tensor, float]:
     params = [p for p in model.parameters() if p.requires_grad]
-    loss = model(**batch).loss
+    loss = _next_token_loss(model, batch)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
     return flat.detach().double() * min(1.0, max_norm / (float(flat.norm()) + 1e-6)), float(loss.detach())

@@ -12,6 +12,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from hf_ext.recipes._common import check_run_record, write_run_record
 from hf_ext.recipes.grape import RUN_RECORD_NAME, main
@@ -96,3 +97,73 @@ def test_a_checkpoint_resumed_into_a_folder_of_another_runs_checkpoints_is_refus
         main([*RECIPE, "--target_files", "t=tgt.txt", "--output_dir", str(other), "--resume_from_checkpoint",
               str(run / "checkpoint-1")])  # fmt: skip
     assert _snapshot(other) == before
+
+
+# ---- the reweighting loss of a float64 model (rv22 note) ----------------------------------------------------------------
+# transformers' causal LM loss casts the logits to float32 (`logits.float()`), so a float64 model's GRAPE losses, and the
+# gradients taken through them, were float32 (2e-7 off a float64 reference) although the rest of its reweighting runs
+# in float64 (`_at_least_float32`).
+
+
+def _brute_force_loss(model, batch) -> torch.Tensor:
+    """Mean over the scored tokens of -log p(token t+1 | tokens <= t), the log-softmax written out in float64."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits[:, :-1].double()
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    log_z = logits.logsumexp(-1)
+    picked = logits.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return ((log_z - picked) * mask).sum() / mask.sum()
+
+
+def test_a_float64_models_reweighting_loss_and_gradient_are_float64(synthetic, grape_helpers, tmp_path):
+    from grape_synthetic import quick_grape_args
+
+    from hf_ext.grape import GrapeTrainer
+
+    train, targets = synthetic
+    trainer = GrapeTrainer(
+        model=grape_helpers["tiny_llama"](seed=3).to(torch.float64),
+        args=quick_grape_args(str(tmp_path), reweight_method="grape", max_grad_norm=0.0),
+        train_dataset=train,
+        target_datasets=targets,
+    )
+    model = trainer.model
+    batch = trainer._domain_batch(0, trainer._rng("domain"), 2)
+    flat, loss = trainer._flat_grad(batch)
+    reference = _brute_force_loss(model, batch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(reference, params)])
+    assert flat.dtype == torch.float64
+    assert abs(loss - float(reference)) < 1e-12
+    torch.testing.assert_close(flat, expected, rtol=1e-10, atol=1e-13)
+    # the model's own loss (transformers: float32) is measurably further off, so the check above can fail
+    assert abs(float(model(**batch).loss) - float(reference)) > 1e-9
+    # the task loss with the log transform (grape's target gradient) goes through the same loss
+    flat, _ = trainer._flat_grad(batch, torch.log)
+    expected = torch.cat(
+        [g.reshape(-1) for g in torch.autograd.grad(torch.log(_brute_force_loss(model, batch)), params)]
+    )
+    torch.testing.assert_close(flat, expected, rtol=1e-10, atol=1e-13)
+
+
+def test_a_model_loss_that_is_not_the_cross_entropy_is_kept(synthetic, grape_helpers, tmp_path, caplog):
+    """A model whose loss adds a term to the next-token cross-entropy (an auxiliary loss): its own loss is used."""
+    from types import SimpleNamespace
+
+    from grape_synthetic import quick_grape_args
+
+    from hf_ext.grape import GrapeTrainer
+
+    train, targets = synthetic
+    trainer = GrapeTrainer(
+        model=grape_helpers["tiny_llama"](seed=3).to(torch.float64),
+        args=quick_grape_args(str(tmp_path), reweight_method="grape"),
+        train_dataset=train,
+        target_datasets=targets,
+    )
+    batch = trainer._domain_batch(0, trainer._rng("domain"), 2)
+    out = trainer.model(**batch)
+    with caplog.at_level("WARNING", logger="hf_ext.grape.trainer"):
+        loss = trainer._reweighting_loss(SimpleNamespace(loss=out.loss + 0.5, logits=out.logits), batch["labels"])
+    assert float(loss) == pytest.approx(float(out.loss) + 0.5, abs=1e-6)
+    assert "not the next-token cross-entropy" in caplog.text
