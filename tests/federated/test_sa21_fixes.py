@@ -257,3 +257,24 @@ def test_global_state_digest_hashes_conjugate_and_negative_views_by_value():
         assert part.numel() == 1 and part.is_contiguous() and part.stride()[-1] != 1
         fresh = torch.tensor(part.resolve_conj().tolist(), dtype=part.dtype)
         assert fresh.stride()[-1] == 1 and global_state_digest({"w": part}) == global_state_digest({"w": fresh})
+
+
+def test_round_config_encoding_is_canonical_at_the_edges():
+    """mu22: the round config's encoding in `global_state_digest` takes any int (byte-length boundaries such as a
+    batch size of 128), floats by their binary64 bits (two rates equal in float32 differ), and length-prefixes every
+    value (two configs whose entry bytes concatenate the same differ)."""
+    import torch
+
+    from hf_ext.federated.secure_aggregation import global_state_digest
+
+    state = {"w": torch.zeros(2)}
+    digests = {n: global_state_digest(state, {"batch": n}) for n in (127, 128, 255, 256, 2**31, 2**64, -128)}
+    assert len(set(digests.values())) == len(digests)
+    assert global_state_digest(state, {"lr": 5e-5}) != global_state_digest(state, {"lr": 5.0000000000001e-5})
+
+    def entry(key, value):
+        return len(key).to_bytes(8, "big") + key.encode() + b"s" + value.encode("utf-8", "surrogatepass")
+
+    x = "P" + entry("b", "Q").decode("utf-8", "surrogatepass")
+    y = "Q" + entry("c", "R").decode("utf-8", "surrogatepass")
+    assert global_state_digest(state, {"a": x, "c": "R"}) != global_state_digest(state, {"a": "P", "b": y})
