@@ -130,3 +130,13 @@ def test_docs_no_robots_txt_bullet_describes_the_surrogate_escape_decoding():
     chk = RobotsCompliance(store, user_agents=["GPTBot"])
     assert not chk.is_compliant("https://a.com/caf%E9/x")
     assert chk.is_compliant("https://a.com/caf%EF%BF%BD/x")
+
+
+def test_policy_of_a_host_follows_the_store():
+    """mu22 F5: `policy(host)` itself (not only the URL decisions) is rebuilt after `store.add`."""
+    store = RobotsTxtStore()
+    store.add("example.com", "User-agent: *\nAllow: /\n")
+    checker = RobotsCompliance(store)
+    assert not checker.policy("example.com").groups
+    store.add("example.com", "User-agent: *\nDisallow: /\n")
+    assert checker.policy("example.com").groups
