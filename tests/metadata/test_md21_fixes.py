@@ -159,3 +159,18 @@ def test_library_guidance_scale_error_names_the_same_range(ctx_tokenizer):
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match=r"^guidance_scale must be a finite number > 0 \(1 = no guidance\)"):
             generate_with_metadata_guidance(model, ctx_tokenizer, ["a"], ["x"], guidance_scale=bad, max_new_tokens=1)
+
+
+def test_collator_check_model_covers_the_eos_row():
+    """mu22 F6: an EOS token added after the model was sized (no embedding row) is refused by `check_model` with
+    `add_eos=True` (training would fail with a raw IndexError), and not checked with `add_eos=False`."""
+    from hf_ext.metadata import add_context_tokens
+
+    tok = build_tokenizer(512)
+    add_context_tokens(tok)
+    rows = len(tok)
+    tok.add_special_tokens({"eos_token": "<|doc_end|>"})
+    model = tiny_llama(rows, hidden=32)
+    with pytest.raises(ValueError, match=r"add_context_tokens\(tokenizer, model\)"):
+        MetadataCollator(tok, metadata_template("url"), add_eos=True, max_length=64).check_model(model)
+    MetadataCollator(tok, metadata_template("url"), add_eos=False, max_length=64).check_model(model)
