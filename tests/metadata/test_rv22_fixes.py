@@ -20,12 +20,7 @@ from hf_ext.recipes import metadata_pretrain as mp
 from hf_ext.recipes.metadata_pretrain import RUN_DATA_FILE, main
 from hf_ext.recipes.pretrain import _RECORD_MODEL_FLAGS
 
-from .test_recipe import TINY
-
-
-def _common(out):
-    return [*TINY, "--layout", "meco", "--max_steps", "4", "--run_baseline", "false", "--save_strategy", "steps",
-            "--save_steps", "2", "--output_dir", str(out)]  # fmt: skip
+from .test_resume_run_data import _common, _snapshot
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +30,6 @@ def interrupted(tmp_path_factory):
     main([*_common(out), "--template", "url"])
     shutil.rmtree(out / "url_conditioned" / "checkpoint-4")
     return out
-
-
-def _snapshot(out):
-    return {p: os.path.getmtime(p) for p in map(str, out.rglob("*")) if os.path.isfile(p)}
 
 
 def test_a_checkpoint_of_another_folder_is_checked_against_its_own_run(interrupted, tmp_path):
