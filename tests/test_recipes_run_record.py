@@ -120,6 +120,39 @@ def test_local_paths_are_compared_resolved(tmp_path, monkeypatch):
         check_run_record(str(tmp_path / "run"), "r.json", {"train_file": "data.txt", "text_column": "text"}, "x")
 
 
+@pytest.mark.parametrize("flag", ["dataset_name", "tokenizer_name", "model_name_or_path"])
+def test_local_folders_of_the_other_path_flags_are_compared_resolved(tmp_path, monkeypatch, flag):
+    """mu22 F3: --dataset_name, --tokenizer_name and --model_name_or_path may name a local folder and follow the same
+    rule as --train_file: the same folder relative then absolute is accepted, the same relative string naming another
+    folder is refused."""
+    for name in ("a", "b"):
+        (tmp_path / name / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a")
+    write_run_record(str(tmp_path / "run"), "r.json", {flag: "data"})
+    check_run_record(str(tmp_path / "run"), "r.json", {flag: str(tmp_path / "a" / "data")}, "x")
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(ValueError, match=rf"--{flag} .*b/data \(the interrupted run used .*a/data\)"):
+        check_run_record(str(tmp_path / "run"), "r.json", {flag: "data"}, "x")
+    # a hub id (no such local folder) stays a string compared as given
+    write_run_record(str(tmp_path / "hub"), "r.json", {flag: "org/not-here"})
+    check_run_record(str(tmp_path / "hub"), "r.json", {flag: "org/not-here"}, "x")
+
+
+def test_symlinked_paths_are_compared_by_their_targets(tmp_path):
+    """mu22 F4: a symlink retargeted to another file between the run and its resume names another file (refused);
+    the same file named by its symlink at the start and by its target at the resume is accepted."""
+    for name in ("v1.txt", "v2.txt"):
+        (tmp_path / name).write_text(name)
+    latest = tmp_path / "latest.txt"
+    latest.symlink_to(tmp_path / "v1.txt")
+    write_run_record(str(tmp_path / "run"), "r.json", {"train_file": str(latest)})
+    check_run_record(str(tmp_path / "run"), "r.json", {"train_file": str(tmp_path / "v1.txt")}, "x")
+    latest.unlink()
+    latest.symlink_to(tmp_path / "v2.txt")
+    with pytest.raises(ValueError, match=r"--train_file .*v2.txt \(the interrupted run used .*v1.txt\)"):
+        check_run_record(str(tmp_path / "run"), "r.json", {"train_file": str(latest)}, "x")
+
+
 def test_a_checkpoint_resumed_into_a_folder_of_an_earlier_record_replaces_it(runs, tmp_path):
     """rv22 F1: a folder already holding an earlier run's record (its checkpoints removed) kept it when another run's
     checkpoint was resumed into it, so later resumes of that folder were checked against the earlier run's flags: the

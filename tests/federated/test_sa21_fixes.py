@@ -248,6 +248,10 @@ def test_global_state_digest_hashes_conjugate_and_negative_views_by_value():
     neg = torch.tensor([1 + 2j]).conj().imag  # a real, contiguous tensor with the negative bit set
     assert neg.is_neg() and neg.is_contiguous()
     assert global_state_digest({"w": neg}) == global_state_digest({"w": torch.tensor([-2.0])})
+    # mu22 F8: a 0-dim negative view (contiguous, no stride to clone by) is hashed by value too
+    neg0 = torch.tensor(1 + 2j).conj().imag
+    assert neg0.is_neg() and neg0.dim() == 0
+    assert global_state_digest({"w": neg0}) == global_state_digest({"w": torch.tensor(-2.0)})
     assert global_state_digest({"w": conj}, {"lr": 1.0}) == global_state_digest(
         {"w": conj.resolve_conj()}, {"lr": 1.0}
     )

@@ -117,6 +117,21 @@ def test_zero_evaluation_gradients_warn_in_the_engine_too():
     assert (scores == 0).all()
 
 
+def test_a_partly_zero_evaluation_gradient_scores_without_the_warning():
+    """mu22 F7: one fitted matrix with a zero mean evaluation gradient and another with a non-zero one is an ordinary
+    case (scores are not all zero), so the "exactly zero on every fitted matrix" warning must not fire."""
+    gen = torch.Generator().manual_seed(0)
+    train = {n: torch.randn(10, 2, 5, generator=gen, dtype=torch.float64) for n in ("a", "b")}
+    evaluation = {
+        "a": torch.zeros(3, 2, 5, dtype=torch.float64),
+        "b": torch.randn(3, 2, 5, generator=gen, dtype=torch.float64),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        scores = influence_from_gradients(train, evaluation)
+    assert np.abs(np.asarray(scores)).max() > 0
+
+
 # F2 -------------------------------------------------------------------------------------------------------------------
 
 _CHANGED = r"parameters changed since `fit` \({}.*Call `fit\(train_dataset\)` again"
