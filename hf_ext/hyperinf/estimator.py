@@ -29,7 +29,9 @@ class InfluenceEstimator:
             `"exact"`; see `InfluenceConfig`.
         batch_size (`int`, *optional*, defaults to 8): examples per vmapped per-example-gradient call.
         per_example_gradients (`str`, *optional*, defaults to `"vmap"`): `"vmap"` (`torch.func`) or `"loop"` (one
-            backward per example, for models whose forward cannot be vmapped).
+            backward per example, for models whose forward cannot be vmapped). `"vmap"` runs the model with eager
+            attention, whose softmax transformers computes in float32 even in a float64 model: float64 scores then
+            agree with a float64 reference to about 1e-7; `"loop"` keeps the model's attention (about 1e-14).
         modules_to_save (`str`, *optional*, defaults to `"output"`): which parameters of the adapter's
             `modules_to_save` copies are tracked: `"output"` only the weight of each copy's last linear layer (the
             head's output projection: `score.weight`, `classifier.weight`, RoBERTa's `out_proj.weight`; what the
