@@ -759,25 +759,38 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
     def _reweighting_loss(self, outputs, labels: torch.Tensor | None) -> torch.Tensor:
         """The loss of a reweighting pass: the model's `loss` in at least float32 ([`_at_least_float32`]); for logits
         wider than float32 (a float64 model) the next-token cross-entropy computed on them in their dtype
-        ([`_causal_lm_cross_entropy`]), as transformers computes the model's loss in float32 whatever the logits. A
-        model whose loss is not that cross-entropy (an auxiliary loss, label smoothing: the two differ by more than
-        float32 rounding) keeps its own loss, with a warning."""
+        ([`_causal_lm_cross_entropy`]), as transformers computes the model's loss in float32 whatever the logits.
+
+        That replacement is made only where the model's loss is that cross-entropy: where it agrees within
+        `1e-6 * max(1, |loss|)` (about 8 float32 ulps) with the same cross-entropy computed as transformers does, on
+        the logits cast to float32, or with the float64 one (a model that computes its loss in float64). It is not
+        compared with the float64 cross-entropy alone: transformers' float32 loss of a float64 Llama is up to 2.7e-6
+        relative off that one (vocab 32000, 256 tokens; ~1e-7 on the tests' 64-token vocab), while its float32
+        recomputation is the same computation (0 apart on CPU). A model whose loss is not that cross-entropy (an
+        auxiliary loss, even at 1e-5 relative, as a MoE router loss with a small coefficient; label smoothing) keeps
+        its own loss, with a warning; a term below 1e-6 relative is within float32 rounding of the model's loss and
+        not told apart."""
         logits = getattr(outputs, "logits", None)
         wide = logits is not None and torch.promote_types(logits.dtype, torch.float32) != torch.float32
         if not wide or labels is None:
             return _at_least_float32(outputs.loss)
         own = _causal_lm_cross_entropy(logits, labels)
+        with torch.no_grad():
+            as_transformers = float(_causal_lm_cross_entropy(logits.detach().float(), labels))
         model_loss = float(outputs.loss.detach())
-        if abs(model_loss - float(own.detach())) <= 1e-4 * max(1.0, abs(model_loss)):
+        gap = min(abs(model_loss - as_transformers), abs(model_loss - float(own.detach())))
+        if gap <= 1e-6 * max(1.0, abs(model_loss)):
             return own
         if not getattr(self, "_warned_model_loss", False):
             self._warned_model_loss = True
             logger.warning(
-                "GRAPE reweighting: the %s model's loss (%.6g) is not the next-token cross-entropy of its logits "
-                "(%.6g), so its reweighting uses the model's loss as the model computes it (transformers: in float32).",
+                "GRAPE reweighting: the %s model's loss (%.9g) is not the next-token cross-entropy of its logits "
+                "(%.9g; %.2g relative apart), so its reweighting uses the model's loss as the model computes it "
+                "(transformers: in float32).",
                 logits.dtype,
                 model_loss,
                 float(own.detach()),
+                gap / max(1.0, abs(model_loss)),
             )
         return _at_least_float32(outputs.loss)
 
