@@ -14,6 +14,7 @@
 import json
 import logging
 import math
+import re
 import shutil
 import tempfile
 
@@ -374,3 +375,73 @@ def test_a_checkpoint_without_collator_settings_still_resumes(ctx_tokenizer, int
     trainer = _collator_trainer(ctx_tokenizer, tmp_path / "new")
     trainer.train(resume_from_checkpoint=str(copy))
     assert trainer.state.global_step == 6 and _conditioning(trainer, 2) == conditioning[2:]
+
+
+# rv23 F5: every recorded collator setting, one at a time, at the level of the record and its comparison (the trainer
+# cases above run four of them end to end). Each: the checkpoint's collator, and a change of that one setting. Written
+# out, not read from COLLATOR_RECORD_FIELDS, so a setting dropped from (or added to) the record fails here.
+_PADDING = dict(max_length=32)
+_PACKING = dict(block_size=32)  # document_attention defaults to True
+RECORDED_SETTINGS = {
+    "conditioning": (_PADDING, dict(conditioning=False)),
+    "layout": (_PADDING, dict(layout="meco")),
+    "text_column": (_PADDING, dict(text_column="body")),
+    "block_size": (_PACKING, dict(block_size=48)),
+    "max_length": (_PADDING, dict(max_length=24)),
+    "max_document_tokens": (_PADDING, dict(max_document_tokens=16)),
+    "repeat_context": (_PACKING, dict(repeat_context=False)),
+    "add_eos": (_PADDING, dict(add_eos=False)),
+    "max_metadata_tokens": (_PADDING, dict(max_metadata_tokens=8)),
+    "document_attention": (_PACKING, dict(document_attention=False)),
+    "template": (_PADDING, dict(template=metadata_template("url"))),
+}
+
+
+def _saved_record(tok, folder, **collator_kwargs):
+    """The checkpoint state file `MetadataCooldownCallback.save_state` writes for a collator of these settings."""
+    from types import SimpleNamespace
+
+    from hf_ext.metadata.callbacks import STATE_FILE
+
+    collator = MetadataCollator(tok, metadata_template("url_host"), metadata_dropout=0.1, seed=42, **collator_kwargs)
+    callback = MetadataCooldownCallback(collator, 0.5)
+    callback.switch_step = 3
+    callback.save_state(str(folder), SimpleNamespace(global_step=2))
+    path = folder / STATE_FILE
+    return str(path), json.loads(path.read_text())
+
+
+def _check_resume(tok, saved, **collator_kwargs):
+    from types import SimpleNamespace
+
+    kwargs = dict(metadata_dropout=0.1, seed=42) | collator_kwargs
+    collator = MetadataCollator(tok, kwargs.pop("template", metadata_template("url_host")), **kwargs)
+    callback = MetadataCooldownCallback(collator, 0.5)
+    callback.switch_step = 3
+    callback._check_resumed_options(saved, SimpleNamespace(global_step=2, max_steps=6))
+
+
+def test_the_checkpoint_records_exactly_these_collator_settings(ctx_tokenizer, tmp_path):
+    for base, _ in RECORDED_SETTINGS.values():
+        _, record = _saved_record(ctx_tokenizer, tmp_path, **base)
+        assert set(record["collator"]) == set(RECORDED_SETTINGS)
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_SETTINGS))
+def test_a_resume_that_changes_one_recorded_collator_setting_is_refused_naming_it(ctx_tokenizer, tmp_path, name):
+    from hf_ext.metadata.callbacks import collator_record
+
+    base, change = RECORDED_SETTINGS[name]
+    saved = _saved_record(ctx_tokenizer, tmp_path, **base)
+    _check_resume(ctx_tokenizer, saved, **base)  # the same settings resume
+    # the change moves this one setting of the record, no other
+    kwargs = dict(metadata_dropout=0.1, seed=42) | base | change
+    changed = MetadataCollator(ctx_tokenizer, kwargs.pop("template", metadata_template("url_host")), **kwargs)
+    now = collator_record(changed)
+    assert [key for key in now if now[key] != saved[1]["collator"].get(key)] == [name]
+    with pytest.raises(ValueError, match="The MetadataCollator settings define what the remaining steps") as err:
+        _check_resume(ctx_tokenizer, saved, **base | change)
+    message = str(err.value)
+    assert f"MetadataCollator {name}={saved[1]['collator'][name]!r} in the checkpoint, {now[name]!r} now" in message
+    assert re.findall(r"MetadataCollator (\w+)=", message) == [name], message  # only this setting is named
+    assert f"Resume with the checkpoint's values (MetadataCollator.{name}=" in message
