@@ -311,6 +311,10 @@ def test_a_resume_with_a_larger_max_steps_trains_on_as_the_longer_run_would(tmp_
     [
         ({"lr_scheduler_type": "linear"}, 3, 2),  # the decay depends on max_steps from the first step on
         ({"lr_scheduler_type": "linear"}, 6, 2),  # the last checkpoint of the finished run
+        # the rates agree up to the checkpoint's own step and differ at the rate of its next step (scheduler index
+        # global_step, which the checkpoint's optimizer already holds): a comparison that stops a step short lets it
+        # train step 4 with the old schedule's rate and step 5 on with the new one's
+        ({"lr_scheduler_type": "linear", "warmup_steps": 2}, 3, 4),
         ({"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 0.5}, 4, 2),  # a warmup fraction moves
         # warmup_stable_decay resumed after its decay started
         ({"lr_scheduler_type": "warmup_stable_decay", "lr_scheduler_kwargs": {"num_decay_steps": 2}}, 6, 6),
