@@ -179,3 +179,40 @@ def test_pretrain_resumed_with_a_larger_max_steps_trains_on_or_is_refused(tmp_pa
         main([*common, "--max_steps", "4", "--output_dir", str(default), "--resume_from_checkpoint"])
     assert sorted(p.name for p in default.glob("checkpoint-*")) == ["checkpoint-2"]
     assert (default / "pretrain_results.json").read_text() == results
+
+
+# fmt: off
+HYPERINF = [
+    "--pretrain_steps", "2", "--hidden_size", "32", "--num_attention_heads", "2", "--max_train", "40", "--num_val",
+    "10", "--num_test", "10", "--methods", "tracin", "--num_threads", "1", "--vocab_size", "300", "--disable_tqdm",
+    "true", "--save_strategy", "epoch", "--logging_steps", "1",
+]
+# fmt: on
+
+
+def test_hyperinf_resumed_with_more_epochs_trains_on_or_is_refused(tmp_path):
+    """hyperinf fine-tunes by epochs (--max_steps -1). Its finished 1-epoch fine-tuning resumed with
+    --num_train_epochs 2 was restored as finished (nothing trained, rc 0, the 1-epoch model scored as the 2-epoch
+    run's). With a constant schedule it now trains on to the 2-epoch step count; a resume whose schedule differs (the
+    default linear one over 3 epochs, or another --learning_rate, which a resume ignored) is refused before any step."""
+    from hf_ext.recipes.hyperinf import main
+
+    out = tmp_path / "run"
+    constant = [*HYPERINF, "--lr_scheduler_type", "constant", "--output_dir", str(out)]
+    main([*constant, "--num_train_epochs", "1"])  # 40 examples, batch 16: 3 steps an epoch
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    main([*constant, "--num_train_epochs", "2", "--resume_from_checkpoint"])
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and state["max_steps"] == 6
+    assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    refused = [
+        ([*HYPERINF, "--output_dir", str(out), "--num_train_epochs", "3"],
+         r"^--num_train_epochs 3.0 \(9 optimizer steps\), --lr_scheduler_type linear: .*checkpoint-6 .*Resume with "
+         r"--num_train_epochs 2.0 --lr_scheduler_type constant"),
+        ([*constant, "--num_train_epochs", "2", "--learning_rate", "1e-3"],
+         r"^--learning_rate 0.001: .*learning rate of step 1 is 0.005 .*would be ignored.*Resume with --learning_rate"),
+    ]  # fmt: skip
+    for argv, pattern in refused:
+        with pytest.raises(ValueError, match=pattern):
+            main([*argv, "--resume_from_checkpoint"])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]

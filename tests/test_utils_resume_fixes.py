@@ -387,3 +387,190 @@ def test_an_epoch_based_finished_run_is_still_restored(tmp_path):
     assert train_or_restore_finished(trainer, str(tmp_path / "checkpoint-6")) is None
     assert trainer.state.global_step == 6 and not (tmp_path / "checkpoint-7").exists()
     assert torch.equal(trainer.model.w, full.model.w)
+
+
+def _recording_trainer():
+    """transformers' Trainer with hf_ext's checkpoint additions (as every recipe's Trainer has them)."""
+    from transformers import Trainer
+
+    from hf_ext.utils.resume import with_loss_window
+
+    return with_loss_window(Trainer)
+
+
+@pytest.mark.parametrize(
+    "old, new, checkpoint, first, lead, was",
+    [
+        # a warmup restarted mid-run (the checkpoint's run was at the full rate from step 3 on)
+        (
+            {"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 2, "max_steps": 8},
+            {"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 8, "max_steps": 16},
+            4,
+            2,
+            "--max_steps 16, --warmup_steps 8",
+            "max_steps 8, warmup_steps 2",
+        ),
+        # a new --learning_rate: the restored scheduler's base_lrs win, the new rate was silently ignored
+        (
+            {"lr_scheduler_type": "constant", "max_steps": 8},
+            {"lr_scheduler_type": "constant", "max_steps": 16, "learning_rate": 1e-3},
+            4,
+            1,
+            "--max_steps 16, --learning_rate 0.001",
+            "max_steps 8, learning_rate 0.01",
+        ),
+        # the same --max_steps: nothing was compared (constant up to step 5, then a linear decay's 0.00375)
+        (
+            {"lr_scheduler_type": "constant", "max_steps": 8},
+            {"lr_scheduler_type": "linear", "max_steps": 8},
+            4,
+            2,
+            "--lr_scheduler_type linear",
+            "lr_scheduler_type constant",
+        ),
+        # the same --max_steps, a decay that now starts before the checkpoint
+        (
+            {
+                "lr_scheduler_type": "warmup_stable_decay",
+                "lr_scheduler_kwargs": {"num_decay_steps": 2},
+                "max_steps": 8,
+            },
+            {
+                "lr_scheduler_type": "warmup_stable_decay",
+                "lr_scheduler_kwargs": {"num_decay_steps": 6},
+                "max_steps": 8,
+            },
+            4,
+            4,
+            """--lr_scheduler_kwargs '{"num_decay_steps": 6}'""",
+            """lr_scheduler_kwargs '{"num_decay_steps": 2}'""",
+        ),
+    ],  # fmt: skip
+)
+def test_a_resume_with_other_schedule_flags_is_refused_against_the_checkpoints_schedule(
+    tmp_path, old, new, checkpoint, first, lead, was
+):
+    """The checkpoint's schedule used to be rebuilt from the NEW flags (at the old max_steps), and nothing was compared
+    at the same max_steps: a resume that also changed --warmup_steps, --learning_rate, --lr_scheduler_type or
+    --lr_scheduler_kwargs went on with two schedules mixed. Every checkpoint now records the flags its schedule was
+    built from (lr_schedule.json), and the resume is refused before any step, naming the changed flags, the first
+    step whose rate differs, both rates and the checkpoint's flags to resume with."""
+    import re
+
+    from datasets import Dataset
+
+    from hf_ext.utils.resume import train_or_restore_finished
+
+    trainer_cls = _recording_trainer()
+    data = Dataset.from_dict(_EXTENSION_DATA)
+    trainer_cls(model=_tiny(), args=_extension_args(tmp_path, **old), train_dataset=data).train()
+    trainer = trainer_cls(model=_tiny(), args=_extension_args(tmp_path, **new), train_dataset=data)
+    pattern = (
+        rf"^{re.escape(lead)}: .*checkpoint-{checkpoint} \(global_step {checkpoint}\) is of a run with "
+        rf"{re.escape(was)}, and the learning-rate schedule differs: the learning rate of step {first} is .* in the "
+        rf"checkpoint's run and .* with {re.escape(lead)}\..*Resume with {re.escape('--' + was.replace(', ', ' --'))}"
+        r".*start a new run"
+    )
+    with pytest.raises(ValueError, match=pattern) as err:
+        train_or_restore_finished(trainer, str(tmp_path / f"checkpoint-{checkpoint}"))
+    assert ("would be ignored" in str(err.value)) == ("learning_rate" in new)
+    assert trainer.state.global_step == 0 and trainer.lr_scheduler is None
+    assert trainer.args.learning_rate == new.get("learning_rate", 1e-2)  # the trainer's args are left as they were
+
+
+def test_checkpoints_record_their_schedule_and_an_unchanged_schedule_prefix_still_resumes(tmp_path):
+    """Each checkpoint of an hf_ext Trainer holds lr_schedule.json (the flags its schedule was built from); a resume
+    whose schedule is the checkpoint's up to it still trains on: warmup_stable_decay with an absolute
+    num_decay_steps changed from 2 to 4 and --max_steps from 8 to 16 before the decay started (the rates and weights
+    of a run launched with the new flags)."""
+    import torch
+    from datasets import Dataset
+
+    from hf_ext.utils.resume import SCHEDULE_RECORD_NAME, train_or_restore_finished
+
+    trainer_cls = _recording_trainer()
+    data = Dataset.from_dict(_EXTENSION_DATA)
+    wsd = {"lr_scheduler_type": "warmup_stable_decay", "warmup_steps": 1}
+    old = _extension_args(tmp_path / "run", 8, lr_scheduler_kwargs={"num_decay_steps": 2}, **wsd)
+    trainer_cls(model=_tiny(), args=old, train_dataset=data).train()
+    record = json.loads((tmp_path / "run" / "checkpoint-4" / SCHEDULE_RECORD_NAME).read_text())
+    assert record["args"] == {
+        "learning_rate": 1e-2, "lr_scheduler_type": "warmup_stable_decay",
+        "lr_scheduler_kwargs": {"num_decay_steps": 2}, "warmup_steps": 1, "max_steps": 8, "num_train_epochs": 3.0,
+        "gradient_accumulation_steps": 1,
+    }  # fmt: skip
+    assert record["num_training_steps"] == 8
+    new = {"lr_scheduler_kwargs": {"num_decay_steps": 4}, **wsd}
+    longer = trainer_cls(model=_tiny(), args=_extension_args(tmp_path / "long", 16, **new), train_dataset=data)
+    longer.train()
+    resumed = trainer_cls(model=_tiny(), args=_extension_args(tmp_path / "run", 16, **new), train_dataset=data)
+    train_or_restore_finished(resumed, str(tmp_path / "run" / "checkpoint-4"))
+    assert resumed.state.global_step == 16
+    assert _lrs(resumed, 4) == pytest.approx(_lrs(longer, 4), rel=1e-12) and len(_lrs(resumed, 4)) == 12
+    torch.testing.assert_close(resumed.model.w, longer.model.w, rtol=0, atol=1e-6)
+    assert json.loads((tmp_path / "run" / "checkpoint-16" / SCHEDULE_RECORD_NAME).read_text())["args"][
+        "lr_scheduler_kwargs"
+    ] == {"num_decay_steps": 4}
+
+
+_EPOCH_DATA = {"x": [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]] * 4, "labels": [1.0, 0.0] * 4}  # 4 steps an epoch
+
+
+def test_an_epoch_based_finished_run_resumed_with_more_epochs_trains_on(tmp_path):
+    """--max_steps -1 (hyperinf's default): the last checkpoint of a finished 1-epoch run, resumed with
+    --num_train_epochs 3, used to be restored as finished (the checkpoint's own step count was taken as the run's
+    end: nothing trained, rc 0). Its end is now the step count transformers derives from the epochs (12), and it trains
+    on as a 3-epoch run launched at once (a constant schedule), as transformers' Trainer does."""
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer
+
+    from hf_ext.utils.resume import run_max_steps, train_or_restore_finished
+
+    data = Dataset.from_dict(_EPOCH_DATA)
+    constant = {"lr_scheduler_type": "constant"}
+    Trainer(model=_tiny(), args=_extension_args(tmp_path / "run", -1, num_train_epochs=1, **constant),
+            train_dataset=data).train()  # fmt: skip
+    longer = Trainer(model=_tiny(), args=_extension_args(tmp_path / "long", -1, num_train_epochs=3, **constant),
+                     train_dataset=data)  # fmt: skip
+    longer.train()
+    resumed = Trainer(model=_tiny(), args=_extension_args(tmp_path / "run", -1, num_train_epochs=3, **constant),
+                      train_dataset=data)  # fmt: skip
+    assert run_max_steps(resumed) == 12
+    assert train_or_restore_finished(resumed, str(tmp_path / "run" / "checkpoint-4")) is not None
+    assert resumed.state.global_step == 12 and (tmp_path / "run" / "checkpoint-12").is_dir()
+    assert _lrs(resumed, 4) == pytest.approx(_lrs(longer, 4), rel=1e-12) and len(_lrs(resumed, 4)) == 8
+    torch.testing.assert_close(resumed.model.w, longer.model.w, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("recording", [False, True])
+@pytest.mark.parametrize("checkpoint", [4, 8])  # mid-run, and the last checkpoint of the finished run
+def test_an_epoch_based_resume_with_more_epochs_that_would_mix_two_schedules_is_refused(
+    tmp_path, recording, checkpoint
+):
+    """A 2-epoch (8-step) linear run resumed with --num_train_epochs 4 went on with the old schedule up to the
+    checkpoint and the 16-step one after it (the rate went up at the resume: 0.005, then 0.00688), or, from its last
+    checkpoint, was restored as finished; nothing was refused. Now refused before any step, naming
+    --num_train_epochs and its step count, with or without the checkpoint's schedule record."""
+    from datasets import Dataset
+    from transformers import Trainer
+
+    from hf_ext.utils.resume import train_or_restore_finished
+
+    trainer_cls = _recording_trainer() if recording else Trainer
+    data = Dataset.from_dict(_EPOCH_DATA)
+    linear = {"lr_scheduler_type": "linear"}
+    trainer_cls(model=_tiny(), args=_extension_args(tmp_path, -1, num_train_epochs=2, **linear),
+                train_dataset=data).train()  # fmt: skip
+    trainer = trainer_cls(model=_tiny(), args=_extension_args(tmp_path, -1, num_train_epochs=4, **linear),
+                          train_dataset=data)  # fmt: skip
+    back = "--num_train_epochs 2" if recording else "--max_steps 8"
+    pattern = (
+        rf"^--num_train_epochs 4 \(16 optimizer steps\): .*checkpoint-{checkpoint} \(global_step {checkpoint}\) is "
+        rf"of a run with max_steps 8, .*learning rate of step 2 is 0.00875 in the checkpoint's run and 0.009375 .*"
+        rf"Resume with {back}"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        train_or_restore_finished(trainer, str(tmp_path / f"checkpoint-{checkpoint}"))
+    assert trainer.state.global_step == 0
+    assert not (tmp_path / "checkpoint-10").exists()

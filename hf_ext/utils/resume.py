@@ -21,6 +21,10 @@ and a resume refuses a checkpoint whose `global_step` is beyond the run's `--max
 A checkpoint written with `save_only_model=True` holds the weights but not the optimizer, LR scheduler and RNG states
 (transformers' `Trainer` skips them): resuming from it would go on with a fresh optimizer and a restarted learning-rate
 schedule, so a resume from it is refused ([`refuse_weights_only_checkpoint`]; the recipes and hf_ext's Trainers).
+
+A resume goes on only where the learning-rate schedule the new flags build is the one the checkpoint's run followed up
+to it ([`refuse_changed_schedule`], in [`train_or_restore_finished`]); hf_ext's Trainers record the schedule's flags
+with every checkpoint (`lr_schedule.json`, [`LossWindowResumeMixin`]).
 """
 
 from __future__ import annotations
@@ -314,24 +318,141 @@ def checkpoint_stopped(path: str) -> bool:
     return step is None or max_steps is None or step < max_steps
 
 
+#: the file every checkpoint of an hf_ext Trainer ([`LossWindowResumeMixin`]) holds with the arguments its
+#: learning-rate schedule was built from, compared on a resume ([`refuse_changed_schedule`])
+SCHEDULE_RECORD_NAME = "lr_schedule.json"
+_SCHEDULE_RECORD_FORMAT = 1
+#: the `TrainingArguments` a Trainer's `create_scheduler` builds the schedule from besides the step count
+#: (transformers' and hf_ext's Trainers: `cooldown_fraction` is `WarmupFreeTrainingArguments`'; an arguments class
+#: without one of them records the others)
+SCHEDULE_ARG_NAMES = (
+    "learning_rate",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "warmup_ratio",
+    "cooldown_fraction",
+)
+#: what sets the run's step count (recorded to name it in a refusal; the count itself is `trainer_state.json`'s)
+_LENGTH_ARG_NAMES = ("max_steps", "num_train_epochs", "gradient_accumulation_steps")
+_NOT_JSON = object()
+
+
+def _as_json(value):
+    """`value` as it reads back from JSON, or `_NOT_JSON` where it would read back as something else (a tuple, an
+    object): such a value is not recorded, and not compared."""
+    try:
+        back = json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError):
+        return _NOT_JSON
+    return back if back == value else _NOT_JSON
+
+
+def schedule_arguments(args) -> dict:
+    """The [`SCHEDULE_ARG_NAMES`] and `max_steps`, `num_train_epochs`, `gradient_accumulation_steps` of `args` that
+    `args` has and that JSON holds as they are (an enum as its value), as [`write_schedule_record`] records them."""
+    values = {}
+    for name in SCHEDULE_ARG_NAMES + _LENGTH_ARG_NAMES:
+        if hasattr(args, name):
+            value = _as_json(getattr(args, name))
+            if value is not _NOT_JSON:
+                values[name] = value
+    return values
+
+
+def write_schedule_record(folder: str, args, num_training_steps: int | None = None) -> str:
+    """Write into checkpoint `folder` atomically what its learning-rate schedule was built from
+    ([`SCHEDULE_RECORD_NAME`]: the [`schedule_arguments`] of `args`, and the run's step count). Returns the path."""
+    from .io import atomic_write_json
+
+    record = {"format": _SCHEDULE_RECORD_FORMAT, "args": schedule_arguments(args)}
+    if num_training_steps is not None:
+        record["num_training_steps"] = int(num_training_steps)
+    path = os.path.join(folder, SCHEDULE_RECORD_NAME)
+    atomic_write_json(path, record)
+    return path
+
+
+def read_schedule_record(checkpoint: str) -> dict | None:
+    """The arguments checkpoint `checkpoint`'s learning-rate schedule was built from, as [`write_schedule_record`]
+    recorded them; `None` for a checkpoint without the file (written before hf_ext recorded it, or by another Trainer).
+    Raises `ValueError` naming the file when it cannot be read."""
+    path = os.path.join(checkpoint, SCHEDULE_RECORD_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+        problem = None if isinstance(record, dict) and isinstance(record.get("args"), dict) else "no 'args' object"
+    except (OSError, ValueError) as err:
+        problem = f"it cannot be read ({err})"
+    if problem is not None:
+        raise ValueError(
+            f"--resume_from_checkpoint: {path} cannot be used: {problem}. It records the flags the checkpoint's "
+            "learning-rate schedule was built from; delete it to resume without that check (only a changed "
+            "--max_steps is then checked), or resume from another checkpoint."
+        )
+    return record["args"]
+
+
+def run_max_steps(trainer) -> int | None:
+    """The optimizer steps `trainer.train()` runs in all: `args.max_steps` when it is positive, else the count
+    transformers' `Trainer` derives from `--num_train_epochs`, the length of the training dataloader and the gradient
+    accumulation (`Trainer.set_initial_training_values`, with the trainer's own dataloader). `None` where it cannot be
+    known before training (no training data, a dataloader without a length)."""
+    args = trainer.args
+    if args.max_steps is not None and args.max_steps > 0:
+        return int(args.max_steps)
+    if getattr(trainer, "train_dataset", None) is None:
+        return None
+    from transformers.trainer_utils import has_length
+
+    dataloader = trainer.get_train_dataloader()
+    if not has_length(dataloader):
+        return None
+    if hasattr(trainer, "set_initial_training_values"):
+        steps = trainer.set_initial_training_values(args, dataloader)[-1]
+    else:  # transformers before set_initial_training_values: the same arithmetic
+        per_epoch = max(math.ceil(len(dataloader) / args.gradient_accumulation_steps), 1)
+        steps = math.ceil(args.num_train_epochs * per_epoch)
+    return int(steps) if steps and steps > 0 else None
+
+
+def _flag(name: str, value) -> str:
+    if name == "lr_scheduler_kwargs":
+        return f"--lr_scheduler_kwargs '{json.dumps(value if value is not None else {})}'"
+    return f"--{name} {value}"
+
+
 #: relative tolerance of [`refuse_changed_schedule`]'s comparison of two learning rates
 SCHEDULE_RTOL = 1e-9
 
 
-def _schedule_lrs(trainer, num_training_steps: int, last_step: int) -> list[float] | None:
+def _schedule_lrs(
+    trainer, num_training_steps: int, last_step: int, overrides: dict | None = None
+) -> list[float] | None:
     """The learning rates of scheduler steps `0..last_step` of the schedule `trainer.create_scheduler` builds for
     `num_training_steps` (on a one-parameter stand-in optimizer with `args.learning_rate`; the trainer's own method,
     so a Trainer that overrides it keeps its rules). Scheduler step `k` holds the rate of training step `k + 1`.
-    `None` for `ReduceLROnPlateau`, which follows the metrics, not the step count. The trainer is left as it was
-    (`create_scheduler` sets `lr_scheduler`, and may set more)."""
+    `overrides`: argument values (e.g. a checkpoint's [`read_schedule_record`]) the schedule is built with instead of
+    `trainer.args`' (on a copy of them). `None` for `ReduceLROnPlateau`, which follows the metrics, not the step
+    count. The trainer is left as it was (`create_scheduler` sets `lr_scheduler`, and may set more)."""
+    import copy
+
     import torch
     from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
-    lr = float(trainer.args.learning_rate)
+    args = trainer.args
+    if overrides:
+        args = copy.copy(args)  # not dataclasses.replace: __post_init__ would set up the devices again
+        for name, value in overrides.items():
+            setattr(args, name, value)
+    lr = float(args.learning_rate)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     saved = dict(vars(trainer))
     try:
         trainer.lr_scheduler = None
+        trainer.args = args
         scheduler = trainer.create_scheduler(num_training_steps, optimizer=optimizer)
     finally:
         vars(trainer).clear()
@@ -349,52 +470,95 @@ def _schedule_lrs(trainer, num_training_steps: int, last_step: int) -> list[floa
     return lrs
 
 
-def refuse_changed_schedule(trainer, checkpoint: str, last_step: int | None = None) -> None:
-    """For a resume of `trainer` from `checkpoint` with another `--max_steps` than the checkpoint's run: raise
-    `ValueError` before any step unless the learning-rate schedule `trainer` builds for its `args.max_steps` equals the
-    one it builds for the checkpoint's recorded `max_steps` at every scheduler step `0..last_step` (default: the
-    checkpoint's `global_step`, inclusive: its optimizer already holds the rate of the next step).
+def refuse_changed_schedule(
+    trainer, checkpoint: str, last_step: int | None = None, max_steps: int | None = None
+) -> None:
+    """For a resume of `trainer` from `checkpoint`: raise `ValueError` before any step unless the learning-rate
+    schedule the resumed run builds is the one the checkpoint's run followed at every scheduler step `0..last_step`
+    (default: the checkpoint's `global_step`, inclusive: its optimizer already holds the rate of the next step).
 
-    A resume restores the checkpoint's scheduler position and rebuilds the schedule from the new flags, so where the
-    two differ the run would follow the old schedule up to the checkpoint and the new one after it (a linear or
-    cosine decay jumps back up; a warmup given as a fraction of the run moves), which neither run launched at once
-    would do. A constant schedule, or `warmup_stable_decay` with absolute warmup and decay steps whose decay had not
-    started, extends as the longer run would have been trained. Skipped where no comparison applies: the same
-    `max_steps`, an epoch-based run (`max_steps <= 0`), a checkpoint that records no step counts, a scheduler given to
-    the Trainer, and `ReduceLROnPlateau`."""
+    The checkpoint's schedule is built from the flags it records ([`SCHEDULE_RECORD_NAME`], see
+    [`write_schedule_record`]) and its `max_steps`; the new one from `trainer.args` and `max_steps` (default: the
+    run's step count, [`run_max_steps`], for an epoch-based run the count transformers derives from
+    `--num_train_epochs`). A resume restores the scheduler's position and base learning rates and rebuilds the
+    schedule's shape from the new flags, so where the two differ the run would follow the old schedule up to the
+    checkpoint and the new one after it (a linear or cosine decay jumps back up, a warmup moves or restarts, a new
+    `--learning_rate` is ignored), which neither run launched at once would do. A constant schedule, or
+    `warmup_stable_decay` with absolute warmup and decay steps whose decay had not started, extends as the longer run
+    would have been trained.
+
+    A checkpoint without the record (saved before hf_ext wrote it, or by another Trainer) is compared only where the
+    step count changed (the new flags at both counts). Skipped where no comparison applies: a checkpoint that records
+    no step counts, a run whose step count cannot be known before training, a scheduler given to the Trainer, and
+    `ReduceLROnPlateau`."""
     old = checkpoint_max_steps(checkpoint)
-    new = trainer.args.max_steps
     step = checkpoint_global_step(checkpoint)
-    if old is None or step is None or new is None or new <= 0 or old == new or trainer.lr_scheduler is not None:
+    if old is None or step is None or trainer.lr_scheduler is not None:
+        return
+    new = run_max_steps(trainer) if max_steps is None or max_steps <= 0 else int(max_steps)
+    if new is None or new <= 0:
+        return
+    recorded = read_schedule_record(checkpoint)
+    current = schedule_arguments(trainer.args)
+    overrides = {k: v for k, v in (recorded or {}).items() if k in SCHEDULE_ARG_NAMES and k in current}
+    changed = [name for name, value in overrides.items() if value != current[name]]
+    if old == new and not changed:
         return
     last_step = step if last_step is None else last_step
     if last_step < 0:
         return
-    fixes = (
-        f"Resume with --max_steps {old}; or use a schedule whose earlier steps do not depend on --max_steps (e.g. "
-        "--lr_scheduler_type warmup_stable_decay with an absolute num_decay_steps in --lr_scheduler_kwargs and an "
-        "absolute --warmup_steps, or a constant schedule) for a run to be extended; or start a new run from the "
-        f"checkpoint's weights (--model_name_or_path {checkpoint}, or from_pretrained, without "
-        "--resume_from_checkpoint)."
+
+    # what changed, as the new flags (`lead`) and as the checkpoint's (`back`: the flags to resume with)
+    epoch_based = not (trainer.args.max_steps is not None and trainer.args.max_steps > 0)
+    lead, back, was = [], [], []
+    if old != new:
+        epochs = getattr(trainer.args, "num_train_epochs", None)
+        lead.append(f"--num_train_epochs {epochs} ({new} optimizer steps)" if epoch_based else f"--max_steps {new}")
+        was.append(f"max_steps {old}")
+        old_epochs, old_max = (recorded or {}).get("num_train_epochs"), (recorded or {}).get("max_steps")
+        by_epochs = epoch_based and old_epochs is not None and isinstance(old_max, int) and old_max <= 0
+        back.append(f"--num_train_epochs {old_epochs}" if by_epochs else f"--max_steps {old}")
+    for name in changed:
+        lead.append(_flag(name, current[name]))
+        was.append(_flag(name, overrides[name])[2:])
+        back.append(_flag(name, overrides[name]))
+    lead_text = ", ".join(lead) if lead else "--resume_from_checkpoint"
+    fixes = f"Resume with {' '.join(back)}" if back else "Resume with the checkpoint's flags"
+    if old != new:
+        fixes += (
+            "; or use a schedule whose earlier steps do not depend on --max_steps (e.g. --lr_scheduler_type "
+            "warmup_stable_decay with an absolute num_decay_steps in --lr_scheduler_kwargs and an absolute "
+            "--warmup_steps, or a constant schedule) for a run to be extended"
+        )
+    fixes += (
+        f"; or start a new run from the checkpoint's weights (--model_name_or_path {checkpoint}, or from_pretrained, "
+        "without --resume_from_checkpoint)."
     )
     try:
-        before = _schedule_lrs(trainer, old, last_step)
+        before = _schedule_lrs(trainer, old, last_step, overrides)
     except (ValueError, TypeError) as err:
+        source = f"its recorded flags ({SCHEDULE_RECORD_NAME})" if overrides else "the current schedule flags"
         raise ValueError(
-            f"--max_steps {new}: {checkpoint} is of a run with max_steps {old}, whose learning-rate schedule cannot be "
-            f"rebuilt from the current schedule flags to check that the resume continues it ({err}). {fixes}"
+            f"{lead_text}: {checkpoint} is of a run with {', '.join(was)}, whose learning-rate schedule cannot be "
+            f"rebuilt from {source} to check that the resume continues it ({err}). {fixes}"
         ) from None
     after = _schedule_lrs(trainer, new, last_step)
     if before is None or after is None:
         return
-    scale = max(abs(float(trainer.args.learning_rate)), max(map(abs, before + after), default=0.0))
+    lrs = [float(trainer.args.learning_rate), float(overrides.get("learning_rate", 0.0))]
+    scale = max(max(map(abs, lrs)), max(map(abs, before + after), default=0.0))
     for k, (a, b) in enumerate(zip(before, after, strict=True)):
         if not math.isclose(a, b, rel_tol=SCHEDULE_RTOL, abs_tol=SCHEDULE_RTOL * scale):
+            ignored = (
+                " (a resume restores the scheduler's base learning rates: the new --learning_rate would be ignored)"
+                if "learning_rate" in changed
+                else ""
+            )
             raise ValueError(
-                f"--max_steps {new}: {checkpoint} (global_step {step}) is of a run with max_steps {old}, and the "
-                f"learning-rate schedule depends on max_steps: the learning rate of step {k + 1} is {a:.6g} in the "
-                f"checkpoint's run and {b:.6g} with --max_steps {new}. The resumed run would follow the old schedule "
-                f"up to step {step} and the new one after it, which neither run would do. {fixes}"
+                f"{lead_text}: {checkpoint} (global_step {step}) is of a run with {', '.join(was)}, and the "
+                f"learning-rate schedule differs: the learning rate of step {k + 1} is {a:.6g} in the checkpoint's "
+                f"run and {b:.6g} with {lead_text}. The resumed run would follow the old schedule up to step {step} "
+                f"and the new one after it{ignored}, which neither run would do. {fixes}"
             )
 
 
@@ -410,10 +574,12 @@ def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
     last checkpoint in `args.output_dir`, as for `train()`. Returns `train()`'s output, or `None` for a restored
     finished run.
 
-    A checkpoint of a run whose `max_steps` differs from `args.max_steps` is resumed only where the learning-rate
-    schedule of the new `max_steps` is the one that run followed ([`refuse_changed_schedule`], checked before any
-    step): then the last checkpoint of a finished run, resumed with a larger `max_steps`, trains on to it, as
-    `Trainer` does. (For an epoch-based run, `args.max_steps <= 0`, the checkpoint's own step count is its end.)"""
+    A checkpoint is resumed only where the learning-rate schedule the new flags build is the one its run followed up
+    to it ([`refuse_changed_schedule`], checked before any step: another `--max_steps` or `--num_train_epochs`, or
+    schedule flags other than the checkpoint records): then the last checkpoint of a finished run, resumed with a
+    larger `max_steps`, trains on to it, as `Trainer` does. The run's end is `args.max_steps`, or for an epoch-based
+    run (`args.max_steps <= 0`) the step count `Trainer` derives from `--num_train_epochs` ([`run_max_steps`]; the
+    checkpoint's own where it cannot be known before training)."""
     if resume_from_checkpoint is True:
         from transformers.trainer_utils import get_last_checkpoint
 
@@ -425,14 +591,15 @@ def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
     step = checkpoint_global_step(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None
     max_steps = trainer.args.max_steps
     if step is not None and (max_steps is None or max_steps <= 0):
-        # an epoch-based run: the step count transformers derived from the epochs, as the checkpoint records it
-        max_steps = checkpoint_max_steps(resume_from_checkpoint)
+        # an epoch-based run: the step count transformers derives from --num_train_epochs (a larger one trains on
+        # from the last checkpoint of a finished run); the checkpoint's own where it cannot be known before training
+        max_steps = run_max_steps(trainer) or checkpoint_max_steps(resume_from_checkpoint)
     at_max_steps = step is not None and max_steps is not None and max_steps > 0 and step >= max_steps
     finished = at_max_steps or (step is not None and checkpoint_stopped(resume_from_checkpoint))
     if step is not None:
-        # another --max_steps than the checkpoint's run: only where the new schedule is the one the run followed (up
-        # to the rate of its next step; for a finished run, of the steps it trained)
-        refuse_changed_schedule(trainer, resume_from_checkpoint, step - 1 if finished else step)
+        # another step count or schedule than the checkpoint's run: only where the new schedule is the one the run
+        # followed (up to the rate of its next step; for a finished run, of the steps it trained)
+        refuse_changed_schedule(trainer, resume_from_checkpoint, step - 1 if finished else step, max_steps)
     if not finished:
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     guard = _stop_before_next_step_callback()
@@ -609,6 +776,10 @@ class LossWindowResumeMixin:
     transformers does. `train()`'s `training_loss` stays the mean over the steps of that call; see
     [`restored_loss_window`] for the whole run's.
 
+    The process that saves also writes the flags the learning-rate schedule was built from into every checkpoint
+    ([`SCHEDULE_RECORD_NAME`], [`write_schedule_record`]), before `trainer_state.json`: a resume through
+    [`train_or_restore_finished`] compares the schedule the new flags build with that one ([`refuse_changed_schedule`]).
+
     Put it before `Trainer` in the bases: `class MyTrainer(LossWindowResumeMixin, Trainer)`, or
     [`with_loss_window`]`(Trainer)`.
     """
@@ -639,13 +810,14 @@ class LossWindowResumeMixin:
         from transformers.trainer_pt_utils import nested_gather
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:  # the flags the LR schedule was built from, compared on a resume
+            os.makedirs(folder, exist_ok=True)
+            write_schedule_record(folder, self.args, self.state.max_steps)  # before trainer_state.json
         tr_loss = getattr(self, "_tr_loss", None)
         if tr_loss is not None:  # saved within a training loop (the only place Trainer saves checkpoints)
             # every process takes part: the mean over the processes is the gather the logged loss uses
             mean = nested_gather(tr_loss.detach(), self.args.parallel_mode).mean().item()
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
             os.makedirs(folder, exist_ok=True)
             window = {
                 "global_step": self.state.global_step,
