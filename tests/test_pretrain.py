@@ -75,7 +75,12 @@ def test_unwritable_output_dir(tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("launcher", ["accelerate", "torchrun", "accelerate -m", "torchrun -m"])
+@pytest.mark.parametrize(
+    "launcher",
+    # `make test` runs the README's `accelerate launch` form; the other launch forms are `extended`
+    ["accelerate"]
+    + [pytest.param(f, marks=pytest.mark.extended) for f in ("torchrun", "accelerate -m", "torchrun -m")],
+)
 def test_two_rank_cpu_run(tmp_path, repo_root, launcher, run_on_free_port):
     """The README's multi-process CPU commands really start 2 ranks, and the ranks end with identical weights. The
     `-m hf_ext.recipes.pretrain` forms are what a wheel install (no `scripts/`) runs: launched outside the checkout."""
