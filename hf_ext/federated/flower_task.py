@@ -124,6 +124,51 @@ def check_run_config(cfg: Mapping[str, Any]) -> None:
             )
 
 
+def check_output_path(path: str) -> None:
+    """Refuse (`ValueError`), on the ServerApp's machine before the first round, a run-config `output-path` the final
+    global state could not be written to: an existing folder (or a folder at `<output-path>.json`), or a path under a
+    file or under a folder that cannot be written. Nothing is created. Empty: no result file, nothing to check."""
+    if not path:
+        return
+    fix = "Set `output-path` to a file path in a folder you can write to"
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise ValueError(
+            f"run-config `output-path`={path!r} is a folder; the ServerApp writes the final global adapter to the file "
+            f"`output-path` (safetensors) and its metadata to `<output-path>.json`. {fix}, e.g. "
+            f"`output-path='{os.path.join(path, 'global.safetensors')}'`."
+        )
+    if os.path.isdir(path + ".json"):
+        raise ValueError(
+            f"run-config `output-path`={path!r}: {path + '.json'!r}, where the run's metadata goes, is a folder. "
+            f"Remove it, or {fix[0].lower() + fix[1:]}."
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.exists(existing):  # the nearest existing folder (the missing ones are created at the save)
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(
+            f"run-config `output-path`={path!r} cannot be written: {existing!r} is a file, not a folder. {fix}."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"run-config `output-path`={path!r} cannot be written: the folder {existing!r} is not writable. {fix}."
+        )
+
+
+def check_work_dir(path: str) -> None:
+    """Create the run-config `work-dir` on this node and check that files can be written there (the Trainer's
+    `output_dir` and the node's durable state); refuse (`ValueError`) a file or an unwritable path, naming the key."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(
+            f"run-config `work-dir`={path!r} is a file, not a folder. Set `work-dir` to a folder this node can write "
+            "to (on persistent storage: it keeps the node's privacy accountant and SecAgg+ round record)."
+        )
+    from ..utils.io import ensure_writable_dir
+
+    ensure_writable_dir(path, "run-config `work-dir`")
+
+
 @dataclass
 class FlowerTask:
     """Everything both apps need: deterministic model and data builders and the protocol options."""
@@ -202,7 +247,7 @@ def task_from_run_config(run_config: Mapping[str, Any]) -> FlowerTask:
         secagg_clipping_range=cfg["secagg-clipping-range"],
         secure_aggregation_max_colluders=cfg["secagg-max-colluders"],
     )
-    work = cfg["work-dir"] or os.path.join(tempfile.gettempdir(), "hf_ext_flower")
+    work = default_work_dir(cfg)
     training_args = PrivateTrainingArguments(
         output_dir=work,
         per_device_train_batch_size=cfg["batch-size"],
@@ -246,6 +291,49 @@ def save_global_state(state: Mapping[str, torch.Tensor], path: str, metadata: Ma
         "weights_sha256": hashlib.sha256(data).hexdigest(),
     }
     atomic_write_results(path + ".json", meta)
+
+
+def task_work_dir(task: FlowerTask) -> str:
+    """The node-local folder a task writes to: its Trainer's `output_dir` (the run config's `work-dir`, default
+    `<tmp>/hf_ext_flower`)."""
+    return getattr(task.training_args, "output_dir", None) or default_work_dir(task.config)
+
+
+def default_work_dir(cfg: Mapping[str, Any]) -> str:
+    """The run config's `work-dir`, or `<tmp>/hf_ext_flower` when it is empty."""
+    return cfg["work-dir"] or os.path.join(tempfile.gettempdir(), "hf_ext_flower")
+
+
+def save_result(state: Mapping[str, torch.Tensor], path: str, metadata: Mapping[str, Any], rescue_dir: str) -> None:
+    """[`save_global_state`] to `path`; if that fails (the path turned into a folder, its folder into a file, a full
+    disk), save the same state and metadata into a new folder under `rescue_dir` (else under the system temp folder)
+    and raise `RuntimeError` naming `output-path`, the reason and where the trained adapter is, instead of losing it."""
+    try:
+        save_global_state(state, path, metadata)
+        return
+    except OSError as err:
+        reason = f"{err.strerror or err}" + (f": {err.filename!r}" if err.filename else "")
+        failure = err
+    from ..utils.io import make_temp_dir
+
+    rescued = None
+    for parent in (rescue_dir, tempfile.gettempdir()):
+        try:
+            os.makedirs(parent, exist_ok=True)
+            rescued = os.path.join(make_temp_dir(parent, "hf_ext_flower_result-"), "global.safetensors")
+            save_global_state(state, rescued, metadata)
+            break
+        except OSError:
+            rescued = None
+    where = (
+        f"The trained global adapter was saved to {rescued!r} (and its metadata to {rescued + '.json'!r}) instead"
+        if rescued
+        else "It could not be saved anywhere else either"
+    )
+    raise RuntimeError(
+        f"The run finished, but run-config `output-path`={path!r} could not be written ({reason}). {where}. Set "
+        "`output-path` to a file path in a folder you can write to."
+    ) from failure
 
 
 def result_metadata(task: FlowerTask, rounds: list[dict]) -> dict[str, Any]:
@@ -299,6 +387,8 @@ def run_config_server_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = t
     @app.main()
     def main(grid: Grid, context) -> None:
         task = task_fn(context.run_config)
+        path = task.config["output-path"]
+        check_output_path(path)  # before the first round: a bad path used to fail only at the final save
         out: dict[str, Any] = {}
         rounds: list[dict] = []
 
@@ -316,7 +406,6 @@ def run_config_server_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = t
             min_round_clients=1 if task.config["accept-partial-rounds"] else task.num_clients,
             on_round=rounds.append,
         )
-        path = task.config["output-path"]
         try:
             inner(grid, context)
         except RoundFailedError as err:
@@ -328,7 +417,7 @@ def run_config_server_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = t
                 f"The run aggregated {len(rounds)} of {task.config['num-server-rounds']} rounds; nothing was written."
             )
         if path:
-            save_global_state(out["state"], path, result_metadata(task, rounds))
+            save_result(out["state"], path, result_metadata(task, rounds), task_work_dir(task))
 
     return app
 
@@ -378,7 +467,9 @@ def _node_value(node_config: Mapping[str, Any], key: str) -> Any:
     value = node_config[key]
     if typ is bool:
         if not isinstance(value, bool):
-            raise ValueError(f'node-config `{key}` must be true or false, got {value!r} (`--node-config "{key}=true"`).')
+            raise ValueError(
+                f'node-config `{key}` must be true or false, got {value!r} (`--node-config "{key}=true"`).'
+            )
         return value
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise ValueError(f"node-config `{key}` must be a number, got {value!r}.")
@@ -433,11 +524,13 @@ def check_node_privacy(node_config: Mapping[str, Any], task: FlowerTask) -> None
     min_sigma = _node_value(node_config, "dp-min-noise-multiplier")
     max_eps = _node_value(node_config, "dp-max-epsilon")
     max_delta = _node_value(node_config, "dp-max-delta")
-    wants_dp = [k for k, v in (("dp-min-noise-multiplier", min_sigma > 0), ("dp-max-epsilon", max_eps < math.inf)) if v]
+    wants_dp = [
+        k for k, v in (("dp-min-noise-multiplier", min_sigma > 0), ("dp-max-epsilon", max_eps < math.inf)) if v
+    ]
     if wants_dp and not dp_on:
         raise ValueError(
             f"The run config turns DP-SGD off (`dp-clip-norm={cfg['dp-clip-norm']}`), and this node's node config "
-            f"`{wants_dp[0]}` requires it. Submit the run with `--run-config \"dp-clip-norm=<C> "
+            f'`{wants_dp[0]}` requires it. Submit the run with `--run-config "dp-clip-norm=<C> '
             "dp-noise-multiplier=<sigma>\"`, or drop the key from the node's `--node-config`."
         )
     if cfg["dp-noise-multiplier"] < min_sigma:
@@ -499,6 +592,7 @@ def run_config_client_app(task_fn: Callable[[Mapping[str, Any]], FlowerTask] = t
         key = json.dumps(dict(context.run_config), sort_keys=True, default=str)
         if key not in cache:
             task = task_fn(context.run_config)
+            check_work_dir(task_work_dir(task))  # node-local: checked on each node before it trains
             cache.clear()
             app = make_client_app(
                 task.model_fn, task.dataset_fn, task.fed_args, task.training_args, refuse_imprecise_secagg=True

@@ -154,6 +154,109 @@ def test_numeric_run_config_values_out_of_range_are_refused_naming_the_key(key, 
         task_from_run_config({key: value})
 
 
+def _bad_paths(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    (tmp_path / "meta.safetensors.json").mkdir()
+    return folder, afile
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("folder", r"`output-path`='[^']*out' is a folder.*Set `output-path` to a file path.*out/global.safetensors"),
+        ("under a file", r"`output-path`='[^']*afile/global.safetensors' cannot be written: '[^']*afile' is a file"),
+        ("deep under a file", r"`output-path`=.* cannot be written: '[^']*afile' is a file, not a folder\. Set"),
+        ("json is a folder", r"`output-path`=.*'[^']*meta.safetensors.json', where the run's metadata goes, is a"),
+        ("trailing slash", r"`output-path`='[^']*new/' is a folder"),
+    ],
+    ids=["folder", "under-a-file", "deep-under-a-file", "json-is-a-folder", "trailing-slash"],
+)
+def test_unusable_output_path_is_refused_naming_the_key(tmp_path, case, match):
+    """rs23 F2: `output-path` was not checked: an existing folder, or a path under a file, failed only at the final
+    save, after every round, with a raw IsADirectoryError / FileExistsError, and the trained adapter was lost."""
+    from hf_ext.federated.flower_task import check_output_path
+
+    folder, afile = _bad_paths(tmp_path)
+    path = {
+        "folder": str(folder),
+        "under a file": str(afile / "global.safetensors"),
+        "deep under a file": str(afile / "a" / "b" / "global.safetensors"),
+        "json is a folder": str(tmp_path / "meta.safetensors"),
+        "trailing slash": str(tmp_path / "new") + "/",
+    }[case]
+    with pytest.raises(ValueError, match=match):
+        check_output_path(path)
+    assert not (tmp_path / "new").exists()
+    # usable paths pass and nothing is created before the run finishes
+    check_output_path("")
+    check_output_path(str(afile))  # an old result file is replaced
+    check_output_path(str(tmp_path / "x" / "y" / "global.safetensors"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_work_dir_that_is_a_file_is_refused_naming_the_key(tmp_path):
+    """rs23 F2: a `work-dir` that is a file was accepted when the task was built."""
+    from hf_ext.federated.flower_task import check_work_dir
+
+    _, afile = _bad_paths(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"run-config `work-dir`='[^']*afile' is a file, not a folder\. Set `work-dir`"
+    ):
+        check_work_dir(str(afile))
+    with pytest.raises(ValueError, match=r"run-config `work-dir`='[^']*afile/w' is not writable .*choose a folder"):
+        check_work_dir(str(afile / "w"))
+    check_work_dir(str(tmp_path / "w" / "v"))
+    assert (tmp_path / "w" / "v").is_dir()
+
+
+def test_server_app_refuses_a_bad_output_path_before_the_first_round(tmp_path):
+    """rs23 F2: the ServerApp checks `output-path` before it sends any message (it used to train every round first)."""
+    folder, _ = _bad_paths(tmp_path)
+    rc = {"num-server-rounds": 1, "local-steps": 1, "secure-aggregation": False, "output-path": str(folder)}
+    grid = SilentNodeGrid(run_config_client_app(), 2, run_config=rc, errors_as_replies=True)
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc)
+    with pytest.raises(ValueError, match=r"run-config `output-path`='[^']*out' is a folder"):
+        run_config_server_app()(grid, ctx)
+    assert grid.timeouts == [] and grid.received == []  # no exchange was started
+    assert list(folder.iterdir()) == []
+
+
+def test_client_app_refuses_a_work_dir_that_is_a_file_before_training(tmp_path):
+    """rs23 F2: each node checks its (node-local) `work-dir` before it trains; the round fails naming the key."""
+    (tmp_path / "work").write_text("x")
+    out = tmp_path / "global.safetensors"
+    with pytest.raises(RuntimeError, match="Round 1 failed") as excinfo:
+        _run(tmp_path)
+    _assert_round_failed(excinfo, out)
+    assert "node 1 failed in the train message: run-config `work-dir`=" in str(excinfo.value)
+    assert "is a file, not a folder. Set `work-dir` to a folder" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("case", ["folder", "under a file"])
+def test_a_failed_final_save_keeps_the_trained_adapter(tmp_path, case):
+    """rs23 F2: if `output-path` cannot be written at the end (it changed during the run), the trained state is saved
+    under the server's work-dir and the error names `output-path` and that file (was a raw OSError, state lost)."""
+    from safetensors.torch import load_file
+
+    from hf_ext.federated.flower_task import save_result
+
+    folder, afile = _bad_paths(tmp_path)
+    path = str(folder) if case == "folder" else str(afile / "global.safetensors")
+    state = {"w": torch.arange(3.0)}
+    with pytest.raises(RuntimeError, match=r"run-config `output-path`=.* could not be written") as excinfo:
+        save_result(state, path, {"run": 1}, str(tmp_path / "work"))
+    (rescued,) = (tmp_path / "work").glob("hf_ext_flower_result-*/global.safetensors")
+    assert repr(str(rescued)) in str(excinfo.value) and "Set `output-path` to a file path" in str(excinfo.value)
+    assert torch.equal(load_file(str(rescued))["w"], state["w"])
+    meta = json.loads(open(str(rescued) + ".json").read())
+    assert meta["run"] == 1 and meta["weights_sha256"] == hashlib.sha256(rescued.read_bytes()).hexdigest()
+    save_result(state, str(tmp_path / "ok.safetensors"), {"run": 2}, str(tmp_path / "work"))
+    assert load_file(str(tmp_path / "ok.safetensors"))["w"].tolist() == [0.0, 1.0, 2.0]
+
+
 def test_every_numeric_run_config_key_has_a_range():
     from hf_ext.federated.flower_task import RUN_CONFIG_DEFAULTS, RUN_CONFIG_RANGES, check_run_config, parse_run_config
 
