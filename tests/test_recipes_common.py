@@ -349,6 +349,37 @@ def test_flags_the_run_would_ignore_are_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("recipe", ["warmup", "metadata_pretrain", "neuralgrok", "grape"])
+def test_step_only_recipes_do_not_offer_max_steps_minus_one(tmp_path, recipe):
+    """rs23 F3: the shared --max_steps / --num_train_epochs errors told users of the step-only recipes to pass
+    `--max_steps -1` (train for --num_train_epochs), which each of them then refused with its own message."""
+    main = importlib.import_module(f"hf_ext.recipes.{recipe}").main
+    out = ["--output_dir", str(tmp_path / "out")]
+    for argv, match in [
+        (["--max_steps", "0"], r"--max_steps must be a positive number of optimizer steps, got 0: this recipe trains"),
+        (["--max_steps", "-1", "--num_train_epochs", "1"], r"got -1: this recipe trains a fixed number of steps .*"
+         r"set --max_steps N\."),
+        (["--max_steps", "4", "--num_train_epochs", "2"], r"--num_train_epochs 2 is ignored: --max_steps 4 sets the "
+         r"length of the run, and this recipe trains a fixed number of steps .*Drop --num_train_epochs"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=match) as excinfo:
+            main([*argv, *out])
+        assert "-1" not in str(excinfo.value).replace("got -1", "")
+    assert not (tmp_path / "out").exists()
+
+
+def test_epoch_based_recipes_keep_the_max_steps_minus_one_advice(tmp_path):
+    """The recipes that train for --num_train_epochs with --max_steps -1 still say so (rs23 F3's other side)."""
+    from hf_ext.recipes._common import parse_recipe_args
+    from hf_ext.recipes.pretrain import DataArguments, ModelArguments, PretrainTrainingArguments
+
+    types, out = (ModelArguments, DataArguments, PretrainTrainingArguments), ["--output_dir", str(tmp_path / "o")]
+    with pytest.raises(ValueError, match=r"\(or -1 to train for --num_train_epochs\), got 0\."):
+        parse_recipe_args(types, [*out, "--max_steps", "0"])
+    with pytest.raises(ValueError, match="Drop it, or pass --max_steps -1 with it to train for that many epochs"):
+        parse_recipe_args(types, [*out, "--max_steps", "4", "--num_train_epochs", "2"])
+
+
 def test_clear_previous_results_removes_the_temp_files_of_killed_atomic_writes(tmp_path):
     """A kill during an atomic write (results JSON, PNG) left its hidden `.<name>.<random>.tmp` beside the results;
     they are removed with the results, and also when resuming; other hidden files stay."""

@@ -385,10 +385,16 @@ def validate_training_arguments(args, resume: str = "resolve") -> None:
             f"--logging_steps must be a positive number of steps (or a fraction in (0, 1) of the run), got "
             f"{args.logging_steps}: with it the run would never log its loss."
         )
-    if args.max_steps == 0 or args.max_steps < -1:
+    # a step-only recipe (its training arguments set `epoch_based_runs = False`) refuses --max_steps -1, so the
+    # messages must not offer it
+    epochs = getattr(args, "epoch_based_runs", True)
+    if args.max_steps == 0 or args.max_steps < -1 or (args.max_steps == -1 and not epochs):
         raise ValueError(
             f"--max_steps must be a positive number of optimizer steps (or -1 to train for --num_train_epochs), "
             f"got {args.max_steps}."
+            if epochs
+            else f"--max_steps must be a positive number of optimizer steps, got {args.max_steps}: this recipe trains "
+            "a fixed number of steps (it has no epoch-based runs); set --max_steps N."
         )
     if args.max_steps == -1 and not (math.isfinite(args.num_train_epochs) and args.num_train_epochs > 0):
         raise ValueError(
@@ -398,7 +404,12 @@ def validate_training_arguments(args, resume: str = "resolve") -> None:
     if args.max_steps > 0 and changed_from_default(args, ["num_train_epochs"]):
         raise ValueError(
             f"--num_train_epochs {args.num_train_epochs:g} is ignored: --max_steps {args.max_steps} sets the length of "
-            "the run. Drop it, or pass --max_steps -1 with it to train for that many epochs."
+            + (
+                "the run. Drop it, or pass --max_steps -1 with it to train for that many epochs."
+                if epochs
+                else "the run, and this recipe trains a fixed number of steps (it has no epoch-based runs). Drop "
+                "--num_train_epochs and set the length with --max_steps N."
+            )
         )
     if args.do_predict:
         raise ValueError("--do_predict is ignored: the recipes never run Trainer.predict; drop it.")

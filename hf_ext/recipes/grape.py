@@ -97,6 +97,8 @@ class GrapeEvalArguments:
 
 @dataclass
 class GrapeRecipeConfig(GrapeConfig):
+    # not a field: tells the shared --max_steps / --num_train_epochs checks that this recipe has no epoch-based runs
+    epoch_based_runs = False
     output_dir: str = field(default="outputs/grape", metadata={"help": "Where checkpoints and outputs go."})
     max_steps: int = field(default=200, metadata={"help": "Optimizer steps."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per device per step."})

@@ -151,6 +151,8 @@ class MetadataArguments:
 
 @dataclass
 class MetadataTrainingArguments(TrainingArguments):
+    # not a field: tells the shared --max_steps / --num_train_epochs checks that this recipe has no epoch-based runs
+    epoch_based_runs = False
     output_dir: str = field(default="outputs/metadata_pretrain", metadata={"help": "Where models and plots go."})
     max_steps: int = field(default=200, metadata={"help": "Optimizer steps per run."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Documents per device per step."})

@@ -110,6 +110,8 @@ class GrokModelArguments:
 
 @dataclass
 class GrokTrainingArguments(NeuralGrokConfig):
+    # not a field: tells the shared --max_steps / --num_train_epochs checks that this recipe has no epoch-based runs
+    epoch_based_runs = False
     output_dir: str = field(default="outputs/neuralgrok", metadata={"help": "Where results and curves are written."})
     max_steps: int = field(default=1200, metadata={"help": "Step budget per run."})
     coupled_weight_decay: bool = field(

@@ -88,6 +88,8 @@ class WarmupRecipeArguments:
 
 @dataclass
 class WarmupTrainingArguments(WarmupFreeTrainingArguments):
+    # not a field: tells the shared --max_steps / --num_train_epochs checks that this recipe has no epoch-based runs
+    epoch_based_runs = False
     output_dir: str = field(default="outputs/warmup", metadata={"help": "Where results and plots are written."})
     max_steps: int = field(default=300, metadata={"help": "Optimizer steps per arm."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per step and process."})
