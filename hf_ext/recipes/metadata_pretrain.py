@@ -224,6 +224,7 @@ def check_ignored_flags(model_args, data_args, meta_args) -> None:
 def validate_args(model_args, data_args, meta_args, training_args) -> None:
     """Check every argument before data is loaded or anything is written."""
     from ..metadata.encoding import LAYOUTS
+    from ..metadata.templates import TEMPLATE_KINDS
 
     if data_args.dataset not in ("corpus", "synthetic", "hub", "files"):
         raise ValueError(f"--dataset must be corpus, synthetic, hub or files, got {data_args.dataset!r}.")
@@ -231,6 +232,11 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
     if meta_args.layout not in LAYOUTS:
         raise ValueError(f"--layout must be one of {LAYOUTS}, got {meta_args.layout!r}.")
+    if meta_args.template not in TEMPLATE_KINDS:  # the template factory named its own parameter, `kind`, not the flag
+        raise ValueError(
+            f"--template must be one of {', '.join(TEMPLATE_KINDS)}, got {meta_args.template!r} (for a column of your "
+            "data use --template column --template_column NAME)."
+        )
     if not 0.0 <= meta_args.metadata_dropout <= 1.0:
         raise ValueError(f"--metadata_dropout must be in [0, 1], got {meta_args.metadata_dropout}.")
     if not 0.0 <= meta_args.cooldown_fraction < 1.0:

@@ -51,7 +51,8 @@ def test_recipe_argument_errors_before_writing(tmp_path):
     out = tmp_path / "never"
     with pytest.raises(ValueError, match="--layout"):
         main([*TINY, "--layout", "suffix", "--output_dir", str(out)])
-    with pytest.raises(ValueError, match="kind"):
+    # rs23 F4: was "kind must be one of (...)", the template factory's parameter, not the flag
+    with pytest.raises(ValueError, match=r"--template must be one of url, url_host, .*format, got 'domain'"):
         main([*TINY, "--template", "domain", "--output_dir", str(out)])
     with pytest.raises(ValueError, match="lacks column"):
         main([*TINY, "--template", "topic_format", "--output_dir", str(out)])
@@ -70,6 +71,7 @@ def test_recipe_argument_errors_before_writing(tmp_path):
         (["--block_size", "8"], r"--block_size 8 leaves no room .* 35-token prefix"),
         (["--block_size", "19", "--max_metadata_tokens", "16"], r"--block_size 19 .* use --block_size > 19"),
         (["--layout", "meco", "--max_metadata_tokens", "2"], "max_metadata_tokens=2 leaves no room .* separator"),
+        (["--template", "title"], r"--template must be one of url, .*, format, got .title. .*--template column"),
     ],
 )
 def test_recipe_flags_are_checked_before_anything_is_written(tmp_path, extra, match):
