@@ -66,7 +66,10 @@ class DataArguments:
     )
     replication: str = field(
         default="10:0.3,1:0.7",
-        metadata={"help": "Canary replication counts and fractions, 'count:fraction,...' (paper: 30% 10x, 70% once)."},
+        metadata={
+            "help": "Canary replication counts and fractions, 'count:fraction,...', the fractions summing to 1 (the "
+            "share of the canaries replicated that many times; paper: 30% 10x, 70% once)."
+        },
     )
     canary_source: str = field(
         default="test_docs",
@@ -175,8 +178,17 @@ def parse_replication(text: str) -> dict[int, float]:
         out = {int(a): float(b) for a, b in pairs}
     except ValueError as err:
         raise ValueError(f"--replication must look like '10:0.5,1:0.5', got {text!r}.") from err
-    if not out or any(k < 1 for k in out) or any(v < 0 for v in out.values()):
+    if not out or any(k < 1 for k in out) or any(not (math.isfinite(v) and v >= 0) for v in out.values()):
         raise ValueError(f"--replication needs counts >= 1 and fractions >= 0, got {text!r}.")
+    # each fraction is the share of the --num_canaries canaries replicated that often (the paper: 30% ten times, 70%
+    # once); make_canaries would rescale any other sum silently (10:0.5,1:0.7 became 42% / 58%)
+    total = sum(out.values())
+    if abs(total - 1.0) > 1e-3:
+        example = ",".join(f"{k}:{v / total:.3g}" for k, v in out.items()) if total > 0 else "10:0.3,1:0.7"
+        raise ValueError(
+            f"--replication fractions must sum to 1 (each is the share of the --num_canaries canaries replicated "
+            f"that many times), got {total:g} from {text!r}; e.g. --replication {example}."
+        )
     return out
 
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from hf_ext.recipes.federated import main, parse_configs
+from hf_ext.recipes.federated import main, parse_configs, parse_replication
 
 
 def test_parse_configs():
@@ -20,11 +20,33 @@ def test_parse_configs():
         parse_configs("full+dp")
 
 
+def test_replication_fractions_must_sum_to_one():
+    """rs23: --replication is documented as the fractions of the canaries per replication count; a sum other than 1
+    was rescaled silently by make_canaries (10:0.5,1:0.7 trained 42% ten times and 58% once)."""
+    assert parse_replication("10:0.3,1:0.7") == {10: 0.3, 1: 0.7}
+    assert parse_replication("3:0.1,2:0.2,1:0.7") == {3: 0.1, 2: 0.2, 1: 0.7}  # float rounding of the sum is fine
+    assert parse_replication("2:1.0") == {2: 1.0}
+    for text, total in (("10:0.5,1:0.7", "1.2"), ("10:0.3", "0.3"), ("10:0,1:0", "0")):
+        with pytest.raises(ValueError, match=rf"--replication fractions must sum to 1 .*, got {total} from '{text}'"):
+            parse_replication(text)
+
+
 @pytest.mark.parametrize(
     "argv,match",
     [
         (["--configs", "lora+nope"], "unknown defenses"),
         (["--replication", "ten"], "replication"),
+        # rs23: fractions not summing to 1 were rescaled silently (10:0.5,1:0.7 trained 42% / 58%)
+        (
+            ["--replication", "10:0.5,1:0.7"],
+            r"--replication fractions must sum to 1 .*got 1\.2 .*10:0\.417,1:0\.583\.",
+        ),
+        (["--replication", "10:0.15,1:0.35"], r"--replication fractions must sum to 1 .*got 0\.5 .*10:0\.3,1:0\.7\."),
+        (
+            ["--replication", "10:0,1:0"],
+            r"--replication fractions must sum to 1 .*got 0 .*--replication 10:0\.3,1:0\.7",
+        ),
+        (["--replication", "10:nan,1:0.7"], r"--replication needs counts >= 1 and fractions >= 0"),
         (["--prefix_lengths", "0,5"], "prefix_lengths"),
         (["--defense_goldfish_k", "1"], "goldfish_k"),
         (["--canary_source", "web"], "canary_source"),
