@@ -468,7 +468,7 @@ def test_a_resume_with_other_schedule_flags_is_refused_against_the_checkpoints_s
     pattern = (
         rf"^{re.escape(lead)}: .*checkpoint-{checkpoint} \(global_step {checkpoint}\) is of a run with "
         rf"{re.escape(was)}, and the learning-rate schedule differs: the learning rate of step {first} is .* in the "
-        rf"checkpoint's run and .* with {re.escape(lead)}\..*Resume with {re.escape('--' + was.replace(', ', ' --'))}"
+        rf"checkpoint's run and .* with {re.escape(lead)} \(.* relative apart\)\..*Resume with {re.escape('--' + was.replace(', ', ' --'))}"
         r".*start a new run"
     )
     with pytest.raises(ValueError, match=pattern) as err:
@@ -574,3 +574,123 @@ def test_an_epoch_based_resume_with_more_epochs_that_would_mix_two_schedules_is_
         train_or_restore_finished(trainer, str(tmp_path / f"checkpoint-{checkpoint}"))
     assert trainer.state.global_step == 0
     assert not (tmp_path / "checkpoint-10").exists()
+
+
+# mu23 --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [{"per_device_train_batch_size": 1}, {"gradient_accumulation_steps": 2}])
+def test_an_epoch_based_resume_with_another_batch_per_step_names_the_batch_not_the_epochs(tmp_path, change):
+    """mu23 1: the same --num_train_epochs with another batch per optimizer step changes the step count, and the
+    refusal told the user to "Resume with --num_train_epochs 2", the value they passed. It now names the batch per
+    step (per-device batch size, the recorded accumulation, the number of processes)."""
+    from datasets import Dataset
+
+    from hf_ext.utils.resume import train_or_restore_finished
+
+    trainer_cls = _recording_trainer()
+    data = Dataset.from_dict(_EPOCH_DATA)
+    linear = {"lr_scheduler_type": "linear"}
+    trainer_cls(model=_tiny(), args=_extension_args(tmp_path, -1, num_train_epochs=2, **linear),
+                train_dataset=data).train()  # fmt: skip
+    trainer = trainer_cls(model=_tiny(), args=_extension_args(tmp_path, -1, num_train_epochs=2, **linear, **change),
+                          train_dataset=data)  # fmt: skip
+    with pytest.raises(ValueError) as err:
+        train_or_restore_finished(trainer, str(tmp_path / "checkpoint-4"))
+    message = str(err.value)
+    assert "the same --num_train_epochs 2" in message and "in 8 optimizer steps" in message
+    assert "Resume with the checkpoint's batch per optimizer step" in message
+    assert "--gradient_accumulation_steps 1" in message and "Resume with --num_train_epochs" not in message
+    assert trainer.state.global_step == 0
+
+
+def test_a_refusal_prints_rates_that_differ_by_little_apart(tmp_path):
+    """mu23 2: rates were printed to 6 digits, so a refusal could read "0.009999 ... and 0.009999"; now 10 digits
+    and their relative gap."""
+    from datasets import Dataset
+
+    from hf_ext.utils.resume import train_or_restore_finished
+
+    trainer_cls = _recording_trainer()
+    data = Dataset.from_dict(_EXTENSION_DATA)
+    linear = {"lr_scheduler_type": "linear"}
+    # a 2-step run's checkpoint, recorded as of a 10000-step run (a 10000-step run is too long for a unit test)
+    trainer_cls(model=_tiny(), args=_extension_args(tmp_path, 2, **linear), train_dataset=data).train()
+    state_path = tmp_path / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state["max_steps"] = 10000
+    state_path.write_text(json.dumps(state))
+    record_path = tmp_path / "checkpoint-2" / "lr_schedule.json"
+    record = json.loads(record_path.read_text())
+    record["args"]["max_steps"] = 10000
+    record_path.write_text(json.dumps(record))
+    trainer = trainer_cls(model=_tiny(), args=_extension_args(tmp_path, 10005, **linear), train_dataset=data)
+    with pytest.raises(ValueError, match=r"learning rate of step 2 is 0\.009999 in .* and 0\.0099990005 with "
+                                         r"--max_steps 10005 \(5e-08 relative apart\)"):  # fmt: skip
+        train_or_restore_finished(trainer, str(tmp_path / "checkpoint-2"))
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("{not json", "it cannot be read"),
+        ("[]", "no 'args' object"),
+        ('{"format": 1, "args": null}', "no 'args' object"),
+    ],
+)
+def test_a_corrupt_schedule_record_is_refused_by_name(tmp_path, content, problem):
+    """mu23 R12/R13: a corrupt lr_schedule.json is refused naming the file (not taken as missing, which would drop
+    the check, nor a raw TypeError)."""
+    from datasets import Dataset
+
+    from hf_ext.utils.resume import train_or_restore_finished
+
+    trainer_cls = _recording_trainer()
+    data = Dataset.from_dict(_EXTENSION_DATA)
+    trainer_cls(model=_tiny(), args=_extension_args(tmp_path, 4), train_dataset=data).train()
+    (tmp_path / "checkpoint-2" / "lr_schedule.json").write_text(content)
+    trainer = trainer_cls(model=_tiny(), args=_extension_args(tmp_path, 4), train_dataset=data)
+    with pytest.raises(ValueError, match=rf"lr_schedule.json cannot be used: {problem}.*delete it"):
+        train_or_restore_finished(trainer, str(tmp_path / "checkpoint-2"))
+    assert trainer.state.global_step == 0
+
+
+@pytest.mark.parametrize("max_steps", [1, 4])
+def test_a_finished_run_compares_the_rates_of_the_steps_it_trained(tmp_path, max_steps):
+    """mu23 R09/R24: a finished run is compared on the rates of the steps it trained (1..max_steps): restored with its
+    own flags (linear: the rate of the step after its last is another) it is not refused, and with another
+    --learning_rate it is, also for a one-step run."""
+    from datasets import Dataset
+
+    from hf_ext.utils.resume import train_or_restore_finished
+
+    trainer_cls = _recording_trainer()
+    data = Dataset.from_dict(_EXTENSION_DATA)
+    linear = {"lr_scheduler_type": "linear", "save_steps": 1}
+    trainer_cls(model=_tiny(), args=_extension_args(tmp_path, max_steps, **linear), train_dataset=data).train()
+    last = str(tmp_path / f"checkpoint-{max_steps}")
+    again = trainer_cls(model=_tiny(), args=_extension_args(tmp_path, max_steps, **linear), train_dataset=data)
+    assert train_or_restore_finished(again, last) is None and again.state.global_step == max_steps
+    other = trainer_cls(model=_tiny(), args=_extension_args(tmp_path, max_steps, learning_rate=2e-2, **linear),
+                        train_dataset=data)  # fmt: skip
+    with pytest.raises(ValueError, match=r"^--learning_rate 0.02: .*learning rate of step 1 is 0.01 "):
+        train_or_restore_finished(other, last)
+
+
+def test_a_finished_run_is_not_compared_past_its_last_trained_step(tmp_path):
+    """mu23 R09: checkpoint-4 of an 8-step warmup_stable_decay run (4 decay steps: steps 1-5 at the full rate)
+    restored as a finished 4-step run with 1 decay step (steps 1-4 at the full rate too): every step it trained had the
+    new schedule's rate, so it is restored; the rate of the step after its last (0.01 against 0) is not compared."""
+    from datasets import Dataset
+
+    from hf_ext.utils.resume import train_or_restore_finished
+
+    trainer_cls = _recording_trainer()
+    data = Dataset.from_dict(_EXTENSION_DATA)
+    wsd = {"lr_scheduler_type": "warmup_stable_decay"}
+    trainer_cls(model=_tiny(), args=_extension_args(tmp_path, 8, lr_scheduler_kwargs={"num_decay_steps": 4}, **wsd),
+                train_dataset=data).train()  # fmt: skip
+    shorter = trainer_cls(model=_tiny(), args=_extension_args(tmp_path, 4, lr_scheduler_kwargs={"num_decay_steps": 1},
+                                                                **wsd), train_dataset=data)  # fmt: skip
+    assert train_or_restore_finished(shorter, str(tmp_path / "checkpoint-4")) is None
+    assert shorter.state.global_step == 4

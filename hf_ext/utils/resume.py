@@ -517,7 +517,18 @@ def refuse_changed_schedule(
         was.append(f"max_steps {old}")
         old_epochs, old_max = (recorded or {}).get("num_train_epochs"), (recorded or {}).get("max_steps")
         by_epochs = epoch_based and old_epochs is not None and isinstance(old_max, int) and old_max <= 0
-        back.append(f"--num_train_epochs {old_epochs}" if by_epochs else f"--max_steps {old}")
+        if by_epochs and old_epochs == epochs:
+            # the same epochs, another step count: the batch per optimizer step changed (per-device batch size,
+            # accumulation, number of processes), which the flags to resume with must restore
+            accumulation = (recorded or {}).get("gradient_accumulation_steps")
+            was[-1] = f"the same --num_train_epochs {old_epochs} in {old} optimizer steps"
+            back.append(
+                "the checkpoint's batch per optimizer step (its --per_device_train_batch_size, "
+                + (f"--gradient_accumulation_steps {accumulation}" if accumulation is not None else "accumulation")
+                + " and number of processes)"
+            )
+        else:
+            back.append(f"--num_train_epochs {old_epochs}" if by_epochs else f"--max_steps {old}")
     for name in changed:
         lead.append(_flag(name, current[name]))
         was.append(_flag(name, overrides[name])[2:])
@@ -556,9 +567,10 @@ def refuse_changed_schedule(
             )
             raise ValueError(
                 f"{lead_text}: {checkpoint} (global_step {step}) is of a run with {', '.join(was)}, and the "
-                f"learning-rate schedule differs: the learning rate of step {k + 1} is {a:.6g} in the checkpoint's "
-                f"run and {b:.6g} with {lead_text}. The resumed run would follow the old schedule up to step {step} "
-                f"and the new one after it{ignored}, which neither run would do. {fixes}"
+                f"learning-rate schedule differs: the learning rate of step {k + 1} is {a:.10g} in the checkpoint's "
+                f"run and {b:.10g} with {lead_text} ({abs(a - b) / max(abs(a), abs(b)):.2g} relative apart). The "
+                f"resumed run would follow the old schedule up to step {step} and the new one after it{ignored}, "
+                f"which neither run would do. {fixes}"
             )
 
 
