@@ -694,3 +694,27 @@ def test_a_finished_run_is_not_compared_past_its_last_trained_step(tmp_path):
                                                                 **wsd), train_dataset=data)  # fmt: skip
     assert train_or_restore_finished(shorter, str(tmp_path / "checkpoint-4")) is None
     assert shorter.state.global_step == 4
+
+
+def test_recorded_flags_the_resumed_arguments_lack_are_not_compared(tmp_path):
+    """mu23 R15: a checkpoint of a Trainer whose arguments have more schedule fields (WarmupFree's cooldown_fraction)
+    resumed with arguments without them: those are left out of the comparison (no raw KeyError), the rest compared."""
+    from datasets import Dataset
+
+    from hf_ext.utils.resume import train_or_restore_finished
+
+    trainer_cls = _recording_trainer()
+    data = Dataset.from_dict(_EXTENSION_DATA)
+    constant = {"lr_scheduler_type": "constant"}
+    trainer_cls(model=_tiny(), args=_extension_args(tmp_path, 4, **constant), train_dataset=data).train()
+    path = tmp_path / "checkpoint-2" / "lr_schedule.json"
+    record = json.loads(path.read_text())
+    record["args"]["cooldown_fraction"] = 0.25
+    path.write_text(json.dumps(record))
+    resumed = trainer_cls(model=_tiny(), args=_extension_args(tmp_path, 4, **constant), train_dataset=data)
+    assert train_or_restore_finished(resumed, str(tmp_path / "checkpoint-2")) is not None
+    assert resumed.state.global_step == 4
+    other = trainer_cls(model=_tiny(), args=_extension_args(tmp_path, 4, learning_rate=2e-2, **constant),
+                        train_dataset=data)  # fmt: skip
+    with pytest.raises(ValueError, match=r"^--learning_rate 0.02: "):
+        train_or_restore_finished(other, str(tmp_path / "checkpoint-2"))
