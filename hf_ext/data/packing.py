@@ -44,7 +44,10 @@ def pack_dataset(
         `attention_mask` and `labels` (a copy of `input_ids`), of length `block_size` (see `drop_remainder`); other
         columns are removed.
     """
+    import itertools
+
     import datasets
+    import numpy as np
 
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:  # True is an int
         raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
@@ -87,21 +90,35 @@ def pack_dataset(
             )
         # a document that spells "<|eos|>" stays text: only the EOS appended below marks a boundary
         ids = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        stream: list[int] = []
-        for seq in ids:
-            stream.extend(seq)
-            if add_eos:
-                stream.append(eos)
-        n = (len(stream) // block_size) * block_size if drop_remainder else len(stream)
-        blocks = [stream[i : i + block_size] for i in range(0, n, block_size)]
-        return {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": [list(b) for b in blocks]}
+        pieces = (itertools.chain(seq, (eos,)) for seq in ids) if add_eos else iter(ids)
+        stream = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int64)
+        full = len(stream) // block_size
+        # whole blocks go back as 2-D arrays of their stored types: `Dataset.map` then writes them without inferring
+        # a type for every token (that inference cost as much as the tokenization)
+        blocks = stream[: full * block_size].reshape(full, block_size)
+        if drop_remainder or len(stream) == full * block_size:
+            return {
+                "input_ids": blocks.astype(np.int32),
+                "attention_mask": np.ones(blocks.shape, dtype=np.int8),
+                "labels": blocks,
+            }
+        rows = [*blocks, stream[full * block_size :]]  # the shorter last block: one array per row
+        return {
+            "input_ids": [row.astype(np.int32) for row in rows],
+            "attention_mask": [np.ones(len(row), dtype=np.int8) for row in rows],
+            "labels": rows,
+        }
 
     # the types `Dataset.map` stores for the blocks it forms
     dtypes = {"input_ids": "int32", "attention_mask": "int8", "labels": "int64"}
     features = datasets.Features({name: datasets.List(datasets.Value(dt)) for name, dt in dtypes.items()})
     if streaming:  # lazy: each batch of 256 documents is packed as the stream is iterated
+
+        def tokenize_and_group_lists(batch):  # a stream's rows reach the user as they are returned: plain lists
+            return {name: [row.tolist() for row in rows] for name, rows in tokenize_and_group(batch).items()}
+
         return dataset.map(
-            tokenize_and_group, batched=True, batch_size=256, remove_columns=columns or None, features=features
+            tokenize_and_group_lists, batched=True, batch_size=256, remove_columns=columns or None, features=features
         )
     packed = dataset.map(
         tokenize_and_group,
