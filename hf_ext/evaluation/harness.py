@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -245,7 +246,7 @@ def evaluate_model(
     _check_lm_args(batch_size, max_length)
     kwargs.setdefault("bootstrap_iters", 1000)
     kwargs.setdefault("log_samples", False)
-    with keeping_train_mode(model):  # HFLM puts a model object in eval mode for good
+    with keeping_train_mode(model), _environment_report_collected_once():  # HFLM leaves a model in eval mode
         results = lm_eval.simple_evaluate(
             model=_as_lm(model, tokenizer, batch_size, device, max_length),
             tasks=tasks,
@@ -261,6 +262,31 @@ def evaluate_model(
     if results is None:  # pragma: no cover - non-zero ranks under lm-eval's own distributed mode
         return {}
     return dict(results)
+
+
+_ENVIRONMENT_REPORT: list[str] = []  # torch's environment report, once collected in this process
+
+
+@contextlib.contextmanager
+def _environment_report_collected_once():
+    """lm-eval's `simple_evaluate` stores torch's `get_pretty_env_info()` in its results (`pretty_env_info`); that
+    report starts about a dozen subprocesses (pip, conda, nvidia-smi, ...) and took 3-4 s on every call, as long as
+    scoring a tiny model. The report does not change while a process runs, so within these calls it is collected
+    once per process and the same text is reused (a report that raised is not kept: the next call tries again)."""
+    from torch.utils import collect_env
+
+    collect = collect_env.get_pretty_env_info
+
+    def collected_once() -> str:
+        if not _ENVIRONMENT_REPORT:
+            _ENVIRONMENT_REPORT.append(collect())
+        return _ENVIRONMENT_REPORT[0]
+
+    collect_env.get_pretty_env_info = collected_once
+    try:
+        yield
+    finally:
+        collect_env.get_pretty_env_info = collect
 
 
 def results_rows(results: Mapping, name: str | None = None) -> list[dict]:
