@@ -92,6 +92,13 @@ def test_model_object_fewshot_scores_match_the_model(fog, small_tokenizer):
     assert sample["acc"] == float(picked == sample["target"])
 
 
+# extended: lm-eval's CLI in a subprocess (torch, transformers and lm-eval imports, then indexing lm-eval's whole
+# task library) costs ~30-90 s of the fast suite. Its parts stay there: the same folder evaluated in-process
+# (test_evaluate_models_table), the packaged tasks through --include_path (test_packaged_tasks_are_found_by_include_path),
+# a saved folder loaded with trust_remote_code and no hf_ext import
+# (tests/fog/test_fog_modeling.py::test_save_load_round_trip_trust_remote_code_without_hf_ext) and model folders that
+# import nothing from hf_ext (tests/test_packaging.py::test_model_folders_import_nothing_from_hf_ext)
+@pytest.mark.extended
 def test_folder_in_process_and_plain_lm_eval_cli_agree(layer_parallel_dir, tmp_path):
     """A LayerParallelForCausalLM folder: `lm_eval --model hf` (no hf_ext import, trust_remote_code) gives the same
     numbers as simple_evaluate in-process."""

@@ -18,6 +18,10 @@ TINY_CUBIC = ["--problems", "logistic", "--methods", "sgd,cn", "--batch_sizes", 
 REFUSAL = "The cubic_newton recipe runs in one process, but it was launched on 2"
 
 
+# extended: a ~20-40 s torchrun launch for a refusal that happens before any work; the fast suite keeps the same
+# refusal in test_cubic_newton_refuses_a_multi_process_environment (WORLD_SIZE=2, as torchrun sets it) and 2-rank
+# launches of recipes in test_warmup_two_ranks_equal_one_process_with_an_odd_number_of_eval_blocks
+@pytest.mark.extended
 @pytest.mark.distributed
 def test_cubic_newton_refuses_two_ranks_before_any_work(tmp_path, run_two_ranks):
     out = tmp_path / "cn"
