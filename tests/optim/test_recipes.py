@@ -82,43 +82,6 @@ def test_cubic_recipe_bad_arguments(tmp_path):
     assert not out.exists()
 
 
-def test_warmup_recipe_tiny_run(tmp_path):
-    from hf_ext.recipes.warmup import main
-
-    res = main(
-        [
-            "--max_steps",
-            "3",
-            "--arms",
-            "adamw_no_warmup,lion_ar_no_warmup",
-            "--hidden_size",
-            "32",
-            "--intermediate_size",
-            "64",
-            "--vocab_size",
-            "512",
-            "--block_size",
-            "32",
-            "--max_eval_blocks",
-            "8",
-            "--per_device_train_batch_size",
-            "4",
-            "--metrics_every",
-            "1",
-            "--output_dir",
-            str(tmp_path),
-            "--disable_tqdm",
-            "true",
-            "--use_cpu",
-            "true",
-        ]
-    )
-    assert set(res) == {"adamw_no_warmup", "lion_ar_no_warmup"}
-    assert (tmp_path / "warmup.png").stat().st_size > 1000
-    saved = json.loads((tmp_path / "warmup_results.json").read_text())
-    assert len(saved["lion_ar_no_warmup"]["update_metrics"]) == 3
-
-
 def _tiny_warmup_argv(out, *extra):
     return [
         "--max_steps",
@@ -155,16 +118,35 @@ def _tiny_warmup_argv(out, *extra):
     ]
 
 
-def test_warmup_recipe_resume_matches_uninterrupted(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_warmup_run(tmp_path_factory):
+    """One uninterrupted 4-step run of two arms with checkpoints every 2 steps, shared by the tests that only read it
+    (a recipe run costs several seconds): `(output folder, results)`."""
+    from hf_ext.recipes.warmup import main
+
+    out = tmp_path_factory.mktemp("warmup") / "full"
+    return out, main(_tiny_warmup_argv(out))
+
+
+def test_warmup_recipe_tiny_run(tiny_warmup_run):
+    out, res = tiny_warmup_run
+    assert set(res) == {"adamw_warmup", "lion_ar_no_warmup"}
+    assert (out / "warmup.png").stat().st_size > 1000
+    saved = json.loads((out / "warmup_results.json").read_text())
+    assert len(saved["lion_ar_no_warmup"]["update_metrics"]) == 2  # 4 steps, --metrics_every 2
+    assert saved["lion_ar_no_warmup"]["eval_loss"] == pytest.approx(res["lion_ar_no_warmup"]["eval_loss"])
+
+
+def test_warmup_recipe_resume_matches_uninterrupted(tmp_path, tiny_warmup_run):
     """A run interrupted after checkpoint-2 and resumed with a bare --resume_from_checkpoint ends where the
     uninterrupted run ends, for every arm (each arm resumes from its own folder)."""
     import shutil
 
     from hf_ext.recipes.warmup import main
 
-    full = main(_tiny_warmup_argv(tmp_path / "full"))
+    out, full = tiny_warmup_run
     for arm in full:
-        shutil.copytree(tmp_path / "full" / arm / "checkpoint-2", tmp_path / "cut" / arm / "checkpoint-2")
+        shutil.copytree(out / arm / "checkpoint-2", tmp_path / "cut" / arm / "checkpoint-2")
     with pytest.raises(ValueError, match="single arm"):  # one folder cannot serve two arms; refused before work
         main(_tiny_warmup_argv(tmp_path / "cut", "--resume_from_checkpoint", str(tmp_path / "cut" / "adamw_warmup")))
     resumed = main(_tiny_warmup_argv(tmp_path / "cut", "--resume_from_checkpoint"))
