@@ -6,7 +6,8 @@
 #   2. scripts/bench_fp8.py           at its GPU defaults (8B width, 8 layers, Llama and FOG, BF16 and torchao FP8)
 #   3. scripts/bench_layer_parallel.py at its GPU defaults
 # and prints ONE JSON summary line on stdout (also written to OUT/summary.json); the logs stay in OUT.
-# `--tiny` runs the same three stages on CPU at smoke size (the gpu tests then skip), to check the script itself.
+# `--tiny` runs the same three stages on CPU at smoke size (the gpu tests then skip; the benchmarks time as few steps and
+# tokens as they need, the layer-parallel one without its CPU-only control model), to check the script itself.
 # hf_ext is imported from this checkout (no install needed). `--wheels DIR` first installs DIR/*.whl into a private
 # folder put ahead on PYTHONPATH (no index, no dependencies): for a machine without network whose Python lacks
 # torchao or has an older transformers; scripts/gpu_wheels.sh downloads the set.
@@ -115,7 +116,10 @@ GPU_TEST_ARGS=(-m gpu -q -p no:cacheprovider --continue-on-collection-errors --j
 stage gpu_tests "${LIMIT[gpu_tests]}" "$PY" -m pytest "${GPU_TEST_ARGS[@]}" "${GPU_TEST_FILES[@]}"
 if [ "$TINY" = 1 ]; then
   stage bench_fp8 "${LIMIT[bench_fp8]}" "$PY" scripts/bench_fp8.py --tiny --steps 1 --precisions bf16,fp8_tensorwise
-  stage bench_layer_parallel "${LIMIT[bench_layer_parallel]}" "$PY" scripts/bench_layer_parallel.py --tiny
+  # the GPU run's wiring (no zero-pair control model, which is off on GPU) at the fewest timed tokens that still
+  # measure a decode time: a script check, not a measurement
+  stage bench_layer_parallel "${LIMIT[bench_layer_parallel]}" "$PY" scripts/bench_layer_parallel.py --tiny \
+    --control false --repeats 2 --new_tokens 16
 else
   stage bench_fp8 "${LIMIT[bench_fp8]}" "$PY" scripts/bench_fp8.py --precisions bf16,fp8_tensorwise
   stage bench_layer_parallel "${LIMIT[bench_layer_parallel]}" "$PY" scripts/bench_layer_parallel.py
