@@ -1,7 +1,10 @@
 """NeuralGrok under FSDP2 (`fully_shard`) and DDP on 2 gloo ranks: the gradient transforms (the amplifier's per-tensor
 softmax and norm, the normalisation control, Grokfast) and the logged AGE match one process on the whole batch; the
 outer step under DDP transforms the global batch's gradient as one process does; FSDP2 is refused by the outer step.
-NeuralGrokTrainer with Grokfast under FSDP2 checkpoints the whole filter state and resumes exactly."""
+NeuralGrokTrainer with Grokfast under FSDP2 checkpoints the whole filter state and resumes exactly.
+
+Both tests read one `torchrun` launch of scripts/scale_out_all.py, which runs scale_out_neuralgrok.py's checks and
+then fsdp2_grokfast_resume.py's in one process group (a launch costs more than either check)."""
 
 from __future__ import annotations
 
@@ -10,10 +13,23 @@ import json
 import pytest
 
 
+@pytest.fixture(scope="module")
+def _launch(tmp_path_factory):
+    return {"out": tmp_path_factory.mktemp("scale_out")}
+
+
+@pytest.fixture
+def scale_out_all(_launch, run_two_ranks):
+    """(OUT_DIR, CompletedProcess) of the module's one launch of scale_out_all.py (made by the first test asking)."""
+    if "proc" not in _launch:
+        _launch["proc"] = run_two_ranks("tests/neuralgrok/scripts/scale_out_all.py", _launch["out"], timeout=400)
+    return _launch["out"], _launch["proc"]
+
+
 @pytest.mark.distributed
-def test_gradient_transforms_under_fsdp2_and_ddp_match_one_process(tmp_path, run_two_ranks):
-    run_two_ranks("tests/neuralgrok/scripts/scale_out_neuralgrok.py", tmp_path)
-    rank0, rank1 = json.loads((tmp_path / "scale_out_neuralgrok.json").read_text())
+def test_gradient_transforms_under_fsdp2_and_ddp_match_one_process(scale_out_all):
+    out, _ = scale_out_all
+    rank0, rank1 = json.loads((out / "scale_out_neuralgrok.json").read_text())
     for r in (rank0, rank1):
         for name in ("neuralgrok", "neuralgrok_ablation", "normalize", "grokfast_ema"):
             res = r[name]
@@ -28,16 +44,16 @@ def test_gradient_transforms_under_fsdp2_and_ddp_match_one_process(tmp_path, run
 
 
 @pytest.mark.distributed
-def test_grokfast_under_fsdp2_checkpoints_and_resumes_exactly(tmp_path, run_two_ranks):
+def test_grokfast_under_fsdp2_checkpoints_and_resumes_exactly(tmp_path, scale_out_all):
     """The Grokfast buffers are shards of their parameters (DTensors) under FSDP2: rank 0 handed them to safetensors
     at the first checkpoint ("Attempted to access the data pointer on an invalid python storage") while rank 1 waited
     in the next collective, and rank 0's shards alone would not have been the state. Now every rank gathers the whole
     buffers, rank 0 writes them, and each rank re-shards them on resume: the resumed run is the uninterrupted one."""
     from hf_ext.neuralgrok import NeuralGrokConfig, NeuralGrokTrainer
 
-    proc = run_two_ranks("tests/neuralgrok/scripts/fsdp2_grokfast_resume.py", tmp_path, timeout=300)
+    out, proc = scale_out_all
     assert "terminate called" not in proc.stderr
-    ranks = json.loads((tmp_path / "fsdp2_grokfast_resume.json").read_text())
+    ranks = json.loads((out / "fsdp2_grokfast_resume.json").read_text())
     assert len(ranks) == 2
     for r in ranks:
         for mode, res in r.items():
@@ -71,5 +87,5 @@ def test_grokfast_under_fsdp2_checkpoints_and_resumes_exactly(tmp_path, run_two_
         model=LlamaForCausalLM(cfg), args=args, train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids})
     )
     with pytest.raises(ValueError, match="only supported when using PyTorch FSDP"):
-        trainer.train(resume_from_checkpoint=str(tmp_path / "grokfast_ema" / "run" / "checkpoint-2"))
+        trainer.train(resume_from_checkpoint=str(out / "grokfast_ema" / "run" / "checkpoint-2"))
     assert trainer.state.global_step == 0

@@ -122,18 +122,23 @@ def check(out_dir, mode, ids):
     return r
 
 
-def main(out_dir):
-    _fsdp_on_cpu()
-    # a collective one rank never reaches fails after 2 minutes instead of gloo's 30
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+def run(out_dir):
+    """The checks, in an initialised 2-rank gloo group after `_fsdp_on_cpu()` (also run by scale_out_all.py)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, f"this check needs exactly 2 ranks, got {world}"
     ids = torch.randint(0, 64, (4 * STEPS, 8), generator=torch.Generator().manual_seed(0))
     result = {mode: check(out_dir, mode, ids) for mode in MODES}
-    gathered = gather_objects(result)  # rank 0 writes every rank's result, then all ranks shut down together
+    gathered = gather_objects(result)  # rank 0 writes every rank's result
     if rank == 0:
         atomic_write_json(os.path.join(out_dir, "fsdp2_grokfast_resume.json"), gathered, None)
-    shutdown_distributed()
+
+
+def main(out_dir):
+    _fsdp_on_cpu()
+    # a collective one rank never reaches fails after 2 minutes instead of gloo's 30
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    run(out_dir)
+    shutdown_distributed()  # all ranks shut down together
 
 
 if __name__ == "__main__":

@@ -94,8 +94,8 @@ def outer_steps(inner, reducer=None):
     return {k: v.detach().clone() for k, v in amp.state_dict().items()}
 
 
-def main(out_dir):
-    dist.init_process_group("gloo")
+def run(out_dir):
+    """The checks, in an initialised 2-rank process group (also run by scale_out_all.py)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, f"this check needs exactly 2 ranks, got {world}"
     from torch.distributed.device_mesh import init_device_mesh
@@ -155,10 +155,15 @@ def main(out_dir):
         result["outer_fsdp2_error"] = None
     except ValueError as err:
         result["outer_fsdp2_error"] = str(err)
-    gathered = gather_objects(result)  # rank 0 writes every rank's result, then all ranks shut down together
+    gathered = gather_objects(result)  # rank 0 writes every rank's result
     if rank == 0:
         atomic_write_json(os.path.join(out_dir, "scale_out_neuralgrok.json"), gathered, None)
-    shutdown_distributed()
+
+
+def main(out_dir):
+    dist.init_process_group("gloo")
+    run(out_dir)
+    shutdown_distributed()  # all ranks shut down together
 
 
 if __name__ == "__main__":
