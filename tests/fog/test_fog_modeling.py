@@ -71,6 +71,8 @@ def test_auto_classes_resolve_without_importing_modeling_at_package_import(repo_
         "import sys,time; t=time.process_time(); import hf_ext; dt=time.process_time()-t\n"
         "heavy=[m for m in ('hf_ext.models.fog.modeling_fog','torchao','transformers.modeling_utils') "
         "if m in sys.modules]\n"
+        # whatever `import hf_ext` wrote comes before these markers (stdout's buffer and stderr keep the order)
+        "print('IMPORTED', flush=True); print('IMPORTED', file=sys.stderr, flush=True)\n"
         "from transformers import AutoConfig, AutoModel, AutoModelForCausalLM\n"
         "from hf_ext.models.fog import FogConfig\n"
         "c=FogConfig(vocab_size=64,hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=48)\n"
@@ -85,8 +87,9 @@ def test_auto_classes_resolve_without_importing_modeling_at_package_import(repo_
     _, dt, *rest = line.split(" ", 2)
     # the import's cost relative to its dependencies is checked in tests/test_cli.py (an absolute bound is host-bound)
     assert rest[0].startswith("[]") and "FogForCausalLM FogModel" in rest[0]
-    quiet = subprocess.run([sys.executable, "-c", "import hf_ext"], capture_output=True, text=True, env=env)
-    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+    # `import hf_ext` in a fresh process is quiet: nothing on stdout or stderr before the markers
+    assert res.stdout.startswith("IMPORTED\n"), res.stdout[:2000]
+    assert res.stderr.startswith("IMPORTED\n"), res.stderr[:2000]
 
 
 # --------------------------------------------------------------------------------------------------------- structure
