@@ -660,9 +660,25 @@ def test_train_accuracy_counts_correct_rows_exactly_when_the_ratio_is_not_exact_
     assert (trainer._acc_correct, trainer._acc_rows) == (29, 100)
 
 
+@pytest.fixture(scope="module")
+def _ddp_launch(tmp_path_factory):
+    return {"out": tmp_path_factory.mktemp("ddp_neuralgrok")}
+
+
+@pytest.fixture
+def ddp_neuralgrok(_ddp_launch, run_two_ranks):
+    """(OUT_DIR, CompletedProcess) of the module's one 2-rank launch of ddp_neuralgrok.py running both outer
+    gradients in turn (next_step, then recompute: its recipe ends the process group), each into OUT_DIR/<name>."""
+    if "proc" not in _ddp_launch:
+        _ddp_launch["proc"] = run_two_ranks(
+            "tests/neuralgrok/scripts/ddp_neuralgrok.py", _ddp_launch["out"], "next_step", "recompute", timeout=400
+        )
+    return _ddp_launch["out"], _ddp_launch["proc"]
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("outer_gradient", ["recompute", "next_step"])
-def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, outer_gradient):
+def test_two_ranks_keep_amplifier_identical(tmp_path, ddp_neuralgrok, repo_root, outer_gradient):
     """2 ranks keep the amplifier and the model identical, and train the amplifier one process at 8 rows trains, bit
     for bit (each rank's outer step transforms the global batch's gradient; without its all-reduce they were up to
     8.9e-05 off). They log the `train_accuracy` of the global batch, as Trainer logs its loss: 2 ranks x 4 rows log
@@ -675,8 +691,9 @@ def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, 
     import importlib.util
     import json
 
-    proc = run_two_ranks("tests/neuralgrok/scripts/ddp_neuralgrok.py", tmp_path, outer_gradient, timeout=300)
-    assert proc.stdout.count(": OK") == 2
+    launched, proc = ddp_neuralgrok
+    assert proc.stdout.count(f" {outer_gradient}: OK") == 2
+    launched = launched / outer_gradient  # the 2-rank run's files; tmp_path: this test's one-process runs
 
     def accuracies(history):
         return {e["step"]: e["train_accuracy"] for e in history if "train_accuracy" in e}
@@ -696,12 +713,12 @@ def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, 
     expected = accuracies(one.state.log_history)
     assert sorted(expected) == [2, 4]
     for rank in (0, 1):
-        assert logged(tmp_path / f"log_rank{rank}.json") == expected, rank
-    assert window(tmp_path) == window(tmp_path / "one")
+        assert logged(launched / f"log_rank{rank}.json") == expected, rank
+    assert window(launched) == window(tmp_path / "one")
     # every rank's outer step transforms the gradient of the whole global batch, as one process on it does: without
     # the all-reduce of that gradient (each rank transforming its own micro-batch's) the ranks still agreed with each
     # other, but their amplifier was up to 8.9e-05 off the one-process run's (which the 2 ranks match bit for bit)
-    two = torch.load(tmp_path / "amplifier_rank0.pt", weights_only=True)
+    two = torch.load(launched / "amplifier_rank0.pt", weights_only=True)
     reference = one.amplifier.state_dict()
     assert sorted(two) == sorted(reference)
     off = {name: float((two[name] - tensor.detach().cpu()).abs().max()) for name, tensor in reference.items()}
@@ -715,22 +732,22 @@ def test_two_ranks_keep_amplifier_identical(tmp_path, run_two_ranks, repo_root, 
     if outer_gradient != "recompute":
         return
     for rank in (0, 1):
-        assert logged(tmp_path / "resumed" / f"log_rank{rank}.json") == expected, rank
+        assert logged(launched / "resumed" / f"log_rank{rank}.json") == expected, rank
     # rows with 1 to 3 labelled tokens (float64): the ranks' and micro-batches' token counts differ, and the outer set
     # is cut into batches of 4 rows on 2 ranks, of 8 in one process. The outer loss, the token mean of the whole outer
     # set, does not depend on that: the amplifiers agree (they were 1e-4 apart while each outer batch was weighted by
     # its rows)
-    two = torch.load(tmp_path / "amplifier_unequal_rank0.pt", weights_only=True)
+    two = torch.load(launched / "amplifier_unequal_rank0.pt", weights_only=True)
     one = script.make_trainer(str(tmp_path / "one_unequal"), outer_gradient, batch_size=8, unequal_labels=True)
     one.train()
     for name, tensor in one.amplifier.state_dict().items():
         torch.testing.assert_close(
             two[name], tensor.detach().cpu(), rtol=0, atol=1e-12, msg=lambda text, name=name: f"{name}: {text}"
         )
-    calls = [json.loads((tmp_path / f"recipe_calls_rank{rank}.json").read_text()) for rank in (0, 1)]
+    calls = [json.loads((launched / f"recipe_calls_rank{rank}.json").read_text()) for rank in (0, 1)]
     assert calls[0]["write_outputs"] == calls[0]["clear_previous_results"] == 1
     assert calls[1]["write_outputs"] == calls[1]["clear_previous_results"] == 0
-    results = json.loads((tmp_path / "recipe" / "neuralgrok_results.json").read_text())
+    results = json.loads((launched / "recipe" / "neuralgrok_results.json").read_text())
     curve = results["methods"]["neuralgrok"]["runs"][0]["curves"]["train_accuracy"]
     assert curve == calls[0]["train_accuracy"] == calls[1]["train_accuracy"]
     assert proc.stdout.count("curves: ") == 1  # the tables and the paths of the plots, printed once

@@ -9,7 +9,9 @@ OUT_DIR/amplifier_unequal_rank0.pt) and runs the neuralgrok recipe on 2 ranks, r
 recipe's writers it called (OUT_DIR/recipe_calls_rank<rank>.json; the recipe's files in OUT_DIR/recipe). The recipe
 tears the process group down: it runs last.
 
-Usage: ddp_neuralgrok.py OUT_DIR [recompute|next_step] (the outer step's gradient, `NeuralGrokConfig.outer_gradient`)."""
+Usage: ddp_neuralgrok.py OUT_DIR [recompute|next_step] (the outer step's gradient, `NeuralGrokConfig.outer_gradient`).
+`ddp_neuralgrok.py OUT_DIR next_step recompute` runs both in one launch, each into OUT_DIR/<outer_gradient> (recompute
+last: its recipe tears the process group down); every rank prints `rank R <outer_gradient>: OK` after each."""
 
 import os
 import sys
@@ -90,8 +92,17 @@ def run_recipe(out_dir: str, rank: int) -> None:
     atomic_write_json(os.path.join(out_dir, f"recipe_calls_rank{rank}.json"), calls)
 
 
-def main(out_dir: str, outer_gradient: str = "recompute") -> None:
+def main(out_dir: str, *outer_gradients: str) -> None:
     assert os.environ.get("WORLD_SIZE") == "2", "expected two ranks (torchrun --nproc_per_node 2)"
+    outer_gradients = outer_gradients or ("recompute",)
+    assert set(outer_gradients) <= {"recompute", "next_step"}, f"unknown outer gradient in {outer_gradients}"
+    assert "recompute" not in outer_gradients[:-1], "recompute (its recipe ends the process group) must come last"
+    for outer_gradient in outer_gradients:
+        check(os.path.join(out_dir, outer_gradient) if len(outer_gradients) > 1 else out_dir, outer_gradient)
+    shutdown_distributed()
+
+
+def check(out_dir: str, outer_gradient: str) -> None:
     trainer = make_trainer(out_dir, outer_gradient)
     trainer.train()
     assert dist.is_initialized() and dist.get_world_size() == 2
@@ -115,8 +126,7 @@ def main(out_dir: str, outer_gradient: str = "recompute") -> None:
             torch.save({k: v.detach().cpu() for k, v in unequal.amplifier.state_dict().items()},
                        os.path.join(out_dir, "amplifier_unequal_rank0.pt"))  # fmt: skip
         run_recipe(out_dir, rank)
-    print(f"rank {rank}: OK", flush=True)
-    shutdown_distributed()
+    print(f"rank {rank} {outer_gradient}: OK", flush=True)
 
 
 if __name__ == "__main__":
