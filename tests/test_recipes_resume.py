@@ -45,15 +45,37 @@ CASES = {
 RESULTS = {"pretrain": "pretrain_results.json", "grape": "grape_results.json"}  # the recipes reporting train_loss
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_bare_resume_flag_continues_exactly(name, tmp_path):
-    main = importlib.import_module(f"hf_ext.recipes.{name}").main
-    args, runs = CASES[name]
+def _common(name):
+    """The flags of the uninterrupted 4-step run of recipe `name` (checkpoints at steps 2 and 4, logs every step)."""
+    args, _ = CASES[name]
     common = [*args, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--seed", "3"]
     if "--logging_steps" not in args:
         common += ["--logging_steps", "1"]
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    main([*common, "--output_dir", str(full)])
+    return common
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """`full_run(name)`: the folder of recipe `name`'s uninterrupted 4-step run (`_common`), run once per module and
+    shared by the tests that only read it or copy its checkpoints (a refusal in it must leave it as it is)."""
+    done = {}
+
+    def get(name):
+        if name not in done:
+            folder = tmp_path_factory.mktemp(f"full_{name}")
+            importlib.import_module(f"hf_ext.recipes.{name}").main([*_common(name), "--output_dir", str(folder)])
+            done[name] = folder
+        return done[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bare_resume_flag_continues_exactly(name, tmp_path, full_run):
+    main = importlib.import_module(f"hf_ext.recipes.{name}").main
+    _, runs = CASES[name]
+    common = _common(name)
+    full, resumed = full_run(name), tmp_path / "resumed"
     for sub, _ in runs:
         assert (full / sub / "checkpoint-2" / "trainer_state.json").is_file()
         shutil.copytree(full / sub / "checkpoint-2", resumed / sub / "checkpoint-2")
@@ -77,20 +99,17 @@ def test_bare_resume_flag_continues_exactly(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(RESULTS))
-def test_a_run_stopped_after_its_last_checkpoint_is_restored_not_trained_past_max_steps(name, tmp_path):
+def test_a_run_stopped_after_its_last_checkpoint_is_restored_not_trained_past_max_steps(name, tmp_path, full_run):
     """A run killed after its checkpoint at --max_steps, before its model and results were written, is rerun with
     the bare flag: the run is restored from that checkpoint and finished as the uninterrupted run finished (same final
     weights, whole-run train loss). It used to be refused ("= --max_steps"); transformers' Trainer alone would train a
-    step past --max_steps from it."""
+    step past --max_steps from it. (The uninterrupted run is the 4-step one of `full_run`, its checkpoint-4 at
+    --max_steps.)"""
     main = importlib.import_module(f"hf_ext.recipes.{name}").main
-    args, _ = CASES[name]
-    common = [*args, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "3", "--seed", "3",
-              "--logging_steps", "1"]  # fmt: skip
-    full, stopped = tmp_path / "full", tmp_path / "stopped"
-    main([*common, "--output_dir", str(full)])
-    shutil.copytree(full / "checkpoint-3", stopped / "checkpoint-3")
-    main([*common, "--output_dir", str(stopped), "--resume_from_checkpoint"])
-    assert not (stopped / "checkpoint-4").exists()
+    full, stopped = full_run(name), tmp_path / "stopped"
+    shutil.copytree(full / "checkpoint-4", stopped / "checkpoint-4")
+    main([*_common(name), "--output_dir", str(stopped), "--resume_from_checkpoint"])
+    assert not (stopped / "checkpoint-5").exists()
     a, b = load_file(str(full / "model.safetensors")), load_file(str(stopped / "model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
@@ -152,16 +171,17 @@ def test_a_checkpoint_saved_with_save_only_model_is_refused_before_any_work(name
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
 
 
-def test_pretrain_resumed_with_a_larger_max_steps_trains_on_or_is_refused(tmp_path):
+def test_pretrain_resumed_with_a_larger_max_steps_trains_on_or_is_refused(tmp_path, full_run):
     """A finished pretrain run resumed with a larger --max_steps used to be restored at its last step (the flag
     transformers sets at max_steps was taken for a stop by a callback): nothing trained, rc 0, the old results
     rewritten. With a constant schedule it now trains on to the new --max_steps, as a run launched with it does; with
-    the default schedule (warmup_stable_decay, a fraction of the run decays) it is refused before any step."""
+    the default schedule (warmup_stable_decay, a fraction of the run decays) it is refused before any step (the
+    finished 4-step run of `full_run` resumed with --max_steps 6)."""
     from hf_ext.recipes.pretrain import main
 
     common = [*PRETRAIN, "--save_strategy", "steps", "--save_steps", "2", "--seed", "3", "--logging_steps", "1"]
     constant = [*common, "--lr_scheduler_type", "constant", "--lr_scheduler_kwargs", "{}", "--warmup_steps", "0"]
-    full, extended, default = tmp_path / "full", tmp_path / "extended", tmp_path / "default"
+    full, extended, default = tmp_path / "full", tmp_path / "extended", full_run("pretrain")
     main([*constant, "--max_steps", "4", "--output_dir", str(full)])
     main([*constant, "--max_steps", "2", "--output_dir", str(extended)])
     main([*constant, "--max_steps", "4", "--output_dir", str(extended), "--resume_from_checkpoint"])
@@ -173,11 +193,10 @@ def test_pretrain_resumed_with_a_larger_max_steps_trains_on_or_is_refused(tmp_pa
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
-    main([*common, "--max_steps", "2", "--output_dir", str(default)])
     results = (default / "pretrain_results.json").read_text()
-    with pytest.raises(ValueError, match=r"^--max_steps 4: .*checkpoint-2 .*max_steps 2.*Resume with --max_steps 2"):
-        main([*common, "--max_steps", "4", "--output_dir", str(default), "--resume_from_checkpoint"])
-    assert sorted(p.name for p in default.glob("checkpoint-*")) == ["checkpoint-2"]
+    with pytest.raises(ValueError, match=r"^--max_steps 6: .*checkpoint-4 .*max_steps 4.*Resume with --max_steps 4"):
+        main([*common, "--max_steps", "6", "--output_dir", str(default), "--resume_from_checkpoint"])
+    assert sorted(p.name for p in default.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert (default / "pretrain_results.json").read_text() == results
 
 
