@@ -104,32 +104,42 @@ def _pretrain(out, *extra):
     return main([*TINY, "--max_steps", "1", "--logging_steps", "1", "--output_dir", str(out), *extra])
 
 
-def test_seed_sets_the_fresh_models_initialisation(tmp_path):
+#: the seed-5 run's flags: learning rate 0 (the saved model is the initial one), a checkpoint at its one step
+SEED5 = ["--seed", "5", "--learning_rate", "0", "--max_eval_blocks", "2", "--save_strategy", "steps", "--save_steps", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def seed5_run(tmp_path_factory):
+    """A finished 1-step run (`SEED5`), shared by the tests below that read it (or copy it before changing it)."""
+    out = tmp_path_factory.mktemp("seed5") / "run"
+    metrics = _pretrain(out, *SEED5)
+    return out, metrics
+
+
+def test_seed_sets_the_fresh_models_initialisation(tmp_path, seed5_run):
     """With learning rate 0 the saved model is the initial one: it is the model `set_seed(--seed)` builds from the
     saved config, and two seeds give two different initialisations."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, set_seed
 
-    saved = {}
-    for seed in (5, 6):
-        _pretrain(tmp_path / str(seed), "--seed", str(seed), "--learning_rate", "0", "--max_eval_blocks", "1")
-        saved[seed] = load_file(str(tmp_path / str(seed) / "model.safetensors"))
+    saved = {5: load_file(str(seed5_run[0] / "model.safetensors"))}
+    _pretrain(tmp_path / "6", "--seed", "6", "--learning_rate", "0", "--max_eval_blocks", "1")
+    saved[6] = load_file(str(tmp_path / "6" / "model.safetensors"))
     set_seed(5)
-    expected = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp_path / "5")).state_dict()
+    expected = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(seed5_run[0])).state_dict()
     for key, value in saved[5].items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
     assert any(not torch.equal(saved[5][k], saved[6][k]) for k in saved[5])
 
 
-def test_eval_loss_is_the_token_mean_over_the_first_max_eval_blocks_held_out_blocks(tmp_path):
+def test_eval_loss_is_the_token_mean_over_the_first_max_eval_blocks_held_out_blocks(seed5_run):
     """`eval_loss` (and `perplexity` = exp of it) is measured on the held-out split, limited to --max_eval_blocks
-    blocks, with the saved model: recomputed here from the first two held-out blocks."""
+    blocks, with the saved model: recomputed here from the first two held-out blocks (of the shared seed-5 run)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_ext.data import load_text_datasets, pack_dataset
 
-    out = tmp_path / "run"
-    metrics = _pretrain(out, "--max_eval_blocks", "2", "--seed", "1")
+    out, metrics = seed5_run
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
     _, held_out = load_text_datasets(None, None, None, None, "text", seed=1)
@@ -144,14 +154,14 @@ def test_eval_loss_is_the_token_mean_over_the_first_max_eval_blocks_held_out_blo
     assert saved["perplexity"] == pytest.approx(torch.tensor(expected).exp().item(), rel=1e-5)
 
 
-def test_a_resumed_run_keeps_the_earlier_results_until_it_writes_its_own(tmp_path, monkeypatch):
+def test_a_resumed_run_keeps_the_earlier_results_until_it_writes_its_own(tmp_path, monkeypatch, seed5_run):
     """A fresh run removes an earlier run's report files before it starts; a resumed run continues that run and
     removes nothing (here it is stopped when its model is built, after the arguments, the tokenizer and the data are
-    checked)."""
+    checked). The earlier run is a copy of the shared seed-5 run."""
     import hf_ext.recipes.pretrain
 
     out = tmp_path / "run"
-    _pretrain(out, "--save_strategy", "steps", "--save_steps", "1", "--max_eval_blocks", "1")
+    shutil.copytree(seed5_run[0], out)
     results = out / "pretrain_results.json"
     assert results.is_file()
 
@@ -160,10 +170,9 @@ def test_a_resumed_run_keeps_the_earlier_results_until_it_writes_its_own(tmp_pat
 
     monkeypatch.setattr(hf_ext.recipes.pretrain, "build_model", stop)
     with pytest.raises(RuntimeError, match="stopped"):  # a longer run continues it (checkpoint-1 is its last step)
-        _pretrain(out, "--save_strategy", "steps", "--save_steps", "1", "--max_eval_blocks", "1",
-                  "--resume_from_checkpoint", "--max_steps", "2")  # fmt: skip
+        _pretrain(out, *SEED5, "--resume_from_checkpoint", "--max_steps", "2")
     assert results.is_file()
     shutil.rmtree(out / "checkpoint-1")
     with pytest.raises(RuntimeError, match="stopped"):
-        _pretrain(out, "--max_eval_blocks", "1")
+        _pretrain(out, *SEED5)
     assert not results.exists()
