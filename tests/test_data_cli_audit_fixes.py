@@ -355,15 +355,9 @@ def test_rank_fingerprints_of_dtensor_parameters_in_one_process():
         os.remove(init)
 
 
-@pytest.mark.distributed
-def test_rank_fingerprints_on_fsdp2_two_ranks(tmp_path, run_two_ranks):
-    """Was: `total[0] += d.sum()` on an FSDP2 DTensor raised an AssertionError in DTensor dispatch."""
-    run_two_ranks("tests/scripts/fsdp_rank_fingerprints.py", tmp_path)
-    result = json.loads((tmp_path / "fsdp_fingerprints.json").read_text())
-    assert result["world_size"] == 2 and result["dtensor"] == [True, True]
-    assert result["local_numels"][0] != result["local_numels"][1]  # really sharded: each rank holds other rows
-    before, after = result["before"], result["after"]
-    assert len(after) == 2 and after[0] == after[1] == before[0] == before[1]
+# rank_fingerprints on 2 FSDP2 ranks (was: `total[0] += d.sum()` on an FSDP2 DTensor raised an AssertionError in
+# DTensor dispatch): checked in the 2-rank launch of tests/test_pretrain.py's
+# test_fsdp2_sharded_state_dict_run_saves_and_reports_its_own_model (tests/scripts/fsdp_rank_fingerprints.py)
 
 
 # ------------------------------------------------------------------------------------------ F6: import noise

@@ -255,14 +255,19 @@ FOG_TINY = [
 @pytest.mark.distributed
 def test_fsdp2_sharded_state_dict_run_saves_and_reports_its_own_model(tmp_path, run_two_ranks):
     """The shipped FSDP2 configs (`fsdp_state_dict_type: SHARDED_STATE_DICT`): transformers' save_model wrote nothing,
-    so the reload crashed ("Unrecognized model") or silently evaluated an earlier run's model left in --output_dir."""
+    so the reload crashed ("Unrecognized model") or silently evaluated an earlier run's model left in --output_dir.
+
+    The same 2-rank launch first checks `rank_fingerprints` on a bare `fully_shard` model (was: `total[0] += d.sum()`
+    on an FSDP2 DTensor raised an AssertionError in DTensor dispatch; tests/scripts/fsdp_rank_fingerprints.py; it was
+    a launch of its own in tests/test_data_cli_audit_fixes.py)."""
     from transformers import AutoModelForCausalLM
 
     from hf_ext.utils import rank_fingerprints
 
     out = tmp_path / "fsdp"
     run_two_ranks(
-        "tests/scripts/pretrain_fsdp2_cpu.py", "--use_cpu", "true", *FOG_TINY, *FSDP2_SHARDED, "--max_steps", "4",
+        "tests/scripts/pretrain_fsdp2_cpu.py", "--rank_fingerprints_check", tmp_path,
+        "--use_cpu", "true", *FOG_TINY, *FSDP2_SHARDED, "--max_steps", "4",
         "--save_strategy", "steps", "--save_steps", "2", "--output_dir", out,
         # 5 evaluation blocks at eval batch 2: the 2-rank evaluate() counted accelerate's padded repeat of a block
         "--max_eval_blocks", "5", "--per_device_eval_batch_size", "2", "--eval_strategy", "steps", "--eval_steps", "4",
@@ -280,6 +285,14 @@ def test_fsdp2_sharded_state_dict_run_saves_and_reports_its_own_model(tmp_path, 
     logged = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
     (step, eval_loss), = [(h["step"], h["eval_loss"]) for h in logged if "eval_loss" in h]
     assert step == 4 and eval_loss == pytest.approx(saved["eval_loss"], abs=1e-5)
+
+    # rank_fingerprints of a `fully_shard` (DTensor) model: the unsharded model's on both ranks
+    result = json.loads((tmp_path / "fsdp_fingerprints.json").read_text())
+    assert result["world_size"] == 2 and result["dtensor"] == [True, True], f"fingerprint check: {result}"
+    local = result["local_numels"]
+    assert local[0] != local[1], f"fingerprint check: not sharded, each rank holds {local}"
+    before, after = result["before"], result["after"]
+    assert len(after) == 2 and after[0] == after[1] == before[0] == before[1], f"fingerprint check: {before} {after}"
 
 
 def test_a_run_whose_save_writes_no_model_is_not_reported_with_an_earlier_one(tmp_path, monkeypatch):

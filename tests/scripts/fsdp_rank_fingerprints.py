@@ -1,6 +1,7 @@
 """2 gloo ranks: `rank_fingerprints` on an FSDP2 (`fully_shard`, DTensor) model equals the unsharded model's.
 
-Usage: fsdp_rank_fingerprints.py OUT_DIR (writes OUT_DIR/fsdp_fingerprints.json on rank 0)."""
+Usage: fsdp_rank_fingerprints.py OUT_DIR (writes OUT_DIR/fsdp_fingerprints.json on rank 0). `check(OUT_DIR)` does the
+same in a launch whose process group is already up (tests/scripts/pretrain_fsdp2_cpu.py, before its run)."""
 
 import json
 import os
@@ -15,6 +16,11 @@ from hf_ext.utils.distributed import gather_objects, is_dtensor, rank_fingerprin
 
 def main(out_dir: str) -> None:
     dist.init_process_group("gloo")
+    check(out_dir)
+    shutdown_distributed()
+
+
+def check(out_dir: str) -> None:
     assert dist.is_initialized() and dist.get_world_size() == 2, "expected two ranks"
     torch.manual_seed(0)  # the same weights on both ranks before sharding
     model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 5))
@@ -35,7 +41,6 @@ def main(out_dir: str) -> None:
     if dist.get_rank() == 0:
         with open(os.path.join(out_dir, "fsdp_fingerprints.json"), "w", encoding="utf-8") as fh:
             json.dump(result, fh)
-    shutdown_distributed()
 
 
 if __name__ == "__main__":
