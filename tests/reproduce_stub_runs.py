@@ -7,6 +7,13 @@ import os
 import time
 
 
+def seed_run(seed, fast, workdir):
+    """Marks the seed's folder and returns the seed, the process id and `fast`."""
+    with open(os.path.join(workdir, "ran"), "w") as fh:
+        fh.write(str(os.getpid()))
+    return {"seed": seed, "pid": os.getpid(), "fast": fast}
+
+
 def failing_seed_run(seed, fast, workdir):
     """Marks its start (and its failure or finish) in the output folder; seed 0 fails as soon as seed 1 has started
     (both workers busy), the others take 1.5 s."""

@@ -75,27 +75,20 @@ def test_rejudge_a_saved_reproduction_with_the_current_claims(monkeypatch, tmp_p
         rejudge(str(tmp_path / "missing"))
 
 
-def _seed_run(seed, fast, workdir):
-    """A module-level run, so that worker processes can import it."""
-    import os
-
-    with open(os.path.join(workdir, "ran"), "w") as fh:
-        fh.write(str(os.getpid()))
-    return {"seed": seed, "pid": os.getpid(), "fast": fast}
-
-
 def test_seeds_in_parallel_processes_give_the_same_table(monkeypatch, tmp_path, repo_root):
     """--jobs N runs seeds in separate processes; the per-seed results come back in seed order."""
     import os
 
-    # the spawned workers unpickle `_seed_run` from this module: they need the repository root on their path, which
-    # `python -m pytest` gives and a bare `pytest` does not
+    # the spawned workers unpickle `seed_run` from tests/reproduce_stub_runs.py (a light module: the workers start in
+    # a second, where importing this module took each worker the whole hf_ext import): they need the repository root
+    # on their path, which `python -m pytest` gives and a bare `pytest` does not
     monkeypatch.syspath_prepend(repo_root)
+    from tests.reproduce_stub_runs import seed_run
 
     def judge(runs):
         return ",".join(str(r["seed"]) for r in runs), True
 
-    spec = Reproduction("toy_jobs", "parallel seeds", _seed_run, [Claim("seeds in order", "-", judge)])
+    spec = Reproduction("toy_jobs", "parallel seeds", seed_run, [Claim("seeds in order", "-", judge)])
     monkeypatch.setitem(REPRODUCTIONS, "toy_jobs", spec)
     report = reproduce("toy_jobs", seeds=[3, 1, 2], jobs=2, output_dir=str(tmp_path))
     assert report.rows[0].ours == "3,1,2" and [r["seed"] for r in report.per_seed] == [3, 1, 2]
@@ -130,7 +123,9 @@ def test_jobs_no_seed_starts_after_one_failed_in_real_processes(monkeypatch, tmp
 def test_duplicate_seeds_and_a_file_as_output_dir_are_refused_before_any_run(monkeypatch, tmp_path):
     """Two runs of one seed shared its folder (and counted twice); a file as --output_dir failed with an OSError."""
     ran = []
-    spec = Reproduction("toy_bad", "-", lambda seed, fast, workdir: ran.append(seed) or {}, [Claim("c", "-", judge_ok)])
+    spec = Reproduction(
+        "toy_bad", "-", lambda seed, fast, workdir: ran.append(seed) or {}, [Claim("c", "-", judge_ok)]
+    )
     monkeypatch.setitem(REPRODUCTIONS, "toy_bad", spec)
     with pytest.raises(ValueError, match="distinct"):
         reproduce("toy_bad", seeds=[1, 1], output_dir=str(tmp_path / "dup"))
