@@ -332,8 +332,8 @@ def test_datatrove_tasks_refuse_a_snapshot_saved_anew_since_the_step_was_built(t
     step = RobotsTxtFilter(str(snap))
     pipeline = [JsonlReader(str(tmp_path / "in")), step, JsonlWriter(str(tmp_path / "kept"), compression=None)]
 
-    def executor(**kw):
-        return LocalPipelineExecutor(pipeline, tasks=4, logging_dir=str(tmp_path / "logs"), **kw)
+    def executor(**kw):  # one worker: each task runs on its own copy of the pipeline, in turn, in this process
+        return LocalPipelineExecutor(pipeline, tasks=4, workers=1, logging_dir=str(tmp_path / "logs"), **kw)
 
     executor(local_tasks=2).run()  # tasks 0 and 1, then the job is preempted
     march.save(snap)  # the folder is saved anew in place (same manifest size: only its modification time differs)
