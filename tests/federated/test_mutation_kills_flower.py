@@ -4,6 +4,7 @@ torch, Google's dp-accounting composed directly, closed-form client-level DP-Fed
 
 import copy
 import dataclasses
+import functools
 import itertools
 import json
 
@@ -129,6 +130,7 @@ def test_flower_rounds_equal_hand_written_fedavg_of_sgd_steps(tmp_path, small_to
     assert max(float((out[k] - expected[k]).abs().max()) for k in expected) < 2e-6
 
 
+@functools.cache  # several tests ask for the same (q, sigma, steps, delta): dp-accounting once each
 def _reference_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
     import dp_accounting
     from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
