@@ -20,6 +20,10 @@ TINY_FED = [
 REFUSAL = "The federated recipe runs in one process, but it was launched on 2"
 
 
+# extended: a real torchrun launch of a recipe refused by the same `refuse_multiple_processes` stays in the fast suite
+# (tests/compliance/test_recipe_two_ranks.py::test_compliance_refuses_two_ranks_before_any_work), and this recipe's
+# refusal and its message are checked in-process below (test_federated_refuses_a_multi_process_environment)
+@pytest.mark.extended
 @pytest.mark.distributed
 def test_federated_refuses_two_ranks_before_any_work(tmp_path, run_two_ranks):
     out = tmp_path / "fed"
@@ -31,3 +35,15 @@ def test_federated_refuses_two_ranks_before_any_work(tmp_path, run_two_ranks):
     assert "round 0" not in res.stdout
     assert not out.exists()
     assert "terminate called" not in res.stderr
+
+
+def test_federated_refuses_a_multi_process_environment(tmp_path, monkeypatch):
+    """What torchrun sets for each of its 2 processes (WORLD_SIZE=2) is refused before any work or write."""
+    from hf_ext.recipes.federated import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "fed"
+    with pytest.raises(ValueError, match=REFUSAL) as refused:
+        main([*TINY_FED, "--use_cpu", "true", "--output_dir", str(out)])
+    assert "flwr run" in str(refused.value)
+    assert not out.exists()
