@@ -513,18 +513,13 @@ def run(args: ComplianceArguments) -> dict:
         annotated = _annotate_with_datatrove(dataset, checker, args)
 
     domain_column = args.domain_column or ("domain" if "domain" in dataset.column_names else None)
-    # the token counts and --train_models' packing tokenize the same documents: each is encoded once
-    encode_once = _EncodeOnce(tokenizer) if args.train_models else tokenizer
-    # (the statistics name the tokenizer by its path, else by its class: a nameless one is passed as it is)
-    counter = encode_once if getattr(tokenizer, "name_or_path", "") else tokenizer
     stats = compute_retention_stats(
         annotated, domain_column=domain_column, url_column=args.url_column, text_column=args.text_column,
-        tokenizer=counter, num_proc=args.num_proc,
-    )  # fmt: skip
+        tokenizer=tokenizer, num_proc=args.num_proc,
+    )
     settings = _run_settings(store, agents, args)
     # the training blocks of --train_models (too few for a --train_block_size is refused here, before any write)
-    dcg_data = _dcg_data(annotated, encode_once, args) if args.train_models else None
-    del encode_once  # its encodings are not needed any more
+    dcg_data = _dcg_data(annotated, tokenizer, args) if args.train_models else None
     clear_previous_results(args.output_dir, RESULT_FILES)
     _set_aside_previous_dataset(args.output_dir)
     dates = settings["robots_snapshot"]["fetched_at"]
@@ -608,55 +603,6 @@ def _dcg_data(annotated, tokenizer, args: ComplianceArguments) -> tuple[dict, di
         if len(packed):
             eval_sets[domain] = packed
     return blocks, eval_sets
-
-
-class _EncodeOnce:
-    """`tokenizer`, encoding each distinct text once per keyword set (the run's token counts and its packing of the
-    training parts, the full corpus and the held-out domains encode the same documents up to three times).
-
-    Only per-text calls are remembered (no padding, truncation or tensors, whose result depends on the batch); any
-    other call, and every attribute, goes to `tokenizer`. Pickled (datasets' fingerprints, `num_proc` workers), it is
-    `tokenizer` itself."""
-
-    _PER_TEXT = frozenset(
-        {"add_special_tokens", "split_special_tokens", "return_attention_mask", "return_token_type_ids"}
-    )
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self._encoded: dict = {}
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
-    def __len__(self):
-        return len(self._tokenizer)
-
-    def __reduce__(self):
-        return _same, (self._tokenizer,)
-
-    def __call__(self, texts, **kwargs):
-        if (
-            not texts
-            or not isinstance(texts, list)
-            or not all(isinstance(t, str) for t in texts)
-            or (set(kwargs) - self._PER_TEXT)
-        ):
-            return self._tokenizer(texts, **kwargs)
-        options = tuple(sorted(kwargs.items()))
-        todo = list(dict.fromkeys(t for t in texts if (t, options) not in self._encoded))
-        if todo:
-            encoded = self._tokenizer(todo, **kwargs)
-            for i, text in enumerate(todo):
-                self._encoded[text, options] = {key: values[i] for key, values in encoded.items()}
-        rows = [self._encoded[t, options] for t in texts]
-        from transformers import BatchEncoding
-
-        return BatchEncoding({key: [list(row[key]) for row in rows] for key in rows[0]})
-
-
-def _same(obj):
-    return obj
 
 
 def train_and_measure_dcg(annotated, tokenizer, args: ComplianceArguments, data: tuple | None = None) -> dict:
