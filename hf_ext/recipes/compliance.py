@@ -573,8 +573,9 @@ def _domain_losses(model, eval_sets: dict) -> dict[str, float]:
 
 
 def _dcg_data(annotated, tokenizer, args: ComplianceArguments) -> tuple[dict, dict]:
-    """The packed training blocks (`compliant`, `non_compliant`, `full`) and held-out evaluation sets (`ALL` and one
-    per domain) of `train_and_measure_dcg`; refuses a split too small for one batch, naming the flags."""
+    """The packed training blocks (`compliant`, `full`, and `non_compliant` with --continual_steps) and held-out
+    evaluation sets (`ALL` and one per domain) of `train_and_measure_dcg`; refuses a split too small for one batch,
+    naming the flags."""
     from ..data import load_corpus, pack_dataset
 
     if args.dataset_name or args.train_file:
