@@ -35,7 +35,10 @@ def plot_mixture_trajectory(
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in trajectory]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    # fixed margins, sized for this figure's weight axes (0..1) and labels: constrained_layout measured every text's
+    # extent on every save (~0.25 s of the ~0.55 s a save cost)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.13, top=0.86 if title else 0.92, wspace=0.2)
     for ax, key, names, label in (
         (axes[0], "domain_weights", domain_names, "source domain weights (alpha)"),
         (axes[1], "task_weights", task_names, "target task weights (z)"),
