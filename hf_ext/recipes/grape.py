@@ -649,8 +649,16 @@ def run(
         record = _run_record(data_args, model_args, args)
         write_run_record(args.output_dir, RUN_RECORD_NAME, record, resumed_from=_resumed_checkpoint(args))
     tasks = _eval_task_list(eval_args)
+    methods = _methods(eval_args, args)
+    if len(methods) > 1 and "input_ids" not in sources.column_names:
+        # every method's trainer would pack the same text with the same tokenizer and --block_size: pack it once here
+        # (as `GrapeTrainer` does) and hand each trainer the blocks
+        from ..grape.data import pack_by_domain
+
+        with args.main_process_first(desc="pack training data by domain"):
+            sources = pack_by_domain(sources, tokenizer, args.block_size, args.domain_column, args.text_column)
     results = {}
-    for method in _methods(eval_args, args):
+    for method in methods:
         sub = args
         if comparing:
             reference = args.reference_model_name_or_path
