@@ -6,11 +6,24 @@ import json
 
 import pytest
 
+_LAUNCH: dict = {}
+
+
+@pytest.fixture
+def ddp_runs(tmp_path_factory, run_two_ranks):
+    """The folder of ONE `torchrun` launch of scripts/ddp_grape_all.py, shared by this module's tests (each check used
+    to be a launch of its own; a launch costs each rank ~10 s of imports): `weights/` holds ddp_grape.py's result,
+    `resume/` the uninterrupted and the resumed run of ddp_grape_resume.py."""
+    if "out" not in _LAUNCH:
+        out = tmp_path_factory.mktemp("ddp_grape")
+        run_two_ranks("tests/grape/scripts/ddp_grape_all.py", out)  # asserts the launch exited with 0
+        _LAUNCH["out"] = out
+    return _LAUNCH["out"]
+
 
 @pytest.mark.distributed
-def test_two_ranks_end_with_identical_weights(tmp_path, run_two_ranks):
-    run_two_ranks("tests/grape/scripts/ddp_grape.py", tmp_path)
-    result = json.loads((tmp_path / "ddp_result.json").read_text())
+def test_two_ranks_end_with_identical_weights(ddp_runs):
+    result = json.loads((ddp_runs / "weights" / "ddp_result.json").read_text())
     fp0, fp1 = result["model_fingerprints"]
     assert fp0 == fp1  # the model's weights are identical on both ranks
     rank0, rank1 = result["weights"]
@@ -29,14 +42,13 @@ def test_two_ranks_end_with_identical_weights(tmp_path, run_two_ranks):
 
 
 @pytest.mark.distributed
-def test_two_rank_resume_inside_epoch_one_equals_uninterrupted_run(tmp_path, run_two_ranks):
+def test_two_rank_resume_inside_epoch_one_equals_uninterrupted_run(ddp_runs):
     # Under DDP the resumed epoch's loader is SkipBatchSampler(BatchSamplerShard(BatchSampler(MixtureSampler))), which
     # accelerate's set_epoch does not reach: the MixtureSampler stayed at epoch 0 and replayed epoch 0's draws, and the
-    # updates of that epoch were recorded at stale schedule positions.
-    run_two_ranks("tests/grape/scripts/ddp_grape_resume.py", tmp_path, 0)
-    run_two_ranks("tests/grape/scripts/ddp_grape_resume.py", tmp_path, 1)
-    full = json.loads((tmp_path / "uninterrupted.json").read_text())
-    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    # updates of that epoch were recorded at stale schedule positions. The resume is a new model and trainer in the
+    # launch that ran the uninterrupted run (its RNG states come from checkpoint-4, as in a new process).
+    full = json.loads((ddp_runs / "resume" / "uninterrupted.json").read_text())
+    resumed = json.loads((ddp_runs / "resume" / "resumed.json").read_text())
     for rank in (0, 1):
         a, b = full["ranks"][rank], resumed["ranks"][rank]
         assert [s["step"] for s in a["steps"]] == [s["step"] for s in b["steps"]] == [5, 6, 7, 8]

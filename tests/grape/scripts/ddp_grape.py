@@ -99,8 +99,8 @@ def main(output_dir: str) -> None:
         }
         with open(os.path.join(output_dir, "ddp_result.json"), "w") as fh:
             json.dump(result, fh)
-    shutdown_distributed()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    shutdown_distributed()

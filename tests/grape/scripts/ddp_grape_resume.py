@@ -62,8 +62,8 @@ def main(out: str, resume: bool) -> None:
         name = "resumed.json" if resume else "uninterrupted.json"
         with open(os.path.join(out, name), "w") as fh:
             json.dump({"ranks": ranks, "model_fingerprints": fingerprints}, fh)
-    shutdown_distributed()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2] == "1")
+    shutdown_distributed()
