@@ -10,24 +10,38 @@ import pytest
 
 from .test_recipe import TINY
 
+_LAUNCH: dict = {}
+
+
+@pytest.fixture
+def ddp_checks(tmp_path_factory, repo_root, run_on_free_port, launch_failure):
+    """`(folder, stdout)` of ONE `torchrun --nproc_per_node 2` launch of scripts/ddp_checks.py, shared by this module's
+    tests (each check used to be a launch of its own; a launch costs each rank ~10 s of imports): ddp_invalid_count.py
+    and ddp_iterable_cooldown.py into `folder`, then the recipe (4 steps, into `folder/md`)."""
+    if "out" not in _LAUNCH:
+        out = tmp_path_factory.mktemp("md_ddp")
+        recipe = [
+            *TINY, "--max_steps", "4", "--output_dir", str(out / "md"), "--use_cpu", "true", "--report_to", "none",
+        ]  # fmt: skip
+        script = os.path.join(repo_root, "tests", "metadata", "scripts", "ddp_checks.py")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root, "HF_HUB_OFFLINE": "1"}
+        res = run_on_free_port(
+            lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(port), script, str(out), *recipe],
+            cwd=repo_root, timeout=900, env=env,
+        )  # fmt: skip
+        assert res.returncode == 0, launch_failure(res.stderr)
+        _LAUNCH["out"] = (out, res.stdout)
+    return _LAUNCH["out"]
+
 
 @pytest.mark.distributed
-def test_two_ranks_evaluate_and_write_once(tmp_path, repo_root, run_on_free_port, launch_failure):
+def test_two_ranks_evaluate_and_write_once(ddp_checks):
     """Before the per-rank guards every rank evaluated both models, generated and wrote the same files."""
-    out = tmp_path / "md"
-    args = [
-        os.path.join(repo_root, "scripts", "metadata_pretrain.py"), *TINY, "--max_steps", "4",
-        "--output_dir", str(out), "--use_cpu", "true", "--report_to", "none",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root, "HF_HUB_OFFLINE": "1"}
-    res = run_on_free_port(
-        lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                      str(port), *args],
-        cwd=repo_root, timeout=600, env=env,
-    )  # fmt: skip
-    assert res.returncode == 0, launch_failure(res.stderr)
-    assert res.stdout.count("held-out document loss") == 1
-    assert res.stdout.count("guided generation for") == 1
+    folder, stdout = ddp_checks
+    out = folder / "md"
+    assert stdout.count("held-out document loss") == 1
+    assert stdout.count("guided generation for") == 1
     results = json.loads((out / "metadata_results.json").read_text())
     assert results["world_size"] == 2
     assert set(results["final"]) == {"url_model_with_context", "url_model_without_context", "baseline"}
@@ -36,11 +50,10 @@ def test_two_ranks_evaluate_and_write_once(tmp_path, repo_root, run_on_free_port
 
 
 @pytest.mark.distributed
-def test_logged_invalid_count_is_the_total_over_ranks_also_after_resume(tmp_path, run_two_ranks):
+def test_logged_invalid_count_is_the_total_over_ranks_also_after_resume(ddp_checks):
     """Every rank logs, and checkpoint-4 stores, the invalid examples of both ranks' micro-batches: 4 per epoch of 4
     steps (was: each rank's own share, which the main process wrote into the checkpoint)."""
-    run_two_ranks("tests/metadata/scripts/ddp_invalid_count.py", tmp_path)
-    records = json.loads((tmp_path / "ddp_invalid_count.json").read_text())
+    records = json.loads((ddp_checks[0] / "ddp_invalid_count.json").read_text())
     assert [r["world_size"] for r in records] == [2, 2]
     for r in records:
         assert r["full"] == {"4": 4, "8": 8} | {str(s): r["full"][str(s)] for s in (1, 2, 3, 5, 6, 7)}
@@ -50,7 +63,7 @@ def test_logged_invalid_count_is_the_total_over_ranks_also_after_resume(tmp_path
 
 
 @pytest.mark.distributed
-def test_iterable_dataset_on_two_ranks_switches_and_counts_as_one_process(tmp_path, run_two_ranks, ctx_tokenizer):
+def test_iterable_dataset_on_two_ranks_switches_and_counts_as_one_process(tmp_path, ddp_checks, ctx_tokenizer):
     """An IterableDataset on 2 ranks: accelerate dispatches batches (the main process's collator builds both ranks'
     micro-batches). Every rank trains steps 1..switch_step with metadata and the rest without, as one process does,
     and logs the one-process metadata_invalid, with dispatch (also resumed from checkpoint-4, before the switch),
@@ -68,8 +81,7 @@ def test_iterable_dataset_on_two_ranks_switches_and_counts_as_one_process(tmp_pa
     assert reference["micro_batches"] == [[s, s <= 6] for s in steps for _ in range(module.GRAD_ACCUM)]
     assert reference["logged"][str(module.MAX_STEPS)] == [0, 16]  # every 4th of 64 documents
 
-    run_two_ranks("tests/metadata/scripts/ddp_iterable_cooldown.py", tmp_path)
-    records = json.loads((tmp_path / "ddp_iterable_cooldown.json").read_text())
+    records = json.loads((ddp_checks[0] / "ddp_iterable_cooldown.json").read_text())
     assert [r["world_size"] for r in records] == [2, 2]
     for r in records:
         assert r["dispatch"]["loader"] == r["split"]["loader"] == "DataLoaderDispatcher"

@@ -50,7 +50,8 @@ def run(out, tok, data, resume=None):
 
 
 def main(out_dir):
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():  # ddp_checks.py runs it after another check
+        dist.init_process_group("gloo")
     tok = build_tokenizer(512)
     add_context_tokens(tok)
     rows = [
@@ -68,8 +69,8 @@ def main(out_dir):
     records = gather_objects(record)
     if dist.get_rank() == 0:
         atomic_write_json(os.path.join(out_dir, "ddp_invalid_count.json"), records)
-    shutdown_distributed()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    shutdown_distributed()

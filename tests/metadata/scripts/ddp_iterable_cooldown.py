@@ -95,10 +95,11 @@ def run(out, tok, world_size=1, resume=None, save_steps=None, **accelerator_conf
 
 
 def main(out_dir):
-    from hf_ext.utils.distributed import gather_objects, shutdown_distributed
+    from hf_ext.utils.distributed import gather_objects
     from hf_ext.utils.io import atomic_write_json
 
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():  # ddp_checks.py runs it after another check
+        dist.init_process_group("gloo")
     world_size = dist.get_world_size()
     assert world_size == 2, world_size
     torch.set_num_threads(1)
@@ -115,8 +116,10 @@ def main(out_dir):
     records = gather_objects(record)
     if dist.get_rank() == 0:
         atomic_write_json(os.path.join(out_dir, "ddp_iterable_cooldown.json"), records)
-    shutdown_distributed()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    from hf_ext.utils.distributed import shutdown_distributed
+
+    shutdown_distributed()
