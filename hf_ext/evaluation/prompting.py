@@ -172,10 +172,12 @@ def evaluate_with_prefix(
 
 
 def _rendered(template: str) -> Callable[[dict], str]:
-    """`template` rendered for each document as lm-eval renders a task `description` (Jinja over its fields)."""
-    from lm_eval.utils import apply_template
+    """`template` rendered for each document as lm-eval renders a task `description` (Jinja over its fields, in
+    lm-eval's own Jinja environment), compiled once: lm-eval's `apply_template` compiles it again for every document."""
+    from lm_eval.utils import env
 
-    return lambda doc: apply_template(template, doc)
+    compiled = env.from_string(template)
+    return lambda doc: compiled.render(**doc)
 
 
 def _with_prefix_field(process_docs, prefix: Callable[[dict], str], seen: set[str] | None = None):
@@ -185,7 +187,8 @@ def _with_prefix_field(process_docs, prefix: Callable[[dict], str], seen: set[st
     def process(dataset):
         if process_docs is not None:
             dataset = process_docs(dataset)
-        column = [str(prefix(dict(doc))) for doc in dataset]
+        rows = dataset.to_list() if hasattr(dataset, "to_list") else dataset  # one read, not a formatted read per row
+        column = [str(prefix(dict(doc))) for doc in rows]
         if seen is not None:
             seen.update(column)
         return dataset.add_column(PREFIX_FIELD, column)
