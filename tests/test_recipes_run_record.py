@@ -203,3 +203,30 @@ def test_a_checkpoint_resumed_into_a_folder_of_another_runs_checkpoints_is_refus
 
 def _load_record(folder):
     return json.loads((folder / "pretrain_run.json").read_text())
+
+
+@pytest.mark.parametrize("recipe", ["pretrain", "warmup"])
+def test_another_runs_checkpoints_in_the_output_dir_are_refused_before_the_data_is_loaded(
+    runs, tmp_path, monkeypatch, recipe
+):
+    """rs22f: a checkpoint of one run resumed into a folder holding another run's checkpoints was refused only when the
+    run record was written, after the tokenizer, the data and (pretrain) the packing: minutes on a real corpus before a
+    refusal that needs none of it."""
+    import hf_ext.data
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the data was loaded before the refusal")
+
+    monkeypatch.setattr(hf_ext.data, "load_text_datasets", loaded)
+    if recipe == "pretrain":
+        checkpoint, other, argv = runs / "pretrain" / "checkpoint-1", tmp_path / "other", PRETRAIN
+        held = other / "checkpoint-1"
+    else:
+        checkpoint, other, argv = runs / "warmup" / "adamw_warmup" / "checkpoint-1", tmp_path / "other", WARMUP
+        held = other / "adamw_warmup" / "checkpoint-1"
+    shutil.copytree(checkpoint, held)  # an earlier run's checkpoint in the folder the resume would train in
+    before = _snapshot(other)
+    run = pretrain.main if recipe == "pretrain" else warmup.main
+    with pytest.raises(ValueError, match=r"which holds checkpoints of another run \(.*checkpoint-1\)"):
+        run(argv + ["--output_dir", str(other), "--resume_from_checkpoint", str(checkpoint)])
+    assert _snapshot(other) == before

@@ -279,14 +279,17 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
         _check_checkpoint_pairing(
             training_args.resume_from_checkpoint, sweep_args, sweep_args.lp_start, sweep_args.lp_end
         )
-        from ._common import check_run_record
+        from ._common import check_run_record, refuse_checkpoints_of_another_run
 
+        run_folder = os.path.dirname(os.path.abspath(training_args.resume_from_checkpoint))
         check_run_record(  # the source model and data of the run that wrote it (its folder's record)
-            os.path.dirname(os.path.abspath(training_args.resume_from_checkpoint)),
+            run_folder,
             RUN_RECORD_NAME,
             _run_record(model_args, data_args, training_args),
             "the source model and data",
         )
+        # a checkpoint of another folder's run: not beside the checkpoints of yet another run (`write_run_record`)
+        refuse_checkpoints_of_another_run(training_args.resume_from_checkpoint, run_folder, training_args.output_dir)
     _check_ranges_fit_the_source(model_args, sweep_args)
     _check_pairing_fits_the_source(model_args, sweep_args)
     _check_attn_implementation(model_args)

@@ -508,16 +508,19 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
         {m: method_training_args(training_args, task_args, m) for m in methods},
         training_args.max_steps,
     )
-    from ._common import check_run_record
+    from ._common import check_run_record, refuse_checkpoints_of_another_run
 
     for (method, seed), checkpoint in plan.items():
         if checkpoint is not None:  # the folder of the run that wrote it (a named checkpoint may be another run's)
+            run_folder = os.path.dirname(os.path.abspath(checkpoint))
             check_run_record(
-                os.path.dirname(os.path.abspath(checkpoint)),
+                run_folder,
                 RUN_RECORD_NAME,
                 _run_record(task_args, model_args, method, seed),
                 "the equations, split, evaluation and model",
             )
+            # not beside the checkpoints of yet another run in this run's folder (`write_run_record`)
+            refuse_checkpoints_of_another_run(checkpoint, run_folder, run_dir(training_args.output_dir, method, seed))
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     return methods, seeds, plan
 

@@ -140,17 +140,20 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
     # before the folder is made
     resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)
     from ..optim.warmup_trainer import check_checkpoint_options
-    from ._common import check_run_record
+    from ._common import check_run_record, refuse_checkpoints_of_another_run
 
     for arm, checkpoint in resume.items():
         check_checkpoint_arm(checkpoint, arm, recipe)
         if checkpoint is not None:  # the data and model of the run that wrote it (its own folder's record)
+            run_folder = os.path.dirname(os.path.abspath(checkpoint))
             check_run_record(
-                os.path.dirname(os.path.abspath(checkpoint)),
+                run_folder,
                 RUN_RECORD_NAME,
                 {name: getattr(recipe, name) for name in RUN_RECORD_FLAGS},
                 "the data and model",
             )
+            # not beside the checkpoints of yet another run in the arm's folder (`write_run_record`)
+            refuse_checkpoints_of_another_run(checkpoint, run_folder, os.path.join(args.output_dir, arm))
         try:  # the arm's optimizer and schedule options (betas, nesterov, angle, --cooldown_fraction, ...)
             check_checkpoint_options(checkpoint, arm_arguments(arm, recipe, args), args.max_steps)
         except ValueError as err:

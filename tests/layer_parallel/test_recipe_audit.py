@@ -231,3 +231,21 @@ def test_a_resume_with_other_data_or_source_is_refused_before_writing(source, fu
                    "--resume_from_checkpoint", str(full[1])))  # fmt: skip
     assert not out.exists()
     assert json.loads((full[1].parent / "layer_parallel_run.json").read_text())["block_size"] == 32
+
+
+def test_another_runs_checkpoints_in_the_output_dir_are_refused_before_the_data_is_loaded(
+    source, full, tmp_path, recipe_loaded, monkeypatch
+):
+    """rs22f: a checkpoint of one fine-tuning run resumed into an --output_dir holding another run's checkpoints was
+    refused only when the run record was written, after the source model, the tokenizer and the data were loaded."""
+    import hf_ext.data
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the data was loaded before the refusal")
+
+    monkeypatch.setattr(hf_ext.data, "load_text_datasets", loaded)
+    other = tmp_path / "other"
+    shutil.copytree(full[1], other / "checkpoint-2")
+    with pytest.raises(ValueError, match=r"which holds checkpoints of another run \(.*checkpoint-2\)"):
+        main(_args(recipe_loaded, source, "--max_steps", "4", "--output_dir", str(other),
+                   "--resume_from_checkpoint", str(full[1])))  # fmt: skip

@@ -88,3 +88,23 @@ def test_check_run_record_without_a_record_warns_and_a_broken_one_is_an_error(tm
     check_run_record(str(tmp_path), "r.json", {"task": "a+b", "dims": [4, 8]}, "the data")
     with pytest.raises(ValueError, match=r"--dims 4 16 \(the interrupted run used 4 8\).*Resume with --dims 4 8"):
         check_run_record(str(tmp_path), "r.json", {"task": "a+b", "dims": [4, 16]}, "the data")
+
+
+def test_another_runs_checkpoints_in_the_run_folder_are_refused_before_the_model_is_built(
+    interrupted, tmp_path, monkeypatch
+):
+    """rs22f: a checkpoint of one run resumed into an --output_dir whose run folder holds another run's checkpoints was
+    refused only when the run record was written, after the model was built; now in the argument checks."""
+    import hf_ext.recipes.neuralgrok as recipe
+
+    def built(*args, **kwargs):
+        raise AssertionError("the model was built before the refusal")
+
+    monkeypatch.setattr(recipe, "build_model", built)
+    checkpoint = interrupted / "none-seed0" / "checkpoint-1"
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint, other / "none-seed0" / "checkpoint-1")
+    before = _snapshot(other)
+    with pytest.raises(ValueError, match=r"which holds checkpoints of another run \(.*checkpoint-1\)"):
+        main(TINY + ["--max_steps", "2", "--output_dir", str(other), "--resume_from_checkpoint", str(checkpoint)])
+    assert _snapshot(other) == before
