@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -265,6 +266,8 @@ def evaluate_model(
 
 
 _ENVIRONMENT_REPORT: list[str] = []  # torch's environment report, once collected in this process
+_ENVIRONMENT_PATCH = {"depth": 0, "torch": None}  # calls inside `_environment_report_collected_once`, torch's function
+_ENVIRONMENT_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -272,21 +275,32 @@ def _environment_report_collected_once():
     """lm-eval's `simple_evaluate` stores torch's `get_pretty_env_info()` in its results (`pretty_env_info`); that
     report starts about a dozen subprocesses (pip, conda, nvidia-smi, ...) and took 3-4 s on every call, as long as
     scoring a tiny model. The report does not change while a process runs, so within these calls it is collected
-    once per process and the same text is reused (a report that raised is not kept: the next call tries again)."""
+    once per process and the same text is reused (a report that raised is not kept: the next call tries again).
+    Overlapping calls (threads) share one replacement: the first to enter installs it, the last to leave puts torch's
+    function back."""
     from torch.utils import collect_env
 
-    collect = collect_env.get_pretty_env_info
+    with _ENVIRONMENT_LOCK:
+        if _ENVIRONMENT_PATCH["depth"] == 0:
+            collect = collect_env.get_pretty_env_info
+            _ENVIRONMENT_PATCH["torch"] = collect
 
-    def collected_once() -> str:
-        if not _ENVIRONMENT_REPORT:
-            _ENVIRONMENT_REPORT.append(collect())
-        return _ENVIRONMENT_REPORT[0]
+            def collected_once() -> str:
+                with _ENVIRONMENT_LOCK:
+                    if not _ENVIRONMENT_REPORT:
+                        _ENVIRONMENT_REPORT.append(collect())
+                    return _ENVIRONMENT_REPORT[0]
 
-    collect_env.get_pretty_env_info = collected_once
+            collect_env.get_pretty_env_info = collected_once
+        _ENVIRONMENT_PATCH["depth"] += 1
     try:
         yield
     finally:
-        collect_env.get_pretty_env_info = collect
+        with _ENVIRONMENT_LOCK:
+            _ENVIRONMENT_PATCH["depth"] -= 1
+            if _ENVIRONMENT_PATCH["depth"] == 0:
+                collect_env.get_pretty_env_info = _ENVIRONMENT_PATCH["torch"]
+                _ENVIRONMENT_PATCH["torch"] = None
 
 
 def results_rows(results: Mapping, name: str | None = None) -> list[dict]:
