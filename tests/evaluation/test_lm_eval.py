@@ -95,9 +95,9 @@ def test_model_object_fewshot_scores_match_the_model(fog, small_tokenizer):
 # extended: lm-eval's CLI in a subprocess (torch, transformers and lm-eval imports, then indexing lm-eval's whole
 # task library) costs ~30-90 s of the fast suite. Its parts stay there: the same folder evaluated in-process
 # (test_evaluate_models_table), the packaged tasks through --include_path (test_packaged_tasks_are_found_by_include_path),
-# a saved folder loaded with trust_remote_code and no hf_ext import
-# (tests/fog/test_fog_modeling.py::test_save_load_round_trip_trust_remote_code_without_hf_ext) and model folders that
-# import nothing from hf_ext (tests/test_packaging.py::test_model_folders_import_nothing_from_hf_ext)
+# this folder loaded with trust_remote_code and no hf_ext import
+# (test_save_for_lm_eval_folder_loads_as_remote_code_without_hf_ext) and model folders that import nothing from
+# hf_ext (tests/test_packaging.py::test_model_folders_import_nothing_from_hf_ext)
 @pytest.mark.extended
 def test_folder_in_process_and_plain_lm_eval_cli_agree(layer_parallel_dir, tmp_path):
     """A LayerParallelForCausalLM folder: `lm_eval --model hf` (no hf_ext import, trust_remote_code) gives the same
@@ -125,6 +125,38 @@ def test_folder_in_process_and_plain_lm_eval_cli_agree(layer_parallel_dir, tmp_p
             task,
             metric,
         )
+
+
+def test_save_for_lm_eval_folder_loads_as_remote_code_without_hf_ext(layer_parallel_dir, tmp_path):
+    """rv25 F1: what plain `lm_eval --model hf --model_args pretrained=<folder>,trust_remote_code=True` needs of a
+    layer-parallel folder from `save_for_lm_eval`: transformers loads it through the folder's own code in a process
+    where hf_ext cannot be imported, and the model gives the same logits as the hf_ext model (the CLI test above is
+    `extended`; without the folder's code the load fails: "does not recognize this architecture")."""
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(layer_parallel_dir).eval()(ids).logits
+    torch.save({"ids": ids, "expected": expected}, tmp_path / "case.pt")
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'hf_ext' or name.startswith('hf_ext.'): raise ImportError('hf_ext blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import torch\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({layer_parallel_dir!r}, trust_remote_code=True).eval()\n"
+        "assert 'hf_ext' not in sys.modules, 'hf_ext was imported'\n"
+        f"case = torch.load({str(tmp_path / 'case.pt')!r})\n"
+        "with torch.no_grad(): out = m(case['ids']).logits\n"
+        "torch.testing.assert_close(out, case['expected'], rtol=1e-5, atol=1e-5)  # thread counts may differ\n"
+        "print('OK', type(m).__name__, type(m).__module__)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("OK LayerParallelForCausalLM transformers_modules"), proc.stdout
 
 
 def test_evaluate_models_table(fog, small_tokenizer, layer_parallel_dir):
