@@ -17,9 +17,9 @@ from hf_ext.fp8 import emulation as emu
 
 
 @pytest.mark.distributed
-def test_ranks_record_the_whole_batch_amax_and_resume_exactly(tmp_path, run_two_ranks):
-    run_two_ranks("tests/fp8/scripts/ddp_emulated.py", tmp_path)
-    rank0, rank1 = json.loads((tmp_path / "ddp_emulated.json").read_text())
+def test_ranks_record_the_whole_batch_amax_and_resume_exactly(fp8_two_ranks):
+    folder, _ = fp8_two_ranks("ddp_emulated")  # scripts/ddp_emulated.py, in the shared two-rank FP8 launch
+    rank0, rank1 = json.loads((folder / "ddp_emulated.json").read_text())
     for r in (rank0, rank1):
         for mode in ("ddp", "fsdp2"):  # each rank on half the batch == one process on the whole batch
             got = r[mode]

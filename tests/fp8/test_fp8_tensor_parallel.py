@@ -10,11 +10,11 @@ pytest.importorskip("torchao")
 
 
 @pytest.mark.distributed
-def test_torchao_fp8_on_tensor_parallel_shards_matches_the_unsharded_fp8_model(tmp_path, run_two_ranks):
-    run_two_ranks("tests/fp8/scripts/tp_fp8.py", tmp_path)
+def test_torchao_fp8_on_tensor_parallel_shards_matches_the_unsharded_fp8_model(fp8_two_ranks):
+    folder, _ = fp8_two_ranks("tp_fp8")  # scripts/tp_fp8.py, in the launch shared with the other two-rank FP8 checks
     # The script asserted on both ranks: after `convert(model, "torchao")` of the TP=2 model, logits, loss and every
     # gathered gradient equal the unsharded FP8 model's before and after one SGD step; emulated / rowwise refused.
-    result = json.loads((tmp_path / "tp_fp8_result.json").read_text())
+    result = json.loads((folder / "tp_fp8_result.json").read_text())
     monitor = result.pop("monitor")
     assert result.pop("layer_parallel_block") < 1e-5  # refused as is; with its branch-wise projections skipped, exact
     assert set(result) == {"fog_xielu", "smooth_swiglu", "gqa_tied"}

@@ -93,7 +93,8 @@ def trainer_run(out, steps, resume=None):
 
 
 def main(out_dir):
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():  # two_rank_checks.py runs it in a group it set up
+        dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, f"this check needs exactly 2 ranks, got {world}"
     from torch.distributed.device_mesh import init_device_mesh
@@ -132,8 +133,8 @@ def main(out_dir):
     gathered = gather_objects(result)
     if rank == 0:
         atomic_write_json(os.path.join(out_dir, "ddp_emulated.json"), gathered, None)
-    shutdown_distributed()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    shutdown_distributed()

@@ -16,7 +16,8 @@ from hf_ext.utils.io import atomic_write_json
 
 
 def main(out_dir: str) -> None:
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():  # two_rank_checks.py runs it in a group it set up
+        dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, f"this check needs exactly 2 ranks, got {world}"
     torch.manual_seed(0)
@@ -51,8 +52,8 @@ def main(out_dir: str) -> None:
     gathered = gather_objects(result)  # rank 0 writes every rank's result, then all ranks shut down together
     if rank == 0:
         atomic_write_json(os.path.join(out_dir, "ddp_monitor.json"), gathered, None)
-    shutdown_distributed()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    shutdown_distributed()
