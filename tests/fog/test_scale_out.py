@@ -9,9 +9,9 @@ import pytest
 
 
 @pytest.mark.distributed
-def test_fsdp2_ddp_and_fp8_all_gather_on_two_ranks(tmp_path, run_two_ranks):
-    run_two_ranks("tests/fog/scripts/scale_out.py", tmp_path)
-    rank0, rank1 = json.loads((tmp_path / "scale_out.json").read_text())
+def test_fsdp2_ddp_and_fp8_all_gather_on_two_ranks(fog_two_ranks):
+    folder, _ = fog_two_ranks("scale_out")  # scripts/scale_out.py, in the launch shared with the FOG TP check
+    rank0, rank1 = json.loads((folder / "scale_out.json").read_text())
     for r in (rank0, rank1):
         assert r["fsdp2"]["param_type"] == "DTensor" and r["fsdp2"]["max_diff_vs_single"] < 1e-5
         assert r["ddp"]["wrapper"] == "DistributedDataParallel" and r["ddp"]["max_diff_vs_single"] < 1e-5

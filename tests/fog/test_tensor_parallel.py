@@ -62,9 +62,9 @@ def test_smooth_swiglu_scale_of_split_neurons_is_the_full_max(smooth, monkeypatc
 
 
 @pytest.mark.distributed
-def test_two_rank_tp_matches_single_process(tmp_path, run_two_ranks):
-    run_two_ranks("tests/fog/scripts/tp_fog.py", tmp_path)  # the script asserts world size 2 and every match
-    result = json.loads((tmp_path / "tp_fog_result.json").read_text())
+def test_two_rank_tp_matches_single_process(fog_two_ranks):
+    folder, _ = fog_two_ranks("tp_fog")  # scripts/tp_fog.py, in a shared launch: it asserts world size 2, every match
+    result = json.loads((folder / "tp_fog_result.json").read_text())
     assert set(result) == {"fog_xielu", "llama_baseline_swiglu", "smooth_swiglu", "smooth_swiglu_product",
                            "gqa_dyt_tied"}  # fmt: skip
     for name, diffs in result.items():

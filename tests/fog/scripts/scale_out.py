@@ -50,7 +50,8 @@ def max_diff(a, b):
 
 
 def main(out_dir):
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():  # two_rank_checks.py runs it in a group it set up
+        dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, f"this check needs exactly 2 ranks, got {world}"
     from torch.distributed.device_mesh import init_device_mesh
@@ -110,8 +111,8 @@ def main(out_dir):
     gathered = gather_objects(result)  # rank 0 writes every rank's result, then all ranks shut down together
     if rank == 0:
         atomic_write_json(os.path.join(out_dir, "scale_out.json"), gathered, None)
-    shutdown_distributed()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    shutdown_distributed()

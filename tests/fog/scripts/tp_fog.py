@@ -1,6 +1,7 @@
 """Two gloo ranks on CPU: FOG loaded with transformers' own tensor parallelism.
 
-Launched by tests/fog/test_tensor_parallel.py as `python -m torch.distributed.run --nproc_per_node 2 tp_fog.py OUT_DIR`.
+Run by two_rank_checks.py (for tests/fog/test_tensor_parallel.py), or on its own as
+`python -m torch.distributed.run --nproc_per_node 2 tp_fog.py OUT_DIR`.
 Rank 0 builds small FOG models (the FOG recipe with xIELU, the Llama-style baseline, Smooth-SwiGLU in both forms, GQA,
 DyT QK norm, tied embeddings) and saves them with single-process logits, loss, gradients and greedy generations; every
 rank then loads each with `distributed_config=DistributedConfig(tp_size=2)` and checks that the projections are split,
@@ -81,7 +82,8 @@ def shard_diff(model, reference_grads: dict, rank: int, world: int) -> float:
 
 
 def main(out_dir: str) -> None:
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():  # two_rank_checks.py runs it in a group it set up
+        dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, world
     paths = {name: os.path.join(out_dir, name) for name in MODELS}
@@ -125,8 +127,8 @@ def main(out_dir: str) -> None:
             json.dump(result, handle, indent=2)
         os.replace(tmp, os.path.join(out_dir, "tp_fog_result.json"))
     dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    dist.destroy_process_group()
