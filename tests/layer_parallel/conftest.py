@@ -1,8 +1,12 @@
-"""Shared fixtures: a small GQA Llama (5 layers, 4 heads, 2 KV heads, eager attention), a batch of token ids, and
-`scripts/bench_layer_parallel.py` loaded as a module. A test module may define its own `source` / `ids`, which then
-take precedence."""
+"""Shared fixtures: a small GQA Llama (5 layers, 4 heads, 2 KV heads, eager attention), a batch of token ids,
+`scripts/bench_layer_parallel.py` loaded as a module, and `lp_two_ranks`: the layer-parallel checks on 2 gloo ranks
+(tensor parallelism, FSDP2 state-dict loading, the recipe under DDP) in ONE `torchrun --nproc_per_node 2` launch of
+scripts/two_rank_checks.py that the modules checking them share (`shared_launch` and `check_result` are those of
+tests/fp8/conftest.py). A test module may define its own `source` / `ids`, which then take precedence."""
 
 import importlib.util
+import json
+import os
 import sys
 
 import pytest
@@ -56,8 +60,92 @@ def recipe_tiny(recipe_loaded):
 @pytest.fixture
 def bench(repo_root):
     """`scripts/bench_layer_parallel.py` as a freshly loaded module (the scripts folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_layer_parallel", f"{repo_root}/scripts/bench_layer_parallel.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_layer_parallel", f"{repo_root}/scripts/bench_layer_parallel.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+#: the checks that scripts/two_rank_checks.py runs, in this order (the recipe, which tears the group down, last)
+TWO_RANK_CHECKS = ("tp_layer_parallel", "fsdp2_split_load", "recipe")
+#: the recipe check's arguments besides `recipe_tiny` (and `--output_dir`)
+TWO_RANK_RECIPE_ARGS = [
+    "--pretrain_steps", "8", "--max_steps", "4", "--pair_counts", "1,2", "--max_ppl_increase", "100", "--logging_steps",
+    "1", "--max_eval_blocks", "5", "--per_device_eval_batch_size", "2", "--eval_strategy", "steps", "--eval_steps", "4",
+]  # fmt: skip
+
+
+_LAUNCHES: dict = {}
+
+
+def shared_launch(tmp_path_factory, key, launch):
+    """`launch(folder)` -> `CompletedProcess`, run once per test session and recorded as a dict (`folder`,
+    `returncode`, `stdout`, `stderr`). Under pytest-xdist the workers share it: the first to need it launches under a
+    file lock in the run's common temporary folder, the others wait for the lock and read its record."""
+    if key in _LAUNCHES:
+        return _LAUNCHES[key]
+    try:
+        import fcntl
+    except ImportError:  # no file locks: each worker launches its own
+        fcntl = None
+
+    def run(folder):
+        folder.mkdir()
+        res = launch(folder)
+        return dict(folder=str(folder), returncode=res.returncode, stdout=res.stdout, stderr=res.stderr)
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None or fcntl is None:
+        record = run(tmp_path_factory.mktemp(key, numbered=True) / "out")
+    else:
+        root = tmp_path_factory.getbasetemp().parent  # shared by this run's workers (and only by them)
+        with open(root / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            path = root / f"{key}.json"
+            if path.exists():
+                record = json.loads(path.read_text())
+            else:
+                record = run(root / key)
+                path.write_text(json.dumps(record))
+    _LAUNCHES[key] = record
+    return record
+
+
+def check_result(record, check, checks, launch_failure):
+    """`(folder, stdout)` of `check` in a two_rank_checks.py launch: its output folder and the part of the launch's
+    stdout that it printed. Fails, naming the check, unless both ranks finished it (each writes `passed.rank<r>`)."""
+    from pathlib import Path
+
+    folder = Path(record["folder"]) / check
+    if not all((folder / f"passed.rank{rank}").exists() for rank in (0, 1)):
+        pytest.fail(
+            f"the two-rank check {check!r} did not pass on both ranks (launch exit code {record['returncode']}; "
+            f"each check prints 'two_rank_checks: <name>' to stderr as it starts):\n{launch_failure(record['stderr'])}"
+        )
+    stdout = record["stdout"]
+    start = stdout.index(f"two_rank_checks: {check}\n")
+    later = [stdout.find(f"two_rank_checks: {c}\n", start) for c in checks[checks.index(check) + 1 :]]
+    end = min([i for i in later if i >= 0], default=len(stdout))
+    return folder, stdout[start:end]
+
+
+@pytest.fixture
+def lp_two_ranks(tmp_path_factory, repo_root, run_on_free_port, launch_failure, recipe_tiny):
+    """`lp_two_ranks(check)`: `(folder, stdout)` of one of `TWO_RANK_CHECKS`, all run in ONE launch of
+    scripts/two_rank_checks.py per test session (a launch costs each rank ~10 s of torch / transformers / peft imports;
+    each check used to be a launch of its own). The recipe check runs `recipe_tiny` with `TWO_RANK_RECIPE_ARGS`. The
+    test fails, naming the check, unless both ranks finished that check."""
+    script = os.path.join(repo_root, "tests", "layer_parallel", "scripts", "two_rank_checks.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root, "HF_HUB_OFFLINE": "1"}
+
+    def launch(folder):
+        return run_on_free_port(
+            lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(port), script, str(folder), *TWO_RANK_CHECKS, "--", *recipe_tiny, *TWO_RANK_RECIPE_ARGS],
+            cwd=repo_root, timeout=1200, env=env,
+        )  # fmt: skip
+
+    record = shared_launch(tmp_path_factory, "lp_two_ranks", launch)
+    return lambda check: check_result(record, check, TWO_RANK_CHECKS, launch_failure)

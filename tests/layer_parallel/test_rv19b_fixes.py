@@ -94,9 +94,9 @@ def test_a_stacked_state_dict_loads_into_a_wrapped_branch():
 
 
 @pytest.mark.distributed
-def test_fsdp2_full_state_dict_loads_into_a_converted_paired_model(tmp_path, run_two_ranks):
-    run_two_ranks("tests/layer_parallel/scripts/fsdp2_split_load.py", tmp_path)
-    result = json.loads((tmp_path / "fsdp2_split_load.json").read_text())
+def test_fsdp2_full_state_dict_loads_into_a_converted_paired_model(lp_two_ranks):
+    folder, _ = lp_two_ranks("fsdp2_split_load")  # scripts/fsdp2_split_load.py, in the shared two-rank launch
+    result = json.loads((folder / "fsdp2_split_load.json").read_text())
     assert result["world_size"] == 2
     assert set(result["max_diff"]) == {"full", "full_broadcast_from_rank0", "sharded"}
     assert max(result["max_diff"].values()) == 0.0, result

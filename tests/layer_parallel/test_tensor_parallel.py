@@ -42,13 +42,13 @@ def test_tp_plan_covers_every_projection():
 
 
 @pytest.mark.distributed
-def test_two_rank_tp_matches_single_process_with_fewer_all_reduces(tmp_path, run_two_ranks):
-    run_two_ranks("tests/layer_parallel/scripts/tp_layer_parallel.py", tmp_path)
+def test_two_rank_tp_matches_single_process_with_fewer_all_reduces(lp_two_ranks):
+    folder, _ = lp_two_ranks("tp_layer_parallel")  # scripts/tp_layer_parallel.py, in the shared two-rank launch
     # The script itself asserted, on both ranks: logits, greedy generations (dynamic and static cache) and the
     # gradient of every parameter equal the single-process model's; each rank holds exactly one source layer of a
     # merged "sublayer" pair and one whole branch of a "block" pair; a block pair with an MLP down-projection bias is
     # refused. Here: the number of all-reduces of one forward pass over 6 source layers.
-    result = json.loads((tmp_path / "tp_result.json").read_text())
+    result = json.loads((folder / "tp_result.json").read_text())
     bench = result.pop("bench")
     reduces = {name: r["all_reduces_per_forward"] for name, r in result.items()}
     assert reduces["gqa_unpaired"] == 2 * 6  # one after attention, one after the MLP, per layer

@@ -1,6 +1,6 @@
 """Two gloo ranks on CPU: layer-paired models loaded with transformers' own tensor parallelism.
 
-Launched by tests/layer_parallel/test_tensor_parallel.py as
+Run by two_rank_checks.py (for tests/layer_parallel/test_tensor_parallel.py), or on its own as
 `python -m torch.distributed.run --nproc_per_node 2 tp_layer_parallel.py OUT_DIR`.
 Rank 0 converts small Llama models (MHA and GQA) and saves them with single-process reference logits and greedy
 generations; every rank then loads them with `distributed_config=DistributedConfig(tp_plan="auto")`, checks that
@@ -110,7 +110,8 @@ def load_bench():
 
 
 def main(out_dir: str) -> None:
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():  # two_rank_checks.py runs it in a group it set up
+        dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, f"this check needs exactly 2 ranks, got {world}"
     ids = torch.randint(3, 96, (2, 7), generator=torch.Generator().manual_seed(2))
@@ -217,8 +218,8 @@ def main(out_dir: str) -> None:
         with open(os.path.join(out_dir, "tp_result.json"), "w") as f:
             json.dump(result, f, indent=1)
     dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    dist.destroy_process_group()
