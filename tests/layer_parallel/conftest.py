@@ -120,9 +120,12 @@ def check_result(record, check, checks, launch_failure):
 
     folder = Path(record["folder"]) / check
     if not all((folder / f"passed.rank{rank}").exists() for rank in (0, 1)):
+        started = f"two_rank_checks: {check}\n" in record["stderr"]
         pytest.fail(
-            f"the two-rank check {check!r} did not pass on both ranks (launch exit code {record['returncode']}; "
-            f"each check prints 'two_rank_checks: <name>' to stderr as it starts):\n{launch_failure(record['stderr'])}"
+            f"the two-rank check {check!r} "
+            + ("did not pass on both ranks" if started else "was not reached (an earlier check of the launch failed)")
+            + f" (launch exit code {record['returncode']}; each check prints 'two_rank_checks: <name>' to stderr as it "
+            f"starts):\n{launch_failure(record['stderr'])}"
         )
     stdout = record["stdout"]
     start = stdout.index(f"two_rank_checks: {check}\n")
