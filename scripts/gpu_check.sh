@@ -117,9 +117,10 @@ stage gpu_tests "${LIMIT[gpu_tests]}" "$PY" -m pytest "${GPU_TEST_ARGS[@]}" "${G
 if [ "$TINY" = 1 ]; then
   stage bench_fp8 "${LIMIT[bench_fp8]}" "$PY" scripts/bench_fp8.py --tiny --steps 1 --precisions bf16,fp8_tensorwise
   # the GPU run's wiring (no zero-pair control model, which is off on GPU) at the fewest timed tokens that still
-  # measure a decode time: a script check, not a measurement
+  # measure a decode time, at one decode batch size (the GPU run's 1 and 8 take the same path): a script check, not a
+  # measurement
   stage bench_layer_parallel "${LIMIT[bench_layer_parallel]}" "$PY" scripts/bench_layer_parallel.py --tiny \
-    --control false --repeats 2 --new_tokens 16
+    --control false --repeats 2 --new_tokens 16 --batch_sizes 1
 else
   stage bench_fp8 "${LIMIT[bench_fp8]}" "$PY" scripts/bench_fp8.py --precisions bf16,fp8_tensorwise
   stage bench_layer_parallel "${LIMIT[bench_layer_parallel]}" "$PY" scripts/bench_layer_parallel.py
