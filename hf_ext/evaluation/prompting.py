@@ -126,6 +126,14 @@ def evaluate_with_prefix(
             separately, as metadata-conditioned training encodes a document's metadata prefix and its text (MeCo's
             `URL: host\\n\\n` then the document: a byte-level BPE may merge the prefix's last characters with the
             next ones when the whole prompt is encoded at once). Needs lm-eval's `HFLM` (a model object or folder).
+
+    A prompt that begins with a non-empty prefix must fit the model's context whole: lm-eval cuts longer prompts from
+    the left, the prefix first, and the score would be reported as the with-prefix one. Such a run raises a
+    `ValueError` (the prompt's token count, the context `max_length` and the fix: a lower `num_fewshot` or a larger
+    `max_length` where the model supports it) when lm-eval tokenizes the requests, before the model scores them.
+    The check needs lm-eval's `HFLM` (another `LM` object truncates in its own way and is not checked). lm-eval puts
+    no description in `loglikelihood_rolling` requests (they are the document's text alone, scored in rolling windows
+    that drop nothing), so a task of that type gets no prefix at all and is refused when `prefix` is not empty.
         Others (`metadata` too, e.g. `{"domains": "filesystem"}`): as in [`evaluate_model`], and checked as there
             (`batch_size` a positive int or `"auto"`, `max_length` a positive int or `None`) before the model is
             wrapped.
@@ -139,36 +147,58 @@ def evaluate_with_prefix(
     _check_lm_args(batch_size, max_length)  # as evaluate_model: 0, -3 and True ran, a bad max_length failed in lm-eval
     if not (isinstance(prefix, str) or callable(prefix)):
         raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
+    from lm_eval.models.huggingface import HFLM
+
     with keeping_train_mode(model):  # HFLM switches a model object to eval mode
         lm = _as_lm(model, tokenizer, batch_size, device, max_length)
         prefixes: set[str] = set()
-        if encode_prefix_apart:
-            _encode_prefixes_apart(lm, prefixes)
-            if isinstance(prefix, str):  # rendered per document as lm-eval renders a description, and collected
+        # the prompts that start with a prefix are checked to fit the context (and encoded apart when asked)
+        guard = encode_prefix_apart or (isinstance(lm, HFLM) and (callable(prefix) or prefix != ""))
+        restore = _encode_prefixes_apart(lm, prefixes, apart=encode_prefix_apart) if guard else None
+        try:
+            if guard and isinstance(prefix, str):  # rendered per document as lm-eval renders a description, collected
                 prefix = _rendered(prefix)
-        tm = task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED, metadata=metadata)
-        loaded = list(tm.load(tasks)["tasks"].values())  # fresh Task objects: the settings below touch only these
-        for task in loaded:
-            if callable(prefix):
-                task.set_config("process_docs", _with_prefix_field(task.config.process_docs, prefix, prefixes))
-                task.set_config("description", PREFIX_FIELD)
-            else:
-                task.set_config("description", prefix)
-        kwargs.setdefault("bootstrap_iters", 1000)
-        kwargs.setdefault("log_samples", False)
-        results = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=loaded,
-            num_fewshot=num_fewshot,
-            limit=limit,
-            task_manager=tm,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-            **kwargs,
-        )
+            tm = task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED, metadata=metadata)
+            loaded = list(tm.load(tasks)["tasks"].values())  # fresh Task objects: the settings below touch only these
+            _check_no_rolling_tasks(loaded, prefix)
+            for task in loaded:
+                if callable(prefix):
+                    task.set_config("process_docs", _with_prefix_field(task.config.process_docs, prefix, prefixes))
+                    task.set_config("description", PREFIX_FIELD)
+                else:
+                    task.set_config("description", prefix)
+            kwargs.setdefault("bootstrap_iters", 1000)
+            kwargs.setdefault("log_samples", False)
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=loaded,
+                num_fewshot=num_fewshot,
+                limit=limit,
+                task_manager=tm,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+                **kwargs,
+            )
+        finally:
+            if restore is not None:  # an lm-eval LM object passed in gets its own methods back
+                restore()
     return dict(results) if results is not None else {}
+
+
+def _check_no_rolling_tasks(loaded: Sequence, prefix: str | Callable[[dict], str]) -> None:
+    """Refuse a `loglikelihood_rolling` task when there is a prefix: lm-eval builds its requests from the document's
+    text alone (no description), so the prefix would not be in them and the score would be the one without it."""
+    if not callable(prefix) and prefix == "":
+        return
+    rolling = [task.config.task for task in loaded if getattr(task, "OUTPUT_TYPE", None) == "loglikelihood_rolling"]
+    if rolling:
+        raise ValueError(
+            f"evaluate_with_prefix: task(s) {rolling} are loglikelihood_rolling tasks, whose requests lm-eval builds "
+            "from the document's text alone (no description), so the prefix would not be in them; evaluate them "
+            "with prefix='' or with evaluate_model."
+        )
 
 
 def _rendered(template: str) -> Callable[[dict], str]:
@@ -196,9 +226,19 @@ def _with_prefix_field(process_docs, prefix: Callable[[dict], str], seen: set[st
     return process
 
 
-def _encode_prefixes_apart(lm, prefixes: set[str]) -> None:
-    """Make lm-eval's `HFLM` `lm` encode a string that starts with one of `prefixes` (the longest that matches, filled
-    in while the tasks load) as the prefix's tokens followed by the rest's own tokens."""
+def _encode_prefixes_apart(lm, prefixes: set[str], apart: bool = True) -> Callable[[], None]:
+    """Wrap lm-eval's `HFLM` `lm`'s public `tok_encode` and `tok_batch_encode` for strings that start with one of
+    `prefixes` (the longest that matches, filled in while the tasks load):
+
+    - with `apart`, such a string is encoded as the prefix's tokens followed by the rest's own tokens;
+    - with or without `apart`, such a string must fit what lm-eval keeps of a prompt, else a `ValueError`: the
+      `left_truncate_len` it passes (`generate_until`: `max_length - max_gen_toks`), otherwise `max_length + 1` tokens
+      (what `loglikelihood` keeps of context + continuation, both encoded through `tok_encode`; `max_length` for a
+      seq2seq model's context). lm-eval cuts longer ones from the left, the prefix first.
+
+    Returns:
+        A function that gives `lm` its own methods back.
+    """
     import torch
     from lm_eval.models.huggingface import HFLM
 
@@ -207,21 +247,49 @@ def _encode_prefixes_apart(lm, prefixes: set[str]) -> None:
             f"encode_prefix_apart needs lm-eval's HFLM (a model object or a folder), got {type(lm).__name__}."
         )
     tokenizer, encode, batch_encode = lm.tokenizer, lm.tok_encode, lm.tok_batch_encode
+    own = {name: lm.__dict__[name] for name in ("tok_encode", "tok_batch_encode") if name in lm.__dict__}
 
     def split(string: str) -> str | None:
         return max((p for p in prefixes if p and string.startswith(p)), key=len, default=None)
+
+    def check(length: int, left_truncate_len: int | None) -> None:
+        if left_truncate_len:  # generate_until: room for the generated tokens
+            limit, what = left_truncate_len, f"max_length={lm.max_length} less the tokens to generate"
+        elif getattr(lm, "backend", "causal") == "causal":  # loglikelihood: the last token is scored, not fed
+            limit, what = lm.max_length + 1, f"max_length={lm.max_length}, + 1 for the last token, scored and not fed"
+        else:
+            limit, what = lm.max_length, f"max_length={lm.max_length}"
+        if length > limit:
+            raise ValueError(
+                f"evaluate_with_prefix: a prompt that starts with the prefix is {length} tokens, but lm-eval keeps only "
+                f"the last {limit} for this model's context ({what}): it would cut the prefix off and the score would "
+                "be reported as a with-prefix one. Lower num_fewshot (the metadata recipe's --eval_fewshot) or, where "
+                "the model supports longer inputs, pass a larger max_length."
+            )
 
     def tok_encode(string, add_special_tokens=None, left_truncate_len=None, **kwargs):
         prefix = split(string)
         if prefix is None:
             return encode(string, add_special_tokens=add_special_tokens, left_truncate_len=left_truncate_len, **kwargs)
-        ids = encode(prefix, add_special_tokens=add_special_tokens, **kwargs)
-        ids = ids + tokenizer.encode(string[len(prefix) :], add_special_tokens=False)
-        return ids[-left_truncate_len:] if left_truncate_len else ids
+        if apart:
+            ids = encode(prefix, add_special_tokens=add_special_tokens, **kwargs)
+            ids = ids + tokenizer.encode(string[len(prefix) :], add_special_tokens=False)
+        else:  # lm-eval's own encoding, whole: truncation is refused below
+            ids = encode(string, add_special_tokens=add_special_tokens, **kwargs)
+        check(len(ids), left_truncate_len)
+        return ids
 
     def tok_batch_encode(strings, padding_side="left", left_truncate_len=None, truncation=False):
         if not any(split(s) for s in strings):
             return batch_encode(strings, padding_side, left_truncate_len, truncation)
+        if not apart:  # lm-eval's own encoding, untruncated, to see each prompt's length
+            ids, mask = batch_encode(strings, padding_side, None, truncation)
+            for string, length in zip(strings, mask.sum(dim=1).tolist(), strict=True):
+                if split(string):
+                    check(length, left_truncate_len)
+            if left_truncate_len and ids.shape[1] > left_truncate_len:  # a prompt without a prefix: lm-eval cuts it
+                return batch_encode(strings, padding_side, left_truncate_len, truncation)
+            return ids, mask
         rows = [tok_encode(s, left_truncate_len=left_truncate_len) for s in strings]
         width = max(len(r) for r in rows)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -233,4 +301,12 @@ def _encode_prefixes_apart(lm, prefixes: set[str]) -> None:
             mask[i, cols] = 1
         return ids, mask
 
+    def restore() -> None:
+        for name in ("tok_encode", "tok_batch_encode"):
+            if name in own:
+                setattr(lm, name, own[name])
+            else:
+                lm.__dict__.pop(name, None)
+
     lm.tok_encode, lm.tok_batch_encode = tok_encode, tok_batch_encode
+    return restore

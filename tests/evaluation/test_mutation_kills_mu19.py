@@ -3,8 +3,9 @@
 - `"a,b"` names the same domains as `"a+b"` (and as a list), and restricts the loaders' test items the same way.
 - `None` or an empty value (`""`, only separators, an empty list) means all items: `parse_domains` gives `None` and the
   loaders keep the whole test split.
-- `encode_prefix_apart` (lm-eval HFLM): a prompt is split after the longest prefix it starts with, and a left-truncated
-  prefixed prompt keeps its last tokens.
+- `encode_prefix_apart` (lm-eval HFLM): a prompt is split after the longest prefix it starts with; a prefixed prompt
+  longer than lm-eval's `left_truncate_len` is refused (it lost its prefix first), and one without a prefix keeps its
+  last tokens.
 """
 
 import pytest
@@ -63,15 +64,26 @@ def test_the_longest_matching_prefix_is_encoded_apart(small_tokenizer):
     assert lm.tok_encode(other) == original(short) + small_tokenizer.encode(".x page", add_special_tokens=False)
 
 
-def test_left_truncation_of_a_prefixed_prompt_keeps_its_end(small_tokenizer):
-    """lm-eval's `left_truncate_len` (a generation prompt longer than the model's length) drops tokens from the left:
-    the question at the end of the prompt survives."""
+def test_a_prefixed_prompt_is_not_left_truncated_and_others_keep_their_end(small_tokenizer):
+    """lm-eval's `left_truncate_len` (a generation prompt longer than the model's length) drops tokens from the left.
+    A prompt that starts with a prefix would lose the prefix first: it is refused (md25; until then it was cut and
+    kept its end). A prompt without a prefix is still cut by lm-eval, keeping its end, also next to a prefixed prompt
+    that fits in the same batch."""
     prefix = "URL: docs.python.org\n\n"
     lm, original = _hflm_apart(small_tokenizer, {prefix})
     text = prefix + "a long context before the question; what does socket.bind do?"
     whole = original(prefix) + small_tokenizer.encode(text[len(prefix) :], add_special_tokens=False)
     assert len(whole) > 8
     assert lm.tok_encode(text) == whole
-    assert lm.tok_encode(text, left_truncate_len=5) == whole[-5:]
-    ids, mask = lm.tok_batch_encode([text, prefix + "short"], left_truncate_len=5)
-    assert ids.tolist()[0] == whole[-5:] and mask.tolist()[0] == [1] * 5
+    assert lm.tok_encode(text, left_truncate_len=len(whole)) == whole  # fits exactly
+    with pytest.raises(ValueError, match=f"is {len(whole)} tokens, but lm-eval keeps only the last 5 "):
+        lm.tok_encode(text, left_truncate_len=5)
+    with pytest.raises(ValueError, match=f"is {len(whole)} tokens"):
+        lm.tok_batch_encode([text, prefix + "short"], left_truncate_len=5)
+    plain = text[len(prefix) :]  # no prefix: lm-eval's own cut, the question survives
+    assert lm.tok_encode(plain, left_truncate_len=5) == original(plain)[-5:]
+    short = prefix + "short"
+    ids, mask = lm.tok_batch_encode([plain, short], left_truncate_len=len(lm.tok_encode(short)))
+    width = len(lm.tok_encode(short))
+    assert ids.tolist()[0] == original(plain)[-width:] and mask.tolist()[0] == [1] * width
+    assert ids.tolist()[1] == lm.tok_encode(short)
