@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import string
 from dataclasses import dataclass
 
 from ..utils.checks import is_bool, is_int
@@ -26,6 +27,16 @@ def add_context_tokens(tokenizer, model=None) -> tuple[int, int]:
     Returns:
         `(context_begin_id, context_end_id)`.
     """
+    if not (hasattr(tokenizer, "get_vocab") and hasattr(tokenizer, "add_special_tokens")):
+        raise TypeError(
+            f"add_context_tokens needs a tokenizer object, got {type(tokenizer).__name__} {tokenizer!r:.80}; load it "
+            "first, e.g. add_context_tokens(AutoTokenizer.from_pretrained(name), model)."
+        )
+    if model is not None and not hasattr(model, "get_input_embeddings"):
+        raise TypeError(
+            f"add_context_tokens: model must be a model object with input embeddings (a PreTrainedModel) or None, got "
+            f"{type(model).__name__} {model!r:.80}."
+        )
     vocab = tokenizer.get_vocab()
     missing = [t for t in (CONTEXT_BEGIN, CONTEXT_END) if t not in vocab]
     if missing:
@@ -67,6 +78,32 @@ def check_model_embeds(model, tokenizer, ids, what: str) -> None:
         "the tokenizer (add_context_tokens(tokenizer) alone leaves the model as it was), or use the model that was "
         "trained with this tokenizer."
     )
+
+
+def _check_meco_prefix(meco_prefix) -> None:
+    """Raise unless `meco_prefix` is a format string whose only field is one plain `{metadata}`."""
+    example = "e.g. 'URL: {metadata}\\n\\n' (write a literal brace as '{{' or '}}')"
+    if not isinstance(meco_prefix, str):
+        raise TypeError(f"meco_prefix must be a str with one '{{metadata}}' field, {example}; got {meco_prefix!r}.")
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(meco_prefix) if f is not None]
+    except ValueError as err:  # a lone brace
+        raise ValueError(f"meco_prefix={meco_prefix!r} is not a valid format string ({err}); {example}.") from None
+    if fields != [("metadata", "", None)]:
+        found = [
+            "{" + f + ("!" + conv if conv else "") + (":" + spec if spec else "") + "}" for f, spec, conv in fields
+        ]
+        raise ValueError(
+            f"meco_prefix must have exactly one field, a plain '{{metadata}}' (no other field, conversion or format "
+            f"spec), {example}; got {meco_prefix!r} with fields {found}."
+        )
+
+
+def _check_entries(name: str, values, allowed: str, fix: str) -> None:
+    """Raise a `TypeError` naming `name[i]` for the first entry of `values` that is neither a str nor `None`."""
+    for i, value in enumerate(values):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name}[{i}] must be {allowed}, got {type(value).__name__} {value!r:.60}; {fix}.")
 
 
 @dataclass
@@ -132,8 +169,7 @@ class MetadataEncoder:
                 )
             self.context_begin_id = vocab[CONTEXT_BEGIN]
             self.context_end_id = vocab[CONTEXT_END]
-        if "{metadata}" not in meco_prefix:
-            raise ValueError("meco_prefix must contain '{metadata}', e.g. 'URL: {metadata}\\n\\n'.")
+        _check_meco_prefix(meco_prefix)
         if max_metadata_tokens is not None and (not is_int(max_metadata_tokens) or max_metadata_tokens < 1):
             raise ValueError(f"max_metadata_tokens must be a positive int or None, got {max_metadata_tokens!r}.")
         self.tokenizer = tokenizer
@@ -228,6 +264,7 @@ class MetadataEncoder:
 
     def prefix_ids(self, metadata: list[str | None]) -> list[list[int]]:
         """BOS + context tokens for each metadata string (`None` = dropped/unconditional)."""
+        _check_entries("metadata", metadata, "a str or None (no metadata)", "build it with metadata_template(...)")
         bos = self.tokenizer.bos_token_id
         if self.layout == "context":
             present = [m for m in metadata if m]
@@ -258,6 +295,8 @@ class MetadataEncoder:
         for name, value in (("texts", texts), ("metadata", metadata)):
             if isinstance(value, str):  # a str is a sequence: each character would become a document
                 raise TypeError(f"{name} must be a list (one entry per document), got a str; wrap it: [{name}].")
+        _check_entries("texts", texts, "a str (or None, an empty document)", "decode bytes first")
+        _check_entries("metadata", metadata, "a str or None (no metadata)", "build it with metadata_template(...)")
         if len(texts) != len(metadata):
             raise ValueError(f"got {len(texts)} texts but {len(metadata)} metadata strings.")
         prefixes = self.prefix_ids(metadata)

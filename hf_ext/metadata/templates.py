@@ -86,7 +86,9 @@ def _url_value(url, helper: str) -> str:
         try:
             url = bytes(url).decode("utf-8")
         except UnicodeDecodeError as err:
-            raise InvalidMetadataError(f"{helper}(url) got bytes that are not UTF-8 ({bytes(url)!r:.80}): {err}") from err
+            raise InvalidMetadataError(
+                f"{helper}(url) got bytes that are not UTF-8 ({bytes(url)!r:.80}): {err}"
+            ) from err
     return normalize_url(url)
 
 
@@ -284,6 +286,11 @@ def metadata_template(
             raise ValueError("kind='column' needs column=<name of the dataset column holding the metadata>.")
         columns = _DEFAULT_COLUMNS[kind]
     else:
+        if not isinstance(column, str | Sequence):
+            raise ValueError(
+                f"column must be a column name (str) or a list of names, got {type(column).__name__} {column!r}; "
+                f"e.g. column='url' (kind={kind!r})."
+            )
         columns = (column,) if isinstance(column, str) else tuple(column)
     expected = 2 if kind == "topic_format" else 1
     if len(columns) != expected or not all(isinstance(c, str) and c for c in columns):

@@ -4,6 +4,10 @@
    than the model's context from the left, URL first: the with-URL row was then scored without the URL. Such a run
    now raises a `ValueError` naming the prompt's length, the context and `--eval_fewshot` (the library side is tested
    in tests/evaluation/test_prefix_fits_context.py).
+2. Public entry points gave raw errors: `MetadataEncoder(meco_prefix=...)` with another field (`KeyError: 'x'`), a lone
+   brace or `None`; `encode_batch` with non-str entries (the tokenizer's message, naming neither argument);
+   `metadata_template(..., column=5)` (`'int' object is not iterable`); `add_context_tokens("gpt2")`
+   (`'str' object has no attribute 'get_vocab'`).
 """
 
 import copy
@@ -12,7 +16,15 @@ import types
 import pytest
 import torch
 
-from hf_ext.metadata import add_context_tokens, metadata_template
+from hf_ext.metadata import (
+    CONTEXT_BEGIN,
+    CONTEXT_END,
+    MetadataEncoder,
+    add_context_tokens,
+    metadata_template,
+)
+
+from .conftest import tiny_llama
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 1. the recipe's with-URL evaluation must not lose the URL to lm-eval's left truncation
@@ -45,3 +57,66 @@ def test_recipe_eval_refuses_prompts_longer_than_the_model_context(tokenizer):
     with pytest.raises(ValueError, match=r"is \d+ tokens, but lm-eval keeps only the last 161 .*--eval_fewshot"):
         evaluate_tasks_with_and_without_url({"url_conditioned": model}, tok, metadata_template("url"), meta)
     assert scored == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. clear errors at the public entry points
+
+
+@pytest.mark.parametrize(
+    "prefix, error, match",
+    [
+        ("URL: {metadata} {x}", ValueError, r"exactly one field.*fields \['\{metadata\}', '\{x\}'\]"),
+        ("URL: {metadata} {", ValueError, r"not a valid format string \(Single '\{' encountered"),
+        ("URL: {metadata} }", ValueError, "not a valid format string"),
+        (None, TypeError, "meco_prefix must be a str with one '{metadata}' field"),
+        (b"URL: {metadata}", TypeError, "meco_prefix must be a str"),
+        ("{metadata} and {metadata}", ValueError, "exactly one field"),
+        ("URL: {metadata!r}\n\n", ValueError, r"fields \['\{metadata!r\}'\]"),
+        ("URL: {metadata:>20}\n\n", ValueError, r"fields \['\{metadata:>20\}'\]"),
+        ("URL: {{metadata}}\n\n", ValueError, r"fields \[\]"),  # escaped braces: literal text, no field
+        ("URL: {}\n\n", ValueError, r"fields \['\{\}'\]"),
+    ],
+)
+def test_encoder_refuses_a_meco_prefix_without_one_plain_metadata_field(ctx_tokenizer, prefix, error, match):
+    with pytest.raises(error, match=match) as err:
+        MetadataEncoder(ctx_tokenizer, layout="meco", meco_prefix=prefix)
+    assert "meco_prefix" in str(err.value) and "e.g. 'URL: {metadata}" in str(err.value)
+
+
+def test_a_meco_prefix_with_literal_braces_still_works(ctx_tokenizer):
+    encoder = MetadataEncoder(ctx_tokenizer, layout="meco", meco_prefix="{{src}} {metadata}\n\n")
+    (ids,) = encoder.prefix_ids(["a.org"])
+    assert ctx_tokenizer.decode(ids[1:]) == "{src} a.org\n\n"
+
+
+def test_encode_batch_and_prefix_ids_refuse_entries_that_are_not_str_by_name(ctx_tokenizer):
+    encoder = MetadataEncoder(ctx_tokenizer)
+    with pytest.raises(TypeError, match=r"metadata\[1\] must be a str or None \(no metadata\), got int 5"):
+        encoder.encode_batch(["x", "y"], ["a.org", 5])
+    with pytest.raises(TypeError, match=r"texts\[0\] must be a str \(or None, an empty document\), got bytes"):
+        encoder.encode_batch([b"x"], ["a.org"])
+    with pytest.raises(TypeError, match=r"metadata\[0\] must be a str or None"):
+        encoder.prefix_ids([["a.org"]])
+    # what is accepted stays: None entries in both, a tuple of entries
+    docs = encoder.encode_batch((None, "text"), (None, "a.org"))
+    assert docs[0].input_ids == encoder.prefix_ids([None])[0] + [ctx_tokenizer.eos_token_id]
+    assert len(docs[1].input_ids) > docs[1].prefix_length
+
+
+def test_metadata_template_refuses_a_column_that_is_not_a_name(ctx_tokenizer):
+    for bad in (5, 2.5, {"url"}.__iter__()):
+        with pytest.raises(ValueError, match="column must be a column name \\(str\\) or a list of names"):
+            metadata_template("url", column=bad)
+    assert metadata_template("url", column=("link",)).columns == ("link",)
+    assert metadata_template("topic_format", column=["t", "f"]).columns == ("t", "f")
+
+
+def test_add_context_tokens_refuses_a_name_or_a_wrong_model(ctx_tokenizer):
+    with pytest.raises(TypeError, match="add_context_tokens needs a tokenizer object, got str 'gpt2'"):
+        add_context_tokens("gpt2")
+    tok = copy.deepcopy(ctx_tokenizer)
+    with pytest.raises(TypeError, match="model must be a model object with input embeddings"):
+        add_context_tokens(tok, "gpt2")
+    model = tiny_llama(len(tok), hidden=16)
+    assert add_context_tokens(tok, model) == tuple(tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END]))
