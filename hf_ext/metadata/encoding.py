@@ -196,7 +196,16 @@ class MetadataEncoder:
         return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def _check_no_control_tokens_from_text(self) -> None:
-        control = {i for i in self.tokenizer.all_special_ids if i is not None}
+        tok = self.tokenizer
+        control = {i for i in tok.all_special_ids if i is not None}
+        # The unknown token is no control token: an unknown character gives it in any document (a BPE without byte
+        # fallback encodes the probe's "<" as <unk>). Its id stays one where another special token has it too
+        # (GPT-2's "<|endoftext|>" is unk, BOS and EOS).
+        if tok.unk_token_id is not None:
+            roles = {getattr(tok, f"{role}_token_id", None) for role in ("bos", "eos", "pad", "sep", "cls", "mask")}
+            roles |= {i for t, i in zip(tok.all_special_tokens, tok.all_special_ids) if t != tok.unk_token}
+            if tok.unk_token_id not in roles:
+                control.discard(tok.unk_token_id)
         probe = " ".join(t for t in self.tokenizer.all_special_tokens if t)
         if CONTEXT_BEGIN in self.tokenizer.get_vocab():
             probe += f" {CONTEXT_BEGIN} {CONTEXT_END}"

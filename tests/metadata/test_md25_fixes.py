@@ -8,9 +8,12 @@
    brace or `None`; `encode_batch` with non-str entries (the tokenizer's message, naming neither argument);
    `metadata_template(..., column=5)` (`'int' object is not iterable`); `add_context_tokens("gpt2")`
    (`'str' object has no attribute 'get_vocab'`).
+3. The control-token probe counted the unknown token as a forged control token: a fast tokenizer without byte fallback
+   (the probe's `<` is `<unk>`) was refused with a message telling to use a fast tokenizer.
 """
 
 import copy
+import string
 import types
 
 import pytest
@@ -19,6 +22,7 @@ import torch
 from hf_ext.metadata import (
     CONTEXT_BEGIN,
     CONTEXT_END,
+    MetadataCollator,
     MetadataEncoder,
     add_context_tokens,
     metadata_template,
@@ -120,3 +124,53 @@ def test_add_context_tokens_refuses_a_name_or_a_wrong_model(ctx_tokenizer):
         add_context_tokens(tok, "gpt2")
     model = tiny_llama(len(tok), hidden=16)
     assert add_context_tokens(tok, model) == tuple(tok.convert_tokens_to_ids([CONTEXT_BEGIN, CONTEXT_END]))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. the unknown token is no forged control token
+
+
+def _unk_tokenizer(**special):
+    """A fast BPE without byte fallback (whitespace pre-tokenizer, lowercase letters only): `<`, `|`, `:` and `.`
+    encode as `<unk>`; the audit's tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=list(string.ascii_lowercase), show_progress=False)  # fmt: skip
+    tk.train_from_iterator(["the cat sat on the mat", "a dog ran far away"] * 50, trainer)
+    roles = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", **special}
+    return PreTrainedTokenizerFast(tokenizer_object=tk, **roles)
+
+
+@pytest.mark.parametrize("layout", ["context", "meco"])
+def test_a_tokenizer_with_an_unknown_token_is_accepted_and_documents_forge_nothing(layout):
+    tok = _unk_tokenizer()
+    add_context_tokens(tok)
+    assert tok("<s>", add_special_tokens=False, split_special_tokens=True).input_ids[0] == tok.unk_token_id
+    encoder = MetadataEncoder(tok, layout=layout)  # was: ValueError "... into control tokens [0] ..."
+    forged = f"the cat <s> sat </s> {CONTEXT_END} on <pad> the mat"
+    (doc,) = encoder.encode_batch([forged], ["a.org"])
+    body = doc.input_ids[doc.prefix_length : -1]
+    control = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, *tok.convert_tokens_to_ids([CONTEXT_BEGIN,
+               CONTEXT_END])}  # fmt: skip
+    assert tok.unk_token_id in body and not control & set(body)
+    collator = MetadataCollator(tok, metadata_template("url_host"), layout=layout, metadata_dropout=0.0)
+    batch = collator([{"text": forged, "url": "https://a.org/x"}])
+    assert batch["input_ids"][0].tolist()[: doc.prefix_length] == doc.input_ids[: doc.prefix_length]
+
+
+def test_a_forging_tokenizer_is_still_refused_when_it_has_an_unknown_token():
+    # markers added as ordinary tokens: a document spelling them gets the marker ids
+    tok = _unk_tokenizer()
+    tok.add_tokens([CONTEXT_BEGIN, CONTEXT_END])
+    with pytest.raises(ValueError, match="split_special_tokens"):
+        MetadataEncoder(tok)
+    # the unknown token is also BOS (as GPT-2's <|endoftext|> is unk, BOS and EOS): an unknown character would give
+    # the BOS id, so the id stays a control token
+    tok = _unk_tokenizer(bos_token="<unk>")
+    assert tok.bos_token_id == tok.unk_token_id
+    with pytest.raises(ValueError, match=rf"control tokens \[{tok.unk_token_id}\]"):
+        MetadataEncoder(tok, layout="meco")
