@@ -356,7 +356,7 @@ def test_rank_fingerprints_of_dtensor_parameters_in_one_process():
 
 
 # rank_fingerprints on 2 FSDP2 ranks (was: `total[0] += d.sum()` on an FSDP2 DTensor raised an AssertionError in
-# DTensor dispatch): checked in the 2-rank launch of tests/test_pretrain.py's
+# DTensor dispatch): checked in the 2-rank launch of tests/test_two_rank_checks.py's
 # test_fsdp2_sharded_state_dict_run_saves_and_reports_its_own_model (tests/scripts/fsdp_rank_fingerprints.py)
 
 

@@ -4,7 +4,9 @@ transformers' `Trainer` logs `loss` as the mean over the steps since the previou
 resume (`_tr_loss = 0`, `_globalstep_last_logged = global_step`): with `--save_steps 3 --logging_steps 2` the first loss
 logged after resuming at checkpoint-3 was step 4's alone, where the uninterrupted run logs the mean of steps 3-4 (audit
 cn14 #3; the neuralgrok recipe's curves, spikes and whole-run loss are built from these logs). hf_ext's Trainers save
-each process's open window with a checkpoint (`LossWindowResumeMixin`) and restore it.
+each process's open window with a checkpoint (`LossWindowResumeMixin`) and restore it. On 2 ranks:
+test_two_ranks_resume_between_two_logs_logs_the_uninterrupted_losses in tests/test_two_rank_checks.py (one launch
+shared with other 2-rank checks).
 """
 
 from __future__ import annotations
@@ -242,18 +244,3 @@ def test_whole_run_loss_on_two_ranks_counts_the_restored_window_once():
         accelerator=_Ranks([1.0]),
     )
     assert whole_run_train_loss(trainer, (9.0 - 5.0 + 3.0) / 2) == pytest.approx((2 * 6.0 + 5.0 + 4.0 + 2.0) / 5)
-
-
-@pytest.mark.distributed
-def test_two_ranks_resume_between_two_logs_logs_the_uninterrupted_losses(tmp_path, run_two_ranks):
-    run_two_ranks("tests/scripts/loss_window_two_ranks.py", tmp_path)
-    result = json.loads((tmp_path / "loss_window_two_ranks.json").read_text())
-    assert result["world_size"] == 2
-    first, second = result["windows"]  # each rank saved its own sum of step 3's loss and the same mean of both
-    assert [step for step, _ in result["full"]] == [2, 4, 6]
-    for (step, want), (got_step, got) in zip(result["full"], result["resumed"], strict=True):
-        assert got_step == step and got == pytest.approx(want, rel=1e-7, abs=0), step
-    losses = [loss for rank in result["train_loss"] for loss in rank.values()]
-    assert None not in losses and losses == pytest.approx([losses[0]] * 4, rel=1e-6)
-    assert (first["process_index"], second["process_index"]) == (0, 1) and first["tr_loss"] != second["tr_loss"]
-    assert first["tr_loss_mean"] == second["tr_loss_mean"] == pytest.approx((first["tr_loss"] + second["tr_loss"]) / 2)

@@ -239,11 +239,6 @@ def test_a_rerun_that_stops_early_leaves_no_older_results(tmp_path, monkeypatch)
     assert sorted(os.listdir(out)) == ["notes.txt", "pretrain_run.json"]  # the record of this run's flags: current
 
 
-FSDP2_SHARDED = [
-    "--fsdp", "full_shard auto_wrap", "--fsdp_config",
-    json.dumps({"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["FogDecoderLayer"],
-                "state_dict_type": "SHARDED_STATE_DICT"}),
-]  # fmt: skip
 FOG_TINY = [
     "--model_type", "fog", "--fp8_backend", "none", "--hidden_size", "32", "--intermediate_size", "64",
     "--num_hidden_layers", "2", "--num_attention_heads", "2", "--block_size", "32", "--vocab_size", "512",
@@ -252,47 +247,8 @@ FOG_TINY = [
 ]  # fmt: skip
 
 
-@pytest.mark.distributed
-def test_fsdp2_sharded_state_dict_run_saves_and_reports_its_own_model(tmp_path, run_two_ranks):
-    """The shipped FSDP2 configs (`fsdp_state_dict_type: SHARDED_STATE_DICT`): transformers' save_model wrote nothing,
-    so the reload crashed ("Unrecognized model") or silently evaluated an earlier run's model left in --output_dir.
-
-    The same 2-rank launch first checks `rank_fingerprints` on a bare `fully_shard` model (was: `total[0] += d.sum()`
-    on an FSDP2 DTensor raised an AssertionError in DTensor dispatch; tests/scripts/fsdp_rank_fingerprints.py; it was
-    a launch of its own in tests/test_data_cli_audit_fixes.py)."""
-    from transformers import AutoModelForCausalLM
-
-    from hf_ext.utils import rank_fingerprints
-
-    out = tmp_path / "fsdp"
-    run_two_ranks(
-        "tests/scripts/pretrain_fsdp2_cpu.py", "--rank_fingerprints_check", tmp_path,
-        "--use_cpu", "true", *FOG_TINY, *FSDP2_SHARDED, "--max_steps", "4",
-        "--save_strategy", "steps", "--save_steps", "2", "--output_dir", out,
-        # 5 evaluation blocks at eval batch 2: the 2-rank evaluate() counted accelerate's padded repeat of a block
-        "--max_eval_blocks", "5", "--per_device_eval_batch_size", "2", "--eval_strategy", "steps", "--eval_steps", "4",
-    )  # fmt: skip
-    for name in ("model.safetensors", "config.json", "tokenizer.json"):
-        assert (out / name).is_file(), name
-    checkpoint = sorted(os.listdir(out / "checkpoint-2"))
-    assert "pytorch_model_fsdp_0" in checkpoint and "model.safetensors" not in checkpoint  # sharded, as configured
-    saved = json.loads((out / "pretrain_results.json").read_text())
-    assert saved["world_size"] == 2 and "eval_loss" in saved
-    # the folder holds the trained model: the trained (sharded) model's full-tensor fingerprint is the saved one's
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
-    assert rank_fingerprints(reloaded)[0] == pytest.approx(saved["rank_fingerprints"][0], rel=1e-6)
-    # the step-4 evaluation during training is the final weights' loss the recipe computes once per block
-    logged = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
-    (step, eval_loss), = [(h["step"], h["eval_loss"]) for h in logged if "eval_loss" in h]
-    assert step == 4 and eval_loss == pytest.approx(saved["eval_loss"], abs=1e-5)
-
-    # rank_fingerprints of a `fully_shard` (DTensor) model: the unsharded model's on both ranks
-    result = json.loads((tmp_path / "fsdp_fingerprints.json").read_text())
-    assert result["world_size"] == 2 and result["dtensor"] == [True, True], f"fingerprint check: {result}"
-    local = result["local_numels"]
-    assert local[0] != local[1], f"fingerprint check: not sharded, each rank holds {local}"
-    before, after = result["before"], result["after"]
-    assert len(after) == 2 and after[0] == after[1] == before[0] == before[1], f"fingerprint check: {before} {after}"
+# the FSDP2 SHARDED_STATE_DICT run on 2 ranks (test_fsdp2_sharded_state_dict_run_saves_and_reports_its_own_model) is
+# one of the checks sharing one launch in tests/test_two_rank_checks.py
 
 
 def test_a_run_whose_save_writes_no_model_is_not_reported_with_an_earlier_one(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """`Trainer.evaluate()` of hf_ext's Trainers on 5 evaluation rows at eval batch 2: under 2 ranks accelerate pads the
-last batch with repeated rows; the eval_loss must equal one process's. Launched by tests/test_eval_rows_once.py, which
-also imports `eval_losses` to compute the one-process values.
+last batch with repeated rows; the eval_loss must equal one process's. `run_two_ranks` is a check of two_rank_checks.py's
+launch; tests/test_two_rank_checks.py also imports `eval_losses` to compute the one-process values.
 
 Usage: torchrun --nproc_per_node 2 eval_rows_once.py <output_dir>
 """
@@ -90,16 +90,21 @@ def eval_losses(out: str) -> dict:
     return result
 
 
-if __name__ == "__main__":
+def run_two_ranks(out: str) -> None:
+    """`eval_losses` on each of 2 ranks; rank 0 writes both ranks' into OUT/eval_rows_once.json."""
     import torch.distributed as dist
 
-    from hf_ext.utils import shutdown_distributed
-
-    losses = eval_losses(sys.argv[1])
+    losses = eval_losses(out)
     assert dist.get_world_size() == 2
     ranks = [None, None]
     dist.all_gather_object(ranks, losses)
     if dist.get_rank() == 0:
-        with open(os.path.join(sys.argv[1], "eval_rows_once.json"), "w") as fh:
+        with open(os.path.join(out, "eval_rows_once.json"), "w") as fh:
             json.dump({"world_size": dist.get_world_size(), "ranks": ranks}, fh)
+
+
+if __name__ == "__main__":
+    from hf_ext.utils import shutdown_distributed
+
+    run_two_ranks(sys.argv[1])
     shutdown_distributed()

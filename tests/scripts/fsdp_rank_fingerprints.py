@@ -1,7 +1,7 @@
 """2 gloo ranks: `rank_fingerprints` on an FSDP2 (`fully_shard`, DTensor) model equals the unsharded model's.
 
 Usage: fsdp_rank_fingerprints.py OUT_DIR (writes OUT_DIR/fsdp_fingerprints.json on rank 0). `check(OUT_DIR)` does the
-same in a launch whose process group is already up (tests/scripts/pretrain_fsdp2_cpu.py, before its run)."""
+same in a launch whose process group is already up (the first check of two_rank_checks.py)."""
 
 import json
 import os

@@ -46,6 +46,12 @@ def _trainer(out):
 
 
 def main(out_dir: str) -> None:
+    check(out_dir)
+    shutdown_distributed()
+
+
+def check(out_dir: str) -> None:
+    """Both runs on each rank; rank 0 writes OUT_DIR/loss_window_two_ranks.json."""
     full = _trainer(os.path.join(out_dir, "full"))
     out = full.train()
     assert dist.is_initialized() and dist.get_world_size() == 2, "expected two ranks"
@@ -67,7 +73,6 @@ def main(out_dir: str) -> None:
         }
         with open(os.path.join(out_dir, "loss_window_two_ranks.json"), "w") as fh:
             json.dump(result, fh)
-    shutdown_distributed()
 
 
 if __name__ == "__main__":

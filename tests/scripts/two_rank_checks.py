@@ -1,0 +1,45 @@
+"""Several 2-rank checks in ONE `torchrun --nproc_per_node 2` launch (each launch costs every rank ~15 s of torch /
+transformers / hf_ext imports before its work): each check runs on every rank and is marked on rank 0's
+stdout (in_turn.py), so a test reading the launch names the check a failed launch stopped in. It runs the checks of
+tests/test_two_rank_checks.py in turn:
+
+1. `rank_fingerprints` of a `fully_shard` (DTensor) model (fsdp_rank_fingerprints.py; OUT_DIR/fsdp_fingerprints.json);
+2. a resume between two logs logs the uninterrupted losses (loss_window_two_ranks.py; loss_window_two_ranks.json);
+3. every Trainer's `evaluate()` counts each evaluation row once (eval_rows_once.py; eval_rows_once.json);
+4. the pretrain recipe, plain data-parallel, with the arguments after `--ddp` (its train_loss);
+5. the pretrain recipe with accelerate's FSDP2 plugin honoured on CPU (pretrain_fsdp2_cpu.py) with the arguments after
+   `--fsdp2`. A recipe's `finish()` tears the process group down: 4 runs with that teardown deferred (`deferred_teardown`:
+   every rank meets and accelerate's state is dropped, as at the end of a launch, but the group stays up), 5 last.
+
+Usage: torchrun --nproc_per_node 2 two_rank_checks.py OUT_DIR --ddp <pretrain arguments> --fsdp2 <pretrain arguments>
+"""
+
+import sys
+
+from in_turn import deferred_teardown, in_turn
+
+
+def main(out_dir, ddp_argv, fsdp2_argv):
+    import torch.distributed as dist
+    from accelerate.state import AcceleratorState
+    from eval_rows_once import run_two_ranks as eval_rows_once
+    from fsdp_rank_fingerprints import check as fingerprints
+    from loss_window_two_ranks import check as loss_window
+    from pretrain_fsdp2_cpu import run as pretrain_fsdp2
+
+    from hf_ext.recipes.pretrain import main as pretrain
+
+    dist.init_process_group("gloo")  # the Trainers' accelerate state then uses it (its backend on CPU too)
+    in_turn("fsdp_rank_fingerprints", fingerprints, out_dir)
+    in_turn("loss_window", loss_window, out_dir)
+    in_turn("eval_rows_once", eval_rows_once, out_dir)
+    AcceleratorState._reset_state(reset_partial_state=True)  # each recipe starts as in a launch of its own
+    with deferred_teardown():
+        in_turn("pretrain_ddp", pretrain, ddp_argv)
+    in_turn("pretrain_fsdp2", pretrain_fsdp2, fsdp2_argv)  # last: its finish() tears the process group down
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    ddp_at, fsdp2_at = args.index("--ddp"), args.index("--fsdp2")
+    main(args[0], args[ddp_at + 1 : fsdp2_at], args[fsdp2_at + 1 :])

@@ -1,0 +1,161 @@
+"""Four 2-rank checks that read ONE `torchrun --nproc_per_node 2` launch of tests/scripts/two_rank_checks.py (each
+was a launch of its own; a launch costs every rank ~15 s of imports before its work). The script runs them in turn and
+marks each on stdout, so a test whose check did not finish names the check the launch stopped in, with its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+import pytest
+
+from .test_pretrain import FOG_TINY
+
+MARK = "[two_rank_checks]"
+CHECKS = ("fsdp_rank_fingerprints", "loss_window", "eval_rows_once", "pretrain_ddp", "pretrain_fsdp2")
+
+FSDP2_SHARDED = [
+    "--fsdp", "full_shard auto_wrap", "--fsdp_config",
+    json.dumps({"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["FogDecoderLayer"],
+                "state_dict_type": "SHARDED_STATE_DICT"}),
+]  # fmt: skip
+# the train-loss check's runs: logs at step 3 of 4, so step 4's loss is after the last log
+TRAIN_LOSS_TINY = [
+    "--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "2",
+    "--block_size", "32", "--max_eval_blocks", "4", "--max_new_tokens", "2", "--model_type", "llama",
+    "--fp8_backend", "none", "--vocab_size", "512", "--disable_tqdm", "true", "--max_steps", "4", "--use_cpu", "true",
+    "--seed", "3", "--logging_steps", "3", "--report_to", "none",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def _launch(tmp_path_factory):
+    return {"out": tmp_path_factory.mktemp("two_rank_checks")}
+
+
+@pytest.fixture
+def finished(_launch, run_two_ranks, launch_failure):
+    """`finished(check)`: the launch's output folder once `check` finished on both ranks (the module's one launch,
+    made by the first test asking); fails naming the check the launch stopped in otherwise."""
+    out = _launch["out"]
+    if "proc" not in _launch:
+        ddp = [*TRAIN_LOSS_TINY, "--per_device_train_batch_size", "2", "--output_dir", out / "pretrain_ddp"]
+        fsdp2 = [
+            "--use_cpu", "true", *FOG_TINY, *FSDP2_SHARDED, "--max_steps", "4",
+            "--save_strategy", "steps", "--save_steps", "2", "--output_dir", out / "fsdp",
+            # 5 evaluation blocks at eval batch 2: the 2-rank evaluate() counted accelerate's padded repeat of a block
+            "--max_eval_blocks", "5", "--per_device_eval_batch_size", "2", "--eval_strategy", "steps",
+            "--eval_steps", "4",
+        ]  # fmt: skip
+        _launch["proc"] = run_two_ranks(
+            "tests/scripts/two_rank_checks.py", out, "--ddp", *ddp, "--fsdp2", *fsdp2, timeout=900, check=False
+        )
+
+    def check(name):
+        assert name in CHECKS, name
+        proc = _launch["proc"]
+        started = re.findall(rf"^{re.escape(MARK)} start (\S+)$", proc.stdout, re.M)
+        done = re.findall(rf"^{re.escape(MARK)} done (\S+)$", proc.stdout, re.M)
+        if name not in done:
+            stopped = next((n for n in started if n not in done), "none (before the first)")
+            pytest.fail(
+                f"2-rank check {name} did not finish: the launch (exit {proc.returncode}) stopped in check {stopped}\n"
+                + launch_failure(proc.stderr)
+            )
+        if set(done) == set(CHECKS):  # every check finished: the launch itself must end cleanly too
+            assert proc.returncode == 0, launch_failure(proc.stderr)
+        return out
+
+    return check
+
+
+@pytest.mark.distributed
+def test_fsdp2_sharded_state_dict_run_saves_and_reports_its_own_model(finished):
+    """The shipped FSDP2 configs (`fsdp_state_dict_type: SHARDED_STATE_DICT`): transformers' save_model wrote nothing,
+    so the reload crashed ("Unrecognized model") or silently evaluated an earlier run's model left in --output_dir.
+
+    The same 2-rank launch first checks `rank_fingerprints` on a bare `fully_shard` model (was: `total[0] += d.sum()`
+    on an FSDP2 DTensor raised an AssertionError in DTensor dispatch; tests/scripts/fsdp_rank_fingerprints.py; it was
+    a launch of its own in tests/test_data_cli_audit_fixes.py)."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_ext.utils import rank_fingerprints
+
+    # rank_fingerprints of a `fully_shard` (DTensor) model: the unsharded model's on both ranks
+    result = json.loads((finished("fsdp_rank_fingerprints") / "fsdp_fingerprints.json").read_text())
+    assert result["world_size"] == 2 and result["dtensor"] == [True, True], f"fingerprint check: {result}"
+    local = result["local_numels"]
+    assert local[0] != local[1], f"fingerprint check: not sharded, each rank holds {local}"
+    before, after = result["before"], result["after"]
+    assert len(after) == 2 and after[0] == after[1] == before[0] == before[1], f"fingerprint check: {before} {after}"
+
+    out = finished("pretrain_fsdp2") / "fsdp"
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    checkpoint = sorted(os.listdir(out / "checkpoint-2"))
+    assert "pytorch_model_fsdp_0" in checkpoint and "model.safetensors" not in checkpoint  # sharded, as configured
+    saved = json.loads((out / "pretrain_results.json").read_text())
+    assert saved["world_size"] == 2 and "eval_loss" in saved
+    # the folder holds the trained model: the trained (sharded) model's full-tensor fingerprint is the saved one's
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert rank_fingerprints(reloaded)[0] == pytest.approx(saved["rank_fingerprints"][0], rel=1e-6)
+    # the step-4 evaluation during training is the final weights' loss the recipe computes once per block
+    logged = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    ((step, eval_loss),) = [(h["step"], h["eval_loss"]) for h in logged if "eval_loss" in h]
+    assert step == 4 and eval_loss == pytest.approx(saved["eval_loss"], abs=1e-5)
+
+
+@pytest.mark.distributed
+def test_two_ranks_resume_between_two_logs_logs_the_uninterrupted_losses(finished):
+    """tests/test_logging_window_resume.py's check on 2 ranks: each rank saves its own open loss window with
+    checkpoint-3 (between the logs of steps 2 and 4) and the resumed run logs the uninterrupted run's losses."""
+    result = json.loads((finished("loss_window") / "loss_window_two_ranks.json").read_text())
+    assert result["world_size"] == 2
+    first, second = result["windows"]  # each rank saved its own sum of step 3's loss and the same mean of both
+    assert [step for step, _ in result["full"]] == [2, 4, 6]
+    for (step, want), (got_step, got) in zip(result["full"], result["resumed"], strict=True):
+        assert got_step == step and got == pytest.approx(want, rel=1e-7, abs=0), step
+    losses = [loss for rank in result["train_loss"] for loss in rank.values()]
+    assert None not in losses and losses == pytest.approx([losses[0]] * 4, rel=1e-6)
+    assert (first["process_index"], second["process_index"]) == (0, 1) and first["tr_loss"] != second["tr_loss"]
+    assert first["tr_loss_mean"] == second["tr_loss_mean"] == pytest.approx((first["tr_loss"] + second["tr_loss"]) / 2)
+
+
+@pytest.mark.distributed
+def test_two_rank_eval_loss_equals_one_process(finished, repo_root):
+    """A multi-process `Trainer.evaluate()` of hf_ext's Trainers counts every evaluation row once: accelerate pads the
+    last batch of the ranks with repeated rows, and transformers' eval_loss kept their losses (2 ranks differed from
+    one process: pretrain's logged eval_loss, layer_parallel's finetune_eval_loss_curve)."""
+    sys.path.insert(0, os.path.join(repo_root, "tests", "scripts"))
+    from eval_rows_once import CASES, ROWS, eval_losses
+
+    out = finished("eval_rows_once")
+    two = json.loads((out / "eval_rows_once.json").read_text())
+    assert two["world_size"] == 2
+    rank0, rank1 = two["ranks"]
+    assert rank0 == rank1  # every rank reports the same metrics
+    one = eval_losses(str(out / "one"))
+    assert len({round(one[c]["eval_loss"], 5) for c in CASES}) == 1  # the same model and rows in every case
+    # the setup pads: transformers' own Trainer differs from one process on 2 ranks
+    assert abs(rank0["plain_trainer"]["eval_loss"] - one["plain_trainer"]["eval_loss"]) > 1e-4
+    for case in CASES[1:]:
+        assert rank0[case]["eval_loss"] == pytest.approx(one[case]["eval_loss"], abs=1e-6), case
+    assert rank0["mixin_trainer_with_metrics"]["eval_rows"] == one["mixin_trainer_with_metrics"]["eval_rows"] == ROWS
+
+
+@pytest.mark.distributed
+def test_pretrain_two_ranks_train_loss_equals_one_process_at_double_batch(finished, tmp_path):
+    """tests/test_recipes_train_loss_ranks.py's defect on a real launch: pretrain's `train_loss` on 2 ranks x batch 2
+    equals one process x batch 4, also with step 4 after the last log (it was rank 0's tail)."""
+    from hf_ext.recipes.pretrain import main
+
+    one = main([*TRAIN_LOSS_TINY, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "one")])
+    two = json.loads((finished("pretrain_ddp") / "pretrain_ddp" / "pretrain_results.json").read_text())
+    assert two["world_size"] == 2
+    assert [step for step, _ in two["loss_curve"]] == [step for step, _ in one["loss_curve"]] == [3]  # one log
+    assert [loss for _, loss in two["loss_curve"]] == pytest.approx([loss for _, loss in one["loss_curve"]], rel=1e-6)
+    # the step-4 tail is rank-local; it was 2.3e-3 off
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-6, abs=0)
