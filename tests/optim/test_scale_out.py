@@ -1,41 +1,17 @@
-"""Normalized optimizers under FSDP2 (`fully_shard`) and DDP on 2 gloo ranks match one process on the whole batch
-(per-tensor and per-neuron norms over sharded weights are all-reduced, not per shard), an FSDP2 checkpoint through
-torch.distributed.checkpoint resumes exactly, and CubicNewton refuses sharded parameters."""
+"""Normalized optimizers' state dicts and loading through torch.distributed.checkpoint in one process. On 2 gloo ranks
+(FSDP2 and DDP match one process on the whole batch, an FSDP2 checkpoint resumes exactly, CubicNewton refuses sharded
+parameters): test_normalized_optimizers_under_fsdp2_and_ddp_match_one_process in tests/optim/test_two_rank_checks.py,
+one launch shared with the other 2-rank checks of hf_ext.optim."""
 
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 from torch import nn
 
 from hf_ext.optim import LionAR, RotationalWrapper
-
-
-@pytest.mark.distributed
-def test_normalized_optimizers_under_fsdp2_and_ddp_match_one_process(tmp_path, run_two_ranks):
-    run_two_ranks("tests/optim/scripts/scale_out_optim.py", tmp_path)
-    rank0, rank1 = json.loads((tmp_path / "scale_out_optim.json").read_text())
-    for r in (rank0, rank1):
-        assert r["param_type"] == "DTensor"
-        for name, res in r.items():
-            if not isinstance(res, dict):
-                continue
-            assert res["moved"] > 1e-3, name  # the comparison is not vacuous
-            if name.endswith("_bf16"):  # resume-only checks with bfloat16 weights
-                assert res["fsdp2_resumed_vs_uninterrupted"] == 0, (name, res)
-                continue
-            assert res["fsdp2"] < 1e-5, (name, res)
-            assert res["ddp"] < 1e-5, (name, res)
-            if "fsdp2_resumed" in res:
-                assert res["fsdp2_resumed"] < 1e-5, (name, res)
-                # bit-identical: loading through DCP's template step leaves the loaded weights as they were
-                assert res["fsdp2_resumed_vs_uninterrupted"] == 0, (name, res)
-        assert "lionar_options" in r and "fsdp2_resumed" in r["rotational_adamw"] and "fsdp2_resumed" in r["lionar"]
-        assert "lionar_bf16" in r and "rotational_adamw_bf16" in r
-        assert r["cubic_newton_error"] and "DTensor" in r["cubic_newton_error"]
 
 
 def test_rotational_wrapper_state_dict_is_one_standard_mapping_and_loads_the_old_format():

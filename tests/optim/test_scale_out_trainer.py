@@ -1,57 +1,16 @@
-"""hf_ext's optimizers through transformers' Trainer with accelerate's FSDP2 plugin on 2 gloo ranks (one process on the
-global batch, exact resume from SHARDED and FULL state dict checkpoints), and the update metrics under FSDP2: every
-value equals the one-process value on every rank (they were per-shard sums, and the callback crashed with a probe
-batch)."""
+"""The update-metric functions in one process. Their 2-rank FSDP2 values (and hf_ext's optimizers through transformers'
+Trainer with accelerate's FSDP2 plugin) are checked by
+test_trainer_fsdp2_matches_one_process_resumes_exactly_and_metrics_are_whole_tensor in
+tests/optim/test_two_rank_checks.py, one launch shared with the other 2-rank checks of hf_ext.optim."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
 from hf_ext.optim import gradient_momentum_cosine, l2_update_norm, relative_update_norms
-
-
-def _close(a, b, rel=1e-5, abs_=1e-7):
-    if isinstance(a, dict):
-        assert set(a) == set(b)
-        for k in a:
-            _close(a[k], b[k], rel, abs_)
-    elif isinstance(a, list):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            _close(x, y, rel, abs_)
-    elif isinstance(a, float) and math.isnan(a):
-        assert math.isnan(b)
-    else:
-        assert a == pytest.approx(b, rel=rel, abs=abs_)
-
-
-@pytest.mark.distributed
-def test_trainer_fsdp2_matches_one_process_resumes_exactly_and_metrics_are_whole_tensor(tmp_path, run_two_ranks):
-    run_two_ranks("tests/optim/scripts/scale_out_trainer.py", tmp_path)
-    ranks = json.loads((tmp_path / "scale_out_trainer.json").read_text())
-    assert len(ranks) == 2
-    for r in ranks:
-        funcs = r["functions"]
-        assert "error" not in funcs, funcs["error"]
-        for sharded, single in zip(funcs["fsdp2"], funcs["one_process"]):
-            assert single["l2"] > 1e-2  # the comparison is not vacuous
-            _close(sharded, single)
-        trainer = r["trainer"]
-        assert "error" not in trainer, trainer["error"]
-        for name in ("lion_ar", "rotational_adamw"):
-            res = trainer[name]
-            assert res["fsdp"] and res["param_type"] == "DTensor", res
-            assert res["moved"] > 1e-3 and res["diff"] < 1e-5, (name, res)
-        metrics, single = trainer["lion_ar"]["metrics"], trainer["lion_ar"]["metrics_one_process"]
-        assert len(metrics) == len(single) == 4
-        _close(metrics, single)
-        assert trainer["resume_SHARDED_STATE_DICT"] < 1e-6
-        assert trainer["resume_FULL_STATE_DICT"] < 1e-6
-    assert ranks[0]["trainer"]["lion_ar"]["metrics"] == ranks[1]["trainer"]["lion_ar"]["metrics"]
 
 
 def test_metric_functions_single_process_path_unchanged():

@@ -2,7 +2,8 @@
 accelerate's FSDP2 plugin does) and DDP give the parameters of one process on the concatenated batch; an FSDP2
 checkpoint through torch.distributed.checkpoint resumes exactly; CubicNewton refuses sharded parameters.
 
-Usage: scale_out_optim.py OUT_DIR (writes OUT_DIR/scale_out_optim.json on rank 0)."""
+Usage: scale_out_optim.py OUT_DIR (writes OUT_DIR/scale_out_optim.json on rank 0); `check(OUT_DIR)` is the first check
+of two_rank_checks.py's launch."""
 
 import os
 import sys
@@ -82,6 +83,12 @@ def max_diff(a, b):
 
 def main(out_dir):
     dist.init_process_group("gloo")
+    check(out_dir)
+    shutdown_distributed()
+
+
+def check(out_dir):
+    """Every comparison on each rank (the process group up); rank 0 writes OUT_DIR/scale_out_optim.json."""
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, f"this check needs exactly 2 ranks, got {world}"
     import torch.distributed.checkpoint as dcp
@@ -164,7 +171,6 @@ def main(out_dir):
     gathered = gather_objects(result)  # rank 0 writes every rank's result, then all ranks shut down together
     if rank == 0:
         atomic_write_json(os.path.join(out_dir, "scale_out_optim.json"), gathered, None)
-    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ the optimizer's parameters to the sharded ones, `save_fsdp_model` / `save_fsdp_o
 2. checkpoint at step 2 (SHARDED_STATE_DICT and FULL_STATE_DICT), copy the folder, resume: equals the 4-step run;
 3. the metric functions on a `fully_shard`-ed Linear / Conv1D / 3-row Linear equal their one-process values.
 
-Usage: scale_out_trainer.py OUT_DIR (writes OUT_DIR/scale_out_trainer.json on rank 0)."""
+Usage: scale_out_trainer.py OUT_DIR (writes OUT_DIR/scale_out_trainer.json on rank 0); `check(OUT_DIR)` is a check of
+two_rank_checks.py's launch."""
 
 import os
 import shutil
@@ -223,6 +224,13 @@ def metric_function_checks(rank, mesh):
 def main(out_dir):
     _fsdp_on_cpu()
     dist.init_process_group("gloo")
+    check(out_dir)
+    shutdown_distributed()
+
+
+def check(out_dir):
+    """Both parts on each rank (the process group up, `_fsdp_on_cpu` applied); rank 0 writes
+    OUT_DIR/scale_out_trainer.json."""
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, f"this check needs exactly 2 ranks, got {world}"
     from torch.distributed.device_mesh import init_device_mesh
@@ -235,7 +243,6 @@ def main(out_dir):
     gathered = gather_objects(result)  # rank 0 writes every rank's result, then all ranks shut down together
     if rank == 0:
         atomic_write_json(os.path.join(out_dir, "scale_out_trainer.json"), gathered, None)
-    shutdown_distributed()
 
 
 if __name__ == "__main__":
