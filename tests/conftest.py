@@ -88,12 +88,19 @@ def launch_failure_excerpt(stderr: str, tail: int = 3000, per_rank: int = 2500) 
     lines torch prefixes with `[rankN]:`, the last `per_rank` characters of each), any C++ abort line (`terminate
     called ...`, `what(): ...`), then the last `tail` characters of stderr. A plain tail is not enough: a rank that
     died first (SIGABRT after an exception) printed its reason before the other rank's connection-reset traceback and
-    the launcher's summary filled the tail."""
+    the launcher's summary filled the tail. A launch that runs several checks in turn names each on stderr as it
+    starts (a line `<script>: <check>`, e.g. `two_rank_checks: tp_fog`); the last such lines come first, so the
+    message says which check a failure happened in however long its traceback."""
     import re
 
     stderr = stderr or ""
     by_rank: dict[str, list[str]] = {}
     aborts = []
+    checks = [
+        line
+        for line in stderr.splitlines()
+        if re.match(r"(\[rank\d+\]:)?\s*(two_rank_checks|ddp_grape_all|ddp_checks|scale_out_all): \S", line)
+    ]
     for line in stderr.splitlines():
         match = re.match(r"\[rank(\d+)\]:", line)
         if match:
@@ -103,7 +110,10 @@ def launch_failure_excerpt(stderr: str, tail: int = 3000, per_rank: int = 2500) 
             lines.append(line)
         if "terminate called" in line or "what():" in line:
             aborts.append(line)
-    parts = [
+    parts = []
+    if checks:
+        parts.append("--- checks started (each rank's last is the one it failed in) ---\n" + "\n".join(checks[-8:]))
+    parts += [
         f"--- rank {rank}, last traceback ---\n" + "\n".join(lines)[-per_rank:]
         for rank, lines in sorted(by_rank.items())
     ]

@@ -80,3 +80,21 @@ def test_failure_excerpt_names_the_rank_that_failed_first(tmp_path, run_two_rank
     excerpt = launch_failure(padded)
     assert "ValueError: rank zero failed here" in excerpt
     assert "ValueError: rank zero failed here" not in padded[-4000:]
+
+
+def test_failure_excerpt_names_the_check_a_merged_launch_failed_in(launch_failure):
+    """rv25 F2: a launch that runs several checks in turn names each on stderr as it starts; a check's traceback longer
+    than what the excerpt keeps of it cut that name off, so the message did not say which check failed. The names
+    (the last few) now come first."""
+    frames = "\n".join(f'[rank1]:   File "deep.py", line {i}, in f{i}' for i in range(400))
+    noise = "launcher noise\n" * 500
+    stderr = (
+        "two_rank_checks: tp_fog\nddp_grape_all: resume\nunrelated: line\n"
+        f"[rank1]: Traceback (most recent call last):\n{frames}\n[rank1]: AssertionError: shards differ\n{noise}"
+    )
+    excerpt = launch_failure(stderr)
+    assert excerpt.startswith("--- checks started")
+    head = excerpt.split("--- rank 1")[0]
+    assert "two_rank_checks: tp_fog" in head and "ddp_grape_all: resume" in head and "unrelated" not in head
+    assert "AssertionError: shards differ" in excerpt
+    assert not launch_failure("no markers\n").startswith("--- checks started")
