@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from ..utils.checks import is_bool, is_int
+from ..utils.checks import is_bool, is_int, is_real, python_scalar
 from ..utils.distributed import is_dtensor as _is_dtensor
 
 __all__ = [
@@ -106,6 +106,7 @@ def _param_groups(
     would go if they were trainable."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    weight_decay = _python_number(weight_decay)  # a numpy number as the Python one the groups hold
     _check_weight_decay(weight_decay)
     if not is_bool(rotational_embeddings):
         raise ValueError(
@@ -281,6 +282,8 @@ def equilibrium_angle(
         `float`: AdamW `sqrt(2*lr*wd*(1-b1)/(1+b1))`, SGDM `sqrt(2*lr*wd/(1+momentum))`,
         Lion `sqrt(pi/2) * sqrt(2*lr*wd) * sqrt((1-b1)^2 + b1^2 (1-b2)/(1+b2))`.
     """
+    # numpy numbers as Python ones: `2 * np.float32(lr) * wd` would be computed in float32
+    lr, weight_decay, momentum = _python_number(lr), _python_number(weight_decay), _python_number(momentum)
     if not (_positive_finite(lr) and _positive_finite(weight_decay)):
         raise ValueError(
             f"equilibrium_angle needs finite lr > 0 and weight_decay > 0 (got lr={lr!r}, weight_decay="
@@ -315,8 +318,19 @@ def _check_betas(betas, where: str = "") -> tuple[float, float]:
 
 
 def _is_number(value) -> bool:
-    """A real number (int or float), not a `bool` (`True` would act as 1)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number (Python's or numpy's int / float, e.g. `np.float32`), not a `bool` (`True` would act as 1)."""
+    return is_real(value)
+
+
+def _python_number(value):
+    """A number `_is_number` accepts as the Python int / float it holds (`np.float32(0.5)` -> `0.5`), so that the
+    defaults and param groups (saved as JSON with the trainers' checkpoints) hold Python values and the arithmetic of
+    the step is Python's; anything else unchanged, for the checks to refuse by name."""
+    return python_scalar(value) if is_real(value) else value
+
+
+# the numeric hyperparameters a param group may hold (the Lion family's and the inner optimizers')
+_NUMBERS = ("lr", "base_lr", "weight_decay", "angle", "snr_beta", "update_norm_decay", "eps", "dampening", "momentum")
 
 
 def _positive_finite(value) -> bool:
@@ -418,10 +432,14 @@ def _check_group(group: dict, owner: str, rotational: bool = False) -> None:
 
 
 def _parse_group_values(group: dict, where: str = "") -> None:
-    """Store a group's `betas` as the pair of floats `_check_betas` reads (a config may give strings or a list), and
-    its checked switches (`is_bool`: numpy's `np.True_` too) as Python bools, as the saved param groups hold them."""
+    """Store a group's `betas` as the pair of floats `_check_betas` reads (a config may give strings or a list), its
+    numbers (`_NUMBERS`; numpy's `np.float32` / `np.int64` too) as Python int / float, and its checked switches
+    (`is_bool`: numpy's `np.True_` too) as Python bools, as the saved param groups hold them."""
     if "betas" in group:
         group["betas"] = _check_betas(group["betas"], where)
+    for key in _NUMBERS:
+        if key in group:
+            group[key] = _python_number(group[key])
     for key in (*_SWITCHES, "rotational"):
         if is_bool(group.get(key)):
             group[key] = bool(group[key])
@@ -906,6 +924,7 @@ class Lion(Optimizer):
         weight_decay: float = 0.0,
         nesterov: bool = False,
     ):
+        lr, weight_decay = _python_number(lr), _python_number(weight_decay)  # numpy numbers as Python ones
         _check_common(lr, weight_decay)
         betas = _check_betas(betas)
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, nesterov=nesterov)
@@ -968,6 +987,7 @@ class LionA(Optimizer):
         snr_correction: bool = False,
         snr_beta: float = 0.9,
     ):
+        lr, weight_decay, snr_beta = (_python_number(v) for v in (lr, weight_decay, snr_beta))  # numpy as Python
         _check_common(lr, weight_decay)
         betas = _check_betas(betas)
         _check_unit_interval("snr_beta", snr_beta)
@@ -1070,6 +1090,10 @@ class LionAR(Optimizer):
         model: nn.Module | None = None,
         neuron_dim: int | None = None,
     ):
+        # numpy numbers as Python ones
+        lr, weight_decay, angle, snr_beta, update_norm_decay = (
+            _python_number(v) for v in (lr, weight_decay, angle, snr_beta, update_norm_decay)
+        )
         _check_common(lr, weight_decay)
         betas = _check_betas(betas)
         _check_angle(angle)
@@ -1241,6 +1265,10 @@ class RotationalWrapper(Optimizer):
     ):
         if inner not in _INNER:
             raise ValueError(f"`inner` must be one of {sorted(_INNER)}, got {inner!r}.")
+        # numpy numbers as Python ones (the inner optimizer's below)
+        lr, weight_decay, angle, update_norm_decay = (
+            _python_number(v) for v in (lr, weight_decay, angle, update_norm_decay)
+        )
         _check_common(lr, weight_decay)
         _check_angle(angle)
         if angle is None and weight_decay == 0:
@@ -1253,7 +1281,7 @@ class RotationalWrapper(Optimizer):
                     f"`momentum` must be a finite number > 0 for inner='sgdm' (SGD with momentum), got "
                     f"{inner_kwargs['momentum']!r}."
                 )
-        _parse_group_values(inner_kwargs)  # betas as floats, a numpy bool `nesterov` as the Python bool
+        _parse_group_values(inner_kwargs)  # betas as floats, numpy numbers / bools as Python ones
         if "dampening" in inner_kwargs and not (
             _is_number(inner_kwargs["dampening"]) and 0.0 <= inner_kwargs["dampening"] <= 1.0
         ):

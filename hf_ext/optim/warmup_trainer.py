@@ -17,7 +17,7 @@ from transformers.trainer_utils import SchedulerType
 
 from ..utils.checks import is_real, store_python_scalars
 from ..utils.resume import LossWindowResumeMixin
-from .normalized import Lion, LionA, LionAR, RotationalWrapper, rotational_param_groups
+from .normalized import Lion, LionA, LionAR, RotationalWrapper, _python_number, rotational_param_groups
 from .serialization import SafetensorsOptimizerStateMixin
 
 __all__ = [
@@ -234,6 +234,12 @@ def make_normalized_optimizer(
     if lr is None:
         raise ValueError("Pass `lr` (e.g. TrainingArguments.learning_rate) to build a normalized optimizer.")
     if optimizer == "adamw":
+        # numpy numbers (np.float32 from a sweep grid) as the Python ones the param groups save, as the normalized
+        # optimizers store them
+        lr, weight_decay = _python_number(lr), _python_number(weight_decay)
+        options = {key: _python_number(value) for key, value in options.items()}
+        if isinstance(options.get("betas"), (tuple, list)):
+            options["betas"] = tuple(_python_number(b) for b in options["betas"])
         groups = rotational_param_groups(model, weight_decay, rotational_embeddings=True)
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **options)
     if optimizer == "lion":
