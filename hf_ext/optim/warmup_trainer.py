@@ -31,6 +31,12 @@ __all__ = [
 
 OPTIMIZER_CHOICES = ("adamw", "lion", "lion_a", "lion_ar", "rotational_adamw", "rotational_lion", "rotational_sgdm")
 
+# The optimizers that rotate their weights at the equilibrium angle of the learning rate and the weight decay (unless
+# given an angle), and the weight decay `WarmupFreeTrainingArguments` gives them by default: the Lion family's 1.0
+# (LionAR's own default, the reference rotational wrapper's Lion default), AdamW's and SGDM's 0.01 (RotationalWrapper's
+# default, the reference's AdamW default). transformers' default of 0 leaves them without an angle.
+ROTATION_WEIGHT_DECAY = {"lion_ar": 1.0, "rotational_lion": 1.0, "rotational_adamw": 0.01, "rotational_sgdm": 0.01}
+
 logger = logging.getLogger(__name__)
 
 
@@ -40,7 +46,10 @@ class WarmupFreeTrainingArguments(TrainingArguments):
 
     `learning_rate`, `weight_decay`, `warmup_steps` (int or fraction) keep their usual meaning; for LionAR and the
     rotational optimizers `learning_rate` x `weight_decay` set the equilibrium rotation angle unless `rotation_angle`
-    is given. The optimizer is `normalized_optimizer` (`--optim` is refused unless left at its default). The schedule
+    is given. `weight_decay` defaults to transformers' 0, except for those optimizers without `rotation_angle`, which
+    need one: there it defaults to `ROTATION_WEIGHT_DECAY` (1.0 for `lion_ar`, the default optimizer, and
+    `rotational_lion`; 0.01 for `rotational_adamw` / `rotational_sgdm`), decided when the arguments are created. The
+    optimizer is `normalized_optimizer` (`--optim` is refused unless left at its default). The schedule
     is `lr_scheduler_type`, by default transformers' `warmup_stable_decay` with linear decay to 0 over the last
     `cooldown_fraction` of the steps (the trapezoid of the warmup paper); any other `lr_scheduler_type` is honoured.
     These options are read by `WarmupFreeTrainer` only: another Trainer given these arguments builds its own
@@ -50,6 +59,14 @@ class WarmupFreeTrainingArguments(TrainingArguments):
 
     normalized_optimizer: str = field(
         default="lion_ar", metadata={"help": f"Optimizer: one of {', '.join(OPTIMIZER_CHOICES)}."}
+    )
+    weight_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight decay; for lion_ar and rotational_* it sets the equilibrium rotation angle with the "
+            "learning rate. Default: 1.0 for lion_ar and rotational_lion, 0.01 for rotational_adamw and "
+            "rotational_sgdm (they need one for their angle unless --rotation_angle is given), else 0."
+        },
     )
     lr_scheduler_type: SchedulerType | str = field(
         default="warmup_stable_decay",
@@ -93,6 +110,9 @@ class WarmupFreeTrainingArguments(TrainingArguments):
         # param groups need them; learning_rate and weight_decay are checked here too
         store_python_scalars(self, base=TrainingArguments)
         store_python_scalars(self, ("learning_rate", "weight_decay"))
+        if self.weight_decay is None:  # the default: the weight decay the optimizer's rotation angle needs, else 0
+            needs = self.rotation_angle is None and self.normalized_optimizer in ROTATION_WEIGHT_DECAY
+            self.weight_decay = ROTATION_WEIGHT_DECAY[self.normalized_optimizer] if needs else 0.0
         super().__post_init__()
         if self.normalized_optimizer not in OPTIMIZER_CHOICES:
             raise ValueError(
@@ -200,6 +220,20 @@ def check_normalized_optimizer_arguments(args: TrainingArguments) -> None:
     if name not in OPTIMIZER_CHOICES:
         raise ValueError(f"normalized_optimizer must be one of {OPTIMIZER_CHOICES}, got {name!r}.")
     _warn_ignored_options(args, name)
+    if name in ROTATION_WEIGHT_DECAY and _option(args, "rotation_angle") is None and args.weight_decay == 0:
+        fix = ROTATION_WEIGHT_DECAY[name]
+        if not isinstance(args, WarmupFreeTrainingArguments):
+            raise ValueError(
+                f"WarmupFreeTrainer with plain TrainingArguments builds {name}, which rotates its weights at the "
+                "equilibrium angle of --learning_rate and --weight_decay, and --weight_decay is 0 (transformers' "
+                f"default): there is no angle. Pass --weight_decay {fix} (the WarmupFreeTrainingArguments default), "
+                "or use WarmupFreeTrainingArguments with --rotation_angle (radians per step at the peak learning rate)."
+            )
+        raise ValueError(
+            f"--normalized_optimizer {name} rotates its weights at the equilibrium angle of --learning_rate and "
+            f"--weight_decay, and --weight_decay is 0: there is no angle. Pass --weight_decay > 0 (its default, "
+            f"{fix}, when not given) or --rotation_angle (radians per step at the peak learning rate)."
+        )
     try:
         build_normalized_optimizer(torch.nn.Linear(2, 2), args)
     except ValueError as err:
@@ -493,9 +527,12 @@ class WarmupFreeTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, T
     `num_decay_steps` are filled from `cooldown_fraction` (default 0.5) and the decay defaults to linear, which is the
     trapezoid. Optimizer and scheduler state are checkpointed as safetensors + JSON.
 
-    Plain `TrainingArguments` work too: the optimizer is then `lion_ar` with the warmup-free recipe defaults of
-    `WarmupFreeTrainingArguments`, and the schedule is whatever `lr_scheduler_type` says (transformers' default
-    `linear`). A non-default `args.optim` is refused (it would be ignored). `optimizers=` and
+    Plain `TrainingArguments` work too, with a `weight_decay` > 0 (e.g. `--weight_decay 1.0`, the
+    `WarmupFreeTrainingArguments` default for `lion_ar`): the optimizer is then `lion_ar` with the warmup-free recipe
+    defaults of `WarmupFreeTrainingArguments`, and the schedule is whatever `lr_scheduler_type` says (transformers'
+    default `linear`). Their default `weight_decay=0` gives `lion_ar` no rotation angle (plain `TrainingArguments`
+    have no `rotation_angle`) and is refused at construction with a `ValueError` naming `--weight_decay`. A
+    non-default `args.optim` is refused (it would be ignored). `optimizers=` and
     `optimizer_cls_and_kwargs=` given to the constructor take precedence, as in `Trainer`.
     """
 

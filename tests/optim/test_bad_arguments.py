@@ -117,7 +117,8 @@ class _TinyLM(torch.nn.Module):
     ],
 )
 def test_warmup_free_trainer_refuses_an_unbuildable_optimizer_at_construction(tmp_path, kw):
-    """The default arguments (weight_decay=0, lion_ar) used to pass and fail only inside `train()`."""
+    """lion_ar with weight_decay=0 and no angle (the defaults, before WarmupFreeTrainingArguments got a weight decay
+    default) used to pass and fail only inside `train()`."""
     with pytest.raises(ValueError, match="--weight_decay|--adam_beta"):
         WarmupFreeTrainer(model=_TinyLM(), args=_warmup_args(tmp_path, **kw), train_dataset=_data())
 

@@ -169,3 +169,116 @@ def test_bools_and_strings_stay_refused(value):
             RotationalWrapper(_model(), angle=value)
     with pytest.raises(ValueError, match="`momentum`"):
         RotationalWrapper(_model(), inner="sgdm", momentum=value)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# F2: WarmupFreeTrainer's default arguments were refused ("LionAR needs weight_decay > 0") although the docs said they
+# work: WarmupFreeTrainingArguments kept transformers' weight_decay=0, which gives lion_ar no rotation angle
+# ----------------------------------------------------------------------------------------------------------------------
+class _TinyLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(16, 8)
+        self.hidden = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 16)
+
+    def forward(self, input_ids, labels=None):
+        logits = self.out(torch.tanh(self.hidden(self.emb(input_ids))))
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        return {"loss": loss, "logits": logits}
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return [{"input_ids": (ids := torch.randint(0, 16, (8,), generator=g)), "labels": ids} for _ in range(4)]
+
+
+def _common(tmp_path):
+    return dict(output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none", max_steps=2, save_strategy="no")
+
+
+def test_warmup_free_trainer_trains_with_the_default_arguments(tmp_path):
+    """`WarmupFreeTrainingArguments(output_dir=...)` was refused at construction ("LionAR needs `weight_decay > 0`")."""
+    from hf_ext.optim import WarmupFreeTrainer, WarmupFreeTrainingArguments
+
+    args = WarmupFreeTrainingArguments(**_common(tmp_path))
+    assert args.normalized_optimizer == "lion_ar" and args.rotation_angle is None and args.weight_decay == 1.0
+    model = _TinyLM()
+    before = model.hidden.weight.detach().clone()
+    trainer = WarmupFreeTrainer(model=model, args=args, train_dataset=_data())
+    trainer.train()
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate's wrapper
+    assert isinstance(optimizer, LionAR)
+    (rotational,) = [g for g in optimizer.param_groups if g["rotational"]]
+    assert rotational["weight_decay"] == 1.0
+    assert optimizer.group_angle(rotational) == equilibrium_angle("lion", args.learning_rate, 1.0, (0.98, 0.98))
+    assert not torch.equal(model.hidden.weight, before)  # it rotated
+    json.dumps(optimizer.state_dict()["param_groups"])
+
+
+@pytest.mark.parametrize(
+    "kw, weight_decay",
+    [
+        ({}, 1.0),  # lion_ar, the default optimizer
+        (dict(normalized_optimizer="rotational_lion"), 1.0),
+        (dict(normalized_optimizer="rotational_adamw"), 0.01),
+        (dict(normalized_optimizer="rotational_sgdm"), 0.01),
+        # the others need no weight decay: transformers' default, as before
+        (dict(normalized_optimizer="adamw"), 0.0),
+        (dict(normalized_optimizer="lion"), 0.0),
+        (dict(normalized_optimizer="lion_a"), 0.0),
+        (dict(rotation_angle=0.01), 0.0),  # an explicit angle needs no weight decay
+        (dict(normalized_optimizer="rotational_adamw", rotation_angle=0.01), 0.0),
+        # given values are kept
+        (dict(weight_decay=0.25), 0.25),
+        (dict(normalized_optimizer="adamw", weight_decay=0.1), 0.1),
+        (dict(weight_decay=np.float32(0.5)), 0.5),
+    ],
+)
+def test_weight_decay_default_is_what_the_optimizer_needs(tmp_path, kw, weight_decay):
+    from transformers import HfArgumentParser
+
+    from hf_ext.optim import WarmupFreeTrainer, WarmupFreeTrainingArguments
+
+    args = WarmupFreeTrainingArguments(**_common(tmp_path), **kw)
+    assert args.weight_decay == weight_decay and type(args.weight_decay) is float
+    WarmupFreeTrainer(model=_TinyLM(), args=args, train_dataset=_data())  # builds
+    argv = ["--output_dir", str(tmp_path / "o"), "--report_to", "none"]
+    for key, value in kw.items():
+        argv += [f"--{key}", str(value)]
+    (parsed,) = HfArgumentParser(WarmupFreeTrainingArguments).parse_args_into_dataclasses(argv)
+    assert parsed.weight_decay == weight_decay
+
+
+def test_an_explicit_zero_weight_decay_without_an_angle_is_refused_naming_both_fixes(tmp_path):
+    from hf_ext.optim import WarmupFreeTrainer, WarmupFreeTrainingArguments
+
+    for name in ("lion_ar", "rotational_adamw"):
+        args = WarmupFreeTrainingArguments(**_common(tmp_path), normalized_optimizer=name, weight_decay=0.0)
+        with pytest.raises(ValueError, match=rf"--normalized_optimizer {name} .*--weight_decay > 0.*--rotation_angle"):
+            WarmupFreeTrainer(model=_TinyLM(), args=args, train_dataset=_data())
+
+
+def test_plain_training_arguments_need_a_weight_decay_and_say_so(tmp_path):
+    """Plain `TrainingArguments` (weight_decay 0, no rotation angle) are refused with the flag to set; with a weight
+    decay they train, as the docs say."""
+    from transformers import TrainingArguments
+
+    from hf_ext.optim import WarmupFreeTrainer
+
+    with pytest.raises(ValueError, match=r"plain TrainingArguments.*--weight_decay 1\.0.*--rotation_angle"):
+        WarmupFreeTrainer(model=_TinyLM(), args=TrainingArguments(**_common(tmp_path)), train_dataset=_data())
+    args = TrainingArguments(**_common(tmp_path), weight_decay=1.0)
+    trainer = WarmupFreeTrainer(model=_TinyLM(), args=args, train_dataset=_data())
+    trainer.train()
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate's wrapper
+    assert isinstance(optimizer, LionAR)
+    assert {g["betas"] for g in optimizer.param_groups} == {(0.98, 0.98)}  # the recipe defaults
+
+
+def test_the_warmup_recipe_keeps_its_own_weight_decay_default():
+    from hf_ext.recipes.warmup import WarmupTrainingArguments
+
+    assert WarmupTrainingArguments().weight_decay == 0.1
+    assert WarmupTrainingArguments(normalized_optimizer="adamw").weight_decay == 0.1
