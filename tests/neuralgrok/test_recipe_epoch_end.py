@@ -10,8 +10,6 @@ was no evaluation at all (no test curve, no steps to target), otherwise a test a
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from hf_ext.recipes.neuralgrok import epoch_end_note, main
@@ -66,36 +64,6 @@ def _curves(results, method):
     return results["methods"][method]["runs"][0]["curves"]
 
 
-@pytest.mark.distributed
-def test_two_ranks_equal_one_process_across_epochs_with_drop_last(tmp_path, run_two_ranks):
-    """55 training rows (54 for neuralgrok's D_inner) at a global batch of 16: 3 steps per epoch, so 7 steps cross two
-    epoch boundaries."""
-    argv = [*_TINY, *_EVAL, "--methods", "none,neuralgrok", "--max_steps", "7", "--dataloader_drop_last", "true"]
-    one = main([*argv, "--per_device_train_batch_size", "16", "--output_dir", str(tmp_path / "one")])
-    res = run_two_ranks("scripts/neuralgrok.py", *argv, "--per_device_train_batch_size", "8",
-                        "--output_dir", tmp_path / "two")  # fmt: skip
-    assert "note:" not in res.stdout
-    two = json.loads((tmp_path / "two" / "neuralgrok_results.json").read_text())
-    for method in ("none", "neuralgrok"):
-        a, b = _curves(one, method), _curves(two, method)
-        assert a["train_step"] == b["train_step"] == list(range(1, 8))
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
-        assert b["train_accuracy"] == a["train_accuracy"]
-        assert a["eval_step"] == b["eval_step"] == [2, 4, 6, 7]  # the whole test split is evaluated
-        assert b["test"] == pytest.approx(a["test"], abs=1e-12)
-
-
-@pytest.mark.distributed
-def test_two_ranks_by_default_keep_the_partial_batch_and_say_how_they_differ(tmp_path, run_two_ranks):
-    argv = [*_TINY, "--methods", "none", "--max_steps", "4", "--eval_strategy", "no"]
-    one = main([*argv, "--per_device_train_batch_size", "16", "--output_dir", str(tmp_path / "one")])
-    res = run_two_ranks("scripts/neuralgrok.py", *argv, "--per_device_train_batch_size", "8",
-                        "--output_dir", tmp_path / "two")  # fmt: skip
-    assert res.stdout.count("note: 55 training rows") == 1  # printed by the main process only
-    assert "last 7 rows plus 9 rows repeated" in res.stdout
-    a = _curves(one, "none")
-    b = _curves(json.loads((tmp_path / "two" / "neuralgrok_results.json").read_text()), "none")
-    assert b["loss"][:3] == pytest.approx(a["loss"][:3], rel=1e-5)  # the first epoch: the same rows
-    assert b["loss"][3] != pytest.approx(a["loss"][3], rel=1e-3)  # its last step: 7 rows alone vs 7 + 9 repeated
-    for accuracy, rows in ((a["train_accuracy"][3], 7), (b["train_accuracy"][3], 16)):  # logged to 4 digits
-        assert accuracy * rows == pytest.approx(round(accuracy * rows), abs=2e-3)
+# the 2-rank runs (test_two_ranks_equal_one_process_across_epochs_with_drop_last,
+# test_two_ranks_by_default_keep_the_partial_batch_and_say_how_they_differ) are in test_scale_out.py: one launch runs
+# every 2-rank check of NeuralGrok

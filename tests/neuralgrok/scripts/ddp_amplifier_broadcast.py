@@ -4,7 +4,7 @@ seed) is replaced by rank 0's at the start of training, as DDP does for the mode
 Three runs of 4 steps (outer step every 2, a checkpoint at step 2): `differ` with a different amplifier per rank,
 `same` with rank 0's amplifier on both ranks, `resumed` resuming `differ` from its checkpoint-2 with yet other
 amplifiers per rank. Every run's amplifier and model must be identical on both ranks, and all three must end with
-the same amplifier and model, bit for bit. Prints "rank <r>: OK".
+the same amplifier and model, bit for bit. Prints "rank <r> broadcast: OK".
 
 Usage: ddp_amplifier_broadcast.py OUT_DIR"""
 
@@ -48,6 +48,12 @@ def run(out_dir: str, amplifier_seed: int, resume: str | None = None) -> list[to
 
 def main(out_dir: str) -> None:
     assert os.environ.get("WORLD_SIZE") == "2", "expected two ranks (torchrun --nproc_per_node 2)"
+    check(out_dir)
+    shutdown_distributed()
+
+
+def check(out_dir: str) -> None:
+    """The three runs and their comparisons (also run by scale_out_all.py, in its process group)."""
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     differ = run(os.path.join(out_dir, "differ"), amplifier_seed=10 + rank)
@@ -64,8 +70,7 @@ def main(out_dir: str) -> None:
         resume=os.path.join(out_dir, "differ", "checkpoint-2"),
     )
     assert all(torch.equal(a, b) for a, b in zip(differ, resumed)), "the resumed run differs"
-    print(f"rank {rank}: OK", flush=True)
-    shutdown_distributed()
+    print(f"rank {rank} broadcast: OK", flush=True)
 
 
 if __name__ == "__main__":
