@@ -119,7 +119,7 @@ def measure(label: str, steps: int, threads: int, extra: list[str], output_dir: 
         *method_args,
         *extra,
     ]  # fmt: skip
-    record = main(argv)["methods"][method]
+    record = main(argv, plots=False)["methods"][method]  # its folder is temporary: drawing the PNGs would be waste
     return {"cpu": record["cpu_seconds_per_step_mean"], "wall": record["seconds_per_step_mean"]}
 
 

@@ -896,8 +896,14 @@ def plot_complexity(results: dict, path: str, target: float) -> None:
 RESULT_FILES = ("neuralgrok_results.json", "neuralgrok_results.md", "grokking_curves.png", "complexity_stability.png")
 
 
-def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_args: GrokTrainingArguments) -> dict:
-    """Train every method on every seed; return and write steps and time to target, cost, complexity, stability.
+def run(
+    task_args: GrokTaskArguments,
+    model_args: GrokModelArguments,
+    training_args: GrokTrainingArguments,
+    plots: bool = True,
+) -> dict:
+    """Train every method on every seed; return and write steps and time to target, cost, complexity, stability
+    (`plots=False`: without the two PNGs, see `write_outputs`).
 
     Under a multi-process launch (DDP) every rank trains and returns the results; the result files and the printed
     tables are the main process's."""
@@ -1014,7 +1020,7 @@ def run(task_args: GrokTaskArguments, model_args: GrokModelArguments, training_a
     results["methods"] = summarize(runs)
     results["amplifier_share"] = amplifier_share(results["methods"])
     if main:  # one writer: every rank's files would be the same run's, with that rank's own timings
-        write_outputs(results, training_args.output_dir)
+        write_outputs(results, training_args.output_dir, plots=plots)
     return results
 
 
@@ -1054,15 +1060,18 @@ def merge_results(parts: list[dict]) -> dict:
     return merged
 
 
-def write_outputs(results: dict, out: str) -> None:
-    """Write the PNGs, the Markdown tables and the JSON of `results` into `out` (atomically) and print the tables."""
+def write_outputs(results: dict, out: str, plots: bool = True) -> None:
+    """Write the PNGs, the Markdown tables and the JSON of `results` into `out` (atomically) and print the tables.
+    `plots=False` draws no PNG (for a caller that reads only the results, e.g. scripts/bench_neuralgrok.py: drawing
+    them costs more CPU than a short run's training)."""
     from ..utils.io import atomic_write_results, atomic_write_text
 
     target = results["target_accuracy"]
     png = os.path.join(out, "grokking_curves.png")
-    plot_curves(results, png, target)
     png_complexity = os.path.join(out, "complexity_stability.png")
-    plot_complexity(results, png_complexity, target)
+    if plots:
+        plot_curves(results, png, target)
+        plot_complexity(results, png_complexity, target)
     table = markdown_tables(results)
     atomic_write_text(os.path.join(out, "neuralgrok_results.md"), table)
     atomic_write_results(os.path.join(out, "neuralgrok_results.json"), results)
@@ -1075,7 +1084,8 @@ def write_outputs(results: dict, out: str) -> None:
             f"{amp['model_parameters']} parameters = {amp['transform_macs_per_step'] / 1e6:.0f} MMAC per transform as a "
             "direct MLP (the transform evaluates its exact piecewise-linear form instead)"
         )
-    print(f"curves: {png}, {png_complexity}")
+    if plots:
+        print(f"curves: {png}, {png_complexity}")
 
 
 def _split_resume_flag(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -1098,7 +1108,8 @@ def _split_resume_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     return value, rest
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, plots: bool = True) -> dict:
+    """The recipe on `argv` (default: the command line); `plots=False` writes every result file but the two PNGs."""
     import sys
 
     from ..utils.resume import normalize_resume_argv
@@ -1110,7 +1121,7 @@ def main(argv: list[str] | None = None) -> dict:
         (GrokTaskArguments, GrokModelArguments, GrokTrainingArguments), argv
     )
     training_args.resume_from_checkpoint = resume
-    return finish(run(task_args, model_args, training_args))
+    return finish(run(task_args, model_args, training_args, plots=plots))
 
 
 if __name__ == "__main__":

@@ -255,12 +255,14 @@ def test_split_suggests_an_outer_fraction_that_gives_an_outer_row():
 def test_bench_passes_neuralgrok_options_to_the_runners_that_read_them(bench, monkeypatch, capsys):
     from hf_ext.recipes import neuralgrok as recipe
 
-    calls = {}
+    calls, written = {}, []
     real = recipe.main
 
-    def recording(argv):
+    def recording(argv, **kwargs):
         calls.setdefault(argv[argv.index("--methods") + 1], []).append(list(argv))
-        return real(argv)
+        results = real(argv, **kwargs)
+        written.append((kwargs, sorted(os.listdir(argv[argv.index("--output_dir") + 1]))))
+        return results
 
     monkeypatch.setattr(recipe, "main", recording)
     extra = ["--outer_every", "2", "--amplifier_hidden_dims", "8", "4", "--amplifier_c", "0.5", "--num_hidden_layers", "1"]
@@ -272,6 +274,12 @@ def test_bench_passes_neuralgrok_options_to_the_runners_that_read_them(bench, mo
     for argv in calls["neuralgrok"]:  # both NeuralGrok runners
         assert argv[-len(extra) :] == extra
     assert summary["recipe_args_by_runner"]["neuralgrok_next_step"][-len(extra) :] == extra
+    # the runs' folders are temporary: every result file but the two PNGs, which cost more CPU than the 8 steps
+    assert len(written) == 4 and all(kwargs == {"plots": False} for kwargs, _ in written)
+    for _, files in written:
+        assert {"neuralgrok_results.json", "neuralgrok_results.md"} <= set(files), files
+        assert not [f for f in files if f.endswith(".png")], files
+    assert "curves: " not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

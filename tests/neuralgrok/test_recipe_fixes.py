@@ -34,7 +34,7 @@ def test_split_resume_flag_takes_the_dashed_alias(argv, value):
 
 def test_main_passes_the_dashed_alias_on(monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(neuralgrok, "run", lambda task, model, training: seen.setdefault("value",
+    monkeypatch.setattr(neuralgrok, "run", lambda task, model, training, plots=True: seen.setdefault("value",
                                                                                    training.resume_from_checkpoint))  # fmt: skip
     monkeypatch.setattr(neuralgrok, "finish", lambda result=None: result, raising=False)
     neuralgrok.main(["--output_dir", str(tmp_path), "--resume-from-checkpoint", "src/none-seed0/checkpoint-20"])
