@@ -312,50 +312,56 @@ def test_grape_ema_domain_step_aims_at_the_log_loss_target_gradient(synthetic, g
     torch.testing.assert_close(st.domain_weights, _f64(expected), rtol=1e-5, atol=1e-7)
 
 
-_EMPTY_STREAM_CHILD = """
-import torch
-from datasets import Dataset
-from hf_ext.grape import MixtureState, StreamingMixture
+def _empty_stream_child(conn) -> None:
+    """In the forked child: each kind of empty domain stream's outcome over 200 draws, sent as lines to `conn`."""
+    import traceback
 
-empties = {
-    "list": lambda: [],
-    # a domain whose every row a filter removed: an iterable dataset that yields nothing
-    "filtered_iterable_dataset": lambda: Dataset.from_dict({"x": [1, 2, 3]}).to_iterable_dataset().filter(
-        lambda row: False
-    ),
-}
-for kind, empty in empties.items():
-    state = MixtureState(["a", "b"], [], torch.tensor([0.5, 0.5]), torch.zeros(0))
-    streams = {"a": Dataset.from_dict({"x": [1, 2]}).to_iterable_dataset(), "b": empty()}
-    it = iter(StreamingMixture(streams, state, seed=0))
+    from hf_ext.grape import MixtureState, StreamingMixture
+
     try:
-        for _ in range(200):  # P(no draw of 'b' in 200 fair draws) = 2**-200
-            next(it)
-        print(kind, "no error", flush=True)
-    except ValueError as err:
-        print(kind, "ValueError:", err, flush=True)
-"""
+        empties = {
+            "list": lambda: [],
+            # a domain whose every row a filter removed: an iterable dataset that yields nothing
+            "filtered_iterable_dataset": lambda: (
+                Dataset.from_dict({"x": [1, 2, 3]}).to_iterable_dataset().filter(lambda row: False)
+            ),
+        }
+        lines = []
+        for kind, empty in empties.items():
+            state = MixtureState(["a", "b"], [], torch.tensor([0.5, 0.5]), torch.zeros(0))
+            streams = {"a": Dataset.from_dict({"x": [1, 2]}).to_iterable_dataset(), "b": empty()}
+            it = iter(StreamingMixture(streams, state, seed=0))
+            try:
+                for _ in range(200):  # P(no draw of 'b' in 200 fair draws) = 2**-200
+                    next(it)
+                lines.append(f"{kind} no error")
+            except ValueError as err:
+                lines.append(f"{kind} ValueError: {err}")
+        conn.send(lines)
+    except BaseException:
+        conn.send(["child failed: " + traceback.format_exc()])
 
 
-def test_streaming_mixture_refuses_an_empty_domain_stream(repo_root):
+def test_streaming_mixture_refuses_an_empty_domain_stream():
     """An empty domain stream (a list, or a dataset a filter emptied) is refused by name at the first draw of that
     domain; without the check the interleaving restarts the empty stream forever and the training hangs at 100% CPU
-    with no error. Run in a child process with a timeout: the regression loops in a `datasets` worker thread that
-    nothing can stop, and a hung process is a failure here, not a stuck test session."""
-    import os
-    import subprocess
-    import sys
+    with no error. Run in a forked child process with a timeout (a fork, not a new interpreter: it needs none of the
+    ~10 s of imports): the regression loops in a `datasets` worker thread that nothing can stop, and a hung process is
+    a failure here, killed, not a stuck test session."""
+    import multiprocessing
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_empty_stream_child, args=(send,), daemon=True)
+    child.start()
+    send.close()
     try:
-        res = subprocess.run(
-            [sys.executable, "-c", _EMPTY_STREAM_CHILD], capture_output=True, text=True, timeout=120, env=env
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(
-            f"StreamingMixture with an empty domain stream did not raise within {err.timeout:.0f} s (it hangs)."
-        )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.splitlines() == [
+        if not receive.poll(120):
+            pytest.fail("StreamingMixture with an empty domain stream did not raise within 120 s (it hangs).")
+        lines = receive.recv()
+    finally:
+        child.kill()
+        child.join()
+    assert lines == [
         f"{kind} ValueError: the stream of domain 'b' is empty." for kind in ("list", "filtered_iterable_dataset")
     ]
