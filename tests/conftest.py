@@ -1,5 +1,6 @@
 """Shared fixtures: offline mode, a per-session cache, the embedded corpus and tokenizer."""
 
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -121,6 +122,77 @@ def launch_failure_excerpt(stderr: str, tail: int = 3000, per_rank: int = 2500) 
         parts.append("--- aborts ---\n" + "\n".join(aborts[:10]))
     parts.append("--- stderr tail ---\n" + stderr[-tail:])
     return "\n".join(parts)
+
+
+_SHARED_LAUNCHES: dict = {}
+
+
+def shared_launch(tmp_path_factory, key, launch):
+    """`launch(folder)` -> `CompletedProcess`, run once per test session and recorded as a dict (`folder`,
+    `returncode`, `stdout`, `stderr`). Under pytest-xdist the workers share it: the first to need it launches under a
+    file lock in the run's common temporary folder, the others wait for the lock and read its record."""
+    if key in _SHARED_LAUNCHES:
+        return _SHARED_LAUNCHES[key]
+    try:
+        import fcntl
+    except ImportError:  # no file locks: each worker launches its own
+        fcntl = None
+
+    def run(folder):
+        folder.mkdir()
+        res = launch(folder)
+        return dict(folder=str(folder), returncode=res.returncode, stdout=res.stdout, stderr=res.stderr)
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None or fcntl is None:
+        record = run(tmp_path_factory.mktemp(key, numbered=True) / "out")
+    else:
+        root = tmp_path_factory.getbasetemp().parent  # shared by this run's workers (and only by them)
+        with open(root / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            path = root / f"{key}.json"
+            if path.exists():
+                record = json.loads(path.read_text())
+            else:
+                record = run(root / key)
+                path.write_text(json.dumps(record))
+    _SHARED_LAUNCHES[key] = record
+    return record
+
+
+def two_rank_check_result(record, check, checks, launch_failure):
+    """`(folder, stdout)` of `check` in a two_rank_checks.py launch: its output folder and the part of the launch's
+    stdout that it printed. Fails, naming the check, unless both ranks finished it (each writes `passed.rank<r>`)."""
+    from pathlib import Path
+
+    folder = Path(record["folder"]) / check
+    if not all((folder / f"passed.rank{rank}").exists() for rank in (0, 1)):
+        started = f"two_rank_checks: {check}\n" in record["stderr"]
+        pytest.fail(
+            f"the two-rank check {check!r} "
+            + ("did not pass on both ranks" if started else "was not reached (an earlier check of the launch failed)")
+            + f" (launch exit code {record['returncode']}; each check prints 'two_rank_checks: <name>' to stderr as it "
+            f"starts):\n{launch_failure(record['stderr'])}"
+        )
+    stdout = record["stdout"]
+    start = stdout.index(f"two_rank_checks: {check}\n")
+    later = [stdout.find(f"two_rank_checks: {c}\n", start) for c in checks[checks.index(check) + 1 :]]
+    end = min([i for i in later if i >= 0], default=len(stdout))
+    return folder, stdout[start:end]
+
+
+@pytest.fixture
+def two_rank_checks_launch(tmp_path_factory, launch_failure):
+    """`two_rank_checks_launch(key, launch, checks)` -> `result(check)`: a folder's `scripts/two_rank_checks.py`
+    launch (`launch(folder)` -> `CompletedProcess`), run once per test session for `key` and shared by the modules
+    and pytest-xdist workers that read it (`shared_launch`); `result(check)` is `(folder, stdout)` of one of `checks`,
+    and fails, naming the check, unless both ranks finished it (`two_rank_check_result`). A launch costs each rank
+    ~10-15 s of imports; several checks of one subsystem share one."""
+
+    def make(key, launch, checks):
+        record = shared_launch(tmp_path_factory, key, launch)
+        return lambda check: two_rank_check_result(record, check, checks, launch_failure)
+
+    return make
 
 
 #: how many ports a launch tries before its port-in-use failure stands
