@@ -1,6 +1,6 @@
 """Two gloo ranks on CPU: FOG loaded with transformers' own tensor parallelism.
 
-Run by two_rank_checks.py (for tests/fog/test_tensor_parallel.py), or on its own as
+Run by tests/scripts/checks_in_turn.py (for tests/fog/test_tensor_parallel.py), or on its own as
 `python -m torch.distributed.run --nproc_per_node 2 tp_fog.py OUT_DIR`.
 Rank 0 builds small FOG models (the FOG recipe with xIELU, the Llama-style baseline, Smooth-SwiGLU in both forms, GQA,
 DyT QK norm, tied embeddings) and saves them with single-process logits, loss, gradients and greedy generations; every
@@ -82,7 +82,7 @@ def shard_diff(model, reference_grads: dict, rank: int, world: int) -> float:
 
 
 def main(out_dir: str) -> None:
-    if not dist.is_initialized():  # two_rank_checks.py runs it in a group it set up
+    if not dist.is_initialized():  # tests/scripts/checks_in_turn.py runs it in a group it set up
         dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, world

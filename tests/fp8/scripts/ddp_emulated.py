@@ -93,7 +93,7 @@ def trainer_run(out, steps, resume=None):
 
 
 def main(out_dir):
-    if not dist.is_initialized():  # two_rank_checks.py runs it in a group it set up
+    if not dist.is_initialized():  # tests/scripts/checks_in_turn.py runs it in a group it set up
         dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, f"this check needs exactly 2 ranks, got {world}"

@@ -1,6 +1,6 @@
 """Two gloo ranks on CPU: FOG loaded with transformers' tensor parallelism, then converted to torchao FP8.
 
-Run by two_rank_checks.py (for tests/fp8/test_fp8_tensor_parallel.py), or on its own as
+Run by tests/scripts/checks_in_turn.py (for tests/fp8/test_fp8_tensor_parallel.py), or on its own as
 `python -m torch.distributed.run --nproc_per_node 2 tp_fp8.py OUT_DIR`.
 Rank 0 saves small FOG models (the recipe with xIELU, Smooth-SwiGLU, GQA with tied embeddings); every rank loads each
 twice: unsharded and converted with `hf_ext.fp8.convert(model, "torchao")` (the reference), and with
@@ -146,7 +146,7 @@ def layer_parallel_block_check(out_dir: str) -> float:
 
 
 def main(out_dir: str) -> None:
-    if not dist.is_initialized():  # two_rank_checks.py runs it in a group it set up
+    if not dist.is_initialized():  # tests/scripts/checks_in_turn.py runs it in a group it set up
         dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, f"this check needs exactly 2 ranks, got {world}"
