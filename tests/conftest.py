@@ -195,6 +195,32 @@ def two_rank_checks_launch(tmp_path_factory, launch_failure):
     return make
 
 
+@pytest.fixture
+def in_turn_outcome(launch_failure):
+    """`in_turn_outcome(proc, name, checks)`: for a launch whose checks ran in turn under `in_turn`
+    (tests/scripts/in_turn.py: rank 0 prints `[two_rank_checks] start NAME` / `done NAME`), fail naming the check the
+    launch stopped in unless `name` finished on both ranks; once every one of `checks` finished, the launch itself must
+    have exited with 0."""
+    import re
+
+    mark = re.escape("[two_rank_checks]")
+
+    def outcome(proc, name, checks):
+        assert name in checks, name
+        started = re.findall(rf"^{mark} start (\S+)$", proc.stdout, re.M)
+        done = re.findall(rf"^{mark} done (\S+)$", proc.stdout, re.M)
+        if name not in done:
+            stopped = next((n for n in started if n not in done), "none (before the first)")
+            pytest.fail(
+                f"2-rank check {name} did not finish: the launch (exit {proc.returncode}) stopped in check {stopped}\n"
+                + launch_failure(proc.stderr)
+            )
+        if set(done) == set(checks):  # every check finished: the launch itself must end cleanly too
+            assert proc.returncode == 0, launch_failure(proc.stderr)
+
+    return outcome
+
+
 #: how many ports a launch tries before its port-in-use failure stands
 PORT_TRIES = 3
 

@@ -98,3 +98,21 @@ def test_failure_excerpt_names_the_check_a_merged_launch_failed_in(launch_failur
     assert "two_rank_checks: tp_fog" in head and "ddp_grape_all: resume" in head and "unrelated" not in head
     assert "AssertionError: shards differ" in excerpt
     assert not launch_failure("no markers\n").startswith("--- checks started")
+
+
+def test_in_turn_outcome_names_the_check_a_launch_stopped_in(in_turn_outcome):
+    """A launch whose checks ran in turn (tests/scripts/in_turn.py marks each on rank 0's stdout): a check that
+    finished passes, one that did not fails naming the check the launch stopped in, and a launch that finished every
+    check must still have exited with 0."""
+    import subprocess
+
+    stopped = subprocess.CompletedProcess(
+        [], 1, "[two_rank_checks] start a\n[two_rank_checks] done a\n[two_rank_checks] start b\n", "[rank1]: boom\n"
+    )
+    in_turn_outcome(stopped, "a", ("a", "b", "c"))
+    for name in ("b", "c"):
+        with pytest.raises(pytest.fail.Exception, match=rf"2-rank check {name} did not finish: .*stopped in check b"):
+            in_turn_outcome(stopped, name, ("a", "b", "c"))
+    finished = subprocess.CompletedProcess([], 1, "[two_rank_checks] start a\n[two_rank_checks] done a\n", "")
+    with pytest.raises(AssertionError):
+        in_turn_outcome(finished, "a", ("a",))

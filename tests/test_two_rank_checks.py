@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 
 import pytest
 
 from .test_pretrain import FOG_TINY
 
-MARK = "[two_rank_checks]"
 CHECKS = ("fsdp_rank_fingerprints", "loss_window", "eval_rows_once", "pretrain_ddp", "pretrain_fsdp2")
 
 FSDP2_SHARDED = [
@@ -37,7 +35,7 @@ def _launch(tmp_path_factory):
 
 
 @pytest.fixture
-def finished(_launch, run_two_ranks, launch_failure):
+def finished(_launch, run_two_ranks, in_turn_outcome):
     """`finished(check)`: the launch's output folder once `check` finished on both ranks (the module's one launch,
     made by the first test asking); fails naming the check the launch stopped in otherwise."""
     out = _launch["out"]
@@ -55,18 +53,8 @@ def finished(_launch, run_two_ranks, launch_failure):
         )
 
     def check(name):
-        assert name in CHECKS, name
         proc = _launch["proc"]
-        started = re.findall(rf"^{re.escape(MARK)} start (\S+)$", proc.stdout, re.M)
-        done = re.findall(rf"^{re.escape(MARK)} done (\S+)$", proc.stdout, re.M)
-        if name not in done:
-            stopped = next((n for n in started if n not in done), "none (before the first)")
-            pytest.fail(
-                f"2-rank check {name} did not finish: the launch (exit {proc.returncode}) stopped in check {stopped}\n"
-                + launch_failure(proc.stderr)
-            )
-        if set(done) == set(CHECKS):  # every check finished: the launch itself must end cleanly too
-            assert proc.returncode == 0, launch_failure(proc.stderr)
+        in_turn_outcome(proc, name, CHECKS)
         return out
 
     return check

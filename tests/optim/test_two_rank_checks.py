@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import pytest
 
-MARK = "[two_rank_checks]"
 CHECKS = ("scale_out_optim", "scale_out_trainer", "warmup")
 
 # 5 held-out blocks: an odd number, so a distributed evaluate() pads rank 1's share with a repeat of block 0
@@ -39,7 +37,7 @@ def _launch(tmp_path_factory):
 
 
 @pytest.fixture
-def finished(_launch, run_two_ranks, launch_failure):
+def finished(_launch, run_two_ranks, in_turn_outcome):
     """`finished(check)`: `(OUT_DIR, CompletedProcess)` of the module's one launch (made by the first test asking) once
     `check` finished on both ranks; fails naming the check the launch stopped in otherwise."""
     out = _launch["out"]
@@ -50,18 +48,8 @@ def finished(_launch, run_two_ranks, launch_failure):
         )
 
     def check(name):
-        assert name in CHECKS, name
         proc = _launch["proc"]
-        started = re.findall(rf"^{re.escape(MARK)} start (\S+)$", proc.stdout, re.M)
-        done = re.findall(rf"^{re.escape(MARK)} done (\S+)$", proc.stdout, re.M)
-        if name not in done:
-            stopped = next((n for n in started if n not in done), "none (before the first)")
-            pytest.fail(
-                f"2-rank check {name} did not finish: the launch (exit {proc.returncode}) stopped in check {stopped}\n"
-                + launch_failure(proc.stderr)
-            )
-        if set(done) == set(CHECKS):  # every check finished: the launch itself must end cleanly too
-            assert proc.returncode == 0, launch_failure(proc.stderr)
+        in_turn_outcome(proc, name, CHECKS)
         return out, proc
 
     return check
