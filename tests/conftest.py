@@ -196,6 +196,31 @@ def two_rank_checks_launch(tmp_path_factory, launch_failure):
 
 
 @pytest.fixture
+def checks_in_turn_launch(two_rank_checks_launch, repo_root, run_on_free_port):
+    """`checks_in_turn_launch(key, subsystem, checks)` -> `result(check)` (see `two_rank_checks_launch`): ONE
+    `torchrun --nproc_per_node 2` launch per test session of tests/scripts/checks_in_turn.py, which runs the scripts
+    `checks` of tests/<subsystem>/scripts in turn (the fp8 and fog checks)."""
+    import sys
+
+    script = os.path.join(repo_root, "tests", "scripts", "checks_in_turn.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
+
+    def make(key, subsystem, checks):
+        scripts = os.path.join(repo_root, "tests", subsystem, "scripts")
+
+        def launch(folder):
+            return run_on_free_port(
+                lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                              str(port), script, scripts, str(folder), *checks],
+                cwd=repo_root, timeout=900, env=env,
+            )  # fmt: skip
+
+        return two_rank_checks_launch(key, launch, checks)
+
+    return make
+
+
+@pytest.fixture
 def in_turn_outcome(launch_failure):
     """`in_turn_outcome(proc, name, checks)`: for a launch whose checks ran in turn under `in_turn`
     (tests/scripts/in_turn.py: rank 0 prints `[two_rank_checks] start NAME` / `done NAME`), fail naming the check the

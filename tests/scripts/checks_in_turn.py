@@ -2,8 +2,8 @@
 ~10 s): the named scripts of SCRIPTS_DIR in turn, each script's `main(folder)` in one gloo process group, into
 OUT_DIR/<check>. Every rank prints `two_rank_checks: <check>` to stdout and stderr as a check starts (a failure's
 traceback follows the name of its check) and writes OUT_DIR/<check>/passed.rank<r> once the check passed on it. The
-fixtures `fp8_two_ranks` and `fog_two_ranks` (tests/fp8/conftest.py, tests/fog/conftest.py) launch it; each script
-still runs on its own too.
+fixture `checks_in_turn_launch` (tests/conftest.py) launches it, for `fp8_two_ranks` and `fog_two_ranks`
+(tests/fp8/conftest.py, tests/fog/conftest.py); each script still runs on its own too.
 
 Usage: python -m torch.distributed.run --nproc_per_node 2 checks_in_turn.py SCRIPTS_DIR OUT_DIR CHECK [CHECK ...]"""
 
