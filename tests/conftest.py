@@ -309,6 +309,45 @@ def run_two_ranks(repo_root):
 
 
 @pytest.fixture
+def remote_code_logits_without_hf_ext(tmp_path):
+    """`remote_code_logits_without_hf_ext(folder, ids, expected, **load_kwargs)` -> `(class name, module)`: in a fresh
+    process where importing hf_ext raises, `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True,
+    **load_kwargs)` loads the folder through its own code and gives `expected` logits for `ids` (1e-5: the other
+    process may use another thread count). What plain transformers or the lm-eval CLI needs of a saved folder."""
+    import subprocess
+    import sys
+
+    import torch
+
+    def check(folder, ids, expected, **load_kwargs):
+        case = tmp_path / "remote_code_case.pt"
+        torch.save({"ids": ids, "expected": expected, "kwargs": load_kwargs}, case)
+        code = (
+            "import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name == 'hf_ext' or name.startswith('hf_ext.'): raise ImportError('hf_ext blocked')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import torch\n"
+            "from transformers import AutoModelForCausalLM\n"
+            f"case = torch.load({str(case)!r})\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True, **case['kwargs']).eval()\n"
+            "assert 'hf_ext' not in sys.modules, 'hf_ext was imported'\n"
+            "with torch.no_grad(): out = m(case['ids']).logits\n"
+            "torch.testing.assert_close(out, case['expected'], rtol=1e-5, atol=1e-5)\n"
+            "print('OK', type(m).__name__, type(m).__module__)\n"
+        )
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "remote_code_modules")}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ok, name, module = proc.stdout.split()[:3]
+        assert ok == "OK", proc.stdout
+        return name, module
+
+    return check
+
+
+@pytest.fixture
 def interrupt_after_step():
     """`interrupt_after_step(n)`: a `TrainerCallback` that raises `KeyboardInterrupt` once, at the end of optimizer
     step `n` (a run stopped by Ctrl-C, e.g. in a notebook), so a test can resume the same trainer object."""

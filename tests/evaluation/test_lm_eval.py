@@ -127,7 +127,9 @@ def test_folder_in_process_and_plain_lm_eval_cli_agree(layer_parallel_dir, tmp_p
         )
 
 
-def test_save_for_lm_eval_folder_loads_as_remote_code_without_hf_ext(layer_parallel_dir, tmp_path):
+def test_save_for_lm_eval_folder_loads_as_remote_code_without_hf_ext(
+    layer_parallel_dir, remote_code_logits_without_hf_ext
+):
     """rv25 F1: what plain `lm_eval --model hf --model_args pretrained=<folder>,trust_remote_code=True` needs of a
     layer-parallel folder from `save_for_lm_eval`: transformers loads it through the folder's own code in a process
     where hf_ext cannot be imported, and the model gives the same logits as the hf_ext model (the CLI test above is
@@ -137,26 +139,8 @@ def test_save_for_lm_eval_folder_loads_as_remote_code_without_hf_ext(layer_paral
     ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = AutoModelForCausalLM.from_pretrained(layer_parallel_dir).eval()(ids).logits
-    torch.save({"ids": ids, "expected": expected}, tmp_path / "case.pt")
-    code = (
-        "import sys, importlib.abc\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name == 'hf_ext' or name.startswith('hf_ext.'): raise ImportError('hf_ext blocked')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "import torch\n"
-        "from transformers import AutoModelForCausalLM\n"
-        f"m = AutoModelForCausalLM.from_pretrained({layer_parallel_dir!r}, trust_remote_code=True).eval()\n"
-        "assert 'hf_ext' not in sys.modules, 'hf_ext was imported'\n"
-        f"case = torch.load({str(tmp_path / 'case.pt')!r})\n"
-        "with torch.no_grad(): out = m(case['ids']).logits\n"
-        "torch.testing.assert_close(out, case['expected'], rtol=1e-5, atol=1e-5)  # thread counts may differ\n"
-        "print('OK', type(m).__name__, type(m).__module__)\n"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.startswith("OK LayerParallelForCausalLM transformers_modules"), proc.stdout
+    name, module = remote_code_logits_without_hf_ext(layer_parallel_dir, ids, expected)
+    assert (name, module.split(".")[0]) == ("LayerParallelForCausalLM", "transformers_modules")
 
 
 def test_evaluate_models_table(fog, small_tokenizer, layer_parallel_dir):

@@ -247,7 +247,9 @@ def test_save_load_round_trip_registered_path(tmp_path):
         assert torch.equal(model(ids).logits, again(ids).logits)
 
 
-def test_save_load_round_trip_trust_remote_code_without_hf_ext(tmp_path, repo_root, monkeypatch):
+def test_save_load_round_trip_trust_remote_code_without_hf_ext(
+    tmp_path, monkeypatch, remote_code_logits_without_hf_ext
+):
     from hf_ext.models.fog import FogForCausalLM
 
     model = build(fog(qk_norm="dyt"))
@@ -263,28 +265,9 @@ def test_save_load_round_trip_trust_remote_code_without_hf_ext(tmp_path, repo_ro
     assert "auto_map" in json.loads((folder / "config.json").read_text())
     ids = torch.randint(0, 128, (1, 7))
     with torch.no_grad():
-        torch.save(model(ids).logits, tmp_path / "expected.pt")
-    torch.save(ids, tmp_path / "ids.pt")
-    code = (
-        "import sys, importlib.abc\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name == 'hf_ext' or name.startswith('hf_ext.'): raise ImportError('hf_ext blocked')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "import torch\n"
-        "from transformers import AutoModelForCausalLM\n"
-        f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True, "
-        "attn_implementation='eager').eval()\n"
-        "assert 'hf_ext' not in sys.modules, 'hf_ext was imported'\n"
-        f"ids = torch.load({str(tmp_path / 'ids.pt')!r}); exp = torch.load({str(tmp_path / 'expected.pt')!r})\n"
-        "with torch.no_grad(): out = m(ids).logits\n"
-        "torch.testing.assert_close(out, exp, rtol=1e-5, atol=1e-5)  # another process: thread count may differ\n"
-        "print('OK', type(m).__module__)\n"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "OK transformers_modules" in res.stdout
+        expected = model(ids).logits
+    _, module = remote_code_logits_without_hf_ext(folder, ids, expected, attn_implementation="eager")
+    assert module.startswith("transformers_modules"), module
 
 
 # ------------------------------------------------------------------------------------------ authors' checkpoint naming
