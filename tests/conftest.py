@@ -197,22 +197,24 @@ def two_rank_checks_launch(tmp_path_factory, launch_failure):
 
 @pytest.fixture
 def checks_in_turn_launch(two_rank_checks_launch, repo_root, run_on_free_port):
-    """`checks_in_turn_launch(key, subsystem, checks)` -> `result(check)` (see `two_rank_checks_launch`): ONE
-    `torchrun --nproc_per_node 2` launch per test session of tests/scripts/checks_in_turn.py, which runs the scripts
-    `checks` of tests/<subsystem>/scripts in turn (the fp8 and fog checks)."""
+    """`checks_in_turn_launch(key, subsystem, checks, recipe=(), timeout=900)` -> `result(check)` (see
+    `two_rank_checks_launch`): ONE `torchrun --nproc_per_node 2` launch per test session of
+    tests/scripts/checks_in_turn.py, which runs the scripts `checks` of tests/<subsystem>/scripts in turn, and, for a
+    last check named `recipe`, the recipe module and arguments `recipe` (the fp8, fog and layer_parallel checks)."""
     import sys
 
     script = os.path.join(repo_root, "tests", "scripts", "checks_in_turn.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root, "HF_HUB_OFFLINE": "1"}
 
-    def make(key, subsystem, checks):
+    def make(key, subsystem, checks, recipe=(), timeout=900):
         scripts = os.path.join(repo_root, "tests", subsystem, "scripts")
+        tail = ["--", *recipe] if recipe else []
 
         def launch(folder):
             return run_on_free_port(
                 lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                              str(port), script, scripts, str(folder), *checks],
-                cwd=repo_root, timeout=900, env=env,
+                              str(port), script, scripts, str(folder), *checks, *tail],
+                cwd=repo_root, timeout=timeout, env=env,
             )  # fmt: skip
 
         return two_rank_checks_launch(key, launch, checks)

@@ -1,11 +1,10 @@
 """Shared fixtures: a small GQA Llama (5 layers, 4 heads, 2 KV heads, eager attention), a batch of token ids,
 `scripts/bench_layer_parallel.py` loaded as a module, and `lp_two_ranks`: the layer-parallel checks on 2 gloo ranks
 (tensor parallelism, FSDP2 state-dict loading, the recipe under DDP) in ONE `torchrun --nproc_per_node 2` launch of
-scripts/two_rank_checks.py that the modules checking them share (`two_rank_checks_launch` of tests/conftest.py).
+tests/scripts/checks_in_turn.py that the modules checking them share (`checks_in_turn_launch` of tests/conftest.py).
 A test module may define its own `source` / `ids`, which then take precedence."""
 
 import importlib.util
-import os
 import sys
 
 import pytest
@@ -68,7 +67,7 @@ def bench(repo_root):
     return module
 
 
-#: the checks that scripts/two_rank_checks.py runs, in this order (the recipe, which tears the group down, last)
+#: the checks that tests/scripts/checks_in_turn.py runs, in this order (the recipe, which tears the group down, last)
 TWO_RANK_CHECKS = ("tp_layer_parallel", "fsdp2_split_load", "recipe")
 #: the recipe check's arguments besides `recipe_tiny` (and `--output_dir`)
 TWO_RANK_RECIPE_ARGS = [
@@ -78,19 +77,10 @@ TWO_RANK_RECIPE_ARGS = [
 
 
 @pytest.fixture
-def lp_two_ranks(two_rank_checks_launch, repo_root, run_on_free_port, recipe_tiny):
-    """`lp_two_ranks(check)`: `(folder, stdout)` of one of `TWO_RANK_CHECKS`, all run in ONE launch of
-    scripts/two_rank_checks.py per test session (a launch costs each rank ~10 s of torch / transformers / peft imports;
-    each check used to be a launch of its own). The recipe check runs `recipe_tiny` with `TWO_RANK_RECIPE_ARGS`. The
-    test fails, naming the check, unless both ranks finished that check."""
-    script = os.path.join(repo_root, "tests", "layer_parallel", "scripts", "two_rank_checks.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo_root, "HF_HUB_OFFLINE": "1"}
-
-    def launch(folder):
-        return run_on_free_port(
-            lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(port), script, str(folder), *TWO_RANK_CHECKS, "--", *recipe_tiny, *TWO_RANK_RECIPE_ARGS],
-            cwd=repo_root, timeout=1200, env=env,
-        )  # fmt: skip
-
-    return two_rank_checks_launch("lp_two_ranks", launch, TWO_RANK_CHECKS)
+def lp_two_ranks(checks_in_turn_launch, recipe_tiny):
+    """`lp_two_ranks(check)`: `(folder, stdout)` of one of `TWO_RANK_CHECKS`, all run in ONE launch per test session
+    (a launch costs each rank ~10 s of torch / transformers / peft imports; each check used to be a launch of its own).
+    The recipe check runs hf_ext.recipes.layer_parallel with `recipe_tiny` and `TWO_RANK_RECIPE_ARGS`. The test fails,
+    naming the check, unless both ranks finished that check."""
+    recipe = ("hf_ext.recipes.layer_parallel", *recipe_tiny, *TWO_RANK_RECIPE_ARGS)
+    return checks_in_turn_launch("lp_two_ranks", "layer_parallel", TWO_RANK_CHECKS, recipe=recipe, timeout=1200)

@@ -12,7 +12,7 @@ def test_two_ranks_sweep_once_and_save_one_model(lp_two_ranks):
     """Before the per-rank guards both ranks ran the sweep and saved the model, and rank 1 reloaded the folder while
     rank 0 was still writing it ("Unrecognized model ... config.json"). The run: `recipe_tiny` with 8 pre-training and
     4 fine-tuning steps, pair counts 1 and 2, 5 evaluation blocks at eval batch 2, evaluation at step 4
-    (conftest.TWO_RANK_RECIPE_ARGS), the last check of the shared two-rank launch (scripts/two_rank_checks.py)."""
+    (conftest.TWO_RANK_RECIPE_ARGS), the last check of the shared two-rank launch (tests/scripts/checks_in_turn.py)."""
     out, stdout = lp_two_ranks("recipe")  # stdout: what the launch printed during the recipe
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2

@@ -1,7 +1,7 @@
 """Two gloo ranks on CPU: FSDP2 (`fully_shard` per layer and the root) of an FP8-converted layer-paired block model,
 whose merged pair's branch-wise weights are split into per-branch linears; its state dict keeps the stacked names.
 
-Run by two_rank_checks.py (for tests/layer_parallel/test_rv19b_fixes.py), or on its own as
+Run by tests/scripts/checks_in_turn.py (for tests/layer_parallel/test_rv19b_fixes.py), or on its own as
 `python -m torch.distributed.run --nproc_per_node 2 fsdp2_split_load.py OUT_DIR`.
 The reference state dict (the unsharded converted model's) is loaded into the sharded model, whose parameters were
 zeroed first, with `torch.distributed.checkpoint.state_dict.set_model_state_dict`: as a full state dict on every rank,
@@ -48,7 +48,7 @@ def _zero(model):
 
 
 def main(out_dir: str) -> None:
-    if not dist.is_initialized():  # two_rank_checks.py runs it in a group it set up
+    if not dist.is_initialized():  # checks_in_turn.py runs it in a group it set up
         dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     assert world_size == 2, world_size

@@ -1,6 +1,6 @@
 """Two gloo ranks on CPU: layer-paired models loaded with transformers' own tensor parallelism.
 
-Run by two_rank_checks.py (for tests/layer_parallel/test_tensor_parallel.py), or on its own as
+Run by tests/scripts/checks_in_turn.py (for tests/layer_parallel/test_tensor_parallel.py), or on its own as
 `python -m torch.distributed.run --nproc_per_node 2 tp_layer_parallel.py OUT_DIR`.
 Rank 0 converts small Llama models (MHA and GQA) and saves them with single-process reference logits and greedy
 generations; every rank then loads them with `distributed_config=DistributedConfig(tp_plan="auto")`, checks that
@@ -110,7 +110,7 @@ def load_bench():
 
 
 def main(out_dir: str) -> None:
-    if not dist.is_initialized():  # two_rank_checks.py runs it in a group it set up
+    if not dist.is_initialized():  # checks_in_turn.py runs it in a group it set up
         dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, f"this check needs exactly 2 ranks, got {world}"
