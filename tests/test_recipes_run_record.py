@@ -230,3 +230,21 @@ def test_another_runs_checkpoints_in_the_output_dir_are_refused_before_the_data_
     with pytest.raises(ValueError, match=r"which holds checkpoints of another run \(.*checkpoint-1\)"):
         run(argv + ["--output_dir", str(other), "--resume_from_checkpoint", str(checkpoint)])
     assert _snapshot(other) == before
+
+
+def test_a_symlink_to_the_runs_own_checkpoint_resumes_that_run(runs, tmp_path):
+    """rv26 F4: a resume through a link to a run's own checkpoint kept outside the run (`best -> RUN/checkpoint-1`)
+    took the link's folder for the run's: refused as "holds checkpoints of another run" (the run's own), and checked
+    against no record. The link's target names the run."""
+    run = tmp_path / "run"
+    shutil.copytree(runs / "pretrain", run)
+    shutil.rmtree(run / "checkpoint-2", ignore_errors=True)  # (another test of this module may have resumed the run)
+    (tmp_path / "pointers").mkdir()
+    best = tmp_path / "pointers" / "best"
+    best.symlink_to(run / "checkpoint-1")
+    with pytest.raises(ValueError, match=r"--block_size 16 \(the interrupted run used 32\)"):  # the run's record
+        pretrain.main(
+            PRETRAIN + ["--block_size", "16", "--output_dir", str(run), "--resume_from_checkpoint", str(best)]
+        )
+    pretrain.main(PRETRAIN + ["--output_dir", str(run), "--resume_from_checkpoint", str(best)])
+    assert (run / "checkpoint-2").is_dir()

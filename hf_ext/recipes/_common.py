@@ -770,7 +770,7 @@ def write_run_record(
         atomic_write_json(path, _resolved_record(record))
         return
     if run_folder is None:
-        run_folder = os.path.dirname(os.path.abspath(resumed_from))
+        run_folder = os.path.dirname(os.path.realpath(resumed_from))
     if _same_folder(run_folder, folder):
         return
     refuse_checkpoints_of_another_run(resumed_from, run_folder, folder, checkpoint_folders)

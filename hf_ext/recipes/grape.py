@@ -421,7 +421,7 @@ def validate_args(
         from ._common import check_run_record, refuse_checkpoints_of_another_run
 
         checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-        run_folder = os.path.dirname(os.path.abspath(checkpoint))
+        run_folder = os.path.dirname(os.path.realpath(checkpoint))
         check_run_record(  # the data and model of the run that wrote it (its folder's record)
             run_folder,
             RUN_RECORD_NAME,

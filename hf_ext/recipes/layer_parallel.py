@@ -281,7 +281,7 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
         )
         from ._common import check_run_record, refuse_checkpoints_of_another_run
 
-        run_folder = os.path.dirname(os.path.abspath(training_args.resume_from_checkpoint))
+        run_folder = os.path.dirname(os.path.realpath(training_args.resume_from_checkpoint))
         check_run_record(  # the source model and data of the run that wrote it (its folder's record)
             run_folder,
             RUN_RECORD_NAME,

@@ -446,7 +446,7 @@ def checkpoint_run(checkpoint: str) -> str | None:
         mark = None
     if mark in SUB_RUNS:
         return mark
-    folder = os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))
+    folder = os.path.basename(os.path.dirname(os.path.realpath(checkpoint)))
     return folder if folder in SUB_RUNS else None
 
 
@@ -786,7 +786,7 @@ def _run_data(data_args, meta_args, training_args, model_args=None) -> dict:
 def _checkpoint_run_folder(checkpoint: str) -> str:
     """The folder of the run that saved `checkpoint`, where its `RUN_DATA_FILE` is: the parent of its
     `url_conditioned/` or `baseline/` folder (`<output_dir>/<run>/checkpoint-N`), else the folder that holds it."""
-    parent = os.path.dirname(os.path.abspath(checkpoint))
+    parent = os.path.dirname(os.path.realpath(checkpoint))
     return os.path.dirname(parent) if os.path.basename(parent) in SUB_RUNS else parent
 
 

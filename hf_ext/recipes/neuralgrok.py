@@ -512,7 +512,7 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
 
     for (method, seed), checkpoint in plan.items():
         if checkpoint is not None:  # the folder of the run that wrote it (a named checkpoint may be another run's)
-            run_folder = os.path.dirname(os.path.abspath(checkpoint))
+            run_folder = os.path.dirname(os.path.realpath(checkpoint))
             check_run_record(
                 run_folder,
                 RUN_RECORD_NAME,

@@ -301,7 +301,7 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     if training_args.resume_from_checkpoint:  # the data and model of the run that wrote it (its folder's record)
         from ._common import check_run_record, refuse_checkpoints_of_another_run
 
-        run_folder = os.path.dirname(os.path.abspath(training_args.resume_from_checkpoint))
+        run_folder = os.path.dirname(os.path.realpath(training_args.resume_from_checkpoint))
         check_run_record(run_folder, RUN_RECORD_NAME, _run_record(model_args, data_args), "the data and model")
         # a checkpoint of another folder's run: not beside the checkpoints of yet another run (`write_run_record`)
         refuse_checkpoints_of_another_run(training_args.resume_from_checkpoint, run_folder, training_args.output_dir)

@@ -145,7 +145,7 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
     for arm, checkpoint in resume.items():
         check_checkpoint_arm(checkpoint, arm, recipe)
         if checkpoint is not None:  # the data and model of the run that wrote it (its own folder's record)
-            run_folder = os.path.dirname(os.path.abspath(checkpoint))
+            run_folder = os.path.dirname(os.path.realpath(checkpoint))
             check_run_record(
                 run_folder,
                 RUN_RECORD_NAME,
