@@ -86,7 +86,13 @@ class NeuralGrokConfig(TrainingArguments):
         },
     )
     meta_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the amplifier's Adam."})
-    meta_weight_decay: float = field(default=1e-3, metadata={"help": "Weight decay of the amplifier's Adam."})
+    meta_weight_decay: float = field(
+        default=1e-3,
+        metadata={
+            "help": "Weight decay of the amplifier's Adam. Not tied to weight_decay (the reference code uses the base "
+            "optimizer's weight decay; equal at the default 1e-3): pass the same value to follow it."
+        },
+    )
     virtual_lr: float | None = field(
         default=None,
         metadata={
