@@ -160,12 +160,22 @@ def shared_launch(tmp_path_factory, key, launch):
 
 
 def two_rank_check_result(record, check, checks, launch_failure):
-    """`(folder, stdout)` of `check` in a two_rank_checks.py launch: its output folder and the part of the launch's
-    stdout that it printed. Fails, naming the check, unless both ranks finished it (each writes `passed.rank<r>`)."""
+    """`(folder, stdout)` of `check` in a checks_in_turn.py launch: its output folder and the part of the launch's
+    stdout that it printed. Fails, naming the check, unless both ranks finished it (each writes `passed.rank<r>`);
+    once every one of `checks` finished on both ranks, the launch itself must have exited with 0 (a rank that aborts
+    at exit, after its checks, fails them all)."""
     from pathlib import Path
 
+    def passed(name):
+        return all((Path(record["folder"]) / name / f"passed.rank{rank}").exists() for rank in (0, 1))
+
     folder = Path(record["folder"]) / check
-    if not all((folder / f"passed.rank{rank}").exists() for rank in (0, 1)):
+    if all(passed(c) for c in checks):
+        assert record["returncode"] == 0, (
+            f"every two-rank check of the launch passed, but the launch exited with {record['returncode']}:\n"
+            + launch_failure(record["stderr"])
+        )
+    elif not passed(check):
         started = f"two_rank_checks: {check}\n" in record["stderr"]
         pytest.fail(
             f"the two-rank check {check!r} "

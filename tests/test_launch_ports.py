@@ -116,3 +116,35 @@ def test_in_turn_outcome_names_the_check_a_launch_stopped_in(in_turn_outcome):
     finished = subprocess.CompletedProcess([], 1, "[two_rank_checks] start a\n[two_rank_checks] done a\n", "")
     with pytest.raises(AssertionError):
         in_turn_outcome(finished, "a", ("a",))
+
+
+def test_a_shared_launch_that_exits_nonzero_after_every_check_passed_fails_them(two_rank_checks_launch):
+    """rv26 F2: the fp8 / fog / layer_parallel shared launches read only each check's `passed.rank<r>` files, so a
+    launch whose ranks aborted at exit after every check passed (exit code 1) still passed every test (the separate
+    launches they replaced asserted exit code 0)."""
+    import subprocess
+
+    checks = ("a", "b")
+    stdout = "two_rank_checks: a\nout a\ntwo_rank_checks: b\nout b\n"
+
+    def launch(returncode, passed_on_rank1):
+        def run(folder):
+            for name in checks:
+                (folder / name).mkdir()
+                for rank in (0, 1) if name in passed_on_rank1 else (0,):
+                    (folder / name / f"passed.rank{rank}").touch()
+            return subprocess.CompletedProcess([], returncode, stdout, stdout + "terminate called\n" * returncode)
+
+        return run
+
+    clean = two_rank_checks_launch("rv26_probe_clean", launch(0, checks), checks)
+    folder, out = clean("a")
+    assert out == "two_rank_checks: a\nout a\n" and (folder / "passed.rank1").exists()
+    aborted = two_rank_checks_launch("rv26_probe_aborted", launch(1, checks), checks)
+    for name in checks:
+        with pytest.raises(AssertionError, match="every two-rank check of the launch passed, but the launch exited"):
+            aborted(name)
+    failed_b = two_rank_checks_launch("rv26_probe_failed_b", launch(1, ("a",)), checks)
+    assert failed_b("a")[1] == "two_rank_checks: a\nout a\n"  # a passed; b fails naming itself
+    with pytest.raises(pytest.fail.Exception, match="the two-rank check 'b' did not pass on both ranks"):
+        failed_b("b")
