@@ -66,19 +66,29 @@ def check_finite_states(
                 )
 
 
-def check_compatible_states(states: Sequence[Mapping[str, torch.Tensor]], argument: str = "client_states") -> None:
-    """Raise a `ValueError` unless all state dicts have the same keys, shapes and dtypes.
+def check_compatible_states(
+    states: Sequence[Mapping[str, torch.Tensor]],
+    argument: str = "client_states",
+    names: Sequence[str] | None = None,
+) -> None:
+    """Raise a `ValueError` unless all state dicts have the same keys, shapes and dtypes as the first one.
 
     A tensor whose dtype differs from the first state's is refused: an integer tensor where the others are floating
     would otherwise be copied from the first state and the others' values dropped, and mixed floating precisions mean
     the clients did not train the same configuration.
 
     Args:
-        states (`Sequence[Mapping[str, torch.Tensor]]`): the state dicts to compare (e.g. one per client).
+        states (`Sequence[Mapping[str, torch.Tensor]]`): the state dicts to compare (e.g. one per client); the first
+            is the reference the others are compared with.
         argument (`str`, *optional*, defaults to `"client_states"`): the argument name used in error messages.
+        names (`Sequence[str]`, *optional*): how to name each state in the messages, `names[0]` the reference (e.g.
+            `["the global state", "client 0", ...]`); defaults to `argument[i]`.
     """
     if len(states) == 0:
         raise ValueError(f"`{argument}` is empty: aggregate at least one client state.")
+    if names is not None and len(names) != len(states):
+        raise ValueError(f"`names` has {len(names)} entries for {len(states)} states.")
+    label = list(names) if names is not None else [f"`{argument}[{i}]`" for i in range(len(states))]
     ref = states[0]
     ref_keys = set(ref)
     for i, sd in enumerate(states[1:], start=1):
@@ -86,22 +96,22 @@ def check_compatible_states(states: Sequence[Mapping[str, torch.Tensor]], argume
         if keys != ref_keys:
             missing, extra = sorted(ref_keys - keys)[:3], sorted(keys - ref_keys)[:3]
             raise ValueError(
-                f"`{argument}[{i}]` does not match `{argument}[0]`: missing keys {missing}, unexpected keys {extra}. "
+                f"{label[i]} sent other tensors than {label[0]} has: missing keys {missing}, unexpected keys {extra}. "
                 "All clients must train the same adapter (same target_modules, rank and adapter name) on the same "
                 "base model."
             )
         for key in ref:
             if tuple(sd[key].shape) != tuple(ref[key].shape):
                 raise ValueError(
-                    f"`{argument}[{i}][{key!r}]` has shape {tuple(sd[key].shape)} but `{argument}[0]` has "
+                    f"{label[i]} sent {key!r} with shape {tuple(sd[key].shape)}, but {label[0]} has "
                     f"{tuple(ref[key].shape)}: clients use different LoRA ranks or models. Use one configuration for "
                     "all clients."
                 )
             if sd[key].dtype != ref[key].dtype:
                 raise ValueError(
-                    f"`{argument}[{i}][{key!r}]` has dtype {sd[key].dtype} but `{argument}[0]` has {ref[key].dtype}: "
-                    "every client must send its adapter in the dtype of the global state (load the models with the "
-                    "same `dtype`)."
+                    f"{label[i]} sent {key!r} in dtype {sd[key].dtype}, but {label[0]} has {ref[key].dtype}: every "
+                    "client must send its adapter in the dtype of the global state (load the models with the same "
+                    "`dtype`)."
                 )
 
 
@@ -513,17 +523,28 @@ def aggregate_round(
 
     Raises:
         `ValueError`: among others, when a client's state holds a NaN or inf entry (naming the client and the tensor):
-            it would make the global state non-finite.
+            it would make the global state non-finite, and when its state differs from `global_state` in keys, shapes
+            or dtypes (naming the client).
     """
     _check_mode(mode)
     if client_clip_norm is not None and not client_clip_norm > 0:
         raise ValueError(f"`client_clip_norm` must be > 0 or None, got {client_clip_norm}.")
+    if client_names is not None and len(client_names) != len(client_states):
+        raise ValueError(f"`client_names` has {len(client_names)} entries for {len(client_states)} client states.")
+    names = (
+        list(client_names)
+        if client_names is not None
+        else [f"`client_states[{i}]`" for i in range(len(client_states))]
+    )
     if mode == "merge_then_average":
         _check_lora_scaling(lora_scaling)
         for i, sd in enumerate(client_states):
             check_mergeable_lora_state(sd, f"client_states[{i}]")
-    check_compatible_states([global_state, *client_states], "client_states")
-    check_finite_states(client_states, "client_states", client_names)
+    if len(client_states) == 0:
+        raise ValueError("`client_states` is empty: aggregate at least one client state.")
+    # each client against the global state it trained from (named as such, not as one of the clients)
+    check_compatible_states([global_state, *client_states], "client_states", ["the global state", *names])
+    check_finite_states(client_states, "client_states", names)
     p = _check_weights(weights, len(client_states)).tolist()
     updates = [
         client_update(global_state, sd, mode, lora_scaling, client_clip_norm, fan_in_fan_out) for sd in client_states
