@@ -2,6 +2,7 @@
 
 from .aggregation import (
     AGGREGATION_MODES,
+    NonFiniteStateError,
     add_server_noise,
     aggregate_round,
     apply_mean_update,
@@ -105,6 +106,7 @@ __all__ = [
     "FederatedSimulation",
     "FrequencyPenaltyLogitsProcessor",
     "GoldfishCollator",
+    "NonFiniteStateError",
     "PrivateTrainer",
     "PrivateTrainingArguments",
     "AdvertisedKeys",

@@ -22,6 +22,19 @@ _LORA_VARIANTS = {
 }
 
 
+class NonFiniteStateError(ValueError):
+    """The aggregation would return a global state with a NaN or inf entry; it is refused instead of returned.
+
+    Attributes: `key` (the first non-finite tensor of the state), `num_bad` (its NaN/inf entries), `numel` and
+    `dtype` (its size and dtype), `max_abs_update` (the largest |entry| of the update added to it, NaN when the update
+    itself is not finite)."""
+
+    def __init__(self, message: str, key: str, num_bad: int, numel: int, dtype: torch.dtype, max_abs_update: float):
+        super().__init__(message)
+        self.key, self.num_bad, self.numel, self.dtype = key, num_bad, numel, dtype
+        self.max_abs_update = max_abs_update
+
+
 def _check_weights(weights: Sequence[float], n: int) -> torch.Tensor:
     if len(weights) != n:
         raise ValueError(f"`weights` has {len(weights)} entries for {n} client states; pass one weight per client.")
@@ -34,6 +47,13 @@ def _check_weights(weights: Sequence[float], n: int) -> torch.Tensor:
             "clients with no data before aggregating."
         )
     return w / w.sum()
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether no entry of the floating tensor `t` is NaN or inf. A finite sum proves it (one NaN or inf entry makes
+    the sum NaN or inf) at a tenth of the cost of `isfinite`; a non-finite sum, which finite entries can also give by
+    overflowing it, is decided by `isfinite`."""
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def check_finite_states(
@@ -56,7 +76,7 @@ def check_finite_states(
         raise ValueError(f"`client_names` has {len(client_names)} entries for {len(states)} client states.")
     for i, sd in enumerate(states):
         for key, t in sd.items():
-            if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
+            if torch.is_floating_point(t) and not _all_finite(t):
                 bad = int((~torch.isfinite(t)).sum())
                 who = client_names[i] if client_names is not None else f"`{argument}[{i}]`"
                 raise ValueError(
@@ -131,7 +151,11 @@ def fedavg(client_states: Sequence[Mapping[str, torch.Tensor]], weights: Sequenc
     """
     check_compatible_states(client_states)
     check_finite_states(client_states)
-    p = _check_weights(weights, len(client_states))
+    return _weighted_mean(client_states, _check_weights(weights, len(client_states)))
+
+
+def _weighted_mean(client_states: Sequence[Mapping[str, torch.Tensor]], p: torch.Tensor) -> dict[str, torch.Tensor]:
+    """[`fedavg`] without its checks, for states already checked; `p`: the normalized weights."""
     out: dict[str, torch.Tensor] = {}
     for key, ref in client_states[0].items():
         if not torch.is_floating_point(ref):
@@ -444,7 +468,11 @@ def apply_mean_update(
     """The next global state: `x_global + mean_update`; in `"merge_then_average"` mode the dense update of each
     adapted module (keyed by module prefix) is added to its base weight, other trained tensors (keyed by their own
     name, e.g. `modules_to_save`) get their mean update, and the adapter entries keep their round-start (fresh)
-    values."""
+    values.
+
+    Raises [`NonFiniteStateError`] (a `ValueError`) naming the tensor when an entry of the result is NaN or inf, e.g.
+    a finite update whose sum with the base weight overflows the state's dtype (float32 above 3.4e38), instead of
+    returning a state that would be applied and written as a complete run."""
     _check_mode(mode)
     out = {k: v.detach().clone() for k, v in global_state.items()}
     for k, u in mean_update.items():
@@ -462,7 +490,49 @@ def apply_mean_update(
                 )
             raise ValueError(f"Update for {key!r} has shape {tuple(u.shape)}, global state {tuple(g.shape)}{hint}.")
         out[key] = (g.detach().to("cpu", torch.float64) + u.to(torch.float64)).to(g.dtype)
+        if torch.is_floating_point(out[key]) and not _all_finite(out[key]):
+            raise _non_finite_state_error(key, out[key], u)
     return out
+
+
+def _non_finite_state_error(key: str, new: torch.Tensor, update: torch.Tensor) -> NonFiniteStateError:
+    num_bad = int((~torch.isfinite(new)).sum())
+    u = update.detach().to("cpu", torch.float64)
+    if bool(torch.isfinite(u).all()):
+        max_abs = float(u.abs().max()) if u.numel() else 0.0
+        cause = (
+            f"the update is finite, its largest |entry| {max_abs:.3g}, but added to the global state it exceeds "
+            f"{torch.finfo(new.dtype).max:.3g}, the largest {new.dtype}"
+        )
+    else:
+        max_abs = math.nan
+        cause = "the update itself has NaN or inf entries"
+    message = (
+        f"The aggregated global state is not finite: {key!r} has {num_bad} of {new.numel()} entries NaN or inf "
+        f"({cause}). It is refused (not returned, so neither applied nor written). A client's update is far too "
+        "large: its training diverged, or its upload is faulty or malicious. Drop that client from the round (or "
+        "lower its learning rate and retrain), or bound every update with client-level DP clipping "
+        "(`client_dp_clip_norm`)."
+    )
+    return NonFiniteStateError(message, key, num_bad, new.numel(), new.dtype, max_abs)
+
+
+def _check_finite_update(update: Mapping[str, torch.Tensor], who: str, mode: str) -> None:
+    """Refuse a client whose sent tensors are finite but whose float64 update is not (e.g. `scaling * B @ A` of
+    float64 factors above 1e154), naming it."""
+    for key, t in update.items():
+        if not _all_finite(t):
+            how = (
+                "scaling * B @ A of its LoRA factors"
+                if mode == "merge_then_average"
+                else "its state minus the global state"
+            )
+            raise ValueError(
+                f"{who}'s update {key!r} is not finite ({int((~torch.isfinite(t)).sum())} of {t.numel()} entries are "
+                f"NaN or inf in float64) although the tensors it sent are finite: {how} overflows. Its training "
+                "diverged or its upload is faulty or malicious; averaging it would make the global state non-finite. "
+                "Drop that client from the round, or lower its learning rate and retrain."
+            )
 
 
 def _check_mode(mode: str) -> None:
@@ -523,8 +593,10 @@ def aggregate_round(
 
     Raises:
         `ValueError`: among others, when a client's state holds a NaN or inf entry (naming the client and the tensor):
-            it would make the global state non-finite, and when its state differs from `global_state` in keys, shapes
-            or dtypes (naming the client).
+            it would make the global state non-finite; when its state differs from `global_state` in keys, shapes or
+            dtypes (naming the client); and [`NonFiniteStateError`] when finite states would still give a non-finite
+            global state (e.g. `scaling * B @ A` above the float32 range in `"merge_then_average"` mode), naming the
+            client whose update alone does so where there is one.
     """
     _check_mode(mode)
     if client_clip_norm is not None and not client_clip_norm > 0:
@@ -546,13 +618,62 @@ def aggregate_round(
     check_compatible_states([global_state, *client_states], "client_states", ["the global state", *names])
     check_finite_states(client_states, "client_states", names)
     p = _check_weights(weights, len(client_states)).tolist()
-    updates = [
-        client_update(global_state, sd, mode, lora_scaling, client_clip_norm, fan_in_fan_out) for sd in client_states
-    ]
-    if client_clip_norm is None:
-        mean = fedavg(updates, p)
+    updates = []
+    for who, sd in zip(names, client_states):
+        update = client_update(global_state, sd, mode, lora_scaling, None, fan_in_fan_out)
+        _check_finite_update(update, who, mode)
+        updates.append(clip_update(update, client_clip_norm) if client_clip_norm is not None else update)
+    if client_clip_norm is None:  # the updates were checked finite above (clipping keeps them finite)
+        mean = _weighted_mean(updates, _check_weights(p, len(updates)))
     else:
         n = _check_num_clients(len(client_states) if num_clients is None else num_clients, len(client_states))
         mean = dp_fedavg_mean(updates, n)
         mean, _ = add_server_noise(mean, client_clip_norm, client_noise_multiplier, n, generator)
-    return apply_mean_update(global_state, mean, mode)
+    try:
+        return apply_mean_update(global_state, mean, mode)
+    except NonFiniteStateError as err:
+        raise _blame_non_finite_aggregate(err, global_state, updates, names, mode, client_clip_norm) from err
+
+
+def _blame_non_finite_aggregate(
+    err: NonFiniteStateError,
+    global_state: Mapping[str, torch.Tensor],
+    updates: Sequence[Mapping[str, torch.Tensor]],
+    names: Sequence[str],
+    mode: str,
+    client_clip_norm: float | None,
+) -> NonFiniteStateError:
+    """The error for a non-finite aggregate, naming the client(s) whose own (clipped) update, added to the global state,
+    is already non-finite: without client-level DP the aggregate is a convex combination of those per-client states,
+    so it can only overflow where one of them does. `err` itself when no client's update does so alone."""
+    culprits: list[tuple[str, NonFiniteStateError]] = []
+    for who, update in zip(names, updates):
+        try:
+            apply_mean_update(global_state, update, mode)
+        except NonFiniteStateError as own:
+            culprits.append((who, own))
+    if not culprits:
+        return err
+    who, own = culprits[0]
+    how = (
+        "scaling * B @ A of the LoRA factors it sent, merged into the base weight,"
+        if mode == "merge_then_average"
+        else "its update, added to the global state,"
+    )
+    others = ""
+    if len(culprits) > 1:
+        others = f" ({len(culprits) - 1} more client(s) do the same: {', '.join(c for c, _ in culprits[1:4])})"
+    dp = (
+        ""
+        if client_clip_norm is not None
+        else ", or bound every update with client-level DP clipping (`client_dp_clip_norm`)"
+    )
+    message = (
+        f"{who}'s update makes the global state non-finite{others}: the tensors it sent are finite, but {how} gives "
+        f"{own.key!r} {own.num_bad} of {own.numel} NaN or inf entries (its largest |update entry| is "
+        f"{own.max_abs_update:.3g}; {own.dtype} holds at most {torch.finfo(own.dtype).max:.3g}). The round's aggregate "
+        f"({err.key!r}: {err.num_bad} of {err.numel} entries NaN or inf) is refused, not returned, so it is neither "
+        "applied nor written. That client's training diverged, or its upload is faulty or malicious: drop it from the "
+        f"round (or lower its learning rate and retrain){dp}."
+    )
+    return NonFiniteStateError(message, err.key, err.num_bad, err.numel, err.dtype, err.max_abs_update)

@@ -45,7 +45,7 @@ except ImportError as err:  # Flower is an optional extra
     ) from err
 
 from ..utils.checks import is_int
-from .aggregation import client_update
+from .aggregation import NonFiniteStateError, client_update
 from .privacy import PrivacyAccountant, poisson_batches_per_epoch, poisson_sample_rate
 from .secure_aggregation import (
     SECAGG_MAX_RELATIVE_ERROR,  # noqa: F401  (re-exported: the result metadata and callers read it from here)
@@ -1153,7 +1153,13 @@ def make_secagg_strategy(
                 )
                 return None, {}
             weights = [float(res.num_examples) for _, res in results]
-            new = apply_secure_mean(self.global_state, mean, weights, fed_args, server_round, num_clients=num_clients)
+            try:
+                new = apply_secure_mean(
+                    self.global_state, mean, weights, fed_args, server_round, num_clients=num_clients
+                )
+            except NonFiniteStateError as err:  # a finite mean whose sum with the global state overflows its dtype
+                monitor.fail(server_round, f"{err} The global state is not updated")
+                return None, {}
             self.global_state = new
             metrics = _mean_train_loss(weights, [r.metrics for _, r in results])
             eps = [float(r.metrics["dp_epsilon"]) for _, r in results if "dp_epsilon" in r.metrics]
