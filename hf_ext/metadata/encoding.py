@@ -214,6 +214,25 @@ class MetadataEncoder:
                 self.tokenizer.convert_tokens_to_ids(CONTEXT_END),
             }
         leaked = control.intersection(self._tokens([probe])[0])
+        unknown = ""  # the probe's characters that the tokenizer encodes as <unk>, when <unk> is what leaked
+        if leaked and leaked == {tok.unk_token_id}:
+            chars = sorted(set(probe) - {" "})
+            unknown = "".join(c for c, ids in zip(chars, self._tokens(chars), strict=True) if tok.unk_token_id in ids)
+        if unknown:
+            # unknown characters of the probe give <unk> (no byte fallback), and its id has another role
+            roles = [r for r in ("bos", "eos", "pad", "sep", "cls", "mask") if getattr(tok, f"{r}_token_id", None)
+                     == tok.unk_token_id]  # fmt: skip
+            if roles:
+                shared = f"is also its {'/'.join(roles)} token"
+                fix = f"its own {'/'.join(roles)} token (not `tokenizer.{roles[0]}_token = tokenizer.unk_token`)"
+            else:
+                shared, fix = "another special token shares", "distinct ids for them"
+            raise ValueError(
+                f"{type(tok).__name__} encodes characters it does not know (here {unknown!r}, from special-token "
+                f"strings, which a document may hold) as its unk token {tok.unk_token!r}, id {tok.unk_token_id}, "
+                f"which {shared}: a document could produce that control token. Give the tokenizer {fix} or a "
+                "vocabulary with byte fallback, which knows every character."
+            )
         if leaked:
             raise ValueError(
                 f"{type(self.tokenizer).__name__} turns special-token strings in text into control tokens "

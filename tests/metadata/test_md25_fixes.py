@@ -172,5 +172,5 @@ def test_a_forging_tokenizer_is_still_refused_when_it_has_an_unknown_token():
     # the BOS id, so the id stays a control token
     tok = _unk_tokenizer(bos_token="<unk>")
     assert tok.bos_token_id == tok.unk_token_id
-    with pytest.raises(ValueError, match=rf"control tokens \[{tok.unk_token_id}\]"):
+    with pytest.raises(ValueError, match=rf"unk token '<unk>', id {tok.unk_token_id}, which is also its bos token"):
         MetadataEncoder(tok, layout="meco")
