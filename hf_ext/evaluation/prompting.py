@@ -4,6 +4,7 @@ before the few-shot examples and the question)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 from ..utils.evaluation import keeping_train_mode
@@ -115,8 +116,9 @@ def evaluate_with_prefix(
     encode_prefix_apart: bool = False,
     **kwargs,
 ) -> dict:
-    """Like [`evaluate_model`], with `prefix` placed once at the very start of every prompt (lm-eval's task
-    `description`: before the few-shot examples and the test document).
+    """Like [`evaluate_model`], with `prefix` placed once in every prompt, before the few-shot examples and the test
+    document (lm-eval's task `description`): at the very start of the prompt, or after what lm-eval puts before the
+    description when asked to (a `system_instruction`, a chat template's system turn with `apply_chat_template`).
 
     Args:
         prefix (`str` or `Callable[[dict], str]`): A string (a Jinja template over the test document's fields, e.g.
@@ -125,10 +127,13 @@ def evaluate_with_prefix(
         encode_prefix_apart (`bool`, *optional*, defaults to `False`): Tokenize the prefix and the rest of the prompt
             separately, as metadata-conditioned training encodes a document's metadata prefix and its text (MeCo's
             `URL: host\\n\\n` then the document: a byte-level BPE may merge the prefix's last characters with the
-            next ones when the whole prompt is encoded at once). Needs lm-eval's `HFLM` (a model object or folder).
+            next ones when the whole prompt is encoded at once). Text that lm-eval puts before the prefix (a
+            `system_instruction`, a chat template's header) is tokenized on its own too. Needs lm-eval's `HFLM` (a
+            model object or folder).
 
-    A prompt that begins with a non-empty prefix must fit the model's context whole: lm-eval cuts longer prompts from
-    the left, the prefix first, and the score would be reported as the with-prefix one. Such a run raises a
+    A prompt that carries a non-empty prefix, wherever lm-eval put it (also after a `system_instruction` or inside a
+    chat template), must fit the model's context whole: lm-eval cuts longer prompts from the left, the prefix (and
+    what precedes it) first, and the score would be reported as the with-prefix one. Such a run raises a
     `ValueError` (the prompt's token count, the context `max_length` and the fix: a lower `num_fewshot` or a larger
     `max_length` where the model supports it) when lm-eval tokenizes the requests, before the model scores them.
     The check needs lm-eval's `HFLM` (another `LM` object truncates in its own way and is not checked). lm-eval puts
@@ -227,10 +232,12 @@ def _with_prefix_field(process_docs, prefix: Callable[[dict], str], seen: set[st
 
 
 def _encode_prefixes_apart(lm, prefixes: set[str], apart: bool = True) -> Callable[[], None]:
-    """Wrap lm-eval's `HFLM` `lm`'s public `tok_encode` and `tok_batch_encode` for strings that start with one of
-    `prefixes` (the longest that matches, filled in while the tasks load):
+    """Wrap lm-eval's `HFLM` `lm`'s public `tok_encode` and `tok_batch_encode` for strings that carry one of
+    `prefixes` (filled in while the tasks load): the longest one at the start, else the leftmost one (lm-eval puts a
+    `system_instruction` or a chat template's header before the task description):
 
-    - with `apart`, such a string is encoded as the prefix's tokens followed by the rest's own tokens;
+    - with `apart`, such a string is encoded as the tokens of the text before the prefix (if any, encoded by `lm`),
+      the prefix's tokens (encoded by `lm` when it starts the string) and the rest's own tokens;
     - with or without `apart`, such a string must fit what lm-eval keeps of a prompt, else a `ValueError`: the
       `left_truncate_len` it passes (`generate_until`: `max_length - max_gen_toks`), otherwise `max_length + 1` tokens
       (what `loglikelihood` keeps of context + continuation, both encoded through `tok_encode`; `max_length` for a
@@ -249,8 +256,20 @@ def _encode_prefixes_apart(lm, prefixes: set[str], apart: bool = True) -> Callab
     tokenizer, encode, batch_encode = lm.tokenizer, lm.tok_encode, lm.tok_batch_encode
     own = {name: lm.__dict__[name] for name in ("tok_encode", "tok_batch_encode") if name in lm.__dict__}
 
-    def split(string: str) -> str | None:
-        return max((p for p in prefixes if p and string.startswith(p)), key=len, default=None)
+    search = {"size": -1, "pattern": None}  # the prefixes as one regex (rebuilt when the set grows while loading)
+
+    def split(string: str) -> tuple[int, str] | None:
+        """Where the prompt's prefix starts and which it is: at the start (the longest there), else the leftmost
+        (lm-eval's `system_instruction`, or a chat template's header, comes before the task description)."""
+        at_start = max((p for p in prefixes if p and string.startswith(p)), key=len, default=None)
+        if at_start is not None:
+            return 0, at_start
+        if search["size"] != len(prefixes):
+            alternatives = sorted((p for p in prefixes if p), key=len, reverse=True)  # the longest first at a place
+            search["pattern"] = re.compile("|".join(map(re.escape, alternatives))) if alternatives else None
+            search["size"] = len(prefixes)
+        found = search["pattern"].search(string) if search["pattern"] is not None else None
+        return (found.start(), found.group()) if found else None
 
     def check(length: int, left_truncate_len: int | None) -> None:
         if left_truncate_len:  # generate_until: room for the generated tokens
@@ -261,19 +280,25 @@ def _encode_prefixes_apart(lm, prefixes: set[str], apart: bool = True) -> Callab
             limit, what = lm.max_length, f"max_length={lm.max_length}"
         if length > limit:
             raise ValueError(
-                f"evaluate_with_prefix: a prompt that starts with the prefix is {length} tokens, but lm-eval keeps only "
+                f"evaluate_with_prefix: a prompt with the prefix is {length} tokens, but lm-eval keeps only "
                 f"the last {limit} for this model's context ({what}): it would cut the prefix off and the score would "
                 "be reported as a with-prefix one. Lower num_fewshot (the metadata recipe's --eval_fewshot) or, where "
                 "the model supports longer inputs, pass a larger max_length."
             )
 
     def tok_encode(string, add_special_tokens=None, left_truncate_len=None, **kwargs):
-        prefix = split(string)
-        if prefix is None:
+        where = split(string)
+        if where is None:
             return encode(string, add_special_tokens=add_special_tokens, left_truncate_len=left_truncate_len, **kwargs)
-        if apart:
-            ids = encode(prefix, add_special_tokens=add_special_tokens, **kwargs)
-            ids = ids + tokenizer.encode(string[len(prefix) :], add_special_tokens=False)
+        if apart:  # [what lm-eval put before the prefix] prefix rest, each tokenized on its own
+            start, prefix = where
+            end = start + len(prefix)
+            if start:
+                ids = encode(string[:start], add_special_tokens=add_special_tokens, **kwargs)
+                ids = ids + tokenizer.encode(prefix, add_special_tokens=False)
+            else:
+                ids = encode(prefix, add_special_tokens=add_special_tokens, **kwargs)
+            ids = ids + tokenizer.encode(string[end:], add_special_tokens=False)
         else:  # lm-eval's own encoding, whole: truncation is refused below
             ids = encode(string, add_special_tokens=add_special_tokens, **kwargs)
         check(len(ids), left_truncate_len)

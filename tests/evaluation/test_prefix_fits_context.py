@@ -1,4 +1,5 @@
-"""`evaluate_with_prefix`: a prompt that starts with the prefix must fit the model's context whole (md25 audit).
+"""`evaluate_with_prefix`: a prompt that carries the prefix must fit the model's context whole (md25 audit; rv26: also
+when lm-eval puts a system instruction or a chat template's header before it).
 
 lm-eval cuts a prompt longer than the model's context from the left, so the prefix (the URL of the metadata recipe's
 with-URL condition) went first, and the score was reported as the with-prefix one; the only sign was lm-eval's generic
@@ -183,3 +184,68 @@ def test_a_rolling_task_with_a_prefix_is_refused(small_tokenizer, tmp_path, monk
     assert model.seen == []
     res = evaluate_with_prefix(model, small_tokenizer, prefix="", **common)
     assert res["results"]["hf_ext_test_rolling"]["word_perplexity,none"] > 1
+
+
+# rv26 F1: the check (and encode_prefix_apart) only looked at prompts that *start* with the prefix. lm-eval puts a
+# `system_instruction` (a simple_evaluate argument passed through **kwargs) and a chat template's header before the
+# task description, so those runs went through with the prefix cut off (0 of the scored rows held the URL).
+
+
+def _chat_tokenizer(tok):
+    """A copy of `tok` with a minimal chat template (the system turn holds lm-eval's description, the prefix; no
+    newline after the role, so the 4096-token BPE merges across the prefix's start when the prompt is encoded whole)."""
+    import copy
+
+    tok = copy.deepcopy(tok)
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>: {{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    return tok
+
+
+_BEFORE_PREFIX = {
+    "system_instruction": dict(system_instruction="Score the text."),
+    "chat_template": dict(apply_chat_template=True),
+    "chat_multiturn": dict(apply_chat_template=True, fewshot_as_multiturn=True),
+}
+
+
+@pytest.mark.parametrize("apart", [True, False])
+@pytest.mark.parametrize("before", sorted(_BEFORE_PREFIX))
+def test_a_prompt_with_text_before_the_prefix_is_checked_too(small_tokenizer, before, apart):
+    """The audit's scenario with text before the prefix: 160 positions, hf_ext_cloze at 3 shots. Before the fix each
+    of these ran and scored 160-token windows without the URL."""
+    tok = _chat_tokenizer(small_tokenizer)
+    model = _recording_llama(tok, 160)
+    with pytest.raises(
+        ValueError, match=r"a prompt with the prefix is \d+ tokens, but lm-eval keeps only the last 161"
+    ):
+        evaluate_with_prefix(model, tok, ["hf_ext_cloze"], prefix=_prefixes(tok)["function"], num_fewshot=3, limit=2,
+                             batch_size=1, encode_prefix_apart=apart, **_BEFORE_PREFIX[before])  # fmt: skip
+    assert model.seen == []
+
+
+@pytest.mark.parametrize("before", sorted(_BEFORE_PREFIX))
+def test_text_before_the_prefix_is_encoded_apart_and_every_row_keeps_the_prefix(tokenizer, before):
+    """Prompts that fit: with encode_prefix_apart the model receives [the text before the prefix, as lm-eval encodes
+    it] + the prefix's own ids + the rest's own ids (was: the whole string at once, the prefix not split off; the
+    4096-token BPE merges across the prefix's ends, e.g. "text.\n\nURL" and "\n\nGeneric")."""
+    from lm_eval.models.huggingface import HFLM
+
+    tok = _chat_tokenizer(tokenizer)
+    model = _recording_llama(tok, 4096)
+    prefix = lambda doc: f"URL: {doc['host']}\n\n"  # noqa: E731 (no BOS: lm-eval adds it to the text before)
+    got = evaluate_with_prefix(model, tok, ["hf_ext_cloze"], prefix=prefix, num_fewshot=1, limit=2, batch_size=1,
+                               encode_prefix_apart=True, log_samples=True, bootstrap_iters=0,
+                               **_BEFORE_PREFIX[before])  # fmt: skip
+    own = HFLM(pretrained=_recording_llama(tok, 4096), tokenizer=tok, batch_size=1, device="cpu")
+    expected = []
+    for sample in got["samples"]["hf_ext_cloze"]:
+        context, target = sample["arguments"][0]
+        whole, url = context + target, prefix(sample["doc"])
+        start = whole.index(url)
+        assert start > 0  # text before the prefix: the system instruction or the chat template's header
+        ids = own.tok_encode(whole[:start]) + tok.encode(url, add_special_tokens=False)
+        expected.append(ids + tok.encode(whole[start + len(url) :], add_special_tokens=False))
+    assert sorted(model.seen) == sorted(e[:-1] for e in expected)  # the fed rows lack the target's last token
