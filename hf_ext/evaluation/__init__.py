@@ -12,7 +12,7 @@ from .harness import (
     task_dir,
     task_manager,
 )
-from .prompting import check_eval_tasks, evaluate_with_prefix, parse_shots
+from .prompting import check_eval_tasks, check_prefix_fits, evaluate_with_prefix, parse_shots
 from .scores import accuracy_retention, task_scores
 from .uses import compliance_gap, format_task_sweep_table, layer_pairing_task_sweep
 
@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_TASKS",
     "accuracy_retention",
     "check_eval_tasks",
+    "check_prefix_fits",
     "evaluate_with_prefix",
     "parse_shots",
     "compliance_gap",

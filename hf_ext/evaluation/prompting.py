@@ -20,13 +20,16 @@ def check_eval_tasks(
     metric: str | None = None,
     require_fields: Sequence[str] = (),
     include_path: str | Sequence[str] | None = None,
+    prefixed: bool = False,
 ) -> list[str] | None:
     """Parse and check a comma-separated list of lm-eval task names before a recipe does any work.
 
     Checks that lm-eval is installed, that every name is a task, group or tag lm-eval knows (the packaged tasks plus
     lm-eval's own; indexing those takes several seconds, so it only happens when a name is not an `hf_ext*` one) and,
-    when `metric` or `require_fields` are given, loads the tasks to check that each reports `metric` and that its
-    test documents carry `require_fields` (e.g. a `url` for URL-conditioned prompts).
+    when `metric`, `require_fields` or `prefixed` are given, loads the tasks to check that each reports `metric`, that
+    its test documents carry `require_fields` (e.g. a `url` for URL-conditioned prompts) and, with `prefixed` (the
+    recipe evaluates with a prompt prefix, see [`evaluate_with_prefix`]), that none is a `loglikelihood_rolling` task,
+    whose requests lm-eval builds from the document's text alone, so the prefix would not be in them.
 
     Returns:
         `list[str]` of task names, or `None` when `text` is `None` (evaluation off).
@@ -57,13 +60,20 @@ def check_eval_tasks(
             f"{flag}: unknown lm-eval task(s) {unknown}; the packaged offline tasks are {sorted(DEFAULT_TASKS)} "
             "(see docs/evaluation.md), lm-eval's own are listed by `lm_eval ls tasks`."
         )
-    if metric is not None or require_fields:
+    if metric is not None or require_fields or prefixed:
         try:
             loaded = tm.load(names)["tasks"]
         except Exception as err:  # lm-eval raises many kinds (missing data, no network)
             raise ValueError(f"{flag}: lm-eval could not load {names}: {err}") from err
         if metric is not None:
             check_reported_metric(loaded, metric, flag, "pick the metric with --eval_metric")
+        rolling = [n for n, t in loaded.items() if getattr(t, "OUTPUT_TYPE", None) == "loglikelihood_rolling"]
+        if prefixed and rolling:
+            raise ValueError(
+                f"{flag}: task(s) {rolling} are loglikelihood_rolling tasks, whose requests lm-eval builds from the "
+                "document's text alone (no description), so the prompt prefix would not be in them and the "
+                "with-prefix score would be the one without it; drop them from the list."
+            )
         for name, task in loaded.items():
             if require_fields:
                 docs = task.test_docs() if task.has_test_docs() else task.validation_docs()
@@ -161,17 +171,7 @@ def evaluate_with_prefix(
         guard = encode_prefix_apart or (isinstance(lm, HFLM) and (callable(prefix) or prefix != ""))
         restore = _encode_prefixes_apart(lm, prefixes, apart=encode_prefix_apart) if guard else None
         try:
-            if guard and isinstance(prefix, str):  # rendered per document as lm-eval renders a description, collected
-                prefix = _rendered(prefix)
-            tm = task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED, metadata=metadata)
-            loaded = list(tm.load(tasks)["tasks"].values())  # fresh Task objects: the settings below touch only these
-            _check_no_rolling_tasks(loaded, prefix)
-            for task in loaded:
-                if callable(prefix):
-                    task.set_config("process_docs", _with_prefix_field(task.config.process_docs, prefix, prefixes))
-                    task.set_config("description", PREFIX_FIELD)
-                else:
-                    task.set_config("description", prefix)
+            tm, loaded = _prefixed_tasks(tasks, prefix, prefixes, guard, include_path, metadata)
             kwargs.setdefault("bootstrap_iters", 1000)
             kwargs.setdefault("log_samples", False)
             results = lm_eval.simple_evaluate(
@@ -190,6 +190,127 @@ def evaluate_with_prefix(
             if restore is not None:  # an lm-eval LM object passed in gets its own methods back
                 restore()
     return dict(results) if results is not None else {}
+
+
+def check_prefix_fits(
+    model,
+    tokenizer=None,
+    tasks: str | Sequence[str] = DEFAULT_TASKS,
+    prefix: str | Callable[[dict], str] = "",
+    num_fewshot: int | None = 0,
+    limit: int | float | None = None,
+    max_length: int | None = None,
+    include_path: str | Sequence[str] | None = None,
+    seed: int = 1234,
+    metadata: Mapping | None = None,
+    encode_prefix_apart: bool = False,
+    system_instruction: str | None = None,
+    apply_chat_template: bool = False,
+    fewshot_as_multiturn: bool = False,
+) -> None:
+    """Raise the `ValueError` that [`evaluate_with_prefix`] with these arguments raises for a prompt longer than the
+    model's context or for a `loglikelihood_rolling` task, without scoring anything (nothing when all fits).
+
+    The requests are built as `lm_eval.simple_evaluate` builds them (lm-eval's public `Task` API: the `num_fewshot`
+    override, the few-shot seed, `build_all_requests` with the same `limit`) and encoded as lm-eval's `HFLM` encodes
+    them before scoring (`tok_encode` of context + continuation, `tok_batch_encode` of a generation prompt with room
+    for `max_gen_toks`), through the same wrapped methods that evaluate_with_prefix's check uses: the same token
+    counts, the same limits, the same message.
+
+    Args:
+        model: As in evaluate_with_prefix (lm-eval's `HFLM` only). Only the model's config is read (the context
+            `max_length` that `HFLM` derives from it, its causal/seq2seq backend), so a model built on the meta
+            device (`with torch.device("meta"): AutoModelForCausalLM.from_config(config)`) checks the prompts
+            before any training. A `tokenizer` passed in is copied: `HFLM` may give it a pad token.
+        system_instruction, apply_chat_template, fewshot_as_multiturn: lm-eval's, as passed to evaluate_with_prefix.
+        Others: as in evaluate_with_prefix.
+    """
+    import copy
+
+    tasks = _check_run_args(tasks, num_fewshot, limit)
+    _check_lm_args(1, max_length)
+    if not (isinstance(prefix, str) or callable(prefix)):
+        raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
+    if isinstance(prefix, str) and prefix == "":  # evaluate_with_prefix checks nothing either
+        return
+    from lm_eval.evaluator_utils import get_sample_size
+    from lm_eval.models.huggingface import HFLM
+
+    tokenizer = copy.deepcopy(tokenizer) if tokenizer is not None else None
+    with keeping_train_mode(model):  # HFLM switches a model object to eval mode
+        lm = _as_lm(model, tokenizer, 1, None, max_length)
+        if not isinstance(lm, HFLM):
+            raise TypeError(f"check_prefix_fits needs lm-eval's HFLM (a model object or a folder), got {type(lm)}.")
+        prefixes: set[str] = set()
+        restore = _encode_prefixes_apart(lm, prefixes, apart=encode_prefix_apart)
+        try:
+            _, loaded = _prefixed_tasks(tasks, prefix, prefixes, True, include_path, metadata)
+            for task in loaded:  # as simple_evaluate sets up each task, then evaluate() builds its requests
+                if num_fewshot is not None:
+                    if task.get_config("num_fewshot") != 0:  # lm-eval keeps a 0 set in a task's config
+                        task.set_config(key="num_fewshot", value=num_fewshot)
+                elif task.get_config("num_fewshot") is None:
+                    task.set_config(key="num_fewshot", value=0)
+                task.set_fewshot_seed(seed=seed)
+                task.build_all_requests(
+                    limit=get_sample_size(task, limit),
+                    rank=0,
+                    world_size=1,
+                    system_instruction=system_instruction,
+                    apply_chat_template=bool(apply_chat_template),
+                    fewshot_as_multiturn=fewshot_as_multiturn,
+                    chat_template=lm.apply_chat_template if apply_chat_template else None,
+                    tokenizer_name=getattr(lm, "tokenizer_name", "") if apply_chat_template else "",
+                )
+                for instance in task.instances:
+                    _encode_as_hflm(lm, instance)
+        finally:
+            restore()
+
+
+def _encode_as_hflm(lm, instance) -> None:
+    """The encodings lm-eval's `HFLM` makes of one request before it scores it, through `lm`'s public (here wrapped,
+    checking) `tok_encode` / `tok_batch_encode`: a log-likelihood request's context + continuation and its context
+    (trailing spaces moved to the continuation; seq2seq: context and continuation apart), a generation prompt for
+    the sort by length and then in its batch, left-truncated to `max_length - max_gen_toks`."""
+    if instance.request_type == "loglikelihood":
+        context, continuation = instance.args
+        if context == "":  # lm-eval scores the continuation after the prefix token
+            lm.tok_encode(continuation, add_special_tokens=False)
+            return
+        stripped = context.rstrip()
+        if lm.backend == "causal":
+            lm.tok_encode(context + continuation)
+            lm.tok_encode(stripped)
+        else:
+            lm.tok_encode(stripped)
+            lm.tok_encode(context[len(stripped) :] + continuation, add_special_tokens=False)
+    elif instance.request_type == "generate_until":
+        from lm_eval.models.utils import normalize_gen_kwargs
+
+        context, gen_kwargs = instance.args
+        lm.tok_encode(context)
+        max_gen_toks = normalize_gen_kwargs(gen_kwargs, lm.max_gen_toks)["max_gen_toks"]
+        room = lm.max_length - max_gen_toks if lm.backend == "causal" else lm.max_length
+        lm.tok_batch_encode([context], left_truncate_len=room, truncation=lm.truncation)
+
+
+def _prefixed_tasks(tasks: list[str], prefix, prefixes: set[str], collect: bool, include_path, metadata):
+    """`(task_manager, [Task])`: fresh lm-eval Task objects of `tasks` with `prefix` as their description (a string
+    rendered per document as lm-eval renders a description when `collect`; a callable's per-document prefixes go
+    into `prefixes`); a `loglikelihood_rolling` task is refused when `prefix` is not empty."""
+    if collect and isinstance(prefix, str):  # rendered per document as lm-eval renders a description, collected
+        prefix = _rendered(prefix)
+    tm = task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED, metadata=metadata)
+    loaded = list(tm.load(tasks)["tasks"].values())  # fresh Task objects: the settings below touch only these
+    _check_no_rolling_tasks(loaded, prefix)
+    for task in loaded:
+        if callable(prefix):
+            task.set_config("process_docs", _with_prefix_field(task.config.process_docs, prefix, prefixes))
+            task.set_config("description", PREFIX_FIELD)
+        else:
+            task.set_config("description", prefix)
+    return tm, loaded
 
 
 def _check_no_rolling_tasks(loaded: Sequence, prefix: str | Callable[[dict], str]) -> None:

@@ -297,7 +297,8 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         if meta_args.eval_url is not None and not meta_args.eval_url.strip():
             raise ValueError("--eval_url must be a URL such as https://en.wikipedia.org/ (or left unset).")
         names = check_eval_tasks(meta_args.eval_tasks, "--eval_tasks", metric=meta_args.eval_metric,
-                                 require_fields=() if meta_args.eval_url else template.columns)  # fmt: skip
+                                 require_fields=() if meta_args.eval_url else template.columns,
+                                 prefixed=True)  # fmt: skip
         check_fewshot_pool(names, shots, "--eval_fewshot")
     if training_args.remove_unused_columns:
         logger.warning("remove_unused_columns=True would drop the metadata columns; the recipe sets it to False.")
@@ -625,6 +626,38 @@ def _prompt_prefixes(tokenizer, template, meta_args) -> dict:
     }
 
 
+def check_eval_prompts_fit(model_args, data_args, meta_args, tokenizer, template) -> None:
+    """Refuse, before training, an `--eval_tasks` / `--eval_fewshot` setting that `evaluate_tasks_with_and_without_url`
+    would refuse after it: a prompt longer than the model's context, which lm-eval would cut from the left, URL first.
+
+    Each model x URL x shot count of that evaluation is checked with `check_prefix_fits` (the prompts lm-eval builds,
+    encoded and limited as `evaluate_with_prefix` encodes and limits them) on the model built on the meta device from
+    the config the recipe trains (the context length lm-eval's `HFLM` reads from it), with the same prefixes,
+    `--eval_limit`, seed and `encode_prefix_apart=True`. A `ValueError` naming `--eval_fewshot` and the count.
+    """
+    from ..evaluation.prompting import check_prefix_fits, parse_shots
+
+    model = build_model(model_args, tokenizer, data_args.block_size, meta=True)
+    tasks = [t.strip() for t in meta_args.eval_tasks.split(",")]
+    prefixes = _prompt_prefixes(tokenizer, template, meta_args)
+    checked: list = []  # a prefix two conditions share (the with-URL one, the meco layout's plain BOS) once
+    for name in ("url_conditioned", "baseline") if meta_args.run_baseline else ("url_conditioned",):
+        for url in (False, True):
+            prefix = prefixes[(name, url)]
+            if any(prefix is p or (isinstance(p, str) and prefix == p) for p in checked):
+                continue
+            checked.append(prefix)
+            for k in parse_shots(meta_args.eval_fewshot):
+                try:
+                    check_prefix_fits(model, tokenizer, tasks, prefix=prefix, num_fewshot=k,
+                                      limit=meta_args.eval_limit, encode_prefix_apart=True)  # fmt: skip
+                except ValueError as err:
+                    raise ValueError(
+                        f"--eval_fewshot {k} (--eval_tasks {meta_args.eval_tasks}, the {name} model "
+                        f"{'with' if url else 'without'} the URL), checked before training: {err}"
+                    ) from err
+
+
 def evaluate_tasks_with_and_without_url(models: dict, tokenizer, template, meta_args) -> dict:
     """lm-eval on `--eval_tasks` for every model x URL at inference (without, with) x `--eval_fewshot` count.
 
@@ -884,6 +917,8 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         add_context_tokens(tokenizer)
     # The tokenizer-dependent checks (e.g. the meco separator must fit into --max_metadata_tokens) before any write.
     MetadataEncoder(tokenizer, layout=meta_args.layout, max_metadata_tokens=meta_args.max_metadata_tokens)
+    if meta_args.eval_tasks:  # the lm-eval prompts must fit the models' context (was refused only after training)
+        check_eval_prompts_fit(model_args, data_args, meta_args, tokenizer, template)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     if is_main_process():  # an older run's results must not sit beside this run's models if this run stops early
         from ._common import clear_previous_results

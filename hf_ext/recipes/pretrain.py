@@ -536,18 +536,29 @@ def check_fresh_model(model_args: ModelArguments, block_size: int) -> None:
     check_meta_build(config, model_args.attn_implementation, f"fresh {model_args.model_type}")
 
 
-def build_model(model_args: ModelArguments, tokenizer, block_size: int):
-    """A fresh model from config (or a pretrained one) sized for `tokenizer`."""
-    from transformers import AutoModelForCausalLM
+def build_model(model_args: ModelArguments, tokenizer, block_size: int, meta: bool = False):
+    """A fresh model from config (or a pretrained one) sized for `tokenizer`; with `meta`, the same model's config and
+    modules on the meta device (no weights loaded, no memory), e.g. to read its context length before training."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if model_args.model_name_or_path:
-        return AutoModelForCausalLM.from_pretrained(
-            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
+        if not meta:
+            return AutoModelForCausalLM.from_pretrained(
+                model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
+            )
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    else:
+        special = dict(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
-    special = dict(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
-    config = fresh_config(model_args, len(tokenizer), block_size, special)
+        config = fresh_config(model_args, len(tokenizer), block_size, special)
+    if meta:
+        import torch
+
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
     return AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
 
 

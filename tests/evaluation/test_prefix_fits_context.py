@@ -249,3 +249,82 @@ def test_text_before_the_prefix_is_encoded_apart_and_every_row_keeps_the_prefix(
         ids = own.tok_encode(whole[:start]) + tok.encode(url, add_special_tokens=False)
         expected.append(ids + tok.encode(whole[start + len(url) :], add_special_tokens=False))
     assert sorted(model.seen) == sorted(e[:-1] for e in expected)  # the fed rows lack the target's last token
+
+
+# rv26 F3: `check_prefix_fits` raises what evaluate_with_prefix would raise for the same prompts, without scoring, on a
+# model built on the meta device (the metadata recipe checks --eval_fewshot with it before training).
+
+
+def _meta_llama(tok, max_positions: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=1, num_attention_heads=2,
+                                            max_position_embeddings=max_positions))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kind, apart, extra",
+    [
+        ("loglikelihood", True, {}),
+        ("loglikelihood", False, {}),
+        ("generate_until", True, {}),
+        ("generate_until", False, {}),
+        ("loglikelihood", True, {"system_instruction": "Score the text."}),
+    ],
+)
+def test_the_early_check_agrees_with_the_evaluation_at_the_context_limit(small_tokenizer, tmp_path, monkeypatch, kind,
+                                                                         apart, extra):  # fmt: skip
+    """P = the fewest positions (the config's max_position_embeddings, read by lm-eval's HFLM) the early check accepts.
+    The evaluation runs at P and refuses P - 1 with the early check's message; nothing is scored by the check."""
+    from hf_ext.evaluation.harness import task_dir
+    from hf_ext.evaluation.prompting import check_prefix_fits
+
+    (tmp_path / "gen.yaml").write_text(
+        f"include: {task_dir()}/hf_ext_cloze.yaml\ntask: hf_ext_test_gen\noutput_type: generate_until\n"
+        'doc_to_target: "{{target}}"\ngeneration_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 8\n  do_sample: false\n'
+        "metric_list:\n  - metric: exact_match\n"
+    )
+    monkeypatch.setattr(prompting, "_PACKAGED", prompting._PACKAGED | {"hf_ext_test_gen"})
+    task = "hf_ext_cloze" if kind == "loglikelihood" else "hf_ext_test_gen"
+    common = dict(tasks=[task], prefix=_prefixes(small_tokenizer)["function"], num_fewshot=1, limit=3,
+                  include_path=str(tmp_path), encode_prefix_apart=apart, **extra)  # fmt: skip
+
+    def early(positions: int) -> str:
+        try:
+            check_prefix_fits(_meta_llama(small_tokenizer, positions), small_tokenizer, **common)
+            return "ok"
+        except ValueError as err:
+            return str(err)
+
+    low, high = 16, 4096  # refused at low, accepted at high
+    assert early(low) != "ok" and early(high) == "ok"
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if early(mid) == "ok" else (mid, high)
+    refusal = early(high - 1)
+    assert "max_length=" + str(high - 1) in refusal
+    model = _recording_llama(small_tokenizer, high)
+    evaluate_with_prefix(model, small_tokenizer, batch_size=2, bootstrap_iters=0, **common)  # accepted: runs
+    assert model.seen
+    model = _recording_llama(small_tokenizer, high - 1)
+    with pytest.raises(ValueError) as err:
+        evaluate_with_prefix(model, small_tokenizer, batch_size=2, bootstrap_iters=0, **common)
+    assert str(err.value) == refusal and model.seen == []
+
+
+def test_the_early_check_refuses_a_rolling_task_and_checks_nothing_without_a_prefix(small_tokenizer, tmp_path,
+                                                                                    monkeypatch):  # fmt: skip
+    from hf_ext.evaluation.harness import task_dir
+    from hf_ext.evaluation.prompting import check_prefix_fits
+
+    (tmp_path / "rolling.yaml").write_text(
+        f"include: {task_dir()}/hf_ext_cloze.yaml\ntask: hf_ext_test_rolling\noutput_type: loglikelihood_rolling\n"
+        'doc_to_target: "{{context}}"\nmetric_list:\n  - metric: word_perplexity\n'
+    )
+    monkeypatch.setattr(prompting, "_PACKAGED", prompting._PACKAGED | {"hf_ext_test_rolling"})
+    common = dict(tasks=["hf_ext_test_rolling"], limit=2, include_path=str(tmp_path))
+    with pytest.raises(ValueError, match=r"\['hf_ext_test_rolling'\] are loglikelihood_rolling tasks"):
+        check_prefix_fits(_meta_llama(small_tokenizer, 4096), small_tokenizer, prefix="<s>", **common)
+    check_prefix_fits(_meta_llama(small_tokenizer, 16), small_tokenizer, prefix="", num_fewshot=3, **common)
