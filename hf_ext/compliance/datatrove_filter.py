@@ -22,7 +22,14 @@ except ImportError as err:  # datatrove is an optional extra
 
 from .domains import BlockedDomains, _coarse_keeps, build_blocked_domains
 from .robots import DEFAULT_AI_USER_AGENTS, RobotsCompliance
-from .store import _META_FILE, _STAGED_META_FILE, RobotsTxtStore, _infer_format
+from .store import (
+    _META_FILE,
+    _STAGED_META_FILE,
+    RobotsTxtStore,
+    _empty_snapshot_message,
+    _infer_format,
+    snapshot_is_empty,
+)
 
 
 def _snapshot_fingerprint(path: str) -> str:
@@ -142,6 +149,8 @@ class RobotsTxtFilter(BaseFilter):
                     f"robots snapshot folder {path!r} holds no <host>.txt files and no _snapshot.json; pass a folder "
                     "written by RobotsTxtStore.save, a .jsonl or a .parquet file."
                 )
+            if snapshot_is_empty(path):  # as RobotsTxtStore.load refuses it, here and not in every task
+                raise ValueError(_empty_snapshot_message(Path(path)))
             RobotsCompliance({}, **self._checker_kwargs)  # validate the options before any work
             self._snapshot_path, checker = path, None
             # each task loads the path when it starts (a Slurm array task hours later, a requeued job): it must find

@@ -390,12 +390,17 @@ class RobotsTxtStore(Mapping):
 
     # Readers ------------------------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike, format: str | None = None) -> RobotsTxtStore:
+    def load(cls, path: str | os.PathLike, format: str | None = None, allow_empty: bool = False) -> RobotsTxtStore:
         """Read a snapshot written by `save` (format inferred from the path when not given).
+
+        A snapshot of no host (an empty `.jsonl`, a `.parquet` of 0 rows, a folder saved from an empty store) is a
+        `ValueError`, as a folder with no snapshot files is: it opts nothing out, so a filter run on it keeps every
+        document, and it is almost surely a failed or interrupted export. `allow_empty=True` loads it.
 
         Args:
             path (`str` or `os.PathLike`): A folder, a `.jsonl` file or a `.parquet` file.
             format (`str`, *optional*): One of `"folder"`, `"jsonl"`, `"parquet"`.
+            allow_empty (`bool`, *optional*, defaults to `False`): Load a snapshot of no host as an empty store.
         """
         path = Path(path)
         fmt = format or _infer_format(path)
@@ -403,8 +408,14 @@ class RobotsTxtStore(Mapping):
             raise ValueError(f"format must be one of {_FORMATS}, got {fmt!r}.")
         if not path.exists():
             raise ValueError(f"robots.txt snapshot {str(path)!r} does not exist; pass a folder, .jsonl or .parquet.")
-        if fmt == "folder":
-            return cls._load_folder(path)
+        store = cls._load_folder(path) if fmt == "folder" else cls._load_records(path, fmt)
+        if not len(store) and not allow_empty:
+            raise ValueError(_empty_snapshot_message(path))
+        return store
+
+    @classmethod
+    def _load_records(cls, path: Path, fmt: str) -> RobotsTxtStore:
+        """Read a `.jsonl` or `.parquet` snapshot (one record per host)."""
         if fmt == "jsonl":
             rows = []
             with open(path, encoding="utf-8") as fh:
@@ -669,6 +680,41 @@ def _fetched_before(new: str, old: str) -> bool:
     if new_dt is None or old_dt is None:
         return new < old
     return new_dt < old_dt
+
+
+def _empty_snapshot_message(path: Path) -> str:
+    return (
+        f"robots.txt snapshot {str(path)!r} holds no robots.txt records (0 hosts): it opts nothing out, so filtering "
+        "by it would keep every document; it is most likely a failed or interrupted export. Pass a snapshot with "
+        "hosts (written by RobotsTxtStore.save or fetch_robots_txt), or load it with "
+        "RobotsTxtStore.load(path, allow_empty=True) if it is meant to be empty."
+    )
+
+
+def snapshot_is_empty(path: str | os.PathLike) -> bool:
+    """Whether the snapshot at `path` holds no record, found without reading it whole (for a check at the start of a
+    run that loads it later): a `.jsonl` file with no non-blank line, a `.parquet` file of 0 rows, or a folder whose
+    manifest lists no host file and no host and that holds no `<host>.txt` file. A snapshot this cannot tell (a
+    malformed file) counts as not empty: `RobotsTxtStore.load` says what is wrong with it."""
+    path = Path(path)
+    try:
+        fmt = _infer_format(path)
+        if fmt == "jsonl":
+            with open(path, encoding="utf-8") as fh:
+                return not any(line.strip() for line in fh)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows == 0
+        if any(path.glob("*.txt")):
+            return False
+        for name in (_STAGED_META_FILE, _META_FILE):
+            if (path / name).is_file():
+                meta = json.loads((path / name).read_text(encoding="utf-8"))
+                return isinstance(meta, dict) and not meta.get("files") and not meta.get("hosts")
+        return False  # no manifest and no host file: `load` refuses it as not a snapshot folder
+    except (OSError, ValueError):  # also pyarrow's ArrowInvalid for a file that is not Parquet
+        return False
 
 
 def _infer_format(path: Path) -> str:

@@ -192,6 +192,13 @@ def _validate(args: ComplianceArguments):
             raise ValueError(f"--{name} must be non-empty.")
     if args.robots is not None and not os.path.exists(args.robots):
         raise ValueError(f"--robots={args.robots!r} does not exist; pass a snapshot folder, .jsonl or .parquet.")
+    if args.robots is not None:
+        from pathlib import Path
+
+        from ..compliance.store import _empty_snapshot_message, snapshot_is_empty
+
+        if snapshot_is_empty(args.robots):  # (checked cheaply here, before --output_dir is made; load refuses it too)
+            raise ValueError(f"--robots: {_empty_snapshot_message(Path(args.robots))}")
     # a path that is not a folder, or a Hub name offline
     check_dataset_name(args.dataset_name, "Use a local folder or --train_file.")
     if args.train_file is not None and not os.path.isfile(args.train_file):
@@ -479,7 +486,10 @@ def run(args: ComplianceArguments) -> dict:
     # Every check (snapshot, checker options, dataset columns, the --train_models blocks) runs before the previous
     # run's results are removed, just before this run writes its first file: a run that fails on its inputs leaves the
     # earlier results in place.
-    store = RobotsTxtStore.load(args.robots) if args.robots else load_example_robots()
+    try:  # a snapshot of no host is refused in every format (it would remove nothing)
+        store = RobotsTxtStore.load(args.robots) if args.robots else load_example_robots()
+    except ValueError as err:
+        raise ValueError(f"--robots: {err}") from None
     agents = [a.strip() for a in args.user_agents.split(",")] if args.user_agents else list(DEFAULT_AI_USER_AGENTS)
     checker = RobotsCompliance(
         store,

@@ -60,9 +60,11 @@ def test_folder_without_snapshot_files_is_an_error(tmp_path):
     (tmp_path / "shards" / "part-0.parquet").write_bytes(b"")
     with pytest.raises(ValueError, match="shards"):
         RobotsTxtStore.load(tmp_path / "shards")
-    # a saved empty store still loads
+    # a saved empty store is refused as the empty .jsonl/.parquet are (it would remove nothing), unless asked for
     RobotsTxtStore().save(tmp_path / "empty")
-    assert len(RobotsTxtStore.load(tmp_path / "empty")) == 0
+    with pytest.raises(ValueError, match=r"holds no robots\.txt records \(0 hosts\)"):
+        RobotsTxtStore.load(tmp_path / "empty")
+    assert len(RobotsTxtStore.load(tmp_path / "empty", allow_empty=True)) == 0
 
 
 def test_snapshot_metadata_keys_are_normalised(tmp_path):
