@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 try:
@@ -21,6 +21,7 @@ except ImportError as err:  # datatrove is an optional extra
     ) from err
 
 from .domains import BlockedDomains, _coarse_keeps, build_blocked_domains
+from .rfc9309 import check_user_agents
 from .robots import DEFAULT_AI_USER_AGENTS, RobotsCompliance
 from .store import (
     _META_FILE,
@@ -72,7 +73,8 @@ class RobotsTxtFilter(BaseFilter):
             snapshot saved over the one the step was built with fails with a `ValueError` (see
             `_snapshot_fingerprint`), so the tasks of one built pipeline never mix two snapshots.
         user_agents (`Sequence[str]`, *optional*, defaults to `DEFAULT_AI_USER_AGENTS`):
-            Agents to check. With a ready `RobotsCompliance` the checker's own agents apply: passing other agents (or
+            Agents to check, each a product token alone or with a version (`"GPTBot"`, `"CCBot/2.0"`; a full
+            User-Agent header or a name with a space is a `ValueError`, as in `RobotsCompliance`). With a ready `RobotsCompliance` the checker's own agents apply: passing other agents (or
             any other `RobotsCompliance` option, e.g. `status_policy=`) is a `ValueError`, since the step would
             ignore them; set them on the `RobotsCompliance` instead.
         **checker_kwargs: Other `RobotsCompliance` options (`host_fallback`, `status_policy`, `backend`,
@@ -119,6 +121,10 @@ class RobotsTxtFilter(BaseFilter):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
         self._snapshot_path = None
+        if user_agents is not None and not isinstance(user_agents, str) and isinstance(user_agents, Iterable):
+            user_agents = list(user_agents)
+            # before the ready-checker comparison: a full User-Agent header is refused as such, naming the fix
+            check_user_agents([a for a in user_agents if isinstance(a, str)], "user_agents")
         if isinstance(robots, RobotsCompliance):
             # the checker decides with its own settings: options given beside it would be silently ignored
             given = sorted(checker_kwargs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 __all__ = [
     "ALLOW_ALL",
@@ -28,6 +29,7 @@ __all__ = [
     "authority_end",
     "authority_start",
     "canonical_path",
+    "check_user_agents",
     "path_from",
     "product_token",
     "remove_dot_segments",
@@ -40,6 +42,12 @@ MAX_LINE_BYTES = 8 * 2083 - 1
 MAX_ROBOTS_BYTES = 500 * 1024
 
 _TOKEN = re.compile(r"[A-Za-z_-]*")
+# A crawler name a caller checks: a product token, alone or with a version (`CCBot/2.0`). Digits may follow its first
+# character (`AI2Bot`, a crawler's real name), though the token it is matched by stops before them, as a robots.txt
+# line's `User-agent: AI2Bot` does. A space, `*`, `(` ... would cut the name to another token.
+_AGENT_NAME = re.compile(r"[A-Za-z_-][A-Za-z0-9_-]*(?:/[^\s/]+)?")
+# A crawler's product token inside a full User-Agent header (`...; compatible; GPTBot/1.2; ...`), for the error message.
+_TOKEN_IN_HEADER = re.compile(r"compatible;\s*([A-Za-z_-][A-Za-z0-9_-]*)|\b([A-Za-z_-][A-Za-z0-9_-]*bot)\b", re.I)
 _WS = " \t\n\r\f\v"
 _DISALLOW_KEYS = ("disallow", "dissallow", "dissalow", "disalow", "diasllow", "disallaw")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -63,6 +71,47 @@ def product_token(agent: str) -> str:
     `"CCBot/2.0"` -> `"ccbot"`, `"Applebot-Extended"` -> `"applebot-extended"`, `"FOO BAR"` -> `"foo"`.
     """
     return _TOKEN.match(agent).group().lower()
+
+
+def _suggested_token(agent: str) -> str | None:
+    """A product token the caller probably meant by a name that is not one: the name without its spaces
+    (`"GPT Bot"` -> `"GPTBot"`), or the crawler a full User-Agent header names (`compatible; GPTBot/1.2`)."""
+    squeezed = "".join(agent.split())
+    if squeezed != agent and _AGENT_NAME.fullmatch(squeezed):
+        return squeezed
+    for m in _TOKEN_IN_HEADER.finditer(agent):
+        name = m.group(1) or m.group(2)
+        if name.lower() not in ("mozilla", "khtml"):
+            return name
+    return None
+
+
+def check_user_agents(agents: Sequence[str], arg: str = "user_agents") -> None:
+    """Refuse crawler names that are not a product token, alone or with a version (`"GPTBot"`, `"CCBot/2.0"`), or
+    `"*"`: robots.txt groups are matched by the name's product token (its leading letters, `-` and `_`), so a full
+    User-Agent header (`"Mozilla/5.0 (...; GPTBot/1.2; ...)"` is the token `mozilla`) or a name with a space
+    (`"GPT Bot"` is `gpt`) would be decided by another crawler's group. The `ValueError` names `arg`, each such name
+    with the token it would be checked as, and the token to pass instead where one can be read from it."""
+    bad, hints = [], []
+    for agent in agents:
+        if agent == "*" or _AGENT_NAME.fullmatch(agent):
+            continue
+        token = product_token(agent)
+        if token:
+            bad.append(f"{agent!r} (would be checked as {token!r})")
+        else:
+            bad.append(f"{agent!r} (no product token: a name starts with a letter, '-' or '_')")
+        hint = _suggested_token(agent)
+        if hint is not None and hint not in hints:
+            hints.append(hint)
+    if bad:
+        fix = f"pass {', '.join(map(repr, hints))}" if hints else "pass the crawler's product token"
+        raise ValueError(
+            f"{arg} {', '.join(bad)}: a crawler is named by its product token, alone or with a version (letters, "
+            "digits, '-' and '_', e.g. 'GPTBot' or 'CCBot/2.0'), not by a full User-Agent header or a name with spaces "
+            f"or other characters; robots.txt groups are matched by that token, so another crawler's group would "
+            f"decide. {fix[0].upper() + fix[1:]} instead; use '*' for a crawler without a group of its own."
+        )
 
 
 def _pct_upper(m: re.Match) -> str:
@@ -355,6 +404,17 @@ ALLOW_ALL = RuleMatcher(())
 DISALLOW_ALL = RuleMatcher(((False, "/"),))
 
 
+@lru_cache(maxsize=4096)
+def _caller_token(agent: str) -> str:
+    """The product token `RobotsTxt.matcher` looks `agent` up by (`""` for `"*"`), once the name is checked."""
+    if not isinstance(agent, str):
+        raise TypeError(f"agent must be a crawler name (str), e.g. 'GPTBot', got {type(agent).__name__}.")
+    if agent == "*":
+        return ""
+    check_user_agents([agent], "agent")
+    return product_token(agent)
+
+
 class RobotsTxt:
     """A parsed robots.txt: its groups, each with the product tokens it names and its rules.
 
@@ -398,8 +458,10 @@ class RobotsTxt:
         return cls([(frozenset(t), g[0], r) for t, g, r in groups])
 
     def matcher(self, agent: str) -> RuleMatcher:
-        """The compiled rules that apply to `agent` (`"*"`: a crawler without a group of its own)."""
-        token = "" if agent == "*" else product_token(agent)
+        """The compiled rules that apply to `agent`, a product token alone or with a version (`"GPTBot"`,
+        `"CCBot/2.0"`; `"*"`: a crawler without a group of its own); another name is a `ValueError`
+        (`check_user_agents`)."""
+        token = _caller_token(agent)
         found = self._matchers.get(token)
         if found is None:
             specific = [g for g in self.groups if token and token in g[0]]
@@ -410,5 +472,6 @@ class RobotsTxt:
         return found
 
     def allowed(self, url: str, agent: str) -> bool:
-        """Whether `agent` may fetch `url` (absolute, `//host/path`, `host/path` or a path)."""
+        """Whether `agent` (a product token, alone or with a version, or `"*"`) may fetch `url` (absolute,
+        `//host/path`, `host/path` or a path)."""
         return self.matcher(agent).allowed(url_path(url))

@@ -22,6 +22,7 @@ from .rfc9309 import (
     _encode_bytes,
     authority_end,
     authority_start,
+    check_user_agents,
     path_from,
     product_token,
     remove_dot_segments,
@@ -478,7 +479,9 @@ class RobotsCompliance:
             robots.txt texts per host (`None` = the host has no robots.txt).
         user_agents (`Sequence[str]`, *optional*, defaults to `DEFAULT_AI_USER_AGENTS`):
             Agents to check; a URL is non-compliant if *any* of them is disallowed. Include `"*"` to also remove
-            content closed to all crawlers.
+            content closed to all crawlers. Each is a product token, alone or with a version (`"GPTBot"`,
+            `"CCBot/2.0"`): a full User-Agent header or a name with a space (`"GPT Bot"`) is a `ValueError`, as it
+            would be matched by another token (`mozilla`, `gpt`) and another crawler's group would decide.
         host_fallback (`str`, *optional*, defaults to `"www"`):
             How a URL's host is looked up in the store: `"exact"` (the host only, as the reference filter),
             `"www"` (also `example.com` for `www.example.com` and the other way round) or `"parents"` (also every
@@ -525,12 +528,7 @@ class RobotsCompliance:
         agents = tuple(dict.fromkeys(user_agents))
         if not agents or not all(isinstance(a, str) and a.strip() for a in agents):
             raise ValueError(f"user_agents must hold at least one non-empty agent name, got {list(user_agents)!r}.")
-        no_token = [a for a in agents if a != "*" and not product_token(a)]
-        if no_token:
-            raise ValueError(
-                f"user_agents {no_token!r} have no product token (a name must start with a letter, '-' or '_', e.g. "
-                "'GPTBot' or 'CCBot/2.0'); use '*' for a crawler without a group of its own."
-            )
+        check_user_agents(agents, "user_agents")  # a full User-Agent header or 'GPT Bot' would select another group
         if host_fallback not in HOST_FALLBACKS:
             raise ValueError(f"host_fallback must be one of {HOST_FALLBACKS}, got {host_fallback!r}.")
         if missing_url not in ("keep", "drop"):

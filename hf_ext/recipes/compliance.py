@@ -36,7 +36,11 @@ class ComplianceArguments:
         default=None, metadata={"help": "Column to group statistics by; default: 'domain' if present, else the host."}
     )
     user_agents: str | None = field(
-        default=None, metadata={"help": "Comma-separated user agents to check; default: the AI agent list plus '*'."}
+        default=None,
+        metadata={
+            "help": "Comma-separated user agents to check, each a product token alone or with a version (GPTBot, "
+            "CCBot/2.0; not a full User-Agent header); default: the AI agent list plus '*'."
+        },
     )
     host_fallback: str = field(default="www", metadata={"help": "Host lookup: exact, www or parents."})
     backend: str = field(
@@ -147,6 +151,11 @@ def _validate(args: ComplianceArguments):
         raise ValueError(
             f"--user_agents must be a comma-separated list of names, e.g. GPTBot,CCBot; got {args.user_agents!r}."
         )
+    if args.user_agents is not None:
+        # product tokens: 'GPT Bot' or a full User-Agent header would select another crawler's group
+        from ..compliance.rfc9309 import check_user_agents
+
+        check_user_agents([a.strip() for a in args.user_agents.split(",")], "--user_agents")
     _refuse_inapplicable_flags(args)
     if args.train_models:
         for name in ("train_steps", "train_block_size", "train_batch_size", "model_hidden_size", "model_layers"):
