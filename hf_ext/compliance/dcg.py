@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -54,14 +55,46 @@ class DCGReport:
         return "\n".join(lines)
 
 
-#: Metrics that decrease as quality improves: a DCG on one of them flips the sign of every task's gap.
-LOWER_IS_BETTER_METRICS = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+def is_lower_is_better(metric: str | None) -> bool:
+    """Whether a metric name is one that decreases as quality improves, by this documented rule: after an lm-eval
+    filter (`",none"`) is cut off, in any letter case, the name is `loss` or ends in `_loss` (`eval_loss`,
+    `train_loss`), ends in `perplexity` (`perplexity`, `word_perplexity`, `byte_perplexity`, `eval_perplexity`), is
+    `ppl` or ends in `_ppl`, or is `bits_per_byte` or ends in `_bits_per_byte`. Any other name (`acc`, `f1`, ...;
+    `None`, a bare score) is higher-is-better; for a lower-is-better metric outside the rule (e.g. a word error rate)
+    pass `lower_is_better` to `compute_dcg`."""
+    if metric is None:
+        return False
+    name = str(metric).partition(",")[0].strip().lower()
+    return name in ("loss", "ppl", "bits_per_byte") or name.endswith(("_loss", "perplexity", "_ppl", "_bits_per_byte"))
 
 
-def _lower_is_better_key(key: str | None) -> bool:
-    """Whether a metric key read for a task (`"word_perplexity,none"`, `"perplexity"`; `None` for a bare score) names
-    one of `LOWER_IS_BETTER_METRICS`."""
-    return key is not None and str(key).partition(",")[0] in LOWER_IS_BETTER_METRICS
+# What a HF Trainer metrics dict (`trainer.evaluate()`, `eval_results.json`, `all_results.json`) holds beside its
+# metrics: keys of one evaluation run, never task names.
+_TRAINER_BOOKKEEPING = re.compile(r"epoch|total_flos|\w*(?:runtime|samples_per_second|steps_per_second)")
+
+
+def trainer_bookkeeping_keys(results) -> list[str]:
+    """The keys of a flat results mapping that are a HF Trainer's bookkeeping (`epoch`, `*_runtime`,
+    `*_samples_per_second`, `*_steps_per_second`, `total_flos`) rather than task names: such a mapping is the metrics of
+    one evaluation (`trainer.evaluate()`, `eval_results.json`), not scores per task. `[]` for anything else (nested
+    per-task results, lm-eval output)."""
+    if not isinstance(results, Mapping) or isinstance(results.get("results"), Mapping):
+        return []
+    return sorted(
+        str(k) for k, v in results.items() if not isinstance(v, Mapping) and _TRAINER_BOOKKEEPING.fullmatch(str(k))
+    )
+
+
+def _refuse_trainer_metrics(results, arg: str) -> None:
+    keys = trainer_bookkeeping_keys(results)
+    if keys:
+        raise ValueError(
+            f"{arg} is a HF Trainer metrics dict (trainer.evaluate() or eval_results.json: it has the bookkeeping keys "
+            f"{keys}), not scores per task: its keys are the metrics of one evaluation, and each would be compared and "
+            "averaged as a task (epoch, runtime and throughput included). Put each run's metrics under one task name "
+            "and pick a metric: compute_dcg({'eval': full_metrics}, {'eval': compliant_metrics}, metric='eval_loss') "
+            "(a loss or perplexity is compared lower-is-better)."
+        )
 
 
 def _same_metric(a: str | None, b: str | None) -> bool:
@@ -81,7 +114,7 @@ def compute_dcg(
     compliant: Mapping,
     relative: bool = True,
     metric: str | None = None,
-    lower_is_better: Collection[str] | None = None,
+    lower_is_better: Collection[str] | bool | None = None,
     tasks: Collection[str] | None = None,
     undefined: str = "raise",
 ) -> DCGReport:
@@ -89,8 +122,10 @@ def compute_dcg(
 
     With scores `p_full` (model trained on all data) and `p_compliant` (trained on the robots.txt-compliant subset),
     the relative gap is `(p_full - p_compliant) / |p_full| * 100` and the absolute gap `p_full - p_compliant`;
-    for metrics where lower is better (perplexity, loss) the sign is flipped, so a positive gap always means that
-    compliance costs performance.
+    for tasks where lower is better the sign is flipped, so a positive gap always means that compliance costs
+    performance. Which tasks those are: `lower_is_better` when given, else the metric's name by the rule of
+    `is_lower_is_better` (`loss`, `*_loss`, `*perplexity`, `ppl`, `*_ppl`, `bits_per_byte`, also with an `eval_`
+    prefix or an lm-eval filter: `eval_loss`, `word_perplexity,none`).
 
     Args:
         non_compliant (`Mapping`): Scores of the model trained on the full corpus: `{task: score}`,
@@ -102,17 +137,23 @@ def compute_dcg(
             `"acc,none"`); needed when a task reports several metrics. Both sides must report a task under the same
             key: two different metrics (without `metric`, each side's only one) or lm-eval filters
             (`"exact_match,strict-match"` and `"exact_match,flexible-extract"`) are a `ValueError` naming the task.
-        lower_is_better (`Collection[str]`, *optional*): Tasks whose metric decreases with quality. Default: every
-            task when `metric` is one of `LOWER_IS_BETTER_METRICS` (`"word_perplexity"`, also as lm-eval's
-            `"word_perplexity,none"`); without `metric`, every task whose metric key, as read on either side, is one
-            of them (a bare score on one side takes the direction of the other side's key); none otherwise (a task
-            that is a bare score on both sides counts as higher-is-better: pass `lower_is_better` for a bare
-            perplexity). A collection given (also `()`) is used as is.
+        lower_is_better (`Collection[str]` or `bool`, *optional*): Tasks whose metric decreases with quality, or
+            `True` (every compared task) / `False` (none). Default: every task when `metric` is lower-is-better by
+            `is_lower_is_better` (`"eval_loss"`, `"loss"`, `"word_perplexity"`, also as lm-eval's
+            `"word_perplexity,none"`); without `metric`, every task whose metric key, as read on either side, is (a
+            bare score on one side takes the direction of the other side's key); none otherwise (a task that is a bare
+            score on both sides names no metric and counts as higher-is-better: pass `lower_is_better` for a bare loss
+            or perplexity, e.g. the held-out losses of the compliance recipe's `dcg_trained.json`). A collection given
+            (also `()`) is used as is.
         tasks (`Collection[str]`, *optional*): Tasks to report, the only ones read (another task of the results
             may lack `metric`), each named once; default: all tasks (both sides must have the same).
         undefined (`str`, *optional*, defaults to `"raise"`): What a relative gap does for a task where the
             non-compliant score is 0 (e.g. a small model's accuracy): `"raise"` a `ValueError`, or `"nan"`: that
             task's gap is NaN (shown as `n/a`, `None` in `to_dict`) and left out of the mean.
+
+    A flat HF Trainer metrics dict (`trainer.evaluate()`, `eval_results.json`: `epoch`, `eval_runtime`,
+    `eval_samples_per_second`, ... beside the metrics) is a `ValueError`: its keys are one evaluation's metrics, not
+    tasks (see `trainer_bookkeeping_keys`); pass `{"eval": metrics}` per model with `metric="eval_loss"`.
 
     Returns:
         `DCGReport` with `.to_table()` and `.to_json()`.
@@ -121,8 +162,10 @@ def compute_dcg(
         raise TypeError(f"relative must be True (percent gaps) or False (absolute gaps), got {relative!r}.")
     if tasks is not None:
         tasks = task_list(tasks, "tasks")
-    if lower_is_better is not None:
+    if lower_is_better is not None and not isinstance(lower_is_better, bool):
         lower_is_better = task_list(lower_is_better, "lower_is_better")
+    _refuse_trainer_metrics(non_compliant, "non_compliant")
+    _refuse_trainer_metrics(compliant, "compliant")
     if tasks is not None:
         repeated = sorted({t for t in tasks if tasks.count(t) > 1})
         if repeated:
@@ -156,14 +199,15 @@ def compute_dcg(
         missing = [t for t in tasks if t not in full or t not in comp]
         if missing or not tasks:
             raise ValueError(f"tasks {missing or tasks} are missing from one of the result sets.")
-    if lower_is_better is None:  # a perplexity-like metric: a higher score of the compliant model is worse
+    if isinstance(lower_is_better, bool):
+        lower_is_better = list(tasks) if lower_is_better else []
+    elif lower_is_better is None:  # a loss- or perplexity-like metric: a higher score of the compliant model is worse
         if metric is not None:
-            lower = isinstance(metric, str) and metric.partition(",")[0] in LOWER_IS_BETTER_METRICS
-            lower_is_better = list(tasks) if lower else []
+            lower_is_better = list(tasks) if isinstance(metric, str) and is_lower_is_better(metric) else []
         else:  # each task's only metric, as read on either side: a bare score (no key) pairs with the other side's
             # key (`_same_metric`), so that key gives the direction whichever side names it
             lower_is_better = [
-                t for t in tasks if _lower_is_better_key(full_keys.get(t)) or _lower_is_better_key(comp_keys.get(t))
+                t for t in tasks if is_lower_is_better(full_keys.get(t)) or is_lower_is_better(comp_keys.get(t))
             ]
     unknown = [t for t in lower_is_better if t not in tasks]
     if unknown:

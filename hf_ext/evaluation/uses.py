@@ -109,10 +109,10 @@ def layer_pairing_task_sweep(
 
 
 def _lower(metric: str, scores: dict) -> list[str]:
-    from ..compliance.dcg import LOWER_IS_BETTER_METRICS
+    from ..compliance.dcg import is_lower_is_better
 
-    # also as lm-eval's key (`word_perplexity,none`), as `compute_dcg` reads it
-    lower = isinstance(metric, str) and metric.partition(",")[0] in LOWER_IS_BETTER_METRICS
+    # by the rule `compute_dcg` reads a metric name with (`word_perplexity,none`, `eval_loss` ...)
+    lower = isinstance(metric, str) and is_lower_is_better(metric)
     return list(scores) if lower else []
 
 

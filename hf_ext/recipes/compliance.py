@@ -80,9 +80,19 @@ class ComplianceArguments:
     dcg_metric: str | None = field(
         default=None,
         metadata={
-            "help": "Metric to read from nested --dcg_non_compliant/--dcg_compliant files; for perplexity, "
-            "word_perplexity, byte_perplexity and bits_per_byte (also as lm-eval's key, e.g. word_perplexity,none; "
-            "without this flag: each task whose only metric is one of them) the gaps' sign is flipped (lower is better)."
+            "help": "Metric to read from nested --dcg_non_compliant/--dcg_compliant files. With --dcg_lower_is_better "
+            "auto, a loss or perplexity (loss, *_loss, *perplexity, ppl, *_ppl, bits_per_byte; also with an lm-eval "
+            "filter, e.g. word_perplexity,none; without this flag: each task's only metric) flips the gaps' sign."
+        },
+    )
+    dcg_lower_is_better: str = field(
+        default="auto",
+        metadata={
+            "help": "Whether the scores of --dcg_non_compliant/--dcg_compliant are lower-is-better (losses, "
+            "perplexities: the gaps' sign is flipped, so a positive gap means compliance costs): true, false, or auto "
+            "(from the metric names: loss, *_loss, *perplexity, ppl, *_ppl, bits_per_byte; a task given as a bare "
+            "score on both sides names no metric and is refused, e.g. the held-out losses of dcg_trained.json: pass "
+            "true for them)."
         },
     )
     dcg_absolute: bool = field(
@@ -225,6 +235,11 @@ def _validate(args: ComplianceArguments):
                 + f"; the compliance recipe checks each document's URL (--url_column {args.url_column!r}): pass a "
                 ".json/.jsonl, .csv or .parquet file with that column."
             )
+    if args.dcg_lower_is_better not in _LOWER_IS_BETTER_CHOICES:
+        raise ValueError(
+            f"--dcg_lower_is_better must be one of {', '.join(_LOWER_IS_BETTER_CHOICES)} (true: the scores are losses "
+            f"or perplexities), got {args.dcg_lower_is_better!r}."
+        )
     if (args.dcg_non_compliant is None) != (args.dcg_compliant is None):
         raise ValueError("--dcg_non_compliant and --dcg_compliant must be given together.")
     for name in ("dcg_non_compliant", "dcg_compliant"):
@@ -237,6 +252,8 @@ def _validate(args: ComplianceArguments):
     ensure_writable_dir(args.output_dir, "--output_dir")
     return report
 
+
+_LOWER_IS_BETTER_CHOICES = ("auto", "true", "false")
 
 _TRAIN_FLAGS = (
     "train_steps", "continual_steps", "train_block_size", "train_batch_size", "train_learning_rate",
@@ -257,7 +274,8 @@ def _refuse_inapplicable_flags(args: ComplianceArguments) -> None:
     ignored = [] if args.eval_tasks is not None else changed(("eval_metric", "eval_limit"))
     if ignored:
         raise ValueError(f"{', '.join(ignored)} apply to the lm-eval scoring of --eval_tasks; pass it or drop them.")
-    ignored = [] if args.dcg_non_compliant is not None else changed(("dcg_metric", "dcg_absolute"))
+    dcg_flags = ("dcg_metric", "dcg_absolute", "dcg_lower_is_better")
+    ignored = [] if args.dcg_non_compliant is not None else changed(dcg_flags)
     if ignored:
         raise ValueError(
             f"{', '.join(ignored)} apply to the DCG report of --dcg_non_compliant/--dcg_compliant; pass both files "
@@ -279,6 +297,8 @@ def _dcg_from_files(args: ComplianceArguments):
     """The DCG report of `--dcg_non_compliant` vs `--dcg_compliant`, computed before any work or write so that a
     malformed or mismatched file fails first, naming the flag."""
     from ..compliance import compute_dcg
+    from ..compliance.dcg import trainer_bookkeeping_keys
+    from ..utils.scores import task_scores
 
     results = {}
     for name in ("dcg_non_compliant", "dcg_compliant"):
@@ -288,11 +308,37 @@ def _dcg_from_files(args: ComplianceArguments):
                 results[name] = json.load(fh)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"--{name}={path!r} is not a JSON results file ({err}).") from None
+    for name in ("dcg_non_compliant", "dcg_compliant"):
+        keys = trainer_bookkeeping_keys(results[name])
+        if keys:  # one evaluation's metrics: each key would be compared (and averaged) as a task
+            raise ValueError(
+                f"--{name}={getattr(args, name)!r} is a HF Trainer metrics file (eval_results.json or "
+                f"trainer.evaluate(): it has the bookkeeping keys {keys}), not scores per task: each of its keys, "
+                "epoch and runtime included, would be compared and averaged as a task. Put each file's metrics under "
+                'one task name ({"eval": {"eval_loss": ..., ...}}) and pass --dcg_metric eval_loss (or another of its '
+                "metrics; a loss or perplexity is compared lower-is-better)."
+            )
+    full, comp = results["dcg_non_compliant"], results["dcg_compliant"]
+    lower = {"auto": None, "true": True, "false": False}[args.dcg_lower_is_better]
     try:
-        # compute_dcg flips the sign of a perplexity-like metric itself: --dcg_metric as a bare name or as lm-eval's
-        # key (`word_perplexity,none`), and without --dcg_metric each task whose only metric is one
-        full, comp = results["dcg_non_compliant"], results["dcg_compliant"]
-        return compute_dcg(full, comp, relative=not args.dcg_absolute, metric=args.dcg_metric)
+        if lower is None and args.dcg_metric is None:
+            # auto: compute_dcg reads the direction from each task's metric key; a task that is a bare score on both
+            # sides names no metric, and taking it as higher-is-better gave a loss the opposite sign
+            keys = ({}, {})
+            task_scores(full, None, "non_compliant", keys=keys[0])
+            task_scores(comp, None, "compliant", keys=keys[1])
+            bare = sorted(t for t in set(keys[0]) & set(keys[1]) if keys[0][t] is None and keys[1][t] is None)
+            if bare:
+                shown = ", ".join(bare[:8]) + (f" and {len(bare) - 8} more" if len(bare) > 8 else "")
+                raise ValueError(
+                    f"tasks {shown} are bare scores ({{task: score}}) on both sides, which name no metric, so whether "
+                    "lower is better is unknown; pass --dcg_lower_is_better true for losses or perplexities (e.g. "
+                    "the held-out losses of the recipe's dcg_trained.json) or false for accuracies and other "
+                    "higher-is-better scores"
+                )
+        # compute_dcg flips the sign of a loss- or perplexity-like metric itself (`is_lower_is_better`): --dcg_metric
+        # as a bare name or as lm-eval's key (`word_perplexity,none`), and without --dcg_metric each task's only one
+        return compute_dcg(full, comp, relative=not args.dcg_absolute, metric=args.dcg_metric, lower_is_better=lower)
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(
             f"--dcg_non_compliant={args.dcg_non_compliant!r} and --dcg_compliant={args.dcg_compliant!r} do not give a "

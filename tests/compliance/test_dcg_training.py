@@ -100,3 +100,29 @@ def test_train_models_arguments_are_checked_first(tmp_path, extra, flag):
     with pytest.raises(ValueError, match=f"{flag} must"):  # not just "unknown argument"
         main([*TINY, *extra, "--output_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_dcg_of_the_recipes_own_losses_agrees_with_dcg_trained(trained, tmp_path):
+    """Audit cp26 F1: the held-out losses of dcg_trained.json passed back as --dcg_non_compliant/--dcg_compliant gave
+    every gap the opposite sign (networking -1.69 in dcg_trained.json, +1.69 from the CLI). Bare scores name no metric:
+    the CLI now refuses them unless --dcg_lower_is_better says which way they go, and with `true` the gaps are the
+    recipe's own."""
+    _, out_dir = trained
+    saved = json.loads((out_dir / "dcg_trained.json").read_text())
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"url": f"https://example.org/{i}", "text": "a b c"}) + "\n" for i in (1, 2)))
+    for key, full, comp in (("scratch", "full", "compliant"), ("continual", "full_continued", "compliant_continued")):
+        (tmp_path / "full.json").write_text(json.dumps(saved["losses"][full]))
+        (tmp_path / "comp.json").write_text(json.dumps(saved["losses"][comp]))
+        argv = ["--dcg_non_compliant", str(tmp_path / "full.json"), "--dcg_compliant", str(tmp_path / "comp.json"),
+                "--train_file", str(docs), "--vocab_size", "300"]  # fmt: skip
+        with pytest.raises(ValueError, match="--dcg_lower_is_better true"):
+            main([*argv, "--output_dir", str(tmp_path / "never")])
+        result = main([*argv, "--dcg_lower_is_better", "true", "--output_dir", str(tmp_path / key)])
+        cli = {r["task"]: r["gap"] for r in result["dcg"]["rows"]}
+        recipe = {r["task"]: r["gap"] for r in saved[key]["rows"]}
+        assert cli == pytest.approx(recipe, rel=1e-12) and set(cli) == set(recipe)
+        assert all((cli[t] > 0) == (recipe[t] > 0) for t in recipe if recipe[t] != 0)
+        # the recipe's mean leaves out ALL (the union of the domains); the CLI averages every task it is given
+        domains = [t for t in recipe if t != "ALL"]
+        assert saved[key]["mean_gap"] == pytest.approx(sum(cli[t] for t in domains) / len(domains), rel=1e-12)
