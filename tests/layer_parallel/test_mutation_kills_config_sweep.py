@@ -269,7 +269,7 @@ def test_a_saved_layout_refuses_an_edit_of_any_field_that_shapes_the_weights(fie
     else:
         d["source_config"][field] = value
         d.pop(field, None)
-    with pytest.raises(ValueError, match="edited after its weights were saved"):
+    with pytest.raises(ValueError, match="edited after its weight layout was recorded"):
         LayerParallelConfig.from_dict(d)
 
 

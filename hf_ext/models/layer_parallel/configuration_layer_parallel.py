@@ -463,7 +463,8 @@ class LayerParallelConfig(PreTrainedConfig):
                 f"{k}: saved {saved_layout.get(k)!r} -> now {self.lp_weight_layout.get(k)!r}" for k in changed
             )
             raise ValueError(
-                f"This layer-parallel config was edited after its weights were saved ({details}). The saved weights "
+                f"This layer-parallel config was edited after its weight layout was recorded (`lp_weight_layout`, set "
+                f"when a config is built and kept in its config.json: {details}). Weights saved with it "
                 "only fit the recorded layout, so the changed layers would be initialised at random. Restore the "
                 "original values (or drop the `from_pretrained` keyword that changes them), or convert the source "
                 "model again with `convert_to_layer_parallel`. To build a new, untrained architecture on purpose, drop "
