@@ -248,3 +248,39 @@ def test_a_symlink_to_the_runs_own_checkpoint_resumes_that_run(runs, tmp_path):
         )
     pretrain.main(PRETRAIN + ["--output_dir", str(run), "--resume_from_checkpoint", str(best)])
     assert (run / "checkpoint-2").is_dir()
+
+
+def test_a_checkpoint_moved_elsewhere_and_linked_back_into_its_run_folder_resumes_that_run(runs, tmp_path):
+    """rv27 F1: a run's checkpoint-N moved to other storage and linked back (`RUN/checkpoint-1 -> STORE/checkpoint-1`)
+    took the link target's folder for the run's: its own --output_dir was refused as holding 'checkpoints of another
+    run' (the same checkpoint), for `last` and for the named checkpoint, and the run's record went unchecked. The
+    folder that holds the link, which holds the run's record, names the run."""
+    run, store = tmp_path / "run", tmp_path / "store"
+    shutil.copytree(runs / "pretrain", run)
+    shutil.rmtree(run / "checkpoint-2", ignore_errors=True)  # (another test of this module may have resumed the run)
+    store.mkdir()
+    shutil.move(str(run / "checkpoint-1"), str(store / "checkpoint-1"))
+    (run / "checkpoint-1").symlink_to(store / "checkpoint-1")
+    with pytest.raises(ValueError, match=r"--block_size 16 \(the interrupted run used 32\)"):  # the run's record
+        pretrain.main(PRETRAIN + ["--block_size", "16", "--output_dir", str(run), "--resume_from_checkpoint", "last"])
+    pretrain.main(PRETRAIN + ["--output_dir", str(run), "--resume_from_checkpoint", str(run / "checkpoint-1")])
+    assert (run / "checkpoint-2").is_dir()
+
+
+def test_metadata_checkpoint_linked_back_into_its_sub_run_folder_names_that_run(tmp_path):
+    """rv27 F1, the metadata recipe's layout (`OUT/url_conditioned/checkpoint-N`, the record in OUT): a checkpoint
+    linked back from other storage names its run and OUT; a link kept elsewhere names the run it points into."""
+    from hf_ext.recipes.metadata_pretrain import RUN_DATA_FILE, _checkpoint_run_folder, checkpoint_run
+
+    out, store, pointers = tmp_path / "out", tmp_path / "store", tmp_path / "pointers"
+    for folder in (out / "url_conditioned", store / "checkpoint-3", out / "baseline" / "checkpoint-2", pointers):
+        folder.mkdir(parents=True)
+    (out / RUN_DATA_FILE).write_text("{}")
+    linked = out / "url_conditioned" / "checkpoint-3"
+    linked.symlink_to(store / "checkpoint-3")
+    assert checkpoint_run(str(linked)) == "url_conditioned"
+    assert _checkpoint_run_folder(str(linked), str(out)) == str(out)
+    best = pointers / "best"
+    best.symlink_to(out / "baseline" / "checkpoint-2")
+    assert checkpoint_run(str(best)) == "baseline"
+    assert _checkpoint_run_folder(str(best), str(tmp_path / "new")) == str(out)

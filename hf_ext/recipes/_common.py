@@ -718,6 +718,22 @@ def _same_folder(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def checkpoint_run_folder(checkpoint: str, output_dir: str, record_name: str, run_of=None) -> str:
+    """The folder of the run that saved `checkpoint`, where its record `record_name` is. Of the folder that holds the
+    checkpoint as named and the one that holds its resolved path (they differ for a link), the first that holds the
+    record: a `checkpoint-N` of a run moved to other storage and linked back into the run folder is that run's, and
+    a link kept elsewhere to a run's checkpoint (`best -> RUN/checkpoint-1`) names that run. Where neither holds a
+    record (a run started before records were written), the named folder when it is `output_dir`, else the resolved
+    one. `run_of` maps a checkpoint's parent folder to its run folder (default: the parent itself)."""
+    run_of = run_of if run_of is not None else (lambda parent: parent)
+    named = run_of(os.path.dirname(os.path.abspath(checkpoint)))
+    resolved = run_of(os.path.dirname(os.path.realpath(checkpoint)))
+    for folder in (named, resolved):
+        if os.path.isfile(os.path.join(folder, record_name)):
+            return folder
+    return named if _same_folder(named, output_dir) else resolved
+
+
 def refuse_checkpoints_of_another_run(checkpoint: str, run_folder: str, folder: str, checkpoint_folders=None) -> None:
     """A resume of `checkpoint`, a checkpoint of the run in `run_folder`, into the output folder `folder` of another
     path: raise `ValueError` when one of this run's checkpoint folders (`checkpoint_folders`, default `[folder]`)
@@ -770,7 +786,7 @@ def write_run_record(
         atomic_write_json(path, _resolved_record(record))
         return
     if run_folder is None:
-        run_folder = os.path.dirname(os.path.realpath(resumed_from))
+        run_folder = checkpoint_run_folder(resumed_from, folder, name)
     if _same_folder(run_folder, folder):
         return
     refuse_checkpoints_of_another_run(resumed_from, run_folder, folder, checkpoint_folders)

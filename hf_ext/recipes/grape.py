@@ -418,10 +418,10 @@ def validate_args(
     _check_checkpoints(args, eval_args)
     if args.resume_from_checkpoint and not (eval_args is not None and eval_args.compare_methods is not None):
         from ..utils.resume import resolve_resume_checkpoint
-        from ._common import check_run_record, refuse_checkpoints_of_another_run
+        from ._common import check_run_record, checkpoint_run_folder, refuse_checkpoints_of_another_run
 
         checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-        run_folder = os.path.dirname(os.path.realpath(checkpoint))
+        run_folder = checkpoint_run_folder(checkpoint, args.output_dir, RUN_RECORD_NAME)
         check_run_record(  # the data and model of the run that wrote it (its folder's record)
             run_folder,
             RUN_RECORD_NAME,

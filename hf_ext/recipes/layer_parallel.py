@@ -279,9 +279,11 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
         _check_checkpoint_pairing(
             training_args.resume_from_checkpoint, sweep_args, sweep_args.lp_start, sweep_args.lp_end
         )
-        from ._common import check_run_record, refuse_checkpoints_of_another_run
+        from ._common import check_run_record, checkpoint_run_folder, refuse_checkpoints_of_another_run
 
-        run_folder = os.path.dirname(os.path.realpath(training_args.resume_from_checkpoint))
+        run_folder = checkpoint_run_folder(
+            training_args.resume_from_checkpoint, training_args.output_dir, RUN_RECORD_NAME
+        )
         check_run_record(  # the source model and data of the run that wrote it (its folder's record)
             run_folder,
             RUN_RECORD_NAME,

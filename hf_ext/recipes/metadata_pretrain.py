@@ -447,8 +447,9 @@ def checkpoint_run(checkpoint: str) -> str | None:
         mark = None
     if mark in SUB_RUNS:
         return mark
-    folder = os.path.basename(os.path.dirname(os.path.realpath(checkpoint)))
-    return folder if folder in SUB_RUNS else None
+    # the folder that holds it as named (a checkpoint moved elsewhere and linked back), else its resolved path's
+    named, resolved = (os.path.basename(os.path.dirname(f(checkpoint))) for f in (os.path.abspath, os.path.realpath))
+    return named if named in SUB_RUNS else resolved if resolved in SUB_RUNS else None
 
 
 def _sub_run_resume(value, sub_output_dir: str, name: str) -> str | None:
@@ -816,11 +817,16 @@ def _run_data(data_args, meta_args, training_args, model_args=None) -> dict:
     }
 
 
-def _checkpoint_run_folder(checkpoint: str) -> str:
+def _checkpoint_run_folder(checkpoint: str, output_dir: str) -> str:
     """The folder of the run that saved `checkpoint`, where its `RUN_DATA_FILE` is: the parent of its
-    `url_conditioned/` or `baseline/` folder (`<output_dir>/<run>/checkpoint-N`), else the folder that holds it."""
-    parent = os.path.dirname(os.path.realpath(checkpoint))
-    return os.path.dirname(parent) if os.path.basename(parent) in SUB_RUNS else parent
+    `url_conditioned/` or `baseline/` folder (`<output_dir>/<run>/checkpoint-N`), else the folder that holds it (as
+    named or resolved through a link: `checkpoint_run_folder`)."""
+    from ._common import checkpoint_run_folder
+
+    def run_of(parent: str) -> str:
+        return os.path.dirname(parent) if os.path.basename(parent) in SUB_RUNS else parent
+
+    return checkpoint_run_folder(checkpoint, output_dir, RUN_DATA_FILE, run_of)
 
 
 def _resumed_run(training_args) -> tuple[str | None, str]:
@@ -831,7 +837,7 @@ def _resumed_run(training_args) -> tuple[str | None, str]:
     if wants_last(training_args.resume_from_checkpoint):
         return None, training_args.output_dir
     checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    return checkpoint, _checkpoint_run_folder(checkpoint)
+    return checkpoint, _checkpoint_run_folder(checkpoint, training_args.output_dir)
 
 
 def _check_run_data(data_args, meta_args, training_args, model_args=None) -> None:

@@ -508,11 +508,13 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
         {m: method_training_args(training_args, task_args, m) for m in methods},
         training_args.max_steps,
     )
-    from ._common import check_run_record, refuse_checkpoints_of_another_run
+    from ._common import check_run_record, checkpoint_run_folder, refuse_checkpoints_of_another_run
 
     for (method, seed), checkpoint in plan.items():
         if checkpoint is not None:  # the folder of the run that wrote it (a named checkpoint may be another run's)
-            run_folder = os.path.dirname(os.path.realpath(checkpoint))
+            run_folder = checkpoint_run_folder(
+                checkpoint, run_dir(training_args.output_dir, method, seed), RUN_RECORD_NAME
+            )
             check_run_record(
                 run_folder,
                 RUN_RECORD_NAME,

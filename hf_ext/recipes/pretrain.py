@@ -299,9 +299,11 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     # at --max_steps is of this run, finished: it is restored, see `train_or_restore_finished`)
     check_checkpoint_folders(training_args.resume_from_checkpoint, [training_args.output_dir], training_args.max_steps)
     if training_args.resume_from_checkpoint:  # the data and model of the run that wrote it (its folder's record)
-        from ._common import check_run_record, refuse_checkpoints_of_another_run
+        from ._common import check_run_record, checkpoint_run_folder, refuse_checkpoints_of_another_run
 
-        run_folder = os.path.dirname(os.path.realpath(training_args.resume_from_checkpoint))
+        run_folder = checkpoint_run_folder(
+            training_args.resume_from_checkpoint, training_args.output_dir, RUN_RECORD_NAME
+        )
         check_run_record(run_folder, RUN_RECORD_NAME, _run_record(model_args, data_args), "the data and model")
         # a checkpoint of another folder's run: not beside the checkpoints of yet another run (`write_run_record`)
         refuse_checkpoints_of_another_run(training_args.resume_from_checkpoint, run_folder, training_args.output_dir)

@@ -140,12 +140,12 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
     # before the folder is made
     resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)
     from ..optim.warmup_trainer import check_checkpoint_options
-    from ._common import check_run_record, refuse_checkpoints_of_another_run
+    from ._common import check_run_record, checkpoint_run_folder, refuse_checkpoints_of_another_run
 
     for arm, checkpoint in resume.items():
         check_checkpoint_arm(checkpoint, arm, recipe)
         if checkpoint is not None:  # the data and model of the run that wrote it (its own folder's record)
-            run_folder = os.path.dirname(os.path.realpath(checkpoint))
+            run_folder = checkpoint_run_folder(checkpoint, os.path.join(args.output_dir, arm), RUN_RECORD_NAME)
             check_run_record(
                 run_folder,
                 RUN_RECORD_NAME,
