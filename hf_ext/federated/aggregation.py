@@ -196,12 +196,15 @@ def lora_embedding_modules(state: Mapping[str, torch.Tensor]) -> list[str]:
     return sorted(m.group("prefix") for key in state if (m := _LORA_EMBEDDING_A.match(key)) is not None)
 
 
-def check_mergeable_lora_state(state: Mapping[str, torch.Tensor], argument: str = "client_state") -> None:
+def check_mergeable_lora_state(
+    state: Mapping[str, torch.Tensor], argument: str = "client_state", client_name: str | None = None
+) -> None:
     """Raise a `ValueError` naming the key when a state holds a LoRA entry that `"merge_then_average"` cannot merge.
 
     The mode merges `scaling * B @ A` (Linear and Conv1D layers) and PEFT's embedding LoRA; any other LoRA entry
     (DoRA's `lora_magnitude_vector`, a `lora_bias`, the `lora_B` bias, ...) changes the merged weights in another way,
-    and averaging it as a plain tensor would not give the average of the clients' merged models.
+    and averaging it as a plain tensor would not give the average of the clients' merged models. `client_name`
+    (e.g. a partition id) names the state in the message instead of `argument`.
     """
     for key in state:
         m = _LORA_COMPONENT.search(key)
@@ -211,8 +214,9 @@ def check_mergeable_lora_state(state: Mapping[str, torch.Tensor], argument: str 
         variant = _LORA_VARIANTS.get(name, "a LoRA variant other than plain LoRA")
         if name in ("lora_A", "lora_B") and key.endswith(".bias"):
             variant = _LORA_VARIANTS["lora_bias"]
+        who = client_name if client_name is not None else f"`{argument}`"
         raise ValueError(
-            f"`{argument}` has {key!r}, an entry of {variant}: aggregation='merge_then_average' merges only plain "
+            f"{who} sent {key!r}, an entry of {variant}: aggregation='merge_then_average' merges only plain "
             "LoRA factors (`scaling * B @ A` into Linear/Conv1D weights, and embedding LoRA) and cannot merge it. "
             "Train a plain LoRA adapter (no DoRA, no LoRA bias) or use aggregation='factors'."
         )
@@ -314,9 +318,12 @@ def clip_update(update: Mapping[str, torch.Tensor], max_norm: float) -> dict[str
         raise ValueError(f"`max_norm` must be a finite number > 0, got {max_norm}.")
     norm = state_norm(update)
     if not math.isfinite(norm):
+        key = next(
+            (k for k, t in update.items() if torch.is_floating_point(t) and not _all_finite(t)), None
+        )  # the norm of finite float entries is finite in float64
         raise ValueError(
-            f"The update to clip has a non-finite L2 norm ({norm}): an entry is NaN or inf, and clipping cannot bound "
-            "it. Refuse that client's update (its training diverged or its upload is corrupt)."
+            f"The update to clip has a non-finite L2 norm ({norm}): its tensor {key!r} holds NaN or inf entries, and "
+            "clipping cannot bound it. Refuse that client's update (its training diverged or its upload is corrupt)."
         )
     factor = min(1.0, max_norm / (norm + 1e-12))
     return {k: v * factor if torch.is_floating_point(v) else v for k, v in update.items()}
@@ -611,7 +618,7 @@ def aggregate_round(
     if mode == "merge_then_average":
         _check_lora_scaling(lora_scaling)
         for i, sd in enumerate(client_states):
-            check_mergeable_lora_state(sd, f"client_states[{i}]")
+            check_mergeable_lora_state(sd, f"client_states[{i}]", client_names[i] if client_names is not None else None)
     if len(client_states) == 0:
         raise ValueError("`client_states` is empty: aggregate at least one client state.")
     # each client against the global state it trained from (named as such, not as one of the clients)

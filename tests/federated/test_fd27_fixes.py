@@ -1,0 +1,44 @@
+"""Refusals that name the right thing: a LoRA entry that merge_then_average cannot merge names the client by its
+`client_names` entry (it said `client_states[i]` even when names were given, e.g. Flower's partition ids), and a
+non-finite update refused by `clip_update` names its tensor (fd27)."""
+
+import math
+
+import pytest
+import torch
+
+from hf_ext.federated.aggregation import aggregate_round, check_mergeable_lora_state, clip_update
+
+
+def _state(extra: dict) -> dict:
+    torch.manual_seed(0)
+    return {
+        "m.lora_A.weight": torch.randn(2, 5),
+        "m.lora_B.weight": torch.zeros(4, 2),
+        "m.base_layer.weight": torch.randn(4, 5),
+    } | extra
+
+
+def test_unmergeable_lora_entry_names_the_client_by_its_given_name():
+    plain = _state({})
+    dora = _state({"m.lora_magnitude_vector": torch.ones(4)})
+    names = ["the client of partition-id 4", "the client of partition-id 9"]
+    with pytest.raises(ValueError, match=r"^the client of partition-id 9 sent 'm.lora_magnitude_vector'.*DoRA") as e:
+        aggregate_round(plain, [plain, dora], [1, 1], "merge_then_average", 2.0, client_names=names)
+    assert "client_states[" not in str(e.value)
+    with pytest.raises(ValueError, match=r"^`client_states\[1\]` sent 'm.lora_magnitude_vector'"):
+        aggregate_round(plain, [plain, dora], [1, 1], "merge_then_average", 2.0)
+    with pytest.raises(ValueError, match=r"^`state` sent 'm.lora_magnitude_vector'"):
+        check_mergeable_lora_state(dora, "state")
+    aggregate_round(plain, [plain, plain], [1, 1], "merge_then_average", 2.0, client_names=names)  # accepted
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_clip_update_names_the_non_finite_tensor(bad):
+    update = {"a.weight": torch.ones(3), "b.weight": torch.ones(2), "steps": torch.tensor(3)}
+    update["b.weight"][1] = bad
+    with pytest.raises(ValueError, match=r"non-finite L2 norm .*'b.weight' holds NaN or inf"):
+        clip_update(update, 1.0)
+    update["b.weight"][1] = 1e30  # finite and huge: clipped, not refused
+    out = clip_update(update, 1.0)
+    assert math.isclose(float(torch.cat([out["a.weight"], out["b.weight"]]).double().norm()), 1.0, rel_tol=1e-6)
