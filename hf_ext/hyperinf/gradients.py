@@ -446,6 +446,14 @@ def check_dataset(dataset, name: str, model: torch.nn.Module) -> None:
     if not isinstance(first, Mapping) or "input_ids" not in first:
         raise ValueError(f"`{name}` must have an `input_ids` column (tokenize it first).")
     if "labels" not in first and not _is_causal_lm(model):
+        other = next((key for key in ("label", "label_ids") if key in first), None)
+        if other is not None:  # the GLUE / `datasets` convention, which Trainer's collators rename to `labels`
+            raise ValueError(
+                f"`{name}` has a `{other}` column but no `labels`: the model's forward (and so its loss) takes "
+                f"`labels`, which Trainer's data collators make of `{other}` on the fly; rename it first, e.g. "
+                f"`{name} = {name}.rename_column({other!r}, 'labels')` (a list of dicts: "
+                f"`[{{**ex, 'labels': ex[{other!r}]}} for ex in {name}]`)."
+            )
         raise ValueError(
             f"`{name}` has no `labels` column; the influence of an example is defined through its loss, so add the "
             "labels the model was fine-tuned on."
