@@ -393,6 +393,12 @@ class InfluenceEngine:
                 )
             if layer.curvature is not None:
                 layer.curvature.div_(n)
+                if not bool(torch.isfinite(layer.curvature).all()):  # the gradients are finite: a sum overflowed
+                    raise ValueError(
+                        f"The curvature of layer {name!r} overflowed in dtype={cfg.dtype} (its gradients are finite, "
+                        f"but the sum of their products is not; it used to be reported as a Schulz divergence whose "
+                        f"fix was another start). Pass dtype=torch.float32 (the default) or torch.float64."
+                    )
                 eye = torch.eye(layer.curvature.shape[0], dtype=cfg.dtype, device=self.device)
                 if cfg.method == "hyperinf":
                     matrix = layer.curvature + (layer.damping + cfg.schulz_extra_damping) * eye
