@@ -298,7 +298,8 @@ class PaddingCollator:
     """Right-pads a list of examples to one batch of tensors.
 
     `input_ids`/`token_type_ids`/`position_ids` are padded with `pad_token_id` (0 for the last two), `attention_mask`
-    with 0 and token-level `labels` with -100. Scalar labels (classification) and floating-point label vectors (one
+    with 0 and token-level `labels` with -100, each column to its own longest row (an encoder-decoder's targets may be
+    longer than its inputs). Scalar labels (classification) and floating-point label vectors (one
     per example: multi-label classification's multi-hot targets, multi-output regression) are stacked. With
     `causal_lm_labels`, a causal LM example without `labels` (absent or `None`) gets its own: its `input_ids`, -100
     where its `attention_mask` is 0 (and on the padding), so an example's labels never depend on the batch it is in.
@@ -354,7 +355,10 @@ class PaddingCollator:
                 batch[key] = torch.stack(tensors)
                 continue
             fill = {"input_ids": pad_id, "decoder_input_ids": pad_id, "attention_mask": 0, "labels": -100}.get(key, 0)
-            out = torch.full((len(values), longest), fill, dtype=first.dtype)
+            # each column to its own longest row: an encoder-decoder's targets (labels, decoder inputs) may be longer
+            # than its inputs (they were padded to the inputs' length and failed to fit)
+            width = max(torch.as_tensor(value).shape[0] for value in values)
+            out = torch.full((len(values), width), fill, dtype=first.dtype)
             for row, value in enumerate(values):
                 value = torch.as_tensor(value)
                 out[row, : value.shape[0]] = value
@@ -651,8 +655,8 @@ class PerExampleGradients:
         lo, hi = int(real[0]), int(real[-1]) + 1
         out = dict(example)
         for key, value in example.items():
-            if key == "labels" and vector:
-                continue
+            if key == "labels" and (vector or self.encoder_decoder):
+                continue  # a target vector, or an encoder-decoder's targets: not aligned with the input tokens
             if key in _TOKEN_LEVEL and value is not None and not isinstance(value, int | float):
                 if torch.as_tensor(value).ndim == 1 and len(value) == n:
                     out[key] = value[lo:hi]

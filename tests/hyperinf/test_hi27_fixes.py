@@ -50,3 +50,72 @@ def test_engine_names_a_gfim_overflow_in_half_precision():
     assert not isinstance(info.value, SchulzDivergenceError)
     scores = influence_from_gradients(train, val, "hyperinf")  # the default float32 is fine
     assert bool(torch.isfinite(scores).all())
+
+
+def _tiny_t5():
+    from peft import LoraConfig, get_peft_model
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    model = get_peft_model(
+        T5ForConditionalGeneration(config).double(), LoraConfig(r=2, lora_alpha=4, target_modules=["q", "v"])
+    )
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.2 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
+    return model.eval()
+
+
+def _seq2seq_rows(count, seed, max_length=None):
+    """Targets (5-8 tokens) longer than the inputs (2-4); with `max_length`, both stored padded to it as a seq2seq
+    preprocessing does (`padding="max_length"`, pad labels -100)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(count):
+        source = torch.randint(2, 40, (2 + i % 3,), generator=gen).tolist()
+        target = torch.randint(2, 40, (5 + i % 4,), generator=gen).tolist()
+        if max_length is None:
+            rows.append({"input_ids": source, "labels": target})
+            continue
+        pad_source, pad_target = max_length - len(source), max_length - len(target)
+        rows.append(
+            {
+                "input_ids": source + [0] * pad_source,
+                "attention_mask": [1] * len(source) + [0] * pad_source,
+                "labels": target + [-100] * pad_target,
+            }
+        )
+    return rows
+
+
+@pytest.mark.parametrize("stored_padded", [False, True])
+@pytest.mark.parametrize("per_example_gradients", ["loop", "vmap"])
+def test_encoder_decoder_targets_longer_than_inputs(stored_padded, per_example_gradients):
+    """An encoder-decoder's labels were padded to its inputs' length (a target longer than its input failed in the
+    collator) and, stored padded to the inputs' length, cut to the inputs' real tokens (silently other gradients,
+    1.26 relative error on TracIn scores). Reference: the model's own loss on each example as stored."""
+    model = _tiny_t5()
+    length = 10 if stored_padded else None
+    train, val = _seq2seq_rows(6, 1, length), _seq2seq_rows(2, 2, length)
+    estimator = InfluenceEstimator(model, "tracin", dtype=torch.float64, per_example_gradients=per_example_gradients)
+    params = dict(model.named_parameters())
+
+    def gradients(rows):
+        out = []
+        for row in rows:
+            loss = model(**{key: torch.tensor([value]) for key, value in row.items()}).loss
+            grads = torch.autograd.grad(loss, [params[m.name] for m in estimator.tracked])
+            out.append(
+                torch.cat([(g.T if m.kind == "lora_B" else g).reshape(-1) for m, g in zip(estimator.tracked, grads)])
+            )
+        return torch.stack(out)
+
+    expected = -(gradients(train) @ gradients(val).mean(0)).numpy()
+    scores = estimator.fit(train).scores(val)
+    assert abs(scores - expected).max() <= 1e-6 * abs(expected).max()
