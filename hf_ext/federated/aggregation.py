@@ -618,7 +618,9 @@ def aggregate_round(
     if mode == "merge_then_average":
         _check_lora_scaling(lora_scaling)
         for i, sd in enumerate(client_states):
-            check_mergeable_lora_state(sd, f"client_states[{i}]", client_names[i] if client_names is not None else None)
+            check_mergeable_lora_state(
+                sd, f"client_states[{i}]", client_names[i] if client_names is not None else None
+            )
     if len(client_states) == 0:
         raise ValueError("`client_states` is empty: aggregate at least one client state.")
     # each client against the global state it trained from (named as such, not as one of the clients)
