@@ -246,6 +246,10 @@ class FogConfig(PreTrainedConfig):
     def fog(cls, swiglu_intermediate_size: int | None = None, **kwargs) -> FogConfig:
         """The FOG recipe: post-norm with 1/sqrt(L) gains, frozen QK-RMSNorm, softmax scale 0.125, input x50, xIELU.
 
+        The input multiplier is `1 / initializer_range` (50 at the default 0.02), as the reference's `--input-upscale`
+        derives it from the init std so that the residual stream starts at unit scale; an `input_upscale` passed here
+        wins.
+
         Args:
             swiglu_intermediate_size (`int`, *optional*):
                 MLP width a SwiGLU model of the same size would use. An ungated MLP (xIELU, GeLU) then gets 1.5x this
@@ -265,6 +269,9 @@ class FogConfig(PreTrainedConfig):
             hidden_act="xielu",
         )
         values.update(kwargs)
+        std = values.get("initializer_range", cls.initializer_range)
+        if "input_upscale" not in kwargs and _is_real(_python_scalar(std)) and math.isfinite(std) and std > 0:
+            values["input_upscale"] = 1.0 / float(std)  # a bad or zero std is refused (or kept at x50) by the config
         swiglu_intermediate_size = _check_swiglu_width("fog", swiglu_intermediate_size)
         if swiglu_intermediate_size is not None and "intermediate_size" not in kwargs:
             gated = values["hidden_act"] in GATED_ACTIVATIONS
