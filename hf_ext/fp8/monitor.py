@@ -37,6 +37,10 @@ SITES: dict[str, list[list[tuple[str, str]]]] = {
     "mlp_post_act": [[("mlp.act_fn", "output")], [("mlp.act", "output")]],
     "mlp_out": [[("mlp.down_proj", "output")], [("mlp.fc2", "output")], [("mlp.c_proj", "output")]],
 }
+# An MLP whose output is its down projection's output rescaled (FOG's Smooth-SwiGLU multiplies it back by the
+# per-token max |gate|) declares `rescales_output`; its `mlp_out` site is then the MLP output, as the reference tracker
+# measures it after the rescale (the down projection's own output hides the outliers the rescale restores).
+_RESCALED_MLP_OUT = [("mlp", "output")]
 STATS = ("kurtosis", "rms", "max_abs", "underflow", "saturation")
 # Under tensor parallelism (the Megatron split of transformers' plans) these sites hold this rank's heads / neurons
 # only: outputs of a column-parallel projection (named here) or elementwise functions of them.
@@ -177,6 +181,8 @@ class KurtosisMonitor:
             named = dict(layer.named_modules())
             for site in self.requested_sites:
                 chosen = next((c for c in SITES[site] if all(p in named for p, _ in c)), None)
+                if site == "mlp_out" and chosen is not None and getattr(named.get("mlp"), "rescales_output", False):
+                    chosen = _RESCALED_MLP_OUT
                 if chosen is not None:
                     self.site_modules.setdefault(site, [None] * len(self.layers))[li] = chosen
         if not self.site_modules:

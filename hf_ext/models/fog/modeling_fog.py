@@ -208,6 +208,13 @@ class FogMLP(nn.Module):
         else:  # exact GELU as in the reference code; "gelu_tanh" is the tanh approximation
             self.act_fn = nn.GELU(approximate="tanh" if config.hidden_act == "gelu_tanh" else "none")
 
+    @property
+    def rescales_output(self) -> bool:
+        """Whether the MLP output is the down projection's output times a per-token scale (Smooth-SwiGLU), so that the
+        FP8 monitor's `mlp_out` site measures the MLP output (as the reference tracker does) instead of the
+        down projection's."""
+        return self.gated and self.act_fn.smooth is not None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.mlp_alpha is not None:
             x = x * self.config.mlp_alpha
