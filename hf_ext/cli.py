@@ -112,20 +112,26 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
     from .reproduce import available_methods, reproduce
 
     methods = available_methods()
-    if not args.method and not args.list:
-        run_options = [
-            flag
-            for flag, given in (
-                ("--seeds", args.seeds is not None), ("--jobs", args.jobs != 1), ("--fast", args.fast),
-                ("--output_dir", args.output_dir is not None),
-            )
-            if given
-        ]  # fmt: skip
-        if run_options:  # a forgotten method name must not read as a successful run (exit 0, no report)
-            parser.error(
-                f"{', '.join(run_options)} given without a method: name one, e.g. `hf-ext reproduce grape ...` "
-                "(`hf-ext reproduce --list` lists them)"
-            )
+    run_options = [
+        flag
+        for flag, given in (
+            ("--seeds", args.seeds is not None), ("--jobs", args.jobs != 1), ("--fast", args.fast),
+            ("--output_dir", args.output_dir is not None),
+        )
+        if given
+    ]  # fmt: skip
+    if args.list and (args.method or run_options):  # the list would be printed and the run silently skipped (exit 0)
+        given = ([repr(args.method)] if args.method else []) + run_options
+        parser.error(
+            f"--list prints the methods and runs nothing, but {', '.join(given)} {'was' if len(given) == 1 else 'were'} "
+            "given too: drop --list to run the reproduction, or give --list alone"
+        )
+    if not args.method and not args.list and run_options:
+        # a forgotten method name must not read as a successful run (exit 0, no report)
+        parser.error(
+            f"{', '.join(run_options)} given without a method: name one, e.g. `hf-ext reproduce grape ...` "
+            "(`hf-ext reproduce --list` lists them)"
+        )
     if args.list or not args.method:
         width = max(len(n) for n in methods)
         for name, title in methods.items():

@@ -150,3 +150,23 @@ def test_a_recipe_run_with_python_m_names_the_module_in_its_usage_line(repo_root
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("usage: python -m hf_ext.recipes.cubic_newton [-h]"), res.stdout[:200]
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["grape", "--list"], "'grape'"),
+        (["grape", "--seeds", "3", "--list"], "'grape', --seeds"),
+        (["--list", "--seeds", "3"], "--seeds"),
+        (["--list", "--fast", "--output_dir", "x"], "--fast, --output_dir"),
+    ],
+)
+def test_reproduce_list_with_a_method_or_run_options_is_a_usage_error(capsys, argv, named):
+    """dc27 F1: `hf-ext reproduce grape --seeds 3 --list` printed the method list and exited 0 without running
+    anything (as `--seeds 3` without a method did before ev15), so a scripted run read as a success with no report."""
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--list prints the methods and runs nothing" in err and named in err
+    assert main(["reproduce", "--list"]) == 0  # the list alone still works
