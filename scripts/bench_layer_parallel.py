@@ -33,6 +33,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+# hf_ext first: it registers the layer-parallel architecture and filters torchao's CPU-build "Failed to load" noise,
+# which importing transformers first would print
+import hf_ext  # noqa: F401
+
+# isort: split
 import torch
 import torch.distributed as dist
 from transformers import (
@@ -44,7 +49,6 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-import hf_ext  # noqa: F401  (registers the layer-parallel architecture)
 from hf_ext.models.layer_parallel import convert_to_layer_parallel
 from hf_ext.models.layer_parallel.configuration_layer_parallel import LP_MODES
 

@@ -92,3 +92,34 @@ def test_bench_fp8(repo_root, argv, message):
              "--num_key_value_heads", "2", "--device", "cpu"]  # fmt: skip
     with pytest.raises(ValueError, match=message):
         parse_args([*small, *argv])
+
+
+# ------------------------------------------------------------------------------------------ dc27 F2: import noise
+def _first_import_line(tree, prefixes):
+    import ast
+
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            module = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+            if module and module.split(".")[0] in prefixes:
+                return node.lineno
+    return None
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(n[:-3] for n in os.listdir(os.path.join(os.path.dirname(__file__), "..", "scripts")) if n.endswith(".py")),
+)
+def test_scripts_import_hf_ext_before_transformers(repo_root, name):
+    """dc27 F2: `scripts/bench_layer_parallel.py --tiny` (docs/benchmarks.md) imported transformers before hf_ext, so
+    torchao's "Failed to load ... _C_mxfp8.so" lines and torch's pytree deprecation warnings, which `import hf_ext`
+    filters on CPU-only builds (README), were printed before every run."""
+    import ast
+
+    with open(os.path.join(repo_root, "scripts", f"{name}.py"), encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    hf_ext_line = _first_import_line(tree, {"hf_ext"})
+    library_line = _first_import_line(tree, {"transformers", "torchao", "peft", "accelerate", "trl", "datasets"})
+    assert library_line is None or (hf_ext_line is not None and hf_ext_line < library_line), (
+        f"scripts/{name}.py imports a library at line {library_line} before hf_ext (line {hf_ext_line})"
+    )
