@@ -78,3 +78,20 @@ def test_cpu_layer_pairing_table_is_a_smoke_check_with_its_control(repo_root):
         text = _text(repo_root, name)
         assert "zero-pair control" in text and "0.60-1.59" in text, name
     assert "smoke check, not a speed measurement" in _text(repo_root, "docs/benchmarks.md")
+
+
+def test_fog_ungated_width_rounding_is_documented(repo_root):
+    """dc27 F3: the model card said `FogConfig.fog(swiglu_intermediate_size=N)` gives an ungated MLP of width 1.5N "for
+    equal MLP parameters", and pretrain's --help "equal parameter count"; the width is 1.5N rounded up to a multiple of
+    16, so N = 100 gives 160 (not 150) and 2 x 160 > 3 x 100 weights per hidden unit."""
+    from hf_ext.models.fog import FogConfig
+    from hf_ext.recipes.pretrain import ModelArguments
+
+    assert FogConfig.fog(swiglu_intermediate_size=100).intermediate_size == 160  # the example the docs give
+    assert FogConfig.fog(swiglu_intermediate_size=4096).intermediate_size == 6144
+    card = _text(repo_root, "model_cards/fog.md")
+    assert "1.5N rounded up to a multiple of 16" in card and "N = 100 gives 160" in card
+    assert "makes it 1.5x wider (1.5N) than a SwiGLU MLP of width N, for equal MLP parameters" not in card
+    assert "rounded up to a multiple of 16" in _text(repo_root, "docs/fog.md")
+    help_text = " ".join(ModelArguments.__dataclass_fields__["model_type"].metadata["help"].split())
+    assert "1.5x it, rounded up to a multiple of 16 (equal parameter count for a multiple of 32)" in help_text

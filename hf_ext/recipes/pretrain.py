@@ -26,7 +26,8 @@ class ModelArguments:
         metadata={
             "help": "Architecture of a fresh model: fog (FP8-stable FOG recipe, FogConfig.fog), llama, or any "
             "AutoConfig model type. With fog, --intermediate_size is the SwiGLU width and the ungated xIELU MLP gets "
-            "1.5x it (equal parameter count); intermediate_size in --config_overrides is the real MLP width."
+            "1.5x it, rounded up to a multiple of 16 (equal parameter count for a multiple of 32); intermediate_size in "
+            "--config_overrides is the real MLP width."
         },
     )
     hidden_size: int = field(default=128, metadata={"help": "Hidden size of a fresh model."})

@@ -253,7 +253,8 @@ class FogConfig(PreTrainedConfig):
         Args:
             swiglu_intermediate_size (`int`, *optional*):
                 MLP width a SwiGLU model of the same size would use. An ungated MLP (xIELU, GeLU) then gets 1.5x this
-                width (rounded to a multiple of 16) so that both recipes have the same parameter count. A positive
+                width, rounded up to a multiple of 16, so that both recipes have the same parameter count where 1.5x
+                it is a multiple of 16 (a multiple of 32; otherwise the ungated MLP is slightly wider). A positive
                 integer (a `ValueError` otherwise); ignored when `intermediate_size` is passed.
             kwargs: Any other [`FogConfig`] field.
         """
