@@ -172,12 +172,16 @@ class StreamingMixture(torch.utils.data.IterableDataset):
             (e.g. `datasets.IterableDataset`s, already tokenized). Finite streams are restarted when exhausted
             (calling `set_epoch` on them when available), so the mixture is infinite: train with `max_steps`.
         state (`MixtureState`): Source of the current domain weights.
-        seed (`int`, *optional*, defaults to 0): Seed of the interleaving (offset by the number of weight changes).
+        seed (`int`, *optional*, defaults to 0): Seed of the interleaving (offset by the index of the schedule entry
+            in force).
         features (`datasets.Features`, *optional*): Features of the examples; inferred from the first stream that has
             them when omitted.
         domain_column (`str`, *optional*): When set, each yielded example carries its domain name under this key.
 
-    Weight changes are picked up at the next example drawn in the process that iterates this dataset. Use
+    Weight changes are picked up at the next example drawn in the process that iterates this dataset, as the schedule
+    entry of `state` recorded at `examples_drawn` (the position `GrapeTrainer` records an update at): the stream of a
+    pass is a function of the seed, the domain streams and the schedule, so a resumed run that re-reads the skipped
+    examples draws what the interrupted run drew. Use
     `dataloader_num_workers=0`: worker processes hold their own copy of the state and would not see updates.
     """
 
@@ -206,7 +210,11 @@ class StreamingMixture(torch.utils.data.IterableDataset):
                 if getattr(stream, "features", None) is not None:
                     self.features = stream.features
                     break
+        #: Examples drawn in the current pass (the position a weight update applies from; see `MixtureState.schedule`).
         self.examples_drawn = 0
+        #: When set, the next `__iter__` first calls `state.start_segment(0)` (a resume that does not skip the batches
+        #: already trained on: the pass draws with the current weights from its first example); cleared once done.
+        self.restart_schedule_on_iter = False
 
     def __iter__(self) -> Iterator[dict]:
         from datasets import Features, IterableDataset, Value, interleave_datasets
@@ -218,11 +226,26 @@ class StreamingMixture(torch.utils.data.IterableDataset):
         features = None
         if self.features is not None:
             features = Features({**self.features, _DOMAIN_KEY: Value("string"), _SEQ_KEY: Value("int64")})
-        version, mixed = None, None
+        if self.restart_schedule_on_iter:
+            self.restart_schedule_on_iter = False
+            self.state.start_segment(0)
+        # The example at position `p` of this pass is drawn from the interleaving of the schedule entry in force at `p`
+        # (rebuilt when that entry changes, seeded by its index): a resume, which re-reads the skipped examples from
+        # the start, replays the weights the interrupted run drew them with, and so draws the same stream.
+        self.examples_drawn = 0
+        version, starts, current, mixed = None, [], None, None
         while True:
-            if version != (self.state.domain_updates, len(self.state.schedule)):
-                version = (self.state.domain_updates, len(self.state.schedule))
-                weights = self.state.domain_weights.double()
+            schedule, changed = self.state.schedule, version != getattr(self.state, "schedule_version", None)
+            if changed:
+                version, starts = getattr(self.state, "schedule_version", None), [start for start, _ in schedule]
+            entry = max(bisect.bisect_right(starts, self.examples_drawn) - 1, 0)
+            if (
+                current is None
+                or current[0] != entry
+                or (changed and not torch.equal(current[1], schedule[entry][1]))  # replaced in place
+            ):
+                current = (entry, schedule[entry][1].clone())
+                weights = current[1].double()
                 weights = (weights / weights.sum()).tolist()
                 sources = [
                     IterableDataset.from_generator(
@@ -234,7 +257,7 @@ class StreamingMixture(torch.utils.data.IterableDataset):
                     interleave_datasets(
                         sources,
                         probabilities=weights,
-                        seed=self.seed + sum(version),
+                        seed=self.seed + entry,
                         stopping_strategy="all_exhausted",
                     )
                 )

@@ -11,6 +11,9 @@ rank computes the same weights (rank 0's result is also broadcast).
 
 from __future__ import annotations
 
+import copy
+import itertools
+import json
 import logging
 import math
 import os
@@ -22,6 +25,7 @@ from transformers import Trainer, TrainerCallback
 
 from ..fp8.emulation import fp8_auxiliary_pass
 from ..utils.checks import reentrant_checkpointing
+from ..utils.io import atomic_open
 from ..utils.resume import LossWindowResumeMixin
 from .configuration_grape import GrapeConfig
 from .data import (
@@ -60,6 +64,8 @@ from .state import (
 logger = logging.getLogger(__name__)
 
 _PURPOSE = {"mixture": 1, "task": 2, "target": 3, "domain": 4}
+#: Per process, the positions of the streaming path's reweighting streams in a checkpoint (`_load_stream_reads`).
+_STREAM_READS = "grape_streams_{}.json"
 
 
 def _reentrant_checkpointing_message(method: str, reentrant: str) -> str:
@@ -359,6 +365,9 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
             self._domain_indices = None
             self._domain_streams = {n: ensure_lm_stream(train_dataset[n], n) for n in domain_names}
             self._domain_iters: dict = {}
+            #: Per domain, the shuffle seed of its current reweighting pass and the examples read from that pass:
+            #: saved with each checkpoint (per process), so a resume continues every reweighting stream where it was.
+            self._domain_stream_reads: dict[str, list[int]] = {}
             source = None
         else:
             if "input_ids" not in train_dataset.column_names:
@@ -505,13 +514,18 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         # units of its batch size), trajectory records and counts would otherwise carry over into the retry.
         if getattr(self, "_attempt_start_state", None) is None:
             self._attempt_start_state = self.mixture_state.copy()
-            self._attempt_had_domain_iters = bool(getattr(self, "_domain_iters", None))
+            self._attempt_stream_reads = copy.deepcopy(getattr(self, "_domain_stream_reads", None))
         else:
             # in place: the streaming mixture (and any other holder) keeps a reference to this object
             self.mixture_state.__dict__.update(self._attempt_start_state.copy().__dict__)
             self._mixture_sampler = None
-            if self.streaming and not self._attempt_had_domain_iters:
-                self._domain_iters = {}  # the reweighting streams restart, as in a run started at this batch size
+            if self.streaming:  # the reweighting streams go back to where they were when the call started
+                self._domain_stream_reads = copy.deepcopy(self._attempt_stream_reads)
+                self._domain_iters = {}
+        if self.streaming:
+            # as for the map-style sampler (`_get_train_sampler`, which transformers does not call for an iterable
+            # dataset): a resume with `ignore_data_skip=True` draws the stream again from its first example
+            self.train_dataset.restart_schedule_on_iter = getattr(self, "_restart_schedule_on_resume", False)
         return super()._inner_training_loop(*args, **kwargs)
 
     def _start_new_mixture_run(self, from_initial: bool) -> None:
@@ -559,8 +573,12 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         (or refuses by name), never one that looks complete without its mixture state.
         """
         super().save_model(output_dir, _internal_call=_internal_call)
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        if _internal_call and self.streaming:  # every process: each draws its own reweighting minibatches
+            os.makedirs(folder, exist_ok=True)
+            with atomic_open(os.path.join(folder, _STREAM_READS.format(self.args.process_index)), "w") as fh:
+                json.dump(self._domain_stream_reads, fh)
         if _internal_call and self.args.should_save:
-            folder = output_dir if output_dir is not None else self.args.output_dir
             self.mixture_state.save(
                 folder, reweight_method=self.args.reweight_method, options=self._trajectory_options()
             )
@@ -599,6 +617,30 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
                 )
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.load_mixture_state(resume_from_checkpoint)
+        if self.streaming:
+            self._load_stream_reads(resume_from_checkpoint)
+
+    def _load_stream_reads(self, checkpoint: str) -> None:
+        """Continue each per-domain reweighting stream of a streaming run where this process left it at `checkpoint`
+        (`grape_streams_<process>.json`); a checkpoint without that file restarts them, with a warning."""
+        path = os.path.join(checkpoint, _STREAM_READS.format(self.args.process_index))
+        self._domain_iters = {}
+        try:
+            with open(path, encoding="utf-8") as fh:
+                reads = json.load(fh)
+            if not isinstance(reads, dict) or set(reads) - set(self.mixture_state.domain_names):
+                raise ValueError(f"it does not map this run's domains {self.mixture_state.domain_names} to positions")
+            self._domain_stream_reads = {str(k): [int(v[0]), int(v[1])] for k, v in reads.items()}
+        except (OSError, ValueError, TypeError, IndexError) as err:
+            self._domain_stream_reads = {}
+            logger.warning(
+                "resume_from_checkpoint=%r holds no readable record of this process's reweighting streams (%s: %s; a "
+                "checkpoint of an older hf_ext, or of a run with fewer processes): they restart from their first "
+                "examples, so the resumed run draws other reweighting minibatches than an uninterrupted run.",
+                checkpoint,
+                _STREAM_READS.format(self.args.process_index),
+                err,
+            )
 
     def _trajectory_options(self) -> dict:
         """The settings that shape the mixture trajectory (the sampler schedule, the reweighting draws and updates),
@@ -674,17 +716,23 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
     def _domain_features(self, k: int, rng: np.random.Generator, size: int) -> list[dict]:
         if self.streaming:
             name = self.mixture_state.domain_names[k]
-            features = []
+            features, reads = [], self._domain_stream_reads
             while len(features) < size:
                 it = self._domain_iters.get(name)
+                if it is None and name in reads:  # resumed: the checkpoint's pass, after the examples it read
+                    seed, done = reads[name]
+                    stream = self._domain_streams[name].shuffle(seed=seed, buffer_size=256)
+                    it = self._domain_iters[name] = itertools.islice(iter(stream), done, None)
                 try:
                     example = next(it) if it is not None else None
                 except StopIteration:
                     example = None
                 if example is None:
-                    stream = self._domain_streams[name].shuffle(seed=int(rng.integers(2**31)), buffer_size=256)
-                    self._domain_iters[name] = iter(stream)
+                    seed = int(rng.integers(2**31))
+                    reads[name] = [seed, 0]
+                    self._domain_iters[name] = iter(self._domain_streams[name].shuffle(seed=seed, buffer_size=256))
                     continue
+                reads[name][1] += 1
                 features.append({c: example[c] for c in MODEL_COLUMNS if c in example})
             return features
         rows = self._domain_indices[k]
@@ -901,7 +949,10 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
             st.domain_ema_loss[k] = ema_update(float(st.domain_ema_loss[k]), float(losses_t[k]), args.ema_beta)
         self.last_unbroadcast_weights["domain"] = new.clone()
         new = self._broadcast(new)
-        position = self._mixture_sampler.position if self._mixture_sampler is not None else 0
+        if self.streaming:  # the examples drawn from the stream so far (with the prefetched ones)
+            position = self.train_dataset.examples_drawn
+        else:
+            position = self._mixture_sampler.position if self._mixture_sampler is not None else 0
         st.set_domain_weights(new, position)
         for k, name in enumerate(st.domain_names):
             logs[f"grape/domain_score/{name}"] = float(scores[k])
