@@ -370,7 +370,8 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
             self._domain_stream_reads: dict[str, list[int]] = {}
             source = None
         else:
-            if "input_ids" not in train_dataset.column_names:
+            source_packed = "input_ids" not in train_dataset.column_names
+            if source_packed:
                 with args.main_process_first(desc="pack training data by domain"):
                     train_dataset = pack_by_domain(
                         train_dataset, tokenizer, args.block_size, args.domain_column, args.text_column
@@ -407,14 +408,20 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         super().__init__(model=model, args=args, train_dataset=source, **kwargs)
         if not streaming:
             self._check_source_collation()
+        # The source rows too (map-style; a stream is read only in training): one the model cannot index used to pass
+        # construction and fail with a bare `IndexError` at the first training step, while a target was refused here.
+        checked = {f"target_datasets[{name!r}]": ds for name, ds in self.target_datasets.items()}
+        if not streaming:
+            packed = f" (its text packed into block_size={args.block_size} blocks)" if source_packed else ""
+            checked = {f"train_dataset{packed}": self._domain_source, **checked}
         limit = _token_id_limit(self.model)
         if limit is not None:
-            for name, ds in self.target_datasets.items():
-                check_token_ids(ds, limit, f"target_datasets[{name!r}]")
+            for what, ds in checked.items():
+                check_token_ids(ds, limit, what)
         positions = _position_limit(self.model)
         if positions is not None:
-            for name, ds in self.target_datasets.items():
-                check_row_lengths(ds, positions, f"target_datasets[{name!r}]")
+            for what, ds in checked.items():
+                check_row_lengths(ds, positions, what)
         if method not in ("uniform", "fixed") and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
                 f"reweight_method={method!r} takes per-domain gradients of the full model, which needs DDP (or one "

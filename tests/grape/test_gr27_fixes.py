@@ -82,3 +82,49 @@ def test_streaming_resume_without_data_skip_draws_with_the_current_weights(synth
     # update after the resume applies from the examples drawn next (not from the checkpoint's last position on)
     assert seen[0] == [0]
     assert resumed.mixture_state.schedule[1][0] < saved["schedule_positions"][-1]
+
+
+# ---- F2: source rows the model cannot index are refused at construction, as target rows are ---------------------------
+# A source row longer than a GPT-2 model's position table, or with a token id outside its vocabulary, used to pass
+# construction and fail with a bare `IndexError: index out of range in self` at the first training step.
+
+
+def _gpt2_run(tmp_path, source_len, source_high, method="grape"):
+    import numpy as np
+    from datasets import Dataset
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hf_ext.grape import GrapeConfig, GrapeTrainer
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {"input_ids": rng.integers(4, source_high, source_len).tolist(), "domain": d} for d in "ab" for _ in range(4)
+    ]
+    targets = {"t": Dataset.from_list([{"input_ids": rng.integers(4, 60, 16).tolist()} for _ in range(4)])}
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=32))
+    args = GrapeConfig(
+        output_dir=str(tmp_path), reweight_method=method, per_device_train_batch_size=2, max_steps=1, use_cpu=True,
+        report_to="none", save_strategy="no", plot_file=None, reweight_batch_size=2, reweight_mini_batch_size=2,
+    )  # fmt: skip
+    trainer = GrapeTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows),
+        target_datasets=targets if method != "uniform" else None,
+    )  # fmt: skip
+    trainer.train()
+
+
+def test_a_source_row_longer_than_the_position_table_is_refused_at_construction(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match=r"train_dataset has a row of 48 tokens .* holds 32 positions"):
+        _gpt2_run(tmp_path, 48, 60)
+    with pytest.raises(ValueError, match=r"train_dataset has a row of 48 tokens"):
+        _gpt2_run(tmp_path, 48, 60, method="uniform")
+    _gpt2_run(tmp_path, 32, 60)  # at the limit: trains
+
+
+def test_a_source_token_id_outside_the_vocabulary_is_refused_at_construction(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match=r"train_dataset has the token id \d+ in its input_ids, .* 64 tokens"):
+        _gpt2_run(tmp_path, 16, 100)
