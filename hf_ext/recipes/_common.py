@@ -528,6 +528,23 @@ def refuse_multiple_processes(script: str, why: str, instead: str = "") -> None:
         )
 
 
+def refuse_undistributed_launch(training_args, script: str) -> None:
+    """Raise `ValueError` on every rank when the run was launched on several processes (`launched_processes`) but the
+    Trainer would not train data-parallel (`training_args.parallel_mode` is not `DISTRIBUTED`): on a machine without
+    an accelerator, `torchrun` / `accelerate launch` without `--use_cpu true` (`--cpu`) leave accelerate's distributed
+    type at `NO`, so every rank trains the whole run alone, on the whole data, into the same folders."""
+    from transformers.training_args import ParallelMode
+
+    n = launched_processes()
+    if n > 1 and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
+        raise ValueError(
+            f"The {script} recipe was launched on {n} processes, but the Trainer would not train them data-parallel "
+            f"(parallel_mode {training_args.parallel_mode.value}, no accelerator found): each process would train "
+            "the whole run alone, on the whole data, and write into the same --output_dir. On CPUs pass --use_cpu "
+            "true (gloo ranks), or launch one process."
+        )
+
+
 def finish(result=None):
     """End a recipe run: all ranks meet, then the process group is torn down (no work left for interpreter exit)."""
     from ..utils.distributed import shutdown_distributed

@@ -20,7 +20,7 @@ from transformers.trainer_callback import ExportableState
 
 from ..utils.io import atomic_savefig, atomic_write_results, atomic_write_text
 from ..utils.resume import train_or_restore_finished
-from ._common import validation_split_seed_field
+from ._common import refuse_undistributed_launch, validation_split_seed_field
 from .pretrain import ModelArguments, build_model, check_fresh_model
 
 logger = logging.getLogger(__name__)
@@ -282,6 +282,7 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         )
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise ValueError("--max_steps must be set (the cooldown is a fraction of it).")
+    refuse_undistributed_launch(training_args, "metadata_pretrain")  # N ranks that would each train alone
     if model_args.model_name_or_path is None:
         if model_args.hidden_size % model_args.num_attention_heads:
             raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
