@@ -287,7 +287,19 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         if model_args.hidden_size % model_args.num_attention_heads:
             raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
         check_fresh_model(model_args, data_args.block_size)
-    template = _template(meta_args)
+    try:
+        template = _template(meta_args)
+    except ValueError as err:  # metadata_template names its parameters (kind, column, fmt), not this recipe's flags
+        given = [f"--template {meta_args.template}"]
+        given += [
+            f"--{n} {getattr(meta_args, n)!r}"
+            for n in ("template_column", "template_format")
+            if getattr(meta_args, n) is not None
+        ]
+        raise ValueError(
+            f"{' '.join(given)}: {err} (kind, column and fmt are --template, --template_column (comma-separated "
+            "column names) and --template_format.)"
+        ) from err
     if meta_args.eval_tasks is not None:
         from ..evaluation.harness import check_fewshot_pool
         from ..evaluation.prompting import check_eval_tasks, parse_shots

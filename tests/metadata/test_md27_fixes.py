@@ -28,3 +28,21 @@ def test_a_launch_on_several_processes_that_would_not_train_data_parallel_is_ref
         run(*parsed)
     assert not out.exists()
 
+
+@pytest.mark.parametrize(
+    "extra, flag",
+    [
+        (["--template", "column", "--template_column", ""], "--template column"),
+        (["--template", "url", "--template_column", "a,b"], "--template_column 'a,b'"),
+        (["--template", "topic_format", "--template_column", "topic"], "--template_column 'topic'"),
+        (["--template", "format"], "--template_format"),
+        (["--template", "format", "--template_format", "{url"], "--template_format '{url'"),
+    ],
+)
+def test_a_template_that_cannot_be_built_is_refused_naming_the_flags(tmp_path, extra, flag):
+    """F2: the refusal named metadata_template's parameters (kind='column' needs column=..., fmt=...), not the flags."""
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="--template") as info:
+        run(*parse_recipe_args(TYPES, [*TINY, "--max_steps", "2", "--output_dir", str(out), *extra], resume="keep"))
+    assert flag in str(info.value) and "--template_column" in str(info.value)
+    assert not out.exists()
