@@ -241,6 +241,13 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         raise ValueError(f"--metadata_dropout must be in [0, 1], got {meta_args.metadata_dropout}.")
     if not 0.0 <= meta_args.cooldown_fraction < 1.0:
         raise ValueError(f"--cooldown_fraction must be in [0, 1), got {meta_args.cooldown_fraction}.")
+    if meta_args.cooldown_fraction > 0 and training_args.dataloader_num_workers:
+        # MetadataCooldownCallback refuses it when training begins, after the run record and folders are written
+        raise ValueError(
+            f"--dataloader_num_workers {training_args.dataloader_num_workers} cannot be used with --cooldown_fraction "
+            f"{meta_args.cooldown_fraction}: the cooldown switches the main process's collator, which worker "
+            "processes do not share. Pass --dataloader_num_workers 0 (the default) or --cooldown_fraction 0."
+        )
     if not math.isfinite(meta_args.guidance_scale) or meta_args.guidance_scale <= 0:
         # the one check of this flag (not in the recipes' shared non-negative flags, whose ">= 0" admits 0)
         raise ValueError(

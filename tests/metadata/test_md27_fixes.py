@@ -46,3 +46,13 @@ def test_a_template_that_cannot_be_built_is_refused_naming_the_flags(tmp_path, e
         run(*parse_recipe_args(TYPES, [*TINY, "--max_steps", "2", "--output_dir", str(out), *extra], resume="keep"))
     assert flag in str(info.value) and "--template_column" in str(info.value)
     assert not out.exists()
+
+
+def test_dataloader_workers_with_a_cooldown_are_refused_before_any_output(tmp_path):
+    """F3: MetadataCooldownCallback refused them when training began, after metadata_run_data.json and the
+    url_conditioned/ folder were written (and the data loaded)."""
+    out = tmp_path / "never"
+    argv = [*TINY, "--max_steps", "2", "--output_dir", str(out), "--dataloader_num_workers", "1"]
+    with pytest.raises(ValueError, match=r"--dataloader_num_workers 1 cannot be used with --cooldown_fraction 0\.1"):
+        run(*parse_recipe_args(TYPES, argv, resume="keep"))
+    assert not out.exists()
