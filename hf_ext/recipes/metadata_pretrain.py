@@ -290,6 +290,13 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise ValueError("--max_steps must be set (the cooldown is a fraction of it).")
     refuse_undistributed_launch(training_args, "metadata_pretrain")  # N ranks that would each train alone
+    strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+    if strategy != "no":  # the Trainer refused it when built, after the run record was written
+        raise ValueError(
+            f"--eval_strategy {strategy}: this recipe passes the Trainer no eval_dataset; it evaluates the held-out "
+            "document loss itself every --doc_eval_steps (and at the end). Drop --eval_strategy and set "
+            "--doc_eval_steps instead."
+        )
     if model_args.model_name_or_path is None:
         if model_args.hidden_size % model_args.num_attention_heads:
             raise ValueError("--hidden_size must be divisible by --num_attention_heads.")

@@ -56,3 +56,13 @@ def test_dataloader_workers_with_a_cooldown_are_refused_before_any_output(tmp_pa
     with pytest.raises(ValueError, match=r"--dataloader_num_workers 1 cannot be used with --cooldown_fraction 0\.1"):
         run(*parse_recipe_args(TYPES, argv, resume="keep"))
     assert not out.exists()
+
+
+def test_a_trainer_evaluation_strategy_is_refused_before_any_output(tmp_path):
+    """F4: the recipe gives the Trainer no eval_dataset, so the Trainer refused --eval_strategy steps when it was built,
+    after metadata_run_data.json was written (and an earlier run's results in the folder removed)."""
+    out = tmp_path / "never"
+    argv = [*TINY, "--max_steps", "2", "--output_dir", str(out), "--eval_strategy", "steps", "--eval_steps", "1"]
+    with pytest.raises(ValueError, match=r"--eval_strategy steps: .*--doc_eval_steps"):
+        run(*parse_recipe_args(TYPES, argv, resume="keep"))
+    assert not out.exists()
