@@ -350,7 +350,9 @@ def validate_args(
     from ..data import corpus_domains
     from ..data.loading import check_dataset_name
     from ..utils.io import ensure_writable_dir
+    from ._common import refuse_undistributed_launch
 
+    refuse_undistributed_launch(args, "grape")  # N ranks that would each train alone
     if eval_args is not None:
         _validate_eval_args(eval_args, args)
     _refuse_inapplicable_flags(data_args, args, eval_args)

@@ -184,7 +184,9 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
     from ..data.loading import check_dataset_config, check_dataset_name, hub_offline
     from ..models.layer_parallel.configuration_layer_parallel import LP_MLP_NORMS, LP_MODES
     from ..utils.io import ensure_writable_dir
+    from ._common import refuse_undistributed_launch
 
+    refuse_undistributed_launch(training_args, "layer_parallel")  # N ranks that would each train alone
     check_dataset_config(data_args.dataset_name, data_args.dataset_config_name)  # else silently ignored
     if data_args.block_size <= 0:
         raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")

@@ -377,7 +377,9 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
     """Check every argument before any data is built or anything is written. Returns methods, seeds, resume plan."""
     from ..neuralgrok.data import check_layout, resolve_task
     from ..utils.io import ensure_writable_dir
+    from ._common import refuse_undistributed_launch
 
+    refuse_undistributed_launch(training_args, "neuralgrok")  # N ranks that would each train alone
     resolve_task(task_args.task)
     try:
         check_layout(task_args.layout)

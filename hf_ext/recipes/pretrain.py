@@ -272,8 +272,9 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     """Check arguments before any data is loaded or anything is written."""
     from ..data.loading import check_dataset_name
     from ..utils.io import ensure_writable_dir
-    from ._common import check_vocab_size
+    from ._common import check_vocab_size, refuse_undistributed_launch
 
+    refuse_undistributed_launch(training_args, "pretrain")  # N ranks that would each train alone
     check_ignored_model_flags(model_args, data_args)
     check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
     if data_args.block_size <= 0:

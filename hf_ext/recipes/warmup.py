@@ -105,7 +105,9 @@ class WarmupTrainingArguments(WarmupFreeTrainingArguments):
 
 def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> list[str]:
     from ..utils.io import ensure_writable_dir
+    from ._common import refuse_undistributed_launch
 
+    refuse_undistributed_launch(args, "warmup")  # N ranks that would each train alone
     arms = [a.strip() for a in recipe.arms.split(",") if a.strip()]
     bad = [a for a in arms if a not in ARMS]
     if not arms or bad or len(set(arms)) != len(arms):
