@@ -60,12 +60,14 @@ class PrivacyAccountant:
 
     Args:
         accountant (`str`, *optional*, defaults to `"pld"`): `"pld"` or `"rdp"`.
-        pld_discretization (`float`, *optional*, defaults to 1e-3): the PLD accountant's
-            `value_discretization_interval`. Discretization is pessimistic (epsilon is an upper bound); 1e-3 is within
-            0.1% of 1e-4 on typical DP-SGD settings and ten times faster.
+        pld_discretization (`float`, *optional*, defaults to 1e-4): the PLD accountant's
+            `value_discretization_interval` (1e-4 is dp-accounting's own default). Discretization is pessimistic
+            (epsilon is an upper bound), and coarser intervals over-report epsilon most at small sampling rates: at
+            `q = 1e-4`, sigma 1, 10000 steps, 1e-3 reports 0.085 against 0.040 at 1e-4 (0.038 at 1e-5), and at
+            `q = 1e-3`, sigma 1, 10 epochs, 0.499 against 0.476; at `q >= 0.01` and sigma <= 2 they agree within 0.3%.
     """
 
-    def __init__(self, accountant: str = "pld", pld_discretization: float = 1e-3):
+    def __init__(self, accountant: str = "pld", pld_discretization: float = 1e-4):
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"`accountant` must be one of {ACCOUNTANTS}, got {accountant!r}.")
         if not (0 < pld_discretization <= 0.1):
