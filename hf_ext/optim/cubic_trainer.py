@@ -91,6 +91,12 @@ class CubicNewtonTrainingArguments(TrainingArguments):
             raise ValueError("--max_grad_norm must be 0 for cubic Newton (the cubic term regularises the step).")
         if self.bf16 or self.fp16:
             raise ValueError("Cubic Newton needs fp32 Hessian-vector products; drop --bf16/--fp16.")
+        if self.gradient_checkpointing:
+            # train() would turn it on in the model and the first step would refuse it (check_second_order_support)
+            raise ValueError(
+                "--gradient_checkpointing breaks the exact Hessian-vector products of cubic Newton (and each step runs "
+                "the model in eval mode, where it would save nothing); drop --gradient_checkpointing."
+            )
         if self.label_smoothing_factor:
             raise ValueError(
                 f"--label_smoothing_factor {self.label_smoothing_factor} would be ignored in training: each cubic step "
