@@ -205,12 +205,17 @@ def _refuse_unread_options(arms: list[str], recipe: WarmupRecipeArguments, args:
         if not optimizers & set(users) and changed_from_default(holder, [name]):
             readers = f"only the {'/'.join(users)} arms read it" if users else "no arm of this recipe reads it"
             unread.append(f"--{name} ({readers})")
-    # AdamW's betas: the adamw arms, and the LionAR arms' rotation angle when --rotation_angle is not given
-    if "adamw" not in optimizers and not ("lion_ar" in optimizers and args.rotation_angle is None):
-        for name in changed_from_default(args, ["adam_beta1", "adam_beta2"]):
-            unread.append(
-                f"--{name} (read by the adamw arms, and by the lion_ar arms' rotation angle without --rotation_angle)"
+    # AdamW's betas: the adamw arms; --adam_beta1 also sets the LionAR arms' rotation angle when --rotation_angle is
+    # not given (the AdamW equilibrium angle depends on beta1 only)
+    if "adamw" not in optimizers:
+        angle_reads_beta1 = "lion_ar" in optimizers and args.rotation_angle is None
+        for name in changed_from_default(args, ["adam_beta2"] if angle_reads_beta1 else ["adam_beta1", "adam_beta2"]):
+            readers = (
+                "read by the adamw arms, and by the lion_ar arms' rotation angle without --rotation_angle"
+                if name == "adam_beta1"
+                else "read by the adamw arms only"
             )
+            unread.append(f"--{name} ({readers})")
     if not any(not arm.endswith("no_warmup") for arm in arms) and changed_from_default(recipe, ["warmup_fraction"]):
         unread.append("--warmup_fraction (only the *_warmup arms warm up)")
     if unread:

@@ -14,3 +14,20 @@ def test_gradient_checkpointing_is_refused_when_the_cubic_arguments_are_created(
     with pytest.raises(ValueError, match="--gradient_checkpointing"):
         CubicNewtonTrainingArguments(output_dir=str(tmp_path), use_cpu=True, gradient_checkpointing=True)
     CubicNewtonTrainingArguments(output_dir=str(tmp_path), use_cpu=True, gradient_checkpointing=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# F2: the warmup recipe let --adam_beta2 through with only lion_ar arms, "read by the lion_ar arms' rotation angle";
+# that angle (AdamW's equilibrium angle) reads --adam_beta1 only, and the arms reset --adam_beta2, so it was ignored
+# ----------------------------------------------------------------------------------------------------------------------
+def test_warmup_recipe_refuses_adam_beta2_that_only_lion_ar_arms_would_ignore(tmp_path):
+    from hf_ext.recipes.warmup import WarmupRecipeArguments, WarmupTrainingArguments, arm_arguments, validate
+
+    recipe = WarmupRecipeArguments(arms="lion_ar_warmup,lion_ar_no_warmup")
+    args = WarmupTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, adam_beta2=0.5, max_steps=20)
+    assert arm_arguments("lion_ar_no_warmup", recipe, args).adam_beta2 == 0.999  # what the arm would have used
+    with pytest.raises(ValueError, match=r"would ignore --adam_beta2 \(read by the adamw arms only\)"):
+        validate(recipe, args)
+    # --adam_beta1 sets their rotation angle: accepted
+    args = WarmupTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, adam_beta1=0.8, max_steps=20)
+    assert validate(recipe, args) == ["lion_ar_warmup", "lion_ar_no_warmup"]

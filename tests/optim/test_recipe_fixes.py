@@ -50,7 +50,7 @@ def test_warmup_refuses_flags_no_arm_reads(tmp_path, arms, extra, flag):
     "arms, extra",
     [
         ("lion_a_no_warmup", ["--lion_lr_ratio", "0.5", "--lion_beta1", "0.5", "--nesterov", "false"]),
-        ("lion_ar_no_warmup", ["--adam_beta2", "0.9", "--zero_mean", "false"]),  # betas set the rotation angle
+        ("lion_ar_no_warmup", ["--adam_beta1", "0.8", "--zero_mean", "false"]),  # beta1 sets the rotation angle
         ("lion_ar_no_warmup", ["--rotation_angle", "0.01", "--update_norm_decay", "0.5"]),
         ("adamw_warmup", ["--adam_epsilon", "1e-6", "--adam_beta1", "0.8", "--warmup_fraction", "0.1"]),
     ],
