@@ -119,6 +119,13 @@ class CubicNewtonTrainingArguments(TrainingArguments):
                 f"--weight_decay {self.weight_decay} would be ignored: CubicNewton has no weight decay. Leave it at 0 "
                 "and add an L2 term to the model's loss if you need one."
             )
+        for name in ("adam_beta1", "adam_beta2", "adam_epsilon"):
+            default = TrainingArguments.__dataclass_fields__[name].default
+            if getattr(self, name) != default:
+                raise ValueError(
+                    f"--{name} {getattr(self, name)} would be ignored: CubicNewton has no Adam moments (its momentum "
+                    f"options are --cubic_momentum, --cubic_alpha and --cubic_beta). Leave it at {default}."
+                )
         if self.cubic_momentum not in MOMENTUM_TYPES:
             raise ValueError(f"--cubic_momentum must be one of {MOMENTUM_TYPES}, got {self.cubic_momentum!r}.")
         if self.cubic_hessian not in HESSIAN_MODES:

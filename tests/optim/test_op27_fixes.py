@@ -31,3 +31,13 @@ def test_warmup_recipe_refuses_adam_beta2_that_only_lion_ar_arms_would_ignore(tm
     # --adam_beta1 sets their rotation angle: accepted
     args = WarmupTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, adam_beta1=0.8, max_steps=20)
     assert validate(recipe, args) == ["lion_ar_warmup", "lion_ar_no_warmup"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# F3: --adam_beta1/--adam_beta2/--adam_epsilon were accepted by CubicNewtonTrainingArguments and read by nothing
+# (CubicNewton has no Adam moments), unlike --weight_decay, which is refused as ignored
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, value", [("adam_beta1", 0.5), ("adam_beta2", 0.9), ("adam_epsilon", 1e-6)])
+def test_cubic_arguments_refuse_the_adam_flags_they_would_ignore(tmp_path, name, value):
+    with pytest.raises(ValueError, match=f"--{name} {value} would be ignored"):
+        CubicNewtonTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **{name: value})
