@@ -786,6 +786,10 @@ def _init_rotational_sharded(p, state, neuron_dim, per_neuron, zero_mean, shards
     state["norm"] = shards.wrap(norm.to(w.dtype), 0)
 
 
+# `||u_perp||^2 / ||u||^2` at or below this many ulps of the reduction dtype counts as rounding (u parallel to w)
+_PARALLEL_ULPS = 1024
+
+
 def _rotate(
     p: torch.Tensor,
     u: torch.Tensor,
@@ -854,7 +858,12 @@ def _rotate(
     u2 = u2.reshape(red_shape)
     c = wu / ww  # u_perp = u - c w is orthogonal to the current w
     up2 = (u2 - wu * c).clamp_min_(0.0)
-    moving = up2 > 1e-12 * u2
+    # `u2 - wu * c` cancels when u is (nearly) parallel to w and keeps a few ulps of `u2` (in `acc`) of rounding: a
+    # neuron whose u is radial (fan-in 1, or fan-in 2 with `zero_mean`, where centred weights and updates lie on one
+    # line) got a tangential norm of pure rounding noise, rotated along it and came out scaled by ~cos(theta) (float32)
+    # or up to 20% off its norm (bfloat16). Below `_PARALLEL_ULPS` ulps there is no tangential direction: the neuron
+    # is only brought back to its norm.
+    moving = up2 > max(1e-12, _PARALLEL_ULPS * torch.finfo(acc).eps) * u2
     unorm = up2.sqrt_()
     sign = -1.0 if u_scale < 0 else 1.0
     if update_norm_decay > 0:
