@@ -519,7 +519,7 @@ def _non_finite_state_error(key: str, new: torch.Tensor, update: torch.Tensor) -
         f"({cause}). It is refused (not returned, so neither applied nor written). A client's update is far too "
         "large: its training diverged, or its upload is faulty or malicious. Drop that client from the round (or "
         "lower its learning rate and retrain), or bound every update with client-level DP clipping "
-        "(`client_dp_clip_norm`)."
+        "(`client_clip_norm`; FederatedArguments' `client_dp_clip_norm`, the recipe's --client_dp_clip_norm)."
     )
     return NonFiniteStateError(message, key, num_bad, new.numel(), new.dtype, max_abs)
 
@@ -675,7 +675,10 @@ def _blame_non_finite_aggregate(
     dp = (
         ""
         if client_clip_norm is not None
-        else ", or bound every update with client-level DP clipping (`client_dp_clip_norm`)"
+        else (
+            ", or bound every update with client-level DP clipping (`client_clip_norm`; FederatedArguments' "
+            "`client_dp_clip_norm`, the recipe's --client_dp_clip_norm)"
+        )
     )
     message = (
         f"{who}'s update makes the global state non-finite{others}: the tensors it sent are finite, but {how} gives "

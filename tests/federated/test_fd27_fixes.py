@@ -42,3 +42,14 @@ def test_clip_update_names_the_non_finite_tensor(bad):
     update["b.weight"][1] = 1e30  # finite and huge: clipped, not refused
     out = clip_update(update, 1.0)
     assert math.isclose(float(torch.cat([out["a.weight"], out["b.weight"]]).double().norm()), 1.0, rel_tol=1e-6)
+
+
+def test_overflow_refusal_names_the_function_argument_and_the_recipe_flag():
+    """The non-finite aggregate refusal told direct callers of `aggregate_round` to set `client_dp_clip_norm`, which
+    is FederatedArguments' field, not the function's `client_clip_norm` (rv27 note)."""
+    from hf_ext.federated.aggregation import NonFiniteStateError
+
+    g = _state({})
+    huge = {**g, "m.lora_A.weight": torch.full((2, 5), 1e20), "m.lora_B.weight": torch.full((4, 2), 1e20)}
+    with pytest.raises(NonFiniteStateError, match=r"\(`client_clip_norm`; FederatedArguments' `client_dp_clip_norm`"):
+        aggregate_round(g, [huge, huge], [1, 3], "merge_then_average", 2.0)
