@@ -235,6 +235,8 @@ def _validate(args: ComplianceArguments):
                 + f"; the compliance recipe checks each document's URL (--url_column {args.url_column!r}): pass a "
                 ".json/.jsonl, .csv or .parquet file with that column."
             )
+    if isinstance(args.dcg_lower_is_better, str):  # True / FALSE / Auto as the boolean flags take them
+        args.dcg_lower_is_better = args.dcg_lower_is_better.strip().lower()
     if args.dcg_lower_is_better not in _LOWER_IS_BETTER_CHOICES:
         raise ValueError(
             f"--dcg_lower_is_better must be one of {', '.join(_LOWER_IS_BETTER_CHOICES)} (true: the scores are losses "
