@@ -190,6 +190,13 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
                 )
             if self.args.world_size > 1:
                 raise ValueError("DP-SGD in PrivateTrainer runs on one process; launch without multiple processes.")
+            if getattr(self.accelerator, "scaler", None) is not None:  # fp16 on a GPU: accelerate's GradScaler
+                raise ValueError(
+                    "--fp16 on this device trains with a loss scaler (torch.amp.GradScaler), which scales the loss "
+                    "that backward() sees; DP-SGD computes each sample's gradient itself (torch.func), so the scaler "
+                    "never scales a loss and its first step fails ('_scale is None'). Train with --bf16 true, or in "
+                    "float32 (drop --fp16)."
+                )
             if self.train_dataset is None or not hasattr(self.train_dataset, "__len__") or not len(self.train_dataset):
                 raise ValueError("DP-SGD needs a sized, non-empty `train_dataset` to compute the sampling rate.")
 

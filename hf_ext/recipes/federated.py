@@ -332,6 +332,12 @@ def check_ignored_flags(configs, data_args, fed_args, cmp_args, training_args, m
             "--per_device_train_batch_size instead."
         )
     if "dp" in present:  # what PrivateTrainingArguments refuses with DP-SGD on, checked before any run starts
+        if training_args.fp16 and training_args.device.type != "cpu":  # PrivateTrainer refuses the GradScaler
+            raise ValueError(
+                "--fp16 on an accelerator trains with a loss scaler (torch.amp.GradScaler), which DP-SGD's own "
+                "per-sample gradients bypass, so the '+dp' runs would fail at their first step: pass --bf16 true "
+                "instead, or drop '+dp' from --configs."
+            )
         if training_args.label_smoothing_factor:
             raise ValueError(
                 f"--label_smoothing_factor {training_args.label_smoothing_factor} would be ignored by the '+dp' runs: "

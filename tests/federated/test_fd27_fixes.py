@@ -53,3 +53,49 @@ def test_overflow_refusal_names_the_function_argument_and_the_recipe_flag():
     huge = {**g, "m.lora_A.weight": torch.full((2, 5), 1e20), "m.lora_B.weight": torch.full((4, 2), 1e20)}
     with pytest.raises(NonFiniteStateError, match=r"\(`client_clip_norm`; FederatedArguments' `client_dp_clip_norm`"):
         aggregate_round(g, [huge, huge], [1, 3], "merge_then_average", 2.0)
+
+
+def test_dp_sgd_with_an_fp16_loss_scaler_is_refused_at_construction(tmp_path, monkeypatch):
+    """fa27 note: with --fp16 on a GPU accelerate trains with a GradScaler, which DP-SGD's own per-sample gradients
+    bypass (no scaled backward): the first optimizer step failed with torch's 'Attempted step but _scale is None'.
+    On CPU accelerate sets up no scaler, so the GPU's is put in place here."""
+    from transformers import Trainer
+
+    from hf_ext.federated.trainer import PrivateTrainer
+
+    from .conftest import tiny_llama
+    from .test_trainer_paths import _args, _data
+
+    create = Trainer.create_accelerator_and_postprocess
+
+    def with_scaler(self):
+        create(self)
+        self.accelerator.scaler = torch.amp.GradScaler("cpu")
+
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", with_scaler)
+    with pytest.raises(ValueError, match=r"--fp16 on this device trains with a loss scaler.*--bf16 true"):
+        PrivateTrainer(model=tiny_llama(64), args=_args(tmp_path, max_steps=2), train_dataset=_data())
+    # without DP-SGD the Trainer's own backward scales the loss: not refused
+    PrivateTrainer(
+        model=tiny_llama(64),
+        args=_args(tmp_path, max_steps=2, dp_clip_norm=None, dp_noise_multiplier=0.0),
+        train_dataset=_data(),
+    )
+
+
+def test_federated_recipe_refuses_fp16_on_an_accelerator_with_dp_runs_before_anything_runs(tmp_path, monkeypatch):
+    """The recipe's '+dp' runs would reach PrivateTrainer's GradScaler refusal only after the earlier runs: checked
+    with the other '+dp' refusals. On CPU fp16 has no scaler and stays accepted (the device is faked as a GPU)."""
+    import os
+
+    from transformers import TrainingArguments
+
+    from hf_ext.recipes.federated import main
+
+    from .conftest import tiny_recipe_args
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(TrainingArguments, "device", property(lambda self: torch.device("cuda")))
+    with pytest.raises(ValueError, match=r"--fp16 on an accelerator .* pass --bf16 true"):
+        main(["--output_dir", str(out), "--configs", "lora,lora+dp", *tiny_recipe_args(), "--fp16", "--use_cpu"])
+    assert not os.path.exists(out)
