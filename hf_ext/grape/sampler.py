@@ -212,6 +212,9 @@ class StreamingMixture(torch.utils.data.IterableDataset):
                     break
         #: Examples drawn in the current pass (the position a weight update applies from; see `MixtureState.schedule`).
         self.examples_drawn = 0
+        self._first_epochs = {
+            n: int(getattr(s, "epoch", 0)) for n, s in domain_streams.items() if hasattr(s, "set_epoch")
+        }
         #: When set, the next `__iter__` first calls `state.start_segment(0)` (a resume that does not skip the batches
         #: already trained on: the pass draws with the current weights from its first example); cleared once done.
         self.restart_schedule_on_iter = False
@@ -220,6 +223,12 @@ class StreamingMixture(torch.utils.data.IterableDataset):
         from datasets import Features, IterableDataset, Value, interleave_datasets
 
         names = self.state.domain_names
+        # Every pass reads each stream from the epoch it had when this mixture was built (an earlier pass, e.g. an
+        # `auto_find_batch_size` attempt, may have moved it on), and a finite stream's epoch counts its restarts over
+        # the pass, across the rebuilds of the interleaving, so each restart reshuffles it anew.
+        epochs = dict(self._first_epochs)
+        for n, epoch in epochs.items():
+            self.domain_streams[n].set_epoch(epoch)
         iterators = {n: iter(self.domain_streams[n]) for n in names}
         counters = dict.fromkeys(names, 0)
         pending = {n: collections.deque() for n in names}
@@ -249,7 +258,7 @@ class StreamingMixture(torch.utils.data.IterableDataset):
                 weights = (weights / weights.sum()).tolist()
                 sources = [
                     IterableDataset.from_generator(
-                        _DomainSource(self, n, pending[n], iterators, counters), features=features
+                        _DomainSource(self, n, pending[n], iterators, counters, epochs), features=features
                     )
                     for n in names
                 ]
@@ -278,13 +287,16 @@ class _DomainSource:
     _uids = itertools.count()
     _live: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
-    def __init__(self, mixture: StreamingMixture, name: str, pending: collections.deque, iterators: dict, counters):
-        self.mixture, self.name, self.pending, self.iterators, self.counters = (
+    def __init__(
+        self, mixture: StreamingMixture, name: str, pending: collections.deque, iterators: dict, counters, epochs
+    ):
+        self.mixture, self.name, self.pending, self.iterators, self.counters, self.epochs = (
             mixture,
             name,
             pending,
             iterators,
             counters,
+            epochs,
         )
         self.uid = next(self._uids)
         self._live[self.uid] = self
@@ -301,7 +313,6 @@ class _DomainSource:
     def __call__(self) -> Iterator[dict]:
         name = self.name
         yield from list(self.pending)
-        epoch = 0
         while True:
             for raw in self.iterators[name]:
                 example = dict(raw)
@@ -312,8 +323,8 @@ class _DomainSource:
                 yield example
             if self.counters[name] == 0:
                 raise ValueError(f"the stream of domain {name!r} is empty.")
-            epoch += 1
             stream = self.mixture.domain_streams[name]
-            if hasattr(stream, "set_epoch"):
-                stream.set_epoch(epoch)
+            if name in self.epochs:
+                self.epochs[name] += 1
+                stream.set_epoch(self.epochs[name])
             self.iterators[name] = iter(stream)
