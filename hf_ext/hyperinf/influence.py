@@ -402,7 +402,14 @@ class InfluenceEngine:
                 eye = torch.eye(layer.curvature.shape[0], dtype=cfg.dtype, device=self.device)
                 if cfg.method == "hyperinf":
                     matrix = layer.curvature + (layer.damping + cfg.schulz_extra_damping) * eye
+                    largest = float(matrix.abs().max())
                     matrix = matrix.to(cfg.schulz_dtype or cfg.dtype)
+                    if not bool(torch.isfinite(matrix).all()):  # the curvature is finite: past schulz_dtype's range
+                        raise ValueError(
+                            f"The damped curvature of layer {name!r} (largest entry {largest:.4g}) overflows "
+                            f"schulz_dtype={matrix.dtype}, the dtype of its Schulz inversion. Pass "
+                            "schulz_dtype=torch.float64 (the default) or torch.float32."
+                        )
                     try:
                         inverse, info = schulz_inverse(
                             matrix,
