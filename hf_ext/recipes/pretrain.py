@@ -6,6 +6,7 @@ Run as `python scripts/pretrain.py`, `accelerate launch scripts/pretrain.py` or 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
 from ._common import validation_split_seed_field
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -540,7 +543,42 @@ def check_fresh_model(model_args: ModelArguments, block_size: int) -> None:
     check_meta_build(config, model_args.attn_implementation, f"fresh {model_args.model_type}")
 
 
-def build_model(model_args: ModelArguments, tokenizer, block_size: int, meta: bool = False):
+#: Config entries that describe how a model was saved, not the model: a resume may differ in them.
+_CONFIG_METADATA = ("transformers_version", "architectures", "dtype", "torch_dtype", "use_cache")
+
+
+def resumed_config_updates(config, checkpoint: str | None) -> dict:
+    """The entries of the checkpoint's model config that `config` (a fresh model's, rebuilt from the flags of the
+    run, which its record keeps) sets otherwise, for a resume to continue the checkpoint's model: a value the flags
+    now derive differently (FOG's input multiplier follows `initializer_range` since 2026-12-06, x50 before) would
+    change the model mid-run without a word. Logged with a warning."""
+    if checkpoint is None or not os.path.isfile(os.path.join(checkpoint, "config.json")):
+        return {}
+    from transformers import AutoConfig
+
+    def plain(cfg) -> dict:  # JSON values (tuples as lists), as the checkpoint stores them
+        return json.loads(json.dumps(cfg.to_dict(), default=str))
+
+    saved, current = plain(AutoConfig.from_pretrained(checkpoint)), plain(config)
+    updates = {
+        key: saved[key]
+        for key in sorted(set(saved) & set(current))
+        if not key.startswith("_") and key not in _CONFIG_METADATA and saved[key] != current[key]
+    }
+    if updates:
+        logger.warning(
+            "--resume_from_checkpoint %s: the resumed model keeps the checkpoint's %s (these flags now give %s), so "
+            "the run goes on with the model it trained.",
+            checkpoint,
+            ", ".join(f"{key}={value!r}" for key, value in updates.items()),
+            ", ".join(f"{key}={current[key]!r}" for key in updates),
+        )
+    return updates
+
+
+def build_model(
+    model_args: ModelArguments, tokenizer, block_size: int, meta: bool = False, config_updates: dict | None = None
+):
     """A fresh model from config (or a pretrained one) sized for `tokenizer`; with `meta`, the same model's config and
     modules on the meta device (no weights loaded, no memory), e.g. to read its context length before training."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -558,6 +596,7 @@ def build_model(model_args: ModelArguments, tokenizer, block_size: int, meta: bo
             pad_token_id=tokenizer.pad_token_id,
         )
         config = fresh_config(model_args, len(tokenizer), block_size, special)
+        config.update(config_updates or {})  # a resume: the entries the checkpoint's model has otherwise
     if meta:
         import torch
 
@@ -650,6 +689,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             f"No evaluation block of {data_args.block_size} tokens could be formed from the {len(eval_text)} "
             "validation document(s); lower --block_size or pass a longer --validation_file."
         )
+    config_updates = None  # a resumed fresh model: the checkpoint's config entries the flags now set otherwise
+    if training_args.resume_from_checkpoint and not model_args.model_name_or_path:
+        from ..utils.resume import resolve_resume_checkpoint
+
+        config_updates = resumed_config_updates(
+            build_model(model_args, tokenizer, data_args.block_size, meta=True).config,
+            resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir),
+        )
     # after the tokenizer and the data (a --text_column the data lacks fails there): a run refused for a bad
     # argument leaves the earlier run's results alone
     if training_args.process_index == 0:  # an older run's results must not look current if this run stops early
@@ -665,7 +712,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             resumed_from=training_args.resume_from_checkpoint or None,
         )
 
-    model = build_model(model_args, tokenizer, data_args.block_size)
+    model = build_model(model_args, tokenizer, data_args.block_size, config_updates=config_updates)
     trainer_cls, trainer_kwargs, callbacks = setup_fp8(model, model_args, training_args)
     trainer = trainer_cls(
         model=model,
