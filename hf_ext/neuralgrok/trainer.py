@@ -347,6 +347,8 @@ def resume_option_mismatches(
 
     - `weight_decay` and `adam_beta1`/`adam_beta2`/`adam_epsilon` (the base optimizer's, as `info` records them,
       [`base_optimizer_options`]; every gradient transform): its param groups bring the checkpoint's back;
+    - `coupled_weight_decay` (the base optimizer's class, where the trainer built it): torch Adam's single param
+      group and `args.optim`'s decay / no-decay groups do not load into each other;
     - `meta_learning_rate`, `meta_weight_decay`, `adam_beta1`/`adam_beta2` against the meta-Adam's restored param
       group (`meta_state`, the saved `state_dict()`; `gradient_transform="neuralgrok"`);
     - `amplifier_c` (neuralgrok, normalize) against `info`'s record: an attribute, not in any state dict, so a resume
@@ -375,6 +377,9 @@ def resume_option_mismatches(
             out.append((name, saved, new))
 
     compare("weight_decay", info.get("weight_decay"), args.weight_decay)
+    saved_coupled = info.get("coupled_weight_decay")
+    if saved_coupled is not None and bool(saved_coupled) != bool(args.coupled_weight_decay):
+        out.append(("coupled_weight_decay", bool(saved_coupled), bool(args.coupled_weight_decay)))
     for name in BASE_OPTIMIZER_OPTIONS:
         compare(name, info.get(name), getattr(args, name))
     for name, value in (transform_options(args) if options is None else options).items():
@@ -508,8 +513,9 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
 
     The amplifier, its meta-optimizer, the filter buffers and counters (and a pending `next_step` outer step) are
     written into every checkpoint as safetensors + JSON and restored by `train(resume_from_checkpoint=...)`. A resume
-    with options that the checkpoint would override or records otherwise (`weight_decay`, `meta_learning_rate`,
-    `meta_weight_decay`, `adam_beta1`/`adam_beta2`/`adam_epsilon`, `amplifier_c`, `amplifier_hidden_dims`:
+    with options that the checkpoint would override or records otherwise (`weight_decay`, `coupled_weight_decay`,
+    `meta_learning_rate`, `meta_weight_decay`, `adam_beta1`/`adam_beta2`/`adam_epsilon`, `amplifier_c`,
+    `amplifier_hidden_dims`:
     [`resume_option_mismatches`]) is refused before anything is restored (before the model's weights are loaded).
 
     With `"normalize"` every gradient tensor is rescaled to norm `amplifier_c` and clipped like NeuralGrok: the
@@ -613,6 +619,9 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         self._last_step_lr: float | None = None
         # the Adam flags the base optimizer was built from (recorded in checkpoints); set in `create_optimizer`
         self._adam_flags_read: set[str] | None = None
+        # whether the base optimizer was built from `args.coupled_weight_decay` (not the caller's); set in
+        # `create_optimizer`
+        self._coupled_flag_read = False
         self._outer_batches: list[dict] | None = None
         # `train_accuracy`: rows answered right and rows, of this rank's micro-batches not yet summed over the ranks
         # (`_acc_correct`, `_acc_rows`) and of the global batches already summed (`_acc_window`, the same on every
@@ -679,6 +688,8 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
                 "torch.func.functional_call, which FSDP2's own all-gather bypasses. Train with DDP or one process, or "
                 "use gradient_transform='normalize', 'grokfast_ema', 'grokfast_ma' or 'none' under FSDP2."
             )
+        # built here from `coupled_weight_decay` (torch Adam with L2, or `args.optim`): recorded in checkpoints
+        self._coupled_flag_read = self.optimizer is None and self.optimizer_cls_and_kwargs is None
         if self.optimizer is not None or self.optimizer_cls_and_kwargs is not None:
             self._adam_flags_read = set()  # the caller's optimizer: built from no flag of args
         elif self.args.coupled_weight_decay:
@@ -1021,6 +1032,9 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             "weight_decay": float(self.args.weight_decay),
             # the base optimizer's betas / eps where they came from the flags: likewise
             **base_optimizer_options(self.args, self.optimizer, self._adam_flags_read),
+            # the base optimizer's class (torch Adam with coupled L2, or `args.optim`): its state and param groups
+            # load only into the same kind, so a resume with the other one is refused by name
+            **({"coupled_weight_decay": bool(self.args.coupled_weight_decay)} if self._coupled_flag_read else {}),
             "num_outer_steps": self.num_outer_steps,
             "outer_gradient": self.args.outer_gradient,
             "outer_step_due": self._outer_due,
