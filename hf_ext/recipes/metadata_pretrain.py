@@ -542,8 +542,16 @@ def _train_one(
     from ..metadata import MetadataCollator, MetadataCooldownCallback, MetadataTrainer
 
     template = _template(meta_args)
+    sub_output_dir = os.path.join(training_args.output_dir, name)
+    checkpoint = _sub_run_resume(training_args.resume_from_checkpoint, sub_output_dir, name)
+    config_updates = None  # a resumed fresh model: the checkpoint's config entries the flags now set otherwise
+    if checkpoint is not None and not model_args.model_name_or_path:
+        from .pretrain import resumed_config_updates
+
+        meta_model = build_model(model_args, tokenizer, data_args.block_size, meta=True)
+        config_updates = resumed_config_updates(meta_model.config, checkpoint)
     set_seed(training_args.seed)
-    model = build_model(model_args, tokenizer, data_args.block_size)
+    model = build_model(model_args, tokenizer, data_args.block_size, config_updates=config_updates)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     common = dict(text_column=data_args.text_column, max_metadata_tokens=meta_args.max_metadata_tokens)
@@ -596,9 +604,7 @@ def _train_one(
     ]
     if conditioned and meta_args.cooldown_fraction > 0:
         callbacks.append(MetadataCooldownCallback(collator, meta_args.cooldown_fraction))
-    args = training_args.__class__(
-        **{**training_args.to_dict(), "output_dir": os.path.join(training_args.output_dir, name)}
-    )
+    args = training_args.__class__(**{**training_args.to_dict(), "output_dir": sub_output_dir})
     trainer = MetadataTrainer(  # a Trainer that writes the cooldown state into each checkpoint before it is complete
         model=model,
         args=args,
@@ -608,7 +614,7 @@ def _train_one(
         callbacks=callbacks,
     )
     # a finished run is restored, not trained a step past --max_steps
-    train_or_restore_finished(trainer, _sub_run_resume(training_args.resume_from_checkpoint, args.output_dir, name))
+    train_or_restore_finished(trainer, checkpoint)
     trainer.save_model(args.output_dir)
     return trainer.model, callbacks[0].curve, trainer.state.log_history, callbacks[0].empty_curve
 
