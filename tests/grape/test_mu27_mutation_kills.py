@@ -9,7 +9,9 @@ import pytest
 import torch
 from grape_synthetic import synthetic_mixture, tiny_llama
 
-from hf_ext.grape import GrapeConfig, GrapeTrainer, MixtureState, StreamingMixture
+from hf_ext.grape import GrapeConfig, MixtureState, StreamingMixture
+
+from .test_ta17_fixes import _OomOnce
 
 
 def _mixture(weights, n=2, size=50):
@@ -63,18 +65,6 @@ def test_frequent_updates_with_the_same_weights_keep_the_mixture_random():
         domains.append(next(it)["domain"])
     counts = collections.Counter(domains)
     assert 20 <= counts["a"] <= 60, counts
-
-
-class _OomOnce(GrapeTrainer):
-    """Raises a simulated CUDA out-of-memory error once, in the training step taken at `global_step == oom_at`."""
-
-    oom_at = None
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.oom_at is not None and self.state.global_step == self.oom_at:
-            self.oom_at = None
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-        return super().training_step(model, inputs, num_items_in_batch)
 
 
 def _streaming_run(out, bs, oom_at=None, max_steps=6, **kw):
