@@ -152,11 +152,12 @@ class PretrainTrainingArguments(TrainingArguments):
 
 
 def parse_config_overrides(text: str | None) -> dict:
-    """Parse 'a=1,b=true,c=xielu' into a dict (values as JSON where possible)."""
+    """Parse 'a=1,b=true,c=xielu' into a dict (values as JSON where possible). A comma inside a JSON list, object or
+    string value (`layer_types=["full_attention","sliding_attention"]`) belongs to the value."""
     out: dict = {}
     if not text:
         return out
-    for item in text.split(","):
+    for item in _split_top_level_commas(text):
         if "=" not in item:
             raise ValueError(f"--config_overrides item {item!r} is not key=value.")
         key, value = item.split("=", 1)
@@ -165,6 +166,24 @@ def parse_config_overrides(text: str | None) -> dict:
         except json.JSONDecodeError:
             out[key.strip()] = value.strip()
     return out
+
+
+def _split_top_level_commas(text: str) -> list[str]:
+    """`text` cut at the commas outside JSON brackets and double-quoted strings."""
+    items, start, depth, quoted, escaped = [], 0, 0, False, False
+    for i, char in enumerate(text):
+        if quoted:
+            escaped, quoted = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            quoted = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    return [*items, text[start:]]
 
 
 def check_config_overrides(model_args: ModelArguments) -> None:
