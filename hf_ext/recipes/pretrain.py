@@ -46,7 +46,10 @@ class ModelArguments:
     num_key_value_heads: int | None = field(default=None, metadata={"help": "KV heads (GQA); default = heads."})
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Extra config fields for a fresh model, as 'key=value,key=value' (values parsed as JSON)."},
+        metadata={
+            "help": "Extra config fields for a fresh model, as 'key=value,key=value' (values parsed as JSON); a size "
+            "flag given on the command line (--hidden_size, ...) may not be set here to another value."
+        },
     )
     attn_implementation: str = field(
         default="sdpa", metadata={"help": "Attention kernel: sdpa, eager or another transformers kernel it has."}
@@ -186,8 +189,9 @@ def _split_top_level_commas(text: str) -> list[str]:
     return [*items, text[start:]]
 
 
-def check_config_overrides(model_args: ModelArguments) -> None:
-    """`--config_overrides` may only set fields the fresh model's config has, with values of the field's type."""
+def check_config_overrides(model_args: ModelArguments, block_size: int | None = None) -> None:
+    """`--config_overrides` may only set fields the fresh model's config has, with values of the field's type, not a
+    size that a flag given on the command line sets otherwise, nor fewer positions than a `block_size` block."""
     overrides = parse_config_overrides(model_args.config_overrides)
     if not overrides:
         return
@@ -212,6 +216,32 @@ def check_config_overrides(model_args: ModelArguments) -> None:
             f"{model_args.intermediate_size} both set the MLP width; --intermediate_size is the SwiGLU width (the xIELU "
             "MLP gets 1.5x it), intermediate_size in --config_overrides the MLP's real width: keep one."
         )
+    from ._common import changed_from_default
+
+    # the overrides are applied over the flags: a flag given too would be silently ignored (fog's intermediate_size
+    # is checked above: there the two name different widths); a flag may set a field of another name (gpt2: n_embd)
+    renamed = getattr(reference, "attribute_map", {})
+    flagged = [
+        f
+        for f in FRESH_MODEL_FLAGS
+        if f != "model_type" and (f != "intermediate_size" or model_args.model_type != "fog")
+    ]
+    for name in changed_from_default(model_args, flagged):
+        fields = {name, renamed.get(name, name), *(_INTERMEDIATE_ALIASES if name == "intermediate_size" else ())}
+        key = next((k for k in overrides if k in fields), None)
+        if key is not None and overrides[key] != getattr(model_args, name):
+            raise ValueError(
+                f"--config_overrides {key}={overrides[key]!r} and --{name} {getattr(model_args, name)} both set the "
+                f"model's {name}; keep one."
+            )
+    positions = {"max_position_embeddings", renamed.get("max_position_embeddings", "max_position_embeddings")}
+    for key in positions & set(overrides):
+        value = overrides[key]
+        if block_size is not None and isinstance(value, int) and not isinstance(value, bool) and value < block_size:
+            raise ValueError(
+                f"--config_overrides {key}={value} gives the model fewer positions than a --block_size {block_size} "
+                f"block; raise {key} to at least {block_size} or lower --block_size."
+            )
     optional = _optional_fields(type(reference))
     for key, value in overrides.items():
         if key not in known:
@@ -309,7 +339,7 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
     if not data_args.prompt:
         raise ValueError("--prompt must be non-empty: the sample continuation is generated from it.")
-    check_config_overrides(model_args)
+    check_config_overrides(model_args, data_args.block_size)
     if model_args.model_name_or_path is None:
         check_fresh_model(model_args, data_args.block_size)
     validate_fp8_args(model_args, training_args)
@@ -532,6 +562,8 @@ def fresh_config(model_args: ModelArguments, vocab_size: int, block_size: int, s
             f"--num_key_value_heads {model_args.num_key_value_heads}: a {model_args.model_type} config has no "
             "grouped-query attention field; drop the flag or use a model type with GQA (llama, qwen2, mistral)."
         )
+    # under the config's own field names (gpt2: n_embd, n_positions), so that an override of such a field wins
+    kwargs = {reference.attribute_map.get(key, key): value for key, value in kwargs.items()}
     kwargs.update(parse_config_overrides(model_args.config_overrides))
     return AutoConfig.for_model(model_args.model_type, **kwargs)
 
@@ -688,6 +720,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     else:
         with training_args.main_process_first(desc="build tokenizer"):
             tokenizer = build_tokenizer(data_args.vocab_size)
+    overridden_vocab = parse_config_overrides(model_args.config_overrides).get("vocab_size")
+    if isinstance(overridden_vocab, int) and overridden_vocab < len(tokenizer):  # token ids past the embedding table
+        raise ValueError(
+            f"--config_overrides vocab_size={overridden_vocab} is smaller than the tokenizer's {len(tokenizer)} tokens "
+            "(its ids would index past the embedding table); drop it (the model takes the tokenizer's size) or set "
+            f"at least {len(tokenizer)}."
+        )
     train_text, eval_text = load_text_datasets(
         data_args.dataset_name,
         data_args.dataset_config_name,
