@@ -44,7 +44,7 @@ class LayerParallelDataArguments:
     validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
     validation_split_seed: int = validation_split_seed_field()
     text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
-    block_size: int = field(default=64, metadata={"help": "Tokens per block (> 0)."})
+    block_size: int = field(default=64, metadata={"help": "Tokens per block (>= 2)."})
     vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
     max_eval_blocks: int = field(default=64, metadata={"help": "Evaluate perplexity on at most this many blocks."})
 
@@ -188,8 +188,12 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
 
     refuse_undistributed_launch(training_args, "layer_parallel")  # N ranks that would each train alone
     check_dataset_config(data_args.dataset_name, data_args.dataset_config_name)  # else silently ignored
-    if data_args.block_size <= 0:
-        raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
+    if data_args.block_size < 2:
+        # a 1-token block has no next token to predict: its perplexity would be refused only after the source model
+        # was pre-trained and saved into --output_dir
+        raise ValueError(
+            f"--block_size must be at least 2 tokens (one to read, one to predict), got {data_args.block_size}."
+        )
     if data_args.max_eval_blocks <= 0:
         raise ValueError(f"--max_eval_blocks must be positive, got {data_args.max_eval_blocks}.")
     check_dataset_name(  # a path that is no folder, or a Hub name offline
