@@ -174,6 +174,8 @@ def _resolve(args: BenchArguments) -> BenchArguments:
     if args.dtype is None:
         args.dtype = "float32" if args.device == "cpu" else "bfloat16"
     # validate everything before building anything
+    if args.num_pairs < 1:
+        raise ValueError(f"--num_pairs must be >= 1 (the number of layer pairs to time), got {args.num_pairs}.")
     if args.lp_start is None:
         args.lp_start = args.num_hidden_layers - 1 - 2 * args.num_pairs
         if args.num_pairs >= 1 and args.lp_start < 0:
@@ -185,7 +187,7 @@ def _resolve(args: BenchArguments) -> BenchArguments:
     if args.lp_start < 0:
         raise ValueError(f"--lp_start must be >= 0 (the first paired layer), got {args.lp_start}.")
     _batch_sizes(args.batch_sizes)
-    if args.num_pairs < 1 or args.lp_start + 2 * args.num_pairs > args.num_hidden_layers:
+    if args.lp_start + 2 * args.num_pairs > args.num_hidden_layers:
         raise ValueError(
             f"--num_pairs {args.num_pairs} from --lp_start {args.lp_start} does not fit {args.num_hidden_layers} layers; "
             "give a smaller --num_pairs (or --lp_start)."

@@ -19,3 +19,13 @@ def test_recipe_refuses_blocks_without_a_token_to_predict_before_any_work(tmp_pa
     with pytest.raises(ValueError, match="--block_size must be at least 2"):
         main([*TINY, "--block_size", "1", "--output_dir", str(out)])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("pairs", ["0", "-1"])
+def test_bench_refuses_a_non_positive_pair_count_by_name(bench, pairs):
+    # Before: "--num_pairs 0 from --lp_start 7 does not fit 8 layers; give a smaller --num_pairs", the wrong fix.
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(bench.BenchArguments).parse_args_into_dataclasses(args=["--tiny", "--num_pairs", pairs])
+    with pytest.raises(ValueError, match=r"--num_pairs must be >= 1"):
+        bench._resolve(args)
