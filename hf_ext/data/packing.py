@@ -16,9 +16,14 @@ def pack_dataset(
 ):
     """Tokenize `dataset[text_column]`, join documents with EOS and cut the stream into `block_size` blocks.
 
+    Block k holds tokens `[k * block_size, (k + 1) * block_size)` of the whole dataset's token stream (its documents
+    in order, each followed by EOS): no token is dropped except the final partial block (see `drop_remainder`),
+    whatever the number of documents, their lengths or `num_proc`.
+
     Takes a `datasets.Dataset` (packed now), a streaming `datasets.IterableDataset` (`load_dataset(...,
-    streaming=True)`, `Dataset.to_iterable_dataset()`: packed lazily, as it is iterated, by the same batches of 256
-    documents) or a `DatasetDict` / `IterableDatasetDict` (what `load_dataset` returns: each split is packed alone).
+    streaming=True)`, `Dataset.to_iterable_dataset()`: packed lazily, as it is iterated, into the same blocks; the
+    packed stream reads its source in order, as one shard) or a `DatasetDict` / `IterableDatasetDict` (what
+    `load_dataset` returns: each split is packed alone).
 
     Documents are encoded with `split_special_tokens=True`: text that spells a special token (a literal `"<|eos|>"`)
     stays ordinary text, so only the EOS appended by `add_eos` separates documents.
@@ -31,13 +36,12 @@ def pack_dataset(
         text_column (`str`, *optional*, defaults to `"text"`): Name of the column holding raw text.
         add_eos (`bool`, *optional*, defaults to `True`): Append EOS after every document (a bool: `"false"` is
             refused, not read as true).
-        num_proc (`int`, *optional*): Worker processes for `Dataset.map`. Documents are packed per map batch of
-            256 documents within each worker's shard, so the blocks depend on `num_proc`, and with `drop_remainder`
-            also which tokens are dropped (each map batch drops its own remainder); without it the tokens do not.
-            Not for an `IterableDataset` (packed lazily in the process that iterates it): leave it None there.
-        drop_remainder (`bool`, *optional*, defaults to `True`): Drop the final partial block of each map batch.
-            With `False` that block is kept, shorter than `block_size` (it then needs a padding collator). A bool:
-            `"false"` is refused, not read as true.
+        num_proc (`int`, *optional*): Worker processes for `Dataset.map` (tokenizing, then cutting blocks); the
+            blocks do not depend on it. Not for an `IterableDataset` (packed lazily in the process that iterates
+            it): leave it None there.
+        drop_remainder (`bool`, *optional*, defaults to `True`): Drop the final partial block (fewer than
+            `block_size` tokens at the end of the stream). With `False` it is kept, shorter than `block_size` (it then
+            needs a padding collator). A bool: `"false"` is refused, not read as true.
 
     Returns:
         The input's type (`Dataset`, `IterableDataset`, or a dict of them with the same splits) with `input_ids`,
@@ -80,8 +84,7 @@ def pack_dataset(
         raise ValueError("add_eos=True needs a tokenizer with an eos_token; set tokenizer.eos_token or add_eos=False.")
     eos = tokenizer.eos_token_id
 
-    def tokenize_and_group(batch):
-        texts = batch[text_column]
+    def tokenize(texts) -> list:
         bad = next((t for t in texts if not isinstance(t, str)), texts)
         if bad is not texts:
             raise ValueError(
@@ -90,47 +93,87 @@ def pack_dataset(
             )
         # a document that spells "<|eos|>" stays text: only the EOS appended below marks a boundary
         ids = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        pieces = (itertools.chain(seq, (eos,)) for seq in ids) if add_eos else iter(ids)
-        stream = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int64)
-        full = len(stream) // block_size
-        # whole blocks go back as 2-D arrays of their stored types: `Dataset.map` then writes them without inferring
-        # a type for every token (that inference cost as much as the tokenization)
-        blocks = stream[: full * block_size].reshape(full, block_size)
-        if drop_remainder or len(stream) == full * block_size:
-            return {
-                "input_ids": blocks.astype(np.int32),
-                "attention_mask": np.ones(blocks.shape, dtype=np.int8),
-                "labels": blocks,
-            }
-        rows = [*blocks, stream[full * block_size :]]  # the shorter last block: one array per row
+        return [[*seq, eos] for seq in ids] if add_eos else ids
+
+    def block_row(tokens) -> dict:
         return {
-            "input_ids": [row.astype(np.int32) for row in rows],
-            "attention_mask": [np.ones(len(row), dtype=np.int8) for row in rows],
-            "labels": rows,
+            "input_ids": tokens.astype(np.int32),
+            "attention_mask": np.ones(len(tokens), dtype=np.int8),
+            "labels": tokens.astype(np.int64),
         }
 
-    # the types `Dataset.map` stores for the blocks it forms
+    # the types of the blocks formed
     dtypes = {"input_ids": "int32", "attention_mask": "int8", "labels": "int64"}
     features = datasets.Features({name: datasets.List(datasets.Value(dt)) for name, dt in dtypes.items()})
-    if streaming:  # lazy: each batch of 256 documents is packed as the stream is iterated
+    if streaming:  # lazy: documents are read in batches of 256, the tokens past the last whole block carried over
 
-        def tokenize_and_group_lists(batch):  # a stream's rows reach the user as they are returned: plain lists
-            return {name: [row.tolist() for row in rows] for name, rows in tokenize_and_group(batch).items()}
+        def blocks_of(source):
+            carry = np.empty(0, dtype=np.int64)
+            for batch in source.iter(batch_size=256):
+                new = tokenize(batch[text_column])
+                stream = np.concatenate([carry, np.fromiter(itertools.chain.from_iterable(new), dtype=np.int64)])
+                full = len(stream) // block_size
+                for row in stream[: full * block_size].reshape(full, block_size):
+                    yield {name: value.tolist() for name, value in block_row(row).items()}
+                carry = stream[full * block_size :]
+            if len(carry) and not drop_remainder:
+                yield {name: value.tolist() for name, value in block_row(carry).items()}
 
-        return dataset.map(
-            tokenize_and_group_lists, batched=True, batch_size=256, remove_columns=columns or None, features=features
-        )
-    packed = dataset.map(
-        tokenize_and_group,
+        return datasets.IterableDataset.from_generator(blocks_of, features=features, gen_kwargs={"source": dataset})
+
+    if dataset.num_rows == 0:  # (`map` would hand an empty input back with its own columns)
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+
+    def tokenize_documents(batch):
+        ids = tokenize(batch[text_column])
+        return {"ids": ids, "n": [len(seq) for seq in ids]}
+
+    tokenized = dataset.map(
+        tokenize_documents,
         batched=True,
         batch_size=256,
         num_proc=num_proc,
         remove_columns=dataset.column_names,
+        features=datasets.Features({"ids": datasets.List(datasets.Value("int32")), "n": datasets.Value("int64")}),
+        desc="Tokenizing",
+    )
+    # where each document starts in the concatenated token stream; block k is tokens [k * block_size, (k + 1) *
+    # block_size) of that stream, formed by the map batch holding the document where it starts
+    starts = np.zeros(tokenized.num_rows + 1, dtype=np.int64)
+    np.cumsum(tokenized.data.column("n").to_numpy(), out=starts[1:])  # `map` wrote a new table: rows in order
+    total = int(starts[-1])
+    num_blocks = -(-total // block_size) if not drop_remainder else total // block_size
+    if num_blocks == 0:
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+
+    def cut_blocks(_lengths, indices):
+        first_block = -(-int(starts[indices[0]]) // block_size)
+        end_block = min(-(-int(starts[indices[-1] + 1]) // block_size), num_blocks)
+        if first_block >= end_block:
+            return {name: [] for name in features}
+        begin, end = first_block * block_size, min(end_block * block_size, total)
+        first_doc = int(np.searchsorted(starts, begin, side="right")) - 1
+        last_doc = int(np.searchsorted(starts, end, side="left"))
+        # the documents' token lists, read from the (memory-mapped) table: this closure holds the dataset, whose
+        # pickle (to `num_proc` workers, and to fingerprint the map for the cache) names its files, not its tokens
+        values = (
+            tokenized.data.column("ids").slice(first_doc, last_doc - first_doc).combine_chunks().flatten().to_numpy()
+        )
+        stream = values.astype(np.int64)[begin - starts[first_doc] : end - starts[first_doc]]
+        rows = [block_row(stream[i : i + block_size]) for i in range(0, len(stream), block_size)]
+        return {name: [row[name] for row in rows] for name in features}
+
+    return tokenized.map(
+        cut_blocks,
+        batched=True,
+        batch_size=256,
+        with_indices=True,
+        input_columns=["n"],
+        num_proc=num_proc,
+        remove_columns=tokenized.column_names,
+        features=features,
         desc=f"Packing into blocks of {block_size}",
     )
-    if packed.num_rows == 0:  # no block formed: `map` hands back the input's columns (none for an empty input)
-        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-    return packed
 
 
 _ITERABLE_NUM_PROC = (

@@ -26,7 +26,7 @@ def causal_lm_eval_loss(model, dataset, batch_size: int = 32) -> float:
     Uses the `labels` column when present (-100 is ignored), else `input_ids`; an `attention_mask` column is passed to
     the model and its 0 positions are not scored. A row's leading 0 positions (left padding, e.g. a tokenizer with
     `padding_side="left"`) are dropped, so every row is scored as it would be alone, without padding. Blocks of
-    different lengths (`pack_dataset(..., drop_remainder=False)`'s last blocks) are right-padded inside a batch. The model's train/eval mode is
+    different lengths (`pack_dataset(..., drop_remainder=False)`'s last block) are right-padded inside a batch. The model's train/eval mode is
     restored afterwards. An empty dataset, or one with no token to predict, raises a `ValueError` (a loss of 0, i.e.
     perplexity 1, would look like a perfect model), and so do a dataset without an `input_ids` column and a
     `batch_size` that is not a positive int, before any forward pass (a `TypeError` for an object that is not a
