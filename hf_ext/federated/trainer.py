@@ -162,7 +162,9 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     JSON in every checkpoint (before `trainer_state.json` marks it complete) and restored by `resume_from_checkpoint`;
     with DP-SGD on, a checkpoint without it is refused. With DP-SGD on, `auto_find_batch_size` and a
     `train_sampling_strategy` other than `"random"` are refused (the Poisson sampling replaces the latter; an
-    out-of-memory retry would change the sampling rate mid-run); `dataloader_num_workers` is honoured (the batches are
+    out-of-memory retry would change the sampling rate mid-run), and so is a data collator that does not return one
+    row per example (e.g. the padding-free `DataCollatorWithFlattening`: the per-row clipping would bound the whole
+    batch); `dataloader_num_workers` is honoured (the batches are
     still drawn in the main process, the workers only read and collate them).
 
     Args:
@@ -259,6 +261,9 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             dataset = self._remove_unused_columns(dataset, description="Training")
         else:
             collator = self._get_collator_with_removed_columns(collator, description="Training")
+        collate = _EmptyBatchCollator(collator, dataset)
+        if len(dataset) >= 2:  # a collator that merges examples into fewer rows is refused before any step
+            collate([dataset[0], dataset[1]])
         sampler = PoissonBatchSampler(len(dataset), self.sample_rate, seed=self.sampling_seed())
         # The batches are drawn in this process (the sampler); workers only read and collate them, seeded as the
         # Trainer seeds its own loader's workers, so the batches and a resume are the same with or without workers.
@@ -273,7 +278,7 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         return _PoissonDataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=_EmptyBatchCollator(collator, dataset),
+            collate_fn=collate,
             num_workers=args.dataloader_num_workers,
             worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
             **workers,
@@ -376,8 +381,22 @@ class _PoissonDataLoader(DataLoader):
         self.batch_sampler.set_epoch(epoch)
 
 
+def _collator_name(collator) -> str:
+    """The user's collator behind hf_ext's and transformers' wrappers (Goldfish, removed columns), by name."""
+    for _ in range(4):
+        inner = getattr(collator, "base_collator", None) or getattr(collator, "data_collator", None)
+        if inner is None:
+            break
+        collator = inner
+    return getattr(collator, "__name__", type(collator).__name__)
+
+
 class _EmptyBatchCollator:
-    """Collates like `collator`, and turns an empty Poisson batch into zero-row tensors of the right width."""
+    """Collates like `collator`, and turns an empty Poisson batch into zero-row tensors of the right width.
+
+    A batch whose `input_ids` do not have one row per example is refused (`ValueError`): DP-SGD clips per row, and
+    the accountant's sensitivity (one example moves the sum by at most the clip norm) holds only for one example per
+    row (a padding-free collator that packs the batch into one row doubles it and more)."""
 
     def __init__(self, collator, dataset):
         self.collator = collator
@@ -386,7 +405,21 @@ class _EmptyBatchCollator:
 
     def __call__(self, features):
         if len(features):
-            return self.collator(features)
+            batch = self.collator(features)
+            ids = batch.get("input_ids") if hasattr(batch, "get") else None
+            rows = ids.shape[0] if isinstance(ids, torch.Tensor) and ids.dim() >= 1 else None
+            if rows != len(features):
+                got = "no `input_ids` tensor" if rows is None else f"{rows} row(s) of `input_ids`"
+                raise ValueError(
+                    f"DP-SGD (--dp_clip_norm): the data collator {_collator_name(self.collator)} turned a Poisson batch "
+                    f"of {len(features)} examples into {got}. DP-SGD clips each row's gradient as one example's, and "
+                    "the accountant's epsilon holds only when every row is one training example: a padding-free "
+                    "collator such as DataCollatorWithFlattening packs the batch into one row, so one example could "
+                    "move the clipped gradient by twice the clip norm and the reported epsilon would be too small. "
+                    "Use a collator that returns one row per example (default_data_collator, "
+                    "DataCollatorWithPadding, DataCollatorForLanguageModeling), or train without --dp_clip_norm."
+                )
+            return batch
         if self._template is None:
             one = self.collator([self.dataset[0]])
             self._template = {k: v[:0] for k, v in one.items() if isinstance(v, torch.Tensor)}
