@@ -347,7 +347,8 @@ def measure_memorization(
         frequency_penalty (`float`, *optional*, defaults to 1.0): additive frequency penalty (0 = pure greedy).
         max_new_tokens (`int`, *optional*): most tokens generated (fewer when the model ends the text), defaults to
             `window + 10` (slack for re-tokenization); at least `window` (a shorter generation can never match).
-        batch_size (`int`, *optional*, defaults to 16): prompts per `generate` call (same length, no padding).
+        batch_size (`int`, *optional*, defaults to 16): prompts per `generate` call (same length, no padding), an
+            integer >= 1.
         seed (`int`, *optional*, defaults to 42): seed of the split-index draw.
 
     Returns:
@@ -377,6 +378,11 @@ def measure_memorization(
             f"never match it, so every probe would score as not extracted. Pass `max_new_tokens` >= {window} (default "
             "None: window + 10) or a smaller `window`."
         )
+    if not (is_int(batch_size) and batch_size >= 1):
+        raise ValueError(
+            f"`batch_size` must be an integer >= 1 (prompts per `generate` call), got {batch_size!r}: a batch size "
+            "below 1 would probe no canary at all and report no memorization."
+        )
     max_new = int(window) + 10 if max_new_tokens is None else int(max_new_tokens)
     rng = random.Random(seed)
     device = next(model.parameters()).device
@@ -396,7 +402,7 @@ def measure_memorization(
     stop = _stop_token_ids(model, tokenizer)
     with _greedy_generation_config(model, max_new, pad_id, sorted(stop)):
         for length in lengths:
-            for start in range(0, len(probes), batch_size):
+            for start in range(0, len(probes), int(batch_size)):
                 chunk = probes[start : start + batch_size]
                 prompts = torch.tensor([ids[s - length : s] for _, ids, s in chunk], device=device)
                 processors = []

@@ -1,13 +1,14 @@
 """DP-SGD refuses a collator that packs a Poisson batch into fewer rows than examples (a padding-free
 `DataCollatorWithFlattening` made the whole batch one "example" for the per-row clipping, so the reported epsilon was
-that of twice the noise the run had) (fd28)."""
+that of twice the noise the run had), and `measure_memorization` refuses a `batch_size` below 1 (a negative one probed
+no canary and reported no memorization) (fd28)."""
 
 import pytest
 import torch
 from datasets import Dataset
 from transformers import DataCollatorWithFlattening, default_data_collator
 
-from hf_ext.federated import PrivateTrainer, PrivateTrainingArguments
+from hf_ext.federated import PrivateTrainer, PrivateTrainingArguments, make_canaries, measure_memorization
 
 from .conftest import tiny_llama
 
@@ -56,3 +57,11 @@ def test_dp_sgd_accepts_a_collator_with_one_row_per_example(tmp_path):
     )
     trainer.train()
     assert trainer.accountant.steps == 1
+
+
+@pytest.mark.parametrize("batch_size", [-1, 0, 2.5])
+def test_measure_memorization_refuses_a_batch_size_below_one(small_tokenizer, batch_size):
+    canaries = make_canaries(2, {1: 1.0}, num_words=25)
+    model = tiny_llama(len(small_tokenizer))
+    with pytest.raises(ValueError, match=r"`batch_size` must be an integer >= 1"):
+        measure_memorization(model, small_tokenizer, canaries, (5,), window=20, batch_size=batch_size)
