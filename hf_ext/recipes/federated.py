@@ -522,6 +522,15 @@ def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
             raise ValueError(f"{flag} must be > 0 (a clip norm; 0 would clip every update to nothing), got {value}.")
         if not positive and value < 0:
             raise ValueError(f"{flag} must be >= 0 (a noise multiplier; 0 adds no noise), got {value}.")
+    for flag, value in (
+        ("--lora_learning_rate", cmp_args.lora_learning_rate),
+        ("--full_learning_rate", cmp_args.full_learning_rate),
+    ):  # checked here, not by the optimizer of the first client's round after the earlier results were removed
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"{flag} must be a finite number >= 0 (the clients' learning rate), got {value!r}; e.g. {flag} "
+                f"{ComparisonArguments.__dataclass_fields__[flag[2:]].default}."
+            )
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
     from ._common import check_vocab_size

@@ -65,3 +65,18 @@ def test_measure_memorization_refuses_a_batch_size_below_one(small_tokenizer, ba
     model = tiny_llama(len(small_tokenizer))
     with pytest.raises(ValueError, match=r"`batch_size` must be an integer >= 1"):
         measure_memorization(model, small_tokenizer, canaries, (5,), window=20, batch_size=batch_size)
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--lora_learning_rate", "nan"), ("--lora_learning_rate", "-1"), ("--full_learning_rate", "inf")]
+)
+def test_recipe_refuses_a_bad_learning_rate_before_touching_earlier_results(tmp_path, flag, value):
+    from hf_ext.recipes import federated
+
+    from .conftest import tiny_recipe_args
+
+    (tmp_path / "results.json").write_text('{"earlier": "run"}')
+    with pytest.raises(ValueError, match=rf"^{flag} must be a finite number >= 0"):
+        federated.main([*tiny_recipe_args(), "--configs", "full,lora", flag, value, "--output_dir", str(tmp_path)])
+    assert (tmp_path / "results.json").read_text() == '{"earlier": "run"}'
+    assert not (tmp_path / "pretrain").exists()
