@@ -500,9 +500,11 @@ def _add_retention(rows: list[dict], metric: str) -> None:
     """Add `task_retention` (`{task: percent of the source's score kept}`) and `retention` (their mean) to every row
     (the source row: 100). A task the source scores 0 on, or with a negative score (a metric such as mcc), has no
     retention (`None`, left out of the mean); `retention` is `None` when no task has one. Lower-is-better metrics
-    (perplexities) use source / paired."""
+    (perplexities, also given as lm-eval's key `perplexity,none`, which `--eval_metric` accepts) use source / paired."""
+    from ..compliance.dcg import is_lower_is_better
+
     base = rows[0]["task_scores"]
-    lower = metric in ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+    lower = is_lower_is_better(metric)  # "perplexity,none" read as higher-is-better gave 200% for twice the perplexity
     for row in rows:
         per_task = {}
         for task, ref in base.items():

@@ -1,0 +1,21 @@
+"""Audit pass 28 (evaluation harness) fixes."""
+
+import pytest
+
+from hf_ext.recipes.layer_parallel import _add_retention
+
+
+@pytest.mark.parametrize("metric", ["perplexity", "perplexity,none", "word_perplexity,none", "bits_per_byte,none"])
+def test_sweep_retention_of_a_perplexity_given_as_lm_eval_key_is_source_over_paired(metric):
+    # --eval_metric accepts lm-eval's key ("perplexity,none"); it was read higher-is-better: twice the perplexity
+    # retained 200%
+    rows = [{"task_scores": {"hf_ext_cloze": 100.0}}, {"task_scores": {"hf_ext_cloze": 200.0}}]
+    _add_retention(rows, metric)
+    assert rows[1]["task_retention"] == {"hf_ext_cloze": 50.0} and rows[1]["retention"] == 50.0
+
+
+@pytest.mark.parametrize("metric", ["acc", "acc,none", "acc_norm,none"])
+def test_sweep_retention_of_an_accuracy_key_stays_paired_over_source(metric):
+    rows = [{"task_scores": {"hf_ext_domain": 0.5}}, {"task_scores": {"hf_ext_domain": 0.25}}]
+    _add_retention(rows, metric)
+    assert rows[1]["retention"] == 50.0
