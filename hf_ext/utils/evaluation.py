@@ -141,25 +141,46 @@ def eval_rows_once_prediction_step(trainer, prediction_step, model, inputs, pred
     the batches one process does (the evaluation sampler is sequential) and each row counts once. A rank without real
     rows still runs its forward pass (FSDP and DeepSpeed ZeRO-3 gather weights in it); the gather drops its loss.
     Logits and labels (for `compute_metrics`) come from the whole batch, which the gather truncates itself.
+
+    On several processes every batch's loss is this rank's own mean, as one process computes it: with
+    `average_tokens_across_devices` (transformers' default, meant for training) transformers divides each rank's
+    summed loss by the mean label-token count of all ranks' batches, so batches with fewer label tokens (masked
+    prefixes, padding, a short last block) weighed otherwise than in one process; the flag is off during the step.
     """
     import torch
 
     keep = _rows_kept_by_gather(trainer, inputs)
     labels_in = all(inputs.get(name) is not None for name in trainer.label_names) if trainer.label_names else False
-    if keep is None or not labels_in:
-        return prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
-    rows = len(keep)
-    real = inputs
-    if bool(keep.any()):
-        real = {k: v[keep.to(v.device)] if hasattr(v, "shape") and v.ndim and v.shape[0] == rows else v
-                for k, v in inputs.items()}  # fmt: skip
-    real = trainer._prepare_inputs(real)
-    with torch.no_grad(), trainer.compute_loss_context_manager():
-        loss = trainer.compute_loss(model, real).detach().mean()
-    logits = labels = None
-    if not prediction_loss_only:
-        _, logits, labels = prediction_step(model, inputs, False, ignore_keys=ignore_keys)
+    with _own_token_counts(trainer):
+        if keep is None or not labels_in:
+            return prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        rows = len(keep)
+        real = inputs
+        if bool(keep.any()):
+            real = {k: v[keep.to(v.device)] if hasattr(v, "shape") and v.ndim and v.shape[0] == rows else v
+                    for k, v in inputs.items()}  # fmt: skip
+        real = trainer._prepare_inputs(real)
+        with torch.no_grad(), trainer.compute_loss_context_manager():
+            loss = trainer.compute_loss(model, real).detach().mean()
+        logits = labels = None
+        if not prediction_loss_only:
+            _, logits, labels = prediction_step(model, inputs, False, ignore_keys=ignore_keys)
     return loss, logits, labels
+
+
+@contextmanager
+def _own_token_counts(trainer):
+    """`trainer.args.average_tokens_across_devices` off inside (on several processes): each rank's batch loss is its
+    own mean over its label tokens, not its summed loss over the mean count of all ranks' batches."""
+    args = trainer.args
+    across = trainer.accelerator.num_processes > 1 and getattr(args, "average_tokens_across_devices", False)
+    if across:
+        args.average_tokens_across_devices = False
+    try:
+        yield
+    finally:
+        if across:
+            args.average_tokens_across_devices = True
 
 
 class EvalRowsOnceMixin:

@@ -19,3 +19,22 @@ def test_sweep_retention_of_an_accuracy_key_stays_paired_over_source(metric):
     rows = [{"task_scores": {"hf_ext_domain": 0.5}}, {"task_scores": {"hf_ext_domain": 0.25}}]
     _add_retention(rows, metric)
     assert rows[1]["retention"] == 50.0
+
+
+@pytest.mark.distributed
+def test_eval_rows_once_two_ranks_equal_one_process_when_rows_have_different_label_counts(
+    tmp_path, repo_root, run_two_ranks
+):
+    # transformers divided each rank's batch loss by the mean label-token count of both ranks' batches: 2 ranks gave
+    # 4.11663 where one process gives 4.11628
+    import json
+    import os
+    import sys
+
+    run_two_ranks("tests/evaluation/scripts/eval_rows_token_counts.py", tmp_path)
+    two = json.loads((tmp_path / "eval_loss.json").read_text())
+    sys.path.insert(0, os.path.join(repo_root, "tests", "evaluation", "scripts"))
+    from eval_rows_token_counts import eval_loss
+
+    assert two["world_size"] == 2
+    assert two["eval_loss"] == pytest.approx(eval_loss(str(tmp_path / "one")), abs=1e-6)
