@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ...utils.evaluation import keeping_train_mode
+from ...utils.evaluation import _right_padded, keeping_train_mode
 from .configuration_layer_parallel import (
     LP_MLP_NORMS,
     LP_MODES,
@@ -117,7 +117,9 @@ def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]
         dataset: `datasets.Dataset` (or an object whose slices `dataset[i:j]` are dicts of columns) with
             `input_ids` and `labels` (-100 = ignored), as long as each other in every row. Blocks of different
             lengths (`pack_dataset(..., drop_remainder=False)`'s short last block) are right-padded inside a batch
-            and the padding is not scored: the result is the token-weighted value of the blocks evaluated alone.
+            and the padding is not scored: the result is the token-weighted value of the blocks evaluated alone. An
+            `attention_mask` column with 0s (padded rows, left or right) is honoured: a row's mask-0 positions are
+            neither scored nor attended to, its leading ones (left padding) are dropped, as in `causal_lm_eval_loss`.
         batch_size (`int`, *optional*, defaults to 16): Blocks per forward pass.
 
     Raises:
@@ -136,9 +138,19 @@ def evaluate_causal_lm(model, dataset, batch_size: int = 16) -> dict[str, float]
         model.eval()
         for start in range(0, len(dataset), batch_size):
             batch = dataset[start : start + batch_size]
-            ids, labels = _right_padded_blocks(batch["input_ids"], batch["labels"], start)
+            masks = batch.get("attention_mask")
+            if masks is not None and any(0 in row for row in masks):
+                # padded rows (a tokenizer's padding): each row without its leading mask-0 positions, right-padded,
+                # padding not scored, as causal_lm_eval_loss scores them; fed as they were, left padding was attended
+                ids, mask, labels = _right_padded(batch, "labels", torch)
+                if ids.size(1) < 2:  # no row with a token to predict (every position masked out)
+                    continue
+                mask = mask.to(device)
+            else:
+                (ids, labels), mask = _right_padded_blocks(batch["input_ids"], batch["labels"], start), None
             ids, labels = ids.to(device), labels.to(device)
-            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+            masked = {} if mask is None else {"attention_mask": mask}  # packed blocks: the model's call as before
+            logits = model(input_ids=ids, use_cache=False, **masked).logits[:, :-1].float()
             target = labels[:, 1:]
             valid = target != -100
             total += torch.nn.functional.cross_entropy(
