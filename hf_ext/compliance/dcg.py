@@ -97,6 +97,20 @@ def _refuse_trainer_metrics(results, arg: str) -> None:
         )
 
 
+def declared_lower_is_better(results, task: str, key: str | None) -> bool | None:
+    """The direction lm-eval itself reports for `task`'s metric `key` (`"ter,none"`): its results dict carries
+    `higher_is_better` per task and metric name (from the task's `metric_list` or lm-eval's metric registry, e.g.
+    `ter` and `brier_score` are lower-is-better). `True` when lm-eval says lower is better, `False` when it says higher
+    is better, `None` when the results do not say (not lm-eval output, a bare score, a direction lm-eval left
+    undecided)."""
+    if key is None or not isinstance(results, Mapping) or not isinstance(results.get("results"), Mapping):
+        return None
+    declared = results.get("higher_is_better")
+    per_task = declared.get(task) if isinstance(declared, Mapping) else None
+    higher = per_task.get(str(key).partition(",")[0]) if isinstance(per_task, Mapping) else None
+    return (not higher) if isinstance(higher, bool) else None
+
+
 def _same_metric(a: str | None, b: str | None) -> bool:
     """Whether two metric keys read for one task name the same metric: equal lm-eval keys (`"exact_match,strict-match"`
     is not `"exact_match,flexible-extract"`), or equal names where one side has no filter (`{task: {"acc": ...}}`
@@ -143,8 +157,10 @@ def compute_dcg(
             `"word_perplexity,none"`); without `metric`, every task whose metric key, as read on either side, is (a
             bare score on one side takes the direction of the other side's key); none otherwise (a task that is a bare
             score on both sides names no metric and counts as higher-is-better: pass `lower_is_better` for a bare loss
-            or perplexity, e.g. the held-out losses of the compliance recipe's `dcg_trained.json`). A collection given
-            (also `()`) is used as is.
+            or perplexity, e.g. the held-out losses of the compliance recipe's `dcg_trained.json`). In lm-eval output
+            the direction lm-eval reports (`results["higher_is_better"][task][metric]`, e.g. `ter` and `brier_score`
+            lower-is-better) comes first, on either side; the name rule applies where it says nothing. A collection
+            given (also `()`) is used as is.
         tasks (`Collection[str]`, *optional*): Tasks to report, the only ones read (another task of the results
             may lack `metric`), each named once; default: all tasks (both sides must have the same).
         undefined (`str`, *optional*, defaults to `"raise"`): What a relative gap does for a task where the
@@ -202,13 +218,23 @@ def compute_dcg(
     if isinstance(lower_is_better, bool):
         lower_is_better = list(tasks) if lower_is_better else []
     elif lower_is_better is None:  # a loss- or perplexity-like metric: a higher score of the compliant model is worse
-        if metric is not None:
-            lower_is_better = list(tasks) if isinstance(metric, str) and is_lower_is_better(metric) else []
-        else:  # each task's only metric, as read on either side: a bare score (no key) pairs with the other side's
-            # key (`_same_metric`), so that key gives the direction whichever side names it
-            lower_is_better = [
-                t for t in tasks if is_lower_is_better(full_keys.get(t)) or is_lower_is_better(comp_keys.get(t))
-            ]
+        lower_is_better = []
+        for t in tasks:
+            # lm-eval's own `higher_is_better` for the metric read, on either side, decides first (`ter`,
+            # `brier_score` and a task's declared metrics); else the name rule
+            declared = {
+                declared_lower_is_better(non_compliant, t, full_keys.get(t) or comp_keys.get(t)),
+                declared_lower_is_better(compliant, t, comp_keys.get(t) or full_keys.get(t)),
+            } - {None}
+            if declared:
+                lower = True in declared
+            elif metric is not None:
+                lower = isinstance(metric, str) and is_lower_is_better(metric)
+            else:  # each task's only metric, as read on either side: a bare score (no key) pairs with the other
+                # side's key (`_same_metric`), so that key gives the direction whichever side names it
+                lower = is_lower_is_better(full_keys.get(t)) or is_lower_is_better(comp_keys.get(t))
+            if lower:
+                lower_is_better.append(t)
     unknown = [t for t in lower_is_better if t not in tasks]
     if unknown:
         raise ValueError(f"lower_is_better names tasks that are not compared: {unknown}.")

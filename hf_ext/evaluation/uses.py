@@ -198,11 +198,10 @@ def compliance_gap(
 
     full = results_of(non_compliant, given[0])
     # `metric` read on the first results, before the second model is evaluated (also for lm-eval's own tasks)
-    lower = _lower(metric, task_scores(full, metric, "non_compliant", set(compared or ()), compared))
+    task_scores(full, metric, "non_compliant", set(compared or ()), compared)
     comp = results_of(compliant, given[1])
-    report = compute_dcg(
-        full, comp, relative=relative, metric=metric, lower_is_better=lower, tasks=compared, undefined=undefined
-    )
+    # the direction of each task's metric: lm-eval's own `higher_is_better` in the results, else the name rule
+    report = compute_dcg(full, comp, relative=relative, metric=metric, tasks=compared, undefined=undefined)
     report.results = {"non_compliant": full, "compliant": comp}
     return report
 

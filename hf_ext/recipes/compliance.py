@@ -90,7 +90,8 @@ class ComplianceArguments:
         metadata={
             "help": "Whether the scores of --dcg_non_compliant/--dcg_compliant are lower-is-better (losses, "
             "perplexities: the gaps' sign is flipped, so a positive gap means compliance costs): true, false, or auto "
-            "(from the metric names: loss, *_loss, *perplexity, ppl, *_ppl, bits_per_byte; a task given as a bare "
+            "(lm-eval files: the higher_is_better lm-eval reports, e.g. ter and brier_score are lower-is-better; else from "
+            "the metric names: loss, *_loss, *perplexity, ppl, *_ppl, bits_per_byte; a task given as a bare "
             "score on both sides names no metric and is refused, e.g. the held-out losses of dcg_trained.json: pass "
             "true for them)."
         },
