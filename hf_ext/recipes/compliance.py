@@ -345,8 +345,31 @@ def _dcg_from_files(args: ComplianceArguments):
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(
             f"--dcg_non_compliant={args.dcg_non_compliant!r} and --dcg_compliant={args.dcg_compliant!r} do not give a "
-            f"DCG report: {err}"
+            f"DCG report: {_as_cli_fix(str(err))}"
         ) from None
+
+
+# The fixes `compute_dcg` names as its Python arguments, said with this script's flags (`tasks=` and `undefined=` have
+# none: the files are compared whole)
+_CLI_FIXES = (
+    ("pass tasks=[...] to compare a common subset", "give both files the same tasks"),
+    ("or leave this task out (tasks=[...])", "or remove this task from both files"),
+    ("or compare without this task (tasks=[...])", "or remove this task from both files"),
+    (
+        "use relative=False, or undefined='nan' to report those tasks as n/a",
+        "pass --dcg_absolute for absolute gaps, or remove those tasks from both files",
+    ),
+    ("pass a metric it reports as metric=", "pass a metric it reports as --dcg_metric"),
+    ("pass metric=<name>", "pass --dcg_metric <name>"),
+    ("(metric= naming a key both report, e.g. metric=", "(--dcg_metric naming a key both report, e.g. --dcg_metric "),
+)
+
+
+def _as_cli_fix(message: str) -> str:
+    """`message` of `compute_dcg` with the fix it names given as this script's flags instead of Python arguments."""
+    for python, flag in _CLI_FIXES:
+        message = message.replace(python, flag)
+    return message
 
 
 def _load_dataset(args: ComplianceArguments):

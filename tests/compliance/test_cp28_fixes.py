@@ -49,3 +49,36 @@ def test_compliance_gap_on_results_dicts_takes_the_direction_lm_eval_reports():
     comp = _lm_eval("wmt16-de-en", "ter,none", 66.0, False)
     report = compliance_gap(full, comp, metric="ter")
     assert report.rows[0]["gap"] == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(
+    "full, comp, flags, fix",
+    [
+        (
+            {"arc": 0.5, "piqa": 0.7},
+            {"arc": 0.45},
+            ["--dcg_lower_is_better", "false"],
+            "give both files the same tasks",
+        ),
+        ({"t": {"acc": 0.5}}, {"t": {"f1": 0.5}}, [], "--dcg_metric naming a key both report"),
+        ({"t": {"acc": 0.0}}, {"t": {"acc": 0.5}}, [], "pass --dcg_absolute"),
+        ({"t": {"acc": 0.5, "f1": 0.2}}, {"t": {"acc": 0.5, "f1": 0.2}}, [], "pass --dcg_metric <name>"),
+        ({"t": {"acc": 0.5}}, {"t": {"acc": 0.5}}, ["--dcg_metric", "f1"], "as --dcg_metric, or remove this task"),
+    ],
+)
+def test_cli_dcg_refusal_names_the_flags_not_python_arguments(tmp_path, full, comp, flags, fix):
+    # cp28 F2: the refusal told a command-line user to pass tasks=[...], relative=False, undefined='nan' or metric=
+    import json
+
+    from hf_ext.recipes.compliance import main
+
+    a, b = tmp_path / "full.json", tmp_path / "comp.json"
+    a.write_text(json.dumps(full))
+    b.write_text(json.dumps(comp))
+    argv = ["--dcg_non_compliant", str(a), "--dcg_compliant", str(b), *flags, "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="do not give a DCG report") as info:
+        main(argv)
+    message = str(info.value)
+    assert fix in message
+    for python_argument in ("tasks=", "relative=", "undefined=", "metric="):
+        assert python_argument not in message
