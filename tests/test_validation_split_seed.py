@@ -89,3 +89,23 @@ def test_a_bad_split_seed_flag_is_refused_before_any_work(name, tmp_path, monkey
         _main(name)(["--output_dir", str(out), "--train_file", _train_file(tmp_path), "--validation_split_seed", "-1"])
     assert loads == []  # refused while parsing, before the data is loaded
     assert (out / "results.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("name", ["pretrain", "layer_parallel", "metadata_pretrain", "warmup"])
+def test_split_seed_help_and_refusal_name_only_flags_the_recipe_has(name, tmp_path, capsys):
+    """warmup has neither --validation_file nor --dataset_name: its --help and its refusal of an unused
+    --validation_split_seed used to send the user to them (uj28 F1)."""
+    import re
+
+    main = _main(name)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    options = set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", help_text.split("options:", 1)[0]))  # the usage lines
+    entry = help_text.split("--validation_split_seed VALIDATION_SPLIT_SEED, --validation-split-seed", 1)[1]
+    entry = entry.split("\n  --", 1)[0]
+    assert set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", entry)) <= options, entry
+
+    with pytest.raises(ValueError, match="--validation_split_seed 3 is ignored") as err:
+        main(["--output_dir", str(tmp_path / "out"), "--validation_split_seed", "3"])
+    assert set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", str(err.value))) <= options, str(err.value)

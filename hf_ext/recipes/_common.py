@@ -21,14 +21,20 @@ import sys
 _PERCENT = re.compile(r"%%|%\(\w+\)[a-z]|%")
 
 
-def validation_split_seed_field():
-    """The `--validation_split_seed` dataclass field of the recipes that hold out part of a `--train_file`."""
+def validation_split_seed_field(validation_file: bool = True):
+    """The `--validation_split_seed` dataclass field of the recipes that hold out part of a `--train_file`.
+
+    `validation_file=False` for a recipe without `--validation_file` (`warmup`), whose help must not name it."""
+    when = (
+        "when no validation data is given (e.g. a --train_file without --validation_file)"
+        if validation_file
+        else "whenever a --train_file is given (this recipe reads no separate validation data)"
+    )
     return dataclasses.field(
         default=0,
         metadata={
-            "help": "Seed of the held-out split drawn from the training data when no validation data is given "
-            "(e.g. a --train_file without --validation_file). It does not follow --seed, so runs that differ only "
-            "in --seed train and evaluate on the same documents."
+            "help": f"Seed of the held-out split drawn from the training data {when}. It does not follow --seed, so "
+            "runs that differ only in --seed train and evaluate on the same documents."
         },
     )
 
@@ -226,8 +232,10 @@ def validate_parsed(parsed, resume: str = "resolve") -> None:
                         if own_data
                         else "the embedded corpus has a fixed held-out split"
                     )
-                    + ". It seeds the split held out of --train_file (or a --dataset_name without a validation "
-                    "split); drop it."
+                    + ". It seeds the split held out of --train_file"
+                    # name only the flags this recipe has (warmup has neither --dataset_name nor --validation_file)
+                    + (" (or a --dataset_name without a validation split)" if "dataset_name" in names else "")
+                    + "; drop it."
                 )
         # a folder of data files (or a `save_to_disk` dataset) is read by --dataset_name, where the recipe has it
         folders = "dataset_name" if "dataset_name" in names else None

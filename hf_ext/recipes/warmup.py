@@ -83,7 +83,7 @@ class WarmupRecipeArguments:
     max_eval_blocks: int = field(default=128, metadata={"help": "Evaluate on at most this many held-out blocks."})
     metrics_every: int = field(default=5, metadata={"help": "Measure update metrics every N steps."})
     train_file: str | None = field(default=None, metadata={"help": "Local text/json file instead of the corpus."})
-    validation_split_seed: int = validation_split_seed_field()
+    validation_split_seed: int = validation_split_seed_field(validation_file=False)
 
 
 @dataclass
