@@ -768,7 +768,7 @@ def _train_one(
         }
         if metrics["target_eval_loss"]:
             losses = list(metrics["target_eval_loss"].values())
-            metrics["target_eval_perplexity"] = {n: math.exp(v) for n, v in metrics["target_eval_loss"].items()}
+            metrics["target_eval_perplexity"] = {n: _perplexity(v) for n, v in metrics["target_eval_loss"].items()}
             metrics["mean_target_eval_loss"] = sum(losses) / len(losses)
             metrics["worst_target_eval_loss"] = max(losses)
         atomic_write_results(os.path.join(args.output_dir, "grape_results.json"), metrics, 2)
@@ -840,6 +840,15 @@ def evaluate_target_tasks(
     return out
 
 
+def _perplexity(loss: float) -> float:
+    """exp(loss); `inf` past float range (a diverged run's loss above ~709 overflowed `math.exp` after training and lost
+    the run's results file), NaN for NaN."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
 def _fmt(value, stderr=None) -> str:
     if not isinstance(value, int | float) or not math.isfinite(value):
         return "–"
@@ -868,7 +877,7 @@ def comparison_table(results: dict[str, dict], targets: list[str]) -> str:
     for method, m in results.items():
         losses = m.get("target_eval_loss") or {}
         cells = [method] + [_fmt(losses.get(t)) for t in targets]
-        cells += [_fmt(math.exp(losses[t])) if t in losses else "–" for t in targets]
+        cells += [_fmt(_perplexity(losses[t])) if t in losses else "–" for t in targets]
         if targets:
             cells += [_fmt(m.get("mean_target_eval_loss")), _fmt(m.get("worst_target_eval_loss"))]
         for scope, task, metric in columns:
