@@ -253,6 +253,8 @@ class StreamingMixture(torch.utils.data.IterableDataset):
                 or current[0] != entry
                 or (changed and not torch.equal(current[1], schedule[entry][1]))  # replaced in place
             ):
+                if mixed is not None:  # its prefetch threads read the domain iterators: let them finish first
+                    mixed.close()
                 current = (entry, schedule[entry][1].clone())
                 weights = current[1].double()
                 weights = (weights / weights.sum()).tolist()
