@@ -746,14 +746,19 @@ def _same_folder(a: str, b: str) -> bool:
 def checkpoint_run_folder(checkpoint: str, output_dir: str, record_name: str, run_of=None) -> str:
     """The folder of the run that saved `checkpoint`, where its record `record_name` is. Of the folder that holds the
     checkpoint as named and the one that holds its resolved path (they differ for a link), the first that holds the
-    record: a `checkpoint-N` of a run moved to other storage and linked back into the run folder is that run's, and
-    a link kept elsewhere to a run's checkpoint (`best -> RUN/checkpoint-1`) names that run. Where neither holds a
-    record (a run started before records were written), the named folder when it is `output_dir`, else the resolved
-    one. `run_of` maps a checkpoint's parent folder to its run folder (default: the parent itself)."""
+    record, the named one first when the link is named as one of its checkpoints (`checkpoint-N`): a `checkpoint-N`
+    of a run moved to other storage and linked back into the run folder is that run's, and a link of another name to
+    a run's checkpoint (`best -> RUN/checkpoint-1`) names that run, also when it is kept in another run's folder
+    (that run's record would check a checkpoint it did not train). Where neither holds a record (a run started before
+    records were written), the named folder when it is `output_dir`, else the resolved one. `run_of` maps a
+    checkpoint's parent folder to its run folder (default: the parent itself)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
     run_of = run_of if run_of is not None else (lambda parent: parent)
     named = run_of(os.path.dirname(os.path.abspath(checkpoint)))
     resolved = run_of(os.path.dirname(os.path.realpath(checkpoint)))
-    for folder in (named, resolved):
+    linked_back = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", os.path.basename(os.path.abspath(checkpoint)))
+    for folder in (named, resolved) if linked_back else (resolved, named):
         if os.path.isfile(os.path.join(folder, record_name)):
             return folder
     return named if _same_folder(named, output_dir) else resolved
