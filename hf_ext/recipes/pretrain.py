@@ -247,6 +247,14 @@ def check_config_overrides(model_args: ModelArguments, block_size: int | None = 
         if key not in known:
             close = sorted(k for k in known if key.lower() in k.lower() or k.lower() in key.lower())[:5]
             hint = f" Did you mean {', '.join(close)}?" if close else ""
+            rope = getattr(reference, "rope_parameters", None)
+            if key in ("rope_theta", "rope_scaling") and "rope_parameters" in known and isinstance(rope, dict):
+                given = value if isinstance(value, dict) else {"rope_theta": value}
+                example = json.dumps({**rope, **given}, separators=(",", ":"))
+                hint = (
+                    " This transformers version keeps the RoPE settings (rope_theta, the scaling) in rope_parameters: "
+                    f"pass rope_parameters={example}."
+                )
             raise ValueError(
                 f"--config_overrides sets {key!r}, which a {model_args.model_type} config does not have.{hint}"
             )
