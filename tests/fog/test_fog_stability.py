@@ -111,12 +111,13 @@ def test_fog_fp8_kurtosis_stays_below_llama_and_tracks_bf16(corpus, small_tokeni
     print(json.dumps({"seeds": list(SEEDS), **{k: summary(k) for k in keys}}))
     late = [r["late_kurtosis_llama_over_fog"] for r in per_seed]
     # over the last 50 steps the baseline's qkv-input kurtosis is above FOG's in at least 4 of the 5 seeds, and never
-    # clearly below it (run of 2026-12-02: 1.28-1.67 in seeds 0-3, 0.986 in seed 4) ...
+    # clearly below it (2026-12-02, another CPU: 1.28-1.67 in seeds 0-3, 0.986 in seed 4; 2026-12-06: 1.07-1.51;
+    # the per-seed values depend on the CPU's kernels, see docs/fog.md) ...
     assert sum(v > 1.0 for v in late) >= 4 and min(late) > 0.95, late
     for r in per_seed:
-        # ... because it grows from the first 20 steps more than FOG's does, in every seed (observed 1.17-1.80)
+        # ... because it grows from the first 20 steps more than FOG's does, in every seed (observed 1.17-1.80, 1.21-1.56)
         assert r["growth_llama_over_fog"] > 1.1, r
         # FOG's FP8 loss tracks its BF16 loss: every 10-step window within 5%, on average within 2%
         assert r["max_window_gap_fog_fp8_vs_bf16"] < 0.05 and r["mean_window_gap_fog_fp8_vs_bf16"] < 0.02, r
-    assert summary("late_kurtosis_llama_over_fog")["mean"] > 1.15  # observed 1.37 over seeds 0-4
-    assert summary("growth_llama_over_fog")["mean"] > 1.3  # observed 1.49
+    assert summary("late_kurtosis_llama_over_fog")["mean"] > 1.15  # observed 1.37, 1.33 over seeds 0-4
+    assert summary("growth_llama_over_fog")["mean"] > 1.3  # observed 1.49, 1.42
