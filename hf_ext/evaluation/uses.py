@@ -98,7 +98,7 @@ def layer_pairing_task_sweep(
         row["retention"] = (
             math.nan
             if undefined
-            else accuracy_retention(base, scores, lower_is_better=_lower(metric, base))["mean_retention"]
+            else accuracy_retention(base, scores, lower_is_better=_lower(metric, base, res))["mean_retention"]
         )
         if eval_dataset is not None:
             row.update(perplexity=evaluate_causal_lm(lp, eval_dataset)["perplexity"])
@@ -108,12 +108,19 @@ def layer_pairing_task_sweep(
     return rows
 
 
-def _lower(metric: str, scores: dict) -> list[str]:
-    from ..compliance.dcg import is_lower_is_better
+def _lower(metric: str, scores: dict, results: dict) -> list[str]:
+    """The tasks of `scores` whose `metric` is lower-is-better: as lm-eval reports it with `results`
+    (`results["higher_is_better"]`: `ter`, `brier_score`, a task's declared metrics), else by the name rule
+    `compute_dcg` reads a metric name with (`word_perplexity,none`, `eval_loss` ...)."""
+    from ..compliance.dcg import declared_lower_is_better, is_lower_is_better
 
-    # by the rule `compute_dcg` reads a metric name with (`word_perplexity,none`, `eval_loss` ...)
-    lower = isinstance(metric, str) and is_lower_is_better(metric)
-    return list(scores) if lower else []
+    by_name = isinstance(metric, str) and is_lower_is_better(metric)
+    lower = []
+    for task in scores:
+        declared = declared_lower_is_better(results, task, metric if isinstance(metric, str) else None)
+        if declared if declared is not None else by_name:
+            lower.append(task)
+    return lower
 
 
 def format_task_sweep_table(rows: Sequence[dict], metric: str = "acc") -> str:

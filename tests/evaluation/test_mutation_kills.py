@@ -317,3 +317,27 @@ def test_canary_extraction_against_an_independent_bleu(load, small_tokenizer):
     assert out["exact"] == {10: 0.5} and out["approximate"] == {10: 0.5}  # default threshold 0.75
     low = load("canary_extraction").compute(**probe, bleu_threshold=bleu - 0.02)
     assert low["approximate"] == {10: 1.0} and low["exact"] == {10: 0.5}
+
+
+def test_task_sweep_retention_takes_the_direction_lm_eval_reports(small_tokenizer, monkeypatch):
+    """A metric lm-eval reports as lower-is-better (`ter`, `brier_score`, a task's declared metric) is retained as
+    source / paired, as `compute_dcg` reads it; the name rule alone read `ter` higher-is-better: 10% more translation
+    error showed as 110% retained."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import hf_ext.evaluation.uses as uses
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(small_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    calls = iter([{"w": 60.0, "a": 0.5}, {"w": 66.0, "a": 0.4}])
+
+    def results(*args, **kwargs):
+        out = _lm_results(next(calls), "ter")
+        out["higher_is_better"] = {"w": {"ter": False}, "a": {"ter": True}}  # "a" declares its ter higher-is-better
+        return out
+
+    monkeypatch.setattr(uses, "evaluate_model", results)
+    rows = layer_pairing_task_sweep(model, small_tokenizer, [(0, 2)], tasks=["w", "a"], metric="ter")
+    assert rows[1]["retention"] == pytest.approx(np.mean([100 * 60.0 / 66.0, 100 * 0.4 / 0.5]))
