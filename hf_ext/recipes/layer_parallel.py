@@ -481,34 +481,48 @@ def _sweep_note(sweep_args, suggestion: dict | None) -> str | None:
 
 
 def _task_eval(sweep_args, tokenizer, batch_size: int):
-    """lm-eval on one model of the sweep: `{"task_scores": {task: score}}` (the metric of `--eval_metric`)."""
+    """lm-eval on one model of the sweep: `{"task_scores": {task: score}}` (the metric of `--eval_metric`). The
+    function's `declared` dict collects, per task, the direction lm-eval reports for that metric (`True`: lower is
+    better, `None`: lm-eval does not say), for [`_add_retention`]."""
+    from ..compliance.dcg import declared_lower_is_better
     from ..evaluation import evaluate_model, task_scores
 
     tasks = [t.strip() for t in sweep_args.eval_tasks.split(",")]
+    declared: dict[str, bool | None] = {}
 
     def evaluate(model) -> dict:
         res = evaluate_model(
             model, tokenizer, tasks=tasks, num_fewshot=sweep_args.eval_fewshot, limit=sweep_args.eval_limit,
             batch_size=batch_size,
         )  # fmt: skip
-        return {"task_scores": task_scores(res, sweep_args.eval_metric)}
+        scores = task_scores(res, sweep_args.eval_metric)
+        for task in scores:
+            if declared.get(task) is None:
+                declared[task] = declared_lower_is_better(res, task, sweep_args.eval_metric)
+        return {"task_scores": scores}
 
+    evaluate.declared = declared
     return evaluate
 
 
-def _add_retention(rows: list[dict], metric: str) -> None:
+def _add_retention(rows: list[dict], metric: str, declared: dict | None = None) -> None:
     """Add `task_retention` (`{task: percent of the source's score kept}`) and `retention` (their mean) to every row
     (the source row: 100). A task the source scores 0 on, or with a negative score (a metric such as mcc), has no
-    retention (`None`, left out of the mean); `retention` is `None` when no task has one. Lower-is-better metrics
-    (perplexities, also given as lm-eval's key `perplexity,none`, which `--eval_metric` accepts) use source / paired."""
+    retention (`None`, left out of the mean); `retention` is `None` when no task has one. Lower-is-better metrics use
+    source / paired: where lm-eval reports the direction (`declared`, `{task: True | False | None}`: `ter`,
+    `brier_score`, a task's declared metrics), as it says; else by the metric's name (perplexities, also given as
+    lm-eval's key `perplexity,none`, which `--eval_metric` accepts)."""
     from ..compliance.dcg import is_lower_is_better
 
     base = rows[0]["task_scores"]
-    lower = is_lower_is_better(metric)  # "perplexity,none" read as higher-is-better gave 200% for twice the perplexity
+    # by name, "perplexity,none" included (read as higher-is-better it gave 200% for twice the perplexity)
+    by_name = is_lower_is_better(metric)
     for row in rows:
         per_task = {}
         for task, ref in base.items():
             value = row["task_scores"][task]
+            said = (declared or {}).get(task)
+            lower = said if said is not None else by_name
             num, den = (ref, value) if lower else (value, ref)
             per_task[task] = 100.0 * num / den if den > 0 and num >= 0 else None
         defined = [v for v in per_task.values() if v is not None]
@@ -654,7 +668,7 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
             extra_eval=task_eval,
         )  # fmt: skip
         if task_eval is not None:
-            _add_retention(rows, sweep_args.eval_metric)
+            _add_retention(rows, sweep_args.eval_metric, task_eval.declared)
             results["eval_tasks"] = {
                 "tasks": list(rows[0]["task_scores"]), "metric": sweep_args.eval_metric,
                 "num_fewshot": sweep_args.eval_fewshot, "limit": sweep_args.eval_limit,

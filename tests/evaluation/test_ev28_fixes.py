@@ -70,3 +70,26 @@ def test_layer_pairing_perplexity_of_padded_rows_is_that_of_the_rows_alone():
         assert got["loss"] == pytest.approx(ref["loss"], abs=1e-5)
         assert got["accuracy"] == ref["accuracy"]
         assert got["loss"] == pytest.approx(causal_lm_eval_loss(model, ds, 3), abs=1e-5)
+
+
+def test_sweep_retention_takes_the_direction_lm_eval_reports(monkeypatch):
+    # the recipe read --eval_metric's direction by name only: lm-eval's `ter` (lower is better) kept as paired / source,
+    # 10% more translation error showing as 110% retained
+    from types import SimpleNamespace
+
+    import hf_ext.evaluation as evaluation
+    from hf_ext.recipes.layer_parallel import _task_eval
+
+    scores = iter([{"w": 60.0, "a": 0.5}, {"w": 66.0, "a": 0.4}])
+
+    def lm_eval(*args, **kwargs):
+        out = {"results": {t: {"ter,none": v} for t, v in next(scores).items()}}
+        out["higher_is_better"] = {"w": {"ter": False}, "a": {"ter": True}}
+        return out
+
+    monkeypatch.setattr(evaluation, "evaluate_model", lm_eval)
+    sweep_args = SimpleNamespace(eval_tasks="w,a", eval_fewshot=0, eval_limit=None, eval_metric="ter")
+    task_eval = _task_eval(sweep_args, tokenizer=None, batch_size=1)
+    rows = [task_eval(None), task_eval(None)]
+    _add_retention(rows, "ter", task_eval.declared)
+    assert rows[1]["task_retention"] == pytest.approx({"w": 100 * 60.0 / 66.0, "a": 100 * 0.4 / 0.5})
