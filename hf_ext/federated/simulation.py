@@ -1006,6 +1006,8 @@ class FederatedSimulation:
             "accountants": [a.state_dict() for a in self.accountants],
             "mode": self.fed_args.mode,
         }
+        if self.fed_args.use_lora:  # what the exchanged factors mean: load_state refuses other settings
+            meta["lora"] = {"lora_r": self.fed_args.lora_r, "lora_alpha": self.fed_args.lora_alpha}
         if self.fed_args.secure_aggregation:
             meta["secagg_client_states"] = [self.secagg_client_states[c].to_dict() for c in range(self.num_clients)]
         meta_text = json.dumps(meta, indent=2, default=float)  # serialise before touching the disk
@@ -1087,9 +1089,26 @@ class FederatedSimulation:
             raise ValueError(
                 f"Saved round used mode {meta.get('mode')!r}, these arguments use {self.fed_args.mode!r}."
             )
+        saved_lora = meta.get("lora")  # absent in rounds saved by an older hf_ext (and without LoRA)
+        if saved_lora is not None and self.fed_args.use_lora:
+            for name in ("lora_r", "lora_alpha"):
+                if float(saved_lora[name]) != float(getattr(self.fed_args, name)):
+                    raise ValueError(
+                        f"The saved round was trained with {name}={saved_lora[name]!r}, these arguments have "
+                        f"{name}={getattr(self.fed_args, name)!r}: the exchanged LoRA factors mean B @ A * lora_alpha "
+                        f"/ lora_r, so continuing with another value would change the global update. Resume with "
+                        f"--{name} {saved_lora[name]!r} (the saved run's value), or start a fresh run."
+                    )
         state = load_file(state_path)
         if set(state) != set(self.keys):
             raise ValueError("The saved global state does not match this model's adapter/parameters.")
+        for k in self.keys:
+            if state[k].shape != self.global_state[k].shape:
+                raise ValueError(
+                    f"The saved global state's {k!r} has shape {tuple(state[k].shape)}, this model's "
+                    f"{tuple(self.global_state[k].shape)}: the round was saved with another model or LoRA rank "
+                    "(--lora_r); resume with the saved run's model and arguments."
+                )
         if len(meta["accountants"]) != self.num_clients:
             raise ValueError(
                 f"Saved round has {len(meta['accountants'])} clients, this simulation {self.num_clients}."
