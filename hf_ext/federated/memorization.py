@@ -12,7 +12,7 @@ import math
 import numbers
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -60,11 +60,21 @@ def make_canaries(
         texts (`Sequence[str]`, *optional*): held-out documents to use as canary bodies (natural text, one per
             canary, cut to `num_words` words) instead of random words.
     """
-    if texts is not None and len(texts) < num_canaries:
-        raise ValueError(f"`texts` has {len(texts)} documents for {num_canaries} canaries; pass more documents.")
-    if num_canaries <= 0:
-        raise ValueError(f"`num_canaries` must be > 0, got {num_canaries}.")
-    counts = replication_counts or {10: 0.3, 1: 0.7}
+    if not is_int(num_canaries) or num_canaries <= 0:
+        raise ValueError(f"`num_canaries` must be an integer > 0, got {num_canaries!r}.")
+    if not is_int(num_words) or num_words < 1:
+        raise ValueError(f"`num_words` must be an integer >= 1, got {num_words!r}.")
+    if texts is not None:
+        if isinstance(texts, str) or not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("`texts` must be a sequence of str documents (one per canary), or None for random words.")
+        if len(texts) < num_canaries:
+            raise ValueError(f"`texts` has {len(texts)} documents for {num_canaries} canaries; pass more documents.")
+    if replication_counts is not None and not (isinstance(replication_counts, Mapping) and replication_counts):
+        raise ValueError(
+            "`replication_counts` must be a non-empty dict of replication count -> fraction of canaries (e.g. "
+            f"{{10: 0.3, 1: 0.7}}), or None for that default; got {replication_counts!r}."
+        )
+    counts = {10: 0.3, 1: 0.7} if replication_counts is None else dict(replication_counts)
     if (
         any(not _finite_number(r) or r != int(r) or int(r) < 1 for r in counts)
         or any(not _finite_number(f) or f < 0 for f in counts.values())
@@ -73,10 +83,18 @@ def make_canaries(
         raise ValueError(
             f"`replication_counts` must map integer counts >= 1 to finite non-negative fractions, got {counts}."
         )
-    if num_words < 1:
-        raise ValueError(f"`num_words` must be >= 1, got {num_words}.")
-    words = list(vocabulary) if vocabulary is not None else _DEFAULT_WORDS
-    if len(words) < 2:
+    if vocabulary is not None and (
+        isinstance(vocabulary, str)
+        or not isinstance(vocabulary, Sequence | set | frozenset)
+        or not all(isinstance(w, str) and w.strip() for w in vocabulary)
+    ):
+        raise ValueError(
+            "`vocabulary` must be a list of words (non-empty str), or None for the default words; "
+            f"got {vocabulary!r:.200}."
+        )
+    words = sorted(set(vocabulary)) if isinstance(vocabulary, set | frozenset) else vocabulary
+    words = list(words) if words is not None else _DEFAULT_WORDS
+    if len(set(words)) < 2:
         raise ValueError("`vocabulary` needs at least 2 distinct words.")
     rng = random.Random(seed)
     total = sum(counts.values())
