@@ -51,14 +51,20 @@ def check_eval_tasks(
     except ImportError as err:
         raise ValueError(f"{flag} needs lm-evaluation-harness: pip install 'hf_ext[eval]'.") from err
     tm = task_manager(include_path, include_defaults=False)  # the packaged tasks only: fast
+    packaged = sorted(tm.task_index)  # hf_ext's tasks, groups and tags, with those under include_path
     unknown = [n for n in names if n not in tm.task_index]
     if unknown and not any(n.startswith("hf_ext") for n in unknown):  # hf_ext_* names can only be packaged ones
         tm = task_manager(include_path, include_defaults=True)
         unknown = [n for n in names if n not in tm.task_index]
     if unknown:
+        import difflib
+
+        close = sorted({m for n in unknown for m in difflib.get_close_matches(n, list(tm.task_index), n=3)})
         raise ValueError(
-            f"{flag}: unknown lm-eval task(s) {unknown}; the packaged offline tasks are {sorted(DEFAULT_TASKS)} "
-            "(see docs/evaluation.md), lm-eval's own are listed by `lm_eval ls tasks`."
+            f"{flag}: unknown lm-eval task(s) {unknown}"
+            + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
+            + f"; the packaged offline tasks and groups are {packaged} (see docs/evaluation.md), lm-eval's own are "
+            "listed by `lm_eval ls tasks`."
         )
     if metric is not None or require_fields or prefixed:
         try:

@@ -73,3 +73,14 @@ def test_check_eval_tasks_and_shots():
     for bad in ("", "0,0", "-1", "a"):
         with pytest.raises(ValueError, match="--eval_fewshot"):
             parse_shots(bad)
+
+
+def test_unknown_task_message_lists_every_packaged_task_and_close_names():
+    """The message listed only the two default tasks: hf_ext_cloze_url (the URL-conditioned cloze the metadata recipe
+    evaluates) and the hf_ext / hf_ext_metadata groups were missing from it, and a typo got no suggestion."""
+    with pytest.raises(ValueError) as err:
+        check_eval_tasks("hf_ext_cloze_ulr")
+    message = str(err.value)
+    assert "did you mean 'hf_ext_cloze_url'" in message or "'hf_ext_cloze_url'?" in message, message
+    for name in ("hf_ext", "hf_ext_cloze", "hf_ext_cloze_url", "hf_ext_domain", "hf_ext_metadata"):
+        assert f"'{name}'" in message.partition("packaged offline tasks")[2], (name, message)
