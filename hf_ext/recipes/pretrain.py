@@ -189,6 +189,26 @@ def _split_top_level_commas(text: str) -> list[str]:
     return [*items, text[start:]]
 
 
+def _config_field_names(reference, overrides: dict) -> dict:
+    """`overrides` with each key that is one of transformers' aliases of the config (its `attribute_map`, e.g. gpt2's
+    `hidden_size` for `n_embd`) under the field it names, as the config itself stores it; both names of one field
+    are refused."""
+    renamed = getattr(reference, "attribute_map", {}) or {}
+    fields = set(reference.to_dict())
+    out: dict = {}
+    given: dict = {}  # field -> the name it was given under
+    for key, value in overrides.items():
+        field_name = renamed[key] if key in renamed and key not in fields else key
+        if field_name in out:
+            alias = key if key != field_name else given[field_name]
+            raise ValueError(
+                f"--config_overrides sets {field_name!r} twice: {alias!r} is the {type(reference).__name__}'s alias of "
+                f"{field_name!r}; keep one."
+            )
+        out[field_name], given[field_name] = value, key
+    return out
+
+
 def check_config_overrides(model_args: ModelArguments, block_size: int | None = None) -> None:
     """`--config_overrides` may only set fields the fresh model's config has, with values of the field's type, not a
     size that a flag given on the command line sets otherwise, nor fewer positions than a `block_size` block."""
@@ -209,6 +229,7 @@ def check_config_overrides(model_args: ModelArguments, block_size: int | None = 
         except ValueError as err:
             raise ValueError(f"--model_type {model_args.model_type!r} is not a known architecture ({err}).") from None
     known = set(reference.to_dict())
+    overrides = _config_field_names(reference, overrides)  # gpt2's hidden_size=... sets n_embd, as transformers does
     width_twice = "intermediate_size" in overrides and model_args.intermediate_size is not None
     if model_args.model_type == "fog" and width_twice:
         raise ValueError(
@@ -572,7 +593,7 @@ def fresh_config(model_args: ModelArguments, vocab_size: int, block_size: int, s
         )
     # under the config's own field names (gpt2: n_embd, n_positions), so that an override of such a field wins
     kwargs = {reference.attribute_map.get(key, key): value for key, value in kwargs.items()}
-    kwargs.update(parse_config_overrides(model_args.config_overrides))
+    kwargs.update(_config_field_names(reference, parse_config_overrides(model_args.config_overrides)))
     return AutoConfig.for_model(model_args.model_type, **kwargs)
 
 
