@@ -270,12 +270,25 @@ def check_config_overrides(model_args: ModelArguments, block_size: int | None = 
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             rope = getattr(reference, "rope_parameters", None)
             if key in ("rope_theta", "rope_scaling") and "rope_parameters" in known and isinstance(rope, dict):
-                given = value if isinstance(value, dict) else {"rope_theta": value}
-                example = json.dumps({**rope, **given}, separators=(",", ":"))
                 hint = (
-                    " This transformers version keeps the RoPE settings (rope_theta, the scaling) in rope_parameters: "
-                    f"pass rope_parameters={example}."
+                    " This transformers version keeps the RoPE settings (rope_theta, the scaling) in rope_parameters"
                 )
+                current = json.dumps(rope, separators=(",", ":"))
+                if any(isinstance(v, dict) for v in rope.values()):  # one entry per layer type (gemma3)
+                    hint += (
+                        f", here one entry per layer type ({', '.join(k for k, v in rope.items() if isinstance(v, dict))}"
+                        f"; default rope_parameters={current}): pass that value with rope_theta / the scaling set in "
+                        "the entries of the layer types to change."
+                    )
+                else:  # every legacy RoPE override given, merged into the default (a null rope_scaling: none)
+                    scaling = overrides.get("rope_scaling")
+                    given = {**(scaling if isinstance(scaling, dict) else {})}
+                    if "type" in given:  # transformers 4's name of rope_type in rope_scaling
+                        given.setdefault("rope_type", given["type"])
+                        del given["type"]
+                    if "rope_theta" in overrides:
+                        given["rope_theta"] = overrides["rope_theta"]
+                    hint += f": pass rope_parameters={json.dumps({**rope, **given}, separators=(',', ':'))}."
             raise ValueError(
                 f"--config_overrides sets {key!r}, which a {model_args.model_type} config does not have.{hint}"
             )
