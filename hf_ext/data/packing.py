@@ -22,8 +22,10 @@ def pack_dataset(
 
     Takes a `datasets.Dataset` (packed now), a streaming `datasets.IterableDataset` (`load_dataset(...,
     streaming=True)`, `Dataset.to_iterable_dataset()`: packed lazily, as it is iterated, into the same blocks; the
-    packed stream reads its source in order, as one shard) or a `DatasetDict` / `IterableDatasetDict` (what
-    `load_dataset` returns: each split is packed alone).
+    packed stream reads its source in order, as one shard, at the source's own epoch: `set_epoch` on the packed stream,
+    which the `Trainer` calls every epoch, does not reach the source, so a shuffled source gives every epoch the same
+    order; shuffle the packed stream instead, `packed.shuffle(seed=..., buffer_size=...)`) or a `DatasetDict` /
+    `IterableDatasetDict` (what `load_dataset` returns: each split is packed alone).
 
     Documents are encoded with `split_special_tokens=True`: text that spells a special token (a literal `"<|eos|>"`)
     stays ordinary text, so only the EOS appended by `add_eos` separates documents.
