@@ -226,6 +226,13 @@ def compute_dcg(
                 declared_lower_is_better(non_compliant, t, full_keys.get(t) or comp_keys.get(t)),
                 declared_lower_is_better(compliant, t, comp_keys.get(t) or full_keys.get(t)),
             } - {None}
+            if declared == {True, False}:
+                raise ValueError(
+                    f"Task {t!r}: the two result sets declare opposite directions for its metric (lm-eval's "
+                    "higher_is_better differs between non_compliant and compliant: results of other lm-eval versions "
+                    "or task configs?), so the sign of its gap is undefined. Compare results of one lm-eval setup, or "
+                    "say which: pass lower_is_better=[...] naming the lower-is-better tasks (True / False: all)."
+                )
             if declared:
                 lower = True in declared
             elif metric is not None:

@@ -361,6 +361,10 @@ _CLI_FIXES = (
     ),
     ("pass a metric it reports as metric=", "pass a metric it reports as --dcg_metric"),
     ("pass metric=<name>", "pass --dcg_metric <name>"),
+    (
+        "pass lower_is_better=[...] naming the lower-is-better tasks (True / False: all)",
+        "pass --dcg_lower_is_better true or false (for all tasks)",
+    ),
     ("(metric= naming a key both report, e.g. metric=", "(--dcg_metric naming a key both report, e.g. --dcg_metric "),
 )
 
