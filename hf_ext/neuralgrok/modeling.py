@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutput
 
 from ..utils.checks import is_bool
@@ -139,7 +141,12 @@ class GrokDecoderForCausalLM(PreTrainedModel, GenerationMixin):
         self.layers = nn.ModuleList(GrokDecoderBlock(config) for _ in range(config.num_hidden_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size)
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # the modules above already hold PyTorch's default initialisation; `post_init` must not draw it again (that
+        # would change the weights a seed gives). `_init_weights` acts only afterwards, e.g. on the weights that
+        # `from_pretrained` does not find in a checkpoint.
+        self._constructor_initialised = True
         self.post_init()
+        self._constructor_initialised = False
         if self.generation_config is not None:
             # no KV cache: generate feeds the whole sequence each step (prepare_inputs_for_generation ensures it
             # for a generation config that says otherwise, e.g. one loaded from an older folder)
@@ -167,10 +174,30 @@ class GrokDecoderForCausalLM(PreTrainedModel, GenerationMixin):
         kwargs.pop("next_sequence_length", None)
         return super().prepare_inputs_for_generation(input_ids, next_sequence_length=None, **kwargs)
 
+    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # The papers use PyTorch's default initialisation (N(0, 1) embeddings, Kaiming-uniform linears); the
-        # modules already hold it after construction, and `from_pretrained` overwrites every weight.
-        return
+        """PyTorch's default initialisation, as the papers use (N(0, 1) embeddings, Kaiming-uniform linears, unit
+        LayerNorms, Xavier-uniform attention input projection with zero biases). The constructor's modules already
+        hold it; this gives it to the weights `from_pretrained` does not load (a checkpoint without them, or
+        `ignore_mismatched_sizes=True` for another vocabulary), which were left uninitialised memory before. The
+        `transformers.initialization` functions skip the weights that were loaded."""
+        if getattr(self, "_constructor_initialised", False):
+            return
+        if isinstance(module, nn.Linear):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                bound = 1 / math.sqrt(module.weight.shape[1]) if module.weight.shape[1] > 0 else 0
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.MultiheadAttention):
+            # after its `out_proj` (children are initialised first): the out_proj bias starts at zero
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+            init.zeros_(module.out_proj.bias)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.token_embeddings
