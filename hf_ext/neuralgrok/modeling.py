@@ -10,6 +10,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutput
+from transformers.utils import can_return_tuple
 
 from ..utils.checks import is_bool
 
@@ -102,13 +103,25 @@ class GrokDecoderBlock(nn.Module):
             nn.Linear(dim, config.mlp_ratio * dim), nn.GELU(), nn.Linear(config.mlp_ratio * dim, dim)
         )
 
-    def forward(self, hidden_states: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, causal_mask: torch.Tensor, output_attentions: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The block's output; with `output_attentions=True`, also its attention probabilities per head,
+        `(batch, heads, seq, seq)` (nn.MultiheadAttention's slower path, which returns them)."""
         # causal_mask: additive float mask, (seq, seq) or (batch * heads, seq, seq) as nn.MultiheadAttention takes it
         normed = self.ln_1(hidden_states)
-        attn_out, _ = self.attn(normed, normed, normed, attn_mask=causal_mask, need_weights=False)
+        attn_out, weights = self.attn(
+            normed,
+            normed,
+            normed,
+            attn_mask=causal_mask,
+            need_weights=output_attentions,
+            average_attn_weights=False,
+        )
         residual = normed if self.overwrite_residual_with_norm else hidden_states
         hidden_states = residual + attn_out
-        return hidden_states + self.mlp(self.ln_2(hidden_states))
+        hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
+        return (hidden_states, weights) if output_attentions else hidden_states
 
 
 class GrokDecoderForCausalLM(PreTrainedModel, GenerationMixin):
@@ -211,6 +224,7 @@ class GrokDecoderForCausalLM(PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.head = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -218,6 +232,8 @@ class GrokDecoderForCausalLM(PreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> CausalLMOutput:
         r"""
@@ -232,9 +248,19 @@ class GrokDecoderForCausalLM(PreTrainedModel, GenerationMixin):
                 loss is the sum over this micro-batch divided by it, so gradient accumulation matches one big batch.
             inputs_embeds (`torch.Tensor` of shape `(batch, seq_len, hidden_size)`, *optional*): token embeddings
                 instead of `input_ids`.
+            output_hidden_states (`bool`, *optional*): also return the embeddings (token + position) and each block's
+                output, `num_hidden_layers + 1` tensors (default: `config.output_hidden_states`).
+            output_attentions (`bool`, *optional*): also return each block's attention probabilities,
+                `(batch, heads, seq, seq)` (default: `config.output_attentions`).
+            shift_labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*, keyword): targets already
+                shifted (the target of position `i` at `i`, as transformers passes them under context parallelism);
+                used instead of `labels`. Taken from `kwargs`, as transformers' models take it: a named parameter
+                would make `Trainer` (and `find_labels`) expect a `shift_labels` column in every dataset.
+            return_dict (`bool`, *optional*): `False` returns a tuple, as transformers' models do.
 
         Returns:
-            [`~modeling_outputs.CausalLMOutput`] with `loss` (mean over labelled positions) and `logits`.
+            [`~modeling_outputs.CausalLMOutput`] with `loss` (mean over labelled positions), `logits`, and
+            `hidden_states` / `attentions` when asked for.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
@@ -275,14 +301,29 @@ class GrokDecoderForCausalLM(PreTrainedModel, GenerationMixin):
                 ~allowed, float("-inf")
             )
             causal_mask = causal_mask.repeat_interleave(self.config.num_attention_heads, dim=0)
+        shift_labels = kwargs.pop("shift_labels", None)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         hidden = hidden + self.position_embeddings(positions)
+        all_hidden, all_attentions = [hidden], []
         for layer in self.layers:
-            hidden = layer(hidden, causal_mask)
+            if output_attentions:
+                hidden, weights = layer(hidden, causal_mask, output_attentions=True)
+                all_attentions.append(weights)
+            else:
+                hidden = layer(hidden, causal_mask)
+            all_hidden.append(hidden)
         logits = self.head(self.ln_f(hidden))
         loss = None
-        if labels is not None:
-            flat_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
-            flat_labels = labels[:, 1:].reshape(-1)
+        if labels is not None or shift_labels is not None:
+            if shift_labels is None:
+                flat_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+                flat_labels = labels[:, 1:].reshape(-1)
+            else:
+                flat_logits = logits.reshape(-1, logits.shape[-1])
+                flat_labels = shift_labels.reshape(-1)
             if num_items_in_batch is None:
                 loss = nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
             else:
@@ -290,7 +331,12 @@ class GrokDecoderForCausalLM(PreTrainedModel, GenerationMixin):
                 if isinstance(num_items_in_batch, torch.Tensor):
                     num_items_in_batch = num_items_in_batch.to(loss.device)
                 loss = loss / num_items_in_batch
-        return CausalLMOutput(loss=loss, logits=logits)
+        return CausalLMOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
 
 
 def _register_auto_classes() -> None:

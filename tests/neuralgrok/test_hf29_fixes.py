@@ -1,7 +1,11 @@
 """hf29 F1: `GrokDecoderForCausalLM._init_weights` did nothing, so the weights `from_pretrained` does not find in a
 checkpoint (another vocabulary with `ignore_mismatched_sizes=True`, a checkpoint lacking a weight) were left as
 uninitialised memory (embedding std ~1e25, non-finite logits). They now get PyTorch's default initialisation, as the
-constructor gives; the constructor's weights for a seed are unchanged."""
+constructor gives; the constructor's weights for a seed are unchanged.
+
+hf29 F2: its forward took `output_hidden_states`, `output_attentions`, `return_dict=False` and `shift_labels` into
+`**kwargs` and ignored them (hidden states / attentions None, a `CausalLMOutput` instead of a tuple, the loss taken
+against `labels` instead of the pre-shifted targets). transformers' common model tests failed on each."""
 
 import math
 
@@ -74,3 +78,47 @@ def test_the_constructor_keeps_pytorch_default_weights_for_a_seed(tie):
     for a, b in zip(got, expected):
         assert torch.equal(a, b)
     assert torch.equal(after_model, after_plain)
+
+
+def _small():
+    torch.manual_seed(0)
+    return GrokDecoderForCausalLM(GrokDecoderConfig(**CFG)).eval()
+
+
+def test_hidden_states_and_attentions_are_returned_when_asked_for():
+    model = _small()
+    ids = torch.randint(0, CFG["vocab_size"], (3, 7))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    plain = model(input_ids=ids, attention_mask=mask)
+    assert plain.hidden_states is None and plain.attentions is None
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    torch.testing.assert_close(out.logits, plain.logits)
+    assert len(out.hidden_states) == CFG["num_hidden_layers"] + 1
+    assert all(h.shape == (3, 7, 64) for h in out.hidden_states)
+    torch.testing.assert_close(model.head(model.ln_f(out.hidden_states[-1])), plain.logits)
+    assert len(out.attentions) == CFG["num_hidden_layers"]
+    for weights in out.attentions:
+        assert weights.shape == (3, CFG["num_attention_heads"], 7, 7)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(3, CFG["num_attention_heads"], 7))
+        assert torch.all(weights.triu(diagonal=1) == 0)  # causal
+        assert torch.all(weights[1, :, 2:, :2] == 0)  # padded keys
+    model.config.output_hidden_states = True  # the config default, as in transformers' models
+    assert len(model(input_ids=ids).hidden_states) == CFG["num_hidden_layers"] + 1
+
+
+def test_return_dict_false_gives_a_tuple_and_shift_labels_are_used():
+    model = _small()
+    ids = torch.randint(0, CFG["vocab_size"], (2, 6))
+    out = model(input_ids=ids, labels=ids)
+    loss, logits = model(input_ids=ids, labels=ids, return_dict=False)
+    torch.testing.assert_close(loss, out.loss)
+    torch.testing.assert_close(logits, out.logits)
+    shifted = torch.nn.functional.pad(ids[:, 1:], (0, 1), value=-100)
+    torch.testing.assert_close(model(input_ids=ids, shift_labels=shifted).loss, out.loss)
+    other = torch.nn.functional.pad(ids[:, :-1], (0, 1), value=-100)
+    assert not torch.allclose(model(input_ids=ids, labels=ids, shift_labels=other).loss, out.loss)
+    # not a named parameter: Trainer's label columns stay ["labels"]
+    from transformers.utils import find_labels
+
+    assert find_labels(GrokDecoderForCausalLM) == ["labels"]
