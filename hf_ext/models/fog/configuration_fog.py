@@ -367,8 +367,13 @@ def _check_rope_numbers(rope: dict, rope_type: str) -> None:
         if value is not None and (not _is_real(value) or not math.isfinite(value)):
             raise ValueError(f"FogConfig: rope_parameters[{key!r}] must be a finite number, got {value!r}.")
     partial = rope.get("partial_rotary_factor")
-    if partial is not None and (not _is_real(partial) or not 0 <= partial <= 1):
-        raise ValueError(f"FogConfig: rope_parameters['partial_rotary_factor'] must be in [0, 1], got {partial!r}.")
+    if partial is not None and (not _is_real(partial) or partial != 1):
+        # FOG rotates the whole head: a partial factor was ignored with the default RoPE (silently another model)
+        # and broke the forward with a shape error with the scaled ones, whose tables it shortens
+        raise ValueError(
+            f"FogConfig: rope_parameters['partial_rotary_factor']={partial!r}, but FOG applies RoPE to the whole head "
+            "(head_dim); partial rotary embeddings are not implemented. Drop the key (or set it to 1.0)."
+        )
     for key in ("short_factor", "long_factor"):
         values = rope.get(key)
         if values is None:
