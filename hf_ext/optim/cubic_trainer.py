@@ -203,6 +203,9 @@ class CubicNewtonTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, 
     trainable parameters (`--bf16/--fp16` are refused by the arguments, a model already in low precision here).
     """
 
+    # compares its optimizer options flag by flag after the checkpoint's are restored (`_load_optimizer_and_scheduler`)
+    compares_optimizer_options_on_resume = True
+
     def __init__(self, model=None, args: TrainingArguments | None = None, **kwargs):
         if args is None:
             args = CubicNewtonTrainingArguments(output_dir="trainer_output")

@@ -536,6 +536,9 @@ class WarmupFreeTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, T
     `optimizer_cls_and_kwargs=` given to the constructor take precedence, as in `Trainer`.
     """
 
+    # compares its optimizer options flag by flag after the checkpoint's are restored (`_load_optimizer_and_scheduler`)
+    compares_optimizer_options_on_resume = True
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.optimizer is None and self.optimizer_cls_and_kwargs is None:

@@ -775,6 +775,97 @@ def _restore_loss_window_callback(trainer, window: dict):
     return _RestoreLossWindow()
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# The optimizer's options across a resume
+#
+# torch's `Optimizer.load_state_dict` restores every param-group value of the checkpoint (weight decay, betas, eps,
+# momentum, ...): a resume with other optimizer flags would silently train with the checkpoint's values while its
+# arguments (and every later checkpoint's `training_args.bin`) name the new ones.
+
+#: the param-group options compared on resume: the update rule's hyperparameters of torch's and transformers'
+#: optimizers (not the learning rate, which the scheduler sets every step, nor the counters some optimizers keep in
+#: their groups, e.g. schedule-free's `k`, nor kernel switches such as `foreach` / `fused`)
+COMPARED_GROUP_OPTIONS = (
+    "weight_decay", "betas", "eps", "momentum", "dampening", "nesterov", "amsgrad", "maximize", "alpha", "centered",
+    "rho", "beta1", "decay_rate", "clip_threshold",
+)  # fmt: skip
+#: the `TrainingArguments` flags transformers' `Trainer` builds these param-group values from
+_GROUP_KEY_FLAGS = {"weight_decay": "--weight_decay", "eps": "--adam_epsilon"}
+
+
+def _group_value(value):
+    if isinstance(value, (tuple, list)):
+        return tuple(_group_value(v) for v in value)
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    return _NOT_JSON  # a tensor or an object: not compared
+
+
+def optimizer_group_options(optimizer) -> list[dict] | None:
+    """For each param group of `optimizer`: its keys (`"keys"`, the options the optimizer reads) and the values of its
+    [`COMPARED_GROUP_OPTIONS`] that are plain numbers, booleans or tuples of them (`"values"`), as
+    [`refuse_changed_optimizer_options`] compares them; `None` for an object without param groups."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, list | tuple):
+        return None
+    out = []
+    for group in groups:
+        values = {}
+        for key in COMPARED_GROUP_OPTIONS:
+            value = _group_value(group[key]) if key in group else _NOT_JSON
+            if value is not _NOT_JSON and not (isinstance(value, tuple) and _NOT_JSON in value):
+                values[key] = value
+        out.append({"keys": set(group) - {"params"}, "values": values})
+    return out
+
+
+def _option_flags(key: str, value) -> str:
+    if key == "betas" and isinstance(value, tuple) and len(value) == 2:
+        return f"--adam_beta1 {value[0]:g} --adam_beta2 {value[1]:g}"
+    if key in _GROUP_KEY_FLAGS and isinstance(value, float):
+        return f"{_GROUP_KEY_FLAGS[key]} {value:g}"
+    return f"{key}={value!r}"
+
+
+def refuse_changed_optimizer_options(asked: list[dict] | None, restored: list[dict] | None, checkpoint: str) -> None:
+    """For a resume from `checkpoint`: raise `ValueError`, before any step, when the optimizer's param groups as this
+    run built them (`asked`, [`optimizer_group_options`] before the checkpoint's optimizer state was loaded) differ
+    from what the checkpoint restored (`restored`, after): torch's `load_state_dict` brings the checkpoint's values
+    back, so the new ones (e.g. `--weight_decay`, `--adam_beta2`, `--adam_epsilon`, another `--optim`) would be
+    silently ignored. The message names each flag with the checkpoint's and the new value."""
+    if not asked or not restored or len(asked) != len(restored):
+        return  # nothing to compare (a different group count is torch's own error in load_state_dict)
+    changed, back = [], []
+    for new, old in zip(asked, restored, strict=True):
+        missing = new["keys"] - old["keys"]  # options this run's optimizer reads that the restored groups lack
+        if missing:
+            what = (
+                f"another optimizer (the checkpoint's param groups have no {', '.join(sorted(missing))}, which this "
+                "run's optimizer reads: --optim or --optim_args changed)"
+            )
+            if what not in changed:
+                changed.append(what)
+                back.append("the checkpoint's --optim / --optim_args")
+            continue
+        new, old = new["values"], old["values"]
+        for key in sorted(set(new) & set(old)):
+            if new[key] != old[key]:
+                what = f"{_option_flags(key, new[key])} now, {_option_flags(key, old[key])} in the checkpoint"
+                if what not in changed:
+                    changed.append(what)
+                    back.append(_option_flags(key, old[key]))
+    if changed:
+        raise ValueError(
+            f"resume_from_checkpoint={checkpoint!r} was trained with other optimizer options: {'; '.join(changed)}. "
+            "A resume restores the checkpoint's optimizer param groups (torch's load_state_dict), so the new values "
+            f"would be silently ignored. Resume with {' '.join(dict.fromkeys(back))}, or start a new run from the "
+            f"checkpoint's weights (--model_name_or_path {checkpoint}, or from_pretrained, without "
+            "resume_from_checkpoint) to use the new ones."
+        )
+
+
 class LossWindowResumeMixin:
     """Mixin for a `transformers.Trainer` (subclass) whose resumed runs log the uninterrupted run's training losses.
 
@@ -792,9 +883,25 @@ class LossWindowResumeMixin:
     ([`SCHEDULE_RECORD_NAME`], [`write_schedule_record`]), before `trainer_state.json`: a resume through
     [`train_or_restore_finished`] compares the schedule the new flags build with that one ([`refuse_changed_schedule`]).
 
+    A resume whose optimizer options differ from the checkpoint's (its param groups, which torch's `load_state_dict`
+    restores whole: `--weight_decay`, `--adam_beta1/2`, `--adam_epsilon`, another `--optim`) is refused before any
+    step ([`refuse_changed_optimizer_options`]); a Trainer that compares them itself, flag by flag, sets
+    `compares_optimizer_options_on_resume = True`.
+
     Put it before `Trainer` in the bases: `class MyTrainer(LossWindowResumeMixin, Trainer)`, or
     [`with_loss_window`]`(Trainer)`.
     """
+
+    #: a subclass that compares the restored optimizer options with its arguments itself sets this
+    compares_optimizer_options_on_resume = False
+
+    def _load_optimizer_and_scheduler(self, checkpoint, *args, **kwargs):
+        check = checkpoint is not None and not self.compares_optimizer_options_on_resume
+        asked = optimizer_group_options(self.optimizer) if check else None
+        out = super()._load_optimizer_and_scheduler(checkpoint, *args, **kwargs)
+        if check:
+            refuse_changed_optimizer_options(asked, optimizer_group_options(self.optimizer), checkpoint)
+        return out
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._hf_ext_restored_loss_window = None
