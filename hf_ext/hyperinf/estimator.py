@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .gradients import PerExampleGradients, check_adapter_in_forward, check_dataset, tracked_lora_parameters
 from .influence import METHODS, InfluenceConfig, InfluenceEngine
@@ -44,6 +45,15 @@ class InfluenceEstimator:
             (`labels` with -100) and gives a causal-LM example without `labels` its own `input_ids` as labels.
         device (`str` or `torch.device`, *optional*): where the curvature state lives; defaults to the model's device.
         progress (`bool`, *optional*, defaults to `False`): show tqdm bars for the passes over the data.
+        distributed (`bool`, *optional*): data-parallel over torch.distributed's default group (a launch with
+            `torchrun --nproc_per_node N` or `accelerate launch`). `None` (default): when torch.distributed is
+            initialized with more than one process. Each process then computes the gradients of its own contiguous
+            part of the training set (`Dataset.shard(world_size, rank, contiguous=True)`: rank 0 the first examples)
+            and of the evaluation set; the example counts and the per-layer sums are all-reduced in float64 (every
+            process fits the same solvers) and `scores` returns every training example's score, in dataset order, on
+            every process (see `InfluenceEngine`'s `process_group`). Every process must pass the same datasets and
+            hold the same model (checked: lengths and a digest of the tracked and trainable parameters). `False`:
+            each process computes everything alone.
         **options: `InfluenceConfig` fields (`damping_scale`, `damping`, `schulz_iterations`, `schulz_init`,
             `schulz_alpha`, `schulz_tol`, `schulz_order`, `schulz_extra_damping`, `lissa_iterations`, `lissa_scale`,
             `exact_curvature`, `max_exact_dim`, `dtype`).
@@ -69,6 +79,7 @@ class InfluenceEstimator:
         data_collator: Callable | None = None,
         device: str | torch.device | None = None,
         progress: bool = False,
+        distributed: bool | None = None,
         **options,
     ):
         if method not in METHODS:
@@ -86,6 +97,17 @@ class InfluenceEstimator:
                 f"Unknown option(s) {sorted(unknown or {'method'})}; valid ones are the fields of InfluenceConfig: "
                 f"{sorted(set(InfluenceConfig.__dataclass_fields__) - {'method'})}."
             )
+        if distributed not in (None, True, False):
+            raise TypeError(f"`distributed` must be None (automatic), True or False, got {distributed!r}.")
+        initialized = dist.is_available() and dist.is_initialized()
+        if distributed and not initialized:
+            raise ValueError(
+                "distributed=True but torch.distributed is not initialized: launch with `torchrun --nproc_per_node N` "
+                "or `accelerate launch` and call `torch.distributed.init_process_group()` (or "
+                "`accelerate.PartialState()`) before building the estimator, or leave `distributed=None`."
+            )
+        if distributed is None:
+            distributed = initialized and dist.get_world_size() > 1
         self.config = InfluenceConfig(method=method, **options)
         self.config.validate()
         self.model = model
@@ -100,10 +122,53 @@ class InfluenceEstimator:
         )
         self.device = torch.device(device) if device is not None else self.gradients._device()
         self.progress = progress
-        self.engine = InfluenceEngine(self.config, {m.name: m.shape for m in self.tracked}, device=self.device)
+        self.engine = InfluenceEngine(
+            self.config,
+            {m.name: m.shape for m in self.tracked},
+            device=self.device,
+            process_group=dist.group.WORLD if distributed else None,
+        )
         self.train_dataset = None
+        self._train_part = None
+        self.train_shard = range(0)  # the indices of the training set this process computes gradients for
         self._num_train = 0
         self._fit_fingerprint: dict[str, str | None] = {}
+
+    @property
+    def distributed(self) -> bool:
+        """Whether `fit` and `scores` run data-parallel over torch.distributed's default group."""
+        return self.engine.process_group is not None
+
+    def _shard(self, dataset):
+        """This process's contiguous part of `dataset` and its indices (the whole of it when not distributed)."""
+        n, world, rank = len(dataset), self.engine.world_size, self.engine.rank
+        if world == 1:
+            return dataset, range(n)
+        size, extra = divmod(n, world)
+        start = rank * size + min(rank, extra)
+        indices = range(start, start + size + (1 if rank < extra else 0))
+        if len(indices) and hasattr(dataset, "shard") and hasattr(dataset, "column_names"):  # a datasets.Dataset
+            part = dataset.shard(num_shards=world, index=rank, contiguous=True)
+            if len(part) != len(indices):  # the contiguous split documented by datasets
+                raise RuntimeError(f"Dataset.shard gave {len(part)} examples to rank {rank}, expected {len(indices)}.")
+        else:
+            part = _Rows(dataset, indices)
+        return part, indices
+
+    def _agree(self, what: str, values: list[int]) -> None:
+        """Refuse, on every process, when the processes passed different `values` (dataset lengths, model digest)."""
+        engine = self.engine
+        mine = torch.tensor(values, dtype=torch.int64, device=engine.device)
+        every = [torch.empty_like(mine) for _ in range(engine.world_size)]
+        dist.all_gather(every, mine, group=engine.process_group)
+        if any(not torch.equal(other, every[0]) for other in every):
+            raise ValueError(
+                f"The {engine.world_size} processes passed different {what} (per rank: "
+                f"{[other.tolist() for other in every]}): data-parallel influence splits one training set between "
+                "them, so every process must load the same model (same fine-tuned weights; a LoRA initialised "
+                "without a common seed differs) and pass the same datasets, in the same order. Pass "
+                "distributed=False to compute everything in each process instead."
+            )
 
     @property
     def method(self) -> str:
@@ -139,9 +204,9 @@ class InfluenceEstimator:
                 total += layer.solver.numel() * layer.solver.element_size()
         return total
 
-    def _source(self, dataset, desc: str):
+    def _source(self, dataset, desc: str, offset: int = 0, first=None):
         def source():
-            return self.gradients.iterate(dataset, progress=self.progress, desc=desc)
+            return self.gradients.iterate(dataset, progress=self.progress, desc=desc, offset=offset, first=first)
 
         return source
 
@@ -158,12 +223,24 @@ class InfluenceEstimator:
         Returns:
             `InfluenceEstimator`: `self`.
         """
-        check_dataset(train_dataset, "train_dataset", self.model)
-        tracked = {m.name for m in self.tracked}
-        names = [name for name, param in self.model.named_parameters() if name in tracked or param.requires_grad]
-        fingerprint = self._fingerprint(names)
-        self.engine.fit(self._source(train_dataset, "fit: train gradients"))
+
+        def check():
+            check_dataset(train_dataset, "train_dataset", self.model)
+            tracked = {m.name for m in self.tracked}
+            names = [name for name, param in self.model.named_parameters() if name in tracked or param.requires_grad]
+            return self._fingerprint(names)
+
+        fingerprint = self.engine.run_collectively(check, "Checking `train_dataset` and the model")
+        if self.distributed:
+            digest = hashlib.blake2b(repr(sorted(fingerprint.items())).encode(), digest_size=7).digest()
+            self._agree(
+                "training sets (lengths) or models (digest)", [len(train_dataset), int.from_bytes(digest, "big")]
+            )
+        part, indices = self.engine.run_collectively(lambda: self._shard(train_dataset), "Sharding `train_dataset`")
+        self.engine.fit(self._source(part, "fit: train gradients", indices.start, train_dataset[0]))
         self.train_dataset = train_dataset
+        self.train_shard = indices
+        self._train_part = (part, indices.start, train_dataset[0])
         self._num_train = len(train_dataset)
         self._fit_fingerprint = fingerprint
         return self
@@ -220,6 +297,18 @@ class InfluenceEstimator:
         """
         if self.train_dataset is None:
             raise RuntimeError("Call `fit(train_dataset)` before `scores(eval_dataset)`.")
+        self.engine.run_collectively(lambda: self._check_scores(eval_dataset), "Checking `eval_dataset` and the model")
+        if self.distributed:
+            self._agree("evaluation sets (lengths)", [len(eval_dataset)])
+        engine = self.engine
+        engine.train_source = self._source(
+            self._train_part[0], f"{self.method}: train gradients", *self._train_part[1:]
+        )
+        part, indices = self.engine.run_collectively(lambda: self._shard(eval_dataset), "Sharding `eval_dataset`")
+        values = engine.scores(self._source(part, "eval gradients", indices.start, eval_dataset[0]))
+        return values.detach().to("cpu", torch.float64).numpy()
+
+    def _check_scores(self, eval_dataset) -> None:
         train = self.train_dataset
         if len(train) != self._num_train:
             raise ValueError(
@@ -230,10 +319,19 @@ class InfluenceEstimator:
             )
         self._check_model_unchanged()
         check_dataset(eval_dataset, "eval_dataset", self.model)
-        engine = self.engine
-        engine.train_source = self._source(train, f"{self.method}: train gradients")
-        values = engine.scores(self._source(eval_dataset, "eval gradients"))
-        return values.detach().to("cpu", torch.float64).numpy()
+
+
+class _Rows:
+    """The examples `indices` of a sequence of examples (a list of dicts): a process's part, read lazily."""
+
+    def __init__(self, dataset, indices: range):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
 
 
 def add_influence_column(dataset, scores, column_name: str = "influence"):

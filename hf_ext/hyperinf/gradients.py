@@ -560,8 +560,14 @@ class PerExampleGradients:
             losses = torch.stack(row_losses)
         return {m.name: to_rank_first(grads[m.name].to(self.dtype), m) for m in self.tracked}, losses.detach()
 
-    def iterate(self, dataset, progress: bool = False, desc: str = "gradients") -> Iterator[dict[str, torch.Tensor]]:
+    def iterate(
+        self, dataset, progress: bool = False, desc: str = "gradients", offset: int = 0, first: Mapping | None = None
+    ) -> Iterator[dict[str, torch.Tensor]]:
         """Yield `{name: (B, r, d) tensor}` for consecutive batches of `dataset`, in dataset order.
+
+        `dataset` may be one process's part of a larger set, starting at its example `offset` (errors name the
+        example's index in the whole set) whose first example is `first` (the reference of the inputs every example
+        must have, see `_check_same_inputs`).
 
         Examples are never padded for the gradient computation: within a window of `16 * batch_size` consecutive
         examples they are grouped by length, each group is differentiated in chunks of `batch_size`, and the
@@ -576,12 +582,14 @@ class PerExampleGradients:
         self.model.eval()
         window = 16 * self.batch_size
         reference = None
+        if first is not None and isinstance(self.data_collator, PaddingCollator):
+            reference = (0, present_inputs(first, self.data_collator.uniform_inputs))
         try:
             for start in tqdm(range(0, len(dataset), window), desc=desc, disable=not progress, leave=False):
                 examples = [
-                    self._as_alone(dataset[i], i) for i in range(start, min(start + window, len(dataset)))
+                    self._as_alone(dataset[i], offset + i) for i in range(start, min(start + window, len(dataset)))
                 ]
-                reference = self._check_same_inputs(examples, start, reference)
+                reference = self._check_same_inputs(examples, offset + start, reference)
                 groups: dict[int, list[int]] = {}
                 for row, example in enumerate(examples):
                     groups.setdefault(len(example["input_ids"]), []).append(row)
@@ -592,7 +600,7 @@ class PerExampleGradients:
                         batch = self.data_collator([examples[row] for row in chunk])
                         batch = {key: value.to(device) for key, value in batch.items()}
                         grads, losses = self._batch_grads(batch)
-                        self._check_losses(losses, grads, [start + row for row in chunk])
+                        self._check_losses(losses, grads, [offset + start + row for row in chunk])
                         index = torch.tensor(chunk)
                         for name, value in grads.items():
                             out[name][index] = value.to(out[name].device)

@@ -9,6 +9,10 @@ TracIn) state.
 Influence of train example `k` on the validation loss (positive = harmful, as in the reference):
 
     I(z_k) = - sum_l < hvp_l , g_{l,k} >,   hvp_l ~ v_l (G_l + lambda_l I)^-1  (HyperINF)
+
+Data-parallel: with a `process_group`, each process feeds the engine its own part of the training and evaluation
+gradients; the sums over examples (statistics, curvature, the validation mean, DataInf's and LiSSA's passes) are
+all-reduced in float64 and the scores of the parts all-gathered in rank order (see `InfluenceEngine`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 
 from ..utils.checks import is_int as _is_int
 from ..utils.checks import is_real as _is_real
@@ -248,14 +253,36 @@ class InfluenceEngine:
         config (`InfluenceConfig`): the method and its options.
         shapes (`dict[str, tuple[int, int]]`): rank-first shape of each tracked matrix.
         device (`torch.device`, *optional*): where the statistics live (default: CPU).
+        process_group (`torch.distributed.ProcessGroup`, *optional*): run data-parallel over this group (e.g.
+            `torch.distributed.group.WORLD`; it must be initialized). Every process of the group then passes `fit`
+            and `scores` the gradients of *its own part* of the training and of the evaluation set (parts may differ
+            in size, be empty, and together must hold each example once; the training parts in rank order give the
+            order of the scores). The example counts and per-layer sums (damping statistics, curvature, which layers
+            have a non-zero gradient, the validation gradient sum, DataInf's and LiSSA's passes over the training
+            gradients) are all-reduced in float64 before they are used, so every process fits the same solvers;
+            `scores` all-gathers the parts' scores and returns all of them, in rank order, on every process. An
+            error in one process's part of a pass (a bad batch) is raised on every process (the others name its
+            rank) instead of leaving them waiting in the next collective. The collectives' tensors live on
+            `device`, which the group's backend must support (gloo: CPU; NCCL: the process's GPU).
     """
 
     def __init__(
-        self, config: InfluenceConfig, shapes: Mapping[str, tuple[int, int]], device: torch.device | None = None
+        self,
+        config: InfluenceConfig,
+        shapes: Mapping[str, tuple[int, int]],
+        device: torch.device | None = None,
+        process_group=None,
     ):
         config.validate()
         if not shapes:
             raise ValueError("`shapes` is empty: there is no tracked matrix to compute influence over.")
+        if process_group is not None and not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(
+                "`process_group` was given but torch.distributed is not initialized in this process: call "
+                "`torch.distributed.init_process_group` first (torchrun / accelerate launch set it up), or pass "
+                "process_group=None to run in this process alone."
+            )
+        self.process_group = process_group
         self.config = config
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self.shapes = dict(shapes)
@@ -273,9 +300,74 @@ class InfluenceEngine:
             )
         self.layers: dict[str, LayerState] = {}
         self.active: list[str] = []  # the layers `fit` found a non-zero gradient for (the others add 0 to scores)
-        self.num_train = 0
+        self.num_train = 0  # all processes' training examples together
+        self.num_local_train = 0  # this process's (== num_train without a process group)
         self.train_source: GradientSource | None = None
         self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------ collectives
+    @property
+    def world_size(self) -> int:
+        """Processes of `process_group` (1 without one)."""
+        return 1 if self.process_group is None else dist.get_world_size(self.process_group)
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in `process_group` (0 without one)."""
+        return 0 if self.process_group is None else dist.get_rank(self.process_group)
+
+    def run_collectively(self, work: Callable[[], object], what: str):
+        """`work()`, this process's share of a step whose next collective every process must reach; with a process
+        group, whether it failed is exchanged first, so that an error in one process raises on every process (that
+        process's own error there, a `RuntimeError` naming the failed rank elsewhere) instead of a hang."""
+        if self.process_group is None:
+            return work()
+        error, result = None, None
+        try:
+            result = work()
+        except Exception as err:
+            error = err
+        world = self.world_size
+        flag = torch.tensor([0 if error is None else world - self.rank], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.process_group)
+        if error is not None:
+            raise error
+        if int(flag):
+            failed = world - int(flag)
+            raise RuntimeError(
+                f"{what} failed on rank {failed} of the process group (its error is in that process's output); every "
+                "rank stops with it."
+            )
+        return result
+
+    def _sum(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The element-wise sums of `values` over the process group, all-reduced in float64 (each back in its own
+        dtype); `values` unchanged without a group."""
+        if self.process_group is None or not values:
+            return values
+        flat = torch.cat([v.reshape(-1).to(device=self.device, dtype=torch.float64) for v in values])
+        dist.all_reduce(flat, group=self.process_group)
+        out, start = [], 0
+        for v in values:
+            out.append(flat[start : start + v.numel()].reshape(v.shape).to(v.dtype))
+            start += v.numel()
+        return out
+
+    def _gather(self, part: torch.Tensor) -> torch.Tensor:
+        """The 1-D `part`s of every process, concatenated in rank order (they may differ in length)."""
+        if self.process_group is None:
+            return part
+        world = self.world_size
+        size = torch.tensor([part.numel()], dtype=torch.int64, device=self.device)
+        sizes = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size, group=self.process_group)
+        sizes = [int(s) for s in sizes]
+        longest = max(sizes)
+        padded = torch.zeros(longest, dtype=part.dtype, device=self.device)
+        padded[: part.numel()] = part.to(self.device)
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded, group=self.process_group)
+        return torch.cat([p[:k] for p, k in zip(parts, sizes)])
 
     @property
     def skipped_layers(self) -> list[str]:
@@ -333,23 +425,50 @@ class InfluenceEngine:
             if dim:
                 layer.curvature = torch.zeros(dim, dim, dtype=cfg.dtype, device=self.device)
         use_fim = cfg.method == "exact" and cfg.exact_curvature == "fim"
-        n = 0
         nonzero = dict.fromkeys(layers, False)
-        for batch in _open_source(train_source, "train_source"):
-            n += self._check_batch(batch)
-            for name, layer in layers.items():
-                g = batch[name].to(device=self.device, dtype=cfg.dtype)
-                if not nonzero[name]:
-                    nonzero[name] = bool(g.any())
-                sq = g.square().flatten(1).sum(dim=1)
-                layer.sum_sq_norm += float(sq.sum())
-                layer.sum_mean_sq += float(sq.sum()) / (layer.shape[0] * layer.shape[1])
-                if layer.curvature is not None:
-                    if use_fim:
-                        flat = g.flatten(1)
-                        layer.curvature.add_(flat.T @ flat)
-                    else:
-                        layer.curvature.add_(torch.einsum("bri,brj->ij", g, g))
+
+        def local_pass() -> int:
+            n = 0
+            for batch in _open_source(train_source, "train_source"):
+                n += self._check_batch(batch)
+                for name, layer in layers.items():
+                    g = batch[name].to(device=self.device, dtype=cfg.dtype)
+                    if not nonzero[name]:
+                        nonzero[name] = bool(g.any())
+                    sq = g.square().flatten(1).sum(dim=1)
+                    layer.sum_sq_norm += float(sq.sum())
+                    layer.sum_mean_sq += float(sq.sum()) / (layer.shape[0] * layer.shape[1])
+                    if layer.curvature is not None:
+                        if use_fim:
+                            flat = g.flatten(1)
+                            layer.curvature.add_(flat.T @ flat)
+                        else:
+                            layer.curvature.add_(torch.einsum("bri,brj->ij", g, g))
+            return n
+
+        n = local_n = self.run_collectively(local_pass, "The pass over the training gradients of `fit`")
+        if self.process_group is not None:
+            # one float64 all-reduce: the example count, per layer the two damping sums and the non-zero flag, then
+            # the curvatures; every rank then holds the same totals and fits the same solvers
+            names = list(layers)
+            stats = torch.tensor(
+                [float(local_n)]
+                + [
+                    v
+                    for name in names
+                    for v in (layers[name].sum_sq_norm, layers[name].sum_mean_sq, float(nonzero[name]))
+                ],
+                dtype=torch.float64,
+            )
+            with_curvature = [name for name in names if layers[name].curvature is not None]
+            stats, *curvatures = self._sum([stats] + [layers[name].curvature for name in with_curvature])
+            stats = stats.tolist()
+            n = round(stats[0])
+            for i, name in enumerate(names):
+                layers[name].sum_sq_norm, layers[name].sum_mean_sq = stats[1 + 3 * i], stats[2 + 3 * i]
+                nonzero[name] = stats[3 + 3 * i] > 0
+            for name, curvature in zip(with_curvature, curvatures):
+                layers[name].curvature = curvature
         if n == 0:
             raise ValueError("The training set is empty: pass at least one example to `fit`.")
         skipped = [name for name in layers if not nonzero[name]]
@@ -450,6 +569,7 @@ class InfluenceEngine:
         self.layers = layers
         self.active = [name for name in layers if nonzero[name]]
         self.num_train = n
+        self.num_local_train = local_n
         self.train_source = train_source
         self.timings["fit_s"] = time.perf_counter() - start
         return self
@@ -463,11 +583,20 @@ class InfluenceEngine:
             name: torch.zeros(shape, dtype=self.config.dtype, device=self.device)
             for name, shape in self.shapes.items()
         }
-        m = 0
-        for batch in _open_source(source, "eval_source"):
-            m += self._check_batch(batch)
-            for name in sums:
-                sums[name].add_(batch[name].to(device=self.device, dtype=self.config.dtype).sum(dim=0))
+
+        def local_pass() -> int:
+            m = 0
+            for batch in _open_source(source, "eval_source"):
+                m += self._check_batch(batch)
+                for name in sums:
+                    sums[name].add_(batch[name].to(device=self.device, dtype=self.config.dtype).sum(dim=0))
+            return m
+
+        m = self.run_collectively(local_pass, "The pass over the evaluation gradients")
+        if self.process_group is not None:
+            names = list(sums)
+            count, *totals = self._sum([torch.tensor([float(m)], dtype=torch.float64)] + [sums[k] for k in names])
+            m, sums = round(float(count)), dict(zip(names, totals))
         if m == 0:
             raise ValueError("The evaluation set is empty: pass at least one example to `scores`.")
         return {name: total / m for name, total in sums.items()}
@@ -478,13 +607,13 @@ class InfluenceEngine:
         count = 0
         for batch in _open_source(as_gradient_source(self.train_source, "train_source"), "train_source"):
             count += self._check_batch(batch)
-            if count > self.num_train:
+            if count > self.num_local_train:
                 break
             yield {name: batch[name].to(device=self.device, dtype=self.config.dtype) for name in self.shapes}
-        if count != self.num_train:
+        if count != self.num_local_train:
             raise ValueError(
-                f"The training gradient source yielded {'at least ' if count > self.num_train else ''}{count} "
-                f"examples in this pass but {self.num_train} in `fit`: it must return a fresh iterator over the same "
+                f"The training gradient source yielded {'at least ' if count > self.num_local_train else ''}{count} "
+                f"examples in this pass but {self.num_local_train} in `fit`: it must return a fresh iterator over the same "
                 "training examples, in the same order, on every call (a function that returns one generator again "
                 "gives an exhausted one after `fit`). Pass a list of the batches or a function that makes them anew, "
                 "and call `fit` again if the training set changed."
@@ -514,11 +643,16 @@ class InfluenceEngine:
             return out
         if cfg.method == "datainf":
             acc = {name: torch.zeros_like(v[name]) for name in active}
-            for batch in self._train_batches():
-                for name, layer in active.items():
-                    g = batch[name]
-                    coeff = torch.einsum("brd,rd->b", g, v[name]) / (layer.damping + g.square().sum(dim=(1, 2)))
-                    acc[name].add_(torch.einsum("b,brd->rd", coeff, g))
+
+            def datainf_pass() -> None:
+                for batch in self._train_batches():
+                    for name, layer in active.items():
+                        g = batch[name]
+                        coeff = torch.einsum("brd,rd->b", g, v[name]) / (layer.damping + g.square().sum(dim=(1, 2)))
+                        acc[name].add_(torch.einsum("b,brd->rd", coeff, g))
+
+            self.run_collectively(datainf_pass, "DataInf's pass over the training gradients")
+            acc = dict(zip(acc, self._sum(list(acc.values()))))
             return {name: (v[name] - acc[name] / self.num_train) / layer.damping for name, layer in active.items()}
         # LiSSA: r <- v + r - (F r + lambda r) / s, result r / s; one pass over the training set per iteration.
         scales = {
@@ -533,11 +667,16 @@ class InfluenceEngine:
         growing = dict.fromkeys(active, False)
         for _ in range(cfg.lissa_iterations):
             products = {name: torch.zeros_like(v[name]) for name in active}
-            for batch in self._train_batches():
-                for name in active:
-                    g = batch[name]
-                    dots = torch.einsum("brd,rd->b", g, running[name])
-                    products[name].add_(torch.einsum("b,brd->rd", dots, g))
+
+            def lissa_pass(products: dict[str, torch.Tensor] = products) -> None:
+                for batch in self._train_batches():
+                    for name in active:
+                        g = batch[name]
+                        dots = torch.einsum("brd,rd->b", g, running[name])
+                        products[name].add_(torch.einsum("b,brd->rd", dots, g))
+
+            self.run_collectively(lissa_pass, "A LiSSA pass over the training gradients")
+            products = dict(zip(products, self._sum(list(products.values()))))
             for name, layer in active.items():
                 product = products[name] / self.num_train + layer.damping * running[name]
                 updated = v[name] + running[name] - product / scales[name]
@@ -556,15 +695,20 @@ class InfluenceEngine:
 
     def scores_from_hvp(self, hvp: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """`I(z_k) = -sum_l <hvp_l, g_{l,k}>` for every training example, in order (over the layers of `hvp`: those
-        `fit` found a non-zero gradient for; a layer whose training gradients are all zero adds exactly 0)."""
-        chunks = []
-        for batch in self._train_batches():
-            total = None
-            for name in hvp:
-                part = torch.einsum("brd,rd->b", batch[name], hvp[name])
-                total = part if total is None else total + part
-            chunks.append(-total)
-        return torch.cat(chunks)
+        `fit` found a non-zero gradient for; a layer whose training gradients are all zero adds exactly 0). With a
+        process group: every process's scores, in rank order, on every process."""
+
+        def local_pass() -> torch.Tensor:
+            chunks = [torch.zeros(0, dtype=self.config.dtype, device=self.device)]
+            for batch in self._train_batches():
+                total = None
+                for name in hvp:
+                    part = torch.einsum("brd,rd->b", batch[name], hvp[name])
+                    total = part if total is None else total + part
+                chunks.append(-total)
+            return torch.cat(chunks)
+
+        return self._gather(self.run_collectively(local_pass, "The scoring pass over the training gradients"))
 
     def scores(self, eval_source: GradientSource) -> torch.Tensor:
         """Influence of every training example on the mean loss of the examples of `eval_source` (a gradient source or
