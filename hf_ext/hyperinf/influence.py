@@ -363,11 +363,11 @@ class InfluenceEngine:
         dist.all_gather(sizes, size, group=self.process_group)
         sizes = [int(s) for s in sizes]
         longest = max(sizes)
-        padded = torch.zeros(longest, dtype=part.dtype, device=self.device)
+        padded = torch.zeros(longest, dtype=torch.float64, device=self.device)  # any score dtype, on any backend
         padded[: part.numel()] = part.to(self.device)
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded, group=self.process_group)
-        return torch.cat([p[:k] for p, k in zip(parts, sizes)])
+        return torch.cat([p[:k] for p, k in zip(parts, sizes)]).to(part.dtype)
 
     @property
     def skipped_layers(self) -> list[str]:
@@ -417,7 +417,9 @@ class InfluenceEngine:
         matrix is zero (an adapter off the loss path, or untrained).
         """
         cfg = self.config
-        train_source = as_gradient_source(train_source, "train_source")
+        train_source = self.run_collectively(
+            lambda: as_gradient_source(train_source, "train_source"), "Checking `train_source`"
+        )
         start = time.perf_counter()
         layers = {name: LayerState(shape=shape) for name, shape in self.shapes.items()}
         for layer in layers.values():
@@ -578,7 +580,7 @@ class InfluenceEngine:
     def mean_gradient(self, source: GradientSource) -> dict[str, torch.Tensor]:
         """`v_l`: the mean of the per-example gradients of `source` (the validation set; a gradient source or a list
         of batches, as for `fit`)."""
-        source = as_gradient_source(source, "eval_source")
+        source = self.run_collectively(lambda: as_gradient_source(source, "eval_source"), "Checking `eval_source`")
         sums = {
             name: torch.zeros(shape, dtype=self.config.dtype, device=self.device)
             for name, shape in self.shapes.items()

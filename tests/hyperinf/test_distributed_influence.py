@@ -57,6 +57,8 @@ def test_two_ranks_score_their_shards_and_match_one_process(tmp_path, run_two_ra
     for method, scores in ranks[0]["engine"].items():  # InfluenceEngine(process_group=...), rank 0 without eval part
         assert scores["ddp"] == ranks[1]["engine"][method]["ddp"], method
         _close(scores["ddp"], scores["single"], "float64")
+    assert ranks[1]["engine_bad_source"].startswith("TypeError: `train_source` must be a gradient source")
+    assert ranks[0]["engine_bad_source"].startswith("RuntimeError: Checking `train_source` failed on rank 1")
 
 
 @pytest.fixture

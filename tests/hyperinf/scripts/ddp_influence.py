@@ -151,6 +151,10 @@ def checks(out_dir, rank):
             "single": ref.scores([eval_grads]).tolist(),
         }
     result["engine"] = engine_scores
+    # rank 1 passes a generator (read once only), refused before any pass: raised on both ranks
+    dp = InfluenceEngine(_config(), {"a": (2, 6)}, process_group=dist.group.WORLD)
+    source = [{"a": grads["a"][parts[rank]].float()}]
+    result["engine_bad_source"] = raised(lambda: dp.fit(source if rank == 0 else iter(source)))
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
 
