@@ -14,7 +14,9 @@ a random subset of the same size) is used to fine-tune the same LoRA initialisat
 loss and token accuracy on held-out clean examples and on the target set are compared (`llm_selection.md`,
 `llm_selection.png`, `llm_selection_results.json`).
 
-Run as `python scripts/hyperinf.py` or `hf-ext run hyperinf` (one process; a multi-process launch is refused up front).
+Run as `python scripts/hyperinf.py` or `hf-ext run hyperinf` (one process; a multi-process launch is refused up front:
+the Trainer stages would train data-parallel with a larger global batch. `InfluenceEstimator` itself is data-parallel
+under torchrun, see docs/hyperinf.md).
 """
 
 from __future__ import annotations
@@ -1256,9 +1258,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     refuse_multiple_processes(
         "hyperinf",
-        "its Trainer runs would be data-parallel (a larger global batch) while every process computes the "
-        "influence scores on its own and writes the same files, so the rankings and losses would differ from one "
-        "process",
+        "its Trainer runs (pretraining, LoRA fine-tuning, the data-selection retrainings) would be data-parallel "
+        "with a larger global batch, and every process would write the same files, so the rankings and losses would "
+        "differ from one process",
+        "to score a large training set on several processes, call `hf_ext.hyperinf.InfluenceEstimator` from your own "
+        "script under torchrun / accelerate launch: it splits the training set between the ranks and returns one "
+        'process\'s scores (docs/hyperinf.md, "Data-parallel use")',
     )
     start = time.perf_counter()
     task, model_args, inf, training_args = parse_recipe_args(

@@ -39,4 +39,5 @@ def test_hyperinf_refuses_a_multi_process_environment(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=REFUSAL) as err:
         main([*TINY, "--use_cpu", "true", "--output_dir", str(out)])
     assert "python scripts/hyperinf.py" in str(err.value)
+    assert "InfluenceEstimator" in str(err.value)  # the data-parallel route for the influence computation itself
     assert not out.exists()
