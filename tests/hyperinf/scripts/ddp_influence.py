@@ -105,23 +105,31 @@ def checks(out_dir, rank):
         estimator.fit(train)
         fitted = counter[0]
         scores = estimator.scores(evals)
+        scored = counter[0] - fitted
         result[key] = {
             "distributed": estimator.distributed,
             "ddp": scores.tolist(),
             "single": single_scores.tolist(),
             "shard": [estimator.train_shard.start, estimator.train_shard.stop],
             "fit_examples": fitted,
+            "scores_examples": scored,
             "solvers": solver_digest(estimator),
             "num_train": estimator.engine.num_train,
         }
 
-    # one training example: rank 1's shard is empty
-    model = tiny_lora()
+    # one training example: rank 1's shard is empty (float64: one example's damped curvature is ill-conditioned)
+    model = tiny_lora(torch.float64)
     one = Dataset.from_list(rows(1, 2))
     result["empty_shard"] = {
-        "ddp": InfluenceEstimator(model, batch_size=2).fit(one).scores(evals).tolist(),
-        "single": InfluenceEstimator(model, batch_size=2, distributed=False).fit(one).scores(evals).tolist(),
+        "ddp": InfluenceEstimator(model, batch_size=2, dtype=torch.float64).fit(one).scores(evals).tolist(),
+        "single": InfluenceEstimator(model, batch_size=2, dtype=torch.float64, distributed=False)
+        .fit(one)
+        .scores(evals)
+        .tolist(),
     }
+    # a list of dicts is split like a Dataset
+    model = tiny_lora()
+    result["list"] = InfluenceEstimator(model, batch_size=2).fit(list(train)).scores(list(evals)).tolist()
 
     # a bad example in rank 1's shard only (one token: no next token to score): both ranks raise
     bad = rows(9, 0)
