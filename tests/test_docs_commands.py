@@ -19,9 +19,10 @@ import shlex
 import pytest
 
 DOC_FILES = ("README.md", "docs/*.md", "model_cards/*.md", "hf_ext/evaluation/metrics/*/README.md")  # + metric cards
-# `scripts/<name>.py`, `hf-ext run <name>` or `-m hf_ext.recipes.<name>` (the wheel-install form), then its arguments
-# up to a comment, a pipe, `;`, `&&` or a redirect.
-_COMMAND = re.compile(r"(?:scripts/(\w+)\.py|hf-ext run (\w+)|-m hf_ext\.recipes\.(\w+))([^#|;&>]*)")
+# `scripts/<name>.py` (the repository's, not a test helper such as `tests/hyperinf/scripts/<name>.py`), `hf-ext run
+# <name>` or `-m hf_ext.recipes.<name>` (the wheel-install form), then its arguments up to a comment, a pipe, `;`, `&&`
+# or a redirect.
+_COMMAND = re.compile(r"(?:(?<![\w-]/)scripts/(\w+)\.py|hf-ext run (\w+)|-m hf_ext\.recipes\.(\w+))([^#|;&>]*)")
 # commands that read an example path or an earlier command's checkpoint: parsed, but the recipe's checks would refuse
 # the missing input (as they should)
 _INPUT_PATH_FLAGS = {
