@@ -18,6 +18,8 @@ Testers (`--models`, default: all):
     lp-block       3 source layers, pair (1, 2) merged, "block" form -> 2 cache slots
     lp-qwen2       as lp-merged, from a Qwen2 source config (q/k/v biases)
     lp-mistral     as lp-merged, from a Mistral source config
+    grok           NeuralGrok's GrokDecoderForCausalLM (no separate base model, so transformers' `ModelTesterMixin` and
+                   `GenerationTesterMixin` directly, not the causal-LM tester; no KV cache, no SDPA)
     llama-control  transformers' LlamaForCausalLM through the same harness (tells harness artifacts from our defects)
 
 Where the checkout has transformers' training, tensor-parallel and FSDP2 mixins (tests/test_training_mixin.py,
@@ -57,6 +59,7 @@ TESTERS = {
     "lp-block": "LPBlockTest",
     "lp-qwen2": "LPQwen2Test",
     "lp-mistral": "LPMistralTest",
+    "grok": "GrokDecoderTest",
     "llama-control": "LlamaControlTest",
 }
 
@@ -257,6 +260,62 @@ def define_testers(tests_dir: Path, selected: list[str]) -> dict[str, type]:
 
     class LPMistralTest(LPMergedTest):
         model_tester_class = LPMistralTester
+
+    from hf_ext.neuralgrok import GrokDecoderConfig, GrokDecoderForCausalLM
+
+    modeling_common = importlib.import_module(f"{_PACKAGE}.test_modeling_common")
+    generation_utils = importlib.import_module(f"{_PACKAGE}.generation.test_utils")
+
+    class GrokDecoderTester:
+        """The inputs and config the two mixins ask a model tester for (`prepare_config_and_inputs_for_common`)."""
+
+        def __init__(self, parent, batch_size=13, seq_length=7):
+            self.parent, self.batch_size, self.seq_length = parent, batch_size, seq_length
+            self.is_training = True
+            self.vocab_size, self.hidden_size, self.num_hidden_layers, self.num_attention_heads = 99, 32, 2, 4
+            self.pad_token_id, self.bos_token_id, self.eos_token_id = 0, 1, 2
+
+        def get_config(self):
+            return GrokDecoderConfig(
+                vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
+                num_attention_heads=self.num_attention_heads, max_position_embeddings=64,
+                pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
+            )  # fmt: skip
+
+        def prepare_config_and_inputs_for_common(self):
+            # prompts without the special tokens (as transformers' testers make them)
+            input_ids = modeling_common.ids_tensor([self.batch_size, self.seq_length], self.vocab_size).clamp(min=3)
+            import torch
+
+            return self.get_config(), {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+    class GrokDecoderTest(modeling_common.ModelTesterMixin, generation_utils.GenerationTesterMixin, unittest.TestCase):
+        all_model_classes = (GrokDecoderForCausalLM,)
+        all_generative_model_classes = (GrokDecoderForCausalLM,)
+        pipeline_model_mapping = {}
+        test_pruning = False
+        test_head_masking = False
+        _is_stateful = False
+
+        def setUp(self):
+            self.model_tester = GrokDecoderTester(self)
+            self.config_tester = configuration_common.ConfigTester(
+                self, config_class=GrokDecoderConfig, hidden_size=32, num_attention_heads=4
+            )
+
+        def test_config(self):
+            self.config_tester.run_common_tests()
+
+        @unittest.skip("GrokDecoderForCausalLM has no separate base model: the head sits on the blocks")
+        def test_model_base_model_prefix(self):
+            pass
+
+        @unittest.skip(
+            "the attention maps come from nn.MultiheadAttention, which returns a new tensor after they were used: for "
+            "inspection, they carry no gradient to retain"
+        )
+        def test_retain_grad_hidden_states_attentions(self):
+            pass
 
     class LlamaControlTester(base_tester):
         config_class, base_model_class, causal_lm_class = LlamaConfig, LlamaModel, LlamaForCausalLM

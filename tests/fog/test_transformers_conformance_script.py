@@ -33,6 +33,7 @@ def test_help_lists_the_tests_folder_and_testers():
         "lp-block",
         "lp-qwen2",
         "lp-mistral",
+        "grok",
         "llama-control",
     ):
         assert tester in result.stdout
