@@ -442,9 +442,11 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
         reentrant = reentrant_checkpointing(training_args.activation_checkpointing_kwargs if on else None, None)
         if reentrant:
             raise ValueError(f"--methods neuralgrok: {reentrant_checkpointing_message(reentrant)}")
-    if any(m in INNER_METHODS for m in methods) and task_args.outer_fraction <= 0:
+    # `not 0 < x < 1` also refuses NaN and inf (inf failed later with a bare OverflowError, naming no flag)
+    if any(m in INNER_METHODS for m in methods) and not 0 < task_args.outer_fraction < 1:
         raise ValueError(
-            "--outer_fraction must be > 0 when --methods includes neuralgrok or normalize (they train on D_inner)."
+            f"--outer_fraction must be in (0, 1) when --methods includes neuralgrok or normalize (they train on "
+            f"D_inner, the rest of the training split), got {task_args.outer_fraction}; pass e.g. --outer_fraction 0.02."
         )
     if any(m in INNER_METHODS for m in methods) and training_args.max_grad_norm > 0:
         raise ValueError(
