@@ -87,6 +87,15 @@ _NON_NEGATIVE = (
     "learning_rate", "weight_decay", "warmup_ratio", "warmup_steps", "max_grad_norm", "adam_epsilon",
 )  # fmt: skip
 _TEXT_SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".parquet")
+# Flags naming data or a model, where the recipe has them, and what they take: an empty value is refused.
+_PATH_FLAGS = (
+    ("dataset_name", "a Hub dataset id or a local dataset folder"),
+    ("train_file", "a local data file"),
+    ("validation_file", "a local data file"),
+    ("model_name_or_path", "a model folder or Hub id"),
+    ("reference_model_name_or_path", "a model folder or Hub id"),
+    ("tokenizer_name", "a tokenizer folder or Hub id"),
+)
 
 
 def parse_recipe_args(types, argv: list[str] | None = None, resume: str = "resolve"):
@@ -236,6 +245,14 @@ def validate_parsed(parsed, resume: str = "resolve") -> None:
                     # name only the flags this recipe has (warmup has neither --dataset_name nor --validation_file)
                     + (" (or a --dataset_name without a validation split)" if "dataset_name" in names else "")
                     + "; drop it."
+                )
+        for name, what in _PATH_FLAGS:
+            if name in names and getattr(obj, name) == "":
+                # `--dataset_name ""` failed inside `datasets` with a bare IndexError; the others were read as "not
+                # given" (a fresh model, the embedded corpus), so an unset shell variable silently changed the run
+                raise ValueError(
+                    f"{_flag(name)} is an empty string (an unset shell variable?); pass {what}, or drop the flag "
+                    "to run without it."
                 )
         # a folder of data files (or a `save_to_disk` dataset) is read by --dataset_name, where the recipe has it
         folders = "dataset_name" if "dataset_name" in names else None
@@ -508,6 +525,65 @@ def check_model_reference(
                 f"{flag}={name!r} is neither a local folder nor a cached hub {what}, and HF_HUB_OFFLINE is set; "
                 f"pass a local {what} folder or download it first."
             )
+
+
+def check_model_tokenizer_files(
+    model_name_or_path: str | None, tokenizer_name: str | None, tokenizer_flag: bool
+) -> None:
+    """A recipe that loads its tokenizer from `--model_name_or_path` when `--tokenizer_name` is not given: a local
+    model folder (or, with HF_HUB_OFFLINE set, a cached hub model) must hold a tokenizer, checked before any work.
+    transformers failed only once the tokenizer was loaded, with a message naming neither flag nor the fix.
+    `tokenizer_flag`: whether the recipe has `--tokenizer_name` (named in the fix)."""
+    if not model_name_or_path or tokenizer_name:
+        return
+    name = model_name_or_path
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        found = any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES)
+    else:
+        from ..data.loading import hub_offline
+
+        if not hub_offline():  # a hub model is looked up when it is loaded
+            return
+        from huggingface_hub import try_to_load_from_cache
+
+        found = any(isinstance(try_to_load_from_cache(name, f), str) for f in _TOKENIZER_FILES)
+    if not found:
+        raise ValueError(
+            f"--model_name_or_path={name!r} holds no tokenizer (no {' or '.join(_TOKENIZER_FILES)}), and the recipe "
+            "loads the tokenizer from there"
+            + (" when --tokenizer_name is not given" if tokenizer_flag else "")
+            + ": save the tokenizer the model was trained with into that folder (tokenizer.save_pretrained)"
+            + (", or pass it with --tokenizer_name." if tokenizer_flag else ".")
+        )
+
+
+def check_tokenizer_fits_model(tokenizer, model_name_or_path: str | None, tokenizer_name: str | None = None) -> None:
+    """A loaded model (`--model_name_or_path`) must embed every token of the tokenizer the recipe uses (from
+    `--tokenizer_name`, or saved with the model): checked on the model's config when the tokenizer is loaded, before
+    the earlier run's results are touched. A larger tokenizer failed inside training with a bare IndexError of the
+    embedding (a device-side assert on a GPU)."""
+    if not model_name_or_path:
+        return
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    rows = getattr(config.get_text_config(), "vocab_size", None)
+    if not isinstance(rows, int) or len(tokenizer) <= rows:
+        return
+    source = (
+        f"--tokenizer_name {tokenizer_name!r}"
+        if tokenizer_name
+        else f"the tokenizer saved in --model_name_or_path {model_name_or_path!r}"
+    )
+    raise ValueError(
+        f"{source} has {len(tokenizer)} tokens, but the model --model_name_or_path {model_name_or_path!r} embeds "
+        f"{rows} (its vocab_size): token ids {rows} and up would index past its embedding. Pass the tokenizer the "
+        "model was trained with"
+        + (" (or drop --tokenizer_name to use the one saved with the model)" if tokenizer_name else "")
+        + ", or resize the model's embedding to the tokenizer (model.resize_token_embeddings(len(tokenizer)), then "
+        "model.save_pretrained)."
+    )
 
 
 def launched_processes() -> int:

@@ -533,9 +533,10 @@ def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
             )
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
-    from ._common import check_vocab_size
+    from ._common import check_model_tokenizer_files, check_vocab_size
 
     # as `run` decides: the tokenizer of --tokenizer_name / --model_name_or_path is loaded, else the BPE is built
+    check_model_tokenizer_files(model_args.model_name_or_path, data_args.tokenizer_name, tokenizer_flag=True)
     check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
     check_data(data_args)
     if any(base != "full" for _, base, _ in configs):
@@ -731,6 +732,9 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
             tokenizer.pad_token = tokenizer.eos_token
     else:
         tokenizer = build_tokenizer(data_args.vocab_size)
+    from ._common import check_tokenizer_fits_model
+
+    check_tokenizer_fits_model(tokenizer, model_args.model_name_or_path, data_args.tokenizer_name)
 
     train = load_corpus("train").shuffle(seed=training_args.seed)
     parts = split_by_column(train, data_args.split_column, data_args.num_clients)

@@ -407,11 +407,12 @@ def validate_args(
             raise ValueError(f"--source_domains has unknown domains {unknown}; the sources have {available}.")
     if model_args.model_name_or_path is None and model_args.hidden_size % model_args.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
-    from ._common import check_vocab_size
+    from ._common import check_model_tokenizer_files, check_vocab_size
     from .pretrain import check_ignored_model_flags
 
     # fresh-model sizes and --vocab_size a loaded model/tokenizer ignores
     check_ignored_model_flags(model_args, data_args)
+    check_model_tokenizer_files(model_args.model_name_or_path, data_args.tokenizer_name, tokenizer_flag=True)
     check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
     if args.max_steps is None or args.max_steps <= 0:
         raise ValueError("--max_steps must be a positive number of optimizer steps.")
@@ -624,6 +625,9 @@ def run(
     else:
         with args.main_process_first(desc="build tokenizer"):
             tokenizer = build_tokenizer(data_args.vocab_size)
+    from ._common import check_tokenizer_fits_model
+
+    check_tokenizer_fits_model(tokenizer, model_args.model_name_or_path, data_args.tokenizer_name)
     sources, raw_targets = build_data(data_args, args)
     domain_rows(sources, args.domain_column)  # the domain column (present, no null) checked before any other work
 

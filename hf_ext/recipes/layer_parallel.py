@@ -184,7 +184,7 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
     from ..data.loading import check_dataset_config, check_dataset_name, hub_offline
     from ..models.layer_parallel.configuration_layer_parallel import LP_MLP_NORMS, LP_MODES
     from ..utils.io import ensure_writable_dir
-    from ._common import refuse_undistributed_launch
+    from ._common import check_model_tokenizer_files, refuse_undistributed_launch
 
     refuse_undistributed_launch(training_args, "layer_parallel")  # N ranks that would each train alone
     check_dataset_config(data_args.dataset_name, data_args.dataset_config_name)  # else silently ignored
@@ -267,6 +267,7 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
             "--resume_from_checkpoint or --finetune false."
         )
     check_ignored_flags(model_args, data_args, sweep_args, training_args)
+    check_model_tokenizer_files(model_args.model_name_or_path, None, tokenizer_flag=False)
     if sweep_args.finetune and not training_args.resume_from_checkpoint:
         from ..utils.resume import last_complete_checkpoint
 
@@ -608,6 +609,9 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        from ._common import check_tokenizer_fits_model
+
+        check_tokenizer_fits_model(tokenizer, model_args.model_name_or_path)
     else:
         tokenizer = build_tokenizer(data_args.vocab_size)
     train_text, eval_text = load_text_datasets(

@@ -225,6 +225,7 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
     """Check every argument before data is loaded or anything is written."""
     from ..metadata.encoding import LAYOUTS
     from ..metadata.templates import TEMPLATE_KINDS
+    from ._common import check_model_tokenizer_files
 
     if data_args.dataset not in ("corpus", "synthetic", "hub", "files"):
         raise ValueError(f"--dataset must be corpus, synthetic, hub or files, got {data_args.dataset!r}.")
@@ -268,6 +269,7 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
             f"--max_metadata_tokens must be a positive number of tokens (or None for no limit), got {max_meta!r}."
         )
     check_ignored_flags(model_args, data_args, meta_args)
+    check_model_tokenizer_files(model_args.model_name_or_path, data_args.tokenizer_name, tokenizer_flag=True)
     if meta_args.template == "format" and meta_args.template_column:
         raise ValueError("--template_column is not read by --template format: the fields of --template_format name the "
                          "columns; drop --template_column.")  # fmt: skip

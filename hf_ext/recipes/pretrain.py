@@ -366,10 +366,11 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     """Check arguments before any data is loaded or anything is written."""
     from ..data.loading import check_dataset_name
     from ..utils.io import ensure_writable_dir
-    from ._common import check_vocab_size, refuse_undistributed_launch
+    from ._common import check_model_tokenizer_files, check_vocab_size, refuse_undistributed_launch
 
     refuse_undistributed_launch(training_args, "pretrain")  # N ranks that would each train alone
     check_ignored_model_flags(model_args, data_args)
+    check_model_tokenizer_files(model_args.model_name_or_path, data_args.tokenizer_name, tokenizer_flag=True)
     check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
     if data_args.block_size <= 0:
         raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
@@ -762,6 +763,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     else:
         with training_args.main_process_first(desc="build tokenizer"):
             tokenizer = build_tokenizer(data_args.vocab_size)
+    from ._common import check_tokenizer_fits_model
+
+    check_tokenizer_fits_model(tokenizer, model_args.model_name_or_path, data_args.tokenizer_name)
     overridden_vocab = parse_config_overrides(model_args.config_overrides).get("vocab_size")
     if isinstance(overridden_vocab, int) and overridden_vocab < len(tokenizer):  # token ids past the embedding table
         raise ValueError(
