@@ -401,7 +401,10 @@ def plot_update_metrics(histories: Mapping[str, list[dict]], path: str) -> str:
             ax.set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from ..utils.io import atomic_savefig
+
+    try:  # a killed or failed write leaves no truncated figure at `path` (or the previous one, unchanged)
+        atomic_savefig(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
     return path
