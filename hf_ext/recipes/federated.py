@@ -490,6 +490,8 @@ def validate(model_args, data_args, fed_args, cmp_args, training_args) -> None:
         raise ValueError(f"--block_size must be >= 16, got {data_args.block_size}.")
     if data_args.num_canaries < 1:
         raise ValueError(f"--num_canaries must be >= 1, got {data_args.num_canaries}.")
+    if data_args.canary_words < 1:  # make_canaries' own message named its `num_words` argument
+        raise ValueError(f"--canary_words must be >= 1 (words per canary), got {data_args.canary_words}.")
     if data_args.canary_source not in ("test_docs", "random_words"):
         raise ValueError("--canary_source must be 'test_docs' or 'random_words'.")
     if data_args.canary_assignment not in ("proportional", "single_client"):

@@ -85,6 +85,9 @@ SMALL = [
         (["--configs", "full,lora+clientdp", "--defense_client_noise_multiplier", "-1"], "--defense_client_noise"),
         (["--configs", "full,lora+clientdp", "--defense_client_clip_norm", "inf"], "--defense_client_clip_norm"),
         (["--configs", "lora+goldfish", "--defense_goldfish_context_width", "0"], "goldfish_context_width"),
+        # make_canaries' message named its `num_words` argument, not the flag (bi29)
+        (["--canary_words", "0"], r"--canary_words must be >= 1"),
+        (["--canary_words", "-1"], r"--canary_words must be >= 1"),
     ],
 )
 def test_bad_defense_values_fail_before_pretraining_or_writing(tmp_path, argv, match):
