@@ -327,6 +327,14 @@ def test_grape_domain_weight_goes_to_the_source_on_every_seed():
 def test_fog_claims():
     assert M._fog_kurtosis([_fog(llama_k=(6.0, 7.0), fog_k=(3.0, 3.5))] * 3)[1] is True
     assert M._fog_kurtosis([_fog(llama_k=(3.0, 3.5), fog_k=(6.0, 7.0))] * 3)[1] is False
+    # judged on the second half of the run: Llama above early only is not "stays below" ...
+    assert M._fog_kurtosis([_fog(llama_k=(8.0, 3.0), fog_k=(3.0, 4.0))] * 3)[1] is False
+    # ... and FOG above early only (its architecture starts higher) does not hide a late gap
+    text, ok = M._fog_kurtosis([_fog(llama_k=(2.0, 6.0), fog_k=(6.0, 4.0))] * 3)
+    assert ok is True and "second half of the run: 2.00" in text and "positive on 3/3" in text
+    # a mean gap within its standard error over seeds is not enough (late gaps +3, -2.5, +0.1: mean 0.2, SE 1.6)
+    spread = [_fog(llama_k=(3.0, 3.0 + g), fog_k=(3.0, 3.0)) for g in (3.0, -2.5, 0.1)]
+    assert M._fog_kurtosis(spread)[1] is False
     # "within 3%": 20% lower in FP8 is not within 3%, nor is 10% higher
     assert M._fog_tracks_high_precision([_fog(fp8=2.0, fp32=2.5)] * 3)[1] is False
     assert M._fog_tracks_high_precision([_fog(fp8=2.2, fp32=2.0)] * 3)[1] is False
@@ -343,6 +351,24 @@ def test_compliance_gap_is_clearly_positive_on_the_most_removed_domain_and_near_
     # a negative gap on the most-removed domain is not "clearly positive"
     scratch = {"language": -0.5, "concurrency": 0.0, "datatypes": 0.0, "other": 0.0}
     assert M._dcg_domain_vs_general([_compliance(scratch=scratch)] * 3)[1] is False
+    # "near 0" is judged against the seeds' spread: |mean| 2.33 > 2 but within 2 standard errors (6.35) holds ...
+    noisy = [
+        _compliance(scratch={"language": 8.0, "concurrency": g, "datatypes": g, "other": 3.0})
+        for g in (4.0, -6.0, -5.0)
+    ]
+    text, ok = M._dcg_domain_vs_general(noisy)
+    assert ok is True and "difference per seed" in text
+    # ... a steady 3-point gap on the little-removed domains does not
+    steady = [
+        _compliance(scratch={"language": 9.0, "concurrency": g, "datatypes": g, "other": 3.0}) for g in (3.0, 3.2, 2.8)
+    ]
+    assert M._dcg_domain_vs_general(steady)[1] is False
+    # and the most-removed domain must lead on every seed, not only on the mean
+    lagging = [
+        _compliance(scratch={"language": h, "concurrency": 0.0, "datatypes": 0.0, "other": 3.0})
+        for h in (12.0, 9.0, 0.5)
+    ]
+    assert M._dcg_domain_vs_general(lagging)[1] is False
     assert M._continual_narrows([_compliance()] * 3)[1] is True  # 8 - 1 on 'language'
     continual = {"language": 9.0, "concurrency": 0.0, "datatypes": 0.0, "other": 0.0}
     assert M._continual_narrows([_compliance(continual=continual)] * 3)[1] is False
