@@ -65,10 +65,13 @@ def make_canaries(
     if not is_int(num_words) or num_words < 1:
         raise ValueError(f"`num_words` must be an integer >= 1, got {num_words!r}.")
     if texts is not None:
-        if isinstance(texts, str) or not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+        # any indexable sized collection (a list, a datasets Column, a numpy array or pandas Series of str)
+        if isinstance(texts, str) or not (hasattr(texts, "__len__") and hasattr(texts, "__getitem__")):
             raise ValueError("`texts` must be a sequence of str documents (one per canary), or None for random words.")
         if len(texts) < num_canaries:
             raise ValueError(f"`texts` has {len(texts)} documents for {num_canaries} canaries; pass more documents.")
+        if not all(isinstance(texts[i], str) for i in range(num_canaries)):
+            raise ValueError("`texts` must be a sequence of str documents (one per canary), or None for random words.")
     if replication_counts is not None and not (isinstance(replication_counts, Mapping) and replication_counts):
         raise ValueError(
             "`replication_counts` must be a non-empty dict of replication count -> fraction of canaries (e.g. "

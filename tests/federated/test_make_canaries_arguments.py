@@ -54,3 +54,14 @@ def test_a_set_vocabulary_gives_the_same_canaries_in_every_process():
             subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
         )
     assert len(outs) == 1, outs
+
+
+def test_texts_as_numpy_array_or_pandas_series_are_accepted():
+    """Any indexable collection of str works as before (the checks must not refuse a column's `.values`)."""
+    import numpy as np
+    import pandas as pd
+
+    texts = ["alpha beta gamma", "delta epsilon zeta", "eta theta iota"]
+    expected = make_canaries(3, texts=texts, num_words=2)
+    assert make_canaries(3, texts=np.array(texts), num_words=2) == expected
+    assert make_canaries(3, texts=pd.Series(texts), num_words=2) == expected
