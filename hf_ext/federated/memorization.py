@@ -86,17 +86,17 @@ def make_canaries(
         raise ValueError(
             f"`replication_counts` must map integer counts >= 1 to finite non-negative fractions, got {counts}."
         )
-    if vocabulary is not None and (
-        isinstance(vocabulary, str)
-        or not isinstance(vocabulary, Sequence | set | frozenset)
-        or not all(isinstance(w, str) and w.strip() for w in vocabulary)
-    ):
-        raise ValueError(
-            "`vocabulary` must be a list of words (non-empty str), or None for the default words; "
-            f"got {vocabulary!r:.200}."
-        )
-    words = sorted(set(vocabulary)) if isinstance(vocabulary, set | frozenset) else vocabulary
-    words = list(words) if words is not None else _DEFAULT_WORDS
+    words = _DEFAULT_WORDS
+    if vocabulary is not None:
+        bad = isinstance(vocabulary, str | Mapping) or not hasattr(vocabulary, "__iter__")
+        if not bad:  # a set is sorted: its order is salted per process (str hashing), the canaries would differ
+            words = sorted(vocabulary) if isinstance(vocabulary, set | frozenset) else list(vocabulary)
+            bad = not all(isinstance(w, str) and w.strip() for w in words)
+        if bad:
+            raise ValueError(
+                "`vocabulary` must be a list of words (non-empty str), or None for the default words; "
+                f"got {vocabulary!r:.200}."
+            )
     if len(set(words)) < 2:
         raise ValueError("`vocabulary` needs at least 2 distinct words.")
     rng = random.Random(seed)

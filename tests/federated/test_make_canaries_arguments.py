@@ -65,3 +65,5 @@ def test_texts_as_numpy_array_or_pandas_series_are_accepted():
     expected = make_canaries(3, texts=texts, num_words=2)
     assert make_canaries(3, texts=np.array(texts), num_words=2) == expected
     assert make_canaries(3, texts=pd.Series(texts), num_words=2) == expected
+    words = ["red", "green", "blue", "cyan"]
+    assert make_canaries(2, vocabulary=np.array(words), num_words=5) == make_canaries(2, vocabulary=words, num_words=5)
