@@ -43,9 +43,10 @@ def _grape(z_hard=0.8, weights=None, uniform=3.0, grape=2.8, u_t=None, g_t=None)
     }  # fmt: skip
 
 
-def _fog(llama_k=(6.0, 7.0), fog_k=(3.0, 3.5), fp8=3.0, fp32=3.01):
+def _fog(llama_k=(6.0, 7.0), fog_k=(3.0, 3.5), fp8=3.0, fp32=3.01, llama32_k=(4.0, 4.5)):
     return {"llama_fp8": {"kurtosis": list(llama_k), "final_loss": 3.2}, "fog_fp8": {"kurtosis": list(fog_k), "final_loss": fp8},
-            "fog_fp32": {"kurtosis": [3.0, 3.0], "final_loss": fp32}}  # fmt: skip
+            "fog_fp32": {"kurtosis": [3.0, 3.0], "final_loss": fp32},
+            "llama_fp32": {"kurtosis": list(llama32_k), "final_loss": 3.2}}  # fmt: skip
 
 
 def _compliance(scratch=None, continual=None):
@@ -335,6 +336,16 @@ def test_fog_claims():
     # a mean gap within its standard error over seeds is not enough (late gaps +3, -2.5, +0.1: mean 0.2, SE 1.6)
     spread = [_fog(llama_k=(3.0, 3.0 + g), fog_k=(3.0, 3.0)) for g in (3.0, -2.5, 0.1)]
     assert M._fog_kurtosis(spread)[1] is False
+    # the control (reported): FP8 against the baseline's own FP32 run, second half of the run
+    text, ok = M._fp8_raises_llama_kurtosis([_fog()] * 3)
+    assert ok is True and "second half of the run: 2.50" in text
+    assert M._fp8_raises_llama_kurtosis([_fog(llama32_k=(8.0, 9.0))] * 3)[1] is False
+    old_runs = [{k: v for k, v in _fog().items() if k != "llama_fp32"}] * 3  # saved before the arm existed
+    assert M._fp8_raises_llama_kurtosis(old_runs) == (
+        "no Llama FP32 arm in these runs (saved before 2026-12-06)",
+        False,
+    )
+    assert M.FOG.claims[1].asserted is False
     # "within 3%": 20% lower in FP8 is not within 3%, nor is 10% higher
     assert M._fog_tracks_high_precision([_fog(fp8=2.0, fp32=2.5)] * 3)[1] is False
     assert M._fog_tracks_high_precision([_fog(fp8=2.2, fp32=2.0)] * 3)[1] is False
