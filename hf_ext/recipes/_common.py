@@ -502,29 +502,39 @@ def check_text_file(path: str, flag: str, folder_flag: str | None = None) -> Non
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+def _looks_local(name: str) -> bool:
+    """Whether a model / tokenizer reference names a local folder rather than a hub id."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
+
+
+def _reference_holds(name: str, files: tuple[str, ...]) -> bool | None:
+    """Whether `name` holds one of `files`: a local folder on disk, a hub id in the local cache when HF_HUB_OFFLINE is
+    set; `None` for a hub id online (looked up when it is loaded)."""
+    if _looks_local(name):
+        path = os.path.expanduser(name)
+        return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in files)
+    from ..data.loading import hub_offline
+
+    if not hub_offline():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(name, f), str) for f in files)
+
+
 def check_model_reference(
     name: str, flag: str, files: tuple[str, ...] = ("config.json",), what: str = "model"
 ) -> None:
     """A local folder must hold one of `files` (a model: `config.json`); offline, a hub id must already be in the
     local cache."""
-    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") > 1
-    if looks_local:
-        path = os.path.expanduser(name)
-        if not os.path.isdir(path) or not any(os.path.isfile(os.path.join(path, f)) for f in files):
-            raise ValueError(
-                f"{flag}={name!r} is not a {what} folder (no {' or '.join(files)} there); check the path."
-            )
+    if _reference_holds(name, files) is not False:
         return
-    from ..data.loading import hub_offline
-
-    if hub_offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not any(isinstance(try_to_load_from_cache(name, f), str) for f in files):
-            raise ValueError(
-                f"{flag}={name!r} is neither a local folder nor a cached hub {what}, and HF_HUB_OFFLINE is set; "
-                f"pass a local {what} folder or download it first."
-            )
+    if _looks_local(name):
+        raise ValueError(f"{flag}={name!r} is not a {what} folder (no {' or '.join(files)} there); check the path.")
+    raise ValueError(
+        f"{flag}={name!r} is neither a local folder nor a cached hub {what}, and HF_HUB_OFFLINE is set; "
+        f"pass a local {what} folder or download it first."
+    )
 
 
 def check_model_tokenizer_files(
@@ -537,18 +547,7 @@ def check_model_tokenizer_files(
     if not model_name_or_path or tokenizer_name:
         return
     name = model_name_or_path
-    path = os.path.expanduser(name)
-    if os.path.isdir(path):
-        found = any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES)
-    else:
-        from ..data.loading import hub_offline
-
-        if not hub_offline():  # a hub model is looked up when it is loaded
-            return
-        from huggingface_hub import try_to_load_from_cache
-
-        found = any(isinstance(try_to_load_from_cache(name, f), str) for f in _TOKENIZER_FILES)
-    if not found:
+    if _reference_holds(name, _TOKENIZER_FILES) is False:  # None: a hub model online, looked up when it is loaded
         raise ValueError(
             f"--model_name_or_path={name!r} holds no tokenizer (no {' or '.join(_TOKENIZER_FILES)}), and the recipe "
             "loads the tokenizer from there"
