@@ -189,6 +189,20 @@ class GrapeConfig(TrainingArguments):
             raise ValueError(
                 f"export_mixture_file must be a file name, e.g. mixture.json, got {self.export_mixture_file!r}."
             )
+        for name in ("export_mixture_file", "plot_file"):
+            value = getattr(self, name)
+            # joined with the output folder of each run (one per method in a comparison): an absolute path, or one
+            # leaving that folder, made every run write the same file, each overwriting the previous one's
+            if (
+                isinstance(value, str)
+                and value
+                and (os.path.isabs(value) or os.path.normpath(value).split(os.sep)[0] == "..")
+            ):
+                raise ValueError(
+                    f"{name}={value!r} must be a file name relative to output_dir (e.g. "
+                    f"{os.path.basename(value) or 'mixture.json'!r}, or a sub-folder such as 'weights/"
+                    f"{os.path.basename(value) or 'mixture.json'}'): it is written inside each run's output_dir."
+                )
         if self.plot_file is not None and not isinstance(self.plot_file, str):
             raise ValueError(
                 f"plot_file must be a file name (e.g. mixture_weights.png), or empty / None to skip the plot, got "
