@@ -48,7 +48,8 @@ def pack_dataset(
     Returns:
         The input's type (`Dataset`, `IterableDataset`, or a dict of them with the same splits) with `input_ids`,
         `attention_mask` and `labels` (a copy of `input_ids`), of length `block_size` (see `drop_remainder`); other
-        columns are removed.
+        columns are removed. A `Dataset` formatted with `with_format` (numpy, arrow, pandas, torch, ...) is packed
+        into the same blocks as unformatted and returned in its format.
     """
     import itertools
 
@@ -107,6 +108,14 @@ def pack_dataset(
     # the types of the blocks formed
     dtypes = {"input_ids": "int32", "attention_mask": "int8", "labels": "int64"}
     features = datasets.Features({name: datasets.List(datasets.Value(dt)) for name, dt in dtypes.items()})
+    # a formatted input ("numpy", "arrow", "pandas", ...) is read as Python objects, as the tokenizer takes them (a
+    # numpy-formatted text column came as an array the tokenizer refused); a map-style result gets the input's format
+    fmt = dataset.format if not streaming else None
+    dataset = dataset.with_format(None)
+
+    def formatted(result):
+        return result.with_format(fmt["type"], **fmt["format_kwargs"]) if fmt and fmt["type"] else result
+
     if streaming:  # lazy: documents are read in batches of 256, the tokens past the last whole block carried over
 
         def blocks_of(source):
@@ -124,7 +133,7 @@ def pack_dataset(
         return datasets.IterableDataset.from_generator(blocks_of, features=features, gen_kwargs={"source": dataset})
 
     if dataset.num_rows == 0:  # (`map` would hand an empty input back with its own columns)
-        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+        return formatted(datasets.Dataset.from_dict({name: [] for name in features}, features=features))
 
     def tokenize_documents(batch):
         ids = tokenize(batch[text_column])
@@ -146,7 +155,7 @@ def pack_dataset(
     total = int(starts[-1])
     num_blocks = -(-total // block_size) if not drop_remainder else total // block_size
     if num_blocks == 0:
-        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+        return formatted(datasets.Dataset.from_dict({name: [] for name in features}, features=features))
 
     def cut_blocks(_lengths, indices):
         first_block = -(-int(starts[indices[0]]) // block_size)
@@ -165,7 +174,7 @@ def pack_dataset(
         rows = [block_row(stream[i : i + block_size]) for i in range(0, len(stream), block_size)]
         return {name: [row[name] for row in rows] for name in features}
 
-    return tokenized.map(
+    blocks = tokenized.map(
         cut_blocks,
         batched=True,
         batch_size=256,
@@ -176,6 +185,7 @@ def pack_dataset(
         features=features,
         desc=f"Packing into blocks of {block_size}",
     )
+    return formatted(blocks)
 
 
 _ITERABLE_NUM_PROC = (
