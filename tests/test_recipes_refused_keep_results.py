@@ -32,7 +32,7 @@ _TINY_HYPERINF = ["--pretrain_steps", "0", "--hidden_size", "16", "--num_attenti
 @pytest.mark.parametrize(
     "extra, match",
     [
-        (["--vocab_size", "100"], r"^--vocab_size must be >= 259"),
+        (["--vocab_size", "100"], r"^--vocab_size must be an int in \[259, 1048576\]"),
         (["--max_train", "1"], r"Only 1 training examples remain.*--max_train is 1\..*raise --max_train"),
         (["--max_length", "5000"], r"Only 0 training examples remain.*--max_length 5000"),
         (["--num_val", "100000"], r"Only 0 training examples remain.*--num_val 100000"),
@@ -78,7 +78,7 @@ def test_federated(tmp_path):
     with pytest.raises(ValueError) as refused:
         main(["--vocab_size", "100", "--output_dir", str(out)])
     _unchanged(out, RESULT_FILES)
-    assert str(refused.value).startswith("--vocab_size must be >= 259"), str(refused.value)
+    assert str(refused.value).startswith("--vocab_size must be an int in [259, 1048576]"), str(refused.value)
 
 
 def test_compliance_train_block_size(tmp_path):

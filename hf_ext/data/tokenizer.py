@@ -20,6 +20,25 @@ PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN]
 
 
+#: Bounds of `vocab_size` for the byte-level BPE tokenizer built here: the byte alphabet plus the special tokens, and
+#: 2**20 (the BPE trainer reserves memory in proportion to the requested size, about 70 bytes a token, and aborts the
+#: process when that fails: 1e9 asked for 70 GB; published vocabularies hold at most about 256k tokens).
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+MAX_VOCAB_SIZE = 2**20
+
+
+def vocab_size_problem(vocab_size, name: str = "vocab_size") -> str | None:
+    """Why `vocab_size` cannot be the size of the tokenizer `build_tokenizer` trains (a message naming `name`), or
+    `None` when it can."""
+    if isinstance(vocab_size, int) and not isinstance(vocab_size, bool):
+        if MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
+            return None
+    return (
+        f"{name} must be an int in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}] (at least the byte alphabet plus special "
+        f"tokens; at most 2**20: the BPE trainer reserves memory in proportion to it), got {vocab_size!r}."
+    )
+
+
 def _train_tokenizer(texts, vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -71,7 +90,7 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
 
     Args:
         vocab_size (`int`, *optional*, defaults to 4096):
-            Target vocabulary size including the 256 byte symbols and the 3 special tokens.
+            Target vocabulary size including the 256 byte symbols and the 3 special tokens, at most 2**20.
         cache (`bool`, *optional*, defaults to `True`):
             Reuse a tokenizer trained earlier with the same settings on the same corpus (same corpus version and
             Python version; under `$HF_EXT_CACHE` or `~/.cache/hf_ext`). A bool: `"no"` is refused, not read as true.
@@ -85,11 +104,9 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if not isinstance(vocab_size, int) or vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(
-            f"vocab_size must be an int >= {256 + len(SPECIAL_TOKENS)} (the byte alphabet plus special tokens), "
-            f"got {vocab_size!r}."
-        )
+    problem = vocab_size_problem(vocab_size)
+    if problem:
+        raise ValueError(problem)
     if not is_bool(cache):  # a string such as "no" would be truthy and silently mean True
         raise TypeError(f"cache must be True or False, got {cache!r}.")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..data.tokenizer import SPECIAL_TOKENS
+from ..data.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from .simulation import FederatedArguments
 
 # run-config key -> (type, default)
@@ -76,8 +76,9 @@ RUN_CONFIG_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "docs-per-client": (">= 1", lambda v: v >= 1),
     "block-size": (">= 2 (a block needs a next-token target)", lambda v: v >= 2),
     "vocab-size": (
-        f">= {256 + len(SPECIAL_TOKENS)} (the byte alphabet plus special tokens)",
-        lambda v: v >= 256 + len(SPECIAL_TOKENS),
+        f"in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}] (at least the byte alphabet plus special tokens; at most 2**20: the "
+        "BPE trainer reserves memory in proportion to it)",
+        lambda v: MIN_VOCAB_SIZE <= v <= MAX_VOCAB_SIZE,
     ),
     "hidden-size": ("a positive multiple of 4 (the tiny Llama's attention heads)", lambda v: v >= 4 and v % 4 == 0),
     "round-timeout": ("a finite number of seconds > 0", lambda v: v > 0),

@@ -457,13 +457,11 @@ def validate_training_arguments(args, resume: str = "resolve") -> None:
 
 def check_vocab_size(vocab_size: int, loaded: str | None) -> None:
     """`--vocab_size` of the tokenizer built on the fly (not used with a loaded one): what `build_tokenizer` accepts."""
-    from ..data.tokenizer import SPECIAL_TOKENS
+    from ..data.tokenizer import vocab_size_problem
 
-    if not loaded and vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(
-            f"--vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (the byte alphabet plus special tokens), got "
-            f"{vocab_size}."
-        )
+    problem = None if loaded else vocab_size_problem(vocab_size, "--vocab_size")
+    if problem:
+        raise ValueError(problem)
 
 
 def check_text_file(path: str, flag: str, folder_flag: str | None = None) -> None:

@@ -200,16 +200,19 @@ def _validate(args: ComplianceArguments):
             check_eval_tasks(args.eval_tasks, "--eval_tasks", metric=args.eval_metric)
     elif args.eval_tasks is not None:
         raise ValueError("--eval_tasks evaluates the models trained by --train_models; add --train_models.")
-    from ..data.tokenizer import SPECIAL_TOKENS
+    from ..data.tokenizer import vocab_size_problem
 
-    if not args.tokenizer_name and args.vocab_size < 256 + len(SPECIAL_TOKENS):  # what build_tokenizer accepts
-        raise ValueError(
-            f"--vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (the byte alphabet plus special tokens), got "
-            f"{args.vocab_size}."
-        )
+    problem = None if args.tokenizer_name else vocab_size_problem(args.vocab_size, "--vocab_size")
+    if problem:  # what build_tokenizer accepts
+        raise ValueError(problem)
     for name in ("url_column", "text_column", "split"):
         if not getattr(args, name):
             raise ValueError(f"--{name} must be non-empty.")
+    if args.dataset_name is None and args.train_file is None and args.split not in ("train", "test"):
+        raise ValueError(
+            f"--split {args.split!r}: the embedded corpus (used without --dataset_name / --train_file) has the splits "
+            "'train' and 'test'; pass --split train or --split test."
+        )
     if args.robots is not None and not os.path.exists(args.robots):
         raise ValueError(f"--robots={args.robots!r} does not exist; pass a snapshot folder, .jsonl or .parquet.")
     if args.robots is not None:

@@ -385,13 +385,11 @@ def validate(args: CubicNewtonRecipeArguments) -> tuple[list[str], list[str], li
             f"{args.n_samples} and {args.n_features}."
         )
     if "corpus" in problems:
-        from ..data.tokenizer import SPECIAL_TOKENS
+        from ..data.tokenizer import vocab_size_problem
 
-        if args.corpus_vocab < 256 + len(SPECIAL_TOKENS):
-            raise ValueError(
-                f"--corpus_vocab must be >= {256 + len(SPECIAL_TOKENS)} (the byte alphabet plus special tokens), "
-                f"got {args.corpus_vocab}."
-            )
+        problem = vocab_size_problem(args.corpus_vocab, "--corpus_vocab")
+        if problem:
+            raise ValueError(problem)
     _refuse_unread_flags(args, problems, methods)
     ensure_writable_dir(args.output_dir, "--output_dir")
     return problems, methods, batches

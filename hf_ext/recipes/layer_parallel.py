@@ -184,7 +184,7 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
     from ..data.loading import check_dataset_config, check_dataset_name, hub_offline
     from ..models.layer_parallel.configuration_layer_parallel import LP_MLP_NORMS, LP_MODES
     from ..utils.io import ensure_writable_dir
-    from ._common import check_model_tokenizer_files, refuse_undistributed_launch
+    from ._common import check_model_tokenizer_files, check_vocab_size, refuse_undistributed_launch
 
     refuse_undistributed_launch(training_args, "layer_parallel")  # N ranks that would each train alone
     check_dataset_config(data_args.dataset_name, data_args.dataset_config_name)  # else silently ignored
@@ -302,6 +302,7 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
     _check_ranges_fit_the_source(model_args, sweep_args)
     _check_pairing_fits_the_source(model_args, sweep_args)
     _check_attn_implementation(model_args)
+    check_vocab_size(data_args.vocab_size, model_args.model_name_or_path)  # the tokenizer built for the small Llama
     ensure_writable_dir(training_args.output_dir, "--output_dir")
 
 

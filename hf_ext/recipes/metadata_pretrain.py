@@ -225,12 +225,14 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
     """Check every argument before data is loaded or anything is written."""
     from ..metadata.encoding import LAYOUTS
     from ..metadata.templates import TEMPLATE_KINDS
-    from ._common import check_model_tokenizer_files
+    from ._common import check_model_tokenizer_files, check_vocab_size
 
     if data_args.dataset not in ("corpus", "synthetic", "hub", "files"):
         raise ValueError(f"--dataset must be corpus, synthetic, hub or files, got {data_args.dataset!r}.")
     if data_args.block_size <= 0:
         raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
+    if data_args.dataset != "synthetic":  # (the synthetic data's tokenizer has max(1500, --vocab_size // 2) tokens)
+        check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
     if meta_args.layout not in LAYOUTS:
         raise ValueError(f"--layout must be one of {LAYOUTS}, got {meta_args.layout!r}.")
     if meta_args.template not in TEMPLATE_KINDS:  # the template factory named its own parameter, `kind`, not the flag

@@ -105,7 +105,7 @@ class WarmupTrainingArguments(WarmupFreeTrainingArguments):
 
 def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> list[str]:
     from ..utils.io import ensure_writable_dir
-    from ._common import refuse_undistributed_launch
+    from ._common import check_vocab_size, refuse_undistributed_launch
 
     refuse_undistributed_launch(args, "warmup")  # N ranks that would each train alone
     arms = [a.strip() for a in recipe.arms.split(",") if a.strip()]
@@ -160,6 +160,7 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
             check_checkpoint_options(checkpoint, arm_arguments(arm, recipe, args), args.max_steps)
         except ValueError as err:
             raise ValueError(f"arm {arm}: {err}") from None
+    check_vocab_size(recipe.vocab_size, None)  # (the tokenizer is built once the arms' checks passed)
     ensure_writable_dir(args.output_dir, "--output_dir")
     return arms
 

@@ -105,7 +105,7 @@ def test_dcg_report_flips_a_perplexity_read_by_its_lm_eval_key_or_without_dcg_me
         (["--dataset_config_name", "en"], "--dataset_config_name is a config of --dataset_name"),
         (["--train_models", "--split", "test"], "--split test would train on other data"),
         # passed the recipe's old check (>= 16) and failed after loading and annotating the data
-        (["--vocab_size", "64"], r"--vocab_size must be >= 2\d\d \(the byte alphabet"),
+        (["--vocab_size", "64"], r"--vocab_size must be an int in \[2\d\d, \d+\] \(at least the byte alphabet"),
     ],
 )
 def test_flags_that_cannot_apply_are_refused_before_any_output(tmp_path, args, match):
