@@ -823,20 +823,50 @@ def optimizer_group_options(optimizer) -> list[dict] | None:
 
 def _option_flags(key: str, value) -> str:
     if key == "betas" and isinstance(value, tuple) and len(value) == 2:
+        if value[0] is None:  # the first follows a momentum-cycling scheduler ([`_without_momentum`])
+            return f"--adam_beta2 {value[1]:g}"
         return f"--adam_beta1 {value[0]:g} --adam_beta2 {value[1]:g}"
     if key in _GROUP_KEY_FLAGS and isinstance(value, float):
         return f"{_GROUP_KEY_FLAGS[key]} {value:g}"
     return f"{key}={value!r}"
 
 
-def refuse_changed_optimizer_options(asked: list[dict] | None, restored: list[dict] | None, checkpoint: str) -> None:
+def scheduler_cycles_momentum(lr_scheduler) -> bool:
+    """Whether `lr_scheduler` sets the momentum of the optimizer's param groups every step, as torch's `OneCycleLR`
+    and `CyclicLR` do with `cycle_momentum=True` (their default): SGD's `momentum`, or the first of Adam's `betas`.
+    Those values then follow the schedule, so a checkpoint holds the value of its step, not the one the run set."""
+    for scheduler in (lr_scheduler, getattr(lr_scheduler, "scheduler", None)):  # accelerate's AcceleratedScheduler
+        if scheduler is not None and getattr(scheduler, "cycle_momentum", False) is True:
+            return True
+    return False
+
+
+def _without_momentum(options: list[dict]) -> list[dict]:
+    """`options` ([`optimizer_group_options`]) without the values a momentum-cycling scheduler sets: `momentum` and
+    the first of `betas` (the second, `--adam_beta2`, is still compared)."""
+    out = []
+    for group in options:
+        values = {k: v for k, v in group["values"].items() if k != "momentum"}
+        if isinstance(values.get("betas"), tuple) and values["betas"]:
+            values["betas"] = (None, *values["betas"][1:])
+        out.append({"keys": group["keys"], "values": values})
+    return out
+
+
+def refuse_changed_optimizer_options(
+    asked: list[dict] | None, restored: list[dict] | None, checkpoint: str, momentum_scheduled: bool = False
+) -> None:
     """For a resume from `checkpoint`: raise `ValueError`, before any step, when the optimizer's param groups as this
     run built them (`asked`, [`optimizer_group_options`] before the checkpoint's optimizer state was loaded) differ
     from what the checkpoint restored (`restored`, after): torch's `load_state_dict` brings the checkpoint's values
     back, so the new ones (e.g. `--weight_decay`, `--adam_beta2`, `--adam_epsilon`, another `--optim`) would be
-    silently ignored. The message names each flag with the checkpoint's and the new value."""
+    silently ignored. The message names each flag with the checkpoint's and the new value. `momentum_scheduled`: the
+    run's scheduler sets the momentum every step ([`scheduler_cycles_momentum`]), which is then not compared (the
+    checkpoint holds its step's value)."""
     if not asked or not restored or len(asked) != len(restored):
         return  # nothing to compare (a different group count is torch's own error in load_state_dict)
+    if momentum_scheduled:
+        asked, restored = _without_momentum(asked), _without_momentum(restored)
     changed, back = [], []
     for new, old in zip(asked, restored, strict=True):
         missing = new["keys"] - old["keys"]  # options this run's optimizer reads that the restored groups lack
@@ -900,7 +930,12 @@ class LossWindowResumeMixin:
         asked = optimizer_group_options(self.optimizer) if check else None
         out = super()._load_optimizer_and_scheduler(checkpoint, *args, **kwargs)
         if check:
-            refuse_changed_optimizer_options(asked, optimizer_group_options(self.optimizer), checkpoint)
+            refuse_changed_optimizer_options(
+                asked,
+                optimizer_group_options(self.optimizer),
+                checkpoint,
+                momentum_scheduled=scheduler_cycles_momentum(self.lr_scheduler),
+            )
         return out
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
