@@ -299,8 +299,15 @@ def _fog_run(seed: int, fast: bool, workdir: str) -> dict:
 
 
 def _standard_error(values: list[float]) -> float:
-    """The standard error of the mean over seeds (0 for one seed, which has no measured spread)."""
-    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    """The standard error of the mean over seeds (0 for one seed, which has no measured spread; NaN when a seed's value
+    is NaN or inf, a diverged run: `statistics.stdev` raises an AttributeError there, which ended the reproduction
+    with no report, and the claims that use it then do not hold)."""
+    values = [float(v) for v in values]
+    if len(values) < 2:
+        return 0.0
+    if not all(math.isfinite(v) for v in values):
+        return math.nan
+    return statistics.stdev(values) / math.sqrt(len(values))
 
 
 def _fog_kurtosis(runs: list[dict]) -> tuple[str, bool]:
