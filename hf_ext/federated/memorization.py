@@ -8,6 +8,7 @@ memorization means a character-level BLEU >= 0.75. Rates are reported per replic
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import random
@@ -64,13 +65,16 @@ def make_canaries(
         raise ValueError(f"`num_canaries` must be an integer > 0, got {num_canaries!r}.")
     if not is_int(num_words) or num_words < 1:
         raise ValueError(f"`num_words` must be an integer >= 1, got {num_words!r}.")
+    docs: list = []
     if texts is not None:
-        # any indexable sized collection (a list, a datasets Column, a numpy array or pandas Series of str)
-        if isinstance(texts, str) or not (hasattr(texts, "__len__") and hasattr(texts, "__getitem__")):
+        # any sized collection of str, read in its order (a list, a datasets Column, a numpy array, a pandas Series
+        # whatever its index: `texts[i]` would look a filtered Series' index label up, a raw KeyError)
+        if isinstance(texts, str | Mapping) or not (hasattr(texts, "__len__") and hasattr(texts, "__iter__")):
             raise ValueError("`texts` must be a sequence of str documents (one per canary), or None for random words.")
         if len(texts) < num_canaries:
             raise ValueError(f"`texts` has {len(texts)} documents for {num_canaries} canaries; pass more documents.")
-        if not all(isinstance(texts[i], str) for i in range(num_canaries)):
+        docs = list(itertools.islice(iter(texts), num_canaries))
+        if not all(isinstance(doc, str) for doc in docs):
             raise ValueError("`texts` must be a sequence of str documents (one per canary), or None for random words.")
     if replication_counts is not None and not (isinstance(replication_counts, Mapping) and replication_counts):
         raise ValueError(
@@ -109,7 +113,7 @@ def make_canaries(
     for i, rep in enumerate(levels):
         rid = f"{rng.randrange(100, 999)}-{rng.randrange(10, 99)}"
         if texts is not None:
-            body = " ".join(texts[i].split()[:num_words])
+            body = " ".join(docs[i].split()[:num_words])
         else:
             body = " ".join(rng.choice(words) for _ in range(num_words))
         canaries.append(Canary(canary_id=f"canary-{i}", text=f"Record {rid}: {body}", replication=rep))
