@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 
 from .harness import _PACKAGED, DEFAULT_TASKS, _check_run_args, evaluate_model, task_manager
 from .scores import accuracy_retention, task_scores
@@ -43,6 +44,10 @@ def layer_pairing_task_sweep(
         `<task>` (the task metric), `retention` (mean over tasks, percent of the source's score; see
         `layer_pairing_retention`; NaN when the source scores 0 on a task or a score is negative) and, with
         `eval_dataset`, `perplexity` and `ppl_ratio`.
+
+    Raises:
+        `TypeError`: for a range that is not two integers (`(0.5, 2.5)`, `"02"`, `(True, 3)`).
+        `ValueError`: for an invalid range or argument, before the first evaluation.
     """
     from ..models.layer_parallel import convert_to_layer_parallel
     from ..models.layer_parallel.configuration_layer_parallel import (
@@ -55,7 +60,7 @@ def layer_pairing_task_sweep(
 
     if eval_dataset is not None:  # columns, emptiness, a token to predict: before the source's lm-eval run
         check_eval_dataset(eval_dataset)
-    ranges = [tuple(int(x) for x in r) for r in ranges]
+    ranges = [_integer_range(r) for r in ranges]
     if not ranges:
         raise ValueError("ranges is empty; pass e.g. pairing_ranges(num_layers, [1]).")
     num_layers = model.config.num_hidden_layers
@@ -106,6 +111,22 @@ def layer_pairing_task_sweep(
         rows.append(row)
         del lp
     return rows
+
+
+def _integer_range(r) -> tuple[int, int]:
+    """A range `(start, end)` of `layer_pairing_task_sweep` as Python ints (numpy integers too); anything else (floats,
+    bools, a string such as "02") is refused by name: `int()` truncated (0.5, 2.5) to (0, 2) and ran that range."""
+    items = None if isinstance(r, str | bytes) else list(r) if isinstance(r, Iterable) else None
+    if (
+        items is None
+        or len(items) != 2
+        or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in items)
+    ):
+        raise TypeError(
+            f"ranges must hold (start, end) pairs of integer layer indices, got {r!r}; pass e.g. [(0, 2), (2, 6)] or "
+            "pairing_ranges(num_layers, [1])."
+        )
+    return int(items[0]), int(items[1])
 
 
 def _lower(metric: str, scores: dict, results: dict) -> list[str]:
