@@ -1,4 +1,5 @@
-"""Audit pass 30 (lp30): `layer_pairing_task_sweep` refuses non-integer ranges (F1)."""
+"""Audit pass 30 (lp30): `layer_pairing_task_sweep` refuses non-integer ranges (F1); a converted model keeps the
+dtypes of its source's rotary-embedding buffers (F2)."""
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import hf_ext.evaluation.uses as uses
 from hf_ext.evaluation import layer_pairing_task_sweep
+from hf_ext.models.layer_parallel import convert_to_layer_parallel
 
 
 def _llama(max_positions: int = 64) -> LlamaForCausalLM:
@@ -46,3 +48,21 @@ def test_task_sweep_refuses_ranges_that_are_not_integer_pairs(no_evaluation, ran
 def test_task_sweep_still_takes_numpy_integer_ranges(no_evaluation):
     with pytest.raises(_Evaluated):  # past every check, at the first evaluation
         layer_pairing_task_sweep(_llama(), None, np.array([[0, 2]]), tasks="hf_ext_cloze")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_empty_range_of_a_cast_source_is_bit_identical(dtype):
+    # `model.to(bf16)` casts the source's inv_freq; the converted model rebuilt it in float32 (other RoPE angles)
+    source = _llama(max_positions=512).to(dtype)
+    ids = torch.randint(0, 50, (2, 300), generator=torch.Generator().manual_seed(1))
+    lp = convert_to_layer_parallel(source, 0, 0)
+    assert lp.model.rotary_emb.inv_freq.dtype == source.model.rotary_emb.inv_freq.dtype == dtype
+    with torch.no_grad():
+        assert torch.equal(lp(ids).logits, source(ids).logits)
+    paired = convert_to_layer_parallel(source, 1, 3)
+    assert paired.model.rotary_emb.inv_freq.dtype == dtype
+
+
+def test_float32_source_keeps_float32_rotary_buffers():
+    lp = convert_to_layer_parallel(_llama(), 1, 3)
+    assert lp.model.rotary_emb.inv_freq.dtype == torch.float32

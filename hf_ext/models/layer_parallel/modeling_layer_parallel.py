@@ -1233,6 +1233,27 @@ def _layer_state(state: dict[str, torch.Tensor], index: int) -> dict[str, torch.
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def _match_rotary_buffer_dtypes(target: nn.Module, source: nn.Module | None) -> None:
+    """Give the converted model's rotary-embedding buffers (`inv_freq`, `original_inv_freq`) the dtypes of the
+    source's. A new rotary embedding computes them in float32, while a source cast with `model.to(torch.bfloat16)`
+    (or `.half()`) holds cast ones and runs its RoPE with them: the converted model then computed other position
+    angles than its source (`start == end` was not the source's function). The values are the same computation, cast
+    as the source's were."""
+    if not isinstance(source, nn.Module):
+        return
+    source_buffers = dict(source.named_buffers(recurse=False))
+    for name, buffer in list(target.named_buffers(recurse=False)):
+        held = source_buffers.get(name)
+        if (
+            held is not None
+            and not held.is_meta
+            and held.is_floating_point()
+            and held.dtype != buffer.dtype
+            and held.shape == buffer.shape
+        ):
+            setattr(target, name, buffer.to(held.dtype))
+
+
 def convert_to_layer_parallel(
     model: PreTrainedModel,
     start: int | None = None,
@@ -1390,6 +1411,7 @@ def convert_to_layer_parallel(
 
     with no_init_weights(), torch.device(device), _default_dtype(param.dtype):
         lp_model = LayerParallelForCausalLM(config)
+    _match_rotary_buffer_dtypes(lp_model.model.rotary_emb, getattr(inner, "rotary_emb", None))
     if config.tie_word_embeddings:
         # `no_init_weights` skips the tying a fresh model gets: without it lm_head stayed a separate Parameter, so
         # fine-tuning the converted model trained two matrices where the source and a fresh model train one
