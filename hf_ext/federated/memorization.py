@@ -71,6 +71,8 @@ def make_canaries(
         # whatever its index: `texts[i]` would look a filtered Series' index label up, a raw KeyError)
         if isinstance(texts, str | Mapping) or not (hasattr(texts, "__len__") and hasattr(texts, "__iter__")):
             raise ValueError("`texts` must be a sequence of str documents (one per canary), or None for random words.")
+        if isinstance(texts, set | frozenset):  # its order, so the canaries, would differ between processes
+            raise ValueError("`texts` is a set, whose order changes between processes; pass sorted(texts) or a list.")
         if len(texts) < num_canaries:
             raise ValueError(f"`texts` has {len(texts)} documents for {num_canaries} canaries; pass more documents.")
         docs = list(itertools.islice(iter(texts), num_canaries))

@@ -18,3 +18,10 @@ def test_a_filtered_pandas_series_gives_the_canaries_of_its_documents_in_order()
     assert make_canaries(3, texts=held_out, num_words=2) == make_canaries(3, texts=docs, num_words=2)
     shuffled = pd.Series(docs, index=[2, 0, 1])  # read in order, not by label
     assert make_canaries(3, texts=shuffled, num_words=2) == make_canaries(3, texts=docs, num_words=2)
+
+
+def test_a_set_of_texts_is_refused_its_order_differs_between_processes():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"`texts` is a set.*sorted\(texts\)"):
+        make_canaries(2, texts={"alpha beta", "gamma delta", "eps zeta"}, num_words=2)
