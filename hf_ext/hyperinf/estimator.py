@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -47,7 +48,9 @@ class InfluenceEstimator:
         progress (`bool`, *optional*, defaults to `False`): show tqdm bars for the passes over the data.
         distributed (`bool`, *optional*): data-parallel over torch.distributed's default group (a launch with
             `torchrun --nproc_per_node N` or `accelerate launch`). `None` (default): when torch.distributed is
-            initialized with more than one process. Each process then computes the gradients of its own contiguous
+            initialized with more than one process, with a warning that every process must then call `fit` and
+            `scores` (a call on one rank only, e.g. scoring on the main process after DDP training, would wait in
+            the first collective until the group's timeout: pass `False` there; `True` confirms, without it). Each process then computes the gradients of its own contiguous
             part of the training set (`Dataset.shard(world_size, rank, contiguous=True)`: rank 0 the first examples)
             and of the evaluation set; the example counts and the per-layer sums are all-reduced in float64 (every
             process fits the same solvers) and `scores` returns every training example's score, in dataset order, on
@@ -108,6 +111,16 @@ class InfluenceEstimator:
             )
         if distributed is None:
             distributed = initialized and dist.get_world_size() > 1
+            if distributed:  # a call on one rank only (scoring on the main process after DDP training) would hang
+                warnings.warn(
+                    f"InfluenceEstimator runs data-parallel over the {dist.get_world_size()} processes of "
+                    "torch.distributed's default group (distributed=None): every process must call fit and scores "
+                    "with the same model and datasets; a call on one rank only waits in the first collective until "
+                    "the group's timeout. Pass distributed=True to confirm (no warning), or distributed=False to "
+                    "compute everything in this process.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         self.config = InfluenceConfig(method=method, **options)
         self.config.validate()
         self.model = model

@@ -49,6 +49,10 @@ def test_two_ranks_score_their_shards_and_match_one_process(tmp_path, run_two_ra
     # one training example: rank 1 has an empty shard
     assert ranks[0]["empty_shard"]["ddp"] == ranks[1]["empty_shard"]["ddp"]
     _close(ranks[0]["empty_shard"]["ddp"], ranks[0]["empty_shard"]["single"], "float64")
+    for rank in ranks:  # distributed=None warns that every rank must call fit and scores; distributed=True does not
+        assert len(rank["auto_warning"]["auto"]) == 1, rank["auto_warning"]
+        assert "every process must call fit and scores" in rank["auto_warning"]["auto"][0]
+        assert rank["auto_warning"]["explicit"] == []
     assert ranks[0]["list"] == ranks[1]["list"] == ranks[0]["hyperinf-float32-"]["ddp"]  # a list: the same shards
     # an error in rank 1's shard only is raised on both ranks (no hang), with the example's index in the whole set
     assert ranks[1]["bad_example"].startswith("ValueError: example 7 has no labelled next token")

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -127,6 +128,13 @@ def checks(out_dir, rank):
         .scores(evals)
         .tolist(),
     }
+    # distributed=None warns that every rank must call fit and scores (a call on one rank only hangs); True does not
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        InfluenceEstimator(model, batch_size=2, dtype=torch.float64)
+        auto = [str(w.message) for w in caught]
+        InfluenceEstimator(model, batch_size=2, dtype=torch.float64, distributed=True)
+        result["auto_warning"] = {"auto": auto, "explicit": [str(w.message) for w in caught][len(auto) :]}
     # a list of dicts is split like a Dataset
     model = tiny_lora()
     result["list"] = InfluenceEstimator(model, batch_size=2).fit(list(train)).scores(list(evals)).tolist()
