@@ -497,7 +497,18 @@ def check_text_file(path: str, flag: str, folder_flag: str | None = None) -> Non
                 ) from None
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+#: Files that make a folder loadable by `AutoTokenizer`: a fast tokenizer or its config, or the vocabulary files of the
+#: slow tokenizers alone (a GPT-2 release: `vocab.json` + `merges.txt`; WordPiece `vocab.txt`; SentencePiece models),
+#: which transformers resolves through the folder's `config.json`
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def _looks_local(name: str) -> bool:
