@@ -67,7 +67,11 @@ def layer_pairing_task_sweep(
     valid = set(pairing_ranges(num_layers))
     bad = [r for r in ranges if r not in valid]
     if bad:
-        raise ValueError(f"ranges {bad} are not valid pairing ranges for {num_layers} layers.")
+        raise ValueError(
+            f"ranges {bad} are not valid pairing ranges for {num_layers} layers: a range (start, end) pairs the layers "
+            f"start..end-1 two by two, so it needs 0 <= start < end <= {num_layers} and an even end - start; pass "
+            f"e.g. pairing_ranges({num_layers}, [1]) (one pair at every position)."
+        )
     layer_types = layer_attention_types(model.config)
     for start, end in ranges:  # every range checked before the first (costly) evaluation
         try:

@@ -66,3 +66,10 @@ def test_empty_range_of_a_cast_source_is_bit_identical(dtype):
 def test_float32_source_keeps_float32_rotary_buffers():
     lp = convert_to_layer_parallel(_llama(), 1, 3)
     assert lp.model.rotary_emb.inv_freq.dtype == torch.float32
+
+
+@pytest.mark.parametrize("ranges", [[(0, 3)], [(2, 2)], [(2, 6)], [(-2, 0)]])
+def test_task_sweep_says_why_an_integer_range_is_invalid(no_evaluation, ranges):
+    # "ranges [(0, 3)] are not valid pairing ranges for 4 layers." gave neither the rule nor the fix
+    with pytest.raises(ValueError, match=r"needs 0 <= start < end <= 4 and an even end - start; pass e\.g\. "):
+        layer_pairing_task_sweep(_llama(), None, ranges, tasks="hf_ext_cloze")
