@@ -150,6 +150,18 @@ class WarmupFreeTrainingArguments(TrainingArguments):
                 f"--sgd_momentum must be a finite number > 0 (SGD with momentum; 0.9 by default), got "
                 f"{self.sgd_momentum!r}."
             )
+        if (
+            self.normalized_optimizer == "rotational_sgdm"
+            and self.rotation_angle is None
+            and not self.sgd_momentum < 1.0
+        ):
+            # the equilibrium angle sqrt(2 lr wd / (1 + m)) is defined for m < 1 only; the optimizer computes it at
+            # its first step, which used to be where this failed (after the model and data were set up)
+            raise ValueError(
+                f"--normalized_optimizer rotational_sgdm rotates at the SGD-momentum equilibrium angle, which needs "
+                f"--sgd_momentum < 1 (got {self.sgd_momentum!r}); lower --sgd_momentum or pass --rotation_angle "
+                "(radians per step at the peak learning rate)."
+            )
 
 
 # options that exist only on WarmupFreeTrainingArguments, with their defaults (read without instantiating it)
