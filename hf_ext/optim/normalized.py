@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -769,6 +770,27 @@ def _ensure_rotational_state(p: torch.Tensor, state: dict, group: dict, neuron_d
     zero_mean = group["zero_mean"] and not template
     _init_rotational(p, state, neuron_dim, group["per_neuron"], zero_mean, group["update_norm_decay"])
     state["norm_pending"] = template
+    if not template:
+        _warn_if_immobile(p, group, neuron_dim)
+
+
+def _warn_if_immobile(p: torch.Tensor, group: dict, neuron_dim: int) -> None:
+    """Warn (at a tensor's first rotational step) when its neurons have nothing to rotate along: a neuron of one
+    entry (fan-in 1, e.g. `nn.Linear(1, n)`) keeps its norm and so its value, and one of two entries with `zero_mean`
+    is centred to `(a, -a)` of fixed norm. Such a tensor would silently never change."""
+    if group["per_neuron"]:
+        size = p.shape[0] if neuron_dim == 1 else math.prod(p.shape[1:])
+    else:
+        size = p.numel()
+    if size == 1 or (size == 2 and group["zero_mean"]):
+        what = "one entry" if size == 1 else "two entries, centred to (a, -a) by zero_mean=True"
+        fix = "" if size == 1 else ", or `zero_mean=False`"
+        warnings.warn(
+            f"A rotational parameter of shape {tuple(p.shape)} has neurons of {what}: a rotation keeps each "
+            "neuron's norm, which leaves such a neuron nothing to move along, so this tensor will never change. Give "
+            f"it a plain group (`rotational=False`){fix}.",
+            stacklevel=3,  # the optimizer's step (torch's wrappers around it differ between versions)
+        )
 
 
 def _init_rotational_sharded(p, state, neuron_dim, per_neuron, zero_mean, shards: _NeuronShards) -> None:

@@ -1,5 +1,6 @@
 """op30 audit fixes: rotational_sgdm with --sgd_momentum >= 1 and no --rotation_angle is refused when the arguments are
-created (F1)."""
+created (F1); a rotational tensor whose neurons cannot move (fan-in 1; fan-in 2 with zero_mean) is named in a warning
+(F2)."""
 
 import pytest
 
@@ -19,3 +20,37 @@ def test_rotational_sgdm_momentum_without_an_angle_is_refused_when_the_arguments
     WarmupFreeTrainingArguments(**kw, rotation_angle=0.01)
     WarmupFreeTrainingArguments(**{**kw, "normalized_optimizer": "rotational_adamw"})
     WarmupFreeTrainingArguments(**{**kw, "sgd_momentum": 0.99})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# F2: a rotational tensor whose neurons have one entry (fan-in 1, e.g. nn.Linear(1, n)) or two with zero_mean (centred
+# to (a, -a)) can never rotate: with the default grouping (the model) such a first layer stayed exactly where it was,
+# without a word
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("owner", ["lion_ar", "rotational_adamw"])
+@pytest.mark.parametrize("fan_in, zero_mean, immobile", [(1, True, True), (1, False, True), (2, True, True),
+                                                         (2, False, False), (3, True, False)])  # fmt: skip
+def test_a_rotational_tensor_that_cannot_move_is_named_at_its_first_step(owner, fan_in, zero_mean, immobile):
+    import warnings
+
+    import torch
+    from torch import nn
+
+    from hf_ext.optim import LionAR, RotationalWrapper
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(fan_in, 8), nn.Tanh(), nn.Linear(8, 1))
+    cls = LionAR if owner == "lion_ar" else RotationalWrapper
+    opt = cls(model, lr=1e-2, weight_decay=1.0, zero_mean=zero_mean)
+    x = torch.randn(32, fan_in)
+    for step in range(3):
+        model.zero_grad()
+        model(x).pow(2).mean().backward()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt.step()
+        named = [w for w in caught if "will never change" in str(w.message)]
+        if step == 0 and immobile:
+            assert len(named) == 1 and f"shape ({8}, {fan_in})" in str(named[0].message)
+        else:  # once per tensor, and never for a tensor that can move (the 8-input second layer)
+            assert not named
