@@ -77,10 +77,10 @@ def rotational_param_groups(
     Rotational = parameters that the HF `Trainer` would weight-decay (not biases, not norm gains) with 2+ dimensions,
     except peft's LoRA B factors (`lora_B`, `lora_embedding_B`): they start at zero, and a rotation keeps each neuron's
     norm, so they would never move; they train with the base update in the plain group.
-    Embedding matrices (and an LM head tied to one) are kept out of the rotational set by default: a fixed norm per
-    token row would cap the logit scale (nothing after them is scale-invariant); pass `rotational_embeddings=True` to
-    include them (one neuron per token row). HF `Conv1D` weights (shape `(in, out)`) get `neuron_dim=1` so their
-    neurons are columns.
+    Embedding matrices and the LM head (a transformers model's `get_output_embeddings()`, tied to the input embeddings
+    or not) are kept out of the rotational set by default: a fixed norm per token row would cap the logit scale
+    (nothing after them is scale-invariant); pass `rotational_embeddings=True` to include them (one neuron per token
+    row). HF `Conv1D` weights (shape `(in, out)`) get `neuron_dim=1` so their neurons are columns.
 
     Args:
         model (`nn.Module`): the model.
@@ -88,7 +88,8 @@ def rotational_param_groups(
             get 0.
         decay_parameter_names (`Iterable[str]`, *optional*): names that receive weight decay (an iterable of
             `str`, not one string); defaults to the `Trainer.get_decay_parameter_names` rule.
-        rotational_embeddings (`bool`, *optional*, defaults to `False`): make embedding matrices rotational too.
+        rotational_embeddings (`bool`, *optional*, defaults to `False`): make embedding matrices (and the LM head)
+            rotational too.
 
     Returns:
         `list[dict]`: non-empty optimizer param groups with keys `params`, `weight_decay`, `rotational`, `neuron_dim`.
@@ -133,7 +134,9 @@ def _param_groups(
         )
     transposed = transposed_parameter_ids(model)
     embeddings = (
-        set() if rotational_embeddings else {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        set()
+        if rotational_embeddings
+        else {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} | _output_embedding_ids(model)
     )
     rot, rot_t, plain = [], [], []
     for name, p in model.named_parameters():
@@ -149,6 +152,20 @@ def _param_groups(
         {"params": plain, "weight_decay": 0.0, "rotational": False, "neuron_dim": 0},
     ]
     return [g for g in groups if g["params"]]
+
+
+def _output_embedding_ids(model: nn.Module) -> set[int]:
+    """`id` of the weight of a transformers model's LM head (`get_output_embeddings()`), tied to the input embeddings
+    or not; empty for models without one."""
+    get = getattr(model, "get_output_embeddings", None)
+    if not callable(get):
+        return set()
+    try:
+        head = get()
+    except (NotImplementedError, AttributeError):
+        return set()
+    weight = getattr(head, "weight", None)
+    return {id(weight)} if isinstance(weight, torch.Tensor) else set()
 
 
 def _model_layout(model: nn.Module) -> dict[int, tuple[bool, int]]:

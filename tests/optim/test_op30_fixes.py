@@ -1,6 +1,6 @@
 """op30 audit fixes: rotational_sgdm with --sgd_momentum >= 1 and no --rotation_angle is refused when the arguments are
 created (F1); a rotational tensor whose neurons cannot move (fan-in 1; fan-in 2 with zero_mean) is named in a warning
-(F2)."""
+(F2); an untied LM head is plain by default, as a tied one is (F3)."""
 
 import pytest
 
@@ -54,3 +54,37 @@ def test_a_rotational_tensor_that_cannot_move_is_named_at_its_first_step(owner, 
             assert len(named) == 1 and f"shape ({8}, {fan_in})" in str(named[0].message)
         else:  # once per tensor, and never for a tensor that can move (the 8-input second layer)
             assert not named
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# F3: an untied LM head (LlamaConfig's default) was rotational under the model's default grouping (fixed token-row
+# norms: the logit-scale cap that keeps embeddings plain); the warmup recipe's LionAR arm then ended at eval loss 6.22
+# against 4.69 with the head plain
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_lm_head_is_plain_by_default_tied_or_not(tied):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ext.optim import LionAR, rotational_param_groups
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, tie_word_embeddings=tied)  # fmt: skip
+    model = LlamaForCausalLM(cfg)
+    head = model.lm_head.weight
+    groups = rotational_param_groups(model, 1.0)
+    rotational = {id(p) for g in groups if g["rotational"] for p in g["params"]}
+    plain = [g for g in groups if not g["rotational"]]
+    assert id(head) not in rotational and any(p is head for g in plain for p in g["params"])
+    assert id(model.model.layers[0].mlp.down_proj.weight) in rotational  # the other weights stay rotational
+    # opt-in keeps both embeddings and the head rotational
+    everything = {id(p) for g in rotational_param_groups(model, 1.0, rotational_embeddings=True) for p in g["params"]
+                  if g["rotational"]}  # fmt: skip
+    assert id(head) in everything and id(model.model.embed_tokens.weight) in everything
+    # LionAR(model) trains the head with plain Lion (no recorded neuron norms)
+    opt = LionAR(model, lr=1e-3, weight_decay=1.0)
+    ids = torch.randint(0, 32, (2, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    assert "norm" not in opt.state[head] and "exp_avg" in opt.state[head]
