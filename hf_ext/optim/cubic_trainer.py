@@ -68,6 +68,12 @@ class CubicNewtonTrainingArguments(TrainingArguments):
         },
     )
     cubic_M_rule: str = field(default="fixed", metadata={"help": "fixed or adaptive (doubling/halving M)."})
+    cubic_M_min: float = field(
+        default=1e-6, metadata={"help": "Lower bound of M (--cubic_M must not be below it; the adaptive rule's floor)."}
+    )
+    cubic_M_max: float = field(
+        default=1e8, metadata={"help": "Upper bound of M (--cubic_M must not exceed it; the adaptive rule's cap)."}
+    )
     cubic_max_step_norm: float | None = field(default=None, metadata={"help": "Cap on the step norm (None: none)."})
     cubic_convention: str = field(default="M/6", metadata={"help": "Cubic term convention: M/6 or M/3."})
     cubic_hvp_mode: str = field(
@@ -168,6 +174,8 @@ class CubicNewtonTrainingArguments(TrainingArguments):
             krylov_dim=self.cubic_krylov_dim,
             gd_iters=self.cubic_gd_iters,
             M_rule=self.cubic_M_rule,
+            M_min=self.cubic_M_min,
+            M_max=self.cubic_M_max,
             max_step_norm=self.cubic_max_step_norm,
             cubic_convention=self.cubic_convention,
             hvp_mode=self.cubic_hvp_mode,
