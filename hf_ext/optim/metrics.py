@@ -244,7 +244,7 @@ class UpdateMetricsCallback(TrainerCallback):
         plot_path: str | None = "update_metrics.png",
         log_per_tensor: bool = False,
     ):
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"`every_n_steps` must be a positive int, got {every_n_steps!r}.")
         if probe_batch is not None and not isinstance(probe_batch, Mapping):
             raise TypeError("`probe_batch` must be a dict of model inputs (e.g. {'input_ids': tensor}).")

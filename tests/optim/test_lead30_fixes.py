@@ -1,6 +1,9 @@
-"""`CubicNewtonTrainingArguments` had no flags for CubicNewton's `M_min` / `M_max`: `--cubic_M 1e-7` (below the
-default floor 1e-6) was refused with "Need 0 < M_min <= M" and the hint that any keyword `x` is `--cubic_x`, but
-`--cubic_M_min` did not exist, so no small M could be trained with the Trainer (op30, left alone; fixed by the lead)."""
+"""Pass-30 lead fixes in optim.
+
+`CubicNewtonTrainingArguments` had no flags for CubicNewton's `M_min` / `M_max`: `--cubic_M 1e-7` (below the default
+floor 1e-6) was refused with "Need 0 < M_min <= M" and the hint that any keyword `x` is `--cubic_x`, but
+`--cubic_M_min` did not exist, so no small M could be trained with the Trainer (op30, left alone; fixed by the lead).
+`UpdateMetricsCallback(every_n_steps=True)` was accepted and measured every step."""
 
 import pytest
 
@@ -34,3 +37,12 @@ def test_the_bounds_reach_the_optimizer(tmp_path):
     )
     group = CubicNewton([torch.zeros(2, requires_grad=True)], **args.cubic_newton_kwargs()).param_groups[0]
     assert (group["M_min"], group["M_max"]) == (0.5, 2.0)
+
+
+@pytest.mark.parametrize("value", [True, False, 0, 1.0])
+def test_update_metrics_callback_refuses_a_bool_period(value):
+    # True is an int: it was accepted and measured every step (op30, left alone; fixed by the lead)
+    from hf_ext.optim.metrics import UpdateMetricsCallback
+
+    with pytest.raises(ValueError, match="`every_n_steps` must be a positive int"):
+        UpdateMetricsCallback(every_n_steps=value)
