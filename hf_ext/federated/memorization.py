@@ -371,7 +371,8 @@ def measure_memorization(
         prefix_lengths (`Sequence[int]`, *optional*): prompt lengths in tokens, paper default `(10, 50, 100, 200, 500)`.
         window (`int`, *optional*, defaults to 50): tokens compared.
         bleu_threshold (`float`, *optional*, defaults to 0.75): approximate-memorization threshold.
-        frequency_penalty (`float`, *optional*, defaults to 1.0): additive frequency penalty (0 = pure greedy).
+        frequency_penalty (`float`, *optional*, defaults to 1.0): additive frequency penalty (0 = pure greedy), a
+            finite number.
         max_new_tokens (`int`, *optional*): most tokens generated (fewer when the model ends the text), defaults to
             `window + 10` (slack for re-tokenization); at least `window` (a shorter generation can never match).
         batch_size (`int`, *optional*, defaults to 16): prompts per `generate` call (same length, no padding), an
@@ -404,6 +405,11 @@ def measure_memorization(
             f"`max_new_tokens={max_new_tokens}` is below `window={window}`: a generation shorter than the window can "
             f"never match it, so every probe would score as not extracted. Pass `max_new_tokens` >= {window} (default "
             "None: window + 10) or a smaller `window`."
+        )
+    if not (is_real(frequency_penalty) and math.isfinite(frequency_penalty)):
+        raise ValueError(
+            f"`frequency_penalty` must be a finite number (1.0 as in the paper, 0 for pure greedy decoding), got "
+            f"{frequency_penalty!r}."
         )
     if not (is_int(batch_size) and batch_size >= 1):
         raise ValueError(
