@@ -61,3 +61,27 @@ def test_datatrove_filter_refuses_a_zero_batch_size():
     with pytest.raises(ValueError, match=r"batch_size must be a positive int, got 0"):
         RobotsTxtFilter({"a.example": _CLOSED}, batch_size=0)
     assert RobotsTxtFilter({"a.example": _CLOSED}, batch_size=1).batch_size == 1
+
+
+def test_datatrove_coarse_mode_clears_an_earlier_runs_domain_reason_on_kept_documents():
+    """mu30 T06 (lead): re-filtering a coarse run's `removed/` output with a shorter blocked list kept the recovered
+    documents' stale `filter_reason: 'robots_txt_domain'`; the fine mode's counterpart was tested, this one was not."""
+    from datatrove.data import Document
+
+    from hf_ext.compliance import RobotsTxtStore
+    from hf_ext.compliance.datatrove_filter import RobotsTxtFilter
+
+    store = RobotsTxtStore.from_dict({"news.example": "User-agent: *\nAllow: /\n"}, fetched_at="2025-07-01")
+    docs = [
+        Document(text="t", id="0", metadata={"url": "https://news.example/a", "filter_reason": "robots_txt_domain"}),
+        Document(
+            text="t", id="1", metadata={"url": "https://blocked.example/a", "filter_reason": "robots_txt_domain"}
+        ),
+        Document(text="t", id="2", metadata={"url": "https://news.example/b", "filter_reason": "gopher_rep"}),
+    ]
+    step = RobotsTxtFilter(store, mode="coarse", blocked_domains=["blocked.example"], batch_size=1)
+    kept = {d.id: d.metadata for d in step.run(iter(docs))}
+    assert kept == {
+        "0": {"url": "https://news.example/a"},
+        "2": {"url": "https://news.example/b", "filter_reason": "gopher_rep"},
+    }

@@ -61,3 +61,16 @@ def test_config_refuses_zero_lissa_iterations_and_exact_in_half_precision():
         InfluenceConfig(method="exact", dtype=torch.bfloat16).validate()
     InfluenceConfig(method="lissa", lissa_iterations=1).validate()
     InfluenceConfig(method="hyperinf", dtype=torch.bfloat16).validate()
+
+
+def test_add_influence_column_refuses_scores_of_another_length_by_name():
+    """mu30 E09 (lead): without the length check `datasets` raised its own message, naming neither argument."""
+    import pytest
+    from datasets import Dataset
+
+    from hf_ext.hyperinf import add_influence_column
+
+    data = Dataset.from_dict({"x": [1, 2, 3]})
+    with pytest.raises(ValueError, match=r"`scores` has 2 values but `dataset` has 3 rows"):
+        add_influence_column(data, [0.1, 0.2])
+    assert add_influence_column(data, [0.1, 0.2, 0.3])["influence"] == [0.1, 0.2, 0.3]
