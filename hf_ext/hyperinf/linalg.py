@@ -34,7 +34,7 @@ class SchulzConvergenceWarning(UserWarning):
 
 
 class SchulzDivergenceError(ValueError):
-    """Schulz's iteration diverged: the initial scale is too large for the matrix (`alpha * mu_max >= 2`).
+    """Schulz's iteration diverged: the initial scale is too large for the matrix (`alpha * mu_max > 2`).
 
     Attributes:
         info (`SchulzInfo`): the diagnostics up to the step where the divergence was detected.
@@ -147,8 +147,9 @@ def schulz_inverse(
         `SchulzDivergenceError` (a `ValueError`): the iteration diverged, whatever `tol`: the residual is not finite,
             or exceeds both 1 and its start (a convergent start has `||R_k|| <= ||R_0|| < 1`, since `R_k` is a power
             of `R_0`), or, with `tol`, it grows back above its start once below 1. This happens when
-            `alpha * mu_max(A) >= 2` (e.g. the reference's `X_0 = 5e-5 I` on a matrix with `mu_max >= 4e4`). The
-            error carries the diagnostics (`err.info`).
+            `alpha * mu_max(A) > 2` (e.g. the reference's `X_0 = 5e-5 I` on a matrix with `mu_max > 4e4`); at exactly
+            2 that eigenvalue's residual keeps its size, so the iteration neither converges nor diverges (with `tol`:
+            `info.stalled`, and a `SchulzConvergenceWarning`). The error carries the diagnostics (`err.info`).
     """
     _check_square(matrix, "matrix")
     if not bool(torch.isfinite(matrix).all()):
@@ -185,7 +186,7 @@ def schulz_inverse(
             info.spectral_residuals.append(float(torch.linalg.matrix_norm(residual, ord=2)))
         current, start = info.residuals[-1], info.residuals[0]
         if not math.isfinite(current) or current > max(start, 1.0):
-            # R_k = R_0^(2^k) (or 3^k): it only grows past its start, and past 1, when alpha * mu_max >= 2
+            # R_k = R_0^(2^k) (or 3^k): it only grows past its start, and past 1, when alpha * mu_max > 2
             info.diverged = True
             break
         if tol is not None and current <= tol:
