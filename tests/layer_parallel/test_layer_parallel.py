@@ -271,7 +271,7 @@ def test_clear_errors(sources):
         convert_to_layer_parallel(src, pairs=[[1, 3]])
     with pytest.raises(ValueError, match="out of range"):
         convert_to_layer_parallel(src, pairs=[[5, 6]])
-    with pytest.raises(ValueError, match="lp_mode"):
+    with pytest.raises(ValueError, match="`mode` must be one of"):
         convert_to_layer_parallel(src, 0, 2, mode="diagonal")
     with pytest.raises(ValueError, match="official_tp_split"):
         convert_to_layer_parallel(src, 0, 2, mode="block", mlp_norm="official_tp_split")

@@ -73,3 +73,16 @@ def test_task_sweep_says_why_an_integer_range_is_invalid(no_evaluation, ranges):
     # "ranges [(0, 3)] are not valid pairing ranges for 4 layers." gave neither the rule nor the fix
     with pytest.raises(ValueError, match=r"needs 0 <= start < end <= 4 and an even end - start; pass e\.g\. "):
         layer_pairing_task_sweep(_llama(), None, ranges, tasks="hf_ext_cloze")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(mode="blocks"), r"`mode` must be one of \['sublayer', 'block'\], got 'blocks'"),
+        (dict(mlp_norm="split"), r"`mlp_norm` must be one of \['per_layer', 'official_tp_split'\], got 'split'"),
+    ],
+)
+def test_convert_names_its_own_arguments_for_a_bad_mode(kwargs, match):
+    # the config's check named its fields (lp_mode / lp_mlp_norm), which the caller of convert never wrote (lp30)
+    with pytest.raises(ValueError, match=match):
+        convert_to_layer_parallel(_llama(), 0, 2, **kwargs)

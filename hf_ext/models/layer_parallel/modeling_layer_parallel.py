@@ -28,7 +28,13 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .configuration_layer_parallel import SUPPORTED_SOURCE_MODEL_TYPES, LayerParallelConfig, _is_bool
+from .configuration_layer_parallel import (
+    LP_MLP_NORMS,
+    LP_MODES,
+    SUPPORTED_SOURCE_MODEL_TYPES,
+    LayerParallelConfig,
+    _is_bool,
+)
 
 _CLASS_PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
 _MASK_FUNCTIONS = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
@@ -1337,6 +1343,11 @@ def convert_to_layer_parallel(
     if not _is_bool(merge):
         raise TypeError(f"`merge` must be True or False, got {merge!r}.")
     merge = bool(merge)
+    # by this function's argument names (the config's own check names its fields, lp_mode / lp_mlp_norm)
+    if mode not in LP_MODES:
+        raise ValueError(f"`mode` must be one of {list(LP_MODES)}, got {mode!r}.")
+    if mlp_norm not in LP_MLP_NORMS:
+        raise ValueError(f"`mlp_norm` must be one of {list(LP_MLP_NORMS)}, got {mlp_norm!r}.")
     if pairs is None and start is None and end is None:
         # without a range the result would be the source model unpaired, silently: name the choice instead
         raise ValueError(
