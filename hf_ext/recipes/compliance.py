@@ -200,11 +200,9 @@ def _validate(args: ComplianceArguments):
             check_eval_tasks(args.eval_tasks, "--eval_tasks", metric=args.eval_metric)
     elif args.eval_tasks is not None:
         raise ValueError("--eval_tasks evaluates the models trained by --train_models; add --train_models.")
-    from ..data.tokenizer import vocab_size_problem
+    from ._common import check_vocab_size
 
-    problem = None if args.tokenizer_name else vocab_size_problem(args.vocab_size, "--vocab_size")
-    if problem:  # what build_tokenizer accepts
-        raise ValueError(problem)
+    check_vocab_size(args.vocab_size, args.tokenizer_name)  # what build_tokenizer accepts
     for name in ("url_column", "text_column", "split"):
         if not getattr(args, name):
             raise ValueError(f"--{name} must be non-empty.")
