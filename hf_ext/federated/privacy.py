@@ -167,7 +167,24 @@ class PrivacyAccountant:
                 f"resume with dp_accountant={accountant!r} (--dp_accountant {accountant}), the accountant the saved "
                 "run reported its epsilon with, or start a fresh run."
             )
-        self.history = [(float(q), float(s), int(n)) for q, s, n in state["history"]]
+        history = []
+        for entry in state["history"]:  # each as `step` takes it: a hand-edited or corrupt file, not a silent epsilon
+            q, s, n = entry if isinstance(entry, list | tuple) and len(entry) == 3 else (None, None, None)
+            if (
+                not (is_real(q) and 0 <= q <= 1)
+                or not is_real(s)
+                or not math.isfinite(float(s))
+                or float(s) < 0
+                or not is_int(n)
+                or n < 0
+            ):
+                raise ValueError(
+                    f"Saved accountant history entry {entry!r} is not (sample_rate in [0, 1], noise_multiplier >= 0, "
+                    "integer steps >= 0): the saved privacy state was edited or is corrupt; restore it from the run "
+                    "that wrote it, or start a fresh run."
+                )
+            history.append((float(q), float(s), int(n)))
+        self.history = history
 
     def to_json(self) -> str:
         return json.dumps(self.state_dict())
