@@ -130,8 +130,11 @@ class InfluenceConfig:
             generalized Fisher, the exact counterpart of HyperINF) or `"fim"` (the full `rd x rd` empirical Fisher,
             the reference's `accurate` method).
         max_exact_dim (`int`, *optional*, defaults to 4096): refuse `"exact"` when a matrix to invert would be larger.
-        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the per-example gradients and of the
-            accumulated statistics. `"exact"` needs float32 or float64 (torch's Cholesky has no half-precision
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the per-example gradients, of the
+            accumulated statistics and of the returned scores; the sums over examples (curvature, mean evaluation
+            gradient, DataInf's and LiSSA's passes) are accumulated in at least float32
+            (`InfluenceEngine.accumulate_dtype`: a half-precision sum stops growing after 2^8 to 2^11 terms).
+            `"exact"` needs float32 or float64 (torch's Cholesky has no half-precision
             kernels; a half `dtype` is refused at construction).
     """
 
@@ -305,6 +308,15 @@ class InfluenceEngine:
         self.train_source: GradientSource | None = None
         self.timings: dict[str, float] = {}
 
+    @property
+    def accumulate_dtype(self) -> torch.dtype:
+        """The dtype of the sums over examples (curvature, mean evaluation gradient, DataInf's and LiSSA's passes) and
+        of the per-example dot products: `config.dtype`, but at least float32. A half-precision `dtype` (bfloat16 keeps
+        8 significant bits) used to accumulate them in that dtype too: once a sum is 2^8 times an example's term the
+        term rounds away, so on a few thousand examples the GFIM, and the HyperINF scores, were off by half (the
+        per-example gradients and the returned scores stay in `config.dtype`)."""
+        return torch.promote_types(self.config.dtype, torch.float32)
+
     # ------------------------------------------------------------ collectives
     @property
     def world_size(self) -> int:
@@ -425,7 +437,7 @@ class InfluenceEngine:
         for layer in layers.values():
             dim = cfg.curvature_dim(layer.shape)
             if dim:
-                layer.curvature = torch.zeros(dim, dim, dtype=cfg.dtype, device=self.device)
+                layer.curvature = torch.zeros(dim, dim, dtype=self.accumulate_dtype, device=self.device)
         use_fim = cfg.method == "exact" and cfg.exact_curvature == "fim"
         nonzero = dict.fromkeys(layers, False)
 
@@ -434,7 +446,7 @@ class InfluenceEngine:
             for batch in _open_source(train_source, "train_source"):
                 n += self._check_batch(batch)
                 for name, layer in layers.items():
-                    g = batch[name].to(device=self.device, dtype=cfg.dtype)
+                    g = batch[name].to(device=self.device, dtype=self.accumulate_dtype)
                     if not nonzero[name]:
                         nonzero[name] = bool(g.any())
                     sq = g.square().flatten(1).sum(dim=1)
@@ -509,18 +521,18 @@ class InfluenceEngine:
             ):
                 raise ValueError(
                     f"method={cfg.method!r} needs a positive damping, but layer {name!r} got {layer.damping}: its "
-                    f"gradients are not all zero, but their squares underflow in dtype={cfg.dtype}; pass "
+                    f"gradients are not all zero, but their squares underflow in dtype={self.accumulate_dtype}; pass "
                     "dtype=torch.float64 or a fixed `damping`."
                 )
             if layer.curvature is not None:
                 layer.curvature.div_(n)
                 if not bool(torch.isfinite(layer.curvature).all()):  # the gradients are finite: a sum overflowed
                     raise ValueError(
-                        f"The curvature of layer {name!r} overflowed in dtype={cfg.dtype} (its gradients are finite, "
+                        f"The curvature of layer {name!r} overflowed in dtype={self.accumulate_dtype} (its gradients are finite, "
                         f"but the sum of their products is not; it used to be reported as a Schulz divergence whose "
-                        f"fix was another start). Pass dtype=torch.float32 (the default) or torch.float64."
+                        f"fix was another start). Pass dtype=torch.float64."
                     )
-                eye = torch.eye(layer.curvature.shape[0], dtype=cfg.dtype, device=self.device)
+                eye = torch.eye(layer.curvature.shape[0], dtype=layer.curvature.dtype, device=self.device)
                 if cfg.method == "hyperinf":
                     matrix = layer.curvature + (layer.damping + cfg.schulz_extra_damping) * eye
                     largest = float(matrix.abs().max())
@@ -582,7 +594,7 @@ class InfluenceEngine:
         of batches, as for `fit`)."""
         source = self.run_collectively(lambda: as_gradient_source(source, "eval_source"), "Checking `eval_source`")
         sums = {
-            name: torch.zeros(shape, dtype=self.config.dtype, device=self.device)
+            name: torch.zeros(shape, dtype=self.accumulate_dtype, device=self.device)
             for name, shape in self.shapes.items()
         }
 
@@ -591,7 +603,7 @@ class InfluenceEngine:
             for batch in _open_source(source, "eval_source"):
                 m += self._check_batch(batch)
                 for name in sums:
-                    sums[name].add_(batch[name].to(device=self.device, dtype=self.config.dtype).sum(dim=0))
+                    sums[name].add_(batch[name].to(device=self.device, dtype=self.accumulate_dtype).sum(dim=0))
             return m
 
         m = self.run_collectively(local_pass, "The pass over the evaluation gradients")
@@ -611,7 +623,7 @@ class InfluenceEngine:
             count += self._check_batch(batch)
             if count > self.num_local_train:
                 break
-            yield {name: batch[name].to(device=self.device, dtype=self.config.dtype) for name in self.shapes}
+            yield {name: batch[name].to(device=self.device, dtype=self.accumulate_dtype) for name in self.shapes}
         if count != self.num_local_train:
             raise ValueError(
                 f"The training gradient source yielded {'at least ' if count > self.num_local_train else ''}{count} "
@@ -701,7 +713,7 @@ class InfluenceEngine:
         process group: every process's scores, in rank order, on every process."""
 
         def local_pass() -> torch.Tensor:
-            chunks = [torch.zeros(0, dtype=self.config.dtype, device=self.device)]
+            chunks = [torch.zeros(0, dtype=self.accumulate_dtype, device=self.device)]
             for batch in self._train_batches():
                 total = None
                 for name in hvp:
@@ -710,7 +722,8 @@ class InfluenceEngine:
                 chunks.append(-total)
             return torch.cat(chunks)
 
-        return self._gather(self.run_collectively(local_pass, "The scoring pass over the training gradients"))
+        gathered = self._gather(self.run_collectively(local_pass, "The scoring pass over the training gradients"))
+        return gathered.to(self.config.dtype)
 
     def scores(self, eval_source: GradientSource) -> torch.Tensor:
         """Influence of every training example on the mean loss of the examples of `eval_source` (a gradient source or

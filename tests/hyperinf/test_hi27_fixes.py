@@ -40,16 +40,19 @@ def test_schulz_inverse_refuses_a_non_finite_matrix(init, bad):
     assert not isinstance(info.value, SchulzDivergenceError)
 
 
-def test_engine_names_a_gfim_overflow_in_half_precision():
-    """Finite float16 gradients whose GFIM sum passes 65504: the fix is the dtype, not the Schulz start."""
+def test_engine_names_a_gfim_overflow():
+    """Finite float32 gradients whose GFIM sum passes float32's range: the fix is the dtype, not the Schulz start. (A
+    float16 `dtype` no longer overflows there: the sums are accumulated in at least float32, hi31 F1.)"""
     gen = torch.Generator().manual_seed(0)
-    train = {"l": 30 * torch.randn(200, 4, 8, generator=gen)}
+    train = {"l": 1e19 * torch.randn(200, 4, 8, generator=gen)}
     val = {"l": torch.randn(3, 4, 8, generator=gen)}
-    with pytest.raises(ValueError, match=r"layer 'l' overflowed in dtype=torch.float16.*dtype=torch.float32") as info:
-        influence_from_gradients(train, val, "hyperinf", dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"layer 'l' overflowed in dtype=torch.float32.*dtype=torch.float64") as info:
+        influence_from_gradients(train, val, "hyperinf")
     assert not isinstance(info.value, SchulzDivergenceError)
-    scores = influence_from_gradients(train, val, "hyperinf")  # the default float32 is fine
+    scores = influence_from_gradients(train, val, "hyperinf", dtype=torch.float64)
     assert bool(torch.isfinite(scores).all())
+    half = {"l": 30 * torch.randn(200, 4, 8, generator=gen)}  # its GFIM sum passes float16's 65504
+    assert bool(torch.isfinite(influence_from_gradients(half, val, "hyperinf", dtype=torch.float16)).all())
 
 
 def _tiny_t5():
