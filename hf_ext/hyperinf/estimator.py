@@ -10,7 +10,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .gradients import PerExampleGradients, check_adapter_in_forward, check_dataset, tracked_lora_parameters
+from .gradients import (
+    PaddingCollator,
+    PerExampleGradients,
+    check_adapter_in_forward,
+    check_dataset,
+    model_input_names,
+    tracked_lora_parameters,
+)
 from .influence import METHODS, InfluenceConfig, InfluenceEngine
 
 
@@ -55,8 +62,8 @@ class InfluenceEstimator:
             and of the evaluation set; the example counts and the per-layer sums are all-reduced in float64 (every
             process fits the same solvers) and `scores` returns every training example's score, in dataset order, on
             every process (see `InfluenceEngine`'s `process_group`). Every process must pass the same datasets and
-            hold the same model (checked: lengths and a digest of the tracked and trainable parameters). `False`:
-            each process computes everything alone.
+            hold the same model (checked: lengths, a digest of the examples' model inputs in order, and one of the
+            tracked and trainable parameters). `False`: each process computes everything alone.
         **options: `InfluenceConfig` fields (`damping_scale`, `damping`, `schulz_iterations`, `schulz_init`,
             `schulz_alpha`, `schulz_tol`, `schulz_order`, `schulz_extra_damping`, `lissa_iterations`, `lissa_scale`,
             `exact_curvature`, `max_exact_dim`, `dtype`).
@@ -241,13 +248,14 @@ class InfluenceEstimator:
             check_dataset(train_dataset, "train_dataset", self.model)
             tracked = {m.name for m in self.tracked}
             names = [name for name, param in self.model.named_parameters() if name in tracked or param.requires_grad]
-            return self._fingerprint(names)
+            return self._fingerprint(names), self._dataset_digest(train_dataset) if self.distributed else 0
 
-        fingerprint = self.engine.run_collectively(check, "Checking `train_dataset` and the model")
+        fingerprint, data_digest = self.engine.run_collectively(check, "Checking `train_dataset` and the model")
         if self.distributed:
             digest = hashlib.blake2b(repr(sorted(fingerprint.items())).encode(), digest_size=7).digest()
             self._agree(
-                "training sets (lengths) or models (digest)", [len(train_dataset), int.from_bytes(digest, "big")]
+                "training sets (lengths, or the model inputs of the examples in order) or models (digest)",
+                [len(train_dataset), data_digest, int.from_bytes(digest, "big")],
             )
         part, indices = self.engine.run_collectively(lambda: self._shard(train_dataset), "Sharding `train_dataset`")
         self.engine.fit(self._source(part, "fit: train gradients", indices.start, train_dataset[0]))
@@ -310,9 +318,14 @@ class InfluenceEstimator:
         """
         if self.train_dataset is None:
             raise RuntimeError("Call `fit(train_dataset)` before `scores(eval_dataset)`.")
-        self.engine.run_collectively(lambda: self._check_scores(eval_dataset), "Checking `eval_dataset` and the model")
+        data_digest = self.engine.run_collectively(
+            lambda: self._check_scores(eval_dataset), "Checking `eval_dataset` and the model"
+        )
         if self.distributed:
-            self._agree("evaluation sets (lengths)", [len(eval_dataset)])
+            self._agree(
+                "evaluation sets (lengths, or the model inputs of the examples in order)",
+                [len(eval_dataset), data_digest],
+            )
         engine = self.engine
         engine.train_source = self._source(
             self._train_part[0], f"{self.method}: train gradients", *self._train_part[1:]
@@ -332,6 +345,44 @@ class InfluenceEstimator:
             )
         self._check_model_unchanged()
         check_dataset(eval_dataset, "eval_dataset", self.model)
+        return self._dataset_digest(eval_dataset) if self.distributed else 0
+
+    def _dataset_digest(self, dataset) -> int:
+        """A 56-bit digest of the model inputs of every example of `dataset`, in order (data-parallel runs compare it
+        across the ranks: each rank differentiates its contiguous part of *its* dataset, so a set shuffled or sampled
+        differently on each rank, e.g. `Dataset.shuffle()` without a seed, scored some examples twice, others never,
+        and put scores at the wrong indices, with lengths that agree). It reads every example once (no forward pass),
+        over the columns the model's forward takes (`input_ids`, `labels`, ...): numbers and arrays by value, strings
+        by text, other objects by type only."""
+        collator = self.gradients.data_collator
+        names = sorted(
+            collator.input_names if isinstance(collator, PaddingCollator) else model_input_names(self.model)
+        )
+        digest = hashlib.blake2b(digest_size=7)
+        for i in range(len(dataset)):
+            example = dataset[i]
+            for key in names:
+                digest.update(f"|{key}=".encode())
+                digest.update(_value_bytes(example.get(key)))
+        return int.from_bytes(digest.digest(), "big")
+
+
+def _value_bytes(value) -> bytes:
+    """`value` (a dataset cell) as bytes that do not depend on the process: numbers and arrays by value (int64 or
+    float64, so a list and a tensor of the same ids agree), strings by text, other objects by type only."""
+    if value is None or isinstance(value, (str, bytes)):
+        return repr(value).encode()
+    try:
+        if isinstance(value, torch.Tensor):  # bfloat16 has no numpy dtype
+            value = value.detach().cpu()
+            value = value.double() if value.is_floating_point() else value
+        array = np.asarray(value)
+    except (TypeError, ValueError):  # ragged nested lists
+        return repr(type(value)).encode()
+    if array.dtype.kind not in "biuf":
+        return repr(type(value)).encode()
+    array = np.ascontiguousarray(array, dtype=np.float64 if array.dtype.kind == "f" else np.int64)
+    return f"{array.dtype.kind}{array.shape}".encode() + array.tobytes()
 
 
 class _Rows:

@@ -22,3 +22,39 @@ def test_half_precision_dtype_accumulates_the_sums_in_float32(method):
     assert half.dtype == torch.bfloat16  # the returned scores keep `dtype`
     error = float((half.double() - exact).abs().max() / exact.abs().max())
     assert error < 0.01, error  # bfloat16 rounding of the gradients and of the scores only (0.2-0.3%)
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo group of world size 1 in this process (torn down after the test)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield dist.group.WORLD
+    dist.destroy_process_group()
+
+
+def test_data_parallel_ranks_compare_the_datasets_contents_not_only_their_lengths(one_process_group, monkeypatch):
+    """F2: data-parallel `fit`/`scores` compared only the datasets' lengths across the ranks, so a training set shuffled
+    differently on each rank (`Dataset.shuffle()` without a seed) was accepted: each rank differentiated its contiguous
+    part of its own order, some examples twice and others never, and the scores landed at the wrong indices. The ranks
+    now also compare a digest of the examples' model inputs, in order."""
+    from datasets import Dataset
+
+    from hf_ext.hyperinf import InfluenceEstimator
+
+    from .scripts.ddp_influence import rows, tiny_lora
+
+    seen = []
+    monkeypatch.setattr(InfluenceEstimator, "_agree", lambda self, what, values: seen.append((what, list(values))))
+    data = rows(6, 0)
+    estimator = InfluenceEstimator(tiny_lora(), "tracin", batch_size=3, distributed=True)
+    for train in (Dataset.from_list(data), Dataset.from_list(data[::-1]), data):
+        estimator.fit(train).scores(train)
+    fits = [values for what, values in seen if what.startswith("training sets")]
+    evals = [values for what, values in seen if what.startswith("evaluation sets")]
+    assert len(fits) == len(evals) == 3
+    assert fits[0] != fits[1] and evals[0] != evals[1]  # same length, another order: told apart
+    assert fits[0] == fits[2] and evals[0] == evals[2]  # a Dataset and a list of the same rows agree
