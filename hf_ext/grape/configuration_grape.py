@@ -203,6 +203,15 @@ class GrapeConfig(TrainingArguments):
                     f"{os.path.basename(value) or 'mixture.json'!r}, or a sub-folder such as 'weights/"
                     f"{os.path.basename(value) or 'mixture.json'}'): it is written inside each run's output_dir."
                 )
+            # the file is written to output_dir joined with the value as given: a folder ("weights/", ".") or a path
+            # through a folder and back ("sub/../mixture.json", when sub does not exist) failed only after training
+            parts = value.replace(os.sep, "/").split("/") if isinstance(value, str) and value else []
+            if parts and (".." in parts or parts[-1] in ("", ".")):
+                raise ValueError(
+                    f"{name}={value!r} must name a file inside output_dir, without '..' and not a folder (e.g. "
+                    f"'{'mixture.json' if name == 'export_mixture_file' else 'mixture_weights.png'}' or "
+                    f"'weights/{'mixture.json' if name == 'export_mixture_file' else 'mixture_weights.png'}')."
+                )
         if self.plot_file is not None and not isinstance(self.plot_file, str):
             raise ValueError(
                 f"plot_file must be a file name (e.g. mixture_weights.png), or empty / None to skip the plot, got "
