@@ -49,7 +49,8 @@ def pack_dataset(
         The input's type (`Dataset`, `IterableDataset`, or a dict of them with the same splits) with `input_ids`,
         `attention_mask` and `labels` (a copy of `input_ids`), of length `block_size` (see `drop_remainder`); other
         columns are removed. A `Dataset` formatted with `with_format` (numpy, arrow, pandas, torch, ...) is packed
-        into the same blocks as unformatted and returned in its format.
+        into the same blocks as unformatted and returned in its format; one with a `with_transform` transform is refused
+        (apply the transform with `map` first).
     """
     import itertools
 
@@ -70,6 +71,7 @@ def pack_dataset(
                 raise TypeError(f"Split {name!r} of the {type(dataset).__name__} is a {type(split).__name__}.")
             if isinstance(split, datasets.IterableDataset) and num_proc is not None:
                 raise ValueError(_ITERABLE_NUM_PROC.format(num_proc=num_proc))
+            _refuse_transform(split, f"split {name!r}")
             _check_text_column(_columns(split), text_column, f"split {name!r}")
         args = (tokenizer, block_size, text_column, add_eos, num_proc, drop_remainder)
         return type(dataset)({name: pack_dataset(split, *args) for name, split in dataset.items()})
@@ -81,6 +83,7 @@ def pack_dataset(
         )
     if streaming and num_proc is not None:
         raise ValueError(_ITERABLE_NUM_PROC.format(num_proc=num_proc))
+    _refuse_transform(dataset, "the dataset")
     columns = _columns(dataset)
     _check_text_column(columns, text_column, "the dataset")
     if add_eos and tokenizer.eos_token_id is None:
@@ -192,6 +195,19 @@ _ITERABLE_NUM_PROC = (
     "num_proc={num_proc} applies to a datasets.Dataset; a streaming IterableDataset is packed lazily, in the process "
     "that iterates it: leave num_proc None."
 )
+
+
+def _refuse_transform(dataset, what: str) -> None:
+    """Refuse a `Dataset` with a `with_transform` / `set_transform` transform (format type "custom"): the text is
+    read as stored, so the transform would be skipped, and handing it the blocks (written for the input's columns)
+    failed at their first access (`KeyError: 'text'`)."""
+    fmt = getattr(dataset, "format", None)
+    if isinstance(fmt, dict) and fmt.get("type") == "custom":
+        raise ValueError(
+            f"pack_dataset got {what} with a with_transform / set_transform transform, which it would not apply to "
+            "the text and which does not apply to the packed blocks; apply it first with "
+            "`dataset.map(transform, batched=True)` (or drop it: `dataset.with_format(None)`)."
+        )
 
 
 def _check_text_column(columns: list[str] | None, text_column: str, what: str) -> None:
