@@ -231,8 +231,18 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         raise ValueError(f"--dataset must be corpus, synthetic, hub or files, got {data_args.dataset!r}.")
     if data_args.block_size <= 0:
         raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
-    if data_args.dataset != "synthetic":  # (the synthetic data's tokenizer has max(1500, --vocab_size // 2) tokens)
-        check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
+    loaded = data_args.tokenizer_name or model_args.model_name_or_path
+    if data_args.dataset != "synthetic":
+        check_vocab_size(data_args.vocab_size, loaded)
+    elif not loaded:  # the synthetic data's tokenizer has max(1500, --vocab_size // 2) tokens
+        from ..data.tokenizer import MAX_VOCAB_SIZE
+
+        if max(1500, data_args.vocab_size // 2) > MAX_VOCAB_SIZE:
+            raise ValueError(
+                f"--vocab_size {data_args.vocab_size}: the synthetic data's tokenizer gets --vocab_size // 2 = "
+                f"{data_args.vocab_size // 2} tokens, above the {MAX_VOCAB_SIZE} (2**20) the BPE trainer is allowed; "
+                f"pass --vocab_size <= {2 * MAX_VOCAB_SIZE + 1}."
+            )
     if meta_args.layout not in LAYOUTS:
         raise ValueError(f"--layout must be one of {LAYOUTS}, got {meta_args.layout!r}.")
     if meta_args.template not in TEMPLATE_KINDS:  # the template factory named its own parameter, `kind`, not the flag
