@@ -71,6 +71,11 @@ def make_canaries(
         # whatever its index: `texts[i]` would look a filtered Series' index label up, a raw KeyError)
         if isinstance(texts, str | Mapping) or not (hasattr(texts, "__len__") and hasattr(texts, "__iter__")):
             raise ValueError("`texts` must be a sequence of str documents (one per canary), or None for random words.")
+        if getattr(texts, "ndim", 1) != 1:  # a DataFrame iterates over its column names, a 2-D array over rows
+            raise ValueError(
+                f"`texts` must be a one-dimensional sequence of str documents, got a {texts.ndim}-"
+                f"dimensional {type(texts).__name__}; pass its text column, e.g. texts=df['text']."
+            )
         if isinstance(texts, set | frozenset):  # its order, so the canaries, would differ between processes
             raise ValueError("`texts` is a set, whose order changes between processes; pass sorted(texts) or a list.")
         if len(texts) < num_canaries:
