@@ -1262,8 +1262,8 @@ def main(argv: list[str] | None = None) -> dict:
         "with a larger global batch, and every process would write the same files, so the rankings and losses would "
         "differ from one process",
         "to score a large training set on several processes, call `hf_ext.hyperinf.InfluenceEstimator` from your own "
-        "script under torchrun / accelerate launch: it splits the training set between the ranks and returns one "
-        'process\'s scores (docs/hyperinf.md, "Data-parallel use")',
+        "script under torchrun / accelerate launch: it splits the training set between the ranks and returns every "
+        'example\'s score, in dataset order, on every process (docs/hyperinf.md, "Data-parallel use")',
     )
     start = time.perf_counter()
     task, model_args, inf, training_args = parse_recipe_args(
