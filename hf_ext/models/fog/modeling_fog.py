@@ -870,7 +870,9 @@ def convert_authors_state_dict(state_dict: dict[str, torch.Tensor], config: FogC
     Their names match ours except: LayerScale weights live inside the sublayers there
     (`self_attn.attn_layerscale.weight`, `mlp.mlp_layerscale.weight` -> `attention_layerscale.weight`,
     `feedforward_layerscale.weight`); their decoder always holds both norms and `model.norm` even when unused (dropped
-    here when the config has no such module); their xIELU stores no `beta` / `eps` buffers (filled from the config).
+    here when the config has no such module); their xIELU stores no `beta` / `eps` buffers (filled from the config);
+    their Smooth-SwiGLU module (`ScaledSwiglu`) saves a `mlp.act_fn.scale` buffer that only its unused "delayed" mode
+    reads (dropped: ours computes the per-token scale in every forward).
 
     Args:
         state_dict (`dict[str, torch.Tensor]`): Weights in the authors' naming.
@@ -888,6 +890,8 @@ def convert_authors_state_dict(state_dict: dict[str, torch.Tensor], config: FogC
         if new == "model.norm.weight" and not config.final_layernorm:
             continue
         if not has_norms and re.search(r"\.(attention|feedforward)_layernorm\.weight$", new):
+            continue
+        if config.hidden_act == "smooth_swiglu" and re.search(r"\.mlp\.act_fn\.scale$", new):
             continue
         if new.startswith("model.") or new.startswith("lm_head."):
             out[new] = value
