@@ -172,9 +172,15 @@ def define_testers(tests_dir: Path, selected: list[str]) -> dict[str, type]:
     class FogModelTester(base_tester):
         config_class, base_model_class, causal_lm_class = FogConfig, FogModel, FogForCausalLM
 
+    # transformers runs `test_can_init_all_missing_weights` (every weight and buffer re-initialised by
+    # `_init_weights` as `__init__` makes it) only when the config class's file has a "# Copyright <year>" header of
+    # 2023 or later, or with this opt-in; ours have no such header, so without it the check was skipped as "Not a
+    # prioritized model for now" (set on the FOG and layer-parallel test classes).
+
     class FogModelTest(base_test, unittest.TestCase):
         model_tester_class = FogModelTester
         pipeline_model_mapping = {"feature-extraction": FogModel, "text-generation": FogForCausalLM}
+        test_can_init_all_missing_weights_before_2023 = True
 
     class FogRecipeModelTester(FogModelTester):
         def get_config(self):
@@ -221,6 +227,7 @@ def define_testers(tests_dir: Path, selected: list[str]) -> dict[str, type]:
 
     class LPMergedTest(base_test, unittest.TestCase):
         model_tester_class = LPMergedTester
+        test_can_init_all_missing_weights_before_2023 = True
         pipeline_model_mapping = {
             "feature-extraction": LayerParallelModel,
             "text-generation": LayerParallelForCausalLM,
