@@ -272,7 +272,8 @@ def convert(
         amax_history_len (`int`, defaults to 1024): te / emulated delayed scaling history length.
         amax_compute_algo (`str`, defaults to `"max"`): te / emulated: "max" or "most_recent".
         margin (`int`, defaults to 0): te / emulated scaling margin (scale / 2**margin).
-        include_lm_head (`bool`, defaults to `False`): Also put the LM head in FP8 (FOG keeps it in BF16).
+        include_lm_head (`bool`, defaults to `False`): Also put the LM head in FP8 (FOG keeps it in BF16). With
+            `backend="te"` the head must be untied from the input embeddings (a `ValueError` otherwise).
         skip_modules (`list[str]`, *optional*): Regexes of module names to keep in high precision (for the branch-wise
             weights of block pairs: the per-branch names above, e.g. `["gate_branches", "up_branches"]`).
         fp8_attention (`bool`, defaults to `False`): Also run the attention BMMs QK^T and PV in FP8. emulated: the
@@ -345,6 +346,14 @@ def convert(
             "convert: amax_reduction_group is a delayed-scaling option (backend='te', or backend='emulated' with "
             "scaling='delayed'); torchao's and current scaling keep no amax history to reduce."
         )
+    if backend == "te" and include_lm_head and _head_tied_to_embeddings(model):
+        # te.Linear gets a weight of its own (a copy): the head would silently stop being tied to the embeddings
+        raise ValueError(
+            "convert: include_lm_head=True with backend='te' needs an untied LM head (tie_word_embeddings=False), as "
+            "the reference's --fp8-lmhead: Transformer Engine's linear keeps its own copy of the weight, so the head "
+            "would stop sharing the input embeddings' weight. Untie the head, use backend='torchao' / 'emulated' "
+            "(which keep the tie), or leave the head in high precision (include_lm_head=False)."
+        )
     if fp8_attention and backend == "torchao":
         raise ValueError(
             "convert: fp8_attention=True is not available with backend='torchao' (torchao has no FP8 attention); use "
@@ -416,6 +425,16 @@ def convert(
     if backend == "te":
         model.hf_ext_fp8["te_recipe"] = te_fp8_recipe
     return model
+
+
+def _head_tied_to_embeddings(model: nn.Module) -> bool:
+    """Whether `model`'s output embeddings (LM head) share their weight with its input embeddings."""
+    get_out, get_in = getattr(model, "get_output_embeddings", None), getattr(model, "get_input_embeddings", None)
+    if not callable(get_out) or not callable(get_in):
+        return False
+    head, embed = get_out(), get_in()
+    weight = getattr(head, "weight", None)
+    return weight is not None and weight is getattr(embed, "weight", None)
 
 
 # The backends each scaling option acts on (convert refuses a non-default value of it for any other backend).
