@@ -440,7 +440,7 @@ class RobotsTxtStore(Mapping):
                 )
             store._add_loaded(
                 seen, f"{path}: record {i}", row["host"], row.get("robots_txt"), row.get("fetched_at"),
-                row.get("status"), row.get("error"),
+                _file_status(row.get("status")), row.get("error"),
             )  # fmt: skip
         return store
 
@@ -537,7 +537,7 @@ class RobotsTxtStore(Mapping):
                 file = path / file.name[1 : -len(_STAGED_SUFFIX)]
                 data = file.read_bytes()
             store._add_loaded(
-                seen, str(file), host, data, info.get("fetched_at", default_date), info.get("status"),
+                seen, str(file), host, data, info.get("fetched_at", default_date), _file_status(info.get("status")),
                 info.get("error"),
             )  # fmt: skip
         for host, info in per_host.items():  # hosts recorded without a robots.txt file
@@ -545,7 +545,8 @@ class RobotsTxtStore(Mapping):
             # 5xx, network error: disallow all): dropping those would allow every page of an unreachable host
             recorded = info.get("missing") or info.get("status") is not None or info.get("error")
             if normalize_host(host) not in store._records and recorded:
-                store.add(host, None, info.get("fetched_at", default_date), info.get("status"), info.get("error"))
+                status = _file_status(info.get("status"))
+                store.add(host, None, info.get("fetched_at", default_date), status, info.get("error"))
         return store
 
     # Writers ------------------------------------------------------------------------------------------------------
@@ -639,6 +640,19 @@ class RobotsTxtStore(Mapping):
             with atomic_open(str(path), "wb") as fh:
                 pq.write_table(pa.Table.from_pylist(rows, schema=schema), fh)
         return path
+
+
+def _file_status(value):
+    """A snapshot file's `status` as `add` takes it: a whole float (`404.0`) is that int and NaN is `None`. A status
+    column with a missing value is float64 in pandas, so a snapshot written with `DataFrame.to_parquet` / `to_json`
+    holds `200.0` and null (or NaN) where a fetch recorded 200 and no status; anything else is left for `add` to
+    check."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return int(value)
+    return value
 
 
 def _iso_date(value, host):
