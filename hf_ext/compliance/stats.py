@@ -144,6 +144,19 @@ def _check_agents_match(kept: list, agents: list, compliant_column: str, agents_
         )
 
 
+def _domain_names(dataset, domain_column: str) -> list:
+    """Each row's domain as a name: a `ClassLabel` column's label names (its integer codes would be reported instead,
+    and code 0 as `"<no host>"`; -1, no label, is `None`), any other value as its `str` (`None` stays `None`), so the
+    rows sort by name whatever the column's type."""
+    import datasets
+
+    values = dataset[domain_column]
+    feature = dataset.features[domain_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return [None if v is None or v < 0 else feature.int2str(v) for v in values]
+    return [None if v is None else str(v) for v in values]
+
+
 def compute_retention_stats(
     dataset,
     compliant_column: str = "robots_compliant",
@@ -228,7 +241,10 @@ def compute_retention_stats(
         )
     # `map` returns an empty dataset unchanged (no `_n_tokens` column): an empty dataset counts no tokens.
     n_tokens = counts_ds["_n_tokens"] if len(counts_ds) else []
-    domains = dataset[domain_column] if domain_column else [normalize_host(u or "") for u in dataset[url_column]]
+    if domain_column:
+        domains = _domain_names(dataset, domain_column)
+    else:
+        domains = [normalize_host(u or "") for u in dataset[url_column]]
 
     acc = defaultdict(lambda: [0, 0, 0, 0])
     per_agent: dict[str, int] = defaultdict(int)

@@ -42,3 +42,26 @@ def test_snapshot_with_a_fractional_status_is_still_refused(tmp_path):
     with pytest.raises(TypeError, match="status of 'a.com' must be an int"):
         RobotsTxtStore.load(path)
 
+
+# F2: a ClassLabel domain column is reported by its label names (code 0 was "<no host>"; a tie crashed the sort) -----
+def test_retention_stats_read_a_classlabel_domain_column_by_name():
+    import datasets
+
+    from hf_ext.compliance import annotate_compliance, compute_retention_stats
+
+    features = datasets.Features(
+        {"url": datasets.Value("string"), "text": datasets.Value("string"),
+         "domain": datasets.ClassLabel(names=["news", "science", "code"])}
+    )  # fmt: skip
+    urls = ["https://a.com/private/1", "https://a.com/2", "https://a.com/3", "https://a.com/private/4", "https://a.com/5"]
+    ds = datasets.Dataset.from_dict(
+        {"url": urls, "text": ["a b", "c d e", "f", "g h i j", "k"], "domain": [0, 0, 1, 2, 2]}, features=features
+    )
+    checker = RobotsCompliance({"a.com": "User-agent: GPTBot\nDisallow: /private/\n"})
+    stats = compute_retention_stats(annotate_compliance(ds, checker), domain_column="domain")
+    rows = {r["domain"]: (r["docs"], r["docs_removed"], r["tokens_removed"]) for r in stats.per_domain}
+    assert rows == {"news": (2, 1, 2), "science": (1, 0, 0), "code": (2, 1, 4)}
+    # two domains removing the same number of tokens (0 here) sort by name: they were an int and "<no host>"
+    kept_all = ds.map(lambda _: {"url": "https://a.com/1"})
+    stats = compute_retention_stats(annotate_compliance(kept_all, checker), domain_column="domain")
+    assert [r["domain"] for r in stats.per_domain] == ["code", "news", "science"]
