@@ -732,13 +732,18 @@ def snapshot_is_empty(path: str | os.PathLike) -> bool:
 
 
 def _infer_format(path: Path) -> str:
-    if path.suffix == ".jsonl":
+    """The snapshot format a path names by its extension, in any letter case (`SNAP.JSONL` is JSON Lines)."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
         return "jsonl"
-    if path.suffix == ".parquet":
+    if suffix == ".parquet":
         return "parquet"
-    if path.suffix == "" or path.is_dir():
+    if suffix == "" or path.is_dir():
         return "folder"
-    raise ValueError(f"cannot infer the snapshot format of {str(path)!r}; use a folder, .jsonl or .parquet, or format=.")
+    raise ValueError(
+        f"cannot infer the snapshot format of {str(path)!r} from its extension: pass a folder, a .jsonl or a .parquet "
+        "file (RobotsTxtStore.load and save also take format='folder', 'jsonl' or 'parquet')."
+    )
 
 
 def record_from_response(

@@ -216,8 +216,15 @@ def _validate(args: ComplianceArguments):
     if args.robots is not None:
         from pathlib import Path
 
-        from ..compliance.store import _empty_snapshot_message, snapshot_is_empty
+        from ..compliance.store import _empty_snapshot_message, _infer_format, snapshot_is_empty
 
+        try:  # the format from the extension, before --output_dir is made (the script has no format flag)
+            _infer_format(Path(args.robots))
+        except ValueError:
+            raise ValueError(
+                f"--robots={args.robots!r} is neither a folder nor a .jsonl or .parquet file; pass a snapshot in one "
+                "of those formats (a file named with its format's extension)."
+            ) from None
         if snapshot_is_empty(args.robots):  # (checked cheaply here, before --output_dir is made; load refuses it too)
             raise ValueError(f"--robots: {_empty_snapshot_message(Path(args.robots))}")
     # a path that is not a folder, or a Hub name offline

@@ -65,3 +65,26 @@ def test_retention_stats_read_a_classlabel_domain_column_by_name():
     kept_all = ds.map(lambda _: {"url": "https://a.com/1"})
     stats = compute_retention_stats(annotate_compliance(kept_all, checker), domain_column="domain")
     assert [r["domain"] for r in stats.per_domain] == ["code", "news", "science"]
+
+
+# F3: the snapshot format is read from the extension in any letter case; the CLI names --robots, not format= -------------
+def test_snapshot_extension_in_upper_case_is_read(tmp_path):
+    from hf_ext.compliance import RobotsTxtFilter, load_example_robots
+
+    store = load_example_robots()
+    for name in ("SNAP.JSONL", "Snap.Parquet"):
+        store.save(tmp_path / name)
+        assert len(RobotsTxtStore.load(tmp_path / name)) == len(store)
+        step = RobotsTxtFilter(str(tmp_path / name))
+        assert len(step.checker.store) == len(store)
+
+
+def test_compliance_recipe_refuses_an_unknown_snapshot_extension_naming_the_flag(tmp_path):
+    from hf_ext.recipes.compliance import main
+
+    bad = tmp_path / "robots.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match=r"--robots=.*neither a folder nor a \.jsonl or \.parquet") as err:
+        main(["--robots", str(bad), "--output_dir", str(tmp_path / "out")])
+    assert "format=" not in str(err.value)
+    assert not (tmp_path / "out").exists()
