@@ -222,8 +222,16 @@ class RobotsTxtFilter(BaseFilter):
             self._blocked_domains = build_blocked_domains(self.checker)
         return self._blocked_domains
 
+    @property
+    def _missing_url(self) -> str:
+        """The checker's `missing_url`, without loading a snapshot path: the coarse mode with `blocked_domains` given
+        needs nothing else of the checker (each task would otherwise load the whole snapshot for this one option)."""
+        if self._checker is not None:
+            return self._checker.missing_url
+        return self._checker_kwargs.get("missing_url", "keep")
+
     def _coarse_result(self, doc: Document) -> bool | tuple[bool, str]:
-        if not _coarse_keeps(self._url(doc), self.blocked_domains, self.checker.missing_url == "keep"):
+        if not _coarse_keeps(self._url(doc), self.blocked_domains, self._missing_url == "keep"):
             return False, "robots_txt_domain"
         if doc.metadata.get("filter_reason") == "robots_txt_domain":  # an earlier run's, as in the fine mode
             del doc.metadata["filter_reason"]

@@ -88,3 +88,25 @@ def test_compliance_recipe_refuses_an_unknown_snapshot_extension_naming_the_flag
         main(["--robots", str(bad), "--output_dir", str(tmp_path / "out")])
     assert "format=" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+# F4: the coarse datatrove step given its blocked_domains does not load the snapshot (every task loaded it whole) -------
+@pytest.mark.parametrize("missing_url", ["keep", "drop"])
+def test_coarse_datatrove_step_with_a_given_list_does_not_load_the_snapshot(tmp_path, monkeypatch, missing_url):
+    pytest.importorskip("datatrove")
+    from datatrove.data import Document
+
+    from hf_ext.compliance import RobotsTxtFilter
+
+    path = tmp_path / "snap.jsonl"
+    RobotsTxtStore.from_dict({"x.com": "User-agent: GPTBot\nDisallow: /\n"}).save(path)
+    step = RobotsTxtFilter(str(path), mode="coarse", blocked_domains=["x.com"], missing_url=missing_url)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the snapshot was loaded")
+
+    monkeypatch.setattr(RobotsTxtStore, "load", refuse)
+    urls = ["https://x.com/a", "https://blog.x.com/b", "https://y.com/c", None]
+    docs = [Document(text="t", id=str(i), metadata={"url": u}) for i, u in enumerate(urls)]
+    kept = [d.metadata["url"] for d in step.run(iter(docs))]
+    assert kept == (["https://y.com/c", None] if missing_url == "keep" else ["https://y.com/c"])
