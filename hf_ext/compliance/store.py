@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC
 from pathlib import Path
 
-from ..utils.checks import is_real
+from ..utils.checks import is_int, is_real
 from .rfc9309 import MAX_ROBOTS_BYTES, _decode_bytes, _encode_bytes, _without_cut_line
 from .robots import STATUS_CLASSES, normalize_host, status_class
 
@@ -302,8 +302,10 @@ class RobotsTxtStore(Mapping):
         key = normalize_host(host)
         if not key:
             raise ValueError(f"host {host!r} has no host name; pass e.g. 'example.com'.")
-        if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
+        if status is not None and not is_int(status):
             raise TypeError(f"status of {host!r} must be an int HTTP status or None, got {status!r}.")
+        if status is not None:
+            status = int(status)  # numpy's int64 (a DataFrame's status column) as the int every format can save
         if error is not None and not isinstance(error, str):
             raise TypeError(f"error of {host!r} must be a str or None, got {type(error).__name__}.")
         fetched_at = _iso_date(fetched_at, host)

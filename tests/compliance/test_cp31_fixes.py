@@ -110,3 +110,16 @@ def test_coarse_datatrove_step_with_a_given_list_does_not_load_the_snapshot(tmp_
     docs = [Document(text="t", id=str(i), metadata={"url": u}) for i, u in enumerate(urls)]
     kept = [d.metadata["url"] for d in step.run(iter(docs))]
     assert kept == (["https://y.com/c", None] if missing_url == "keep" else ["https://y.com/c"])
+
+
+def test_numpy_integer_status_is_stored_as_an_int_and_saves(tmp_path):
+    np = pytest.importorskip("numpy")
+    store = RobotsTxtStore()
+    store.add("a.com", None, status=np.int64(404))  # a status read from a DataFrame row
+    store.add("b.com", None, status=np.int32(503))
+    assert [(type(r.status), r.status_class) for r in store.values()] == [(int, "unavailable"), (int, "unreachable")]
+    for name in ("snap", "snap.jsonl", "snap.parquet"):
+        store.save(tmp_path / name)
+        assert RobotsTxtStore.load(tmp_path / name)["b.com"].status == 503
+    with pytest.raises(TypeError, match="status of 'c.com' must be an int"):
+        store.add("c.com", None, status=np.bool_(True))
