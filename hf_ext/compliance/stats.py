@@ -101,6 +101,13 @@ def _check_column_types(dataset, compliant_column: str, token_column: str | None
                 f"token_column={token_column!r} holds {feature!r}, not integer token counts; pass a column of "
                 "non-negative ints (or tokenizer= to count them)."
             )
+        if len(dataset) and feature.dtype != "null":
+            counts = dataset.with_format("arrow")[token_column]  # the rows of `dataset` only
+            if counts.null_count:
+                raise ValueError(
+                    f"token_column={token_column!r} has {counts.null_count} missing (null) token count(s); count the "
+                    "tokens of every row (or pass tokenizer= to count them)."
+                )
         if len(dataset) and not feature.dtype.startswith("u"):
             import pyarrow.compute as pc
 

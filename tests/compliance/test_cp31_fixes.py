@@ -123,3 +123,18 @@ def test_numpy_integer_status_is_stored_as_an_int_and_saves(tmp_path):
         assert RobotsTxtStore.load(tmp_path / name)["b.com"].status == 503
     with pytest.raises(TypeError, match="status of 'c.com' must be an int"):
         store.add("c.com", None, status=np.bool_(True))
+
+
+# F5: a missing (null) token count is refused naming token_column (it failed with a raw int(None) TypeError) -----------
+def test_retention_stats_refuse_a_null_token_count_naming_the_column():
+    import datasets
+
+    from hf_ext.compliance import compute_retention_stats
+
+    ds = datasets.Dataset.from_dict(
+        {"url": ["https://a.com/1", "https://a.com/2"], "robots_compliant": [True, False], "n_tokens": [3, None]}
+    )
+    with pytest.raises(ValueError, match="token_column='n_tokens' has 1 missing"):
+        compute_retention_stats(ds, token_column="n_tokens", agents_column=None)
+    ok = compute_retention_stats(ds.select([0]), token_column="n_tokens", agents_column=None)
+    assert ok.overall["tokens"] == 3
