@@ -253,6 +253,14 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         method = args.reweight_method
         needs_targets = method in GRAPE_VARIANTS or method == "doge"
         tokenizer = kwargs.get("processing_class")
+        for name in ("export_mixture_file", "plot_file"):
+            value = getattr(args, name)
+            if value and args.output_dir and os.path.isdir(os.path.join(args.output_dir, value)):
+                # replacing a folder fails at the end of training (the mixture export: before the model is saved)
+                raise ValueError(
+                    f"{name}={value!r} is a folder in output_dir {args.output_dir!r}; the file is written there at the "
+                    f"end of training and cannot replace a folder. Give another file name (or remove the folder)."
+                )
 
         # ---- validate everything before any work -------------------------------------------------------------------
         streaming = isinstance(train_dataset, dict)
