@@ -87,6 +87,7 @@ class _GrapeCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer._mixture_run_started = True
         self.trainer._record_trajectory(initial=True)
+        self.trainer._warn_if_never_reweighted(state.global_step, state.max_steps)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         # The Trainer's own `set_epoch` on the loader does not reach the sampler under every wrapping: a resume inside
@@ -1028,6 +1029,31 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         self.reweight_seconds += time.perf_counter() - start
         logs["grape/reweight_seconds"] = time.perf_counter() - start
         self.log(logs)
+
+    def _warn_if_never_reweighted(self, start_step: int, max_steps: int) -> None:
+        """Warn, naming the period and `max_steps`, for a weight update this method makes that no step of the run
+        `(start_step, max_steps]` reaches (e.g. the default period of 100 in a 50-step run): the run trained on its
+        initial weights and exported them under the method's name without a word."""
+        args, method = self.args, self.args.reweight_method
+        updates = []
+        if method in GRAPE_VARIANTS and self.mixture_state.task_names:
+            updates.append(("reweight_tasks_every", "task"))
+        if method in (*GRAPE_VARIANTS, "doge", "doremi"):
+            updates.append(("reweight_domains_every", "domain"))
+        for name, kind in updates:
+            every = getattr(args, name)
+            if every > 0 and max_steps and (start_step // every + 1) * every > max_steps:
+                logger.warning(
+                    "%s=%d but this run ends at step %d: reweight_method=%r never updates the %s weights in it (they "
+                    "stay at their initial values, and are exported as the %s mixture); lower %s or raise max_steps.",
+                    name,
+                    every,
+                    max_steps,
+                    method,
+                    kind,
+                    method,
+                    name,
+                )
 
     def _record_trajectory(self, initial: bool = False) -> None:
         st = self.mixture_state

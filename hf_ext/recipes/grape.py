@@ -175,6 +175,21 @@ def _validate_eval_args(eval_args: GrapeEvalArguments, args: GrapeRecipeConfig) 
             )
         if "fixed" in methods and not args.mixture_file:
             raise ValueError("--compare_methods with fixed needs --mixture_file (the weights to hold fixed).")
+        if args.mixture_file:
+            # each method's trainer reads --mixture_file when it is built: a file that an earlier method of the
+            # comparison overwrites (its own mixture.json) gave the later methods that run's mixture, not the file's
+            order = _methods(eval_args, args)
+            given = os.path.realpath(args.mixture_file)
+            for i, writer in enumerate(order):
+                readers = [m for m in order[i + 1 :] if m != "uniform"]
+                written = os.path.join(args.output_dir, writer, args.export_mixture_file)
+                if readers and os.path.realpath(written) == given:
+                    raise ValueError(
+                        f"--mixture_file {args.mixture_file!r} is the mixture file this comparison's {writer} run "
+                        f"writes, and {', '.join(readers)} (trained after it) would read {writer}'s new mixture "
+                        "instead of this file's weights; copy the file out of --output_dir first (or use another "
+                        "--output_dir)."
+                    )
         if args.resume_from_checkpoint:
             raise ValueError(
                 "--resume_from_checkpoint is not supported with --compare_methods; resume one method with "
@@ -261,7 +276,7 @@ def _refuse_inapplicable_flags(
 OWN_OUTPUT_FILES = (
     "grape_results.json", "target_eval.json", "target_eval.md", "target_eval.png", "config.json",
     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-    "merges.txt", "added_tokens.json", "chat_template.jinja", "training_args.bin",
+    "merges.txt", "added_tokens.json", "chat_template.jinja", "training_args.bin", "grape_run.json",
 )  # fmt: skip
 
 
@@ -308,9 +323,9 @@ def _refuse_colliding_output_names(args: GrapeRecipeConfig) -> None:
         base = os.path.normpath(name)
         if base in OWN_OUTPUT_FILES or base.endswith((".safetensors", ".safetensors.index.json", ".bin")):
             raise ValueError(
-                f"{flag} {name!r} names a file the recipe writes itself into --output_dir (results, comparison, saved "
-                "model or tokenizer), which would overwrite it or be overwritten; pick another name (defaults: "
-                "mixture.json, mixture_weights.png)."
+                f"{flag} {name!r} names a file the recipe writes itself into --output_dir (results, comparison, run "
+                "record, saved model or tokenizer), which would overwrite it or be overwritten; pick another name "
+                "(defaults: mixture.json, mixture_weights.png)."
             )
 
 
