@@ -313,6 +313,32 @@ def define_testers(tests_dir: Path, selected: list[str]) -> dict[str, type]:
         def test_config(self):
             self.config_tester.run_common_tests()
 
+        def test_can_init_all_missing_weights(self):
+            """transformers' check, with one seed per model instead of one per module. transformers reseeds before
+            each module's `_init_weights`, which this model's constructor does not call (its modules keep the PyTorch
+            initialisation they drew, so that a seed gives the reproductions' weights); the `_init_weights` that
+            `from_pretrained` runs on a checkpoint's missing weights must then give every weight exactly what the
+            constructor gives for the same seed: the same draws in the same order."""
+            import copy
+
+            import torch
+
+            config, _ = self.model_tester.prepare_config_and_inputs_for_common()
+            for tie in (False, True):
+                config.tie_word_embeddings = tie
+                torch.manual_seed(0)
+                built = GrokDecoderForCausalLM(copy.deepcopy(config)).state_dict()
+                torch.manual_seed(0)
+                loaded = GrokDecoderForCausalLM.from_pretrained(None, config=copy.deepcopy(config), state_dict={})
+                on_meta = [name for name, t in [*loaded.named_parameters(), *loaded.named_buffers()] if t.is_meta]
+                self.assertEqual(on_meta, [], f"still on the meta device (tie_word_embeddings={tie})")
+                loaded = loaded.state_dict()
+                self.assertEqual(sorted(loaded), sorted(built))
+                differ = [name for name, value in built.items() if not torch.equal(value, loaded[name])]
+                self.assertEqual(
+                    differ, [], f"`_init_weights` differs from the constructor (tie_word_embeddings={tie})"
+                )
+
         @unittest.skip("GrokDecoderForCausalLM has no separate base model: the head sits on the blocks")
         def test_model_base_model_prefix(self):
             pass
