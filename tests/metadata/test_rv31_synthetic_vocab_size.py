@@ -24,3 +24,18 @@ def test_the_largest_synthetic_vocab_size_passes_the_check(tmp_path, monkeypatch
     monkeypatch.setattr(recipe, "load_documents", stop)
     with pytest.raises(RuntimeError, match="validated"):
         main(["--dataset", "synthetic", "--vocab_size", "2097153", "--output_dir", str(tmp_path / "out")])
+
+
+def test_one_above_the_largest_synthetic_vocab_size_is_refused(tmp_path):
+    """2097154 // 2 = 2**20 + 1 tokens: one too many (mu32: pins the bound of the check)."""
+    with pytest.raises(ValueError, match=r"^--vocab_size 2097154: .* 1048577 tokens"):
+        main(["--dataset", "synthetic", "--vocab_size", "2097154", "--output_dir", str(tmp_path / "never")])
+
+
+def test_a_loaded_tokenizer_is_refused_for_vocab_size_not_for_its_synthetic_bound(tmp_path, small_tokenizer):
+    """With --tokenizer_name the synthetic data is tokenized by the loaded tokenizer: --vocab_size builds nothing, so
+    it is refused as ignored, not by the synthetic tokenizer's bound (mu32)."""
+    small_tokenizer.save_pretrained(tmp_path / "tok")
+    with pytest.raises(ValueError, match=r"^--vocab_size sizes the tokenizer built on the fly.*would be ignored"):
+        main(["--dataset", "synthetic", "--vocab_size", "3000000", "--tokenizer_name", str(tmp_path / "tok"),
+              "--output_dir", str(tmp_path / "out")])  # fmt: skip
