@@ -26,3 +26,9 @@ def test_the_text_column_of_a_frame_gives_its_documents():
     assert [c.text.split(": ", 1)[1] for c in canaries] == ["document number 0", "document number 1"]
     array = make_canaries(num_canaries=2, texts=np.array(["a b", "c d"]), seed=0, num_words=3)
     assert [c.text.split(": ", 1)[1] for c in array] == ["a b", "c d"]
+
+
+def test_a_zero_dimensional_array_is_refused_by_its_dimension():
+    """A 0-d array (`np.array("one document")`) has `__len__` but no length: refused as 0-dimensional (mu32)."""
+    with pytest.raises(ValueError, match=r"one-dimensional .*got a 0-dimensional ndarray"):
+        make_canaries(num_canaries=1, texts=np.array("a b c"), seed=0)
