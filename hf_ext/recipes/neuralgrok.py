@@ -49,8 +49,8 @@ class GrokTaskArguments:
         default="interleaved",
         metadata={
             "help": "Token layout of the equations: reference (the official NeuralGrok code's, operands then "
-            "operators: [a, b, op, =, r]) or interleaved ([a, op, b, =, r]; the default, with which every number in "
-            "docs/neuralgrok.md was measured, until the reproduction is re-run with reference)."
+            "operators: [a, b, op, =, r]) or interleaved ([a, op, b, =, r]; the default, that of the registered "
+            "reproduction; docs/neuralgrok.md gives numbers for both)."
         },
     )
     p: int = field(

@@ -761,7 +761,8 @@ NEURALGROK_METHODS = ("none", "none_strong_wd", "normalize", "grokfast_ema", "ne
 NEURALGROK_VARIANTS = {"neuralgrok_next_step": ("neuralgrok", ["--outer_gradient", "next_step"])}
 NEURALGROK_STEPS = 1200
 #: `--layout interleaved` pinned: every recorded run of this reproduction used that token layout ([a, op, b, =, r]);
-#: the official code's ("reference", [a, b, op, =, r]) becomes the setting once the reproduction is re-run with it
+#: the official code's ("reference", [a, b, op, =, r]) was measured apart for the baseline, the control and NeuralGrok
+#: (docs/neuralgrok.md, 2026-12-06: the same picture)
 NEURALGROK_ARGV = [
     "--layout", "interleaved",
     "--eval_steps", "20", "--max_eval_samples", "1024", "--logging_steps", "20", "--torch_threads", "1",
@@ -916,7 +917,7 @@ NEURALGROK = Reproduction(
     method="neuralgrok",
     title="NeuralGrok: a learned gradient amplifier speeds up grokking",
     setting="The recipe's defaults: a+b mod 97 in the interleaved token layout [a, op, b, =, r] (the official "
-    "code's is [a, b, op, =, r], --layout reference; not yet re-run with it), 50% train split, 2-layer decoder "
+    "code's is [a, b, op, =, r], --layout reference: measured apart, docs/neuralgrok.md), 50% train split, 2-layer decoder "
     "(width 128, batch 512), coupled Adam lr 3e-3 wd 1e-3; baseline, normalisation-only control (same scale and "
     "clipping, amplifier fixed to uniform), Grokfast-EMA, NeuralGrok (T=4, c=1; the outer step's gradient recomputed as in the reference, and taken from "
     "the next real step with outer_gradient=next_step) and the baseline with 10x weight decay; 1200 steps each, test "
