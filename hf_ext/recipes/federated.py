@@ -10,6 +10,7 @@ process (a multi-process launch is refused up front; the Flower deployment sprea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -557,15 +558,47 @@ def corpus_words(texts, limit: int = 4000) -> list[str]:
     return sorted(seen)
 
 
-def held_out_texts(data_args) -> list[str]:
-    """Test-split documents long enough to serve as canaries (never in the training data)."""
+# a held-out document whose canary body shares a run of this many words with a training document is not held out
+TRAIN_OVERLAP_WORDS = 13
+
+
+@functools.cache
+def _train_word_runs(width: int) -> frozenset[str]:
+    """Every run of `width` consecutive words in the training split of the corpus."""
     from ..data import load_corpus
 
-    docs = [t for t in load_corpus("test")["text"] if len(t.split()) >= data_args.canary_words]
+    runs = set()
+    for text in load_corpus("train")["text"]:
+        words = text.split()
+        runs.update(" ".join(words[i : i + width]) for i in range(len(words) - width + 1))
+    return frozenset(runs)
+
+
+def shares_training_text(text: str, width: int = TRAIN_OVERLAP_WORDS) -> bool:
+    """Whether `text` has a run of `width` consecutive words that also occurs in the corpus's training split."""
+    runs, words = _train_word_runs(width), text.split()
+    return any(" ".join(words[i : i + width]) in runs for i in range(len(words) - width + 1))
+
+
+def held_out_texts(data_args) -> list[str]:
+    """Test-split documents long enough to serve as canaries, whose canary body (the first `canary_words` words)
+    shares no run of [`TRAIN_OVERLAP_WORDS`] words with a training-split document: the embedded test split holds
+    passages also in the training split (the first test document is a near copy of a training one), which the recipe
+    trains on (private or public part), so a canary made of one would be seen more often than its replication count
+    and a reference made of one would lower the exposure baseline."""
+    from ..data import load_corpus
+
+    docs = [
+        t
+        for t in load_corpus("test")["text"]
+        if len(t.split()) >= data_args.canary_words
+        and not shares_training_text(" ".join(t.split()[: data_args.canary_words]))
+    ]
     if len(docs) < data_args.num_canaries:
         raise ValueError(
-            f"Only {len(docs)} held-out documents have {data_args.canary_words} words; lower --canary_words or "
-            "--num_canaries, or use --canary_source random_words."
+            f"Only {len(docs)} held-out documents have {data_args.canary_words} words and share no "
+            f"{TRAIN_OVERLAP_WORDS}-word run with the training split; lower --canary_words or --num_canaries, or use "
+            "--canary_source random_words."
         )
     return docs
 

@@ -94,7 +94,11 @@ def test_eval_set_is_the_held_out_split_without_canary_documents(monkeypatch, tm
     from hf_ext.data import load_corpus
 
     test_docs = list(load_corpus("test")["text"])
-    canary_bodies = [t for t in test_docs if len(t.split()) >= 50][:2]  # --num_canaries 2, --canary_words 50
+    # --num_canaries 2, --canary_words 50: the first two held-out documents the recipe may use (at32 F1: none
+    # sharing a run of words with the training split)
+    from hf_ext.recipes.federated import DataArguments, held_out_texts
+
+    canary_bodies = held_out_texts(DataArguments(num_canaries=2, canary_words=50))[:2]
     packed_texts, eval_sizes = [], []
     real_pack = data.pack_dataset
 
