@@ -734,13 +734,16 @@ def snapshot_is_empty(path: str | os.PathLike) -> bool:
 
 
 def _infer_format(path: Path) -> str:
-    """The snapshot format a path names by its extension, in any letter case (`SNAP.JSONL` is JSON Lines)."""
+    """The snapshot format a path names by its extension, in any letter case (`SNAP.JSONL` is JSON Lines); an existing
+    folder is a folder snapshot whatever its name (`robots.JSONL/`)."""
     suffix = path.suffix.lower()
+    if path.is_dir():
+        return "folder"
     if suffix == ".jsonl":
         return "jsonl"
     if suffix == ".parquet":
         return "parquet"
-    if suffix == "" or path.is_dir():
+    if suffix == "":
         return "folder"
     raise ValueError(
         f"cannot infer the snapshot format of {str(path)!r} from its extension: pass a folder, a .jsonl or a .parquet "
