@@ -1032,8 +1032,9 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
 
     def _warn_if_never_reweighted(self, start_step: int, max_steps: int) -> None:
         """Warn, naming the period and `max_steps`, for a weight update this method makes that no step of the run
-        `(start_step, max_steps]` reaches (e.g. the default period of 100 in a 50-step run): the run trained on its
-        initial weights and exported them under the method's name without a word."""
+        reaches (e.g. the default period of 100 in a 50-step run): the run trained on its initial weights and exported
+        them under the method's name without a word. A resume at `start_step` past the first update is not warned
+        about (the weights were updated before it, whatever the steps left)."""
         args, method = self.args, self.args.reweight_method
         updates = []
         if method in GRAPE_VARIANTS and self.mixture_state.task_names:
@@ -1042,7 +1043,7 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
             updates.append(("reweight_domains_every", "domain"))
         for name, kind in updates:
             every = getattr(args, name)
-            if every > 0 and max_steps and (start_step // every + 1) * every > max_steps:
+            if every > 0 and max_steps and start_step < every and every > max_steps:
                 logger.warning(
                     "%s=%d but this run ends at step %d: reweight_method=%r never updates the %s weights in it (they "
                     "stay at their initial values, and are exported as the %s mixture); lower %s or raise max_steps.",
