@@ -49,3 +49,16 @@ def _randomize_lora_b(model, seed=1, std=0.2):
 def randomize_lora_b():
     """A function `(model, seed=1, std=0.2)` setting every LoRA B factor to Gaussian values (returns the model)."""
     return _randomize_lora_b
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo group of world size 1 in this process (torn down after the test)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield dist.group.WORLD
+    dist.destroy_process_group()

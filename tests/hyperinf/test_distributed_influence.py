@@ -11,7 +11,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch.distributed as dist
 from datasets import Dataset
 
 from hf_ext.hyperinf import InfluenceEngine, InfluenceEstimator
@@ -66,17 +65,6 @@ def test_two_ranks_score_their_shards_and_match_one_process(tmp_path, run_two_ra
         _close(scores["ddp"], scores["single"], "float64")
     assert ranks[1]["engine_bad_source"].startswith("TypeError: `train_source` must be a gradient source")
     assert ranks[0]["engine_bad_source"].startswith("RuntimeError: Checking `train_source` failed on rank 1")
-
-
-@pytest.fixture
-def one_process_group():
-    """A gloo group of world size 1 in this process (torn down after the test)."""
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    assert not dist.is_initialized()
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield dist.group.WORLD
-    dist.destroy_process_group()
 
 
 def test_distributed_path_on_one_process_equals_the_plain_one(one_process_group):

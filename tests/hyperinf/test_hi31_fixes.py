@@ -24,18 +24,6 @@ def test_half_precision_dtype_accumulates_the_sums_in_float32(method):
     assert error < 0.01, error  # bfloat16 rounding of the gradients and of the scores only (0.2-0.3%)
 
 
-@pytest.fixture
-def one_process_group():
-    """A gloo group of world size 1 in this process (torn down after the test)."""
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield dist.group.WORLD
-    dist.destroy_process_group()
-
-
 def test_data_parallel_ranks_compare_the_datasets_contents_not_only_their_lengths(one_process_group, monkeypatch):
     """F2: data-parallel `fit`/`scores` compared only the datasets' lengths across the ranks, so a training set shuffled
     differently on each rank (`Dataset.shuffle()` without a seed) was accepted: each rank differentiated its contiguous

@@ -1,18 +1,6 @@
 """Tests pinning the pass-31 data-parallel dataset digest against mutants that hi31's test let through (audit mu32)."""
 
-import pytest
 import torch
-
-
-@pytest.fixture
-def one_process_group():
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield dist.group.WORLD
-    dist.destroy_process_group()
 
 
 def test_data_parallel_digest_covers_every_example_and_value(one_process_group, monkeypatch):
