@@ -140,6 +140,7 @@ class RobotsTxtFilter(BaseFilter):
         self._checker_kwargs = dict(user_agents=user_agents, **checker_kwargs)
         if isinstance(robots, RobotsCompliance):
             checker = robots
+            self._missing_url = checker.missing_url
         elif isinstance(robots, str) or hasattr(robots, "__fspath__"):
             # A snapshot path is loaded by each task on first use, not here: the pipeline that datatrove pickles and
             # ships to every worker / Slurm job then carries the path, not millions of robots.txt texts.
@@ -157,13 +158,16 @@ class RobotsTxtFilter(BaseFilter):
                 )
             if snapshot_is_empty(path):  # as RobotsTxtStore.load refuses it, here and not in every task
                 raise ValueError(_empty_snapshot_message(Path(path)))
-            RobotsCompliance({}, **self._checker_kwargs)  # validate the options before any work
+            # validate the options before any work; its resolved missing_url serves the coarse mode with a given
+            # blocked_domains, which then never loads the snapshot
+            self._missing_url = RobotsCompliance({}, **self._checker_kwargs).missing_url
             self._snapshot_path, checker = path, None
             # each task loads the path when it starts (a Slurm array task hours later, a requeued job): it must find
             # the snapshot this step was built with, not one saved over it since
             self._snapshot_fingerprint = _snapshot_fingerprint(path)
         else:
             checker = RobotsCompliance(robots, **self._checker_kwargs)
+            self._missing_url = checker.missing_url
         super().__init__(exclusion_writer=exclusion_writer, batch_size=batch_size)
         self._checker = checker
         self.url_key = url_key
@@ -221,14 +225,6 @@ class RobotsTxtFilter(BaseFilter):
         if self._blocked_domains is None:
             self._blocked_domains = build_blocked_domains(self.checker)
         return self._blocked_domains
-
-    @property
-    def _missing_url(self) -> str:
-        """The checker's `missing_url`, without loading a snapshot path: the coarse mode with `blocked_domains` given
-        needs nothing else of the checker (each task would otherwise load the whole snapshot for this one option)."""
-        if self._checker is not None:
-            return self._checker.missing_url
-        return self._checker_kwargs.get("missing_url", "keep")
 
     def _coarse_result(self, doc: Document) -> bool | tuple[bool, str]:
         if not _coarse_keeps(self._url(doc), self.blocked_domains, self._missing_url == "keep"):
