@@ -290,13 +290,20 @@ _FLAG_READERS = {
     "ema_beta": ("grape_ema",),
     "doremi_eta": ("doremi",),
     "doremi_smoothing": ("doremi",),
+    # the update cadences and the reweighting batch sizes (GrapeTrainer._maybe_reweight / _task_step / _domain_step /
+    # _averaged_gradient): doremi's domain step draws mini-batches only, doge has no task step
+    "reweight_tasks_every": ("grape", "grape_ema", "grape_gap"),
+    "reweight_domains_every": ("grape", "grape_ema", "grape_gap", "doge", "doremi"),
+    "reweight_batch_size": ("grape", "grape_ema", "grape_gap", "doge"),
+    "reweight_mini_batch_size": ("grape", "grape_ema", "grape_gap", "doge", "doremi"),
 }
 
 
 def _refuse_unread_flags(data_args: GrapeDataArguments, args: GrapeRecipeConfig, methods: list[str]) -> None:
-    """A step-size / smoothing / EMA / DoReMi flag set away from its default that none of the run's methods reads
-    (e.g. `--reweight_method uniform --domain_step_size 3`, or doge's never-updated tasks with `--task_step_size`) was
-    accepted without a word; so was `--eval_fraction` with no target tasks to split."""
+    """A step-size / smoothing / EMA / DoReMi / cadence / reweighting-batch flag set away from its default that none
+    of the run's methods reads (e.g. `--reweight_method uniform --domain_step_size 3`, doge's never-updated tasks with
+    `--task_step_size` or `--reweight_tasks_every`, doremi with `--reweight_batch_size`) was accepted without a word;
+    so was `--eval_fraction` with no target tasks to split."""
     from ._common import changed_from_default
 
     for name in changed_from_default(args, _FLAG_READERS):

@@ -119,13 +119,18 @@ def _grape_run(seed: int, fast: bool, workdir: str) -> dict:
     common = [
         "--hidden_size", "64", "--intermediate_size", "192", "--num_attention_heads", "4", "--vocab_size", "1024",
         "--block_size", "64", "--per_device_train_batch_size", "16", "--max_steps", str(steps),
-        "--reweight_domains_every", "10", "--reweight_tasks_every", "10", "--reweight_batch_size", "16",
-        "--reweight_mini_batch_size", "8", "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
+        "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
         "--disable_tqdm", "true", "--use_cpu", "true", "--seed", str(seed), "--save_strategy", "no",
+    ]  # fmt: skip
+    # the reweighting cadence and batch: read by grape only (the recipe refuses them for uniform, which ignores them)
+    reweighting = [
+        "--reweight_domains_every", "10", "--reweight_tasks_every", "10", "--reweight_batch_size", "16",
+        "--reweight_mini_batch_size", "8",
     ]  # fmt: skip
     out = {}
     for method in ("grape", "uniform"):
-        res = _quiet_recipe("grape", [*common, "--reweight_method", method, "--output_dir", f"{workdir}/{method}"])
+        argv = [*common, *(reweighting if method == "grape" else []), "--reweight_method", method]
+        res = _quiet_recipe("grape", [*argv, "--output_dir", f"{workdir}/{method}"])
         out[method] = {
             "mean_target_loss": res["mean_target_eval_loss"],
             "target_loss": res["target_eval_loss"],

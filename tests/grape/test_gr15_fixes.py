@@ -6,6 +6,7 @@ import json
 
 import pytest
 from grape_synthetic import parse_grape_recipe as _parse
+from grape_synthetic import without_reweighting
 
 TINY = ["--vocab_size", "300", "--per_device_train_batch_size", "4", "--hidden_size", "32", "--intermediate_size",
         "64", "--num_attention_heads", "2", "--reweight_domains_every", "2", "--reweight_tasks_every", "2",
@@ -45,7 +46,8 @@ def test_non_reentrant_checkpointing_and_uniform_with_reentrant_pass_validation(
     validate_args(*_parse([*TINY, "--output_dir", str(tmp_path / "a"), "--gradient_checkpointing", "true"]))
     validate_args(
         *_parse(
-            [*TINY, "--output_dir", str(tmp_path / "b"), "--reweight_method", "uniform", "--gradient_checkpointing",
+            [*without_reweighting(TINY), "--output_dir", str(tmp_path / "b"), "--reweight_method", "uniform",
+             "--gradient_checkpointing",
              "true", "--gradient_checkpointing_kwargs", '{"use_reentrant": true}']  # fmt: skip
         )
     )
@@ -166,7 +168,8 @@ def test_flags_no_method_of_the_run_reads_are_refused(tmp_path, argv, flag):
 def test_flags_a_method_of_the_run_reads_are_accepted(tmp_path, argv):
     from hf_ext.recipes.grape import validate_args
 
-    validate_args(*_parse([*TINY, "--output_dir", str(tmp_path / "o"), *argv]))
+    base = without_reweighting(TINY, keep=("--reweight_domains_every",))  # doge has no task updates to schedule
+    validate_args(*_parse([*base, "--output_dir", str(tmp_path / "o"), *argv]))
 
 
 def test_eval_fraction_without_targets_is_refused(tmp_path):
@@ -175,9 +178,9 @@ def test_eval_fraction_without_targets_is_refused(tmp_path):
     src = tmp_path / "src.jsonl"
     src.write_text("".join(json.dumps({"text": f"row {i}", "domain": "ab"[i % 2]}) + "\n" for i in range(8)))
     argv = ["--train_file", str(src), "--reweight_method", "uniform", "--output_dir", str(tmp_path / "o")]
-    validate_args(*_parse([*TINY, *argv]))
+    validate_args(*_parse([*without_reweighting(TINY), *argv]))
     with pytest.raises(ValueError, match="--eval_fraction splits the target tasks' blocks, but this run has none"):
-        validate_args(*_parse([*TINY, *argv, "--eval_fraction", "0.9"]))
+        validate_args(*_parse([*without_reweighting(TINY), *argv, "--eval_fraction", "0.9"]))
 
 
 # ---- #7 / #6: two domain-weight sources; DoGE's fixed task weights ---------------------------------------------

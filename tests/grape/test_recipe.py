@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from grape_synthetic import without_reweighting
 
 from hf_ext.recipes.grape import main
 
@@ -29,8 +30,8 @@ def test_recipe_two_stage(tmp_path, capsys):
     mixture = json.loads((out / "mixture.json").read_text())
     assert mixture["domain_updates"] == 2
 
-    stage2 = main(
-        TINY
+    stage2 = main(  # the fixed stage reads no reweighting cadence or batch
+        without_reweighting(TINY)
         + ["--max_steps", "2", "--output_dir", str(tmp_path / "stage2"), "--reweight_method", "fixed"]
         + ["--mixture_file", str(out / "mixture.json")]
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from grape_synthetic import without_reweighting
 
 from hf_ext.recipes.grape import main
 
@@ -81,7 +82,7 @@ def test_a_fresh_rerun_into_the_same_folder_leaves_no_result_file_of_the_earlier
     main(TINY + ["--output_dir", str(out), "--compare_methods", "uniform,grape"])
     assert (out / "target_eval.md").is_file() and (out / "uniform" / "grape_results.json").is_file()
     (out / "my_notes.txt").write_text("kept")
-    result = main(TINY + ["--output_dir", str(out), "--reweight_method", "uniform"])
+    result = main(without_reweighting(TINY) + ["--output_dir", str(out), "--reweight_method", "uniform"])
     assert not (out / "target_eval.md").exists() and not (out / "target_eval.json").exists()
     assert not (out / "uniform" / "grape_results.json").exists() and not (out / "grape" / "mixture.json").exists()
     assert json.loads((out / "grape_results.json").read_text())["method"] == result["method"] == "uniform"
@@ -110,6 +111,6 @@ def test_a_run_refused_for_its_reference_or_mixture_leaves_the_earlier_results(t
         (out / name).write_text(text)
     args = [a.replace("NOWHERE", str(tmp_path / "nowhere")) for a in args]
     with pytest.raises((ValueError, OSError)) as refused:
-        main(TINY + ["--output_dir", str(out)] + args)
+        main(without_reweighting(TINY) + ["--output_dir", str(out)] + args)
     assert {p.name: p.read_text() for p in out.iterdir()} == earlier
     assert refused.type is ValueError and refused.match(match)

@@ -5,6 +5,7 @@ import json
 
 import pytest
 from grape_synthetic import parse_grape_recipe as _parse
+from grape_synthetic import without_reweighting
 
 TINY = ["--vocab_size", "300", "--per_device_train_batch_size", "4", "--hidden_size", "32", "--intermediate_size",
         "64", "--num_attention_heads", "2", "--reweight_domains_every", "2", "--reweight_tasks_every", "2"]  # fmt: skip
@@ -106,7 +107,7 @@ def test_a_bad_mixture_file_is_refused_before_any_work_also_when_comparing(tmp_p
     out = tmp_path / "out"
     for methods in (["--compare_methods", "uniform,fixed"], ["--compare_methods", "uniform,grape"], []):
         with pytest.raises(ValueError, match=match):
-            main([*TINY, "--max_steps", "2", *methods, "--mixture_file", str(path), "--output_dir", str(out)]
+            main([*without_reweighting(TINY), "--max_steps", "2", *methods, "--mixture_file", str(path), "--output_dir", str(out)]
                  + ([] if methods else ["--reweight_method", "fixed"]))  # fmt: skip
         assert not out.exists()
 
@@ -128,7 +129,8 @@ def test_a_null_domain_is_refused_naming_the_flag_and_the_row(tmp_path, monkeypa
     sources.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "t.txt").write_text("target text " * 200 + "\n")
     monkeypatch.setattr(hf_ext.data, "build_tokenizer", _no_tokenizer)
-    argv = [*TINY, "--max_steps", "2", "--train_file", str(sources), "--target_files", f"t={tmp_path / 't.txt'}"]
+    argv = [*without_reweighting(TINY), "--max_steps", "2", "--train_file", str(sources)]
+    argv += ["--target_files", f"t={tmp_path / 't.txt'}"]
     (tmp_path / "mix.json").write_text(json.dumps({"web": 0.5, "code": 0.5}))
     mix = ["--reweight_method", "fixed", "--mixture_file", str(tmp_path / "mix.json")]
     for extra in (["--source_domains", "web,code"], mix):

@@ -13,6 +13,7 @@ import logging
 import shutil
 
 import pytest
+from grape_synthetic import without_reweighting
 
 TINY = ["--hidden_size", "32", "--intermediate_size", "64", "--num_attention_heads", "2", "--vocab_size", "512",
         "--block_size", "32", "--per_device_train_batch_size", "4", "--reweight_batch_size", "4",
@@ -21,6 +22,11 @@ TINY = ["--hidden_size", "32", "--intermediate_size", "64", "--num_attention_hea
         "--logging_steps", "1", "--seed", "3"]  # fmt: skip
 CKPT = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
 
+# doge has no task updates: the recipe refuses --reweight_tasks_every for it
+DOGE = without_reweighting(
+    TINY, keep=("--reweight_domains_every", "--reweight_batch_size", "--reweight_mini_batch_size")
+)
+
 
 @pytest.fixture(scope="module")
 def doge_run(tmp_path_factory):
@@ -28,7 +34,7 @@ def doge_run(tmp_path_factory):
     from hf_ext.recipes.grape import main
 
     out = tmp_path_factory.mktemp("doge")
-    results = main([*TINY, *CKPT, "--reweight_method", "doge", "--output_dir", str(out)])
+    results = main([*DOGE, *CKPT, "--reweight_method", "doge", "--output_dir", str(out)])
     return out / "checkpoint-2", results
 
 
@@ -88,7 +94,7 @@ def test_a_checkpoint_without_the_record_is_resumed_with_a_warning(tmp_path, dog
     state.pop("reweight_method", None)
     (old / "grape_state.json").write_text(json.dumps(state))
     with caplog.at_level(logging.WARNING, logger="hf_ext.recipes.grape"):
-        res = main([*TINY, *CKPT, "--reweight_method", "doge", "--output_dir", str(tmp_path / "out"),
+        res = main([*DOGE, *CKPT, "--reweight_method", "doge", "--output_dir", str(tmp_path / "out"),
                     "--resume_from_checkpoint", str(old)])  # fmt: skip
     assert "records no mixture method" in caplog.text and "resumed as --reweight_method doge unchecked" in caplog.text
     assert res["method"] == "doge"
@@ -122,7 +128,8 @@ def test_a_rerun_clears_the_default_plot_and_mixture_and_keeps_its_mixture_file(
     main([*run, "--plot_file", ""])  # documented "empty to skip": the earlier plot used to stay
     assert not (out / "mixture_weights.png").exists() and (out / "mixture.json").is_file()
     # a fixed run into the folder of the run whose mixture it reads: the input is not cleared before it is read
-    res = main([*run, "--reweight_method", "fixed", "--mixture_file", str(out / "mixture.json"), "--plot_file", ""])
+    fixed = ["--reweight_method", "fixed", "--mixture_file", str(out / "mixture.json"), "--plot_file", ""]
+    res = main([*without_reweighting(run), *fixed])
     assert res["method"] == "fixed" and (out / "mixture.json").is_file()
     main([*run, "--export_mixture_file", "mix_new.json"])  # the earlier mixture.json used to stay
     assert sorted(p.name for p in out.glob("mix*")) == ["mix_new.json", "mixture_weights.png"]

@@ -85,3 +85,20 @@ def parse_grape_recipe(argv):
     from hf_ext.recipes.grape import GrapeDataArguments, GrapeEvalArguments, GrapeModelArguments, GrapeRecipeConfig
 
     return parse_recipe_args((GrapeDataArguments, GrapeModelArguments, GrapeRecipeConfig, GrapeEvalArguments), argv)
+
+
+REWEIGHTING_FLAGS = ("--reweight_domains_every", "--reweight_tasks_every", "--reweight_batch_size",
+                     "--reweight_mini_batch_size")  # fmt: skip
+
+
+def without_reweighting(argv, keep=()):
+    """`argv` without the update-cadence / reweighting-batch flags (and their values) except those in `keep`: the
+    recipe refuses them for methods that never read them (uniform, fixed; doremi's batch size, doge's task cadence)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in REWEIGHTING_FLAGS and argv[i] not in keep:
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
