@@ -349,6 +349,8 @@ def resume_option_mismatches(
       [`base_optimizer_options`]; every gradient transform): its param groups bring the checkpoint's back;
     - `coupled_weight_decay` (the base optimizer's class, where the trainer built it): torch Adam's single param
       group and `args.optim`'s decay / no-decay groups do not load into each other;
+    - `outer_gradient` (neuralgrok): where the checkpoint's amplifier took its outer steps' gradient (and whether an
+      outer step is pending in it);
     - `meta_learning_rate`, `meta_weight_decay`, `adam_beta1`/`adam_beta2` against the meta-Adam's restored param
       group (`meta_state`, the saved `state_dict()`; `gradient_transform="neuralgrok"`);
     - `amplifier_c` (neuralgrok, normalize) against `info`'s record: an attribute, not in any state dict, so a resume
@@ -380,6 +382,9 @@ def resume_option_mismatches(
     saved_coupled = info.get("coupled_weight_decay")
     if saved_coupled is not None and bool(saved_coupled) != bool(args.coupled_weight_decay):
         out.append(("coupled_weight_decay", bool(saved_coupled), bool(args.coupled_weight_decay)))
+    saved_outer = info.get("outer_gradient")
+    if args.gradient_transform == "neuralgrok" and saved_outer is not None and saved_outer != args.outer_gradient:
+        out.append(("outer_gradient", saved_outer, args.outer_gradient))
     for name in BASE_OPTIMIZER_OPTIONS:
         compare(name, info.get(name), getattr(args, name))
     for name, value in (transform_options(args) if options is None else options).items():
