@@ -7,12 +7,13 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from ..utils.distributed import is_dtensor as _is_dtensor
 
 
-class NeuralAmplifier(nn.Module):
+class NeuralAmplifier(nn.Module, PyTorchModelHubMixin):
     r"""
     Learned gradient transform of NeuralGrok: for every parameter tensor with gradient `g` (flattened to `n`
     scalars),
@@ -40,6 +41,11 @@ class NeuralAmplifier(nn.Module):
             transform), which bounds its activation memory on large tensors. The piecewise-linear path keeps a few
             floats per entry instead of the MLP's activations and batches whole tensors in groups of up to
             `PIECES_GROUP_CHUNKS * chunk_size` entries.
+
+    Saving: `save_pretrained(folder)` writes the constructor's arguments (`config.json`) and the parameters
+    (`model.safetensors`); `NeuralAmplifier.from_pretrained(folder)` rebuilds it (huggingface_hub's
+    `PyTorchModelHubMixin`). [`NeuralGrokTrainer`]'s `save_model()` writes the trained amplifier this way into
+    `<output_dir>/neuralgrok_amplifier`.
 
     Evaluation: a ReLU MLP of one scalar is continuous and piecewise linear with finitely many kinks, so unless dropout
     is active or the kinks outnumber a quarter of the entries, the scores are computed exactly from that form (see
@@ -94,6 +100,7 @@ class NeuralAmplifier(nn.Module):
         self.softmax_dim = softmax_dim
         self.eps = eps
         self.chunk_size = int(chunk_size)
+        self.dropout = float(dropout)
         layers: list[nn.Module] = []
         prev = 1
         for width in hidden_dims:
@@ -103,6 +110,25 @@ class NeuralAmplifier(nn.Module):
             prev = width
         layers.append(nn.Linear(prev, 1))
         self.net = nn.Sequential(*layers)
+
+    def init_config(self) -> dict:
+        """The constructor's arguments of this amplifier, as JSON values (`config.json` of [`save_pretrained`])."""
+        return {
+            "hidden_dims": list(self.hidden_dims),
+            "c": self.c,
+            "softmax_dim": self.softmax_dim,
+            "dropout": self.dropout,
+            "eps": float(self.eps),
+            "chunk_size": self.chunk_size,
+        }
+
+    def save_pretrained(self, save_directory, *, config: dict | None = None, **kwargs):
+        """huggingface_hub's `save_pretrained` with this amplifier's own arguments as its config (by default): the
+        arguments the mixin records at construction leave out values that are not JSON as given (numpy ints in
+        `hidden_dims`), and `from_pretrained` then built an amplifier of the default widths."""
+        return super().save_pretrained(
+            save_directory, config=self.init_config() if config is None else config, **kwargs
+        )
 
     @property
     def macs_per_entry(self) -> int:

@@ -35,6 +35,8 @@ OUTER_GRADIENTS = ("recompute", "next_step")
 # Transforms that clip after rewriting the gradient (a positive `max_grad_norm` would clip before them).
 CLIPPING_TRANSFORMS = ("neuralgrok", "normalize")
 AMPLIFIER_NAME = "neuralgrok_amplifier.safetensors"
+# the folder `save_model()` writes the trained amplifier to (`NeuralAmplifier.save_pretrained`)
+AMPLIFIER_FOLDER = "neuralgrok_amplifier"
 META_OPTIMIZER_PREFIX = "neuralgrok_meta_optimizer"
 TRANSFORM_STATE_PREFIX = "gradient_transform_state"
 TRAINER_STATE_NAME = "neuralgrok_state.json"
@@ -1064,6 +1066,14 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             # compared on resume (an attribute of the wrapper: a GradNormOptimizer passed as `optimizers=` has its own)
             info["amplifier_c"] = float(self._amplifier_c())
         atomic_write_json(os.path.join(output_dir, TRAINER_STATE_NAME), info)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model; with an amplifier, also the trained amplifier into `<output_dir>/neuralgrok_amplifier`
+        (`NeuralAmplifier.save_pretrained`; reload with `NeuralAmplifier.from_pretrained`). A checkpoint
+        (`_internal_call`) holds it already, with its meta-optimizer (`neuralgrok_amplifier.safetensors`)."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.amplifier is not None and not _internal_call and self.args.should_save:
+            self.amplifier.save_pretrained(os.path.join(output_dir or self.args.output_dir, AMPLIFIER_FOLDER))
 
     def _amplifier_c(self) -> float:
         """The `c` the run's transform uses: its amplifier's, a normalize wrapper's, else `args.amplifier_c`."""
