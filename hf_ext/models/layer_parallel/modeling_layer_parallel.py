@@ -1104,8 +1104,14 @@ class LayerParallelForCausalLM(LayerParallelPreTrainedModel, GenerationMixin):
             `list[str]`: names of the trainable parameters.
 
         Raises:
+            `TypeError`: when `enabled` is not a bool (`"false"` or `None` would freeze or unfreeze by truthiness).
             `ValueError`: when the model has no pair to fine-tune.
         """
+        if not _is_bool(enabled):
+            raise TypeError(
+                f"`enabled` must be True (fine-tune only the paired blocks) or False (make every parameter trainable), "
+                f"got {enabled!r}."
+            )
         blocks = self.paired_block_indices()
         if enabled and not blocks:
             raise ValueError("This model has no paired layers to fine-tune; convert it with a non-empty range first.")
