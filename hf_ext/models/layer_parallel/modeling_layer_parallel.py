@@ -1179,6 +1179,11 @@ def merge_pair_state(
     Returns:
         `dict[str, torch.Tensor]`: state dict of the merged block (relative names).
     """
+    # a misspelt mode ("Block") or norm used to give the sublayer / per-layer layout without a word
+    if mode not in LP_MODES:
+        raise ValueError(f"`mode` must be one of {list(LP_MODES)}, got {mode!r}.")
+    if mlp_norm not in LP_MLP_NORMS:
+        raise ValueError(f"`mlp_norm` must be one of {list(LP_MLP_NORMS)}, got {mlp_norm!r}.")
     out: dict[str, torch.Tensor] = {}
     g1 = (state_a["input_layernorm.weight"], state_b["input_layernorm.weight"])
     g2 = (state_a["post_attention_layernorm.weight"], state_b["post_attention_layernorm.weight"])
