@@ -634,11 +634,14 @@ class InfluenceEngine:
             )
 
     def inverse_hvp(self, v: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per layer, the method's approximation of `(curvature + lambda I)^-1` applied to `v_l`."""
+        """Per layer, the method's approximation of `(curvature + lambda I)^-1` applied to `v_l` (in
+        `accumulate_dtype`, as the training gradients it meets are read: a `v` in a half-precision `config.dtype` is
+        upcast)."""
         cfg = self.config
         if not self.layers:
             raise RuntimeError("Call `fit(train)` before computing influence.")
         active = {name: self.layers[name] for name in self.active}
+        v = {name: v[name].to(self.accumulate_dtype) for name in active}
         if cfg.method == "tracin":
             return {name: v[name].clone() for name in active}
         if cfg.method == "hyperinf":
@@ -711,6 +714,7 @@ class InfluenceEngine:
         """`I(z_k) = -sum_l <hvp_l, g_{l,k}>` for every training example, in order (over the layers of `hvp`: those
         `fit` found a non-zero gradient for; a layer whose training gradients are all zero adds exactly 0). With a
         process group: every process's scores, in rank order, on every process."""
+        hvp = {name: value.to(self.accumulate_dtype) for name, value in hvp.items()}  # as the training gradients
 
         def local_pass() -> torch.Tensor:
             chunks = [torch.zeros(0, dtype=self.accumulate_dtype, device=self.device)]
