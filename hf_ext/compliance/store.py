@@ -735,9 +735,14 @@ def snapshot_is_empty(path: str | os.PathLike) -> bool:
 
 def _infer_format(path: Path) -> str:
     """The snapshot format a path names by its extension, in any letter case (`SNAP.JSONL` is JSON Lines); an existing
-    folder is a folder snapshot whatever its name (`robots.JSONL/`)."""
+    folder is a folder snapshot whatever its name (`robots.JSONL/`), except a `.parquet` folder of Parquet part files
+    and no snapshot files (a Parquet file as Spark, Dask or `pyarrow.parquet.write_to_dataset` write it), which
+    pyarrow reads as one table."""
     suffix = path.suffix.lower()
     if path.is_dir():
+        snapshot = any(path.glob("*.txt")) or any((path / name).is_file() for name in (_META_FILE, _STAGED_META_FILE))
+        if suffix == ".parquet" and not snapshot and any(path.rglob("*.parquet")):
+            return "parquet"
         return "folder"
     if suffix == ".jsonl":
         return "jsonl"
