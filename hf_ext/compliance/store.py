@@ -603,6 +603,11 @@ class RobotsTxtStore(Mapping):
         fmt = format or _infer_format(path)
         if fmt not in _FORMATS:
             raise ValueError(f"format must be one of {_FORMATS}, got {fmt!r}.")
+        if fmt != "folder" and path.is_dir():  # e.g. a Parquet dataset folder: a file cannot replace it
+            raise ValueError(
+                f"{str(path)!r} is a folder; a {fmt} snapshot is written as one file: pass another path (or "
+                "format='folder' to save a folder snapshot into it)."
+            )
         from ..utils.io import atomic_open
 
         rows = [

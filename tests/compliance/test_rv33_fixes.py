@@ -24,3 +24,18 @@ def test_a_parquet_dataset_folder_named_parquet_loads_as_parquet(tmp_path):
     loaded = RobotsTxtStore.load(tmp_path / "robots.parquet")
     assert sorted(loaded) == ["a.com", "b.com"]
     assert loaded.get_text("a.com") == "User-agent: *\nDisallow: /x\n" and loaded["b.com"].status == 404
+
+
+def test_saving_a_file_format_over_a_folder_is_refused_by_name(tmp_path):
+    """F2: saving over such a folder (now read as Parquet) failed with a raw IsADirectoryError from the rename."""
+    import pyarrow.parquet as pq
+    import pytest
+
+    store = RobotsTxtStore()
+    store.add("a.com", "User-agent: *\nDisallow: /x\n", "2026-01-01", 200)
+    store.save(tmp_path / "one.parquet")
+    pq.write_to_dataset(pq.read_table(tmp_path / "one.parquet"), tmp_path / "robots.parquet")
+    with pytest.raises(ValueError, match="robots.parquet' is a folder; a parquet snapshot is written as one file"):
+        store.save(tmp_path / "robots.parquet")
+    with pytest.raises(ValueError, match="is a folder; a jsonl snapshot"):
+        store.save(tmp_path / "robots.parquet", format="jsonl")
