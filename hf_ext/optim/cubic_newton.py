@@ -602,6 +602,77 @@ def _warn_if_data_parallel() -> None:
         )
 
 
+def _check_options(
+    M,
+    lr,
+    momentum,
+    alpha,
+    beta,
+    alpha_power,
+    beta_power,
+    max_extrapolation,
+    hessian,
+    hessian_window,
+    solver,
+    krylov_dim,
+    gd_iters,
+    M_rule,
+    M_min,
+    M_max,
+    max_step_norm,
+    cubic_convention,
+    hvp_mode,
+) -> None:
+    """Validate `CubicNewton`'s options: its constructor arguments, or a param group with the defaults merged in."""
+    _check_M(M)
+    if momentum not in MOMENTUM_TYPES:
+        raise ValueError(f"`momentum` must be one of {MOMENTUM_TYPES}, got {momentum!r}.")
+    if hessian not in HESSIAN_MODES:
+        raise ValueError(f"`hessian` must be one of {HESSIAN_MODES}, got {hessian!r}.")
+    if solver not in SOLVERS:
+        raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
+    if solver == "exact" and hessian != "dense":
+        raise ValueError("solver='exact' needs hessian='dense' (a matrix); use solver='lanczos' or 'gd'.")
+    for name, val in (("alpha", alpha), ("beta", beta)):
+        if not _is_real(val) or not 0.0 < val <= 1.0:
+            raise ValueError(f"`{name}` must lie in (0, 1], got {val!r}.")
+    # NaN would pass a `val < 0` test and act as 0 (max(alpha, t^-nan) is alpha) or as no cap (min(r, nan) is r)
+    for name, val in (("alpha_power", alpha_power), ("beta_power", beta_power)):
+        if not _is_real(val) or not 0 <= val < math.inf:
+            raise ValueError(f"`{name}` must be a finite number >= 0 (0: constant weight), got {val!r}.")
+    if not _is_real(max_extrapolation) or not 0 <= max_extrapolation < math.inf:
+        raise ValueError(
+            f"`max_extrapolation` must be a finite number >= 0 (the cap on (1-a)/a), got {max_extrapolation!r}."
+        )
+    if not _is_real(lr) or not 0 < lr < math.inf:
+        raise ValueError(f"`lr` must be a positive finite number, got {lr!r}.")
+    if M_rule not in ("fixed", "adaptive"):
+        raise ValueError(f"`M_rule` must be 'fixed' or 'adaptive', got {M_rule!r}.")
+    if M_rule == "adaptive" and momentum != "none":
+        raise ValueError(
+            f"M_rule='adaptive' needs momentum='none', got momentum={momentum!r}: its acceptance test "
+            "f(x + h) <= f(x) + m(h) only holds for a model built from the gradient at x (deterministic use). "
+            "Use M_rule='fixed' with momentum, or momentum='none' with adaptive M."
+        )
+    if not _is_int(krylov_dim) or krylov_dim < 1:
+        raise ValueError(f"`krylov_dim` must be a positive int, got {krylov_dim!r}.")
+    if not _is_int(gd_iters) or gd_iters < 0:
+        raise ValueError(f"`gd_iters` must be a non-negative int, got {gd_iters!r}.")
+    for name, val in (("M_min", M_min), ("M_max", M_max)):
+        if not _is_real(val) or not math.isfinite(val):
+            raise ValueError(f"`{name}` must be a finite number, got {val!r}.")
+    if not 0 < M_min <= M <= M_max:
+        raise ValueError(f"Need 0 < M_min <= M <= M_max, got M_min={M_min}, M={M}, M_max={M_max}.")
+    if cubic_convention not in ("M/6", "M/3"):
+        raise ValueError(f"`cubic_convention` must be 'M/6' or 'M/3', got {cubic_convention!r}.")
+    if hvp_mode not in HVP_MODES:
+        raise ValueError(f"`hvp_mode` must be one of {HVP_MODES}, got {hvp_mode!r}.")
+    if not _is_int(hessian_window) or hessian_window < 1:
+        raise ValueError(f"`hessian_window` must be a positive int, got {hessian_window!r}.")
+    if max_step_norm is not None and (not _is_real(max_step_norm) or not 0 < max_step_norm < math.inf):
+        raise ValueError(f"`max_step_norm` must be a finite number > 0, or None for no cap, got {max_step_norm!r}.")
+
+
 class CubicNewton(Optimizer):
     r"""Stochastic cubic-regularised Newton with momentum (Chayti, Doikov & Jaggi, 2025; see docs/optim.md).
 
@@ -693,59 +764,8 @@ class CubicNewton(Optimizer):
         hvp_mode: str = "auto",
         dense_max_dim: int = 4096,
     ):
-        _check_M(M)
-        if momentum not in MOMENTUM_TYPES:
-            raise ValueError(f"`momentum` must be one of {MOMENTUM_TYPES}, got {momentum!r}.")
-        if hessian not in HESSIAN_MODES:
-            raise ValueError(f"`hessian` must be one of {HESSIAN_MODES}, got {hessian!r}.")
-        if solver not in SOLVERS:
-            raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
-        if solver == "exact" and hessian != "dense":
-            raise ValueError("solver='exact' needs hessian='dense' (a matrix); use solver='lanczos' or 'gd'.")
-        for name, val in (("alpha", alpha), ("beta", beta)):
-            if not _is_real(val) or not 0.0 < val <= 1.0:
-                raise ValueError(f"`{name}` must lie in (0, 1], got {val!r}.")
-        # NaN would pass a `val < 0` test and act as 0 (max(alpha, t^-nan) is alpha) or as no cap (min(r, nan) is r)
-        for name, val in (("alpha_power", alpha_power), ("beta_power", beta_power)):
-            if not _is_real(val) or not 0 <= val < math.inf:
-                raise ValueError(f"`{name}` must be a finite number >= 0 (0: constant weight), got {val!r}.")
-        if not _is_real(max_extrapolation) or not 0 <= max_extrapolation < math.inf:
-            raise ValueError(
-                f"`max_extrapolation` must be a finite number >= 0 (the cap on (1-a)/a), got {max_extrapolation!r}."
-            )
-        if not _is_real(lr) or not 0 < lr < math.inf:
-            raise ValueError(f"`lr` must be a positive finite number, got {lr!r}.")
-        if M_rule not in ("fixed", "adaptive"):
-            raise ValueError(f"`M_rule` must be 'fixed' or 'adaptive', got {M_rule!r}.")
-        if M_rule == "adaptive" and momentum != "none":
-            raise ValueError(
-                f"M_rule='adaptive' needs momentum='none', got momentum={momentum!r}: its acceptance test "
-                "f(x + h) <= f(x) + m(h) only holds for a model built from the gradient at x (deterministic use). "
-                "Use M_rule='fixed' with momentum, or momentum='none' with adaptive M."
-            )
-        if not _is_int(krylov_dim) or krylov_dim < 1:
-            raise ValueError(f"`krylov_dim` must be a positive int, got {krylov_dim!r}.")
-        if not _is_int(gd_iters) or gd_iters < 0:
-            raise ValueError(f"`gd_iters` must be a non-negative int, got {gd_iters!r}.")
-        for name, val in (("M_min", M_min), ("M_max", M_max)):
-            if not _is_real(val) or not math.isfinite(val):
-                raise ValueError(f"`{name}` must be a finite number, got {val!r}.")
-        if not 0 < M_min <= M <= M_max:
-            raise ValueError(f"Need 0 < M_min <= M <= M_max, got M_min={M_min}, M={M}, M_max={M_max}.")
-        if cubic_convention not in ("M/6", "M/3"):
-            raise ValueError(f"`cubic_convention` must be 'M/6' or 'M/3', got {cubic_convention!r}.")
-        if hvp_mode not in HVP_MODES:
-            raise ValueError(f"`hvp_mode` must be one of {HVP_MODES}, got {hvp_mode!r}.")
-        if not _is_int(hessian_window) or hessian_window < 1:
-            raise ValueError(f"`hessian_window` must be a positive int, got {hessian_window!r}.")
-        if max_step_norm is not None and (not _is_real(max_step_norm) or not 0 < max_step_norm < math.inf):
-            raise ValueError(
-                f"`max_step_norm` must be a finite number > 0, or None for no cap, got {max_step_norm!r}."
-            )
-        if not _is_int(dense_max_dim) or dense_max_dim < 1:
-            raise ValueError(f"`dense_max_dim` must be a positive int, got {dense_max_dim!r}.")
-        defaults = dict(
-            M=float(M),
+        options = dict(
+            M=M,
             lr=lr,
             momentum=momentum,
             alpha=alpha,
@@ -765,6 +785,10 @@ class CubicNewton(Optimizer):
             cubic_convention=cubic_convention,
             hvp_mode=hvp_mode,
         )
+        _check_options(**options)
+        if not _is_int(dense_max_dim) or dense_max_dim < 1:
+            raise ValueError(f"`dense_max_dim` must be a positive int, got {dense_max_dim!r}.")
+        defaults = {**options, "M": float(options["M"])}
         super().__init__(params, defaults)
         _warn_if_data_parallel()
         self._hvp_double_backward = False  # hvp_mode "auto": forward-mode AD failed on the loss, double backward
@@ -776,7 +800,7 @@ class CubicNewton(Optimizer):
                 "precision are too noisy for the cubic model. Convert the model with `model.float()` (or the tensors "
                 "with `.float()`) before building the optimizer."
             )
-        if hessian == "dense" and self._flat.dim > dense_max_dim:
+        if self.param_groups[0]["hessian"] == "dense" and self._flat.dim > dense_max_dim:
             raise ValueError(
                 f"hessian='dense' stores a {self._flat.dim}x{self._flat.dim} matrix (> dense_max_dim={dense_max_dim}); "
                 "use hessian='window' or 'fresh' with solver='lanczos' for large models."
@@ -800,6 +824,27 @@ class CubicNewton(Optimizer):
                 "and fixed at construction. Build a new CubicNewton over all parameters instead of add_param_group. "
                 "(A transformers Trainer given optimizer_cls_and_kwargs=(CubicNewton, ...) passes its weight-decay "
                 "groups: train with hf_ext.optim.CubicNewtonTrainer instead.)"
+            )
+        # a group's own values replace the constructor's: checked like them (they used to run unchecked: a misspelt
+        # momentum ran as "ema", alpha=5 or M_rule="adaptive" with momentum ran, solver="exact" without a dense
+        # Hessian failed inside step())
+        options = {k: v for k, v in param_group.items() if k in self.defaults}
+        if options:
+            try:
+                _check_options(**{**self.defaults, **options})
+            except ValueError as err:
+                raise ValueError(
+                    f"{err} (a value of the param group given to CubicNewton; CubicNewton has a single group, so the "
+                    "constructor's keyword arguments set the same options)"
+                ) from None
+            param_group = {**param_group, **options}
+        weight_decay = param_group.get("weight_decay", 0)
+        if not (_is_real(weight_decay) and weight_decay == 0):
+            raise ValueError(
+                f"A CubicNewton param group has weight_decay={weight_decay!r}, which it would ignore: CubicNewton has "
+                "no weight decay. Leave it out (or 0) and add an L2 term to the loss function if you need one. (A "
+                "transformers Trainer given optimizer_cls_and_kwargs=(CubicNewton, ...) passes its weight-decay groups: "
+                "train with hf_ext.optim.CubicNewtonTrainer instead.)"
             )
         params = param_group["params"]
         params = [params] if isinstance(params, torch.Tensor) else list(params)

@@ -28,3 +28,13 @@ def test_the_class_in_a_stock_trainer_names_cubic_newton_trainer(tmp_path):
                       optimizer_cls_and_kwargs=(CubicNewton, {"M": 5.0}))  # fmt: skip
     with pytest.raises(ValueError, match=r"single parameter group.*hf_ext\.optim\.CubicNewtonTrainer"):
         trainer.train()
+
+
+def test_the_class_in_a_stock_trainer_with_weight_decay_names_cubic_newton_trainer(tmp_path):
+    """The first (weight-decay) group is refused before the second: its message names the trainer too (cn33 F1)."""
+    args = _args(tmp_path)
+    args.weight_decay = 0.01
+    trainer = Trainer(model=_model(), args=args, train_dataset=_data(),
+                      optimizer_cls_and_kwargs=(CubicNewton, {"M": 5.0}))  # fmt: skip
+    with pytest.raises(ValueError, match=r"weight_decay=0\.01.*hf_ext\.optim\.CubicNewtonTrainer"):
+        trainer.train()
