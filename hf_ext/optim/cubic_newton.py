@@ -37,6 +37,7 @@ from torch.optim import Optimizer
 
 from ..utils.checks import is_int as _is_int
 from ..utils.checks import is_real as _is_real
+from ..utils.checks import python_scalar as _python_scalar
 from ..utils.distributed import is_dtensor as _is_dtensor
 
 __all__ = [
@@ -785,6 +786,9 @@ class CubicNewton(Optimizer):
             cubic_convention=cubic_convention,
             hvp_mode=hvp_mode,
         )
+        # numpy numbers (a sweep over np.linspace) as the Python ones: torch.load(weights_only=True) and the
+        # safetensors + JSON checkpoint of CubicNewtonTrainer refuse numpy scalars in the saved param group
+        options = {k: _python_scalar(v) for k, v in options.items()}
         _check_options(**options)
         if not _is_int(dense_max_dim) or dense_max_dim < 1:
             raise ValueError(f"`dense_max_dim` must be a positive int, got {dense_max_dim!r}.")
@@ -828,7 +832,7 @@ class CubicNewton(Optimizer):
         # a group's own values replace the constructor's: checked like them (they used to run unchecked: a misspelt
         # momentum ran as "ema", alpha=5 or M_rule="adaptive" with momentum ran, solver="exact" without a dense
         # Hessian failed inside step())
-        options = {k: v for k, v in param_group.items() if k in self.defaults}
+        options = {k: _python_scalar(v) for k, v in param_group.items() if k in self.defaults}
         if options:
             try:
                 _check_options(**{**self.defaults, **options})

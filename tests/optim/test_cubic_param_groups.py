@@ -1,4 +1,4 @@
-"""CubicNewton param-group values are checked like its constructor arguments (cn33 F1)."""
+"""CubicNewton param-group values are checked like its constructor arguments (cn33 F1) and stored as Python numbers (F2)."""
 
 import pytest
 import torch
@@ -53,3 +53,30 @@ def test_valid_group_values_are_used_as_constructor_arguments_would_be():
         by_kwargs.step(lambda: _f)
     assert by_group.param_groups[0]["momentum"] == "none" and by_group.param_groups[0]["name"] == "all"
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("path", ["keywords", "group"])
+def test_numpy_numbers_are_stored_as_python_numbers_so_checkpoints_load(path, tmp_path):
+    """A numpy number (a sweep over np.linspace) stayed a numpy scalar in the param group: torch.load's default
+    weights_only=True refused the saved state, and the safetensors + JSON writer raised a TypeError (cn33 F2)."""
+    import io
+
+    import numpy as np
+
+    from hf_ext.optim.serialization import load_optimizer_state, save_optimizer_state
+
+    options = dict(alpha=np.float64(0.1), lr=np.float32(0.5), krylov_dim=np.int64(3), M=np.float32(2.0))
+    p = _param()
+    if path == "keywords":
+        opt = CubicNewton([p], hessian="fresh", **options)
+    else:
+        opt = CubicNewton([{"params": [p], **options}], hessian="fresh")
+    opt.step(lambda: _f)
+    group = opt.param_groups[0]
+    assert [type(group[k]) for k in ("alpha", "lr", "krylov_dim", "M")] == [float, float, int, float]
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    CubicNewton([_param()], hessian="fresh").load_state_dict(torch.load(buf))
+    save_optimizer_state(opt, str(tmp_path))
+    load_optimizer_state(CubicNewton([_param()], hessian="fresh"), str(tmp_path))
