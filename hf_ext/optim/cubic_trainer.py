@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,8 @@ from .serialization import SafetensorsOptimizerStateMixin
 __all__ = ["CubicNewtonTrainer", "CubicNewtonTrainingArguments"]
 
 STATS_WINDOW_NAME = "cubic_stats_window.json"  # the steps since the last log, in a checkpoint
+# CubicNewton's default `dense_max_dim`, the one the optimizer this trainer builds has
+DENSE_MAX_DIM = inspect.signature(CubicNewton).parameters["dense_max_dim"].default
 
 
 @dataclass
@@ -230,6 +233,14 @@ class CubicNewtonTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, 
                 f"CubicNewtonTrainer needs float32 (or float64) trainable parameters, got {', '.join(low)}: "
                 "Hessian-vector products in low precision are too noisy for the cubic model. Convert the model with "
                 "`model.float()` before building the trainer."
+            )
+        dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if args.cubic_hessian == "dense" and dim > DENSE_MAX_DIM:
+            # CubicNewton refuses it when train() builds the optimizer, naming its keyword arguments, not the flags
+            raise ValueError(
+                f"--cubic_hessian dense keeps a {dim}x{dim} Hessian of the model's {dim} trainable parameters, above "
+                f"CubicNewton's limit of {DENSE_MAX_DIM}: use --cubic_hessian window or fresh with --cubic_solver "
+                "lanczos (or gd) for this model."
             )
         if kwargs.get("optimizers", (None, None))[0] is not None:
             raise ValueError("CubicNewtonTrainer builds its own CubicNewton optimizer; do not pass `optimizers`.")
