@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -358,7 +359,13 @@ class CubicNewtonTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, 
         self._cubic_optimizer().set_closure(lambda: make_flat_loss(module, batch)[0], sample=sample)
         with torch.no_grad():
             out = module(**batch)
-        loss = out["loss"] if isinstance(out, dict) else out.loss
+        loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
+        if loss is None:  # a ModelOutput without a loss used to raise a bare KeyError: 'loss'
+            raise ValueError(
+                f"The model returned no loss on a training batch with keys {sorted(batch)}: CubicNewtonTrainer "
+                "differentiates the model's own loss (`outputs.loss`). Include `labels` in the batches (e.g. with "
+                "`DataCollatorForLanguageModeling(tokenizer, mlm=False)` for a causal LM)."
+            )
         return loss.detach()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
