@@ -342,13 +342,20 @@ def normalized_optimizer(
     by name, the way `--optim` picks the built-in ones.
 
     Hyperparameters come from `args` (`learning_rate`, `weight_decay`, Adam betas/eps, and the
-    `WarmupFreeTrainingArguments` options when present, else their defaults), then from `overrides`.
+    `WarmupFreeTrainingArguments` options when present, else their defaults), then from `overrides`. They are
+    checked here, by building the optimizer on a tiny module: a bad value is a `ValueError` now, not when
+    `Trainer.train()` builds the optimizer. `lion_ar` and the `rotational_*` optimizers rotate at the equilibrium angle
+    of the learning rate and the weight decay, so with plain `TrainingArguments` (weight decay 0 by default) pass
+    `--weight_decay` (e.g. 1.0 for `lion_ar`), the `weight_decay=` override or an `angle=`.
 
     Example:
         ```python
         >>> from hf_ext.optim import normalized_optimizer
         >>> trainer = Trainer(
-        ...     model=model, args=args, train_dataset=ds, optimizer_cls_and_kwargs=normalized_optimizer("lion_ar", args)
+        ...     model=model,
+        ...     args=args,
+        ...     train_dataset=ds,
+        ...     optimizer_cls_and_kwargs=normalized_optimizer("lion_ar", args, weight_decay=1.0),
         ... )
         ```
     """
@@ -358,6 +365,17 @@ def normalized_optimizer(
     kwargs.update(overrides)
     if kwargs.get("lr") is None:
         raise ValueError("normalized_optimizer needs a learning rate: pass `args` or `lr=`.")
+    # checked now, not when `Trainer.train()` builds the optimizer (as `WarmupFreeTrainer` checks its arguments)
+    if optimizer in ROTATION_WEIGHT_DECAY and kwargs.get("angle") is None and kwargs.get("weight_decay", 0.0) == 0:
+        fix = ROTATION_WEIGHT_DECAY[optimizer]
+        raise ValueError(
+            f"normalized_optimizer({optimizer!r}) rotates the weights at the equilibrium angle of the learning rate "
+            "and the weight decay, and the weight decay is 0 (transformers' TrainingArguments default): there is no "
+            f"angle. Pass --weight_decay > 0 in the arguments (e.g. {fix}), or "
+            f"normalized_optimizer({optimizer!r}, args, weight_decay={fix}), or an explicit angle= (radians per step "
+            "at the peak learning rate)."
+        )
+    make_normalized_optimizer(torch.nn.Linear(2, 2), optimizer, **kwargs)  # any other bad value, by argument name
     return NormalizedOptimizerFactory, {"optimizer": optimizer, **kwargs}
 
 
