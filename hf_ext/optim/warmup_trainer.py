@@ -390,18 +390,48 @@ def wsd_schedule_arguments(args: TrainingArguments, num_training_steps: int) -> 
     """`(num_warmup_steps, kwargs)` of transformers' `get_wsd_schedule` as `WarmupFreeTrainer` builds the
     `warmup_stable_decay` schedule: `lr_scheduler_kwargs`, with linear decay and `num_decay_steps =
     round(cooldown_fraction * num_training_steps)` unless they set them. Raises `ValueError` when the warmup and the
-    decay do not fit into `num_training_steps` (callable before any work, e.g. by a recipe with `max_steps`)."""
+    decay do not fit into `num_training_steps` (unless `lr_scheduler_kwargs` set `num_stable_steps`, which transformers
+    then uses in place of the step count), or when a `num_decay_steps` of `lr_scheduler_kwargs` is not a finite number >= 0
+    (callable before any work, e.g. by a recipe with `max_steps`)."""
     kwargs = dict(args.lr_scheduler_kwargs or {})
     kwargs.setdefault("decay_type", "linear")
     warmup = int(args.get_warmup_steps(num_training_steps))
     if "num_decay_steps" not in kwargs:
         kwargs["num_decay_steps"] = round(_option(args, "cooldown_fraction") * num_training_steps)
-        if warmup + kwargs["num_decay_steps"] > num_training_steps:
+        fix = "lower --cooldown_fraction"
+    else:
+        # transformers takes any number: a negative one left the lr at its peak to the end (no decay), a longer decay
+        # than the run started it before the warmup ended (the lr fell from the warmup to a fraction of its peak)
+        decay = kwargs["num_decay_steps"]
+        if not (is_real(decay) and 0 <= decay < math.inf):
             raise ValueError(
-                f"warmup ({warmup}) + decay ({kwargs['num_decay_steps']}) steps exceed the "
-                f"{num_training_steps} training steps; shorten the warmup or lower --cooldown_fraction."
+                f"num_decay_steps in --lr_scheduler_kwargs must be a number of steps >= 0 (the length of the decay), "
+                f"got {decay!r}."
             )
+        fix = "lower num_decay_steps in --lr_scheduler_kwargs"
+    if "num_stable_steps" not in kwargs and warmup + kwargs["num_decay_steps"] > num_training_steps:
+        raise ValueError(
+            f"warmup ({warmup}) + decay ({kwargs['num_decay_steps']}) steps exceed the "
+            f"{num_training_steps} training steps; shorten the warmup or {fix}."
+        )
     return warmup, kwargs
+
+
+def ignored_schedule_options(args: TrainingArguments) -> list[str]:
+    """What `args` set that the schedule `WarmupFreeTrainer` builds does not read, one sentence each:
+    `--cooldown_fraction` away from its default, read only by `warmup_stable_decay` and only where
+    `lr_scheduler_kwargs` give no `num_decay_steps`."""
+    value = _option(args, "cooldown_fraction")
+    if value == _EXTRA_DEFAULTS["cooldown_fraction"]:
+        return []
+    name = SchedulerType(args.lr_scheduler_type).value
+    if name != SchedulerType.WARMUP_STABLE_DECAY.value:
+        why = f"--lr_scheduler_type {name} does not read it (only warmup_stable_decay does)"
+    elif "num_decay_steps" in (args.lr_scheduler_kwargs or {}):
+        why = "num_decay_steps in --lr_scheduler_kwargs sets the decay length"
+    else:
+        return []
+    return [f"--cooldown_fraction {value} is ignored: {why}; drop it"]
 
 
 RUN_RECORD_NAME = "warmup_free_run.json"
@@ -574,6 +604,9 @@ class WarmupFreeTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, T
         if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
             _refuse_optim(self.args)
             check_normalized_optimizer_arguments(self.args)
+        if self.lr_scheduler is None:  # the schedule this trainer builds (`create_scheduler`)
+            for message in ignored_schedule_options(self.args):
+                logger.warning(message)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # a multi-process evaluate() counts every evaluation row once (accelerate's padded repeats entered eval_loss)

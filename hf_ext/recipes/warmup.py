@@ -232,7 +232,7 @@ def _check_arm_options(arms: list[str], recipe: WarmupRecipeArguments, args: War
     import torch
     from transformers.trainer_utils import SchedulerType
 
-    from ..optim.warmup_trainer import build_normalized_optimizer, wsd_schedule_arguments
+    from ..optim.warmup_trainer import build_normalized_optimizer, ignored_schedule_options, wsd_schedule_arguments
     from ._common import changed_from_default
 
     for name in changed_from_default(args, _FIXED_BY_ARMS):
@@ -241,6 +241,8 @@ def _check_arm_options(arms: list[str], recipe: WarmupRecipeArguments, args: War
             f"use {_FIXED_BY_ARMS[name]}."
         )
     _refuse_unread_options(arms, recipe, args)
+    for message in ignored_schedule_options(args):  # --cooldown_fraction beside a schedule that does not read it
+        raise ValueError(f"{message}.")
     if not 0 < args.learning_rate < math.inf:
         raise ValueError(f"--learning_rate must be a finite number > 0, got {args.learning_rate}.")
     for name in ("adam_beta1", "adam_beta2"):
