@@ -170,6 +170,9 @@ _FIXED_BY_ARMS = {
     "warmup_steps": "--warmup_fraction (the *_warmup arms warm up, the others do not)",
 }
 
+# transformers' `get_scheduler` builds these without the warmup steps it is given
+_SCHEDULES_WITHOUT_WARMUP = ("constant", "reduce_lr_on_plateau", "greedy")
+
 
 # Options that only some arms read: name -> the optimizers (arm prefixes) whose arms read it. The Lion family gets
 # its LR ratio, betas, Nesterov, bias and SNR corrections; only LionAR rotates (angle, zero mean, per-neuron norms,
@@ -243,6 +246,15 @@ def _check_arm_options(arms: list[str], recipe: WarmupRecipeArguments, args: War
     _refuse_unread_options(arms, recipe, args)
     for message in ignored_schedule_options(args):  # --cooldown_fraction beside a schedule that does not read it
         raise ValueError(f"{message}.")
+    schedule = SchedulerType(args.lr_scheduler_type).value
+    if schedule in _SCHEDULES_WITHOUT_WARMUP and recipe.warmup_fraction > 0:
+        warm = [arm for arm in arms if not arm.endswith("no_warmup")]
+        if warm:  # the *_warmup arms would train as the *_no_warmup ones: a warmup gap of 0 that measures nothing
+            raise ValueError(
+                f"--lr_scheduler_type {schedule} has no warmup (transformers builds it without warmup steps), so the "
+                f"arms {', '.join(warm)} would not warm up and every warmup gap would be 0; use a schedule with "
+                "warmup (the default warmup_stable_decay, or e.g. linear, cosine, constant_with_warmup)."
+            )
     if not 0 < args.learning_rate < math.inf:
         raise ValueError(f"--learning_rate must be a finite number > 0, got {args.learning_rate}.")
     for name in ("adam_beta1", "adam_beta2"):

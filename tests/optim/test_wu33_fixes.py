@@ -92,3 +92,31 @@ def test_an_ignored_cooldown_fraction_is_named(tmp_path, caplog, kw, why):
     recipe, args = parse_recipe_args((WarmupRecipeArguments, WarmupTrainingArguments), argv, resume="keep")
     with pytest.raises(ValueError, match="--cooldown_fraction 0.25 is ignored"):
         validate(recipe, args)
+
+
+@pytest.mark.parametrize(
+    "schedule, extra", [("constant", []), ("reduce_lr_on_plateau", ["--eval_strategy", "steps", "--eval_steps", "5"])]
+)
+def test_warmup_recipe_refuses_a_schedule_without_warmup_for_warmup_arms(tmp_path, schedule, extra):
+    """F3: transformers builds these schedules without the warmup steps it is given, so the *_warmup arms trained
+    exactly as the *_no_warmup ones and the recipe reported warmup gaps of exactly 0 (results recording
+    warmup_steps 0.05 for the warmup arms)."""
+    from hf_ext.recipes._common import parse_recipe_args
+    from hf_ext.recipes.warmup import WarmupRecipeArguments, WarmupTrainingArguments, validate
+
+    def check(*flags):
+        argv = ["--lr_scheduler_type", schedule, *extra, *flags, "--output_dir", str(tmp_path / "recipe")]
+        recipe, args = parse_recipe_args((WarmupRecipeArguments, WarmupTrainingArguments), argv, resume="keep")
+        return validate(recipe, args)
+
+    with pytest.raises(
+        ValueError, match=rf"--lr_scheduler_type {schedule} has no warmup.*adamw_warmup, lion_ar_warmup"
+    ):
+        check()
+    assert check("--arms", "adamw_no_warmup,lion_ar_no_warmup") == ["adamw_no_warmup", "lion_ar_no_warmup"]
+    assert check("--warmup_fraction", "0") == [  # the user asked for no warmup: nothing is ignored
+        "adamw_warmup",
+        "adamw_no_warmup",
+        "lion_ar_warmup",
+        "lion_ar_no_warmup",
+    ]
