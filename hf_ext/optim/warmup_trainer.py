@@ -375,7 +375,10 @@ def normalized_optimizer(
             f"normalized_optimizer({optimizer!r}, args, weight_decay={fix}), or an explicit angle= (radians per step "
             "at the peak learning rate)."
         )
-    make_normalized_optimizer(torch.nn.Linear(2, 2), optimizer, **kwargs)  # any other bad value, by argument name
+    # any other bad value, by argument name; the probe's initialisation leaves the caller's random state as it was
+    # (a model built after the call, under one seed, gets the same weights as without it)
+    with torch.random.fork_rng(devices=[]):
+        make_normalized_optimizer(torch.nn.Linear(2, 2), optimizer, **kwargs)
     return NormalizedOptimizerFactory, {"optimizer": optimizer, **kwargs}
 
 

@@ -120,3 +120,13 @@ def test_warmup_recipe_refuses_a_schedule_without_warmup_for_warmup_arms(tmp_pat
         "lion_ar_warmup",
         "lion_ar_no_warmup",
     ]
+
+
+def test_factory_check_leaves_the_global_random_state_alone(tmp_path):
+    # the check builds the optimizer on a probe module, whose initialisation drew from the global generator: a model
+    # built after normalized_optimizer(...) under the same seed got other weights
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    normalized_optimizer("lion_ar", _plain_args(tmp_path), weight_decay=1.0)
+    assert torch.equal(torch.rand(3), expected)
