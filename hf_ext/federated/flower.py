@@ -90,9 +90,9 @@ def _initial_state_and_layout(
 
 
 def _partition(context: Context) -> int:
-    if "partition-id" not in context.node_config:
-        raise ValueError("The node config has no 'partition-id': start the SuperNode with --node-config.")
-    return int(context.node_config["partition-id"])
+    from .flower_task import node_partition_id
+
+    return node_partition_id(context.node_config)
 
 
 def reports_train_loss(fed_args: FederatedArguments, training_args) -> bool:

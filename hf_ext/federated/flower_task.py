@@ -80,7 +80,11 @@ RUN_CONFIG_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
         "BPE trainer reserves memory in proportion to it)",
         lambda v: MIN_VOCAB_SIZE <= v <= MAX_VOCAB_SIZE,
     ),
-    "hidden-size": ("a positive multiple of 4 (the tiny Llama's attention heads)", lambda v: v >= 4 and v % 4 == 0),
+    "hidden-size": (
+        "a positive multiple of 8 (the tiny Llama's 4 attention heads, each with an even head dimension for its "
+        "rotary position embeddings)",
+        lambda v: v >= 8 and v % 8 == 0,
+    ),
     "round-timeout": ("a finite number of seconds > 0", lambda v: v > 0),
 }
 
@@ -484,6 +488,19 @@ def _node_value(node_config: Mapping[str, Any], key: str) -> Any:
     return value
 
 
+def node_partition_id(node_config: Mapping[str, Any]) -> int:
+    """The node config's `partition-id`, an integer >= 0; refuse (`ValueError`, naming the key and the fix) a missing
+    one or any other value (`1.5` used to train partition 1, `true` partition 1, and `abc` failed with Python's
+    `invalid literal for int()`)."""
+    fix = 'start the SuperNode with `--node-config "partition-id=<i> num-partitions=<n>"`, i in 0..n-1'
+    if "partition-id" not in node_config:
+        raise ValueError(f"The node config has no 'partition-id': {fix}.")
+    value = node_config["partition-id"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"node-config `partition-id` must be an integer >= 0, got {value!r}: {fix}.")
+    return value
+
+
 def planned_epsilon(task: FlowerTask, partition_id: int, delta: float) -> float:
     """The epsilon at `delta` that DP-SGD reaches on partition `partition_id` over the whole run the run config
     describes (`num-server-rounds` x `local-steps` steps at the Poisson rate `batch-size / partition size`), by the
@@ -547,9 +564,7 @@ def check_node_privacy(node_config: Mapping[str, Any], task: FlowerTask) -> None
             "the node's `--node-config`."
         )
     if max_eps < math.inf:
-        if "partition-id" not in node_config:
-            raise ValueError("The node config has no 'partition-id': start the SuperNode with --node-config.")
-        eps = planned_epsilon(task, int(node_config["partition-id"]), max_delta)
+        eps = planned_epsilon(task, node_partition_id(node_config), max_delta)
         if not eps <= max_eps:
             raise ValueError(
                 f"The run config's DP-SGD would spend epsilon {eps:.4g} at delta {max_delta:g} on this node "

@@ -554,7 +554,15 @@ def build_client_dataset(text_dataset, canary_texts: Sequence[str], tokenizer, b
     from ..data import pack_dataset
 
     packed = pack_dataset(text_dataset, tokenizer, block_size) if len(text_dataset) else None
-    parts = [packed] if packed is not None and len(packed) else []
+    if packed is not None and not len(packed):
+        # documents shorter than one block in all: packing drops the partial block, so they would vanish (with
+        # canaries the client silently trained on its canaries only; without, the error said it had no documents)
+        raise ValueError(
+            f"The client's {len(text_dataset)} documents hold fewer tokens than one block of block_size={block_size} "
+            "tokens, so packing keeps none of them: lower block_size (Flower App: run config `block-size`; recipe: "
+            "--block_size) or give the client more documents (`docs-per-client`, --docs_per_client)."
+        )
+    parts = [packed] if packed is not None else []
     if canary_texts:
         parts.append(
             Dataset.from_dict(canary_rows(canary_texts, tokenizer, block_size)).cast(parts[0].features)
