@@ -254,7 +254,10 @@ def _local_round(
 ):
     """Rebuild the model, train on this node's partition from `state`, persist the accountant in `context.state`
     and, under DP-SGD, durably in `state_dir` (before the reply leaves the node)."""
+    from .flower_task import check_node_config_keys
+
     pid = _partition(context)
+    check_node_config_keys(context.node_config)  # a mistyped requirement must not be ignored
     check_no_per_client_settings(fed_args)  # before anything else: no entry a server picked for this index is used
     if "num-partitions" in context.node_config:
         check_client_learning_rates(fed_args, int(context.node_config["num-partitions"]))

@@ -464,6 +464,30 @@ NODE_PRIVACY_KEYS: dict[str, tuple[type, Any, str]] = {
 }
 
 
+# the node-config keys of the SecAgg+ guard mods (read in .flower: NODE_MAX_COLLUDERS_KEY, NODE_REFUSE_DROPOUTS_KEY)
+NODE_SECAGG_KEYS = ("secagg-max-colluders", "secagg-refuse-dropouts")
+# node-config keys with these prefixes are hf_ext's requirements: an unknown one is a mistyped requirement
+NODE_KEY_PREFIXES = ("dp-", "secagg-")
+
+
+def check_node_config_keys(node_config: Mapping[str, Any]) -> None:
+    """Refuse (`ValueError`) a node-config key in hf_ext's namespaces (`dp-*`, `secagg-*`) that no app reads: a
+    mistyped privacy requirement (`secagg-requierd=true`, `dp-max-epsilom=1`) used to be ignored, and the node trained
+    and uploaded without the protection its operator asked for."""
+    import difflib
+
+    known = sorted(set(NODE_PRIVACY_KEYS) | set(NODE_SECAGG_KEYS))
+    unknown = sorted(str(k) for k in node_config if str(k).startswith(NODE_KEY_PREFIXES) and k not in known)
+    if unknown:
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else repr(k)
+                 for k in unknown]  # fmt: skip
+        raise ValueError(
+            f"Unknown node-config keys {', '.join(hints)}: this node refuses to train rather than ignore a privacy "
+            f"requirement. The node-config keys hf_ext reads are {known} (plus partition-id, num-partitions); restart "
+            "the SuperNode with the key spelled as listed."
+        )
+
+
 def _node_value(node_config: Mapping[str, Any], key: str) -> Any:
     """The node-config value of a [`NODE_PRIVACY_KEYS`] key (its default when absent), type-checked."""
     typ, default, _ = NODE_PRIVACY_KEYS[key]
@@ -579,7 +603,9 @@ def check_node_privacy(node_config: Mapping[str, Any], task: FlowerTask) -> None
 def check_node_config(node_config: Mapping[str, Any], task: FlowerTask) -> None:
     """Refuse (`ValueError`) a SuperNode whose `--node-config num-partitions` (the partitioning its `partition-id`
     refers to) differs from the run config's `num-partitions`, or a run config that breaks the node's privacy
-    requirements ([`check_node_privacy`], [`NODE_PRIVACY_KEYS`])."""
+    requirements ([`check_node_privacy`], [`NODE_PRIVACY_KEYS`]), or that has a `dp-*` / `secagg-*` key no app reads
+    ([`check_node_config_keys`])."""
+    check_node_config_keys(node_config)
     if "num-partitions" in node_config:
         value = node_config["num-partitions"]
         if isinstance(value, bool) or not isinstance(value, int) or value != task.num_clients:

@@ -64,3 +64,33 @@ def test_the_epsilon_bound_check_reads_the_partition_id_the_same_way():
     task = task_from_run_config({"dp-clip-norm": 1.0, "dp-noise-multiplier": 1.0, "secure-aggregation": False})
     with pytest.raises(ValueError, match="node-config `partition-id` must be an integer >= 0"):
         check_node_config({"partition-id": 0.5, "dp-max-epsilon": 100.0}, task)
+
+
+@pytest.mark.parametrize(
+    "typo",
+    [{"secagg-requierd": True}, {"dp-min-noise-multipler": 1.0}, {"dp-max-epsilom": 1.0}, {"secagg-max-coluders": 2}],
+)
+def test_a_mistyped_node_privacy_requirement_is_refused_not_ignored(typo):
+    """fl33 F5: a node operator's mistyped requirement (`--node-config "secagg-requierd=true"`) was ignored: the node
+    trained and uploaded in the clear, without DP, and the run completed."""
+    from hf_ext.federated.flower_task import task_from_run_config
+
+    task = task_from_run_config({"secure-aggregation": False})
+    (key,) = typo
+    with pytest.raises(ValueError, match=f"Unknown node-config keys '{key}' \\(did you mean"):
+        check_node_config({"partition-id": 0, "num-partitions": 2, **typo}, task)
+    # the library's ClientApp (make_client_app) refuses it too, before it looks at its data or trains
+    from hf_ext.federated.flower import _local_round
+
+    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, **typo}, state=RecordDict(), run_config={})
+    with pytest.raises(ValueError, match="Unknown node-config keys"):
+        _local_round(None, None, task.fed_args, task.training_args, None, None, ctx, {}, 1)
+
+
+def test_every_node_config_key_the_apps_read_is_accepted():
+    from hf_ext.federated import flower
+    from hf_ext.federated.flower_task import NODE_PRIVACY_KEYS, NODE_SECAGG_KEYS, check_node_config_keys
+
+    assert set(NODE_SECAGG_KEYS) == {flower.NODE_MAX_COLLUDERS_KEY, flower.NODE_REFUSE_DROPOUTS_KEY}
+    assert {flower.NODE_MAX_EPSILON_KEY, flower.NODE_MAX_DELTA_KEY} <= set(NODE_PRIVACY_KEYS)
+    check_node_config_keys({k: 1 for k in [*NODE_PRIVACY_KEYS, *NODE_SECAGG_KEYS, "partition-id", "other-app-key"]})
