@@ -133,7 +133,7 @@ def evaluate_with_prefix(
     **kwargs,
 ) -> dict:
     """Like [`evaluate_model`], with `prefix` placed once in every prompt, before the few-shot examples and the test
-    document (lm-eval's task `description`): at the very start of the prompt, or after what lm-eval puts before the
+    document (lm-eval's task `description`, in front of the task's own description if it has one): at the very start of the prompt, or after what lm-eval puts before the
     description when asked to (a `system_instruction`, a chat template's system turn with `apply_chat_template`).
 
     Args:
@@ -177,7 +177,7 @@ def evaluate_with_prefix(
         guard = encode_prefix_apart or (isinstance(lm, HFLM) and (callable(prefix) or prefix != ""))
         restore = _encode_prefixes_apart(lm, prefixes, apart=encode_prefix_apart) if guard else None
         try:
-            tm, loaded = _prefixed_tasks(tasks, prefix, prefixes, guard, include_path, metadata)
+            tm, loaded = _prefixed_tasks(tasks, prefix, prefixes, include_path, metadata)
             kwargs.setdefault("bootstrap_iters", 1000)
             kwargs.setdefault("log_samples", False)
             results = lm_eval.simple_evaluate(
@@ -250,7 +250,7 @@ def check_prefix_fits(
         prefixes: set[str] = set()
         restore = _encode_prefixes_apart(lm, prefixes, apart=encode_prefix_apart)
         try:
-            _, loaded = _prefixed_tasks(tasks, prefix, prefixes, True, include_path, metadata)
+            _, loaded = _prefixed_tasks(tasks, prefix, prefixes, include_path, metadata)
             for task in loaded:  # as simple_evaluate sets up each task, then evaluate() builds its requests
                 if num_fewshot is not None:
                     if task.get_config("num_fewshot") != 0:  # lm-eval keeps a 0 set in a task's config
@@ -301,21 +301,24 @@ def _encode_as_hflm(lm, instance) -> None:
         lm.tok_batch_encode([context], left_truncate_len=room, truncation=lm.truncation)
 
 
-def _prefixed_tasks(tasks: list[str], prefix, prefixes: set[str], collect: bool, include_path, metadata):
-    """`(task_manager, [Task])`: fresh lm-eval Task objects of `tasks` with `prefix` as their description (a string
-    rendered per document as lm-eval renders a description when `collect`; a callable's per-document prefixes go
-    into `prefixes`); a `loglikelihood_rolling` task is refused when `prefix` is not empty."""
-    if collect and isinstance(prefix, str):  # rendered per document as lm-eval renders a description, collected
-        prefix = _rendered(prefix)
+def _prefixed_tasks(tasks: list[str], prefix, prefixes: set[str], include_path, metadata):
+    """`(task_manager, [Task])`: fresh lm-eval Task objects of `tasks` whose description is `prefix` followed by the
+    task's own description (a string prefix rendered per document as lm-eval renders a description; the per-document
+    prefixes go into `prefixes`); an empty string changes nothing, and a `loglikelihood_rolling` task is refused when
+    `prefix` is not empty."""
     tm = task_manager(include_path, include_defaults=not set(tasks) <= _PACKAGED, metadata=metadata)
     loaded = list(tm.load(tasks)["tasks"].values())  # fresh Task objects: the settings below touch only these
     _check_no_rolling_tasks(loaded, prefix)
+    if isinstance(prefix, str):
+        if prefix == "":  # nothing to place: the tasks' prompts stay lm-eval's own (their descriptions included)
+            return tm, loaded
+        prefix = _rendered(prefix)  # rendered per document as lm-eval renders a description
     for task in loaded:
-        if callable(prefix):
-            task.set_config("process_docs", _with_prefix_field(task.config.process_docs, prefix, prefixes))
-            task.set_config("description", PREFIX_FIELD)
-        else:
-            task.set_config("description", prefix)
+        # in front of the task's own description (e.g. mmlu's "The following are multiple choice questions ..."),
+        # which lm-eval resolves per document too: replacing it changed the task's prompts
+        process = _with_prefix_field(task.config.process_docs, prefix, prefixes, task, task.config.description)
+        task.set_config("process_docs", process)
+        task.set_config("description", PREFIX_FIELD)
     return tm, loaded
 
 
@@ -342,9 +345,16 @@ def _rendered(template: str) -> Callable[[dict], str]:
     return lambda doc: compiled.render(**doc)
 
 
-def _with_prefix_field(process_docs, prefix: Callable[[dict], str], seen: set[str] | None = None):
-    """The task's `process_docs` followed by a column holding each document's prefix (read by `description`); the
-    prefixes are also added to `seen`."""
+def _with_prefix_field(
+    process_docs,
+    prefix: Callable[[dict], str],
+    seen: set[str] | None = None,
+    task=None,
+    description: str | None = None,
+):
+    """The task's `process_docs` followed by a column holding each document's prefix and then the task's own
+    `description` as lm-eval resolves it for the document (read by `description`); the prefixes alone are also added
+    to `seen`."""
 
     def process(dataset):
         if process_docs is not None:
@@ -353,6 +363,9 @@ def _with_prefix_field(process_docs, prefix: Callable[[dict], str], seen: set[st
         column = [str(prefix(dict(doc))) for doc in rows]
         if seen is not None:
             seen.update(column)
+        if description:
+            own = [str(task.resolve_field(dict(doc), description) or "") for doc in rows]
+            column = [p + d for p, d in zip(column, own, strict=True)]
         return dataset.add_column(PREFIX_FIELD, column)
 
     return process
