@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..utils.evaluation import keeping_train_mode
@@ -125,10 +126,15 @@ def _check_model(model, tokenizer) -> None:
         raise ValueError("tokenizer is required with a model object (lm-eval cannot infer it); pass tokenizer=...")
 
 
-def _check_run_args(tasks, num_fewshot, limit) -> list[str]:
-    """The task list, after checking `tasks`, `num_fewshot` and `limit` (a `ValueError` naming the argument)."""
+def _check_run_args(tasks, num_fewshot, limit, seed: object = 0) -> list[str]:
+    """The task list, after checking `tasks`, `num_fewshot`, `limit` and `seed` (a `ValueError` naming the argument)."""
     if isinstance(tasks, str):
         tasks = [tasks]
+    if not isinstance(tasks, Iterable):  # tasks=3 failed with a bare "'int' object is not iterable"
+        raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        # a string or a float failed inside lm-eval's numpy seeding with a message that did not name `seed`
+        raise ValueError(f"seed must be an int (or None: lm-eval leaves its generators unseeded), got {seed!r}.")
     tasks = list(tasks)
     if not tasks or not all(isinstance(t, str) and t for t in tasks):
         raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}.")
@@ -243,7 +249,7 @@ def evaluate_model(
     """
     import lm_eval
 
-    tasks = _check_run_args(tasks, num_fewshot, limit)
+    tasks = _check_run_args(tasks, num_fewshot, limit, seed)
     _check_lm_args(batch_size, max_length)
     kwargs.setdefault("bootstrap_iters", 1000)
     kwargs.setdefault("log_samples", False)
@@ -381,7 +387,7 @@ def evaluate_models(
         raise ValueError("num_fewshot is an empty list; pass shot counts such as [0, 5] (or 0, or None).")
     # Everything is checked before the first model runs: a bad entry must not cost a full evaluation of the others.
     for k in shots:
-        _check_run_args(tasks, k, kwargs.get("limit"))
+        _check_run_args(tasks, k, kwargs.get("limit"), kwargs.get("seed", 0))
     for name, model in models.items():
         try:
             _check_model(model, tokenizer)

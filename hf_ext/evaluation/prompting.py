@@ -164,7 +164,7 @@ def evaluate_with_prefix(
     """
     import lm_eval
 
-    tasks = _check_run_args(tasks, num_fewshot, limit)
+    tasks = _check_run_args(tasks, num_fewshot, limit, seed)
     _check_lm_args(batch_size, max_length)  # as evaluate_model: 0, -3 and True ran, a bad max_length failed in lm-eval
     if not (isinstance(prefix, str) or callable(prefix)):
         raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
@@ -233,7 +233,7 @@ def check_prefix_fits(
     """
     import copy
 
-    tasks = _check_run_args(tasks, num_fewshot, limit)
+    tasks = _check_run_args(tasks, num_fewshot, limit, seed)
     _check_lm_args(1, max_length)
     if not (isinstance(prefix, str) or callable(prefix)):
         raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")

@@ -82,7 +82,9 @@ def layer_pairing_task_sweep(
         LayerParallelConfig(source_config=model.config, lp_start=start, lp_end=end, lp_mode=mode, lp_mlp_norm=mlp_norm)
     # and `metric` against the packaged tasks (it was first read after the source model's whole evaluation); other
     # tasks are left to the score reader: loading them here would mean their data, and some need the model's arguments
-    packaged = [t for t in _check_run_args(tasks, num_fewshot, kwargs.get("limit")) if t in _PACKAGED]
+    packaged = [
+        t for t in _check_run_args(tasks, num_fewshot, kwargs.get("limit"), kwargs.get("seed", 0)) if t in _PACKAGED
+    ]
     if packaged and isinstance(metric, str):
         from .prompting import check_reported_metric
 
@@ -210,7 +212,11 @@ def compliance_gap(
     if not all(given):
         # the metric against the packaged tasks before the first (costly) evaluation, as layer_pairing_task_sweep
         # does; other tasks are checked on the first results, before the second model is evaluated
-        packaged = [t for t in _check_run_args(run_tasks, num_fewshot, kwargs.get("limit")) if t in _PACKAGED]
+        packaged = [
+            t
+            for t in _check_run_args(run_tasks, num_fewshot, kwargs.get("limit"), kwargs.get("seed", 0))
+            if t in _PACKAGED
+        ]
         if packaged and isinstance(metric, str):
             from .prompting import check_reported_metric
 
