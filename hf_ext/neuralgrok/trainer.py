@@ -384,7 +384,9 @@ def resume_option_mismatches(
     saved_coupled = info.get("coupled_weight_decay")
     if saved_coupled is not None and bool(saved_coupled) != bool(args.coupled_weight_decay):
         out.append(("coupled_weight_decay", bool(saved_coupled), bool(args.coupled_weight_decay)))
-    saved_outer = info.get("outer_gradient")
+    # a neuralgrok checkpoint written before the mode was recorded took its outer gradient by recomputation, as
+    # train() reads it: both checks must agree (the recipe's early one let such a checkpoint through to train())
+    saved_outer = info.get("outer_gradient", "recompute") if info.get("gradient_transform") == "neuralgrok" else None
     if args.gradient_transform == "neuralgrok" and saved_outer is not None and saved_outer != args.outer_gradient:
         out.append(("outer_gradient", saved_outer, args.outer_gradient))
     for name in BASE_OPTIMIZER_OPTIONS:

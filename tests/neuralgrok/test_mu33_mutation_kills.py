@@ -82,3 +82,15 @@ def test_save_pretrained_round_trips_every_constructor_argument(tmp_path):
 def test_save_pretrained_uses_an_explicit_config(tmp_path):
     NeuralAmplifier((5,), c=2.0).save_pretrained(str(tmp_path / "amp"), config={"hidden_dims": [5], "c": 3.0})
     assert NeuralAmplifier.from_pretrained(str(tmp_path / "amp")).c == 3.0
+
+
+def test_a_checkpoint_without_the_recorded_outer_gradient_is_compared_as_recompute(tmp_path):
+    # a neuralgrok checkpoint written before outer_gradient was recorded: train() reads it as "recompute", so the
+    # recipe's early comparison must too (it let such a checkpoint through, to be refused in train() after the
+    # command's earlier runs had trained)
+    info = {"gradient_transform": "neuralgrok"}
+    kw = {"gradient_transform": "neuralgrok"}
+    assert ("outer_gradient", "recompute", "next_step") in resume_option_mismatches(
+        info, None, _args(tmp_path, outer_gradient="next_step", **kw)
+    )
+    assert not [m for m in resume_option_mismatches(info, None, _args(tmp_path, **kw)) if m[0] == "outer_gradient"]
