@@ -28,7 +28,9 @@ _COMMAND = re.compile(r"(?:(?<![\w-]/)scripts/(\w+)\.py|hf-ext run (\w+)|-m hf_e
 _INPUT_PATH_FLAGS = {
     "--model_name_or_path", "--train_file", "--validation_file", "--mixture_file", "--resume_from_checkpoint"
 }  # fmt: skip
-_PLACEHOLDER = re.compile(r"\$|<|\.\.\.|^[A-Z]$|[a-z]S$")  # $seed, <causal-lm>, ..., M / S, seedS
+_PLACEHOLDER = re.compile(
+    r"\$|<|\{|\.\.\.|^[A-Z]+[0-9]?$|[a-z]S$"
+)  # $seed, <causal-lm>, {a,b}, ..., M / LR / B2, seedS
 
 
 def _doc_paths(root: str) -> list[str]:
@@ -45,8 +47,9 @@ def _code_lines(text: str):
         for i, line in enumerate(m.group(1).replace("\\\n", " ").splitlines()):
             yield first + i, line
     outside = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
-    for m in re.finditer(r"`([^`\n]+)`", outside):
-        yield outside[: m.start()].count("\n") + 1, m.group(1)
+    # a span may wrap over lines of its paragraph (never over a blank line); its lines are joined by one space
+    for m in re.finditer(r"`((?:[^`\n]|\n(?![ \t]*\n))+)`", outside):
+        yield outside[: m.start()].count("\n") + 1, " ".join(m.group(1).split())
 
 
 def _doc_code_lines(root: str):
@@ -121,6 +124,20 @@ def test_the_docs_show_commands_of_every_recipe(repo_root):
         for where, name, argv in documented_commands(repo_root)
         if "hf_ext.recipes" in _line(repo_root, where)
     )
+
+
+def test_commands_in_inline_code_that_wraps_over_lines_are_extracted(repo_root):
+    """An inline code span wrapped over two lines of its paragraph is one command: its flags are checked too (these
+    spans used to be skipped: the federated, warmup and synthetic metadata commands were never checked)."""
+    text = (
+        "Run `python scripts/warmup.py --max_steps 2\n--seed 0` then `a` and\n\n`b` and `hf-ext run pretrain\n\n--x`."
+    )
+    assert list(_code_lines(text)) == [(1, "python scripts/warmup.py --max_steps 2 --seed 0"), (2, "a"), (4, "b")]
+    found = {(where.split(":")[0], name, tuple(argv)) for where, name, argv in documented_commands(repo_root)}
+    assert any(path == "docs/federated.md" and name == "federated" and "--local_steps" in argv
+               for path, name, argv in found)  # fmt: skip
+    assert any(path == "docs/metadata.md" and name == "metadata_pretrain" and "--doc_eval_steps" in argv
+               for path, name, argv in found)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["pretrain", "grape", "bench_fp8", "run_transformers_conformance"])
