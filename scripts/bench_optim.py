@@ -35,8 +35,16 @@ def build_model(arch: str, hidden: int, layers: int, vocab: int):
 
     torch.manual_seed(0)
     if arch == "gpt2":
+        # GPT2Config's bos/eos default to 50256, outside a smaller vocabulary (transformers warns on every run)
         return GPT2LMHeadModel(
-            GPT2Config(n_embd=hidden, n_layer=layers, n_head=max(hidden // 64, 1), vocab_size=vocab)
+            GPT2Config(
+                n_embd=hidden,
+                n_layer=layers,
+                n_head=max(hidden // 64, 1),
+                vocab_size=vocab,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
         )
     cfg = LlamaConfig(
         vocab_size=vocab,

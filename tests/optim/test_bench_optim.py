@@ -30,3 +30,11 @@ def test_bench_reports_wall_and_cpu_ratios_against_adamw(bench, arch, capsys):
 def test_bench_rejects_unknown_optimizer(bench):
     with pytest.raises(ValueError, match="--optimizers"):
         bench["main"](["--optimizers", "rotational_adam", "--device", "cpu"])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_bench_model_special_tokens_lie_in_its_vocabulary(bench, arch):
+    """GPT2Config's default bos/eos id 50256 lay outside the bench's 8192-token vocabulary: transformers warned on
+    every `--arch gpt2` run that this "may result in unexpected behavior" (cli33 F2)."""
+    config = bench["build_model"](arch, 64, 1, 512).config
+    assert 0 <= config.bos_token_id < 512 and 0 <= config.eos_token_id < 512
