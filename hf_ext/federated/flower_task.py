@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from ..data.corpus import corpus_domains
 from ..data.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
-from .simulation import FederatedArguments
+from .simulation import AGGREGATIONS, FederatedArguments
 
 # run-config key -> (type, default)
 RUN_CONFIG_DEFAULTS: dict[str, tuple[type, Any]] = {
@@ -56,7 +57,12 @@ RUN_CONFIG_DEFAULTS: dict[str, tuple[type, Any]] = {
 # numeric run-config key -> (the values it accepts, in words; the check of a finite value)
 RUN_CONFIG_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "num-server-rounds": (">= 1", lambda v: v >= 1),
-    "num-partitions": (">= 1", lambda v: v >= 1),
+    # one group of the embedded corpus' domains per client: more partitions than domains failed on the nodes, after
+    # the run had started, naming the library's `num_clients`
+    "num-partitions": (
+        f"between 1 and {len(corpus_domains())} (one group of the embedded corpus' domains per client)",
+        lambda v: 1 <= v <= len(corpus_domains()),
+    ),
     "local-steps": (
         ">= 1 (optimizer steps per client and round; the App has no epoch-based fallback)",
         lambda v: v >= 1,
@@ -112,6 +118,8 @@ def check_run_config(cfg: Mapping[str, Any]) -> None:
         value = cfg[key]
         if not (math.isfinite(value) and ok(value)):
             raise ValueError(f"run-config `{key}` must be {accepted}, got {value!r}.")
+    if cfg["aggregation"] not in AGGREGATIONS:  # FederatedArguments refused it naming the recipe's --aggregation
+        raise ValueError(f"run-config `aggregation` must be one of {list(AGGREGATIONS)}, got {cfg['aggregation']!r}.")
     n = cfg["num-partitions"]
     if cfg["secure-aggregation"]:
         c = cfg["secagg-max-colluders"]

@@ -38,6 +38,8 @@ from .secure_aggregation import (
 logger = logging.get_logger(__name__)
 
 STATE_FILE = "global_state.safetensors"
+# how LoRA updates are averaged: the factors A and B each, or each client's merged weights (--aggregation)
+AGGREGATIONS = ("factors", "merge_then_average")
 META_FILE = "federated_state.json"
 # how `save_state` writes the history: JSON with tagged tuples, non-str-keyed dicts, numpy values and tensors, so that
 # `load_state` restores it with its types (states saved before it have no tag and plain JSON)
@@ -254,8 +256,8 @@ class FederatedArguments:
                 f"Set --local_steps > 0 or a finite --local_epochs > 0 (local work per round), got --local_steps "
                 f"{self.local_steps} and --local_epochs {self.local_epochs!r}."
             )
-        if self.aggregation not in ("factors", "merge_then_average"):
-            raise ValueError(f"--aggregation must be 'factors' or 'merge_then_average', got {self.aggregation!r}.")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"--aggregation must be one of {list(AGGREGATIONS)}, got {self.aggregation!r}.")
         if self.aggregation == "merge_then_average" and not self.use_lora:
             raise ValueError(
                 "--aggregation merge_then_average merges LoRA factors, so it needs --use_lora (without LoRA the full "

@@ -94,3 +94,18 @@ def test_every_node_config_key_the_apps_read_is_accepted():
     assert set(NODE_SECAGG_KEYS) == {flower.NODE_MAX_COLLUDERS_KEY, flower.NODE_REFUSE_DROPOUTS_KEY}
     assert {flower.NODE_MAX_EPSILON_KEY, flower.NODE_MAX_DELTA_KEY} <= set(NODE_PRIVACY_KEYS)
     check_node_config_keys({k: 1 for k in [*NODE_PRIVACY_KEYS, *NODE_SECAGG_KEYS, "partition-id", "other-app-key"]})
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"num-partitions": 10}, r"run-config `num-partitions` must be between 1 and 9"),
+        ({"aggregation": "bogus"}, r"run-config `aggregation` must be one of \['factors', 'merge_then_average'\]"),
+    ],
+)
+def test_run_config_partitions_beyond_the_corpus_domains_and_a_bad_aggregation_are_refused_by_key(config, match):
+    # more partitions than the corpus' 9 domains failed on the nodes after the run started, naming `num_clients`; a
+    # bad aggregation was refused naming the recipe's --aggregation (fl33 left-alone items)
+    with pytest.raises(ValueError, match=match):
+        check_run_config(parse_run_config(config))
+    check_run_config(parse_run_config({"num-partitions": 9, "aggregation": "merge_then_average"}))
