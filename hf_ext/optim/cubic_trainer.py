@@ -157,8 +157,8 @@ class CubicNewtonTrainingArguments(TrainingArguments):
             CubicNewton([torch.zeros(1, requires_grad=True)], **self.cubic_newton_kwargs())
         except ValueError as err:
             raise ValueError(
-                f"{err} (CubicNewtonTrainingArguments: `M` is --cubic_M, `lr` is --learning_rate, and any other "
-                "keyword `x` is --cubic_x.)"
+                f"{err} (CubicNewtonTrainingArguments: `M` is --cubic_M, `lr` is --learning_rate, `cubic_convention` "
+                "is --cubic_convention, and any other keyword `x` is --cubic_x.)"
             ) from None
 
     def cubic_newton_kwargs(self) -> dict:
