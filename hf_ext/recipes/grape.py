@@ -306,9 +306,15 @@ def _refuse_unread_flags(data_args: GrapeDataArguments, args: GrapeRecipeConfig,
     so was `--eval_fraction` with no target tasks to split."""
     from ._common import changed_from_default
 
+    default_batch = next(f.default for f in fields(args) if f.name == "reweight_batch_size")
     for name in changed_from_default(args, _FLAG_READERS):
         readers = _FLAG_READERS[name]
-        if not set(readers) & set(methods):
+        # doremi reads --reweight_mini_batch_size, which must divide --reweight_batch_size: a mini-batch the default
+        # batch is no multiple of (e.g. 32) needs --reweight_batch_size set beside it, unread as it is by doremi
+        needed = (
+            name == "reweight_batch_size" and "doremi" in methods and default_batch % args.reweight_mini_batch_size
+        )
+        if not needed and not set(readers) & set(methods):
             raise ValueError(
                 f"--{name} is read only by --reweight_method {'/'.join(readers)} and has no effect on "
                 f"{', '.join(methods)}; drop it (or train one of those methods)."
