@@ -96,6 +96,12 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def seed_int(seed):
+    """A checked `seed` as a Python int (or None): lm-eval seeds Python's `random` with it, which refuses numpy
+    integers (`np.int64(0)` failed there with a message not naming `seed`)."""
+    return None if seed is None else int(seed)
+
+
 def _check_model(model, tokenizer) -> None:
     """Refuse what `_as_lm` cannot wrap, before anything is loaded or evaluated."""
     try:
@@ -250,6 +256,7 @@ def evaluate_model(
     import lm_eval
 
     tasks = _check_run_args(tasks, num_fewshot, limit, seed)
+    seed = seed_int(seed)
     _check_lm_args(batch_size, max_length)
     kwargs.setdefault("bootstrap_iters", 1000)
     kwargs.setdefault("log_samples", False)

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 
 from ..utils.evaluation import keeping_train_mode
-from .harness import _PACKAGED, DEFAULT_TASKS, _as_lm, _check_lm_args, _check_run_args, task_manager
+from .harness import _PACKAGED, DEFAULT_TASKS, _as_lm, _check_lm_args, _check_run_args, seed_int, task_manager
 
 #: Document field that carries a per-document prefix (see [`evaluate_with_prefix`]).
 PREFIX_FIELD = "hf_ext_prompt_prefix"
@@ -165,6 +165,7 @@ def evaluate_with_prefix(
     import lm_eval
 
     tasks = _check_run_args(tasks, num_fewshot, limit, seed)
+    seed = seed_int(seed)
     _check_lm_args(batch_size, max_length)  # as evaluate_model: 0, -3 and True ran, a bad max_length failed in lm-eval
     if not (isinstance(prefix, str) or callable(prefix)):
         raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
@@ -234,6 +235,7 @@ def check_prefix_fits(
     import copy
 
     tasks = _check_run_args(tasks, num_fewshot, limit, seed)
+    seed = seed_int(seed)
     _check_lm_args(1, max_length)
     if not (isinstance(prefix, str) or callable(prefix)):
         raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
