@@ -1073,9 +1073,20 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         """Save the model; with an amplifier, also the trained amplifier into `<output_dir>/neuralgrok_amplifier`
         (`NeuralAmplifier.save_pretrained`; reload with `NeuralAmplifier.from_pretrained`). A checkpoint
         (`_internal_call`) holds it already, with its meta-optimizer (`neuralgrok_amplifier.safetensors`)."""
+        # before the model: with --push_to_hub, Trainer.save_model uploads the folder at its end
+        if not _internal_call:
+            self._save_amplifier(output_dir or self.args.output_dir)
         super().save_model(output_dir, _internal_call=_internal_call)
-        if self.amplifier is not None and not _internal_call and self.args.should_save:
-            self.amplifier.save_pretrained(os.path.join(output_dir or self.args.output_dir, AMPLIFIER_FOLDER))
+
+    def push_to_hub(self, *args, **kwargs):
+        """`Trainer.push_to_hub`, with the trained amplifier written into `<output_dir>/neuralgrok_amplifier` first
+        (the folder it uploads)."""
+        self._save_amplifier(self.args.output_dir)
+        return super().push_to_hub(*args, **kwargs)
+
+    def _save_amplifier(self, output_dir: str) -> None:
+        if self.amplifier is not None and self.args.should_save:
+            self.amplifier.save_pretrained(os.path.join(output_dir, AMPLIFIER_FOLDER))
 
     def _amplifier_c(self) -> float:
         """The `c` the run's transform uses: its amplifier's, a normalize wrapper's, else `args.amplifier_c`."""
