@@ -25,35 +25,10 @@ def test_outer_gradient_is_compared_for_neuralgrok_checkpoints_only(tmp_path, tr
     assert [m for m in other if m not in same] == expected
 
 
-def _trainer(tmp_path, **kw):
-    from hf_ext.neuralgrok import (
-        GrokDecoderConfig,
-        GrokDecoderForCausalLM,
-        NeuralGrokTrainer,
-        build_arithmetic_dataset,
-        split_arithmetic_dataset,
-    )
-
-    splits = split_arithmetic_dataset(build_arithmetic_dataset("a+b", 11), 0.5, 0.2, seed=0)
-    torch.manual_seed(0)
-    model = GrokDecoderForCausalLM(
-        GrokDecoderConfig(vocab_size=13, hidden_size=16, num_attention_heads=2, num_hidden_layers=1)
-    )
-    args = _args(
-        tmp_path / "out", max_steps=2, per_device_train_batch_size=8, outer_every=1, amplifier_hidden_dims=[4],
-        disable_tqdm=True, **kw,
-    )  # fmt: skip
-    return NeuralGrokTrainer(
-        model=model,
-        args=args,
-        train_dataset=splits["inner"],
-        outer_dataset=splits["outer"],
-        amplifier=NeuralAmplifier((4,)),
-    )
-
-
-def test_save_model_writes_the_amplifier_into_the_folder_it_is_given_and_not_into_checkpoints(tmp_path):
-    trainer = _trainer(tmp_path, save_strategy="steps", save_steps=2)
+def test_save_model_writes_the_amplifier_into_the_folder_it_is_given_and_not_into_checkpoints(
+    tmp_path, tiny_amplified_trainer
+):
+    trainer = tiny_amplified_trainer(tmp_path, save_strategy="steps", save_steps=2)
     trainer.train()
     assert not os.path.exists(tmp_path / "out" / "checkpoint-2" / "neuralgrok_amplifier")  # it holds it already
     trainer.save_model(str(tmp_path / "final"))
@@ -62,8 +37,8 @@ def test_save_model_writes_the_amplifier_into_the_folder_it_is_given_and_not_int
     assert not os.path.exists(tmp_path / "out" / "neuralgrok_amplifier")
 
 
-def test_save_model_writes_no_amplifier_on_a_process_that_does_not_save(tmp_path, monkeypatch):
-    trainer = _trainer(tmp_path, save_strategy="no")
+def test_save_model_writes_no_amplifier_on_a_process_that_does_not_save(tmp_path, monkeypatch, tiny_amplified_trainer):
+    trainer = tiny_amplified_trainer(tmp_path, save_strategy="no")
     monkeypatch.setattr(type(trainer.args), "should_save", property(lambda self: False))
     trainer.save_model(str(tmp_path / "final"))
     assert not os.path.exists(tmp_path / "final" / "neuralgrok_amplifier")
