@@ -15,10 +15,10 @@ def _single_torch_thread():
 
 @pytest.fixture
 def tiny_amplified_trainer():
-    """A builder of a 2-step NeuralGrokTrainer with a (4,) amplifier on a+b mod 11 (output_dir `<folder>/out`);
-    keyword arguments go to its NeuralGrokConfig."""
+    """A builder of a 2-step NeuralGrokTrainer on a+b mod 11 (output_dir `<folder>/out`) with `amplifier` (default: a
+    fresh (4,) one); keyword arguments go to its NeuralGrokConfig."""
 
-    def build(folder, **kw):
+    def build(folder, amplifier=None, **kw):
         from hf_ext.neuralgrok import (
             GrokDecoderConfig,
             GrokDecoderForCausalLM,
@@ -34,16 +34,16 @@ def tiny_amplified_trainer():
         model = GrokDecoderForCausalLM(
             GrokDecoderConfig(vocab_size=13, hidden_size=16, num_attention_heads=2, num_hidden_layers=1)
         )
+        options = dict(max_steps=2, per_device_train_batch_size=8, outer_every=1, amplifier_hidden_dims=[4])
         args = NeuralGrokConfig(
-            output_dir=str(folder / "out"), use_cpu=True, report_to=[], max_steps=2, per_device_train_batch_size=8,
-            outer_every=1, amplifier_hidden_dims=[4], disable_tqdm=True, **kw,
-        )  # fmt: skip
+            output_dir=str(folder / "out"), use_cpu=True, report_to=[], disable_tqdm=True, **{**options, **kw}
+        )
         return NeuralGrokTrainer(
             model=model,
             args=args,
             train_dataset=splits["inner"],
             outer_dataset=splits["outer"],
-            amplifier=NeuralAmplifier((4,)),
+            amplifier=NeuralAmplifier((4,)) if amplifier is None else amplifier,
         )
 
     return build

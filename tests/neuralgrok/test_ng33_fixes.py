@@ -32,43 +32,17 @@ def test_recipe_refuses_a_resume_with_another_outer_gradient_before_any_run_trai
     assert os.path.isdir(os.path.join(out, "neuralgrok-seed0", "checkpoint-4"))
 
 
-def test_save_model_writes_the_trained_amplifier_which_from_pretrained_reloads(tmp_path):
+def test_save_model_writes_the_trained_amplifier_which_from_pretrained_reloads(tmp_path, tiny_amplified_trainer):
     # (ng33 F2) save_model() wrote the model only: the trained amplifier was lost unless a checkpoint was saved at the
     # last step, and NeuralAmplifier had no save_pretrained / from_pretrained
     import numpy as np
     import torch
 
-    from hf_ext.neuralgrok import (
-        GrokDecoderConfig,
-        GrokDecoderForCausalLM,
-        NeuralAmplifier,
-        NeuralGrokConfig,
-        NeuralGrokTrainer,
-        build_arithmetic_dataset,
-        split_arithmetic_dataset,
-    )
+    from hf_ext.neuralgrok import NeuralAmplifier
 
-    splits = split_arithmetic_dataset(build_arithmetic_dataset("a+b", 11), 0.5, 0.2, seed=0)
-    torch.manual_seed(0)
-    model = GrokDecoderForCausalLM(
-        GrokDecoderConfig(vocab_size=13, hidden_size=16, num_attention_heads=2, num_hidden_layers=1)
-    )
     amplifier = NeuralAmplifier((np.int64(4), 3), c=0.5, dropout=0.1)  # numpy widths: kept in the config
-    args = NeuralGrokConfig(
-        output_dir=str(tmp_path / "out"),
-        max_steps=2,
-        per_device_train_batch_size=8,
-        outer_every=1,
-        amplifier_hidden_dims=[4, 3],
-        amplifier_c=0.5,
-        meta_learning_rate=1e-2,
-        use_cpu=True,
-        disable_tqdm=True,
-        report_to=[],
-        save_strategy="no",
-    )
-    trainer = NeuralGrokTrainer(
-        model=model, args=args, train_dataset=splits["inner"], outer_dataset=splits["outer"], amplifier=amplifier
+    trainer = tiny_amplified_trainer(
+        tmp_path, amplifier, amplifier_hidden_dims=[4, 3], amplifier_c=0.5, meta_learning_rate=1e-2, save_strategy="no"
     )
     initial = {k: v.clone() for k, v in amplifier.state_dict().items()}
     trainer.train()
