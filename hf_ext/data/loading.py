@@ -136,6 +136,11 @@ def load_dataset_or_folder(
             "file."
         ) from err
     except ValueError as err:
+        if "corresponds to no data" in str(err):  # `datasets`' words for a split whose data files hold no row
+            raise ValueError(
+                f"{flag}={dataset_name!r} holds no row{f' in its {split!r} split' if split else ''} (e.g. CSV files "
+                "with only their header row, or .jsonl files of blank lines); pass data files with documents."
+            ) from err
         if split is None or not str(err).startswith("Unknown split"):
             raise
         raise ValueError(f"{split_flag}={split!r} is not a split of {flag}={dataset_name!r}: {err}") from err
@@ -258,7 +263,7 @@ def load_data_file(path: str, split: str = "train", flag: str | None = None):
     A file that is missing, empty, of another extension or that does not parse (a CSV row with an unquoted comma,
     a JSON Lines line that is not one object, a truncated Parquet file, bytes that are not UTF-8) raises a
     `ValueError` naming `flag` (the recipe's flag, e.g. `--train_file`), the path and the parser's message, with the
-    parser's error chained.
+    parser's error chained; so does one that parses but holds no row (a CSV header alone, a .jsonl of blank lines).
     """
     from datasets import load_dataset
 
@@ -277,6 +282,15 @@ def load_data_file(path: str, split: str = "train", flag: str | None = None):
     except _read_error_types() as err:
         raise ValueError(
             f"{who} could not be read as {_FORMATS[builder]} ({_read_error_cause(err)}); {_READ_FIXES[builder]}."
+        ) from err
+    except ValueError as err:
+        # `datasets` reads a file that parses but holds no row (a CSV header alone, a .jsonl of blank lines, an empty
+        # JSON list) as a split of no data, and says only 'Instruction "train" corresponds to no data!'
+        if "corresponds to no data" not in str(err):
+            raise
+        raise ValueError(
+            f"{who} holds no {'row' if builder != 'text' else 'document'} (e.g. a CSV file with only its header row, "
+            "or a .jsonl file of blank lines); pass a file with at least one document."
         ) from err
 
     def paragraphs(batch):

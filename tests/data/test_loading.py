@@ -65,3 +65,24 @@ def test_a_txt_file_holds_one_document_per_paragraph_with_its_line_breaks(tmp_pa
     # whitespace with no line break after it, at the file's start or end, is a document of its own: it is dropped
     path.write_text("   \n\nfirst doc\nline two\n\n\t \n\nsecond\n\n   ")
     assert _load_file(str(path), "text")["text"] == ["first doc\nline two", "second"]
+
+
+def test_file_without_rows_is_refused_naming_the_flag(tmp_path):
+    """da35 F1: a file that parses but holds no row was refused with datasets' bare 'Instruction "train" corresponds
+    to no data!' (no flag, no path)."""
+    from hf_ext.data.loading import load_dataset_or_folder
+
+    header = tmp_path / "header.csv"
+    header.write_text("text,url\n")
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n")
+    train_file = _jsonl(tmp_path / "train.jsonl", [f"doc {i}" for i in range(10)])
+    with pytest.raises(ValueError, match=r"--train_file=.*header\.csv' holds no row"):
+        load_text_datasets(train_file=str(header))
+    with pytest.raises(ValueError, match=r"--validation_file=.*blank\.jsonl' holds no row"):
+        load_text_datasets(train_file=train_file, validation_file=str(blank))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.csv").write_text("text\n")
+    with pytest.raises(ValueError, match=r"--dataset_name=.*folder' holds no row"):
+        load_dataset_or_folder(str(folder))
