@@ -264,6 +264,7 @@ def load_data_file(path: str, split: str = "train", flag: str | None = None):
     a JSON Lines line that is not one object, a truncated Parquet file, bytes that are not UTF-8) raises a
     `ValueError` naming `flag` (the recipe's flag, e.g. `--train_file`), the path and the parser's message, with the
     parser's error chained; so does one that parses but holds no row (a CSV header alone, a .jsonl of blank lines).
+    A UTF-8 byte-order mark at the start of a `.txt` file is dropped (as the JSON and CSV readers drop it).
     """
     from datasets import load_dataset
 
@@ -278,7 +279,9 @@ def load_data_file(path: str, split: str = "train", flag: str | None = None):
     try:
         if builder != "text":
             return load_dataset(builder, data_files={split: path})[split]
-        ds = load_dataset("text", data_files={split: path}, sample_by="document")[split]
+        # utf-8-sig: a byte-order mark (Windows Notepad's "UTF-8 with BOM") is dropped, as the JSON and CSV readers
+        # drop it, instead of becoming the first characters of the first document; plain UTF-8 reads the same
+        ds = load_dataset("text", data_files={split: path}, sample_by="document", encoding="utf-8-sig")[split]
     except _read_error_types() as err:
         raise ValueError(
             f"{who} could not be read as {_FORMATS[builder]} ({_read_error_cause(err)}); {_READ_FIXES[builder]}."

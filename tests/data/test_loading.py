@@ -86,3 +86,12 @@ def test_file_without_rows_is_refused_naming_the_flag(tmp_path):
     (folder / "a.csv").write_text("text\n")
     with pytest.raises(ValueError, match=r"--dataset_name=.*folder' holds no row"):
         load_dataset_or_folder(str(folder))
+
+
+def test_txt_byte_order_mark_is_not_text(tmp_path):
+    """da35 F2: a .txt file's UTF-8 byte-order mark became text of its first document (JSON / CSV readers drop it)."""
+    train_file = _jsonl(tmp_path / "train.jsonl", [f"doc {i}" for i in range(10)])
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffhello\n\nworld\n".encode())
+    train, val = load_text_datasets(train_file=train_file, validation_file=str(bom))
+    assert val["text"] == ["hello", "world"]
