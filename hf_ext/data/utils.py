@@ -7,10 +7,12 @@ from pathlib import Path
 
 
 def _cache_root() -> tuple[str, str]:
-    """The cache root as given, and how to name it in a message."""
+    """The cache root, and how to name it in a message. A `~` or `$VAR` in ``$HF_EXT_CACHE`` is expanded, as the Hub
+    expands ``HF_HOME`` (a value set where no shell expands it, e.g. a container's environment, made a folder named
+    `~` in the working directory)."""
     env = os.environ.get("HF_EXT_CACHE")
     if env:
-        return env, "$HF_EXT_CACHE"
+        return os.path.expandvars(os.path.expanduser(env)), "$HF_EXT_CACHE"
     return os.path.join(os.path.expanduser("~"), ".cache", "hf_ext"), "the default cache folder"
 
 

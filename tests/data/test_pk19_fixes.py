@@ -116,3 +116,14 @@ def test_an_unwritable_tokenizer_cache_is_named_before_training(tmp_path, monkey
         T.build_tokenizer(300)
     assert not trained
     assert T.build_tokenizer(300, cache=False).vocab_size > 0  # no cache asked for: no cache needed
+
+
+def test_cache_root_expands_user_and_variables(tmp_path, monkeypatch):
+    """da35 F3: HF_EXT_CACHE="~/hfx" (set where no shell expands it) was used literally, a folder named `~` in the
+    working directory; the Hub expands `~` and `$VAR` in HF_HOME."""
+    from hf_ext.data.utils import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DA35_SUB", "sub")
+    monkeypatch.setenv("HF_EXT_CACHE", "~/hfx/$DA35_SUB")
+    assert cache_dir() == tmp_path / "hfx" / "sub"
