@@ -120,9 +120,16 @@ def load_dataset_or_folder(
                 "pass one of them."
             )
         return loaded[split]
-    from datasets import load_dataset
+    from datasets import load_dataset, load_dataset_builder
 
     try:
+        if os.path.isdir(dataset_name) and load_dataset_builder(dataset_name, dataset_config_name).name == "text":
+            # a local folder of .txt files is read as a .txt --train_file is (`load_data_file`): one document per
+            # blank-line-separated paragraph, not datasets' one document per line (blank lines as empty documents)
+            loaded = load_dataset(
+                dataset_name, dataset_config_name, split=split, sample_by="document", encoding="utf-8-sig"
+            )
+            return _split_paragraphs(loaded)
         return load_dataset(dataset_name, dataset_config_name, split=split)
     except _read_error_types() as err:
         if isinstance(err, OSError) and not os.path.isdir(dataset_name):  # the Hub could not be reached
@@ -160,7 +167,8 @@ def load_text_datasets(
     """Return `(train, validation)` `datasets.Dataset`s holding `text_column`.
 
     With neither `dataset_name` nor `train_file`, the embedded corpus (`hf_ext.data.load_corpus`) is used.
-    `dataset_name` is a Hub dataset, a local folder of data files, or a `save_to_disk` folder (`DatasetDict`, or one
+    `dataset_name` is a Hub dataset, a local folder of data files (a folder of .txt files is read one document per
+    blank-line-separated paragraph, as a .txt `train_file`), or a `save_to_disk` folder (`DatasetDict`, or one
     `Dataset`: the training data).
     `validation_file`, when given, is the validation data whatever the training data is (each file is read with the
     `datasets` builder of its own extension); otherwise the corpus' held-out split, the dataset's `validation` (or
@@ -295,12 +303,19 @@ def load_data_file(path: str, split: str = "train", flag: str | None = None):
             f"{who} holds no {'row' if builder != 'text' else 'document'} (e.g. a CSV file with only its header row, "
             "or a .jsonl file of blank lines); pass a file with at least one document."
         ) from err
+    return _split_paragraphs(ds)
 
-    def paragraphs(batch):
-        docs = (doc.strip("\n") for text in batch["text"] for doc in _BLANK_LINES.split(text))
-        return {"text": [doc for doc in docs if doc.strip()]}
 
-    return ds.map(paragraphs, batched=True)
+def _paragraphs(batch):
+    docs = (doc.strip("\n") for text in batch["text"] for doc in _BLANK_LINES.split(text))
+    return {"text": [doc for doc in docs if doc.strip()]}
+
+
+def _split_paragraphs(ds):
+    """`ds` (a `Dataset` or `DatasetDict` of whole .txt files in a `text` column) with one row per paragraph: split at
+    blank lines, line breaks inside a paragraph kept, a paragraph's leading and trailing line breaks removed and
+    paragraphs of only whitespace dropped."""
+    return ds.map(_paragraphs, batched=True)
 
 
 _FORMATS = {"text": "text", "json": "JSON / JSON Lines", "csv": "CSV", "parquet": "Parquet"}

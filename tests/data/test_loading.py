@@ -95,3 +95,18 @@ def test_txt_byte_order_mark_is_not_text(tmp_path):
     bom.write_bytes("\ufeffhello\n\nworld\n".encode())
     train, val = load_text_datasets(train_file=train_file, validation_file=str(bom))
     assert val["text"] == ["hello", "world"]
+
+
+def test_dataset_name_folder_of_txt_files_is_read_by_paragraph(tmp_path):
+    """da35 F4: a --dataset_name folder of .txt files was read by datasets' text builder one document per line (blank
+    lines as empty documents, packed as lone EOS), while the same file as --train_file is one document per
+    blank-line-separated paragraph."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    body = "".join(f"doc {i} line one\nline two\n\n" for i in range(20))
+    (folder / "train.txt").write_text(body)
+    train, val = load_text_datasets(dataset_name=str(folder))
+    docs = sorted(list(train["text"]) + list(val["text"]))
+    assert docs == sorted(f"doc {i} line one\nline two" for i in range(20))
+    by_file, _ = load_text_datasets(train_file=str(folder / "train.txt"))
+    assert sorted(by_file["text"]) == sorted(train["text"])
