@@ -319,6 +319,15 @@ class MetadataCooldownCallback(TrainerCallback):
         if kwargs.get("model") is not None:  # before the first forward, which would fail with a raw IndexError
             self.collator.check_model(kwargs["model"])
         self.switch_step = state.max_steps - int(round(self.cooldown_fraction * state.max_steps))
+        if self.cooldown_fraction > 0 and self.switch_step >= state.max_steps:
+            # round() gives 0 cooldown steps below half a step (0.1 of max_steps <= 5): say so, not a silent no-op
+            logger.warning(
+                "MetadataCooldownCallback: cooldown_fraction=%g of max_steps=%d rounds to 0 cooldown steps "
+                "(max_steps - round(cooldown_fraction * max_steps) = %d), so every step trains with metadata. For a "
+                "cooldown pass a cooldown_fraction above %g (0.5 / max_steps) or more max_steps; cooldown_fraction=0 "
+                "disables it without this warning.",
+                self.cooldown_fraction, state.max_steps, self.switch_step, 0.5 / state.max_steps,
+            )  # fmt: skip
         saved = self._saved_state(args, state)
         if saved is not None:  # a resume: refuse other options than the checkpoint's before the collator is touched
             self._check_resumed_options(saved, state)
