@@ -674,6 +674,41 @@ def _prompt_prefixes(tokenizer, template, meta_args) -> dict:
     }
 
 
+def check_guidance_fits(model_args, data_args, meta_args, tokenizer, template, eval_ds) -> None:
+    """Refuse, before any write, a guided-generation example longer than the positions of a model with learned
+    absolute positions (GPT-2 family): the longest guidance prompt (`[BOS]` + the context of a held-out document, as
+    training cut it, + `--guidance_prompt`) plus `--guidance_max_new_tokens` must fit its `max_position_embeddings`;
+    generation failed there with a raw `IndexError` after both models were trained, before any result was written.
+    Rotary models (the default FOG, Llama) have no such table and are not limited here."""
+    from ..metadata import InvalidMetadataError, MetadataEncoder
+    from ..metadata.generation import _padding_invariant_positions
+
+    model = build_model(model_args, tokenizer, data_args.block_size, meta=True)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if _padding_invariant_positions(model) or not isinstance(positions, int):
+        return
+    encoder = MetadataEncoder(tokenizer, layout=meta_args.layout, add_eos=False,
+                              max_metadata_tokens=meta_args.max_metadata_tokens)  # fmt: skip
+
+    def metadata(doc):
+        try:
+            return template(doc) or None
+        except InvalidMetadataError:
+            return None
+
+    docs = eval_ds.select(range(min(len(eval_ds), data_args.max_eval_docs)))
+    prefixes = encoder.encode_batch([meta_args.guidance_prompt] * len(docs), [metadata(d) for d in docs])
+    longest = max((len(d.input_ids) for d in prefixes), default=0)
+    if longest + meta_args.guidance_max_new_tokens > positions:
+        raise ValueError(
+            f"--guidance_max_new_tokens {meta_args.guidance_max_new_tokens}: the guided-generation example's longest "
+            f"prompt ({longest} tokens: BOS, a held-out document's metadata context and --guidance_prompt) plus the "
+            f"new tokens exceed the {positions} positions of the {type(model).__name__} model (learned absolute "
+            f"positions); use --guidance_max_new_tokens <= {max(positions - longest, 0)} or a shorter "
+            "--guidance_prompt."
+        )
+
+
 def check_eval_prompts_fit(model_args, data_args, meta_args, tokenizer, template) -> None:
     """Refuse, before training, an `--eval_tasks` / `--eval_fewshot` setting that `evaluate_tasks_with_and_without_url`
     would refuse after it: a prompt longer than the model's context, which lm-eval would cut from the left, URL first.
@@ -972,6 +1007,8 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     MetadataEncoder(tokenizer, layout=meta_args.layout, max_metadata_tokens=meta_args.max_metadata_tokens)
     if meta_args.eval_tasks:  # the lm-eval prompts must fit the models' context (was refused only after training)
         check_eval_prompts_fit(model_args, data_args, meta_args, tokenizer, template)
+    # the guided-generation example must fit a learned-position model (failed after training with an IndexError)
+    check_guidance_fits(model_args, data_args, meta_args, tokenizer, template, eval_ds)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     if is_main_process():  # an older run's results must not sit beside this run's models if this run stops early
         from ._common import clear_previous_results

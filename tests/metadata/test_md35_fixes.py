@@ -35,3 +35,57 @@ def test_a_cooldown_of_at_least_one_step_or_none_asked_does_not_warn(
     callback = _begin(ctx_tokenizer, tmp_path, max_steps, fraction, caplog)
     assert (callback.switch_step < max_steps) == (fraction > 0)
     assert "cooldown steps" not in caplog.text
+
+
+def _recipe_args(tmp_path, *extra):
+    from hf_ext.recipes._common import parse_recipe_args
+    from hf_ext.recipes.metadata_pretrain import (
+        MetadataArguments,
+        MetadataDataArguments,
+        MetadataModelArguments,
+        MetadataTrainingArguments,
+    )
+
+    from .test_recipe import TINY
+
+    argv = [*TINY, "--max_steps", "2", "--model_type", "gpt2", "--output_dir", str(tmp_path / "never"), *extra]
+    classes = (MetadataModelArguments, MetadataDataArguments, MetadataArguments, MetadataTrainingArguments)
+    return parse_recipe_args(classes, argv, resume="keep")
+
+
+def test_recipe_refuses_a_guidance_example_past_a_learned_position_table_before_any_write(tmp_path):
+    """--model_type gpt2 (1024 learned positions) and --guidance_max_new_tokens 1100: generate failed with a raw
+    IndexError after both models were trained, and no metadata_results.json was written."""
+    from hf_ext.recipes.metadata_pretrain import main
+
+    from .test_recipe import TINY
+
+    out = tmp_path / "never"
+    argv = ["--model_type", "gpt2", "--guidance_max_new_tokens", "1100", "--max_steps", "2", "--output_dir", str(out)]
+    with pytest.raises(ValueError, match=r"--guidance_max_new_tokens 1100: .* 1024 positions .* <= \d+ "):
+        main([*TINY, *argv])
+    assert not out.exists()
+
+
+def test_the_guidance_check_admits_the_largest_value_it_names_and_rotary_models(ctx_tokenizer, tmp_path):
+    import re
+
+    from hf_ext.data import build_tokenizer
+    from hf_ext.metadata import add_context_tokens
+    from hf_ext.recipes.metadata_pretrain import _template, check_guidance_fits, load_documents
+
+    model_args, data_args, meta_args, training_args = _recipe_args(tmp_path, "--guidance_max_new_tokens", "1100")
+    tok = build_tokenizer(data_args.vocab_size)
+    add_context_tokens(tok)
+    _, eval_ds, _ = load_documents(data_args, training_args.seed)
+    template = _template(meta_args)
+    with pytest.raises(ValueError) as err:
+        check_guidance_fits(model_args, data_args, meta_args, tok, template, eval_ds)
+    largest = int(re.search(r"<= (\d+)", str(err.value)).group(1))
+    meta_args.guidance_max_new_tokens = largest
+    check_guidance_fits(model_args, data_args, meta_args, tok, template, eval_ds)  # fits exactly
+    meta_args.guidance_max_new_tokens = largest + 1
+    with pytest.raises(ValueError, match="--guidance_max_new_tokens"):
+        check_guidance_fits(model_args, data_args, meta_args, tok, template, eval_ds)
+    model_args.model_type = "fog"  # rotary: no position table to run past
+    check_guidance_fits(model_args, data_args, meta_args, tok, template, eval_ds)
