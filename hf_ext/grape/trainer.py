@@ -159,10 +159,11 @@ def _token_id_limit(model) -> int | None:
 
 
 #: `GrapeConfig` settings that shape the mixture trajectory (with the data seed): a resume must keep them.
+#: `max_grad_norm` clips every reweighting gradient, so it scales each dot product as a step size does.
 _TRAJECTORY_OPTIONS = (
     "reweight_domains_every", "reweight_tasks_every", "reweight_batch_size", "reweight_mini_batch_size",
     "domain_step_size", "task_step_size", "step_size_convention", "task_smoothing", "domain_smoothing", "ema_beta",
-    "doremi_eta", "doremi_smoothing", "samples_per_epoch", "block_size",
+    "doremi_eta", "doremi_smoothing", "samples_per_epoch", "block_size", "max_grad_norm",
 )  # fmt: skip
 
 #: Recorded beside the options to name a change, not compared: which argument gave the data seed ("seed" when

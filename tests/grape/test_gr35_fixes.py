@@ -1,0 +1,20 @@
+"""Pass-35 GRAPE audit fixes (gr35)."""
+
+from __future__ import annotations
+
+import pytest
+from grape_synthetic import checkpointed_run, quick_grape_args, tiny_llama
+
+from hf_ext.grape import GrapeTrainer
+
+
+def test_resume_with_another_max_grad_norm_is_refused(tmp_path):
+    """max_grad_norm clips every reweighting gradient, so it scales each <g_k, g_tgt> and <h_n, g_alpha> as a step size
+    does; a resume with another clip went on silently while a changed step size was refused (gr35 F1)."""
+    train, targets, checkpoint = checkpointed_run(tmp_path / "run")
+    args = quick_grape_args(tmp_path / "resumed", max_steps=4, reweight_domains_every=2, reweight_tasks_every=2,
+                            max_grad_norm=0.1)  # fmt: skip
+    trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
+    with pytest.raises(ValueError, match=r"max_grad_norm=1\.0 -> 0\.1"):
+        trainer.train(resume_from_checkpoint=checkpoint)
+    assert trainer.state.global_step == 0  # refused before anything was restored
