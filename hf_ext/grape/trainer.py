@@ -325,6 +325,17 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
                 "reweight_method='doremi' needs a reference model: pass reference_model=... or "
                 "--reference_model_name_or_path (train one first with reweight_method=uniform)."
             )
+        if reference_model is not None and not isinstance(reference_model, torch.nn.Module):
+            raise TypeError(
+                f"reference_model must be a model (a torch.nn.Module such as a PreTrainedModel), got "
+                f"{type(reference_model).__name__} {reference_model!r:.80}; to load it from a folder or hub id, pass "
+                "that as reference_model_name_or_path=... in GrapeConfig instead."
+            )
+        if reference_model is not None and method != "doremi":
+            raise ValueError(
+                f"reference_model=... is read only by reweight_method='doremi' (the reference of its excess loss); "
+                f"reweight_method={method!r} never reads it. Drop reference_model, or use reweight_method='doremi'."
+            )
         if method == "fixed" and domain_weights is None and not args.mixture_file:
             raise ValueError("reweight_method='fixed' needs --mixture_file (a mixture JSON) or domain_weights=...")
         if domain_weights is not None and args.mixture_file:

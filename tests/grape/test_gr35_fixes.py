@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from grape_synthetic import checkpointed_run, quick_grape_args, tiny_llama
+from grape_synthetic import checkpointed_run, quick_grape_args, synthetic_mixture, tiny_llama
 
 from hf_ext.grape import GrapeTrainer
 
@@ -18,3 +18,21 @@ def test_resume_with_another_max_grad_norm_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"max_grad_norm=1\.0 -> 0\.1"):
         trainer.train(resume_from_checkpoint=checkpoint)
     assert trainer.state.global_step == 0  # refused before anything was restored
+
+
+def test_reference_model_that_is_not_a_model_is_refused_by_name(tmp_path):
+    """A folder name given as reference_model (instead of reference_model_name_or_path) failed with a bare
+    AttributeError ('str' object has no attribute 'to') inside the constructor (gr35 F2)."""
+    train, _ = synthetic_mixture()
+    args = quick_grape_args(tmp_path, reweight_method="doremi")
+    with pytest.raises(TypeError, match=r"reference_model must be a model.*reference_model_name_or_path"):
+        GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, reference_model=str(tmp_path / "ref"))
+
+
+def test_reference_model_with_a_method_that_never_reads_it_is_refused(tmp_path):
+    """DoReMi's reference model passed to another method was dropped without a word (gr35 F2)."""
+    train, targets = synthetic_mixture()
+    args = quick_grape_args(tmp_path, reweight_method="grape")
+    with pytest.raises(ValueError, match=r"reference_model=\.\.\. is read only by reweight_method='doremi'"):
+        GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets,
+                     reference_model=tiny_llama(seed=1))  # fmt: skip
