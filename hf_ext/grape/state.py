@@ -343,7 +343,14 @@ def load_mixture(path: str, which: str = "final") -> dict[str, float]:
     except json.JSONDecodeError as err:
         raise ValueError(f"mixture file {path!r} is not valid JSON ({err}).") from err
     if isinstance(data, dict) and data.get("format") == MIXTURE_FORMAT:
-        weights = data["domains" if which == "final" else "average_domains"]
+        key = "domains" if which == "final" else "average_domains"
+        if key not in data:
+            raise ValueError(
+                f"mixture file {path!r} (format {MIXTURE_FORMAT!r}) has no {key!r} entry, read by which={which!r} "
+                f"(mixture_key / --mixture_key {which}); it holds {sorted(data)}. Export it again with "
+                "GrapeTrainer.save_mixture / export_mixture, or pass a plain {domain: weight} map."
+            )
+        weights = data[key]
     else:
         weights = data
         if which == "average" and isinstance(data, dict):

@@ -36,3 +36,16 @@ def test_reference_model_with_a_method_that_never_reads_it_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"reference_model=\.\.\. is read only by reweight_method='doremi'"):
         GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets,
                      reference_model=tiny_llama(seed=1))  # fmt: skip
+
+
+def test_mixture_file_without_the_requested_weights_names_the_entry(tmp_path):
+    """A mixture-format file lacking 'average_domains' (or 'domains') failed with a bare KeyError (gr35 F3)."""
+    import json
+
+    from hf_ext.grape import load_mixture
+
+    path = tmp_path / "mixture.json"
+    path.write_text(json.dumps({"format": "hf_ext.grape.mixture", "domains": {"a": 0.5, "b": 0.5}}))
+    assert load_mixture(str(path)) == {"a": 0.5, "b": 0.5}
+    with pytest.raises(ValueError, match=r"has no 'average_domains' entry.*--mixture_key average"):
+        load_mixture(str(path), "average")
