@@ -20,6 +20,25 @@ from .gradients import (
 )
 from .influence import METHODS, InfluenceConfig, InfluenceEngine
 
+#: The `InfluenceConfig` options that only some methods read (the others: every method, or every method that inverts a
+#: curvature; `tracin` ignores the damping, which the recipe passes to every method alike).
+_METHOD_OPTIONS = {
+    **dict.fromkeys(
+        (
+            "schulz_iterations",
+            "schulz_init",
+            "schulz_alpha",
+            "schulz_tol",
+            "schulz_order",
+            "schulz_extra_damping",
+            "schulz_dtype",
+        ),
+        ("hyperinf",),
+    ),
+    **dict.fromkeys(("lissa_iterations", "lissa_scale"), ("lissa",)),
+    **dict.fromkeys(("exact_curvature", "max_exact_dim"), ("exact",)),
+}
+
 
 class InfluenceEstimator:
     """Data influence for peft LoRA models with HyperINF (Schulz's iteration on the generalized Fisher) or a baseline.
@@ -66,7 +85,9 @@ class InfluenceEstimator:
             tracked and trainable parameters). `False`: each process computes everything alone.
         **options: `InfluenceConfig` fields (`damping_scale`, `damping`, `schulz_iterations`, `schulz_init`,
             `schulz_alpha`, `schulz_tol`, `schulz_order`, `schulz_extra_damping`, `lissa_iterations`, `lissa_scale`,
-            `exact_curvature`, `max_exact_dim`, `dtype`).
+            `exact_curvature`, `max_exact_dim`, `dtype`). An option that `method` does not read (`schulz_*` but for
+            `"hyperinf"`, `lissa_*` but for `"lissa"`, `exact_curvature`/`max_exact_dim` but for `"exact"`) is a
+            `ValueError` naming it, unless it has its default value.
 
     Example:
 
@@ -106,6 +127,19 @@ class InfluenceEstimator:
             raise TypeError(
                 f"Unknown option(s) {sorted(unknown or {'method'})}; valid ones are the fields of InfluenceConfig: "
                 f"{sorted(set(InfluenceConfig.__dataclass_fields__) - {'method'})}."
+            )
+        unread = [
+            name
+            for name, value in options.items()
+            if name in _METHOD_OPTIONS
+            and method not in _METHOD_OPTIONS[name]
+            and value != InfluenceConfig.__dataclass_fields__[name].default
+        ]
+        if unread:
+            readers = "; ".join(f"`{name}` only by {' and '.join(_METHOD_OPTIONS[name])}" for name in unread)
+            raise ValueError(
+                f"method={method!r} does not read {', '.join(f'`{name}`' for name in unread)} (read {readers}): it "
+                "would be ignored without a word. Drop it, or pass it with the method that reads it."
             )
         if distributed not in (None, True, False):
             raise TypeError(f"`distributed` must be None (automatic), True or False, got {distributed!r}.")
