@@ -179,7 +179,8 @@ class MetadataTemplate:
 
     A missing value (`None`, a blank string, a NaN, pandas' `NA` / `NaT`: see `is_missing`) gives `""` (no metadata)
     in every kind; `"format"` renders a missing field as `""`, and gives `""` when all its fields are missing. The URL
-    kinds strip whitespace around the URL (`" https://a.org/x\\n"` is `https://a.org/x`, see `normalize_url`). A
+    kinds strip whitespace around the URL (`" https://a.org/x\\n"` is `https://a.org/x`, see `normalize_url`), and every
+    kind strips whitespace around its result (after the `max_chars` cut), as guided generation reads a metadata string. A
     `bytes` value (an Arrow/parquet `binary` column) is decoded as UTF-8 in every kind. A value that cannot be used (a
     URL `urlsplit` rejects, a URL value that is not a str or bytes such as `True` or a number, bytes that are not
     UTF-8, an infinite or non-numeric quality score, a format string that fails on the row) raises
@@ -224,7 +225,9 @@ class MetadataTemplate:
             text = str(values[0])
         if self.max_chars is not None:
             text = text[: self.max_chars]
-        return text
+        # stripped as guided generation reads a metadata string, so both condition on the same prefix ids (a
+        # `max_chars` cut ending in a space, a `column` / `format` value with whitespace around it trained verbatim)
+        return text.strip()
 
 
 def metadata_template(

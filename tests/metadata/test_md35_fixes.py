@@ -89,3 +89,24 @@ def test_the_guidance_check_admits_the_largest_value_it_names_and_rotary_models(
         check_guidance_fits(model_args, data_args, meta_args, tok, template, eval_ds)
     model_args.model_type = "fog"  # rotary: no position table to run past
     check_guidance_fits(model_args, data_args, meta_args, tok, template, eval_ds)
+
+
+@pytest.mark.parametrize(
+    "kind, kwargs, row",
+    [
+        ("topic_format", {"max_chars": 9}, {"topic": "Science", "format": "Tutorial"}),  # the cut ends in a space
+        ("column", {"column": "source"}, {"source": "  wiki \n"}),
+        ("format", {"fmt": "{source} | {topic}"}, {"source": "wiki", "topic": None}),
+    ],
+)
+def test_training_and_guided_generation_condition_on_the_same_prefix(ctx_tokenizer, kind, kwargs, row):
+    """md35 left-alone, fixed by the lead: a template result with whitespace around it (a max_chars cut ending in a
+    space, a padded column value, a format whose last field is missing) trained verbatim while guided generation
+    strips the metadata string, so generation conditioned on a prefix the model never saw."""
+    from hf_ext.metadata import MetadataEncoder, build_guidance_inputs
+
+    metadata = metadata_template(kind, **kwargs)(row)
+    trained = MetadataEncoder(ctx_tokenizer, add_eos=False).encode_batch(["The"], [metadata])[0].input_ids
+    generated = build_guidance_inputs(ctx_tokenizer, ["The"], [metadata])["input_ids"][0].tolist()
+    assert metadata == metadata.strip() and metadata
+    assert list(trained) == generated
