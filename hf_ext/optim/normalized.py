@@ -64,6 +64,9 @@ def transposed_parameter_ids(model: nn.Module) -> set[int]:
 # they would never move. They are plain by name, which stays the same once they are trained (so a resumed run groups
 # its parameters as the run that wrote the checkpoint did).
 _ZERO_INIT_NAME = re.compile(r"(^|\.)lora_(embedding_)?B(\.|$)")
+# peft's trainable tokens (`LoraConfig(trainable_token_indices=...)`, `TrainableTokensConfig`) hold rows of an embedding
+# (and of a tied LM head) in their own 2-dim tensor, which is not an `nn.Embedding` weight: embedding rows by name.
+_EMBEDDING_ROWS_NAME = re.compile(r"(^|\.)trainable_tokens_delta(\.|$)")
 
 
 def rotational_param_groups(
@@ -78,9 +81,10 @@ def rotational_param_groups(
     except peft's LoRA B factors (`lora_B`, `lora_embedding_B`): they start at zero, and a rotation keeps each neuron's
     norm, so they would never move; they train with the base update in the plain group.
     Embedding matrices and the LM head (a transformers model's `get_output_embeddings()`, tied to the input embeddings
-    or not) are kept out of the rotational set by default: a fixed norm per token row would cap the logit scale
-    (nothing after them is scale-invariant); pass `rotational_embeddings=True` to include them (one neuron per token
-    row). HF `Conv1D` weights (shape `(in, out)`) get `neuron_dim=1` so their neurons are columns.
+    or not), and peft's trainable token rows (`trainable_tokens_delta`, from `trainable_token_indices`), are kept out
+    of the rotational set by default: a fixed norm per token row would cap the logit scale (nothing after them is
+    scale-invariant); pass `rotational_embeddings=True` to include them (one neuron per token row). HF `Conv1D`
+    weights (shape `(in, out)`) get `neuron_dim=1` so their neurons are columns.
 
     Args:
         model (`nn.Module`): the model.
@@ -142,7 +146,14 @@ def _param_groups(
     for name, p in model.named_parameters():
         if not (p.requires_grad or include_frozen):
             continue
-        if name in decay and p.dim() >= 2 and id(p) not in embeddings and not _ZERO_INIT_NAME.search(name):
+        embedding_rows = not rotational_embeddings and _EMBEDDING_ROWS_NAME.search(name)
+        if (
+            name in decay
+            and p.dim() >= 2
+            and id(p) not in embeddings
+            and not embedding_rows
+            and not _ZERO_INIT_NAME.search(name)
+        ):
             (rot_t if id(p) in transposed else rot).append(p)
         else:
             plain.append(p)
