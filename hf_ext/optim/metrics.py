@@ -120,7 +120,9 @@ def angular_update(old: torch.Tensor, new: torch.Tensor, neuron_dim: int = 0) ->
             normalized optimizers.
 
     Returns:
-        `torch.Tensor`: one angle per neuron (float64; every neuron's, on every rank, for sharded DTensors).
+        `torch.Tensor`: one angle per neuron (float64; every neuron's, on every rank, for sharded DTensors); NaN for a
+        neuron that is zero before or after the step (it has no direction, e.g. a row of peft's zero-initialised
+        `lora_B`).
     """
     check_neuron_dim(neuron_dim, " of angular_update")
     if old.shape != new.shape or old.dim() < 2:
@@ -136,10 +138,11 @@ def angular_update(old: torch.Tensor, new: torch.Tensor, neuron_dim: int = 0) ->
     a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
     if is_dtensor(a):  # per-neuron sums over the whole neuron, gathered for every neuron in one collective
         dot, aa, bb = _full(torch.stack([(a * b).sum(1), (a * a).sum(1), (b * b).sum(1)]))
-        cos = dot / (aa.sqrt() * bb.sqrt()).clamp_min(1e-300)
+        norms = aa.sqrt() * bb.sqrt()
     else:
-        cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
-    return torch.arccos(cos.clamp(-1.0, 1.0))
+        dot, norms = (a * b).sum(1), a.norm(dim=1) * b.norm(dim=1)
+    angle = torch.arccos((dot / norms.clamp_min(1e-300)).clamp(-1.0, 1.0))
+    return angle.masked_fill(norms == 0, float("nan"))
 
 
 def relative_representation_change(
@@ -151,13 +154,19 @@ def relative_representation_change(
         inputs (`torch.Tensor`): layer inputs `X` of shape `(..., in_features)` from a fixed probe batch.
         old_weight, new_weight (`torch.Tensor`): the weight before and after the step (a sharded DTensor is gathered).
         transposed (`bool`, *optional*, defaults to `False`): weight stored as `(in, out)`.
+
+    Returns:
+        `float`: the ratio; NaN where `||X W^T||_F` is 0 (e.g. peft's zero-initialised `lora_B`), which has no relative
+        change.
     """
     x = inputs.detach().double().reshape(-1, inputs.shape[-1])
     w0, w1 = _full(old_weight.detach()).double(), _full(new_weight.detach()).double()
     if not transposed:
         w0, w1 = w0.t(), w1.t()
     base = (x @ w0).norm()
-    return float((x @ (w1 - w0)).norm() / base.clamp_min(1e-300))
+    if base == 0:
+        return float("nan")
+    return float((x @ (w1 - w0)).norm() / base)
 
 
 def gradient_momentum_cosine(grads: Iterable[torch.Tensor], momenta: Iterable[torch.Tensor]) -> float:
@@ -339,7 +348,9 @@ class UpdateMetricsCallback(TrainerCallback):
         l2 = l2_update_norm([old[id(p)] for _, p in params], [p for _, p in params])
         rel = relative_update_norms({n: old[id(p)] for n, p in params}, {n: p for n, p in params})
         angles = [angular_update(old[id(p)], p, nd) for _, p, nd in angular]
-        angle = float(torch.cat(angles).mean()) if angles else float("nan")
+        # neurons and layers without a direction or a representation before the step (NaN: zero rows, peft's lora_B
+        # at its start) have no relative change and are left out, as `relative_update_norms` leaves zero tensors out
+        angle = float(torch.cat(angles).nanmean()) if angles else float("nan")
         rrcs = [
             relative_representation_change(
                 snap["inputs"][id(m)], old[id(m.weight)], m.weight, transposed=isinstance(m, Conv1D)
@@ -347,6 +358,7 @@ class UpdateMetricsCallback(TrainerCallback):
             for m in linears
             if id(m) in snap["inputs"] and id(m.weight) in old
         ]
+        rrcs = [r for r in rrcs if not math.isnan(r)]
         rrc = sum(rrcs) / len(rrcs) if rrcs else float("nan")
         row = {
             "update/relative_l2": sum(rel.values()) / len(rel) if rel else float("nan"),
