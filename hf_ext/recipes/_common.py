@@ -403,6 +403,14 @@ def validate_training_arguments(args, resume: str = "resolve") -> None:
         value = getattr(args, name)
         if not 0.0 <= value < 1.0:  # also refuses NaN
             raise ValueError(f"--{name} must be in [0, 1), got {value}.")
+    # transformers' LabelSmoother weighs the target's log-likelihood by 1 - factor without checking it: above 1 the
+    # run trains the model AWAY from the labels (and below 0 the loss rewards confidence it has not got), silently
+    smoothing = args.label_smoothing_factor
+    if not 0.0 <= smoothing < 1.0:  # also refuses NaN
+        raise ValueError(
+            f"--label_smoothing_factor must be in [0, 1) (the probability mass spread over the vocabulary; 0 = off), "
+            f"got {smoothing}."
+        )
     if _strategy(args.logging_strategy) == "steps" and not (
         math.isfinite(args.logging_steps) and args.logging_steps > 0
     ):
