@@ -855,6 +855,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     metrics = {
         "train_loss": whole_run_train_loss(trainer, train_result.training_loss if train_result else 0.0),
         "loss_curve": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
+        # the evaluations of --eval_strategy steps/epoch (also those before a resumed checkpoint): they were computed
+        # and only printed, so a run without --report_to kept no record of them
+        "eval_loss_curve": [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h],
         "fp8_backend": "accelerate-ao" if "fp8_recipe_kwargs" in trainer_kwargs else model_args.fp8_backend,
         "world_size": training_args.world_size,
         "rank_fingerprints": rank_fingerprints(trainer.model),
