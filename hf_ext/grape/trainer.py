@@ -427,6 +427,7 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
             source = StreamingMixture(self._domain_streams, self.mixture_state, seed=_data_seed(args))
 
         super().__init__(model=model, args=args, train_dataset=source, **kwargs)
+        self._warn_training_loss_not_reweighted()
         if not streaming:
             self._check_source_collation()
         # The source rows too (map-style; a stream is read only in training): one the model cannot index used to pass
@@ -814,6 +815,27 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         return self._collate(features) if kind == "domain" else self._collate_targets(features)
 
     # ---- gradients ---------------------------------------------------------------------------------------------------
+    def _warn_training_loss_not_reweighted(self) -> None:
+        """Warn when training minimises another loss than the model's own (an overridden `compute_loss`,
+        `compute_loss_func=`, `label_smoothing_factor`): the reweighting gradients (doremi: losses) stay those of the
+        model's loss (`model(**batch).loss`, as in the GRAPE code), so the mixture is fitted to another objective than
+        the one trained."""
+        reasons = []
+        if getattr(type(self).compute_loss, "__code__", None) is not Trainer.compute_loss.__code__:
+            reasons.append(f"{type(self).__name__} overrides compute_loss")
+        if getattr(self, "compute_loss_func", None) is not None:
+            reasons.append("compute_loss_func is given")
+        if self.args.label_smoothing_factor:
+            reasons.append(f"label_smoothing_factor={self.args.label_smoothing_factor}")
+        if reasons and self.args.reweight_method not in ("uniform", "fixed"):
+            logger.warning(
+                "GrapeTrainer: %s, so training minimises another loss than the model's own, while the %s reweighting "
+                "reads the model's loss (model(**batch).loss, as in the GRAPE code): the mixture is fitted to the "
+                "model's loss, not to the trained one.",
+                " and ".join(reasons),
+                self.args.reweight_method,
+            )
+
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 

@@ -49,3 +49,28 @@ def test_mixture_file_without_the_requested_weights_names_the_entry(tmp_path):
     assert load_mixture(str(path)) == {"a": 0.5, "b": 0.5}
     with pytest.raises(ValueError, match=r"has no 'average_domains' entry.*--mixture_key average"):
         load_mixture(str(path), "average")
+
+
+def test_a_training_loss_other_than_the_models_own_warns(tmp_path, caplog):
+    """cj35 left-alone, fixed by the lead: the reweighting reads model(**batch).loss, so a subclass overriding
+    compute_loss (transformers' documented extension point), compute_loss_func= or label smoothing trained another
+    objective than the one the mixture was fitted to, without a word."""
+    import logging
+
+    train, targets = synthetic_mixture()
+
+    class Scaled(GrapeTrainer):
+        def compute_loss(self, model, inputs, **kwargs):
+            return 3 * super().compute_loss(model, inputs, **kwargs)
+
+    def build(cls=GrapeTrainer, **kw):
+        args = quick_grape_args(tmp_path, **kw)
+        with caplog.at_level(logging.WARNING, logger="hf_ext.grape.trainer"):
+            caplog.clear()
+            cls(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
+        return caplog.text
+
+    assert "model's loss" not in build()
+    assert "Scaled overrides compute_loss" in build(Scaled)
+    assert "label_smoothing_factor=0.1" in build(label_smoothing_factor=0.1)
+    assert "model's loss" not in build(Scaled, reweight_method="uniform")  # no reweighting, nothing to fit
