@@ -403,6 +403,24 @@ CASES: tuple[Case, ...] = (
         "reference parser",
     ),
     Case(
+        "encoded-star-literal",
+        "matching",
+        "User-agent: *\nDisallow: /path/file-with-a-%2A.html\n",
+        "FooBot",
+        f"{_U}/path/file-with-a-*.html",
+        False,
+        "RFC 9309 2.2.3",
+    ),
+    Case(
+        "encoded-dollar-literal",
+        "matching",
+        "User-agent: *\nDisallow: /path/foo-%24\n",
+        "FooBot",
+        f"{_U}/path/foo-$",
+        False,
+        "RFC 9309 2.2.3",
+    ),
+    Case(
         "star-only-pattern", "matching", "User-agent: *\nDisallow: *\n", "FooBot", f"{_U}/any", False, "RFC 9309 2.2.3"
     ),
     Case(

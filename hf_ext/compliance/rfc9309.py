@@ -198,6 +198,8 @@ def path_from(url: str, path_start: int) -> str:
     if path[:1] != "/":
         path = "/" + (path[1:] if path[:1] == "\\" else path)
     path = canonical_path(path)
+    if "*" in path or "$" in path:  # RFC 9309 section 2.2.3: a rule's `%2A` / `%24` matches them (`_pattern_regex`)
+        path = path.replace("*", "%2A").replace("$", "%24")
     if "/." in path:  # `/pub/../private` is the `/private` that an HTTP client requests
         path, q, query = path.partition("?")
         path = remove_dot_segments(path) + q + query
@@ -341,9 +343,15 @@ def _pattern_regex(pattern: str) -> str:
     path, not one try per way of placing the `a`s (a backtracking `.*` costs about L**k steps for k wildcards on a
     path of L characters). The first occurrence is always the right choice: if the parts can be placed at all, they
     can be placed with each one at its first occurrence after the previous one, which leaves the most room for the
-    rest. With `$`, the last part must end the path: `.*part\Z`, tried only after the parts before it are placed."""
+    rest. With `$`, the last part must end the path: `.*part\Z`, tried only after the parts before it are placed.
+
+    A `$` that does not end the pattern is a literal `$`; it matches the `%24` that a URL's `$` is written as (RFC
+    9309 section 2.2.3: a rule matches a URL's `*` or `$` by its escape, `Disallow: /foo-%24` disallows `/foo-$`, so
+    `path_from` writes them `%2A` and `%24`). The pattern itself, whose length decides precedence, is unchanged."""
     anchored = pattern.endswith("$")
     body = pattern[:-1] if anchored else pattern
+    if "$" in body:
+        body = body.replace("$", "%24")
     first, *rest = (re.escape(part) for part in re.sub(r"\*+", "*", body).split("*"))
     end = ""
     if anchored:

@@ -163,7 +163,8 @@ def test_decisions_over_random_rule_sets_equal_a_brute_force_longest_match(seed)
         parsed = RobotsTxt.parse("User-agent: FooBot\n" + lines)
         for _ in range(8):
             raw = _random_path(rng, rules)
-            assert url_path("http://a.org" + raw) == _canonical(raw)
+            # a URL's `$` is written `%24`, which a rule's literal `$` or `%24` matches (RFC 9309 section 2.2.3)
+            assert url_path("http://a.org" + raw) == _canonical(raw).replace("$", "%24")
             expected = _reference_allowed(rules, _canonical(raw))
             assert parsed.allowed("http://a.org" + raw, "FooBot") == expected, (lines, raw)
 
