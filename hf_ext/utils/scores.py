@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Collection, Mapping
 
 
@@ -84,7 +85,8 @@ def task_scores(
             key, value = names[0], value[names[0]]
         else:
             key = None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        # numbers.Real: Python and NumPy ints and floats (`np.float32(0.5)` from a NumPy mean is a score too)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"{arg}[{task!r}] must be a finite number, got {value!r}.")
         out[str(task)] = float(value)
         if keys is not None:

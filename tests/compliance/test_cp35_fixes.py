@@ -35,3 +35,19 @@ def test_wildcards_and_literal_dollars_keep_their_meaning():
     assert not parsed.allowed("http://e.com/sXt", "FooBot")
     assert parsed.allowed("http://e.com/sXt$", "FooBot")  # a URL's `$` does not end the path
     assert parsed.allowed("http://e.com/s*t/x", "FooBot")
+
+
+def test_dcg_reads_numpy_scores():
+    # a NumPy float32 / int64 score (e.g. np.mean over float32 predictions) was refused as "must be a finite number,
+    # got np.float32(0.5)" (F2); NumPy's bool is no score
+    import numpy as np
+
+    from hf_ext.compliance import compute_dcg
+
+    report = compute_dcg({"a": np.float32(0.5), "b": np.int64(2)}, {"a": 0.25, "b": np.float64(1.0)})
+    assert [r["gap"] for r in report.rows] == [50.0, 50.0]
+    assert all(type(r["non_compliant"]) is float for r in report.rows)
+    with pytest.raises(ValueError, match="finite number"):
+        compute_dcg({"a": np.float32("nan")}, {"a": 0.5})
+    with pytest.raises(ValueError, match="finite number"):
+        compute_dcg({"a": np.bool_(True)}, {"a": 0.5})
