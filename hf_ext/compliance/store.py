@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC
 from pathlib import Path
+from typing import NamedTuple
 
 from ..utils.checks import is_int, is_real
 from .rfc9309 import MAX_ROBOTS_BYTES, _decode_bytes, _encode_bytes, _without_cut_line
@@ -133,6 +134,13 @@ class RobotsRecord:
         status (`int | None`): HTTP status of the fetch, when known.
         error (`str | None`): Why the fetch failed without an HTTP status (network error, timeout): the host was
             *unreachable* in RFC 9309's sense.
+        base_fetched_at (`str | None`): Set by `RobotsTxtStore.update_from_fetch` when the record shown is dated by
+            a later 304 or unreachable fetch: the date of the last fetch that decided the record on its own (a body,
+            a 3xx/4xx, no file). `None`: `fetched_at` is that date.
+        masked_fetched_at, masked_status, masked_error: Set by `update_from_fetch`: a fetch after the one shown that
+            the record does not show (an unreachable fetch while the cached available copy is used; a 304 while a later
+            unreachable fetch is shown). Kept so that an older fetch applied later gives the record that applying
+            every fetch in date order gives. `None`: there is none.
     """
 
     host: str
@@ -140,6 +148,10 @@ class RobotsRecord:
     fetched_at: str | None = None
     status: int | None = None
     error: str | None = None
+    base_fetched_at: str | None = None
+    masked_fetched_at: str | None = None
+    masked_status: int | None = None
+    masked_error: str | None = None
 
     @property
     def status_class(self) -> str:
@@ -216,6 +228,106 @@ _NOT_MODIFIED_WITHOUT_COPY = (
     "NotModified: the server answered 304 Not Modified, but no copy of robots.txt is stored for it to confirm"
 )
 
+# The fields of `RobotsRecord` that keep a record's fetch history (see `update_from_fetch`); every format writes them
+# only when set, so a snapshot without them is read as before.
+_HISTORY_FIELDS = ("base_fetched_at", "masked_fetched_at", "masked_status", "masked_error")
+
+# At one instant, fetches apply in this order (`_after`): a decided record, then a body, then a 304, then an
+# unreachable fetch (which keeps a body of the same instant as the cached copy and disallows over a 4xx).
+_RANK = {"missing": 0, "unavailable": 0, "available": 1, "not_modified": 2, "unreachable": 3}
+
+
+class _Fetch(NamedTuple):
+    date: str
+    kind: str  # a status class, or "not_modified" (a 304)
+    text: str | None = None
+    status: int | None = None
+    error: str | None = None
+
+
+def _fetch_kind(text, status, error) -> str:
+    return "not_modified" if status == 304 and not error else status_class(text, status, error)
+
+
+def _after(a: _Fetch, b: _Fetch) -> bool:
+    """Whether fetch `a` applies after fetch `b`: by date (as instants, see `_fetched_before`); at one instant by
+    `_RANK`, then by the date as written, status, text and error (any fixed order: the result must not depend on the
+    order in which the fetches are applied)."""
+    if _fetched_before(b.date, a.date):
+        return True
+    if _fetched_before(a.date, b.date):
+        return False
+
+    def key(f):
+        status = -1 if f.status is None else f.status
+        return (_RANK[f.kind], f.date, status, f.text is not None, f.text or "", f.error or "")
+
+    return key(a) > key(b)
+
+
+def _history(r: RobotsRecord) -> tuple:
+    """A stored dated record as `(decided, unreachable, not_modified)`: the last fetch that decided the record on its
+    own (a body, a 3xx/4xx, no file; `None` when none is known), and the latest unreachable fetch and the latest 304
+    after it (`None` when none)."""
+    masked = None
+    if r.masked_fetched_at is not None:
+        kind = _fetch_kind(None, r.masked_status, r.masked_error)
+        masked = _Fetch(r.masked_fetched_at, kind, None, r.masked_status, r.masked_error)
+    if r.status_class == "available":
+        decided = _Fetch(r.base_fetched_at or r.fetched_at, "available", r.text, r.status)
+        not_modified = _Fetch(r.fetched_at, "not_modified", None, 304) if r.base_fetched_at else None
+        return decided, masked, not_modified
+    if r.status_class != "unreachable":
+        return _Fetch(r.fetched_at, r.status_class, r.text, r.status, r.error), None, None
+    # an unreachable record is a fetch after the deciding one, whose content no longer matters (only its date)
+    decided = None if r.base_fetched_at is None else _Fetch(r.base_fetched_at, "unavailable")
+    if r.error == _NOT_MODIFIED_WITHOUT_COPY and r.status is None:
+        return decided, None, _Fetch(r.fetched_at, "not_modified", None, 304)
+    return decided, _Fetch(r.fetched_at, "unreachable", None, r.status, r.error), masked
+
+
+def _apply_fetch(history: tuple, fetch: _Fetch) -> tuple:
+    """`history` (see `_history`) after one more fetch: the fold of RFC 9309's rules over fetches in date order."""
+    decided, unreachable, not_modified = history
+    if decided is not None and _after(decided, fetch):
+        return history  # before the fetch that decided the record: replaced by it whatever it was
+    if fetch.kind == "unreachable":
+        return decided, fetch if unreachable is None or _after(fetch, unreachable) else unreachable, not_modified
+    if fetch.kind == "not_modified":
+        return decided, unreachable, fetch if not_modified is None or _after(fetch, not_modified) else not_modified
+
+    def later(f):
+        return f if f is not None and _after(f, fetch) else None
+
+    return fetch, later(unreachable), later(not_modified)
+
+
+def _shown(history: tuple) -> dict:
+    """The record fields (`RobotsTxtStore.add`'s arguments) that `history` shows."""
+    decided, unreachable, not_modified = history
+    if unreachable is not None and not_modified is not None and _after(not_modified, unreachable):
+        unreachable = None  # a later 304 decides from then on, whatever the state: it never shows again
+    if decided is not None and decided.kind == "available":  # the cached copy (RFC 9309 section 2.4)
+        fields = {"text": decided.text, "fetched_at": decided.date, "status": decided.status}
+        if not_modified is not None:  # the copy as confirmed by the latest 304
+            fields.update(fetched_at=not_modified.date, base_fetched_at=decided.date)
+        if unreachable is not None:
+            fields.update(
+                masked_fetched_at=unreachable.date, masked_status=unreachable.status, masked_error=unreachable.error
+            )
+        return fields
+    base = None if decided is None else decided.date
+    if unreachable is not None:
+        fields = {"fetched_at": unreachable.date, "status": unreachable.status, "error": unreachable.error}
+        if not_modified is not None:
+            fields.update(masked_fetched_at=not_modified.date, masked_status=304)
+    elif not_modified is not None:  # a 304 without a copy to confirm: no usable answer (unreachable)
+        fields = {"fetched_at": not_modified.date, "error": _NOT_MODIFIED_WITHOUT_COPY}
+    else:
+        return {"text": decided.text, "fetched_at": decided.date, "status": decided.status, "error": decided.error}
+    fields.update(text=None, base_fetched_at=base)
+    return fields
+
 
 class RobotsTxtStore(Mapping):
     """Host -> `RobotsRecord` mapping with readers and writers for three on-disk layouts.
@@ -225,6 +337,9 @@ class RobotsTxtStore(Mapping):
       `"files"`, the host files, and `"file"` for a host too long for a file name, the shortened name it used);
     * `.jsonl`: one object per line with `host`, `robots_txt`, `fetched_at`, `status`, `error`;
     * `.parquet`: the same columns.
+
+    Each format also writes a record's fetch history (`base_fetched_at`, `masked_fetched_at`, `masked_status`,
+    `masked_error`, see `RobotsRecord` and `update_from_fetch`) when one is set: a snapshot without it reads as before.
 
     A robots.txt that is not valid UTF-8 (e.g. Latin-1) keeps the value of every byte: its text holds each such byte as
     its surrogate escape (`errors="surrogateescape"`), a folder writes the bytes as served, JSONL the escape `\\udcXX`
@@ -239,7 +354,7 @@ class RobotsTxtStore(Mapping):
     the store drops the host policies it cached from the old records on its next decision.
     """
 
-    def _add_loaded(self, seen: dict, where: str, host, *fields) -> None:
+    def _add_loaded(self, seen: dict, where: str, host, *fields, **history) -> None:
         """`add` for a record read from a snapshot, refusing a second record of the same host: two fetches of one host
         in a snapshot are ambiguous (which one applies?), and the later line would silently win."""
         if not isinstance(host, str):
@@ -250,7 +365,7 @@ class RobotsTxtStore(Mapping):
                 f"{where}: host {host!r} is recorded twice ({seen[key]} and {where}, both {key!r}); keep one record per "
                 "host (the fetch that applies to the snapshot's date)."
             )
-        self.add(host, *fields)
+        self.add(host, *fields, **history)
         seen[key] = where
 
     def __init__(self, records: Iterable[RobotsRecord] = (), fetched_at: str | None = None):
@@ -268,8 +383,9 @@ class RobotsTxtStore(Mapping):
                 raise TypeError(f"records[{i}] must be a RobotsRecord, got {type(record).__name__}.")
             # two records of one host would leave whichever comes last, whatever its date: refused as in `load`
             self._add_loaded(
-                seen, f"records[{i}]", record.host, record.text, record.fetched_at, record.status, record.error
-            )
+                seen, f"records[{i}]", record.host, record.text, record.fetched_at, record.status, record.error,
+                **_history_of(record),
+            )  # fmt: skip
 
     # Mapping API --------------------------------------------------------------------------------------------------
     def __getitem__(self, host: str) -> RobotsRecord:
@@ -290,12 +406,23 @@ class RobotsTxtStore(Mapping):
         return None if record is None else record.text
 
     def add(
-        self, host: str, text, fetched_at: str | None = None, status: int | None = None, error: str | None = None
+        self,
+        host: str,
+        text,
+        fetched_at: str | None = None,
+        status: int | None = None,
+        error: str | None = None,
+        *,
+        base_fetched_at: str | None = None,
+        masked_fetched_at: str | None = None,
+        masked_status: int | None = None,
+        masked_error: str | None = None,
     ) -> None:
         """Add or replace the robots.txt of `host` (`text` may be `str`, `bytes` or `None`).
 
         `status` is the HTTP status of the fetch and `error` the reason a fetch got no HTTP answer at all; both
-        decide the host's RFC 9309 status class (see `status_counts`).
+        decide the host's RFC 9309 status class (see `status_counts`). The keyword arguments are the record's fetch
+        history that `update_from_fetch` keeps (see `RobotsRecord`); the readers pass them back from a snapshot.
         """
         if not isinstance(host, str):
             raise TypeError(f"host must be a str, got {type(host).__name__}.")
@@ -308,11 +435,27 @@ class RobotsTxtStore(Mapping):
             status = int(status)  # numpy's int64 (a DataFrame's status column) as the int every format can save
         if error is not None and not isinstance(error, str):
             raise TypeError(f"error of {host!r} must be a str or None, got {type(error).__name__}.")
+        if masked_status is not None and not is_int(masked_status):
+            raise TypeError(f"masked_status of {host!r} must be an int HTTP status or None, got {masked_status!r}.")
+        if masked_status is not None:
+            masked_status = int(masked_status)
+        if masked_error is not None and not isinstance(masked_error, str):
+            raise TypeError(f"masked_error of {host!r} must be a str or None, got {type(masked_error).__name__}.")
+        if masked_fetched_at is None and (masked_status is not None or masked_error):
+            raise ValueError(f"masked_status / masked_error of {host!r} need the masked fetch's masked_fetched_at.")
         fetched_at = _iso_date(fetched_at, host)
+        base_fetched_at = _iso_date(base_fetched_at, host)
+        masked_fetched_at = _iso_date(masked_fetched_at, host)
         text = _decode(text, host)
-        for what, value in (("error", error), ("fetched_at", fetched_at)):
+        for what, value in (
+            ("error", error), ("fetched_at", fetched_at), ("base_fetched_at", base_fetched_at),
+            ("masked_fetched_at", masked_fetched_at), ("masked_error", masked_error),
+        ):  # fmt: skip
             _refuse_surrogates(value, what, host)
-        self._records[key] = RobotsRecord(key, text, fetched_at or self.fetched_at, status, error or None)
+        self._records[key] = RobotsRecord(
+            key, text, fetched_at or self.fetched_at, status, error or None,
+            base_fetched_at or None, masked_fetched_at or None, masked_status, masked_error or None,
+        )  # fmt: skip
         self._version += 1
 
     def update_from_fetch(self, record: RobotsRecord) -> RobotsRecord:
@@ -320,10 +463,15 @@ class RobotsTxtStore(Mapping):
 
         A fetch that found the robots.txt *unreachable* (5xx, network error) does not replace an *available* copy
         already in the store: RFC 9309 section 2.4 lets crawlers keep using a cached copy while the file is
-        unreachable, instead of falling back to complete disallow. A fetch dated before the stored record's does not
-        replace it either: dates are compared as instants (`2025-01-02T01:00:00+02:00` is before
+        unreachable, instead of falling back to complete disallow (with no age limit: section 2.4's 24 hours do not
+        apply while the file is unreachable). Dated fetches give the record that applying them in date order gives,
+        whatever order they come in: dates are compared as instants (`2025-01-02T01:00:00+02:00` is before
         `2025-01-01T23:30:00+00:00`; a date or a time without offset is UTC; strings that are not ISO 8601 compare
-        as text). A fetch without a date (`fetched_at` `None`) is not known to be newer than a dated record, so it
+        as text), and at one instant a 3xx/4xx or no-file result applies first, then a body, a 304, an unreachable
+        fetch. So an older fetch applied later is dropped when the record was decided after it (by a body, a 3xx/4xx,
+        no file), and otherwise slots in before the later 304 / unreachable fetches, which the record keeps for this
+        (`RobotsRecord.base_fetched_at` and `masked_*`): 200 on Jan 1, 503 on Jan 3, then 404 on Jan 2 ends as the
+        503 (unreachable), as in date order. The body of an unreachable answer is not kept. A fetch without a date (`fetched_at` `None`) is not known to be newer than a dated record, so it
         leaves one as it is, as an undated 304 does (it replaces an undated record, and a host with no record gets it,
         dated with the store's `fetched_at` as every undated record `add` stores). Every other result replaces the
         record (a 4xx means the file is gone). Returns the record now stored.
@@ -340,6 +488,21 @@ class RobotsTxtStore(Mapping):
         key = normalize_host(record.host)
         previous = self._records.get(key)
         new_date = _iso_date(record.fetched_at, record.host)
+        if new_date and (previous is None or previous.fetched_at):
+            # dated: the record that applying every fetch so far in date order gives, whatever order they came in
+            _refuse_surrogates(new_date, "fetched_at", record.host)
+            kind = _fetch_kind(record.text, record.status, record.error)
+            # the body of an unreachable answer (a 5xx page) is not a robots.txt: not kept, as the fetcher keeps none
+            text = None if kind in ("unreachable", "not_modified") else _decode(record.text, record.host)
+            fetch = _Fetch(new_date, kind, text, record.status, record.error or None)
+            history = (None, None, None) if previous is None else _history(previous)
+            fields = _shown(_apply_fetch(history, fetch))
+            candidate = RobotsRecord(key, **{"text": None, "status": None, "error": None, **fields})
+            if candidate == previous:
+                return previous
+            self.add(key, **fields)
+            return self._records[key]
+        # an undated fetch, or one over an undated record: no order to follow
         old_date = None if previous is None else previous.fetched_at
         if record.status == 304 and not record.error:
             if previous is not None and previous.status_class == "available":
@@ -385,7 +548,7 @@ class RobotsTxtStore(Mapping):
             seen[key] = host
         for host, text in robots.items():
             if isinstance(text, RobotsRecord):
-                store.add(host, text.text, text.fetched_at, text.status, text.error)
+                store.add(host, text.text, text.fetched_at, text.status, text.error, **_history_of(text))
             else:
                 store.add(host, text)
         return store
@@ -442,7 +605,7 @@ class RobotsTxtStore(Mapping):
                 )
             store._add_loaded(
                 seen, f"{path}: record {i}", row["host"], row.get("robots_txt"), row.get("fetched_at"),
-                _file_status(row.get("status")), row.get("error"),
+                _file_status(row.get("status")), row.get("error"), **_history_read(row),
             )  # fmt: skip
         return store
 
@@ -540,7 +703,7 @@ class RobotsTxtStore(Mapping):
                 data = file.read_bytes()
             store._add_loaded(
                 seen, str(file), host, data, info.get("fetched_at", default_date), _file_status(info.get("status")),
-                info.get("error"),
+                info.get("error"), **_history_read(info),
             )  # fmt: skip
         for host, info in per_host.items():  # hosts recorded without a robots.txt file
             # `missing` (no robots.txt, status unknown), or a status / error saying why there is none (4xx: allow all;
@@ -548,7 +711,9 @@ class RobotsTxtStore(Mapping):
             recorded = info.get("missing") or info.get("status") is not None or info.get("error")
             if normalize_host(host) not in store._records and recorded:
                 status = _file_status(info.get("status"))
-                store.add(host, None, info.get("fetched_at", default_date), status, info.get("error"))
+                store.add(
+                    host, None, info.get("fetched_at", default_date), status, info.get("error"), **_history_read(info)
+                )
         return store
 
     # Writers ------------------------------------------------------------------------------------------------------
@@ -576,6 +741,7 @@ class RobotsTxtStore(Mapping):
             if r.text is not None:  # the bytes as served: a byte that is not UTF-8 is written as that byte
                 payload[name] = _encode_bytes(r.text)
             info = {k: v for k, v in (("fetched_at", r.fetched_at), ("status", r.status), ("error", r.error)) if v is not None}
+            info.update(_history_of(r))
             if r.text is None:
                 info["missing"] = True
             elif name != f"{r.host}.txt":
@@ -612,6 +778,7 @@ class RobotsTxtStore(Mapping):
 
         rows = [
             {"host": r.host, "robots_txt": r.text, "fetched_at": r.fetched_at, "status": r.status, "error": r.error}
+            | _history_of(r)  # only the fields that are set: a store without fetch history is written as before
             for r in self._records.values()
         ]
         # Every file is written to a temporary name and renamed: an interrupted save never leaves a torn file.
@@ -644,9 +811,27 @@ class RobotsTxtStore(Mapping):
                     ("error", pa.string()),
                 ]
             )
+            if any(_history_of(r) for r in self._records.values()):  # the history columns only when a record has one
+                for name in _HISTORY_FIELDS:
+                    schema = schema.append(pa.field(name, pa.int64() if name == "masked_status" else pa.string()))
+                    for row in rows:
+                        row.setdefault(name, None)
             with atomic_open(str(path), "wb") as fh:
                 pq.write_table(pa.Table.from_pylist(rows, schema=schema), fh)
         return path
+
+
+def _history_of(record: RobotsRecord) -> dict:
+    """The fetch-history fields of `record` that are set (see `RobotsRecord`)."""
+    return {name: getattr(record, name) for name in _HISTORY_FIELDS if getattr(record, name) is not None}
+
+
+def _history_read(info: Mapping) -> dict:
+    """The fetch-history fields of a snapshot row or folder entry (absent in snapshots written before 2026-12-06)."""
+    history = {name: info.get(name) for name in _HISTORY_FIELDS if info.get(name) is not None}
+    if "masked_status" in history:
+        history["masked_status"] = _file_status(history["masked_status"])
+    return history
 
 
 def _file_status(value):

@@ -1,6 +1,7 @@
 """The robots.txt snapshot store: byte-order marks, RFC 9309 refetch rules, folder metadata, and the statistics and
 dataset helpers built on it, each checked against a hand-written expectation."""
 
+import itertools
 import json
 
 import pytest
@@ -13,10 +14,14 @@ BODY = "User-agent: *\nDisallow: /private\n"
 
 def test_a_refetch_with_the_same_date_replaces_the_stored_record():
     """Only a fetch dated *before* the stored one is ignored: a second fetch on the same day (date-only stamps, or the
-    same instant written with another offset) replaces the record."""
-    store = RobotsTxtStore()
-    store.update_from_fetch(RobotsRecord("a.com", BODY, "2025-03-01", 200))
-    new = store.update_from_fetch(RobotsRecord("a.com", None, "2025-03-01", 404))
+    same instant written with another offset) replaces the record when it applies after it at that instant (a body
+    after a 4xx, in either order: st36 F1; until 2026-12-06 the fetch applied last won)."""
+    for first, second in itertools.permutations([(BODY, 200), (None, 404)]):
+        store = RobotsTxtStore()
+        store.update_from_fetch(RobotsRecord("a.com", first[0], "2025-03-01", first[1]))
+        new = store.update_from_fetch(RobotsRecord("a.com", second[0], "2025-03-01", second[1]))
+        assert new.status == 200 and store["a.com"].text == BODY
+    new = store.update_from_fetch(RobotsRecord("a.com", None, "2025-03-01T00:00:01", 404))
     assert new.status == 404 and store["a.com"].text is None
     store.update_from_fetch(RobotsRecord("b.com", BODY, "2025-03-01T12:00:00+00:00", 200))
     new = store.update_from_fetch(RobotsRecord("b.com", "User-agent: *\nAllow: /\n", "2025-03-01T14:00:00+02:00", 200))
