@@ -159,12 +159,15 @@ def _token_id_limit(model) -> int | None:
 
 
 #: `GrapeConfig` settings that shape the mixture trajectory (with the data seed): a resume must keep them.
-#: `max_grad_norm` clips every reweighting gradient, so it scales each dot product as a step size does.
+#: `max_grad_norm` clips every reweighting gradient, so it scales each dot product as a step size does; only the
+#: methods that compute reweighting gradients read it there (`_GRADIENT_OPTIONS`): uniform, fixed and doremi (losses
+#: only) resume with another clip, as with another learning rate.
 _TRAJECTORY_OPTIONS = (
     "reweight_domains_every", "reweight_tasks_every", "reweight_batch_size", "reweight_mini_batch_size",
     "domain_step_size", "task_step_size", "step_size_convention", "task_smoothing", "domain_smoothing", "ema_beta",
     "doremi_eta", "doremi_smoothing", "samples_per_epoch", "block_size", "max_grad_norm",
 )  # fmt: skip
+_GRADIENT_OPTIONS = {"max_grad_norm": (*GRAPE_VARIANTS, "doge")}
 
 #: Recorded beside the options to name a change, not compared: which argument gave the data seed ("seed" when
 #: `data_seed` is unset, else "data_seed"; absent in checkpoints written before it was recorded).
@@ -631,6 +634,8 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
             for k in current:
                 if k == _DATA_SEED_FROM or k not in saved_opts or saved_opts[k] == current[k]:
                     continue
+                if k in _GRADIENT_OPTIONS and self.args.reweight_method not in _GRADIENT_OPTIONS[k]:
+                    continue  # the method computes no reweighting gradient: the clip does not shape its mixture
                 if k == "data_seed":  # named by what the user set: seed, when data_seed is unset
                     change, seed_fix = _data_seed_change(saved_opts, current)
                     changed.append(change)
