@@ -833,12 +833,19 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         if self.args.label_smoothing_factor:
             reasons.append(f"label_smoothing_factor={self.args.label_smoothing_factor}")
         if reasons and self.args.reweight_method not in ("uniform", "fixed"):
+            # an override alone may keep the model's loss (one that only logs or records, then calls super()): the
+            # warning cannot tell, so it says so instead of stating another loss is trained
+            overridden_only = len(reasons) == 1 and reasons[0].endswith("overrides compute_loss")
             logger.warning(
-                "GrapeTrainer: %s, so training minimises another loss than the model's own, while the %s reweighting "
-                "reads the model's loss (model(**batch).loss, as in the GRAPE code): the mixture is fitted to the "
-                "model's loss, not to the trained one.",
+                "GrapeTrainer: %s, so training %s another loss than the model's own, while the %s reweighting reads the "
+                "model's loss (model(**batch).loss, as in the GRAPE code): the mixture is fitted to the model's loss, "
+                "not to the trained one%s.",
                 " and ".join(reasons),
+                "may minimise" if overridden_only else "minimises",
                 self.args.reweight_method,
+                " (an override that returns the model's loss unchanged, e.g. one that only logs, is not affected)"
+                if overridden_only
+                else "",
             )
 
     def _params(self) -> list[torch.nn.Parameter]:

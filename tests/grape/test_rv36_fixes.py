@@ -17,3 +17,33 @@ def test_a_method_without_reweighting_gradients_resumes_with_another_max_grad_no
     trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
     trainer.train(resume_from_checkpoint=checkpoint)
     assert trainer.state.global_step == 4
+
+
+def test_the_compute_loss_override_warning_does_not_claim_another_loss_is_trained(tmp_path, caplog):
+    """A subclass overriding compute_loss only to record or log (then super()) trains the model's own loss; the gr35
+    warning stated 'training minimises another loss than the model's own' for it (rv36 F2). It now says the override
+    may change the loss; compute_loss_func= and label smoothing, which do change it, keep the definite wording."""
+    import logging
+
+    from grape_synthetic import synthetic_mixture
+
+    train, targets = synthetic_mixture()
+
+    class Logging(GrapeTrainer):
+        def compute_loss(self, model, inputs, **kwargs):
+            loss = super().compute_loss(model, inputs, **kwargs)
+            self.seen = getattr(self, "seen", 0) + 1
+            return loss
+
+    def warning(cls=GrapeTrainer, **kw):
+        with caplog.at_level(logging.WARNING, logger="hf_ext.grape.trainer"):
+            caplog.clear()
+            cls(
+                model=tiny_llama(), args=quick_grape_args(tmp_path, **kw), train_dataset=train, target_datasets=targets
+            )
+        return caplog.text
+
+    text = warning(Logging)
+    assert "Logging overrides compute_loss, so training may minimise another loss" in text
+    assert "returns the model's loss unchanged" in text
+    assert "training minimises another loss" in warning(label_smoothing_factor=0.1)
