@@ -674,12 +674,24 @@ def _prompt_prefixes(tokenizer, template, meta_args) -> dict:
     }
 
 
-def check_guidance_fits(model_args, data_args, meta_args, tokenizer, template, eval_ds) -> None:
+def _guidance_docs(eval_docs: list, domain_vocab) -> list:
+    """The held-out documents whose metadata guided generation conditions on: the first one (the example), and on the
+    synthetic corpus the first of each host (the steering measure)."""
+    docs = eval_docs[:1]
+    for host in sorted(domain_vocab or ()):
+        doc = next((d for d in eval_docs if d["url"].split("//")[1].split(".")[0] == host), None)
+        if doc is not None:
+            docs.append(doc)
+    return docs
+
+
+def check_guidance_fits(model_args, data_args, meta_args, tokenizer, template, eval_ds, domain_vocab=None) -> None:
     """Refuse, before any write, a guided-generation example longer than the positions of a model with learned
-    absolute positions (GPT-2 family): the longest guidance prompt (`[BOS]` + the context of a held-out document, as
-    training cut it, + `--guidance_prompt`) plus `--guidance_max_new_tokens` must fit its `max_position_embeddings`;
-    generation failed there with a raw `IndexError` after both models were trained, before any result was written.
-    Rotary models (the default FOG, Llama) have no such table and are not limited here."""
+    absolute positions (GPT-2 family): the longest guidance prompt (`[BOS]` + the context of a held-out document that
+    generation conditions on (`_guidance_docs`), as training cut it, + `--guidance_prompt`) plus
+    `--guidance_max_new_tokens` must fit its `max_position_embeddings`; generation failed there with a raw `IndexError`
+    after both models were trained, before any result was written. Rotary models (the default FOG, Llama) have no such
+    table and are not limited here."""
     from ..metadata import InvalidMetadataError, MetadataEncoder
     from ..metadata.generation import _padding_invariant_positions
 
@@ -696,7 +708,8 @@ def check_guidance_fits(model_args, data_args, meta_args, tokenizer, template, e
         except InvalidMetadataError:
             return None
 
-    docs = eval_ds.select(range(min(len(eval_ds), data_args.max_eval_docs)))
+    docs = [dict(r) for r in eval_ds.select(range(min(len(eval_ds), data_args.max_eval_docs)))]
+    docs = _guidance_docs(docs, domain_vocab)  # not every held-out document: those generation reads
     prefixes = encoder.encode_batch([meta_args.guidance_prompt] * len(docs), [metadata(d) for d in docs])
     longest = max((len(d.input_ids) for d in prefixes), default=0)
     if longest + meta_args.guidance_max_new_tokens > positions:
@@ -1008,7 +1021,7 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     if meta_args.eval_tasks:  # the lm-eval prompts must fit the models' context (was refused only after training)
         check_eval_prompts_fit(model_args, data_args, meta_args, tokenizer, template)
     # the guided-generation example must fit a learned-position model (failed after training with an IndexError)
-    check_guidance_fits(model_args, data_args, meta_args, tokenizer, template, eval_ds)
+    check_guidance_fits(model_args, data_args, meta_args, tokenizer, template, eval_ds, domain_vocab)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     if is_main_process():  # an older run's results must not sit beside this run's models if this run stops early
         from ._common import clear_previous_results
