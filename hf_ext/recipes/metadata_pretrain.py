@@ -674,15 +674,21 @@ def _prompt_prefixes(tokenizer, template, meta_args) -> dict:
     }
 
 
-def _guidance_docs(eval_docs: list, domain_vocab) -> list:
-    """The held-out documents whose metadata guided generation conditions on: the first one (the example), and on the
-    synthetic corpus the first of each host (the steering measure)."""
-    docs = eval_docs[:1]
+def _host_docs(eval_docs: list, domain_vocab) -> dict:
+    """Synthetic corpus: host -> its first held-out document (the steering measure's metadata), for the hosts that
+    have one; `{}` without a domain vocabulary."""
+    docs = {}
     for host in sorted(domain_vocab or ()):
         doc = next((d for d in eval_docs if d["url"].split("//")[1].split(".")[0] == host), None)
         if doc is not None:
-            docs.append(doc)
+            docs[host] = doc
     return docs
+
+
+def _guidance_docs(eval_docs: list, domain_vocab) -> list:
+    """The held-out documents whose metadata guided generation conditions on: the first one (the example), and on the
+    synthetic corpus the first of each host (the steering measure, `_host_docs`)."""
+    return [*eval_docs[:1], *_host_docs(eval_docs, domain_vocab).values()]
 
 
 def check_guidance_fits(model_args, data_args, meta_args, tokenizer, template, eval_ds, domain_vocab=None) -> None:
@@ -1125,10 +1131,7 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         # Every host is steered towards with the metadata of one of its held-out documents; the mean over hosts is
         # reported next to each host's share (one host alone is a noisy measure).
         per_host: dict[str, dict[str, float]] = {}
-        for host in sorted(domain_vocab):
-            doc = next((d for d in eval_docs if d["url"].split("//")[1].split(".")[0] == host), None)
-            if doc is None:
-                continue
+        for host, doc in _host_docs(eval_docs, domain_vocab).items():
             for scale in (1.0, meta_args.guidance_scale):
                 torch.manual_seed(training_args.seed)
                 texts = generate_with_metadata_guidance(
