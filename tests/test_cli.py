@@ -120,6 +120,9 @@ def test_a_one_process_recipe_launched_on_several_refuses_through_hf_ext_run_too
     msg = str(err.value)
     assert f"The {recipe} recipe runs in one process, but it was launched on 2" in msg
     assert f"`hf-ext run {recipe} ...`" in msg and f"`python scripts/{recipe}.py ...`" in msg
+    # the forms an installed wheel (which has no scripts/) can run (wh36 left-alone)
+    assert f"`python -m hf_ext.recipes.{recipe} ...`" in msg
+    assert f"`accelerate launch --num_processes 1 -m hf_ext.recipes.{recipe} ...`" in msg
     assert not out.exists()
 
 

@@ -622,8 +622,9 @@ def refuse_multiple_processes(script: str, why: str, instead: str = "") -> None:
     if n > 1:
         raise ValueError(
             f"The {script} recipe runs in one process, but it was launched on {n} (torchrun --nproc_per_node / "
-            f"accelerate launch --num_processes {n}): {why}. Launch it in one process: `python scripts/{script}.py "
-            f"...`, `hf-ext run {script} ...` or `accelerate launch --num_processes 1 scripts/{script}.py ...`"
+            f"accelerate launch --num_processes {n}): {why}. Launch it in one process: `hf-ext run {script} ...`, "
+            f"`python -m hf_ext.recipes.{script} ...` or `accelerate launch --num_processes 1 -m "
+            f"hf_ext.recipes.{script} ...` (from a checkout also `python scripts/{script}.py ...`)"
             f"{'; ' + instead if instead else ''}."
         )
 
