@@ -34,8 +34,8 @@ def test_the_cooldown_warning_names_the_smallest_fraction_that_gives_a_step(
 
 def test_the_guidance_check_measures_the_longest_prompt_of_the_held_out_documents(tmp_path):
     """The check's largest --guidance_max_new_tokens is the position table minus the longest generation prompt of
-    the documents the recipe steers with (eval_docs: the first --max_eval_docs held-out documents, each with its
-    metadata and --guidance_prompt), measured here with the generation path's own `build_guidance_inputs`."""
+    the documents generation conditions on (the first held-out document; with a domain vocabulary also the first of
+    each host; each with its metadata and --guidance_prompt), measured here with the generation path's own `build_guidance_inputs`."""
     from hf_ext.data import build_tokenizer
     from hf_ext.metadata import InvalidMetadataError, add_context_tokens, build_guidance_inputs
     from hf_ext.recipes.metadata_pretrain import _template, check_guidance_fits, load_documents
@@ -71,8 +71,15 @@ def test_the_guidance_check_measures_the_longest_prompt_of_the_held_out_document
         )
         for d in docs
     ]
-    assert lengths[0] < max(lengths)  # the longest prompt is not the first document's
+    assert lengths[0] < max(lengths) == lengths[1]  # the longest prompt is not the first document's
+    # without a domain vocabulary generation conditions on the first document only (rv36 F3)
     with pytest.raises(ValueError) as err:
         check_guidance_fits(model_args, data_args, meta_args, tok, template, eval_ds)
+    assert f"longest prompt ({lengths[0]} tokens" in str(err.value)
+    assert int(re.search(r"<= (\d+)", str(err.value)).group(1)) == 1024 - lengths[0]
+    # the synthetic corpus' steering measure also conditions on the first document of each host (here "www": the
+    # second, longest one): the longest of those prompts
+    with pytest.raises(ValueError) as err:
+        check_guidance_fits(model_args, data_args, meta_args, tok, template, eval_ds, {"www": ["word"]})
     assert f"longest prompt ({max(lengths)} tokens" in str(err.value)
     assert int(re.search(r"<= (\d+)", str(err.value)).group(1)) == 1024 - max(lengths)
