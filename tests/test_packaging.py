@@ -56,17 +56,10 @@ def test_the_wheel_ships_every_tracked_file_of_the_package_and_the_command(tmp_p
     assert list(licences.values()) == [(root / "LICENSE").read_text(encoding="utf-8")]
 
 
-def test_the_licence_text_is_the_apache_2_0_text_and_ships_in_the_sdist(tmp_path, repo_root):
-    """pyproject declares Apache-2.0: LICENSE at the root holds that licence's text, and the sdist carries it."""
-    import tarfile
-
-    root = Path(repo_root)
-    assert _tracked(root, "LICENSE") == ["LICENSE"], "no LICENSE file at the repository root"
-    text = (root / "LICENSE").read_text(encoding="utf-8")
-    assert text.strip().startswith("Apache License\n                           Version 2.0, January 2004")
-    assert "END OF TERMS AND CONDITIONS" in text and "http://www.apache.org/licenses/LICENSE-2.0" in text
+def _build_sdist(root: Path, files: list[str], tmp_path: Path) -> Path:
+    """The sdist setuptools builds from a copy of `files` (paths relative to `root`), written under `tmp_path`."""
     source = tmp_path / "source"
-    for rel in [*_tracked(root, "hf_ext"), "pyproject.toml", "README.md", "LICENSE"]:
+    for rel in files:
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, source / rel)
     build = subprocess.run(
@@ -77,7 +70,20 @@ def test_the_licence_text_is_the_apache_2_0_text_and_ships_in_the_sdist(tmp_path
         timeout=600,
     )
     assert build.returncode == 0, build.stdout + build.stderr
-    with tarfile.open(tmp_path / build.stdout.strip().splitlines()[-1]) as sdist:
+    return tmp_path / build.stdout.strip().splitlines()[-1]
+
+
+def test_the_licence_text_is_the_apache_2_0_text_and_ships_in_the_sdist(tmp_path, repo_root):
+    """pyproject declares Apache-2.0: LICENSE at the root holds that licence's text, and the sdist carries it."""
+    import tarfile
+
+    root = Path(repo_root)
+    assert _tracked(root, "LICENSE") == ["LICENSE"], "no LICENSE file at the repository root"
+    text = (root / "LICENSE").read_text(encoding="utf-8")
+    assert text.strip().startswith("Apache License\n                           Version 2.0, January 2004")
+    assert "END OF TERMS AND CONDITIONS" in text and "http://www.apache.org/licenses/LICENSE-2.0" in text
+    files = [*_tracked(root, "hf_ext"), "pyproject.toml", "README.md", "LICENSE"]
+    with tarfile.open(_build_sdist(root, files, tmp_path)) as sdist:
         names = {n.split("/", 1)[1]: n for n in sdist.getnames() if "/" in n}
         assert "LICENSE" in names
         assert sdist.extractfile(names["LICENSE"]).read().decode() == text
@@ -113,20 +119,7 @@ def test_the_sdist_holds_the_package_and_no_partial_test_suite(tmp_path, repo_ro
     root = Path(repo_root)
     tracked = _tracked(root)
     assert any(f.startswith("tests/test_") for f in tracked)
-    source = tmp_path / "source"
-    for rel in tracked:
-        if (root / rel).is_file():
-            (source / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / rel, source / rel)
-    build = subprocess.run(
-        [sys.executable, "-c", "import sys, setuptools.build_meta as b; print(b.build_sdist(sys.argv[1]))", str(tmp_path)],
-        cwd=source,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
-    with tarfile.open(tmp_path / build.stdout.strip().splitlines()[-1]) as sdist:
+    with tarfile.open(_build_sdist(root, [rel for rel in tracked if (root / rel).is_file()], tmp_path)) as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
     assert not sorted(n for n in names if n.split("/")[0] == "tests"), "a partial test suite in the sdist"
     package = {f for f in tracked if f.startswith("hf_ext/")}
