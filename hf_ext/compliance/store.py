@@ -444,8 +444,8 @@ class RobotsTxtStore(Mapping):
         if masked_fetched_at is None and (masked_status is not None or masked_error):
             raise ValueError(f"masked_status / masked_error of {host!r} need the masked fetch's masked_fetched_at.")
         fetched_at = _iso_date(fetched_at, host)
-        base_fetched_at = _iso_date(base_fetched_at, host)
-        masked_fetched_at = _iso_date(masked_fetched_at, host)
+        base_fetched_at = _iso_date(base_fetched_at, host, "base_fetched_at")
+        masked_fetched_at = _iso_date(masked_fetched_at, host, "masked_fetched_at")
         text = _decode(text, host)
         for what, value in (
             ("error", error), ("fetched_at", fetched_at), ("base_fetched_at", base_fetched_at),
@@ -847,9 +847,9 @@ def _file_status(value):
     return value
 
 
-def _iso_date(value, host):
+def _iso_date(value, host, what: str = "fetched_at"):
     """A fetch date as an ISO string: `str` and `None` as given, a `datetime` / `date` (what pandas and Parquet
-    timestamp columns hold) in ISO format; anything else is refused, naming the host."""
+    timestamp columns hold) in ISO format; anything else is refused, naming the field (`what`) and the host."""
     import datetime as dt
 
     if value is None or isinstance(value, str):
@@ -857,7 +857,7 @@ def _iso_date(value, host):
     if isinstance(value, dt.date):  # also datetime
         return value.isoformat()
     raise TypeError(
-        f"fetched_at of {host!r} must be an ISO date string, a datetime or None, got {type(value).__name__} {value!r}."
+        f"{what} of {host!r} must be an ISO date string, a datetime or None, got {type(value).__name__} {value!r}."
     )
 
 
