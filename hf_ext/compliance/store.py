@@ -467,7 +467,7 @@ class RobotsTxtStore(Mapping):
         apply while the file is unreachable). Dated fetches give the record that applying them in date order gives,
         whatever order they come in: dates are compared as instants (`2025-01-02T01:00:00+02:00` is before
         `2025-01-01T23:30:00+00:00`; a date or a time without offset is UTC; strings that are not ISO 8601 compare
-        as text), and at one instant a 3xx/4xx or no-file result applies first, then a body, a 304, an unreachable
+        as text, so mixed with ISO dates the order can matter again), and at one instant a 3xx/4xx or no-file result applies first, then a body, a 304, an unreachable
         fetch. So an older fetch applied later is dropped when the record was decided after it (by a body, a 3xx/4xx,
         no file), and otherwise slots in before the later 304 / unreachable fetches, which the record keeps for this
         (`RobotsRecord.base_fetched_at` and `masked_*`): 200 on Jan 1, 503 on Jan 3, then 404 on Jan 2 ends as the
