@@ -90,9 +90,11 @@ def _pin_manifests(folder: Path) -> list:
 
 def _manifests_unchanged(folder: Path, pinned: list) -> bool:
     """Whether both manifests are still the files `_pin_manifests` opened (no save committed or completed since);
-    closes them."""
+    closes them. The staged manifest is looked at first: a save that committed since the pin either still has it (a
+    new file there) or has renamed it onto `_snapshot.json` before that look, which the look at `_snapshot.json`
+    after it sees. The other order misses a save whose rename falls between the two looks (both look unchanged)."""
     same = True
-    for name, fd in zip((_META_FILE, _STAGED_META_FILE), pinned):
+    for name, fd in reversed(list(zip((_META_FILE, _STAGED_META_FILE), pinned))):
         try:
             now = os.stat(folder / name)
         except OSError:

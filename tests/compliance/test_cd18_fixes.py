@@ -490,6 +490,62 @@ def test_folder_load_during_saves_is_never_a_mix_and_saves_take_turns(tmp_path):
     assert not [f for f in path.iterdir() if f.name.endswith((".staged", ".tmp"))]
 
 
+def test_a_save_finishing_between_the_two_manifest_checks_is_not_missed(tmp_path, monkeypatch):
+    """The interleaving behind a rare mixed load under concurrent saves, made deterministic: after the load pinned
+    the manifests (no staged one), a save commits and renames its host files while the load reads (a mix), and it
+    renames its staged manifest onto `_snapshot.json` between the load's two checks. Checking `_snapshot.json`
+    first saw it unchanged and then no staged manifest, as at the pin, and returned the mix."""
+    import os
+    import pathlib
+
+    import hf_ext.compliance.store as store_mod
+    from hf_ext.compliance import RobotsTxtStore
+
+    path = tmp_path / "snap"
+    _tagged_store("A").save(path)
+    meta, staged_meta = path / store_mod._META_FILE, path / store_mod._STAGED_META_FILE
+
+    def commit_b_and_rename_its_files():  # a save of B up to its commit point, then its host files renamed
+        with monkeypatch.context() as m:
+            m.setattr(store_mod, "_finish_staged_save", lambda folder: None)
+            _tagged_store("B", extra=True).save(path)
+        assert staged_meta.is_file()
+        for name in store_mod._listed_files(staged_meta):
+            os.replace(store_mod._staged(path, name), path / name)
+
+    real_read_bytes, real_stat = pathlib.Path.read_bytes, os.stat
+    state = {"reads": 0, "checking": False, "renamed": False}
+
+    def read_bytes(self):
+        data = real_read_bytes(self)
+        state["reads"] += 1
+        if state["reads"] == 1:  # the load has read A's manifest and one host file
+            commit_b_and_rename_its_files()
+        return data
+
+    def stat(p, *args, **kwargs):
+        result = real_stat(p, *args, **kwargs)
+        if state["checking"] and not state["renamed"] and pathlib.Path(p).parent == path:
+            state["renamed"] = True  # the save's last step, right after the check's first look
+            os.replace(staged_meta, meta)
+        return result
+
+    once = RobotsTxtStore._load_folder_once
+
+    def load_once(cls, folder):
+        store = once(folder)
+        state["checking"] = True
+        return store
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(RobotsTxtStore, "_load_folder_once", classmethod(load_once))
+    store = RobotsTxtStore.load(path)
+    monkeypatch.undo()
+    assert state["renamed"]
+    assert _tags(store) == {"B"} and len(store) == _N_HOSTS + 3  # read again: B's snapshot, whole
+
+
 def test_a_damaged_folder_still_fails_at_once(tmp_path):
     import time
 
