@@ -444,7 +444,13 @@ def add_influence_column(dataset, scores, column_name: str = "influence"):
 
     if not isinstance(dataset, Dataset):
         raise TypeError(f"`dataset` must be a datasets.Dataset, got {type(dataset).__name__}.")
-    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    values = np.asarray(scores, dtype=np.float64)
+    if sum(size != 1 for size in values.shape) > 1:  # e.g. one row of scores per evaluation example
+        raise ValueError(
+            f"`scores` must hold one score per row of `dataset` (1-D), got shape {values.shape}; for scores against "
+            "several evaluation sets, add one column per set (or their mean, `scores.mean(axis=0)`)."
+        )
+    values = values.reshape(-1)
     if values.shape[0] != len(dataset):
         raise ValueError(
             f"`scores` has {values.shape[0]} values but `dataset` has {len(dataset)} rows; pass the scores returned by "
