@@ -199,7 +199,9 @@ def load_text_datasets(
     for arg, path in (("--train_file", train_file), ("--validation_file", validation_file)):
         if path is not None:
             if not os.path.isfile(path):
-                raise ValueError(f"{arg}={path!r} does not exist; pass a .txt, .json/.jsonl, .csv or .parquet file.")
+                raise ValueError(
+                    f"{arg}={path!r} does not exist; pass a .txt, .json/.jsonl, .csv or .parquet file.{_glob_hint(path)}"
+                )
             if _file_builder(path) is None:
                 raise ValueError(
                     f"{arg}={path!r} has an unsupported extension; use .txt, .json, .jsonl, .csv or .parquet."
@@ -281,7 +283,7 @@ def load_data_file(path: str, split: str = "train", flag: str | None = None):
     if builder is None:
         raise ValueError(f"{who} has an unsupported extension; use .txt, .json, .jsonl, .csv or .parquet.")
     if not os.path.isfile(path):
-        raise ValueError(f"{who} does not exist; pass a .txt, .json/.jsonl, .csv or .parquet file.")
+        raise ValueError(f"{who} does not exist; pass a .txt, .json/.jsonl, .csv or .parquet file.{_glob_hint(path)}")
     if os.path.getsize(path) == 0:
         raise ValueError(f"{who} is empty; pass a file with at least one document.")
     try:
@@ -326,6 +328,16 @@ _READ_FIXES = {
     'commas, quotes or line breaks ("a, b")',
     "parquet": "pass a complete Parquet file (e.g. written by pandas' to_parquet or datasets' Dataset.to_parquet)",
 }
+
+
+def _glob_hint(path) -> str:
+    """For a missing data file whose name is a glob pattern: how to pass several files (patterns are not expanded)."""
+    if not any(c in os.path.basename(str(path)) for c in "*?["):
+        return ""
+    return (
+        " A glob pattern is not expanded here: pass one file, or the folder that holds the files as --dataset_name "
+        "(every data file in it is read)."
+    )
 
 
 def _file_builder(path: str) -> str | None:
