@@ -884,6 +884,8 @@ class CubicNewton(Optimizer):
     def state_dict(self) -> dict:
         """torch's optimizer state, plus (for `hessian="window"`) the window's points and samples under `"window"`."""
         sd = super().state_dict()
+        # the shapes of the tensors the flat vectors are laid out over, in order: checked by `load_state_dict`
+        sd["flat_layout"] = [list(shape) for shape in self._flat.shapes]
         window = [(x, s) for _, x, s in self._window] or self._window_to_rebuild  # loaded, not yet rebuilt: kept
         if self.param_groups[0]["hessian"] == "window" and window:
             # copies: a sample's tensors may share memory (labels = input_ids, one batch every step), which
@@ -900,6 +902,7 @@ class CubicNewton(Optimizer):
         window refills from the next step, and the continuation is not bit-exact (a warning says so)."""
         state_dict = dict(state_dict)
         window = state_dict.pop("window", None)
+        self._check_loaded_layout(state_dict.pop("flat_layout", None), state_dict, window)
         super().load_state_dict(state_dict)
         self._window = []
         self._window_to_rebuild = []
@@ -914,6 +917,39 @@ class CubicNewton(Optimizer):
             self._window_to_rebuild = [
                 (x.to(device=ref.device), s) for x, s in zip(window["points"], window["samples"])
             ]
+
+    def _check_loaded_layout(self, layout: list | None, state_dict: dict, window: dict | None) -> None:
+        """Refuse, before anything is loaded, a state whose flat vectors (gradient and Hessian estimates, previous
+        point, window points) are laid out over other tensors than this optimizer's: torch's `load_state_dict` checks
+        only the number of tensors, and the estimates would be applied to the wrong coordinates (other order) or fail
+        inside `step()` with a bare size mismatch (other sizes). `layout` is the saved tensor shapes (none in states
+        of an older hf_ext: then only the sizes are checked)."""
+        mine = [list(shape) for shape in self._flat.shapes]
+        d = self._flat.dim
+        problem = None
+        if layout is not None and [list(shape) for shape in layout] != mine:
+            problem = f"it was saved over tensors of shapes {layout}, this optimizer has {mine}"
+        else:
+            entries = dict((state_dict.get("state") or {}).get(0, {}))
+            if window is not None:
+                entries.update({f"window point {i}": x for i, x in enumerate(window.get("points", []))})
+            for key, value in entries.items():
+                if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                    continue
+                expected = (d, d) if key == "hessian_estimate" else (d,)
+                if tuple(value.shape) != expected:
+                    problem = (
+                        f"its {key!r} has shape {tuple(value.shape)}, this optimizer's {d} parameter entries need "
+                        f"{expected}"
+                    )
+                    break
+        if problem is not None:
+            raise ValueError(
+                f"CubicNewton.load_state_dict: this state does not belong to this optimizer's parameters: {problem}. "
+                "Its gradient and Hessian estimates are flat vectors over the parameters it was saved with, in their "
+                "order; load it into a CubicNewton over the same parameters in the same order (e.g. "
+                "CubicNewton(model.parameters()) of the same model), or start the optimizer afresh."
+            )
 
     def rebuild_window(self, make_loss: Callable[[Any], Callable]) -> int:
         """Rebuild the `hessian="window"` loss functions of a loaded state from their samples.
