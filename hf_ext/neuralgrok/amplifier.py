@@ -382,7 +382,11 @@ def _norm_floor(x: torch.Tensor, eps: float, groups: Sequence = ()) -> torch.Ten
     sq = torch.linalg.vector_norm(x / scale).square()
     for group in groups:
         dist.all_reduce(sq, group=group)
-    return (scale * sq.sqrt()).clamp_min(eps)
+    # sqrt's derivative at 0 is inf, and inf * 0 = NaN: an all-zero tensor (a LoRA A while its B is still 0) made the
+    # outer step's amplifier gradient NaN. Its norm is the constant 0 instead (the forward value is unchanged).
+    nonzero = sq > 0
+    root = torch.where(nonzero, torch.where(nonzero, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
+    return (scale * root).clamp_min(eps)
 
 
 def _shard_groups(t: torch.Tensor) -> list:
