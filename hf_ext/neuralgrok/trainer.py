@@ -572,6 +572,14 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
                     "gradient_transform='neuralgrok' needs outer_dataset (D_outer), e.g. "
                     "split_arithmetic_dataset(...)['outer']; or use gradient_transform='none'."
                 )
+            if not hasattr(outer_dataset, "__len__") or not hasattr(outer_dataset, "__getitem__"):
+                # an IterableDataset failed here with "object of type 'IterableDataset' has no len()"
+                raise TypeError(
+                    f"outer_dataset must be a map-style dataset with a length (a `datasets.Dataset` or a list of rows), "
+                    f"got {type(outer_dataset).__name__}: the outer loss is taken over the whole outer set (or a fixed "
+                    "sample of it) at every outer step. Materialise a streamed one first, e.g. "
+                    "`Dataset.from_list(list(outer_dataset.take(n)))`."
+                )
             if len(outer_dataset) == 0:
                 raise ValueError("outer_dataset is empty; give it at least one example.")
             if amplifier is not None and not isinstance(amplifier, NeuralAmplifier):

@@ -49,3 +49,17 @@ def test_outer_step_with_a_zero_gradient_parameter_keeps_the_amplifier_finite():
     for name, value in amp.state_dict().items():
         assert torch.isfinite(value).all(), name
         assert not torch.equal(value, before[name]), name
+
+
+def test_a_streamed_outer_dataset_is_refused_by_name(tiny_amplified_trainer, tmp_path):
+    from hf_ext.neuralgrok import build_arithmetic_dataset, split_arithmetic_dataset
+
+    outer = split_arithmetic_dataset(build_arithmetic_dataset("a+b", 11), 0.5, 0.2, seed=0)["outer"]
+    trainer = tiny_amplified_trainer(tmp_path)
+    with pytest.raises(TypeError, match="outer_dataset must be a map-style dataset.*IterableDataset"):
+        type(trainer)(
+            model=trainer.model,
+            args=trainer.args,
+            train_dataset=trainer.train_dataset,
+            outer_dataset=outer.to_iterable_dataset(),
+        )
