@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from typing import Any
 
 import torch
@@ -61,27 +63,54 @@ def save_optimizer_state(
     optimizer: torch.optim.Optimizer, output_dir: str, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 ) -> None:
     """Write `optimizer.state_dict()` to `optimizer_state.safetensors` + `optimizer_state.json` in `output_dir`
-    (and the scheduler's state to `scheduler_state.json`)."""
+    (and the scheduler's state to `scheduler_state.json`).
+
+    The files of one save are read back together, so a save into a folder that holds an earlier one never leaves a
+    mix of the two: both states are encoded and the tensors written to a temporary file first (a failure there leaves
+    the earlier save as it was); then the earlier `optimizer_state.json` (and `scheduler_state.json`) is removed, the
+    tensors renamed into place, and each JSON written atomically, `optimizer_state.json` last. A save killed after
+    the removal leaves a folder that [`load_optimizer_state`] refuses by name as interrupted."""
     from safetensors.torch import save_file
 
-    os.makedirs(output_dir, exist_ok=True)
+    from ..utils.io import atomic_write_json, give_default_permissions
+
     tensors: dict[str, torch.Tensor] = {}
     encoded = state_to_json_and_tensors(optimizer.state_dict(), tensors)
-    save_file(tensors, os.path.join(output_dir, OPTIMIZER_TENSORS))
-    with open(os.path.join(output_dir, OPTIMIZER_JSON), "w") as fh:
-        json.dump(encoded, fh)
+    enc = None
     if scheduler is not None:
         sched_tensors: dict[str, torch.Tensor] = {}
         enc = state_to_json_and_tensors(scheduler.state_dict(), sched_tensors)
         if sched_tensors:
             raise TypeError("The scheduler state holds tensors; it cannot be stored as JSON.")
-        with open(os.path.join(output_dir, SCHEDULER_JSON), "w") as fh:
-            json.dump(enc, fh)
+    os.makedirs(output_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=f".{OPTIMIZER_TENSORS}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        give_default_permissions(tmp, like=os.path.join(output_dir, OPTIMIZER_TENSORS))
+        for name in (OPTIMIZER_JSON, SCHEDULER_JSON):  # the earlier save's: from here on, no complete save is there
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(output_dir, name))
+        os.replace(tmp, os.path.join(output_dir, OPTIMIZER_TENSORS))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    if enc is not None:
+        atomic_write_json(os.path.join(output_dir, SCHEDULER_JSON), enc, None)
+    atomic_write_json(os.path.join(output_dir, OPTIMIZER_JSON), encoded, None)  # last: the save is complete
 
 
 def has_optimizer_state(checkpoint: str) -> bool:
     return os.path.isfile(os.path.join(checkpoint, OPTIMIZER_JSON)) and os.path.isfile(
         os.path.join(checkpoint, OPTIMIZER_TENSORS)
+    )
+
+
+def _any_optimizer_file(checkpoint: str) -> bool:
+    """Whether `checkpoint` holds a file of [`save_optimizer_state`] (complete or not)."""
+    return any(
+        os.path.isfile(os.path.join(checkpoint, n)) for n in (OPTIMIZER_JSON, OPTIMIZER_TENSORS, SCHEDULER_JSON)
     )
 
 
@@ -92,6 +121,11 @@ def load_optimizer_state(
     from safetensors.torch import load_file
 
     if not has_optimizer_state(checkpoint):
+        if _any_optimizer_file(checkpoint):
+            raise ValueError(
+                f"{checkpoint!r} holds an incomplete optimizer state (no {OPTIMIZER_JSON}, which a save writes last: "
+                "a save that was interrupted); load the optimizer state of another checkpoint, or start it anew."
+            )
         raise ValueError(f"No {OPTIMIZER_JSON} / {OPTIMIZER_TENSORS} in {checkpoint!r}; pass a checkpoint folder.")
     tensors = load_file(os.path.join(checkpoint, OPTIMIZER_TENSORS))
     with open(os.path.join(checkpoint, OPTIMIZER_JSON)) as fh:
@@ -121,7 +155,9 @@ class SafetensorsOptimizerStateMixin:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        if checkpoint is not None and has_optimizer_state(checkpoint):
+        # a checkpoint with hf_ext's files, complete or not (an interrupted save is refused, not resumed with a fresh
+        # optimizer as transformers would without its own files)
+        if checkpoint is not None and _any_optimizer_file(checkpoint):
             load_optimizer_state(self.optimizer, checkpoint, self.lr_scheduler)
             return
         super()._load_optimizer_and_scheduler(checkpoint)
