@@ -421,6 +421,14 @@ class _OuterStepCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # after a resume has loaded the checkpoint, before the first step
         self.trainer._broadcast_amplifier()
+        every = self.trainer.args.outer_every
+        if state.max_steps and state.global_step // every == state.max_steps // every:
+            logger.warning(
+                "outer_every=%d: no amplifier (outer) update falls in steps %d..%d of this run, so the amplifier "
+                "stays as it is and the run is a fixed gradient transform; lower outer_every "
+                "or train for more steps.",
+                every, state.global_step + 1, state.max_steps,
+            )  # fmt: skip
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._after_optimizer_step(state.global_step)
