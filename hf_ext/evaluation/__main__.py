@@ -5,6 +5,7 @@ the user's, on the command line or in a `--config` YAML, is used as given."""
 
 from __future__ import annotations
 
+import math
 import sys
 
 
@@ -27,12 +28,65 @@ def main(argv: list[str] | None = None) -> None:
         and not _config_sets_include_path(argv)
     ):
         argv += ["--include_path", task_dir()]
+    if argv and argv[0] not in ("ls", "validate", "-h", "--help"):
+        problem = _run_flag_problem(argv)
+        if problem is not None:  # lm-eval ran --num_fewshot -1 (as n-shot -1), failed on 40 after the model load
+            print(f"python -m hf_ext.evaluation: error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
     try:
         from lm_eval.__main__ import cli_evaluate
     except ImportError as err:  # pragma: no cover
         raise SystemExit("lm-eval is not installed: `pip install 'hf_ext[eval]'`.") from err
     sys.argv = ["lm-eval", *argv]
     cli_evaluate()
+
+
+def _run_flag_problem(argv: list[str]) -> str | None:
+    """What is wrong with a run's `--limit` (`-L`: zero, negative or NaN failed in lm-eval with messages that did not
+    name it) or `--num_fewshot` (`-f`), before lm-eval loads the model: a negative count (lm-eval's
+    CLI ran it and reported "n-shot -1") or, for the packaged tasks named in `--tasks` (`-t`), more shots than their
+    few-shot pool (lm-eval failed with a bare "Sample larger than population" once the model was loaded). `None`
+    when nothing is wrong or the flag is absent; a value that is not an int is left to lm-eval's own parser."""
+    from .harness import check_fewshot_pool
+
+    shots, tasks, limit, i = None, [], None, 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        if name in ("--limit", "-L"):
+            if eq:
+                limit = value
+            elif i + 1 < len(argv):
+                limit, i = argv[i + 1], i + 1
+        elif name in ("--num_fewshot", "-f"):
+            if eq:
+                shots = value
+            elif i + 1 < len(argv):
+                shots, i = argv[i + 1], i + 1
+        elif name in ("--tasks", "-t"):
+            values = [value] if eq else []
+            while not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                values, i = [*values, argv[i + 1]], i + 1
+            tasks = [t for v in values for t in v.replace(",", " ").split()]
+        i += 1
+    try:
+        share = float(limit) if limit is not None else None
+    except ValueError:
+        share = None
+    if share is not None and not 0 < share < math.inf:  # lm-eval failed in islice / "did not find any docs"
+        return f"--limit must be a positive number of items (or a share below 1), got {limit}."
+    try:
+        k = int(shots) if shots is not None else None
+    except ValueError:
+        return None
+    if k is None:
+        return None
+    if k < 0:
+        return f"--num_fewshot must be a non-negative number of few-shot examples, got {k}; pass 0 or more."
+    try:
+        check_fewshot_pool(tasks, [k], "--num_fewshot")
+    except ValueError as err:
+        return f"{err} Pass a smaller --num_fewshot."
+    return None
 
 
 def _config_sets_include_path(argv: list[str]) -> bool:
