@@ -48,6 +48,8 @@ def layer_pairing_task_sweep(
     Raises:
         `TypeError`: for a range that is not two integers (`(0.5, 2.5)`, `"02"`, `(True, 3)`).
         `ValueError`: for an invalid range or argument, before the first evaluation.
+        `TypeError` / `ValueError`: for a `model` that `convert_to_layer_parallel` cannot pair (another model type, no
+            LM head, already converted), before the first evaluation.
     """
     from ..models.layer_parallel import convert_to_layer_parallel
     from ..models.layer_parallel.configuration_layer_parallel import (
@@ -56,8 +58,10 @@ def layer_pairing_task_sweep(
         layer_attention_types,
         resolve_pairs,
     )
+    from ..models.layer_parallel.modeling_layer_parallel import check_source_model
     from ..models.layer_parallel.sweep import check_eval_dataset, evaluate_causal_lm, pairing_ranges
 
+    check_source_model(model)  # what convert_to_layer_parallel refuses, named as `model`, before the source's run
     if eval_dataset is not None:  # columns, emptiness, a token to predict: before the source's lm-eval run
         check_eval_dataset(eval_dataset)
     ranges = [_integer_range(r) for r in ranges]

@@ -1271,6 +1271,47 @@ def _match_rotary_buffer_dtypes(target: nn.Module, source: nn.Module | None) -> 
             setattr(target, name, buffer.to(held.dtype))
 
 
+def check_source_model(model) -> None:
+    """Refuse a `model` that [`convert_to_layer_parallel`] cannot pair (also checked by `perplexity_sweep` before it
+    evaluates anything): not a transformers model, an already converted or peft-wrapped model, a model type other
+    than `llama` / `mistral` / `qwen2`, a model without `.model.layers` and `.lm_head`, or one whose linears were
+    replaced (FP8, quantized)."""
+    if isinstance(model, LayerParallelForCausalLM):
+        raise TypeError("`model` is already a LayerParallelForCausalLM; convert the original source model instead.")
+    if isinstance(model, nn.Module) and _peft_layer_names(model):
+        raise TypeError(
+            f"`model` carries peft adapters ({type(model).__name__} with adapter layers), which cannot be paired "
+            "as they are. Merge them first: `convert_to_layer_parallel(model.merge_and_unload(), ...)`; or convert "
+            "the base model and attach new adapters to the converted model."
+        )
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"`model` must be a transformers PreTrainedModel, got {type(model).__name__}.")
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_SOURCE_MODEL_TYPES:
+        raise ValueError(
+            f"`model` has model_type {model_type!r}; convert_to_layer_parallel supports "
+            f"{list(SUPPORTED_SOURCE_MODEL_TYPES)} causal LMs."
+        )
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
+        raise TypeError(
+            f"`model` must be a causal LM with `.model.layers` and `.lm_head` (e.g. LlamaForCausalLM), got "
+            f"{type(model).__name__}."
+        )
+    replaced = _replaced_linear_names(model)
+    if replaced:
+        # copied into the plain nn.Linear layers of the new model, an FP8 linear's weight would silently compute in
+        # high precision (torchao's Float8Linear) or leave its scaling buffers over (hf_ext's emulated Fp8Linear)
+        name, kind = replaced[0]
+        raise TypeError(
+            f"`model` holds linear layers that are not plain nn.Linear ({name} is {kind}"
+            f"{f', and {len(replaced) - 1} more' if len(replaced) > 1 else ''}): FP8 or quantized linears cannot be "
+            "paired, their FP8 execution or quantization would be lost. Pair first, then apply FP8 to the converted "
+            "model: `hf_ext.fp8.convert(convert_to_layer_parallel(model, ...))` with `model` in high precision "
+            "(e.g. reloaded with `from_pretrained`, which gives plain nn.Linear layers)."
+        )
+
+
 def convert_to_layer_parallel(
     model: PreTrainedModel,
     start: int | None = None,
@@ -1317,40 +1358,7 @@ def convert_to_layer_parallel(
     >>> lp.save_pretrained("llama-lp")                              # reload with AutoModelForCausalLM
     ```
     """
-    if isinstance(model, LayerParallelForCausalLM):
-        raise TypeError("`model` is already a LayerParallelForCausalLM; convert the original source model instead.")
-    if isinstance(model, nn.Module) and _peft_layer_names(model):
-        raise TypeError(
-            f"`model` carries peft adapters ({type(model).__name__} with adapter layers), which cannot be paired "
-            "as they are. Merge them first: `convert_to_layer_parallel(model.merge_and_unload(), ...)`; or convert "
-            "the base model and attach new adapters to the converted model."
-        )
-    if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"`model` must be a transformers PreTrainedModel, got {type(model).__name__}.")
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in SUPPORTED_SOURCE_MODEL_TYPES:
-        raise ValueError(
-            f"`model` has model_type {model_type!r}; convert_to_layer_parallel supports "
-            f"{list(SUPPORTED_SOURCE_MODEL_TYPES)} causal LMs."
-        )
-    inner = getattr(model, "model", None)
-    if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
-        raise TypeError(
-            f"`model` must be a causal LM with `.model.layers` and `.lm_head` (e.g. LlamaForCausalLM), got "
-            f"{type(model).__name__}."
-        )
-    replaced = _replaced_linear_names(model)
-    if replaced:
-        # copied into the plain nn.Linear layers of the new model, an FP8 linear's weight would silently compute in
-        # high precision (torchao's Float8Linear) or leave its scaling buffers over (hf_ext's emulated Fp8Linear)
-        name, kind = replaced[0]
-        raise TypeError(
-            f"`model` holds linear layers that are not plain nn.Linear ({name} is {kind}"
-            f"{f', and {len(replaced) - 1} more' if len(replaced) > 1 else ''}): FP8 or quantized linears cannot be "
-            "paired, their FP8 execution or quantization would be lost. Pair first, then apply FP8 to the converted "
-            "model: `hf_ext.fp8.convert(convert_to_layer_parallel(model, ...))` with `model` in high precision "
-            "(e.g. reloaded with `from_pretrained`, which gives plain nn.Linear layers)."
-        )
+    check_source_model(model)
     if not _is_bool(merge):
         raise TypeError(f"`merge` must be True or False, got {merge!r}.")
     merge = bool(merge)
@@ -1433,7 +1441,7 @@ def convert_to_layer_parallel(
 
     with no_init_weights(), torch.device(device), _default_dtype(param.dtype):
         lp_model = LayerParallelForCausalLM(config)
-    _match_rotary_buffer_dtypes(lp_model.model.rotary_emb, getattr(inner, "rotary_emb", None))
+    _match_rotary_buffer_dtypes(lp_model.model.rotary_emb, getattr(model.model, "rotary_emb", None))
     if config.tie_word_embeddings:
         # `no_init_weights` skips the tying a fresh model gets: without it lm_head stayed a separate Parameter, so
         # fine-tuning the converted model trained two matrices where the source and a fresh model train one
@@ -1452,6 +1460,7 @@ __all__ = [
     "LayerParallelForCausalLM",
     "LayerParallelModel",
     "LayerParallelPreTrainedModel",
+    "check_source_model",
     "convert_to_layer_parallel",
     "merge_pair_state",
     "merge_peft_adapters",

@@ -215,15 +215,18 @@ def perplexity_sweep(
         `ppl_ratio` (perplexity / source perplexity), plus what `extra_eval` returned.
 
     Raises:
-        `ValueError` / `TypeError`: before anything is evaluated, for an unknown `mode` / `mlp_norm`, a combination
+        `ValueError` / `TypeError`: before anything is evaluated, for a `model` that `convert_to_layer_parallel`
+            cannot pair (another model type, no LM head, already converted; see `check_source_model`), an unknown
+            `mode` / `mlp_norm`, a combination
             the source cannot be converted with (`mlp_norm="official_tp_split"` with `mode="block"` or with an odd
             `intermediate_size`), an invalid range, a `batch_size` that is not a positive integer and an
             `eval_dataset` that cannot be measured (see [`check_eval_dataset`]).
     """
     from tqdm.auto import tqdm
 
-    from .modeling_layer_parallel import convert_to_layer_parallel
+    from .modeling_layer_parallel import check_source_model, convert_to_layer_parallel
 
+    check_source_model(model)  # what convert_to_layer_parallel refuses, named as `model`, before the first evaluation
     if mode not in LP_MODES:
         raise ValueError(f"mode must be one of {list(LP_MODES)}, got {mode!r}.")
     if mlp_norm not in LP_MLP_NORMS:
