@@ -758,6 +758,12 @@ class RobotsTxtStore(Mapping):
             for stale in path.glob(f".*.txt{_STAGED_SUFFIX}"):  # one killed before it: its staged files are void
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(stale)
+            # and the temporary files of a write it was killed in (`atomic_open`'s `.<name>.<8 characters>.tmp` for a
+            # staged host file or the staged manifest): written under this lock, so no running save owns one
+            for pattern in (f"..*.txt{_STAGED_SUFFIX}.{'?' * 8}.tmp", f".{_STAGED_META_FILE}.{'?' * 8}.tmp"):
+                for stale in path.glob(pattern):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(stale)
             for name, data in payload.items():
                 with atomic_open(str(_staged(path, name)), "wb") as fh:
                     fh.write(data)

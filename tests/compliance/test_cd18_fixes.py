@@ -629,3 +629,28 @@ def test_timeout_s_bounds_the_whole_fetch_over_tls(tmp_path, monkeypatch):
         server.server_close()
     assert took < 1.5, took  # the whole answer takes ~3 s
     assert record.status_class == "unreachable" and record.error.startswith("TimeoutError"), record
+
+
+def test_a_save_removes_the_temporary_files_of_a_killed_save_and_keeps_the_users(tmp_path):
+    """A save killed inside `atomic_open` (a staged host file or the staged manifest half-written) leaves its hidden
+    `.<name>.<8 characters>.tmp`; later saves removed the staged files but never these, so they piled up."""
+    import os
+    import tempfile
+
+    from hf_ext.compliance import RobotsTxtStore
+
+    path = tmp_path / "snap"
+    _tagged_store("A").save(path)
+    left = []
+    for name in (".h1.com.txt.staged", "_snapshot.json.staged"):  # what atomic_open names its temporary files
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+        left.append(os.path.basename(tmp))
+    users = [".mine.tmp", "notes.txt.staged.12345678.tmp", ".h1.com.txt.tmp", "._snapshot.json.tmp"]
+    for name in users:
+        (path / name).write_text("user data")
+    _tagged_store("B", extra=True).save(path)
+    names = {f.name for f in path.iterdir()}
+    assert not names & set(left), sorted(names & set(left))
+    assert set(users) <= names
+    assert _tags(RobotsTxtStore.load(path)) == {"B"}
