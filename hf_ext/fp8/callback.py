@@ -298,6 +298,10 @@ class Fp8HealthCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._call_start = None
+        if self.monitor is not None:
+            # the trained model is the user's again: no hook of ours stays on it (they hold closures that pickling,
+            # e.g. `torch.save(model)`, cannot serialise); a next train() reinstalls them when monitoring starts
+            self.monitor.remove()
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.monitor is not None and (state.global_step + 1) % self.every_n_steps == 0:
