@@ -475,16 +475,29 @@ def fp8_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention with emulated FP8 BMMs (QK^T and PV, current per-tensor scaling, HYBRID format); softmax in
     FP32. An approximation of cuDNN FP8 attention, whose internal scaling of P is not public. Registered with
-    transformers' attention interface as "fp8_emulated"."""
+    transformers' attention interface as "fp8_emulated". The logit modifiers of transformers' eager attention are
+    applied as there: `softcap` (Gemma 2's `attn_logit_softcapping`, `softcap * tanh(scores / softcap)` before the
+    mask) and attention sinks (`s_aux`, else `module.sinks`: one logit per head joining the softmax, then dropped)."""
     n_rep = getattr(module, "num_key_value_groups", 1)
     if n_rep > 1:
         b, h, t, d = key.shape
         key = key[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
         value = value[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
     scores = fp8_bmm(query, key.transpose(2, 3)) * scaling
+    softcap = kwargs.get("softcap")
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         scores = scores + attention_mask
-    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    sinks = kwargs.get("s_aux")
+    sinks = sinks if sinks is not None else getattr(module, "sinks", None)
+    if isinstance(sinks, torch.Tensor):
+        b, h, t, _ = scores.shape
+        logits = torch.cat([scores, sinks.reshape(1, h, 1, 1).expand(b, h, t, 1).to(scores.dtype)], dim=-1)
+        logits = logits - logits.amax(dim=-1, keepdim=True).detach()
+        probs = nn.functional.softmax(logits, dim=-1, dtype=torch.float32)[..., :-1].to(query.dtype)
+    else:
+        probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     out = fp8_bmm(probs, value)
     return out.transpose(1, 2).contiguous(), probs

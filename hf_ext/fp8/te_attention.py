@@ -133,6 +133,13 @@ def build_te_attention_forward(
         dropout: float = 0.0,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
+        modifiers = [name for name in ("softcap", "s_aux") if kwargs.get(name) is not None]
+        if modifiers:  # neither TE's fused attention nor the SDPA fallback applies them: the result would be wrong
+            raise ValueError(
+                f"Transformer Engine FP8 attention ({TE_ATTENTION_NAME!r}) cannot run this model's attention, which "
+                f"uses {' and '.join(modifiers)} (Gemma 2's logit softcapping, attention sinks): convert it without "
+                "fp8_attention, or with backend='emulated', fp8_attention=True (which applies them)."
+            )
         plan = None if kwargs.get("output_attentions") else te_attention_plan(query, key, attention_mask)
         if plan is None:
             from transformers.integrations.sdpa_attention import sdpa_attention_forward

@@ -45,3 +45,58 @@ def test_health_callback_removes_its_hooks_when_training_ends(tmp_path):
     trainer.train()
     assert [r["step"] for r in cb.history][-1] == 3 and _hooks(model) == before
 
+
+def _attention_inputs():
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 8, 16) * 3 for _ in range(3))
+    mask = torch.triu(torch.full((8, 8), float("-inf")), 1)[None, None]
+    return SimpleNamespace, q, k, v, mask
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_fp8_attention_applies_gemma2_softcap():
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    from hf_ext.fp8 import fp8_attention_forward
+
+    ns, q, k, v, mask = _attention_inputs()
+    module = ns(num_key_value_groups=1, training=False)
+    ref, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.25, softcap=1.0)
+    got, _ = fp8_attention_forward(module, q, k, v, mask, scaling=0.25, softcap=1.0)
+    assert _rel(got, ref) < 0.1  # FP8 noise (~4%); the softcap was ignored: 1.11
+
+
+def test_fp8_attention_applies_attention_sinks():
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+
+    from hf_ext.fp8 import fp8_attention_forward
+
+    ns, q, k, v, mask = _attention_inputs()
+    module = ns(num_key_value_groups=1, training=False, sinks=torch.tensor([2.0, -1.0]))
+    ref, ref_probs = eager_attention_forward(module, q, k, v, mask, scaling=0.25)
+    got, probs = fp8_attention_forward(module, q, k, v, mask, scaling=0.25)
+    assert probs.shape == ref_probs.shape
+    assert _rel(got, ref) < 0.1  # FP8 noise (~5%); the sinks were ignored: 0.54
+
+
+def test_te_attention_refuses_softcap_and_sinks_instead_of_dropping_them():
+    import pytest
+
+    from hf_ext.fp8 import build_te_attention_forward
+
+    def kernel(*args):  # never reached: the refusal comes first
+        raise AssertionError("the TE kernel ran without the model's softcap / sinks")
+
+    forward = build_te_attention_forward(kernel)
+    ns, q, k, v, _ = _attention_inputs()
+    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+    module = ns(num_key_value_groups=1, training=False)
+    with pytest.raises(ValueError, match="softcap.*backend='emulated'"):
+        forward(module, q, k, v, None, scaling=0.25, softcap=50.0)
+    with pytest.raises(ValueError, match="s_aux"):
+        forward(module, q, k, v, None, scaling=0.25, s_aux=torch.zeros(2))
