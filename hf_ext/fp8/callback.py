@@ -112,6 +112,9 @@ class Fp8HealthCallback(TrainerCallback):
             raise ValueError(f"Fp8HealthCallback: rollback_lr_factor must be in (0, 1), got {rollback_lr_factor}.")
         from .monitor import SITES, STATS
 
+        for name, value in (("log_stats", log_stats), ("absolute_exempt_sites", absolute_exempt_sites)):
+            if isinstance(value, str):  # would be read one character per entry
+                raise ValueError(f"Fp8HealthCallback: {name} must be a tuple of names, e.g. {name}=({value!r},).")
         if set(log_stats) - set(STATS):
             raise ValueError(f"Fp8HealthCallback: log_stats must be among {STATS}, got {log_stats}.")
         for name, value in (("sites", sites), ("alert_sites", alert_sites)):
@@ -119,6 +122,8 @@ class Fp8HealthCallback(TrainerCallback):
                 continue
             if isinstance(value, str):
                 raise ValueError(f"Fp8HealthCallback: {name} must be a list of site names, e.g. {name}=[{value!r}].")
+            if name == "sites" and not value:  # (an empty alert_sites monitors without alerting)
+                raise ValueError(f"Fp8HealthCallback: {name} is empty; leave it unset for every site the model has.")
             unknown = sorted(set(value) - set(SITES))
             if unknown:
                 raise ValueError(f"Fp8HealthCallback: unknown {name} {unknown}; choose from {sorted(SITES)}.")

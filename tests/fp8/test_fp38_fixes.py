@@ -100,3 +100,14 @@ def test_te_attention_refuses_softcap_and_sinks_instead_of_dropping_them():
         forward(module, q, k, v, None, scaling=0.25, softcap=50.0)
     with pytest.raises(ValueError, match="s_aux"):
         forward(module, q, k, v, None, scaling=0.25, s_aux=torch.zeros(2))
+
+
+def test_health_callback_refuses_a_string_or_empty_list_with_the_argument_named():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"log_stats must be a tuple of names, e.g. log_stats=\('rms',\)"):
+        Fp8HealthCallback(log_stats="rms")  # read as the characters r, m, s: "got rms" before
+    with pytest.raises(ValueError, match=r"absolute_exempt_sites must be a tuple"):
+        Fp8HealthCallback(absolute_exempt_sites="mlp_post_act")  # listed its characters as unknown sites before
+    with pytest.raises(ValueError, match="sites is empty"):
+        Fp8HealthCallback(sites=[])  # accepted, then "none of the requested sites exist" at train()
