@@ -421,8 +421,14 @@ class _OuterStepCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # after a resume has loaded the checkpoint, before the first step
         self.trainer._broadcast_amplifier()
-        every = self.trainer.args.outer_every
-        if state.max_steps and state.global_step // every == state.max_steps // every:
+        every, first, last = self.trainer.args.outer_every, state.global_step, state.max_steps
+        if self.trainer.args.outer_gradient == "next_step":
+            # an outer step runs at the step after a multiple of outer_every (one at `last` waits for a step this run
+            # does not take), and at the first step when the resumed checkpoint left one pending
+            falls = self.trainer._outer_due or first // every < (last - 1) // every
+        else:
+            falls = first // every < last // every
+        if first < last and not falls:
             logger.warning(
                 "outer_every=%d: no amplifier (outer) update falls in steps %d..%d of this run, so the amplifier "
                 "stays as it is and the run is a fixed gradient transform; lower outer_every "
