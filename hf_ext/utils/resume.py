@@ -965,7 +965,15 @@ class LossWindowResumeMixin:
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.args.should_save:  # the flags the LR schedule was built from, compared on a resume
+        if self.args.should_save:
+            # A save into a complete checkpoint of the same step (a run redoing its last steps from an earlier
+            # checkpoint) overwrites its files in place: its old trainer_state.json would mark the folder complete
+            # while they are half-written, so a kill then left a folder the next resume picked. Incomplete until the
+            # new trainer_state.json is written, as a first save is.
+            stale = os.path.join(folder, TRAINER_STATE_NAME)
+            if os.path.isfile(stale):
+                os.remove(stale)
+            # the flags the LR schedule was built from, compared on a resume
             os.makedirs(folder, exist_ok=True)
             write_schedule_record(folder, self.args, self.state.max_steps)  # before trainer_state.json
         tr_loss = getattr(self, "_tr_loss", None)
