@@ -246,6 +246,10 @@ def task_from_run_config(run_config: Mapping[str, Any]) -> FlowerTask:
 
     cfg = parse_run_config(run_config)
     check_run_config(cfg)
+    # a leading `~` is the home folder of the machine that builds the task (ServerApp: output-path; each node:
+    # work-dir); taken literally it created a folder named `~` in the SuperLink's or SuperNode's working folder
+    for key in ("output-path", "work-dir"):
+        cfg[key] = os.path.expanduser(cfg[key])
     dp = cfg["dp-clip-norm"] > 0
     if cfg["dp-noise-multiplier"] > 0 and not dp:
         raise ValueError("run-config `dp-noise-multiplier` > 0 needs `dp-clip-norm` > 0 (else DP would be off).")
