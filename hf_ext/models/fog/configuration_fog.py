@@ -100,13 +100,24 @@ class FogConfig(PreTrainedConfig):
     xielu_eps: float = -1e-6
 
     def __post_init__(self, **kwargs):
+        self._resolve_and_validate_fields()
+        super().__post_init__(**kwargs)
+        self._validate_positions()
+
+    def _resolve_and_validate_fields(self) -> None:
         self._store_python_scalars()
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         self._validate_fog_fields()
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
-        super().__post_init__(**kwargs)
+
+    def check_fields(self) -> None:
+        """Check every field again, with the errors of construction. FogConfig is not a `@strict` dataclass, so a
+        field assigned after construction (`config.hidden_act = "silu"`) is not checked by the assignment; the FOG
+        model classes call this before building (a bad value would otherwise build a model that fails late with an
+        unrelated error, or silently runs another architecture, e.g. GELU for an unknown `hidden_act`)."""
+        self._resolve_and_validate_fields()
         self._validate_positions()
 
     def _store_python_scalars(self) -> None:

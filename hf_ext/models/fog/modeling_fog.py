@@ -504,6 +504,11 @@ class FogPreTrainedModel(PreTrainedModel):
     # `output_hidden_states` / `output_attentions` are recorded by transformers' output-capturing hooks.
     _can_record_outputs = {"hidden_states": FogDecoderLayer, "attentions": FogAttention}
 
+    def __init__(self, config: FogConfig, *inputs, **kwargs):
+        # a field assigned after the config was built (`config.x = ...; from_config(config)`) is checked here
+        config.check_fields()
+        super().__init__(config, *inputs, **kwargs)
+
     @classmethod
     def maybe_distribute_model(cls, model, distributed_config, mesh_manager):
         """transformers' tensor parallelism, after checking that the attention heads split evenly over the ranks."""
