@@ -7,19 +7,25 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    ("global_step", "max_steps", "every", "warned"),
+    ("mode", "global_step", "max_steps", "every", "due", "warned"),
     [
-        (3, 4, 4, False),  # resumed at 3: the outer step of step 4 still falls
-        (4, 7, 4, True),  # resumed at 4: the next one would be step 8
-        (0, 4, 4, False),
-        (0, 3, 4, True),
-        (5, 8, 4, False),
+        ("recompute", 3, 4, 4, False, False),  # resumed at 3: the outer step of step 4 still falls
+        ("recompute", 4, 7, 4, False, True),  # resumed at 4: the next one would be step 8
+        ("recompute", 0, 4, 4, False, False),
+        ("recompute", 0, 3, 4, False, True),
+        ("recompute", 5, 8, 4, False, False),
+        ("next_step", 0, 4, 4, False, True),  # step 4's outer step would run at step 5
+        ("next_step", 0, 5, 4, False, False),
+        ("next_step", 4, 7, 4, True, False),  # the checkpoint left one pending: it runs at step 5
+        ("next_step", 4, 7, 4, False, True),
     ],
 )
-def test_the_no_outer_step_warning_counts_the_steps_left(global_step, max_steps, every, warned, caplog):
+def test_the_no_outer_step_warning_counts_the_steps_left(mode, global_step, max_steps, every, due, warned, caplog):
     from hf_ext.neuralgrok.trainer import _OuterStepCallback
 
-    trainer = SimpleNamespace(args=SimpleNamespace(outer_every=every), _broadcast_amplifier=lambda: None)
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(outer_every=every, outer_gradient=mode), _outer_due=due, _broadcast_amplifier=lambda: None
+    )
     state = SimpleNamespace(global_step=global_step, max_steps=max_steps)
     with caplog.at_level(logging.WARNING, logger="hf_ext.neuralgrok.trainer"):
         _OuterStepCallback(trainer).on_train_begin(None, state, None)
