@@ -771,6 +771,8 @@ def _restore_loss_window_callback(trainer, window: dict):
             carried = window["tr_loss_mean"]
             trainer._total_loss_scalar = -carried if math.isfinite(carried) else 0.0
             trainer._hf_ext_restored_loss_window = (window["last_logged_step"], carried)
+            # what this process restored, for a train() that ends before any log drains it (`_finalize_training`)
+            trainer._hf_ext_restored_own_loss = window["tr_loss"]
 
     return _RestoreLossWindow()
 
@@ -938,8 +940,22 @@ class LossWindowResumeMixin:
             )
         return out
 
+    def _finalize_training(self, *args, **kwargs):
+        # The restore took the carried window's mean over the processes out of `_total_loss_scalar`, which cancels
+        # when a log drains `_tr_loss` (transformers adds the mean over the processes there). A train() that ends
+        # before any log since the restore has transformers add this process's own leftover instead: take out its own
+        # carried sum, so `training_loss` stays the mean over the call's steps on every process (it was off by
+        # (own - mean) / steps on a process whose window differed from the mean).
+        restored = getattr(self, "_hf_ext_restored_loss_window", None)
+        own = getattr(self, "_hf_ext_restored_own_loss", None)
+        if restored is not None and own is not None and self._globalstep_last_logged == restored[0]:
+            carried = restored[1]
+            self._total_loss_scalar += (carried if math.isfinite(carried) else 0.0) - own
+        return super()._finalize_training(*args, **kwargs)
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._hf_ext_restored_loss_window = None
+        self._hf_ext_restored_own_loss = None
         checkpoint = resume_from_checkpoint
         if checkpoint is True:
             from transformers.trainer_utils import get_last_checkpoint
