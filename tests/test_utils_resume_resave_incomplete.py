@@ -9,39 +9,19 @@ it and failed in torch's loader ("PytorchStreamReader failed reading zip archive
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
-from torch import nn
 
-from hf_ext.utils.resume import last_complete_checkpoint, with_loss_window
+from hf_ext.utils.resume import last_complete_checkpoint
 
-
-class _TinyLM(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(16, 6)
-        self.head = nn.Linear(6, 16)
-
-    def forward(self, input_ids, labels=None):
-        logits = self.head(torch.tanh(self.emb(input_ids)))
-        return {"loss": nn.functional.cross_entropy(logits.reshape(-1, 16), labels.reshape(-1)), "logits": logits}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
+from loss_window_unlogged_end import _trainer as _builder  # noqa: E402
 
 
 def _trainer(out):
-    from transformers import Trainer, TrainingArguments
-
-    g = torch.Generator().manual_seed(0)
-    data = []
-    for _ in range(16):
-        ids = torch.randint(0, 16, (8,), generator=g)
-        data.append({"input_ids": ids, "labels": (ids * 3 + 1) % 16})
-    torch.manual_seed(0)
-    args = TrainingArguments(
-        output_dir=str(out), use_cpu=True, report_to="none", disable_tqdm=True, seed=0, per_device_train_batch_size=4,
-        max_steps=4, save_strategy="steps", save_steps=2, learning_rate=0.05,
-    )  # fmt: skip
-    return with_loss_window(Trainer)(model=_TinyLM(), args=args, train_dataset=data)
+    return _builder(str(out), logging_steps=500)[0]
 
 
 def test_a_save_interrupted_over_a_complete_checkpoint_leaves_it_incomplete(tmp_path, monkeypatch):

@@ -9,59 +9,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 
 import pytest
-import torch
-from torch import nn
 
-from hf_ext.utils.resume import LOSS_WINDOW_NAME, with_loss_window
+from hf_ext.utils.resume import LOSS_WINDOW_NAME
 
-
-class _TinyLM(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(16, 6)
-        self.head = nn.Linear(6, 16)
-
-    def forward(self, input_ids, labels=None):
-        logits = self.head(torch.tanh(self.emb(input_ids)))
-        return {"loss": nn.functional.cross_entropy(logits.reshape(-1, 16), labels.reshape(-1)), "logits": logits}
-
-
-def _trainer(out):
-    from transformers import Trainer, TrainingArguments
-
-    g = torch.Generator().manual_seed(0)
-    data = []
-    for _ in range(24):
-        ids = torch.randint(0, 16, (8,), generator=g)
-        data.append({"input_ids": ids, "labels": (ids * 3 + 1) % 16})
-    torch.manual_seed(0)
-    args = TrainingArguments(
-        output_dir=str(out), use_cpu=True, report_to="none", disable_tqdm=True, seed=0, per_device_train_batch_size=4,
-        max_steps=4, save_strategy="steps", save_steps=2, logging_steps=100, learning_rate=0.05,
-    )  # fmt: skip
-    trainer = with_loss_window(Trainer)(model=_TinyLM(), args=args, train_dataset=data)
-    losses, compute = [], trainer.compute_loss
-
-    def record(*a, **k):
-        loss = compute(*a, **k)
-        losses.append(float(loss.detach()))
-        return loss
-
-    trainer.compute_loss = record
-    return trainer, losses
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
+from loss_window_unlogged_end import _trainer  # noqa: E402  (the 2-rank check's builder, one process here)
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.5])
 def test_a_resume_ending_before_any_log_reports_the_mean_of_its_own_steps(tmp_path, shift):
-    _trainer(tmp_path)[0].train()  # no log in the run: checkpoint-2's window holds steps 1-2
+    _trainer(str(tmp_path), logging_steps=100)[0].train()  # no log in the run: checkpoint-2's window holds steps 1-2
     # one process stands for a rank whose window differs from the mean over the ranks (as a second rank makes it)
     path = tmp_path / "checkpoint-2" / LOSS_WINDOW_NAME.format(0)
     record = json.loads(path.read_text())
     record["tr_loss_mean"] = record["tr_loss"] + shift
     path.write_text(json.dumps(record))
-    resumed, losses = _trainer(tmp_path)
+    resumed, losses = _trainer(str(tmp_path), logging_steps=100)
     out = resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert len(losses) == 2
     assert math.isclose(out.training_loss, sum(losses) / 2, rel_tol=1e-6), (out.training_loss, losses)  # -0.25 off
