@@ -276,9 +276,24 @@ class InfluenceEngine:
         device: torch.device | None = None,
         process_group=None,
     ):
+        if not isinstance(config, InfluenceConfig):
+            raise TypeError(f"`config` must be an InfluenceConfig, got {type(config).__name__}.")
         config.validate()
+        if not isinstance(shapes, Mapping):
+            raise TypeError(f"`shapes` must be a mapping {{name: (r, d)}}, got {type(shapes).__name__}.")
         if not shapes:
             raise ValueError("`shapes` is empty: there is no tracked matrix to compute influence over.")
+        for name, shape in shapes.items():
+            # a 1-D shape failed with an IndexError, a zero or negative size was accepted until the first batch
+            if not (
+                isinstance(shape, (tuple, list, torch.Size))
+                and len(shape) == 2
+                and all(_is_int(size) and size > 0 for size in shape)
+            ):
+                raise ValueError(
+                    f"`shapes[{name!r}]` must be the rank-first `(r, d)` shape of one example's gradient, two positive "
+                    f"ints, got {shape!r}."
+                )
         if process_group is not None and not (dist.is_available() and dist.is_initialized()):
             raise ValueError(
                 "`process_group` was given but torch.distributed is not initialized in this process: call "
@@ -288,7 +303,7 @@ class InfluenceEngine:
         self.process_group = process_group
         self.config = config
         self.device = torch.device("cpu") if device is None else torch.device(device)
-        self.shapes = dict(shapes)
+        self.shapes = {name: (int(shape[0]), int(shape[1])) for name, shape in shapes.items()}
         biggest = max(config.curvature_dim(s) for s in self.shapes.values())
         if config.method == "exact" and biggest > config.max_exact_dim:
             raise ValueError(
@@ -783,6 +798,12 @@ def influence_from_gradients(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    for argument, grads in (("train_grads", train_grads), ("eval_grads", eval_grads)):
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"`{argument}` must be a mapping {{name: (n, r, d) tensor}}, got {type(grads).__name__}.")
+        for name, t in grads.items():
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"`{argument}[{name!r}]` must be a torch.Tensor, got {type(t).__name__}.")
     if not train_grads:
         raise ValueError("`train_grads` is empty: pass {name: (n, r, d) tensor} for at least one tracked matrix.")
     if set(train_grads) != set(eval_grads):

@@ -256,6 +256,7 @@ def damping_from_gradients(mean_sq: torch.Tensor | float, scale: float = 0.1) ->
 
 def gfim(grads: torch.Tensor) -> torch.Tensor:
     """Generalized Fisher matrix `(1/n) sum_i g_i^T g_i` of rank-first gradients `grads` of shape `(n, r, d)`."""
+    _check_vector(grads, "grads")
     if grads.ndim != 3 or grads.shape[0] == 0:
         raise ValueError(f"`grads` must have shape (n, r, d) with n > 0, got {tuple(grads.shape)}.")
     return torch.einsum("nri,nrj->ij", grads, grads) / grads.shape[0]
@@ -263,6 +264,7 @@ def gfim(grads: torch.Tensor) -> torch.Tensor:
 
 def fim(grads: torch.Tensor) -> torch.Tensor:
     """Empirical Fisher `(1/n) sum_i vec(g_i) vec(g_i)^T` (`(r d, r d)`) of gradients `grads` of shape `(n, ...)`."""
+    _check_vector(grads, "grads")
     if grads.ndim < 2 or grads.shape[0] == 0:
         raise ValueError(f"`grads` must have shape (n, ...) with n > 0, got {tuple(grads.shape)}.")
     flat = grads.reshape(grads.shape[0], -1)
@@ -415,6 +417,8 @@ def lissa_hvp(
             grows, also while the sum is still finite), which `InfluenceEngine` detects in the same way.
     """
     _check_vector(v)
+    if not callable(matvec):
+        raise TypeError(f"`matvec` must be a callable `x -> A x` (shape-preserving), got {type(matvec).__name__}.")
     if isinstance(damping, torch.Tensor) and damping.ndim == 0 and damping.dtype != torch.bool:
         damping = damping.item()
     if not _is_real(damping):
@@ -475,7 +479,21 @@ def lissa_hvp_reference(
 
     It iterates `r <- v + r - alpha (F r - lambda r)` with no scaling: the sign of the damping term makes it target
     `(F - lambda I)^-1`, and it diverges as soon as `alpha * mu_max(F) > 2`. Use `lissa_hvp` instead.
+
+    Raises:
+        `ValueError`/`TypeError`: naming the argument, for `v`/`grads` that are not finite floating-point tensors,
+            `grads` not of shape `(n, *v.shape)`, or a `num_iterations` that is not a positive int (a negative one
+            returned `v` itself, a transposed `grads` a recursion on the wrong matrix).
     """
+    _check_vector(v)
+    _check_vector(grads, "grads")
+    if grads.ndim != v.ndim + 1 or tuple(grads.shape[1:]) != tuple(v.shape) or grads.shape[0] == 0:
+        raise ValueError(
+            f"`grads` must have shape (n, *v.shape) with n > 0, got {tuple(grads.shape)} for `v` of shape "
+            f"{tuple(v.shape)}."
+        )
+    if not _is_int(num_iterations) or num_iterations < 1:
+        raise ValueError(f"`num_iterations` must be a positive int (e.g. the default 10), got {num_iterations!r}.")
     n = grads.shape[0]
     flat = grads.reshape(n, -1)
     vf = v.reshape(-1)

@@ -11,8 +11,21 @@ import numpy as np
 from ..utils.checks import is_real, python_scalar
 
 
+def _scores_1d(scores) -> np.ndarray:
+    """`scores` as a flat float64 array, refused (naming it) when it has more than one axis longer than 1: a matrix of
+    scores (one row per evaluation example, or per method) was flattened, so `select_lowest_influence` returned
+    positions in the flattened matrix, beyond the training set, and the metrics mixed the rows."""
+    values = np.asarray(scores, dtype=np.float64)
+    if sum(size != 1 for size in values.shape) > 1:
+        raise ValueError(
+            f"`scores` must hold one score per training example (1-D), got shape {values.shape}; for scores against "
+            "several evaluation sets, rank each row on its own (or their mean, `scores.mean(axis=0)`)."
+        )
+    return values.reshape(-1)
+
+
 def _check_scores_labels(scores, is_noisy) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    scores = _scores_1d(scores)
     is_noisy = _check_is_noisy(is_noisy)
     if scores.shape != is_noisy.shape:
         raise ValueError(f"`scores` ({scores.shape[0]}) and `is_noisy` ({is_noisy.shape[0]}) differ in length.")
@@ -132,7 +145,7 @@ def select_lowest_influence(scores, fraction: float, groups=None) -> np.ndarray:
             mean validation loss otherwise tends to drop the class under-represented in the validation set. A NaN
             id (a missing label) is refused: it equals no id, not even another NaN, so its example could not be kept.
     """
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    scores = _scores_1d(scores)
     fraction = python_scalar(fraction)  # numpy numbers and 0-d tensors too
     if not is_real(fraction) or not 0.0 < fraction <= 1.0:
         raise ValueError(f"`fraction` must be a number in (0, 1], got {fraction!r}.")
@@ -142,7 +155,10 @@ def select_lowest_influence(scores, fraction: float, groups=None) -> np.ndarray:
     if groups is None:
         keep = max(1, int(round(fraction * scores.size)))
         return np.sort(np.argsort(scores, kind="stable")[:keep])
-    groups = np.asarray(groups).reshape(-1)
+    groups = np.asarray(groups)
+    if sum(size != 1 for size in groups.shape) > 1:
+        raise ValueError(f"`groups` must hold one group id per training example (1-D), got shape {groups.shape}.")
+    groups = groups.reshape(-1)
     if groups.shape != scores.shape:
         raise ValueError(f"`groups` ({groups.shape[0]}) and `scores` ({scores.shape[0]}) differ in length.")
     missing = np.flatnonzero(groups != groups)  # NaN ids (float or object arrays)
@@ -186,6 +202,15 @@ class PeakMemory:
     def __init__(self, device=None, interval: float = 0.002):
         import torch
 
+        value = python_scalar(interval)
+        if not is_real(value) or not 0 < value < float("inf"):
+            # 0 made the sampling thread spin; a negative value made `time.sleep` raise in the thread, which died
+            # and left the peak to the samples at entry and exit
+            raise ValueError(
+                f"`interval` must be a finite positive number of seconds between memory samples (e.g. the default "
+                f"0.002), got {interval!r}."
+            )
+        interval = float(value)
         self.device = str(device) if device is not None else "cpu"
         self.cuda = self.device.startswith("cuda") and torch.cuda.is_available()
         self.interval = interval

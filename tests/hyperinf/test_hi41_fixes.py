@@ -1,0 +1,103 @@
+"""Audit pass 35 (hi41): bad inputs of the public HyperINF helpers refused early, naming the argument."""
+
+import numpy as np
+import pytest
+import torch
+
+from hf_ext.hyperinf import (
+    InfluenceConfig,
+    InfluenceEngine,
+    PeakMemory,
+    detection_curve,
+    fim,
+    gfim,
+    influence_from_gradients,
+    lissa_hvp,
+    lissa_hvp_reference,
+    recall_at_fraction,
+    roc_auc,
+    select_lowest_influence,
+)
+
+
+def test_select_lowest_influence_refuses_a_matrix_of_scores():
+    """A (num_eval, num_train) matrix was flattened: the returned indices pointed into the flattened matrix, beyond
+    the training set (here index 5 of a 3-example set)."""
+    scores = np.array([[3.0, 2.0, 1.0], [0.5, 0.2, 0.1]])  # one row per evaluation example
+    with pytest.raises(ValueError, match="`scores` must hold one score per training example"):
+        select_lowest_influence(scores, 0.34)
+    np.testing.assert_array_equal(select_lowest_influence(scores.mean(axis=0), 0.34), [2])
+    np.testing.assert_array_equal(select_lowest_influence(scores[:1], 0.34), [2])  # a (1, n) row is one set
+    with pytest.raises(ValueError, match="`groups` must hold one group id per training example"):
+        select_lowest_influence(np.arange(4.0), 0.5, groups=[[0, 1], [0, 1]])
+
+
+def test_metrics_refuse_a_matrix_of_scores():
+    """`detection_curve`/`recall_at_fraction`/`roc_auc` flattened a 2-D score matrix, mixing its rows, whenever
+    `is_noisy` had as many entries as the matrix."""
+    scores = np.array([[3.0, 2.0], [0.5, 0.2]])
+    is_noisy = np.array([[True, False], [False, True]])
+    for call in (
+        lambda: detection_curve(scores, is_noisy),
+        lambda: recall_at_fraction(scores, is_noisy, 0.5),
+        lambda: roc_auc(scores, is_noisy),
+    ):
+        with pytest.raises(ValueError, match="`scores` must hold one score per training example"):
+            call()
+    assert roc_auc(scores[0], is_noisy[0]) == 1.0
+
+
+@pytest.mark.parametrize("interval", [0, -1.0, float("nan"), float("inf"), "0.01", None])
+def test_peak_memory_refuses_a_bad_interval(interval):
+    """0 made the sampling thread spin; a negative interval made `time.sleep` raise in the thread, which died without
+    a word and left the peak to the samples at entry and exit."""
+    with pytest.raises(ValueError, match="`interval`"):
+        PeakMemory(interval=interval)
+    PeakMemory(interval=np.float64(0.01))  # numpy numbers are numbers
+
+
+@pytest.mark.parametrize(
+    "shapes", [{"a": (2,)}, {"a": (2, -1)}, {"a": (0, 3)}, {"a": (2.0, 3)}, {"a": "2x3"}, {"a": (1, 2, 3)}]
+)
+def test_engine_refuses_bad_shapes(shapes):
+    """A 1-D shape failed with a raw IndexError; a zero or negative size was accepted until the first batch."""
+    with pytest.raises(ValueError, match=r"`shapes\['a'\]`"):
+        InfluenceEngine(InfluenceConfig(), shapes)
+
+
+def test_engine_refuses_bad_config_and_shapes_types():
+    with pytest.raises(TypeError, match="`config` must be an InfluenceConfig"):
+        InfluenceEngine(None, {"a": (2, 3)})
+    with pytest.raises(TypeError, match="`shapes` must be a mapping"):
+        InfluenceEngine(InfluenceConfig(), [(2, 3)])
+    engine = InfluenceEngine(InfluenceConfig(), {"a": torch.Size([2, 3])})  # a torch.Size is a shape
+    assert engine.shapes == {"a": (2, 3)}
+
+
+def test_influence_from_gradients_refuses_non_tensors():
+    """A list of gradients failed with a raw AttributeError."""
+    g = torch.randn(4, 2, 3)
+    with pytest.raises(TypeError, match=r"`train_grads\['a'\]` must be a torch.Tensor"):
+        influence_from_gradients({"a": g.tolist()}, {"a": g})
+    with pytest.raises(TypeError, match=r"`eval_grads\['a'\]` must be a torch.Tensor"):
+        influence_from_gradients({"a": g}, {"a": g.tolist()})
+    with pytest.raises(TypeError, match="`eval_grads` must be a mapping"):
+        influence_from_gradients({"a": g}, [g])
+
+
+def test_dense_helpers_refuse_bad_inputs():
+    v, g = torch.randn(2, 3, dtype=torch.float64), torch.randn(5, 2, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="`grads` must be a torch.Tensor"):
+        gfim(g.tolist())
+    with pytest.raises(ValueError, match="`grads` holds NaN or inf"):
+        gfim(torch.full((2, 2, 2), float("nan")))
+    with pytest.raises(TypeError, match="`grads` must be a floating-point tensor"):
+        fim(torch.ones(2, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match="`matvec` must be a callable"):
+        lissa_hvp(v, None, 0.1, 10.0)
+    # the reference recursion: a negative depth returned `v` itself, a transposed `grads` ran on another matrix
+    with pytest.raises(ValueError, match="`num_iterations` must be a positive int"):
+        lissa_hvp_reference(v, g, 0.1, num_iterations=-1)
+    with pytest.raises(ValueError, match=r"`grads` must have shape \(n, \*v.shape\)"):
+        lissa_hvp_reference(v, g.transpose(1, 2), 0.1)
+    assert lissa_hvp_reference(v, g, 0.1, num_iterations=2).shape == v.shape
