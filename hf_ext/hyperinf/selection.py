@@ -150,28 +150,46 @@ def evaluate_response_loss(model, dataset, batch_size: int = 32, pad_token_id: i
 
     Returns `{"loss": mean cross-entropy per response token, "token_accuracy": share of response tokens predicted
     exactly (greedy, teacher forced), "example_loss": mean over examples of their per-token loss}`.
+
+    Raises:
+        `ValueError`: `batch_size` is not a positive int, `dataset` is empty, or an example has no response token
+            (`labels` -100 after its first token): its per-token loss is undefined (it used to count as 0 in
+            `example_loss`, and a dataset of such examples failed with a ZeroDivisionError).
     """
+    from ..utils.checks import is_int
     from .gradients import PaddingCollator
 
+    if not is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    if len(dataset) == 0:
+        raise ValueError("`dataset` is empty; pass at least one example with response tokens.")
     collate = PaddingCollator(("input_ids", "labels", "attention_mask"), pad_token_id=pad_token_id)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, correct, count, per_example = 0.0, 0, 0, []
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        logits = model(**batch).logits.float()[:, :-1]
-        target = labels[:, 1:]
-        mask = target != -100
-        losses = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
-        ).view_as(target)
-        losses = losses * mask
-        total += float(losses.sum())
-        correct += int(((logits.argmax(-1) == target) & mask).sum())
-        count += int(mask.sum())
-        per_example.extend((losses.sum(1) / mask.sum(1).clamp(min=1)).tolist())
-    model.train(was_training)
+    try:
+        for start in range(0, len(dataset), batch_size):
+            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            target = labels[:, 1:]
+            mask = target != -100
+            empty = (~mask.any(dim=1)).nonzero().flatten()
+            if empty.numel():
+                raise ValueError(
+                    f"example {start + int(empty[0])} of `dataset` has no response token (its `labels` are -100 after "
+                    "the first token), so its per-token loss is undefined; drop it."
+                )
+            logits = model(**batch).logits.float()[:, :-1]
+            losses = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
+            ).view_as(target)
+            losses = losses * mask
+            total += float(losses.sum())
+            correct += int(((logits.argmax(-1) == target) & mask).sum())
+            count += int(mask.sum())
+            per_example.extend((losses.sum(1) / mask.sum(1)).tolist())
+    finally:
+        model.train(was_training)
     return {"loss": total / count, "token_accuracy": correct / count, "example_loss": float(np.mean(per_example))}

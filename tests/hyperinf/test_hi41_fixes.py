@@ -101,3 +101,36 @@ def test_dense_helpers_refuse_bad_inputs():
     with pytest.raises(ValueError, match=r"`grads` must have shape \(n, \*v.shape\)"):
         lissa_hvp_reference(v, g.transpose(1, 2), 0.1)
     assert lissa_hvp_reference(v, g, 0.1, num_iterations=2).shape == v.shape
+
+
+def _tiny_causal_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_evaluate_response_loss_refuses_examples_without_a_response_token():
+    """An example whose labels are all -100 counted as a loss of 0 in `example_loss` (here the mean halved); a dataset
+    of only such examples failed with a ZeroDivisionError; `batch_size=0` with a raw range() error."""
+    from hf_ext.hyperinf.selection import evaluate_response_loss
+
+    model = _tiny_causal_lm()
+    answered = {"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]}
+    silent = {"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}
+    alone = evaluate_response_loss(model, [answered])
+    with pytest.raises(ValueError, match="example 1 of `dataset` has no response token"):
+        evaluate_response_loss(model, [answered, silent])
+    with pytest.raises(ValueError, match="example 0 of `dataset` has no response token"):
+        evaluate_response_loss(model, [silent])
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="`batch_size` must be a positive int"):
+            evaluate_response_loss(model, [answered], batch_size=bad)
+    model.train()
+    with pytest.raises(ValueError):
+        evaluate_response_loss(model, [silent])
+    assert model.training  # the mode is restored on error too
+    assert alone["example_loss"] == pytest.approx(alone["loss"])
