@@ -495,6 +495,31 @@ class PerExampleGradients:
     ):
         if method not in ("vmap", "loop"):
             raise ValueError(f"`per_example_gradients` must be 'vmap' or 'loop', got {method!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            # a negative size made `iterate` yield no batch at all (an "empty training set" later), 0 a raw range()
+            # error
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"`dtype` must be a floating torch.dtype, got {dtype!r}.")
+        if not isinstance(tracked, (list, tuple)) or not tracked or not all(
+            isinstance(m, TrackedMatrix) for m in tracked
+        ):
+            raise TypeError(
+                "`tracked` must be a non-empty list of TrackedMatrix, e.g. `tracked_lora_parameters(model)`, got "
+                f"{type(tracked).__name__}."
+            )
+        params = dict(model.named_parameters())
+        missing = [m.name for m in tracked if m.name not in params]
+        if missing:
+            raise ValueError(
+                f"`tracked` names parameters that `model` does not have ({missing[0]!r}); build it with "
+                "`tracked_lora_parameters(model)` on this model."
+            )
+        if data_collator is not None and not callable(data_collator):
+            raise TypeError(
+                f"`data_collator` must be a callable (list of examples -> batch of tensors) or None, got "
+                f"{type(data_collator).__name__}."
+            )
         self.model = model
         self.tracked = tracked
         self.batch_size = batch_size

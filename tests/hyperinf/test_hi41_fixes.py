@@ -134,3 +134,31 @@ def test_evaluate_response_loss_refuses_examples_without_a_response_token():
         evaluate_response_loss(model, [silent])
     assert model.training  # the mode is restored on error too
     assert alone["example_loss"] == pytest.approx(alone["loss"])
+
+
+def test_per_example_gradients_refuses_bad_arguments():
+    """A negative `batch_size` made `iterate` yield no batch at all (the examples silently dropped), 0 failed with a
+    raw range() error; a bad `dtype`, `tracked` or `data_collator` failed only at the first batch."""
+    from peft import LoraConfig, get_peft_model
+
+    from hf_ext.hyperinf import PerExampleGradients, tracked_lora_parameters
+
+    model = get_peft_model(_tiny_causal_lm(), LoraConfig(r=2, target_modules=["q_proj"]))
+    tracked = tracked_lora_parameters(model)
+    rows = [{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5, 6]}]
+    for bad in (-1, 0, 1.5, True):
+        with pytest.raises(ValueError, match="`batch_size` must be a positive int"):
+            PerExampleGradients(model, tracked, batch_size=bad)
+    with pytest.raises(TypeError, match="`dtype` must be a floating torch.dtype"):
+        PerExampleGradients(model, tracked, dtype=torch.int64)
+    with pytest.raises(TypeError, match="`tracked` must be a non-empty list of TrackedMatrix"):
+        PerExampleGradients(model, [])
+    with pytest.raises(TypeError, match="`tracked` must be a non-empty list of TrackedMatrix"):
+        PerExampleGradients(model, ["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"])
+    other = get_peft_model(_tiny_causal_lm(), LoraConfig(r=2, target_modules=["v_proj"]))
+    with pytest.raises(ValueError, match="`tracked` names parameters that `model` does not have"):
+        PerExampleGradients(model, tracked_lora_parameters(other))
+    with pytest.raises(TypeError, match="`data_collator` must be a callable"):
+        PerExampleGradients(model, tracked, data_collator="pad")
+    batches = list(PerExampleGradients(model, tracked, batch_size=1).iterate(rows))
+    assert sum(next(iter(b.values())).shape[0] for b in batches) == 2
