@@ -268,6 +268,14 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
         )
     if meta_args.doc_eval_steps <= 0:
         raise ValueError("--doc_eval_steps must be positive.")
+    docs = data_args.synthetic_docs
+    if data_args.dataset == "synthetic" and (isinstance(docs, bool) or not isinstance(docs, int) or docs < 2):
+        # 10% of the documents are held out (at least one) and at least one must be left to train on; below 2 the
+        # corpus builder (naming its own `num_docs`) or datasets' train_test_split refused it with their own message
+        raise ValueError(
+            f"--synthetic_docs must be at least 2 (one held-out document, 10% of them, and at least one to train on), "
+            f"got {docs!r}."
+        )
     for flag, value, what in (
         ("--max_eval_docs", data_args.max_eval_docs, "held-out documents to evaluate"),
         ("--guidance_max_new_tokens", meta_args.guidance_max_new_tokens, "tokens to generate per example"),
