@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..utils.checks import is_bool, is_int, is_real
-from .encoding import LAYOUTS, EncodedDocument, MetadataEncoder, check_model_embeds
+from .encoding import LAYOUTS, EncodedDocument, MetadataEncoder, check_model_embeds, check_tokenizer
 from .templates import InvalidMetadataError, MetadataTemplate
 
 logger = logging.getLogger(__name__)
@@ -196,6 +196,7 @@ class MetadataCollator:
                 "document_attention=True separates packed documents through their restarting position_ids; leave "
                 "return_position_ids unset (or True), or pass document_attention=False for plain packing."
             )
+        check_tokenizer(self.tokenizer, "MetadataCollator")  # after the checks of the other arguments' values
         side = self.padding_side or getattr(self.tokenizer, "padding_side", "right")
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")

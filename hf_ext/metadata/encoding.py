@@ -46,6 +46,17 @@ def add_context_tokens(tokenizer, model=None) -> tuple[int, int]:
     return tokenizer.convert_tokens_to_ids(CONTEXT_BEGIN), tokenizer.convert_tokens_to_ids(CONTEXT_END)
 
 
+def check_tokenizer(tokenizer, owner: str) -> None:
+    """A `TypeError` naming `tokenizer` and `owner` where `tokenizer` is not a tokenizer object (a name such as
+    `"gpt2"`, `None`), which would otherwise fail later with a raw `AttributeError` (`'str' object has no attribute
+    'pad_token_id'`)."""
+    if not all(hasattr(tokenizer, name) for name in ("get_vocab", "convert_tokens_to_ids", "bos_token_id")):
+        raise TypeError(
+            f"{owner}: tokenizer must be a tokenizer object, got {type(tokenizer).__name__} {tokenizer!r:.80}; load it "
+            "first, e.g. AutoTokenizer.from_pretrained(name), then add_context_tokens(tokenizer, model)."
+        )
+
+
 def _embedding_rows(model) -> int | None:
     """The number of rows of `model`'s input embeddings, `None` where it cannot be read."""
     try:
@@ -150,6 +161,7 @@ class MetadataEncoder:
         add_eos: bool = True,
         max_metadata_tokens: int | None = None,
     ):
+        check_tokenizer(tokenizer, "MetadataEncoder")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
         if tokenizer.bos_token_id is None:

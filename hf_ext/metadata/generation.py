@@ -9,8 +9,8 @@ import numbers
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
-from ..utils.checks import is_bool
-from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder, check_model_embeds
+from ..utils.checks import is_bool, is_int
+from .encoding import CONTEXT_BEGIN, CONTEXT_END, MetadataEncoder, check_model_embeds, check_tokenizer
 from .templates import is_missing, normalize_url
 
 logger = logging.getLogger(__name__)
@@ -212,6 +212,13 @@ def generate_with_metadata_guidance(
     """
     import torch
 
+    if not (hasattr(model, "generate") and hasattr(model, "generation_config")):
+        raise TypeError(
+            f"generate_with_metadata_guidance: model must be a generative model object (a PreTrainedModel with "
+            f"generate()), got {type(model).__name__} {model!r:.80}; load it first, e.g. "
+            "AutoModelForCausalLM.from_pretrained(name)."
+        )
+    check_tokenizer(tokenizer, "generate_with_metadata_guidance")
     prompts, metadata = _prompt_lists(prompts, metadata)
     if (
         isinstance(guidance_scale, bool)
@@ -326,6 +333,8 @@ def generate_with_metadata_guidance(
             )
         # generate() expands input_ids for several return sequences, but not the negative prompt.
         expand = setting("num_return_sequences") or 1
+        if not is_int(expand) or expand < 1:  # else a raw torch error from repeat_interleave below
+            raise ValueError(f"num_return_sequences must be a positive int, got {expand!r}.")
         extra = {
             "negative_prompt_ids": inputs["negative_prompt_ids"].repeat_interleave(expand, dim=0),
             "negative_prompt_attention_mask": inputs["negative_prompt_attention_mask"].repeat_interleave(

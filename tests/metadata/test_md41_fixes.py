@@ -40,3 +40,58 @@ def test_two_synthetic_docs_pass_validation(tmp_path, monkeypatch):
             [*TINY, "--dataset", "synthetic", "--synthetic_docs", "2", "--max_steps", "2", "--output_dir",
              str(tmp_path / "out")]
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", None])
+def test_collator_and_encoder_refuse_a_tokenizer_name(tokenizer):
+    """`MetadataCollator("gpt2", ...)` failed with a raw `AttributeError: 'str' object has no attribute
+    'pad_token_id'` (and `MetadataEncoder("gpt2")` with one on `bos_token_id`)."""
+    from hf_ext.metadata import MetadataCollator, MetadataEncoder, metadata_template
+
+    with pytest.raises(TypeError, match="MetadataCollator: tokenizer must be a tokenizer object"):
+        MetadataCollator(tokenizer, metadata_template("url"))
+    with pytest.raises(TypeError, match="MetadataEncoder: tokenizer must be a tokenizer object"):
+        MetadataEncoder(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def llama(ctx_tokenizer):
+    from .conftest import tiny_llama
+
+    return tiny_llama(len(ctx_tokenizer)).eval()
+
+
+def test_guided_generation_refuses_a_model_or_tokenizer_that_is_not_an_object(ctx_tokenizer, llama):
+    """`generate_with_metadata_guidance(None, tok, ...)` failed with a raw `AttributeError: 'NoneType' object has no
+    attribute 'device'`, and a tokenizer name with one on `bos_token_id`."""
+    from hf_ext.metadata import generate_with_metadata_guidance
+
+    with pytest.raises(TypeError, match="model must be a generative model object"):
+        generate_with_metadata_guidance(None, ctx_tokenizer, ["a"], ["x"], max_new_tokens=2)
+    with pytest.raises(TypeError, match="model must be a generative model object"):
+        generate_with_metadata_guidance("gpt2", ctx_tokenizer, ["a"], ["x"], max_new_tokens=2)
+    with pytest.raises(TypeError, match="generate_with_metadata_guidance: tokenizer must be a tokenizer object"):
+        generate_with_metadata_guidance(llama, "gpt2", ["a"], ["x"], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("value", [-1, 2.0, "2"])
+def test_guided_generation_refuses_a_bad_num_return_sequences(ctx_tokenizer, llama, value):
+    """With guidance the helper repeats the unconditional prompts `num_return_sequences` times itself: -1 failed with
+    torch's raw `RuntimeError: Repeats must be non-negative`, 2.0 and "2" with a raw `TypeError` from
+    `repeat_interleave`."""
+    from hf_ext.metadata import generate_with_metadata_guidance
+
+    with pytest.raises(ValueError, match=f"num_return_sequences must be a positive int, got {value!r}"):
+        generate_with_metadata_guidance(
+            llama, ctx_tokenizer, ["a"], ["x"], guidance_scale=2.0, num_return_sequences=value, max_new_tokens=2
+        )
+
+
+def test_guided_generation_still_takes_several_return_sequences(ctx_tokenizer, llama):
+    from hf_ext.metadata import generate_with_metadata_guidance
+
+    texts = generate_with_metadata_guidance(
+        llama, ctx_tokenizer, ["a", "b"], ["x", None], guidance_scale=2.0, num_return_sequences=3, max_new_tokens=2,
+        do_sample=True,
+    )  # fmt: skip
+    assert len(texts) == 6
