@@ -160,14 +160,29 @@ def _token_id_limit(model) -> int | None:
 
 #: `GrapeConfig` settings that shape the mixture trajectory (with the data seed): a resume must keep them.
 #: `max_grad_norm` clips every reweighting gradient, so it scales each dot product as a step size does; only the
-#: methods that compute reweighting gradients read it there (`_GRADIENT_OPTIONS`): uniform, fixed and doremi (losses
+#: methods that compute reweighting gradients read it there (`_PER_METHOD_OPTIONS`): uniform, fixed and doremi (losses
 #: only) resume with another clip, as with another learning rate.
 _TRAJECTORY_OPTIONS = (
     "reweight_domains_every", "reweight_tasks_every", "reweight_batch_size", "reweight_mini_batch_size",
     "domain_step_size", "task_step_size", "step_size_convention", "task_smoothing", "domain_smoothing", "ema_beta",
     "doremi_eta", "doremi_smoothing", "samples_per_epoch", "block_size", "max_grad_norm",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "world_size",
 )  # fmt: skip
-_GRADIENT_OPTIONS = {"max_grad_norm": (*GRAPE_VARIANTS, "doge")}
+#: The batch split (`per_device_train_batch_size`, `gradient_accumulation_steps`, the number of processes
+#: `world_size`): the Trainer skips `global_step * gradient_accumulation_steps` batches of the *new* split on resume,
+#: while the checkpoint's sampler schedule holds its updates at positions of the old one, so another split re-trained
+#: positions the run had trained, drawn with the weights in force there (a 2-rank checkpoint resumed on 1 rank trained
+#: its 4 resumed steps on the weights of before the checkpoint's last update, then dropped that update from the
+#: schedule); the grape variants and doge also take their reweighting batches at the per-device size and average them
+#: over ranks. Compared only where the mixture changes during the run: uniform and fixed resume with another split,
+#: as a plain Trainer does.
+_RESCHEDULING_METHODS = (*GRAPE_VARIANTS, "doge", "doremi")
+_PER_METHOD_OPTIONS = {
+    "max_grad_norm": (*GRAPE_VARIANTS, "doge"),
+    "per_device_train_batch_size": _RESCHEDULING_METHODS,
+    "gradient_accumulation_steps": _RESCHEDULING_METHODS,
+    "world_size": _RESCHEDULING_METHODS,
+}
 
 #: Recorded beside the options to name a change, not compared: which argument gave the data seed ("seed" when
 #: `data_seed` is unset, else "data_seed"; absent in checkpoints written before it was recorded).
@@ -634,12 +649,14 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
             for k in current:
                 if k == _DATA_SEED_FROM or k not in saved_opts or saved_opts[k] == current[k]:
                     continue
-                if k in _GRADIENT_OPTIONS and self.args.reweight_method not in _GRADIENT_OPTIONS[k]:
-                    continue  # the method computes no reweighting gradient: the clip does not shape its mixture
+                if k in _PER_METHOD_OPTIONS and self.args.reweight_method not in _PER_METHOD_OPTIONS[k]:
+                    continue  # the option does not shape this method's mixture (e.g. the clip: no reweighting gradient)
                 if k == "data_seed":  # named by what the user set: seed, when data_seed is unset
                     change, seed_fix = _data_seed_change(saved_opts, current)
                     changed.append(change)
                     fix = f" (for the data seed: {seed_fix})"
+                elif k == "world_size":
+                    changed.append(f"world_size (the number of processes)={saved_opts[k]!r} -> {current[k]!r}")
                 else:
                     changed.append(f"{k}={saved_opts[k]!r} -> {current[k]!r}")
             if changed:
