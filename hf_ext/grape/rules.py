@@ -75,7 +75,9 @@ def exponentiated_step(weights, scores, step_size: float, smoothing: float = 0.0
         smoothing (`float`, *optional*, defaults to 0.0): Mixing coefficient with the uniform distribution.
 
     Returns:
-        `torch.Tensor` (float64) on the simplex. Zero weights stay zero unless `smoothing > 0`.
+        `torch.Tensor` (float64) on the simplex. Zero weights stay zero unless `smoothing > 0`. A step so large that
+        `step_size * scores` overflows float64 gives its limit: all weight on the top-scoring non-zero weights (in their
+        ratio), not NaN.
     """
     w = _as_weights(weights, "weights")
     s = _as_scores(scores, w.numel(), "scores")
@@ -83,7 +85,16 @@ def exponentiated_step(weights, scores, step_size: float, smoothing: float = 0.0
     if not math.isfinite(step_size) or step_size < 0:
         raise ValueError(f"step_size must be a finite non-negative number, got {step_size}.")
     _check_smoothing(smoothing)
-    new = torch.softmax(torch.log(w) + step_size * s, dim=0)
+    live = w > 0
+    # a zero weight stays zero (its log is -inf; plus an overflowed +inf score step that was NaN)
+    logits = torch.where(live, torch.log(w) + step_size * s, torch.full_like(w, -math.inf))
+    if not torch.isfinite(logits[live]).all():
+        # `step_size * scores` overflowed float64 (a huge step): `inf - inf` was NaN in the softmax (and `-inf + inf`
+        # NaN for a zero weight, masked above). The same step relative to the largest score of a non-zero weight (a
+        # softmax is unchanged by a shift) is at most 0: its limit, all weight on the top scores.
+        shifted = step_size * (s - s[live].max())
+        logits = torch.where(live, torch.log(w) + shifted, torch.full_like(w, -math.inf))
+    new = torch.softmax(logits, dim=0)
     return (1.0 - smoothing) * new + smoothing / new.numel()
 
 

@@ -67,3 +67,25 @@ def test_uniform_resumes_with_another_batch_split(tmp_path):
     trainer = GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train)
     trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
     assert trainer.state.global_step == 4
+
+
+@pytest.mark.parametrize(
+    "rule, weights, scores, step, expected",
+    [
+        ("domain", [0.5, 0.5], [2.0, -1.0], 1.7e308, [1.0, 0.0]),
+        ("domain", [0.2, 0.3, 0.5], [2.0, 2.0, -1.0], 1.7e308, [0.4, 0.6, 0.0]),  # ties keep their ratio
+        ("domain", [0.0, 1.0], [1e308, 0.0], 10.0, [0.0, 1.0]),  # a zero weight stays zero
+        ("task", [0.5, 0.5], [2.0, -3.0], 1.7e308, [0.0005, 0.9995]),
+    ],
+)
+def test_an_overflowing_step_gives_its_limit_not_nan(rule, weights, scores, step, expected):
+    """`step_size * score` beyond float64 (any finite step_size is accepted) made the weights NaN (`inf - inf` in the
+    softmax, `-inf + inf` for a zero weight), which the trainer refused only at that update, mid-training (gr41 F2).
+    The limit of the step is all weight on the top scores."""
+    import torch
+
+    from hf_ext.grape.rules import grape_domain_weights, grape_task_weights
+
+    fn = grape_domain_weights if rule == "domain" else grape_task_weights
+    got = fn(weights, scores, step)
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)
