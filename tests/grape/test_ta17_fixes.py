@@ -90,6 +90,14 @@ def test_auto_find_batch_size_retry_after_resume_starts_from_the_checkpoint_stat
 
     retry_ckpt = shutil.copytree(checkpoint, tmp_path / "retry" / "checkpoint-2")
     direct_ckpt = shutil.copytree(checkpoint, tmp_path / "direct" / "checkpoint-2")
+    # the reference resumes at the retry's batch size, which a plain resume refuses (another batch split: gr41 F1);
+    # its copy of the checkpoint records that batch size, as the retry trains with it
+    state_json = os.path.join(direct_ckpt, "grape_state.json")
+    with open(state_json, encoding="utf-8") as fh:
+        meta = json.load(fh)
+    meta["options"]["per_device_train_batch_size"] = 2
+    with open(state_json, "w", encoding="utf-8") as fh:
+        json.dump(meta, fh)
     # the checkpoint's train_batch_size (3) is where auto_find_batch_size resumes; the retry runs at int(3 * 0.9) = 2
     retry = _summary(
         _run(tmp_path / "retry", 3, oom_at=5, resume=str(retry_ckpt), auto_find_batch_size=True, save_strategy="no")
