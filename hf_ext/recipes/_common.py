@@ -602,6 +602,51 @@ def check_tokenizer_fits_model(tokenizer, model_name_or_path: str | None, tokeni
     )
 
 
+#: Names transformers gives a learned absolute position table (GPT-2's `wpe`, BERT-style `position_embeddings`, OPT's
+#: `embed_positions`)
+_POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
+
+
+def learned_position_limit(model) -> int | None:
+    """How many positions `model`'s learned absolute position table holds (OPT's less its offset), or `None` for a
+    model without one (RoPE, ALiBi: longer sequences run). Works on a meta-device model."""
+    from torch import nn
+
+    input_embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    limits = [
+        module.num_embeddings - int(getattr(module, "offset", 0))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Embedding)
+        and module is not input_embedding
+        and name.rsplit(".", 1)[-1] in _POSITION_TABLES
+        and module.num_embeddings > 0
+    ]
+    return min(limits) if limits else None
+
+
+def check_learned_positions(
+    model, what: str, block_size: int, prompt_tokens: int | None = None, max_new_tokens: int | None = None
+) -> None:
+    """Refuse a `--block_size` block, or the sample's prompt plus `--max_new_tokens`, longer than the learned position
+    table of `model` (`what` names it; a meta-device build is enough), before any data is packed or any earlier
+    result is touched: both failed with a bare `IndexError: index out of range in self` of the position embedding,
+    a block at the first training step, the sample after training (no sample in the results)."""
+    limit = learned_position_limit(model)
+    if limit is None:
+        return
+    if block_size > limit:
+        raise ValueError(
+            f"--block_size {block_size} is longer than the {limit} learned absolute positions of {what}: its "
+            f"position embedding has no row past {limit - 1}. Use --block_size <= {limit}."
+        )
+    if prompt_tokens is not None and max_new_tokens is not None and prompt_tokens + max_new_tokens > limit:
+        raise ValueError(
+            f"--max_new_tokens {max_new_tokens}: the sample's --prompt ({prompt_tokens} tokens) plus the new tokens "
+            f"exceed the {limit} learned absolute positions of {what}; use --max_new_tokens <= "
+            f"{max(limit - prompt_tokens, 0)} or a shorter --prompt."
+        )
+
+
 def launched_processes() -> int:
     """How many processes this run was launched on: `torchrun` / `accelerate launch --num_processes N` (or MPI) set
     the world size in the environment before any process group exists; an initialised group counts too."""

@@ -104,12 +104,24 @@ class DataArguments:
     )
     validation_split_seed: int = validation_split_seed_field()
     text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
-    block_size: int = field(default=128, metadata={"help": "Tokens per training block (> 0)."})
+    block_size: int = field(
+        default=128,
+        metadata={
+            "help": "Tokens per training block (> 0; at most the positions of a model with a learned position "
+            "table, e.g. gpt2's n_positions)."
+        },
+    )
     vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of the on-the-fly tokenizer."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer to load instead of building one."})
     max_eval_blocks: int | None = field(default=256, metadata={"help": "Evaluate on at most this many blocks."})
     prompt: str = field(default="The return value of", metadata={"help": "Prompt for the sample continuation."})
-    max_new_tokens: int = field(default=40, metadata={"help": "Tokens generated for the sample continuation."})
+    max_new_tokens: int = field(
+        default=40,
+        metadata={
+            "help": "Tokens generated for the sample continuation (with the --prompt, at most the positions of a "
+            "model with a learned position table)."
+        },
+    )
 
 
 #: `--lr_scheduler_kwargs` when `--lr_scheduler_type` is `warmup_stable_decay` (the default) and none are given: the FOG
@@ -675,28 +687,42 @@ def build_model(
 ):
     """A fresh model from config (or a pretrained one) sized for `tokenizer`; with `meta`, the same model's config and
     modules on the meta device (no weights loaded, no memory), e.g. to read its context length before training."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    if model_args.model_name_or_path and not meta:
+        return AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
+        )
+    if meta:
+        return _meta_model(model_args, tokenizer, block_size, config_updates)
+    config = _model_config(model_args, tokenizer, block_size, config_updates)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
+
+
+def _model_config(model_args: ModelArguments, tokenizer, block_size: int, config_updates: dict | None = None):
+    """The config of the model `build_model` builds: the loaded model's, or a fresh one sized for `tokenizer`."""
+    from transformers import AutoConfig
 
     if model_args.model_name_or_path:
-        if not meta:
-            return AutoModelForCausalLM.from_pretrained(
-                model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
-            )
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
-    else:
-        special = dict(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        config = fresh_config(model_args, len(tokenizer), block_size, special)
-        config.update(config_updates or {})  # a resume: the entries the checkpoint's model has otherwise
-    if meta:
-        import torch
+        return AutoConfig.from_pretrained(model_args.model_name_or_path)
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = fresh_config(model_args, len(tokenizer), block_size, special)
+    config.update(config_updates or {})  # a resume: the entries the checkpoint's model has otherwise
+    return config
 
-        with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
+
+def _meta_model(model_args: ModelArguments, tokenizer, block_size: int, config_updates: dict | None = None):
+    """`build_model`'s model on the meta device: its config and modules, no weights loaded, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = _model_config(model_args, tokenizer, block_size, config_updates)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
 
 
 def setup_fp8(model, model_args: ModelArguments, training_args: TrainingArguments):
@@ -758,14 +784,33 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     set_seed(training_args.seed)
     if data_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
+        if tokenizer.eos_token_id is None:  # pack_dataset's refusal named its add_eos=, which no flag sets
+            source = (
+                f"--tokenizer_name {data_args.tokenizer_name!r}"
+                if data_args.tokenizer_name
+                else f"the tokenizer of --model_name_or_path {model_args.model_name_or_path!r}"
+            )
+            raise ValueError(
+                f"{source} has no eos_token, and pretrain separates the documents it packs with EOS; pass a tokenizer "
+                "with one (set tokenizer.eos_token, then tokenizer.save_pretrained) or drop the flag to build one."
+            )
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
     else:
         with training_args.main_process_first(desc="build tokenizer"):
             tokenizer = build_tokenizer(data_args.vocab_size)
-    from ._common import check_tokenizer_fits_model
+    from ._common import check_learned_positions, check_tokenizer_fits_model
 
     check_tokenizer_fits_model(tokenizer, model_args.model_name_or_path, data_args.tokenizer_name)
+    check_learned_positions(  # a gpt2's position table: an IndexError at the first step, or in the sample
+        _meta_model(model_args, tokenizer, data_args.block_size),
+        f"the model --model_name_or_path {model_args.model_name_or_path!r}"
+        if model_args.model_name_or_path
+        else f"the fresh {model_args.model_type} model",
+        data_args.block_size,
+        len(tokenizer(data_args.prompt, add_special_tokens=False)["input_ids"]),
+        data_args.max_new_tokens,
+    )
     overridden_vocab = parse_config_overrides(model_args.config_overrides).get("vocab_size")
     if isinstance(overridden_vocab, int) and overridden_vocab < len(tokenizer):  # token ids past the embedding table
         raise ValueError(
