@@ -172,7 +172,8 @@ def load_text_datasets(
     `Dataset`: the training data).
     `validation_file`, when given, is the validation data whatever the training data is (each file is read with the
     `datasets` builder of its own extension); otherwise the corpus' held-out split, the dataset's `validation` (or
-    `test`) split, or a `validation_fraction` split of the training data drawn with `seed`. The recipes pass their
+    `test`) split, or a `validation_fraction` split of the training data drawn with `seed` (a `seed` other than 0
+    with a dataset that has its own split is refused: it would be ignored). The recipes pass their
     `--validation_split_seed` (default 0) here, not the training `--seed`, so runs that differ only in `--seed` are
     evaluated on the same documents.
     A `.txt` file is read by `load_data_file`: one document per blank-line-separated paragraph, line breaks kept.
@@ -228,7 +229,14 @@ def load_text_datasets(
             )
         else:
             train = raw["train"]
-            valid = raw["validation"] if "validation" in raw else (raw["test"] if "test" in raw else None)
+            own = "validation" if "validation" in raw else ("test" if "test" in raw else None)
+            valid = raw[own] if own else None
+            if own and validation_file is None and seed != 0:  # no split is drawn: the seed would be ignored
+                raise ValueError(
+                    f"--validation_split_seed {seed} is ignored: --dataset_name={dataset_name!r} has its own {own!r} "
+                    "split, which is the validation data (the seed draws a held-out split only from data without "
+                    "one); drop it."
+                )
     if validation_file is not None:  # the user's validation data wins over the corpus' or the dataset's own split
         valid = load_data_file(validation_file, "validation", flag="--validation_file")
     if text_column not in train.column_names:
