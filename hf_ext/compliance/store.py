@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from ..utils.checks import is_int, is_real
 from .rfc9309 import MAX_ROBOTS_BYTES, _decode_bytes, _encode_bytes, _without_cut_line
-from .robots import STATUS_CLASSES, normalize_host, status_class
+from .robots import _ESCAPED_BYTE, STATUS_CLASSES, normalize_host, status_class
 
 _META_FILE = "_snapshot.json"
 _STAGED_SUFFIX = ".staged"
@@ -367,7 +367,10 @@ class RobotsTxtStore(Mapping):
                 f"{where}: host {host!r} is recorded twice ({seen[key]} and {where}, both {key!r}); keep one record per "
                 "host (the fetch that applies to the snapshot's date)."
             )
-        self.add(host, *fields, **history)
+        try:
+            self.add(host, *fields, **history)
+        except (TypeError, ValueError) as err:  # a bad field of this record: say which record of which snapshot
+            raise (TypeError if isinstance(err, TypeError) else ValueError)(f"{where}: {err}") from None
         seen[key] = where
 
     def __init__(self, records: Iterable[RobotsRecord] = (), fetched_at: str | None = None):
@@ -585,8 +588,17 @@ class RobotsTxtStore(Mapping):
         """Read a `.jsonl` or `.parquet` snapshot (one record per host)."""
         if fmt == "jsonl":
             rows = []
-            with open(path, encoding="utf-8") as fh:
+            # JSON Lines are UTF-8 (a byte order mark in front, written by some Windows tools, is skipped); a byte that
+            # is not is kept as its surrogate escape to name its line (read in text mode, the error would name none)
+            with open(path, encoding="utf-8-sig", errors="surrogateescape") as fh:
                 for lineno, line in enumerate(fh, 1):
+                    bad = None if line.isascii() else _ESCAPED_BYTE.search(line)
+                    if bad is not None:
+                        raise ValueError(
+                            f"{path}:{lineno} is not UTF-8 (byte {ord(bad.group()) - 0xDC00:#04x} at character "
+                            f"{bad.start() + 1}): JSON Lines are UTF-8 (RobotsTxtStore.save writes the bytes of a "
+                            "robots.txt that is not as JSON escapes); re-export the snapshot as UTF-8 JSON Lines."
+                        )
                     if line.strip():
                         try:
                             rows.append(json.loads(line))
@@ -914,7 +926,7 @@ def snapshot_is_empty(path: str | os.PathLike) -> bool:
     try:
         fmt = _infer_format(path)
         if fmt == "jsonl":
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:
                 return not any(line.strip() for line in fh)
         if fmt == "parquet":
             import pyarrow.parquet as pq

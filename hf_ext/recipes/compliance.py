@@ -581,8 +581,8 @@ def run(args: ComplianceArguments) -> dict:
     # earlier results in place.
     try:  # a snapshot of no host is refused in every format (it would remove nothing)
         store = RobotsTxtStore.load(args.robots) if args.robots else load_example_robots()
-    except ValueError as err:
-        raise ValueError(f"--robots: {err}") from None
+    except (TypeError, ValueError) as err:  # a bad record's field is a TypeError
+        raise (TypeError if isinstance(err, TypeError) else ValueError)(f"--robots: {err}") from None
     agents = [a.strip() for a in args.user_agents.split(",")] if args.user_agents else list(DEFAULT_AI_USER_AGENTS)
     checker = RobotsCompliance(
         store,
