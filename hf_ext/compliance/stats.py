@@ -94,6 +94,14 @@ def _check_column_types(dataset, compliant_column: str, token_column: str | None
             "annotate_compliance adds (robots_compliant), or cast it, e.g. dataset.cast_column(name, "
             "datasets.Value('bool'))."
         )
+    if len(dataset) and not null(feature):
+        missing = dataset.with_format("arrow")[compliant_column].null_count  # the rows of `dataset` only
+        if missing:
+            raise ValueError(
+                f"compliant_column={compliant_column!r} has {missing} missing (null) decision(s): such a row is neither "
+                "kept nor removed, and would be counted as removed; annotate every row (annotate_compliance) or drop "
+                "the rows without a decision."
+            )
     if token_column is not None:
         feature = features[token_column]
         if not (isinstance(feature, datasets.Value) and feature.dtype in _INT_DTYPES) and not null(feature):
@@ -181,7 +189,7 @@ def compute_retention_stats(
     Args:
         dataset (`datasets.Dataset`): Output of `annotate_compliance` (all documents, with the compliance column).
         compliant_column (`str`, *optional*, defaults to `"robots_compliant"`): Boolean column (True = kept); another
-            type is a `TypeError`.
+            type is a `TypeError`, a null entry (no decision) a `ValueError`.
         agents_column (`str`, *optional*, defaults to `"disallowed_user_agents"`):
             Column with the disallowing agents (lists of strings), for per-agent counts (`None` or absent: skipped).
             It must agree with `compliant_column`: a kept row with an agent, or a removed row with `[]`, is a

@@ -59,3 +59,32 @@ def test_compliance_recipe_names_robots_for_a_bad_snapshot_record(tmp_path):
     path.write_text(json.dumps({"host": "a.com", "robots_txt": 5}) + "\n")
     with pytest.raises(TypeError, match=r"^--robots: .*snap\.jsonl: record 0: robots\.txt text must be str"):
         main(["--robots", str(path), "--output_dir", str(tmp_path / "out")])
+
+
+def test_retention_stats_refuse_a_row_without_a_compliance_decision():
+    import datasets
+
+    from hf_ext.compliance import compute_retention_stats
+
+    features = datasets.Features(
+        {
+            "url": datasets.Value("string"),
+            "text": datasets.Value("string"),
+            "robots_compliant": datasets.Value("bool"),
+            "disallowed_user_agents": datasets.List(datasets.Value("string")),
+        }
+    )
+    ds = datasets.Dataset.from_dict(
+        {
+            "url": ["https://a.com/1", "https://a.com/2", "https://a.com/3"],
+            "text": ["a b", "c d", "e f"],
+            "robots_compliant": [True, None, True],  # the second row was never decided (it counted as removed)
+            "disallowed_user_agents": [[], None, []],
+        },
+        features=features,
+    )
+    with pytest.raises(ValueError, match=r"compliant_column='robots_compliant' has 1 missing \(null\) decision"):
+        compute_retention_stats(ds)
+    # the decided rows alone are counted as before
+    stats = compute_retention_stats(ds.select([0, 2]))
+    assert (stats.overall["docs"], stats.overall["docs_removed"]) == (2, 0)
