@@ -12,6 +12,14 @@ from torch import nn
 
 from ..utils.distributed import is_dtensor as _is_dtensor
 
+# safetensors' dtype names of the floating dtypes an amplifier can be saved in
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
+
 
 class NeuralAmplifier(nn.Module, PyTorchModelHubMixin):
     r"""
@@ -44,7 +52,7 @@ class NeuralAmplifier(nn.Module, PyTorchModelHubMixin):
 
     Saving: `save_pretrained(folder)` writes the constructor's arguments (`config.json`) and the parameters
     (`model.safetensors`); `NeuralAmplifier.from_pretrained(folder)` rebuilds it (huggingface_hub's
-    `PyTorchModelHubMixin`). [`NeuralGrokTrainer`]'s `save_model()` writes the trained amplifier this way into
+    `PyTorchModelHubMixin`) in the dtype it was saved in (a float64 amplifier reloads as float64). [`NeuralGrokTrainer`]'s `save_model()` writes the trained amplifier this way into
     `<output_dir>/neuralgrok_amplifier`.
 
     Evaluation: a ReLU MLP of one scalar is continuous and piecewise linear with finitely many kinks, so unless dropout
@@ -129,6 +137,25 @@ class NeuralAmplifier(nn.Module, PyTorchModelHubMixin):
         return super().save_pretrained(
             save_directory, config=self.init_config() if config is None else config, **kwargs
         )
+
+    @classmethod
+    def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
+        """huggingface_hub's loader copies the saved tensors into the freshly built (float32) amplifier, so one saved in
+        float64 came back as float32, silently. The amplifier is first cast to the dtype its floating tensors were saved
+        in (one dtype for all of them, as `save_pretrained` of one amplifier writes)."""
+        from safetensors import safe_open
+
+        with safe_open(model_file, framework="pt") as fh:
+            dtypes = {fh.get_slice(key).get_dtype() for key in fh.keys()}
+        saved = {_SAFETENSORS_DTYPES[d] for d in dtypes if d in _SAFETENSORS_DTYPES}
+        if len(saved) > 1:
+            raise ValueError(
+                f"{model_file} holds amplifier tensors of several dtypes {sorted(str(d) for d in saved)}: an amplifier "
+                "has one dtype; save it again with `save_pretrained` after `.to(dtype)`."
+            )
+        if saved:
+            model.to(saved.pop())
+        return super()._load_as_safetensor(model, model_file, map_location, strict)
 
     @property
     def macs_per_entry(self) -> int:

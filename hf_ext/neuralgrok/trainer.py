@@ -491,6 +491,15 @@ def _given_transform(optimizers, args, amplifier) -> GradientTransformOptimizer 
     return given
 
 
+# torch dtype -> safetensors' dtype name (what `safe_open(...).get_slice(key).get_dtype()` returns)
+_SAFETENSORS_DTYPE_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+}
+
+
 def _seeded_amplifier(args) -> NeuralAmplifier:
     """The amplifier `NeuralGrokTrainer` builds from `args` (seed `args.seed`; the global RNG is left as it was)."""
     with torch.random.fork_rng(devices=[]):
@@ -1189,12 +1198,22 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             )
         with safe_open(path, framework="pt") as fh:
             saved = {key: list(fh.get_slice(key).get_shape()) for key in fh.keys()}
+            saved_dtypes = {fh.get_slice(key).get_dtype() for key in fh.keys()}
         mine = {key: list(value.shape) for key, value in self.amplifier.state_dict().items()}
         if saved != mine:
             raise ValueError(
                 f"resume_from_checkpoint={checkpoint!r}: its amplifier's parameters {saved} differ from this run's "
                 f"{mine} (amplifier_hidden_dims={list(self.amplifier.hidden_dims)}): resume with an amplifier of the "
                 "checkpoint's shape (its amplifier_hidden_dims, and dropout for a given amplifier=)."
+            )
+        # loading copies into this run's parameters: a float64 amplifier's checkpoint resumed into the default float32
+        # one went on in float32, silently
+        mine_dtypes = {_SAFETENSORS_DTYPE_NAMES.get(v.dtype, str(v.dtype)) for v in self.amplifier.state_dict().values()}
+        if saved_dtypes != mine_dtypes:
+            raise ValueError(
+                f"resume_from_checkpoint={checkpoint!r}: its amplifier was saved in {sorted(saved_dtypes)}, this run's "
+                f"is {sorted(mine_dtypes)}; resuming would change the amplifier's precision. Pass an amplifier of the "
+                "checkpoint's dtype, e.g. amplifier=NeuralAmplifier(hidden_dims, c=...).to(torch.float64) for F64."
             )
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
