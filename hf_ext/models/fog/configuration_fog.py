@@ -120,6 +120,16 @@ class FogConfig(PreTrainedConfig):
         self._resolve_and_validate_fields()
         self._validate_positions()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' `from_dict` (what `from_pretrained` and `AutoConfig.from_pretrained` call), then
+        [`check_fields`]: transformers builds the config from the saved dict and only then assigns the keyword
+        overrides (`AutoConfig.from_pretrained(folder, hidden_size=-5)`, `hidden_act="bogus"`), unchecked, so a bad
+        override was only refused when a model was built from the config (or not at all for config-only use)."""
+        result = super().from_dict(config_dict, **kwargs)
+        (result[0] if isinstance(result, tuple) else result).check_fields()
+        return result
+
     def _store_python_scalars(self) -> None:
         """Numbers and switches given as numpy scalars (`np.int64(64)`, `np.float32(1e-5)`, `np.True_`) are taken as
         the Python int / float / bool they hold (then checked as such), so that the config stays JSON-serialisable;
