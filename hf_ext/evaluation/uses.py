@@ -59,12 +59,12 @@ def layer_pairing_task_sweep(
         resolve_pairs,
     )
     from ..models.layer_parallel.modeling_layer_parallel import check_source_model
-    from ..models.layer_parallel.sweep import check_eval_dataset, evaluate_causal_lm, pairing_ranges
+    from ..models.layer_parallel.sweep import check_eval_dataset, evaluate_causal_lm, pairing_ranges, ranges_as_list
 
     check_source_model(model)  # what convert_to_layer_parallel refuses, named as `model`, before the source's run
     if eval_dataset is not None:  # columns, emptiness, a token to predict: before the source's lm-eval run
         check_eval_dataset(eval_dataset)
-    ranges = [_integer_range(r) for r in ranges]
+    ranges = [_integer_range(r) for r in ranges_as_list(ranges)]
     if not ranges:
         raise ValueError("ranges is empty; pass e.g. pairing_ranges(num_layers, [1]).")
     num_layers = model.config.num_hidden_layers

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -62,6 +63,52 @@ def pairing_ranges(
                 )
         ranges += [(s, s + 2 * n) for s in starts]
     return ranges
+
+
+_RANGES_FORM = "a list of (start, end) pairs of integer layer indices, e.g. [(0, 2), (2, 6)] or pairing_ranges(num_layers)"
+
+
+def ranges_as_list(ranges) -> list:
+    """The `ranges` argument of a sweep as a list of its entries; `TypeError` naming `ranges` and the expected form for
+    one that is no list of pairs: `None`, an int, a string, or one bare range `(0, 2)` (its ints failed with "'int'
+    object is not iterable")."""
+    if isinstance(ranges, str | bytes | Mapping) or not isinstance(ranges, Iterable):
+        raise TypeError(f"ranges must be {_RANGES_FORM}; got {ranges!r}.")
+    ranges = list(ranges)
+    if len(ranges) == 2 and all(isinstance(x, numbers.Integral) for x in ranges):
+        raise TypeError(f"ranges must be {_RANGES_FORM}; got {tuple(ranges)!r}: for that one range pass [{tuple(ranges)!r}].")
+    return ranges
+
+
+def check_sweep_ranges(ranges, num_layers: int, layer_types: list[str] | None = None) -> list[tuple[int, int]]:
+    """The `ranges` argument of a sweep as a list of `(start, end)` Python ints, each a valid pairing range of a model
+    with `num_layers` layers (and, with `layer_types`, pairing layers of one attention type). Every range of a sweep is
+    converted on its own, so ranges may overlap each other.
+
+    Raises:
+        `TypeError`: for `ranges` that is not a list of pairs (a bare `(0, 2)`, an int, `None`) and for an entry that
+            is not two integers (`(0, 2, 4)`, `(0.5, 2.5)`, `"02"`, `(True, 3)`); `int()` would truncate floats.
+        `ValueError`: for a reversed, odd-length or out-of-range range, naming it.
+    """
+    ranges = ranges_as_list(ranges)
+    out = []
+    for r in ranges:
+        items = None if isinstance(r, str | bytes | Mapping) else list(r) if isinstance(r, Iterable) else None
+        if (
+            items is None
+            or len(items) != 2
+            or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in items)
+        ):
+            raise TypeError(f"ranges must be {_RANGES_FORM}; its entry {r!r} is not two integers (start, end).")
+        start, end = int(items[0]), int(items[1])  # numpy integers as Python ints (sweep.json is JSON)
+        try:
+            pairs = resolve_pairs(num_layers, start, end)
+            if layer_types is not None:
+                check_pair_attention_types(pairs, layer_types)
+        except ValueError as err:
+            raise ValueError(f"ranges: ({start}, {end}): {err}") from None
+        out.append((start, end))
+    return out
 
 
 def check_eval_dataset(dataset, arg: str = "eval_dataset") -> None:
@@ -219,14 +266,25 @@ def perplexity_sweep(
             cannot pair (another model type, no LM head, already converted; see `check_source_model`), an unknown
             `mode` / `mlp_norm`, a combination
             the source cannot be converted with (`mlp_norm="official_tp_split"` with `mode="block"` or with an odd
-            `intermediate_size`), an invalid range, a `batch_size` that is not a positive integer and an
+            `intermediate_size`), an invalid range or malformed `ranges` (see [`check_sweep_ranges`]), a `batch_size` that is not a positive integer and an
             `eval_dataset` that cannot be measured (see [`check_eval_dataset`]).
     """
     from tqdm.auto import tqdm
 
     from .modeling_layer_parallel import check_source_model, convert_to_layer_parallel
 
-    check_source_model(model)  # what convert_to_layer_parallel refuses, named as `model`, before the first evaluation
+    try:
+        check_source_model(model)  # what convert_to_layer_parallel refuses, named as `model`, before the first evaluation
+    except (TypeError, ValueError) as err:
+        if isinstance(ranges, list | tuple) and not ranges:
+            # nothing would be converted; the refusal stands (the sweep is of pairable models), with the call that
+            # measures the source alone
+            raise type(err)(
+                f"{err} With ranges=[] the sweep would only measure the source model: "
+                "hf_ext.models.layer_parallel.sweep.evaluate_causal_lm(model, eval_dataset) measures any causal LM "
+                "(a peft or FP8 one included)."
+            ) from None
+        raise
     if mode not in LP_MODES:
         raise ValueError(f"mode must be one of {list(LP_MODES)}, got {mode!r}.")
     if mlp_norm not in LP_MLP_NORMS:
@@ -235,9 +293,11 @@ def perplexity_sweep(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     num_layers = model.config.num_hidden_layers
     layer_types = layer_attention_types(model.config)
-    ranges = pairing_ranges(num_layers, layer_types=layer_types) if ranges is None else [tuple(r) for r in ranges]
-    for start, end in ranges:  # validate every range before evaluating anything
-        check_pair_attention_types(resolve_pairs(num_layers, start, end), layer_types)
+    # every range validated before evaluating anything (a malformed one failed with Python's unpacking errors)
+    if ranges is None:
+        ranges = pairing_ranges(num_layers, layer_types=layer_types)
+    else:
+        ranges = check_sweep_ranges(ranges, num_layers, layer_types)
     # Every conversion's config (mode and mlp_norm against each other and against the source, e.g. an odd
     # intermediate_size with "official_tp_split") is built, and so checked, before anything is evaluated.
     for start, end in ranges or [(0, 0)]:
@@ -414,6 +474,7 @@ def save_sweep(
 
 __all__ = [
     "check_eval_dataset",
+    "check_sweep_ranges",
     "choose_range",
     "evaluate_causal_lm",
     "format_sweep_table",
