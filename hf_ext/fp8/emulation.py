@@ -113,6 +113,13 @@ def _reduce_amax(module: Fp8Linear, *amaxes: torch.Tensor) -> tuple[torch.Tensor
     return tuple(torch.where(buf[n:] > 0, float("nan"), buf[:n]).unbind())
 
 
+def _amax(t: torch.Tensor) -> torch.Tensor:
+    """`max|t|` in FP32; 0 for an empty tensor (a 0-token batch), where `amax()` raises."""
+    if t.numel() == 0:
+        return torch.zeros((), dtype=torch.float32, device=t.device)
+    return t.detach().abs().amax().float()
+
+
 def _record(history: torch.Tensor, amax: torch.Tensor) -> None:
     history.copy_(torch.roll(history, 1, dims=0))
     history[0] = amax
@@ -250,9 +257,15 @@ class _Fp8LinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, module: Fp8Linear):
         fwd_dtype, _ = fp8_dtypes(module.fp8_format)
         x2 = x.reshape(-1, x.shape[-1])
-        amax_x = x2.detach().abs().amax().float()
-        amax_w = weight.detach().abs().amax().float()
+        amax_x = _amax(x2)
+        amax_w = _amax(weight)
         recording = _recording(module)
+        if recording and x2.numel() == 0 and module.scaling == "delayed":
+            # a 0-token batch (its output is empty too) leaves the scaling state as it is: it has no amax to record.
+            # With an amax reduction group the other ranks' recording collectives still need this rank's (amax 0), and
+            # every rank then records the same group amaxes as before
+            group = module.amax_reduction_group if module.amax_reduction_group is not None else default_amax_group()
+            recording = group is not None
         if module.scaling == "delayed":
             hist = module.fp8_amax_history
             auxiliary = module.training and _AUXILIARY_DEPTH > 0
@@ -308,7 +321,7 @@ class _Fp8LinearFunction(torch.autograd.Function):
             module._fp8_backward_seen = True  # the next training forward starts a new forward log
         _, grad_dtype = fp8_dtypes(module.fp8_format)
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
-        amax_g = g2.detach().abs().amax().float()
+        amax_g = _amax(g2)
         if module.scaling == "delayed":
             if ctx.training:
                 (amax_g,) = _reduce_amax(module, amax_g)
@@ -433,7 +446,7 @@ class _QuantizeForward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dtype):
-        amax = x.detach().abs().amax().float()
+        amax = _amax(x)
         return quantize_dequantize(x, scale_from_amax(amax, dtype), dtype).to(x.dtype)
 
     @staticmethod
@@ -451,7 +464,7 @@ class _QuantizeGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        amax = grad.detach().abs().amax().float()
+        amax = _amax(grad)
         return quantize_dequantize(grad, scale_from_amax(amax, ctx.dtype), ctx.dtype).to(grad.dtype), None
 
 
