@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -576,6 +577,28 @@ def build_client_dataset(text_dataset, canary_texts: Sequence[str], tokenizer, b
     return concatenate_datasets(parts).shuffle(seed=seed)
 
 
+#: Client Trainer seeds are `seed + CLIENT_SEED_STRIDE * round + client`: unique per (round, client) only while every
+#: client index is below the stride. Kept as it is (the published federated numbers and the resume of runs in progress
+#: depend on these seeds); a federation with more clients is warned about (`client_seed_collision_warning`).
+CLIENT_SEED_STRIDE = 1000
+
+
+def client_seed_collision_warning(num_clients: int) -> None:
+    """Warn (once per call site) that with more than `CLIENT_SEED_STRIDE` clients two (round, client) pairs share a
+    Trainer seed: client `c + 1000` in round `r` trains with client `c`'s seed of round `r + 1` (same data order when
+    their datasets have the same length, same dropout masks). The data seed and DP noise seeds are hashed from
+    (seed, round, client) and do not collide."""
+    if num_clients > CLIENT_SEED_STRIDE:
+        warnings.warn(
+            f"{num_clients} clients: the client Trainer seed is seed + {CLIENT_SEED_STRIDE} * round + client, so with "
+            f"more than {CLIENT_SEED_STRIDE} clients client c + {CLIENT_SEED_STRIDE} of round r shares the seed (data "
+            f"order, dropout) of client c in round r + 1. Kept for reproducibility of earlier runs; the data seed "
+            "(set data_seed) and the DP noise seeds are hashed per (round, client) and stay distinct.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def client_training_args(training_args, fed_args: FederatedArguments, client_index: int, round_index: int):
     """The per-client, per-round `TrainingArguments`: its own output folder, seed, step budget and learning rate.
 
@@ -583,10 +606,12 @@ def client_training_args(training_args, fed_args: FederatedArguments, client_ind
     here too ([`check_no_per_client_settings`]), also when set on the arguments after their checks ran: the client
     never trains with an entry a server picked for its index."""
     check_no_per_client_settings(fed_args)
+    if client_index >= CLIENT_SEED_STRIDE:  # a Flower node with partition id >= 1000 (the simulation warns earlier)
+        client_seed_collision_warning(client_index + 1)
     lrs = fed_args.learning_rates()
     changes: dict[str, Any] = {
         "output_dir": os.path.join(training_args.output_dir, f"client-{client_index}"),
-        "seed": training_args.seed + 1000 * round_index + client_index,
+        "seed": training_args.seed + CLIENT_SEED_STRIDE * round_index + client_index,
         # every client and round draws its own Poisson batches (and, with the opt-in seed, its own DP noise)
         "data_seed": None
         if training_args.data_seed is None
@@ -861,6 +886,7 @@ class FederatedSimulation:
             if ds is None or len(ds) == 0:
                 raise ValueError(f"Client {i} has no data (`client_datasets[{i}]` is empty); drop it or give it data.")
         check_client_learning_rates(fed_args, len(client_datasets))
+        client_seed_collision_warning(len(client_datasets))
         if fed_args.secure_aggregation and len(client_datasets) < 2:
             raise ValueError("Secure aggregation needs at least 2 clients.")
         self.fed_args = fed_args
