@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import MutableMapping
 
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length
@@ -531,6 +532,26 @@ def _sum_over_ranks(count: int, args) -> int:
     return int(total.item())
 
 
+class _CollateWithoutCacheFlag:
+    """A `MetadataCollator` whose batches leave out their `use_cache=False` (what `MetadataTrainer`'s loaders collate
+    with; the trainer passes `use_cache=False` to the model itself, in `_prepare_inputs`).
+
+    A packed batch with `document_attention` carries `use_cache=False`, a Python bool: accelerate's batch dispatching
+    (the default for an `IterableDataset` on several processes) concatenates the main process's batches and can only
+    concatenate tensors, so training failed at the first step with `TypeError: Can only concatenate tensors but got
+    <class 'bool'>`. `data_collator` is the wrapped collator (how `MetadataCooldownCallback` and transformers'
+    `RemoveColumnsCollator` name theirs)."""
+
+    def __init__(self, data_collator: MetadataCollator):
+        self.data_collator = data_collator
+
+    def __call__(self, examples):
+        batch = self.data_collator(examples)
+        if batch.get("use_cache", True) is False:
+            del batch["use_cache"]
+        return batch
+
+
 class MetadataTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     """`Trainer` that writes each `MetadataCooldownCallback`'s `metadata_conditioning.json` as part of a checkpoint.
 
@@ -542,7 +563,10 @@ class MetadataTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     `evaluate` and `predict` collate in each callback's collator's `evaluating` mode: evaluation batches built by the
     training collator get the conditioning of the step the model is at and leave the cooldown's batch counter alone.
     With a `MetadataCollator` as `data_collator`, `train` first checks that the model can embed its tokens
-    (`MetadataCollator.check_model`). Otherwise identical to `Trainer`.
+    (`MetadataCollator.check_model`). Its data loaders collate a `MetadataCollator`'s packed (`document_attention`)
+    batches without their `use_cache=False` (a Python bool, which accelerate's batch dispatching cannot concatenate: an
+    `IterableDataset` on several processes failed at the first step) and pass `use_cache=False` to the model with the
+    batch instead. Otherwise identical to `Trainer`.
     """
 
     def _metadata_callbacks(self) -> list[MetadataCooldownCallback]:
@@ -556,6 +580,43 @@ class MetadataTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         for callback in self._metadata_callbacks():
             callback._resume_checkpoint = None
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _document_attention(self) -> bool:
+        return isinstance(self.data_collator, MetadataCollator) and bool(self.data_collator.document_attention)
+
+    @contextlib.contextmanager
+    def _loader_collator(self):
+        """While a loader is built: a `MetadataCollator` with `document_attention` as `_CollateWithoutCacheFlag`."""
+        collator = self.data_collator
+        if not self._document_attention():
+            yield
+            return
+        self.data_collator = _CollateWithoutCacheFlag(collator)
+        try:
+            yield
+        finally:
+            self.data_collator = collator
+
+    def get_train_dataloader(self):
+        with self._loader_collator():
+            return super().get_train_dataloader()
+
+    def get_eval_dataloader(self, *args, **kwargs):
+        with self._loader_collator():
+            return super().get_eval_dataloader(*args, **kwargs)
+
+    def get_test_dataloader(self, *args, **kwargs):
+        with self._loader_collator():
+            return super().get_test_dataloader(*args, **kwargs)
+
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        if self._document_attention() and isinstance(inputs, MutableMapping) and "input_ids" in inputs:
+            # the loaders left it out of the batch (see _CollateWithoutCacheFlag); without it a model whose config has
+            # use_cache=True (TrainingArguments(use_cache=True)) would build a cache, and transformers derives the
+            # per-document masks from the restarting position_ids only without one
+            inputs.setdefault("use_cache", False)
+        return inputs
 
     @contextlib.contextmanager
     def _collating_for_evaluation(self):

@@ -81,6 +81,10 @@ def test_iterable_dataset_on_two_ranks_switches_and_counts_as_one_process(tmp_pa
     assert reference["micro_batches"] == [[s, s <= 6] for s in steps for _ in range(module.GRAD_ACCUM)]
     assert reference["logged"][str(module.MAX_STEPS)] == [0, 16]  # every 4th of 64 documents
 
+    packed_reference = module.run(str(tmp_path / "one_packed"), ctx_tokenizer, packed=True)
+    assert packed_reference["use_cache"] == ["False"]
+    assert packed_reference["micro_batches"] == reference["micro_batches"]
+
     records = json.loads((ddp_checks[0] / "ddp_iterable_cooldown.json").read_text())
     assert [r["world_size"] for r in records] == [2, 2]
     for r in records:
@@ -94,3 +98,11 @@ def test_iterable_dataset_on_two_ranks_switches_and_counts_as_one_process(tmp_pa
         # the resumed run trains steps 5-8 as the uninterrupted one (steps 1-4 come back with the log history)
         assert r["resumed"]["micro_batches"] == [m for m in reference["micro_batches"] if m[0] > 4]
         assert r["resumed"]["logged"] == reference["logged"]
+        assert r["dispatch"]["use_cache"] == ["None"]  # padded batches carry no use_cache
+        # packed with document_attention, dispatched: trained (it failed at the first step with accelerate's "Can
+        # only concatenate tensors but got <class 'bool'>"), switched as one process does, the model called with
+        # use_cache=False (the per-document masks need it)
+        assert r["packed"]["loader"] == "DataLoaderDispatcher"
+        assert r["packed"]["micro_batches"] == packed_reference["micro_batches"]
+        assert r["packed"]["logged"] == packed_reference["logged"]
+        assert r["packed"]["use_cache"] == ["False"]

@@ -11,7 +11,8 @@ Runs (each records, per micro-batch seen by `training_step`, the optimizer step 
   dispatch   - the default (accelerate's `DataLoaderDispatcher`), saving checkpoint-4 (before the switch);
   resumed    - the same run resumed from checkpoint-4;
   no_dispatch - `accelerator_config={"dispatch_batches": False}`: every rank collates its own micro-batches;
-  split      - dispatching with `split_batches=True`: the main process collates one batch of 4 and splits it.
+  split      - dispatching with `split_batches=True`: the main process collates one batch of 4 and splits it;
+  packed     - dispatching, the collator packing with `document_attention` (batches carry `use_cache=False`).
 
 Usage: ddp_iterable_cooldown.py OUT_DIR (2 ranks; writes OUT_DIR/ddp_iterable_cooldown.json on rank 0). `run(...)`
 is also called in one process by the test, for the reference."""
@@ -49,8 +50,11 @@ def documents():
     return Dataset.from_list(rows).to_iterable_dataset()  # read in order
 
 
-def run(out, tok, world_size=1, resume=None, save_steps=None, **accelerator_config):
-    """Train `MAX_STEPS` steps; returns the micro-batch record, the logged values and the train loader's class."""
+def run(out, tok, world_size=1, resume=None, save_steps=None, packed=False, **accelerator_config):
+    """Train `MAX_STEPS` steps; returns the micro-batch record, the logged values, the train loader's class and the
+    `use_cache` values the model was called with. `packed`: the collator packs into blocks of 32 tokens with
+    `document_attention` (its batches carry `use_cache=False`, a Python bool, which accelerate's dispatching cannot
+    concatenate: that run failed at its first step until `MetadataTrainer` left it out of the loaders' batches)."""
     begin, end = tok.convert_tokens_to_ids(CONTEXT_BEGIN), tok.convert_tokens_to_ids(CONTEXT_END)
     torch.manual_seed(0)
     model = LlamaForCausalLM(
@@ -59,8 +63,9 @@ def run(out, tok, world_size=1, resume=None, save_steps=None, **accelerator_conf
     )  # fmt: skip
     # fixed width: a dispatched micro-step concatenates the main process's batches, which must have one shape
     collator = MetadataCollator(
-        tok, metadata_template("url_host"), metadata_dropout=0.0, max_length=32, pad_to_multiple_of=32
-    )
+        tok, metadata_template("url_host"), metadata_dropout=0.0,
+        **({"block_size": 32} if packed else {"max_length": 32, "pad_to_multiple_of": 32}),
+    )  # fmt: skip
     per_device = DOCUMENTS_PER_MICRO_STEP if accelerator_config.get("split_batches") else 4 // world_size
     args = TrainingArguments(
         output_dir=out, max_steps=MAX_STEPS, per_device_train_batch_size=per_device,
@@ -68,7 +73,7 @@ def run(out, tok, world_size=1, resume=None, save_steps=None, **accelerator_conf
         logging_steps=1, save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, use_cpu=True,
         seed=0, disable_tqdm=True, accelerator_config=accelerator_config or None,
     )  # fmt: skip
-    micro_batches = []
+    micro_batches, use_cache = [], set()
 
     class Recording(MetadataTrainer):
         def training_step(self, model, inputs, *args, **kwargs):
@@ -76,6 +81,10 @@ def run(out, tok, world_size=1, resume=None, save_steps=None, **accelerator_conf
             rows, cols = (ids == begin).nonzero(as_tuple=True)  # a row has metadata when its context pair is not empty
             micro_batches.append([self.state.global_step + 1, bool((ids[rows, cols + 1] != end).any())])
             return super().training_step(model, inputs, *args, **kwargs)
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            use_cache.add(repr(inputs.get("use_cache")))  # what the model is called with
+            return super().compute_loss(model, inputs, *args, **kwargs)
 
     callback = MetadataCooldownCallback(collator, 0.25)
     trainer = Recording(
@@ -85,6 +94,7 @@ def run(out, tok, world_size=1, resume=None, save_steps=None, **accelerator_conf
     return {
         "loader": type(trainer.callback_handler.train_dataloader).__name__,
         "switch_step": callback.switch_step,
+        "use_cache": sorted(use_cache),
         "micro_batches": micro_batches,
         "logged": {
             str(r["step"]): [r["metadata_conditioning"], r["metadata_invalid"]]
@@ -113,6 +123,7 @@ def main(out_dir):
     record["resumed"] = run(run_dir, tok, world_size, resume=os.path.join(run_dir, "checkpoint-4"))
     record["no_dispatch"] = run(os.path.join(out_dir, "no_dispatch"), tok, world_size, dispatch_batches=False)
     record["split"] = run(os.path.join(out_dir, "split"), tok, world_size, split_batches=True)
+    record["packed"] = run(os.path.join(out_dir, "packed"), tok, world_size, packed=True)  # dispatched
     records = gather_objects(record)
     if dist.get_rank() == 0:
         atomic_write_json(os.path.join(out_dir, "ddp_iterable_cooldown.json"), records)
