@@ -158,6 +158,19 @@ def _token_id_limit(model) -> int | None:
     return min(sizes) if sizes else None
 
 
+def _check_names_sort(named: dict, arg: str) -> None:
+    """Domains and tasks are kept in sorted name order: names of kinds that do not compare (`{1: ..., "a": ...}`)
+    failed with a raw `TypeError` from `sorted`; refused naming `arg`."""
+    try:
+        sorted(named)
+    except TypeError:
+        kinds = sorted({type(name).__name__ for name in named})
+        raise TypeError(
+            f"{arg} names must be of one kind that sorts (e.g. all str), got {list(named)!r} ({', '.join(kinds)}); "
+            "name every entry with a str."
+        ) from None
+
+
 #: `GrapeConfig` settings that shape the mixture trajectory (with the data seed): a resume must keep them.
 #: `max_grad_norm` clips every reweighting gradient, so it scales each dot product as a step size does; only the
 #: methods that compute reweighting gradients read it there (`_PER_METHOD_OPTIONS`): uniform, fixed and doremi (losses
@@ -289,6 +302,7 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
                 raise TypeError(
                     "a dict train_dataset must map domain names to tokenized datasets.IterableDataset streams."
                 )
+            _check_names_sort(train_dataset, "train_dataset")
             if args.max_steps is None or args.max_steps <= 0:
                 raise ValueError("the streaming path (dict of IterableDatasets) needs --max_steps > 0.")
             if args.dataloader_num_workers:
@@ -328,6 +342,7 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         if target_datasets is not None:
             if not isinstance(target_datasets, dict):
                 raise TypeError("target_datasets must be a dict mapping task name -> datasets.Dataset.")
+            _check_names_sort(target_datasets, "target_datasets")
             for name, ds in target_datasets.items():
                 if not isinstance(ds, Dataset):
                     raise TypeError(f"target_datasets[{name!r}] must be a datasets.Dataset, got {type(ds).__name__}.")

@@ -89,3 +89,18 @@ def test_an_overflowing_step_gives_its_limit_not_nan(rule, weights, scores, step
     fn = grape_domain_weights if rule == "domain" else grape_task_weights
     got = fn(weights, scores, step)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+def test_target_and_stream_names_that_do_not_sort_are_refused_by_name(tmp_path):
+    """Domains and tasks are kept in sorted name order: mixed int / str names failed with a raw TypeError from
+    sorted() (gr41 left-alone)."""
+    from datasets import IterableDataset
+
+    train, targets = synthetic_mixture()
+    mixed = {1: next(iter(targets.values())), **targets}
+    args = quick_grape_args(tmp_path / "run", max_steps=2)
+    with pytest.raises(TypeError, match=r"^target_datasets names must be of one kind .*\(int, str\)"):
+        GrapeTrainer(model=tiny_llama(), args=args, train_dataset=train, target_datasets=mixed)
+    stream = IterableDataset.from_generator(lambda: iter([{"input_ids": [1, 2, 3]}]))
+    with pytest.raises(TypeError, match=r"^train_dataset names must be of one kind"):
+        GrapeTrainer(model=tiny_llama(), args=args, train_dataset={"a": stream, 2: stream}, target_datasets=targets)
