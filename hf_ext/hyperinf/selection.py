@@ -75,9 +75,14 @@ def build_instruction_task(
     from datasets import Dataset, concatenate_datasets
 
     from ..data import load_corpus
+    from ..utils.checks import is_int
 
     if prompt_tokens < 1 or answer_tokens < 1:
         raise ValueError(f"`prompt_tokens` and `answer_tokens` must be >= 1, got {prompt_tokens}, {answer_tokens}.")
+    for name, value in (("num_target", num_target), ("num_test", num_test), ("max_train", max_train)):
+        # a negative size sliced from the end (`rows[:-5]`), a float failed in the slice with Python's message
+        if not is_int(value) or value < 1:
+            raise ValueError(f"`{name}` must be an int >= 1 (documents), got {value!r}.")
     kinds = tuple(kinds)
     if not kinds or any(k not in INSTRUCTIONS for k in kinds):
         raise ValueError(f"`kinds` must be a non-empty selection of {list(INSTRUCTIONS)}, got {kinds!r}.")

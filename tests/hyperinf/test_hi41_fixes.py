@@ -162,3 +162,14 @@ def test_per_example_gradients_refuses_bad_arguments():
         PerExampleGradients(model, tracked, data_collator="pad")
     batches = list(PerExampleGradients(model, tracked, batch_size=1).iterate(rows))
     assert sum(next(iter(b.values())).shape[0] for b in batches) == 2
+
+
+@pytest.mark.parametrize("field, value", [("max_train", -5), ("num_target", 0), ("num_test", 2.5), ("max_train", None)])
+def test_build_instruction_task_refuses_bad_split_sizes(field, value):
+    """A negative `max_train` sliced from the end of the rows (`rows[:-5]`), a float failed with Python's slice message
+    (hi41 left-alone: the recipe checks its flags first, the direct call did not)."""
+    from hf_ext.data import build_tokenizer
+    from hf_ext.hyperinf.selection import build_instruction_task
+
+    with pytest.raises(ValueError, match=rf"^`{field}` must be an int >= 1 \(documents\)"):
+        build_instruction_task(build_tokenizer(512), seed=0, prompt_tokens=8, answer_tokens=4, **{field: value})
