@@ -197,11 +197,14 @@ def test_documented_library_defaults(tmp_path):
 
 def test_readme_names_the_extras_make_test_installs(repo_root):
     """The quick start's `make test` line names every extra the Makefile's test set-up installs (it used to say "the
-    dev extra" while `make test` also installs flower and datatrove)."""
+    dev extra" while `make test` also installs flower and datatrove, whose test modules import them at the top), and
+    the installation section gives the same install command for running the suite by hand."""
     with open(os.path.join(repo_root, "Makefile"), encoding="utf-8") as f:
         makefile = f.read()
     extras = re.search(r"\$\(VENV\)/\.installed-dev:.*?install -e \"\.\[([a-z,]+)\]\"", makefile, re.S).group(1)
     with open(os.path.join(repo_root, "README.md"), encoding="utf-8") as f:
-        line = next(line for line in f if line.startswith("make test "))
+        readme = f.read()
+    line = next(line for line in readme.splitlines() if line.startswith("make test "))
     missing = [extra for extra in extras.split(",") if extra not in line]
     assert not missing, f"README's `make test` line does not name the extras {missing} the Makefile installs: {line}"
+    assert f'".[{extras}]"' in readme, f"README does not give the test set-up's install command .[{extras}]"
