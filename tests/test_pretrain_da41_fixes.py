@@ -66,8 +66,9 @@ def test_position_limit_only_for_learned_tables(tmp_path, small_tokenizer):
     assert learned_position_limit(gpt2) == 32 and learned_position_limit(llama) is None
     check_learned_positions(gpt2, "gpt2", 32, prompt_tokens=4, max_new_tokens=28)
     check_learned_positions(llama, "llama", 64, prompt_tokens=4, max_new_tokens=100)
-    with pytest.raises(ValueError, match="--max_new_tokens <= 28"):
-        check_learned_positions(gpt2, "gpt2", 32, prompt_tokens=4, max_new_tokens=29)
+    check_learned_positions(gpt2, "gpt2", 32, prompt_tokens=4, max_new_tokens=29)  # the last new token is not fed
+    with pytest.raises(ValueError, match="--max_new_tokens <= 29"):
+        check_learned_positions(gpt2, "gpt2", 32, prompt_tokens=4, max_new_tokens=30)
 
 
 def test_tokenizer_without_eos_is_refused_naming_the_flag(tmp_path, small_tokenizer):

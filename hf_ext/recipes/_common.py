@@ -639,11 +639,12 @@ def check_learned_positions(
             f"--block_size {block_size} is longer than the {limit} learned absolute positions of {what}: its "
             f"position embedding has no row past {limit - 1}. Use --block_size <= {limit}."
         )
-    if prompt_tokens is not None and max_new_tokens is not None and prompt_tokens + max_new_tokens > limit:
+    # generate() feeds the prompt and every new token but the last: positions 0 .. prompt + new - 2
+    if prompt_tokens is not None and max_new_tokens is not None and prompt_tokens + max_new_tokens - 1 > limit:
         raise ValueError(
             f"--max_new_tokens {max_new_tokens}: the sample's --prompt ({prompt_tokens} tokens) plus the new tokens "
-            f"exceed the {limit} learned absolute positions of {what}; use --max_new_tokens <= "
-            f"{max(limit - prompt_tokens, 0)} or a shorter --prompt."
+            f"(all but the last fed back to the model) exceed the {limit} learned absolute positions of {what}; use "
+            f"--max_new_tokens <= {max(limit - prompt_tokens + 1, 0)} or a shorter --prompt."
         )
 
 

@@ -118,8 +118,8 @@ class DataArguments:
     max_new_tokens: int = field(
         default=40,
         metadata={
-            "help": "Tokens generated for the sample continuation (with the --prompt, at most the positions of a "
-            "model with a learned position table)."
+            "help": "Tokens generated for the sample continuation (with the --prompt, at most one more than the "
+            "positions of a model with a learned position table: the last new token is not fed back)."
         },
     )
 
