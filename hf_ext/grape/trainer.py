@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
 
 from ..fp8.emulation import fp8_auxiliary_pass
 from ..utils.checks import reentrant_checkpointing
@@ -660,6 +661,10 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         saved_opts = saved_options(resume_from_checkpoint)
         if saved_opts is not None:
             current = self._trajectory_options()
+            if self.args.auto_find_batch_size:  # the Trainer goes on at the checkpoint's batch size (its last retry's)
+                state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
+                if state.train_batch_size is not None:
+                    current["per_device_train_batch_size"] = state.train_batch_size // max(1, self.args.n_gpu)
             changed, fix = [], ""
             for k in current:
                 if k == _DATA_SEED_FROM or k not in saved_opts or saved_opts[k] == current[k]:
@@ -714,6 +719,8 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         records which argument gave the data seed (`data_seed_from`, not compared), to name a change by it."""
         a = self.args
         options = {name: getattr(a, name) for name in _TRAJECTORY_OPTIONS}
+        # the per-device batch the run trains with: what an auto_find_batch_size retry lowered it to, not the argument
+        options["per_device_train_batch_size"] = getattr(self, "_train_batch_size", a.train_batch_size) // max(1, a.n_gpu)
         options["data_seed"] = _data_seed(a)
         options[_DATA_SEED_FROM] = "seed" if a.data_seed is None else "data_seed"
         return options

@@ -1,0 +1,94 @@
+"""GRAPE resume batch-split check of audit pass 35, reviewed by rv41: it compares the per-device batch a run trained
+with, which an `auto_find_batch_size` retry lowers below the `per_device_train_batch_size` argument."""
+
+import json
+import os
+
+import pytest
+from grape_synthetic import synthetic_mixture, tiny_llama
+
+from hf_ext.grape import GrapeConfig, GrapeTrainer
+
+
+class _OomOnce(GrapeTrainer):
+    """Raises a simulated CUDA out-of-memory error once, in the training step taken at `global_step == oom_at`."""
+
+    oom_at = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.oom_at is not None and self.state.global_step == self.oom_at:
+            self.oom_at = None
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def _run(out, bs, oom_at=None, resume=None, **kw):
+    train, targets = synthetic_mixture()
+    args = GrapeConfig(
+        output_dir=str(out), max_steps=4, per_device_train_batch_size=bs, learning_rate=1e-3,
+        lr_scheduler_type="constant", reweight_domains_every=2, reweight_tasks_every=2, reweight_batch_size=4,
+        reweight_mini_batch_size=2, domain_step_size=200, task_step_size=200, report_to="none", use_cpu=True,
+        disable_tqdm=True, seed=0, plot_file="", logging_steps=1, **kw,
+    )  # fmt: skip
+    trainer = _OomOnce(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
+    trainer.oom_at = oom_at
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def _summary(trainer):
+    st = trainer.mixture_state
+    return {
+        "batch_size": trainer._train_batch_size,
+        "trajectory": [(r["step"], [float(x) for x in r["domain_weights"]]) for r in st.trajectory],
+        "schedule": [(start, w.tolist()) for start, w in st.schedule],
+        "losses": [row["loss"] for row in trainer.state.log_history if "loss" in row],
+    }
+
+
+@pytest.fixture(scope="module")
+def retried_checkpoint(tmp_path_factory):
+    """A run started at per_device_train_batch_size=4 whose first step ran out of memory: auto_find_batch_size
+    trained it at int(4 * 0.9) = 3, and its checkpoint-2 holds updates at sampler positions of batch size 3."""
+    tmp = tmp_path_factory.mktemp("retried")
+    base = _run(tmp / "base", 4, oom_at=0, auto_find_batch_size=True, save_strategy="steps", save_steps=2)
+    assert base._train_batch_size == 3
+    return os.path.join(base.args.output_dir, "checkpoint-2")
+
+
+def _copy(checkpoint, folder):
+    import shutil
+
+    os.makedirs(folder)
+    return str(shutil.copytree(checkpoint, folder / "checkpoint-2"))
+
+
+def test_checkpoint_records_the_batch_it_trained_with(retried_checkpoint):
+    with open(os.path.join(retried_checkpoint, "grape_state.json"), encoding="utf-8") as fh:
+        assert json.load(fh)["options"]["per_device_train_batch_size"] == 3
+
+
+def test_resume_at_the_retried_batch_size_is_accepted(tmp_path, retried_checkpoint):
+    """Resuming at the batch size the run trained with (3, without auto_find_batch_size) was refused as
+    "per_device_train_batch_size=4 -> 3"; it continues the run as the auto_find_batch_size resume does."""
+    plain = _summary(
+        _run(tmp_path / "plain", 3, resume=_copy(retried_checkpoint, tmp_path / "plain"), save_strategy="no")
+    )
+    auto = _summary(
+        _run(
+            tmp_path / "auto",
+            4,
+            resume=_copy(retried_checkpoint, tmp_path / "auto"),
+            auto_find_batch_size=True,
+            save_strategy="no",
+        )
+    )
+    assert plain["batch_size"] == auto["batch_size"] == 3
+    assert plain == auto
+
+
+def test_resume_at_the_argument_batch_size_is_refused(tmp_path, retried_checkpoint):
+    """Resuming at the argument's batch size 4 without auto_find_batch_size (the Trainer then trains at 4, not at the
+    checkpoint's 3) was accepted, re-training sampler positions with the weights of the wrong schedule segment."""
+    with pytest.raises(ValueError, match=r"per_device_train_batch_size=3 -> 4"):
+        _run(tmp_path / "wrong", 4, resume=_copy(retried_checkpoint, tmp_path / "wrong"), save_strategy="no")
