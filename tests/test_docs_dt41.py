@@ -8,11 +8,10 @@ the default a sentence claims. A user who leaves a flag out relies on that numbe
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import inspect
 import os
 import re
-import runpy
 
 import pytest
 
@@ -32,32 +31,18 @@ _QUOTED_DEFAULT = re.compile(r"`(--[a-z0-9_]+)`,? \(?default(?:s to)? (`[^`]+`|-
 _RESOLVED = {("pretrain", "--intermediate_size"): ("hf_ext.recipes.pretrain", "DEFAULT_INTERMEDIATE_SIZE")}
 
 
-class _Captured(Exception):
-    def __init__(self, parser):
-        super().__init__("parser captured")
-        self.parser = parser
+def _parser(root: str, name: str):
+    """The parser `scripts/<name>.py` builds, captured when it starts parsing: test_docs_commands.py's `parser_of`."""
+    global _docs_commands
+    if _docs_commands is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_docs_commands.py")
+        spec = importlib.util.spec_from_file_location("_docs_commands_for_dt41", path)
+        _docs_commands = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_docs_commands)
+    return _docs_commands.parser_of(root, name)
 
 
-_PARSERS: dict[str, argparse.ArgumentParser] = {}
-
-
-def _parser(root: str, name: str) -> argparse.ArgumentParser:
-    """The parser `scripts/<name>.py` builds, captured when it starts parsing (nothing runs)."""
-    if name not in _PARSERS:
-        original = argparse.ArgumentParser.parse_known_args
-
-        def capture(self, *args, **kwargs):
-            raise _Captured(self)
-
-        argparse.ArgumentParser.parse_known_args = capture
-        try:
-            namespace = runpy.run_path(os.path.join(root, "scripts", f"{name}.py"), run_name="docs_dt41")
-            with pytest.raises(_Captured) as caught:
-                namespace["main"]([])
-        finally:
-            argparse.ArgumentParser.parse_known_args = original
-        _PARSERS[name] = caught.value.parser
-    return _PARSERS[name]
+_docs_commands = None
 
 
 def _default(root: str, recipe: str, flag: str):
