@@ -5,21 +5,11 @@ import json
 import os
 
 import pytest
-from grape_synthetic import synthetic_mixture, tiny_llama
+from grape_synthetic import oom_once_trainer, synthetic_mixture, tiny_llama
 
-from hf_ext.grape import GrapeConfig, GrapeTrainer
+from hf_ext.grape import GrapeConfig
 
-
-class _OomOnce(GrapeTrainer):
-    """Raises a simulated CUDA out-of-memory error once, in the training step taken at `global_step == oom_at`."""
-
-    oom_at = None
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.oom_at is not None and self.state.global_step == self.oom_at:
-            self.oom_at = None
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-        return super().training_step(model, inputs, num_items_in_batch)
+_OomOnce = oom_once_trainer()
 
 
 def _run(out, bs, oom_at=None, resume=None, **kw):

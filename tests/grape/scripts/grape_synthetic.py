@@ -47,6 +47,23 @@ def tiny_llama(vocab: int = VOCAB, hidden: int = 32, seed: int = 0):
     return LlamaForCausalLM(cfg)
 
 
+def oom_once_trainer():
+    """A `GrapeTrainer` subclass that raises a simulated CUDA out-of-memory error once, in the training step taken at
+    `global_step == oom_at` (set on the instance), as `auto_find_batch_size` retries on."""
+    from hf_ext.grape import GrapeTrainer
+
+    class OomOnce(GrapeTrainer):
+        oom_at = None
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.oom_at is not None and self.state.global_step == self.oom_at:
+                self.oom_at = None
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return OomOnce
+
+
 def quick_grape_args(tmp_path, **overrides):
     """A 4-step CPU `GrapeConfig` with small reweighting batches, for tests that recompute its updates."""
     from hf_ext.grape import GrapeConfig
