@@ -726,13 +726,14 @@ def check_guidance_fits(model_args, data_args, meta_args, tokenizer, template, e
     docs = _guidance_docs(docs, domain_vocab)  # not every held-out document: those generation reads
     prefixes = encoder.encode_batch([meta_args.guidance_prompt] * len(docs), [metadata(d) for d in docs])
     longest = max((len(d.input_ids) for d in prefixes), default=0)
-    if longest + meta_args.guidance_max_new_tokens > positions:
+    # generate() feeds the prompt and every new token but the last: positions 0 .. longest + new - 2
+    if longest + meta_args.guidance_max_new_tokens - 1 > positions:
         raise ValueError(
             f"--guidance_max_new_tokens {meta_args.guidance_max_new_tokens}: the guided-generation example's longest "
             f"prompt ({longest} tokens: BOS, a held-out document's metadata context and --guidance_prompt) plus the "
-            f"new tokens exceed the {positions} positions of the {type(model).__name__} model (learned absolute "
-            f"positions); use --guidance_max_new_tokens <= {max(positions - longest, 0)} or a shorter "
-            "--guidance_prompt."
+            f"new tokens (all but the last fed back to the model) exceed the {positions} positions of the "
+            f"{type(model).__name__} model (learned absolute positions); use --guidance_max_new_tokens <= "
+            f"{max(positions - longest + 1, 0)} or a shorter --guidance_prompt."
         )
 
 

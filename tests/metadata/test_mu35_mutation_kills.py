@@ -76,10 +76,10 @@ def test_the_guidance_check_measures_the_longest_prompt_of_the_held_out_document
     with pytest.raises(ValueError) as err:
         check_guidance_fits(model_args, data_args, meta_args, tok, template, eval_ds)
     assert f"longest prompt ({lengths[0]} tokens" in str(err.value)
-    assert int(re.search(r"<= (\d+)", str(err.value)).group(1)) == 1024 - lengths[0]
+    assert int(re.search(r"<= (\d+)", str(err.value)).group(1)) == 1025 - lengths[0]  # the last token is not fed
     # the synthetic corpus' steering measure also conditions on the first document of each host (here "www": the
     # second, longest one): the longest of those prompts
     with pytest.raises(ValueError) as err:
         check_guidance_fits(model_args, data_args, meta_args, tok, template, eval_ds, {"www": ["word"]})
     assert f"longest prompt ({max(lengths)} tokens" in str(err.value)
-    assert int(re.search(r"<= (\d+)", str(err.value)).group(1)) == 1024 - max(lengths)
+    assert int(re.search(r"<= (\d+)", str(err.value)).group(1)) == 1025 - max(lengths)

@@ -35,6 +35,6 @@ def test_the_guidance_check_reads_the_documents_generation_conditions_on(tmp_pat
         check_guidance_fits(model_args, data_args, meta_args, tok, template, eval_ds)
     largest = int(re.search(r"<= (\d+)", str(err.value)).group(1))
     prompt = int(re.search(r"longest prompt \((\d+) tokens", str(err.value)).group(1))
-    assert largest + prompt == 1024 and prompt < 20  # the example's prompt (short URL), not the long URL's
+    assert largest + prompt == 1025 and prompt < 20  # the example's prompt (short URL), not the long URL's
     meta_args.guidance_max_new_tokens = largest
     check_guidance_fits(model_args, data_args, meta_args, tok, template, eval_ds)
