@@ -5,25 +5,11 @@ import json
 import os
 
 import pytest
-from grape_synthetic import oom_once_trainer, synthetic_mixture, tiny_llama
-
-from hf_ext.grape import GrapeConfig
-
-_OomOnce = oom_once_trainer()
+from grape_synthetic import run_with_oom
 
 
 def _run(out, bs, oom_at=None, resume=None, **kw):
-    train, targets = synthetic_mixture()
-    args = GrapeConfig(
-        output_dir=str(out), max_steps=4, per_device_train_batch_size=bs, learning_rate=1e-3,
-        lr_scheduler_type="constant", reweight_domains_every=2, reweight_tasks_every=2, reweight_batch_size=4,
-        reweight_mini_batch_size=2, domain_step_size=200, task_step_size=200, report_to="none", use_cpu=True,
-        disable_tqdm=True, seed=0, plot_file="", logging_steps=1, **kw,
-    )  # fmt: skip
-    trainer = _OomOnce(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
-    trainer.oom_at = oom_at
-    trainer.train(resume_from_checkpoint=resume)
-    return trainer
+    return run_with_oom(out, bs, oom_at, resume, **kw)
 
 
 def _summary(trainer):

@@ -64,6 +64,24 @@ def oom_once_trainer():
     return OomOnce
 
 
+def run_with_oom(out, bs, oom_at=None, resume=None, max_steps=4, learning_rate=1e-3, **kw):
+    """A GRAPE run on `synthetic_mixture` (reweighting every 2 steps) at per-device batch `bs`, whose training step
+    taken at `global_step == oom_at` raises a simulated out-of-memory error once (`oom_once_trainer`)."""
+    from hf_ext.grape import GrapeConfig
+
+    train, targets = synthetic_mixture()
+    args = GrapeConfig(
+        output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=bs, learning_rate=learning_rate,
+        lr_scheduler_type="constant", reweight_domains_every=2, reweight_tasks_every=2, reweight_batch_size=4,
+        reweight_mini_batch_size=2, domain_step_size=200, task_step_size=200, report_to="none", use_cpu=True,
+        disable_tqdm=True, seed=0, plot_file="", logging_steps=1, **kw,
+    )  # fmt: skip
+    trainer = oom_once_trainer()(model=tiny_llama(), args=args, train_dataset=train, target_datasets=targets)
+    trainer.oom_at = oom_at
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
 def quick_grape_args(tmp_path, **overrides):
     """A 4-step CPU `GrapeConfig` with small reweighting batches, for tests that recompute its updates."""
     from hf_ext.grape import GrapeConfig
