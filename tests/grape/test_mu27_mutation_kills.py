@@ -7,11 +7,9 @@ import logging
 
 import pytest
 import torch
-from grape_synthetic import synthetic_mixture, tiny_llama
+from grape_synthetic import oom_once_trainer, synthetic_mixture, tiny_llama
 
 from hf_ext.grape import GrapeConfig, MixtureState, StreamingMixture
-
-from .test_ta17_fixes import _OomOnce
 
 
 def _mixture(weights, n=2, size=50):
@@ -79,7 +77,7 @@ def _streaming_run(out, bs, oom_at=None, max_steps=6, **kw):
         reweight_mini_batch_size=2, domain_step_size=200, task_step_size=200, report_to="none", use_cpu=True,
         disable_tqdm=True, seed=0, plot_file="", save_strategy="no", **kw,
     )  # fmt: skip
-    trainer = _OomOnce(model=tiny_llama(), args=args, train_dataset=streams, target_datasets=targets)
+    trainer = oom_once_trainer()(model=tiny_llama(), args=args, train_dataset=streams, target_datasets=targets)
     trainer.oom_at = oom_at
     trainer.train()
     return trainer
