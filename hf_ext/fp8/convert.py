@@ -520,11 +520,19 @@ def torchao_config(
     fsdp_float8_all_gather: bool = False,
 ):
     """torchao `Float8LinearConfig` for a recipe name, with `pad_inner_dim`, `emulate` and (tensorwise only, under
-    FSDP2) `enable_fsdp_float8_all_gather` set."""
+    FSDP2) `enable_fsdp_float8_all_gather` set. An unknown recipe or an on/off switch that is not a `bool` (a string
+    "False" would read as True) is a `ValueError` naming the argument."""
     import dataclasses
 
     from torchao.float8 import Float8LinearConfig
 
+    if recipe not in TORCHAO_RECIPES:  # torchao itself only asserts
+        raise ValueError(
+            f"torchao_config: recipe={recipe!r} is not a torchao recipe; choose one of {TORCHAO_RECIPES}."
+        )
+    _check_switches(
+        "torchao_config", pad_inner_dim=pad_inner_dim, emulate=emulate, fsdp_float8_all_gather=fsdp_float8_all_gather
+    )
     if fsdp_float8_all_gather and recipe != "tensorwise":
         raise ValueError(
             f"FP8 all-gather under FSDP2 needs torchao's tensorwise recipe, not recipe={recipe!r}; use "
@@ -635,7 +643,23 @@ def te_recipe(
     fp8_dpa: bool = False,
 ):
     """Transformer Engine `DelayedScaling` recipe (FOG's: HYBRID, history 1024, "max", margin 0); `fp8_dpa=True` also
-    runs `te.DotProductAttention`'s QKᵀ and PV in FP8 (FOG's `--fp8-dot-product-attention`)."""
+    runs `te.DotProductAttention`'s QKᵀ and PV in FP8 (FOG's `--fp8-dot-product-attention`). The arguments are
+    checked as [`convert`] checks them, before Transformer Engine is imported (`ValueError` naming the argument):
+    `fp8_format` "hybrid" or "e4m3" (any other string, e.g. "HYBRID", gave an all-E4M3 recipe), `amax_compute_algo`
+    "max", "most_recent" or a callable (Transformer Engine's custom algorithm), `amax_history_len` a positive int,
+    `margin` a non-negative int, `fp8_dpa` a bool."""
+    from .emulation import AMAX_ALGOS, _check_history_and_margin, fp8_dtypes
+
+    try:
+        fp8_dtypes(fp8_format)
+        _check_history_and_margin(amax_history_len, margin)
+    except ValueError as err:
+        raise ValueError(f"te_recipe: {err}") from None
+    if not callable(amax_compute_algo) and amax_compute_algo not in AMAX_ALGOS:
+        raise ValueError(
+            f"te_recipe: amax_compute_algo={amax_compute_algo!r}; choose one of {AMAX_ALGOS} (or pass a callable)."
+        )
+    _check_switches("te_recipe", fp8_dpa=fp8_dpa)
     from transformer_engine.common.recipe import DelayedScaling, Format
 
     return DelayedScaling(
@@ -746,6 +770,10 @@ def ao_recipe_kwargs(
     """
     from accelerate.utils import AORecipeKwargs
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"ao_recipe_kwargs: model must be the torch.nn.Module that will be prepared, got {type(model).__name__}."
+        )
     if recipe not in TORCHAO_RECIPES:
         raise ValueError(f"ao_recipe_kwargs: recipe={recipe!r}; choose one of {TORCHAO_RECIPES}.")
     _check_switches("ao_recipe_kwargs", include_lm_head=include_lm_head, pad_inner_dim=pad_inner_dim)

@@ -150,6 +150,16 @@ class KurtosisMonitor:
         layers: list[nn.Module] | None = None,
         process_group=None,
     ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"KurtosisMonitor: model must be a torch.nn.Module, got {type(model).__name__}.")
+        if layers is not None and (
+            not isinstance(layers, (list, tuple, nn.ModuleList, nn.Sequential))
+            or not all(isinstance(layer, nn.Module) for layer in layers)
+        ):
+            raise TypeError(
+                "KurtosisMonitor: layers must be a list of the model's blocks (torch.nn.Module), e.g. "
+                f"layers=list(model.model.layers), got {layers!r:.80}."
+            )
         if isinstance(sites, str):
             raise ValueError(f"KurtosisMonitor: sites must be a list of site names, e.g. sites=[{sites!r}].")
         if sites is not None:
