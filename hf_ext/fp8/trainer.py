@@ -315,6 +315,16 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
         if mixed_precision == "fp8" and fp8_recipe_kwargs is None:  # the split this trainer is about to make
             _check_optimizer_keeps_branch_weights(self._fp8_model, optimizer)
         if fp8_recipe_kwargs is not None:
+            from accelerate.utils import AORecipeKwargs, TERecipeKwargs
+
+            if not isinstance(fp8_recipe_kwargs, (AORecipeKwargs, TERecipeKwargs)):
+                # accelerate only asserts on a non-handler (gone under python -O); another handler (e.g.
+                # DistributedDataParallelKwargs) took the recipe's place, so accelerate's default FP8 recipe ran
+                raise TypeError(
+                    "Fp8Trainer: fp8_recipe_kwargs must be an accelerate FP8 recipe handler, e.g. "
+                    "hf_ext.fp8.ao_recipe_kwargs(model) (torchao) or accelerate.utils.TERecipeKwargs(...), got "
+                    f"{type(fp8_recipe_kwargs).__name__} {fp8_recipe_kwargs!r:.80}."
+                )
             if mixed_precision != "fp8":
                 raise ValueError(
                     f"Fp8Trainer: fp8_recipe_kwargs is used only under fp8 mixed precision, but mixed precision is "

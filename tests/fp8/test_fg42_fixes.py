@@ -76,3 +76,27 @@ def test_kurtosis_monitor_checks_model_and_layers():
         stats = monitor.collect()
         assert stats["activation/kurtosis/layer_0"] > 0
     assert isinstance(model.model.layers, nn.ModuleList)
+
+
+@pytest.mark.parametrize("handler", [{"recipe": "tensorwise"}, "torchao", 5, "ddp"])
+def test_fp8_trainer_refuses_a_recipe_that_is_not_an_fp8_handler(tmp_path, monkeypatch, handler):
+    # accelerate's AssertionError "Unsupported kwargs handler passed" (no argument named; gone under python -O); a
+    # DistributedDataParallelKwargs was taken in place of the FP8 recipe (so accelerate's own default recipe ran)
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedDataParallelKwargs
+    from transformers import TrainingArguments
+
+    from hf_ext.fp8 import Fp8Trainer
+
+    if handler == "ddp":
+        handler = DistributedDataParallelKwargs()
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    try:
+        args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[])
+        with pytest.raises(TypeError, match="Fp8Trainer: fp8_recipe_kwargs must be an accelerate FP8 recipe handler"):
+            Fp8Trainer(model=_tiny(), args=args, fp8_recipe_kwargs=handler)
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
