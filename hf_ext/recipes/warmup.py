@@ -134,6 +134,13 @@ def validate(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> li
         )
     if recipe.hidden_size % recipe.num_attention_heads:
         raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
+    if recipe.block_size < 2:
+        # the causal-LM loss predicts each token from the ones before it: a 1-token block has no target, its loss is
+        # a mean over no tokens (NaN), so every arm trained on NaN losses and reported eval loss NaN
+        raise ValueError(
+            f"--block_size must be >= 2 (got {recipe.block_size}): a block of one token has no next token to "
+            "predict, so the training and eval losses would be NaN."
+        )
     if args.max_steps <= 0:
         raise ValueError("--max_steps must be > 0.")
     if recipe.train_file is not None and not os.path.isfile(recipe.train_file):
