@@ -382,23 +382,30 @@ def solve_cubic_exact(
 
 
 def _lanczos(hvp: HvpFn, v0: torch.Tensor, k: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """k-step Lanczos with full re-orthogonalisation. Returns (V (m, d), T (m, m), hvp_calls)."""
+    """k-step Lanczos with full re-orthogonalisation. Returns (V (m, d), T (m, m), hvp_calls).
+
+    It stops early when the subspace is invariant: the new residual `b` is at most `tol` times the largest `||H v_j||`
+    seen (a lower bound on `||H||`), a test relative to the Hessian's scale, so that `f` and `s f` (with `s M`) give the
+    same subspace and step. (It used to compare `b` with `tol * max(|a|, 1)`: below a Hessian scale of about 1e-10 every
+    residual passed for a breakdown and the subspace stayed `span{g}`.)"""
     d = v0.numel()
     V = torch.zeros(min(k, d), d, dtype=torch.float64, device=v0.device)
     alphas, betas = [], []
     v = v0.double() / v0.double().norm()
     calls = 0
+    h_scale = 0.0  # max_j ||H v_j||
     for j in range(min(k, d)):
         V[j] = v
         w = hvp(v.to(v0.dtype)).double()
         calls += 1
+        h_scale = max(h_scale, float(w.norm()))
         a = float(w @ v)
         alphas.append(a)
         w = w - a * v - (betas[-1] * V[j - 1] if j > 0 else 0.0)
         for _ in range(2):  # full re-orthogonalisation
             w = w - V[: j + 1].T @ (V[: j + 1] @ w)
         b = float(w.norm())
-        if j + 1 == min(k, d) or b <= tol * max(abs(a), 1.0):
+        if j + 1 == min(k, d) or b <= tol * h_scale:
             break
         betas.append(b)
         v = w / b
@@ -522,11 +529,14 @@ def solve_cubic_gd(
             if est == 0:
                 break
             v = w / est
-        lipschitz = max(est, 1e-12)
+        # the estimate as it is (an absolute floor of 1e-12 made the steps 0.5 / (1e-12 + M ||h||) on a model whose
+        # Hessian is smaller than that, too short to reach the minimiser: scale f and M by 1e-14 and the step fell
+        # 24% short of the model decrease); the floor only where the power iterations saw no curvature at all
+        lipschitz = est if est > 0 else 1e-12
     g_orig = gd
     if saddle:
         # Carmon & Duchi: a small random gradient breaks the symmetry of the saddle h = 0 of the model
-        gd = (perturbation**2 * max(lipschitz, 1e-12) ** 2 / M) * u
+        gd = (perturbation**2 * lipschitz**2 / M) * u
         gn = float(gd.norm())
         if gn == 0.0 or not math.isfinite(gn):
             return torch.zeros_like(g), calls
