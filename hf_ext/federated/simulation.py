@@ -904,6 +904,8 @@ class FederatedSimulation:
         self.global_state = get_exchange_state(self.model, self.keys)
         self.accountants = [PrivacyAccountant(training_args.dp_accountant) for _ in client_datasets]
         self.round = 0
+        # rounds whose clients trained without DP-SGD: no finite epsilon holds for their data afterwards
+        self.non_private_rounds = 0
         self.history: list[dict] = []
         self.last_server_view: ServerView | None = None
         if fed_args.secure_aggregation:
@@ -974,9 +976,15 @@ class FederatedSimulation:
             )
         set_exchange_state(self.model, self.global_state)
         self.round = r
+        if self.training_args.dp_clip_norm is None:
+            self.non_private_rounds += 1
         record = {"round": r, "clients": client_metrics}
         if self.training_args.dp_clip_norm is not None:
-            record["dp_epsilon_max"] = max(a.get_epsilon(self.training_args.dp_delta) for a in self.accountants)
+            record["dp_epsilon_max"] = (
+                math.inf
+                if self.non_private_rounds
+                else max(a.get_epsilon(self.training_args.dp_delta) for a in self.accountants)
+            )
         return record
 
     def run(self, num_rounds: int | None = None, save_dir: str | None = None) -> list[dict]:
@@ -1040,6 +1048,7 @@ class FederatedSimulation:
             "history_encoding": HISTORY_ENCODING,
             "history": encode_history(self.history),
             "accountants": [a.state_dict() for a in self.accountants],
+            "non_private_rounds": self.non_private_rounds,
             "mode": self.fed_args.mode,
         }
         if self.fed_args.use_lora:  # what the exchanged factors mean: load_state refuses other settings
@@ -1152,6 +1161,19 @@ class FederatedSimulation:
         accountants = [PrivacyAccountant(a.accountant, a.pld_discretization) for a in self.accountants]
         for acc, st in zip(accountants, meta["accountants"]):
             acc.load_state_dict(st)  # refuses a saved accountant other than the configured dp_accountant
+        non_private = meta.get("non_private_rounds")
+        saved_round = int(meta["round"])
+        if not (is_int(non_private) and 0 <= non_private <= saved_round):
+            # saved before the count: a client whose accountant holds no step after a round trained without DP-SGD
+            non_private = saved_round if saved_round and any(not acc.steps for acc in accountants) else 0
+        if non_private and self.training_args.dp_clip_norm is not None:
+            raise ValueError(
+                f"{path!r}: the saved run trained {non_private} of its {saved_round} rounds without DP-SGD "
+                "(dp_clip_norm unset), so its clients' data took part in training without clipping or noise and no "
+                "finite epsilon holds for it; continuing with DP-SGD would report an epsilon for the DP-SGD rounds "
+                "only. Start a fresh DP-SGD run (a model not trained on these clients' data without DP), or continue "
+                "without dp_clip_norm."
+            )
         encoding = meta.get("history_encoding")
         if encoding == HISTORY_ENCODING:
             history = decode_history(meta["history"])
@@ -1173,6 +1195,7 @@ class FederatedSimulation:
         self.round = int(meta["round"])
         self.history = history
         self.accountants = accountants
+        self.non_private_rounds = int(non_private)
         if self.fed_args.secure_aggregation and "secagg_client_states" in meta:
             self.secagg_client_states = {
                 c: SecAggClientState.from_dict(d) for c, d in enumerate(meta["secagg_client_states"])

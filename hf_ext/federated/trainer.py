@@ -160,7 +160,8 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     `evaluate()` reports the loss over every token, as the Goldfish reference does. A
     [`PrivacyAccountant`] (Google's `dp-accounting`, PLD by default) tracks epsilon at `dp_delta`; it is saved as
     JSON in every checkpoint (before `trainer_state.json` marks it complete) and restored by `resume_from_checkpoint`;
-    with DP-SGD on, a checkpoint without it is refused. With DP-SGD on, `auto_find_batch_size` and a
+    with DP-SGD on, a checkpoint without it is refused, and so is one whose run trained steps without DP-SGD
+    ([`non_private_steps`]; `privacy_spent()` reports epsilon inf for such a run). With DP-SGD on, `auto_find_batch_size` and a
     `train_sampling_strategy` other than `"random"` are refused (the Poisson sampling replaces the latter; an
     out-of-memory retry would change the sampling rate mid-run), and so is a data collator that does not return one
     row per example (e.g. the padding-free `DataCollatorWithFlattening`: the per-row clipping would bound the whole
@@ -183,6 +184,10 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         # resumed call continues the key of the checkpoint it resumes from (stored next to the accountant).
         self._sampling_call = 0
         self._next_sampling_call = 0
+        # optimizer steps trained without DP-SGD on this trainer's run before the current train() call (restored from
+        # a checkpoint on resume), and the global step the current call started from: no finite epsilon covers them
+        self._non_private_steps = 0
+        self._call_start_step = 0
         if self.args.dp_clip_norm is not None:
             if self.compute_loss_func is not None or type(self).compute_loss is not Trainer.compute_loss:
                 raise ValueError(
@@ -226,8 +231,22 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         # call's. A resumed call takes the key of its checkpoint in `_load_from_checkpoint`.
         if not resume_from_checkpoint:
             self._sampling_call = self._next_sampling_call
+            self._call_start_step = 0  # the Trainer restarts its step count (a resume sets it from the checkpoint)
         self._next_sampling_call = max(self._next_sampling_call, self._sampling_call) + 1
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self._non_private_steps = self.non_private_steps()
+            self._call_start_step = self.state.global_step
+
+    def non_private_steps(self) -> int:
+        """Optimizer steps this run trained without DP-SGD (`dp_clip_norm` unset), over its train() calls and the
+        checkpoints it resumed from: the training data took part in them without clipping or noise, so no finite
+        epsilon holds for it ([`privacy_spent`] then reports inf)."""
+        current = 0
+        if self.args.dp_clip_norm is None:
+            current = max(0, self.state.global_step - self._call_start_step)
+        return self._non_private_steps + current
 
     def sampling_seed(self) -> int:
         """Seed of the DP-SGD Poisson sampling. By default a secret drawn once per Trainer from the OS randomness: the
@@ -297,10 +316,17 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             self._secret_noise = secret_noise_generator(device)
         return self._secret_noise
 
+    def _epsilon(self) -> float:
+        if self.non_private_steps():  # the data was trained on without DP-SGD: no finite epsilon holds
+            return math.inf
+        return self.accountant.get_epsilon(self.args.dp_delta)
+
     def privacy_spent(self) -> dict[str, float]:
-        """`{"epsilon", "delta", "dp_steps"}` for the steps taken so far (epsilon is inf without noise)."""
+        """`{"epsilon", "delta", "dp_steps"}` for the steps taken so far: epsilon is inf without noise, and when any
+        step of the run trained without DP-SGD ([`non_private_steps`], e.g. `dp_clip_norm` unset); 0.0 before any
+        step."""
         return {
-            "epsilon": self.accountant.get_epsilon(self.args.dp_delta),
+            "epsilon": self._epsilon(),
             "delta": self.args.dp_delta,
             "dp_steps": self.accountant.steps,
         }
@@ -332,7 +358,7 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.args.dp_clip_norm is not None and "loss" in logs:
-            eps = self.accountant.get_epsilon(self.args.dp_delta)
+            eps = self._epsilon()
             logs = {**logs, "dp_epsilon": eps if math.isfinite(eps) else float("inf")}
         super().log(logs, start_time)
 
@@ -349,15 +375,24 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
             return
 
         atomic_write_json(
-            os.path.join(folder, ACCOUNTANT_FILE), {**self.accountant.state_dict(), "sampling_call": self._sampling_call}
+            os.path.join(folder, ACCOUNTANT_FILE),
+            {
+                **self.accountant.state_dict(),
+                "sampling_call": self._sampling_call,
+                "non_private_steps": self.non_private_steps(),
+            },
         )
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from ..utils.resume import refuse_weights_only_checkpoint
 
         refuse_weights_only_checkpoint(resume_from_checkpoint, "resume_from_checkpoint")  # before anything is restored
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, ACCOUNTANT_FILE)
+        saved_step = _checkpoint_global_step(resume_from_checkpoint)
+        if self.args.dp_clip_norm is not None and os.path.isfile(path):
+            _refuse_non_private_checkpoint(resume_from_checkpoint, path, saved_step)  # before anything is restored
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._call_start_step = saved_step
         if not os.path.isfile(path):
             if self.args.dp_clip_norm is not None:
                 raise ValueError(
@@ -369,9 +404,46 @@ class PrivateTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         with open(path) as fh:
             state = json.load(fh)
         self.accountant.load_state_dict(state)
+        saved = state.get("non_private_steps")
+        if is_int(saved) and saved >= 0:
+            self._non_private_steps = int(saved)
+        else:  # a checkpoint from before the count: steps the accountant does not hold were not DP-SGD steps
+            self._non_private_steps = max(0, saved_step - self.accountant.steps)
         call = state.get("sampling_call", 0)
         self._sampling_call = call if isinstance(call, int) and not isinstance(call, bool) and call >= 0 else 0
         self._next_sampling_call = max(self._next_sampling_call, self._sampling_call + 1)
+
+
+def _checkpoint_global_step(checkpoint: str) -> int:
+    """The `global_step` of `checkpoint`'s `trainer_state.json` (0 when it cannot be read)."""
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json")) as fh:
+            step = json.load(fh).get("global_step", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return int(step) if is_int(step) and step > 0 else 0
+
+
+def _refuse_non_private_checkpoint(checkpoint: str, accountant_path: str, saved_step: int) -> None:
+    """Refuse (`ValueError`) to continue DP-SGD from `checkpoint` when some of its steps trained without DP-SGD (its
+    `non_private_steps`, or, in a file written before that count, steps its accountant does not hold): the data was
+    used without clipping or noise, no finite epsilon holds, and the accountant would report one for the DP steps
+    only."""
+    with open(accountant_path) as fh:
+        state = json.load(fh)
+    count = state.get("non_private_steps") if isinstance(state, dict) else None
+    if not (is_int(count) and count >= 0):
+        history = state.get("history", []) if isinstance(state, dict) else []
+        accounted = sum(int(h[2]) for h in history if isinstance(h, list | tuple) and len(h) == 3 and is_int(h[2]))
+        count = max(0, saved_step - accounted)
+    if count:
+        raise ValueError(
+            f"resume_from_checkpoint: {checkpoint} trained {count} of its {saved_step} steps without DP-SGD "
+            "(dp_clip_norm unset): the training data took part in them without clipping or noise, so no finite "
+            "epsilon holds for it, and resuming with --dp_clip_norm would report an epsilon for the DP-SGD steps "
+            "only. Start a fresh DP-SGD run (from a model that has not been trained on this data without DP), or "
+            "resume without --dp_clip_norm."
+        )
 
 
 class _PoissonDataLoader(DataLoader):

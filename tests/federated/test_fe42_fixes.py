@@ -1,0 +1,135 @@
+"""Audit fe42: steps trained without DP-SGD were invisible to the privacy accounting.
+
+A `PrivateTrainer` without `dp_clip_norm` reported `privacy_spent()["epsilon"] == 0.0` after training (its docstring
+said inf without noise), and a checkpoint of such a run resumed with DP-SGD reported the epsilon of the DP-SGD steps
+only (4 plain steps + 4 DP-SGD steps at q = 4/538, sigma 1: epsilon 0.212 at delta 1e-5, where the data had already
+been trained on without clipping or noise). `FederatedSimulation.load_state` did the same for rounds saved without
+DP-SGD."""
+
+import json
+import math
+import os
+
+import pytest
+from transformers import default_data_collator
+
+from hf_ext.federated import (
+    FederatedArguments,
+    FederatedSimulation,
+    PrivateTrainer,
+    PrivateTrainingArguments,
+    apply_lora,
+)
+
+from .conftest import tiny_llama
+
+
+def _args(out, dp: bool, max_steps: int, **kw) -> PrivateTrainingArguments:
+    extra = dict(dp_clip_norm=0.5, dp_noise_multiplier=1.0, max_grad_norm=0, dp_noise_seed=5) if dp else {}
+    return PrivateTrainingArguments(
+        output_dir=out,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        max_steps=max_steps,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+        **extra,
+        **kw,
+    )
+
+
+def _trainer(small_tokenizer, ds, args) -> PrivateTrainer:
+    model = apply_lora(tiny_llama(len(small_tokenizer), hidden=16), FederatedArguments(lora_r=2), seed=0)
+    return PrivateTrainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator)
+
+
+def test_a_trainer_without_dp_sgd_reports_an_infinite_epsilon(tmp_path, small_tokenizer, client_datasets):
+    trainer = _trainer(small_tokenizer, client_datasets[0].select(range(8)), _args(str(tmp_path), False, 2))
+    assert trainer.privacy_spent()["epsilon"] == 0.0  # nothing trained yet
+    trainer.train()
+    assert trainer.non_private_steps() == 2
+    assert trainer.privacy_spent()["epsilon"] == math.inf  # was 0.0: "perfect privacy" for plain training
+
+
+def _plain_checkpoint(tmp_path, small_tokenizer, ds) -> str:
+    plain = _trainer(
+        small_tokenizer, ds, _args(str(tmp_path / "plain"), False, 2, save_strategy="steps", save_steps=2)
+    )
+    plain.train()
+    ckpt = str(tmp_path / "plain" / "checkpoint-2")
+    with open(os.path.join(ckpt, "privacy_accountant.json")) as fh:
+        assert json.load(fh)["history"] == []  # the plain steps left no trace in the accountant
+    return ckpt
+
+
+@pytest.mark.parametrize("old_file", [False, True])  # with the saved count, and a file written before it
+def test_resuming_a_checkpoint_trained_without_dp_sgd_with_dp_sgd_is_refused(
+    tmp_path, small_tokenizer, client_datasets, old_file
+):
+    ds = client_datasets[0].select(range(8))
+    ckpt = _plain_checkpoint(tmp_path, small_tokenizer, ds)
+    path = os.path.join(ckpt, "privacy_accountant.json")
+    if old_file:
+        with open(path) as fh:
+            state = json.load(fh)
+        state.pop("non_private_steps")
+        with open(path, "w") as fh:
+            json.dump(state, fh)
+    dp = _trainer(small_tokenizer, ds, _args(str(tmp_path / "dp"), True, 4))
+    with pytest.raises(ValueError, match=r"trained 2 of its 2 steps without DP-SGD .* no finite\s+epsilon"):
+        dp.train(resume_from_checkpoint=ckpt)
+    assert dp.accountant.steps == 0  # refused before any DP-SGD step reported an epsilon
+
+
+def test_plain_resume_keeps_counting_and_dp_resume_of_a_dp_checkpoint_is_unchanged(
+    tmp_path, small_tokenizer, client_datasets
+):
+    ds = client_datasets[0].select(range(8))
+    ckpt = _plain_checkpoint(tmp_path, small_tokenizer, ds)
+    plain = _trainer(small_tokenizer, ds, _args(str(tmp_path / "plain2"), False, 3))
+    plain.train(resume_from_checkpoint=ckpt)
+    assert plain.non_private_steps() == 3 and plain.privacy_spent()["epsilon"] == math.inf
+
+    kw = dict(save_strategy="steps", save_steps=2)
+    full = _trainer(small_tokenizer, ds, _args(str(tmp_path / "a"), True, 4, **kw))
+    full.train()
+    resumed = _trainer(small_tokenizer, ds, _args(str(tmp_path / "b"), True, 4, **kw))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    assert resumed.non_private_steps() == 0 and resumed.accountant.steps == 4
+    eps = full.privacy_spent()["epsilon"]
+    assert 0 < eps < math.inf and resumed.privacy_spent()["epsilon"] == pytest.approx(eps)
+
+
+@pytest.mark.parametrize("old_file", [False, True])
+def test_simulation_refuses_to_continue_rounds_saved_without_dp_sgd_with_dp_sgd(
+    tmp_path, small_tokenizer, client_datasets, old_file
+):
+    clients = [d.select(range(6)) for d in client_datasets[:2]]
+    fed = FederatedArguments(num_rounds=1, local_steps=1, lora_r=2)
+    plain = FederatedSimulation(
+        tiny_llama(len(small_tokenizer), hidden=16), clients, fed, _args(str(tmp_path / "p"), False, 1)
+    )
+    plain.run(save_dir=str(tmp_path / "save"))
+    saved = str(tmp_path / "save" / "round-1")
+    if old_file:
+        meta_path = os.path.join(saved, "federated_state.json")
+        with open(meta_path) as fh:
+            meta = json.load(fh)
+        meta.pop("non_private_rounds")
+        with open(meta_path, "w") as fh:
+            json.dump(meta, fh)
+    fed2 = FederatedArguments(num_rounds=2, local_steps=1, lora_r=2)
+    dp = FederatedSimulation(
+        tiny_llama(len(small_tokenizer), hidden=16), clients, fed2, _args(str(tmp_path / "d"), True, 1)
+    )
+    with pytest.raises(ValueError, match=r"trained 1 of its 1 rounds without DP-SGD"):
+        dp.load_state(saved)
+    assert dp.round == 0
+    # continuing without DP-SGD is not refused, and the count travels on
+    again = FederatedSimulation(
+        tiny_llama(len(small_tokenizer), hidden=16), clients, fed2, _args(str(tmp_path / "q"), False, 1)
+    )
+    again.load_state(saved)
+    assert again.round == 1 and again.non_private_rounds == 1
