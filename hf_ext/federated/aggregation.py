@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Collection, Mapping, Sequence
 
@@ -314,8 +315,8 @@ def clip_update(update: Mapping[str, torch.Tensor], max_norm: float) -> dict[str
 
     An update with a non-finite norm (a NaN or inf entry) is refused (`ValueError`): scaling it cannot bound it
     (an inf entry times 0 is NaN, and `min(1, C / nan)` would keep it unscaled)."""
-    if not (max_norm > 0 and math.isfinite(max_norm)):
-        raise ValueError(f"`max_norm` must be a finite number > 0, got {max_norm}.")
+    if not (isinstance(max_norm, numbers.Real) and not isinstance(max_norm, bool) and 0 < max_norm < math.inf):
+        raise ValueError(f"`max_norm` must be a finite number > 0, got {max_norm!r}.")
     norm = state_norm(update)
     if not math.isfinite(norm):
         key = next(

@@ -52,8 +52,13 @@ def goldfish_drop_mask(targets: torch.Tensor, k: int, context_width: int = 13) -
     """
     _check(k, context_width)
     k, context_width = int(k), int(context_width)
-    if targets.dim() != 2:
-        raise ValueError(f"`targets` must have shape (batch, length), got {tuple(targets.shape)}.")
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 2:
+        raise ValueError(f"`targets` must be a tensor of shape (batch, length), got {getattr(targets, 'shape', targets)}.")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise ValueError(
+            f"`targets` must hold integer token ids, got dtype {targets.dtype}: the window products of non-integer "
+            "values are not the reference's hash (floats in [0, 1) all hash to key 0)."
+        )
     mask = torch.zeros(targets.shape, dtype=torch.bool, device=targets.device)
     if targets.shape[1] < context_width:
         return mask
@@ -92,6 +97,11 @@ def apply_goldfish(
     then warns once (a `UserWarning`, not one per row).
     """
     _check(k, context_width)
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+        raise ValueError(
+            f"`labels` must be a tensor of shape (batch, length), got {getattr(labels, 'shape', labels)}: add the batch "
+            "dimension (labels[None]) for a single sequence."
+        )
     if input_ids is not None and input_ids.shape != labels.shape:
         raise ValueError(f"`input_ids` {tuple(input_ids.shape)} and `labels` {tuple(labels.shape)} differ in shape.")
     if attention_mask is not None and attention_mask.shape != labels.shape:

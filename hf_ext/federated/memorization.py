@@ -146,8 +146,21 @@ def assign_canaries(
     """
     if strategy not in ("proportional", "single_client"):
         raise ValueError(f"`strategy` must be 'proportional' or 'single_client', got {strategy!r}.")
-    if not client_sizes or any(s < 0 for s in client_sizes) or sum(client_sizes) <= 0:
-        raise ValueError(f"`client_sizes` must be non-negative with a positive sum, got {list(client_sizes)}.")
+    if isinstance(client_sizes, str | Mapping) or not hasattr(client_sizes, "__len__"):
+        raise ValueError(f"`client_sizes` must be a sequence of client sizes (one per client), got {client_sizes!r}.")
+    if (
+        not len(client_sizes)
+        or not all(_finite_number(s) and s >= 0 for s in client_sizes)
+        or sum(client_sizes) <= 0
+    ):
+        raise ValueError(
+            f"`client_sizes` must be finite non-negative numbers with a positive sum, got {list(client_sizes)!r}."
+        )
+    bad = next((c for c in canaries if not isinstance(c, Canary)), None)
+    if isinstance(canaries, str) or bad is not None:
+        raise ValueError(
+            f"`canaries` must be Canary objects (from make_canaries), got {bad if bad is not None else canaries!r:.80}."
+        )
     rng = random.Random(seed)
     n = len(client_sizes)
     total = float(sum(client_sizes))
@@ -185,10 +198,10 @@ class FrequencyPenaltyLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, penalty: float, prompt_length: int):
-        if not math.isfinite(penalty):
-            raise ValueError(f"`penalty` must be finite, got {penalty}.")
-        if prompt_length < 0:
-            raise ValueError(f"`prompt_length` must be >= 0, got {prompt_length}.")
+        if not (is_real(penalty) and math.isfinite(penalty)):
+            raise ValueError(f"`penalty` must be a finite number, got {penalty!r}.")
+        if not (is_int(prompt_length) and prompt_length >= 0):
+            raise ValueError(f"`prompt_length` must be an integer >= 0 (prompt tokens not counted), got {prompt_length!r}.")
         self.penalty = float(penalty)
         self.prompt_length = int(prompt_length)
 

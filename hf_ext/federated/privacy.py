@@ -70,8 +70,8 @@ class PrivacyAccountant:
     def __init__(self, accountant: str = "pld", pld_discretization: float = 1e-4):
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"`accountant` must be one of {ACCOUNTANTS}, got {accountant!r}.")
-        if not (0 < pld_discretization <= 0.1):
-            raise ValueError(f"`pld_discretization` must be in (0, 0.1], got {pld_discretization}.")
+        if not (is_real(pld_discretization) and 0 < pld_discretization <= 0.1):
+            raise ValueError(f"`pld_discretization` must be a number in (0, 0.1], got {pld_discretization!r}.")
         self.accountant = accountant
         self.pld_discretization = float(pld_discretization)
         self.history: list[tuple[float, float, int]] = []
@@ -111,8 +111,8 @@ class PrivacyAccountant:
 
     def get_epsilon(self, delta: float) -> float:
         """The smallest epsilon such that the recorded steps are `(epsilon, delta)`-DP (inf if a step had no noise)."""
-        if not 0 < delta < 1:
-            raise ValueError(f"`delta` must be in (0, 1), got {delta}.")
+        if not (is_real(delta) and 0 < delta < 1):
+            raise ValueError(f"`delta` must be a number in (0, 1), got {delta!r}.")
         live = [(q, s, n) for q, s, n in self.history if q > 0]
         if not live:
             return 0.0
@@ -156,8 +156,11 @@ class PrivacyAccountant:
         return {"accountant": self.accountant, "history": [list(h) for h in self.history]}
 
     def load_state_dict(self, state: Mapping) -> None:
-        if "history" not in state:
-            raise ValueError("Accountant state must have a `history` entry.")
+        if not isinstance(state, Mapping) or not isinstance(state.get("history"), list | tuple):
+            raise ValueError(
+                "Accountant state must be a mapping with a `history` list (as `state_dict()` returns), got "
+                f"{state!r:.120}: the saved privacy state was edited or is corrupt."
+            )
         accountant = state.get("accountant", self.accountant)
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"Saved accountant {accountant!r} is not one of {ACCOUNTANTS}.")
@@ -322,8 +325,8 @@ def clip_per_sample(
         `tuple[dict[str, torch.Tensor], torch.Tensor]`: the clipped per-sample gradients and the original norms
         (float32).
     """
-    if not (max_norm > 0 and math.isfinite(max_norm)):
-        raise ValueError(f"`max_norm` must be a finite number > 0, got {max_norm}.")
+    if not (is_real(max_norm) and max_norm > 0 and math.isfinite(max_norm)):
+        raise ValueError(f"`max_norm` must be a finite number > 0, got {max_norm!r}.")
     if not grads:
         raise ValueError("`grads` is empty.")
 
@@ -374,8 +377,8 @@ def noisy_sum(
     anyone who knows the run's seed could replay).
     """
     noise_multiplier = _check_sigma(noise_multiplier)
-    if noise_multiplier > 0 and not (max_norm > 0 and math.isfinite(max_norm)):
-        raise ValueError(f"`max_norm` (the sensitivity) must be a finite number > 0 to add noise, got {max_norm}.")
+    if noise_multiplier > 0 and not (is_real(max_norm) and max_norm > 0 and math.isfinite(max_norm)):
+        raise ValueError(f"`max_norm` (the sensitivity) must be a finite number > 0 to add noise, got {max_norm!r}.")
     std = noise_multiplier * max_norm
     if std > 0 and generator is None and clipped:
         generator = secret_noise_generator(next(iter(clipped.values())).device)

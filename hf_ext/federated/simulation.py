@@ -257,6 +257,12 @@ class FederatedArguments:
                 f"Set --local_steps > 0 or a finite --local_epochs > 0 (local work per round), got --local_steps "
                 f"{self.local_steps} and --local_epochs {self.local_epochs!r}."
             )
+        targets = self.lora_target_modules
+        if self.use_lora and (not isinstance(targets, str) or not [x for x in targets.split(",") if x.strip()]):
+            raise ValueError(
+                f"--lora_target_modules must be 'all-linear' or a comma-separated list of module names (e.g. "
+                f"'q_proj,v_proj'), got {targets!r}."
+            )
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"--aggregation must be one of {list(AGGREGATIONS)}, got {self.aggregation!r}.")
         if self.aggregation == "merge_then_average" and not self.use_lora:

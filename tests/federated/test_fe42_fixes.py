@@ -133,3 +133,48 @@ def test_simulation_refuses_to_continue_rounds_saved_without_dp_sgd_with_dp_sgd(
     )
     again.load_state(saved)
     assert again.round == 1 and again.non_private_rounds == 1
+
+
+# Bad inputs to public entry points: each used to fail late with a raw error that named no argument (or, for
+# float Goldfish targets and a fractional prompt length, to compute something else silently).
+
+
+def _bad_input_cases():
+    import torch
+
+    from hf_ext.federated import PrivacyAccountant, apply_goldfish, clip_per_sample, noisy_sum
+    from hf_ext.federated.aggregation import clip_update
+    from hf_ext.federated.goldfish import goldfish_drop_mask
+    from hf_ext.federated.memorization import FrequencyPenaltyLogitsProcessor, assign_canaries, make_canaries
+
+    grads = {"a": torch.ones(2, 3)}
+    return {
+        "pld_discretization": lambda: PrivacyAccountant("pld", "x"),  # was TypeError: '<' not supported
+        "delta": lambda: PrivacyAccountant().get_epsilon("1e-5"),
+        "history": lambda: PrivacyAccountant().load_state_dict({"history": None}),  # was 'NoneType' not iterable
+        "max_norm": lambda: clip_per_sample(grads, "1"),
+        "sensitivity": lambda: noisy_sum(grads, None, 1.0),
+        "max_norm`": lambda: clip_update({"a": torch.ones(2)}, "1"),
+        "`targets` must hold integer token ids": lambda: goldfish_drop_mask(torch.rand(2, 20), 4, 3),  # was silent
+        "`labels` must be a tensor of shape": lambda: apply_goldfish(torch.arange(20), 4, 3),  # was IndexError
+        "prompt_length": lambda: FrequencyPenaltyLogitsProcessor(1.0, 2.5),  # was silently int(2.5)
+        "`penalty`": lambda: FrequencyPenaltyLogitsProcessor("1", 3),
+        "client_sizes` must be finite": lambda: assign_canaries(make_canaries(3), [float("nan"), 2]),
+        "client_sizes` must be a sequence": lambda: assign_canaries(make_canaries(3), 5),
+        "`canaries` must be Canary objects": lambda: assign_canaries(["abc"], [1, 2]),  # was AttributeError
+        "--lora_target_modules": lambda: FederatedArguments(lora_target_modules=None),  # was AttributeError later
+        "--lora_target_modules ": lambda: FederatedArguments(lora_target_modules=" , "),  # was a peft error later
+    }
+
+
+@pytest.mark.parametrize("name", list(_bad_input_cases()))
+def test_bad_inputs_raise_a_value_error_naming_the_argument(name):
+    with pytest.raises(ValueError, match=__import__("re").escape(name.strip())):
+        _bad_input_cases()[name]()
+
+
+def test_lora_target_modules_are_checked_only_when_lora_is_on():
+    with pytest.raises(ValueError, match="--lora_target_modules must be 'all-linear' or a comma-separated list"):
+        FederatedArguments(use_lora=True, lora_target_modules="")
+    assert FederatedArguments(use_lora=False, lora_target_modules="").target_modules() == []  # never read
+    assert FederatedArguments(lora_target_modules=" q_proj , v_proj ").target_modules() == ["q_proj", "v_proj"]
