@@ -187,7 +187,8 @@ def compute_retention_stats(
     """Count documents and tokens removed by the robots.txt filter, per domain and overall.
 
     Args:
-        dataset (`datasets.Dataset`): Output of `annotate_compliance` (all documents, with the compliance column).
+        dataset (`datasets.Dataset`): Output of `annotate_compliance` (all documents, with the compliance column);
+            its stored columns are read whatever its format (`set_format(columns=...)` hiding a column included).
         compliant_column (`str`, *optional*, defaults to `"robots_compliant"`): Boolean column (True = kept); another
             type is a `TypeError`, a null entry (no decision) a `ValueError`.
         agents_column (`str`, *optional*, defaults to `"disallowed_user_agents"`):
@@ -210,6 +211,9 @@ def compute_retention_stats(
 
     if not isinstance(dataset, datasets.Dataset):
         raise TypeError(f"dataset must be a datasets.Dataset (annotated with annotate_compliance), got {type(dataset)}.")
+    # Read the stored columns as Python values whatever the dataset's format: `set_format(columns=...)` hides the
+    # other columns from `dataset[name]` (a raw KeyError), and a numpy/torch format would hand back arrays.
+    dataset = dataset.with_format(None)
     columns = dataset.column_names
     required = {"compliant_column": compliant_column}
     if domain_column is not None:

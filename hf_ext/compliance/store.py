@@ -976,8 +976,16 @@ def record_from_response(
     (`RobotsCompliance(status_policy=...)`): under RFC 9309, 3xx/4xx are *unavailable* (allow everything) and 5xx
     *unreachable* (disallow everything). A fetch without an HTTP answer records `error` (unreachable as well). A 304
     Not Modified is recorded with status 304 for `RobotsTxtStore.update_from_fetch`, which keeps the stored copy it
-    confirms (or records an error when there is none).
+    confirms (or records an error when there is none). `status` is an int (what `http.client` and `HTTPError.code`
+    give) or `None`; another type (a string "200", a float, a bool) is a `TypeError`, as in `RobotsTxtStore.add`.
     """
+    if status is not None and not is_int(status):
+        raise TypeError(
+            f"status of {host!r} must be an int HTTP status or None, got {status!r} ({type(status).__name__}); "
+            "pass e.g. int(status)."
+        )
+    if status is not None:
+        status = int(status)  # numpy's int64 as the int every snapshot format can save
     ok = status is not None and 200 <= status < 300 and body is not None
     if ok:  # the first 500 KiB, as the parser reads a longer body
         body = _without_cut_line(body[:MAX_ROBOTS_BYTES], body[MAX_ROBOTS_BYTES : MAX_ROBOTS_BYTES + 1])
