@@ -131,7 +131,7 @@ class InfluenceArguments:
     )
     select_fractions: str = field(
         default="0.2,0.5",
-        metadata={"help": "llm_selection: comma-separated shares of the training set to keep (most helpful first)."},
+        metadata={"help": "llm_selection: comma-separated distinct shares of the training set to keep (most helpful first)."},
     )
     select_per_class: bool = field(
         default=True,
@@ -204,6 +204,12 @@ def validate_args(task: TaskArguments, model_args: ModelArguments, inf: Influenc
             raise ValueError(
                 f"--select_fractions must be comma-separated shares in (0, 1), e.g. 0.2,0.5; got "
                 f"{inf.select_fractions!r}."
+            )
+        repeated = sorted({f for f in fractions if fractions.count(f) > 1})
+        if repeated:  # each share would be fine-tuned and reported twice (the same runs, the same table rows)
+            raise ValueError(
+                f"--select_fractions lists {', '.join(f'{f:g}' for f in repeated)} more than once "
+                f"({inf.select_fractions!r}); list each share once."
             )
     _refuse_inapplicable_flags(task, model_args, inf)
     if model_args.hidden_size % model_args.num_attention_heads:
