@@ -130,6 +130,17 @@ class GrapeConfig(TrainingArguments):
             )
 
     def _validate_mixture_args(self) -> None:
+        # the column names are read only when the trainer is built: an empty one used to pass the config
+        if not isinstance(self.domain_column, str) or not self.domain_column:
+            raise ValueError(
+                f"domain_column must name the training dataset's domain column (e.g. the default 'domain'), got "
+                f"{self.domain_column!r}."
+            )
+        if self.text_column is not None and (not isinstance(self.text_column, str) or not self.text_column):
+            raise ValueError(
+                f"text_column must name the raw-text column (e.g. the default 'text'; None with tokenized datasets "
+                f"only), got {self.text_column!r}."
+            )
         if self.reweight_method not in REWEIGHT_METHODS:
             raise ValueError(f"reweight_method must be one of {REWEIGHT_METHODS}, got {self.reweight_method!r}.")
         if self.step_size_convention not in STEP_SIZE_CONVENTIONS:

@@ -226,6 +226,52 @@ def _data_seed_change(saved: dict, current: dict) -> tuple[str, str]:
     return change, fix
 
 
+def trajectory_options(args, train_batch_size: int | None = None) -> dict:
+    """The settings of `args` that shape the mixture trajectory, as a checkpoint's mixture state records them
+    (`train_batch_size`: the batch over the local devices the run trains with, default `args.train_batch_size`)."""
+    options = {name: getattr(args, name) for name in _TRAJECTORY_OPTIONS}
+    batch = args.train_batch_size if train_batch_size is None else train_batch_size
+    options["per_device_train_batch_size"] = batch // max(1, args.n_gpu)
+    options["data_seed"] = _data_seed(args)
+    options[_DATA_SEED_FROM] = "seed" if args.data_seed is None else "data_seed"
+    return options
+
+
+def check_resume_options(checkpoint: str, args, current: dict | None = None, arg: str = "resume_from_checkpoint") -> None:
+    """Refuse to resume `checkpoint` with mixture settings other than those its mixture state records (the resumed run
+    would not continue its mixture trajectory). `current`: this run's `trajectory_options` (default: from `args`, as
+    before training starts); `arg` names the argument in the message. A checkpoint that records no options passes.
+    `GrapeTrainer` checks this when it restores a checkpoint; a script can call it before any data work."""
+    saved_opts = saved_options(checkpoint)
+    if saved_opts is None:
+        return
+    current = dict(trajectory_options(args) if current is None else current)
+    if args.auto_find_batch_size:  # the Trainer goes on at the checkpoint's batch size (its last retry's)
+        state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        if state.train_batch_size is not None:
+            current["per_device_train_batch_size"] = state.train_batch_size // max(1, args.n_gpu)
+    changed, fix = [], ""
+    for k in current:
+        if k == _DATA_SEED_FROM or k not in saved_opts or saved_opts[k] == current[k]:
+            continue
+        if k in _PER_METHOD_OPTIONS and args.reweight_method not in _PER_METHOD_OPTIONS[k]:
+            continue  # the option does not shape this method's mixture (e.g. the clip: no reweighting gradient)
+        if k == "data_seed":  # named by what the user set: seed, when data_seed is unset
+            change, seed_fix = _data_seed_change(saved_opts, current)
+            changed.append(change)
+            fix = f" (for the data seed: {seed_fix})"
+        elif k == "world_size":
+            changed.append(f"world_size (the number of processes)={saved_opts[k]!r} -> {current[k]!r}")
+        else:
+            changed.append(f"{k}={saved_opts[k]!r} -> {current[k]!r}")
+    if changed:
+        raise ValueError(
+            f"{arg}={checkpoint!r} was written by a run with other mixture settings: {', '.join(changed)}. The resumed "
+            "run would not continue that run's mixture trajectory (its sampler schedule, reweighting draws and "
+            f"updates); resume with the checkpoint's values{fix}, or start a new run without {arg.lstrip('-')}."
+        )
+
+
 _POSITION_TABLE_NAMES = ("wpe", "position_embeddings", "embed_positions")
 
 
@@ -658,34 +704,7 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
                 f"reweight_method is {self.args.reweight_method!r}; resume it with reweight_method={saved!r}, or pass "
                 f"a checkpoint of a {self.args.reweight_method} run."
             )
-        saved_opts = saved_options(resume_from_checkpoint)
-        if saved_opts is not None:
-            current = self._trajectory_options()
-            if self.args.auto_find_batch_size:  # the Trainer goes on at the checkpoint's batch size (its last retry's)
-                state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
-                if state.train_batch_size is not None:
-                    current["per_device_train_batch_size"] = state.train_batch_size // max(1, self.args.n_gpu)
-            changed, fix = [], ""
-            for k in current:
-                if k == _DATA_SEED_FROM or k not in saved_opts or saved_opts[k] == current[k]:
-                    continue
-                if k in _PER_METHOD_OPTIONS and self.args.reweight_method not in _PER_METHOD_OPTIONS[k]:
-                    continue  # the option does not shape this method's mixture (e.g. the clip: no reweighting gradient)
-                if k == "data_seed":  # named by what the user set: seed, when data_seed is unset
-                    change, seed_fix = _data_seed_change(saved_opts, current)
-                    changed.append(change)
-                    fix = f" (for the data seed: {seed_fix})"
-                elif k == "world_size":
-                    changed.append(f"world_size (the number of processes)={saved_opts[k]!r} -> {current[k]!r}")
-                else:
-                    changed.append(f"{k}={saved_opts[k]!r} -> {current[k]!r}")
-            if changed:
-                raise ValueError(
-                    f"resume_from_checkpoint={resume_from_checkpoint!r} was written by a run with other mixture "
-                    f"settings: {', '.join(changed)}. The resumed run would not continue that run's mixture trajectory "
-                    f"(its sampler schedule, reweighting draws and updates); resume with the checkpoint's values{fix}, "
-                    "or start a new run without resume_from_checkpoint."
-                )
+        check_resume_options(resume_from_checkpoint, self.args, self._trajectory_options())
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.load_mixture_state(resume_from_checkpoint)
         if self.streaming:
@@ -717,13 +736,8 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
         """The settings that shape the mixture trajectory (the sampler schedule, the reweighting draws and updates),
         recorded with each checkpoint's mixture state; a resume refuses other values (`_load_from_checkpoint`). Also
         records which argument gave the data seed (`data_seed_from`, not compared), to name a change by it."""
-        a = self.args
-        options = {name: getattr(a, name) for name in _TRAJECTORY_OPTIONS}
         # the per-device batch the run trains with: what an auto_find_batch_size retry lowered it to, not the argument
-        options["per_device_train_batch_size"] = getattr(self, "_train_batch_size", a.train_batch_size) // max(1, a.n_gpu)
-        options["data_seed"] = _data_seed(a)
-        options[_DATA_SEED_FROM] = "seed" if a.data_seed is None else "data_seed"
-        return options
+        return trajectory_options(self.args, getattr(self, "_train_batch_size", None))
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # a multi-process evaluate() counts every evaluation row once (accelerate's padded repeats entered eval_loss)

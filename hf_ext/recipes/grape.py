@@ -461,6 +461,11 @@ def validate_args(
         )
         # a checkpoint of another folder's run: not beside the checkpoints of yet another run (`write_run_record`)
         refuse_checkpoints_of_another_run(checkpoint, run_folder, args.output_dir)
+        from ..grape.trainer import check_resume_options
+
+        # the mixture settings the checkpoint records (step sizes, clip, batch split, data seed, ...): before the
+        # tokenizer and data work, the run record's write and the clearing (the trainer checks them again on restore)
+        check_resume_options(checkpoint, args, arg="--resume_from_checkpoint")
     ensure_writable_dir(args.output_dir, "--output_dir")
 
 
