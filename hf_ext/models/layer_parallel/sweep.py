@@ -88,7 +88,8 @@ def check_sweep_ranges(ranges, num_layers: int, layer_types: list[str] | None = 
     Raises:
         `TypeError`: for `ranges` that is not a list of pairs (a bare `(0, 2)`, an int, `None`) and for an entry that
             is not two integers (`(0, 2, 4)`, `(0.5, 2.5)`, `"02"`, `(True, 3)`); `int()` would truncate floats.
-        `ValueError`: for a reversed, odd-length or out-of-range range, naming it.
+        `ValueError`: for a reversed, odd-length, out-of-range or empty (`start == end`: it pairs nothing, a second
+            source row) range, and with `layer_types` for one that pairs two attention types, naming it.
     """
     ranges = ranges_as_list(ranges)
     out = []
@@ -101,6 +102,11 @@ def check_sweep_ranges(ranges, num_layers: int, layer_types: list[str] | None = 
         ):
             raise TypeError(f"ranges must be {_RANGES_FORM}; its entry {r!r} is not two integers (start, end).")
         start, end = int(items[0]), int(items[1])  # numpy integers as Python ints (sweep.json is JSON)
+        if start == end:  # it pairs nothing: a second copy of the source's row, which every sweep measures first
+            raise ValueError(
+                f"ranges: ({start}, {end}) pairs no layers: the sweep's first row is already the unpaired source model; "
+                "drop it (ranges=[] measures the source alone)."
+            )
         try:
             pairs = resolve_pairs(num_layers, start, end)
             if layer_types is not None:
