@@ -110,7 +110,12 @@ def parse_recipe_args(types, argv: list[str] | None = None, resume: str = "resol
 
     from ..utils.resume import normalize_resume_argv
 
-    argv = normalize_resume_argv(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    declared = types if isinstance(types, list | tuple) else [types]
+    if any(f.name == "resume_from_checkpoint" for t in declared if dataclasses.is_dataclass(t) for f in dataclasses.fields(t)):
+        # only where the flag exists: a recipe without it (compliance, cubic_newton) reports the flag as typed, not
+        # as the `--resume_from_checkpoint=last` this rewrite gives a bare one
+        argv = normalize_resume_argv(argv)
     check_lr_scheduler_kwargs_json(argv)
     prog = _recipe_prog()
     parser = HfArgumentParser(types, **({} if prog is None else {"prog": prog}))
