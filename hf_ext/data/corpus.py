@@ -209,8 +209,29 @@ def _read_cache(path: Path) -> list[dict] | None:
     return records
 
 
+#: A temporary cache file (`<cache name>.tmp<pid>`) older than this is the leftover of a killed build: the write takes
+#: well under a second, so a younger one may still be another process's write in progress and is left alone.
+_STALE_TMP_SECONDS = 600
+
+
+def _remove_stale_tmp_files(folder: Path) -> None:
+    """Remove the temporary cache files a killed corpus build left in `folder` (never read; each holds a whole copy of
+    the corpus), of any corpus or Python version."""
+    import time
+
+    now = time.time()
+    for stale in folder.glob("stdlib-docs-*.tmp[0-9]*"):
+        try:
+            if stale.is_file() and now - stale.stat().st_mtime > _STALE_TMP_SECONDS:
+                stale.unlink()
+        except OSError:  # removed by another process meanwhile, or not ours to remove: leave it
+            pass
+
+
 def _load_records() -> list[dict]:
     path = _corpus_cache_file()
+    if path.parent.is_dir():
+        _remove_stale_tmp_files(path.parent)
     if path.is_file():
         cached = _read_cache(path)
         if cached is not None:
@@ -221,10 +242,17 @@ def _load_records() -> list[dict]:
         raise RuntimeError("The embedded corpus came out empty: the Python standard library sources were not found.")
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     lines = _record_lines(records)
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.writelines(lines)
-        fh.write(_trailer(lines))  # last: a file cut short has no (or a wrong) trailer
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.writelines(lines)
+            fh.write(_trailer(lines))  # last: a file cut short has no (or a wrong) trailer
+        os.replace(tmp, path)
+    except BaseException:  # a failed or interrupted write (disk full, Ctrl-C) leaves no stray copy in the cache
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
     return records
 
 
