@@ -10,6 +10,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from ..utils.checks import is_bool
 from ..utils.distributed import is_dtensor as _is_dtensor
 
 # safetensors' dtype names of the floating dtypes an amplifier can be saved in
@@ -523,6 +524,7 @@ def amplifier_outer_step(
     """
     from torch.func import functional_call
 
+    _check_outer_step_arguments(amplifier, meta_optimizer, model, inner_batches, outer_batches, weight_by_tokens)
     if g_hat is None and not inner_batches:
         raise ValueError("inner_batches is empty: the outer step needs the batch of the last inner step (or g_hat).")
     if not outer_batches:
@@ -551,6 +553,7 @@ def amplifier_outer_step(
             "own parameter all-gather bypasses. Train NeuralGrok (gradient_transform='neuralgrok') with DDP or in one "
             "process; under FSDP2 use gradient_transform='normalize', 'grokfast_ema', 'grokfast_ma' or 'none'."
         )
+    _check_meta_optimizer_holds(meta_optimizer, amplifier)  # after the FSDP2 refusal: that one is about the model
     if g_hat is not None:
         g_hat = list(g_hat)
         if len(g_hat) != len(params) or any(g is not None and g.shape != p.shape for g, p in zip(g_hat, params)):
@@ -614,6 +617,47 @@ def amplifier_outer_step(
     meta_optimizer.step()
     amplifier.eval()
     return float(outer_loss.detach())
+
+
+def _check_outer_step_arguments(amplifier, meta_optimizer, model, inner_batches, outer_batches, weight_by_tokens):
+    """[`amplifier_outer_step`]'s arguments, refused by name before any work (their types; the meta-optimizer's
+    parameters are checked by [`_check_meta_optimizer_holds`]): one batch given as `outer_batches` / `inner_batches`
+    (a dict, not a list of them) failed on its keys with "'str' object has no attribute 'get'"."""
+    if not isinstance(amplifier, NeuralAmplifier):
+        raise TypeError(f"amplifier must be a NeuralAmplifier, got {type(amplifier).__name__}.")
+    if not isinstance(meta_optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"meta_optimizer must be a torch.optim.Optimizer over amplifier.parameters(), got "
+            f"{type(meta_optimizer).__name__}."
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("model has no trainable parameter (requires_grad=True): there is nothing to transform.")
+    for name, batches in (("inner_batches", inner_batches), ("outer_batches", outer_batches)):
+        if isinstance(batches, Mapping) or not isinstance(batches, Sequence) or isinstance(batches, str | bytes):
+            hint = f": pass a list of batches, e.g. [{name[:5]}_batch]" if isinstance(batches, Mapping) else ""
+            raise TypeError(
+                f"{name} must be a sequence (e.g. a list) of batches, each a dict of tensors; got "
+                f"{type(batches).__name__}{hint}."
+            )
+        for i, batch in enumerate(batches):
+            if not isinstance(batch, Mapping):
+                raise TypeError(f"{name}[{i}] must be a batch, a dict of tensors; got {type(batch).__name__}.")
+    if not is_bool(weight_by_tokens):
+        raise TypeError(f"weight_by_tokens={weight_by_tokens!r} must be a bool (True or False).")
+
+
+def _check_meta_optimizer_holds(meta_optimizer: torch.optim.Optimizer, amplifier: NeuralAmplifier) -> None:
+    """The meta-optimizer must hold every trainable parameter of the amplifier (others may be there too): one built
+    over the model's parameters skipped them all and left the amplifier untrained, silently."""
+    held = {id(p) for group in meta_optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p in amplifier.named_parameters() if p.requires_grad and id(p) not in held]
+    if missing:
+        raise ValueError(
+            f"meta_optimizer does not hold the amplifier's parameters {missing}: its step would leave the amplifier "
+            "untrained. Build it over the amplifier, e.g. torch.optim.Adam(amplifier.parameters(), lr=1e-4)."
+        )
 
 
 def _checked_loss(loss, kind: str, index: int, batch: Mapping, fn_name: str) -> torch.Tensor:
