@@ -524,6 +524,8 @@ def amplifier_outer_step(
     """
     from torch.func import functional_call
 
+    if inner_batches is None and g_hat is not None:  # the given gradient replaces the inner batches (none needed)
+        inner_batches = []
     _check_outer_step_arguments(amplifier, meta_optimizer, model, inner_batches, outer_batches, weight_by_tokens)
     if g_hat is None and not inner_batches:
         raise ValueError("inner_batches is empty: the outer step needs the batch of the last inner step (or g_hat).")

@@ -70,3 +70,23 @@ def test_other_bad_arguments_are_refused_by_name(change, error, match):
     )
     with pytest.raises(error, match=match):
         amplifier_outer_step(**{**kwargs, **change})
+
+
+def test_no_inner_batches_with_a_given_gradient_is_still_accepted():
+    """With `g_hat` the inner batches are not read: `inner_batches=None` worked before the argument checks and still
+    does (same result as `[]`); without `g_hat` it is refused by name."""
+    model, _, batch = _setup()
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_hat = torch.autograd.grad(model(**batch).loss, params)
+    results = []
+    for inner in ([], None):
+        torch.manual_seed(1)
+        amplifier = NeuralAmplifier((4,))
+        meta = torch.optim.Adam(amplifier.parameters(), lr=1e-2)
+        loss = amplifier_outer_step(amplifier, meta, model, inner, [batch], virtual_lr=0.1, g_hat=g_hat)
+        results.append((loss, [p.detach().clone() for p in amplifier.parameters()]))
+    assert results[0][0] == results[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+    amplifier = NeuralAmplifier((4,))
+    with pytest.raises(TypeError, match="inner_batches"):
+        amplifier_outer_step(amplifier, torch.optim.Adam(amplifier.parameters()), model, None, [batch], virtual_lr=0.1)
