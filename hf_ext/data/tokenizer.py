@@ -137,6 +137,7 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
             shutil.rmtree(target, ignore_errors=True)
     if cache:
         writable_cache_subdir(target.parent)  # an unwritable cache is named before the tokenizer is trained
+        _remove_stale_tmp_dirs(target.parent)
     tok = wrap(_train_tokenizer(corpus.load_corpus("train")["text"], vocab_size))
     if cache:
         tmp = Path(make_temp_dir(str(target.parent), ".tmp-"))  # a shared cache stays readable by its group
@@ -161,6 +162,25 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return tok
+
+
+#: A temporary tokenizer folder (`.tmp-*`) older than this is the leftover of a build killed while saving: the save
+#: takes well under a second, so a younger one may be another process's save in progress and is left alone.
+_STALE_TMP_SECONDS = 600
+
+
+def _remove_stale_tmp_dirs(folder: Path) -> None:
+    """Remove the temporary folders that builds killed while saving left in the tokenizer cache `folder` (never read;
+    an exception already removes its own in `build_tokenizer`'s `finally`)."""
+    import time
+
+    now = time.time()
+    for stale in folder.glob(".tmp-*"):
+        try:
+            if stale.is_dir() and not stale.is_symlink() and now - stale.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:  # removed by another process meanwhile: nothing to do
+            pass
 
 
 def _load_published(target: Path):
