@@ -91,6 +91,14 @@ def _check_switches(caller: str, **switches) -> None:
             raise ValueError(f"{caller}: {name} must be True or False, got {value!r}.")
 
 
+def _python_bools(*values):
+    """`values` with numpy's `bool_` as the Python `bool` it holds (the rest as given, for `_check_switches`):
+    `torchao_config` and `te_recipe` passed numpy booleans through before they checked their switches."""
+    import numpy
+
+    return tuple(bool(v) if isinstance(v, numpy.bool_) else v for v in values)
+
+
 def _compile_skip_modules(skip_modules) -> list[re.Pattern]:
     """`skip_modules` as compiled regexes; a bare string (which would be read one character per regex) or an invalid
     regex is a `ValueError` naming the argument."""
@@ -519,13 +527,17 @@ def torchao_config(
     emulate: bool = False,
     fsdp_float8_all_gather: bool = False,
 ):
-    """torchao `Float8LinearConfig` for a recipe name, with `pad_inner_dim`, `emulate` and (tensorwise only, under
-    FSDP2) `enable_fsdp_float8_all_gather` set. An unknown recipe or an on/off switch that is not a `bool` (a string
-    "False" would read as True) is a `ValueError` naming the argument."""
+    """torchao `Float8LinearConfig` for a recipe name (or torchao's `Float8LinearRecipeName`), with `pad_inner_dim`,
+    `emulate` and (tensorwise only, under FSDP2) `enable_fsdp_float8_all_gather` set. An unknown recipe or an on/off
+    switch that is not a `bool` (numpy's included; a string "False" would read as True) is a `ValueError` naming the
+    argument."""
     import dataclasses
 
-    from torchao.float8 import Float8LinearConfig
+    from torchao.float8 import Float8LinearConfig, Float8LinearRecipeName
 
+    if isinstance(recipe, Float8LinearRecipeName):  # torchao's own name for a recipe, which from_recipe_name takes
+        recipe = recipe.value
+    pad_inner_dim, emulate, fsdp_float8_all_gather = _python_bools(pad_inner_dim, emulate, fsdp_float8_all_gather)
     if recipe not in TORCHAO_RECIPES:  # torchao itself only asserts
         raise ValueError(
             f"torchao_config: recipe={recipe!r} is not a torchao recipe; choose one of {TORCHAO_RECIPES}."
@@ -659,6 +671,7 @@ def te_recipe(
         raise ValueError(
             f"te_recipe: amax_compute_algo={amax_compute_algo!r}; choose one of {AMAX_ALGOS} (or pass a callable)."
         )
+    (fp8_dpa,) = _python_bools(fp8_dpa)
     _check_switches("te_recipe", fp8_dpa=fp8_dpa)
     from transformer_engine.common.recipe import DelayedScaling, Format
 
