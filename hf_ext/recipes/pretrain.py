@@ -384,8 +384,10 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     check_ignored_model_flags(model_args, data_args)
     check_model_tokenizer_files(model_args.model_name_or_path, data_args.tokenizer_name, tokenizer_flag=True)
     check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
-    if data_args.block_size <= 0:
-        raise ValueError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
+    if data_args.block_size < 2:  # a one-token block has no next token: every loss NaN, eval refused after training
+        raise ValueError(
+            f"--block_size must be at least 2 tokens (one to read, one to predict), got {data_args.block_size}."
+        )
     check_dataset_name(  # a path that is no folder, or a Hub name offline
         data_args.dataset_name,
         "Drop --dataset_name to train on the embedded offline corpus, or pass --train_file with a local file.",
