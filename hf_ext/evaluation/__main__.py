@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> None:
         print(task_dir())
         return
     is_run = bool(argv) and argv[0] not in ("ls", "validate", "-h", "--help")
-    # a run's flags as lm-eval's own parser reads them: `--num_few 40`, `-f40`, `--lim 0`, `--include dir` too
-    parsed = _parsed_run(argv) if is_run else None
+    # a run's flags as lm-eval's own parser reads them: `--num_few 40`, `-f40`, `--lim 0`, `--include dir` too;
+    # `ls` / `validate` with theirs (an abbreviated `--include dir` is the user's folder there as well)
+    parsed = _parsed_run(argv) if is_run else _parsed_run(argv, argv[0]) if argv[:1] in (["ls"], ["validate"]) else None
     # `run` (or lm-eval's legacy form without a subcommand), `ls` and `validate` all take --include_path; only the
     # bare help screens (no arguments, -h, a lone `run`) must stay as lm-eval prints them.
     if (
@@ -49,15 +50,21 @@ class _RunArgsNotParsed(Exception):
     """lm-eval's `run` parser refused the arguments or would print its help: lm-eval's own parser reports that."""
 
 
-def _parsed_run(argv: list[str]):
+def _parsed_run(argv: list[str], command: str = "run"):
     """`argv` of a run (`run ...`, or lm-eval's legacy form without a subcommand) as lm-eval's own `run` parser reads
     it: with argparse's unambiguous abbreviations (`--num_few 40`, `--lim 0`, `--include dir`) and joined short
-    options (`-f40`, `-L0`), which a scan for the full flag names missed. `None` when the parser refuses the arguments
-    or is asked for help (lm-eval's parser then reports or prints it) or when this lm-eval has no such parser."""
+    options (`-f40`, `-L0`), which a scan for the full flag names missed. `command="ls"` / `"validate"`: `argv` of that
+    subcommand, read by its parser. `None` when the parser refuses the arguments or is asked for help (lm-eval's parser
+    then reports or prints it) or when this lm-eval has no such parser."""
     import argparse
 
     try:
-        from lm_eval._cli.run import Run
+        if command == "ls":
+            from lm_eval._cli.ls import List as Command
+        elif command == "validate":
+            from lm_eval._cli.validate import Validate as Command
+        else:
+            from lm_eval._cli.run import Run as Command
     except ImportError:  # another lm-eval layout: the scan of `_run_flag_problem` alone
         return None
 
@@ -72,8 +79,8 @@ def _parsed_run(argv: list[str]):
             pass
 
     parser = Quiet(add_help=False)
-    Run.create(parser.add_subparsers(dest="command", parser_class=Quiet))
-    run_argv = argv if argv[:1] == ["run"] else ["run", *argv]
+    Command.create(parser.add_subparsers(dest="command", parser_class=Quiet))
+    run_argv = argv if argv[:1] == [command] else [command, *argv]
     try:
         parsed, _ = parser.parse_known_args(run_argv)
     except (_RunArgsNotParsed, TypeError, ValueError):
