@@ -1,22 +1,10 @@
 """lp42 fixes: the wrapper CLI reads a run's flags as lm-eval's own parser does (abbreviated and joined spellings)."""
 
-import sys
-
 import pytest
 
+from .conftest import run_wrapper
+
 pytest.importorskip("lm_eval")
-
-
-def _run(argv, monkeypatch):
-    import lm_eval.__main__
-
-    from hf_ext.evaluation.__main__ import main
-
-    ran = []
-    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: ran.append(list(sys.argv)))
-    monkeypatch.setattr(sys, "argv", ["x"])
-    main(list(argv))
-    return ran
 
 
 @pytest.mark.parametrize(
@@ -35,7 +23,7 @@ def test_abbreviated_and_joined_flags_are_checked(argv, message, monkeypatch, ca
     `--lim 0`; the wrapper scanned only the full names, so these ran into lm-eval and failed after the model load with
     "Sample larger than population or is negative" / "did not find any docs", not naming the flag."""
     with pytest.raises(SystemExit) as exc:
-        _run(argv, monkeypatch)
+        run_wrapper(argv, monkeypatch)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -43,7 +31,7 @@ def test_abbreviated_and_joined_flags_are_checked(argv, message, monkeypatch, ca
 def test_an_abbreviated_include_path_is_the_users(tmp_path, monkeypatch):
     """(lp42 F1) `--include <dir>` is lm-eval's `--include_path`: the wrapper appended its own `--include_path`, which
     argparse reads last, so the user's folder was silently replaced by the packaged one."""
-    ran = _run(["run", "--tasks", "my_task", "--include", str(tmp_path)], monkeypatch)
+    ran = run_wrapper(["run", "--tasks", "my_task", "--include", str(tmp_path)], monkeypatch)
     assert ran and ran[0].count("--include_path") == 0
     assert ran[0][-1] == str(tmp_path)
 
@@ -60,6 +48,6 @@ def test_an_abbreviated_include_path_is_the_users(tmp_path, monkeypatch):
 def test_good_or_unparsable_spellings_go_to_lm_eval(argv, monkeypatch, capsys):
     """Guards of the new parse (these also ran before): a valid value in the new spellings, a value lm-eval's parser
     refuses and a help request reach lm-eval unchanged, with nothing printed by the wrapper."""
-    ran = _run(argv, monkeypatch)
+    ran = run_wrapper(argv, monkeypatch)
     assert ran and ran[0][1 : 1 + len(argv)] == argv
     assert capsys.readouterr().out == ""  # nothing printed by the wrapper's own parse (no help screen twice)
