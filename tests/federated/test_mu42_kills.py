@@ -1,0 +1,121 @@
+"""mu42: tests that kill mutants of pass 36's federated argument checks which its own tests let survive (the
+boundaries and the types that the checks name but no test exercised)."""
+
+import math
+
+import pytest
+import torch
+
+from hf_ext.federated import PrivacyAccountant
+from hf_ext.federated.aggregation import clip_update
+from hf_ext.federated.goldfish import goldfish_drop_mask
+from hf_ext.federated.memorization import FrequencyPenaltyLogitsProcessor, assign_canaries, make_canaries
+
+
+@pytest.mark.parametrize("max_norm", [True, 0, 0.0, -1.0, math.inf, math.nan])
+def test_clip_update_refuses_a_bool_and_a_non_positive_bound(max_norm):
+    # True is a numbers.Real (== 1): a bool bound would clip to norm 1 silently; 0 would zero the update
+    with pytest.raises(ValueError, match="`max_norm` must be a finite number > 0"):
+        clip_update({"a": torch.ones(4)}, max_norm)
+
+
+def test_clip_update_still_clips_at_a_positive_bound():
+    out = clip_update({"a": torch.full((4,), 2.0)}, 1.0)
+    assert float(out["a"].norm()) == pytest.approx(1.0)
+
+
+def test_goldfish_refuses_boolean_targets():
+    targets = torch.ones(2, 20, dtype=torch.bool)
+    with pytest.raises(ValueError, match="`targets` must hold integer token ids, got dtype torch.bool"):
+        goldfish_drop_mask(targets, 4, 3)
+    assert goldfish_drop_mask(targets.long(), 4, 3).shape == (2, 20)  # the same ids as integers pass
+
+
+@pytest.mark.parametrize(
+    ("sizes", "match"),
+    [
+        ([math.inf, 2], "must be finite non-negative numbers"),  # inf >= 0 holds: only the finiteness test refuses it
+        ([0, 0], "with a positive sum"),  # no client holds any data: nowhere to put a canary
+        ("ab", "must be a sequence of client sizes"),  # a str has a length
+        ({"a": 1, "b": 2}, "must be a sequence of client sizes"),  # a dict has a length
+    ],
+)
+def test_assign_canaries_refuses_bad_client_sizes(sizes, match):
+    with pytest.raises(ValueError, match=match):
+        assign_canaries(make_canaries(3), sizes)
+
+
+def test_frequency_penalty_accepts_a_zero_prompt_length():
+    # prompt_length=0: every token counts (a decoder-only generate without a prompt); the bound is >= 0
+    proc = FrequencyPenaltyLogitsProcessor(1.0, 0)
+    assert proc.prompt_length == 0
+
+
+def test_pld_discretization_accepts_its_upper_bound():
+    # the documented range is (0, 0.1]: 0.1 itself is allowed, just above it is not
+    assert PrivacyAccountant("pld", 0.1).pld_discretization == 0.1
+    with pytest.raises(ValueError, match="pld_discretization"):
+        PrivacyAccountant("pld", 0.1000001)
+
+
+# ----------------------------------------------------------------------------- PrivateTrainer's non-private count
+def _private_args(out, max_steps, **kw):
+    from hf_ext.federated import PrivateTrainingArguments
+
+    return PrivateTrainingArguments(
+        output_dir=out,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        max_steps=max_steps,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+        **kw,
+    )
+
+
+def _plain_trainer(small_tokenizer, ds, args):
+    from transformers import default_data_collator
+
+    from hf_ext.federated import FederatedArguments, PrivateTrainer, apply_lora
+
+    from .conftest import tiny_llama
+
+    model = apply_lora(tiny_llama(len(small_tokenizer), hidden=16), FederatedArguments(lora_r=2), seed=0)
+    return PrivateTrainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator)
+
+
+def test_two_fresh_train_calls_without_dp_sgd_count_both(tmp_path, small_tokenizer, client_datasets):
+    # the Trainer restarts global_step at 0 on a fresh train(): the count of the second call starts there too
+    trainer = _plain_trainer(small_tokenizer, client_datasets[0].select(range(8)), _private_args(str(tmp_path), 2))
+    trainer.train()
+    assert trainer.non_private_steps() == 2
+    trainer.train()
+    assert trainer.non_private_steps() == 4
+    assert trainer.privacy_spent()["epsilon"] == math.inf
+
+
+def test_plain_resume_of_a_checkpoint_saved_before_the_count_counts_its_steps(
+    tmp_path, small_tokenizer, client_datasets
+):
+    # a privacy_accountant.json without "non_private_steps" (written before the count): the steps its accountant does
+    # not hold were plain steps, and a plain resume keeps counting from them (2 saved + 1 new), not from 0
+    import json
+    import os
+
+    ds = client_datasets[0].select(range(8))
+    plain = _plain_trainer(
+        small_tokenizer, ds, _private_args(str(tmp_path / "plain"), 2, save_strategy="steps", save_steps=2)
+    )
+    plain.train()
+    ckpt = str(tmp_path / "plain" / "checkpoint-2")
+    path = os.path.join(ckpt, "privacy_accountant.json")
+    with open(path) as fh:
+        state = json.load(fh)
+    state.pop("non_private_steps")
+    with open(path, "w") as fh:
+        json.dump(state, fh)
+    resumed = _plain_trainer(small_tokenizer, ds, _private_args(str(tmp_path / "resumed"), 3))
+    resumed.train(resume_from_checkpoint=ckpt)
+    assert resumed.non_private_steps() == 3
