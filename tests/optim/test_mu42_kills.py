@@ -34,3 +34,18 @@ def test_warmup_recipe_accepts_a_two_token_block(tmp_path, block_size):
     recipe.block_size = 1
     with pytest.raises(ValueError, match=r"--block_size must be >= 2 \(got 1\)"):
         validate(recipe, args)
+
+
+def test_lanczos_breakdown_is_measured_against_the_largest_hessian_vector_product():
+    # the documented rule: stop when the residual is at most tol x the largest ||H v_j|| seen (a lower bound on
+    # ||H||). Here v1 lies in the 1e-12 eigenspace: its residual (~1e-12) is negligible against ||H|| = 1 but not
+    # against ||H v1|| (~1e-3); measured against the last product, Lanczos ran on to 5 HVPs for the same step
+    import torch
+
+    from hf_ext.optim.cubic_newton import solve_cubic_exact, solve_cubic_lanczos
+
+    H = torch.diag(torch.tensor([1.0, 1e-12, 2e-12, 3e-12, 4e-12], dtype=torch.float64))
+    g = torch.tensor([1.0, 1e-3, 1e-3, 1e-3, 1e-3], dtype=torch.float64)
+    h, calls = solve_cubic_lanczos(g, lambda v: H @ v, 1.0, krylov_dim=5)
+    assert calls == 2
+    torch.testing.assert_close(h, solve_cubic_exact(g, H, 1.0), rtol=1e-10, atol=1e-12)
