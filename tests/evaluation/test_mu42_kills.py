@@ -3,23 +3,11 @@ as lm-eval's parser reads it (`-wC cfg.yaml`: `-C` joined after the flag `-w`, w
 whether the packaged --include_path is added. (`--conf` is no spelling: argparse finds it ambiguous with
 `--confirm_run_unsafe_code`.)"""
 
-import sys
-
 import pytest
 
+from .conftest import run_wrapper
+
 pytest.importorskip("lm_eval")
-
-
-def _run(argv, monkeypatch):
-    import lm_eval.__main__
-
-    from hf_ext.evaluation.__main__ import main
-
-    ran = []
-    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: ran.append(list(sys.argv)))
-    monkeypatch.setattr(sys, "argv", ["x"])
-    main(list(argv))
-    return ran
 
 
 @pytest.mark.parametrize("spelling", [["-wC", "{}"], ["-wC{}"], ["--config", "{}"], ["-C{}"]])
@@ -29,5 +17,5 @@ def test_an_abbreviated_config_with_its_own_include_path_keeps_it(tmp_path, monk
     config = tmp_path / "run.yaml"
     config.write_text(f"include_path: {tmp_path / 'mine'}\ntasks: my_task\n")
     argv = ["run", *[s.format(config) for s in spelling]]
-    ran = _run(argv, monkeypatch)
+    ran = run_wrapper(argv, monkeypatch)
     assert ran and "--include_path" not in ran[0]
