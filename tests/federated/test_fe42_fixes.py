@@ -178,3 +178,36 @@ def test_lora_target_modules_are_checked_only_when_lora_is_on():
         FederatedArguments(use_lora=True, lora_target_modules="")
     assert FederatedArguments(use_lora=False, lora_target_modules="").target_modules() == []  # never read
     assert FederatedArguments(lora_target_modules=" q_proj , v_proj ").target_modules() == ["q_proj", "v_proj"]
+
+
+# mu42: kills of mutants of the count that the tests above let survive
+def test_two_fresh_train_calls_without_dp_sgd_count_both(tmp_path, small_tokenizer, client_datasets):
+    # the Trainer restarts global_step at 0 on a fresh train(): the count of the second call starts there too
+    trainer = _trainer(small_tokenizer, client_datasets[0].select(range(8)), _args(str(tmp_path), False, 2))
+    trainer.train()
+    assert trainer.non_private_steps() == 2
+    trainer.train()
+    assert trainer.non_private_steps() == 4
+    assert trainer.privacy_spent()["epsilon"] == math.inf
+
+
+def test_plain_resume_of_a_checkpoint_saved_before_the_count_counts_its_steps(
+    tmp_path, small_tokenizer, client_datasets
+):
+    # a privacy_accountant.json without "non_private_steps" (written before the count): the steps its accountant does
+    # not hold were plain steps, and a plain resume keeps counting from them (2 saved + 1 new), not from 0
+    ds = client_datasets[0].select(range(8))
+    plain = _trainer(
+        small_tokenizer, ds, _args(str(tmp_path / "plain"), False, 2, save_strategy="steps", save_steps=2)
+    )
+    plain.train()
+    ckpt = str(tmp_path / "plain" / "checkpoint-2")
+    path = os.path.join(ckpt, "privacy_accountant.json")
+    with open(path) as fh:
+        state = json.load(fh)
+    state.pop("non_private_steps")
+    with open(path, "w") as fh:
+        json.dump(state, fh)
+    resumed = _trainer(small_tokenizer, ds, _args(str(tmp_path / "resumed"), False, 3))
+    resumed.train(resume_from_checkpoint=ckpt)
+    assert resumed.non_private_steps() == 3

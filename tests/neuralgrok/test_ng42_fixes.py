@@ -90,3 +90,17 @@ def test_no_inner_batches_with_a_given_gradient_is_still_accepted():
     amplifier = NeuralAmplifier((4,))
     with pytest.raises(TypeError, match="inner_batches"):
         amplifier_outer_step(amplifier, torch.optim.Adam(amplifier.parameters()), model, None, [batch], virtual_lr=0.1)
+
+
+def test_a_frozen_amplifier_parameter_need_not_be_in_the_meta_optimizer():
+    """mu42: only the amplifier's trainable parameters must be in the meta-optimizer (a frozen one need not be)."""
+    model, amplifier, batch = _setup()
+    params = list(amplifier.parameters())
+    params[0].requires_grad_(False)  # frozen: the meta step never moves it
+    trainable = [p for p in params if p.requires_grad]
+    assert trainable and len(trainable) < len(params)
+    before = [p.detach().clone() for p in params]
+    meta = torch.optim.Adam(trainable, lr=1e-2)
+    amplifier_outer_step(amplifier, meta, model, [batch], [batch], virtual_lr=0.1)
+    assert torch.equal(params[0], before[0])
+    assert any(not torch.equal(p, b) for p, b in zip(params[1:], before[1:]))
