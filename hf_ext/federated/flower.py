@@ -1198,7 +1198,8 @@ def make_server_app(
     Args:
         model_fn (`Callable[[], PreTrainedModel]`): builds the base model (same as the clients').
         fed_args ([`FederatedArguments`]): protocol options.
-        num_clients (`int`): nodes sampled per round (all of them, as in the paper).
+        num_clients (`int`): nodes sampled per round (all of them, as in the paper); at most 1023 with secure
+            aggregation (the SecAgg+ field of 2^32 holds that many 2^22-level uploads).
         seed (`int`, *optional*, defaults to 0): the training seed (adapter initialisation and server noise).
         on_finish (`Callable`, *optional*): called with the final global state and the Flower result / history.
         timeout (`float`, *optional*): seconds to wait for the replies of each exchange, passed to Flower
@@ -1218,6 +1219,14 @@ def make_server_app(
             raise ValueError(
                 f"Secure aggregation needs at least 2 clients (SecAgg+ hides each update in a sum), got {num_clients}: "
                 "add clients or turn secure aggregation off."
+            )
+        most = SECAGG_MODULUS_RANGE // SECAGG_QUANTIZATION_RANGE - 1
+        if num_clients > most:  # flwr only checks an integer num_shares; ours is the float 1.0 (every node)
+            raise ValueError(
+                f"Secure aggregation over {num_clients} clients would overflow Flower's SecAgg+ field: each node "
+                f"uploads values of up to 2^22 (quantization range) that are summed modulo 2^32, so more than {most} "
+                "nodes wrap around and the aggregate is silently wrong. Use at most "
+                f"{most} clients per round or turn secure aggregation off."
             )
         threshold = fed_args.threshold(num_clients)
     _RoundMonitor(num_clients, min_round_clients, timeout)  # validates min_round_clients
