@@ -156,6 +156,7 @@ def assign_canaries(
         raise ValueError(
             f"`client_sizes` must be finite non-negative numbers with a positive sum, got {list(client_sizes)!r}."
         )
+    canaries = canaries if isinstance(canaries, str) else list(canaries)  # a generator is read once, here
     bad = next((c for c in canaries if not isinstance(c, Canary)), None)
     if isinstance(canaries, str) or bad is not None:
         raise ValueError(

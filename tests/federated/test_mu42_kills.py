@@ -56,3 +56,13 @@ def test_pld_discretization_accepts_its_upper_bound():
     assert PrivacyAccountant("pld", 0.1).pld_discretization == 0.1
     with pytest.raises(ValueError, match="pld_discretization"):
         PrivacyAccountant("pld", 0.1000001)
+
+
+@pytest.mark.parametrize("strategy", ["single_client", "proportional"])
+def test_assign_canaries_reads_a_generator_of_canaries_once(strategy):
+    """fe42's type check of `canaries` iterated them before the assignment: a generator (which `single_client` read
+    in one pass before the check) came back empty, every client with no canary. It is read into a list first."""
+    canaries = make_canaries(6, {10: 0.5, 1: 0.5}, num_words=4)
+    per_client = assign_canaries((c for c in canaries), [1, 1, 2], strategy, seed=0)
+    assert sum(len(x) for x in per_client) == sum(c.replication for c in canaries)
+    assert all(c.clients for c in canaries)
