@@ -64,19 +64,24 @@ def _plain_checkpoint(tmp_path, small_tokenizer, ds) -> str:
     return ckpt
 
 
+def _as_written_before_the_count(ckpt: str) -> None:
+    """Drop `non_private_steps` from the checkpoint's accountant file, as a checkpoint written before the count."""
+    path = os.path.join(ckpt, "privacy_accountant.json")
+    with open(path) as fh:
+        state = json.load(fh)
+    state.pop("non_private_steps")
+    with open(path, "w") as fh:
+        json.dump(state, fh)
+
+
 @pytest.mark.parametrize("old_file", [False, True])  # with the saved count, and a file written before it
 def test_resuming_a_checkpoint_trained_without_dp_sgd_with_dp_sgd_is_refused(
     tmp_path, small_tokenizer, client_datasets, old_file
 ):
     ds = client_datasets[0].select(range(8))
     ckpt = _plain_checkpoint(tmp_path, small_tokenizer, ds)
-    path = os.path.join(ckpt, "privacy_accountant.json")
     if old_file:
-        with open(path) as fh:
-            state = json.load(fh)
-        state.pop("non_private_steps")
-        with open(path, "w") as fh:
-            json.dump(state, fh)
+        _as_written_before_the_count(ckpt)
     dp = _trainer(small_tokenizer, ds, _args(str(tmp_path / "dp"), True, 4))
     with pytest.raises(ValueError, match=r"trained 2 of its 2 steps without DP-SGD .* no finite\s+epsilon"):
         dp.train(resume_from_checkpoint=ckpt)
@@ -197,17 +202,8 @@ def test_plain_resume_of_a_checkpoint_saved_before_the_count_counts_its_steps(
     # a privacy_accountant.json without "non_private_steps" (written before the count): the steps its accountant does
     # not hold were plain steps, and a plain resume keeps counting from them (2 saved + 1 new), not from 0
     ds = client_datasets[0].select(range(8))
-    plain = _trainer(
-        small_tokenizer, ds, _args(str(tmp_path / "plain"), False, 2, save_strategy="steps", save_steps=2)
-    )
-    plain.train()
-    ckpt = str(tmp_path / "plain" / "checkpoint-2")
-    path = os.path.join(ckpt, "privacy_accountant.json")
-    with open(path) as fh:
-        state = json.load(fh)
-    state.pop("non_private_steps")
-    with open(path, "w") as fh:
-        json.dump(state, fh)
+    ckpt = _plain_checkpoint(tmp_path, small_tokenizer, ds)
+    _as_written_before_the_count(ckpt)
     resumed = _trainer(small_tokenizer, ds, _args(str(tmp_path / "resumed"), False, 3))
     resumed.train(resume_from_checkpoint=ckpt)
     assert resumed.non_private_steps() == 3
