@@ -64,14 +64,17 @@ def _plain_checkpoint(tmp_path, small_tokenizer, ds) -> str:
     return ckpt
 
 
-def _as_written_before_the_count(ckpt: str) -> None:
-    """Drop `non_private_steps` from the checkpoint's accountant file, as a checkpoint written before the count."""
-    path = os.path.join(ckpt, "privacy_accountant.json")
+def _drop_saved_count(path: str, key: str) -> None:
+    """Drop `key` from the JSON file `path`, as a file written before the non-private count was saved."""
     with open(path) as fh:
         state = json.load(fh)
-    state.pop("non_private_steps")
+    state.pop(key)
     with open(path, "w") as fh:
         json.dump(state, fh)
+
+
+def _as_written_before_the_count(ckpt: str) -> None:
+    _drop_saved_count(os.path.join(ckpt, "privacy_accountant.json"), "non_private_steps")
 
 
 @pytest.mark.parametrize("old_file", [False, True])  # with the saved count, and a file written before it
@@ -119,12 +122,7 @@ def test_simulation_refuses_to_continue_rounds_saved_without_dp_sgd_with_dp_sgd(
     plain.run(save_dir=str(tmp_path / "save"))
     saved = str(tmp_path / "save" / "round-1")
     if old_file:
-        meta_path = os.path.join(saved, "federated_state.json")
-        with open(meta_path) as fh:
-            meta = json.load(fh)
-        meta.pop("non_private_rounds")
-        with open(meta_path, "w") as fh:
-            json.dump(meta, fh)
+        _drop_saved_count(os.path.join(saved, "federated_state.json"), "non_private_rounds")
     fed2 = FederatedArguments(num_rounds=2, local_steps=1, lora_r=2)
     dp = FederatedSimulation(
         tiny_llama(len(small_tokenizer), hidden=16), clients, fed2, _args(str(tmp_path / "d"), True, 1)
