@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 try:
@@ -120,6 +120,19 @@ class RobotsTxtFilter(BaseFilter):
         self._blocked_domains = None if blocked_domains is None else BlockedDomains(blocked_domains)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        if exclusion_writer is not None and not isinstance(exclusion_writer, DiskWriter):
+            # datatrove opens it in every task's run (`with self.exclusion_writer`): a path would fail there, raw
+            raise TypeError(
+                f"exclusion_writer must be a datatrove DiskWriter (or None), got {type(exclusion_writer).__name__} "
+                f"{exclusion_writer!r:.80}; e.g. exclusion_writer=JsonlWriter('removed/')."
+            )
+        if not isinstance(robots, RobotsCompliance | RobotsTxtStore | Mapping | str) and not hasattr(
+            robots, "__fspath__"
+        ):
+            raise TypeError(
+                f"robots must be a RobotsCompliance, a RobotsTxtStore, a snapshot path (folder, .jsonl or .parquet) "
+                f"or a mapping host -> robots.txt text, got {type(robots).__name__}."
+            )
         self._snapshot_path = None
         if user_agents is not None and not isinstance(user_agents, str) and isinstance(user_agents, Iterable):
             user_agents = list(user_agents)
@@ -199,7 +212,13 @@ class RobotsTxtFilter(BaseFilter):
                 f"document {doc.id!r} has no metadata[{self.url_key!r}]; set url_key to the metadata field that "
                 f"holds the URL (present fields: {sorted(doc.metadata)})."
             )
-        return doc.metadata[self.url_key]
+        url = doc.metadata[self.url_key]
+        if url is not None and not isinstance(url, str):  # the checker's TypeError would name no document
+            raise TypeError(
+                f"url must be a str or None, got {type(url).__name__}: document {doc.id!r} has "
+                f"metadata[{self.url_key!r}] = {url!r:.80}; set url_key to the metadata field that holds the URL."
+            )
+        return url
 
     def _result(self, doc: Document, agents: tuple[str, ...]) -> bool | tuple[bool, str]:
         if not agents:

@@ -70,6 +70,8 @@ def product_token(agent: str) -> str:
 
     `"CCBot/2.0"` -> `"ccbot"`, `"Applebot-Extended"` -> `"applebot-extended"`, `"FOO BAR"` -> `"foo"`.
     """
+    if not isinstance(agent, str):
+        raise TypeError(f"agent must be a crawler name (str), e.g. 'GPTBot', got {type(agent).__name__}.")
     return _TOKEN.match(agent).group().lower()
 
 
@@ -439,6 +441,12 @@ class RobotsTxt:
 
     @classmethod
     def parse(cls, body: str | bytes) -> RobotsTxt:
+        """Parse a robots.txt body: the bytes a server sent (`bytes`, `bytearray`) or its text (`str`)."""
+        if not isinstance(body, str | bytes | bytearray):
+            raise TypeError(
+                f"body must be the robots.txt as str or bytes, got {type(body).__name__}; for a host without a "
+                "robots.txt (everything allowed) parse '' or leave the host out of the RobotsTxtStore."
+            )
         text = _decode(body)
         groups: list[tuple[set, list, list]] = []  # (tokens, [is_global], rules)
         current = None
@@ -482,4 +490,7 @@ class RobotsTxt:
     def allowed(self, url: str, agent: str) -> bool:
         """Whether `agent` (a product token, alone or with a version, or `"*"`) may fetch `url` (absolute,
         `//host/path`, `host/path` or a path)."""
-        return self.matcher(agent).allowed(url_path(url))
+        matcher = self.matcher(agent)
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str (a URL or a path), got {type(url).__name__}.")
+        return matcher.allowed(url_path(url))

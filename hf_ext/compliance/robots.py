@@ -69,6 +69,11 @@ def status_class(text: str | None, status: int | None, error: str | None = None)
         return "unreachable"
     if status is None:
         return "missing" if text is None else "available"
+    if status.__class__ is not int:
+        from ..utils.checks import is_int
+
+        if not is_int(status):  # a str "200" or a float would be misread (or fail in a comparison)
+            raise TypeError(f"status must be an int HTTP status or None, got {status!r} ({type(status).__name__}).")
     if 200 <= status < 300:
         return "available" if text is not None else "missing"
     if 300 <= status < 500:
