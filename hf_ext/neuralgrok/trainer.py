@@ -634,6 +634,7 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
         self.outer_dataset = outer_dataset
         if args.gradient_transform == "neuralgrok":
             self._check_outer_labels()  # refused here, not at the first outer step (after T steps and checkpoints)
+            self._check_outer_token_ids()  # likewise: an id out of the vocabulary failed deep in the embedding
         # a `train()` with `model_init` restarts the amplifier (`_hp_search_setup`): one built here from `args`, one
         # given (`amplifier=`) from its state now
         self._initial_amplifier_state = None
@@ -856,6 +857,68 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
                 "set the same columns as the training set (e.g. split_arithmetic_dataset(...)['outer']), or a "
                 "data_collator that builds the labels."
             )
+
+    def _check_outer_token_ids(self) -> None:
+        """Every token id of the outer set's `input_ids` (the model's `main_input_name`) must index the model's input
+        embedding: an id outside [0, vocabulary size) (an outer set tokenized for another vocabulary or task) used to
+        fail only at the first outer step, `outer_every` steps (and their checkpoints) into the run, with a raw
+        `IndexError: index out of range in self` from the embedding. A model without an `nn.Embedding` input, or rows
+        without that column, are left to the model."""
+        from collections.abc import Mapping
+
+        try:
+            embedding = self.accelerator.unwrap_model(self.model).get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            return
+        if not isinstance(embedding, torch.nn.Embedding):
+            return
+        vocab = embedding.num_embeddings
+        name = getattr(self.model, "main_input_name", None) or "input_ids"
+        dataset = self._outer_rows()
+        if name in (getattr(dataset, "column_names", None) or ()) and hasattr(dataset, "with_format"):
+            import pyarrow as pa
+            import pyarrow.compute as pc
+
+            ids = dataset.with_format("arrow")[name]  # the rows of this dataset (a selection too), as one column
+            is_list = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+            while any(check(ids.type) for check in is_list):
+                ids = pc.list_flatten(ids)
+            if not (pa.types.is_integer(ids.type) or pa.types.is_floating(ids.type)):
+                return
+            low, high = (value.as_py() for value in pc.min_max(ids).values())
+            if low is None or (low >= 0 and high < vocab):
+                return
+            bad_index = None
+            for index in range(len(dataset)):  # only to name the first offending row
+                row_ids = torch.as_tensor(dataset[index][name])
+                if row_ids.numel() and (int(row_ids.min()) < 0 or int(row_ids.max()) >= vocab):
+                    bad_index = index
+                    break
+        else:
+            low = high = bad_index = None
+            for index in range(len(dataset)):
+                row = dataset[index]
+                if not isinstance(row, Mapping) or name not in row:
+                    return  # rows the collator alone understands
+                try:
+                    row_ids = torch.as_tensor(row[name])
+                except (TypeError, ValueError, RuntimeError):
+                    return
+                if row_ids.numel() == 0 or row_ids.is_floating_point() or row_ids.is_complex():
+                    continue
+                row_low, row_high = int(row_ids.min()), int(row_ids.max())
+                if row_low < 0 or row_high >= vocab:
+                    low, high, bad_index = row_low, row_high, index
+                    break
+            if bad_index is None:
+                return
+        raise ValueError(
+            f"outer_dataset has {name} outside the model's vocabulary [0, {vocab}) (ids from {low} to {high}"
+            + (f"; first in row {bad_index}" if bad_index is not None else "")
+            + "): the outer loss runs the model on them. Tokenize the outer set with the training set's tokenizer / "
+            "task and modulus (e.g. split_arithmetic_dataset(...)['outer']), or give the model a vocabulary that "
+            "covers them (e.g. vocab_size=arithmetic_vocab_size(task, p))."
+        )
 
     def _build_outer_batches(self) -> list[dict]:
         dataset = self._outer_rows()
