@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from collections.abc import Collection, Mapping, Sequence
 
 import torch
+
+from ..utils.checks import is_real, python_scalar
+from .privacy import check_clip_norm
 
 AGGREGATION_MODES = ("factors", "merge_then_average", "full")
 
@@ -315,8 +317,7 @@ def clip_update(update: Mapping[str, torch.Tensor], max_norm: float) -> dict[str
 
     An update with a non-finite norm (a NaN or inf entry) is refused (`ValueError`): scaling it cannot bound it
     (an inf entry times 0 is NaN, and `min(1, C / nan)` would keep it unscaled)."""
-    if not (isinstance(max_norm, numbers.Real) and not isinstance(max_norm, bool) and 0 < max_norm < math.inf):
-        raise ValueError(f"`max_norm` must be a finite number > 0, got {max_norm!r}.")
+    max_norm = check_clip_norm(max_norm)
     norm = state_norm(update)
     if not math.isfinite(norm):
         key = next(
@@ -361,6 +362,8 @@ def client_update(
     composes with secure aggregation). Updates are float64.
     """
     _check_mode(mode)
+    if clip_norm is not None:
+        clip_norm = check_clip_norm(clip_norm, "clip_norm", " (or None)")
     if mode == "merge_then_average":
         _check_lora_scaling(lora_scaling)
         check_mergeable_lora_state(client_state)
@@ -448,10 +451,11 @@ def add_server_noise(
     Returns:
         `tuple[dict[str, torch.Tensor], float]`: the noised mean update and the noise std.
     """
-    if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
-        raise ValueError(f"`noise_multiplier` must be a finite number >= 0, got {noise_multiplier}.")
-    if not (clip_norm > 0 and math.isfinite(clip_norm)):
-        raise ValueError(f"`clip_norm` must be a finite number > 0, got {clip_norm}.")
+    sigma = python_scalar(noise_multiplier)  # numpy numbers and 0-d tensors as Python ones: `std` is a float
+    if not (is_real(sigma) and 0 <= sigma < math.inf):
+        raise ValueError(f"`noise_multiplier` must be a finite number >= 0, got {noise_multiplier!r}.")
+    noise_multiplier = float(sigma)
+    clip_norm = check_clip_norm(clip_norm, "clip_norm")
     n = _check_num_clients(num_clients)
     std = noise_multiplier * clip_norm / n
     if std == 0:
@@ -607,8 +611,8 @@ def aggregate_round(
             client whose update alone does so where there is one.
     """
     _check_mode(mode)
-    if client_clip_norm is not None and not client_clip_norm > 0:
-        raise ValueError(f"`client_clip_norm` must be > 0 or None, got {client_clip_norm}.")
+    if client_clip_norm is not None:
+        client_clip_norm = check_clip_norm(client_clip_norm, "client_clip_norm", " (or None)")
     if client_names is not None and len(client_names) != len(client_states):
         raise ValueError(f"`client_names` has {len(client_names)} entries for {len(client_states)} client states.")
     names = (

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..utils.checks import is_int, is_real
+from ..utils.checks import is_int, is_real, python_scalar
 from ..utils.vmap import is_func_transform_error, prepared_for_vmap
 
 ACCOUNTANTS = ("pld", "rdp")
@@ -37,7 +37,20 @@ def secret_noise_generator(device: torch.device | str | None = None) -> torch.Ge
     return gen.manual_seed(secrets.randbits(63))
 
 
+def check_clip_norm(value, name: str = "max_norm", what: str = "") -> float:
+    """A clip norm (the DP sensitivity) as a Python float: a finite number > 0, a Python or numpy number or a 0-d real
+    tensor (as `torch.nn.utils.clip_grad_norm_` takes it); anything else (a bool, which would clip to norm 1, 0, inf,
+    NaN, a string, a tensor with dimensions) is refused with a `ValueError` naming `name`."""
+    number = python_scalar(value)
+    if not (is_real(number) and 0 < number < math.inf):
+        raise ValueError(
+            f"`{name}`{what} must be a finite number > 0 (a Python or numpy number, or a 0-d tensor), got {value!r}."
+        )
+    return float(number)
+
+
 def _check_sigma(noise_multiplier: float, name: str = "noise_multiplier") -> float:
+    noise_multiplier = python_scalar(noise_multiplier)  # numpy numbers and 0-d tensors as Python ones
     if not is_real(noise_multiplier):  # a bool would pass float() as 0 or 1
         raise TypeError(f"`{name}` must be a number, got {noise_multiplier!r}.")
     sigma = float(noise_multiplier)
@@ -325,8 +338,7 @@ def clip_per_sample(
         `tuple[dict[str, torch.Tensor], torch.Tensor]`: the clipped per-sample gradients and the original norms
         (float32).
     """
-    if not (is_real(max_norm) and max_norm > 0 and math.isfinite(max_norm)):
-        raise ValueError(f"`max_norm` must be a finite number > 0, got {max_norm!r}.")
+    max_norm = check_clip_norm(max_norm)
     if not grads:
         raise ValueError("`grads` is empty.")
 
@@ -377,9 +389,9 @@ def noisy_sum(
     anyone who knows the run's seed could replay).
     """
     noise_multiplier = _check_sigma(noise_multiplier)
-    if noise_multiplier > 0 and not (is_real(max_norm) and max_norm > 0 and math.isfinite(max_norm)):
-        raise ValueError(f"`max_norm` (the sensitivity) must be a finite number > 0 to add noise, got {max_norm!r}.")
-    std = noise_multiplier * max_norm
+    if noise_multiplier > 0:
+        max_norm = check_clip_norm(max_norm, what=" (the sensitivity)")
+    std = noise_multiplier * max_norm if noise_multiplier > 0 else 0.0
     if std > 0 and generator is None and clipped:
         generator = secret_noise_generator(next(iter(clipped.values())).device)
     out = {}
