@@ -116,8 +116,8 @@ def angular_update(old: torch.Tensor, new: torch.Tensor, neuron_dim: int = 0) ->
     Args:
         old, new (`torch.Tensor`): a weight before and after the step, 2+ dims.
         neuron_dim (`int`, *optional*, defaults to 0): 0 when neurons are rows (`nn.Linear`), 1 when they are columns
-            (HF `Conv1D`, 2D weights only). Anything else (-1, 2, `"1"`, `True`) raises `ValueError`, as in the
-            normalized optimizers.
+            (HF `Conv1D`) or lie along dim 1 (a transposed convolution's `(in, out, *kernel)` weight). Anything else
+            (-1, 2, `"1"`, `True`) raises `ValueError`, as in the normalized optimizers.
 
     Returns:
         `torch.Tensor`: one angle per neuron (float64; every neuron's, on every rank, for sharded DTensors); NaN for a
@@ -127,14 +127,9 @@ def angular_update(old: torch.Tensor, new: torch.Tensor, neuron_dim: int = 0) ->
     check_neuron_dim(neuron_dim, " of angular_update")
     if old.shape != new.shape or old.dim() < 2:
         raise ValueError(f"angular_update needs two tensors of the same 2+-dim shape, got {old.shape} / {new.shape}.")
-    if neuron_dim == 1 and old.dim() != 2:
-        raise ValueError(
-            f"angular_update: `neuron_dim=1` (columns are neurons) is only supported for 2D weights, got shape "
-            f"{tuple(old.shape)}; use `neuron_dim=0` (rows) for higher-dimensional tensors."
-        )
     a, b = old.detach().double(), new.detach().double()
-    if neuron_dim == 1:
-        a, b = a.t(), b.t()
+    if neuron_dim == 1:  # columns of a Conv1D weight; output channels of a transposed convolution's (in, out, *k)
+        a, b = a.transpose(0, 1), b.transpose(0, 1)
     a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
     if is_dtensor(a):  # per-neuron sums over the whole neuron, gathered for every neuron in one collective
         dot, aa, bb = _full(torch.stack([(a * b).sum(1), (a * a).sum(1), (b * b).sum(1)]))

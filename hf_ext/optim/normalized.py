@@ -47,7 +47,11 @@ _NORM_NAME_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)
 # parameter grouping
 # ----------------------------------------------------------------------------------------------------------------------
 def transposed_parameter_ids(model: nn.Module) -> set[int]:
-    """Ids of weights stored as `(in_features, out_features)` (HF `Conv1D`, used by GPT-2): their neurons are columns.
+    """Ids of weights whose output neurons lie along dim 1: HF `Conv1D` (used by GPT-2), stored as
+    `(in_features, out_features)`, whose neurons are columns, and the transposed convolutions
+    (`nn.ConvTranspose1d/2d/3d`), stored as `(in_channels / groups, out_channels / groups, *kernel)`, whose output
+    channel `j` is `weight[:, j]`
+    (with `groups > 1`, `weight[:, j]` holds output channel `j` of every group: they share one norm).
 
     Args:
         model (`nn.Module`): the model to scan.
@@ -57,7 +61,8 @@ def transposed_parameter_ids(model: nn.Module) -> set[int]:
     """
     from transformers.pytorch_utils import Conv1D
 
-    return {id(m.weight) for m in model.modules() if isinstance(m, Conv1D)}
+    transposed = (Conv1D, nn.modules.conv._ConvTransposeNd)
+    return {id(m.weight) for m in model.modules() if isinstance(m, transposed) and isinstance(m.weight, torch.Tensor)}
 
 
 # peft's LoRA B factors (and their embedding variants) start at zero by design: a rotation keeps each neuron's norm, so
@@ -84,7 +89,8 @@ def rotational_param_groups(
     or not), and peft's trainable token rows (`trainable_tokens_delta`, from `trainable_token_indices`), are kept out
     of the rotational set by default: a fixed norm per token row would cap the logit scale (nothing after them is
     scale-invariant); pass `rotational_embeddings=True` to include them (one neuron per token row). HF `Conv1D`
-    weights (shape `(in, out)`) get `neuron_dim=1` so their neurons are columns.
+    weights (shape `(in, out)`) get `neuron_dim=1` so their neurons are columns, and so do transposed convolutions
+    (`nn.ConvTranspose*d`, shape `(in, out, *kernel)`: one neuron per output channel, `weight[:, j]`).
 
     Args:
         model (`nn.Module`): the model.
@@ -399,7 +405,8 @@ def check_neuron_dim(neuron_dim, where: str = "", or_none: bool = False) -> None
     if not (is_int(neuron_dim) and neuron_dim in (0, 1)):
         none = " or None" if or_none else ""
         raise ValueError(
-            f"`neuron_dim`{where} must be 0 (rows are neurons, nn.Linear) or 1 (columns, transformers' Conv1D)"
+            f"`neuron_dim`{where} must be 0 (rows are neurons, nn.Linear) or 1 (dim 1 is the neuron axis: transformers' "
+            f"Conv1D, nn.ConvTranspose*d)"
             f"{none}, got {neuron_dim!r}."
         )
 
@@ -450,14 +457,6 @@ def _check_group(group: dict, owner: str, rotational: bool = False) -> None:
             f"A {owner} param group with rotational tensors needs `weight_decay > 0` (it sets the equilibrium "
             "angle) or an explicit `angle`."
         )
-    if group.get("neuron_dim") == 1 and group.get("per_neuron", True):
-        for p in rot:
-            if p.dim() != 2:
-                raise ValueError(
-                    f"`neuron_dim=1`{where} (columns are neurons) is only supported for 2D weights, got a rotational "
-                    f"tensor of shape {tuple(p.shape)}; give it its own group with `neuron_dim=0` (rows) or "
-                    "`rotational=False`."
-                )
 
 
 def _parse_group_values(group: dict, where: str = "") -> None:
@@ -631,7 +630,7 @@ class _NeuronShards:
         if not per_neuron:
             reduced, keep = set(range(p.dim())), None
         elif neuron_dim == 1:
-            reduced, keep = {0}, 1
+            reduced, keep = {0, *range(2, p.dim())}, 1
         else:
             reduced, keep = set(range(1, p.dim())), 0
         self.mesh = p.device_mesh
@@ -689,6 +688,15 @@ def _rows(p: torch.Tensor) -> torch.Tensor:
     return p.view(p.shape[0], math.prod(p.shape[1:]))
 
 
+def _neuron_major(t: torch.Tensor, neuron_dim: int, per_neuron: bool) -> tuple[torch.Tensor, int]:
+    """`t` and its layout with the neuron axis first where it is dim 1 of a 3+-dim tensor (a transposed convolution's
+    `(in, out, *kernel)` weight): then `t.transpose(0, 1)` (a view of `t`, `(out, in, *kernel)`) with `neuron_dim=0`,
+    whose rows (made contiguous where needed, and written back through the view) are the output channels."""
+    if per_neuron and neuron_dim == 1 and t.dim() > 2:
+        return t.transpose(0, 1), 0
+    return t, neuron_dim
+
+
 def _has_neuron_view(t: torch.Tensor, neuron_dim: int, per_neuron: bool) -> bool:
     """Whether `_neuron_view(t, ...)` can share `t`'s storage: always for column neurons (a transpose), else only for a
     row-major tensor (not, e.g., a conv weight in `torch.channels_last` memory format, whose rows are strided)."""
@@ -713,7 +721,7 @@ def _neuron_view(p: torch.Tensor, neuron_dim: int, per_neuron: bool) -> torch.Te
     if not per_neuron:
         return p.view(1, p.numel())
     if neuron_dim == 1:
-        if p.dim() != 2:
+        if p.dim() != 2:  # callers pass a 3+-dim one through `_neuron_major` first
             raise ValueError(f"neuron_dim=1 is only supported for 2D weights, got shape {tuple(p.shape)}.")
         return p.t()
     return _rows(p)
@@ -729,8 +737,9 @@ def _init_rotational(
     if shards is not None:
         _init_rotational_sharded(p, state, neuron_dim, per_neuron, zero_mean, shards)
     else:
-        data = p.data
-        # a weight without a neuron view (channels_last) is centred in a row-major copy that is written back
+        data, neuron_dim = _neuron_major(p.data, neuron_dim, per_neuron)
+        # a weight without a neuron view (channels_last, a transposed convolution's) is centred in a row-major copy
+        # that is written back
         work = data if _has_neuron_view(data, neuron_dim, per_neuron) else data.contiguous()
         w = _neuron_view(work, neuron_dim, per_neuron)
         norm = w.norm(dim=1, keepdim=True)
@@ -741,7 +750,8 @@ def _init_rotational(
                 data.copy_(work)
         state["norm"] = norm.clone()
     if update_norm_decay > 0 and "update_norm_ema" not in state:
-        # the shape `_rotate` stores: (neurons, 1), or (1, neurons) for column neurons
+        # the shape `_rotate` stores: (neurons, 1), or (1, neurons) for the column neurons of a 2D weight
+        neuron_dim = _neuron_major(p, neuron_dim, per_neuron)[1]
         ema = torch.zeros_like(_local(state["norm"]))
         if per_neuron and neuron_dim == 1:
             ema = ema.view(1, ema.numel())
@@ -807,7 +817,7 @@ def _warn_if_immobile(p: torch.Tensor, group: dict, neuron_dim: int) -> None:
     entry (fan-in 1, e.g. `nn.Linear(1, n)`) keeps its norm and so its value, and one of two entries with `zero_mean`
     is centred to `(a, -a)` of fixed norm. Such a tensor would silently never change."""
     if group["per_neuron"]:
-        size = p.shape[0] if neuron_dim == 1 else math.prod(p.shape[1:])
+        size = p.numel() // max(p.shape[1], 1) if neuron_dim == 1 else math.prod(p.shape[1:])
     else:
         size = p.numel()
     if size == 1 or (size == 2 and group["zero_mean"]):
@@ -823,7 +833,7 @@ def _warn_if_immobile(p: torch.Tensor, group: dict, neuron_dim: int) -> None:
 
 def _init_rotational_sharded(p, state, neuron_dim, per_neuron, zero_mean, shards: _NeuronShards) -> None:
     """`_init_rotational` on the local shard of a DTensor, with the per-neuron sums all-reduced."""
-    data = _local(p.detach())
+    data, neuron_dim = _neuron_major(_local(p.detach()), neuron_dim, per_neuron)
     work = data if _has_neuron_view(data, neuron_dim, per_neuron) else data.contiguous()
     w = _neuron_view(work, neuron_dim, per_neuron)
     acc = _acc_dtype(w.dtype)
@@ -871,6 +881,10 @@ def _rotate(
     shards = _neuron_shards(p, neuron_dim, per_neuron)
     if shards is not None:
         p, u = _local(p), _local(u)
+    # a transposed convolution's (in, out, *kernel) weight: its output channels as the rows of (out, in, *kernel) views
+    p, major = _neuron_major(p, neuron_dim, per_neuron)
+    u = _neuron_major(u, neuron_dim, per_neuron)[0]
+    neuron_dim = major
     target = None
     if not _has_neuron_view(p, neuron_dim, per_neuron):
         # e.g. a channels_last conv weight: rotate a row-major copy (the arithmetic of a contiguous weight, so the

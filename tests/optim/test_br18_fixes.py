@@ -27,10 +27,11 @@ def test_angular_update_neuron_dim_must_be_0_or_1(neuron_dim):
         angular_update(old, new, neuron_dim)
 
 
-def test_angular_update_columns_need_a_2d_weight():
-    """A 3D tensor with neuron_dim=1 failed inside `Tensor.t()` without naming the argument."""
-    with pytest.raises(ValueError, match="`neuron_dim=1`.*only supported for 2D weights"):
-        angular_update(torch.randn(2, 3, 4), torch.randn(2, 3, 4), neuron_dim=1)
+def test_angular_update_columns_of_a_3d_weight_are_dim_1_neurons():
+    """A 3D tensor with neuron_dim=1 failed inside `Tensor.t()` without naming the argument, then was refused by
+    name; since lf43 dim 1 is its neuron axis (a transposed convolution's `(in, out, *kernel)` weight)."""
+    old, new = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    assert angular_update(old, new, neuron_dim=1).shape == (3,)
 
 
 def test_angular_update_valid_layouts_unchanged():

@@ -105,13 +105,18 @@ def test_layout_keys_are_checked_with_a_model_too(cls):
 
 
 @pytest.mark.parametrize("cls", [LionAR, RotationalWrapper])
-def test_column_neurons_of_a_non_2d_rotational_tensor_are_refused_when_added(cls):
-    """It used to be refused inside `step()`, after the tensors before it had been rotated."""
+def test_column_neurons_of_a_non_2d_rotational_tensor_are_dim_1_neurons(cls):
+    """`neuron_dim=1` on a 3+-dim tensor was refused (only 2D `Conv1D` weights had it); since lf43 it means dim 1 is
+    the neuron axis (a transposed convolution's `(in, out, *kernel)` weight): every `conv[:, j]` keeps its norm."""
     conv = nn.Parameter(torch.randn(4, 3, 2, 2))
-    with pytest.raises(ValueError, match=r"`neuron_dim=1` of a \w+ param group .* only supported for 2D weights"):
-        cls([{"params": [conv], "neuron_dim": 1}], lr=1e-2, weight_decay=0.1)
-    with pytest.raises(ValueError, match="only supported for 2D weights"):
-        cls([conv], lr=1e-2, weight_decay=0.1, neuron_dim=1)
+    norms = conv.detach().transpose(0, 1).reshape(3, -1).norm(dim=1)
+    for opt in (
+        cls([{"params": [conv], "neuron_dim": 1}], lr=1e-2, weight_decay=0.1),
+        cls([conv], lr=1e-2, weight_decay=0.1, neuron_dim=1),
+    ):
+        conv.grad = torch.randn(4, 3, 2, 2)
+        opt.step()
+        torch.testing.assert_close(conv.detach().transpose(0, 1).reshape(3, -1).norm(dim=1), norms)
     cls([{"params": [conv], "neuron_dim": 1, "per_neuron": False}], lr=1e-2, weight_decay=0.1)  # one norm: no layout
 
 
