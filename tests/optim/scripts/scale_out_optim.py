@@ -22,12 +22,16 @@ class Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc1 = nn.Linear(6, 10)  # neurons are rows: whole on each rank
+        # weight (5, 2, 4) = (in, out, kernel): its 2 output channels are split across the ranks by dim-0 sharding
+        self.deconv = nn.ConvTranspose1d(5, 2, 4)
         self.conv = Conv1D(12, 10)  # weight (10, 12), neurons are columns: split across the ranks by dim-0 sharding
         self.ln = nn.LayerNorm(12)
         self.head = nn.Linear(12, 3)  # 3 rows on 2 ranks: uneven shards
 
     def forward(self, x):
-        return self.head(self.ln(torch.tanh(self.conv(torch.tanh(self.fc1(x))))))
+        h = torch.tanh(self.fc1(x))
+        h = h + self.deconv(h.view(-1, 5, 2)).flatten(1)  # (B, 2, 5) -> 10 features
+        return self.head(self.ln(torch.tanh(self.conv(h))))
 
 
 def fresh(dtype=torch.float32):
