@@ -430,6 +430,8 @@ def _label_vector(labels) -> bool:
 
 # Columns with one entry per input token: cut with `input_ids` when an example's stored padding is removed.
 _TOKEN_LEVEL = ("input_ids", "attention_mask", "labels", "token_type_ids", "position_ids")
+# Model inputs that must have exactly one entry per input token when 1-D (refused otherwise, naming the example).
+_PER_INPUT_TOKEN = ("attention_mask", "token_type_ids", "position_ids")
 
 
 def check_dataset(dataset, name: str, model: torch.nn.Module) -> None:
@@ -653,13 +655,26 @@ class PerExampleGradients:
         """`example` without the padding it was stored with: leading and trailing positions whose `attention_mask` is
         0 are cut from every token-level column, so each example is differentiated exactly as alone, also on models
         with absolute positions (GPT-2, BERT), where left padding would shift every position. Token `labels` (other
-        than an encoder-decoder's) must have one entry per input token."""
+        than an encoder-decoder's) and a 1-D `attention_mask`, `token_type_ids` or `position_ids` must have one entry
+        per input token."""
         n = len(example["input_ids"])
         if n == 0:
             raise ValueError(
                 f"example {index} has an empty input_ids: it has no token to score (e.g. a blank text line); drop it "
                 "(dataset.filter(lambda r: len(r['input_ids']) > 0))."
             )
+        for key in _PER_INPUT_TOKEN:
+            value = example.get(key)
+            if value is None or isinstance(value, int | float):
+                continue
+            if torch.as_tensor(value).ndim == 1 and len(value) != n:
+                # a shorter column was padded with zeros to the batch's width (or, alone in its batch, broadcast), an
+                # all-ones mask of the wrong length was dropped under vmap but passed to the model by the loop: the
+                # scores were wrong and depended on `batch_size` and `per_example_gradients`
+                raise ValueError(
+                    f"example {index} has {len(value)} `{key}` entries for {n} input_ids: `{key}` needs one entry per "
+                    f"input token, as the model's forward does (was `input_ids` truncated without its `{key}`?)."
+                )
         labels = example.get("labels")
         vector = _label_vector(labels)
         if not self.encoder_decoder and labels is not None and not vector and not isinstance(labels, int | float):

@@ -1,0 +1,126 @@
+"""Audit pass 37 (hi43): HyperINF input checks and recipe flags."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+from hf_ext.hyperinf import InfluenceEstimator
+
+VOCAB = 50
+
+
+def _llama_config(**overrides):
+    return LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        **overrides,
+    )
+
+
+def _with_random_lora_b(model):
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.2 * torch.randn(param.shape, generator=gen))
+    return model
+
+
+@pytest.fixture(scope="module")
+def llama_classifier():
+    from transformers import LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(_llama_config(num_labels=3))
+    lora = LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    return _with_random_lora_b(get_peft_model(model, lora))
+
+
+@pytest.fixture(scope="module")
+def llama_lm():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(_llama_config())
+    return _with_random_lora_b(
+        get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    )
+
+
+@pytest.fixture(scope="module")
+def bert_classifier():
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+        max_position_embeddings=64,
+    )
+    lora = LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["query", "value"])
+    return _with_random_lora_b(get_peft_model(BertForSequenceClassification(config), lora))
+
+
+CLASSIFICATION_TRAIN = [
+    {"input_ids": [7, 8, 9, 10], "labels": 2},
+    {"input_ids": [10, 11, 12, 13], "labels": 0},
+    {"input_ids": [14, 15, 16], "labels": 1},
+]
+CLASSIFICATION_EVAL = [{"input_ids": [3, 9, 5], "labels": 1}]
+
+
+@pytest.mark.parametrize("method", ["vmap", "loop"])
+@pytest.mark.parametrize("mask", [[1, 1], [1, 0], [1, 1, 1, 1, 1]])
+def test_an_attention_mask_of_another_length_than_input_ids_is_refused(llama_classifier, mask, method):
+    """Was accepted: a 2-entry mask on a 4-token example scored -2.906 under vmap (an all-ones mask is dropped there)
+    and -3.062 with the loop (the model got the short mask), the unmasked example -2.906; [1, 0] scored -4.203."""
+    train = [{"input_ids": [3, 4, 5, 6], "attention_mask": mask, "labels": 1}] + CLASSIFICATION_TRAIN
+    estimator = InfluenceEstimator(llama_classifier, "tracin", per_example_gradients=method)
+    with pytest.raises(ValueError, match=r"example 0 has \d `attention_mask` entries for 4 input_ids"):
+        estimator.fit(train)
+
+
+def test_a_short_mask_in_the_evaluation_set_is_refused_naming_the_example(llama_classifier):
+    estimator = InfluenceEstimator(llama_classifier, "tracin").fit(CLASSIFICATION_TRAIN)
+    evaluation = CLASSIFICATION_EVAL + [{"input_ids": [3, 4, 5], "attention_mask": [1, 1], "labels": 0}]
+    with pytest.raises(ValueError, match=r"example 1 has 2 `attention_mask` entries for 3 input_ids"):
+        estimator.scores(evaluation)
+
+
+@pytest.mark.parametrize("token_type_ids", [[1], [0, 1]])
+def test_token_type_ids_of_another_length_are_refused(bert_classifier, token_type_ids):
+    """Was accepted: the short column was padded with zeros to the batch's width ([0, 1] -> [0, 1, 0, 0])."""
+    train = [
+        {"input_ids": [3, 4, 5, 6], "token_type_ids": token_type_ids, "labels": 1},
+        {"input_ids": [7, 8, 9, 10], "token_type_ids": [0, 0, 0, 0], "labels": 2},
+    ]
+    with pytest.raises(ValueError, match=r"example 0 has \d `token_type_ids` entries for 4 input_ids"):
+        InfluenceEstimator(bert_classifier, "tracin").fit(train)
+
+
+def test_position_ids_of_another_length_are_refused(llama_lm):
+    """Was accepted: [0, 1] on a 4-token example was padded to [0, 1, 0, 0] in its batch."""
+    train = [
+        {"input_ids": [3, 4, 5, 6], "position_ids": [0, 1]},
+        {"input_ids": [7, 8, 9, 10], "position_ids": [0, 1, 2, 3]},
+    ]
+    with pytest.raises(ValueError, match=r"example 0 has 2 `position_ids` entries for 4 input_ids"):
+        InfluenceEstimator(llama_lm, "tracin").fit(train)
+
+
+def test_full_length_columns_and_stored_padding_are_still_accepted(llama_classifier):
+    """The check leaves well-formed examples alone: a stored right-padded example scores as the unpadded one."""
+    padded = {"input_ids": [3, 4, 5, 6, 0, 0], "attention_mask": [1, 1, 1, 1, 0, 0], "labels": 1}
+    plain = {"input_ids": [3, 4, 5, 6], "attention_mask": [1, 1, 1, 1], "labels": 1}
+    scores = [
+        InfluenceEstimator(llama_classifier, "tracin").fit([first] + CLASSIFICATION_TRAIN).scores(CLASSIFICATION_EVAL)
+        for first in (padded, plain)
+    ]
+    assert scores[0] == pytest.approx(scores[1], rel=1e-5)
