@@ -67,7 +67,10 @@ class TaskArguments:
         default="topic,repeat",
         metadata={"help": "llm_selection: comma-separated instruction kinds among topic, repeat, continue."},
     )
-    max_length: int = field(default=48, metadata={"help": "Tokens per example (documents shorter are skipped)."})
+    max_length: int = field(
+        default=48,
+        metadata={"help": "classification: tokens per example (documents shorter are skipped)."},
+    )
     num_val: int = field(
         default=80,
         metadata={"help": "Clean validation (llm_selection: target) examples that define the influence target."},
@@ -458,11 +461,17 @@ def _refuse_inapplicable_flags(task: TaskArguments, model_args: ModelArguments, 
                 f"{', '.join('--' + n for n in ignored)} only apply to --task llm_selection; drop them or pass "
                 "--task llm_selection (classification keeps --select_fraction)."
             )
-    elif changed_from_default(inf, ("select_fraction",)):
-        raise ValueError(
-            "--select_fraction only applies to --task classification; --task llm_selection keeps the shares in "
-            "--select_fractions (e.g. 0.2,0.5)."
-        )
+    else:
+        if changed_from_default(inf, ("select_fraction",)):
+            raise ValueError(
+                "--select_fraction only applies to --task classification; --task llm_selection keeps the shares in "
+                "--select_fractions (e.g. 0.2,0.5)."
+            )
+        if changed_from_default(task, ("max_length",)):  # was ignored: the instruction data never read it
+            raise ValueError(
+                "--max_length only applies to --task classification; the examples of --task llm_selection are sized "
+                "by --prompt_tokens (document tokens in each prompt) and --answer_tokens."
+            )
     if model_args.model_name_or_path:
         ignored = changed_from_default(
             model_args,

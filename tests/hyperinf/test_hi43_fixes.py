@@ -124,3 +124,30 @@ def test_full_length_columns_and_stored_padding_are_still_accepted(llama_classif
         for first in (padded, plain)
     ]
     assert scores[0] == pytest.approx(scores[1], rel=1e-5)
+
+
+RECIPE_TINY = [
+    "--pretrain_steps", "2", "--hidden_size", "32", "--max_train", "24", "--num_val", "4", "--num_test", "8",
+    "--num_train_epochs", "1", "--methods", "tracin", "--disable_tqdm", "true", "--num_threads", "1",
+]  # fmt: skip
+
+
+def test_max_length_is_refused_with_llm_selection_before_any_output(tmp_path):
+    """Was ignored: `--task llm_selection --max_length 6` and `--max_length 48` ran the whole recipe and gave identical
+    scores (the instruction examples are sized by --prompt_tokens / --answer_tokens only)."""
+    from hf_ext.recipes.hyperinf import main
+
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="--max_length only applies to --task classification"):
+        main(RECIPE_TINY + ["--task", "llm_selection", "--max_length", "16", "--output_dir", str(out)])
+    assert not out.exists()
+
+
+def test_max_length_is_read_by_classification_and_refused_by_llm_selection():
+    from hf_ext.recipes.hyperinf import InfluenceArguments, ModelArguments, TaskArguments, _refuse_inapplicable_flags
+
+    task, model_args, inf = TaskArguments(max_length=16), ModelArguments(), InfluenceArguments()
+    _refuse_inapplicable_flags(task, model_args, inf)  # classification reads it: no error
+    task.task = "llm_selection"
+    with pytest.raises(ValueError, match="--max_length only applies"):
+        _refuse_inapplicable_flags(task, model_args, inf)
