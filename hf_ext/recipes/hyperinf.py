@@ -152,7 +152,10 @@ class HyperInfTrainingArguments(TrainingArguments):
     output_dir: str = field(default="outputs/hyperinf", metadata={"help": "Where results, curves and models go."})
     num_train_epochs: float = field(default=4.0, metadata={"help": "LoRA fine-tuning epochs."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Examples per device per step."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Examples per device per eval step."})
+    per_device_eval_batch_size: int = field(
+        default=64,
+        metadata={"help": "Examples per forward pass of the recipe's evaluations (losses and accuracies)."},
+    )
     learning_rate: float = field(default=5e-3, metadata={"help": "LoRA fine-tuning learning rate."})
     warmup_steps: float = field(default=0.06, metadata={"help": "Warmup (the reference: 6% linear warmup)."})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule."})
@@ -953,11 +956,14 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
         resume_from_checkpoint=training_args.resume_from_checkpoint,
     )
     clean_train = train.remove_columns("labels").rename_column("clean_label", "labels")
+    eval_batch = training_args.per_device_eval_batch_size
     fit_metrics = {
-        "val": evaluate(model, val),
-        "test": evaluate(model, test),
-        "train_clean_subset_accuracy": evaluate(model, clean_train.select(np.flatnonzero(~is_noisy)))["accuracy"],
-        "train_flipped_fit": evaluate(model, train.select(np.flatnonzero(is_noisy)))["accuracy"],
+        "val": evaluate(model, val, eval_batch),
+        "test": evaluate(model, test, eval_batch),
+        "train_clean_subset_accuracy": evaluate(
+            model, clean_train.select(np.flatnonzero(~is_noisy)), eval_batch
+        )["accuracy"],
+        "train_flipped_fit": evaluate(model, train.select(np.flatnonzero(is_noisy)), eval_batch)["accuracy"],
     }
     print(
         f"fine-tuned: val acc {fit_metrics['val']['accuracy']:.3f}, test loss {fit_metrics['test']['loss']:.3f}, "
@@ -1042,7 +1048,7 @@ def run(task: TaskArguments, model_args: ModelArguments, inf: InfluenceArguments
                 training_args,
                 f"select_{name}",
             )
-            metrics = evaluate(retrained, test)
+            metrics = evaluate(retrained, test, eval_batch)
             selection[name] = {**metrics, "size": int(len(index)), "flipped_kept": int(is_noisy[index].sum())}
             print(
                 f"selection {name:<20} kept {len(index)} ({selection[name]['flipped_kept']} flipped): "
@@ -1189,8 +1195,9 @@ def run_llm_selection(
         return fine_tune(model, data, training_args, name, resume_from_checkpoint=resume, data_collator=collator)
 
     def measure(model):
-        return {"test": evaluate_response_loss(model, test, pad_token_id=pad),
-                "target": evaluate_response_loss(model, target, pad_token_id=pad)}  # fmt: skip
+        batch = training_args.per_device_eval_batch_size
+        return {"test": evaluate_response_loss(model, test, batch, pad_token_id=pad),
+                "target": evaluate_response_loss(model, target, batch, pad_token_id=pad)}  # fmt: skip
 
     model = train_on(None, "full", training_args.resume_from_checkpoint)
     full = measure(model)

@@ -151,3 +151,42 @@ def test_max_length_is_read_by_classification_and_refused_by_llm_selection():
     task.task = "llm_selection"
     with pytest.raises(ValueError, match="--max_length only applies"):
         _refuse_inapplicable_flags(task, model_args, inf)
+
+
+def _spy(monkeypatch, owner, name, seen):
+    real = getattr(owner, name)
+
+    def spy(model, dataset, batch_size=None, **kwargs):
+        seen.append(batch_size)
+        return real(model, dataset, **({} if batch_size is None else {"batch_size": batch_size}), **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+
+
+def test_classification_evaluations_use_per_device_eval_batch_size(tmp_path, monkeypatch):
+    """Was ignored: the recipe declares the flag ("Examples per device per eval step.") but evaluated in batches of 64
+    whatever it was set to."""
+    import hf_ext.recipes.hyperinf as recipe
+
+    seen = []
+    _spy(monkeypatch, recipe, "evaluate", seen)
+    recipe.main(
+        RECIPE_TINY
+        + ["--select_fraction", "0.5", "--per_device_eval_batch_size", "5", "--output_dir", str(tmp_path / "out")]
+    )
+    assert len(seen) == 6 and set(seen) == {5}  # val, test, clean and flipped training parts, two retrainings
+
+
+def test_llm_selection_evaluations_use_per_device_eval_batch_size(tmp_path, monkeypatch):
+    """Was ignored: evaluate_response_loss ran in its default batches of 32."""
+    import hf_ext.hyperinf.selection as selection
+    from hf_ext.recipes.hyperinf import main
+
+    seen = []
+    _spy(monkeypatch, selection, "evaluate_response_loss", seen)
+    main(
+        RECIPE_TINY
+        + ["--task", "llm_selection", "--select_fractions", "0.5", "--noise_rate", "0.3"]
+        + ["--per_device_eval_batch_size", "3", "--output_dir", str(tmp_path / "out")]
+    )
+    assert seen and set(seen) == {3}
