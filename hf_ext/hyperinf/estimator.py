@@ -444,6 +444,9 @@ def add_influence_column(dataset, scores, column_name: str = "influence"):
 
     if not isinstance(dataset, Dataset):
         raise TypeError(f"`dataset` must be a datasets.Dataset, got {type(dataset).__name__}.")
+    if not isinstance(column_name, str) or not column_name:
+        # None became a column named "None"; an int or a tuple failed inside pyarrow ("expected bytes, int found")
+        raise TypeError(f"`column_name` must be a non-empty str (e.g. 'influence'), got {column_name!r}.")
     values = np.asarray(scores, dtype=np.float64)
     if sum(size != 1 for size in values.shape) > 1:  # e.g. one row of scores per evaluation example
         raise ValueError(

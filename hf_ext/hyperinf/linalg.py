@@ -143,7 +143,8 @@ def schulz_inverse(
         `tuple[torch.Tensor, SchulzInfo]`: the approximate inverse `X` and the diagnostics.
 
     Raises:
-        `ValueError`: `matrix` holds NaN or inf (it was reported as a divergence whose fix was another start).
+        `ValueError`: `matrix` holds NaN or inf (it was reported as a divergence whose fix was another start), or is
+            all zeros (singular).
         `SchulzDivergenceError` (a `ValueError`): the iteration diverged, whatever `tol`: the residual is not finite,
             or exceeds both 1 and its start (a convergent start has `||R_k|| <= ||R_0|| < 1`, since `R_k` is a power
             of `R_0`), or, with `tol`, it grows back above its start once below 1. This happens when
@@ -157,6 +158,13 @@ def schulz_inverse(
             f"`matrix` holds NaN or inf, so every iterate, and the inverse, would be NaN whatever the start or scale; "
             f"pass a finite matrix (e.g. accumulate the GFIM in float32 or float64: float16 overflows past "
             f"{torch.finfo(torch.float16).max:g})."
+        )
+    if not bool(matrix.any()):
+        # singular: the "frobenius"/"transpose" starts were an infinite scale reported as a divergence whose fix was
+        # init='frobenius', and the "identity" start returned alpha * 2^num_iterations * I without a word (tol=None)
+        raise ValueError(
+            "`matrix` is all zeros: it is singular and has no inverse whatever the start; pass a non-singular matrix "
+            "(e.g. a curvature plus its damping, A + damping * I)."
         )
     if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 0:
         raise ValueError(f"`num_iterations` must be a non-negative integer, got {num_iterations!r}.")

@@ -190,3 +190,26 @@ def test_llm_selection_evaluations_use_per_device_eval_batch_size(tmp_path, monk
         + ["--per_device_eval_batch_size", "3", "--output_dir", str(tmp_path / "out")]
     )
     assert seen and set(seen) == {3}
+
+
+@pytest.mark.parametrize("init", ["identity", "frobenius", "transpose"])
+@pytest.mark.parametrize("tol", [None, 1e-6])
+def test_schulz_refuses_an_all_zero_matrix(init, tol):
+    """Was: 'frobenius'/'transpose' raised a SchulzDivergenceError blaming 'alpha=inf' and advising init='frobenius';
+    'identity' with tol=None returned 5e-5 * 2**30 * I = 53687 * I without a word."""
+    from hf_ext.hyperinf import schulz_inverse
+
+    with pytest.raises(ValueError, match="`matrix` is all zeros") as caught:
+        schulz_inverse(torch.zeros(3, 3), init=init, tol=tol)
+    assert type(caught.value) is ValueError
+
+
+@pytest.mark.parametrize("name", [None, 3, ("x",), ""])
+def test_add_influence_column_refuses_a_column_name_that_is_not_a_non_empty_str(name):
+    """Was: None added a column named 'None'; an int or a tuple failed inside pyarrow ('expected bytes, int found')."""
+    from datasets import Dataset
+
+    from hf_ext.hyperinf import add_influence_column
+
+    with pytest.raises(TypeError, match="`column_name` must be a non-empty str"):
+        add_influence_column(Dataset.from_list([{"a": 1}, {"a": 2}]), [0.5, -0.5], column_name=name)
