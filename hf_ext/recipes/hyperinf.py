@@ -426,10 +426,13 @@ def _check_run_data(task: TaskArguments, model_args: ModelArguments, training_ar
             ", ".join("--" + k for k in unrecorded),
         )
     now = _run_data(task, model_args, training_args)
+    # --max_length does not shape the llm_selection data (refused there now, see `_refuse_inapplicable_flags`); a run
+    # that recorded another value, which it ignored, is resumed without it
+    unread = {"max_length"} if task.task == "llm_selection" else set()
     changed = {
         k: f"--{k} {now[k]!r} (the interrupted run used {saved[k]!r})"
         for k in now
-        if k in saved and saved[k] != now[k]
+        if k in saved and saved[k] != now[k] and k not in unread
     }
     data = [text for k, text in changed.items() if k not in model]
     models = [text for k, text in changed.items() if k in model]

@@ -213,3 +213,34 @@ def test_add_influence_column_refuses_a_column_name_that_is_not_a_non_empty_str(
 
     with pytest.raises(TypeError, match="`column_name` must be a non-empty str"):
         add_influence_column(Dataset.from_list([{"a": 1}, {"a": 2}]), [0.5, -0.5], column_name=name)
+
+
+def test_an_llm_selection_run_recorded_with_another_max_length_resumes(tmp_path):
+    """--max_length is refused with --task llm_selection now, so a run that recorded a value it ignored must resume
+    without it (the record's 30 against the default 48 would be refused, and passing 30 is refused as unread)."""
+    import json
+
+    from transformers import TrainingArguments
+
+    from hf_ext.recipes.hyperinf import (
+        RUN_DATA_FILE,
+        ModelArguments,
+        TaskArguments,
+        _check_run_data,
+        _run_data,
+    )
+
+    task, model_args = TaskArguments(task="llm_selection"), ModelArguments()
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    record = {**_run_data(task, model_args, args), "max_length": 30}
+    (tmp_path / RUN_DATA_FILE).write_text(json.dumps(record))
+    _check_run_data(task, model_args, args)  # no error
+    task.num_val = 5  # a flag that shapes the data is still compared
+    with pytest.raises(ValueError, match="--num_val 5"):
+        _check_run_data(task, model_args, args)
+    classification = TaskArguments()
+    (tmp_path / RUN_DATA_FILE).write_text(
+        json.dumps({**_run_data(classification, model_args, args), "max_length": 30})
+    )
+    with pytest.raises(ValueError, match="--max_length 48"):
+        _check_run_data(classification, model_args, args)
