@@ -119,6 +119,11 @@ def recall_at_fraction(scores, is_noisy, fraction: float = 0.2) -> float:
 
     Ties are ranked fairly (the expected recall over a random order of tied scores, see `detection_curve`).
     """
+    if np.ndim(fraction) != 0:  # a list failed inside float() ("only 0-dimensional arrays can be converted")
+        raise TypeError(
+            f"`fraction` must be one number in [0, 1], got {fraction!r}; for several fractions use "
+            "`detection_curve(scores, is_noisy, fractions)`."
+        )
     _check_fractions(fraction, "fraction")
     return float(detection_curve(scores, is_noisy, [fraction])[1][0])
 

@@ -244,3 +244,22 @@ def test_an_llm_selection_run_recorded_with_another_max_length_resumes(tmp_path)
     )
     with pytest.raises(ValueError, match="--max_length 48"):
         _check_run_data(classification, model_args, args)
+
+
+@pytest.mark.parametrize("fraction", [[0.1, 0.2], (0.2, 0.5, 0.9), [0.2], []])
+def test_recall_at_fraction_refuses_several_fractions_naming_the_argument(fraction):
+    """Was: a raw numpy TypeError ('only 0-dimensional arrays can be converted to Python scalars')."""
+    from hf_ext.hyperinf import recall_at_fraction
+
+    with pytest.raises(TypeError, match="`fraction` must be one number"):
+        recall_at_fraction([0.3, 0.1, 0.2], [True, False, False], fraction)
+
+
+def test_recall_at_fraction_still_takes_numbers():
+    import numpy as np
+
+    from hf_ext.hyperinf import recall_at_fraction
+
+    assert recall_at_fraction([0.3, 0.1, 0.2], [True, False, False], np.float64(1 / 3)) == 1.0
+    assert recall_at_fraction([0.3, 0.1, 0.2], [True, False, False], 2 / 3) == 1.0
+    assert recall_at_fraction([0.3, 0.1, 0.2], [True, False, False], torch.tensor(0.0)) == 0.0
