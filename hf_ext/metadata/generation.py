@@ -27,6 +27,12 @@ def _padding_invariant_positions(model) -> bool:
     return any(getattr(c, name, None) is not None for c in configs if c is not None for name in names)
 
 
+def _is_generation_config(value) -> bool:
+    from transformers import GenerationConfig
+
+    return isinstance(value, GenerationConfig)
+
+
 def _generation_setting(name: str, generate_kwargs: dict, gen_config, model):
     """A generation setting as `generate()` resolves it: kwargs, then the passed config, then the model's."""
     for source in (generate_kwargs, gen_config, model.generation_config):
@@ -201,8 +207,9 @@ def generate_with_metadata_guidance(
             (`MetadataCollator`): the metadata is cut exactly as in training. `None` keeps all of it.
         **generate_kwargs: Passed to `model.generate` (`max_new_tokens`, `do_sample`, `num_return_sequences`, ...,
             or a `generation_config`, whose `num_return_sequences` and `suppress_tokens` count as if passed
-            directly). With `guidance_scale != 1`, beam search (`num_beams > 1`) and assisted decoding raise a
-            `ValueError`: transformers' guidance processor cannot follow them.
+            directly; it must be a `GenerationConfig`, a `TypeError` otherwise). With `guidance_scale != 1`, beam
+            search (`num_beams > 1`) and assisted decoding raise a `ValueError`: transformers' guidance processor
+            cannot follow them (a `num_beams` that is not an int raises a `ValueError` naming it).
 
     Example:
         ```python
@@ -234,6 +241,16 @@ def generate_with_metadata_guidance(
     for key in built:
         if key in generate_kwargs:
             raise ValueError(f"{key} is built from prompts and metadata; do not pass it in generate_kwargs.")
+
+    passed = generate_kwargs.get("generation_config")
+    if passed is not None and not _is_generation_config(passed):
+        # our settings go into a copy of it: a dict failed there with a raw AttributeError ('dict' object has no
+        # attribute 'pad_token_id'), as generate() itself fails on one ('max_length')
+        raise TypeError(
+            f"generation_config must be a transformers GenerationConfig, got a {type(passed).__name__} "
+            f"({passed!r:.80}); pass GenerationConfig(**settings), or the settings as keyword arguments "
+            "(max_new_tokens=..., do_sample=...)."
+        )
 
     inputs = build_guidance_inputs(tokenizer, prompts, metadata, layout, max_metadata_tokens=max_metadata_tokens)
     # a model left at its old size after add_context_tokens(tokenizer) fails in the embedding lookup with a raw
@@ -316,7 +333,10 @@ def generate_with_metadata_guidance(
         # transformers' guidance processor keeps the unconditional branch (its ids and cache) in batch order and
         # appends each row's last token: it does not follow beam reordering, and assisted decoding feeds it draft
         # tokens that may be rejected. Its unconditional context would then no longer be the row's own continuation.
-        if (setting("num_beams") or 1) > 1:
+        beams = setting("num_beams") or 1
+        if not is_int(beams):  # else a raw TypeError from the comparison below ('>' between str and int)
+            raise ValueError(f"num_beams must be a positive int, got {beams!r}.")
+        if beams > 1:
             raise ValueError(
                 "guidance_scale != 1 does not work with num_beams > 1: transformers' guidance processor does not "
                 "reorder its unconditional branch with the beams. Use greedy or sampled decoding (num_beams=1)."
