@@ -1,5 +1,11 @@
-"""Audit pass md43: clear errors for a `generation_config` that is no `GenerationConfig` and a non-int `num_beams`
-in `generate_with_metadata_guidance` (both failed with a raw error from the function's own code)."""
+"""Audit pass md43.
+
+1. `generate_with_metadata_guidance`: clear errors for a `generation_config` that is no `GenerationConfig` and a
+   non-int `num_beams` (both failed with a raw error from the function's own code).
+2. Packing with `document_attention` on a model whose causal mask ignores the restarting `position_ids` (OPT, MPT,
+   Bloom, BioGPT, XGLM in transformers 5) trained every document attending to its predecessors, silently;
+   `MetadataCollator.check_model` (and so `MetadataTrainer.train`) now refuses it.
+"""
 
 import pytest
 from transformers import GenerationConfig
@@ -52,3 +58,83 @@ def test_int_num_beams_keep_their_refusal_and_one_beam_generates(model, ctx_toke
     assert len(generate_with_metadata_guidance(
         model, ctx_tokenizer, "a", "x.org", guidance_scale=2.0, num_beams=1, max_new_tokens=2, do_sample=False
     )) == 1  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Packing with document_attention on a model whose mask ignores position_ids (OPT, MPT, Bloom, BioGPT)
+
+PACK_ROWS = [
+    {"text": "short doc one here", "url": "https://a.org/x"},
+    {"text": "another short doc", "url": "https://b.org/y"},
+    {"text": "a third document that is long enough to run over the end of the first row", "url": "https://c.org/z"},
+]
+
+
+def tiny_opt(vocab_size: int):
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    config = OPTConfig(
+        vocab_size=vocab_size, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+        word_embed_proj_dim=32, max_position_embeddings=128,
+    )  # fmt: skip
+    return OPTForCausalLM(config)
+
+
+def test_check_model_refuses_a_model_whose_mask_ignores_restarting_positions(ctx_tokenizer):
+    """OPT builds one causal mask over the whole row (transformers 5 does not pass its position_ids to
+    create_causal_mask): a packed document's logits differed from the same tokens alone by 0.14, silently. Before the
+    fix check_model (and so MetadataTrainer.train) accepted it."""
+    from hf_ext.metadata import MetadataCollator, metadata_template
+
+    model = tiny_opt(len(ctx_tokenizer))
+    packed = MetadataCollator(ctx_tokenizer, metadata_template("url_host"), metadata_dropout=0.0, block_size=40)
+    with pytest.raises(ValueError, match=r"OPTForCausalLM does not keep packed documents apart") as err:
+        packed.check_model(model)
+    assert "document_attention=False" in str(err.value) and "--document_attention false" in str(err.value)
+    assert model.training  # the probe leaves the model's mode as it was
+    # plain packing (one mask, positions through the row) and padded rows suit the model: accepted
+    MetadataCollator(
+        ctx_tokenizer, metadata_template("url_host"), block_size=40, document_attention=False
+    ).check_model(model)
+    MetadataCollator(ctx_tokenizer, metadata_template("url_host"), max_length=40).check_model(model)
+
+
+def test_check_model_accepts_models_that_keep_documents_apart(ctx_tokenizer):
+    """Llama derives per-document masks from the restarting positions (packed logits equal the documents alone, see
+    test_packing_attention.py): accepted, in eval and in train mode."""
+    from hf_ext.metadata import MetadataCollator, metadata_template
+
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"), block_size=40)
+    model = tiny_llama(len(ctx_tokenizer), hidden=32)
+    collator.check_model(model)
+    assert model.training
+    model.model.layers[0].eval()  # a submodule's own mode is kept too
+    collator.check_model(model)
+    assert model.training and not model.model.layers[0].training and model.model.layers[1].training
+    collator.check_model(model.eval())
+    assert not model.training
+
+
+def test_metadata_trainer_refuses_opt_with_document_attention_before_any_step(ctx_tokenizer, tmp_path):
+    import datasets
+    from transformers import TrainingArguments
+
+    from hf_ext.metadata import MetadataCollator, MetadataCooldownCallback, MetadataTrainer, metadata_template
+
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"), metadata_dropout=0.0, block_size=40)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, remove_unused_columns=False,
+        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    model = tiny_opt(len(ctx_tokenizer))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = MetadataTrainer(
+        model=model, args=args, train_dataset=datasets.Dataset.from_list(PACK_ROWS * 2), data_collator=collator,
+        callbacks=[MetadataCooldownCallback(collator)],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"does not keep packed documents apart"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and collator.batches_seen == 0
+    assert all(v.equal(before[k]) for k, v in model.state_dict().items())  # nothing trained
