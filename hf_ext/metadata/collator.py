@@ -215,7 +215,7 @@ class MetadataCollator:
         batch (BOS, the context markers of the `"context"` layout, EOS with `add_eos`, the pad), naming the fix
         `add_context_tokens(tokenizer, model)`; a training forward would otherwise fail with a raw `IndexError`.
         With packing and `document_attention` it also raises a `ValueError` for a model that does not keep packed
-        documents apart (OPT, Bloom, MPT, BioGPT: see `_check_document_attention`; two small forward passes, no
+        documents apart (OPT, Bloom, MPT, BioGPT: see `check_document_attention`; two small forward passes, no
         gradient), which would otherwise train with every document attending to its predecessors.
         `MetadataCooldownCallback` and `MetadataTrainer` call it when training begins."""
         ids = [self.tokenizer.bos_token_id, self.tokenizer.pad_token_id]
@@ -225,64 +225,7 @@ class MetadataCollator:
             ids += [self._encoder.context_begin_id, self._encoder.context_end_id]
         check_model_embeds(model, self.tokenizer, ids, "MetadataCollator's batches hold")
         if self.block_size is not None and self.document_attention:
-            self._check_document_attention(model)
-
-    def _check_document_attention(self, model) -> None:
-        """Raise a `ValueError` if `model` lets a packed document attend to the documents before it in its row.
-
-        `document_attention` batches carry restarting `position_ids` and no attention mask; transformers turns them
-        into per-document masks only in models that hand their `position_ids` to `masking_utils.create_causal_mask`.
-        Others (OPT, Bloom, MPT, BioGPT, XGLM in transformers 5) build one causal mask over the whole row: every
-        document would attend to its predecessors while its positions restart, silently. The probe: two rows that
-        differ only in a first document, followed by the same second document; the second document's logits must
-        not change (compared with the change the same rows cause under one whole-row mask). Skipped for a model that
-        cannot run the probe (a forward that raises: no weights, no `position_ids` argument, ...) or that no context
-        moves."""
-        import torch
-
-        try:
-            param = next(model.parameters())
-            rows = model.get_input_embeddings().num_embeddings
-        except (AttributeError, NotImplementedError, StopIteration, TypeError):
-            return
-        if param.device.type == "meta":
-            return
-        k = 16  # tokens per probe document: rows of 32 tokens (FP8 matmuls want multiples of 16)
-        generator = torch.Generator().manual_seed(0)
-        first = torch.randint(rows, (2, k), generator=generator)
-        second = torch.randint(rows, (1, k), generator=generator).expand(2, k)
-        ids = torch.cat([first, second], dim=1).to(param.device)
-        restart = torch.arange(k).repeat(2).expand(2, 2 * k).to(param.device)
-        through = torch.arange(2 * k).expand(2, 2 * k).to(param.device)
-        modes = [(module, module.training) for module in model.modules()]  # restored module by module below
-        model.eval()
-        try:
-            with torch.no_grad():
-                packed = model(input_ids=ids, position_ids=restart, use_cache=False).logits[:, k:].float()
-                whole_row = model(
-                    input_ids=ids, position_ids=through, attention_mask=torch.ones_like(ids), use_cache=False
-                ).logits[:, k:].float()
-        except Exception as err:  # noqa: BLE001 - a model the probe cannot run is trained (and fails) as before
-            logger.debug("document_attention probe skipped: %s", err)
-            return
-        finally:
-            for module, training in modes:
-                module.training = training
-        leak = float((packed[0] - packed[1]).abs().max())
-        reference = float((whole_row[0] - whole_row[1]).abs().max())
-        if not (math.isfinite(leak) and math.isfinite(reference)) or reference == 0.0 or leak <= 0.1 * reference:
-            return
-        raise ValueError(
-            f"{type(model).__name__} does not keep packed documents apart: with document_attention=True (the default "
-            "when packing) a document's logits change with the document before it in its row (by "
-            f"{leak:.3g}, where one causal mask over the whole row changes them by {reference:.3g}). transformers "
-            "derives per-document masks from restarting position_ids only in models that pass them to "
-            "masking_utils.create_causal_mask (OPT, Bloom, MPT, BioGPT and XGLM do not), so every document would "
-            "attend to its predecessors while its positions restart. Pass MetadataCollator(document_attention=False) "
-            "(plain packing: one mask over the row, positions through it; the recipe's --document_attention false) "
-            "or block_size=None (one padded document per row), or use a model whose attention follows position_ids "
-            "(Llama, Mistral, Qwen2, GPT-2, FOG, ...)."
-        )
+            check_document_attention(model)
 
     # ----------------------------------------------------------------------------------------------------------------
     @property
@@ -581,3 +524,61 @@ class MetadataCollator:
         if row_ids:
             flush()
         return out
+
+
+def check_document_attention(model) -> None:
+    """Raise a `ValueError` if `model` lets a packed document attend to the documents before it in its row.
+
+    `document_attention` batches carry restarting `position_ids` and no attention mask; transformers turns them
+    into per-document masks only in models that hand their `position_ids` to `masking_utils.create_causal_mask`.
+    Others (OPT, Bloom, MPT, BioGPT, XGLM in transformers 5) build one causal mask over the whole row: every
+    document would attend to its predecessors while its positions restart, silently. The probe: two rows that
+    differ only in a first document, followed by the same second document; the second document's logits must
+    not change (compared with the change the same rows cause under one whole-row mask). Skipped for a model that
+    cannot run the probe (a forward that raises: no weights, no `position_ids` argument, ...) or that no context
+    moves."""
+    import torch
+
+    try:
+        param = next(model.parameters())
+        rows = model.get_input_embeddings().num_embeddings
+    except (AttributeError, NotImplementedError, StopIteration, TypeError):
+        return
+    if param.device.type == "meta":
+        return
+    k = 16  # tokens per probe document: rows of 32 tokens (FP8 matmuls want multiples of 16)
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randint(rows, (2, k), generator=generator)
+    second = torch.randint(rows, (1, k), generator=generator).expand(2, k)
+    ids = torch.cat([first, second], dim=1).to(param.device)
+    restart = torch.arange(k).repeat(2).expand(2, 2 * k).to(param.device)
+    through = torch.arange(2 * k).expand(2, 2 * k).to(param.device)
+    modes = [(module, module.training) for module in model.modules()]  # restored module by module below
+    model.eval()
+    try:
+        with torch.no_grad():
+            packed = model(input_ids=ids, position_ids=restart, use_cache=False).logits[:, k:].float()
+            whole_row = model(
+                input_ids=ids, position_ids=through, attention_mask=torch.ones_like(ids), use_cache=False
+            ).logits[:, k:].float()
+    except Exception as err:  # noqa: BLE001 - a model the probe cannot run is trained (and fails) as before
+        logger.debug("document_attention probe skipped: %s", err)
+        return
+    finally:
+        for module, training in modes:
+            module.training = training
+    leak = float((packed[0] - packed[1]).abs().max())
+    reference = float((whole_row[0] - whole_row[1]).abs().max())
+    if not (math.isfinite(leak) and math.isfinite(reference)) or reference == 0.0 or leak <= 0.1 * reference:
+        return
+    raise ValueError(
+        f"{type(model).__name__} does not keep packed documents apart: with document_attention=True (the default "
+        "when packing) a document's logits change with the document before it in its row (by "
+        f"{leak:.3g}, where one causal mask over the whole row changes them by {reference:.3g}). transformers "
+        "derives per-document masks from restarting position_ids only in models that pass them to "
+        "masking_utils.create_causal_mask (OPT, Bloom, MPT, BioGPT and XGLM do not), so every document would "
+        "attend to its predecessors while its positions restart. Pass MetadataCollator(document_attention=False) "
+        "(plain packing: one mask over the row, positions through it; the recipe's --document_attention false) "
+        "or block_size=None (one padded document per row), or use a model whose attention follows position_ids "
+        "(Llama, Mistral, Qwen2, GPT-2, FOG, ...)."
+    )

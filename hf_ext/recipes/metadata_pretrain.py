@@ -699,6 +699,34 @@ def _guidance_docs(eval_docs: list, domain_vocab) -> list:
     return [*eval_docs[:1], *_host_docs(eval_docs, domain_vocab).values()]
 
 
+def check_documents_kept_apart(model_args, data_args, meta_args, tokenizer) -> None:
+    """Refuse, before any write, `--document_attention true` (the default) for a model type whose causal mask ignores
+    the restarting `position_ids` of packed rows (OPT, Bloom, MPT, BioGPT, XGLM): `MetadataCollator.check_model`
+    refuses it when training begins, after the run record and folders are written. The probe
+    (`check_document_attention`) runs on a one-layer model of the same config with fresh weights (the mask is the
+    architecture's, not the weights'); a config that cannot be cut to one layer is left to the check at training."""
+    if not meta_args.document_attention:
+        return
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..metadata.collator import check_document_attention
+    from .pretrain import _model_config
+
+    config = _model_config(model_args, tokenizer, data_args.block_size)
+    try:
+        config.num_hidden_layers = 1
+        if isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types = config.layer_types[:1]
+        with torch.random.fork_rng(devices=[]):  # the run's seeded initialisation stays the run's
+            torch.manual_seed(0)
+            probe = AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
+    except Exception as err:  # noqa: BLE001 - the check at training start still runs on the real model
+        logger.debug("document_attention pre-check skipped: %s", err)
+        return
+    check_document_attention(probe)  # its error names the recipe's --document_attention false
+
+
 def check_guidance_fits(model_args, data_args, meta_args, tokenizer, template, eval_ds, domain_vocab=None) -> None:
     """Refuse, before any write, a guided-generation example longer than the positions of a model with learned
     absolute positions (GPT-2 family): the longest guidance prompt (`[BOS]` + the context of a held-out document that
@@ -1037,6 +1065,8 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         check_eval_prompts_fit(model_args, data_args, meta_args, tokenizer, template)
     # the guided-generation example must fit a learned-position model (failed after training with an IndexError)
     check_guidance_fits(model_args, data_args, meta_args, tokenizer, template, eval_ds, domain_vocab)
+    # packed documents must not see each other where the flags say so (refused at training start otherwise)
+    check_documents_kept_apart(model_args, data_args, meta_args, tokenizer)
     ensure_writable_dir(training_args.output_dir, "--output_dir")
     if is_main_process():  # an older run's results must not sit beside this run's models if this run stops early
         from ._common import clear_previous_results

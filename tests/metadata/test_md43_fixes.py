@@ -138,3 +138,25 @@ def test_metadata_trainer_refuses_opt_with_document_attention_before_any_step(ct
         trainer.train()
     assert trainer.state.global_step == 0 and collator.batches_seen == 0
     assert all(v.equal(before[k]) for k, v in model.state_dict().items())  # nothing trained
+
+
+def test_the_recipe_refuses_opt_with_document_attention_before_writing(tmp_path):
+    """The recipe's --model_type opt with the default --document_attention true was refused only when training began
+    (MetadataCollator.check_model), after the run record and folders were written; now before any write, by a probe
+    on a one-layer model of the same config. --document_attention false passes that probe."""
+    from hf_ext.data.tokenizer import build_tokenizer
+    from hf_ext.recipes import metadata_pretrain
+    from hf_ext.recipes.metadata_pretrain import MetadataArguments, check_documents_kept_apart
+    from hf_ext.recipes.pretrain import ModelArguments
+
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=r"OPTForCausalLM does not keep packed documents apart"):
+        metadata_pretrain.main(["--model_type", "opt", "--hidden_size", "32", "--num_hidden_layers", "2",
+                                "--num_attention_heads", "4", "--max_steps", "2", "--output_dir", str(out),
+                                "--vocab_size", "512"])  # fmt: skip
+    assert not out.exists()
+    tokenizer = build_tokenizer(512)
+    data = type("Data", (), {"block_size": 64})
+    opt = ModelArguments(model_type="opt", hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+    check_documents_kept_apart(opt, data, MetadataArguments(document_attention=False), tokenizer)
+    check_documents_kept_apart(ModelArguments(), data, MetadataArguments(), tokenizer)  # the default FOG: accepted
