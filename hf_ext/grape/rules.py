@@ -17,25 +17,54 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..utils.checks import is_real
+from .state import is_weight_number
 
 GRAPE_VARIANTS = ("grape", "grape_ema", "grape_gap")
 STEP_SIZE_CONVENTIONS = ("absolute", "lr_scaled")
 
 
+def _real_vector(values, name: str) -> torch.Tensor:
+    """`values` as a float64 tensor, refused with a `TypeError` naming `name` unless it holds real numbers: bools
+    (`[True, False]` was read as `[1, 0]`), complex numbers (their imaginary part was dropped with a warning), strings
+    and `None` (a bare `new(): invalid data type 'str'` or `must be real number, not NoneType` naming nothing)."""
+    if isinstance(values, torch.Tensor):
+        if values.dtype == torch.bool or values.is_complex():
+            raise TypeError(f"{name} must hold real numbers, got a {values.dtype} tensor.")
+        return values.detach().to("cpu", torch.float64)
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must hold real numbers, got an array of dtype {values.dtype}.")
+        return torch.from_numpy(values.astype(np.float64))
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a 1-D sequence of real numbers, got {values!r:.80}.")
+    items = list(values)
+    for value in items:
+        nested = isinstance(value, (list, tuple, np.ndarray, torch.Tensor)) and np.ndim(value) > 0
+        if not (nested or is_weight_number(value)):  # a nested row is refused by its shape below
+            raise TypeError(
+                f"{name} must hold real numbers (not bools, strings or None), got {value!r} in {items!r:.80}."
+            )
+    return torch.as_tensor(items, dtype=torch.float64)
+
+
 def _as_weights(weights, name: str) -> torch.Tensor:
-    w = torch.as_tensor(weights, dtype=torch.float64)
+    w = _real_vector(weights, name)
     if w.dim() != 1 or w.numel() == 0:
         raise ValueError(f"{name} must be a non-empty 1-D vector of weights, got shape {tuple(w.shape)}.")
     if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"{name} must hold finite non-negative weights with a positive sum, got {w.tolist()}.")
+    # scaled by the largest weight first: the sum of weights near the float64 maximum (e.g. [1e308, 1e308]) overflowed
+    # to inf, every weight became 0 and the step returned NaN
+    w = w / w.max()
     return w / w.sum()
 
 
 def _as_scores(scores, n: int, name: str) -> torch.Tensor:
-    s = torch.as_tensor(scores, dtype=torch.float64)
+    s = _real_vector(scores, name)
     if s.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},) to match the weights, got {tuple(s.shape)}.")
     if not torch.isfinite(s).all():
@@ -85,16 +114,17 @@ def exponentiated_step(weights, scores, step_size: float, smoothing: float = 0.0
     if not math.isfinite(step_size) or step_size < 0:
         raise ValueError(f"step_size must be a finite non-negative number, got {step_size}.")
     _check_smoothing(smoothing)
-    live = w > 0
-    # a zero weight stays zero (its log is -inf; plus an overflowed +inf score step that was NaN)
-    logits = torch.where(live, torch.log(w) + step_size * s, torch.full_like(w, -math.inf))
-    if not torch.isfinite(logits[live]).all():
-        # `step_size * scores` overflowed float64 (a huge step): `inf - inf` was NaN in the softmax (and `-inf + inf`
-        # NaN for a zero weight, masked above). The same step relative to the largest score of a non-zero weight (a
-        # softmax is unchanged by a shift) is at most 0: its limit, all weight on the top scores.
+    if step_size == 0:  # softmax(log w) is w (up to rounding)
+        new = w
+    else:
+        live = w > 0
+        # The step is taken relative to the largest score of a non-zero weight (a softmax is unchanged by a shift), so
+        # it is at most 0. Unshifted, `step_size * scores` could overflow float64 (a huge step: `inf - inf` was NaN in
+        # the softmax), and a large step rounded `log w` away next to it (equal scores, which must leave the weights
+        # as they are, moved them by 6.5e-7 at step_size=1e8, scores 1197). A zero weight stays zero (its log is -inf).
         shifted = step_size * (s - s[live].max())
         logits = torch.where(live, torch.log(w) + shifted, torch.full_like(w, -math.inf))
-    new = torch.softmax(logits, dim=0)
+        new = torch.softmax(logits, dim=0)
     return (1.0 - smoothing) * new + smoothing / new.numel()
 
 
@@ -208,6 +238,8 @@ def doge_domain_weights(
     w = _as_weights(domain_weights, "domain_weights")
     s = _as_scores(alignment_scores, w.numel(), "alignment_scores")
     norms = _as_scores(domain_grad_norms, w.numel(), "domain_grad_norms")
+    if (norms < 0).any():  # a negative mean norm flipped the sign of every score (the step went the other way)
+        raise ValueError(f"domain_grad_norms must be non-negative (gradient norms), got {norms.tolist()}.")
     if not _real(mu, "mu") > 0:
         raise ValueError(f"mu must be > 0 (it divides the scores), got {mu}.")
     for name, value in (("score_min", score_min), ("score_max", score_max)):

@@ -1,0 +1,112 @@
+"""Audit pass 37 (gr43): GRAPE update rules against a float64 reference, and their input checks."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hf_ext.grape.rules import (
+    doge_domain_weights,
+    exponentiated_step,
+    grape_domain_weights,
+    grape_task_weights,
+    smooth_weights,
+)
+
+
+def _reference_step(weights, scores, step, smoothing):
+    """`softmax(log w + step * s)` then smoothing, written independently in Python floats: the shift by the largest
+    score of a non-zero weight is exact algebra (a softmax does not change under a shift), not a rounding choice."""
+    total = sum(weights)
+    w = [x / total for x in weights]
+    live = [x > 0 for x in w]
+    top = max(s for s, alive in zip(scores, live) if alive)
+    logits = [math.log(x) + step * (s - top) if alive else -math.inf for x, s, alive in zip(w, scores, live)]
+    peak = max(logits)
+    e = [math.exp(v - peak) if v > -math.inf else 0.0 for v in logits]
+    z = sum(e)
+    return [(1 - smoothing) * x / z + smoothing / len(w) for x in e]
+
+
+@pytest.mark.parametrize(
+    "weights, score, step",
+    [([0.9, 0.1], 1197.0, 1e8), ([0.9, 0.1], 2.0, 1e14), ([0.75, 0.25], -1366.0, 1e300), ([0.5, 0.3, 0.2], 0.5, 1e15)],
+)
+def test_equal_scores_leave_the_weights_unchanged_at_any_step(weights, score, step):
+    # A softmax does not change under a shift: equal scores leave the weights as they are. `log w + step * s` rounded
+    # `log w` away next to a large `step * s`: at step 1e8 (scores 1197) 0.9 became 0.8999996, at 1e14 (scores 2)
+    # 0.9019, and at 1e300 [0.75, 0.25] became [0.5, 0.5].
+    new = exponentiated_step(weights, [score] * len(weights), step)
+    assert new.tolist() == pytest.approx(weights, rel=1e-13, abs=0)
+    assert grape_domain_weights(weights, [score] * len(weights), step).tolist() == pytest.approx(weights, rel=1e-13)
+    assert grape_task_weights(weights, [score] * len(weights), step, 0.0).tolist() == pytest.approx(weights, rel=1e-13)
+
+
+def test_exponentiated_step_matches_a_float64_reference_over_random_cases():
+    rng = random.Random(43)
+    worst = 0.0
+    for _ in range(1500):
+        k = rng.choice([1, 2, 3, 5, 20])
+        weights = [rng.choice([0.0, rng.random(), 1e-300, 1e-12 * rng.random(), 1.0]) for _ in range(k)]
+        if not any(weights):
+            weights[0] = 1.0
+        scores = [rng.choice([0.0, rng.gauss(0, 1), rng.gauss(0, 1e3), 1e-20]) for _ in range(k)]
+        if rng.random() < 0.25:  # ties, also with a huge step
+            scores = [scores[0]] * k
+        step = rng.choice([0.0, 1e-12, 1.5, 5.0, 1e3, 1e8, 1e300])
+        smoothing = rng.choice([0.0, 1e-3, 0.5, 0.999])
+        got = exponentiated_step(weights, scores, step, smoothing).tolist()
+        ref = _reference_step(weights, scores, step, smoothing)
+        worst = max(worst, max(abs(a - b) for a, b in zip(got, ref)))
+    # before the fix: 0.75 (a tie at step 1e300 flattened [0, 1, 3e-13] to [0, 0.5, 0.5])
+    assert worst < 1e-13
+
+
+def test_weights_near_the_float64_maximum_are_normalised_without_overflow():
+    # their sum overflowed to inf, every weight became 0 and the step returned [nan, nan]
+    new = exponentiated_step([1e308, 1e308], [0.0, 1.0], 1.0)
+    assert torch.isfinite(new).all()
+    assert new.tolist() == pytest.approx([1 / (1 + math.e), math.e / (1 + math.e)], rel=1e-12)
+    assert smooth_weights([1e308, 3e307], 0.0).tolist() == pytest.approx([10 / 13, 3 / 13], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "weights, scores, arg",
+    [
+        ([True, False], [0.0, 1.0], "weights"),  # was read as [1, 0]
+        ([0.5, 0.5], [True, False], "scores"),  # was read as [1, 0]
+        (torch.tensor([1 + 0j, 1]), [0.0, 0.0], "weights"),  # the imaginary part was dropped with a warning
+        ([0.5, 0.5], torch.tensor([1j, 0]), "scores"),
+        ([0.5, 0.5], np.array(["1", "0"]), "scores"),
+        ("ab", [0.0, 1.0], "weights"),  # a bare "new(): invalid data type 'str'"
+        ([0.5, 0.5], ["1", "0"], "scores"),  # a bare "too many dimensions 'str'"
+        ([0.5, 0.5], None, "scores"),  # a bare "must be real number, not NoneType"
+        ([0.5, None], [0.0, 1.0], "weights"),
+    ],
+)
+def test_non_real_weights_and_scores_are_refused_by_name(weights, scores, arg):
+    with pytest.raises(TypeError, match=rf"^{arg} must"):
+        exponentiated_step(weights, scores, 1.0)
+    # real numbers in any container are still taken
+    expected = exponentiated_step([0.25, 0.75], [1.0, -1.0], 2.0)
+    for weights, scores in (
+        (torch.tensor([1, 3]), torch.tensor([1.0, -1.0], dtype=torch.float32)),
+        (np.array([1, 3]), np.array([1.0, -1.0])),
+        ([np.float32(0.25), np.int64(3) / 4], (np.float64(1.0), -1)),
+        ((0.25, 0.75), [torch.tensor(1.0), torch.tensor(-1.0)]),
+    ):
+        assert torch.allclose(exponentiated_step(weights, scores, 2.0), expected, rtol=1e-7, atol=0)
+    with pytest.raises(ValueError, match="1-D vector"):  # a nested row still names its shape
+        exponentiated_step([[0.5, 0.5]], [0.0, 1.0], 1.0)
+
+
+def test_doge_refuses_negative_gradient_norms():
+    # a negative mean norm flipped the sign of every score: [0.9, 0.1] moved towards the domain with the lower score
+    with pytest.raises(ValueError, match="domain_grad_norms must be non-negative"):
+        doge_domain_weights([0.5, 0.5], [1.0, -1.0], [-1.0, -1.0], 1e-3)
+    moved = doge_domain_weights([0.5, 0.5], [1.0, -1.0], [1.0, 1.0], 1e-3)
+    assert moved[0] > moved[1]
