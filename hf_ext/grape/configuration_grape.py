@@ -166,6 +166,13 @@ class GrapeConfig(TrainingArguments):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if self.block_size < 2:
+            # a packed block of one token has no next token: GrapeTrainer refused the packed sources only after packing
+            # (blaming their labels), and the recipe had already cleared the earlier run's results by then
+            raise ValueError(
+                f"block_size must be at least 2 tokens (one to read, one to predict) for packing raw text, got "
+                f"{self.block_size}."
+            )
         if self.reweight_batch_size % self.reweight_mini_batch_size:
             raise ValueError(
                 f"reweight_batch_size ({self.reweight_batch_size}) must be a multiple of reweight_mini_batch_size "

@@ -110,3 +110,22 @@ def test_doge_refuses_negative_gradient_norms():
         doge_domain_weights([0.5, 0.5], [1.0, -1.0], [-1.0, -1.0], 1e-3)
     moved = doge_domain_weights([0.5, 0.5], [1.0, -1.0], [1.0, 1.0], 1e-3)
     assert moved[0] > moved[1]
+
+
+def test_block_size_one_is_refused_before_any_work(tmp_path):
+    # A one-token block has no next token. GrapeConfig took block_size=1; GrapeTrainer then refused the packed sources
+    # blaming their labels ("the source domains [...] have no labelled token ... Fix their labels"), and the recipe had
+    # by then deleted the earlier run's grape_results.json and written a new grape_run.json.
+    from hf_ext.grape import GrapeConfig
+    from hf_ext.recipes.grape import main
+
+    with pytest.raises(ValueError, match="block_size must be at least 2 tokens"):
+        GrapeConfig(output_dir=str(tmp_path / "cfg"), block_size=1, report_to="none")
+    GrapeConfig(output_dir=str(tmp_path / "cfg"), block_size=2, report_to="none")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "grape_results.json").write_text('{"earlier": "run"}')
+    with pytest.raises(ValueError, match="block_size must be at least 2 tokens"):
+        main(["--output_dir", str(out), "--block_size", "1", "--max_steps", "2", "--report_to", "none"])
+    assert sorted(p.name for p in out.iterdir()) == ["grape_results.json"]
+    assert (out / "grape_results.json").read_text() == '{"earlier": "run"}'
