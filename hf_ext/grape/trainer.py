@@ -545,6 +545,17 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
                     "same tokenizer. Train the reference with this run's tokenizer (reweight_method=uniform) and pass "
                     "it as --reference_model_name_or_path."
                 )
+            ref_positions = _position_limit(reference_model)
+            if ref_positions is not None and not streaming:
+                # the reference reads the same source minibatches as the model: a row longer than its learned position
+                # table passed construction and failed with a bare IndexError at the first domain update
+                ref_name = args.reference_model_name_or_path or "reference_model"
+                packed = f" (its text packed into block_size={args.block_size} blocks)" if source_packed else ""
+                check_row_lengths(
+                    self._domain_source,
+                    ref_positions,
+                    f"train_dataset{packed}, read by the DoReMi reference ({ref_name}),",
+                )
             self.reference_model = reference_model.to(self.args.device).eval()
             self.reference_model.requires_grad_(False)
         self._mixture_sampler: MixtureSampler | None = None

@@ -442,6 +442,14 @@ def validate_args(
     check_ignored_model_flags(model_args, data_args)
     check_model_tokenizer_files(model_args.model_name_or_path, data_args.tokenizer_name, tokenizer_flag=True)
     check_vocab_size(data_args.vocab_size, data_args.tokenizer_name or model_args.model_name_or_path)
+    for flag, path in (
+        ("--model_name_or_path", model_args.model_name_or_path),
+        ("--reference_model_name_or_path", args.reference_model_name_or_path),
+    ):
+        # a learned position table shorter than a block: refused by the trainer after the earlier run's results were
+        # cleared (the model), or a bare IndexError at the first DoReMi update (the reference)
+        if path:
+            _check_model_positions(path, flag, args.block_size)
     if args.max_steps is None or args.max_steps <= 0:
         raise ValueError("--max_steps must be a positive number of optimizer steps.")
     if args.mixture_file:
@@ -467,6 +475,23 @@ def validate_args(
         # tokenizer and data work, the run record's write and the clearing (the trainer checks them again on restore)
         check_resume_options(checkpoint, args, arg="--resume_from_checkpoint")
     ensure_writable_dir(args.output_dir, "--output_dir")
+
+
+def _check_model_positions(path: str, flag: str, block_size: int) -> None:
+    """Refuse a --block_size longer than the learned position table (GPT-2's `n_positions`) of the model `flag` names,
+    from its config on the meta device (no weights read), before the tokenizer and data work."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ._common import check_learned_positions
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - not built from its config here (no causal LM, a missing extra): the trainer's load says why
+        return
+    check_learned_positions(model, f"the model {flag} {path!r}", block_size)
 
 
 #: Written into --output_dir when a (single-method) run starts afresh: the flags that define its sources, targets,

@@ -129,3 +129,61 @@ def test_block_size_one_is_refused_before_any_work(tmp_path):
         main(["--output_dir", str(out), "--block_size", "1", "--max_steps", "2", "--report_to", "none"])
     assert sorted(p.name for p in out.iterdir()) == ["grape_results.json"]
     assert (out / "grape_results.json").read_text() == '{"earlier": "run"}'
+
+
+def _tiny_gpt2(vocab: int, positions: int, folder=None, tokenizer=None):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=16, n_layer=1, n_head=2)
+    model = GPT2LMHeadModel(config)
+    if folder is not None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return model
+
+
+def test_doremi_reference_with_fewer_positions_than_the_rows_is_refused_at_construction(tmp_path, grape_helpers):
+    # The reference reads the same source minibatches as the model; a GPT-2 reference with 8 learned positions and
+    # source rows of 16 tokens passed construction and failed with a bare "IndexError: index out of range in self" at
+    # the first DoReMi update (step 2 here), mid-training.
+    from hf_ext.grape import GrapeConfig, GrapeTrainer
+
+    train, _ = grape_helpers["synthetic_mixture"]()
+    args = GrapeConfig(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, reweight_method="doremi",
+        reweight_domains_every=2, report_to="none", use_cpu=True, disable_tqdm=True, plot_file="",
+    )  # fmt: skip
+    reference = _tiny_gpt2(grape_helpers["VOCAB"], 8)
+    with pytest.raises(ValueError, match=r"read by the DoReMi reference \(reference_model\), has a row of 16 tokens"):
+        GrapeTrainer(model=grape_helpers["tiny_llama"](), args=args, train_dataset=train, reference_model=reference)
+    # a reference holding the rows is taken
+    GrapeTrainer(
+        model=grape_helpers["tiny_llama"](),
+        args=args,
+        train_dataset=train,
+        reference_model=_tiny_gpt2(grape_helpers["VOCAB"], 16),
+    )
+
+
+def test_recipe_refuses_a_block_longer_than_the_models_positions_before_any_work(tmp_path):
+    # --model_name_or_path (a GPT-2 with 32 positions) with --block_size 64 was refused only by the trainer, after the
+    # earlier run's grape_results.json had been deleted and a new grape_run.json written; the same for
+    # --reference_model_name_or_path failed with a bare IndexError at the first DoReMi update.
+    from hf_ext.data import build_tokenizer
+    from hf_ext.recipes.grape import main
+
+    tokenizer = build_tokenizer(512)
+    short = tmp_path / "gpt2_32"
+    _tiny_gpt2(len(tokenizer), 32, short, tokenizer)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "grape_results.json").write_text('{"earlier": "run"}')
+    common = ["--output_dir", str(out), "--block_size", "64", "--max_steps", "1", "--report_to", "none"]
+    with pytest.raises(ValueError, match=r"--block_size 64 is longer than the 32 learned absolute positions of the "):
+        main([*common, "--model_name_or_path", str(short)])
+    doremi = ["--reweight_method", "doremi", "--reference_model_name_or_path", str(short), "--vocab_size", "512"]
+    with pytest.raises(ValueError, match=r"positions of the model --reference_model_name_or_path"):
+        main([*common, *doremi, "--reweight_domains_every", "1", "--num_attention_heads", "2", "--hidden_size", "16"])
+    assert sorted(p.name for p in out.iterdir()) == ["grape_results.json"]
+    assert (out / "grape_results.json").read_text() == '{"earlier": "run"}'
