@@ -88,6 +88,31 @@ def ensure_lm_stream(stream, domain: str | None = None):
     return stream.map(_add_lm_fields, fn_kwargs={"domain": domain})
 
 
+def check_token_types(dataset, what: str) -> None:
+    """Refuse tokenized columns that do not hold integers: `input_ids` and `labels` (and an `attention_mask` of other
+    than integers or bools). Float ids (e.g. from a file written through pandas) passed construction: as sources they
+    failed at the first step inside the embedding ("Expected tensor for argument #1 'indices' to have one of the
+    following scalar types: Long, Int"), as targets they were cut to integers without a word (3.5 trained as 3);
+    string or bool ids failed with a bare `ArrowNotImplementedError` naming no dataset."""
+    import pyarrow as pa
+
+    for column in MODEL_COLUMNS:
+        if column not in dataset.column_names:
+            continue
+        kind = dataset.data.schema.field(column).type
+        while pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            kind = kind.value_type
+        if pa.types.is_null(kind) or pa.types.is_integer(kind):  # null: only empty rows (refused by name elsewhere)
+            continue
+        if column == "attention_mask" and pa.types.is_boolean(kind):
+            continue
+        raise ValueError(
+            f"{what} has {column} of type {kind}, but token ids{' and labels' if column == 'labels' else ''} are "
+            f"integers; cast the column, e.g. dataset.cast_column({column!r}, datasets.Sequence(datasets.Value("
+            "'int64'))), or pass the text untokenized."
+        )
+
+
 def check_no_empty_rows(dataset, what: str) -> None:
     """Refuse a tokenized dataset with an empty (or missing) `input_ids` row: a batch holding one fails deep in the
     collator or the embedding (e.g. "expected sequence of length 3 at dim 1 (got 0)") at the first step."""
@@ -340,6 +365,7 @@ def prepare_target(name: str, dataset, tokenizer, block_size: int, text_column: 
             "the filter or the file that built it), or drop the task."
         )
     if "input_ids" in dataset.column_names:
+        check_token_types(dataset, f"target_datasets[{name!r}]")
         check_no_empty_rows(dataset, f"target_datasets[{name!r}]")
         _check_row_lengths(dataset, f"target_datasets[{name!r}]")
         ds = ensure_lm_columns(dataset)

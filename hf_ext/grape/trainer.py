@@ -35,6 +35,7 @@ from .data import (
     check_no_empty_rows,
     check_row_lengths,
     check_token_ids,
+    check_token_types,
     domain_rows,
     ensure_lm_columns,
     ensure_lm_stream,
@@ -373,6 +374,8 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
                 )
             if args.domain_column not in train_dataset.column_names:
                 domain_rows(train_dataset, args.domain_column)  # raises the explanatory ValueError
+            if "input_ids" in train_dataset.column_names:
+                check_token_types(train_dataset, "train_dataset")
             if "input_ids" not in train_dataset.column_names:
                 if args.text_column not in train_dataset.column_names:
                     raise ValueError(
@@ -400,6 +403,8 @@ class GrapeTrainer(LossWindowResumeMixin, Trainer):
                     )
                 if "input_ids" not in ds.column_names and tokenizer is None:
                     raise ValueError(f"target_datasets[{name!r}] is raw text; pass processing_class=<tokenizer>.")
+                if "input_ids" in ds.column_names:
+                    check_token_types(ds, f"target_datasets[{name!r}]")
         if method == "doremi" and reference_model is None and not args.reference_model_name_or_path:
             raise ValueError(
                 "reweight_method='doremi' needs a reference model: pass reference_model=... or "

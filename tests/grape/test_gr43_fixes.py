@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -187,3 +188,35 @@ def test_recipe_refuses_a_block_longer_than_the_models_positions_before_any_work
         main([*common, *doremi, "--reweight_domains_every", "1", "--num_attention_heads", "2", "--hidden_size", "16"])
     assert sorted(p.name for p in out.iterdir()) == ["grape_results.json"]
     assert (out / "grape_results.json").read_text() == '{"earlier": "run"}'
+
+
+@pytest.mark.parametrize(
+    "where, convert",
+    [
+        ("train_dataset", float),  # constructed; "Expected tensor for argument #1 'indices' ..." at the first step
+        ("target_datasets['t_a']", lambda t: t + 0.5),  # trained: pad_target_features cut 3.5 to 3 without a word
+        ("target_datasets['t_a']", str),  # a bare ArrowNotImplementedError naming no dataset
+        ("target_datasets['t_a']", lambda t: t > 10),  # bools: the same
+    ],
+)
+def test_tokenized_columns_of_non_integers_are_refused_at_construction(tmp_path, grape_helpers, where, convert):
+    from datasets import Dataset
+
+    from hf_ext.grape import GrapeConfig, GrapeTrainer
+
+    train, targets = grape_helpers["synthetic_mixture"]()
+    if where == "train_dataset":
+        ids = [[convert(t) for t in row] for row in train["input_ids"]]
+        train = Dataset.from_dict({"input_ids": ids, "domain": train["domain"]})
+    else:
+        ids = [[convert(t) for t in row] for row in targets["t_a"]["input_ids"]]
+        targets = {**targets, "t_a": Dataset.from_dict({"input_ids": ids})}
+    args = GrapeConfig(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, reweight_domains_every=1,
+        reweight_tasks_every=1, reweight_batch_size=4, reweight_mini_batch_size=2, report_to="none", use_cpu=True,
+        disable_tqdm=True, plot_file="",
+    )  # fmt: skip
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(where)} has input_ids of type \w+, but token ids are integers"
+    ):
+        GrapeTrainer(model=grape_helpers["tiny_llama"](), args=args, train_dataset=train, target_datasets=targets)
