@@ -737,5 +737,20 @@ def conformance_table(results: dict[str, dict[str, bool]], cases: Iterable[Case]
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m hf_ext.compliance.conformance: print the table recorded in docs/compliance.md
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hf_ext.compliance.conformance`: print the table recorded in docs/compliance.md. It takes no
+    arguments (`--help` explains; anything else is a usage error, exit 2, rather than silently ignored)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_ext.compliance.conformance",
+        description="Run the RFC 9309 conformance cases (CASES) through every robots.txt engine and print the "
+        "markdown table recorded in docs/compliance.md. Takes no arguments.",
+    )
+    parser.parse_args(argv)
     print(conformance_table(run_conformance()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -84,3 +84,15 @@ def test_datatrove_filter_names_the_document_whose_url_is_no_str(tmp_path):
         list(step.run(iter(docs)))
     kept = list(step.run(iter([Document(text="c", id="n", metadata={"url": None}), docs[0]])))
     assert [d.id for d in kept] == ["n", "ok"]
+
+
+def test_the_conformance_module_reads_its_arguments(capsys):
+    """`python -m hf_ext.compliance.conformance --help` (or any argument) printed the table, ignoring it."""
+    from hf_ext.compliance.conformance import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and "Takes no arguments" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["--engine", "google"])
+    assert exit_.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
