@@ -11,6 +11,7 @@ from transformers import Trainer
 from transformers.trainer_utils import SchedulerType
 from transformers.utils import logging
 
+from ..utils.decay import ModelDecayNamesMixin
 from ..utils.resume import LossWindowResumeMixin
 from .callback import Fp8HealthCallback, skip_vetoed_save
 
@@ -267,7 +268,7 @@ def _check_optimizer_trains_split_branches(model, optimizer) -> None:
         )
 
 
-class Fp8Trainer(LossWindowResumeMixin, Trainer):
+class Fp8Trainer(ModelDecayNamesMixin, LossWindowResumeMixin, Trainer):
     """`Trainer` for FP8 pretraining (`accelerate launch --mixed_precision fp8`, or a model converted with
     [`convert`]).
 
@@ -392,17 +393,6 @@ class Fp8Trainer(LossWindowResumeMixin, Trainer):
             return super()._save_checkpoint(model, trial, *args, **kwargs)
         finally:
             self._fp8_saving_checkpoint = False
-
-    def get_decay_parameter_names(self, model) -> list[str]:
-        own = getattr(model, "decay_parameter_names", None)
-        if not callable(own):
-            return super().get_decay_parameter_names(model)
-        # The method may belong to a wrapped model (peft's PeftModel forwards attribute lookups to it), whose names
-        # lack the wrapper's prefix: match parameters by identity and return the names `model` itself uses.
-        owner = getattr(own, "__self__", model)
-        names = set(own())
-        chosen = {id(p) for n, p in owner.named_parameters() if n in names}
-        return [n for n, p in model.named_parameters() if id(p) in chosen]
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """`Trainer.save_model`, which writes a whole model also under FSDP with a sharded state dict; for a peft model,

@@ -13,6 +13,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length
 
 from ..utils.checks import is_real
+from ..utils.decay import ModelDecayNamesMixin
 from ..utils.evaluation import EvalRowsOnceMixin
 from ..utils.resume import LossWindowResumeMixin, checkpoint_max_steps
 from .collator import MetadataCollator
@@ -552,7 +553,7 @@ class _CollateWithoutCacheFlag:
         return batch
 
 
-class MetadataTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
+class MetadataTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     """`Trainer` that writes each `MetadataCooldownCallback`'s `metadata_conditioning.json` as part of a checkpoint.
 
     Trainer writes a checkpoint's model first and its `trainer_state.json` last (the file that marks the checkpoint
