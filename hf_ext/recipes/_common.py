@@ -866,6 +866,29 @@ def _resolved_record(record: dict) -> dict:
     }
 
 
+def _comparable_record(record: dict) -> dict:
+    """`record` with the values that spell one setting in several ways made one: `config_overrides` as the overrides
+    it parses to (`"b=2, a=1"` is `"a=1,b=2"`, an empty one none), and a `num_key_value_heads` of None (the default:
+    one per attention head) as the record's `num_attention_heads`. A resume that gave a recorded flag another spelling
+    of its value was refused as another run."""
+    out = dict(record)
+    overrides = out.get("config_overrides")
+    if isinstance(overrides, str):
+        import json as _json
+
+        from .pretrain import parse_config_overrides
+
+        try:
+            parsed = parse_config_overrides(overrides)
+        except ValueError:  # not key=value items: compared as written
+            parsed = None
+        if parsed is not None:
+            out["config_overrides"] = _json.dumps(parsed, sort_keys=True) if parsed else None
+    if out.get("num_key_value_heads", 0) is None and "num_attention_heads" in out:
+        out["num_key_value_heads"] = out["num_attention_heads"]
+    return out
+
+
 def _read_run_record(path: str) -> dict:
     """The run record `path` (a JSON object); an unreadable one raises `ValueError` naming it."""
     import json
@@ -1012,7 +1035,8 @@ def check_run_record(folder: str, name: str, now: dict, shapes: str) -> None:
             path,
             ", ".join("--" + k for k in unrecorded),
         )
-    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    same_saved, same_now = _comparable_record(saved), _comparable_record(now)
+    changed = [k for k in now if k in saved and same_saved[k] != same_now[k]]
     if changed:
         diffs = "; ".join(
             f"--{k} {_record_flag_value(now[k])} (the interrupted run used {_record_flag_value(saved[k])})"
