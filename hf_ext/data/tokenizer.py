@@ -131,7 +131,7 @@ def build_tokenizer(vocab_size: int = 4096, cache: bool = True, texts=None):
         try:
             # caches written by an earlier version saved split_special_tokens=True in their config: prompts that
             # spell a special token must encode to it, so load them with the transformers default
-            return AutoTokenizer.from_pretrained(str(target), split_special_tokens=False)
+            return _checked_cache(AutoTokenizer.from_pretrained(str(target), split_special_tokens=False))
         except Exception as err:  # truncated or corrupt cache: rebuild it rather than fail every later run
             logger.warning("The cached tokenizer %s is unusable (%s); rebuilding it.", target, err)
             shutil.rmtree(target, ignore_errors=True)
@@ -183,6 +183,17 @@ def _remove_stale_tmp_dirs(folder: Path) -> None:
             pass
 
 
+def _checked_cache(tok):
+    """`tok`, a tokenizer loaded from the cache, if it is one `build_tokenizer` saved: its BOS / EOS / PAD are this
+    module's special tokens (a cache folder without its `tokenizer_config.json` loaded as a tokenizer with none, which
+    the recipes then refused for a missing EOS naming a flag they do not have); else a `ValueError` saying which."""
+    wanted = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
+    wrong = {name: getattr(tok, name, None) for name, token in wanted.items() if getattr(tok, name, None) != token}
+    if wrong:
+        raise ValueError(f"its special tokens are {wrong}, not {wanted}")
+    return tok
+
+
 def _load_published(target: Path):
     """The tokenizer another process published at `target`, or `None` if the folder is missing or incomplete."""
     from transformers import AutoTokenizer
@@ -190,6 +201,6 @@ def _load_published(target: Path):
     if not (target / "tokenizer.json").is_file():
         return None
     try:
-        return AutoTokenizer.from_pretrained(str(target), split_special_tokens=False)
+        return _checked_cache(AutoTokenizer.from_pretrained(str(target), split_special_tokens=False))
     except Exception:  # half-written or foreign: let the caller's error stand
         return None

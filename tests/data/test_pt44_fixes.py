@@ -1,0 +1,34 @@
+"""Tokenizer cache: a cache folder that lost its `tokenizer_config.json` (a partial copy or clean-up of the cache) was
+loaded as a tokenizer without BOS / EOS / PAD and returned by `build_tokenizer`, whose contract is those three tokens;
+pretrain then refused it for a missing EOS naming `add_eos`, a flag it does not have. Such a cache is now found
+unusable and rebuilt, as a truncated one is."""
+
+from __future__ import annotations
+
+
+def test_cache_without_its_config_is_rebuilt(tmp_path, monkeypatch, caplog):
+    from hf_ext.data import tokenizer as tokenizer_module
+
+    monkeypatch.setenv("HF_EXT_CACHE", str(tmp_path))
+    first = tokenizer_module.build_tokenizer(vocab_size=300)
+    [folder] = (tmp_path / "tokenizers").glob("bpe-300-*")
+    (folder / "tokenizer_config.json").unlink()
+    with caplog.at_level("WARNING"):
+        again = tokenizer_module.build_tokenizer(vocab_size=300)
+    assert (again.bos_token, again.eos_token, again.pad_token) == ("<|bos|>", "<|eos|>", "<|pad|>")  # before: None
+    assert again.eos_token_id == first.eos_token_id
+    assert again.get_vocab() == first.get_vocab()
+    assert "unusable" in caplog.text
+    assert (folder / "tokenizer_config.json").is_file()  # the cache is whole again
+    cached = tokenizer_module.build_tokenizer(vocab_size=300)
+    assert cached.eos_token == "<|eos|>"
+
+
+def test_published_cache_without_special_tokens_is_not_used(tmp_path):
+    from hf_ext.data import tokenizer as tokenizer_module
+
+    tok = tokenizer_module.build_tokenizer(vocab_size=300, cache=False)
+    tok.save_pretrained(str(tmp_path))
+    assert tokenizer_module._load_published(tmp_path).eos_token == "<|eos|>"
+    (tmp_path / "tokenizer_config.json").unlink()
+    assert tokenizer_module._load_published(tmp_path) is None
