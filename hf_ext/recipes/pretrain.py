@@ -168,7 +168,8 @@ class PretrainTrainingArguments(TrainingArguments):
 
 def parse_config_overrides(text: str | None) -> dict:
     """Parse 'a=1,b=true,c=xielu' into a dict (values as JSON where possible). A comma inside a JSON list, object or
-    string value (`layer_types=["full_attention","sliding_attention"]`) belongs to the value."""
+    string value (`layer_types=["full_attention","sliding_attention"]`) belongs to the value. A key given twice is
+    refused (the last value won silently, while a field given under its alias too was refused)."""
     out: dict = {}
     if not text:
         return out
@@ -176,6 +177,8 @@ def parse_config_overrides(text: str | None) -> dict:
         if "=" not in item:
             raise ValueError(f"--config_overrides item {item!r} is not key=value.")
         key, value = item.split("=", 1)
+        if key.strip() in out:  # the last one silently won
+            raise ValueError(f"--config_overrides sets {key.strip()!r} twice; keep one.")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
