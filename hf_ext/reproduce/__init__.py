@@ -345,16 +345,24 @@ def rejudge(output_dir: str) -> Report:
     from .methods import REPRODUCTIONS
 
     path = os.path.join(output_dir, "reproduction.json")
+    fields = {f.name for f in dataclasses.fields(Report)} - {"rows", "title", "setting"}
     try:
         with open(path, encoding="utf-8") as fh:
             saved = json.load(fh)
+        # a JSON list or a record without a report's fields failed with a bare TypeError / KeyError
+        if not isinstance(saved, dict):
+            raise ValueError(f"it holds a JSON {type(saved).__name__}, not a report object")
+        missing = sorted(fields - set(saved))
+        if missing:
+            raise ValueError(f"it has no {', '.join(missing)}")
         method, per_seed = saved["method"], saved["per_seed"]
-    except (OSError, ValueError, KeyError) as err:
+        if not isinstance(per_seed, list):
+            raise ValueError(f"its per_seed is a JSON {type(per_seed).__name__}, not the list of per-seed results")
+    except (OSError, ValueError) as err:
         raise ValueError(f"{path} is not a reproduction written by `hf-ext reproduce --output_dir`: {err}") from err
-    if method not in REPRODUCTIONS:
+    if not isinstance(method, str) or method not in REPRODUCTIONS:
         raise ValueError(f"{path}: unknown method {method!r}; choose one of {sorted(REPRODUCTIONS)}.")
     spec = REPRODUCTIONS[method]
-    fields = {f.name for f in dataclasses.fields(Report)} - {"rows", "title", "setting"}
     setting = spec.setting_for(bool(saved["fast"]))
     report = Report(**{k: saved[k] for k in fields}, title=spec.title, setting=setting, rows=_judge(spec, per_seed))
     _write_report(output_dir, report)
