@@ -111,7 +111,15 @@ def load_dataset_or_folder(
             raise ValueError(
                 f"{flag}={dataset_name!r} is a save_to_disk folder, which has no configs; drop --dataset_config_name."
             )
-        loaded = load_from_disk(dataset_name)
+        try:
+            loaded = load_from_disk(dataset_name)
+        except (*_read_error_types(), ValueError, KeyError, TypeError) as err:
+            # a folder whose `.arrow` file or JSON metadata is cut short or damaged: pyarrow's / json's bare error
+            # named neither the flag nor the folder
+            raise ValueError(
+                f"{flag}={dataset_name!r} is a save_to_disk folder that could not be read ({_read_error_cause(err)}); "
+                "save the dataset again (`save_to_disk`) or restore the folder."
+            ) from err
         if split is None or not hasattr(loaded, "keys"):
             return loaded
         if split not in loaded:

@@ -32,3 +32,36 @@ def test_published_cache_without_special_tokens_is_not_used(tmp_path):
     assert tokenizer_module._load_published(tmp_path).eos_token == "<|eos|>"
     (tmp_path / "tokenizer_config.json").unlink()
     assert tokenizer_module._load_published(tmp_path) is None
+
+
+def _saved(tmp_path):
+    import datasets
+
+    folder = tmp_path / "saved"
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": ["one two three"] * 20}),
+            "test": datasets.Dataset.from_dict({"text": ["four five"] * 3}),
+        }
+    ).save_to_disk(str(folder))
+    return folder
+
+
+def test_a_damaged_save_to_disk_folder_is_refused_naming_the_flag(tmp_path):
+    """A save_to_disk folder with a damaged `.arrow` file or `dataset_dict.json` failed with pyarrow's bare
+    `ArrowInvalid` ("Expected to read 1802401130 metadata bytes") or a bare `JSONDecodeError`, naming neither the
+    flag nor the folder."""
+    import pytest
+
+    from hf_ext.data.loading import load_dataset_or_folder, load_text_datasets
+
+    folder = _saved(tmp_path)
+    train, valid = load_text_datasets(str(folder))
+    assert (len(train), len(valid)) == (20, 3)
+    [arrow] = (folder / "train").glob("*.arrow")
+    arrow.write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"--dataset_name='.*saved' is a save_to_disk folder that could not be read"):
+        load_text_datasets(str(folder))
+    (folder / "dataset_dict.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"--source='.*saved' is a save_to_disk folder that could not be read"):
+        load_dataset_or_folder(str(folder), flag="--source")
