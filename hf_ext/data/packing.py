@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..utils.checks import is_bool
+from ..utils.checks import is_bool, is_int
 
 
 def pack_dataset(
@@ -57,8 +57,17 @@ def pack_dataset(
     import datasets
     import numpy as np
 
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:  # True is an int
+    if not is_int(block_size) or block_size <= 0:  # True is an int; a numpy integer is one
         raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
+    block_size = int(block_size)
+    if num_proc is not None and (not is_int(num_proc) or num_proc < 0):  # 1.5 failed inside `map` naming no argument
+        raise ValueError(f"num_proc must be None or a number of worker processes (an int >= 0), got {num_proc!r}.")
+    num_proc = None if num_proc is None else int(num_proc)
+    if not callable(tokenizer) or not hasattr(tokenizer, "eos_token_id"):  # None failed as an AttributeError
+        raise TypeError(
+            f"tokenizer must be a transformers tokenizer (e.g. hf_ext.data.build_tokenizer() or "
+            f"AutoTokenizer.from_pretrained(...)), got {type(tokenizer).__name__}."
+        )
     for name, value in (("add_eos", add_eos), ("drop_remainder", drop_remainder)):
         if not is_bool(value):  # a string such as "false" would be truthy and silently mean True
             raise TypeError(f"{name} must be True or False, got {value!r}.")

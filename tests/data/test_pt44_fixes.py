@@ -65,3 +65,28 @@ def test_a_damaged_save_to_disk_folder_is_refused_naming_the_flag(tmp_path):
     (folder / "dataset_dict.json").write_text("{", encoding="utf-8")
     with pytest.raises(ValueError, match=r"--source='.*saved' is a save_to_disk folder that could not be read"):
         load_dataset_or_folder(str(folder), flag="--source")
+
+
+def test_pack_dataset_arguments(tmp_path, monkeypatch):
+    """`pack_dataset` refused a numpy integer `block_size` ("must be a positive int, got np.int64(8)") though
+    hf_ext takes numpy integers elsewhere; `num_proc=1.5` failed inside `Dataset.map` with a bare TypeError and a
+    `tokenizer=None` with an AttributeError, neither naming the argument."""
+    import datasets
+    import numpy as np
+    import pytest
+
+    from hf_ext.data import build_tokenizer, pack_dataset
+
+    monkeypatch.setenv("HF_EXT_CACHE", str(tmp_path))
+    tok = build_tokenizer(vocab_size=300)
+    ds = datasets.Dataset.from_dict({"text": ["hello world " * 20] * 5})
+    plain = pack_dataset(ds, tok, 8)
+    assert pack_dataset(ds, tok, np.int64(8))["input_ids"] == plain["input_ids"]
+    assert pack_dataset(ds, tok, 8, num_proc=np.int64(1))["input_ids"] == plain["input_ids"]
+    for bad in (1.5, -1, "2"):
+        with pytest.raises(ValueError, match="num_proc must be None or"):
+            pack_dataset(ds, tok, 8, num_proc=bad)
+    with pytest.raises(TypeError, match="tokenizer must be a transformers tokenizer"):
+        pack_dataset(ds, None, 8)
+    with pytest.raises(ValueError, match="block_size must be a positive int"):
+        pack_dataset(ds, tok, np.float64(8.0))
