@@ -181,7 +181,12 @@ def parse_config_overrides(text: str | None) -> dict:
             raise ValueError(f"--config_overrides sets {key.strip()!r} twice; keep one.")
         try:
             out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:
+            if value.strip().startswith(("[", "{")):  # a Python literal (['a','b']) was kept as a string
+                raise ValueError(
+                    f"--config_overrides {key.strip()}={value.strip()} is not a JSON list or object ({err}); write "
+                    'it in JSON: strings in double quotes, e.g. layer_types=["full_attention","sliding_attention"].'
+                ) from None
             out[key.strip()] = value.strip()
     return out
 
@@ -650,7 +655,18 @@ def check_fresh_model(model_args: ModelArguments, block_size: int) -> None:
 
     check_model_type(model_args)
     no_ids = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    config = fresh_config(model_args, vocab_size=256, block_size=block_size, special_ids=no_ids)
+    try:
+        config = fresh_config(model_args, vocab_size=256, block_size=block_size, special_ids=no_ids)
+    except Exception as err:
+        # transformers' typed configs validate every field (huggingface_hub's StrictDataclassFieldValidationError, not
+        # a ValueError): an override of the wrong type (rope_parameters=5, layer_types=[1,2]) ended the run with that
+        # bare error, naming no flag
+        if not type(err).__name__.startswith("StrictDataclass"):
+            raise
+        where = "--config_overrides" if model_args.config_overrides else "these flags"
+        raise ValueError(
+            f"The fresh {model_args.model_type} config refuses a value of {where}: {' '.join(str(err).split())}"
+        ) from err
     check_meta_build(config, model_args.attn_implementation, f"fresh {model_args.model_type}")
 
 
