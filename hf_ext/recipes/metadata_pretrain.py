@@ -21,7 +21,7 @@ from transformers.trainer_callback import ExportableState
 from ..utils.io import atomic_savefig, atomic_write_results, atomic_write_text
 from ..utils.resume import train_or_restore_finished
 from ._common import refuse_undistributed_launch, validation_split_seed_field
-from .pretrain import ModelArguments, build_model, check_fresh_model
+from .pretrain import ModelArguments, build_model, check_config_overrides, check_fresh_model
 
 logger = logging.getLogger(__name__)
 
@@ -319,6 +319,9 @@ def validate_args(model_args, data_args, meta_args, training_args) -> None:
             "document loss itself every --doc_eval_steps (and at the end). Drop --eval_strategy and set "
             "--doc_eval_steps instead."
         )
+    # pretrain's checks of --config_overrides (known fields of the right type, no key twice, positions for a block,
+    # a fresh model only): unchecked here, a mistyped key was stored as an unused config attribute and ignored
+    check_config_overrides(model_args, data_args.block_size)
     if model_args.model_name_or_path is None:
         if model_args.hidden_size % model_args.num_attention_heads:
             raise ValueError("--hidden_size must be divisible by --num_attention_heads.")
