@@ -195,6 +195,93 @@ def _model_layout(model: nn.Module) -> dict[int, tuple[bool, int]]:
     }
 
 
+
+def _model_order(params, model) -> dict[int, int] | None:
+    """`id(param) -> index` in the model's parameter order, where the optimizer was given the model (as `params` or
+    `model=`), for `_legacy_transposed_groups`; `None` otherwise."""
+    module = params if isinstance(params, nn.Module) else model
+    if not isinstance(module, nn.Module):
+        return None
+    return {id(p): i for i, p in enumerate(module.parameters())}
+
+
+def _group_options(group: dict) -> dict:
+    return {k: v for k, v in group.items() if k not in ("params", "neuron_dim", "param_names")}
+
+
+def _legacy_transposed_groups(groups: list[dict], saved_groups: list[dict], order: dict[int, int] | None):
+    """The param groups an optimizer state saved before transposed convolutions rotated per output channel was written
+    with, or `None` where `saved_groups` is not such a state.
+
+    Their `(in, out, *kernel)` weights sat with `neuron_dim=0` in the rotational group of the other weights; now they
+    are in the `neuron_dim=1` group, so the saved state had one group fewer (or other group sizes) and torch refused
+    it ("loaded state dict has a different number of parameter groups"). Each 3+-dim tensor of a rotational
+    `neuron_dim=1` group goes back into the rotational `neuron_dim=0` group with the same options, in the model's
+    parameter order (`order`, known when the optimizer was given the model)."""
+    if order is None:
+        return None
+    moved = {
+        id(p): p
+        for g in groups
+        if g.get("rotational") and g.get("neuron_dim") == 1
+        for p in g["params"]
+        if p.dim() > 2
+    }
+    if not moved or any(key not in order for key in moved):
+        return None
+    legacy = [dict(g, params=list(g["params"])) for g in groups]
+    for group in [g for g in legacy if g.get("rotational") and g.get("neuron_dim") == 1]:
+        ps = [p for p in group["params"] if id(p) in moved]
+        if not ps:
+            continue
+        siblings = []
+        for other in legacy:
+            if other.get("rotational") and other.get("neuron_dim") == 0:
+                try:
+                    same = bool(_group_options(other) == _group_options(group))
+                except (RuntimeError, TypeError, ValueError):  # e.g. a tensor lr compared with another
+                    same = False
+                if same:
+                    siblings.append(other)
+        if len(siblings) != 1:
+            return None
+        group["params"] = [p for p in group["params"] if id(p) not in moved]
+        siblings[0]["params"] = sorted(siblings[0]["params"] + ps, key=lambda p: order.get(id(p), -1))
+    legacy = [g for g in legacy if g["params"]]
+    if len(legacy) != len(saved_groups) or any(
+        len(g["params"]) != len(s["params"]) for g, s in zip(legacy, saved_groups, strict=True)
+    ):
+        return None
+    for g, s in zip(legacy, saved_groups, strict=True):
+        if any(id(p) in moved for p in g["params"]) and s.get("neuron_dim") != 0:
+            return None
+    return legacy
+
+
+def _load_legacy_layout(optimizer: Optimizer, state_dict: dict, owner: str) -> None:
+    """Before `Optimizer.load_state_dict`: where `state_dict` was saved with the earlier layout of transposed
+    convolutions (`_legacy_transposed_groups`), regroup `optimizer`'s tensors as it was, so the run resumes exactly
+    as it was going (torch restores the saved groups' options, `neuron_dim=0` for those weights), with a warning."""
+    saved = state_dict.get("param_groups")
+    groups = optimizer.param_groups
+    if not isinstance(saved, list) or (
+        len(saved) == len(groups)
+        and all(len(g["params"]) == len(s.get("params", ())) for g, s in zip(groups, saved, strict=True))
+    ):
+        return
+    legacy = _legacy_transposed_groups(groups, saved, getattr(optimizer, "_model_param_order", None))
+    if legacy is None:
+        return
+    warnings.warn(
+        f"{owner}: this optimizer state was saved before transposed convolutions (nn.ConvTranspose*d) rotated per "
+        "output channel; the resumed run keeps the layout it was trained with (their neurons are the rows of their "
+        "(in, out, *kernel) weights, neuron_dim=0). Start a new run for the per-output-channel layout.",
+        UserWarning,
+        stacklevel=3,
+    )
+    optimizer.param_groups = legacy
+
+
 def _layout_error(owner: str) -> ValueError:
     return ValueError(
         f"{owner} got param groups without layout information: it cannot tell which 2+-dim weights are rotational, "
@@ -1190,7 +1277,14 @@ class LionAR(Optimizer):
         _parse_group_values(defaults)  # a numpy bool switch as the Python bool every group gets
         groups = _resolve_params(params, weight_decay, model, neuron_dim, "LionAR", needs_layout=True)
         self._default_neuron_dim = neuron_dim
+        self._model_param_order = _model_order(params, model)
         super().__init__(groups, defaults)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state dict of `state_dict()`; one saved before transposed convolutions rotated per output channel
+        resumes with the layout it was written with (a warning says so)."""
+        _load_legacy_layout(self, state_dict, "LionAR")
+        super().load_state_dict(state_dict)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group (also used by the constructor) with the constructor's per-group defaults and checks.
@@ -1366,6 +1460,7 @@ class RotationalWrapper(Optimizer):
                 raise ValueError(f"RotationalWrapper does not support `{key}=True` for the inner optimizer.")
         groups = _resolve_params(params, weight_decay, model, neuron_dim, "RotationalWrapper", needs_layout=True)
         self._default_neuron_dim = neuron_dim
+        self._model_param_order = _model_order(params, model)
         self._ready = False  # torch's Optimizer.__init__ adds the groups through `add_param_group`
         self.inner_name = inner
         defaults = dict(
@@ -1639,6 +1734,7 @@ class RotationalWrapper(Optimizer):
         inner_sd = state_dict.pop("inner", None)
         if inner_sd is not None:
             state_dict["state"] = {**inner_sd.get("state", {}), **state_dict.get("state", {})}
+        _load_legacy_layout(self, state_dict, "RotationalWrapper")  # an older layout of transposed convolutions
         super().load_state_dict(state_dict)
         # Group keys a state dict of an older torch (or of this wrapper before an option existed) lacks: torch's own
         # optimizers fill them in `__setstate__`, which would also turn the wrapper's integer steps into tensors.
