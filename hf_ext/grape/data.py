@@ -90,7 +90,7 @@ def ensure_lm_stream(stream, domain: str | None = None):
 
 def check_token_types(dataset, what: str) -> None:
     """Refuse tokenized columns that do not hold integers: `input_ids` and `labels` (and an `attention_mask` of other
-    than integers or bools). Float ids (e.g. from a file written through pandas) passed construction: as sources they
+    than integers, bools or floats). Float ids (e.g. from a file written through pandas) passed construction: as sources they
     failed at the first step inside the embedding ("Expected tensor for argument #1 'indices' to have one of the
     following scalar types: Long, Int"), as targets they were cut to integers without a word (3.5 trained as 3);
     string or bool ids failed with a bare `ArrowNotImplementedError` naming no dataset."""
@@ -104,8 +104,16 @@ def check_token_types(dataset, what: str) -> None:
             kind = kind.value_type
         if pa.types.is_null(kind) or pa.types.is_integer(kind):  # null: only empty rows (refused by name elsewhere)
             continue
-        if column == "attention_mask" and pa.types.is_boolean(kind):
-            continue
+        if column == "attention_mask":
+            # a mask of bools or floats (1.0 / 0.0, as transformers' models take it) trained before this check; only
+            # one of another type (strings, ...) is refused
+            if pa.types.is_boolean(kind) or pa.types.is_floating(kind):
+                continue
+            raise ValueError(
+                f"{what} has attention_mask of type {kind}, but an attention mask holds 1 (attend) or 0 (padding) as "
+                "integers, bools or floats; cast the column, e.g. dataset.cast_column('attention_mask', "
+                "datasets.Sequence(datasets.Value('int64'))), or drop it."
+            )
         raise ValueError(
             f"{what} has {column} of type {kind}, but token ids{' and labels' if column == 'labels' else ''} are "
             f"integers; cast the column, e.g. dataset.cast_column({column!r}, datasets.Sequence(datasets.Value("
