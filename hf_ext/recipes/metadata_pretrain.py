@@ -702,18 +702,23 @@ def _guidance_docs(eval_docs: list, domain_vocab) -> list:
     return [*eval_docs[:1], *_host_docs(eval_docs, domain_vocab).values()]
 
 
+_PROBE_VOCAB = 256  # rows of the embedding of `check_documents_kept_apart`'s probe model
+
+
 def check_documents_kept_apart(model_args, data_args, meta_args, tokenizer) -> None:
     """Refuse, before any write, `--document_attention true` (the default) for a model type whose causal mask ignores
     the restarting `position_ids` of packed rows (OPT, Bloom, MPT, BioGPT, XGLM): `MetadataCollator.check_model`
     refuses it when training begins, after the run record and folders are written. The probe
     (`check_document_attention`) runs on a one-layer model of the same config with fresh weights (the mask is the
-    architecture's, not the weights'); a config that cannot be cut to one layer is left to the check at training."""
+    architecture's, not the weights', nor the vocabulary's: at most 256 rows); a config that cannot be cut to one layer
+    is left to the check at training."""
     if not meta_args.document_attention:
         return
     import torch
     from transformers import AutoModelForCausalLM
 
     from ..metadata.collator import check_document_attention
+    from ..utils.checks import is_int
     from .pretrain import _model_config
 
     config = _model_config(model_args, tokenizer, data_args.block_size)
@@ -721,6 +726,13 @@ def check_documents_kept_apart(model_args, data_args, meta_args, tokenizer) -> N
         config.num_hidden_layers = 1
         if isinstance(getattr(config, "layer_types", None), list):
             config.layer_types = config.layer_types[:1]
+        # and a small vocabulary: the mask does not depend on it, and with a pretrained model's (Llama 3: 128256 rows
+        # of 4096) the one-layer probe had 1.27B parameters, 2 minutes and 5.6 GB to build on each process's CPU
+        if is_int(getattr(config, "vocab_size", None)) and config.vocab_size > _PROBE_VOCAB:
+            config.vocab_size = _PROBE_VOCAB
+            for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+                if is_int(getattr(config, name, None)) and getattr(config, name) >= _PROBE_VOCAB:
+                    setattr(config, name, None)  # an embedding's padding_idx must be one of its rows
         with torch.random.fork_rng(devices=[]):  # the run's seeded initialisation stays the run's
             torch.manual_seed(0)
             probe = AutoModelForCausalLM.from_config(config, attn_implementation=model_args.attn_implementation)
