@@ -282,6 +282,13 @@ def _load_legacy_layout(optimizer: Optimizer, state_dict: dict, owner: str) -> N
     optimizer.param_groups = legacy
 
 
+def legacy_layout_pre_hook(optimizer: Optimizer, state_dict: dict) -> None:
+    """`Optimizer.register_load_state_dict_pre_hook` form of `_load_legacy_layout`, for optimizers whose groups come from
+    `rotational_param_groups(model, ...)` (Lion, LionA, the warmup recipe's AdamW baseline): set
+    `optimizer._model_param_order = _model_order(model, None)` first."""
+    _load_legacy_layout(optimizer, state_dict, type(optimizer).__name__)
+
+
 def _layout_error(owner: str) -> ValueError:
     return ValueError(
         f"{owner} got param groups without layout information: it cannot tell which 2+-dim weights are rotational, "
@@ -1089,7 +1096,9 @@ class Lion(Optimizer):
         betas = _check_betas(betas)
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, nesterov=nesterov)
         _parse_group_values(defaults)  # a numpy bool switch as the Python bool every group gets
+        self._model_param_order = _model_order(params, None)
         super().__init__(_resolve_params(params, weight_decay, owner=type(self).__name__), defaults)
+        self.register_load_state_dict_pre_hook(legacy_layout_pre_hook)  # a state of the earlier ConvTranspose groups
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group (also used by the constructor); its values are validated like the constructor's."""
@@ -1161,7 +1170,9 @@ class LionA(Optimizer):
             snr_beta=snr_beta,
         )
         _parse_group_values(defaults)  # a numpy bool switch as the Python bool every group gets
+        self._model_param_order = _model_order(params, None)
         super().__init__(_resolve_params(params, weight_decay, owner=type(self).__name__), defaults)
+        self.register_load_state_dict_pre_hook(legacy_layout_pre_hook)  # a state of the earlier ConvTranspose groups
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group (also used by the constructor); its values are validated like the constructor's."""

@@ -17,7 +17,16 @@ from transformers.trainer_utils import SchedulerType
 
 from ..utils.checks import is_real, store_python_scalars
 from ..utils.resume import LossWindowResumeMixin
-from .normalized import Lion, LionA, LionAR, RotationalWrapper, _python_number, rotational_param_groups
+from .normalized import (
+    Lion,
+    LionA,
+    LionAR,
+    RotationalWrapper,
+    _model_order,
+    _python_number,
+    legacy_layout_pre_hook,
+    rotational_param_groups,
+)
 from .serialization import SafetensorsOptimizerStateMixin
 
 __all__ = [
@@ -287,7 +296,11 @@ def make_normalized_optimizer(
         if isinstance(options.get("betas"), (tuple, list)):
             options["betas"] = tuple(_python_number(b) for b in options["betas"])
         groups = rotational_param_groups(model, weight_decay, rotational_embeddings=True)
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **options)
+        adamw = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **options)
+        # a state saved before transposed convolutions got their own (neuron_dim=1) group resumes in its own groups
+        adamw._model_param_order = _model_order(model, None)
+        adamw.register_load_state_dict_pre_hook(legacy_layout_pre_hook)
+        return adamw
     if optimizer == "lion":
         return Lion(model, lr=lr, weight_decay=weight_decay, **options)
     if optimizer == "lion_a":

@@ -76,3 +76,35 @@ def test_a_state_of_another_model_is_still_refused(cls):
     new = _make(cls, _model())
     with pytest.raises(ValueError, match="parameter group"):
         new.load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize("name", ["lion", "lion_a", "adamw"])
+def test_lion_liona_and_the_adamw_baseline_resume_a_state_of_the_earlier_groups(name):
+    """Lion, LionA and the warmup recipe's AdamW baseline take their groups from `rotational_param_groups` too: a state
+    saved with the transposed weight in the rotational `neuron_dim=0` group failed with torch's group-count error."""
+    from hf_ext.optim import Lion, LionA
+    from hf_ext.optim.warmup_trainer import make_normalized_optimizer
+
+    def build(params, model):
+        if name == "adamw":
+            reference = make_normalized_optimizer(model, "adamw", lr=1e-2, weight_decay=0.1)
+            if params is model:
+                return reference
+            return torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+        return {"lion": Lion, "lion_a": LionA}[name](params, lr=1e-2, weight_decay=0.1)
+
+    reference = _model()
+    opt = build(_legacy_groups(reference), reference)
+    _steps(reference, opt, 2, seed=1)
+    saved_model, saved_opt = copy.deepcopy(reference.state_dict()), copy.deepcopy(opt.state_dict())
+    _steps(reference, opt, 3, seed=2)
+
+    resumed = _model()
+    resumed.load_state_dict(saved_model)
+    new = build(resumed, resumed)
+    assert len(new.param_groups) == 3
+    with pytest.warns(UserWarning, match="saved before transposed convolutions"):
+        new.load_state_dict(saved_opt)
+    _steps(resumed, new, 3, seed=2)
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
