@@ -124,35 +124,80 @@ def test_a_model_without_its_own_names_keeps_transformers_patterns(tmp_path):
     assert ours.get_decay_parameter_names(llama) == plain.get_decay_parameter_names(llama)
 
 
-def test_resume_of_a_checkpoint_grouped_the_old_way_is_refused_by_name(tmp_path):
-    """A FOG checkpoint written with transformers' grouping (hf_ext before this fix) has another group size: torch's
-    load_state_dict failed with "loaded state dict contains a parameter group that doesn't match the size of
-    optimizer's group", which named neither the cause nor the fix."""
+def _private_args(folder, max_steps):
+    from hf_ext.federated import PrivateTrainingArguments
+
+    return PrivateTrainingArguments(
+        str(folder),
+        weight_decay=0.1,
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",  # the same schedule for a 2-step run and the first 2 of 4 steps
+        use_cpu=True,
+        report_to=[],
+        max_steps=max_steps,
+        save_steps=1,
+        per_device_train_batch_size=4,
+        disable_tqdm=True,
+    )
+
+
+def _grouped(decay_names):
+    """A PrivateTrainer whose groups come from `decay_names(trainer, model)` (an earlier version's grouping)."""
+    from hf_ext.federated import PrivateTrainer
+
+    class Grouped(PrivateTrainer):
+        def get_decay_parameter_names(self, model):
+            return decay_names(self, model)
+
+    return Grouped
+
+
+def test_a_checkpoint_grouped_the_old_way_resumes_exactly_with_its_groups(tmp_path, caplog):
+    """A FOG checkpoint written with transformers' grouping (hf_ext's PrivateTrainer / GrapeTrainer / MetadataTrainer
+    before this fix) has other group sizes: torch's load_state_dict failed with "loaded state dict contains a parameter
+    group that doesn't match the size of optimizer's group". It now resumes with the groups it was trained with (a
+    warning says so): the same weights as the old grouping's uninterrupted run."""
     from transformers import Trainer
 
-    from hf_ext.federated import PrivateTrainer, PrivateTrainingArguments
+    from hf_ext.federated import PrivateTrainer
 
-    class OldGrouping(PrivateTrainer):
-        def get_decay_parameter_names(self, model):
-            return Trainer.get_decay_parameter_names(self, model)
+    old = _grouped(lambda trainer, model: Trainer.get_decay_parameter_names(trainer, model))
+    uninterrupted = old(
+        model=tiny_fog(), args=_private_args(tmp_path / "a", 4), train_dataset=token_dataset(),
+        data_collator=default_data_collator,
+    )  # fmt: skip
+    uninterrupted.train()
+    old(
+        model=tiny_fog(), args=_private_args(tmp_path / "b", 2), train_dataset=token_dataset(),
+        data_collator=default_data_collator,
+    ).train()  # fmt: skip
+    resumed = PrivateTrainer(
+        model=tiny_fog(), args=_private_args(tmp_path / "b", 4), train_dataset=token_dataset(),
+        data_collator=default_data_collator,
+    )  # fmt: skip
+    with caplog.at_level("WARNING"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
+    assert "keeps those groups" in caplog.text
+    want = uninterrupted.model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in resumed.model.state_dict().items())
+    alphas = [p for n, p in resumed.model.named_parameters() if "alpha_" in n]
+    decayed = resumed.optimizer.param_groups[0]["params"]
+    assert len(alphas) == 4 and all(any(p is q for q in decayed) for p in alphas)  # the old run's groups
 
-    def args():
-        return PrivateTrainingArguments(
-            str(tmp_path),
-            weight_decay=0.1,
-            use_cpu=True,
-            report_to=[],
-            max_steps=2,
-            save_steps=1,
-            per_device_train_batch_size=4,
-            disable_tqdm=True,
-        )
 
-    OldGrouping(
-        model=tiny_fog(), args=args(), train_dataset=token_dataset(), data_collator=default_data_collator
-    ).train()
+def test_a_checkpoint_of_another_grouping_is_refused_by_name(tmp_path):
+    """Groups that are neither the model's names nor transformers' patterns: refused naming the cause and the fix,
+    not torch's raw size mismatch."""
+    from hf_ext.federated import PrivateTrainer
+
+    other = _grouped(lambda trainer, model: [n for n, _ in model.named_parameters() if "embed" in n])
+    other(
+        model=tiny_fog(), args=_private_args(tmp_path, 1), train_dataset=token_dataset(),
+        data_collator=default_data_collator,
+    ).train()  # fmt: skip
     trainer = PrivateTrainer(
-        model=tiny_fog(), args=args(), train_dataset=token_dataset(), data_collator=default_data_collator
-    )
-    with pytest.raises(ValueError, match=r"decay_parameter_names\(\).*xIELU.*new run from the checkpoint's weights"):
+        model=tiny_fog(), args=_private_args(tmp_path, 2), train_dataset=token_dataset(),
+        data_collator=default_data_collator,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"match neither .*decay_parameter_names\(\).*new run from the checkpoint"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
