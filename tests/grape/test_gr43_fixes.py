@@ -144,10 +144,13 @@ def _tiny_gpt2(vocab: int, positions: int, folder=None, tokenizer=None):
     return model
 
 
-def test_doremi_reference_with_fewer_positions_than_the_rows_is_refused_at_construction(tmp_path, grape_helpers):
-    # The reference reads the same source minibatches as the model; a GPT-2 reference with 8 learned positions and
-    # source rows of 16 tokens passed construction and failed with a bare "IndexError: index out of range in self" at
-    # the first DoReMi update (step 2 here), mid-training.
+@pytest.mark.parametrize("positions", [8, 15])  # 15: one short (mu44: a mutant off by one survived 8 alone)
+def test_doremi_reference_with_fewer_positions_than_the_rows_is_refused_at_construction(
+    tmp_path, grape_helpers, positions
+):
+    # The reference reads the same source minibatches as the model; a GPT-2 reference with 8 (or 15) learned positions
+    # and source rows of 16 tokens passed construction and failed with a bare "IndexError: index out of range in self"
+    # at the first DoReMi update (step 2 here), mid-training.
     from hf_ext.grape import GrapeConfig, GrapeTrainer
 
     train, _ = grape_helpers["synthetic_mixture"]()
@@ -155,8 +158,11 @@ def test_doremi_reference_with_fewer_positions_than_the_rows_is_refused_at_const
         output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, reweight_method="doremi",
         reweight_domains_every=2, report_to="none", use_cpu=True, disable_tqdm=True, plot_file="",
     )  # fmt: skip
-    reference = _tiny_gpt2(grape_helpers["VOCAB"], 8)
-    with pytest.raises(ValueError, match=r"read by the DoReMi reference \(reference_model\), has a row of 16 tokens"):
+    reference = _tiny_gpt2(grape_helpers["VOCAB"], positions)
+    with pytest.raises(
+        ValueError,
+        match=rf"read by the DoReMi reference \(reference_model\), has a row of 16 tokens .*holds {positions}\b",
+    ):
         GrapeTrainer(model=grape_helpers["tiny_llama"](), args=args, train_dataset=train, reference_model=reference)
     # a reference holding the rows is taken
     GrapeTrainer(
