@@ -563,6 +563,26 @@ def _set_aside_previous_dataset(output_dir: str) -> str | None:
 
 
 def run(args: ComplianceArguments) -> dict:
+    """Filter the corpus and write the reports (see the module docstring). A run refused on its inputs (a snapshot,
+    a column, the training blocks, ...) leaves no `--output_dir` it created: the writability check makes the folder
+    before the dataset's columns are known, and a wrong `--url_column` left it behind, empty."""
+    created = []  # the folders the writability check will create, leaf first
+    folder = os.path.abspath(args.output_dir) if args.output_dir else None
+    while folder and not os.path.lexists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    try:
+        return _run(args)
+    except BaseException:
+        for folder in created:
+            try:
+                os.rmdir(folder)  # only an empty folder: anything this run wrote stays
+            except OSError:
+                break
+        raise
+
+
+def _run(args: ComplianceArguments) -> dict:
     from ..compliance import (
         DEFAULT_AI_USER_AGENTS,
         RobotsCompliance,

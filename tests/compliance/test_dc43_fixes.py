@@ -96,3 +96,19 @@ def test_the_conformance_module_reads_its_arguments(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--engine", "google"])
     assert exit_.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["url_column", "text_column", "domain_column"])
+def test_a_run_refused_on_a_column_leaves_no_output_folder_it_created(tmp_path, flag):
+    """The writability check created --output_dir before the dataset's columns were known: a wrong column flag was
+    refused and left an empty folder behind. A folder that existed before stays."""
+    from hf_ext.recipes.compliance import ComplianceArguments, run
+
+    out = tmp_path / "new" / "out"
+    with pytest.raises(ValueError, match=rf"--{flag}='nope' is not a column"):
+        run(ComplianceArguments(output_dir=str(out), **{flag: "nope"}))
+    assert not out.parent.exists()  # nor its parent, created with it
+    out.mkdir(parents=True)
+    with pytest.raises(ValueError, match=rf"--{flag}='nope' is not a column"):
+        run(ComplianceArguments(output_dir=str(out), **{flag: "nope"}))
+    assert out.is_dir()
