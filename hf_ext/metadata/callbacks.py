@@ -576,7 +576,10 @@ class MetadataTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeM
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         # a model left at its old size after add_context_tokens(tokenizer) would fail in the first forward with a raw
         # IndexError: refuse it before any work (model_init builds the model inside train(); the callback checks it)
-        if isinstance(self.data_collator, MetadataCollator) and self.model is not None:
+        # (a cooldown callback on this collator checks it at on_train_begin, before the first step: not twice, the
+        # document-attention probe is two forward passes)
+        checked_by_callback = any(cb.collator is self.data_collator for cb in self._metadata_callbacks())
+        if isinstance(self.data_collator, MetadataCollator) and self.model is not None and not checked_by_callback:
             self.data_collator.check_model(self.model)
         for callback in self._metadata_callbacks():
             callback._resume_checkpoint = None

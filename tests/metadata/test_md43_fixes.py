@@ -160,3 +160,30 @@ def test_the_recipe_refuses_opt_with_document_attention_before_writing(tmp_path)
     opt = ModelArguments(model_type="opt", hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
     check_documents_kept_apart(opt, data, MetadataArguments(document_attention=False), tokenizer)
     check_documents_kept_apart(ModelArguments(), data, MetadataArguments(), tokenizer)  # the default FOG: accepted
+
+
+def test_the_trainer_and_its_cooldown_callback_probe_the_model_once(ctx_tokenizer, tmp_path, monkeypatch):
+    """MetadataTrainer.train and MetadataCooldownCallback.on_train_begin both ran check_model on the same collator:
+    the document-attention probe's two forward passes ran twice at every training start."""
+    import datasets
+    from transformers import TrainingArguments
+
+    import hf_ext.metadata.collator as collator_module
+    from hf_ext.metadata import MetadataCollator, MetadataCooldownCallback, MetadataTrainer, metadata_template
+
+    calls = []
+    probe = collator_module.check_document_attention
+    monkeypatch.setattr(collator_module, "check_document_attention", lambda m: calls.append(m) or probe(m))
+    collator = MetadataCollator(ctx_tokenizer, metadata_template("url_host"), metadata_dropout=0.0, block_size=40)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, remove_unused_columns=False,
+        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    model = tiny_llama(len(ctx_tokenizer), hidden=32)
+    for callbacks in ([MetadataCooldownCallback(collator)], []):
+        calls.clear()
+        MetadataTrainer(
+            model=model, args=args, train_dataset=datasets.Dataset.from_list(PACK_ROWS * 2), data_collator=collator,
+            callbacks=callbacks,
+        ).train()  # fmt: skip
+        assert len(calls) == 1, callbacks  # once, by the callback or (without one) by the trainer
