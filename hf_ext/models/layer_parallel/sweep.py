@@ -36,9 +36,28 @@ def pairing_ranges(
         `list[tuple[int, int]]`, sorted by number of pairs, then start.
 
     Raises:
+        `TypeError`: for a `num_layers`, `stride` or pair count that is not an integer (a float, a string, a bool; numpy
+            integers are fine) and for `pair_counts` that is not a list of them (a bare `2`: pass `[2]`).
         `ValueError`: for an impossible pair count, and for a requested pair count none of whose ranges can be
             converted (every one pairs a full with a sliding-window layer).
     """
+    for name, value in (("num_layers", num_layers), ("stride", stride)):
+        if not _is_integer(value):
+            raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
+    num_layers, stride = int(num_layers), int(stride)
+    if pair_counts is not None:
+        if isinstance(pair_counts, str | bytes | Mapping) or not isinstance(pair_counts, Iterable):
+            hint = f" For one count pass [{pair_counts!r}]." if _is_integer(pair_counts) else ""
+            raise TypeError(
+                f"pair_counts must be a list of integer numbers of pairs, e.g. [1, 2]; got {pair_counts!r}.{hint}"
+            )
+        pair_counts = list(pair_counts)
+        wrong = [n for n in pair_counts if not _is_integer(n)]
+        if wrong:
+            raise TypeError(
+                f"pair_counts must hold integer numbers of pairs, e.g. [1, 2]; got {wrong[0]!r} in {pair_counts!r}."
+            )
+        pair_counts = [int(n) for n in pair_counts]
     if num_layers < 2:
         raise ValueError(f"A model needs at least 2 layers to pair any, got num_layers={num_layers}.")
     if stride < 1:
@@ -63,6 +82,11 @@ def pairing_ranges(
                 )
         ranges += [(s, s + 2 * n) for s in starts]
     return ranges
+
+
+def _is_integer(value) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 _RANGES_FORM = "a list of (start, end) pairs of integer layer indices, e.g. [(0, 2), (2, 6)] or pairing_ranges(num_layers)"
