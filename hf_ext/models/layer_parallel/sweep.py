@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from ...utils.checks import is_int as _is_integer
 from ...utils.evaluation import _right_padded, keeping_train_mode
 from .configuration_layer_parallel import (
     LP_MLP_NORMS,
@@ -82,11 +83,6 @@ def pairing_ranges(
                 )
         ranges += [(s, s + 2 * n) for s in starts]
     return ranges
-
-
-def _is_integer(value) -> bool:
-    """An integer (Python or numpy), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 _RANGES_FORM = "a list of (start, end) pairs of integer layer indices, e.g. [(0, 2), (2, 6)] or pairing_ranges(num_layers)"
