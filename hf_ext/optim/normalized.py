@@ -285,8 +285,61 @@ def _load_legacy_layout(optimizer: Optimizer, state_dict: dict, owner: str) -> N
 def legacy_layout_pre_hook(optimizer: Optimizer, state_dict: dict) -> None:
     """`Optimizer.register_load_state_dict_pre_hook` form of `_load_legacy_layout`, for optimizers whose groups come from
     `rotational_param_groups(model, ...)` (Lion, LionA, the warmup recipe's AdamW baseline): set
-    `optimizer._model_param_order = _model_order(model, None)` first."""
+    `optimizer._model_param_order = _model_order(model, None)` first. It also refuses a state whose tensors do not
+    fit the optimizer's parameters ([`_refuse_mismatched_state`])."""
     _load_legacy_layout(optimizer, state_dict, type(optimizer).__name__)
+    _refuse_mismatched_state(optimizer, state_dict, type(optimizer).__name__)
+
+
+# per-parameter state entries shaped like the parameter (Lion / LionA / LionAR / RotationalWrapper / AdamW / SGD)
+_PARAM_SHAPED_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+# per-neuron state entries of the rotational tensors (one value per neuron, or one per tensor with per_neuron=False)
+_NEURON_STATE = ("norm", "update_norm_ema")
+
+
+def _refuse_mismatched_state(optimizer: Optimizer, state_dict: dict, owner: str) -> None:
+    """Before `Optimizer.load_state_dict`: raise a `ValueError` when a saved state tensor does not fit the parameter it
+    is about to be given (torch pairs the saved and the current parameters by position and checks no shape): a
+    state saved for another model (another width, another parameter order) loaded silently and failed with a raw
+    shape error at the next `step()`. Moments must have the parameter's shape, the per-neuron norms one entry per
+    neuron of the saved group's layout. Group counts and sizes that differ are left to torch's own error."""
+    saved_groups = state_dict.get("param_groups")
+    saved_state = state_dict.get("state")
+    groups = optimizer.param_groups
+    if not isinstance(saved_groups, list) or not isinstance(saved_state, dict) or len(saved_groups) != len(groups):
+        return
+    for i, (group, saved) in enumerate(zip(groups, saved_groups)):
+        ids = saved.get("params", ()) if isinstance(saved, dict) else ()
+        if len(ids) != len(group["params"]):
+            return
+        for j, (pid, p) in enumerate(zip(ids, group["params"])):
+            st = saved_state.get(pid)
+            if not isinstance(st, dict):
+                continue
+            where = f"{owner}.load_state_dict: the state of parameter {j} of param group {i}"
+            for key in _PARAM_SHAPED_STATE:
+                value = st.get(key)
+                if isinstance(value, torch.Tensor) and tuple(value.shape) != tuple(p.shape):
+                    raise ValueError(
+                        f"{where} has `{key}` of shape {tuple(value.shape)}, but that parameter has shape "
+                        f"{tuple(p.shape)}: the state was saved for another model or another parameter order. Build "
+                        "the optimizer over the parameters it was saved with, in the same order (the same model and "
+                        "grouping), or start without this state."
+                    )
+            if not (p.dim() > 1 and any(isinstance(st.get(k), torch.Tensor) for k in _NEURON_STATE)):
+                continue
+            per_neuron = saved.get("per_neuron", group.get("per_neuron", True))
+            nd = saved.get("neuron_dim", group.get("neuron_dim", 0))
+            neurons = 1 if not per_neuron else p.shape[1 if nd == 1 else 0]
+            for key in _NEURON_STATE:
+                value = st.get(key)
+                if isinstance(value, torch.Tensor) and value.numel() != neurons:
+                    raise ValueError(
+                        f"{where} has `{key}` with {value.numel()} entries, but that parameter (shape "
+                        f"{tuple(p.shape)}) has {neurons} neuron(s) in the saved layout: the state was saved for "
+                        "another model or another parameter order. Build the optimizer over the parameters it was "
+                        "saved with, in the same order (the same model and grouping), or start without this state."
+                    )
 
 
 def _layout_error(owner: str) -> ValueError:
@@ -1295,6 +1348,7 @@ class LionAR(Optimizer):
         """Load a state dict of `state_dict()`; one saved before transposed convolutions rotated per output channel
         resumes with the layout it was written with (a warning says so)."""
         _load_legacy_layout(self, state_dict, "LionAR")
+        _refuse_mismatched_state(self, state_dict, "LionAR")
         super().load_state_dict(state_dict)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -1746,6 +1800,7 @@ class RotationalWrapper(Optimizer):
         if inner_sd is not None:
             state_dict["state"] = {**inner_sd.get("state", {}), **state_dict.get("state", {})}
         _load_legacy_layout(self, state_dict, "RotationalWrapper")  # an older layout of transposed convolutions
+        _refuse_mismatched_state(self, state_dict, "RotationalWrapper")
         super().load_state_dict(state_dict)
         # Group keys a state dict of an older torch (or of this wrapper before an option existed) lacks: torch's own
         # optimizers fill them in `__setstate__`, which would also turn the wrapper's integer steps into tensors.
