@@ -58,11 +58,19 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if is_dtensor(t) else t
 
 
+def _check_same_shape(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """Refuse two tensors of different shapes: the metrics subtract or multiply them elementwise, and torch would
+    broadcast, e.g., a `(3, 3)` weight against a `(3,)` one into a silently wrong value."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"{what} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+
+
 def l2_update_norm(old: Iterable[torch.Tensor], new: Iterable[torch.Tensor]) -> float:
     """`sqrt(sum_k ||new_k - old_k||^2)` over paired tensors (whole tensors also when they are sharded DTensors)."""
     total = 0.0
     sharded = []
-    for a, b in zip(old, new, strict=True):
+    for k, (a, b) in enumerate(zip(old, new, strict=True)):
+        _check_same_shape(a, b, f"l2_update_norm: old and new tensor {k}")
         sq = (b.detach().double() - a.detach().double()).pow(2).sum()
         if is_dtensor(sq):
             sharded.append(sq)
@@ -90,6 +98,7 @@ def relative_update_norms(
     out = {}
     sharded_names, sharded_sums = [], []
     for name, a in old.items():
+        _check_same_shape(a, new[name], f"relative_update_norms: old and new {name!r}")
         if a.dim() < min_dim:
             continue
         a64 = a.detach().double()
@@ -154,6 +163,13 @@ def relative_representation_change(
         `float`: the ratio; NaN where `||X W^T||_F` is 0 (e.g. peft's zero-initialised `lora_B`), which has no relative
         change.
     """
+    _check_same_shape(old_weight, new_weight, "relative_representation_change: old_weight and new_weight")
+    if old_weight.dim() != 2 or inputs.dim() < 1 or inputs.shape[-1] != old_weight.shape[0 if transposed else 1]:
+        layout = "(in_features, out_features) for transposed=True" if transposed else "(out_features, in_features)"
+        raise ValueError(
+            f"relative_representation_change needs a 2-dim weight {layout} and inputs whose last dim is its "
+            f"in_features, got inputs {tuple(inputs.shape)} and weight {tuple(old_weight.shape)}."
+        )
     x = inputs.detach().double().reshape(-1, inputs.shape[-1])
     w0, w1 = _full(old_weight.detach()).double(), _full(new_weight.detach()).double()
     if not transposed:
@@ -169,7 +185,8 @@ def gradient_momentum_cosine(grads: Iterable[torch.Tensor], momenta: Iterable[to
     DTensors count whole."""
     dot = gg = mm = 0.0
     sharded = []
-    for g, m in zip(grads, momenta, strict=True):
+    for k, (g, m) in enumerate(zip(grads, momenta, strict=True)):
+        _check_same_shape(g, m, f"gradient_momentum_cosine: gradient and momentum {k}")
         g, m = g.detach().double(), m.detach().double()
         if is_dtensor(g):
             sharded += [(g * m).sum(), g.pow(2).sum(), m.pow(2).sum()]
