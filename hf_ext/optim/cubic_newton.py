@@ -295,6 +295,14 @@ def cubic_model_value(g: torch.Tensor, hv: torch.Tensor, h: torch.Tensor, M: flo
 NON_FINITE_MESSAGE = "The cubic sub-problem got a non-finite gradient or Hessian; check g and H for inf/nan."
 
 
+def _check_float_tensor(value, name: str, where: str) -> None:
+    """`value` must be a real floating-point tensor: the solvers return the step in the dtype of `g`, so an integer `g`
+    truncated it (`h = (-0.51, -1.02, -1.53)` came back as `(0, -1, -1)`), and a list failed with an AttributeError."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        got = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"`{name}` of {where} must be a floating-point tensor (e.g. float32 / float64), got {got}.")
+
+
 def _check_M(M: float) -> None:
     if not _is_real(M) or not M > 0 or not math.isfinite(M):
         raise ValueError(f"The cubic regularisation constant `M` must be a positive finite number, got {M!r}.")
@@ -330,6 +338,8 @@ def solve_cubic_exact(
     Returns:
         `torch.Tensor`: the step `h` (dtype of `g`).
     """
+    _check_float_tensor(g, "g", "solve_cubic_exact")
+    _check_float_tensor(H, "H", "solve_cubic_exact")
     _check_M(M)
     if not _is_int(max_iter) or max_iter < 1:
         raise ValueError(f"`max_iter` must be a positive int (bisection steps), got {max_iter!r}.")
@@ -430,6 +440,9 @@ def solve_cubic_lanczos(
     Returns:
         `(h, hvp_calls)`.
     """
+    _check_float_tensor(g, "g", "solve_cubic_lanczos")
+    if not callable(hvp):
+        raise TypeError(f"`hvp` of solve_cubic_lanczos must be a function v -> H v, got {type(hvp).__name__}.")
     _check_M(M)
     if not _is_int(krylov_dim) or krylov_dim < 1:
         raise ValueError(f"`krylov_dim` must be a positive int, got {krylov_dim!r}.")
@@ -486,6 +499,9 @@ def solve_cubic_gd(
     Returns:
         `(h, hvp_calls)`.
     """
+    _check_float_tensor(g, "g", "solve_cubic_gd")
+    if not callable(hvp):
+        raise TypeError(f"`hvp` of solve_cubic_gd must be a function v -> H v, got {type(hvp).__name__}.")
     _check_M(M)
     if not _is_int(max_iter) or max_iter < 0:
         raise ValueError(f"`max_iter` must be a non-negative int, got {max_iter!r}.")
