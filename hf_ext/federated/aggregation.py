@@ -107,8 +107,23 @@ def check_compatible_states(
         names (`Sequence[str]`, *optional*): how to name each state in the messages, `names[0]` the reference (e.g.
             `["the global state", "client 0", ...]`); defaults to `argument[i]`.
     """
+    if isinstance(states, Mapping | str | bytes) or not isinstance(states, Sequence):
+        raise TypeError(
+            f"`{argument}` must be a sequence (list or tuple) of state dicts, one per client, got "
+            f"{type(states).__name__}: pass e.g. `[state_0, state_1]`, not a mapping of them."
+        )
     if len(states) == 0:
         raise ValueError(f"`{argument}` is empty: aggregate at least one client state.")
+    for i, sd in enumerate(states):
+        who = names[i] if names is not None and len(names) == len(states) else f"`{argument}[{i}]`"
+        if not isinstance(sd, Mapping):
+            raise TypeError(f"{who} must be a state dict (a mapping of names to tensors), got {type(sd).__name__}.")
+        bad = next((k for k, v in sd.items() if not isinstance(v, torch.Tensor)), None)
+        if bad is not None:
+            raise TypeError(
+                f"{who}'s entry {bad!r} is a {type(sd[bad]).__name__}, not a torch.Tensor: pass state dicts of "
+                "tensors (e.g. `torch.from_numpy(array)` for numpy arrays)."
+            )
     if names is not None and len(names) != len(states):
         raise ValueError(f"`names` has {len(names)} entries for {len(states)} states.")
     label = list(names) if names is not None else [f"`{argument}[{i}]`" for i in range(len(states))]
@@ -254,6 +269,7 @@ def lora_delta(
     """
     from peft.utils import transpose
 
+    scaling = _check_lora_scaling(scaling, "scaling")
     check_mergeable_lora_state(state, "state")
     pairs = lora_pairs(state)
     if not pairs:
@@ -292,13 +308,20 @@ def merge_then_average(
     Returns:
         `dict[str, torch.Tensor]`: float64 dense updates keyed by the adapted module prefix, each in the layout of
         the module's base weight.
+
+    Raises:
+        `ValueError`: as [`fedavg`], a client state with a NaN or inf entry (naming the client and the tensor), and a
+            client whose `scaling * B @ A` overflows float64; a `scaling` that is not a finite number > 0.
     """
     check_compatible_states(client_states)
-    _check_lora_scaling(scaling, "scaling")
+    check_finite_states(client_states)
+    scaling = _check_lora_scaling(scaling, "scaling")
     p = _check_weights(weights, len(client_states))
     out: dict[str, torch.Tensor] = {}
-    for pc, sd in zip(p.tolist(), client_states):
-        for prefix, delta in lora_delta(sd, scaling, fan_in_fan_out).items():
+    for i, (pc, sd) in enumerate(zip(p.tolist(), client_states)):
+        deltas = lora_delta(sd, scaling, fan_in_fan_out)
+        _check_finite_update(deltas, f"`client_states[{i}]`", "merge_then_average")
+        for prefix, delta in deltas.items():
             out[prefix] = out[prefix] + pc * delta if prefix in out else pc * delta
     return out
 
@@ -413,9 +436,11 @@ def dp_fedavg_mean(updates: Sequence[Mapping[str, torch.Tensor]], num_clients: i
     Dividing by the fixed number of clients of the federation, not by the number (or the weights) of the clients
     present, makes the sensitivity `clip_norm / num_clients` when one client is added or removed (a dropped client
     contributes 0): this is what [`add_server_noise`] is calibrated for. Client weights (example counts) are not used,
-    so no client can raise its influence by reporting a large weight.
+    so no client can raise its influence by reporting a large weight. An update with a NaN or inf entry is refused
+    (`ValueError` naming it), as in [`fedavg`].
     """
     check_compatible_states(updates, "updates")
+    check_finite_states(updates, "updates")
     n = _check_num_clients(num_clients, len(updates))
     out: dict[str, torch.Tensor] = {}
     for key, ref in updates[0].items():

@@ -262,7 +262,13 @@ def char_bleu(reference: str, hypothesis: str, max_order: int = 4) -> float:
 
 
 def matching_prefix_tokens(reference_ids: Sequence[int], generated_ids: Sequence[int], window: int = 50) -> int:
-    """Length of the common prefix of the first `window` reference and generated tokens."""
+    """Length of the common prefix of the first `window` reference and generated tokens (`window`: an integer >= 1;
+    another value is refused with a `ValueError`, as in [`score_continuation`])."""
+    if not is_int(window) or window < 1:
+        raise ValueError(
+            f"`window` must be an integer >= 1 (the tokens compared, 50 in the paper), got {window!r}: a negative "
+            "window would slice tokens off the end and count a prefix of the wrong length."
+        )
     n = 0
     for a, b in zip(reference_ids[:window], generated_ids[:window]):
         if a != b:

@@ -346,7 +346,7 @@ def clip_per_sample(
         first = next(iter(tensors.values()))
         total = torch.zeros(first.shape[0], dtype=torch.float64, device=first.device)
         for g in tensors.values():
-            total += g.reshape(g.shape[0], -1).double().pow(2).sum(dim=1)
+            total += g.reshape(g.shape[0], math.prod(g.shape[1:])).double().pow(2).sum(dim=1)  # 0 rows too
         return total.sqrt()
 
     def scaled(tensors, factor: torch.Tensor) -> dict[str, torch.Tensor]:
