@@ -1160,6 +1160,13 @@ class FederatedSimulation:
                     f"{tuple(self.global_state[k].shape)}: the round was saved with another model or LoRA rank "
                     "(--lora_r); resume with the saved run's model and arguments."
                 )
+            if state[k].dtype != self.global_state[k].dtype:  # refused now, not after a round of training
+                raise ValueError(
+                    f"The saved global state's {k!r} is {state[k].dtype}, this model's {self.global_state[k].dtype}: "
+                    "the round was saved from a model loaded in another dtype, and every client's upload would be "
+                    "refused against it at the end of the next round. Load the model with the saved run's dtype "
+                    f"(`dtype={state[k].dtype}`), or start a fresh run."
+                )
         if len(meta["accountants"]) != self.num_clients:
             raise ValueError(
                 f"Saved round has {len(meta['accountants'])} clients, this simulation {self.num_clients}."
