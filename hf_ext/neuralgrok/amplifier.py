@@ -294,6 +294,8 @@ class NeuralAmplifier(nn.Module, PyTorchModelHubMixin):
         The softmax weights `p` for `grad` (same shape; they sum to 1 over the tensor when `softmax_dim=0`).
         `pieces`: the output of [`fast_pieces`] to reuse across tensors, `None` for the direct MLP, or `"auto"`.
         """
+        _check_gradient(grad, "grad")
+        _check_pieces(pieces)
         column = grad.reshape(-1, 1).to(self.net[0].weight.dtype)
         if isinstance(pieces, str):
             pieces = self.fast_pieces(column.shape[0])
@@ -314,7 +316,17 @@ class NeuralAmplifier(nn.Module, PyTorchModelHubMixin):
         exactly (softmax's normaliser cancels in the ratio). Without it (dropout, `softmax_dim=-1`, mixed dtypes or
         devices), tensor by tensor.
         """
+        if isinstance(grads, torch.Tensor):
+            # a bare tensor was iterated along its first axis: every row (every entry of a 1-D tensor) transformed on
+            # its own to norm c, silently (ones(3) gave [1, 1, 1], not ones(3) / sqrt(3))
+            raise TypeError(
+                f"grads must be a sequence (e.g. a list) of gradient tensors, got one tensor of shape "
+                f"{tuple(grads.shape)}: pass [grad], or call the amplifier on it, amplifier(grad)."
+            )
         grads = list(grads)
+        for i, grad in enumerate(grads):
+            _check_gradient(grad, f"grads[{i}]")
+        _check_pieces(pieces)
         if not grads:
             return []
         sizes = [g.numel() for g in grads]
@@ -429,6 +441,33 @@ def _shard_groups(t: torch.Tensor) -> list:
                 "Replicate placements, as FSDP2 and tensor parallelism give)."
             )
     return groups
+
+
+def _check_gradient(grad, name: str) -> None:
+    """`grad` must be a floating-point tensor: an integer one came back as zeros (the transform cast back to its integer
+    dtype), a list failed with "'list' object has no attribute 'reshape'"."""
+    if not isinstance(grad, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (a gradient), got {type(grad).__name__}.")
+    if not grad.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (a gradient), got dtype {grad.dtype}: its transform, of norm c, "
+            "would be cast back to that dtype (an integer gradient became all zeros). Convert it first, e.g. "
+            "grad.float()."
+        )
+
+
+def _check_pieces(pieces) -> None:
+    """`pieces` of [`NeuralAmplifier.probabilities`] / [`NeuralAmplifier.transform_many`]: `"auto"`, `None` or the
+    `(knots, slope, intercept)` of [`NeuralAmplifier.fast_pieces`]; any other string acted as `"auto"`, silently."""
+    if pieces is None or (isinstance(pieces, str) and pieces == "auto"):
+        return
+    if isinstance(pieces, tuple) and len(pieces) == 3 and all(isinstance(t, torch.Tensor) for t in pieces):
+        return
+    shown = repr(pieces) if isinstance(pieces, str | int | float | bool) else f"a {type(pieces).__name__}"
+    raise ValueError(
+        f"pieces={shown} must be 'auto', None (the direct MLP) or the (knots, slope, intercept) tuple of "
+        "amplifier.fast_pieces(num_entries)."
+    )
 
 
 def _is_int(value) -> bool:
