@@ -93,6 +93,14 @@ def arithmetic_accuracy(eval_pred) -> dict[str, float]:
     labels = np.asarray(labels)
     if preds.ndim == labels.ndim + 1:
         preds = preds.argmax(-1)
+    if labels.ndim != 2 or preds.shape != labels.shape:
+        # one label per row (a classifier's) failed with "IndexError: too many indices for array"; predictions of
+        # another shape with a numpy broadcasting error
+        raise ValueError(
+            f"arithmetic_accuracy expects token labels of shape (rows, sequence) and predictions of that shape (token "
+            f"ids) or with a vocabulary axis (logits); got labels {labels.shape} and predictions "
+            f"{np.shape(eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions)}."
+        )
     pred, target = preds[:, :-1], labels[:, 1:]
     mask = target != -100
     correct = ((pred == target) | ~mask).all(-1)
@@ -140,8 +148,10 @@ def stability_after_target(
     """
     if len(eval_steps) != len(test_accuracy) or len(train_steps) != len(train_loss):
         raise ValueError("steps and values must have the same length (eval_steps/test_accuracy, train_steps/loss).")
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"target={target} must be in (0, 1].")
+    target = python_scalar(target)  # numpy numbers and 0-d tensors too
+    if not is_real(target) or not 0.0 < target <= 1.0:
+        # a string or None failed with "'<' not supported between instances of 'float' and 'str'"
+        raise ValueError(f"target={target!r} must be a number in (0, 1] (an accuracy), e.g. 0.95.")
     # a negative margin counted every evaluation as a drop, a NaN factor never counted a spike
     bounds = {"drop_margin": (drop_margin, 0.0, True), "spike_factor": (spike_factor, 0.0, False)}
     bounds["spike_floor"] = (spike_floor, 0.0, True)

@@ -1,10 +1,12 @@
 """Audit pass 38 (ng45): bad inputs at NeuralGrok's public entry points that gave silently wrong results or raw
 errors."""
 
+import numpy as np
 import pytest
 import torch
+from transformers import EvalPrediction
 
-from hf_ext.neuralgrok import NeuralAmplifier
+from hf_ext.neuralgrok import NeuralAmplifier, arithmetic_accuracy, stability_after_target
 
 
 def test_transform_many_refuses_one_bare_tensor():
@@ -53,3 +55,30 @@ def test_unknown_pieces_option_is_refused():
     assert pieces is not None
     for given in ("auto", None, pieces):
         torch.testing.assert_close(amplifier(grad, pieces=given), amplifier(grad, pieces=None))
+
+
+def test_stability_after_target_refuses_a_target_that_is_not_a_number():
+    """A string or None failed with "'<' not supported between instances of 'float' and 'str'" (steps_to_accuracy
+    named the argument already); numpy and 0-d tensor targets still work."""
+    for target in ("0.9", None, [0.9]):
+        with pytest.raises(ValueError, match="target=.* must be a number in \\(0, 1\\]"):
+            stability_after_target([1, 2], [0.5, 1.0], target=target)
+    expected = stability_after_target([1, 2, 3], [0.5, 0.96, 0.2], target=0.95)
+    assert expected["reached"] and expected["accuracy_drops"] == 1
+    assert stability_after_target([1, 2, 3], [0.5, 0.96, 0.2], target=np.float32(0.95)) == expected
+    assert stability_after_target([1, 2, 3], [0.5, 0.96, 0.2], target=torch.tensor(0.95)) == expected
+
+
+def test_arithmetic_accuracy_refuses_labels_that_are_not_token_rows():
+    """One label per row (a classifier's labels) failed with "IndexError: too many indices for array"; predictions of
+    another shape with a numpy broadcasting error."""
+    with pytest.raises(ValueError, match=r"got labels \(4,\) and predictions \(4,\)"):
+        arithmetic_accuracy(EvalPrediction(predictions=np.zeros(4), label_ids=np.zeros(4)))
+    with pytest.raises(ValueError, match=r"got labels \(3, 4\) and predictions \(2, 4\)"):
+        arithmetic_accuracy(EvalPrediction(predictions=np.zeros((2, 4)), label_ids=np.zeros((3, 4))))
+    labels = np.array([[-100, -100, 2], [-100, -100, 1]])
+    ids = np.array([[0, 2, 0], [0, 0, 0]])  # row 0 right (position 1 predicts 2), row 1 wrong
+    logits = np.eye(3)[ids]
+    assert arithmetic_accuracy(EvalPrediction(predictions=ids, label_ids=labels)) == {"accuracy": 0.5}
+    assert arithmetic_accuracy(EvalPrediction(predictions=logits, label_ids=labels)) == {"accuracy": 0.5}
+    assert arithmetic_accuracy(EvalPrediction(predictions=(logits,), label_ids=labels)) == {"accuracy": 0.5}
