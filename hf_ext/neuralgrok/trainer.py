@@ -1343,9 +1343,11 @@ class GrokkingCallback(TrainerCallback, ExportableState):
                 f"stop_on_target={stop_on_target!r} must be a bool (True or False); a string such as 'false' would "
                 "count as True."
             )
-        self.target = target
+        # stored as Python float / bool: they go into every checkpoint's trainer_state.json, and a numpy float32 target
+        # (or numpy bool) made the first checkpoint fail with "Object of type float32 is not JSON serializable"
+        self.target = float(target)
         self.metric_key = metric_key
-        self.stop_on_target = stop_on_target
+        self.stop_on_target = bool(stop_on_target)
         self._warned_missing = False
         self.steps_to_target: int | None = None
         self.seconds_to_target: float | None = None

@@ -82,3 +82,23 @@ def test_arithmetic_accuracy_refuses_labels_that_are_not_token_rows():
     assert arithmetic_accuracy(EvalPrediction(predictions=ids, label_ids=labels)) == {"accuracy": 0.5}
     assert arithmetic_accuracy(EvalPrediction(predictions=logits, label_ids=labels)) == {"accuracy": 0.5}
     assert arithmetic_accuracy(EvalPrediction(predictions=(logits,), label_ids=labels)) == {"accuracy": 0.5}
+
+
+def test_grokking_callback_numpy_target_checkpoints(tmp_path, tiny_amplified_trainer):
+    """A numpy float32 target (or numpy bool stop_on_target) was accepted and stored as given: the first checkpoint,
+    whose trainer_state.json holds the callback's state, failed with "Object of type float32 is not JSON
+    serializable" after the training steps. Now stored as Python float / bool."""
+    import json
+
+    from hf_ext.neuralgrok import GrokkingCallback
+
+    callback = GrokkingCallback(target=np.float32(0.5), stop_on_target=np.bool_(False))
+    assert type(callback.target) is float and type(callback.stop_on_target) is bool
+    assert callback.target == pytest.approx(0.5)
+    json.dumps(callback.state())
+    trainer = tiny_amplified_trainer(tmp_path, save_strategy="steps", save_steps=1)
+    trainer.add_callback(callback)
+    trainer.train()
+    saved = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
+    states = saved["stateful_callbacks"]["GrokkingCallback"]
+    assert (states[0] if isinstance(states, list) else states)["args"]["target"] == 0.5
