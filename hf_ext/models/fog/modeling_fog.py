@@ -924,6 +924,19 @@ def load_authors_state_dict(model: FogForCausalLM, state_dict: dict[str, torch.T
             f"load_authors_state_dict: checkpoint does not match the config (missing {missing[:8]}, unexpected "
             f"{unexpected[:8]}); check that the config.json belongs to these weights."
         )
+    # Only a difference in size-1 dimensions is reshaped (a scalar xIELU alpha stored as () or (1,)): a weight of
+    # another shape that holds as many elements (e.g. transposed) would otherwise load as a silently scrambled matrix.
+    wrong = [
+        f"{key} {tuple(value.shape)} (model {tuple(own[key].shape)})"
+        for key, value in converted.items()
+        if [d for d in value.shape if d != 1] != [d for d in own[key].shape if d != 1]
+    ]
+    if wrong:
+        raise ValueError(
+            f"load_authors_state_dict: {len(wrong)} weight(s) have another shape than the config gives "
+            f"({', '.join(wrong[:4])}{', ...' if len(wrong) > 4 else ''}); check that the config.json belongs to "
+            "these weights."
+        )
     with torch.no_grad():
         for key, value in converted.items():
             own[key].copy_(value.to(own[key].dtype).reshape(own[key].shape))
