@@ -18,6 +18,7 @@ import re
 import sys
 import weakref
 from collections.abc import Callable
+from numbers import Integral
 
 import torch
 from torch import nn
@@ -126,6 +127,8 @@ def fp8_target_filter(
     layer's `base_layer` is selected) and names matching a regex of `skip_modules`. Usable as torchao's
     `module_filter_fn` and accelerate's `AORecipeKwargs(module_filter_func=...)` (accelerate's default would also skip
     the first block linear)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fp8_target_filter: model must be a torch.nn.Module, got {type(model).__name__}.")
     _check_switches("fp8_target_filter", include_lm_head=include_lm_head)
     patterns = _compile_skip_modules(skip_modules)
     kept_out = _peft_adapter_names(model) | (set() if include_lm_head else _output_embedding_names(model))
@@ -741,6 +744,8 @@ def _convert_te(model, names, fp8_format, history, algo, margin, amax_reduction_
 def te_fp8_shape_ok(rows: int | None) -> bool:
     """Whether Transformer Engine can run this forward's block GEMMs in FP8: the token count (GEMM rows) must be a
     multiple of 8 (feature sizes, multiples of 16, are checked at conversion). `None` (unknown) is allowed."""
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, Integral) or rows < 0):
+        raise ValueError(f"te_fp8_shape_ok: rows must be a token count (an int >= 0) or None, got {rows!r}.")
     return rows is None or rows % 8 == 0
 
 

@@ -163,6 +163,10 @@ class KurtosisMonitor:
         if isinstance(sites, str):
             raise ValueError(f"KurtosisMonitor: sites must be a list of site names, e.g. sites=[{sites!r}].")
         if sites is not None:
+            if not isinstance(sites, (list, tuple, set, frozenset)) or not all(isinstance(s, str) for s in sites):
+                raise ValueError(
+                    f"KurtosisMonitor: sites must be a list of site names (from {sorted(SITES)}), got {sites!r:.80}."
+                )
             unknown = sorted(set(sites) - set(SITES))
             if unknown:
                 raise ValueError(f"KurtosisMonitor: unknown sites {unknown}; choose from {sorted(SITES)}.")

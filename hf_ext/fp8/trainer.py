@@ -48,6 +48,8 @@ def load_fp8_state(model, folder: str) -> bool:
         `ValueError` when the file holds the state of other layers than the model's, or a buffer of another shape
         (e.g. written with another `amax_history_len`); nothing is loaded then.
     """
+    if not isinstance(folder, str | os.PathLike):
+        raise TypeError(f"load_fp8_state: folder must be a path (str or os.PathLike), got {type(folder).__name__}.")
     own = _peft_fp8_buffers(model)
     path = os.path.join(folder, FP8_STATE_FILE)
     if not own or not os.path.isfile(path):
