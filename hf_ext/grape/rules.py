@@ -48,7 +48,17 @@ def _real_vector(values, name: str) -> torch.Tensor:
             raise TypeError(
                 f"{name} must hold real numbers (not bools, strings or None), got {value!r} in {items!r:.80}."
             )
-    return torch.as_tensor(items, dtype=torch.float64)
+    if not any(isinstance(v, (list, tuple, np.ndarray, torch.Tensor)) and np.ndim(v) > 0 for v in items):
+        # numbers one by one: torch.as_tensor on a list of 0-d numpy arrays failed with a bare "len() of unsized object"
+        return torch.tensor(
+            [float(v.detach() if isinstance(v, torch.Tensor) else v) for v in items], dtype=torch.float64
+        )
+    try:
+        return torch.as_tensor(items, dtype=torch.float64)  # nested rows: refused by their shape by the caller
+    except (TypeError, ValueError, RuntimeError) as err:  # ragged rows, or rows mixed with numbers
+        raise ValueError(
+            f"{name} must be a 1-D vector of real numbers, got ragged or nested values {items!r:.80}."
+        ) from err
 
 
 def _as_weights(weights, name: str) -> torch.Tensor:

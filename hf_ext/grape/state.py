@@ -25,6 +25,16 @@ _SCHEDULE_VERSIONS = itertools.count()
 STATE_TENSORS = "grape_state.safetensors"
 STATE_JSON = "grape_state.json"
 MIXTURE_FORMAT = "hf_ext.grape.mixture"
+#: The tensors `MixtureState.save` writes into `STATE_TENSORS`.
+STATE_TENSOR_NAMES = (
+    "domain_weights",
+    "task_weights",
+    "domain_weight_sum",
+    "task_weight_sum",
+    "domain_ema_loss",
+    "task_ema_loss",
+    "schedule_weights",
+)
 
 
 def is_weight_number(value) -> bool:
@@ -123,6 +133,21 @@ class MixtureState:
             self.domain_ema_loss = torch.full((k,), float("nan"), dtype=torch.float64)
         if self.task_ema_loss is None:
             self.task_ema_loss = torch.full((n,), float("nan"), dtype=torch.float64)
+        # one entry per name: a vector of another length used to be accepted and failed at the next update with a
+        # bare "size of tensor a (3) must match the size of tensor b (2)"
+        for arg, names in (
+            ("domain_weight_sum", self.domain_names),
+            ("task_weight_sum", self.task_names),
+            ("domain_ema_loss", self.domain_names),
+            ("task_ema_loss", self.task_names),
+        ):
+            value = getattr(self, arg)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (len(names),):
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(
+                    f"{arg} must be a tensor of shape ({len(names)},), one entry per name in {names}, got {shape}; "
+                    "leave it None to start from zero (sums) or NaN (EMA losses)."
+                )
         if not self.schedule:
             self.schedule = [(0, self.domain_weights.clone())]
         self.schedule_version = next(_SCHEDULE_VERSIONS)
@@ -199,7 +224,7 @@ class MixtureState:
         """Write `grape_state.safetensors` and `grape_state.json` into `directory` (the JSON also records
         `reweight_method`, the method of the run, when given: a resume refuses a checkpoint of another method; and
         `options`, the run's settings that shape the mixture trajectory, which a resume must not change)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         os.makedirs(directory, exist_ok=True)
         tensors = {
@@ -211,9 +236,10 @@ class MixtureState:
             "task_ema_loss": self.task_ema_loss,
             "schedule_weights": torch.stack([w for _, w in self.schedule]),
         }
-        tmp = os.path.join(directory, f".{STATE_TENSORS}.tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, os.path.join(directory, STATE_TENSORS))  # atomic: never a half-written state
+        # atomic: never a half-written state, and no temporary file left behind when the write fails (a fixed-name
+        # `.tmp` written by `save_file` used to stay in the folder)
+        with atomic_open(os.path.join(directory, STATE_TENSORS), "wb") as fh:
+            fh.write(save({k: v.contiguous() for k, v in tensors.items()}))
         meta = {
             "domain_names": self.domain_names,
             "task_names": self.task_names,
@@ -245,15 +271,28 @@ class MixtureState:
             t = load_file(tensor_path)
             with open(json_path, encoding="utf-8") as fh:
                 meta = json.load(fh)
-            missing = [k for k in ("domain_names", "task_names", "schedule_positions", "trajectory") if k not in meta]
+            fields = ("domain_names", "task_names", "domain_updates", "task_updates", "schedule_positions")
+            missing = [k for k in (*fields, "trajectory") if k not in meta]
             if missing:
                 raise ValueError(f"fields {missing} are missing")
+            missing = [k for k in STATE_TENSOR_NAMES if k not in t]
+            if missing:  # a bare KeyError naming the tensor used to escape
+                raise ValueError(f"tensors {missing} are missing")
         except (OSError, ValueError, KeyError, SafetensorError) as err:  # JSONDecodeError is a ValueError
             raise ValueError(
                 f"The mixture state in {directory!r} ({STATE_TENSORS} / {STATE_JSON}) is corrupt or truncated ({err}); "
                 "resume from an earlier checkpoint or start the run again."
             ) from err
-        schedule = [(int(p), w.clone()) for p, w in zip(meta["schedule_positions"], t["schedule_weights"])]
+        positions, rows = meta["schedule_positions"], t["schedule_weights"]
+        if not isinstance(positions, list) or len(positions) != len(rows):
+            # `zip` used to drop the unmatched entries: the resumed sampler then drew with a shortened schedule
+            raise ValueError(
+                f"The mixture state in {directory!r} is inconsistent: {STATE_JSON} lists "
+                f"{len(positions) if isinstance(positions, list) else positions!r} schedule positions but "
+                f"{STATE_TENSORS} holds {len(rows)} schedule weight rows (files of two different saves?); resume from "
+                "an earlier checkpoint or start the run again."
+            )
+        schedule = [(int(p), w.clone()) for p, w in zip(positions, rows)]
         return cls(
             domain_names=list(meta["domain_names"]),
             task_names=list(meta["task_names"]),
