@@ -535,6 +535,41 @@ class PerExampleGradients:
             sorted(model_input_names(model)), pad_token_id=self.pad_token_id, causal_lm_labels=self.causal_lm
         )
         self._params = dict(model.named_parameters())
+        try:
+            embedding = model.get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            embedding = None
+        if hasattr(embedding, "get_base_layer"):  # a peft adapter on the embedding
+            embedding = embedding.get_base_layer()
+        #: Rows of the model's input embedding (`None` when it is not an `nn.Embedding`): the range `input_ids` are
+        #: checked against (see `_check_token_ids`); Idefics' decoupled embedding adds `num_additional_embeddings`.
+        self.embedding_rows = None
+        if isinstance(embedding, torch.nn.Embedding):
+            extra = getattr(embedding, "num_additional_embeddings", 0)
+            self.embedding_rows = embedding.num_embeddings + (extra if isinstance(extra, int) else 0)
+
+    def _check_token_ids(self, example: Mapping, index: int) -> None:
+        """Refuse `input_ids` outside the model's input embedding by example and id: they failed in the forward with
+        a bare `IndexError: index out of range in self` naming no example (a CUDA device-side assert on GPU). Examples
+        that carry images (`pixel_values`, `image_sizes`) are left to the model: vision-language models replace
+        placeholder ids, which may lie outside the embedding, before it."""
+        ids = example.get("input_ids")
+        if self.embedding_rows is None or ids is None or isinstance(ids, int | float):
+            return
+        if any(example.get(key) is not None for key in _STACKED_INPUTS):  # images: placeholder ids are the model's
+            return
+        ids = torch.as_tensor(ids)
+        if ids.numel() == 0 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            return
+        bad = (ids < 0) | (ids >= self.embedding_rows)
+        if bool(bad.any()):
+            position = int(bad.flatten().nonzero()[0])
+            raise ValueError(
+                f"example {index} has input_ids {int(ids.flatten()[position])} (at position {position}) outside the "
+                f"model's input embedding of {self.embedding_rows} rows (ids 0..{self.embedding_rows - 1}): was the "
+                "dataset tokenized with another tokenizer? Tokenize it with the model's tokenizer, or, if the "
+                "tokenizer added tokens, resize the embedding first (`model.resize_token_embeddings(len(tokenizer))`)."
+            )
 
     def _device(self) -> torch.device:
         return self._params[self.tracked[0].name].device
@@ -685,6 +720,7 @@ class PerExampleGradients:
                     "or multi-output target is a floating-point vector)."
                 )
         trimmed = self._trimmed(example, index, n, vector)
+        self._check_token_ids(trimmed, index)  # on the ids the model embeds (stored padding cut)
         if self.causal_lm:  # on the row as it is differentiated (stored padding cut)
             self._check_labelled_next_token(trimmed, index)
         return trimmed
