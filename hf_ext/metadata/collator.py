@@ -569,16 +569,53 @@ def check_document_attention(model) -> None:
             module.training = training
     leak = float((packed[0] - packed[1]).abs().max())
     reference = float((whole_row[0] - whole_row[1]).abs().max())
-    if not (math.isfinite(leak) and math.isfinite(reference)) or reference == 0.0 or leak <= 0.1 * reference:
+    recurrent = _recurrent_layer_types(model)
+    # A recurrent layer's carried state is small in a randomly initialised model (Jamba: 0.0035 against 0.53, Falcon-H1
+    # 0.00089 against 0.60 with the whole-row mask), but nothing resets it at a document start: any change is a leak.
+    tolerance = 1e-4 if recurrent else 0.1
+    if not (math.isfinite(leak) and math.isfinite(reference)) or reference == 0.0 or leak <= tolerance * reference:
         return
-    raise ValueError(
+    measured = (
         f"{type(model).__name__} does not keep packed documents apart: with document_attention=True (the default "
         "when packing) a document's logits change with the document before it in its row (by "
-        f"{leak:.3g}, where one causal mask over the whole row changes them by {reference:.3g}). transformers "
-        "derives per-document masks from restarting position_ids only in models that pass them to "
-        "masking_utils.create_causal_mask (OPT, Bloom, MPT, BioGPT and XGLM do not), so every document would "
-        "attend to its predecessors while its positions restart. Pass MetadataCollator(document_attention=False) "
-        "(plain packing: one mask over the row, positions through it; the recipe's --document_attention false) "
-        "or block_size=None (one padded document per row), or use a model whose attention follows position_ids "
-        "(Llama, Mistral, Qwen2, GPT-2, FOG, ...)."
+        f"{leak:.3g}, where one causal mask over the whole row changes them by {reference:.3g})."
     )
+    if recurrent:
+        cause = (
+            f" Its layers of type {recurrent} (state-space / recurrent / linear-attention mixers such as Mamba) carry "
+            "their state from one document to the next along the row: restarting position_ids reset the attention "
+            "masks, not that state, so every document would see its predecessors through it. Pass block_size=None "
+            "(one padded document per row) to keep documents apart, or MetadataCollator(document_attention=False) "
+            "(plain packing: documents see their predecessors, positions run through the row; the recipe, which "
+            "always packs, takes --document_attention false)."
+        )
+    else:
+        cause = (
+            " transformers derives per-document masks from restarting position_ids only in models that pass them to "
+            "masking_utils.create_causal_mask (OPT, Bloom, MPT, BioGPT and XGLM do not), so every document would "
+            "attend to its predecessors while its positions restart. Pass MetadataCollator(document_attention=False) "
+            "(plain packing: one mask over the row, positions through it; the recipe's --document_attention false) "
+            "or block_size=None (one padded document per row), or use a model whose attention follows position_ids "
+            "(Llama, Mistral, Qwen2, GPT-2, FOG, ...)."
+        )
+    raise ValueError(measured + cause)
+
+
+#: `layer_types` / `layers_block_type` entries of transformers configs for layers that carry a state along the sequence
+#: (Mamba / Mamba2 mixers, linear attention, Falcon-H1's parallel attention + Mamba "hybrid" layers).
+_RECURRENT_LAYER_TYPES = frozenset({"linear_attention", "hybrid", "mamba", "mamba2", "recurrent", "rwkv"})
+
+
+def _recurrent_layer_types(model) -> list[str]:
+    """The layer types of `model`'s (text) config that carry a state along the sequence, sorted; `[]` for none."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return []
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    found = set()
+    for attr in ("layer_types", "layers_block_type"):
+        value = getattr(config, attr, None)
+        if isinstance(value, list | tuple):
+            found |= {t for t in value if isinstance(t, str) and t in _RECURRENT_LAYER_TYPES}
+    return sorted(found)
