@@ -866,7 +866,7 @@ def _resolved_record(record: dict) -> dict:
     }
 
 
-def _comparable_record(record: dict) -> dict:
+def _comparable_record(record: dict, none_means: dict | None = None) -> dict:
     """`record` with the values that spell one setting in several ways made one: `config_overrides` as the overrides
     it parses to (`"b=2, a=1"` is `"a=1,b=2"`, an empty one none), and a `num_key_value_heads` of None (the default:
     one per attention head) as the record's `num_attention_heads`. A resume that gave a recorded flag another spelling
@@ -886,6 +886,9 @@ def _comparable_record(record: dict) -> dict:
             out["config_overrides"] = _json.dumps(parsed, sort_keys=True) if parsed else None
     if out.get("num_key_value_heads", 0) is None and "num_attention_heads" in out:
         out["num_key_value_heads"] = out["num_attention_heads"]
+    for key, value in (none_means or {}).items():  # a recipe's flag whose default (None) is this value
+        if key in out and out[key] is None:
+            out[key] = value
     return out
 
 
@@ -1005,13 +1008,15 @@ def write_run_record(
         )
 
 
-def check_run_record(folder: str, name: str, now: dict, shapes: str) -> None:
+def check_run_record(folder: str, name: str, now: dict, shapes: str, none_means: dict | None = None) -> None:
     """On resume, before any work: the interrupted run's record (`folder/name`, written by [`write_run_record`] when it
     started) must hold `now`'s values. A difference raises `ValueError` naming each flag, the interrupted run's value
     and the flags that continue it; an unreadable record is an error too. A run started before hf_ext wrote the record
     (no file), or a flag the record lacks, is resumed with a warning: it cannot be checked. `shapes`: what those flags
     shape, for the message (e.g. "the equations, their split and the model"). Local paths are compared resolved, on
-    both sides (a record written before they were recorded resolved holds them as given)."""
+    both sides (a record written before they were recorded resolved holds them as given). `none_means`: flags whose
+    None (left unset) the recipe resolves to a fixed value, compared as that value (pretrain's `--intermediate_size`:
+    unset is 384, so `--intermediate_size 384` continues a run that left it unset)."""
     import logging
 
     log = logging.getLogger(__name__)
@@ -1035,7 +1040,7 @@ def check_run_record(folder: str, name: str, now: dict, shapes: str) -> None:
             path,
             ", ".join("--" + k for k in unrecorded),
         )
-    same_saved, same_now = _comparable_record(saved), _comparable_record(now)
+    same_saved, same_now = _comparable_record(saved, none_means), _comparable_record(now, none_means)
     changed = [k for k in now if k in saved and same_saved[k] != same_now[k]]
     if changed:
         diffs = "; ".join(

@@ -418,12 +418,12 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     # at --max_steps is of this run, finished: it is restored, see `train_or_restore_finished`)
     check_checkpoint_folders(training_args.resume_from_checkpoint, [training_args.output_dir], training_args.max_steps)
     if training_args.resume_from_checkpoint:  # the data and model of the run that wrote it (its folder's record)
-        from ._common import check_run_record, checkpoint_run_folder, refuse_checkpoints_of_another_run
+        from ._common import checkpoint_run_folder, refuse_checkpoints_of_another_run
 
         run_folder = checkpoint_run_folder(
             training_args.resume_from_checkpoint, training_args.output_dir, RUN_RECORD_NAME
         )
-        check_run_record(run_folder, RUN_RECORD_NAME, _run_record(model_args, data_args), "the data and model")
+        check_resume_run_record(run_folder, model_args, data_args)
         # a checkpoint of another folder's run: not beside the checkpoints of yet another run (`write_run_record`)
         refuse_checkpoints_of_another_run(training_args.resume_from_checkpoint, run_folder, training_args.output_dir)
 
@@ -447,6 +447,22 @@ def _run_record(model_args, data_args) -> dict:
         **{name: getattr(model_args, name) for name in _RECORD_MODEL_FLAGS},
         **{name: getattr(data_args, name) for name in _RECORD_DATA_FLAGS},
     }
+
+
+def check_resume_run_record(run_folder: str, model_args, data_args) -> None:
+    """A resume's data and model flags against the run record in `run_folder` (`check_run_record`). An unset
+    `--intermediate_size` is DEFAULT_INTERMEDIATE_SIZE wherever the flag is accepted (fog's SwiGLU width, another
+    architecture's width field; one without such a field refuses the flag), so `--intermediate_size 384` continues a
+    run that left it unset (it was refused as another model)."""
+    from ._common import check_run_record
+
+    check_run_record(
+        run_folder,
+        RUN_RECORD_NAME,
+        _run_record(model_args, data_args),
+        "the data and model",
+        none_means={"intermediate_size": DEFAULT_INTERMEDIATE_SIZE},
+    )
 
 
 def check_wsd_kwargs(training_args: TrainingArguments) -> None:
