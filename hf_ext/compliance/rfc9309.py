@@ -248,6 +248,22 @@ def _decode_bytes(body: bytes) -> str:
     return body.decode("utf-8", errors="surrogateescape")
 
 
+# A byte order mark, or a leading part of one, in a text: U+FEFF, or the surrogate escapes of its bytes (what decoding
+# `EF BB`, or `EF`, followed by anything but the rest of the mark gives with errors="surrogateescape").
+_BOM_TEXTS = ("\ufeff", "\udcef\udcbb\udcbf", "\udcef\udcbb", "\udcef")
+
+
+def _without_bom(text: str) -> str:
+    """`text` without one leading byte order mark, or leading part of one as the surrogate escapes of its bytes: what
+    `_decode_bytes` skips from the bytes `text` stands for. A str holding `b"\\xef\\xbbUser-agent: *"` decoded with
+    surrogateescape used to keep the escapes, which spoiled its first line: the bytes disallowed a URL its str
+    allowed."""
+    for mark in _BOM_TEXTS:
+        if text.startswith(mark):
+            return text[len(mark) :]
+    return text
+
+
 def _encode_bytes(text: str) -> bytes:
     """The bytes that `_decode_bytes` (and Google's parser) read as the text the parser reads from `text`: its UTF-8,
     each surrogate escape written as the byte it stands for, and a byte order mark in front where the bytes would
@@ -274,7 +290,7 @@ def _decode(body: str | bytes) -> str:
         body = bytes(body)
         return _decode_bytes(_without_cut_line(body[:MAX_ROBOTS_BYTES], body[MAX_ROBOTS_BYTES : MAX_ROBOTS_BYTES + 1]))
     head = _cut_utf8(body, MAX_ROBOTS_BYTES)
-    return _without_cut_line(head, body[len(head) : len(head) + 1]).removeprefix("\ufeff")
+    return _without_bom(_without_cut_line(head, body[len(head) : len(head) + 1]))
 
 
 _ONE_BYTE = re.compile("[\udc80-\udcff]")

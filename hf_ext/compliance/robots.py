@@ -73,7 +73,11 @@ def status_class(text: str | None, status: int | None, error: str | None = None)
         from ..utils.checks import is_int
 
         if not is_int(status):  # a str "200" or a float would be misread (or fail in a comparison)
-            raise TypeError(f"status must be an int HTTP status or None, got {status!r} ({type(status).__name__}).")
+            # a 0-d tensor (a torch-formatted dataset row) is refused like in `record_from_response`: pass int(status)
+            raise TypeError(
+                f"status must be an int HTTP status or None, got {status!r} ({type(status).__name__}); pass e.g. "
+                "int(status)."
+            )
     if 200 <= status < 300:
         return "available" if text is not None else "missing"
     if 300 <= status < 500:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..utils.checks import is_int, is_real
-from .rfc9309 import MAX_ROBOTS_BYTES, _decode_bytes, _encode_bytes, _without_cut_line
+from .rfc9309 import MAX_ROBOTS_BYTES, _decode_bytes, _encode_bytes, _without_bom, _without_cut_line
 from .robots import _ESCAPED_BYTE, STATUS_CLASSES, normalize_host, status_class
 
 _META_FILE = "_snapshot.json"
@@ -178,19 +178,32 @@ def _decode(text, host: str = "") -> str | None:
     """The text a store keeps for `text`, read by the parser as it reads `text` itself: bytes decoded as the parser
     decodes them (one byte order mark skipped, UTF-8 with each byte that is not UTF-8 kept as its surrogate escape,
     `errors="surrogateescape"`: byte 0xE9 is U+DCE9, which a rule matches as `%E9` and the parser's 500 KiB and line
-    limits count as one byte; see `_cut_utf8`), a str with one leading U+FEFF removed (a str holding surrogate escapes,
-    e.g. `body.decode("utf-8", "surrogateescape")`, in the form decoding its bytes gives). A second byte order mark is
-    content to the parser (it spoils the first line, as in Google's parser), so a text that still starts with one
-    keeps the mark the parser skips in front of it."""
+    limits count as one byte; see `_cut_utf8`), a str with one leading byte order mark, or leading part of one as the
+    surrogate escapes of its bytes, removed (a str holding surrogate escapes, e.g. `body.decode("utf-8",
+    "surrogateescape")`, in the form decoding its bytes gives: the same text and decisions as those bytes). A second
+    byte order mark is content to the parser (it spoils the first line, as in Google's parser), so a text that still
+    starts with one (or with U+DCEF, the escape of byte 0xEF) keeps the mark the parser skips in front of it."""
     if text is None:
         return None
     if isinstance(text, bytes | bytearray):
         text = _decode_bytes(bytes(text))
     elif isinstance(text, str):
-        text = _escaped_bytes_form(text, host).removeprefix("\ufeff")
+        text = _without_bom(_escaped_bytes_form(text, host))
     else:
         raise TypeError(f"robots.txt text must be str, bytes or None, got {type(text).__name__}.")
-    return "\ufeff" + text if text.startswith("\ufeff") else text
+    # a text that starts like a mark (U+FEFF, or U+DCEF: the escape of byte 0xEF) keeps a U+FEFF in front of it, the
+    # one mark the parser skips, so the parser reads the rest as content
+    return "\ufeff" + text if text.startswith(("\ufeff", "\udcef")) else text
+
+
+def _stored_text(text):
+    """A text read from a JSONL or Parquet snapshot (a string column), given to `add` as the text it meant when it
+    was saved: snapshots written before 2026-12-07 kept a text starting with U+DCEF (content after a skipped byte
+    order mark, e.g. of the bytes `EF BB BF EF BB ...`) without the U+FEFF in front that `_decode` now adds; read as
+    a str given to `add`, its U+DCEF would be skipped as a partial mark and the decision would change."""
+    if isinstance(text, str) and text.startswith("\udcef"):
+        return "\ufeff" + text
+    return text
 
 
 def _escaped_bytes_form(text: str, host: str) -> str:
@@ -618,7 +631,7 @@ class RobotsTxtStore(Mapping):
                     "robots_txt (null for a host without robots.txt)."
                 )
             store._add_loaded(
-                seen, f"{path}: record {i}", row["host"], row.get("robots_txt"), row.get("fetched_at"),
+                seen, f"{path}: record {i}", row["host"], _stored_text(row.get("robots_txt")), row.get("fetched_at"),
                 _file_status(row.get("status")), row.get("error"), **_history_read(row),
             )  # fmt: skip
         return store
