@@ -106,3 +106,48 @@ def test_iterable_dataset_on_two_ranks_switches_and_counts_as_one_process(tmp_pa
         assert r["packed"]["micro_batches"] == packed_reference["micro_batches"]
         assert r["packed"]["logged"] == packed_reference["logged"]
         assert r["packed"]["use_cache"] == ["False"]
+
+
+@pytest.mark.distributed
+def test_two_ranks_train_what_one_process_trains_at_twice_the_batch_and_resume_on_two_or_one(tmp_path, ddp_checks):
+    """MetadataTrainer with a cooldown and metadata dropout, a map-style dataset (scripts/ddp_scale.py): 2 ranks x 2
+    documents train the parameters one process trains at 4 (documents of 2 to 20 words: the ranks' micro-batches hold
+    different token counts, which transformers averages over the ranks), switch after the same step and log the same
+    values; both ranks hold the same parameters; the 2-rank checkpoint-3 resumes bit for bit on 2 ranks, and on one
+    process at 4 documents a step to the same parameters. Packed rows (`block_size`) are identical on both ranks; they
+    are packed per micro-batch, so a document is cut where its own micro-batch's rows end (2 x 2 documents are other
+    rows than 4 documents in one process: not compared)."""
+    import importlib.util
+
+    import torch
+
+    from hf_ext.data import build_tokenizer
+    from hf_ext.metadata import add_context_tokens
+
+    script = os.path.join(os.path.dirname(__file__), "scripts", "ddp_scale.py")
+    spec = importlib.util.spec_from_file_location("ddp_scale", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = ddp_checks[0] / "ddp_scale"
+
+    def launched(run, rank):
+        params = torch.load(out / run / f"params_rank{rank}.pt", weights_only=True)
+        return params, json.loads((out / run / f"logs_rank{rank}.json").read_text())
+
+    for run in ("padded", "resumed", "packed"):
+        (p0, logs0), (p1, logs1) = launched(run, 0), launched(run, 1)
+        assert torch.equal(p0, p1) and logs0 == logs1, run
+    two, two_logs = launched("padded", 0)
+    tok = build_tokenizer(512)
+    add_context_tokens(tok)
+    one, one_logs = module.run(str(tmp_path / "one"), tok, batch_size=4)
+    assert [v[1] for v in one_logs.values()] == [1, 1, 1, 0, 0, 0]  # the cooldown after step 3 of 6
+    assert [v[1:] for v in two_logs.values()] == [v[1:] for v in one_logs.values()]
+    assert [v[0] for v in two_logs.values()] == pytest.approx([v[0] for v in one_logs.values()], rel=1e-6)
+    torch.testing.assert_close(two, one, rtol=0, atol=1e-5)
+    assert (two - one).norm() / one.norm() < 1e-6  # 1.4e-7 (float32 sums in another order)
+    resumed, resumed_logs = launched("resumed", 0)
+    assert torch.equal(resumed, two) and resumed_logs == two_logs
+    alone, alone_logs = module.run(str(tmp_path / "alone"), tok, batch_size=4, resume=str(out / "padded_checkpoint-3"))
+    assert [v[1:] for v in alone_logs.values()] == [v[1:] for v in two_logs.values()]
+    torch.testing.assert_close(alone, two, rtol=0, atol=1e-5)
