@@ -213,6 +213,15 @@ def test_two_ranks_keep_amplifier_identical(tmp_path, launch, repo_root, outer_g
         return
     for rank in (0, 1):
         assert logged(launched / "resumed" / f"log_rank{rank}.json") == expected, rank
+    # the 2-rank checkpoint-3 resumed in one process at 8 rows (both ranks' rows): the uninterrupted run's logs (the
+    # accuracy window and loss windows of both ranks come back as their sum / mean) and its amplifier (float32 model:
+    # the 2-rank and one-process gradients differ in the last bits)
+    alone = script.make_trainer(str(tmp_path / "alone"), outer_gradient, batch_size=8)
+    alone.train(resume_from_checkpoint=str(launched / "checkpoint-3"))
+    assert accuracies(alone.state.log_history) == expected
+    resumed_amplifier = {k: v.detach().cpu() for k, v in alone.amplifier.state_dict().items()}
+    two = torch.load(launched / "amplifier_rank0.pt", weights_only=True)
+    assert max(float((two[name] - tensor).abs().max()) for name, tensor in resumed_amplifier.items()) < 1e-6
     # rows with 1 to 3 labelled tokens (float64): the ranks' and micro-batches' token counts differ, and the outer set
     # is cut into batches of 4 rows on 2 ranks, of 8 in one process. The outer loss, the token mean of the whole outer
     # set, does not depend on that: the amplifiers agree (they were 1e-4 apart while each outer batch was weighted by
@@ -223,6 +232,13 @@ def test_two_ranks_keep_amplifier_identical(tmp_path, launch, repo_root, outer_g
     for name, tensor in one.amplifier.state_dict().items():
         torch.testing.assert_close(
             two[name], tensor.detach().cpu(), rtol=0, atol=1e-12, msg=lambda text, name=name: f"{name}: {text}"
+        )
+    # and the model: 2 ranks x 4 rows (different token counts, averaged over the ranks by transformers) train the
+    # parameters one process trains at 8 rows (5.5e-12 apart in float64)
+    two_model = torch.load(launched / "model_unequal_rank0.pt", weights_only=True)
+    for name, tensor in one.model.state_dict().items():
+        torch.testing.assert_close(
+            two_model[name], tensor.detach().cpu(), rtol=0, atol=1e-10, msg=lambda text, name=name: f"{name}: {text}"
         )
     calls = [json.loads((launched / f"recipe_calls_rank{rank}.json").read_text()) for rank in (0, 1)]
     assert calls[0]["write_outputs"] == calls[0]["clear_previous_results"] == 1

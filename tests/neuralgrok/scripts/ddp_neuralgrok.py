@@ -4,10 +4,10 @@ Every rank writes OUT_DIR/log_rank<rank>.json (its `log_history`; the test compa
 one process at twice the batch, `make_trainer(..., batch_size=8)`); rank 0 writes OUT_DIR/amplifier_rank0.pt (the
 trained amplifier's `state_dict`; the test compares it with that one-process run's). With `recompute` the script also
 resumes the run from its checkpoint-3 on 2 ranks (OUT_DIR/resumed/log_rank<rank>.json), trains the float64 run with 1 to
-3 labelled tokens per row (`make_trainer(..., unequal_labels=True)`; rank 0 writes its amplifier to
-OUT_DIR/amplifier_unequal_rank0.pt) and runs the neuralgrok recipe on 2 ranks, recording on every rank which of the
-recipe's writers it called (OUT_DIR/recipe_calls_rank<rank>.json; the recipe's files in OUT_DIR/recipe). The recipe
-tears the process group down: it runs last.
+3 labelled tokens per row (`make_trainer(..., unequal_labels=True)`; rank 0 writes its amplifier and its model to
+OUT_DIR/amplifier_unequal_rank0.pt and OUT_DIR/model_unequal_rank0.pt) and runs the neuralgrok recipe on 2 ranks,
+recording on every rank which of the recipe's writers it called (OUT_DIR/recipe_calls_rank<rank>.json; the recipe's
+files in OUT_DIR/recipe). The recipe tears the process group down: it runs last.
 
 Usage: ddp_neuralgrok.py OUT_DIR [recompute|next_step] (the outer step's gradient, `NeuralGrokConfig.outer_gradient`).
 `ddp_neuralgrok.py OUT_DIR next_step recompute` runs both in one launch, each into OUT_DIR/<outer_gradient> (recompute
@@ -125,6 +125,8 @@ def check(out_dir: str, outer_gradient: str) -> None:
         if rank == 0:
             torch.save({k: v.detach().cpu() for k, v in unequal.amplifier.state_dict().items()},
                        os.path.join(out_dir, "amplifier_unequal_rank0.pt"))  # fmt: skip
+            torch.save({k: v.detach().cpu() for k, v in unequal.model.state_dict().items()},
+                       os.path.join(out_dir, "model_unequal_rank0.pt"))  # fmt: skip
         run_recipe(out_dir, rank)
     print(f"rank {rank} {outer_gradient}: OK", flush=True)
 
