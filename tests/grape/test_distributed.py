@@ -63,3 +63,29 @@ def test_two_rank_resume_inside_epoch_one_equals_uninterrupted_run(ddp_runs):
     fp0, fp1 = resumed["model_fingerprints"]
     assert fp0 == fp1  # the ranks' models agree and equal the uninterrupted run's
     assert fp0 == pytest.approx(full["model_fingerprints"][0], rel=1e-6)
+
+
+@pytest.mark.distributed
+def test_two_ranks_train_the_one_process_stream_at_twice_the_batch(ddp_runs, repo_root, tmp_path):
+    """2 ranks x 2 sequences (scripts/ddp_grape_scale.py, uniform mixture): every step's global batch, rank 0's rows
+    then rank 1's, is the batch one process draws at 4 sequences, and the parameters agree (5.9e-7 apart: float32
+    sums in another order); both ranks hold the same parameters."""
+    import os
+    import sys
+
+    import torch
+
+    sys.path.insert(0, os.path.join(repo_root, "tests", "grape", "scripts"))
+    from ddp_grape_scale import run
+
+    out = ddp_runs / "scale"
+    ranks = [json.loads((out / f"steps_rank{r}.json").read_text()) for r in (0, 1)]
+    params = [torch.load(out / f"params_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert torch.equal(params[0], params[1])
+    steps, one = run(str(tmp_path), 4)
+    assert [s for s, _ in steps] == [s for s, _ in ranks[0]] == [s for s, _ in ranks[1]] == [1, 2, 3, 4, 5, 6]
+    for (step, batch), (_, first), (_, second) in zip(steps, *ranks, strict=True):
+        assert first + second == batch, f"step {step}: the ranks trained other rows than one process"
+    assert first != second  # each rank its own rows
+    torch.testing.assert_close(params[0], one, rtol=0, atol=1e-5)
+    assert (params[0] - one).norm() / one.norm() < 1e-6
