@@ -129,7 +129,9 @@ def check_compatible_states(
     label = list(names) if names is not None else [f"`{argument}[{i}]`" for i in range(len(states))]
     ref = states[0]
     ref_keys = set(ref)
-    for i, sd in enumerate(states[1:], start=1):
+    for i, sd in enumerate(states):  # not states[1:]: a deque is a Sequence that cannot be sliced
+        if i == 0:
+            continue
         keys = set(sd)
         if keys != ref_keys:
             missing, extra = sorted(ref_keys - keys)[:3], sorted(keys - ref_keys)[:3]
