@@ -359,7 +359,8 @@ def clip_update(update: Mapping[str, torch.Tensor], max_norm: float) -> dict[str
 def _check_lora_scaling(scaling, argument: str = "lora_scaling") -> float:
     if scaling is None:
         raise ValueError(f"`{argument}` (lora_alpha / r) is required for mode='merge_then_average'.")
-    if isinstance(scaling, bool) or not isinstance(scaling, int | float) or not (0 < scaling < math.inf):
+    scaling = python_scalar(scaling)  # numpy numbers and 0-d tensors as the Python numbers they hold
+    if not is_real(scaling) or not (0 < scaling < math.inf):
         raise ValueError(
             f"`{argument}` must be a finite real number > 0 (the LoRA scaling lora_alpha / r), got {scaling!r}."
         )
