@@ -23,6 +23,42 @@ def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32):
     return model
 
 
+def tiny_simulation(tmp_path, dtype=torch.float32, **fed_overrides):
+    """A `FederatedSimulation` of a 1-layer Llama (vocab 32, width 16, `dtype`) over two clients of 4 random rows of 8
+    tokens: LoRA rank 4, one round of one local step unless `fed_overrides` say otherwise."""
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ext.federated import FederatedArguments, FederatedSimulation, PrivateTrainingArguments
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    gen = torch.Generator().manual_seed(1)
+    datasets = []
+    for _ in range(2):
+        ids = torch.randint(0, 32, (4, 8), generator=gen).tolist()
+        datasets.append(Dataset.from_dict({"input_ids": ids, "labels": ids}))
+    args = PrivateTrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        learning_rate=0.05,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=3,
+    )
+    fed = FederatedArguments(**{"use_lora": True, "num_rounds": 1, "local_steps": 1, "lora_r": 4, **fed_overrides})
+    return FederatedSimulation(LlamaForCausalLM(cfg).to(dtype), datasets, fed, args)
+
+
 def tiny_recipe_args(**overrides) -> list[str]:
     """Flags for a tiny run of the federated recipe (one-layer model, two clients, two canaries, no pretraining).
     Keyword arguments override a flag or add one (`local_steps=2` gives `--local_steps 2`); `None` leaves it out."""

@@ -26,6 +26,8 @@ from hf_ext.federated import (
     noisy_sum,
 )
 
+from .conftest import tiny_simulation
+
 
 def _state(seed: int, fill: float | None = None) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
@@ -122,53 +124,19 @@ def test_matching_prefix_tokens_counts_within_the_window():
     assert matching_prefix_tokens([1, 2, 3, 4], [1, 2, 9, 4], 50) == 2
 
 
-def _tiny_simulation(tmp_path, dtype=torch.float32, **fed_overrides):
-    from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from hf_ext.federated import FederatedArguments, FederatedSimulation, PrivateTrainingArguments
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    gen = torch.Generator().manual_seed(1)
-    datasets = []
-    for _ in range(2):
-        ids = torch.randint(0, 32, (4, 8), generator=gen).tolist()
-        datasets.append(Dataset.from_dict({"input_ids": ids, "labels": ids}))
-    args = PrivateTrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        learning_rate=0.05,
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
-        seed=3,
-    )
-    fed = FederatedArguments(**{"use_lora": True, "num_rounds": 2, "local_steps": 1, "lora_r": 4, **fed_overrides})
-    return FederatedSimulation(LlamaForCausalLM(cfg).to(dtype), datasets, fed, args)
-
-
 def test_load_state_refuses_a_round_saved_in_another_dtype_before_training(tmp_path):
     """Full fine-tuning (the exchanged tensors are the model's own weights): a round saved from a float32 model and
     loaded into a bfloat16 one used to load (the tensors were cast into the model, the global state kept float32), and
     the next round trained every client before the aggregation refused each upload's dtype; it is refused at load
     time, and the simulation is left as it was. (LoRA adapters are float32 in both, as PEFT keeps them.)"""
-    saved = _tiny_simulation(tmp_path, use_lora=False)
+    saved = tiny_simulation(tmp_path, use_lora=False)
     saved.save_state(str(tmp_path / "round-0"))
-    resumed = _tiny_simulation(tmp_path, torch.bfloat16, use_lora=False)
+    resumed = tiny_simulation(tmp_path, torch.bfloat16, use_lora=False)
     start = {k: v.clone() for k, v in resumed.global_state.items()}
     with pytest.raises(ValueError, match=r"is torch.float32, this model's torch.bfloat16.*dtype=torch.float32"):
         resumed.load_state(str(tmp_path / "round-0"))
     assert resumed.round == 0
     assert all(torch.equal(resumed.global_state[k], v) for k, v in start.items())
-    same = _tiny_simulation(tmp_path, use_lora=False)
+    same = tiny_simulation(tmp_path, use_lora=False)
     same.load_state(str(tmp_path / "round-0"))  # the saved dtype still loads
     assert all(torch.equal(same.global_state[k], v) for k, v in saved.global_state.items())
