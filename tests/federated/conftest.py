@@ -23,9 +23,9 @@ def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32):
     return model
 
 
-def tiny_simulation(tmp_path, dtype=torch.float32, **fed_overrides):
-    """A `FederatedSimulation` of a 1-layer Llama (vocab 32, width 16, `dtype`) over two clients of 4 random rows of 8
-    tokens: LoRA rank 4, one round of one local step unless `fed_overrides` say otherwise."""
+def tiny_simulation(tmp_path, dtype=torch.float32, num_clients: int = 2, **fed_overrides):
+    """A `FederatedSimulation` of a 1-layer Llama (vocab 32, width 16, `dtype`) over `num_clients` clients of 4 random rows
+    of 8 tokens: LoRA rank 4, one round of one local step unless `fed_overrides` say otherwise."""
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -43,7 +43,7 @@ def tiny_simulation(tmp_path, dtype=torch.float32, **fed_overrides):
     )
     gen = torch.Generator().manual_seed(1)
     datasets = []
-    for _ in range(2):
+    for _ in range(num_clients):
         ids = torch.randint(0, 32, (4, 8), generator=gen).tolist()
         datasets.append(Dataset.from_dict({"input_ids": ids, "labels": ids}))
     args = PrivateTrainingArguments(

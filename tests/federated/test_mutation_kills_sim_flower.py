@@ -4,11 +4,12 @@ threshold, the DP-FedAvg weights and denominator, the FedAvg round loop), not fr
 
 import pytest
 import torch
-from datasets import Dataset
 
-from hf_ext.federated import FederatedArguments, PrivateTrainingArguments
+from hf_ext.federated import FederatedArguments
 from hf_ext.federated.flower import _checked_secagg_workflow, _RoundMonitor, check_secagg_range, make_server_app
-from hf_ext.federated.simulation import FederatedSimulation, apply_secure_mean, get_exchange_state
+from hf_ext.federated.simulation import apply_secure_mean, get_exchange_state
+
+from .conftest import tiny_simulation
 
 
 def test_secagg_range_refuses_more_examples_than_max_weight():
@@ -105,52 +106,20 @@ def test_explicit_threshold_needs_a_strict_honest_majority(n, c, t, ok):
             fed.threshold(n)
 
 
-def _tiny_simulation(tmp_path, num_clients, **fed_overrides):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    model = LlamaForCausalLM(cfg)
-    gen = torch.Generator().manual_seed(1)
-    datasets = []
-    for _ in range(num_clients):
-        ids = torch.randint(0, 32, (4, 8), generator=gen).tolist()
-        datasets.append(Dataset.from_dict({"input_ids": ids, "labels": ids}))
-    args = PrivateTrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        learning_rate=0.05,
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
-        seed=3,
-    )
-    fed = FederatedArguments(use_lora=False, num_rounds=1, local_steps=1, **fed_overrides)
-    return FederatedSimulation(model, datasets, fed, args)
-
-
 def test_loading_a_round_saved_with_another_number_of_clients_is_refused(tmp_path):
     """A saved round holds one privacy accountant per client; restoring it into a simulation with more clients
     would leave the extra clients' accountants at zero steps (their epsilon under-reported) and with fewer would
     drop some. Without the count check a 2-client round loaded silently into a 3-client simulation."""
-    _tiny_simulation(tmp_path, 2).save_state(str(tmp_path / "round-0"))
+    tiny_simulation(tmp_path, num_clients=2, use_lora=False).save_state(str(tmp_path / "round-0"))
     with pytest.raises(ValueError, match="clients"):
-        _tiny_simulation(tmp_path, 3).load_state(str(tmp_path / "round-0"))
-    _tiny_simulation(tmp_path, 2).load_state(str(tmp_path / "round-0"))  # same federation size: fine
+        tiny_simulation(tmp_path, num_clients=3, use_lora=False).load_state(str(tmp_path / "round-0"))
+    tiny_simulation(tmp_path, num_clients=2, use_lora=False).load_state(str(tmp_path / "round-0"))  # same federation size: fine
 
 
 def test_model_holds_the_aggregated_global_state_after_a_round(tmp_path):
     """After each round the simulation's model must carry the new global (FedAvg) state, which round callbacks and
     the recipe evaluate. Without the sync it kept the last client's locally trained weights."""
-    sim = _tiny_simulation(tmp_path, 2)
+    sim = tiny_simulation(tmp_path, num_clients=2, use_lora=False)
     seen = []
     sim.round_callback = lambda r, s: seen.append(get_exchange_state(s.model, s.keys)) or {}
     sim.run()
