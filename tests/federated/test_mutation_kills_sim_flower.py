@@ -113,7 +113,8 @@ def test_loading_a_round_saved_with_another_number_of_clients_is_refused(tmp_pat
     tiny_simulation(tmp_path, num_clients=2, use_lora=False).save_state(str(tmp_path / "round-0"))
     with pytest.raises(ValueError, match="clients"):
         tiny_simulation(tmp_path, num_clients=3, use_lora=False).load_state(str(tmp_path / "round-0"))
-    tiny_simulation(tmp_path, num_clients=2, use_lora=False).load_state(str(tmp_path / "round-0"))  # same federation size: fine
+    # same federation size: fine
+    tiny_simulation(tmp_path, num_clients=2, use_lora=False).load_state(str(tmp_path / "round-0"))
 
 
 def test_model_holds_the_aggregated_global_state_after_a_round(tmp_path):
