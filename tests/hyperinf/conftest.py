@@ -45,6 +45,23 @@ def _randomize_lora_b(model, seed=1, std=0.2):
     return model
 
 
+def small_llama_config(**overrides):
+    """A 1-layer Llama config (vocab 50, width 16, 2 heads sharing one KV head, pad id 0); `overrides` on top."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        **overrides,
+    )
+
+
 @pytest.fixture
 def randomize_lora_b():
     """A function `(model, seed=1, std=0.2)` setting every LoRA B factor to Gaussian values (returns the model)."""

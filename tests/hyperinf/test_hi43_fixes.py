@@ -3,34 +3,13 @@
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertForSequenceClassification, LlamaForCausalLM
 
 from hf_ext.hyperinf import InfluenceEstimator
 
+from .conftest import _randomize_lora_b, small_llama_config
+
 VOCAB = 50
-
-
-def _llama_config(**overrides):
-    return LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        **overrides,
-    )
-
-
-def _with_random_lora_b(model):
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(0.2 * torch.randn(param.shape, generator=gen))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +17,17 @@ def llama_classifier():
     from transformers import LlamaForSequenceClassification
 
     torch.manual_seed(0)
-    model = LlamaForSequenceClassification(_llama_config(num_labels=3))
+    model = LlamaForSequenceClassification(small_llama_config(num_labels=3))
     lora = LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
-    return _with_random_lora_b(get_peft_model(model, lora))
+    return _randomize_lora_b(get_peft_model(model, lora), seed=3)
 
 
 @pytest.fixture(scope="module")
 def llama_lm():
     torch.manual_seed(0)
-    model = LlamaForCausalLM(_llama_config())
-    return _with_random_lora_b(
-        get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    model = LlamaForCausalLM(small_llama_config())
+    return _randomize_lora_b(
+        get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])), seed=3
     )
 
 
@@ -65,7 +44,7 @@ def bert_classifier():
         max_position_embeddings=64,
     )
     lora = LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["query", "value"])
-    return _with_random_lora_b(get_peft_model(BertForSequenceClassification(config), lora))
+    return _randomize_lora_b(get_peft_model(BertForSequenceClassification(config), lora), seed=3)
 
 
 CLASSIFICATION_TRAIN = [

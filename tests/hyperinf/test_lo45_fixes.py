@@ -3,10 +3,12 @@
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from hf_ext.hyperinf import InfluenceEstimator
 from hf_ext.hyperinf.gradients import PerExampleGradients, tracked_lora_parameters
+
+from .conftest import small_llama_config
 
 VOCAB = 50
 
@@ -14,17 +16,9 @@ VOCAB = 50
 @pytest.fixture(scope="module")
 def llama_lm():
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        pad_token_id=0,
+    return get_peft_model(
+        LlamaForCausalLM(small_llama_config()), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
     )
-    return get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
 
 
 @pytest.mark.parametrize("method", ["vmap", "loop"])
