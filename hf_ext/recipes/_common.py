@@ -612,6 +612,23 @@ def check_tokenizer_fits_model(tokenizer, model_name_or_path: str | None, tokeni
 _POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
 
 
+def set_missing_pad_token(tokenizer, fresh_model: bool) -> None:
+    """Give a loaded tokenizer without a pad token one. For a loaded model, its EOS (the usual choice, which keeps the
+    model's vocabulary). For a fresh model, a token of its own (`<|pad|>`, as the tokenizer the recipes build has),
+    one row more in the fresh embedding: transformers' decoders build their input embedding with
+    `padding_idx=config.pad_token_id`, a row that starts at zero and never gets a gradient, so padding with EOS froze the
+    EOS input embedding, the end of every packed document, at zero for the whole run when the embeddings are untied
+    (`--config_overrides tie_word_embeddings=false`)."""
+    if tokenizer.pad_token is not None:
+        return
+    if fresh_model:
+        from ..data.tokenizer import PAD_TOKEN
+
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    else:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
 def learned_position_limit(model) -> int | None:
     """How many positions `model`'s learned absolute position table holds (OPT's less its offset), or `None` for a
     model without one (RoPE, ALiBi: longer sequences run). Works on a meta-device model."""

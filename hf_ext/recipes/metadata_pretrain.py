@@ -1064,8 +1064,9 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     _check_template_applies(template, train, meta_args)
     if data_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        from ._common import set_missing_pad_token
+
+        set_missing_pad_token(tokenizer, fresh_model=not model_args.model_name_or_path)
     elif data_args.dataset == "synthetic":
         vocab = max(1500, data_args.vocab_size // 2)
         tokenizer = build_tokenizer(vocab, cache=False, texts=list(train[data_args.text_column]) + list(train["url"]))

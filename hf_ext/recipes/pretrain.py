@@ -699,10 +699,21 @@ def resumed_config_updates(config, checkpoint: str | None) -> dict:
         return {}
     from transformers import AutoConfig
 
+    from ..utils.checks import is_int
+
     def plain(cfg) -> dict:  # JSON values (tuples as lists), as the checkpoint stores them
         return json.loads(json.dumps(cfg.to_dict(), default=str))
 
     saved, current = plain(AutoConfig.from_pretrained(checkpoint)), plain(config)
+    rows, tokens = saved.get("vocab_size"), current.get("vocab_size")
+    if is_int(rows) and is_int(tokens) and rows < tokens:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: the checkpoint's model has {rows} token embeddings "
+            f"and the run's tokenizer {tokens} tokens, whose last ids the model could not embed. A run "
+            "started before 2026-12-07 with a tokenizer without a pad token padded with EOS; a fresh model now gets a "
+            "<|pad|> token of its own. Resume it with the release that started it, or start a new run from its "
+            "weights (--model_name_or_path <checkpoint>)."
+        )
     updates = {
         key: saved[key]
         for key in sorted(set(saved) & set(current))
@@ -831,8 +842,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
                 f"{source} has no eos_token, and pretrain separates the documents it packs with EOS; pass a tokenizer "
                 "with one (set tokenizer.eos_token, then tokenizer.save_pretrained) or drop the flag to build one."
             )
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        from ._common import set_missing_pad_token
+
+        set_missing_pad_token(tokenizer, fresh_model=not model_args.model_name_or_path)
     else:
         with training_args.main_process_first(desc="build tokenizer"):
             tokenizer = build_tokenizer(data_args.vocab_size)
