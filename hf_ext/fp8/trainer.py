@@ -100,21 +100,32 @@ def _checkpoint_world_size(checkpoint: str) -> int | None:
     return len(ranks) or None
 
 
-def _warn_if_other_world_size(checkpoint: str, model, world_size: int) -> None:
-    """Warn when a model with delayed-scaling FP8 layers resumes a checkpoint written by another number of processes:
-    the histories' output-gradient column scales with the world size (each rank records its own backward)."""
+def _rescale_gradient_amax(checkpoint: str, model, world_size: int) -> None:
+    """Carry delayed-scaling FP8 state written by another number of processes over to this one. Each rank records the
+    amax of its own output gradient, the gradient of its share of the loss, and transformers scales that share so
+    that the ranks' gradients average to the whole batch's: every rank's output gradient is `world_size` times what
+    one process computing the same global batch has. The histories' gradient column (and the kept gradient scale) is
+    rescaled by `world_size / saved` (exact for powers of two), so a 2-rank checkpoint resumed on 1 process (or the
+    reverse) quantises its gradients with the scales it would have had, instead of 2x off until the amax history
+    window refills. Forward columns (input, weight) do not depend on the number of processes."""
+    import torch
+
     from .emulation import Fp8Linear
 
-    if not any(isinstance(m, Fp8Linear) and m.scaling == "delayed" for m in model.modules()):
+    delayed = [m for m in model.modules() if isinstance(m, Fp8Linear) and m.scaling == "delayed"]
+    saved = _checkpoint_world_size(checkpoint) if delayed else None
+    if saved is None or saved == world_size:
         return
-    saved = _checkpoint_world_size(checkpoint)
-    if saved is not None and saved != world_size:
-        logger.warning(
-            f"{checkpoint} was written by {saved} process(es) and is resumed on {world_size}: the delayed-scaling "
-            "FP8 histories record each rank's output-gradient amax, which scales with the number of data-parallel "
-            f"ranks, so the gradient scales are off by about {max(saved, world_size) / min(saved, world_size):g}x "
-            "until the amax history window refills. Resume on the same number of processes to continue exactly."
-        )
+    factor = world_size / saved
+    with torch.no_grad():
+        for module in delayed:
+            module.fp8_amax_history[:, 2] *= factor
+            module.fp8_scale_amax[2] *= factor
+    logger.info(
+        f"{checkpoint} was written by {saved} process(es) and is resumed on {world_size}: the delayed-scaling FP8 "
+        f"output-gradient amax histories of {len(delayed)} layer(s) were rescaled by {factor:g}, as each rank's "
+        "output gradient scales with the number of data-parallel ranks."
+    )
 
 
 def resolve_wsd_kwargs(kwargs: dict | None, num_training_steps: int) -> dict:
@@ -439,13 +450,13 @@ class Fp8Trainer(ModelDecayNamesMixin, LossWindowResumeMixin, Trainer):
 
         refuse_weights_only_checkpoint(resume_from_checkpoint, "resume_from_checkpoint")  # before anything is restored
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        _warn_if_other_world_size(
-            resume_from_checkpoint, model if model is not None else self.model, self.args.world_size
-        )
         self._load_fp8_state(
             resume_from_checkpoint,
             model,
             "the frozen layers' FP8 scaling state starts empty, so the resumed run differs from an uninterrupted one",
+        )
+        _rescale_gradient_amax(
+            resume_from_checkpoint, model if model is not None else self.model, self.args.world_size
         )
 
     def _load_best_model(self) -> None:

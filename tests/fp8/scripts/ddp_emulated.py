@@ -5,7 +5,8 @@
    process's; the output-gradient column twice its value, since each rank's loss is the mean over half the tokens),
    so the ranks' histories are identical and the weights match the one process's.
 2. `Fp8Trainer` under DDP with `ddp_broadcast_buffers=False`: 2 steps, save, resume to 4 equals 4 uninterrupted
-   steps on every rank (a checkpoint holds rank 0's buffers, which are every rank's).
+   steps on every rank (a checkpoint holds rank 0's buffers, which are every rank's). The test resumes the same
+   checkpoint in one process (`trainer_run(..., batch=4)`, the same global batch) against the 2-rank run.
 
 Usage: ddp_emulated.py OUT_DIR (writes OUT_DIR/ddp_emulated.json on rank 0)."""
 
@@ -79,11 +80,11 @@ class Rows(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def trainer_run(out, steps, resume=None):
+def trainer_run(out, steps, resume=None, batch=2):
     from transformers import TrainingArguments
 
     args = TrainingArguments(
-        out, max_steps=steps, per_device_train_batch_size=2, learning_rate=1e-2, lr_scheduler_type="constant",
+        out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-2, lr_scheduler_type="constant",
         save_strategy="steps", save_steps=2, logging_steps=1, report_to=[], use_cpu=True, seed=0, data_seed=0,
         ddp_broadcast_buffers=False, disable_tqdm=True,
     )  # fmt: skip
