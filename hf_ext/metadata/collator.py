@@ -582,10 +582,11 @@ def check_document_attention(model) -> None:
     )
     if recurrent:
         cause = (
-            f" Its layers of type {recurrent} (state-space / recurrent / linear-attention mixers such as Mamba) carry "
-            "their state from one document to the next along the row: restarting position_ids reset the attention "
-            "masks, not that state, so every document would see its predecessors through it. Pass block_size=None "
-            "(one padded document per row) to keep documents apart, or MetadataCollator(document_attention=False) "
+            f" Its layers of type {recurrent} (state-space / recurrent / linear-attention / short-convolution mixers "
+            "such as Mamba) carry their state from one document to the next along the row: restarting position_ids "
+            "reset the attention masks, not that state, so every document would see its predecessors through it. Pass "
+            "block_size=None (one padded document per row) to keep documents apart, or "
+            "MetadataCollator(document_attention=False) "
             "(plain packing: documents see their predecessors, positions run through the row; the recipe, which "
             "always packs, takes --document_attention false)."
         )
@@ -602,8 +603,11 @@ def check_document_attention(model) -> None:
 
 
 #: `layer_types` / `layers_block_type` entries of transformers configs for layers that carry a state along the sequence
-#: (Mamba / Mamba2 mixers, linear attention, Falcon-H1's parallel attention + Mamba "hybrid" layers).
-_RECURRENT_LAYER_TYPES = frozenset({"linear_attention", "hybrid", "mamba", "mamba2", "recurrent", "rwkv"})
+#: (Mamba / Mamba2 mixers, linear attention, Falcon-H1's parallel attention + Mamba "hybrid" layers, ZAYA1's
+#: "hybrid_sliding", LFM2's short causal convolutions "conv", whose window reaches into the previous document).
+_RECURRENT_LAYER_TYPES = frozenset(
+    {"linear_attention", "hybrid", "hybrid_sliding", "conv", "mamba", "mamba2", "recurrent", "rwkv"}
+)
 
 
 def _recurrent_layer_types(model) -> list[str]:
