@@ -703,15 +703,60 @@ def _guidance_docs(eval_docs: list, domain_vocab) -> list:
 
 
 _PROBE_VOCAB = 256  # rows of the embedding of `check_documents_kept_apart`'s probe model
+#: Per-layer lists of a config (one entry per layer), cut with the layers of `check_documents_kept_apart`'s probe.
+_PER_LAYER_LISTS = ("layer_types", "layers_block_type", "mlp_layer_types")
+
+
+def _layer_types(config) -> set:
+    """The distinct layer types a config names (`layer_types` / `layers_block_type`: attention, Mamba, linear
+    attention, short convolution, ...), as `(attribute, type)` pairs; empty for a config that names none."""
+    found = set()
+    for name in ("layer_types", "layers_block_type"):
+        value = getattr(config, name, None)
+        if isinstance(value, list | tuple):
+            found |= {(name, t) for t in value if isinstance(t, str)}
+    return found
+
+
+def _probe_layers(config) -> int:
+    """The fewest first layers of `config` that hold every distinct layer type it names: 1 where it names none or all
+    layers are alike; e.g. 2 for a hybrid of attention layer 0 and Mamba layer 1 (Jamba with attn_layer_offset=0),
+    where one layer would hold no Mamba mixer at all."""
+    needed = 1
+    for name in ("layer_types", "layers_block_type"):
+        value = getattr(config, name, None)
+        if isinstance(value, list | tuple):
+            first = {}
+            for i, t in enumerate(value):
+                first.setdefault(t, i)
+            needed = max(needed, *(i + 1 for i in first.values()))
+    return needed
+
+
+def _cut_layers(config, layers: int) -> None:
+    """Keep the first `layers` layers of `config`: `num_hidden_layers` and the per-layer lists it stores (a list a
+    property derives from `num_hidden_layers`, Jamba's / Bamba's `layer_types`, follows by itself)."""
+    from ..utils.checks import is_int
+
+    total = config.num_hidden_layers
+    if not is_int(total) or total <= layers:
+        return
+    config.num_hidden_layers = layers
+    for name in _PER_LAYER_LISTS:
+        value = vars(config).get(name)
+        if isinstance(value, list | tuple) and len(value) == total:
+            setattr(config, name, list(value[:layers]))
 
 
 def check_documents_kept_apart(model_args, data_args, meta_args, tokenizer) -> None:
     """Refuse, before any write, `--document_attention true` (the default) for a model type whose causal mask ignores
     the restarting `position_ids` of packed rows (OPT, Bloom, MPT, BioGPT, XGLM): `MetadataCollator.check_model`
     refuses it when training begins, after the run record and folders are written. The probe
-    (`check_document_attention`) runs on a one-layer model of the same config with fresh weights (the mask is the
-    architecture's, not the weights', nor the vocabulary's: at most 256 rows); a config that cannot be cut to one layer
-    is left to the check at training."""
+    (`check_document_attention`) runs on the first layers of the same config with fresh weights (the mask is the
+    architecture's, not the weights', nor the vocabulary's: at most 256 rows): one layer, or as many as it takes to hold
+    every distinct layer type the config names (`_probe_layers`), so a hybrid whose first layer is attention still
+    has its Mamba / linear-attention / convolution layer, whose state carries a document into the next one. A config
+    that cannot be cut so is left to the check at training."""
     if not meta_args.document_attention:
         return
     import torch
@@ -723,11 +768,12 @@ def check_documents_kept_apart(model_args, data_args, meta_args, tokenizer) -> N
 
     config = _model_config(model_args, tokenizer, data_args.block_size)
     try:
-        config.num_hidden_layers = 1
-        if isinstance(getattr(config, "layer_types", None), list):
-            config.layer_types = config.layer_types[:1]
+        types = _layer_types(config)
+        _cut_layers(config, _probe_layers(config))
+        if _layer_types(config) != types:  # a config whose layer types do not follow its first layers
+            raise ValueError(f"the cut config's layer types {_layer_types(config)} are not the model's {types}")
         # and a small vocabulary: the mask does not depend on it, and with a pretrained model's (Llama 3: 128256 rows
-        # of 4096) the one-layer probe had 1.27B parameters, 2 minutes and 5.6 GB to build on each process's CPU
+        # of 4096) a one-layer probe had 1.27B parameters, 2 minutes and 5.6 GB to build on each process's CPU
         if is_int(getattr(config, "vocab_size", None)) and config.vocab_size > _PROBE_VOCAB:
             config.vocab_size = _PROBE_VOCAB
             for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
