@@ -95,6 +95,9 @@ def _url_value(url, helper: str) -> str:
 def url_host(url: str | bytes | None) -> str:
     """Host of a URL (`https://en.wikipedia.org/wiki/X` -> `en.wikipedia.org`), as MeCo's short URL.
 
+    The host is lower-cased and user info is dropped; a port is kept (`https://u:p@En.Wiki.ORG:8080/x` ->
+    `en.wiki.org:8080`; MeCo's text split keeps the case and the user info).
+
     A URL without a scheme is read as host + path (`www.site.com/page` -> `www.site.com`). Raises
     `InvalidMetadataError` for a URL that `urllib.parse.urlsplit` cannot parse or that has no host (`/a/b`,
     `mailto:x`, `not a url`), and for a value that is not a str or bytes; an empty string is no metadata. The value
