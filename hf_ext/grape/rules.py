@@ -83,9 +83,13 @@ def _as_scores(scores, n: int, name: str) -> torch.Tensor:
 
 
 def _real(value, name: str) -> float:
-    """`value` as a float if it is a real number (numpy's, or a 0-d real tensor, too), else a `TypeError` naming
-    `name` (None or a string used to fail inside a comparison or `math.isfinite`, naming neither)."""
+    """`value` as a float if it is a real number (numpy's, or a 0-d real tensor or numpy array, too), else a
+    `TypeError` naming `name` (None or a string used to fail inside a comparison or `math.isfinite`, naming neither).
+    A 0-d numpy array (e.g. `tensor.numpy()` of a 0-d tensor) is a number here as in the weight vectors: it used to be
+    refused as "must be a real number, got array(1.)" while the 0-d tensor it came from was taken."""
     if isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype != torch.bool and not value.is_complex():
+        return float(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
         return float(value)
     if not is_real(value):
         raise TypeError(f"{name} must be a real number, got {value!r}.")
@@ -202,7 +206,7 @@ def task_objective(loss: torch.Tensor, variant: str = "grape", ema_loss: float |
     if variant == "grape_ema":
         if ema_loss is None or not _real(ema_loss, "ema_loss") > 0:
             raise ValueError(f"variant='grape_ema' needs a positive ema_loss, got {ema_loss}.")
-        return loss / ema_loss
+        return loss / _real(ema_loss, "ema_loss")  # a number: a 0-d numpy array would turn the loss into numpy
     return loss
 
 
