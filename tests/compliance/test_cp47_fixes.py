@@ -1,5 +1,7 @@
 """Pass-39 audit (cp47) regressions for the compliance package."""
 
+import urllib.parse
+
 import pytest
 
 import hf_ext.compliance.rfc9309 as rfc9309
@@ -53,3 +55,33 @@ def test_tokens_named_by_the_same_groups_share_a_matcher_and_decide_as_alone(com
         assert [matchers[agent].allowed(p) for p in paths] == [alone.allowed(p) for p in paths], agent
     assert [matchers["GPTBot"].allowed(p) for p in paths] == [False, True, True, True, False, True]
     assert [matchers["Diffbot"].allowed(p) for p in paths] == [True, True, False, True, True, True]
+
+
+@pytest.mark.parametrize("kind", ["Disallow", "Allow"])
+@pytest.mark.parametrize(("char", "sibling"), [("é", "è"), ("中", "丫"), ("😀", "😃")])
+def test_a_line_cut_inside_a_character_keeps_the_bytes_before_the_limit(kind, char, sibling):
+    # Lines are cut after 16,663 bytes, as Google's parser cuts them. When the limit fell inside a multi-byte
+    # character, the part of it before the limit was dropped, so the rule ended early: `Disallow: /aaa...a` + the
+    # first byte of an emoji also disallowed `/aaa...ab`, which Google's parser allows (and such an `Allow` rule kept
+    # pages Google's parser disallows). Now that byte stays, escaped (`%F0`), as in Google's parser.
+    key = f"{kind}: /"
+    n = rfc9309.MAX_LINE_BYTES - len(key) - 1  # the limit falls after the first byte of `char`
+    stem = "/" + "a" * n
+    body = "User-agent: *\n" + ("Disallow: /\n" if kind == "Allow" else "") + key + "a" * n + char * 2 + "z\n"
+    matched = kind == "Allow"  # the decision for a path the cut rule matches
+    cases = {stem + char: matched, stem + sibling: matched, stem + "b": not matched, stem: not matched}
+    for form in (body, body.encode()):
+        parsed = RobotsTxt.parse(form)
+        assert {p: parsed.allowed(p, "GPTBot") for p in cases} == cases, (kind, char)
+    try:
+        from robotstxt import robots
+    except ImportError:
+        return
+    for path, allowed in cases.items():  # Google's parser, on the raw bytes (`google_raw` in conftest)
+        raw, agent, url = body.encode(), b"GPTBot", ("http://example.com" + urllib.parse.quote(path)).encode()
+        matcher = robots._lib.robots_matcher_create()
+        try:
+            decision = robots._lib.robots_allowed_by_robots(matcher, raw, len(raw), agent, len(agent), url, len(url))
+        finally:
+            robots._lib.robots_matcher_free(matcher)
+        assert bool(decision) is allowed, (kind, char, path[-3:])
