@@ -347,7 +347,7 @@ def _key_value(line: str) -> tuple[str, str] | None:
         parts = [p for p in re.split(r"[ \t]+", line) if p]
         if len(parts) != 2:
             return None
-        key, value = parts
+        key, value = parts[0], parts[1].strip(_WS)  # `Disallow \f/x`: the value without its whitespace, as with a colon
     else:
         key, value = line[:sep].strip(_WS), line[sep + 1 :].strip(_WS)
     return (key.lower(), value) if key else None
