@@ -466,6 +466,35 @@ def check_dataset(dataset, name: str, model: torch.nn.Module) -> None:
         )
 
 
+def _input_embedding(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The module that embeds the model's `input_ids`, through peft's wrappers: a LoRA on the embedding (its base
+    layer), the embedding in `modules_to_save` (the copy the forward uses) or with `trainable_token_indices` (its base
+    layer); `None` where the model has none."""
+    try:
+        embedding = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    for _ in range(8):  # wrappers may nest (a LoRA on trainable tokens)
+        if isinstance(embedding, torch.nn.Embedding) or embedding is None:
+            return embedding
+        copies = getattr(embedding, "modules_to_save", None)
+        if isinstance(copies, torch.nn.ModuleDict) and hasattr(embedding, "original_module"):
+            active = getattr(embedding, "active_adapters", None) or []
+            active = [active] if isinstance(active, str) else list(active)
+            used = [copies[name] for name in active if name in copies]
+            inner = used[0] if used and not getattr(embedding, "disable_adapters", False) else embedding.original_module
+        elif hasattr(embedding, "get_base_layer"):
+            inner = embedding.get_base_layer()
+        elif isinstance(getattr(embedding, "token_adapter", None), torch.nn.Module):
+            inner = embedding.token_adapter
+        else:
+            return embedding
+        if inner is embedding:
+            return embedding
+        embedding = inner
+    return embedding
+
+
 class PerExampleGradients:
     """Streams per-example gradients of the model's loss over the tracked parameters.
 
@@ -535,12 +564,7 @@ class PerExampleGradients:
             sorted(model_input_names(model)), pad_token_id=self.pad_token_id, causal_lm_labels=self.causal_lm
         )
         self._params = dict(model.named_parameters())
-        try:
-            embedding = model.get_input_embeddings()
-        except (AttributeError, NotImplementedError):
-            embedding = None
-        if hasattr(embedding, "get_base_layer"):  # a peft adapter on the embedding
-            embedding = embedding.get_base_layer()
+        embedding = _input_embedding(model)
         #: Rows of the model's input embedding (`None` when it is not an `nn.Embedding`): the range `input_ids` are
         #: checked against (see `_check_token_ids`); Idefics' decoupled embedding adds `num_additional_embeddings`.
         self.embedding_rows = None
