@@ -1082,6 +1082,20 @@ def lora_causal_lm(base_dir: str, model_args: ModelArguments, seed: int):
     return get_peft_model(model, _lora_config(model_args, "CAUSAL_LM"))
 
 
+def _kept_share(row: dict, num_train: int) -> float:
+    """The share of the training set a selection row kept: its `size` over `num_train`. `select_lowest_influence`
+    keeps `round(fraction * g)`, at least 1, of each group of `g` examples, so with small groups (many instruction
+    kinds and domains, few examples) more is kept than `--select_fractions` asks (24 examples: 14 for 25%)."""
+    return row["size"] / num_train
+
+
+def _kept_share_text(row: dict, num_train: int) -> str:
+    share = _kept_share(row, num_train)
+    if abs(share - row["fraction"]) <= 0.01:
+        return f"{row['fraction']:.0%}"
+    return f"{share:.0%} (asked {row['fraction']:.0%})"
+
+
 def llm_selection_table(results: dict) -> str:
     """Markdown table of the llm_selection run: one row per training set."""
     lines = [
@@ -1090,7 +1104,8 @@ def llm_selection_table(results: dict) -> str:
     ]
     for row in results["selection"]:
         lines.append(
-            f"| {row['name']} | {row['fraction']:.0%} | {row['size']} | {row['corrupted_kept']} | "
+            f"| {row['name']} | {_kept_share_text(row, results['config']['num_train'])} | {row['size']} | "
+            f"{row['corrupted_kept']} | "
             f"{row['test']['loss']:.4f} | {row['test']['token_accuracy']:.3f} | {row['target']['loss']:.4f} | "
             f"{row['target']['token_accuracy']:.3f} |"
         )
@@ -1111,7 +1126,8 @@ def plot_llm_selection(results: dict, path: str) -> None:
     ):
         names = [r["name"] for r in rows if r["name"] not in ("full", "clean (oracle)")]
         for name in dict.fromkeys(names):
-            pts = sorted((r["fraction"], r["test"][metric]) for r in rows if r["name"] == name)
+            num_train = results["config"]["num_train"]
+            pts = sorted((_kept_share(r, num_train), r["test"][metric]) for r in rows if r["name"] == name)
             style = "k--o" if name == "random" else "-o"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
         full = next(r for r in rows if r["name"] == "full")

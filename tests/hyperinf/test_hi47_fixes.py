@@ -49,3 +49,38 @@ def test_ids_of_the_wrapped_embedding_are_still_accepted():
     train = [{"input_ids": [3, 4, VOCAB, 6]}, {"input_ids": [3, VOCAB + 1, 5]}]
     scores = InfluenceEstimator(model, "tracin", per_example_gradients="loop").fit(train).scores(train[:1])
     assert scores.shape == (2,) and bool(torch.isfinite(torch.as_tensor(scores)).all())
+
+
+def _selection_row(name, fraction, size):
+    metrics = {"loss": 1.0, "token_accuracy": 0.5}
+    return {"name": name, "fraction": fraction, "size": size, "corrupted_kept": 0, "test": metrics, "target": metrics}
+
+
+def test_llm_selection_table_and_plot_show_the_share_actually_kept(monkeypatch, tmp_path):
+    # per-group rounding (at least one example of each instruction kind / domain group) kept 14 of 24 examples for
+    # --select_fractions 0.25 in a tiny run; the table's "keep" said 25% and the plot put the point at x = 0.25 on an
+    # axis labelled "share of the training set kept"
+    from hf_ext.recipes import hyperinf as recipe
+
+    rows = [("full", 1.0, 24), ("clean (oracle)", 19 / 24, 19), ("random", 0.5, 17), ("hyperinf", 0.5, 17)]
+    rows += [("random", 0.25, 14), ("hyperinf", 0.25, 14)]
+    results = {
+        "config": {"num_train": 24, "corrupt_rate": 0.2},
+        "selection": [_selection_row(*row) for row in rows],
+    }
+    table = recipe.llm_selection_table(results)
+    assert "| hyperinf | 58% (asked 25%) | 14 |" in table
+    assert "| hyperinf | 71% (asked 50%) | 17 |" in table
+    assert "| full | 100% | 24 |" in table and "| clean (oracle) | 79% | 19 |" in table
+    figures = []
+    monkeypatch.setattr(recipe, "atomic_savefig", lambda fig, path, **kwargs: figures.append(fig))
+    recipe.plot_llm_selection(results, str(tmp_path / "llm_selection.png"))
+    line = next(line for line in figures[0].axes[0].get_lines() if line.get_label() == "hyperinf")
+    assert list(line.get_xdata()) == pytest.approx([14 / 24, 17 / 24])
+
+
+def test_llm_selection_table_keeps_the_asked_share_when_rounding_is_small():
+    from hf_ext.recipes import hyperinf as recipe
+
+    results = {"config": {"num_train": 320}, "selection": [_selection_row("random", 0.5, 158)]}
+    assert "| random | 50% | 158 |" in recipe.llm_selection_table(results)

@@ -151,7 +151,9 @@ def test_llm_selection_tiny_run(tmp_path):
         assert row["test"]["loss"] > 0 and 0 <= row["test"]["token_accuracy"] <= 1
     assert 0.0 <= results["methods"]["hyperinf"]["auc_corrupted"] <= 1.0
     table = (out / "llm_selection.md").read_text()
-    assert table.count("\n") == 2 + 5 and "| hyperinf | 50% |" in table
+    size = results["selection"][2]["size"]  # per-group rounding may keep more than half of a tiny set (hi47)
+    keep = "50%" if abs(size / 24 - 0.5) <= 0.01 else f"{size / 24:.0%} (asked 50%)"
+    assert table.count("\n") == 2 + 5 and f"| hyperinf | {keep} | {size} |" in table
     assert len({row["size"] for row in results["selection"][2:]}) == 1  # random is drawn from the same groups
     saved = json.loads((out / "llm_selection_results.json").read_text())
     assert saved["selection"][0]["test"]["loss"] == pytest.approx(results["selection"][0]["test"]["loss"])
