@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from ..utils.checks import is_int, is_real, python_scalar
 from ..utils.evaluation import keeping_train_mode
 
 #: The packaged offline tasks (lm-eval tag `hf_ext` runs both).
@@ -144,12 +145,12 @@ def _check_run_args(tasks, num_fewshot, limit, seed: object = 0) -> list[str]:
     tasks = list(tasks)
     if not tasks or not all(isinstance(t, str) and t for t in tasks):
         raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}.")
-    if num_fewshot is not None and (
-        isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0
-    ):
+    # a numpy integer (`np.int64(5)`, e.g. read from an array of shot counts) is an int here, as `seed` is: it was
+    # refused as "must be a non-negative int, got np.int64(5)"; the callers hand lm-eval Python numbers (`run_numbers`)
+    if num_fewshot is not None and (not is_int(num_fewshot) or num_fewshot < 0):
         raise ValueError(f"num_fewshot must be a non-negative int or None, got {num_fewshot!r}.")
     if limit is not None and (
-        isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit < math.inf
+        not (is_int(limit) or is_real(limit)) or not 0 < limit < math.inf
     ):  # NaN and inf failed inside lm-eval without naming `limit`
         raise ValueError(f"limit must be a positive int (items) or float (share), got {limit!r}.")
     check_fewshot_pool(tasks, [num_fewshot])
@@ -159,15 +160,18 @@ def _check_run_args(tasks, num_fewshot, limit, seed: object = 0) -> list[str]:
 def _check_lm_args(batch_size, max_length) -> None:
     """Refuse a `batch_size` or `max_length` lm-eval's `HFLM` would take and fail on later (a bare `AssertionError`
     after the model was wrapped) or run with silently (`batch_size=0` and `True` ran), naming the argument."""
-    if not (
-        (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1)
-        or (isinstance(batch_size, str) and batch_size.startswith("auto"))
-    ):
+    if not ((is_int(batch_size) and batch_size >= 1) or (isinstance(batch_size, str) and batch_size.startswith("auto"))):
         raise ValueError(f"batch_size must be a positive int (or lm-eval's 'auto'), got {batch_size!r}.")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+    if max_length is not None and (not is_int(max_length) or max_length < 1):
         raise ValueError(
             f"max_length must be a positive int (tokens of context) or None (the model config's), got {max_length!r}."
         )
+
+
+def run_numbers(*values):
+    """`values` (checked `num_fewshot`, `limit`, `batch_size`, `max_length`) as the Python numbers lm-eval is written
+    for: a numpy integer as an `int`, a numpy float as a `float`; None and strings (`batch_size="auto"`) unchanged."""
+    return tuple(python_scalar(v) if v is not None and not isinstance(v, str) else v for v in values)
 
 
 def check_fewshot_pool(tasks: Sequence[str], shots: Sequence[int | None], flag: str = "num_fewshot") -> None:
@@ -258,6 +262,7 @@ def evaluate_model(
     tasks = _check_run_args(tasks, num_fewshot, limit, seed)
     seed = seed_int(seed)
     _check_lm_args(batch_size, max_length)
+    num_fewshot, limit, batch_size, max_length = run_numbers(num_fewshot, limit, batch_size, max_length)
     kwargs.setdefault("bootstrap_iters", 1000)
     kwargs.setdefault("log_samples", False)
     with keeping_train_mode(model), _environment_report_collected_once():  # HFLM leaves a model in eval mode

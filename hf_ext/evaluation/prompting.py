@@ -8,7 +8,16 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 
 from ..utils.evaluation import keeping_train_mode
-from .harness import _PACKAGED, DEFAULT_TASKS, _as_lm, _check_lm_args, _check_run_args, seed_int, task_manager
+from .harness import (
+    _PACKAGED,
+    DEFAULT_TASKS,
+    _as_lm,
+    _check_lm_args,
+    _check_run_args,
+    run_numbers,
+    seed_int,
+    task_manager,
+)
 
 #: Document field that carries a per-document prefix (see [`evaluate_with_prefix`]).
 PREFIX_FIELD = "hf_ext_prompt_prefix"
@@ -167,6 +176,7 @@ def evaluate_with_prefix(
     tasks = _check_run_args(tasks, num_fewshot, limit, seed)
     seed = seed_int(seed)
     _check_lm_args(batch_size, max_length)  # as evaluate_model: 0, -3 and True ran, a bad max_length failed in lm-eval
+    num_fewshot, limit, batch_size, max_length = run_numbers(num_fewshot, limit, batch_size, max_length)
     if not (isinstance(prefix, str) or callable(prefix)):
         raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
     from lm_eval.models.huggingface import HFLM
@@ -237,6 +247,7 @@ def check_prefix_fits(
     tasks = _check_run_args(tasks, num_fewshot, limit, seed)
     seed = seed_int(seed)
     _check_lm_args(1, max_length)
+    num_fewshot, limit, max_length = run_numbers(num_fewshot, limit, max_length)
     if not (isinstance(prefix, str) or callable(prefix)):
         raise TypeError(f"prefix must be a string or a callable doc -> str, got {type(prefix)}.")
     if isinstance(prefix, str) and prefix == "":  # evaluate_with_prefix checks nothing either
