@@ -13,7 +13,7 @@ import pytest
 
 from .test_pretrain import FOG_TINY
 
-CHECKS = ("fsdp_rank_fingerprints", "loss_window", "eval_rows_once", "pretrain_ddp", "pretrain_fsdp2")
+CHECKS = ("fsdp_rank_fingerprints", "loss_window", "eval_rows_once", "pretrain_ddp", "grape_fsdp2", "pretrain_fsdp2")
 
 FSDP2_SHARDED = [
     "--fsdp", "full_shard auto_wrap", "--fsdp_config",
@@ -94,6 +94,32 @@ def test_fsdp2_sharded_state_dict_run_saves_and_reports_its_own_model(finished):
     logged = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
     ((step, eval_loss),) = [(h["step"], h["eval_loss"]) for h in logged if "eval_loss" in h]
     assert step == 4 and eval_loss == pytest.approx(saved["eval_loss"], abs=1e-5)
+
+
+@pytest.mark.distributed
+def test_grape_recipe_under_fsdp2_finishes_and_reports_its_saved_models_target_loss(finished):
+    """The GRAPE recipe with `--fsdp` (FSDP2, `reweight_method uniform`, which docs/grape.md says works with any
+    backend) on 2 ranks: the main process evaluated the held-out targets alone on the FSDP-sharded model, so its first
+    forward waited in the parameter all-gather for the other rank, which waited at the end of the run: the launch hung
+    (tests/scripts/grape_fsdp2_cpu.py). Now every rank evaluates; the reported target loss is the one-process loss of
+    the model the run saved, which `from_pretrained` loads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_ext.data import load_corpus
+    from hf_ext.grape.data import prepare_target
+    from hf_ext.utils.evaluation import causal_lm_eval_loss
+
+    out = finished("grape_fsdp2") / "grape_fsdp2"
+    results = json.loads((out / "grape_results.json").read_text())
+    assert sorted(results["target_eval_loss"]) == ["t_numeric"]
+    # the recipe's evaluation blocks (eval_fraction 0.5, split with --seed 0), rebuilt here in one process
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    held_out = load_corpus("test").filter(lambda r: r["domain"] == "numeric")
+    blocks = prepare_target("t_numeric", held_out, tokenizer, 32)
+    n_eval = min(max(1, round(len(blocks) * 0.5)), len(blocks) - 1)
+    eval_blocks = blocks.train_test_split(test_size=n_eval, seed=0, shuffle=True)["test"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert results["target_eval_loss"]["t_numeric"] == pytest.approx(causal_lm_eval_loss(model, eval_blocks), abs=1e-5)
 
 
 @pytest.mark.distributed

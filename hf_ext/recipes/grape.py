@@ -823,11 +823,20 @@ def _train_one(
         "reweight_seconds": trainer.reweight_seconds,
         "train_seconds": result.metrics.get("train_runtime") if result else None,
     }
-    if trainer.is_world_process_zero():
-        metrics["target_eval_loss"] = {
+    # Under FSDP (or DeepSpeed) the trained model's weights are sharded: its forward gathers them from every rank, so
+    # every rank evaluates (the same blocks, the same forwards); the main process alone hung in the first gather
+    # while the others waited at the end of the run. Plain data parallelism keeps whole weights: the main process only.
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    target_eval_loss = (
+        {
             name: causal_lm_eval_loss(trainer.model, ds, args.per_device_eval_batch_size)
             for name, ds in eval_targets.items()
         }
+        if sharded or trainer.is_world_process_zero()
+        else {}
+    )
+    if trainer.is_world_process_zero():
+        metrics["target_eval_loss"] = target_eval_loss
         if metrics["target_eval_loss"]:
             losses = list(metrics["target_eval_loss"].values())
             metrics["target_eval_perplexity"] = {n: _perplexity(v) for n, v in metrics["target_eval_loss"].items()}
