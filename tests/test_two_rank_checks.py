@@ -13,7 +13,10 @@ import pytest
 
 from .test_pretrain import FOG_TINY
 
-CHECKS = ("fsdp_rank_fingerprints", "loss_window", "eval_rows_once", "pretrain_ddp", "grape_fsdp2", "pretrain_fsdp2")
+CHECKS = (
+    "fsdp_rank_fingerprints", "loss_window", "eval_rows_once", "pretrain_ddp", "grape_fsdp2", "metadata_fsdp2",
+    "pretrain_fsdp2",
+)  # fmt: skip
 
 FSDP2_SHARDED = [
     "--fsdp", "full_shard auto_wrap", "--fsdp_config",
@@ -120,6 +123,22 @@ def test_grape_recipe_under_fsdp2_finishes_and_reports_its_saved_models_target_l
     eval_blocks = blocks.train_test_split(test_size=n_eval, seed=0, shuffle=True)["test"]
     model = AutoModelForCausalLM.from_pretrained(out)
     assert results["target_eval_loss"]["t_numeric"] == pytest.approx(causal_lm_eval_loss(model, eval_blocks), abs=1e-5)
+
+
+@pytest.mark.distributed
+def test_metadata_recipe_under_fsdp2_finishes_and_scores_the_trained_model(finished):
+    """The metadata recipe with `--fsdp` (FSDP2) on 2 ranks: the main process computed the final document losses (and
+    ran generation) alone on the FSDP-sharded model, whose forward's parameter all-gather met the other rank's next
+    collective: gloo aborted the launch (tests/scripts/metadata_fsdp2_cpu.py). Now the main process scores a whole
+    copy of the trained weights: its final losses are the last curve points, which every rank computed together on
+    the sharded model at the last step."""
+    results = json.loads((finished("metadata_fsdp2") / "metadata_fsdp2" / "metadata_results.json").read_text())
+    assert results["world_size"] == 2
+    curves, final = results["curves"], results["final"]
+    assert curves["with URL context"][-1][0] == 2
+    assert final["url_model_with_context"] == pytest.approx(curves["with URL context"][-1][1], abs=1e-5)
+    assert final["url_model_without_context"] == pytest.approx(curves["URL model, empty context"][-1][1], abs=1e-5)
+    assert "baseline" in final and "guidance_example" in results
 
 
 @pytest.mark.distributed

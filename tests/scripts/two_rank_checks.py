@@ -8,10 +8,11 @@ tests/test_two_rank_checks.py in turn:
 3. every Trainer's `evaluate()` counts each evaluation row once (eval_rows_once.py; eval_rows_once.json);
 4. the pretrain recipe, plain data-parallel, with the arguments after `--ddp` (its train_loss);
 5. the GRAPE recipe (uniform) with accelerate's FSDP2 plugin honoured on CPU (grape_fsdp2_cpu.py; OUT_DIR/grape_fsdp2);
-6. the pretrain recipe with accelerate's FSDP2 plugin honoured on CPU (pretrain_fsdp2_cpu.py) with the arguments after
-   `--fsdp2`. A recipe's `finish()` tears the process group down: 4 and 5 run with that teardown deferred
+6. the metadata recipe, likewise (metadata_fsdp2_cpu.py; OUT_DIR/metadata_fsdp2);
+7. the pretrain recipe with accelerate's FSDP2 plugin honoured on CPU (pretrain_fsdp2_cpu.py) with the arguments after
+   `--fsdp2`. A recipe's `finish()` tears the process group down: 4 to 6 run with that teardown deferred
    (`deferred_teardown`: every rank meets and accelerate's state is dropped, as at the end of a launch, but the group
-   stays up), 6 last.
+   stays up), 7 last.
 
 Usage: torchrun --nproc_per_node 2 two_rank_checks.py OUT_DIR --ddp <pretrain arguments> --fsdp2 <pretrain arguments>
 """
@@ -28,6 +29,7 @@ def main(out_dir, ddp_argv, fsdp2_argv):
     from fsdp_rank_fingerprints import check as fingerprints
     from grape_fsdp2_cpu import run as grape_fsdp2
     from loss_window_two_ranks import check as loss_window
+    from metadata_fsdp2_cpu import run as metadata_fsdp2
     from pretrain_fsdp2_cpu import run as pretrain_fsdp2
 
     from hf_ext.recipes.pretrain import main as pretrain
@@ -41,6 +43,8 @@ def main(out_dir, ddp_argv, fsdp2_argv):
         in_turn("pretrain_ddp", pretrain, ddp_argv)
     with deferred_teardown():
         in_turn("grape_fsdp2", grape_fsdp2, out_dir)
+    with deferred_teardown():
+        in_turn("metadata_fsdp2", metadata_fsdp2, out_dir)
     in_turn("pretrain_fsdp2", pretrain_fsdp2, fsdp2_argv)  # last: its finish() tears the process group down
 
 
