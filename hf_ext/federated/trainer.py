@@ -467,6 +467,8 @@ def _collator_name(collator) -> str:
 class _EmptyBatchCollator:
     """Collates like `collator`, and turns an empty Poisson batch into zero-row tensors of the right width.
 
+    A batch without a `labels` tensor is refused (`ValueError`, naming the collator): DP-SGD differentiates each
+    row's loss over its labels (it used to fail at the first step with a bare `KeyError: 'labels'`).
     A batch whose `input_ids` do not have one row per example is refused (`ValueError`): DP-SGD clips per row, and
     the accountant's sensitivity (one example moves the sum by at most the clip norm) holds only for one example per
     row (a padding-free collator that packs the batch into one row doubles it and more)."""
@@ -491,6 +493,15 @@ class _EmptyBatchCollator:
                     "move the clipped gradient by twice the clip norm and the reported epsilon would be too small. "
                     "Use a collator that returns one row per example (default_data_collator, "
                     "DataCollatorWithPadding, DataCollatorForLanguageModeling), or train without --dp_clip_norm."
+                )
+            labels = batch.get("labels")
+            if not isinstance(labels, torch.Tensor):
+                raise ValueError(
+                    f"DP-SGD (--dp_clip_norm): the data collator {_collator_name(self.collator)} returned a batch "
+                    f"without a `labels` tensor (keys: {sorted(batch.keys())}). DP-SGD differentiates each example's "
+                    "next-token loss over its `labels` (-100 where no loss is taken): add a `labels` column to the "
+                    "train dataset, or use a collator that sets them (e.g. DataCollatorForLanguageModeling(tokenizer, "
+                    "mlm=False))."
                 )
             return batch
         if self._template is None:
