@@ -612,21 +612,34 @@ def check_tokenizer_fits_model(tokenizer, model_name_or_path: str | None, tokeni
 _POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
 
 
-def set_missing_pad_token(tokenizer, fresh_model: bool) -> None:
+def set_missing_pad_token(tokenizer, fresh_model: bool, vocab_size=None) -> None:
     """Give a loaded tokenizer without a pad token one. For a loaded model, its EOS (the usual choice, which keeps the
     model's vocabulary). For a fresh model, a token of its own (`<|pad|>`, as the tokenizer the recipes build has),
     one row more in the fresh embedding: transformers' decoders build their input embedding with
     `padding_idx=config.pad_token_id`, a row that starts at zero and never gets a gradient, so padding with EOS froze the
     EOS input embedding, the end of every packed document, at zero for the whole run when the embeddings are untied
-    (`--config_overrides tie_word_embeddings=false`)."""
+    (`--config_overrides tie_word_embeddings=false`). A fresh model whose embedding size is given
+    (`--config_overrides vocab_size=N`, `vocab_size`) with no row left for a new token (N = the tokenizer's size,
+    e.g. Llama's 32000) pads with EOS, as a loaded model does (logged): the pad id N would be past its embedding."""
     if tokenizer.pad_token is not None:
         return
     if fresh_model:
-        from ..data.tokenizer import PAD_TOKEN
+        import logging
 
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    else:
-        tokenizer.pad_token = tokenizer.eos_token
+        from ..data.tokenizer import PAD_TOKEN
+        from ..utils.checks import is_int
+
+        new_row = PAD_TOKEN not in tokenizer.get_vocab()
+        if not (new_row and is_int(vocab_size) and vocab_size <= len(tokenizer)):
+            tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+            return
+        logging.getLogger(__name__).warning(
+            f"The tokenizer has no pad token and --config_overrides vocab_size={vocab_size} leaves no embedding row "
+            f"for one of its own ({len(tokenizer)} tokens): it pads with EOS, whose input embedding is then the "
+            "embedding's padding_idx (zero, not trained where the embeddings are untied); set vocab_size above "
+            f"{len(tokenizer)} to give the pad token a row."
+        )
+    tokenizer.pad_token = tokenizer.eos_token
 
 
 def learned_position_limit(model) -> int | None:

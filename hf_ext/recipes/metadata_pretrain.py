@@ -1131,8 +1131,13 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     if data_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
         from ._common import set_missing_pad_token
+        from .pretrain import parse_config_overrides
 
-        set_missing_pad_token(tokenizer, fresh_model=not model_args.model_name_or_path)
+        set_missing_pad_token(
+            tokenizer,
+            fresh_model=not model_args.model_name_or_path,
+            vocab_size=parse_config_overrides(model_args.config_overrides).get("vocab_size"),
+        )
     elif data_args.dataset == "synthetic":
         vocab = max(1500, data_args.vocab_size // 2)
         tokenizer = build_tokenizer(vocab, cache=False, texts=list(train[data_args.text_column]) + list(train["url"]))

@@ -844,7 +844,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             )
         from ._common import set_missing_pad_token
 
-        set_missing_pad_token(tokenizer, fresh_model=not model_args.model_name_or_path)
+        set_missing_pad_token(
+            tokenizer,
+            fresh_model=not model_args.model_name_or_path,
+            vocab_size=parse_config_overrides(model_args.config_overrides).get("vocab_size"),
+        )
     else:
         with training_args.main_process_first(desc="build tokenizer"):
             tokenizer = build_tokenizer(data_args.vocab_size)
