@@ -4,6 +4,7 @@ warmup-stable-decay schedule whose cooldown length can be given as a fraction of
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 
@@ -100,31 +101,72 @@ def _checkpoint_world_size(checkpoint: str) -> int | None:
     return len(ranks) or None
 
 
-def _rescale_gradient_amax(checkpoint: str, model, world_size: int) -> None:
-    """Carry delayed-scaling FP8 state written by another number of processes over to this one. Each rank records the
-    amax of its own output gradient, the gradient of its share of the loss, and transformers scales that share so
-    that the ranks' gradients average to the whole batch's: every rank's output gradient is `world_size` times what
-    one process computing the same global batch has. The histories' gradient column (and the kept gradient scale) is
-    rescaled by `world_size / saved` (exact for powers of two), so a 2-rank checkpoint resumed on 1 process (or the
-    reverse) quantises its gradients with the scales it would have had, instead of 2x off until the amax history
-    window refills. Forward columns (input, weight) do not depend on the number of processes."""
-    import torch
+#: Written beside a checkpoint of a model with delayed-scaling FP8 layers: the rows each process trained per optimizer
+#: step when it was written, which the output-gradient amaxes of its histories scale with (see
+#: `_rescale_gradient_amax`).
+FP8_BATCH_FILE = "fp8_batch.json"
 
+
+def _delayed_layers(model) -> list:
     from .emulation import Fp8Linear
 
-    delayed = [m for m in model.modules() if isinstance(m, Fp8Linear) and m.scaling == "delayed"]
-    saved = _checkpoint_world_size(checkpoint) if delayed else None
-    if saved is None or saved == world_size:
+    return [m for m in model.modules() if isinstance(m, Fp8Linear) and m.scaling == "delayed"]
+
+
+def _checkpoint_rows(checkpoint: str) -> int | None:
+    """The rows per process and optimizer step recorded in `checkpoint`'s `fp8_batch.json`; `None` without one (a
+    checkpoint written before it existed) or with an unreadable one."""
+    from ..utils.checks import is_int
+
+    try:
+        with open(os.path.join(checkpoint, FP8_BATCH_FILE), encoding="utf-8") as fh:
+            rows = json.load(fh).get("rows_per_process_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rows if is_int(rows) and rows > 0 else None
+
+
+def _rescale_gradient_amax(checkpoint: str, model, world_size: int, rows: int | None = None) -> None:
+    """Carry delayed-scaling FP8 state over to a resume that trains another number of rows per process and step. Each
+    rank records the amax of its own output gradient, the gradient of its share of the loss, and transformers
+    normalises that share by the rows (tokens) the rank trains per optimizer step (per-device batch x gradient
+    accumulation; also with `average_tokens_across_devices`, which multiplies by the world size what it divides by
+    the whole batch's tokens): the gradient column scales with 1 / those rows, not with the world size. It is rescaled
+    by `saved rows / rows` (exact for powers of two): a 2-rank checkpoint resumed in one process at the same global
+    batch (twice the rows per process) halves it, one resumed with the same per-device flags (half the global batch)
+    keeps it. A checkpoint without `fp8_batch.json` (written before it existed) is taken to be resumed at the same
+    global batch: `world_size / saved`, warned. Forward columns (input, weight) do not depend on either."""
+    import torch
+
+    delayed = _delayed_layers(model)
+    if not delayed:
         return
-    factor = world_size / saved
+    saved_rows = _checkpoint_rows(checkpoint)
+    if saved_rows is not None and rows is not None:
+        factor = saved_rows / rows
+        why = f"it trained {saved_rows} row(s) per process and optimizer step, this run {rows}"
+    elif saved_rows is not None:
+        return
+    else:
+        saved = _checkpoint_world_size(checkpoint)
+        if saved is None or saved == world_size:
+            return
+        factor = world_size / saved
+        why = f"it was written by {saved} process(es) and is resumed on {world_size}"
+        logger.warning(
+            f"{checkpoint} has no {FP8_BATCH_FILE} (written before it existed): the FP8 output-gradient amax histories "
+            f"are rescaled by {factor:g} on the assumption that this run keeps its global batch; with the same "
+            "per-device batch and gradient accumulation instead, resume on the same number of processes."
+        )
+    if factor == 1:
+        return
     with torch.no_grad():
         for module in delayed:
             module.fp8_amax_history[:, 2] *= factor
             module.fp8_scale_amax[2] *= factor
     logger.info(
-        f"{checkpoint} was written by {saved} process(es) and is resumed on {world_size}: the delayed-scaling FP8 "
-        f"output-gradient amax histories of {len(delayed)} layer(s) were rescaled by {factor:g}, as each rank's "
-        "output gradient scales with the number of data-parallel ranks."
+        f"{checkpoint}: {why}; the delayed-scaling FP8 output-gradient amax histories of {len(delayed)} layer(s) were "
+        f"rescaled by {factor:g}, as each process's output gradient scales with 1 / the rows it trains per step."
     )
 
 
@@ -428,6 +470,13 @@ class Fp8Trainer(ModelDecayNamesMixin, LossWindowResumeMixin, Trainer):
             super().save_model(output_dir, _internal_call=_internal_call)
         if not self.args.should_save:
             return
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        if getattr(self, "_fp8_saving_checkpoint", False) and _delayed_layers(self.model):
+            # what the histories' output-gradient column was recorded with, for a resume with other batch flags
+            from ..utils.io import atomic_write_json
+
+            record = {"rows_per_process_step": self._fp8_rows(), "world_size": self.args.world_size}
+            atomic_write_json(os.path.join(folder, FP8_BATCH_FILE), record, None)
         state = _peft_fp8_buffers(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
         if state:
             from safetensors.torch import save
@@ -455,9 +504,55 @@ class Fp8Trainer(ModelDecayNamesMixin, LossWindowResumeMixin, Trainer):
             model,
             "the frozen layers' FP8 scaling state starts empty, so the resumed run differs from an uninterrupted one",
         )
-        _rescale_gradient_amax(
-            resume_from_checkpoint, model if model is not None else self.model, self.args.world_size
+        target = model if model is not None else self.model
+        # the rows this run trains per step are known once the training loop has its batch size (auto_find_batch_size
+        # restores the checkpoint's after this load, and retries smaller ones): rescaled at each attempt's start
+        self._fp8_resumed = (resume_from_checkpoint, _checkpoint_rows(resume_from_checkpoint), 1.0)
+        _rescale_gradient_amax(resume_from_checkpoint, target, self.args.world_size)  # a checkpoint without the record
+        if getattr(self, "_fp8_attempt_rows", None) is not None:  # loaded inside the loop (FSDP): its rows are known
+            self._fp8_rescale_for(self._fp8_attempt_rows)
+
+    def _fp8_rescale_for(self, rows: int) -> None:
+        """Rescale a resumed checkpoint's output-gradient amaxes (see `_rescale_gradient_amax`) to `rows` per process
+        and step, relative to the factor applied at an earlier attempt of `auto_find_batch_size`."""
+        resumed = getattr(self, "_fp8_resumed", None)
+        if resumed is None or resumed[1] is None:
+            return
+        checkpoint, saved_rows, applied = resumed
+        factor = saved_rows / rows / applied
+        self._fp8_resumed = (checkpoint, saved_rows, saved_rows / rows)
+        if factor == 1:
+            return
+        import torch
+
+        delayed = _delayed_layers(self.model)
+        with torch.no_grad():
+            for module in delayed:
+                module.fp8_amax_history[:, 2] *= factor
+                module.fp8_scale_amax[2] *= factor
+        logger.info(
+            f"{checkpoint}: it trained {saved_rows} row(s) per process and optimizer step, this run {rows}; the "
+            f"delayed-scaling FP8 output-gradient amax histories of {len(delayed)} layer(s) were rescaled by "
+            f"{factor:g}, as each process's output gradient scales with 1 / the rows it trains per step."
         )
+
+    def train(self, *args, **kwargs):
+        self._fp8_resumed = self._fp8_attempt_rows = None
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._fp8_resumed = self._fp8_attempt_rows = None
+
+    def _inner_training_loop(self, batch_size=None, *args, **kwargs):
+        rows = int(batch_size or self._train_batch_size) * int(self.args.gradient_accumulation_steps)
+        self._fp8_attempt_rows = rows
+        self._fp8_rescale_for(rows)
+        return super()._inner_training_loop(batch_size, *args, **kwargs)
+
+    def _fp8_rows(self) -> int:
+        """Rows this process trains per optimizer step (per-device batch x gradient accumulation)."""
+        batch = getattr(self, "_train_batch_size", None) or self.args.train_batch_size
+        return int(batch) * int(self.args.gradient_accumulation_steps)
 
     def _load_best_model(self) -> None:
         # `load_best_model_at_end`: the best checkpoint's adapter comes with that checkpoint's FP8 scaling state, not
