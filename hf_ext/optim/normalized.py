@@ -490,7 +490,8 @@ def equilibrium_angle(
 def _check_betas(betas, where: str = "") -> tuple[float, float]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"`betas`{where} must be a pair (beta1, beta2), got {betas!r}.")
-    if any(isinstance(b, bool) for b in betas):  # float(False) is 0.0: a switch given in the wrong place
+    # float(False) is 0.0: a switch given in the wrong place (numpy's bool, a 0-d bool array or tensor too)
+    if any(is_bool(b) or getattr(b, "dtype", None) in (torch.bool, bool) for b in betas):
         raise ValueError(f"`betas`{where} must be a pair of numbers (beta1, beta2), not booleans; got {betas!r}.")
     try:
         b1, b2 = float(betas[0]), float(betas[1])
