@@ -126,39 +126,13 @@ def _checkpoint_rows(checkpoint: str) -> int | None:
     return rows if is_int(rows) and rows > 0 else None
 
 
-def _rescale_gradient_amax(checkpoint: str, model, world_size: int, rows: int | None = None) -> None:
-    """Carry delayed-scaling FP8 state over to a resume that trains another number of rows per process and step. Each
-    rank records the amax of its own output gradient, the gradient of its share of the loss, and transformers
-    normalises that share by the rows (tokens) the rank trains per optimizer step (per-device batch x gradient
-    accumulation; also with `average_tokens_across_devices`, which multiplies by the world size what it divides by
-    the whole batch's tokens): the gradient column scales with 1 / those rows, not with the world size. It is rescaled
-    by `saved rows / rows` (exact for powers of two): a 2-rank checkpoint resumed in one process at the same global
-    batch (twice the rows per process) halves it, one resumed with the same per-device flags (half the global batch)
-    keeps it. A checkpoint without `fp8_batch.json` (written before it existed) is taken to be resumed at the same
-    global batch: `world_size / saved`, warned. Forward columns (input, weight) do not depend on either."""
+def _scale_gradient_amax(model, factor: float, checkpoint: str, why: str) -> None:
+    """Multiply the output-gradient column of `model`'s delayed-scaling amax histories (and the kept gradient scale) by
+    `factor`, logging `why` (see `_rescale_gradient_amax`)."""
     import torch
 
     delayed = _delayed_layers(model)
-    if not delayed:
-        return
-    saved_rows = _checkpoint_rows(checkpoint)
-    if saved_rows is not None and rows is not None:
-        factor = saved_rows / rows
-        why = f"it trained {saved_rows} row(s) per process and optimizer step, this run {rows}"
-    elif saved_rows is not None:
-        return
-    else:
-        saved = _checkpoint_world_size(checkpoint)
-        if saved is None or saved == world_size:
-            return
-        factor = world_size / saved
-        why = f"it was written by {saved} process(es) and is resumed on {world_size}"
-        logger.warning(
-            f"{checkpoint} has no {FP8_BATCH_FILE} (written before it existed): the FP8 output-gradient amax histories "
-            f"are rescaled by {factor:g} on the assumption that this run keeps its global batch; with the same "
-            "per-device batch and gradient accumulation instead, resume on the same number of processes."
-        )
-    if factor == 1:
+    if factor == 1 or not delayed:
         return
     with torch.no_grad():
         for module in delayed:
@@ -168,6 +142,33 @@ def _rescale_gradient_amax(checkpoint: str, model, world_size: int, rows: int | 
         f"{checkpoint}: {why}; the delayed-scaling FP8 output-gradient amax histories of {len(delayed)} layer(s) were "
         f"rescaled by {factor:g}, as each process's output gradient scales with 1 / the rows it trains per step."
     )
+
+
+def _rescale_gradient_amax(checkpoint: str, model, world_size: int) -> None:
+    """Carry delayed-scaling FP8 state over to a resume that trains another number of rows per process and step. Each
+    rank records the amax of its own output gradient, the gradient of its share of the loss, and transformers
+    normalises that share by the rows (tokens) the rank trains per optimizer step (per-device batch x gradient
+    accumulation; also with `average_tokens_across_devices`, which multiplies by the world size what it divides by
+    the whole batch's tokens): the gradient column scales with 1 / those rows, not with the world size. It is rescaled
+    by `saved rows / rows` (exact for powers of two): a 2-rank checkpoint resumed in one process at the same global
+    batch (twice the rows per process) halves it, one resumed with the same per-device flags (half the global batch)
+    keeps it. `Fp8Trainer` does that at the start of each training-loop attempt, once the rows are known
+    (`Fp8Trainer._fp8_rescale_for`); here, at load, only a checkpoint without `fp8_batch.json` (written before it
+    existed) is rescaled, on the assumption that it is resumed at the same global batch: `world_size / saved`,
+    warned. Forward columns (input, weight) do not depend on either."""
+    if not _delayed_layers(model) or _checkpoint_rows(checkpoint) is not None:
+        return
+    saved = _checkpoint_world_size(checkpoint)
+    if saved is None or saved == world_size:
+        return
+    factor = world_size / saved
+    logger.warning(
+        f"{checkpoint} has no {FP8_BATCH_FILE} (written before it existed): the FP8 output-gradient amax histories "
+        f"are rescaled by {factor:g} on the assumption that this run keeps its global batch; with the same "
+        "per-device batch and gradient accumulation instead, resume on the same number of processes."
+    )
+    why = f"it was written by {saved} process(es) and is resumed on {world_size}"
+    _scale_gradient_amax(model, factor, checkpoint, why)
 
 
 def resolve_wsd_kwargs(kwargs: dict | None, num_training_steps: int) -> dict:
@@ -521,20 +522,8 @@ class Fp8Trainer(ModelDecayNamesMixin, LossWindowResumeMixin, Trainer):
         checkpoint, saved_rows, applied = resumed
         factor = saved_rows / rows / applied
         self._fp8_resumed = (checkpoint, saved_rows, saved_rows / rows)
-        if factor == 1:
-            return
-        import torch
-
-        delayed = _delayed_layers(self.model)
-        with torch.no_grad():
-            for module in delayed:
-                module.fp8_amax_history[:, 2] *= factor
-                module.fp8_scale_amax[2] *= factor
-        logger.info(
-            f"{checkpoint}: it trained {saved_rows} row(s) per process and optimizer step, this run {rows}; the "
-            f"delayed-scaling FP8 output-gradient amax histories of {len(delayed)} layer(s) were rescaled by "
-            f"{factor:g}, as each process's output gradient scales with 1 / the rows it trains per step."
-        )
+        why = f"it trained {saved_rows} row(s) per process and optimizer step, this run {rows}"
+        _scale_gradient_amax(self.model, factor, checkpoint, why)
 
     def train(self, *args, **kwargs):
         self._fp8_resumed = self._fp8_attempt_rows = None
