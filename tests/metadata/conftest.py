@@ -53,3 +53,28 @@ def synthetic_setup():
     tok = build_tokenizer(vocab_size=1500, cache=False, texts=list(ds["text"]) + list(ds["url"]))
     add_context_tokens(tok)
     return ds, vocab, tok
+
+
+def run_pre_write_probe(monkeypatch, tmp_path, config, seen: list, observe) -> None:
+    """Run the metadata recipe's pre-write document-attention probe (`check_documents_kept_apart`) on `config`, saved
+    as the run's model in `tmp_path`; `observe(probe_model)` is appended to `seen` for each model the probe checks."""
+    from hf_ext.data.tokenizer import build_tokenizer
+    from hf_ext.metadata import collator
+    from hf_ext.recipes.metadata_pretrain import MetadataArguments, check_documents_kept_apart
+    from hf_ext.recipes.pretrain import ModelArguments
+
+    config.save_pretrained(tmp_path)
+    real = collator.check_document_attention
+
+    def spy(model):
+        seen.append(observe(model))
+        real(model)
+
+    monkeypatch.setattr(collator, "check_document_attention", spy)
+    data = type("Data", (), {"block_size": 64})
+    try:
+        check_documents_kept_apart(
+            ModelArguments(model_name_or_path=str(tmp_path)), data, MetadataArguments(), build_tokenizer(512)
+        )
+    finally:
+        assert seen, "the pre-write probe did not run"

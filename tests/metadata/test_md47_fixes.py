@@ -13,6 +13,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoConfig
 
+from .conftest import run_pre_write_probe
+
 COMMON = dict(
  vocab_size=64, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
  num_key_value_heads=2,
@@ -30,26 +32,7 @@ QWEN3_NEXT = dict(
 
 def _pre_check(monkeypatch, tmp_path, config, seen):
     """Run the recipe's pre-write probe on `config` (saved as the run's model); `seen` gets the probe's layer types."""
-    from hf_ext.data.tokenizer import build_tokenizer
-    from hf_ext.metadata import collator
-    from hf_ext.recipes.metadata_pretrain import MetadataArguments, check_documents_kept_apart
-    from hf_ext.recipes.pretrain import ModelArguments
-
-    config.save_pretrained(tmp_path)
-    real = collator.check_document_attention
-
-    def spy(model):
-        seen.append(list(model.config.layer_types))
-        real(model)
-
-    monkeypatch.setattr(collator, "check_document_attention", spy)
-    data = type("Data", (), {"block_size": 64})
-    try:
-        check_documents_kept_apart(
-            ModelArguments(model_name_or_path=str(tmp_path)), data, MetadataArguments(), build_tokenizer(512)
-        )
-    finally:
-        assert seen, "the pre-write probe did not run"
+    run_pre_write_probe(monkeypatch, tmp_path, config, seen, lambda model: list(model.config.layer_types))
 
 
 @pytest.mark.parametrize(

@@ -8,28 +8,11 @@ from __future__ import annotations
 
 import pytest
 
+from .conftest import run_pre_write_probe
+
 
 def _probe_vocab(monkeypatch, tmp_path, config, seen):
-    from hf_ext.data.tokenizer import build_tokenizer
-    from hf_ext.metadata import collator
-    from hf_ext.recipes.metadata_pretrain import MetadataArguments, check_documents_kept_apart
-    from hf_ext.recipes.pretrain import ModelArguments
-
-    config.save_pretrained(tmp_path)
-    real = collator.check_document_attention
-
-    def spy(model):
-        seen.append(model.get_input_embeddings().num_embeddings)
-        real(model)
-
-    monkeypatch.setattr(collator, "check_document_attention", spy)
-    data = type("Data", (), {"block_size": 64})
-    try:
-        check_documents_kept_apart(
-            ModelArguments(model_name_or_path=str(tmp_path)), data, MetadataArguments(), build_tokenizer(512)
-        )
-    finally:
-        assert seen, "the probe did not run"
+    run_pre_write_probe(monkeypatch, tmp_path, config, seen, lambda model: model.get_input_embeddings().num_embeddings)
     return seen[0]
 
 
