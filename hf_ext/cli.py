@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     rep.add_argument("method", nargs="?", help="method name (see --list)")
     rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the method's, >= 3)")
+    rep.add_argument(
+        "--first_seed", type=int, default=None,
+        help="run seeds K .. K+N-1 instead of 0 .. N-1 (fresh seeds beside the published ones; default 0)",
+    )  # fmt: skip
     rep.add_argument("--jobs", type=int, default=1, help="seeds run at the same time, one process each (default 1)")
     rep.add_argument("--fast", action="store_true", help="smaller budget: a smoke check that it runs, not evidence")
     rep.add_argument("--output_dir", default=None, help="keep the runs and write reproduction.json/.md here")
@@ -115,7 +119,8 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
     run_options = [
         flag
         for flag, given in (
-            ("--seeds", args.seeds is not None), ("--jobs", args.jobs != 1), ("--fast", args.fast),
+            ("--seeds", args.seeds is not None), ("--first_seed", args.first_seed is not None),
+            ("--jobs", args.jobs != 1), ("--fast", args.fast),
             ("--output_dir", args.output_dir is not None),
         )
         if given
@@ -146,10 +151,19 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
     from .reproduce.methods import REPRODUCTIONS
 
     spec = REPRODUCTIONS[args.method]
+    count = spec.default_seeds if args.seeds is None else args.seeds
     try:  # too few seeds for a verdict is a usage error (exit 2), not a failed claim (exit 1)
-        spec.check_seed_count(spec.default_seeds if args.seeds is None else args.seeds, args.fast)
+        spec.check_seed_count(count, args.fast)
     except ValueError as err:
         parser.error(str(err))
+    seeds = args.seeds
+    if args.first_seed is not None:
+        if not 0 <= args.first_seed <= 2**32 - count:  # every seed K .. K+N-1 must lie in [0, 2**32)
+            parser.error(
+                f"--first_seed must be in [0, 2**32 - N] for N = {count} seeds (seeds K .. K+N-1 lie in [0, 2**32)), "
+                f"got {args.first_seed}"
+            )
+        seeds = list(range(args.first_seed, args.first_seed + count))
     if args.output_dir is not None:  # "" is refused (it used to mean a temporary folder, deleted afterwards)
         from .utils.io import ensure_writable_dir
 
@@ -158,7 +172,7 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
         except ValueError as err:
             parser.error(str(err))
     try:
-        report = reproduce(args.method, seeds=args.seeds, fast=args.fast, output_dir=args.output_dir, jobs=args.jobs)
+        report = reproduce(args.method, seeds=seeds, fast=args.fast, output_dir=args.output_dir, jobs=args.jobs)
     except Exception:  # noqa: BLE001 (a crash must not read as a verdict: exit 1 means "a claim does not hold")
         import traceback
 
