@@ -642,6 +642,25 @@ def set_missing_pad_token(tokenizer, fresh_model: bool, vocab_size=None) -> None
     tokenizer.pad_token = tokenizer.eos_token
 
 
+def warn_embedded_corpus_tokenizer(data_flags: dict, vocab_size: int, fix: str = "--tokenizer_name") -> bool:
+    """Warn (and return True) when the recipe builds its BPE on the embedded corpus (CPython's docs) while the data
+    comes from the user (`data_flags`: the given ones among `--train_file`, `--dataset_name`, ..., flag -> value):
+    such a tokenizer has not seen that data, so e.g. another language or domain falls back to short byte pieces.
+    As transformers' `run_clm`, which refuses to train a tokenizer, the fix is `fix` naming a tokenizer for the data."""
+    given = [f"{flag} {value!r}" for flag, value in data_flags.items() if value]
+    if not given:
+        return False
+    import logging
+
+    logging.getLogger(__name__).warning(
+        f"No tokenizer given: {' and '.join(given)} will be tokenized with the byte-level BPE (--vocab_size "
+        f"{vocab_size}) that hf_ext trains on its embedded corpus (Python's documentation), not on your data. Pass "
+        f"{fix} with a tokenizer made for your data (e.g. a Hub tokenizer, or one trained with "
+        "`tokenizer.train_new_from_iterator` and saved with `save_pretrained`)."
+    )
+    return True
+
+
 def learned_position_limit(model) -> int | None:
     """How many positions `model`'s learned absolute position table holds (OPT's less its offset), or `None` for a
     model without one (RoPE, ALiBi: longer sequences run). Works on a meta-device model."""

@@ -681,6 +681,10 @@ def run(
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
     else:
+        from ._common import warn_embedded_corpus_tokenizer
+
+        given = {"--train_file": data_args.train_file, "--dataset_name": data_args.dataset_name}
+        warn_embedded_corpus_tokenizer({**given, "--target_files": data_args.target_files}, data_args.vocab_size)
         with args.main_process_first(desc="build tokenizer"):
             tokenizer = build_tokenizer(data_args.vocab_size)
     from ._common import check_tokenizer_fits_model

@@ -614,6 +614,13 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
 
         check_tokenizer_fits_model(tokenizer, model_args.model_name_or_path)
     else:
+        from ._common import warn_embedded_corpus_tokenizer
+
+        warn_embedded_corpus_tokenizer(
+            {"--train_file": data_args.train_file, "--dataset_name": data_args.dataset_name},
+            data_args.vocab_size,
+            fix="--model_name_or_path (a trained model with its tokenizer)",
+        )
         tokenizer = build_tokenizer(data_args.vocab_size)
     train_text, eval_text = load_text_datasets(
         data_args.dataset_name,

@@ -1142,6 +1142,11 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
         vocab = max(1500, data_args.vocab_size // 2)
         tokenizer = build_tokenizer(vocab, cache=False, texts=list(train[data_args.text_column]) + list(train["url"]))
     else:
+        from ._common import warn_embedded_corpus_tokenizer
+
+        warn_embedded_corpus_tokenizer(
+            {"--train_file": data_args.train_file, "--dataset_name": data_args.dataset_name}, data_args.vocab_size
+        )
         with training_args.main_process_first(desc="build tokenizer"):
             tokenizer = build_tokenizer(data_args.vocab_size)
     if meta_args.layout == "context":

@@ -850,6 +850,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             vocab_size=parse_config_overrides(model_args.config_overrides).get("vocab_size"),
         )
     else:
+        from ._common import warn_embedded_corpus_tokenizer
+
+        warn_embedded_corpus_tokenizer(
+            {"--train_file": data_args.train_file, "--dataset_name": data_args.dataset_name}, data_args.vocab_size
+        )
         with training_args.main_process_first(desc="build tokenizer"):
             tokenizer = build_tokenizer(data_args.vocab_size)
     from ._common import check_learned_positions, check_tokenizer_fits_model
