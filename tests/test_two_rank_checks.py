@@ -10,6 +10,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 from .test_pretrain import FOG_TINY
 
@@ -105,7 +106,9 @@ def test_grape_recipe_under_fsdp2_finishes_and_reports_its_saved_models_target_l
     backend) on 2 ranks: the main process evaluated the held-out targets alone on the FSDP-sharded model, so its first
     forward waited in the parameter all-gather for the other rank, which waited at the end of the run: the launch hung
     (tests/scripts/grape_fsdp2_cpu.py). Now every rank evaluates; the reported target loss is the one-process loss of
-    the model the run saved, which `from_pretrained` loads."""
+    the model the run saved, which `from_pretrained` loads. The launch uses `state_dict_type: SHARDED_STATE_DICT`
+    (the shipped FSDP2 accelerate configs'), with which transformers' `save_model` writes no model: the folder had a
+    config and a tokenizer but no weights until `GrapeTrainer` gathered the whole state for its final save."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_ext.data import load_corpus
@@ -139,6 +142,12 @@ def test_metadata_recipe_under_fsdp2_finishes_and_scores_the_trained_model(finis
     assert final["url_model_with_context"] == pytest.approx(curves["with URL context"][-1][1], abs=1e-5)
     assert final["url_model_without_context"] == pytest.approx(curves["URL model, empty context"][-1][1], abs=1e-5)
     assert "baseline" in final and "guidance_example" in results
+    # SHARDED_STATE_DICT: both trained models are saved whole (transformers' save_model wrote no weights) and load
+    from transformers import AutoModelForCausalLM
+
+    for name in ("url_conditioned", "baseline"):
+        model = AutoModelForCausalLM.from_pretrained(finished("metadata_fsdp2") / "metadata_fsdp2" / name)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 @pytest.mark.distributed

@@ -13,6 +13,7 @@ from transformers.trainer_utils import SchedulerType
 from transformers.utils import logging
 
 from ..utils.decay import ModelDecayNamesMixin
+from ..utils.fsdp_save import WholeModelSaveMixin
 from ..utils.resume import LossWindowResumeMixin
 from .callback import Fp8HealthCallback, skip_vetoed_save
 
@@ -324,7 +325,7 @@ def _check_optimizer_trains_split_branches(model, optimizer) -> None:
         )
 
 
-class Fp8Trainer(ModelDecayNamesMixin, LossWindowResumeMixin, Trainer):
+class Fp8Trainer(ModelDecayNamesMixin, LossWindowResumeMixin, WholeModelSaveMixin, Trainer):
     """`Trainer` for FP8 pretraining (`accelerate launch --mixed_precision fp8`, or a model converted with
     [`convert`]).
 
@@ -461,14 +462,7 @@ class Fp8Trainer(ModelDecayNamesMixin, LossWindowResumeMixin, Trainer):
         dict on every rank and the main process writes it with `save_pretrained`, config and tokenizer, so the folder
         loads with `from_pretrained`. Checkpoints stay sharded as configured. Call it on every process.
         """
-        if self._fsdp_sharded_state_dict() and not getattr(self, "_fp8_saving_checkpoint", False):
-            folder = output_dir if output_dir is not None else self.args.output_dir
-            state_dict = self.accelerator.get_state_dict(self.model)  # a collective: every rank gathers
-            self._save(folder, state_dict=state_dict)
-            if self.args.push_to_hub and not _internal_call:
-                self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
-        else:
-            super().save_model(output_dir, _internal_call=_internal_call)
+        super().save_model(output_dir, _internal_call=_internal_call)  # WholeModelSaveMixin: whole under FSDP
         if not self.args.should_save:
             return
         folder = output_dir if output_dir is not None else self.args.output_dir
@@ -487,13 +481,6 @@ class Fp8Trainer(ModelDecayNamesMixin, LossWindowResumeMixin, Trainer):
             folder = output_dir if output_dir is not None else self.args.output_dir
             with atomic_open(os.path.join(folder, FP8_STATE_FILE), "wb") as fh:
                 fh.write(save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
-
-    def _fsdp_sharded_state_dict(self) -> bool:
-        """FSDP with a state dict type other than FULL_STATE_DICT: transformers' `save_model` then saves no model."""
-        if not getattr(self, "is_fsdp_enabled", False):
-            return False
-        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
-        return plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from ..utils.resume import refuse_weights_only_checkpoint

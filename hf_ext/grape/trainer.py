@@ -27,6 +27,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from ..fp8.emulation import fp8_auxiliary_pass
 from ..utils.checks import reentrant_checkpointing
 from ..utils.decay import ModelDecayNamesMixin
+from ..utils.fsdp_save import WholeModelSaveMixin
 from ..utils.io import atomic_open
 from ..utils.resume import LossWindowResumeMixin
 from .configuration_grape import GrapeConfig
@@ -295,7 +296,7 @@ def _position_limit(model) -> int | None:
     return min(limits) if limits else None
 
 
-class GrapeTrainer(ModelDecayNamesMixin, LossWindowResumeMixin, Trainer):
+class GrapeTrainer(ModelDecayNamesMixin, LossWindowResumeMixin, WholeModelSaveMixin, Trainer):
     """Trainer for multi-source, multi-target data-mixture optimisation (GRAPE) and its baselines.
 
     Args:

@@ -15,6 +15,7 @@ from transformers.trainer_utils import has_length
 from ..utils.checks import is_real
 from ..utils.decay import ModelDecayNamesMixin
 from ..utils.evaluation import EvalRowsOnceMixin
+from ..utils.fsdp_save import WholeModelSaveMixin
 from ..utils.resume import LossWindowResumeMixin, checkpoint_max_steps
 from .collator import MetadataCollator
 
@@ -553,7 +554,7 @@ class _CollateWithoutCacheFlag:
         return batch
 
 
-class MetadataTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
+class MetadataTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeMixin, WholeModelSaveMixin, Trainer):
     """`Trainer` that writes each `MetadataCooldownCallback`'s `metadata_conditioning.json` as part of a checkpoint.
 
     Trainer writes a checkpoint's model first and its `trainer_state.json` last (the file that marks the checkpoint

@@ -16,6 +16,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
 from ..utils.checks import is_real, store_python_scalars
+from ..utils.fsdp_save import WholeModelSaveMixin
 from ..utils.resume import LossWindowResumeMixin
 from .normalized import (
     Lion,
@@ -597,7 +598,7 @@ def check_checkpoint_options(checkpoint: str | None, args: TrainingArguments, nu
     )
 
 
-class WarmupFreeTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, Trainer):
+class WarmupFreeTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, WholeModelSaveMixin, Trainer):
     """A `Trainer` whose optimizer is the normalized optimizer named by `args.normalized_optimizer` (parameter groups
     derived from the model) and whose schedule is `args.lr_scheduler_type`; for `warmup_stable_decay` missing
     `num_decay_steps` are filled from `cooldown_fraction` (default 0.5) and the decay defaults to linear, which is the

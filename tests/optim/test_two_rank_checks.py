@@ -116,6 +116,9 @@ def test_trainer_fsdp2_matches_one_process_resumes_exactly_and_metrics_are_whole
         _close(metrics, single)
         assert trainer["resume_SHARDED_STATE_DICT"] < 1e-6
         assert trainer["resume_FULL_STATE_DICT"] < 1e-6
+    for sdt in ("SHARDED_STATE_DICT", "FULL_STATE_DICT"):  # rank 0 reloads the final save_model's folder
+        saved = ranks[0]["trainer"][f"saved_{sdt}"]
+        assert isinstance(saved, float) and saved < 1e-6, (sdt, saved)
     assert ranks[0]["trainer"]["lion_ar"]["metrics"] == ranks[1]["trainer"]["lion_ar"]["metrics"]
 
 

@@ -23,7 +23,7 @@ def argv(out_dir):
         "--source_domains", "text,numeric", "--target_domains", "t_numeric=numeric", "--use_cpu", "true",
         "--report_to", "none", "--disable_tqdm", "true", "--plot_file", "", "--seed", "0",
         "--fsdp", "full_shard auto_wrap", "--fsdp_config",
-        '{"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}',
+        '{"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "state_dict_type": "SHARDED_STATE_DICT"}',
         "--output_dir", os.path.join(out_dir, "grape_fsdp2"),
     ]  # fmt: skip
 

@@ -22,7 +22,7 @@ def argv(out_dir):
         "--logging_steps", "2", "--guidance_max_new_tokens", "2", "--disable_tqdm", "true",
         "--vocab_size", "512", "--max_steps", "2", "--use_cpu", "true", "--report_to", "none",
         "--fsdp", "full_shard auto_wrap", "--fsdp_config",
-        '{"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["FogDecoderLayer"]}',
+        '{"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["FogDecoderLayer"], "state_dict_type": "SHARDED_STATE_DICT"}',
         "--output_dir", os.path.join(out_dir, "metadata_fsdp2"),
     ]  # fmt: skip
 

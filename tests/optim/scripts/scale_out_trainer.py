@@ -10,6 +10,7 @@ the optimizer's parameters to the sharded ones, `save_fsdp_model` / `save_fsdp_o
 1. WarmupFreeTrainer (LionAR with `UpdateMetricsCallback` and a probe batch; RotationalWrapper(AdamW)) equals one
    process on the global batch, and every metric equals the one-process value on every rank;
 2. checkpoint at step 2 (SHARDED_STATE_DICT and FULL_STATE_DICT), copy the folder, resume: equals the 4-step run;
+   the final `save_model` writes a whole model `from_pretrained` loads with either state dict type;
 3. the metric functions on a `fully_shard`-ed Linear / Conv1D / 3-row Linear equal their one-process values.
 
 Usage: scale_out_trainer.py OUT_DIR (writes OUT_DIR/scale_out_trainer.json on rank 0); `check(OUT_DIR)` is a check of
@@ -153,6 +154,18 @@ def trainer_checks(out_dir, rank):
         trainer = make_trainer(os.path.join(base, "run2"), "lion_ar", ids, sdt, save=True)
         trainer.train(resume_from_checkpoint=os.path.join(base, "moved"))
         result[f"resume_{sdt}"] = max_diff(full(trainer.model), uninterrupted)
+        # the final save_model (every rank) writes a whole model also with SHARDED_STATE_DICT, where transformers'
+        # save_model writes none: the folder loads with from_pretrained and holds the trained weights
+        trainer.save_model(os.path.join(base, "final"))
+        dist.barrier()
+        if rank == 0:
+            from transformers import AutoModelForCausalLM
+
+            try:
+                saved = AutoModelForCausalLM.from_pretrained(os.path.join(base, "final"))
+                result[f"saved_{sdt}"] = max_diff(full(saved), uninterrupted)
+            except OSError as err:  # no weight file
+                result[f"saved_{sdt}"] = f"{type(err).__name__}: {err}"
     return result
 
 
