@@ -18,6 +18,7 @@ from ..utils.checks import is_bool as _is_bool
 from ..utils.checks import is_int as _is_int
 from ..utils.checks import is_real as _is_real
 from ..utils.checks import reentrant_checkpointing, refuse_optimizer_flags
+from ..utils.decay import ModelDecayNamesMixin
 from ..utils.distributed import is_dtensor
 from ..utils.evaluation import EvalRowsOnceMixin
 from ..utils.io import atomic_open, atomic_write_json
@@ -529,7 +530,7 @@ def _keep_last_batch(args):
         args.dataloader_drop_last = drop
 
 
-class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
+class NeuralGrokTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     r"""
     [`Trainer`] whose optimizer step transforms the gradient first, once per optimizer step (never per
     micro-batch): NeuralGrok's learned amplifier (then a global clip), a Grokfast EMA/MA filter, or nothing.
@@ -560,6 +561,12 @@ class NeuralGrokTrainer(EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
     every example of the eval set (transformers' `Trainer` drops the last partial eval batch too, which left a test
     accuracy over a subset that changes with the batch size, or no evaluation at all when the set is smaller than one
     eval batch).
+
+    With `coupled_weight_decay=False` the AdamW that `Trainer` builds (`args.optim`) decays the parameters a model
+    lists in its own `decay_parameter_names()` (FOG: trainable matrices only), as the other hf_ext trainers do
+    (`hf_ext.utils.decay.ModelDecayNamesMixin`); other models keep `Trainer`'s name patterns. Until 2026-12-07 a FOG
+    model got `Trainer`'s patterns here too (its xIELU scalars decayed): such a checkpoint resumes with its own groups.
+    The reference optimizer (`coupled_weight_decay=True`) decays every parameter.
 
     Args:
         model: any model whose forward returns a `loss` from `labels` (e.g. [`GrokDecoderForCausalLM`] or a

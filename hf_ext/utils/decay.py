@@ -33,7 +33,7 @@ class ModelDecayNamesMixin:
             if not callable(own) or "doesn't match the size of optimizer's group" not in str(err):
                 raise
             error = err
-        # A checkpoint of MetadataTrainer, GrapeTrainer or PrivateTrainer written before they followed the model's
+        # A checkpoint of MetadataTrainer, GrapeTrainer, PrivateTrainer or NeuralGrokTrainer written before they followed the model's
         # names (2026-12-07): its two groups are transformers' name patterns (FOG's xIELU scalars decayed). The run
         # resumes with the groups it was trained with, exactly as it was going.
         restore = self._regroup_by_name_patterns()
@@ -54,8 +54,8 @@ class ModelDecayNamesMixin:
         raise ValueError(
             f"resume_from_checkpoint={checkpoint!r}: the checkpoint's optimizer param groups match neither the "
             "weight decay groups this trainer builds from the model's decay_parameter_names() (FOG: trainable "
-            "matrices only) nor transformers' name patterns (which hf_ext's MetadataTrainer, GrapeTrainer and "
-            "PrivateTrainer used before 2026-12-07, also decaying FOG's xIELU scalars act_fn.alpha_p / alpha_n). "
+            "matrices only) nor transformers' name patterns (which hf_ext's MetadataTrainer, GrapeTrainer, "
+            "PrivateTrainer and NeuralGrokTrainer (AdamW) used before 2026-12-07, also decaying FOG's xIELU scalars act_fn.alpha_p / alpha_n). "
             f"Start a new run from the checkpoint's weights (from_pretrained({checkpoint!r}) / --model_name_or_path, "
             "without resume_from_checkpoint), or resume with the hf_ext version that wrote it."
         ) from error
