@@ -16,7 +16,7 @@ from .test_pretrain import FOG_TINY
 
 CHECKS = (
     "fsdp_rank_fingerprints", "loss_window", "eval_rows_once", "pretrain_ddp", "grape_fsdp2", "metadata_fsdp2",
-    "pretrain_fsdp2",
+    "layer_parallel_fsdp2", "pretrain_fsdp2",
 )  # fmt: skip
 
 FSDP2_SHARDED = [
@@ -148,6 +148,24 @@ def test_metadata_recipe_under_fsdp2_finishes_and_scores_the_trained_model(finis
     for name in ("url_conditioned", "baseline"):
         model = AutoModelForCausalLM.from_pretrained(finished("metadata_fsdp2") / "metadata_fsdp2" / name)
         assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.distributed
+def test_layer_parallel_recipe_fine_tuned_under_fsdp2_finishes_and_saves_its_model(finished):
+    """The layer_parallel recipe with `--finetune` and `--fsdp` (FSDP2) on 2 ranks: after fine-tuning, the main
+    process evaluated, saved and reloaded the FSDP-sharded model alone; its first forward waited in the parameter
+    all-gather for the other rank, which waited at the end of the run: the launch hung
+    (tests/scripts/layer_parallel_fsdp2_cpu.py). Now every rank gathers the whole weights and the main process works
+    on a plain copy: the saved model reloads with the fine-tuned model's loss."""
+    from transformers import AutoModelForCausalLM
+
+    out = finished("layer_parallel_fsdp2") / "layer_parallel_fsdp2"
+    results = json.loads((out / "results.json").read_text())
+    assert results["chosen"]["pairs"] == 1 and results["reload_matches"] is True
+    assert results["reloaded_eval"]["loss"] == pytest.approx(results["finetuned_eval"]["loss"], rel=1e-5)
+    assert len(results["finetune_loss_curve"]) >= 1
+    model = AutoModelForCausalLM.from_pretrained(out / "layer_parallel_model")
+    assert type(model).__name__ == "LayerParallelForCausalLM" and model.config.effective_depth == 3
 
 
 @pytest.mark.distributed

@@ -642,6 +642,27 @@ def set_missing_pad_token(tokenizer, fresh_model: bool, vocab_size=None) -> None
     tokenizer.pad_token = tokenizer.eos_token
 
 
+def whole_trained_model(trainer):
+    """The trained model for the main process's own work after training (final evaluation, lm-eval, generation,
+    `save_pretrained`): call it on every process.
+
+    Under FSDP (or DeepSpeed) the trained model's weights are sharded over the ranks and its forward gathers them from
+    every rank: the main process running it alone waited for ranks that had gone on (a gloo "collective mismatch"
+    abort, or a hang). There every rank takes part in gathering the whole state dict (a collective) and the main
+    process gets a plain copy of the model holding it; otherwise the trained model itself."""
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return trainer.model
+    from transformers import AutoModelForCausalLM
+
+    state = trainer.accelerator.get_state_dict(trainer.model)  # every rank; the whole tensors on the main process
+    if not trainer.is_world_process_zero():
+        return trainer.model
+    config = trainer.accelerator.unwrap_model(trainer.model).config
+    whole = AutoModelForCausalLM.from_config(config)
+    whole.load_state_dict(state)
+    return whole.to(trainer.args.device)
+
+
 def warn_embedded_corpus_tokenizer(data_flags: dict, vocab_size: int, fix: str = "--tokenizer_name") -> bool:
     """Warn (and return True) when the recipe builds its BPE on the embedded corpus (CPython's docs) while the data
     comes from the user (`data_flags`: the given ones among `--train_file`, `--dataset_name`, ..., flag -> value):

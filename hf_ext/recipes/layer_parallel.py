@@ -752,9 +752,11 @@ def run(model_args, data_args, sweep_args, training_args) -> dict:
 
         # a checkpoint at --max_steps (a run stopped after its last checkpoint) is restored, not trained a step past
         train_result = train_or_restore_finished(trainer, training_args.resume_from_checkpoint)
-        from ._common import resumed_at_step, whole_run_train_loss
+        from ._common import resumed_at_step, whole_run_train_loss, whole_trained_model
 
-        lp = trainer.model
+        # under FSDP / DeepSpeed the main process's evaluation, save and reload below need whole weights (its forward
+        # on the sharded model alone hung the launch after fine-tuning); every rank takes part in gathering them
+        lp = whole_trained_model(trainer)
         lp.set_pair_finetuning(False)
         results["finetune_loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
         evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]

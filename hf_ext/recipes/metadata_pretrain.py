@@ -641,27 +641,9 @@ def _train_one(
     # a finished run is restored, not trained a step past --max_steps
     train_or_restore_finished(trainer, checkpoint)
     trainer.save_model(args.output_dir)
-    return _whole_model(trainer), callbacks[0].curve, trainer.state.log_history, callbacks[0].empty_curve
+    from ._common import whole_trained_model
 
-
-def _whole_model(trainer):
-    """The trained model for the main process's final evaluation, lm-eval and generation.
-
-    Under FSDP (or DeepSpeed) the trained model's weights are sharded over the ranks and its forward gathers them from
-    every rank: the main process running it alone waited for ranks that had gone on (a gloo "collective mismatch"
-    abort, or a hang). There every rank takes part in gathering the whole state dict (a collective) and the main
-    process gets a plain copy of the model holding it; otherwise the trained model itself."""
-    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
-        return trainer.model
-    from transformers import AutoModelForCausalLM
-
-    state = trainer.accelerator.get_state_dict(trainer.model)  # every rank; the whole tensors on the main process
-    if not trainer.is_world_process_zero():
-        return trainer.model
-    config = trainer.accelerator.unwrap_model(trainer.model).config
-    whole = AutoModelForCausalLM.from_config(config)
-    whole.load_state_dict(state)
-    return whole.to(trainer.args.device)
+    return whole_trained_model(trainer), callbacks[0].curve, trainer.state.log_history, callbacks[0].empty_curve
 
 
 def _domain_token_share(tokenizer, texts: list[str], words: list[str]) -> float:
