@@ -243,7 +243,8 @@ class UpdateMetricsCallback(TrainerCallback):
       `||Delta w_k|| / ||w_k||`, and `update/relative_l2_max` its maximum (with `log_per_tensor=True` also
       `update/relative_l2/<name>` for every tensor);
     - `update/l2_norm`: the global absolute `||Delta w||_2` over all trainable parameters;
-    - `update/angle`: mean per-neuron angle (radians) over weight-decayed tensors with 2+ dims (`Conv1D` columns);
+    - `update/angle`: mean per-neuron angle (radians) over weight-decayed tensors with 2+ dims (`Conv1D` columns,
+      a transposed convolution's output channels);
     - `update/rrc`: mean over linear layers of `||X dW^T|| / ||X W^T||` on the probe batch (if one is given);
     - `update/grad_momentum_cos`.
 
@@ -283,10 +284,13 @@ class UpdateMetricsCallback(TrainerCallback):
         from transformers.pytorch_utils import Conv1D
         from transformers.trainer_pt_utils import get_parameter_names
 
-        from .normalized import _NORM_NAME_PATTERNS
+        from .normalized import _NORM_NAME_PATTERNS, transposed_parameter_ids
 
         decay = set(get_parameter_names(model, [nn.LayerNorm], _NORM_NAME_PATTERNS))
-        transposed = {id(m.weight) for m in model.modules() if isinstance(m, Conv1D)}
+        # the neuron layout the rotational optimizers use: HF Conv1D columns and the output channels `weight[:, j]`
+        # of transposed convolutions (measured per input channel, a LionAR step's angle read 0.0062-0.0072 rad
+        # for an exact 0.00665)
+        transposed = transposed_parameter_ids(model)
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         angular = [(n, p, 1 if id(p) in transposed else 0) for n, p in params if n in decay and p.dim() >= 2]
         linears = [m for m in model.modules() if isinstance(m, (nn.Linear, Conv1D))]
