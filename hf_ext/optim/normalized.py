@@ -722,8 +722,10 @@ def _snr_factor(state: dict, group: dict, grad: torch.Tensor) -> float:
     sb = group.get("snr_beta", 0.9)
     t = state["step"]
     bc = 1.0 - b2**t
-    g2 = _total(grad.float().pow(2))
-    m2 = _total(state["exp_avg"].float().pow(2)) / bc**2
+    # squares in float32 for half-precision tensors, in the tensor's own dtype otherwise (`.float()` summed float64
+    # tensors in float32: their SNR was ~1e-6 relative off a float64 computation)
+    g2 = _total(grad.to(_acc_dtype(grad.dtype)).pow(2))
+    m2 = _total(state["exp_avg"].to(_acc_dtype(state["exp_avg"].dtype)).pow(2)) / bc**2
     c_t = (1 - b2) / (1 + b2) * (1 - b2 ** (2 * t)) / bc**2 if b2 > 0 else 1.0
     state["snr_g2"] = sb * state.get("snr_g2", 0.0) + (1 - sb) * g2
     state["snr_m2"] = sb * state.get("snr_m2", 0.0) + (1 - sb) * m2
