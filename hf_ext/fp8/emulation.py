@@ -120,6 +120,22 @@ def _amax(t: torch.Tensor) -> torch.Tensor:
     return t.detach().abs().amax().float()
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype `torch.autocast` gives matmuls on `device_type` now, or `None` outside autocast (or on a device type
+    without autocast, e.g. "meta")."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _no_autocast(device_type: str):
+    """Autocast off for the emulated GEMMs: under `torch.autocast` their FP32 operands (FP8 values times a scale) would
+    be rounded to the autocast dtype before the product, which an FP8 GEMM does not do."""
+    if not torch.amp.is_autocast_available(device_type):  # e.g. "meta": no autocast to turn off
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
 def _record(history: torch.Tensor, amax: torch.Tensor) -> None:
     history.copy_(torch.roll(history, 1, dims=0))
     history[0] = amax
@@ -297,9 +313,11 @@ class _Fp8LinearFunction(torch.autograd.Function):
             ref_x, ref_w = amax_x, amax_w
         xq = quantize_dequantize(x2, scale_from_amax(ref_x, fwd_dtype, module.margin), fwd_dtype)
         wq = quantize_dequantize(weight, scale_from_amax(ref_w, fwd_dtype, module.margin), fwd_dtype)
-        out = xq @ wq.t()
-        if bias is not None:
-            out = out + bias.float()
+        out_dtype = _autocast_dtype(x.device.type) or x.dtype
+        with _no_autocast(x.device.type):  # FP32 product of the FP8 operands, also under torch.autocast
+            out = xq @ wq.t()
+            if bias is not None:
+                out = out + bias.float()
         ctx.save_for_backward(xq, wq)
         ctx.module = module
         # a backward of an eval-mode (influence, attribution) or auxiliary forward records nothing
@@ -307,8 +325,9 @@ class _Fp8LinearFunction(torch.autograd.Function):
         ctx.has_bias = bias is not None
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
         # 2-D: the caller reshapes, so the module's output is not a view made inside this Function and may be
-        # updated in place as nn.Linear's (peft's AdaLoRA adds to it with +=)
-        return out.to(x.dtype)
+        # updated in place as nn.Linear's (peft's AdaLoRA adds to it with +=). Under torch.autocast the output has
+        # the autocast dtype, as nn.Linear's (and an FP8 GEMM's with that output type, torchao's, Transformer Engine's)
+        return out.to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -333,8 +352,9 @@ class _Fp8LinearFunction(torch.autograd.Function):
         else:
             ref_g = amax_g
         gq = quantize_dequantize(g2, scale_from_amax(ref_g, grad_dtype, module.margin), grad_dtype)
-        grad_x = (gq @ wq).to(ctx.x_dtype).reshape(ctx.x_shape)  # dgrad GEMM, FP8 x FP8
-        grad_w = (gq.t() @ xq).to(ctx.w_dtype)  # wgrad GEMM, FP8 x FP8
+        with _no_autocast(g2.device.type):
+            grad_x = (gq @ wq).to(ctx.x_dtype).reshape(ctx.x_shape)  # dgrad GEMM, FP8 x FP8
+            grad_w = (gq.t() @ xq).to(ctx.w_dtype)  # wgrad GEMM, FP8 x FP8
         grad_b = g2.float().sum(0).to(ctx.w_dtype) if ctx.has_bias else None
         return grad_x, grad_w, grad_b, None
 
@@ -472,7 +492,8 @@ def fp8_bmm(a: torch.Tensor, b: torch.Tensor, fp8_format: str = "hybrid") -> tor
     """Batched `a @ b` with both operands in FP8 (forward dtype) and the output gradient in FP8 (gradient dtype), so
     the forward and both backward BMMs see FP8 inputs; accumulation in FP32."""
     fwd, grad = fp8_dtypes(fp8_format)
-    out = torch.matmul(_QuantizeForward.apply(a, fwd).float(), _QuantizeForward.apply(b, fwd).float())
+    with _no_autocast(a.device.type):  # FP32 product of the FP8 operands, also under torch.autocast
+        out = torch.matmul(_QuantizeForward.apply(a, fwd).float(), _QuantizeForward.apply(b, fwd).float())
     return _QuantizeGrad.apply(out, grad).to(a.dtype)
 
 
