@@ -214,13 +214,16 @@ def _mirror_value(source, key: str):
 
 def layer_attention_types(config) -> list[str]:
     """Attention type (`"full_attention"` or `"sliding_attention"`) of each layer of a Llama, Mistral or Qwen2
-    config: its `layer_types`, or the same type for every layer from `sliding_window`. Llama has no sliding-window
-    attention (`LlamaForCausalLM` ignores a `sliding_window` in its config), so a Llama config gives full attention."""
-    types = getattr(config, "layer_types", None)
-    if types is not None:
-        return list(types)
-    if getattr(config, "model_type", None) == "llama":
+    config, as that architecture's own model applies it. Llama has no sliding-window attention (`LlamaForCausalLM`
+    ignores `sliding_window` and `layer_types` in its config): full attention everywhere. Mistral uses one type for
+    every layer, from `sliding_window` alone (`MistralModel` ignores `layer_types`, which some checkpoints carry).
+    Qwen2 (and any other config) follows its `layer_types`, or `sliding_window` for every layer without them."""
+    model_type = getattr(config, "model_type", None)
+    if model_type == "llama":
         return ["full_attention"] * config.num_hidden_layers
+    types = getattr(config, "layer_types", None)
+    if types is not None and model_type != "mistral":
+        return list(types)
     kind = "sliding_attention" if getattr(config, "sliding_window", None) is not None else "full_attention"
     return [kind] * config.num_hidden_layers
 
@@ -510,6 +513,22 @@ class LayerParallelConfig(PreTrainedConfig):
                 "LlamaForCausalLM ignores `sliding_window`. Folders saved before hf_ext 2026-12-05 from such a source "
                 "applied the window and so did not compute the source model's function. To load these weights with the "
                 "source's full attention, delete the `layer_types` entry from the folder's config.json (it is derived "
+                "again), or convert the source model again with `convert_to_layer_parallel`."
+            )
+        model_type = getattr(src, "model_type", None)
+        if (
+            key == "layer_types"
+            and model_type in ("llama", "mistral")
+            and getattr(src, "layer_types", None) is not None
+            and isinstance(value, list | tuple)
+        ):
+            # saved by an hf_ext that applied a Llama / Mistral source config's `layer_types` (their models ignore it)
+            return ValueError(
+                f"layer_types={list(value)!r} follows the `layer_types` of a {model_type} source config, which "
+                f"{'LlamaForCausalLM' if model_type == 'llama' else 'MistralForCausalLM'} ignores (its layers use "
+                f"{sorted(set(self.layer_types))}). Folders saved before hf_ext 2026-12-07 from such a source applied "
+                "them and so did not compute the source model's function. To load these weights with the source's own "
+                "attention, delete the top-level `layer_types` entry from the folder's config.json (it is derived "
                 "again), or convert the source model again with `convert_to_layer_parallel`."
             )
         return ValueError(
