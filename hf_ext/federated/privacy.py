@@ -211,6 +211,7 @@ def per_sample_gradients(
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per-sample gradients of the causal-LM loss for the parameters with `requires_grad` (e.g. only LoRA).
 
@@ -218,7 +219,9 @@ def per_sample_gradients(
     sample's loss is the mean next-token cross-entropy over its labels that are not -100. With `attention_mask`
     (padded batches, left or right padding) each row's gradient is that of the same sequence without its padding:
     left-padded rows are moved to the right first (their tokens then sit at positions 0, 1, ..., as alone), padded
-    keys are masked, and a target that is padding or is predicted from padding is not counted. For the vmapped call
+    keys are masked, and a target that is padding or is predicted from padding is not counted. `position_ids` (a
+    batch's own positions, e.g. a dataset column, as the model takes them) are passed to the model with their tokens
+    (moved with them when a row is rotated); without them the model numbers each row's tokens itself. For the vmapped call
     a transformers model runs with eager attention (sdpa's mask creation branches on the data, which `vmap` refuses)
     and without the input-embedding hooks of `enable_input_require_grads` (gradient checkpointing); both are
     restored afterwards. A forward torch.func cannot transform (e.g. a peft LoRA with `target_parameters`, whose
@@ -240,6 +243,11 @@ def per_sample_gradients(
             f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, got "
             f"{tuple(attention_mask.shape)}."
         )
+    if position_ids is not None and tuple(position_ids.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"`position_ids` must have the shape of `input_ids` {tuple(input_ids.shape)}, got "
+            f"{tuple(position_ids.shape)}."
+        )
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("The model has no trainable parameter (nothing requires grad).")
@@ -254,15 +262,17 @@ def per_sample_gradients(
     mask = None if attention_mask is None or bool(attention_mask.bool().all()) else attention_mask.long()
     attend = None
     if mask is not None:
-        input_ids, labels, mask = _real_tokens_first(input_ids, labels, mask)
+        input_ids, labels, mask, position_ids = _real_tokens_first(input_ids, labels, mask, position_ids)
         # a row without any real token attends to everything (eager attention turns a fully masked row into NaN in
         # float64); it has no target, so its gradient is zero all the same
         attend = torch.where(mask.any(dim=1, keepdim=True), mask, torch.ones_like(mask))
 
-    def loss_fn(p, ids, lab, m, m2):
+    def loss_fn(p, ids, lab, m, m2, pos):
         kwargs = {"input_ids": ids[None]}
         if m is not None:
             kwargs["attention_mask"] = m[None]
+        if pos is not None:
+            kwargs["position_ids"] = pos[None]
         out = functional_call(model, (p, buffers), args=(), kwargs=kwargs, strict=False)
         logits = out.logits[0, :-1].float()
         target = lab[1:]
@@ -273,15 +283,16 @@ def per_sample_gradients(
         mean = loss / (target != -100).sum().clamp(min=1)
         return mean, mean.detach()
 
-    def g(p, ids, lab, m, m2):
-        grads, loss = grad(loss_fn, has_aux=True)(p, ids, lab, m, m2)
+    def g(p, ids, lab, m, m2, pos):
+        grads, loss = grad(loss_fn, has_aux=True)(p, ids, lab, m, m2, pos)
         return grads, loss
 
     in_mask = None if mask is None else 0
+    in_pos = None if position_ids is None else 0
     with prepared_for_vmap(model):
         try:
-            return vmap(g, in_dims=(None, 0, 0, in_mask, in_mask), randomness="different")(
-                params, input_ids, labels, attend, mask
+            return vmap(g, in_dims=(None, 0, 0, in_mask, in_mask, in_pos), randomness="different")(
+                params, input_ids, labels, attend, mask, position_ids
             )
         except RuntimeError as err:
             if not is_func_transform_error(err):
@@ -297,8 +308,9 @@ def per_sample_gradients(
         rows = []
         for i in range(input_ids.shape[0]):
             m, m2 = (None, None) if mask is None else (attend[i], mask[i])
+            pos = None if position_ids is None else position_ids[i]
             with torch.enable_grad():
-                loss, value = loss_fn(dict(zip(names, live, strict=True)), input_ids[i], labels[i], m, m2)
+                loss, value = loss_fn(dict(zip(names, live, strict=True)), input_ids[i], labels[i], m, m2, pos)
                 row = torch.autograd.grad(loss, live, allow_unused=True)
             rows.append(([torch.zeros_like(p) if r is None else r for r, p in zip(row, live, strict=True)], value))
         grads = {n: torch.stack([r[0][k] for r in rows]) for k, n in enumerate(names)}
@@ -306,14 +318,16 @@ def per_sample_gradients(
 
 
 def _real_tokens_first(
-    input_ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    input_ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Rows rotated so that their leading padding moves to the end (left padding becomes right padding; other rows
-    are unchanged): the tokens of a row then sit at positions 0, 1, ... as in the sequence alone."""
+    are unchanged): the tokens of a row then sit at positions 0, 1, ... as in the sequence alone. Given
+    `position_ids` move with their tokens (each token keeps its own position)."""
     length = mask.shape[1]
     lead = torch.where(mask.any(dim=1), mask.bool().int().argmax(dim=1), torch.zeros_like(mask[:, 0]))
     index = (torch.arange(length, device=mask.device)[None, :] + lead[:, None]) % length
-    return input_ids.gather(1, index), labels.gather(1, index), mask.gather(1, index)
+    moved = None if position_ids is None else position_ids.gather(1, index)
+    return input_ids.gather(1, index), labels.gather(1, index), mask.gather(1, index), moved
 
 
 def clip_per_sample(
@@ -412,12 +426,13 @@ def dp_gradient(
     expected_batch_size: int | None = None,
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One DP-SGD gradient: `(sum_i clip(g_i) + N(0, sigma^2 C^2)) / B` for the trainable parameters.
 
     `B` is `expected_batch_size` (Poisson sampling: `q * N`), not the realised batch size, as in Opacus; an empty
     batch (possible under Poisson sampling) yields pure noise. Pass `attention_mask` for padded batches: padding is
-    then neither attended to nor part of any sample's gradient.
+    then neither attended to nor part of any sample's gradient; and the batch's `position_ids`, if it has them.
 
     Returns:
         `tuple[dict[str, torch.Tensor], torch.Tensor]`: the privatised gradient per trainable parameter name and the
@@ -428,7 +443,7 @@ def dp_gradient(
         clipped = {n: torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device) for n, p in params.items()}
         losses = torch.zeros(0, device=input_ids.device)
     else:
-        grads, losses = per_sample_gradients(model, input_ids, labels, attention_mask)
+        grads, losses = per_sample_gradients(model, input_ids, labels, attention_mask, position_ids)
         clipped, _ = clip_per_sample(grads, max_norm)
     summed = noisy_sum(clipped, max_norm, noise_multiplier, generator)
     b = expected_batch_size or input_ids.shape[0]

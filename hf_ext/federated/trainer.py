@@ -29,6 +29,8 @@ from .privacy import (
 )
 
 ACCOUNTANT_FILE = "privacy_accountant.json"
+#: the batch entries a DP-SGD step passes to the model (per sample); any other tensor in a batch is refused
+DP_SGD_INPUTS = ("input_ids", "labels", "attention_mask", "position_ids")
 
 
 @dataclass
@@ -337,6 +339,14 @@ class PrivateTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeMi
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         inputs = self._prepare_inputs(inputs)
+        unused = sorted(k for k, v in inputs.items() if k not in DP_SGD_INPUTS and isinstance(v, torch.Tensor))
+        if unused:  # the model would take them in a plain step; the per-sample step would train without them
+            raise ValueError(
+                f"DP-SGD (--dp_clip_norm): the training batch has model input(s) {unused} that the per-sample step "
+                f"does not pass to the model (it takes {list(DP_SGD_INPUTS)}): each sample's gradient would be that of "
+                "another forward than the model's own. Drop those columns from the train dataset (or the collator), "
+                "or train without --dp_clip_norm."
+            )
         unwrapped = self.accelerator.unwrap_model(model)
         grads, losses = dp_gradient(
             unwrapped,
@@ -347,6 +357,7 @@ class PrivateTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeMi
             expected_batch_size=self.expected_batch_size,
             attention_mask=inputs.get("attention_mask"),
             generator=self.noise_generator(inputs["input_ids"].device),
+            position_ids=inputs.get("position_ids"),
         )
         params = dict(unwrapped.named_parameters())
         for name, g in grads.items():
