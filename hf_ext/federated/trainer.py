@@ -153,7 +153,8 @@ class PrivateTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeMi
     sampling is secret by default (a seed from the OS randomness, not the public `seed` / `data_seed`): whoever could
     rebuild the batches would know which steps used a record, and the accountant's amplification by subsampling
     would not hold against them. Each optimizer step computes per-sample gradients of the trainable parameters
-    with `torch.func` (respecting the batch's `attention_mask`), clips each to `dp_clip_norm`, sums, adds
+    with `torch.func` (respecting the batch's `attention_mask` and `position_ids`; any other model input in a batch,
+    e.g. `token_type_ids`, is refused), clips each to `dp_clip_norm`, sums, adds
     `N(0, (dp_noise_multiplier * dp_clip_norm)^2)` and divides by the expected batch size. The noise comes from a
     generator seeded with a secret drawn from the OS randomness ([`secret_noise_generator`]), so knowing the training
     seeds does not reveal it; with `dp_noise_seed` set it is seeded per step from `(dp_noise_seed, global_step)`
