@@ -31,6 +31,25 @@ STATS_WINDOW_NAME = "cubic_stats_window.json"  # the steps since the last log, i
 DENSE_MAX_DIM = inspect.signature(CubicNewton).parameters["dense_max_dim"].default
 
 
+def _refuse_multiple_processes(world_size: int = 1) -> None:
+    """Raise a `ValueError` when this process is one of several: launched by `torchrun --nproc_per_node N` /
+    `accelerate launch --num_processes N` (the launcher's world size in the environment, set before any process group
+    exists) or with `world_size` (the arguments' own) above 1. CubicNewton's step differentiates each process's own
+    batch with `torch.func` and all-reduces nothing, so the ranks would train apart (or, where accelerate saw no
+    distributed setup, each train the whole run alone into the same `--output_dir`)."""
+    from ..recipes._common import launched_processes
+
+    n = max(launched_processes(), world_size)
+    if n > 1:
+        raise ValueError(
+            f"CubicNewtonTrainer runs in one process, but this run has {n} (torchrun --nproc_per_node / accelerate "
+            "launch --num_processes / DDP): each cubic step differentiates the process's own batch with torch.func and "
+            "all-reduces nothing, so the ranks' weights would drift apart without an error. Launch it in one process "
+            "(`python train.py ...` or `accelerate launch --num_processes 1 ...`) and raise "
+            "--per_device_train_batch_size for larger batches."
+        )
+
+
 @dataclass
 class CubicNewtonTrainingArguments(TrainingArguments):
     """`TrainingArguments` for `CubicNewtonTrainer`. `learning_rate` multiplies the cubic step (1.0 = the plain method)
@@ -91,6 +110,9 @@ class CubicNewtonTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         store_python_scalars(self, base=TrainingArguments)  # numpy numbers as Python ones: to_json_string() works
+        # before TrainingArguments starts a process group (and before the option check below builds a CubicNewton,
+        # whose data-parallel warning every rank used to print ahead of the trainer's refusal)
+        _refuse_multiple_processes()
         super().__post_init__()
         if self.gradient_accumulation_steps != 1:
             raise ValueError(
@@ -250,9 +272,8 @@ class CubicNewtonTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, 
                 "CubicNewtonTrainer builds its own CubicNewton optimizer; do not pass `optimizer_cls_and_kwargs` (it "
                 "would be ignored). Set CubicNewton's options with the --cubic_* training arguments."
             )
+        _refuse_multiple_processes(args.world_size)
         super().__init__(model=model, args=args, **kwargs)
-        if self.args.world_size > 1:
-            raise ValueError("CubicNewtonTrainer runs in a single process (its functional step does not all-reduce).")
         if self.neftune_noise_alpha is not None:  # set on `args` after they were checked
             raise ValueError(
                 f"CubicNewtonTrainer: neftune_noise_alpha={self.neftune_noise_alpha} would be ignored (NEFTune adds noise "
