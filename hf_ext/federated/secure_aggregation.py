@@ -515,6 +515,11 @@ def default_threshold(num_clients: int, max_colluders: int = 0) -> int:
     dropouts, helped by `c = max_colluders` clients, can never hold `t` shares of both secrets of one client, and up to
     `n - t` clients may drop out. Raises `ValueError` if no threshold <= n satisfies it."""
     _check_colluders(max_colluders)
+    if int(num_clients) < 2:  # the threshold is at least 2: no max_colluders makes it fit fewer clients
+        raise ValueError(
+            f"secure aggregation needs at least 2 clients (it hides each update in a sum), got {num_clients}: add "
+            "clients or turn secure aggregation off."
+        )
     t = max(2, (int(num_clients) + int(max_colluders)) // 2 + 1)
     if t > num_clients:
         raise ValueError(

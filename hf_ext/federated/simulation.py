@@ -316,6 +316,11 @@ class FederatedArguments:
     def threshold(self, num_clients: int) -> int:
         """The Shamir threshold for `num_clients` participants, validated: `2t > n + max_colluders` and `t <= n`."""
         c = self.secure_aggregation_max_colluders
+        if num_clients < 2:  # no --secure_aggregation_max_colluders fixes this: the threshold is at least 2
+            raise ValueError(
+                f"--secure_aggregation needs at least 2 clients (it hides each update in a sum), got {num_clients}: "
+                "add clients or turn secure aggregation off."
+            )
         if self.secure_aggregation_threshold is None:
             try:
                 return default_threshold(num_clients, c)
