@@ -16,6 +16,7 @@ from transformers.trainer_utils import seed_worker
 from ..utils.checks import is_int, is_real, store_python_scalars
 from ..utils.decay import ModelDecayNamesMixin
 from ..utils.evaluation import EvalRowsOnceMixin
+from ..utils.fsdp_save import WholeModelSaveMixin
 from ..utils.resume import LossWindowResumeMixin
 from .goldfish import GoldfishCollator
 from .privacy import (
@@ -142,7 +143,7 @@ class PrivateTrainingArguments(TrainingArguments):
             raise TypeError(f"--dp_noise_seed must be an integer or None (secret noise), got {self.dp_noise_seed!r}.")
 
 
-class PrivateTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
+class PrivateTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeMixin, WholeModelSaveMixin, Trainer):
     """A `Trainer` with Goldfish loss (via [`GoldfishCollator`]) and DP-SGD (per-sample clipping + Gaussian noise).
 
     With `args.dp_clip_norm` set, batches are drawn by Poisson sampling ([`PoissonBatchSampler`]: each example joins

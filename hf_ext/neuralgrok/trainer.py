@@ -21,6 +21,7 @@ from ..utils.checks import reentrant_checkpointing, refuse_optimizer_flags
 from ..utils.decay import ModelDecayNamesMixin
 from ..utils.distributed import is_dtensor
 from ..utils.evaluation import EvalRowsOnceMixin
+from ..utils.fsdp_save import WholeModelSaveMixin
 from ..utils.io import atomic_open, atomic_write_json
 from ..utils.resume import LossWindowResumeMixin
 from .amplifier import NeuralAmplifier, amplifier_outer_step
@@ -530,7 +531,7 @@ def _keep_last_batch(args):
         args.dataloader_drop_last = drop
 
 
-class NeuralGrokTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeMixin, Trainer):
+class NeuralGrokTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeMixin, WholeModelSaveMixin, Trainer):
     r"""
     [`Trainer`] whose optimizer step transforms the gradient first, once per optimizer step (never per
     micro-batch): NeuralGrok's learned amplifier (then a global clip), a Grokfast EMA/MA filter, or nothing.
