@@ -442,6 +442,14 @@ def validate_args(task_args: GrokTaskArguments, model_args: GrokModelArguments, 
         reentrant = reentrant_checkpointing(training_args.activation_checkpointing_kwargs if on else None, None)
         if reentrant:
             raise ValueError(f"--methods neuralgrok: {reentrant_checkpointing_message(reentrant)}")
+        # likewise FSDP: refused by NeuralGrokTrainer when it is built, after the methods before it have trained
+        if training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
+            raise ValueError(
+                "--methods neuralgrok does not run under FSDP (--fsdp, or an accelerate config with FSDP): its outer "
+                "step evaluates the model at virtual parameters through torch.func.functional_call, which FSDP's own "
+                "all-gather bypasses. Train it with DDP (torchrun --nproc_per_node N ... --use_cpu true on CPUs) or "
+                "in one process, or drop neuralgrok from --methods under FSDP."
+            )
     # `not 0 < x < 1` also refuses NaN and inf (inf failed later with a bare OverflowError, naming no flag)
     if any(m in INNER_METHODS for m in methods) and not 0 < task_args.outer_fraction < 1:
         raise ValueError(
