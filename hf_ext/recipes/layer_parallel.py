@@ -572,8 +572,24 @@ def _pretrain_small_llama(model_args, tokenizer, train_ds, training_args, block_
         model=model, args=args, train_dataset=train_ds, data_collator=default_data_collator, processing_class=tokenizer
     )
     trainer.train()
-    trainer.save_model(source_dir)
-    return trainer.model.eval(), source_dir
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        trainer.save_model(source_dir)
+        return trainer.model.eval(), source_dir
+    # These arguments name no FSDP, but an accelerate config with FSDP (`accelerate launch --config_file ...`, its
+    # environment) shards this Trainer's model too: the sweep then got the sharded model (a TypeError naming an
+    # `FSDPLinear`, or the main process's forward waiting for the other ranks) and a SHARDED_STATE_DICT save wrote no
+    # weights into source/. Every rank takes part in gathering the whole weights, the main process writes them, and
+    # every rank reloads that folder: a plain model for the sweep and the conversion on each rank.
+    from ..utils.distributed import barrier
+    from ._common import whole_trained_model
+
+    whole = whole_trained_model(trainer)
+    if trainer.is_world_process_zero():
+        whole.save_pretrained(source_dir)
+        tokenizer.save_pretrained(source_dir)
+    barrier()
+    source = LlamaForCausalLM.from_pretrained(source_dir, attn_implementation=model_args.attn_implementation)
+    return source.eval(), source_dir
 
 
 # The report files a run writes into --output_dir (a fresh run removes an earlier run's before it starts).
