@@ -649,7 +649,8 @@ def whole_trained_model(trainer):
     Under FSDP (or DeepSpeed) the trained model's weights are sharded over the ranks and its forward gathers them from
     every rank: the main process running it alone waited for ranks that had gone on (a gloo "collective mismatch"
     abort, or a hang). There every rank takes part in gathering the whole state dict (a collective) and the main
-    process gets a plain copy of the model holding it; otherwise the trained model itself."""
+    process gets a plain copy of the model holding it, in the trained model's dtype; otherwise the trained model
+    itself."""
     if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
         return trainer.model
     from transformers import AutoModelForCausalLM
@@ -657,8 +658,10 @@ def whole_trained_model(trainer):
     state = trainer.accelerator.get_state_dict(trainer.model)  # every rank; the whole tensors on the main process
     if not trainer.is_world_process_zero():
         return trainer.model
-    config = trainer.accelerator.unwrap_model(trainer.model).config
-    whole = AutoModelForCausalLM.from_config(config)
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    # in the trained model's dtype: config.dtype can be unset (a bf16 checkpoint converted to layer-parallel pairs
+    # has None), and from_config then built a float32 copy, evaluated and saved in float32
+    whole = AutoModelForCausalLM.from_config(trained.config, dtype=trained.dtype)
     whole.load_state_dict(state)
     return whole.to(trainer.args.device)
 

@@ -1,0 +1,69 @@
+"""Audit pass 40 review (rv49): `hf_ext.recipes._common.whole_trained_model`, the main process's plain copy of a model
+trained under FSDP / DeepSpeed (layer_parallel --finetune, metadata_pretrain)."""
+
+import types
+
+import pytest
+import torch
+
+
+def _fake_sharded_trainer(model):
+    """What `whole_trained_model` reads of a Trainer under FSDP on the main process: the gathered state dict (here the
+    model's own), the unwrapped model and the device."""
+    accelerator = types.SimpleNamespace(get_state_dict=lambda m: m.state_dict(), unwrap_model=lambda m: m)
+    return types.SimpleNamespace(
+        model=model,
+        accelerator=accelerator,
+        is_fsdp_enabled=True,
+        is_deepspeed_enabled=False,
+        is_world_process_zero=lambda: True,
+        args=types.SimpleNamespace(device=torch.device("cpu")),
+    )
+
+
+@pytest.mark.parametrize("mode", ["sublayer", "block"])
+def test_whole_trained_model_keeps_a_bfloat16_layer_parallel_model_in_bfloat16(tmp_path, mode):
+    """A bf16 checkpoint (--model_name_or_path) converted with `convert_to_layer_parallel` has `config.dtype` None, so
+    the copy built with `from_config(config)` was float32: under --fsdp the fine-tuned model was evaluated and saved
+    (layer_parallel_model/) in float32, twice the size, while the same run in one process keeps and saves bfloat16.
+    The copy has the trained model's dtype and gives its logits exactly."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    import hf_ext  # noqa: F401  (registers the architectures)
+    from hf_ext.models.layer_parallel import convert_to_layer_parallel
+    from hf_ext.recipes._common import whole_trained_model
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
+    )  # fmt: skip
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tmp_path)
+    source = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert source.dtype == torch.bfloat16
+    lp = convert_to_layer_parallel(source, 2, 4, mode=mode).eval()
+    whole = whole_trained_model(_fake_sharded_trainer(lp))
+    assert whole is not lp
+    assert {p.dtype for p in whole.parameters()} == {torch.bfloat16}
+    x = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(whole.eval()(x).logits, lp(x).logits)
+
+
+def test_whole_trained_model_keeps_a_float32_model_float32():
+    """The copy of a float32 model (config.dtype None, the recipes' fresh models) stays float32 and exact."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ext.recipes._common import whole_trained_model
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    whole = whole_trained_model(_fake_sharded_trainer(model))
+    assert {p.dtype for p in whole.parameters()} == {torch.float32}
+    x = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(whole.eval()(x).logits, model(x).logits)
