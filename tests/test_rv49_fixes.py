@@ -67,3 +67,32 @@ def test_whole_trained_model_keeps_a_float32_model_float32():
     x = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(whole.eval()(x).logits, model(x).logits)
+
+
+class _Built(Exception):
+    pass
+
+
+def test_warmup_warns_that_the_users_file_gets_the_corpus_tokenizer(monkeypatch, caplog, tmp_path):
+    """README: "Without --tokenizer_name ... your --train_file ... are tokenized with the BPE built on the embedded
+    corpus ...; the recipes say so in a warning", beside the list of recipes that take a --train_file (warmup among
+    them). warmup tokenized its --train_file with that BPE silently; it now warns too, and says it has no tokenizer
+    flag (none to pass). The run stops at the tokenizer build."""
+    import logging
+
+    import hf_ext.data as data_module
+    from hf_ext.recipes.warmup import main
+
+    def stop(*args, **kwargs):
+        raise _Built
+
+    monkeypatch.setattr(data_module, "build_tokenizer", stop)
+    path = tmp_path / "mine.txt"
+    path.write_text("Ein Dokument auf Deutsch.\n\nNoch eines, mit Umlauten: äöü.\n", encoding="utf-8")
+    common = ["--use_cpu", "true", "--report_to", "none", "--max_steps", "1", "--arms", "adamw_warmup"]
+    for argv, warned in (([*common, "--train_file", str(path)], True), (common, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), pytest.raises(_Built):
+            main([*argv, "--output_dir", str(tmp_path / ("a" if warned else "b"))])
+        assert (f"--train_file {str(path)!r} will be tokenized with the byte-level BPE" in caplog.text) is warned
+        assert ("This recipe has no tokenizer flag" in caplog.text) is warned

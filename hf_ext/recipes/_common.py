@@ -666,21 +666,26 @@ def whole_trained_model(trainer):
     return whole.to(trainer.args.device)
 
 
-def warn_embedded_corpus_tokenizer(data_flags: dict, vocab_size: int, fix: str = "--tokenizer_name") -> bool:
+def warn_embedded_corpus_tokenizer(data_flags: dict, vocab_size: int, fix: str | None = "--tokenizer_name") -> bool:
     """Warn (and return True) when the recipe builds its BPE on the embedded corpus (CPython's docs) while the data
     comes from the user (`data_flags`: the given ones among `--train_file`, `--dataset_name`, ..., flag -> value):
     such a tokenizer has not seen that data, so e.g. another language or domain falls back to short byte pieces.
-    As transformers' `run_clm`, which refuses to train a tokenizer, the fix is `fix` naming a tokenizer for the data."""
+    As transformers' `run_clm`, which refuses to train a tokenizer, the fix is `fix` naming a tokenizer for the data
+    (`None`: a recipe without a tokenizer flag, `warmup`, says so instead)."""
     given = [f"{flag} {value!r}" for flag, value in data_flags.items() if value]
     if not given:
         return False
     import logging
 
+    advice = (
+        f"Pass {fix} with a tokenizer made for your data (e.g. a Hub tokenizer, or one trained with "
+        "`tokenizer.train_new_from_iterator` and saved with `save_pretrained`)."
+        if fix is not None
+        else "This recipe has no tokenizer flag: every arm trains on these same tokens."
+    )
     logging.getLogger(__name__).warning(
         f"No tokenizer given: {' and '.join(given)} will be tokenized with the byte-level BPE (--vocab_size "
-        f"{vocab_size}) that hf_ext trains on its embedded corpus (Python's documentation), not on your data. Pass "
-        f"{fix} with a tokenizer made for your data (e.g. a Hub tokenizer, or one trained with "
-        "`tokenizer.train_new_from_iterator` and saved with `save_pretrained`)."
+        f"{vocab_size}) that hf_ext trains on its embedded corpus (Python's documentation), not on your data. {advice}"
     )
     return True
 

@@ -524,6 +524,9 @@ def run(recipe: WarmupRecipeArguments, args: WarmupTrainingArguments) -> dict:
     from ..optim.metrics import UpdateMetricsCallback
     arms = validate(recipe, args)
     resume = resume_checkpoints(args.resume_from_checkpoint, arms, args.output_dir, args.max_steps)
+    from ._common import warn_embedded_corpus_tokenizer
+
+    warn_embedded_corpus_tokenizer({"--train_file": recipe.train_file}, recipe.vocab_size, fix=None)
     tokenizer = build_tokenizer(recipe.vocab_size)
     train_text, eval_text = load_text_datasets(
         None, None, recipe.train_file, None, "text", seed=recipe.validation_split_seed, text_column_flag=None,
