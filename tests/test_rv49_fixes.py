@@ -96,3 +96,28 @@ def test_warmup_warns_that_the_users_file_gets_the_corpus_tokenizer(monkeypatch,
             main([*argv, "--output_dir", str(tmp_path / ("a" if warned else "b"))])
         assert (f"--train_file {str(path)!r} will be tokenized with the byte-level BPE" in caplog.text) is warned
         assert ("This recipe has no tokenizer flag" in caplog.text) is warned
+
+
+@pytest.mark.parametrize("scaling", ["current", "delayed"])
+def test_fp8_linear_keeps_a_float64_output_under_autocast_as_nn_linear_does(scaling):
+    """fg49 (b098b20) gave the emulated Fp8Linear's output the autocast dtype "as nn.Linear's"; but autocast leaves
+    float64 alone (nn.Linear on float64 under `torch.autocast("cpu", bfloat16)` returns float64), and Fp8Linear
+    returned bfloat16 there: a float64 model's outputs rounded to 8 significant bits. float64 now stays float64 and
+    equals the output without autocast; a float32 input still gets the autocast dtype."""
+    from hf_ext.fp8.emulation import Fp8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 16).double()
+    fp8 = Fp8Linear.from_linear(linear, scaling=scaling)
+    x = torch.randn(4, 32, dtype=torch.float64)
+    with torch.no_grad():
+        plain = fp8(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reference = linear(x)
+            out = fp8(x)
+    assert reference.dtype == torch.float64
+    assert out.dtype == torch.float64
+    if scaling == "current":  # the same scales with and without autocast
+        assert torch.equal(out, plain)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert Fp8Linear.from_linear(torch.nn.Linear(32, 16), scaling=scaling)(x.float()).dtype == torch.bfloat16

@@ -120,9 +120,12 @@ def _amax(t: torch.Tensor) -> torch.Tensor:
     return t.detach().abs().amax().float()
 
 
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype `torch.autocast` gives matmuls on `device_type` now, or `None` outside autocast (or on a device type
-    without autocast, e.g. "meta")."""
+def _autocast_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype `torch.autocast` gives a matmul of `dtype` inputs on `device_type` now, or `None` outside autocast (or
+    on a device type without autocast, e.g. "meta") and for float64 inputs, which autocast leaves alone (`nn.Linear`
+    on float64 keeps float64)."""
+    if dtype == torch.float64:
+        return None
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
@@ -313,7 +316,7 @@ class _Fp8LinearFunction(torch.autograd.Function):
             ref_x, ref_w = amax_x, amax_w
         xq = quantize_dequantize(x2, scale_from_amax(ref_x, fwd_dtype, module.margin), fwd_dtype)
         wq = quantize_dequantize(weight, scale_from_amax(ref_w, fwd_dtype, module.margin), fwd_dtype)
-        out_dtype = _autocast_dtype(x.device.type) or x.dtype
+        out_dtype = _autocast_dtype(x.device.type, x.dtype) or x.dtype
         with _no_autocast(x.device.type):  # FP32 product of the FP8 operands, also under torch.autocast
             out = xq @ wq.t()
             if bias is not None:
