@@ -745,3 +745,11 @@ def test_mean_spread_shows_the_spread_without_a_sign_in_a_signed_format(fmt):
     sign = "+" if "+" in fmt else ""
     assert text == f"{sign}1.50 ± 0.71 ({sign}1.00..{sign}2.00)"
     assert mean_spread([-1.0, -2.0], "{:+.2f}") == "-1.50 ± 0.71 (-2.00..-1.00)"
+
+
+def test_layer_pairing_late_claim_names_the_means_it_compares():
+    """rv49: the claim read "the two last positions' mean below (0,1) and (1,2)'s", which reads as below each early
+    pair; the judge compares the late mean with the early pairs' mean (the report names it, and docs/reproductions.md
+    prints the claim)."""
+    name = REPRODUCTIONS["layer_parallel"].claims[1].name
+    assert "the mean over the two last positions below the mean over (0,1) and (1,2)" in name

@@ -645,8 +645,8 @@ LAYER_PARALLEL = Reproduction(
         Claim("perplexity rises with the number of paired layers",
               "Pareto curve of perplexity vs number of pairs; 95-99% accuracy kept at the chosen depth (abstract)",
               _lp_more_pairs_worse),
-        Claim("pairs of late layers hurt less than pairs of early layers (the two last positions' mean below "
-              "(0,1) and (1,2)'s on every seed)",
+        Claim("pairs of late layers hurt less than pairs of early layers (on every seed, the mean over the two last "
+              "positions below the mean over (0,1) and (1,2))",
               "operating points pair the later half of the network (paper, code default)", _lp_late_pairs_cheaper),
     ],  # fmt: skip
 )
