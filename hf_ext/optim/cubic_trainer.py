@@ -37,7 +37,7 @@ def _refuse_multiple_processes(world_size: int = 1) -> None:
     exists) or with `world_size` (the arguments' own) above 1. CubicNewton's step differentiates each process's own
     batch with `torch.func` and all-reduces nothing, so the ranks would train apart (or, where accelerate saw no
     distributed setup, each train the whole run alone into the same `--output_dir`)."""
-    from ..recipes._common import launched_processes
+    from ..utils.distributed import launched_processes
 
     n = max(launched_processes(), world_size)
     if n > 1:

@@ -18,6 +18,8 @@ import os
 import re
 import sys
 
+from ..utils.distributed import launched_processes  # used by refuse_multiple_processes below
+
 _PERCENT = re.compile(r"%%|%\(\w+\)[a-z]|%")
 
 
@@ -729,18 +731,6 @@ def check_learned_positions(
             f"(all but the last fed back to the model) exceed the {limit} learned absolute positions of {what}; use "
             f"--max_new_tokens <= {max(limit - prompt_tokens + 1, 0)} or a shorter --prompt."
         )
-
-
-def launched_processes() -> int:
-    """How many processes this run was launched on: `torchrun` / `accelerate launch --num_processes N` (or MPI) set
-    the world size in the environment before any process group exists; an initialised group counts too."""
-    import torch.distributed as dist
-    from accelerate.utils import get_int_from_env
-
-    n = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
-    if dist.is_available() and dist.is_initialized():
-        n = max(n, dist.get_world_size())
-    return n
 
 
 def refuse_multiple_processes(script: str, why: str, instead: str = "") -> None:

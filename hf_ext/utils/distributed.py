@@ -19,6 +19,18 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def launched_processes() -> int:
+    """How many processes this run was launched on: `torchrun` / `accelerate launch --num_processes N` (or MPI) set
+    the world size in the environment before any process group exists; an initialised group counts too."""
+    import torch.distributed as dist
+    from accelerate.utils import get_int_from_env
+
+    n = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+    if dist.is_available() and dist.is_initialized():
+        n = max(n, dist.get_world_size())
+    return n
+
+
 def is_main_process() -> bool:
     """True on global rank 0, and in a single process."""
     import torch.distributed as dist
