@@ -15,7 +15,7 @@ import torch
 from .test_pretrain import FOG_TINY
 
 CHECKS = (
-    "fsdp_rank_fingerprints", "loss_window", "eval_rows_once", "pretrain_ddp", "grape_fsdp2", "metadata_fsdp2",
+    "fsdp_rank_fingerprints", "loss_window", "eval_rows_once", "whole_model_save", "pretrain_ddp", "grape_fsdp2", "metadata_fsdp2",
     "layer_parallel_fsdp2", "pretrain_fsdp2",
 )  # fmt: skip
 
@@ -166,6 +166,22 @@ def test_layer_parallel_recipe_fine_tuned_under_fsdp2_finishes_and_saves_its_mod
     assert len(results["finetune_loss_curve"]) >= 1
     model = AutoModelForCausalLM.from_pretrained(out / "layer_parallel_model")
     assert type(model).__name__ == "LayerParallelForCausalLM" and model.config.effective_depth == 3
+
+
+@pytest.mark.distributed
+def test_neuralgrok_and_private_trainers_save_a_whole_model_under_fsdp2_sharded_state_dict(finished):
+    """fs49: NeuralGrokTrainer and PrivateTrainer under FSDP2 with `fsdp_state_dict_type: SHARDED_STATE_DICT` write a
+    whole model at their final `save_model` (hf_ext.utils.fsdp_save.WholeModelSaveMixin). Before, transformers'
+    `save_model` wrote nothing there, not even the folder (tests/scripts/whole_model_save_fsdp2_cpu.py)."""
+    ranks = json.loads((finished("whole_model_save") / "whole_model_save.json").read_text())
+    assert len(ranks) == 2
+    for rank in ranks:
+        for name, r in rank.items():
+            assert r["fsdp"] and r["moved"] > 1e-4, (name, r)  # sharded, and trained: not a vacuous comparison
+            assert "pytorch_model_fsdp_0" in r["checkpoint"], (name, r)  # checkpoints stay sharded, as configured
+            assert r["final"] is not None and "model.safetensors" in r["final"], (name, r)
+            assert r["saved_diff"] == 0.0, (name, r)
+    assert ranks[0] == ranks[1]
 
 
 @pytest.mark.distributed

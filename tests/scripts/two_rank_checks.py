@@ -6,6 +6,8 @@ tests/test_two_rank_checks.py in turn:
 1. `rank_fingerprints` of a `fully_shard` (DTensor) model (fsdp_rank_fingerprints.py; OUT_DIR/fsdp_fingerprints.json);
 2. a resume between two logs logs the uninterrupted losses (loss_window_two_ranks.py; loss_window_two_ranks.json);
 3. every Trainer's `evaluate()` counts each evaluation row once (eval_rows_once.py; eval_rows_once.json);
+3b. NeuralGrokTrainer and PrivateTrainer write a whole final model under FSDP2 SHARDED_STATE_DICT
+   (whole_model_save_fsdp2_cpu.py; OUT_DIR/whole_model_save.json);
 4. the pretrain recipe, plain data-parallel, with the arguments after `--ddp` (its train_loss);
 5. the GRAPE recipe (uniform) with accelerate's FSDP2 plugin honoured on CPU (grape_fsdp2_cpu.py; OUT_DIR/grape_fsdp2);
 6. the metadata recipe, likewise (metadata_fsdp2_cpu.py; OUT_DIR/metadata_fsdp2);
@@ -33,6 +35,7 @@ def main(out_dir, ddp_argv, fsdp2_argv):
     from loss_window_two_ranks import check as loss_window
     from metadata_fsdp2_cpu import run as metadata_fsdp2
     from pretrain_fsdp2_cpu import run as pretrain_fsdp2
+    from whole_model_save_fsdp2_cpu import run as whole_model_save
 
     from hf_ext.recipes.pretrain import main as pretrain
 
@@ -40,6 +43,7 @@ def main(out_dir, ddp_argv, fsdp2_argv):
     in_turn("fsdp_rank_fingerprints", fingerprints, out_dir)
     in_turn("loss_window", loss_window, out_dir)
     in_turn("eval_rows_once", eval_rows_once, out_dir)
+    in_turn("whole_model_save", whole_model_save, out_dir)
     AcceleratorState._reset_state(reset_partial_state=True)  # each recipe starts as in a launch of its own
     with deferred_teardown():
         in_turn("pretrain_ddp", pretrain, ddp_argv)

@@ -5,7 +5,8 @@ steps, save a step-2 checkpoint, and their final `save_model` (on every rank) mu
 `from_pretrained` loads with the trained weights, while the checkpoint stays sharded. Before, transformers'
 `save_model` wrote nothing under SHARDED_STATE_DICT: not even the folder.
 
-Usage: whole_model_save_fsdp2_cpu.py OUT_DIR (writes OUT_DIR/whole_model_save.json on rank 0: each rank's results)."""
+`run(out_dir)` is a check of two_rank_checks.py's launch (tests/test_two_rank_checks.py); on its own:
+whole_model_save_fsdp2_cpu.py OUT_DIR (writes OUT_DIR/whole_model_save.json on rank 0: each rank's results)."""
 
 import datetime
 import os
@@ -69,13 +70,19 @@ def check(out_dir):
     return result
 
 
-def main(out_dir):
+def run(out_dir):
+    """A check of two_rank_checks.py's launch (its process group up): every rank's results in
+    OUT_DIR/whole_model_save.json (written by rank 0)."""
     _fsdp_on_cpu()
-    # a collective one rank never reaches fails after 2 minutes instead of gloo's 30
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     gathered = gather_objects(check(out_dir))
     if dist.get_rank() == 0:
         atomic_write_json(os.path.join(out_dir, "whole_model_save.json"), gathered, None)
+
+
+def main(out_dir):
+    # a collective one rank never reaches fails after 2 minutes instead of gloo's 30
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    run(out_dir)
     shutdown_distributed()
 
 
