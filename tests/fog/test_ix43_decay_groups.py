@@ -13,37 +13,7 @@ import torch
 from datasets import Dataset
 from transformers import default_data_collator
 
-from hf_ext.models.fog import FogConfig, FogForCausalLM
-
-VOCAB = 64
-
-
-def tiny_fog(seed: int = 0) -> FogForCausalLM:
-    torch.manual_seed(seed)
-    config = FogConfig.fog(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        swiglu_intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    return FogForCausalLM(config)
-
-
-def decay_groups(trainer) -> dict[float, set[str]]:
-    trainer.create_optimizer()
-    names = {id(p): n for n, p in trainer.model.named_parameters()}
-    out: dict[float, set[str]] = {}
-    for group in trainer.optimizer.param_groups:
-        out.setdefault(group["weight_decay"], set()).update(names[id(p)] for p in group["params"])
-    return out
-
-
-def token_dataset(rows: int = 8, length: int = 12) -> Dataset:
-    ids = torch.randint(0, VOCAB, (rows, length), generator=torch.Generator().manual_seed(1)).tolist()
-    return Dataset.from_dict({"input_ids": ids, "labels": ids, "attention_mask": [[1] * length] * rows})
+from ..fog_decay_helpers import VOCAB, decay_groups, tiny_fog, token_dataset
 
 
 def metadata_trainer(model, out):
