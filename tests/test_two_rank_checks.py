@@ -1,4 +1,4 @@
-"""Four 2-rank checks that read ONE `torchrun --nproc_per_node 2` launch of tests/scripts/two_rank_checks.py (each
+"""The 2-rank checks that read ONE `torchrun --nproc_per_node 2` launch of tests/scripts/two_rank_checks.py (each
 was a launch of its own; a launch costs every rank ~15 s of imports before its work). The script runs them in turn and
 marks each on stdout, so a test whose check did not finish names the check the launch stopped in, with its traceback.
 """
@@ -16,7 +16,7 @@ from .test_pretrain import FOG_TINY
 
 CHECKS = (
     "fsdp_rank_fingerprints", "loss_window", "eval_rows_once", "whole_model_save", "pretrain_ddp", "grape_fsdp2", "metadata_fsdp2",
-    "layer_parallel_fsdp2", "pretrain_fsdp2",
+    "layer_parallel_fsdp2", "layer_parallel_fsdp2_env", "pretrain_fsdp2",
 )  # fmt: skip
 
 FSDP2_SHARDED = [
@@ -166,6 +166,34 @@ def test_layer_parallel_recipe_fine_tuned_under_fsdp2_finishes_and_saves_its_mod
     assert len(results["finetune_loss_curve"]) >= 1
     model = AutoModelForCausalLM.from_pretrained(out / "layer_parallel_model")
     assert type(model).__name__ == "LayerParallelForCausalLM" and model.config.effective_depth == 3
+
+
+@pytest.mark.distributed
+def test_layer_parallel_source_pretrained_under_accelerate_fsdp2_environment_equals_one_process(finished, tmp_path):
+    """fs49: the layer_parallel recipe under an accelerate config with FSDP (set in the environment, as
+    `accelerate launch --config_file` does) pre-trains its source model sharded, then sweeps and converts a whole one
+    (tests/scripts/layer_parallel_fsdp2_env_cpu.py). Before, the pre-training Trainer (whose own arguments name no
+    FSDP) was sharded by accelerate's environment and its sharded model went to the sweep: the main process stopped
+    with "TypeError: `model` holds linear layers that are not plain nn.Linear (lm_head is FSDPLinear) ..." and source/
+    held no weights (SHARDED_STATE_DICT)."""
+    from safetensors.torch import load_file
+
+    from hf_ext.recipes.layer_parallel import main
+
+    folder = finished("layer_parallel_fsdp2_env") / "layer_parallel_fsdp2_env"
+    two, one = folder / "two", tmp_path / "one"
+    argv = json.loads((folder / "argv.json").read_text())
+    main([*argv, "--per_device_train_batch_size", "8", "--output_dir", str(one)])  # the same global batch
+    two_results = json.loads((two / "results.json").read_text())
+    one_results = json.loads((one / "results.json").read_text())
+    assert two_results["world_size"] == 2
+    assert two_results["source_eval"]["loss"] == pytest.approx(one_results["source_eval"]["loss"], abs=1e-5)
+    assert two_results["chosen"] == one_results["chosen"]
+    # source/ holds the pre-trained weights (a SHARDED_STATE_DICT save wrote none there)
+    two_weights = load_file(two / "source" / "model.safetensors")
+    one_weights = load_file(one / "source" / "model.safetensors")
+    assert sorted(two_weights) == sorted(one_weights)
+    assert max(float((two_weights[k] - one_weights[k]).abs().max()) for k in one_weights) < 1e-5
 
 
 @pytest.mark.distributed

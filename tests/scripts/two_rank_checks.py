@@ -12,8 +12,10 @@ tests/test_two_rank_checks.py in turn:
 5. the GRAPE recipe (uniform) with accelerate's FSDP2 plugin honoured on CPU (grape_fsdp2_cpu.py; OUT_DIR/grape_fsdp2);
 6. the metadata recipe, likewise (metadata_fsdp2_cpu.py; OUT_DIR/metadata_fsdp2);
 7. the layer_parallel recipe with --finetune, likewise (layer_parallel_fsdp2_cpu.py; OUT_DIR/layer_parallel_fsdp2);
+7b. the layer_parallel recipe under an accelerate FSDP2 environment (layer_parallel_fsdp2_env_cpu.py;
+   OUT_DIR/layer_parallel_fsdp2_env);
 8. the pretrain recipe with accelerate's FSDP2 plugin honoured on CPU (pretrain_fsdp2_cpu.py) with the arguments after
-   `--fsdp2`. A recipe's `finish()` tears the process group down: 4 to 7 run with that teardown deferred
+   `--fsdp2`. A recipe's `finish()` tears the process group down: 4 to 7b run with that teardown deferred
    (`deferred_teardown`: every rank meets and accelerate's state is dropped, as at the end of a launch, but the group
    stays up), 8 last.
 
@@ -32,6 +34,7 @@ def main(out_dir, ddp_argv, fsdp2_argv):
     from fsdp_rank_fingerprints import check as fingerprints
     from grape_fsdp2_cpu import run as grape_fsdp2
     from layer_parallel_fsdp2_cpu import run as layer_parallel_fsdp2
+    from layer_parallel_fsdp2_env_cpu import run as layer_parallel_fsdp2_env
     from loss_window_two_ranks import check as loss_window
     from metadata_fsdp2_cpu import run as metadata_fsdp2
     from pretrain_fsdp2_cpu import run as pretrain_fsdp2
@@ -53,6 +56,8 @@ def main(out_dir, ddp_argv, fsdp2_argv):
         in_turn("metadata_fsdp2", metadata_fsdp2, out_dir)
     with deferred_teardown():
         in_turn("layer_parallel_fsdp2", layer_parallel_fsdp2, out_dir)
+    with deferred_teardown():
+        in_turn("layer_parallel_fsdp2_env", layer_parallel_fsdp2_env, out_dir)
     in_turn("pretrain_fsdp2", pretrain_fsdp2, fsdp2_argv)  # last: its finish() tears the process group down
 
 
