@@ -76,3 +76,14 @@ def test_grape_warns_for_its_target_files_too(stop_at_build, caplog, tmp_path):
     argv = [*COMMON, "--target_files", f"mine={target}"]
     text = _run(main, [*argv, "--output_dir", str(tmp_path / "a")], caplog)
     assert "--target_files" in text and "will be tokenized with the byte-level BPE" in text
+
+
+@pytest.mark.parametrize("rank, said", [("0", True), ("1", False)])
+def test_said_once_per_launch_by_global_rank_zero(stop_at_build, caplog, text_file, tmp_path, monkeypatch, rank, said):
+    """Under `torchrun --nproc_per_node N` every rank printed the warning (N copies); now global rank 0 says it (the
+    launcher's RANK is set before any process group exists)."""
+    from hf_ext.recipes.pretrain import main
+
+    monkeypatch.setenv("RANK", rank)
+    text = _run(main, [*COMMON, "--train_file", text_file, "--output_dir", str(tmp_path / "a")], caplog)
+    assert ("will be tokenized with the byte-level BPE" in text) is said

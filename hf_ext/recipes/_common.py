@@ -679,6 +679,17 @@ def warn_embedded_corpus_tokenizer(data_flags: dict, vocab_size: int, fix: str |
         return False
     import logging
 
+    import torch.distributed as dist
+    from accelerate.utils import get_int_from_env
+
+    # said once per launch: by global rank 0 (the launcher's RANK before any process group exists)
+    if dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank()
+    else:
+        rank = get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0)
+    if rank != 0:
+        return True
+
     advice = (
         f"Pass {fix} with a tokenizer made for your data (e.g. a Hub tokenizer, or one trained with "
         "`tokenizer.train_new_from_iterator` and saved with `save_pretrained`)."
