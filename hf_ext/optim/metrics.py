@@ -233,7 +233,8 @@ def _momentum(optimizer, p: torch.Tensor) -> torch.Tensor | None:
 
 
 class UpdateMetricsCallback(TrainerCallback):
-    """Measure how large each optimizer update is, in four ways, and log and plot the result.
+    """Measure how large each optimizer update is, in four ways, and log and plot the result (with the optimizer's
+    SNR estimate where it makes one).
 
     Every `every_n_steps` optimizer steps, right before the step it records the weights, the gradient-momentum cosine
     (gradient after clipping vs. the optimizer's first-moment buffer *before* it absorbs this gradient) and the inputs
@@ -246,7 +247,10 @@ class UpdateMetricsCallback(TrainerCallback):
     - `update/angle`: mean per-neuron angle (radians) over weight-decayed tensors with 2+ dims (`Conv1D` columns,
       a transposed convolution's output channels);
     - `update/rrc`: mean over linear layers of `||X dW^T|| / ||X W^T||` on the probe batch (if one is given);
-    - `update/grad_momentum_cos`.
+    - `update/grad_momentum_cos`;
+    - `update/snr`: with an optimizer that estimates the gradient signal-to-noise ratio (LionA / LionAR with
+      `snr_correction=True`), the mean over tensors of the estimate its step just used (0 at a tensor's first step,
+      where one gradient says nothing about the noise; absent for other optimizers).
 
     The values go to `state.log_history` (so they are saved in `trainer_state.json` with each checkpoint), to
     `self.history`, and into the next `on_log` dict. At the end of training a PNG is written if `plot_path` is set
@@ -353,7 +357,7 @@ class UpdateMetricsCallback(TrainerCallback):
             "inputs": self._probe_inputs(model, linears) if self.probe_batch is not None else {},
         }
 
-    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self._snap is None or model is None:
             return
         from transformers.pytorch_utils import Conv1D
@@ -385,6 +389,12 @@ class UpdateMetricsCallback(TrainerCallback):
             "update/grad_momentum_cos": snap["cos"],
             "step": state.global_step + 1,
         }
+        # the SNR estimate of an optimizer that makes one (LionA / LionAR with `snr_correction=True`: the per-tensor
+        # `state["snr"]` of the step just taken, whose 1/sqrt(1 + SNR) scaled it), averaged over the tensors
+        opt = _unwrap_optimizer(optimizer) if optimizer is not None else None
+        snrs = [float(opt.state[p]["snr"]) for _, p in params if opt is not None and "snr" in opt.state.get(p, {})]
+        if snrs:
+            row["update/snr"] = sum(snrs) / len(snrs)
         if self.log_per_tensor:
             row.update({f"update/relative_l2/{n}": v for n, v in rel.items()})
         self.history.append(row)
