@@ -644,6 +644,28 @@ def set_missing_pad_token(tokenizer, fresh_model: bool, vocab_size=None) -> None
     tokenizer.pad_token = tokenizer.eos_token
 
 
+def check_checkpoint_embeds_tokenizer(checkpoint: str | None, tokenizer_size: int) -> None:
+    """Refuse to resume a fresh model's `checkpoint` whose embedding has fewer rows than the run's tokenizer has
+    tokens (its last ids could not be embedded): a run started before 2026-12-07 with a tokenizer without a pad token
+    padded with EOS, and the same tokenizer now gets a `<|pad|>` token of its own (`set_missing_pad_token`)."""
+    if checkpoint is None or not os.path.isfile(os.path.join(checkpoint, "config.json")):
+        return
+    import json
+
+    from ..utils.checks import is_int
+
+    with open(os.path.join(checkpoint, "config.json"), encoding="utf-8") as fh:
+        rows = json.load(fh).get("vocab_size")
+    if is_int(rows) and is_int(tokenizer_size) and rows < tokenizer_size:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: the checkpoint's model has {rows} token embeddings "
+            f"and the run's tokenizer {tokenizer_size} tokens, whose last ids the model could not embed. A run "
+            "started before 2026-12-07 with a tokenizer without a pad token padded with EOS; a fresh model now gets a "
+            "<|pad|> token of its own. Resume it with the release that started it, or start a new run from its "
+            "weights (--model_name_or_path <checkpoint>)."
+        )
+
+
 def whole_trained_model(trainer):
     """The trained model for the main process's own work after training (final evaluation, lm-eval, generation,
     `save_pretrained`): call it on every process.

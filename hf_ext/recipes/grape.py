@@ -678,8 +678,13 @@ def run(
     set_seed(args.seed)
     if data_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        from ._common import check_checkpoint_embeds_tokenizer, set_missing_pad_token
+
+        # a fresh model's pad token of its own (padding with EOS made EOS the embedding's padding_idx: zero at init,
+        # no gradient from the inputs)
+        set_missing_pad_token(tokenizer, fresh_model=not model_args.model_name_or_path)
+        if not model_args.model_name_or_path:
+            check_checkpoint_embeds_tokenizer(_resumed_checkpoint(args), len(tokenizer))
     else:
         from ._common import warn_embedded_corpus_tokenizer
 

@@ -699,21 +699,13 @@ def resumed_config_updates(config, checkpoint: str | None) -> dict:
         return {}
     from transformers import AutoConfig
 
-    from ..utils.checks import is_int
+    from ._common import check_checkpoint_embeds_tokenizer
 
     def plain(cfg) -> dict:  # JSON values (tuples as lists), as the checkpoint stores them
         return json.loads(json.dumps(cfg.to_dict(), default=str))
 
     saved, current = plain(AutoConfig.from_pretrained(checkpoint)), plain(config)
-    rows, tokens = saved.get("vocab_size"), current.get("vocab_size")
-    if is_int(rows) and is_int(tokens) and rows < tokens:
-        raise ValueError(
-            f"--resume_from_checkpoint {checkpoint}: the checkpoint's model has {rows} token embeddings "
-            f"and the run's tokenizer {tokens} tokens, whose last ids the model could not embed. A run "
-            "started before 2026-12-07 with a tokenizer without a pad token padded with EOS; a fresh model now gets a "
-            "<|pad|> token of its own. Resume it with the release that started it, or start a new run from its "
-            "weights (--model_name_or_path <checkpoint>)."
-        )
+    check_checkpoint_embeds_tokenizer(checkpoint, current.get("vocab_size"))
     updates = {
         key: saved[key]
         for key in sorted(set(saved) & set(current))
