@@ -763,8 +763,11 @@ def run(model_args, data_args, fed_args, cmp_args, training_args) -> dict:
     set_seed(training_args.seed)
     if data_args.tokenizer_name or model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_name or model_args.model_name_or_path)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        from ._common import set_missing_pad_token
+
+        # the tiny fresh model's pad token of its own (padding with EOS made EOS the embedding's padding_idx: zero at
+        # init, no gradient from the inputs in the pretrain stage, and its tied output logit 0 after it)
+        set_missing_pad_token(tokenizer, fresh_model=not model_args.model_name_or_path)
     else:
         tokenizer = build_tokenizer(data_args.vocab_size)
     from ._common import check_tokenizer_fits_model
