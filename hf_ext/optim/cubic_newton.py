@@ -912,10 +912,14 @@ class CubicNewton(Optimizer):
         self._pending_sample = sample
 
     def state_dict(self) -> dict:
-        """torch's optimizer state, plus (for `hessian="window"`) the window's points and samples under `"window"`."""
+        """torch's optimizer state, plus (for `hessian="window"`) the window's points and samples under `"window"`, and
+        whether `hvp_mode="auto"` fell back to double backward (`"hvp_double_backward"`)."""
         sd = super().state_dict()
         # the shapes of the tensors the flat vectors are laid out over, in order: checked by `load_state_dict`
         sd["flat_layout"] = [list(shape) for shape in self._flat.shapes]
+        # hvp_mode "auto" fell back to double backward on this loss: a resume keeps to it (no second failed
+        # forward-mode attempt and warning)
+        sd["hvp_double_backward"] = self._hvp_double_backward
         window = [(x, s) for _, x, s in self._window] or self._window_to_rebuild  # loaded, not yet rebuilt: kept
         if self.param_groups[0]["hessian"] == "window" and window:
             # copies: a sample's tensors may share memory (labels = input_ids, one batch every step), which
@@ -932,8 +936,10 @@ class CubicNewton(Optimizer):
         window refills from the next step, and the continuation is not bit-exact (a warning says so)."""
         state_dict = dict(state_dict)
         window = state_dict.pop("window", None)
+        double_backward = bool(state_dict.pop("hvp_double_backward", False))  # absent in states of an older hf_ext
         self._check_loaded_layout(state_dict.pop("flat_layout", None), state_dict, window)
         super().load_state_dict(state_dict)
+        self._hvp_double_backward = double_backward
         self._window = []
         self._window_to_rebuild = []
         if window is None and self.param_groups[0]["hessian"] == "window" and int(self._st.get("step", 0)) > 0:

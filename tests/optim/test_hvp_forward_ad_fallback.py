@@ -116,3 +116,39 @@ def test_cubic_newton_defaults_to_auto_and_steps_on_an_mse_loss():
     f, _ = make_flat_loss(net, {"input": x}, loss_fn=lambda out, b: F.mse_loss(out, y))
     with pytest.warns(UserWarning, match="forward-mode AD failed"):
         opt.step(lambda: f)
+
+
+def test_a_resumed_optimizer_keeps_to_double_backward_once_auto_fell_back():
+    """The fallback was not in `state_dict()`: a resumed run tried forward-mode AD again on its first step (a failed
+    attempt and the warning once more), unlike the uninterrupted run. The flag is now saved and restored."""
+    (x, y) = _data()
+
+    def step(opt, net, k):
+        f, _ = make_flat_loss(net, {"input": x[k::3]}, loss_fn=lambda out, b: F.mse_loss(out, y[k::3]))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt.step(lambda: f)
+        return [w for w in caught if "forward-mode AD failed" in str(w.message)]
+
+    def make(net):
+        return CubicNewton(net.parameters(), M=5.0, hessian="fresh", solver="lanczos", krylov_dim=4)
+
+    net = _net()
+    opt = make(net)
+    assert len(step(opt, net, 0)) == 1
+    saved = opt.state_dict()
+    assert saved["hvp_double_backward"] is True
+    resumed_net = _net()
+    resumed_net.load_state_dict(net.state_dict())
+    resumed = make(resumed_net)
+    resumed.load_state_dict(saved)
+    assert step(resumed, resumed_net, 1) == []  # was: a second failed forward-mode attempt and its warning
+    assert step(opt, net, 1) == []
+    for a, b in zip(net.parameters(), resumed_net.parameters()):
+        assert torch.equal(a, b)
+    plain = make(_net())
+    assert plain.state_dict()["hvp_double_backward"] is False
+    del saved["hvp_double_backward"]  # a state saved by an older hf_ext loads (and tries forward mode again)
+    older = make(_net())
+    older.load_state_dict(saved)
+    assert older._hvp_double_backward is False
