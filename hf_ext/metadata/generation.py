@@ -168,7 +168,7 @@ def generate_with_metadata_guidance(
     tokenizer,
     prompts: str | Sequence[str],
     metadata: str | Sequence[str | None],
-    guidance_scale: float = 1.5,
+    guidance_scale: float | None = None,
     layout: str = "context",
     return_text: bool = True,
     suppress_context_tokens: bool = True,
@@ -193,7 +193,9 @@ def generate_with_metadata_guidance(
             string is stripped (`" https://a.org/x\\n"` is `https://a.org/x`, as the URL templates train it). A dict
             (a dataset row: build its string with the training template, `metadata_template(...)(row)`), a set or a
             generator raise a `TypeError`.
-        guidance_scale (`float`, *optional*, defaults to 1.5): `g`, a finite number > 0; 1 disables guidance.
+        guidance_scale (`float`, *optional*): `g`, a finite number > 0; 1 disables guidance. Defaults to the
+            `guidance_scale` of a passed `generation_config` where it sets one (as `generate()` reads it), else 1.5.
+            An explicit value wins over the passed config's and the model's own `generation_config`.
         layout (`str`, *optional*, defaults to `"context"`): Layout used in training (`"context"` or `"meco"`).
         return_text (`bool`, *optional*, defaults to `True`): Return decoded continuations (list of `str`, one per
             returned sequence); `False` returns what `generate` returns. For a model without rotary embeddings
@@ -227,13 +229,6 @@ def generate_with_metadata_guidance(
         )
     check_tokenizer(tokenizer, "generate_with_metadata_guidance")
     prompts, metadata = _prompt_lists(prompts, metadata)
-    if (
-        isinstance(guidance_scale, bool)
-        or not isinstance(guidance_scale, numbers.Real)  # numpy scalars too
-        or not math.isfinite(guidance_scale)
-        or guidance_scale <= 0
-    ):
-        raise ValueError(f"guidance_scale must be a finite number > 0 (1 = no guidance), got {guidance_scale!r}.")
     for name, value in (("return_text", return_text), ("suppress_context_tokens", suppress_context_tokens)):
         if not is_bool(value):  # a string such as "false" would be truthy and silently mean True
             raise TypeError(f"{name} must be True or False, got {value!r}.")
@@ -251,6 +246,19 @@ def generate_with_metadata_guidance(
             f"({passed!r:.80}); pass GenerationConfig(**settings), or the settings as keyword arguments "
             "(max_new_tokens=..., do_sample=...)."
         )
+    source = "guidance_scale"
+    if guidance_scale is None:
+        # as generate() reads a passed generation_config (the model's own is not read: its scale was set for other
+        # prompts); the function's default 1.5 otherwise. Before md51 the default replaced the config's scale silently.
+        configured = getattr(passed, "guidance_scale", None)
+        guidance_scale, source = (1.5, source) if configured is None else (configured, "generation_config.guidance_scale")
+    if (
+        isinstance(guidance_scale, bool)
+        or not isinstance(guidance_scale, numbers.Real)  # numpy scalars too
+        or not math.isfinite(guidance_scale)
+        or guidance_scale <= 0
+    ):
+        raise ValueError(f"{source} must be a finite number > 0 (1 = no guidance), got {guidance_scale!r}.")
 
     inputs = build_guidance_inputs(tokenizer, prompts, metadata, layout, max_metadata_tokens=max_metadata_tokens)
     # a model left at its old size after add_context_tokens(tokenizer) fails in the embedding lookup with a raw
