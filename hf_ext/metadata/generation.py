@@ -201,7 +201,8 @@ def generate_with_metadata_guidance(
             returned sequence); `False` returns what `generate` returns. For a model without rotary embeddings
             (GPT-2 family) and prompts of different token lengths, the prompts are generated one by one (transformers'
             guidance would read the padded unconditional prompts from shifted positions) and the sequences are
-            laid out as a batched call would; only `return_dict_in_generate=True` is then generated batched (warned).
+            laid out as a batched call would; only `return_dict_in_generate=True` is then generated batched (warned),
+            and a `streamer` raises a `ValueError` (each call would end the stream).
         suppress_context_tokens (`bool`, *optional*, defaults to `True`): Never generate BOS or the context
             markers (they are never loss targets in training, so their scores are not meaningful). EOS is never
             suppressed, also when it is the same token as BOS (GPT-2 family).
@@ -273,6 +274,14 @@ def generate_with_metadata_guidance(
         passed_config = generate_kwargs.get("generation_config")
         wants_dict = _generation_setting("return_dict_in_generate", generate_kwargs, passed_config, model)
         if return_text or not wants_dict:
+            if generate_kwargs.get("streamer") is not None:
+                # each call below ends the stream: a TextIteratorStreamer stopped after the first prompt's text, and
+                # the other prompts' tokens were silently never streamed (a batched call refuses a streamer for them)
+                raise ValueError(
+                    f"streamer with {len(prompts)} prompts of different token lengths on {type(model).__name__} (no "
+                    "rotary position embeddings): guidance generates such prompts one by one, and each call would end "
+                    "the stream. Stream one prompt per call."
+                )
             # A batched call counts max_length / min_length over the padded width, so every prompt gets the same
             # number of new tokens; one by one, each prompt would count from its own length. Pass them as new tokens.
             per_prompt = dict(generate_kwargs)

@@ -65,3 +65,44 @@ def test_a_generation_configs_out_of_range_guidance_scale_is_refused_naming_it(c
     config.guidance_scale = bad
     with pytest.raises(ValueError, match=r"generation_config\.guidance_scale"):
         generate_with_metadata_guidance(model, tok, ["the"], ["a.org"], generation_config=config)
+
+
+def test_a_streamer_is_refused_where_prompts_are_generated_one_by_one(ctx_tokenizer):
+    """GPT-2 (learned absolute positions) with prompts of different token lengths: the prompts are generated one by one,
+    and each call ends the stream. A TextIteratorStreamer stopped after the first prompt, and the second prompt's text
+    was silently never streamed (a Llama batch raises transformers' "batch size 1" error). Refused up front now; one
+    prompt streams as before."""
+    import threading
+
+    from transformers import GPT2Config, GPT2LMHeadModel, TextIteratorStreamer
+
+    tok = ctx_tokenizer
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        n_positions=128,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = GPT2LMHeadModel(config).eval()
+    prompts, meta = ["a", "alpha beta gamma"], ["https://a.org"] * 2
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    with pytest.raises(ValueError, match="streamer.*one by one"):
+        generate_with_metadata_guidance(
+            model, tok, prompts, meta, guidance_scale=2.0, max_new_tokens=4, do_sample=False, streamer=streamer
+        )
+    result = {}
+
+    def work():
+        result["texts"] = generate_with_metadata_guidance(
+            model, tok, prompts[1:], meta[1:], guidance_scale=2.0, max_new_tokens=4, do_sample=False, streamer=streamer
+        )
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    streamed = "".join(streamer)
+    thread.join()
+    assert streamed == result["texts"][0]
