@@ -449,10 +449,13 @@ class InfluenceEngine:
         )
         start = time.perf_counter()
         layers = {name: LayerState(shape=shape) for name, shape in self.shapes.items()}
-        for layer in layers.values():
+        for name, layer in layers.items():
             dim = cfg.curvature_dim(layer.shape)
             if dim:
-                layer.curvature = torch.zeros(dim, dim, dtype=self.accumulate_dtype, device=self.device)
+                try:
+                    layer.curvature = torch.zeros(dim, dim, dtype=self.accumulate_dtype, device=self.device)
+                except RuntimeError as err:  # the allocator's error (torch.OutOfMemoryError is one) named no layer
+                    raise MemoryError(self._curvature_memory_message(name, dim)) from err
         use_fim = cfg.method == "exact" and cfg.exact_curvature == "fim"
         nonzero = dict.fromkeys(layers, False)
 
@@ -602,6 +605,24 @@ class InfluenceEngine:
         self.train_source = train_source
         self.timings["fit_s"] = time.perf_counter() - start
         return self
+
+    def _curvature_memory_message(self, name: str, dim: int) -> str:
+        """The error for a curvature matrix that cannot be allocated: which layer, how large, and what to do."""
+        cfg, item = self.config, torch.empty(0, dtype=self.accumulate_dtype).element_size()
+        dims = {layer: cfg.curvature_dim(shape) for layer, shape in self.shapes.items()}
+        total = sum(d * d for d in dims.values()) * item / 2**30
+        side = "r*d" if cfg.method == "exact" and cfg.exact_curvature == "fim" else "d"
+        schulz = ", and the Schulz iteration several more matrices of that size" if cfg.method == "hyperinf" else ""
+        return (
+            f"Cannot allocate the {dim} x {dim} curvature of layer {name!r} ({dim * dim * item / 2**30:.3g} GiB in "
+            f"{self.accumulate_dtype} on {self.device}; the {len(dims)} tracked matrices' curvatures need "
+            f"{total:.3g} GiB together{schulz}). "
+            f"method={cfg.method!r} keeps a {side} x {side} matrix per tracked matrix of rank-first shape (r, d): "
+            "for a LoRA on the output layer (`lm_head`, whose lora_B is laid out as r x vocab) or on the input "
+            "embedding (lora_embedding_A: r x vocab), d is the vocabulary size. Leave those modules out of "
+            "`target_modules`, use a method whose per-layer state is r x d (method='datainf', 'lissa' or 'tracin'), "
+            "or a device with more memory (`device=`)."
+        )
 
     # ---------------------------------------------------------------- score
     def mean_gradient(self, source: GradientSource) -> dict[str, torch.Tensor]:
