@@ -149,6 +149,9 @@ def select_lowest_influence(scores, fraction: float, groups=None) -> np.ndarray:
             `fraction` is kept *within each group*, so selection cannot shift the group proportions: influence on the
             mean validation loss otherwise tends to drop the class under-represented in the validation set. A NaN
             id (a missing label) is refused: it equals no id, not even another NaN, so its example could not be kept.
+
+    Each group (or the whole set) keeps `max(1, round(fraction * size))` examples (Python's `round`, half to even);
+    tied scores are kept in dataset order (a stable sort), so the result is deterministic.
     """
     scores = _scores_1d(scores)
     fraction = python_scalar(fraction)  # numpy numbers and 0-d tensors too
