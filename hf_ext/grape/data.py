@@ -222,13 +222,14 @@ def _check_row_lengths(dataset, what: str) -> None:
 
 def _labelled_rows(dataset):
     """Boolean numpy array: whether each row has a labelled next-token position (a `labels` entry other than -100 with
-    `attention_mask` 1, after the first token, which the causal shift drops)."""
+    `attention_mask` 1, after the first token, which the causal shift drops). A dataset without `labels` (a collator
+    builds them from `input_ids`) is read with `labels = input_ids`."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     table = dataset.with_format("arrow")
-    labels = pc.list_slice(table["labels"].combine_chunks(), 1)
+    labels = pc.list_slice(table["labels" if "labels" in dataset.column_names else "input_ids"].combine_chunks(), 1)
     mask = pc.list_flatten(pc.list_slice(table["attention_mask"].combine_chunks(), 1))
     if not pa.types.is_boolean(mask.type):  # True / False masks (pyarrow has no bool == int comparison)
         mask = pc.equal(mask, 1)
@@ -236,6 +237,33 @@ def _labelled_rows(dataset):
     labelled = np.zeros(len(dataset), dtype=bool)
     labelled[pc.unique(pc.filter(pc.list_parent_indices(labels), pc.fill_null(counted, False))).to_numpy()] = True
     return labelled
+
+
+def reweighting_rows(dataset, rows: list[list[int]]) -> list:
+    """For each domain's `rows` of a source `dataset` (tokenized, with an `attention_mask`), those with a labelled next
+    token: the rows the reweighting minibatches are drawn from. A row without one has no loss, so a minibatch made of
+    such rows only had a NaN loss and a zero gradient, which GRAPE and DoGE scored 0 (DoReMi an excess loss of 0) at
+    that update, as if the domain neither helped the targets nor lagged its reference. A domain none of whose rows has
+    a labelled token keeps all its rows (the trainer refuses it where the dataset has `labels`)."""
+    import numpy as np
+
+    labelled = _labelled_rows(dataset)
+    kept = []
+    for ix in rows:
+        ix = np.asarray(ix, dtype=np.int64)
+        own = ix[labelled[ix]]
+        kept.append(own if own.size else ix)
+    return kept
+
+
+def has_labelled_token(example: dict) -> bool:
+    """Whether a streamed source `example` (with `labels` and `attention_mask`, as `ensure_lm_stream` gives it) has a
+    labelled next-token position (the streaming counterpart of `reweighting_rows`)."""
+    labels = example.get("labels")
+    labels = example["input_ids"] if labels is None else labels
+    mask = example.get("attention_mask")
+    mask = [1] * len(labels) if mask is None else mask
+    return any(label != -100 and keep for label, keep in zip(labels[1:], mask[1:]))
 
 
 def _check_labelled_rows(dataset, what: str) -> None:

@@ -41,9 +41,11 @@ from .data import (
     domain_rows,
     ensure_lm_columns,
     ensure_lm_stream,
+    has_labelled_token,
     pack_by_domain,
     pad_target_features,
     prepare_target,
+    reweighting_rows,
 )
 from .rules import (
     GRAPE_VARIANTS,
@@ -470,7 +472,7 @@ class GrapeTrainer(ModelDecayNamesMixin, LossWindowResumeMixin, WholeModelSaveMi
         self.streaming = streaming
         if streaming:
             domain_names = sorted(train_dataset)
-            self._domain_indices = None
+            self._domain_indices = self._reweight_indices = None
             self._domain_streams = {n: ensure_lm_stream(train_dataset[n], n) for n in domain_names}
             self._domain_iters: dict = {}
             #: Per domain, the shuffle seed of its current reweighting pass and the examples read from that pass:
@@ -493,6 +495,9 @@ class GrapeTrainer(ModelDecayNamesMixin, LossWindowResumeMixin, WholeModelSaveMi
             domain_names, self._domain_indices = domain_rows(train_dataset, args.domain_column)
             if "labels" in train_dataset.column_names:  # else the collator builds them from every input_ids row
                 check_labelled_domains(train_dataset, domain_names, self._domain_indices)
+            #: Per domain, the rows its reweighting minibatches are drawn from: those with a labelled next token (a
+            #: minibatch of unlabelled rows only had a NaN loss and a zero gradient, scored 0 at that update).
+            self._reweight_indices = reweighting_rows(train_dataset, self._domain_indices)
             source = train_dataset.remove_columns([args.domain_column])
             self._domain_source = source.select_columns([c for c in MODEL_COLUMNS if c in source.column_names])
         self.target_datasets = {}
@@ -822,6 +827,9 @@ class GrapeTrainer(ModelDecayNamesMixin, LossWindowResumeMixin, WholeModelSaveMi
         if self.streaming:
             name = self.mixture_state.domain_names[k]
             features, reads = [], self._domain_stream_reads
+            # passes of the stream begun in this call since its last labelled example: a whole pass without one means
+            # the domain has none (it would be restarted forever)
+            bare_passes = 0
             while len(features) < size:
                 it = self._domain_iters.get(name)
                 if it is None and name in reads:  # resumed: the checkpoint's pass, after the examples it read
@@ -833,14 +841,24 @@ class GrapeTrainer(ModelDecayNamesMixin, LossWindowResumeMixin, WholeModelSaveMi
                 except StopIteration:
                     example = None
                 if example is None:
+                    if bare_passes:
+                        raise ValueError(
+                            f"the streamed source domain {name!r} has no example with a labelled next token (its labels "
+                            "are -100 or masked after the first token, or its rows hold one token), so it has no loss to "
+                            "reweight by; fix its labels (e.g. labels = input_ids for plain text) or drop the domain."
+                        )
+                    bare_passes += 1
                     seed = int(rng.integers(2**31))
                     reads[name] = [seed, 0]
                     self._domain_iters[name] = iter(self._domain_streams[name].shuffle(seed=seed, buffer_size=256))
                     continue
                 reads[name][1] += 1
+                if not has_labelled_token(example):  # no loss: a minibatch of such rows had a NaN loss, scored 0
+                    continue
+                bare_passes = 0
                 features.append({c: example[c] for c in MODEL_COLUMNS if c in example})
             return features
-        rows = self._domain_indices[k]
+        rows = self._reweight_indices[k]
         return self._features(self._domain_source, [rows[i] for i in rng.integers(len(rows), size=size)])
 
     def _task_features(self, n: int, rng: np.random.Generator, size: int) -> list[dict]:
