@@ -99,3 +99,21 @@ def test_streamed_domain_without_labelled_example_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="streamed source domain 'a' has no example with a labelled next token"):
         trainer._domain_features(0, np.random.default_rng(0), 4)
 
+
+def test_doremi_reference_runs_in_the_models_mixed_precision(tmp_path):
+    """Under `bf16=True` accelerate autocasts the prepared model's forward only; the DoReMi reference ran in float32
+    beside it, so a reference identical to the model (learning rate 0) had a positive excess loss, the proxy's bf16
+    rounding clipped at 0: 2.9e-4 / 2.6e-4 / 3.4e-4 nats on the three domains (tiny Llama, hidden 64), against 0."""
+    import copy
+
+    train, _ = synthetic_mixture()
+    model = tiny_llama(hidden=64)
+    args = quick_grape_args(
+        tmp_path, reweight_method="doremi", max_steps=1, learning_rate=0.0, reweight_domains_every=1,
+        reweight_mini_batch_size=8, reweight_batch_size=8, bf16=True,
+    )  # fmt: skip
+    trainer = GrapeTrainer(model=model, args=args, train_dataset=train, reference_model=copy.deepcopy(model))
+    trainer.train()
+    excess = trainer.last_mean_stats["domain"][:3]
+    assert excess.tolist() == [0.0, 0.0, 0.0]
+    assert trainer.mixture_state.domain_weights.tolist() == pytest.approx([1 / 3] * 3, abs=1e-12)
