@@ -16,6 +16,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
     from .recipes import available_recipes, run_recipe
+    from .reproduce import MAX_SEEDS
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         "reproduce", help="run a method's reproduction and print the paper's claim, our number and the verdict"
     )
     rep.add_argument("method", nargs="?", help="method name (see --list)")
-    rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the method's, >= 3)")
+    rep.add_argument(
+        "--seeds", type=int, default=None, help=f"number of seeds, at most {MAX_SEEDS} (default: the method's, >= 3)"
+    )
     rep.add_argument(
         "--first_seed", type=int, default=None,
         help="run seeds K .. K+N-1 instead of 0 .. N-1 (fresh seeds beside the published ones; default 0)",
@@ -144,8 +147,15 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
         return 0
     if args.method not in methods:
         parser.error(f"unknown method {args.method!r}; one of: {', '.join(methods)}")
-    if args.seeds is not None and not 1 <= args.seeds <= 2**32:  # seeds 0 .. N-1 must lie in [0, 2**32)
-        parser.error(f"--seeds must be in [1, 2**32], got {args.seeds}")
+    from .reproduce import MAX_SEEDS
+
+    # checked before any seed list is built (--seeds 4294967296 built a list of 2**32 seeds, tens of GB, then failed
+    # with a bare MemoryError, exit 4); the seeds themselves lie in [0, 2**32), see --first_seed below
+    if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
+        parser.error(
+            f"--seeds must be in [1, {MAX_SEEDS}] (each seed is a whole training run with its own folder; to run "
+            f"more, split them over several runs with --first_seed), got {args.seeds}"
+        )
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     from .reproduce.methods import REPRODUCTIONS

@@ -207,9 +207,10 @@ def reproduce(
 
     Args:
         method: a name from `available_methods()`.
-        seeds: how many seeds (a positive int N <= 2**32: 0, 1, ... N-1) or which seeds (a list of distinct ints in
-            [0, 2**32)); default: the method's own default (>= 3). Checked in full before the first run: a string,
-            a bool, a float or a bad seed in the list is refused (`TypeError` / `ValueError`).
+        seeds: how many seeds (a positive int N <= `MAX_SEEDS` (10000): 0, 1, ... N-1) or which seeds (a list of at
+            most `MAX_SEEDS` distinct ints in [0, 2**32)); default: the method's own default (>= 3). Checked in full
+            before the first run: a string, a bool, a float, too many seeds or a bad seed in the list is refused
+            (`TypeError` / `ValueError`).
         fast: a smaller budget, for checking that the reproduction runs; verdicts are then only indicative.
         output_dir: where runs keep their files (and where `reproduction.json` / `reproduction.md` are written);
             a temporary folder that is removed afterwards if `None`. An empty string is refused (`ValueError`).
@@ -241,10 +242,10 @@ def reproduce(
     with tempfile.TemporaryDirectory(prefix=f"hf_ext-reproduce-{method}-") as scratch:
         root = scratch if output_dir is None else output_dir
         workdirs = [os.path.join(root, f"seed{seed}") for seed in seed_list]
-        for workdir in workdirs:
-            os.makedirs(workdir, exist_ok=True)
+        # each seed's folder is made when the seed starts: made up front, a failure at the first seed left an empty
+        # folder for every other seed in --output_dir (100000 of them for --seeds 100000)
         if jobs == 1 or len(seed_list) == 1:
-            per_seed = [spec.run(seed, fast, workdir) for seed, workdir in zip(seed_list, workdirs)]
+            per_seed = [_run_seed(spec.run, seed, fast, workdir) for seed, workdir in zip(seed_list, workdirs)]
         else:
             per_seed = _run_in_processes(spec.run, seed_list, fast, workdirs, jobs)
         rows = _judge(spec, per_seed)
@@ -264,6 +265,11 @@ def reproduce(
             _write_report(output_dir, report)
     return report
 
+
+#: the most seeds one reproduction runs: each seed is a whole training run with its own folder, and the report lists
+#: every seed, so a count beyond this is a typo (`--seeds 4294967296` built a list of 2**32 seeds, tens of GB, before
+#: anything ran); for more, split the seeds over several runs with `--first_seed`
+MAX_SEEDS = 10_000
 
 #: the report files `reproduce(output_dir=...)` and `rejudge` write, in the order they are written
 REPORT_FILES = ("reproduction.json", "reproduction.md")
@@ -305,6 +311,7 @@ def _seed_list(seeds) -> list[int]:
                 f"seeds must be a non-empty list of integer seeds in [0, 2**32), got a count of {seeds!r} (seeds 0 .. "
                 f"{seeds - 1}); a count (--seeds N) runs seeds 0 .. N-1, so N must be at most 2**32."
             )
+        _check_seed_count_bound(int(seeds))  # also before list(range(seeds)): 2**32 itself took tens of GB
         return list(range(int(seeds)))
     if hasattr(seeds, "tolist") and getattr(seeds, "ndim", None) == 1:  # a numpy array of seeds
         seeds = seeds.tolist()
@@ -315,6 +322,7 @@ def _seed_list(seeds) -> list[int]:
         )
     if len(seeds) > 2**32:  # e.g. range(2**33): some seed is out of range; found without going through them all
         raise ValueError(f"seeds must be a non-empty list of integer seeds in [0, 2**32), got {len(seeds)} seeds.")
+    _check_seed_count_bound(len(seeds))  # before going through them (range(2**32) took minutes to check)
     bad = [s for s in seeds if not is_int(s) or not 0 <= s < 2**32]  # 0.9 was truncated to 0, True became 1
     if bad or not seeds:
         raise ValueError(
@@ -325,6 +333,16 @@ def _seed_list(seeds) -> list[int]:
     if len(set(seed_list)) != len(seed_list):
         raise ValueError(f"seeds must be distinct (each seed has its own run folder), got {seed_list}.")
     return seed_list
+
+
+def _check_seed_count_bound(count: int) -> None:
+    """Refuse more than `MAX_SEEDS` seeds, naming `--seeds` and how to run more."""
+    if count > MAX_SEEDS:
+        raise ValueError(
+            f"seeds (--seeds) must be at most {MAX_SEEDS} per reproduction, got {count}: each seed is a whole "
+            f"training run with its own folder; to run more, split them over several runs with --first_seed "
+            f"(e.g. --seeds {MAX_SEEDS} --first_seed {MAX_SEEDS} runs seeds {MAX_SEEDS} .. {2 * MAX_SEEDS - 1})."
+        )
 
 
 def _judge(spec: Reproduction, per_seed: list[dict]) -> list[Row]:
@@ -369,6 +387,12 @@ def rejudge(output_dir: str) -> Report:
     return report
 
 
+def _run_seed(run: Callable, seed: int, fast: bool, workdir: str) -> dict:
+    """One seed's run in this process, in its own folder (made now)."""
+    os.makedirs(workdir, exist_ok=True)
+    return run(seed, fast, workdir)
+
+
 def _run_in_processes(run: Callable, seeds: list[int], fast: bool, workdirs: list[str], jobs: int) -> list[dict]:
     """Run the seeds in up to `jobs` fresh ("spawn") processes; results come back in seed order. `run` must be a
     module-level function (it is sent to the workers by name).
@@ -389,6 +413,7 @@ def _run_in_processes(run: Callable, seeds: list[int], fast: bool, workdirs: lis
     def start_next() -> None:
         i = next(waiting, None)
         if i is not None:
+            os.makedirs(workdirs[i], exist_ok=True)
             running[pool.submit(run, seeds[i], fast, workdirs[i])] = i
 
     try:
