@@ -121,3 +121,45 @@ def _fails_on_seed_1(seed, fast, workdir):
         time.sleep(0.05)
     return {"value": 1.0}
 
+
+def _old_hyperinf_folder(folder):
+    """A hyperinf reproduction folder as the code before 2026-12-04 wrote it (per seed: widths, rho and cpu_seconds;
+    no rank-1 numbers), with its report pair."""
+    import json
+
+    methods, widths = ("hyperinf", "datainf", "lissa", "tracin"), (64, 256, 1024)
+    per_seed = {
+        "widths": list(widths),
+        "rho": {f"{m}@{w}": 0.5 for m in methods for w in widths},
+        "cpu_seconds": {f"{m}@{w}": 1.0 for m in methods for w in widths},
+    }
+    record = {"method": "hyperinf", "seeds": [0, 1, 2], "fast": False, "seconds": 9.0, "date": "2026-12-02",
+              "machine": "CPU", "per_seed": [per_seed] * 3, "verdict": "holds", "rows": []}  # fmt: skip
+    (folder / "reproduction.json").write_text(json.dumps(record))
+    (folder / "reproduction.md").write_text("old report\n")
+    return {p.name: p.read_text() for p in folder.iterdir()}
+
+
+def test_rejudge_of_an_older_format_names_the_file_the_claim_and_the_fix(tmp_path):
+    """A folder whose per-seed results lack a number a claim now reads ended in a bare KeyError 'rank1_widths'."""
+    from hf_ext.reproduce import rejudge
+
+    before = _old_hyperinf_folder(tmp_path)
+    with pytest.raises(ValueError) as exc:
+        rejudge(str(tmp_path))
+    text = str(exc.value)
+    assert "reproduction.json" in text and "rank1_widths" in text and "older version of hf_ext" in text
+    assert "at rank 1" in text and "hf-ext reproduce hyperinf --output_dir" in text
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before  # both report files left as they were
+
+
+def test_rejudge_refuses_per_seed_entries_that_are_not_objects(tmp_path):
+    import json
+
+    from hf_ext.reproduce import rejudge
+
+    record = {"method": "warmup", "seeds": [0, 1], "fast": False, "seconds": 1.0, "date": "d", "machine": "m",
+              "per_seed": [{"gaps": {}}, 3]}  # fmt: skip
+    (tmp_path / "reproduction.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"per_seed\[1\] is a JSON int, not a seed's results"):
+        rejudge(str(tmp_path))

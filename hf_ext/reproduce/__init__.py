@@ -382,7 +382,26 @@ def rejudge(output_dir: str) -> Report:
         raise ValueError(f"{path}: unknown method {method!r}; choose one of {sorted(REPRODUCTIONS)}.")
     spec = REPRODUCTIONS[method]
     setting = spec.setting_for(bool(saved["fast"]))
-    report = Report(**{k: saved[k] for k in fields}, title=spec.title, setting=setting, rows=_judge(spec, per_seed))
+    bad = next((i for i, run in enumerate(per_seed) if not isinstance(run, dict)), None)
+    if bad is not None:
+        raise ValueError(
+            f"{path} is not a reproduction written by `hf-ext reproduce --output_dir`: its per_seed[{bad}] is a JSON "
+            f"{type(per_seed[bad]).__name__}, not a seed's results (an object)."
+        )
+    rows = []
+    for claim in spec.claims:
+        try:
+            rows += _judge(dataclasses.replace(spec, claims=[claim]), per_seed)
+        except (KeyError, IndexError, TypeError) as err:
+            # per-seed results of an older version, without a number a claim now reads (a hyperinf folder of
+            # 2026-12-02 ended in a bare KeyError 'rank1_widths' naming neither the file nor the claim)
+            raise ValueError(
+                f"{path}: the claim {claim.name!r} of {method!r} as registered now cannot be judged from these "
+                f"per-seed results ({type(err).__name__}: {err}): they were written by an older version of hf_ext, "
+                f"before the numbers this claim reads were recorded. Rerun the reproduction (`hf-ext reproduce "
+                f"{method} --output_dir ...`) to record them; {path} and its report are left as they were."
+            ) from err
+    report = Report(**{k: saved[k] for k in fields}, title=spec.title, setting=setting, rows=rows)
     _write_report(output_dir, report)
     return report
 
