@@ -163,3 +163,23 @@ def test_rejudge_refuses_per_seed_entries_that_are_not_objects(tmp_path):
     (tmp_path / "reproduction.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match=r"per_seed\[1\] is a JSON int, not a seed's results"):
         rejudge(str(tmp_path))
+
+
+def _killed_on_seed_1(seed, fast, workdir):
+    """Seed 1's process is killed (as the out-of-memory killer does); seed 0 is still running then."""
+    import signal
+
+    if seed == 1:
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(5)
+    return {"value": 1.0}
+
+
+def test_a_killed_seed_process_names_the_seeds_it_took_down(toy, tmp_path):
+    """The pool's BrokenProcessPool ("A process in the process pool was terminated abruptly ...") named no seed, and
+    the docstring said the seeds running beside a failure finish: the pool stops them all."""
+    REPRODUCTIONS["toy_pr51"].run = _killed_on_seed_1
+    with pytest.raises(RuntimeError, match=r"one of the seeds \[0, 1\] ended abruptly .* no result of these seeds"):
+        reproduce("toy_pr51", seeds=4, output_dir=str(tmp_path), jobs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0", "seed1"]  # seeds 2 and 3 never started

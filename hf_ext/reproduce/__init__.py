@@ -217,7 +217,8 @@ def reproduce(
         jobs: how many seeds run at the same time, each in its own process (default 1: one after the other, in this
             process). Every seed is seeded on its own, so the results do not depend on `jobs`; timings measured
             inside a run do (the processes share the machine). When a seed fails, no further seed starts: the
-            seeds already running finish, then the failure raises.
+            seeds already running finish, then the failure raises (a seed's process that is killed stops the
+            seeds running beside it too: a `RuntimeError` naming them).
     """
     from .methods import REPRODUCTIONS
 
@@ -419,9 +420,12 @@ def _run_in_processes(run: Callable, seeds: list[int], fast: bool, workdirs: lis
     At most `jobs` seeds are handed to the pool at a time, the next one only when a seed has finished and none has
     failed: `ProcessPoolExecutor` moves submitted items into its call queue ahead of time, where `cancel_futures`
     cannot reach them, so seeds submitted up front still started after a failure. After the first failure no seed
-    starts; the ones already running finish (a worker cannot be interrupted), then the failure raises."""
+    starts; the ones already running finish (a worker cannot be interrupted), then the failure raises. A worker that
+    dies (killed, or a crash in native code) breaks the pool, which stops every worker: that is a `RuntimeError`
+    naming the seeds that were running, none of whose results are kept."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads or a CUDA context
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=ctx)
@@ -440,8 +444,18 @@ def _run_in_processes(run: Callable, seeds: list[int], fast: bool, workdirs: lis
             start_next()
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:  # a failure among them raises before any further seed is submitted
-                future.result()
+            try:
+                for future in done:  # a failure among them raises before any further seed is submitted
+                    future.result()
+            except BrokenProcessPool as err:
+                # a worker killed (the out-of-memory killer, a signal) or crashed in native code: the pool stops
+                # every worker, so the seeds running beside it are lost too; the pool's message named no seed
+                lost = sorted(seeds[i] for i in running.values())
+                raise RuntimeError(
+                    f"The process of one of the seeds {lost} ended abruptly (killed, e.g. by the out-of-memory "
+                    f"killer, or crashed in native code) and the process pool stopped all of them: no result of "
+                    f"these seeds was kept. Rerun (fewer --jobs if memory ran out); each seed runs afresh."
+                ) from err
             for future in done:
                 results[running.pop(future)] = future.result()
                 start_next()
