@@ -193,7 +193,7 @@ def check_ignored_flags(model_args, data_args, meta_args) -> None:
     for name in changed_from_default(model_args, FP8_FLAGS):
         raise ValueError(
             f"--{name} is an FP8 option of the pretrain recipe; this recipe trains both models without FP8, so it "
-            "would be ignored. Drop it (scripts/pretrain.py trains in FP8)."
+            "would be ignored. Drop it (the pretrain recipe, `hf-ext run pretrain`, trains in FP8)."
         )
     check_ignored_model_flags(model_args, data_args)
     sources = [
