@@ -249,8 +249,8 @@ class UpdateMetricsCallback(TrainerCallback):
     - `update/rrc`: mean over linear layers of `||X dW^T|| / ||X W^T||` on the probe batch (if one is given);
     - `update/grad_momentum_cos`;
     - `update/snr`: with an optimizer that estimates the gradient signal-to-noise ratio (LionA / LionAR with
-      `snr_correction=True`), the mean over tensors of the estimate its step just used (0 at a tensor's first step,
-      where one gradient says nothing about the noise; absent for other optimizers).
+      `snr_correction=True`), the mean over the tensors the step updated of the estimate it just used (0 at a
+      tensor's first step, where one gradient says nothing about the noise; absent for other optimizers).
 
     The values go to `state.log_history` (so they are saved in `trainer_state.json` with each checkpoint), to
     `self.history`, and into the next `on_log` dict. At the end of training a PNG is written if `plot_path` is set
@@ -353,6 +353,12 @@ class UpdateMetricsCallback(TrainerCallback):
                     moms.append(m)
         self._snap = {
             "weights": {id(p): p.detach().clone() for _, p in params},
+            # the step count before this step of each tensor with an SNR estimate: `update/snr` averages the tensors
+            # this step updated (one without a gradient, a layer LayerDrop skipped, or a step the AMP grad scaler
+            # skipped keeps an older estimate that scaled no step now)
+            "snr_steps": {
+                id(p): opt.state[p].get("step") for _, p in params if opt is not None and "snr" in opt.state.get(p, {})
+            },
             "cos": gradient_momentum_cosine(grads, moms) if grads else float("nan"),
             "inputs": self._probe_inputs(model, linears) if self.probe_batch is not None else {},
         }
@@ -390,9 +396,15 @@ class UpdateMetricsCallback(TrainerCallback):
             "step": state.global_step + 1,
         }
         # the SNR estimate of an optimizer that makes one (LionA / LionAR with `snr_correction=True`: the per-tensor
-        # `state["snr"]` of the step just taken, whose 1/sqrt(1 + SNR) scaled it), averaged over the tensors
+        # `state["snr"]` of the step just taken, whose 1/sqrt(1 + SNR) scaled it), averaged over the tensors this step
+        # updated (their step count moved)
         opt = _unwrap_optimizer(optimizer) if optimizer is not None else None
-        snrs = [float(opt.state[p]["snr"]) for _, p in params if opt is not None and "snr" in opt.state.get(p, {})]
+        before = snap["snr_steps"]
+        snrs = [
+            float(opt.state[p]["snr"])
+            for _, p in params
+            if opt is not None and "snr" in opt.state.get(p, {}) and opt.state[p].get("step") != before.get(id(p))
+        ]
         if snrs:
             row["update/snr"] = sum(snrs) / len(snrs)
         if self.log_per_tensor:
