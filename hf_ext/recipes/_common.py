@@ -690,6 +690,18 @@ def whole_trained_model(trainer):
     return whole.to(trainer.args.device)
 
 
+def _launch_rank() -> int:
+    """This process's global rank as the launcher set it in the environment (`RANK`, or MPI's), read as accelerate
+    reads it (the first variable holding a non-negative integer), 0 without one. A value that is not an integer
+    (`RANK=` left empty by a job script, which a single-process run ignores) is skipped: accelerate's
+    `get_int_from_env` raised a bare `ValueError` on it, which stopped the recipe at this warning."""
+    for key in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
+        value = os.environ.get(key, "").strip()
+        if value.isascii() and value.isdigit():
+            return int(value)
+    return 0
+
+
 def warn_embedded_corpus_tokenizer(data_flags: dict, vocab_size: int, fix: str | None = "--tokenizer_name") -> bool:
     """Warn (and return True) when the recipe builds its BPE on the embedded corpus (CPython's docs) while the data
     comes from the user (`data_flags`: the given ones among `--train_file`, `--dataset_name`, ..., flag -> value):
@@ -702,13 +714,12 @@ def warn_embedded_corpus_tokenizer(data_flags: dict, vocab_size: int, fix: str |
     import logging
 
     import torch.distributed as dist
-    from accelerate.utils import get_int_from_env
 
     # said once per launch: by global rank 0 (the launcher's RANK before any process group exists)
     if dist.is_available() and dist.is_initialized():
         rank = dist.get_rank()
     else:
-        rank = get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0)
+        rank = _launch_rank()
     if rank != 0:
         return True
 
