@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -249,7 +250,7 @@ class UpdateMetricsCallback(TrainerCallback):
     - `update/rrc`: mean over linear layers of `||X dW^T|| / ||X W^T||` on the probe batch (if one is given);
     - `update/grad_momentum_cos`;
     - `update/snr`: with an optimizer that estimates the gradient signal-to-noise ratio (LionA / LionAR with
-      `snr_correction=True`), the mean over the tensors the step updated of the estimate it just used (0 at a
+      `snr_correction=True`), the median over the tensors the step updated of the estimate it just used (0 at a
       tensor's first step, where one gradient says nothing about the noise; absent for other optimizers).
 
     The values go to `state.log_history` (so they are saved in `trainer_state.json` with each checkpoint), to
@@ -396,8 +397,8 @@ class UpdateMetricsCallback(TrainerCallback):
             "step": state.global_step + 1,
         }
         # the SNR estimate of an optimizer that makes one (LionA / LionAR with `snr_correction=True`: the per-tensor
-        # `state["snr"]` of the step just taken, whose 1/sqrt(1 + SNR) scaled it), averaged over the tensors this step
-        # updated (their step count moved)
+        # `state["snr"]` of the step just taken, whose 1/sqrt(1 + SNR) scaled it), over the tensors this step updated
+        # (their step count moved)
         opt = _unwrap_optimizer(optimizer) if optimizer is not None else None
         before = snap["snr_steps"]
         snrs = [
@@ -406,7 +407,9 @@ class UpdateMetricsCallback(TrainerCallback):
             if opt is not None and "snr" in opt.state.get(p, {}) and opt.state[p].get("step") != before.get(id(p))
         ]
         if snrs:
-            row["update/snr"] = sum(snrs) / len(snrs)
+            # the median: a tensor whose noise estimate is ~0 has an SNR of 1e20 or more (its step is scaled to ~0),
+            # which a mean over tensors would report as the run's SNR
+            row["update/snr"] = statistics.median(snrs)
         if self.log_per_tensor:
             row.update({f"update/relative_l2/{n}": v for n, v in rel.items()})
         self.history.append(row)
