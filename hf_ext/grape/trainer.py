@@ -556,6 +556,12 @@ class GrapeTrainer(ModelDecayNamesMixin, LossWindowResumeMixin, WholeModelSaveMi
                     f"{ours}: the excess loss compares the two models' losses on the same token ids, so both need the "
                     "same tokenizer. Train the reference with this run's tokenizer (reweight_method=uniform) and pass "
                     "it as --reference_model_name_or_path."
+                    + (
+                        " (One row fewer: a reference the grape recipe trained before 2026-12-07 with a tokenizer "
+                        "without a pad token padded with EOS; a fresh model now gets a <|pad|> token of its own.)"
+                        if theirs == ours - 1
+                        else ""
+                    )
                 )
             ref_positions = _position_limit(reference_model)
             if ref_positions is not None and not streaming:

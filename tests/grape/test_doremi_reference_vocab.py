@@ -35,3 +35,16 @@ def test_a_reference_with_the_same_vocabulary_is_taken(synthetic, grape_helpers,
     trainer = GrapeTrainer(model=grape_helpers["tiny_llama"](), args=make_args(tmp_path, reweight_method="doremi"),
                            train_dataset=train, target_datasets=targets, reference_model=reference)  # fmt: skip
     assert trainer.reference_model is reference
+
+
+@pytest.mark.parametrize("delta, named", [(-1, True), (-8, False), (1, False)])
+def test_a_reference_one_row_short_names_the_pad_token_change(delta, named, synthetic, grape_helpers, tmp_path):
+    """A reference the grape recipe trained before 2026-12-07 with a pad-less tokenizer padded with EOS: one embedding
+    row fewer than the model trained now (which gets a <|pad|> token of its own). The refusal said only "another
+    tokenizer", which the user had not changed."""
+    train, targets = synthetic
+    reference = grape_helpers["tiny_llama"](vocab=grape_helpers["VOCAB"] + delta, seed=9)
+    with pytest.raises(ValueError) as info:
+        GrapeTrainer(model=grape_helpers["tiny_llama"](), args=make_args(tmp_path, reweight_method="doremi"),
+                     train_dataset=train, target_datasets=targets, reference_model=reference)  # fmt: skip
+    assert ("before 2026-12-07" in str(info.value)) is named
