@@ -109,8 +109,8 @@ class MetadataCollator:
             no `position_ids`).
         add_eos (`bool`, *optional*, defaults to `True`): End each document with EOS (loss-bearing). With `False`, a
             document with no token (an empty or `None` text) is left out of its batch (counted in `empty_documents`,
-            warned once; a batch of only such documents raises a `ValueError`): it would be a prefix with nothing to
-            train on.
+            warned once): it would be a prefix with nothing to train on. A batch of only such documents keeps them,
+            with every label -100 (`Trainer` weighs it 0; a bare `model(**batch)` loss is NaN there).
         max_metadata_tokens (`int`, *optional*): Keep at most this many metadata tokens.
         document_attention (`bool`, *optional*): In packing mode, keep each document's tokens from attending to the
             other documents of its row (and their contexts), as MeCo trains. Default: `True` when packing. The batch
