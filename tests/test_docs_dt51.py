@@ -132,6 +132,17 @@ def test_recipe_setups_the_docs_describe_are_the_defaults(repo_root):
     assert (model.hidden_size, model.num_hidden_layers, model.pretrain_steps) == (64, 2, 600)
     assert (model.lora_r, model.lora_alpha, model.use_rslora, model.target_modules) == (8, 16.0, True, "q_proj,v_proj")
     assert influence.select_fraction == 0.8
+    # docs/hyperinf.md, --task llm_selection: "`--prompt_tokens 24` document tokens", "the excerpt's first
+    # `--answer_tokens 6` tokens", the 512-token tokenizer, "`--select_fractions 0.2,0.5` is the default"
+    for quoted in (
+        "`--prompt_tokens 24` document tokens in the prompt",
+        "the excerpt's first `--answer_tokens 6` tokens",
+        "all nine corpus domains, the 512-token tokenizer",
+        "(`--select_fractions 0.2,0.5` is the default;",
+    ):
+        assert quoted in text, quoted
+    assert (task.prompt_tokens, task.answer_tokens, task.instruction_kinds) == (24, 6, "topic,repeat")
+    assert (task.vocab_size, influence.select_fractions) == (512, "0.2,0.5")
     assert (fields["num_train_epochs"], fields["learning_rate"], fields["warmup_steps"]) == (4.0, 5e-3, 0.06)
     # docs/metadata.md: template url, dropout 0.1, 10% cooldown; 4 * max(--block_size, 256) positions, 1024 at the
     # defaults; --eval_fewshot 0,5 and --eval_metric acc by default
