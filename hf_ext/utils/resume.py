@@ -25,6 +25,10 @@ schedule, so a resume from it is refused ([`refuse_weights_only_checkpoint`]; th
 A resume goes on only where the learning-rate schedule the new flags build is the one the checkpoint's run followed up
 to it ([`refuse_changed_schedule`], in [`train_or_restore_finished`]); hf_ext's Trainers record the schedule's flags
 with every checkpoint (`lr_schedule.json`, [`LossWindowResumeMixin`]).
+
+The same file records the run's total train batch and its factors (per-device batch, GPUs per process, gradient
+accumulation, processes): transformers skips the checkpoint's data by a count of batches, so a resume at another total
+repeats or skips samples; hf_ext's Trainers warn about it, once, and go on ([`warn_changed_train_batch`]).
 """
 
 from __future__ import annotations
@@ -360,14 +364,20 @@ def schedule_arguments(args) -> dict:
     return values
 
 
-def write_schedule_record(folder: str, args, num_training_steps: int | None = None) -> str:
+def write_schedule_record(
+    folder: str, args, num_training_steps: int | None = None, train_batch: dict | None = None
+) -> str:
     """Write into checkpoint `folder` atomically what its learning-rate schedule was built from
-    ([`SCHEDULE_RECORD_NAME`]: the [`schedule_arguments`] of `args`, and the run's step count). Returns the path."""
+    ([`SCHEDULE_RECORD_NAME`]: the [`schedule_arguments`] of `args`, and the run's step count), and `train_batch`, the
+    run's total train batch and its factors ([`run_train_batch`], compared on a resume by
+    [`warn_changed_train_batch`]) when given. Returns the path."""
     from .io import atomic_write_json
 
     record = {"format": _SCHEDULE_RECORD_FORMAT, "args": schedule_arguments(args)}
     if num_training_steps is not None:
         record["num_training_steps"] = int(num_training_steps)
+    if train_batch is not None:
+        record[TRAIN_BATCH_KEY] = {name: int(train_batch[name]) for name in _TRAIN_BATCH_FIELDS}
     path = os.path.join(folder, SCHEDULE_RECORD_NAME)
     atomic_write_json(path, record)
     return path
@@ -393,6 +403,161 @@ def read_schedule_record(checkpoint: str) -> dict | None:
             "--max_steps is then checked), or resume from another checkpoint."
         )
     return record["args"]
+
+
+#: the entry of [`SCHEDULE_RECORD_NAME`] with the run's total train batch and its factors ([`run_train_batch`])
+TRAIN_BATCH_KEY = "train_batch"
+_TRAIN_BATCH_FIELDS = (
+    "total_train_batch_size", "per_device_train_batch_size", "n_gpu", "gradient_accumulation_steps", "processes",
+)  # fmt: skip
+
+
+def run_train_batch(trainer) -> dict:
+    """The samples one optimizer step of `trainer` trains on over all processes (`total_train_batch_size`, as
+    transformers' `Trainer` logs it: per-device batch x GPUs of a process x gradient accumulation x data-parallel
+    processes) and its factors: `per_device_train_batch_size` (the batch the run trains with, which an
+    `auto_find_batch_size` retry lowers below the argument), `n_gpu` (the GPUs one process drives with
+    `DataParallel`; 0 or 1 for one device), `gradient_accumulation_steps` and `processes` (the data-parallel
+    processes: the world size over the tensor / context / sequence parallel sizes)."""
+    args = trainer.args
+    local = int(getattr(trainer, "_train_batch_size", None) or args.train_batch_size)  # over this process's GPUs
+    accumulation = int(args.gradient_accumulation_steps)
+    if hasattr(trainer, "get_total_train_batch_size"):
+        total = int(trainer.get_total_train_batch_size(args))
+    else:
+        total = local * accumulation * int(args.world_size)
+    return {
+        "total_train_batch_size": total,
+        "per_device_train_batch_size": local // max(1, int(args.n_gpu)),
+        "n_gpu": int(args.n_gpu),
+        "gradient_accumulation_steps": accumulation,
+        "processes": max(1, total // max(1, local * accumulation)),
+    }
+
+
+def read_train_batch_record(checkpoint: str) -> dict | None:
+    """The total train batch and its factors checkpoint `checkpoint`'s run trained with, as [`write_schedule_record`]
+    recorded them ([`run_train_batch`]); `None` for a checkpoint that records none (saved before hf_ext recorded it, or
+    by another Trainer). Raises `ValueError` naming the file when it cannot be read or the entry is malformed."""
+    if read_schedule_record(checkpoint) is None:  # raises for a damaged file
+        return None
+    path = os.path.join(checkpoint, SCHEDULE_RECORD_NAME)
+    with open(path, encoding="utf-8") as fh:
+        entry = json.load(fh).get(TRAIN_BATCH_KEY)
+    if entry is None:
+        return None
+    problem = None if isinstance(entry, dict) else f"{TRAIN_BATCH_KEY!r} is {entry!r}, not an object"
+    for name in _TRAIN_BATCH_FIELDS:
+        value = entry.get(name) if problem is None else 0
+        least = 0 if name == "n_gpu" else 1
+        if problem is None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            problem = f"{TRAIN_BATCH_KEY}[{name!r}] is {value!r}, not an integer >= {least}"
+    if problem is not None:
+        raise ValueError(
+            f"--resume_from_checkpoint: {path} cannot be used: {problem}. Its {TRAIN_BATCH_KEY!r} entry records the "
+            "checkpoint's total train batch, compared on a resume; delete that entry to resume without that check, or "
+            "resume from another checkpoint."
+        )
+    return {name: entry[name] for name in _TRAIN_BATCH_FIELDS}
+
+
+def _batch_factors(batch: dict) -> str:
+    processes = batch["processes"]
+    gpus = f" x {batch['n_gpu']} GPUs per process" if batch["n_gpu"] > 1 else ""
+    return (
+        f"--per_device_train_batch_size {batch['per_device_train_batch_size']}{gpus} x "
+        f"--gradient_accumulation_steps {batch['gradient_accumulation_steps']} x {processes} "
+        f"process{'es' if processes != 1 else ''}"
+    )
+
+
+def _same_batch_hint(old: int, now: dict) -> str:
+    """A change of this run's flags that trains `old` samples per optimizer step, keeping its number of processes."""
+    per_process = max(1, now["n_gpu"]) * now["processes"]
+    accumulation, per_device = now["gradient_accumulation_steps"], now["per_device_train_batch_size"]
+    if old % (per_device * per_process) == 0:
+        return f"--gradient_accumulation_steps {old // (per_device * per_process)} on these processes"
+    if old % (accumulation * per_process) == 0:
+        return f"--per_device_train_batch_size {old // (accumulation * per_process)} on these processes"
+    return "the checkpoint's flags on its number of processes"
+
+
+#: (checkpoint, recorded batch, run's batch) already warned about in this process (once per launch)
+_WARNED_TRAIN_BATCH: set = set()
+
+
+def warn_changed_train_batch(trainer, checkpoint: str) -> str | None:
+    """For a resume of `trainer` from `checkpoint`: warn (once per launch, on global rank 0) when the run's total train
+    batch ([`run_train_batch`]) is not the one the checkpoint records; returns the warning (on every process), or
+    `None` when the totals are equal or the checkpoint records none ([`read_train_batch_record`]).
+
+    transformers' `Trainer` resumes by skipping the first `global_step % steps per epoch x gradient_accumulation_steps`
+    batches of the new dataloader, a count: at another total it takes the checkpoint's steps as another number of
+    samples, so the resumed run trains again samples the checkpoint's run had trained (a smaller batch) or never trains
+    samples it had not reached (a larger one), and the epochs end at other steps (an epoch-based run trains another
+    number of steps). At the same total on another split (e.g. twice the accumulation on half the processes) it
+    continues the run, and nothing is said. Not refused: a run may change its batch on purpose."""
+    recorded = read_train_batch_record(checkpoint)
+    if recorded is None:
+        return None
+    now = run_train_batch(trainer)
+    old, new = recorded["total_train_batch_size"], now["total_train_batch_size"]
+    if old == new:
+        return None
+    args = trainer.args
+    step = checkpoint_global_step(checkpoint) or 0
+    epoch_based = not (args.max_steps is not None and args.max_steps > 0)
+    rest = max(0, int(args.max_steps) - step) if not epoch_based else 0
+    length = "an epoch now has another number of optimizer steps, so " + (
+        "this epoch-based run (--num_train_epochs) trains another number of steps than the checkpoint's run would"
+        if epoch_based
+        else f"the epochs end at other steps, and the {rest} steps left to --max_steps {args.max_steps} train "
+        f"{rest * new} samples, not {rest * old}"
+    )
+    if getattr(args, "ignore_data_skip", False):
+        happens = (
+            "With ignore_data_skip=True no batches are skipped (the resumed run starts the data of its epoch from the "
+            f"beginning, whatever the batch), but {length} (and the epoch the resume starts in, global_step // "
+            "steps per epoch, may be another)."
+        )
+    else:
+        repeated = (
+            f"trains again {step * (old - new)} samples the checkpoint's run had trained"
+            if new < old
+            else f"never trains {step * (new - old)} samples the checkpoint's run had not reached yet"
+        )
+        happens = (
+            "transformers' Trainer resumes by skipping the first global_step % steps per epoch x "
+            "gradient_accumulation_steps batches of the new dataloader, a count of batches: it takes the "
+            f"checkpoint's {step} steps as {step} x {new} = {step * new} samples where that run trained "
+            f"{step} x {old} = {step * old}, so the resumed run {repeated} (for a checkpoint in the first "
+            f"epoch); and {length}."
+        )
+    message = (
+        f"resume_from_checkpoint={checkpoint!r} was trained at a total train batch of {old} samples per optimizer "
+        f"step ({_batch_factors(recorded)}); this run's is {new} ({_batch_factors(now)}). {happens} The resume goes "
+        f"on (a batch may be changed on purpose); to continue the checkpoint's run, keep per-device batch x "
+        f"gradient accumulation x processes at {old}, e.g. {_same_batch_hint(old, now)}."
+    )
+    key = (os.path.realpath(checkpoint), tuple(recorded.values()), tuple(now.values()))
+    if getattr(args, "process_index", 0) == 0 and key not in _WARNED_TRAIN_BATCH:
+        _WARNED_TRAIN_BATCH.add(key)
+        logger.warning(message)
+    return message
+
+
+def _warn_changed_train_batch_callback(trainer, checkpoint: str):
+    from transformers import TrainerCallback
+
+    class _WarnChangedTrainBatch(TrainerCallback):
+        """Compares the batch when the training loop starts: the one it trains with (an `auto_find_batch_size` retry
+        included), after every refusal of the resume (changed optimizer options, a GRAPE batch split) has passed."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not getattr(trainer, "_hf_ext_restores_finished_run", False):  # no step is trained: nothing to say
+                warn_changed_train_batch(trainer, checkpoint)
+
+    return _WarnChangedTrainBatch()
 
 
 def run_max_steps(trainer) -> int | None:
@@ -616,6 +781,7 @@ def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     guard = _stop_before_next_step_callback()
     trainer.add_callback(guard)
+    trainer._hf_ext_restores_finished_run = True  # no step is trained: another batch changes nothing
     try:
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint)  # an epoch boundary: no step is run
     except _RunFinished:
@@ -628,6 +794,7 @@ def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
         return None
     finally:
         trainer.remove_callback(guard)
+        trainer._hf_ext_restores_finished_run = False
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -914,6 +1081,10 @@ class LossWindowResumeMixin:
     The process that saves also writes the flags the learning-rate schedule was built from into every checkpoint
     ([`SCHEDULE_RECORD_NAME`], [`write_schedule_record`]), before `trainer_state.json`: a resume through
     [`train_or_restore_finished`] compares the schedule the new flags build with that one ([`refuse_changed_schedule`]).
+    The record holds the run's total train batch and its factors too ([`run_train_batch`]): a resume at another total
+    (which transformers' count of skipped batches makes repeat or skip samples) is warned about when the training loop
+    starts, once per launch on global rank 0, and goes on ([`warn_changed_train_batch`]); not for a finished run that
+    [`train_or_restore_finished`] restores without a step.
 
     A resume whose optimizer options differ from the checkpoint's (its param groups, which torch's `load_state_dict`
     restores whole: `--weight_decay`, `--adam_beta1/2`, `--adam_epsilon`, another `--optim`) is refused before any
@@ -963,18 +1134,21 @@ class LossWindowResumeMixin:
             checkpoint = get_last_checkpoint(self.args.output_dir)  # None: Trainer raises its own error
         if isinstance(checkpoint, os.PathLike):
             checkpoint = os.fspath(checkpoint)
-        window = None
+        callbacks = []
         if isinstance(checkpoint, str) and checkpoint:
             # read (and checked) before any work; applied when the training loop starts
             window = read_loss_window(checkpoint, self.args.process_index, self.args.world_size)
-        if window is None:
-            return super().train(resume_from_checkpoint, *args, **kwargs)
-        callback = _restore_loss_window_callback(self, window)
-        self.add_callback(callback)
+            if window is not None:
+                callbacks.append(_restore_loss_window_callback(self, window))
+            if read_train_batch_record(checkpoint) is not None:  # compared with the batch the loop trains with
+                callbacks.append(_warn_changed_train_batch_callback(self, checkpoint))
+        for callback in callbacks:
+            self.add_callback(callback)
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
-            self.remove_callback(callback)
+            for callback in callbacks:
+                self.remove_callback(callback)
 
     def _save_checkpoint(self, model, trial, *args, **kwargs):
         from transformers.trainer_pt_utils import nested_gather
@@ -991,7 +1165,8 @@ class LossWindowResumeMixin:
                 os.remove(stale)
             # the flags the LR schedule was built from, compared on a resume
             os.makedirs(folder, exist_ok=True)
-            write_schedule_record(folder, self.args, self.state.max_steps)  # before trainer_state.json
+            # before trainer_state.json; with the total train batch a resume compares (`warn_changed_train_batch`)
+            write_schedule_record(folder, self.args, self.state.max_steps, run_train_batch(self))
         tr_loss = getattr(self, "_tr_loss", None)
         if tr_loss is not None:  # saved within a training loop (the only place Trainer saves checkpoints)
             # every process takes part: the mean over the processes is the gather the logged loss uses
