@@ -212,3 +212,34 @@ def test_warned_once_per_launch_on_global_rank_zero(full_run, tmp_path, caplog):
     assert "e.g. --per_device_train_batch_size 2 on these processes" in messages[0]  # 2 x 1 x 2 = 4
     logged = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert logged == [messages[0]]
+
+
+def test_split_batches_counts_one_loader_batch_per_step(full_run, tmp_path, caplog):
+    """With accelerate's `split_batches` each batch of the loader (the per-device flag) is split over the processes:
+    2 processes at per-device 4 train 4 samples per step, the 1-process checkpoint's total, and nothing is said (a
+    2 x 4 count would be a false alarm); recorded and read back with the entry's `split_batches`."""
+    from hf_ext.utils.resume import read_train_batch_record, run_train_batch, warn_changed_train_batch
+
+    checkpoint = tmp_path / "checkpoint-3"
+    shutil.copytree(full_run[1], checkpoint)
+    args = SimpleNamespace(
+        train_batch_size=4, gradient_accumulation_steps=1, world_size=2, n_gpu=0, max_steps=6, ignore_data_skip=False,
+        process_index=0, accelerator_config=SimpleNamespace(split_batches=True),
+    )  # fmt: skip
+    split = SimpleNamespace(args=args)
+    assert run_train_batch(split) == {
+        "total_train_batch_size": 4, "per_device_train_batch_size": 4, "n_gpu": 0, "gradient_accumulation_steps": 1,
+        "processes": 2, "split_batches": True,
+    }  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert warn_changed_train_batch(split, str(checkpoint)) is None
+    assert not [r for r in caplog.records if r.name == LOGGER]
+    path = checkpoint / SCHEDULE_RECORD_NAME
+    record = json.loads(path.read_text())
+    record[TRAIN_BATCH_KEY] = run_train_batch(split)
+    path.write_text(json.dumps(record))
+    assert read_train_batch_record(str(checkpoint)) == run_train_batch(split)
+    args.accelerator_config.split_batches = False  # now 2 x 4 = 8 samples per step
+    message = warn_changed_train_batch(split, str(checkpoint))
+    assert "4 x --gradient_accumulation_steps 1, each batch split over 2 processes (split_batches)" in message
+    assert "this run's is 8" in message

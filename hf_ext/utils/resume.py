@@ -378,6 +378,8 @@ def write_schedule_record(
         record["num_training_steps"] = int(num_training_steps)
     if train_batch is not None:
         record[TRAIN_BATCH_KEY] = {name: int(train_batch[name]) for name in _TRAIN_BATCH_FIELDS}
+        if train_batch.get("split_batches") is True:
+            record[TRAIN_BATCH_KEY]["split_batches"] = True
     path = os.path.join(folder, SCHEDULE_RECORD_NAME)
     atomic_write_json(path, record)
     return path
@@ -418,7 +420,9 @@ def run_train_batch(trainer) -> dict:
     processes) and its factors: `per_device_train_batch_size` (the batch the run trains with, which an
     `auto_find_batch_size` retry lowers below the argument), `n_gpu` (the GPUs one process drives with
     `DataParallel`; 0 or 1 for one device), `gradient_accumulation_steps` and `processes` (the data-parallel
-    processes: the world size over the tensor / context / sequence parallel sizes)."""
+    processes: the world size over the tensor / context / sequence parallel sizes); and `split_batches: True` where
+    accelerate splits each batch over the processes (`accelerator_config`'s `split_batches`: the total is then the
+    per-device batch x accumulation, whatever the number of processes)."""
     args = trainer.args
     local = int(getattr(trainer, "_train_batch_size", None) or args.train_batch_size)  # over this process's GPUs
     accumulation = int(args.gradient_accumulation_steps)
@@ -426,13 +430,17 @@ def run_train_batch(trainer) -> dict:
         total = int(trainer.get_total_train_batch_size(args))
     else:
         total = local * accumulation * int(args.world_size)
-    return {
+    batch = {
         "total_train_batch_size": total,
         "per_device_train_batch_size": local // max(1, int(args.n_gpu)),
         "n_gpu": int(args.n_gpu),
         "gradient_accumulation_steps": accumulation,
         "processes": max(1, total // max(1, local * accumulation)),
     }
+    if getattr(getattr(args, "accelerator_config", None), "split_batches", False) is True:
+        batch["total_train_batch_size"] = local * accumulation  # one batch of the loader, split over the processes
+        batch["split_batches"] = True
+    return batch
 
 
 def read_train_batch_record(checkpoint: str) -> dict | None:
@@ -452,28 +460,35 @@ def read_train_batch_record(checkpoint: str) -> dict | None:
         least = 0 if name == "n_gpu" else 1
         if problem is None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
             problem = f"{TRAIN_BATCH_KEY}[{name!r}] is {value!r}, not an integer >= {least}"
+    if problem is None and not isinstance(entry.get("split_batches", False), bool):
+        problem = f"{TRAIN_BATCH_KEY}['split_batches'] is {entry['split_batches']!r}, not a boolean"
     if problem is not None:
         raise ValueError(
             f"--resume_from_checkpoint: {path} cannot be used: {problem}. Its {TRAIN_BATCH_KEY!r} entry records the "
             "checkpoint's total train batch, compared on a resume; delete that entry to resume without that check, or "
             "resume from another checkpoint."
         )
-    return {name: entry[name] for name in _TRAIN_BATCH_FIELDS}
+    batch = {name: entry[name] for name in _TRAIN_BATCH_FIELDS}
+    if entry.get("split_batches") is True:
+        batch["split_batches"] = True
+    return batch
 
 
 def _batch_factors(batch: dict) -> str:
     processes = batch["processes"]
     gpus = f" x {batch['n_gpu']} GPUs per process" if batch["n_gpu"] > 1 else ""
-    return (
+    flags = (
         f"--per_device_train_batch_size {batch['per_device_train_batch_size']}{gpus} x "
-        f"--gradient_accumulation_steps {batch['gradient_accumulation_steps']} x {processes} "
-        f"process{'es' if processes != 1 else ''}"
+        f"--gradient_accumulation_steps {batch['gradient_accumulation_steps']}"
     )
+    if batch.get("split_batches"):
+        return f"{flags}, each batch split over {processes} process{'es' if processes != 1 else ''} (split_batches)"
+    return f"{flags} x {processes} process{'es' if processes != 1 else ''}"
 
 
 def _same_batch_hint(old: int, now: dict) -> str:
     """A change of this run's flags that trains `old` samples per optimizer step, keeping its number of processes."""
-    per_process = max(1, now["n_gpu"]) * now["processes"]
+    per_process = max(1, now["n_gpu"]) * (1 if now.get("split_batches") else now["processes"])
     accumulation, per_device = now["gradient_accumulation_steps"], now["per_device_train_batch_size"]
     if old % (per_device * per_process) == 0:
         return f"--gradient_accumulation_steps {old // (per_device * per_process)} on these processes"
