@@ -928,6 +928,40 @@ class _RoundMonitor:
             )
         return None
 
+    def connected_nodes(
+        self, server_round: int, count: Callable[[], int], wait: Callable[[float], None], need: int
+    ) -> int:
+        """How many nodes to sample this round. Flower waits for `num_clients` connected nodes before it samples
+        (the Message API `FedAvg` without limit, the legacy client manager of SecAgg+ 24 h), so a SuperNode that
+        died in an earlier round, and that the SuperLink dropped after its missed heartbeats, stalled the next round
+        before any timeout applied. With a `timeout`, wait at most that long for all of them: with fewer, sample the
+        connected nodes if they are at least `need` (the round then aggregates what it gets), else fail the round
+        naming the missing nodes (raises [`RoundFailedError`] where `min_round_clients` is set; returns 0, a skipped
+        round, where it is not). Without a timeout: `num_clients` (Flower's own wait)."""
+        if self.timeout is None:
+            return self.num_clients
+        import time
+
+        deadline = time.monotonic() + self.timeout
+        connected = count()
+        while connected < self.num_clients and time.monotonic() < deadline:
+            wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            connected = count()
+        if connected >= self.num_clients:
+            return self.num_clients
+        if connected >= need:
+            return connected
+        if self.min_round_clients is None:
+            return 0
+        self.start_round()
+        raise self.fail(
+            server_round,
+            f"only {connected} of the {self.num_clients} nodes (num-partitions) were connected after waiting "
+            f"{self.timeout:g} s (run config `round-timeout`), where {need} were required (a SuperNode that stopped "
+            "is dropped by the SuperLink after its missed heartbeats); restart the missing SuperNodes with their "
+            "`--node-config partition-id`",
+        )
+
     def succeeded(self, server_round: int, partitions: list[int | None], metrics) -> None:
         entry = {
             "round": server_round,
@@ -989,9 +1023,23 @@ class FederatedLoRAStrategy(FedAvg):
         self._sent: list[int] = []
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        import time
+
         self._global = arrays.to_torch_state_dict()
         config[ROUND_KEY] = server_round
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        need = self.monitor.min_round_clients or 1
+        sample = self.monitor.connected_nodes(server_round, lambda: len(list(grid.get_node_ids())), time.sleep, need)
+        if sample == 0:
+            self._sent = []
+            return []
+        # Flower samples max(fraction_train * connected, min_train_nodes) and waits for min_available_nodes of them:
+        # with fewer connected nodes than `num_clients` (a node stopped), sample the connected ones for this round
+        saved = self.min_train_nodes, self.min_available_nodes
+        self.min_train_nodes = self.min_available_nodes = min(sample, self.min_train_nodes)
+        try:
+            messages = list(super().configure_train(server_round, arrays, config, grid))
+        finally:
+            self.min_train_nodes, self.min_available_nodes = saved
         self._sent = [m.metadata.dst_node_id for m in messages]
         return messages
 
@@ -1130,7 +1178,22 @@ def make_secagg_strategy(
         def configure_fit(self, server_round, parameters, client_manager):
             arrays = parameters_to_ndarrays(parameters)
             self.global_state = {k: torch.from_numpy(np.array(a, copy=True)) for k, a in zip(keys, arrays)}
-            return super().configure_fit(server_round, parameters, client_manager)
+            # fewer nodes than the threshold cannot complete a SecAgg+ round
+            need = max(monitor.min_round_clients or 1, fed_args.threshold(num_clients))
+            sample = monitor.connected_nodes(
+                server_round,
+                client_manager.num_available,
+                lambda seconds: client_manager.wait_for(num_clients, timeout=seconds),
+                need,
+            )
+            if sample == 0:  # too few nodes and no minimum required: the workflow skips the round, with a warning
+                return []
+            saved = self.min_fit_clients, self.min_available_clients
+            self.min_fit_clients = self.min_available_clients = min(sample, self.min_fit_clients)
+            try:
+                return super().configure_fit(server_round, parameters, client_manager)
+            finally:
+                self.min_fit_clients, self.min_available_clients = saved
 
         def aggregate_fit(self, server_round, results, failures):
             partitions = [int(r.metrics["partition-id"]) if "partition-id" in r.metrics else None for _, r in results]
@@ -1204,7 +1267,10 @@ def make_server_app(
         on_finish (`Callable`, *optional*): called with the final global state and the Flower result / history.
         timeout (`float`, *optional*): seconds to wait for the replies of each exchange, passed to Flower
             (`FedAvg.start(timeout=...)`: one exchange per round; `SecAggPlusWorkflow(timeout=...)`: each of the
-            four SecAgg+ stages). None: 24 h per round without secure aggregation, no limit with it.
+            four SecAgg+ stages), and the longest wait for all `num_clients` nodes to be connected before a round
+            samples them (with fewer: the connected ones if they are at least `min_round_clients`, and the SecAgg+
+            threshold, else the round fails). None: 24 h per round without secure aggregation, no limit with it,
+            and Flower's own wait for the nodes.
         min_round_clients (`int`, *optional*): the fewest clients whose updates every round must aggregate
             (`num_clients` to require all of them).
         on_round (`Callable[[dict], None]`, *optional*): called with the record of each aggregated round
