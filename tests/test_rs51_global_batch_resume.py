@@ -18,33 +18,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 
 from hf_ext.utils.resume import SCHEDULE_RECORD_NAME, train_or_restore_finished, with_loss_window
 
+from .test_logging_window_resume import TinyLM, _tiny_data
+
 LOGGER = "hf_ext.utils.resume"
 TRAIN_BATCH_KEY = "train_batch"  # the entry of lr_schedule.json (hf_ext.utils.resume.TRAIN_BATCH_KEY)
-
-
-class TinyLM(nn.Module):
-    def __init__(self, vocab=16, dim=6):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, dim)
-        self.head = nn.Linear(dim, vocab)
-
-    def forward(self, input_ids, labels=None):
-        logits = self.head(torch.tanh(self.emb(input_ids)))
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
-        return {"loss": loss, "logits": logits}
-
-
-def _data(n=64):
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, 16, (8,), generator=g)
-        out.append({"input_ids": ids, "labels": (ids * 3 + 1) % 16})
-    return out
 
 
 def _trainer(out, per_device=4, accumulation=1, max_steps=6, **extra):
@@ -56,7 +36,7 @@ def _trainer(out, per_device=4, accumulation=1, max_steps=6, **extra):
         per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation, max_steps=max_steps,
         logging_steps=1, save_strategy="steps", save_steps=3, learning_rate=0.05, **extra,
     )  # fmt: skip
-    return with_loss_window(Trainer)(model=TinyLM(), args=args, train_dataset=_data())
+    return with_loss_window(Trainer)(model=TinyLM(), args=args, train_dataset=_tiny_data(64))
 
 
 def _losses(trainer):
