@@ -87,3 +87,28 @@ def test_said_once_per_launch_by_global_rank_zero(stop_at_build, caplog, text_fi
     monkeypatch.setenv("RANK", rank)
     text = _run(main, [*COMMON, "--train_file", text_file, "--output_dir", str(tmp_path / "a")], caplog)
     assert ("will be tokenized with the byte-level BPE" in text) is said
+
+
+# rv51: the rank was read with accelerate's `get_int_from_env`, which raises a bare `ValueError` on a variable that is
+# not an integer: a single-process run with `RANK=` left empty by a job script (which transformers and accelerate ignore
+# there) stopped at the warning, before any work.
+@pytest.mark.parametrize("value", ["", "x"])
+def test_a_rank_variable_that_is_no_integer_does_not_stop_a_single_process_run(
+    stop_at_build, caplog, text_file, tmp_path, monkeypatch, value
+):
+    from hf_ext.recipes.pretrain import main
+
+    monkeypatch.setenv("RANK", value)
+    text = _run(main, [*COMMON, "--train_file", text_file, "--output_dir", str(tmp_path / "a")], caplog)
+    assert "will be tokenized with the byte-level BPE" in text  # no rank: said, as by rank 0
+
+
+def test_an_mpi_rank_after_a_non_integer_rank_variable_is_read(
+    stop_at_build, caplog, text_file, tmp_path, monkeypatch
+):
+    from hf_ext.recipes.pretrain import main
+
+    monkeypatch.setenv("RANK", "")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")  # Open MPI's rank 1 of a launch: rank 0 says it
+    text = _run(main, [*COMMON, "--train_file", text_file, "--output_dir", str(tmp_path / "a")], caplog)
+    assert "will be tokenized with the byte-level BPE" not in text
