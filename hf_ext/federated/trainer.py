@@ -212,6 +212,29 @@ class PrivateTrainer(ModelDecayNamesMixin, EvalRowsOnceMixin, LossWindowResumeMi
             if self.train_dataset is None or not hasattr(self.train_dataset, "__len__") or not len(self.train_dataset):
                 raise ValueError("DP-SGD needs a sized, non-empty `train_dataset` to compute the sampling rate.")
 
+    def describe_train_batch_change(self, old: int, new: int, now: dict) -> tuple[str, str] | None:
+        """For the resume warning at another total train batch (`hf_ext.utils.resume.warn_changed_train_batch`): under
+        DP-SGD the batches are Poisson draws, not a fixed order of the data that the resume skips by a count, so no
+        sample is trained again or skipped; what changes is the sampling rate (and the steps per epoch). Gradient
+        accumulation is 1 under DP-SGD, so the per-device batch alone keeps the checkpoint's. `None` without DP-SGD."""
+        if self.args.dp_clip_norm is None:
+            return None
+        n = len(self.train_dataset)
+        happens = (
+            "Under DP-SGD (--dp_clip_norm) each batch is a Poisson draw (every example joins it independently), so the "
+            "resume neither trains samples again nor skips any; the expected batch, and with it the sampling rate, "
+            f"changes (q = {old}/{n} -> {new}/{n} on these {n} examples; the privacy accountant records each step's q), "
+            "and an epoch has another number of steps."
+        )
+        processes = now["processes"]
+        hint = (
+            f"keep the expected batch at {old}: --per_device_train_batch_size {old // processes} on these processes "
+            "(DP-SGD takes --gradient_accumulation_steps 1)"
+            if old % processes == 0
+            else f"keep the expected batch at {old}: the checkpoint's --per_device_train_batch_size on its processes"
+        )
+        return happens, hint
+
     @property
     def sample_rate(self) -> float:
         """Poisson sampling rate `q = expected batch size / dataset size`."""

@@ -529,7 +529,14 @@ def warn_changed_train_batch(trainer, checkpoint: str) -> str | None:
         else f"the epochs end at other steps, and the {rest} steps left to --max_steps {args.max_steps} train "
         f"{rest * new} samples, not {rest * old}"
     )
-    if getattr(args, "ignore_data_skip", False):
+    # a Trainer whose batches are not a fixed order of the data (PrivateTrainer's DP-SGD Poisson batches) says itself
+    # what another batch changes, and which flags keep the checkpoint's (`describe_train_batch_change(old, new, now)`:
+    # `(what happens, the flags)`, or None for the generic text)
+    describe = getattr(trainer, "describe_train_batch_change", None)
+    own = describe(old, new, now) if callable(describe) else None
+    if own is not None:
+        happens, hint = own
+    elif getattr(args, "ignore_data_skip", False):
         happens = (
             "With ignore_data_skip=True no batches are skipped (the resumed run starts the data of its epoch from the "
             f"beginning, whatever the batch), but {length} (and the epoch the resume starts in, global_step // "
@@ -548,11 +555,12 @@ def warn_changed_train_batch(trainer, checkpoint: str) -> str | None:
             f"{step} x {old} = {step * old}, so the resumed run {repeated} (for a checkpoint in the first "
             f"epoch); and {length}."
         )
+    if own is None:
+        hint = f"keep per-device batch x gradient accumulation x processes at {old}, e.g. {_same_batch_hint(old, now)}"
     message = (
         f"resume_from_checkpoint={checkpoint!r} was trained at a total train batch of {old} samples per optimizer "
         f"step ({_batch_factors(recorded)}); this run's is {new} ({_batch_factors(now)}). {happens} The resume goes "
-        f"on (a batch may be changed on purpose); to continue the checkpoint's run, keep per-device batch x "
-        f"gradient accumulation x processes at {old}, e.g. {_same_batch_hint(old, now)}."
+        f"on (a batch may be changed on purpose); to continue the checkpoint's run, {hint}."
     )
     key = (os.path.realpath(checkpoint), tuple(recorded.values()), tuple(now.values()))
     if getattr(args, "process_index", 0) == 0 and key not in _WARNED_TRAIN_BATCH:
