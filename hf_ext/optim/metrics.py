@@ -409,7 +409,8 @@ class UpdateMetricsCallback(TrainerCallback):
         if snrs:
             # the median: a tensor whose noise estimate is ~0 has an SNR of 1e20 or more (its step is scaled to ~0),
             # which a mean over tensors would report as the run's SNR
-            row["update/snr"] = statistics.median(snrs)
+            # (NaN where any estimate is: `median` sorts, and NaN compares false, so the median hid it)
+            row["update/snr"] = float("nan") if any(math.isnan(x) for x in snrs) else statistics.median(snrs)
         if self.log_per_tensor:
             row.update({f"update/relative_l2/{n}": v for n, v in rel.items()})
         self.history.append(row)

@@ -58,3 +58,28 @@ def test_other_optimizers_log_no_snr(tmp_path):
     assert cb.history and all("update/snr" not in row for row in cb.history)
     cb, _, _ = _train(tmp_path / "adamw", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3), steps=2)
     assert cb.history and all("update/snr" not in row for row in cb.history)
+
+
+def test_a_nan_estimate_is_not_hidden_by_the_median(tmp_path):
+    """`statistics.median` sorts, and NaN compares false with everything, so a NaN estimate among the updated tensors'
+    (a non-finite gradient) could come out as a finite median; the row now says NaN."""
+
+    class NanFirst(UpdateMetricsCallback):
+        def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+            with_estimate = [s for s in inner.state.values() if "snr" in s]
+            with_estimate[0]["snr"] = float("nan")
+            super().on_optimizer_step(args, state, control, optimizer=optimizer, **kwargs)
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=16)  # fmt: skip
+    model = LlamaForCausalLM(cfg)
+    ids = torch.randint(0, 32, (8, 8), generator=torch.Generator().manual_seed(1))
+    cb = NanFirst(plot_path=None)
+    args = TrainingArguments(str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to="none",
+                             use_cpu=True, disable_tqdm=True, save_strategy="no")  # fmt: skip
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    optimizer = LionA(model.parameters(), lr=1e-3, snr_correction=True)
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[cb], optimizers=(optimizer, None)).train()
+    assert math.isnan(cb.history[0]["update/snr"])
