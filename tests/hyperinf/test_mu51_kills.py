@@ -3,15 +3,7 @@
 import pytest
 import torch
 
-
-def _tiny_causal_lm():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
-    )
-    return LlamaForCausalLM(config)
+from .test_hi41_fixes import _tiny_causal_lm
 
 
 def test_evaluate_response_loss_matches_a_per_example_loop_over_the_response_tokens():
