@@ -18,6 +18,8 @@ all-reduced in float64 and the scores of the parts all-gathered in rank order (s
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -85,6 +87,28 @@ _NUMBER_FIELDS = {
     "schulz_extra_damping": False,
     "lissa_scale": True,
 }
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel` for a warning raised by the function calling this one that names the first frame outside
+    hf_ext.hyperinf: the user's line whether they call the engine directly or through `InfluenceEstimator` (as
+    Python 3.12's `skip_file_prefixes`; this package supports 3.11)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _is_allocation_failure(err: BaseException) -> bool:
+    """Whether `err` is an allocator's out-of-memory error (CUDA's `torch.OutOfMemoryError`, the CPU allocator's
+    `RuntimeError`), not another error that a tensor allocation can surface (e.g. an earlier asynchronous CUDA error)."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    message = str(err).lower()
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in message or "out of memory" in message)
 
 
 @dataclass
@@ -455,6 +479,8 @@ class InfluenceEngine:
                 try:
                     layer.curvature = torch.zeros(dim, dim, dtype=self.accumulate_dtype, device=self.device)
                 except RuntimeError as err:  # the allocator's error (torch.OutOfMemoryError is one) named no layer
+                    if not _is_allocation_failure(err):
+                        raise  # e.g. an earlier asynchronous CUDA error surfacing here: not this matrix's size
                     raise MemoryError(self._curvature_memory_message(name, dim)) from err
         use_fim = cfg.method == "exact" and cfg.exact_curvature == "fim"
         nonzero = dict.fromkeys(layers, False)
@@ -523,7 +549,7 @@ class InfluenceEngine:
                 "lora_B is still zero (an untrained module?). The list is in `skipped_layers` (`layer_info[name]"
                 "['skipped']`).",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=_user_stacklevel(),
             )
         for name, layer in layers.items():
             if not nonzero[name]:
@@ -550,53 +576,12 @@ class InfluenceEngine:
                         f"but the sum of their products is not; it used to be reported as a Schulz divergence whose "
                         f"fix was another start). Pass dtype=torch.float64."
                     )
-                eye = torch.eye(layer.curvature.shape[0], dtype=layer.curvature.dtype, device=self.device)
-                if cfg.method == "hyperinf":
-                    matrix = layer.curvature + (layer.damping + cfg.schulz_extra_damping) * eye
-                    largest = float(matrix.abs().max())
-                    matrix = matrix.to(cfg.schulz_dtype or cfg.dtype)
-                    if not bool(torch.isfinite(matrix).all()):  # the curvature is finite: past schulz_dtype's range
-                        raise ValueError(
-                            f"The damped curvature of layer {name!r} (largest entry {largest:.4g}) overflows "
-                            f"schulz_dtype={matrix.dtype}, the dtype of its Schulz inversion. Pass "
-                            "schulz_dtype=torch.float64 (the default) or torch.float32."
-                        )
-                    try:
-                        inverse, info = schulz_inverse(
-                            matrix,
-                            num_iterations=cfg.schulz_iterations,
-                            init=cfg.schulz_init,
-                            alpha=cfg.schulz_alpha,
-                            tol=cfg.schulz_tol,
-                            order=cfg.schulz_order,
-                            warn=False,
-                        )
-                    except SchulzDivergenceError as err:
-                        safe = float(1.0 / torch.linalg.matrix_norm(matrix))
-                        message = schulz_divergence_message(err.info, matrix.dtype, f" for layer {name!r}", safe)
-                        raise SchulzDivergenceError(message, err.info) from None
-                    layer.solver = inverse
-                    layer.info.update(
-                        schulz_alpha=info.alpha,
-                        schulz_iterations=info.iterations,
-                        schulz_residual=info.final_residual,
-                        schulz_converged=info.converged,
-                    )
-                    if cfg.schulz_tol is not None and not info.converged:
-                        warnings.warn(
-                            schulz_warning_message(info, cfg.schulz_tol, inverse.dtype, f" for layer {name!r}"),
-                            SchulzConvergenceWarning,
-                            stacklevel=3,
-                        )
-                else:
-                    matrix = layer.curvature + layer.damping * eye
-                    try:
-                        layer.solver = torch.linalg.cholesky(matrix)
-                    except torch.linalg.LinAlgError as err:
-                        raise ValueError(
-                            f"The damped curvature of {name!r} is not positive definite (damping "
-                            f"{layer.damping:.3g}); raise `damping_scale` or pass `damping`."
-                        ) from err
+                try:
+                    self._fit_solver(name, layer)
+                except RuntimeError as err:
+                    if not _is_allocation_failure(err):
+                        raise
+                    raise MemoryError(self._solver_memory_message(name, layer.curvature.shape[0])) from err
                 layer.curvature = None
         self.layers = layers
         self.active = [name for name in layers if nonzero[name]]
@@ -605,6 +590,77 @@ class InfluenceEngine:
         self.train_source = train_source
         self.timings["fit_s"] = time.perf_counter() - start
         return self
+
+    def _fit_solver(self, name: str, layer: LayerState) -> None:
+        """Factor (method='exact') or invert (method='hyperinf') one layer's damped curvature into `layer.solver`."""
+        cfg = self.config
+        eye = torch.eye(layer.curvature.shape[0], dtype=layer.curvature.dtype, device=self.device)
+        if cfg.method == "hyperinf":
+            matrix = layer.curvature + (layer.damping + cfg.schulz_extra_damping) * eye
+            largest = float(matrix.abs().max())
+            matrix = matrix.to(cfg.schulz_dtype or cfg.dtype)
+            if not bool(torch.isfinite(matrix).all()):  # the curvature is finite: past schulz_dtype's range
+                raise ValueError(
+                    f"The damped curvature of layer {name!r} (largest entry {largest:.4g}) overflows "
+                    f"schulz_dtype={matrix.dtype}, the dtype of its Schulz inversion. Pass "
+                    "schulz_dtype=torch.float64 (the default) or torch.float32."
+                )
+            try:
+                inverse, info = schulz_inverse(
+                    matrix,
+                    num_iterations=cfg.schulz_iterations,
+                    init=cfg.schulz_init,
+                    alpha=cfg.schulz_alpha,
+                    tol=cfg.schulz_tol,
+                    order=cfg.schulz_order,
+                    warn=False,
+                )
+            except SchulzDivergenceError as err:
+                safe = float(1.0 / torch.linalg.matrix_norm(matrix))
+                message = schulz_divergence_message(err.info, matrix.dtype, f" for layer {name!r}", safe)
+                raise SchulzDivergenceError(message, err.info) from None
+            layer.solver = inverse
+            layer.info.update(
+                schulz_alpha=info.alpha,
+                schulz_iterations=info.iterations,
+                schulz_residual=info.final_residual,
+                schulz_converged=info.converged,
+            )
+            if cfg.schulz_tol is not None and not info.converged:
+                warnings.warn(
+                    schulz_warning_message(info, cfg.schulz_tol, inverse.dtype, f" for layer {name!r}"),
+                    SchulzConvergenceWarning,
+                    stacklevel=_user_stacklevel(),
+                )
+        else:
+            matrix = layer.curvature + layer.damping * eye
+            try:
+                layer.solver = torch.linalg.cholesky(matrix)
+            except torch.linalg.LinAlgError as err:
+                raise ValueError(
+                    f"The damped curvature of {name!r} is not positive definite (damping "
+                    f"{layer.damping:.3g}); raise `damping_scale` or pass `damping`."
+                ) from err
+
+    def _solver_memory_message(self, name: str, dim: int) -> str:
+        """The error for a solver that cannot be fitted for lack of memory (the curvature itself was allocated)."""
+        cfg = self.config
+        if cfg.method == "hyperinf":
+            dtype = cfg.schulz_dtype or cfg.dtype
+            size = dim * dim * torch.empty(0, dtype=dtype).element_size() / 2**30
+            work = (
+                f"its Schulz inversion in schulz_dtype={dtype} keeps about six {dim} x {dim} matrices at once "
+                f"({size:.3g} GiB each) beside the curvature"
+            )
+            fix = "pass schulz_dtype=torch.float32 (half the memory of the default float64), "
+        else:
+            work = f"its Cholesky factorisation keeps three more {dim} x {dim} matrices in {self.accumulate_dtype}"
+            fix = ""
+        return (
+            f"Out of memory while fitting the solver of layer {name!r} on {self.device}: {work}. To fit it, {fix}"
+            "leave the largest modules out of `target_modules`, use a method whose per-layer state is r x d "
+            "(method='datainf', 'lissa' or 'tracin'), or a device with more memory (`device=`)."
+        )
 
     def _curvature_memory_message(self, name: str, dim: int) -> str:
         """The error for a curvature matrix that cannot be allocated: which layer, how large, and what to do."""
@@ -778,7 +834,7 @@ class InfluenceEngine:
                 "answer: no training example moves that loss). If it should not be, check that the forward pass "
                 "uses the tracked adapter.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=_user_stacklevel(),
             )
         out = self.scores_from_hvp(self.inverse_hvp(v))
         self.timings["scores_s"] = time.perf_counter() - start
