@@ -6,6 +6,7 @@ marks each on stdout, so a test whose check did not finish names the check the l
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -44,7 +45,10 @@ def finished(_launch, run_two_ranks, in_turn_outcome):
     made by the first test asking); fails naming the check the launch stopped in otherwise."""
     out = _launch["out"]
     if "proc" not in _launch:
-        ddp = [*TRAIN_LOSS_TINY, "--per_device_train_batch_size", "2", "--output_dir", out / "pretrain_ddp"]
+        ddp = [
+            *TRAIN_LOSS_TINY, "--per_device_train_batch_size", "2", "--output_dir", out / "pretrain_ddp",
+            "--save_strategy", "steps", "--save_steps", "2",  # checkpoint-2: the resume-batch test's
+        ]  # fmt: skip
         fsdp2 = [
             "--use_cpu", "true", *FOG_TINY, *FSDP2_SHARDED, "--max_steps", "4",
             "--save_strategy", "steps", "--save_steps", "2", "--output_dir", out / "fsdp",
@@ -263,3 +267,22 @@ def test_pretrain_two_ranks_train_loss_equals_one_process_at_double_batch(finish
     assert [loss for _, loss in two["loss_curve"]] == pytest.approx([loss for _, loss in one["loss_curve"]], rel=1e-6)
     # the step-4 tail is rank-local; it was 2.3e-3 off
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-6, abs=0)
+
+
+@pytest.mark.distributed
+def test_one_process_resume_of_a_two_rank_checkpoint_warns_of_the_halved_batch(finished, tmp_path, caplog):
+    """A checkpoint written by 2 ranks records the total train batch over both (2 x 2 = 4, `processes` 2), so resuming
+    it in one process at the same per-device batch (a total of 2) warns that the checkpoint's steps are taken as half
+    their samples; the record of a rank-local batch (2) would have said nothing."""
+    from hf_ext.recipes.pretrain import main
+    from hf_ext.utils.resume import read_train_batch_record
+
+    checkpoint = finished("pretrain_ddp") / "pretrain_ddp" / "checkpoint-2"
+    record = read_train_batch_record(str(checkpoint))
+    assert (record["total_train_batch_size"], record["processes"], record["per_device_train_batch_size"]) == (4, 2, 2)
+    args = [*TRAIN_LOSS_TINY, "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "one")]
+    with caplog.at_level(logging.WARNING, logger="hf_ext.utils.resume"):
+        main([*args, "--resume_from_checkpoint", str(checkpoint)])
+    said = [r.getMessage() for r in caplog.records if "total train batch" in r.getMessage()]
+    assert len(said) == 1 and "trained at a total train batch of 4 samples" in said[0], said
+    assert "x 2 processes); this run's is 2" in said[0] and "--gradient_accumulation_steps 2" in said[0]
