@@ -82,6 +82,44 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8"):
         raise
 
 
+_LIBC_SYNCFS = []  # [the C library's syncfs, or None where there is none], looked up once
+
+
+def _syncfs(folder: str) -> bool:
+    """Flush the filesystem holding `folder` to disk with one `syncfs(2)` (Linux); False where it is unavailable."""
+    if not _LIBC_SYNCFS:
+        import ctypes
+
+        try:
+            _LIBC_SYNCFS.append(getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None))
+        except OSError:
+            _LIBC_SYNCFS.append(None)
+    syncfs = _LIBC_SYNCFS[0]
+    if syncfs is None:
+        return False
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        return syncfs(fd) == 0
+    finally:
+        os.close(fd)
+
+
+def flush_files_to_disk(paths: list[str]) -> None:
+    """Make the contents of `paths` (files just written and closed, all in one folder) durable before what depends on
+    them is written: one `syncfs` of their filesystem on Linux (an fsync per file costs a disk flush each, ~10 ms: 20
+    minutes for 100,000 files), an fsync of each file elsewhere or where syncfs fails."""
+    if not paths:
+        return
+    if _syncfs(os.path.dirname(os.path.abspath(paths[0]))):
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write `text` to `path` atomically (temporary file, then rename)."""
     with atomic_open(path, "w") as fh:
