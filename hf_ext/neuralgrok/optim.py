@@ -95,8 +95,12 @@ class GradientTransformOptimizer(Optimizer):
         for suffix in sorted(self._pending):
             grads = self._snapshots[suffix]
             self._metrics[f"age_{suffix}"] = float(absolute_entropy(grads))
+            # in float64, as the entropy: a bf16 / fp16 gradient's norm came back in its own dtype, rounded to ~3
+            # significant digits (the logged norm of a bf16 model's transformed gradient, sqrt(29) = 5.385, read 5.375)
             self._metrics[f"grad_norm_{suffix}"] = float(
-                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+                torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])
+                )
             )
         self._pending.clear()
         return self._metrics
