@@ -242,8 +242,11 @@ class GradNormOptimizer(GradientTransformOptimizer):
 
     def transform_gradients(self, params: list[torch.Tensor]) -> None:
         for p in params:
-            norm = _norm_floor(p.grad.float(), self.eps)
-            p.grad.mul_((self.c / norm).to(p.grad.dtype))
+            grad = p.grad if p.grad.dtype == torch.float64 else p.grad.float()
+            norm = _norm_floor(grad, self.eps)
+            # the scale applied in float32 / float64, then rounded once per entry: a bf16 gradient multiplied by the
+            # scale rounded to bf16 came out up to 0.3% off norm c (the amplifier's transform: 0.1%)
+            p.grad.copy_(grad * (self.c / norm))
 
     def post_transform(self, params: list[torch.Tensor]) -> None:
         if self.clip_norm and params:
