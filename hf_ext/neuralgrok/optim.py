@@ -253,11 +253,19 @@ class GradNormOptimizer(GradientTransformOptimizer):
             torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
 
 
+def _filter_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a Grokfast EMA of gradients of `dtype`: float32 for bf16 / fp16 (in bf16 the update
+    `mu <- alpha mu + (1 - alpha) g` rounds back to `mu` whenever `(1 - alpha)|g - mu|` is below half a bf16 spacing of
+    `mu`: at alpha 0.98 the EMA of a constant 1.5 started at 1.0 stopped at 1.375), else `dtype`."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 class GradFilterOptimizer(GradientTransformOptimizer):
     r"""
     Grokfast gradient filters (Lee et al., 2024) as an optimizer wrapper, applied once per optimizer step.
 
-    - `mode="ema"`: `mu = alpha * mu + (1 - alpha) * g` (mu starts at the first gradient), `g <- g + lamb * mu`.
+    - `mode="ema"`: `mu = alpha * mu + (1 - alpha) * g` (mu starts at the first gradient), `g <- g + lamb * mu`; `mu`
+      is kept in float32 for bf16 / fp16 gradients (the product `lamb * mu` is added to `g` in its own dtype).
     - `mode="ma"`: `g <- g + lamb * mean(last window gradients)`; with `warmup=True` the filter is off until the
       window is full. Memory: `window` copies of every gradient.
 
@@ -315,7 +323,7 @@ class GradFilterOptimizer(GradientTransformOptimizer):
             if self.mode == "ema":
                 mu = self._ema.get(index)
                 if mu is None:
-                    mu = grad.detach().clone()
+                    mu = grad.detach().to(_filter_dtype(grad.dtype), copy=True)
                 else:
                     mu.mul_(self.alpha).add_(grad, alpha=1.0 - self.alpha)
                 self._ema[index] = mu
@@ -378,7 +386,9 @@ class GradFilterOptimizer(GradientTransformOptimizer):
             return t.to(p.device).clone()
 
         if self.mode == "ema":
-            self._ema = {int(i): like(i, t) for i, t in state.get("ema", {}).items()}
+            # an EMA saved in bf16 / fp16 (before it was kept in float32) goes on in float32
+            ema = {int(i): like(i, t) for i, t in state.get("ema", {}).items()}
+            self._ema = {i: t.to(_filter_dtype(t.dtype)) for i, t in ema.items()}
         else:
             self._queues = {
                 int(i): deque((like(i, t) for t in stacked.unbind(0)), maxlen=self.window)

@@ -60,3 +60,37 @@ def test_normalize_control_of_a_float64_gradient_keeps_float64_precision():
     p.grad = g.clone()
     GradNormOptimizer(torch.optim.SGD([p], lr=0.0), c=2.0, clip_norm=None).step()
     assert torch.allclose(p.grad, 2.0 * g / g.norm(), rtol=1e-12, atol=0)
+
+
+def _ema_filtered_gradient(dtype, steps=300, alpha=0.98, lamb=2.0):
+    p = torch.nn.Parameter(torch.zeros(4, dtype=dtype))
+    opt = GradFilterOptimizer(torch.optim.SGD([p], lr=0.0), mode="ema", alpha=alpha, lamb=lamb, track_entropy=False)
+    for step in range(steps):
+        p.grad = torch.full((4,), 1.0 if step == 0 else 1.5, dtype=dtype)
+        opt.step()
+    return p.grad, opt
+
+
+def test_grokfast_ema_of_bf16_gradients_follows_the_gradient():
+    """The Grokfast EMA was kept in the gradient's dtype: in bf16 `mu <- 0.98 mu + 0.02 g` rounds back to `mu` once
+    0.02 |g - mu| is below half a bf16 spacing, so the EMA of a constant 1.5 (started at 1.0) stopped at 1.375 and the
+    filtered gradient g + 2 mu read 4.25 instead of 4.5. The EMA is now kept in float32 for bf16 / fp16 gradients."""
+    mu = 1.0
+    for _ in range(299):
+        mu = 0.98 * mu + 0.02 * 1.5
+    grad, opt = _ema_filtered_gradient(torch.bfloat16)
+    assert grad.dtype == torch.bfloat16
+    assert torch.allclose(grad.double(), torch.full((4,), 1.5 + 2.0 * mu, dtype=torch.float64), rtol=4e-3)
+    assert opt._ema[0].dtype == torch.float32
+    assert float(opt._ema[0][0]) == pytest.approx(mu, rel=1e-5)
+    # float32 and float64 gradients keep their own dtype for the EMA
+    for dtype in (torch.float32, torch.float64):
+        assert _ema_filtered_gradient(dtype, steps=3)[1]._ema[0].dtype == dtype
+
+
+def test_grokfast_ema_saved_in_bf16_resumes_in_float32():
+    """A checkpoint's bf16 EMA (written before it was kept in float32) is read into a float32 EMA."""
+    p = torch.nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))
+    opt = GradFilterOptimizer(torch.optim.SGD([p], lr=0.0), mode="ema")
+    opt.load_extra_state_dict({"num_transforms": 5, "mode": "ema", "ema": {"0": torch.full((4,), 1.25).bfloat16()}})
+    assert opt._ema[0].dtype == torch.float32 and float(opt._ema[0][0]) == 1.25
