@@ -216,6 +216,44 @@ def _reshard(model: nn.Module) -> None:
             module.reshard()
 
 
+def _lora_layers(model: nn.Module) -> list[nn.Module]:
+    """peft LoRA layers around a linear map (`nn.Linear` or transformers' `Conv1D` base layer; not merged, no DoRA
+    adapter active): their representation is that of the adapted layer, whose weight is the base weight plus each
+    active adapter's `scaling * B @ A` (peft's `get_delta_weight`), not that of the `lora_A` / `lora_B` factors."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:  # peft not installed: no LoRA layers
+        return []
+    from transformers.pytorch_utils import Conv1D
+
+    layers = []
+    for module in model.modules():
+        if not isinstance(module, LoraLinear) or not isinstance(getattr(module, "base_layer", None), (nn.Linear, Conv1D)):
+            continue
+        if getattr(module, "merged", False):
+            continue
+        if any(getattr(module, "use_dora", {}).get(a, False) for a in module.active_adapters):
+            continue
+        layers.append(module)
+    return layers
+
+
+def _effective_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight a peft LoRA layer (`_lora_layers`) applies, in its base layer's layout, in float64: the base weight
+    plus peft's `get_delta_weight` of each active adapter, `scaling * B @ A` (transposed for `fan_in_fan_out`),
+    computed here in float64 (peft's is in the weights' dtype, and the metric subtracts two of them)."""
+    weight = _full(layer.base_layer.weight.detach()).double()
+    if getattr(layer, "disable_adapters", False):
+        return weight
+    for adapter in layer.active_adapters:
+        if adapter in layer.lora_A:
+            a = _full(layer.lora_A[adapter].weight.detach()).double()
+            b = _full(layer.lora_B[adapter].weight.detach()).double()
+            delta = (b @ a) * layer.scaling[adapter]
+            weight = weight + (delta.t() if getattr(layer, "fan_in_fan_out", False) else delta)
+    return weight
+
+
 def _unwrap_optimizer(optimizer):
     # accelerate's AcceleratedOptimizer (itself an Optimizer) keeps the real one in `.optimizer`
     while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
@@ -247,7 +285,10 @@ class UpdateMetricsCallback(TrainerCallback):
     - `update/l2_norm`: the global absolute `||Delta w||_2` over all trainable parameters;
     - `update/angle`: mean per-neuron angle (radians) over weight-decayed tensors with 2+ dims (`Conv1D` columns,
       a transposed convolution's output channels);
-    - `update/rrc`: mean over linear layers of `||X dW^T|| / ||X W^T||` on the probe batch (if one is given);
+    - `update/rrc`: mean over linear layers of `||X dW^T|| / ||X W^T||` on the probe batch (if one is given); a peft
+      LoRA layer counts as one layer whose `W` is its effective weight (base + `scaling * B @ A` of the active
+      adapters), not as its `lora_A` / `lora_B` factors (whose zero-initialised B made the early values ~20x the
+      layer's change);
     - `update/grad_momentum_cos`;
     - `update/snr`: with an optimizer that estimates the gradient signal-to-noise ratio (LionA / LionAR with
       `snr_correction=True`), the median over the tensors the step updated of the estimate it just used (0 at a
@@ -298,8 +339,11 @@ class UpdateMetricsCallback(TrainerCallback):
         transposed = transposed_parameter_ids(model)
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         angular = [(n, p, 1 if id(p) in transposed else 0) for n, p in params if n in decay and p.dim() >= 2]
-        linears = [m for m in model.modules() if isinstance(m, (nn.Linear, Conv1D))]
-        return params, angular, linears
+        # a peft LoRA layer is one linear layer (its effective weight); its factors and frozen base are not
+        lora = _lora_layers(model)
+        inside = {id(sub) for layer in lora for sub in layer.modules() if sub is not layer}
+        linears = [m for m in model.modules() if isinstance(m, (nn.Linear, Conv1D)) and id(m) not in inside]
+        return params, angular, linears + lora
 
     def _probe_inputs(self, model: nn.Module, linears: list[nn.Module]) -> dict:
         cache: dict[int, torch.Tensor] = {}
@@ -362,6 +406,11 @@ class UpdateMetricsCallback(TrainerCallback):
             },
             "cos": gradient_momentum_cosine(grads, moms) if grads else float("nan"),
             "inputs": self._probe_inputs(model, linears) if self.probe_batch is not None else {},
+            "effective": (
+                {id(m): _effective_weight(m) for m in linears if hasattr(m, "base_layer")}
+                if self.probe_batch is not None
+                else {}
+            ),
         }
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -383,7 +432,21 @@ class UpdateMetricsCallback(TrainerCallback):
                 snap["inputs"][id(m)], old[id(m.weight)], m.weight, transposed=isinstance(m, Conv1D)
             )
             for m in linears
-            if id(m) in snap["inputs"] and id(m.weight) in old
+            if id(m) in snap["inputs"] and not hasattr(m, "base_layer") and id(m.weight) in old
+        ]
+        # peft LoRA layers: the change of the adapted layer's output (base + scaling * B @ A), where any of its
+        # weights trains
+        rrcs += [
+            relative_representation_change(
+                snap["inputs"][id(m)],
+                snap["effective"][id(m)],
+                _effective_weight(m),
+                transposed=isinstance(m.base_layer, Conv1D),
+            )
+            for m in linears
+            if id(m) in snap["inputs"]
+            and id(m) in snap["effective"]
+            and any(id(p) in old for p in m.parameters())
         ]
         rrcs = [r for r in rrcs if not math.isnan(r)]
         rrc = sum(rrcs) / len(rrcs) if rrcs else float("nan")
