@@ -203,11 +203,24 @@ def _forward_over_reverse(f, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.func.jvp(torch.func.grad(f), (x.detach(),), (v.detach().to(x.dtype),))[1]
 
 
+def _reverse_gradient(f, xx: torch.Tensor) -> torch.Tensor | None:
+    """`grad f(xx)` with a graph for a second backward, or None where the gradient does not depend on `xx` (`f`
+    constant or linear in it: its Hessian is 0). `autograd.grad` raised "element 0 of tensors does not require grad"
+    on such a function, where forward-over-reverse gives `H v = 0`."""
+    loss = f(xx)
+    if not loss.requires_grad:
+        return None
+    (g,) = torch.autograd.grad(loss, xx, create_graph=True, allow_unused=True)
+    return g if g is not None and g.requires_grad else None
+
+
 def _double_backward(f, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     with torch.enable_grad():
         xx = x.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(f(xx), xx, create_graph=True)
-        (hv,) = torch.autograd.grad(g, xx, v.detach().to(x.dtype))
+        g = _reverse_gradient(f, xx)
+        if g is None:  # the Hessian is 0
+            return torch.zeros_like(xx).detach()
+        (hv,) = torch.autograd.grad(g, xx, v.detach().to(x.dtype), allow_unused=True, materialize_grads=True)
     return hv.detach()
 
 
@@ -232,9 +245,11 @@ def _dense_hessian_reverse(f, x: torch.Tensor) -> torch.Tensor:
     which some operations lack, e.g. the derivative of `silu`'s backward)."""
     with torch.enable_grad():
         xx = x.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(f(xx), xx, create_graph=True)
+        g = _reverse_gradient(f, xx)
+        if g is None:  # the Hessian is 0
+            return torch.zeros(x.numel(), x.numel(), dtype=x.dtype, device=x.device)
         eye = torch.eye(x.numel(), dtype=g.dtype, device=g.device)
-        (H,) = torch.autograd.grad(g, xx, eye, is_grads_batched=True)
+        (H,) = torch.autograd.grad(g, xx, eye, is_grads_batched=True, allow_unused=True, materialize_grads=True)
     return H.detach()
 
 

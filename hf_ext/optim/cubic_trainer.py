@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -47,6 +48,28 @@ def _refuse_multiple_processes(world_size: int = 1) -> None:
             "all-reduces nothing, so the ranks' weights would drift apart without an error. Launch it in one process "
             "(`python train.py ...` or `accelerate launch --num_processes 1 ...`) and raise "
             "--per_device_train_batch_size for larger batches."
+        )
+
+
+def _warn_about_frozen_running_stats(model: torch.nn.Module) -> None:
+    """Warn when `model` has normalisation layers with running statistics (BatchNorm, InstanceNorm with
+    `track_running_stats`): each cubic step runs the model in eval mode, so they normalise with the statistics they
+    have when training starts and never update them (a freshly initialised layer keeps mean 0 and variance 1, i.e. it
+    does not normalise at all), in training and in evaluation alike."""
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.track_running_stats
+    ]
+    if names:
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        warnings.warn(
+            f"CubicNewtonTrainer: the model has {len(names)} normalisation layers with running statistics "
+            f"({', '.join(names[:3])}{more}). Each cubic step runs the model in eval mode (the gradient and its "
+            "Hessian-vector products must see one function), so these layers normalise with their current running "
+            "statistics and never update them: a freshly initialised layer keeps mean 0 and variance 1 and does not "
+            "normalise. Fine-tune from trained statistics, or replace the layers (e.g. GroupNorm / LayerNorm).",
+            stacklevel=3,
         )
 
 
@@ -273,6 +296,7 @@ class CubicNewtonTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, 
                 "would be ignored). Set CubicNewton's options with the --cubic_* training arguments."
             )
         _refuse_multiple_processes(args.world_size)
+        _warn_about_frozen_running_stats(model)
         super().__init__(model=model, args=args, **kwargs)
         if self.neftune_noise_alpha is not None:  # set on `args` after they were checked
             raise ValueError(
