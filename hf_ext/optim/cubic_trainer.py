@@ -247,8 +247,9 @@ class CubicNewtonTrainer(LossWindowResumeMixin, SafetensorsOptimizerStateMixin, 
 
     `training_step` does no backward pass: it hands the optimizer a closure that builds `f(flat_params)` for the
     current batch with `torch.func.functional_call` (model in eval mode so dropout masks cannot differ between the
-    gradient and its Hessian-vector products); `optimizer.step()` then computes the gradient, the HVPs and the cubic
-    step. Logs add `cubic/model_decrease` and `cubic/step_norm` (means since the last log), `cubic/M` (the last step's
+    gradient and its Hessian-vector products; BatchNorm running statistics therefore stay as they are, and the
+    trainer warns about such layers); `optimizer.step()` then computes the gradient, the HVPs and the cubic step.
+    Logs add `cubic/model_decrease` and `cubic/step_norm` (means since the last log), `cubic/M` (the last step's
     M, in `--cubic_convention`, as `--cubic_M` is given) and `cubic/oracle_calls` (cumulative gradient + Hessian +
     HVP evaluations). A batch whose gradient, Hessian or HVPs are not finite (e.g. a NaN feature) makes the step raise
     a `ValueError` with every `--cubic_solver`, before the weights or the optimizer state change. Optimizer state (gradient/Hessian
