@@ -446,46 +446,57 @@ def measure_memorization(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    probes = []
-    skipped = 0
-    for c in canaries:
-        ids = tokenizer(c.text, add_special_tokens=False)["input_ids"]
-        s = split_index(len(ids), lengths[-1], window, rng)
-        if s is None:
-            skipped += 1
-            continue
-        probes.append((c, ids, s))
-    records = []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stop = _stop_token_ids(model, tokenizer)
-    with _greedy_generation_config(model, max_new, pad_id, sorted(stop)):
-        for length in lengths:
-            for start in range(0, len(probes), int(batch_size)):
-                chunk = probes[start : start + batch_size]
-                prompts = torch.tensor([ids[s - length : s] for _, ids, s in chunk], device=device)
-                processors = []
-                if frequency_penalty:
-                    from transformers import LogitsProcessorList
+    try:  # the model is put back in training mode even when a probe fails
+        probes = []
+        skipped = 0
+        for c in canaries:
+            ids = tokenizer(c.text, add_special_tokens=False)["input_ids"]
+            s = split_index(len(ids), lengths[-1], window, rng)
+            if s is None:
+                skipped += 1
+                continue
+            probes.append((c, ids, s))
+        records = []
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        stop = _stop_token_ids(model, tokenizer)
+        with _greedy_generation_config(model, max_new, pad_id, sorted(stop)):
+            for length in lengths:
+                for start in range(0, len(probes), int(batch_size)):
+                    chunk = probes[start : start + batch_size]
+                    prompts = torch.tensor([ids[s - length : s] for _, ids, s in chunk], device=device)
+                    processors = []
+                    if frequency_penalty:
+                        from transformers import LogitsProcessorList
 
-                    processors = LogitsProcessorList([FrequencyPenaltyLogitsProcessor(frequency_penalty, length)])
-                out = model.generate(
-                    input_ids=prompts,
-                    attention_mask=torch.ones_like(prompts),
-                    max_new_tokens=max_new,
-                    do_sample=False,
-                    logits_processor=processors or None,
-                    pad_token_id=pad_id,
-                )
-                for (c, ids, s), row in zip(chunk, out[:, length:].tolist()):
-                    # greedy decoding ends at the first end-of-sequence token (the batch pads rows that ended)
-                    row = row[: next((i for i, t in enumerate(row) if t in stop), len(row))]
-                    truth = tokenizer.decode(ids[s:], skip_special_tokens=True)
-                    gen = tokenizer.decode(row, skip_special_tokens=True)
-                    rec = score_continuation(tokenizer, truth, gen, window, bleu_threshold)
-                    rec.update(canary_id=c.canary_id, replication=c.replication, prefix_length=length)
-                    records.append(rec)
-    if was_training:
-        model.train()
+                        processors = LogitsProcessorList([FrequencyPenaltyLogitsProcessor(frequency_penalty, length)])
+                    try:
+                        out = model.generate(
+                            input_ids=prompts,
+                            attention_mask=torch.ones_like(prompts),
+                            max_new_tokens=max_new,
+                            do_sample=False,
+                            logits_processor=processors or None,
+                            pad_token_id=pad_id,
+                        )
+                    except IndexError as err:  # a position embedding table indexed past its end (GPT-2, OPT, ...)
+                        _refuse_too_long(
+                            model,
+                            length + max_new,
+                            f"a probe of prefix length {length} plus `max_new_tokens={max_new}` (default window + 10)",
+                            "pass shorter `prefix_lengths` or a smaller `max_new_tokens` / `window`",
+                            err,
+                        )
+                        raise
+                    for (c, ids, s), row in zip(chunk, out[:, length:].tolist()):
+                        # greedy decoding ends at the first end-of-sequence token (the batch pads rows that ended)
+                        row = row[: next((i for i, t in enumerate(row) if t in stop), len(row))]
+                        truth = tokenizer.decode(ids[s:], skip_special_tokens=True)
+                        gen = tokenizer.decode(row, skip_special_tokens=True)
+                        rec = score_continuation(tokenizer, truth, gen, window, bleu_threshold)
+                        rec.update(canary_id=c.canary_id, replication=c.replication, prefix_length=length)
+                        records.append(rec)
+    finally:
+        model.train(was_training)
     return summarize_records(records, lengths) | {"num_skipped": skipped, "records": records}
 
 
@@ -541,6 +552,17 @@ _DEFAULT_WORDS = (
 ).split()
 
 
+def _refuse_too_long(model, num_tokens: int, what: str, fix: str, err: IndexError) -> None:
+    """Raise a `ValueError` naming `what` when `num_tokens` exceeds the model's `max_position_embeddings` (the
+    `IndexError` `err` is then a learned position table indexed past its end); return otherwise."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if is_int(limit) and num_tokens > limit:
+        raise ValueError(
+            f"{what} needs {num_tokens} positions, but the model has `max_position_embeddings={limit}` (its forward "
+            f"failed with IndexError: {err}); {fix}."
+        ) from err
+
+
 @torch.no_grad()
 def text_losses(model, tokenizer, texts: Sequence[str]) -> list[float]:
     """Mean next-token negative log-likelihood (nats per token) of each text under `model` (no special tokens)."""
@@ -553,7 +575,13 @@ def text_losses(model, tokenizer, texts: Sequence[str]) -> list[float]:
             ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
             if ids.shape[1] < 2:
                 raise ValueError(f"Text {text[:40]!r} has fewer than 2 tokens: nothing to score.")
-            out.append(float(model(input_ids=ids, labels=ids).loss))
+            try:
+                out.append(float(model(input_ids=ids, labels=ids).loss))
+            except IndexError as err:  # a position embedding table indexed past its end (GPT-2, OPT, ...)
+                _refuse_too_long(
+                    model, ids.shape[1], f"text {len(out)} ({text[:40]!r}...)", "cut the texts to fewer tokens", err
+                )
+                raise
     finally:
         model.train(was_training)
     return out
