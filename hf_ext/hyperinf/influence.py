@@ -652,7 +652,9 @@ class InfluenceEngine:
                 f"its Schulz inversion in schulz_dtype={dtype} keeps about six {dim} x {dim} matrices at once "
                 f"({size:.3g} GiB each) beside the curvature"
             )
-            fix = "pass schulz_dtype=torch.float32 (half the memory of the default float64), "
+            # float32 halves a float64 inversion; one already in float32 (or narrower) has no cheaper dtype to name
+            wide = torch.empty(0, dtype=dtype).element_size() > 4
+            fix = "pass schulz_dtype=torch.float32 (half the memory of float64), " if wide else ""
         else:
             work = f"its Cholesky factorisation keeps three more {dim} x {dim} matrices in {self.accumulate_dtype}"
             fix = ""

@@ -1,0 +1,47 @@
+"""Audit pass 42 (rv53): review of the lead's out-of-memory naming while fitting HyperINF's solvers."""
+
+import pytest
+import torch
+
+import hf_ext.hyperinf.influence as influence
+from hf_ext.hyperinf import InfluenceConfig, InfluenceEngine
+
+SHAPES = {"q.lora_A": (2, 6)}
+
+
+def _batches():
+    g = torch.Generator().manual_seed(0)
+    return [{"q.lora_A": torch.randn(4, 2, 6, generator=g)}]
+
+
+def _schulz_oom_message(monkeypatch, **options):
+    def schulz_inverse(matrix, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(influence, "schulz_inverse", schulz_inverse)
+    engine = InfluenceEngine(InfluenceConfig(method="hyperinf", **options), SHAPES)
+    with pytest.raises(MemoryError) as info:
+        engine.fit(_batches())
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"schulz_dtype": torch.float32},
+        {"schulz_dtype": None},  # the inversion in `dtype`, float32 by default
+        {"schulz_dtype": torch.bfloat16},
+    ],
+)
+def test_schulz_out_of_memory_in_float32_or_narrower_does_not_suggest_float32(monkeypatch, options):
+    """The error told a user whose inversion already ran in float32 to pass schulz_dtype=torch.float32 ("half the
+    memory of the default float64"), and one in bfloat16 to double its memory. It names that fix only for float64."""
+    message = _schulz_oom_message(monkeypatch, **options)
+    assert "'q.lora_A'" in message and "6 x 6" in message and "target_modules" in message
+    assert "pass schulz_dtype=torch.float32" not in message, message
+
+
+@pytest.mark.parametrize("options", [{}, {"schulz_dtype": None, "dtype": torch.float64}])
+def test_schulz_out_of_memory_in_float64_suggests_float32(monkeypatch, options):
+    message = _schulz_oom_message(monkeypatch, **options)
+    assert "schulz_dtype=torch.float64" in message and "pass schulz_dtype=torch.float32" in message
