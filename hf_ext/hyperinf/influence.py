@@ -104,11 +104,15 @@ def _user_stacklevel() -> int:
 
 def _is_allocation_failure(err: BaseException) -> bool:
     """Whether `err` is an allocator's out-of-memory error (CUDA's `torch.OutOfMemoryError`, the CPU allocator's
-    `RuntimeError`), not another error that a tensor allocation can surface (e.g. an earlier asynchronous CUDA error)."""
+    `RuntimeError`), not another error that a tensor allocation can surface (e.g. an earlier asynchronous CUDA error).
+    The CPU allocator says "can't allocate memory" where it uses posix_memalign (Linux, macOS) and "not enough memory"
+    in its Windows (and Android) builds."""
     if isinstance(err, torch.OutOfMemoryError):
         return True
     message = str(err).lower()
-    return isinstance(err, RuntimeError) and ("can't allocate memory" in message or "out of memory" in message)
+    return isinstance(err, RuntimeError) and any(
+        words in message for words in ("can't allocate memory", "not enough memory", "out of memory")
+    )
 
 
 @dataclass

@@ -45,3 +45,37 @@ def test_schulz_out_of_memory_in_float32_or_narrower_does_not_suggest_float32(mo
 def test_schulz_out_of_memory_in_float64_suggests_float32(monkeypatch, options):
     message = _schulz_oom_message(monkeypatch, **options)
     assert "schulz_dtype=torch.float64" in message and "pass schulz_dtype=torch.float32" in message
+
+
+def _curvature_allocation_fails_with(monkeypatch, error):
+    real_zeros = torch.zeros
+
+    def zeros(*size, **kwargs):
+        if size == (6, 6):
+            raise error
+        return real_zeros(*size, **kwargs)
+
+    monkeypatch.setattr(torch, "zeros", zeros)
+    engine = InfluenceEngine(InfluenceConfig(method="hyperinf"), SHAPES)
+    engine.fit(_batches())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # torch's CPU allocator in its Windows (MSVC) and Android builds (c10/core/impl/alloc_cpu.cpp)
+        "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate "
+        "288 bytes.",
+        # and where it uses posix_memalign (Linux, macOS)
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+        "allocate 288 bytes. Error code 12 (Cannot allocate memory)",
+    ],
+)
+def test_the_cpu_allocators_error_of_every_platform_is_named(monkeypatch, text):
+    """Only allocator errors are renamed a MemoryError naming the layer since this pass, matched by their message: the
+    Windows build's "not enough memory" was not among them, so the curvature that did not fit there escaped `fit` as
+    the allocator's raw error again (any RuntimeError was renamed before this pass)."""
+    error = RuntimeError(text)
+    with pytest.raises(MemoryError, match="'q.lora_A'") as info:
+        _curvature_allocation_fails_with(monkeypatch, error)
+    assert info.value.__cause__ is error
