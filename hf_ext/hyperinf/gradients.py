@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..utils.vmap import is_func_transform_error, prepared_for_vmap
+from .influence import _user_stacklevel
 
 _A_PARTS = ("lora_A", "lora_embedding_A")
 _B_PARTS = ("lora_B", "lora_embedding_B")
@@ -629,7 +630,7 @@ class PerExampleGradients:
                     f"({str(err).splitlines()[0][:120]}); using one backward pass per example instead (pass "
                     "per_example_gradients='loop' to skip this attempt).",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=_user_stacklevel(),  # the caller's line (stacklevel=2 named this module's own loop)
                 )
                 self.method = "loop"
         if grads is None:

@@ -79,3 +79,30 @@ def test_the_cpu_allocators_error_of_every_platform_is_named(monkeypatch, text):
     with pytest.raises(MemoryError, match="'q.lora_A'") as info:
         _curvature_allocation_fails_with(monkeypatch, error)
     assert info.value.__cause__ is error
+
+
+def test_the_vmap_fallback_warning_points_at_the_users_line(monkeypatch):
+    """The engine's warnings point at the first frame outside hf_ext.hyperinf since this pass; the per-example
+    gradients' one (a forward that torch.func.vmap cannot transform, computed with a loop instead) kept stacklevel=2,
+    which named hf_ext/hyperinf/gradients.py's own loop (line 688) for every user of InfluenceEstimator."""
+    import inspect
+    import warnings
+
+    from datasets import Dataset
+
+    from hf_ext.hyperinf import InfluenceEstimator
+    from hf_ext.utils.vmap import FUNC_TRANSFORM_ERRORS
+
+    from .scripts.ddp_influence import rows, tiny_lora
+
+    def vmap(*args, **kwargs):
+        raise RuntimeError(f"{FUNC_TRANSFORM_ERRORS[0]}: this forward cannot be transformed")
+
+    monkeypatch.setattr(torch.func, "vmap", vmap)
+    estimator = InfluenceEstimator(tiny_lora(), "hyperinf", batch_size=2, distributed=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        estimator.fit(Dataset.from_list(rows(4, 0)))
+    found = [(w.filename, w.lineno) for w in caught if "cannot run under torch.func.vmap" in str(w.message)]
+    assert found == [(__file__, line)], found
