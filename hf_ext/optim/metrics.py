@@ -217,9 +217,10 @@ def _reshard(model: nn.Module) -> None:
 
 
 def _lora_layers(model: nn.Module) -> list[nn.Module]:
-    """peft LoRA layers around a linear map (`nn.Linear` or transformers' `Conv1D` base layer; not merged, no DoRA
-    adapter active): their representation is that of the adapted layer, whose weight is the base weight plus each
-    active adapter's `scaling * B @ A` (peft's `get_delta_weight`), not that of the `lora_A` / `lora_B` factors."""
+    """peft LoRA layers around a linear map (`nn.Linear` or transformers' `Conv1D` base layer; not merged): their
+    representation is that of the adapted layer, whose weight is the base weight plus each active adapter's
+    `scaling * B @ A` (peft's `get_delta_weight`; rescaled per output by DoRA's magnitude), not that of the `lora_A` /
+    `lora_B` factors."""
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
     except ImportError:  # peft not installed: no LoRA layers
@@ -232,8 +233,6 @@ def _lora_layers(model: nn.Module) -> list[nn.Module]:
             continue
         if getattr(module, "merged", False):
             continue
-        if any(getattr(module, "use_dora", {}).get(a, False) for a in module.active_adapters):
-            continue
         layers.append(module)
     return layers
 
@@ -241,17 +240,27 @@ def _lora_layers(model: nn.Module) -> list[nn.Module]:
 def _effective_weight(layer: nn.Module) -> torch.Tensor:
     """The weight a peft LoRA layer (`_lora_layers`) applies, in its base layer's layout, in float64: the base weight
     plus peft's `get_delta_weight` of each active adapter, `scaling * B @ A` (transposed for `fan_in_fan_out`),
-    computed here in float64 (peft's is in the weights' dtype, and the metric subtracts two of them)."""
+    computed here in float64 (peft's is in the weights' dtype, and the metric subtracts two of them). A DoRA adapter
+    adds `m / ||W0 + scaling * B @ A|| * (W0 + scaling * B @ A) - W0` instead (`m` its magnitude vector, the norm per
+    output, as peft's `DoraLinearLayer.forward`)."""
     weight = _full(layer.base_layer.weight.detach()).double()
     if getattr(layer, "disable_adapters", False):
         return weight
+    transposed = getattr(layer, "fan_in_fan_out", False)
+    base = weight.t() if transposed else weight  # (out, in)
+    total = base
     for adapter in layer.active_adapters:
         if adapter in layer.lora_A:
             a = _full(layer.lora_A[adapter].weight.detach()).double()
             b = _full(layer.lora_B[adapter].weight.detach()).double()
             delta = (b @ a) * layer.scaling[adapter]
-            weight = weight + (delta.t() if getattr(layer, "fan_in_fan_out", False) else delta)
-    return weight
+            if getattr(layer, "use_dora", {}).get(adapter, False):
+                # DoRA: the adapted weight rescaled per output to the magnitude `m` (the base output included)
+                adapted = base + delta
+                magnitude = _full(layer.lora_magnitude_vector[adapter].weight.detach()).double()
+                delta = (magnitude / torch.linalg.vector_norm(adapted, dim=1)).unsqueeze(1) * adapted - base
+            total = total + delta
+    return total.t() if transposed else total
 
 
 def _unwrap_optimizer(optimizer):

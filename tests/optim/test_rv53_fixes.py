@@ -1,0 +1,90 @@
+"""Audit pass 42 (rv53): `update/rrc` of peft DoRA layers.
+
+The pass measured a peft LoRA layer's relative representation change as one layer (its effective weight) but left
+DoRA layers out of it, so their `lora_A` / `lora_B` factors were still measured as two layers: 0.13, 0.50, 0.26, 0.17
+over 4 LionAR steps for an adapted-layer change of a flat 0.025, the very 1/t signature the LoRA fix removed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+
+def _model(arch: str):
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if arch == "llama":
+        cfg = LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+        )
+        base, targets, transposed = LlamaForCausalLM(cfg), ["q_proj", "v_proj"], False
+    else:
+        cfg = GPT2Config(
+            vocab_size=64, n_embd=32, n_layer=1, n_head=4, n_positions=32, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0
+        )
+        base, targets, transposed = GPT2LMHeadModel(cfg), ["c_attn"], True
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, fan_in_fan_out=transposed, use_dora=True)
+    model = get_peft_model(base, config)
+    return model, [m for n, m in model.named_modules() if n.split(".")[-1] in targets]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_update_rrc_of_a_dora_run_is_the_adapted_layers_change(arch):
+    """The expected value comes from the DoRA layers' own forward on the probe inputs (bias taken off), not from a
+    formula for their weight."""
+    from transformers import TrainerControl, TrainerState
+
+    from hf_ext.optim import LionAR, UpdateMetricsCallback
+
+    model, lora = _model(arch)
+    assert lora and all(m.use_dora["default"] for m in lora)
+    ids = torch.randint(0, 64, (4, 12))
+    probe = {"input_ids": ids[:2]}
+    opt = LionAR(model, lr=1e-3, weight_decay=1.0)
+    cb = UpdateMetricsCallback(probe_batch=probe, plot_path=None)
+    state, control = TrainerState(), TrainerControl()
+
+    def outputs(inputs):
+        with torch.no_grad():
+            outs = [m(inputs[i]).double() for i, m in enumerate(lora)]
+        return [o if m.base_layer.bias is None else o - m.base_layer.bias.double() for o, m in zip(outs, lora)]
+
+    expected = []
+    for _ in range(4):
+        model(input_ids=ids, labels=ids).loss.backward()
+        inputs = {}
+        hooks = [
+            m.register_forward_pre_hook(
+                lambda mod, args, i=i, store=inputs: store.__setitem__(i, args[0].detach().clone())
+            )
+            for i, m in enumerate(lora)
+        ]
+        with torch.no_grad():
+            model(**probe)
+        for h in hooks:
+            h.remove()
+        before = outputs(inputs)
+        cb.on_pre_optimizer_step(None, state, control, model=model, optimizer=opt)
+        opt.step()
+        cb.on_optimizer_step(None, state, control, model=model, optimizer=opt)
+        opt.zero_grad()
+        state.global_step += 1
+        after = outputs(inputs)
+        rrcs = [float((new - old).norm() / old.norm()) for old, new in zip(before, after)]
+        expected.append(sum(rrcs) / len(rrcs))
+    got = [row["update/rrc"] for row in cb.history]
+    assert all(math.isfinite(v) for v in expected)
+    # the factors' value was 0.50 at step 2 for the layers' 0.025 (Llama); float32 forwards: ~1e-6 relative
+    assert got == pytest.approx(expected, rel=1e-3)
