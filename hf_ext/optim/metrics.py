@@ -237,13 +237,19 @@ def _lora_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def _effective_weight(layer: nn.Module) -> torch.Tensor:
+def _effective_weight(layer: nn.Module, values: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
     """The weight a peft LoRA layer (`_lora_layers`) applies, in its base layer's layout, in float64: the base weight
     plus peft's `get_delta_weight` of each active adapter, `scaling * B @ A` (transposed for `fan_in_fan_out`),
     computed here in float64 (peft's is in the weights' dtype, and the metric subtracts two of them). A DoRA adapter
     adds `m / ||W0 + scaling * B @ A|| * (W0 + scaling * B @ A) - W0` instead (`m` its magnitude vector, the norm per
-    output, as peft's `DoraLinearLayer.forward`)."""
-    weight = _full(layer.base_layer.weight.detach()).double()
+    output, as peft's `DoraLinearLayer.forward`). `values` (parameter id -> tensor, e.g. the copies taken before a
+    step) replaces the parameters it holds, so the weight before a step is rebuilt from the copies of the (small)
+    trainable factors instead of being kept as a dense float64 matrix per layer."""
+
+    def value(p: torch.Tensor) -> torch.Tensor:
+        return _full((values.get(id(p), p) if values is not None else p).detach()).double()
+
+    weight = value(layer.base_layer.weight)
     if getattr(layer, "disable_adapters", False):
         return weight
     transposed = getattr(layer, "fan_in_fan_out", False)
@@ -251,13 +257,13 @@ def _effective_weight(layer: nn.Module) -> torch.Tensor:
     total = base
     for adapter in layer.active_adapters:
         if adapter in layer.lora_A:
-            a = _full(layer.lora_A[adapter].weight.detach()).double()
-            b = _full(layer.lora_B[adapter].weight.detach()).double()
+            a = value(layer.lora_A[adapter].weight)
+            b = value(layer.lora_B[adapter].weight)
             delta = (b @ a) * layer.scaling[adapter]
             if getattr(layer, "use_dora", {}).get(adapter, False):
                 # DoRA: the adapted weight rescaled per output to the magnitude `m` (the base output included)
                 adapted = base + delta
-                magnitude = _full(layer.lora_magnitude_vector[adapter].weight.detach()).double()
+                magnitude = value(layer.lora_magnitude_vector[adapter].weight)
                 delta = (magnitude / torch.linalg.vector_norm(adapted, dim=1)).unsqueeze(1) * adapted - base
             total = total + delta
     return total.t() if transposed else total
@@ -415,11 +421,6 @@ class UpdateMetricsCallback(TrainerCallback):
             },
             "cos": gradient_momentum_cosine(grads, moms) if grads else float("nan"),
             "inputs": self._probe_inputs(model, linears) if self.probe_batch is not None else {},
-            "effective": (
-                {id(m): _effective_weight(m) for m in linears if hasattr(m, "base_layer")}
-                if self.probe_batch is not None
-                else {}
-            ),
         }
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -448,14 +449,12 @@ class UpdateMetricsCallback(TrainerCallback):
         rrcs += [
             relative_representation_change(
                 snap["inputs"][id(m)],
-                snap["effective"][id(m)],
+                _effective_weight(m, old),  # rebuilt from the copies of its trainable weights
                 _effective_weight(m),
                 transposed=isinstance(m.base_layer, Conv1D),
             )
             for m in linears
-            if id(m) in snap["inputs"]
-            and id(m) in snap["effective"]
-            and any(id(p) in old for p in m.parameters())
+            if id(m) in snap["inputs"] and hasattr(m, "base_layer") and any(id(p) in old for p in m.parameters())
         ]
         rrcs = [r for r in rrcs if not math.isnan(r)]
         rrc = sum(rrcs) / len(rrcs) if rrcs else float("nan")

@@ -99,13 +99,15 @@ def test_update_metrics_of_a_lora_model_leave_the_zero_lora_b_out(tmp_path):
     # since op52 a LoRA layer's representation is that of the adapted layer (base + scaling * B @ A), not that of its
     # factors (tests/optim/test_op52_fixes.py)
     layers = [m for n, m in model.named_modules() if n.endswith(("q_proj", "v_proj"))]
+
+    def effective(m, values=None):  # base + scaling * B @ A, from the copies before the step where `values` is given
+        a, b = m.lora_A["default"].weight, m.lora_B["default"].weight
+        if values is not None:
+            a, b = values[id(a)], values[id(b)]
+        return m.base_layer.weight.double() + m.scaling["default"] * b.double() @ a.double()
+
     expected_rrc = sum(
-        relative_representation_change(
-            recorded["inputs"][id(m)],
-            recorded["effective"][id(m)],
-            m.base_layer.weight.double() + m.scaling["default"] * m.lora_B["default"].weight.double()
-            @ m.lora_A["default"].weight.double(),
-        )
+        relative_representation_change(recorded["inputs"][id(m)], effective(m, recorded["weights"]), effective(m))
         for m in layers
     ) / len(layers)
     assert row["update/rrc"] == pytest.approx(expected_rrc, rel=1e-9)
