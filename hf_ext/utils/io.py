@@ -85,8 +85,18 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8"):
 _LIBC_SYNCFS = []  # [the C library's syncfs, or None where there is none], looked up once
 
 
+def _syncfs_reports_errors() -> bool:
+    """Whether this kernel's syncfs returns a write error of the filesystem (Linux 5.8 and later; before, it returned 0
+    after a failed writeback, so a save could commit its manifest over host files that never reached the disk)."""
+    import re
+
+    match = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return match is not None and (int(match.group(1)), int(match.group(2))) >= (5, 8)
+
+
 def _syncfs(folder: str) -> bool:
-    """Flush the filesystem holding `folder` to disk with one `syncfs(2)` (Linux); False where it is unavailable."""
+    """Flush the filesystem holding `folder` to disk with one `syncfs(2)` (Linux 5.8 or later); False where it is
+    unavailable or cannot report a write error."""
     if not _LIBC_SYNCFS:
         import ctypes
 
@@ -95,7 +105,7 @@ def _syncfs(folder: str) -> bool:
         except OSError:
             _LIBC_SYNCFS.append(None)
     syncfs = _LIBC_SYNCFS[0]
-    if syncfs is None:
+    if syncfs is None or not _syncfs_reports_errors():
         return False
     fd = os.open(folder, os.O_RDONLY)
     try:

@@ -88,3 +88,14 @@ def test_a_failed_flush_leaves_the_old_snapshot_and_no_staged_files(tmp_path, mo
     assert sorted(os.listdir(folder)) == before  # no `.staged` file left behind
     monkeypatch.undo()
     assert _contents(RobotsTxtStore.load(folder)) == _contents(_store("User-agent: *\nDisallow: /old\n"))
+
+
+def test_a_kernel_before_5_8_fsyncs_each_host_file(tmp_path, monkeypatch):
+    """syncfs returned 0 after a failed writeback before Linux 5.8: there each file is fsynced, as without syncfs."""
+    real = os.uname()
+    fake = type(real)((real.sysname, real.nodename, "5.4.0-150-generic", real.version, real.machine))
+    monkeypatch.setattr(os, "uname", lambda: fake)
+    calls = _count_fsyncs(monkeypatch)
+    _store().save(tmp_path / "snap")
+    assert len(calls) >= HOSTS
+    assert _contents(RobotsTxtStore.load(tmp_path / "snap")) == _contents(_store())
