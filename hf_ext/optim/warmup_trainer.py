@@ -484,7 +484,7 @@ def schedule_record(args: TrainingArguments, num_training_steps: int) -> dict:
 
 _SCHEDULE_FLAGS = {
     "lr_scheduler_type": "--lr_scheduler_type",
-    "num_warmup_steps": "--warmup_steps/--warmup_ratio (warmup steps)",
+    "num_warmup_steps": "--warmup_steps (warmup steps; below 1, a fraction of the training steps)",
     "num_training_steps": "--max_steps/--num_train_epochs (training steps)",
 }
 

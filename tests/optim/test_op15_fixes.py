@@ -59,7 +59,7 @@ def full_run(tmp_path_factory):
             ["--lion_beta2 0.98 in the checkpoint, 0.5 now", "--weight_decay 1.0"],
         ),
         (dict(cooldown_fraction=0.0), ["--cooldown_fraction (num_decay_steps) 2 in the checkpoint, 0 now"]),
-        (dict(warmup_steps=0), ["--warmup_steps/--warmup_ratio (warmup steps) 2 in the checkpoint, 0 now"]),
+        (dict(warmup_steps=0), ["--warmup_steps (warmup steps; below 1, a fraction of the training steps) 2 in the checkpoint, 0 now"]),
         (dict(normalized_optimizer="lion_a"), ["--normalized_optimizer 'lion_ar' in the checkpoint, 'lion_a' now"]),
     ],
     ids=["lr_betas_switches", "angle_ema", "beta2_wd", "cooldown", "warmup", "optimizer"],
