@@ -478,9 +478,10 @@ def measure_memorization(
                             logits_processor=processors or None,
                             pad_token_id=pad_id,
                         )
-                    except IndexError as err:  # a position embedding table indexed past its end (GPT-2, OPT, ...)
+                    except IndexError as err:  # a token id past the embedding, or a position table past its end (GPT-2, OPT)
                         _refuse_too_long(
                             model,
+                            prompts,
                             length + max_new,
                             f"a probe of prefix length {length} plus `max_new_tokens={max_new}` (default window + 10)",
                             "pass shorter `prefix_lengths` or a smaller `max_new_tokens` / `window`",
@@ -552,9 +553,19 @@ _DEFAULT_WORDS = (
 ).split()
 
 
-def _refuse_too_long(model, num_tokens: int, what: str, fix: str, err: IndexError) -> None:
-    """Raise a `ValueError` naming `what` when `num_tokens` exceeds the model's `max_position_embeddings` (the
-    `IndexError` `err` is then a learned position table indexed past its end); return otherwise."""
+def _refuse_too_long(model, ids: torch.Tensor, num_tokens: int, what: str, fix: str, err: IndexError) -> None:
+    """Raise a `ValueError` naming `what` when its token `ids` lie outside the model's input embedding (a tokenizer of
+    another vocabulary), else when `num_tokens` exceeds the model's `max_position_embeddings` (the `IndexError` `err`
+    is then a learned position table indexed past its end); return otherwise (another cause: re-raise `err`)."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embedding, "num_embeddings", None)
+    if is_int(rows) and ids.numel() and (int(ids.max()) >= rows or int(ids.min()) < 0):
+        bad = int(ids.max()) if int(ids.max()) >= rows else int(ids.min())
+        raise ValueError(
+            f"{what} holds token id {bad}, but the model's input embedding has {rows} rows (ids 0..{rows - 1}): the "
+            f"tokenizer does not match the model (its forward failed with IndexError: {err}); pass the model's own "
+            "tokenizer."
+        ) from err
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if is_int(limit) and num_tokens > limit:
         raise ValueError(
@@ -577,9 +588,9 @@ def text_losses(model, tokenizer, texts: Sequence[str]) -> list[float]:
                 raise ValueError(f"Text {text[:40]!r} has fewer than 2 tokens: nothing to score.")
             try:
                 out.append(float(model(input_ids=ids, labels=ids).loss))
-            except IndexError as err:  # a position embedding table indexed past its end (GPT-2, OPT, ...)
+            except IndexError as err:  # a token id past the embedding, or a position table past its end (GPT-2, OPT)
                 _refuse_too_long(
-                    model, ids.shape[1], f"text {len(out)} ({text[:40]!r}...)", "cut the texts to fewer tokens", err
+                    model, ids, ids.shape[1], f"text {len(out)} ({text[:40]!r}...)", "cut the texts to fewer tokens", err
                 )
                 raise
     finally:
