@@ -265,7 +265,8 @@ class GradFilterOptimizer(GradientTransformOptimizer):
     Grokfast gradient filters (Lee et al., 2024) as an optimizer wrapper, applied once per optimizer step.
 
     - `mode="ema"`: `mu = alpha * mu + (1 - alpha) * g` (mu starts at the first gradient), `g <- g + lamb * mu`; `mu`
-      is kept in float32 for bf16 / fp16 gradients (the product `lamb * mu` is added to `g` in its own dtype).
+      is kept in float32 for bf16 / fp16 gradients (the product `lamb * mu` is added to `g` in its own dtype). Memory:
+      one copy of every gradient (float32 for bf16 / fp16 gradients: twice their size).
     - `mode="ma"`: `g <- g + lamb * mean(last window gradients)`; with `warmup=True` the filter is off until the
       window is full. Memory: `window` copies of every gradient.
 
