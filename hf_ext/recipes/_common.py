@@ -1120,6 +1120,36 @@ def write_run_record(
         )
 
 
+#: The run record each recipe writes into its run folder (file name -> recipe), for telling one recipe's run from another's
+RECIPE_RUN_RECORDS = {
+    "pretrain_run.json": "pretrain",
+    "grape_run.json": "grape",
+    "metadata_run_data.json": "metadata_pretrain",
+    "layer_parallel_run.json": "layer_parallel",
+    "neuralgrok_run.json": "neuralgrok",
+    "warmup_run.json": "warmup",
+    "hyperinf_run_data.json": "hyperinf",
+}
+
+
+def refuse_run_of_another_recipe(folder: str, name: str) -> None:
+    """On resume, before any work: `folder`, the run folder of the checkpoint, has no record `name` of this recipe
+    but holds another recipe's (`RECIPE_RUN_RECORDS`): the checkpoint is that recipe's, whose trainer state (GRAPE's
+    mixture, the metadata or NeuralGrok state, ...) this recipe would not read, and it resumed with only the
+    "started before hf_ext recorded it" warning, continuing another recipe's run on this recipe's data and report."""
+    if os.path.isfile(os.path.join(folder, name)):
+        return
+    own = RECIPE_RUN_RECORDS.get(name, "this recipe")
+    for record, recipe in RECIPE_RUN_RECORDS.items():
+        if record != name and recipe != own and os.path.isfile(os.path.join(folder, record)):
+            raise ValueError(
+                f"--resume_from_checkpoint: the checkpoint is of a `{recipe}` run ({folder!r} holds its record "
+                f"{record}), not of a `{own}` run: its trainer state and data are that recipe's, and resuming it here "
+                f"would continue that run with this recipe's. Resume it with `hf-ext run {recipe}`, or start a new "
+                f"`{own}` run from its weights (--model_name_or_path <checkpoint>, without --resume_from_checkpoint)."
+            )
+
+
 def check_run_record(folder: str, name: str, now: dict, shapes: str, none_means: dict | None = None) -> None:
     """On resume, before any work: the interrupted run's record (`folder/name`, written by [`write_run_record`] when it
     started) must hold `now`'s values. A difference raises `ValueError` naming each flag, the interrupted run's value
@@ -1134,6 +1164,7 @@ def check_run_record(folder: str, name: str, now: dict, shapes: str, none_means:
     log = logging.getLogger(__name__)
     path = os.path.join(folder, name)
     if not os.path.isfile(path):
+        refuse_run_of_another_recipe(folder, name)
         log.warning(
             "--resume_from_checkpoint: %s has no %s (the interrupted run started before hf_ext recorded it), so %s "
             "are resumed unchecked: make sure they are the interrupted run's.",
