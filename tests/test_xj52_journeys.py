@@ -75,3 +75,42 @@ def test_a_run_without_any_record_or_with_its_own_still_resumes(tmp_path, caplog
     (tmp_path / "grape_run.json").write_text("{}")
     refuse_run_of_another_recipe(str(tmp_path), "pretrain_run.json")
     check_run_record(str(tmp_path), "pretrain_run.json", {"seed": 0}, "the data")
+
+
+def _saved_run(folder, record_name: str) -> str:
+    """A finished run's --output_dir: its record and its saved model's files."""
+    os.makedirs(folder)
+    (folder / record_name).write_text(json.dumps({"seed": 42}))
+    (folder / "config.json").write_text("{}")
+    return str(folder)
+
+
+FRESH_RUNS = {
+    "pretrain": ["--model_type", "llama", "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads",
+                 "2", "--max_steps", "2", "--fp8_backend", "none", "--fp8_monitor_steps", "0", "--report_to", "none"],
+    "grape": ["--max_steps", "2", "--report_to", "none"],
+    "layer_parallel": ["--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2",
+                       "--pretrain_steps", "1", "--report_to", "none"],
+    "metadata_pretrain": ["--max_steps", "2", "--report_to", "none"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "recipe, other_record, other",
+    [
+        ("grape", "pretrain_run.json", "pretrain"),
+        ("pretrain", "grape_run.json", "grape"),
+        ("layer_parallel", "pretrain_run.json", "pretrain"),
+        ("metadata_pretrain", "pretrain_run.json", "pretrain"),
+    ],
+)
+def test_a_fresh_run_into_another_recipes_output_dir_is_refused_by_name(tmp_path, recipe, other_record, other):
+    """`hf-ext run grape --output_dir <finished pretrain run>` replaced the pretrain run's model with GRAPE's and left
+    pretrain_results.json (the old model's eval loss) and pretrain_run.json beside it, without a word."""
+    import importlib
+
+    folder = _saved_run(tmp_path / "finished", other_record)
+    main = importlib.import_module(f"hf_ext.recipes.{recipe}").main
+    with pytest.raises(ValueError, match=rf"holds a `{other}` run \(its record {other_record}\).*`{recipe}` run"):
+        main([*FRESH_RUNS[recipe], "--output_dir", folder])
+    assert sorted(os.listdir(folder)) == sorted([other_record, "config.json"])

@@ -1150,6 +1150,21 @@ def refuse_run_of_another_recipe(folder: str, name: str) -> None:
             )
 
 
+def refuse_output_dir_of_another_recipe(output_dir: str, name: str) -> None:
+    """A fresh run, before any work: `output_dir` holds another recipe's run (its record, `RECIPE_RUN_RECORDS`; this
+    recipe's is `name`). This run would write its model, tokenizer and results over or beside that run's (a `grape`
+    run into a finished `pretrain` folder replaced its model and left pretrain_results.json describing the old one
+    beside it), so a later resume or reader would take one run's files for the other's."""
+    own = RECIPE_RUN_RECORDS.get(name, "this recipe")
+    for record, recipe in RECIPE_RUN_RECORDS.items():
+        if record != name and recipe != own and os.path.isfile(os.path.join(output_dir, record)):
+            raise ValueError(
+                f"--output_dir {output_dir!r} holds a `{recipe}` run (its record {record}): this `{own}` run would "
+                f"write its model and results over and beside that run's, mixing the two. Pick another --output_dir "
+                f"(to start from that run's model, pass it as --model_name_or_path), or delete that run's files first."
+            )
+
+
 def check_run_record(folder: str, name: str, now: dict, shapes: str, none_means: dict | None = None) -> None:
     """On resume, before any work: the interrupted run's record (`folder/name`, written by [`write_run_record`] when it
     started) must hold `now`'s values. A difference raises `ValueError` naming each flag, the interrupted run's value

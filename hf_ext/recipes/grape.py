@@ -552,6 +552,10 @@ def _check_checkpoints(args: GrapeRecipeConfig, eval_args: GrapeEvalArguments | 
     comparing = eval_args is not None and eval_args.compare_methods is not None
     folders = [os.path.join(args.output_dir, m) for m in _methods(eval_args, args)] if comparing else [args.output_dir]
     check_checkpoint_folders(args.resume_from_checkpoint, folders, args.max_steps)
+    if not wants_resume(args.resume_from_checkpoint):  # not into another recipe's finished run
+        from ._common import refuse_output_dir_of_another_recipe
+
+        refuse_output_dir_of_another_recipe(args.output_dir, RUN_RECORD_NAME)
     if not comparing and wants_resume(args.resume_from_checkpoint):  # --compare_methods refuses the flag
         check_checkpoint_method(resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir), args)
 

@@ -278,6 +278,10 @@ def validate_args(model_args, data_args, sweep_args, training_args) -> None:
                 "would mix with (a later --resume_from_checkpoint would pick the newest of either). Pass "
                 "--resume_from_checkpoint to continue it, or choose another --output_dir."
             )
+    if not training_args.resume_from_checkpoint:  # not into another recipe's finished run
+        from ._common import refuse_output_dir_of_another_recipe
+
+        refuse_output_dir_of_another_recipe(training_args.output_dir, RUN_RECORD_NAME)
     if training_args.resume_from_checkpoint:
         from ..utils.resume import refuse_checkpoint_past_max_steps
 

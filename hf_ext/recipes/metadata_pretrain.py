@@ -1100,6 +1100,10 @@ def run(model_args, data_args, meta_args, training_args) -> dict:
     _check_resume(training_args, meta_args.run_baseline)
     if training_args.resume_from_checkpoint:  # the data and metadata of the run it continues
         _check_run_data(data_args, meta_args, training_args, model_args)
+    else:  # not into another recipe's finished run
+        from ._common import refuse_output_dir_of_another_recipe
+
+        refuse_output_dir_of_another_recipe(training_args.output_dir, RUN_DATA_FILE)
     train, eval_ds, domain_vocab = load_documents(data_args, training_args.seed)
     template = _template(meta_args)
     for split_name, split in (("train", train), ("eval", eval_ds)):

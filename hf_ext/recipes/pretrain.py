@@ -417,6 +417,10 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     # a fresh run into a folder of an earlier run's checkpoints, or a resume from a checkpoint past --max_steps (one
     # at --max_steps is of this run, finished: it is restored, see `train_or_restore_finished`)
     check_checkpoint_folders(training_args.resume_from_checkpoint, [training_args.output_dir], training_args.max_steps)
+    if not training_args.resume_from_checkpoint:  # not into another recipe's finished run
+        from ._common import refuse_output_dir_of_another_recipe
+
+        refuse_output_dir_of_another_recipe(training_args.output_dir, RUN_RECORD_NAME)
     if training_args.resume_from_checkpoint:  # the data and model of the run that wrote it (its folder's record)
         from ._common import checkpoint_run_folder, refuse_checkpoints_of_another_run
 
