@@ -27,14 +27,7 @@ import sys
 
 import pytest
 
-
-def _doc(root: str, name: str) -> str:
-    with open(os.path.join(root, name), encoding="utf-8") as handle:
-        return handle.read()
-
-
-def _flat(text: str) -> str:
-    return re.sub(r"\s*\n\s*", " ", text)
+from .test_docs_dt51 import _doc, _flat
 
 
 def _flags(argv: list[str]) -> dict[str, str]:

@@ -31,12 +31,10 @@ def _effective(layer, transposed: bool) -> torch.Tensor:
     return (w.t() if transposed else w) + layer.scaling["default"] * (b @ a)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_update_rrc_of_a_lora_run_is_the_adapted_layers_change(arch):
+def lora_model(arch: str, **lora_options):
+    """A 1-layer Llama (LoRA on q/v) or GPT-2 (LoRA on the Conv1D c_attn, fan_in_fan_out) and its LoRA layers."""
     from peft import LoraConfig, get_peft_model
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, TrainerControl, TrainerState
-
-    from hf_ext.optim import LionAR, UpdateMetricsCallback
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     if arch == "llama":
@@ -54,8 +52,19 @@ def test_update_rrc_of_a_lora_run_is_the_adapted_layers_change(arch):
             vocab_size=64, n_embd=32, n_layer=1, n_head=4, n_positions=32, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0
         )
         base, targets, transposed = GPT2LMHeadModel(cfg), ["c_attn"], True
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets, fan_in_fan_out=transposed))
-    lora = [m for n, m in model.named_modules() if n.split(".")[-1] in targets]
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, fan_in_fan_out=transposed, **lora_options)
+    model = get_peft_model(base, config)
+    return model, [m for n, m in model.named_modules() if n.split(".")[-1] in targets]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_update_rrc_of_a_lora_run_is_the_adapted_layers_change(arch):
+    from transformers import TrainerControl, TrainerState
+
+    from hf_ext.optim import LionAR, UpdateMetricsCallback
+
+    model, lora = lora_model(arch)
+    transposed = arch != "llama"
     assert lora
     ids = torch.randint(0, 64, (4, 12))
     probe = {"input_ids": ids[:2]}

@@ -14,30 +14,11 @@ import torch
 
 pytest.importorskip("peft")
 
+from .test_op52_fixes import lora_model  # noqa: E402
+
 
 def _model(arch: str):
-    from peft import LoraConfig, get_peft_model
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    if arch == "llama":
-        cfg = LlamaConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-        )
-        base, targets, transposed = LlamaForCausalLM(cfg), ["q_proj", "v_proj"], False
-    else:
-        cfg = GPT2Config(
-            vocab_size=64, n_embd=32, n_layer=1, n_head=4, n_positions=32, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0
-        )
-        base, targets, transposed = GPT2LMHeadModel(cfg), ["c_attn"], True
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, fan_in_fan_out=transposed, use_dora=True)
-    model = get_peft_model(base, config)
-    return model, [m for n, m in model.named_modules() if n.split(".")[-1] in targets]
+    return lora_model(arch, use_dora=True)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
