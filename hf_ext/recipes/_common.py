@@ -1132,6 +1132,16 @@ RECIPE_RUN_RECORDS = {
 }
 
 
+def _records_of_other_recipes(folder: str, name: str) -> list[tuple[str, str]]:
+    """`(record file, recipe)` of every other recipe's run record in `folder` (`name`: this recipe's record)."""
+    own = RECIPE_RUN_RECORDS.get(name, "this recipe")
+    return [
+        (record, recipe)
+        for record, recipe in RECIPE_RUN_RECORDS.items()
+        if record != name and recipe != own and os.path.isfile(os.path.join(folder, record))
+    ]
+
+
 def refuse_run_of_another_recipe(folder: str, name: str) -> None:
     """On resume, before any work: `folder`, the run folder of the checkpoint, has no record `name` of this recipe
     but holds another recipe's (`RECIPE_RUN_RECORDS`): the checkpoint is that recipe's, whose trainer state (GRAPE's
@@ -1140,14 +1150,13 @@ def refuse_run_of_another_recipe(folder: str, name: str) -> None:
     if os.path.isfile(os.path.join(folder, name)):
         return
     own = RECIPE_RUN_RECORDS.get(name, "this recipe")
-    for record, recipe in RECIPE_RUN_RECORDS.items():
-        if record != name and recipe != own and os.path.isfile(os.path.join(folder, record)):
-            raise ValueError(
-                f"--resume_from_checkpoint: the checkpoint is of a `{recipe}` run ({folder!r} holds its record "
-                f"{record}), not of a `{own}` run: its trainer state and data are that recipe's, and resuming it here "
-                f"would continue that run with this recipe's. Resume it with `hf-ext run {recipe}`, or start a new "
-                f"`{own}` run from its weights (--model_name_or_path <checkpoint>, without --resume_from_checkpoint)."
-            )
+    for record, recipe in _records_of_other_recipes(folder, name):
+        raise ValueError(
+            f"--resume_from_checkpoint: the checkpoint is of a `{recipe}` run ({folder!r} holds its record "
+            f"{record}), not of a `{own}` run: its trainer state and data are that recipe's, and resuming it here "
+            f"would continue that run with this recipe's. Resume it with `hf-ext run {recipe}`, or start a new "
+            f"`{own}` run from its weights (--model_name_or_path <checkpoint>, without --resume_from_checkpoint)."
+        )
 
 
 def refuse_output_dir_of_another_recipe(output_dir: str, name: str) -> None:
@@ -1156,13 +1165,12 @@ def refuse_output_dir_of_another_recipe(output_dir: str, name: str) -> None:
     run into a finished `pretrain` folder replaced its model and left pretrain_results.json describing the old one
     beside it), so a later resume or reader would take one run's files for the other's."""
     own = RECIPE_RUN_RECORDS.get(name, "this recipe")
-    for record, recipe in RECIPE_RUN_RECORDS.items():
-        if record != name and recipe != own and os.path.isfile(os.path.join(output_dir, record)):
-            raise ValueError(
-                f"--output_dir {output_dir!r} holds a `{recipe}` run (its record {record}): this `{own}` run would "
-                f"write its model and results over and beside that run's, mixing the two. Pick another --output_dir "
-                f"(to start from that run's model, pass it as --model_name_or_path), or delete that run's files first."
-            )
+    for record, recipe in _records_of_other_recipes(output_dir, name):
+        raise ValueError(
+            f"--output_dir {output_dir!r} holds a `{recipe}` run (its record {record}): this `{own}` run would "
+            f"write its model and results over and beside that run's, mixing the two. Pick another --output_dir "
+            f"(to start from that run's model, pass it as --model_name_or_path), or delete that run's files first."
+        )
 
 
 def check_run_record(folder: str, name: str, now: dict, shapes: str, none_means: dict | None = None) -> None:

@@ -57,6 +57,20 @@ def lora_model(arch: str, **lora_options):
     return model, [m for n, m in model.named_modules() if n.split(".")[-1] in targets]
 
 
+def layer_inputs(model, lora, probe) -> dict[int, torch.Tensor]:
+    """The input each layer of `lora` receives on `probe` (by index), captured by forward pre-hooks."""
+    inputs = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, i=i: inputs.__setitem__(i, args[0].detach().clone()))
+        for i, m in enumerate(lora)
+    ]
+    with torch.no_grad():
+        model(**probe)
+    for h in hooks:
+        h.remove()
+    return inputs
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_update_rrc_of_a_lora_run_is_the_adapted_layers_change(arch):
     from transformers import TrainerControl, TrainerState
@@ -74,17 +88,7 @@ def test_update_rrc_of_a_lora_run_is_the_adapted_layers_change(arch):
     expected = []
     for _ in range(3):
         model(input_ids=ids, labels=ids).loss.backward()
-        inputs = {}
-        hooks = [
-            m.register_forward_pre_hook(
-                lambda mod, args, i=i, store=inputs: store.__setitem__(i, args[0].detach().clone())
-            )
-            for i, m in enumerate(lora)
-        ]
-        with torch.no_grad():
-            model(**probe)
-        for h in hooks:
-            h.remove()
+        inputs = layer_inputs(model, lora, probe)
         before = [_effective(m, transposed) for m in lora]
         cb.on_pre_optimizer_step(None, state, control, model=model, optimizer=opt)
         opt.step()

@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("peft")
 
-from .test_op52_fixes import lora_model  # noqa: E402
+from .test_op52_fixes import layer_inputs, lora_model  # noqa: E402
 
 
 def _model(arch: str):
@@ -45,17 +45,7 @@ def test_update_rrc_of_a_dora_run_is_the_adapted_layers_change(arch):
     expected = []
     for _ in range(4):
         model(input_ids=ids, labels=ids).loss.backward()
-        inputs = {}
-        hooks = [
-            m.register_forward_pre_hook(
-                lambda mod, args, i=i, store=inputs: store.__setitem__(i, args[0].detach().clone())
-            )
-            for i, m in enumerate(lora)
-        ]
-        with torch.no_grad():
-            model(**probe)
-        for h in hooks:
-            h.remove()
+        inputs = layer_inputs(model, lora, probe)
         before = outputs(inputs)
         cb.on_pre_optimizer_step(None, state, control, model=model, optimizer=opt)
         opt.step()
