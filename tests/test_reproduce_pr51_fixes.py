@@ -165,14 +165,31 @@ def test_rejudge_refuses_per_seed_entries_that_are_not_objects(tmp_path):
         rejudge(str(tmp_path))
 
 
+def _wait_for(path, what):
+    deadline = time.monotonic() + 300
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} never started")
+        time.sleep(0.05)
+
+
 def _killed_on_seed_1(seed, fast, workdir):
-    """Seed 1's process is killed (as the out-of-memory killer does); seed 0 is still running then."""
+    """Seed 1's process is killed (as the out-of-memory killer does) while seed 0 is still running.
+
+    The two seeds meet through marker files in their work folders, so the overlap holds however late the pool's
+    second worker starts (a fixed sleep did not: on a loaded machine the second spawned worker came up after seed 0
+    had finished, and seed 2 was running beside seed 1 instead)."""
     import signal
 
+    with open(os.path.join(workdir, "started"), "w"):
+        pass
+    other = os.path.join(os.path.dirname(workdir), "seed0" if seed == 1 else "seed1", "started")
     if seed == 1:
-        time.sleep(0.5)
+        _wait_for(other, "seed 0")
         os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(5)
+    if seed == 0:
+        _wait_for(other, "seed 1")
+        time.sleep(60)  # still running when seed 1 dies; the broken pool terminates this worker
     return {"value": 1.0}
 
 
