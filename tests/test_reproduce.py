@@ -106,8 +106,9 @@ def test_jobs_no_seed_starts_after_one_failed_in_real_processes(monkeypatch, tmp
     ahead of time, where cancel_futures cannot reach them: after seed 0 failed, queued seeds 2.. still started and ran
     in full. A real spawned pool (a thread pool queues nothing ahead and cannot show it)."""
     monkeypatch.syspath_prepend(repo_root)  # the workers import the stub run by name (see the test above)
-    from tests.reproduce_stub_runs import failing_seed_run  # a light module: the workers start in a second
+    from tests.reproduce_stub_runs import failing_seed_run, mark_pool_shutdown  # a light module (see above)
 
+    mark_pool_shutdown(monkeypatch, tmp_path)  # seed 1 runs until the failure came back and the pool shuts down
     spec = Reproduction("toy_fail_procs", "-", failing_seed_run, [Claim("c", "-", judge_ok)])
     monkeypatch.setitem(REPRODUCTIONS, "toy_fail_procs", spec)
     with pytest.raises(RuntimeError, match="seed 0 failed"):

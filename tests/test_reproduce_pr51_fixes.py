@@ -99,27 +99,20 @@ def test_the_bound_itself_and_fresh_seeds_up_to_2_to_the_32_still_run(toy, monke
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_a_failed_seed_leaves_no_folders_for_seeds_that_never_ran(toy, tmp_path, jobs):
+def test_a_failed_seed_leaves_no_folders_for_seeds_that_never_ran(toy, tmp_path, jobs, monkeypatch, repo_root):
     if jobs == 2:  # a spawned worker cannot run the test's closure: one module-level seed run that fails on seed 1
-        REPRODUCTIONS["toy_pr51"].run = _fails_on_seed_1
+        # from a light module (the workers start in seconds; this module's imports took each worker minutes on a loaded
+        # machine); seed 0 runs until the pool shuts down, so its success cannot come back before seed 1's failure
+        monkeypatch.syspath_prepend(repo_root)
+        from tests.reproduce_stub_runs import fails_on_seed_1, mark_pool_shutdown
+
+        mark_pool_shutdown(monkeypatch, tmp_path)
+        REPRODUCTIONS["toy_pr51"].run = fails_on_seed_1
     with pytest.raises(RuntimeError, match="seed 1 crashed"):
         reproduce("toy_pr51", seeds=50, output_dir=str(tmp_path), jobs=jobs)
     # seeds 0 and 1 started, no other: never 48 untouched folders
     folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
     assert folders == ["seed0", "seed1"], folders
-
-
-def _fails_on_seed_1(seed, fast, workdir):
-    """Seed 1 fails; every other seed finishes only after it (a worker still starting must not let the other worker
-    run through all the seeds before seed 1 ran)."""
-    marker = os.path.join(os.path.dirname(workdir), "seed1-crashed")
-    if seed == 1:
-        open(marker, "w").close()
-        raise RuntimeError("seed 1 crashed")
-    deadline = time.monotonic() + 120
-    while not os.path.exists(marker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return {"value": 1.0}
 
 
 def _old_hyperinf_folder(folder):
