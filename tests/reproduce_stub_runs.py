@@ -72,3 +72,31 @@ def fails_on_seed_1(seed, fast, workdir):
         raise RuntimeError("seed 1 crashed")
     _wait_for_pool_shutdown(os.path.dirname(workdir), seed)
     return {"value": 1.0}
+
+
+def _wait_for_marker(path, what):
+    deadline = time.monotonic() + 300
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} never started")
+        time.sleep(0.05)
+
+
+def killed_on_seed_1(seed, fast, workdir):
+    """Seed 1's process is killed (as the out-of-memory killer does) while seed 0 is still running.
+
+    The two seeds meet through marker files in their work folders, so the overlap holds however late the pool's
+    second worker starts (a fixed sleep did not: on a loaded machine the second spawned worker came up after seed 0
+    had finished, and seed 2 was running beside seed 1 instead). Needs [`mark_pool_shutdown`]."""
+    import signal
+
+    with open(os.path.join(workdir, "started"), "w"):
+        pass
+    other = os.path.join(os.path.dirname(workdir), "seed0" if seed == 1 else "seed1", "started")
+    if seed == 1:
+        _wait_for_marker(other, "seed 0")
+        os.kill(os.getpid(), signal.SIGKILL)
+    if seed == 0:
+        _wait_for_marker(other, "seed 1")
+        _wait_for_pool_shutdown(os.path.dirname(workdir), seed)  # still running when seed 1 dies
+    return {"value": 1.0}

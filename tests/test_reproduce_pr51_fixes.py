@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import resource
-import time
 
 import pytest
 
@@ -158,38 +157,15 @@ def test_rejudge_refuses_per_seed_entries_that_are_not_objects(tmp_path):
         rejudge(str(tmp_path))
 
 
-def _wait_for(path, what):
-    deadline = time.monotonic() + 300
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} never started")
-        time.sleep(0.05)
-
-
-def _killed_on_seed_1(seed, fast, workdir):
-    """Seed 1's process is killed (as the out-of-memory killer does) while seed 0 is still running.
-
-    The two seeds meet through marker files in their work folders, so the overlap holds however late the pool's
-    second worker starts (a fixed sleep did not: on a loaded machine the second spawned worker came up after seed 0
-    had finished, and seed 2 was running beside seed 1 instead)."""
-    import signal
-
-    with open(os.path.join(workdir, "started"), "w"):
-        pass
-    other = os.path.join(os.path.dirname(workdir), "seed0" if seed == 1 else "seed1", "started")
-    if seed == 1:
-        _wait_for(other, "seed 0")
-        os.kill(os.getpid(), signal.SIGKILL)
-    if seed == 0:
-        _wait_for(other, "seed 1")
-        time.sleep(60)  # still running when seed 1 dies; the broken pool terminates this worker
-    return {"value": 1.0}
-
-
-def test_a_killed_seed_process_names_the_seeds_it_took_down(toy, tmp_path):
+def test_a_killed_seed_process_names_the_seeds_it_took_down(toy, tmp_path, monkeypatch, repo_root):
     """The pool's BrokenProcessPool ("A process in the process pool was terminated abruptly ...") named no seed, and
     the docstring said the seeds running beside a failure finish: the pool stops them all."""
-    REPRODUCTIONS["toy_pr51"].run = _killed_on_seed_1
+    monkeypatch.syspath_prepend(repo_root)
+    from tests.reproduce_stub_runs import POOL_SHUTDOWN, killed_on_seed_1, mark_pool_shutdown  # light module
+
+    mark_pool_shutdown(monkeypatch, tmp_path)
+    REPRODUCTIONS["toy_pr51"].run = killed_on_seed_1
     with pytest.raises(RuntimeError, match=r"one of the seeds \[0, 1\] ended abruptly .* no result of these seeds"):
         reproduce("toy_pr51", seeds=4, output_dir=str(tmp_path), jobs=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0", "seed1"]  # seeds 2 and 3 never started
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != POOL_SHUTDOWN)
+    assert left == ["seed0", "seed1"]  # seeds 2 and 3 never started
