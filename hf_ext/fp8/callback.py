@@ -441,14 +441,26 @@ def _unwrap(model):
 
 
 def _last_checkpoint_before(output_dir: str, step: int) -> str | None:
+    """The newest complete `checkpoint-N` with N < `step`: a folder a killed save left without `trainer_state.json`
+    (e.g. of an earlier, interrupted launch whose step this run's vetoed save did not write again) is no rollback
+    target."""
+    from ..utils.resume import checkpoint_problem
+
     if not os.path.isdir(output_dir):
         return None
-    best = None
+    found = []
     for name in os.listdir(output_dir):
         m = re.fullmatch(r"checkpoint-(\d+)", name)
-        if m and int(m.group(1)) < step and (best is None or int(m.group(1)) > best):
-            best = int(m.group(1))
-    return os.path.join(output_dir, f"checkpoint-{best}") if best is not None else None
+        if m and int(m.group(1)) < step:
+            found.append(int(m.group(1)))
+    for best in sorted(found, reverse=True):
+        path = os.path.join(output_dir, f"checkpoint-{best}")
+        if checkpoint_problem(path) is None:
+            return path
+        logger.warning(
+            "Fp8HealthCallback: %s is incomplete (a save that was interrupted); not a rollback target.", path
+        )
+    return None
 
 
 def train_with_rollback(trainer, callback: Fp8HealthCallback | None = None, resume_from_checkpoint=None):

@@ -12,7 +12,9 @@ form and rewritten to the underscore one.
 
 A checkpoint folder counts as complete when it holds `trainer_state.json`, which `Trainer` writes last; a folder
 left half-written by a killed save is skipped with a warning when picking the newest one, and refused with a clear
-error when named explicitly.
+error when named explicitly. hf_ext's Trainers ([`LossWindowResumeMixin`]) and [`train_or_restore_finished`] take
+`resume_from_checkpoint=True` and a named folder the same way ([`trainer_resume_checkpoint`]; transformers' own lookup
+takes the newest folder, complete or not).
 
 `check_checkpoint_folders` is what the recipes check before any work: a fresh run refuses a run folder that already
 holds complete checkpoints of an earlier run (a later bare `--resume_from_checkpoint` would resume that other run),
@@ -138,6 +140,32 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
             return path
         logger.warning("Skipping %s on resume: %s. Delete it or resume from an earlier checkpoint.", path, problem)
     return None
+
+
+def trainer_resume_checkpoint(resume_from_checkpoint, output_dir: str):
+    """What `Trainer.train(resume_from_checkpoint=...)` of an hf_ext Trainer resumes from: for `True`, the newest
+    complete `checkpoint-N` in `output_dir` ([`last_complete_checkpoint`]; transformers' `get_last_checkpoint` takes the
+    newest folder, also one a killed save left without `trainer_state.json`, and then fails with a raw
+    `FileNotFoundError` instead of resuming the checkpoint before it); a folder that a killed save left incomplete is
+    refused with a `ValueError` saying so. Other values are returned as they are (an `os.PathLike` as a `str`)."""
+    if resume_from_checkpoint is True:
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            raise ValueError(
+                f"No valid checkpoint found in output directory ({output_dir}): resume_from_checkpoint=True needs a "
+                f"complete checkpoint-N folder (one with {TRAINER_STATE_NAME}, which Trainer writes last)."
+            )
+        return checkpoint
+    if isinstance(resume_from_checkpoint, os.PathLike):
+        resume_from_checkpoint = os.fspath(resume_from_checkpoint)
+    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint and os.path.isdir(resume_from_checkpoint):
+        problem = checkpoint_problem(resume_from_checkpoint)
+        if problem is not None:
+            raise ValueError(
+                f"resume_from_checkpoint={resume_from_checkpoint!r} cannot be used: {problem}. Resume from a complete "
+                "checkpoint-N folder, or pass True for the newest complete one in output_dir."
+            )
+    return resume_from_checkpoint
 
 
 def wants_resume(value: str | bool | None) -> bool:
@@ -780,14 +808,8 @@ def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
     larger `max_steps`, trains on to it, as `Trainer` does. The run's end is `args.max_steps`, or for an epoch-based
     run (`args.max_steps <= 0`) the step count `Trainer` derives from `--num_train_epochs` ([`run_max_steps`]; the
     checkpoint's own where it cannot be known before training)."""
-    if resume_from_checkpoint is True:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume_from_checkpoint = get_last_checkpoint(trainer.args.output_dir)
-        if resume_from_checkpoint is None:
-            raise ValueError(f"No valid checkpoint found in output directory ({trainer.args.output_dir})")
-    if isinstance(resume_from_checkpoint, os.PathLike):
-        resume_from_checkpoint = os.fspath(resume_from_checkpoint)
+    # the newest complete checkpoint for True; a folder a killed save left incomplete is refused
+    resume_from_checkpoint = trainer_resume_checkpoint(resume_from_checkpoint, trainer.args.output_dir)
     step = checkpoint_global_step(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None
     max_steps = trainer.args.max_steps
     if step is not None and (max_steps is None or max_steps <= 0):
@@ -1150,13 +1172,9 @@ class LossWindowResumeMixin:
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._hf_ext_restored_loss_window = None
         self._hf_ext_restored_own_loss = None
-        checkpoint = resume_from_checkpoint
-        if checkpoint is True:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            checkpoint = get_last_checkpoint(self.args.output_dir)  # None: Trainer raises its own error
-        if isinstance(checkpoint, os.PathLike):
-            checkpoint = os.fspath(checkpoint)
+        # True: the newest complete checkpoint (not one a killed save left half-written); an incomplete folder named
+        # explicitly is refused. Passed on resolved, so Trainer does not look up the newest folder again.
+        checkpoint = resume_from_checkpoint = trainer_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         callbacks = []
         if isinstance(checkpoint, str) and checkpoint:
             # read (and checked) before any work; applied when the training loop starts

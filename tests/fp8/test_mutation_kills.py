@@ -252,6 +252,7 @@ def _drive(cb, tmp_path, sequence, start_step=1, checkpoints=()):
     which training was told to stop."""
     for step in checkpoints:
         os.makedirs(tmp_path / f"checkpoint-{step}", exist_ok=True)
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")  # complete: a rollback target
     args, state = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace()
     stops = []
     for i, value in enumerate(sequence):

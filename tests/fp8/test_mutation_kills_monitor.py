@@ -258,6 +258,7 @@ def test_restoring_an_older_checkpoint_state_never_lowers_the_rollback_count(tmp
     rollbacks: the count of rollbacks done must survive that, or `max_rollbacks` would never be reached."""
     cb = Fp8HealthCallback(baseline_steps=1, action="rollback", max_rollbacks=1)
     os.makedirs(tmp_path / "checkpoint-1")
+    (tmp_path / "checkpoint-1" / "trainer_state.json").write_text("{}")  # complete: a rollback target
     _step(cb, tmp_path, 1, {"qkv": 3.0})
     saved = json.loads(json.dumps(cb.state_dict()))  # checkpoint-1's state: no rollback yet
     assert _step(cb, tmp_path, 2, {"qkv": 500.0}).should_training_stop and cb.rollbacks == 1
