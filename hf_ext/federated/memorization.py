@@ -325,13 +325,14 @@ def split_index(num_tokens: int, min_prefix: int, window: int, rng: random.Rando
 
 
 def _stop_token_ids(model, tokenizer) -> set[int]:
-    """The end-of-sequence ids greedy decoding stops at, as the reference's vLLM does: the tokenizer's and those of
-    the model's own `generation_config`."""
+    """The ids greedy decoding stops at, as the reference's vLLM does (it stops on eos or pad): the tokenizer's
+    end-of-sequence and padding tokens and the end-of-sequence ids of the model's own `generation_config`."""
     owner = model.get_base_model() if hasattr(model, "get_base_model") else model
     ids = getattr(getattr(owner, "generation_config", None), "eos_token_id", None)
     ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
+    for special in (tokenizer.eos_token_id, tokenizer.pad_token_id):
+        if special is not None:
+            ids.append(special)
     return {int(i) for i in ids}
 
 
@@ -382,9 +383,13 @@ def measure_memorization(
 
     For each canary one split index `s` is drawn (see [`split_index`]); for each prefix length `L` the prompt is
     `tokens[s-L:s]` and the greedy continuation (with the frequency penalty) is scored against `tokens[s:]`. As in the
-    reference (vLLM, temperature 0, stop on eos), decoding stops at the first end-of-sequence token (the tokenizer's
-    or the model's `generation_config`'s): a continuation that ends early is scored as it is, shorter than the window,
-    so it is never an exact match (the target always has at least `window` tokens). Batched probes give the same
+    reference (vLLM, temperature 0, stop on eos or pad), decoding stops at the first end-of-sequence token (the
+    tokenizer's or the model's `generation_config`'s) or padding token (the tokenizer's): a continuation that ends early
+    is scored as it is, shorter than the window, so it is never an exact match (the target always has at least
+    `window` tokens). Prompts are the canary's own tokens, without special tokens (no BOS), as the canaries are
+    trained (`canary_rows`; docs/federated.md, "Extraction", on the reference's BOS). Every prompt's token ids are
+    checked against the model's input embedding before the first `generate` (a `ValueError` naming the prefix length
+    and the id). Batched probes give the same
     records as probes one at a time. The decoding is greedy whatever the model's own `generation_config` holds (a checkpoint's `repetition_penalty`,
     `no_repeat_ngram_size`, `suppress_tokens`, sampling settings, ...): the model generates from a clean
     `GenerationConfig` (the lengths and the pad / end-of-sequence token ids only) during the call.
@@ -456,6 +461,14 @@ def measure_memorization(
                 skipped += 1
                 continue
             probes.append((c, ids, s))
+        # every prompt's token ids are checked before the first `generate`: on CUDA an id outside the embedding is a
+        # device-side assert (a RuntimeError that poisons the CUDA context), not the IndexError translated below
+        for length in lengths:
+            _refuse_foreign_ids(
+                model,
+                [ids[s - length : s] for _, ids, s in probes],
+                f"a probe of prefix length {length} plus `max_new_tokens={max_new}` (default window + 10)",
+            )
         records = []
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         stop = _stop_token_ids(model, tokenizer)
@@ -489,7 +502,8 @@ def measure_memorization(
                         )
                         raise
                     for (c, ids, s), row in zip(chunk, out[:, length:].tolist()):
-                        # greedy decoding ends at the first end-of-sequence token (the batch pads rows that ended)
+                        # greedy decoding ends at the first end-of-sequence or padding token (the batch pads rows
+                        # that ended)
                         row = row[: next((i for i, t in enumerate(row) if t in stop), len(row))]
                         truth = tokenizer.decode(ids[s:], skip_special_tokens=True)
                         gen = tokenizer.decode(row, skip_special_tokens=True)
@@ -553,19 +567,37 @@ _DEFAULT_WORDS = (
 ).split()
 
 
+def _embedding_rows(model) -> int | None:
+    """Rows of the model's input embedding, `None` when it has no `nn.Embedding`-like one (`num_embeddings`)."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embedding, "num_embeddings", None)
+    return int(rows) if is_int(rows) else None
+
+
+def _refuse_foreign_ids(model, prompts: Sequence[Sequence[int]], what: str, err: BaseException | None = None) -> None:
+    """Raise a `ValueError` naming `what` when a token id of `prompts` (lists of ids, or a tensor) lies outside the
+    model's input embedding (a tokenizer of another vocabulary). Called on the host before any device work: on CUDA
+    such an id is an opaque device-side assert rather than the CPU's IndexError."""
+    rows = _embedding_rows(model)
+    if rows is None:
+        return
+    flat = prompts.flatten() if isinstance(prompts, torch.Tensor) else torch.tensor([t for p in prompts for t in p])
+    outside = (flat < 0) | (flat >= rows)
+    if not bool(outside.any()):
+        return
+    bad = int(flat[outside][0])
+    cause = f" (its forward failed with IndexError: {err})" if err is not None else ""
+    raise ValueError(
+        f"{what} holds token id {bad}, but the model's input embedding has {rows} rows (ids 0..{rows - 1}): the "
+        f"tokenizer does not match the model{cause}; pass the model's own tokenizer."
+    ) from err
+
+
 def _refuse_too_long(model, ids: torch.Tensor, num_tokens: int, what: str, fix: str, err: IndexError) -> None:
     """Raise a `ValueError` naming `what` when its token `ids` lie outside the model's input embedding (a tokenizer of
     another vocabulary), else when `num_tokens` exceeds the model's `max_position_embeddings` (the `IndexError` `err`
     is then a learned position table indexed past its end); return otherwise (another cause: re-raise `err`)."""
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    rows = getattr(embedding, "num_embeddings", None)
-    if is_int(rows) and ids.numel() and (int(ids.max()) >= rows or int(ids.min()) < 0):
-        bad = int(ids.max()) if int(ids.max()) >= rows else int(ids.min())
-        raise ValueError(
-            f"{what} holds token id {bad}, but the model's input embedding has {rows} rows (ids 0..{rows - 1}): the "
-            f"tokenizer does not match the model (its forward failed with IndexError: {err}); pass the model's own "
-            "tokenizer."
-        ) from err
+    _refuse_foreign_ids(model, ids, what, err)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if is_int(limit) and num_tokens > limit:
         raise ValueError(
@@ -583,9 +615,12 @@ def text_losses(model, tokenizer, texts: Sequence[str]) -> list[float]:
     out = []
     try:
         for text in texts:
-            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
             if ids.shape[1] < 2:
                 raise ValueError(f"Text {text[:40]!r} has fewer than 2 tokens: nothing to score.")
+            # checked on the host, before the copy to the model's device (on CUDA a foreign id is a device assert)
+            _refuse_foreign_ids(model, ids, f"text {len(out)} ({text[:40]!r}...)")
+            ids = ids.to(device)
             try:
                 out.append(float(model(input_ids=ids, labels=ids).loss))
             except IndexError as err:  # a token id past the embedding, or a position table past its end (GPT-2, OPT)
