@@ -182,7 +182,9 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
         except ValueError as err:
             parser.error(str(err))
     try:
-        report = reproduce(args.method, seeds=seeds, fast=args.fast, output_dir=args.output_dir, jobs=args.jobs)
+        report = reproduce(
+            args.method, seeds=seeds, fast=args.fast, output_dir=args.output_dir, jobs=args.jobs, progress=_progress_line
+        )
     except Exception:  # noqa: BLE001 (a crash must not read as a verdict: exit 1 means "a claim does not hold")
         import traceback
 
@@ -191,6 +193,13 @@ def _reproduce(parser: argparse.ArgumentParser, args) -> int:
         return 4
     print(report.to_markdown())
     return report.exit_code  # 0 holds, 1 does not hold, 3 reported only (no asserted claim); 2 is a usage error
+
+
+def _progress_line(text: str) -> None:
+    """`hf-ext reproduce`'s progress (a seed started, finished or failed): one whole line on stderr, flushed at once,
+    so that it shows while the seeds run (each takes minutes to an hour) and stays off the report on stdout."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _failed_run_files(output_dir: str | None) -> str:

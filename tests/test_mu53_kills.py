@@ -268,7 +268,7 @@ def reproduce_calls(monkeypatch):
         def to_markdown(self):
             return "report"
 
-    def fake(method, seeds=None, fast=False, output_dir=None, jobs=1):
+    def fake(method, seeds=None, fast=False, output_dir=None, jobs=1, progress=None):
         seen.append(seeds)
         return Report()
 

@@ -20,7 +20,7 @@ class _Report:
 def calls(monkeypatch):
     seen = []
 
-    def fake(method, seeds=None, fast=False, output_dir=None, jobs=1):
+    def fake(method, seeds=None, fast=False, output_dir=None, jobs=1, progress=None):
         seen.append((method, seeds, fast, jobs))
         return _Report()
 

@@ -86,7 +86,7 @@ def test_the_bound_itself_and_fresh_seeds_up_to_2_to_the_32_still_run(toy, monke
         def to_markdown(self):
             return "report"
 
-    def fake(method, seeds=None, fast=False, output_dir=None, jobs=1):
+    def fake(method, seeds=None, fast=False, output_dir=None, jobs=1, progress=None):
         calls.append(seeds)
         return _Report()
 

@@ -202,6 +202,7 @@ def reproduce(
     fast: bool = False,
     output_dir: str | None = None,
     jobs: int = 1,
+    progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Run `method`'s reproduction over `seeds` (a count, or explicit seeds) and judge its claims.
 
@@ -219,6 +220,10 @@ def reproduce(
             inside a run do (the processes share the machine). When a seed fails, no further seed starts: the
             seeds already running finish, then the failure raises (a seed's process that is killed stops the
             seeds running beside it too: a `RuntimeError` naming them).
+        progress: called with one line of text when a seed starts, finishes or fails (the seed, how many have
+            started / finished, its own time and the time since the reproduction started); `hf-ext reproduce` prints
+            these lines to stderr. The lines come from this process (never from the seeds' worker processes), so
+            they are whole lines whatever `jobs` is. Default: no progress lines.
     """
     from .methods import REPRODUCTIONS
 
@@ -239,16 +244,27 @@ def reproduce(
 
         # an earlier report (perhaps "holds") must not look current if this run fails before writing its own
         clear_previous_results(output_dir, ("reproduction.json", "reproduction.md"))
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable taking one line of text, or None, got {progress!r}.")
     start = time.perf_counter()
+    tracker = _Progress(method, seed_list, progress, start)
     with tempfile.TemporaryDirectory(prefix=f"hf_ext-reproduce-{method}-") as scratch:
         root = scratch if output_dir is None else output_dir
         workdirs = [os.path.join(root, f"seed{seed}") for seed in seed_list]
         # each seed's folder is made when the seed starts: made up front, a failure at the first seed left an empty
         # folder for every other seed in --output_dir (100000 of them for --seeds 100000)
         if jobs == 1 or len(seed_list) == 1:
-            per_seed = [_run_seed(spec.run, seed, fast, workdir) for seed, workdir in zip(seed_list, workdirs)]
+            per_seed = []
+            for seed, workdir in zip(seed_list, workdirs):
+                tracker.started(seed)
+                try:
+                    per_seed.append(_run_seed(spec.run, seed, fast, workdir))
+                except BaseException:
+                    tracker.failed(seed)
+                    raise
+                tracker.finished(seed)
         else:
-            per_seed = _run_in_processes(spec.run, seed_list, fast, workdirs, jobs)
+            per_seed = _run_in_processes(spec.run, seed_list, fast, workdirs, jobs, tracker)
         rows = _judge(spec, per_seed)
         report = Report(
             method=method,
@@ -407,13 +423,51 @@ def rejudge(output_dir: str) -> Report:
     return report
 
 
+def _clock(seconds: float) -> str:
+    """`h:mm:ss` of a duration in seconds."""
+    whole = int(max(seconds, 0.0))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+class _Progress:
+    """The progress lines of a reproduction: one per seed started, finished or failed, sent to `report` (nothing
+    when it is `None`). Each line names the seed, the counts so far, the seed's own time and the elapsed time."""
+
+    def __init__(self, method: str, seeds: list[int], report: Callable[[str], None] | None, start: float):
+        self.method, self.total, self.report, self.start = method, len(seeds), report, start
+        self.began: dict[int, float] = {}
+        self.done = 0
+
+    def _emit(self, text: str) -> None:
+        if self.report is not None:
+            elapsed = _clock(time.perf_counter() - self.start)
+            self.report(f"hf-ext reproduce {self.method}: {text} [elapsed {elapsed}]")
+
+    def _took(self, seed: int) -> str:
+        return _clock(time.perf_counter() - self.began.get(seed, self.start))
+
+    def started(self, seed: int) -> None:
+        self.began[seed] = time.perf_counter()
+        running = len(self.began) - self.done
+        self._emit(f"seed {seed} started ({len(self.began)}/{self.total} started, {running} running)")
+
+    def finished(self, seed: int) -> None:
+        self.done += 1
+        self._emit(f"seed {seed} finished in {self._took(seed)} ({self.done}/{self.total} done)")
+
+    def failed(self, seed: int) -> None:
+        self._emit(f"seed {seed} failed after {self._took(seed)} ({self.done}/{self.total} done); no further seed starts")
+
+
 def _run_seed(run: Callable, seed: int, fast: bool, workdir: str) -> dict:
     """One seed's run in this process, in its own folder (made now)."""
     os.makedirs(workdir, exist_ok=True)
     return run(seed, fast, workdir)
 
 
-def _run_in_processes(run: Callable, seeds: list[int], fast: bool, workdirs: list[str], jobs: int) -> list[dict]:
+def _run_in_processes(
+    run: Callable, seeds: list[int], fast: bool, workdirs: list[str], jobs: int, tracker: _Progress | None = None
+) -> list[dict]:
     """Run the seeds in up to `jobs` fresh ("spawn") processes; results come back in seed order. `run` must be a
     module-level function (it is sent to the workers by name).
 
@@ -422,7 +476,8 @@ def _run_in_processes(run: Callable, seeds: list[int], fast: bool, workdirs: lis
     cannot reach them, so seeds submitted up front still started after a failure. After the first failure no seed
     starts; the ones already running finish (a worker cannot be interrupted), then the failure raises. A worker that
     dies (killed, or a crash in native code) breaks the pool, which stops every worker: that is a `RuntimeError`
-    naming the seeds that were running, none of whose results are kept."""
+    naming the seeds that were running, none of whose results are kept. `tracker` (this process) reports each seed
+    started, finished or failed."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -432,12 +487,14 @@ def _run_in_processes(run: Callable, seeds: list[int], fast: bool, workdirs: lis
     results: list = [None] * len(seeds)
     waiting = iter(range(len(seeds)))
     running: dict = {}
+    tracker = tracker or _Progress("", seeds, None, time.perf_counter())
 
     def start_next() -> None:
         i = next(waiting, None)
         if i is not None:
             os.makedirs(workdirs[i], exist_ok=True)
             running[pool.submit(run, seeds[i], fast, workdirs[i])] = i
+            tracker.started(seeds[i])
 
     try:
         for _ in range(min(jobs, len(seeds))):
@@ -446,6 +503,8 @@ def _run_in_processes(run: Callable, seeds: list[int], fast: bool, workdirs: lis
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             try:
                 for future in done:  # a failure among them raises before any further seed is submitted
+                    if future.exception() is not None and not isinstance(future.exception(), BrokenProcessPool):
+                        tracker.failed(seeds[running[future]])
                     future.result()
             except BrokenProcessPool as err:
                 # a worker killed (the out-of-memory killer, a signal) or crashed in native code: the pool stops
@@ -457,7 +516,9 @@ def _run_in_processes(run: Callable, seeds: list[int], fast: bool, workdirs: lis
                     f"these seeds was kept. Rerun (fewer --jobs if memory ran out); each seed runs afresh."
                 ) from err
             for future in done:
-                results[running.pop(future)] = future.result()
+                i = running.pop(future)
+                results[i] = future.result()
+                tracker.finished(seeds[i])
                 start_next()
         return results
     finally:
