@@ -20,9 +20,11 @@ def test_federated_memorization_reproduction(tmp_path):
     print(report.to_markdown())
     assert report.holds, report.to_markdown()
     assert [r.asserted for r in report.rows] == [True] * 4  # every claim is asserted, none only reported
-    for seed in SEEDS:
+    assert report.seeds == list(SEEDS) and len(report.per_seed) == len(SEEDS)
+    # per_seed is in the order of report.seeds (a list, not keyed by seed): pair them, never index by the seed
+    for seed, results in zip(report.seeds, report.per_seed):
         for setting in ("federated", "centralized"):
             for name in ("results.json", "memorization_table.md", "memorization_vs_rounds.png"):
                 assert os.path.getsize(tmp_path / f"seed{seed}" / setting / name) > 0
-        assert set(report.per_seed[seed]["federated"]) == {"full", "lora", "lora+goldfish", "lora+dp"}
-        assert set(report.per_seed[seed]["centralized"]) == {"full", "lora", "lora+goldfish"}
+        assert set(results["federated"]) == {"full", "lora", "lora+goldfish", "lora+dp"}
+        assert set(results["centralized"]) == {"full", "lora", "lora+goldfish"}
