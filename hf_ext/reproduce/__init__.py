@@ -236,6 +236,8 @@ def reproduce(
     if not isinstance(fast, bool):  # "false" is truthy: it ran the smoke-check budget and reported it as such
         raise TypeError(f"fast must be True or False, got {fast!r}.")
     spec.check_seed_count(len(seed_list), fast)
+    if progress is not None and not callable(progress):  # before an earlier report is cleared
+        raise TypeError(f"progress must be a callable taking one line of text, or None, got {progress!r}.")
     if output_dir is not None:
         from ..utils.io import ensure_writable_dir
 
@@ -244,8 +246,6 @@ def reproduce(
 
         # an earlier report (perhaps "holds") must not look current if this run fails before writing its own
         clear_previous_results(output_dir, ("reproduction.json", "reproduction.md"))
-    if progress is not None and not callable(progress):
-        raise TypeError(f"progress must be a callable taking one line of text, or None, got {progress!r}.")
     start = time.perf_counter()
     tracker = _Progress(method, seed_list, progress, start)
     with tempfile.TemporaryDirectory(prefix=f"hf_ext-reproduce-{method}-") as scratch:
