@@ -538,6 +538,44 @@ def _check_angle(angle, where: str = "") -> None:
         raise ValueError(f"`angle`{where} must be in (0, pi/2) radians, got {angle!r}.")
 
 
+def _step_angle(opt, group: dict, owner: str) -> float:
+    """The rotation angle of a step of the rotational tensors of `group`, `group_angle * lr / base_lr` (before the
+    step-scale corrections, which only shrink it), checked before anything changes: the constructor checks `angle`
+    and `lr`, but a scheduler, an assignment to `param_groups[i]` or `load_state_dict` can change them later. A NaN
+    `lr` or `angle` turned the weights NaN, an `angle` or an `lr / base_lr` beyond pi/2 turned the neurons past the
+    perpendicular (pi: flipped), a negative one skipped the rotation silently and `base_lr` 0 raised a bare
+    `ZeroDivisionError`. An `lr` of 0 (the end of a decay) gives angle 0: no rotation."""
+    where = f" of a {owner} param group"
+    lr, base = group["lr"], group.get("base_lr")
+    _check_step_lr(group, owner)
+    if not (_is_number(base) and 0 < base < math.inf):
+        raise ValueError(
+            f"`base_lr`{where} is {base!r}; it must be a finite number > 0 (the learning rate the schedule factor "
+            "`lr / base_lr` is taken against, set when the group is added)."
+        )
+    _check_angle(group.get("angle"), where)
+    peak = opt.group_angle(group)
+    angle = peak * (lr / base)
+    if not angle <= math.pi / 2:
+        raise ValueError(
+            f"The rotation angle{where} at this step is {angle:.4g} rad (angle {peak:.4g} x lr {lr:.4g} / base_lr "
+            f"{base:.4g}), more than pi/2: the neurons would turn past the perpendicular. Keep `lr` at most "
+            f"{base * (math.pi / 2) / peak:.4g} (a schedule factor lr/base_lr <= {(math.pi / 2) / peak:.4g}) or lower "
+            "the `angle`."
+        )
+    return angle
+
+
+def _check_step_lr(group: dict, owner: str) -> None:
+    """A group without rotational tensors: its `lr` (set later by a scheduler or by hand) finite and >= 0."""
+    lr = group["lr"]
+    if not (_is_number(lr) and 0 <= lr < math.inf):
+        raise ValueError(
+            f"`lr` of a {owner} param group is {lr!r} at this step; it must be a finite number >= 0 (a learning-rate "
+            "scheduler or an assignment to `param_groups` / `load_state_dict` set it)."
+        )
+
+
 def _check_unit_interval(name: str, value, where: str = "") -> None:
     """`value` a number in [0, 1) (a decay or EMA coefficient)."""
     if not (_is_number(value) and 0.0 <= value < 1.0):
@@ -1393,11 +1431,15 @@ class LionAR(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         _refuse_sparse_gradients(self.param_groups, type(self).__name__)
-        for group in self.param_groups:  # before any tensor or state changes, as for sparse gradients
+        angles = {}
+        for i, group in enumerate(self.param_groups):  # before any tensor or state changes, as for sparse gradients
             for p in group["params"]:
                 if p.grad is not None and self._is_rotational(p, group):
                     _refuse_zero_neurons(p, self.state.get(p, {}), group, self._neuron_dim(p, group))
-        for group in self.param_groups:
+            if any(p.grad is not None for p in group["params"]):
+                rot = any(p.grad is not None and self._is_rotational(p, group) for p in group["params"])
+                angles[i] = _step_angle(self, group, "LionAR") if rot else _check_step_lr(group, "LionAR")
+        for i, group in enumerate(self.param_groups):
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -1411,7 +1453,7 @@ class LionAR(Optimizer):
                 nd = self._neuron_dim(p, group)
                 _ensure_rotational_state(p, state, group, nd)
                 scale = _step_scale(state, group, p.grad)
-                angle = self.group_angle(group) * (group["lr"] / group["base_lr"]) * scale
+                angle = angles[i] * scale
                 if angle <= 0 and not group["update_norm_decay"] > 0:
                     continue  # (with the EMA, `_rotate` still updates it: the step counts in its bias correction)
                 _rotate(
@@ -1751,7 +1793,7 @@ class RotationalWrapper(Optimizer):
             if rot:
                 # before anything changes: the angle (a value it cannot use, e.g. an sgdm momentum >= 1 without an
                 # `angle`, fails here) and the zero-neuron refusal
-                angle = self.group_angle(group) * (group["lr"] / group["base_lr"])
+                angle = _step_angle(self, group, "RotationalWrapper")
                 rotational.append((group, rot, angle))
                 hidden += [(p, p.grad) for p in rot]
         for group, rot, _ in rotational:
