@@ -424,8 +424,12 @@ def _norm_floor(x: torch.Tensor, eps: float, groups: Sequence = ()) -> torch.Ten
         dist.all_reduce(sq, group=group)
     # sqrt's derivative at 0 is inf, and inf * 0 = NaN: an all-zero tensor (a LoRA A while its B is still 0) made the
     # outer step's amplifier gradient NaN. Its norm is the constant 0 instead (the forward value is unchanged).
+    # A NaN norm (a NaN entry, or an inf one: inf/inf) stays NaN: `NaN > 0` is False, so it was taken as an all-zero
+    # tensor and floored to `eps`, and `GradNormOptimizer` multiplied the finite entries by c/1e-30 (1e29-sized
+    # weights) where the amplifier's transform and the clip turn the tensor NaN.
     nonzero = sq > 0
     root = torch.where(nonzero, torch.where(nonzero, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
+    root = torch.where(torch.isnan(sq), sq, root)
     return (scale * root).clamp_min(eps)
 
 
