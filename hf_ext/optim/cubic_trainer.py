@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -51,25 +52,57 @@ def _refuse_multiple_processes(world_size: int = 1) -> None:
         )
 
 
+#: hf_ext's own folder: frames in it are skipped when a warning names the user's line ([`_user_stacklevel`])
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel` for a warning raised by the function calling this one that names the first frame outside
+    hf_ext (the user's line, also when a subclass of the trainer in hf_ext constructs it), as Python 3.12's
+    `skip_file_prefixes` would; this package supports 3.11."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _fresh_running_stats(module: torch.nn.Module) -> bool:
+    """Whether a normalisation layer's running statistics are still its initial ones: no batch tracked, mean 0 and
+    variance 1 (a layer loaded from a checkpoint saved without `num_batches_tracked` counts as trained by its
+    statistics)."""
+    tracked = getattr(module, "num_batches_tracked", None)
+    if isinstance(tracked, torch.Tensor) and int(tracked) > 0:
+        return False
+    mean, var = getattr(module, "running_mean", None), getattr(module, "running_var", None)
+    moved_mean = isinstance(mean, torch.Tensor) and bool((mean != 0).any())
+    moved_var = isinstance(var, torch.Tensor) and bool((var != 1).any())
+    return not (moved_mean or moved_var)
+
+
 def _warn_about_frozen_running_stats(model: torch.nn.Module) -> None:
     """Warn when `model` has normalisation layers with running statistics (BatchNorm, InstanceNorm with
-    `track_running_stats`): each cubic step runs the model in eval mode, so they normalise with the statistics they
-    have when training starts and never update them (a freshly initialised layer keeps mean 0 and variance 1, i.e. it
-    does not normalise at all), in training and in evaluation alike."""
+    `track_running_stats`) that are still freshly initialised: each cubic step runs the model in eval mode, so they
+    normalise with the statistics they have when training starts and never update them, and a fresh layer keeps mean 0
+    and variance 1, i.e. it does not normalise at all, in training and in evaluation alike. Layers with trained
+    statistics stay frozen at them (what fine-tuning with frozen BatchNorm statistics does, the use the docs
+    recommend): no warning. The warning names the user's line (the first frame outside hf_ext)."""
     names = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.track_running_stats
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase)
+        and module.track_running_stats
+        and _fresh_running_stats(module)
     ]
     if names:
         more = f" and {len(names) - 3} more" if len(names) > 3 else ""
         warnings.warn(
             f"CubicNewtonTrainer: the model has {len(names)} normalisation layers with running statistics "
-            f"({', '.join(names[:3])}{more}). Each cubic step runs the model in eval mode (the gradient and its "
-            "Hessian-vector products must see one function), so these layers normalise with their current running "
-            "statistics and never update them: a freshly initialised layer keeps mean 0 and variance 1 and does not "
-            "normalise. Fine-tune from trained statistics, or replace the layers (e.g. GroupNorm / LayerNorm).",
-            stacklevel=3,
+            f"({', '.join(names[:3])}{more}) still at their initial values. Each cubic step runs the model in eval mode (the gradient "
+            "and its Hessian-vector products must see one function), so these layers normalise with their current "
+            "running statistics and never update them: a freshly initialised layer keeps mean 0 and variance 1 and "
+            "does not normalise. Fine-tune from trained statistics, or replace the layers (e.g. GroupNorm / "
+            "LayerNorm).",
+            stacklevel=_user_stacklevel(),
         )
 
 

@@ -96,3 +96,53 @@ def test_rotational_wrapper_refuses_a_nan_lr_at_the_step():
     with pytest.raises(ValueError, match=r"`lr` of a RotationalWrapper param group is nan at this step"):
         opt.step()
     assert torch.equal(before, lin.weight)
+
+
+def _norm_net(norm):
+    from .test_cn52_fixes import _NormNet
+
+    return _NormNet(norm)
+
+
+def _cubic_args(tmp_path):
+    from hf_ext.optim import CubicNewtonTrainingArguments
+
+    return CubicNewtonTrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=1, cubic_krylov_dim=3, save_strategy="no"
+    )
+
+
+@pytest.mark.parametrize("trained", ["num_batches_tracked", "statistics_only"])
+def test_no_running_statistics_warning_for_trained_statistics(tmp_path, trained, recwarn):
+    """Trained statistics stay frozen at their values, the fine-tuning the docs recommend: it used to warn too (that
+    the layer "does not normalise"). A checkpoint saved without `num_batches_tracked` counts by its statistics."""
+    from hf_ext.optim import CubicNewtonTrainer
+
+    norm = torch.nn.BatchNorm1d(4)
+    norm.running_mean.fill_(0.5)
+    norm.running_var.fill_(2.0)
+    norm.num_batches_tracked.fill_(7 if trained == "num_batches_tracked" else 0)
+    CubicNewtonTrainer(model=_norm_net(norm), args=_cubic_args(tmp_path))
+    assert not [w for w in recwarn if "running statistics" in str(w.message)]
+
+
+def test_the_running_statistics_warning_names_fresh_layers_only_and_the_users_line(tmp_path):
+    """Also when a subclass of the trainer inside hf_ext constructs it (simulated: a subclass compiled under a file name
+    in the package), the warning names the line outside hf_ext; it named the subclass's `super().__init__` line."""
+    import os
+
+    import hf_ext
+    from hf_ext.optim import CubicNewtonTrainer
+
+    trained = torch.nn.BatchNorm1d(4)
+    trained.num_batches_tracked.fill_(3)
+    model = torch.nn.Sequential()
+    model.add_module("fresh", _norm_net(torch.nn.BatchNorm1d(4)))
+    model.add_module("trained", trained)
+    source = "class Sub(CubicNewtonTrainer):\n    def __init__(self, **kw):\n        super().__init__(**kw)\n"
+    namespace = {"CubicNewtonTrainer": CubicNewtonTrainer}
+    exec(compile(source, os.path.join(os.path.dirname(hf_ext.__file__), "_sm53_sub.py"), "exec"), namespace)
+    with pytest.warns(UserWarning, match=r"1 normalisation layers with running statistics \(fresh\.norm\)") as got:
+        namespace["Sub"](model=model, args=_cubic_args(tmp_path))
+    [warning] = [w for w in got if "running statistics" in str(w.message)]
+    assert warning.filename == __file__
