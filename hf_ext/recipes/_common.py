@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import math
@@ -894,6 +895,38 @@ def changed_from_default(args, names) -> list[str]:
         elif f.default_factory is not dataclasses.MISSING:
             defaults[f.name] = f.default_factory()
     return [name for name in names if getattr(args, name) != defaults[name]]
+
+
+@contextlib.contextmanager
+def removed_if_refused(folder: str):
+    """Around a recipe run that creates its output folder `folder` before a refusal can still come (the writability
+    check of `--output_dir`, transformers' `Trainer` when it is constructed; a resume's schedule check needs the
+    Trainer): where the block raises, the folders it created for `folder` (`folder` and the missing parents above it)
+    are removed again while they are empty, so a refused run leaves no empty folder behind. A folder that existed
+    before, or that holds a file (a checkpoint, a run record), is kept."""
+    folder = os.path.abspath(folder)
+    top = None  # the outermost folder of `folder`'s path that does not exist yet
+    probe = folder
+    while not os.path.lexists(probe):
+        top = probe
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    try:
+        yield
+    except BaseException:
+        if top is not None:
+            path = folder
+            while True:
+                try:
+                    os.rmdir(path)  # only an empty folder: never a file another process wrote meanwhile
+                except OSError:
+                    break
+                if path == top:
+                    break
+                path = os.path.dirname(path)
+        raise
 
 
 def clear_previous_results(output_dir: str, names, resuming: bool = False) -> list[str]:

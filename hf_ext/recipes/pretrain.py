@@ -900,8 +900,25 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             build_model(model_args, tokenizer, data_args.block_size, meta=True).config,
             resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir),
         )
-    # after the tokenizer and the data (a --text_column the data lacks fails there): a run refused for a bad
-    # argument leaves the earlier run's results alone
+    model = build_model(model_args, tokenizer, data_args.block_size, config_updates=config_updates)
+    trainer_cls, trainer_kwargs, callbacks = setup_fp8(model, model_args, training_args)
+    from ..utils.resume import check_resume_schedule
+
+    trainer = trainer_cls(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        **trainer_kwargs,
+    )
+    # before the run record and the removal of older results: a resume refused for another schedule (the check needs
+    # the Trainer) leaves the folder as it found it (and `main` removes a folder this run created, left empty)
+    check_resume_schedule(trainer, training_args.resume_from_checkpoint)
+    # after the tokenizer, the data (a --text_column the data lacks fails there) and the resume's schedule check: a
+    # run refused for a bad argument leaves the earlier run's results alone
     if training_args.process_index == 0:  # an older run's results must not look current if this run stops early
         from ._common import clear_previous_results
 
@@ -914,19 +931,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             _run_record(model_args, data_args),
             resumed_from=training_args.resume_from_checkpoint or None,
         )
-
-    model = build_model(model_args, tokenizer, data_args.block_size, config_updates=config_updates)
-    trainer_cls, trainer_kwargs, callbacks = setup_fp8(model, model_args, training_args)
-    trainer = trainer_cls(
-        model=model,
-        args=training_args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        data_collator=default_data_collator,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        **trainer_kwargs,
-    )
     for cb in callbacks:  # first in line, so that progress bars and loggers see the fp8/... metrics
         trainer.callback_handler.callbacks.remove(cb)
         trainer.callback_handler.callbacks.insert(0, cb)
@@ -1000,12 +1004,16 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ._common import finish, parse_recipe_args
+    from ._common import finish, parse_recipe_args, removed_if_refused
 
     model_args, data_args, training_args = parse_recipe_args(
         (ModelArguments, DataArguments, PretrainTrainingArguments), argv
     )
-    return finish(run(model_args, data_args, training_args))
+    # `validate_args` creates --output_dir (its writability check) and the Trainer does: a run refused after that
+    # (a resume's schedule, the data, the tokenizer) left the empty folder behind
+    with removed_if_refused(training_args.output_dir):
+        result = run(model_args, data_args, training_args)
+    return finish(result)
 
 
 if __name__ == "__main__":

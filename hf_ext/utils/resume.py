@@ -790,24 +790,14 @@ def refuse_changed_schedule(
             )
 
 
-def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
-    """`trainer.train(resume_from_checkpoint=...)`, except for a checkpoint of a finished run: saved at `max_steps`,
-    or where a callback stopped the run ([`checkpoint_stopped`]). transformers' `Trainer` would train on from it (one
-    step past `max_steps`; after a stop, to `max_steps`, as `on_train_begin` clears the stop). Here the run is restored
-    as a resume restores it (weights, optimizer, scheduler, `TrainerState`, callback and custom states, RNG) and left
-    before that step; then, as at the end of the uninterrupted run, the best checkpoint is loaded
-    (`load_best_model_at_end`) and the callbacks get `on_train_end`. The recipes resume every run through it: a run
-    stopped after its last checkpoint (before its results were written) is rerun with `--resume_from_checkpoint`, and a
-    recipe of several runs resumes the finished ones with the interrupted one. `resume_from_checkpoint=True` means the
-    last checkpoint in `args.output_dir`, as for `train()`. Returns `train()`'s output, or `None` for a restored
-    finished run.
-
-    A checkpoint is resumed only where the learning-rate schedule the new flags build is the one its run followed up
-    to it ([`refuse_changed_schedule`], checked before any step: another `--max_steps` or `--num_train_epochs`, or
-    schedule flags other than the checkpoint records): then the last checkpoint of a finished run, resumed with a
-    larger `max_steps`, trains on to it, as `Trainer` does. The run's end is `args.max_steps`, or for an epoch-based
-    run (`args.max_steps <= 0`) the step count `Trainer` derives from `--num_train_epochs` ([`run_max_steps`]; the
-    checkpoint's own where it cannot be known before training)."""
+def check_resume_schedule(trainer, resume_from_checkpoint: str | bool | None) -> tuple[str | None, bool]:
+    """The checks [`train_or_restore_finished`] makes before it trains, for a recipe to make before it writes anything
+    (its run record, the removal of older results): `resume_from_checkpoint=True` resolved to the last complete
+    checkpoint in `args.output_dir` ([`trainer_resume_checkpoint`]; a `ValueError` where there is none), and
+    [`refuse_changed_schedule`] for the checkpoint. Returns the checkpoint (`None` for no resume) and whether it is of a
+    finished run (saved at `max_steps`, or stopped by a callback)."""
+    if not resume_from_checkpoint:
+        return None, False
     # the newest complete checkpoint for True; a folder a killed save left incomplete is refused
     resume_from_checkpoint = trainer_resume_checkpoint(resume_from_checkpoint, trainer.args.output_dir)
     step = checkpoint_global_step(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None
@@ -822,6 +812,28 @@ def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
         # another step count or schedule than the checkpoint's run: only where the new schedule is the one the run
         # followed (up to the rate of its next step; for a finished run, of the steps it trained)
         refuse_changed_schedule(trainer, resume_from_checkpoint, step - 1 if finished else step, max_steps)
+    return resume_from_checkpoint, finished
+
+
+def train_or_restore_finished(trainer, resume_from_checkpoint: str | None):
+    """`trainer.train(resume_from_checkpoint=...)`, except for a checkpoint of a finished run: saved at `max_steps`,
+    or where a callback stopped the run ([`checkpoint_stopped`]). transformers' `Trainer` would train on from it (one
+    step past `max_steps`; after a stop, to `max_steps`, as `on_train_begin` clears the stop). Here the run is restored
+    as a resume restores it (weights, optimizer, scheduler, `TrainerState`, callback and custom states, RNG) and left
+    before that step; then, as at the end of the uninterrupted run, the best checkpoint is loaded
+    (`load_best_model_at_end`) and the callbacks get `on_train_end`. The recipes resume every run through it: a run
+    stopped after its last checkpoint (before its results were written) is rerun with `--resume_from_checkpoint`, and a
+    recipe of several runs resumes the finished ones with the interrupted one. `resume_from_checkpoint=True` means the
+    last complete checkpoint in `args.output_dir`, as for hf_ext's Trainers' `train()`. Returns `train()`'s output, or `None` for a restored
+    finished run.
+
+    A checkpoint is resumed only where the learning-rate schedule the new flags build is the one its run followed up
+    to it ([`refuse_changed_schedule`], checked before any step: another `--max_steps` or `--num_train_epochs`, or
+    schedule flags other than the checkpoint records): then the last checkpoint of a finished run, resumed with a
+    larger `max_steps`, trains on to it, as `Trainer` does. The run's end is `args.max_steps`, or for an epoch-based
+    run (`args.max_steps <= 0`) the step count `Trainer` derives from `--num_train_epochs` ([`run_max_steps`]; the
+    checkpoint's own where it cannot be known before training)."""
+    resume_from_checkpoint, finished = check_resume_schedule(trainer, resume_from_checkpoint)
     if not finished:
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     guard = _stop_before_next_step_callback()
