@@ -230,10 +230,12 @@ def test_a_rerun_that_stops_early_leaves_no_older_results(tmp_path, monkeypatch)
         (out / name).write_text("from an older run")
     (out / "notes.txt").write_text("not a result file")
 
-    def stop(*args, **kwargs):  # after the arguments, the tokenizer and the data: the run is about to train
-        raise _PastValidation("the run stopped when its model was built")
+    def stop(*args, **kwargs):  # after the arguments, the tokenizer, the data and the Trainer: about to train
+        raise _PastValidation("the run stopped when it started training")
 
-    monkeypatch.setattr("hf_ext.recipes.pretrain.build_model", stop)
+    # (not at `build_model`: since sm53 the results are removed once the Trainer is built and a resume's schedule
+    # checked, so a run refused there leaves the older run's folder as it was)
+    monkeypatch.setattr("hf_ext.utils.resume.train_or_restore_finished", stop)
     with pytest.raises(_PastValidation):
         main(TINY + ["--output_dir", str(out)])
     assert sorted(os.listdir(out)) == ["notes.txt", "pretrain_run.json"]  # the record of this run's flags: current
