@@ -199,6 +199,206 @@ def _node_epsilon_bound(context: Context) -> tuple[float, float] | None:
     return _node_value(context.node_config, NODE_MAX_EPSILON_KEY), _node_value(context.node_config, NODE_MAX_DELTA_KEY)
 
 
+NODE_LEDGER_KEY = "dp-ledger"
+LEDGER_FORMAT = "hf_ext-dp-ledger"
+LEDGER_VERSION = 1
+LEDGER_LOCK_TIMEOUT_S = 120.0
+_PER_RUN_BOUND_WARNED: list[bool] = []  # the one-time warning of `dp-max-epsilon` without `dp-ledger` (per process)
+
+
+class PrivacyLedgerError(PrivacyHistoryUnknownError):
+    """The node's `dp-ledger` (its record of every run's DP-SGD on each partition) cannot be read or locked, is
+    malformed, or records this partition under another accountant: the partition's privacy spent across runs is
+    unknown, so the node refuses to train (never an empty ledger)."""
+
+
+def _node_ledger(context: Context) -> str | None:
+    """The node config's `dp-ledger` path, type-checked; `None` without it."""
+    from .flower_task import _node_value
+
+    if NODE_LEDGER_KEY not in context.node_config:
+        return None
+    return _node_value(context.node_config, NODE_LEDGER_KEY)
+
+
+class _LedgerLock:
+    """The ledger's file lock (`<ledger>.lock`): several SuperNodes on one machine may share a ledger."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        from filelock import FileLock, Timeout
+
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise PrivacyLedgerError(
+                f"The folder of this node's `{NODE_LEDGER_KEY}` {self.path!r} does not exist; refusing to train "
+                "(a mistyped path would start an empty ledger). Create it, or fix the path in `--node-config`."
+            )
+        self.lock = FileLock(self.path + ".lock", timeout=LEDGER_LOCK_TIMEOUT_S)
+        try:
+            self.lock.acquire()
+        except (Timeout, OSError) as err:
+            raise PrivacyLedgerError(
+                f"Cannot lock this node's `{NODE_LEDGER_KEY}` {self.path!r} ({type(err).__name__}: {err}); refusing "
+                "to train without it."
+            ) from err
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+        return False
+
+
+def read_privacy_ledger(path: str) -> list[dict]:
+    """The entries of the node's privacy ledger at `path` (`[]` when the file does not exist yet), each
+    `{"run_id", "partition_id", "accountant", "history", ...}`; a ledger that cannot be read or is malformed raises
+    [`PrivacyLedgerError`]. Call it under the ledger's lock."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            ledger = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise PrivacyLedgerError(
+            f"This node's `{NODE_LEDGER_KEY}` {path!r} cannot be read ({err}); its partitions' privacy spent in "
+            "earlier runs is unknown, so it refuses to train. Restore the file (or move it away only if the data it "
+            "covers is never trained again)."
+        ) from err
+    bad = None
+    if not isinstance(ledger, dict) or ledger.get("format") != LEDGER_FORMAT:
+        bad = f"it is not an hf_ext privacy ledger (no 'format': {LEDGER_FORMAT!r})"
+    elif ledger.get("version") != LEDGER_VERSION:
+        bad = f"its version {ledger.get('version')!r} is not {LEDGER_VERSION}"
+    elif not isinstance(ledger.get("entries"), list):
+        bad = "it has no 'entries' list"
+    entries, seen = [], set()
+    for entry in [] if bad else ledger["entries"]:
+        ids = [entry.get(k) if isinstance(entry, dict) else None for k in ("run_id", "partition_id")]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            bad = f"entry {entry!r:.120} has no integer run_id / partition_id"
+        elif tuple(ids) in seen:
+            bad = f"run {ids[0]}, partition-id {ids[1]} is recorded twice"
+        else:
+            try:
+                checked = PrivacyAccountant(entry.get("accountant"))
+                checked.load_state_dict({"accountant": entry.get("accountant"), "history": entry.get("history")})
+            except ValueError as err:
+                bad = f"the entry of run {ids[0]}, partition-id {ids[1]} is not a privacy history ({err})"
+        if bad:
+            break
+        seen.add(tuple(ids))
+        entries.append(entry)
+    if bad:
+        raise PrivacyLedgerError(
+            f"This node's `{NODE_LEDGER_KEY}` {path!r} is malformed: {bad}. Its partitions' privacy spent in earlier "
+            "runs is unknown, so it refuses to train; restore the file from a backup."
+        )
+    return entries
+
+
+def _ledger_runs(path: str, entries: list[dict], run_id: int, pid: int, accountant: PrivacyAccountant) -> list[dict]:
+    """The other runs' entries of partition `pid` in the ledger (refusing another accountant kind, and an entry of
+    this run that the node's own accountant does not extend: the node lost state the ledger still counts)."""
+    mine = [e for e in entries if e["partition_id"] == pid]
+    other_kind = sorted({e["run_id"] for e in mine if e["accountant"] != accountant.accountant})
+    if other_kind:
+        raise PrivacyLedgerError(
+            f"This node's `{NODE_LEDGER_KEY}` {path!r} records runs {other_kind} of partition-id {pid} under another "
+            f"accountant than this run's {accountant.accountant!r}; the two cannot be composed here, so it refuses to "
+            "train. Train this partition with the accountant of the earlier runs (PrivateTrainingArguments.dp_accountant)."
+        )
+    for e in mine:
+        if e["run_id"] == int(run_id) and not _extends(accountant.history, e["history"]):
+            recorded = sum(int(h[2]) for h in e["history"])
+            raise PrivacyLedgerError(
+                f"This node's `{NODE_LEDGER_KEY}` {path!r} records more DP-SGD for run {run_id}, partition-id "
+                f"{pid} ({recorded} steps) than the node's accountant of the run holds ({accountant.steps}): its node "
+                "state was lost; it refuses to continue the run (submit a new run if the budget allows)."
+            )
+    return sorted((e for e in mine if e["run_id"] != int(run_id)), key=lambda e: e["run_id"])
+
+
+def _extends(history, recorded) -> bool:
+    """Whether the steps of `history` begin with those of `recorded` (lists of `(q, sigma, steps)`; consecutive steps
+    at the same `(q, sigma)` may be merged in either)."""
+    expand = [[float(q), float(s), int(n)] for q, s, n in history]
+    i = 0
+    for q, s, n in recorded:
+        n = int(n)
+        while n > 0:
+            if i >= len(expand) or expand[i][:2] != [float(q), float(s)]:
+                return False
+            take = min(n, expand[i][2])
+            n -= take
+            expand[i][2] -= take
+            if expand[i][2] == 0:
+                i += 1
+    return True
+
+
+def compose_ledger(others: list[dict], accountant: PrivacyAccountant) -> PrivacyAccountant:
+    """A fresh accountant (of `accountant`'s kind) stepping every event of the `others` runs, then `accountant`'s."""
+    total = PrivacyAccountant(accountant.accountant, accountant.pld_discretization)
+    for history in [e["history"] for e in others] + [accountant.history]:
+        for q, s, n in history:
+            total.step(q, s, n)
+    return total
+
+
+def check_ledger_epsilon(total: PrivacyAccountant, bound, run_id: int, others: list[dict], pid: int, what: str):
+    """Refuse (`ValueError`) when `total` ([`compose_ledger`]: every run of partition `pid` on record plus this one)
+    is above the node's `dp-max-epsilon` at `dp-max-delta`; `what` opens the message. Returns the epsilon."""
+    max_eps, max_delta = bound
+    eps = total.get_epsilon(max_delta)
+    if not eps <= max_eps:
+        runs = sorted({e["run_id"] for e in others} | {int(run_id)})
+        raise ValueError(
+            f"{what} would bring this node's total epsilon on partition-id {pid} across runs "
+            f"{', '.join(map(str, runs))} (this run: {run_id}; {total.steps} DP-SGD steps in all, the other runs' "
+            f"from its `{NODE_LEDGER_KEY}`) to {eps:.4g} at delta {max_delta:g}, above its node config "
+            f"`{NODE_MAX_EPSILON_KEY}={max_eps:g}`, a budget over all runs; it refuses. The earlier runs have spent "
+            "the partition's budget: serve it no more runs (or a run within what is left: a larger "
+            "`dp-noise-multiplier`, fewer rounds / steps), or raise `dp-max-epsilon` in the node's `--node-config` "
+            "if its operator accepts the larger total."
+        )
+    return eps
+
+
+def _write_ledger_entry(path: str, entries: list[dict], run_id: int, pid: int, accountant, r: int, args) -> None:
+    """Replace (or add) the entry of (`run_id`, `pid`) in the ledger with `accountant`'s history, atomically."""
+    from ..utils.io import atomic_write_json
+
+    entry = {
+        "run_id": int(run_id),
+        "partition_id": int(pid),
+        "accountant": accountant.accountant,
+        "pld_discretization": accountant.pld_discretization,
+        "history": [list(h) for h in accountant.history],
+        "last_round": int(r),
+        "dp_delta": getattr(args, "dp_delta", None),
+    }
+    kept = [e for e in entries if (e["run_id"], e["partition_id"]) != (int(run_id), int(pid))]
+    atomic_write_json(path, {"format": LEDGER_FORMAT, "version": LEDGER_VERSION, "entries": [*kept, entry]})
+
+
+def _warn_per_run_bound_once() -> None:
+    """One warning per process: `dp-max-epsilon` without `dp-ledger` bounds each run, not the node's total."""
+    if _PER_RUN_BOUND_WARNED:
+        return
+    _PER_RUN_BOUND_WARNED.append(True)
+    import warnings
+
+    warnings.warn(
+        f"This node's `{NODE_MAX_EPSILON_KEY}` bounds each Flower run on its own: a server that submits more runs on "
+        f"the same partition gets each within the bound, not their composition. Set `{NODE_LEDGER_KEY}=<file>` in "
+        "the node's `--node-config` to bound the total across runs (docs/federated.md).",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def planned_round_steps(training_args, fed_args: FederatedArguments, num_examples: int) -> tuple[float, int]:
     """`(sample_rate, steps)` of one client round of DP-SGD on `num_examples` examples, as [`PrivateTrainer`] runs it:
     `fed_args.local_steps` steps, or `ceil(local_epochs x batches per epoch)` with `round(1 / q)` Poisson batches per
@@ -253,7 +453,9 @@ def _local_round(
     model_fn, dataset_fn, fed_args, training_args, data_collator, processing_class, context, state, r, state_dir=None
 ):
     """Rebuild the model, train on this node's partition from `state`, persist the accountant in `context.state`
-    and, under DP-SGD, durably in `state_dir` (before the reply leaves the node)."""
+    and, under DP-SGD, durably in `state_dir` and in the node config's `dp-ledger` if set (before the reply leaves
+    the node; with `dp-max-epsilon`, the ledger's composition of every run on the partition is checked before and
+    after training)."""
     from .flower_task import check_node_config_keys
 
     pid = _partition(context)
@@ -277,9 +479,24 @@ def _local_round(
     accountant, last_round = _restore_privacy(context, pid, r, training_args, state_dir)
     check_round_request(r, last_round, fed_args.num_rounds, pid, context.run_id)
     dataset = dataset_fn(pid)
+    ledger = _node_ledger(context)  # type-checked in every run
+    if not dp_on:
+        ledger = None  # a run without DP-SGD has no accountant: it is not recorded (docs/federated.md)
+    if bound is not None and ledger is None:
+        _warn_per_run_bound_once()
     if bound is not None:  # before training: a refused round trains nothing and releases nothing
         q, steps = planned_round_steps(training_args, fed_args, len(dataset))
         check_round_epsilon(accountant, q, training_args.dp_noise_multiplier, steps, bound, r, pid)
+    if ledger is not None:
+        with _LedgerLock(ledger):
+            entries = read_privacy_ledger(ledger)
+        others = _ledger_runs(ledger, entries, context.run_id, pid, accountant)
+        if bound is not None:
+            planned = compose_ledger(others, accountant)
+            planned.step(q, training_args.dp_noise_multiplier, steps)
+            what = f"Training round {r} ({steps} DP-SGD steps at sampling rate {q:.4g}, noise multiplier "
+            what += f"{training_args.dp_noise_multiplier:g})"
+            check_ledger_epsilon(planned, bound, context.run_id, others, pid, what)
     model = model_fn()
     if fed_args.use_lora:
         model = apply_lora(model, fed_args, seed=training_args.seed)
@@ -293,6 +510,14 @@ def _local_round(
             f"reached {accountant.get_epsilon(bound[1]):.4g} at delta {bound[1]:g}, above its node config "
             f"`{NODE_MAX_EPSILON_KEY}={bound[0]:g}`; it refuses to upload this round's update."
         )
+    if ledger is not None:  # checked and written under one lock: a run recorded meanwhile is composed too
+        with _LedgerLock(ledger):
+            entries = read_privacy_ledger(ledger)
+            others = _ledger_runs(ledger, entries, context.run_id, pid, accountant)
+            if bound is not None:
+                what = f"Round {r} ran {accountant.steps} DP-SGD steps in this run and uploading its update"
+                check_ledger_epsilon(compose_ledger(others, accountant), bound, context.run_id, others, pid, what)
+            _write_ledger_entry(ledger, entries, context.run_id, pid, accountant, r, training_args)
     if state_dir is not None and dp_on:
         path = node_state_path(state_dir, context.run_id, pid, PRIVACY_STATE_FILE)
         _write_node_state(path, context.run_id, pid, {"last_round": int(r), "accountant": accountant.state_dict()})

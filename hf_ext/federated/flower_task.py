@@ -461,7 +461,15 @@ NODE_PRIVACY_KEYS: dict[str, tuple[type, Any, str]] = {
         math.inf,
         "the largest epsilon (at delta `dp-max-delta`) the node accepts for the whole run, computed before training "
         "from the run config's batch size, local steps, rounds and noise multiplier and the node's data size, and "
-        "checked again before every round against the node's own accountant; also requires DP-SGD",
+        "checked again before every round against the node's own accountant; also requires DP-SGD. Without "
+        "`dp-ledger` it bounds each run on its own; with it, the total over every run on the partition",
+    ),
+    "dp-ledger": (
+        str,
+        None,
+        "a node-local JSON file (chosen by the node's operator, shared by the node's SuperNodes) recording the DP-SGD "
+        "history of every run on each partition; with `dp-max-epsilon`, every round is checked against the "
+        "composition of all runs on record",
     ),
     "dp-max-delta": (
         float,
@@ -506,6 +514,13 @@ def _node_value(node_config: Mapping[str, Any], key: str) -> Any:
     if key not in node_config:
         return default
     value = node_config[key]
+    if typ is str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(
+                f"node-config `{key}` must be a non-empty path (a string), got {value!r} (`--node-config "
+                f"\"{key}='/path/to/file.json'\"`)."
+            )
+        return value
     if typ is bool:
         if not isinstance(value, bool):
             raise ValueError(
@@ -576,6 +591,7 @@ def check_node_privacy(node_config: Mapping[str, Any], task: FlowerTask) -> None
             "secure-aggregation=true`, or drop `secagg-required` from the node's `--node-config`."
         )
     min_sigma = _node_value(node_config, "dp-min-noise-multiplier")
+    _node_value(node_config, "dp-ledger")  # type-checked before the run trains (read in .flower)
     max_eps = _node_value(node_config, "dp-max-epsilon")
     max_delta = _node_value(node_config, "dp-max-delta")
     wants_dp = [
