@@ -10,7 +10,7 @@ import pytest
 import torch
 
 
-def _llama(vocab_size: int, max_positions: int = 64):
+def _llama(vocab_size: int, max_positions: int = 64, tokenizer=None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -22,6 +22,8 @@ def _llama(vocab_size: int, max_positions: int = 64):
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=max_positions,
+        # the tokenizer's special ids (LlamaConfig's default eos_token_id 2 is the hf_ext tokenizer's pad id)
+        **({f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")} if tokenizer else {}),
     )
     return LlamaForCausalLM(cfg)
 

@@ -18,23 +18,7 @@ import torch
 from hf_ext.federated import make_canaries, measure_memorization, text_losses
 from hf_ext.federated.memorization import Canary, split_index
 
-
-def _llama(vocab_size: int, tokenizer=None):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        # the tokenizer's special ids (LlamaConfig's default eos_token_id 2 is the hf_ext tokenizer's pad id)
-        **({f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")} if tokenizer else {}),
-    )
-    return LlamaForCausalLM(cfg)
+from .test_rv54_fixes import _llama
 
 
 def _device_assert(*args, **kwargs):
@@ -45,7 +29,7 @@ def _device_assert(*args, **kwargs):
 def foreign_vocabulary_model(monkeypatch):
     """A model with 100 embedding rows (the tokenizer has 512 tokens), on the meta device, whose every forward and
     `generate` fails as a CUDA device assert does: no device work may happen before the token ids are checked."""
-    model = _llama(100).to("meta")
+    model = _llama(100, 256).to("meta")
     monkeypatch.setattr(model, "forward", _device_assert)
     monkeypatch.setattr(model, "generate", _device_assert)
     return model
@@ -66,7 +50,7 @@ def test_text_losses_check_token_ids_before_the_forward(small_tokenizer, foreign
 
 
 def test_ids_inside_the_embedding_still_reach_the_model(small_tokenizer, monkeypatch):
-    model = _llama(len(small_tokenizer))
+    model = _llama(len(small_tokenizer), 256)
     calls = []
     forward = model.forward
     monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
@@ -82,7 +66,7 @@ def test_extraction_stops_at_the_padding_token(small_tokenizer, monkeypatch):
     ids = tok(canary.text, add_special_tokens=False)["input_ids"]
     s = split_index(len(ids), 20, 50, random.Random(42))
     assert s is not None and len(ids) - s >= 55
-    model = _llama(len(tok), tok)
+    model = _llama(len(tok), 256, tok)
     assert tok.pad_token_id not in {model.generation_config.eos_token_id, model.config.eos_token_id}
 
     def generate(input_ids, **kwargs):
