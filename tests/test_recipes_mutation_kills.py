@@ -168,11 +168,16 @@ def test_a_resumed_run_keeps_the_earlier_results_until_it_writes_its_own(tmp_pat
     def stop(*args, **kwargs):
         raise RuntimeError("stopped")
 
+    build_model = hf_ext.recipes.pretrain.build_model
     monkeypatch.setattr(hf_ext.recipes.pretrain, "build_model", stop)
     with pytest.raises(RuntimeError, match="stopped"):  # a longer run continues it (checkpoint-1 is its last step)
         _pretrain(out, *SEED5, "--resume_from_checkpoint", "--max_steps", "2")
     assert results.is_file()
     shutil.rmtree(out / "checkpoint-1")
+    # the fresh run stops when it starts training: the older results are removed once the Trainer is built (and a
+    # resume's schedule checked), so that a run refused before leaves the folder as it was
+    monkeypatch.setattr(hf_ext.recipes.pretrain, "build_model", build_model)
+    monkeypatch.setattr("hf_ext.utils.resume.train_or_restore_finished", stop)
     with pytest.raises(RuntimeError, match="stopped"):
         _pretrain(out, *SEED5)
     assert not results.exists()
