@@ -298,9 +298,13 @@ def read_privacy_ledger(path: str) -> list[dict]:
     return entries
 
 
-def _ledger_runs(path: str, entries: list[dict], run_id: int, pid: int, accountant: PrivacyAccountant) -> list[dict]:
+def _ledger_runs(
+    path: str, entries: list[dict], run_id: int, pid: int, accountant: PrivacyAccountant, before=None
+) -> list[dict]:
     """The other runs' entries of partition `pid` in the ledger (refusing another accountant kind, and an entry of
-    this run that the node's own accountant does not extend: the node lost state the ledger still counts)."""
+    this run that the node's own accountant does not extend: the node lost state the ledger still counts). After a
+    round, `before` is the accountant's history before it: this run's entry must not hold more (a round of the run
+    recorded meanwhile, by a concurrent message or another node of the partition, would be overwritten)."""
     mine = [e for e in entries if e["partition_id"] == pid]
     other_kind = sorted({e["run_id"] for e in mine if e["accountant"] != accountant.accountant})
     if other_kind:
@@ -310,12 +314,15 @@ def _ledger_runs(path: str, entries: list[dict], run_id: int, pid: int, accounta
             "train. Train this partition with the accountant of the earlier runs (PrivateTrainingArguments.dp_accountant)."
         )
     for e in mine:
-        if e["run_id"] == int(run_id) and not _extends(accountant.history, e["history"]):
+        held = accountant.history if before is None else before
+        if e["run_id"] == int(run_id) and not _extends(held, e["history"]):
             recorded = sum(int(h[2]) for h in e["history"])
             raise PrivacyLedgerError(
                 f"This node's `{NODE_LEDGER_KEY}` {path!r} records more DP-SGD for run {run_id}, partition-id "
-                f"{pid} ({recorded} steps) than the node's accountant of the run holds ({accountant.steps}): its node "
-                "state was lost; it refuses to continue the run (submit a new run if the budget allows)."
+                f"{pid} ({recorded} steps) than the node's accountant of the run holds "
+                f"({sum(int(h[2]) for h in held)}): its node state was lost, or another round of the run was "
+                "trained meanwhile on this partition; it refuses to continue the run (submit a new run if the "
+                "budget allows)."
             )
     return sorted((e for e in mine if e["run_id"] != int(run_id)), key=lambda e: e["run_id"])
 
@@ -497,6 +504,7 @@ def _local_round(
             what = f"Training round {r} ({steps} DP-SGD steps at sampling rate {q:.4g}, noise multiplier "
             what += f"{training_args.dp_noise_multiplier:g})"
             check_ledger_epsilon(planned, bound, context.run_id, others, pid, what)
+    before = [list(h) for h in accountant.history]  # the ledger's entry of this run must not hold more after training
     model = model_fn()
     if fed_args.use_lora:
         model = apply_lora(model, fed_args, seed=training_args.seed)
@@ -513,7 +521,7 @@ def _local_round(
     if ledger is not None:  # checked and written under one lock: a run recorded meanwhile is composed too
         with _LedgerLock(ledger):
             entries = read_privacy_ledger(ledger)
-            others = _ledger_runs(ledger, entries, context.run_id, pid, accountant)
+            others = _ledger_runs(ledger, entries, context.run_id, pid, accountant, before)
             if bound is not None:
                 what = f"Round {r} ran {accountant.steps} DP-SGD steps in this run and uploading its update"
                 check_ledger_epsilon(compose_ledger(others, accountant), bound, context.run_id, others, pid, what)
