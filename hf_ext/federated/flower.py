@@ -313,8 +313,8 @@ def _ledger_runs(
             f"accountant than this run's {accountant.accountant!r}; the two cannot be composed here, so it refuses to "
             "train. Train this partition with the accountant of the earlier runs (PrivateTrainingArguments.dp_accountant)."
         )
+    held = accountant.history if before is None else before
     for e in mine:
-        held = accountant.history if before is None else before
         if e["run_id"] == int(run_id) and not _extends(held, e["history"]):
             recorded = sum(int(h[2]) for h in e["history"])
             raise PrivacyLedgerError(
